@@ -1,0 +1,37 @@
+"""Exceptions that carry a message written for the person using scATD Studio.
+
+Every error raised on purpose by :mod:`scatd_core` derives from :class:`ScatdError`. Its
+``message`` says what is wrong and its ``hint`` says what to do next; the CLI prints both on
+one line each and exits non-zero, the app shows them in ``st.error``. Nothing else should
+reach the user as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ScatdError(Exception):
+    """Base class: a user-facing problem with a message and an optional next step."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:  # what the CLI and the app print
+        return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+
+class InputError(ScatdError):
+    """The user's data file cannot be used as it is (format, content, size)."""
+
+
+class CheckpointError(ScatdError):
+    """A model checkpoint is unreadable, unsafe, or does not match the expected layout."""
+
+
+class BundleError(ScatdError):
+    """A model bundle folder is missing files or is inconsistent."""
+
+
+class DeviceError(ScatdError):
+    """The requested compute device is not available."""
