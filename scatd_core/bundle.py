@@ -1,0 +1,499 @@
+"""Model bundles: one folder per installed drug model, and the model library that lists them.
+
+A bundle folder holds
+
+- ``manifest.json``: backbone, drug, layer sizes, input transform, label mapping, decision
+  threshold, Swish mode, gene-list hash, style statistics present or not, provenance (source
+  file and its sha256, creation time, scatd version) and metrics when known;
+- ``weights.safetensors``: the model's ``state_dict`` with the original key names;
+- ``genes.txt`` (expression backbones): the model's input genes, one per line, in input order;
+- ``style.safetensors`` (embedding backbones): per-feature ``mean`` and population ``std``
+  (ddof=0) of the bulk embeddings, the AdaIN target of the original inference.
+
+Weights are only ever read from safetensors, and original ``.pth`` files only with
+``torch.load(..., weights_only=True)``, so no model file can execute code.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from scatd_core import __version__
+from scatd_core.config import model_library_dir
+from scatd_core.errors import BundleError, CheckpointError, InputError
+from scatd_core.genes import gene_list_sha256, read_gene_list
+from scatd_core.nn import BACKBONES, Architecture, DrugClassifier, ResVAE, build_model
+from scatd_core.nn.state import check_state_dict, infer_architecture
+from scatd_core.preprocess import INPUT_TRANSFORMS
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+GENES = "genes.txt"
+STYLE = "style.safetensors"
+FORMAT_VERSION = 1
+
+DEFAULT_LABEL_MAPPING = {"sensitive": 0, "resistant": 1}
+# The original inference scripts' defaults (reference §5): 0.05 for Dist_VAE, 0.5 otherwise.
+DEFAULT_THRESHOLDS = {"dist_vae": 0.05, "vae_sf": 0.5, "vae_gf": 0.5}
+BETA_MODES = ("shared_with_head", "separate")
+INPUT_KINDS = {"dist_vae": "expression", "vae_sf": "embedding", "vae_gf": "embedding"}
+BACKBONE_TITLES = {"dist_vae": "Dist_VAE (scATD-sf-dist)", "vae_sf": "VAE_sf (scATD-sf)",
+                   "vae_gf": "VAE_gf (scATD-gf)"}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safe_name(text: str, fallback: str = "model") -> str:
+    """A file-system-safe name made of letters, digits, '-', '_' and '.' (never a path)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return cleaned[:80] or fallback
+
+
+# --------------------------------------------------------------------------- original .pth files
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.pth`` state dict safely (``weights_only=True``) and return its tensors.
+
+    Raises ``CheckpointError`` with a one-line reason for a missing, empty, corrupt or unsafe
+    file, or one that holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint not found: {path}", "Check the path.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint {path.name} is empty (0 bytes).",
+                              "The download or copy was probably interrupted; fetch the file again.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        text = str(exc)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path.name} contains Python objects other than tensors; scATD Studio refuses to run "
+                "code from a model file.",
+                "Re-save the model's state_dict only (torch.save(model.state_dict(), ...)).") from None
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or another format).",
+                              "Check that the file is a complete .pth download.") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path.name} does not hold a state_dict (a mapping of names to tensors).")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path.name}: entries that are not tensors: {', '.join(map(str, bad[:5]))}.")
+    return {str(k): v for k, v in obj.items()}
+
+
+# --------------------------------------------------------------------------- bundles
+
+@dataclass
+class Bundle:
+    """An installed model: its folder, manifest and side files (weights load on demand)."""
+
+    path: Path
+    manifest: dict
+    genes: list[str] | None = None
+    style_mean: np.ndarray | None = None
+    style_std: np.ndarray | None = None
+    _models: dict = field(default_factory=dict, repr=False)
+
+    # -- descriptive properties
+    @property
+    def backbone(self) -> str:
+        return self.manifest["backbone"]
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def drug(self) -> str | None:
+        return self.manifest.get("drug")
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or self.path.name
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture.from_dict(self.manifest["architecture"])
+
+    @property
+    def input_kind(self) -> str:
+        return INPUT_KINDS[self.backbone]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    @property
+    def label_mapping(self) -> dict[str, int]:
+        return dict(self.manifest["label_mapping"])
+
+    @property
+    def positive_index(self) -> int:
+        """The class whose probability is reported: ``resistant`` if named, else class 1."""
+        return int(self.label_mapping.get("resistant", 1))
+
+    @property
+    def positive_label(self) -> str:
+        inv = {v: k for k, v in self.label_mapping.items()}
+        return inv[self.positive_index]
+
+    @property
+    def negative_label(self) -> str:
+        inv = {v: k for k, v in self.label_mapping.items()}
+        return inv[1 - self.positive_index] if len(inv) == 2 else "other"
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.manifest.get("demo"))
+
+    @property
+    def title(self) -> str:
+        """What the library and reports show, e.g. ``GEFITINIB · Dist_VAE (scATD-sf-dist)``."""
+        base = f"{self.drug or 'backbone'} · {BACKBONE_TITLES.get(self.backbone, self.backbone)}"
+        return base + (" · demo (simulated data)" if self.is_demo else "")
+
+    # -- model
+    def load_model(self, device: str | torch.device = "cpu", beta_mode: str | None = None):
+        """The torch model in eval mode on ``device`` (cached per device and Swish mode)."""
+        mode = beta_mode or self.manifest.get("beta_mode", "separate")
+        if mode not in BETA_MODES:
+            raise BundleError(f"Unknown Swish mode {mode!r}; use one of {', '.join(BETA_MODES)}.")
+        key = (str(device), mode)
+        if key not in self._models:
+            state = _read_safetensors(self.path / WEIGHTS, "weights")
+            model = build_model(self.architecture)
+            try:
+                check_state_dict(model, state)
+            except CheckpointError as exc:
+                raise BundleError(f"Bundle {self.path.name}: weights do not match its manifest. {exc.message}",
+                                  "Re-import or re-train this model.") from None
+            model.load_state_dict(state, strict=True)
+            if isinstance(model, DrugClassifier) and mode == "shared_with_head" and self.backbone == "dist_vae":
+                model.tie_encoder_beta_to_head()
+            model.eval().to(device)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._models[key] = model
+        return self._models[key]
+
+    def summary(self) -> dict:
+        m = self.manifest
+        arch = m["architecture"]
+        return {
+            "name": self.name, "drug": self.drug, "backbone": self.backbone, "kind": self.kind,
+            "demo": self.is_demo, "input": self.input_kind,
+            "n_input_features": arch["encoder_dims"][0], "z_dim": arch["z_dim"],
+            "threshold": self.threshold, "created": m["provenance"].get("created"),
+            "source": m["provenance"].get("source"), "metrics": m.get("metrics") or {},
+            "path": str(self.path),
+        }
+
+
+def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BundleError(f"Bundle {path.parent.name} has no {path.name}.", "Re-import or re-train this model.")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"Bundle {path.parent.name}: {what} file {path.name} is corrupt ({exc}).",
+                          "Re-import or re-train this model.") from None
+
+
+def _check_manifest(m: Any, folder: Path) -> dict:
+    if not isinstance(m, dict):
+        raise BundleError(f"{folder.name}/{MANIFEST} is not a JSON object.")
+    if m.get("format") != "scatd-bundle":
+        raise BundleError(f"{folder.name}/{MANIFEST} is not an scATD Studio manifest.")
+    if int(m.get("format_version", 0)) > FORMAT_VERSION:
+        raise BundleError(f"Bundle {folder.name} was written by a newer scATD Studio "
+                          f"(format {m.get('format_version')}).", "Upgrade scatd to use it.")
+    required = ("kind", "backbone", "architecture", "input_transform", "label_mapping", "threshold",
+                "beta_mode", "provenance")
+    missing = [k for k in required if k not in m]
+    if missing:
+        raise BundleError(f"{folder.name}/{MANIFEST} lacks {', '.join(missing)}.")
+    if m["backbone"] not in BACKBONES:
+        raise BundleError(f"{folder.name}: unknown backbone {m['backbone']!r}.")
+    if m["input_transform"] not in INPUT_TRANSFORMS:
+        raise BundleError(f"{folder.name}: unknown input transform {m['input_transform']!r}.",
+                          "Upgrade scatd, or re-import the model.")
+    mapping = m["label_mapping"]
+    if m["kind"] == "classifier" and (not isinstance(mapping, dict)
+                                      or sorted(mapping.values()) != list(range(len(mapping)))):
+        raise BundleError(f"{folder.name}: label_mapping must map class names to 0..n-1.")
+    return m
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Open and validate a bundle folder (manifest, side files; weights are read lazily)."""
+    folder = Path(path)
+    if not (folder / MANIFEST).is_file():
+        raise BundleError(f"{folder} is not a model bundle (no {MANIFEST}).",
+                          "Give a folder made by `scatd import-checkpoint` or `scatd train`.")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{folder.name}/{MANIFEST} is not valid JSON ({exc}).") from None
+    manifest = _check_manifest(manifest, folder)
+    bundle = Bundle(folder, manifest)
+    arch = bundle.architecture
+    if not (folder / WEIGHTS).is_file():
+        raise BundleError(f"Bundle {folder.name} has no {WEIGHTS}.", "Re-import or re-train this model.")
+    if bundle.input_kind == "expression":
+        if not (folder / GENES).is_file():
+            raise BundleError(f"Bundle {folder.name} has no {GENES} (the model's input genes).")
+        genes = [g for g in (folder / GENES).read_text(encoding="utf-8").splitlines() if g]
+        if len(genes) != arch.input_dim:
+            raise BundleError(f"Bundle {folder.name}: {GENES} lists {len(genes)} genes but the model takes "
+                              f"{arch.input_dim} inputs.")
+        want = manifest.get("genes", {}).get("sha256")
+        if want and gene_list_sha256(genes) != want:
+            raise BundleError(f"Bundle {folder.name}: {GENES} differs from the list the model was saved with.")
+        bundle.genes = genes
+    if manifest.get("style"):
+        style = _read_safetensors(folder / STYLE, "style statistics")
+        if "mean" not in style or "std" not in style:
+            raise BundleError(f"Bundle {folder.name}: {STYLE} lacks 'mean' or 'std'.")
+        bundle.style_mean = style["mean"].numpy().astype(np.float64)
+        bundle.style_std = style["std"].numpy().astype(np.float64)
+        if bundle.style_mean.shape != (arch.input_dim,):
+            raise BundleError(f"Bundle {folder.name}: style statistics have {bundle.style_mean.shape[0]} "
+                              f"features but the model takes {arch.input_dim}.")
+    return bundle
+
+
+def save_bundle(
+    out: str | Path,
+    state_dict: Mapping[str, torch.Tensor],
+    arch: Architecture,
+    *,
+    drug: str | None,
+    genes: Sequence[str] | None = None,
+    style_mean: np.ndarray | None = None,
+    style_std: np.ndarray | None = None,
+    input_transform: str = "none",
+    label_mapping: Mapping[str, int] | None = None,
+    threshold: float | None = None,
+    beta_mode: str = "separate",
+    provenance: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    demo: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Write a bundle folder atomically (a temp folder renamed into place) and return it."""
+    out = Path(out)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise BundleError(f"A model bundle already exists at {out}.",
+                          "Choose another --out folder, or remove the old bundle first.")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise BundleError(f"{out} exists and is not empty; refusing to write a bundle into it.",
+                          "Choose a new or empty folder for --out.")
+    if input_transform not in INPUT_TRANSFORMS:
+        raise BundleError(f"Unknown input transform {input_transform!r}; use one of {', '.join(INPUT_TRANSFORMS)}.")
+    if beta_mode not in BETA_MODES:
+        raise BundleError(f"Unknown Swish mode {beta_mode!r}; use one of {', '.join(BETA_MODES)}.")
+    label_mapping = dict(label_mapping or DEFAULT_LABEL_MAPPING)
+    if arch.class_num is not None and sorted(label_mapping.values()) != list(range(arch.class_num)):
+        raise BundleError(f"The label mapping {label_mapping} does not give one name to each of the model's "
+                          f"{arch.class_num} classes (0..{arch.class_num - 1}).")
+    kind = arch.kind
+    if INPUT_KINDS[arch.backbone] == "expression":
+        if genes is None:
+            raise BundleError(f"A {arch.backbone} model needs its input gene list.",
+                              "Pass --genes (the scFoundation list OS_scRNA_gene_index.19264.tsv for "
+                              "published Dist_VAE models).")
+        if len(genes) != arch.input_dim:
+            raise BundleError(f"The gene list has {len(genes)} genes but the model takes {arch.input_dim} "
+                              "inputs.", "Give the gene list the model was trained with, in its order.")
+    manifest: dict[str, Any] = {
+        "format": "scatd-bundle",
+        "format_version": FORMAT_VERSION,
+        "name": name or (f"{drug} ({arch.backbone})" if drug else f"{arch.backbone} backbone"),
+        "kind": kind,
+        "backbone": arch.backbone,
+        "drug": drug,
+        "demo": bool(demo),
+        "architecture": arch.to_dict(),
+        "activation": {"vae_sf": "leaky_relu", "vae_gf": "swish_per_block", "dist_vae": "swish_shared"}[arch.backbone],
+        "beta_mode": beta_mode,
+        "input_kind": INPUT_KINDS[arch.backbone],
+        "input_transform": input_transform,
+        "label_mapping": label_mapping if kind == "classifier" else None,
+        "threshold": float(threshold if threshold is not None else DEFAULT_THRESHOLDS[arch.backbone]),
+        "genes": ({"file": GENES, "n": len(genes), "sha256": gene_list_sha256(list(genes))}
+                  if genes is not None else None),
+        "style": None,
+        "provenance": {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "scatd_version": __version__,
+            "torch_version": torch.__version__,
+            **(dict(provenance) if provenance else {}),
+        },
+        "metrics": dict(metrics) if metrics else {},
+    }
+    if extra:
+        manifest.update(extra)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    try:
+        tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        manifest["weights_sha256"] = sha256_file(tmp / WEIGHTS)
+        if genes is not None:
+            (tmp / GENES).write_text("\n".join(genes) + "\n", encoding="utf-8")
+        if style_mean is not None:
+            mean = torch.as_tensor(np.asarray(style_mean, dtype=np.float32))
+            std = torch.as_tensor(np.asarray(style_std, dtype=np.float32))
+            save_file({"mean": mean, "std": std}, str(tmp / STYLE))
+            manifest["style"] = {"file": STYLE, "n_features": int(mean.shape[0]),
+                                 "std": "population (ddof=0)"}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_bundle(out)
+
+
+def style_statistics(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and population std (ddof=0) of bulk embeddings (samples x features)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape[0] < 2:
+        raise InputError(f"The style reference must be a 2-D array of at least 2 samples x features; "
+                         f"got shape {ref.shape}.")
+    if not np.isfinite(ref).all():
+        raise InputError("The style reference contains NaN or infinite values.")
+    return ref.mean(axis=0), ref.std(axis=0, ddof=0)
+
+
+def _read_style_reference(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"Style reference not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path.name} is not a numeric .npy array ({exc}).",
+                         "Give the bulk embedding .npy the original used for AdaIN (samples x features).") from None
+
+
+def import_checkpoint(
+    pth: str | Path,
+    backbone: str,
+    *,
+    drug: str | None = None,
+    out: str | Path | None = None,
+    genes: str | Path | None = None,
+    style_reference: str | Path | None = None,
+    input_transform: str = "none",
+    label_mapping: Mapping[str, int] | None = None,
+    threshold: float | None = None,
+    beta_mode: str | None = None,
+    name: str | None = None,
+    library: str | Path | None = None,
+) -> Bundle:
+    """Turn an original scATD ``.pth`` (pretraining or DAL) into a bundle.
+
+    The key layout must match the backbone exactly; layer sizes are read from tensor shapes.
+    Dist_VAE classifiers default to ``beta_mode='shared_with_head'`` so that published
+    predictions reproduce (reference §2.6); pass ``beta_mode='separate'`` for the corrected
+    behaviour. ``out`` defaults to a folder in the model library.
+    """
+    if backbone not in BACKBONES:
+        raise CheckpointError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
+    pth = Path(pth)
+    state = load_checkpoint(pth)
+    arch = infer_architecture(state, backbone)
+    model = build_model(arch)
+    check_state_dict(model, state)
+    if arch.kind == "classifier" and not drug:
+        raise CheckpointError("This is a drug classification checkpoint; name its drug with --drug.")
+    gene_list = read_gene_list(genes) if genes is not None else None
+    if gene_list is not None and INPUT_KINDS[backbone] != "expression":
+        raise InputError(f"--genes applies to Dist_VAE models only; {backbone} takes embeddings.")
+    style_mean = style_std = None
+    if style_reference is not None:
+        if INPUT_KINDS[backbone] != "embedding":
+            raise InputError("--style-reference applies to VAE_sf/VAE_gf models only.")
+        ref = _read_style_reference(Path(style_reference))
+        if ref.ndim != 2 or ref.shape[1] != arch.input_dim:
+            raise InputError(f"The style reference has shape {ref.shape}; the model takes {arch.input_dim} "
+                             "features per sample.", "Give the bulk embeddings of this backbone.")
+        style_mean, style_std = style_statistics(ref)
+    if beta_mode is None:
+        beta_mode = "shared_with_head" if (backbone == "dist_vae" and arch.kind == "classifier") else "separate"
+    if out is None:
+        base = Path(library) if library else model_library_dir()
+        out = base / safe_name(f"{drug or 'backbone'}_{backbone}")
+    return save_bundle(
+        out, state, arch, drug=drug, genes=gene_list, style_mean=style_mean, style_std=style_std,
+        input_transform=input_transform, label_mapping=label_mapping, threshold=threshold,
+        beta_mode=beta_mode, name=name,
+        provenance={"source": "imported original scATD checkpoint", "source_file": pth.name,
+                    "source_sha256": sha256_file(pth),
+                    "style_reference": Path(style_reference).name if style_reference else None,
+                    "style_reference_sha256": sha256_file(style_reference) if style_reference else None},
+    )
+
+
+# --------------------------------------------------------------------------- library
+
+@dataclass
+class LibraryEntry:
+    path: Path
+    bundle: Bundle | None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.bundle is not None
+
+
+def list_library(library: str | Path | None = None) -> list[LibraryEntry]:
+    """Every bundle folder in the library, validated; broken ones carry their problem."""
+    root = Path(library) if library else model_library_dir()
+    if not root.is_dir():
+        return []
+    entries = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (folder / MANIFEST).exists():
+            continue
+        try:
+            entries.append(LibraryEntry(folder, load_bundle(folder)))
+        except (BundleError, InputError) as exc:
+            entries.append(LibraryEntry(folder, None, exc.message))
+    return entries
+
+
+def load_backbone_from_bundle(bundle: Bundle) -> ResVAE:
+    """The pretraining VAE of a ``kind == 'backbone'`` bundle (for transfer learning)."""
+    if bundle.kind != "backbone":
+        raise BundleError(f"{bundle.name} is a drug classifier, not a pretrained backbone.",
+                          "Give a bundle imported from a pretraining checkpoint.")
+    return copy.deepcopy(bundle.load_model("cpu"))

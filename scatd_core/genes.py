@@ -1,0 +1,565 @@
+"""Gene vocabularies and the alignment of a dataset's genes to a model's input genes.
+
+A model's gene list is its input order: position *j* of the list is input feature *j*. An
+uploaded dataset is matched **by name**; genes the model needs but the data lacks are filled
+with 0, genes the model does not know are ignored, and duplicated names in the data are summed
+(as scFoundation's preprocessing expects one column per gene).
+
+Also here: what kind of identifiers a file uses (:func:`detect_id_type`), translation between
+symbols and Ensembl IDs (:func:`map_gene_ids`), and the coverage of a model's genes shown
+before a run (:func:`coverage_report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scatd_core.errors import InputError
+
+
+def read_gene_list(path: str | Path) -> list[str]:
+    """Read a model gene list: a TSV/CSV with a ``gene_name`` column, or one symbol per line.
+
+    The order of the file is kept: it is the model's input order and must never be re-sorted.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"Gene list not found: {path}", "Check the path given with --genes.") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"Gene list {path.name} is not a readable text file ({exc}).",
+                         "Give a TSV with a gene_name column or a file with one gene symbol per line.") from None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"Gene list {path.name} is empty.",
+                         "Give a TSV with a gene_name column or a file with one gene symbol per line.")
+    delimiter = "\t" if "\t" in lines[0] else ("," if "," in lines[0] else None)
+    if delimiter is not None:
+        rows = list(csv.reader(lines, delimiter=delimiter))
+        header = [h.strip() for h in rows[0]]
+        if "gene_name" in header:
+            col = header.index("gene_name")
+            genes = [r[col].strip() for r in rows[1:] if len(r) > col]
+        else:
+            raise InputError(
+                f"Gene list {path.name} has several columns but none is called 'gene_name'.",
+                "Use the scFoundation list (OS_scRNA_gene_index.19264.tsv) or one symbol per line.")
+    else:
+        genes = [ln.strip() for ln in lines]
+        if genes and genes[0].lower() in {"gene_name", "gene", "symbol", "genes"}:
+            genes = genes[1:]
+    if not genes:
+        raise InputError(f"Gene list {path.name} holds no gene names.", None)
+    dupes = len(genes) - len(set(genes))
+    if dupes:
+        raise InputError(f"Gene list {path.name} names {dupes} gene(s) more than once; a model's "
+                         "input genes must be unique.", "Check that the right file was given.")
+    return genes
+
+
+def gene_list_sha256(genes: Sequence[str]) -> str:
+    """Hash of a gene list in order (what a bundle's manifest records)."""
+    return hashlib.sha256("\n".join(genes).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class GeneAlignment:
+    """How a dataset's genes map onto a model's input genes.
+
+    ``matrix`` is a sparse (n_data_genes x n_model_genes) 0/1 matrix: ``X @ matrix`` gives the
+    model input in model order, with missing genes as 0 and duplicated data genes summed.
+    """
+
+    model_genes: list[str]
+    matrix: sp.csr_matrix
+    n_matched: int
+    n_model: int
+    n_data: int
+    n_extra: int
+    n_duplicated: int
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def fraction_matched(self) -> float:
+        return self.n_matched / self.n_model if self.n_model else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "n_model_genes": self.n_model,
+            "n_matched": self.n_matched,
+            "fraction_matched": round(self.fraction_matched, 4),
+            "n_data_genes": self.n_data,
+            "n_extra_ignored": self.n_extra,
+            "n_duplicated_summed": self.n_duplicated,
+        }
+
+
+def align_genes(data_genes: Sequence[str], model_genes: Sequence[str]) -> GeneAlignment:
+    """Match ``data_genes`` to ``model_genes`` by exact name (see module docstring)."""
+    model_genes = list(model_genes)
+    position = {g: j for j, g in enumerate(model_genes)}
+    rows, cols = [], []
+    seen: dict[str, int] = {}
+    for i, g in enumerate(data_genes):
+        j = position.get(str(g))
+        if j is not None:
+            rows.append(i)
+            cols.append(j)
+            seen[g] = seen.get(g, 0) + 1
+    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                           shape=(len(data_genes), len(model_genes)))
+    n_duplicated = sum(c - 1 for c in seen.values())
+    matched = set(seen)
+    return GeneAlignment(
+        model_genes=model_genes,
+        matrix=matrix,
+        n_matched=len(matched),
+        n_model=len(model_genes),
+        n_data=len(data_genes),
+        n_extra=len(data_genes) - len(rows),
+        n_duplicated=n_duplicated,
+        missing=[g for g in model_genes if g not in matched],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Identifier types
+# --------------------------------------------------------------------------------------------
+
+#: Fraction of the model's genes below which coverage is reported as low. Measured on the
+#: scFoundation list (19,264 symbols): a whole-transcriptome human matrix annotated with
+#: GENCODE symbols matches 99.4% of it (Geneformer's symbol table), the 21,245 genes Geneformer
+#: saw expressed across ~30M real cells match 97.9%, while the SCAD files restricted to ~2,900
+#: variable genes match 15% and a symbol/Ensembl mismatch matches ~0%. 0.5 sits in the wide gap
+#: between "whole transcriptome" and "subset or wrong identifiers", so ordinary data never
+#: triggers the warning and subsets always do.
+LOW_COVERAGE_FRACTION = 0.5
+
+_ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
+# "ENSG00000141510_TP53" (scATD's ENS..._Symbol) or "ENSG00000141510|TP53"
+_ENSEMBL_WITH_NAME = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?[_|].+$")
+_HUMAN_SYMBOL = re.compile(r"^(?=[A-Z0-9._-]*[A-Z])[A-Z0-9][A-Z0-9._-]*$|^C[0-9XY]+orf\d+")
+_MOUSE_SYMBOL = re.compile(r"^[A-Z][a-z0-9]*[a-z][a-z0-9]*(?:[-.][A-Za-z0-9]+)*$|^mt-[A-Z][a-z0-9]*|^\d+[A-Z]\d+Rik$")
+_BARCODE = re.compile(r"(?:^|[_:#-])[ACGTN]{10,}(?:[-_.]\d+)?$")
+_NUMERIC = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+
+SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name",
+                  "symbol", "symbols", "Symbol", "features", "name")
+ENSEMBL_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "ensembl", "feature_id",
+                   "Accession", "id")
+_MITO_PREFIXES = ("MT-", "mt-")
+
+
+def _sample(names: Sequence, n: int = 5000) -> list[str]:
+    """Evenly spaced (deterministic) sample of at most ``n`` names, as strings."""
+    names = list(names)
+    if len(names) > n:
+        names = [names[i] for i in np.linspace(0, len(names) - 1, n).astype(int)]
+    return [str(x) for x in names]
+
+
+def name_shape(name: str) -> str:
+    """Character-class shape of an identifier: letters by case, digit runs collapsed.
+
+    Cell identifiers of one file share a shape (``c4653`` and ``c621`` are both ``a9``;
+    ``GSM4762001`` is ``AAA9``) while gene symbols have many, which helps decide which side of
+    a table holds the cells.
+    """
+    shape = re.sub(r"\d+", "9", name)
+    return re.sub(r"[A-Z]", "A", re.sub(r"[a-z]", "a", shape))
+
+
+def id_type_evidence(names: Sequence) -> dict:
+    """Fractions of ``names`` that look like each kind of identifier.
+
+    Returns a JSON-safe dict with ``n`` (names looked at, at most 5,000 evenly spaced) and the
+    fractions ``ensembl`` (any species), ``ensembl_mouse``, ``ensembl_versioned``,
+    ``human_symbol``, ``mouse_symbol``, ``barcode``, ``numeric``, and ``top_shape_fraction``
+    (the share of the most common :func:`name_shape`).
+    """
+    sample = _sample(names)
+    n = len(sample)
+    if n == 0:
+        return {"n": 0}
+    counts = dict.fromkeys(("ensembl", "ensembl_mouse", "ensembl_versioned", "human_symbol",
+                            "mouse_symbol", "barcode", "numeric"), 0)
+    shapes: dict[str, int] = {}
+    for name in sample:
+        shapes[name_shape(name)] = shapes.get(name_shape(name), 0) + 1
+        m = _ENSEMBL.match(name) or _ENSEMBL_WITH_NAME.match(name)
+        if m:
+            counts["ensembl"] += 1
+            counts["ensembl_mouse"] += name.startswith("ENSMUSG")
+            counts["ensembl_versioned"] += m.group(2) is not None
+        elif _NUMERIC.match(name):
+            counts["numeric"] += 1
+        elif _BARCODE.search(name):
+            counts["barcode"] += 1
+        elif _HUMAN_SYMBOL.match(name):
+            counts["human_symbol"] += 1
+        elif _MOUSE_SYMBOL.match(name):
+            counts["mouse_symbol"] += 1
+    out = {"n": n}
+    out.update({k: round(v / n, 4) for k, v in counts.items()})
+    out["top_shape_fraction"] = round(max(shapes.values()) / n, 4)
+    return out
+
+
+def detect_id_type(names: Sequence) -> str:
+    """Classify gene identifiers.
+
+    Returns
+    -------
+    ``"ensembl"`` (>= 90% Ensembl gene IDs, with or without version; see
+    :func:`id_type_evidence` for the species), ``"symbol"`` (>= 80% gene-symbol-like and no
+    Ensembl), ``"mouse_symbol"`` (a majority of ``Actb``-style symbols: the models are human),
+    ``"mixed"`` (Ensembl IDs and symbols together) or ``"unknown"`` (numbers, barcodes,
+    ``feature_0`` ...).
+    """
+    ev = id_type_evidence(names)
+    if ev["n"] == 0:
+        return "unknown"
+    ens, human, mouse = ev["ensembl"], ev["human_symbol"], ev["mouse_symbol"]
+    if ens >= 0.9:
+        return "ensembl"
+    if mouse >= 0.5 and mouse > human:
+        return "mouse_symbol"
+    if human + mouse >= 0.8 and ens < 0.05:
+        return "symbol"
+    if ens >= 0.05 and ens + human + mouse >= 0.8:
+        return "mixed"
+    return "unknown"
+
+
+def _ensembl_core(name: str) -> str | None:
+    """The bare Ensembl gene ID inside ``name`` (version and attached symbol removed), or None."""
+    m = _ENSEMBL.match(name) or _ENSEMBL_WITH_NAME.match(name)
+    return m.group(1) if m else None
+
+
+def strip_ensembl_version(ids: str | Sequence[str]) -> str | list[str]:
+    """Remove version suffixes: ``ENSG00000141510.16`` -> ``ENSG00000141510``.
+
+    Accepts one ID or a sequence (returns a list). Anything that is not an Ensembl gene ID is
+    returned unchanged, so a mixed list can be passed as is.
+    """
+    def strip(x):
+        m = _ENSEMBL.match(str(x))
+        return m.group(1) + (m.group(3) or "") if m else x
+    if isinstance(ids, str):
+        return strip(ids)
+    return [strip(x) for x in ids]
+
+
+def original_gene_names(adata) -> list[str]:
+    """Gene names as they were in the file, before :func:`scatd_core.io.read` made them unique.
+
+    Use these (not ``var_names``) for :func:`align_genes`, so that duplicated genes are summed
+    rather than the copies (``TP53-1``) being dropped as unknown.
+    """
+    if "scatd_original_name" in adata.var:
+        return [str(x) for x in adata.var["scatd_original_name"]]
+    return [str(x) for x in adata.var_names]
+
+
+def var_id_columns(var) -> dict:
+    """Columns of a ``var`` table that hold gene symbols and Ensembl IDs (by name, then content).
+
+    Returns ``{"symbol": column or None, "ensembl": column or None}``.
+    """
+    found = {"symbol": None, "ensembl": None}
+    for kind, candidates in (("symbol", SYMBOL_COLUMNS), ("ensembl", ENSEMBL_COLUMNS)):
+        for col in candidates:
+            if col not in var.columns:
+                continue
+            id_type = detect_id_type(var[col].astype(str))
+            if (kind == "ensembl") == (id_type == "ensembl") and id_type != "unknown":
+                found[kind] = col
+                break
+    return found
+
+
+def mito_mask(adata) -> np.ndarray:
+    """Boolean mask of mitochondrial genes (symbols starting ``MT-`` or ``mt-``).
+
+    When the var_names are Ensembl IDs, a symbol column of ``var`` is used instead (10x files
+    and most h5ad carry one).
+    """
+    names = pd.Index(adata.var_names.astype(str))
+    if detect_id_type(names) in ("ensembl", "mixed"):
+        col = var_id_columns(adata.var)["symbol"]
+        if col is not None:
+            names = pd.Index(adata.var[col].astype(str))
+    return np.asarray(names.str.startswith(_MITO_PREFIXES), dtype=bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Symbol <-> Ensembl
+# --------------------------------------------------------------------------------------------
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickler that builds only dicts, lists, str, int, float (and, on request, numpy scalars).
+
+    Plain containers and numbers are made by pickle opcodes, never through ``find_class``; so
+    refusing every global refuses every callable, and a crafted pickle cannot run code.
+    Geneformer's token dictionary stores its ids as numpy int16, which need exactly two
+    globals (``numpy.dtype`` and the scalar constructor); both only build numbers.
+    """
+
+    _NUMPY_SCALAR_GLOBALS = {("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                             ("numpy._core.multiarray", "scalar")}
+
+    def __init__(self, file, allow_numpy_scalars: bool):
+        super().__init__(file)
+        self.allow_numpy_scalars = allow_numpy_scalars
+
+    def find_class(self, module, name):
+        if self.allow_numpy_scalars and (module, name) in self._NUMPY_SCALAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load '{module}.{name}' (only plain data is allowed)")
+
+
+def load_pickled_dict(path: str | Path, *, allow_numpy_scalars: bool = False) -> dict:
+    """Load a pickled ``dict`` of str keys to str/int/float values, without executing code.
+
+    Parameters
+    ----------
+    path
+        A pickle such as Geneformer's ``gene_name_id_dict.pkl`` (symbol -> Ensembl ID).
+    allow_numpy_scalars
+        Also accept numpy scalar values (Geneformer's ``token_dictionary.pkl``); they are
+        returned as Python ``int``/``float``.
+    """
+    path = Path(path)
+    hint = "Give the dictionary file shipped with Geneformer (e.g. gene_name_id_dict.pkl)."
+    try:
+        with path.open("rb") as fh:
+            obj = _PlainDataUnpickler(fh, allow_numpy_scalars).load()
+    except FileNotFoundError:
+        raise InputError(f"Dictionary file not found: {path}", hint) from None
+    except Exception as exc:  # any unpickling failure means "not a plain-data dict pickle"
+        raise InputError(f"{path.name} is not a plain-data pickled dictionary ({exc}).", hint) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path.name} holds a {type(obj).__name__}, not a dictionary.", hint)
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if not isinstance(key, str) or not isinstance(value, (str, int, float)):
+            raise InputError(f"{path.name} maps {type(key).__name__} to {type(value).__name__}; "
+                             "expected names to IDs or numbers.", hint)
+        out[key] = value
+    return out
+
+
+def read_biomart_table(path: str | Path) -> pd.DataFrame:
+    """Read a BioMart export with the columns ``Gene stable ID`` and ``Gene name``.
+
+    Comma- or tab-separated; ``Gene stable ID version`` is accepted in place of ``Gene stable
+    ID``. Returns a two-column frame ``ensembl`` (version removed), ``symbol``, without empty
+    rows, in file order (the first row wins for a name listed twice).
+    """
+    path = Path(path)
+    hint = ("Export from Ensembl BioMart with the attributes 'Gene stable ID' and 'Gene name' "
+            "(CSV or TSV, with the header row).")
+    try:
+        with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
+            first = fh.readline()
+        table = pd.read_csv(path, sep="\t" if "\t" in first else ",", dtype=str,
+                            encoding="utf-8-sig", encoding_errors="replace")
+    except FileNotFoundError:
+        raise InputError(f"BioMart table not found: {path}", hint) from None
+    except Exception as exc:
+        raise InputError(f"Could not read the BioMart table {path.name} ({exc}).", hint) from None
+    id_col = next((c for c in ("Gene stable ID", "Gene stable ID version") if c in table.columns), None)
+    if id_col is None or "Gene name" not in table.columns:
+        raise InputError(f"BioMart table {path.name} lacks 'Gene stable ID' and/or 'Gene name' "
+                         f"(columns found: {', '.join(map(str, table.columns[:6]))}).", hint)
+    out = pd.DataFrame({"ensembl": strip_ensembl_version(table[id_col].fillna("").str.strip()),
+                        "symbol": table["Gene name"].fillna("").str.strip()})
+    return out[(out["ensembl"] != "") & (out["symbol"] != "")].reset_index(drop=True)
+
+
+@dataclass
+class GeneIdMapping:
+    """Result of :func:`map_gene_ids`.
+
+    ``names`` has one entry per input gene: the mapped identifier, or the input name when no
+    route knew it (``mapped`` is then False). ``routes`` counts the genes each route mapped, in
+    the order they were tried.
+    """
+
+    target: str
+    names: list[str]
+    mapped: np.ndarray
+    routes: dict
+
+    def summary(self) -> dict:
+        return {"target": self.target, "n_genes": len(self.names),
+                "n_mapped": int(self.mapped.sum()), **{f"n_{k}": v for k, v in self.routes.items()}}
+
+
+def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=None) -> GeneIdMapping:
+    """Translate gene identifiers between symbols and Ensembl gene IDs.
+
+    Routes, tried in this order for every gene not already of the target type:
+
+    1. ``file_columns``: the file's own columns (``source`` is an AnnData whose ``var`` has
+       e.g. ``gene_ids`` next to symbol var_names, as 10x files do; see :data:`SYMBOL_COLUMNS`
+       and :data:`ENSEMBL_COLUMNS`);
+    2. ``geneformer_dict``: Geneformer's symbol -> Ensembl dictionary (a dict, or the path of
+       ``gene_name_id_dict.pkl``, loaded by :func:`load_pickled_dict`), inverted for
+       ``to="symbol"``;
+    3. ``biomart``: a user table (path or the frame of :func:`read_biomart_table`).
+
+    Parameters
+    ----------
+    source
+        An AnnData or a sequence of names.
+    to
+        ``"symbol"`` or ``"ensembl"``. Ensembl results carry no version suffix.
+
+    Returns
+    -------
+    :class:`GeneIdMapping`; ``routes`` has the counts ``already`` (already the target type),
+    ``file_columns``, ``geneformer_dict``, ``biomart`` and ``unmapped``.
+    """
+    if to not in ("symbol", "ensembl"):
+        raise ValueError(f"to must be 'symbol' or 'ensembl', not {to!r}")
+    if hasattr(source, "var_names"):
+        names = original_gene_names(source)
+        cols = var_id_columns(source.var)
+        other = cols["ensembl" if to == "ensembl" else "symbol"]
+        file_values = [str(x) for x in source.var[other]] if other else None
+    else:
+        names, file_values = [str(x) for x in source], None
+
+    lookups = []
+    if geneformer_dict is not None:
+        gf = geneformer_dict if isinstance(geneformer_dict, dict) else load_pickled_dict(geneformer_dict)
+        gf = {k: strip_ensembl_version(str(v)) for k, v in gf.items()}
+        lookups.append(("geneformer_dict", gf if to == "ensembl" else {v: k for k, v in gf.items()}))
+    if biomart is not None:
+        table = biomart if isinstance(biomart, pd.DataFrame) else read_biomart_table(biomart)
+        keys, values = (table["symbol"], table["ensembl"]) if to == "ensembl" else (table["ensembl"], table["symbol"])
+        bm: dict[str, str] = {}
+        for k, v in zip(keys, values):
+            bm.setdefault(k, v)
+        lookups.append(("biomart", bm))
+
+    routes = dict.fromkeys(("already", "file_columns", "geneformer_dict", "biomart", "unmapped"), 0)
+    out, mapped = [], np.zeros(len(names), dtype=bool)
+    for i, name in enumerate(names):
+        core = _ensembl_core(name)
+        if (to == "ensembl") == (core is not None):
+            out.append(core if to == "ensembl" else name)
+            routes["already"] += 1
+            mapped[i] = True
+            continue
+        key = core if to == "symbol" else name
+        result, route = None, "unmapped"
+        if file_values is not None:
+            candidate = file_values[i]
+            if candidate and candidate != "nan" and (_ensembl_core(candidate) is not None) == (to == "ensembl"):
+                result, route = (_ensembl_core(candidate) if to == "ensembl" else candidate), "file_columns"
+        for route_name, table in lookups:
+            if result is None and key in table:
+                result, route = table[key], route_name
+        routes[route] += 1
+        mapped[i] = result is not None
+        out.append(result if result is not None else name)
+    return GeneIdMapping(target=to, names=out, mapped=mapped, routes=routes)
+
+
+# --------------------------------------------------------------------------------------------
+# Coverage of a model's genes
+# --------------------------------------------------------------------------------------------
+
+def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 20,
+                    low_threshold: float = LOW_COVERAGE_FRACTION) -> dict:
+    """How well a dataset covers a model's input genes, with advice when it does not.
+
+    Parameters
+    ----------
+    adata_or_names
+        An AnnData (enables the expression-based fields) or a sequence of gene names.
+    model_genes
+        The model's genes in input order (a bundle's gene list).
+    n_top
+        How many unmatched data genes to list.
+    low_threshold
+        Coverage fraction below which ``low_coverage`` is True; see
+        :data:`LOW_COVERAGE_FRACTION` for why 0.5.
+
+    Returns
+    -------
+    A JSON-safe dict: ``n_model_genes``, ``n_matched``, ``fraction_matched``, ``n_data_genes``,
+    ``n_data_genes_unmatched``, ``data_id_type``, ``model_id_type``, ``low_coverage``,
+    ``advice``; with an AnnData also ``top_unmatched_genes`` / ``top_unmatched_mean`` (the data
+    genes the model ignores, by mean value over up to 2,000 cells) and
+    ``expression_fraction_matched`` (share of the total signal carried by matched genes; only
+    for non-negative data).
+    """
+    is_adata = hasattr(adata_or_names, "var_names")
+    names = original_gene_names(adata_or_names) if is_adata else [str(x) for x in adata_or_names]
+    model_genes = [str(g) for g in model_genes]
+    aln = align_genes(names, model_genes)
+    model_set = set(model_genes)
+    unmatched_idx = np.array([i for i, g in enumerate(names) if g not in model_set], dtype=int)
+    data_type, model_type = detect_id_type(names), detect_id_type(model_genes)
+    report = {
+        "n_model_genes": aln.n_model,
+        "n_matched": aln.n_matched,
+        "fraction_matched": round(aln.fraction_matched, 4),
+        "n_data_genes": len(names),
+        "n_data_genes_unmatched": int(unmatched_idx.size),
+        "data_id_type": data_type,
+        "model_id_type": model_type,
+        "low_coverage": bool(aln.fraction_matched < low_threshold),
+        "threshold": low_threshold,
+    }
+    if is_adata:
+        from scatd_core.preprocess import sample_rows  # local: preprocess imports this module
+
+        block = sample_rows(adata_or_names.X)
+        means = np.asarray(block.mean(axis=0)).ravel().astype(np.float64)
+        order = unmatched_idx[np.argsort(-means[unmatched_idx], kind="stable")][:n_top]
+        report["top_unmatched_genes"] = [names[i] for i in order]
+        report["top_unmatched_mean"] = [round(float(means[i]), 4) for i in order]
+        if means.min(initial=0.0) >= 0 and means.sum() > 0:
+            matched_mask = np.ones(len(names), dtype=bool)
+            matched_mask[unmatched_idx] = False
+            report["expression_fraction_matched"] = round(float(means[matched_mask].sum() / means.sum()), 4)
+    report["advice"] = _coverage_advice(report)
+    return report
+
+
+def _coverage_advice(r: dict) -> str:
+    matched = f"{r['n_matched']:,} of the model's {r['n_model_genes']:,} genes ({r['fraction_matched']:.0%})"
+    if not r["low_coverage"]:
+        return f"Coverage is good: {matched} are in the data."
+    base = (f"Low gene coverage: only {matched} are in the data. The missing genes are filled "
+            "with 0, which the model never saw in training, so predictions may be unreliable. ")
+    kinds = {r["data_id_type"], r["model_id_type"]}
+    if r["data_id_type"] == "mouse_symbol":
+        return base + ("The data has mouse gene symbols and the models are human: convert to "
+                       "human orthologues (e.g. with BioMart) before uploading.")
+    if kinds == {"symbol", "ensembl"} or "mixed" in kinds:
+        return base + (f"The data uses {r['data_id_type']} identifiers and the model "
+                       f"{r['model_id_type']}: map them (the file's own gene_ids/gene_symbols "
+                       "columns, the Geneformer dictionary, or a BioMart table with 'Gene stable "
+                       "ID' and 'Gene name').")
+    return base + ("This is typical of a file restricted to highly variable genes or a targeted "
+                   "panel: upload the full gene matrix (all genes, before feature selection) if "
+                   "you have it, or use a model trained on these genes.")

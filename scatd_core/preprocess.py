@@ -1,0 +1,384 @@
+"""Input transforms each backbone expects, value-type detection, and per-cell QC.
+
+A bundle's manifest names its ``input_transform``; :func:`apply_input_transform` applies it to
+a dense batch that is already in the model's gene order. :func:`detect_value_type` says whether
+a matrix holds counts, log-normalised, z-scored or TPM-like values (with the evidence), and
+:func:`check_backbone_compatibility` says whether a backbone can use it.
+
+QC follows scanpy (:func:`scanpy.pp.calculate_qc_metrics`); thresholds are only suggested
+(:func:`suggest_qc_thresholds`) and applied on request (:func:`apply_qc_filter`), which marks
+cells instead of dropping them.
+
+Every function here works on in-memory dense or sparse matrices and on the row-sliceable
+on-disk matrices of a backed AnnData, reading rows in batches.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scatd_core.errors import InputError
+from scatd_core.genes import mito_mask
+
+INPUT_TRANSFORMS = ("none", "log1p_cp10k")
+
+#: Backbone names (and accepted aliases) -> the input transform it uses by default.
+BACKBONE_DEFAULT_TRANSFORM = {"dist_vae": "log1p_cp10k", "vae_sf": "log1p_cp10k", "vae_gf": "rank_value"}
+_BACKBONE_ALIASES = {"geneformer": "vae_gf", "scatd-gf": "vae_gf", "scfoundation": "vae_sf",
+                     "scatd-sf": "vae_sf", "scatd-sf-dist": "dist_vae"}
+VALUE_KINDS = ("counts", "log_normalized", "zscored", "tpm_like", "unknown")
+
+QC_KEY = "scatd_qc_pass"
+
+
+def apply_input_transform(batch: np.ndarray, transform: str) -> np.ndarray:
+    """Apply a named transform to a (cells x model genes) float32 batch.
+
+    - ``none``: values are used as given.
+    - ``log1p_cp10k``: ``log1p(x / sum(x) * 1e4)`` per cell, the sum running over the model's
+      genes, as scFoundation's own preprocessing does for single cells. Cells whose sum is 0
+      stay 0.
+    """
+    if transform == "none":
+        return batch
+    if transform == "log1p_cp10k":
+        totals = batch.sum(axis=1, keepdims=True)
+        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+        return np.log1p(batch * scale)
+    raise ValueError(f"unknown input transform {transform!r}; known: {', '.join(INPUT_TRANSFORMS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading rows of any matrix
+# --------------------------------------------------------------------------------------------
+
+def _as_block(block):
+    """A slice of X as a CSR matrix or a dense ndarray (np.matrix and sparse arrays included)."""
+    if sp.issparse(block):
+        return sp.csr_matrix(block)
+    return np.asarray(block)
+
+
+def _row_sliceable(X):
+    # COO/DIA/... cannot be sliced by rows; everything else (CSR, CSC, ndarray, h5py and
+    # anndata's backed datasets) can.
+    if sp.issparse(X) and X.format not in ("csr", "csc"):
+        return X.tocsr()
+    return X
+
+
+def row_batches(X, batch_size: int = 10_000) -> Iterator[tuple[int, int, object]]:
+    """Yield ``(start, stop, block)`` over the rows of ``X``; ``block`` is CSR or ndarray.
+
+    With a backed AnnData only one batch is in memory at a time.
+    """
+    X = _row_sliceable(X)
+    n = X.shape[0]
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yield start, stop, _as_block(X[start:stop])
+
+
+def sample_rows(X, n_cells: int = 2000, *, max_values: int = 5_000_000, n_blocks: int = 8):
+    """A deterministic sample of rows: ``n_blocks`` contiguous blocks spread evenly over X.
+
+    Contiguous blocks keep reads cheap on backed (on-disk) matrices. Dense matrices are
+    sampled to at most ``max_values`` entries so that a wide matrix stays small in memory.
+    """
+    X = _row_sliceable(X)
+    n, m = X.shape
+    if not sp.issparse(X) and not _is_backed_sparse(X):
+        n_cells = max(1, min(n_cells, max_values // max(m, 1)))
+    if n <= n_cells:
+        return _as_block(X[0:n])
+    size = max(1, n_cells // n_blocks)
+    starts = np.linspace(0, n - size, n_blocks).astype(int)
+    blocks = [_as_block(X[s:s + size]) for s in starts]
+    return sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
+
+
+def _is_backed_sparse(X) -> bool:
+    return hasattr(X, "format") and hasattr(X, "to_memory")  # anndata's backed CSR/CSC dataset
+
+
+# --------------------------------------------------------------------------------------------
+# What kind of values
+# --------------------------------------------------------------------------------------------
+
+def detect_value_type(X, n_cells: int = 2000) -> dict:
+    """Say what a matrix holds: raw counts, log-normalised, z-scored or TPM-like values.
+
+    Looks at up to ``n_cells`` rows (:func:`sample_rows`), so it is cheap on any size and on
+    backed data.
+
+    Returns
+    -------
+    ``{"kind": ..., "evidence": {...}}`` with ``kind`` one of
+
+    - ``"counts"``: non-negative and (>= 99.9% of non-zero values) integers;
+    - ``"zscored"``: negative values, genes centred near 0 with spread near 1;
+    - ``"log_normalized"``: non-negative, non-integer, maximum <= 30 (log1p or log2 scale);
+    - ``"tpm_like"``: non-negative, non-integer, on a linear scale (maximum > 30);
+    - ``"unknown"``: anything else (e.g. negative values that are not per-gene z-scores).
+
+    ``evidence`` is JSON-safe: cells sampled, fraction of zeros, min, max, fraction of integer
+    values, negatives, median and spread (CV) of per-cell sums, per-gene mean and standard
+    deviation (medians over genes), and for log data the median per-cell sum of ``expm1``
+    (about 1e4 for log1p of counts per 10k), plus a sentence ``reason``.
+    """
+    block = sample_rows(X, n_cells)
+    n_rows, n_cols = block.shape
+    if sp.issparse(block):
+        nonzero = block.data[block.data != 0].astype(np.float64)
+        dense_cols = None
+    else:
+        flat = block.astype(np.float64, copy=False).ravel()
+        nonzero = flat[flat != 0]
+        dense_cols = block.astype(np.float64, copy=False)
+    n_values = n_rows * n_cols
+    ev: dict = {"n_cells_sampled": int(n_rows), "fraction_zero": _r(1 - nonzero.size / max(n_values, 1))}
+    finite = np.isfinite(nonzero)
+    if not finite.all():
+        ev["n_non_finite"] = int((~finite).sum())
+        ev["reason"] = "the matrix holds NaN or infinite values"
+        return {"kind": "unknown", "evidence": ev}
+    if nonzero.size == 0:
+        ev["reason"] = "every sampled value is zero"
+        return {"kind": "unknown", "evidence": ev}
+
+    vmin, vmax = float(nonzero.min()), float(nonzero.max())
+    if nonzero.size < n_values:  # zeros are values too
+        vmin, vmax = min(vmin, 0.0), max(vmax, 0.0)
+    integer = float(np.mean(np.abs(nonzero - np.round(nonzero)) < 1e-3))
+    row_sums = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+    positive_sums = row_sums[row_sums > 0]
+    ev.update(min=_r(vmin), max=_r(vmax), fraction_integer=_r(integer), has_negative=vmin < 0,
+              row_sum_median=_r(np.median(row_sums)),
+              row_sum_cv=_r(positive_sums.std() / positive_sums.mean()) if positive_sums.size > 1 else None)
+    if dense_cols is None:
+        mean = np.asarray(block.mean(axis=0), dtype=np.float64).ravel()
+        sq = np.asarray(block.multiply(block).mean(axis=0), dtype=np.float64).ravel()
+        std = np.sqrt(np.maximum(sq - mean ** 2, 0.0))
+    else:
+        mean, std = dense_cols.mean(axis=0), dense_cols.std(axis=0)
+    varying = std > 0
+    ev["gene_mean_median_abs"] = _r(np.median(np.abs(mean[varying]))) if varying.any() else None
+    ev["gene_std_median"] = _r(np.median(std[varying])) if varying.any() else None
+
+    if vmin < 0:
+        centred = ev["gene_mean_median_abs"] is not None and ev["gene_mean_median_abs"] < 0.25
+        unit = ev["gene_std_median"] is not None and 0.5 <= ev["gene_std_median"] <= 1.5
+        if centred and unit and n_rows > 1:
+            ev["reason"] = "negative values; genes are centred near 0 with a spread near 1"
+            return {"kind": "zscored", "evidence": ev}
+        ev["reason"] = ("negative values that are not per-gene z-scores; counts, normalised "
+                        "and log values are never negative")
+        return {"kind": "unknown", "evidence": ev}
+    if integer >= 0.999:
+        ev["reason"] = "non-negative whole numbers"
+        return {"kind": "counts", "evidence": ev}
+    if vmax <= 30:
+        if sp.issparse(block):
+            expm1_sums = np.asarray(block.expm1().sum(axis=1)).ravel()
+        else:
+            expm1_sums = np.expm1(dense_cols).sum(axis=1)
+        ev["expm1_row_sum_median"] = _r(np.median(expm1_sums))
+        ev["reason"] = "non-negative fractional values with a maximum <= 30: a log scale"
+        return {"kind": "log_normalized", "evidence": ev}
+    ev["reason"] = "non-negative fractional values on a linear scale (maximum > 30)"
+    return {"kind": "tpm_like", "evidence": ev}
+
+
+def _r(x, digits: int = 4):
+    """Round to a plain float (JSON-safe evidence)."""
+    return None if x is None else round(float(x), digits)
+
+
+def _backbone(name: str) -> str:
+    key = _BACKBONE_ALIASES.get(name.lower(), name.lower())
+    if key not in BACKBONE_DEFAULT_TRANSFORM:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_DEFAULT_TRANSFORM)}")
+    return key
+
+
+def check_backbone_compatibility(value_type, backbone: str, input_transform: str | None = None) -> list[str]:
+    """Problems that stop ``backbone`` from using data of this value type (empty list: fine).
+
+    Parameters
+    ----------
+    value_type
+        The dict of :func:`detect_value_type` (or just its ``kind``).
+    backbone
+        ``"dist_vae"``, ``"vae_sf"`` or ``"vae_gf"`` (``"scfoundation"``, ``"geneformer"``
+        accepted).
+    input_transform
+        The bundle's input transform; default: the backbone's own
+        (:data:`BACKBONE_DEFAULT_TRANSFORM`). With ``"none"`` the model takes the values as
+        they are, so any value type is accepted.
+
+    Notes
+    -----
+    - Geneformer ranks each cell's genes by count / cell total / the gene's median over its
+      training corpus: it needs counts (or linear, TPM-like values); z-scored or log values
+      are refused.
+    - ``log1p_cp10k`` (scATD-sf-dist, scFoundation) rescales each cell to 10,000 and takes
+      log1p: it needs non-negative, not-yet-logged values. scFoundation moreover drops
+      non-positive values without a word (backbones.md A.5).
+    """
+    kind = value_type["kind"] if isinstance(value_type, dict) else str(value_type)
+    evidence = value_type.get("evidence", {}) if isinstance(value_type, dict) else {}
+    negative = bool(evidence.get("has_negative", kind == "zscored"))
+    key = _backbone(backbone)
+    transform = input_transform or BACKBONE_DEFAULT_TRANSFORM[key]
+    fix = "Upload the raw count matrix (the 10x output, or the counts in adata.raw / layers['counts'])."
+    if key == "vae_gf":
+        if kind == "zscored":
+            return ["Geneformer needs raw counts: it ranks each cell's genes by their count "
+                    "scaled to the gene's typical level. This matrix is z-scored (centred per "
+                    "gene, with negative values), so the counts and their ranking are lost and "
+                    "it is refused. " + fix]
+        if kind == "log_normalized":
+            return ["Geneformer needs raw counts; this matrix is log-normalised, which distorts "
+                    "its median-scaled gene ranking. " + fix]
+        if negative:
+            return ["Geneformer needs raw counts, which are never negative; this matrix has "
+                    f"negative values (min {evidence.get('min')}). " + fix]
+        return []
+    if transform == "none":
+        return []
+    name = "scFoundation" if key == "vae_sf" else "scATD-sf-dist"
+    if negative:
+        what = "is z-scored" if kind == "zscored" else f"has negative values (min {evidence.get('min')})"
+        dropped = " scFoundation would silently drop them." if key == "vae_sf" else ""
+        return [f"{name} scales each cell to 10,000 and takes log1p, which needs non-negative "
+                f"counts or TPM-like values; this matrix {what}.{dropped} " + fix]
+    if kind == "log_normalized":
+        return [f"{name} normalises and log-transforms each cell itself; this matrix is already "
+                "log-normalised and would be transformed twice. " + fix]
+    return []
+
+
+def require_backbone_compatibility(value_type, backbone: str, input_transform: str | None = None) -> None:
+    """Raise :class:`InputError` with the problems of :func:`check_backbone_compatibility`."""
+    problems = check_backbone_compatibility(value_type, backbone, input_transform)
+    if problems:
+        kind = value_type["kind"] if isinstance(value_type, dict) else value_type
+        raise InputError(f"The data ({kind}) cannot be used with {backbone}: " + " ".join(problems),
+                         "Upload counts, or choose a model whose input matches these values.")
+
+
+# --------------------------------------------------------------------------------------------
+# Quality control
+# --------------------------------------------------------------------------------------------
+
+QC_METRICS = ("n_genes_by_counts", "total_counts", "pct_counts_mt")
+
+
+def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:
+    """Per-cell QC metrics computed by :func:`scanpy.pp.calculate_qc_metrics`, in batches.
+
+    Returns
+    -------
+    A frame indexed by ``obs_names`` with ``n_genes_by_counts`` (genes detected),
+    ``total_counts`` and ``pct_counts_mt`` (share of counts in ``MT-``/``mt-`` genes, see
+    :func:`scatd_core.genes.mito_mask`; NaN when the file has no mitochondrial genes).
+    ``adata`` is not modified; it may be backed.
+    """
+    import anndata as ad
+    import scanpy as sc  # imported here: slow to import, and only QC needs it
+
+    mt = mito_mask(adata)
+    var = pd.DataFrame({"mt": mt}, index=pd.RangeIndex(adata.n_vars).astype(str))
+    parts = []
+    for _, _, block in row_batches(adata.X, batch_size):
+        part, _ = sc.pp.calculate_qc_metrics(ad.AnnData(X=block, var=var), qc_vars=["mt"] if mt.any() else [],
+                                             percent_top=None, log1p=False, inplace=False)
+        parts.append(part)
+    metrics = pd.concat(parts, ignore_index=True)
+    if not mt.any():
+        metrics["pct_counts_mt"] = np.nan
+    metrics.index = adata.obs_names
+    return metrics[list(QC_METRICS)]
+
+
+def suggest_qc_thresholds(metrics: pd.DataFrame, k: float = 3.0) -> dict:
+    """Suggest outlier bounds: median ± k·MAD per metric.
+
+    The MAD is scaled to the standard deviation of a normal distribution (x1.4826), so k=3 is
+    the usual "3 standard deviations, robustly". ``total_counts`` and ``n_genes_by_counts`` are
+    judged on a log1p scale (their distributions are right-skewed) and get both bounds;
+    ``pct_counts_mt`` gets only an upper bound. A metric with no spread (MAD 0, e.g. a
+    normalised matrix's totals) or no values gets no bound.
+
+    Returns
+    -------
+    ``{"k": k, "method": ..., metric: {"min": lo, "max": hi}, ...}`` with plain floats, to show
+    to the user and pass to :func:`apply_qc_filter`.
+    """
+    from scipy.stats import median_abs_deviation
+
+    out: dict = {"k": float(k), "method": f"median ± {k:g}·MAD (MAD scaled to a normal SD; "
+                                          "log1p scale for counts and genes)"}
+    for metric, log, lower in (("total_counts", True, True), ("n_genes_by_counts", True, True),
+                               ("pct_counts_mt", False, False)):
+        if metric not in metrics:
+            continue
+        values = metrics[metric].to_numpy(dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        scaled = np.log1p(np.maximum(values, 0)) if log else values
+        med, mad = np.median(scaled), median_abs_deviation(scaled, scale="normal")
+        if mad == 0:
+            continue
+        lo, hi = (np.expm1(med - k * mad), np.expm1(med + k * mad)) if log else (med - k * mad, med + k * mad)
+        bounds = {"max": round(float(min(hi, 100.0) if metric == "pct_counts_mt" else hi), 4)}
+        if lower:
+            bounds["min"] = round(float(max(lo, 0.0)), 4)
+        out[metric] = bounds
+    return out
+
+
+def apply_qc_filter(adata, thresholds: dict, metrics: pd.DataFrame | None = None,
+                    key_added: str = QC_KEY) -> np.ndarray:
+    """Mark the cells that pass QC thresholds; no cell is removed.
+
+    Parameters
+    ----------
+    adata
+        The data (may be backed).
+    thresholds
+        ``{metric: {"min": ..., "max": ...}}`` as returned by :func:`suggest_qc_thresholds`
+        (possibly edited by the user); other keys are ignored.
+    metrics
+        Precomputed :func:`qc_metrics`; computed when not given.
+
+    Returns
+    -------
+    Boolean mask over cells, True = passes. A cell whose metric is NaN is not judged on it.
+
+    Sets the following fields: ``adata.obs[key_added]`` (the mask) and
+    ``adata.uns['scatd_qc']`` (thresholds and counts, for the report).
+    """
+    if metrics is None:
+        metrics = qc_metrics(adata)
+    mask = np.ones(adata.n_obs, dtype=bool)
+    used = {}
+    for metric, bounds in thresholds.items():
+        if not isinstance(bounds, dict) or metric not in metrics:
+            continue
+        values = metrics[metric].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            if bounds.get("min") is not None:
+                mask &= ~(values < bounds["min"])
+            if bounds.get("max") is not None:
+                mask &= ~(values > bounds["max"])
+        used[metric] = {b: float(v) for b, v in bounds.items() if v is not None}
+    adata.obs[key_added] = mask
+    adata.uns["scatd_qc"] = {"thresholds": used, "n_pass": int(mask.sum()), "n_fail": int((~mask).sum()),
+                             "key": key_added}
+    return mask

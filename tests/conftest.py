@@ -1,0 +1,73 @@
+"""Shared fixtures: paths to ../shared/data (skipped when absent) and small model bundles."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(TESTS))
+
+import original_scatd as orig  # noqa: E402
+
+SMALL = {  # backbone -> (encoder dims, z_dim, decoder dims)
+    "dist_vae": ([60, 32, 16], 12, [12, 32]),
+    "vae_sf": ([40, 30, 20, 14], 11, [11, 20, 30]),
+    "vae_gf": ([24, 30, 20, 16, 12], 9, [9, 16, 20, 30]),
+}
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs ../shared/data/{'/'.join(parts)} (reference data beside the checkout); not present")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_library(tmp_path_factory, monkeypatch):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    monkeypatch.setenv("SCATD_HOME", str(tmp_path_factory.mktemp("scatd_home")))
+
+
+def small_gene_names(n: int) -> list[str]:
+    return [f"GENE{i}" for i in range(n)]
+
+
+@pytest.fixture
+def small_bundles(tmp_path):
+    """Imported original-layout DAL checkpoints of the three backbones at small sizes.
+
+    Returns ``{backbone: (bundle, state_dict, enc, z, extra)}`` where ``extra`` holds the gene
+    list (Dist_VAE) or the style reference (VAE_sf/VAE_gf).
+    """
+    from scatd_core.bundle import import_checkpoint
+
+    out = {}
+    rng = np.random.default_rng(1)
+    for i, (bb, (enc, z, _dec)) in enumerate(SMALL.items()):
+        sd = orig.dal_checkpoint(bb, enc, z, seed=10 + i)
+        pth = tmp_path / f"{bb}.pth"
+        torch.save(sd, pth)
+        if bb == "dist_vae":
+            genes = small_gene_names(enc[0])
+            (tmp_path / "genes.txt").write_text("\n".join(genes) + "\n")
+            bundle = import_checkpoint(pth, bb, drug="TESTDRUG", out=tmp_path / f"b_{bb}",
+                                       genes=tmp_path / "genes.txt")
+            extra = genes
+        else:
+            ref = rng.normal(loc=0.5, scale=2.0, size=(30, enc[0]))
+            np.save(tmp_path / f"ref_{bb}.npy", ref)
+            bundle = import_checkpoint(pth, bb, drug="TESTDRUG", out=tmp_path / f"b_{bb}",
+                                       style_reference=tmp_path / f"ref_{bb}.npy")
+            extra = ref
+        out[bb] = (bundle, sd, enc, z, extra)
+    return out

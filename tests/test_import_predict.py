@@ -1,0 +1,263 @@
+"""Original checkpoints import exactly and predict what the original inference computes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import original_scatd as orig
+from conftest import small_gene_names
+from scatd_core.bundle import import_checkpoint, list_library, load_bundle
+from scatd_core.errors import BundleError, CheckpointError, InputError
+from scatd_core.predict import predict, prediction_table, relabel
+
+TOL = 1e-5
+
+
+def _adain(x, ref):
+    return ref.std(0) * (x - x.mean(0)) / (x.std(0) + 1e-8) + ref.mean(0)
+
+
+@pytest.mark.parametrize("backbone", ["dist_vae", "vae_sf", "vae_gf"])
+def test_small_checkpoints_reproduce_original_inference(small_bundles, backbone):
+    bundle, sd, enc, z, extra = small_bundles[backbone]
+    rng = np.random.default_rng(2)
+    x = np.abs(rng.normal(size=(41, enc[0]))).astype(np.float32)
+    if backbone == "dist_vae":
+        adata = ad.AnnData(x, var=pd.DataFrame(index=extra))
+        expected = orig.original_inference_prob(backbone, enc, z, sd, x)
+    else:
+        adata = ad.AnnData(x)
+        expected = orig.original_inference_prob(backbone, enc, z, sd, _adain(x.astype(np.float64), extra))
+    predict(adata, bundle, batch_size=7)
+    got = adata.obs["scatd_prob_resistant"].to_numpy()
+    assert np.abs(got - expected).max() < TOL
+    assert adata.obsm["X_scatd"].shape == (41, z)
+    thr = bundle.threshold
+    assert list(adata.obs["scatd_label"]) == ["resistant" if p > thr else "sensitive" for p in got]
+    assert adata.uns["scatd"]["params"]["mode"] == "mean"
+
+
+@pytest.mark.parametrize("backbone", ["dist_vae", "vae_sf", "vae_gf"])
+def test_published_size_checkpoints_import_and_reproduce(tmp_path, backbone):
+    enc, z, _ = {"vae_sf": ([3072, 1926, 850, 262], 421, None), "vae_gf": ([512, 1415, 1250, 1050, 293], 498, None),
+                 "dist_vae": ([19264, 1664, 359], 421, None)}[backbone]
+    sd = orig.dal_checkpoint(backbone, enc, z, seed=5)
+    pth = tmp_path / "ckpt.pth"
+    torch.save(sd, pth)
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.normal(size=(12, enc[0]))).astype(np.float32)
+    kwargs = {}
+    if backbone == "dist_vae":
+        genes = [f"G{i}" for i in range(enc[0])]
+        (tmp_path / "genes.tsv").write_text("gene_name\tindex\n" + "".join(f"{g}\t{i}\n" for i, g in enumerate(genes)))
+        kwargs["genes"] = tmp_path / "genes.tsv"
+        adata = ad.AnnData(sp.csr_matrix(x), var=pd.DataFrame(index=genes))
+        xin = x
+    else:
+        ref = rng.normal(size=(40, enc[0]))
+        np.save(tmp_path / "ref.npy", ref)
+        kwargs["style_reference"] = tmp_path / "ref.npy"
+        adata = ad.AnnData(x)
+        xin = _adain(x.astype(np.float64), ref)
+    bundle = import_checkpoint(pth, backbone, drug="DOCETAXEL", out=tmp_path / "bundle", **kwargs)
+    assert len(bundle.manifest["provenance"]["source_sha256"]) == 64
+    predict(adata, bundle)
+    expected = orig.original_inference_prob(backbone, enc, z, sd, xin)
+    assert np.abs(adata.obs["scatd_prob_resistant"].to_numpy() - expected).max() < TOL
+
+
+def test_dist_vae_genes_shuffled_missing_and_extra(small_bundles):
+    bundle, sd, enc, z, genes = small_bundles["dist_vae"]
+    rng = np.random.default_rng(4)
+    x = np.abs(rng.normal(size=(25, enc[0]))).astype(np.float32)
+    present = rng.permutation(enc[0])[: enc[0] - 9]  # 9 model genes missing, the rest shuffled
+    extra = rng.normal(size=(25, 5)).astype(np.float32)
+    data = np.hstack([x[:, present], extra])
+    names = [genes[j] for j in present] + [f"NOTAMODELGENE{i}" for i in range(5)]
+    adata = ad.AnnData(sp.csr_matrix(data), var=pd.DataFrame(index=names))
+    predict(adata, bundle, batch_size=4)
+    model_input = np.zeros_like(x)
+    model_input[:, present] = x[:, present]
+    expected = orig.original_inference_prob("dist_vae", enc, z, sd, model_input)
+    assert np.abs(adata.obs["scatd_prob_resistant"].to_numpy() - expected).max() < TOL
+    cov = adata.uns["scatd"]["gene_coverage"]
+    assert (cov["n_matched"], cov["n_model_genes"], cov["n_extra_ignored"]) == (enc[0] - 9, enc[0], 5)
+
+
+def test_duplicated_gene_names_are_summed(small_bundles):
+    bundle, sd, enc, z, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(5).normal(size=(6, enc[0]))).astype(np.float32)
+    half = x / 2
+    adata = ad.AnnData(np.hstack([half, half]), var=pd.DataFrame(index=genes + genes))
+    predict(adata, bundle)
+    expected = orig.original_inference_prob("dist_vae", enc, z, sd, x)
+    assert np.abs(adata.obs["scatd_prob_resistant"].to_numpy() - expected).max() < TOL
+    assert adata.uns["scatd"]["gene_coverage"]["n_duplicated_summed"] == enc[0]
+
+
+def test_dist_vae_beta_modes(small_bundles):
+    bundle, sd, enc, z, genes = small_bundles["dist_vae"]
+    assert bundle.manifest["beta_mode"] == "shared_with_head"
+    x = np.abs(np.random.default_rng(6).normal(size=(30, enc[0]))).astype(np.float32)
+    shared = predict(ad.AnnData(x, var=pd.DataFrame(index=genes)), bundle, copy=True)
+    separate = predict(ad.AnnData(x, var=pd.DataFrame(index=genes)), bundle, beta_mode="separate", copy=True)
+    # separate betas = the function that was trained (training-script model, own encoder beta)
+    train_model = orig.OrigClassifier("dist_vae", enc, z, encoder_swish=orig.OrigSwish())
+    train_model.load_state_dict(sd)
+    train_model.eval()
+    with torch.no_grad():
+        expected = train_model.mean_path_prob(torch.from_numpy(x)).double().numpy()
+    assert np.abs(separate.obs["scatd_prob_resistant"].to_numpy() - expected).max() < TOL
+    # the original inference's encoder ran with the head's beta: a different latent
+    assert np.abs(shared.obsm["X_scatd"] - separate.obsm["X_scatd"]).max() > 1e-2
+
+
+def test_sample_mode_seeded(small_bundles):
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(7).normal(size=(20, enc[0]))).astype(np.float32)
+    runs = [predict(ad.AnnData(x, var=pd.DataFrame(index=genes)), bundle, mode="sample", n_samples=20,
+                    seed=s, copy=True) for s in (1, 1, 2)]
+    p = [r.obs["scatd_prob_resistant"].to_numpy() for r in runs]
+    assert np.array_equal(p[0], p[1]) and not np.array_equal(p[0], p[2])
+    sd = runs[0].obs["scatd_prob_resistant_sd"].to_numpy()
+    assert (sd > 0).all() and np.isfinite(sd).all()
+    table = prediction_table(runs[0])
+    assert list(table.columns) == ["cell_id", "prob_resistant", "label", "prob_resistant_sd", "scored"]
+
+
+def test_every_cell_gets_a_row_and_bad_cells_are_flagged(small_bundles):
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(8).normal(size=(10, enc[0]))).astype(np.float32)
+    x[3, 5] = np.nan
+    x[7] = 0.0
+    adata = ad.AnnData(x, obs=pd.DataFrame(index=[f"cell{i}" for i in range(10)]), var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    table = prediction_table(adata)
+    assert list(table["cell_id"]) == [f"cell{i}" for i in range(10)]
+    assert list(table["scored"]) == [i not in (3, 7) for i in range(10)]
+    assert table.loc[3, "label"] == "not scored" and np.isnan(table.loc[3, "prob_resistant"])
+    assert adata.uns["scatd"]["not_scored"] == {"non_finite": 1, "no_expression": 1}
+    relabelled = relabel(adata, 0.0)
+    assert (relabelled[table["scored"].to_numpy()] == "resistant").all()
+
+
+def test_backed_sparse_h5ad_equals_dense(small_bundles, tmp_path):
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    rng = np.random.default_rng(9)
+    x = (rng.poisson(0.7, size=(50, enc[0]))).astype(np.float32)
+    ad.AnnData(sp.csr_matrix(x), var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / "d.h5ad")
+    backed = ad.read_h5ad(tmp_path / "d.h5ad", backed="r")
+    predict(backed, bundle, batch_size=16)
+    dense = predict(ad.AnnData(x, var=pd.DataFrame(index=genes)), bundle, copy=True)
+    assert np.allclose(backed.obs["scatd_prob_resistant"], dense.obs["scatd_prob_resistant"], atol=1e-6)
+
+
+def test_embedding_models_need_style_and_right_width(tmp_path, small_bundles):
+    bundle, sd, enc, _, _ = small_bundles["vae_sf"]
+    with pytest.raises(InputError, match="takes 40-dimensional cell embeddings"):
+        predict(ad.AnnData(np.zeros((3, 7), dtype=np.float32)), bundle)
+    torch.save(sd, tmp_path / "sf.pth")
+    nostyle = import_checkpoint(tmp_path / "sf.pth", "vae_sf", drug="D", out=tmp_path / "nostyle")
+    with pytest.raises(InputError, match="style statistics"):
+        predict(ad.AnnData(np.ones((3, enc[0]), dtype=np.float32)), nostyle)
+
+
+# ------------------------------------------------------------------ import errors
+
+def test_import_refuses_pickled_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"Encoder_resblocks.0.fc.weight": Evil()}))
+    with pytest.raises(CheckpointError, match="refuses to run code"):
+        import_checkpoint(path, "dist_vae", drug="X", out=tmp_path / "b")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content,match", [(b"", "empty"), (b"hello, not a checkpoint\n", "not a readable PyTorch"),
+                                           (b"PK\x03\x04garbage" * 10, "not a readable PyTorch")])
+def test_import_refuses_non_checkpoints(tmp_path, content, match):
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        import_checkpoint(path, "dist_vae", drug="X", out=tmp_path / "b")
+
+
+def test_import_truncated_checkpoint(tmp_path, small_bundles):
+    _, sd, *_ = small_bundles["vae_gf"]
+    torch.save(sd, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch"):
+        import_checkpoint(tmp_path / "cut.pth", "vae_gf", drug="X", out=tmp_path / "b")
+
+
+def test_import_dist_vae_needs_matching_gene_list(tmp_path, small_bundles):
+    _, sd, enc, *_ = small_bundles["dist_vae"]
+    torch.save(sd, tmp_path / "d.pth")
+    with pytest.raises(BundleError, match="needs its input gene list"):
+        import_checkpoint(tmp_path / "d.pth", "dist_vae", drug="X", out=tmp_path / "b1")
+    (tmp_path / "short.txt").write_text("\n".join(small_gene_names(enc[0] - 1)))
+    with pytest.raises(BundleError, match=f"has {enc[0] - 1} genes but the model takes {enc[0]}"):
+        import_checkpoint(tmp_path / "d.pth", "dist_vae", drug="X", out=tmp_path / "b2", genes=tmp_path / "short.txt")
+    with pytest.raises(CheckpointError, match="name its drug"):
+        import_checkpoint(tmp_path / "d.pth", "dist_vae", out=tmp_path / "b3", genes=tmp_path / "short.txt")
+
+
+def test_import_pretraining_checkpoint_as_backbone_bundle(tmp_path):
+    from conftest import SMALL
+    enc, z, dec = SMALL["vae_gf"]
+    torch.save(orig.pretraining_checkpoint("vae_gf", enc, z, dec), tmp_path / "pre.pth")
+    bundle = import_checkpoint(tmp_path / "pre.pth", "vae_gf", out=tmp_path / "bb")
+    assert bundle.kind == "backbone" and bundle.architecture.decoder_dims == dec
+    with pytest.raises(InputError, match="cannot predict"):
+        predict(ad.AnnData(np.zeros((2, enc[0]), dtype=np.float32)), bundle)
+
+
+def test_broken_bundles_are_reported(tmp_path, small_bundles):
+    bundle = small_bundles["vae_gf"][0]
+    lib = bundle.path.parent
+    (bundle.path / "weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(BundleError, match="corrupt"):
+        load_bundle(bundle.path).load_model()
+    m = json.loads((small_bundles["vae_sf"][0].path / "manifest.json").read_text())
+    m["input_transform"] = "mystery"
+    (small_bundles["vae_sf"][0].path / "manifest.json").write_text(json.dumps(m))
+    entries = {e.path.name: e for e in list_library(lib)}
+    assert not entries["b_vae_sf"].ok and "unknown input transform" in entries["b_vae_sf"].problem
+    assert entries["b_dist_vae"].ok
+
+
+def test_bundle_manifest_records_what_the_issue_asks(small_bundles):
+    m = small_bundles["dist_vae"][0].manifest
+    for key in ("backbone", "drug", "architecture", "input_transform", "label_mapping", "threshold",
+                "beta_mode", "genes", "style", "provenance", "metrics"):
+        assert key in m
+    assert m["label_mapping"] == {"sensitive": 0, "resistant": 1} and m["threshold"] == 0.05
+    assert {"source_sha256", "created", "scatd_version"} <= set(m["provenance"])
+    assert small_bundles["vae_sf"][0].manifest["style"]["std"] == "population (ddof=0)"
+
+
+def test_reported_probability_is_resistant_whatever_the_class_order(tmp_path, small_bundles):
+    bundle, sd, enc, z, genes = small_bundles["dist_vae"]
+    torch.save(sd, tmp_path / "d.pth")
+    (tmp_path / "g.txt").write_text("\n".join(genes))
+    flipped = import_checkpoint(tmp_path / "d.pth", "dist_vae", drug="X", out=tmp_path / "flip",
+                                genes=tmp_path / "g.txt", label_mapping={"resistant": 0, "sensitive": 1})
+    x = np.abs(np.random.default_rng(1).normal(size=(9, enc[0]))).astype(np.float32)
+    a = predict(ad.AnnData(x, var=pd.DataFrame(index=genes)), bundle, copy=True)
+    b = predict(ad.AnnData(x, var=pd.DataFrame(index=genes)), flipped, copy=True)
+    assert np.allclose(a.obs["scatd_prob_resistant"] + b.obs["scatd_prob_resistant"], 1.0)
