@@ -101,23 +101,103 @@ def _source(adata: ad.AnnData, bundle: Bundle) -> _Source:
         "or an h5ad with them in X or obsm.")
 
 
-def _dataset_moments(src: _Source, n_obs: int, batch_size: int, usable: np.ndarray):
-    """Per-feature mean and population std over the usable cells (first pass, streamed)."""
-    total = None
-    sq = None
+def _dataset_moments(batches):
+    """Per-feature mean and population std (ddof=0) over streamed batches."""
+    total = sq = None
     count = 0
-    for start in range(0, n_obs, batch_size):
-        stop = min(start + batch_size, n_obs)
-        x = src.batch(start, stop).astype(np.float64)[usable[start:stop]]
+    for x in batches:
+        x = x.astype(np.float64)
         if total is None:
-            total = np.zeros(x.shape[1])
-            sq = np.zeros(x.shape[1])
+            total, sq = np.zeros(x.shape[1]), np.zeros(x.shape[1])
         total += x.sum(axis=0)
         sq += (x * x).sum(axis=0)
         count += x.shape[0]
     mean = total / count
-    var = np.maximum(sq / count - mean * mean, 0.0)
-    return mean, np.sqrt(var)
+    return mean, np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+
+
+class ModelInput:
+    """The exact model input of every cell of ``adata`` for ``bundle``, batch by batch.
+
+    Construction makes one streamed pass over the data to find the cells that can be scored and,
+    where the model needs dataset-level statistics, a second one to compute them:
+
+    - AdaIN for VAE_sf/VAE_gf: each feature is standardised with the mean and population sd of
+      the usable input cells, then re-scaled to the bundle's bulk statistics (reference §5);
+    - ``standardize`` (models trained by scATD Studio): raw counts (detected exactly: every
+      value a non-negative integer) are log-normalised first (``log1p_cp10k``), then every gene
+      is z-scored over the usable cells, as the training standardised each domain.
+
+    :func:`predict` and :mod:`scatd_core.explain` both read inputs through this class, so the
+    explained inputs are the predicted inputs.
+    """
+
+    def __init__(self, adata: ad.AnnData, bundle: Bundle, batch_size: int = 1024):
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.n_obs = adata.n_obs
+        self.source = _source(adata, bundle)
+        self.transform = bundle.manifest["input_transform"]
+        self.reasons = {"non_finite": 0, "no_expression": 0}
+        self.usable = np.ones(self.n_obs, dtype=bool)
+        counts = True
+        for start, stop in self._ranges():
+            x = self.source.batch(start, stop)
+            finite = np.isfinite(x).all(axis=1)
+            self.reasons["non_finite"] += int((~finite).sum())
+            ok = finite
+            if self.source.alignment is not None:
+                empty = finite & ~(np.abs(x) > 0).any(axis=1)
+                self.reasons["no_expression"] += int(empty.sum())
+                ok = finite & ~empty
+            self.usable[start:stop] = ok
+            good = x[ok]
+            counts = counts and bool(((good >= 0) & (good == np.round(good))).all())
+        if not self.usable.any():
+            raise InputError("No cell could be scored: every cell has non-finite values or no expression in "
+                             "the model's genes.", "Check the data's values and gene names.")
+        self.counts_detected = counts
+        self.log_normalise = self.transform == "log1p_cp10k" or (self.transform == "standardize" and counts)
+        self.moments = None  # (mean, sd) of the data, for AdaIN or per-gene standardisation
+        if bundle.input_kind == "embedding":
+            if bundle.style_mean is None:
+                raise InputError(f"{bundle.name} has no bulk style statistics, which AdaIN needs.",
+                                 "Re-import it with --style-reference (the bulk embeddings .npy).")
+            self.moments = _dataset_moments(self._pre(start, stop)[1] for start, stop in self._ranges())
+        elif self.transform == "standardize":
+            self.moments = _dataset_moments(self._pre(start, stop)[1] for start, stop in self._ranges())
+
+    @property
+    def n_usable(self) -> int:
+        return int(self.usable.sum())
+
+    def _ranges(self):
+        for start in range(0, self.n_obs, self.batch_size):
+            yield start, min(start + self.batch_size, self.n_obs)
+
+    def _pre(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Usable rows of ``[start, stop)`` (indices) and their values before dataset scaling."""
+        keep = self.usable[start:stop]
+        x = self.source.batch(start, stop)[keep]
+        if self.log_normalise:
+            x = apply_input_transform(x, "log1p_cp10k")
+        return np.flatnonzero(keep) + start, x
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(row indices, model input)`` of the usable cells among rows ``[start, stop)``."""
+        idx, x = self._pre(start, stop)
+        if self.moments is not None:
+            mean, sd = self.moments
+            if self.bundle.input_kind == "embedding":  # AdaIN; eps on the source sd only
+                x = self.bundle.style_std * (x - mean) / (sd + ADAIN_EPS) + self.bundle.style_mean
+            else:
+                x = np.divide(x - mean, sd, out=np.zeros_like(x, dtype=np.float64), where=sd > 0)
+        return idx, np.ascontiguousarray(x, dtype=np.float32)
+
+    def batches(self):
+        """Yield ``(row indices, model input)`` for every batch (usable cells only)."""
+        for start, stop in self._ranges():
+            yield stop, *self.rows(start, stop)
 
 
 def predict(
@@ -195,40 +275,20 @@ def predict(
     dev = resolve_device(device)
     model = bundle.load_model(dev, beta_mode)
     arch = bundle.architecture
-    src = _source(adata, bundle)
-    transform = bundle.manifest["input_transform"]
+    inputs = ModelInput(adata, bundle, batch_size)
+    src = inputs.source
+    usable = inputs.usable
+    transform = inputs.transform
     thr = float(bundle.threshold if threshold is None else threshold)
     n = adata.n_obs
     warnings: list[str] = []
-
-    # Pass 1: which cells are usable (finite, some signal), and AdaIN statistics if needed.
-    usable = np.ones(n, dtype=bool)
-    reasons = {"non_finite": 0, "no_expression": 0}
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        x = src.batch(start, stop)
-        finite = np.isfinite(x).all(axis=1)
-        reasons["non_finite"] += int((~finite).sum())
-        ok = finite
-        if src.alignment is not None:
-            empty = finite & ~(np.abs(x) > 0).any(axis=1)
-            reasons["no_expression"] += int(empty.sum())
-            ok = finite & ~empty
-        usable[start:stop] = ok
-    if not usable.any():
-        raise InputError("No cell could be scored: every cell has non-finite values or no expression in "
-                         "the model's genes.", "Check the data's values and gene names.")
-    adain = None
     if bundle.input_kind == "embedding":
-        if bundle.style_mean is None:
-            raise InputError(f"{bundle.name} has no bulk style statistics, which AdaIN needs.",
-                             "Re-import it with --style-reference (the bulk embeddings .npy).")
-        mean, std = _dataset_moments(src, n, batch_size, usable)
-        adain = (mean, std)
         warnings.append("VAE_sf/VAE_gf predictions use AdaIN with the statistics of the uploaded cells, "
                         "so they depend on the composition of the dataset (as in the original scATD).")
-        if usable.sum() < FEW_CELLS_FOR_ADAIN:
-            warnings.append(f"Only {int(usable.sum())} cells: AdaIN statistics from so few cells are unreliable.")
+        if inputs.n_usable < FEW_CELLS_FOR_ADAIN:
+            warnings.append(f"Only {inputs.n_usable} cells: AdaIN statistics from so few cells are unreliable.")
+    if transform == "standardize" and inputs.n_usable < FEW_CELLS_FOR_ADAIN:
+        warnings.append(f"Only {inputs.n_usable} cells: per-gene standardisation over so few cells is unreliable.")
     if src.alignment is not None and src.alignment.fraction_matched < LOW_COVERAGE:
         warnings.append(f"Only {src.alignment.fraction_matched:.0%} of the model's genes are in the data; "
                         "predictions may be unreliable.")
@@ -238,29 +298,18 @@ def predict(
     sds = np.full(n, np.nan, dtype=np.float64) if mode == "sample" else None
     latent = np.full((n, arch.z_dim), np.nan, dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
+        for stop, rows, x in inputs.batches():
             if should_stop is not None and should_stop():
                 raise Cancelled("Prediction cancelled; nothing was changed.")
-            stop = min(start + batch_size, n)
-            keep = usable[start:stop]
-            if keep.any():
-                x = src.batch(start, stop)[keep]
-                x = apply_input_transform(x, transform)
-                xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-                if adain is not None:
-                    m_src = torch.as_tensor(adain[0], dtype=torch.float32, device=dev)
-                    s_src = torch.as_tensor(adain[1], dtype=torch.float32, device=dev)
-                    m_ref = torch.as_tensor(bundle.style_mean, dtype=torch.float32, device=dev)
-                    s_ref = torch.as_tensor(bundle.style_std, dtype=torch.float32, device=dev)
-                    xt = s_ref * (xt - m_src) / (s_src + ADAIN_EPS) + m_ref
+            if len(rows):
+                xt = torch.from_numpy(x).to(dev)
                 mu, logvar = model.encode(xt)
-                rows = np.flatnonzero(keep) + start
                 latent[rows] = mu.float().cpu().numpy()
                 if mode == "mean":
                     p = torch.softmax(model.classifier(mu), dim=1)[:, k_pos]
                     probs[rows] = p.double().cpu().numpy()
                 else:
-                    gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + start)
+                    gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(rows[0]))
                     std = torch.exp(0.5 * logvar)
                     draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
                     for s in range(n_samples):
@@ -296,12 +345,13 @@ def predict(
             "device": device_description(dev), "batch_size": int(batch_size),
             "threshold": thr, "input_transform": transform,
             "beta_mode": beta_mode or bundle.manifest.get("beta_mode", "separate"),
-            "adain": adain is not None,
+            "adain": bundle.input_kind == "embedding",
+            "log_normalised": inputs.log_normalise,
         },
         "input": src.description,
         "gene_coverage": src.alignment.summary() if src.alignment is not None else {},
         "n_cells": int(n), "n_scored": int(usable.sum()),
-        "not_scored": {k: int(v) for k, v in reasons.items()},
+        "not_scored": {k: int(v) for k, v in inputs.reasons.items()},
         "positive_label": pos, "negative_label": neg,
         "warnings": warnings,
     }

@@ -24,7 +24,9 @@ import scipy.sparse as sp
 from scatd_core.errors import InputError
 from scatd_core.genes import mito_mask
 
-INPUT_TRANSFORMS = ("none", "log1p_cp10k")
+# "standardize" (per-gene z-score over the dataset, after log-normalising raw counts) needs
+# dataset-level statistics, so it is applied by scatd_core.predict.ModelInput, not here.
+INPUT_TRANSFORMS = ("none", "log1p_cp10k", "standardize")
 
 #: Backbone names (and accepted aliases) -> the input transform it uses by default.
 BACKBONE_DEFAULT_TRANSFORM = {"dist_vae": "log1p_cp10k", "vae_sf": "log1p_cp10k", "vae_gf": "rank_value"}

@@ -449,6 +449,8 @@ def simulate_tumour(n_cells: int = 2000, seed: int = 0, *, n_samples: int = 3,
     library[damaged] /= 3.0
     mt_fraction[damaged] = rng.uniform(0.15, 0.45, int(damaged.sum()))
 
+    barcodes = _barcodes(rng, sample)
+
     keep = bio.in_tumour
     batch = rng.normal(0.0, batch_strength, (len(sample_names), bio.genes.size))
     shape = 1.0 / bio.dispersion[keep]
@@ -469,7 +471,7 @@ def simulate_tumour(n_cells: int = 2000, seed: int = 0, *, n_samples: int = 3,
         "cluster": pd.Categorical([CELL_STATES[k] for k in state], categories=list(CELL_STATES)),
         "response": pd.Categorical(np.where(resistant, "resistant", "sensitive"),
                                    categories=["sensitive", "resistant"]),
-    }, index=pd.Index(_barcodes(rng, sample)))
+    }, index=pd.Index(barcodes))
     tumour = ad.AnnData(
         X=counts, obs=obs,
         var=pd.DataFrame({"resistance_program": np.isin(genes, RESISTANCE_PROGRAM)},
