@@ -83,6 +83,11 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {path.name} is empty (0 bytes).",
                               "The download or copy was probably interrupted; fetch the file again.")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # torch.save zip archive, or a legacy pickle
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (it is neither a torch.save "
+                              "archive nor a pickle).", "Check that you gave the .pth file itself.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...

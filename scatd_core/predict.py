@@ -68,10 +68,15 @@ class _Source:
     alignment: GeneAlignment | None
     description: str
 
-    def batch(self, start: int, stop: int) -> np.ndarray:
+    def raw(self, start: int, stop: int):
+        """Rows ``[start, stop)`` in model feature order, sparse when the data are sparse."""
         block = self.matrix[start:stop]
         if self.alignment is not None:
             block = block @ self.alignment.matrix
+        return block
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        block = self.raw(start, stop)
         if sp.issparse(block):
             block = block.toarray()
         return np.asarray(block, dtype=np.float32)
@@ -142,17 +147,29 @@ class ModelInput:
         self.usable = np.ones(self.n_obs, dtype=bool)
         counts = True
         for start, stop in self._ranges():
-            x = self.source.batch(start, stop)
-            finite = np.isfinite(x).all(axis=1)
+            block = self.source.raw(start, stop)
+            if sp.issparse(block):  # check the stored values only: no densifying in this pass
+                block = sp.csr_matrix(block)
+                bad_rows = np.unique(np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[~np.isfinite(block.data)])
+                finite = np.ones(block.shape[0], dtype=bool)
+                finite[bad_rows] = False
+                nonzero = np.asarray((block != 0).sum(axis=1)).ravel() > 0
+                values = block.data
+            else:
+                x = np.asarray(block, dtype=np.float32)
+                finite = np.isfinite(x).all(axis=1)
+                nonzero = (np.abs(np.nan_to_num(x)) > 0).any(axis=1)
+                values = x[finite].ravel()
             self.reasons["non_finite"] += int((~finite).sum())
             ok = finite
             if self.source.alignment is not None:
-                empty = finite & ~(np.abs(x) > 0).any(axis=1)
+                empty = finite & ~nonzero
                 self.reasons["no_expression"] += int(empty.sum())
                 ok = finite & ~empty
             self.usable[start:stop] = ok
-            good = x[ok]
-            counts = counts and bool(((good >= 0) & (good == np.round(good))).all())
+            if counts:
+                good = values[np.isfinite(values)]
+                counts = bool(((good >= 0) & (good == np.round(good))).all())
         if not self.usable.any():
             raise InputError("No cell could be scored: every cell has non-finite values or no expression in "
                              "the model's genes.", "Check the data's values and gene names.")

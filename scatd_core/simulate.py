@@ -28,14 +28,16 @@ lines and cells.
 
 *Bulk panel* (:func:`simulate_bulk`). Cell lines from 8 tissues, each with its lineage markers.
 Log expression = gene abundance + tissue signature + 6 latent factors + proliferation +
-program activity (``a ~ Normal(tissue shift, 1)``) + noise; turned into TPM over the panel and
-reported as ``log2(TPM + 1)``. Drug labels come from logistic models (``P(resistant)``):
+program activity (``a ~ Normal(tissue shift, 1)``) + noise; turned into TPM with the panel
+taking 30% of a transcriptome's TPM, and reported as ``log2(TPM + 1)`` (median ~4, maximum ~15,
+as in CCLE). Cell-line ids are ``SIMCL-0001`` ... Drug labels come from logistic models of
+``P(resistant)`` on the latent activities (``a``, proliferation ``p``):
 
 - ``DEMOTINIB`` (:data:`DEMO_DRUG`): driven by the program, ``logit = 1.9 + 2.2 a + N(0, 1)``;
   about 25% sensitive; the program score alone separates the classes with AUROC about 0.85-0.9.
 - ``DEMOPLATIN``: proliferating lines are sensitive, the program adds some resistance
   (``logit = 1.1 - 1.4 p + 0.7 a + N(0, 1)``); about 30% sensitive.
-- ``DEMOLIMUS``: haematopoietic lines are sensitive, otherwise mostly noise; about 20% sensitive.
+- ``DEMOLIMUS``: haematopoietic lines are sensitive, otherwise mostly noise; about 25% sensitive.
 
 *Tumour* (:func:`simulate_tumour`). Malignant cells from ``n_samples`` patients in five cell
 states (:data:`CELL_STATES`: epithelial, cycling, hypoxic, interferon, stress), each with ~15
@@ -48,7 +50,10 @@ log-normal (median ``median_counts``, log-sd 0.45) and shift per sample; mitocho
 about 4% of each cell's counts. Zeros ("dropout") arise from the negative binomial at this depth
 only; there is no extra zero inflation. Each sample also has a mild gene-wise batch effect
 (log-sd ``batch_strength``), and ``low_quality_fraction`` of the cells are damaged: a third of
-the counts and 15-45% mitochondrial reads, as quality control should find them.
+the counts and 15-45% mitochondrial reads, as quality control should find them. Cell ids are
+10x-like barcodes (``ACGT...-k`` for sample *k*). With the defaults (2,000 cells, median 3,000
+counts) about 65% of the entries are zero, a cell detects ~650 genes, and the program score
+separates resistant from sensitive cells with AUROC ~0.95.
 
 Example
 -------
@@ -144,7 +149,7 @@ _HIGHLY_EXPRESSED = (
 
 _BIOLOGY_SEED = 20240611   # the fixed "biology"; never tied to the user's seed
 _BULK_STREAM, _TUMOUR_STREAM = 1, 2   # independent random streams for the same user seed
-_CHUNK_CELLS = 2048        # cells simulated at once (bounds memory for large n_cells)
+_CHUNK_CELLS = 500         # cells simulated at once (bounds memory for large n_cells)
 _PANEL_TPM_SHARE = 0.3     # the panel's share of a whole transcriptome's TPM in bulk
 
 

@@ -53,7 +53,7 @@ def test_gene_panel_is_real_looking_symbols():
 
 
 def test_gene_panel_symbols_are_known_hgnc_symbols():
-    """Nearly all symbols are in scFoundation's vocabulary (a few lncRNA / non-coding ones, e.g. MALAT1, are not)."""
+    """Nearly all symbols are in scFoundation's vocabulary (a few non-coding ones are not, e.g. MALAT1)."""
     vocabulary = pd.read_csv(shared_file("scfoundation", "OS_scRNA_gene_index.19264.tsv"), sep="\t")
     known = set(vocabulary["gene_name"])
     unknown = [g for g in demo_genes() if g not in known]

@@ -1,0 +1,152 @@
+"""`scatd import-checkpoint`, `scatd predict`, `scatd models`: round trips and error paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import original_scatd as orig
+from conftest import SMALL, small_gene_names
+from scatd_core.cli import main
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+@pytest.fixture
+def dist_setup(tmp_path):
+    enc, z, _ = SMALL["dist_vae"]
+    sd = orig.dal_checkpoint("dist_vae", enc, z, seed=3)
+    torch.save(sd, tmp_path / "dal.pth")
+    genes = small_gene_names(enc[0])
+    (tmp_path / "genes.tsv").write_text("gene_name\tindex\n" + "".join(f"{g}\t{i}\n" for i, g in enumerate(genes)))
+    rng = np.random.default_rng(0)
+    x = rng.poisson(1.0, size=(15, enc[0])).astype(np.float32)
+    cells = [f"c{i}" for i in range(15)]
+    return tmp_path, sd, enc, z, genes, x, cells
+
+
+def test_import_then_predict_csv_and_h5ad_agree_with_original(capsys, dist_setup):
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    code, out, _ = _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Docetaxel",
+                        "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    assert code == 0 and "Imported classifier" in out
+    # CSV with shuffled columns, 3 model genes missing, 2 extra genes
+    order = np.random.default_rng(1).permutation(enc[0])[3:]
+    df = pd.DataFrame(x[:, order], index=cells, columns=[genes[j] for j in order])
+    df["EXTRA1"], df["EXTRA2"] = 1.0, 2.0
+    df.index.name = "cell"
+    df.to_csv(tmp / "cells.csv")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "cells.csv",
+                        "--output", tmp / "pred.csv")
+    assert code == 0, err
+    assert f"{enc[0] - 3:,} of {enc[0]:,} model genes present" in err and "2 extra genes ignored" in err
+    table = pd.read_csv(tmp / "pred.csv")
+    assert list(table["cell_id"]) == cells
+    model_in = np.zeros_like(x)
+    model_in[:, order] = x[:, order]
+    expected = orig.original_inference_prob("dist_vae", enc, z, sd, model_in)
+    assert np.abs(table["prob_resistant"].to_numpy() - expected).max() < 1e-5
+    # the same cells as h5ad give identical results
+    ad.AnnData(x, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells.h5ad")
+    code, _, _ = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
+                      "--output", tmp / "pred2.csv", "--h5ad", tmp / "annotated.h5ad")
+    full = orig.original_inference_prob("dist_vae", enc, z, sd, x)
+    assert np.abs(pd.read_csv(tmp / "pred2.csv")["prob_resistant"].to_numpy() - full).max() < 1e-5
+    annotated = ad.read_h5ad(tmp / "annotated.h5ad")
+    assert annotated.uns["scatd"]["model"]["drug"] == "Docetaxel" and "X_scatd" in annotated.obsm
+
+
+def test_predict_sample_mode_writes_sd(capsys, dist_setup):
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    ad.AnnData(x, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells.h5ad")
+    code, _, _ = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--output",
+                      tmp / "p.csv", "--mode", "sample", "--samples", "10", "--seed", "4", "--device", "cpu",
+                      "--batch-size", "4")
+    table = pd.read_csv(tmp / "p.csv")
+    assert code == 0 and "prob_resistant_sd" in table and len(table) == 15
+
+
+def test_predict_npy_embeddings_for_vae_sf(capsys, tmp_path):
+    enc, z, _ = SMALL["vae_sf"]
+    sd = orig.dal_checkpoint("vae_sf", enc, z, seed=4)
+    torch.save(sd, tmp_path / "sf.pth")
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(25, enc[0]))
+    np.save(tmp_path / "bulk.npy", ref)
+    emb = rng.normal(size=(30, enc[0])).astype(np.float32)
+    np.save(tmp_path / "cells.npy", emb)
+    code, _, _ = _run(capsys, "import-checkpoint", tmp_path / "sf.pth", "--backbone", "vae_sf", "--drug", "D",
+                      "--style-reference", tmp_path / "bulk.npy", "--out", tmp_path / "b")
+    assert code == 0
+    code, _, err = _run(capsys, "predict", "--model", tmp_path / "b", "--input", tmp_path / "cells.npy",
+                        "--output", tmp_path / "p.csv")
+    assert code == 0 and "depend on the composition" in err
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert list(table["cell_id"].astype(str)) == [str(i) for i in range(30)]
+    xin = ref.std(0) * (emb - emb.mean(0)) / (emb.std(0) + 1e-8) + ref.mean(0)
+    assert np.abs(table["prob_resistant"].to_numpy() - orig.original_inference_prob("vae_sf", enc, z, sd, xin)).max() < 1e-5
+
+
+@pytest.mark.parametrize("make,backbone,match", [
+    (lambda p: p.write_text("not a checkpoint"), "dist_vae", "not a readable PyTorch checkpoint"),
+    (lambda p: p.write_bytes(b""), "dist_vae", "is empty"),
+    (lambda p: torch.save(orig.dal_checkpoint("vae_gf", *SMALL["vae_gf"][:2]), p), "dist_vae",
+     "This is a vae_gf checkpoint"),
+    (lambda p: torch.save({"a": torch.zeros(2)}, p), "vae_sf", "no scATD encoder"),
+])
+def test_import_errors_are_one_line_and_nonzero(capsys, tmp_path, make, backbone, match):
+    make(tmp_path / "x.pth")
+    code, _, err = _run(capsys, "import-checkpoint", tmp_path / "x.pth", "--backbone", backbone, "--drug", "D",
+                        "--out", tmp_path / "b")
+    assert code == 2 and err.startswith("error: ") and match in err
+
+
+def test_predict_errors(capsys, dist_setup):
+    tmp, *_ = dist_setup
+    code, _, err = _run(capsys, "predict", "--model", tmp / "nope", "--input", tmp / "x.csv", "--output", tmp / "o.csv")
+    assert code == 2 and "No model bundle" in err and "scatd import-checkpoint" in err
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    pd.DataFrame(np.ones((3, 4)), index=["a", "b", "c"], columns=["ENSG1", "ENSG2", "ENSG3", "ENSG4"]).to_csv(tmp / "w.csv")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "w.csv", "--output", tmp / "o.csv")
+    assert code == 2 and "is among the model's" in err
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "w.csv", "--output",
+                        tmp / "o.csv", "--device", "cuda")
+    if not torch.cuda.is_available():
+        assert code == 2 and "no GPU" in err
+    assert not (tmp / "o.csv").exists()
+
+
+def test_models_lists_library(capsys, dist_setup, monkeypatch):
+    tmp, *_ = dist_setup
+    lib = tmp / "lib"
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(lib))
+    code, out, _ = _run(capsys, "models")
+    assert code == 0 and "No model bundles" in out and "scatd import-checkpoint" in out
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Gefitinib",
+         "--genes", tmp / "genes.tsv")  # default --out: inside the library
+    code, out, _ = _run(capsys, "models", "--json")
+    entries = json.loads(out)
+    assert code == 0 and entries[0]["drug"] == "Gefitinib" and entries[0]["backbone"] == "dist_vae"
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    (tmp_path / "x.pth").write_text("junk")
+    res = subprocess.run([sys.executable, "-m", "scatd_core.cli", "import-checkpoint", str(tmp_path / "x.pth"),
+                          "--backbone", "vae_sf", "--drug", "D", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("error:")
