@@ -37,6 +37,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import warnings
 import weakref
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -188,7 +189,10 @@ def _options(orientation, max_bytes, max_cells, backed, display_name) -> _Option
 def _read_guarded(path: Path, opts: _Options) -> ad.AnnData:
     """Read and validate; turn every failure into an InputError naming the file."""
     try:
-        return _finish(_read_any(path, opts), opts)
+        with warnings.catch_warnings():
+            # duplicated names are made unique and reported by _finish
+            warnings.filterwarnings("ignore", message=".*names are not unique")
+            return _finish(_read_any(path, opts), opts)
     except InputError:
         raise
     except MemoryError:

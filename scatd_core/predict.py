@@ -22,7 +22,7 @@ import torch
 from scatd_core import __version__
 from scatd_core.bundle import Bundle
 from scatd_core.errors import DeviceError, InputError, ScatdError
-from scatd_core.genes import GeneAlignment, align_genes
+from scatd_core.genes import GeneAlignment, align_genes, original_gene_names
 from scatd_core.preprocess import apply_input_transform
 
 PROB_KEY = "scatd_prob_resistant"
@@ -85,7 +85,7 @@ class _Source:
 def _source(adata: ad.AnnData, bundle: Bundle) -> _Source:
     arch = bundle.architecture
     if bundle.input_kind == "expression":
-        alignment = align_genes(list(map(str, adata.var_names)), bundle.genes)
+        alignment = align_genes(original_gene_names(adata), bundle.genes)
         if alignment.n_matched == 0:
             example = ", ".join(map(str, adata.var_names[:3]))
             raise InputError(

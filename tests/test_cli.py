@@ -150,3 +150,15 @@ def test_console_script_runs_without_traceback(tmp_path):
                           "--backbone", "vae_sf", "--drug", "D", "--out", str(tmp_path / "b")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("error:")
+
+
+def test_duplicated_genes_in_a_csv_are_summed_not_dropped(capsys, dist_setup):
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    half = pd.DataFrame(x / 2, index=cells, columns=genes)
+    pd.concat([half, half], axis=1).to_csv(tmp / "dup.csv")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "dup.csv", "--output", tmp / "p.csv")
+    assert code == 0 and f"{enc[0]:,} duplicated names summed" in err
+    expected = orig.original_inference_prob("dist_vae", enc, z, sd, x)
+    assert np.abs(pd.read_csv(tmp / "p.csv")["prob_resistant"].to_numpy() - expected).max() < 1e-5

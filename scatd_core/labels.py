@@ -1,0 +1,333 @@
+"""Drug-response label tables of bulk cell lines: reading, drug lookup, and building from IC50.
+
+A label table is cell lines (rows, index) x drugs (columns) holding ``sensitive`` /
+``resistant``, the format of scATD's ``ALL_label_binary_wf.csv``: a CSV whose first (unnamed)
+column is the cell-line ID. Missing values (empty, ``NA``, ``nan``) mean "not screened"; they
+are dropped and counted, never turned into a third class. Drug names are matched
+case-insensitively, then ignoring punctuation (so ``PLX-4720`` finds R's ``PLX.4720`` and
+``5-Fluorouracil`` finds ``X5.FLUOROURACIL``).
+
+:func:`labels_from_ic50` builds such a table from GDSC ln(IC50) values and per-drug thresholds
+(the DeepCDR files ``GDSC_IC50.csv``, ``IC50_thred.txt`` and the GDSC drug list): a cell line
+is sensitive when its ln(IC50) is below the drug's threshold.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scatd_core.errors import InputError
+
+SENSITIVE, RESISTANT = "sensitive", "resistant"
+#: Class indices of the models (``label_mapping`` of every bundle scATD Studio trains).
+LABEL_MAPPING = {SENSITIVE: 0, RESISTANT: 1}
+_MISSING = {"", "na", "nan", "none", "null", "n/a", "."}
+
+
+# --------------------------------------------------------------------------- reading tables
+
+def _read_table(path: Path, what: str, **kw) -> pd.DataFrame:
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}", "Check the path.")
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+        # the separator is read off the header line, so none has to be given
+        sep = max(("\t", ",", ";"), key=first.count)
+        return pd.read_csv(path, sep=sep, **kw)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as exc:
+        raise InputError(f"{path.name} is not a readable CSV/TSV table ({exc}).",
+                         f"Give the {what.lower()} as a CSV or TSV file.") from None
+
+
+def read_label_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A label table (cell lines x drugs) from a CSV/TSV path or a DataFrame.
+
+    The first column of a file holds the cell-line IDs (any header, or none). Values are kept as
+    given; :func:`drug_labels` interprets them.
+    """
+    if isinstance(source, pd.DataFrame):
+        table = source.copy()
+    else:
+        path = Path(source)
+        table = _read_table(path, "Label table", index_col=0, dtype=str, keep_default_na=False)
+    if table.shape[1] == 0 or table.shape[0] == 0:
+        raise InputError("The label table has no drug columns or no cell lines.",
+                         "Give cell lines as rows (IDs in the first column) and one column per drug, "
+                         "as in GDSC's ALL_label_binary_wf.csv.")
+    table.index = pd.Index([str(i).strip() for i in table.index], name=None)
+    table.columns = [str(c).strip() for c in table.columns]
+    if table.index.duplicated().any():
+        dup = table.index[table.index.duplicated()].unique()[:3].tolist()
+        raise InputError(f"The label table lists {int(table.index.duplicated().sum())} cell line(s) twice "
+                         f"(e.g. {', '.join(dup)}).", "Keep one row per cell line.")
+    return table
+
+
+def _loose(name: str) -> str:
+    """Lower case, letters and digits only, R's ``X`` prefix before a digit removed."""
+    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    return key[1:] if re.match(r"^x\d", key) else key
+
+
+def match_drug(drug: str, names) -> str:
+    """The column of ``names`` that means ``drug``; :class:`InputError` listing close names if none.
+
+    Exact match first, then case-insensitive, then ignoring punctuation and R's ``X`` prefix.
+    """
+    names = [str(n) for n in names]
+    query = str(drug).strip()
+    if query in names:
+        return query
+    for rule in (str.lower, _loose, lambda n: _loose(_strip_note(n))):
+        hits = [n for n in names if rule(n) == rule(query)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise InputError(f"Drug {query!r} matches several columns: {', '.join(hits)}.",
+                             "Give the exact column name.")
+    loose = {_loose(n): n for n in names}
+    close = [n for n in names if _loose(query) and _loose(query) in _loose(n)][:5]
+    close += [loose[k] for k in difflib.get_close_matches(_loose(query), list(loose), n=5, cutoff=0.6)
+              if loose[k] not in close]
+    hint = (f"Close names: {', '.join(close[:6])}." if close else
+            f"The table has {len(names)} drugs, e.g. {', '.join(names[:6])}.")
+    raise InputError(f"Drug {query!r} is not in the label table.", hint)
+
+
+@dataclass
+class DrugLabels:
+    """One drug's labels: ``labels`` (index = cell line, values sensitive/resistant) and counts."""
+
+    drug: str
+    labels: pd.Series
+    n_missing: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {SENSITIVE: int((self.labels == SENSITIVE).sum()), RESISTANT: int((self.labels == RESISTANT).sum())}
+
+    @property
+    def y(self) -> np.ndarray:
+        """Class indices (``LABEL_MAPPING``: sensitive 0, resistant 1)."""
+        return self.labels.map(LABEL_MAPPING).to_numpy(dtype=np.int64)
+
+
+def drug_labels(table: pd.DataFrame | str | Path, drug: str) -> DrugLabels:
+    """The ``sensitive`` / ``resistant`` labels of one drug; missing ones dropped and counted.
+
+    Values are read case-insensitively; anything other than the two classes or a missing
+    marker is an error (it is never silently made a third class).
+    """
+    table = read_label_table(table)
+    column = match_drug(drug, table.columns)
+    raw = table[column]
+    text = raw.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip().lower())
+    missing = text.isin(_MISSING)
+    bad = sorted(set(text[~missing]) - {SENSITIVE, RESISTANT})
+    if bad:
+        raise InputError(f"Drug {column}: values other than sensitive/resistant: {', '.join(map(repr, bad[:5]))}.",
+                         "Label each cell line 'sensitive' or 'resistant' (leave unscreened ones empty or NA); "
+                         "to build labels from IC50 values use `scatd labels-from-ic50`.")
+    labels = text[~missing]
+    if labels.empty:
+        raise InputError(f"Drug {column} has no labelled cell line in the table.")
+    return DrugLabels(column, labels.astype(object), int(missing.sum()))
+
+
+def binary_target(values, sensitive_value=None) -> np.ndarray:
+    """Per-cell truth for evaluation as floats: 1 = resistant, 0 = sensitive, NaN = unknown.
+
+    Text labels ``sensitive`` / ``resistant`` (any case) need nothing else. Other codings (e.g.
+    SCAD's ``response`` with 1 = sensitive, 0 = resistant) need ``sensitive_value``: that value
+    means sensitive, the single other value resistant.
+    """
+    s = pd.Series(values)
+    out = np.full(len(s), np.nan)
+    present = s.notna().to_numpy()
+    if sensitive_value is None:
+        text = s.astype(str).str.strip().str.lower()
+        ok = text.isin([SENSITIVE, RESISTANT]).to_numpy() & present
+        if (present & ~ok).any():
+            other = sorted(set(text[present & ~ok]))[:5]
+            raise InputError(f"The label column holds {', '.join(map(repr, other))}, not sensitive/resistant.",
+                             "Say which value means sensitive (e.g. 1 for SCAD's 'response').")
+        out[ok] = (text[ok] == RESISTANT).astype(float)
+        return out
+    key = str(sensitive_value).strip().lower()
+    norm = s.map(lambda v: str(v).strip().lower() if v is not None else "")
+    # numbers compare by value, so 1, 1.0 and "1" are the same label
+    try:
+        num_key = float(key)
+        norm = s.map(lambda v: float(v) if _is_number(v) else str(v).strip().lower())
+        key = num_key
+    except ValueError:
+        pass
+    values_present = sorted({v for v, p in zip(norm, present) if p}, key=str)
+    if key not in values_present:
+        raise InputError(f"No cell has the label {sensitive_value!r}; the column holds "
+                         f"{', '.join(map(str, values_present[:5]))}.")
+    others = [v for v in values_present if v != key]
+    if len(others) > 1:
+        raise InputError(f"The label column has more than two values ({', '.join(map(str, values_present[:6]))}).",
+                         "Use a column with exactly two classes.")
+    sens = np.array([p and v == key for v, p in zip(norm, present)])
+    out[present] = 1.0
+    out[sens] = 0.0
+    return out
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- from GDSC IC50
+
+def _strip_note(name: str) -> str:
+    """``'RDEA119 (rescreen)'`` -> ``'RDEA119'``."""
+    return re.sub(r"\s*\(.*?\)\s*$", "", str(name)).strip()
+
+
+def _read_thresholds(path: Path) -> list[tuple[str, float]]:
+    if not path.is_file():
+        raise InputError(f"Threshold file not found: {path}", "Check the path.")
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    if len(lines) < 2:
+        raise InputError(f"{path.name} must have two tab-separated rows: drug names, then ln(IC50) thresholds.")
+    names = [n.strip() for n in lines[0].split("\t")]
+    try:
+        values = [float(v) for v in lines[1].split("\t")]
+    except ValueError:
+        raise InputError(f"The second row of {path.name} must hold numbers (ln(IC50) thresholds).") from None
+    if len(names) != len(values):
+        raise InputError(f"{path.name}: {len(names)} drug names but {len(values)} thresholds.")
+    return list(zip(names, values))
+
+
+def _drug_ids(index) -> dict[str, int]:
+    out = {}
+    for key in index:
+        m = re.match(r"^\s*(?:GDSC:)?(\d+)\s*$", str(key))
+        if not m:
+            raise InputError(f"IC50 row {key!r} is not a GDSC drug id like 'GDSC:1010'.",
+                             "Give GDSC_IC50.csv as distributed with DeepCDR (rows GDSC:<drug_id>).")
+        out[str(key)] = int(m.group(1))
+    return out
+
+
+def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list_csv: str | Path,
+                     drugs=None) -> pd.DataFrame:
+    """A label table (cell lines x drug names) from GDSC ln(IC50) values and per-drug thresholds.
+
+    Parameters
+    ----------
+    ic50_csv
+        ln(IC50) per drug and cell line: rows ``GDSC:<drug_id>``, columns cell lines, empty or
+        NA where not screened (``GDSC_IC50.csv``).
+    thresholds_txt
+        Two tab-separated rows: drug names, then their ln(IC50) thresholds (``IC50_thred.txt``).
+    drug_list_csv
+        The GDSC drug list with ``drug_id``, ``Name`` and ``Synonyms`` columns.
+    drugs
+        Drug names or GDSC ids to keep (default: every drug with a threshold).
+
+    Returns
+    -------
+    Cell lines x drugs with ``sensitive`` (ln IC50 < threshold), ``resistant`` or NaN. Drugs whose
+    name occurs under several ids get ``"<name> (GDSC:<id>)"`` columns. ``df.attrs['report']``
+    says which threshold each drug got and which drugs had none.
+
+    Thresholds are looked up by drug name (case and punctuation ignored, notes such as
+    ``(rescreen)`` dropped), then by synonym. A name listed twice in the threshold file goes to
+    the ids of that name in ascending order: the file lists drugs in GDSC id order.
+    """
+    ic50 = _read_table(Path(ic50_csv), "IC50 table", index_col=0)
+    dlist = _read_table(Path(drug_list_csv), "Drug list")
+    need = {"drug_id", "Name"}
+    if not need <= set(dlist.columns):
+        raise InputError(f"{Path(drug_list_csv).name} lacks the column(s) {', '.join(sorted(need - set(dlist.columns)))}.",
+                         "Give the GDSC drug list (columns drug_id, Name, Synonyms, ...).")
+    thresholds = _read_thresholds(Path(thresholds_txt))
+    row_ids = _drug_ids(ic50.index)
+    info = dlist.drop_duplicates("drug_id").set_index("drug_id")
+    unknown_ids = sorted({i for i in row_ids.values() if i not in info.index})
+    ids = sorted(i for i in set(row_ids.values()) if i in info.index)
+    names = {i: str(info.at[i, "Name"]).strip() for i in ids}
+    synonyms = {i: [s.strip() for s in str(info.at[i, "Synonyms"]).split(",") if s.strip()]
+                if "Synonyms" in info.columns and pd.notna(info.at[i, "Synonyms"]) else [] for i in ids}
+
+    # Assign threshold positions: by name for all drugs first, then by synonym, each position once.
+    keys = [_loose(_strip_note(n)) for n, _ in thresholds]
+    used: set[int] = set()
+    chosen: dict[int, tuple[int, str]] = {}
+    for rule in ("name", "synonym"):
+        for i in ids:
+            if i in chosen:
+                continue
+            wanted = [names[i]] if rule == "name" else synonyms[i]
+            wanted = {_loose(_strip_note(w)) for w in wanted} - {""}
+            pos = next((p for p, k in enumerate(keys) if k in wanted and p not in used), None)
+            if pos is not None:
+                used.add(pos)
+                chosen[i] = (pos, rule)
+
+    counts = pd.Series([names[i] for i in ids]).value_counts()
+    column_of = {i: (names[i] if counts[names[i]] == 1 else f"{names[i]} (GDSC:{i})") for i in ids}
+    if drugs is not None:
+        wanted_ids = []
+        for d in ([drugs] if isinstance(drugs, (str, int)) else list(drugs)):
+            m = re.match(r"^\s*(?:GDSC:)?(\d+)\s*$", str(d))
+            if m and int(m.group(1)) in column_of:
+                wanted_ids.append(int(m.group(1)))
+                continue
+            key = _loose(_strip_note(str(d)))
+            hits = [i for i in ids if key in (_loose(names[i]), _loose(column_of[i]))]
+            if not hits:
+                match_drug(str(d), [column_of[i] for i in ids])  # raises, naming close drugs
+            wanted_ids += hits
+        ids = sorted(set(wanted_ids))
+    no_threshold = [column_of[i] for i in ids if i not in chosen]
+    by_id = {i: k for k, i in row_ids.items()}
+    columns = {}
+    for i in ids:
+        if i not in chosen:
+            continue
+        values = pd.to_numeric(ic50.loc[by_id[i]], errors="coerce")
+        thr = thresholds[chosen[i][0]][1]
+        columns[column_of[i]] = pd.Series(np.where(values.isna(), None,
+                                                   np.where(values < thr, SENSITIVE, RESISTANT)),
+                                          index=[str(c) for c in ic50.columns], dtype=object)
+    if not columns:
+        raise InputError("No drug could be given a threshold"
+                         + (f" (no threshold for {', '.join(no_threshold[:5])})." if no_threshold else "."),
+                         "Check that the threshold file names the drugs of the drug list.")
+    table = pd.DataFrame(columns)
+    table.attrs["report"] = {
+        "n_drugs": len(columns), "n_cell_lines": int(table.shape[0]),
+        "thresholds": {column_of[i]: {"gdsc_id": i, "threshold": thresholds[chosen[i][0]][1],
+                                      "matched_by": chosen[i][1],
+                                      "threshold_name": thresholds[chosen[i][0]][0]}
+                       for i in ids if i in chosen},
+        "no_threshold": no_threshold, "ids_not_in_drug_list": unknown_ids,
+    }
+    return table
+
+
+def write_label_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write a label table as ``ALL_label_binary_wf.csv`` does (unnamed ID column, NA empty)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, na_rep="")
+    return path

@@ -1,0 +1,454 @@
+"""scatd_core.io: every format reads back to the same matrix; every bad input is an InputError."""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _data_helpers import (SHARED_DATA, dense, make_counts, write_10x_h5, write_10x_mtx, write_all_formats,
+                           write_table, write_tar, write_zip)
+from scatd_core import io, preprocess
+from scatd_core.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def counts() -> ad.AnnData:
+    return make_counts(n_cells=60, n_genes=40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def formats(counts, tmp_path_factory) -> dict[str, Path]:
+    return write_all_formats(counts, tmp_path_factory.mktemp("formats"))
+
+
+def _read_error(path, **kwargs) -> InputError:
+    with pytest.raises(InputError) as info:
+        io.read(path, **kwargs)
+    assert info.value.hint, "every InputError tells the user what to do"
+    return info.value
+
+
+# -- formats ---------------------------------------------------------------------------------
+
+ALL_FORMATS = ["h5ad", "10x_h5_v3", "10x_h5_v2", "mtx_folder_v3", "mtx_folder_v2", "mtx_file", "zip",
+               "tar.gz", "csv", "csv.gz", "tsv", "tsv.gz_genes_x_cells", "loom", "npy"]
+
+
+@pytest.mark.parametrize("label", ALL_FORMATS)
+def test_every_format_reads_back_the_same_matrix(formats, counts, label):
+    adata = io.read(formats[label])
+    assert adata.shape == counts.shape
+    np.testing.assert_array_equal(dense(adata), dense(counts))
+    report = adata.uns[io.REPORT_KEY]
+    assert report["value_type"] == "counts"
+    assert report["orientation"] == "cells_x_genes" or label == "tsv.gz_genes_x_cells"
+    if label == "npy":
+        assert list(adata.obs_names[:2]) == ["0", "1"] and adata.var_names[0] == "feature_0"
+        return
+    assert list(adata.obs_names) == list(counts.obs_names)
+    assert list(adata.var_names) == list(counts.var_names)
+    assert report["gene_id_type"] == "symbol"
+    json.dumps(report)  # plain data
+
+
+@pytest.mark.parametrize("label", ["h5ad", "10x_h5_v3", "zip", "tar.gz", "csv.gz", "tsv", "loom", "npy"])
+def test_read_bytes_matches_read(formats, counts, label):
+    path = formats[label]
+    adata = io.read_bytes(path.read_bytes(), path.name)
+    np.testing.assert_array_equal(dense(adata), dense(counts))
+    assert adata.uns[io.REPORT_KEY]["file_name"] == path.name
+
+
+def test_supported_formats_lists_the_extensions():
+    for ext in (".h5ad", ".h5", ".loom", ".csv", ".tsv.gz", ".mtx.gz", ".zip", ".tar.gz", ".npy"):
+        assert ext in io.SUPPORTED_FORMATS
+
+
+def test_read_bytes_never_uses_the_name_as_a_path(formats, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = formats["csv"].read_bytes()
+    adata = io.read_bytes(data, "../../../tmp/evil\x07 name.csv")
+    assert adata.uns[io.REPORT_KEY]["file_name"] == "evil name.csv"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_bytes_keeps_a_backed_file_until_the_data_is_gone(formats):
+    adata = io.read_bytes(formats["h5ad"].read_bytes(), "x.h5ad", backed=True)
+    folder = Path(adata.filename).parent
+    assert adata.isbacked and folder.exists()
+    assert sp.csr_matrix(adata.X[0:5]).shape == (5, adata.n_vars)
+    adata.file.close()
+    del adata
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_genes_x_cells_table_detected_and_overridable(formats, counts):
+    report = io.read(formats["tsv.gz_genes_x_cells"]).uns[io.REPORT_KEY]
+    assert report["orientation"] == "genes_x_cells"
+    assert "columns hold cell barcodes" in report["orientation_reason"]
+    forced = io.read(formats["tsv.gz_genes_x_cells"], orientation="cells_x_genes")
+    assert forced.shape == (counts.n_vars, counts.n_obs)
+    assert forced.uns[io.REPORT_KEY]["orientation_reason"] == "given by the user"
+
+
+def test_npy_orientation_override(formats, counts):
+    adata = io.read(formats["npy"], orientation="genes_x_cells")
+    np.testing.assert_array_equal(dense(adata), dense(counts).T)
+
+
+def test_table_metadata_columns_go_to_obs(counts, tmp_path):
+    adata = counts.copy()
+    rng = np.random.default_rng(1)
+    adata.obs["response"] = rng.integers(0, 2, adata.n_obs)
+    adata.obs["cell_type"] = rng.choice(["T cell", "B cell"], adata.n_obs)
+    adata.obs["batch"] = rng.integers(1, 3, adata.n_obs)
+    adata.obs["note"] = [f"free text {i}" for i in range(adata.n_obs)]
+    path = write_table(adata, tmp_path / "meta.csv", obs_columns=["response", "cell_type", "batch", "note"])
+    out = io.read(path)
+    assert out.n_vars == counts.n_vars and "response" not in out.var_names
+    np.testing.assert_array_equal(dense(out), dense(counts))
+    np.testing.assert_array_equal(out.obs["response"].to_numpy(), adata.obs["response"].to_numpy())
+    assert out.obs["response"].dtype == np.int64
+    report = out.uns[io.REPORT_KEY]
+    assert report["label_columns"]["response"]["binary"] is True
+    assert set(report["group_columns"]) == {"cell_type", "batch"}
+    assert set(report["metadata_columns"]) == {"response", "cell_type", "batch", "note"}
+    assert "per-cell fields" in report["orientation_reason"]
+
+
+def test_r_style_header_without_row_name_field(counts, tmp_path):
+    df = pd.DataFrame(dense(counts).astype(int), index=counts.obs_names, columns=counts.var_names)
+    text = "\t".join(df.columns) + "\n" + df.to_csv(sep="\t", header=False)
+    (tmp_path / "r.txt").write_text(text)
+    np.testing.assert_array_equal(dense(io.read(tmp_path / "r.txt")), dense(counts))
+
+
+def test_duplicated_names_are_made_unique_and_counted(counts, tmp_path):
+    adata = counts.copy()
+    genes = list(adata.var_names)
+    genes[1] = genes[0]
+    adata.var_names = genes
+    adata.obs_names = ["cellA"] * 3 + list(adata.obs_names[3:])
+    path = write_table(adata, tmp_path / "dup.csv")
+    out = io.read(path)
+    report = out.uns[io.REPORT_KEY]
+    assert report["n_duplicated_genes"] == 1 and report["n_duplicated_cells"] == 2
+    assert out.var_names.is_unique and out.obs_names.is_unique
+    assert list(out.var["scatd_original_name"][:2]) == [genes[0], genes[0]]
+
+
+def test_zero_cells_are_kept_and_marked(counts, tmp_path):
+    adata = counts.copy()
+    X = dense(adata)
+    X[[3, 7]] = 0
+    adata.X = sp.csr_matrix(X)
+    adata.write_h5ad(tmp_path / "z.h5ad")
+    out = io.read(tmp_path / "z.h5ad")
+    assert out.n_obs == counts.n_obs
+    assert list(np.flatnonzero(out.obs[io.ZERO_CELL_KEY])) == [3, 7]
+    assert out.uns[io.REPORT_KEY]["n_all_zero_cells"] == 2
+
+
+def test_backed_h5ad_reads_rows_in_batches(formats, counts, monkeypatch):
+    adata = io.read(formats["h5ad"], backed=True)
+    assert adata.isbacked and adata.uns[io.REPORT_KEY]["backed"] is True
+    batches = [sp.csr_matrix(b).toarray() for _, _, b in preprocess.row_batches(adata.X, 7)]
+    np.testing.assert_array_equal(np.vstack(batches), dense(counts))
+    monkeypatch.setattr(io, "BACKED_MIN_CELLS", 10)
+    assert io.read(formats["h5ad"]).isbacked  # "auto" over the threshold
+    assert not io.read(formats["h5ad"], backed=False).isbacked
+
+
+def test_backed_csc_h5ad_is_loaded_into_memory(counts, tmp_path):
+    adata = counts.copy()
+    adata.X = sp.csc_matrix(adata.X)
+    adata.write_h5ad(tmp_path / "csc.h5ad")
+    out = io.read(tmp_path / "csc.h5ad", backed=True)
+    assert not out.isbacked
+    assert any("CSC" in w for w in out.uns[io.REPORT_KEY]["warnings"])
+
+
+def test_transposed_h5ad_is_detected(counts, tmp_path):
+    counts.T.write_h5ad(tmp_path / "t.h5ad")
+    out = io.read(tmp_path / "t.h5ad")
+    assert out.shape == counts.shape
+    np.testing.assert_array_equal(dense(out), dense(counts))
+
+
+def test_10x_antibody_features_are_set_aside_and_reported(counts, tmp_path):
+    types = ["Gene Expression"] * (counts.n_vars - 3) + ["Antibody Capture"] * 3
+    out = io.read(write_10x_h5(counts, tmp_path / "multi.h5", feature_types=types))
+    assert out.n_vars == counts.n_vars - 3
+    assert out.uns[io.REPORT_KEY]["features_dropped"] == {"Antibody Capture": 3}
+
+
+def test_mtx_with_file_prefix_and_cells_by_genes_layout(counts, tmp_path):
+    folder = write_10x_mtx(counts, tmp_path / "geo", prefix="GSM123_")
+    np.testing.assert_array_equal(dense(io.read(folder)), dense(counts))
+    # some GEO submissions store cells x genes; the file counts tell which
+    import scipy.io
+    scipy.io.mmwrite(tmp_path / "geo" / "GSM123_matrix.mtx", sp.csr_matrix(counts.X).tocoo(), field="integer")
+    (tmp_path / "geo" / "GSM123_matrix.mtx.gz").unlink()
+    np.testing.assert_array_equal(dense(io.read(tmp_path / "geo")), dense(counts))
+
+
+def test_report_survives_h5ad_round_trip(formats, tmp_path):
+    adata = io.read(formats["csv"])
+    adata.write_h5ad(tmp_path / "annotated.h5ad")
+    again = ad.read_h5ad(tmp_path / "annotated.h5ad")
+    assert again.uns[io.REPORT_KEY]["value_type"] == "counts"
+
+
+# -- real data -------------------------------------------------------------------------------
+
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(),
+                                  reason=f"shared reference data not found at {SHARED_DATA}")
+
+
+@needs_shared
+@pytest.mark.parametrize("name, shape", [("scad_gefitinib_hnscc_z.csv", (66, 2932)),
+                                         ("scad_sorafenib_hnscc_z.csv", (120, 2874))])
+def test_real_scad_zscored_csv(name, shape):
+    adata = io.read(SHARED_DATA / "sc" / name)
+    report = adata.uns[io.REPORT_KEY]
+    assert adata.shape == shape
+    assert "response" in adata.obs and "response" not in adata.var_names
+    assert report["label_columns"]["response"]["binary"] is True
+    half = str(shape[0] // 2)
+    assert report["label_columns"]["response"]["values"] == {"0": int(half), "1": int(half)}
+    assert report["value_type"] == "zscored"
+    assert report["gene_id_type"] == "symbol"
+    assert report["orientation"] == "cells_x_genes"
+    assert preprocess.check_backbone_compatibility(report, "geneformer") != []
+
+
+def test_scanpy_pbmc68k_reduced(tmp_path):
+    sc = pytest.importorskip("scanpy")
+    pbmc = sc.datasets.pbmc68k_reduced()
+    pbmc.write_h5ad(tmp_path / "pbmc.h5ad")
+    adata = io.read(tmp_path / "pbmc.h5ad")
+    report = adata.uns[io.REPORT_KEY]
+    assert adata.shape == (700, 765)
+    assert report["value_type"] == "zscored"  # X holds sc.pp.scale output
+    assert report["gene_id_type"] == "symbol"
+    assert report["stored_matrices"]["raw"] is True
+    assert "louvain" in report["group_columns"]
+    assert preprocess.detect_value_type(pbmc.raw.X)["kind"] == "log_normalized"
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+def _junk(n: int = 4096) -> bytes:
+    return np.random.default_rng(7).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def test_missing_file(tmp_path):
+    assert "not found" in _read_error(tmp_path / "nope.h5ad").message
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.csv").write_bytes(b"")
+    assert "empty" in _read_error(tmp_path / "empty.csv").message
+
+
+@pytest.mark.parametrize("name", ["data.xlsx", "data.pdf", "data", "matrix.rds"])
+def test_wrong_extension(tmp_path, name):
+    (tmp_path / name).write_bytes(b"a,b\n1,2\n")
+    assert "not supported" in _read_error(tmp_path / name).message
+
+
+@pytest.mark.parametrize("name, expected", [("junk.csv", "binary"), ("junk.h5ad", "not an HDF5"),
+                                            ("junk.h5", "not an HDF5"), ("junk.loom", "not an HDF5"),
+                                            ("junk.zip", "not a zip"), ("junk.npy", "not a NumPy"),
+                                            ("junk.csv.gz", "not gzip"), ("junk.tar.gz", "not gzip"),
+                                            ("junk.mtx", "binary")])
+def test_binary_junk(tmp_path, name, expected):
+    (tmp_path / name).write_bytes(_junk())
+    assert expected in _read_error(tmp_path / name).message
+
+
+@pytest.mark.parametrize("label", ["h5ad", "10x_h5_v3", "loom", "zip", "tar.gz", "csv.gz", "npy"])
+def test_truncated_files(formats, tmp_path, label):
+    src = formats[label]
+    data = src.read_bytes()
+    (tmp_path / src.name).write_bytes(data[: len(data) // 2])
+    _read_error(tmp_path / src.name)
+
+
+def test_hdf5_of_unknown_layout(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["something"] = np.arange(3)
+    assert "neither" in _read_error(tmp_path / "other.h5").message
+
+
+def test_h5ad_without_x(counts, tmp_path):
+    ad.AnnData(obs=counts.obs, var=counts.var).write_h5ad(tmp_path / "nox.h5ad")
+    assert "no expression matrix" in _read_error(tmp_path / "nox.h5ad").message
+
+
+@pytest.mark.parametrize("value, word", [("nan", "NaN"), ("inf", "infinite"), ("-inf", "infinite")])
+def test_nan_and_inf(tmp_path, value, word):
+    (tmp_path / "bad.csv").write_text(f"cell,TP53,EGFR\nc1,1,2\nc2,{value},3\nc3,0,1\n")
+    err = _read_error(tmp_path / "bad.csv")
+    assert word in err.message and "'c2'" in err.message
+
+
+def test_nan_in_h5ad(counts, tmp_path):
+    adata = counts.copy()
+    adata.X = dense(adata)
+    adata.X[5, 2] = np.nan
+    adata.write_h5ad(tmp_path / "nan.h5ad")
+    assert "NaN" in _read_error(tmp_path / "nan.h5ad").message
+
+
+def test_all_zero_cells(tmp_path):
+    (tmp_path / "zero.csv").write_text("cell,TP53,EGFR\nc1,0,0\nc2,0,0\nc3,0,0\n")
+    assert "all zero" in _read_error(tmp_path / "zero.csv").message
+
+
+def test_single_cell(tmp_path):
+    (tmp_path / "one.csv").write_text("cell,TP53,EGFR,MYC\nc1,1,2,3\n")
+    err = _read_error(tmp_path / "one.csv")
+    assert "single cell" in err.message and "genes_x_cells" in err.hint
+
+
+def test_non_numeric_value_in_a_gene_column(tmp_path):
+    rows = "\n".join(f"c{i},{i},{i + 1}" for i in range(20))
+    (tmp_path / "bad.csv").write_text("cell,TP53,EGFR\n" + rows + "\nc99,abc,1\n")
+    err = _read_error(tmp_path / "bad.csv")
+    assert "'TP53'" in err.message and "'abc'" in err.message
+
+
+def test_text_only_table(tmp_path):
+    (tmp_path / "text.csv").write_text("cell,a,b\nc1,x,y\nc2,z,w\n")
+    assert "no numeric columns" in _read_error(tmp_path / "text.csv").message
+
+
+def test_header_only_and_single_column(tmp_path):
+    (tmp_path / "h.csv").write_text("cell,TP53,EGFR\n")
+    assert "no data rows" in _read_error(tmp_path / "h.csv").message
+    (tmp_path / "one.csv").write_text("cell\nc1\nc2\n")
+    assert "single column" in _read_error(tmp_path / "one.csv").message
+
+
+def test_ragged_table(tmp_path):
+    (tmp_path / "r.csv").write_text("cell,TP53,EGFR\nc1,1,2\nc2,1,2,3,4\nc3,1,1\n")
+    _read_error(tmp_path / "r.csv")
+
+
+def test_over_size_and_cell_limits(formats):
+    assert "over the limit" in _read_error(formats["h5ad"], max_bytes=100).message
+    assert "over the limit of 10 cells" in _read_error(formats["h5ad"], max_cells=10).message.replace(",", "")
+    for label in ("10x_h5_v3", "mtx_folder_v3", "csv", "loom", "npy", "zip"):
+        assert "cells" in _read_error(formats[label], max_cells=10).message
+    with pytest.raises(InputError, match="over the limit"):
+        io.read_bytes(formats["csv"].read_bytes(), "x.csv", max_bytes=100)
+
+
+def test_limits_come_from_the_environment(formats, monkeypatch):
+    monkeypatch.setenv("SCATD_MAX_CELLS", "10")
+    assert "over the limit" in _read_error(formats["csv"]).message
+
+
+def test_npy_must_be_plain_2d_numbers(tmp_path):
+    np.save(tmp_path / "three.npy", np.zeros((2, 3, 4)))
+    assert "3-D" in _read_error(tmp_path / "three.npy").message
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    assert "object arrays" in _read_error(tmp_path / "obj.npy").hint
+
+
+def test_archive_with_unsafe_path_extracts_nothing(tmp_path):
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+        zf.writestr("../../escaped.csv", "cell,TP53\nc1,1\nc2,2\n")
+    assert "unsafe path" in _read_error(tmp_path / "evil.zip").message
+    assert not (tmp_path.parent / "escaped.csv").exists()
+
+
+def test_archive_with_several_or_no_data_files(counts, tmp_path):
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as zf:
+        zf.writestr("a.csv", "cell,TP53\nc1,1\nc2,2\n")
+        zf.writestr("b.csv", "cell,TP53\nc1,1\nc2,2\n")
+    assert "several data files" in _read_error(tmp_path / "two.zip").message
+    with zipfile.ZipFile(tmp_path / "none.zip", "w") as zf:
+        zf.writestr("readme.md", "hello")
+    assert "no data files" in _read_error(tmp_path / "none.zip").message
+
+
+def test_archive_size_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "ARCHIVE_EXPANSION", 1)
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.csv", "cell,TP53\n" + "c,0\n" * 200_000)
+    assert "expands to more than" in _read_error(tmp_path / "bomb.zip", max_bytes=100_000).message
+
+
+def test_mtx_files_that_do_not_belong_together(counts, tmp_path):
+    folder = write_10x_mtx(counts, tmp_path / "m")
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:
+        fh.write("AAAC-1\nAAAG-1\n")
+    assert "do not belong together" in _read_error(folder).hint
+    (folder / "barcodes.tsv.gz").unlink()
+    assert "no barcodes file" in _read_error(folder).message
+
+
+def test_negative_counts_are_refused_where_counts_are_required(tmp_path):
+    rows = "\n".join(f"c{i},{i % 5},{(i * 3) % 7},{i % 2}" for i in range(30))
+    (tmp_path / "neg.csv").write_text("cell,TP53,EGFR,MYC\n" + rows + "\nc99,-4,2,1\n")
+    report = io.read(tmp_path / "neg.csv").uns[io.REPORT_KEY]
+    assert report["value_type"] == "unknown"
+    with pytest.raises(InputError, match="negative"):
+        preprocess.require_backbone_compatibility(
+            {"kind": report["value_type"], "evidence": report["value_type_evidence"]}, "vae_gf")
+
+
+def test_programming_errors_are_not_input_errors(formats):
+    with pytest.raises(ValueError):
+        io.read(formats["csv"], orientation="sideways")
+
+
+# -- no other exception escapes --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seed_files(formats) -> dict[str, tuple[bytes, str]]:
+    small = {k: formats[k] for k in ("h5ad", "10x_h5_v3", "loom", "csv", "csv.gz", "tsv", "zip", "tar.gz", "npy")}
+    return {k: (p.read_bytes(), "".join(p.suffixes[-2:]) if p.name.endswith(".gz") else p.suffix)
+            for k, p in small.items()}
+
+
+@settings(max_examples=50, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_files_raise_only_input_error(seed_files, data):
+    label = data.draw(st.sampled_from(sorted(seed_files)), label="format")
+    raw, suffix = seed_files[label]
+    raw = bytearray(raw)
+    mutation = data.draw(st.sampled_from(["truncate", "flip", "splice", "zero_block"]), label="mutation")
+    position = data.draw(st.integers(0, len(raw) - 1), label="position")
+    if mutation == "truncate":
+        raw = raw[:position]
+    elif mutation == "flip":
+        for offset in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=16), label="offsets"):
+            raw[offset] ^= data.draw(st.integers(1, 255))
+    elif mutation == "splice":
+        raw[position:position] = data.draw(st.binary(min_size=1, max_size=64), label="junk")
+    else:
+        raw[position:position + 256] = bytes(min(256, len(raw) - position))
+    try:
+        adata = io.read_bytes(bytes(raw), f"mutated{suffix}")
+    except InputError as err:
+        assert err.message
+    else:
+        assert isinstance(adata, ad.AnnData) and adata.n_obs >= io.MIN_CELLS
