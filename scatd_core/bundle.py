@@ -189,13 +189,14 @@ class Bundle:
         key = (str(device), mode)
         if key not in self._models:
             state = _read_safetensors(self.path / WEIGHTS, "weights")
-            model = build_model(self.architecture)
+            with torch.device("meta"):  # no second copy of the weights: load by assignment
+                model = build_model(self.architecture)
             try:
                 check_state_dict(model, state)
             except CheckpointError as exc:
                 raise BundleError(f"Bundle {self.path.name}: weights do not match its manifest. {exc.message}",
                                   "Re-import or re-train this model.") from None
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(state, strict=True, assign=True)
             if isinstance(model, DrugClassifier) and mode == "shared_with_head" and self.backbone == "dist_vae":
                 model.tie_encoder_beta_to_head()
             model.eval().to(device)
