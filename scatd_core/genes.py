@@ -278,16 +278,21 @@ def var_id_columns(var) -> dict:
 
     Returns ``{"symbol": column or None, "ensembl": column or None}``.
     """
+    accepted = {"symbol": ("symbol", "mouse_symbol", "mixed"), "ensembl": ("ensembl",)}
     found = {"symbol": None, "ensembl": None}
     for kind, candidates in (("symbol", SYMBOL_COLUMNS), ("ensembl", ENSEMBL_COLUMNS)):
         for col in candidates:
             if col not in var.columns:
                 continue
-            id_type = detect_id_type(var[col].astype(str))
-            if (kind == "ensembl") == (id_type == "ensembl") and id_type != "unknown":
+            values = [v for v in var[col].astype(str) if _present(v)]
+            if detect_id_type(values) in accepted[kind]:
                 found[kind] = col
                 break
     return found
+
+
+def _present(value: str) -> bool:
+    return value.strip().lower() not in ("", "nan", "none", "na")
 
 
 def mito_mask(adata) -> np.ndarray:
@@ -471,7 +476,7 @@ def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=No
         result, route = None, "unmapped"
         if file_values is not None:
             candidate = file_values[i]
-            if candidate and candidate != "nan" and (_ensembl_core(candidate) is not None) == (to == "ensembl"):
+            if _present(candidate) and (_ensembl_core(candidate) is not None) == (to == "ensembl"):
                 result, route = (_ensembl_core(candidate) if to == "ensembl" else candidate), "file_columns"
         for route_name, table in lookups:
             if result is None and key in table:

@@ -35,6 +35,8 @@ import csv
 import gzip
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 import warnings
@@ -61,9 +63,9 @@ except ImportError:  # pragma: no cover - anndata 0.10
 
 #: File name endings accepted by :func:`read` / :func:`read_bytes` (a 10x folder is also accepted).
 SUPPORTED_FORMATS = (".h5ad", ".h5", ".loom", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz",
-                     ".mtx", ".mtx.gz", ".zip", ".tar.gz", ".tgz", ".npy")
+                     ".mtx", ".mtx.gz", ".zip", ".tar.gz", ".tgz", ".tar", ".npy")
 #: Last suffixes, for an upload widget that checks only the final extension.
-UPLOAD_TYPES = ("h5ad", "h5", "loom", "csv", "tsv", "txt", "gz", "mtx", "zip", "tgz", "npy")
+UPLOAD_TYPES = ("h5ad", "h5", "loom", "csv", "tsv", "txt", "gz", "mtx", "zip", "tgz", "tar", "npy")
 
 _FORMAT_OF_SUFFIX = {".h5ad": "hdf5", ".h5": "hdf5", ".hdf5": "hdf5", ".loom": "hdf5",
                      ".csv": "table", ".tsv": "table", ".txt": "table", ".csv.gz": "table",
@@ -317,8 +319,41 @@ def _hdf5_flavour(f: h5py.File) -> str | None:
     return None
 
 
+#: Seconds allowed for walking an HDF5 file's structure (a sound file takes well under one).
+HDF5_CHECK_SECONDS = 30
+_HDF5_WALK = """
+import sys, h5py
+def visit(name, obj):
+    list(obj.attrs.items())
+    if isinstance(obj, h5py.Dataset):
+        obj.shape, obj.dtype, obj.chunks
+with h5py.File(sys.argv[1], "r") as f:
+    list(f.attrs.items())
+    f.visititems(visit)
+"""
+
+
+def _check_hdf5_structure(path: Path, name: str) -> None:
+    """Walk every group, dataset header and attribute of an HDF5 file in a child process.
+
+    Damaged HDF5 metadata can send the HDF5 C library into an endless loop (or a crash) that no
+    Python code can interrupt; found by feeding mutated files to the readers. A child process
+    with a time limit turns that into an InputError instead of a hung or dead server.
+    """
+    hint = "The file is damaged; export it again (e.g. adata.write_h5ad) and upload the new copy."
+    try:
+        proc = subprocess.run([sys.executable, "-c", _HDF5_WALK, str(path)], capture_output=True,
+                              text=True, timeout=HDF5_CHECK_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"{name} is corrupt: its HDF5 structure could not be read.", hint) from None
+    if proc.returncode != 0:
+        detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:200]
+        raise InputError(f"{name} is a damaged HDF5 file ({detail}).", hint)
+
+
 def _read_hdf5(path: Path, opts: _Options) -> ad.AnnData:
     """h5ad, 10x .h5 and loom are all HDF5: the file's structure decides, not its extension."""
+    _check_hdf5_structure(path, opts.display_name)
     with _open_h5(path, opts.display_name) as f:
         flavour = _hdf5_flavour(f)
     if flavour is None:
@@ -524,7 +559,8 @@ def _read_mtx(matrix: Path, opts: _Options) -> ad.AnnData:
         missing = " and ".join(n for n, p in (("barcodes", barcodes_file), ("features/genes", features_file)) if p is None)
         raise InputError(f"{name}: {matrix.name} has no {missing} file beside it.",
                          f"A 10x folder holds {prefix}matrix.mtx(.gz), {prefix}features.tsv(.gz) (or "
-                         f"genes.tsv) and {prefix}barcodes.tsv(.gz), with the same prefix.")
+                         f"genes.tsv) and {prefix}barcodes.tsv(.gz), with the same prefix; upload the "
+                         "whole folder as a .zip or .tar.gz.")
     total = sum(p.stat().st_size for p in (matrix, barcodes_file, features_file))
     if total > opts.max_bytes:
         raise _too_large(name, total, opts.max_bytes)
@@ -532,10 +568,10 @@ def _read_mtx(matrix: Path, opts: _Options) -> ad.AnnData:
     barcodes = _read_text_table(barcodes_file).iloc[:, 0].tolist()
     features = _read_text_table(features_file)
     # a header line ("gene_id  gene_name") shows up as one row too many
-    if len(features) == max(n_rows, n_cols) + 1 or len(features) == min(n_rows, n_cols) + 1:
-        if len(features) - 1 in (n_rows, n_cols) and len(features) not in (n_rows, n_cols):
-            features = features.iloc[1:]
-    if len(barcodes) - 1 in (n_rows, n_cols) and len(barcodes) not in (n_rows, n_cols):
+    dims = (n_rows, n_cols)
+    if len(features) not in dims and len(features) - 1 in dims:
+        features = features.iloc[1:]
+    if len(barcodes) not in dims and len(barcodes) - 1 in dims:
         barcodes = barcodes[1:]
     if (n_rows, n_cols) == (len(features), len(barcodes)):
         genes_by_cells = True
@@ -753,36 +789,36 @@ def _read_table(path: Path, opts: _Options) -> ad.AnnData:
     read_kw = dict(sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding,
                    compression="gzip" if gz else None, engine="c")
     try:
-        preview = pd.read_csv(path, nrows=200, dtype={0: str}, **read_kw)
+        # one pass with pandas' own type inference: dtype maps or a preview pass cost several
+        # times more on wide (20k-column) tables
+        df = pd.read_csv(path, dtype={0: str}, low_memory=False, **read_kw)
     except pd.errors.ParserError as exc:
         raise _malformed(name, exc) from None
     labels = [str(x) for x in header[1:]]
-    if preview.shape[1] != len(labels):
-        raise InputError(f"{name}: the header has {len(labels) + 1} fields but the rows have {preview.shape[1] + 1}.",
+    if df.shape[1] != len(labels):
+        raise InputError(f"{name}: the header has {len(labels) + 1} fields but the rows have {df.shape[1] + 1}.",
                          "Every row must have as many fields as the header; check the separator and quoting.")
-    positions = list(preview.columns)
+    positions = list(df.columns)
     label_of = dict(zip(positions, labels))
-    # pandas has parsed the fully numeric columns already; only text columns need a closer look
-    non_numeric = {p for p in positions if preview[p].dtype == object and _numeric_fraction(preview[p]) < 0.5}
+    non_numeric = set()
+    for p in positions:
+        if df[p].dtype.kind in "iuf":
+            continue
+        if df[p].dtype.kind == "O" and _numeric_fraction(df[p]) >= 0.5:
+            raise _non_numeric(df[p], label_of[p], name)  # a number column with stray text
+        non_numeric.add(p)  # text (or true/false): per-row information, not expression
     named = {p for p in positions if _column_kind(label_of[p])}
     per_cell = [label_of[p] for p in positions if p in named]
     candidates = [label_of[p] for p in positions if p not in non_numeric and p not in named]
     if opts.orientation != "auto":
         orientation, reason = opts.orientation, "given by the user"
     else:
-        orientation, reason = _decide_orientation(preview.index.astype(str), candidates, per_cell)
+        orientation, reason = _decide_orientation(df.index.astype(str), candidates, per_cell)
     meta = non_numeric | (named if orientation == "cells_x_genes" else set())
     data_pos = [p for p in positions if p not in meta]
     if not data_pos:
         raise InputError(f"{name} has no numeric columns: every column holds text.",
                          "The table needs one column per gene (or per cell) of numbers.")
-    dtypes = {0: str, **{p: np.float32 for p in data_pos}, **{p: str for p in meta}}
-    try:
-        df = pd.read_csv(path, dtype=dtypes, **read_kw)
-    except pd.errors.ParserError as exc:
-        raise _malformed(name, exc) from None
-    except ValueError:
-        raise _non_numeric(path, read_kw, data_pos, label_of, name) from None
     X = df[data_pos].to_numpy(dtype=np.float32)
     ids = df.index.astype(str).tolist()
     data_labels = [label_of[p] for p in data_pos]
@@ -816,19 +852,13 @@ def _malformed(name: str, exc: Exception) -> InputError:
                       "Every row must have as many fields as the header; check the separator and quoting.")
 
 
-def _non_numeric(path, read_kw, data_pos, label_of, name) -> InputError:
-    """Find the column that broke the numeric read (only on that error path)."""
-    df = pd.read_csv(path, dtype=str, keep_default_na=True, **read_kw)
-    for p in data_pos:
-        col = df[p].dropna()
-        bad = col[pd.to_numeric(col, errors="coerce").isna()]
-        if not bad.empty:
-            gene = label_of[p]
-            return InputError(f"{name}: column '{gene}' holds non-numeric values (e.g. {bad.iloc[0]!r} in "
-                              f"row '{bad.index[0]}').",
-                              "Expression values must be numbers; remove or fix that column, or mark "
-                              "missing values as NA.")
-    return InputError(f"{name} holds values that are not numbers.", "Check the table's expression values.")
+def _non_numeric(values: pd.Series, label: str, name: str) -> InputError:
+    present = values.dropna()
+    bad = present[pd.to_numeric(present, errors="coerce").isna()]
+    return InputError(f"{name}: column '{label}' holds non-numeric values (e.g. {bad.iloc[0]!r} in row "
+                      f"'{bad.index[0]}').",
+                      "Expression values must be numbers; fix or remove that column, or write missing "
+                      "values as NA.")
 
 
 # --------------------------------------------------------------------------------------------

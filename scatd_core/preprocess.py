@@ -213,7 +213,8 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
     Parameters
     ----------
     value_type
-        The dict of :func:`detect_value_type` (or just its ``kind``).
+        The dict of :func:`detect_value_type`, just its ``kind``, or the read report
+        ``adata.uns['scatd_input']`` of :func:`scatd_core.io.read`.
     backbone
         ``"dist_vae"``, ``"vae_sf"`` or ``"vae_gf"`` (``"scfoundation"``, ``"geneformer"``
         accepted).
@@ -231,8 +232,7 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
       log1p: it needs non-negative, not-yet-logged values. scFoundation moreover drops
       non-positive values without a word (backbones.md A.5).
     """
-    kind = value_type["kind"] if isinstance(value_type, dict) else str(value_type)
-    evidence = value_type.get("evidence", {}) if isinstance(value_type, dict) else {}
+    kind, evidence = _kind_and_evidence(value_type)
     negative = bool(evidence.get("has_negative", kind == "zscored"))
     key = _backbone(backbone)
     transform = input_transform or BACKBONE_DEFAULT_TRANSFORM[key]
@@ -264,11 +264,19 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
     return []
 
 
+def _kind_and_evidence(value_type) -> tuple[str, dict]:
+    if isinstance(value_type, dict) and "kind" in value_type:
+        return value_type["kind"], value_type.get("evidence", {})
+    if isinstance(value_type, dict) and "value_type" in value_type:  # the read report
+        return value_type["value_type"], value_type.get("value_type_evidence", {})
+    return str(value_type), {}
+
+
 def require_backbone_compatibility(value_type, backbone: str, input_transform: str | None = None) -> None:
     """Raise :class:`InputError` with the problems of :func:`check_backbone_compatibility`."""
     problems = check_backbone_compatibility(value_type, backbone, input_transform)
     if problems:
-        kind = value_type["kind"] if isinstance(value_type, dict) else value_type
+        kind, _ = _kind_and_evidence(value_type)
         raise InputError(f"The data ({kind}) cannot be used with {backbone}: " + " ".join(problems),
                          "Upload counts, or choose a model whose input matches these values.")
 

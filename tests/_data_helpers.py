@@ -49,14 +49,22 @@ def make_counts(n_cells: int = 60, n_genes: int = 40, density: float = 0.3, seed
 
 
 def make_counts_large(n_cells: int, n_genes: int, density: float, seed: int = 0) -> ad.AnnData:
-    """Like :func:`make_counts` for big sizes: column indices drawn with replacement, then deduplicated."""
+    """Like :func:`make_counts` for big sizes, built straight as CSR (about ``density`` non-zeros).
+
+    Column indices are drawn with replacement and sorted per row; the few repeats are summed.
+    """
     rng = np.random.default_rng(seed)
     per_row = int(density * n_genes)
-    cols = rng.integers(0, n_genes, size=(n_cells, per_row), dtype=np.int32)
-    cols.sort(axis=1)
-    rows = np.repeat(np.arange(n_cells, dtype=np.int32), per_row)
-    X = sp.csr_matrix((rng.integers(1, 30, size=rows.size).astype(np.float32), (rows, cols.ravel())),
-                      shape=(n_cells, n_genes))
+    indices = np.empty(n_cells * per_row, dtype=np.int32)
+    for start in range(0, n_cells, 10_000):  # chunks keep the temporary sort arrays small
+        stop = min(start + 10_000, n_cells)
+        cols = rng.integers(0, n_genes, size=(stop - start, per_row), dtype=np.int32)
+        cols.sort(axis=1)
+        indices[start * per_row:stop * per_row] = cols.ravel()
+    data = rng.integers(1, 30, size=indices.size, dtype=np.int32).astype(np.float32)
+    indptr = np.arange(n_cells + 1, dtype=np.int64) * per_row
+    X = sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes))
+    X.has_sorted_indices = True
     X.sum_duplicates()
     var = pd.DataFrame({"gene_ids": [f"ENSG{i:011d}" for i in range(1, n_genes + 1)]},
                        index=gene_symbols(n_genes))

@@ -1,0 +1,280 @@
+"""Train a drug model: bulk cell lines + labels -> a model adapted to the user's single cells.
+
+Thin page over :func:`scatd_core.train.train_drug_model`: uploads, choices, live progress,
+cancel, and the CV / target metrics of the run. The new bundle goes to the model library.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from scatd_app import state as S
+from scatd_core.errors import InputError, ScatdError
+
+try:
+    from scatd_app import ui
+except ImportError:  # pragma: no cover - the shared UI helpers ship with the app
+    ui = None
+
+# Session keys of this page only.
+BULK = "train_bulk"          # {"adata", "name"}: bulk cell lines x genes
+LABELS = "train_labels"      # {"table", "name"}: cell lines x drugs label table
+TARGET = "train_target"      # {"adata", "name"}: an uploaded target (when not the current dataset)
+RESULT = "train_result"      # {"bundle_path", "report"}: the last finished run
+STOP = "train_stop"          # set by the Stop button
+DATA_TYPES = ["csv", "tsv", "txt", "gz", "h5ad", "h5", "loom", "zip"]
+
+
+def show_error(exc: BaseException) -> None:
+    if ui is not None:
+        ui.show_error(exc)
+    elif isinstance(exc, ScatdError):
+        st.error(exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
+    else:
+        st.error(f"Something unexpected went wrong ({type(exc).__name__}: {exc}).")
+
+
+def _temp_copy(upload) -> Path:
+    """An upload as a file in a fresh temporary folder (the name only gives the extension)."""
+    folder = Path(tempfile.mkdtemp(prefix="scatd-train-"))
+    suffix = "".join(Path(upload.name).suffixes[-2:]) or ".csv"
+    path = folder / f"upload{suffix}"
+    path.write_bytes(upload.getvalue())
+    return path
+
+
+@st.cache_data(show_spinner="Reading the data…", max_entries=4)
+def _read_upload(data: bytes, name: str):
+    from scatd_core.io import read_bytes
+
+    adata = read_bytes(data, name, backed=False)
+    return adata
+
+
+def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
+    upload = st.file_uploader(label, type=DATA_TYPES, key=key, help=help_text)
+    if upload is not None and st.session_state.get(slot, {}).get("name") != upload.name:
+        try:
+            st.session_state[slot] = {"adata": _read_upload(upload.getvalue(), upload.name), "name": upload.name}
+        except ScatdError as exc:
+            show_error(exc)
+
+
+st.title("Train a drug model")
+st.caption("Train a drug-response model on bulk cancer cell lines with known responses, adapted to your "
+           "single cells (scATD domain-adaptive learning). The target's own labels, if any, are only used "
+           "to report how well the model did.")
+ss = st.session_state
+
+# ------------------------------------------------------------------ 1. bulk and labels
+st.subheader("1 · Bulk cell lines and their drug responses")
+bulk_source = st.radio("Bulk data", ["Upload", "Simulated demo panel"], horizontal=True,
+                       help="The demo panel is simulated (300 cell lines with a built-in resistance program); "
+                            "use it to try the page.")
+if bulk_source == "Upload":
+    c1, c2 = st.columns(2)
+    with c1:
+        _upload_anndata("Bulk expression (cell lines × genes)", "train_bulk_upload", BULK,
+                        "Log TPM or counts; CSV/TSV with cell-line IDs in the first column, or h5ad.")
+    with c2:
+        labels_upload = st.file_uploader("Labels (cell lines × drugs)", type=["csv", "tsv", "txt", "gz"],
+                                         key="train_labels_upload",
+                                         help="sensitive / resistant per cell line and drug, the format of GDSC's "
+                                              "ALL_label_binary_wf.csv; empty or NA = not screened.")
+        if labels_upload is not None and ss.get(LABELS, {}).get("name") != labels_upload.name:
+            from scatd_core.labels import read_label_table
+
+            try:
+                ss[LABELS] = {"table": read_label_table(_temp_copy(labels_upload)), "name": labels_upload.name}
+            except ScatdError as exc:
+                show_error(exc)
+    with st.expander("No label table? Build one from GDSC ln(IC50) values"):
+        u1, u2, u3 = st.columns(3)
+        ic50 = u1.file_uploader("GDSC_IC50.csv", type=["csv", "gz"], key="train_ic50")
+        thred = u2.file_uploader("IC50_thred.txt", type=["txt", "tsv"], key="train_thred")
+        dlist = u3.file_uploader("GDSC drug list", type=["csv"], key="train_druglist")
+        if st.button("Build labels", disabled=not (ic50 and thred and dlist)):
+            from scatd_core.labels import labels_from_ic50
+
+            try:
+                table = labels_from_ic50(_temp_copy(ic50), _temp_copy(thred), _temp_copy(dlist))
+                ss[LABELS] = {"table": table, "name": f"labels from {ic50.name}"}
+                rep = table.attrs["report"]
+                st.success(f"{rep['n_drugs']} drugs × {rep['n_cell_lines']} cell lines (ln IC50 below the "
+                           "drug's threshold = sensitive).")
+                if rep["no_threshold"]:
+                    st.warning(f"No threshold for {len(rep['no_threshold'])} drug(s): "
+                               f"{', '.join(rep['no_threshold'][:10])}.")
+            except ScatdError as exc:
+                show_error(exc)
+elif ss.get(BULK, {}).get("name") != "simulated demo panel":
+    try:
+        from scatd_core.simulate import simulate_bulk
+
+        with st.spinner("Simulating the demo panel…"):
+            demo_bulk, demo_labels = simulate_bulk(seed=0)
+        ss[BULK] = {"adata": demo_bulk, "name": "simulated demo panel"}
+        ss[LABELS] = {"table": demo_labels, "name": "simulated demo labels"}
+    except (ImportError, ScatdError) as exc:
+        show_error(exc if isinstance(exc, ScatdError) else InputError("The demo simulator is not installed."))
+
+bulk = ss.get(BULK)
+labels = ss.get(LABELS)
+if bulk is not None:
+    st.caption(f":material/dataset: Bulk: **{bulk['name']}**, {bulk['adata'].n_obs:,} samples × "
+               f"{bulk['adata'].n_vars:,} genes")
+if labels is not None:
+    st.caption(f":material/label: Labels: **{labels['name']}**, {labels['table'].shape[0]:,} cell lines × "
+               f"{labels['table'].shape[1]:,} drugs")
+
+# ------------------------------------------------------------------ 2. target
+st.subheader("2 · Target single cells")
+current = ss.get(S.ADATA)
+titles = {"Upload": "Upload another dataset"}
+if current is not None:
+    titles = {"Current dataset": f"Current dataset: {ss.get(S.DATA_NAME)} ({current.n_obs:,} cells)", **titles}
+target_source = st.radio("Target", list(titles), horizontal=True, format_func=titles.get, key="train_target_source")
+if target_source == "Current dataset":
+    target, target_name = current, ss.get(S.DATA_NAME) or "current dataset"
+else:
+    _upload_anndata("Single cells (cells × genes)", "train_target_upload", TARGET,
+                    "Any format the Data page reads; counts are log-normalised, every gene is z-scored.")
+    entry = ss.get(TARGET)
+    target, target_name = (entry["adata"], entry["name"]) if entry else (None, None)
+
+label_column = sensitive_value = None
+if target is not None:
+    candidates = [c for c in target.obs.columns if target.obs[c].nunique(dropna=True) == 2]
+    default = ss.get(S.LABEL_COLUMN) if target_source == "Current dataset" else None
+    choices = [None] + candidates
+    label_column = st.selectbox("True labels of the cells (evaluation only; never used for training)", choices,
+                                index=choices.index(default) if default in choices else 0,
+                                format_func=lambda c: "none" if c is None else c, key="train_label_column")
+    if label_column is not None:
+        values = sorted(map(str, target.obs[label_column].dropna().unique()))
+        if {v.lower() for v in values} != {"sensitive", "resistant"}:
+            sensitive_value = st.selectbox(f"Which value of '{label_column}' means sensitive?", values,
+                                           help="SCAD's 'response' column: 1 = sensitive, 0 = resistant.",
+                                           key="train_sensitive_value")
+
+# ------------------------------------------------------------------ 3. drug and settings
+st.subheader("3 · Drug and training")
+if bulk is None or labels is None or target is None:
+    st.info("Give the bulk data, its labels and the target cells above to train a model.")
+    st.stop()
+
+table = labels["table"]
+drug = st.selectbox("Drug", list(table.columns), help="A column of the label table.", key="train_drug")
+col = table[drug].astype(str).str.strip().str.lower()
+in_bulk = table.index.isin(bulk["adata"].obs_names)
+st.caption(f"{drug}: {int(((col == 'sensitive') & in_bulk).sum())} sensitive and "
+           f"{int(((col == 'resistant') & in_bulk).sum())} resistant cell lines in the bulk data; "
+           f"{int((~col.isin(['sensitive', 'resistant'])).sum())} without a label (dropped).")
+
+with st.expander("Settings"):
+    from scatd_core.train import TrainSettings
+
+    d = TrainSettings()
+    a1, a2, a3 = st.columns(3)
+    seed = a1.number_input("Seed", min_value=0, value=0, step=1, key="train_seed")
+    folds = a2.number_input("CV folds", min_value=2, max_value=10, value=d.folds, key="train_folds")
+    adaptation = a3.checkbox("Adapt to the target", value=True,
+                             help="Pretrain on bulk + target and align them with MMD while fine-tuning. Off: "
+                                  "the target is only predicted, never used for training.")
+    b1, b2, b3, b4 = st.columns(4)
+    pretrain_epochs = b1.number_input("Pretraining epochs", min_value=1, max_value=1000, value=d.pretrain_epochs,
+                                      key="train_pretrain_epochs")
+    epochs = b2.number_input("Drug-head epochs", min_value=1, max_value=1000, value=d.epochs, key="train_epochs")
+    finetune_epochs = b3.number_input("of which fine-tuning", min_value=0, max_value=1000, value=d.finetune_epochs,
+                                      key="train_finetune_epochs")
+    mmd_weight = b4.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5)
+    model_name = st.text_input("Model name", value="", placeholder=f"{drug} (dist_vae, trained)")
+
+b_train, b_stop = st.columns([1, 1])
+start = b_train.button("Train", type="primary", key="train_start")
+b_stop.button("Stop", key="train_stop_button", on_click=lambda: ss.__setitem__(STOP, True),
+              help="Stops the run after the current epoch; nothing is saved.")
+
+if start:
+    from scatd_core.train import train_drug_model
+
+    ss[STOP] = False
+    bar = st.progress(0.0, text="Starting…")
+    settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), epochs=int(epochs),
+                             finetune_epochs=min(int(finetune_epochs), int(epochs)), mmd_weight=float(mmd_weight))
+    try:
+        bundle, report = train_drug_model(
+            bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
+            adaptation=adaptation, target_label_column=label_column, target_sensitive_value=sensitive_value,
+            name=model_name.strip() or None,
+            progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m),
+            should_stop=lambda: bool(ss.get(STOP)))
+    except ScatdError as exc:
+        bar.empty()
+        show_error(exc)
+        st.stop()
+    bar.empty()
+    from scatd_core.cli_train import report_to_json
+
+    ss[RESULT] = {"bundle_path": str(bundle.path), "name": bundle.name, "report": report_to_json(report),
+                  "predictions": report["target_predictions"], "target": target_name}
+    if ui is not None:
+        ui.clear_library_cache()
+elif ss.get(STOP):
+    st.info("Training was stopped; no model was saved.")
+    ss[STOP] = False
+
+# ------------------------------------------------------------------ results
+result = ss.get(RESULT)
+if result is None:
+    st.stop()
+rep = result["report"]
+st.divider()
+st.subheader(f"Result: {result['name']}")
+st.success(f"Saved to the model library: `{result['bundle_path']}` ({rep['seconds']:.0f} s).")
+cv = rep["cv"]
+tm = rep["metrics"].get("target")
+m = st.columns(4)
+m[0].metric("Bulk CV AUROC", f"{cv['auroc_mean']:.3f}", help=f"± {cv['auroc_sd']:.3f} over {cv['folds']} folds, "
+            f"at {cv['chosen_epochs']} epochs (chosen by validation AUROC)")
+m[1].metric("Bulk out-of-fold AUROC", f"{cv['oof_auroc']:.3f}")
+if tm:
+    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", help=f"{tm['n']} cells with labels in '{tm['label_column']}'")
+    m[3].metric("Target AUPRC", f"{tm['auprc']:.3f}", help="positive class: resistant")
+else:
+    m[2].metric("Target cells", f"{rep['target']['n_used']:,}")
+for w in rep["warnings"]:
+    st.warning(w)
+lab, genes = rep["labels"], rep.get("genes")
+st.caption(f"{lab['sensitive']} sensitive / {lab['resistant']} resistant bulk cell lines; "
+           f"{lab['n_missing_label']} missing labels dropped."
+           + (f" Gene panel: {genes['n_panel']:,} genes shared by bulk and target." if genes else ""))
+
+fig = go.Figure()
+for fold in cv["per_fold"]:
+    fig.add_trace(go.Scatter(y=fold["val_auroc"], x=list(range(1, len(fold["val_auroc"]) + 1)), mode="lines",
+                             name=f"fold {fold['fold']}", line={"width": 1}, opacity=0.5))
+fig.add_trace(go.Scatter(y=cv["mean_curve"], x=list(range(1, len(cv["mean_curve"]) + 1)), mode="lines",
+                         name="mean", line={"width": 3, "color": "black"}))
+fig.add_vline(x=cv["chosen_epochs"], line_dash="dot", annotation_text="chosen")
+fine = rep["settings"]["epochs"] - rep["settings"]["finetune_epochs"]
+if rep["settings"]["finetune_epochs"]:
+    fig.add_vrect(x0=fine + 0.5, x1=rep["settings"]["epochs"], fillcolor="grey", opacity=0.1, line_width=0,
+                  annotation_text="fine-tuning")
+fig.update_layout(title="Validation AUROC per epoch (bulk CV)", xaxis_title="epoch", yaxis_title="AUROC", height=350)
+st.plotly_chart(fig, use_container_width=True)
+if rep["pretraining"]["loss"]:
+    loss = rep["pretraining"]["loss"]
+    fig = go.Figure(go.Scatter(y=loss, x=list(range(1, len(loss) + 1)), mode="lines"))
+    fig.update_layout(title="Backbone pretraining loss", xaxis_title="epoch", yaxis_title="loss", height=250)
+    st.plotly_chart(fig, use_container_width=True)
+st.download_button("Target predictions (CSV)", result["predictions"].to_csv(index=False).encode(),
+                   file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv")
+if st.button("Use this model for prediction"):
+    ss[S.BUNDLE_PATH] = result["bundle_path"]
+    st.success("Selected. Go to the Predict page to run it on your data.")

@@ -1,0 +1,278 @@
+"""Evaluation of predictions against known labels: scores, curves and threshold helpers.
+
+Labels come as they are in the user's file (``"resistant"``/``"sensitive"``, ``R``/``S``,
+``1``/``0``, ``True``/``False`` ...). Which value is the positive (resistant) class is always
+given explicitly (:func:`encode_labels`); :func:`guess_positive` proposes one for the app's
+picker. Missing labels (NaN, empty, ``NA``) and cells without a prediction are left out of every
+score and counted, never turned into a third class.
+
+The decision rule is the one of :func:`scatd_core.predict.predict`: a cell is called positive
+when ``P(resistant) > threshold``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from scatd_core.errors import InputError
+
+MISSING_LABELS = frozenset({"", "na", "nan", "n/a", "none", "null", "-", "?", "unknown"})
+_POSITIVE_PATTERNS = (r"^resist", r"^r$", r"non[-_ ]?respon", r"^1(\.0)?$", r"^true$", r"^yes$")
+_NEGATIVE_PATTERNS = (r"^sensitiv", r"^s$", r"^respon", r"^0(\.0)?$", r"^false$", r"^no$")
+
+
+def _as_text(values: Iterable) -> pd.Series:
+    """Labels as stripped strings, missing values as NaN (numbers: ``1.0`` -> ``"1"``)."""
+    series = pd.Series(list(values) if not isinstance(values, pd.Series) else values, dtype=object)
+    series = series.reset_index(drop=True)
+
+    def text(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return np.nan
+        if isinstance(v, (bool, np.bool_)):
+            return "True" if v else "False"
+        if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+            return str(int(v))
+        s = str(v).strip()
+        return np.nan if s.lower() in MISSING_LABELS else s
+    return series.map(text)
+
+
+def label_values(values: Iterable) -> list[str]:
+    """The distinct non-missing label values, as text, most frequent first."""
+    return [str(v) for v in _as_text(values).value_counts(dropna=True).index]
+
+
+def guess_positive(values: Iterable) -> str | None:
+    """Propose which label value means *resistant* (the user confirms it).
+
+    Looks for ``resist...``, ``R``, ``non-responder``, ``1``, ``True``, ``yes`` (in that order);
+    otherwise, with two values of which one looks *sensitive*, the other one. ``None`` when
+    nothing fits.
+    """
+    distinct = label_values(values)
+    for pattern in _POSITIVE_PATTERNS:
+        for v in distinct:
+            if re.search(pattern, v, flags=re.IGNORECASE):
+                return v
+    if len(distinct) == 2:
+        for i, v in enumerate(distinct):
+            if any(re.search(p, v, flags=re.IGNORECASE) for p in _NEGATIVE_PATTERNS):
+                return distinct[1 - i]
+    return None
+
+
+def encode_labels(values: Iterable, positive: str | int | Sequence) -> np.ndarray:
+    """0/1 labels with NaN where the label is missing.
+
+    Parameters
+    ----------
+    values
+        The labels as found (strings, numbers, booleans; missing as NaN/None/"NA"/"").
+    positive
+        The value (or values) meaning resistant; every other non-missing value is negative.
+        Compared as text, so ``1``, ``1.0`` and ``"1"`` are the same.
+
+    Raises
+    ------
+    InputError
+        When no label equals ``positive`` (a typo, or the wrong column).
+    """
+    text = _as_text(values)
+    wanted = [positive] if isinstance(positive, (str, int, float, bool, np.generic)) else list(positive)
+    wanted_text = set(_as_text(wanted).dropna())
+    y = np.full(len(text), np.nan)
+    present = text.notna().to_numpy()
+    y[present] = text[present].isin(wanted_text).to_numpy().astype(float)
+    if present.any() and not (y[present] == 1).any():
+        raise InputError(f"No label equals the chosen resistant class {sorted(wanted_text)}; the labels are "
+                         f"{', '.join(label_values(values)[:10])}.",
+                         "Choose which value means resistant.")
+    return y
+
+
+@dataclass
+class Evaluation:
+    """Scores of one set of predictions against labels at one threshold.
+
+    ``auroc``/``auprc`` are threshold-free; ``f1``, ``mcc``, ``precision``, ``recall``,
+    ``specificity``, ``accuracy`` and ``confusion`` (rows: true sensitive, true resistant;
+    columns: called sensitive, called resistant) use ``threshold``.
+    """
+
+    threshold: float
+    n_cells: int
+    n_evaluated: int
+    n_positive: int
+    n_negative: int
+    n_missing_label: int
+    n_not_scored: int
+    auroc: float
+    auprc: float
+    f1: float
+    mcc: float
+    precision: float
+    recall: float
+    specificity: float
+    accuracy: float
+    confusion: np.ndarray
+    positive_label: str = "resistant"
+    negative_label: str = "sensitive"
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("threshold", "n_cells", "n_evaluated", "n_positive", "n_negative",
+                                             "n_missing_label", "n_not_scored", "auroc", "auprc", "f1", "mcc",
+                                             "precision", "recall", "specificity", "accuracy")}
+        tn, fp, fn, tp = (int(v) for v in self.confusion.ravel())
+        out.update(true_negative=tn, false_positive=fp, false_negative=fn, true_positive=tp)
+        return out
+
+    def table(self) -> pd.DataFrame:
+        """``metric, value`` rows (what ``metrics.csv`` holds)."""
+        return pd.DataFrame({"metric": list(self.as_dict()), "value": list(self.as_dict().values())})
+
+
+def _valid(y_true, prob) -> tuple[np.ndarray, np.ndarray, int, int]:
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(prob, dtype=float)
+    if y.shape != p.shape:
+        raise ValueError(f"labels ({y.shape}) and probabilities ({p.shape}) differ in length")
+    has_label = np.isfinite(y)
+    scored = np.isfinite(p)
+    keep = has_label & scored
+    return y[keep].astype(int), p[keep], int((~has_label).sum()), int((has_label & ~scored).sum())
+
+
+def _require_both_classes(y: np.ndarray, pos: str, neg: str) -> None:
+    if y.size == 0:
+        raise InputError("No cell has both a label and a prediction, so nothing can be evaluated.",
+                         "Check the label column and that the cells were scored.")
+    if y.min() == y.max():
+        only = pos if y[0] == 1 else neg
+        raise InputError(f"Every labelled cell is '{only}' ({y.size:,} cells): AUROC, AUPRC, MCC and the "
+                         "curves need cells of both classes.",
+                         "Choose a label column with both resistant and sensitive cells, or check which "
+                         "value means resistant.")
+
+
+def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant",
+             negative_label: str = "sensitive") -> Evaluation:
+    """Score P(resistant) against 0/1 labels (NaN labels and NaN probabilities are left out).
+
+    Parameters
+    ----------
+    y_true
+        From :func:`encode_labels`.
+    prob
+        P(resistant) per cell (NaN where not scored).
+    threshold
+        Cells with ``prob > threshold`` are called resistant.
+
+    Raises
+    ------
+    InputError
+        When no cell can be evaluated, or the evaluated cells are all of one class.
+    """
+    y, p, n_missing, n_not_scored = _valid(y_true, prob)
+    _require_both_classes(y, positive_label, negative_label)
+    called = (p > threshold).astype(int)
+    cm = skm.confusion_matrix(y, called, labels=[0, 1])
+    tn, fp, fn, tp = cm.ravel()
+    notes = []
+    if n_missing:
+        notes.append(f"{n_missing:,} cell(s) without a label were left out.")
+    if n_not_scored:
+        notes.append(f"{n_not_scored:,} labelled cell(s) without a prediction were left out.")
+    return Evaluation(
+        threshold=float(threshold), n_cells=int(np.asarray(prob).size), n_evaluated=int(y.size),
+        n_positive=int(y.sum()), n_negative=int((1 - y).sum()), n_missing_label=n_missing,
+        n_not_scored=n_not_scored,
+        auroc=float(skm.roc_auc_score(y, p)), auprc=float(skm.average_precision_score(y, p)),
+        f1=float(skm.f1_score(y, called, zero_division=0)),
+        mcc=float(skm.matthews_corrcoef(y, called)),
+        precision=float(tp / (tp + fp)) if tp + fp else 0.0,
+        recall=float(tp / (tp + fn)) if tp + fn else 0.0,
+        specificity=float(tn / (tn + fp)) if tn + fp else 0.0,
+        accuracy=float((tp + tn) / y.size),
+        confusion=cm, positive_label=positive_label, negative_label=negative_label, notes=notes,
+    )
+
+
+def roc_curve(y_true, prob) -> pd.DataFrame:
+    """ROC curve points: ``fpr, tpr, threshold`` (labelled and scored cells only)."""
+    y, p, _, _ = _valid(y_true, prob)
+    _require_both_classes(y, "resistant", "sensitive")
+    fpr, tpr, thr = skm.roc_curve(y, p)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})
+
+
+def pr_curve(y_true, prob) -> pd.DataFrame:
+    """Precision-recall curve points: ``recall, precision, threshold`` (the last point has none)."""
+    y, p, _, _ = _valid(y_true, prob)
+    _require_both_classes(y, "resistant", "sensitive")
+    precision, recall, thr = skm.precision_recall_curve(y, p)
+    return pd.DataFrame({"recall": recall, "precision": precision, "threshold": np.append(thr, np.nan)})
+
+
+def _as_strict_threshold(t: float, p: np.ndarray) -> float:
+    """sklearn's curve thresholds mean ``p >= t``; ours mean ``p > t``. The largest value below
+    ``t`` among the probabilities (or just under ``t``) gives the same calls."""
+    below = p[p < t]
+    return float(below.max()) if below.size else float(np.nextafter(t, -np.inf))
+
+
+def youden_threshold(y_true, prob) -> float:
+    """The threshold maximising Youden's J = sensitivity + specificity - 1 (ties: the highest)."""
+    y, p, _, _ = _valid(y_true, prob)
+    _require_both_classes(y, "resistant", "sensitive")
+    fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
+    j = tpr - fpr
+    best = np.flatnonzero(j == j.max())[0]  # thresholds decrease, so the first is the highest
+    return _as_strict_threshold(float(thr[best]), p) if np.isfinite(thr[best]) else 1.0
+
+
+def precision_threshold(y_true, prob, target: float) -> float | None:
+    """The lowest threshold whose precision reaches ``target`` (most resistant cells found at
+    that precision); ``None`` when no threshold reaches it."""
+    if not 0 < target <= 1:
+        raise InputError(f"The target precision must be in (0, 1]; got {target}.")
+    y, p, _, _ = _valid(y_true, prob)
+    _require_both_classes(y, "resistant", "sensitive")
+    precision, _, thr = skm.precision_recall_curve(y, p)
+    ok = np.flatnonzero(precision[:-1] >= target)
+    if ok.size == 0:
+        return None
+    return _as_strict_threshold(float(thr[ok[0]]), p)
+
+
+def group_fractions(labels: Sequence, groups: Sequence, positive_label: str = "resistant",
+                    excluded: Iterable[str] = ()) -> pd.DataFrame:
+    """Fraction called resistant per group (cluster or sample).
+
+    Cells whose label is in ``excluded`` (e.g. ``not scored``) are counted apart, not as
+    sensitive. Returns ``group, n_cells, n_called, n_resistant, fraction_resistant``; groups in
+    their categorical order, else numbers numerically, then text.
+    """
+    groups = pd.Series(groups)
+    frame = pd.DataFrame({"group": groups.astype(str).to_numpy(),
+                          "label": pd.Series(labels, dtype=object).astype(str).to_numpy()})
+    frame["called"] = ~frame["label"].isin(set(excluded))
+    frame["resistant"] = frame["label"] == positive_label
+    out = frame.groupby("group", sort=False).agg(n_cells=("label", "size"), n_called=("called", "sum"),
+                                                 n_resistant=("resistant", "sum")).reset_index()
+    if isinstance(groups.dtype, pd.CategoricalDtype):
+        rank = {str(c): i for i, c in enumerate(groups.cat.categories)}
+        key = out["group"].map(lambda g: (rank.get(g, len(rank)), 0.0, g))
+    else:
+        key = out["group"].map(lambda g: (0, float(g), g) if re.fullmatch(r"-?\d+(\.\d+)?", g) else (1, 0.0, g))
+    out = out.iloc[sorted(range(len(out)), key=lambda i: key.iloc[i])].reset_index(drop=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["fraction_resistant"] = np.where(out["n_called"] > 0, out["n_resistant"] / out["n_called"], np.nan)
+    return out

@@ -1,0 +1,53 @@
+"""A small labelled dataset and a small trained Dist_VAE bundle for the app tests.
+
+The bundle is trained for a few seconds on the simulated tumour's own labels, so its
+predictions carry signal (AUROC well above 0.5) and the pages show meaningful numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import torch
+
+from scatd_core.bundle import Bundle, save_bundle
+from scatd_core.nn import build_model
+from scatd_core.nn.models import Architecture
+from scatd_core.simulate import simulate_tumour
+
+DRUG = "TESTDRUG"
+
+
+def make_dataset(n_cells: int = 300, seed: int = 0) -> ad.AnnData:
+    """Simulated tumour: raw counts, obs ``sample``, ``cluster``, ``response``."""
+    return simulate_tumour(n_cells=n_cells, seed=seed)
+
+
+def _log_cp10k(x: np.ndarray) -> np.ndarray:
+    totals = x.sum(axis=1, keepdims=True)
+    return np.log1p(np.divide(x * 1e4, totals, out=np.zeros_like(x), where=totals > 0))
+
+
+def make_bundle(out: str | Path, adata: ad.AnnData, *, steps: int = 40, seed: int = 0, drug: str = DRUG,
+                demo: bool = False) -> Bundle:
+    """A Dist_VAE bundle over ``adata``'s genes, trained on ``obs['response']`` (log1p CP10k input)."""
+    genes = [str(g) for g in adata.var_names]
+    arch = Architecture("dist_vae", [len(genes), 48, 24], 12, None, 6, 2)
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    xt = torch.as_tensor(_log_cp10k(x.astype(np.float64)), dtype=torch.float32)
+    y = torch.as_tensor((adata.obs["response"].astype(str) == "resistant").to_numpy().astype(np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), y)
+        loss.backward()
+        opt.step()
+    model.eval()
+    return save_bundle(out, model.state_dict(), arch, drug=drug, genes=genes, input_transform="log1p_cp10k",
+                       threshold=0.5, demo=demo, provenance={"source": "tests/_app_helpers.py (simulated data)"},
+                       metrics={"train_loss": round(float(loss.detach()), 4)}, overwrite=True)

@@ -1,0 +1,319 @@
+"""Integrated-gradients rankings: planted program recovered, completeness, baselines, real embeddings."""
+
+from __future__ import annotations
+
+import argparse
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import original_scatd as orig
+from conftest import shared_file
+from scatd_core.bundle import import_checkpoint, save_bundle
+from scatd_core.errors import InputError
+from scatd_core.explain import (
+    COMPLETENESS_TOLERANCE, explain, feature_names, map_coordinates, stratified_subsample,
+)
+from scatd_core.nn import Architecture, build_model
+from scatd_core.predict import Cancelled, predict
+
+N_GENES, N_PLANTED, N_CELLS = 200, 20, 400
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models: one thread is many times faster than two contending ones on a busy CI box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def simulate_planted(n_cells=N_CELLS, n_genes=N_GENES, n_planted=N_PLANTED, seed=0):
+    """Log-scale expression where ``n_planted`` genes are up by 1.2 in resistant cells.
+
+    The other genes have gene-specific means and spreads, and 20 of them share a strong
+    nuisance factor unrelated to the label (a distractor with large variance).
+    """
+    rng = np.random.default_rng(seed)
+    planted = np.sort(rng.choice(n_genes, n_planted, replace=False))
+    resistant = rng.random(n_cells) < 0.5
+    x = rng.uniform(0.5, 2.5, n_genes) + rng.normal(size=(n_cells, n_genes)) * rng.uniform(0.3, 1.2, n_genes)
+    nuisance = rng.choice(np.setdiff1d(np.arange(n_genes), planted), 20, replace=False)
+    x[:, nuisance] += rng.normal(size=(n_cells, 1))
+    x[:, planted] += 1.2 * resistant[:, None]
+    genes = [f"G{i:03d}" for i in range(n_genes)]
+    obs = pd.DataFrame({"truth": np.where(resistant, "resistant", "sensitive")},
+                       index=[f"cell{i}" for i in range(n_cells)])
+    adata = ad.AnnData(np.maximum(x, 0).astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
+    return adata, {genes[i] for i in planted}
+
+
+def train_classifier(adata, seed=0):
+    """A small Dist_VAE-style DrugClassifier trained on the labels (input noise as regulariser)."""
+    torch.manual_seed(seed)
+    arch = Architecture("dist_vae", [adata.n_vars, 64, 32], 16, None, 8, 2)
+    model = build_model(arch)
+    x = torch.from_numpy(np.asarray(adata.X))
+    y = torch.from_numpy((adata.obs["truth"] == "resistant").to_numpy().astype(np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(30):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 100):
+            b = perm[i:i + 100]
+            xb = x[b] + 0.5 * torch.randn(x[b].shape, generator=gen)
+            loss = torch.nn.functional.cross_entropy(model(xb), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return arch, model
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    adata, truth = simulate_planted()
+    arch, model = train_classifier(adata)
+    bundle = save_bundle(tmp_path_factory.mktemp("planted") / "bundle", model.state_dict(), arch, drug="TESTDRUG",
+                         genes=list(adata.var_names), input_transform="none", threshold=0.5)
+    predict(adata, bundle)
+    accuracy = (adata.obs["scatd_label"].astype(str) == adata.obs["truth"]).mean()
+    assert accuracy > 0.9, accuracy
+    return adata, bundle, truth
+
+
+@pytest.fixture(scope="module")
+def planted_result(planted):
+    adata, bundle, _ = planted
+    return explain(adata, bundle, n_steps=50)
+
+
+def test_planted_program_tops_the_ranking(planted, planted_result):
+    _, _, truth = planted
+    r = planted_result.ranking
+    top = r.head(20)
+    assert top["feature"].isin(truth).sum() >= 15
+    assert list(r["rank"]) == list(range(1, N_GENES + 1))
+    assert r["mean_abs_attribution"].is_monotonic_decreasing
+    # planted genes raise P(resistant), are higher in predicted-resistant cells and DE agrees
+    hits = top[top["feature"].isin(truth)]
+    assert (hits["direction"] == "resistance").all()
+    assert (hits["mean_input_resistant"] > hits["mean_input_sensitive"]).all()
+    assert (hits["logfoldchange"] > 0).all() and (hits["de_pval_adj"] < 1e-3).all()
+    agree = planted_result.info["agreement"]
+    assert agree["top20_overlap"] >= 10 and agree["top20_direction_agrees_with_de"] >= 0.9
+    assert -1 <= agree["spearman_abs_attribution_vs_abs_de_score"] <= 1
+
+
+def test_completeness_within_tolerance(planted_result):
+    comp = planted_result.info["completeness"]
+    assert comp["ok"] and comp["median_relative_error"] <= COMPLETENESS_TOLERANCE
+    assert comp["max_relative_error"] <= COMPLETENESS_TOLERANCE
+    cells = planted_result.cells
+    # completeness: attributions sum to f(x) - f(baseline) up to the reported delta
+    np.testing.assert_allclose(cells["attribution_sum"] - (cells["target"] - cells["baseline_target"]),
+                               cells["delta"], atol=1e-4)
+    assert not planted_result.info["warnings"]
+
+
+def test_top_of_ranking_is_stable_when_steps_change(planted):
+    """The 5% tolerance is enough for the ranking: 16 vs 64 steps give the same top genes."""
+    adata, bundle, _ = planted
+    coarse = explain(adata, bundle, n_steps=16, max_cells=150, differential_expression=False, keep_top=0)
+    fine = explain(adata, bundle, n_steps=64, max_cells=150, differential_expression=False, keep_top=0)
+    assert coarse.info["completeness"]["median_relative_error"] <= COMPLETENESS_TOLERANCE
+    shared = set(coarse.ranking["feature"].head(20)) & set(fine.ranking["feature"].head(20))
+    assert len(shared) >= 19
+
+
+@pytest.mark.parametrize("target", ["raw_logit", "prob"])
+def test_other_targets_are_complete(planted, target):
+    adata, bundle, truth = planted
+    e = explain(adata, bundle, target=target, n_steps=32, max_cells=120, differential_expression=False)
+    assert e.info["completeness"]["median_relative_error"] <= COMPLETENESS_TOLERANCE
+    if target == "prob":
+        assert ((e.cells["target"] - e.cells["prob_resistant"]).abs() < 1e-5).all()
+        assert e.ranking.head(20)["feature"].isin(truth).sum() >= 15
+
+
+@pytest.mark.parametrize("backbone", ["dist_vae", "vae_sf", "vae_gf"])
+@pytest.mark.parametrize("baseline", ["zero", "mean"])
+def test_first_layer_factorisation_equals_plain_captum(small_bundles, backbone, baseline):
+    """The default (factorised) attributions are captum's IG on the whole model, to rounding."""
+    bundle, _sd, enc, _z, extra = small_bundles[backbone]
+    x = np.abs(np.random.default_rng(6).normal(size=(30, enc[0]))).astype(np.float32)
+    adata = ad.AnnData(x, var=pd.DataFrame(index=extra) if backbone == "dist_vae" else None)
+    predict(adata, bundle)
+    kw = dict(baseline=baseline, n_steps=20, keep_top=None, differential_expression=False)
+    fast = explain(adata, bundle, **kw)
+    plain = explain(adata, bundle, factorise=False, **kw)
+    assert fast.info["first_layer_factorised"] and not plain.info["first_layer_factorised"]
+    scale = np.abs(plain.attributions).max()
+    same_order = [plain.features.index(f) for f in fast.features]  # near-ties may rank differently
+    np.testing.assert_allclose(fast.attributions, plain.attributions[:, same_order], atol=2e-3 * scale)  # float16
+    r_fast, r_plain = fast.ranking.set_index("feature"), plain.ranking.set_index("feature")
+    np.testing.assert_allclose(r_fast["mean_abs_attribution"], r_plain.loc[r_fast.index, "mean_abs_attribution"],
+                               rtol=1e-4, atol=1e-7 * scale)
+    np.testing.assert_allclose(fast.cells["delta"], plain.cells["delta"], atol=1e-4)
+    np.testing.assert_allclose(fast.cells["target"], plain.cells["target"], atol=1e-5)
+
+
+def _small(small_bundles, n=40, seed=3):
+    bundle, _sd, enc, _z, genes = small_bundles["dist_vae"]
+    rng = np.random.default_rng(seed)
+    x = np.abs(rng.normal(size=(n, enc[0]))).astype(np.float32)
+    adata = ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]), var=pd.DataFrame(index=genes))
+    return adata, _predict_two_groups(adata, bundle)
+
+
+def _predict_two_groups(adata, bundle):
+    """Predict with the median probability as threshold, so both predicted groups exist."""
+    predict(adata, bundle)
+    predict(adata, bundle, threshold=float(np.median(adata.obs["scatd_prob_resistant"])))
+    return bundle
+
+
+@pytest.mark.parametrize("baseline", ["zero", "mean", "random", "mix"])
+def test_baselines(small_bundles, baseline):
+    adata, bundle = _small(small_bundles)
+    e = explain(adata, bundle, baseline=baseline, n_steps=8, n_reference_cells=5, seed=1)
+    n_genes = adata.n_vars
+    assert e.baseline.shape == (n_genes,) and e.baseline.dtype == np.float32
+    assert e.ranking.shape[0] == n_genes and e.attributions.shape == (adata.n_obs, 60) == e.inputs.shape
+    mean = np.asarray(adata.X).mean(axis=0)
+    picked = [int(c[1:]) for c in e.info["baseline_cells"]]
+    random_mean = np.asarray(adata.X)[picked].mean(axis=0) if picked else None
+    expected = {"zero": np.zeros(n_genes), "mean": mean, "random": random_mean,
+                "mix": None if random_mean is None else 0.5 * mean + 0.5 * random_mean}[baseline]
+    np.testing.assert_allclose(e.baseline, expected, atol=1e-5)
+    assert len(picked) == (5 if baseline in ("random", "mix") else 0)
+    assert baseline in e.info["statement"] or e.info["baseline_title"] in e.info["statement"]
+
+
+def test_zero_input_difference_gives_zero_attribution(small_bundles):
+    bundle, _sd, enc, _z, genes = small_bundles["dist_vae"]
+    rng = np.random.default_rng(5)
+    x = np.abs(rng.normal(size=(30, enc[0]))).astype(np.float32)
+    x[:, 7] = 2.5  # constant gene: equal to the mean baseline in every cell
+    keep = [g for g in genes if g != "GENE11"]  # a model gene absent from the data
+    adata = ad.AnnData(x[:, [genes.index(g) for g in keep]], var=pd.DataFrame(index=keep))
+    _predict_two_groups(adata, bundle)
+    e = explain(adata, bundle, baseline="mean", n_steps=8, keep_top=None)
+    row = e.ranking.set_index("feature")
+    assert row.loc["GENE7", "mean_abs_attribution"] == 0.0 and row.loc["GENE7", "direction"] == "none"
+    assert row.loc["GENE11", "mean_abs_attribution"] == 0.0 and not row.loc["GENE11", "in_data"]
+    assert np.isnan(row.loc["GENE11", "de_score"]) and np.isfinite(row.loc["GENE1", "de_score"])
+    assert (e.feature_values("GENE7")[1] == 0).all()
+    assert any("absent from the data" in n for n in e.info["notes"])
+    # a zero baseline and a cell at zero give zero everywhere
+    e0 = explain(adata, bundle, baseline="zero", n_steps=8, keep_top=None, differential_expression=False)
+    zero_in = np.asarray(adata.X)[:, keep.index("GENE3")] == 0
+    assert not zero_in.any() or (e0.feature_values("GENE3")[1][zero_in] == 0).all()
+    assert e0.ranking.set_index("feature").loc["GENE11", "mean_abs_attribution"] == 0.0
+
+
+def test_deterministic_with_seed(small_bundles):
+    adata, bundle = _small(small_bundles, n=60)
+    a = explain(adata, bundle, baseline="random", max_cells=25, seed=7, n_steps=8)
+    b = explain(adata, bundle, baseline="random", max_cells=25, seed=7, n_steps=8)
+    c = explain(adata, bundle, baseline="random", max_cells=25, seed=8, n_steps=8)
+    pd.testing.assert_frame_equal(a.ranking, b.ranking)
+    pd.testing.assert_frame_equal(a.cells, b.cells)
+    np.testing.assert_array_equal(a.attributions, b.attributions)
+    assert list(a.cells.index) != list(c.cells.index) or a.info["baseline_cells"] != c.info["baseline_cells"]
+
+
+def test_stratified_subsample_keeps_shares_and_is_stated(small_bundles):
+    labels = np.array(["resistant"] * 300 + ["sensitive"] * 100)
+    idx = stratified_subsample(labels, 40, seed=0)
+    assert idx.size == 40 and np.all(np.diff(idx) > 0)
+    assert (labels[idx] == "resistant").sum() == 30
+    assert stratified_subsample(np.array(["a"] * 99 + ["b"]), 10).size == 10
+    assert "b" in np.array(["a"] * 99 + ["b"])[stratified_subsample(np.array(["a"] * 99 + ["b"]), 10)]
+
+    adata, bundle = _small(small_bundles, n=60)
+    lab = adata.obs["scatd_label"].astype(str)
+    e = explain(adata, bundle, max_cells=20, n_steps=8, seed=2)
+    cells = e.info["cells"]
+    assert cells["subsampled"] and cells["n_explained"] == 20 and cells["n_scored"] == 60
+    assert "stratified by predicted label" in cells["how"] and "stratified" in e.info["statement"]
+    for group in ("resistant", "sensitive"):
+        share = (lab == group).mean() * 20
+        assert abs((e.cells["label"] == group).sum() - share) <= 1
+    assert e.per_cell(5).shape == (20, 7)
+
+
+def test_progress_cancel_and_errors(small_bundles):
+    adata, bundle = _small(small_bundles)
+    seen = []
+    explain(adata, bundle, n_steps=4, progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("cells" in m for _, m in seen)
+    with pytest.raises(Cancelled):
+        explain(adata, bundle, n_steps=4, should_stop=lambda: True)
+    with pytest.raises(InputError, match="Run `scatd_core.predict.predict"):
+        explain(ad.AnnData(np.asarray(adata.X), var=adata.var), bundle)
+    with pytest.raises(InputError, match="baseline"):
+        explain(adata, bundle, baseline="median")
+    other = small_bundles["vae_sf"][0]
+    with pytest.raises(InputError, match="made with"):
+        explain(adata, other)
+
+
+def test_map_coordinates_fallback(small_bundles):
+    adata, _ = _small(small_bundles)
+    coords, how = map_coordinates(adata)
+    assert coords.shape == (adata.n_obs, 2) and "PCA" in how and np.isfinite(coords).all()
+    adata.obsm["X_umap"] = np.ones((adata.n_obs, 2))
+    assert map_coordinates(adata)[1] == "UMAP"
+
+
+def test_real_scfoundation_embeddings_end_to_end(tmp_path):
+    emb = np.load(shared_file("scfoundation", "scad_sorafenib_sc_embedding.npy"))
+    assert emb.shape == (120, 3072)
+    enc, z = [3072, 64, 32], 16
+    torch.save(orig.dal_checkpoint("vae_sf", enc, z, seed=3), tmp_path / "sf.pth")
+    ref = np.random.default_rng(0).normal(0.1, 1.5, size=(60, 3072))
+    np.save(tmp_path / "bulk.npy", ref)
+    bundle = import_checkpoint(tmp_path / "sf.pth", "vae_sf", drug="SORAFENIB", out=tmp_path / "b",
+                               style_reference=tmp_path / "bulk.npy")
+    adata = ad.AnnData(emb.astype(np.float32))
+    predict(adata, bundle)
+    e = explain(adata, bundle, n_steps=50, keep_top=10)
+    r = e.ranking
+    assert r.shape[0] == 3072 and set(r["feature"]) == set(feature_names(bundle))
+    assert r["feature"].iloc[0].startswith("scFoundation_") and r["mean_abs_attribution"].iloc[0] > 0
+    assert e.info["features"]["level"] == "embedding feature" and any("foundation model" in n for n in e.info["notes"])
+    assert e.info["completeness"]["median_relative_error"] <= COMPLETENESS_TOLERANCE
+    # the explained inputs are the AdaIN-aligned inputs the prediction used (the original skipped AdaIN)
+    x = emb.astype(np.float64)
+    adain = ref.std(0) * (x - x.mean(0)) / (x.std(0) + 1e-8) + ref.mean(0)
+    j = int(e.features[0].split("_")[1])
+    np.testing.assert_allclose(e.inputs[:, 0], adain[:, j], rtol=1e-5, atol=1e-5)
+    if e.info["cells"]["n_resistant"] >= 2 and e.info["cells"]["n_sensitive"] >= 2:
+        assert np.isnan(r["logfoldchange"]).all() and np.isfinite(r["de_score"]).all()
+
+
+def test_cli_explain_writes_ranking_and_per_cell(planted, tmp_path, capsys):
+    from scatd_core.cli_explain import add_explain
+
+    adata, bundle, truth = planted
+    data = ad.AnnData(np.asarray(adata.X)[:120], obs=pd.DataFrame(index=adata.obs_names[:120]), var=adata.var)
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    parser = argparse.ArgumentParser()
+    add_explain(parser.add_subparsers())
+    args = parser.parse_args(["explain", "--model", str(bundle.path), "--input", str(tmp_path / "cells.h5ad"),
+                              "--output", str(tmp_path / "biomarkers.csv"), "--steps", "16", "--threshold", "0.5",
+                              "--per-cell-top", "5", str(tmp_path / "per_cell.csv")])
+    assert args.run(args) == 0
+    ranking = pd.read_csv(tmp_path / "biomarkers.csv")
+    assert len(ranking) == N_GENES and ranking["rank"].iloc[0] == 1
+    per_cell = pd.read_csv(tmp_path / "per_cell.csv", index_col=0)
+    assert per_cell.shape == (120, 7) and list(per_cell.columns[2:]) == list(ranking["feature"].head(5))
+    assert "Completeness error" in capsys.readouterr().err

@@ -1,0 +1,192 @@
+"""scatd_core.genes: identifier types, symbol <-> Ensembl mapping, coverage of a model's genes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from _data_helpers import SHARED_DATA, make_counts, write_table
+from scatd_core import genes, io
+from scatd_core.errors import InputError
+
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(),
+                                  reason=f"shared reference data not found at {SHARED_DATA}")
+
+HUMAN = ["TP53", "EGFR", "MT-CO1", "HLA-DRB1", "C1orf112", "LINC00115", "NKX2-1", "RPL13A", "GAPDH", "ACTB"]
+MOUSE = ["Actb", "Gapdh", "Trp53", "mt-Co1", "Rps27a", "Gm12345", "H2-K1", "Hba-a1", "1700001C19Rik", "Cd74"]
+ENSEMBL = [f"ENSG{i:011d}" for i in range(1, 11)]
+
+
+@pytest.mark.parametrize("names, expected", [
+    (HUMAN, "symbol"),
+    (ENSEMBL, "ensembl"),
+    ([f"{e}.{i}" for i, e in enumerate(ENSEMBL, 1)], "ensembl"),
+    ([f"ENSMUSG{i:011d}" for i in range(10)], "ensembl"),
+    ([f"{e}_TP53" for e in ENSEMBL], "ensembl"),
+    (MOUSE, "mouse_symbol"),
+    (HUMAN[:5] + ENSEMBL[:5], "mixed"),
+    ([str(i) for i in range(10)], "unknown"),
+    ([f"feature_{i}" for i in range(10)], "unknown"),
+    (["AAACCTGAGCATCATC-1", "AAACCTGCAGGTCCAC-1", "TTTGTCATCTTGCCGT-1"], "unknown"),
+    ([], "unknown"),
+])
+def test_detect_id_type(names, expected):
+    assert genes.detect_id_type(names) == expected
+
+
+def test_id_type_evidence_counts_species_and_versions():
+    ev = genes.id_type_evidence(["ENSMUSG00000000001.3", "ENSG00000141510", "TP53", "Actb"])
+    assert ev["n"] == 4 and ev["ensembl"] == 0.5 and ev["ensembl_mouse"] == 0.25
+    assert ev["ensembl_versioned"] == 0.25 and ev["human_symbol"] == 0.25 and ev["mouse_symbol"] == 0.25
+    json.dumps(ev)
+
+
+def test_strip_ensembl_version():
+    assert genes.strip_ensembl_version("ENSG00000141510.16") == "ENSG00000141510"
+    assert genes.strip_ensembl_version(["ENSG00000141510.16", "TP53", "ENSMUSG00000059552.14"]) == \
+        ["ENSG00000141510", "TP53", "ENSMUSG00000059552"]
+    assert genes.strip_ensembl_version("ENSG00000002586.20_PAR_Y") == "ENSG00000002586_PAR_Y"
+
+
+def _adata(var_names, **var_columns) -> ad.AnnData:
+    return ad.AnnData(X=sp.csr_matrix((2, len(var_names)), dtype=np.float32),
+                      var=pd.DataFrame(var_columns, index=var_names))
+
+
+def test_map_symbols_to_ensembl_through_the_routes_in_order(tmp_path):
+    # gene 0: the file's own column; gene 1: Geneformer dictionary; gene 2: BioMart; gene 3: nowhere
+    data = _adata(["TP53", "EGFR", "MYC", "NOTAGENE", "ENSG00000000005.2"],
+                  gene_ids=["ENSG00000141510", "", "", "", "ENSG00000000005.2"])
+    gf = {"TP53": "ENSG99999999999", "EGFR": "ENSG00000146648"}
+    (tmp_path / "mart.txt").write_text("Gene stable ID,Gene name\nENSG00000136997,MYC\nENSG00000146648,EGFR\n")
+    mapping = genes.map_gene_ids(data, "ensembl", geneformer_dict=gf, biomart=tmp_path / "mart.txt")
+    assert mapping.names == ["ENSG00000141510", "ENSG00000146648", "ENSG00000136997", "NOTAGENE", "ENSG00000000005"]
+    assert mapping.routes == {"already": 1, "file_columns": 1, "geneformer_dict": 1, "biomart": 1, "unmapped": 1}
+    assert mapping.mapped.tolist() == [True, True, True, False, True]
+    assert mapping.summary()["n_mapped"] == 4
+
+
+def test_map_ensembl_to_symbols_from_var_columns_and_inverted_dictionary():
+    data = _adata(["ENSG00000141510.16", "ENSG00000146648"], gene_symbols=["TP53", "nan"])
+    mapping = genes.map_gene_ids(data, "symbol", geneformer_dict={"EGFR": "ENSG00000146648"})
+    assert mapping.names == ["TP53", "EGFR"]
+    assert mapping.routes["file_columns"] == 1 and mapping.routes["geneformer_dict"] == 1
+    plain = genes.map_gene_ids(["ENSG00000141510", "TP53"], "symbol")
+    assert plain.names == ["ENSG00000141510", "TP53"] and plain.routes["unmapped"] == 1
+
+
+def test_map_10x_file_to_ensembl(tmp_path):
+    from _data_helpers import write_10x_h5
+    adata = io.read(write_10x_h5(make_counts(), tmp_path / "x.h5"))
+    mapping = genes.map_gene_ids(adata, "ensembl")
+    assert mapping.routes["file_columns"] == adata.n_vars
+    assert mapping.names[0] == "ENSG00000000001"
+
+
+@needs_shared
+def test_real_geneformer_dictionary_maps_symbols():
+    mapping = genes.map_gene_ids(["TP53", "EGFR", "MT-CO1"], "ensembl",
+                                 geneformer_dict=SHARED_DATA / "geneformer" / "gene_name_id_dict.pkl")
+    assert mapping.names[:2] == ["ENSG00000141510", "ENSG00000146648"]
+    assert mapping.routes["geneformer_dict"] == 3
+
+
+@needs_shared
+def test_real_token_dictionary_needs_numpy_scalars():
+    path = SHARED_DATA / "geneformer" / "token_dictionary.pkl"
+    with pytest.raises(InputError, match="refused"):
+        genes.load_pickled_dict(path)
+    tokens = genes.load_pickled_dict(path, allow_numpy_scalars=True)
+    assert tokens["<pad>"] == 0 and tokens["<mask>"] == 1 and len(tokens) == 25426
+    assert all(type(v) is int for v in tokens.values())
+
+
+class _Exploit:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):  # unpickling would call open(target, "w") and create the file
+        return (open, (str(self.target), "w"))
+
+
+def test_pickles_cannot_run_code(tmp_path):
+    flag = tmp_path / "pwned"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"TP53": _Exploit(flag)}))
+    for allow in (False, True):
+        with pytest.raises(InputError, match="refused"):
+            genes.load_pickled_dict(tmp_path / "evil.pkl", allow_numpy_scalars=allow)
+    assert not flag.exists()
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps(["TP53"]))
+    with pytest.raises(InputError, match="not a dictionary"):
+        genes.load_pickled_dict(tmp_path / "list.pkl")
+    (tmp_path / "np.pkl").write_bytes(pickle.dumps({"ENSG00000141510": np.int16(7)}))
+    assert genes.load_pickled_dict(tmp_path / "np.pkl", allow_numpy_scalars=True) == {"ENSG00000141510": 7}
+
+
+def test_biomart_table(tmp_path):
+    (tmp_path / "mart.tsv").write_text("Gene stable ID version\tGene name\nENSG00000141510.17\tTP53\nENSG1\t\n")
+    table = genes.read_biomart_table(tmp_path / "mart.tsv")
+    assert table.to_dict("records") == [{"ensembl": "ENSG00000141510", "symbol": "TP53"}]
+    (tmp_path / "bad.csv").write_text("id,name\n1,2\n")
+    with pytest.raises(InputError, match="Gene stable ID"):
+        genes.read_biomart_table(tmp_path / "bad.csv")
+
+
+def test_mito_mask_uses_a_symbol_column_for_ensembl_names():
+    data = _adata(["ENSG00000198804", "ENSG00000141510"], gene_symbols=["MT-CO1", "TP53"])
+    assert genes.mito_mask(data).tolist() == [True, False]
+    assert genes.mito_mask(_adata(["mt-Co1", "Actb"])).tolist() == [True, False]
+
+
+def test_duplicated_genes_are_summed_when_aligned(tmp_path):
+    adata = make_counts(n_cells=10, n_genes=6)
+    names = list(adata.var_names)
+    names[1] = names[0]
+    adata.var_names = names
+    out = io.read(write_table(adata, tmp_path / "dup.csv"))
+    aln = genes.align_genes(genes.original_gene_names(out), [names[0], "NOT_IN_DATA"])
+    X = out.X.toarray() if sp.issparse(out.X) else out.X
+    np.testing.assert_array_equal((sp.csr_matrix(out.X) @ aln.matrix).toarray()[:, 0], X[:, 0] + X[:, 1])
+    assert aln.n_duplicated == 1
+
+
+def test_coverage_report_names_only():
+    report = genes.coverage_report(HUMAN, HUMAN[:8] + ["X1", "X2"])
+    assert report["n_matched"] == 8 and report["fraction_matched"] == 0.8
+    assert report["low_coverage"] is False and report["advice"].startswith("Coverage is good")
+    assert "top_unmatched_genes" not in report
+
+
+def test_coverage_report_ranks_unmatched_genes_by_expression():
+    X = np.zeros((4, 5), dtype=np.float32)
+    X[:, 2], X[:, 3], X[:, 4] = 10, 1, 5
+    adata = ad.AnnData(X=X, var=pd.DataFrame(index=["TP53", "EGFR", "MYC", "KRAS", "CD44"]))
+    report = genes.coverage_report(adata, ["TP53", "EGFR"] + [f"G{i}" for i in range(8)])
+    assert report["low_coverage"] is True and report["fraction_matched"] == 0.2
+    assert report["top_unmatched_genes"] == ["MYC", "CD44", "KRAS"]
+    assert report["top_unmatched_mean"] == [10.0, 5.0, 1.0]
+    assert report["expression_fraction_matched"] == 0.0
+    assert "highly variable genes" in report["advice"]
+    json.dumps(report)
+
+
+def test_coverage_advice_for_identifier_and_species_mismatch():
+    assert "Ensembl" in genes.coverage_report(ENSEMBL, HUMAN)["advice"] or \
+        "ensembl" in genes.coverage_report(ENSEMBL, HUMAN)["advice"]
+    assert "mouse" in genes.coverage_report(MOUSE, HUMAN)["advice"]
+
+
+@needs_shared
+def test_coverage_of_real_scad_file_against_scfoundation_genes():
+    model = genes.read_gene_list(SHARED_DATA / "scfoundation" / "OS_scRNA_gene_index.19264.tsv")
+    adata = io.read(SHARED_DATA / "sc" / "scad_sorafenib_hnscc_z.csv")
+    report = genes.coverage_report(adata, model)
+    assert report["n_model_genes"] == 19264 and report["low_coverage"] is True
+    assert 0.1 < report["fraction_matched"] < 0.2
+    assert "expression_fraction_matched" not in report  # z-scored: no share of expression

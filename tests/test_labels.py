@@ -1,0 +1,145 @@
+"""Label tables: the ALL_label_binary_wf.csv format, drug lookup, and labels from GDSC ln(IC50)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import shared_file
+from scatd_core.errors import InputError
+from scatd_core.labels import binary_target, drug_labels, labels_from_ic50, match_drug, read_label_table
+
+
+def _wf_csv(tmp_path, sep=","):
+    """A small table written like ALL_label_binary_wf.csv: unnamed ID column, R-style drug names."""
+    text = sep.join(["", "X5.FLUOROURACIL", "PLX.4720", "DOCETAXEL"]) + "\n"
+    rows = [("DATA.683665", "resistant", "sensitive", "resistant"),
+            ("DATA.684052", "sensitive", "", "Resistant"),
+            ("ACH-000001", "NA", "resistant", "SENSITIVE"),
+            ("ACH-000002", "resistant", "NA", "sensitive")]
+    text += "".join(sep.join(r) + "\n" for r in rows)
+    path = tmp_path / ("labels.tsv" if sep == "\t" else "labels.csv")
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("sep", [",", "\t", ";"])
+def test_wf_format_any_separator_missing_dropped_and_counted(tmp_path, sep):
+    path = _wf_csv(tmp_path, sep)
+    table = read_label_table(path)
+    assert table.shape == (4, 3)
+    assert list(table.index) == ["DATA.683665", "DATA.684052", "ACH-000001", "ACH-000002"]
+    dl = drug_labels(path, "docetaxel")  # case-insensitive
+    assert dl.drug == "DOCETAXEL" and dl.n_missing == 0
+    assert dl.counts == {"sensitive": 2, "resistant": 2}  # any case of the values
+    plx = drug_labels(table, "PLX-4720")  # punctuation ignored
+    assert plx.drug == "PLX.4720" and plx.n_missing == 2
+    assert plx.labels.to_dict() == {"DATA.683665": "sensitive", "ACH-000001": "resistant"}
+    assert list(plx.y) == [0, 1]  # sensitive 0, resistant 1
+    fu = drug_labels(table, "5-Fluorouracil")  # R's X prefix
+    assert fu.drug == "X5.FLUOROURACIL" and fu.n_missing == 1
+
+
+def test_unknown_drug_lists_close_names(tmp_path):
+    with pytest.raises(InputError) as err:
+        drug_labels(_wf_csv(tmp_path), "docetaxol")
+    assert "not in the label table" in err.value.message and "DOCETAXEL" in err.value.hint
+    with pytest.raises(InputError) as err:
+        match_drug("zzz", ["A", "B"])
+    assert "2 drugs" in err.value.hint
+
+
+def test_third_class_is_an_error_not_a_class(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text(",DRUG\nA,sensitive\nB,intermediate\nC,resistant\n")
+    with pytest.raises(InputError, match="intermediate"):
+        drug_labels(path, "drug")
+
+
+def test_duplicate_cell_lines_and_empty_table(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text(",D\nA,sensitive\nA,resistant\n")
+    with pytest.raises(InputError, match="twice"):
+        read_label_table(path)
+    with pytest.raises(InputError, match="no labelled"):
+        drug_labels(pd.DataFrame({"D": [None, "NA"]}, index=["a", "b"]), "D")
+
+
+def test_binary_target_codings():
+    assert np.array_equal(binary_target(["Sensitive", "resistant", None]), [0.0, 1.0, np.nan], equal_nan=True)
+    # SCAD: response 1 = sensitive, 0 = resistant
+    assert list(binary_target([1, 0, 1], sensitive_value=1)) == [0.0, 1.0, 0.0]
+    assert list(binary_target([1.0, 0.0], sensitive_value="1")) == [0.0, 1.0]
+    with pytest.raises(InputError, match="which value means sensitive"):
+        binary_target([0, 1])
+    with pytest.raises(InputError, match="more than two"):
+        binary_target([0, 1, 2], sensitive_value=1)
+
+
+def _ic50_files(tmp_path):
+    cells = ["ACH-1", "ACH-2", "ACH-3", "ACH-4"]
+    ic50 = pd.DataFrame([[0.1, -1.0, np.nan, 2.0],      # drug 10: threshold 0.5
+                         [3.0, 1.0, 0.0, np.nan],        # drug 20: RDEA119 (rescreen), by synonym
+                         [0.0, 0.0, 0.0, 0.0],           # drug 30: no threshold
+                         [1.0, 2.0, 3.0, 4.0],           # drug 40: same name as 41, first threshold
+                         [1.0, 2.0, 3.0, 4.0]],          # drug 41: second threshold
+                        index=["GDSC:10", "GDSC:20", "GDSC:30", "GDSC:40", "GDSC:41"], columns=cells)
+    ic50.to_csv(tmp_path / "ic50.csv")
+    (tmp_path / "thr.txt").write_text("Gefitinib\tRDEA119 (rescreen)\tTwin\tTwin\n0.5\t1.5\t1.5\t3.5\n")
+    pd.DataFrame({"drug_id": [10, 20, 30, 40, 41], "Name": ["Gefitinib", "Refametinib", "Orphan", "Twin", "Twin"],
+                  "Synonyms": ["ZD-1839", "RDEA119, BAY-86-9766", None, None, None]}
+                 ).to_csv(tmp_path / "list.csv", index=False)
+    return tmp_path / "ic50.csv", tmp_path / "thr.txt", tmp_path / "list.csv"
+
+
+def test_labels_from_ic50_small(tmp_path):
+    table = labels_from_ic50(*_ic50_files(tmp_path))
+    assert list(table.index) == ["ACH-1", "ACH-2", "ACH-3", "ACH-4"]
+    assert table["Gefitinib"].tolist() == ["sensitive", "sensitive", None, "resistant"]  # NA stays missing
+    assert table["Refametinib"].tolist() == ["resistant", "sensitive", "sensitive", None]
+    # a name listed twice goes to its ids in ascending order
+    assert table["Twin (GDSC:40)"].tolist() == ["sensitive", "resistant", "resistant", "resistant"]
+    assert table["Twin (GDSC:41)"].tolist() == ["sensitive", "sensitive", "sensitive", "resistant"]
+    rep = table.attrs["report"]
+    assert rep["no_threshold"] == ["Orphan"] and "Orphan" not in table
+    assert rep["thresholds"]["Refametinib"]["matched_by"] == "synonym"
+    # the result is a label table the trainer reads
+    dl = drug_labels(table, "gefitinib")
+    assert dl.counts == {"sensitive": 2, "resistant": 1} and dl.n_missing == 1
+    only = labels_from_ic50(*_ic50_files(tmp_path), drugs=["GEFITINIB", 20])
+    assert sorted(only.columns) == ["Gefitinib", "Refametinib"]
+    with pytest.raises(InputError, match="Gefitinib"):
+        labels_from_ic50(*_ic50_files(tmp_path), drugs=["Gefitnib"])
+
+
+def test_labels_from_ic50_bad_files(tmp_path):
+    ic50, thr, dlist = _ic50_files(tmp_path)
+    (tmp_path / "thr_bad.txt").write_text("A\tB\n0.5\n")
+    with pytest.raises(InputError, match="2 drug names but 1 thresholds"):
+        labels_from_ic50(ic50, tmp_path / "thr_bad.txt", dlist)
+    (tmp_path / "ic50_bad.csv").write_text(",ACH-1\nDrugX,1.0\n")
+    with pytest.raises(InputError, match="GDSC:1010"):
+        labels_from_ic50(tmp_path / "ic50_bad.csv", thr, dlist)
+    with pytest.raises(InputError, match="not found"):
+        labels_from_ic50(tmp_path / "missing.csv", thr, dlist)
+
+
+def test_labels_from_real_gdsc_files():
+    ic50 = shared_file("gdsc", "GDSC_IC50.csv")
+    thr = shared_file("gdsc", "IC50_thred.txt")
+    dlist = shared_file("gdsc", "GDSC_drug_list.csv")
+    table = labels_from_ic50(ic50, thr, dlist, drugs=["Gefitinib", "Sorafenib"])
+    rep = table.attrs["report"]
+    assert rep["thresholds"]["Gefitinib"]["gdsc_id"] == 1010
+    assert rep["thresholds"]["Gefitinib"]["threshold"] == pytest.approx(-0.05346)
+    assert rep["thresholds"]["Sorafenib"]["gdsc_id"] == 30
+    values = pd.read_csv(ic50, index_col=0).loc["GDSC:1010"]
+    expected = np.where(values.isna(), None, np.where(values < -0.05346, "sensitive", "resistant"))
+    assert table["Gefitinib"].tolist() == list(expected)
+
+
+def test_real_wf_label_file():
+    path = shared_file("gdsc", "ALL_label_binary_wf.csv")
+    dl = drug_labels(path, "docetaxel")
+    assert dl.counts == {"sensitive": 467, "resistant": 813} and dl.n_missing == 0  # reference Appendix A

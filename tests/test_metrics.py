@@ -1,0 +1,107 @@
+"""Evaluation against known labels: label encoding, scores, curves, threshold helpers, groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from scatd_core import metrics
+from scatd_core.errors import InputError
+
+
+def test_encode_labels_strings_numbers_and_missing():
+    y = metrics.encode_labels(["resistant", "sensitive", None, "NA", "", "resistant", np.nan], "resistant")
+    assert np.array_equal(y[[0, 1, 5]], [1, 0, 1])
+    assert np.isnan(y[[2, 3, 4, 6]]).all()  # missing labels never become a third class
+    assert np.array_equal(metrics.encode_labels([1, 0, 1.0, "0"], 1), [1, 0, 1, 0])
+    assert np.array_equal(metrics.encode_labels([True, False], True), [1, 0])
+    assert np.array_equal(metrics.encode_labels(["R", "S", "X"], ["R", "X"]), [1, 0, 1])
+
+
+def test_encode_labels_refuses_absent_positive_class():
+    with pytest.raises(InputError, match="resistant class"):
+        metrics.encode_labels(["sensitive", "Sensitive"], "resistant")
+
+
+@pytest.mark.parametrize("values, expected", [
+    (["sensitive", "resistant"], "resistant"), (["S", "R"], "R"), (["responder", "non-responder"], "non-responder"),
+    ([0, 1, 1], "1"), (["yes", "no"], "yes"), (["ok", "sensitive"], "ok"), (["a", "b", "c"], None)])
+def test_guess_positive(values, expected):
+    assert metrics.guess_positive(values) == expected
+
+
+def test_evaluate_matches_sklearn_and_counts_left_out_cells():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200).astype(float)
+    p = np.clip(0.35 * y + rng.uniform(0, 0.65, 200), 0, 1)
+    y[:5] = np.nan           # no label
+    p[5:9] = np.nan          # not scored
+    ev = metrics.evaluate(y, p, 0.5)
+    keep = np.isfinite(y) & np.isfinite(p)
+    yk, pk = y[keep].astype(int), p[keep]
+    called = (pk > 0.5).astype(int)
+    assert ev.n_evaluated == keep.sum() and ev.n_missing_label == 5 and ev.n_not_scored == 4
+    assert ev.auroc == pytest.approx(skm.roc_auc_score(yk, pk))
+    assert ev.auprc == pytest.approx(skm.average_precision_score(yk, pk))
+    assert ev.f1 == pytest.approx(skm.f1_score(yk, called))
+    assert ev.mcc == pytest.approx(skm.matthews_corrcoef(yk, called))
+    assert ev.confusion.tolist() == skm.confusion_matrix(yk, called).tolist()
+    table = ev.table()
+    assert {"auroc", "auprc", "f1", "mcc", "true_positive"} <= set(table["metric"])
+    assert len(ev.notes) == 2
+
+
+def test_single_class_labels_give_a_clear_message():
+    with pytest.raises(InputError, match="Every labelled cell is 'resistant'") as err:
+        metrics.evaluate([1, 1, 1], [0.2, 0.5, 0.9], 0.5)
+    assert "both" in err.value.message and err.value.hint
+    with pytest.raises(InputError, match="nothing can be evaluated"):
+        metrics.evaluate([np.nan, np.nan], [0.2, 0.5], 0.5)
+    with pytest.raises(InputError):
+        metrics.roc_curve([0, 0], [0.1, 0.2])
+
+
+def test_curves_span_the_unit_square():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    roc = metrics.roc_curve(y, p)
+    assert roc["fpr"].iloc[0] == 0 and roc["tpr"].iloc[-1] == 1 and (roc["threshold"] <= 1).all()
+    pr = metrics.pr_curve(y, p)
+    assert pr["recall"].iloc[-1] == 0 and np.isnan(pr["threshold"].iloc[-1])
+
+
+def test_youden_threshold_gives_the_best_j_with_the_strict_rule():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 300), 0, 1)
+    t = metrics.youden_threshold(y, p)
+    called = p > t
+    j = called[y == 1].mean() - called[y == 0].mean()
+    fpr, tpr, _ = skm.roc_curve(y, p)
+    assert j == pytest.approx((tpr - fpr).max())
+
+
+def test_precision_threshold_reaches_the_target_with_most_recall():
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    t = metrics.precision_threshold(y, p, 0.75)
+    called = p > t
+    assert y[called].mean() >= 0.75
+    assert called.sum() == 5  # 0.4..0.8: precision 4/5, the largest set reaching 0.75
+    assert metrics.precision_threshold(np.array([1, 0]), np.array([0.9, 0.1]), 1.0) == pytest.approx(0.1)
+    assert metrics.precision_threshold(np.array([0, 1, 0]), np.array([0.9, 0.5, 0.1]), 1.0) is None
+    with pytest.raises(InputError):
+        metrics.precision_threshold(y, p, 0)
+
+
+def test_group_fractions_keep_unscored_cells_apart_and_sort_naturally():
+    labels = ["resistant", "sensitive", "not scored", "resistant", "sensitive", "resistant"]
+    groups = ["10", "2", "2", "2", "1", "1"]
+    out = metrics.group_fractions(labels, groups, excluded=["not scored"])
+    assert list(out["group"]) == ["1", "2", "10"]
+    row = out.set_index("group").loc["2"]
+    assert row["n_cells"] == 3 and row["n_called"] == 2 and row["fraction_resistant"] == 0.5
+    cat = metrics.group_fractions(labels, pd.Categorical(groups, categories=["2", "10", "1"]))
+    assert list(cat["group"]) == ["2", "10", "1"]

@@ -1,0 +1,184 @@
+"""scatd_core.preprocess: value types, backbone compatibility, QC metrics, thresholds and marks."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+
+from _data_helpers import make_counts
+from scatd_core import preprocess
+from scatd_core.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def counts() -> ad.AnnData:
+    return make_counts(n_cells=300, n_genes=80, density=0.4, seed=3)
+
+
+def _log_normalized(adata):
+    out = adata.copy()
+    sc.pp.normalize_total(out, target_sum=1e4)
+    sc.pp.log1p(out)
+    return out
+
+
+def _variants(counts) -> dict[str, object]:
+    lognorm = _log_normalized(counts)
+    scaled = lognorm.copy()
+    sc.pp.scale(scaled)
+    tpm = counts.copy()
+    sc.pp.normalize_total(tpm, target_sum=1e6)
+    return {"counts": counts.X, "log_normalized": lognorm.X, "zscored": scaled.X, "tpm_like": tpm.X,
+            "unknown": counts.X.toarray() - 100.0}
+
+
+@pytest.mark.parametrize("kind", preprocess.VALUE_KINDS)
+def test_detect_value_type(counts, kind):
+    X = _variants(counts)[kind]
+    result = preprocess.detect_value_type(X)
+    assert result["kind"] == kind, result
+    json.dumps(result)
+    dense = X.toarray() if sp.issparse(X) else X
+    assert preprocess.detect_value_type(dense)["kind"] == kind  # sparse and dense agree
+
+
+def test_detect_value_type_evidence(counts):
+    ev = preprocess.detect_value_type(_log_normalized(counts).X)["evidence"]
+    assert abs(ev["expm1_row_sum_median"] - 1e4) < 1  # log1p of counts per 10k
+    ev = preprocess.detect_value_type(counts.X)["evidence"]
+    assert ev["fraction_integer"] == 1.0 and ev["has_negative"] is False and ev["min"] == 0.0
+
+
+def test_detect_value_type_on_backed_data(counts, tmp_path):
+    counts.write_h5ad(tmp_path / "c.h5ad")
+    backed = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
+    assert preprocess.detect_value_type(backed.X) == preprocess.detect_value_type(counts.X)
+
+
+def test_sample_rows_is_deterministic_and_bounded():
+    X = np.arange(100_000 * 10, dtype=np.float32).reshape(100_000, 10)
+    a, b = preprocess.sample_rows(X, 200), preprocess.sample_rows(X, 200)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (200, 10) and a[0, 0] == 0 and a[-1, 0] == X[-1, 0]
+    wide = np.zeros((5000, 50_000), dtype=np.float32)
+    assert 0 < preprocess.sample_rows(wide, 2000).shape[0] <= 100  # 5M values at most
+
+
+def test_row_batches_cover_every_row(counts):
+    coo = counts.X.tocoo()
+    parts = [(s, e, b) for s, e, b in preprocess.row_batches(coo, 64)]
+    assert [p[0] for p in parts] == list(range(0, counts.n_obs, 64))
+    np.testing.assert_array_equal(sp.vstack([p[2] for p in parts]).toarray(), counts.X.toarray())
+
+
+def test_input_transforms_unchanged():
+    batch = np.array([[1, 3, 0], [0, 0, 0]], dtype=np.float32)
+    out = preprocess.apply_input_transform(batch, "log1p_cp10k")
+    np.testing.assert_allclose(out[0], np.log1p(np.array([2500, 7500, 0])), rtol=1e-6)
+    assert (out[1] == 0).all()
+    assert preprocess.apply_input_transform(batch, "none") is batch
+    with pytest.raises(ValueError):
+        preprocess.apply_input_transform(batch, "zscore")
+
+
+# -- backbones -------------------------------------------------------------------------------
+
+def test_geneformer_refuses_zscored_data_with_an_explanation(counts):
+    zscored = preprocess.detect_value_type(_variants(counts)["zscored"])
+    problems = preprocess.check_backbone_compatibility(zscored, "geneformer")
+    assert len(problems) == 1 and "z-scored" in problems[0] and "raw count" in problems[0]
+    with pytest.raises(InputError, match="cannot be used with vae_gf"):
+        preprocess.require_backbone_compatibility(zscored, "vae_gf")
+
+
+@pytest.mark.parametrize("kind, backbone, transform, ok", [
+    ("counts", "vae_gf", None, True),
+    ("tpm_like", "vae_gf", None, True),
+    ("log_normalized", "vae_gf", None, False),
+    ("counts", "dist_vae", None, True),
+    ("zscored", "dist_vae", "log1p_cp10k", False),
+    ("zscored", "dist_vae", "none", True),
+    ("log_normalized", "dist_vae", "log1p_cp10k", False),
+    ("unknown", "dist_vae", None, False),  # negative, not z-scores
+    ("zscored", "scfoundation", None, False),
+    ("counts", "scatd-sf", None, True),
+])
+def test_backbone_compatibility_matrix(counts, kind, backbone, transform, ok):
+    value_type = preprocess.detect_value_type(_variants(counts)[kind])
+    problems = preprocess.check_backbone_compatibility(value_type, backbone, transform)
+    assert (problems == []) is ok, problems
+    if not ok and transform != "none" and value_type["evidence"]["has_negative"] and backbone != "vae_gf":
+        assert "non-negative" in problems[0]
+
+
+def test_backbone_compatibility_accepts_a_kind_or_a_read_report():
+    assert preprocess.check_backbone_compatibility("zscored", "vae_gf")
+    report = {"value_type": "zscored", "value_type_evidence": {"has_negative": True}}
+    assert preprocess.check_backbone_compatibility(report, "dist_vae")
+    with pytest.raises(ValueError):
+        preprocess.check_backbone_compatibility("counts", "bert")
+
+
+# -- QC --------------------------------------------------------------------------------------
+
+def test_qc_metrics_match_scanpy(counts):
+    metrics = preprocess.qc_metrics(counts, batch_size=70)
+    ref = counts.copy()
+    ref.var["mt"] = ref.var_names.str.startswith("MT-")
+    sc.pp.calculate_qc_metrics(ref, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)
+    assert list(metrics.columns) == ["n_genes_by_counts", "total_counts", "pct_counts_mt"]
+    assert metrics.index.equals(counts.obs_names)
+    for col in metrics.columns:
+        np.testing.assert_allclose(metrics[col].to_numpy(), ref.obs[col].to_numpy(), rtol=1e-5)
+    assert metrics["pct_counts_mt"].max() > 0
+    assert "mt" not in counts.var  # the input is not modified
+
+
+def test_qc_metrics_backed_and_without_mito_genes(counts, tmp_path):
+    counts.write_h5ad(tmp_path / "c.h5ad")
+    backed = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
+    pd.testing.assert_frame_equal(preprocess.qc_metrics(backed), preprocess.qc_metrics(counts))
+    no_mt = counts[:, ~counts.var_names.str.startswith("MT-")].copy()
+    assert preprocess.qc_metrics(no_mt)["pct_counts_mt"].isna().all()
+
+
+def test_suggest_qc_thresholds_median_k_mad():
+    values = np.array([100, 110, 120, 130, 140, 150, 10_000], dtype=float)
+    metrics = pd.DataFrame({"total_counts": values, "n_genes_by_counts": values / 2,
+                            "pct_counts_mt": [1, 2, 3, 4, 5, 6, 90.0]})
+    th = preprocess.suggest_qc_thresholds(metrics, k=3)
+    logs = np.log1p(values)
+    mad = 1.4826 * np.median(np.abs(logs - np.median(logs)))
+    assert th["total_counts"]["max"] == pytest.approx(np.expm1(np.median(logs) + 3 * mad), rel=1e-3)
+    assert th["total_counts"]["min"] == pytest.approx(np.expm1(np.median(logs) - 3 * mad), rel=1e-3)
+    assert th["pct_counts_mt"] == {"max": pytest.approx(4 + 3 * 1.4826 * 2.0, rel=1e-3)}
+    assert th["k"] == 3.0 and "MAD" in th["method"]
+    json.dumps(th)
+    loose = preprocess.suggest_qc_thresholds(metrics, k=5)
+    assert loose["total_counts"]["max"] > th["total_counts"]["max"]
+
+
+def test_suggest_qc_thresholds_skip_metrics_without_spread():
+    metrics = pd.DataFrame({"total_counts": [1e4] * 5, "n_genes_by_counts": [10, 20, 30, 40, 50],
+                            "pct_counts_mt": [np.nan] * 5})
+    th = preprocess.suggest_qc_thresholds(metrics)
+    assert "total_counts" not in th and "pct_counts_mt" not in th and "n_genes_by_counts" in th
+
+
+def test_apply_qc_filter_marks_and_never_drops(counts):
+    adata = counts.copy()
+    metrics = preprocess.qc_metrics(adata)
+    cut = float(np.median(metrics["total_counts"]))
+    mask = preprocess.apply_qc_filter(adata, {"total_counts": {"min": cut}, "k": 3, "method": "x"}, metrics)
+    assert adata.n_obs == counts.n_obs
+    np.testing.assert_array_equal(mask, metrics["total_counts"].to_numpy() >= cut)
+    np.testing.assert_array_equal(adata.obs[preprocess.QC_KEY].to_numpy(), mask)
+    assert adata.uns["scatd_qc"]["n_fail"] == int((~mask).sum()) > 0
+    suggested = preprocess.suggest_qc_thresholds(metrics)
+    assert preprocess.apply_qc_filter(adata, suggested).sum() >= 0.9 * adata.n_obs

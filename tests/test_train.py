@@ -1,0 +1,314 @@
+"""Training a drug model (scatd_core.train, scatd train): tiny synthetic data, seeded."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from scatd_core.bundle import load_bundle, save_bundle
+from scatd_core.cli_train import add_labels_from_ic50, add_train
+from scatd_core.errors import InputError
+from scatd_core.nn import Architecture, ResVAE
+from scatd_core.nn.layers import SpectralLinear
+from scatd_core.predict import Cancelled, predict
+from scatd_core.train import (TrainSettings, _new_backbone, _restrict_backbone, fit_head, mmd_rbf,
+                              prepare_training_data, train_drug_model)
+
+TINY = TrainSettings(hidden_dims=(16, 8), z_dim=4, pretrain_epochs=4, epochs=6, finetune_epochs=3, folds=3,
+                     batch_size=16)
+N_GENES = 30
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic(n_bulk=48, n_cells=40, n_resistant=None, seed=0):
+    """Bulk log-TPM-like values and target counts sharing a resistance signal on 5 genes.
+
+    The bulk has one gene the target lacks and vice versa; labels have 3 NA entries.
+    """
+    rng = np.random.default_rng(seed)
+    genes = [f"G{i}" for i in range(N_GENES)]
+    y = np.zeros(n_bulk, dtype=int)
+    y[: (n_bulk // 2 if n_resistant is None else n_resistant)] = 1
+    rng.shuffle(y)
+    base = rng.normal(3.0, 1.0, N_GENES)
+    bx = base + rng.normal(0, 0.6, (n_bulk, N_GENES))
+    bx[:, :5] += 1.5 * y[:, None]
+    ids = [f"ACH-{i:06d}" for i in range(n_bulk)]
+    bulk = ad.AnnData(np.clip(bx, 0, None).astype(np.float32), obs=pd.DataFrame(index=ids),
+                      var=pd.DataFrame(index=genes[:-1] + ["BULK_ONLY"]))
+    labels = pd.DataFrame({"DRUGA": np.where(y == 1, "resistant", "sensitive").astype(object),
+                           "OTHER": "sensitive"}, index=ids)
+    labels.iloc[:3, 0] = None
+    yt = rng.integers(0, 2, n_cells)
+    rate = np.exp(base - 2.0 + 0.8 * yt[:, None] * (np.arange(N_GENES) < 5))
+    counts = rng.poisson(rate).astype(np.float32)
+    counts[:, 7] += 1  # no empty cells
+    target = ad.AnnData(counts, obs=pd.DataFrame({"response": 1 - yt}, index=[f"cell{i}" for i in range(n_cells)]),
+                        var=pd.DataFrame(index=genes[:-2] + ["TARGET_ONLY", genes[-1]]))
+    return bulk, labels, target
+
+
+def _train(tmp_path, bulk, labels, target, name="m", **kw):
+    kw.setdefault("settings", TINY)
+    return train_drug_model(bulk, labels, "druga", target, out=tmp_path / name, device="cpu", **kw)
+
+
+def test_train_saves_bundle_that_predict_reproduces(tmp_path):
+    bulk, labels, target = synthetic()
+    fractions = []
+    bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_sensitive_value=1,
+                         progress=lambda f, m: fractions.append(f))
+    # panel = shared genes, in bulk order; both one-sided genes reported, not used
+    assert "BULK_ONLY" not in bundle.genes and "TARGET_ONLY" not in bundle.genes
+    assert rep["genes"]["n_panel"] == N_GENES - 2 == len(bundle.genes)
+    assert rep["labels"]["n_missing_label"] == 3 and rep["labels"]["n_labelled_in_bulk"] == 45
+    m = bundle.manifest
+    assert m["input_transform"] == "standardize" and m["beta_mode"] == "separate" and bundle.threshold == 0.5
+    assert m["label_mapping"] == {"sensitive": 0, "resistant": 1} and bundle.drug == "DRUGA"
+    prov = m["provenance"]
+    assert len(prov["bulk"]["sha256"]) == 64 and len(prov["target"]["sha256"]) == 64 and prov["seed"] == 0
+    assert m["training"]["settings"]["z_dim"] == 4 and m["metrics"]["cv"]["folds"] == 3
+    assert 1 <= rep["cv"]["chosen_epochs"] <= TINY.epochs
+    assert set(m["metrics"]["target"]) >= {"auroc", "auprc", "mcc", "f1"}
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # `scatd predict` on the target gives the numbers the training evaluated
+    predict(target, load_bundle(bundle.path), device="cpu")
+    got = target.obs["scatd_prob_resistant"].to_numpy()
+    np.testing.assert_allclose(got, rep["target_predictions"]["prob_resistant"].to_numpy(), atol=1e-6)
+    assert target.uns["scatd"]["params"]["log_normalised"]  # counts detected, as at training
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path):
+    bulk, labels, target = synthetic()
+    b1, r1 = _train(tmp_path, bulk, labels, target, "a", seed=3)
+    b2, r2 = _train(tmp_path, bulk, labels, target, "b", seed=3)
+    b3, _ = _train(tmp_path, bulk, labels, target, "c", seed=4)
+    assert b1.manifest["weights_sha256"] == b2.manifest["weights_sha256"] != b3.manifest["weights_sha256"]
+    np.testing.assert_array_equal(r1["target_predictions"]["prob_resistant"], r2["target_predictions"]["prob_resistant"])
+    # the caller's global RNG is left alone
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _train(tmp_path, bulk, labels, target, "d", seed=3)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_labels_matched_by_id_not_row_position(tmp_path):
+    bulk, labels, target = synthetic()
+    b1, _ = _train(tmp_path, bulk, labels, target, "a")
+    shuffled = labels.sample(frac=1.0, random_state=1)
+    extra = pd.DataFrame({"DRUGA": ["sensitive"], "OTHER": ["resistant"]}, index=["NOT-IN-BULK"])
+    b2, rep = _train(tmp_path, bulk, pd.concat([shuffled, extra]), target, "b")
+    assert rep["labels"]["n_labels_not_in_bulk"] == 1
+    assert b1.manifest["weights_sha256"] == b2.manifest["weights_sha256"]
+
+
+def _encoder_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if k.startswith(("Encoder_resblocks", "fc21", "fc22"))}
+
+
+def test_encoder_frozen_in_eval_mode_and_bn_frozen_while_finetuning():
+    bulk, labels, target = synthetic()
+    data = prepare_training_data(bulk, labels, "DRUGA", target)
+    dev = torch.device("cpu")
+    vae = _new_backbone("dist_vae", data.bulk_x.shape[1], TINY)
+    vae.eval()
+    before = _encoder_state(vae)
+    assert any(k.endswith("weight_u") for k in before) and any(k.endswith("running_mean") for k in before)
+    frozen = TrainSettings(**{**TINY.__dict__, "finetune_epochs": 0})
+    model, _ = fit_head(vae, data.bulk_x, data.bulk_y, data.target_x, frozen, dev, epochs=6, seed=0, adaptation=True)
+    after = _encoder_state(model)
+    assert before.keys() == after.keys()
+    for k in before:  # weights, BN running statistics, spectral-norm u/v: all untouched
+        assert torch.equal(before[k], after[k]), k
+    assert _encoder_state(vae).keys() == before.keys() and all(torch.equal(before[k], v) for k, v in _encoder_state(vae).items())
+    # explicit fine-tuning: weights move, BatchNorm statistics still do not
+    model, hist = fit_head(vae, data.bulk_x, data.bulk_y, data.target_x, TINY, dev, epochs=6, seed=0,
+                           adaptation=True)
+    tuned = _encoder_state(model)
+    assert not torch.equal(tuned["Encoder_resblocks.0.fc.weight"], before["Encoder_resblocks.0.fc.weight"])
+    for k in before:
+        if "running" in k or "num_batches" in k:
+            assert torch.equal(tuned[k], before[k]), k
+    assert hist["mmd"][-1] > 0 and hist["mmd"][0] == 0  # MMD only in the fine-tuning epochs
+    assert all(not m.training for m in model.modules())  # returned in eval mode
+
+
+def test_target_smaller_than_batch_and_imbalanced(tmp_path):
+    bulk, labels, target = synthetic(n_bulk=40, n_cells=5, n_resistant=36)
+    bundle, rep = _train(tmp_path, bulk, labels, target, settings=TrainSettings(
+        **{**TINY.__dict__, "batch_size": 64, "folds": 5}))
+    assert rep["labels"]["sensitive"] < 5  # 3 or 4 sensitive after the NA rows
+    assert rep["cv"]["folds"] == rep["labels"]["sensitive"]
+    assert any("folds instead of 5" in w for w in rep["warnings"])
+    assert any("only 5 cells" in w for w in rep["warnings"])
+    assert len(rep["target_predictions"]) == 5 and np.isfinite(rep["target_predictions"]["prob_resistant"]).all()
+
+
+def test_mmd_rbf_properties():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=g, requires_grad=True)
+    y = torch.randn(3, 4, generator=g) + 2.0  # fewer target cells than bulk samples
+    value = mmd_rbf(x, y)
+    assert value.item() > 0
+    value.backward()
+    assert torch.isfinite(x.grad).all()
+    assert mmd_rbf(x.detach(), x.detach()).item() == pytest.approx(0.0, abs=1e-6)
+    # the bandwidth is detached: the gradient is that of a fixed-gamma kernel
+    xd = x.detach().clone().requires_grad_(True)
+    z = torch.cat([xd, y])
+    d2 = ((z[:, None] - z[None]) ** 2).sum(-1)
+    iu = torch.triu_indices(19, 19, 1)
+    gamma = 1.0 / (2.0 * d2[iu[0], iu[1]].median().detach())
+    k = torch.exp(-gamma * d2)
+    (k[:16, :16].mean() + k[16:, 16:].mean() - 2 * k[:16, 16:].mean()).backward()
+    torch.testing.assert_close(x.grad, xd.grad)
+
+
+def test_cancel_saves_nothing(tmp_path):
+    bulk, labels, target = synthetic()
+    calls = []
+    with pytest.raises(Cancelled):
+        _train(tmp_path, bulk, labels, target, should_stop=lambda: calls.append(1) or len(calls) > 5)
+    assert not (tmp_path / "m").exists()
+
+
+def test_clear_errors(tmp_path):
+    bulk, labels, target = synthetic()
+    other_ids = labels.set_axis([f"DATA.{i}" for i in range(len(labels))])
+    with pytest.raises(InputError, match="None of the 45 cell lines labelled"):
+        _train(tmp_path, bulk, other_ids, target)
+    with pytest.raises(InputError, match="Close names: DRUGA"):
+        train_drug_model(bulk, labels, "druggA", target, settings=TINY, out=tmp_path / "x")
+    with pytest.raises(InputError, match="share only"):
+        _train(tmp_path, bulk, labels, target[:, :5].copy())
+    with pytest.raises(InputError, match="at least 2 of each"):
+        train_drug_model(bulk, labels, "OTHER", target, settings=TINY, out=tmp_path / "x")
+    with pytest.raises(InputError, match="no obs column"):
+        _train(tmp_path, bulk, labels, target, target_label_column="nope")
+    with pytest.raises(InputError, match="folds"):
+        _train(tmp_path, bulk, labels, target, folds=1)
+
+
+def test_restricted_backbone_is_exact_on_its_genes():
+    torch.manual_seed(0)
+    vae = ResVAE(Architecture("dist_vae", [20, 12, 8], 5, [5, 12]))
+    vae.train()
+    vae(torch.randn(32, 20))  # move BN statistics and u/v away from their initial values
+    vae.eval()
+    keep = np.array([0, 3, 4, 9, 15, 19])
+    small = _restrict_backbone(vae, keep).eval()
+    x = torch.randn(7, 20)
+    x_masked = torch.zeros_like(x)
+    x_masked[:, keep] = x[:, keep]
+    with torch.no_grad():
+        torch.testing.assert_close(small.encode(x[:, keep])[0], vae.encode(x_masked)[0])
+        torch.testing.assert_close(small.decode(torch.ones(2, 5)), vae.decode(torch.ones(2, 5))[:, keep])
+
+
+def test_backbone_bundle_is_used_and_genes_intersected(tmp_path):
+    bulk, labels, target = synthetic()
+    genes = ["EXTRA1"] + [f"G{i}" for i in range(N_GENES)] + ["EXTRA2"]
+    arch = Architecture("dist_vae", [len(genes), 16, 8], 4, [4, 8, 16])
+    torch.manual_seed(5)
+    vae = ResVAE(arch).eval()
+    backbone = save_bundle(tmp_path / "bb", vae.state_dict(), arch, drug=None, genes=genes,
+                           input_transform="standardize")
+    msgs = []
+    bundle, rep = _train(tmp_path, bulk, labels, target, backbone_bundle=backbone.path,
+                         progress=lambda f, m: msgs.append(m))
+    assert not any(m.startswith("Pretraining") for m in msgs)
+    assert rep["genes"]["n_backbone"] == len(genes) and rep["genes"]["n_panel"] == N_GENES - 2
+    assert bundle.genes == [g for g in genes if g in bundle.genes]  # backbone order
+    assert rep["pretraining"]["loss"] == []
+    assert bundle.manifest["provenance"]["backbone_bundle"]["weights_sha256"] == backbone.manifest["weights_sha256"]
+    with pytest.raises(InputError, match="is a dist_vae model, not vae_sf"):
+        _train(tmp_path, bulk, labels, target, "y", backbone="vae_sf", backbone_bundle=backbone.path)
+
+
+def test_embedding_backbone_adain_parity(tmp_path):
+    rng = np.random.default_rng(0)
+    bulk, labels, _ = synthetic()
+    emb_bulk = ad.AnnData(rng.normal(0.0, 1.0, (bulk.n_obs, 12)).astype(np.float32), obs=bulk.obs.copy())
+    emb_target = ad.AnnData(rng.normal(2.0, 3.0, (25, 12)).astype(np.float32),
+                            obs=pd.DataFrame(index=[f"c{i}" for i in range(25)]))
+    bundle, rep = train_drug_model(emb_bulk, labels, "DRUGA", emb_target, backbone="vae_sf", settings=TINY,
+                                   out=tmp_path / "sf", device="cpu")
+    assert bundle.style_mean is not None and bundle.manifest["input_transform"] == "none"
+    predict(emb_target, load_bundle(bundle.path), device="cpu")
+    np.testing.assert_allclose(emb_target.obs["scatd_prob_resistant"].to_numpy(),
+                               rep["target_predictions"]["prob_resistant"].to_numpy(), atol=1e-6)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="scatd")
+    sub = parser.add_subparsers(dest="command")
+    add_train(sub)
+    add_labels_from_ic50(sub)
+    return parser
+
+
+def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
+    from scatd_core.cli import main as scatd_main
+
+    bulk, labels, target = synthetic()
+    # ln(IC50) that reproduces the labels with threshold 0 (NA where the label is missing)
+    ic50 = labels["DRUGA"].map({"sensitive": -1.0, "resistant": 1.0})
+    pd.DataFrame([ic50.to_numpy()], index=["GDSC:77"], columns=labels.index).to_csv(tmp_path / "ic50.csv")
+    (tmp_path / "thr.txt").write_text("Druga\n0.0\n")
+    pd.DataFrame({"drug_id": [77], "Name": ["DrugA"], "Synonyms": [""]}).to_csv(tmp_path / "list.csv", index=False)
+    p = _parser()
+    args = p.parse_args(["labels-from-ic50", "--ic50", str(tmp_path / "ic50.csv"), "--thresholds",
+                         str(tmp_path / "thr.txt"), "--drug-list", str(tmp_path / "list.csv"),
+                         "--out", str(tmp_path / "labels.csv")])
+    assert args.run(args) == 0
+    written = pd.read_csv(tmp_path / "labels.csv", index_col=0)
+    assert written["DrugA"].fillna("NA").tolist() == labels["DRUGA"].fillna("NA").tolist()
+
+    pd.DataFrame(bulk.X, index=bulk.obs_names, columns=bulk.var_names).to_csv(tmp_path / "bulk.csv")
+    tdf = pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names)
+    tdf.insert(0, "response", target.obs["response"].to_numpy())
+    tdf.to_csv(tmp_path / "target.csv")
+    args = p.parse_args(["train", "--bulk", str(tmp_path / "bulk.csv"), "--bulk-labels", str(tmp_path / "labels.csv"),
+                         "--drug", "DRUGA", "--target", str(tmp_path / "target.csv"), "--out", str(tmp_path / "bundle"),
+                         "--folds", "3", "--epochs", "6", "--finetune-epochs", "3", "--pretrain-epochs", "3",
+                         "--target-labels", "response", "--target-sensitive-value", "1", "--device", "cpu",
+                         "--report", str(tmp_path / "report.json"),
+                         "--target-predictions", str(tmp_path / "train_pred.csv")])
+    assert args.run(args) == 0
+    out, err = capsys.readouterr()
+    assert "Trained 'DrugA (dist_vae, trained)'" in out and "Gene panel: 28 genes" in err
+    assert "Target (response, evaluation only): AUROC" in err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["cv"]["folds"] == 3 and "target_predictions" not in report
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.manifest["provenance"]["labels"]["file"] == "labels.csv"
+
+    code = scatd_main(["predict", "--model", str(tmp_path / "bundle"), "--input", str(tmp_path / "target.csv"),
+                       "--output", str(tmp_path / "pred.csv"), "--device", "cpu"])
+    assert code == 0
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    train_pred = pd.read_csv(tmp_path / "train_pred.csv")
+    assert list(pred["cell_id"]) == list(train_pred["cell_id"])
+    np.testing.assert_allclose(pred["prob_resistant"], train_pred["prob_resistant"], atol=1e-6)
+
+
+def test_cli_bad_arguments_are_clean(tmp_path, capsys):
+    p = _parser()
+    with pytest.raises(SystemExit):
+        p.parse_args(["train", "--bulk", "b", "--bulk-labels", "l", "--drug", "d", "--target", "t", "--folds", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

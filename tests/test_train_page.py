@@ -1,0 +1,58 @@
+"""The Train page (Streamlit AppTest): empty state, a tiny training run, metrics, library entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from streamlit.testing.v1 import AppTest
+
+from scatd_app import state as S
+from scatd_core.bundle import list_library
+
+from test_train import synthetic
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "7_Train.py")
+TIMEOUT = 120
+
+
+def test_empty_state_asks_for_data():
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("Give the bulk data" in i.value for i in at.info)
+
+
+def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
+    bulk, labels, target = synthetic()
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.session_state[S.DATA_NAME] = "tumour.h5ad"
+    at.session_state[S.LABEL_COLUMN] = "response"
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="train_drug").options == ["DRUGA", "OTHER"]
+    assert at.selectbox(key="train_label_column").value == "response"
+    at.selectbox(key="train_sensitive_value").set_value("1")
+    at.number_input(key="train_folds").set_value(3)
+    at.number_input(key="train_pretrain_epochs").set_value(3)
+    at.number_input(key="train_epochs").set_value(6)
+    at.number_input(key="train_finetune_epochs").set_value(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        at.button(key="train_start").click().run()
+    finally:
+        torch.set_num_threads(threads)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    result = at.session_state["train_result"]
+    labels_shown = [m.label for m in at.metric]
+    assert labels_shown == ["Bulk CV AUROC", "Bulk out-of-fold AUROC", "Target AUROC", "Target AUPRC"]
+    assert result["report"]["metrics"]["target"]["label_column"] == "response"
+    assert len(at.get("plotly_chart")) == 2  # CV curves, pretraining loss
+    library = [e.bundle.path for e in list_library() if e.ok]
+    assert [str(p) for p in library] == [result["bundle_path"]]
+    at.button[-1].click().run()  # "Use this model for prediction"
+    assert at.session_state[S.BUNDLE_PATH] == result["bundle_path"]
