@@ -31,11 +31,17 @@ sys.path.insert(0, str(ROOT / "tests"))  # the writers of every format live with
 N_GENES = 20_000
 DENSITY = 0.05
 
+# Peak RSS comes from /proc (VmHWM): ru_maxrss of an exec'd child starts at its parent's peak
+# (Linux keeps it across fork/exec), which here would be the writer's gigabytes.
 _CHILD = r"""
-import json, resource, sys, time
-import numpy as np
+import json, sys, time
 from scatd_core import io, preprocess
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def peak_mb():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM")) / 1024
+
+base = peak_mb()
 path, kwargs, stream = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "1"
 t0 = time.perf_counter()
 adata = io.read(path, **kwargs)
@@ -45,8 +51,7 @@ if stream:
     for _, _, block in preprocess.row_batches(adata.X, 10_000):
         total += float(block.sum())
 print(json.dumps({"read_s": read_s, "total_s": time.perf_counter() - t0, "backed": adata.isbacked,
-                  "shape": list(adata.shape), "base_mb": base / 1024,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "shape": list(adata.shape), "base_mb": base, "peak_mb": peak_mb()}))
 """
 
 

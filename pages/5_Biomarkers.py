@@ -117,8 +117,9 @@ m1, m2, m3, m4 = st.columns(4)
 m1.metric("Cells explained", f"{cells_info['n_explained']:,}",
           help=f"{cells_info['n_resistant']:,} predicted {info['positive_label']}, "
                f"{cells_info['n_sensitive']:,} {info['negative_label']}")
-m2.metric("Completeness error (median)", f"{comp['median_relative_error']:.2%}",
-          help=f"|sum of attributions − (f(x) − f(baseline))| relative to the change; max "
+m2.metric("Completeness error", f"{comp['median_relative_error']:.2%}" if comp["median_relative_error"] >= 1e-4
+          else "< 0.01%",
+          help=f"Median over cells of |sum of attributions − (f(x) − f(baseline))| relative to the change; max "
                f"{comp['max_relative_error']:.2%}; tolerance {comp['tolerance']:.0%}.")
 if agree:
     m3.metric("Top-20 shared with DE", agree.get("top20_overlap", "–"),

@@ -200,7 +200,19 @@ def _run_models(args) -> int:
 
 # --------------------------------------------------------------------------- main
 
-COMMANDS = [_add_import, _add_predict, _add_models]
+def _lazy(module: str, name: str):
+    """A subcommand defined in another module (imported when the parser is built)."""
+    def add(sub) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), name)(sub)
+    return add
+
+
+COMMANDS = [_add_import, _add_predict, _add_models,
+            _lazy("scatd_core.cli_explain", "add_explain"),
+            _lazy("scatd_core.cli_train", "add_train"),
+            _lazy("scatd_core.cli_train", "add_labels_from_ic50")]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,11 +56,6 @@ from scatd_core import genes, preprocess
 from scatd_core.config import limits
 from scatd_core.errors import InputError
 
-try:  # anndata >= 0.11
-    from anndata.io import read_loom as _ad_read_loom
-except ImportError:  # pragma: no cover - anndata 0.10
-    from anndata import read_loom as _ad_read_loom
-
 #: File name endings accepted by :func:`read` / :func:`read_bytes` (a 10x folder is also accepted).
 SUPPORTED_FORMATS = (".h5ad", ".h5", ".loom", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz",
                      ".mtx", ".mtx.gz", ".zip", ".tar.gz", ".tgz", ".tar", ".npy")
@@ -82,6 +77,8 @@ BACKED_MIN_CELLS = 100_000
 MIN_CELLS = 2
 #: An archive may expand to at most this many times the upload size limit (zip-bomb guard).
 ARCHIVE_EXPANSION = 4
+#: Tables are parsed in chunks of about this many values (bounds the parser's memory).
+TABLE_CHUNK_VALUES = 40_000_000
 
 #: Column names (lower case) taken as per-cell labels / groups rather than genes.
 LABEL_COLUMN_NAMES = frozenset({"response", "label", "labels", "condition", "resistance", "sensitivity",
@@ -480,19 +477,35 @@ def _loom_name_attr(attrs, known: tuple[str, ...], n: int) -> str | None:
     return None
 
 
+def _loom_axis(attrs, n: int, name_attr: str | None) -> pd.DataFrame:
+    """The 1-D attributes of one loom axis as a frame indexed by the naming attribute."""
+    columns = {}
+    for key, dataset in (attrs.items() if attrs is not None else ()):
+        if dataset.shape == (n,):
+            values = dataset[()]
+            columns[key] = _decode(values) if values.dtype.kind in "SO" else values
+    index = columns.pop(name_attr) if name_attr else [str(i) for i in range(n)]
+    return pd.DataFrame(columns, index=pd.Index(index, dtype=object))
+
+
 def _read_loom(path: Path, opts: _Options) -> ad.AnnData:
+    """Read a loom file with h5py: /matrix is genes x cells, dense, stored in chunks."""
     with _open_h5(path, opts.display_name) as f:
-        n_genes, n_cells = f["matrix"].shape  # loom stores genes x cells
+        matrix = f["matrix"]
+        n_genes, n_cells = matrix.shape
         _check_cells(n_cells, opts)
         gene_attr = _loom_name_attr(f.get("row_attrs"), _LOOM_GENE_ATTRS, n_genes)
         cell_attr = _loom_name_attr(f.get("col_attrs"), _LOOM_CELL_ATTRS, n_cells)
-    adata = _ad_read_loom(path, sparse=True, var_names=gene_attr or "Gene", obs_names=cell_attr or "CellID")
+        var = _loom_axis(f.get("row_attrs"), n_genes, gene_attr)
+        obs = _loom_axis(f.get("col_attrs"), n_cells, cell_attr)
+        step = max(1, (1 << 25) // max(n_genes, 1))  # ~32M values in memory at a time
+        X = sp.vstack([sp.csr_matrix(np.asarray(matrix[:, start:start + step], dtype=np.float32).T)
+                       for start in range(0, n_cells, step)], format="csr")
+        opts.report["stored_matrices"] = {"matrix": "dense", "layers": [str(k) for k in f.get("layers", {})]}
     if gene_attr is None:
         opts.warnings.append("The loom file names no genes (no 'Gene' row attribute); genes are numbered.")
-    if sp.issparse(adata.X):
-        adata.X = sp.csr_matrix(adata.X)
     _ignore_orientation(opts, "loom")
-    return adata
+    return ad.AnnData(X=X, obs=obs, var=var)
 
 
 # --------------------------------------------------------------------------------------------
@@ -786,46 +799,35 @@ def _read_table(path: Path, opts: _Options) -> ad.AnnData:
     if n_fields < 2:
         raise InputError(f"{name} has a single column (separator not recognised).",
                          "Use commas or tabs between fields, with cell or gene names in the first column.")
-    read_kw = dict(sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding,
-                   compression="gzip" if gz else None, engine="c")
+    labels = [str(x) for x in header[1:]]
+    # pandas' own type inference, in chunks of rows: dtype maps or a preview pass cost
+    # several times more on wide (20k-column) tables, and chunks bound the memory to one chunk
+    # of parsed text plus the float32 result
+    reader = pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding,
+                         compression="gzip" if gz else None, engine="c", dtype={0: str}, low_memory=False,
+                         chunksize=max(1, TABLE_CHUNK_VALUES // len(labels)))
+    blocks, ids, metas, layout = [], [], [], None
     try:
-        # one pass with pandas' own type inference: dtype maps or a preview pass cost several
-        # times more on wide (20k-column) tables
-        df = pd.read_csv(path, dtype={0: str}, low_memory=False, **read_kw)
+        for chunk in reader:
+            if layout is None:
+                layout = _table_layout(chunk, labels, opts)
+            orientation, reason, meta, data_pos = layout
+            for p in data_pos:
+                if chunk.dtypes[p].kind not in "iuf":
+                    raise _non_numeric(chunk[p], labels[p - 1], name)
+            block = chunk[data_pos].to_numpy(dtype=np.float32)
+            # mostly zeros (a counts table, judged on the first chunk): keep it sparse
+            sparse = sp.issparse(blocks[0]) if blocks else np.count_nonzero(block) <= block.size / 2
+            if sparse:
+                block = sp.csr_matrix(block)
+            blocks.append(block)
+            ids.extend(chunk.index.astype(str))
+            metas.append(pd.DataFrame({labels[p - 1]: _tidy_column(chunk[p]) for p in sorted(meta)}))
     except pd.errors.ParserError as exc:
         raise _malformed(name, exc) from None
-    labels = [str(x) for x in header[1:]]
-    if df.shape[1] != len(labels):
-        raise InputError(f"{name}: the header has {len(labels) + 1} fields but the rows have {df.shape[1] + 1}.",
-                         "Every row must have as many fields as the header; check the separator and quoting.")
-    positions = list(df.columns)
-    label_of = dict(zip(positions, labels))
-    non_numeric = set()
-    for p in positions:
-        if df[p].dtype.kind in "iuf":
-            continue
-        if df[p].dtype.kind == "O" and _numeric_fraction(df[p]) >= 0.5:
-            raise _non_numeric(df[p], label_of[p], name)  # a number column with stray text
-        non_numeric.add(p)  # text (or true/false): per-row information, not expression
-    named = {p for p in positions if _column_kind(label_of[p])}
-    per_cell = [label_of[p] for p in positions if p in named]
-    candidates = [label_of[p] for p in positions if p not in non_numeric and p not in named]
-    if opts.orientation != "auto":
-        orientation, reason = opts.orientation, "given by the user"
-    else:
-        orientation, reason = _decide_orientation(df.index.astype(str), candidates, per_cell)
-    meta = non_numeric | (named if orientation == "cells_x_genes" else set())
-    data_pos = [p for p in positions if p not in meta]
-    if not data_pos:
-        raise InputError(f"{name} has no numeric columns: every column holds text.",
-                         "The table needs one column per gene (or per cell) of numbers.")
-    X = df[data_pos].to_numpy(dtype=np.float32)
-    ids = df.index.astype(str).tolist()
-    data_labels = [label_of[p] for p in data_pos]
-    meta_frame = pd.DataFrame({label_of[p]: _tidy_column(df[p]) for p in sorted(meta)}, index=ids)
-    del df
-    if np.count_nonzero(X) <= X.size / 2:  # mostly zeros: a counts table, keep it sparse
-        X = sp.csr_matrix(X)
+    X = sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
+    meta_frame = pd.concat(metas, ignore_index=True).set_axis(ids)
+    data_labels = [labels[p - 1] for p in data_pos]
     if orientation == "cells_x_genes":
         adata = ad.AnnData(X=X, obs=meta_frame, var=pd.DataFrame(index=data_labels))
     else:
@@ -833,12 +835,45 @@ def _read_table(path: Path, opts: _Options) -> ad.AnnData:
         adata = ad.AnnData(X=X, obs=pd.DataFrame(index=data_labels), var=meta_frame)
     opts.report.update(format="tsv" if sep == "\t" else "csv", separator=_SEPARATOR_NAMES[sep], compressed=gz,
                        orientation=orientation, orientation_reason=reason,
-                       metadata_columns=[label_of[p] for p in sorted(meta)])
+                       metadata_columns=[labels[p - 1] for p in sorted(meta)])
     return adata
+
+
+def _table_layout(chunk: pd.DataFrame, labels: list[str], opts: _Options):
+    """From the first chunk: orientation (and why), metadata columns and data columns.
+
+    Columns are numbered from 1 (0 is the identifiers); ``labels[p - 1]`` names column ``p``.
+    """
+    name = opts.display_name
+    if chunk.shape[1] != len(labels):
+        raise InputError(f"{name}: the header has {len(labels) + 1} fields but the rows have {chunk.shape[1] + 1}.",
+                         "Every row must have as many fields as the header; check the separator and quoting.")
+    non_numeric = set()
+    for p, dtype in chunk.dtypes.items():  # not chunk[p]: column access costs seconds on wide tables
+        if dtype.kind in "iuf":
+            continue
+        if dtype.kind == "O" and _numeric_fraction(chunk[p]) >= 0.5:
+            raise _non_numeric(chunk[p], labels[p - 1], name)  # a number column with stray text
+        non_numeric.add(p)  # text (or true/false): information about the row, not expression
+    named = {p for p in chunk.columns if _column_kind(labels[p - 1])}
+    if opts.orientation != "auto":
+        orientation, reason = opts.orientation, "given by the user"
+    else:
+        candidates = [labels[p - 1] for p in chunk.columns if p not in non_numeric and p not in named]
+        orientation, reason = _decide_orientation(chunk.index.astype(str), candidates,
+                                                  [labels[p - 1] for p in sorted(named)])
+    meta = non_numeric | (named if orientation == "cells_x_genes" else set())
+    data_pos = [p for p in chunk.columns if p not in meta]
+    if not data_pos:
+        raise InputError(f"{name} has no numeric columns: every column holds text.",
+                         "The table needs one column per gene (or per cell) of numbers.")
+    return orientation, reason, meta, data_pos
 
 
 def _tidy_column(values: pd.Series) -> np.ndarray:
     """A metadata column: numbers when all of it parses (0/1 labels stay integers), else text."""
+    if values.dtype.kind == "b":
+        return values.to_numpy()
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().sum() == values.notna().sum():
         if numbers.notna().all() and (numbers == np.round(numbers)).all():
@@ -891,7 +926,7 @@ def _scan(X) -> tuple[np.ndarray, int, int, int | None]:
     return nonzero, n_nan, n_inf, first_bad
 
 
-def _make_unique(index: pd.Index) -> int:
+def _n_duplicated(index: pd.Index) -> int:
     return int(index.duplicated().sum())
 
 
@@ -926,7 +961,7 @@ def _finish(adata: ad.AnnData, opts: _Options) -> ad.AnnData:
 
     adata.obs_names = pd.Index([str(x) for x in adata.obs_names])
     adata.var_names = pd.Index([str(x) for x in adata.var_names])
-    dup_genes, dup_cells = _make_unique(adata.var_names), _make_unique(adata.obs_names)
+    dup_genes, dup_cells = _n_duplicated(adata.var_names), _n_duplicated(adata.obs_names)
     if dup_genes:
         adata.var["scatd_original_name"] = adata.var_names.tolist()
         adata.var_names_make_unique()

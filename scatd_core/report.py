@@ -238,10 +238,9 @@ def file_stem(data_name: str | None, drug: str | None) -> str:
     from scatd_core.bundle import safe_name
 
     base = str(data_name or "data")
-    for ext in sorted((".h5ad", ".h5", ".loom", ".csv", ".tsv", ".txt", ".gz", ".zip", ".tgz", ".npy", ".mtx"),
-                      key=len, reverse=True):
-        while base.lower().endswith(ext):
-            base = base[: -len(ext)]
+    extensions = (".h5ad", ".h5", ".loom", ".csv", ".tsv", ".txt", ".gz", ".zip", ".tgz", ".tar", ".npy", ".mtx")
+    while ext := next((e for e in extensions if base.lower().endswith(e)), None):
+        base = base[: -len(ext)]
     return safe_name(f"{base}_{drug}" if drug else base, "scatd")
 
 
@@ -618,7 +617,7 @@ def html_report(result: ad.AnnData, *, threshold: float | None = None, label_col
     prov = model.get("provenance", {})
     parts.append("<h2>Model</h2>" + _kv_table([
         ("name", model.get("name")), ("drug", model.get("drug")), ("backbone", model.get("backbone")),
-        ("demo (simulated data)", bool(model.get("demo"))), ("bundle", model.get("path")),
+        ("demo model (simulated data)", bool(model.get("demo"))), ("bundle", model.get("path")),
         ("weights sha256", model.get("weights_sha256")),
         *[(f"provenance: {k}", v) for k, v in prov.items()],
     ]))

@@ -92,6 +92,7 @@ class TrainSettings:
     weight_decay: float = 1e-2
     batch_size: int = 64
     mmd_weight: float = 1.0
+    sample_latent: bool = False
     folds: int = 5
     seed: int = 0
     threshold: float = 0.5
@@ -111,17 +112,22 @@ class TrainSettings:
 # --------------------------------------------------------------------------- small utilities
 
 @contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Deterministic algorithms and a private global RNG state for model construction."""
+def _deterministic():
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
-    devices = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
+        yield
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+@contextmanager
+def _init_rng(seed: int):
+    """Module initialisation (which draws from torch's global RNG) from ``seed``, leaving the
+    caller's RNG state as it was; the lock keeps concurrent trainings (app sessions) apart."""
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -355,7 +361,7 @@ def _restrict_backbone(vae: ResVAE, keep: np.ndarray) -> ResVAE:
         cut("Encoder_resblocks.0.downsample", 1)
     cut("fc4", 0)
     arch = replace(vae.arch, encoder_dims=[int(len(keep))] + list(vae.arch.encoder_dims[1:]))
-    with _INIT_LOCK:
+    with _init_rng(0):  # every parameter is overwritten below
         small = ResVAE(arch)
     small.load_state_dict(state, strict=True)
     return small
@@ -364,7 +370,7 @@ def _restrict_backbone(vae: ResVAE, keep: np.ndarray) -> ResVAE:
 def _new_backbone(backbone: str, n_inputs: int, s: TrainSettings) -> ResVAE:
     dims = [n_inputs, *[int(h) for h in s.hidden_dims]]
     arch = Architecture(backbone, dims, int(s.z_dim), [int(s.z_dim), *reversed(dims[1:])])
-    with _INIT_LOCK:
+    with _init_rng(s.seed):
         return ResVAE(arch)
 
 
@@ -426,8 +432,8 @@ def _set_phase(model: DrugClassifier, finetune: bool) -> None:
 
 
 def _make_classifier(vae: ResVAE, seed: int) -> DrugClassifier:
-    with _INIT_LOCK:
-        return DrugClassifier.from_backbone(copy.deepcopy(vae), class_num=2, seed=seed)
+    with _init_rng(seed):
+        return DrugClassifier.from_backbone(copy.deepcopy(vae), class_num=2)
 
 
 def _probabilities(model: DrugClassifier, x: torch.Tensor) -> np.ndarray:
@@ -466,15 +472,18 @@ def fit_head(vae: ResVAE, x: np.ndarray, y: np.ndarray, target_x: np.ndarray | N
             _set_phase(model, finetune)
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=s.finetune_lr if finetune else s.lr, weight_decay=s.weight_decay)
-            if not finetune:  # encoder fixed: its latent means can be computed once
+            if not finetune:  # encoder fixed: its latent distribution can be computed once
                 with torch.no_grad():
-                    mu_all = model.encode(xt_all)[0]
+                    mu_all, logvar_all = model.encode(xt_all)
         total = mmd_total = 0.0
         batches = _batches(len(y), s.batch_size, gen)
         for idx in batches:
             idx = idx.to(device)
-            mu = model.encode(xt_all[idx])[0] if finetune else mu_all[idx]
-            loss = F.cross_entropy(model.classifier(mu), yt_all[idx], weight=weights)
+            mu, logvar = model.encode(xt_all[idx]) if finetune else (mu_all[idx], logvar_all[idx])
+            z = mu
+            if s.sample_latent:  # the original's training draw; prediction uses the mean
+                z = mu + torch.randn(mu.shape, generator=gen).to(device) * torch.exp(0.5 * logvar)
+            loss = F.cross_entropy(model.classifier(z), yt_all[idx], weight=weights)
             if finetune and tgt is not None and s.mmd_weight > 0:
                 pick = torch.randperm(len(tgt), generator=gen)[:min(len(idx), len(tgt))].to(device)
                 mmd = mmd_rbf(mu, model.encode(tgt[pick])[0])
@@ -695,7 +704,7 @@ def train_drug_model(
                 progress(min(done[0] / total_units, 1.0), f"{prefix}{msg}")
         return f
 
-    with _seeded(s.seed, dev):
+    with _deterministic():
         pretrain_hist: list[float] = []
         if base_vae is None:
             base_vae = _new_backbone(backbone, data.bulk_x.shape[1], s)

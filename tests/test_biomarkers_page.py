@@ -64,7 +64,7 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
     charts = at.get("plotly_chart")
     assert len(charts) >= 3  # bar chart, dependence plot, map (+ DE comparison)
     assert len(at.get("download_button")) == 2
-    assert [m.label for m in at.metric][:2] == ["Cells explained", "Completeness error (median)"]
+    assert [m.label for m in at.metric][:2] == ["Cells explained", "Completeness error"]
     # search filters the table; the map falls back to PCA of the latent space, labelled so
     at.text_input[0].set_value("GENE1").run()
     assert set(at.dataframe[0].value["feature"]).issubset({f"GENE{i}" for i in range(60)})

@@ -130,6 +130,26 @@ def test_table_metadata_columns_go_to_obs(counts, tmp_path):
     assert "per-cell fields" in report["orientation_reason"]
 
 
+@pytest.mark.parametrize("density", [0.3, 0.9])  # sparse and dense storage
+def test_tables_read_in_chunks(tmp_path, monkeypatch, density):
+    adata = make_counts(n_cells=50, n_genes=30, density=density, seed=2)
+    adata.obs["response"] = np.arange(50) % 2
+    path = write_table(adata, tmp_path / "t.csv", obs_columns=["response"])
+    monkeypatch.setattr(io, "TABLE_CHUNK_VALUES", 31 * 7)  # 7 rows per chunk
+    out = io.read(path)
+    np.testing.assert_array_equal(dense(out), dense(adata))
+    assert list(out.obs_names) == list(adata.obs_names)
+    np.testing.assert_array_equal(out.obs["response"], adata.obs["response"])
+
+
+def test_stray_text_in_a_later_chunk(tmp_path, monkeypatch):
+    rows = "\n".join(f"c{i},{i},{i + 1}" for i in range(20))
+    (tmp_path / "bad.csv").write_text("cell,TP53,EGFR\n" + rows + "\nc99,1,oops\n")
+    monkeypatch.setattr(io, "TABLE_CHUNK_VALUES", 10)
+    err = _read_error(tmp_path / "bad.csv")
+    assert "'EGFR'" in err.message and "'oops'" in err.message
+
+
 def test_r_style_header_without_row_name_field(counts, tmp_path):
     df = pd.DataFrame(dense(counts).astype(int), index=counts.obs_names, columns=counts.var_names)
     text = "\t".join(df.columns) + "\n" + df.to_csv(sep="\t", header=False)

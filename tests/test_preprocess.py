@@ -30,7 +30,7 @@ def _log_normalized(adata):
 
 def _variants(counts) -> dict[str, object]:
     lognorm = _log_normalized(counts)
-    scaled = lognorm.copy()
+    scaled = ad.AnnData(X=lognorm.X.toarray())
     sc.pp.scale(scaled)
     tpm = counts.copy()
     sc.pp.normalize_total(tpm, target_sum=1e6)

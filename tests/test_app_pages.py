@@ -1,0 +1,316 @@
+"""Every page through Streamlit's AppTest: the whole path on a small bundle, and every error path.
+
+The app is run from ``app.py`` (navigation and sidebar) and pages are reached with
+``switch_page``, as a user would; nothing here needs a browser.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import original_scatd as orig
+from _app_helpers import make_bundle, make_dataset
+from scatd_app import state, ui
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+N_CELLS = 180
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """A model library holding one small trained Dist_VAE bundle."""
+    root = tmp_path_factory.mktemp("library")
+    adata = make_dataset(N_CELLS, seed=0)
+    make_bundle(root / "testdrug_dist_vae", adata)
+    return root
+
+
+@pytest.fixture
+def with_library(library, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
+    return library
+
+
+@pytest.fixture
+def empty_library(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp_path / "empty"))
+    return tmp_path / "empty"
+
+
+def h5ad_bytes(adata: ad.AnnData) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        adata.write_h5ad(Path(tmp) / "x.h5ad")
+        return (Path(tmp) / "x.h5ad").read_bytes()
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def text(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    goto(at, "1_Data")
+    at.file_uploader[0].upload(name, data)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def run_prediction(at: AppTest) -> AppTest:
+    goto(at, "2_Model")
+    goto(at, "3_Predict")
+    at.button(key="btn_run_predict").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+# --------------------------------------------------------------------------------------------
+
+def test_upload_predict_results_report(with_library, monkeypatch):
+    from scatd_core import embed
+
+    calls = []
+    real = embed.compute_embedding
+    monkeypatch.setattr(embed, "compute_embedding", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    at = start()
+    assert "No drug model" not in text(at.warning)
+    assert "upload limit" not in text(at.error)
+    goto(at, "1_Data")
+    assert f"{ui.upload_limit_mb():,} MB" in text(at.caption)  # the limit is shown
+    adata = make_dataset(N_CELLS, seed=7)
+    upload(at, "tumour.h5ad", h5ad_bytes(adata))
+    assert metric(at, "Cells") == f"{N_CELLS:,}" and metric(at, "Values") == "counts"
+    assert at.session_state[state.LABEL_COLUMN] == "response"  # found by the reader
+    assert at.session_state[ui.POSITIVE_CLASS] == "resistant"
+    assert at.session_state[state.SAMPLE_COLUMN] == "sample"
+    assert len(at.get("plotly_chart")) == 2  # QC violins and scatter
+
+    goto(at, "2_Model")
+    assert "Coverage is good" in text(at.success)
+    assert at.session_state[state.BUNDLE_PATH].endswith("testdrug_dist_vae")
+
+    goto(at, "3_Predict")
+    assert "Estimated time" in text(at.caption) and "CPU" in metric(at, "Device")
+    at.button(key="btn_run_predict").click()
+    at.run()
+    assert not at.exception
+    assert f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
+    result = at.session_state[state.RESULT]
+    assert result.n_obs == N_CELLS and "X_scatd" in result.obsm
+
+    goto(at, "4_Cells")
+    assert len(calls) == 1
+    assert "X_umap" in at.session_state[state.RESULT].obsm
+    assert float(metric(at, "AUROC")) > 0.6  # the test model transfers to a new tumour
+    assert len(at.get("plotly_chart")) >= 5  # UMAP, groups, ROC, PR, confusion
+    resistant = int(metric(at, "Resistant").replace(",", ""))
+    at.slider(key=state.THRESHOLD).set_value(0.99).run()  # relabel without recomputing
+    assert int(metric(at, "Resistant").replace(",", "")) <= resistant
+    at.button(key="btn_youden").click().run()
+    assert at.session_state[state.THRESHOLD] != 0.99
+    at.selectbox(key="cells_colour").set_value("Leiden cluster").run()
+    assert not at.exception
+
+    goto(at, "6_Report")
+    assert len(at.get("download_button")) == 4
+    assert f"{N_CELLS:,} rows: one per uploaded cell" in text(at.caption)
+
+    goto(at, "3_Predict")  # coming back: cached, nothing recomputed
+    assert "already computed" in text(at.caption)
+    goto(at, "4_Cells")
+    assert len(calls) == 1
+    assert at.session_state[state.THRESHOLD] != 0.99  # the threshold survived the page visits
+
+
+def test_qc_filter_marks_cells_and_keeps_them(with_library):
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    at.toggle(key="qc_enabled").set_value(True).run()
+    at.number_input(key="qc_total_counts_min").set_value(2000.0).run()
+    info = text(at.info)
+    assert "cells pass" in info and "filtered (QC)" in info
+    run_prediction(at)
+    result = at.session_state[state.RESULT]
+    n_filtered = int((result.obs["scatd_label"] == "filtered (QC)").sum())
+    assert n_filtered > 0 and result.n_obs == N_CELLS
+    goto(at, "6_Report")
+    assert f"{N_CELLS:,} rows" in text(at.caption)
+
+
+def test_bad_file_shows_a_friendly_error(with_library):
+    at = start()
+    upload(at, "broken.h5ad", b"this is not an HDF5 file at all")
+    assert "broken.h5ad" in text(at.error)
+    assert state.ADATA not in at.session_state
+    upload(at, "empty.csv", b"")
+    assert "empty" in text(at.error).lower()
+
+
+def test_csv_upload_works(with_library):
+    adata = make_dataset(40, seed=1)
+    frame = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names)
+    frame.insert(0, "response", adata.obs["response"].to_numpy())
+    at = start()
+    upload(at, "cells.csv", frame.to_csv().encode())
+    assert not at.error
+    assert metric(at, "Cells") == "40" and at.session_state[state.LABEL_COLUMN] == "response"
+
+
+def test_no_model_installed_says_how_to_get_one(empty_library):
+    at = start()
+    assert "No drug model is installed" in text(at.warning)
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))
+    goto(at, "2_Model")
+    assert "No drug model is installed" in text(at.warning)
+    page = text(at.markdown)
+    assert "scatd import-checkpoint" in page and "Train" in page and "demo" in page
+    goto(at, "3_Predict")
+    assert "Choose a model first" in text(at.info)
+    goto(at, "8_Models")
+    assert "library is empty" in text(at.info)
+
+
+def test_low_and_zero_gene_coverage(with_library):
+    adata = make_dataset(N_CELLS, seed=4)
+    low = adata[:, :300].copy()  # 300 of the model's 1,900 genes
+    at = start()
+    upload(at, "subset.h5ad", h5ad_bytes(low))
+    goto(at, "2_Model")
+    assert "Low gene coverage" in text(at.warning)
+    run_prediction(at)
+    assert "of the model's genes are in the data" in text(at.warning)  # predict's own warning
+
+    renamed = adata.copy()
+    renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
+    at = start()
+    upload(at, "ensembl.h5ad", h5ad_bytes(renamed))
+    goto(at, "2_Model")
+    assert "None of the model's genes is in the data" in text(at.error)
+    goto(at, "3_Predict")
+    assert "None of the" in text(at.error) and not at.exception  # before any run, no traceback
+
+
+def test_unlabelled_and_single_class_data(with_library):
+    adata = make_dataset(N_CELLS, seed=5)
+    unlabelled = adata.copy()
+    del unlabelled.obs["response"]
+    at = start()
+    upload(at, "unlabelled.h5ad", h5ad_bytes(unlabelled))
+    assert at.session_state[state.LABEL_COLUMN] is None
+    run_prediction(at)
+    goto(at, "4_Cells")
+    assert "No label column is chosen" in text(at.info)
+    goto(at, "6_Report")
+    assert len(at.get("download_button")) == 4
+
+    one_class = adata.copy()
+    one_class.obs["response"] = "resistant"
+    one_class.obs["response_binary"] = np.where(np.arange(N_CELLS) % 2, "resistant", "sensitive")
+    at = start()
+    upload(at, "oneclass.h5ad", h5ad_bytes(one_class))
+    at.selectbox(key=state.LABEL_COLUMN).set_value("response").run()
+    run_prediction(at)
+    goto(at, "4_Cells")
+    assert "Every labelled cell is 'resistant'" in text(at.error)
+
+
+def test_monte_carlo_mode_adds_uncertainty(with_library):
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=6)))
+    goto(at, "2_Model")
+    goto(at, "3_Predict")
+    at.radio(key="predict_mode").set_value("sample").run()
+    at.slider(key="predict_samples").set_value(10).run()
+    at.button(key="btn_run_predict").click().run()
+    assert not at.exception
+    result = at.session_state[state.RESULT]
+    assert "scatd_prob_resistant_sd" in result.obs and result.uns["scatd"]["params"]["n_samples"] == 10
+    goto(at, "4_Cells")
+    assert "uncertainty (sd of P)" in at.selectbox(key="cells_colour").options
+
+
+def test_interrupted_run_is_reported(with_library):
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=8)))
+    goto(at, "2_Model")
+    at.session_state[ui.PREDICT_RUNNING] = True
+    goto(at, "3_Predict")
+    assert "stopped before it finished" in text(at.info)
+
+
+def test_pages_without_data_point_to_the_step(with_library):
+    at = start()
+    goto(at, "3_Predict")
+    assert "Upload a dataset first" in text(at.info)
+    for page in ("4_Cells", "6_Report"):
+        goto(at, page)
+        assert "Run a prediction first" in text(at.info)
+
+
+def test_import_checkpoint_page(empty_library, tmp_path):
+    enc, z = [30, 16, 8], 6
+    pth = tmp_path / "drug.pth"
+    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=1), pth)
+    genes = tmp_path / "genes.txt"
+    genes.write_text("\n".join(f"G{i}" for i in range(enc[0])) + "\n")
+
+    at = start()
+    goto(at, "8_Models")
+    at.text_input(key="import_path").set_value(str(pth))
+    at.text_input(key="import_drug").set_value("Gefitinib")
+    at.text_input(key="import_genes_path").set_value(str(genes))
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert not at.exception and "Imported" in text(at.success), text(at.error)
+    assert (empty_library / "Gefitinib_dist_vae" / "manifest.json").is_file()
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    at.text_input(key="import_path").set_value(str(bad))
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert "not a readable PyTorch checkpoint" in text(at.error) and not at.exception
+
+
+def test_show_error_never_shows_a_traceback():
+    at = AppTest.from_function(_errors_page)
+    at.run()
+    shown = text(at.error)
+    assert "**Bad thing.**" in shown and "Do this." in shown
+    assert "unexpected" in shown and "Traceback" not in shown
+    assert not at.exception
+
+
+def _errors_page():
+    from scatd_app import ui
+    from scatd_core.errors import InputError
+
+    ui.show_error(InputError("Bad thing.", "Do this."))
+    ui.show_error(KeyError("x"))

@@ -1,0 +1,202 @@
+"""End to end in a real browser: ``streamlit run app.py`` driven by headless Chromium (Playwright).
+
+Upload a 10,000-cell h5ad, choose the model, run, see the UMAP, download predictions.csv and
+check its rows; a screenshot of every page goes to ``test-artifacts/screenshots/``.
+
+Needs Debian's ``/usr/bin/chromium`` (Playwright's own browser download is not used) and the
+``playwright`` Python package; skipped with the reason otherwise. Run with ``-m browser``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from _app_helpers import make_bundle, make_dataset
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+N_CELLS = 10_000
+VIEWPORT = {"width": 1440, "height": 1000}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic",
+                 # software WebGL, so plotly's Scattergl draws the 10,000-cell UMAP without a GPU
+                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("streamlit did not start")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
+    home = tmp_path_factory.mktemp("scatd_home")
+    make_bundle(home / "models" / "testdrug_dist_vae", make_dataset(600, seed=0))
+    data = home / "tumour_10k.h5ad"
+    make_dataset(N_CELLS, seed=11).write_h5ad(data, compression="gzip")
+    port = _free_port()
+    env = {**os.environ, "SCATD_HOME": str(home), "SCATD_MAX_UPLOAD_MB": "500"}
+    env.pop("SCATD_MODEL_LIBRARY", None)
+    log = open(home / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url, data, home
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _no_exception(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+        "[data-testid='stException']").first.inner_text()
+
+
+def _go(page, link: str, heading: str | None = None) -> None:
+    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=link, exact=True).click()
+    if heading:
+        page.get_by_role("heading", name=heading).first.wait_for(timeout=30_000)
+    _idle(page)
+
+
+def _idle(page, timeout: float = 120_000) -> None:
+    """Wait until Streamlit has finished running the script."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=timeout)
+
+
+def _shot(page, name: str) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its main block, so the window is
+    made as tall as the content first."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    height = page.evaluate("() => Math.max(...['stMain', 'stMainBlockContainer'].map(id => "
+                           "(document.querySelector(`[data-testid='${id}']`) || {scrollHeight: 0}).scrollHeight))")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(int(height) + 60, 9000))})
+    page.wait_for_timeout(1000)  # plots resize to the new window
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size(VIEWPORT)
+
+
+def _plots(page, n: int, timeout: float = 120_000) -> None:
+    """Wait until ``n`` plotly figures are drawn."""
+    page.locator(".js-plotly-plot .main-svg").nth(n - 1).wait_for(timeout=timeout)
+
+
+def test_upload_predict_umap_download(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, data, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(url)
+            page.get_by_role("heading", name="scATD Studio").first.wait_for()
+            _idle(page)
+            _shot(page, "0_overview")
+
+            _go(page, "Data", "1 · Data")
+            page.get_by_text("Up to 500 MB per file").wait_for()  # the configured limit is shown
+            page.locator("input[type='file']").first.set_input_files(str(data))
+            page.get_by_text("Quality control").wait_for(timeout=120_000)
+            _plots(page, 2)  # QC violins and scatter
+            _idle(page)
+            assert page.get_by_text(f"{N_CELLS:,}", exact=True).count() >= 1
+            _no_exception(page)
+            _shot(page, "1_data")
+
+            _go(page, "Model", "2 · Model")
+            page.get_by_text("Coverage is good").wait_for()
+            _idle(page)
+            _no_exception(page)
+            _shot(page, "2_model")
+
+            _go(page, "Predict", "3 · Predict")
+            _idle(page)
+            page.get_by_role("button", name="Run prediction").click()
+            page.get_by_text(f"Predicted {N_CELLS:,} of {N_CELLS:,} cells").wait_for(timeout=120_000)
+            _plots(page, 1)
+            _idle(page)
+            _no_exception(page)
+            _shot(page, "3_predict")
+
+            _go(page, "Cells", "4 · Cells")
+            page.get_by_text("Leiden clusters").first.wait_for(timeout=180_000)
+            _plots(page, 5)  # UMAP, groups, ROC, PR, confusion
+            _idle(page)
+            umap = page.locator(".js-plotly-plot").first
+            umap.wait_for()
+            assert umap.locator("canvas, .scatterlayer .point").count() > 0  # points were drawn
+            _no_exception(page)
+            _shot(page, "4_cells")
+
+            _go(page, "Biomarkers")
+            _idle(page)
+            _no_exception(page)
+            _shot(page, "5_biomarkers")
+
+            _go(page, "Report", "6 · Report")
+            _idle(page)
+            with page.expect_download() as info:
+                page.get_by_role("button", name="predictions.csv").click()
+            target = tmp_path / "predictions.csv"
+            info.value.save_as(target)
+            table = pd.read_csv(target)
+            assert len(table) == N_CELLS and table["cell_id"].is_unique
+            assert {"prob_resistant", "label", "scored", "qc_pass", "umap_1", "cluster"} <= set(table.columns)
+            assert set(table["label"]) <= {"resistant", "sensitive", "not scored", "filtered (QC)"}
+            _no_exception(page)
+            _shot(page, "6_report")
+
+            _go(page, "Model library", "Model library")
+            _idle(page)
+            _shot(page, "7_models")
+            _go(page, "Train a model")
+            _idle(page)
+            _no_exception(page)
+            _shot(page, "8_train")
+        except Exception:
+            _shot(page, "failure")  # what the browser showed when the test failed
+            raise
+        finally:
+            browser.close()

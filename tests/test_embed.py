@@ -1,0 +1,90 @@
+"""UMAP and Leiden clusters: fields set, non-finite rows left out and counted, seeded."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scatd_core import embed
+from scatd_core.errors import InputError
+
+N_EPOCHS = 30  # enough to place points; keeps these tests quick
+
+
+def _latent_data(n=240, seed=0, nan_rows=(0, 7, 13)):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0] * 6, [6.0] * 6, [-6.0, 6.0, -6.0, 6.0, -6.0, 6.0]])
+    group = np.arange(n) % 3
+    latent = centres[group] + rng.normal(scale=0.5, size=(n, 6))
+    latent[list(nan_rows)] = np.nan
+    counts = rng.poisson(2.0, size=(n, 50)).astype(np.float32)
+    counts[:, group[0]::3] += 5 * (group[:, None] == 0)
+    adata = ad.AnnData(sp.csr_matrix(counts), obs=pd.DataFrame({"group": group.astype(str)},
+                                                                index=[f"c{i}" for i in range(n)]))
+    adata.obsm["X_scatd"] = latent.astype(np.float32)
+    return adata
+
+
+def test_embed_sets_fields_and_leaves_out_non_finite_rows():
+    adata = _latent_data()
+    assert embed.embed(adata, n_epochs=N_EPOCHS) is None
+    coords = adata.obsm["X_umap"]
+    assert coords.shape == (adata.n_obs, 2)
+    bad = [0, 7, 13]
+    assert np.isnan(coords[bad]).all() and np.isfinite(np.delete(coords, bad, axis=0)).all()
+    clusters = adata.obs["scatd_cluster"]
+    assert (clusters.iloc[bad] == embed.NOT_EMBEDDED).all()
+    info = adata.uns["scatd_embed"]
+    assert info["n_excluded"] == 3 and info["n_embedded"] == adata.n_obs - 3
+    # three well separated groups are recovered as (mostly) pure clusters
+    kept = np.delete(np.arange(adata.n_obs), bad)
+    table = pd.crosstab(clusters.iloc[kept].astype(str), adata.obs["group"].iloc[kept])
+    assert (table.max(axis=1) / table.sum(axis=1)).min() > 0.95
+    assert clusters.cat.categories[0] == "1"
+
+
+def test_embed_is_seeded():
+    a, b = _latent_data(), _latent_data()
+    embed.embed(a, n_epochs=N_EPOCHS, seed=3)
+    embed.embed(b, n_epochs=N_EPOCHS, seed=3)
+    assert np.allclose(a.obsm["X_umap"], b.obsm["X_umap"], equal_nan=True)
+    assert list(a.obs["scatd_cluster"]) == list(b.obs["scatd_cluster"])
+
+
+def test_expression_basis_places_every_cell_and_clusters_on_the_latent():
+    adata = _latent_data()
+    out = embed.embed(adata, basis="expression", n_epochs=N_EPOCHS, copy=True)
+    assert "X_umap" not in adata.obsm  # copy=True leaves the input alone
+    assert np.isfinite(out.obsm["X_umap"]).all()  # expression exists for every cell
+    assert (out.obs["scatd_cluster"].iloc[[0, 7, 13]] == embed.NOT_EMBEDDED).all()
+    assert out.uns["scatd_embed"]["basis"] == "expression" and "most variable genes" in out.uns["scatd_embed"]["input"]
+
+
+def test_missing_latent_says_what_to_run():
+    adata = ad.AnnData(np.ones((10, 3), dtype=np.float32))
+    with pytest.raises(InputError, match="X_scatd") as err:
+        embed.embed(adata)
+    assert "predict" in err.value.hint
+
+
+def test_too_few_finite_cells_is_a_clear_error():
+    adata = _latent_data(n=12, nan_rows=range(9))
+    with pytest.raises(InputError, match="Only 3 of 12 cells"):
+        embed.embed(adata, n_epochs=N_EPOCHS)
+
+
+def test_infinite_values_are_left_out_too():
+    adata = _latent_data(nan_rows=())
+    adata.obsm["X_scatd"][5, 2] = np.inf
+    emb = embed.compute_embedding(adata, n_epochs=N_EPOCHS, clusters=False)
+    assert emb.info["n_excluded"] == 1 and np.isnan(emb.coords[5]).all() and emb.clusters is None
+
+
+def test_leiden_clusters_are_ordered_by_size():
+    graph = sp.block_diag([np.ones((6, 6)), np.ones((3, 3))]).tocsr()
+    graph.setdiag(0)
+    labels = embed.leiden_clusters(graph, seed=0)
+    assert list(labels[:6]) == [0] * 6 and list(labels[6:]) == [1] * 3
