@@ -56,8 +56,7 @@ navigation = st.navigation({
     "Analysis": [page(*p) for p in ui.ANALYSIS_PAGES],
     "Models": [page(*p) for p in ui.MODEL_PAGES],
 })
-sidebar = st.sidebar.container()
-try:
-    navigation.run()
-finally:  # after the page, so the sidebar shows what the page just did (also when it stopped early)
-    ui.sidebar(sidebar)
+# Drawn before the page (nothing can be drawn after a page calls st.stop()); pages that change
+# what it shows (data, model, results) rerun the script once so it is current.
+ui.sidebar(st.sidebar.container())
+navigation.run()

@@ -31,6 +31,8 @@ with right:
                 ui.set_data(demo.load_dataset(), "demo (simulated data)", "demo")
         except ScatdError as exc:
             ui.show_error(exc)
+        else:
+            st.rerun()
 
 if uploaded is not None:
     data = uploaded.getvalue()
@@ -46,6 +48,7 @@ if uploaded is not None:
             ui.show_error(exc)
             st.stop()
         ui.set_data(adata, uploaded.name, token)
+        st.rerun()  # so the sidebar shows the new data
 
 adata = ss.get(state.ADATA)
 if adata is None:

@@ -57,6 +57,7 @@ if ss.get(state.BUNDLE_PATH) != path:
     ss[state.BUNDLE_PATH] = path
     for key in (state.RESULT, state.RESULT_TOKEN, state.EXPLAIN):
         ss.pop(key, None)
+    st.rerun()  # so the sidebar shows the chosen model
 bundle = choices[path]
 
 with st.container(border=True):

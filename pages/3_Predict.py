@@ -78,10 +78,12 @@ if stored is None and st.button("Run prediction", type="primary", icon=":materia
     # skips this line and leaves the flag set for the next run to report.
     ss[ui.PREDICT_RUNNING] = False
     ui.keep_result(token, stored)
-    bar.progress(1.0, text=f"Done in {stored.uns['scatd']['seconds']:.1f} s")
-elif stored is not None:
-    st.caption("Results for these data, model and settings are already computed (cached).")
+    ui.set_result(stored, token, bundle.threshold)
+    ss["predict_just_ran"] = True
+    st.rerun()  # so the sidebar shows the results
 if stored is not None:
+    if not ss.pop("predict_just_ran", False):
+        st.caption("Results for these data, model and settings are already computed (cached).")
     ui.set_result(stored, token, bundle.threshold)
 
 result = ss.get(state.RESULT)

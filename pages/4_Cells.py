@@ -62,7 +62,10 @@ try:
     with st.spinner(f"Computing the UMAP and clusters of {n_cells:,} cells (about "
                     f"{max(5, n_cells // 500)} s the first time)…"):
         emb = ui.embedding(ss[state.RESULT_TOKEN], basis, 15, 0.5, 1.0, 0, result)
+    first = "X_umap" not in result.obsm
     embed.store(result, emb)
+    if first:
+        st.rerun()  # so the sidebar shows this step as done
 except ScatdError as exc:
     ui.show_error(exc)
     emb = None

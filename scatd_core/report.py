@@ -319,7 +319,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                                      float(np.nanmax(v)) if has.any() else 1.0)
             fig.add_trace(Trace(x=xy[has, 0], y=xy[has, 1], mode="markers", name=name, showlegend=False,
                                 marker=dict(size=size, color=v[has], colorscale=colorscale, cmin=lo, cmax=hi,
-                                            colorbar=dict(title=dict(text=name, side="right"), thickness=14)),
+                                            colorbar=dict(title=dict(text=name, side="top"), thickness=14)),
                                 text=ids[has], customdata=v[has],
                                 hovertemplate="%{text}<br>" + html.escape(name) + ": %{customdata:.3f}<extra></extra>"))
         else:
@@ -412,7 +412,7 @@ def pr_figure(pr: pd.DataFrame, auprc: float, prevalence: float, title: str | No
     ])
     fig.update_xaxes(title="recall", range=[0, 1])
     fig.update_yaxes(title="precision", range=[0, 1.02])
-    fig.update_layout(legend=dict(x=0.05, y=0.08))
+    fig.update_layout(legend=dict(x=0.98, y=0.98, xanchor="right", yanchor="top"))
     return _layout(fig, title or "Precision-recall curve", height=380)
 
 
@@ -448,6 +448,17 @@ def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray 
     return _layout(fig, title, height=340)
 
 
+def _log_ticks(values: np.ndarray) -> dict:
+    """Readable ticks for a log axis: 1, 2, 5 x 10^k within the data's range."""
+    v = values[np.isfinite(values) & (values > 0)]
+    if v.size == 0:
+        return {}
+    lo, hi = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
+    ticks = [m * 10 ** k for k in range(int(lo), int(hi) + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
+    return {"tickvals": ticks, "ticktext": [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]} if ticks else {}
+
+
 def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: str | None = None) -> go.Figure:
     """Total counts vs genes detected, coloured by mitochondrial share, filtered cells marked."""
     x = metrics["total_counts"].to_numpy(dtype=np.float64)
@@ -457,15 +468,15 @@ def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: s
     keep = np.ones(x.size, dtype=bool) if passed is None else np.asarray(passed, dtype=bool)
     has_mt = mt is not None and np.isfinite(mt).any()
     marker = dict(size=4, color=mt[keep] if has_mt else "#4c72b0", colorscale="Viridis",
-                  colorbar=dict(title=dict(text="% mito", side="right"), thickness=12) if has_mt else None)
+                  colorbar=dict(title=dict(text="% mito", side="top"), thickness=12) if has_mt else None)
     fig = go.Figure(Trace(x=x[keep], y=y[keep], mode="markers", marker=marker, name="kept",
                           hovertemplate="counts %{x:,.0f}, genes %{y:,}<extra></extra>"))
     if (~keep).any():
         fig.add_trace(Trace(x=x[~keep], y=y[~keep], mode="markers", name=f"filtered ({int((~keep).sum()):,})",
                             marker=dict(size=5, color=COLORS["resistant"], symbol="x"),
                             hovertemplate="filtered: counts %{x:,.0f}, genes %{y:,}<extra></extra>"))
-    fig.update_xaxes(title="total counts", type="log")
-    fig.update_yaxes(title="genes detected", type="log")
+    fig.update_xaxes(title="total counts", type="log", **_log_ticks(x))
+    fig.update_yaxes(title="genes detected", type="log", **_log_ticks(y))
     fig.update_layout(legend=dict(orientation="h", y=1.08))
     return _layout(fig, title, height=380)
 

@@ -1,0 +1,135 @@
+"""The built-in demo: simulated data and a model trained on it, built once at first use.
+
+The published checkpoints and foundation-model weights cannot ship with scATD Studio, so the
+demo is made locally, deterministically, with the project's own pipeline:
+
+1. :func:`scatd_core.simulate.simulate_demo` (seed 0) draws a bulk cell-line panel with
+   labels for the made-up drug ``DEMOTINIB`` and a 2,000-cell "tumour" with a planted
+   resistance program (see that module's docstring);
+2. :func:`scatd_core.train.train_drug_model` trains a Dist_VAE-style model on the bulk panel,
+   adapted to the tumour *without* its labels, with settings sized to finish in about a
+   minute on 2 CPU cores;
+3. the tumour (with its true ``response`` column, for evaluation) is written to
+   ``$SCATD_HOME/demo/demo_tumour.h5ad`` and the model bundle to the library as
+   ``DEMOTINIB_demo``, marked **demo (simulated data)** in its manifest, so the library, the
+   results and every report label it so.
+
+A file lock makes concurrent first starts (several users of one server) build it once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import anndata as ad
+
+from scatd_core.bundle import Bundle, load_bundle
+from scatd_core.config import model_library_dir, scatd_home
+from scatd_core.errors import BundleError
+
+DEMO_SEED = 0
+DEMO_BUNDLE = "DEMOTINIB_demo"
+DEMO_DATA = "demo_tumour.h5ad"
+DEMO_LABEL_COLUMN = "response"
+DEMO_SAMPLE_COLUMN = "sample"
+
+
+def demo_settings():
+    """Training settings of the demo model: small enough for ~1 minute on 2 CPU cores."""
+    from scatd_core.train import TrainSettings
+
+    return replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=30, epochs=30,
+                   finetune_epochs=10, folds=3, seed=DEMO_SEED)
+
+
+def demo_dir() -> Path:
+    return scatd_home() / "demo"
+
+
+def data_path() -> Path:
+    return demo_dir() / DEMO_DATA
+
+
+def bundle_path(library: str | Path | None = None) -> Path:
+    return (Path(library) if library else model_library_dir()) / DEMO_BUNDLE
+
+
+def available() -> bool:
+    """The demo can always be offered: it is built locally on first use."""
+    return True
+
+
+def is_built(library: str | Path | None = None) -> bool:
+    if not data_path().is_file():
+        return False
+    try:
+        load_bundle(bundle_path(library))
+    except BundleError:
+        return False
+    return True
+
+
+@contextmanager
+def _lock():
+    demo_dir().mkdir(parents=True, exist_ok=True)
+    with open(demo_dir() / ".build.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build(*, library: str | Path | None = None, out_bundle: str | Path | None = None,
+          out_data: str | Path | None = None,
+          progress: Callable[[float, str], None] | None = None) -> tuple[ad.AnnData, Bundle, dict]:
+    """Simulate the demo data and train the demo model from scratch (deterministic).
+
+    Returns ``(tumour, bundle, training report)``. ``out_bundle``/``out_data`` default to the
+    library and the demo folder; an existing demo there is replaced.
+    """
+    from scatd_core.simulate import DEMO_DRUG, simulate_demo
+    from scatd_core.train import train_drug_model
+
+    if progress:
+        progress(0.0, "Simulating the demo tumour and cell-line panel")
+    bulk, labels, tumour = simulate_demo(seed=DEMO_SEED)
+    out_bundle = Path(out_bundle) if out_bundle else bundle_path(library)
+    out_data = Path(out_data) if out_data else data_path()
+    bundle, report = train_drug_model(
+        bulk, labels, DEMO_DRUG, tumour, backbone="dist_vae", settings=demo_settings(), device="cpu",
+        target_label_column=DEMO_LABEL_COLUMN, out=out_bundle, overwrite=True, demo=True,
+        name=f"{DEMO_DRUG} · demo (simulated data)",
+        progress=(lambda f, m: progress(0.02 + 0.96 * f, f"Training the demo model: {m}")) if progress else None)
+    out_data.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_data.with_suffix(".tmp.h5ad")
+    tumour.write_h5ad(tmp)
+    tmp.replace(out_data)
+    if progress:
+        progress(1.0, "Demo ready")
+    return tumour, bundle, report
+
+
+def ensure(*, library: str | Path | None = None,
+           progress: Callable[[float, str], None] | None = None) -> tuple[Path, Bundle]:
+    """The demo data path and bundle, building them first if needed (once per server)."""
+    with _lock():
+        if not is_built(library):
+            if bundle_path(library).exists():
+                shutil.rmtree(bundle_path(library))
+            build(library=library, progress=progress)
+    return data_path(), load_bundle(bundle_path(library))
+
+
+def load_data(*, library: str | Path | None = None,
+              progress: Callable[[float, str], None] | None = None) -> ad.AnnData:
+    """The demo tumour as an AnnData (raw counts; ``obs['response']`` holds the truth)."""
+    from scatd_core import io
+
+    path, _ = ensure(library=library, progress=progress)
+    return io.read(path)
