@@ -61,7 +61,7 @@ threshold = st.session_state.get(S.THRESHOLD)
 with st.form("explain_settings"):
     c1, c2, c3 = st.columns(3)
     baseline = c1.selectbox("Baseline", BASELINES, index=BASELINES.index("mean"),
-                            format_func=lambda b: f"{b}: {BASELINE_HELP[b]}")
+                            help="; ".join(f"**{b}**: {text}" for b, text in BASELINE_HELP.items()))
     target = c2.selectbox("Explained output", TARGETS, format_func=lambda t: TARGET_TITLES[t])
     n_steps = c3.number_input("Integration steps", min_value=4, max_value=500, value=50, step=10,
                               help="Raise it if the completeness warning appears.")
@@ -183,6 +183,7 @@ if expl.features:
                     _error(exc)
             coords, how = map_coordinates(result)
     colour_by = st.radio("Colour the map by", ["attribution", "model input"], horizontal=True)
+    axis = "UMAP" if how == "UMAP" else "PC"
     rows = expl.cells["row"].to_numpy()
     cmap = pd.DataFrame({"x": coords[rows, 0], "y": coords[rows, 1],
                          gene: attributions if colour_by == "attribution" else values,
@@ -191,7 +192,7 @@ if expl.features:
     lim = float(np.nanmax(np.abs(attributions))) if colour_by == "attribution" and len(attributions) else None
     fig = px.scatter(cmap.dropna(subset=["x", "y"]), x="x", y="y", color=gene, color_continuous_scale=scale,
                      range_color=(-lim, lim) if lim else None, hover_data=["cell", "label"],
-                     labels={"x": f"{how} 1", "y": f"{how} 2"}, title=f"{gene}: {colour_by} ({how})")
+                     labels={"x": f"{axis} 1", "y": f"{axis} 2"}, title=f"{gene}: {colour_by}")
     fig.update_traces(marker={"size": 5})
     st.plotly_chart(fig, use_container_width=True)
     if cells_info["subsampled"]:

@@ -615,7 +615,7 @@ def _safe_member(name: str) -> Path | None:
     """Relative path of an archive member, None to skip it; refuses absolute and '..' paths."""
     p = PurePosixPath(name.replace("\\", "/"))
     if p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", name):
-        raise InputError(f"The archive holds an unsafe path ({name!r}); nothing was extracted.",
+        raise InputError(f"The archive holds an unsafe path ({name!r}), so it was refused.",
                          "Create the archive from the data folder itself (e.g. zip -r data.zip filtered_feature_bc_matrix).")
     if any(part.startswith(".") or part == "__MACOSX" for part in p.parts) or not p.parts:
         return None

@@ -314,3 +314,33 @@ def _errors_page():
 
     ui.show_error(InputError("Bad thing.", "Do this."))
     ui.show_error(KeyError("x"))
+
+
+def test_upload_limit_comes_from_configuration(with_library, monkeypatch):
+    from streamlit import config
+
+    monkeypatch.setenv("SCATD_MAX_UPLOAD_MB", "123")
+    at = start()
+    assert config.get_option("server.maxUploadSize") == 123  # what the server enforces
+    goto(at, "1_Data")
+    assert "Up to 123 MB per file" in text(at.caption)
+    assert at.file_uploader[0].proto.max_upload_size_mb == 123  # what the widget enforces
+
+
+def test_demo_button_only_when_a_demo_is_installed(with_library, monkeypatch):
+    import sys
+    import types
+
+    at = start()
+    goto(at, "1_Data")
+    assert not [b for b in at.button if b.label == "Try the demo"]
+
+    demo = types.ModuleType("scatd_core.demo")
+    demo.available = lambda: True
+    demo.load_dataset = lambda: make_dataset(50, seed=9)
+    monkeypatch.setitem(sys.modules, "scatd_core.demo", demo)
+    at = start()
+    goto(at, "1_Data")
+    at.button(key="btn_demo").click().run()
+    assert not at.exception
+    assert at.session_state[state.DATA_NAME] == "demo (simulated data)" and metric(at, "Cells") == "50"

@@ -171,7 +171,12 @@ def test_upload_predict_umap_download(server, tmp_path):
             _shot(page, "4_cells")
 
             _go(page, "Biomarkers")
-            _idle(page)
+            t0 = time.time()
+            page.get_by_role("spinbutton", name="Cells to explain (at most)").fill("500")
+            page.get_by_role("button", name="Compute gene ranking").click()
+            _plots(page, 1, timeout=240_000)
+            _idle(page, timeout=240_000)
+            print(f"biomarkers: {time.time() - t0:.0f} s")
             _no_exception(page)
             _shot(page, "5_biomarkers")
 
@@ -187,6 +192,10 @@ def test_upload_predict_umap_download(server, tmp_path):
             assert set(table["label"]) <= {"resistant", "sensitive", "not scored", "filtered (QC)"}
             _no_exception(page)
             _shot(page, "6_report")
+            with page.expect_download() as info:
+                page.get_by_role("button", name="report.html").click()
+            html_report = tmp_path / "report.html"
+            info.value.save_as(html_report)
 
             _go(page, "Model library", "Model library")
             _idle(page)
@@ -195,6 +204,13 @@ def test_upload_predict_umap_download(server, tmp_path):
             _idle(page)
             _no_exception(page)
             _shot(page, "8_train")
+
+            # the HTML report opens offline (file://, no network) with its figures drawn
+            page.route("http*://**", lambda route: route.abort())
+            page.goto(html_report.as_uri())
+            _plots(page, 4, timeout=60_000)
+            assert page.get_by_text("Run parameters").count() == 1
+            page.screenshot(path=str(SCREENSHOTS / "9_report_html.png"), full_page=True)
         except Exception:
             _shot(page, "failure")  # what the browser showed when the test failed
             raise

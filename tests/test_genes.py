@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from _data_helpers import SHARED_DATA, make_counts, write_table
+from _data_helpers import SHARED_DATA, make_counts, write_10x_h5, write_table
 from scatd_core import genes, io
 from scatd_core.errors import InputError
 
@@ -82,7 +82,6 @@ def test_map_ensembl_to_symbols_from_var_columns_and_inverted_dictionary():
 
 
 def test_map_10x_file_to_ensembl(tmp_path):
-    from _data_helpers import write_10x_h5
     adata = io.read(write_10x_h5(make_counts(), tmp_path / "x.h5"))
     mapping = genes.map_gene_ids(adata, "ensembl")
     assert mapping.routes["file_columns"] == adata.n_vars
@@ -177,8 +176,7 @@ def test_coverage_report_ranks_unmatched_genes_by_expression():
 
 
 def test_coverage_advice_for_identifier_and_species_mismatch():
-    assert "Ensembl" in genes.coverage_report(ENSEMBL, HUMAN)["advice"] or \
-        "ensembl" in genes.coverage_report(ENSEMBL, HUMAN)["advice"]
+    assert "uses ensembl identifiers and the model symbol" in genes.coverage_report(ENSEMBL, HUMAN)["advice"]
     assert "mouse" in genes.coverage_report(MOUSE, HUMAN)["advice"]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import gzip
 import json
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -14,12 +13,13 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.io
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _data_helpers import (SHARED_DATA, dense, make_counts, write_10x_h5, write_10x_mtx, write_all_formats,
-                           write_table, write_tar, write_zip)
+                           write_table)
 from scatd_core import io, preprocess
 from scatd_core.errors import InputError
 
@@ -220,7 +220,6 @@ def test_mtx_with_file_prefix_and_cells_by_genes_layout(counts, tmp_path):
     folder = write_10x_mtx(counts, tmp_path / "geo", prefix="GSM123_")
     np.testing.assert_array_equal(dense(io.read(folder)), dense(counts))
     # some GEO submissions store cells x genes; the file counts tell which
-    import scipy.io
     scipy.io.mmwrite(tmp_path / "geo" / "GSM123_matrix.mtx", sp.csr_matrix(counts.X).tocoo(), field="integer")
     (tmp_path / "geo" / "GSM123_matrix.mtx.gz").unlink()
     np.testing.assert_array_equal(dense(io.read(tmp_path / "geo")), dense(counts))
