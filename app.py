@@ -4,6 +4,7 @@ Navigation over the user's path (Data → Model → Predict → Cells → Biomar
 model library and training), and the sidebar shown on every page.
 """
 
+import logging
 from pathlib import Path
 
 import streamlit as st
@@ -59,4 +60,8 @@ navigation = st.navigation({
 # Drawn before the page (nothing can be drawn after a page calls st.stop()); pages that change
 # what it shows (data, model, results) rerun the script once so it is current.
 ui.sidebar(st.sidebar.container())
-navigation.run()
+try:
+    navigation.run()
+except Exception as exc:  # a bug, not a user error: a message here, the traceback in the server log
+    logging.getLogger("scatd").exception("page %s failed", navigation.title)
+    ui.show_error(exc)

@@ -25,11 +25,14 @@ with right:
                            help="Only for CSV/TSV tables; h5ad, 10x and loom files say it themselves.")
     demo = ui.demo_module()
     if demo is not None and st.button("Try the demo", icon=":material/science:", key="btn_demo",
-                                      help="A simulated tumour (demo (simulated data)) to see the whole path."):
+                                      help="A simulated tumour and a model trained on simulated cell lines, "
+                                           "labelled demo (simulated data). Built once on first use (about "
+                                           "a minute)."):
+        bar = left.progress(0.0, text="Preparing the demo…")
         try:
-            with st.spinner("Preparing the demo dataset…"):
-                ui.set_data(demo.load_dataset(), "demo (simulated data)", "demo")
+            ui.use_demo(demo, bar)
         except ScatdError as exc:
+            bar.empty()
             ui.show_error(exc)
         else:
             st.rerun()

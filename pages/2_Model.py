@@ -7,6 +7,7 @@ from scatd_app import state, ui
 from scatd_core import io
 from scatd_core.bundle import BACKBONE_TITLES
 from scatd_core.config import model_library_dir
+from scatd_core.errors import ScatdError
 from scatd_core.nn import BACKBONES
 from scatd_core.predict import EMBEDDING_OBSM
 from scatd_core.preprocess import check_backbone_compatibility
@@ -32,6 +33,18 @@ if not classifiers:
         ui.link("Model library", "Import a checkpoint", ":material/upload:")
     with c[1]:
         ui.link("Train a model", "Train a model", ":material/school:")
+    demo = ui.demo_module()
+    if demo is not None and callable(getattr(demo, "ensure", None)) and c[2].button(
+            "Install the demo model", icon=":material/science:", key="btn_install_demo",
+            help="Builds the demo (simulated data) model once, in about a minute."):
+        bar = st.progress(0.0, text="Building the demo model…")
+        try:
+            demo.ensure(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+        except ScatdError as exc:
+            ui.show_error(exc)
+        else:
+            ui.clear_library_cache()
+            st.rerun()
     if entries:
         st.subheader("Folders in the library that cannot be used")
         ui.show_library(entries)
@@ -87,7 +100,11 @@ if adata is None:
 info = adata.uns.get(io.REPORT_KEY, {})
 ready = True
 if bundle.input_kind == "expression":
-    cov = ui.coverage(ss[state.DATA_TOKEN], path, adata, bundle.genes)
+    try:
+        cov = ui.coverage(ss[state.DATA_TOKEN], path, adata, bundle.genes)
+    except ScatdError as exc:
+        ui.show_error(exc)
+        st.stop()
     c = st.columns(3)
     c[0].metric("Model genes found", f"{cov['n_matched']:,} / {cov['n_model_genes']:,}")
     c[1].metric("Coverage", f"{cov['fraction_matched']:.1%}")

@@ -165,7 +165,10 @@ else:
 # ------------------------------------------------------------------ table
 st.subheader("Cells")
 extra = [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c]
-st.dataframe(report.predictions_table(result, threshold, extra), hide_index=True, height=300)
+cells_table = report.predictions_table(result, threshold, extra)
+st.dataframe(cells_table.head(5000), hide_index=True, height=300)
+if len(cells_table) > 5000:
+    st.caption(f"The first 5,000 of {len(cells_table):,} cells; predictions.csv on the Report page has them all.")
 st.divider()
 ui.link("Biomarkers", "Next: biomarkers", ":material/arrow_forward:")
 ui.link("Report", "Or go to the report", ":material/download:")

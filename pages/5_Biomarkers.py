@@ -14,7 +14,7 @@ import plotly.express as px
 import streamlit as st
 
 from scatd_app import state as S
-from scatd_core.bundle import load_bundle
+from scatd_app import ui
 from scatd_core.errors import ScatdError
 from scatd_core.explain import BASELINES, TARGET_TITLES, TARGETS, explain, feature_names, map_coordinates
 from scatd_core.predict import SCORED_KEY
@@ -25,34 +25,18 @@ BASELINE_HELP = {"mean": "the average cell of this dataset (default)", "zero": "
                  "mix": "half mean, half random cells"}
 DEFAULT_MAX_CELLS = 2000
 
-
-def _error(exc: ScatdError) -> None:
-    st.error(exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
-
-
-@st.cache_resource(show_spinner=False)
-def _bundle(path: str):
-    return load_bundle(path)
-
-
-st.title("Biomarkers")
+st.title("5 · Biomarkers")
 st.caption("Integrated gradients rank the model's input genes by how much they move each cell's "
            "prediction, next to a plain differential-expression test between the predicted groups.")
 
 result = st.session_state.get(S.RESULT)
 if result is None:
-    st.info("Run a prediction first: choose data and a model, then run the Predict page. "
-            "The gene ranking explains those predictions.")
-    st.stop()
-bundle_path = st.session_state.get(S.BUNDLE_PATH)
-if not bundle_path:
-    st.info("No model is selected. Choose the model that made the predictions on the Model page.")
-    st.stop()
-try:
-    bundle = _bundle(str(bundle_path))
-except ScatdError as exc:
-    _error(exc)
-    st.stop()
+    ui.need("result")
+bundle = ui.current_bundle()
+if bundle is None:
+    ui.need("model")
+if result.uns.get("scatd", {}).get("model", {}).get("demo"):
+    st.badge("demo model (simulated data)", color="orange")
 
 n_scored = int(np.asarray(result.obs[SCORED_KEY]).sum()) if SCORED_KEY in result.obs else result.n_obs
 threshold = st.session_state.get(S.THRESHOLD)
@@ -60,24 +44,24 @@ threshold = st.session_state.get(S.THRESHOLD)
 # ------------------------------------------------------------------ settings
 with st.form("explain_settings"):
     c1, c2, c3 = st.columns(3)
-    baseline = c1.selectbox("Baseline", BASELINES, index=BASELINES.index("mean"),
+    baseline = c1.selectbox("Baseline", BASELINES, index=BASELINES.index("mean"), key="bio_baseline",
                             help="; ".join(f"**{b}**: {text}" for b, text in BASELINE_HELP.items()))
-    target = c2.selectbox("Explained output", TARGETS, format_func=lambda t: TARGET_TITLES[t])
-    n_steps = c3.number_input("Integration steps", min_value=4, max_value=500, value=50, step=10,
+    target = c2.selectbox("Explained output", TARGETS, format_func=lambda t: TARGET_TITLES[t], key="bio_target")
+    n_steps = c3.number_input("Integration steps", min_value=4, max_value=500, value=50, step=10, key="bio_steps",
                               help="Raise it if the completeness warning appears.")
     c4, c5, c6 = st.columns(3)
     max_cells = c4.number_input("Cells to explain (at most)", min_value=2, max_value=max(n_scored, 2),
-                                value=max(2, min(n_scored, DEFAULT_MAX_CELLS)),
+                                value=max(2, min(n_scored, DEFAULT_MAX_CELLS)), key="bio_cells",
                                 help="Larger data are subsampled, stratified by predicted label.")
-    keep_top = c5.number_input("Genes with per-cell values", min_value=1, max_value=2000, value=100,
+    keep_top = c5.number_input("Genes with per-cell values", min_value=1, max_value=2000, value=100, key="bio_keep",
                                help="Kept for the dependence plot, the map and the per-cell download.")
-    seed = c6.number_input("Seed", min_value=0, value=0, step=1)
+    seed = c6.number_input("Seed", min_value=0, value=0, step=1, key="bio_seed")
     submitted = st.form_submit_button("Compute gene ranking", type="primary")
 
 settings = {"baseline": baseline, "target": target, "n_steps": int(n_steps), "max_cells": int(max_cells),
             "keep_top": int(keep_top), "seed": int(seed), "threshold": threshold}
 token = st.session_state.get(S.RESULT_TOKEN) or f"id{id(result)}"
-key = json.dumps({"result": token, "model": str(bundle_path), **settings}, sort_keys=True, default=str)
+key = json.dumps({"result": token, "model": str(bundle.path), **settings}, sort_keys=True, default=str)
 
 # The result is kept per (prediction, model, settings) in session state rather than in
 # st.cache_data: the run reports progress as it goes, and the AnnData is not cheaply hashable.
@@ -92,7 +76,7 @@ if submitted:
                        **settings)
     except ScatdError as exc:
         bar.empty()
-        _error(exc)
+        ui.show_error(exc)
         st.stop()
     bar.empty()
     cached = st.session_state[S.EXPLAIN] = {"key": key, "result": expl}
@@ -132,7 +116,7 @@ level = info["features"]["level"]
 # ------------------------------------------------------------------ ranking table
 st.subheader("Ranking")
 t1, t2 = st.columns([2, 1])
-query = t1.text_input("Search", placeholder=f"{level} name, e.g. {ranking['feature'].iloc[0]}")
+query = t1.text_input("Search", placeholder=f"{level} name, e.g. {ranking['feature'].iloc[0]}", key="bio_search")
 top_n = t2.number_input("Show top", min_value=1, max_value=len(ranking), value=min(50, len(ranking)), step=5)
 view = ranking[ranking["feature"].str.contains(query.strip(), case=False, regex=False)] if query.strip() else ranking
 st.dataframe(view.head(int(top_n)), hide_index=True, use_container_width=True,
@@ -159,7 +143,8 @@ if expl.features:
     gene = st.selectbox(f"{level.capitalize()}", expl.features,
                         help=f"The top {len(expl.features)} by rank (per-cell values are kept for these).")
     values, attributions = expl.feature_values(gene)
-    dep = pd.DataFrame({"input": values, "attribution": attributions, "P(resistant)": expl.cells["prob_resistant"].to_numpy(),
+    dep = pd.DataFrame({"input": values, "attribution": attributions,
+                        "P(resistant)": expl.cells["prob_resistant"].to_numpy(),
                         "label": expl.cells["label"].to_numpy(), "cell": expl.cells.index.to_numpy()})
     fig = px.scatter(dep, x="input", y="attribution", color="P(resistant)", color_continuous_scale="RdBu_r",
                      range_color=(0, 1), hover_data=["cell", "label"],
@@ -173,15 +158,17 @@ if expl.features:
     if how != "UMAP":
         c1, c2 = st.columns([3, 1])
         c1.caption(f"Map: {how}.")
-        if c2.button("Compute UMAP"):
-            from scatd_core.embed import embed
+        if c2.button("Compute UMAP", key="bio_umap"):
+            from scatd_core.embed import store
 
-            with st.spinner("UMAP of the latent space…"):
-                try:
-                    embed(result, clusters=False)
-                except ScatdError as exc:
-                    _error(exc)
-            coords, how = map_coordinates(result)
+            try:
+                with st.spinner("UMAP of the latent space…"):
+                    # the Cells page's cached computation, with its parameters: computed once for both
+                    emb = ui.embedding(token, "latent", 15, 0.5, 1.0, 0, result)
+                store(result, emb)
+                st.rerun()
+            except ScatdError as exc:
+                ui.show_error(exc)
     colour_by = st.radio("Colour the map by", ["attribution", "model input"], horizontal=True)
     axis = "UMAP" if how == "UMAP" else "PC"
     rows = expl.cells["row"].to_numpy()
@@ -219,3 +206,5 @@ if expl.features:
     k = d2.number_input("Per-cell attributions: top genes", 1, len(expl.features), min(20, len(expl.features)))
     d2.download_button("per_cell_attributions.csv", expl.per_cell(int(k)).to_csv().encode(),
                        "per_cell_attributions.csv", "text/csv")
+
+ui.link("Report", "Next: the report", ":material/arrow_forward:")

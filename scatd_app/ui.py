@@ -210,7 +210,16 @@ def session_copy(result: ad.AnnData) -> ad.AnnData:
 
 @st.cache_resource(show_spinner=False)
 def warm_up_umap() -> threading.Thread:
-    """Compile umap-learn's kernels in the background once per server, so the first UMAP is quick."""
+    """Compile umap-learn's kernels in the background once per server, so the first UMAP is quick.
+
+    The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
+    in one thread while another imports torch can leave scipy.stats half initialised.
+    """
+    import scipy.stats  # noqa: F401
+    import sklearn  # noqa: F401
+    import torch  # noqa: F401
+    import umap  # noqa: F401
+
     from scatd_core.embed import warm_up
 
     thread = threading.Thread(target=warm_up, name="scatd-umap-warm-up", daemon=True)
@@ -267,20 +276,30 @@ def set_result(result: ad.AnnData, token: str, threshold: float) -> None:
 
 
 def demo_module():
-    """``scatd_core.demo`` when it is installed and offers a dataset, else None.
+    """``scatd_core.demo`` when it is installed and offers the demo, else None.
 
-    The demo issue provides ``available() -> bool`` and ``load_dataset() -> AnnData``.
+    Used through ``available() -> bool``, ``load_data(progress=...) -> AnnData`` (builds the
+    demo data and model on first use) and ``ensure(progress=...)`` / ``bundle_path()``.
     """
     try:
         demo = importlib.import_module("scatd_core.demo")
     except ImportError:
         return None
-    if not (callable(getattr(demo, "available", None)) and callable(getattr(demo, "load_dataset", None))):
+    if not all(callable(getattr(demo, name, None)) for name in ("available", "load_data")):
         return None
     try:
         return demo if demo.available() else None
     except Exception:  # a broken demo install must not break the Data page
         return None
+
+
+def use_demo(demo, bar) -> None:
+    """Load the demo dataset (building it on first use, with progress) and choose its model."""
+    adata = demo.load_data(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+    set_data(adata, "demo (simulated data)", "demo")
+    if callable(getattr(demo, "bundle_path", None)) and Path(demo.bundle_path()).is_dir():
+        st.session_state[state.BUNDLE_PATH] = str(demo.bundle_path())
+    clear_library_cache()
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ from scatd_core.preprocess import QC_KEY
 FILTERED = "filtered (QC)"
 #: Above this many points, scatter plots use WebGL (``Scattergl``) so the browser stays fluid.
 WEBGL_MIN_POINTS = 3000
+#: At most this many points are drawn in one scatter plot (a seeded random subsample above it,
+#: stated under the plot): more would make the page slow to load without showing more.
+MAX_PLOT_POINTS = 200_000
 COLORS = {"resistant": "#d62728", "sensitive": "#1f77b4", NOT_SCORED: "#9e9e9e", FILTERED: "#cfcfcf"}
 PROB_SCALE = "RdBu_r"
 
@@ -286,16 +289,22 @@ def _scatter_trace(n_points: int):
 def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str = "",
                 categorical: bool | None = None, cell_ids: Sequence[str] | None = None,
                 color_range: tuple[float, float] | None = None, colorscale: str = PROB_SCALE,
-                title: str | None = None, point_size: float | None = None) -> go.Figure:
+                title: str | None = None, point_size: float | None = None,
+                max_points: int = MAX_PLOT_POINTS) -> go.Figure:
     """UMAP scatter coloured by ``values`` (numbers: a colour scale; text: one trace per value).
 
     Points with non-finite coordinates are left out and counted in a note under the plot;
     cells with a non-finite colour value are drawn in grey. WebGL above
-    :data:`WEBGL_MIN_POINTS` points.
+    :data:`WEBGL_MIN_POINTS` points; a seeded random subsample of ``max_points`` above that.
     """
     coords = np.asarray(coords, dtype=np.float64)
     ok = finite_rows(coords)
     n_out = int((~ok).sum())
+    n_drawable = int(ok.sum())
+    if n_drawable > max_points:
+        keep = np.random.default_rng(0).choice(np.flatnonzero(ok), size=max_points, replace=False)
+        ok = np.zeros_like(ok)
+        ok[keep] = True
     xy = coords[ok]
     ids = np.asarray(cell_ids if cell_ids is not None else np.arange(coords.shape[0]).astype(str))[ok]
     size = point_size or (3 if xy.shape[0] > 20_000 else 4 if xy.shape[0] > 3000 else 6)
@@ -335,9 +344,14 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                                     hovertemplate="%{text}<br>" + html.escape(f"{name}: {cat}") + "<extra></extra>"))
     fig.update_xaxes(title="UMAP 1", showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(title="UMAP 2", showticklabels=False, zeroline=False, showgrid=False, scaleanchor=None)
+    notes = []
     if n_out:
-        fig.add_annotation(text=f"{n_out:,} cell(s) without coordinates are not shown", showarrow=False,
-                           xref="paper", yref="paper", x=0, y=-0.08, font=dict(size=11, color="#666"))
+        notes.append(f"{n_out:,} cell(s) without coordinates are not shown")
+    if n_drawable > max_points:
+        notes.append(f"showing a random {max_points:,} of {n_drawable:,} cells")
+    if notes:
+        fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=-0.08,
+                           font=dict(size=11, color="#666"))
     return _layout(fig, title, height=520)
 
 
@@ -433,7 +447,10 @@ def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray 
     from plotly.subplots import make_subplots
 
     cols = [c for c in columns if c in metrics and metrics[c].notna().any()]
-    fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[c.replace("_", " ") for c in cols])
+    titles = {"n_genes_by_counts": "genes detected", "total_counts": "total counts",
+              "pct_counts_mt": "% mitochondrial"}
+    fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[titles.get(c, c.replace("_", " "))
+                                                                        for c in cols])
     for i, col in enumerate(cols, start=1):
         values = metrics[col].to_numpy(dtype=np.float64)
         fig.add_trace(go.Violin(y=values, name=col, box_visible=True, meanline_visible=False, points=False,

@@ -24,6 +24,13 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 N_CELLS = 180
 
 
+@pytest.fixture(autouse=True)
+def _no_component_scan(monkeypatch):
+    """Every AppTest scans all installed packages for custom components (~2 s each); the app uses
+    none, so the scan is skipped."""
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+
+
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     """A model library holding one small trained Dist_VAE bundle."""
@@ -54,15 +61,20 @@ def h5ad_bytes(adata: ad.AnnData) -> bytes:
 def start() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
-    assert not at.exception
+    return ok(at)
+
+
+def ok(at: AppTest) -> AppTest:
+    """No exception and no 'unexpected' error (app.py turns bugs into that message)."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Something unexpected went wrong" not in text(at.error), text(at.error)
     return at
 
 
 def goto(at: AppTest, page: str) -> AppTest:
     at.switch_page(f"pages/{page}.py")
     at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return ok(at)
 
 
 def text(elements) -> str:
@@ -73,8 +85,7 @@ def upload(at: AppTest, name: str, data: bytes) -> AppTest:
     goto(at, "1_Data")
     at.file_uploader[0].upload(name, data)
     at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return ok(at)
 
 
 def metric(at: AppTest, label: str) -> str:
@@ -86,8 +97,7 @@ def run_prediction(at: AppTest) -> AppTest:
     goto(at, "3_Predict")
     at.button(key="btn_run_predict").click()
     at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return ok(at)
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +130,7 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert "Estimated time" in text(at.caption) and "CPU" in metric(at, "Device")
     at.button(key="btn_run_predict").click()
     at.run()
-    assert not at.exception
+    ok(at)
     assert f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
     result = at.session_state[state.RESULT]
     assert result.n_obs == N_CELLS and "X_scatd" in result.obsm
@@ -136,7 +146,7 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     at.button(key="btn_youden").click().run()
     assert at.session_state[state.THRESHOLD] != 0.99
     at.selectbox(key="cells_colour").set_value("Leiden cluster").run()
-    assert not at.exception
+    ok(at)
 
     goto(at, "6_Report")
     assert len(at.get("download_button")) == 4
@@ -249,7 +259,7 @@ def test_monte_carlo_mode_adds_uncertainty(with_library):
     at.radio(key="predict_mode").set_value("sample").run()
     at.slider(key="predict_samples").set_value(10).run()
     at.button(key="btn_run_predict").click().run()
-    assert not at.exception
+    ok(at)
     result = at.session_state[state.RESULT]
     assert "scatd_prob_resistant_sd" in result.obs and result.uns["scatd"]["params"]["n_samples"] == 10
     goto(at, "4_Cells")
@@ -331,16 +341,31 @@ def test_demo_button_only_when_a_demo_is_installed(with_library, monkeypatch):
     import sys
     import types
 
+    monkeypatch.setitem(sys.modules, "scatd_core.demo", None)  # as if not installed
     at = start()
     goto(at, "1_Data")
     assert not [b for b in at.button if b.label == "Try the demo"]
 
     demo = types.ModuleType("scatd_core.demo")
     demo.available = lambda: True
-    demo.load_dataset = lambda: make_dataset(50, seed=9)
+    demo.load_data = lambda progress=None: (progress(0.5, "building"), make_dataset(50, seed=9))[1]
+    demo.bundle_path = lambda: with_library / "testdrug_dist_vae"
     monkeypatch.setitem(sys.modules, "scatd_core.demo", demo)
     at = start()
     goto(at, "1_Data")
     at.button(key="btn_demo").click().run()
-    assert not at.exception
+    ok(at)
     assert at.session_state[state.DATA_NAME] == "demo (simulated data)" and metric(at, "Cells") == "50"
+    assert at.session_state[state.BUNDLE_PATH] == str(with_library / "testdrug_dist_vae")
+
+
+def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch):
+    def broken(entries):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ui, "library_frame", broken)
+    at = start()
+    at.switch_page("pages/2_Model.py")
+    at.run()
+    assert not at.exception
+    assert "Something unexpected went wrong" in text(at.error) and "boom" in text(at.error)

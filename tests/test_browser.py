@@ -124,7 +124,7 @@ def _plots(page, n: int, timeout: float = 120_000) -> None:
 def test_upload_predict_umap_download(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    url, data, _ = server
+    url, data, home = server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
@@ -211,6 +211,8 @@ def test_upload_predict_umap_download(server, tmp_path):
             _plots(page, 4, timeout=60_000)
             assert page.get_by_text("Run parameters").count() == 1
             page.screenshot(path=str(SCREENSHOTS / "9_report_html.png"), full_page=True)
+            log = (home / "streamlit.log").read_text()
+            assert "Traceback" not in log, log[-3000:]  # nothing failed on the server either
         except Exception:
             _shot(page, "failure")  # what the browser showed when the test failed
             raise

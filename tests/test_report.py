@@ -147,3 +147,15 @@ def test_write_report_writes_the_four_files(filtered_result, tmp_path):
 def test_file_stem():
     assert report.file_stem("my tumour.csv.gz", "Gefitinib") == "my_tumour_Gefitinib"
     assert report.file_stem(None, None) == "data"
+
+
+def test_umap_figure_never_breaks_on_missing_coordinates():
+    coords = np.array([[0.0, 1.0], [np.nan, 2.0], [np.inf, 0.0], [1.0, 1.0], [2.0, 0.5]])
+    fig = report.umap_figure(coords, np.array([0.1, 0.2, 0.3, np.nan, 0.9]), name="P")
+    drawn = sum(len(t.x) for t in fig.data)
+    assert drawn == 3  # two cells without coordinates left out
+    assert "2 cell(s) without coordinates" in fig.layout.annotations[0].text
+    labels = report.umap_figure(coords, ["a", "b", None, "a", "b"], categorical=True)
+    assert sum(len(t.x) for t in labels.data) == 3
+    big = report.umap_figure(np.random.default_rng(0).normal(size=(500, 2)), max_points=100)
+    assert len(big.data[0].x) == 100 and "random 100 of 500" in big.layout.annotations[0].text
