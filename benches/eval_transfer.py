@@ -67,7 +67,8 @@ def logistic_floor(data, truth: np.ndarray, bulk, target) -> dict[str, tuple[flo
         for label, kw in LR_SETTINGS.items():
             lr = LogisticRegression(max_iter=10000, **kw).fit(xb, data.bulk_y)
             p = lr.predict_proba(xt)[:, 1]
-            out[f"logistic regression, {label} ({inputs})"] = (roc_auc_score(truth, p), average_precision_score(truth, p))
+            out[f"logistic regression, {label} ({inputs})"] = (roc_auc_score(truth, p),
+                                                               average_precision_score(truth, p))
     return out
 
 
@@ -132,7 +133,8 @@ def main(argv=None) -> int:
            f"{args.threads} torch thread(s), {args.seeds} seeds (0..{args.seeds - 1}), mean ± sd (population)")
     print(text)
     if args.out:
-        block = (f"{BEGIN}\nCommand: `python benches/eval_transfer.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+        command = " ".join(argv if argv is not None else sys.argv[1:])
+        block = (f"{BEGIN}\nCommand: `python benches/eval_transfer.py {command}`"
                  f"\n\nEnvironment: {env}\n\nData:\n" + "\n".join(details) + "\n\nSettings (TrainSettings defaults): "
                  + ", ".join(f"{k}={v}" for k, v in asdict(settings).items() if k != "seed")
                  + "\n\n" + text + f"\n{END}\n")

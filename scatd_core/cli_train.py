@@ -115,8 +115,8 @@ def run_train(args) -> int:
     _say(f"Training a {args.backbone} model for {args.drug}: bulk {Path(args.bulk).name}, "
          f"target {Path(args.target).name}")
     bundle, report = train_drug_model(
-        args.bulk, args.bulk_labels, args.drug, args.target, backbone=args.backbone, backbone_bundle=args.backbone_bundle,
-        seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
+        args.bulk, args.bulk_labels, args.drug, args.target, backbone=args.backbone,
+        backbone_bundle=args.backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
         target_sensitive_value=args.target_sensitive_value, out=args.out, library=args.library, name=args.name,
         overwrite=args.overwrite, progress=_TrainProgress())

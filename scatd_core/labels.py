@@ -257,7 +257,8 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
     dlist = _read_table(Path(drug_list_csv), "Drug list")
     need = {"drug_id", "Name"}
     if not need <= set(dlist.columns):
-        raise InputError(f"{Path(drug_list_csv).name} lacks the column(s) {', '.join(sorted(need - set(dlist.columns)))}.",
+        missing = ", ".join(sorted(need - set(dlist.columns)))
+        raise InputError(f"{Path(drug_list_csv).name} lacks the column(s) {missing}.",
                          "Give the GDSC drug list (columns drug_id, Name, Synonyms, ...).")
     thresholds = _read_thresholds(Path(thresholds_txt))
     row_ids = _drug_ids(ic50.index)

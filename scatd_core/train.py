@@ -17,13 +17,14 @@ known bugs fixed (reference §10):
    original, §10.12) and the head ``fc3 -> bn3 -> swish -> fc4`` is trained on the latent mean
    with class-weighted cross-entropy. The head starts from a constant prediction (the two
    output rows of ``fc4`` start equal), so stopping early shrinks it towards "no signal" as an
-   L2 penalty would, instead of leaving part of a random initial function: on the real-data
-   benchmark this raised the bulk CV AUROC and the single-cell AUROC (benches/results_transfer.md). Then an explicit fine-tuning phase (the original's
-   "post-training") trains the encoder weights too, at a lower learning rate, with the encoder's
-   BatchNorm kept in eval mode; with adaptation on, its loss adds the RBF-kernel MMD between
-   bulk and target latent means (median-heuristic bandwidth, detached; the target sample is
-   ``min(batch, n_target)`` cells, so small targets work, §10.17). The MMD is only useful
-   there: on a frozen encoder it has no trainable input.
+   L2 penalty would, instead of leaving part of a random initial function (on the real-data
+   benchmark this raised both bulk CV and single-cell AUROC; benches/results_transfer.md).
+   Then an explicit fine-tuning phase (the original's "post-training") trains the encoder
+   weights too, at a lower learning rate, with the encoder's BatchNorm kept in eval mode
+   (spectral norm re-estimated as the weights move); with adaptation on, its loss adds the
+   RBF-kernel MMD between bulk and target latent means (median-heuristic bandwidth, detached;
+   the target sample is ``min(batch, n_target)`` cells, so small targets work, §10.17). The
+   MMD is only useful there: on a frozen encoder it has no trainable input.
 4. **Selection.** Every epoch's validation AUROC is recorded; the number of epochs is the
    argmax of the fold-mean AUROC curve (smoothed over 5 epochs), not "the last epoch"
    (§10.15). The kept model is refitted on all labelled bulk samples for that many epochs: a
@@ -59,7 +60,6 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f
                              roc_auc_score, roc_curve)
 from sklearn.model_selection import StratifiedKFold
 
-from scatd_core import __version__
 from scatd_core.bundle import (INPUT_KINDS, Bundle, load_backbone_from_bundle, load_bundle, safe_name,
                                save_bundle, sha256_file)
 from scatd_core.config import model_library_dir
@@ -295,7 +295,8 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
             raise InputError(
                 f"Bulk and target share only {len(panel)} genes"
                 + (" that the backbone knows" if backbone_genes is not None else "")
-                + f" (bulk e.g. {', '.join(bulk_genes[:3])}; target e.g. {', '.join(list(map(str, target.var_names[:3])))}).",
+                + f" (bulk e.g. {', '.join(bulk_genes[:3])}; target e.g. "
+                f"{', '.join(map(str, target.var_names[:3]))}).",
                 "Both need the same gene identifiers (HGNC symbols); convert Ensembl IDs first.")
         spec = _input_bundle(backbone, len(panel), panel)
     else:
@@ -611,6 +612,7 @@ def train_drug_model(
     library: str | Path | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    demo: bool = False,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Bundle, dict]:
@@ -648,6 +650,8 @@ def train_drug_model(
         An obs column of ``target`` with true labels, for evaluation only; text
         sensitive/resistant, or any two values with ``target_sensitive_value`` naming the
         sensitive one (SCAD's ``response``: 1).
+    demo
+        Mark the bundle as the built-in demo (trained on simulated data).
     out, library, name, overwrite
         Bundle folder (default: a new folder ``<drug>_<backbone>_trained[-k]`` in the library),
         display name, whether to replace an existing bundle.
@@ -699,10 +703,10 @@ def train_drug_model(
         if data.features is not None:
             index = {g: i for i, g in enumerate(bb_bundle.genes)}
             base_vae = _restrict_backbone(base_vae, np.array([index[g] for g in data.features]))
-        if bb_bundle.manifest.get("input_transform") not in ("standardize", "none") or (
-                data.features is not None and bb_bundle.manifest.get("input_transform") != "standardize"):
-            warnings.append(f"The backbone {bb_bundle.name} was pretrained on '{bb_bundle.manifest.get('input_transform')}' "
-                            "inputs; this model standardises each domain, which the fine-tuning phase adapts to.")
+        pretrained_on = bb_bundle.manifest.get("input_transform")
+        if data.features is not None and pretrained_on != "standardize":
+            warnings.append(f"The backbone {bb_bundle.name} was pretrained on '{pretrained_on}' inputs; this model "
+                            "standardises each domain, which only the fine-tuning phase can adapt the encoder to.")
 
     n_min = int(min((data.bulk_y == 0).sum(), (data.bulk_y == 1).sum()))
     if n_min < s.folds:
@@ -779,7 +783,7 @@ def train_drug_model(
         input_transform="standardize" if data.features is not None else "none",
         label_mapping=LABEL_MAPPING, threshold=s.threshold, beta_mode="separate", provenance=provenance,
         metrics=metrics, name=name or f"{data.report['drug']} ({backbone}, trained)", extra={"training": training},
-        overwrite=overwrite)
+        overwrite=overwrite, demo=demo)
     report.update(settings=settings_dict, pretraining={"loss": pretrain_hist}, cv=cv, metrics=metrics,
                   refit={"epochs": chosen, "loss": refit_hist["loss"]}, warnings=warnings, seconds=seconds,
                   bundle_path=str(bundle.path), target_predictions=target_pred)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pytest
 import torch
 
 from scatd_core.bundle import Bundle, save_bundle
@@ -18,6 +19,7 @@ from scatd_core.nn.models import Architecture
 from scatd_core.simulate import simulate_tumour
 
 DRUG = "TESTDRUG"
+BUNDLE_FOLDER = "testdrug_dist_vae"
 
 
 def make_dataset(n_cells: int = 300, seed: int = 0) -> ad.AnnData:
@@ -41,13 +43,27 @@ def make_bundle(out: str | Path, adata: ad.AnnData, *, steps: int = 40, seed: in
     xt = torch.as_tensor(_log_cp10k(x.astype(np.float64)), dtype=torch.float32)
     y = torch.as_tensor((adata.obs["response"].astype(str) == "resistant").to_numpy().astype(np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(xt), y)
-        loss.backward()
-        opt.step()
-    model.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and immune to a busy machine
+    try:
+        model.train()
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(xt), y)
+            loss.backward()
+            opt.step()
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)
     return save_bundle(out, model.state_dict(), arch, drug=drug, genes=genes, input_transform="log1p_cp10k",
                        threshold=0.5, demo=demo, provenance={"source": "tests/_app_helpers.py (simulated data)"},
                        metrics={"train_loss": round(float(loss.detach()), 4)}, overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def trained_library(tmp_path_factory) -> Path:
+    """A model library folder holding one small trained bundle (:data:`BUNDLE_FOLDER`), built
+    once per test session. Import this fixture into a test module to use it."""
+    root = tmp_path_factory.mktemp("library")
+    make_bundle(root / BUNDLE_FOLDER, make_dataset(180, seed=0))
+    return root

@@ -17,7 +17,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import original_scatd as orig
-from _app_helpers import make_bundle, make_dataset
+from _app_helpers import BUNDLE_FOLDER, make_dataset, trained_library  # noqa: F401 (fixture)
 from scatd_app import state, ui
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -31,19 +31,10 @@ def _no_component_scan(monkeypatch):
     monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
 
 
-@pytest.fixture(scope="module")
-def library(tmp_path_factory):
-    """A model library holding one small trained Dist_VAE bundle."""
-    root = tmp_path_factory.mktemp("library")
-    adata = make_dataset(N_CELLS, seed=0)
-    make_bundle(root / "testdrug_dist_vae", adata)
-    return root
-
-
 @pytest.fixture
-def with_library(library, monkeypatch):
-    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
-    return library
+def with_library(trained_library, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(trained_library))
+    return trained_library
 
 
 @pytest.fixture
@@ -124,7 +115,7 @@ def test_upload_predict_results_report(with_library, monkeypatch):
 
     goto(at, "2_Model")
     assert "Coverage is good" in text(at.success)
-    assert at.session_state[state.BUNDLE_PATH].endswith("testdrug_dist_vae")
+    assert at.session_state[state.BUNDLE_PATH].endswith(BUNDLE_FOLDER)
 
     goto(at, "3_Predict")
     assert "Estimated time" in text(at.caption) and "CPU" in metric(at, "Device")
@@ -349,14 +340,14 @@ def test_demo_button_only_when_a_demo_is_installed(with_library, monkeypatch):
     demo = types.ModuleType("scatd_core.demo")
     demo.available = lambda: True
     demo.load_data = lambda progress=None: (progress(0.5, "building"), make_dataset(50, seed=9))[1]
-    demo.bundle_path = lambda: with_library / "testdrug_dist_vae"
+    demo.bundle_path = lambda: with_library / BUNDLE_FOLDER
     monkeypatch.setitem(sys.modules, "scatd_core.demo", demo)
     at = start()
     goto(at, "1_Data")
     at.button(key="btn_demo").click().run()
     ok(at)
     assert at.session_state[state.DATA_NAME] == "demo (simulated data)" and metric(at, "Cells") == "50"
-    assert at.session_state[state.BUNDLE_PATH] == str(with_library / "testdrug_dist_vae")
+    assert at.session_state[state.BUNDLE_PATH] == str(with_library / BUNDLE_FOLDER)
 
 
 def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch):

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _app_helpers import make_bundle, make_dataset
+from _app_helpers import BUNDLE_FOLDER, make_bundle, make_dataset, trained_library  # noqa: F401 (fixture)
+from scatd_core.bundle import load_bundle
 from scatd_core import embed, report
 from scatd_core.errors import InputError
 from scatd_core.predict import predict
@@ -17,10 +18,8 @@ from scatd_core.preprocess import QC_KEY, apply_qc_filter, qc_metrics
 
 
 @pytest.fixture(scope="module")
-def data_and_bundle(tmp_path_factory):
-    adata = make_dataset(160, seed=2)
-    bundle = make_bundle(tmp_path_factory.mktemp("bundles") / "testdrug", adata)
-    return adata, bundle
+def data_and_bundle(trained_library):
+    return make_dataset(160, seed=2), load_bundle(trained_library / BUNDLE_FOLDER)
 
 
 @pytest.fixture(scope="module")

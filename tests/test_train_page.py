@@ -56,3 +56,13 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert [str(p) for p in library] == [result["bundle_path"]]
     at.button[-1].click().run()  # "Use this model for prediction"
     assert at.session_state[S.BUNDLE_PATH] == result["bundle_path"]
+
+
+def test_demo_panel_offers_its_drugs_and_upload_target_needed():
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.radio[0].set_value("Simulated demo panel").run()
+    assert not at.exception, at.exception
+    assert at.session_state["train_bulk"]["adata"].n_obs == 300
+    # no current dataset: the target must be uploaded before a drug can be chosen
+    assert at.radio(key="train_target_source").options == ["Upload another dataset"]
+    assert any("Give the bulk data" in i.value for i in at.info)
