@@ -54,7 +54,7 @@ concentrated on one; at that level the top of the ranking does not move when ``n
 changes (16 and 64 steps share at least 19 of their top 20 genes on the planted-program
 simulation of ``tests/test_explain.py``). With the smooth scATD networks (Swish, LeakyReLU, batch norm in
 eval mode) 50 steps give far smaller errors: a median of 1e-6 and a maximum of 3e-5 for
-Dist_VAE at the published size (``benches/results_explain.md``). A large error means
+Dist_VAE at the published size (``benches/README.md``). A large error means
 ``n_steps`` is too small for that model and should be raised; the tolerance is not tight on
 purpose, so that it flags a real problem rather than float noise.
 
