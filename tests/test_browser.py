@@ -125,6 +125,7 @@ def test_upload_predict_umap_download(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, data, home = server
+    (SCREENSHOTS / "failure.png").unlink(missing_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
