@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                 tm = rep["metrics"]["target"]
                 res.append((tm["auroc"], tm["auprc"], rep["cv"]["auroc_mean"]))
                 print(f"{drug} | {variant} | seed {seed}: target AUROC {tm['auroc']:.3f} AUPRC {tm['auprc']:.3f} "
-                      f"bulk CV AUROC {rep['cv']['auroc_mean']:.3f} epochs {rep['cv']['chosen_epochs']} "
+                      f"bulk CV AUROC {rep['cv']['auroc_mean']:.3f} head epochs {rep['cv']['head_epochs']} "
                       f"({secs[-1]:.0f} s)", flush=True)
             a = np.array(res)
             rows.append((drug, variant, f"{a[:, 0].mean():.3f} ± {a[:, 0].std():.3f}",

@@ -188,9 +188,11 @@ with st.expander("Settings"):
     b1, b2, b3, b4 = st.columns(4)
     pretrain_epochs = b1.number_input("Pretraining epochs", min_value=1, max_value=1000, value=d.pretrain_epochs,
                                       key="train_pretrain_epochs")
-    epochs = b2.number_input("Drug-head epochs", min_value=1, max_value=1000, value=d.epochs, key="train_epochs")
-    finetune_epochs = b3.number_input("of which fine-tuning", min_value=0, max_value=1000, value=d.finetune_epochs,
-                                      key="train_finetune_epochs")
+    epochs = b2.number_input("Head epochs (at most)", min_value=1, max_value=1000, value=d.epochs, key="train_epochs",
+                             help="On the frozen encoder; the cross-validation picks how many.")
+    finetune_epochs = b3.number_input("Fine-tuning epochs", min_value=0, max_value=1000, value=d.finetune_epochs,
+                                      key="train_finetune_epochs",
+                                      help="Then the encoder is trained too (with MMD to the target when adapting).")
     mmd_weight = b4.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5)
     model_name = st.text_input("Model name", value="", placeholder=f"{drug} (dist_vae, trained)")
 
@@ -205,7 +207,7 @@ if start:
     ss[STOP] = False
     bar = st.progress(0.0, text="Starting…")
     settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), epochs=int(epochs),
-                             finetune_epochs=min(int(finetune_epochs), int(epochs)), mmd_weight=float(mmd_weight))
+                             finetune_epochs=int(finetune_epochs), mmd_weight=float(mmd_weight))
     try:
         bundle, report = train_drug_model(
             bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
@@ -240,7 +242,7 @@ cv = rep["cv"]
 tm = rep["metrics"].get("target")
 m = st.columns(4)
 m[0].metric("Bulk CV AUROC", f"{cv['auroc_mean']:.3f}", help=f"± {cv['auroc_sd']:.3f} over {cv['folds']} folds, "
-            f"at {cv['chosen_epochs']} epochs (chosen by validation AUROC)")
+            f"with {cv['head_epochs']} head epochs (chosen by validation AUROC) + {cv['finetune_epochs']} fine-tuning")
 m[1].metric("Bulk out-of-fold AUROC", f"{cv['oof_auroc']:.3f}")
 if tm:
     m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", help=f"{tm['n']} cells with labels in '{tm['label_column']}'")
@@ -255,17 +257,14 @@ st.caption(f"{lab['sensitive']} sensitive / {lab['resistant']} resistant bulk ce
            + (f" Gene panel: {genes['n_panel']:,} genes shared by bulk and target." if genes else ""))
 
 fig = go.Figure()
-for fold in cv["per_fold"]:
+for fold in cv["per_fold_head"]:
     fig.add_trace(go.Scatter(y=fold["val_auroc"], x=list(range(1, len(fold["val_auroc"]) + 1)), mode="lines",
                              name=f"fold {fold['fold']}", line={"width": 1}, opacity=0.5))
-fig.add_trace(go.Scatter(y=cv["mean_curve"], x=list(range(1, len(cv["mean_curve"]) + 1)), mode="lines",
+fig.add_trace(go.Scatter(y=cv["head_curve"], x=list(range(1, len(cv["head_curve"]) + 1)), mode="lines",
                          name="mean", line={"width": 3, "color": "black"}))
-fig.add_vline(x=cv["chosen_epochs"], line_dash="dot", annotation_text="chosen")
-fine = rep["settings"]["epochs"] - rep["settings"]["finetune_epochs"]
-if rep["settings"]["finetune_epochs"]:
-    fig.add_vrect(x0=fine + 0.5, x1=rep["settings"]["epochs"], fillcolor="grey", opacity=0.1, line_width=0,
-                  annotation_text="fine-tuning")
-fig.update_layout(title="Validation AUROC per epoch (bulk CV)", xaxis_title="epoch", yaxis_title="AUROC", height=350)
+fig.add_vline(x=cv["head_epochs"], line_dash="dot", annotation_text="chosen")
+fig.update_layout(title="Validation AUROC per head epoch (bulk CV, frozen encoder)", xaxis_title="epoch",
+                  yaxis_title="AUROC", height=350)
 st.plotly_chart(fig, use_container_width=True)
 if rep["pretraining"]["loss"]:
     loss = rep["pretraining"]["loss"]

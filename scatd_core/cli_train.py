@@ -70,9 +70,10 @@ def add_train(sub) -> None:
     p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle (default: pretrain one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=_positive_int, default=5, help="stratified CV folds on the bulk (default 5)")
-    p.add_argument("--epochs", type=_positive_int, help="drug-head epochs per fold, fine-tuning included (default 60)")
-    p.add_argument("--finetune-epochs", type=int, help="of those, the last ones fine-tuning the encoder (default 20)")
-    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 100)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help="most drug-head epochs on the frozen encoder; the CV picks how many (default 50)")
+    p.add_argument("--finetune-epochs", type=int, help="then epochs fine-tuning the encoder too (default 20)")
+    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 200)")
     p.add_argument("--mmd-weight", type=float, help="weight of the bulk-target MMD loss (default 1.0)")
     p.add_argument("--no-adaptation", action="store_true",
                    help="never use the target for training (the no-adaptation baseline)")
@@ -108,8 +109,6 @@ def run_train(args) -> int:
             if value < 0:
                 raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
             setattr(settings, key, value)
-    if args.epochs is not None and args.finetune_epochs is None:
-        settings.finetune_epochs = min(settings.finetune_epochs, args.epochs)
     if args.threads:
         torch.set_num_threads(args.threads)
     _say(f"Training a {args.backbone} model for {args.drug}: bulk {Path(args.bulk).name}, "
@@ -128,8 +127,8 @@ def run_train(args) -> int:
         _say(f"Gene panel: {g['n_panel']:,} genes shared by bulk ({g['n_bulk']:,}) and target ({g['n_target']:,})"
              + (f" and the backbone ({g['n_backbone']:,})" if g.get("n_backbone") else "") + ".")
     cv = report["cv"]
-    _say(f"Bulk {cv['folds']}-fold CV AUROC {_fmt(cv['auroc_mean'])} ± {_fmt(cv['auroc_sd'])} at "
-         f"{cv['chosen_epochs']} epochs (chosen by validation AUROC).")
+    _say(f"Bulk {cv['folds']}-fold CV AUROC {_fmt(cv['auroc_mean'])} ± {_fmt(cv['auroc_sd'])} with "
+         f"{cv['head_epochs']} head epochs (chosen by validation AUROC) + {cv['finetune_epochs']} fine-tuning.")
     tm = report["metrics"].get("target")
     if tm:
         _say(f"Target ({tm['label_column']}, evaluation only): AUROC {_fmt(tm['auroc'])}, AUPRC {_fmt(tm['auprc'])}, "

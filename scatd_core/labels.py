@@ -78,7 +78,7 @@ def _loose(name: str) -> str:
     return key[1:] if re.match(r"^x\d", key) else key
 
 
-def match_drug(drug: str, names) -> str:
+def match_drug(drug: str, names, where: str = "the label table") -> str:
     """The column of ``names`` that means ``drug``; :class:`InputError` listing close names if none.
 
     Exact match first, then case-insensitive, then ignoring punctuation and R's ``X`` prefix.
@@ -99,8 +99,8 @@ def match_drug(drug: str, names) -> str:
     close += [loose[k] for k in difflib.get_close_matches(_loose(query), list(loose), n=5, cutoff=0.6)
               if loose[k] not in close]
     hint = (f"Close names: {', '.join(close[:6])}." if close else
-            f"The table has {len(names)} drugs, e.g. {', '.join(names[:6])}.")
-    raise InputError(f"Drug {query!r} is not in the label table.", hint)
+            f"There are {len(names)} drugs, e.g. {', '.join(names[:6])}.")
+    raise InputError(f"Drug {query!r} is not in {where}.", hint)
 
 
 @dataclass
@@ -296,7 +296,7 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
             key = _loose(_strip_note(str(d)))
             hits = [i for i in ids if key in (_loose(names[i]), _loose(column_of[i]))]
             if not hits:
-                match_drug(str(d), [column_of[i] for i in ids])  # raises, naming close drugs
+                match_drug(str(d), [column_of[i] for i in ids], "the IC50 table")  # raises, naming close drugs
             wanted_ids += hits
         ids = sorted(set(wanted_ids))
     no_threshold = [column_of[i] for i in ids if i not in chosen]

@@ -25,11 +25,12 @@ known bugs fixed (reference §10):
    RBF-kernel MMD between bulk and target latent means (median-heuristic bandwidth, detached;
    the target sample is ``min(batch, n_target)`` cells, so small targets work, §10.17). The
    MMD is only useful there: on a frozen encoder it has no trainable input.
-4. **Selection.** Every epoch's validation AUROC is recorded; the number of epochs is the
-   argmax of the fold-mean AUROC curve (smoothed over 5 epochs), not "the last epoch"
-   (§10.15). The kept model is refitted on all labelled bulk samples for that many epochs: a
-   hand-picked "best fold" would be chosen on one small validation split and would waste a
-   fifth of the labels.
+4. **Selection.** Every head epoch's validation AUROC is recorded; the number of head epochs
+   is the argmax of the fold-mean AUROC curve (smoothed over 5 epochs), not "the last epoch"
+   (§10.15). The fine-tuning length is fixed (bulk labels cannot see what it is for); a second
+   CV pass measures the whole procedure. The kept model is refitted on all labelled bulk
+   samples with those epoch counts: a hand-picked "best fold" would be chosen on one small
+   validation split and would waste a fifth of the labels.
 5. **Output.** A bundle with ``input_transform="standardize"``, ``beta_mode="separate"``,
    threshold 0.5 (class-weighted training puts the balanced decision point there; the bulk
    out-of-fold Youden threshold is recorded as a metric), data hashes, settings, CV metrics
@@ -86,10 +87,12 @@ class TrainSettings:
     - ``rec_beta`` 1000 as the original README (VAE_sf): the loss is nearly an auto-encoder's,
       and the latent keeps the expression signal (a linear model on it does as well as on the
       genes; with ``rec_beta`` 10 it did clearly worse).
-    - ``epochs`` of the drug head per fold, of which the last ``finetune_epochs`` fine-tune the
-      encoder (the original's post-training); the CV picks how many of them the final model gets.
-    - ``lr`` (head) and ``finetune_lr`` (everything, fine-tuning), AdamW with ``weight_decay``,
-      constant (the original's cosine schedule restarted periodically, §10.19).
+    - ``epochs``: the most head epochs (frozen encoder); the CV picks how many the model gets.
+      Then ``finetune_epochs`` fine-tune the encoder too (the original's post-training), a fixed
+      number: what they are for, alignment with the target, bulk labels cannot measure.
+    - ``lr`` (head; high because the head starts from a constant prediction) and
+      ``finetune_lr`` (everything, fine-tuning), AdamW with ``weight_decay``, constant (the
+      original's cosine schedule restarted periodically, §10.19).
     """
 
     hidden_dims: tuple[int, ...] = (256, 128)
@@ -97,10 +100,10 @@ class TrainSettings:
     pretrain_epochs: int = 200
     pretrain_lr: float = 1e-3
     rec_beta: float = 1000.0
-    epochs: int = 100
-    finetune_epochs: int = 30
-    lr: float = 1e-3
-    finetune_lr: float = 1e-4
+    epochs: int = 50
+    finetune_epochs: int = 20
+    lr: float = 1e-2
+    finetune_lr: float = 3e-4
     weight_decay: float = 1e-2
     batch_size: int = 64
     mmd_weight: float = 1.0
@@ -109,8 +112,8 @@ class TrainSettings:
     threshold: float = 0.5
 
     def check(self) -> None:
-        if self.epochs < 1 or self.pretrain_epochs < 0 or not 0 <= self.finetune_epochs <= self.epochs:
-            raise InputError("Epochs must be positive, with 0 <= fine-tuning epochs <= epochs.",
+        if self.epochs < 1 or self.pretrain_epochs < 0 or self.finetune_epochs < 0:
+            raise InputError("Head epochs must be at least 1; pretraining and fine-tuning epochs not negative.",
                              f"Got epochs={self.epochs}, finetune_epochs={self.finetune_epochs}.")
         if self.folds < 2:
             raise InputError("Cross-validation needs at least 2 folds.", "Use --folds 2 or more (default 5).")
@@ -465,16 +468,17 @@ def _probabilities(model: DrugClassifier, x: torch.Tensor) -> np.ndarray:
 
 
 def fit_head(vae: ResVAE, x: np.ndarray, y: np.ndarray, target_x: np.ndarray | None, s: TrainSettings,
-             device: torch.device, *, epochs: int, seed: int, adaptation: bool,
+             device: torch.device, *, head_epochs: int, finetune_epochs: int, seed: int, adaptation: bool,
              val: tuple[np.ndarray, np.ndarray] | None = None, tick: Callable[[str], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> tuple[DrugClassifier, dict]:
-    """Train a drug classifier on ``vae``'s encoder (a copy) for ``epochs`` epochs.
+    """Train a drug classifier on a copy of ``vae``'s encoder.
 
-    The first ``s.epochs - s.finetune_epochs`` epochs train the head on the frozen encoder; any
-    later ones fine-tune the encoder too (with MMD to ``target_x`` when ``adaptation``). With
-    ``val``, the validation AUROC and probabilities of every epoch are recorded.
+    ``head_epochs`` train the head on the frozen encoder, then ``finetune_epochs`` fine-tune the
+    encoder too (with MMD to ``target_x`` when ``adaptation``). With ``val``, the validation
+    AUROC and probabilities of every epoch are recorded.
     """
-    frozen_epochs = s.epochs - s.finetune_epochs
+    frozen_epochs = head_epochs
+    epochs = head_epochs + finetune_epochs
     model = _make_classifier(vae, seed).to(device)
     gen = _generator(seed)
     xt_all = torch.from_numpy(x).to(device)
@@ -534,42 +538,70 @@ def _smooth(curve: np.ndarray, width: int = SMOOTH_EPOCHS) -> np.ndarray:
     return out
 
 
+def _fold_record(k: int, tr, va, hist: dict) -> dict:
+    return {"fold": k + 1, "n_train": int(len(tr)), "n_val": int(len(va)),
+            "loss": [round(v, 5) for v in hist["loss"]], "mmd": [round(v, 6) for v in hist["mmd"]],
+            "val_auroc": [round(v, 4) for v in hist["val_auroc"]]}
+
+
 def cross_validate(base_vae: ResVAE, data: TrainingData, s: TrainSettings, device: torch.device, *,
                    adaptation: bool, tick: Callable[[str], Callable[[str], None]] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict:
-    """Stratified K-fold DAL on the labelled bulk; picks the epoch count by validation AUROC.
+    """Stratified K-fold DAL on the labelled bulk, in two passes.
 
-    Returns the CV summary: ``chosen_epochs`` (argmax of the smoothed fold-mean AUROC curve),
-    per-fold AUROC at that epoch, out-of-fold AUROC/AUPRC and Youden threshold, and every
-    fold's per-epoch loss, MMD and AUROC.
+    1. The head is trained on the frozen encoder for up to ``s.epochs`` epochs per fold; the
+       number of head epochs is the argmax of the fold-mean validation AUROC curve (smoothed).
+    2. Each fold's head is retrained for that many epochs and then fine-tuned (with MMD when
+       ``adaptation``) for ``s.finetune_epochs``: the fine-tuning length is fixed, not chosen on
+       the bulk, because its purpose (alignment with the target) is invisible to bulk labels; this
+       pass measures what the whole procedure gives on held-out bulk samples.
+
+    Returns the CV summary: ``head_epochs``, AUROC per fold (mean, sd) and out-of-fold
+    AUROC/AUPRC/Youden threshold of the final procedure, the head-phase curve and every fold's
+    per-epoch loss, MMD and AUROC.
     """
     skf = StratifiedKFold(n_splits=s.folds, shuffle=True, random_state=s.seed)
-    curves, fold_info = [], []
-    oof_prob = np.zeros((s.epochs, len(data.bulk_y)))
-    for k, (tr, va) in enumerate(skf.split(data.bulk_x, data.bulk_y)):
+    splits = list(skf.split(data.bulk_x, data.bulk_y))
+    val = {k: (data.bulk_x[va], data.bulk_y[va]) for k, (_tr, va) in enumerate(splits)}
+    curves, head_folds, head_probs = [], [], []
+    for k, (tr, va) in enumerate(splits):
         _model, hist = fit_head(base_vae, data.bulk_x[tr], data.bulk_y[tr], data.target_x, s, device,
-                                epochs=s.epochs, seed=s.seed * 1000 + k + 1, adaptation=adaptation,
-                                val=(data.bulk_x[va], data.bulk_y[va]),
-                                tick=tick(f"Fold {k + 1}/{s.folds} · ") if tick else None, should_stop=should_stop)
+                                head_epochs=s.epochs, finetune_epochs=0, seed=s.seed * 1000 + k + 1,
+                                adaptation=adaptation, val=val[k], should_stop=should_stop,
+                                tick=tick(f"Fold {k + 1}/{s.folds} (head) · ") if tick else None)
         curves.append(hist["val_auroc"])
-        oof_prob[:, va] = np.array(hist["val_prob"])
-        best = int(np.nanargmax(hist["val_auroc"]))
-        fold_info.append({"fold": k + 1, "n_train": int(len(tr)), "n_val": int(len(va)),
-                          "best_epoch": best + 1, "best_auroc": float(hist["val_auroc"][best]),
-                          "loss": [round(v, 5) for v in hist["loss"]],
-                          "mmd": [round(v, 6) for v in hist["mmd"]],
-                          "val_auroc": [round(v, 4) for v in hist["val_auroc"]]})
+        head_probs.append(hist["val_prob"])
+        head_folds.append(_fold_record(k, tr, va, hist))
     curve = np.nanmean(np.array(curves, dtype=np.float64), axis=0)
-    chosen = int(np.nanargmax(_smooth(curve))) + 1
-    at_chosen = np.array([c[chosen - 1] for c in curves])
-    oof = oof_prob[chosen - 1]
-    return {"folds": s.folds, "chosen_epochs": chosen,
-            "selection": f"argmax of the fold-mean validation AUROC curve smoothed over {SMOOTH_EPOCHS} epochs",
-            "auroc_mean": float(np.nanmean(at_chosen)), "auroc_sd": float(np.nanstd(at_chosen)),
-            "auroc_per_fold": [float(v) for v in at_chosen],
+    head_epochs = int(np.nanargmax(_smooth(curve))) + 1
+    at_head = np.array([c[head_epochs - 1] for c in curves])
+    if s.finetune_epochs == 0:  # the head pass is the whole procedure
+        final_folds, at_end = head_folds, at_head
+        oof = np.zeros(len(data.bulk_y))
+        for k, (_tr, va) in enumerate(splits):
+            oof[va] = head_probs[k][head_epochs - 1]
+    else:
+        final_folds, oof, at_end = [], np.zeros(len(data.bulk_y)), []
+        for k, (tr, va) in enumerate(splits):
+            _model, hist = fit_head(base_vae, data.bulk_x[tr], data.bulk_y[tr], data.target_x, s, device,
+                                    head_epochs=head_epochs, finetune_epochs=s.finetune_epochs,
+                                    seed=s.seed * 1000 + k + 1, adaptation=adaptation, val=val[k],
+                                    should_stop=should_stop,
+                                    tick=tick(f"Fold {k + 1}/{s.folds} (fine-tuning) · ") if tick else None)
+            oof[va] = hist["val_prob"][-1]
+            at_end.append(hist["val_auroc"][-1])
+            final_folds.append(_fold_record(k, tr, va, hist))
+        at_end = np.array(at_end)
+    return {"folds": s.folds, "head_epochs": head_epochs, "finetune_epochs": s.finetune_epochs,
+            "selection": f"head epochs: argmax of the fold-mean validation AUROC curve smoothed over "
+                         f"{SMOOTH_EPOCHS} epochs; then {s.finetune_epochs} fine-tuning epochs",
+            "auroc_mean": float(np.nanmean(at_end)), "auroc_sd": float(np.nanstd(at_end)),
+            "auroc_per_fold": [float(v) for v in at_end],
+            "head_auroc_mean": float(np.nanmean(at_head)), "head_auroc_sd": float(np.nanstd(at_head)),
             "oof_auroc": _auroc(data.bulk_y, oof), "oof_auprc": float(average_precision_score(data.bulk_y, oof)),
             "youden_threshold": _youden(data.bulk_y, oof),
-            "mean_curve": [round(float(v), 4) for v in curve], "per_fold": fold_info}
+            "head_curve": [round(float(v), 4) for v in curve], "per_fold_head": head_folds,
+            "per_fold": final_folds}
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -674,7 +706,7 @@ def train_drug_model(
     if folds is not None:
         s = replace(s, folds=int(folds))
     if epochs is not None:
-        s = replace(s, epochs=int(epochs), finetune_epochs=min(s.finetune_epochs, int(epochs)))
+        s = replace(s, epochs=int(epochs))
     s.check()
     dev = resolve_device(device)
     warnings: list[str] = []
@@ -713,7 +745,8 @@ def train_drug_model(
         warnings.append(f"Only {n_min} cell lines in the smaller class: {n_min} folds instead of {s.folds}.")
         s = replace(s, folds=n_min)
     pre_epochs = s.pretrain_epochs if base_vae is None else 0
-    total_units = pre_epochs + s.folds * s.epochs + s.epochs
+    # an estimate until the CV has chosen the number of head epochs
+    total_units = pre_epochs + s.folds * s.epochs + (s.folds + 1) * (s.epochs + s.finetune_epochs)
     done = [0]
 
     def tick(prefix: str) -> Callable[[str], None]:
@@ -732,10 +765,11 @@ def train_drug_model(
         base_vae = base_vae.to(dev).eval()
 
         cv = cross_validate(base_vae, data, s, dev, adaptation=adaptation, tick=tick, should_stop=should_stop)
-        chosen = cv["chosen_epochs"]
-        total_units += chosen - s.epochs  # the refit runs `chosen` epochs, not s.epochs
+        head_epochs = cv["head_epochs"]
+        total_units = done[0] + head_epochs + s.finetune_epochs  # the refit is all that is left
 
-        model, refit_hist = fit_head(base_vae, data.bulk_x, data.bulk_y, data.target_x, s, dev, epochs=chosen,
+        model, refit_hist = fit_head(base_vae, data.bulk_x, data.bulk_y, data.target_x, s, dev,
+                                     head_epochs=head_epochs, finetune_epochs=s.finetune_epochs,
                                      seed=s.seed * 1000, adaptation=adaptation,
                                      tick=tick(f"Final model on {len(data.bulk_y)} cell lines · "),
                                      should_stop=should_stop)
@@ -747,7 +781,7 @@ def train_drug_model(
         model = model.cpu()
 
     target_pred = pd.DataFrame({"cell_id": data.target_ids, "prob_resistant": target_prob})
-    metrics = {"cv": {k: v for k, v in cv.items() if k not in ("mean_curve", "per_fold")},
+    metrics = {"cv": {k: v for k, v in cv.items() if k not in ("head_curve", "per_fold_head", "per_fold")},
                "latent_mmd_bulk_vs_target": latent_mmd}
     if target_label_column is not None:
         if target_label_column not in target_ad.obs:
@@ -773,7 +807,7 @@ def train_drug_model(
     }
     training = {"settings": settings_dict, "drug_column": data.report["drug"], "labels": data.report["labels"],
                 "genes": data.report.get("genes"), "bulk": data.report["bulk"], "target": data.report["target"],
-                "pretraining_loss": [round(v, 5) for v in pretrain_hist], "cv_mean_curve": cv["mean_curve"],
+                "pretraining_loss": [round(v, 5) for v in pretrain_hist], "cv_head_curve": cv["head_curve"],
                 "warnings": warnings}
     if out is None:
         out = _default_out(data.report["drug"], backbone, library)
@@ -785,7 +819,8 @@ def train_drug_model(
         metrics=metrics, name=name or f"{data.report['drug']} ({backbone}, trained)", extra={"training": training},
         overwrite=overwrite, demo=demo)
     report.update(settings=settings_dict, pretraining={"loss": pretrain_hist}, cv=cv, metrics=metrics,
-                  refit={"epochs": chosen, "loss": refit_hist["loss"]}, warnings=warnings, seconds=seconds,
+                  refit={"head_epochs": head_epochs, "finetune_epochs": s.finetune_epochs,
+                         "loss": refit_hist["loss"]}, warnings=warnings, seconds=seconds,
                   bundle_path=str(bundle.path), target_predictions=target_pred)
     if progress is not None:
         progress(1.0, f"Saved {bundle.name} to {bundle.path}")

@@ -47,7 +47,7 @@ def test_unknown_drug_lists_close_names(tmp_path):
     assert "not in the label table" in err.value.message and "DOCETAXEL" in err.value.hint
     with pytest.raises(InputError) as err:
         match_drug("zzz", ["A", "B"])
-    assert "2 drugs" in err.value.hint
+    assert "There are 2 drugs" in err.value.hint
 
 
 def test_third_class_is_an_error_not_a_class(tmp_path):

@@ -80,7 +80,8 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     prov = m["provenance"]
     assert len(prov["bulk"]["sha256"]) == 64 and len(prov["target"]["sha256"]) == 64 and prov["seed"] == 0
     assert m["training"]["settings"]["z_dim"] == 4 and m["metrics"]["cv"]["folds"] == 3
-    assert 1 <= rep["cv"]["chosen_epochs"] <= TINY.epochs
+    assert 1 <= rep["cv"]["head_epochs"] <= TINY.epochs and rep["cv"]["finetune_epochs"] == TINY.finetune_epochs
+    assert len(rep["refit"]["loss"]) == rep["cv"]["head_epochs"] + TINY.finetune_epochs
     assert set(m["metrics"]["target"]) >= {"auroc", "auprc", "mcc", "f1"}
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     # `scatd predict` on the target gives the numbers the training evaluated
@@ -129,16 +130,16 @@ def test_encoder_frozen_in_eval_mode_and_bn_frozen_while_finetuning():
     vae.eval()
     before = _encoder_state(vae)
     assert any(k.endswith("weight_u") for k in before) and any(k.endswith("running_mean") for k in before)
-    frozen = TrainSettings(**{**TINY.__dict__, "finetune_epochs": 0})
-    model, _ = fit_head(vae, data.bulk_x, data.bulk_y, data.target_x, frozen, dev, epochs=6, seed=0, adaptation=True)
+    model, _ = fit_head(vae, data.bulk_x, data.bulk_y, data.target_x, TINY, dev, head_epochs=6, finetune_epochs=0,
+                        seed=0, adaptation=True)
     after = _encoder_state(model)
     assert before.keys() == after.keys()
     for k in before:  # weights, BN running statistics, spectral-norm u/v: all untouched
         assert torch.equal(before[k], after[k]), k
     assert all(torch.equal(before[k], v) for k, v in _encoder_state(vae).items())  # the backbone itself too
     # explicit fine-tuning: weights move, BatchNorm statistics still do not
-    model, hist = fit_head(vae, data.bulk_x, data.bulk_y, data.target_x, TINY, dev, epochs=6, seed=0,
-                           adaptation=True)
+    model, hist = fit_head(vae, data.bulk_x, data.bulk_y, data.target_x, TINY, dev, head_epochs=3,
+                           finetune_epochs=3, seed=0, adaptation=True)
     tuned = _encoder_state(model)
     assert not torch.equal(tuned["Encoder_resblocks.0.fc.weight"], before["Encoder_resblocks.0.fc.weight"])
     for k in before:
