@@ -43,8 +43,8 @@ def demo_settings():
     """Training settings of the demo model: small enough for ~1 minute on 2 CPU cores."""
     from scatd_core.train import TrainSettings
 
-    return replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=30, epochs=30,
-                   finetune_epochs=10, folds=3, seed=DEMO_SEED)
+    return replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=40, folds=3,
+                   seed=DEMO_SEED)
 
 
 def demo_dir() -> Path:
