@@ -587,7 +587,7 @@ def cross_validate(base_vae: ResVAE, data: TrainingData, s: TrainSettings, devic
                                     head_epochs=head_epochs, finetune_epochs=s.finetune_epochs,
                                     seed=s.seed * 1000 + k + 1, adaptation=adaptation, val=val[k],
                                     should_stop=should_stop,
-                                    tick=tick(f"Fold {k + 1}/{s.folds} (fine-tuning) · ") if tick else None)
+                                    tick=tick(f"Fold {k + 1}/{s.folds} (head + fine-tuning) · ") if tick else None)
             oof[va] = hist["val_prob"][-1]
             at_end.append(hist["val_auroc"][-1])
             final_folds.append(_fold_record(k, tr, va, hist))
