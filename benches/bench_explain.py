@@ -38,25 +38,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-N_GENES = 19_264
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import N_GENES, sparse_counts  # noqa: E402
 
 
 def make_counts(n_cells: int, seed: int = 0, genes_per_cell: int = 1500):
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    popularity = rng.lognormal(0, 1.5, N_GENES)
-    popularity /= popularity.sum()
-    chunks = []
-    for start in range(0, n_cells, 2000):
-        m = min(2000, n_cells - start)
-        cols = np.sort(rng.choice(N_GENES, size=(m, genes_per_cell), p=popularity), axis=1)
-        rows = np.repeat(np.arange(m), genes_per_cell)
-        vals = rng.negative_binomial(2, 0.5, size=m * genes_per_cell).astype(np.float32) + 1
-        chunks.append(sp.csr_matrix((vals, (rows, cols.ravel())), shape=(m, N_GENES)))
-    x = sp.vstack(chunks).tocsr()
-    x.sum_duplicates()
-    return x
+    return sparse_counts(n_cells, N_GENES, genes_per_cell, seed, skewed=True)
 
 
 def gene_names() -> list[str]:

@@ -35,7 +35,8 @@ DENSITY = 0.05
 # (Linux keeps it across fork/exec), which here would be the writer's gigabytes.
 _CHILD = r"""
 import json, sys, time
-from scatd_core import io, preprocess
+from scatd_core import io
+from scatd_core._matrix import row_batches
 
 def peak_mb():
     with open("/proc/self/status") as fh:
@@ -48,7 +49,7 @@ adata = io.read(path, **kwargs)
 read_s = time.perf_counter() - t0
 total = 0.0
 if stream:
-    for _, _, block in preprocess.row_batches(adata.X, 10_000):
+    for _, _, block in row_batches(adata.X, 10_000):
         total += float(block.sum())
 print(json.dumps({"read_s": read_s, "total_s": time.perf_counter() - t0, "backed": adata.isbacked,
                   "shape": list(adata.shape), "base_mb": base, "peak_mb": peak_mb()}))

@@ -23,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import sparse_counts  # noqa: E402
 
 
 def make_bundle(folder: Path) -> Path:
@@ -45,18 +47,8 @@ def make_bundle(folder: Path) -> Path:
 def make_h5ad(path: Path, n_cells: int, n_genes: int = 19264, genes_per_cell: int = 1500, seed: int = 0) -> None:
     import anndata as ad
     import pandas as pd
-    import scipy.sparse as sp
 
-    rng = np.random.default_rng(seed)
-    chunks = []
-    for start in range(0, n_cells, 5000):
-        m = min(5000, n_cells - start)
-        cols = np.sort(rng.choice(n_genes, size=(m, genes_per_cell), replace=True), axis=1)
-        rows = np.repeat(np.arange(m), genes_per_cell)
-        vals = rng.negative_binomial(2, 0.5, size=m * genes_per_cell).astype(np.float32) + 1
-        chunks.append(sp.csr_matrix((vals, (rows, cols.ravel())), shape=(m, n_genes)))
-    x = sp.vstack(chunks).tocsr()
-    x.sum_duplicates()
+    x = sparse_counts(n_cells, n_genes, genes_per_cell, seed, chunk=5000)
     obs = pd.DataFrame(index=[f"cell{i}" for i in range(n_cells)])
     var = pd.DataFrame(index=[f"GENE{i:05d}" for i in range(n_genes)])
     ad.AnnData(x, obs=obs, var=var).write_h5ad(path)

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scatd_core import __version__, io  # noqa: E402
-from scatd_core.labels import binary_target, labels_from_ic50  # noqa: E402
+from scatd_core.labels import encode_labels, labels_from_ic50  # noqa: E402
 from scatd_core.train import TrainSettings, prepare_training_data, train_drug_model  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     for drug in args.drugs:
         target = io.read(DATA / TARGETS[drug])
         data = prepare_training_data(bulk, labels, drug, target)
-        truth = binary_target(target.obs["response"].to_numpy()[data.target_rows], sensitive_value=1)
+        truth = encode_labels(target.obs["response"].to_numpy()[data.target_rows], 0)  # SCAD: 1 = sensitive
         lab, genes = data.report["labels"], data.report["genes"]
         details.append(f"- {drug}: {lab['sensitive']} sensitive / {lab['resistant']} resistant cell lines "
                        f"(GDSC id {labels.attrs['report']['thresholds'][drug]['gdsc_id']}, threshold "
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     _bundle, rep = train_drug_model(bulk, labels, drug, target, seed=seed, settings=s,
                                                     adaptation=adaptation, device="cpu", out=Path(tmp) / "m",
-                                                    target_label_column="response", target_sensitive_value=1)
+                                                    target_label_column="response", target_resistant_value=0)
                     secs.append(time.perf_counter() - t0)
                 tm = rep["metrics"]["target"]
                 res.append((tm["auroc"], tm["auprc"], rep["cv"]["auroc_mean"]))

@@ -46,6 +46,9 @@ GENES = "genes.txt"
 STYLE = "style.safetensors"
 FORMAT_VERSION = 1
 
+#: The public figshare article holding the published scATD checkpoints (reference §8).
+FIGSHARE_ARTICLE = 27908847
+FIGSHARE_URL = f"https://figshare.com/articles/dataset/_/{FIGSHARE_ARTICLE}"
 DEFAULT_LABEL_MAPPING = {"sensitive": 0, "resistant": 1}
 # The original inference scripts' defaults (reference §5): 0.05 for Dist_VAE, 0.5 otherwise.
 DEFAULT_THRESHOLDS = {"dist_vae": 0.05, "vae_sf": 0.5, "vae_gf": 0.5}

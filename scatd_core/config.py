@@ -6,6 +6,7 @@
 | ``SCATD_MODEL_LIBRARY``     | folder holding installed model bundles          | ``$SCATD_HOME/models``           |
 | ``SCATD_MAX_UPLOAD_MB``     | largest data file accepted (app and CLI)        | 2048                             |
 | ``SCATD_MAX_CELLS``         | most cells accepted in one dataset              | 1,000,000                        |
+| ``SCATD_GENEFORMER_DIR``    | Geneformer files (dictionaries, model)          | not set                          |
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def scatd_home() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "scatd"
+
+
+def geneformer_dir() -> Path | None:
+    """Folder of the Geneformer assets (model and dictionaries), or ``None`` when not configured."""
+    raw = os.environ.get("SCATD_GENEFORMER_DIR")
+    return Path(raw).expanduser() if raw else None
 
 
 def model_library_dir() -> Path:

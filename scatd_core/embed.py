@@ -25,14 +25,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scatd_core import _keys
+from scatd_core._matrix import MeanVar, log1p_cp10k, row_batches
 from scatd_core.errors import InputError
-from scatd_core.preprocess import detect_value_type, row_batches
+from scatd_core.preprocess import detect_value_type
 
-LATENT_KEY = "X_scatd"
-UMAP_KEY = "X_umap"
-CLUSTER_KEY = "scatd_cluster"
-INFO_KEY = "scatd_embed"
-NOT_EMBEDDED = "not embedded"
+LATENT_KEY = _keys.LATENT
+UMAP_KEY = _keys.UMAP
+CLUSTER_KEY = _keys.CLUSTER
+INFO_KEY = _keys.EMBED
+NOT_EMBEDDED = _keys.NOT_EMBEDDED
 BASES = ("latent", "expression")
 #: Fewest cells a layout is computed for.
 MIN_CELLS = 5
@@ -78,21 +80,13 @@ def expression_pcs(adata: ad.AnnData, n_top_genes: int = 2000, n_pcs: int = 30, 
     def batches():
         for _, _, block in row_batches(adata.X, batch_size):
             block = sp.csr_matrix(block, dtype=np.float64)
-            if log_normalise:
-                totals = np.asarray(block.sum(axis=1)).ravel()
-                scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-                block = sp.diags(scale) @ block
-                block.data = np.log1p(block.data)
-            yield block
+            yield log1p_cp10k(block, copy=False) if log_normalise else block
 
     n = adata.n_obs
-    total = np.zeros(adata.n_vars)
-    squares = np.zeros(adata.n_vars)
+    acc = MeanVar()
     for block in batches():
-        total += np.asarray(block.sum(axis=0)).ravel()
-        squares += np.asarray(block.multiply(block).sum(axis=0)).ravel()
-    mean = total / n
-    var = np.maximum(squares / n - mean ** 2, 0.0)
+        acc.update(block)
+    var = acc.var()
     varying = np.flatnonzero(var > 0)
     if varying.size < 2:
         raise InputError("Fewer than two genes vary between cells, so there is no expression space to embed.",
@@ -318,3 +312,22 @@ def warm_up() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2 * _SPECTRAL_MIN_CELLS, 4))
     leiden_clusters(_umap(x, 5, 0.5, 0, 5)[1])
+
+
+def plot_coordinates(adata: ad.AnnData, latent_key: str = LATENT_KEY) -> tuple[np.ndarray, str]:
+    """2-D coordinates of every cell for plots: ``obsm['X_umap']`` when computed, else the first
+    two principal components of the latent space ``obsm['X_scatd']`` (NaN rows stay NaN)."""
+    if UMAP_KEY in adata.obsm:
+        return np.asarray(adata.obsm[UMAP_KEY])[:, :2], "UMAP"
+    if latent_key not in adata.obsm:
+        raise InputError("The dataset has neither obsm['X_umap'] nor the latent obsm['X_scatd'].",
+                         "Run the prediction first.")
+    z = np.asarray(adata.obsm[latent_key], dtype=np.float64)
+    ok = np.isfinite(z).all(axis=1)
+    coords = np.full((z.shape[0], 2), np.nan)
+    if ok.sum() >= 2:
+        centred = z[ok] - z[ok].mean(axis=0)
+        _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
+        pcs = centred @ vt[:2].T
+        coords[ok, : pcs.shape[1]] = pcs
+    return coords, "PCA of the scATD latent space (no UMAP computed)"

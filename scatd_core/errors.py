@@ -35,3 +35,7 @@ class BundleError(ScatdError):
 
 class DeviceError(ScatdError):
     """The requested compute device is not available."""
+
+
+class Cancelled(ScatdError):
+    """The user stopped a running computation; nothing was changed or saved."""

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scatd_core import _keys
+from scatd_core._matrix import sample_rows
 from scatd_core.errors import InputError
 
 
@@ -268,8 +270,8 @@ def original_gene_names(adata) -> list[str]:
     Use these (not ``var_names``) for :func:`align_genes`, so that duplicated genes are summed
     rather than the copies (``TP53-1``) being dropped as unknown.
     """
-    if "scatd_original_name" in adata.var:
-        return [str(x) for x in adata.var["scatd_original_name"]]
+    if _keys.ORIGINAL_GENE_NAME in adata.var:
+        return [str(x) for x in adata.var[_keys.ORIGINAL_GENE_NAME]]
     return [str(x) for x in adata.var_names]
 
 
@@ -368,28 +370,36 @@ def load_pickled_dict(path: str | Path, *, allow_numpy_scalars: bool = False) ->
     return out
 
 
-def read_biomart_table(path: str | Path) -> pd.DataFrame:
+def read_biomart_table(source: str | Path | bytes, *, name: str | None = None) -> pd.DataFrame:
     """Read a BioMart export with the columns ``Gene stable ID`` and ``Gene name``.
 
+    ``source`` is a path or the file's bytes (an upload; ``name`` names it in messages).
     Comma- or tab-separated; ``Gene stable ID version`` is accepted in place of ``Gene stable
     ID``. Returns a two-column frame ``ensembl`` (version removed), ``symbol``, without empty
     rows, in file order (the first row wins for a name listed twice).
     """
-    path = Path(path)
+    import io
+
     hint = ("Export from Ensembl BioMart with the attributes 'Gene stable ID' and 'Gene name' "
             "(CSV or TSV, with the header row).")
+    if isinstance(source, (bytes, bytearray)):
+        name, raw = name or "BioMart table", bytes(source)
+    else:
+        path = Path(source)
+        name = name or path.name
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"BioMart table not found: {path}", hint) from None
     try:
-        with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
-            first = fh.readline()
-        table = pd.read_csv(path, sep="\t" if "\t" in first else ",", dtype=str,
+        first = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
+        table = pd.read_csv(io.BytesIO(raw), sep="\t" if "\t" in first else ",", dtype=str,
                             encoding="utf-8-sig", encoding_errors="replace")
-    except FileNotFoundError:
-        raise InputError(f"BioMart table not found: {path}", hint) from None
     except Exception as exc:
-        raise InputError(f"Could not read the BioMart table {path.name} ({exc}).", hint) from None
+        raise InputError(f"Could not read the BioMart table {name} ({exc}).", hint) from None
     id_col = next((c for c in ("Gene stable ID", "Gene stable ID version") if c in table.columns), None)
     if id_col is None or "Gene name" not in table.columns:
-        raise InputError(f"BioMart table {path.name} lacks 'Gene stable ID' and/or 'Gene name' "
+        raise InputError(f"BioMart table {name} lacks 'Gene stable ID' and/or 'Gene name' "
                          f"(columns found: {', '.join(map(str, table.columns[:6]))}).", hint)
     out = pd.DataFrame({"ensembl": strip_ensembl_version(table[id_col].fillna("").str.strip()),
                         "symbol": table["Gene name"].fillna("").str.strip()})
@@ -487,6 +497,67 @@ def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=No
     return GeneIdMapping(target=to, names=out, mapped=mapped, routes=routes)
 
 
+def _cached_dictionary(path: str) -> dict:
+    return _DICTIONARIES.setdefault(path, load_pickled_dict(path))
+
+
+_DICTIONARIES: dict[str, dict] = {}
+
+
+def default_symbol_dictionary():
+    """Geneformer's ``gene_name_id_dict.pkl`` (symbol -> Ensembl) when the Geneformer assets are
+    configured (:func:`scatd_core.config.geneformer_dir`), else ``None``."""
+    from scatd_core.config import geneformer_dir
+
+    folder = geneformer_dir()
+    if folder is None:
+        return None
+    path = Path(folder) / "gene_name_id_dict.pkl"
+    return _cached_dictionary(str(path)) if path.is_file() else None
+
+
+def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
+    """Give every gene both identifiers a model may need: an HGNC symbol and an Ensembl ID.
+
+    Routes as :func:`map_gene_ids`: the file's own columns (10x ``gene_ids``, cellxgene
+    ``feature_name`` ...), then Geneformer's dictionary (``geneformer_dict``, default
+    :func:`default_symbol_dictionary`), then a BioMart table (``biomart``). Genes no route knows
+    keep their own name, so they simply match no model gene and show up in the coverage.
+
+    Sets ``adata.var['scatd_symbol']`` and ``adata.var['scatd_ensembl']`` and records the counts in
+    ``adata.uns['scatd_input']['gene_ids']``, which it also returns: per target the numbers
+    mapped by each route, plus ``data_id_type`` and ``hint`` (what to do when many are unmapped).
+    """
+    if geneformer_dict is None:
+        geneformer_dict = default_symbol_dictionary()
+    names = original_gene_names(adata)
+    data_type = detect_id_type(names)
+    summary: dict = {"data_id_type": data_type}
+    for target, key in (("symbol", _keys.SYMBOL), ("ensembl", _keys.ENSEMBL)):
+        mapping = map_gene_ids(adata, target, geneformer_dict=geneformer_dict, biomart=biomart)
+        adata.var[key] = mapping.names
+        summary[target] = mapping.summary()
+    need = "symbol" if data_type in ("ensembl", "mixed") else None
+    if need and summary[need]["n_mapped"] < 0.5 * max(summary[need]["n_genes"], 1):
+        summary["hint"] = ("Most genes are Ensembl IDs without a symbol in the file. Give a BioMart table with "
+                           "'Gene stable ID' and 'Gene name' (Data page), upload a file that carries the symbols "
+                           "(e.g. the 10x features.tsv), or ask the administrator to configure the Geneformer "
+                           "dictionaries (SCATD_GENEFORMER_DIR).")
+    report = dict(adata.uns.get(_keys.INPUT_REPORT, {}))
+    report["gene_ids"] = summary
+    adata.uns[_keys.INPUT_REPORT] = report
+    return summary
+
+
+def names_for(adata, id_type: str) -> list[str]:
+    """The data's gene names in the identifier space of a model (``"symbol"`` or ``"ensembl"``),
+    from :func:`annotate_gene_ids` when it ran, else the names as in the file."""
+    key = {"ensembl": _keys.ENSEMBL}.get(id_type, _keys.SYMBOL)
+    if key in adata.var:
+        return [str(x) for x in adata.var[key]]
+    return original_gene_names(adata)
+
+
 # --------------------------------------------------------------------------------------------
 # Coverage of a model's genes
 # --------------------------------------------------------------------------------------------
@@ -517,12 +588,13 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
     for non-negative data).
     """
     is_adata = hasattr(adata_or_names, "var_names")
-    names = original_gene_names(adata_or_names) if is_adata else [str(x) for x in adata_or_names]
     model_genes = [str(g) for g in model_genes]
+    model_type = detect_id_type(model_genes)
+    names = names_for(adata_or_names, model_type) if is_adata else [str(x) for x in adata_or_names]
     aln = align_genes(names, model_genes)
     model_set = set(model_genes)
     unmatched_idx = np.array([i for i, g in enumerate(names) if g not in model_set], dtype=int)
-    data_type, model_type = detect_id_type(names), detect_id_type(model_genes)
+    data_type = detect_id_type(original_gene_names(adata_or_names) if is_adata else names)
     report = {
         "n_model_genes": aln.n_model,
         "n_matched": aln.n_matched,
@@ -535,8 +607,6 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
         "threshold": low_threshold,
     }
     if is_adata:
-        from scatd_core.preprocess import sample_rows  # local: preprocess imports this module
-
         block = sample_rows(adata_or_names.X)
         means = np.asarray(block.mean(axis=0)).ravel().astype(np.float64)
         order = unmatched_idx[np.argsort(-means[unmatched_idx], kind="stable")][:n_top]

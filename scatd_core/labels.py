@@ -1,6 +1,17 @@
-"""Drug-response label tables of bulk cell lines: reading, drug lookup, and building from IC50.
+"""Drug-response labels: per-cell label columns, and label tables of bulk cell lines.
 
-A label table is cell lines (rows, index) x drugs (columns) holding ``sensitive`` /
+**Per-cell labels** (a column of the user's data with known responses, for evaluation or a few
+labelled cells for training) come as they are in the file: ``resistant``/``sensitive``,
+``R``/``S``, ``responder``/``non-responder``, ``1``/``0``, ``True``/``False`` ... Which value
+means *resistant* is one question, asked once per column (:func:`set_label_direction`) and
+stored with the data in ``uns['scatd_labels']``, so every page, the CLI and the reports read
+the same answer (:func:`encode_column`). Words are recognised (:func:`guess_label_direction`);
+numeric or boolean codes never get a silent default, because datasets disagree (SCAD's
+``response`` is 1 = *sensitive*). Missing values (:data:`MISSING_VALUES`) are left out and
+counted, never turned into a third class.
+
+**Bulk label tables**
+are cell lines (rows, index) x drugs (columns) holding ``sensitive`` /
 ``resistant``, the format of scATD's ``ALL_label_binary_wf.csv``: a CSV whose first (unnamed)
 column is the cell-line ID. Missing values (empty, ``NA``, ``nan``) mean "not screened"; they
 are dropped and counted, never turned into a third class. Drug names are matched
@@ -23,12 +34,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scatd_core._keys import LABEL_DIRECTIONS, RESISTANT, SENSITIVE
 from scatd_core.errors import InputError
 
-SENSITIVE, RESISTANT = "sensitive", "resistant"
 #: Class indices of the models (``label_mapping`` of every bundle scATD Studio trains).
 LABEL_MAPPING = {SENSITIVE: 0, RESISTANT: 1}
-_MISSING = {"", "na", "nan", "none", "null", "n/a", "."}
+#: Text that means "no value" in any table or label column (compared lower-case, stripped).
+MISSING_VALUES = frozenset({"", "na", "nan", "n/a", "none", "null", "-", "?", ".", "unknown"})
+#: Words recognised as naming a class (lower case, ``-``/``_``/space removed).
+_RESISTANT_WORDS = ("resistant", "resistance", "r", "nonresponder", "nonresponse", "nonresponsive", "refractory")
+_SENSITIVE_WORDS = ("sensitive", "sensitivity", "s", "responder", "response", "responsive")
 
 
 # --------------------------------------------------------------------------- reading tables
@@ -131,7 +146,7 @@ def drug_labels(table: pd.DataFrame | str | Path, drug: str) -> DrugLabels:
     column = match_drug(drug, table.columns)
     raw = table[column]
     text = raw.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip().lower())
-    missing = text.isin(_MISSING)
+    missing = text.isin(MISSING_VALUES)
     bad = sorted(set(text[~missing]) - {SENSITIVE, RESISTANT})
     if bad:
         raise InputError(f"Drug {column}: values other than sensitive/resistant: {', '.join(map(repr, bad[:5]))}.",
@@ -143,54 +158,123 @@ def drug_labels(table: pd.DataFrame | str | Path, drug: str) -> DrugLabels:
     return DrugLabels(column, labels.astype(object), int(missing.sum()))
 
 
-def binary_target(values, sensitive_value=None) -> np.ndarray:
-    """Per-cell truth for evaluation as floats: 1 = resistant, 0 = sensitive, NaN = unknown.
+def as_text(values) -> pd.Series:
+    """Label values as stripped text, missing values as NaN (``1.0`` -> ``"1"``, ``True`` -> ``"True"``)."""
+    series = values.reset_index(drop=True) if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
 
-    Text labels ``sensitive`` / ``resistant`` (any case) need nothing else. Other codings (e.g.
-    SCAD's ``response`` with 1 = sensitive, 0 = resistant) need ``sensitive_value``: that value
-    means sensitive, the single other value resistant.
+    def text(v):
+        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+            return np.nan
+        if isinstance(v, (bool, np.bool_)):
+            return "True" if v else "False"
+        if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+            return str(int(v))
+        t = str(v).strip()
+        return np.nan if t.lower() in MISSING_VALUES else t
+    return series.astype(object).map(text)
+
+
+def label_counts(values) -> pd.Series:
+    """Count of each non-missing label value (as text), most frequent first."""
+    return as_text(values).value_counts(dropna=True)
+
+
+def _word(value: str) -> str:
+    return re.sub(r"[\s_-]+", "", str(value).lower())
+
+
+def guess_label_direction(values) -> str | None:
+    """The value meaning *resistant* when the words say so, else ``None`` (the user must say).
+
+    Recognised: ``resistant``/``sensitive``, ``R``/``S``, ``non-responder``/``responder``
+    (any case, ``-``/``_``/space ignored); one recognised word is enough when the column has
+    exactly two values. Numbers and booleans are never guessed.
     """
-    s = pd.Series(values)
-    out = np.full(len(s), np.nan)
-    present = s.notna().to_numpy()
-    if sensitive_value is None:
-        text = s.astype(str).str.strip().str.lower()
-        ok = text.isin([SENSITIVE, RESISTANT]).to_numpy() & present
-        if (present & ~ok).any():
-            other = sorted(set(text[present & ~ok]))[:5]
-            raise InputError(f"The label column holds {', '.join(map(repr, other))}, not sensitive/resistant.",
-                             "Say which value means sensitive (e.g. 1 for SCAD's 'response').")
-        out[ok] = (text[ok] == RESISTANT).astype(float)
-        return out
-    key = str(sensitive_value).strip().lower()
-    norm = s.map(lambda v: str(v).strip().lower() if v is not None else "")
-    # numbers compare by value, so 1, 1.0 and "1" are the same label
-    try:
-        num_key = float(key)
-        norm = s.map(lambda v: float(v) if _is_number(v) else str(v).strip().lower())
-        key = num_key
-    except ValueError:
-        pass
-    values_present = sorted({v for v, p in zip(norm, present) if p}, key=str)
-    if key not in values_present:
-        raise InputError(f"No cell has the label {sensitive_value!r}; the column holds "
-                         f"{', '.join(map(str, values_present[:5]))}.")
-    others = [v for v in values_present if v != key]
-    if len(others) > 1:
-        raise InputError(f"The label column has more than two values ({', '.join(map(str, values_present[:6]))}).",
-                         "Use a column with exactly two classes.")
-    sens = np.array([p and v == key for v, p in zip(norm, present)])
-    out[present] = 1.0
-    out[sens] = 0.0
+    distinct = list(label_counts(values).index)
+    if len(distinct) != 2:
+        return None
+    kinds = [RESISTANT if _word(v) in _RESISTANT_WORDS else SENSITIVE if _word(v) in _SENSITIVE_WORDS else None
+             for v in distinct]
+    if kinds.count(RESISTANT) == 1 and kinds.count(SENSITIVE) <= 1 and (SENSITIVE in kinds or None in kinds):
+        return distinct[kinds.index(RESISTANT)]
+    if kinds.count(SENSITIVE) == 1 and None in kinds:
+        return distinct[kinds.index(None)]
+    return None
+
+
+def encode_labels(values, resistant) -> np.ndarray:
+    """Per-cell truth as floats: 1 = resistant, 0 = sensitive, NaN = missing.
+
+    Parameters
+    ----------
+    values
+        The labels as found (text, numbers, booleans; missing as NaN/None/"NA"/"").
+    resistant
+        The value meaning resistant (compared as text: ``1``, ``1.0`` and ``"1"`` are one value);
+        the column's single other value means sensitive.
+
+    Raises
+    ------
+    InputError
+        When no label equals ``resistant``, or the column holds more than two values.
+    """
+    text = as_text(values)
+    key = as_text([resistant]).iloc[0]
+    distinct = list(text.value_counts(dropna=True).index)
+    if key not in distinct:
+        raise InputError(f"No cell is labelled {resistant!r} (the value chosen to mean resistant); the labels are "
+                         f"{', '.join(map(str, distinct[:10])) or 'all missing'}.",
+                         "Choose which value of the column means resistant.")
+    if len(distinct) > 2:
+        raise InputError(f"The label column holds {len(distinct)} values ({', '.join(map(str, distinct[:6]))}); "
+                         "resistant vs sensitive needs exactly two.",
+                         "Choose a column with two classes, or merge the classes in your file first.")
+    out = np.full(len(text), np.nan)
+    present = text.notna().to_numpy()
+    out[present] = (text[present] == key).to_numpy(dtype=float)
     return out
 
 
-def _is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
+def set_label_direction(adata, column: str, resistant) -> dict:
+    """Record which value of ``adata.obs[column]`` means resistant (the answer to the one question).
+
+    Sets ``adata.uns['scatd_labels'][column]`` to ``{"resistant": value, "sensitive": other,
+    "counts": {...}}`` and returns it. Raises :class:`InputError` as :func:`encode_labels`.
+    """
+    if column not in adata.obs:
+        raise InputError(f"The data has no column '{column}'.", "Choose one of its columns.")
+    encode_labels(adata.obs[column], resistant)  # validates
+    counts = label_counts(adata.obs[column])
+    key = as_text([resistant]).iloc[0]
+    others = [v for v in counts.index if v != key]
+    entry = {"resistant": key, "sensitive": others[0] if others else None,
+             "counts": {str(k): int(v) for k, v in counts.items()},
+             "n_missing": int(as_text(adata.obs[column]).isna().sum())}
+    directions = dict(adata.uns.get(LABEL_DIRECTIONS, {}))
+    directions[str(column)] = entry
+    adata.uns[LABEL_DIRECTIONS] = directions
+    return entry
+
+
+def label_direction(adata, column: str) -> str | None:
+    """The value of ``adata.obs[column]`` meaning resistant: as recorded by
+    :func:`set_label_direction`, else as recognised from words, else ``None``."""
+    entry = adata.uns.get(LABEL_DIRECTIONS, {}).get(str(column))
+    if entry:
+        return entry["resistant"]
+    return guess_label_direction(adata.obs[column]) if column in adata.obs else None
+
+
+def encode_column(adata, column: str, resistant=None) -> np.ndarray:
+    """:func:`encode_labels` of ``adata.obs[column]`` with its recorded direction (or ``resistant``)."""
+    if column not in adata.obs:
+        raise InputError(f"The data has no column '{column}'.", "Choose the label column again.")
+    resistant = resistant if resistant is not None else label_direction(adata, column)
+    if resistant is None:
+        values = ", ".join(map(str, label_counts(adata.obs[column]).index[:5]))
+        raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",
+                         "Say which value means resistant (Data page, or --label-resistant on the command line).")
+    return encode_labels(adata.obs[column], resistant)
 
 
 # --------------------------------------------------------------------------- from GDSC IC50

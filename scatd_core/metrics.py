@@ -1,10 +1,9 @@
-"""Evaluation of predictions against known labels: scores, curves and threshold helpers.
+"""Evaluation of predictions against known labels: scores, curves and decision thresholds.
 
-Labels come as they are in the user's file (``"resistant"``/``"sensitive"``, ``R``/``S``,
-``1``/``0``, ``True``/``False`` ...). Which value is the positive (resistant) class is always
-given explicitly (:func:`encode_labels`); :func:`guess_positive` proposes one for the app's
-picker. Missing labels (NaN, empty, ``NA``) and cells without a prediction are left out of every
-score and counted, never turned into a third class.
+Labels arrive here already encoded (1 = resistant, 0 = sensitive, NaN = missing) by
+:func:`scatd_core.labels.encode_labels` / :func:`scatd_core.labels.encode_column`, the one place
+that knows which value of a column means resistant. Missing labels and cells without a
+prediction are left out of every score and counted, never turned into a third class.
 
 The decision rule is the one of :func:`scatd_core.predict.predict`: a cell is called positive
 when ``P(resistant) > threshold``.
@@ -21,81 +20,6 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from scatd_core.errors import InputError
-
-MISSING_LABELS = frozenset({"", "na", "nan", "n/a", "none", "null", "-", "?", "unknown"})
-_POSITIVE_PATTERNS = (r"^resist", r"^r$", r"non[-_ ]?respon", r"^1(\.0)?$", r"^true$", r"^yes$")
-_NEGATIVE_PATTERNS = (r"^sensitiv", r"^s$", r"^respon", r"^0(\.0)?$", r"^false$", r"^no$")
-
-
-def _as_text(values: Iterable) -> pd.Series:
-    """Labels as stripped strings, missing values as NaN (numbers: ``1.0`` -> ``"1"``)."""
-    series = pd.Series(list(values) if not isinstance(values, pd.Series) else values, dtype=object)
-    series = series.reset_index(drop=True)
-
-    def text(v):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return np.nan
-        if isinstance(v, (bool, np.bool_)):
-            return "True" if v else "False"
-        if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
-            return str(int(v))
-        s = str(v).strip()
-        return np.nan if s.lower() in MISSING_LABELS else s
-    return series.map(text)
-
-
-def label_values(values: Iterable) -> list[str]:
-    """The distinct non-missing label values, as text, most frequent first."""
-    return [str(v) for v in _as_text(values).value_counts(dropna=True).index]
-
-
-def guess_positive(values: Iterable) -> str | None:
-    """Propose which label value means *resistant* (the user confirms it).
-
-    Looks for ``resist...``, ``R``, ``non-responder``, ``1``, ``True``, ``yes`` (in that order);
-    otherwise, with two values of which one looks *sensitive*, the other one. ``None`` when
-    nothing fits.
-    """
-    distinct = label_values(values)
-    for pattern in _POSITIVE_PATTERNS:
-        for v in distinct:
-            if re.search(pattern, v, flags=re.IGNORECASE):
-                return v
-    if len(distinct) == 2:
-        for i, v in enumerate(distinct):
-            if any(re.search(p, v, flags=re.IGNORECASE) for p in _NEGATIVE_PATTERNS):
-                return distinct[1 - i]
-    return None
-
-
-def encode_labels(values: Iterable, positive: str | int | Sequence) -> np.ndarray:
-    """0/1 labels with NaN where the label is missing.
-
-    Parameters
-    ----------
-    values
-        The labels as found (strings, numbers, booleans; missing as NaN/None/"NA"/"").
-    positive
-        The value (or values) meaning resistant; every other non-missing value is negative.
-        Compared as text, so ``1``, ``1.0`` and ``"1"`` are the same.
-
-    Raises
-    ------
-    InputError
-        When no label equals ``positive`` (a typo, or the wrong column).
-    """
-    text = _as_text(values)
-    wanted = [positive] if isinstance(positive, (str, int, float, bool, np.generic)) else list(positive)
-    wanted_text = set(_as_text(wanted).dropna())
-    y = np.full(len(text), np.nan)
-    present = text.notna().to_numpy()
-    y[present] = text[present].isin(wanted_text).to_numpy().astype(float)
-    if present.any() and not (y[present] == 1).any():
-        raise InputError(f"No label equals the chosen resistant class {sorted(wanted_text)}; the labels are "
-                         f"{', '.join(label_values(values)[:10])}.",
-                         "Choose which value means resistant.")
-    return y
-
 
 @dataclass
 class Evaluation:
@@ -121,6 +45,8 @@ class Evaluation:
     recall: float
     specificity: float
     accuracy: float
+    balanced_accuracy: float
+    fraction_called_resistant: float
     confusion: np.ndarray
     positive_label: str = "resistant"
     negative_label: str = "sensitive"
@@ -129,7 +55,8 @@ class Evaluation:
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("threshold", "n_cells", "n_evaluated", "n_positive", "n_negative",
                                              "n_missing_label", "n_not_scored", "auroc", "auprc", "f1", "mcc",
-                                             "precision", "recall", "specificity", "accuracy")}
+                                             "precision", "recall", "specificity", "accuracy",
+                                             "balanced_accuracy", "fraction_called_resistant")}
         tn, fp, fn, tp = (int(v) for v in self.confusion.ravel())
         out.update(true_negative=tn, false_positive=fp, false_negative=fn, true_positive=tp)
         return out
@@ -201,8 +128,22 @@ def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant
         recall=float(tp / (tp + fn)) if tp + fn else 0.0,
         specificity=float(tn / (tn + fp)) if tn + fp else 0.0,
         accuracy=float((tp + tn) / y.size),
+        balanced_accuracy=float(skm.balanced_accuracy_score(y, called)),
+        fraction_called_resistant=float(called.mean()),
         confusion=cm, positive_label=positive_label, negative_label=negative_label, notes=notes,
     )
+
+
+def auroc(y_true, prob) -> float:
+    """AUROC over labelled, scored cells; NaN (no error) when only one class is present."""
+    y, p, _, _ = _valid(y_true, prob)
+    return float(skm.roc_auc_score(y, p)) if y.size and y.min() != y.max() else float("nan")
+
+
+def auprc(y_true, prob) -> float:
+    """Average precision (resistant = positive) over labelled, scored cells; NaN with one class."""
+    y, p, _, _ = _valid(y_true, prob)
+    return float(skm.average_precision_score(y, p)) if y.size and y.min() != y.max() else float("nan")
 
 
 def roc_curve(y_true, prob) -> pd.DataFrame:
@@ -236,6 +177,35 @@ def youden_threshold(y_true, prob) -> float:
     j = tpr - fpr
     best = np.flatnonzero(j == j.max())[0]  # thresholds decrease, so the first is the highest
     return _as_strict_threshold(float(thr[best]), p) if np.isfinite(thr[best]) else 1.0
+
+
+def mcc_threshold(y_true, prob) -> float:
+    """The threshold maximising the Matthews correlation of the calls (ties: the highest)."""
+    y, p, _, _ = _valid(y_true, prob)
+    _require_both_classes(y, "resistant", "sensitive")
+    candidates = np.unique(p)[::-1]  # calling p > t for t just below each distinct value
+    best, best_t = -np.inf, 1.0
+    for value in candidates:
+        t = _as_strict_threshold(float(value), p)
+        score = skm.matthews_corrcoef(y, (p > t).astype(int))
+        if score > best:
+            best, best_t = score, t
+    return float(best_t)
+
+
+def fraction_threshold(prob, fraction: float) -> float:
+    """The threshold that calls (about) ``fraction`` of the scored cells resistant.
+
+    For an expected resistant share known from elsewhere (a bulk assay, a pathologist): cells
+    are called resistant when P(resistant) is above the ``1 - fraction`` quantile.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"The expected resistant fraction must be between 0 and 1; got {fraction}.")
+    p = np.asarray(prob, dtype=float)
+    p = p[np.isfinite(p)]
+    if p.size == 0:
+        raise InputError("No cell was scored, so no threshold can be set from a fraction.")
+    return float(np.quantile(p, 1.0 - fraction, method="lower"))
 
 
 def precision_threshold(y_true, prob, target: float) -> float | None:
@@ -276,3 +246,39 @@ def group_fractions(labels: Sequence, groups: Sequence, positive_label: str = "r
     with np.errstate(invalid="ignore", divide="ignore"):
         out["fraction_resistant"] = np.where(out["n_called"] > 0, out["n_resistant"] / out["n_called"], np.nan)
     return out
+
+
+# --------------------------------------------------------------------------- over a prediction
+
+def evaluate_column(adata, column: str, *, key_added: str | None = None, resistant=None):
+    """``(Evaluation, roc curve, pr curve)`` of a prediction against a label column of ``adata``.
+
+    The column's direction (which value means resistant) is the recorded one
+    (:func:`scatd_core.labels.label_direction`) unless ``resistant`` is given. Filtered and
+    unscored cells, and cells without a label, are left out and counted.
+    """
+    from scatd_core._keys import result_keys
+    from scatd_core.labels import encode_column
+
+    keys = result_keys(key_added)
+    info = adata.uns[keys.run]
+    y = encode_column(adata, column, resistant)
+    prob = adata.obs[keys.prob].to_numpy(dtype=np.float64)
+    evaluation = evaluate(y, prob, info["threshold"]["value"], positive_label=info["positive_label"],
+                          negative_label=info["negative_label"])
+    if evaluation.auroc < 0.5:
+        evaluation.notes.append(
+            f"AUROC is below 0.5: the model ranks the cells the wrong way round against '{column}'. Check the label "
+            "direction (which value means resistant) before concluding anything.")
+    return evaluation, roc_curve(y, prob), pr_curve(y, prob)
+
+
+def group_table(adata, column: str, *, key_added: str | None = None) -> pd.DataFrame:
+    """Fraction called resistant per value of ``obs[column]`` (cluster, sample ...), at the current calls."""
+    from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+
+    keys = result_keys(key_added)
+    if column not in adata.obs:
+        raise InputError(f"'{column}' is not a column of the data.")
+    return group_fractions(adata.obs[keys.label].astype(str), adata.obs[column],
+                           adata.uns[keys.run]["positive_label"], excluded=(NOT_SCORED, FILTERED))

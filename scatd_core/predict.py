@@ -1,44 +1,40 @@
-"""Batched drug-response inference on an AnnData.
+"""One prediction function over AnnData, used by the app, the CLI, the demo and the reports.
 
-:func:`predict` streams the cells through a bundle's model in batches, so memory grows with the
-batch size and not with the number of cells; sparse (and backed) matrices stay sparse until a
-batch is densified. Every input cell gets a result row, in input order; a cell that cannot be
-scored (non-finite values, or no expression in the model's genes) is flagged, never dropped.
+:func:`predict` streams the cells through a bundle's model in batches (memory follows the batch
+size, not the number of cells; backed data stay on disk) and writes the results into the
+AnnData, scanpy style. Every input cell gets a result, in input order: a cell that cannot be
+scored, or that the QC mask leaves out, is flagged with the reason, never dropped.
+
+The decision threshold is part of the result: :func:`set_threshold` moves it (the Cells page's
+slider, a threshold calibrated on labelled cells or an expected resistant fraction) and relabels
+the cells without recomputing; the stored calls are what every table and report exports, marked
+*uncalibrated* while the threshold is the model's default.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
-from scatd_core import __version__
-from scatd_core.bundle import Bundle
-from scatd_core.errors import DeviceError, InputError, ScatdError
-from scatd_core.genes import GeneAlignment, align_genes, original_gene_names
-from scatd_core.preprocess import apply_input_transform
+from scatd_core import __version__, _keys
+from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+from scatd_core.errors import Cancelled, DeviceError, InputError
+from scatd_core.genes import LOW_COVERAGE_FRACTION
+from scatd_core.inputs import REASON_TEXT, ModelInput
 
-PROB_KEY = "scatd_prob_resistant"
-SD_KEY = "scatd_prob_resistant_sd"
-LABEL_KEY = "scatd_label"
-SCORED_KEY = "scatd_scored"
-LATENT_KEY = "X_scatd"
-NOT_SCORED = "not scored"
-EMBEDDING_OBSM = {"vae_sf": "X_scfoundation", "vae_gf": "X_geneformer"}
-ADAIN_EPS = 1e-8  # on the source std only, as the original
-FEW_CELLS_FOR_ADAIN = 50
-LOW_COVERAGE = 0.5
+__all__ = ["predict", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
+           "Cancelled", "THRESHOLD_SOURCES"]
 
-
-class Cancelled(ScatdError):
-    """The user stopped a running prediction."""
+#: Fewer usable cells than this make dataset statistics (AdaIN, per-gene z-scores) unreliable.
+FEW_CELLS_FOR_STATISTICS = 50
+#: Where a decision threshold came from; only ``model default`` leaves the calls uncalibrated.
+THRESHOLD_SOURCES = ("model default", "expected fraction", "labelled cells", "user")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -60,167 +56,73 @@ def device_description(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-@dataclass
-class _Source:
-    """Where the model input comes from: X by gene name, or an embedding by position."""
-
-    matrix: object  # AnnData.X, a backed dataset, or an obsm array
-    alignment: GeneAlignment | None
-    description: str
-
-    def raw(self, start: int, stop: int):
-        """Rows ``[start, stop)`` in model feature order, sparse when the data are sparse."""
-        block = self.matrix[start:stop]
-        if self.alignment is not None:
-            block = block @ self.alignment.matrix
-        return block
-
-    def batch(self, start: int, stop: int) -> np.ndarray:
-        block = self.raw(start, stop)
-        if sp.issparse(block):
-            block = block.toarray()
-        return np.asarray(block, dtype=np.float32)
+def _check_args(bundle, mode: str, n_samples: int, batch_size: int, adata: ad.AnnData) -> None:
+    if bundle.kind != "classifier":
+        raise InputError(f"{bundle.name} is a pretrained backbone without a drug head; it cannot predict.",
+                         "Choose a drug model, or train one from this backbone with `scatd train`.")
+    if mode not in ("mean", "sample"):
+        raise InputError(f"Unknown mode {mode!r}; use 'mean' or 'sample'.")
+    if mode == "sample" and n_samples < 2:
+        raise InputError("Sample mode needs at least 2 samples per cell.", "Use --samples 2 or more.")
+    if batch_size < 1:
+        raise InputError("The batch size must be at least 1.")
+    if adata.n_obs == 0:
+        raise InputError("The dataset has no cells.", "Check the file and the filters applied.")
 
 
-def _source(adata: ad.AnnData, bundle: Bundle) -> _Source:
-    arch = bundle.architecture
-    if bundle.input_kind == "expression":
-        alignment = align_genes(original_gene_names(adata), bundle.genes)
-        if alignment.n_matched == 0:
-            example = ", ".join(map(str, adata.var_names[:3]))
-            raise InputError(
-                f"None of the {adata.n_vars} genes in the data (e.g. {example}) is among the model's "
-                f"{alignment.n_model} input genes (e.g. {', '.join(bundle.genes[:3])}).",
-                "The model expects HGNC gene symbols; convert Ensembl IDs to symbols first (the Data "
-                "page does it when the file carries both).")
-        return _Source(adata.X, alignment, f"{alignment.n_matched} of {alignment.n_model} model genes")
-    key = EMBEDDING_OBSM[bundle.backbone]
-    if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] == arch.input_dim:
-        return _Source(np.asarray(adata.obsm[key]), None, f"obsm['{key}']")
-    if adata.n_vars == arch.input_dim:
-        return _Source(adata.X, None, f"X ({adata.n_vars} embedding features, by position)")
-    raise InputError(
-        f"This {bundle.backbone} model takes {arch.input_dim}-dimensional cell embeddings, but the data has "
-        f"{adata.n_vars} features and no obsm['{key}'].",
-        "Give the scFoundation (3,072-d) or Geneformer (512-d) embeddings as a .npy (cells x features) "
-        "or an h5ad with them in X or obsm.")
+def _mask_of(adata: ad.AnnData, mask) -> np.ndarray | None:
+    if mask is None:
+        return None
+    if isinstance(mask, str):
+        if mask not in adata.obs:
+            raise InputError(f"The data has no obs['{mask}'] to use as the QC mask.",
+                             "Apply the QC filter first (scatd_core.preprocess.apply_qc_filter).")
+        mask = adata.obs[mask].to_numpy()
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (adata.n_obs,):
+        raise InputError(f"The QC mask has {mask.size} entries for {adata.n_obs} cells.")
+    if not mask.any():
+        raise InputError("Every cell is removed by the QC filter, so there is nothing to predict.",
+                         "Loosen the QC thresholds on the Data page, or turn the filter off.")
+    return mask
 
 
-def _dataset_moments(batches):
-    """Per-feature mean and population std (ddof=0) over streamed batches."""
-    total = sq = None
-    count = 0
-    for x in batches:
-        x = x.astype(np.float64)
-        if total is None:
-            total, sq = np.zeros(x.shape[1]), np.zeros(x.shape[1])
-        total += x.sum(axis=0)
-        sq += (x * x).sum(axis=0)
-        count += x.shape[0]
-    mean = total / count
-    return mean, np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
-
-
-class ModelInput:
-    """The exact model input of every cell of ``adata`` for ``bundle``, batch by batch.
-
-    Construction makes one streamed pass over the data to find the cells that can be scored and,
-    where the model needs dataset-level statistics, a second one to compute them:
-
-    - AdaIN for VAE_sf/VAE_gf: each feature is standardised with the mean and population sd of
-      the usable input cells, then re-scaled to the bundle's bulk statistics (reference §5);
-    - ``standardize`` (models trained by scATD Studio): raw counts (detected exactly: every
-      value a non-negative integer) are log-normalised first (``log1p_cp10k``), then every gene
-      is z-scored over the usable cells, as the training standardised each domain.
-
-    :func:`predict` and :mod:`scatd_core.explain` both read inputs through this class, so the
-    explained inputs are the predicted inputs.
-    """
-
-    def __init__(self, adata: ad.AnnData, bundle: Bundle, batch_size: int = 1024):
-        self.bundle = bundle
-        self.batch_size = batch_size
-        self.n_obs = adata.n_obs
-        self.source = _source(adata, bundle)
-        self.transform = bundle.manifest["input_transform"]
-        self.reasons = {"non_finite": 0, "no_expression": 0}
-        self.usable = np.ones(self.n_obs, dtype=bool)
-        counts = True
-        for start, stop in self._ranges():
-            block = self.source.raw(start, stop)
-            if sp.issparse(block):  # check the stored values only: no densifying in this pass
-                block = sp.csr_matrix(block)
-                bad_rows = np.unique(np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[~np.isfinite(block.data)])
-                finite = np.ones(block.shape[0], dtype=bool)
-                finite[bad_rows] = False
-                nonzero = np.asarray((block != 0).sum(axis=1)).ravel() > 0
-                values = block.data
-            else:
-                x = np.asarray(block, dtype=np.float32)
-                finite = np.isfinite(x).all(axis=1)
-                nonzero = (np.abs(np.nan_to_num(x)) > 0).any(axis=1)
-                values = x[finite].ravel()
-            self.reasons["non_finite"] += int((~finite).sum())
-            ok = finite
-            if self.source.alignment is not None:
-                empty = finite & ~nonzero
-                self.reasons["no_expression"] += int(empty.sum())
-                ok = finite & ~empty
-            self.usable[start:stop] = ok
-            if counts:
-                good = values[np.isfinite(values)]
-                counts = bool(((good >= 0) & (good == np.round(good))).all())
-        if not self.usable.any():
-            raise InputError("No cell could be scored: every cell has non-finite values or no expression in "
-                             "the model's genes.", "Check the data's values and gene names.")
-        self.counts_detected = counts
-        self.log_normalise = self.transform == "log1p_cp10k" or (self.transform == "standardize" and counts)
-        self.moments = None  # (mean, sd) of the data, for AdaIN or per-gene standardisation
-        if bundle.input_kind == "embedding":
-            if bundle.style_mean is None:
-                raise InputError(f"{bundle.name} has no bulk style statistics, which AdaIN needs.",
-                                 "Re-import it with --style-reference (the bulk embeddings .npy).")
-            self.moments = _dataset_moments(self._pre(start, stop)[1] for start, stop in self._ranges())
-        elif self.transform == "standardize":
-            self.moments = _dataset_moments(self._pre(start, stop)[1] for start, stop in self._ranges())
-
-    @property
-    def n_usable(self) -> int:
-        return int(self.usable.sum())
-
-    def _ranges(self):
-        for start in range(0, self.n_obs, self.batch_size):
-            yield start, min(start + self.batch_size, self.n_obs)
-
-    def _pre(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Usable rows of ``[start, stop)`` (indices) and their values before dataset scaling."""
-        keep = self.usable[start:stop]
-        x = self.source.batch(start, stop)[keep]
-        if self.log_normalise:
-            x = apply_input_transform(x, "log1p_cp10k")
-        return np.flatnonzero(keep) + start, x
-
-    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(row indices, model input)`` of the usable cells among rows ``[start, stop)``."""
-        idx, x = self._pre(start, stop)
-        if self.moments is not None:
-            mean, sd = self.moments
-            if self.bundle.input_kind == "embedding":  # AdaIN; eps on the source sd only
-                x = self.bundle.style_std * (x - mean) / (sd + ADAIN_EPS) + self.bundle.style_mean
-            else:
-                x = np.divide(x - mean, sd, out=np.zeros_like(x, dtype=np.float64), where=sd > 0)
-        return idx, np.ascontiguousarray(x, dtype=np.float32)
-
-    def batches(self):
-        """Yield ``(row indices, model input)`` for every batch (usable cells only)."""
-        for start, stop in self._ranges():
-            yield stop, *self.rows(start, stop)
+def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, seed: int, dev: torch.device,
+           progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """P(resistant), its sd (sample mode) and the latent mean of every cell (NaN where not scored)."""
+    n = inputs.n_obs
+    probs = np.full(n, np.nan)
+    sds = np.full(n, np.nan) if mode == "sample" else None
+    latent = np.full((n, model.arch.z_dim), np.nan, dtype=np.float32)
+    with torch.inference_mode():
+        for stop, rows, x in inputs.batches():
+            if should_stop is not None and should_stop():
+                raise Cancelled("Prediction cancelled; nothing was changed.")
+            if len(rows):
+                mu, logvar = model.encode(torch.from_numpy(x).to(dev))
+                latent[rows] = mu.float().cpu().numpy()
+                if mode == "mean":
+                    probs[rows] = torch.softmax(model.classifier(mu), dim=1)[:, k_pos].double().cpu().numpy()
+                else:
+                    gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(rows[0]))
+                    std = torch.exp(0.5 * logvar)
+                    draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
+                    for s in range(n_samples):
+                        eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
+                        draws[s] = torch.softmax(model.classifier(mu + eps * std), dim=1)[:, k_pos].double()
+                    probs[rows] = draws.mean(0).cpu().numpy()
+                    sds[rows] = draws.std(0, unbiased=True).cpu().numpy()
+            if progress is not None:
+                progress(stop / n, f"{stop:,} of {n:,} cells")
+    return probs, sds, latent
 
 
 def predict(
     adata: ad.AnnData,
-    bundle: Bundle,
+    bundle,
     *,
+    mask: np.ndarray | str | None = None,
+    inputs: ModelInput | None = None,
     mode: str = "mean",
     n_samples: int = 50,
     seed: int = 0,
@@ -228,6 +130,8 @@ def predict(
     batch_size: int = 1024,
     beta_mode: str | None = None,
     threshold: float | None = None,
+    threshold_source: str | None = None,
+    key_added: str | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     copy: bool = False,
@@ -243,6 +147,13 @@ def predict(
         May be backed (read from disk batch by batch).
     bundle
         An installed model (:func:`scatd_core.bundle.load_bundle`).
+    mask
+        Cells to score (boolean array, or the name of a boolean obs column such as
+        ``'scatd_qc_pass'``); the others are labelled ``filtered (QC)``. Dataset statistics
+        (AdaIN, per-gene z-scores) are computed over the scored cells only.
+    inputs
+        A :class:`~scatd_core.inputs.ModelInput` of this data and model to reuse (it is built
+        when not given); pass the same one to :func:`scatd_core.explain.explain`.
     mode
         ``"mean"`` (default): classify the latent mean; deterministic. ``"sample"``:
         ``n_samples`` seeded re-parameterised draws per cell; mean and sd of P(resistant).
@@ -255,146 +166,274 @@ def predict(
     beta_mode
         Override the bundle's Swish mode (``"shared_with_head"`` reproduces the original
         Dist_VAE inference, ``"separate"`` keeps the encoder's own beta).
-    threshold
-        Decision threshold on P(resistant); default: the bundle's.
+    threshold, threshold_source
+        Decision threshold on P(resistant) and where it came from (one of
+        :data:`THRESHOLD_SOURCES`); default: the bundle's threshold, "model default".
+    key_added
+        Prefix of the fields written (default ``"scatd"``; a panel uses one per model).
     progress
         Called with (fraction done, message).
     should_stop
-        Polled between batches; returning True raises :class:`Cancelled`.
+        Polled between batches; returning True raises :class:`~scatd_core.errors.Cancelled`.
     copy
         Return an annotated copy instead of writing into ``adata``.
 
     Returns
     -------
-    The annotated AnnData if ``copy``, else ``None``. Sets the following fields:
+    The annotated AnnData if ``copy``, else ``None``. Sets the following fields (``<p>`` is
+    ``key_added``):
 
-    - ``adata.obs['scatd_prob_resistant']``: P(resistant) (NaN where not scored);
-    - ``adata.obs['scatd_prob_resistant_sd']``: its sd over the draws (sample mode only);
-    - ``adata.obs['scatd_label']``: ``resistant`` / ``sensitive`` / ``not scored``;
-    - ``adata.obs['scatd_scored']``: whether the cell could be scored;
-    - ``adata.obsm['X_scatd']``: the latent mean (NaN rows where not scored);
-    - ``adata.uns['scatd']``: the run's parameters, model provenance, gene coverage, warnings.
+    - ``adata.obs['<p>_prob_resistant']``: P(resistant) (NaN where not scored);
+    - ``adata.obs['<p>_prob_resistant_sd']``: its sd over the draws (sample mode only);
+    - ``adata.obs['<p>_label']``: ``resistant`` / ``sensitive`` / ``not scored`` /
+      ``filtered (QC)``;
+    - ``adata.obs['<p>_scored']``: whether the cell got a probability;
+    - ``adata.obsm['X_<p>']``: the latent mean (NaN rows where not scored);
+    - ``adata.uns['<p>']``: parameters, threshold and whether it is calibrated, model
+      provenance, gene coverage, cells not scored by reason, warnings.
     """
-    if bundle.kind != "classifier":
-        raise InputError(f"{bundle.name} is a pretrained backbone without a drug head; it cannot predict.",
-                         "Choose a drug model, or train one from this backbone with `scatd train`.")
-    if mode not in ("mean", "sample"):
-        raise InputError(f"Unknown mode {mode!r}; use 'mean' or 'sample'.")
-    if mode == "sample" and n_samples < 2:
-        raise InputError("Sample mode needs at least 2 samples per cell.", "Use --samples 2 or more.")
-    if batch_size < 1:
-        raise InputError("The batch size must be at least 1.")
-    if adata.n_obs == 0:
-        raise InputError("The dataset has no cells.", "Check the file and the filters applied.")
+    _check_args(bundle, mode, n_samples, batch_size, adata)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
+    mask_array = _mask_of(adata, mask)
     t0 = time.perf_counter()
     dev = resolve_device(device)
     model = bundle.load_model(dev, beta_mode)
-    arch = bundle.architecture
-    inputs = ModelInput(adata, bundle, batch_size)
-    src = inputs.source
-    usable = inputs.usable
-    transform = inputs.transform
-    thr = float(bundle.threshold if threshold is None else threshold)
-    n = adata.n_obs
-    warnings: list[str] = []
-    if bundle.input_kind == "embedding":
-        warnings.append("VAE_sf/VAE_gf predictions use AdaIN with the statistics of the uploaded cells, "
-                        "so they depend on the composition of the dataset (as in the original scATD).")
-        if inputs.n_usable < FEW_CELLS_FOR_ADAIN:
-            warnings.append(f"Only {inputs.n_usable} cells: AdaIN statistics from so few cells are unreliable.")
-    if transform == "standardize" and inputs.n_usable < FEW_CELLS_FOR_ADAIN:
-        warnings.append(f"Only {inputs.n_usable} cells: per-gene standardisation over so few cells is unreliable.")
-    if src.alignment is not None and src.alignment.fraction_matched < LOW_COVERAGE:
-        warnings.append(f"Only {src.alignment.fraction_matched:.0%} of the model's genes are in the data; "
-                        "predictions may be unreliable.")
-
-    k_pos = bundle.positive_index
-    probs = np.full(n, np.nan, dtype=np.float64)
-    sds = np.full(n, np.nan, dtype=np.float64) if mode == "sample" else None
-    latent = np.full((n, arch.z_dim), np.nan, dtype=np.float32)
-    with torch.inference_mode():
-        for stop, rows, x in inputs.batches():
-            if should_stop is not None and should_stop():
-                raise Cancelled("Prediction cancelled; nothing was changed.")
-            if len(rows):
-                xt = torch.from_numpy(x).to(dev)
-                mu, logvar = model.encode(xt)
-                latent[rows] = mu.float().cpu().numpy()
-                if mode == "mean":
-                    p = torch.softmax(model.classifier(mu), dim=1)[:, k_pos]
-                    probs[rows] = p.double().cpu().numpy()
-                else:
-                    gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(rows[0]))
-                    std = torch.exp(0.5 * logvar)
-                    draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
-                    for s in range(n_samples):
-                        eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
-                        draws[s] = torch.softmax(model.classifier(mu + eps * std), dim=1)[:, k_pos].double()
-                    probs[rows] = draws.mean(0).cpu().numpy()
-                    sds[rows] = draws.std(0, unbiased=True).cpu().numpy()
-            if progress is not None:
-                progress(stop / n, f"{stop:,} of {n:,} cells")
-
-    pos, neg = bundle.positive_label, bundle.negative_label
-    labels = np.where(~usable, NOT_SCORED, np.where(probs > thr, pos, neg))
-    adata.obs[PROB_KEY] = probs
+    if inputs is None:
+        inputs = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size)
+    elif inputs.n_obs != adata.n_obs:
+        raise ValueError("inputs were built for another dataset")
+    probs, sds, latent = _score(model, inputs, bundle.positive_index, mode, n_samples, seed, dev, progress,
+                                should_stop)
+    inputs._require_some()
+    scored = inputs.usable & np.isfinite(probs)
+    bad_output = int((inputs.usable & ~scored).sum())
+    probs[~scored] = np.nan
     if sds is not None:
-        adata.obs[SD_KEY] = sds
-    elif SD_KEY in adata.obs:
-        del adata.obs[SD_KEY]
-    adata.obs[LABEL_KEY] = pd.Categorical(labels, categories=[neg, pos, NOT_SCORED])
-    adata.obs[SCORED_KEY] = usable
-    adata.obsm[LATENT_KEY] = latent
-    adata.uns["scatd"] = {
+        sds[~scored] = np.nan
+    keys = result_keys(key_added)
+    filtered = np.zeros(adata.n_obs, dtype=bool) if mask_array is None else ~mask_array
+    adata.obs[keys.prob] = probs
+    if sds is not None:
+        adata.obs[keys.prob_sd] = sds
+    elif keys.prob_sd in adata.obs:
+        del adata.obs[keys.prob_sd]
+    adata.obs[keys.scored] = scored
+    adata.obsm[keys.latent] = latent
+    not_scored = inputs.not_scored()
+    not_scored.pop("filtered", None)
+    if bad_output:
+        not_scored["non_finite_output"] = bad_output
+    adata.uns[keys.run] = {
         "scatd_version": __version__,
         "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 3),
-        "model": {
-            "name": bundle.name, "drug": bundle.drug or "", "backbone": bundle.backbone,
-            "demo": bundle.is_demo, "path": str(bundle.path),
-            "weights_sha256": bundle.manifest.get("weights_sha256", ""),
-            "provenance": {k: ("" if v is None else v) for k, v in bundle.manifest["provenance"].items()},
-        },
+        "model": _model_record(bundle),
         "params": {
             "mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
             "device": device_description(dev), "batch_size": int(batch_size),
-            "threshold": thr, "input_transform": transform,
+            "input_transform": inputs.transform,
             "beta_mode": beta_mode or bundle.manifest.get("beta_mode", "separate"),
-            "adain": bundle.input_kind == "embedding",
-            "log_normalised": inputs.log_normalise,
+            "adain": bundle.input_kind == "embedding", "log_normalised": bool(inputs.log_normalise),
         },
-        "input": src.description,
-        "gene_coverage": src.alignment.summary() if src.alignment is not None else {},
-        "n_cells": int(n), "n_scored": int(usable.sum()),
-        "not_scored": {k: int(v) for k, v in inputs.reasons.items()},
-        "positive_label": pos, "negative_label": neg,
-        "warnings": warnings,
+        "input": inputs.source.description,
+        "gene_coverage": inputs.source.alignment.summary() if inputs.source.alignment is not None else {},
+        "n_cells": int(adata.n_obs), "n_scored": int(scored.sum()),
+        "not_scored": not_scored,
+        "qc": {"n_filtered": int(filtered.sum()), "mask": mask if isinstance(mask, str) else
+               ("array" if mask is not None else "none"),
+               "thresholds": dict(adata.uns.get(_keys.QC, {}).get("thresholds", {})) if filtered.any() else {}},
+        "positive_label": bundle.positive_label, "negative_label": bundle.negative_label,
+        "warnings": _warnings(bundle, inputs, not_scored),
     }
+    thr = float(bundle.threshold if threshold is None else threshold)
+    adata.obs[keys.label] = _calls(probs, scored, filtered, thr, bundle.positive_label, bundle.negative_label)
+    set_threshold(adata, thr, threshold_source or ("model default" if threshold is None else "user"),
+                  key_added=key_added)
     return adata if copy else None
 
 
-def prediction_table(adata: ad.AnnData) -> pd.DataFrame:
-    """One row per cell, in input order: ``cell_id, prob_resistant, label[, prob_resistant_sd], scored``."""
-    if PROB_KEY not in adata.obs:
+def _model_record(bundle) -> dict:
+    return {"name": bundle.name, "drug": bundle.drug or "", "backbone": bundle.backbone,
+            "demo": bundle.is_demo, "path": str(bundle.path), "default_threshold": float(bundle.threshold),
+            "weights_sha256": bundle.manifest.get("weights_sha256", ""),
+            "provenance": {k: ("" if v is None else v) for k, v in bundle.manifest["provenance"].items()}}
+
+
+def _warnings(bundle, inputs: ModelInput, not_scored: dict) -> list[str]:
+    out = []
+    n = inputs.n_usable
+    if bundle.input_kind == "embedding":
+        out.append("VAE_sf/VAE_gf predictions use AdaIN with the statistics of the uploaded cells, so they "
+                   "depend on the composition of the dataset (as in the original scATD).")
+    if (bundle.input_kind == "embedding" or inputs.transform == "standardize") and n < FEW_CELLS_FOR_STATISTICS:
+        out.append(f"Only {n} cells were scored: the dataset statistics this model uses (AdaIN or per-gene "
+                   "z-scores) are unreliable from so few cells.")
+    aln = inputs.source.alignment
+    if aln is not None and aln.fraction_matched < LOW_COVERAGE_FRACTION:
+        out.append(f"Only {aln.fraction_matched:.0%} of the model's genes are in the data; predictions may be "
+                   "unreliable.")
+    for reason, count in not_scored.items():
+        out.append(f"{count:,} cell(s) were not scored: {REASON_TEXT.get(reason, reason)}.")
+    return out
+
+
+# --------------------------------------------------------------------------- threshold and calls
+
+def _calls(p: np.ndarray, scored: np.ndarray, filtered: np.ndarray, threshold: float, pos: str,
+           neg: str) -> pd.Categorical:
+    with np.errstate(invalid="ignore"):
+        called = np.where(p > threshold, pos, neg)
+    values = np.where(scored, called, np.where(filtered, FILTERED, NOT_SCORED))
+    return pd.Categorical(values, categories=[neg, pos, NOT_SCORED] + ([FILTERED] if filtered.any() else []))
+
+
+def labels_at(adata: ad.AnnData, threshold: float, *, key_added: str | None = None) -> pd.Categorical:
+    """The calls at ``threshold`` (``P > threshold``: resistant), without recomputing anything.
+
+    Cells without a probability keep ``not scored`` / ``filtered (QC)``.
+    """
+    keys = result_keys(key_added)
+    info = adata.uns.get(keys.run)
+    if info is None or keys.prob not in adata.obs or keys.label not in adata.obs:
         raise InputError("No predictions in this dataset.", "Run `scatd_core.predict.predict` first.")
-    table = pd.DataFrame({
-        "cell_id": adata.obs_names.astype(str),
-        "prob_resistant": adata.obs[PROB_KEY].to_numpy(),
-        "label": adata.obs[LABEL_KEY].astype(str).to_numpy(),
-    })
-    if SD_KEY in adata.obs:
-        table["prob_resistant_sd"] = adata.obs[SD_KEY].to_numpy()
-    table["scored"] = adata.obs[SCORED_KEY].to_numpy()
-    return table
+    filtered = (adata.obs[keys.label].astype(str) == FILTERED).to_numpy()
+    return _calls(adata.obs[keys.prob].to_numpy(dtype=np.float64), adata.obs[keys.scored].to_numpy(dtype=bool),
+                  filtered, threshold, info["positive_label"], info["negative_label"])
 
 
-def relabel(adata: ad.AnnData, threshold: float) -> pd.Series:
-    """Labels at another threshold, without recomputing (the app's threshold slider)."""
-    info = adata.uns.get("scatd", {})
-    pos, neg = info.get("positive_label", "resistant"), info.get("negative_label", "sensitive")
-    p = adata.obs[PROB_KEY].to_numpy()
-    scored = adata.obs[SCORED_KEY].to_numpy().astype(bool)
-    labels = np.where(~scored, NOT_SCORED, np.where(p > threshold, pos, neg))
-    return pd.Series(pd.Categorical(labels, categories=[neg, pos, NOT_SCORED]), index=adata.obs_names)
+def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, key_added: str | None = None,
+                  detail: str | None = None) -> None:
+    """Set the decision threshold of a prediction and relabel the cells (``obs['<p>_label']``).
+
+    ``source`` says where it came from (:data:`THRESHOLD_SOURCES`); calls are marked calibrated
+    unless it is the model's default. ``detail`` describes it (e.g. "Youden's J on 12 labelled
+    cells"). Recorded in ``uns['<p>']['threshold']``.
+    """
+    if source not in THRESHOLD_SOURCES:
+        raise ValueError(f"threshold source must be one of {THRESHOLD_SOURCES}, not {source!r}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"The threshold must be between 0 and 1; got {threshold}.")
+    keys = result_keys(key_added)
+    adata.obs[keys.label] = labels_at(adata, float(threshold), key_added=key_added)
+    default = float(adata.uns[keys.run]["model"].get("default_threshold", threshold))
+    adata.uns[keys.run]["threshold"] = {
+        "value": float(threshold), "source": source, "calibrated": source != "model default",
+        "detail": detail or (f"the model's default ({default:g})" if source == "model default" else source)}
+
+
+def threshold_info(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
+    """``{"value", "source", "calibrated", "detail"}`` of the current threshold."""
+    return dict(adata.uns[result_keys(key_added).run]["threshold"])
+
+
+def summary(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
+    """Counts of cells by called label at the current threshold."""
+    keys = result_keys(key_added)
+    info = adata.uns[keys.run]
+    pos = info["positive_label"]
+    counts = adata.obs[keys.label].astype(str).value_counts()
+    n_called = int(counts.get(pos, 0) + counts.get(info["negative_label"], 0))
+    thr = info["threshold"]
+    return {"threshold": thr["value"], "calibrated": bool(thr["calibrated"]), "n_cells": int(adata.n_obs),
+            "n_resistant": int(counts.get(pos, 0)), "n_sensitive": int(counts.get(info["negative_label"], 0)),
+            "n_not_scored": int(counts.get(NOT_SCORED, 0)), "n_filtered": int(counts.get(FILTERED, 0)),
+            "fraction_resistant": round(counts.get(pos, 0) / n_called, 4) if n_called else None}
+
+
+def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, label_column: str | None = None,
+              method: str = "youden", key_added: str | None = None) -> dict:
+    """Set the threshold from outside information, so the calls are calibrated to this dataset.
+
+    Parameters
+    ----------
+    expected_fraction
+        The share of cells expected to be resistant (from a bulk assay, a pathologist ...): the
+        threshold calls that share of the scored cells resistant.
+    label_column
+        A column with known responses for some cells (its direction recorded, see
+        :func:`scatd_core.labels.set_label_direction`); at least 2 labelled cells per class.
+    method
+        With labels: ``"youden"`` (sensitivity + specificity - 1) or ``"mcc"`` (Matthews).
+
+    Returns the new threshold record (see :func:`threshold_info`).
+    """
+    from scatd_core import metrics
+    from scatd_core.labels import encode_column
+
+    keys = result_keys(key_added)
+    prob = adata.obs[keys.prob].to_numpy(dtype=np.float64)
+    if (expected_fraction is None) == (label_column is None):
+        raise InputError("Calibrate from either an expected resistant fraction or a label column.")
+    if expected_fraction is not None:
+        t = metrics.fraction_threshold(prob, float(expected_fraction))
+        set_threshold(adata, t, "expected fraction", key_added=key_added,
+                      detail=f"calls the expected {float(expected_fraction):.0%} of the scored cells resistant")
+        return threshold_info(adata, key_added=key_added)
+    if method not in ("youden", "mcc"):
+        raise InputError(f"Unknown calibration method {method!r}; use 'youden' or 'mcc'.")
+    y = encode_column(adata, label_column)
+    known = np.isfinite(y) & np.isfinite(prob)
+    n_pos, n_neg = int((y[known] == 1).sum()), int((y[known] == 0).sum())
+    if n_pos < 2 or n_neg < 2:
+        raise InputError(f"'{label_column}' has {n_pos} resistant and {n_neg} sensitive labelled, scored cells; "
+                         "calibrating needs at least 2 of each.", "Label a few more cells of each class.")
+    t = (metrics.youden_threshold if method == "youden" else metrics.mcc_threshold)(y, prob)
+    name = "Youden's J" if method == "youden" else "the Matthews correlation"
+    set_threshold(adata, t, "labelled cells", key_added=key_added,
+                  detail=f"maximises {name} on {n_pos} resistant and {n_neg} sensitive labelled cells of "
+                         f"'{label_column}'")
+    return threshold_info(adata, key_added=key_added)
+
+
+def clear(adata: ad.AnnData, *, key_added: str | None = None) -> None:
+    """Remove a prediction and what was computed from it (UMAP, clusters, biomarkers) from ``adata``."""
+    keys = result_keys(key_added)
+    for col in (keys.prob, keys.prob_sd, keys.label, keys.scored, _keys.CLUSTER, _keys.EXPLAINED):
+        if col in adata.obs:
+            del adata.obs[col]
+    for key in (keys.latent, _keys.UMAP, _keys.ATTRIBUTIONS, _keys.ATTRIBUTION_INPUTS):
+        if key in adata.obsm:
+            del adata.obsm[key]
+    for key in (keys.run, _keys.EMBED, _keys.BIOMARKERS):
+        adata.uns.pop(key, None)
+
+
+_FLOP_RATE: dict[str, float] = {}
+
+
+def _flop_rate(device: torch.device) -> float:
+    """Dense float32 GEMM throughput of ``device`` (FLOP/s), measured once per process (~0.1 s)."""
+    key = str(device)
+    if key not in _FLOP_RATE:
+        a = torch.randn(256, 2048, device=device)
+        b = torch.randn(2048, 1024, device=device)
+        with torch.inference_mode():
+            a @ b  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0, reps = time.perf_counter(), 5
+            for _ in range(reps):
+                a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        _FLOP_RATE[key] = reps * 2 * 256 * 2048 * 1024 / max(time.perf_counter() - t0, 1e-9)
+    return _FLOP_RATE[key]
+
+
+def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int = 50,
+                     device: str = "auto") -> float:
+    """Expected run time of :func:`predict`: the model's FLOPs per cell over the measured GEMM rate.
+
+    A model's cost is its linear layers (``2 x in x out`` FLOPs each per cell); the rate comes
+    from one small GEMM timed once per process, so no prediction is run to estimate one.
+    Sample mode re-runs the head ``n_samples`` times. The factor 2 covers reading, the
+    transform and the non-GEMM layers (measured: ``benches/bench_predict.py``).
+    """
+    arch = bundle.architecture
+    enc = arch.encoder_dims
+    shortcut = 2  # every published block has a shortcut projection as wide as its fc
+    encoder = sum(2 * a * b * shortcut for a, b in zip(enc[:-1], enc[1:])) + 2 * 2 * enc[-1] * arch.z_dim
+    head = 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (arch.class_num or 2)
+    flops = encoder + head * (n_samples if mode == "sample" else 1)
+    return 2.0 * n_cells * flops / _flop_rate(resolve_device(device))

@@ -15,17 +15,17 @@ on-disk matrices of a backed AnnData, reading rows in batches.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scatd_core._keys import QC, QC_PASS
+from scatd_core._matrix import log1p_cp10k, mean_var, row_batches, sample_rows
 from scatd_core.errors import InputError
 from scatd_core.genes import mito_mask
 
 # "standardize" (per-gene z-score over the dataset, after log-normalising raw counts) needs
-# dataset-level statistics, so it is applied by scatd_core.predict.ModelInput, not here.
+# dataset-level statistics, so it is applied by scatd_core.inputs.ModelInput, not here.
 INPUT_TRANSFORMS = ("none", "log1p_cp10k", "standardize")
 
 #: Backbone names (and accepted aliases) -> the input transform it uses by default.
@@ -34,7 +34,7 @@ _BACKBONE_ALIASES = {"geneformer": "vae_gf", "scatd-gf": "vae_gf", "scfoundation
                      "scatd-sf": "vae_sf", "scatd-sf-dist": "dist_vae"}
 VALUE_KINDS = ("counts", "log_normalized", "zscored", "tpm_like", "unknown")
 
-QC_KEY = "scatd_qc_pass"
+QC_KEY = QC_PASS
 
 
 def apply_input_transform(batch: np.ndarray, transform: str) -> np.ndarray:
@@ -48,63 +48,8 @@ def apply_input_transform(batch: np.ndarray, transform: str) -> np.ndarray:
     if transform == "none":
         return batch
     if transform == "log1p_cp10k":
-        totals = batch.sum(axis=1, keepdims=True)
-        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-        return np.log1p(batch * scale)
+        return log1p_cp10k(batch)
     raise ValueError(f"unknown input transform {transform!r}; known: {', '.join(INPUT_TRANSFORMS)}")
-
-
-# --------------------------------------------------------------------------------------------
-# Reading rows of any matrix
-# --------------------------------------------------------------------------------------------
-
-def _as_block(block):
-    """A slice of X as a CSR matrix or a dense ndarray (np.matrix and sparse arrays included)."""
-    if sp.issparse(block):
-        return sp.csr_matrix(block)
-    return np.asarray(block)
-
-
-def _row_sliceable(X):
-    # COO/DIA/... cannot be sliced by rows; everything else (CSR, CSC, ndarray, h5py and
-    # anndata's backed datasets) can.
-    if sp.issparse(X) and X.format not in ("csr", "csc"):
-        return X.tocsr()
-    return X
-
-
-def row_batches(X, batch_size: int = 10_000) -> Iterator[tuple[int, int, object]]:
-    """Yield ``(start, stop, block)`` over the rows of ``X``; ``block`` is CSR or ndarray.
-
-    With a backed AnnData only one batch is in memory at a time.
-    """
-    X = _row_sliceable(X)
-    n = X.shape[0]
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        yield start, stop, _as_block(X[start:stop])
-
-
-def sample_rows(X, n_cells: int = 2000, *, max_values: int = 5_000_000, n_blocks: int = 8):
-    """A deterministic sample of rows: ``n_blocks`` contiguous blocks spread evenly over X.
-
-    Contiguous blocks keep reads cheap on backed (on-disk) matrices. Dense matrices are
-    sampled to at most ``max_values`` entries so that a wide matrix stays small in memory.
-    """
-    X = _row_sliceable(X)
-    n, m = X.shape
-    if not sp.issparse(X) and not _is_backed_sparse(X):
-        n_cells = max(1, min(n_cells, max_values // max(m, 1)))
-    if n <= n_cells:
-        return _as_block(X[0:n])
-    size = max(1, n_cells // n_blocks)
-    starts = np.linspace(0, n - size, n_blocks).astype(int)
-    blocks = [_as_block(X[s:s + size]) for s in starts]
-    return sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
-
-
-def _is_backed_sparse(X) -> bool:
-    return hasattr(X, "format") and hasattr(X, "to_memory")  # anndata's backed CSR/CSC dataset
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,12 +106,8 @@ def detect_value_type(X, n_cells: int = 2000) -> dict:
     ev.update(min=_r(vmin), max=_r(vmax), fraction_integer=_r(integer), has_negative=vmin < 0,
               row_sum_median=_r(np.median(row_sums)),
               row_sum_cv=_r(positive_sums.std() / positive_sums.mean()) if positive_sums.size > 1 else None)
-    if dense_cols is None:
-        mean = np.asarray(block.mean(axis=0), dtype=np.float64).ravel()
-        sq = np.asarray(block.multiply(block).mean(axis=0), dtype=np.float64).ravel()
-        std = np.sqrt(np.maximum(sq - mean ** 2, 0.0))
-    else:
-        mean, std = dense_cols.mean(axis=0), dense_cols.std(axis=0)
+    mean, var = mean_var([block])
+    std = np.sqrt(var)
     varying = std > 0
     ev["gene_mean_median_abs"] = _r(np.median(np.abs(mean[varying]))) if varying.any() else None
     ev["gene_std_median"] = _r(np.median(std[varying])) if varying.any() else None
@@ -251,6 +192,18 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
                     f"negative values (min {evidence.get('min')}). " + fix]
         return []
     if transform == "none":
+        return []
+    if transform == "standardize":
+        # models trained by scATD Studio: counts are log-normalised, then every gene is z-scored
+        # over the dataset, so counts, log-normalised and z-scored values all reach the model alike
+        if kind == "tpm_like":
+            return ["This model z-scores each gene on a log scale; these values are on a linear scale "
+                    "(TPM-like), so highly expressed genes would dominate. Upload raw counts, or "
+                    "log1p-transform the values first."]
+        if kind == "unknown" and negative:
+            return [f"This model expects counts, log-normalised or per-gene z-scored values; these have "
+                    f"negative values (min {evidence.get('min')}) that are not per-gene z-scores. Check what "
+                    "the matrix holds (e.g. batch-corrected or scaled values) and upload counts if you can."]
         return []
     name = "scFoundation" if key == "vae_sf" else "scATD-sf-dist"
     if negative:
@@ -389,6 +342,6 @@ def apply_qc_filter(adata, thresholds: dict, metrics: pd.DataFrame | None = None
                 mask &= ~(values > bounds["max"])
         used[metric] = {b: float(v) for b, v in bounds.items() if v is not None}
     adata.obs[key_added] = mask
-    adata.uns["scatd_qc"] = {"thresholds": used, "n_pass": int(mask.sum()), "n_fail": int((~mask).sum()),
+    adata.uns[QC] = {"thresholds": used, "n_pass": int(mask.sum()), "n_fail": int((~mask).sum()),
                              "key": key_added}
     return mask

@@ -16,7 +16,7 @@ import torch
 from scatd_core.bundle import Bundle, save_bundle
 from scatd_core.nn import build_model
 from scatd_core.nn.models import Architecture
-from scatd_core.simulate import simulate_tumour
+from scatd_core.demo.simulate import simulate_tumour
 
 DRUG = "TESTDRUG"
 BUNDLE_FOLDER = "testdrug_dist_vae"

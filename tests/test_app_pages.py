@@ -101,7 +101,7 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     monkeypatch.setattr(embed, "compute_embedding", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     at = start()
-    assert "No drug model" not in text(at.warning)
+    assert "Try the demo" in [b.label for b in at.button]  # the demo is the landing page's first action
     assert "upload limit" not in text(at.error)
     goto(at, "1_Data")
     assert f"{ui.upload_limit_mb():,} MB" in text(at.caption)  # the limit is shown
@@ -109,7 +109,8 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     upload(at, "tumour.h5ad", h5ad_bytes(adata))
     assert metric(at, "Cells") == f"{N_CELLS:,}" and metric(at, "Values") == "counts"
     assert at.session_state[state.LABEL_COLUMN] == "response"  # found by the reader
-    assert at.session_state[ui.POSITIVE_CLASS] == "resistant"
+    assert at.session_state["label_resistant_response"] == "resistant"  # recognised from the words
+    assert at.session_state[state.ADATA].uns["scatd_labels"]["response"]["resistant"] == "resistant"
     assert at.session_state[state.SAMPLE_COLUMN] == "sample"
     assert len(at.get("plotly_chart")) == 2  # QC violins and scatter
 
@@ -123,31 +124,60 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     at.run()
     ok(at)
     assert f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
-    result = at.session_state[state.RESULT]
+    assert "not calibrated" in text(at.warning)
+    result = at.session_state[state.ADATA]
     assert result.n_obs == N_CELLS and "X_scatd" in result.obsm
 
     goto(at, "4_Cells")
     assert len(calls) == 1
-    assert "X_umap" in at.session_state[state.RESULT].obsm
+    assert "X_umap" in result.obsm
     assert float(metric(at, "AUROC")) > 0.6  # the test model transfers to a new tumour
     assert len(at.get("plotly_chart")) >= 5  # UMAP, groups, ROC, PR, confusion
+    assert "Uncalibrated" in text(at.warning)
     resistant = int(metric(at, "Resistant").replace(",", ""))
-    at.slider(key=state.THRESHOLD).set_value(0.99).run()  # relabel without recomputing
+    at.slider(key="cells_threshold").set_value(0.99).run()  # relabel without recomputing
     assert int(metric(at, "Resistant").replace(",", "")) <= resistant
+    assert result.uns["scatd"]["threshold"] == {"value": 0.99, "source": "user", "calibrated": True,
+                                                "detail": "set by hand on the Cells page"}
     at.button(key="btn_youden").click().run()
-    assert at.session_state[state.THRESHOLD] != 0.99
+    assert result.uns["scatd"]["threshold"]["source"] == "labelled cells"
+    assert "Calibrated" in text(at.success)
+    at.button(key="btn_fraction").click().run()
+    assert result.uns["scatd"]["threshold"]["source"] == "expected fraction"
     at.selectbox(key="cells_colour").set_value("Leiden cluster").run()
     ok(at)
+    threshold = result.uns["scatd"]["threshold"]["value"]
 
     goto(at, "6_Report")
-    assert len(at.get("download_button")) == 4
+    assert len(at.get("download_button")) == 4  # predictions, metrics, h5ad, html (biomarkers: not computed)
     assert f"{N_CELLS:,} rows: one per uploaded cell" in text(at.caption)
 
-    goto(at, "3_Predict")  # coming back: cached, nothing recomputed
-    assert "already computed" in text(at.caption)
+    goto(at, "3_Predict")  # coming back: nothing recomputed
+    assert "nothing needs recomputing" in text(at.caption)
     goto(at, "4_Cells")
     assert len(calls) == 1
-    assert at.session_state[state.THRESHOLD] != 0.99  # the threshold survived the page visits
+    assert result.uns["scatd"]["threshold"]["value"] == threshold  # the threshold survived the page visits
+
+
+def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
+    adata = make_dataset(N_CELLS, seed=11)
+    adata.obs["response"] = (adata.obs["response"] == "sensitive").astype(int)  # SCAD: 1 = sensitive
+    at = start()
+    upload(at, "scad.h5ad", h5ad_bytes(adata))
+    assert at.session_state[state.LABEL_COLUMN] == "response"
+    assert at.session_state["label_resistant_response"] is None  # never a silent default for 0/1
+    assert "never guessed" in text(at.warning)
+    run_prediction(at)
+    goto(at, "4_Cells")
+    assert "means resistant on the Data page" in text(at.info)
+    goto(at, "1_Data")
+    at.radio(key="label_resistant_response").set_value("1").run()  # the wrong answer
+    goto(at, "4_Cells")
+    assert float(metric(at, "AUROC")) < 0.5 and "Check the label direction" in text(at.error)
+    goto(at, "1_Data")
+    at.radio(key="label_resistant_response").set_value("0").run()  # the right one
+    goto(at, "4_Cells")
+    assert float(metric(at, "AUROC")) > 0.6 and "Check the label direction" not in text(at.error)
 
 
 def test_qc_filter_marks_cells_and_keeps_them(with_library):
@@ -158,7 +188,7 @@ def test_qc_filter_marks_cells_and_keeps_them(with_library):
     info = text(at.info)
     assert "cells pass" in info and "filtered (QC)" in info
     run_prediction(at)
-    result = at.session_state[state.RESULT]
+    result = at.session_state[state.ADATA]
     n_filtered = int((result.obs["scatd_label"] == "filtered (QC)").sum())
     assert n_filtered > 0 and result.n_obs == N_CELLS
     goto(at, "6_Report")
@@ -186,16 +216,29 @@ def test_csv_upload_works(with_library):
 
 def test_no_model_installed_says_how_to_get_one(empty_library):
     at = start()
-    assert "No drug model is installed" in text(at.warning)
+    assert "No real drug model is installed" in text(at.info)
     upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))
     goto(at, "2_Model")
     assert "No drug model is installed" in text(at.warning)
     page = text(at.markdown)
-    assert "scatd import-checkpoint" in page and "Train" in page and "demo" in page
+    assert "figshare" in page and "Import a checkpoint" in page and "Train a model" in page
     goto(at, "3_Predict")
     assert "Choose a model first" in text(at.info)
     goto(at, "8_Models")
     assert "library is empty" in text(at.info)
+
+
+def test_the_demo_model_is_never_chosen_for_real_data(empty_library):
+    from _app_helpers import make_bundle
+
+    make_bundle(empty_library / "DEMOTINIB_demo", make_dataset(60, seed=2), steps=2, demo=True)
+    at = start()
+    upload(at, "patients.h5ad", h5ad_bytes(make_dataset(40, seed=3)))
+    goto(at, "2_Model")
+    assert "Only the demo model is installed" in text(at.warning)
+    assert at.session_state.get(state.BUNDLE_PATH) is None
+    goto(at, "3_Predict")
+    assert "Choose a model first" in text(at.info)
 
 
 def test_low_and_zero_gene_coverage(with_library):
@@ -213,9 +256,10 @@ def test_low_and_zero_gene_coverage(with_library):
     at = start()
     upload(at, "ensembl.h5ad", h5ad_bytes(renamed))
     goto(at, "2_Model")
-    assert "None of the model's genes is in the data" in text(at.error)
+    assert "None of the" in text(at.error) and "Ensembl" in text(at.error)
     goto(at, "3_Predict")
-    assert "None of the" in text(at.error) and not at.exception  # before any run, no traceback
+    at.button(key="btn_run_predict").click().run()
+    assert "None of the" in text(at.error) and not at.exception  # no traceback
 
 
 def test_unlabelled_and_single_class_data(with_library):
@@ -237,9 +281,10 @@ def test_unlabelled_and_single_class_data(with_library):
     at = start()
     upload(at, "oneclass.h5ad", h5ad_bytes(one_class))
     at.selectbox(key=state.LABEL_COLUMN).set_value("response").run()
+    assert "holds 1 values" in text(at.warning)
     run_prediction(at)
     goto(at, "4_Cells")
-    assert "Every labelled cell is 'resistant'" in text(at.error)
+    assert "need cells of exactly two classes" in text(at.info)
 
 
 def test_monte_carlo_mode_adds_uncertainty(with_library):
@@ -251,7 +296,7 @@ def test_monte_carlo_mode_adds_uncertainty(with_library):
     at.slider(key="predict_samples").set_value(10).run()
     at.button(key="btn_run_predict").click().run()
     ok(at)
-    result = at.session_state[state.RESULT]
+    result = at.session_state[state.ADATA]
     assert "scatd_prob_resistant_sd" in result.obs and result.uns["scatd"]["params"]["n_samples"] == 10
     goto(at, "4_Cells")
     assert "uncertainty (sd of P)" in at.selectbox(key="cells_colour").options
@@ -261,7 +306,7 @@ def test_interrupted_run_is_reported(with_library):
     at = start()
     upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=8)))
     goto(at, "2_Model")
-    at.session_state[ui.PREDICT_RUNNING] = True
+    at.session_state[state.PREDICT_RUNNING] = True
     goto(at, "3_Predict")
     assert "stopped before it finished" in text(at.info)
 
@@ -328,20 +373,12 @@ def test_upload_limit_comes_from_configuration(with_library, monkeypatch):
     assert at.file_uploader[0].proto.max_upload_size_mb == 123  # what the widget enforces
 
 
-def test_demo_button_only_when_a_demo_is_installed(with_library, monkeypatch):
-    import sys
-    import types
+def test_demo_button_loads_the_demo_and_its_model(with_library, monkeypatch):
+    from scatd_core import demo
 
-    monkeypatch.setitem(sys.modules, "scatd_core.demo", None)  # as if not installed
-    at = start()
-    goto(at, "1_Data")
-    assert not [b for b in at.button if b.label == "Try the demo"]
-
-    demo = types.ModuleType("scatd_core.demo")
-    demo.available = lambda: True
-    demo.load_data = lambda progress=None: (progress(0.5, "building"), make_dataset(50, seed=9))[1]
-    demo.bundle_path = lambda: with_library / BUNDLE_FOLDER
-    monkeypatch.setitem(sys.modules, "scatd_core.demo", demo)
+    monkeypatch.setattr(demo, "load_data", lambda progress=None: (progress(0.5, "building"),
+                                                                 make_dataset(50, seed=9))[1])
+    monkeypatch.setattr(demo, "bundle_path", lambda library=None: with_library / BUNDLE_FOLDER)
     at = start()
     goto(at, "1_Data")
     at.button(key="btn_demo").click().run()

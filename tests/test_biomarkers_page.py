@@ -43,8 +43,9 @@ def predicted(small_bundles):
 def _open(adata=None, bundle=None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     if adata is not None:
-        at.session_state[S.RESULT] = adata
-        at.session_state[S.RESULT_TOKEN] = "token-1"
+        at.session_state[S.ADATA] = adata
+        at.session_state[S.PREDICTION] = "token-1"
+        at.session_state[S.DATA_TOKEN] = "data-1"
         at.session_state[S.BUNDLE_PATH] = str(bundle.path)
     at.switch_page(PAGE)
     at.run()
@@ -68,7 +69,9 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
     at.number_input(key="bio_steps").set_value(8)  # keep the test fast
     _button(at, "Compute gene ranking").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    expl = at.session_state[S.EXPLAIN]["result"]
+    from scatd_core.explain import from_adata
+
+    expl = from_adata(adata)  # the result lives in the session's AnnData
     assert expl.ranking.shape[0] == 60 and expl.info["n_steps"] == 8
     table = at.dataframe[0].value
     assert table.shape[0] == 50 and list(table["rank"]) == list(range(1, 51))
@@ -80,8 +83,9 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
     at.text_input(key="bio_search").set_value("GENE1").run()
     assert all("GENE1" in f for f in at.dataframe[0].value["feature"])
     assert any("PCA of the scATD latent space" in c.value for c in at.caption)
-    # a new prediction invalidates the cached explanation
-    at.session_state[S.RESULT_TOKEN] = "token-2"
+    # another threshold changes the predicted groups: the page says the ranking is for earlier settings
+    from scatd_core.predict import set_threshold
+
+    set_threshold(adata, 0.01, "user")
     at.run()
-    assert at.session_state[S.EXPLAIN] is None
-    assert any("Compute gene ranking" in i.value for i in at.info)
+    assert any("earlier settings or another threshold" in i.value for i in at.info)

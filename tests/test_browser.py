@@ -121,6 +121,26 @@ def _plots(page, n: int, timeout: float = 120_000) -> None:
     page.locator(".js-plotly-plot .main-svg").nth(n - 1).wait_for(timeout=timeout)
 
 
+def _same_as_cli_and_api(app_csv: bytes, data: Path, home: Path, tmp_path: Path) -> None:
+    """The CLI and the Python API give the app's predictions.csv byte for byte."""
+    env = {**os.environ, "SCATD_HOME": str(home)}
+    env.pop("SCATD_MODEL_LIBRARY", None)
+    out = tmp_path / "cli_predictions.csv"
+    res = subprocess.run([sys.executable, "-m", "scatd_core.cli", "predict", "--model", "testdrug_dist_vae",
+                          "--input", str(data), "--output", str(out), "--label-column", "response",
+                          "--sample-column", "sample"], env=env, capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes() == app_csv
+
+    from scatd_core import export, io
+    from scatd_core.bundle import load_bundle
+    from scatd_core.predict import predict
+
+    adata = io.read(data)
+    predict(adata, load_bundle(home / "models" / "testdrug_dist_vae"))
+    assert export.to_csv_bytes(export.predictions_table(adata, ["response", "sample"])) == app_csv
+
+
 def test_upload_predict_umap_download(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -161,6 +181,15 @@ def test_upload_predict_umap_download(server, tmp_path):
             _no_exception(page)
             _shot(page, "3_predict")
 
+            # one pipeline: the app's predictions.csv is byte-identical to the CLI's and the API's
+            _go(page, "Report", "6 · Report")
+            _idle(page)
+            with page.expect_download() as info:
+                page.get_by_role("button", name="predictions.csv").click()
+            from_app = tmp_path / "app_predictions.csv"
+            info.value.save_as(from_app)
+            _same_as_cli_and_api(from_app.read_bytes(), data, home, tmp_path)
+
             _go(page, "Cells", "4 · Cells")
             page.get_by_text("Leiden clusters").first.wait_for(timeout=180_000)
             _plots(page, 5)  # UMAP, groups, ROC, PR, confusion
@@ -189,7 +218,7 @@ def test_upload_predict_umap_download(server, tmp_path):
             info.value.save_as(target)
             table = pd.read_csv(target)
             assert len(table) == N_CELLS and table["cell_id"].is_unique
-            assert {"prob_resistant", "label", "scored", "qc_pass", "umap_1", "cluster"} <= set(table.columns)
+            assert {"prob_resistant", "label", "calibrated", "scored", "qc_pass", "umap_1", "cluster"} <= set(table.columns)
             assert set(table["label"]) <= {"resistant", "sensitive", "not scored", "filtered (QC)"}
             _no_exception(page)
             _shot(page, "6_report")
@@ -209,8 +238,9 @@ def test_upload_predict_umap_download(server, tmp_path):
             # the HTML report opens offline (file://, no network) with its figures drawn
             page.route("http*://**", lambda route: route.abort())
             page.goto(html_report.as_uri())
-            _plots(page, 4, timeout=60_000)
+            _plots(page, 5, timeout=60_000)
             assert page.get_by_text("Run parameters").count() == 1
+            assert page.get_by_role("heading", name="Biomarkers").count() == 1  # the ranking reached the report
             page.screenshot(path=str(SCREENSHOTS / "9_report_html.png"), full_page=True)
             log = (home / "streamlit.log").read_text()
             assert "Traceback" not in log, log[-3000:]  # nothing failed on the server either

@@ -6,26 +6,22 @@ import numpy as np
 import pytest
 
 from scatd_core import demo, explain
+from scatd_core.demo.simulate import RESISTANCE_PROGRAM
 from scatd_core.predict import predict
-from scatd_core.simulate import RESISTANCE_PROGRAM
 
 
-@pytest.fixture(scope="module")
-def two_builds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    return [demo.build(out_bundle=root / f"bundle{i}", out_data=root / f"tumour{i}.h5ad") for i in (1, 2)]
-
-
-@pytest.mark.slow
-def test_demo_build_is_deterministic(two_builds):
-    (t1, b1, _), (t2, b2, _) = two_builds
+def test_demo_build_is_deterministic(tmp_path):
+    # a tiny copy: the same code path as the full demo, in seconds
+    (t1, b1, _), (t2, b2, _) = [demo.build(out_bundle=tmp_path / f"bundle{i}", out_data=tmp_path / f"tumour{i}.h5ad",
+                                           size="tiny") for i in (1, 2)]
     assert b1.manifest["weights_sha256"] == b2.manifest["weights_sha256"]
     assert (t1.X != t2.X).nnz == 0 and list(t1.obs_names) == list(t2.obs_names)
+    assert b1.is_demo and "demo (simulated data)" in b1.title
 
 
 @pytest.mark.slow
-def test_demo_is_labelled_simulated_and_recovers_the_program(two_builds):
-    tumour, bundle, report = two_builds[0]
+def test_full_demo_is_labelled_simulated_and_recovers_the_program(tmp_path):
+    tumour, bundle, report = demo.build(out_bundle=tmp_path / "bundle", out_data=tmp_path / "tumour.h5ad")
     assert bundle.is_demo and "demo (simulated data)" in bundle.title
     assert report["metrics"]["target"]["auroc"] > 0.8  # against the simulated truth, never trained on
     cells = tumour.copy()

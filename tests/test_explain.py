@@ -15,8 +15,9 @@ from conftest import shared_file
 from scatd_core.bundle import import_checkpoint, save_bundle
 from scatd_core.errors import InputError
 from scatd_core.explain import (
-    COMPLETENESS_TOLERANCE, explain, feature_names, map_coordinates, stratified_subsample,
+    COMPLETENESS_TOLERANCE, explain, feature_names, stratified_subsample,
 )
+from scatd_core.embed import plot_coordinates
 from scatd_core.nn import Architecture, build_model
 from scatd_core.predict import Cancelled, predict
 
@@ -268,10 +269,10 @@ def test_progress_cancel_and_errors(small_bundles):
 
 def test_map_coordinates_fallback(small_bundles):
     adata, _ = _small(small_bundles)
-    coords, how = map_coordinates(adata)
+    coords, how = plot_coordinates(adata)
     assert coords.shape == (adata.n_obs, 2) and "PCA" in how and np.isfinite(coords).all()
     adata.obsm["X_umap"] = np.ones((adata.n_obs, 2))
-    assert map_coordinates(adata)[1] == "UMAP"
+    assert plot_coordinates(adata)[1] == "UMAP"
 
 
 def test_real_scfoundation_embeddings_end_to_end(tmp_path):
@@ -301,13 +302,13 @@ def test_real_scfoundation_embeddings_end_to_end(tmp_path):
 
 
 def test_cli_explain_writes_ranking_and_per_cell(planted, tmp_path, capsys):
-    from scatd_core.cli_explain import add_explain
+    from scatd_core.cli import explain as cli_explain
 
     adata, bundle, truth = planted
     data = ad.AnnData(np.asarray(adata.X)[:120], obs=pd.DataFrame(index=adata.obs_names[:120]), var=adata.var)
     data.write_h5ad(tmp_path / "cells.h5ad")
     parser = argparse.ArgumentParser()
-    add_explain(parser.add_subparsers())
+    cli_explain.add(parser.add_subparsers())
     args = parser.parse_args(["explain", "--model", str(bundle.path), "--input", str(tmp_path / "cells.h5ad"),
                               "--output", str(tmp_path / "biomarkers.csv"), "--steps", "16", "--threshold", "0.5",
                               "--per-cell-top", "5", str(tmp_path / "per_cell.csv")])

@@ -188,3 +188,82 @@ def test_coverage_of_real_scad_file_against_scfoundation_genes():
     assert report["n_model_genes"] == 19264 and report["low_coverage"] is True
     assert 0.1 < report["fraction_matched"] < 0.2
     assert "expression_fraction_matched" not in report  # z-scored: no share of expression
+
+
+# --------------------------------------------------------------------------------------------
+# Ensembl data all the way to predictions
+# --------------------------------------------------------------------------------------------
+
+def _symbol_model(tmp_path, symbols):
+    """A small Dist_VAE bundle over these symbols (log1p CP10k input)."""
+    import torch
+
+    from scatd_core.bundle import save_bundle
+    from scatd_core.nn import Architecture, build_model
+
+    torch.manual_seed(0)
+    arch = Architecture("dist_vae", [len(symbols), 16, 8], 6, None, 3, 2)
+    return save_bundle(tmp_path / "symbol_model", build_model(arch).state_dict(), arch, drug="D", genes=list(symbols),
+                       input_transform="log1p_cp10k")
+
+
+def _probabilities(adata, bundle):
+    from scatd_core.predict import predict
+
+    return predict(adata, bundle, copy=True).obs["scatd_prob_resistant"].to_numpy()
+
+
+def test_10x_file_with_both_identifiers_predicts_like_symbols(tmp_path):
+    counts = make_counts(n_cells=30, n_genes=40, seed=3)
+    bundle = _symbol_model(tmp_path, list(counts.var_names))
+    expected = _probabilities(counts, bundle)
+    # cellxgene-style h5ad: Ensembl IDs as var_names, the symbols in a column
+    ens = counts.copy()
+    ens.var["feature_name"] = list(counts.var_names)
+    ens.var_names = list(counts.var["gene_ids"])
+    ens.write_h5ad(tmp_path / "ensembl_names.h5ad")
+    read = io.read(tmp_path / "ensembl_names.h5ad")
+    mapping = read.uns["scatd_input"]["gene_ids"]
+    assert mapping["data_id_type"] == "ensembl" and mapping["symbol"]["n_file_columns"] == 40
+    assert list(read.var["scatd_symbol"]) == list(counts.var_names)
+    np.testing.assert_allclose(_probabilities(read, bundle), expected, atol=1e-6)
+    # a 10x .h5 (symbols as names, Ensembl IDs in gene_ids) gives the same
+    tenx = io.read(write_10x_h5(counts, tmp_path / "x.h5"))
+    assert list(tenx.var["scatd_ensembl"]) == list(counts.var["gene_ids"])
+    np.testing.assert_allclose(_probabilities(tenx, bundle), expected, atol=1e-6)
+
+
+def test_ensembl_only_file_says_what_to_do_and_maps_with_biomart(tmp_path):
+    from scatd_core.errors import InputError
+
+    counts = make_counts(n_cells=30, n_genes=40, seed=4)
+    bundle = _symbol_model(tmp_path, list(counts.var_names))
+    expected = _probabilities(counts, bundle)
+    only = ad.AnnData(counts.X.copy(), obs=counts.obs.copy(), var=pd.DataFrame(index=list(counts.var["gene_ids"])))
+    only.write_h5ad(tmp_path / "ensembl_only.h5ad")
+    read = io.read(tmp_path / "ensembl_only.h5ad")
+    assert "BioMart" in read.uns["scatd_input"]["gene_ids"]["hint"]
+    assert any("BioMart" in w for w in read.uns["scatd_input"]["warnings"])
+    with pytest.raises(InputError, match="Ensembl IDs") as err:
+        _probabilities(read, bundle)
+    assert "BioMart" in err.value.hint
+    mart = "Gene stable ID version,Gene name\n" + "".join(
+        f"{e}.3,{s}\n" for e, s in zip(counts.var["gene_ids"], counts.var_names))
+    summary = genes.annotate_gene_ids(read, biomart=genes.read_biomart_table(mart.encode(), name="mart.csv"))
+    assert summary["symbol"]["n_biomart"] == 40 and "hint" not in summary
+    cov = genes.coverage_report(read, bundle.genes)
+    assert cov["fraction_matched"] == 1.0 and cov["data_id_type"] == "ensembl"
+    np.testing.assert_allclose(_probabilities(read, bundle), expected, atol=1e-6)
+
+
+@needs_shared
+def test_configured_geneformer_dictionary_maps_ensembl_only_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(SHARED_DATA / "geneformer"))
+    symbols = ["TP53", "EGFR", "GAPDH", "ACTB", "MYC", "KRAS", "PTEN", "BRCA1", "CDK4", "ERBB2"]
+    ids = genes.map_gene_ids(symbols, "ensembl", geneformer_dict=SHARED_DATA / "geneformer" /
+                             "gene_name_id_dict.pkl").names
+    adata = ad.AnnData(np.ones((3, 10), dtype=np.float32), var=pd.DataFrame(index=ids))
+    adata.write_h5ad(tmp_path / "e.h5ad")
+    read = io.read(tmp_path / "e.h5ad")
+    assert read.uns["scatd_input"]["gene_ids"]["symbol"]["n_geneformer_dict"] == 10
+    assert list(read.var["scatd_symbol"]) == symbols

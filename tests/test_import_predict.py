@@ -16,7 +16,8 @@ import original_scatd as orig
 from conftest import small_gene_names
 from scatd_core.bundle import import_checkpoint, list_library, load_bundle
 from scatd_core.errors import BundleError, CheckpointError, InputError
-from scatd_core.predict import predict, prediction_table, relabel
+from scatd_core.export import predictions_table
+from scatd_core.predict import calibrate, labels_at, predict, set_threshold, summary
 
 TOL = 1e-5
 
@@ -129,8 +130,9 @@ def test_sample_mode_seeded(small_bundles):
     assert np.array_equal(p[0], p[1]) and not np.array_equal(p[0], p[2])
     sd = runs[0].obs["scatd_prob_resistant_sd"].to_numpy()
     assert (sd > 0).all() and np.isfinite(sd).all()
-    table = prediction_table(runs[0])
-    assert list(table.columns) == ["cell_id", "prob_resistant", "label", "prob_resistant_sd", "scored"]
+    table = predictions_table(runs[0])
+    assert list(table.columns) == ["cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored",
+                                   "qc_pass"]
 
 
 def test_every_cell_gets_a_row_and_bad_cells_are_flagged(small_bundles):
@@ -140,13 +142,14 @@ def test_every_cell_gets_a_row_and_bad_cells_are_flagged(small_bundles):
     x[7] = 0.0
     adata = ad.AnnData(x, obs=pd.DataFrame(index=[f"cell{i}" for i in range(10)]), var=pd.DataFrame(index=genes))
     predict(adata, bundle)
-    table = prediction_table(adata)
+    table = predictions_table(adata)
     assert list(table["cell_id"]) == [f"cell{i}" for i in range(10)]
     assert list(table["scored"]) == [i not in (3, 7) for i in range(10)]
     assert table.loc[3, "label"] == "not scored" and np.isnan(table.loc[3, "prob_resistant"])
     assert adata.uns["scatd"]["not_scored"] == {"non_finite": 1, "no_expression": 1}
-    relabelled = relabel(adata, 0.0)
+    relabelled = labels_at(adata, 0.0)
     assert (relabelled[table["scored"].to_numpy()] == "resistant").all()
+    assert relabelled[3] == "not scored"
 
 
 def test_backed_sparse_h5ad_equals_dense(small_bundles, tmp_path):
@@ -261,3 +264,61 @@ def test_reported_probability_is_resistant_whatever_the_class_order(tmp_path, sm
     a = predict(ad.AnnData(x, var=pd.DataFrame(index=genes)), bundle, copy=True)
     b = predict(ad.AnnData(x, var=pd.DataFrame(index=genes)), flipped, copy=True)
     assert np.allclose(a.obs["scatd_prob_resistant"] + b.obs["scatd_prob_resistant"], 1.0)
+
+
+def _log_model(small_bundles, tmp_path):
+    """The small Dist_VAE bundle re-saved with a log1p_cp10k input transform."""
+    from scatd_core.bundle import save_bundle
+
+    bundle, sd, _enc, _z, genes = small_bundles["dist_vae"]
+    return save_bundle(tmp_path / "log_model", sd, bundle.architecture, drug="TESTDRUG", genes=genes,
+                       input_transform="log1p_cp10k", beta_mode="separate"), genes
+
+
+def test_values_a_transform_cannot_take_are_not_scored_never_labelled(small_bundles, tmp_path):
+    bundle, genes = _log_model(small_bundles, tmp_path)
+    x = np.random.default_rng(3).poisson(2.0, size=(6, len(genes))).astype(np.float32)
+    x[1, 4] = -3.0        # negative value, log1p of a share cannot take it
+    x[2, 0] = 3e38        # absurd magnitude: the row sum overflows float32
+    adata = ad.AnnData(x, var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    table = predictions_table(adata)
+    assert list(table["scored"]) == [True, False, False, True, True, True]
+    assert table.loc[[1, 2], "label"].eq("not scored").all() and table.loc[[1, 2], "prob_resistant"].isna().all()
+    assert np.isfinite(table.loc[table["scored"], "prob_resistant"]).all()
+    assert adata.uns["scatd"]["not_scored"] == {"overflow": 1, "negative_values": 1}
+    assert any("negative values" in w for w in adata.uns["scatd"]["warnings"])
+
+
+def test_qc_mask_filters_cells_and_keeps_their_rows(small_bundles):
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(4).normal(size=(12, enc[0]))).astype(np.float32)
+    mask = np.array([i % 3 != 0 for i in range(12)])
+    adata = ad.AnnData(x, var=pd.DataFrame(index=genes))
+    predict(adata, bundle, mask=mask)
+    table = predictions_table(adata)
+    assert list(table["qc_pass"]) == list(mask)
+    assert table.loc[~mask, "label"].eq("filtered (QC)").all() and table.loc[~mask, "prob_resistant"].isna().all()
+    full = predict(ad.AnnData(x[mask], var=pd.DataFrame(index=genes)), bundle, copy=True)
+    assert np.allclose(table.loc[mask, "prob_resistant"], full.obs["scatd_prob_resistant"])  # no statistics leak
+    assert adata.uns["scatd"]["qc"]["n_filtered"] == 4
+    assert labels_at(adata, 0.0)[0] == "filtered (QC)"
+
+
+def test_threshold_is_part_of_the_result_and_calibration_is_marked(small_bundles):
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(5).normal(size=(40, enc[0]))).astype(np.float32)
+    adata = ad.AnnData(x, var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    assert adata.uns["scatd"]["threshold"]["calibrated"] is False
+    assert not predictions_table(adata)["calibrated"].any()
+    calibrate(adata, expected_fraction=0.25)
+    assert summary(adata)["fraction_resistant"] == pytest.approx(0.25, abs=0.03)
+    assert adata.uns["scatd"]["threshold"]["source"] == "expected fraction"
+    assert predictions_table(adata)["calibrated"].all()
+    adata.obs["truth"] = np.where(adata.obs["scatd_prob_resistant"] > adata.obs["scatd_prob_resistant"].median(),
+                                  "R", "S")
+    calibrate(adata, label_column="truth", method="youden")
+    assert "20 resistant and 20 sensitive" in adata.uns["scatd"]["threshold"]["detail"]
+    set_threshold(adata, 1.0, "model default")
+    assert summary(adata)["n_resistant"] == 0 and not summary(adata)["calibrated"]

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from _data_helpers import (SHARED_DATA, dense, make_counts, write_10x_h5, write_10x_mtx, write_all_formats,
                            write_table)
 from scatd_core import io, preprocess
+from scatd_core._matrix import row_batches
 from scatd_core.errors import InputError
 
 
@@ -135,7 +136,7 @@ def test_tables_read_in_chunks(tmp_path, monkeypatch, density):
     adata = make_counts(n_cells=50, n_genes=30, density=density, seed=2)
     adata.obs["response"] = np.arange(50) % 2
     path = write_table(adata, tmp_path / "t.csv", obs_columns=["response"])
-    monkeypatch.setattr(io, "TABLE_CHUNK_VALUES", 31 * 7)  # 7 rows per chunk
+    monkeypatch.setattr("scatd_core.io._table.TABLE_CHUNK_VALUES", 31 * 7)  # 7 rows per chunk
     out = io.read(path)
     np.testing.assert_array_equal(dense(out), dense(adata))
     assert list(out.obs_names) == list(adata.obs_names)
@@ -145,7 +146,7 @@ def test_tables_read_in_chunks(tmp_path, monkeypatch, density):
 def test_stray_text_in_a_later_chunk(tmp_path, monkeypatch):
     rows = "\n".join(f"c{i},{i},{i + 1}" for i in range(20))
     (tmp_path / "bad.csv").write_text("cell,TP53,EGFR\n" + rows + "\nc99,1,oops\n")
-    monkeypatch.setattr(io, "TABLE_CHUNK_VALUES", 10)
+    monkeypatch.setattr("scatd_core.io._table.TABLE_CHUNK_VALUES", 10)
     err = _read_error(tmp_path / "bad.csv")
     assert "'EGFR'" in err.message and "'oops'" in err.message
 
@@ -186,9 +187,9 @@ def test_zero_cells_are_kept_and_marked(counts, tmp_path):
 def test_backed_h5ad_reads_rows_in_batches(formats, counts, monkeypatch):
     adata = io.read(formats["h5ad"], backed=True)
     assert adata.isbacked and adata.uns[io.REPORT_KEY]["backed"] is True
-    batches = [sp.csr_matrix(b).toarray() for _, _, b in preprocess.row_batches(adata.X, 7)]
+    batches = [sp.csr_matrix(b).toarray() for _, _, b in row_batches(adata.X, 7)]
     np.testing.assert_array_equal(np.vstack(batches), dense(counts))
-    monkeypatch.setattr(io, "BACKED_MIN_CELLS", 10)
+    monkeypatch.setattr("scatd_core.io._hdf5.BACKED_MIN_CELLS", 10)
     assert io.read(formats["h5ad"]).isbacked  # "auto" over the threshold
     assert not io.read(formats["h5ad"], backed=False).isbacked
 
@@ -319,8 +320,8 @@ def test_hdf5_of_unknown_layout(tmp_path):
 def test_hdf5_library_hangs_and_crashes_become_input_errors(formats, monkeypatch, walk, expected):
     # damaged HDF5 metadata can loop forever inside the C library; the structure walk runs in a
     # child process with a time limit (here simulated: a child that hangs, one that crashes)
-    monkeypatch.setattr(io, "_HDF5_WALK", walk)
-    monkeypatch.setattr(io, "HDF5_CHECK_SECONDS", 1)
+    monkeypatch.setattr("scatd_core.io._hdf5._HDF5_WALK", walk)
+    monkeypatch.setattr("scatd_core.io._hdf5.HDF5_CHECK_SECONDS", 1)
     assert expected in _read_error(formats["h5ad"]).message
 
 
@@ -418,7 +419,7 @@ def test_archive_with_several_or_no_data_files(counts, tmp_path):
 
 
 def test_archive_size_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "ARCHIVE_EXPANSION", 1)
+    monkeypatch.setattr("scatd_core.io._tenx.ARCHIVE_EXPANSION", 1)
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.csv", "cell,TP53\n" + "c,0\n" * 200_000)
     assert "expands to more than" in _read_error(tmp_path / "bomb.zip", max_bytes=100_000).message

@@ -8,7 +8,10 @@ import pytest
 
 from conftest import shared_file
 from scatd_core.errors import InputError
-from scatd_core.labels import binary_target, drug_labels, labels_from_ic50, match_drug, read_label_table
+import anndata as ad
+
+from scatd_core import labels
+from scatd_core.labels import drug_labels, labels_from_ic50, match_drug, read_label_table
 
 
 def _wf_csv(tmp_path, sep=","):
@@ -66,15 +69,41 @@ def test_duplicate_cell_lines_and_empty_table(tmp_path):
         drug_labels(pd.DataFrame({"D": [None, "NA"]}, index=["a", "b"]), "D")
 
 
-def test_binary_target_codings():
-    assert np.array_equal(binary_target(["Sensitive", "resistant", None]), [0.0, 1.0, np.nan], equal_nan=True)
-    # SCAD: response 1 = sensitive, 0 = resistant
-    assert list(binary_target([1, 0, 1], sensitive_value=1)) == [0.0, 1.0, 0.0]
-    assert list(binary_target([1.0, 0.0], sensitive_value="1")) == [0.0, 1.0]
-    with pytest.raises(InputError, match="which value means sensitive"):
-        binary_target([0, 1])
-    with pytest.raises(InputError, match="more than two"):
-        binary_target([0, 1, 2], sensitive_value=1)
+def test_encode_labels_strings_numbers_and_missing():
+    y = labels.encode_labels(["resistant", "sensitive", None, "NA", "", "resistant", np.nan], "resistant")
+    assert np.array_equal(y[[0, 1, 5]], [1, 0, 1])
+    assert np.isnan(y[[2, 3, 4, 6]]).all()  # missing labels never become a third class
+    assert np.array_equal(labels.encode_labels([1, 0, 1.0, "0"], 1), [1, 0, 1, 0])
+    assert np.array_equal(labels.encode_labels([True, False], True), [1, 0])
+    # SCAD: response 1 = sensitive, so the resistant value is 0
+    assert list(labels.encode_labels([1, 0, 1], 0)) == [0.0, 1.0, 0.0]
+
+
+def test_encode_labels_refuses_absent_value_and_more_than_two_classes():
+    with pytest.raises(InputError, match="chosen to mean resistant"):
+        labels.encode_labels(["sensitive", "Sensitive"], "resistant")
+    with pytest.raises(InputError, match="exactly two"):
+        labels.encode_labels([0, 1, 2], 1)
+
+
+@pytest.mark.parametrize("values, expected", [
+    (["sensitive", "resistant"], "resistant"), (["S", "R"], "R"), (["responder", "non-responder"], "non-responder"),
+    (["Non_Responder", "Responder", None], "Non_Responder"), (["ok", "sensitive"], "ok"),
+    ([0, 1, 1], None), ([True, False], None), (["yes", "no"], None), (["a", "b", "c"], None)])
+def test_guess_label_direction_recognises_words_never_codes(values, expected):
+    assert labels.guess_label_direction(values) == expected
+
+
+def test_direction_is_asked_once_recorded_and_used():
+    adata = ad.AnnData(np.ones((4, 2), dtype=np.float32))
+    adata.obs["response"] = [1, 0, 1, 0]  # SCAD: 1 = sensitive
+    assert labels.label_direction(adata, "response") is None
+    with pytest.raises(InputError, match="means resistant is not known"):
+        labels.encode_column(adata, "response")
+    entry = labels.set_label_direction(adata, "response", 0)
+    assert entry["resistant"] == "0" and entry["sensitive"] == "1" and entry["counts"] == {"1": 2, "0": 2}
+    assert labels.label_direction(adata, "response") == "0"
+    assert list(labels.encode_column(adata, "response")) == [0.0, 1.0, 0.0, 1.0]
 
 
 def _ic50_files(tmp_path):

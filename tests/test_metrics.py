@@ -1,4 +1,4 @@
-"""Evaluation against known labels: label encoding, scores, curves, threshold helpers, groups."""
+"""Evaluation against known labels: scores, curves, threshold helpers, groups."""
 
 from __future__ import annotations
 
@@ -9,27 +9,6 @@ from sklearn import metrics as skm
 
 from scatd_core import metrics
 from scatd_core.errors import InputError
-
-
-def test_encode_labels_strings_numbers_and_missing():
-    y = metrics.encode_labels(["resistant", "sensitive", None, "NA", "", "resistant", np.nan], "resistant")
-    assert np.array_equal(y[[0, 1, 5]], [1, 0, 1])
-    assert np.isnan(y[[2, 3, 4, 6]]).all()  # missing labels never become a third class
-    assert np.array_equal(metrics.encode_labels([1, 0, 1.0, "0"], 1), [1, 0, 1, 0])
-    assert np.array_equal(metrics.encode_labels([True, False], True), [1, 0])
-    assert np.array_equal(metrics.encode_labels(["R", "S", "X"], ["R", "X"]), [1, 0, 1])
-
-
-def test_encode_labels_refuses_absent_positive_class():
-    with pytest.raises(InputError, match="resistant class"):
-        metrics.encode_labels(["sensitive", "Sensitive"], "resistant")
-
-
-@pytest.mark.parametrize("values, expected", [
-    (["sensitive", "resistant"], "resistant"), (["S", "R"], "R"), (["responder", "non-responder"], "non-responder"),
-    ([0, 1, 1], "1"), (["yes", "no"], "yes"), (["ok", "sensitive"], "ok"), (["a", "b", "c"], None)])
-def test_guess_positive(values, expected):
-    assert metrics.guess_positive(values) == expected
 
 
 def test_evaluate_matches_sklearn_and_counts_left_out_cells():
@@ -105,3 +84,16 @@ def test_group_fractions_keep_unscored_cells_apart_and_sort_naturally():
     assert row["n_cells"] == 3 and row["n_called"] == 2 and row["fraction_resistant"] == 0.5
     cat = metrics.group_fractions(labels, pd.Categorical(groups, categories=["2", "10", "1"]))
     assert list(cat["group"]) == ["2", "10", "1"]
+
+
+def test_mcc_and_fraction_thresholds():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0.0, 1.0], 50)
+    p = np.clip(0.4 * y + rng.uniform(0, 0.6, 100), 0, 1)
+    t = metrics.mcc_threshold(y, p)
+    best = max(skm.matthews_corrcoef(y, (p > v).astype(int)) for v in np.unique(p))
+    assert skm.matthews_corrcoef(y, (p > t).astype(int)) == pytest.approx(best)
+    t = metrics.fraction_threshold(p, 0.3)
+    assert (p > t).mean() == pytest.approx(0.3, abs=0.011)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        metrics.fraction_threshold(p, 1.2)

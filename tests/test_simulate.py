@@ -17,8 +17,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from conftest import shared_file
-from scatd_core import simulate
-from scatd_core.simulate import (
+from scatd_core.demo import simulate
+from scatd_core.demo.simulate import (
     CELL_STATES, DEMO_DRUG, DRUGS, MT_GENES, RESISTANCE_PROGRAM, SIMULATED_DATA_LABEL,
     demo_genes, simulate_bulk, simulate_demo, simulate_tumour,
 )

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from scatd_core.bundle import load_bundle, save_bundle
-from scatd_core.cli_train import add_labels_from_ic50, add_train
+from scatd_core.cli import labels as cli_labels
+from scatd_core.cli import train as cli_train
 from scatd_core.errors import InputError
 from scatd_core.nn import Architecture, ResVAE
 from scatd_core.predict import Cancelled, predict
-from scatd_core.train import (TrainSettings, _new_backbone, _restrict_backbone, fit_head, mmd_rbf,
-                              prepare_training_data, train_drug_model)
+from scatd_core.train import TrainSettings, fit_head, mmd_rbf, prepare_training_data, train_drug_model
+from scatd_core.train._fit import _new_backbone, _restrict_backbone
 
 TINY = TrainSettings(hidden_dims=(16, 8), z_dim=4, pretrain_epochs=4, epochs=6, finetune_epochs=3, folds=3,
                      batch_size=16)
@@ -68,7 +69,7 @@ def _train(tmp_path, bulk, labels, target, name="m", **kw):
 def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     bulk, labels, target = synthetic()
     fractions = []
-    bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_sensitive_value=1,
+    bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_resistant_value=0,
                          progress=lambda f, m: fractions.append(f))
     # panel = shared genes, in bulk order; both one-sided genes reported, not used
     assert "BULK_ONLY" not in bundle.genes and "TARGET_ONLY" not in bundle.genes
@@ -258,8 +259,8 @@ def test_embedding_backbone_adain_parity(tmp_path):
 def _parser():
     parser = argparse.ArgumentParser(prog="scatd")
     sub = parser.add_subparsers(dest="command")
-    add_train(sub)
-    add_labels_from_ic50(sub)
+    cli_train.add(sub)
+    cli_labels.add(sub)
     return parser
 
 
@@ -287,7 +288,7 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
     args = p.parse_args(["train", "--bulk", str(tmp_path / "bulk.csv"), "--bulk-labels", str(tmp_path / "labels.csv"),
                          "--drug", "DRUGA", "--target", str(tmp_path / "target.csv"), "--out", str(tmp_path / "bundle"),
                          "--folds", "3", "--epochs", "6", "--finetune-epochs", "3", "--pretrain-epochs", "3",
-                         "--target-labels", "response", "--target-sensitive-value", "1", "--device", "cpu",
+                         "--target-labels", "response", "--target-resistant-value", "0", "--device", "cpu",
                          "--report", str(tmp_path / "report.json"),
                          "--target-predictions", str(tmp_path / "train_pred.csv")])
     assert args.run(args) == 0

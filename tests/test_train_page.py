@@ -34,7 +34,7 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert not at.exception, at.exception
     assert at.selectbox(key="train_drug").options == ["DRUGA", "OTHER"]
     assert at.selectbox(key="train_label_column").value == "response"
-    at.selectbox(key="train_sensitive_value").set_value("1")
+    at.radio(key="train_resistant_response").set_value("0")  # synthetic() codes 1 = sensitive, as SCAD
     at.number_input(key="train_folds").set_value(3)
     at.number_input(key="train_pretrain_epochs").set_value(3)
     at.number_input(key="train_epochs").set_value(6)
@@ -54,7 +54,7 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert len(at.get("plotly_chart")) == 2  # CV curves, pretraining loss
     library = [e.bundle.path for e in list_library() if e.ok]
     assert [str(p) for p in library] == [result["bundle_path"]]
-    at.button[-1].click().run()  # "Use this model for prediction"
+    at.button(key="train_use_model").click().run()
     assert at.session_state[S.BUNDLE_PATH] == result["bundle_path"]
 
 

@@ -490,7 +490,8 @@ def simulate_tumour(n_cells: int = 2000, seed: int = 0, *, n_samples: int = 3,
     return tumour
 
 
-def simulate_demo(seed: int = 0) -> tuple[ad.AnnData, pd.DataFrame, ad.AnnData]:
+def simulate_demo(seed: int = 0, *, n_cell_lines: int = 300,
+                  n_cells: int = 2000) -> tuple[ad.AnnData, pd.DataFrame, ad.AnnData]:
     """Simulate the demo: the default bulk panel, its labels and the default tumour.
 
     Parameters
@@ -498,15 +499,17 @@ def simulate_demo(seed: int = 0) -> tuple[ad.AnnData, pd.DataFrame, ad.AnnData]:
     seed
         Seed passed to :func:`simulate_bulk` and :func:`simulate_tumour` (their random streams
         are independent of each other).
+    n_cell_lines, n_cells
+        Sizes (the defaults are the demo's; tests use smaller ones).
 
     Returns
     -------
     bulk : anndata.AnnData
-        300 cell lines, see :func:`simulate_bulk`.
+        ``n_cell_lines`` cell lines, see :func:`simulate_bulk`.
     labels : pandas.DataFrame
         Their labels for :data:`DRUGS`, the demo drug :data:`DEMO_DRUG` first.
     tumour : anndata.AnnData
-        2,000 cells from 3 samples, see :func:`simulate_tumour`.
+        ``n_cells`` cells from 3 samples, see :func:`simulate_tumour`.
     """
-    bulk, labels = simulate_bulk(seed=seed)
-    return bulk, labels, simulate_tumour(seed=seed)
+    bulk, labels = simulate_bulk(n_cell_lines, seed=seed)
+    return bulk, labels, simulate_tumour(n_cells, seed=seed)

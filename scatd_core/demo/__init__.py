@@ -3,7 +3,7 @@
 The published checkpoints and foundation-model weights cannot ship with scATD Studio, so the
 demo is made locally, deterministically, with the project's own pipeline:
 
-1. :func:`scatd_core.simulate.simulate_demo` (seed 0) draws a bulk cell-line panel with
+1. :func:`scatd_core.demo.simulate.simulate_demo` (seed 0) draws a bulk cell-line panel with
    labels for the made-up drug ``DEMOTINIB`` and a 2,000-cell "tumour" with a planted
    resistance program (see that module's docstring);
 2. :func:`scatd_core.train.train_drug_model` trains a Dist_VAE-style model on the bulk panel,
@@ -39,12 +39,19 @@ DEMO_LABEL_COLUMN = "response"
 DEMO_SAMPLE_COLUMN = "sample"
 
 
-def demo_settings():
+#: Sizes of the demo (``full``) and of a quick copy for tests (``tiny``): cell lines, cells.
+SIZES = {"full": (300, 2000), "tiny": (60, 200)}
+
+
+def demo_settings(size: str = "full"):
     """Training settings of the demo model: small enough for ~1 minute on 2 CPU cores."""
     from scatd_core.train import TrainSettings
 
-    return replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=40, folds=3,
-                   seed=DEMO_SEED)
+    settings = replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=40, folds=3,
+                       seed=DEMO_SEED)
+    if size == "tiny":
+        settings = replace(settings, hidden_dims=(32, 16), z_dim=8, pretrain_epochs=4, epochs=6, finetune_epochs=2)
+    return settings
 
 
 def demo_dir() -> Path:
@@ -86,23 +93,28 @@ def _lock():
 
 
 def build(*, library: str | Path | None = None, out_bundle: str | Path | None = None,
-          out_data: str | Path | None = None,
+          out_data: str | Path | None = None, size: str = "full",
           progress: Callable[[float, str], None] | None = None) -> tuple[ad.AnnData, Bundle, dict]:
     """Simulate the demo data and train the demo model from scratch (deterministic).
 
     Returns ``(tumour, bundle, training report)``. ``out_bundle``/``out_data`` default to the
-    library and the demo folder; an existing demo there is replaced.
+    library and the demo folder; an existing demo there is replaced. ``size="tiny"`` builds a
+    small copy in seconds (for tests); the app and ``scatd demo`` use ``"full"``.
     """
-    from scatd_core.simulate import DEMO_DRUG, simulate_demo
+    from scatd_core.demo.simulate import DEMO_DRUG, simulate_demo
     from scatd_core.train import train_drug_model
 
+    from scatd_core._progress import with_eta
+
+    progress = with_eta(progress)
     if progress:
         progress(0.0, "Simulating the demo tumour and cell-line panel")
-    bulk, labels, tumour = simulate_demo(seed=DEMO_SEED)
+    n_cell_lines, n_cells = SIZES[size]
+    bulk, labels, tumour = simulate_demo(seed=DEMO_SEED, n_cell_lines=n_cell_lines, n_cells=n_cells)
     out_bundle = Path(out_bundle) if out_bundle else bundle_path(library)
     out_data = Path(out_data) if out_data else data_path()
     bundle, report = train_drug_model(
-        bulk, labels, DEMO_DRUG, tumour, backbone="dist_vae", settings=demo_settings(), device="cpu",
+        bulk, labels, DEMO_DRUG, tumour, backbone="dist_vae", settings=demo_settings(size), device="cpu",
         target_label_column=DEMO_LABEL_COLUMN, out=out_bundle, overwrite=True, demo=True,
         name=f"{DEMO_DRUG} · demo (simulated data)",
         progress=(lambda f, m: progress(0.02 + 0.96 * f, f"Training the demo model: {m}")) if progress else None)

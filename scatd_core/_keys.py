@@ -1,0 +1,117 @@
+"""Every key scATD Studio writes into an AnnData, in one place (like scvi-tools' REGISTRY_KEYS).
+
+Results of one model go under a *prefix* (``"scatd"`` by default; a panel of models uses one
+prefix per model, see :func:`result_keys`):
+
+================================  ==============================================================
+field                             written by
+================================  ==============================================================
+``obs['<p>_prob_resistant']``     :func:`scatd_core.predict.predict`: P(resistant), NaN if not scored
+``obs['<p>_prob_resistant_sd']``  predict, Monte-Carlo mode (sd over draws, or over ensemble members)
+``obs['<p>_label']``              predict: resistant / sensitive / not scored / filtered (QC)
+``obs['<p>_scored']``             predict: whether the cell got a probability
+``obsm['X_<p>']``                 predict: the latent mean (NaN rows where not scored)
+``uns['<p>']``                    predict: run parameters, model provenance, coverage, warnings
+``obs['scatd_qc_pass']``          :func:`scatd_core.preprocess.apply_qc_filter`
+``uns['scatd_qc']``               apply_qc_filter: thresholds and counts
+``uns['scatd_input']``            :func:`scatd_core.io.read`: the read report
+``uns['scatd_labels']``           :func:`scatd_core.labels.set_label_direction`: which value of a
+                                  label column means resistant
+``obs['scatd_all_zero']``         io.read: cells with no expression at all
+``obs['scatd_original_id']``      io.read: cell names before they were made unique
+``var['scatd_original_name']``    io.read: gene names before they were made unique
+``var['scatd_symbol']``,          :func:`scatd_core.genes.annotate_gene_ids`: every gene as an
+``var['scatd_ensembl']``          HGNC symbol and as an Ensembl ID (where known)
+``obsm['X_umap']``                :func:`scatd_core.embed.embed`
+``obs['scatd_cluster']``          embed: Leiden clusters of the latent space
+``uns['scatd_embed']``            embed: parameters and counts
+``uns['scatd_biomarkers']``       :func:`scatd_core.explain.explain`: ranking, settings, checks
+``obsm['scatd_attributions']``    explain: per-cell attributions of the top genes (NaN: not explained)
+``obsm['scatd_attribution_inputs']``  explain: the model-input values of those genes
+``obsm['X_scfoundation']``,       embedding extraction (foundation-model backbones)
+``obsm['X_geneformer']``
+================================  ==============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ----------------------------------------------------------------------------- one model's results
+DEFAULT_PREFIX = "scatd"
+
+
+@dataclass(frozen=True)
+class ResultKeys:
+    """The obs/obsm/uns names of one model's results (see the module docstring)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def prob(self) -> str:
+        return f"{self.prefix}_prob_resistant"
+
+    @property
+    def prob_sd(self) -> str:
+        return f"{self.prefix}_prob_resistant_sd"
+
+    @property
+    def label(self) -> str:
+        return f"{self.prefix}_label"
+
+    @property
+    def scored(self) -> str:
+        return f"{self.prefix}_scored"
+
+    @property
+    def latent(self) -> str:
+        return f"X_{self.prefix}"
+
+    @property
+    def run(self) -> str:
+        return self.prefix
+
+
+def result_keys(prefix: str | None = None) -> ResultKeys:
+    return ResultKeys(prefix or DEFAULT_PREFIX)
+
+
+DEFAULT = ResultKeys()
+PROB = DEFAULT.prob
+PROB_SD = DEFAULT.prob_sd
+LABEL = DEFAULT.label
+SCORED = DEFAULT.scored
+LATENT = DEFAULT.latent
+RUN = DEFAULT.run
+
+# ----------------------------------------------------------------------------- called labels
+RESISTANT = "resistant"
+SENSITIVE = "sensitive"
+NOT_SCORED = "not scored"
+FILTERED = "filtered (QC)"
+
+# ----------------------------------------------------------------------------- data and QC
+INPUT_REPORT = "scatd_input"
+LABEL_DIRECTIONS = "scatd_labels"
+ALL_ZERO = "scatd_all_zero"
+ORIGINAL_CELL_ID = "scatd_original_id"
+ORIGINAL_GENE_NAME = "scatd_original_name"
+SYMBOL = "scatd_symbol"
+ENSEMBL = "scatd_ensembl"
+QC_PASS = "scatd_qc_pass"
+QC = "scatd_qc"
+
+# ----------------------------------------------------------------------------- embedding, clusters
+UMAP = "X_umap"
+CLUSTER = "scatd_cluster"
+EMBED = "scatd_embed"
+NOT_EMBEDDED = "not embedded"
+
+# ----------------------------------------------------------------------------- biomarkers
+BIOMARKERS = "scatd_biomarkers"
+ATTRIBUTIONS = "scatd_attributions"
+ATTRIBUTION_INPUTS = "scatd_attribution_inputs"
+EXPLAINED = "scatd_explained"
+
+# ----------------------------------------------------------------------------- foundation models
+FOUNDATION_EMBEDDING = {"vae_sf": "X_scfoundation", "vae_gf": "X_geneformer"}

@@ -1,0 +1,55 @@
+"""Progress messages with elapsed time and an estimate of the time left, for every long step."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+ProgressFn = Callable[[float, str], None]
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``1.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Eta:
+    """Elapsed time and time left from the fraction done so far (linear extrapolation).
+
+    >>> eta = Eta()
+    >>> eta.text(0.25)   # "12 s elapsed · about 36 s left"
+    """
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self, fraction: float) -> float | None:
+        if fraction <= 0.0:
+            return None
+        return self.elapsed * (1.0 - fraction) / fraction
+
+    def text(self, fraction: float) -> str:
+        left = self.left(fraction)
+        out = f"{duration(self.elapsed)} elapsed"
+        if left is not None and fraction < 1.0:
+            out += f" · about {duration(left)} left"
+        return out
+
+
+def with_eta(progress: ProgressFn | None) -> ProgressFn | None:
+    """Wrap a ``progress(fraction, message)`` callback so every message ends with the time left."""
+    if progress is None:
+        return None
+    eta = Eta()
+
+    def report(fraction: float, message: str) -> None:
+        progress(fraction, f"{message} · {eta.text(fraction)}" if message else eta.text(fraction))
+    return report

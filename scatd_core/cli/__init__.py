@@ -1,0 +1,55 @@
+"""The ``scatd`` command line: the same functions as the app, for scripts and servers.
+
+One module per sub-command (``add(sub)`` registers it, ``run(args)`` runs it and returns the exit
+code); heavy libraries are imported only when a command runs, so ``scatd --help`` is instant.
+Every expected problem is a :class:`~scatd_core.errors.ScatdError`: it is printed as
+``error: <what is wrong>`` plus a line saying what to do, and the exit code is 2. Anything
+unexpected prints one line too (exit 1); ``--debug`` shows the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from scatd_core import __version__
+from scatd_core.cli import demo, explain, import_checkpoint, labels, models, predict, report, train
+from scatd_core.cli._common import say
+from scatd_core.errors import ScatdError
+
+#: The sub-commands, in the order ``scatd --help`` lists them.
+COMMANDS = (predict, report, explain, import_checkpoint, models, train, labels, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scatd", description="scATD Studio: single-cell drug-resistance "
+                                     "prediction with the scATD models.")
+    parser.add_argument("--version", action="version", version=f"scatd {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except ScatdError as exc:
+        say(f"error: {exc.message}")
+        if exc.hint:
+            say(exc.hint)
+        return 2
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback with --debug
+        if args.debug:
+            raise
+        say(f"error: unexpected {type(exc).__name__}: {exc}")
+        say("This is a bug in scATD Studio; run again with --debug and report the output.")
+        return 1

@@ -1,0 +1,144 @@
+"""What every sub-command shares: messages, progress, argument types and finding a bundle.
+
+Nothing here imports torch or the science stack, so ``scatd --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from scatd_core.errors import ScatdError
+
+#: Choices the parsers offer; the core checks them again (tests keep the two in step).
+BACKBONES = ("dist_vae", "vae_sf", "vae_gf")
+DEVICES = ("auto", "cpu", "cuda")
+ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
+BETA_MODES = ("shared_with_head", "separate")
+BASELINES = ("zero", "mean", "random", "mix")
+TARGETS = ("logit", "raw_logit", "prob")
+
+
+def say(msg: str = "") -> None:
+    """A message for the person at the terminal (stderr; stdout is kept for results)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """``progress(fraction, message)`` for the terminal: one rewritten line on a terminal; in a
+    log, a line per 10 % and whenever the phase (the message before its first " · ") changes."""
+
+    def __init__(self, label: str = ""):
+        self.label = f"{label}: " if label else ""
+        self.tty = sys.stderr.isatty()
+        self.phase = None
+        self.decile = -1
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        pct = int(min(max(fraction, 0.0), 1.0) * 100)
+        if self.tty:
+            print(f"\r{self.label}{pct:3d}% {message[:110]:<110}", end="", file=sys.stderr, flush=True)
+            if fraction >= 1:
+                print(file=sys.stderr)
+            return
+        phase, decile = message.split(" · ")[0], pct // 10
+        if phase != self.phase or decile != self.decile or fraction >= 1:
+            say(f"{self.label}{pct}% {message}")
+        self.phase, self.decile = phase, decile
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def fmt(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.3f}"
+
+
+def resolve_bundle(name_or_path: str, library: str | None = None):
+    """A bundle folder, or the name of a bundle in the model library."""
+    from scatd_core.bundle import list_library, load_bundle
+    from scatd_core.config import model_library_dir
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        return load_bundle(path)
+    root = Path(library) if library else model_library_dir()
+    candidate = root / name_or_path
+    if candidate.is_dir() and "/" not in name_or_path and ".." not in name_or_path:
+        return load_bundle(candidate)
+    names = [e.path.name for e in list_library(root) if e.ok]
+    raise ScatdError(f"No model bundle at {name_or_path!r}.",
+                     f"Installed in {root}: {', '.join(names) if names else 'none'}. "
+                     "Import one with `scatd import-checkpoint`, or train one with `scatd train`.")
+
+
+def add_data_arguments(p: argparse.ArgumentParser, output: bool = True) -> None:
+    """``--model``, ``--input`` and the reading options shared by predict, explain and report."""
+    p.add_argument("--model", required=True, help="bundle folder (or a bundle name in the model library)")
+    p.add_argument("--input", required=True, help="single-cell data: h5ad, 10x h5/mtx/zip, CSV/TSV(.gz), "
+                                                  "loom, or .npy embeddings")
+    p.add_argument("--orientation", default="auto", choices=ORIENTATIONS,
+                   help="CSV/TSV orientation (default: detected)")
+    p.add_argument("--biomart", help="a BioMart table (Gene stable ID, Gene name) to map Ensembl IDs to symbols")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+
+
+def read_input(args):
+    """The ``--input`` file as an AnnData with its gene IDs annotated (and ``--biomart`` applied)."""
+    from scatd_core import genes, io
+
+    adata = io.read(args.input, orientation=args.orientation)
+    mapping = genes.annotate_gene_ids(adata, biomart=args.biomart) if args.biomart else \
+        adata.uns[io.REPORT_KEY].get("gene_ids", {})
+    say(f"Read {adata.n_obs:,} cells x {adata.n_vars:,} features from {Path(args.input).name}")
+    for w in adata.uns[io.REPORT_KEY].get("warnings", []):
+        say(f"warning: {w}")
+    if mapping.get("hint"):
+        say(f"warning: {mapping['hint']}")
+    return adata
+
+
+def add_label_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-column", help="obs column with known responses, for evaluation")
+    p.add_argument("--label-resistant",
+                   help="the value of --label-column meaning resistant (needed unless the values are words "
+                        "like resistant/sensitive; SCAD's 'response' is 1 = sensitive, so give 0)")
+
+
+def apply_label_direction(adata, args) -> str | None:
+    """Record ``--label-resistant`` for ``--label-column`` (or check the words say it); the column."""
+    from scatd_core.labels import label_direction, set_label_direction
+
+    column = getattr(args, "label_column", None)
+    if not column:
+        return None
+    if column not in adata.obs:
+        raise ScatdError(f"The data has no column {column!r} for --label-column.",
+                         f"Its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
+    resistant = args.label_resistant if args.label_resistant is not None else label_direction(adata, column)
+    if resistant is None:
+        from scatd_core.labels import label_counts
+
+        values = ", ".join(f"{k} ({v})" for k, v in label_counts(adata.obs[column]).items())
+        raise ScatdError(f"Which value of {column!r} means resistant? Its values: {values}.",
+                         "Say it with --label-resistant VALUE.")
+    set_label_direction(adata, column, resistant)
+    return column

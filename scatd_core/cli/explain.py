@@ -1,0 +1,104 @@
+"""``scatd explain``: integrated-gradients gene rankings (biomarkers.csv) from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scatd_core.cli._common import BASELINES, TARGETS, Progress, add_data_arguments, positive_int, read_input, \
+    resolve_bundle, say
+from scatd_core.errors import ScatdError
+
+
+def add(sub) -> None:
+    p = sub.add_parser("explain", help="rank genes by integrated-gradients attribution (biomarkers)",
+                       description="Predict, then explain the predictions with integrated gradients (captum): "
+                                   "one row per model gene (Dist_VAE) or embedding feature (VAE_sf/VAE_gf), "
+                                   "with a Wilcoxon DE test between the predicted groups for comparison.")
+    add_data_arguments(p)
+    p.add_argument("--output", required=True, help="the ranking CSV to write (e.g. biomarkers.csv)")
+    add_explain_arguments(p)
+    p.add_argument("--per-cell-top", nargs=2, metavar=("K", "CSV"),
+                   help="also write the per-cell attributions of the top K genes to CSV")
+    p.add_argument("--threshold", type=float, help="decision threshold defining the groups (default: the bundle's)")
+    p.set_defaults(run=run)
+
+
+def add_explain_arguments(p) -> None:
+    p.add_argument("--baseline", default="mean", choices=BASELINES,
+                   help="IG baseline: dataset mean (default), zero, mean of random cells, or a mix")
+    p.add_argument("--steps", type=int, default=50, help="integration steps (default 50)")
+    p.add_argument("--target", default="logit", choices=TARGETS,
+                   help="logit P(resistant) (default), the raw resistant logit (as the original), or P(resistant)")
+    p.add_argument("--max-cells", type=positive_int, help="explain a subsample of at most N cells, stratified by "
+                                                          "predicted label (default: all scored cells)")
+    p.add_argument("--keep-top", type=positive_int, default=100,
+                   help="genes whose per-cell attributions are kept in the h5ad (default 100)")
+    p.add_argument("--explain-seed", type=int, default=0, help="seed of the subsample and random baselines")
+    p.add_argument("--no-de", action="store_true", help="skip the differential-expression comparison")
+
+
+def explain_from_args(adata, bundle, args, inputs=None, keep_top=None):
+    from scatd_core.explain import explain
+
+    if args.steps < 2:
+        raise ScatdError(f"--steps must be at least 2, got {args.steps}.")
+    result = explain(adata, bundle, inputs=inputs, baseline=args.baseline, n_steps=args.steps, target=args.target,
+                     max_cells=args.max_cells, seed=args.explain_seed, device=args.device,
+                     keep_top=keep_top or args.keep_top, differential_expression=not args.no_de,
+                     progress=Progress("Explaining"))
+    info = result.info
+    say(info["statement"])
+    comp = info["completeness"]
+    say(f"Completeness error: median {comp['median_relative_error']:.2%}, max {comp['max_relative_error']:.2%} "
+        f"(tolerance {comp['tolerance']:.0%}).")
+    agree = info["agreement"]
+    if agree:
+        overlap = agree.get("top20_overlap")
+        say(f"Attribution vs DE: Spearman {agree['spearman_abs_attribution_vs_abs_de_score']}"
+            + (f", {overlap} of the top 20 shared" if overlap is not None else "") + ".")
+    for w in info["warnings"]:
+        say(f"warning: {w}")
+    for n in info["notes"]:
+        say(f"note: {n}")
+    say(f"Top features: {', '.join(result.ranking['feature'].head(10))}.")
+    return result
+
+
+def _per_cell_arg(values) -> tuple[int, Path] | None:
+    if not values:
+        return None
+    k, path = values
+    try:
+        k = int(k)
+    except ValueError:
+        raise ScatdError(f"--per-cell-top takes a number of genes and a file, got {k!r} {path!r}.",
+                         "Example: --per-cell-top 50 per_cell.csv") from None
+    if k < 1:
+        raise ScatdError("--per-cell-top needs at least 1 gene.")
+    return k, Path(path)
+
+
+def run(args) -> int:
+    from scatd_core.export import to_csv_bytes
+    from scatd_core.inputs import ModelInput
+    from scatd_core.predict import predict
+
+    per_cell = _per_cell_arg(args.per_cell_top)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ScatdError(f"--threshold must be between 0 and 1, got {args.threshold}.")
+    bundle = resolve_bundle(args.model)
+    adata = read_input(args)
+    inputs = ModelInput(adata, bundle)
+    predict(adata, bundle, inputs=inputs, device=args.device, threshold=args.threshold,
+            progress=Progress("Predicting"))
+    result = explain_from_args(adata, bundle, args, inputs=inputs, keep_top=per_cell[0] if per_cell else None)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(to_csv_bytes(result.ranking))
+    say(f"Wrote {out}")
+    if per_cell:
+        k, path = per_cell
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result.per_cell(k).to_csv(path)
+        say(f"Wrote per-cell attributions of the top {min(k, len(result.features))} to {path}")
+    return 0

@@ -1,0 +1,62 @@
+"""``scatd import-checkpoint``: an original scATD .pth into a model bundle (weights_only=True)."""
+
+from __future__ import annotations
+
+import json
+
+from scatd_core.cli._common import BACKBONES, BETA_MODES, probability, say
+from scatd_core.errors import ScatdError
+
+
+def add(sub) -> None:
+    p = sub.add_parser("import-checkpoint", help="import an original scATD .pth into a model bundle",
+                       description="Import an original scATD checkpoint (pretraining or transfer-learning) "
+                                   "into a model bundle. Loaded with weights_only=True; keys must match exactly.")
+    p.add_argument("pth", help="the original .pth state_dict file")
+    p.add_argument("--backbone", required=True, choices=BACKBONES)
+    p.add_argument("--drug", help="drug name (required for drug classification checkpoints)")
+    p.add_argument("--out", help="bundle folder to create (default: a folder in the model library)")
+    p.add_argument("--genes", help="Dist_VAE: the model's input gene list (TSV with gene_name, or one per line)")
+    p.add_argument("--style-reference", help="VAE_sf/VAE_gf: bulk embeddings .npy (samples x features) for AdaIN")
+    p.add_argument("--input-transform", default="none", choices=["none", "log1p_cp10k"],
+                   help="transform applied to expression before the model (default: none, as the original "
+                        "inference script)")
+    p.add_argument("--label-mapping", help='JSON, default {"sensitive": 0, "resistant": 1}')
+    p.add_argument("--threshold", type=probability, help="decision threshold on P(resistant) "
+                                                         "(default: 0.05 Dist_VAE, 0.5 VAE_sf/VAE_gf)")
+    p.add_argument("--beta-mode", choices=BETA_MODES,
+                   help="Dist_VAE: 'shared_with_head' reproduces the original inference (default for "
+                        "imported Dist_VAE classifiers); 'separate' keeps the encoder's own Swish beta")
+    p.add_argument("--name", help="display name in the model library")
+    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.set_defaults(run=run)
+
+
+def _mapping(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        mapping = json.loads(text)
+        if not isinstance(mapping, dict):
+            raise ValueError
+        return {str(k): int(v) for k, v in mapping.items()}
+    except (ValueError, TypeError):
+        raise ScatdError(f"--label-mapping is not a JSON object of names to 0/1: {text}",
+                         'Example: --label-mapping \'{"sensitive": 0, "resistant": 1}\'') from None
+
+
+def run(args) -> int:
+    from scatd_core.bundle import import_checkpoint
+
+    bundle = import_checkpoint(
+        args.pth, args.backbone, drug=args.drug, out=args.out, genes=args.genes,
+        style_reference=args.style_reference, input_transform=args.input_transform,
+        label_mapping=_mapping(args.label_mapping), threshold=args.threshold, beta_mode=args.beta_mode,
+        name=args.name, library=args.library)
+    arch = bundle.architecture
+    print(f"Imported {bundle.kind} '{bundle.name}' ({args.backbone}, encoder {arch.encoder_dims}, "
+          f"z {arch.z_dim}) -> {bundle.path}")
+    if bundle.input_kind == "embedding" and bundle.style_mean is None and bundle.kind == "classifier":
+        say("warning: no --style-reference given; this model cannot predict until it has bulk style "
+            "statistics (re-import with --style-reference BULK.npy).")
+    return 0

@@ -1,0 +1,68 @@
+"""``scatd report``: predictions.csv, metrics.csv, biomarkers.csv, annotated.h5ad and report.html in one go.
+
+The same steps as the app's path (Predict, Cells, Biomarkers, Report), with the same functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, apply_label_direction, \
+    read_input, resolve_bundle, say
+from scatd_core.cli.explain import add_explain_arguments, explain_from_args
+from scatd_core.cli.predict import add_prediction_arguments, predict_from_args
+
+
+def add(sub) -> None:
+    p = sub.add_parser("report", help="predict, embed, (explain) and write the whole report folder",
+                       description="Predict every cell, compute the UMAP and clusters, optionally rank biomarkers, "
+                                   "and write predictions.csv, metrics.csv, biomarkers.csv, annotated.h5ad and "
+                                   "report.html into --out (the app's downloads).")
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="report folder")
+    add_prediction_arguments(p)
+    add_label_arguments(p)
+    p.add_argument("--sample-column", help="obs column with the sample / batch (resistant fraction per sample)")
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAP and clusters")
+    p.add_argument("--explain", action="store_true", help="also rank biomarkers (integrated gradients)")
+    add_explain_arguments(p)
+    p.set_defaults(run=run)
+
+
+def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
+    """Predict, embed, explain (``args.explain``) and write the report folder ``args.out``."""
+    from scatd_core import embed, export
+    from scatd_core.inputs import ModelInput
+
+    label_column = apply_label_direction(adata, args)
+    inputs = ModelInput(adata, bundle, batch_size=args.batch_size)
+    predict_from_args(adata, bundle, args, inputs=inputs)
+    if not args.no_umap:
+        embed.embed(adata, progress=Progress("UMAP"))
+    if args.explain:
+        explain_from_args(adata, bundle, args, inputs=inputs)
+    paths = export.write_report(adata, args.out, label_column=label_column,
+                                group_columns=[c for c in (args.sample_column,) if c], data_name=data_name)
+    if label_column:
+        from scatd_core.metrics import evaluate_column
+
+        from scatd_core.errors import InputError
+
+        try:
+            ev = evaluate_column(adata, label_column)[0]
+        except InputError as exc:  # also stated in metrics.csv and the HTML report
+            say(f"warning: no evaluation against '{label_column}': {exc.message}")
+        else:
+            say(f"Against '{label_column}': AUROC {ev.auroc:.3f}, AUPRC {ev.auprc:.3f}.")
+            for note in ev.notes:
+                say(f"note: {note}")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return paths
+
+
+def run(args) -> int:
+    bundle = resolve_bundle(args.model)
+    adata = read_input(args)
+    report_pipeline(adata, bundle, args, data_name=Path(args.input).name)
+    return 0

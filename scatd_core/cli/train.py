@@ -1,0 +1,114 @@
+"""``scatd train``: a drug model trained on bulk cell lines, adapted to your single cells."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from scatd_core.cli._common import BACKBONES, DEVICES, Progress, fmt, positive_int, say
+from scatd_core.errors import ScatdError
+
+
+def export_bundle(source: Path, target: Path) -> None:
+    """Copy a bundle folder (replacing ``target``)."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a drug model on bulk cell lines, adapted to your single cells",
+        description="Train a drug-response model on labelled bulk cell lines and adapt it to a target "
+                    "single-cell dataset (scATD domain-adaptive learning). The target's labels, if any, are "
+                    "only used to report metrics.")
+    p.add_argument("--backbone", default="dist_vae", choices=BACKBONES,
+                   help="dist_vae: expression (default); vae_sf/vae_gf: cell embeddings")
+    p.add_argument("--bulk", required=True, help="bulk cell lines x genes (CSV/TSV, h5ad, ...)")
+    p.add_argument("--bulk-labels", required=True,
+                   help="cell lines x drugs table of sensitive/resistant (ALL_label_binary_wf.csv format)")
+    p.add_argument("--drug", required=True, help="drug column of the label table (case-insensitive)")
+    p.add_argument("--target", required=True, help="the single cells to adapt to (any format `scatd predict` reads)")
+    p.add_argument("--out", help="also export a copy of the new bundle to this folder (it is always installed in "
+                                 "the model library)")
+    p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle (default: pretrain one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=positive_int, default=5, help="stratified CV folds on the bulk (default 5)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="most drug-head epochs on the frozen encoder; the CV picks how many (default 50)")
+    p.add_argument("--finetune-epochs", type=int, help="then epochs fine-tuning the encoder too (default 20)")
+    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 200)")
+    p.add_argument("--mmd-weight", type=float, help="weight of the bulk-target MMD loss (default 1.0)")
+    p.add_argument("--no-adaptation", action="store_true",
+                   help="never use the target for training (the no-adaptation baseline)")
+    p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
+    p.add_argument("--target-resistant-value",
+                   help="the value of --target-labels meaning resistant, unless the values are words like "
+                        "resistant/sensitive (SCAD's 'response' is 1 = sensitive, so give 0)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--threads", type=positive_int,
+                   help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models)")
+    p.add_argument("--name", help="display name in the model library")
+    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder at --out")
+    p.add_argument("--report", help="also write the training report (JSON) here")
+    p.add_argument("--target-predictions", help="also write the target's per-cell P(resistant) (CSV) here")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from scatd_core.train import TrainSettings, report_to_json, train_drug_model
+
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise ScatdError(f"{args.out} already exists.", "Choose another --out, or add --overwrite.")
+
+    settings = TrainSettings()
+    overrides = {"finetune_epochs": args.finetune_epochs, "pretrain_epochs": args.pretrain_epochs,
+                 "mmd_weight": args.mmd_weight}
+    for key, value in overrides.items():
+        if value is not None:
+            if value < 0:
+                raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
+            setattr(settings, key, value)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    say(f"Training a {args.backbone} model for {args.drug}: bulk {Path(args.bulk).name}, "
+         f"target {Path(args.target).name}")
+    bundle, report = train_drug_model(
+        args.bulk, args.bulk_labels, args.drug, args.target, backbone=args.backbone,
+        backbone_bundle=args.backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
+        adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
+        target_resistant_value=args.target_resistant_value, library=args.library, name=args.name,
+        progress=Progress())
+    lab = report["labels"]
+    say(f"Labels ({report['drug']}): {lab['sensitive']} sensitive, {lab['resistant']} resistant bulk samples; "
+         f"{lab['n_missing_label']} missing labels dropped; {lab['n_bulk_without_label']} bulk samples unlabelled.")
+    if report.get("genes"):
+        g = report["genes"]
+        say(f"Gene panel: {g['n_panel']:,} genes shared by bulk ({g['n_bulk']:,}) and target ({g['n_target']:,})"
+             + (f" and the backbone ({g['n_backbone']:,})" if g.get("n_backbone") else "") + ".")
+    cv = report["cv"]
+    say(f"Bulk {cv['folds']}-fold CV AUROC {fmt(cv['auroc_mean'])} ± {fmt(cv['auroc_sd'])} with "
+         f"{cv['head_epochs']} head epochs (chosen by validation AUROC) + {cv['finetune_epochs']} fine-tuning.")
+    tm = report["metrics"].get("target")
+    if tm:
+        say(f"Target ({tm['label_column']}, evaluation only): AUROC {fmt(tm['auroc'])}, AUPRC {fmt(tm['auprc'])}, "
+             f"balanced accuracy {fmt(tm['balanced_accuracy'])} at threshold {tm['threshold']:g}.")
+    for w in report["warnings"]:
+        say(f"warning: {w}")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report_to_json(report), indent=2) + "\n", encoding="utf-8")
+        say(f"Wrote {args.report}")
+    if args.target_predictions:
+        Path(args.target_predictions).parent.mkdir(parents=True, exist_ok=True)
+        report["target_predictions"].to_csv(args.target_predictions, index=False)
+        say(f"Wrote {args.target_predictions}")
+    print(f"Trained '{bundle.name}' in {report['seconds']:.0f} s; installed in the model library: {bundle.path}")
+    if args.out:
+        export_bundle(bundle.path, Path(args.out))
+        print(f"Exported a copy to {args.out}")
+    return 0

@@ -1,0 +1,531 @@
+"""``explain``: integrated gradients for the cells of a prediction, ranked, checked and stored."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from scatd_core import _keys
+from scatd_core._json import json_safe
+from scatd_core._keys import FILTERED, result_keys
+from scatd_core._progress import Eta
+from scatd_core.errors import Cancelled, InputError
+from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, N_REFERENCE_CELLS, TARGET_TITLES, TARGETS,
+                                             Attributor, baseline_vector)
+from scatd_core.explain._ranking import agreement, differential_expression, log_scale, raw_rows, round_or_none
+from scatd_core.inputs import ModelInput
+from scatd_core.predict import device_description, resolve_device
+
+COMPLETENESS_TOLERANCE = 0.05
+MAX_CELLS_PER_CALL = 64
+FEATURE_PREFIX = {"vae_sf": "scFoundation", "vae_gf": "Geneformer"}
+RANKING_COLUMNS = ("rank", "feature", "mean_abs_attribution", "mean_attribution", "mean_attribution_resistant",
+                   "mean_attribution_sensitive", "input_gradient", "direction", "baseline_input",
+                   "mean_input_resistant", "mean_input_sensitive", "mean_data_resistant", "mean_data_sensitive", "logfoldchange",
+                   "de_score", "de_pval", "de_pval_adj", "de_rank", "in_data")
+
+
+@dataclass
+class Explanation:
+    """The result of :func:`explain` (also stored in the AnnData, see :func:`store`).
+
+    Attributes
+    ----------
+    ranking
+        One row per model input feature, best first (``biomarkers.csv``); columns
+        :data:`RANKING_COLUMNS`.
+    cells
+        One row per explained cell (index: cell id): ``row`` (position in the AnnData),
+        ``label``, ``prob_resistant``, ``target`` (f(x)), ``baseline_target`` (f(baseline)),
+        ``attribution_sum``, ``delta`` and ``relative_error`` (completeness).
+    features
+        The ``keep_top`` best features whose per-cell values are kept.
+    attributions, inputs
+        ``(n explained cells, len(features))`` float32: per-cell attributions and model-input
+        values of those features, rows in the order of ``cells``.
+    baseline
+        The baseline model input, one value per model input feature (also the ranking's
+        ``baseline_input`` column).
+    info
+        Settings, the cells explained (and how they were chosen), completeness summary,
+        DE method, agreement between attribution and DE, warnings and notes, timings.
+    """
+
+    ranking: pd.DataFrame
+    cells: pd.DataFrame
+    features: list[str]
+    attributions: np.ndarray
+    inputs: np.ndarray
+    baseline: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    def feature_values(self, feature: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(model-input values, attributions)`` of one kept feature over the explained cells."""
+        try:
+            j = self.features.index(feature)
+        except ValueError:
+            raise InputError(f"Per-cell values of {feature!r} were not kept (only the top {len(self.features)}).",
+                             "Run again with a larger keep_top.") from None
+        return self.inputs[:, j], self.attributions[:, j]
+
+    def baseline_of(self, feature: str) -> float:
+        row = self.ranking.loc[self.ranking["feature"] == feature, "baseline_input"]
+        return float(row.iloc[0])
+
+    def per_cell(self, top: int = 20, values: str = "attribution") -> pd.DataFrame:
+        """Cells x the ``top`` best features: attributions (or ``values="input"``), with label and P."""
+        if values not in ("attribution", "input"):
+            raise InputError(f"Unknown values {values!r}; use 'attribution' or 'input'.")
+        k = min(int(top), len(self.features))
+        matrix = self.attributions if values == "attribution" else self.inputs
+        table = pd.DataFrame(matrix[:, :k], index=self.cells.index, columns=self.features[:k])
+        return pd.concat([self.cells[["label", "prob_resistant"]], table], axis=1)
+
+
+def feature_names(bundle) -> list[str]:
+    """Model input feature names: genes for Dist_VAE, ``scFoundation_i`` / ``Geneformer_i`` otherwise."""
+    if bundle.genes is not None:
+        return list(bundle.genes)
+    prefix = FEATURE_PREFIX.get(bundle.backbone, "feature")
+    return [f"{prefix}_{i}" for i in range(bundle.architecture.input_dim)]
+
+
+def stratified_subsample(labels: np.ndarray, max_cells: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of at most ``max_cells`` entries, each label keeping its share.
+
+    Group sizes are proportional (largest remainders), every non-empty group keeps at least one
+    cell, and cells are drawn without replacement with ``numpy.random.default_rng(seed)``.
+    """
+    labels = np.asarray(labels)
+    n = labels.size
+    if max_cells >= n:
+        return np.arange(n)
+    groups, counts = np.unique(labels, return_counts=True)
+    exact = counts * max_cells / n
+    take = np.maximum(np.floor(exact).astype(int), 1)
+    while take.sum() > max_cells:  # only when there are more groups than cells to spare
+        take[np.argmax(take)] -= 1
+    for i in np.argsort(-(exact - np.floor(exact)), kind="stable")[: max_cells - take.sum()]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == g), size=min(t, c), replace=False)
+              for g, t, c in zip(groups, take, counts)]
+    return np.sort(np.concatenate(chosen))
+
+
+# --------------------------------------------------------------------------- steps
+
+def _check(adata: ad.AnnData, bundle, keys, baseline: str, target: str, n_steps: int, max_cells, n_reference: int):
+    if bundle.kind != "classifier":
+        raise InputError(f"{bundle.name} is a pretrained backbone without a drug head; there is nothing to explain.",
+                         "Choose a drug model.")
+    if baseline not in BASELINES:
+        raise InputError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
+    if target not in TARGETS:
+        raise InputError(f"Unknown target {target!r}; use one of {', '.join(TARGETS)}.")
+    if int(n_steps) < 2:
+        raise InputError("Integrated gradients need at least 2 steps.", "Use n_steps 50 or more.")
+    if max_cells is not None and int(max_cells) < 2:
+        raise InputError("max_cells must be at least 2.")
+    if n_reference < 1:
+        raise InputError("n_reference_cells must be at least 1.")
+    if keys.prob not in adata.obs or keys.label not in adata.obs or keys.run not in adata.uns:
+        raise InputError(f"Did not find obs['{keys.prob}'] and obs['{keys.label}'].",
+                         "Run `scatd_core.predict.predict(adata, bundle)` (the Predict page) first.")
+    made_with = adata.uns[keys.run].get("model", {}).get("weights_sha256")
+    this = bundle.manifest.get("weights_sha256")
+    if made_with and this and made_with != this:
+        name = adata.uns[keys.run]["model"].get("name", "another model")
+        raise InputError(f"The predictions in this dataset were made with {name}, not {bundle.name}.",
+                         "Predict with this model first, or explain with the model that made the predictions.")
+
+
+def _choose_cells(labels: np.ndarray, scored_rows: np.ndarray, max_cells, seed: int, pos: str,
+                  neg: str) -> tuple[np.ndarray, str]:
+    if max_cells is None or scored_rows.size <= int(max_cells):
+        return scored_rows, f"all {scored_rows.size:,} scored cells"
+    rows = scored_rows[stratified_subsample(labels[scored_rows], int(max_cells), seed)]
+    parts = [f"{lab} {int((labels[rows] == lab).sum()):,} of {int((labels[scored_rows] == lab).sum()):,}"
+             for lab in (pos, neg)]
+    return rows, (f"a random subsample of {rows.size:,} of the {scored_rows.size:,} scored cells, stratified by "
+                  f"predicted label ({'; '.join(parts)}; seed {seed})")
+
+
+@dataclass
+class _Sums:
+    """Streamed float64 accumulators of the attribution pass, and the per-cell results."""
+
+    n_features: int
+    n_cells: int
+
+    def __post_init__(self):
+        f, n = self.n_features, self.n_cells
+        self.abs = np.zeros(f)
+        self.attr = {True: np.zeros(f), False: np.zeros(f)}
+        self.x = {True: np.zeros(f), False: np.zeros(f)}
+        self.ad = np.zeros(f)
+        self.dd = np.zeros(f)
+        self.staged = np.zeros((n, f), dtype=np.float16)  # until the top features are known
+        self.f_x, self.attr_sum, self.delta = np.zeros(n), np.zeros(n), np.zeros(n)
+
+    def add(self, at: np.ndarray, x: np.ndarray, a: np.ndarray, dlt: np.ndarray, out: np.ndarray,
+            base: np.ndarray, is_pos: np.ndarray, is_neg: np.ndarray) -> None:
+        d = x.astype(np.float64) - base
+        grp = is_pos[at]
+        self.abs += np.abs(a).sum(axis=0)
+        for flag in (True, False):
+            sel = grp if flag else (~grp & is_neg[at])
+            self.attr[flag] += a[sel].sum(axis=0)
+            self.x[flag] += x[sel].sum(axis=0, dtype=np.float64)
+        self.ad += (a * d).sum(axis=0)
+        self.dd += (d * d).sum(axis=0)
+        self.staged[at] = a.astype(np.float16)
+        self.f_x[at], self.attr_sum[at], self.delta[at] = out, a.sum(axis=1), dlt
+
+
+def _integrate(inputs: ModelInput, attributor: Attributor, rows: np.ndarray, is_pos, is_neg, base: np.ndarray,
+               say, should_stop) -> _Sums:
+    """Integrated gradients of every chosen cell, in batches read through ``inputs``."""
+    n_cells = rows.size
+    sums = _Sums(base.size, n_cells)
+    position = np.full(inputs.n_obs, -1, dtype=np.int64)
+    position[rows] = np.arange(n_cells)
+    per_call = max(1, min(MAX_CELLS_PER_CALL, attributor.internal_batch_size))
+    done, eta = 0, Eta()
+    for _stop, idx, x in inputs.batches():
+        at_all = position[idx]
+        keep = at_all >= 0
+        idx, x, at_all = idx[keep], x[keep], at_all[keep]
+        for s in range(0, idx.size, per_call):
+            if should_stop is not None and should_stop():
+                raise Cancelled("Attribution cancelled; nothing was changed.")
+            xi, at = x[s:s + per_call], at_all[s:s + per_call]
+            a, dlt, out = attributor(xi)
+            sums.add(at, xi, a, dlt, out, base, is_pos, is_neg)
+            done += xi.shape[0]
+            say(0.02 + 0.88 * done / n_cells, f"{done:,} of {n_cells:,} cells · {eta.text(done / n_cells)}")
+    return sums
+
+
+def _completeness(sums: _Sums, f_base: float, n_steps: int, warn: list[str]) -> tuple[dict, np.ndarray]:
+    diff = np.abs(sums.f_x - f_base)
+    floor = max(0.1 * float(np.median(diff)), 1e-6)
+    rel = np.abs(sums.delta) / np.maximum(diff, floor)
+    out = {"tolerance": COMPLETENESS_TOLERANCE,
+           "median_relative_error": round_or_none(np.median(rel), 6),
+           "p90_relative_error": round_or_none(np.quantile(rel, 0.9), 6),
+           "max_relative_error": round_or_none(rel.max(), 6), "max_abs_delta": round_or_none(np.abs(sums.delta).max(), 8),
+           "n_cells_over_tolerance": int((rel > COMPLETENESS_TOLERANCE).sum())}
+    out["ok"] = bool(np.median(rel) <= COMPLETENESS_TOLERANCE)
+    if not out["ok"]:
+        warn.append(f"Integrated gradients did not converge well: the median completeness error is "
+                    f"{np.median(rel):.1%} (tolerance {COMPLETENESS_TOLERANCE:.0%}). Increase n_steps "
+                    f"(e.g. to {2 * int(n_steps)}).")
+    elif out["n_cells_over_tolerance"] > 0.1 * sums.n_cells:
+        warn.append(f"{out['n_cells_over_tolerance']:,} cells have a completeness error above "
+                    f"{COMPLETENESS_TOLERANCE:.0%}; their attributions are approximate (raise n_steps).")
+    return out, rel
+
+
+def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int,
+             base: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The ranking table (feature order) and the order of the features by mean |attribution|."""
+    n = len(names)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gradient = np.where(sums.dd > 0, sums.ad / np.where(sums.dd > 0, sums.dd, 1.0), 0.0)
+        ranking = pd.DataFrame({
+            "feature": names,
+            "mean_abs_attribution": sums.abs / sums.n_cells,
+            "mean_attribution": (sums.attr[True] + sums.attr[False]) / max(n_pos + n_neg, 1),
+            "mean_attribution_resistant": sums.attr[True] / n_pos if n_pos else np.nan,
+            "mean_attribution_sensitive": sums.attr[False] / n_neg if n_neg else np.nan,
+            "input_gradient": gradient,
+            "direction": np.where(gradient > 0, "resistance", np.where(gradient < 0, "sensitivity", "none")),
+            "baseline_input": base,
+            "mean_input_resistant": sums.x[True] / n_pos if n_pos else np.nan,
+            "mean_input_sensitive": sums.x[False] / n_neg if n_neg else np.nan,
+        })
+    order = np.lexsort((np.arange(n), -ranking["mean_abs_attribution"].to_numpy()))
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(1, n + 1)
+    ranking.insert(0, "rank", rank)
+    return ranking, order
+
+
+def _kept_inputs(inputs: ModelInput, rows: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Model-input values of the kept features for the explained cells (a pass without the model)."""
+    position = np.full(inputs.n_obs, -1, dtype=np.int64)
+    position[rows] = np.arange(rows.size)
+    out = np.zeros((rows.size, kept.size), dtype=np.float32)
+    for _stop, idx, x in inputs.batches():
+        at = position[idx]
+        keep = at >= 0
+        if keep.any():
+            out[at[keep]] = x[keep][:, kept]
+    return out
+
+
+def _de_columns(inputs: ModelInput, bundle, rows: np.ndarray, is_pos, is_neg, pos: str, neg: str,
+                run_de: bool) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """Group means of the data as given, the Wilcoxon test, and which features are in the data."""
+    n_features = inputs.spec.input_dim
+    if bundle.input_kind == "expression":
+        in_data = np.asarray(np.abs(inputs.source.alignment.matrix).sum(axis=0)).ravel() > 0
+    else:
+        in_data = np.ones(n_features, dtype=bool)
+    present = np.flatnonzero(in_data)
+    raw = raw_rows(inputs, rows, present)  # rows are sorted, so raw's rows follow the explained cells
+    cols = pd.DataFrame(np.nan, index=range(n_features),
+                        columns=["mean_data_resistant", "mean_data_sensitive", "logfoldchange", "de_score", "de_pval",
+                                 "de_pval_adj"])
+    n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
+    if n_pos:
+        cols.loc[present, "mean_data_resistant"] = np.asarray(raw[is_pos].mean(axis=0)).ravel()
+    if n_neg:
+        cols.loc[present, "mean_data_sensitive"] = np.asarray(raw[is_neg].mean(axis=0)).ravel()
+    if not run_de:
+        return cols, {"method": "none"}, in_data
+    if n_pos < 2 or n_neg < 2:
+        return cols, {"method": "none", "reason": "the DE test needs at least 2 explained cells in each predicted "
+                                                  "group"}, in_data
+    if bundle.input_kind == "expression":
+        from scatd_core.preprocess import detect_value_type
+
+        kind = "counts" if inputs.counts_detected else detect_value_type(raw)["kind"]
+        totals = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel() if kind == "counts" else None
+        de_matrix, log_ok = log_scale(raw, kind, totals)
+        scale = {"counts": "log1p of counts per 10k (over the model's genes)", "tpm_like": "log1p of the values",
+                 "log_normalized": "the values as given (log scale)"}.get(kind, "the values as given")
+    else:
+        kind, de_matrix, log_ok = "embedding", raw, False
+        scale = "the embedding features before AdaIN (a per-feature affine map, which a rank test ignores)"
+    keep_cells = is_pos | is_neg
+    groups = np.where(is_pos, pos, neg)[keep_cells]
+    de = differential_expression(de_matrix[keep_cells], groups, pos, neg, log_ok)
+    cols.loc[present, ["logfoldchange", "de_score", "de_pval", "de_pval_adj"]] = de.to_numpy()
+    info = {"method": "Wilcoxon rank-sum (scanpy rank_genes_groups, tie-corrected, Benjamini-Hochberg)",
+            "compared": f"predicted {pos} ({n_pos:,}) vs {neg} ({n_neg:,}) among the explained cells",
+            "data_kind": kind, "data_scale": scale,
+            "logfoldchange": "log2, resistant vs sensitive" if log_ok else
+            "not computed: the data are not on a log-expression scale"}
+    return cols, info, in_data
+
+
+def _de_rank(ranking: pd.DataFrame) -> pd.Series:
+    abs_score = ranking["de_score"].abs().to_numpy()
+    de_rank = np.full(len(ranking), np.nan)
+    finite = np.flatnonzero(np.isfinite(abs_score))
+    de_rank[finite[np.argsort(-abs_score[finite], kind="stable")]] = np.arange(1, finite.size + 1)
+    return pd.array(de_rank, dtype="Int64") if finite.size else pd.array(de_rank, dtype="Float64")
+
+
+# --------------------------------------------------------------------------- main entry
+
+def explain(
+    adata: ad.AnnData,
+    bundle,
+    *,
+    inputs: ModelInput | None = None,
+    baseline: str = "mean",
+    n_steps: int = 50,
+    target: str = "logit",
+    max_cells: int | None = None,
+    seed: int = 0,
+    n_reference_cells: int = N_REFERENCE_CELLS,
+    keep_top: int | None = 100,
+    differential_expression: bool = True,
+    device: str = "auto",
+    internal_batch_size: int | None = None,
+    factorise: bool = True,
+    batch_size: int = 512,
+    key_added: str | None = None,
+    store_result: bool = True,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> "Explanation":
+    """Rank the model's input genes (or embedding features) by integrated-gradients attribution.
+
+    Parameters
+    ----------
+    adata
+        A dataset annotated by :func:`scatd_core.predict.predict` with this ``bundle``; the
+        predicted groups are its current calls (``obs['<p>_label']``, at the threshold set there).
+    bundle
+        The drug model that made the predictions.
+    inputs
+        The :class:`~scatd_core.inputs.ModelInput` the prediction used (reused: no second
+        alignment or statistics pass); built when not given, with the prediction's QC mask.
+    baseline
+        ``"mean"`` (default), ``"zero"``, ``"random"`` or ``"mix"`` (see :mod:`scatd_core.explain`).
+    n_steps
+        Quadrature points of the path integral (captum Gauss-Legendre); raise it when the
+        completeness warning appears.
+    target
+        ``"logit"`` (default: logit P(resistant)), ``"raw_logit"`` or ``"prob"``.
+    max_cells
+        Explain at most this many scored cells: a random subsample stratified by predicted
+        label (stated in ``info["cells"]``). Default: all scored cells.
+    seed
+        Seed of the subsample and of the ``random``/``mix`` reference cells.
+    n_reference_cells
+        Cells averaged into the ``random``/``mix`` baseline (the original used 10).
+    keep_top
+        Keep per-cell attributions and input values of the best ``keep_top`` features
+        (``None``: all).
+    differential_expression
+        Also run the Wilcoxon test between predicted groups and the agreement statistics.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    internal_batch_size
+        Interpolated inputs per forward pass (captum); default sized to a memory budget.
+    factorise
+        Integrate through the first layer's outputs (exact, about ``n_steps`` times faster for
+        Dist_VAE; see :class:`~scatd_core.explain._attribution.Attributor`); ``False`` runs
+        captum on the whole model.
+    batch_size
+        Cells read and transformed at once (when ``inputs`` is built here).
+    key_added
+        Prefix of the prediction to explain (default ``"scatd"``).
+    store_result
+        Write the result into ``adata`` (:func:`store`).
+    progress
+        Called with (fraction done, message with a time estimate).
+    should_stop
+        Polled between batches; returning True raises :class:`~scatd_core.errors.Cancelled`.
+
+    Returns
+    -------
+    :class:`Explanation`. With ``store_result`` it also sets ``adata.uns['scatd_biomarkers']``
+    (ranking, settings, completeness, DE, agreement), ``adata.obsm['scatd_attributions']`` and
+    ``adata.obsm['scatd_attribution_inputs']`` (cells x top features; NaN rows for cells not
+    explained) and ``adata.obs['scatd_explained']``.
+    """
+    keys = result_keys(key_added)
+    _check(adata, bundle, keys, baseline, target, n_steps, max_cells, n_reference_cells)
+    t0 = time.perf_counter()
+    say = progress or (lambda f, m: None)
+    say(0.0, "reading the model input")
+    dev = resolve_device(device)
+    model = bundle.load_model(dev, adata.uns[keys.run]["params"].get("beta_mode"))
+    labels = adata.obs[keys.label].astype(str).to_numpy()
+    if inputs is None:
+        filtered = labels == FILTERED
+        inputs = ModelInput(adata, bundle, mask=~filtered if filtered.any() else None, batch_size=batch_size)
+    info_pred = adata.uns[keys.run]
+    pos, neg = info_pred["positive_label"], info_pred["negative_label"]
+    scored_rows = np.flatnonzero(inputs.usable & adata.obs[keys.scored].to_numpy(dtype=bool))
+    if scored_rows.size == 0:
+        raise InputError("No scored cell to explain.", "Check the prediction's warnings on the Predict page.")
+    notes, warn = [], []
+    rows, how = _choose_cells(labels, scored_rows, max_cells, seed, pos, neg)
+    explained_labels = labels[rows]
+    is_pos, is_neg = explained_labels == pos, explained_labels == neg
+    if not is_pos.any() or not is_neg.any():
+        warn.append(f"All explained cells are predicted {pos if is_pos.any() else neg}: group comparisons "
+                    "(signed means per group, DE) are not available.")
+    names = feature_names(bundle)
+    base_vec, reference_cells = baseline_vector(inputs, baseline, n_reference_cells, seed)
+    if bundle.input_kind == "embedding":
+        notes.append(f"{bundle.backbone} attributions are per embedding feature ({names[0]} ... {names[-1]}): "
+                     "gene-level attributions need the foundation model (scFoundation / Geneformer) in the loop.")
+    attributor = Attributor(model, target, bundle.positive_index, base_vec, n_steps, internal_batch_size, dev,
+                            factorise=factorise)
+    say(0.02, f"integrated gradients on {rows.size:,} cells")
+    t_ig = time.perf_counter()
+    sums = _integrate(inputs, attributor, rows, is_pos, is_neg, base_vec.astype(np.float64), say, should_stop)
+    seconds_ig = time.perf_counter() - t_ig
+    completeness, rel = _completeness(sums, attributor.f_base, n_steps, warn)
+    n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
+    ranking, order = _ranking(names, sums, n_pos, n_neg, base_vec)
+    kept = order if keep_top is None else order[: int(keep_top)]
+    attributions = sums.staged[:, kept].astype(np.float32)
+    kept_inputs = _kept_inputs(inputs, rows, kept)
+
+    say(0.92, "differential expression between the predicted groups")
+    de_cols, de_info, in_data = _de_columns(inputs, bundle, rows, is_pos, is_neg, pos, neg, differential_expression)
+    ranking = pd.concat([ranking, de_cols], axis=1)
+    ranking["de_rank"] = _de_rank(ranking)
+    ranking["in_data"] = in_data
+    if bundle.input_kind == "expression" and not in_data.all():
+        notes.append(f"{int((~in_data).sum()):,} of the model's {len(names):,} genes are absent from the data: "
+                     "they are 0 in every cell and in a data-derived baseline, so their attribution is 0 "
+                     "(listed with in_data = False).")
+    ranking = ranking.iloc[order].reset_index(drop=True)[list(RANKING_COLUMNS)]
+
+    cells = pd.DataFrame({"row": rows, "label": explained_labels,
+                          "prob_resistant": adata.obs[keys.prob].to_numpy()[rows], "target": sums.f_x,
+                          "baseline_target": attributor.f_base, "attribution_sum": sums.attr_sum,
+                          "delta": sums.delta, "relative_error": rel},
+                         index=pd.Index(adata.obs_names[rows].astype(str), name="cell_id"))
+    import captum
+
+    base_title = BASELINE_TITLES[baseline].format(k=len(reference_cells), seed=seed)
+    info = {
+        "method": f"Integrated gradients (captum {captum.__version__}, Gauss-Legendre, {int(n_steps)} steps)",
+        "target": target, "target_title": TARGET_TITLES[target], "baseline": baseline, "baseline_title": base_title,
+        "baseline_cells": [str(adata.obs_names[i]) for i in reference_cells], "baseline_target": attributor.f_base,
+        "n_steps": int(n_steps), "seed": int(seed), "threshold": info_pred["threshold"]["value"],
+        "prediction_key": keys.prefix, "positive_label": pos, "negative_label": neg,
+        "model": {"name": bundle.name, "backbone": bundle.backbone, "drug": bundle.drug or "",
+                  "weights_sha256": bundle.manifest.get("weights_sha256", "")},
+        "features": {"level": "gene" if bundle.input_kind == "expression" else "embedding feature",
+                     "n": len(names), "n_in_data": int(in_data.sum()), "n_kept_per_cell": int(kept.size)},
+        "cells": {"n_scored": int(scored_rows.size), "n_explained": int(rows.size), "n_resistant": n_pos,
+                  "n_sensitive": n_neg, "subsampled": bool(rows.size < scored_rows.size), "how": how},
+        "completeness": completeness, "differential_expression": de_info,
+        "agreement": agreement(ranking) if de_info["method"] != "none" else {},
+        "device": device_description(dev), "internal_batch_size": attributor.internal_batch_size,
+        "first_layer_factorised": attributor.factorised,
+        "seconds": {"integrated_gradients": round(seconds_ig, 3), "total": round(time.perf_counter() - t0, 3)},
+        "warnings": warn, "notes": notes,
+    }
+    info["statement"] = (f"{info['method']} of {info['target_title']} with respect to the {len(names):,} model "
+                         f"input {info['features']['level']}s; baseline: {base_title}; cells: {how}.")
+    result = Explanation(ranking=ranking, cells=cells, features=[names[j] for j in kept],
+                         attributions=attributions, inputs=kept_inputs, baseline=base_vec, info=info)
+    if store_result:
+        store(adata, result)
+    say(1.0, f"done in {info['seconds']['total']:.0f} s")
+    return result
+
+
+# --------------------------------------------------------------------------- in the AnnData
+
+def store(adata: ad.AnnData, result: Explanation) -> None:
+    """Write an :class:`Explanation` into ``adata`` (the fields listed in :func:`explain`)."""
+    n = adata.n_obs
+    rows = result.cells["row"].to_numpy()
+    for key, values in ((_keys.ATTRIBUTIONS, result.attributions), (_keys.ATTRIBUTION_INPUTS, result.inputs)):
+        full = np.full((n, len(result.features)), np.nan, dtype=np.float32)
+        full[rows] = values
+        adata.obsm[key] = pd.DataFrame(full, index=adata.obs_names, columns=result.features)
+    explained = np.zeros(n, dtype=bool)
+    explained[rows] = True
+    adata.obs[_keys.EXPLAINED] = explained
+    cells = result.cells.drop(columns=["label", "prob_resistant"]).reset_index()
+    adata.uns[_keys.BIOMARKERS] = {"ranking": result.ranking, "cells": cells, "info": json_safe(result.info),
+                                   "baseline": np.asarray(result.baseline, dtype=np.float32)}
+
+
+def from_adata(adata: ad.AnnData) -> Explanation | None:
+    """The :class:`Explanation` stored in ``adata`` by :func:`explain`, or ``None``."""
+    stored = adata.uns.get(_keys.BIOMARKERS)
+    if stored is None or _keys.ATTRIBUTIONS not in adata.obsm:
+        return None
+    info = stored["info"]
+    cells = stored["cells"].set_index("cell_id")
+    rows = cells["row"].to_numpy().astype(int)
+    keys = result_keys(info.get("prediction_key"))
+    cells.insert(1, "label", adata.obs[keys.label].astype(str).to_numpy()[rows])
+    cells.insert(2, "prob_resistant", adata.obs[keys.prob].to_numpy()[rows])
+    attributions = adata.obsm[_keys.ATTRIBUTIONS]
+    features = [str(c) for c in attributions.columns]
+    return Explanation(ranking=stored["ranking"], cells=cells, features=features,
+                       attributions=np.asarray(attributions, dtype=np.float32)[rows],
+                       inputs=np.asarray(adata.obsm[_keys.ATTRIBUTION_INPUTS], dtype=np.float32)[rows],
+                       baseline=np.asarray(stored["baseline"]), info=info)

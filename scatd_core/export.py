@@ -1,0 +1,402 @@
+"""Everything a user takes home, from one annotated AnnData: CSV tables, the h5ad, the HTML report.
+
+The app's download buttons, ``scatd predict``, ``scatd report`` and ``scatd demo`` all call these
+functions on the AnnData that :func:`scatd_core.predict.predict` (and, when run,
+:func:`scatd_core.embed.embed` and :func:`scatd_core.explain.explain`) annotated, so the same
+input gives the same files everywhere:
+
+- ``predictions.csv`` (:func:`predictions_table`): one row per uploaded cell, in input order;
+- ``metrics.csv`` (:func:`metrics_table`): the run summary, the evaluation against a label
+  column, the resistant fraction per group;
+- ``biomarkers.csv``: the gene ranking of :func:`scatd_core.explain.explain`, when computed;
+- ``annotated.h5ad`` (:func:`write_h5ad`): opens in scanpy/cellxgene as it is;
+- ``report.html`` (:func:`html_report`): self-contained, figures included, no network needed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import platform
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from scatd_core import __version__, _keys, pl
+from scatd_core._keys import result_keys
+from scatd_core.errors import InputError
+from scatd_core.metrics import evaluate_column, group_table
+from scatd_core.predict import summary
+
+#: Columns of ``predictions.csv`` before the optional ones (UMAP, cluster, the user's columns).
+PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass")
+
+
+def _require(adata: ad.AnnData, keys) -> dict:
+    if keys.run not in adata.uns or keys.prob not in adata.obs:
+        raise InputError("No predictions in this dataset.", "Run the prediction first (`scatd predict`).")
+    return adata.uns[keys.run]
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
+                      key_added: str | None = None) -> pd.DataFrame:
+    """One row per uploaded cell, in input order.
+
+    Columns: ``cell_id, prob_resistant[, prob_resistant_sd], label, calibrated, scored, qc_pass``
+    (``calibrated``: whether the threshold behind ``label`` was calibrated, see
+    :func:`scatd_core.predict.set_threshold`), then ``umap_1, umap_2`` and ``cluster`` when
+    computed, then ``extra_columns`` of ``obs`` (e.g. the sample and true-label columns) under
+    their own names.
+    """
+    keys = result_keys(key_added)
+    info = _require(adata, keys)
+    table = pd.DataFrame({"cell_id": adata.obs_names.astype(str), "prob_resistant": adata.obs[keys.prob].to_numpy()})
+    if keys.prob_sd in adata.obs:
+        table["prob_resistant_sd"] = adata.obs[keys.prob_sd].to_numpy()
+    labels = adata.obs[keys.label].astype(str).to_numpy()
+    table["label"] = labels
+    table["calibrated"] = bool(info["threshold"]["calibrated"])
+    table["scored"] = adata.obs[keys.scored].to_numpy(dtype=bool)
+    table["qc_pass"] = labels != _keys.FILTERED
+    if _keys.UMAP in adata.obsm:
+        coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
+        table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
+    if _keys.CLUSTER in adata.obs:
+        table["cluster"] = adata.obs[_keys.CLUSTER].astype(str).to_numpy()
+    for col in extra_columns:
+        if col and col in adata.obs and col not in table:
+            table[col] = adata.obs[col].to_numpy()
+    return table
+
+
+def _evaluation_or_note(adata: ad.AnnData, label_column: str | None, key_added: str | None):
+    """``(evaluation, roc, pr, problem)``: the evaluation against a label column, or why there is none."""
+    if not label_column:
+        return None, None, None, None
+    try:
+        evaluation, roc, pr = evaluate_column(adata, label_column, key_added=key_added)
+    except InputError as exc:
+        return None, None, None, f"{exc.message} {exc.hint or ''}".strip()
+    return evaluation, roc, pr, None
+
+
+def group_tables(adata: ad.AnnData, group_columns: Sequence[str] = (), *,
+                 key_added: str | None = None) -> dict[str, pd.DataFrame]:
+    """The resistant fraction per Leiden cluster (when computed) and per ``group_columns``."""
+    columns = ([_keys.CLUSTER] if _keys.CLUSTER in adata.obs else []) + [c for c in group_columns if c]
+    return {c: group_table(adata, c, key_added=key_added) for c in dict.fromkeys(columns) if c in adata.obs}
+
+
+def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_columns: Sequence[str] = (), *,
+                  key_added: str | None = None) -> pd.DataFrame:
+    """Long table ``section, metric, value``: the run summary (threshold and whether it is
+    calibrated included), the evaluation against ``label_column`` (when given and possible) and the
+    resistant fraction per group."""
+    rows = [("summary", k, v) for k, v in summary(adata, key_added=key_added).items()]
+    evaluation, _, _, problem = _evaluation_or_note(adata, label_column, key_added)
+    if evaluation is not None:
+        rows += [("evaluation", k, v) for k, v in evaluation.as_dict().items()]
+        rows.append(("evaluation", "label_column", label_column))
+    elif problem:
+        rows.append(("evaluation", "not computed", problem))
+    for column, table in group_tables(adata, group_columns, key_added=key_added).items():
+        for rec in table.itertuples(index=False):
+            rows += [(f"{column}={rec.group}", "n_cells", int(rec.n_cells)),
+                     (f"{column}={rec.group}", "n_resistant", int(rec.n_resistant)),
+                     (f"{column}={rec.group}", "fraction_resistant",
+                      None if pd.isna(rec.fraction_resistant) else round(float(rec.fraction_resistant), 4))]
+    return pd.DataFrame(rows, columns=["section", "metric", "value"], dtype=object)
+
+
+def biomarkers_table(adata: ad.AnnData) -> pd.DataFrame | None:
+    """The gene ranking stored by :func:`scatd_core.explain.explain`, or ``None``."""
+    stored = adata.uns.get(_keys.BIOMARKERS)
+    return None if stored is None else pd.DataFrame(stored["ranking"])
+
+
+def file_stem(data_name: str | None, drug: str | None) -> str:
+    """A safe file-name stem for the downloads, e.g. ``tumour_GEFITINIB``."""
+    from scatd_core.bundle import safe_name
+
+    base = str(data_name or "data")
+    extensions = (".h5ad", ".h5", ".loom", ".csv", ".tsv", ".txt", ".gz", ".zip", ".tgz", ".tar", ".npy", ".mtx")
+    while ext := next((e for e in extensions if base.lower().endswith(e)), None):
+        base = base[: -len(ext)]
+    return safe_name(f"{base}_{drug}" if drug else base, "scatd")
+
+
+def to_csv_bytes(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# h5ad
+# --------------------------------------------------------------------------------------------
+
+def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
+    """Write the annotated AnnData so it opens in scanpy/cellxgene as it is.
+
+    Every ``scatd_*`` field is kept (predictions, UMAP, clusters, biomarkers); a backed dataset
+    is read into memory first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = adata.to_memory() if adata.isbacked else adata
+    out.write_h5ad(path, compression="gzip")
+    return path
+
+
+def h5ad_bytes(adata: ad.AnnData) -> bytes:
+    """The annotated h5ad as bytes (for a download button)."""
+    with tempfile.TemporaryDirectory(prefix="scatd-export-") as tmp:
+        return write_h5ad(adata, Path(tmp) / "annotated.h5ad").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# The HTML report
+# --------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:-apple-system,BlinkMacSystemFont,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;
+color:#222;background:#fafafa}
+main{max-width:1100px;margin:0 auto;padding:24px 32px;background:#fff}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.sub{color:#666;margin-top:4px}.demo{background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px;
+border-radius:6px;font-weight:600}.warn{background:#fdecea;border:1px solid #f5c2c0;padding:8px 12px;border-radius:6px}
+table{border-collapse:collapse;margin:8px 0;font-size:14px}td,th{border:1px solid #e3e3e3;padding:4px 10px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}.cards{display:flex;gap:12px;flex-wrap:wrap}
+.card{border:1px solid #e3e3e3;border-radius:8px;padding:10px 16px;min-width:130px}.card b{font-size:22px;
+display:block}.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}footer{color:#888;font-size:12px;
+margin-top:40px}code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
+"""
+#: Rows of the biomarker ranking shown in the HTML report (biomarkers.csv has them all).
+REPORT_TOP_FEATURES = 30
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        return "—" if not np.isfinite(v) else f"{v:.4g}"
+    if isinstance(v, (int, np.integer)):
+        return f"{v:,}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def _kv_table(pairs: Iterable[tuple[str, object]]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in pairs)
+    return f"<table>{rows}</table>"
+
+
+def _frame_html(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figure_html(fig: go.Figure) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _summary_section(adata, keys, info) -> list[str]:
+    counts = summary(adata, key_added=keys.prefix)
+    thr = info["threshold"]
+    pos = info["positive_label"]
+    cards = [("cells uploaded", counts["n_cells"]), ("called resistant", counts["n_resistant"]),
+             ("called sensitive", counts["n_sensitive"]), ("not scored", counts["n_not_scored"]),
+             ("filtered (QC)", counts["n_filtered"]),
+             ("fraction resistant", "—" if counts["fraction_resistant"] is None
+              else f"{counts['fraction_resistant']:.1%}" + ("" if thr["calibrated"] else " (uncalibrated)"))]
+    parts = ["<h2>Summary</h2><div class='cards'>" + "".join(
+        f"<div class='card'><b>{html.escape(_fmt(v))}</b>{html.escape(k)}</div>" for k, v in cards) + "</div>",
+        f"<p>A cell is called <b>{html.escape(pos)}</b> when P({html.escape(pos)}) &gt; {thr['value']:.4g} "
+        f"({html.escape(thr['detail'])}).</p>"]
+    if not thr["calibrated"]:
+        parts.append("<p class='warn'>These calls use the model's default threshold, which is <b>not calibrated</b> "
+                     "to this dataset: the fraction called resistant can be far from the truth even when the "
+                     "ranking of the cells is good. Calibrate the threshold with an expected resistant fraction or "
+                     "a few labelled cells (Cells page, or <code>scatd predict --expected-fraction</code>), or use "
+                     "the ranking (P(resistant)) rather than the calls.</p>")
+    return parts
+
+
+def _prediction_figures(adata, keys, info) -> str:
+    thr = info["threshold"]
+    figures = [_figure_html(pl.probability_histogram(adata.obs[keys.prob].to_numpy(), thr["value"],
+                                                     "Distribution of P(resistant)", thr["calibrated"]))]
+    if _keys.UMAP in adata.obsm:
+        coords = np.asarray(adata.obsm[_keys.UMAP])
+        ids = adata.obs_names.astype(str)
+        basis = adata.uns.get(_keys.EMBED, {}).get("basis", "latent")
+        figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.prob].to_numpy(), name="P(resistant)",
+                                                   color_range=(0, 1), cell_ids=ids,
+                                                   title=f"UMAP ({basis}) coloured by P(resistant)")))
+        figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.label], name="called", categorical=True,
+                                                   cell_ids=ids, title="UMAP coloured by the called label")))
+    return "<h2>Predictions</h2>" + "".join(figures)
+
+
+def _evaluation_section(adata, label_column, keys, info) -> list[str]:
+    evaluation, roc, pr, problem = _evaluation_or_note(adata, label_column, keys.prefix)
+    parts = [f"<h2>Evaluation against '{html.escape(label_column)}'</h2>"]
+    if evaluation is None:
+        return parts + [f"<p class='warn'>{html.escape(problem)}</p>"]
+    direction = adata.uns.get(_keys.LABEL_DIRECTIONS, {}).get(label_column, {})
+    resistant = direction.get("resistant") or "(recognised from the words)"
+    parts.append(f"<p>Resistant class: <code>{html.escape(str(resistant))}</code>. "
+                 + " ".join(html.escape(n) for n in evaluation.notes) + "</p>")
+    parts.append(_kv_table(evaluation.as_dict().items()))
+    prevalence = evaluation.n_positive / evaluation.n_evaluated
+    parts.append("<div class='grid'>" + _figure_html(pl.roc_figure(roc, evaluation.auroc))
+                 + _figure_html(pl.pr_figure(pr, evaluation.auprc, prevalence)) + "</div>")
+    parts.append(_figure_html(pl.confusion_figure(evaluation.confusion, info["positive_label"],
+                                                  info["negative_label"])))
+    return parts
+
+
+def _biomarker_section(adata) -> list[str]:
+    stored = adata.uns.get(_keys.BIOMARKERS)
+    if stored is None:
+        return []
+    ranking = pd.DataFrame(stored["ranking"])
+    info = stored["info"]
+    n = min(REPORT_TOP_FEATURES, len(ranking))
+    parts = ["<h2>Biomarkers</h2>", f"<p>{html.escape(info.get('statement', ''))}</p>"]
+    comp = info.get("completeness", {})
+    if comp:
+        parts.append(f"<p>Completeness error: median {_fmt(comp.get('median_relative_error'))}, max "
+                     f"{_fmt(comp.get('max_relative_error'))} (tolerance {_fmt(comp.get('tolerance'))}).</p>")
+    for w in info.get("warnings", []):
+        parts.append(f"<p class='warn'>{html.escape(str(w))}</p>")
+    parts.append(_figure_html(pl.biomarker_bar(ranking, min(20, n), info.get("target_title", "attribution"),
+                                               "Top features by mean |attribution|")))
+    shown = ranking.head(n)[["rank", "feature", "mean_abs_attribution", "direction", "logfoldchange", "de_pval_adj",
+                             "de_rank"]]
+    parts.append(_frame_html(shown))
+    parts.append(f"<p>The top {n} of {len(ranking):,} features; biomarkers.csv holds them all.</p>")
+    return parts
+
+
+def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_columns: Sequence[str] = (),
+                data_name: str | None = None, key_added: str | None = None) -> str:
+    """A self-contained HTML report of one prediction run (plotly.js embedded once, no network).
+
+    Holds the data summary and QC, the model and its provenance (labelled *demo (simulated
+    data)* for a demo model), every run parameter, gene coverage and warnings, the calls at the
+    current threshold (marked uncalibrated while it is the model's default), UMAPs when computed,
+    the resistant fraction per Leiden cluster and ``group_columns``, the evaluation against
+    ``label_column`` (its recorded direction) and the biomarker ranking when computed. Problems
+    (e.g. one class only) are reported in the page, not raised.
+    """
+    from plotly.offline import get_plotlyjs
+
+    keys = result_keys(key_added)
+    info = _require(adata, keys)
+    model, params = info.get("model", {}), info.get("params", {})
+    data_name = data_name or adata.uns.get(_keys.INPUT_REPORT, {}).get("file_name") or "uploaded data"
+    title = f"scATD prediction: {model.get('drug') or 'drug'} on {data_name}"
+    parts = [f"<h1>{html.escape(title)}</h1><p class='sub'>Generated "
+             f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by scATD Studio "
+             f"{html.escape(__version__)}</p>"]
+    if model.get("demo"):
+        parts.append("<p class='demo'>Demo model: demo (simulated data). Its predictions illustrate the "
+                     "workflow and say nothing about real cells.</p>")
+    parts += _summary_section(adata, keys, info)
+    for w in info.get("warnings", []):
+        parts.append(f"<p class='warn'>{html.escape(str(w))}</p>")
+    parts.append(_prediction_figures(adata, keys, info))
+    tables = group_tables(adata, group_columns, key_added=key_added)
+    if tables:
+        parts.append("<h2>Resistant fraction per group</h2>")
+        for col, table in tables.items():
+            name = "Leiden cluster" if col == _keys.CLUSTER else col
+            parts.append(_figure_html(pl.composition_figure(table, name, f"Fraction resistant per {name}")))
+            parts.append(_frame_html(table))
+    if label_column:
+        parts += _evaluation_section(adata, label_column, keys, info)
+    parts += _biomarker_section(adata)
+
+    data = adata.uns.get(_keys.INPUT_REPORT, {})
+    qc = info.get("qc", {})
+    parts.append("<h2>Data</h2>" + _kv_table([
+        ("file", data_name), ("cells", adata.n_obs), ("genes", adata.n_vars),
+        ("gene identifiers", data.get("gene_id_type")), ("values", data.get("value_type")),
+        ("value evidence", (data.get("value_type_evidence") or {}).get("reason")),
+        ("QC filter", f"{qc.get('n_filtered', 0):,} cell(s) filtered" if qc.get("n_filtered") else "none"),
+        ("QC thresholds", qc.get("thresholds") or None),
+        ("input warnings", data.get("warnings") or None),
+    ]))
+    prov = model.get("provenance", {})
+    parts.append("<h2>Model</h2>" + _kv_table([
+        ("name", model.get("name")), ("drug", model.get("drug")), ("backbone", model.get("backbone")),
+        ("demo model (simulated data)", bool(model.get("demo"))), ("bundle", model.get("path")),
+        ("weights sha256", model.get("weights_sha256")),
+        *[(f"provenance: {k}", v) for k, v in prov.items()],
+    ]))
+    coverage = info.get("gene_coverage") or {}
+    embed_info = adata.uns.get(_keys.EMBED, {})
+    parts.append("<h2>Run parameters</h2>" + _kv_table([
+        *[(k, v) for k, v in params.items()], *[(f"threshold: {k}", v) for k, v in info["threshold"].items()],
+        ("model input", info.get("input")), ("run at", info.get("run_at")), ("seconds", info.get("seconds")),
+        ("cells scored", info.get("n_scored")), ("not scored, by reason", info.get("not_scored") or None),
+        *[(f"gene coverage: {k}", v) for k, v in coverage.items()],
+        *[(f"UMAP: {k}", v) for k, v in embed_info.items()],
+    ]))
+    parts.append("<h2>Software</h2>" + _kv_table([
+        ("scATD Studio", __version__), ("Python", platform.python_version()), ("anndata", _version("anndata")),
+        ("plotly", _version("plotly")), ("torch", _version("torch")), ("umap-learn", _version("umap-learn")),
+        ("scikit-learn", _version("scikit-learn")), ("captum", _version("captum")),
+    ]))
+    parts.append("<footer>scATD method: domain-adaptive transfer of bulk drug-response models to single "
+                 "cells. Files: predictions.csv (one row per uploaded cell), metrics.csv, biomarkers.csv (when "
+                 "computed), annotated.h5ad.</footer>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>"
+            + "\n".join(parts) + "</main></body></html>")
+
+
+def write_report(adata: ad.AnnData, folder: str | Path, *, label_column: str | None = None,
+                 group_columns: Sequence[str] = (), data_name: str | None = None,
+                 key_added: str | None = None) -> dict[str, Path]:
+    """Write ``predictions.csv``, ``metrics.csv``, ``biomarkers.csv`` (when explained),
+    ``annotated.h5ad`` and ``report.html`` into ``folder``. Returns the paths by name."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    extra = [c for c in (label_column, *group_columns) if c]
+    paths = {"predictions": folder / "predictions.csv", "metrics": folder / "metrics.csv"}
+    paths["predictions"].write_bytes(to_csv_bytes(predictions_table(adata, extra, key_added=key_added)))
+    paths["metrics"].write_bytes(to_csv_bytes(metrics_table(adata, label_column, group_columns, key_added=key_added)))
+    ranking = biomarkers_table(adata)
+    if ranking is not None:
+        paths["biomarkers"] = folder / "biomarkers.csv"
+        paths["biomarkers"].write_bytes(to_csv_bytes(ranking))
+    paths["h5ad"] = write_h5ad(adata, folder / "annotated.h5ad")
+    paths["html"] = folder / "report.html"
+    paths["html"].write_text(html_report(adata, label_column=label_column, group_columns=group_columns,
+                                         data_name=data_name, key_added=key_added), encoding="utf-8")
+    return paths

@@ -1,0 +1,321 @@
+"""The exact model input of every cell: built once per (data, model), used by predict and explain.
+
+:class:`ModelInput` turns an AnnData into what a model's first layer sees, batch by batch:
+
+1. **Source.** Expression models (Dist_VAE) read ``X`` matched to the model's genes **by name**
+   (:func:`scatd_core.genes.align_genes`: missing genes are 0, extra genes ignored, duplicated
+   names summed; Ensembl data through ``var['scatd_symbol']``). Embedding models (VAE_sf,
+   VAE_gf) read ``obsm['X_scfoundation' | 'X_geneformer']`` or ``X`` by position.
+2. **Usable cells.** A cell is scored only if its values can go through the model's transform:
+   finite, not absurdly large (:data:`MAX_ABS_VALUE`), non-negative for a log transform, with
+   some expression in the model's genes, and inside the caller's mask (QC). Every other cell
+   is counted under its reason and keeps its row, flagged "not scored" or "filtered (QC)".
+3. **Transform** (the bundle's ``input_transform``): ``log1p_cp10k`` per cell over the model's
+   genes, applied to the stored values of sparse data before densifying; ``standardize``
+   (models trained here): raw counts log-normalised, then every gene z-scored over the usable
+   cells; AdaIN for VAE_sf/VAE_gf: each feature standardised over the usable cells and re-scaled
+   to the bundle's bulk statistics (population sd, eps on the source sd only, reference §5).
+
+Dataset statistics (AdaIN, ``standardize``) need one pass over the data before the first batch;
+it also finds the usable cells. Without them the usable cells are found as the batches go
+(no extra pass), and :attr:`ModelInput.usable` scans once if asked before a full pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from scatd_core import _keys
+from scatd_core._matrix import MeanVar, log1p_cp10k
+from scatd_core.errors import InputError
+from scatd_core.genes import GeneAlignment, align_genes, detect_id_type, names_for
+from scatd_core.preprocess import detect_value_type
+
+ADAIN_EPS = 1e-8  # on the source std only, as the original
+#: Values beyond this magnitude are not expression (overflowing sums, corrupt exports): the cell
+#: is not scored ("overflow") rather than scored on numbers no model was trained on.
+MAX_ABS_VALUE = 1e30
+#: Reasons a cell is not scored, in the order they are checked.
+REASONS = ("filtered", "non_finite", "overflow", "negative_values", "no_expression")
+REASON_TEXT = {"filtered": "filtered by QC", "non_finite": "NaN or infinite values",
+               "overflow": f"values beyond ±{MAX_ABS_VALUE:.0e}",
+               "negative_values": "negative values, which a log transform cannot take",
+               "no_expression": "no expression in the model's genes",
+               "non_finite_output": "the model's output was not a finite number"}
+
+
+@dataclass
+class InputSpec:
+    """What a model takes as input (derived from a bundle, or built by training)."""
+
+    backbone: str
+    input_kind: str  # "expression" | "embedding"
+    input_dim: int
+    transform: str  # "none" | "log1p_cp10k" | "standardize"
+    genes: list[str] | None = None
+    style_mean: np.ndarray | None = None
+    style_std: np.ndarray | None = None
+    name: str = "model"
+
+    @classmethod
+    def of(cls, bundle) -> "InputSpec":
+        return cls(backbone=bundle.backbone, input_kind=bundle.input_kind,
+                   input_dim=bundle.architecture.input_dim, transform=bundle.manifest["input_transform"],
+                   genes=bundle.genes, style_mean=bundle.style_mean, style_std=bundle.style_std, name=bundle.name)
+
+
+@dataclass
+class Source:
+    """Where the model input comes from: X by gene name, or an embedding by position."""
+
+    matrix: object  # AnnData.X, a backed dataset, or an obsm array
+    alignment: GeneAlignment | None
+    description: str
+    columns: np.ndarray | None = field(default=None, repr=False)  # data column of each model feature
+
+    def raw(self, start: int, stop: int):
+        """Rows ``[start, stop)`` in model feature order, before any transform (sparse stays sparse)."""
+        block = self.matrix[start:stop]
+        if sp.issparse(block):
+            block = sp.csr_matrix(block)
+        else:
+            block = np.asarray(block)
+        if self.alignment is None:
+            return block
+        if self.columns is not None:  # one data column per model gene: a gather, no product
+            if sp.issparse(block):
+                return _gather_columns(block, self.columns)
+            out = np.zeros((block.shape[0], self.columns.size), dtype=block.dtype)
+            present = self.columns >= 0
+            out[:, present] = block[:, self.columns[present]]
+            return out
+        return block @ self.alignment.matrix
+
+
+def _gather_columns(block: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
+    """``block`` with its columns re-ordered to ``columns`` (-1: an all-zero column)."""
+    present = np.flatnonzero(columns >= 0)
+    mapping = np.full(block.shape[1], -1, dtype=np.int64)
+    mapping[columns[present]] = present
+    new_cols = mapping[block.indices]
+    keep = new_cols >= 0
+    kept_before = np.concatenate([[0], np.cumsum(keep)])  # kept entries before each stored value
+    indptr = kept_before[block.indptr]
+    out = sp.csr_matrix((block.data[keep], new_cols[keep], indptr), shape=(block.shape[0], columns.size))
+    out.sort_indices()
+    return out
+
+
+def model_source(adata: ad.AnnData, spec: InputSpec) -> Source:
+    """The :class:`Source` of ``spec``'s input in ``adata``; :class:`InputError` when there is none."""
+    if spec.input_kind == "expression":
+        model_type = detect_id_type(spec.genes)
+        alignment = align_genes(names_for(adata, model_type), spec.genes)
+        if alignment.n_matched == 0:
+            example = ", ".join(map(str, adata.var_names[:3]))
+            data_type = adata.uns.get(_keys.INPUT_REPORT, {}).get("gene_id_type") or detect_id_type(adata.var_names)
+            hint = ("The data's genes look like Ensembl IDs: give the symbols (a file that carries them, or a "
+                    "BioMart table on the Data page) so they can be matched." if data_type in ("ensembl", "mixed")
+                    else "Check that the data uses human gene symbols, like the model.")
+            raise InputError(
+                f"None of the {adata.n_vars:,} genes in the data (e.g. {example}) is among the model's "
+                f"{alignment.n_model:,} input genes (e.g. {', '.join(spec.genes[:3])}).", hint)
+        return Source(adata.X, alignment, f"{alignment.n_matched:,} of {alignment.n_model:,} model genes",
+                      _one_to_one_columns(alignment))
+    key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone)
+    if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] == spec.input_dim:
+        return Source(np.asarray(adata.obsm[key]), None, f"obsm['{key}']")
+    if adata.n_vars == spec.input_dim:
+        return Source(adata.X, None, f"X ({adata.n_vars} embedding features, by position)")
+    raise InputError(
+        f"This {spec.backbone} model takes {spec.input_dim}-dimensional cell embeddings, but the data has "
+        f"{adata.n_vars:,} features and no obsm['{key}'].",
+        "Give the scFoundation (3,072-d) or Geneformer (512-d) embeddings as a .npy (cells x features) "
+        "or an h5ad with them in X or obsm, or let scATD Studio compute them from counts.")
+
+
+def _one_to_one_columns(alignment: GeneAlignment) -> np.ndarray | None:
+    """Data column of each model gene when no gene is duplicated in the data (else None: sum)."""
+    if alignment.n_duplicated:
+        return None
+    m = alignment.matrix.tocsc()
+    columns = np.full(alignment.n_model, -1, dtype=np.int64)
+    has = np.diff(m.indptr) > 0
+    columns[has] = m.indices[m.indptr[:-1][has]]
+    return columns
+
+
+class ModelInput:
+    """The exact model input of every cell of ``adata`` for a model, batch by batch.
+
+    Parameters
+    ----------
+    adata
+        The data (may be backed).
+    model
+        A :class:`~scatd_core.bundle.Bundle` or an :class:`InputSpec`.
+    mask
+        Cells to score (boolean array over cells); the others are "filtered (QC)".
+    batch_size
+        Cells per batch.
+
+    :func:`scatd_core.predict.predict` and :func:`scatd_core.explain.explain` both read through
+    one instance (pass ``inputs=``), so the explained inputs are the predicted inputs and the
+    data are aligned and scanned once.
+    """
+
+    def __init__(self, adata: ad.AnnData, model, *, mask: np.ndarray | None = None, batch_size: int = 1024):
+        self.spec = model if isinstance(model, InputSpec) else InputSpec.of(model)
+        if self.spec.input_kind == "embedding" and self.spec.style_mean is None:
+            raise InputError(f"{self.spec.name} has no bulk style statistics, which AdaIN needs.",
+                             "Re-import it with --style-reference (the bulk embeddings .npy).")
+        self.adata = adata
+        self.batch_size = int(batch_size)
+        self.n_obs = adata.n_obs
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (self.n_obs,):
+                raise ValueError(f"mask of shape {mask.shape} for {self.n_obs} cells")
+        self.mask = mask
+        self.source = model_source(adata, self.spec)
+        self.transform = self.spec.transform
+        counts = self.transform == "standardize" and _holds_counts(adata)
+        self.counts_detected = bool(counts)
+        self.log_normalise = self.transform == "log1p_cp10k" or counts
+        self.reasons = dict.fromkeys(REASONS, 0)
+        self._usable = np.zeros(self.n_obs, dtype=bool)
+        self._seen = np.zeros(self.n_obs, dtype=bool)
+        self.moments: tuple[np.ndarray, np.ndarray] | None = None
+        if self.spec.input_kind == "embedding" or self.transform == "standardize":
+            self._fit_statistics()
+
+    # ---------------------------------------------------------------- which cells
+    @property
+    def usable(self) -> np.ndarray:
+        """Boolean mask of the cells that get a model input (scans the data once if needed)."""
+        if not self._seen.all():
+            for start, stop in self.ranges():
+                if not self._seen[start:stop].all():
+                    self._pre(start, stop)
+        return self._usable
+
+    @property
+    def n_usable(self) -> int:
+        return int(self.usable.sum())
+
+    @property
+    def scanned(self) -> bool:
+        return bool(self._seen.all())
+
+    def ranges(self):
+        for start in range(0, self.n_obs, self.batch_size):
+            yield start, min(start + self.batch_size, self.n_obs)
+
+    def _check_rows(self, block, start: int, stop: int) -> np.ndarray:
+        """Which rows of ``block`` can be transformed; counts the others by reason."""
+        n = block.shape[0]
+        ok = np.ones(n, dtype=bool) if self.mask is None else self.mask[start:stop].copy()
+        seen = self._seen[start:stop]
+
+        def drop(bad: np.ndarray, reason: str) -> None:
+            bad = bad & ok
+            self.reasons[reason] += int((bad & ~seen).sum())
+            ok[bad] = False
+
+        self.reasons["filtered"] += int((~ok & ~seen).sum())
+        if sp.issparse(block):
+            rows = np.repeat(np.arange(n), np.diff(block.indptr))
+            values = block.data
+            finite = np.isfinite(values)
+            drop(np.bincount(rows[~finite], minlength=n) > 0, "non_finite")
+            drop(np.bincount(rows[finite & (np.abs(np.nan_to_num(values)) > MAX_ABS_VALUE)], minlength=n) > 0,
+                 "overflow")
+            if self.log_normalise:
+                drop(np.bincount(rows[values < 0], minlength=n) > 0, "negative_values")
+            nonzero = np.bincount(rows[values != 0], minlength=n) > 0
+        else:
+            x = np.asarray(block)
+            with np.errstate(invalid="ignore"):
+                drop(~np.isfinite(x).all(axis=1), "non_finite")
+                drop((np.abs(np.nan_to_num(x)) > MAX_ABS_VALUE).any(axis=1), "overflow")
+                if self.log_normalise:
+                    drop((x < 0).any(axis=1), "negative_values")
+                nonzero = (np.nan_to_num(x) != 0).any(axis=1)
+        if self.source.alignment is not None:
+            drop(~nonzero, "no_expression")
+        self._usable[start:stop] = ok
+        self._seen[start:stop] = True
+        return ok
+
+    # ---------------------------------------------------------------- values
+    def _pre(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Usable rows of ``[start, stop)`` (absolute indices) and their values before dataset scaling."""
+        block = self.source.raw(start, stop)
+        ok = self._check_rows(block, start, stop)
+        keep = np.flatnonzero(ok)
+        if keep.size < block.shape[0]:
+            block = block[keep]
+        if self.log_normalise:
+            block = log1p_cp10k(block, copy=not sp.issparse(block))
+        x = block.toarray() if sp.issparse(block) else np.asarray(block)
+        return keep + start, np.asarray(x, dtype=np.float32)
+
+    def _scale(self, x: np.ndarray) -> np.ndarray:
+        if self.moments is None:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        mean, sd = self.moments
+        if self.spec.input_kind == "embedding":  # AdaIN; eps on the source sd only
+            x = self.spec.style_std * (x - mean) / (sd + ADAIN_EPS) + self.spec.style_mean
+        else:
+            x = np.divide(x - mean, sd, out=np.zeros_like(x, dtype=np.float64), where=sd > 0)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(row indices, model input)`` of the usable cells among rows ``[start, stop)``."""
+        idx, x = self._pre(start, stop)
+        return idx, self._scale(x)
+
+    def batches(self):
+        """Yield ``(stop, row indices, model input)`` for every batch (usable cells only)."""
+        for start, stop in self.ranges():
+            yield (stop, *self.rows(start, stop))
+
+    def _fit_statistics(self) -> None:
+        """One pass: the usable cells and the mean / population sd of their pre-scaling values."""
+        acc = MeanVar()
+        for start, stop in self.ranges():
+            acc.update(self._pre(start, stop)[1])
+        self._require_some()
+        self.moments = (acc.mean, acc.std(correction=0))
+
+    def _require_some(self) -> None:
+        if not self._usable.any():
+            detail = "; ".join(f"{REASON_TEXT[k]}: {v:,}" for k, v in self.reasons.items() if v)
+            raise InputError(f"No cell can be scored ({detail}).",
+                             "Check the data's values and gene names, and the QC filter.")
+
+    def input_mean(self) -> np.ndarray:
+        """Mean model input over the usable cells (the ``mean`` attribution baseline)."""
+        if self.moments is not None:  # the scaled mean is the image of the raw mean
+            mean = self._scale(self.moments[0][None, :].astype(np.float64))[0]
+            return mean.astype(np.float64)
+        acc = MeanVar()
+        for _stop, _rows, x in self.batches():
+            acc.update(x)
+        return acc.mean
+
+    def not_scored(self) -> dict:
+        """Counts of cells not scored, by reason (only reasons that occurred)."""
+        return {k: int(v) for k, v in self.reasons.items() if v}
+
+
+def _holds_counts(adata: ad.AnnData) -> bool:
+    """Whether X holds raw counts: from the read report when there is one, else a sample of rows."""
+    kind = adata.uns.get(_keys.INPUT_REPORT, {}).get("value_type")
+    if kind is None:
+        kind = detect_value_type(adata.X)["kind"]
+    return kind == "counts"

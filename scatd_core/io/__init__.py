@@ -1,0 +1,170 @@
+"""Read any common single-cell file into an AnnData of cells x genes, and say what was found.
+
+:func:`read` takes a path, :func:`read_bytes` an upload; both accept the formats of
+:data:`SUPPORTED_FORMATS`:
+
+- ``.h5ad`` (opened backed, X left on disk, when large: :data:`BACKED_MIN_BYTES`,
+  :data:`BACKED_MIN_CELLS`);
+- 10x Genomics ``.h5`` (v2 and v3);
+- a 10x folder (``matrix.mtx(.gz)`` + ``features.tsv(.gz)`` or ``genes.tsv`` +
+  ``barcodes.tsv(.gz)``, any file prefix), given as the folder, its ``.mtx`` file, or a
+  ``.zip`` / ``.tar.gz`` holding it (an archive may instead hold one other supported file);
+- CSV / TSV / TXT tables, plain or gzipped: first column = identifiers, either orientation
+  (detected from the names; ``orientation=`` overrides). Non-gene columns (text, or named
+  like ``response``, ``label``, ``sample``, ``batch``, ``cell_type``...) go to ``obs``;
+- ``.loom``;
+- ``.npy``: a 2-D numeric array of cells x features (e.g. scFoundation or Geneformer
+  embeddings), never unpickled.
+
+Whatever goes wrong, only :class:`~scatd_core.errors.InputError` leaves these functions, with a
+message saying what is wrong and a hint saying what to do.
+
+Sets the following fields of the returned AnnData:
+
+- ``adata.uns['scatd_input']``: the read report, a JSON-safe dict (format, file name,
+  orientation and how it was decided, duplicated names made unique, label-like and group
+  columns, gene identifier type, value type with its evidence, warnings);
+- ``adata.obs['scatd_all_zero']``: cells with no expression at all (kept, never dropped);
+- ``adata.var['scatd_original_name']`` / ``adata.obs['scatd_original_id']``: only when
+  duplicated names had to be made unique (see :func:`scatd_core.genes.original_gene_names`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+import weakref
+from pathlib import Path
+
+import anndata as ad
+
+from scatd_core._keys import ALL_ZERO as ZERO_CELL_KEY
+from scatd_core._keys import INPUT_REPORT as REPORT_KEY
+from scatd_core.errors import InputError
+from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMAT_OF_SUFFIX, FORMATS_HINT, MIN_CELLS,
+                                   ORIENTATIONS, SUPPORTED_FORMATS, UPLOAD_TYPES, Options, check_signature,
+                                   display_name, make_options, suffix_of, too_large, unsupported)
+from scatd_core.io._hdf5 import read_hdf5
+from scatd_core.io._npy import read_npy
+from scatd_core.io._report import finish
+from scatd_core.io._table import read_table
+from scatd_core.io._tenx import choose_matrix, data_files, read_archive, read_mtx
+
+__all__ = ["read", "read_bytes", "SUPPORTED_FORMATS", "UPLOAD_TYPES", "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY",
+           "MIN_CELLS", "BACKED_MIN_BYTES", "BACKED_MIN_CELLS"]
+
+
+def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_cells: int | None = None,
+         backed="auto") -> ad.AnnData:
+    """Read a single-cell data file (or 10x folder) into an AnnData of cells x genes.
+
+    Parameters
+    ----------
+    path
+        File or 10x folder; see the module docstring for the formats.
+    orientation
+        ``"auto"`` (tables and h5ad: decided from the names, see the report),
+        ``"cells_x_genes"`` or ``"genes_x_cells"`` (rows are genes). Ignored by 10x and loom
+        files, whose layout is fixed.
+    max_bytes, max_cells
+        Limits; default :func:`scatd_core.config.limits`.
+    backed
+        ``"auto"``: h5ad files over :data:`BACKED_MIN_BYTES` or :data:`BACKED_MIN_CELLS` are
+        opened read-only with X on disk (``adata.X[start:stop]`` reads a batch of rows);
+        ``True`` / ``False`` force it. Other formats are always read into memory.
+
+    Returns
+    -------
+    The AnnData, with the fields listed in the module docstring.
+
+    Raises
+    ------
+    InputError
+        For anything that makes the file unusable (and nothing else).
+    """
+    opts = make_options(orientation, max_bytes, max_cells, backed, Path(path).name)
+    return _read_guarded(Path(path), opts)
+
+
+def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_bytes: int | None = None,
+               max_cells: int | None = None, backed="auto") -> ad.AnnData:
+    """Read uploaded bytes; ``filename`` only tells the format and names the data in messages.
+
+    The name is never used as a path: the bytes go to a fresh temporary file whose name is a
+    fixed stem plus the recognised extension. Other parameters as :func:`read`. When the result
+    is backed, the temporary file lives as long as the AnnData.
+    """
+    opts = make_options(orientation, max_bytes, max_cells, backed, display_name(filename))
+    size = len(data)
+    if size > opts.max_bytes:
+        raise too_large(opts.display_name, size, opts.max_bytes)
+    suffix = suffix_of(opts.display_name)
+    if suffix is None:
+        raise unsupported(opts.display_name)
+    tmpdir = Path(tempfile.mkdtemp(prefix="scatd-upload-"))
+    try:
+        path = tmpdir / f"upload{suffix}"
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise InputError(f"Could not store the upload {opts.display_name} ({exc}).",
+                             "The server may be out of disk space; tell its administrator.") from exc
+        adata = _read_guarded(path, opts)
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    if adata.isbacked:
+        weakref.finalize(adata, shutil.rmtree, tmpdir, True)
+    else:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return adata
+
+
+def _read_guarded(path: Path, opts: Options) -> ad.AnnData:
+    """Read and validate; turn every failure into an InputError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            # duplicated names are made unique and reported by _finish
+            warnings.filterwarnings("ignore", message=".*names are not unique")
+            return finish(read_any(path, opts), opts)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"Not enough memory to read {opts.display_name}.",
+                         "Use an .h5ad file (read in batches from disk) or fewer cells.") from None
+    except Exception as exc:  # the promise of this module: nothing but InputError escapes
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        raise InputError(f"Could not read {opts.display_name}: {detail}",
+                         "The file may be truncated, corrupt, or not what its extension says. "
+                         + FORMATS_HINT) from exc
+
+
+def read_any(path: Path, opts: Options) -> ad.AnnData:
+    name = opts.display_name
+    if not path.exists():
+        raise InputError(f"{name} was not found.", "Check the path.")
+    if path.is_dir():
+        opts.report["format"] = "10x_mtx"
+        return read_mtx(choose_matrix(data_files(path), name), opts)
+    size = path.stat().st_size
+    opts.report["file_bytes"] = size
+    if size == 0:
+        raise InputError(f"{name} is empty (0 bytes).", "Upload the file again; the transfer may have failed.")
+    if size > opts.max_bytes:
+        raise too_large(name, size, opts.max_bytes)
+    suffix = suffix_of(path.name)
+    if suffix is None:
+        raise unsupported(name)
+    kind = FORMAT_OF_SUFFIX[suffix]
+    check_signature(path, kind, suffix, name)
+    if kind == "hdf5":
+        return read_hdf5(path, opts)
+    if kind == "table":
+        return read_table(path, opts)
+    if kind == "mtx":
+        opts.report["format"] = "10x_mtx"
+        return read_mtx(path, opts)
+    if kind == "npy":
+        return read_npy(path, opts)
+    return read_archive(path, opts, kind)

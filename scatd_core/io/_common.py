@@ -1,0 +1,179 @@
+"""What every reader shares: the formats, the read options, limits and guards."""
+
+from __future__ import annotations
+
+import anndata as ad
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+
+from scatd_core import genes
+from scatd_core.config import limits
+from scatd_core.errors import InputError
+
+#: File name endings accepted by :func:`read` / :func:`read_bytes` (a 10x folder is also accepted).
+SUPPORTED_FORMATS = (".h5ad", ".h5", ".loom", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz",
+                     ".mtx", ".mtx.gz", ".zip", ".tar.gz", ".tgz", ".tar", ".npy")
+#: Last suffixes, for an upload widget that checks only the final extension.
+UPLOAD_TYPES = ("h5ad", "h5", "loom", "csv", "tsv", "txt", "gz", "mtx", "zip", "tgz", "tar", "npy")
+
+FORMAT_OF_SUFFIX = {".h5ad": "hdf5", ".h5": "hdf5", ".hdf5": "hdf5", ".loom": "hdf5",
+                     ".csv": "table", ".tsv": "table", ".txt": "table", ".csv.gz": "table",
+                     ".tsv.gz": "table", ".txt.gz": "table", ".mtx": "mtx", ".mtx.gz": "mtx",
+                     ".zip": "zip", ".tar.gz": "tar", ".tgz": "tar", ".tar": "tar", ".npy": "npy"}
+
+ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
+#: An h5ad at least this large, or with at least :data:`BACKED_MIN_CELLS` cells, is opened
+#: backed under ``backed="auto"``: its X (about the file's size in memory) stays on disk.
+BACKED_MIN_BYTES = 1 << 30
+BACKED_MIN_CELLS = 100_000
+#: The fewest cells accepted: QC, value-type detection and every plot compare cells, and a
+#: one-row table is usually a file read in the wrong orientation.
+MIN_CELLS = 2
+#: An archive may expand to at most this many times the upload size limit (zip-bomb guard).
+ARCHIVE_EXPANSION = 4
+#: Tables are parsed in chunks of about this many values (bounds the parser's memory).
+TABLE_CHUNK_VALUES = 40_000_000
+
+#: Column names (lower case) taken as per-cell labels / groups rather than genes.
+LABEL_COLUMN_NAMES = frozenset({"response", "label", "labels", "condition", "resistance", "sensitivity",
+                                "drug_response", "class", "status", "treatment", "target", "outcome"})
+GROUP_COLUMN_NAMES = frozenset({"sample", "samples", "sample_id", "batch", "batch_id", "cell_type",
+                                "celltype", "cluster", "clusters", "leiden", "louvain", "donor",
+                                "patient", "orig.ident", "cell_line", "tissue", "time", "timepoint"})
+
+FORMATS_HINT = "Supported: " + ", ".join(SUPPORTED_FORMATS) + ", or a 10x folder (matrix.mtx + features + barcodes)."
+
+
+@dataclass
+class Options:
+    """What the caller asked for, and what the readers found (``report``, ``warnings``)."""
+
+    orientation: str
+    max_bytes: int
+    max_cells: int
+    backed: object
+    display_name: str
+    report: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def make_options(orientation, max_bytes, max_cells, backed, display_name) -> Options:
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {ORIENTATIONS}, not {orientation!r}")
+    if backed not in ("auto", True, False):
+        raise ValueError(f"backed must be 'auto', True or False, not {backed!r}")
+    lim = limits()
+    return Options(orientation=orientation, max_bytes=max_bytes or lim.max_upload_bytes,
+                    max_cells=max_cells or lim.max_cells, backed=backed, display_name=display_name)
+
+
+def display_name(filename) -> str:
+    """The last component of an uploaded name, printable characters only, at most 255."""
+    name = re.split(r"[\\/]", str(filename or ""))[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()[:255]
+    return name or "upload"
+
+
+def suffix_of(name: str) -> str | None:
+    lower = name.lower()
+    for ext in sorted(FORMAT_OF_SUFFIX, key=len, reverse=True):
+        if lower.endswith(ext):
+            return ext
+    return None
+
+
+def unsupported(name: str) -> InputError:
+    return InputError(f"{name}: this file type is not supported.", FORMATS_HINT)
+
+
+def too_large(name: str, size: int, limit: int) -> InputError:
+    return InputError(f"{name} is {size / 2**20:,.0f} MB, over the limit of {limit / 2**20:,.0f} MB.",
+                      "Subsample the cells first, or ask the administrator to raise SCATD_MAX_UPLOAD_MB.")
+
+
+def check_cells(n_cells: int, opts: Options) -> None:
+    if n_cells > opts.max_cells:
+        raise InputError(f"{opts.display_name} has {n_cells:,} cells, over the limit of {opts.max_cells:,}.",
+                         "Subsample the cells (e.g. scanpy.pp.subsample) or ask the administrator "
+                         "to raise SCATD_MAX_CELLS.")
+    if n_cells == 1:
+        raise InputError(f"{opts.display_name} holds a single cell.",
+                         f"At least {MIN_CELLS} cells are needed: QC and value-type detection compare "
+                         "cells. A one-row table is often a file in the other orientation: try "
+                         "orientation 'genes_x_cells'.")
+
+
+SIGNATURES = {"zip": (b"PK\x03\x04", b"PK\x05\x06"), "npy": (b"\x93NUMPY",), "gz": (b"\x1f\x8b",)}
+
+
+def check_signature(path: Path, kind: str, suffix: str, name: str) -> None:
+    """Refuse a file whose first bytes contradict its extension, before any parser sees it."""
+    with path.open("rb") as fh:
+        head = fh.read(8192)
+    expected = {"zip": "zip", "npy": "npy"}.get(kind)
+    if suffix.endswith("gz"):
+        expected = "gz"
+    if expected and not head.startswith(SIGNATURES[expected]):
+        what = {"zip": "a zip archive", "npy": "a NumPy .npy file", "gz": "gzip-compressed"}[expected]
+        raise InputError(f"{name} is not {what}, although its name says so.",
+                         "The file is corrupt or has the wrong extension; export it again.")
+    if kind == "hdf5" and not h5py.is_hdf5(path):
+        raise InputError(f"{name} is not an HDF5 file, so it cannot be {suffix}.",
+                         "The file is truncated, corrupt, or has the wrong extension; export it again.")
+    if kind in ("table", "mtx") and expected is None and b"\x00" in head:
+        raise InputError(f"{name} is binary, not a text table.",
+                         "Check the file: it may be another format renamed, or corrupt. " + FORMATS_HINT)
+
+
+def column_kind(label: str) -> str | None:
+    key = re.sub(r"[\s-]+", "_", label.strip().lower())
+    if key in LABEL_COLUMN_NAMES:
+        return "label"
+    if key in GROUP_COLUMN_NAMES:
+        return "group"
+    return None
+
+def decide_orientation(row_names, col_names, per_cell_columns: list[str]) -> tuple[str, str]:
+    """Which side holds the cells, from the names alone; returns (orientation, reason)."""
+    if per_cell_columns:
+        return "cells_x_genes", f"the header holds per-cell fields ({', '.join(per_cell_columns[:3])})"
+    r, c = genes.id_type_evidence(row_names), genes.id_type_evidence(col_names)
+    if not r["n"] or not c["n"]:
+        return "cells_x_genes", "assumed (the AnnData convention)"
+    for ev in (r, c):
+        ev["symbol"] = ev["human_symbol"] + ev["mouse_symbol"]
+    rules = (("ensembl", 0.5, 0.1, True, "Ensembl gene IDs"), ("barcode", 0.5, 0.1, False, "cell barcodes"),
+             ("symbol", 0.7, 0.3, True, "gene symbols"),
+             ("top_shape_fraction", 0.8, 0.5, False, "identically patterned cell names"))
+    for metric, high, low, gene_like, what in rules:
+        for side, this, other in (("columns", c, r), ("rows", r, c)):
+            if this[metric] >= high and other[metric] < low:
+                genes_on_columns = (side == "columns") == gene_like
+                return ("cells_x_genes" if genes_on_columns else "genes_x_cells"), f"the {side} hold {what}"
+    return "cells_x_genes", ("undecided from the names; assumed cells x genes (the AnnData convention). "
+                             "Choose 'genes x cells' if that is wrong")
+
+def decode(values) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+def attr_str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def keep_gene_expression(adata: ad.AnnData, opts: Options) -> ad.AnnData:
+    """Drop antibody-capture / CRISPR features of a 10x multi-modal file, and say so."""
+    if "feature_types" not in adata.var:
+        return adata
+    is_gex = (adata.var["feature_types"] == "Gene Expression").to_numpy()
+    if is_gex.all() or not is_gex.any():
+        return adata
+    dropped = adata.var["feature_types"][~is_gex].value_counts()
+    opts.report["features_dropped"] = {str(k): int(v) for k, v in dropped.items()}
+    opts.warnings.append(f"{int((~is_gex).sum())} non-gene features ("
+                         + ", ".join(f"{k}: {v}" for k, v in dropped.items()) + ") were set aside; "
+                         "only Gene Expression is used.")
+    return adata[:, is_gex].copy()

@@ -1,0 +1,134 @@
+"""Validation of what a reader returned, and the read report (``uns['scatd_input']``)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scatd_core import _keys, genes, preprocess
+from scatd_core._json import json_safe
+from scatd_core._matrix import row_batches
+from scatd_core.errors import InputError
+from scatd_core.io._common import Options, check_cells, column_kind
+
+def _scan(X) -> tuple[np.ndarray, int, int, int | None]:
+    """One pass over the rows: non-zeros per cell, NaN and inf counts, first bad row."""
+    n_cells = X.shape[0]
+    nonzero = np.zeros(n_cells, dtype=np.int64)
+    n_nan = n_inf = 0
+    first_bad = None
+    for start, stop, block in row_batches(X):
+        if sp.issparse(block):
+            block.check_format(full_check=True)  # invalid indices would crash later C code
+            values = block.data
+            rows = np.repeat(np.arange(stop - start), np.diff(block.indptr))
+            nonzero[start:stop] = np.bincount(rows[values != 0], minlength=stop - start)
+        else:
+            values = block
+            nonzero[start:stop] = np.count_nonzero(block, axis=1)
+        if values.dtype.kind == "f":
+            nan, inf = np.isnan(values), np.isinf(values)
+            n_nan, n_inf = n_nan + int(nan.sum()), n_inf + int(inf.sum())
+            if first_bad is None and (nan.any() or inf.any()):
+                flat = int(np.flatnonzero((nan | inf).ravel())[0])
+                row = (np.searchsorted(block.indptr, flat, side="right") - 1) if sp.issparse(block) \
+                    else flat // block.shape[1]
+                first_bad = start + int(row)
+    return nonzero, n_nan, n_inf, first_bad
+
+
+def _n_duplicated(index: pd.Index) -> int:
+    return int(index.duplicated().sum())
+
+
+def _per_cell_columns(obs: pd.DataFrame) -> tuple[dict, list[str]]:
+    labels, groups = {}, []
+    for col in obs.columns:
+        kind = column_kind(str(col))
+        if kind == "group":
+            groups.append(str(col))
+        elif kind == "label":
+            values = obs[col]
+            counts = values.value_counts(dropna=True)
+            entry = {"n_missing": int(values.isna().sum()), "n_values": int(counts.size),
+                     "binary": bool(counts.size == 2)}
+            if counts.size <= 20:
+                entry["values"] = {str(k): int(v) for k, v in counts.items()}
+            labels[str(col)] = entry
+    return labels, groups
+
+
+def _examples(index: pd.Index, n: int = 3) -> str:
+    """The first ``n`` duplicated names, quoted."""
+    return ", ".join(repr(str(x)) for x in index[index.duplicated()].unique()[:n])
+
+
+def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
+    name, report = opts.display_name, opts.report
+    n_cells, n_genes = adata.shape
+    if n_cells == 0:
+        raise InputError(f"{name} holds no cells.", "Check that the right file was exported.")
+    if n_genes == 0:
+        raise InputError(f"{name} holds no genes (no expression columns).", "Check that the right file was exported.")
+    check_cells(n_cells, opts)
+    dtype = np.dtype(adata.X.dtype)
+    if dtype.kind not in "biuf":
+        raise InputError(f"The expression values in {name} are {dtype}, not real numbers.", "Export numeric expression.")
+
+    adata.obs_names = pd.Index([str(x) for x in adata.obs_names])
+    adata.var_names = pd.Index([str(x) for x in adata.var_names])
+    dup_genes, dup_cells = _n_duplicated(adata.var_names), _n_duplicated(adata.obs_names)
+    if dup_genes:
+        examples = _examples(adata.var_names)
+        adata.var[_keys.ORIGINAL_GENE_NAME] = adata.var_names.tolist()
+        adata.var_names_make_unique()
+        opts.warnings.append(f"{dup_genes:,} gene name(s) occur more than once (e.g. {examples}); the copies were "
+                             "renamed (e.g. NAME-1) and are summed when aligned to a model.")
+    if dup_cells:
+        examples = _examples(adata.obs_names)
+        adata.obs[_keys.ORIGINAL_CELL_ID] = adata.obs_names.tolist()
+        adata.obs_names_make_unique()
+        opts.warnings.append(f"{dup_cells:,} cell name(s) occur more than once (e.g. {examples}); the copies were "
+                             "renamed (NAME-1, NAME-2 ...).")
+
+    nonzero, n_nan, n_inf, first_bad = _scan(adata.X)
+    if n_nan or n_inf:
+        raise InputError(f"{name} holds {n_nan:,} missing (NaN) and {n_inf:,} infinite value(s) "
+                         f"(first in cell '{adata.obs_names[first_bad]}').",
+                         "Replace missing values with 0 (not expressed) or remove the affected cells or "
+                         "genes, then upload again.")
+    zero = nonzero == 0
+    if zero.all():
+        raise InputError(f"Every cell in {name} is all zero: there is no expression to score.",
+                         "Check that the right file (or layer) was exported.")
+    adata.obs[_keys.ALL_ZERO] = zero
+    if zero.any():
+        opts.warnings.append(f"{int(zero.sum())} cell(s) have no expression at all; they are kept, marked "
+                             f"in obs['{_keys.ALL_ZERO}'], and cannot be scored meaningfully.")
+
+    value_type = preprocess.detect_value_type(adata.X)
+    names = genes.original_gene_names(adata)
+    id_type = genes.detect_id_type(names)
+    id_evidence = genes.id_type_evidence(names)
+    if id_type == "mouse_symbol" or id_evidence.get("ensembl_mouse", 0) > 0.5:
+        opts.warnings.append("The genes look like mouse genes; the scATD models are human, so most genes "
+                             "will not match. Convert to human orthologues first.")
+    labels, groups = _per_cell_columns(adata.obs)
+    report.setdefault("orientation", "cells_x_genes")
+    report.setdefault("orientation_reason", "fixed by the format")
+    report.setdefault("backed", False)
+    report.update(
+        file_name=name, n_cells=int(n_cells), n_genes=int(n_genes),
+        n_duplicated_genes=dup_genes, n_duplicated_cells=dup_cells,
+        gene_id_type=id_type, gene_id_evidence=id_evidence,
+        value_type=value_type["kind"], value_type_evidence=value_type["evidence"],
+        label_columns=labels, group_columns=groups, n_all_zero_cells=int(zero.sum()),
+        warnings=list(opts.warnings),
+    )
+    adata.uns[_keys.INPUT_REPORT] = json_safe(report)
+    mapping = genes.annotate_gene_ids(adata)  # symbols and Ensembl IDs from the file's own columns
+    if mapping.get("hint"):
+        adata.uns[_keys.INPUT_REPORT]["warnings"].append(mapping["hint"])
+    return adata

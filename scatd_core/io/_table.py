@@ -1,0 +1,191 @@
+"""CSV / TSV / TXT tables, plain or gzipped, in either orientation."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scatd_core.errors import InputError
+from scatd_core.io._common import FORMATS_HINT, TABLE_CHUNK_VALUES, Options, column_kind, decide_orientation
+from scatd_core.labels import MISSING_VALUES
+
+def _numeric_fraction(values: pd.Series) -> float:
+    values = values.dropna().astype(str)
+    present = values[~values.str.strip().str.lower().isin(MISSING_VALUES)]
+    if present.empty:
+        return 1.0
+    return float(pd.to_numeric(present, errors="coerce").notna().mean())
+# --------------------------------------------------------------------------------------------
+# CSV / TSV
+# --------------------------------------------------------------------------------------------
+
+_SEPARATOR_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", r"\s+": "whitespace"}
+
+
+def _first_lines(path: Path, gz: bool, n: int = 2, cap: int = 64 << 20) -> bytes:
+    """The first ``n`` lines (decompressed), reading at most ``cap`` bytes."""
+    opener = gzip.open if gz else open
+    buf = b""
+    with opener(path, "rb") as fh:
+        while buf.count(b"\n") < n and len(buf) < cap:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def _sniff_separator(line: str) -> str:
+    counts = {sep: line.count(sep) for sep in ("\t", ",", ";")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else r"\s+"
+
+
+def _split(line: str, sep: str) -> list[str]:
+    if sep == r"\s+":
+        return line.split()
+    return next(csv.reader([line], delimiter=sep))
+
+
+def read_table(path: Path, opts: Options) -> ad.AnnData:
+    name = opts.display_name
+    gz = path.name.lower().endswith(".gz")
+    head = _first_lines(path, gz)
+    if b"\x00" in head:
+        raise InputError(f"{name} is binary, not a text table.", "Check the file. " + FORMATS_HINT)
+    try:
+        text, encoding = head.decode("utf-8-sig"), "utf-8-sig"
+    except UnicodeDecodeError as exc:
+        # a cut at the end of the buffer can split a character; anything earlier is not UTF-8
+        encoding = "utf-8-sig" if exc.start >= len(head) - 4 else "latin-1"
+        text = head.decode(encoding, errors="ignore")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"{name} holds no text.", "Upload the table again; it is empty.")
+    if head.count(b"\n") == 0 and len(head) >= 64 << 20:
+        raise InputError(f"{name} has no line break in its first 64 MB; it is not a table.", FORMATS_HINT)
+    sep = _sniff_separator(lines[0])
+    header = _split(lines[0], sep)
+    if len(lines) < 2:
+        raise InputError(f"{name} has a header row but no data rows.", "Export the table again with its data.")
+    n_fields = len(_split(lines[1], sep))
+    if len(header) == n_fields - 1:  # R's write.table leaves out the row-name header
+        header = [""] + header
+    if n_fields < 2:
+        raise InputError(f"{name} has a single column (separator not recognised).",
+                         "Use commas or tabs between fields, with cell or gene names in the first column.")
+    labels = [str(x) for x in header[1:]]
+    # pandas' own type inference, in chunks of rows: dtype maps or a preview pass cost
+    # several times more on wide (20k-column) tables, and chunks bound the memory to one chunk
+    # of parsed text plus the float32 result
+    reader = pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding,
+                         compression="gzip" if gz else None, engine="c", dtype={0: str}, low_memory=False,
+                         chunksize=max(1, TABLE_CHUNK_VALUES // len(labels)))
+    blocks, ids, metas, layout = [], [], [], None
+    try:
+        for chunk in reader:
+            if layout is None:
+                layout = _table_layout(chunk, labels, opts)
+            orientation, reason, meta, data_pos, _text = layout
+            kinds = {p: dtype.kind for p, dtype in chunk.dtypes.items()}  # once per chunk: linear in columns
+            for p in data_pos:
+                if kinds[p] not in "iuf":
+                    raise _non_numeric(chunk[p], labels[p - 1], name)
+            block = chunk[data_pos].to_numpy(dtype=np.float32)
+            # mostly zeros (a counts table, judged on the first chunk): keep it sparse
+            sparse = sp.issparse(blocks[0]) if blocks else np.count_nonzero(block) <= block.size / 2
+            if sparse:
+                block = sp.csr_matrix(block)
+            blocks.append(block)
+            ids.extend(chunk.index.astype(str))
+            metas.append(pd.DataFrame({labels[p - 1]: _tidy_column(chunk[p]) for p in sorted(meta)}))
+    except pd.errors.ParserError as exc:
+        raise _malformed(name, exc) from None
+    X = sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
+    meta_frame = pd.concat(metas, ignore_index=True).set_axis(ids)
+    data_labels = [labels[p - 1] for p in data_pos]
+    if orientation == "cells_x_genes":
+        adata = ad.AnnData(X=X, obs=meta_frame, var=pd.DataFrame(index=data_labels))
+    else:
+        X = X.T.tocsr() if sp.issparse(X) else np.ascontiguousarray(X.T)
+        adata = ad.AnnData(X=X, obs=pd.DataFrame(index=data_labels), var=meta_frame)
+    opts.report.update(format="tsv" if sep == "\t" else "csv", separator=_SEPARATOR_NAMES[sep], compressed=gz,
+                       orientation=orientation, orientation_reason=reason,
+                       metadata_columns=[labels[p - 1] for p in sorted(meta)])
+    if meta:
+        _say_set_aside(meta, labels, layout, orientation, opts)
+    return adata
+
+
+def _say_set_aside(meta: set, labels: list[str], layout, orientation: str, opts: Options) -> None:
+    """A warning naming the columns that were kept as cell (or gene) information, not data, and why."""
+    text_cols = layout[4]
+    where = "cell information (obs)" if orientation == "cells_x_genes" else "gene information (var)"
+    parts = [f"'{labels[p - 1]}' ({'text' if p in text_cols else 'named like a label or group'})"
+             for p in sorted(meta)[:8]]
+    more = f" and {len(meta) - 8} more" if len(meta) > 8 else ""
+    opts.warnings.append(f"{len(meta)} column(s) were set aside as {where}, not expression: "
+                         f"{', '.join(parts)}{more}. They are available as labels or groups.")
+
+
+def _table_layout(chunk: pd.DataFrame, labels: list[str], opts: Options):
+    """From the first chunk: orientation (and why), metadata columns and data columns.
+
+    Columns are numbered from 1 (0 is the identifiers); ``labels[p - 1]`` names column ``p``.
+    """
+    name = opts.display_name
+    if chunk.shape[1] != len(labels):
+        raise InputError(f"{name}: the header has {len(labels) + 1} fields but the rows have {chunk.shape[1] + 1}.",
+                         "Every row must have as many fields as the header; check the separator and quoting.")
+    non_numeric = set()
+    for p, dtype in chunk.dtypes.items():  # not chunk[p]: column access costs seconds on wide tables
+        if dtype.kind in "iuf":
+            continue
+        if dtype.kind == "O" and _numeric_fraction(chunk[p]) >= 0.5:
+            raise _non_numeric(chunk[p], labels[p - 1], name)  # a number column with stray text
+        non_numeric.add(p)  # text (or true/false): information about the row, not expression
+    named = {p for p in chunk.columns if column_kind(labels[p - 1])}
+    if opts.orientation != "auto":
+        orientation, reason = opts.orientation, "given by the user"
+    else:
+        candidates = [labels[p - 1] for p in chunk.columns if p not in non_numeric and p not in named]
+        orientation, reason = decide_orientation(chunk.index.astype(str), candidates,
+                                                  [labels[p - 1] for p in sorted(named)])
+    meta = non_numeric | (named if orientation == "cells_x_genes" else set())
+    data_pos = [p for p in chunk.columns if p not in meta]
+    if not data_pos:
+        raise InputError(f"{name} has no numeric columns: every column holds text.",
+                         "The table needs one column per gene (or per cell) of numbers.")
+    return orientation, reason, meta, data_pos, non_numeric
+
+
+def _tidy_column(values: pd.Series) -> np.ndarray:
+    """A metadata column: numbers when all of it parses (0/1 labels stay integers), else text."""
+    if values.dtype.kind == "b":
+        return values.to_numpy()
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().sum() == values.notna().sum():
+        if numbers.notna().all() and (numbers == np.round(numbers)).all():
+            return numbers.to_numpy(dtype=np.int64)
+        return numbers.to_numpy(dtype=np.float64)
+    return values.to_numpy(dtype=object)
+
+
+def _malformed(name: str, exc: Exception) -> InputError:
+    return InputError(f"{name} is not a well-formed table: {str(exc).strip()[:200]}",
+                      "Every row must have as many fields as the header; check the separator and quoting.")
+
+
+def _non_numeric(values: pd.Series, label: str, name: str) -> InputError:
+    present = values.dropna()
+    bad = present[pd.to_numeric(present, errors="coerce").isna()]
+    return InputError(f"{name}: column '{label}' holds non-numeric values (e.g. {bad.iloc[0]!r} in row "
+                      f"'{bad.index[0]}').",
+                      "Expression values must be numbers; fix or remove that column, or write missing "
+                      "values as NA.")

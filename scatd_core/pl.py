@@ -1,0 +1,358 @@
+"""Every figure of scATD Studio (plotly), for the app's pages and the HTML report alike.
+
+Figures take plain arrays and tables (or an AnnData's fields), never Streamlit objects, so a page
+and ``report.html`` show the same thing. Large scatter plots switch to WebGL and, above
+:data:`MAX_PLOT_POINTS`, draw a seeded random subsample that the plot states.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from scatd_core._keys import FILTERED, NOT_SCORED
+from scatd_core.embed import finite_rows
+
+#: Above this many points, scatter plots use WebGL (``Scattergl``) so the browser stays fluid.
+WEBGL_MIN_POINTS = 3000
+#: At most this many points are drawn in one scatter plot (a seeded random subsample above it,
+#: stated under the plot): more would make the page slow to load without showing more.
+MAX_PLOT_POINTS = 200_000
+COLORS = {"resistant": "#d62728", "sensitive": "#1f77b4", NOT_SCORED: "#9e9e9e", FILTERED: "#cfcfcf"}
+DIRECTION_COLORS = {"resistance": COLORS["resistant"], "sensitivity": COLORS["sensitive"], "none": "#999999"}
+PROB_SCALE = "RdBu_r"
+#: Bins of the P(resistant) histogram over [0, 1], both ends included.
+HISTOGRAM_BINS = 50
+
+
+def layout(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=40, r=20, t=50 if title else 20, b=40),
+                      template="plotly_white", legend=dict(itemsizing="constant"))
+    return fig
+
+
+def _scatter_trace(n_points: int):
+    return go.Scattergl if n_points >= WEBGL_MIN_POINTS else go.Scatter
+
+
+def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str = "",
+                categorical: bool | None = None, cell_ids: Sequence[str] | None = None,
+                color_range: tuple[float, float] | None = None, colorscale: str = PROB_SCALE,
+                title: str | None = None, point_size: float | None = None,
+                max_points: int = MAX_PLOT_POINTS) -> go.Figure:
+    """UMAP scatter coloured by ``values`` (numbers: a colour scale; text: one trace per value).
+
+    Points with non-finite coordinates are left out and counted in a note under the plot;
+    cells with a non-finite colour value are drawn in grey. WebGL above
+    :data:`WEBGL_MIN_POINTS` points; a seeded random subsample of ``max_points`` above that.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    ok = finite_rows(coords)
+    n_out = int((~ok).sum())
+    n_drawable = int(ok.sum())
+    if n_drawable > max_points:
+        keep = np.random.default_rng(0).choice(np.flatnonzero(ok), size=max_points, replace=False)
+        ok = np.zeros_like(ok)
+        ok[keep] = True
+    xy = coords[ok]
+    ids = np.asarray(cell_ids if cell_ids is not None else np.arange(coords.shape[0]).astype(str))[ok]
+    size = point_size or (3 if xy.shape[0] > 20_000 else 4 if xy.shape[0] > 3000 else 6)
+    Trace = _scatter_trace(xy.shape[0])
+    fig = go.Figure()
+    if values is None:
+        fig.add_trace(Trace(x=xy[:, 0], y=xy[:, 1], mode="markers", marker=dict(size=size, color="#555"),
+                            text=ids, hovertemplate="%{text}<extra></extra>", showlegend=False))
+    else:
+        vals = pd.Series(np.asarray(values, dtype=object)[ok])
+        numeric = pd.api.types.is_numeric_dtype(pd.Series(values)) and not pd.api.types.is_bool_dtype(
+            pd.Series(values)) if categorical is None else not categorical
+        if numeric:
+            v = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=np.float64)
+            has = np.isfinite(v)
+            if (~has).any():
+                fig.add_trace(Trace(x=xy[~has, 0], y=xy[~has, 1], mode="markers", name="no value",
+                                    marker=dict(size=size, color=COLORS[NOT_SCORED]), text=ids[~has],
+                                    hovertemplate="%{text}: no value<extra></extra>"))
+            lo, hi = color_range or (float(np.nanmin(v)) if has.any() else 0.0,
+                                     float(np.nanmax(v)) if has.any() else 1.0)
+            fig.add_trace(Trace(x=xy[has, 0], y=xy[has, 1], mode="markers", name=name, showlegend=False,
+                                marker=dict(size=size, color=v[has], colorscale=colorscale, cmin=lo, cmax=hi,
+                                            colorbar=dict(title=dict(text=name, side="top"), thickness=14)),
+                                text=ids[has], customdata=v[has],
+                                hovertemplate="%{text}<br>" + html.escape(name) + ": %{customdata:.3f}<extra></extra>"))
+        else:
+            text = vals.astype(str).where(vals.notna(), "NA")
+            cats = pd.Series(values).astype("category").cat.categories if hasattr(values, "cat") else None
+            order = [str(c) for c in cats if str(c) in set(text)] if cats is not None else sorted(set(text))
+            order += sorted(set(text) - set(order))
+            palette = _palette(order)
+            for cat in order:
+                m = (text == cat).to_numpy()
+                fig.add_trace(Trace(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"{cat} ({int(m.sum()):,})",
+                                    marker=dict(size=size, color=palette[cat]), text=ids[m],
+                                    hovertemplate="%{text}<br>" + html.escape(f"{name}: {cat}") + "<extra></extra>"))
+    fig.update_xaxes(title="UMAP 1", showticklabels=False, zeroline=False, showgrid=False)
+    fig.update_yaxes(title="UMAP 2", showticklabels=False, zeroline=False, showgrid=False, scaleanchor=None)
+    notes = []
+    if n_out:
+        notes.append(f"{n_out:,} cell(s) without coordinates are not shown")
+    if n_drawable > max_points:
+        notes.append(f"showing a random {max_points:,} of {n_drawable:,} cells")
+    if notes:
+        fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=-0.08,
+                           font=dict(size=11, color="#666"))
+    return layout(fig, title, height=520)
+
+
+_QUALITATIVE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+                "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5",
+                "#dbdb8d", "#393b79", "#637939", "#8c6d31")
+
+
+def _palette(categories: Iterable[str]) -> dict[str, str]:
+    out, i = {}, 0
+    for cat in categories:
+        if cat in COLORS:
+            out[cat] = COLORS[cat]
+        elif cat.lower() in ("resistant", "r", "1", "true", "non-responder"):
+            out[cat] = COLORS["resistant"]
+        elif cat.lower() in ("sensitive", "s", "0", "false", "responder"):
+            out[cat] = COLORS["sensitive"]
+        elif cat in ("NA", "not embedded"):
+            out[cat] = COLORS[NOT_SCORED]
+        else:
+            out[cat] = _QUALITATIVE[i % len(_QUALITATIVE)]
+            i += 1
+    return out
+
+
+def probability_histogram(prob: np.ndarray, threshold: float, title: str | None = None,
+                          calibrated: bool | None = None) -> go.Figure:
+    """Histogram of P(resistant) over the scored cells, with the threshold marked.
+
+    :data:`HISTOGRAM_BINS` equal bins over [0, 1]; the last bin is closed, so probabilities of
+    exactly 0 and 1 are counted like any other (numpy's binning, drawn as bars).
+    """
+    p = np.asarray(prob, dtype=np.float64)
+    p = p[np.isfinite(p)]
+    counts, edges = np.histogram(np.clip(p, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+    centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    labels = [f"[{a:.2f}, {b:.2f}{']' if i == len(counts) - 1 else ')'}" for i, (a, b) in
+              enumerate(zip(edges[:-1], edges[1:]))]
+    fig = go.Figure(go.Bar(x=centres, y=counts, width=width, marker_color="#6c8ebf", customdata=labels,
+                           hovertemplate="P in %{customdata}: %{y:,} cells<extra></extra>"))
+    note = "" if calibrated is None else (" (calibrated)" if calibrated else " (model default, uncalibrated)")
+    fig.add_vline(x=threshold, line=dict(color=COLORS["resistant"], dash="dash"),
+                  annotation_text=f"threshold {threshold:.3g}{note}", annotation_position="top")
+    fig.update_xaxes(title="P(resistant)", range=[0, 1])
+    fig.update_yaxes(title="cells")
+    fig.update_layout(bargap=0.02)
+    return layout(fig, title, height=320)
+
+
+def composition_figure(table: pd.DataFrame, group_name: str, title: str | None = None) -> go.Figure:
+    """Bar chart of the fraction called resistant per group (from :func:`scatd_core.metrics.group_table`)."""
+    text = [f"{r:,}/{c:,}" for r, c in zip(table["n_resistant"], table["n_called"])]
+    fig = go.Figure(go.Bar(x=table["group"].astype(str), y=table["fraction_resistant"], text=text,
+                           textposition="outside", marker_color=COLORS["resistant"],
+                           hovertemplate="%{x}: %{y:.1%} resistant (%{text})<extra></extra>"))
+    fig.update_yaxes(title="fraction resistant", range=[0, 1.1], tickformat=".0%")
+    fig.update_xaxes(title=group_name, type="category")
+    return layout(fig, title, height=360)
+
+
+def roc_figure(roc: pd.DataFrame, auroc: float, title: str | None = None) -> go.Figure:
+    fig = go.Figure([
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dot"), showlegend=False,
+                   hoverinfo="skip"),
+        go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"AUROC {auroc:.3f}",
+                   line=dict(color=COLORS["resistant"], width=2), customdata=roc["threshold"],
+                   hovertemplate="FPR %{x:.3f}, TPR %{y:.3f}<br>threshold %{customdata:.3f}<extra></extra>"),
+    ])
+    fig.update_xaxes(title="false positive rate", range=[0, 1])
+    fig.update_yaxes(title="true positive rate", range=[0, 1.02])
+    fig.update_layout(legend=dict(x=0.55, y=0.08))
+    return layout(fig, title or "ROC curve", height=380)
+
+
+def pr_figure(pr: pd.DataFrame, auprc: float, prevalence: float, title: str | None = None) -> go.Figure:
+    fig = go.Figure([
+        go.Scatter(x=[0, 1], y=[prevalence, prevalence], mode="lines", line=dict(color="#bbb", dash="dot"),
+                   name=f"chance ({prevalence:.2f})", hoverinfo="skip"),
+        go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=f"AUPRC {auprc:.3f}",
+                   line=dict(color=COLORS["resistant"], width=2), customdata=pr["threshold"],
+                   hovertemplate="recall %{x:.3f}, precision %{y:.3f}<br>threshold %{customdata:.3f}"
+                                 "<extra></extra>"),
+    ])
+    fig.update_xaxes(title="recall", range=[0, 1])
+    fig.update_yaxes(title="precision", range=[0, 1.02])
+    fig.update_layout(legend=dict(x=0.98, y=0.98, xanchor="right", yanchor="top"))
+    return layout(fig, title or "Precision-recall curve", height=380)
+
+
+def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",
+                     negative_label: str = "sensitive", title: str | None = None) -> go.Figure:
+    cm = np.asarray(confusion)
+    names = [negative_label, positive_label]
+    fig = go.Figure(go.Heatmap(z=cm, x=[f"called {n}" for n in names], y=[f"true {n}" for n in names],
+                               colorscale="Blues", showscale=False, text=cm, texttemplate="%{text:,}",
+                               hovertemplate="%{y}, %{x}: %{z:,} cells<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return layout(fig, title or "Confusion matrix", height=320)
+
+
+def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray | None = None,
+              title: str | None = None) -> go.Figure:
+    """Violin per QC metric (one panel each); cells failing the filter drawn as red points."""
+    from plotly.subplots import make_subplots
+
+    cols = [c for c in columns if c in metrics and metrics[c].notna().any()]
+    titles = {"n_genes_by_counts": "genes detected", "total_counts": "total counts",
+              "pct_counts_mt": "% mitochondrial"}
+    fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[titles.get(c, c.replace("_", " "))
+                                                                        for c in cols])
+    for i, col in enumerate(cols, start=1):
+        values = metrics[col].to_numpy(dtype=np.float64)
+        fig.add_trace(go.Violin(y=values, name=col, box_visible=True, meanline_visible=False, points=False,
+                                line_color="#4c72b0", fillcolor="rgba(76,114,176,0.25)", showlegend=False,
+                                spanmode="hard"), row=1, col=i)
+        if passed is not None and (~passed).any():
+            failed = values[~passed]
+            fig.add_trace(go.Scatter(x=[col] * failed.size, y=failed, mode="markers", showlegend=False,
+                                     marker=dict(size=3, color=COLORS["resistant"], opacity=0.5),
+                                     hovertemplate="filtered: %{y}<extra></extra>"), row=1, col=i)
+        fig.update_xaxes(showticklabels=False, row=1, col=i)
+    return layout(fig, title, height=340)
+
+
+def _log_ticks(values: np.ndarray) -> dict:
+    """Readable ticks for a log axis: 1, 2, 5 x 10^k within the data's range."""
+    v = values[np.isfinite(values) & (values > 0)]
+    if v.size == 0:
+        return {}
+    lo, hi = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
+    ticks = [m * 10 ** k for k in range(int(lo), int(hi) + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
+    return {"tickvals": ticks, "ticktext": [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]} if ticks else {}
+
+
+def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: str | None = None) -> go.Figure:
+    """Total counts vs genes detected, coloured by mitochondrial share, filtered cells marked."""
+    x = metrics["total_counts"].to_numpy(dtype=np.float64)
+    y = metrics["n_genes_by_counts"].to_numpy(dtype=np.float64)
+    mt = metrics["pct_counts_mt"].to_numpy(dtype=np.float64) if "pct_counts_mt" in metrics else None
+    Trace = _scatter_trace(x.size)
+    keep = np.ones(x.size, dtype=bool) if passed is None else np.asarray(passed, dtype=bool)
+    has_mt = mt is not None and np.isfinite(mt).any()
+    marker = dict(size=4, color=mt[keep] if has_mt else "#4c72b0", colorscale="Viridis",
+                  colorbar=dict(title=dict(text="% mito", side="top"), thickness=12) if has_mt else None)
+    fig = go.Figure(Trace(x=x[keep], y=y[keep], mode="markers", marker=marker, name="kept",
+                          hovertemplate="counts %{x:,.0f}, genes %{y:,}<extra></extra>"))
+    if (~keep).any():
+        fig.add_trace(Trace(x=x[~keep], y=y[~keep], mode="markers", name=f"filtered ({int((~keep).sum()):,})",
+                            marker=dict(size=5, color=COLORS["resistant"], symbol="x"),
+                            hovertemplate="filtered: counts %{x:,.0f}, genes %{y:,}<extra></extra>"))
+    fig.update_xaxes(title="total counts", type="log", **_log_ticks(x))
+    fig.update_yaxes(title="genes detected", type="log", **_log_ticks(y))
+    fig.update_layout(legend=dict(orientation="h", y=1.08))
+    return layout(fig, title, height=380)
+
+
+# --------------------------------------------------------------------------------------------
+# Biomarkers
+# --------------------------------------------------------------------------------------------
+
+def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str | None = None) -> go.Figure:
+    """The ``n`` best features by mean |attribution|, coloured by what higher expression does."""
+    bars = ranking.head(n).iloc[::-1]
+    fig = go.Figure()
+    for direction, colour in DIRECTION_COLORS.items():
+        part = bars[bars["direction"] == direction]
+        if part.empty:
+            continue
+        fig.add_trace(go.Bar(x=part["mean_abs_attribution"], y=part["feature"], orientation="h", name=direction,
+                             marker_color=colour, customdata=part[["rank", "de_score"]].to_numpy(dtype=object),
+                             hovertemplate="%{y}: %{x:.4g}<br>rank %{customdata[0]}, DE score %{customdata[1]}"
+                                           "<extra></extra>"))
+    fig.update_xaxes(title=f"mean |attribution| ({target_title})")
+    fig.update_yaxes(categoryorder="array", categoryarray=list(bars["feature"]))
+    fig.update_layout(legend_title_text="higher expression pushes toward", barmode="overlay")
+    return layout(fig, title, height=max(300, 22 * n))
+
+
+def dependence_figure(feature: str, values: np.ndarray, attributions: np.ndarray, prob: np.ndarray,
+                      labels: Sequence[str], cell_ids: Sequence[str], baseline: float | None = None) -> go.Figure:
+    """One feature across the explained cells: model input vs attribution, coloured by P(resistant)."""
+    Trace = _scatter_trace(len(values))
+    fig = go.Figure(Trace(x=values, y=attributions, mode="markers",
+                          marker=dict(size=5, color=prob, colorscale=PROB_SCALE, cmin=0, cmax=1,
+                                      colorbar=dict(title=dict(text="P(resistant)", side="top"), thickness=12)),
+                          text=[f"{c} ({lab})" for c, lab in zip(cell_ids, labels)],
+                          hovertemplate="%{text}<br>input %{x:.3g}, attribution %{y:.3g}<extra></extra>"))
+    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    if baseline is not None:
+        fig.add_vline(x=float(baseline), line_dash="dot", line_color="grey", annotation_text="baseline")
+    fig.update_xaxes(title=f"{feature}: model input")
+    fig.update_yaxes(title=f"{feature}: attribution")
+    return layout(fig, None, height=420)
+
+
+def feature_map(coords: np.ndarray, values: np.ndarray, feature: str, what: str, axis: str,
+                cell_ids: Sequence[str]) -> go.Figure:
+    """The explained cells on the map, coloured by one feature's attribution or model input."""
+    ok = finite_rows(coords)
+    v = np.asarray(values, dtype=np.float64)
+    symmetric = what == "attribution"
+    lim = float(np.nanmax(np.abs(v))) if symmetric and v.size and np.isfinite(v).any() else None
+    Trace = _scatter_trace(int(ok.sum()))
+    fig = go.Figure(Trace(x=coords[ok, 0], y=coords[ok, 1], mode="markers",
+                          marker=dict(size=5, color=v[ok], colorscale="RdBu_r" if symmetric else "Viridis",
+                                      cmin=-lim if lim else None, cmax=lim if lim else None,
+                                      colorbar=dict(title=dict(text=what, side="top"), thickness=12)),
+                          text=np.asarray(cell_ids)[ok], hovertemplate="%{text}: %{marker.color:.3g}<extra></extra>"))
+    fig.update_xaxes(title=f"{axis} 1", showticklabels=False)
+    fig.update_yaxes(title=f"{axis} 2", showticklabels=False)
+    return layout(fig, f"{feature}: {what}", height=460)
+
+
+def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go.Figure:
+    """Mean |attribution| against the Wilcoxon score, for the features present in the data."""
+    part = ranking[ranking["in_data"] & np.isfinite(ranking["de_score"].astype(float))]
+    fig = go.Figure()
+    for direction, colour in DIRECTION_COLORS.items():
+        d = part[part["direction"] == direction]
+        if d.empty:
+            continue
+        fig.add_trace(_scatter_trace(len(d))(
+            x=d["de_score"], y=d["mean_abs_attribution"], mode="markers", name=direction,
+            marker=dict(size=5, color=colour), text=d["feature"],
+            hovertemplate="%{text}<br>DE score %{x:.3g}, mean |attribution| %{y:.3g}<extra></extra>"))
+    log_y = bool(len(part) and (part["mean_abs_attribution"] > 0).all())
+    fig.update_xaxes(title=f"Wilcoxon score ({positive} vs {negative})")
+    fig.update_yaxes(title="mean |attribution|", type="log" if log_y else "linear")
+    return layout(fig, None, height=420)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+def curve_figure(curves: dict[str, Sequence[float]], title: str, x_title: str, y_title: str,
+                 highlight: str | None = None, mark_x: float | None = None) -> go.Figure:
+    """Lines over epochs (e.g. validation AUROC per fold, or a loss); ``highlight`` drawn bold."""
+    fig = go.Figure()
+    for name, ys in curves.items():
+        bold = name == highlight
+        fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=list(ys), mode="lines", name=name,
+                                 line=dict(width=3 if bold else 1, color="black" if bold else None),
+                                 opacity=1.0 if bold else 0.6))
+    if mark_x is not None:
+        fig.add_vline(x=mark_x, line_dash="dot", annotation_text="chosen")
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title)
+    return layout(fig, title, height=350)
+

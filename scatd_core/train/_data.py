@@ -1,0 +1,164 @@
+"""What training sees: bulk labels matched by ID, the gene panel, each domain standardised."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from scatd_core.bundle import INPUT_KINDS, sha256_file
+from scatd_core.errors import InputError
+from scatd_core.inputs import InputSpec, ModelInput
+from scatd_core.labels import LABEL_MAPPING, drug_labels
+
+MIN_PANEL_GENES = 10
+
+
+def _data_sha256(adata: ad.AnnData) -> str:
+    """Hash of names and values (float32), for provenance when no file is at hand."""
+    h = hashlib.sha256()
+    h.update("\n".join(map(str, adata.obs_names)).encode())
+    h.update(b"\0")
+    h.update("\n".join(map(str, adata.var_names)).encode())
+    X = adata.X
+    for start in range(0, adata.n_obs, 4096):
+        block = X[start:start + 4096]
+        block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+        h.update(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _frame_sha256(df: pd.DataFrame) -> str:
+    return hashlib.sha256(df.to_csv().encode()).hexdigest()
+
+
+
+def _input_spec(backbone: str, n_inputs: int, genes: list[str] | None) -> InputSpec:
+    """The model input of a training run, so ModelInput computes it exactly as predict will."""
+    kind = INPUT_KINDS[backbone]
+    spec = InputSpec(backbone=backbone, input_kind=kind, input_dim=n_inputs, genes=genes, name="training input",
+                     transform="standardize" if kind == "expression" else "none")
+    if kind == "embedding":  # placeholder statistics; replaced by the bulk's own below
+        spec.style_mean, spec.style_std = np.zeros(n_inputs), np.ones(n_inputs)
+    return spec
+
+
+def _inputs(adata: ad.AnnData, spec: InputSpec) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(usable row indices, model input float32, not-scored counts)`` through ModelInput."""
+    mi = ModelInput(adata, spec, batch_size=4096)
+    rows, parts = [], []
+    for _stop, idx, x in mi.batches():
+        rows.append(idx)
+        parts.append(x)
+    return np.concatenate(rows), np.concatenate(parts), {**mi.not_scored(), "log_normalised": bool(mi.log_normalise)}
+
+
+@dataclass
+class TrainingData:
+    """Standardised model inputs of both domains and the bulk labels (what training sees)."""
+
+    backbone: str
+    features: list[str] | None  # the gene panel (expression backbones), in model input order
+    bulk_all: np.ndarray  # every usable bulk sample, for pretraining
+    bulk_x: np.ndarray  # labelled bulk samples
+    bulk_y: np.ndarray  # 1 = resistant
+    bulk_ids: list[str]
+    target_x: np.ndarray
+    target_rows: np.ndarray  # target cells that could be used (indices into the target)
+    target_ids: list[str]
+    style_mean: np.ndarray | None = None
+    style_std: np.ndarray | None = None
+    report: dict = field(default_factory=dict)
+
+
+def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnData, *,
+                          backbone: str = "dist_vae", backbone_genes: list[str] | None = None) -> TrainingData:
+    """Match labels to bulk samples by ID, find the gene panel and standardise each domain.
+
+    Raises :class:`InputError` naming what does not fit (no shared IDs, too few shared genes,
+    a class with too few cell lines...).
+    """
+    dl = drug_labels(labels, drug)
+    bulk_names = [str(n) for n in bulk.obs_names]
+    labelled = dl.labels.reindex([n for n in bulk_names if n in dl.labels.index])
+    if labelled.empty:
+        raise InputError(
+            f"None of the {len(dl.labels)} cell lines labelled for {dl.drug} (e.g. "
+            f"{', '.join(map(str, dl.labels.index[:3]))}) is among the {bulk.n_obs} bulk samples (e.g. "
+            f"{', '.join(bulk_names[:3])}).",
+            "The label table's first column must use the bulk data's sample IDs (e.g. both DepMap ACH- IDs).")
+    report: dict = {"drug": dl.drug, "labels": {
+        "n_labelled_in_bulk": int(len(labelled)), "n_missing_label": int(dl.n_missing),
+        "n_bulk_without_label": int(bulk.n_obs - len(labelled)),
+        "n_labels_not_in_bulk": int(len(dl.labels) - len(labelled)),
+        "sensitive": int((labelled == "sensitive").sum()), "resistant": int((labelled == "resistant").sum()),
+    }}
+    kind = INPUT_KINDS[backbone]
+    if kind == "expression":
+        bulk_genes = [str(g) for g in bulk.var_names]
+        target_genes = set(map(str, target.var_names))
+        order = backbone_genes if backbone_genes is not None else bulk_genes
+        allowed = set(bulk_genes) & target_genes
+        panel = list(dict.fromkeys(g for g in order if g in allowed))
+        report["genes"] = {"n_bulk": len(bulk_genes), "n_target": len(target_genes),
+                           "n_backbone": len(backbone_genes) if backbone_genes is not None else None,
+                           "n_panel": len(panel), "examples_bulk_only": sorted(set(bulk_genes) - target_genes)[:10],
+                           "examples_target_only": sorted(target_genes - set(bulk_genes))[:10]}
+        if len(panel) < MIN_PANEL_GENES:
+            raise InputError(
+                f"Bulk and target share only {len(panel)} genes"
+                + (" that the backbone knows" if backbone_genes is not None else "")
+                + f" (bulk e.g. {', '.join(bulk_genes[:3])}; target e.g. "
+                f"{', '.join(map(str, target.var_names[:3]))}).",
+                "Both need the same gene identifiers (HGNC symbols); convert Ensembl IDs first.")
+        spec = _input_spec(backbone, len(panel), panel)
+    else:
+        n_feat = bulk.n_vars
+        spec = _input_spec(backbone, n_feat, None)
+        panel = None
+        report["features"] = {"n": n_feat}
+
+    b_rows, b_x, b_reasons = _inputs(bulk, spec)
+    style_mean = style_std = None
+    if kind == "embedding":  # AdaIN target = the bulk's own statistics, as the original inference
+        style_mean, style_std = b_x.astype(np.float64).mean(0), b_x.astype(np.float64).std(0)
+        spec.style_mean, spec.style_std = style_mean, style_std
+        b_rows, b_x, b_reasons = _inputs(bulk, spec)
+    t_rows, t_x, t_reasons = _inputs(target, spec)
+    pos = {n: i for i, n in enumerate(bulk_names)}
+    usable = set(b_rows.tolist())
+    keep = [pos[n] for n in labelled.index if pos[n] in usable]
+    where = {r: i for i, r in enumerate(b_rows.tolist())}
+    bulk_x = b_x[[where[r] for r in keep]]
+    y = labelled.loc[[bulk_names[r] for r in keep]].map(LABEL_MAPPING).to_numpy(dtype=np.int64)
+    report["labels"]["n_unusable_bulk"] = int(len(labelled) - len(keep))
+    report["bulk"] = {"n_samples": int(bulk.n_obs), "n_used_for_pretraining": int(len(b_rows)), **b_reasons}
+    report["target"] = {"n_cells": int(target.n_obs), "n_used": int(len(t_rows)), **t_reasons}
+    n_min = int(min((y == 0).sum(), (y == 1).sum()))
+    if n_min < 2:
+        raise InputError(f"{dl.drug}: only {int((y == 0).sum())} sensitive and {int((y == 1).sum())} resistant "
+                         "labelled cell lines in the bulk data; at least 2 of each are needed.",
+                         "Choose a drug with more labelled cell lines of both classes.")
+    return TrainingData(backbone, panel, b_x, bulk_x, y, [bulk_names[r] for r in keep], t_x, t_rows,
+                        [str(target.obs_names[i]) for i in t_rows], style_mean, style_std, report)
+
+
+
+
+def read_if_path(obj, what: str):
+    """An AnnData and a provenance entry for an AnnData or a file path."""
+    if isinstance(obj, ad.AnnData):
+        return obj, {"sha256": _data_sha256(obj), "of": "values"}
+    from scatd_core import io
+
+    path = Path(obj)
+    adata = io.read(path)
+    if adata.isbacked:
+        adata = adata.to_memory()
+    return adata, {"file": path.name, "sha256": sha256_file(path)}
+
+

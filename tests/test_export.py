@@ -1,0 +1,181 @@
+"""Everything a user takes home from one annotated AnnData: CSV tables, h5ad, HTML report, figures."""
+
+from __future__ import annotations
+
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from _app_helpers import BUNDLE_FOLDER, make_bundle, make_dataset, trained_library  # noqa: F401 (fixture)
+from scatd_core import embed, explain, export, pl
+from scatd_core._keys import FILTERED
+from scatd_core.bundle import load_bundle
+from scatd_core.labels import set_label_direction
+from scatd_core.predict import labels_at, predict
+from scatd_core.preprocess import QC_KEY, apply_qc_filter, qc_metrics
+
+
+@pytest.fixture(scope="module")
+def data_and_bundle(trained_library):
+    return make_dataset(160, seed=2), load_bundle(trained_library / BUNDLE_FOLDER)
+
+
+@pytest.fixture(scope="module")
+def filtered_result(data_and_bundle):
+    adata, bundle = data_and_bundle
+    adata = adata.copy()
+    metrics = qc_metrics(adata)
+    cut = float(np.quantile(metrics["total_counts"], 0.2))
+    passed = apply_qc_filter(adata, {"total_counts": {"min": cut}}, metrics)
+    predict(adata, bundle, mask=QC_KEY)
+    set_label_direction(adata, "response", "resistant")
+    embed.embed(adata, n_epochs=20)
+    explain.explain(adata, bundle, max_cells=60, n_steps=8, keep_top=10)
+    return adata, bundle, passed
+
+
+def test_filtered_cells_keep_their_rows(filtered_result, data_and_bundle):
+    adata, bundle, passed = filtered_result
+    failed = ~passed
+    assert failed.sum() > 0
+    assert (adata.obs["scatd_label"][failed] == FILTERED).all()
+    assert adata.obs["scatd_prob_resistant"][failed].isna().all()
+    assert not adata.obs["scatd_scored"][failed].any()
+    assert np.isnan(adata.obsm["X_scatd"][failed]).all()
+    qc = adata.uns["scatd"]["qc"]
+    assert qc["n_filtered"] == failed.sum() and qc["mask"] == QC_KEY
+    assert "total_counts" in qc["thresholds"]
+    # the passing cells get exactly what predicting them alone gives
+    alone = predict(data_and_bundle[0][passed].copy(), bundle, copy=True)
+    assert np.allclose(adata.obs["scatd_prob_resistant"][passed], alone.obs["scatd_prob_resistant"])
+    # filtered cells are not embedded and not clustered
+    assert np.isnan(adata.obsm["X_umap"][failed]).all()
+
+
+def test_copy_leaves_the_upload_untouched(data_and_bundle):
+    adata, bundle = data_and_bundle
+    before = list(adata.obs.columns)
+    result = predict(adata, bundle, copy=True)
+    assert list(adata.obs.columns) == before and "scatd" not in adata.uns
+    assert result.uns["scatd"]["qc"]["n_filtered"] == 0
+
+
+def test_every_cell_filtered_is_a_clear_error(data_and_bundle):
+    from scatd_core.errors import InputError
+
+    adata, bundle = data_and_bundle
+    with pytest.raises(InputError, match="Every cell is removed by the QC filter"):
+        predict(adata, bundle, mask=np.zeros(adata.n_obs, dtype=bool), copy=True)
+
+
+def test_predictions_table_one_row_per_cell(filtered_result):
+    adata, _, passed = filtered_result
+    table = export.predictions_table(adata, ["response", "sample", "missing_column"])
+    assert len(table) == adata.n_obs and table["cell_id"].tolist() == list(adata.obs_names)
+    assert list(table.columns[:6]) == ["cell_id", "prob_resistant", "label", "calibrated", "scored", "qc_pass"]
+    assert {"umap_1", "umap_2", "cluster", "response", "sample"} <= set(table.columns)
+    assert (table["qc_pass"] == passed).all()
+    scored = table["scored"]
+    thr = adata.uns["scatd"]["threshold"]["value"]
+    assert ((table["prob_resistant"][scored] > thr) == (table["label"][scored] == "resistant")).all()
+    assert (table["label"][~passed] == FILTERED).all()
+    csv = pd.read_csv(pd.io.common.BytesIO(export.to_csv_bytes(table)))
+    assert len(csv) == adata.n_obs
+
+
+def test_labels_at_relabels_without_recomputing(filtered_result):
+    adata, _, passed = filtered_result
+    low, high = labels_at(adata, 0.0), labels_at(adata, 1.0)
+    assert (low[passed] == "resistant").all() and (high[passed] == "sensitive").all()
+    assert (low[~passed] == FILTERED).all()
+
+
+def test_metrics_table_sections(filtered_result):
+    adata, _, _ = filtered_result
+    table = export.metrics_table(adata, "response", ["sample"])
+    assert {"summary", "evaluation"} <= set(table["section"])
+    assert any(s.startswith("sample=") for s in table["section"])
+    auroc = table.query("metric == 'auroc'")["value"].iloc[0]
+    assert 0.5 < auroc <= 1.0
+    n_cells = table.query("section == 'summary' and metric == 'n_cells'")["value"].iloc[0]
+    assert n_cells == adata.n_obs and isinstance(n_cells, int)
+    assert table.query("metric == 'calibrated'")["value"].iloc[0] is False
+
+
+def test_h5ad_opens_with_every_result(filtered_result, tmp_path):
+    adata, _, _ = filtered_result
+    path = export.write_h5ad(adata, tmp_path / "out.h5ad")
+    back = ad.read_h5ad(path)
+    assert {"scatd_prob_resistant", "scatd_label", "scatd_scored", QC_KEY, "scatd_cluster",
+            "scatd_explained"} <= set(back.obs)
+    assert {"X_scatd", "X_umap", "scatd_attributions", "scatd_attribution_inputs"} <= set(back.obsm)
+    assert back.uns["scatd"]["model"]["drug"] == "TESTDRUG"
+    assert back.uns["scatd_labels"]["response"]["resistant"] == "resistant"
+    ranking = back.uns["scatd_biomarkers"]["ranking"]
+    assert list(ranking["feature"][:5]) == list(adata.uns["scatd_biomarkers"]["ranking"]["feature"][:5])
+    again = explain.from_adata(back)
+    assert again.features == explain.from_adata(adata).features
+    assert np.allclose(again.attributions, explain.from_adata(adata).attributions)
+    assert export.h5ad_bytes(adata)[:8] == b"\x89HDF\r\n\x1a\n"
+
+
+def test_html_report_is_self_contained(filtered_result):
+    adata, bundle, _ = filtered_result
+    text = export.html_report(adata, label_column="response", group_columns=["sample"],
+                              data_name="<script>alert(1)</script>.h5ad")
+    assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)" in text
+    assert not re.search(r"<script[^>]+src=", text)  # nothing fetched from the network
+    assert text.count("plotly.js v") <= 2 and "Plotly.newPlot" in text  # library inlined once
+    for needle in ("TESTDRUG", "weights sha256", "mode", "seed", "scATD Studio", "AUROC", "Leiden cluster",
+                   "filtered", bundle.manifest["weights_sha256"], "Biomarkers", "not calibrated",
+                   str(adata.uns["scatd_biomarkers"]["ranking"]["feature"][0])):
+        assert needle.lower() in text.lower(), needle
+    assert "class='demo'" not in text  # no demo banner for a real model
+
+
+def test_html_report_labels_demo_models_and_reports_evaluation_problems(data_and_bundle, tmp_path):
+    adata, _ = data_and_bundle
+    demo_bundle = make_bundle(tmp_path / "demo", adata, steps=2, demo=True)
+    result = predict(adata, demo_bundle, copy=True)
+    result.obs["one_class"] = "resistant"
+    text = export.html_report(result, label_column="one_class")
+    assert "class='demo'" in text and "demo (simulated data)" in text
+    assert "is not known" in text or "exactly two" in text or "Every labelled cell" in text  # shown, not raised
+
+
+def test_write_report_writes_every_file(filtered_result, tmp_path):
+    adata, _, _ = filtered_result
+    paths = export.write_report(adata, tmp_path / "rep", label_column="response", group_columns=["sample"])
+    assert set(paths) == {"predictions", "metrics", "biomarkers", "h5ad", "html"}
+    assert all(p.is_file() for p in paths.values())
+    assert len(pd.read_csv(paths["predictions"])) == adata.n_obs
+    assert len(pd.read_csv(paths["biomarkers"])) == len(adata.uns["scatd_biomarkers"]["ranking"])
+
+
+def test_file_stem():
+    assert export.file_stem("my tumour.csv.gz", "Gefitinib") == "my_tumour_Gefitinib"
+    assert export.file_stem(None, None) == "data"
+
+
+def test_umap_figure_never_breaks_on_missing_coordinates():
+    coords = np.array([[0.0, 1.0], [np.nan, 2.0], [np.inf, 0.0], [1.0, 1.0], [2.0, 0.5]])
+    fig = pl.umap_figure(coords, np.array([0.1, 0.2, 0.3, np.nan, 0.9]), name="P")
+    drawn = sum(len(t.x) for t in fig.data)
+    assert drawn == 3  # two cells without coordinates left out
+    assert "2 cell(s) without coordinates" in fig.layout.annotations[0].text
+    labels = pl.umap_figure(coords, ["a", "b", None, "a", "b"], categorical=True)
+    assert sum(len(t.x) for t in labels.data) == 3
+    big = pl.umap_figure(np.random.default_rng(0).normal(size=(500, 2)), max_points=100)
+    assert len(big.data[0].x) == 100 and "random 100 of 500" in big.layout.annotations[0].text
+
+
+def test_probability_histogram_counts_every_cell_including_exact_0_and_1():
+    p = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.999, np.nan])
+    fig = pl.probability_histogram(p, 0.5)
+    bars = fig.data[0]
+    assert sum(bars.y) == 7  # every scored cell, none outside the axis
+    assert bars.y[0] == 2 and bars.y[-1] == 4  # exact 0 in the first bin, exact 1 (and 0.999) in the last
+    assert max(bars.x) + bars.width / 2 == pytest.approx(1.0) and min(bars.x) - bars.width / 2 == pytest.approx(0.0)
