@@ -14,38 +14,49 @@ from scatd_app import state, ui
 st.set_page_config(page_title="scATD Studio", page_icon=":material/biotech:", layout="wide")
 ui.sync_upload_limit()
 ui.warm_up_umap()
-ui.keep_widget_state()
+state.keep_widget_state()
 
 
 def overview() -> None:
     st.title("scATD Studio")
     st.markdown(
-        "Predict which single cells of a tumour are **resistant** or **sensitive** to a cancer drug, "
-        "with the scATD models: drug-response models trained on bulk cell-line screens (GDSC/CCLE) and "
-        "transferred to single cells.")
-    ss = st.session_state
+        "Which cells of a tumour will **resist** a cancer drug, and why? scATD Studio scores every cell with "
+        "the scATD models (drug-response models trained on bulk cell-line screens, GDSC/CCLE, and transferred "
+        "to single cells), maps them, and ranks the genes behind the calls.")
+    with st.container(border=True):
+        st.subheader("New here? Try the demo")
+        st.markdown("A simulated 2,000-cell tumour and a model trained on simulated cell lines, labelled "
+                    "**demo (simulated data)** everywhere. One click, then follow the pages on the left.")
+        if ui.demo_button("btn_landing_demo", st, primary=True):
+            st.switch_page(ui.PAGE["Predict"])
+    st.subheader("Your own data, in three steps")
     steps = [
-        ("Data", "Upload your cells (h5ad, 10x, CSV/TSV, loom) and check quality.", ss.get(state.ADATA) is not None),
-        ("Model", "Choose a drug model; see how many of its genes your data covers.", bool(ss.get(state.BUNDLE_PATH))),
-        ("Predict", "Score every cell, on the GPU if there is one.", ss.get(state.RESULT) is not None),
-        ("Cells", "Explore the UMAP, set the threshold, compare with known labels.", False),
-        ("Biomarkers", "Which genes push cells toward resistance.", ss.get(state.EXPLAIN) is not None),
-        ("Report", "Download the tables, the annotated h5ad and an HTML report.", False),
+        ("Data", "Upload your cells (h5ad, 10x, CSV/TSV, loom) and check quality; say which column, if any, "
+                 "holds known responses."),
+        ("Model", "Choose a drug model and see how many of its genes your data covers. A real drug model is "
+                  "imported (the published scATD checkpoints) or trained on the Train page."),
+        ("Predict", "Score every cell, then explore the cells, rank biomarkers and download the report."),
     ]
-    for i, (title, text, done) in enumerate(steps, start=1):
+    ss = st.session_state
+    done = [ss.get(state.ADATA) is not None, bool(ss.get(state.BUNDLE_PATH)), state.has_prediction()]
+    for i, ((title, text), ok) in enumerate(zip(steps, done), start=1):
         cols = st.columns([0.25, 0.75], vertical_alignment="center")
         with cols[0]:
-            ui.link(title, f"{i}. {title}", ":material/check_circle:" if done else ":material/radio_button_unchecked:")
+            ui.link(title, f"{i}. {title}", ":material/check_circle:" if ok else ":material/radio_button_unchecked:")
         cols[1].markdown(text)
-    entries = ui.library_entries()
-    usable = [e for e in entries if e.ok and e.bundle.kind == "classifier"]
+    usable = [e for e in ui.library_entries() if e.ok and e.bundle.kind == "classifier" and not e.bundle.is_demo]
     st.divider()
     if usable:
         st.markdown(f"**{len(usable)}** drug model(s) installed in the model library.")
     else:
-        st.warning("No drug model is installed yet. Import an original scATD checkpoint or train one "
-                   "in the model library.", icon=":material/warning:")
-    ui.link("Model library", "Open the model library", ":material/inventory_2:")
+        st.info("No real drug model is installed yet (the demo model only works on the demo data). Get the "
+                "published scATD models or import your own on the Model library page, or train one.",
+                icon=":material/inventory_2:")
+    c = st.columns(2)
+    with c[0]:
+        ui.link("Model library", "Open the model library", ":material/inventory_2:")
+    with c[1]:
+        ui.link("Train a model", "Train a drug model", ":material/school:")
 
 
 def page(path: str, title: str, icon: str) -> st.Page:
@@ -57,11 +68,11 @@ navigation = st.navigation({
     "Analysis": [page(*p) for p in ui.ANALYSIS_PAGES],
     "Models": [page(*p) for p in ui.MODEL_PAGES],
 })
-# Drawn before the page (nothing can be drawn after a page calls st.stop()); pages that change
-# what it shows (data, model, results) rerun the script once so it is current.
-ui.sidebar(st.sidebar.container())
+sidebar = st.sidebar.container()  # placed first, filled after the page ran (so it shows the page's changes)
 try:
     navigation.run()
-except Exception as exc:  # a bug, not a user error: a message here, the traceback in the server log
+except Exception as exc:  # a bug, not a user error (st.stop/st.rerun are BaseExceptions and pass)
     logging.getLogger("scatd").exception("page %s failed", navigation.title)
     ui.show_error(exc)
+finally:
+    ui.sidebar(sidebar)

@@ -1,9 +1,10 @@
-"""Step 1, Data: upload (or the demo), what was read, QC with optional filters, label and sample columns."""
+"""Step 1, Data: upload (or the demo), what was read, gene IDs, QC, and the label and sample columns."""
 
+import pandas as pd
 import streamlit as st
 
 from scatd_app import state, ui
-from scatd_core import io, metrics, report
+from scatd_core import genes, io, labels, pl
 from scatd_core.errors import ScatdError
 from scatd_core.preprocess import QC_KEY, QC_METRICS, apply_qc_filter, suggest_qc_thresholds
 
@@ -23,47 +24,28 @@ with right:
                            format_func={"auto": "detect", "cells_x_genes": "rows are cells",
                                         "genes_x_cells": "rows are genes"}.get,
                            help="Only for CSV/TSV tables; h5ad, 10x and loom files say it themselves.")
-    demo = ui.demo_module()
-    if demo is not None and st.button("Try the demo", icon=":material/science:", key="btn_demo",
-                                      help="A simulated tumour and a model trained on simulated cell lines, "
-                                           "labelled demo (simulated data). Built once on first use (about "
-                                           "a minute)."):
-        bar = left.progress(0.0, text="Preparing the demo…")
-        try:
-            ui.use_demo(demo, bar)
-        except ScatdError as exc:
-            bar.empty()
-            ui.show_error(exc)
-        else:
-            st.rerun()
+    ui.demo_button("btn_demo", left)
 
-if uploaded is not None:
-    data = uploaded.getvalue()
-    token = ui.token_of(data, orientation)
-    if token != ss.get(state.DATA_TOKEN):
-        try:
-            with st.spinner(f"Reading {uploaded.name}…"):
-                adata = io.read_bytes(data, uploaded.name, orientation=orientation)
-        except ScatdError as exc:
-            ui.show_error(exc)
-            st.stop()
-        except Exception as exc:  # io promises InputError only; still never show a traceback
-            ui.show_error(exc)
-            st.stop()
-        ui.set_data(adata, uploaded.name, token)
-        st.rerun()  # so the sidebar shows the new data
+if uploaded is not None and ss.get("data_upload") != [uploaded.file_id, orientation]:
+    try:
+        with st.spinner(f"Reading {uploaded.name}…"):
+            adata = io.read_bytes(uploaded.getvalue(), uploaded.name, orientation=orientation)
+    except Exception as exc:  # io promises InputError only; still never show a traceback
+        ui.show_error(exc)
+        st.stop()
+    ui.set_data(adata, uploaded.name)
+    ss["data_upload"] = [uploaded.file_id, orientation]
 
 adata = ss.get(state.ADATA)
 if adata is None:
-    st.info("No data yet. Upload a file above" + (" or try the demo." if ui.demo_module() else "."),
-            icon=":material/upload_file:")
+    st.info("No data yet. Upload a file above, or try the demo.", icon=":material/upload_file:")
     st.stop()
 
 # ------------------------------------------------------------------ summary card
 info = adata.uns.get(io.REPORT_KEY, {})
 evidence = info.get("value_type_evidence") or {}
 with st.container(border=True):
-    st.subheader(ss.get(state.DATA_NAME, "data"))
+    st.subheader(ui.md(ss.get(state.DATA_NAME, "data")))
     c = st.columns(4)
     c[0].metric("Cells", f"{adata.n_obs:,}")
     c[1].metric("Genes", f"{adata.n_vars:,}")
@@ -76,13 +58,37 @@ with st.container(border=True):
         st.markdown(f"**Values: {info.get('value_type')}** because {evidence.get('reason', 'n/a')}.")
         st.json({"values": evidence, "gene identifiers": info.get("gene_id_evidence", {})}, expanded=False)
     for warning in info.get("warnings", []):
-        st.warning(warning, icon=":material/warning:")
+        st.warning(ui.md(warning), icon=":material/warning:")
+
+# ------------------------------------------------------------------ gene identifiers
+mapping = info.get("gene_ids") or {}
+if mapping.get("data_id_type") in ("ensembl", "mixed"):
+    st.subheader("Gene identifiers")
+    sym = mapping.get("symbol", {})
+    n, n_mapped = sym.get("n_genes", adata.n_vars), sym.get("n_mapped", 0)
+    st.markdown(f"The genes are **Ensembl IDs**; the drug models use gene symbols. **{n_mapped:,} of {n:,}** "
+                f"({n_mapped / max(n, 1):.0%}) have a symbol: {sym.get('n_file_columns', 0):,} from the file's own "
+                f"columns, {sym.get('n_geneformer_dict', 0):,} from the Geneformer dictionary, "
+                f"{sym.get('n_biomart', 0):,} from a BioMart table.")
+    biomart = st.file_uploader("BioMart table (columns 'Gene stable ID' and 'Gene name'; CSV or TSV)",
+                               type=["csv", "tsv", "txt"], key="upload_biomart",
+                               help="Export it from Ensembl BioMart (Human genes): attributes Gene stable ID and "
+                                    "Gene name.")
+    if biomart is not None and ss.get("data_biomart") != biomart.file_id:
+        try:
+            table = genes.read_biomart_table(biomart.getvalue(), name=biomart.name)
+            genes.annotate_gene_ids(adata, biomart=table)
+        except ScatdError as exc:
+            ui.show_error(exc)
+        else:
+            ss["data_biomart"] = biomart.file_id
+            state.invalidate("prediction")
+            st.rerun()
 
 # ------------------------------------------------------------------ QC
 st.subheader("Quality control")
-token = ss[state.DATA_TOKEN]
 try:
-    qc = ui.qc_metrics(token, adata)
+    qc = ui.qc_metrics(adata)
 except ScatdError as exc:
     ui.show_error(exc)
     qc = None
@@ -91,8 +97,7 @@ if qc is not None:
         st.caption(f"These values are {info.get('value_type')}, not counts: 'total counts' is the sum of the "
                    "values per cell, so judge the thresholds with care.")
     suggested = suggest_qc_thresholds(qc)
-    if ss.get("qc_token") != token:  # new data: start from the suggestions, filter off
-        ss["qc_token"] = token
+    if "qc_enabled" not in ss:  # new data: start from the suggestions, filter off
         ss["qc_enabled"] = False
         for metric in QC_METRICS:
             for bound in ("min", "max"):
@@ -100,11 +105,12 @@ if qc is not None:
     enabled = st.toggle("Mark low-quality cells as filtered", key="qc_enabled",
                         help="Filtered cells are not predicted but keep their row, marked 'filtered (QC)', "
                              "in every table and file.")
-    thresholds = {}
+    before = ui.qc_mask(adata)
+    passed = None
     if enabled:
         st.caption(f"Suggested bounds: {suggested['method']}. Empty = no bound.")
-        cols = st.columns(len(QC_METRICS))
-        for col, metric in zip(cols, QC_METRICS):
+        thresholds = {}
+        for col, metric in zip(st.columns(len(QC_METRICS)), QC_METRICS):
             with col:
                 st.markdown(f"**{metric.replace('_', ' ')}**")
                 bounds = {}
@@ -112,24 +118,25 @@ if qc is not None:
                     if metric == "pct_counts_mt" and bound == "min":
                         continue
                     disabled = metric not in qc or qc[metric].isna().all()
-                    value = st.number_input(f"{bound} {metric}", key=f"qc_{metric}_{bound}", min_value=0.0, format="%.2f", disabled=disabled,
-                                            label_visibility="collapsed", placeholder=f"no {bound}imum")
+                    value = st.number_input(f"{bound} {metric}", key=f"qc_{metric}_{bound}", min_value=0.0,
+                                            format="%.2f", disabled=disabled, label_visibility="collapsed",
+                                            placeholder=f"no {bound}imum")
                     if value is not None:
                         bounds[bound] = float(value)
                 thresholds[metric] = bounds
         passed = apply_qc_filter(adata, thresholds, qc)
-        n_fail = int((~passed).sum())
-        st.info(f"**{int(passed.sum()):,} of {adata.n_obs:,} cells pass**; {n_fail:,} will be marked "
+        st.info(f"**{int(passed.sum()):,} of {adata.n_obs:,} cells pass**; {int((~passed).sum()):,} will be marked "
                 "'filtered (QC)': not predicted, but kept in every output.", icon=":material/filter_alt:")
-    else:
-        passed = None
-        if QC_KEY in adata.obs:
-            del adata.obs[QC_KEY]
+    elif QC_KEY in adata.obs:
+        del adata.obs[QC_KEY]
         adata.uns.pop("scatd_qc", None)
+    changed = (before is None) != (passed is None) or (before is not None and (before != passed).any())
+    if changed:
+        state.invalidate("prediction")
     left, right = st.columns([0.55, 0.45])
-    left.plotly_chart(report.qc_violin(qc, QC_METRICS, passed), key="qc_violin")
+    left.plotly_chart(pl.qc_violin(qc, QC_METRICS, passed), key="qc_violin")
     if {"total_counts", "n_genes_by_counts"} <= set(qc.columns):
-        right.plotly_chart(report.qc_scatter(qc, passed), key="qc_scatter")
+        right.plotly_chart(pl.qc_scatter(qc, passed), key="qc_scatter")
 
 # ------------------------------------------------------------------ label and sample columns
 st.subheader("Columns for evaluation and grouping")
@@ -145,19 +152,32 @@ with left:
                                 key=state.LABEL_COLUMN, format_func=lambda c: "none (unlabelled data)" if c is None else c,
                                 help="Optional. With labels, the Cells page shows AUROC, AUPRC, F1, MCC and curves.")
     if label_column is not None:
-        values = metrics.label_values(adata.obs[label_column])
-        if ss.get(ui.POSITIVE_CLASS) not in values:
-            ss[ui.POSITIVE_CLASS] = metrics.guess_positive(adata.obs[label_column]) or (values[0] if values else None)
-        if values:
-            st.selectbox("Which value means resistant?", values, key=ui.POSITIVE_CLASS,
-                         help="Every other value counts as sensitive; missing labels are left out.")
-            n_missing = int(adata.obs[label_column].isna().sum())
-            counts = adata.obs[label_column].astype(str).value_counts().head(10)
-            st.caption(" · ".join(f"{k}: {v:,}" for k, v in counts.items())
-                       + (f" · {n_missing:,} missing (left out)" if n_missing else ""))
+        counts = labels.label_counts(adata.obs[label_column])
+        n_missing = int(labels.as_text(adata.obs[label_column]).isna().sum())
+        st.dataframe(pd.DataFrame({"value": counts.index.astype(str), "cells": counts.to_numpy()}), hide_index=True)
+        if n_missing:
+            st.caption(f"{n_missing:,} cell(s) without a label are left out of every score.")
+        if len(counts) != 2:
+            st.warning(f"'{ui.md(label_column)}' holds {len(counts)} values; resistant vs sensitive needs exactly "
+                       "two. Choose another column.", icon=":material/warning:")
         else:
-            st.warning(f"'{label_column}' holds no labels (every value is missing).", icon=":material/warning:")
-group_options = [None] + [c for c in candidates]
+            values = [str(v) for v in counts.index]
+            recorded = labels.label_direction(adata, label_column)
+            key = f"label_resistant_{label_column}"
+            if ss.get(key) not in values:
+                ss[key] = recorded if recorded in values else None
+            choice = st.radio(f"Which value of '{label_column}' means **resistant**?", values, key=key,
+                              horizontal=True,
+                              help="Datasets disagree: SCAD's 'response' column is 1 = sensitive. The other value "
+                                   "means sensitive. The answer is used on every page and in every report.")
+            if choice is None:
+                st.warning("Say which value means resistant: numbers like 0/1 are never guessed, and the "
+                           "evaluation stays off until you do.", icon=":material/help:")
+            elif adata.uns.get("scatd_labels", {}).get(label_column, {}).get("resistant") != choice:
+                labels.set_label_direction(adata, label_column, choice)
+            if choice is not None and labels.guess_label_direction(adata.obs[label_column]) == choice:
+                st.caption(f"'{choice}' was recognised from the words; change it if that is wrong.")
+group_options = [None] + candidates
 if ss.get(state.SAMPLE_COLUMN) not in group_options:
     ss[state.SAMPLE_COLUMN] = None
 with right:

@@ -5,46 +5,37 @@ import streamlit as st
 
 from scatd_app import state, ui
 from scatd_core import io
-from scatd_core.bundle import BACKBONE_TITLES
-from scatd_core.config import model_library_dir
+from scatd_core._keys import FOUNDATION_EMBEDDING
+from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL
 from scatd_core.errors import ScatdError
 from scatd_core.nn import BACKBONES
-from scatd_core.predict import EMBEDDING_OBSM
 from scatd_core.preprocess import check_backbone_compatibility
 
 ss = st.session_state
 st.title("2 · Model")
 entries = ui.library_entries()
 classifiers = [e.bundle for e in entries if e.ok and e.bundle.kind == "classifier"]
+demo_data = bool(ss.get(state.IS_DEMO))
+real = [b for b in classifiers if not b.is_demo]
 
-if not classifiers:
-    st.warning(f"**No drug model is installed** (model library: `{model_library_dir()}`).",
-               icon=":material/inventory_2:")
+
+def how_to_get_a_model() -> None:
     st.markdown(
-        "Get one in any of these ways:\n\n"
-        "1. **Import an original scATD checkpoint** (from the scATD figshare) on the model library page, "
-        "or on the server:\n"
-        "   ```\n   scatd import-checkpoint Gefitinib.pth --backbone dist_vae --drug Gefitinib \\\n"
-        "       --genes OS_scRNA_gene_index.19264.tsv\n   ```\n"
-        "2. **Train a model** for your drug from bulk cell-line data on the Train page (or `scatd train`).\n"
-        "3. **Install the demo model** (simulated data) with `scatd demo`, to try the whole path.")
-    c = st.columns(3)
+        "A drug model is needed for your data. Get one in any of these ways:\n\n"
+        f"1. **The published scATD models** ([figshare]({FIGSHARE_URL})): *Get published scATD models* on the "
+        "model library page downloads and imports them.\n"
+        "2. **Import a checkpoint** you have (a `.pth` file) on the model library page.\n"
+        "3. **Train a model** for your drug from bulk cell-line data on the Train page.")
+    c = st.columns(2)
     with c[0]:
-        ui.link("Model library", "Import a checkpoint", ":material/upload:")
+        ui.link("Model library", "Model library: get or import models", ":material/inventory_2:")
     with c[1]:
         ui.link("Train a model", "Train a model", ":material/school:")
-    demo = ui.demo_module()
-    if demo is not None and callable(getattr(demo, "ensure", None)) and c[2].button(
-            "Install the demo model", icon=":material/science:", key="btn_install_demo",
-            help="Builds the demo (simulated data) model once, in about a minute."):
-        bar = st.progress(0.0, text="Building the demo model…")
-        try:
-            demo.ensure(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
-        except ScatdError as exc:
-            ui.show_error(exc)
-        else:
-            ui.clear_library_cache()
-            st.rerun()
+
+
+if not classifiers:
+    st.warning("**No drug model is installed yet.**", icon=":material/inventory_2:")
+    how_to_get_a_model()
     if entries:
         st.subheader("Folders in the library that cannot be used")
         ui.show_library(entries)
@@ -52,29 +43,39 @@ if not classifiers:
 
 st.caption("Installed drug models. Each is a bundle folder with its weights, genes and provenance.")
 ui.show_library(entries)
+offered = classifiers if demo_data else real
+if not demo_data and not real:
+    st.warning("**Only the demo model is installed**, and it was trained on simulated data: it says nothing about "
+               "real cells. Use it with the demo data only.", icon=":material/warning:")
+    how_to_get_a_model()
+    st.stop()
+if not demo_data and any(b.is_demo for b in classifiers):
+    st.caption("The demo model (simulated data) is offered with the demo data only.")
 
 # ------------------------------------------------------------------ pickers
 current = ui.current_bundle()
-backbones = [b for b in BACKBONES if any(m.backbone == b for m in classifiers)]
+if current is not None and current.is_demo and not demo_data:
+    ui.set_bundle(None)  # never keep the demo model for real data
+    current = None
+backbones = [b for b in BACKBONES if any(m.backbone == b for m in offered)]
 if ss.get("model_backbone") not in backbones:
     ss["model_backbone"] = current.backbone if current is not None and current.backbone in backbones else backbones[0]
 left, right = st.columns(2)
 backbone = left.selectbox("Backbone", backbones, key="model_backbone", format_func=lambda b: BACKBONE_TITLES.get(b, b))
-choices = {str(m.path): m for m in classifiers if m.backbone == backbone}
+choices = {str(m.path): m for m in offered if m.backbone == backbone}
 if ss.get("model_bundle") not in choices:
-    ss["model_bundle"] = str(current.path) if current is not None and str(current.path) in choices else next(iter(choices))
-path = right.selectbox("Drug model", list(choices), key="model_bundle",
-                       format_func=lambda p: f"{choices[p].drug} · {choices[p].name}"
-                       + (" · demo (simulated data)" if choices[p].is_demo else ""))
-if ss.get(state.BUNDLE_PATH) != path:
-    ss[state.BUNDLE_PATH] = path
-    for key in (state.RESULT, state.RESULT_TOKEN, state.EXPLAIN):
-        ss.pop(key, None)
-    st.rerun()  # so the sidebar shows the chosen model
+    ss["model_bundle"] = str(current.path) if current is not None and str(current.path) in choices \
+        else next(iter(choices))
+path = right.selectbox("Drug model", list(choices), key="model_bundle", index=None, placeholder="choose a drug model",
+                       format_func=lambda p: choices[p].title)
+ui.set_bundle(path)
+if path is None:
+    st.info("Choose the drug model to use.", icon=":material/touch_app:")
+    st.stop()
 bundle = choices[path]
 
 with st.container(border=True):
-    st.subheader(bundle.title)
+    st.subheader(ui.md(bundle.title))
     if bundle.is_demo:
         st.badge("demo (simulated data): trained on simulated cell lines; for trying the app only", color="orange")
     s = bundle.summary()
@@ -82,9 +83,11 @@ with st.container(border=True):
     c[0].metric("Drug", s["drug"] or "—")
     c[1].metric("Input", f"{s['n_input_features']:,} " + ("genes" if s["input"] == "expression" else "features"))
     c[2].metric("Latent dimensions", s["z_dim"])
-    c[3].metric("Default threshold", f"{s['threshold']:.3g}")
-    st.caption(f"Source: {s['source'] or '—'} · created {s['created'] or '—'} · "
-               f"input transform: {bundle.manifest['input_transform']} · folder: {s['path']}")
+    c[3].metric("Default threshold", f"{s['threshold']:.3g}",
+                help="Not calibrated to your data: calibrate it on the Cells page (expected fraction or labelled "
+                     "cells).")
+    st.caption(f"Source: {ui.md(s['source'] or '—')} · created {s['created'] or '—'} · "
+               f"input transform: {bundle.manifest['input_transform']}")
     if s["metrics"]:
         with st.expander("Metrics recorded with the model"):
             st.json(s["metrics"])
@@ -101,18 +104,18 @@ info = adata.uns.get(io.REPORT_KEY, {})
 ready = True
 if bundle.input_kind == "expression":
     try:
-        cov = ui.coverage(ss[state.DATA_TOKEN], path, adata, bundle.genes)
+        inputs = ui.model_inputs(adata, bundle)
     except ScatdError as exc:
         ui.show_error(exc)
         st.stop()
+    from scatd_core.genes import coverage_report
+
+    cov = coverage_report(adata, bundle.genes)
     c = st.columns(3)
     c[0].metric("Model genes found", f"{cov['n_matched']:,} / {cov['n_model_genes']:,}")
     c[1].metric("Coverage", f"{cov['fraction_matched']:.1%}")
     c[2].metric("Data genes the model ignores", f"{cov['n_data_genes_unmatched']:,}")
-    if cov["n_matched"] == 0:
-        st.error(f"**None of the model's genes is in the data.** {cov['advice']}", icon=":material/error:")
-        ready = False
-    elif cov["low_coverage"]:
+    if cov["low_coverage"]:
         st.warning(cov["advice"], icon=":material/warning:")
     else:
         st.success(cov["advice"], icon=":material/check_circle:")
@@ -124,7 +127,7 @@ if bundle.input_kind == "expression":
     for problem in check_backbone_compatibility(value_type, backbone, bundle.manifest["input_transform"]):
         st.warning(problem, icon=":material/warning:")
 else:
-    key = EMBEDDING_OBSM[backbone]
+    key = FOUNDATION_EMBEDDING[backbone]
     dim = bundle.architecture.input_dim
     if key in adata.obsm and adata.obsm[key].shape[1] == dim:
         st.success(f"The data carries {dim}-dimensional embeddings in obsm['{key}'].", icon=":material/check_circle:")

@@ -1,11 +1,11 @@
-"""Step 3, Predict: device, estimate, mean or Monte-Carlo mode; progress, cancel; cached results."""
+"""Step 3, Predict: device, time estimate, mean or Monte-Carlo mode; progress with the time left, cancel."""
 
 import streamlit as st
 
 from scatd_app import state, ui
-from scatd_core import report
-from scatd_core.errors import ScatdError
-from scatd_core.preprocess import QC_KEY
+from scatd_core import pl
+from scatd_core._progress import with_eta
+from scatd_core.predict import estimate_seconds, predict, summary
 
 ss = st.session_state
 st.title("3 · Predict")
@@ -16,16 +16,16 @@ bundle = ui.current_bundle()
 if bundle is None:
     ui.need("model")
 
-passed = adata.obs[QC_KEY].to_numpy(dtype=bool) if QC_KEY in adata.obs else None
-n_run = int(passed.sum()) if passed is not None else adata.n_obs
+mask = ui.qc_mask(adata)
+n_run = int(mask.sum()) if mask is not None else adata.n_obs
 with st.container(border=True):
     c = st.columns(3)
     c[0].metric("Cells to predict", f"{n_run:,}",
                 help="Cells marked as filtered on the Data page are not predicted but stay in every output.")
     c[1].metric("Model", bundle.drug or bundle.name, help=bundle.title)
     c[2].metric("Device", ui.device_text(), help="CUDA when a GPU is present, else the CPU.")
-    if passed is not None and (~passed).any():
-        st.caption(f"{int((~passed).sum()):,} cell(s) are marked 'filtered (QC)' and will not be predicted.")
+    if mask is not None and (~mask).any():
+        st.caption(f"{int((~mask).sum()):,} cell(s) are marked 'filtered (QC)' and will not be predicted.")
     if bundle.is_demo:
         st.badge("demo (simulated data)", color="orange")
 
@@ -41,71 +41,67 @@ mode = left.radio("Mode", ["mean", "sample"], key="predict_mode", horizontal=Tru
 n_samples = mid.slider("Samples per cell", 5, 200, key="predict_samples", step=5, disabled=mode != "sample")
 seed = right.number_input("Seed", min_value=0, step=1, key="predict_seed", disabled=mode != "sample")
 settings = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed)}
-
-token = ui.token_of(ss[state.DATA_TOKEN], str(bundle.path), bundle.manifest.get("weights_sha256", ""),
-                    settings, ui.qc_mask_token(adata))
-stored = ui.results().get(token)
-try:
-    estimate = ui.estimate_seconds(ss[state.DATA_TOKEN], str(bundle.path), mode, max(2, settings["n_samples"]),
-                                   n_run, adata, bundle)
-except ScatdError as exc:  # e.g. no gene of the model in the data: say it before the run
-    ui.show_error(exc)
-    st.stop()
-if stored is None:
+token = ui.prediction_token(bundle, settings)
+current = state.prediction_current(token)
+if not current:
+    estimate = estimate_seconds(bundle, n_run, mode=mode, n_samples=max(2, settings["n_samples"]))
     st.caption(f"Estimated time: about {max(1, round(estimate)):,} s on {ui.device_text()}.")
 
 # ------------------------------------------------------------------ run
-if ss.get(ui.PREDICT_RUNNING):  # the previous run did not finish: Cancel, or the page was left
-    ss[ui.PREDICT_RUNNING] = False
+if ss.get(state.PREDICT_RUNNING):  # the previous run did not finish: Cancel, or the page was left
+    ss[state.PREDICT_RUNNING] = False
     st.info("The prediction was stopped before it finished; nothing was changed.", icon=":material/block:")
 
-if stored is None and st.button("Run prediction", type="primary", icon=":material/play_arrow:",
-                                key="btn_run_predict"):
+if not current and st.button("Run prediction", type="primary", icon=":material/play_arrow:", key="btn_run_predict"):
     bar = st.progress(0.0, text="Preparing the model input…")
-    st.button("Cancel", icon=":material/stop:", key="btn_cancel_predict",
-              help="Stops the run; nothing is changed.")
-    ss[ui.PREDICT_RUNNING] = True
+    st.button("Cancel", icon=":material/stop:", key="btn_cancel_predict", help="Stops the run; nothing is changed.")
+    ss[state.PREDICT_RUNNING] = True
     try:
-        stored = report.predict_all_cells(
-            adata, bundle, passed=passed, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
-            progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+        state.invalidate("prediction")
+        inputs = ui.model_inputs(adata, bundle)
+        predict(adata, bundle, inputs=inputs, mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]),
+                seed=int(seed),
+                progress=with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message)))
     except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
-        ss[ui.PREDICT_RUNNING] = False
+        ss[state.PREDICT_RUNNING] = False
+        state.invalidate("prediction")
         bar.empty()
         ui.show_error(exc)
         st.stop()
     # Streamlit stops an interrupted run (Cancel, leaving the page) with a BaseException, which
     # skips this line and leaves the flag set for the next run to report.
-    ss[ui.PREDICT_RUNNING] = False
-    ui.keep_result(token, stored)
-    ui.set_result(stored, token, bundle.threshold)
-    ss["predict_just_ran"] = True
-    st.rerun()  # so the sidebar shows the results
-if stored is not None:
-    if not ss.pop("predict_just_ran", False):
-        st.caption("Results for these data, model and settings are already computed (cached).")
-    ui.set_result(stored, token, bundle.threshold)
+    ss[state.PREDICT_RUNNING] = False
+    ss[state.PREDICTION] = token
+    bar.empty()
+    current = True
 
-result = ss.get(state.RESULT)
-if result is None or ss.get(state.RESULT_TOKEN) != token:
-    if result is not None:
-        st.caption("The results shown on the next pages were made with other settings; run again to update them.")
+if not state.has_prediction():
     st.stop()
+if not current:
+    st.caption("The results shown on the next pages were made with other settings; run again to update them.")
+    st.stop()
+st.caption("The results for these data, model and settings are in place; nothing needs recomputing.")
 
 # ------------------------------------------------------------------ summary
-info = result.uns["scatd"]
-counts = report.summary(result, ss.get(state.THRESHOLD))
+info = adata.uns["scatd"]
+counts = summary(adata)
+thr = info["threshold"]
 st.success(f"Predicted {info['n_scored']:,} of {info['n_cells']:,} cells in {info['seconds']:.1f} s "
            f"({info['params']['device']}).", icon=":material/check_circle:")
 c = st.columns(4)
-c[0].metric("Called resistant", f"{counts['n_resistant']:,}")
+c[0].metric("Called resistant", f"{counts['n_resistant']:,}",
+            help=None if thr["calibrated"] else "At the model's default threshold, not calibrated to these data.")
 c[1].metric("Called sensitive", f"{counts['n_sensitive']:,}")
-c[2].metric("Not scored", f"{counts['n_not_scored']:,}", help="Cells with no expression in the model's genes, "
-            "or non-finite values. They keep their row in every output.")
+c[2].metric("Not scored", f"{counts['n_not_scored']:,}", help="Cells with no expression in the model's genes, or "
+            "values the model cannot take. They keep their row in every output, with the reason.")
 c[3].metric("Filtered (QC)", f"{counts['n_filtered']:,}")
+if not thr["calibrated"]:
+    st.warning("These calls use the model's default threshold, which is **not calibrated** to your data: the share "
+               "called resistant can be far from the truth even when the ranking is good. Calibrate it on the Cells "
+               "page (an expected resistant fraction, or a few labelled cells).", icon=":material/tune:")
 for warning in info.get("warnings", []):
-    st.warning(warning, icon=":material/warning:")
-st.plotly_chart(report.probability_histogram(result.obs["scatd_prob_resistant"].to_numpy(), counts["threshold"],
-                                             "Distribution of P(resistant)"), key="predict_hist")
+    st.warning(ui.md(warning), icon=":material/warning:")
+st.plotly_chart(pl.probability_histogram(adata.obs["scatd_prob_resistant"].to_numpy(), thr["value"],
+                                         "Distribution of P(resistant)", thr["calibrated"]), key="predict_hist")
 st.divider()
 ui.link("Cells", "Next: explore the cells", ":material/arrow_forward:")

@@ -1,49 +1,86 @@
-"""Step 4, Cells: UMAP, threshold, resistant fraction per group and, with labels, the evaluation."""
+"""Step 4, Cells: threshold and its calibration, UMAP, resistant fraction per group, evaluation."""
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from scatd_app import state, ui
-from scatd_core import embed, metrics, report
+from scatd_core import embed, export, metrics, pl
+from scatd_core._keys import CLUSTER, PROB, PROB_SD
 from scatd_core.errors import ScatdError
-from scatd_core.predict import PROB_KEY, SD_KEY
+from scatd_core.labels import label_counts, label_direction
+from scatd_core.predict import calibrate, set_threshold, summary
 
 ss = st.session_state
 st.title("4 · Cells")
-result = ss.get(state.RESULT)
-if result is None:
+if not state.has_prediction():
     ui.need("result")
-info = result.uns["scatd"]
+adata = ss[state.ADATA]
+info = adata.uns["scatd"]
 if info["model"].get("demo"):
     st.badge("demo model (simulated data)", color="orange")
+label_column = ss.get(state.LABEL_COLUMN) if ss.get(state.LABEL_COLUMN) in adata.obs else None
+direction = label_direction(adata, label_column) if label_column else None
 
-# ------------------------------------------------------------------ threshold
-default_threshold = float(info["params"]["threshold"])
-if ss.get(state.THRESHOLD) is None:
-    ss[state.THRESHOLD] = default_threshold
-label_column = ss.get(state.LABEL_COLUMN)
-positive = ss.get(ui.POSITIVE_CLASS)
-
-
-def set_threshold(value: float) -> None:
-    ss[state.THRESHOLD] = float(np.clip(value, 0.0, 1.0))
+# ------------------------------------------------------------------ threshold and calibration
+st.subheader("Decision threshold")
+thr = info["threshold"]
+default_threshold = float(info["model"]["default_threshold"])
 
 
-left, right = st.columns([0.65, 0.35], vertical_alignment="bottom")
-threshold = left.slider("Decision threshold on P(resistant)", 0.0, 1.0, step=0.001, format="%.3f",
-                        key=state.THRESHOLD, help="Cells with P(resistant) above it are called resistant. "
-                        "Moving it relabels the cells without recomputing anything.")
-right.button(f"Model default ({default_threshold:.3g})", on_click=set_threshold, args=(default_threshold,),
-             key="btn_threshold_default")
-counts = report.summary(result, threshold)
+def on_slider() -> None:
+    set_threshold(adata, float(ss["cells_threshold"]), "user", detail="set by hand on the Cells page")
+
+
+def use(action) -> None:
+    try:
+        action()
+    except ScatdError as exc:
+        ss["cells_calibration_error"] = exc
+    ss["cells_threshold"] = float(adata.uns["scatd"]["threshold"]["value"])
+
+
+ss["cells_threshold"] = float(thr["value"])
+left, right = st.columns([0.6, 0.4])
+with left:
+    st.slider("Decision threshold on P(resistant)", 0.0, 1.0, step=0.001, format="%.3f", key="cells_threshold",
+              on_change=on_slider, help="Cells with P(resistant) above it are called resistant. Moving it "
+              "relabels the cells without recomputing anything.")
+    if thr["calibrated"]:
+        st.success(f"Calibrated: {ui.md(thr['detail'])}.", icon=":material/check_circle:")
+    else:
+        st.warning(f"**Uncalibrated**: the model's default ({default_threshold:.3g}). The share called resistant "
+                   "may be far from the truth; calibrate with an expected fraction or labelled cells →",
+                   icon=":material/tune:")
+with right:
+    st.markdown("**Calibrate**")
+    ss.setdefault("cells_expected_fraction", 0.3)
+    c = st.columns([0.5, 0.5], vertical_alignment="bottom")
+    c[0].number_input("Expected resistant fraction", 0.01, 0.99, step=0.05, key="cells_expected_fraction",
+                                 help="From another assay or prior knowledge: the threshold then calls that share "
+                                      "of the cells resistant.")
+    c[1].button("Use this fraction", key="btn_fraction",
+                on_click=use, args=(lambda: calibrate(adata, expected_fraction=float(ss["cells_expected_fraction"])),))
+    if label_column and direction is not None:
+        c = st.columns(2)
+        c[0].button("From labels: Youden's J", key="btn_youden",
+                    on_click=use, args=(lambda: calibrate(adata, label_column=label_column, method="youden"),),
+                    help=f"Uses the labelled cells of '{label_column}' (at least 2 per class).")
+        c[1].button("From labels: best MCC", key="btn_mcc",
+                    on_click=use, args=(lambda: calibrate(adata, label_column=label_column, method="mcc"),))
+    st.button(f"Back to the model default ({default_threshold:.3g})", key="btn_threshold_default",
+              on_click=use, args=(lambda: set_threshold(adata, default_threshold, "model default"),))
+if ss.get("cells_calibration_error") is not None:
+    ui.show_error(ss.pop("cells_calibration_error"))
+
+counts = summary(adata)
 c = st.columns(5)
 c[0].metric("Resistant", f"{counts['n_resistant']:,}")
 c[1].metric("Sensitive", f"{counts['n_sensitive']:,}")
-c[2].metric("Fraction resistant", "—" if counts["fraction_resistant"] is None else f"{counts['fraction_resistant']:.1%}")
+c[2].metric("Fraction resistant", "—" if counts["fraction_resistant"] is None else f"{counts['fraction_resistant']:.1%}",
+            delta=None if counts["calibrated"] else "uncalibrated", delta_color="off", delta_arrow="off")
 c[3].metric("Not scored", f"{counts['n_not_scored']:,}")
 c[4].metric("Filtered (QC)", f"{counts['n_filtered']:,}")
-labels = report.labels_at(result, threshold)
 
 # ------------------------------------------------------------------ UMAP
 st.subheader("UMAP")
@@ -52,66 +89,56 @@ ctl = st.columns([0.3, 0.7])
 basis = ctl[0].segmented_control("Space", embed.BASES, key="cells_basis", required=True,
                                  format_func={"latent": "model latent", "expression": "expression"}.get,
                                  help="Latent: what the model sees. Expression: PCA of log-normalised expression.")
-colour_options = {"P(resistant)": (result.obs[PROB_KEY].to_numpy(), False, (0.0, 1.0), report.PROB_SCALE),
+labels = adata.obs["scatd_label"]
+colour_options = {"P(resistant)": (adata.obs[PROB].to_numpy(), False, (0.0, 1.0), pl.PROB_SCALE),
                   "called label": (labels, True, None, None)}
-if SD_KEY in result.obs:
-    colour_options["uncertainty (sd of P)"] = (result.obs[SD_KEY].to_numpy(), False, None, "Viridis")
-
-n_cells = result.n_obs
+if PROB_SD in adata.obs:
+    colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
+emb_info = None
 try:
-    with st.spinner(f"Computing the UMAP and clusters of {n_cells:,} cells (about "
-                    f"{max(5, n_cells // 500)} s the first time)…"):
-        emb = ui.embedding(ss[state.RESULT_TOKEN], basis, 15, 0.5, 1.0, 0, result)
-    first = "X_umap" not in result.obsm
-    embed.store(result, emb)
-    if first:
-        st.rerun()  # so the sidebar shows this step as done
+    with st.spinner(f"Computing the UMAP and clusters of {adata.n_obs:,} cells (about "
+                    f"{max(5, adata.n_obs // 500)} s the first time)…"):
+        emb_info = ui.embedding(adata, basis)
 except ScatdError as exc:
     ui.show_error(exc)
-    emb = None
-if emb is not None and emb.clusters is not None:
-    colour_options["Leiden cluster"] = (np.asarray(emb.clusters.astype(str)), True, None, None)
-for col in [label_column, ss.get(state.SAMPLE_COLUMN)] + list(result.obs.columns):
+if emb_info is not None and CLUSTER in adata.obs:
+    colour_options["Leiden cluster"] = (adata.obs[CLUSTER].astype(str).to_numpy(), True, None, None)
+for col in [label_column, ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
     if not col or col in colour_options or str(col).startswith("scatd_"):
         continue
-    values = result.obs[col]
+    values = adata.obs[col]
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     if numeric or values.nunique(dropna=True) <= 100:
         colour_options[col] = (values.to_numpy(), not numeric, None, "Viridis")
 if ss.get("cells_colour") not in colour_options:
     ss["cells_colour"] = "P(resistant)"
 colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")
-if emb is not None:
+if emb_info is not None:
     values, categorical, crange, scale = colour_options[colour]
-    fig = report.umap_figure(emb.coords, values, name=colour, categorical=categorical, color_range=crange,
-                             colorscale=scale or report.PROB_SCALE, cell_ids=result.obs_names.astype(str))
+    fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,
+                         color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str))
     st.plotly_chart(fig, key="cells_umap")
-    excluded = emb.info.get("n_excluded", 0)
-    if excluded:
-        st.caption(f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not "
-                   f"shown; they keep their rows in every download. UMAP of {emb.info['n_embedded']:,} cells, "
-                   f"{emb.info.get('n_clusters', 0)} Leiden clusters.")
-    else:
-        st.caption(f"UMAP of {emb.info['n_embedded']:,} cells ({emb.info['input']}); "
-                   f"{emb.info.get('n_clusters', 0)} Leiden clusters on the latent space.")
+    excluded = emb_info.get("n_excluded", 0)
+    st.caption((f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not shown; they "
+                "keep their rows in every download. " if excluded else "")
+               + f"UMAP of {emb_info['n_embedded']:,} cells ({emb_info['input']}); "
+               f"{emb_info.get('n_clusters', 0)} Leiden clusters on the latent space.")
 
 # ------------------------------------------------------------------ composition
 st.subheader("Resistant fraction per group")
-group_options = {}
-if "scatd_cluster" in result.obs:
-    group_options["scatd_cluster"] = "Leiden cluster"
-for col in [ss.get(state.SAMPLE_COLUMN)] + list(result.obs.columns):
+group_options = {CLUSTER: "Leiden cluster"} if CLUSTER in adata.obs else {}
+for col in [ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
     if col and col not in group_options and not str(col).startswith("scatd_") and col != label_column \
-            and not pd.api.types.is_float_dtype(result.obs[col]) and result.obs[col].nunique() <= 50:
+            and not pd.api.types.is_float_dtype(adata.obs[col]) and adata.obs[col].nunique() <= 50:
         group_options[col] = col
 if group_options:
     if ss.get("cells_group") not in group_options:
         ss["cells_group"] = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in group_options \
             else next(iter(group_options))
     group = st.selectbox("Group by", list(group_options), key="cells_group", format_func=group_options.get)
-    table = report.group_table(result, group, threshold)
+    table = metrics.group_table(adata, group)
     left, right = st.columns([0.6, 0.4])
-    left.plotly_chart(report.composition_figure(table, group_options[group]), key="cells_groups")
+    left.plotly_chart(pl.composition_figure(table, group_options[group]), key="cells_groups")
     right.dataframe(table, hide_index=True, column_config={
         "fraction_resistant": st.column_config.ProgressColumn("fraction resistant", min_value=0.0, max_value=1.0,
                                                               format="percent")})
@@ -124,48 +151,45 @@ if not label_column:
     st.info("No label column is chosen, so there is nothing to evaluate against. If your data has known "
             "responses, choose the column on the Data page to see AUROC, AUPRC, F1, MCC and the curves.",
             icon=":material/info:")
-elif label_column not in result.obs:
-    st.info(f"The label column '{label_column}' is not in these results; run the prediction again.")
+elif len(label_counts(adata.obs[label_column])) != 2:
+    values = ", ".join(f"'{ui.md(v)}'" for v in label_counts(adata.obs[label_column]).index[:5])
+    st.info(f"'{ui.md(label_column)}' holds {len(label_counts(adata.obs[label_column]))} value(s) ({values}); AUROC, "
+            "AUPRC, MCC and the curves need cells of exactly two classes, resistant and sensitive.",
+            icon=":material/info:")
+elif direction is None:
+    st.info(f"Say which value of '{ui.md(label_column)}' means resistant on the Data page to see the evaluation.",
+            icon=":material/help:")
+    ui.link("Data", "Go to Data", ":material/arrow_forward:")
 else:
     try:
-        evaluation, roc, pr = report.evaluate_result(result, label_column, positive, threshold)
+        evaluation, roc, pr = metrics.evaluate_column(adata, label_column)
     except ScatdError as exc:
         ui.show_error(exc)
     else:
-        st.caption(f"'{label_column}', resistant = '{positive}': {evaluation.n_evaluated:,} cells "
+        if evaluation.auroc < 0.5:
+            st.error(f"**Check the label direction.** AUROC {evaluation.auroc:.3f} is below 0.5: the model ranks "
+                     f"the cells the wrong way round against '{ui.md(label_column)}' with resistant = "
+                     f"'{ui.md(direction)}'. If that value actually means sensitive, change it on the Data page.",
+                     icon=":material/swap_vert:")
+            ui.link("Data", "Change the label direction", ":material/arrow_forward:")
+        st.caption(f"'{ui.md(label_column)}', resistant = '{ui.md(direction)}': {evaluation.n_evaluated:,} cells "
                    f"({evaluation.n_positive:,} resistant, {evaluation.n_negative:,} sensitive). "
-                   + " ".join(evaluation.notes))
+                   + ui.md(" ".join(n for n in evaluation.notes if not n.startswith("AUROC is below"))))
         c = st.columns(6)
         for col, (name, value) in zip(c, [("AUROC", evaluation.auroc), ("AUPRC", evaluation.auprc),
                                           ("F1", evaluation.f1), ("MCC", evaluation.mcc),
                                           ("Precision", evaluation.precision), ("Recall", evaluation.recall)]):
             col.metric(name, f"{value:.3f}")
         c = st.columns(3)
-        c[0].plotly_chart(report.roc_figure(roc, evaluation.auroc), key="cells_roc")
-        c[1].plotly_chart(report.pr_figure(pr, evaluation.auprc, evaluation.n_positive / evaluation.n_evaluated),
+        c[0].plotly_chart(pl.roc_figure(roc, evaluation.auroc), key="cells_roc")
+        c[1].plotly_chart(pl.pr_figure(pr, evaluation.auprc, evaluation.n_positive / evaluation.n_evaluated),
                           key="cells_pr")
-        c[2].plotly_chart(report.confusion_figure(evaluation.confusion, evaluation.positive_label,
-                                                  evaluation.negative_label), key="cells_confusion")
-        st.markdown("**Threshold helper**")
-        y = metrics.encode_labels(result.obs[label_column], positive)
-        prob = result.obs[PROB_KEY].to_numpy()
-        h = st.columns([0.3, 0.3, 0.4], vertical_alignment="bottom")
-        youden = metrics.youden_threshold(y, prob)
-        h[0].button(f"Youden's J: {youden:.3f}", on_click=set_threshold, args=(youden,), key="btn_youden",
-                    help="Maximises sensitivity + specificity - 1.")
-        ss.setdefault("cells_target_precision", 0.9)
-        target = h[1].number_input("Target precision", 0.05, 1.0, step=0.05, key="cells_target_precision")
-        at_precision = metrics.precision_threshold(y, prob, float(target))
-        if at_precision is None:
-            h[2].caption(f"No threshold reaches a precision of {target:.2f}.")
-        else:
-            h[2].button(f"Lowest threshold with precision ≥ {target:.2f}: {at_precision:.3f}",
-                        on_click=set_threshold, args=(at_precision,), key="btn_precision")
+        c[2].plotly_chart(pl.confusion_figure(evaluation.confusion, evaluation.positive_label,
+                                              evaluation.negative_label), key="cells_confusion")
 
 # ------------------------------------------------------------------ table
 st.subheader("Cells")
-extra = [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c]
-cells_table = report.predictions_table(result, threshold, extra)
+cells_table = export.predictions_table(adata, [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c])
 st.dataframe(cells_table.head(5000), hide_index=True, height=300)
 if len(cells_table) > 5000:
     st.caption(f"The first 5,000 of {len(cells_table):,} cells; predictions.csv on the Report page has them all.")

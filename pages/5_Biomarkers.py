@@ -1,101 +1,95 @@
 """Biomarkers: which genes push the model's predictions toward resistance or sensitivity.
 
 Thin page over :func:`scatd_core.explain.explain` (integrated gradients, captum): settings,
-progress, and plots of the result cached in ``st.session_state[EXPLAIN]``.
+progress, and the figures of :mod:`scatd_core.pl` over the result stored in the session's AnnData.
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from scatd_app import state as S
-from scatd_app import ui
+from scatd_app import state, ui
+from scatd_core import explain as ex
+from scatd_core import pl
+from scatd_core._keys import SCORED
+from scatd_core._progress import with_eta
+from scatd_core.embed import plot_coordinates
 from scatd_core.errors import ScatdError
-from scatd_core.explain import BASELINES, TARGET_TITLES, TARGETS, explain, feature_names, map_coordinates
-from scatd_core.predict import SCORED_KEY
 
-DIRECTION_COLOURS = {"resistance": "#d62728", "sensitivity": "#1f77b4", "none": "#999999"}
 BASELINE_HELP = {"mean": "the average cell of this dataset (default)", "zero": "no expression at all",
                  "random": "the mean of a few random cells (the original scATD default)",
                  "mix": "half mean, half random cells"}
 DEFAULT_MAX_CELLS = 2000
 
+ss = st.session_state
 st.title("5 · Biomarkers")
 st.caption("Integrated gradients rank the model's input genes by how much they move each cell's "
            "prediction, next to a plain differential-expression test between the predicted groups.")
-
-result = st.session_state.get(S.RESULT)
-if result is None:
+if not state.has_prediction():
     ui.need("result")
 bundle = ui.current_bundle()
 if bundle is None:
     ui.need("model")
-if result.uns.get("scatd", {}).get("model", {}).get("demo"):
+adata = ss[state.ADATA]
+if adata.uns["scatd"]["model"].get("demo"):
     st.badge("demo model (simulated data)", color="orange")
-
-n_scored = int(np.asarray(result.obs[SCORED_KEY]).sum()) if SCORED_KEY in result.obs else result.n_obs
-threshold = st.session_state.get(S.THRESHOLD)
+n_scored = int(np.asarray(adata.obs[SCORED]).sum())
+threshold = adata.uns["scatd"]["threshold"]
 
 # ------------------------------------------------------------------ settings
+ss.setdefault("bio_baseline", "mean")
+ss.setdefault("bio_target", "logit")
+ss.setdefault("bio_steps", 50)
+ss["bio_cells"] = min(int(ss.get("bio_cells", DEFAULT_MAX_CELLS)), max(n_scored, 2))
+ss.setdefault("bio_keep", 100)
+ss.setdefault("bio_seed", 0)
 with st.form("explain_settings"):
     c1, c2, c3 = st.columns(3)
-    baseline = c1.selectbox("Baseline", BASELINES, index=BASELINES.index("mean"), key="bio_baseline",
-                            help="; ".join(f"**{b}**: {text}" for b, text in BASELINE_HELP.items()))
-    target = c2.selectbox("Explained output", TARGETS, format_func=lambda t: TARGET_TITLES[t], key="bio_target")
-    n_steps = c3.number_input("Integration steps", min_value=4, max_value=500, value=50, step=10, key="bio_steps",
-                              help="Raise it if the completeness warning appears.")
+    c1.selectbox("Baseline", ex.BASELINES, key="bio_baseline",
+                 help="; ".join(f"**{b}**: {text}" for b, text in BASELINE_HELP.items()))
+    c2.selectbox("Explained output", ex.TARGETS, format_func=lambda t: ex.TARGET_TITLES[t], key="bio_target")
+    c3.number_input("Integration steps", min_value=4, max_value=500, step=10, key="bio_steps",
+                    help="Raise it if the completeness warning appears.")
     c4, c5, c6 = st.columns(3)
-    max_cells = c4.number_input("Cells to explain (at most)", min_value=2, max_value=max(n_scored, 2),
-                                value=max(2, min(n_scored, DEFAULT_MAX_CELLS)), key="bio_cells",
-                                help="Larger data are subsampled, stratified by predicted label.")
-    keep_top = c5.number_input("Genes with per-cell values", min_value=1, max_value=2000, value=100, key="bio_keep",
-                               help="Kept for the dependence plot, the map and the per-cell download.")
-    seed = c6.number_input("Seed", min_value=0, value=0, step=1, key="bio_seed")
+    c4.number_input("Cells to explain (at most)", min_value=2, max_value=max(n_scored, 2), key="bio_cells",
+                    help="Larger data are subsampled, stratified by predicted label.")
+    c5.number_input("Genes with per-cell values", min_value=1, max_value=2000, key="bio_keep",
+                    help="Kept for the dependence plot, the map, the h5ad and the per-cell download.")
+    c6.number_input("Seed", min_value=0, step=1, key="bio_seed")
     submitted = st.form_submit_button("Compute gene ranking", type="primary")
-
-settings = {"baseline": baseline, "target": target, "n_steps": int(n_steps), "max_cells": int(max_cells),
-            "keep_top": int(keep_top), "seed": int(seed), "threshold": threshold}
-token = st.session_state.get(S.RESULT_TOKEN) or f"id{id(result)}"
-key = json.dumps({"result": token, "model": str(bundle.path), **settings}, sort_keys=True, default=str)
-
-# The result is kept per (prediction, model, settings) in session state rather than in
-# st.cache_data: the run reports progress as it goes, and the AnnData is not cheaply hashable.
-cached = st.session_state.get(S.EXPLAIN)
-if cached is not None and json.loads(cached["key"])["result"] != token:
-    cached = st.session_state[S.EXPLAIN] = None  # made for an earlier prediction
+settings = {"baseline": ss["bio_baseline"], "target": ss["bio_target"], "n_steps": int(ss["bio_steps"]),
+            "max_cells": int(min(ss["bio_cells"], max(n_scored, 2))), "keep_top": int(ss["bio_keep"]),
+            "seed": int(ss["bio_seed"])}
+token = ui.token_of(ss.get(state.PREDICTION), settings, threshold["value"])
 
 if submitted:
     bar = st.progress(0.0, text="Starting…")
     try:
-        expl = explain(result, bundle, progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m),
-                       **settings)
+        ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle),
+                   progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)), **settings)
     except ScatdError as exc:
         bar.empty()
         ui.show_error(exc)
         st.stop()
     bar.empty()
-    cached = st.session_state[S.EXPLAIN] = {"key": key, "result": expl}
+    ss[state.BIOMARKERS] = token
 
-if cached is None:
-    st.info("Choose the settings and press **Compute gene ranking**. On a CPU, the published Dist_VAE "
-            "takes about a second per few cells; the progress bar gives an estimate.")
+expl = ex.from_adata(adata)
+if expl is None:
+    st.info("Choose the settings and press **Compute gene ranking**. The progress bar gives the time left.")
     st.stop()
-expl = cached["result"]
 info = expl.info
-if cached["key"] != key:
-    st.info("The results below are for earlier settings; press **Compute gene ranking** to update them.")
+if ss.get(state.BIOMARKERS) != token:
+    st.info("The results below are for earlier settings or another threshold (the predicted groups depend on it); "
+            "press **Compute gene ranking** to update them.")
 
 # ------------------------------------------------------------------ summary
-st.caption(info["statement"])
+st.caption(ui.md(info["statement"]))
 for w in info["warnings"]:
-    st.warning(w)
+    st.warning(ui.md(w))
 for n in info["notes"]:
-    st.info(n)
+    st.info(ui.md(n))
 comp, agree, cells_info = info["completeness"], info["agreement"], info["cells"]
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Cells explained", f"{cells_info['n_explained']:,}",
@@ -117,9 +111,10 @@ level = info["features"]["level"]
 st.subheader("Ranking")
 t1, t2 = st.columns([2, 1])
 query = t1.text_input("Search", placeholder=f"{level} name, e.g. {ranking['feature'].iloc[0]}", key="bio_search")
-top_n = t2.number_input("Show top", min_value=1, max_value=len(ranking), value=min(50, len(ranking)), step=5)
+top_n = t2.number_input("Show top", min_value=1, max_value=len(ranking), value=min(50, len(ranking)), step=5,
+                        key="bio_top_n")
 view = ranking[ranking["feature"].str.contains(query.strip(), case=False, regex=False)] if query.strip() else ranking
-st.dataframe(view.head(int(top_n)), hide_index=True, use_container_width=True,
+st.dataframe(view.head(int(top_n)), hide_index=True,
              column_config={"mean_abs_attribution": st.column_config.NumberColumn("mean |attribution|", format="%.4g"),
                             "de_pval_adj": st.column_config.NumberColumn("DE p (adj.)", format="%.2e"),
                             "de_pval": st.column_config.NumberColumn("DE p", format="%.2e")})
@@ -127,84 +122,54 @@ st.caption("Click a column header to sort. direction: what *higher* expression d
            "(sign of the mean path gradient); DE: Wilcoxon rank-sum between the predicted groups "
            f"({info['differential_expression'].get('data_scale', 'not computed')}).")
 
-# ------------------------------------------------------------------ bar chart
-n_bar = st.slider("Genes in the bar chart", 1, min(50, len(ranking)), min(20, len(ranking)))
-bars = ranking.head(n_bar).iloc[::-1]
-fig = px.bar(bars, x="mean_abs_attribution", y="feature", color="direction", orientation="h",
-             color_discrete_map=DIRECTION_COLOURS, hover_data=["rank", "mean_attribution_resistant",
-                                                               "mean_attribution_sensitive", "de_score"],
-             labels={"mean_abs_attribution": f"mean |attribution| ({info['target_title']})", "feature": ""})
-fig.update_layout(height=max(300, 22 * n_bar), legend_title_text="higher expression pushes toward")
-st.plotly_chart(fig, use_container_width=True)
+n_bar = st.slider("Genes in the bar chart", 1, min(50, len(ranking)), min(20, len(ranking)), key="bio_n_bar")
+st.plotly_chart(pl.biomarker_bar(ranking, n_bar, info["target_title"]), key="bio_bar")
 
 # ------------------------------------------------------------------ per-gene views
 if expl.features:
     st.subheader("One gene across cells")
-    gene = st.selectbox(f"{level.capitalize()}", expl.features,
+    gene = st.selectbox(level.capitalize(), expl.features, key="bio_gene",
                         help=f"The top {len(expl.features)} by rank (per-cell values are kept for these).")
     values, attributions = expl.feature_values(gene)
-    dep = pd.DataFrame({"input": values, "attribution": attributions,
-                        "P(resistant)": expl.cells["prob_resistant"].to_numpy(),
-                        "label": expl.cells["label"].to_numpy(), "cell": expl.cells.index.to_numpy()})
-    fig = px.scatter(dep, x="input", y="attribution", color="P(resistant)", color_continuous_scale="RdBu_r",
-                     range_color=(0, 1), hover_data=["cell", "label"],
-                     labels={"input": f"{gene}: model input", "attribution": f"{gene}: attribution"})
-    fig.add_hline(y=0, line_dash="dot", line_color="grey")
-    fig.add_vline(x=float(expl.baseline[feature_names(bundle).index(gene)]), line_dash="dot", line_color="grey",
-                  annotation_text="baseline")
-    st.plotly_chart(fig, use_container_width=True)
-
-    coords, how = map_coordinates(result)
+    st.plotly_chart(pl.dependence_figure(gene, values, attributions, expl.cells["prob_resistant"].to_numpy(),
+                                         expl.cells["label"].to_numpy(), expl.cells.index.to_numpy(),
+                                         expl.baseline_of(gene)), key="bio_dependence")
+    coords, how = plot_coordinates(adata)
     if how != "UMAP":
         c1, c2 = st.columns([3, 1])
         c1.caption(f"Map: {how}.")
         if c2.button("Compute UMAP", key="bio_umap"):
-            from scatd_core.embed import store
-
             try:
                 with st.spinner("UMAP of the latent space…"):
-                    # the Cells page's cached computation, with its parameters: computed once for both
-                    emb = ui.embedding(token, "latent", 15, 0.5, 1.0, 0, result)
-                store(result, emb)
-                st.rerun()
+                    ui.embedding(adata, "latent")  # the Cells page's computation: done once for both
+                coords, how = plot_coordinates(adata)
             except ScatdError as exc:
                 ui.show_error(exc)
-    colour_by = st.radio("Colour the map by", ["attribution", "model input"], horizontal=True)
-    axis = "UMAP" if how == "UMAP" else "PC"
+    what = st.radio("Colour the map by", ["attribution", "model input"], horizontal=True, key="bio_colour")
     rows = expl.cells["row"].to_numpy()
-    cmap = pd.DataFrame({"x": coords[rows, 0], "y": coords[rows, 1],
-                         gene: attributions if colour_by == "attribution" else values,
-                         "label": expl.cells["label"].to_numpy(), "cell": expl.cells.index.to_numpy()})
-    scale = "RdBu_r" if colour_by == "attribution" else "Viridis"
-    lim = float(np.nanmax(np.abs(attributions))) if colour_by == "attribution" and len(attributions) else None
-    fig = px.scatter(cmap.dropna(subset=["x", "y"]), x="x", y="y", color=gene, color_continuous_scale=scale,
-                     range_color=(-lim, lim) if lim else None, hover_data=["cell", "label"],
-                     labels={"x": f"{axis} 1", "y": f"{axis} 2"}, title=f"{gene}: {colour_by}")
-    fig.update_traces(marker={"size": 5})
-    st.plotly_chart(fig, use_container_width=True)
+    st.plotly_chart(pl.feature_map(coords[rows], attributions if what == "attribution" else values, gene, what,
+                                   "UMAP" if how == "UMAP" else "PC", expl.cells.index.to_numpy()), key="bio_map")
     if cells_info["subsampled"]:
         st.caption(f"Only the explained cells are shown ({cells_info['how']}).")
 
 # ------------------------------------------------------------------ attribution vs DE
 if info["differential_expression"]["method"] != "none":
     st.subheader("Attribution and differential expression")
-    comp_df = ranking[ranking["in_data"] & np.isfinite(ranking["de_score"])]
-    fig = px.scatter(comp_df, x="de_score", y="mean_abs_attribution", color="direction",
-                     color_discrete_map=DIRECTION_COLOURS, hover_data=["feature", "rank", "de_rank", "de_pval_adj"],
-                     log_y=bool((comp_df["mean_abs_attribution"] > 0).all()),
-                     labels={"de_score": f"Wilcoxon score ({info['positive_label']} vs {info['negative_label']})",
-                             "mean_abs_attribution": "mean |attribution|"})
-    st.plotly_chart(fig, use_container_width=True)
+    st.plotly_chart(pl.attribution_vs_de(ranking, info["positive_label"], info["negative_label"]), key="bio_de")
     st.caption("Genes far right/left are differentially expressed; genes high up drive the model. "
                "Both at once: the model uses a gene that also differs between the predicted groups.")
 
 # ------------------------------------------------------------------ downloads
 st.subheader("Downloads")
+st.caption("biomarkers.csv, the per-cell attributions (in the h5ad) and the ranking in report.html are also on the "
+           "Report page.")
 d1, d2 = st.columns(2)
-d1.download_button("biomarkers.csv", ranking.to_csv(index=False).encode(), "biomarkers.csv", "text/csv")
+d1.download_button("biomarkers.csv", ranking.to_csv(index=False).encode(), "biomarkers.csv", "text/csv",
+                   key="btn_dl_biomarkers", on_click="ignore")
 if expl.features:
-    k = d2.number_input("Per-cell attributions: top genes", 1, len(expl.features), min(20, len(expl.features)))
+    k = d2.number_input("Per-cell attributions: top genes", 1, len(expl.features), min(20, len(expl.features)),
+                        key="bio_per_cell_k")
     d2.download_button("per_cell_attributions.csv", expl.per_cell(int(k)).to_csv().encode(),
-                       "per_cell_attributions.csv", "text/csv")
+                       "per_cell_attributions.csv", "text/csv", key="btn_dl_per_cell", on_click="ignore")
 
 ui.link("Report", "Next: the report", ":material/arrow_forward:")

@@ -1,73 +1,80 @@
-"""Step 6, Report: predictions.csv, metrics.csv, the annotated h5ad and a self-contained HTML report."""
+"""Step 6, Report: predictions.csv, metrics.csv, biomarkers.csv, the annotated h5ad and an HTML report."""
 
 import streamlit as st
 
 from scatd_app import state, ui
-from scatd_core import report
+from scatd_core import export
 from scatd_core.errors import ScatdError
+from scatd_core.labels import label_direction
 
 ss = st.session_state
 st.title("6 · Report")
-result = ss.get(state.RESULT)
-if result is None:
+if not state.has_prediction():
     ui.need("result")
-
-info = result.uns["scatd"]
-threshold = float(ss.get(state.THRESHOLD) if ss.get(state.THRESHOLD) is not None else info["params"]["threshold"])
-label_column = ss.get(state.LABEL_COLUMN) if ss.get(state.LABEL_COLUMN) in result.obs else None
-positive = ss.get(ui.POSITIVE_CLASS)
-sample_column = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in result.obs else None
+adata = ss[state.ADATA]
+info = adata.uns["scatd"]
+thr = info["threshold"]
+label_column = ss.get(state.LABEL_COLUMN) if ss.get(state.LABEL_COLUMN) in adata.obs else None
+if label_column and label_direction(adata, label_column) is None:
+    label_column = None  # no evaluation until the user says which value means resistant
+sample_column = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in adata.obs else None
 extra = [c for c in (label_column, sample_column) if c]
-stem = report.file_stem(ss.get(state.DATA_NAME), info["model"].get("drug"))
+groups = [sample_column] if sample_column else []
+stem = export.file_stem(ss.get(state.DATA_NAME), info["model"].get("drug"))
+explained = export.biomarkers_table(adata) is not None
 
 with st.container(border=True):
-    st.markdown(f"**{ss.get(state.DATA_NAME)}** · model **{info['model'].get('name')}**"
+    st.markdown(f"**{ui.md(ss.get(state.DATA_NAME))}** · model **{ui.md(info['model'].get('name'))}**"
                 + (" · demo (simulated data)" if info["model"].get("demo") else ""))
-    st.caption(f"Threshold {threshold:.3f} · mode {info['params']['mode']} · "
-               f"{info['params']['device']} · labels: {label_column or 'none'}"
-               + (f" (resistant = '{positive}')" if label_column else "")
-               + f" · sample column: {sample_column or 'none'}"
-               + (" · UMAP and clusters included" if "X_umap" in result.obsm else
-                  " · open the Cells page first to include the UMAP and clusters"))
+    st.caption(f"Threshold {thr['value']:.3f} ({ui.md(thr['detail'])}"
+               + ("" if thr["calibrated"] else ", **uncalibrated**") + f") · mode {info['params']['mode']} · "
+               f"{info['params']['device']} · labels: {ui.md(label_column or 'none')} · sample column: "
+               f"{ui.md(sample_column or 'none')}"
+               + (" · UMAP and clusters included" if "X_umap" in adata.obsm else
+                  " · open the Cells page first to include the UMAP and clusters")
+               + (" · biomarkers included" if explained else " · compute biomarkers to include them"))
 
 try:
-    table = report.predictions_table(result, threshold, extra)
-    evaluation = None
-    if label_column:
-        try:
-            evaluation = report.evaluate_result(result, label_column, positive, threshold)[0]
-        except ScatdError as exc:
-            st.warning(f"No evaluation in metrics.csv: {exc.message}", icon=":material/warning:")
-    groups = {c: report.group_table(result, c, threshold) for c in ("scatd_cluster", sample_column)
-              if c and c in result.obs}
-    metrics_table = report.metrics_table(result, threshold, evaluation, groups)
+    table = export.predictions_table(adata, extra)
+    metrics_table = export.metrics_table(adata, label_column, groups)
+    ranking = export.biomarkers_table(adata)
 except ScatdError as exc:
     ui.show_error(exc)
     st.stop()
 
-c = st.columns(4)
+c = st.columns(5)
 with c[0]:
-    st.download_button("predictions.csv", report.to_csv_bytes(table), file_name=f"{stem}_predictions.csv",
+    st.download_button("predictions.csv", export.to_csv_bytes(table), file_name=f"{stem}_predictions.csv",
                        mime="text/csv", icon=":material/table:", type="primary", key="btn_dl_predictions",
                        on_click="ignore")
     st.caption(f"{len(table):,} rows: one per uploaded cell")
 with c[1]:
-    st.download_button("metrics.csv", report.to_csv_bytes(metrics_table), file_name=f"{stem}_metrics.csv",
+    st.download_button("metrics.csv", export.to_csv_bytes(metrics_table), file_name=f"{stem}_metrics.csv",
                        mime="text/csv", icon=":material/analytics:", key="btn_dl_metrics", on_click="ignore")
     st.caption("summary, evaluation, per-group fractions")
 with c[2]:
-    st.download_button("annotated .h5ad", lambda: report.h5ad_bytes(result), file_name=f"{stem}_annotated.h5ad",
+    if ranking is not None:
+        st.download_button("biomarkers.csv", export.to_csv_bytes(ranking), file_name=f"{stem}_biomarkers.csv",
+                           mime="text/csv", icon=":material/genetics:", key="btn_dl_report_biomarkers",
+                           on_click="ignore")
+        st.caption(f"{len(ranking):,} genes, ranked")
+    else:
+        st.button("biomarkers.csv", disabled=True, icon=":material/genetics:", key="btn_no_biomarkers")
+        ui.link("Biomarkers", "Compute biomarkers first", ":material/arrow_forward:")
+with c[3]:
+    st.download_button("annotated .h5ad", lambda: export.h5ad_bytes(adata), file_name=f"{stem}_annotated.h5ad",
                        mime="application/x-hdf5", icon=":material/database:", key="btn_dl_h5ad", on_click="ignore")
     st.caption("opens in scanpy/cellxgene: obs, obsm, uns['scatd']")
-with c[3]:
+with c[4]:
     st.download_button("report.html",
-                       lambda: report.html_report(result, threshold=threshold, label_column=label_column,
-                                                  positive=positive, group_columns=[sample_column] if sample_column
-                                                  else [], data_name=ss.get(state.DATA_NAME)).encode("utf-8"),
+                       lambda: export.html_report(adata, label_column=label_column, group_columns=groups,
+                                                  data_name=ss.get(state.DATA_NAME)).encode("utf-8"),
                        file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                        key="btn_dl_html", on_click="ignore")
     st.caption("self-contained: figures, parameters, provenance")
 
 st.subheader("Preview")
 st.dataframe(table.head(200), hide_index=True)
-st.dataframe(metrics_table, hide_index=True)
+st.dataframe(metrics_table.astype({"value": str}), hide_index=True)  # mixed numbers and text: shown as text
+if ranking is not None:
+    st.dataframe(ranking.head(50), hide_index=True)

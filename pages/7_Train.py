@@ -6,19 +6,18 @@ cancel, and the CV / target metrics of the run. The new bundle goes to the model
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from scatd_app import state as S
-from scatd_core.errors import InputError, ScatdError
-
-try:
-    from scatd_app import ui
-except ImportError:  # pragma: no cover - the shared UI helpers ship with the app
-    ui = None
+from scatd_app import ui
+from scatd_core import pl
+from scatd_core._progress import with_eta
+from scatd_core.errors import ScatdError
 
 # Session keys of this page only.
 BULK = "train_bulk"          # {"adata", "name"}: bulk cell lines x genes
@@ -29,37 +28,35 @@ STOP = "train_stop"          # set by the Stop button
 DATA_TYPES = ["csv", "tsv", "txt", "gz", "h5ad", "h5", "loom", "zip"]
 
 
-def show_error(exc: BaseException) -> None:
-    if ui is not None:
-        ui.show_error(exc)
-    elif isinstance(exc, ScatdError):
-        st.error(exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
-    else:
-        st.error(f"Something unexpected went wrong ({type(exc).__name__}: {exc}).")
+show_error = ui.show_error
 
 
-def _temp_copy(upload) -> Path:
-    """An upload as a file in a fresh temporary folder (the name only gives the extension)."""
+@contextmanager
+def _temp_copies(*uploads):
+    """Uploads as files in a fresh temporary folder, removed afterwards (names only give the extension)."""
     folder = Path(tempfile.mkdtemp(prefix="scatd-train-"))
-    suffix = "".join(Path(upload.name).suffixes[-2:]) or ".csv"
-    path = folder / f"upload{suffix}"
-    path.write_bytes(upload.getvalue())
-    return path
-
-
-@st.cache_data(show_spinner="Reading the data…", max_entries=4)
-def _read_upload(data: bytes, name: str):
-    from scatd_core.io import read_bytes
-
-    adata = read_bytes(data, name, backed=False)
-    return adata
+    try:
+        paths = []
+        for i, upload in enumerate(uploads):
+            suffix = "".join(Path(upload.name).suffixes[-2:]) or ".csv"
+            path = folder / f"upload{i}{suffix}"
+            path.write_bytes(upload.getvalue())
+            paths.append(path)
+        yield paths
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
+    """Read an upload into this session (never a shared cache: one user's data stays theirs)."""
+    from scatd_core.io import read_bytes
+
     upload = st.file_uploader(label, type=DATA_TYPES, key=key, help=help_text)
-    if upload is not None and st.session_state.get(slot, {}).get("name") != upload.name:
+    if upload is not None and st.session_state.get(slot, {}).get("id") != upload.file_id:
         try:
-            st.session_state[slot] = {"adata": _read_upload(upload.getvalue(), upload.name), "name": upload.name}
+            with st.spinner(f"Reading {upload.name}…"):
+                adata = read_bytes(upload.getvalue(), upload.name, backed=False)
+            st.session_state[slot] = {"adata": adata, "name": upload.name, "id": upload.file_id}
         except ScatdError as exc:
             show_error(exc)
 
@@ -85,11 +82,13 @@ if bulk_source == "Upload":
                                          key="train_labels_upload",
                                          help="sensitive / resistant per cell line and drug, the format of GDSC's "
                                               "ALL_label_binary_wf.csv; empty or NA = not screened.")
-        if labels_upload is not None and ss.get(LABELS, {}).get("name") != labels_upload.name:
+        if labels_upload is not None and ss.get(LABELS, {}).get("id") != labels_upload.file_id:
             from scatd_core.labels import read_label_table
 
             try:
-                ss[LABELS] = {"table": read_label_table(_temp_copy(labels_upload)), "name": labels_upload.name}
+                with _temp_copies(labels_upload) as (path,):
+                    ss[LABELS] = {"table": read_label_table(path), "name": labels_upload.name,
+                                  "id": labels_upload.file_id}
             except ScatdError as exc:
                 show_error(exc)
     with st.expander("No label table? Build one from GDSC ln(IC50) values"):
@@ -101,7 +100,8 @@ if bulk_source == "Upload":
             from scatd_core.labels import labels_from_ic50
 
             try:
-                table = labels_from_ic50(_temp_copy(ic50), _temp_copy(thred), _temp_copy(dlist))
+                with _temp_copies(ic50, thred, dlist) as paths:
+                    table = labels_from_ic50(*paths)
                 ss[LABELS] = {"table": table, "name": f"labels from {ic50.name}"}
                 rep = table.attrs["report"]
                 st.success(f"{rep['n_drugs']} drugs × {rep['n_cell_lines']} cell lines (ln IC50 below the "
@@ -113,14 +113,14 @@ if bulk_source == "Upload":
                 show_error(exc)
 elif ss.get(BULK, {}).get("name") != "simulated demo panel":
     try:
-        from scatd_core.simulate import simulate_bulk
+        from scatd_core.demo.simulate import simulate_bulk
 
         with st.spinner("Simulating the demo panel…"):
             demo_bulk, demo_labels = simulate_bulk(seed=0)
         ss[BULK] = {"adata": demo_bulk, "name": "simulated demo panel"}
         ss[LABELS] = {"table": demo_labels, "name": "simulated demo labels"}
-    except (ImportError, ScatdError) as exc:
-        show_error(exc if isinstance(exc, ScatdError) else InputError("The demo simulator is not installed."))
+    except ScatdError as exc:
+        show_error(exc)
 
 bulk = ss.get(BULK)
 labels = ss.get(LABELS)
@@ -146,8 +146,10 @@ else:
     entry = ss.get(TARGET)
     target, target_name = (entry["adata"], entry["name"]) if entry else (None, None)
 
-label_column = sensitive_value = None
+label_column = resistant_value = None
 if target is not None:
+    from scatd_core.labels import label_counts, label_direction, set_label_direction
+
     candidates = [c for c in target.obs.columns if target.obs[c].nunique(dropna=True) == 2]
     default = ss.get(S.LABEL_COLUMN) if target_source == "Current dataset" else None
     choices = [None] + candidates
@@ -155,11 +157,19 @@ if target is not None:
                                 index=choices.index(default) if default in choices else 0,
                                 format_func=lambda c: "none" if c is None else c, key="train_label_column")
     if label_column is not None:
-        values = sorted(map(str, target.obs[label_column].dropna().unique()))
-        if {v.lower() for v in values} != {"sensitive", "resistant"}:
-            sensitive_value = st.selectbox(f"Which value of '{label_column}' means sensitive?", values,
-                                           help="SCAD's 'response' column: 1 = sensitive, 0 = resistant.",
-                                           key="train_sensitive_value")
+        resistant_value = label_direction(target, label_column)
+        values = [str(v) for v in label_counts(target.obs[label_column]).index]
+        if resistant_value is None:  # the same one question as on the Data page, never a silent default
+            resistant_value = st.radio(f"Which value of '{label_column}' means **resistant**?", values, index=None,
+                                       horizontal=True, key=f"train_resistant_{label_column}",
+                                       help="SCAD's 'response' column: 1 = sensitive, so 0 = resistant.")
+            if resistant_value is not None:
+                set_label_direction(target, label_column, resistant_value)
+        else:
+            st.caption(f"Resistant = '{ui.md(resistant_value)}' (as said on the Data page or recognised from the "
+                       "words).")
+        if resistant_value is None:
+            st.warning("Say which value means resistant, or choose no label column.", icon=":material/help:")
 
 # ------------------------------------------------------------------ 3. drug and settings
 st.subheader("3 · Drug and training")
@@ -211,21 +221,21 @@ if start:
     try:
         bundle, report = train_drug_model(
             bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
-            adaptation=adaptation, target_label_column=label_column, target_sensitive_value=sensitive_value,
+            adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
+            target_resistant_value=resistant_value,
             name=model_name.strip() or None,
-            progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m),
+            progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
             should_stop=lambda: bool(ss.get(STOP)))
     except ScatdError as exc:
         bar.empty()
         show_error(exc)
         st.stop()
     bar.empty()
-    from scatd_core.cli_train import report_to_json
+    from scatd_core.train import report_to_json
 
     ss[RESULT] = {"bundle_path": str(bundle.path), "name": bundle.name, "report": report_to_json(report),
                   "predictions": report["target_predictions"], "target": target_name}
-    if ui is not None:
-        ui.clear_library_cache()
+    ui.clear_library_cache()
 elif ss.get(STOP):
     st.info("Training was stopped; no model was saved.")
     ss[STOP] = False
@@ -245,7 +255,7 @@ m[0].metric("Bulk CV AUROC", f"{cv['auroc_mean']:.3f}", help=f"± {cv['auroc_sd'
             f"with {cv['head_epochs']} head epochs (chosen by validation AUROC) + {cv['finetune_epochs']} fine-tuning")
 m[1].metric("Bulk out-of-fold AUROC", f"{cv['oof_auroc']:.3f}")
 if tm:
-    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", help=f"{tm['n']} cells with labels in '{tm['label_column']}'")
+    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", help=f"{tm['n_evaluated']} cells with labels in '{tm['label_column']}'")
     m[3].metric("Target AUPRC", f"{tm['auprc']:.3f}", help="positive class: resistant")
 else:
     m[2].metric("Target cells", f"{rep['target']['n_used']:,}")
@@ -256,23 +266,15 @@ st.caption(f"{lab['sensitive']} sensitive / {lab['resistant']} resistant bulk ce
            f"{lab['n_missing_label']} missing labels dropped."
            + (f" Gene panel: {genes['n_panel']:,} genes shared by bulk and target." if genes else ""))
 
-fig = go.Figure()
-for fold in cv["per_fold_head"]:
-    fig.add_trace(go.Scatter(y=fold["val_auroc"], x=list(range(1, len(fold["val_auroc"]) + 1)), mode="lines",
-                             name=f"fold {fold['fold']}", line={"width": 1}, opacity=0.5))
-fig.add_trace(go.Scatter(y=cv["head_curve"], x=list(range(1, len(cv["head_curve"]) + 1)), mode="lines",
-                         name="mean", line={"width": 3, "color": "black"}))
-fig.add_vline(x=cv["head_epochs"], line_dash="dot", annotation_text="chosen")
-fig.update_layout(title="Validation AUROC per head epoch (bulk CV, frozen encoder)", xaxis_title="epoch",
-                  yaxis_title="AUROC", height=350)
-st.plotly_chart(fig, use_container_width=True)
+curves = {f"fold {fold['fold']}": fold["val_auroc"] for fold in cv["per_fold_head"]}
+curves["mean"] = cv["head_curve"]
+st.plotly_chart(pl.curve_figure(curves, "Validation AUROC per head epoch (bulk CV, frozen encoder)", "epoch", "AUROC",
+                                highlight="mean", mark_x=cv["head_epochs"]), key="train_cv_curve")
 if rep["pretraining"]["loss"]:
-    loss = rep["pretraining"]["loss"]
-    fig = go.Figure(go.Scatter(y=loss, x=list(range(1, len(loss) + 1)), mode="lines"))
-    fig.update_layout(title="Backbone pretraining loss", xaxis_title="epoch", yaxis_title="loss", height=250)
-    st.plotly_chart(fig, use_container_width=True)
+    st.plotly_chart(pl.curve_figure({"loss": rep["pretraining"]["loss"]}, "Backbone pretraining loss", "epoch",
+                                    "loss"), key="train_pretrain_loss")
 st.download_button("Target predictions (CSV)", result["predictions"].to_csv(index=False).encode(),
                    file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv")
-if st.button("Use this model for prediction"):
-    ss[S.BUNDLE_PATH] = result["bundle_path"]
+if st.button("Use this model for prediction", key="train_use_model"):
+    ui.set_bundle(result["bundle_path"])
     st.success("Selected. Go to the Predict page to run it on your data.")

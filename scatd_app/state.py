@@ -1,30 +1,92 @@
-"""Names of the values the pages share through ``st.session_state``.
+"""Every value the pages share through ``st.session_state``, and the one invalidation chain.
 
-One place for the keys, so every page reads and writes the same thing:
+The session's dataset is one AnnData (:data:`ADATA`) that the steps annotate in place, scanpy
+style: the prediction (``obs['scatd_*']``, ``uns['scatd']``), the UMAP and clusters, the
+biomarkers. What is derived from it lives in that AnnData, so "what is current" is one question:
+which data, QC mask and model produced the prediction in it (:data:`PREDICTION`).
 
 ==================  ==========================================================================
 key                 value
 ==================  ==========================================================================
-ADATA               the current dataset (``anndata.AnnData``), as read and QC-annotated
-DATA_NAME           its display name (the uploaded file's name, or "demo")
-DATA_TOKEN          a content hash of the upload (cache key for every computation on it)
+ADATA               the current dataset (``anndata.AnnData``), annotated in place
+DATA_NAME           its display name (the uploaded file's name, or "demo (simulated data)")
+DATA_TOKEN          identifies this upload in this session (never shared between sessions)
+IS_DEMO             whether the dataset is the built-in demo
 LABEL_COLUMN        obs column holding true labels, for evaluation (or None)
 SAMPLE_COLUMN       obs column holding the sample / batch (or None)
 BUNDLE_PATH         path (str) of the chosen model bundle
-RESULT              the annotated AnnData after prediction (``obs['scatd_*']``, ``obsm['X_scatd']``)
-RESULT_TOKEN        hash of (data token, bundle, prediction settings)
-THRESHOLD           the decision threshold currently chosen on the Cells page
-EXPLAIN             the biomarker result (``scatd_core.explain`` output) for RESULT
+PREDICTION          token of (data, QC mask, model, settings) of the prediction in ADATA, or None
+INPUTS              ``(token, ModelInput)``: the model input of ADATA for the chosen model (its token
+                    names the data, QC mask and model, so it is rebuilt when any changes)
+EMBEDDING           settings token of the UMAP stored in ADATA
+BIOMARKERS          settings token of the biomarkers stored in ADATA
 ==================  ==========================================================================
+
+The chain (:func:`invalidate`): new data forgets everything; a new QC mask, model or gene-ID
+mapping forgets the prediction and what came from it (UMAP, clusters, biomarkers).
 """
+
+from __future__ import annotations
+
+import streamlit as st
 
 ADATA = "adata"
 DATA_NAME = "data_name"
 DATA_TOKEN = "data_token"
+IS_DEMO = "is_demo"
 LABEL_COLUMN = "label_column"
 SAMPLE_COLUMN = "sample_column"
 BUNDLE_PATH = "bundle_path"
-RESULT = "result"
-RESULT_TOKEN = "result_token"
-THRESHOLD = "threshold"
-EXPLAIN = "explain"
+PREDICTION = "prediction_token"
+INPUTS = "model_inputs"
+EMBEDDING = "embedding_token"
+BIOMARKERS = "biomarkers_token"
+QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)
+PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set after an interrupted run
+
+#: Widget values that must survive a visit to another page (Streamlit forgets the state of
+#: widgets that are not drawn). Buttons and uploaders never use these prefixes.
+KEPT_WIDGET_KEYS = (LABEL_COLUMN, SAMPLE_COLUMN)
+KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_", "bio_", "train_", "label_")
+
+#: What each level of the chain forgets (each level includes the ones after it).
+_CHAIN = {
+    "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS),
+    "prediction": (PREDICTION, EMBEDDING, BIOMARKERS),
+}
+
+
+def keep_widget_state() -> None:
+    """Turn the kept widgets' values into plain session values (call before the page runs)."""
+    ss = st.session_state
+    for key in list(ss.keys()):
+        if key in KEPT_WIDGET_KEYS or str(key).startswith(KEPT_WIDGET_PREFIXES):
+            ss[key] = ss[key]
+
+
+def invalidate(level: str) -> None:
+    """Forget ``level`` (``"data"`` or ``"prediction"``) and everything derived from it.
+
+    Forgetting the prediction also removes it (and its UMAP, clusters and biomarkers) from the
+    session's AnnData, so no page can show results that do not match the current choices.
+    """
+    from scatd_core.predict import clear
+
+    ss = st.session_state
+    levels = list(_CHAIN)
+    for name in levels[levels.index(level):]:
+        for key in _CHAIN[name]:
+            ss.pop(key, None)
+    adata = ss.get(ADATA)
+    if adata is not None:
+        clear(adata)
+
+
+def prediction_current(token: str) -> bool:
+    """Whether the session's AnnData holds the prediction made with ``token``."""
+    return st.session_state.get(PREDICTION) == token
+
+
+def has_prediction() -> bool:
+    ss = st.session_state
+    return ss.get(ADATA) is not None and ss.get(PREDICTION) is not None

@@ -1,24 +1,23 @@
-"""What every page shares: the sidebar, friendly errors, cached loaders and session helpers.
+"""What every page shares: the sidebar, friendly errors, loaders and session helpers.
 
-Caching rules (so that moving between pages recomputes nothing):
+Caching rules:
 
-- ``st.cache_resource`` for objects that must not be copied: model bundles (their torch models
-  load once per process), the model library listing, the store of prediction results;
-- ``st.cache_data`` for computations on the data, keyed on content tokens (the upload's sha256,
-  the result token), with the heavy objects passed as ``_``-prefixed arguments so Streamlit
-  does not hash them.
+- ``st.cache_resource`` only for what every user may share: model bundles (their torch models
+  load once per process) and the model library listing;
+- everything computed on a user's data (QC metrics, the model input, the UMAP) is kept in that
+  user's ``st.session_state``, keyed by this session's data token, so no session can ever see
+  another's data, file names or results, even when two users upload the same bytes.
 
-Per-session values live in ``st.session_state`` under the keys of :mod:`scatd_app.state`.
+Session values live under the keys of :mod:`scatd_app.state`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
+import html
 import json
+import re
 import threading
-import time
-from collections import OrderedDict
+import uuid
 from pathlib import Path
 
 import anndata as ad
@@ -45,22 +44,17 @@ MODEL_PAGES = (
 )
 PAGE = {title: path for path, title, _ in ANALYSIS_PAGES + MODEL_PAGES}
 
-# Session keys used by these pages only (the shared ones are in scatd_app.state).
-POSITIVE_CLASS = "label_positive"      # which value of LABEL_COLUMN means resistant
-PREDICT_RUNNING = "predict_running"    # set while a prediction runs; still set after an interrupted run
-RESULTS_KEPT = 4                       # prediction results kept in memory across sessions
-# Widget values that must survive a visit to another page (Streamlit forgets the state of widgets
-# that are not drawn). Buttons and uploaders never use these prefixes: their values cannot be set.
-KEPT_WIDGET_KEYS = (state.LABEL_COLUMN, state.SAMPLE_COLUMN, state.THRESHOLD, POSITIVE_CLASS)
-KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_")
+
+_MD_INLINE = set("\\`*_[]<>$:~|")
 
 
-def keep_widget_state() -> None:
-    """Turn the kept widgets' values into plain session values (call before the page runs)."""
-    ss = st.session_state
-    for key in list(ss.keys()):
-        if key in KEPT_WIDGET_KEYS or str(key).startswith(KEPT_WIDGET_PREFIXES):
-            ss[key] = ss[key]
+def md(text) -> str:
+    """A string made safe for ``st.markdown``: HTML escaped, and markdown syntax (emphasis, links,
+    Streamlit's ``:color[...]``/``:icon:`` directives, LaTeX, list and heading markers) shown as
+    typed. Every user-supplied string (file, drug and column names, values) goes through it."""
+    escaped = "".join("\\" + ch if ch in _MD_INLINE else ch for ch in html.escape(str(text), quote=False))
+    escaped = re.sub(r"(?m)^(\s*)([#+-])", lambda m: m.group(1) + "\\" + m.group(2), escaped)
+    return re.sub(r"(?m)^(\s*\d+)\.", lambda m: m.group(1) + "\\.", escaped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,9 +64,9 @@ def keep_widget_state() -> None:
 def show_error(exc: BaseException) -> None:
     """A friendly ``st.error``: what is wrong and what to do; never a traceback."""
     if isinstance(exc, ScatdError):
-        st.error(f"**{exc.message}**" + (f"\n\n{exc.hint}" if exc.hint else ""), icon=":material/error:")
+        st.error(f"**{md(exc.message)}**" + (f"\n\n{md(exc.hint)}" if exc.hint else ""), icon=":material/error:")
     else:
-        st.error(f"**Something unexpected went wrong** ({type(exc).__name__}: {str(exc)[:300]}).\n\n"
+        st.error(f"**Something unexpected went wrong** ({type(exc).__name__}: {md(str(exc)[:300])}).\n\n"
                  "Nothing was changed. Try again; if it happens again, report it with the file type and "
                  "this message.", icon=":material/error:")
 
@@ -86,12 +80,8 @@ def upload_limit_mb() -> int:
 
 
 def sync_upload_limit() -> None:
-    """Make the server accept uploads up to ``SCATD_MAX_UPLOAD_MB``.
-
-    Streamlit's upload endpoint reads ``server.maxUploadSize`` on every request, so setting it
-    here (app start) lets the environment variable decide without a launcher. Equivalent to
-    ``streamlit run app.py --server.maxUploadSize <MB>``.
-    """
+    """Make the server accept uploads up to ``SCATD_MAX_UPLOAD_MB`` (Streamlit reads
+    ``server.maxUploadSize`` on every request; equivalent to ``--server.maxUploadSize``)."""
     from streamlit import config
 
     wanted = upload_limit_mb()
@@ -100,7 +90,7 @@ def sync_upload_limit() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Cached loaders
+# Shared (process-wide) loaders: models only
 # --------------------------------------------------------------------------------------------
 
 def _library_signature() -> tuple:
@@ -150,64 +140,6 @@ def device_text() -> str:
     return device_description(resolve_device("auto"))
 
 
-@st.cache_data(show_spinner="Computing QC metrics…", max_entries=8)
-def qc_metrics(token: str, _adata: ad.AnnData):
-    from scatd_core.preprocess import qc_metrics as compute
-
-    return compute(_adata)
-
-
-@st.cache_data(show_spinner="Checking gene coverage…", max_entries=16)
-def coverage(token: str, bundle_path: str, _adata: ad.AnnData, _genes: list[str]) -> dict:
-    from scatd_core.genes import coverage_report
-
-    return coverage_report(_adata, _genes)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def embedding(result_token: str, basis: str, n_neighbors: int, min_dist: float, resolution: float, seed: int,
-              _result: ad.AnnData):
-    from scatd_core.embed import compute_embedding
-
-    return compute_embedding(_result, basis=basis, n_neighbors=n_neighbors, min_dist=min_dist,
-                             resolution=resolution, seed=seed)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def estimate_seconds(token: str, bundle_path: str, mode: str, n_samples: int, n_cells: int,
-                     _adata: ad.AnnData, _bundle) -> float:
-    """Predicted run time, from timing the same prediction on up to 256 cells."""
-    from scatd_core.predict import predict
-
-    n = min(256, _adata.n_obs)
-    part = _adata[:n].to_memory() if _adata.isbacked else _adata[:n].copy()
-    predict(part, _bundle, mode=mode, n_samples=n_samples)  # first call loads the model: not timed
-    t0 = time.perf_counter()
-    predict(part, _bundle, mode=mode, n_samples=n_samples)
-    return (time.perf_counter() - t0) * n_cells / n
-
-
-@st.cache_resource(show_spinner=False)
-def results() -> OrderedDict:
-    """Prediction results by result token, shared by sessions (the newest :data:`RESULTS_KEPT`)."""
-    return OrderedDict()
-
-
-def keep_result(token: str, result: ad.AnnData) -> None:
-    store = results()
-    store[token] = result
-    store.move_to_end(token)
-    while len(store) > RESULTS_KEPT:
-        store.popitem(last=False)
-
-
-def session_copy(result: ad.AnnData) -> ad.AnnData:
-    """A per-session copy of a stored result sharing X (pages annotate it with UMAP, clusters)."""
-    from scatd_core.report import shallow_copy
-
-    return shallow_copy(result)
-
-
 @st.cache_resource(show_spinner=False)
 def warm_up_umap() -> threading.Thread:
     """Compile umap-learn's kernels in the background once per server, so the first UMAP is quick.
@@ -228,36 +160,97 @@ def warm_up_umap() -> threading.Thread:
 
 
 # --------------------------------------------------------------------------------------------
-# Tokens and session data
+# Per-session computations on the user's data
 # --------------------------------------------------------------------------------------------
 
 def token_of(*parts) -> str:
-    """A short content hash of bytes and/or JSON-able values."""
+    """A short hash of JSON-able values (settings), for telling results apart within a session."""
+    import hashlib
+
     h = hashlib.sha256()
     for part in parts:
-        h.update(part if isinstance(part, (bytes, bytearray, memoryview)) else
-                 json.dumps(part, sort_keys=True, default=str).encode("utf-8"))
+        h.update(json.dumps(part, sort_keys=True, default=str).encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()[:24]
 
 
-def qc_mask_token(adata: ad.AnnData) -> str:
-    from scatd_core.preprocess import QC_KEY
-
-    if QC_KEY not in adata.obs:
-        return "all"
-    return token_of(np.packbits(adata.obs[QC_KEY].to_numpy(dtype=bool)).tobytes())
-
-
-def set_data(adata: ad.AnnData, name: str, token: str) -> None:
-    """Make ``adata`` the session's dataset; results of the previous dataset are forgotten."""
-    from scatd_core.io import REPORT_KEY
+def qc_metrics(adata: ad.AnnData):
+    """Per-cell QC metrics of the session's dataset (computed once per upload)."""
+    from scatd_core.preprocess import qc_metrics as compute
 
     ss = st.session_state
-    ss[state.ADATA], ss[state.DATA_NAME], ss[state.DATA_TOKEN] = adata, name, token
-    for key in (state.RESULT, state.RESULT_TOKEN, state.THRESHOLD, state.EXPLAIN, POSITIVE_CLASS):
-        ss.pop(key, None)
-    report = adata.uns.get(REPORT_KEY, {})
+    token = ss.get(state.DATA_TOKEN)
+    cached = ss.get(state.QC_METRICS)
+    if cached is None or cached[0] != token:
+        with st.spinner("Computing QC metrics…"):
+            cached = ss[state.QC_METRICS] = (token, compute(adata))
+    return cached[1]
+
+
+def qc_mask(adata: ad.AnnData) -> np.ndarray | None:
+    """The QC filter's mask when the filter is on (Data page), else ``None``."""
+    from scatd_core._keys import QC_PASS
+
+    return adata.obs[QC_PASS].to_numpy(dtype=bool) if QC_PASS in adata.obs else None
+
+
+def prediction_token(bundle, settings: dict) -> str:
+    """What a prediction depends on: this upload, its gene-ID mapping and QC mask, the model, the settings."""
+    from scatd_core._keys import INPUT_REPORT
+
+    ss = st.session_state
+    adata = ss[state.ADATA]
+    mask = qc_mask(adata)
+    mask_token = "all" if mask is None else token_of(np.packbits(mask).tobytes().hex())
+    mapping = adata.uns.get(INPUT_REPORT, {}).get("gene_ids", {})
+    return token_of(ss.get(state.DATA_TOKEN), mask_token, mapping, str(bundle.path),
+                    bundle.manifest.get("weights_sha256", ""), settings)
+
+
+def model_inputs(adata: ad.AnnData, bundle):
+    """The session's :class:`~scatd_core.inputs.ModelInput` of its data for ``bundle`` (built once
+    per data, QC mask and model; predict and explain both read through it)."""
+    from scatd_core.inputs import ModelInput
+
+    ss = st.session_state
+    token = prediction_token(bundle, {})
+    cached = ss.get(state.INPUTS)
+    if cached is None or cached[0] != token:
+        cached = ss[state.INPUTS] = (token, ModelInput(adata, bundle, mask=qc_mask(adata)))
+    return cached[1]
+
+
+def embedding(adata: ad.AnnData, basis: str):
+    """The UMAP and clusters of the session's prediction (computed once per prediction and basis)
+    and stored in the AnnData."""
+    from scatd_core.embed import compute_embedding, store
+
+    ss = st.session_state
+    token = token_of(ss.get(state.PREDICTION), basis)
+    if ss.get(state.EMBEDDING) != token:
+        result = compute_embedding(adata, basis=basis, seed=0)
+        store(adata, result)
+        ss[state.EMBEDDING] = token
+    from scatd_core._keys import EMBED
+
+    return adata.uns[EMBED]
+
+
+# --------------------------------------------------------------------------------------------
+# Session data
+# --------------------------------------------------------------------------------------------
+
+def set_data(adata: ad.AnnData, name: str, *, demo: bool = False) -> None:
+    """Make ``adata`` the session's dataset; everything about the previous dataset is forgotten."""
+    from scatd_core._keys import INPUT_REPORT
+
+    state.invalidate("data")
+    ss = st.session_state
+    ss[state.ADATA], ss[state.DATA_NAME], ss[state.DATA_TOKEN] = adata, name, uuid.uuid4().hex
+    ss[state.IS_DEMO] = demo
+    for key in [k for k in ss.keys() if str(k).startswith(("qc_", "label_"))]:
+        del ss[key]
+    report = adata.uns.get(INPUT_REPORT, {})
     labels = [c for c, v in (report.get("label_columns") or {}).items() if v.get("binary")]
     ss[state.LABEL_COLUMN] = labels[0] if labels else None
     groups = list(report.get("group_columns") or [])
@@ -266,40 +259,46 @@ def set_data(adata: ad.AnnData, name: str, token: str) -> None:
     ss[state.SAMPLE_COLUMN] = sample_like[0] if sample_like else None
 
 
-def set_result(result: ad.AnnData, token: str, threshold: float) -> None:
+def set_bundle(path: str | None) -> None:
+    """Choose the model; a different model forgets the prediction made with another."""
     ss = st.session_state
-    if ss.get(state.RESULT_TOKEN) != token:
-        ss[state.RESULT] = session_copy(result)
-        ss[state.RESULT_TOKEN] = token
-        ss[state.THRESHOLD] = float(threshold)
-        ss.pop(state.EXPLAIN, None)
+    if ss.get(state.BUNDLE_PATH) != path:
+        ss[state.BUNDLE_PATH] = path
+        state.invalidate("prediction")
 
 
 def demo_module():
-    """``scatd_core.demo`` when it is installed and offers the demo, else None.
+    """``scatd_core.demo`` (the built-in demo, built locally on first use)."""
+    from scatd_core import demo
 
-    Used through ``available() -> bool``, ``load_data(progress=...) -> AnnData`` (builds the
-    demo data and model on first use) and ``ensure(progress=...)`` / ``bundle_path()``.
-    """
-    try:
-        demo = importlib.import_module("scatd_core.demo")
-    except ImportError:
-        return None
-    if not all(callable(getattr(demo, name, None)) for name in ("available", "load_data")):
-        return None
-    try:
-        return demo if demo.available() else None
-    except Exception:  # a broken demo install must not break the Data page
-        return None
+    return demo
 
 
-def use_demo(demo, bar) -> None:
-    """Load the demo dataset (building it on first use, with progress) and choose its model."""
+def use_demo(bar) -> None:
+    """Load the demo dataset (building it on first use, with progress) and choose the demo model."""
+    demo = demo_module()
     adata = demo.load_data(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
-    set_data(adata, "demo (simulated data)", "demo")
-    if callable(getattr(demo, "bundle_path", None)) and Path(demo.bundle_path()).is_dir():
-        st.session_state[state.BUNDLE_PATH] = str(demo.bundle_path())
+    set_data(adata, "demo (simulated data)", demo=True)
     clear_library_cache()
+    set_bundle(str(demo.bundle_path()))
+
+
+def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
+    """The "Try the demo" button; on a click, loads the demo (progress in ``progress_area``).
+    Returns whether the demo is now the session's data."""
+    if not st.button("Try the demo", key=key, icon=":material/science:", type="primary" if primary else "secondary",
+                     help="A simulated tumour and a model trained on simulated cell lines, labelled demo (simulated "
+                          "data). Built once per server on first use (about a minute on 2 CPU cores), then instant."):
+        return False
+    bar = progress_area.progress(0.0, text="Preparing the demo…")
+    try:
+        use_demo(bar)
+    except ScatdError as exc:
+        bar.empty()
+        show_error(exc)
+        return False
+    bar.empty()
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,39 +330,39 @@ def current_bundle():
         return get_bundle(path)
     except ScatdError as exc:
         show_error(exc)
-        st.session_state.pop(state.BUNDLE_PATH, None)
+        set_bundle(None)
         return None
 
 
 def sidebar(container) -> None:
-    """Current data, model, device and progress along the path, in ``container`` (every page)."""
+    """Current data, model, device and progress along the path (every page, drawn after it ran)."""
+    from scatd_core._keys import BIOMARKERS, UMAP
+
     ss = st.session_state
     adata = ss.get(state.ADATA)
-    bundle_path = ss.get(state.BUNDLE_PATH)
-    result = ss.get(state.RESULT)
+    predicted = state.has_prediction()
     with container:
         st.caption("SESSION")
         if adata is not None:
-            st.markdown(f":material/dataset: **{ss.get(state.DATA_NAME)}**  \n"
+            st.markdown(f":material/dataset: **{md(ss.get(state.DATA_NAME))}**  \n"
                         f"{adata.n_obs:,} cells × {adata.n_vars:,} genes")
         else:
             st.markdown(":material/dataset: no data yet")
         bundle = None
-        if bundle_path:
+        if ss.get(state.BUNDLE_PATH):
             try:
-                bundle = get_bundle(bundle_path)
+                bundle = get_bundle(ss[state.BUNDLE_PATH])
             except ScatdError:
                 bundle = None
         if bundle is not None:
-            st.markdown(f":material/model_training: **{bundle.drug or bundle.name}**  \n{bundle.backbone}")
+            st.markdown(f":material/model_training: **{md(bundle.drug or bundle.name)}**  \n{bundle.backbone}")
             if bundle.is_demo:
                 st.badge("demo (simulated data)", color="orange")
         else:
             st.markdown(":material/model_training: no model chosen")
         st.markdown(f":material/memory: {device_text()}")
-        done = [adata is not None, bundle is not None, result is not None,
-                result is not None and "X_umap" in result.obsm,
-                ss.get(state.EXPLAIN) is not None]
+        done = [adata is not None, bundle is not None, predicted, predicted and UMAP in adata.obsm,
+                predicted and BIOMARKERS in adata.uns]
         names = ["Data", "Model", "Predict", "Cells", "Biomarkers"]
         steps = " → ".join(f"**{n} ✓**" if d else n for n, d in zip(names, done))
         st.caption("PROGRESS")
