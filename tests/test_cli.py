@@ -162,3 +162,46 @@ def test_duplicated_genes_in_a_csv_are_summed_not_dropped(capsys, dist_setup):
     assert code == 0 and f"{enc[0]:,} duplicated names summed" in err
     expected = orig.original_inference_prob("dist_vae", enc, z, sd, x)
     assert np.abs(pd.read_csv(tmp / "p.csv")["prob_resistant"].to_numpy() - expected).max() < 1e-5
+
+
+def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys, dist_setup):
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    x = np.random.default_rng(2).poisson(1.0, size=(40, enc[0])).astype(np.float32)
+    obs = pd.DataFrame({"response": np.arange(40) % 2, "sample": np.where(np.arange(40) < 20, "A", "B")},
+                       index=[f"c{i}" for i in range(40)])
+    ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells.h5ad")
+    base = ["report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out", tmp / "rep",
+            "--label-column", "response", "--sample-column", "sample", "--no-umap"]
+    code, _, err = _run(capsys, *base)
+    assert code == 2 and "Which value of 'response' means resistant?" in err and "--label-resistant" in err
+    code, out, err = _run(capsys, *base, "--label-resistant", "0", "--explain", "--steps", "8",
+                          "--expected-fraction", "0.25")
+    assert code == 0, err
+    for name in ("predictions.csv", "metrics.csv", "biomarkers.csv", "annotated.h5ad", "report.html"):
+        assert (tmp / "rep" / name).is_file() and name.split(".")[0] in out
+    table = pd.read_csv(tmp / "rep" / "predictions.csv")
+    assert table["calibrated"].all() and (table["label"] == "resistant").mean() == pytest.approx(0.25, abs=0.03)
+    assert {"response", "sample"} <= set(table.columns)
+    assert len(pd.read_csv(tmp / "rep" / "biomarkers.csv")) == enc[0]
+    html = (tmp / "rep" / "report.html").read_text()
+    assert "Biomarkers" in html and "expected 25%" in html
+    back = ad.read_h5ad(tmp / "rep" / "annotated.h5ad")
+    assert back.uns["scatd_labels"]["response"]["resistant"] == "0" and "scatd_attributions" in back.obsm
+    assert "Against 'response': AUROC" in err
+
+
+def test_help_does_not_import_torch():
+    res = subprocess.run([sys.executable, "-c", "import sys; from scatd_core.cli import build_parser; "
+                          "build_parser().format_help(); print('torch' in sys.modules)"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "False"
+
+
+def test_cli_choices_match_the_core():
+    from scatd_core.cli import _common
+    from scatd_core.explain import BASELINES, TARGETS
+    from scatd_core.nn import BACKBONES
+
+    assert _common.BASELINES == BASELINES and _common.TARGETS == TARGETS and _common.BACKBONES == BACKBONES
