@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from scatd_app import state, ui
+from scatd_app import jobs, state, ui
 from scatd_core import pl
 from scatd_core._progress import with_eta
 from scatd_core.predict import estimate_seconds, predict, summary
@@ -58,10 +58,11 @@ if not current and st.button("Run prediction", type="primary", icon=":material/p
     ss[state.PREDICT_RUNNING] = True
     try:
         state.invalidate("prediction")
-        inputs = ui.model_inputs(adata, bundle)
-        predict(adata, bundle, inputs=inputs, mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]),
-                seed=int(seed),
-                progress=with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message)))
+        with jobs.computing("the prediction"):
+            inputs = ui.model_inputs(adata, bundle)
+            predict(adata, bundle, inputs=inputs, mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]),
+                    seed=int(seed),
+                    progress=with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message)))
     except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
         ss[state.PREDICT_RUNNING] = False
         state.invalidate("prediction")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from scatd_app import state, ui
+from scatd_app import jobs, state, ui
 from scatd_core import explain as ex
 from scatd_core import pl
 from scatd_core._keys import SCORED
@@ -66,8 +66,9 @@ token = ui.token_of(ss.get(state.PREDICTION), settings, threshold["value"])
 if submitted:
     bar = st.progress(0.0, text="Starting…")
     try:
-        ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle),
-                   progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)), **settings)
+        with jobs.computing("the gene ranking"):
+            ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle),
+                       progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)), **settings)
     except ScatdError as exc:
         bar.empty()
         ui.show_error(exc)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from scatd_app import jobs, ui
 from scatd_app import state as S
-from scatd_app import ui
 from scatd_core import pl
 from scatd_core._progress import with_eta
 from scatd_core.errors import ScatdError
@@ -219,13 +219,14 @@ if start:
     settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), epochs=int(epochs),
                              finetune_epochs=int(finetune_epochs), mmd_weight=float(mmd_weight))
     try:
-        bundle, report = train_drug_model(
-            bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
-            adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
-            target_resistant_value=resistant_value,
-            name=model_name.strip() or None,
-            progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
-            should_stop=lambda: bool(ss.get(STOP)))
+        with jobs.computing("the training"):
+            bundle, report = train_drug_model(
+                bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
+                adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
+                target_resistant_value=resistant_value,
+                name=model_name.strip() or None,
+                progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
+                should_stop=lambda: bool(ss.get(STOP)))
     except ScatdError as exc:
         bar.empty()
         show_error(exc)

@@ -141,12 +141,19 @@ def device_text() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def warm_up_umap() -> threading.Thread:
-    """Compile umap-learn's kernels in the background once per server, so the first UMAP is quick.
+def start_up() -> threading.Thread:
+    """Once per server: finish interrupted library writes, then compile umap-learn's kernels in
+    the background so the first UMAP is quick.
 
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
     """
+    import logging
+
+    from scatd_core.bundle import clean_library
+
+    for done in clean_library():
+        logging.getLogger("scatd").warning("model library: %s", done)
     import scipy.stats  # noqa: F401
     import sklearn  # noqa: F401
     import torch  # noqa: F401
@@ -225,10 +232,13 @@ def embedding(adata: ad.AnnData, basis: str):
     and stored in the AnnData."""
     from scatd_core.embed import compute_embedding, store
 
+    from scatd_app import jobs
+
     ss = st.session_state
     token = token_of(ss.get(state.PREDICTION), basis)
     if ss.get(state.EMBEDDING) != token:
-        result = compute_embedding(adata, basis=basis, seed=0)
+        with jobs.computing("the UMAP"):
+            result = compute_embedding(adata, basis=basis, seed=0)
         store(adata, result)
         ss[state.EMBEDDING] = token
     from scatd_core._keys import EMBED
@@ -276,8 +286,11 @@ def demo_module():
 
 def use_demo(bar) -> None:
     """Load the demo dataset (building it on first use, with progress) and choose the demo model."""
+    from scatd_app import jobs
+
     demo = demo_module()
-    adata = demo.load_data(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+    with jobs.computing("the demo"):
+        adata = demo.load_data(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
     set_data(adata, "demo (simulated data)", demo=True)
     clear_library_cache()
     set_bundle(str(demo.bundle_path()))
@@ -334,7 +347,7 @@ def current_bundle():
         return None
 
 
-def sidebar(container) -> None:
+def sidebar(container, user=None) -> None:
     """Current data, model, device and progress along the path (every page, drawn after it ran)."""
     from scatd_core._keys import BIOMARKERS, UMAP
 
@@ -368,6 +381,11 @@ def sidebar(container) -> None:
         st.caption("PROGRESS")
         st.markdown(steps + " → Report")
         st.caption(f"scATD Studio {__version__}")
+        from scatd_app import auth
+
+        if user is not None and auth.mode() != "none":
+            st.caption(f"Logged in as {md(user.name)}" + (" (admin)" if user.admin else ""))
+            st.button("Log out", key="btn_logout", on_click=auth.logout)
 
 
 def library_frame(entries):
@@ -378,13 +396,15 @@ def library_frame(entries):
     for e in entries:
         if not e.ok:
             rows.append({"drug": None, "backbone": None, "kind": "unusable", "demo": False, "source": None,
-                         "created": None, "metrics": None, "threshold": None, "folder": e.path.name,
+                         "by": None, "created": None, "metrics": None, "threshold": None, "folder": e.path.name,
                          "problem": e.problem})
             continue
         s = e.bundle.summary()
         shown = {k: v for k, v in (s["metrics"] or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        prov = e.bundle.manifest.get("provenance", {})
         rows.append({"drug": s["drug"], "backbone": s["backbone"], "kind": s["kind"], "demo": s["demo"],
-                     "source": s["source"], "created": (s["created"] or "")[:10],
+                     "source": s["source"], "by": prov.get("imported_by") or prov.get("trained_by"),
+                     "created": (s["created"] or "")[:10],
                      "metrics": ", ".join(f"{k} {v:.3g}" for k, v in list(shown.items())[:4]) or None,
                      "threshold": s["threshold"], "folder": e.path.name, "problem": None})
     return pd.DataFrame(rows)

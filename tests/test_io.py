@@ -419,10 +419,10 @@ def test_archive_with_several_or_no_data_files(counts, tmp_path):
 
 
 def test_archive_size_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr("scatd_core.io._tenx.ARCHIVE_EXPANSION", 1)
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("big.csv", "cell,TP53\n" + "c,0\n" * 200_000)
-    assert "expands to more than" in _read_error(tmp_path / "bomb.zip", max_bytes=100_000).message
+        zf.writestr("big.csv", "cell,TP53\n" + "c,0\n" * 300_000)
+    assert "declares 1 MB of content" in _read_error(tmp_path / "bomb.zip").message
 
 
 def test_mtx_files_that_do_not_belong_together(counts, tmp_path):

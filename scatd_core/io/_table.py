@@ -12,7 +12,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scatd_core.errors import InputError
-from scatd_core.io._common import FORMATS_HINT, TABLE_CHUNK_VALUES, Options, column_kind, decide_orientation
+from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_VALUES, Options, check_cells, check_genes, check_memory,
+                                   column_kind, decide_orientation, open_limited)
 from scatd_core.labels import MISSING_VALUES
 
 def _numeric_fraction(values: pd.Series) -> float:
@@ -84,29 +85,37 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
     # pandas' own type inference, in chunks of rows: dtype maps or a preview pass cost
     # several times more on wide (20k-column) tables, and chunks bound the memory to one chunk
     # of parsed text plus the float32 result
-    reader = pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding,
-                         compression="gzip" if gz else None, engine="c", dtype={0: str}, low_memory=False,
-                         chunksize=max(1, TABLE_CHUNK_VALUES // len(labels)))
-    blocks, ids, metas, layout = [], [], [], None
-    try:
-        for chunk in reader:
-            if layout is None:
-                layout = _table_layout(chunk, labels, opts)
-            orientation, reason, meta, data_pos, _text = layout
-            kinds = {p: dtype.kind for p, dtype in chunk.dtypes.items()}  # once per chunk: linear in columns
-            for p in data_pos:
-                if kinds[p] not in "iuf":
-                    raise _non_numeric(chunk[p], labels[p - 1], name)
-            block = chunk[data_pos].to_numpy(dtype=np.float32)
-            # mostly zeros (a counts table, judged on the first chunk): keep it sparse
-            sparse = sp.issparse(blocks[0]) if blocks else np.count_nonzero(block) <= block.size / 2
-            if sparse:
-                block = sp.csr_matrix(block)
-            blocks.append(block)
-            ids.extend(chunk.index.astype(str))
-            metas.append(pd.DataFrame({labels[p - 1]: _tidy_column(chunk[p]) for p in sorted(meta)}))
-    except pd.errors.ParserError as exc:
-        raise _malformed(name, exc) from None
+    blocks, ids, metas, layout, held = [], [], [], None, 0
+    # the decompressed stream is capped as it is read (a gzip bomb stops at the limit)
+    with open_limited(path, opts) as stream:
+        reader = pd.read_csv(stream, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding, engine="c",
+                             dtype={0: str}, low_memory=False, chunksize=max(1, TABLE_CHUNK_VALUES // len(labels)))
+        try:
+            for chunk in reader:
+                if layout is None:
+                    layout = _table_layout(chunk, labels, opts)
+                    _check_axes(layout, opts)
+                orientation, reason, meta, data_pos, _text = layout
+                kinds = {p: dtype.kind for p, dtype in chunk.dtypes.items()}  # once per chunk: linear in columns
+                for p in data_pos:
+                    if kinds[p] not in "iuf":
+                        raise _non_numeric(chunk[p], labels[p - 1], name)
+                block = chunk[data_pos].to_numpy(dtype=np.float32)
+                # mostly zeros (a counts table, judged on the first chunk): keep it sparse
+                sparse = sp.issparse(blocks[0]) if blocks else np.count_nonzero(block) <= block.size / 2
+                if sparse:
+                    block = sp.csr_matrix(block)
+                held += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes if sparse else block.nbytes
+                blocks.append(block)
+                ids.extend(chunk.index.astype(str))
+                if orientation == "cells_x_genes":
+                    check_cells(len(ids), opts, final=False)
+                else:
+                    check_genes(len(ids), opts)
+                check_memory(held, f"its values (after {len(ids):,} rows)", opts)
+                metas.append(pd.DataFrame({labels[p - 1]: _tidy_column(chunk[p]) for p in sorted(meta)}))
+        except pd.errors.ParserError as exc:
+            raise _malformed(name, exc) from None
     X = sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
     meta_frame = pd.concat(metas, ignore_index=True).set_axis(ids)
     data_labels = [labels[p - 1] for p in data_pos]
@@ -163,6 +172,15 @@ def _table_layout(chunk: pd.DataFrame, labels: list[str], opts: Options):
         raise InputError(f"{name} has no numeric columns: every column holds text.",
                          "The table needs one column per gene (or per cell) of numbers.")
     return orientation, reason, meta, data_pos, non_numeric
+
+
+def _check_axes(layout, opts: Options) -> None:
+    """The columns are cells or genes, by the orientation; their number is known from the header."""
+    orientation, _reason, _meta, data_pos, _text = layout
+    if orientation == "cells_x_genes":
+        check_genes(len(data_pos), opts)
+    else:
+        check_cells(len(data_pos), opts, final=False)
 
 
 def _tidy_column(values: pd.Series) -> np.ndarray:
