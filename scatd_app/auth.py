@@ -59,12 +59,12 @@ def _password_form() -> None:
         users = list_users()
     except Exception as exc:  # a broken users file: say so, never a traceback
         st.error(f"The login cannot work: {exc}", icon=":material/error:")
-        st.stop()
+        return
     if not users:
         st.warning("This server is reachable from the network, so it needs a login, but no user account exists "
                    "yet. An administrator creates one on the server with `scatd users add NAME --admin`.",
                    icon=":material/lock:")
-        st.stop()
+        return
     with st.form("login"):
         name = st.text_input("User name", key="login_name")
         password = st.text_input("Password", type="password", key="login_password")
@@ -75,31 +75,30 @@ def _password_form() -> None:
         if wait > 0:
             st.error(f"Too many failed attempts. Try again in {max(1, round(wait / 60))} minute(s).",
                      icon=":material/lock_clock:")
-            st.stop()
+            return
         user = verify(name, password)
         if user is None:
             _throttle().failed(*keys)
             st.error("Wrong user name or password.", icon=":material/error:")
-            st.stop()
+            return
         _throttle().succeeded(*keys)
         st.session_state[USER] = user
         st.rerun()
     st.caption(f"Accounts are managed by the administrator (`scatd users`); {conf['auth_max_failures']} failed "
                f"attempts lock an account or address for {conf['auth_lockout_minutes']} minutes.")
-    st.stop()
 
 
-def _oidc() -> User:
-    if not st.user.is_logged_in:
+def login_page() -> None:
+    """The only page registered before a login (so no other page can be reached by its address)."""
+    if mode() == "oidc":
         st.title("scATD Studio")
         st.button("Log in", type="primary", on_click=st.login)
-        st.stop()
-    name = str(st.user.get("email") or st.user.get("name") or "user")
-    return User(name, name in settings()["auth_admins"])
+    else:
+        _password_form()
 
 
-def gate() -> User:
-    """The user of this session, after a login when one is needed (stops the page until then).
+def resolve() -> User | None:
+    """The user of this session, or ``None`` while a login is needed (nothing is drawn).
 
     Without a login (localhost) the person at the machine is the only user and administers it.
     """
@@ -107,11 +106,14 @@ def gate() -> User:
     if how == "none":
         user = User(getpass.getuser() or "local", admin=True)
     elif how == "oidc":
-        user = _oidc()
+        if not st.user.is_logged_in:
+            return None
+        name = str(st.user.get("email") or st.user.get("name") or "user")
+        user = User(name, name in settings()["auth_admins"])
     else:
         user = current_user()
         if user is None:
-            _password_form()
+            return None
     st.session_state[USER] = user
     return user
 

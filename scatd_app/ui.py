@@ -13,6 +13,7 @@ Session values live under the keys of :mod:`scatd_app.state`.
 
 from __future__ import annotations
 
+import contextvars
 import html
 import json
 import re
@@ -31,16 +32,16 @@ from scatd_core.errors import ScatdError
 
 # Pages in the order of the user's path: (file, title, icon). app.py builds the navigation from it.
 ANALYSIS_PAGES = (
-    ("pages/1_Data.py", "Data", ":material/upload_file:"),
-    ("pages/2_Model.py", "Model", ":material/model_training:"),
-    ("pages/3_Predict.py", "Predict", ":material/play_circle:"),
-    ("pages/4_Cells.py", "Cells", ":material/scatter_plot:"),
-    ("pages/5_Biomarkers.py", "Biomarkers", ":material/genetics:"),
-    ("pages/6_Report.py", "Report", ":material/download:"),
+    ("app_pages/1_Data.py", "Data", ":material/upload_file:"),
+    ("app_pages/2_Model.py", "Model", ":material/model_training:"),
+    ("app_pages/3_Predict.py", "Predict", ":material/play_circle:"),
+    ("app_pages/4_Cells.py", "Cells", ":material/scatter_plot:"),
+    ("app_pages/5_Biomarkers.py", "Biomarkers", ":material/genetics:"),
+    ("app_pages/6_Report.py", "Report", ":material/download:"),
 )
 MODEL_PAGES = (
-    ("pages/8_Models.py", "Model library", ":material/inventory_2:"),
-    ("pages/7_Train.py", "Train a model", ":material/school:"),
+    ("app_pages/8_Models.py", "Model library", ":material/inventory_2:"),
+    ("app_pages/7_Train.py", "Train a model", ":material/school:"),
 )
 PAGE = {title: path for path, title, _ in ANALYSIS_PAGES + MODEL_PAGES}
 
@@ -323,6 +324,23 @@ def link(title: str, label: str | None = None, icon: str | None = None) -> None:
     st.page_link(PAGE[title], label=label or title, icon=icon)
 
 
+class PageEnd(Exception):
+    """Raised by :func:`stop`: the page has said all it has to say (caught by ``app.py``)."""
+
+
+#: Set by app.py while it runs the page, so :func:`stop` knows app.py will catch :class:`PageEnd`
+#: (a page run on its own, e.g. by Streamlit's AppTest, ends with ``st.stop()`` instead).
+IN_APP = contextvars.ContextVar("scatd_in_app", default=False)
+
+
+def stop() -> None:
+    """End the page here, like ``st.stop()``, but so that ``app.py`` still draws the sidebar after
+    it (``st.stop()`` also stops everything drawn after the page)."""
+    if IN_APP.get():
+        raise PageEnd
+    st.stop()
+
+
 def need(what: str) -> None:
     """Stop the page with a pointer to the step that provides ``what`` (data, model, result)."""
     steps = {"data": ("Data", "Upload a dataset first."),
@@ -331,7 +349,7 @@ def need(what: str) -> None:
     title, text = steps[what]
     st.info(text, icon=":material/info:")
     link(title, f"Go to {title}", ":material/arrow_forward:")
-    st.stop()
+    stop()
 
 
 def current_bundle():

@@ -63,7 +63,7 @@ def ok(at: AppTest) -> AppTest:
 
 
 def goto(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"app_pages/{page}.py")
     at.run()
     return ok(at)
 
@@ -400,7 +400,7 @@ def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch)
 
     monkeypatch.setattr(ui, "library_frame", broken)
     at = start()
-    at.switch_page("pages/2_Model.py")
+    at.switch_page("app_pages/2_Model.py")
     at.run()
     assert not at.exception
     assert "Something unexpected went wrong" in text(at.error) and "boom" in text(at.error)

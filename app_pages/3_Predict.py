@@ -68,7 +68,7 @@ if not current and st.button("Run prediction", type="primary", icon=":material/p
         state.invalidate("prediction")
         bar.empty()
         ui.show_error(exc)
-        st.stop()
+        ui.stop()
     # Streamlit stops an interrupted run (Cancel, leaving the page) with a BaseException, which
     # skips this line and leaves the flag set for the next run to report.
     ss[state.PREDICT_RUNNING] = False
@@ -77,10 +77,10 @@ if not current and st.button("Run prediction", type="primary", icon=":material/p
     current = True
 
 if not state.has_prediction():
-    st.stop()
+    ui.stop()
 if not current:
     st.caption("The results shown on the next pages were made with other settings; run again to update them.")
-    st.stop()
+    ui.stop()
 st.caption("The results for these data, model and settings are in place; nothing needs recomputing.")
 
 # ------------------------------------------------------------------ summary

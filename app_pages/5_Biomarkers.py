@@ -72,14 +72,14 @@ if submitted:
     except ScatdError as exc:
         bar.empty()
         ui.show_error(exc)
-        st.stop()
+        ui.stop()
     bar.empty()
     ss[state.BIOMARKERS] = token
 
 expl = ex.from_adata(adata)
 if expl is None:
     st.info("Choose the settings and press **Compute gene ranking**. The progress bar gives the time left.")
-    st.stop()
+    ui.stop()
 info = expl.info
 if ss.get(state.BIOMARKERS) != token:
     st.info("The results below are for earlier settings or another threshold (the predicted groups depend on it); "
@@ -139,7 +139,7 @@ if expl.features:
     if how != "UMAP":
         c1, c2 = st.columns([3, 1])
         c1.caption(f"Map: {how}.")
-        if c2.button("Compute UMAP", key="bio_umap"):
+        if c2.button("Compute UMAP", key="btn_bio_umap"):
             try:
                 with st.spinner("UMAP of the latent space…"):
                     ui.embedding(adata, "latent")  # the Cells page's computation: done once for both

@@ -33,14 +33,14 @@ if uploaded is not None and ss.get("data_upload") != [uploaded.file_id, orientat
                                   workdir=session.folder())
     except Exception as exc:  # io promises InputError only; still never show a traceback
         ui.show_error(exc)
-        st.stop()
+        ui.stop()
     ui.set_data(adata, uploaded.name)
     ss["data_upload"] = [uploaded.file_id, orientation]
 
 adata = ss.get(state.ADATA)
 if adata is None:
     st.info("No data yet. Upload a file above, or try the demo.", icon=":material/upload_file:")
-    st.stop()
+    ui.stop()
 
 # ------------------------------------------------------------------ summary card
 info = adata.uns.get(io.REPORT_KEY, {})
