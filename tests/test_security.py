@@ -21,7 +21,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
 
 import original_scatd as orig
