@@ -5,7 +5,7 @@ import streamlit as st
 from scatd_app import jobs, state, ui
 from scatd_core import pl
 from scatd_core._progress import with_eta
-from scatd_core.predict import estimate_seconds, predict, summary
+from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, summary
 
 ss = st.session_state
 st.title("3 · Predict")
@@ -96,6 +96,8 @@ c[1].metric("Called sensitive", f"{counts['n_sensitive']:,}")
 c[2].metric("Not scored", f"{counts['n_not_scored']:,}", help="Cells with no expression in the model's genes, or "
             "values the model cannot take. They keep their row in every output, with the reason.")
 c[3].metric("Filtered (QC)", f"{counts['n_filtered']:,}")
+if lowered_batch_message(counts):
+    st.info(lowered_batch_message(counts), icon=":material/memory:")
 if not thr["calibrated"]:
     st.warning("These calls use the model's default threshold, which is **not calibrated** to your data: the share "
                "called resistant can be far from the truth even when the ranking is good. Calibrate it on the Cells "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from scatd_app import jobs, ui
+from scatd_app import auth, jobs, ui
 from scatd_app import state as S
 from scatd_core import pl
 from scatd_core._progress import with_eta
@@ -225,6 +225,7 @@ if start:
                 adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
                 target_resistant_value=resistant_value,
                 name=model_name.strip() or None,
+                trained_by=(auth.current_user().name if auth.current_user() else None),
                 progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
                 should_stop=lambda: bool(ss.get(STOP)))
     except ScatdError as exc:
