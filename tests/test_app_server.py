@@ -118,11 +118,14 @@ def test_user_strings_are_escaped_in_markdown(with_library, tmp_path):
 
 
 def test_the_queue_runs_at_most_n_jobs_and_keeps_order():
+    """Deterministic under any load: each job arrives only once the previous one is running or
+    queued, and the first two hold their slots until all six have arrived."""
     from scatd_app.jobs import JobQueue
 
     q = JobQueue(slots=2)
     running, peak, order, positions = [], [0], [], {}
     lock = threading.Lock()
+    all_arrived = threading.Event()
 
     def job(i):
         def waiting(position, n_running):
@@ -132,7 +135,8 @@ def test_the_queue_runs_at_most_n_jobs_and_keeps_order():
                 running.append(i)
                 order.append(i)
                 peak[0] = max(peak[0], len(running))
-            time.sleep(0.05)
+            all_arrived.wait(timeout=60)
+            time.sleep(0.02)
             with lock:
                 running.remove(i)
 
@@ -140,9 +144,12 @@ def test_the_queue_runs_at_most_n_jobs_and_keeps_order():
     for i in range(6):
         threads.append(threading.Thread(target=job, args=(i,)))
         threads[-1].start()
-        time.sleep(0.01)  # arrival order 0, 1, 2 ...
+        deadline = time.monotonic() + 60
+        while q.running + len(q.waiting) < i + 1 and time.monotonic() < deadline:  # arrival order 0, 1, 2 ...
+            time.sleep(0.005)
+    all_arrived.set()
     for t in threads:
         t.join()
-    assert peak[0] == 2 and sorted(order) == list(range(6)) and order[2:] == sorted(order[2:])
-    assert max(positions.values()) >= 3  # later arrivals saw their place in the queue
+    assert peak[0] == 2 and order == list(range(6))
+    assert positions == {2: 1, 3: 2, 4: 3, 5: 4}  # later arrivals saw their place in the queue
     assert q.running == 0 and q.waiting == []
