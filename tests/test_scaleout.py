@@ -43,7 +43,7 @@ def write_cells(path, n_cells: int, genes: list[str], seed: int = 0, dense: bool
                   data_rvs=lambda k: rng.integers(1, 40, k).astype(np.float32))
     X = X.tolil()
     X[7] = 0  # no expression
-    X[BATCH * 5 + 3] = 0  # in a later shard
+    X[min(BATCH * 5 + 3, n_cells - 1)] = 0  # in a later shard
     X = X.tocsr()
     obs = pd.DataFrame({"sample": pd.Categorical(rng.choice(["p1", "p2"], n_cells))},
                        index=[f"c{i}" for i in range(n_cells)])
@@ -180,3 +180,35 @@ def test_in_memory_data_and_bad_address_are_refused_with_a_reason(small_bundles,
     path = write_cells(tmp_path / "c.h5ad", 100, small_gene_names(60))
     with pytest.raises(ScatdError, match="Could not connect to the Ray cluster at 127.0.0.1:1"):
         scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "o.csv", address="127.0.0.1:1")
+
+
+def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, small_bundles, tmp_path, capsys):
+    from scatd_core.cli import main
+
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 6_000, small_gene_names(60), seed=2)
+    common = ["predict", "--model", str(bundle.path), "--input", str(path), "--batch-size", "1024"]
+    assert main(common + ["--output", str(tmp_path / "one.csv"), "--h5ad", str(tmp_path / "one.h5ad")]) == 0
+    ray_args = common + ["--output", str(tmp_path / "ray.csv"), "--h5ad", str(tmp_path / "ray.h5ad"),
+                         "--engine", "ray", "--shard-cells", "2048", "--workers", "2"]
+    assert main(ray_args) == 0
+    err = capsys.readouterr().err
+    assert "Ray: 2 worker(s), 3 shards (0 already done" in err and "Predicting on Ray: 100%" in err
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    one, dist = ad.read_h5ad(tmp_path / "one.h5ad"), ad.read_h5ad(tmp_path / "ray.h5ad")
+    np.testing.assert_array_equal(dist.obsm["X_scatd"], one.obsm["X_scatd"])
+    assert_same(dist, one)
+    assert main(ray_args) == 0  # run again: every shard is already there
+    assert "3 shards (3 already done" in capsys.readouterr().err
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+
+
+def test_cli_engine_ray_refuses_other_formats_with_a_reason(small_bundles, tmp_path, capsys):
+    from scatd_core.cli import main
+
+    bundle = small_bundles["dist_vae"][0]
+    csv = tmp_path / "c.csv"
+    pd.DataFrame(np.ones((3, 60)), columns=small_gene_names(60), index=["a", "b", "c"]).to_csv(csv)
+    assert main(["predict", "--model", str(bundle.path), "--input", str(csv), "--output", str(tmp_path / "o.csv"),
+                 "--engine", "ray"]) == 2
+    assert "The Ray engine reads an .h5ad file from disk" in capsys.readouterr().err

@@ -13,9 +13,9 @@ Ray is an optional extra (``pip install 'scatd-studio[ray]'``); nothing here imp
 a run starts.
 """
 
-from scatd_core.scaleout._run import (MAX_RETRIES, ScaleoutRun, connect, disconnect, predict_ray, ray_available,
-                                      shards_of, write_h5ad)
+from scatd_core.scaleout._run import (MAX_RETRIES, EngineChoice, ScaleoutRun, connect, disconnect, engine_for,
+                                      predict_in_folder, predict_ray, ray_available, shards_of, write_h5ad)
 from scatd_core.scaleout._store import ShardStore, parts_dir
 
-__all__ = ["predict_ray", "write_h5ad", "ScaleoutRun", "ShardStore", "parts_dir", "shards_of", "connect",
+__all__ = ["predict_ray", "predict_in_folder", "engine_for", "EngineChoice", "write_h5ad", "ScaleoutRun", "ShardStore", "parts_dir", "shards_of", "connect",
            "disconnect", "ray_available", "MAX_RETRIES"]

@@ -58,6 +58,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
     if ray.is_initialized():
         return False
     env = {"py_modules": [str(Path(scatd_core.__file__).parent)]}
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
@@ -70,6 +72,23 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
                          "Check the address (`ray status` on the head node shows it, e.g. 10.0.0.5:6379), "
                          "or leave it out to start a local instance.") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at (``ray.init`` would retry for minutes)."""
+    import socket
+
+    host_port = address.split("://", 1)[-1]
+    host, _, port = host_port.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ScatdError(f"Could not connect to the Ray cluster at {address}: {exc.strerror or exc}.",
+                         "Check the address (`ray status` on the head node shows it, e.g. 10.0.0.5:6379) and that "
+                         "the cluster is running (`ray start --head`), or leave it out to start a local instance.") \
+            from None
 
 
 def disconnect() -> None:
@@ -219,6 +238,7 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
         progress(done_before / total, f"{phase} · {done_before} of {total} shards")
     if not todo:
         return
+    _quiet(ray)
     items = [{"shard": i, "start": shards[i][0], "stop": shards[i][1]} for i in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         worker, fn_constructor_kwargs={"job": job}, batch_size=1, batch_format="numpy",
@@ -244,6 +264,16 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
         close = getattr(rows, "close", None)
         if close is not None:
             close()
+
+
+def _quiet(ray) -> None:
+    """Our progress callback reports shards; Ray Data's own bars and periodic logs would interleave."""
+    import logging
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _worker_error(exc: BaseException) -> ScatdError:
@@ -371,3 +401,66 @@ def write_h5ad(run: ScaleoutRun, path: str | Path) -> Path:
             out[start:stop] = latent
     tmp.replace(path)
     return path
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """Where a prediction runs: here, or on Ray (and why, for the user)."""
+
+    use_ray: bool
+    address: str | None = None
+    workers: int | None = None
+    reason: str = ""
+
+
+def engine_for(n_cells: int) -> EngineChoice:
+    """The app's choice: Ray when an administrator set ``[scaleout] address``, or when the data
+    have more than ``[scaleout] min_cells`` cells (a local Ray instance), if Ray is installed."""
+    from scatd_core.config import settings
+
+    s = settings()
+    address, min_cells = s["scaleout_address"], s["scaleout_min_cells"]
+    large = n_cells > min_cells
+    if not (address or large):
+        return EngineChoice(False)
+    why = (f"the administrator set the Ray cluster {address}" if address else
+           f"{n_cells:,} cells is more than the {min_cells:,} configured for one process")
+    if not ray_available():
+        return EngineChoice(False, reason=f"Predicting in this process: {why}, but Ray is not installed on the "
+                                          f"server. {RAY_EXTRA_HINT}")
+    where = f"on the Ray cluster at {address}" if address else "on a local Ray instance"
+    return EngineChoice(True, address, s["scaleout_workers"],
+                        f"This prediction runs {where}, shard by shard ({why}); the results are the same as in "
+                        "one process, and a stopped run resumes where it stopped.")
+
+
+def predict_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str, choice: EngineChoice,
+                      **kwargs) -> ScaleoutRun:
+    """:func:`predict_ray` for the app: in-memory data are written once to ``folder`` (named by
+    ``token``, what the prediction depends on, so a stopped run resumes), and the results are
+    written into ``adata`` as :func:`~scatd_core.predict.predict` writes them."""
+    from scatd_core.export import write_h5ad as write_annotated
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if adata.isbacked and not adata.is_view:
+        source = adata
+    else:
+        path = folder / f"input-{token}.h5ad"
+        if not path.exists():
+            write_annotated(adata, path)
+        source = ad.read_h5ad(path, backed="r")
+    run = predict_ray(source, bundle, folder / f"predict-{token}", address=choice.address, workers=choice.workers,
+                      **kwargs)
+    if source is not adata:
+        keys = result_keys()
+        for col in (keys.prob, keys.prob_sd, keys.scored, keys.label):
+            if col in source.obs:
+                adata.obs[col] = source.obs[col].values
+            elif col in adata.obs:
+                del adata.obs[col]
+        adata.obsm[keys.latent] = source.obsm[keys.latent]
+        adata.uns[keys.run] = source.uns[keys.run]
+        run.adata = adata
+        source.file.close()
+    return run
