@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 pytest.importorskip("ray.data", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
 
+from _app_helpers import trained_library  # noqa: E402,F401 (fixture)
 from conftest import small_gene_names  # noqa: E402
 
 from scatd_core import io, scaleout  # noqa: E402
@@ -212,3 +213,30 @@ def test_cli_engine_ray_refuses_other_formats_with_a_reason(small_bundles, tmp_p
     assert main(["predict", "--model", str(bundle.path), "--input", str(csv), "--output", str(tmp_path / "o.csv"),
                  "--engine", "ray"]) == 2
     assert "The Ray engine reads an .h5ad file from disk" in capsys.readouterr().err
+
+
+def test_predict_page_sends_a_large_dataset_to_ray_and_shows_progress(local_ray, trained_library, monkeypatch):
+    from _app_helpers import make_dataset
+    from test_app_pages import goto, h5ad_bytes, ok, start, text, upload
+
+    from scatd_app import state
+
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(trained_library))
+    monkeypatch.setenv("SCATD_SCALEOUT_MIN_CELLS", "100")  # 180 cells is "large" here
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(180, seed=7)))
+    goto(at, "2_Model")
+    goto(at, "3_Predict")
+    assert "runs on a local Ray instance" in text(at.info) and "more than the 100 configured" in text(at.info)
+    at.button(key="btn_run_predict").click()
+    at.run()
+    ok(at)
+    assert "Predicted 180 of 180 cells" in text(at.success)
+    result = at.session_state[state.ADATA]
+    assert result.uns["scatd"]["engine"]["name"] == "ray" and "X_scatd" in result.obsm
+    one = result.copy()
+    from scatd_core.bundle import list_library, load_bundle
+
+    mask = one.obs["scatd_qc_pass"].to_numpy(dtype=bool) if "scatd_qc_pass" in one.obs else None
+    predict(one, load_bundle(next(e.path for e in list_library(trained_library) if e.ok)), mask=mask)
+    np.testing.assert_array_equal(result.obs["scatd_prob_resistant"], one.obs["scatd_prob_resistant"])
