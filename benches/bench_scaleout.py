@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's scatd_core
+
 CHUNK = 10_000  # cells generated per chunk (its own seed: a file's first k chunks are those of a bigger file)
 
 
@@ -134,7 +136,9 @@ def child(argv: list[str]) -> dict:
     assert code == 0, f"scatd exited with {code}"
     # stamps: the pass's start (0 of n shards), then one per finished shard
     pass_seconds = stamps[-1] - stamps[0] if len(stamps) > 1 else None
-    return {"seconds": seconds, "pass_seconds": pass_seconds, "shards": max(0, len(stamps) - 1),
+    steady = stamps[-1] - stamps[1] if len(stamps) > 2 else None
+    return {"seconds": seconds, "pass_seconds": pass_seconds, "steady_seconds": steady,
+            "shards": max(0, len(stamps) - 1),
             "driver_vmhwm_mb": vmhwm_mb(), "worker_vmhwm_mb": memory.peak}
 
 
@@ -175,11 +179,12 @@ def scaling(tmp: Path, bundle: Path, args) -> None:
               f"{args.cells / pass_s:,.0f} | {r['seconds'] / one['seconds']:.2f}x | {r['driver_vmhwm_mb']:.0f} | "
               f"{r['worker_vmhwm_mb']:.0f} | {'yes' if w else 'reference'} |")
     one_worker = next(r for _n, w, r in rows if w == 1)
-    per_shard = one_worker["pass_seconds"] / max(1, one_worker["shards"])
-    startup = one_worker["seconds"] - one_worker["pass_seconds"]
+    # between the first and the last shard finished on one worker: the steady cost of a shard
+    per_shard = one_worker["steady_seconds"] / max(1, one_worker["shards"] - 1)
+    startup = one_worker["seconds"] - per_shard * one_worker["shards"]
     n_shards = math.ceil(1_000_000 / args.shard_cells)
     print(f"\nMeasured: {per_shard:.2f} s per shard of {args.shard_cells:,} cells on one worker (CPU, 1 thread); "
-          f"fixed cost (Ray start, actors, assembly) {startup:.1f} s.")
+          f"fixed cost (Ray start, actors, the rest) {startup:.1f} s.")
     print(f"Projected 1M cells ({n_shards} shards): " + ", ".join(
         f"{n} workers {startup + math.ceil(n_shards / n) * per_shard:,.0f} s" for n in (1, 2, 4, 8, 16, 32)))
 
