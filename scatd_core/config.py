@@ -6,7 +6,9 @@
 | ``SCATD_MODEL_LIBRARY``     | folder holding installed model bundles          | ``$SCATD_HOME/models``           |
 | ``SCATD_MAX_UPLOAD_MB``     | largest data file accepted (app and CLI)        | 2048                             |
 | ``SCATD_MAX_CELLS``         | most cells accepted in one dataset              | 1,000,000                        |
-| ``SCATD_GENEFORMER_DIR``    | Geneformer files (dictionaries, model)          | not set                          |
+| ``SCATD_GENEFORMER_DIR``    | Geneformer dictionaries, and its model folder(s) | ``$SCATD_HOME/geneformer``       |
+| ``SCATD_GENEFORMER_MODEL``  | one Geneformer model folder (``config.json`` + weights), when the folder above holds several or none | found in ``SCATD_GENEFORMER_DIR`` |
+| ``SCATD_SCFOUNDATION_DIR``  | scFoundation files (``models.ckpt`` or its conversion, the 19,264-gene list) | ``$SCATD_HOME/scfoundation`` |
 """
 
 from __future__ import annotations
@@ -35,10 +37,22 @@ def scatd_home() -> Path:
     return base / "scatd"
 
 
-def geneformer_dir() -> Path | None:
-    """Folder of the Geneformer assets (model and dictionaries), or ``None`` when not configured."""
+def geneformer_dir() -> Path:
+    """Folder of the Geneformer assets (dictionaries, model folders); see :mod:`scatd_core.foundation`."""
     raw = os.environ.get("SCATD_GENEFORMER_DIR")
+    return Path(raw).expanduser() if raw else scatd_home() / "geneformer"
+
+
+def geneformer_model_dir() -> Path | None:
+    """One Geneformer model folder chosen explicitly, or ``None``: found in :func:`geneformer_dir`."""
+    raw = os.environ.get("SCATD_GENEFORMER_MODEL")
     return Path(raw).expanduser() if raw else None
+
+
+def scfoundation_dir() -> Path:
+    """Folder of the scFoundation assets (``models.ckpt`` or its conversion, the gene list)."""
+    raw = os.environ.get("SCATD_SCFOUNDATION_DIR")
+    return Path(raw).expanduser() if raw else scatd_home() / "scfoundation"
 
 
 def model_library_dir() -> Path:
