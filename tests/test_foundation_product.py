@@ -310,3 +310,9 @@ def test_real_scfoundation_embeddings_feed_a_published_size_vae_sf(tmp_path):
         predict(data, bundle, device="cpu")
         assert data.uns["scatd"]["n_scored"] == 120
     assert np.allclose(by_obsm.obs["scatd_prob_resistant"], by_position.obs["scatd_prob_resistant"])
+
+
+def test_cli_choices_match_the_core():
+    from scatd_core.cli import _common
+
+    assert _common.SCFOUNDATION_KEYS == S.CELL_KEYS

@@ -243,3 +243,27 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
     seconds = float(flops) / (_flop_rate(dev) * EFFICIENCY)
     return {"n_cells": int(tokens.size), "n_tokens": int(tokens.sum()), "seconds": seconds,
             "device": device_description(dev)}
+
+
+def cells_to_embed(adata: ad.AnnData, bundle, mask: np.ndarray | None = None) -> int:
+    """How many cells (of ``mask``) still need an embedding before ``bundle`` can predict (0 when the
+    data carry their own embeddings, or for Dist_VAE). Reads the stored record only: no files, no data."""
+    if not needs_embedding(adata, bundle):
+        return 0
+    wanted = np.ones(adata.n_obs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone)
+    if record is not None:
+        wanted = wanted & ~np.asarray(record["tried"], dtype=bool)
+    return int(wanted.sum())
+
+
+def explain_seconds(adata: ad.AnnData, backbone: str, *, n_cells: int, n_steps: int = 50, n_genes: int = 100) -> float | None:
+    """Expected time of :func:`~scatd_core.foundation.explain_genes`, from the speed the embeddings
+    were computed at here: integrated gradients cost about 3 passes (forward and backward) per
+    step and cell, deletion one pass per candidate gene a cell holds. ``None`` before any embedding."""
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(backbone)
+    if record is None or not record.get("n_embedded"):
+        return None
+    per_cell = float(record["seconds"]) / int(record["n_embedded"])
+    passes = 3 * n_steps if backbone == "vae_sf" else n_genes + 1
+    return per_cell * passes * n_cells
