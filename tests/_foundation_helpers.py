@@ -12,10 +12,22 @@
 from __future__ import annotations
 
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test models are tiny: one thread is as fast, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 SF_HIDDEN, SF_DEPTH, SF_HEADS, SF_BINS = 16, 2, 2, 10
 
@@ -128,13 +140,24 @@ def write_gf_dictionaries(folder: Path, n_genes: int = 30, v2: bool = False, see
     return {"tokens": tokens, "medians": medians, "names": names}
 
 
-def write_gf_model(folder: Path, vocab_size: int, v2: bool = False, seed: int = 0, **overrides) -> Path:
-    from transformers import BertConfig, BertForMaskedLM
+_SAVED = tempfile.TemporaryDirectory(prefix="scatd-test-geneformer-")  # lives as long as the test process
+_SAVED_MODELS: dict[tuple, Path] = {}
 
-    torch.manual_seed(seed)
-    cfg = dict(GF_CONFIG, vocab_size=vocab_size, max_position_embeddings=4096 if v2 else 2048, **overrides)
-    model = BertForMaskedLM(BertConfig(**cfg)).eval()
-    model.save_pretrained(folder)
+
+def write_gf_model(folder: Path, vocab_size: int, v2: bool = False, seed: int = 0, **overrides) -> Path:
+    """A random BertForMaskedLM saved by ``save_pretrained`` (each distinct model is saved once per
+    test process and copied: transformers' saving is slow)."""
+    key = (vocab_size, v2, seed, tuple(sorted(overrides.items())))
+    if key not in _SAVED_MODELS:
+        from transformers import BertConfig, BertForMaskedLM
+
+        torch.manual_seed(seed)
+        cfg = dict(GF_CONFIG, vocab_size=vocab_size, max_position_embeddings=4096 if v2 else 2048, **overrides)
+        _SAVED_MODELS[key] = Path(_SAVED.name) / f"model{len(_SAVED_MODELS)}"
+        BertForMaskedLM(BertConfig(**cfg)).eval().save_pretrained(_SAVED_MODELS[key])
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(_SAVED_MODELS[key], folder)
     return folder
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import _foundation_helpers as H
+from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
 import original_scatd as orig
 from scatd_app import state
 from scatd_core.bundle import import_checkpoint

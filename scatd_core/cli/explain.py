@@ -67,6 +67,16 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None):
                   keep_top=keep_top or args.keep_top, differential_expression=not args.no_de,
                   progress=Progress("Explaining"))
     if gene_level(adata, bundle, args.level):
+        from scatd_core._keys import SCORED
+        from scatd_core._progress import duration
+        from scatd_core.foundation import DEFAULT_MAX_CELLS, explain_seconds
+
+        n_cells = min(args.max_cells or DEFAULT_MAX_CELLS, int(adata.obs[SCORED].sum()))
+        seconds = explain_seconds(adata, bundle.backbone, n_cells=n_cells, n_steps=args.steps,
+                                  n_genes=args.deletion_genes)
+        if seconds is not None:
+            say(f"Ranking genes through the foundation model for {n_cells:,} cells: about {duration(seconds)} "
+                "(from the speed of the embedding run; fewer --max-cells or --steps shorten it).")
         result = explain_genes(adata, bundle, n_genes=args.deletion_genes, **common)
     else:
         result = explain(adata, bundle, **common)

@@ -10,7 +10,7 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys
-from scatd_core.errors import InputError
+from scatd_core.errors import CheckpointError, InputError
 from scatd_core.foundation import geneformer, scfoundation
 
 #: The module of each embedding backbone.
@@ -20,8 +20,9 @@ OPTIONS = {"vae_sf": {"key": scfoundation.DEFAULT_KEY, "resolution": scfoundatio
                       "max_genes": scfoundation.DEFAULT_MAX_GENES},
            "vae_gf": {"embedding_dim": None, "emb_mode": "cell", "emb_layer": -1}}
 #: Throughput of a transformer forward pass relative to the dense GEMM rate ``predict`` measures
-#: (attention and layer norms run below GEMM speed); measured with benches/bench_backbones.py.
-EFFICIENCY = 0.5
+#: (attention and layer norms run below GEMM speed). With 0.8 the estimate was 1.0-1.4x the measured
+#: time for cells of ~1,000 genes and up to 2x for short ones (benches/README.md): it errs long.
+EFFICIENCY = 0.8
 
 
 def _module(backbone: str):
@@ -189,16 +190,23 @@ def check_size(bundle) -> None:
     state = probe(bundle.backbone, embedding_dim=dim)
     state.require()
     if state.embedding_dim != dim:
-        raise InputError(f"The installed {state.name} gives {state.embedding_dim}-d embeddings, but {bundle.name} takes "
-                         f"{dim}-d ones.", f"Install the {state.name} model the drug model was trained on.")
+        raise CheckpointError(f"The installed {state.name} gives {state.embedding_dim}-d embeddings, but {bundle.name} "
+                              f"takes {dim}-d ones.", f"Install the {state.name} model the drug model was trained on.")
 
 
 def ensure_embeddings(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, device: str = "auto",
                       progress=None, should_stop=None, **options) -> dict | None:
     """Make ``adata`` carry the embeddings a VAE_sf/VAE_gf ``bundle`` reads, computing them from the
     expression when needed (:func:`needs_embedding`); a no-op for Dist_VAE and for data that
-    already are embeddings. Returns the :func:`embed_cells` record, or ``None`` when nothing was
-    needed. The hook the CLI and the app call before :class:`~scatd_core.inputs.ModelInput`."""
+    already are embeddings. The hook the CLI and the app call before
+    :class:`~scatd_core.inputs.ModelInput`.
+
+    Returns the :func:`embed_cells` record, or ``None`` when nothing was needed. When it computes,
+    it sets the fields :func:`embed_cells` sets (``obsm['X_scfoundation' | 'X_geneformer']``,
+    ``uns['scatd_foundation']``). Raises :class:`~scatd_core.errors.CheckpointError` when the
+    foundation model is not installed (the probe's first problem and what to do) or gives
+    embeddings of another size than the drug model takes.
+    """
     if not needs_embedding(adata, bundle):
         return None
     check_size(bundle)

@@ -263,8 +263,8 @@ def probe(folder: str | Path | None = None, embedding_dim: int | None = None) ->
 
 
 def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) -> Probe:
-    by = ("SCATD_GENEFORMER_MODEL" if geneformer_model_dir() else "SCATD_GENEFORMER_DIR") \
-        if os.environ.get("SCATD_GENEFORMER_DIR") or geneformer_model_dir() else "default ($SCATD_HOME/geneformer)"
+    by = "SCATD_GENEFORMER_MODEL" if geneformer_model_dir() else \
+        "SCATD_GENEFORMER_DIR" if os.environ.get("SCATD_GENEFORMER_DIR") else "default ($SCATD_HOME/geneformer)"
     out = Probe("vae_gf", NAME, str(root), by)
     hint = INSTALL_HINT.format(model=VAE_GF_MODEL, folder=root)
     out.details["models"] = [f.describe() for f in folders]
@@ -422,8 +422,8 @@ def gene_ids(adata, vocab: Vocabulary) -> list[str]:
     mapped = map_gene_ids(names_for(adata, "ensembl"), "ensembl", geneformer_dict=vocab.names).names
     if vocab.mapping is None:
         return mapped
-    tokens = vocab.tokens
-    return [vocab.mapping.get(g.upper(), "") if vocab.mapping.get(g.upper(), "") in tokens else "" for g in mapped]
+    collapsed = (vocab.mapping.get(g.upper(), "") for g in mapped)
+    return [g if g in vocab.tokens else "" for g in collapsed]  # as Geneformer: unmapped IDs are dropped
 
 
 def tokenizer(adata, vocab: Vocabulary, input_size: int) -> Tokenizer:
