@@ -86,3 +86,31 @@ def test_the_model_page_says_what_to_install(tmp_path, monkeypatch):
     assert "Or upload Geneformer embeddings computed elsewhere" in text(at.info)
     assert not any(b.key == "btn_embed" for b in at.button)
     assert "Next: run the prediction" not in str([link.label for link in at.get("page_link")])
+
+
+def test_counts_to_vae_gf_predictions_and_deletion_biomarkers(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_gf", H.GF_CONFIG["hidden_size"])))
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(H.gf_folder(tmp_path / "geneformer")))
+    G._PROBES.clear()
+    G._MODELS.clear()
+    at = start()
+    upload(at, "counts.h5ad", h5ad_bytes(gf_counts(30)))
+    goto(at, "2_Model")
+    at.button(key="btn_embed").click()
+    at.run()
+    ok(at)
+    assert "Geneformer embeddings of your cells are computed (30 cells, 16-d" in text(at.success)
+    goto(at, "3_Predict")
+    at.button(key="btn_run_predict").click()
+    at.run()
+    goto(at, "5_Biomarkers")
+    assert at.radio(key="bio_level").value == "genes"
+    at.number_input(key="bio_gene_cells").set_value(3)
+    at.number_input(key="bio_deletion_genes").set_value(4)
+    at.form_submit_button[0].click()
+    at.run()
+    ok(at)
+    ranking = at.session_state[state.ADATA].uns["scatd_biomarkers"]["ranking"]
+    assert len(ranking) == 4 and ranking["feature"].str.startswith("GFG").all()
+    assert "In-silico deletion through Geneformer" in text(at.caption)
+    assert "Completeness error" not in [m.label for m in at.metric]

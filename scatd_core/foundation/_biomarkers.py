@@ -85,6 +85,13 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     keep_top, differential_expression, device, key_added, store_result, progress, should_stop
         As :func:`scatd_core.explain.explain`.
 
+    Notes
+    -----
+    Cost. VAE_sf: each cell takes ``n_steps`` forward and backward passes of scFoundation over
+    its expressed genes, and the backward pass keeps every layer's attention weights: about
+    ``depth x heads x genes^2 x 8`` bytes (2.3 GB at 2,000 genes, 9 GB at 4,000) for one cell.
+    VAE_gf: one Geneformer pass per candidate gene a cell holds. Use a GPU for many cells.
+
     Returns
     -------
     An :class:`~scatd_core.explain.Explanation` with one row per gene (VAE_sf: the 19,264
