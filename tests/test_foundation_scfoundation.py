@@ -149,7 +149,9 @@ def test_probe_of_a_complete_folder(sf):
     assert "'rde' model (2 layers x 16" in p.version
     entries = {d["backbone"]: d for d in probe_all()}
     assert entries["vae_sf"]["available"] and entries["vae_sf"]["embedding_dim"] == 64
+    assert entries["vae_sf"]["ok"] and "64-d cell embeddings" in entries["vae_sf"]["detail"]
     assert set(entries["vae_gf"]) >= {"available", "version", "embedding_dim", "problems", "location"}
+    assert not entries["vae_gf"]["ok"] and "What to do:" in entries["vae_gf"]["detail"]
 
 
 def test_git_lfs_pointer_is_named_with_its_size(sf):

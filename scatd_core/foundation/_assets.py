@@ -63,12 +63,20 @@ class Probe:
                 if len(self.problems) > 1 else ""
             raise CheckpointError(f"{self.name}: {first.message}{more}", first.hint)
 
+    def summary(self) -> str:
+        """One line: the version and embedding size, or every problem with what to do."""
+        if self.available:
+            return f"{self.version}; {self.embedding_dim:,}-d cell embeddings ({self.location})"
+        return " ".join(f"{p.message} What to do: {p.hint}" for p in self.problems)
+
     def to_dict(self) -> dict:
-        """JSON-safe form (what ``scatd doctor`` and the Model page show)."""
+        """JSON-safe form (what ``scatd doctor`` and the Model page show); ``ok`` and ``detail``
+        repeat ``available`` and :meth:`summary` for one-line listings."""
         return {"backbone": self.backbone, "name": self.name, "available": self.available,
                 "version": self.version, "embedding_dim": self.embedding_dim, "location": self.location,
                 "configured_by": self.configured_by, "files": {k: str(v) for k, v in self.files.items()},
-                "problems": [p.to_dict() for p in self.problems], "details": dict(self.details)}
+                "problems": [p.to_dict() for p in self.problems], "details": dict(self.details),
+                "ok": self.available, "detail": self.summary()}
 
 
 def lfs_pointer_size(path: Path) -> int | None:
