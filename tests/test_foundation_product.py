@@ -7,6 +7,8 @@ bundles whose input width is the tiny foundation models' embedding size.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -219,6 +221,44 @@ def test_vae_sf_zero_baseline(assets, sf_bundle):
     assert result.info["completeness"]["median_relative_error"] < 0.02
     with pytest.raises(InputError, match="baseline"):
         explain_genes(a, sf_bundle, inputs=inputs, baseline="nope", device="cpu")
+
+
+def test_vae_sf_integrated_gradients_stay_within_the_memory_limit(assets, sf_bundle, monkeypatch):
+    """Cells whose backward pass would exceed limits.max_dataset_mb are left out (said), or nothing runs."""
+    from scatd_core import config
+    from scatd_core.foundation import _biomarkers
+
+    a = sf_counts(30)
+    inputs = _predicted(a, sf_bundle)
+    captured = {}
+
+    def fake_limits(mb):  # the tiny test model needs far less than 1 MB: the limit in bytes, directly
+        return lambda: SimpleNamespace(max_dataset_bytes=mb * 2**20)
+
+    original = _biomarkers._ScFoundationIG._within_memory
+
+    def spy(self, cfg, n_expressed):
+        tokens = n_expressed[self.rows].astype(float) + 2
+        captured["need"] = _biomarkers.attention_bytes(cfg, tokens) * np.maximum(1, _biomarkers.IG_TOKENS["cpu"]
+                                                                                 // tokens)
+        return original(self, cfg, n_expressed)
+
+    monkeypatch.setattr(_biomarkers._ScFoundationIG, "_within_memory", spy)
+    full = explain_genes(a, sf_bundle, inputs=inputs, max_cells=8, n_steps=8, device="cpu", store_result=False)
+    need = np.sort(captured["need"])
+    assert full.info["cells"]["n_explained"] == 8 and not any("left out" in w for w in full.info["warnings"])
+    # a limit between the smallest and the largest need: the larger cells are left out, and the result says so
+    limit_mb = float(np.median(need)) / 2**20
+    monkeypatch.setattr(config, "limits", fake_limits(max(limit_mb, 1e-9)))
+    part = explain_genes(a, sf_bundle, inputs=inputs, max_cells=8, n_steps=8, device="cpu", store_result=False)
+    kept = int((captured["need"] <= limit_mb * 2**20).sum())
+    assert 0 < part.info["cells"]["n_explained"] == kept < 8
+    assert any(f"{8 - kept:,} of the 8 chosen cells were left out" in w for w in part.info["warnings"])
+    assert set(part.cells.index) < set(full.cells.index)
+    # below the smallest need: nothing runs, the message says why and what to do
+    monkeypatch.setattr(config, "limits", fake_limits(need[0] / 2**20 / 2))
+    with pytest.raises(InputError, match="max_dataset_mb"):
+        explain_genes(a, sf_bundle, inputs=inputs, max_cells=8, n_steps=8, device="cpu", store_result=False)
 
 
 def test_vae_gf_deletion_is_the_change_from_removing_the_gene(assets, gf_bundle):

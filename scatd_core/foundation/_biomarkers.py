@@ -52,6 +52,13 @@ DEFAULT_DELETION_GENES = 100
 IG_TOKENS = {"cpu": 2048, "cuda": 32768}
 
 
+def attention_bytes(cfg, n_tokens: np.ndarray) -> np.ndarray:
+    """Memory one integration step of one cell keeps for attention's backward pass (float32 scores, every
+    layer and head): 2.3 GB at 2,000 tokens for scFoundation's 12 x 12."""
+    n = np.asarray(n_tokens, dtype=np.float64)
+    return cfg.depth * cfg.heads * n * n * 4.0
+
+
 def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: str = "mean", n_steps: int = 50,
                   target: str = "logit", max_cells: int | None = DEFAULT_MAX_CELLS, seed: int = 0,
                   n_reference_cells: int = N_REFERENCE_CELLS, n_genes: int = DEFAULT_DELETION_GENES,
@@ -89,7 +96,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     -----
     Cost. VAE_sf: each cell takes ``n_steps`` forward and backward passes of scFoundation over
     its expressed genes, and the backward pass keeps every layer's attention weights: about
-    ``depth x heads x genes^2 x 8`` bytes (2.3 GB at 2,000 genes, 9 GB at 4,000) for one cell.
+    ``depth x heads x genes^2 x 4`` bytes per integration step (2.3 GB at 2,000 genes, 9 GB at 4,000) for one cell.
     VAE_gf: one Geneformer pass per candidate gene a cell holds. Use a GPU for many cells.
 
     Returns
@@ -137,6 +144,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     run = _ScFoundationIG if bundle.backbone == "vae_sf" else _GeneformerDeletion
     part = run(adata, inputs, rows, is_pos, is_neg, head, options, dev, say, should_stop)
     part.run(baseline=baseline, n_steps=int(n_steps), seed=seed, n_reference=n_reference_cells, n_genes=int(n_genes))
+    rows, is_pos, is_neg = part.rows, part.is_pos, part.is_neg  # cells beyond the memory limit may have been left out
     sums = part.sums
     n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
     ranking, order = _ranking(part.names, sums, n_pos, n_neg, part.base)
@@ -256,6 +264,7 @@ class _ScFoundationIG(_Part):
         wanted = np.zeros(self.adata.n_obs, dtype=bool)
         wanted[self.rows] = True
         plan = scfoundation.plan(self.adata, wanted, genes, self.options["resolution"], self.options["max_genes"])
+        self._within_memory(cfg, plan.n_expressed)
         values, _ = plan.prepared.values(_read_rows(self.adata, self.rows))
         self.names, self.value_kind = genes, plan.prepared.value_kind
         self.base = self._baseline(plan, baseline, seed, n_reference)
@@ -309,6 +318,38 @@ class _ScFoundationIG(_Part):
         self.consistency = {"max_abs_difference_from_stored_embedding": round(max(diffs), 6)}
         self.notes.append("Genes a cell does not express are no scFoundation token, so they get no attribution in that "
                           "cell; T and S (total-count tokens) are held at the cell's values.")
+
+    def _within_memory(self, cfg, n_expressed: np.ndarray) -> None:
+        """On the CPU, keep only the cells whose integrated-gradients passes fit the server's memory limit.
+
+        Attention keeps ``depth x heads x tokens^2`` float32 scores per integration step for the
+        backward pass (2.3 GB for one cell of 2,000 genes, 9 GB at 4,000), and a pass holds
+        ``IG_TOKENS // tokens`` steps. The limit is the memory one dataset may take
+        (``limits.max_dataset_mb``); cells above it are left out and the result says how many;
+        when none fits, nothing runs.
+        """
+        from scatd_core.config import limits
+
+        if self.device.type != "cpu":
+            return
+        budget = limits().max_dataset_bytes
+        tokens = n_expressed[self.rows].astype(np.float64) + 2
+        need = attention_bytes(cfg, tokens) * np.maximum(1, IG_TOKENS["cpu"] // tokens)
+        fits = need <= budget
+        if fits.all():
+            return
+        if not fits.any():
+            raise InputError(
+                f"Integrated gradients through scFoundation would need about {need.min() / 2**30:.1f} GB of memory "
+                f"even for the smallest of the {self.rows.size:,} chosen cells ({int(tokens.min()) - 2:,} expressed "
+                f"genes), above this server's limit of {budget / 2**30:.1f} GB (limits.max_dataset_mb).",
+                "Explain cells with fewer expressed genes (Data page: an upper bound on genes detected), or ask the "
+                "administrator to raise limits.max_dataset_mb on a server with more memory.")
+        self.warnings.append(
+            f"{int((~fits).sum()):,} of the {self.rows.size:,} chosen cells were left out: with "
+            f"{int(tokens[~fits].min()) - 2:,} or more expressed genes, integrated gradients through scFoundation "
+            f"need more than this server's memory limit ({budget / 2**30:.1f} GB, limits.max_dataset_mb).")
+        self.rows, self.is_pos, self.is_neg = self.rows[fits], self.is_pos[fits], self.is_neg[fits]
 
     def _baseline(self, plan, kind: str, seed: int, n_reference: int) -> np.ndarray:
         """The baseline value of every gene: 0, its mean over the scored cells, or over random ones."""
