@@ -134,6 +134,13 @@ def _fingerprint(adata: ad.AnnData, bundle, mask, params: dict, shards) -> dict:
             "n_shards": len(shards), "shard_cells": shards[0][1] - shards[0][0], **params}
 
 
+def _in_file(path, key: str) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return key in f
+
+
 def _require_backed(adata: ad.AnnData) -> None:
     if not adata.isbacked or adata.is_view:
         raise InputError("The Ray engine reads an .h5ad file from disk by row blocks, and this data is not one.",
@@ -186,6 +193,12 @@ def predict_ray(
     source = model_source(adata, spec)  # refuses data the model cannot read, before any worker starts
     obsm_key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone) if source.alignment is None and \
         source.description.startswith("obsm") else None
+    if obsm_key is not None and not _in_file(adata.filename, f"obsm/{obsm_key}"):
+        raise InputError(f"The Ray workers read obsm['{obsm_key}'] from {Path(adata.filename).name}, but these "
+                         "embeddings were computed in this process and are not in the file (computing foundation "
+                         "embeddings on Ray is not available yet).",
+                         "Write them into an h5ad first (scatd predict --h5ad cells_embedded.h5ad, one process), "
+                         "then run --engine ray on that file.")
     shards = shards_of(adata.n_obs, batch_size, shard_cells)
     params = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
               "batch_size": int(batch_size), "beta_mode": beta_mode or "", "device": device}
@@ -443,7 +456,8 @@ def predict_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if adata.isbacked and not adata.is_view:
+    key = _keys.FOUNDATION_EMBEDDING.get(bundle.backbone)
+    if adata.isbacked and not adata.is_view and (key not in adata.obsm or _in_file(adata.filename, f"obsm/{key}")):
         source = adata
     else:
         path = folder / f"input-{token}.h5ad"
