@@ -55,11 +55,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
     keeps its connection. The workers get this ``scatd_core`` as a runtime module, so a remote
     cluster needs only its dependencies (``pip install scatd-studio`` on its nodes)."""
     ray = _ray()
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
         return False
     env = {"py_modules": [str(Path(scatd_core.__file__).parent)]}
-    if address:
-        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
