@@ -159,7 +159,7 @@ def same_rows(a: Path, b: Path, n: int) -> bool:
 def scaling(tmp: Path, bundle: Path, args) -> None:
     h5ad = tmp / f"cells_{args.cells}.h5ad"
     make_h5ad(h5ad, args.cells, args.genes, args.genes_per_cell)
-    base = ["predict", "--model", str(bundle), "--input", str(h5ad), "--device", "cpu", "--batch-size",
+    base = ["predict", "--model", str(bundle), "--input", str(h5ad), "--device", args.device, "--batch-size",
             str(args.batch_size)]
     one = run(base + ["--output", str(tmp / "one.csv")])
     rows = [("1 process", None, one)]
@@ -183,7 +183,7 @@ def scaling(tmp: Path, bundle: Path, args) -> None:
     per_shard = one_worker["steady_seconds"] / max(1, one_worker["shards"] - 1)
     startup = one_worker["seconds"] - per_shard * one_worker["shards"]
     n_shards = math.ceil(1_000_000 / args.shard_cells)
-    print(f"\nMeasured: {per_shard:.2f} s per shard of {args.shard_cells:,} cells on one worker (CPU, 1 thread); "
+    print(f"\nMeasured: {per_shard:.2f} s per shard of {args.shard_cells:,} cells on one worker ({args.device}); "
           f"fixed cost (Ray start, actors, the rest) {startup:.1f} s.")
     print(f"Projected 1M cells ({n_shards} shards): " + ", ".join(
         f"{n} workers {startup + math.ceil(n_shards / n) * per_shard:,.0f} s" for n in (1, 2, 4, 8, 16, 32)))
@@ -196,7 +196,7 @@ def done_when(tmp: Path, bundle: Path, args) -> None:
     make_h5ad(small, 50_000, args.genes, args.genes_per_cell)
     print(f"wrote {args.cells:,} cells ({big.stat().st_size / 2**20:,.0f} MB) in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)
-    base = ["predict", "--model", str(bundle), "--device", "cpu", "--batch-size", str(args.batch_size)]
+    base = ["predict", "--model", str(bundle), "--device", args.device, "--batch-size", str(args.batch_size)]
     res = run(base + ["--input", str(big), "--output", str(tmp / "big.csv"), "--h5ad", str(tmp / "big.h5ad"),
                       "--engine", "ray", "--shard-cells", str(args.shard_cells)])
     one = run(base + ["--input", str(small), "--output", str(tmp / "small.csv")])
@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--shard-cells", type=int, default=16_384)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: one GPU per Ray worker")
     parser.add_argument("--done-when", action="store_true", help="the 1M-cell run (use --cells 1000000)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
