@@ -134,11 +134,12 @@ def child(argv: list[str]) -> dict:
     memory.stop.set()
     memory.join()
     assert code == 0, f"scatd exited with {code}"
+    parts = Path(argv[argv.index("--output") + 1] + ".parts")
+    shard_seconds = [float(np.load(p)["seconds"]) for p in sorted(parts.glob("shard-*.npz"))]
     # stamps: the pass's start (0 of n shards), then one per finished shard
     pass_seconds = stamps[-1] - stamps[0] if len(stamps) > 1 else None
-    steady = stamps[-1] - stamps[1] if len(stamps) > 2 else None
-    return {"seconds": seconds, "pass_seconds": pass_seconds, "steady_seconds": steady,
-            "shards": max(0, len(stamps) - 1),
+    return {"seconds": seconds, "pass_seconds": pass_seconds, "shards": len(shard_seconds),
+            "shard_seconds": float(np.mean(shard_seconds)) if shard_seconds else None,
             "driver_vmhwm_mb": vmhwm_mb(), "worker_vmhwm_mb": memory.peak}
 
 
@@ -179,12 +180,12 @@ def scaling(tmp: Path, bundle: Path, args) -> None:
               f"{args.cells / pass_s:,.0f} | {r['seconds'] / one['seconds']:.2f}x | {r['driver_vmhwm_mb']:.0f} | "
               f"{r['worker_vmhwm_mb']:.0f} | {'yes' if w else 'reference'} |")
     one_worker = next(r for _n, w, r in rows if w == 1)
-    # between the first and the last shard finished on one worker: the steady cost of a shard
-    per_shard = one_worker["steady_seconds"] / max(1, one_worker["shards"] - 1)
+    # timed in the worker: reading the shard's rows and predict() on them
+    per_shard = one_worker["shard_seconds"]
     startup = one_worker["seconds"] - per_shard * one_worker["shards"]
     n_shards = math.ceil(1_000_000 / args.shard_cells)
     print(f"\nMeasured: {per_shard:.2f} s per shard of {args.shard_cells:,} cells on one worker ({args.device}); "
-          f"fixed cost (Ray start, actors, the rest) {startup:.1f} s.")
+          f"the rest of a 1-worker run (Ray start, actors, statistics, assembly, writing) {startup:.1f} s.")
     print(f"Projected 1M cells ({n_shards} shards): " + ", ".join(
         f"{n} workers {startup + math.ceil(n_shards / n) * per_shard:,.0f} s" for n in (1, 2, 4, 8, 16, 32)))
 

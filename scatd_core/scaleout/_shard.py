@@ -11,6 +11,7 @@ give (shards start on a batch boundary: the same batches go through the model).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import anndata as ad
@@ -82,8 +83,11 @@ class _Worker:
 
     def __call__(self, batch: dict) -> dict:
         payloads = []
-        for index, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
-            payloads.append(self.compute(self.reader.read(int(start), int(stop)), int(start)))
+        for start, stop in zip(batch["start"], batch["stop"]):
+            t0 = time.perf_counter()
+            arrays = self.compute(self.reader.read(int(start), int(stop)), int(start))
+            arrays["seconds"] = np.asarray(time.perf_counter() - t0)  # reading and computing this shard
+            payloads.append(pack(arrays))
         return {"shard": np.asarray(batch["shard"]), "payload": np.array(payloads, dtype=object)}
 
     def shard_mask(self, start: int, n: int) -> np.ndarray | None:
@@ -97,8 +101,8 @@ class _Worker:
 class StatisticsWorker(_Worker):
     """First pass: the per-batch moments of the pre-scaling values (merged in order by the driver)."""
 
-    def compute(self, shard: ad.AnnData, start: int) -> bytes:
-        return pack(shard_moments(self.inputs(shard, start)))
+    def compute(self, shard: ad.AnnData, start: int) -> dict[str, np.ndarray]:
+        return shard_moments(self.inputs(shard, start))
 
 
 class PredictWorker(_Worker):
@@ -110,8 +114,8 @@ class PredictWorker(_Worker):
 
         self.bundle.load_model(resolve_device(job.device), job.beta_mode)  # once per actor
 
-    def compute(self, shard: ad.AnnData, start: int) -> bytes:
-        return pack(predict_shard(shard, self.bundle, self.inputs(shard, start), self.job))
+    def compute(self, shard: ad.AnnData, start: int) -> dict[str, np.ndarray]:
+        return predict_shard(shard, self.bundle, self.inputs(shard, start), self.job)
 
 
 def shard_moments(inputs: ModelInput) -> dict[str, np.ndarray]:
