@@ -6,8 +6,6 @@ and shut down after it. Skipped, with the reason, where Ray is not installed.
 
 from __future__ import annotations
 
-import threading
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -16,14 +14,14 @@ import scipy.sparse as sp
 
 pytest.importorskip("ray.data", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
 
-from _app_helpers import trained_library  # noqa: E402,F401 (fixture)
-from conftest import small_gene_names  # noqa: E402
+from _app_helpers import trained_library  # noqa: F401 (fixture)
+from conftest import small_gene_names
 
-from scatd_core import io, scaleout  # noqa: E402
-from scatd_core._json import json_safe  # noqa: E402
-from scatd_core.errors import Cancelled, InputError, ScatdError  # noqa: E402
-from scatd_core.export import predictions_table  # noqa: E402
-from scatd_core.predict import predict  # noqa: E402
+from scatd_core import io, scaleout
+from scatd_core._json import json_safe
+from scatd_core.errors import Cancelled, InputError, ScatdError
+from scatd_core.export import predictions_table
+from scatd_core.predict import predict
 
 N_CELLS = 50_000
 BATCH = 1024

@@ -6,7 +6,7 @@ import datetime as _dt
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -117,7 +117,6 @@ class ScaleoutRun:
     computed: int = 0
     workers: int = 0
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def latent_blocks(self):
         """``(start, stop, latent rows)`` shard by shard, read back from the parts."""
