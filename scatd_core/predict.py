@@ -13,6 +13,7 @@ the cells without recomputing; the stored calls are what every table and report 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import time
 from typing import Callable
@@ -27,9 +28,10 @@ from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
 from scatd_core.inputs import REASON_TEXT, ModelInput
+from scatd_core.nn.sparse import batch_tensor
 
 __all__ = ["predict", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
-           "Cancelled", "THRESHOLD_SOURCES"]
+           "auto_batch_size", "estimate_seconds", "Cancelled", "THRESHOLD_SOURCES"]
 
 #: Fewer usable cells than this make dataset statistics (AdaIN, per-gene z-scores) unreliable.
 FEW_CELLS_FOR_STATISTICS = 50
@@ -50,6 +52,23 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise DeviceError(f"Unknown device {device!r}.", "Use auto, cpu or cuda.") from None
 
 
+#: Cells per batch on a CPU: the GEMM runs near its peak from a few hundred rows, and a batch's
+#: output blocks stay in cache for the sparse first layer.
+CPU_BATCH_SIZE = 1024
+
+
+def auto_batch_size(bundle, device: torch.device) -> int:
+    """Cells per batch: :data:`CPU_BATCH_SIZE` on a CPU; on a GPU as many as half of its free
+    memory holds (dense input, the first layer's output and the activations, float32), between
+    256 and 16,384."""
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    free, _total = torch.cuda.mem_get_info(device)
+    arch = bundle.architecture
+    per_cell = 4 * (arch.input_dim + 6 * sum(arch.encoder_dims[1:]) + 4 * arch.z_dim)
+    return int(min(16_384, max(256, (free // 2 // per_cell) // 256 * 256)))
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(device)})"
@@ -64,7 +83,7 @@ def _check_args(bundle, mode: str, n_samples: int, batch_size: int, adata: ad.An
         raise InputError(f"Unknown mode {mode!r}; use 'mean' or 'sample'.")
     if mode == "sample" and n_samples < 2:
         raise InputError("Sample mode needs at least 2 samples per cell.", "Use --samples 2 or more.")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InputError("The batch size must be at least 1.")
     if adata.n_obs == 0:
         raise InputError("The dataset has no cells.", "Check the file and the filters applied.")
@@ -88,33 +107,73 @@ def _mask_of(adata: ad.AnnData, mask) -> np.ndarray | None:
 
 
 def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, seed: int, dev: torch.device,
-           progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """P(resistant), its sd (sample mode) and the latent mean of every cell (NaN where not scored)."""
+           progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, str]:
+    """P(resistant), its sd (sample mode), the latent mean of every cell (NaN where not scored)
+    and the precision the model ran in."""
     n = inputs.n_obs
     probs = np.full(n, np.nan)
     sds = np.full(n, np.nan) if mode == "sample" else None
     latent = np.full((n, model.arch.z_dim), np.nan, dtype=np.float32)
+    precision = None
     with torch.inference_mode():
-        for stop, rows, x in inputs.batches():
+        for stop, rows, x in inputs.batches(sparse=True):
             if should_stop is not None and should_stop():
                 raise Cancelled("Prediction cancelled; nothing was changed.")
             if len(rows):
-                mu, logvar = model.encode(torch.from_numpy(x).to(dev))
-                latent[rows] = mu.float().cpu().numpy()
-                if mode == "mean":
-                    probs[rows] = torch.softmax(model.classifier(mu), dim=1)[:, k_pos].double().cpu().numpy()
-                else:
-                    gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(rows[0]))
-                    std = torch.exp(0.5 * logvar)
-                    draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
-                    for s in range(n_samples):
-                        eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
-                        draws[s] = torch.softmax(model.classifier(mu + eps * std), dim=1)[:, k_pos].double()
-                    probs[rows] = draws.mean(0).cpu().numpy()
-                    sds[rows] = draws.std(0, unbiased=True).cpu().numpy()
+                xt = batch_tensor(x, dev)
+                if precision is None:
+                    precision = reduced_precision(model, xt, k_pos)
+                with _autocast(dev, precision):
+                    mu, logvar = model.encode(xt)
+                    mu, logvar = mu.float(), logvar.float()
+                    latent[rows] = mu.cpu().numpy()
+                    if mode == "mean":
+                        probs[rows] = torch.softmax(model.classifier(mu).float(), dim=1)[:, k_pos].double().cpu().numpy()
+                    else:
+                        gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(rows[0]))
+                        std = torch.exp(0.5 * logvar)
+                        draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
+                        for s in range(n_samples):
+                            eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
+                            logits = model.classifier(mu + eps * std).float()
+                            draws[s] = torch.softmax(logits, dim=1)[:, k_pos].double()
+                        probs[rows] = draws.mean(0).cpu().numpy()
+                        sds[rows] = draws.std(0, unbiased=True).cpu().numpy()
             if progress is not None:
                 progress(stop / n, f"{stop:,} of {n:,} cells")
-    return probs, sds, latent
+    return probs, sds, latent, precision or "float32"
+
+
+#: Largest change in P(resistant) a reduced-precision (autocast) run may make, measured against
+#: float32 on the first batch; beyond it the whole run stays in float32.
+REDUCED_PRECISION_TOLERANCE = 1e-3
+_REDUCED_DTYPE = {"cuda": torch.float16}  # CPUs without bf16/fp16 units run autocast slower, not faster
+
+
+def reduced_precision(model, x: torch.Tensor, k_pos: int, dtype: torch.dtype | None = None,
+                      tolerance: float = REDUCED_PRECISION_TOLERANCE) -> str:
+    """``"float16"``/``"bfloat16"`` when autocast keeps P(resistant) of the batch ``x`` within
+    ``tolerance`` of float32 (and the latent means within ``tolerance`` of their scale), else
+    ``"float32"``. ``dtype`` defaults to float16 on CUDA; other devices run float32 unless a
+    ``dtype`` is given (the check runs anywhere: tests exercise it with bfloat16 on a CPU)."""
+    dtype = dtype or _REDUCED_DTYPE.get(x.device.type)
+    if dtype is None:
+        return "float32"
+    with torch.inference_mode():
+        mu = model.encode(x)[0]
+        p = torch.softmax(model.classifier(mu), dim=1)[:, k_pos]
+        with torch.autocast(x.device.type, dtype=dtype):
+            mu_low = model.encode(x)[0].float()
+            p_low = torch.softmax(model.classifier(mu_low).float(), dim=1)[:, k_pos]
+    scale = float(mu.abs().max()) or 1.0
+    ok = float((p - p_low).abs().max()) <= tolerance and float((mu - mu_low).abs().max()) <= tolerance * scale
+    return str(dtype).removeprefix("torch.") if ok else "float32"
+
+
+def _autocast(dev: torch.device, precision: str):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=getattr(torch, precision))
 
 
 def predict(
@@ -127,7 +186,7 @@ def predict(
     n_samples: int = 50,
     seed: int = 0,
     device: str = "auto",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     beta_mode: str | None = None,
     threshold: float | None = None,
     threshold_source: str | None = None,
@@ -162,7 +221,9 @@ def predict(
     device
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     batch_size
-        Cells per batch; memory grows with it, not with the number of cells.
+        Cells per batch; memory grows with it, not with the number of cells. Default
+        (``None``): :func:`auto_batch_size` (1,024 on a CPU; on a GPU as many as half its free
+        memory holds). Ignored when ``inputs`` is given (its batches are used).
     beta_mode
         Override the bundle's Swish mode (``"shared_with_head"`` reproduces the original
         Dist_VAE inference, ``"separate"`` keeps the encoder's own beta).
@@ -200,11 +261,11 @@ def predict(
     dev = resolve_device(device)
     model = bundle.load_model(dev, beta_mode)
     if inputs is None:
-        inputs = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size)
+        inputs = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size or auto_batch_size(bundle, dev))
     elif inputs.n_obs != adata.n_obs:
         raise ValueError("inputs were built for another dataset")
-    probs, sds, latent = _score(model, inputs, bundle.positive_index, mode, n_samples, seed, dev, progress,
-                                should_stop)
+    probs, sds, latent, precision = _score(model, inputs, bundle.positive_index, mode, n_samples, seed, dev,
+                                           progress, should_stop)
     inputs._require_some()
     scored = inputs.usable & np.isfinite(probs)
     bad_output = int((inputs.usable & ~scored).sum())
@@ -231,7 +292,7 @@ def predict(
         "model": _model_record(bundle),
         "params": {
             "mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
-            "device": device_description(dev), "batch_size": int(batch_size),
+            "device": device_description(dev), "batch_size": int(inputs.batch_size), "precision": precision,
             "input_transform": inputs.transform,
             "beta_mode": beta_mode or bundle.manifest.get("beta_mode", "separate"),
             "adain": bundle.input_kind == "embedding", "log_normalised": bool(inputs.log_normalise),
