@@ -460,41 +460,81 @@ def clear(adata: ad.AnnData, *, key_added: str | None = None) -> None:
         adata.uns.pop(key, None)
 
 
-_FLOP_RATE: dict[str, float] = {}
+_RATES: dict[tuple[str, str], float] = {}
+
+#: Measured cost of a prediction over the cost of its linear layers at the probed rates (reading,
+#: the transform, the activations, writing the results): ``benches/bench_predict.py`` prints
+#: predict's seconds next to this estimate.
+ESTIMATE_OVERHEAD = 1.15
 
 
-def _flop_rate(device: torch.device) -> float:
-    """Dense float32 GEMM throughput of ``device`` (FLOP/s), measured once per process (~0.1 s)."""
-    key = str(device)
-    if key not in _FLOP_RATE:
+def _gemm_rate(device: torch.device) -> float:
+    """Dense float32 GEMM throughput of ``device`` (FLOP/s), measured once per process (~0.05 s)."""
+    key = (str(device), "gemm")
+    if key not in _RATES:
         a = torch.randn(256, 2048, device=device)
         b = torch.randn(2048, 1024, device=device)
         with torch.inference_mode():
             a @ b  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             t0, reps = time.perf_counter(), 5
             for _ in range(reps):
                 a @ b
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        _FLOP_RATE[key] = reps * 2 * 256 * 2048 * 1024 / max(time.perf_counter() - t0, 1e-9)
-    return _FLOP_RATE[key]
+            _sync(device)
+        _RATES[key] = reps * 2 * 256 * 2048 * 1024 / max(time.perf_counter() - t0, 1e-9)
+    return _RATES[key]
 
 
-def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int = 50,
-                     device: str = "auto") -> float:
-    """Expected run time of :func:`predict`: the model's FLOPs per cell over the measured GEMM rate.
+def _sparse_rate(device: torch.device) -> float:
+    """Throughput of the sparse first layer (multiply-adds of stored values x output width per
+    second, x 2 as FLOPs), measured once per process on a small batch (~0.05 s)."""
+    key = (str(device), "sparse")
+    if key not in _RATES:
+        import scipy.sparse as sp
 
-    A model's cost is its linear layers (``2 x in x out`` FLOPs each per cell); the rate comes
-    from one small GEMM timed once per process, so no prediction is run to estimate one.
-    Sample mode re-runs the head ``n_samples`` times. The factor 2 covers reading, the
-    transform and the non-GEMM layers (measured: ``benches/bench_predict.py``).
+        from scatd_core.nn.sparse import sparse_linear, warm_up
+
+        warm_up()
+        x = sp.random(256, 8192, density=0.08, format="csr", dtype=np.float32, random_state=0)
+        w, b = torch.randn(8192, 1024), torch.zeros(1024)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for _ in range(3):
+                sparse_linear(batch_tensor(x, device), w, b)
+        _RATES[key] = 3 * 2 * x.nnz * 1024 / max(time.perf_counter() - t0, 1e-9)
+    return _RATES[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int = 50, device: str = "auto",
+                     density: float | None = None) -> float:
+    """Expected run time of :func:`predict` from a calibrated per-cell cost, without predicting.
+
+    Every linear layer costs ``2 x in x out`` FLOPs per cell at the device's GEMM rate, except a
+    first layer fed sparse batches (``density``: the fraction of non-zero model inputs, for an
+    expression model on a CPU at most :data:`~scatd_core.inputs.SPARSE_MAX_DENSITY`), which
+    costs ``2 x density x in x out`` at the sparse product's rate; sample mode re-runs the head
+    ``n_samples`` times. Both rates are timed once per process on small problems (~0.1 s);
+    :data:`ESTIMATE_OVERHEAD` covers the rest (measured by ``benches/bench_predict.py``).
     """
+    from scatd_core.inputs import SPARSE_MAX_DENSITY
+
+    dev = resolve_device(device)
     arch = bundle.architecture
     enc = arch.encoder_dims
-    shortcut = 2  # every published block has a shortcut projection as wide as its fc
-    encoder = sum(2 * a * b * shortcut for a, b in zip(enc[:-1], enc[1:])) + 2 * 2 * enc[-1] * arch.z_dim
+    pairs = list(zip(enc[:-1], enc[1:]))
+    layer = [2 * a * b * (2 if a != b else 1) for a, b in pairs]  # fc + shortcut (a shortcut where sizes differ)
+    rest = sum(layer[1:]) + 2 * 2 * enc[-1] * arch.z_dim
     head = 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (arch.class_num or 2)
-    flops = encoder + head * (n_samples if mode == "sample" else 1)
-    return 2.0 * n_cells * flops / _flop_rate(resolve_device(device))
+    rate = _gemm_rate(dev)
+    seconds = (rest + head * (n_samples if mode == "sample" else 1)) / rate
+    if density is not None and bundle.input_kind == "expression" and dev.type == "cpu" and \
+            density <= SPARSE_MAX_DENSITY:
+        seconds += density * layer[0] / _sparse_rate(dev)
+    else:
+        seconds += layer[0] / rate
+    return ESTIMATE_OVERHEAD * n_cells * seconds
