@@ -13,7 +13,7 @@ from scatd_app import state, ui
 
 st.set_page_config(page_title="scATD Studio", page_icon=":material/biotech:", layout="wide")
 ui.sync_upload_limit()
-ui.warm_up_umap()
+ui.warm_up_kernels()
 state.keep_widget_state()
 
 

@@ -141,8 +141,9 @@ def device_text() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def warm_up_umap() -> threading.Thread:
-    """Compile umap-learn's kernels in the background once per server, so the first UMAP is quick.
+def warm_up_kernels() -> threading.Thread:
+    """Compile (or load from numba's disk cache) umap-learn's kernels and the sparse first
+    layer's in the background once per server, so the first prediction and UMAP are quick.
 
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
@@ -152,9 +153,14 @@ def warm_up_umap() -> threading.Thread:
     import torch  # noqa: F401
     import umap  # noqa: F401
 
-    from scatd_core.embed import warm_up
+    from scatd_core import embed
+    from scatd_core.nn import sparse
 
-    thread = threading.Thread(target=warm_up, name="scatd-umap-warm-up", daemon=True)
+    def warm_up() -> None:
+        sparse.warm_up()
+        embed.warm_up()
+
+    thread = threading.Thread(target=warm_up, name="scatd-warm-up", daemon=True)
     thread.start()
     return thread
 
@@ -211,12 +217,14 @@ def model_inputs(adata: ad.AnnData, bundle):
     """The session's :class:`~scatd_core.inputs.ModelInput` of its data for ``bundle`` (built once
     per data, QC mask and model; predict and explain both read through it)."""
     from scatd_core.inputs import ModelInput
+    from scatd_core.predict import auto_batch_size, resolve_device
 
     ss = st.session_state
     token = prediction_token(bundle, {})
     cached = ss.get(state.INPUTS)
     if cached is None or cached[0] != token:
-        cached = ss[state.INPUTS] = (token, ModelInput(adata, bundle, mask=qc_mask(adata)))
+        batch_size = auto_batch_size(bundle, resolve_device("auto"))
+        cached = ss[state.INPUTS] = (token, ModelInput(adata, bundle, mask=qc_mask(adata), batch_size=batch_size))
     return cached[1]
 
 
