@@ -142,21 +142,24 @@ def device_text() -> str:
 
 @st.cache_resource(show_spinner=False)
 def warm_up_kernels() -> threading.Thread:
-    """Compile (or load from numba's disk cache) umap-learn's kernels and the sparse first
-    layer's in the background once per server, so the first prediction and UMAP are quick.
+    """Once per server: compile (or load from numba's disk cache) the numba kernels of the QC
+    metrics (scanpy), the sparse first layer and umap-learn in the background, so the first
+    upload, prediction and UMAP do not wait for them.
 
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
     """
+    import scanpy  # noqa: F401
     import scipy.stats  # noqa: F401
     import sklearn  # noqa: F401
     import torch  # noqa: F401
     import umap  # noqa: F401
 
-    from scatd_core import embed
+    from scatd_core import embed, preprocess
     from scatd_core.nn import sparse
 
     def warm_up() -> None:
+        preprocess.qc_metrics(ad.AnnData(np.ones((4, 3), dtype=np.float32)))
         sparse.warm_up()
         embed.warm_up()
 

@@ -337,22 +337,29 @@ class ModelInput:
     def batches(self, *, sparse: bool = False, with_raw: bool = False):
         """Yield ``(stop, row indices, model input)`` for every batch (usable cells only).
 
-        The model input is a float32 array; with ``sparse=True``, a float32 CSR matrix instead
-        when the batch's model input is sparse and at most :data:`SPARSE_MAX_DENSITY` non-zero
-        (no dense copy is made: the first layer takes it as it is). ``with_raw=True`` yields
-        ``(stop, row indices, model input, raw)``, ``raw`` the same rows' data as given, aligned
-        to the model's features (what :meth:`model_input_of` turns into the model input), so a
-        caller that needs both reads the data once.
+        The model input is a float32 array. With ``sparse=True`` (a consumer that uses each
+        batch before asking for the next, like predict and explain), it is a float32 CSR matrix
+        instead when the batch's model input is sparse and at most :data:`SPARSE_MAX_DENSITY`
+        non-zero (no dense copy is made: the first layer takes it as it is), and a batch that
+        must be made dense is written into one buffer reused from batch to batch (a fresh
+        array per batch costs its page faults again), valid until the next batch.
+        ``with_raw=True`` yields ``(stop, row indices, model input, raw)``, ``raw`` the same
+        rows' data as given, aligned to the model's features (what :meth:`model_input_of`
+        turns into the model input), so a caller that needs both reads the data once.
         """
+        buffer = None
         for start, stop in self.ranges():
             idx, block, raw = self._block(start, stop, keep_raw=with_raw)
-            yield (stop, idx, self._finish(block, sparse)) + ((raw,) if with_raw else ())
-
-    def _finish(self, block, sparse: bool):
-        """The model input from :meth:`_transform`'s values: CSR when allowed and sparse enough."""
-        if sp.issparse(block) and sparse and self.moments is None and density(block) <= SPARSE_MAX_DENSITY:
-            return block
-        return self._scale(block.toarray() if sp.issparse(block) else block)
+            if sparse and sp.issparse(block) and self.moments is None:
+                if density(block) <= SPARSE_MAX_DENSITY:
+                    x = block
+                else:
+                    if buffer is None:
+                        buffer = np.empty((self.batch_size, block.shape[1]), dtype=np.float32)
+                    x = block.toarray(out=buffer[:block.shape[0]])
+            else:
+                x = self._scale(block.toarray() if sp.issparse(block) else block)
+            yield (stop, idx, x) + ((raw,) if with_raw else ())
 
     def model_input_of(self, raw, columns: np.ndarray | None = None) -> np.ndarray:
         """The dense model input of rows given as ``raw`` (as yielded by ``batches(with_raw=True)``),

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from scatd_core import inputs as inputs_module
+from scatd_core import predict as predict_module
 from scatd_core.bundle import save_bundle
 from scatd_core.explain import explain
 from scatd_core.inputs import ModelInput
@@ -132,14 +133,13 @@ def test_predict_sparse_path_equals_dense_path(log_bundle, monkeypatch):
     x = sp.vstack([_counts(250, density=0.08), _counts(50, density=0.6, seed=9)], format="csr")  # last batch dense
     sparse_run, dense_run = _adata(x.copy()), _adata(x.copy())
     seen = []
-    original = inputs_module.ModelInput._finish
+    original = predict_module.batch_tensor
 
-    def record(self, block, sparse):
-        out = original(self, block, sparse)
-        seen.append(sp.issparse(out))
-        return out
+    def record(x, device):
+        seen.append(sp.issparse(x))
+        return original(x, device)
 
-    monkeypatch.setattr(inputs_module.ModelInput, "_finish", record)
+    monkeypatch.setattr(predict_module, "batch_tensor", record)
     predict(sparse_run, log_bundle, batch_size=50)
     assert seen == [True] * 5 + [False]  # chosen per batch by density
     monkeypatch.setattr(inputs_module, "SPARSE_MAX_DENSITY", 0.0)
