@@ -53,6 +53,7 @@ def train_drug_model(
     name: str | None = None,
     overwrite: bool = False,
     demo: bool = False,
+    trained_by: str | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Bundle, dict]:
@@ -107,6 +108,9 @@ def train_drug_model(
     ``(bundle, report)``: the saved bundle, and a dict with the gene panel, label counts, the
     per-epoch histories, CV and target metrics, and ``target_predictions`` (a DataFrame: cell,
     prob_resistant), the numbers ``scatd predict`` gives on the target.
+    trained_by
+        Who trained it (the app's login name, or the operating-system user for the CLI),
+        recorded in the model's provenance and shown in the model library.
     """
     t0 = time.perf_counter()
     if backbone not in BACKBONES:
@@ -208,6 +212,7 @@ def train_drug_model(
     settings_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()}
     provenance = {
         "source": "trained by scATD Studio (scatd train)",
+        "trained_by": trained_by,
         "bulk": bulk_prov, "labels": labels_prov, "target": target_prov,
         "backbone_bundle": ({"name": bb_bundle.name, "weights_sha256": bb_bundle.manifest.get("weights_sha256")}
                             if bb_bundle is not None else None),
