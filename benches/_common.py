@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
+
+# The benchmarks run from a checkout (``python benches/bench_x.py``): the repository's packages first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: The published Dist_VAE input size (the scFoundation gene list).
 N_GENES = 19_264
