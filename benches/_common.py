@@ -100,3 +100,14 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """CPU seconds (user + system, all threads) a process has used so far, from /proc/PID/stat.
+
+    On a shared machine wall-clock seconds include the time spent waiting for a core; CPU
+    seconds do not, so they show what a run costs whatever the load: with ``T`` threads kept
+    busy, an idle machine would take about ``cpu / T`` to ``cpu`` seconds of wall time.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
