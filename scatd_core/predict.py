@@ -520,7 +520,7 @@ _RATES: dict[tuple[str, str], float] = {}
 ESTIMATE_OVERHEAD = 1.15
 
 
-def _gemm_rate(device: torch.device) -> float:
+def _flop_rate(device: torch.device) -> float:
     """Dense float32 GEMM throughput of ``device`` (FLOP/s), measured once per process (~0.05 s)."""
     key = (str(device), "gemm")
     if key not in _RATES:
@@ -582,7 +582,7 @@ def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int
     layer = [2 * a * b * (2 if a != b else 1) for a, b in pairs]  # fc + shortcut (a shortcut where sizes differ)
     rest = sum(layer[1:]) + 2 * 2 * enc[-1] * arch.z_dim
     head = 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (arch.class_num or 2)
-    rate = _gemm_rate(dev)
+    rate = _flop_rate(dev)
     seconds = (rest + head * (n_samples if mode == "sample" else 1)) / rate
     if density is not None and bundle.input_kind == "expression" and dev.type == "cpu" and \
             density <= SPARSE_MAX_DENSITY:
