@@ -4,6 +4,7 @@ import streamlit as st
 
 from scatd_app import jobs, session, state, ui
 from scatd_core import foundation, pl, scaleout
+from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
 from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, summary
 
@@ -50,7 +51,8 @@ token = ui.prediction_token(bundle, settings)
 current = state.prediction_current(token)
 engine = scaleout.engine_for(adata.n_obs)
 if not current:
-    estimate = estimate_seconds(bundle, n_run, mode=mode, n_samples=max(2, settings["n_samples"]))
+    estimate = estimate_seconds(bundle, n_run, mode=mode, n_samples=max(2, settings["n_samples"]),
+                                density=stored_fraction(adata.X))
     st.caption(f"Estimated time: about {max(1, round(estimate)):,} s on {ui.device_text()}.")
     if engine.reason:
         st.info(ui.md(engine.reason), icon=":material/hub:" if engine.use_ray else ":material/info:")

@@ -41,7 +41,8 @@ def add_prediction_arguments(p) -> None:
     p.add_argument("--mode", default="mean", choices=["mean", "sample"])
     p.add_argument("--samples", type=positive_int, default=50, help="draws per cell in sample mode (default 50)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=1024)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="cells per batch (default: 1024 on a CPU; sized from free memory on a GPU)")
     thr = p.add_mutually_exclusive_group()
     thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's, "
                                                            "marked uncalibrated in the outputs)")
@@ -53,11 +54,13 @@ def add_prediction_arguments(p) -> None:
 
 
 def predict_from_args(adata, bundle, args, inputs=None):
-    """Predict (and calibrate) as the arguments say; prints coverage, warnings and the threshold.
+    """Predict (and calibrate) as the arguments say; prints the time estimate, coverage, warnings
+    and the threshold.
 
     Returns the :class:`~scatd_core.scaleout.ScaleoutRun` with ``--engine ray``, else ``None``.
     """
-    from scatd_core.predict import calibrate, predict
+    from scatd_core._matrix import stored_fraction
+    from scatd_core.predict import calibrate, device_description, estimate_seconds, predict, resolve_device
 
     run = None
     if getattr(args, "engine", "local") == "ray":
@@ -74,6 +77,10 @@ def predict_from_args(adata, bundle, args, inputs=None):
         say(f"Ray: {run.workers} worker(s), {len(run.shards)} shards ({run.resumed} already done, resumed from "
             f"{run.store.folder}).")
     else:
+        estimate = estimate_seconds(bundle, adata.n_obs, mode=args.mode, n_samples=max(2, args.samples),
+                                    device=args.device, density=stored_fraction(adata.X))
+        say(f"Estimated time: about {max(1, round(estimate)):,} s for {adata.n_obs:,} cells on "
+            f"{device_description(resolve_device(args.device))} (from per-cell costs; nothing run yet).")
         predict(adata, bundle, inputs=inputs, mode=args.mode, n_samples=args.samples, seed=args.seed,
                 device=args.device, batch_size=args.batch_size, threshold=args.threshold, beta_mode=args.beta_mode,
                 progress=Progress("Predicting"))

@@ -157,7 +157,7 @@ def predict_ray(
     n_samples: int = 50,
     seed: int = 0,
     device: str = "auto",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     beta_mode: str | None = None,
     threshold: float | None = None,
     shard_cells: int | None = None,
@@ -186,6 +186,13 @@ def predict_ray(
 
     _check_args(bundle, mode, n_samples, batch_size, adata)
     _require_backed(adata)
+    if batch_size is None:  # as predict chooses it, for a worker's device (a GPU if this machine has one)
+        import torch
+
+        from scatd_core.predict import auto_batch_size
+
+        gpu = device != "cpu" and torch.cuda.is_available()
+        batch_size = auto_batch_size(bundle, torch.device("cuda" if gpu else "cpu"))
     mask_array = _mask_of(adata, mask)
     t0 = time.perf_counter()
     spec = InputSpec.of(bundle)
