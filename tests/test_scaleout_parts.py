@@ -86,3 +86,20 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
     with pytest.raises(ScatdError, match="needs Ray") as err:
         connect()
     assert "pip install 'scatd-studio[ray]'" in err.value.hint
+
+
+def test_cli_ray_refuses_to_embed_in_one_process_first(small_bundles, tmp_path, capsys):
+    """VAE_sf on expression: the embeddings would be computed here, not on Ray; said before any work."""
+    import anndata as ad
+    import pandas as pd
+
+    from conftest import small_gene_names
+    from scatd_core.cli import main
+
+    path = tmp_path / "expr.h5ad"
+    ad.AnnData(X=np.ones((5, 30), dtype=np.float32), var=pd.DataFrame(index=small_gene_names(30))).write_h5ad(path)
+    bundle = small_bundles["vae_sf"][0]
+    assert main(["predict", "--model", str(bundle.path), "--input", str(path), "--output", str(tmp_path / "o.csv"),
+                 "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "computing them on Ray is not available yet" in err and "without --engine ray" in err
