@@ -181,19 +181,72 @@ class _Sums:
         (float32 batches stay float32 until summed). ``present`` (cells x features) marks the
         features that are inputs of each cell at all (foundation models: a gene not expressed is
         no token, so it has no path gradient)."""
+        self.merge(self.partial(at, x, a, dlt, out, base, is_pos, is_neg, present))
+
+    @staticmethod
+    def partial(at: np.ndarray, x: np.ndarray, a: np.ndarray, dlt: np.ndarray, out: np.ndarray,
+                base: np.ndarray, is_pos: np.ndarray, is_neg: np.ndarray,
+                present: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One call's contribution (float64 sums over its cells, and its per-cell values), which
+        :meth:`merge` adds: computed where the attributions are (a Ray worker), merged in order
+        by the driver, it gives the same numbers as :meth:`add`."""
         d = x - base.astype(x.dtype, copy=False)
         if present is not None:
             d = d * present
         grp = is_pos[at]
-        self.abs += np.abs(a).sum(axis=0, dtype=np.float64)
-        for flag in (True, False):
+        part = {"at": np.asarray(at, dtype=np.int64), "abs": np.abs(a).sum(axis=0, dtype=np.float64)}
+        for flag, name in ((True, "pos"), (False, "neg")):
             sel = (grp if flag else (~grp & is_neg[at]))[:, None]
-            self.attr[flag] += a.sum(axis=0, dtype=np.float64, where=sel)
-            self.x[flag] += x.sum(axis=0, dtype=np.float64, where=sel)
-        self.ad += (a * d).sum(axis=0, dtype=np.float64)
-        self.dd += (d * d).sum(axis=0, dtype=np.float64)
-        self.staged[at] = a
-        self.f_x[at], self.attr_sum[at], self.delta[at] = out, a.sum(axis=1, dtype=np.float64), dlt
+            part[f"attr_{name}"] = a.sum(axis=0, dtype=np.float64, where=sel)
+            part[f"x_{name}"] = x.sum(axis=0, dtype=np.float64, where=sel)
+        part["ad"] = (a * d).sum(axis=0, dtype=np.float64)
+        part["dd"] = (d * d).sum(axis=0, dtype=np.float64)
+        part["staged"] = a.astype(np.float16)
+        part["f_x"], part["attr_sum"] = np.asarray(out, dtype=np.float64), a.sum(axis=1, dtype=np.float64)
+        part["delta"] = np.asarray(dlt, dtype=np.float64)
+        return part
+
+    def merge(self, part: dict[str, np.ndarray]) -> None:
+        """Add one :meth:`partial` (calls merged in the order they were made)."""
+        at = part["at"]
+        self.abs += part["abs"]
+        for flag, name in ((True, "pos"), (False, "neg")):
+            self.attr[flag] += part[f"attr_{name}"]
+            self.x[flag] += part[f"x_{name}"]
+        self.ad += part["ad"]
+        self.dd += part["dd"]
+        self.staged[at] = part["staged"]
+        self.f_x[at], self.attr_sum[at], self.delta[at] = part["f_x"], part["attr_sum"], part["delta"]
+
+
+def attribution_calls(inputs: ModelInput, attributor: Attributor, position: np.ndarray, is_pos, is_neg,
+                      base: np.ndarray, should_stop=None):
+    """The attribution pass, call by call: yields ``("raw", rows' data)`` for each batch of
+    ``inputs`` holding chosen cells (the data as given, aligned to the model's features), then
+    ``("call", part)`` for each call of the attributor on at most ``MAX_CELLS_PER_CALL`` of them
+    (:meth:`_Sums.partial`). ``position[i]`` is the place of row ``i`` among the explained cells
+    (-1: not explained). One process and the shards of a Ray run (rows cut on batch boundaries)
+    make the same calls on the same cells."""
+    per_call = max(1, min(MAX_CELLS_PER_CALL, attributor.internal_batch_size))
+    for _stop, idx, x, raw in inputs.batches(sparse=attributor.factorised, with_raw=True):
+        at_all = position[idx]
+        keep = np.flatnonzero(at_all >= 0)
+        if keep.size == 0:
+            continue
+        if keep.size < idx.size:
+            x, raw, at_all = x[keep], raw[keep], at_all[keep]
+        yield "raw", raw
+        for s in range(0, at_all.size, per_call):
+            if should_stop is not None and should_stop():
+                raise Cancelled("Attribution cancelled; nothing was changed.")
+            xi, at = x[s:s + per_call], at_all[s:s + per_call]
+            a, dlt, out = attributor(xi)
+            yield "call", _Sums.partial(at, xi.toarray() if sp.issparse(xi) else xi, a, dlt, out, base, is_pos,
+                                        is_neg)
+
+
+def stack_raw(raw_parts: list):
+    return sp.vstack(raw_parts, format="csr") if sp.issparse(raw_parts[0]) else np.vstack(raw_parts)
 
 
 def _integrate(inputs: ModelInput, attributor: Attributor, rows: np.ndarray, is_pos, is_neg, base: np.ndarray,
@@ -207,26 +260,15 @@ def _integrate(inputs: ModelInput, attributor: Attributor, rows: np.ndarray, is_
     sums = _Sums(base.size, n_cells)
     position = np.full(inputs.n_obs, -1, dtype=np.int64)
     position[rows] = np.arange(n_cells)
-    per_call = max(1, min(MAX_CELLS_PER_CALL, attributor.internal_batch_size))
     done, eta, raw_parts = 0, Eta(), []
-    for _stop, idx, x, raw in inputs.batches(sparse=attributor.factorised, with_raw=True):
-        at_all = position[idx]
-        keep = np.flatnonzero(at_all >= 0)
-        if keep.size == 0:
+    for kind, value in attribution_calls(inputs, attributor, position, is_pos, is_neg, base, should_stop):
+        if kind == "raw":
+            raw_parts.append(value)
             continue
-        if keep.size < idx.size:
-            x, raw, at_all = x[keep], raw[keep], at_all[keep]
-        raw_parts.append(raw)
-        for s in range(0, at_all.size, per_call):
-            if should_stop is not None and should_stop():
-                raise Cancelled("Attribution cancelled; nothing was changed.")
-            xi, at = x[s:s + per_call], at_all[s:s + per_call]
-            a, dlt, out = attributor(xi)
-            sums.add(at, xi.toarray() if sp.issparse(xi) else xi, a, dlt, out, base, is_pos, is_neg)
-            done += at.size
-            say(0.02 + 0.88 * done / n_cells, f"{done:,} of {n_cells:,} cells · {eta.text(done / n_cells)}")
-    raw = sp.vstack(raw_parts, format="csr") if sp.issparse(raw_parts[0]) else np.vstack(raw_parts)
-    return sums, raw
+        sums.merge(value)
+        done += value["at"].size
+        say(0.02 + 0.88 * done / n_cells, f"{done:,} of {n_cells:,} cells · {eta.text(done / n_cells)}")
+    return sums, stack_raw(raw_parts)
 
 
 def _completeness(sums: _Sums, f_base: float, n_steps: int, warn: list[str]) -> tuple[dict, np.ndarray]:
@@ -376,6 +418,7 @@ def explain(
     store_result: bool = True,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    _integrator: Callable | None = None,
 ) -> "Explanation":
     """Rank the model's input genes (or embedding features) by integrated-gradients attribution.
 
@@ -467,7 +510,7 @@ def explain(
                             factorise=factorise)
     say(0.02, f"integrated gradients on {rows.size:,} cells")
     t_ig = time.perf_counter()
-    sums, raw = _integrate(inputs, attributor, rows, is_pos, is_neg, base_vec.astype(np.float64), say,
+    sums, raw = (_integrator or _integrate)(inputs, attributor, rows, is_pos, is_neg, base_vec.astype(np.float64), say,
                            should_stop)
     seconds_ig = time.perf_counter() - t_ig
     completeness, rel = _completeness(sums, attributor.f_base, n_steps, warn)
