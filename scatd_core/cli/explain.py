@@ -20,6 +20,9 @@ def add(sub) -> None:
     p.add_argument("--per-cell-top", nargs=2, metavar=("K", "CSV"),
                    help="also write the per-cell attributions of the top K genes to CSV")
     p.add_argument("--threshold", type=float, help="decision threshold defining the groups (default: the bundle's)")
+    from scatd_core.cli.predict import add_engine_arguments
+
+    add_engine_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -78,6 +81,18 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None):
             say(f"Ranking genes through the foundation model for {n_cells:,} cells: about {duration(seconds)} "
                 "(from the speed of the embedding run; fewer --max-cells or --steps shorten it).")
         result = explain_genes(adata, bundle, n_genes=args.deletion_genes, **common)
+    elif getattr(args, "engine", "local") == "ray":
+        from scatd_core import scaleout
+        from scatd_core.config import settings
+
+        common.update(progress=Progress("Explaining on Ray"), batch_size=inputs.batch_size if inputs else 1024)
+        common.pop("inputs")
+        result = scaleout.explain_ray(adata, bundle, output=args.output, shard_cells=args.shard_cells,
+                                      workers=args.workers or settings()["scaleout_workers"],
+                                      address=args.address or settings()["scaleout_address"], **common)
+        eng = result.info["engine"]
+        say(f"Ray: {eng['workers']} worker(s), {eng['shards']} shards ({eng['shards_resumed']} already done, "
+            f"resumed from {eng['parts']}).")
     else:
         result = explain(adata, bundle, **common)
     info = result.info
@@ -122,11 +137,19 @@ def run(args) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ScatdError(f"--threshold must be between 0 and 1, got {args.threshold}.")
     bundle = resolve_bundle(args.model)
-    adata = read_input(args)
-    prepare_embeddings(adata, bundle, args)
-    inputs = ModelInput(adata, bundle)
-    predict(adata, bundle, inputs=inputs, device=args.device, threshold=args.threshold,
-            progress=Progress("Predicting"))
+    if args.engine == "ray":
+        adata = read_input(args, backed=True)
+        if gene_level(adata, bundle, args.level):
+            raise ScatdError("Gene-level biomarkers through a foundation model do not run on Ray.",
+                             "Use --level features, or leave out --engine ray.")
+        _predict_on_ray(adata, bundle, args)
+        inputs = None
+    else:
+        adata = read_input(args)
+        prepare_embeddings(adata, bundle, args)
+        inputs = ModelInput(adata, bundle)
+        predict(adata, bundle, inputs=inputs, device=args.device, threshold=args.threshold,
+                progress=Progress("Predicting"))
     result = explain_from_args(adata, bundle, args, inputs=inputs, keep_top=per_cell[0] if per_cell else None)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,3 +161,20 @@ def run(args) -> int:
         result.per_cell(k).to_csv(path)
         say(f"Wrote per-cell attributions of the top {min(k, len(result.features))} to {path}")
     return 0
+
+
+def _predict_on_ray(adata, bundle, args) -> None:
+    """``scatd explain --engine ray``: the prediction the explanation explains, on Ray too (its
+    parts in ``<output>.predictions.parts/``), in batches of 1024 cells as one process makes them."""
+    from scatd_core import scaleout
+    from scatd_core.config import settings
+    from scatd_core.foundation import needs_embedding
+
+    if needs_embedding(adata, bundle):
+        raise ScatdError(f"{bundle.name} reads foundation-model embeddings, which {Path(args.input).name} does not "
+                         "carry.", "Compute them once (scatd predict --h5ad embedded.h5ad), then run --engine ray "
+                                   "on that file.")
+    scaleout.predict_ray(adata, bundle, f"{args.output}.predictions", device=args.device, batch_size=1024,
+                         threshold=args.threshold, shard_cells=args.shard_cells, address=args.address or
+                         settings()["scaleout_address"], workers=args.workers or settings()["scaleout_workers"],
+                         load_latent=False, progress=Progress("Predicting on Ray"))

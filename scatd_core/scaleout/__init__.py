@@ -9,13 +9,19 @@ pass, merged in input order, so every number equals the single-process result. E
 results are written checksummed to ``<output>.parts/`` as they arrive: a run started again
 with the same output skips them, and a lost worker is restarted and its shard retried.
 
+:func:`explain_ray` does the same for biomarkers (``scatd explain --engine ray``): the explained
+cells (the same stratified subsample as one process) are cut into shards, each actor computes
+their integrated gradients with the package's own attributor, and the driver merges the
+per-call sums in input order, so ranking, cells table and stored keys equal ``explain``'s.
+
 Ray is an optional extra (``pip install 'scatd-studio[ray]'``); nothing here imports it until
 a run starts.
 """
 
 from scatd_core.scaleout._run import (MAX_RETRIES, EngineChoice, ScaleoutRun, connect, disconnect, engine_for,
                                       predict_in_folder, predict_ray, ray_available, shards_of, write_h5ad)
+from scatd_core.scaleout._explain import explain_ray, explain_shards
 from scatd_core.scaleout._store import ShardStore, parts_dir
 
-__all__ = ["predict_ray", "predict_in_folder", "engine_for", "EngineChoice", "write_h5ad", "ScaleoutRun", "ShardStore", "parts_dir", "shards_of", "connect",
+__all__ = ["predict_ray", "explain_ray", "explain_shards", "predict_in_folder", "engine_for", "EngineChoice", "write_h5ad", "ScaleoutRun", "ShardStore", "parts_dir", "shards_of", "connect",
            "disconnect", "ray_available", "MAX_RETRIES"]

@@ -46,6 +46,8 @@ class Job:
     seed: int = 0
     device: str = "auto"
     beta_mode: str | None = None
+    #: ``scatd explain`` on Ray: the explained cells and the attributor's settings (:class:`ExplainWorker`)
+    explain: dict | None = None
 
     @property
     def statistics(self) -> DatasetStatistics:
@@ -173,3 +175,81 @@ def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> di
         out["prob_sd"] = sd
     return out
 
+
+
+class ExplainWorker(_Worker):
+    """Integrated gradients of the explained cells of a shard: the attributor (model and
+    baseline) is built once per actor; the shard's calls are those one process makes on these
+    rows (:func:`scatd_core.explain._explain.attribution_calls`), sent back for the driver to
+    merge in order."""
+
+    def __init__(self, job: Job):
+        super().__init__(job)
+        from scatd_core.explain._attribution import Attributor
+        from scatd_core.predict import resolve_device
+
+        e = job.explain
+        dev = resolve_device(job.device)
+        model = self.bundle.load_model(dev, job.beta_mode)
+        self.attributor = Attributor(model, e["target"], self.bundle.positive_index, e["baseline"], e["n_steps"],
+                                     e["internal_batch_size"], dev, factorise=e["factorise"])
+
+    def compute(self, shard: ad.AnnData, start: int) -> dict[str, np.ndarray]:
+        return explain_shard(self.inputs(shard, start), self.attributor, self.job.explain, start)
+
+
+CALL_KEYS = ("abs", "attr_pos", "attr_neg", "x_pos", "x_neg", "ad", "dd")
+
+
+def explain_shard(inputs: ModelInput, attributor, e: dict, start: int) -> dict[str, np.ndarray]:
+    """The attribution calls of one shard, stacked: per call its float64 sums (``CALL_KEYS``)
+    and size; per cell its position, staged attributions, f(x), sum and delta; and the cells'
+    data as given (CSR arrays or dense)."""
+    import scipy.sparse as sp
+
+    from scatd_core.explain._explain import attribution_calls, stack_raw
+
+    rows = e["rows"]
+    n = inputs.n_obs
+    lo, hi = np.searchsorted(rows, [start, start + n])
+    position = np.full(n, -1, dtype=np.int64)
+    position[rows[lo:hi] - start] = np.arange(lo, hi)
+    calls, raws = [], []
+    for kind, value in attribution_calls(inputs, attributor, position, e["is_pos"], e["is_neg"],
+                                         e["baseline"].astype(np.float64)):
+        (raws if kind == "raw" else calls).append(value)
+    out = {"n_calls": np.asarray(len(calls)), "sizes": np.asarray([c["at"].size for c in calls], dtype=np.int64)}
+    for key in CALL_KEYS:
+        out[key] = np.stack([c[key] for c in calls]) if calls else np.zeros((0, attributor.base.shape[1]))
+    for key in ("at", "staged", "f_x", "attr_sum", "delta"):
+        out[key] = np.concatenate([c[key] for c in calls]) if calls else np.zeros(0)
+    if raws:
+        raw = stack_raw(raws)
+        if sp.issparse(raw):
+            raw = raw.tocsr()
+            out.update(raw_data=raw.data, raw_indices=raw.indices, raw_indptr=raw.indptr,
+                       raw_shape=np.asarray(raw.shape, dtype=np.int64))
+        else:
+            out["raw"] = np.asarray(raw)
+    return out
+
+
+def shard_calls(part: dict[str, np.ndarray]):
+    """The calls of an :func:`explain_shard` result, one :meth:`_Sums.partial` dict each, in order."""
+    offset = 0
+    for k, size in enumerate(part["sizes"]):
+        sl = slice(offset, offset + int(size))
+        offset += int(size)
+        call = {key: part[key][k] for key in CALL_KEYS}
+        call.update({key: part[key][sl] for key in ("at", "staged", "f_x", "attr_sum", "delta")})
+        yield call
+
+
+def shard_raw(part: dict[str, np.ndarray]):
+    """The explained cells' data of an :func:`explain_shard` result (``None``: none)."""
+    import scipy.sparse as sp
+
+    if "raw_data" in part:
+        return sp.csr_matrix((part["raw_data"], part["raw_indices"], part["raw_indptr"]),
+                             shape=tuple(int(v) for v in part["raw_shape"]))
+    return part.get("raw")
