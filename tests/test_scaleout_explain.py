@@ -5,7 +5,6 @@ A local Ray instance (2 CPUs, a small object store, no dashboard), started once 
 
 from __future__ import annotations
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
