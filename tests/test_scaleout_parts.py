@@ -88,8 +88,9 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
     assert "pip install 'scatd-studio[ray]'" in err.value.hint
 
 
-def test_cli_ray_refuses_to_embed_in_one_process_first(small_bundles, tmp_path, capsys):
-    """VAE_sf on expression: the embeddings would be computed here, not on Ray; said before any work."""
+def test_cli_ray_without_the_foundation_model_says_what_to_install_before_any_work(small_bundles, tmp_path, capsys):
+    """VAE_sf on expression: the embeddings are computed on Ray; without scFoundation installed the
+    probe's message comes before Ray is started."""
     import anndata as ad
     import pandas as pd
 
@@ -102,4 +103,5 @@ def test_cli_ray_refuses_to_embed_in_one_process_first(small_bundles, tmp_path, 
     assert main(["predict", "--model", str(bundle.path), "--input", str(path), "--output", str(tmp_path / "o.csv"),
                  "--engine", "ray"]) == 2
     err = capsys.readouterr().err
-    assert "computing them on Ray is not available yet" in err and "without --engine ray" in err
+    assert "No scFoundation weights" in err and "convert-scfoundation" in err
+    assert not (tmp_path / "o.csv.embeddings.parts").exists()

@@ -164,7 +164,16 @@ def prepare_embeddings(adata, bundle, args) -> None:
         options["key"] = args.scfoundation_key
         if args.max_genes:
             options["max_genes"] = args.max_genes
-    record = ensure_embeddings(adata, bundle, device=args.device, progress=Progress("Embedding"), **options)
+    if getattr(args, "engine", "local") == "ray":
+        from scatd_core import scaleout
+        from scatd_core.config import settings
+
+        record = scaleout.embed_ray(adata, bundle, device=args.device, output=args.output,
+                                    shard_cells=args.shard_cells, workers=args.workers or settings()["scaleout_workers"],
+                                    address=args.address or settings()["scaleout_address"],
+                                    progress=Progress("Embedding on Ray"), **options)
+    else:
+        record = ensure_embeddings(adata, bundle, device=args.device, progress=Progress("Embedding"), **options)
     info = record["info"]
     cov = info["gene_coverage"]
     say(f"{info['model']} embeddings: {record['n_embedded']:,} of {adata.n_obs:,} cells "

@@ -7,7 +7,6 @@ from pathlib import Path
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
                                     apply_label_direction, positive_int, prepare_embeddings, probability, read_input,
                                     resolve_bundle, say)
-from scatd_core.errors import ScatdError
 
 
 def add(sub) -> None:
@@ -114,15 +113,7 @@ def run(args) -> int:
 
     bundle = resolve_bundle(args.model)
     adata = read_input(args, backed=True if args.engine == "ray" else "auto")
-    if args.engine == "ray":
-        from scatd_core.foundation import needs_embedding
-
-        if needs_embedding(adata, bundle):
-            raise ScatdError(f"{bundle.name} reads foundation-model embeddings, which {Path(args.input).name} does "
-                             "not carry, and computing them on Ray is not available yet.",
-                             "Compute them once in one process (scatd predict without --engine ray, with --h5ad "
-                             "embedded.h5ad), then run --engine ray on that file.")
-    prepare_embeddings(adata, bundle, args)
+    prepare_embeddings(adata, bundle, args)  # on Ray too with --engine ray
     label_column = apply_label_direction(adata, args)
     run_ = predict_from_args(adata, bundle, args)
     table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c])

@@ -495,13 +495,15 @@ NOT_EMBEDDED = {"no_expressed_gene": "no expressed gene in Geneformer's vocabula
 
 def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None = None,
           embedding_dim: int | None = None, emb_mode: str = "cell", emb_layer: int = -1, device: str = "auto",
-          batch_tokens: int | None = None, progress=None, should_stop=None) -> tuple[np.ndarray, dict]:
+          batch_tokens: int | None = None, progress=None, should_stop=None,
+          lengths: list | None = None) -> tuple[np.ndarray, dict]:
     """Geneformer cell embeddings of the ``wanted`` cells of ``adata`` (raw counts).
 
     Returns ``(embeddings, info)``: float32 ``(n_obs, hidden)``, NaN rows for the cells not
     embedded, and a JSON-safe dict of the settings and counts. Batches are length-sorted
     (``batch_tokens`` tokens each), with bf16 autocast on CUDA. Use
-    :func:`scatd_core.foundation.embed_cells` to store the result.
+    :func:`scatd_core.foundation.embed_cells` to store the result. ``lengths``, a list, receives
+    the tokens of each embedded cell (the Ray engine merges shards' medians from them).
     """
     from scatd_core._matrix import row_batches
     from scatd_core.foundation import _work
@@ -535,6 +537,8 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
             work.check()
             out[at[batch]] = embed_tokens(bert, [lists[i] for i in batch], vocab, emb_mode, dev).cpu().numpy()
             work.step(batch.size, flops_per_cell(model_folder.config, n_used, n_tokens[at[batch]]).sum())
+    if lengths is not None:
+        lengths.append(n_tokens[ok])
     info = {"model": NAME, "model_folder": model_folder.path.name, "version": model_folder.version,
             "emb_mode": emb_mode, "emb_layer": int(emb_layer), "layers_used": int(n_used),
             "input_size": model_folder.input_size, "gene_coverage": tok.alignment.summary(),

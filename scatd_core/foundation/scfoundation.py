@@ -573,13 +573,16 @@ def plan(adata, wanted: np.ndarray, genes: list[str], resolution: str = DEFAULT_
 
 def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None = None, key: str = DEFAULT_KEY,
           resolution: str = DEFAULT_RESOLUTION, max_genes: int = DEFAULT_MAX_GENES, device: str = "auto",
-          batch_tokens: int | None = None, progress=None, should_stop=None) -> tuple[np.ndarray, dict]:
+          batch_tokens: int | None = None, progress=None, should_stop=None,
+          lengths: list | None = None) -> tuple[np.ndarray, dict]:
     """scFoundation cell embeddings (``pool_type all``) of the ``wanted`` cells of ``adata``.
 
     Returns ``(embeddings, info)``: a float32 ``(n_obs, 4 x hidden)`` array, NaN rows for the
     cells not embedded, and a JSON-safe dict of the settings and counts. Cells go through the
     encoder in length-sorted, right-padded batches (``batch_tokens`` tokens each), with bf16
     autocast on CUDA. Use :func:`scatd_core.foundation.embed_cells` to store the result.
+    ``lengths``, a list, receives the genes expressed by each embedded cell (the Ray engine
+    merges shards' medians from them).
     """
     from scatd_core._matrix import row_batches
     from scatd_core.foundation import _work
@@ -608,6 +611,8 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
             with torch.inference_mode(), _work.autocast(dev):
                 out[cells] = model(*tok.tensors(dev)).float().cpu().numpy()
             work.step(cells.size, flops_per_cell(cfg, tokens[cells]).sum())
+    if lengths is not None:
+        lengths.append(p.n_expressed[p.embed])
     info = {"model": NAME, "key": key, "resolution": resolution, "pool_type": "all", "max_genes": int(max_genes),
             "values": "log1p of counts per 10k over the aligned genes" if p.prepared.normalise else
                       "log-normalised values as given (total count = their sum)",

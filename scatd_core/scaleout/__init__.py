@@ -13,6 +13,8 @@ with the same output skips them, and a lost worker is restarted and its shard re
 cells (the same stratified subsample as one process) are cut into shards, each actor computes
 their integrated gradients with the package's own attributor, and the driver merges the
 per-call sums in input order, so ranking, cells table and stored keys equal ``explain``'s.
+:func:`embed_ray` computes missing scFoundation / Geneformer embeddings the same way (shards of
+whole chunks, the backbone loaded once per actor, rows assembled in input order).
 
 Ray is an optional extra (``pip install 'scatd-studio[ray]'``); nothing here imports it until
 a run starts.
@@ -20,8 +22,9 @@ a run starts.
 
 from scatd_core.scaleout._run import (MAX_RETRIES, EngineChoice, ScaleoutRun, connect, disconnect, engine_for,
                                       predict_in_folder, predict_ray, ray_available, shards_of, write_h5ad)
+from scatd_core.scaleout._embed import embed_ray, embed_shards
 from scatd_core.scaleout._explain import explain_ray, explain_shards
 from scatd_core.scaleout._store import ShardStore, parts_dir
 
-__all__ = ["predict_ray", "explain_ray", "explain_shards", "predict_in_folder", "engine_for", "EngineChoice", "write_h5ad", "ScaleoutRun", "ShardStore", "parts_dir", "shards_of", "connect",
+__all__ = ["predict_ray", "embed_ray", "embed_shards", "explain_ray", "explain_shards", "predict_in_folder", "engine_for", "EngineChoice", "write_h5ad", "ScaleoutRun", "ShardStore", "parts_dir", "shards_of", "connect",
            "disconnect", "ray_available", "MAX_RETRIES"]

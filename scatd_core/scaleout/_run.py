@@ -199,17 +199,19 @@ def predict_ray(
     source = model_source(adata, spec)  # refuses data the model cannot read, before any worker starts
     obsm_key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone) if source.alignment is None and \
         source.description.startswith("obsm") else None
-    if obsm_key is not None and not _in_file(adata.filename, f"obsm/{obsm_key}"):
-        raise InputError(f"The Ray workers read obsm['{obsm_key}'] from {Path(adata.filename).name}, but these "
-                         "embeddings were computed in this process and are not in the file (computing foundation "
-                         "embeddings on Ray is not available yet).",
-                         "Write them into an h5ad first (scatd predict --h5ad cells_embedded.h5ad, one process), "
-                         "then run --engine ray on that file.")
     shards = shards_of(adata.n_obs, batch_size, shard_cells)
     params = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
               "batch_size": int(batch_size), "beta_mode": beta_mode or "", "device": device}
     store = ShardStore(parts_dir(output), _fingerprint(adata, bundle, mask_array, params, shards))
-    job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, bundle_path=str(bundle.path),
+    obsm_path = None
+    if obsm_key is not None and not _in_file(adata.filename, f"obsm/{obsm_key}"):
+        # embeddings computed after the file was written (embed_ray, or in this process): the workers read
+        # them from a file beside the parts
+        from scatd_core.scaleout._embed import write_obsm
+
+        obsm_path = write_obsm(adata, obsm_key, store.folder)
+    job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, obsm_path=obsm_path,
+              bundle_path=str(bundle.path),
               batch_size=int(batch_size), log_normalise=log_normalises(adata, spec), mask=mask_array, mode=mode,
               n_samples=int(n_samples), seed=int(seed), device=device, beta_mode=beta_mode)
     ray = _ray()

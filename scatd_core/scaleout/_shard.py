@@ -48,6 +48,10 @@ class Job:
     beta_mode: str | None = None
     #: ``scatd explain`` on Ray: the explained cells and the attributor's settings (:class:`ExplainWorker`)
     explain: dict | None = None
+    #: read ``obsm_key`` from this HDF5 file (embeddings computed after the h5ad was written) instead
+    obsm_path: str | None = None
+    #: foundation embeddings on Ray: backbone, options, cells to embed, value type (:class:`EmbedWorker`)
+    embed: dict | None = None
 
     @property
     def statistics(self) -> DatasetStatistics:
@@ -63,6 +67,9 @@ class ShardReader:
         if job.obsm_key is None:
             X = self.file["X"]
             self.X = ad.io.sparse_dataset(X) if isinstance(X, h5py.Group) else X
+        elif job.obsm_path is not None:
+            self.obsm_file = h5py.File(job.obsm_path, "r")
+            self.X = self.obsm_file[job.obsm_key]
         else:
             self.X = self.file["obsm"][job.obsm_key]
 
@@ -253,3 +260,29 @@ def shard_raw(part: dict[str, np.ndarray]):
         return sp.csr_matrix((part["raw_data"], part["raw_indices"], part["raw_indptr"]),
                              shape=tuple(int(v) for v in part["raw_shape"]))
     return part.get("raw")
+
+
+class EmbedWorker(_Worker):
+    """Foundation-model embeddings of a shard's cells, with the package's own ``embed`` (the
+    model is loaded once per actor: the backbone modules cache it until its files change).
+    Shards start on a :data:`~scatd_core.foundation._work.CHUNK_CELLS` boundary, so the cells
+    go through the model in the batches one process forms."""
+
+    def __init__(self, job: Job):
+        import os
+
+        os.environ.update(job.embed["environment"])  # where the foundation model is, as the driver found it
+        super().__init__(job)
+
+    def compute(self, shard: ad.AnnData, start: int) -> dict[str, np.ndarray]:
+        from scatd_core import _keys
+        from scatd_core.foundation._embed import _module
+
+        e = self.job.embed
+        shard.uns[_keys.INPUT_REPORT] = dict(e["report"])
+        wanted = e["todo"][start:start + shard.n_obs]
+        lengths: list = []
+        new, info = _module(e["backbone"]).embed(shard, wanted, device=self.job.device,
+                                                 batch_tokens=e["batch_tokens"], lengths=lengths, **e["options"])
+        return {"embedding": new, "lengths": np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64),
+                "info": np.asarray(json.dumps(json_safe(info)))}

@@ -1,0 +1,105 @@
+"""Foundation embeddings on Ray (``embed_ray``, ``scatd predict --engine ray`` on expression) equal one process.
+
+Tiny scFoundation / Geneformer checkpoints in the official formats (tests/_foundation_helpers.py);
+a local Ray instance (2 CPUs, a small object store, no dashboard), started once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("ray.data", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
+
+import _foundation_helpers as H
+from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
+from test_foundation_product import _bundle, gf_counts, sf_counts
+
+from scatd_core import _keys, io, scaleout
+from scatd_core.foundation import ensure_embeddings
+from scatd_core.foundation import geneformer as G
+from scatd_core.foundation import scfoundation as S
+
+N_CELLS = 4_500  # 3 shards of whole 2,048-cell chunks
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    scaleout.connect(num_cpus=2, object_store_mb=200)
+    yield
+    scaleout.disconnect()
+
+
+@pytest.fixture
+def assets(tmp_path, monkeypatch):
+    sf = H.sf_folder(tmp_path / "scfoundation")
+    gf = H.gf_folder(tmp_path / "geneformer")
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(sf))
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(gf))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    for module in (S, G):
+        module._PROBES.clear()
+        module._MODELS.clear()
+    return {"sf": sf, "gf": gf}
+
+
+def assert_same_record(dist, one, dist_adata, one_adata, key):
+    np.testing.assert_allclose(np.asarray(dist_adata.obsm[key]), np.asarray(one_adata.obsm[key]), rtol=1e-6,
+                               atol=1e-7)
+    assert np.array_equal(np.isnan(dist_adata.obsm[key]), np.isnan(one_adata.obsm[key]))
+    d, o = dict(dist), dict(one)
+    for rec in (d, o):
+        rec.pop("seconds")
+        rec.pop("device")
+    np.testing.assert_array_equal(d.pop("tried"), o.pop("tried"))
+    assert json.loads(json.dumps(d, default=str)) == json.loads(json.dumps(o, default=str))
+
+
+@pytest.mark.parametrize("backbone", ["vae_sf", "vae_gf"])
+def test_embeddings_on_two_workers_equal_single_process(local_ray, assets, tmp_path, backbone):
+    if backbone == "vae_sf":
+        bundle, data = _bundle(tmp_path, "vae_sf", 4 * H.SF_HIDDEN), sf_counts(N_CELLS, seed=2)
+    else:
+        bundle, data = _bundle(tmp_path, "vae_gf", H.GF_CONFIG["hidden_size"], seed=1), gf_counts(N_CELLS, seed=2)
+    x = data.X.tolil()
+    x[5] = 0  # a cell without an expressed gene: not embedded, with the reason
+    data.X = sp.csr_matrix(x)
+    path = tmp_path / "counts.h5ad"
+    data.write_h5ad(path)
+    mask = np.ones(N_CELLS, dtype=bool)
+    mask[100:300] = False
+    one_adata = io.read(path)
+    one = ensure_embeddings(one_adata, bundle, mask=mask, device="cpu")
+    dist_adata = io.read(path, backed=True)
+    seen = []
+    dist = scaleout.embed_ray(dist_adata, bundle, mask=mask, device="cpu", shard_cells=2048, workers=2,
+                              output=tmp_path / "o.csv", progress=lambda f, m: seen.append(m))
+    assert any("embeddings · 1 of 3 shards" in m for m in seen)
+    assert (tmp_path / "o.csv.embeddings.parts" / "shard-000002.sha256").exists()
+    key = _keys.FOUNDATION_EMBEDDING[backbone]
+    assert one["info"]["not_embedded"] == {"no_expressed_gene": 1}
+    assert_same_record(dist, one, dist_adata, one_adata, key)
+    # the same call again: already there, nothing recomputed
+    assert scaleout.embed_ray(dist_adata, bundle, mask=mask, device="cpu") is dist_adata.uns[_keys.FOUNDATION][backbone]
+
+
+def test_cli_predict_engine_ray_embeds_on_ray_and_writes_the_single_process_table(local_ray, assets, tmp_path,
+                                                                                   capsys):
+    from scatd_core.cli import main
+
+    bundle = _bundle(tmp_path, "vae_sf", 4 * H.SF_HIDDEN)
+    path = tmp_path / "counts.h5ad"
+    sf_counts(3_000, seed=4).write_h5ad(path)
+    common = ["predict", "--model", str(bundle.path), "--input", str(path), "--device", "cpu"]
+    assert main(common + ["--output", str(tmp_path / "one.csv")]) == 0
+    capsys.readouterr()
+    assert main(common + ["--output", str(tmp_path / "ray.csv"), "--engine", "ray", "--workers", "2",
+                          "--shard-cells", "2048"]) == 0
+    err = capsys.readouterr().err
+    assert "Embedding on Ray" in err and "scFoundation embeddings: 3,000 of 3,000 cells" in err
+    one, dist = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "ray.csv")
+    pd.testing.assert_frame_equal(one, dist, rtol=1e-6)
