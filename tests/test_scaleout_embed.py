@@ -103,3 +103,25 @@ def test_cli_predict_engine_ray_embeds_on_ray_and_writes_the_single_process_tabl
     assert "Embedding on Ray" in err and "scFoundation embeddings: 3,000 of 3,000 cells" in err
     one, dist = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "ray.csv")
     pd.testing.assert_frame_equal(one, dist, rtol=1e-6)
+
+
+def test_cli_explain_engine_ray_on_expression_embeds_predicts_and_explains_as_one_process(local_ray, assets,
+                                                                                          tmp_path, capsys):
+    from scatd_core.cli import main
+
+    bundle = _bundle(tmp_path, "vae_sf", 4 * H.SF_HIDDEN)
+    path = tmp_path / "counts.h5ad"
+    sf_counts(2_500, seed=5).write_h5ad(path)
+    common = ["explain", "--model", str(bundle.path), "--input", str(path), "--device", "cpu", "--level", "features",
+              "--max-cells", "200", "--steps", "8"]
+    assert main(common + ["--output", str(tmp_path / "one.csv")]) == 0
+    capsys.readouterr()
+    assert main(common + ["--output", str(tmp_path / "ray.csv"), "--engine", "ray", "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "Embedding on Ray" in err and "Predicting on Ray" in err and "Explaining on Ray" in err
+    one, dist = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "ray.csv")
+    assert one["feature"].tolist() == dist["feature"].tolist()
+    pd.testing.assert_frame_equal(one, dist, rtol=1e-6)
+    # gene-level biomarkers through the foundation model stay in one process: said before any work
+    assert main(common[:-6] + ["--output", str(tmp_path / "g.csv"), "--engine", "ray"]) == 2
+    assert "do not run on Ray" in capsys.readouterr().err

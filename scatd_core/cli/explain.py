@@ -138,10 +138,13 @@ def run(args) -> int:
         raise ScatdError(f"--threshold must be between 0 and 1, got {args.threshold}.")
     bundle = resolve_bundle(args.model)
     if args.engine == "ray":
+        from scatd_core.foundation import needs_embedding
+
         adata = read_input(args, backed=True)
-        if gene_level(adata, bundle, args.level):
+        if gene_level(adata, bundle, args.level) or (needs_embedding(adata, bundle) and args.level != "features"):
             raise ScatdError("Gene-level biomarkers through a foundation model do not run on Ray.",
-                             "Use --level features, or leave out --engine ray.")
+                             "Use --level features (the embedding features), or leave out --engine ray.")
+        prepare_embeddings(adata, bundle, args)  # on Ray
         _predict_on_ray(adata, bundle, args)
         inputs = None
     else:
@@ -168,12 +171,7 @@ def _predict_on_ray(adata, bundle, args) -> None:
     parts in ``<output>.predictions.parts/``), in batches of 1024 cells as one process makes them."""
     from scatd_core import scaleout
     from scatd_core.config import settings
-    from scatd_core.foundation import needs_embedding
 
-    if needs_embedding(adata, bundle):
-        raise ScatdError(f"{bundle.name} reads foundation-model embeddings, which {Path(args.input).name} does not "
-                         "carry.", "Compute them once (scatd predict --h5ad embedded.h5ad), then run --engine ray "
-                                   "on that file.")
     scaleout.predict_ray(adata, bundle, f"{args.output}.predictions", device=args.device, batch_size=1024,
                          threshold=args.threshold, shard_cells=args.shard_cells, address=args.address or
                          settings()["scaleout_address"], workers=args.workers or settings()["scaleout_workers"],

@@ -89,17 +89,17 @@ def explain_ray(
         source = inputs.source
         obsm_key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone) if source.alignment is None and \
             source.description.startswith("obsm") else None
-        if obsm_key is not None and not _in_file(adata.filename, f"obsm/{obsm_key}"):
-            from scatd_core.errors import InputError
-
-            raise InputError(f"The Ray workers read obsm['{obsm_key}'] from {Path(adata.filename).name}, but these "
-                             "embeddings are not in the file.",
-                             "Write them into the h5ad first (scatd predict --engine ray --h5ad on the file).")
         shards = explain_shards(rows, inputs.n_obs, inputs.batch_size, shard_cells)
         settings = {"target": kwargs.get("target", "logit"), "n_steps": int(kwargs.get("n_steps", 50)),
                     "internal_batch_size": int(attributor.internal_batch_size),
                     "factorise": bool(attributor.factorised)}
-        job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, bundle_path=str(bundle.path),
+        obsm_path = None
+        if obsm_key is not None and not _in_file(adata.filename, f"obsm/{obsm_key}"):
+            from scatd_core.scaleout._embed import write_obsm
+
+            obsm_path = write_obsm(adata, obsm_key, Path(tmp_obsm.name))  # computed after the file was written
+        job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, obsm_path=obsm_path,
+                  bundle_path=str(bundle.path),
                   batch_size=int(inputs.batch_size), log_normalise=bool(inputs.log_normalise), mask=inputs.mask,
                   moments=inputs.moments, device=device,
                   beta_mode=adata.uns[_keys.result_keys(kwargs.get("key_added")).run]["params"].get("beta_mode"),
@@ -151,9 +151,12 @@ def explain_ray(
         return sums, stack_raw(raw_parts)
 
     t0 = time.perf_counter()
-    result = explain(adata, bundle, inputs=inputs_given, batch_size=batch_size, device=device, progress=progress,
-                     should_stop=should_stop, _integrator=integrate, store_result=False,
-                     **kwargs)
+    tmp_obsm = tempfile.TemporaryDirectory(prefix="scatd-explain-obsm-")
+    try:
+        result = explain(adata, bundle, inputs=inputs_given, batch_size=batch_size, device=device, progress=progress,
+                         should_stop=should_stop, _integrator=integrate, store_result=False, **kwargs)
+    finally:
+        tmp_obsm.cleanup()
     result.info["engine"] = engine
     result.info["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     if store_result:
