@@ -433,3 +433,106 @@ def write_report(adata: ad.AnnData, folder: str | Path, *, label_column: str | N
     paths["html"].write_text(html_report(adata, label_column=label_column, group_columns=group_columns,
                                          data_name=data_name, key_added=key_added), encoding="utf-8")
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Panels of drug models
+# --------------------------------------------------------------------------------------------
+
+def panel_group_columns(adata: ad.AnnData, group_columns: Sequence[str] = ()) -> list[str]:
+    """The Leiden clusters (when computed) and ``group_columns`` present in ``adata``."""
+    columns = ([_keys.CLUSTER] if _keys.CLUSTER in adata.obs else []) + [c for c in group_columns if c]
+    return [c for c in dict.fromkeys(columns) if c in adata.obs]
+
+
+def panel_summary_table(adata: ad.AnnData, group_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The panel's per-group summary in one long table: ``grouping, group, drug, n_cells, n_called,
+    n_resistant, fraction_resistant, mean_prob_resistant, calibrated``; ``grouping`` is ``all``
+    for the whole sample (its drug ranking), else the cluster or sample column."""
+    from scatd_core import panel
+
+    parts = [panel.drug_ranking(adata).drop(columns="rank").assign(grouping="all", group="all")]
+    for column in panel_group_columns(adata, group_columns):
+        parts.append(panel.group_summary(adata, column).assign(grouping=column))
+    table = pd.concat(parts, ignore_index=True)
+    return table[["grouping", "group"] + [c for c in table.columns if c not in ("grouping", "group")]]
+
+
+def write_panel_summary(adata: ad.AnnData, path: str | Path, group_columns: Sequence[str] = ()) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(to_csv_bytes(panel_summary_table(adata, group_columns)))
+    return path
+
+
+def _panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
+    from scatd_core import panel
+
+    rows = []
+    for m in panel.members(adata, scored_only=False):
+        cov = m.coverage or {}
+        thr = adata.uns[m.key]["threshold"] if m.scored else {}
+        rows.append({"drug": m.drug, "model": m.model, "backbone": m.backbone, "status": m.status,
+                     "gene coverage": f"{cov['n_matched']:,}/{cov['n_model_genes']:,} ({cov['fraction_matched']:.0%})"
+                     if cov.get("n_model_genes") else ("embeddings" if m.scored else "—"),
+                     "cells scored": m.n_scored, "threshold": thr.get("value"),
+                     "calibrated": thr.get("calibrated"), "seconds": m.seconds, "problem": m.problem or ""})
+    return pd.DataFrame(rows)
+
+
+def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), data_name: str | None = None,
+                      markers: pd.DataFrame | None = None) -> str:
+    """A self-contained HTML report of a panel run: the models (status, coverage, calibration), the
+    drug ranking, the cells x drugs heatmap and dot plot per cluster/sample, the UMAP coloured by
+    the number of drugs resisted (when computed), the cells resistant to every drug and, when
+    given, their top ``markers`` (:func:`scatd_core.panel.multi_resistant_markers`)."""
+    from plotly.offline import get_plotlyjs
+
+    from scatd_core import panel
+
+    info = adata.uns[_keys.PANEL]
+    ms = panel.members(adata)
+    data_name = data_name or adata.uns.get(_keys.INPUT_REPORT, {}).get("file_name") or "uploaded data"
+    title = f"scATD drug panel ({len(ms)} drugs) on {data_name}"
+    parts = [f"<h1>{html.escape(title)}</h1><p class='sub'>Generated "
+             f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by scATD Studio "
+             f"{html.escape(__version__)}; {adata.n_obs:,} cells, {info['n_scored_models']} of {info['n_models']} "
+             f"models scored them in {info['seconds']:.1f} s.</p>"]
+    if any(m.demo for m in ms):
+        parts.append("<p class='demo'>Demo models: demo (simulated data). These predictions illustrate the "
+                     "workflow and say nothing about real cells.</p>")
+    if any(not adata.uns[m.key]["threshold"]["calibrated"] for m in ms):
+        parts.append("<p class='warn'>Some calls use a model's default threshold, <b>not calibrated</b> to this "
+                     "dataset: fractions resistant then compare poorly across drugs; compare mean P(resistant), or "
+                     "calibrate each drug.</p>")
+    parts.append("<h2>Models</h2>" + _frame_html(_panel_models_table(adata)))
+    ranking = panel.drug_ranking(adata)
+    parts.append("<h2>Drug ranking (whole sample)</h2>" + _figure_html(pl.drug_ranking_figure(ranking)) +
+                 _frame_html(ranking))
+    prob, drugs = panel.probability_matrix(adata)
+    for column in panel_group_columns(adata, group_columns):
+        name = "Leiden cluster" if column == _keys.CLUSTER else column
+        summary_ = panel.group_summary(adata, column)
+        order = list(dict.fromkeys(summary_["group"]))
+        parts.append(f"<h2>Per {html.escape(name)}</h2>")
+        parts.append(_figure_html(pl.panel_heatmap(prob, drugs, adata.obs[column], name, order,
+                                                   f"P(resistant), cells x drugs, by {name}")))
+        parts.append(_figure_html(pl.panel_dotplot(summary_, name, f"Fraction resistant per {name} and drug")))
+    n_all = int(adata.obs[_keys.PANEL_RESISTANT_TO_ALL].sum())
+    parts.append(f"<h2>Cells resistant to every drug</h2><p>{n_all:,} cell(s) are called resistant to all "
+                 f"{len(ms)} scored drugs (a possible multi-drug-resistant subclone).</p>")
+    if _keys.UMAP in adata.obsm:
+        coords = np.asarray(adata.obsm[_keys.UMAP])
+        parts.append(_figure_html(pl.umap_figure(coords, adata.obs[_keys.PANEL_N_RESISTED].to_numpy(),
+                                                 name="drugs resisted", color_range=(0, len(ms)), colorscale="Reds",
+                                                 cell_ids=adata.obs_names.astype(str),
+                                                 title="UMAP coloured by the number of drugs resisted")))
+    if markers is not None and len(markers):
+        parts.append("<p>Genes most up in these cells against the other scored cells (Wilcoxon):</p>"
+                     + _frame_html(markers))
+    parts.append("<footer>Files: panel.csv (cells x drugs), panel_summary.csv (per cluster / sample and drug), "
+                 "annotated.h5ad (one column set per drug).</footer>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>"
+            + "\n".join(parts) + "</main></body></html>")
