@@ -119,7 +119,7 @@ def _problem(exc: BaseException) -> str:
 
 def _clear_panel(adata: ad.AnnData) -> None:
     old = adata.uns.get(_keys.PANEL, {})
-    for m in old.get("members", []):
+    for m in _records(old):
         clear_one(adata, m["key"])
     for col in (_keys.PANEL_N_RESISTED, _keys.PANEL_RESISTANT_TO_ALL):
         if col in adata.obs:
@@ -234,7 +234,7 @@ def predict_panel(
         raise InputError("No model of the panel could score these data: " + "; ".join(
             f"{m.drug}: {m.problem}" for m in members), "Check the data against each model on the Model page.")
     adata.uns[_keys.PANEL] = {
-        "members": [asdict(m) for m in members], "n_models": n, "n_scored_models": sum(m.scored for m in members),
+        "members": _stored(members), "n_models": n, "n_scored_models": sum(m.scored for m in members),
         "n_input_groups": len(groups), "align_seconds": round(align_seconds, 3),
         "seconds": round(time.perf_counter() - t0, 3), "params": {"mode": mode, "seed": int(seed),
                                                                   "batch_size": int(batch_size)},
@@ -243,6 +243,20 @@ def predict_panel(
     if progress is not None:
         progress(1.0, f"{sum(m.scored for m in members)} of {n} models scored the data")
     return globals()["members"](adata, scored_only=False)
+
+
+def _stored(members: list[PanelMember]) -> dict:
+    """The members as h5ad can store them: a dict keyed by position ("00", "01" ...), no None."""
+    from scatd_core._json import json_safe
+
+    return {f"{i:02d}": json_safe({k: ("" if v is None else v) for k, v in asdict(m).items()})
+            for i, m in enumerate(members)}
+
+
+def _records(info: dict) -> list[dict]:
+    """The stored member records, in panel order."""
+    members_ = info.get("members", {})
+    return [members_[k] for k in sorted(members_)]
 
 
 def _clear_panel_members(adata: ad.AnnData, members: list[PanelMember]) -> None:
@@ -256,8 +270,8 @@ def members(adata: ad.AnnData, *, scored_only: bool = True) -> list[PanelMember]
     if not info:
         raise InputError("No panel prediction in this dataset.", "Run a panel first (`scatd predict --model A "
                          "--model B ...`, or the Panel page).")
-    out = [PanelMember(**{k: v for k, v in m.items() if k in PanelMember.__dataclass_fields__})
-           for m in info["members"]]
+    out = [PanelMember(**{k: (None if k == "problem" and v == "" else v) for k, v in m.items()
+                          if k in PanelMember.__dataclass_fields__}) for m in _records(info)]
     return [m for m in out if m.scored] if scored_only else out
 
 
@@ -279,7 +293,7 @@ def refresh(adata: ad.AnnData) -> None:
     adata.obs[_keys.PANEL_N_RESISTED] = resisted
     adata.obs[_keys.PANEL_RESISTANT_TO_ALL] = everywhere & (len(scored) >= MIN_MODELS)
     by_key = {m.key: m for m in scored}
-    for rec in adata.uns[_keys.PANEL]["members"]:
+    for rec in _records(adata.uns[_keys.PANEL]):
         if rec["key"] in by_key:
             rec["n_resistant"] = by_key[rec["key"]].n_resistant
 
