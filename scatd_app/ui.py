@@ -38,6 +38,7 @@ ANALYSIS_PAGES = (
     ("app_pages/4_Cells.py", "Cells", ":material/scatter_plot:"),
     ("app_pages/5_Biomarkers.py", "Biomarkers", ":material/genetics:"),
     ("app_pages/6_Report.py", "Report", ":material/download:"),
+    ("app_pages/9_Panel.py", "Drug panel", ":material/grid_view:"),
 )
 MODEL_PAGES = (
     ("app_pages/8_Models.py", "Model library", ":material/inventory_2:"),

@@ -465,7 +465,7 @@ def write_panel_summary(adata: ad.AnnData, path: str | Path, group_columns: Sequ
     return path
 
 
-def _panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
+def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
     from scatd_core import panel
 
     rows = []
@@ -505,7 +505,7 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
         parts.append("<p class='warn'>Some calls use a model's default threshold, <b>not calibrated</b> to this "
                      "dataset: fractions resistant then compare poorly across drugs; compare mean P(resistant), or "
                      "calibrate each drug.</p>")
-    parts.append("<h2>Models</h2>" + _frame_html(_panel_models_table(adata)))
+    parts.append("<h2>Models</h2>" + _frame_html(panel_models_table(adata)))
     ranking = panel.drug_ranking(adata)
     parts.append("<h2>Drug ranking (whole sample)</h2>" + _figure_html(pl.drug_ranking_figure(ranking)) +
                  _frame_html(ranking))

@@ -555,3 +555,12 @@ def load_panel(name: str, user: str | None, *, library: str | Path | None = None
         except ScatdError as exc:
             problems.append(f"{folder}: {exc.message}")
     return bundles, problems
+
+
+def embed_expression(adata: ad.AnnData, *, seed: int = 0) -> dict:
+    """A UMAP of the cells' expression (no model's latent space: the panel has several) into
+    ``obsm['X_umap']`` and ``uns['scatd_embed']``; returns that record."""
+    from scatd_core.embed import compute_embedding, store
+
+    store(adata, compute_embedding(adata, basis="expression", clusters=False, seed=seed))
+    return adata.uns[_keys.EMBED]
