@@ -197,7 +197,7 @@ if group is not None:
 st.subheader("UMAP")
 n_all = int(adata.obs[PANEL_RESISTANT_TO_ALL].sum())
 if UMAP not in adata.obsm:
-    st.caption("No UMAP yet: compute one of the expression (or open the Cells page after a single-model "
+    st.caption("No UMAP yet: compute one from the expression (or open the Cells page after a single-model "
                "prediction, whose latent UMAP is used here too).")
     if st.button("Compute the UMAP", key="btn_panel_umap"):
         try:
@@ -235,7 +235,9 @@ if n_all and st.button("Show their top biomarkers", key="btn_panel_markers",
     except ScatdError as exc:
         ui.show_error(exc)
 if markers is not None:
-    st.dataframe(markers[1], hide_index=True)
+    st.dataframe(markers[1], hide_index=True, column_config={
+        "pval_adj": st.column_config.NumberColumn("adjusted p", format="%.2e"),
+        "n_panel_models_using": st.column_config.NumberColumn("panel models using it")})
 
 # ------------------------------------------------------------------ downloads
 st.subheader("Downloads")

@@ -426,11 +426,9 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
                          summary["mean_prob_resistant"].astype(float)],
         hovertemplate="%{x} · %{y}<br>%{customdata[0]:.1%} of %{customdata[1]} cells resistant"
                       "<br>mean P %{customdata[2]:.3f}<extra></extra>"))
-    fig.update_xaxes(title="drug", type="category")
+    fig.update_xaxes(title="drug (dot size: fraction called resistant)", type="category")
     fig.update_yaxes(title=group_name, type="category", autorange="reversed")
     n_groups = summary["group"].nunique()
-    fig.add_annotation(text="dot size: fraction called resistant", showarrow=False, xref="paper", yref="paper",
-                       x=0, y=-0.16, font=dict(size=11, color="#666"))
     return layout(fig, title, height=max(300, 120 + 36 * n_groups))
 
 
@@ -444,9 +442,7 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.F
         text=[f"{f:.0%}" if f == f else "n/a" for f in ranking["fraction_resistant"].astype(float)],
         textposition="outside", customdata=ranking["mean_prob_resistant"].astype(float),
         hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata:.3f}<extra></extra>"))
-    fig.update_xaxes(title="fraction called resistant", range=[0, 1.1], tickformat=".0%")
+    note = "" if ranking["calibrated"].all() else " (* uncalibrated: model default threshold)"
+    fig.update_xaxes(title=f"fraction called resistant{note}", range=[0, 1.1], tickformat=".0%")
     fig.update_yaxes(autorange="reversed", type="category")
-    if not ranking["calibrated"].all():
-        fig.add_annotation(text="* uncalibrated threshold (model default)", showarrow=False, xref="paper",
-                           yref="paper", x=0, y=-0.2, font=dict(size=11, color="#666"))
     return layout(fig, title, height=max(220, 90 + 34 * len(ranking)))

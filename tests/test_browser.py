@@ -426,11 +426,14 @@ def test_panel_view_scores_three_models_and_downloads(server, tmp_path):
             _idle(page)
             _no_exception(page)
             page.get_by_role("button", name="Compute the UMAP").click()
-            _plots(page, 5, timeout=180_000)
+            # a plotly chart holds two .main-svg layers, so wait for the UMAP's own control instead
+            page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").wait_for(timeout=240_000)
             _idle(page, timeout=180_000)
             page.get_by_role("button", name="Show their top biomarkers").click()
+            page.get_by_text("panel models using it").wait_for(timeout=120_000)
             _idle(page)
             _no_exception(page)
+            assert page.get_by_text("Something unexpected went wrong").count() == 0
             _shot(page, "10_panel")
             with page.expect_download() as info:
                 page.get_by_role("button", name="panel.csv").click()
