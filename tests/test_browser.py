@@ -430,7 +430,7 @@ def test_panel_view_scores_three_models_and_downloads(server, tmp_path):
             page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").wait_for(timeout=240_000)
             _idle(page, timeout=180_000)
             page.get_by_role("button", name="Show their top biomarkers").click()
-            page.get_by_text("panel models using it").wait_for(timeout=120_000)
+            page.locator("[data-testid='stDataFrame']").nth(2).wait_for(timeout=120_000)  # models, groups, markers
             _idle(page)
             _no_exception(page)
             assert page.get_by_text("Something unexpected went wrong").count() == 0
