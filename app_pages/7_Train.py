@@ -25,6 +25,7 @@ LABELS = "train_labels"      # {"table", "name"}: cell lines x drugs label table
 TARGET = "train_target"      # {"adata", "name"}: an uploaded target (when not the current dataset)
 RESULT = "train_result"      # {"bundle_path", "report"}: the last finished run
 STOP = "train_stop"          # set by the Stop button
+PANEL_RESULT = "train_panel_result"  # the summary table of the last panel run
 DATA_TYPES = ["csv", "tsv", "txt", "gz", "h5ad", "h5", "loom", "zip"]
 
 
@@ -205,6 +206,45 @@ with st.expander("Settings"):
                                       help="Then the encoder is trained too (with MMD to the target when adapting).")
     mmd_weight = b4.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5)
     model_name = st.text_input("Model name", value="", placeholder=f"{drug} (dist_vae, trained)")
+
+with st.expander("Or train a panel: one model per drug, with these settings (resumable)"):
+    panel_drugs = st.multiselect("Drugs of the panel", list(table.columns), key="train_panel_drugs",
+                                 help="Each is trained as above and installed in the model library; score them "
+                                      "together on the Drug panel page.")
+    p1, p2 = st.columns(2)
+    min_lines = p1.number_input("Skip drugs with fewer labelled cell lines per class than", min_value=2,
+                                max_value=200, value=10, key="train_panel_min_lines")
+    panel_name = p2.text_input("Save them as your panel named (optional)", key="train_panel_name", max_chars=64)
+    if st.button("Train the panel", key="btn_train_panel", disabled=not panel_drugs):
+        from scatd_core.panel import save_panel
+        from scatd_core.train import train_panel
+
+        ss[STOP] = False
+        bar = st.progress(0.0, text="Starting…")
+        user_name = auth.current_user().name if auth.current_user() else None
+        try:
+            with jobs.computing("the panel training"):
+                summary, trained = train_panel(
+                    bulk["adata"], table, panel_drugs, target,
+                    settings=TrainSettings(seed=int(seed), folds=int(folds), pretrain_epochs=int(pretrain_epochs),
+                                           epochs=int(epochs), finetune_epochs=int(finetune_epochs),
+                                           mmd_weight=float(mmd_weight)),
+                    adaptation=adaptation, min_lines_per_class=int(min_lines), trained_by=user_name,
+                    progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
+                    should_stop=lambda: bool(ss.get(STOP)))
+            if panel_name.strip() and len(trained) >= 2:
+                save_panel(panel_name.strip(), [b.path.name for b in trained], user_name, replace=True)
+                st.success(f"Saved your panel '{ui.md(panel_name.strip())}'.", icon=":material/check_circle:")
+        except ScatdError as exc:
+            show_error(exc)
+        else:
+            ss[PANEL_RESULT] = summary
+            ui.clear_library_cache()
+        bar.empty()
+    if ss.get(PANEL_RESULT) is not None:
+        st.caption("Each drug's model card in brief (run the same panel again to resume an interrupted one):")
+        st.dataframe(ss[PANEL_RESULT], hide_index=True)
+        ui.link("Drug panel", "Score your data against them", ":material/arrow_forward:")
 
 b_train, b_stop = st.columns([1, 1])
 start = b_train.button("Train", type="primary", key="btn_train_start")

@@ -49,9 +49,17 @@ with st.container(border=True):
     except ScatdError as exc:
         ui.show_error(exc)
     if saved:
-        c = st.columns([0.7, 0.3], vertical_alignment="bottom")
+        c = st.columns([0.6, 0.2, 0.2], vertical_alignment="bottom")
         chosen_panel = c[0].selectbox("Your saved panels", list(saved), key="panel_saved", index=None,
                                       placeholder="choose a saved panel")
+        if c[2].button("Delete it", key="btn_panel_delete", disabled=chosen_panel is None):
+            try:
+                panel.delete_panel(chosen_panel, user_name)
+            except ScatdError as exc:
+                ui.show_error(exc)
+            else:
+                ss.pop("panel_saved", None)
+                st.rerun()
         if c[1].button("Load it", key="btn_panel_load", disabled=chosen_panel is None):
             root = ui.model_library_dir()
             ss["panel_models"] = [str(root / m) for m in saved[chosen_panel]["models"]

@@ -42,6 +42,7 @@ import pandas as pd
 
 from scatd_core import _keys
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+from scatd_core._progress import step
 from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, ScatdError
 
 __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
@@ -175,8 +176,7 @@ def predict_panel(
     - ``uns['scatd_panel']``: the members (status, problem, coverage, time), the input groups and
       the time spent aligning.
     """
-    from scatd_core.inputs import ModelInput
-    from scatd_core.predict import _mask_of, predict
+    from scatd_core.predict import _mask_of
 
     if not bundles:
         raise InputError("The panel has no model.", "Choose at least two drug models from the library.")
@@ -186,63 +186,85 @@ def predict_panel(
     mask_array = _mask_of(adata, mask)
     _clear_panel(adata)
     taken: set[str] = set()
-    members = [PanelMember(drug_prefix(b.drug or b.name, taken), b.drug or b.name, b.name, str(b.path), b.backbone,
-                           b.is_demo) for b in bundles]
-    groups: dict[str, int] = {}
-    shared: dict[int, object] = {}
-    align_seconds = 0.0
+    team = [PanelMember(drug_prefix(b.drug or b.name, taken), b.drug or b.name, b.name, str(b.path), b.backbone,
+                        b.is_demo) for b in bundles]
+    shared = _SharedInputs(adata, mask_array, batch_size)
+    options = dict(mask=mask_array, mode=mode, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size,
+                   should_stop=should_stop)
     n = len(bundles)
-    for i, (member, bundle) in enumerate(zip(members, bundles)):
+    for i, (member, bundle) in enumerate(zip(team, bundles)):
         if should_stop is not None and should_stop():
-            raise Cancelled("Panel prediction cancelled.")
-        t_model = time.perf_counter()
-        say = None
-        if progress is not None:
-            def say(f, m, i=i, drug=member.drug):
-                progress((i + min(max(f, 0.0), 1.0)) / n, f"{drug} ({i + 1} of {n}) · {m}")
+            _clear_members(adata, team)
+            raise Cancelled("Panel prediction cancelled; nothing was kept.")
+        say = step(progress, i, n, member.drug)
+        if say is not None:
             say(0.0, "aligning the data to the model")
         try:
-            if bundle.kind != "classifier":
-                raise InputError(f"{bundle.name} is a pretrained backbone without a drug head; it cannot predict.")
-            group = groups.setdefault(input_signature(bundle), len(groups))
-            member.input_group = group
-            if group not in shared:
-                t_align = time.perf_counter()
-                try:
-                    shared[group] = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size)
-                except _SKIPPABLE as exc:
-                    shared[group] = exc  # every model of this group fails the same way
-                align_seconds += time.perf_counter() - t_align
-            if isinstance(shared[group], BaseException):
-                raise shared[group]
-            predict(adata, bundle, mask=mask_array, inputs=shared[group], mode=mode, n_samples=n_samples, seed=seed,
-                    device=device, batch_size=batch_size, key_added=member.key, progress=say,
-                    should_stop=should_stop)
+            _score_member(adata, member, bundle, shared, say, options)
         except Cancelled:
-            _clear_panel_members(adata, members)
+            _clear_members(adata, team)
             raise
-        except _SKIPPABLE as exc:
-            clear_one(adata, member.key)
-            member.status, member.problem = "skipped", _problem(exc)
-        else:
-            info = adata.uns[member.key]
-            member.status = "scored"
-            member.coverage = dict(info.get("gene_coverage") or {})
-            member.n_scored = int(info["n_scored"])
-        member.seconds = round(time.perf_counter() - t_model, 3)
-    if not any(m.scored for m in members):
+    if not any(m.scored for m in team):
         raise InputError("No model of the panel could score these data: " + "; ".join(
-            f"{m.drug}: {m.problem}" for m in members), "Check the data against each model on the Model page.")
+            f"{m.drug}: {m.problem}" for m in team), "Check the data against each model on the Model page.")
     adata.uns[_keys.PANEL] = {
-        "members": _stored(members), "n_models": n, "n_scored_models": sum(m.scored for m in members),
-        "n_input_groups": len(groups), "align_seconds": round(align_seconds, 3),
+        "members": _stored(team), "n_models": n, "n_scored_models": sum(m.scored for m in team),
+        "n_input_groups": len(shared.groups), "align_seconds": round(shared.seconds, 3),
         "seconds": round(time.perf_counter() - t0, 3), "params": {"mode": mode, "seed": int(seed),
                                                                   "batch_size": int(batch_size)},
         "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     refresh(adata)
     if progress is not None:
-        progress(1.0, f"{sum(m.scored for m in members)} of {n} models scored the data")
-    return globals()["members"](adata, scored_only=False)
+        progress(1.0, f"{sum(m.scored for m in team)} of {n} models scored the data")
+    return members(adata, scored_only=False)
+
+
+class _SharedInputs:
+    """One :class:`~scatd_core.inputs.ModelInput` per input signature: the data are aligned (and
+    the dataset statistics computed) once per gene set, whatever the number of models on it."""
+
+    def __init__(self, adata: ad.AnnData, mask: np.ndarray | None, batch_size: int):
+        self.adata, self.mask, self.batch_size = adata, mask, batch_size
+        self.groups: dict[str, int] = {}
+        self.inputs: dict[int, object] = {}
+        self.seconds = 0.0
+
+    def get(self, bundle) -> tuple[int, object]:
+        """``(group number, ModelInput)``; re-raises the problem of a group whose data cannot be aligned."""
+        from scatd_core.inputs import ModelInput
+
+        group = self.groups.setdefault(input_signature(bundle), len(self.groups))
+        if group not in self.inputs:
+            t0 = time.perf_counter()
+            try:
+                self.inputs[group] = ModelInput(self.adata, bundle, mask=self.mask, batch_size=self.batch_size)
+            except _SKIPPABLE as exc:
+                self.inputs[group] = exc  # every model of this group fails the same way
+            self.seconds += time.perf_counter() - t0
+        if isinstance(self.inputs[group], BaseException):
+            raise self.inputs[group]
+        return group, self.inputs[group]
+
+
+def _score_member(adata: ad.AnnData, member: PanelMember, bundle, shared: _SharedInputs, progress, options) -> None:
+    """One model's pass; a problem marks the member skipped (with the reason) instead of raising."""
+    from scatd_core.predict import predict
+
+    t0 = time.perf_counter()
+    try:
+        if bundle.kind != "classifier":
+            raise InputError(f"{bundle.name} is a pretrained backbone without a drug head; it cannot predict.")
+        member.input_group, inputs = shared.get(bundle)
+        predict(adata, bundle, inputs=inputs, key_added=member.key, progress=progress, **options)
+    except _SKIPPABLE as exc:
+        clear_one(adata, member.key)
+        member.status, member.problem = "skipped", _problem(exc)
+    else:
+        info = adata.uns[member.key]
+        member.status = "scored"
+        member.coverage = dict(info.get("gene_coverage") or {})
+        member.n_scored = int(info["n_scored"])
+    member.seconds = round(time.perf_counter() - t0, 3)
 
 
 def _stored(members: list[PanelMember]) -> dict:
@@ -259,8 +281,8 @@ def _records(info: dict) -> list[dict]:
     return [members_[k] for k in sorted(members_)]
 
 
-def _clear_panel_members(adata: ad.AnnData, members: list[PanelMember]) -> None:
-    for m in members:
+def _clear_members(adata: ad.AnnData, team: list[PanelMember]) -> None:
+    for m in team:
         clear_one(adata, m.key)
 
 
@@ -378,8 +400,11 @@ def drug_ranking(adata: ad.AnnData, cells: np.ndarray | None = None) -> pd.DataF
     calibrated``. Fractions at uncalibrated thresholds compare poorly across drugs; the
     ``calibrated`` column says which are.
     """
-    rows = np.arange(adata.n_obs) if cells is None else np.flatnonzero(np.asarray(cells, dtype=bool)) \
-        if np.asarray(cells).dtype == bool else np.asarray(cells, dtype=np.int64)
+    if cells is None:
+        rows = np.arange(adata.n_obs)
+    else:
+        cells = np.asarray(cells)
+        rows = np.flatnonzero(cells) if cells.dtype == bool else cells.astype(np.int64)
     table = pd.DataFrame([_drug_stats(adata, m, rows) for m in members(adata)])
     table = table.sort_values(["fraction_resistant", "mean_prob_resistant"], na_position="last", kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))

@@ -219,3 +219,22 @@ def test_panel_report_html_has_the_figures(library):
     assert html.count("class=\"plotly-graph-div\"") >= 3  # ranking, heatmap, dot plot
     assert "t&lt;b&gt;.h5ad" in html and "not calibrated" in html
     assert markers["gene"].iloc[0] in html
+
+
+def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch, capsys):
+    """`scatd demo --panel`'s panel step (the demo's models replaced by the test's, to stay fast)."""
+    import argparse
+
+    from scatd_core import demo
+    from scatd_core.cli.demo import demo_panel
+
+    monkeypatch.setattr(demo, "ensure_panel", lambda library=None, progress=None, root=library: _bundles(root))
+    cells = make_dataset(150, seed=10)
+    demo_panel(cells, argparse.Namespace(out=str(tmp_path), library=None))
+    out = capsys.readouterr().out
+    assert "1. DRUG" in out and "panel_report.html" in out
+    table = pd.read_csv(tmp_path / "panel.csv")
+    assert {"DRUGA_label", "response", "sample", "cluster"} <= set(table.columns)
+    summary = pd.read_csv(tmp_path / "panel_summary.csv")
+    assert set(summary["grouping"]) == {"all", "sample", "cluster"}
+    assert "Drug ranking" in (tmp_path / "panel_report.html").read_text()

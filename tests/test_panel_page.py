@@ -8,7 +8,7 @@ import pytest
 from _app_helpers import make_bundle, make_dataset
 from scatd_app import state
 from scatd_core import panel
-from test_app_pages import _no_component_scan, goto, h5ad_bytes, ok, start, text, upload  # noqa: F401
+from test_app_pages import _no_component_scan, goto, h5ad_bytes, ok, start, text, upload  # noqa: F401 (fixture)
 
 DRUGS = ("DRUGA", "DRUGB", "DRUGC")
 
@@ -103,6 +103,9 @@ def test_saved_panel_loads_and_a_bad_name_is_refused(with_panel_library):
     at.button(key="btn_panel_load").click().run()
     ok(at)
     assert at.multiselect(key="panel_models").value == [str(with_panel_library / d) for d in ("DRUGA", "DRUGB")]
+    at.button(key="btn_panel_delete").click().run()
+    ok(at)
+    assert panel.list_panels(user) == {}
     at.text_input(key="panel_name").input("<b>bad/name").run()
     at.button(key="btn_panel_save").click().run()
     ok(at)

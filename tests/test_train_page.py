@@ -73,3 +73,38 @@ def test_demo_panel_offers_its_drugs_and_upload_target_needed():
     # no current dataset: the target must be uploaded before a drug can be chosen
     assert at.radio(key="train_target_source").options == ["Upload another dataset"]
     assert any("Give the bulk data" in i.value for i in at.info)
+
+
+def test_train_a_panel_of_drugs_saves_it_for_the_user():
+    from scatd_core.panel import list_panels
+
+    bulk, labels, target = synthetic()
+    labels["OTHER"] = labels["DRUGA"].map({"resistant": "sensitive", "sensitive": "resistant"})
+    labels["ALLSENSITIVE"] = "sensitive"  # no resistant line: skipped, with the reason
+    at = _page()
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.session_state[S.DATA_NAME] = "tumour.h5ad"
+    at.run()
+    at.selectbox(key="train_label_column").set_value(None)
+    for key, value in (("train_folds", 2), ("train_pretrain_epochs", 2), ("train_epochs", 3),
+                       ("train_finetune_epochs", 1), ("train_panel_min_lines", 2)):
+        at.number_input(key=key).set_value(value)
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA", "OTHER", "ALLSENSITIVE"])
+    at.text_input(key="train_panel_name").input("my two")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        at.button(key="btn_train_panel").click().run()
+    finally:
+        torch.set_num_threads(threads)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    summary = at.session_state["train_panel_result"]
+    assert list(summary["drug"]) == ["DRUGA", "OTHER", "ALLSENSITIVE"]
+    assert list(summary["status"]) == ["trained", "trained", "skipped"]
+    assert "0 resistant" in summary["note"].iloc[2]
+    trained = list(summary["bundle"].iloc[:2])
+    assert sorted(e.path.name for e in list_library() if e.ok) == sorted(trained)
+    assert list_panels(at.session_state["user"].name)["my two"]["models"] == trained

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from scatd_core._progress import step
 from scatd_core.bundle import load_bundle
 from scatd_core.config import scatd_home
 from scatd_core.errors import Cancelled, InputError, ScatdError
@@ -151,10 +152,8 @@ def train_panel(
     for i, drug in enumerate(chosen):
         t0 = time.perf_counter()
         n_sens, n_res = _class_counts(table, drug, bulk_ids)
-        say = None
-        if progress is not None:
-            def say(f, m, i=i, drug=drug):
-                progress((i + min(max(f, 0.0), 1.0)) / len(chosen), f"{drug} ({i + 1} of {len(chosen)}) · {m}")
+        say = step(progress, i, len(chosen), drug)
+        if say is not None:
             say(0.0, "starting")
         done = state.get(drug)
         if done and done.get("status") == "trained":
