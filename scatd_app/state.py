@@ -22,6 +22,7 @@ EMBEDDING           settings token of the UMAP stored in ADATA
 BIOMARKERS          settings token of the biomarkers stored in ADATA
 PANEL               token of (data, QC mask, models, settings) of the panel prediction in ADATA
 PANEL_MARKERS       ``(panel token, table)``: top genes of the cells resistant to every drug
+EMBED_ESTIMATE      ``(token, estimate)``: the time foundation-model embeddings of ADATA would take
 ==================  ==========================================================================
 
 The chain (:func:`invalidate`): new data forgets everything; a new QC mask, model or gene-ID
@@ -45,6 +46,7 @@ EMBEDDING = "embedding_token"
 BIOMARKERS = "biomarkers_token"
 PANEL = "panel_token"
 PANEL_MARKERS = "panel_markers"
+EMBED_ESTIMATE = "embed_estimate"
 QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)
 PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set after an interrupted run
 
@@ -57,8 +59,8 @@ KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_
 
 #: What each level of the chain forgets (each level includes the ones after it).
 _CHAIN = {
-    "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, PANEL,
-             PANEL_MARKERS),
+    "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE,
+             PANEL, PANEL_MARKERS),
     "prediction": (PREDICTION, EMBEDDING, BIOMARKERS),
 }
 

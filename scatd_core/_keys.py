@@ -32,8 +32,10 @@ field                             written by
                                   under its own prefix ``scatd_<DRUG>``), status, coverage, times
 ``obs['scatd_panel_n_resisted']`` predict_panel / panel.refresh: drugs the cell is called resistant to
 ``obs['scatd_panel_resistant_to_all']``  resistant to every scored drug of the panel
-``obsm['X_scfoundation']``,       embedding extraction (foundation-model backbones)
-``obsm['X_geneformer']``
+``obsm['X_scfoundation']``,       :func:`scatd_core.foundation.embed_cells`: cell embeddings computed
+``obsm['X_geneformer']``          from expression (NaN rows: not embedded); or brought by the user
+``uns['scatd_foundation']``       embed_cells: per backbone, model, settings, cells embedded, the data
+                                  fingerprint its cache is checked against
 ================================  ==============================================================
 """
 
@@ -124,3 +126,4 @@ PANEL_RESISTANT_TO_ALL = "scatd_panel_resistant_to_all"
 
 # ----------------------------------------------------------------------------- foundation models
 FOUNDATION_EMBEDDING = {"vae_sf": "X_scfoundation", "vae_gf": "X_geneformer"}
+FOUNDATION = "scatd_foundation"

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
-                                    apply_label_direction, positive_int, probability, read_input, resolve_bundle,
-                                    say)
+                                    apply_label_direction, positive_int, prepare_embeddings, probability, read_input,
+                                    resolve_bundle, say)
 
 
 def add(sub) -> None:
@@ -123,6 +123,7 @@ def run(args) -> int:
 
     bundle = resolve_bundle(args.model[0], args.library)
     adata = read_input(args)
+    prepare_embeddings(adata, bundle, args)
     label_column = apply_label_direction(adata, args)
     predict_from_args(adata, bundle, args)
     table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c])
@@ -146,7 +147,14 @@ def run_panel(args, bundles) -> int:
     from scatd_core import export, panel
     from scatd_core.predict import set_threshold
 
+    from scatd_core.errors import ScatdError
+
     adata = read_input(args)
+    for bundle in bundles:  # VAE_sf/VAE_gf on expression: embeddings once per backbone (cached in the data)
+        try:
+            prepare_embeddings(adata, bundle, args)
+        except ScatdError as exc:
+            say(f"warning: {bundle.drug or bundle.name}: no cell embeddings ({exc.message}); it will be skipped")
     label_column = apply_label_direction(adata, args)
     say(f"Panel of {len(bundles)} models: {', '.join(b.drug or b.name for b in bundles)}")
     members = panel.predict_panel(adata, bundles, mode=args.mode, n_samples=args.samples, seed=args.seed,
