@@ -238,3 +238,16 @@ def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch,
     summary = pd.read_csv(tmp_path / "panel_summary.csv")
     assert set(summary["grouping"]) == {"all", "sample", "cluster"}
     assert "Drug ranking" in (tmp_path / "panel_report.html").read_text()
+
+
+def test_models_of_different_backbones_score_together(library, small_bundles):
+    """A Dist_VAE model on genes and a VAE_sf model on the cells' scFoundation embeddings (obsm), in one panel."""
+    vae_sf = small_bundles["vae_sf"][0]
+    data = make_dataset(120, seed=11)
+    data.obsm["X_scfoundation"] = np.random.default_rng(0).normal(size=(120, vae_sf.architecture.input_dim))
+    members = panel.predict_panel(data, _bundles(library, ("DRUGA",)) + [vae_sf])
+    assert [m.status for m in members] == ["scored", "scored"]
+    assert [m.input_group for m in members] == [0, 1] and members[1].coverage == {}
+    single = data.copy()
+    predict(single, vae_sf)
+    np.testing.assert_allclose(data.obs[f"{members[1].key}_prob_resistant"], single.obs["scatd_prob_resistant"])
