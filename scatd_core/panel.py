@@ -89,8 +89,8 @@ def drug_prefix(drug: str, taken: set[str]) -> str:
     return key
 
 
-_RESERVED = {_keys.DEFAULT_PREFIX, _keys.PANEL, _keys.QC, _keys.EMBED, _keys.BIOMARKERS, _keys.INPUT_REPORT,
-             _keys.LABEL_DIRECTIONS}
+#: Every name the package writes itself (a drug called "panel" or "qc" must not overwrite them).
+_RESERVED = {v for v in vars(_keys).values() if isinstance(v, str) and v.startswith(_keys.DEFAULT_PREFIX)}
 
 
 def input_signature(bundle) -> str:

@@ -251,3 +251,10 @@ def test_models_of_different_backbones_score_together(library, small_bundles):
     single = data.copy()
     predict(single, vae_sf)
     np.testing.assert_allclose(data.obs[f"{members[1].key}_prob_resistant"], single.obs["scatd_prob_resistant"])
+
+
+def test_result_prefixes_never_overwrite_the_package_keys():
+    taken: set[str] = set()
+    names = [panel.drug_prefix(d, taken) for d in ("panel", "qc", "DRUG", "DRUG", "a/b", "a b")]
+    assert names[:4] == ["scatd_panel_2", "scatd_qc_2", "scatd_DRUG", "scatd_DRUG_2"]
+    assert len(set(names)) == 6 and all("/" not in n and " " not in n for n in names)

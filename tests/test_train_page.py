@@ -92,7 +92,7 @@ def test_train_a_panel_of_drugs_saves_it_for_the_user():
                        ("train_finetune_epochs", 1), ("train_panel_min_lines", 2)):
         at.number_input(key=key).set_value(value)
     at.multiselect(key="train_panel_drugs").set_value(["DRUGA", "OTHER", "ALLSENSITIVE"])
-    at.text_input(key="train_panel_name").input("my two")
+    at.text_input(key="train_panel_name").input("my two").run()  # the button is enabled once drugs are chosen
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
