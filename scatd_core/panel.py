@@ -147,7 +147,7 @@ def predict_panel(
     n_samples: int = 50,
     seed: int = 0,
     device: str = "auto",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[PanelMember]:
@@ -188,7 +188,7 @@ def predict_panel(
     taken: set[str] = set()
     team = [PanelMember(drug_prefix(b.drug or b.name, taken), b.drug or b.name, b.name, str(b.path), b.backbone,
                         b.is_demo) for b in bundles]
-    shared = _SharedInputs(adata, mask_array, batch_size)
+    shared = _SharedInputs(adata, mask_array, batch_size, device)
     options = dict(mask=mask_array, mode=mode, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size,
                    should_stop=should_stop)
     n = len(bundles)
@@ -211,7 +211,7 @@ def predict_panel(
         "members": _stored(team), "n_models": n, "n_scored_models": sum(m.scored for m in team),
         "n_input_groups": len(shared.groups), "align_seconds": round(shared.seconds, 3),
         "seconds": round(time.perf_counter() - t0, 3), "params": {"mode": mode, "seed": int(seed),
-                                                                  "batch_size": int(batch_size)},
+                                                                  "batch_size": batch_size or "auto"},
         "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     refresh(adata)
     if progress is not None:
@@ -223,8 +223,8 @@ class _SharedInputs:
     """One :class:`~scatd_core.inputs.ModelInput` per input signature: the data are aligned (and
     the dataset statistics computed) once per gene set, whatever the number of models on it."""
 
-    def __init__(self, adata: ad.AnnData, mask: np.ndarray | None, batch_size: int):
-        self.adata, self.mask, self.batch_size = adata, mask, batch_size
+    def __init__(self, adata: ad.AnnData, mask: np.ndarray | None, batch_size: int | None, device: str):
+        self.adata, self.mask, self.batch_size, self.device = adata, mask, batch_size, device
         self.groups: dict[str, int] = {}
         self.inputs: dict[int, object] = {}
         self.seconds = 0.0
@@ -232,12 +232,14 @@ class _SharedInputs:
     def get(self, bundle) -> tuple[int, object]:
         """``(group number, ModelInput)``; re-raises the problem of a group whose data cannot be aligned."""
         from scatd_core.inputs import ModelInput
+        from scatd_core.predict import auto_batch_size, resolve_device
 
         group = self.groups.setdefault(input_signature(bundle), len(self.groups))
         if group not in self.inputs:
             t0 = time.perf_counter()
             try:
-                self.inputs[group] = ModelInput(self.adata, bundle, mask=self.mask, batch_size=self.batch_size)
+                size = self.batch_size or auto_batch_size(bundle, resolve_device(self.device))
+                self.inputs[group] = ModelInput(self.adata, bundle, mask=self.mask, batch_size=size)
             except _SKIPPABLE as exc:
                 self.inputs[group] = exc  # every model of this group fails the same way
             self.seconds += time.perf_counter() - t0
