@@ -356,3 +356,30 @@ def curve_figure(curves: dict[str, Sequence[float]], title: str, x_title: str, y
     fig.update_yaxes(title=y_title)
     return layout(fig, title, height=350)
 
+
+
+def card_figure(card: dict, title: str | None = "AUROC of the model and the baselines (95% CI)") -> go.Figure:
+    """A model card's AUROCs with their bootstrap intervals: one row per model, grouped by
+    evaluation (bulk cross-validation, target cells), this model in black."""
+    fig = go.Figure()
+    rows = []
+    for ev in card.get("evaluations", []):
+        for r in ev["scores"]:
+            if r["auroc"] is None:
+                continue
+            lo, hi = r["auroc_ci"]
+            rows.append((f"{ev['title']}<br>{r['model']}", r["auroc"], hi - r["auroc"], r["auroc"] - lo,
+                         r["model"] == "this model"))
+    for mine in (False, True):
+        sel = [r for r in rows if r[4] == mine]
+        if not sel:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r[1] for r in sel], y=[r[0] for r in sel], mode="markers", name="this model" if mine else "baselines",
+            marker=dict(size=11 if mine else 9, color="black" if mine else "#6c8ebf"),
+            error_x=dict(type="data", array=[r[2] for r in sel], arrayminus=[r[3] for r in sel], thickness=1.5),
+            hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>"))
+    fig.add_vline(x=0.5, line=dict(color="#bbb", dash="dot"))
+    fig.update_xaxes(title="AUROC", range=[0.3, 1.0])
+    fig.update_yaxes(categoryorder="array", categoryarray=[r[0] for r in reversed(rows)], automargin=True)
+    return layout(fig, title, height=120 + 45 * max(len(rows), 1))

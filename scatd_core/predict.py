@@ -14,6 +14,7 @@ the cells without recomputing; the stored calls are what every table and report 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import time
 from typing import Callable
 
@@ -89,27 +90,33 @@ def _mask_of(adata: ad.AnnData, mask) -> np.ndarray | None:
 
 def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, seed: int, dev: torch.device,
            progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """P(resistant), its sd (sample mode) and the latent mean of every cell (NaN where not scored)."""
+    """P(resistant), its sd (sample mode: over draws; an ensemble: over its members) and the
+    latent mean of every cell (NaN where not scored)."""
     n = inputs.n_obs
     probs = np.full(n, np.nan)
-    sds = np.full(n, np.nan) if mode == "sample" else None
-    latent = np.full((n, model.arch.z_dim), np.nan, dtype=np.float32)
+    members = mode == "mean" and model.arch.n_members > 1
+    sds = np.full(n, np.nan) if mode == "sample" or members else None
+    latent = np.full((n, model.arch.latent_dim), np.nan, dtype=np.float32)
     with torch.inference_mode():
         for stop, rows, x in inputs.batches():
             if should_stop is not None and should_stop():
                 raise Cancelled("Prediction cancelled; nothing was changed.")
             if len(rows):
-                mu, logvar = model.encode(torch.from_numpy(x).to(dev))
+                xt = torch.from_numpy(x).to(dev)
+                mu, logvar = model.encode(xt)
                 latent[rows] = mu.float().cpu().numpy()
                 if mode == "mean":
-                    probs[rows] = torch.softmax(model.classifier(mu), dim=1)[:, k_pos].double().cpu().numpy()
+                    probs[rows] = torch.softmax(model.classifier(mu, xt), dim=1)[:, k_pos].double().cpu().numpy()
+                    if members:  # the ensemble predicts with the mean logit; the members' spread is its uncertainty
+                        each = torch.softmax(model.member_logits(mu, xt), dim=2)[:, :, k_pos].double()
+                        sds[rows] = each.std(0, unbiased=True).cpu().numpy()
                 else:
                     gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(rows[0]))
                     std = torch.exp(0.5 * logvar)
                     draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
                     for s in range(n_samples):
                         eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
-                        draws[s] = torch.softmax(model.classifier(mu + eps * std), dim=1)[:, k_pos].double()
+                        draws[s] = torch.softmax(model.classifier(mu + eps * std, xt), dim=1)[:, k_pos].double()
                     probs[rows] = draws.mean(0).cpu().numpy()
                     sds[rows] = draws.std(0, unbiased=True).cpu().numpy()
             if progress is not None:
@@ -231,6 +238,8 @@ def predict(
         "model": _model_record(bundle),
         "params": {
             "mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
+            "prob_resistant_sd": ("over the draws" if mode == "sample" else
+                                  f"over the {model.arch.n_members} ensemble members" if sds is not None else "none"),
             "device": device_description(dev), "batch_size": int(batch_size),
             "input_transform": inputs.transform,
             "beta_mode": beta_mode or bundle.manifest.get("beta_mode", "separate"),
@@ -254,10 +263,13 @@ def predict(
 
 
 def _model_record(bundle) -> dict:
-    return {"name": bundle.name, "drug": bundle.drug or "", "backbone": bundle.backbone,
-            "demo": bundle.is_demo, "path": str(bundle.path), "default_threshold": float(bundle.threshold),
-            "weights_sha256": bundle.manifest.get("weights_sha256", ""),
-            "provenance": {k: ("" if v is None else v) for k, v in bundle.manifest["provenance"].items()}}
+    record = {"name": bundle.name, "drug": bundle.drug or "", "backbone": bundle.backbone,
+              "demo": bundle.is_demo, "path": str(bundle.path), "default_threshold": float(bundle.threshold),
+              "members": bundle.architecture.n_members, "weights_sha256": bundle.manifest.get("weights_sha256", ""),
+              "provenance": {k: ("" if v is None else v) for k, v in bundle.manifest["provenance"].items()}}
+    if bundle.manifest.get("card"):  # JSON text: the card's nested lists and nulls do not all fit in h5ad
+        record["card_json"] = json.dumps(bundle.manifest["card"])
+    return record
 
 
 def _warnings(bundle, inputs: ModelInput, not_scored: dict) -> list[str]:
@@ -435,5 +447,5 @@ def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int
     shortcut = 2  # every published block has a shortcut projection as wide as its fc
     encoder = sum(2 * a * b * shortcut for a, b in zip(enc[:-1], enc[1:])) + 2 * 2 * enc[-1] * arch.z_dim
     head = 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (arch.class_num or 2)
-    flops = encoder + head * (n_samples if mode == "sample" else 1)
+    flops = (encoder + head * (n_samples if mode == "sample" else 1)) * arch.n_members
     return 2.0 * n_cells * flops / _flop_rate(resolve_device(device))
