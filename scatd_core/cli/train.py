@@ -56,7 +56,7 @@ def add(sub) -> None:
     p.add_argument("--epochs", type=positive_int,
                    help="scatd head: most head epochs on the frozen encoder; the CV picks how many (default 50)")
     p.add_argument("--finetune-epochs", type=int, help="scatd head: then epochs fine-tuning the encoder (default 20)")
-    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 200)")
+    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 100)")
     p.add_argument("--mmd-weight", type=float, help="scatd head: weight of the bulk-target MMD loss (default 1.0)")
     p.add_argument("--no-adaptation", action="store_true",
                    help="never use the target for training (the no-adaptation baseline)")
