@@ -93,8 +93,7 @@ labels = adata.obs["scatd_label"]
 colour_options = {"P(resistant)": (adata.obs[PROB].to_numpy(), False, (0.0, 1.0), pl.PROB_SCALE),
                   "called label": (labels, True, None, None)}
 if PROB_SD in adata.obs:
-    colour_options[f"uncertainty (sd of P {info['params'].get('prob_resistant_sd', '')})".replace(" )", ")")] = (
-        adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
+    colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
 emb_info = None
 try:
     with st.spinner(f"Computing the UMAP and clusters of {adata.n_obs:,} cells (about "
@@ -119,6 +118,9 @@ if emb_info is not None:
     fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,
                          color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str))
     st.plotly_chart(fig, key="cells_umap")
+    if colour == "uncertainty (sd of P)":
+        st.caption(f"Uncertainty: the sd of P(resistant) {info['params'].get('prob_resistant_sd', 'over the draws')} "
+                   "(0: they agree).")
     excluded = emb_info.get("n_excluded", 0)
     st.caption((f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not shown; they "
                 "keep their rows in every download. " if excluded else "")

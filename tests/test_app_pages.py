@@ -146,6 +146,10 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert result.uns["scatd"]["threshold"]["source"] == "expected fraction"
     at.selectbox(key="cells_colour").set_value("Leiden cluster").run()
     ok(at)
+    # the ranking view needs no threshold: the most likely resistant cells, and how many truly are
+    top = next(d.value for d in at.dataframe if "rank" in d.value.columns)
+    assert list(top["rank"]) == list(range(1, 51))
+    assert metric(at, "Resistant among the top 50 labelled cells").endswith("%")
     threshold = result.uns["scatd"]["threshold"]["value"]
 
     goto(at, "6_Report")
@@ -397,3 +401,25 @@ def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch)
     at.run()
     assert not at.exception
     assert "Something unexpected went wrong" in text(at.error) and "boom" in text(at.error)
+
+
+def test_model_library_shows_each_trained_models_card(empty_library):
+    from test_card import _card
+    from test_ensemble import _ensemble
+
+    from scatd_core.bundle import save_bundle
+
+    model = _ensemble()
+    save_bundle(empty_library / "carded", model.stacked_state_dict(), model.arch, drug="DRUGX",
+                genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize", threshold=0.5,
+                extra={"card": _card()})
+    at = start()
+    goto(at, "8_Models")
+    library = at.dataframe[0].value
+    assert library["members"].tolist() == [3]
+    assert library["target AUROC (model / LR / GB)"].iloc[0].count("/") == 1  # this card has one baseline
+    assert at.selectbox(key="model_card_choice").value.endswith("carded")
+    card_table = at.dataframe[1].value
+    assert list(card_table["model"]) == ["this model", "gradient boosting"]
+    assert "This model beats gradient boosting" in text(at.success)
+    assert len(at.get("plotly_chart")) == 1

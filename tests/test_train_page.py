@@ -37,8 +37,7 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     at.radio(key="train_resistant_response").set_value("0")  # synthetic() codes 1 = sensitive, as SCAD
     at.number_input(key="train_folds").set_value(3)
     at.number_input(key="train_pretrain_epochs").set_value(3)
-    at.number_input(key="train_epochs").set_value(6)
-    at.number_input(key="train_finetune_epochs").set_value(2)
+    at.number_input(key="train_members").set_value(2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -49,9 +48,15 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert not at.error, [e.value for e in at.error]
     result = at.session_state["train_result"]
     labels_shown = [m.label for m in at.metric]
-    assert labels_shown == ["Bulk CV AUROC", "Bulk out-of-fold AUROC", "Target AUROC", "Target AUPRC"]
+    assert labels_shown == ["Bulk CV AUROC", "Bulk CV AUPRC", "Target AUROC", "Target AUPRC"]
     assert result["report"]["metrics"]["target"]["label_column"] == "response"
-    assert len(at.get("plotly_chart")) == 2  # CV curves, pretraining loss
+    assert len(at.get("plotly_chart")) == 2  # the model card's AUROCs, pretraining losses
+    # the model card: the baselines next to the model, and a verdict for each
+    shown = at.dataframe[0].value
+    assert list(shown["model"][:3]) == ["this model", "logistic regression (C=0.1, balanced)",
+                                        "gradient boosting (HistGradientBoosting, balanced)"]
+    verdicts = [m.value for m in at.success] + [m.value for m in at.warning]
+    assert sum("logistic regression" in v.lower() for v in verdicts) == 2  # bulk CV and target
     library = [e.bundle.path for e in list_library() if e.ok]
     assert [str(p) for p in library] == [result["bundle_path"]]
     at.button(key="train_use_model").click().run()
@@ -66,3 +71,25 @@ def test_demo_panel_offers_its_drugs_and_upload_target_needed():
     # no current dataset: the target must be uploaded before a drug can be chosen
     assert at.radio(key="train_target_source").options == ["Upload another dataset"]
     assert any("Give the bulk data" in i.value for i in at.info)
+
+
+def test_original_head_settings_and_few_labelled_cells_column():
+    bulk, labels, target = synthetic()
+    target.obs["some_labels"] = [0, 0, 1, 1] + [None] * (target.n_obs - 4)
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.session_state[S.DATA_NAME] = "tumour.h5ad"
+    at.run()
+    assert not at.exception, at.exception
+    assert "train_epochs" not in [n.key for n in at.number_input]  # the original head's settings stay hidden
+    at.radio(key="train_head").set_value("scatd").run()
+    assert {"train_epochs", "train_finetune_epochs", "train_mmd_weight"} <= {n.key for n in at.number_input}
+    at.selectbox(key="train_few_shot_column").set_value("some_labels").run()
+    at.radio(key="train_resistant_some_labels").set_value("0").run()
+    assert any("4 labelled cell(s)" in c.value for c in at.caption)
+    at.number_input(key="train_pretrain_epochs").set_value(2)
+    at.button(key="train_start").click().run()
+    assert not at.exception, at.exception
+    assert any("default linear head" in e.value for e in at.error)  # few-shot needs the linear head

@@ -66,7 +66,8 @@ def add(sub) -> None:
                         "resistant/sensitive (SCAD's 'response' is 1 = sensitive, so give 0)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=positive_int,
-                   help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models)")
+                   help="torch CPU threads while training (default 1: the networks are small, and more threads on "
+                        "a busy machine mostly wait for each other)")
     p.add_argument("--name", help="display name in the model library")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at --out")
@@ -76,8 +77,6 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from scatd_core.card import card_lines
     from scatd_core.train import TrainSettings, report_to_json, train_drug_model
 
@@ -87,14 +86,12 @@ def run(args) -> int:
     settings = TrainSettings(head=args.head)
     overrides = {"finetune_epochs": args.finetune_epochs, "pretrain_epochs": args.pretrain_epochs,
                  "mmd_weight": args.mmd_weight, "members": args.members, "head_c": args.head_c,
-                 "head_inputs": args.head_inputs}
+                 "head_inputs": args.head_inputs, "threads": args.threads}
     for key, value in overrides.items():
         if value is not None:
             if not isinstance(value, str) and value < 0:
                 raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
             setattr(settings, key, value)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     say(f"Training a {args.backbone} model for {args.drug} ({args.head} head): bulk {Path(args.bulk).name}, "
         f"target {Path(args.target).name}")
     bundle, report = train_drug_model(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -39,6 +40,17 @@ def _default_out(drug: str, backbone: str, library) -> Path:
     return out
 
 
+@contextmanager
+def _threads(n: int):
+    """torch's CPU threads set to ``n`` for the block, then restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -70,7 +82,7 @@ def _fit_ensemble(data: TrainingData, s: TrainSettings, dev, splits, *, base_vae
     else:
         backbones, losses = pretrain_members(
             data, s, dev, adaptation=adaptation, should_stop=should_stop,
-            tick=lambda k: tick(f"Pretraining backbone {k + 1}/{s.members} · ") if tick else None)
+            tick=lambda k: tick(f"Backbone {k + 1}/{s.members} · ") if tick else None)
     bulk = [latent_means(b, data.bulk_x, dev) for b in backbones]
     target = [latent_means(b, data.target_x, dev) for b in backbones]
     with_inputs = s.head_inputs == "latent+input"
@@ -371,7 +383,7 @@ def train_drug_model(
                 progress(min(done[0] / max(total_units, 1), 0.99), f"{prefix}{msg}")
         return f
 
-    with _deterministic():
+    with _deterministic(), _threads(s.threads):
         if s.head == "linear":
             fit = _fit_ensemble(data, s, dev, splits, base_vae=base_vae, adaptation=adaptation, few=few, tick=tick,
                                 should_stop=should_stop)
@@ -389,7 +401,7 @@ def train_drug_model(
                             {"n": len(few.rows), "of": "cells of the target"} if few is not None else None),
         "backbone_bundle": ({"name": bb_bundle.name, "weights_sha256": bb_bundle.manifest.get("weights_sha256")}
                             if bb_bundle is not None else None),
-        "seed": s.seed, "adaptation": bool(adaptation), "device": str(dev), "threads": torch.get_num_threads(),
+        "seed": s.seed, "adaptation": bool(adaptation), "device": str(dev), "threads": s.threads,
     }
     card = _card(data, s, fit, splits, truth, target_label_column, few, provenance, warnings)
     metrics = {"cv": {**{k: v for k, v in fit.cv.items() if k not in ("head_curve", "per_fold_head", "per_fold")},

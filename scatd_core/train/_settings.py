@@ -41,6 +41,9 @@ class TrainSettings:
     post-training) with the MMD to the target at ``mmd_weight``; ``lr`` (head) and
     ``finetune_lr``, AdamW with ``weight_decay``, constant (the original's cosine schedule
     restarted periodically, reference §10.19).
+
+    ``threads``: torch CPU threads while training. One: the networks are small, and two threads
+    on two busy cores ran ten times slower than one (they mostly wait for each other).
     """
 
     hidden_dims: tuple[int, ...] = (256, 128)
@@ -52,8 +55,8 @@ class TrainSettings:
     members: int = 10
     head_c: float = 0.01
     head_inputs: str = "latent+input"
-    few_shot_weight: float = 1.0
-    entropy_weight: float = 0.3
+    few_shot_weight: float = 3.0
+    entropy_weight: float = 1.0
     epochs: int = 50
     finetune_epochs: int = 20
     lr: float = 1e-2
@@ -64,6 +67,7 @@ class TrainSettings:
     folds: int = 5
     seed: int = 0
     threshold: float = 0.5
+    threads: int = 1
 
     def check(self) -> None:
         if self.head not in HEADS:
@@ -81,6 +85,8 @@ class TrainSettings:
                              f"Got epochs={self.epochs}, finetune_epochs={self.finetune_epochs}.")
         if self.folds < 2:
             raise InputError("Cross-validation needs at least 2 folds.", "Use --folds 2 or more (default 5).")
+        if self.threads < 1:
+            raise InputError(f"Training needs at least 1 thread; got {self.threads}.")
         if self.batch_size < 4:
             raise InputError("The batch size must be at least 4.")
         if not 0.0 < self.threshold < 1.0:
