@@ -9,11 +9,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from scatd_app import state, ui
+from scatd_app import auth, session, state, ui
 
 st.set_page_config(page_title="scATD Studio", page_icon=":material/biotech:", layout="wide")
 ui.sync_upload_limit()
-ui.warm_up_umap()
+ui.start_up()
+user = auth.resolve()
+if user is None:  # a login first when the server is reachable from the network: the only page until then
+    st.navigation([st.Page(auth.login_page, title="Log in", icon=":material/lock:")], position="hidden").run()
+    st.stop()
+session.begin(user.name)
 state.keep_widget_state()
 
 
@@ -69,10 +74,16 @@ navigation = st.navigation({
     "Models": [page(*p) for p in ui.MODEL_PAGES],
 })
 sidebar = st.sidebar.container()  # placed first, filled after the page ran (so it shows the page's changes)
+session.notice()
+in_app = ui.IN_APP.set(True)
 try:
     navigation.run()
+except ui.PageEnd:  # the page ended early (ui.stop); the sidebar is still drawn below
+    pass
 except Exception as exc:  # a bug, not a user error (st.stop/st.rerun are BaseExceptions and pass)
     logging.getLogger("scatd").exception("page %s failed", navigation.title)
     ui.show_error(exc)
 finally:
-    ui.sidebar(sidebar)
+    ui.IN_APP.reset(in_app)
+    ui.sidebar(sidebar, user)
+    session.save(user.name)

@@ -1,5 +1,5 @@
 """Streamlit-side helpers of the app (session state, sidebar, error display).
 
-Only the app (``app.py`` and ``pages/``) imports this package; all computation lives in
+Only the app (``app.py`` and ``app_pages/``) imports this package; all computation lives in
 ``scatd_core``, which never imports Streamlit.
 """

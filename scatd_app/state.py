@@ -45,7 +45,8 @@ QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)
 PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set after an interrupted run
 
 #: Widget values that must survive a visit to another page (Streamlit forgets the state of
-#: widgets that are not drawn). Buttons and uploaders never use these prefixes.
+#: widgets that are not drawn). Buttons and uploaders never use these prefixes (their values
+#: cannot be set): their keys start with ``btn_`` / ``upload_``.
 KEPT_WIDGET_KEYS = (LABEL_COLUMN, SAMPLE_COLUMN)
 KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_", "bio_", "train_", "label_")
 

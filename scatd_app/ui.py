@@ -13,6 +13,7 @@ Session values live under the keys of :mod:`scatd_app.state`.
 
 from __future__ import annotations
 
+import contextvars
 import html
 import json
 import re
@@ -31,16 +32,16 @@ from scatd_core.errors import ScatdError
 
 # Pages in the order of the user's path: (file, title, icon). app.py builds the navigation from it.
 ANALYSIS_PAGES = (
-    ("pages/1_Data.py", "Data", ":material/upload_file:"),
-    ("pages/2_Model.py", "Model", ":material/model_training:"),
-    ("pages/3_Predict.py", "Predict", ":material/play_circle:"),
-    ("pages/4_Cells.py", "Cells", ":material/scatter_plot:"),
-    ("pages/5_Biomarkers.py", "Biomarkers", ":material/genetics:"),
-    ("pages/6_Report.py", "Report", ":material/download:"),
+    ("app_pages/1_Data.py", "Data", ":material/upload_file:"),
+    ("app_pages/2_Model.py", "Model", ":material/model_training:"),
+    ("app_pages/3_Predict.py", "Predict", ":material/play_circle:"),
+    ("app_pages/4_Cells.py", "Cells", ":material/scatter_plot:"),
+    ("app_pages/5_Biomarkers.py", "Biomarkers", ":material/genetics:"),
+    ("app_pages/6_Report.py", "Report", ":material/download:"),
 )
 MODEL_PAGES = (
-    ("pages/8_Models.py", "Model library", ":material/inventory_2:"),
-    ("pages/7_Train.py", "Train a model", ":material/school:"),
+    ("app_pages/8_Models.py", "Model library", ":material/inventory_2:"),
+    ("app_pages/7_Train.py", "Train a model", ":material/school:"),
 )
 PAGE = {title: path for path, title, _ in ANALYSIS_PAGES + MODEL_PAGES}
 
@@ -141,12 +142,19 @@ def device_text() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def warm_up_umap() -> threading.Thread:
-    """Compile umap-learn's kernels in the background once per server, so the first UMAP is quick.
+def start_up() -> threading.Thread:
+    """Once per server: finish interrupted library writes, then compile umap-learn's kernels in
+    the background so the first UMAP is quick.
 
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
     """
+    import logging
+
+    from scatd_core.bundle import clean_library
+
+    for done in clean_library():
+        logging.getLogger("scatd").warning("model library: %s", done)
     import scipy.stats  # noqa: F401
     import sklearn  # noqa: F401
     import torch  # noqa: F401
@@ -225,10 +233,13 @@ def embedding(adata: ad.AnnData, basis: str):
     and stored in the AnnData."""
     from scatd_core.embed import compute_embedding, store
 
+    from scatd_app import jobs
+
     ss = st.session_state
     token = token_of(ss.get(state.PREDICTION), basis)
     if ss.get(state.EMBEDDING) != token:
-        result = compute_embedding(adata, basis=basis, seed=0)
+        with jobs.computing("the UMAP"):
+            result = compute_embedding(adata, basis=basis, seed=0)
         store(adata, result)
         ss[state.EMBEDDING] = token
     from scatd_core._keys import EMBED
@@ -276,8 +287,11 @@ def demo_module():
 
 def use_demo(bar) -> None:
     """Load the demo dataset (building it on first use, with progress) and choose the demo model."""
+    from scatd_app import jobs
+
     demo = demo_module()
-    adata = demo.load_data(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+    with jobs.computing("the demo"):
+        adata = demo.load_data(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
     set_data(adata, "demo (simulated data)", demo=True)
     clear_library_cache()
     set_bundle(str(demo.bundle_path()))
@@ -310,6 +324,23 @@ def link(title: str, label: str | None = None, icon: str | None = None) -> None:
     st.page_link(PAGE[title], label=label or title, icon=icon)
 
 
+class PageEnd(Exception):
+    """Raised by :func:`stop`: the page has said all it has to say (caught by ``app.py``)."""
+
+
+#: Set by app.py while it runs the page, so :func:`stop` knows app.py will catch :class:`PageEnd`
+#: (a page run on its own, e.g. by Streamlit's AppTest, ends with ``st.stop()`` instead).
+IN_APP = contextvars.ContextVar("scatd_in_app", default=False)
+
+
+def stop() -> None:
+    """End the page here, like ``st.stop()``, but so that ``app.py`` still draws the sidebar after
+    it (``st.stop()`` also stops everything drawn after the page)."""
+    if IN_APP.get():
+        raise PageEnd
+    st.stop()
+
+
 def need(what: str) -> None:
     """Stop the page with a pointer to the step that provides ``what`` (data, model, result)."""
     steps = {"data": ("Data", "Upload a dataset first."),
@@ -318,7 +349,7 @@ def need(what: str) -> None:
     title, text = steps[what]
     st.info(text, icon=":material/info:")
     link(title, f"Go to {title}", ":material/arrow_forward:")
-    st.stop()
+    stop()
 
 
 def current_bundle():
@@ -334,7 +365,7 @@ def current_bundle():
         return None
 
 
-def sidebar(container) -> None:
+def sidebar(container, user=None) -> None:
     """Current data, model, device and progress along the path (every page, drawn after it ran)."""
     from scatd_core._keys import BIOMARKERS, UMAP
 
@@ -368,6 +399,11 @@ def sidebar(container) -> None:
         st.caption("PROGRESS")
         st.markdown(steps + " → Report")
         st.caption(f"scATD Studio {__version__}")
+        from scatd_app import auth
+
+        if user is not None and auth.mode() != "none":
+            st.caption(f"Logged in as {md(user.name)}" + (" (admin)" if user.admin else ""))
+            st.button("Log out", key="btn_logout", on_click=auth.logout)
 
 
 def _card_cell(bundle, evaluation: str) -> str | None:
@@ -391,13 +427,15 @@ def library_frame(entries):
     for e in entries:
         if not e.ok:
             rows.append({"drug": None, "backbone": None, "kind": "unusable", "members": None, "demo": False,
-                         "source": None, "created": None, "bulk CV AUROC (model / LR / GB)": None,
+                         "source": None, "by": None, "created": None, "bulk CV AUROC (model / LR / GB)": None,
                          "target AUROC (model / LR / GB)": None, "threshold": None, "folder": e.path.name,
                          "problem": e.problem})
             continue
         s = e.bundle.summary()
+        prov = e.bundle.manifest.get("provenance", {})
         rows.append({"drug": s["drug"], "backbone": s["backbone"], "kind": s["kind"], "members": s["members"],
-                     "demo": s["demo"], "source": s["source"], "created": (s["created"] or "")[:10],
+                     "demo": s["demo"], "source": s["source"], "by": prov.get("imported_by") or prov.get("trained_by"),
+                     "created": (s["created"] or "")[:10],
                      "bulk CV AUROC (model / LR / GB)": _card_cell(e.bundle, "bulk_cv"),
                      "target AUROC (model / LR / GB)": _card_cell(e.bundle, "target"),
                      "threshold": s["threshold"], "folder": e.path.name, "problem": None})

@@ -35,13 +35,21 @@ def is_backed_sparse(X) -> bool:
     return hasattr(X, "format") and hasattr(X, "to_memory")
 
 
+#: A dense batch of rows is kept below this size (a wide dense matrix gets fewer rows per batch).
+MAX_DENSE_BATCH_BYTES = 64 << 20
+
+
 def row_batches(X, batch_size: int = 10_000) -> Iterator[tuple[int, int, object]]:
     """Yield ``(start, stop, block)`` over the rows of ``X``; ``block`` is CSR or ndarray.
 
-    With a backed AnnData only one batch is in memory at a time.
+    With a backed AnnData only one batch is in memory at a time; dense batches stay under
+    :data:`MAX_DENSE_BATCH_BYTES` whatever the width.
     """
     X = row_sliceable(X)
     n = X.shape[0]
+    if not sp.issparse(X) and not is_backed_sparse(X) and len(X.shape) == 2:
+        itemsize = np.dtype(getattr(X, "dtype", np.float32)).itemsize
+        batch_size = max(1, min(batch_size, MAX_DENSE_BATCH_BYTES // max(1, X.shape[1] * itemsize)))
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         yield start, stop, as_block(X[start:stop])

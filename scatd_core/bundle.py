@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -66,10 +70,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def safe_name(text: str, fallback: str = "model") -> str:
-    """A file-system-safe name made of letters, digits, '-', '_' and '.' (never a path)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
-    return cleaned[:80] or fallback
+def safe_name(text: str, fallback: str = "model", *, distinct: bool = True) -> str:
+    """A file-system-safe name made of ASCII letters, digits, '-', '_' and '.' (never a path).
+
+    With ``distinct`` (folder names in the library), a name that had to be changed (other
+    scripts, spaces, slashes ...) gets a short hash of the original, so different names (紫杉醇,
+    多西他赛, "a/b", "a b") never share a folder; without it (download file names) it is only cleaned.
+    """
+    text = str(text)
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:64]
+    if not distinct or (cleaned == text and cleaned):
+        return cleaned or fallback
+    return f"{cleaned or fallback}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 # --------------------------------------------------------------------------- original .pth files
@@ -320,15 +332,15 @@ def save_bundle(
     demo: bool = False,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    unique: bool = False,
 ) -> Bundle:
-    """Write a bundle folder atomically (a temp folder renamed into place) and return it."""
+    """Write a bundle folder atomically under the library lock and return it.
+
+    ``overwrite`` replaces an existing bundle (the old one stays until the new one is complete);
+    ``unique`` writes to the first free name ``out``, ``out-2`` ... instead of failing. Who made
+    it (``provenance['imported_by' | 'trained_by']``) is recorded by the callers.
+    """
     out = Path(out)
-    if (out / MANIFEST).exists() and not overwrite:
-        raise BundleError(f"A model bundle already exists at {out}.",
-                          "Choose another --out folder, or remove the old bundle first.")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise BundleError(f"{out} exists and is not empty; refusing to write a bundle into it.",
-                          "Choose a new or empty folder for --out.")
     if input_transform not in INPUT_TRANSFORMS:
         raise BundleError(f"Unknown input transform {input_transform!r}; use one of {', '.join(INPUT_TRANSFORMS)}.")
     if beta_mode not in BETA_MODES:
@@ -374,28 +386,132 @@ def save_bundle(
     }
     if extra:
         manifest.update(extra)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
-    try:
-        tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
-        save_file(tensors, str(tmp / WEIGHTS))
-        manifest["weights_sha256"] = sha256_file(tmp / WEIGHTS)
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
+    style = None
+    if style_mean is not None:
+        style = {"mean": torch.as_tensor(np.asarray(style_mean, dtype=np.float32)),
+                 "std": torch.as_tensor(np.asarray(style_std, dtype=np.float32))}
+        manifest["style"] = {"file": STYLE, "n_features": int(style["mean"].shape[0]), "std": "population (ddof=0)"}
+
+    def write(folder: Path) -> None:
+        save_file(tensors, str(folder / WEIGHTS))
+        manifest["weights_sha256"] = sha256_file(folder / WEIGHTS)
         if genes is not None:
-            (tmp / GENES).write_text("\n".join(genes) + "\n", encoding="utf-8")
-        if style_mean is not None:
-            mean = torch.as_tensor(np.asarray(style_mean, dtype=np.float32))
-            std = torch.as_tensor(np.asarray(style_std, dtype=np.float32))
-            save_file({"mean": mean, "std": std}, str(tmp / STYLE))
-            manifest["style"] = {"file": STYLE, "n_features": int(mean.shape[0]),
-                                 "std": "population (ddof=0)"}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            (folder / GENES).write_text("\n".join(genes) + "\n", encoding="utf-8")
+        if style is not None:
+            save_file(style, str(folder / STYLE))
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+    return load_bundle(_write_atomically(out, write, overwrite, unique))
+
+
+# --------------------------------------------------------------------------- atomic, locked writes
+
+LOCK_FILE = ".library.lock"
+_TMP_PREFIX, _OLD_PREFIX = ".bundle-tmp-", ".bundle-old-"
+
+
+@contextmanager
+def library_lock(root: str | Path):
+    """An exclusive lock on a library folder (``fcntl``; released when the block ends or the process
+    dies), so concurrent imports and trainings from several app sessions never interleave."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return load_bundle(out)
+        os.close(fd)
+
+
+def _write_atomically(out: Path, write, overwrite: bool, unique: bool = False) -> Path:
+    """Write a bundle folder with ``write(tmp_folder)``, then move it into place atomically.
+
+    Under the library lock: refuse an existing bundle unless ``overwrite`` (or, with ``unique``,
+    use the first free name ``out``, ``out-2``, ``out-3`` ...); write and fsync a temporary folder
+    beside it; rename the old bundle aside, rename the new one into place, and only then delete
+    the old one, so a crash at any point leaves either the old or the new bundle
+    (:func:`clean_library` finishes the job at the next start). Returns the folder written.
+    """
+    parent = out.parent
+    with library_lock(parent):
+        if unique:
+            base, k = out, 2
+            while out.exists():
+                out, k = base.with_name(f"{base.name}-{k}"), k + 1
+        if out.exists() and not overwrite:
+            what = "A model bundle" if (out / MANIFEST).exists() else "A folder"
+            raise BundleError(f"{what} named {out.name} already exists in {parent}; nothing was changed.",
+                              "Choose another name; replacing a shared model needs an administrator "
+                              "(scatd import-checkpoint/train --overwrite, or the admin's Replace).")
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent))
+        try:
+            write(tmp)
+            _fsync_tree(tmp)
+            if out.exists():
+                old = parent / f"{_OLD_PREFIX}{out.name}-{uuid.uuid4().hex[:8]}"
+                out.rename(old)
+                tmp.rename(out)
+                _fsync_dir(parent)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(out)
+                _fsync_dir(parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def clean_library(root: str | Path | None = None) -> list[str]:
+    """Finish or undo interrupted writes: incomplete temporary folders are removed, and a bundle
+    renamed aside by an overwrite that did not finish is put back (or removed when the new one is in
+    place). Returns what was done, for the server log and ``scatd doctor``."""
+    root = Path(root) if root else model_library_dir()
+    if not root.is_dir():
+        return []
+    done = []
+    with library_lock(root):
+        for folder in sorted(root.iterdir()):
+            if folder.name.startswith(_TMP_PREFIX) and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                done.append(f"removed an incomplete write ({folder.name})")
+            elif folder.name.startswith(_OLD_PREFIX) and folder.is_dir():
+                original = root / folder.name[len(_OLD_PREFIX):].rsplit("-", 1)[0]
+                if original.exists():
+                    shutil.rmtree(folder, ignore_errors=True)
+                    done.append(f"removed the replaced copy of {original.name}")
+                else:
+                    folder.rename(original)
+                    done.append(f"restored {original.name} (its replacement was interrupted)")
+    return done
+
+
+def remove_bundle(path: str | Path) -> None:
+    """Delete an installed bundle (under the library lock; the app allows it to administrators only)."""
+    path = Path(path)
+    with library_lock(path.parent):
+        if not (path / MANIFEST).is_file():
+            raise BundleError(f"{path.name} is not a model bundle; nothing was removed.")
+        aside = path.parent / f"{_TMP_PREFIX}removed-{uuid.uuid4().hex[:8]}"
+        path.rename(aside)  # atomic: the library never lists a half-deleted bundle
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def style_statistics(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -433,13 +549,17 @@ def import_checkpoint(
     beta_mode: str | None = None,
     name: str | None = None,
     library: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Bundle:
     """Turn an original scATD ``.pth`` (pretraining or DAL) into a bundle.
 
     The key layout must match the backbone exactly; layer sizes are read from tensor shapes.
     Dist_VAE classifiers default to ``beta_mode='shared_with_head'`` so that published
     predictions reproduce (reference §2.6); pass ``beta_mode='separate'`` for the corrected
-    behaviour. ``out`` defaults to a folder in the model library.
+    behaviour. ``out`` defaults to a folder in the model library; an existing bundle there is
+    replaced only with ``overwrite``. ``provenance`` adds to what is recorded (e.g.
+    ``imported_by``, the source URL).
     """
     if backbone not in BACKBONES:
         raise CheckpointError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
@@ -474,7 +594,9 @@ def import_checkpoint(
         provenance={"source": "imported original scATD checkpoint", "source_file": pth.name,
                     "source_sha256": sha256_file(pth),
                     "style_reference": Path(style_reference).name if style_reference else None,
-                    "style_reference_sha256": sha256_file(style_reference) if style_reference else None},
+                    "style_reference_sha256": sha256_file(style_reference) if style_reference else None,
+                    **(dict(provenance) if provenance else {})},
+        overwrite=overwrite,
     )
 
 

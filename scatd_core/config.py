@@ -1,64 +1,247 @@
-"""Runtime settings, read from environment variables so a lab server can set them once.
+"""Settings of a scATD Studio installation: one TOML file, overridden by environment variables.
 
-| variable                    | meaning                                         | default                          |
-|-----------------------------|-------------------------------------------------|----------------------------------|
-| ``SCATD_HOME``              | data directory of scATD Studio                  | ``$XDG_DATA_HOME/scatd`` or ``~/.local/share/scatd`` |
-| ``SCATD_MODEL_LIBRARY``     | folder holding installed model bundles          | ``$SCATD_HOME/models``           |
-| ``SCATD_MAX_UPLOAD_MB``     | largest data file accepted (app and CLI)        | 2048                             |
-| ``SCATD_MAX_CELLS``         | most cells accepted in one dataset              | 1,000,000                        |
-| ``SCATD_GENEFORMER_DIR``    | Geneformer files (dictionaries, model)          | not set                          |
+The file is ``$SCATD_CONFIG``, else ``$SCATD_HOME/config.toml``, else ``/etc/scatd/config.toml``
+(the first that exists; none is needed). Every key, its environment variable and its default:
+
+=======================  ================================  ===========================================  ====================
+TOML (section.key)       environment variable              meaning                                      default
+=======================  ================================  ===========================================  ====================
+paths.home               ``SCATD_HOME``                    data folder                                  ``~/.local/share/scatd``
+paths.library            ``SCATD_MODEL_LIBRARY``           installed model bundles                      ``<home>/models``
+paths.work_dir           ``SCATD_WORK_DIR``                per-session working folders (uploads)        ``<home>/work``
+paths.import_folder      ``SCATD_IMPORT_FOLDER``           checkpoints an admin offers for import in    not set
+                                                           the app (listed, never a typed path)
+limits.max_upload_mb     ``SCATD_MAX_UPLOAD_MB``           largest file accepted                        2048
+limits.max_decompressed_mb ``SCATD_MAX_DECOMPRESSED_MB``   most bytes out of a .gz/.zip/.tar upload     4096
+limits.max_dataset_mb    ``SCATD_MAX_DATASET_MB``          most memory one dataset may take once read   4096
+                                                           (larger h5ad files are read from disk)
+limits.max_cells         ``SCATD_MAX_CELLS``               most cells in one dataset                    1,000,000
+limits.max_genes         ``SCATD_MAX_GENES``               most genes (features) in one dataset         100,000
+server.max_jobs          ``SCATD_MAX_JOBS``                computations run at once (others queue)      2
+server.session_ttl_minutes ``SCATD_SESSION_TTL_MINUTES``   idle sessions (and their files) kept for     240
+server.device            ``SCATD_DEVICE``                  ``auto`` (CUDA when present), ``cpu``,       ``auto``
+                                                           ``cuda``
+auth.mode                ``SCATD_AUTH``                    ``auto`` (a password login when the server   ``auto``
+                                                           listens beyond localhost), ``password``,
+                                                           ``oidc`` (Streamlit's login), ``none``
+auth.users_file          ``SCATD_USERS_FILE``              users and argon2 password hashes             ``<home>/users.toml``
+                                                           (``scatd users add/remove/list``)
+auth.max_failures        ``SCATD_AUTH_MAX_FAILURES``       failed logins before a lock-out              5
+auth.lockout_minutes     ``SCATD_AUTH_LOCKOUT_MINUTES``    lock-out after too many failures             15
+auth.admins              ``SCATD_AUTH_ADMINS``             with ``oidc``: e-mail addresses of the       none
+                                                           administrators (comma-separated in the env)
+foundation.geneformer_dir ``SCATD_GENEFORMER_DIR``         Geneformer files (model, dictionaries)       not set
+foundation.scfoundation_dir ``SCATD_SCFOUNDATION_DIR``     scFoundation files (converted weights)       not set
+published.figshare_api   ``SCATD_FIGSHARE_API``            figshare's API (a mirror, or a test server)  ``https://api.figshare.com/v2``
+published.gene_list_url  ``SCATD_GENE_LIST_URL``           where the scFoundation gene list is fetched  scFoundation's GitHub
+                                                           from when the article lacks it
+=======================  ================================  ===========================================  ====================
+
+A value that cannot be used (not a number, not positive, an unknown choice) falls back to its
+default and is listed in :attr:`Settings.problems`, which ``scatd doctor`` shows.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
-def scatd_home() -> Path:
-    if os.environ.get("SCATD_HOME"):
-        return Path(os.environ["SCATD_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "scatd"
-
-
-def geneformer_dir() -> Path | None:
-    """Folder of the Geneformer assets (model and dictionaries), or ``None`` when not configured."""
-    raw = os.environ.get("SCATD_GENEFORMER_DIR")
-    return Path(raw).expanduser() if raw else None
-
-
-def model_library_dir() -> Path:
-    if os.environ.get("SCATD_MODEL_LIBRARY"):
-        return Path(os.environ["SCATD_MODEL_LIBRARY"]).expanduser()
-    return scatd_home() / "models"
+#: (section, key) -> (environment variable, kind, default); ``None`` defaults are derived or unset.
+KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
+    ("paths", "home"): ("SCATD_HOME", "path", None),
+    ("paths", "library"): ("SCATD_MODEL_LIBRARY", "path", None),
+    ("paths", "work_dir"): ("SCATD_WORK_DIR", "path", None),
+    ("paths", "import_folder"): ("SCATD_IMPORT_FOLDER", "path", None),
+    ("limits", "max_upload_mb"): ("SCATD_MAX_UPLOAD_MB", "int", 2048),
+    ("limits", "max_decompressed_mb"): ("SCATD_MAX_DECOMPRESSED_MB", "int", 4096),
+    ("limits", "max_dataset_mb"): ("SCATD_MAX_DATASET_MB", "int", 4096),
+    ("limits", "max_cells"): ("SCATD_MAX_CELLS", "int", 1_000_000),
+    ("limits", "max_genes"): ("SCATD_MAX_GENES", "int", 100_000),
+    ("server", "max_jobs"): ("SCATD_MAX_JOBS", "int", 2),
+    ("server", "session_ttl_minutes"): ("SCATD_SESSION_TTL_MINUTES", "int", 240),
+    ("server", "device"): ("SCATD_DEVICE", ("auto", "cpu", "cuda"), "auto"),
+    ("auth", "mode"): ("SCATD_AUTH", ("auto", "password", "oidc", "none"), "auto"),
+    ("auth", "users_file"): ("SCATD_USERS_FILE", "path", None),
+    ("auth", "max_failures"): ("SCATD_AUTH_MAX_FAILURES", "int", 5),
+    ("auth", "lockout_minutes"): ("SCATD_AUTH_LOCKOUT_MINUTES", "int", 15),
+    ("auth", "admins"): ("SCATD_AUTH_ADMINS", "list", ()),
+    ("foundation", "geneformer_dir"): ("SCATD_GENEFORMER_DIR", "path", None),
+    ("foundation", "scfoundation_dir"): ("SCATD_SCFOUNDATION_DIR", "path", None),
+    ("published", "figshare_api"): ("SCATD_FIGSHARE_API", "text", "https://api.figshare.com/v2"),
+    ("published", "gene_list_url"): ("SCATD_GENE_LIST_URL", "text",
+                                     "https://raw.githubusercontent.com/biomap-research/scFoundation/main/model/"
+                                     "OS_scRNA_gene_index.19264.tsv"),
+}
 
 
 @dataclass(frozen=True)
 class Limits:
+    """What one dataset may take (see the module table)."""
+
     max_upload_mb: int
     max_cells: int
+    max_decompressed_mb: int = 4096
+    max_dataset_mb: int = 4096
+    max_genes: int = 100_000
 
     @property
     def max_upload_bytes(self) -> int:
-        return self.max_upload_mb * 1024 * 1024
+        return self.max_upload_mb << 20
+
+    @property
+    def max_decompressed_bytes(self) -> int:
+        return self.max_decompressed_mb << 20
+
+    @property
+    def max_dataset_bytes(self) -> int:
+        return self.max_dataset_mb << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings (file, then environment); ``problems`` lists what was ignored.
+
+    ``values`` is keyed by the TOML key, ``auth_`` prefixed for the [auth] section
+    (``settings()["max_cells"]``, ``settings()["auth_mode"]``).
+    """
+
+    values: dict
+    config_file: Path | None
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    def __getitem__(self, key: str):
+        return self.values[key]
+
+    @property
+    def home(self) -> Path:
+        return self.values["home"]
+
+    @property
+    def limits(self) -> Limits:
+        v = self.values
+        return Limits(max_upload_mb=v["max_upload_mb"], max_cells=v["max_cells"],
+                      max_decompressed_mb=v["max_decompressed_mb"], max_dataset_mb=v["max_dataset_mb"],
+                      max_genes=v["max_genes"])
+
+
+def config_file() -> Path | None:
+    """The TOML file in use, or ``None``."""
+    if os.environ.get("SCATD_CONFIG"):
+        return Path(os.environ["SCATD_CONFIG"]).expanduser()
+    for candidate in (_default_home() / "config.toml", Path("/etc/scatd/config.toml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _default_home() -> Path:
+    if os.environ.get("SCATD_HOME"):
+        return Path(os.environ["SCATD_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "scatd"
+
+
+def _parse(raw, kind, name: str, problems: list[str]):
+    if kind == "list":  # a TOML list, or comma-separated text in the environment
+        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+        return tuple(str(x).strip() for x in items if str(x).strip())
+    if kind == "path":
+        return Path(str(raw)).expanduser() if str(raw).strip() else None
+    if kind == "text":
+        return str(raw).strip() or None
+    if kind == "int":
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            problems.append(f"{name} = {raw!r} is not a whole number; the default is used.")
+            return None
+        if value <= 0:
+            problems.append(f"{name} = {value} must be positive; the default is used.")
+            return None
+        return value
+    value = str(raw).strip().lower()
+    if value not in kind:
+        problems.append(f"{name} = {raw!r} is not one of {', '.join(kind)}; the default is used.")
+        return None
+    return value
+
+
+def _read_file(path: Path | None, problems: list[str]) -> dict:
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"The configuration file {path} does not exist (SCATD_CONFIG).")
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"The configuration file {path} could not be read: {exc}.")
+        return {}
+    known = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            problems.append(f"{path.name}: '{section}' should be a [section]; ignored.")
+            continue
+        for key, value in table.items():
+            if (section, key) not in KEYS:
+                problems.append(f"{path.name}: unknown key {section}.{key}; ignored.")
+            else:
+                known[(section, key)] = value
+    return known
+
+
+def settings() -> Settings:
+    """The current settings: defaults, then the TOML file, then environment variables."""
+    problems: list[str] = []
+    path = config_file()
+    from_file = _read_file(path, problems)
+    values: dict = {}
+    for (section, key), (env, kind, default) in KEYS.items():
+        value = None
+        if (section, key) in from_file:
+            value = _parse(from_file[(section, key)], kind, f"{section}.{key}", problems)
+        raw = os.environ.get(env, "").strip()
+        if raw:
+            parsed = _parse(raw, kind, env, problems)
+            value = parsed if parsed is not None else value
+        values[f"auth_{key}" if section == "auth" else key] = default if value is None else value
+    home = values["home"] or _default_home()
+    values["home"] = home
+    values["library"] = values["library"] or home / "models"
+    values["work_dir"] = values["work_dir"] or home / "work"
+    values["auth_users_file"] = values["auth_users_file"] or home / "users.toml"
+    return Settings(values=values, config_file=path, problems=tuple(dict.fromkeys(problems)))
+
+
+# ----------------------------------------------------------------------------- shortcuts
+
+def scatd_home() -> Path:
+    return settings().home
+
+
+def model_library_dir() -> Path:
+    return settings()["library"]
+
+
+def work_dir() -> Path:
+    return settings()["work_dir"]
+
+
+def import_folder() -> Path | None:
+    return settings()["import_folder"]
+
+
+def geneformer_dir() -> Path | None:
+    """Folder of the Geneformer assets (model and dictionaries), or ``None`` when not configured."""
+    return settings()["geneformer_dir"]
+
+
+def scfoundation_dir() -> Path | None:
+    """Folder of the scFoundation assets, or ``None`` when not configured."""
+    return settings()["scfoundation_dir"]
 
 
 def limits() -> Limits:
-    return Limits(
-        max_upload_mb=_env_int("SCATD_MAX_UPLOAD_MB", 2048),
-        max_cells=_env_int("SCATD_MAX_CELLS", 1_000_000),
-    )
+    return settings().limits

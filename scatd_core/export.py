@@ -150,7 +150,7 @@ def file_stem(data_name: str | None, drug: str | None) -> str:
     extensions = (".h5ad", ".h5", ".loom", ".csv", ".tsv", ".txt", ".gz", ".zip", ".tgz", ".tar", ".npy", ".mtx")
     while ext := next((e for e in extensions if base.lower().endswith(e)), None):
         base = base[: -len(ext)]
-    return safe_name(f"{base}_{drug}" if drug else base, "scatd")
+    return safe_name(f"{base}_{drug}" if drug else base, "scatd", distinct=False)
 
 
 def to_csv_bytes(table: pd.DataFrame) -> bytes:
@@ -161,23 +161,56 @@ def to_csv_bytes(table: pd.DataFrame) -> bytes:
 # h5ad
 # --------------------------------------------------------------------------------------------
 
-def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
+def write_h5ad(adata: ad.AnnData, path: str | Path, *, with_x: bool = True) -> Path:
     """Write the annotated AnnData so it opens in scanpy/cellxgene as it is.
 
-    Every ``scatd_*`` field is kept (predictions, UMAP, clusters, biomarkers); a backed dataset
-    is read into memory first.
+    Every ``scatd_*`` field is kept (predictions, UMAP, clusters, biomarkers). A backed dataset is
+    never read into memory: its file is copied as it is and the annotations (obs, var, obsm, uns)
+    are written over the copy. ``with_x=False`` writes the annotations only (X left empty): small
+    enough to download for any number of cells, and joined to the original file by cell name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = adata.to_memory() if adata.isbacked else adata
-    out.write_h5ad(path, compression="gzip")
+    tmp = path.with_name(f".{path.name}.part")
+    if not with_x:
+        ad.AnnData(obs=adata.obs, var=adata.var, obsm=dict(adata.obsm), uns=dict(adata.uns)).write_h5ad(
+            tmp, compression="gzip")
+    elif adata.isbacked:
+        import h5py
+        import shutil
+
+        from anndata.io import write_elem
+
+        shutil.copyfile(adata.filename, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for elem in ("obs", "var", "obsm", "uns"):
+                if elem in f:
+                    del f[elem]
+                write_elem(f, elem, getattr(adata, elem) if elem in ("obs", "var") else dict(getattr(adata, elem)))
+    else:
+        adata.write_h5ad(tmp, compression="gzip")
+    tmp.replace(path)
     return path
 
 
-def h5ad_bytes(adata: ad.AnnData) -> bytes:
+#: Above this estimated size the app offers the annotations without X (the full file: ``scatd report``).
+MAX_DOWNLOAD_BYTES = 1 << 30
+
+
+def h5ad_download_size(adata: ad.AnnData) -> int:
+    """Rough size of the annotated h5ad (the backed file's size, or X's bytes in memory)."""
+    if adata.isbacked:
+        return Path(adata.filename).stat().st_size
+    X = adata.X
+    if hasattr(X, "nnz"):
+        return int(X.nnz * (X.dtype.itemsize + 4))
+    return int(np.asarray(X).nbytes) if X is not None else 0
+
+
+def h5ad_bytes(adata: ad.AnnData, *, with_x: bool = True) -> bytes:
     """The annotated h5ad as bytes (for a download button)."""
     with tempfile.TemporaryDirectory(prefix="scatd-export-") as tmp:
-        return write_h5ad(adata, Path(tmp) / "annotated.h5ad").read_bytes()
+        return write_h5ad(adata, Path(tmp) / "annotated.h5ad", with_x=with_x).read_bytes()
 
 
 # --------------------------------------------------------------------------------------------

@@ -88,40 +88,79 @@ def _mask_of(adata: ad.AnnData, mask) -> np.ndarray | None:
     return mask
 
 
+class _Batcher:
+    """Runs a forward pass over a batch in slices; on device out-of-memory, halves the slice and retries.
+
+    Once lowered, the size stays lowered for the rest of the run; ``lowered_to`` records it.
+    """
+
+    def __init__(self, size: int, dev: torch.device):
+        self.size, self.dev, self.lowered_to = int(size), dev, None
+
+    def run(self, fn, x: np.ndarray, first_row: int) -> list[np.ndarray]:
+        outs, start = [], 0
+        while start < len(x):
+            stop = min(start + self.size, len(x))
+            try:
+                outs.append(fn(x[start:stop], first_row + start))
+            except torch.OutOfMemoryError:
+                if self.size == 1:
+                    raise DeviceError(f"{device_description(self.dev)} ran out of memory on a single cell.",
+                                      "Run on the CPU (--device cpu), or free the GPU for this job.") from None
+                if self.dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.size = max(1, self.size // 2)
+                self.lowered_to = self.size
+                continue
+            start = stop
+        return [np.concatenate(parts) for parts in zip(*outs)]
+
+
 def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, seed: int, dev: torch.device,
-           progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """P(resistant), its sd (sample mode: over draws; an ensemble: over its members) and the
-    latent mean of every cell (NaN where not scored)."""
+           progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int | None]:
+    """P(resistant), its sd (sample mode: over draws; an ensemble: over its members), the latent mean
+    of every cell (NaN where not scored), and the batch size the device forced (``None`` when the
+    requested one fitted)."""
     n = inputs.n_obs
     probs = np.full(n, np.nan)
     members = mode == "mean" and model.arch.n_members > 1
     sds = np.full(n, np.nan) if mode == "sample" or members else None
     latent = np.full((n, model.arch.latent_dim), np.nan, dtype=np.float32)
+    batcher = _Batcher(inputs.batch_size, dev)
+
+    def forward(x: np.ndarray, first: int):
+        xt = torch.from_numpy(x).to(dev)
+        mu, logvar = model.encode(xt)
+        if mode == "mean":
+            p = torch.softmax(model.classifier(mu, xt), dim=1)[:, k_pos].double()
+            if not members:
+                return mu.float().cpu().numpy(), p.cpu().numpy()
+            # the ensemble predicts with the mean logit; the members' spread is its uncertainty
+            each = torch.softmax(model.member_logits(mu, xt), dim=2)[:, :, k_pos].double()
+            return mu.float().cpu().numpy(), p.cpu().numpy(), each.std(0, unbiased=True).cpu().numpy()
+        gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(first))
+        std = torch.exp(0.5 * logvar)
+        draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
+        for s in range(n_samples):
+            eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
+            draws[s] = torch.softmax(model.classifier(mu + eps * std, xt), dim=1)[:, k_pos].double()
+        return mu.float().cpu().numpy(), draws.mean(0).cpu().numpy(), draws.std(0, unbiased=True).cpu().numpy()
+
     with torch.inference_mode():
         for stop, rows, x in inputs.batches():
             if should_stop is not None and should_stop():
                 raise Cancelled("Prediction cancelled; nothing was changed.")
             if len(rows):
-                xt = torch.from_numpy(x).to(dev)
-                mu, logvar = model.encode(xt)
-                latent[rows] = mu.float().cpu().numpy()
-                if mode == "mean":
-                    probs[rows] = torch.softmax(model.classifier(mu, xt), dim=1)[:, k_pos].double().cpu().numpy()
-                    if members:  # the ensemble predicts with the mean logit; the members' spread is its uncertainty
-                        each = torch.softmax(model.member_logits(mu, xt), dim=2)[:, :, k_pos].double()
-                        sds[rows] = each.std(0, unbiased=True).cpu().numpy()
-                else:
-                    gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(rows[0]))
-                    std = torch.exp(0.5 * logvar)
-                    draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
-                    for s in range(n_samples):
-                        eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
-                        draws[s] = torch.softmax(model.classifier(mu + eps * std, xt), dim=1)[:, k_pos].double()
-                    probs[rows] = draws.mean(0).cpu().numpy()
-                    sds[rows] = draws.std(0, unbiased=True).cpu().numpy()
+                out = batcher.run(forward, x, int(rows[0]))
+                latent[rows] = out[0]
+                probs[rows] = out[1]
+                if sds is not None:
+                    sds[rows] = out[2]
             if progress is not None:
-                progress(stop / n, f"{stop:,} of {n:,} cells")
-    return probs, sds, latent
+                note = (f" (device memory full: batch lowered to {batcher.lowered_to:,} cells)"
+                        if batcher.lowered_to else "")
+                progress(stop / n, f"{stop:,} of {n:,} cells{note}")
+    return probs, sds, latent, batcher.lowered_to
 
 
 def predict(
@@ -210,8 +249,8 @@ def predict(
         inputs = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size)
     elif inputs.n_obs != adata.n_obs:
         raise ValueError("inputs were built for another dataset")
-    probs, sds, latent = _score(model, inputs, bundle.positive_index, mode, n_samples, seed, dev, progress,
-                                should_stop)
+    probs, sds, latent, lowered_to = _score(model, inputs, bundle.positive_index, mode, n_samples, seed, dev,
+                                            progress, should_stop)
     inputs._require_some()
     scored = inputs.usable & np.isfinite(probs)
     bad_output = int((inputs.usable & ~scored).sum())
@@ -241,6 +280,8 @@ def predict(
             "prob_resistant_sd": ("over the draws" if mode == "sample" else
                                   f"over the {model.arch.n_members} ensemble members" if sds is not None else "none"),
             "device": device_description(dev), "batch_size": int(batch_size),
+            # set when the device ran out of memory and the batch was split (the run then went on)
+            "batch_size_lowered_to": lowered_to,
             "input_transform": inputs.transform,
             "beta_mode": beta_mode or bundle.manifest.get("beta_mode", "separate"),
             "adain": bundle.input_kind == "embedding", "log_normalised": bool(inputs.log_normalise),
@@ -350,7 +391,17 @@ def summary(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
     return {"threshold": thr["value"], "calibrated": bool(thr["calibrated"]), "n_cells": int(adata.n_obs),
             "n_resistant": int(counts.get(pos, 0)), "n_sensitive": int(counts.get(info["negative_label"], 0)),
             "n_not_scored": int(counts.get(NOT_SCORED, 0)), "n_filtered": int(counts.get(FILTERED, 0)),
-            "fraction_resistant": round(counts.get(pos, 0) / n_called, 4) if n_called else None}
+            "fraction_resistant": round(counts.get(pos, 0) / n_called, 4) if n_called else None,
+            "batch_size_lowered_to": info["params"].get("batch_size_lowered_to")}
+
+
+def lowered_batch_message(counts: dict) -> str | None:
+    """What to tell the user when the device ran out of memory and the batch was split."""
+    size = counts.get("batch_size_lowered_to")
+    if not size:
+        return None
+    return (f"The device ran out of memory, so the batch was lowered to {size:,} cells and the run went on; "
+            f"the results are complete. Use this batch size next time to skip the retries.")
 
 
 def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, label_column: str | None = None,

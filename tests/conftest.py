@@ -36,6 +36,7 @@ def _seed_and_library(tmp_path_factory, monkeypatch):
     torch.manual_seed(0)
     np.random.seed(0)
     monkeypatch.setenv("SCATD_HOME", str(tmp_path_factory.mktemp("scatd_home")))
+    monkeypatch.setenv("SCATD_AUTH", "none")  # tests of the login set their own mode
 
 
 def small_gene_names(n: int) -> list[str]:

@@ -63,7 +63,7 @@ def ok(at: AppTest) -> AppTest:
 
 
 def goto(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"app_pages/{page}.py")
     at.run()
     return ok(at)
 
@@ -324,26 +324,33 @@ def test_pages_without_data_point_to_the_step(with_library):
         assert "Run a prediction first" in text(at.info)
 
 
-def test_import_checkpoint_page(empty_library, tmp_path):
+def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
     enc, z = [30, 16, 8], 6
-    pth = tmp_path / "drug.pth"
-    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=1), pth)
-    genes = tmp_path / "genes.txt"
-    genes.write_text("\n".join(f"G{i}" for i in range(enc[0])) + "\n")
+    folder = tmp_path / "import"
+    folder.mkdir()
+    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=1), folder / "drug.pth")
+    (folder / "genes.txt").write_text("\n".join(f"G{i}" for i in range(enc[0])) + "\n")
+    monkeypatch.setenv("SCATD_IMPORT_FOLDER", str(folder))
 
     at = start()
     goto(at, "8_Models")
-    at.text_input(key="import_path").set_value(str(pth))
+    assert not [t for t in at.text_input if "path" in t.label.lower()]  # no browser field becomes a server path
+    at.selectbox(key="import_from_folder").set_value("drug.pth")
     at.text_input(key="import_drug").set_value("Gefitinib")
-    at.text_input(key="import_genes_path").set_value(str(genes))
+    at.selectbox(key="import_side_from_folder").set_value("genes.txt")
     at.get("form_submit_button")[0].click()
     at.run()
     assert not at.exception and "Imported" in text(at.success), text(at.error)
-    assert (empty_library / "Gefitinib_dist_vae" / "manifest.json").is_file()
+    manifest = empty_library / "Gefitinib_dist_vae" / "manifest.json"
+    assert manifest.is_file() and '"imported_by"' in manifest.read_text()
+    before = manifest.read_bytes()
+    at.get("form_submit_button")[0].click()  # the same name again: refused, nothing replaced
+    at.run()
+    assert "already exists" in text(at.error) and manifest.read_bytes() == before
 
-    bad = tmp_path / "bad.pth"
-    bad.write_bytes(b"not a checkpoint")
-    at.text_input(key="import_path").set_value(str(bad))
+    at.selectbox(key="import_from_folder").set_value(None)
+    at.file_uploader(key="upload_pth").upload("bad.pth", b"not a checkpoint")
+    at.text_input(key="import_drug").set_value("Other")
     at.get("form_submit_button")[0].click()
     at.run()
     assert "not a readable PyTorch checkpoint" in text(at.error) and not at.exception
@@ -397,7 +404,7 @@ def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch)
 
     monkeypatch.setattr(ui, "library_frame", broken)
     at = start()
-    at.switch_page("pages/2_Model.py")
+    at.switch_page("app_pages/2_Model.py")
     at.run()
     assert not at.exception
     assert "Something unexpected went wrong" in text(at.error) and "boom" in text(at.error)

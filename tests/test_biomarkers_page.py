@@ -15,7 +15,7 @@ from scatd_app import state as S
 from scatd_core.predict import predict
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGE = "pages/5_Biomarkers.py"
+PAGE = "app_pages/5_Biomarkers.py"
 TIMEOUT = 120
 
 
@@ -42,6 +42,7 @@ def predicted(small_bundles):
 
 def _open(adata=None, bundle=None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
     if adata is not None:
         at.session_state[S.ADATA] = adata
         at.session_state[S.PREDICTION] = "token-1"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -55,17 +56,17 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
     raise TimeoutError("streamlit did not start")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _need_browser() -> None:
     if not CHROMIUM.exists():
         pytest.skip("needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
-    home = tmp_path_factory.mktemp("scatd_home")
-    make_bundle(home / "models" / "testdrug_dist_vae", make_dataset(600, seed=0))
-    data = home / "tumour_10k.h5ad"
-    make_dataset(N_CELLS, seed=11).write_h5ad(data, compression="gzip")
+
+
+@contextmanager
+def _streamlit(home: Path, **env_extra):
+    """``streamlit run app.py`` on a free port with ``SCATD_HOME=home``; yields its URL."""
     port = _free_port()
-    env = {**os.environ, "SCATD_HOME": str(home), "SCATD_MAX_UPLOAD_MB": "500"}
+    env = {**os.environ, "SCATD_HOME": str(home), "SCATD_MAX_UPLOAD_MB": "500", **env_extra}
     env.pop("SCATD_MODEL_LIBRARY", None)
     log = open(home / "streamlit.log", "w")
     proc = subprocess.Popen(
@@ -76,7 +77,7 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
-        yield url, data, home
+        yield url
     finally:
         proc.terminate()
         try:
@@ -84,6 +85,17 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _need_browser()
+    home = tmp_path_factory.mktemp("scatd_home")
+    make_bundle(home / "models" / "testdrug_dist_vae", make_dataset(600, seed=0))
+    data = home / "tumour_10k.h5ad"
+    make_dataset(N_CELLS, seed=11).write_h5ad(data, compression="gzip")
+    with _streamlit(home, SCATD_AUTH="none") as url:
+        yield url, data, home
 
 
 def _no_exception(page) -> None:
@@ -246,6 +258,133 @@ def test_upload_predict_umap_download(server, tmp_path):
             assert "Traceback" not in log, log[-3000:]  # nothing failed on the server either
         except Exception:
             _shot(page, "failure")  # what the browser showed when the test failed
+            raise
+        finally:
+            browser.close()
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+
+
+def _metric(page, label: str) -> str:
+    box = page.locator("[data-testid='stMetric']").filter(has=page.get_by_text(label, exact=True)).first
+    return box.locator("[data-testid='stMetricValue']").inner_text()
+
+
+def test_scad_style_labels_are_asked_once_and_evaluated_the_right_way(server, tmp_path):
+    """A SCAD-style CSV (``response``: 1 = sensitive): the direction is asked, never guessed; with the
+    user's answer the Cells page's AUROC is above 0.5."""
+    from playwright.sync_api import sync_playwright
+
+    url, _data, home = server
+    adata = make_dataset(400, seed=21)
+    frame = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names)
+    frame.insert(0, "response", (adata.obs["response"] == "sensitive").astype(int).to_numpy())
+    csv = tmp_path / "scad_style.csv"
+    frame.to_csv(csv)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(url)
+            page.get_by_role("heading", name="scATD Studio").first.wait_for()
+            _idle(page)
+            _go(page, "Data", "1 · Data")
+            page.locator("input[type='file']").first.set_input_files(str(csv))
+            question = page.locator("[data-testid='stRadio']").filter(has_text="means resistant")
+            question.wait_for(timeout=120_000)
+            _idle(page)
+            page.get_by_text("never guessed").wait_for()  # no silent default for 0/1
+            question.get_by_text("0", exact=True).click()
+            _idle(page)
+            _go(page, "Model", "2 · Model")
+            page.get_by_text("Coverage is good").wait_for()
+            _idle(page)
+            _shot(page, "12_model_scad")
+            _go(page, "Predict", "3 · Predict")
+            page.get_by_role("button", name="Run prediction").click()
+            page.get_by_text("Predicted 400 of 400 cells").wait_for(timeout=120_000)
+            _idle(page)
+            _go(page, "Cells", "4 · Cells")
+            page.get_by_text("Agreement with known labels").wait_for()
+            page.locator("[data-testid='stMetric']").filter(has=page.get_by_text("AUROC", exact=True)).wait_for(
+                timeout=180_000)
+            _idle(page)
+            auroc = float(_metric(page, "AUROC"))
+            assert auroc > 0.5, auroc
+            assert page.get_by_text("resistant = '0'").count() >= 1
+            _no_exception(page)
+            _shot(page, "12_cells_scad")
+        except Exception:
+            _shot(page, "failure_scad")
+            raise
+        finally:
+            browser.close()
+
+
+def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
+    """Two browser contexts, a password login, the same bytes uploaded under two names."""
+    from playwright.sync_api import sync_playwright
+
+    from scatd_core import users
+
+    _need_browser()
+    home = tmp_path_factory.mktemp("scatd_home_login")
+    make_bundle(home / "models" / "testdrug_dist_vae", make_dataset(300, seed=0))
+    users.add_user("alice", "alice's long password", path=home / "users.toml")
+    users.add_user("bob", "bob's long password!", path=home / "users.toml")
+    data = home / "cells.h5ad"
+    make_dataset(300, seed=5).write_h5ad(data)
+    for name in ("patient_alice.h5ad", "patient_bob.h5ad"):
+        (home / name).write_bytes(data.read_bytes())
+    with _streamlit(home, SCATD_AUTH="password") as url, sync_playwright() as p:
+        browser = _browser(p)
+        pages = {}
+        try:
+            for who, password in (("alice", "alice's long password"), ("bob", "bob's long password!")):
+                page = browser.new_context(viewport=VIEWPORT, accept_downloads=True).new_page()
+                page.set_default_timeout(60_000)
+                for address in ("Data", "data", "1_Data", "Model_library"):  # no page without the login
+                    page.goto(f"{url}/{address}")
+                    page.get_by_label("User name").wait_for()
+                    _idle(page)
+                    assert page.locator("input[type='file']").count() == 0, address
+                page.goto(url)
+                page.get_by_label("User name").fill(who)
+                page.get_by_role("textbox", name="Password").fill(password)
+                assert page.locator("input[type='file']").count() == 0
+                page.get_by_role("button", name="Log in").click()
+                page.get_by_text(f"Logged in as {who}").wait_for()
+                _idle(page)
+                pages[who] = page
+            for who, page in pages.items():
+                _go(page, "Data", "1 · Data")
+                page.locator("input[type='file']").first.set_input_files(str(home / f"patient_{who}.h5ad"))
+                page.get_by_text("Quality control").wait_for(timeout=120_000)
+                _idle(page)
+            alice, bob = pages["alice"], pages["bob"]
+            _go(alice, "Model", "2 · Model")
+            _go(alice, "Predict", "3 · Predict")
+            alice.get_by_role("button", name="Run prediction").click()
+            alice.get_by_text("Predicted 300 of 300 cells").wait_for(timeout=120_000)
+            _idle(alice)
+            _go(bob, "Cells", "4 · Cells")
+            bob.get_by_text("Run a prediction first").wait_for()  # alice's results are not bob's
+            sidebar = bob.locator("[data-testid='stSidebar']").inner_text()
+            assert "patient_bob.h5ad" in sidebar and "patient_alice" not in sidebar
+            _go(alice, "Report", "6 · Report")
+            with alice.expect_download() as info:
+                alice.get_by_role("button", name="predictions.csv").click()
+            assert info.value.suggested_filename.startswith("patient_alice")
+            sessions = sorted((home / "work" / "sessions").iterdir())
+            assert len(sessions) == 2  # one working folder per session
+            log = (home / "streamlit.log").read_text()
+            assert "Traceback" not in log, log[-3000:]
+        except Exception:
+            for who, page in pages.items():
+                _shot(page, f"failure_{who}")
             raise
         finally:
             browser.close()

@@ -179,3 +179,41 @@ def test_probability_histogram_counts_every_cell_including_exact_0_and_1():
     assert sum(bars.y) == 7  # every scored cell, none outside the axis
     assert bars.y[0] == 2 and bars.y[-1] == 4  # exact 0 in the first bin, exact 1 (and 0.999) in the last
     assert max(bars.x) + bars.width / 2 == pytest.approx(1.0) and min(bars.x) - bars.width / 2 == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("mode", ["mean", "sample"])
+def test_device_out_of_memory_lowers_the_batch_and_says_so(data_and_bundle, monkeypatch, mode):
+    """A forward pass over more than 16 cells raises OutOfMemoryError (as a full GPU would):
+    the batch is halved until it fits, every cell is still scored, and the run says so."""
+    import torch
+
+    from scatd_core.predict import lowered_batch_message, summary
+
+    adata, bundle = data_and_bundle
+    reference = predict(adata, bundle, copy=True, batch_size=16, mode=mode, n_samples=5)
+    model_cls = type(bundle.load_model(torch.device("cpu")))
+    real_encode = model_cls.encode
+    sizes = []
+
+    def encode(self, x):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_encode(self, x)
+
+    monkeypatch.setattr(model_cls, "encode", encode)
+    out = predict(adata, bundle, copy=True, batch_size=100, mode=mode, n_samples=5)
+    assert sizes[:4] == [100, 50, 25, 12] and max(sizes[4:]) == 12  # halved until it fitted, then kept
+    assert out.uns["scatd"]["params"]["batch_size_lowered_to"] == 12
+    counts = summary(out)
+    assert counts["batch_size_lowered_to"] == 12 and "lowered to 12 cells" in lowered_batch_message(counts)
+    assert out.obs["scatd_scored"].sum() == reference.obs["scatd_scored"].sum() > 0
+    if mode == "mean":  # deterministic: the same probabilities whatever the batching
+        np.testing.assert_allclose(out.obs["scatd_prob_resistant"], reference.obs["scatd_prob_resistant"],
+                                   rtol=1e-5, atol=1e-6)
+    assert lowered_batch_message(summary(reference)) is None
+
+    monkeypatch.setattr(model_cls, "encode", lambda self, x: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    from scatd_core.errors import DeviceError
+    with pytest.raises(DeviceError, match="out of memory on a single cell"):
+        predict(adata, bundle, copy=True, batch_size=4)

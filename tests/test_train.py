@@ -73,7 +73,7 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     bulk, labels, target = synthetic()
     fractions = []
     bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_resistant_value=0,
-                         progress=lambda f, m: fractions.append(f))
+                         progress=lambda f, m: fractions.append(f), trained_by="alice")
     # panel = shared genes, in bulk order; both one-sided genes reported, not used
     assert "BULK_ONLY" not in bundle.genes and "TARGET_ONLY" not in bundle.genes
     assert rep["genes"]["n_panel"] == N_GENES - 2 == len(bundle.genes)
@@ -84,6 +84,7 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     assert m["architecture"]["members"] == 3 and m["architecture"]["input_head"]
     prov = m["provenance"]
     assert len(prov["bulk"]["sha256"]) == 64 and len(prov["target"]["sha256"]) == 64 and prov["seed"] == 0
+    assert prov["trained_by"] == "alice"  # shown as "by" in the model library
     assert m["training"]["settings"]["z_dim"] == 4 and m["metrics"]["cv"]["folds"] == 3
     assert len(rep["pretraining"]["loss"]) == 3 and all(len(c) == TINY.pretrain_epochs for c in rep["pretraining"]["loss"])
     assert set(m["metrics"]["target"]) >= {"auroc", "auroc_ci", "auprc", "mcc", "f1"}

@@ -12,19 +12,26 @@ from scatd_core.bundle import list_library
 
 from test_train import synthetic
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "7_Train.py")
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 120
 
 
+def _page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("app_pages/7_Train.py")
+    return at
+
+
 def test_empty_state_asks_for_data():
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at = _page().run()
     assert not at.exception
     assert any("Give the bulk data" in i.value for i in at.info)
 
 
 def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     bulk, labels, target = synthetic()
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at = _page()
     at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
     at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
     at.session_state[S.ADATA] = target
@@ -41,7 +48,7 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        at.button(key="train_start").click().run()
+        at.button(key="btn_train_start").click().run()
     finally:
         torch.set_num_threads(threads)
     assert not at.exception, at.exception
@@ -59,12 +66,12 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert sum("logistic regression" in v.lower() for v in verdicts) == 2  # bulk CV and target
     library = [e.bundle.path for e in list_library() if e.ok]
     assert [str(p) for p in library] == [result["bundle_path"]]
-    at.button(key="train_use_model").click().run()
+    at.button(key="btn_train_use_model").click().run()
     assert at.session_state[S.BUNDLE_PATH] == result["bundle_path"]
 
 
 def test_demo_panel_offers_its_drugs_and_upload_target_needed():
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at = _page().run()
     at.radio[0].set_value("Simulated demo panel").run()
     assert not at.exception, at.exception
     assert at.session_state["train_bulk"]["adata"].n_obs == 300
@@ -76,7 +83,7 @@ def test_demo_panel_offers_its_drugs_and_upload_target_needed():
 def test_original_head_settings_and_few_labelled_cells_column():
     bulk, labels, target = synthetic()
     target.obs["some_labels"] = [0, 0, 1, 1] + [None] * (target.n_obs - 4)
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at = _page()
     at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
     at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
     at.session_state[S.ADATA] = target
@@ -90,6 +97,6 @@ def test_original_head_settings_and_few_labelled_cells_column():
     at.radio(key="train_resistant_some_labels").set_value("0").run()
     assert any("4 labelled cell(s)" in c.value for c in at.caption)
     at.number_input(key="train_pretrain_epochs").set_value(2)
-    at.button(key="train_start").click().run()
+    at.button(key="btn_train_start").click().run()
     assert not at.exception, at.exception
     assert any("default linear head" in e.value for e in at.error)  # few-shot needs the linear head

@@ -1,19 +1,30 @@
-"""``scatd models``: the installed model bundles."""
+"""``scatd models``: the installed bundles; ``scatd models fetch``: the published scATD models."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from scatd_core.cli._common import Progress, say
+
 
 def add(sub) -> None:
-    p = sub.add_parser("models", help="list the installed model bundles")
+    p = sub.add_parser("models", help="list the installed models, or fetch the published scATD models",
+                       description="`scatd models` lists the model library. `scatd models fetch` lists the published "
+                                   "scATD checkpoints on figshare; `scatd models fetch NAME ...` downloads (with size "
+                                   "and checksum checks) and imports them.")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "fetch"])
+    p.add_argument("names", nargs="*", help="fetch: the file names to install (default: list them)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    return fetch(args) if args.action == "fetch" else show(args)
+
+
+def show(args) -> int:
     from scatd_core.bundle import list_library
     from scatd_core.config import model_library_dir
 
@@ -24,8 +35,8 @@ def run(args) -> int:
                           for e in entries], indent=2))
         return 0
     if not entries:
-        print(f"No model bundles in {root}.\nImport original checkpoints with `scatd import-checkpoint`, "
-              "train one with `scatd train`, or build the demo with `scatd demo`.")
+        print(f"No model bundles in {root}.\nGet the published ones with `scatd models fetch`, import a checkpoint "
+              "with `scatd import-checkpoint`, train one with `scatd train`, or build the demo with `scatd demo`.")
         return 0
     for e in entries:
         if e.ok:
@@ -33,4 +44,23 @@ def run(args) -> int:
             print(f"{e.path.name}\t{e.bundle.title}\t{s['kind']}\t{s['n_input_features']} inputs")
         else:
             print(f"{e.path.name}\tBROKEN: {e.problem}")
+    return 0
+
+
+def fetch(args) -> int:
+    import getpass
+
+    from scatd_core import published
+
+    files = published.list_files()
+    if not args.names:
+        for f in files:
+            what = f.recognised
+            print(f"{f.name}\t{f.size / 2**20:,.1f} MB\t{what.title if what else 'not recognised'}")
+        say("Install with `scatd models fetch NAME ...` (the checkpoints above that are recognised).")
+        return 0
+    installed = published.install(args.names, files=files, library=args.library, user=getpass.getuser(),
+                                  progress=Progress("Downloading"))
+    for bundle in installed:
+        print(f"Installed {bundle.title} -> {bundle.path}")
     return 0

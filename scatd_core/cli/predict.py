@@ -68,7 +68,7 @@ def predict_from_args(adata, bundle, args, inputs=None) -> None:
 
 def run(args) -> int:
     from scatd_core.export import predictions_table, to_csv_bytes, write_h5ad
-    from scatd_core.predict import summary
+    from scatd_core.predict import lowered_batch_message, summary
 
     bundle = resolve_bundle(args.model)
     adata = read_input(args)
@@ -82,6 +82,8 @@ def run(args) -> int:
     info = adata.uns["scatd"]
     say(f"Scored {info['n_scored']:,} of {info['n_cells']:,} cells on {info['params']['device']}: "
         f"{counts['n_resistant']:,} called {info['positive_label']}. Wrote {out}")
+    if lowered_batch_message(counts):
+        say("note: " + lowered_batch_message(counts))
     if args.h5ad:
         write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 from pathlib import Path
@@ -99,7 +100,7 @@ def run(args) -> int:
         backbone_bundle=args.backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
         target_resistant_value=args.target_resistant_value, few_shot_labels=args.few_shot_labels,
-        library=args.library, name=args.name, progress=Progress())
+        library=args.library, name=args.name, trained_by=_os_user(), progress=Progress())
     lab = report["labels"]
     say(f"Labels ({report['drug']}): {lab['sensitive']} sensitive, {lab['resistant']} resistant bulk samples; "
         f"{lab['n_missing_label']} missing labels dropped; {lab['n_bulk_without_label']} bulk samples unlabelled.")
@@ -125,3 +126,10 @@ def run(args) -> int:
         export_bundle(bundle.path, Path(args.out))
         print(f"Exported a copy to {args.out}")
     return 0
+
+
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in the environment or the password database
+        return None

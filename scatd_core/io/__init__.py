@@ -56,7 +56,7 @@ __all__ = ["read", "read_bytes", "SUPPORTED_FORMATS", "UPLOAD_TYPES", "ORIENTATI
 
 
 def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_cells: int | None = None,
-         backed="auto") -> ad.AnnData:
+         backed="auto", max_dataset_bytes: int | None = None) -> ad.AnnData:
     """Read a single-cell data file (or 10x folder) into an AnnData of cells x genes.
 
     Parameters
@@ -67,8 +67,10 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         ``"auto"`` (tables and h5ad: decided from the names, see the report),
         ``"cells_x_genes"`` or ``"genes_x_cells"`` (rows are genes). Ignored by 10x and loom
         files, whose layout is fixed.
-    max_bytes, max_cells
-        Limits; default :func:`scatd_core.config.limits`.
+    max_bytes, max_cells, max_dataset_bytes
+        Limits (file size, cells, memory of the dataset once read); default
+        :func:`scatd_core.config.limits`. Declared sizes are checked before anything is
+        allocated; an h5ad too large for memory is read from disk (backed) instead.
     backed
         ``"auto"``: h5ad files over :data:`BACKED_MIN_BYTES` or :data:`BACKED_MIN_CELLS` are
         opened read-only with X on disk (``adata.X[start:stop]`` reads a batch of rows);
@@ -83,17 +85,18 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
     InputError
         For anything that makes the file unusable (and nothing else).
     """
-    opts = make_options(orientation, max_bytes, max_cells, backed, Path(path).name)
+    opts = make_options(orientation, max_bytes, max_cells, backed, Path(path).name, max_dataset_bytes)
     return _read_guarded(Path(path), opts)
 
 
 def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_bytes: int | None = None,
-               max_cells: int | None = None, backed="auto") -> ad.AnnData:
+               max_cells: int | None = None, backed="auto", workdir: str | Path | None = None) -> ad.AnnData:
     """Read uploaded bytes; ``filename`` only tells the format and names the data in messages.
 
-    The name is never used as a path: the bytes go to a fresh temporary file whose name is a
-    fixed stem plus the recognised extension. Other parameters as :func:`read`. When the result
-    is backed, the temporary file lives as long as the AnnData.
+    The name is never used as a path: the bytes go to a fresh temporary folder (inside ``workdir``,
+    e.g. the app session's own working folder; default the system's) as a fixed stem plus the
+    recognised extension. Other parameters as :func:`read`. When the result is backed, the
+    temporary file lives as long as the AnnData.
     """
     opts = make_options(orientation, max_bytes, max_cells, backed, display_name(filename))
     size = len(data)
@@ -102,7 +105,7 @@ def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_byt
     suffix = suffix_of(opts.display_name)
     if suffix is None:
         raise unsupported(opts.display_name)
-    tmpdir = Path(tempfile.mkdtemp(prefix="scatd-upload-"))
+    tmpdir = Path(tempfile.mkdtemp(prefix="scatd-upload-", dir=workdir))
     try:
         path = tmpdir / f"upload{suffix}"
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import anndata as ad
 
+import gzip
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +35,6 @@ BACKED_MIN_CELLS = 100_000
 #: The fewest cells accepted: QC, value-type detection and every plot compare cells, and a
 #: one-row table is usually a file read in the wrong orientation.
 MIN_CELLS = 2
-#: An archive may expand to at most this many times the upload size limit (zip-bomb guard).
-ARCHIVE_EXPANSION = 4
 #: Tables are parsed in chunks of about this many values (bounds the parser's memory).
 TABLE_CHUNK_VALUES = 40_000_000
 
@@ -57,18 +57,23 @@ class Options:
     max_cells: int
     backed: object
     display_name: str
+    max_dataset_bytes: int = 4096 << 20
+    max_decompressed_bytes: int = 4096 << 20
+    max_genes: int = 100_000
     report: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
 
-def make_options(orientation, max_bytes, max_cells, backed, display_name) -> Options:
+def make_options(orientation, max_bytes, max_cells, backed, display_name, max_dataset_bytes=None) -> Options:
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, not {orientation!r}")
     if backed not in ("auto", True, False):
         raise ValueError(f"backed must be 'auto', True or False, not {backed!r}")
     lim = limits()
     return Options(orientation=orientation, max_bytes=max_bytes or lim.max_upload_bytes,
-                    max_cells=max_cells or lim.max_cells, backed=backed, display_name=display_name)
+                   max_cells=max_cells or lim.max_cells, backed=backed, display_name=display_name,
+                   max_dataset_bytes=max_dataset_bytes or lim.max_dataset_bytes,
+                   max_decompressed_bytes=lim.max_decompressed_bytes, max_genes=lim.max_genes)
 
 
 def display_name(filename) -> str:
@@ -95,16 +100,70 @@ def too_large(name: str, size: int, limit: int) -> InputError:
                       "Subsample the cells first, or ask the administrator to raise SCATD_MAX_UPLOAD_MB.")
 
 
-def check_cells(n_cells: int, opts: Options) -> None:
+def check_cells(n_cells: int, opts: Options, *, final: bool = True) -> None:
+    """At most ``max_cells`` cells; with ``final`` (the whole dataset is known) also at least 2."""
     if n_cells > opts.max_cells:
         raise InputError(f"{opts.display_name} has {n_cells:,} cells, over the limit of {opts.max_cells:,}.",
                          "Subsample the cells (e.g. scanpy.pp.subsample) or ask the administrator "
                          "to raise SCATD_MAX_CELLS.")
-    if n_cells == 1:
+    if final and n_cells == 1:
         raise InputError(f"{opts.display_name} holds a single cell.",
                          f"At least {MIN_CELLS} cells are needed: QC and value-type detection compare "
                          "cells. A one-row table is often a file in the other orientation: try "
                          "orientation 'genes_x_cells'.")
+
+
+def check_genes(n_genes: int, opts: Options) -> None:
+    if n_genes > opts.max_genes:
+        raise InputError(f"{opts.display_name} declares {n_genes:,} genes (features), over the limit of "
+                         f"{opts.max_genes:,}.",
+                         "A genome has tens of thousands of genes: the file is probably in the other orientation or "
+                         "damaged. Otherwise ask the administrator to raise SCATD_MAX_GENES.")
+
+
+def mb(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.0f} MB"
+
+
+def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None) -> None:
+    """Refuse ``what`` before it is read when its declared size exceeds the dataset memory budget."""
+    if n_bytes > opts.max_dataset_bytes:
+        raise InputError(f"{opts.display_name}: {what} would take {mb(n_bytes)} of memory once read, over the "
+                         f"server's limit of {mb(opts.max_dataset_bytes)} per dataset.",
+                         hint or "Save it as an .h5ad with X in CSR format (read from disk in batches), upload "
+                                 "fewer cells, or ask the administrator to raise SCATD_MAX_DATASET_MB.")
+
+
+class LimitedReader(io.RawIOBase):
+    """A binary stream that refuses to give more than ``cap`` bytes (a decompression-bomb guard)."""
+
+    def __init__(self, raw, cap: int, name: str):
+        self.raw, self.cap, self.name, self.count = raw, cap, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(min(len(buffer), self.cap + 1 - self.count))
+        self.count += len(data)
+        if self.count > self.cap:
+            raise InputError(f"{self.name} expands to more than {mb(self.cap)} when decompressed, over the server's "
+                             "limit.", "Upload a smaller file, or ask the administrator to raise "
+                                       "SCATD_MAX_DECOMPRESSED_MB.")
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def open_limited(path: Path, opts: Options):
+    """``path`` opened for binary reading; gzip files decompressed, never beyond the limit."""
+    if path.name.lower().endswith(".gz"):
+        return io.BufferedReader(LimitedReader(gzip.open(path, "rb"), opts.max_decompressed_bytes,
+                                               opts.display_name), buffer_size=1 << 20)
+    return path.open("rb")
 
 
 SIGNATURES = {"zip": (b"PK\x03\x04", b"PK\x05\x06"), "npy": (b"\x93NUMPY",), "gz": (b"\x1f\x8b",)}

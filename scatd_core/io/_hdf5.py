@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import scipy.sparse as sp
 
 from scatd_core.errors import InputError
 from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMATS_HINT, Options, attr_str, check_cells,
-                                   decide_orientation, decode, keep_gene_expression)
+                                   check_genes, check_memory, decide_orientation, decode, keep_gene_expression)
 
 def _open_h5(path: Path, name: str) -> h5py.File:
     try:
@@ -38,24 +39,67 @@ def _hdf5_flavour(f: h5py.File) -> str | None:
 
 #: Seconds allowed for walking an HDF5 file's structure (a sound file takes well under one).
 HDF5_CHECK_SECONDS = 30
+#: More objects than this in one upload is not single-cell data (and would take long to walk).
+HDF5_MAX_OBJECTS = 200_000
+# Runs in a child process (only h5py imported): every link, group, dataset header and attribute is
+# read, and what could make the reader touch anything but this file is reported: external links,
+# datasets stored in external files, virtual datasets (which read from other files). Soft links
+# are paths inside this file; their targets are visited where they live. Hard-link cycles are
+# cut by remembering the objects seen.
 _HDF5_WALK = """
-import sys, h5py
-def visit(name, obj):
-    list(obj.attrs.items())
-    if isinstance(obj, h5py.Dataset):
-        obj.shape, obj.dtype, obj.chunks
+import json, sys, h5py
+problems, sizes, seen = [], {}, set()
+def walk(group, path):
+    for name in group:
+        full = path.rstrip("/") + "/" + name
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            problems.append(f"{full} is an external link to {link.filename}:{link.path}")
+            continue
+        if isinstance(link, h5py.SoftLink):
+            continue
+        obj = group[name]
+        key = (obj.id.fileno, h5py.h5o.get_info(obj.id).token if hasattr(h5py.h5o.get_info(obj.id), "token")
+               else h5py.h5o.get_info(obj.id).addr)
+        if key in seen:
+            continue
+        seen.add(key)
+        if len(seen) > %d:
+            problems.append("more than %d objects")
+            raise StopIteration
+        list(obj.attrs.items())
+        if isinstance(obj, h5py.Group):
+            walk(obj, full)
+        elif isinstance(obj, h5py.Dataset):
+            if obj.external:
+                problems.append(f"dataset {full} keeps its data in other files ({obj.external[0][0]!r})")
+            if obj.is_virtual:
+                problems.append(f"dataset {full} is a virtual dataset reading from other files")
+            n = 1
+            for d in obj.shape or ():
+                n *= int(d)
+            sizes[full] = [list(obj.shape or ()), n * obj.dtype.itemsize]
 with h5py.File(sys.argv[1], "r") as f:
     list(f.attrs.items())
-    f.visititems(visit)
-"""
+    try:
+        walk(f, "/")
+    except StopIteration:
+        pass
+print(json.dumps({"problems": problems, "sizes": sizes}))
+""" % (HDF5_MAX_OBJECTS, HDF5_MAX_OBJECTS)
 
 
-def _check_hdf5_structure(path: Path, name: str) -> None:
-    """Walk every group, dataset header and attribute of an HDF5 file in a child process.
+def _check_hdf5_structure(path: Path, name: str) -> dict[str, tuple[list[int], int]]:
+    """Walk every link, group, dataset header and attribute of an HDF5 file in a child process.
 
-    Damaged HDF5 metadata can send the HDF5 C library into an endless loop (or a crash) that no
-    Python code can interrupt; found by feeding mutated files to the readers. A child process
-    with a time limit turns that into an InputError instead of a hung or dead server.
+    Refuses what would make the reader touch any other file (external links, external storage,
+    virtual datasets: the threat model's "an upload never reads another file"). Damaged HDF5
+    metadata can send the HDF5 C library into an endless loop (or a crash) that no Python code
+    can interrupt; the child process with a time limit turns that into an InputError instead of a
+    hung or dead server.
+
+    Returns ``{dataset path: (declared shape, declared bytes once read)}``, so sizes can be
+    checked before anything is allocated.
     """
     hint = "The file is damaged; export it again (e.g. adata.write_h5ad) and upload the new copy."
     try:
@@ -66,11 +110,31 @@ def _check_hdf5_structure(path: Path, name: str) -> None:
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:200]
         raise InputError(f"{name} is a damaged HDF5 file ({detail}).", hint)
+    try:
+        walked = json.loads(proc.stdout)
+    except ValueError:
+        raise InputError(f"{name} is a damaged HDF5 file (its structure could not be listed).", hint) from None
+    if walked["problems"]:
+        shown = "; ".join(walked["problems"][:3]) + (" ..." if len(walked["problems"]) > 3 else "")
+        raise InputError(f"{name} refers to data outside itself ({shown}), so it was refused: an upload may only "
+                         "use its own bytes.",
+                         "Save a self-contained copy (in Python: adata = anndata.read_h5ad(path); adata.write_h5ad("
+                         "'copy.h5ad')) on your own machine and upload that.")
+    return {k: (shape, int(nbytes)) for k, (shape, nbytes) in walked["sizes"].items()}
+
+
+def _declared(sizes: dict, prefix: str = "/", exclude: tuple[str, ...] = ()) -> int:
+    """Declared bytes of the datasets at or under ``prefix`` (but not under ``exclude``)."""
+    def under(path: str, group: str) -> bool:
+        group = group.rstrip("/")
+        return path == group or path.startswith(group + "/")
+    return sum(nbytes for path, (_shape, nbytes) in sizes.items()
+               if under(path, prefix) and not any(under(path, e) for e in exclude))
 
 
 def read_hdf5(path: Path, opts: Options) -> ad.AnnData:
     """h5ad, 10x .h5 and loom are all HDF5: the file's structure decides, not its extension."""
-    _check_hdf5_structure(path, opts.display_name)
+    sizes = _check_hdf5_structure(path, opts.display_name)
     with _open_h5(path, opts.display_name) as f:
         flavour = _hdf5_flavour(f)
     if flavour is None:
@@ -78,13 +142,13 @@ def read_hdf5(path: Path, opts: Options) -> ad.AnnData:
                          "Genomics .h5 nor a loom file.", FORMATS_HINT)
     opts.report["format"] = flavour
     if flavour == "10x_h5":
-        return _read_10x_h5(path, opts)
+        return _read_10x_h5(path, opts, sizes)
     if flavour == "loom":
-        return _read_loom(path, opts)
-    return _read_h5ad(path, opts)
+        return _read_loom(path, opts, sizes)
+    return _read_h5ad(path, opts, sizes)
 
 
-def _read_h5ad(path: Path, opts: Options) -> ad.AnnData:
+def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     with _open_h5(path, opts.display_name) as f:
         if "X" not in f:
             raise InputError(f"{opts.display_name} has no expression matrix X.",
@@ -99,12 +163,22 @@ def _read_h5ad(path: Path, opts: Options) -> ad.AnnData:
         raise InputError(f"X in {opts.display_name} has {len(shape)} dimensions; a cells x genes matrix is needed.",
                          "Export a 2-D expression matrix.")
     check_cells(shape[0], opts)
-    large = path.stat().st_size >= BACKED_MIN_BYTES or shape[0] >= BACKED_MIN_CELLS
+    check_genes(shape[1], opts)
+    x_bytes = _declared(sizes, "/X")
+    # annotations (obs, var, layers, raw, uns, obsm) are read into memory even when X stays on disk
+    check_memory(_declared(sizes, "/", exclude=("/X",)), "its annotations (obs, var, layers, raw, obsm, uns)", opts,
+                 "Remove the layers, raw and embeddings the prediction does not need, or upload fewer cells.")
+    large = path.stat().st_size >= BACKED_MIN_BYTES or shape[0] >= BACKED_MIN_CELLS or \
+        x_bytes + _declared(sizes, "/", exclude=("/X",)) > opts.max_dataset_bytes
     backed = opts.backed is True or (opts.backed == "auto" and large)
     if backed and encoding == "csc_matrix":
         backed = False  # rows of a column-compressed matrix cannot be read in batches
         opts.warnings.append("X is stored column-wise (CSC), so it was loaded into memory; save it as "
                              "CSR (adata.X = adata.X.tocsr()) to let large files stay on disk.")
+    transpose = opts.orientation == "genes_x_cells"
+    if not backed or transpose:
+        check_memory(x_bytes + _declared(sizes, "/", exclude=("/X",)), f"its {shape[0]:,} x {shape[1]:,} matrix "
+                     f"({encoding.replace('_matrix', '').upper()})", opts)
     adata = ad.read_h5ad(path, backed="r" if backed else None)
     opts.report["backed"] = bool(backed)
     opts.report["stored_matrices"] = {"X": encoding, "raw": adata.raw is not None,
@@ -121,7 +195,7 @@ def _read_h5ad(path: Path, opts: Options) -> ad.AnnData:
     return adata
 
 
-def _read_10x_h5(path: Path, opts: Options) -> ad.AnnData:
+def _read_10x_h5(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     with _open_h5(path, opts.display_name) as f:
         if "matrix" in f:
             g, version = f["matrix"], "v3"
@@ -137,6 +211,9 @@ def _read_10x_h5(path: Path, opts: Options) -> ad.AnnData:
             ids, names, types = decode(g["genes"][()]), decode(g["gene_names"][()]), None
         n_features, n_cells = (int(s) for s in g["shape"][()])
         check_cells(n_cells, opts)
+        check_genes(n_features, opts)
+        # the arrays are read, then the values copied to float32: about twice what the file declares
+        check_memory(2 * _declared(sizes, g.name), f"its {n_cells:,} cells x {n_features:,} features", opts)
         # 10x stores genes x cells column-compressed, which is cells x genes row-compressed
         X = sp.csr_matrix((g["data"][()].astype(np.float32), g["indices"][()], g["indptr"][()]),
                           shape=(n_cells, n_features))
@@ -185,19 +262,34 @@ def _loom_axis(attrs, n: int, name_attr: str | None) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.Index(index, dtype=object))
 
 
-def _read_loom(path: Path, opts: Options) -> ad.AnnData:
-    """Read a loom file with h5py: /matrix is genes x cells, dense, stored in chunks."""
+def _read_loom(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
+    """Read a loom file with h5py: /matrix is genes x cells, dense, stored in chunks.
+
+    The dense matrix is read ~32M values at a time into sparse rows; the sparse result is checked
+    against the memory budget as it grows (a loom's declared dense size says little about it).
+    """
     with _open_h5(path, opts.display_name) as f:
         matrix = f["matrix"]
+        if matrix.ndim != 2:
+            raise InputError(f"{opts.display_name}: the loom matrix has {matrix.ndim} dimensions, not 2.",
+                             "Export the loom file again.")
         n_genes, n_cells = matrix.shape
         check_cells(n_cells, opts)
+        check_genes(n_genes, opts)
+        check_memory(_declared(sizes, "/row_attrs") + _declared(sizes, "/col_attrs"), "its row and column attributes",
+                     opts)
         gene_attr = _loom_name_attr(f.get("row_attrs"), _LOOM_GENE_ATTRS, n_genes)
         cell_attr = _loom_name_attr(f.get("col_attrs"), _LOOM_CELL_ATTRS, n_cells)
         var = _loom_axis(f.get("row_attrs"), n_genes, gene_attr)
         obs = _loom_axis(f.get("col_attrs"), n_cells, cell_attr)
         step = max(1, (1 << 25) // max(n_genes, 1))  # ~32M values in memory at a time
-        X = sp.vstack([sp.csr_matrix(np.asarray(matrix[:, start:start + step], dtype=np.float32).T)
-                       for start in range(0, n_cells, step)], format="csr")
+        blocks, held = [], 0
+        for start in range(0, n_cells, step):
+            block = sp.csr_matrix(np.asarray(matrix[:, start:start + step], dtype=np.float32).T)
+            held += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes
+            check_memory(held, f"its expression matrix (at cell {start:,} of {n_cells:,})", opts)
+            blocks.append(block)
+        X = sp.vstack(blocks, format="csr")
         opts.report["stored_matrices"] = {"matrix": "dense", "layers": [str(k) for k in f.get("layers", {})]}
     if gene_attr is None:
         opts.warnings.append("The loom file names no genes (no 'Gene' row attribute); genes are numbered.")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from scatd_core.errors import InputError
-from scatd_core.io._common import Options, check_cells
+from scatd_core.io._common import Options, check_cells, check_genes, check_memory
 
 def read_npy(path: Path, opts: Options) -> ad.AnnData:
     name = opts.display_name
@@ -26,6 +26,8 @@ def read_npy(path: Path, opts: Options) -> ad.AnnData:
         raise InputError(f"{name} holds {arr.dtype} values, not numbers.", "Save a float array.")
     transpose = opts.orientation == "genes_x_cells"
     check_cells(arr.shape[1] if transpose else arr.shape[0], opts)
+    check_genes(arr.shape[0] if transpose else arr.shape[1], opts)
+    check_memory(arr.shape[0] * arr.shape[1] * 4, f"its {arr.shape[0]:,} x {arr.shape[1]:,} array", opts)
     X = np.array(arr.T if transpose else arr, dtype=np.float32, order="C")
     opts.report.update(orientation="genes_x_cells" if transpose else "cells_x_genes",
                        orientation_reason="given by the user" if transpose else ".npy arrays are cells x features")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
+import itertools
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -12,7 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scatd_core.errors import InputError
-from scatd_core.io._common import FORMATS_HINT, TABLE_CHUNK_VALUES, Options, column_kind, decide_orientation
+from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_VALUES, Options, check_cells, check_genes, check_memory,
+                                   column_kind, decide_orientation, open_limited)
 from scatd_core.labels import MISSING_VALUES
 
 def _numeric_fraction(values: pd.Series) -> float:
@@ -81,34 +85,19 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
         raise InputError(f"{name} has a single column (separator not recognised).",
                          "Use commas or tabs between fields, with cell or gene names in the first column.")
     labels = [str(x) for x in header[1:]]
-    # pandas' own type inference, in chunks of rows: dtype maps or a preview pass cost
-    # several times more on wide (20k-column) tables, and chunks bound the memory to one chunk
-    # of parsed text plus the float32 result
-    reader = pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding,
-                         compression="gzip" if gz else None, engine="c", dtype={0: str}, low_memory=False,
-                         chunksize=max(1, TABLE_CHUNK_VALUES // len(labels)))
-    blocks, ids, metas, layout = [], [], [], None
-    try:
-        for chunk in reader:
-            if layout is None:
-                layout = _table_layout(chunk, labels, opts)
-            orientation, reason, meta, data_pos, _text = layout
-            kinds = {p: dtype.kind for p, dtype in chunk.dtypes.items()}  # once per chunk: linear in columns
-            for p in data_pos:
-                if kinds[p] not in "iuf":
-                    raise _non_numeric(chunk[p], labels[p - 1], name)
-            block = chunk[data_pos].to_numpy(dtype=np.float32)
-            # mostly zeros (a counts table, judged on the first chunk): keep it sparse
-            sparse = sp.issparse(blocks[0]) if blocks else np.count_nonzero(block) <= block.size / 2
-            if sparse:
-                block = sp.csr_matrix(block)
-            blocks.append(block)
-            ids.extend(chunk.index.astype(str))
-            metas.append(pd.DataFrame({labels[p - 1]: _tidy_column(chunk[p]) for p in sorted(meta)}))
-    except pd.errors.ParserError as exc:
-        raise _malformed(name, exc) from None
+    rows_per_chunk = max(1, TABLE_CHUNK_VALUES // len(labels))
+    acc = _Rows(opts)
+    # All-numeric tables (the usual counts matrix) are parsed by NumPy straight into one array
+    # per chunk of rows: no per-column objects, so a genes x cells table with a million columns
+    # reads in seconds. Anything else (text or label columns, NA, quoting) goes to pandas.
+    layout = _read_numeric(path, opts, sep, encoding, labels, rows_per_chunk, acc)
+    if layout is None:
+        acc = _Rows(opts)
+        layout = _read_general(path, opts, sep, encoding, labels, rows_per_chunk, acc)
+    orientation, reason, meta, data_pos, _text = layout
+    blocks, ids, metas = acc.blocks, acc.ids, acc.metas
     X = sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
-    meta_frame = pd.concat(metas, ignore_index=True).set_axis(ids)
+    meta_frame = (pd.concat(metas, ignore_index=True) if metas else pd.DataFrame(index=range(len(ids)))).set_axis(ids)
     data_labels = [labels[p - 1] for p in data_pos]
     if orientation == "cells_x_genes":
         adata = ad.AnnData(X=X, obs=meta_frame, var=pd.DataFrame(index=data_labels))
@@ -121,6 +110,121 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
     if meta:
         _say_set_aside(meta, labels, layout, orientation, opts)
     return adata
+
+
+class _Rows:
+    """The rows read so far: value blocks (sparse when mostly zeros), row names and metadata."""
+
+    def __init__(self, opts: Options):
+        self.opts, self.blocks, self.ids, self.metas, self.held = opts, [], [], [], 0
+
+    def add(self, ids, block: np.ndarray, orientation: str, meta: pd.DataFrame | None = None) -> None:
+        # mostly zeros (a counts table, judged on the first chunk): keep it sparse
+        sparse = sp.issparse(self.blocks[0]) if self.blocks else np.count_nonzero(block) <= block.size / 2
+        if sparse:
+            block = sp.csr_matrix(block)
+        self.held += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes if sparse else block.nbytes
+        self.blocks.append(block)
+        self.ids.extend(ids)
+        if orientation == "cells_x_genes":
+            check_cells(len(self.ids), self.opts, final=False)
+        else:
+            check_genes(len(self.ids), self.opts)
+        check_memory(self.held, f"its values (after {len(self.ids):,} rows)", self.opts)
+        if meta is not None:
+            self.metas.append(meta)
+
+
+def _read_general(path: Path, opts: Options, sep: str, encoding: str, labels: list[str], rows_per_chunk: int,
+                  acc: _Rows):
+    """pandas' own type inference, in chunks of rows (bounded memory: one chunk of parsed text)."""
+    name, layout = opts.display_name, None
+    # the decompressed stream is capped as it is read (a gzip bomb stops at the limit)
+    with open_limited(path, opts) as stream:
+        reader = pd.read_csv(stream, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding, engine="c",
+                             dtype={0: str}, low_memory=False, chunksize=rows_per_chunk)
+        try:
+            for chunk in reader:
+                if layout is None:
+                    layout = _table_layout(chunk, labels, opts)
+                    _check_axes(layout, opts)
+                orientation, _reason, meta, data_pos, _text = layout
+                kinds = {p: dtype.kind for p, dtype in chunk.dtypes.items()}  # once per chunk: linear in columns
+                for p in data_pos:
+                    if kinds[p] not in "iuf":
+                        raise _non_numeric(chunk[p], labels[p - 1], name)
+                acc.add(chunk.index.astype(str), chunk[data_pos].to_numpy(dtype=np.float32), orientation,
+                        pd.DataFrame({labels[p - 1]: _tidy_column(chunk[p]) for p in sorted(meta)}))
+        except pd.errors.ParserError as exc:
+            raise _malformed(name, exc) from None
+    if layout is None:
+        raise InputError(f"{name} has a header row but no data rows.", "Export the table again with its data.")
+    return layout
+
+
+def _read_numeric(path: Path, opts: Options, sep: str, encoding: str, labels: list[str], rows_per_chunk: int,
+                  acc: _Rows):
+    """Read a table whose every field after the row name is a number; ``None`` if it is not one.
+
+    Gives up (``None``, nothing kept) at the first line NumPy cannot take as it stands: a text
+    or empty field, a quoted row name, a wrong number of fields, or label/group columns that
+    the general reader sets aside. Values are parsed as float64 and rounded to float32, as pandas does.
+    """
+    layout = None
+    with open_limited(path, opts) as raw, io.TextIOWrapper(raw, encoding=encoding) as text:
+        text.readline()  # the header, already parsed
+        while True:
+            try:
+                lines = [ln for ln in itertools.islice(text, rows_per_chunk) if ln.strip()]
+            except UnicodeDecodeError:
+                return None  # the general reader says where
+            if not lines:
+                break
+            parsed = _numeric_lines(lines, sep, len(labels))
+            if parsed is None:
+                return None
+            ids, block = parsed
+            if layout is None:
+                layout = _numeric_layout(ids, labels, opts)
+                if layout is None:
+                    return None
+                _check_axes(layout, opts)
+            acc.add(ids, block, layout[0])
+    return layout
+
+
+def _numeric_lines(lines: list[str], sep: str, n_values: int):
+    ids, rests = [], []
+    for line in lines:
+        parts = line.split(None, 1) if sep == r"\s+" else line.split(sep, 1)
+        if len(parts) < 2 or '"' in parts[0]:
+            return None
+        ids.append(parts[0])
+        rests.append(parts[1])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "input contained no data"
+            block = np.loadtxt(rests, delimiter=None if sep == r"\s+" else sep, dtype=np.float64, comments=None,
+                               quotechar='"', ndmin=2)
+    except (ValueError, UserWarning):
+        return None
+    if block.shape != (len(lines), n_values):
+        return None
+    return ids, block.astype(np.float32)
+
+
+def _numeric_layout(ids: list[str], labels: list[str], opts: Options):
+    """The layout of an all-numeric table, or ``None`` when label/group columns must be set aside."""
+    named = [p for p in range(1, len(labels) + 1) if column_kind(labels[p - 1])]
+    if opts.orientation != "auto":
+        orientation, reason = opts.orientation, "given by the user"
+    else:
+        named_set = set(named)
+        candidates = [labels[p - 1] for p in range(1, len(labels) + 1) if p not in named_set]
+        orientation, reason = decide_orientation(pd.Index(ids), candidates, [labels[p - 1] for p in named])
+    if orientation == "cells_x_genes" and named:
+        return None
+    return orientation, reason, set(), list(range(1, len(labels) + 1)), set()
 
 
 def _say_set_aside(meta: set, labels: list[str], layout, orientation: str, opts: Options) -> None:
@@ -163,6 +267,15 @@ def _table_layout(chunk: pd.DataFrame, labels: list[str], opts: Options):
         raise InputError(f"{name} has no numeric columns: every column holds text.",
                          "The table needs one column per gene (or per cell) of numbers.")
     return orientation, reason, meta, data_pos, non_numeric
+
+
+def _check_axes(layout, opts: Options) -> None:
+    """The columns are cells or genes, by the orientation; their number is known from the header."""
+    orientation, _reason, _meta, data_pos, _text = layout
+    if orientation == "cells_x_genes":
+        check_genes(len(data_pos), opts)
+    else:
+        check_cells(len(data_pos), opts, final=False)
 
 
 def _tidy_column(values: pd.Series) -> np.ndarray:

@@ -18,8 +18,8 @@ import scipy.io
 import scipy.sparse as sp
 
 from scatd_core.errors import InputError
-from scatd_core.io._common import (ARCHIVE_EXPANSION, FORMAT_OF_SUFFIX, FORMATS_HINT, Options, check_cells,
-                                   keep_gene_expression, suffix_of, too_large)
+from scatd_core.io._common import (FORMAT_OF_SUFFIX, FORMATS_HINT, Options, check_cells, check_genes, check_memory,
+                                   keep_gene_expression, mb, open_limited, suffix_of, too_large)
 
 def data_files(root: Path) -> list[Path]:
     """Files under ``root``, without hidden files and macOS archive metadata."""
@@ -50,12 +50,15 @@ def _companion(folder: Path, prefix: str, stems: tuple[str, ...]) -> Path | None
     return None
 
 
-def _read_text_table(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False,
-                       quoting=csv.QUOTE_NONE, compression="gzip" if path.name.lower().endswith(".gz") else None)
+def _read_text_table(path: Path, opts: Options, max_rows: int) -> pd.DataFrame:
+    """A barcodes/features file: at most ``max_rows`` rows are parsed (the matrix says how many there are)."""
+    with open_limited(path, opts) as fh:
+        return pd.read_csv(fh, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
+                           nrows=max_rows)
 
 
-def _mtx_shape(path: Path, name: str) -> tuple[int, int]:
+def _mtx_shape(path: Path, name: str) -> tuple[int, int, int]:
+    """``(rows, columns, stored entries)`` from the Matrix Market header."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="latin-1") as fh:
         banner = fh.readline()
@@ -66,9 +69,9 @@ def _mtx_shape(path: Path, name: str) -> tuple[int, int]:
         while line.startswith("%"):
             line = fh.readline()
     fields = line.split()
-    if len(fields) < 2 or not all(x.isdigit() for x in fields):
+    if len(fields) < 3 or not all(x.isdigit() for x in fields):
         raise InputError(f"{name}: {path.name} has no valid size line.", "The matrix file is truncated or corrupt.")
-    return int(fields[0]), int(fields[1])
+    return int(fields[0]), int(fields[1]), int(fields[2])
 
 
 def read_mtx(matrix: Path, opts: Options) -> ad.AnnData:
@@ -86,9 +89,14 @@ def read_mtx(matrix: Path, opts: Options) -> ad.AnnData:
     total = sum(p.stat().st_size for p in (matrix, barcodes_file, features_file))
     if total > opts.max_bytes:
         raise too_large(name, total, opts.max_bytes)
-    n_rows, n_cols = _mtx_shape(matrix, name)
-    barcodes = _read_text_table(barcodes_file).iloc[:, 0].tolist()
-    features = _read_text_table(features_file)
+    n_rows, n_cols, nnz = _mtx_shape(matrix, name)
+    # which side holds the cells is known once the names are read; the header already bounds both
+    check_cells(max(n_rows, n_cols), opts)
+    check_genes(min(n_rows, n_cols), opts)
+    # scipy's reader holds (row, column, value) triplets, then the CSR copy: ~3 x 12 bytes per entry
+    check_memory(36 * nnz, f"its {nnz:,} stored values", opts)
+    barcodes = _read_text_table(barcodes_file, opts, max(n_rows, n_cols) + 1).iloc[:, 0].tolist()
+    features = _read_text_table(features_file, opts, max(n_rows, n_cols) + 1)
     # a header line ("gene_id  gene_name") shows up as one row too many
     dims = (n_rows, n_cols)
     if len(features) not in dims and len(features) - 1 in dims:
@@ -104,7 +112,9 @@ def read_mtx(matrix: Path, opts: Options) -> ad.AnnData:
                          f"features and {len(barcodes):,} barcodes.",
                          "The three files do not belong together; take them from the same 10x folder.")
     check_cells(len(barcodes), opts)
-    m = scipy.io.mmread(str(matrix))
+    check_genes(len(features), opts)
+    with open_limited(matrix, opts) as fh:  # a .gz is never decompressed beyond the limit
+        m = scipy.io.mmread(fh)
     X = sp.csr_matrix(m.T if genes_by_cells else m, dtype=np.float32)
     ids = features.iloc[:, 0].astype(str).tolist()
     names = features.iloc[:, 1].astype(str).tolist() if features.shape[1] > 1 else ids
@@ -146,12 +156,16 @@ def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str) -> None:
             while chunk := src.read(1 << 20):
                 written += len(chunk)
                 if written > cap:
-                    raise InputError(f"{name} expands to more than {cap / 2**20:,.0f} MB.",
+                    raise InputError(f"{name} expands to more than {mb(cap)}, over the server's limit.",
                                      "Upload the data file itself, or a smaller archive.")
                 out.write(chunk)
 
     if kind == "zip":
         with zipfile.ZipFile(archive) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+            if declared > cap:  # refused before anything is written; the copy below checks the truth
+                raise InputError(f"{name} declares {mb(declared)} of content, over the server's limit of {mb(cap)} "
+                                 "decompressed.", "Upload the data file itself, or a smaller archive.")
             for info in zf.infolist():
                 if not info.is_dir():
                     with zf.open(info) as src:
@@ -167,7 +181,7 @@ def read_archive(path: Path, opts: Options, kind: str) -> ad.AnnData:
     name = opts.display_name
     with tempfile.TemporaryDirectory(prefix="scatd-archive-") as tmp:
         root = Path(tmp)
-        _extract(path, root, kind, opts.max_bytes * ARCHIVE_EXPANSION, name)
+        _extract(path, root, kind, opts.max_decompressed_bytes, name)
         files = data_files(root)
         if any(p.name.lower().endswith((".mtx", ".mtx.gz")) for p in files):
             target = choose_matrix(files, name)

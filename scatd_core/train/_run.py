@@ -252,6 +252,7 @@ def train_drug_model(
     name: str | None = None,
     overwrite: bool = False,
     demo: bool = False,
+    trained_by: str | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Bundle, dict]:
@@ -313,6 +314,9 @@ def train_drug_model(
     per-epoch histories, CV and target metrics, the model card (also in the manifest,
     ``manifest['card']``) and ``target_predictions`` (a DataFrame: cell, prob_resistant), the
     numbers ``scatd predict`` gives on the target.
+    trained_by
+        Who trained it (the app's login name, or the operating-system user for the CLI),
+        recorded in the model's provenance and shown in the model library.
     """
     t0 = time.perf_counter()
     if backbone not in BACKBONES:
@@ -395,6 +399,7 @@ def train_drug_model(
 
     provenance = {
         "source": "trained by scATD Studio (scatd train)",
+        "trained_by": trained_by,
         "bulk": bulk_prov, "labels": labels_prov, "target": target_prov,
         "few_shot_labels": ({"file": Path(few_shot_labels).name, "sha256": sha256_file(few_shot_labels)}
                             if few_shot_labels is not None and not isinstance(few_shot_labels, pd.Series) else
@@ -422,7 +427,8 @@ def train_drug_model(
                 "genes": data.report.get("genes"), "bulk": data.report["bulk"], "target": data.report["target"],
                 "pretraining_loss": _rounded(fit.pretraining_loss), "cv_head_curve": fit.cv.get("head_curve"),
                 "warnings": warnings}
-    if out is None:
+    unique = out is None  # the default folder: the first free name, chosen under the library lock at the
+    if out is None:       # moment of writing, so two trainings of the same drug never share a folder
         out = _default_out(data.report["drug"], backbone, library)
     bundle = save_bundle(
         out, fit.state, fit.arch, drug=data.report["drug"], genes=data.features,
@@ -430,7 +436,8 @@ def train_drug_model(
         input_transform="standardize" if data.features is not None else "none",
         label_mapping=LABEL_MAPPING, threshold=s.threshold, beta_mode="separate", provenance=provenance,
         metrics=metrics, name=name or f"{data.report['drug']} ({backbone}, trained)",
-        extra={"training": training, "card": card}, overwrite=overwrite, demo=demo)
+        extra={"training": training, "card": card}, overwrite=overwrite, demo=demo,
+        unique=unique and not overwrite)
     target_pred = pd.DataFrame({"cell_id": data.target_ids, "prob_resistant": fit.target_prob})
     report.update(settings=settings_dict, pretraining={"loss": fit.pretraining_loss}, cv=fit.cv, metrics=metrics,
                   refit=fit.refit, card=card, warnings=warnings, seconds=seconds, bundle_path=str(bundle.path),

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from scatd_app import auth, jobs, ui
 from scatd_app import state as S
-from scatd_app import ui
 from scatd_core import pl
 from scatd_core._progress import with_eta
 from scatd_core.errors import ScatdError
@@ -75,11 +75,11 @@ bulk_source = st.radio("Bulk data", ["Upload", "Simulated demo panel"], horizont
 if bulk_source == "Upload":
     c1, c2 = st.columns(2)
     with c1:
-        _upload_anndata("Bulk expression (cell lines × genes)", "train_bulk_upload", BULK,
+        _upload_anndata("Bulk expression (cell lines × genes)", "upload_train_bulk", BULK,
                         "Log TPM or counts; CSV/TSV with cell-line IDs in the first column, or h5ad.")
     with c2:
         labels_upload = st.file_uploader("Labels (cell lines × drugs)", type=["csv", "tsv", "txt", "gz"],
-                                         key="train_labels_upload",
+                                         key="upload_train_labels",
                                          help="sensitive / resistant per cell line and drug, the format of GDSC's "
                                               "ALL_label_binary_wf.csv; empty or NA = not screened.")
         if labels_upload is not None and ss.get(LABELS, {}).get("id") != labels_upload.file_id:
@@ -93,9 +93,9 @@ if bulk_source == "Upload":
                 show_error(exc)
     with st.expander("No label table? Build one from GDSC ln(IC50) values"):
         u1, u2, u3 = st.columns(3)
-        ic50 = u1.file_uploader("GDSC_IC50.csv", type=["csv", "gz"], key="train_ic50")
-        thred = u2.file_uploader("IC50_thred.txt", type=["txt", "tsv"], key="train_thred")
-        dlist = u3.file_uploader("GDSC drug list", type=["csv"], key="train_druglist")
+        ic50 = u1.file_uploader("GDSC_IC50.csv", type=["csv", "gz"], key="upload_train_ic50")
+        thred = u2.file_uploader("IC50_thred.txt", type=["txt", "tsv"], key="upload_train_thred")
+        dlist = u3.file_uploader("GDSC drug list", type=["csv"], key="upload_train_druglist")
         if st.button("Build labels", disabled=not (ic50 and thred and dlist)):
             from scatd_core.labels import labels_from_ic50
 
@@ -141,7 +141,7 @@ target_source = st.radio("Target", list(titles), horizontal=True, format_func=ti
 if target_source == "Current dataset":
     target, target_name = current, ss.get(S.DATA_NAME) or "current dataset"
 else:
-    _upload_anndata("Single cells (cells × genes)", "train_target_upload", TARGET,
+    _upload_anndata("Single cells (cells × genes)", "upload_train_target", TARGET,
                     "Any format the Data page reads; counts are log-normalised, every gene is z-scored.")
     entry = ss.get(TARGET)
     target, target_name = (entry["adata"], entry["name"]) if entry else (None, None)
@@ -197,7 +197,7 @@ if target is not None:
 st.subheader("3 · Drug and training")
 if bulk is None or labels is None or target is None:
     st.info("Give the bulk data, its labels and the target cells above to train a model.")
-    st.stop()
+    ui.stop()
 
 table = labels["table"]
 drug = st.selectbox("Drug", list(table.columns), help="A column of the label table.", key="train_drug")
@@ -247,8 +247,8 @@ with st.expander("Settings"):
     model_name = st.text_input("Model name", value="", placeholder=f"{drug} (dist_vae, trained)")
 
 b_train, b_stop = st.columns([1, 1])
-start = b_train.button("Train", type="primary", key="train_start")
-b_stop.button("Stop", key="train_stop_button", on_click=lambda: ss.__setitem__(STOP, True),
+start = b_train.button("Train", type="primary", key="btn_train_start")
+b_stop.button("Stop", key="btn_train_stop", on_click=lambda: ss.__setitem__(STOP, True),
               help="Stops the run after the current epoch; nothing is saved.")
 
 if start:
@@ -265,17 +265,19 @@ if start:
             from scatd_core.labels import few_shot_from_column
 
             few_shot = few_shot_from_column(target, few_column)
-        bundle, report = train_drug_model(
-            bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
-            adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
-            target_resistant_value=resistant_value, few_shot_labels=few_shot,
-            name=model_name.strip() or None,
-            progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
-            should_stop=lambda: bool(ss.get(STOP)))
+        with jobs.computing("the training"):
+            bundle, report = train_drug_model(
+                bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
+                adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
+                target_resistant_value=resistant_value, few_shot_labels=few_shot,
+                name=model_name.strip() or None,
+                trained_by=(auth.current_user().name if auth.current_user() else None),
+                progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
+                should_stop=lambda: bool(ss.get(STOP)))
     except ScatdError as exc:
         bar.empty()
         show_error(exc)
-        st.stop()
+        ui.stop()
     bar.empty()
     from scatd_core.train import report_to_json
 
@@ -289,7 +291,7 @@ elif ss.get(STOP):
 # ------------------------------------------------------------------ results
 result = ss.get(RESULT)
 if result is None:
-    st.stop()
+    ui.stop()
 rep = result["report"]
 st.divider()
 st.subheader(f"Result: {result['name']}")
@@ -330,6 +332,6 @@ if losses:
                         key="train_pretrain_loss")
 st.download_button("Target predictions (CSV)", result["predictions"].to_csv(index=False).encode(),
                    file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv")
-if st.button("Use this model for prediction", key="train_use_model"):
+if st.button("Use this model for prediction", key="btn_train_use_model"):
     ui.set_bundle(result["bundle_path"])
     st.success("Selected. Go to the Predict page to run it on your data.")

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from scatd_app import state, ui
+from scatd_app import jobs, state, ui
 from scatd_core import pl
 from scatd_core._progress import with_eta
-from scatd_core.predict import estimate_seconds, predict, summary
+from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, summary
 
 ss = st.session_state
 st.title("3 · Predict")
@@ -58,16 +58,17 @@ if not current and st.button("Run prediction", type="primary", icon=":material/p
     ss[state.PREDICT_RUNNING] = True
     try:
         state.invalidate("prediction")
-        inputs = ui.model_inputs(adata, bundle)
-        predict(adata, bundle, inputs=inputs, mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]),
-                seed=int(seed),
-                progress=with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message)))
+        with jobs.computing("the prediction"):
+            inputs = ui.model_inputs(adata, bundle)
+            predict(adata, bundle, inputs=inputs, mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]),
+                    seed=int(seed),
+                    progress=with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message)))
     except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
         ss[state.PREDICT_RUNNING] = False
         state.invalidate("prediction")
         bar.empty()
         ui.show_error(exc)
-        st.stop()
+        ui.stop()
     # Streamlit stops an interrupted run (Cancel, leaving the page) with a BaseException, which
     # skips this line and leaves the flag set for the next run to report.
     ss[state.PREDICT_RUNNING] = False
@@ -76,10 +77,10 @@ if not current and st.button("Run prediction", type="primary", icon=":material/p
     current = True
 
 if not state.has_prediction():
-    st.stop()
+    ui.stop()
 if not current:
     st.caption("The results shown on the next pages were made with other settings; run again to update them.")
-    st.stop()
+    ui.stop()
 st.caption("The results for these data, model and settings are in place; nothing needs recomputing.")
 
 # ------------------------------------------------------------------ summary
@@ -95,6 +96,8 @@ c[1].metric("Called sensitive", f"{counts['n_sensitive']:,}")
 c[2].metric("Not scored", f"{counts['n_not_scored']:,}", help="Cells with no expression in the model's genes, or "
             "values the model cannot take. They keep their row in every output, with the reason.")
 c[3].metric("Filtered (QC)", f"{counts['n_filtered']:,}")
+if lowered_batch_message(counts):
+    st.info(lowered_batch_message(counts), icon=":material/memory:")
 if not thr["calibrated"]:
     st.warning("These calls use the model's default threshold, which is **not calibrated** to your data: the share "
                "called resistant can be far from the truth even when the ranking is good. Calibrate it on the Cells "

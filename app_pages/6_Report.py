@@ -40,7 +40,7 @@ try:
     ranking = export.biomarkers_table(adata)
 except ScatdError as exc:
     ui.show_error(exc)
-    st.stop()
+    ui.stop()
 
 c = st.columns(5)
 with c[0]:

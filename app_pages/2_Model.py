@@ -39,7 +39,7 @@ if not classifiers:
     if entries:
         st.subheader("Folders in the library that cannot be used")
         ui.show_library(entries)
-    st.stop()
+    ui.stop()
 
 st.caption("Installed drug models. Each is a bundle folder with its weights, genes and provenance.")
 ui.show_library(entries)
@@ -48,7 +48,7 @@ if not demo_data and not real:
     st.warning("**Only the demo model is installed**, and it was trained on simulated data: it says nothing about "
                "real cells. Use it with the demo data only.", icon=":material/warning:")
     how_to_get_a_model()
-    st.stop()
+    ui.stop()
 if not demo_data and any(b.is_demo for b in classifiers):
     st.caption("The demo model (simulated data) is offered with the demo data only.")
 
@@ -71,7 +71,7 @@ path = right.selectbox("Drug model", list(choices), key="model_bundle", index=No
 ui.set_bundle(path)
 if path is None:
     st.info("Choose the drug model to use.", icon=":material/touch_app:")
-    st.stop()
+    ui.stop()
 bundle = choices[path]
 
 with st.container(border=True):
@@ -98,7 +98,7 @@ adata = ss.get(state.ADATA)
 if adata is None:
     st.info("Upload data to see how many of the model's genes it covers.", icon=":material/info:")
     ui.link("Data", "Go to Data", ":material/arrow_forward:")
-    st.stop()
+    ui.stop()
 
 info = adata.uns.get(io.REPORT_KEY, {})
 ready = True
@@ -107,7 +107,7 @@ if bundle.input_kind == "expression":
         inputs = ui.model_inputs(adata, bundle)
     except ScatdError as exc:
         ui.show_error(exc)
-        st.stop()
+        ui.stop()
     from scatd_core.genes import coverage_report
 
     cov = coverage_report(adata, bundle.genes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from scatd_app import state, ui
+from scatd_app import jobs, state, ui
 from scatd_core import explain as ex
 from scatd_core import pl
 from scatd_core._keys import SCORED
@@ -66,19 +66,20 @@ token = ui.token_of(ss.get(state.PREDICTION), settings, threshold["value"])
 if submitted:
     bar = st.progress(0.0, text="Starting…")
     try:
-        ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle),
-                   progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)), **settings)
+        with jobs.computing("the gene ranking"):
+            ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle),
+                       progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)), **settings)
     except ScatdError as exc:
         bar.empty()
         ui.show_error(exc)
-        st.stop()
+        ui.stop()
     bar.empty()
     ss[state.BIOMARKERS] = token
 
 expl = ex.from_adata(adata)
 if expl is None:
     st.info("Choose the settings and press **Compute gene ranking**. The progress bar gives the time left.")
-    st.stop()
+    ui.stop()
 info = expl.info
 if ss.get(state.BIOMARKERS) != token:
     st.info("The results below are for earlier settings or another threshold (the predicted groups depend on it); "
@@ -138,7 +139,7 @@ if expl.features:
     if how != "UMAP":
         c1, c2 = st.columns([3, 1])
         c1.caption(f"Map: {how}.")
-        if c2.button("Compute UMAP", key="bio_umap"):
+        if c2.button("Compute UMAP", key="btn_bio_umap"):
             try:
                 with st.spinner("UMAP of the latent space…"):
                     ui.embedding(adata, "latent")  # the Cells page's computation: done once for both

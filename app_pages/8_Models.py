@@ -1,0 +1,162 @@
+"""Model library: installed bundles, the published scATD models, importing checkpoints, the demo model.
+
+Nothing typed in the browser becomes a server path: checkpoints are uploaded, or chosen from the
+folder the administrator configured (``paths.import_folder``), listed here.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from scatd_app import auth, jobs, ui
+from scatd_core import published
+from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL, import_checkpoint, remove_bundle
+from scatd_core.config import import_folder
+from scatd_core.errors import ScatdError
+from scatd_core.nn import BACKBONES
+
+ss = st.session_state
+user = auth.current_user()
+st.title("Model library")
+entries = ui.library_entries()
+if entries:
+    ui.show_library(entries)
+else:
+    st.info("The library is empty. Get the published scATD models or import a checkpoint below, train a model, or "
+            "install the demo model.", icon=":material/inventory_2:")
+carded = {str(e.path): e.bundle for e in entries if e.ok and e.bundle.manifest.get("card")}
+if carded:
+    st.subheader("Model card")
+    chosen = st.selectbox("Trained model", list(carded), format_func=lambda p: f"{carded[p].title} ({Path(p).name})",
+                          key="model_card_choice")
+    ui.show_card(carded[chosen].manifest["card"], key="model_card_figure")
+ui.link("Train a model", "Train a new drug model from bulk data", ":material/school:")
+
+# ------------------------------------------------------------------ published models
+st.subheader("Get the published scATD models")
+st.caption(f"The scATD authors' checkpoints on [figshare]({FIGSHARE_URL}): downloaded with a size limit and a "
+           "checksum check, then imported (weights only) with the right backbone, drug and gene list.")
+if st.button("List the published models", key="btn_list_published", icon=":material/cloud_download:"):
+    try:
+        with st.spinner("Asking figshare…"):
+            ss["models_published"] = published.list_files()
+    except ScatdError as exc:
+        ui.show_error(exc)
+files = ss.get("models_published")
+if files is not None:
+    usable = {f.name: f for f in files if f.recognised and f.recognised.kind in ("classifier", "backbone")}
+    if not usable:
+        st.warning("figshare lists no checkpoint scATD Studio recognises. " + published.manual_instructions())
+    else:
+        chosen = st.multiselect("Checkpoints to install", list(usable), key="models_published_choice",
+                                format_func=lambda n: f"{usable[n].recognised.title} · {n} · "
+                                                      f"{usable[n].size / 2**20:,.0f} MB")
+        if chosen and st.button("Download and install", type="primary", key="btn_install_published"):
+            bar = st.progress(0.0, text="Downloading…")
+            try:
+                with jobs.computing("the download"):
+                    installed = published.install(chosen, files=files, user=user.name if user else None,
+                                                  progress=lambda f, m: bar.progress(min(1.0, f), text=m))
+            except ScatdError as exc:
+                bar.empty()
+                ui.show_error(exc)
+            else:
+                ui.clear_library_cache()
+                st.success("Installed: " + ", ".join(ui.md(b.title) for b in installed), icon=":material/check_circle:")
+
+# ------------------------------------------------------------------ import
+st.subheader("Import an scATD checkpoint")
+st.caption("A `.pth` state dict from the scATD release (pretraining or drug classifier). It is read with "
+           "`weights_only=True`: a file holding anything but tensors is refused.")
+folder = import_folder()
+offered = sorted(p for p in folder.iterdir() if p.is_file()) if folder is not None and folder.is_dir() else []
+ss.setdefault("model_import_backbone", "dist_vae")
+backbone = st.selectbox("Backbone", BACKBONES, key="model_import_backbone",
+                        format_func=lambda b: BACKBONE_TITLES.get(b, b))
+with st.form("import_checkpoint"):
+    upload = st.file_uploader("Checkpoint file (.pth)", type=["pth", "pt"], key="upload_pth")
+    checkpoints = [p.name for p in offered if p.suffix in (".pth", ".pt")]
+    from_folder = st.selectbox("…or one the administrator placed in the import folder", [None] + checkpoints,
+                               key="import_from_folder", format_func=lambda n: "—" if n is None else n,
+                               disabled=not checkpoints,
+                               help="The server's import folder (paths.import_folder), set by the administrator.")
+    c = st.columns(2)
+    drug = c[0].text_input("Drug", key="import_drug", help="Any spelling; it is the name shown.")
+    name = c[1].text_input("Display name (optional)", key="import_name")
+    side_types = ["tsv", "txt", "csv"] if backbone == "dist_vae" else ["npy"]
+    side = st.file_uploader("Model gene list (scFoundation OS_scRNA_gene_index.19264.tsv, or one gene per line)"
+                            if backbone == "dist_vae" else "Bulk embeddings for AdaIN (.npy, samples x features)",
+                            type=side_types, key="upload_side")
+    side_files = [p.name for p in offered if p.suffix.lstrip(".") in side_types]
+    side_from_folder = st.selectbox("…or from the import folder", [None] + side_files, key="import_side_from_folder",
+                                    format_func=lambda n: "—" if n is None else n, disabled=not side_files)
+    threshold = st.number_input("Decision threshold (empty: the original default)", min_value=0.0, max_value=1.0,
+                                value=None, step=0.01, key="import_threshold")
+    replace = st.checkbox("Replace a model of the same name", key="import_replace", disabled=not (user and user.admin),
+                          help="Administrators only: shared models are never replaced by accident.")
+    submitted = st.form_submit_button("Import", type="primary", icon=":material/upload:")
+
+if submitted:
+    tmp = Path(tempfile.mkdtemp(prefix="scatd-import-"))
+    try:
+        if upload is not None:
+            pth = tmp / "checkpoint.pth"
+            pth.write_bytes(upload.getvalue())
+        elif from_folder:
+            pth = folder / from_folder  # a listed name, never a typed path
+        else:
+            raise ScatdError("No checkpoint given.", "Upload a .pth file, or choose one from the import folder.")
+        extra = None
+        if side is not None:
+            extra = tmp / (f"genes{Path(side.name).suffix}" if backbone == "dist_vae" else "style.npy")
+            extra.write_bytes(side.getvalue())
+        elif side_from_folder:
+            extra = folder / side_from_folder
+        with st.spinner("Importing…"):
+            bundle = import_checkpoint(
+                pth, backbone, drug=drug.strip() or None, name=name.strip() or None, threshold=threshold,
+                genes=extra if backbone == "dist_vae" else None,
+                style_reference=extra if backbone != "dist_vae" else None,
+                provenance={"imported_by": user.name if user else None},
+                overwrite=bool(replace and user and user.admin))
+    except Exception as exc:  # ScatdError: a message; anything else: still no traceback
+        ui.show_error(exc)
+    else:
+        ui.clear_library_cache()
+        st.success(f"Imported **{ui.md(bundle.title)}**.", icon=":material/check_circle:")
+        if bundle.input_kind == "embedding" and bundle.style_mean is None and bundle.kind == "classifier":
+            st.warning("No bulk embeddings were given: this model cannot predict until it has the AdaIN "
+                       "statistics. Import it again with the bulk embeddings .npy.", icon=":material/warning:")
+        ui.link("Model", "Use it: choose the model", ":material/arrow_forward:")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+# ------------------------------------------------------------------ demo model
+st.subheader("The demo model")
+st.caption("A model trained on simulated cell lines, for trying the app with the demo data (labelled demo "
+           "(simulated data) everywhere). It says nothing about real cells.")
+if ui.demo_button("btn_models_demo", st):
+    st.success("The demo data and model are ready.", icon=":material/check_circle:")
+
+# ------------------------------------------------------------------ administration
+if user is not None and user.admin:
+    st.subheader("Remove a model")
+    removable = {str(e.path): e for e in entries}
+    if removable:
+        target = st.selectbox("Model", list(removable), key="models_remove_choice",
+                              format_func=lambda p: removable[p].bundle.title if removable[p].ok
+                              else f"{Path(p).name} (unusable)")
+        sure = st.checkbox("Yes, remove it for every user of this server", key="models_remove_sure")
+        if st.button("Remove", disabled=not sure, key="btn_remove_model", icon=":material/delete:"):
+            try:
+                remove_bundle(target)
+            except ScatdError as exc:
+                ui.show_error(exc)
+            else:
+                ui.clear_library_cache()
+                if ss.get("bundle_path") == target:
+                    ui.set_bundle(None)
+                st.success("Removed.", icon=":material/check_circle:")
+                st.rerun()

@@ -1,0 +1,124 @@
+"""Who is using the app: a login when the server is reachable from the network, none on localhost.
+
+``auth.mode`` (see :mod:`scatd_core.config`): ``auto`` asks for a password when Streamlit listens
+beyond localhost (``server.address`` other than localhost/127.0.0.1/::1), ``password`` always,
+``oidc`` uses Streamlit's built-in OpenID Connect login (``st.login``, configured in
+``.streamlit/secrets.toml``), ``none`` never. Passwords are checked against the argon2 hashes of
+the users file; failed attempts are counted per user name and per client address, and too many
+lock both out for ``auth.lockout_minutes`` (shared by every session of the server).
+"""
+
+from __future__ import annotations
+
+import getpass
+
+import streamlit as st
+
+from scatd_core.config import settings
+from scatd_core.users import LoginThrottle, User, list_users, verify
+
+USER = "user"  # session key: the logged-in scatd_core.users.User
+LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
+
+
+def listens_locally() -> bool:
+    from streamlit import config
+
+    return str(config.get_option("server.address") or "") in LOCAL_ADDRESSES
+
+
+def mode() -> str:
+    """The effective mode: ``password``, ``oidc`` or ``none``."""
+    wanted = settings()["auth_mode"]
+    if wanted == "auto":
+        return "none" if listens_locally() else "password"
+    return wanted
+
+
+@st.cache_resource(show_spinner=False)
+def _throttle() -> LoginThrottle:
+    conf = settings()
+    return LoginThrottle(conf["auth_max_failures"], conf["auth_lockout_minutes"] * 60)
+
+
+def _client() -> str:
+    try:
+        return str(st.context.ip_address or "unknown")
+    except Exception:  # older Streamlit, or no request context (tests)
+        return "unknown"
+
+
+def current_user() -> User | None:
+    return st.session_state.get(USER)
+
+
+def _password_form() -> None:
+    st.title("scATD Studio")
+    conf = settings()
+    try:
+        users = list_users()
+    except Exception as exc:  # a broken users file: say so, never a traceback
+        st.error(f"The login cannot work: {exc}", icon=":material/error:")
+        return
+    if not users:
+        st.warning("This server is reachable from the network, so it needs a login, but no user account exists "
+                   "yet. An administrator creates one on the server with `scatd users add NAME --admin`.",
+                   icon=":material/lock:")
+        return
+    with st.form("login"):
+        name = st.text_input("User name", key="login_name")
+        password = st.text_input("Password", type="password", key="login_password")
+        submitted = st.form_submit_button("Log in", type="primary")
+    if submitted:
+        keys = (f"user:{name}", f"ip:{_client()}")
+        wait = _throttle().locked_for(*keys)
+        if wait > 0:
+            st.error(f"Too many failed attempts. Try again in {max(1, round(wait / 60))} minute(s).",
+                     icon=":material/lock_clock:")
+            return
+        user = verify(name, password)
+        if user is None:
+            _throttle().failed(*keys)
+            st.error("Wrong user name or password.", icon=":material/error:")
+            return
+        _throttle().succeeded(*keys)
+        st.session_state[USER] = user
+        st.rerun()
+    st.caption(f"Accounts are managed by the administrator (`scatd users`); {conf['auth_max_failures']} failed "
+               f"attempts lock an account or address for {conf['auth_lockout_minutes']} minutes.")
+
+
+def login_page() -> None:
+    """The only page registered before a login (so no other page can be reached by its address)."""
+    if mode() == "oidc":
+        st.title("scATD Studio")
+        st.button("Log in", type="primary", on_click=st.login)
+    else:
+        _password_form()
+
+
+def resolve() -> User | None:
+    """The user of this session, or ``None`` while a login is needed (nothing is drawn).
+
+    Without a login (localhost) the person at the machine is the only user and administers it.
+    """
+    how = mode()
+    if how == "none":
+        user = User(getpass.getuser() or "local", admin=True)
+    elif how == "oidc":
+        if not st.user.is_logged_in:
+            return None
+        name = str(st.user.get("email") or st.user.get("name") or "user")
+        user = User(name, name in settings()["auth_admins"])
+    else:
+        user = current_user()
+        if user is None:
+            return None
+    st.session_state[USER] = user
+    return user
+
+
+def logout() -> None:
+    st.session_state.pop(USER, None)
+    if mode() == "oidc":
+        st.logout()

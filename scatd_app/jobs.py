@@ -1,0 +1,88 @@
+"""One queue for the server's heavy computations, so a lab's users share the machine fairly.
+
+At most ``server.max_jobs`` computations (prediction, attributions, UMAP, training, the demo
+build) run at once, process-wide; the others wait in arrival order, and each waiting page shows
+its position. A user who leaves or presses Cancel while waiting is removed from the queue (the
+page's run is interrupted, which runs the ``finally`` below).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable
+
+import streamlit as st
+
+from scatd_core.config import settings
+
+
+class JobQueue:
+    """First come, first served, ``slots`` at a time."""
+
+    def __init__(self, slots: int):
+        self.slots = max(1, int(slots))
+        self.running = 0
+        self.waiting: list[object] = []
+        self._cond = threading.Condition()
+
+    def position(self, ticket) -> int:
+        """1-based place among the waiting (0 when not waiting)."""
+        with self._cond:
+            return self.waiting.index(ticket) + 1 if ticket in self.waiting else 0
+
+    @contextmanager
+    def slot(self, on_wait: Callable[[int, int], None] | None = None, poll_seconds: float = 0.5):
+        """Wait for a free slot (calling ``on_wait(position, running)`` while waiting), then hold it."""
+        ticket = object()
+        with self._cond:
+            self.waiting.append(ticket)
+        acquired = False
+        try:
+            while True:
+                with self._cond:
+                    first = self.waiting[0] is ticket
+                    if first and self.running < self.slots:
+                        self.waiting.pop(0)
+                        self.running += 1
+                        acquired = True
+                        self._cond.notify_all()
+                        break
+                    position, running = self.waiting.index(ticket) + 1, self.running
+                if on_wait is not None:
+                    on_wait(position, running)  # a Streamlit call: where a Cancel interrupts the wait
+                with self._cond:
+                    self._cond.wait(poll_seconds)
+            yield
+        finally:
+            with self._cond:
+                if acquired:
+                    self.running -= 1
+                elif ticket in self.waiting:
+                    self.waiting.remove(ticket)
+                self._cond.notify_all()
+
+
+@st.cache_resource(show_spinner=False)
+def queue() -> JobQueue:
+    """The server's queue (one per process)."""
+    return JobQueue(settings()["max_jobs"])
+
+
+@contextmanager
+def computing(what: str):
+    """Run the block when a slot is free; meanwhile show the place in the queue and a Cancel button
+    (pressing it reruns the page, which interrupts the wait and leaves the queue)."""
+    note, cancel = st.empty(), st.empty()
+    drawn = []
+
+    def waiting(position: int, running: int) -> None:
+        note.info(f"Waiting for the server: {what} starts when one of the {running} running computation(s) "
+                  f"finishes. You are number {position} in the queue.", icon=":material/hourglass_top:")
+        if not drawn:
+            drawn.append(cancel.button("Cancel", key="btn_cancel_wait", icon=":material/close:"))
+
+    with queue().slot(waiting):
+        note.empty()
+        cancel.empty()
+        yield

@@ -1,0 +1,160 @@
+"""Each browser session's own working folder, its resumable state, and their clean-up.
+
+- **Working folder**: ``<work_dir>/sessions/<session id>/`` holds this session's uploads (read
+  from disk when large); nothing else ever reads it, and it is removed when the session has been
+  idle longer than ``server.session_ttl_minutes`` (or replaced by new data).
+- **Resume after a reload**: the session's values (its AnnData, choices and results, kept by
+  reference, not copied) stay in a process-wide store under an unguessable token that the page
+  keeps in its URL (``?s=...``). A reload or a dropped connection opens a new Streamlit session
+  with the same URL, which takes the values back: only for the same user when there is a login.
+  A server restart, or more idle time than the TTL, ends it, and the page says so.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+
+from scatd_app import state
+from scatd_core.config import settings, work_dir
+
+SESSION_ID = "session_id"
+TOKEN = "session_token"
+RESUMED = "session_resumed"        # "resumed" | "lost": what happened when this browser session began
+QUERY_KEY = "s"
+#: At most this many idle sessions are kept for resuming (the oldest go first).
+MAX_KEPT = 64
+#: Session keys kept for a reload besides the widget values (state.KEPT_WIDGET_PREFIXES).
+KEPT_KEYS = (state.ADATA, state.DATA_NAME, state.DATA_TOKEN, state.IS_DEMO, state.LABEL_COLUMN,
+             state.SAMPLE_COLUMN, state.BUNDLE_PATH, state.PREDICTION, state.INPUTS, state.EMBEDDING,
+             state.BIOMARKERS, state.QC_METRICS, "data_upload", SESSION_ID)
+
+
+@dataclass
+class _Record:
+    owner: str
+    values: dict
+    touched: float = field(default_factory=time.monotonic)
+
+
+class SessionStore:
+    """Resumable sessions by token (in this process's memory; bounded in number and idle time)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, _Record] = {}
+        self._lock = threading.Lock()
+        self._last_sweep = 0.0
+
+    def put(self, token: str, owner: str, values: dict) -> None:
+        with self._lock:
+            self._records[token] = _Record(owner, values)
+            while len(self._records) > MAX_KEPT:
+                oldest = min(self._records, key=lambda t: self._records[t].touched)
+                self._records.pop(oldest)
+
+    def take(self, token: str, owner: str) -> dict | None:
+        with self._lock:
+            record = self._records.get(token)
+            if record is None or record.owner != owner:
+                return None
+            record.touched = time.monotonic()
+            return dict(record.values)
+
+    def sweep(self, ttl_seconds: float) -> list[str]:
+        """Forget sessions idle longer than ``ttl_seconds``; returns the session ids forgotten."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [t for t, r in self._records.items() if now - r.touched > ttl_seconds]
+            ids = [str(self._records[t].values.get(SESSION_ID)) for t in gone]
+            for t in gone:
+                del self._records[t]
+            self._last_sweep = now
+        return ids
+
+    def live_ids(self) -> set[str]:
+        with self._lock:
+            return {str(r.values.get(SESSION_ID)) for r in self._records.values()}
+
+
+@st.cache_resource(show_spinner=False)
+def store() -> SessionStore:
+    return SessionStore()
+
+
+def _kept(ss) -> dict:
+    return {k: ss[k] for k in list(ss.keys())
+            if k in KEPT_KEYS or str(k).startswith(state.KEPT_WIDGET_PREFIXES)}
+
+
+def begin(owner: str) -> None:
+    """Start (or resume) this browser session; call once per run, before the page."""
+    ss = st.session_state
+    if SESSION_ID not in ss:
+        token = st.query_params.get(QUERY_KEY)
+        values = store().take(token, owner) if token else None
+        if values:
+            for key, value in values.items():
+                ss[key] = value
+            ss[RESUMED] = "resumed"
+        else:
+            if token:
+                ss[RESUMED] = "lost"
+            token = secrets.token_urlsafe(24)
+            ss[SESSION_ID] = uuid.uuid4().hex
+        ss[TOKEN] = token
+    mine = work_dir() / "sessions" / str(ss[SESSION_ID])
+    if mine.is_dir():
+        mine.touch()  # in use: the sweep keeps it
+    if st.query_params.get(QUERY_KEY) != ss[TOKEN]:
+        st.query_params[QUERY_KEY] = ss[TOKEN]
+    sweep()
+
+
+def save(owner: str) -> None:
+    """Keep this session's values for a reload (by reference: nothing is copied)."""
+    ss = st.session_state
+    if TOKEN in ss:
+        store().put(ss[TOKEN], owner, _kept(ss))
+
+
+def notice() -> None:
+    """Tell the user, once, that their session was resumed or could not be."""
+    what = st.session_state.pop(RESUMED, None)
+    ttl = settings()["session_ttl_minutes"]
+    if what == "resumed":
+        st.toast("Your session was resumed where you left it.", icon=":material/history:")
+    elif what == "lost":
+        st.warning(f"Your previous session could not be restored: the server was restarted, or it was idle for more "
+                   f"than {ttl} minutes. Upload your data again.", icon=":material/history_toggle_off:")
+
+
+def folder() -> Path:
+    """This session's working folder (created on demand, touched on every use)."""
+    path = work_dir() / "sessions" / st.session_state[SESSION_ID]
+    path.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def sweep(every_seconds: float = 60.0) -> None:
+    """Forget idle sessions and delete working folders no live session owns (at most once a minute)."""
+    s = store()
+    if time.monotonic() - s._last_sweep < every_seconds:
+        return
+    ttl = settings()["session_ttl_minutes"] * 60
+    s.sweep(ttl)
+    root = work_dir() / "sessions"
+    if not root.is_dir():
+        return
+    live = s.live_ids() | {str(st.session_state.get(SESSION_ID))}
+    now = time.time()
+    for path in root.iterdir():
+        if path.name not in live and now - path.stat().st_mtime > ttl:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,53 @@
+"""``scatd users``: the accounts of the app's login (argon2 hashes in the users file)."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+
+from scatd_core.cli._common import say
+from scatd_core.errors import ScatdError
+
+
+def add(sub) -> None:
+    p = sub.add_parser("users", help="manage the app's user accounts (add, remove, list)",
+                       description="Manage who may log in to the app. Passwords are stored as argon2 hashes in the "
+                                   "users file (auth.users_file in the configuration).")
+    acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = acts.add_parser("add", help="add a user (asks for the password)")
+    a.add_argument("name")
+    a.add_argument("--admin", action="store_true", help="may replace and delete shared models")
+    a.add_argument("--replace", action="store_true", help="set a new password for an existing user")
+    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    r = acts.add_parser("remove", help="remove a user")
+    r.add_argument("name")
+    acts.add_parser("list", help="list the users")
+    p.set_defaults(run=run)
+
+
+def _password(args) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"Password for {args.name}: ")
+    if first != getpass.getpass("Again: "):
+        raise ScatdError("The two passwords differ; nothing was changed.")
+    return first
+
+
+def run(args) -> int:
+    from scatd_core import users
+
+    path = users.users_file()
+    if args.action == "add":
+        user = users.add_user(args.name, _password(args), admin=args.admin, replace=args.replace)
+        print(f"{'Updated' if args.replace else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}")
+    elif args.action == "remove":
+        users.remove_user(args.name)
+        print(f"Removed {args.name} from {path}")
+    else:
+        listed = users.list_users()
+        if not listed:
+            say(f"No users in {path}. Add one with `scatd users add NAME --admin`.")
+        for user in listed:
+            print(f"{user.name}\t{'admin' if user.admin else 'user'}")
+    return 0

@@ -1,0 +1,129 @@
+"""What ``scatd doctor`` checks: everything an administrator needs before opening the server to a lab.
+
+:func:`diagnose` returns sections of ``{"what", "status" (ok | warning | problem), "detail"}``
+items: software versions, the compute device, the configuration (file, problems, folders
+writable), the model library (bundles that load, interrupted writes repaired), login (mode,
+users, admins) and the foundation-model assets when their probe is available.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from scatd_core import __version__
+from scatd_core.config import settings
+
+PACKAGES = ("torch", "anndata", "scanpy", "numpy", "scipy", "pandas", "h5py", "captum", "umap-learn",
+            "streamlit", "safetensors", "argon2-cffi")
+
+
+def _item(what: str, status: str, detail: str) -> dict:
+    return {"what": what, "status": status, "detail": detail}
+
+
+def _versions() -> list[dict]:
+    items = [_item("scATD Studio", "ok", __version__), _item("Python", "ok", platform.python_version())]
+    for dist in PACKAGES:
+        try:
+            items.append(_item(dist, "ok", version(dist)))
+        except PackageNotFoundError:
+            items.append(_item(dist, "problem", "not installed: pip install -r requirements.txt"))
+    return items
+
+
+def _device(conf) -> list[dict]:
+    import torch
+
+    want = conf["device"]
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return [_item("device", "ok", f"CUDA: {names} (policy: {want})")]
+    status = "problem" if want == "cuda" else "ok"
+    return [_item("device", status, f"CPU, {torch.get_num_threads()} threads; no GPU"
+                  + (" but server.device = cuda" if want == "cuda" else f" (policy: {want})"))]
+
+
+def _writable(path: Path) -> bool:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
+def _configuration(conf) -> list[dict]:
+    items = [_item("configuration file", "ok", str(conf.config_file) if conf.config_file else
+                   "none (defaults and environment variables)")]
+    items += [_item("configuration", "warning", problem) for problem in conf.problems]
+    for key in ("home", "library", "work_dir"):
+        path = conf[key]
+        items.append(_item(key, "ok" if _writable(path) else "problem",
+                           f"{path}" + ("" if _writable(path) else " is not writable by this user")))
+    folder = conf["import_folder"]
+    if folder is not None:
+        items.append(_item("import_folder", "ok" if Path(folder).is_dir() else "warning",
+                           f"{folder}" + ("" if Path(folder).is_dir() else " does not exist")))
+    lim = conf.limits
+    items.append(_item("limits", "ok", f"uploads {lim.max_upload_mb:,} MB, decompressed {lim.max_decompressed_mb:,} MB, "
+                       f"dataset memory {lim.max_dataset_mb:,} MB, {lim.max_cells:,} cells, {lim.max_genes:,} genes; "
+                       f"{conf['max_jobs']} computation(s) at once; idle sessions kept {conf['session_ttl_minutes']} min"))
+    return items
+
+
+def _library(conf) -> list[dict]:
+    from scatd_core.bundle import clean_library, list_library
+
+    root = conf["library"]
+    items = [_item("repaired", "warning", done) for done in clean_library(root)]
+    entries = list_library(root)
+    ok = [e for e in entries if e.ok]
+    items.append(_item("bundles", "ok" if ok or not entries else "warning",
+                       f"{len(ok)} usable model(s) in {root}" + (f" ({sum(e.bundle.is_demo for e in ok)} demo)"
+                                                                  if ok else "")))
+    items += [_item(e.path.name, "problem", e.problem) for e in entries if not e.ok]
+    return items
+
+
+def _login(conf) -> list[dict]:
+    from scatd_core.users import list_users
+
+    mode = conf["auth_mode"]
+    items = [_item("mode", "ok", {"auto": "password login when the server listens beyond localhost",
+                                  "password": "password login always", "oidc": "Streamlit's OIDC login",
+                                  "none": "no login (only safe on a single-user machine)"}[mode])]
+    if mode in ("auto", "password"):
+        try:
+            users = list_users()
+        except Exception as exc:  # a broken users file is a problem to report, not a crash
+            return items + [_item("users", "problem", str(exc))]
+        admins = [u.name for u in users if u.admin]
+        status = "ok" if admins else ("problem" if mode == "password" else "warning")
+        items.append(_item("users", status, f"{len(users)} user(s), admins: {', '.join(admins) or 'none'} "
+                           f"({conf['auth_users_file']})" + ("" if admins else
+                                                             "; add one with `scatd users add NAME --admin`")))
+    if mode == "oidc":
+        items.append(_item("admins", "ok" if conf["auth_admins"] else "warning",
+                           ", ".join(conf["auth_admins"]) or "no auth.admins: nobody can replace shared models"))
+    return items
+
+
+def _foundation() -> list[dict]:
+    try:
+        from scatd_core.foundation import probe_all  # the foundation-model backbones, when installed
+    except ImportError:
+        return []
+    return [_item(p["backbone"], "ok" if p.get("ok") else "warning", p.get("detail", "")) for p in probe_all()]
+
+
+def diagnose() -> dict:
+    conf = settings()
+    sections = {"software": _versions(), "device": _device(conf), "configuration": _configuration(conf),
+                "model library": _library(conf), "login": _login(conf)}
+    foundation = _foundation()
+    if foundation:
+        sections["foundation models"] = foundation
+    flat = [i for items in sections.values() for i in items]
+    return {"sections": sections, "n_problems": sum(i["status"] == "problem" for i in flat),
+            "n_warnings": sum(i["status"] == "warning" for i in flat)}

@@ -1,0 +1,187 @@
+"""The published scATD models: list them on figshare, download with checks, import into the library.
+
+The scATD authors published their checkpoints in one public figshare article
+(:data:`scatd_core.bundle.FIGSHARE_ARTICLE`). :func:`list_files` asks figshare's public API which
+files it holds; :func:`recognise` says what each known file is (backbone, drug, what it needs);
+:func:`install` downloads the chosen ones with a size limit, progress and an MD5 check against
+figshare's own checksum, then imports them with the right backbone, drug and gene list
+(:func:`scatd_core.bundle.import_checkpoint`, weights only).
+
+Without network access, :func:`manual_instructions` says what to download by hand and how to
+import it. The API address can be changed (``published.figshare_api``) for a mirror or a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from scatd_core.bundle import FIGSHARE_ARTICLE, FIGSHARE_URL, import_checkpoint
+from scatd_core.config import limits, settings
+from scatd_core.errors import InputError
+
+#: The scFoundation gene list (the Dist_VAE input order); fetched from ``published.gene_list_url``
+#: when the article does not hold it.
+GENE_LIST = "OS_scRNA_gene_index.19264.tsv"
+TIMEOUT_SECONDS = 20
+
+
+@dataclass(frozen=True)
+class Recognised:
+    """What a published file is: ``kind`` 'classifier' | 'backbone' | 'genes' | 'style'."""
+
+    kind: str
+    backbone: str | None = None
+    drug: str | None = None
+    title: str = ""
+
+
+#: Files of the article that scATD's documentation names (reference §2, §8).
+KNOWN = {
+    "checkpoint_fold5_final_epoch_150.pth": Recognised(
+        "classifier", "dist_vae", "DOCETAXEL", "Dist_VAE drug model, docetaxel (GSE140440)"),
+    "checkpoint_fold1_epoch_30.pth": Recognised(
+        "backbone", "dist_vae", None, "Dist_VAE pretrained backbone (train drug models from it)"),
+    "VAE_sf_checkpoint_fold1_epoch_24.pth": Recognised(
+        "backbone", "vae_sf", None, "VAE_sf pretrained backbone"),
+    "VAE_gf_checkpoint_fold1_epoch_39.pth": Recognised(
+        "backbone", "vae_gf", None, "VAE_gf pretrained backbone"),
+    GENE_LIST: Recognised("genes", None, None, "scFoundation gene list (input order of Dist_VAE)"),
+}
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    name: str
+    size: int
+    url: str
+    md5: str | None
+
+    @property
+    def recognised(self) -> Recognised | None:
+        return KNOWN.get(self.name)
+
+
+def api_url() -> str:
+    return settings()["figshare_api"]
+
+
+def _get(url: str, timeout: float = TIMEOUT_SECONDS):
+    request = urllib.request.Request(url, headers={"User-Agent": "scATD-Studio", "Accept": "application/json"})
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (an https URL from the configuration)
+
+
+def manual_instructions() -> str:
+    names = ", ".join(n for n, r in KNOWN.items() if r.kind in ("classifier", "backbone"))
+    return (f"Download the checkpoints by hand from {FIGSHARE_URL} ({names}) and, for Dist_VAE models, the gene "
+            f"list {GENE_LIST} (from the scFoundation repository, model/ folder); then import them on the Model "
+            "library page (upload) or with `scatd import-checkpoint FILE --backbone dist_vae --drug DRUG --genes "
+            f"{GENE_LIST}`.")
+
+
+def list_files(article: int = FIGSHARE_ARTICLE, api: str | None = None) -> list[PublishedFile]:
+    """The files of the article (name, size, download address, MD5), from figshare's public API."""
+    url = f"{(api or api_url()).rstrip('/')}/articles/{int(article)}/files?page_size=1000"
+    try:
+        with _get(url) as response:
+            raw = response.read(16 << 20)
+        entries = json.loads(raw)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise InputError(f"figshare could not be reached ({getattr(exc, 'reason', exc)}).",
+                         manual_instructions()) from None
+    if not isinstance(entries, list):
+        raise InputError("figshare answered with something that is not a file list.", manual_instructions())
+    files = []
+    for e in entries:
+        if isinstance(e, dict) and e.get("name") and e.get("download_url"):
+            files.append(PublishedFile(name=str(e["name"]), size=int(e.get("size") or 0), url=str(e["download_url"]),
+                                       md5=e.get("computed_md5") or e.get("supplied_md5") or None))
+    return files
+
+
+def download(file: PublishedFile, folder: Path, progress: Callable[[float, str], None] | None = None) -> Path:
+    """Download ``file`` into ``folder``, refusing more bytes than it declares or than the upload
+    limit, and checking its MD5 against figshare's. Returns the path (complete, or nothing)."""
+    cap = limits().max_upload_bytes
+    if file.size > cap:
+        raise InputError(f"{file.name} is {file.size / 2**20:,.0f} MB, over the server's limit of "
+                         f"{cap / 2**20:,.0f} MB.", "Ask the administrator to raise SCATD_MAX_UPLOAD_MB.")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / Path(file.name).name
+    digest = hashlib.md5()  # noqa: S324 (figshare publishes MD5; this checks integrity, not secrecy)
+    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
+    done = 0
+    try:
+        with os.fdopen(fd, "wb") as out, _get(file.url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                done += len(chunk)
+                if done > cap or (file.size and done > file.size):
+                    raise InputError(f"{file.name} is larger than figshare says ({done:,} bytes so far); it was "
+                                     "refused.", "Try again later, or download it by hand: " + FIGSHARE_URL)
+                digest.update(chunk)
+                out.write(chunk)
+                if progress is not None and file.size:
+                    progress(done / file.size, f"{file.name}: {done / 2**20:,.1f} of {file.size / 2**20:,.1f} MB")
+        if file.size and done != file.size:
+            raise InputError(f"The download of {file.name} stopped at {done:,} of {file.size:,} bytes.",
+                             "Try again; the connection was interrupted.")
+        if file.md5 and digest.hexdigest() != file.md5.lower():
+            raise InputError(f"{file.name} does not match figshare's checksum (MD5); it was not used.",
+                             "Try again; the download was corrupted on the way.")
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError) as exc:
+        raise InputError(f"The download of {file.name} failed ({getattr(exc, 'reason', exc)}).",
+                         manual_instructions()) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _gene_list(files: list[PublishedFile], folder: Path, progress) -> Path:
+    published = next((f for f in files if f.name == GENE_LIST), None)
+    if published is not None:
+        return download(published, folder, progress)
+    source = settings()["gene_list_url"]
+    return download(PublishedFile(GENE_LIST, 0, source, None), folder, progress)
+
+
+def install(names: list[str], *, files: list[PublishedFile] | None = None, library: str | Path | None = None,
+            user: str | None = None, progress: Callable[[float, str], None] | None = None) -> list:
+    """Download the named checkpoints (and the gene list Dist_VAE needs) and import them.
+
+    Returns the installed :class:`~scatd_core.bundle.Bundle` objects. Files that are already
+    installed are refused by the library (nothing is replaced).
+    """
+    files = files if files is not None else list_files()
+    by_name = {f.name: f for f in files}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise InputError(f"The published article has no file named {', '.join(unknown)}.",
+                         f"Its files: {', '.join(sorted(by_name)) or 'none'}.")
+    say = progress or (lambda f, m: None)
+    installed = []
+    with tempfile.TemporaryDirectory(prefix="scatd-published-") as tmp:
+        folder = Path(tmp)
+        for i, name in enumerate(names):
+            what = by_name[name].recognised
+            if what is None or what.kind not in ("classifier", "backbone"):
+                raise InputError(f"{name} is not a checkpoint scATD Studio recognises.",
+                                 "Download it by hand and import it with its backbone and drug on the Model "
+                                 "library page.")
+            step = (lambda f, m, i=i: say((i + f) / len(names), m))
+            pth = download(by_name[name], folder, step)
+            genes = _gene_list(files, folder, step) if what.backbone == "dist_vae" else None
+            installed.append(import_checkpoint(
+                pth, what.backbone, drug=what.drug, genes=genes, library=library,
+                name=f"{what.title} (published scATD)", provenance={"source_url": by_name[name].url,
+                                                                    "imported_by": user}))
+    say(1.0, f"Installed {len(installed)} published model(s)")
+    return installed

@@ -1,0 +1,173 @@
+"""The users of a lab server: names, roles and argon2 password hashes in one TOML file.
+
+The file is ``auth.users_file`` of :mod:`scatd_core.config` (default ``<home>/users.toml``),
+managed with ``scatd users add/remove/list`` and read by the app's login. Only hashes are stored
+(argon2id, the `argon2-cffi` defaults); the file is written atomically with mode 0600.
+
+::
+
+    [users.alice]
+    hash = "$argon2id$v=19$m=65536,t=3,p=4$..."
+    admin = true
+    created = "2026-11-30T10:00:00+00:00"
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import tempfile
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from scatd_core.config import settings
+from scatd_core.errors import InputError
+
+#: User names: letters, digits, '.', '_', '-', '@' (e-mail addresses work), 1-64 characters.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+MIN_PASSWORD_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    admin: bool = False
+
+
+def users_file() -> Path:
+    return settings()["auth_users_file"]
+
+
+def _hasher():
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
+
+
+def load_users(path: Path | None = None) -> dict[str, dict]:
+    """``{name: {"hash", "admin", "created"}}`` (empty when the file does not exist)."""
+    path = Path(path) if path else users_file()
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"The users file {path} cannot be read ({exc}).",
+                         "Fix or remove it, then add users again with `scatd users add`.") from None
+    users = data.get("users", {})
+    return {str(k): dict(v) for k, v in users.items() if isinstance(v, dict) and "hash" in v}
+
+
+def _save(users: dict[str, dict], path: Path) -> None:
+    import tomli_w
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".users-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(tomli_w.dumps({"users": users}).encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def add_user(name: str, password: str, *, admin: bool = False, path: Path | None = None,
+             replace: bool = False) -> User:
+    """Add (or with ``replace`` update) a user with an argon2 hash of ``password``."""
+    path = Path(path) if path else users_file()
+    if not NAME_PATTERN.match(name or ""):
+        raise InputError(f"{name!r} is not a valid user name.", "Use 1-64 letters, digits, '.', '_', '-' or '@'.")
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise InputError(f"The password is too short (at least {MIN_PASSWORD_LENGTH} characters).")
+    users = load_users(path)
+    if name in users and not replace:
+        raise InputError(f"User {name} already exists.", "Use --replace to set a new password.")
+    users[name] = {"hash": _hasher().hash(password), "admin": bool(admin),
+                   "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    _save(users, path)
+    return User(name, bool(admin))
+
+
+def remove_user(name: str, path: Path | None = None) -> None:
+    path = Path(path) if path else users_file()
+    users = load_users(path)
+    if name not in users:
+        raise InputError(f"There is no user {name}.", f"Users: {', '.join(sorted(users)) or 'none'}.")
+    del users[name]
+    _save(users, path)
+
+
+def list_users(path: Path | None = None) -> list[User]:
+    return [User(name, bool(entry.get("admin"))) for name, entry in sorted(load_users(path).items())]
+
+
+def verify(name: str, password: str, path: Path | None = None) -> User | None:
+    """The user when ``password`` is right, else ``None`` (constant work for unknown names too)."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    users = load_users(path)
+    entry = users.get(name)
+    hasher = _hasher()
+    stored = entry["hash"] if entry else _DUMMY_HASH.get()
+    try:
+        hasher.verify(stored, password or "")
+    except (VerificationError, InvalidHashError):
+        return None
+    return User(name, bool(entry.get("admin"))) if entry else None
+
+
+class _Dummy:
+    """A hash to verify against for unknown names, so a wrong name costs as long as a wrong password."""
+
+    def __init__(self) -> None:
+        self._hash: str | None = None
+
+    def get(self) -> str:
+        if self._hash is None:
+            self._hash = _hasher().hash(os.urandom(16).hex())
+        return self._hash
+
+
+_DUMMY_HASH = _Dummy()
+
+
+class LoginThrottle:
+    """Failed logins per user name and per client address; too many within the window lock that
+    name or address out until the window has passed (shared by every session of the server)."""
+
+    def __init__(self, max_failures: int, window_seconds: float):
+        self.max_failures, self.window = int(max_failures), float(window_seconds)
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window]
+        self._failures[key] = times
+        return times
+
+    def locked_for(self, *keys: str) -> float:
+        """Seconds until these keys may try again (0: now)."""
+        now = time.monotonic()
+        with self._lock:
+            waits = [self.window - (now - times[0]) for key in keys
+                     if len(times := self._recent(key, now)) >= self.max_failures]
+        return max(waits, default=0.0)
+
+    def failed(self, *keys: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._recent(key, now).append(now)
+
+    def succeeded(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)

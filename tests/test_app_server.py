@@ -1,0 +1,155 @@
+"""The app on a shared lab server (AppTest): login, per-session isolation, resuming after a reload,
+escaped user strings, the job queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from _app_helpers import BUNDLE_FOLDER, make_bundle, make_dataset, trained_library  # noqa: F401 (fixture)
+from test_app_pages import APP, goto, h5ad_bytes, ok, run_prediction, text, upload
+from scatd_app import state
+
+
+@pytest.fixture(autouse=True)
+def _no_component_scan(monkeypatch):
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+
+
+@pytest.fixture
+def with_library(trained_library, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(trained_library))
+    return trained_library
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    return at
+
+
+def test_password_login_gates_every_page_and_throttles(with_library, tmp_path, monkeypatch):
+    from scatd_core import users
+
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    monkeypatch.setenv("SCATD_AUTH_MAX_FAILURES", "3")
+    at = _app()
+    assert "no user account exists" in text(at.warning) and not at.exception
+    users.add_user("alice", "a long enough password", admin=False)
+    at = _app()
+    assert [t.label for t in at.text_input] == ["User name", "Password"] and not at.sidebar.markdown
+    for _ in range(3):
+        at.text_input(key="login_name").set_value("alice")
+        at.text_input(key="login_password").set_value("wrong password!")
+        at.get("form_submit_button")[0].click()
+        at.run()
+        assert "Wrong user name or password" in text(at.error)
+    at.text_input(key="login_password").set_value("a long enough password")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert "Too many failed attempts" in text(at.error)  # even the right password, while locked out
+
+    from scatd_app import auth
+
+    auth._throttle.clear()  # the lock-out lasts auth.lockout_minutes; a new server starts afresh
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.text_input(key="login_name").set_value("alice")
+    at.text_input(key="login_password").set_value("a long enough password")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    ok(at)
+    assert "Logged in as alice" in text(at.caption) and "Try the demo" in [b.label for b in at.button]
+    goto(at, "8_Models")
+    assert "Remove a model" not in [h.value for h in at.subheader]  # only administrators remove models
+    assert at.checkbox(key="import_replace").disabled
+
+
+def test_two_sessions_with_the_same_bytes_share_nothing(with_library):
+    data = h5ad_bytes(make_dataset(60, seed=3))
+    first, second = _app(), _app()
+    upload(first, "patient_A.h5ad", data)
+    upload(second, "patient_B.h5ad", data)
+    run_prediction(first)
+    assert first.session_state[state.DATA_NAME] == "patient_A.h5ad"
+    assert second.session_state[state.DATA_NAME] == "patient_B.h5ad"
+    assert first.session_state[state.ADATA] is not second.session_state[state.ADATA]
+    assert state.PREDICTION not in second.session_state  # no result leaks across
+    goto(second, "4_Cells")
+    assert "Run a prediction first" in text(second.info)
+    assert "patient_A" not in "".join(str(m.value) for m in second.markdown)
+    assert first.session_state["session_id"] != second.session_state["session_id"]
+
+
+def test_a_reload_resumes_the_session_and_a_lost_one_says_so(with_library):
+    at = _app()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(50, seed=4)))
+    run_prediction(at)
+    token = at.query_params["s"][0] if isinstance(at.query_params["s"], list) else at.query_params["s"]
+    reloaded = AppTest.from_file(APP, default_timeout=300)
+    reloaded.query_params["s"] = token
+    reloaded.run()
+    ok(reloaded)
+    assert reloaded.session_state[state.DATA_NAME] == "tumour.h5ad"
+    assert reloaded.session_state[state.ADATA] is at.session_state[state.ADATA]
+    assert reloaded.session_state[state.PREDICTION] == at.session_state[state.PREDICTION]
+    goto(reloaded, "4_Cells")
+    assert "Run a prediction first" not in text(reloaded.info)
+
+    lost = AppTest.from_file(APP, default_timeout=300)
+    lost.query_params["s"] = "an-expired-or-unknown-token"
+    lost.run()
+    assert "could not be restored" in text(lost.warning) and state.ADATA not in lost.session_state
+
+
+def test_user_strings_are_escaped_in_markdown(with_library, tmp_path):
+    make_bundle(with_library / "evil", make_dataset(40, seed=1), steps=2, drug="<img src=x onerror=alert(1)>:red[x]")
+    at = _app()
+    upload(at, "<b>bold</b>.h5ad", h5ad_bytes(make_dataset(40, seed=2)))
+    at.session_state[state.BUNDLE_PATH] = str(with_library / "evil")
+    at.run()
+    shown = "\n".join(str(m.value) for m in at.sidebar.markdown)
+    assert "<img" not in shown and "&lt;img" in shown and "\\:red\\[x\\]" in shown
+    assert "<b>bold</b>" not in shown and "&lt;b&gt;bold" in shown
+
+
+def test_the_queue_runs_at_most_n_jobs_and_keeps_order():
+    """Deterministic under any load: each job arrives only once the previous one is running or
+    queued, and the first two hold their slots until all six have arrived."""
+    from scatd_app.jobs import JobQueue
+
+    q = JobQueue(slots=2)
+    running, peak, order, positions = [], [0], [], {}
+    lock = threading.Lock()
+    all_arrived = threading.Event()
+
+    def job(i):
+        def waiting(position, n_running):
+            positions.setdefault(i, position)
+        with q.slot(waiting, poll_seconds=0.01):
+            with lock:
+                running.append(i)
+                order.append(i)
+                peak[0] = max(peak[0], len(running))
+            all_arrived.wait(timeout=60)
+            time.sleep(0.02)
+            with lock:
+                running.remove(i)
+
+    threads = []
+    for i in range(6):
+        threads.append(threading.Thread(target=job, args=(i,)))
+        threads[-1].start()
+        deadline = time.monotonic() + 60
+        while q.running + len(q.waiting) < i + 1 and time.monotonic() < deadline:  # arrival order 0, 1, 2 ...
+            time.sleep(0.005)
+    all_arrived.set()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2 and order == list(range(6))
+    assert positions == {2: 1, 3: 2, 4: 3, 5: 4}  # later arrivals saw their place in the queue
+    assert q.running == 0 and q.waiting == []

@@ -1,0 +1,134 @@
+"""Getting the published scATD models, against a local stand-in for figshare's public API.
+
+The real service cannot be reached from the test machines; this server answers the same two
+requests (the article's file list, and each file's download) with files made here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import original_scatd as orig
+from conftest import SMALL, small_gene_names
+from scatd_core import published
+from scatd_core.bundle import FIGSHARE_ARTICLE, list_library
+from scatd_core.errors import InputError
+
+DAL = "checkpoint_fold5_final_epoch_150.pth"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def figshare(tmp_path, monkeypatch):
+    """A figshare-like API on localhost holding a small DAL checkpoint and the gene list."""
+    enc, z, _ = SMALL["dist_vae"]
+    files = {}
+    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=5), tmp_path / DAL)
+    files[DAL] = (tmp_path / DAL).read_bytes()
+    files[published.GENE_LIST] = ("gene_name\tindex\n" + "".join(
+        f"{g}\t{i}\n" for i, g in enumerate(small_gene_names(enc[0])))).encode()
+    files["README.txt"] = b"not a checkpoint"
+    files["broken.pth"] = files[DAL]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    listing = [{"id": i, "name": name, "size": len(data), "download_url": f"{base}/files/{i}",
+                "computed_md5": hashlib.md5(data).hexdigest() if name != "broken.pth" else "0" * 32}
+               for i, (name, data) in enumerate(files.items())]
+    by_id = {str(i): data for i, data in enumerate(files.values())}
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            requests.append(self.path)
+            if self.path.startswith(f"/v2/articles/{FIGSHARE_ARTICLE}/files"):
+                body = json.dumps(listing).encode()
+            elif self.path.startswith("/files/") and self.path.split("/")[-1] in by_id:
+                body = by_id[self.path.split("/")[-1]]
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("SCATD_FIGSHARE_API", f"{base}/v2")
+    monkeypatch.setenv("SCATD_GENE_LIST_URL", f"{base}/files/404")  # the article holds the list itself
+    yield requests
+    server.shutdown()
+
+
+def test_list_download_check_and_import(figshare):
+    files = published.list_files()
+    assert {f.name for f in files} >= {DAL, published.GENE_LIST, "README.txt"}
+    assert next(f for f in files if f.name == DAL).recognised.drug == "DOCETAXEL"
+    progress = []
+    [bundle] = published.install([DAL], files=files, user="alice", progress=lambda f, m: progress.append(f))
+    assert bundle.drug == "DOCETAXEL" and bundle.backbone == "dist_vae" and bundle.kind == "classifier"
+    assert bundle.genes == small_gene_names(SMALL["dist_vae"][0][0])
+    prov = bundle.manifest["provenance"]
+    assert prov["imported_by"] == "alice" and prov["source_url"].endswith("/files/0") and prov["source_file"] == DAL
+    assert progress[-1] == 1.0 and [b.path for b in (e.bundle for e in list_library())] == [bundle.path]
+    with pytest.raises(Exception, match="already exists"):  # installed once; never silently replaced
+        published.install([DAL], files=files)
+
+
+def test_a_corrupted_download_is_refused(figshare):
+    files = published.list_files()
+    broken = next(f for f in files if f.name == "broken.pth")
+    with pytest.raises(InputError, match="does not match figshare's checksum"):
+        published.download(broken, Path(__import__("tempfile").mkdtemp()))
+    with pytest.raises(InputError, match="not a checkpoint scATD Studio recognises"):
+        published.install(["README.txt"], files=files)
+
+
+def test_offline_says_what_to_download_by_hand(monkeypatch):
+    monkeypatch.setenv("SCATD_FIGSHARE_API", f"http://127.0.0.1:{_free_port()}/v2")  # nothing listens there
+    with pytest.raises(InputError, match="figshare could not be reached") as err:
+        published.list_files()
+    assert DAL in err.value.hint and published.GENE_LIST in err.value.hint and "scatd import-checkpoint" in err.value.hint
+
+
+def test_cli_models_fetch(figshare, capsys):
+    from scatd_core.cli import main
+
+    assert main(["models", "fetch"]) == 0
+    assert "Dist_VAE drug model, docetaxel" in capsys.readouterr().out
+    assert main(["models", "fetch", DAL]) == 0
+    assert "Installed DOCETAXEL · Dist_VAE" in capsys.readouterr().out
+    assert main(["models", "fetch", "nothing.pth"]) == 2
+
+
+def test_models_page_installs_the_published_models(figshare, monkeypatch):
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("app_pages/8_Models.py")
+    at.run()
+    at.button(key="btn_list_published").click().run()
+    choice = at.multiselect(key="models_published_choice")
+    assert choice.options and any(DAL in o for o in choice.options)
+    choice.set_value([DAL]).run()
+    at.button(key="btn_install_published").click().run()
+    assert not at.exception and "Installed" in "".join(str(s.value) for s in at.success)
+    assert len(list_library()) == 1

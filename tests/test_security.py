@@ -1,0 +1,360 @@
+"""The lab-server threat model (DESIGN.md): every attack is built here and must be refused cleanly.
+
+Uploads that point at other files, absurd declared shapes, decompression bombs, concurrent and
+interrupted writes of the model library, names with markup or other scripts, logins.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import original_scatd as orig
+from conftest import SMALL, small_gene_names
+from _data_helpers import make_counts, write_10x_h5
+from scatd_core import io
+from scatd_core.bundle import (clean_library, import_checkpoint, list_library, load_bundle, safe_name,
+                               save_bundle)
+from scatd_core.errors import BundleError, InputError
+
+SECRET = "TOPSECRET-PASSWORD-1234"
+
+
+@pytest.fixture
+def secret(tmp_path):
+    path = tmp_path / "secret"
+    path.mkdir()
+    text = path / "credentials.txt"
+    text.write_text(SECRET * 50)
+    h5 = path / "other.h5"
+    with h5py.File(h5, "w") as f:
+        f["data"] = np.frombuffer((SECRET * 8).encode(), dtype="S1").reshape(-1, len(SECRET))[:, 0]
+        f["names"] = np.array([SECRET.encode()] * 20)
+    return text, h5
+
+
+def _refused(path: Path) -> InputError:
+    with pytest.raises(InputError) as err:
+        io.read(path)
+    shown = err.value.message + (err.value.hint or "")
+    assert SECRET not in shown
+    return err.value
+
+
+def _h5ad(tmp_path) -> Path:
+    make_counts(n_cells=20, n_genes=30).write_h5ad(tmp_path / "good.h5ad")
+    return tmp_path / "good.h5ad"
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("attack", ["external_storage", "external_link", "virtual"])
+def test_h5ad_that_points_at_other_files_is_refused(tmp_path, secret, attack):
+    text, other = secret
+    path = _copy(_h5ad(tmp_path), tmp_path / f"{attack}.h5ad")
+    with h5py.File(path, "r+") as f:
+        if attack == "external_storage":  # the cell names would be read from the credentials file
+            del f["obs/_index"]
+            f.create_dataset("obs/_index", shape=(20,), dtype="S20", external=[(str(text), 0, 400)])
+        elif attack == "external_link":
+            f["uns/leak"] = h5py.ExternalLink(str(other), "/names")
+        else:
+            layout = h5py.VirtualLayout(shape=(20,), dtype="S23")
+            layout[:] = h5py.VirtualSource(str(other), "names", shape=(20,))
+            del f["obs/_index"]
+            f.create_virtual_dataset("obs/_index", layout)
+    error = _refused(path)
+    assert "refers to data outside itself" in error.message and "self-contained copy" in error.hint
+
+
+def test_10x_h5_and_loom_that_point_at_other_files_are_refused(tmp_path, secret):
+    text, other = secret
+    tenx = write_10x_h5(make_counts(n_cells=20, n_genes=30), tmp_path / "x.h5")
+    with h5py.File(tenx, "r+") as f:
+        del f["matrix/barcodes"]
+        f.create_dataset("matrix/barcodes", shape=(20,), dtype="S20", external=[(str(text), 0, 400)])
+    assert "outside itself" in _refused(tenx).message
+    loom = tmp_path / "x.loom"
+    with h5py.File(loom, "w") as f:
+        f["matrix"] = np.ones((30, 20), dtype=np.float32)
+        f.create_group("row_attrs")["Gene"] = h5py.ExternalLink(str(other), "/names")
+        f.create_group("col_attrs")["CellID"] = np.array([f"c{i}".encode() for i in range(20)])
+        f.create_group("layers")
+    assert "outside itself" in _refused(loom).message
+
+
+def test_the_upload_path_refuses_them_too(tmp_path, secret):
+    text, _ = secret
+    path = _copy(_h5ad(tmp_path), tmp_path / "e.h5ad")
+    with h5py.File(path, "r+") as f:
+        del f["obs/_index"]
+        f.create_dataset("obs/_index", shape=(20,), dtype="S20", external=[(str(text), 0, 400)])
+    with pytest.raises(InputError, match="outside itself"):
+        io.read_bytes(path.read_bytes(), "cells.h5ad")
+
+
+def test_absurd_declared_shapes_are_refused_before_reading(tmp_path):
+    loom = tmp_path / "huge.loom"  # a few kB on disk, 10^9 genes declared
+    with h5py.File(loom, "w") as f:
+        f.create_dataset("matrix", shape=(10**9, 2), dtype=np.float32, chunks=(1024, 2), compression="gzip")
+        f.create_group("row_attrs").create_dataset("Gene", shape=(10**9,), dtype="S8", chunks=(1024,),
+                                                   compression="gzip")
+        f.create_group("col_attrs")["CellID"] = np.array([b"a", b"b"])
+    assert loom.stat().st_size < 100_000
+    t0 = time.perf_counter()
+    error = _refused(loom)
+    assert "declares 1,000,000,000 genes" in error.message and time.perf_counter() - t0 < 20
+
+    tenx = write_10x_h5(make_counts(n_cells=20, n_genes=30), tmp_path / "x.h5")
+    with h5py.File(tenx, "r+") as f:
+        f["matrix/shape"][...] = [30, 10**8]  # 100 million cells declared
+    assert "100,000,000 cells" in _refused(tenx).message
+
+
+def test_over_budget_data_is_refused_with_the_numbers_or_read_from_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "50")
+    dense = tmp_path / "dense.h5ad"  # 6k x 5k float32 = 114 MB in memory, a few hundred kB on disk
+    with h5py.File(dense, "w"):
+        pass
+    ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(6000)]),
+               var=pd.DataFrame(index=[f"G{i}" for i in range(5000)])).write_h5ad(dense)
+    with h5py.File(dense, "r+") as f:
+        x = f.create_dataset("X", shape=(6000, 5000), dtype=np.float32, chunks=(100, 5000), compression="gzip")
+        x[:, 0] = 1.0
+        x.attrs["encoding-type"], x.attrs["encoding-version"] = "array", "0.2.0"
+    adata = io.read(dense)
+    assert adata.isbacked  # over the memory budget: X stays on disk, read in bounded batches
+    loom = tmp_path / "dense.loom"
+    with h5py.File(loom, "w") as f:
+        f.create_dataset("matrix", data=np.ones((5000, 6000), dtype=np.float32), chunks=(5000, 100),
+                         compression="gzip")
+        f.create_group("row_attrs")["Gene"] = np.array([f"G{i}".encode() for i in range(5000)])
+        f.create_group("col_attrs")["CellID"] = np.array([f"c{i}".encode() for i in range(6000)])
+    error = _refused(loom)
+    assert "MB of memory once read, over the server's limit of 50 MB" in error.message
+
+
+def test_backed_dense_upload_stays_small_in_memory(tmp_path):
+    """Read + a full pass in a child process whose peak RSS is measured."""
+    path = tmp_path / "wide.h5ad"
+    ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(4000)]),
+               var=pd.DataFrame(index=[f"G{i}" for i in range(20000)])).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        x = f.create_dataset("X", shape=(4000, 20000), dtype=np.float32, chunks=(50, 20000), compression="gzip")
+        x[:, :3] = 2.0
+        x.attrs["encoding-type"], x.attrs["encoding-version"] = "array", "0.2.0"
+    # VmHWM, not getrusage: after fork + exec, ru_maxrss can still carry the parent's (pytest's) peak
+    script = ("import re, sys; from scatd_core import io; from scatd_core._matrix import row_batches\n"
+              "a = io.read(sys.argv[1]); n = sum(b.shape[0] for _, _, b in row_batches(a.X))\n"
+              "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+              "print(a.isbacked, n, int(hwm) // 1024)")
+    env = {**os.environ, "SCATD_MAX_DATASET_MB": "100"}
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, env=env)
+    backed, n, peak_mb = out.stdout.split()
+    assert backed == "True" and int(n) == 4000
+    assert int(peak_mb) < 900, out.stdout  # 320 MB of X never held at once (python + libraries ~400 MB)
+
+
+def test_gzip_bomb_tables_stop_at_the_limits(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.csv.gz"
+    row = ",".join(["0"] * 1999)
+    with gzip.open(path, "wt", compresslevel=9) as fh:
+        fh.write("cell," + ",".join(f"G{i}" for i in range(2000)) + "\n")
+        for i in range(20_000):
+            fh.write(f"c{i},1,{row}\n")
+    assert path.stat().st_size < 500_000  # ~80 MB of text
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "20")
+    assert "expands to more than 20 MB" in _refused(path).message
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "4096")
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "20")  # dense zeros are kept sparse: this one fits ...
+    assert io.read(path).n_obs == 20_000
+    dense = tmp_path / "dense.csv.gz"
+    with gzip.open(dense, "wt", compresslevel=9) as fh:  # ... a dense one does not
+        fh.write("cell," + ",".join(f"G{i}" for i in range(2000)) + "\n")
+        for i in range(5000):
+            fh.write(f"c{i}," + ",".join(["1"] * 2000) + "\n")
+    assert "of memory once read" in _refused(dense).message
+
+
+# --------------------------------------------------------------------------- the model library
+
+def _checkpoint(tmp_path, seed=1):
+    enc, z, _ = SMALL["dist_vae"]
+    pth = tmp_path / f"ckpt{seed}.pth"
+    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=seed), pth)
+    genes = tmp_path / "genes.txt"
+    genes.write_text("\n".join(small_gene_names(enc[0])) + "\n")
+    return pth, genes
+
+
+def test_concurrent_imports_of_one_name_never_lose_a_model(tmp_path):
+    library = tmp_path / "lib"
+    sources = [_checkpoint(tmp_path, seed) for seed in (1, 2, 3, 4)]
+    outcomes = []
+
+    def run(pth, genes):
+        try:
+            outcomes.append(import_checkpoint(pth, "dist_vae", drug="SAME", genes=genes, library=library))
+        except BundleError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run, args=src) for src in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = [o for o in outcomes if not isinstance(o, BundleError)]
+    refused = [o for o in outcomes if isinstance(o, BundleError)]
+    assert len(made) == 1 and len(refused) == 3 and all("already exists" in e.message for e in refused)
+    installed = load_bundle(library / "SAME_dist_vae")
+    assert installed.manifest["weights_sha256"] == made[0].manifest["weights_sha256"]
+    assert [p.name for p in library.iterdir() if p.name.startswith(".bundle")] == []
+
+
+_SLOW_SAVE = """
+import sys, time, torch
+import scatd_core.bundle as b
+real = b.save_file
+def slow(*a, **k):
+    real(*a, **k)
+    print("writing", flush=True)
+    time.sleep(60)
+b.save_file = slow
+b.import_checkpoint(sys.argv[1], "dist_vae", drug="KEEP", genes=sys.argv[2], library=sys.argv[3], overwrite=True)
+"""
+
+
+def test_a_crash_during_an_overwrite_keeps_the_old_model(tmp_path):
+    library = tmp_path / "lib"
+    (pth1, genes), (pth2, _) = _checkpoint(tmp_path, 1), _checkpoint(tmp_path, 2)
+    old = import_checkpoint(pth1, "dist_vae", drug="KEEP", genes=genes, library=library)
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(pth2), str(genes), str(library)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"  # the new bundle is half written
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_bundle(library / "KEEP_dist_vae").manifest["weights_sha256"] == old.manifest["weights_sha256"]
+    assert any(p.name.startswith(".bundle-tmp-") for p in library.iterdir())
+    done = clean_library(library)
+    assert done and not any(p.name.startswith(".bundle") for p in library.iterdir())
+    assert [e.bundle.name for e in list_library(library)] == [old.name]
+
+
+def test_an_interrupted_swap_is_put_back(tmp_path):
+    library = tmp_path / "lib"
+    pth, genes = _checkpoint(tmp_path, 1)
+    bundle = import_checkpoint(pth, "dist_vae", drug="SWAP", genes=genes, library=library)
+    aside = library / ".bundle-old-SWAP_dist_vae-1234abcd"
+    bundle.path.rename(aside)  # the state right after "old renamed aside", before "new renamed in"
+    assert clean_library(library) == ["restored SWAP_dist_vae (its replacement was interrupted)"]
+    assert load_bundle(library / "SWAP_dist_vae").manifest["weights_sha256"] == bundle.manifest["weights_sha256"]
+
+
+def test_names_in_any_script_get_distinct_safe_folders(tmp_path):
+    names = ["紫杉醇", "多西他赛", "Доцетаксел", "../../etc", "a b", "a_b", "a/b", "<img src=x>"]
+    folders = [safe_name(n) for n in names]
+    assert len(set(folders)) == len(names)
+    assert all(re_ok(f) for f in folders)
+    library = tmp_path / "lib"
+    pth, genes = _checkpoint(tmp_path, 1)
+    made = [import_checkpoint(pth, "dist_vae", drug=n, genes=genes, library=library) for n in names[:3]]
+    assert len({b.path for b in made}) == 3 and all(b.path.parent == library for b in made)
+    assert {b.drug for b in made} == set(names[:3])
+
+
+def re_ok(folder: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9._-]+", folder)) and ".." not in folder.split("/")
+
+
+def test_save_bundle_refuses_an_existing_bundle_unless_overwriting(tmp_path):
+    pth, genes = _checkpoint(tmp_path, 1)
+    bundle = import_checkpoint(pth, "dist_vae", drug="D", genes=genes, library=tmp_path)
+    state = load_bundle(bundle.path).load_model().state_dict()
+    with pytest.raises(BundleError, match="already exists"):
+        save_bundle(bundle.path, state, bundle.architecture, drug="D", genes=bundle.genes)
+    again = save_bundle(bundle.path, state, bundle.architecture, drug="D", genes=bundle.genes, overwrite=True)
+    assert again.path == bundle.path
+    unique = save_bundle(bundle.path, state, bundle.architecture, drug="D", genes=bundle.genes, unique=True)
+    assert unique.path.name == f"{bundle.path.name}-2"
+
+
+# --------------------------------------------------------------------------- users
+
+def test_users_are_stored_as_argon2_hashes_and_verified(tmp_path, monkeypatch):
+    from scatd_core import users
+
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    users.add_user("alice", "correct horse battery", admin=True)
+    users.add_user("bob@lab.org", "another long secret")
+    text = (tmp_path / "users.toml").read_text()
+    assert "correct horse" not in text and "$argon2id$" in text
+    assert oct((tmp_path / "users.toml").stat().st_mode & 0o777) == "0o600"
+    assert users.verify("alice", "correct horse battery") == users.User("alice", True)
+    assert users.verify("alice", "wrong password!!") is None and users.verify("nobody", "x" * 12) is None
+    with pytest.raises(InputError, match="too short"):
+        users.add_user("carol", "short")
+    with pytest.raises(InputError, match="not a valid user name"):
+        users.add_user("../etc", "long enough password")
+    users.remove_user("bob@lab.org")
+    assert [u.name for u in users.list_users()] == ["alice"]
+
+
+def test_login_throttle_locks_out_after_too_many_failures():
+    from scatd_core.users import LoginThrottle
+
+    throttle = LoginThrottle(max_failures=3, window_seconds=60)
+    for _ in range(3):
+        assert throttle.locked_for("user:a", "ip:1") == 0
+        throttle.failed("user:a", "ip:1")
+    assert throttle.locked_for("user:a") > 0 and throttle.locked_for("ip:1") > 0
+    assert throttle.locked_for("user:b", "ip:2") == 0
+    throttle.succeeded("user:a")
+    assert throttle.locked_for("user:a") == 0 and throttle.locked_for("ip:1") > 0
+
+
+def test_users_command(tmp_path, monkeypatch, capsys):
+    from scatd_core.cli import main
+
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("a long password here\n"))
+    assert main(["users", "add", "alice", "--admin", "--password-stdin"]) == 0
+    assert main(["users", "list"]) == 0
+    assert "alice\tadmin" in capsys.readouterr().out
+    assert main(["users", "remove", "nobody"]) == 2
+    assert "There is no user nobody" in capsys.readouterr().err
+
+
+def test_doctor_reports_configuration_problems(tmp_path, monkeypatch, capsys):
+    from scatd_core.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text('[limits]\nmax_cells = "many"\nmax_upload_mb = 100\n[nonsense]\nx = 1\n'
+                      '[auth]\nmode = "password"\n')
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    monkeypatch.delenv("SCATD_AUTH")
+    code = main(["doctor", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    warnings = [i["detail"] for i in report["sections"]["configuration"] if i["status"] == "warning"]
+    assert any("max_cells" in w for w in warnings) and any("nonsense" in w for w in warnings)
+    assert any("uploads 100 MB" in i["detail"] for i in report["sections"]["configuration"])
+    assert code == 1  # password login without any admin user is a problem
+    assert any(i["status"] == "problem" and "scatd users add" in i["detail"] for i in report["sections"]["login"])
