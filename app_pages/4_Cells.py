@@ -49,9 +49,10 @@ with left:
     if thr["calibrated"]:
         st.success(f"Calibrated: {ui.md(thr['detail'])}.", icon=":material/check_circle:")
     else:
-        st.warning(f"**Uncalibrated**: the model's default ({default_threshold:.3g}). The share called resistant "
-                   "may be far from the truth; calibrate with an expected fraction or labelled cells →",
-                   icon=":material/tune:")
+        where = (f"the model's default ({default_threshold:.3g})" if thr["source"] == "model default"
+                 else f"{ui.md(thr['detail'])} ({float(thr['value']):.3g})")
+        st.warning(f"**Uncalibrated**: {where}. The share called resistant may be far from the truth; calibrate "
+                   "with an expected fraction or labelled cells →", icon=":material/tune:")
 with right:
     st.markdown("**Calibrate**")
     ss.setdefault("cells_expected_fraction", 0.3)

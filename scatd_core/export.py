@@ -287,7 +287,8 @@ def _summary_section(adata, keys, info) -> list[str]:
         f"<p>A cell is called <b>{html.escape(pos)}</b> when P({html.escape(pos)}) &gt; {thr['value']:.4g} "
         f"({html.escape(thr['detail'])}).</p>"]
     if not thr["calibrated"]:
-        parts.append("<p class='warn'>These calls use the model's default threshold, which is <b>not calibrated</b> "
+        used = "the model's default threshold" if thr["source"] == "model default" else "a threshold set by hand"
+        parts.append(f"<p class='warn'>These calls use {used}, which is <b>not calibrated</b> "
                      "to this dataset: the fraction called resistant can be far from the truth even when the "
                      "ranking of the cells is good. Calibrate the threshold with an expected resistant fraction or "
                      "a few labelled cells (Cells page, or <code>scatd predict --expected-fraction</code>), or use "

@@ -34,8 +34,10 @@ __all__ = ["predict", "set_threshold", "labels_at", "summary", "resolve_device",
 
 #: Fewer usable cells than this make dataset statistics (AdaIN, per-gene z-scores) unreliable.
 FEW_CELLS_FOR_STATISTICS = 50
-#: Where a decision threshold came from; only ``model default`` leaves the calls uncalibrated.
+#: Where a decision threshold came from. Only outside information about this dataset calibrates
+#: the calls: the model's default and a threshold set by hand leave them *uncalibrated*.
 THRESHOLD_SOURCES = ("model default", "expected fraction", "labelled cells", "user")
+CALIBRATING_SOURCES = ("expected fraction", "labelled cells")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -360,7 +362,7 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
     """Set the decision threshold of a prediction and relabel the cells (``obs['<p>_label']``).
 
     ``source`` says where it came from (:data:`THRESHOLD_SOURCES`); calls are marked calibrated
-    unless it is the model's default. ``detail`` describes it (e.g. "Youden's J on 12 labelled
+    only when it came from an expected fraction or labelled cells (:data:`CALIBRATING_SOURCES`). ``detail`` describes it (e.g. "Youden's J on 12 labelled
     cells"). Recorded in ``uns['<p>']['threshold']``.
     """
     if source not in THRESHOLD_SOURCES:
@@ -371,7 +373,7 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
     adata.obs[keys.label] = labels_at(adata, float(threshold), key_added=key_added)
     default = float(adata.uns[keys.run]["model"].get("default_threshold", threshold))
     adata.uns[keys.run]["threshold"] = {
-        "value": float(threshold), "source": source, "calibrated": source != "model default",
+        "value": float(threshold), "source": source, "calibrated": source in CALIBRATING_SOURCES,
         "detail": detail or (f"the model's default ({default:g})" if source == "model default" else source)}
 
 

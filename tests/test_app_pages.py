@@ -137,8 +137,9 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     resistant = int(metric(at, "Resistant").replace(",", ""))
     at.slider(key="cells_threshold").set_value(0.99).run()  # relabel without recomputing
     assert int(metric(at, "Resistant").replace(",", "")) <= resistant
-    assert result.uns["scatd"]["threshold"] == {"value": 0.99, "source": "user", "calibrated": True,
+    assert result.uns["scatd"]["threshold"] == {"value": 0.99, "source": "user", "calibrated": False,
                                                 "detail": "set by hand on the Cells page"}
+    assert "**Uncalibrated**: set by hand on the Cells page" in text(at.warning)  # a guess is not a calibration
     at.button(key="btn_youden").click().run()
     assert result.uns["scatd"]["threshold"]["source"] == "labelled cells"
     assert "Calibrated" in text(at.success)

@@ -28,8 +28,8 @@ def add_prediction_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=1024)
     thr = p.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's, "
-                                                           "marked uncalibrated in the outputs)")
+    thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's); "
+                     "either is marked uncalibrated in the outputs")
     thr.add_argument("--expected-fraction", type=probability,
                      help="calibrate the threshold so this share of the cells is called resistant")
     thr.add_argument("--calibrate-on-labels", choices=["youden", "mcc"],
