@@ -465,3 +465,26 @@ def test_cli_bad_arguments_are_clean(tmp_path, capsys):
     with pytest.raises(SystemExit):
         p.parse_args(["train", "--bulk", "b", "--bulk-labels", "l", "--drug", "d", "--target", "t", "--folds", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_default_folder_is_unique_when_two_trainings_race(tmp_path, monkeypatch):
+    """Two users training the same drug at once: the second must not write into the first's folder.
+    The free name is chosen under the library lock when the bundle is written, so a folder taken
+    after training started (here: before the write) pushes this model to the next free name."""
+    from scatd_core.train import _run
+
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    taken = tmp_path / "lib" / "DRUGA_dist_vae_trained"
+    real = _run._default_out
+
+    def racing(drug, backbone, library):
+        out = real(drug, backbone, library)
+        out.mkdir(parents=True)  # someone else's training finished first, under the same name
+        (out / "theirs.txt").write_text("another user's model")
+        return out
+
+    monkeypatch.setattr(_run, "_default_out", racing)
+    bundle, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=tmp_path / "lib",
+                                 settings=replace(TINY, members=1, pretrain_epochs=1))
+    assert bundle.path == taken.with_name(taken.name + "-2")
+    assert (taken / "theirs.txt").read_text() == "another user's model"  # untouched
