@@ -431,3 +431,22 @@ def test_model_library_shows_each_trained_models_card(empty_library):
     assert list(card_table["model"]) == ["this model", "gradient boosting"]
     assert "This model beats gradient boosting" in text(at.success)
     assert len(at.get("plotly_chart")) == 1
+
+
+def test_ensemble_spread_is_the_cells_uncertainty(empty_library):
+    """A trained ensemble predicts in mean mode with a per-cell sd over its members, shown on the Cells page."""
+    from test_ensemble import _bundle, _cells, _ensemble
+
+    _bundle(empty_library, _ensemble(), name="ensemble")
+    at = start()
+    cells = _cells(n=60, seed=3)
+    cells.X = np.abs(cells.X)
+    upload(at, "tumour.h5ad", h5ad_bytes(cells))
+    run_prediction(at)
+    result = at.session_state[state.ADATA]
+    assert result.uns["scatd"]["params"]["mode"] == "mean"
+    assert (result.obs["scatd_prob_resistant_sd"] > 0).all()
+    goto(at, "4_Cells")
+    at.selectbox(key="cells_colour").set_value("uncertainty (sd of P)").run()
+    ok(at)
+    assert "over the 3 ensemble members" in text(at.caption)
