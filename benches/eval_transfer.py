@@ -127,8 +127,40 @@ def auroc(y, p) -> float:
     return float(roc_auc_score(y, p))
 
 
+class Scores:
+    """Scores computed from a run's members, kept in ``--cache`` (one file per drug, rewritten
+    atomically after each new score), so that the sections can be computed by one process per
+    drug and a last call assembles the document without recomputing anything."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.memo = pickle.loads(path.read_bytes()) if path is not None and path.exists() else {}
+
+    def get(self, key: tuple, compute) -> float:
+        if key not in self.memo:
+            self.memo[key] = float(compute())
+            if self.path is not None:
+                tmp = self.path.with_suffix(".part")
+                tmp.write_bytes(pickle.dumps(self.memo))
+                tmp.replace(self.path)
+        return self.memo[key]
+
+
+SCORES: dict[str, Scores] = {}
+
+
+def _key(s: TrainSettings) -> tuple:
+    return (s.head_inputs, s.head_c, s.members, s.few_shot_weight, s.entropy_weight)
+
+
 def head_auroc(case: Case, run: Run, s: TrainSettings, few: FewShot | None = None, held=None) -> float:
     """Target AUROC of the run's members with heads refitted under settings ``s``."""
+    if few is None and held is None and case.drug in SCORES:
+        return SCORES[case.drug].get(("head", run.seed, _key(s)), lambda: _head_auroc(case, run, s))
+    return _head_auroc(case, run, s, few, held)
+
+
+def _head_auroc(case: Case, run: Run, s: TrainSettings, few: FewShot | None = None, held=None) -> float:
     d = case.data
     k = min(s.members, len(run.bulk))
     xb = d.bulk_x.astype(np.float64) if s.head_inputs == "latent+input" else None
@@ -149,7 +181,9 @@ def draw(truth: np.ndarray, k: int, r: int) -> tuple[np.ndarray, np.ndarray]:
 def few_shot_auroc(case: Case, run: Run, s: TrainSettings, k: int, r: int) -> tuple[float, np.ndarray, np.ndarray]:
     """The recipe's AUROC on the other cells with draw ``r`` of ``k`` labelled cells per class."""
     lab, held = draw(case.truth, k, r)
-    return head_auroc(case, run, s, FewShot(lab, case.truth[lab], []), held), lab, held
+    compute = lambda: _head_auroc(case, run, s, FewShot(lab, case.truth[lab], []), held)  # noqa: E731
+    score = SCORES[case.drug].get(("few", run.seed, _key(s), k, r), compute) if case.drug in SCORES else compute()
+    return score, lab, held
 
 
 def few_shot_scores(case: Case, run: Run, s: TrainSettings, floor: np.ndarray, k: int, draws: int) -> dict:
@@ -185,13 +219,48 @@ def loto(grid: dict, drugs: list[str], default) -> list[str]:
     return rows
 
 
+def rules(drugs: list[str], no_label: dict, floor: dict, few_rows: list) -> list[str]:
+    """The issue's two rules, checked on the figures above (not asserted: reported)."""
+    lines = ["### The rules", ""]
+    gaps = {d: no_label[d].mean() - floor[d] for d in drugs}
+    for d in drugs:
+        lines.append(f"- Without target labels, {d}: mean AUROC {no_label[d].mean():.3f} vs floor {floor[d]:.3f} "
+                     f"(difference {gaps[d]:+.3f}; rule: no more than 0.03 below) — "
+                     + ("**holds**" if gaps[d] >= -0.03 else "**does not hold**") + ".")
+    mean_gap = np.mean([gaps[d] for d in drugs])
+    lines.append(f"- Without target labels, mean over the targets: {np.mean([no_label[d].mean() for d in drugs]):.3f} "
+                 f"vs floor {np.mean([floor[d] for d in drugs]):.3f} (rule: above) — "
+                 + ("**holds**" if mean_gap > 0 else "**does not hold**") + ".")
+    at5 = {(d, n): m for d, k, n, m, _, _ in few_rows if k == 5}
+    base = ("bulk-only floor (logistic regression)", "logistic regression on the labelled cells alone")
+    if all((d, "this model") in at5 for d in drugs):
+        for d in drugs:
+            best = max(at5[(d, b)] for b in base)
+            lines.append(f"- 5 labelled cells per class, {d}: {at5[(d, 'this model')]:.3f} vs the better few-shot "
+                         f"baseline {best:.3f} (rule: no more than 0.02 below) — "
+                         + ("**holds**" if at5[(d, 'this model')] >= best - 0.02 else "**does not hold**") + ".")
+        model = np.mean([at5[(d, "this model")] for d in drugs])
+        means = {b: np.mean([at5[(d, b)] for d in drugs]) for b in base}
+        lines.append(f"- 5 labelled cells per class, mean over the targets: {model:.3f} vs "
+                     + ", ".join(f"{b} {v:.3f}" for b, v in means.items()) + " (rule: above both) — "
+                     + ("**holds**" if all(model > v for v in means.values()) else "**does not hold**") + ".")
+    return lines + [""]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--drugs", nargs="+", default=list(TARGETS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS))
-    ap.add_argument("--cache", help="folder keeping each training run (re-used when present)")
+    ap.add_argument("--cache", help="folder keeping each training run and every score computed from it (re-used "
+                                    "when present): run one process per drug, then one for the document")
+    ap.add_argument("--few-shot-k", type=int, nargs="+", default=list(FEW_SHOT_K),
+                    help="labelled cells per class of the few-shot curve")
+    ap.add_argument("--few-shot-draws", type=int, default=FEW_SHOT_DRAWS, help="random draws per k")
+    ap.add_argument("--c-grid", type=float, nargs="+", default=list(C_GRID), help="head L2 values (C) compared")
+    ap.add_argument("--few-shot-grid-draws", type=int, default=FEW_SHOT_GRID_DRAWS,
+                    help=f"draws (k = {FEW_SHOT_GRID_K}) per few-shot weight setting compared; 0 skips that grid")
     ap.add_argument("--out", help="write the markdown block here")
     args = ap.parse_args(argv)
     for part in ("ccle/ccle_expression_299x697.csv", "gdsc/GDSC_IC50.csv", *TARGETS.values()):
@@ -223,11 +292,14 @@ def main(argv=None) -> int:
         return out
 
     cases = {d: load_case(d, bulk, labels) for d in args.drugs}
-    lines, details = [], []
+    for d in cases:
+        SCORES[d] = Scores(cache / f"{d}_scores.pkl" if cache else None)
+    details = []
     main_rows, per_seed_rows, variant_rows = [], [], []
     grids = {"inputs": {}, "members": {}, "few": {}}
     few_rows = []
     timing = []
+    no_label_means, floor_aurocs = {}, {}
     for drug, case in cases.items():
         lab, genes = case.data.report["labels"], case.data.report["genes"]
         thr = labels.attrs["report"]["thresholds"][drug]
@@ -239,9 +311,11 @@ def main(argv=None) -> int:
         for name, p in base.items():
             main_rows.append(f"| {drug} | {name} | {auroc(case.truth, p):.3f} | "
                              f"{average_precision_score(case.truth, p):.3f} | – | deterministic |")
+        floor_aurocs[drug] = auroc(case.truth, floor)
         runs = runs_of(case, "default", settings, True)
         timing += [r.seconds for r in runs]
         a = np.array([auroc(case.truth, r.prob) for r in runs])
+        no_label_means[drug] = a
         pr = np.array([average_precision_score(case.truth, r.prob) for r in runs])
         main_rows.append(f"| {drug} | **scatd train (default)** | **{a.mean():.3f} ± {a.std():.3f}** | "
                          f"{pr.mean():.3f} ± {pr.std():.3f} | {', '.join(f'{v:.3f}' for v in a)} | "
@@ -256,27 +330,30 @@ def main(argv=None) -> int:
             v = np.array([auroc(case.truth, r.prob) for r in vruns])
             variant_rows.append(f"| {drug} | {variant} | {v.mean():.3f} ± {v.std():.3f} | "
                                 f"{', '.join(f'{x:.3f}' for x in v)} | {np.mean([r.seconds for r in vruns]):.0f} s |")
+        # the few-shot curve on the seed-0 run (computed k = 5 first: it decides the issue's rule)
+        curve = {}
+        for k in sorted(args.few_shot_k, key=lambda k: (k != 5, k)):
+            curve[k] = few_shot_scores(case, runs[0], settings, floor, k, args.few_shot_draws)
+            print(f"{drug} few-shot k={k}: " + ", ".join(f"{n} {np.mean(v):.3f}" for n, v in curve[k].items() if v),
+                  flush=True)
+        for k in sorted(curve):
+            for name, v in curve[k].items():
+                if v:
+                    few_rows.append((drug, k, name, np.mean(v), np.std(v), len(v)))
         # leave-one-target-out grids on the members of the default runs
         for inputs in ("latent+input", "latent"):
-            for c in C_GRID:
+            for c in args.c_grid:
                 s = replace(settings, head_inputs=inputs, head_c=c)
                 grids["inputs"].setdefault(f"{inputs}, C={c:g}", {})[drug] = np.mean([head_auroc(case, r, s) for r in runs])
         for k in MEMBER_GRID:
             s = replace(settings, members=k)
             grids["members"].setdefault(k, {})[drug] = np.mean([head_auroc(case, r, s) for r in runs])
-        for lam in FEW_SHOT_GRID["few_shot_weight"]:
+        for lam in FEW_SHOT_GRID["few_shot_weight"] if args.few_shot_grid_draws else ():
             for mu in FEW_SHOT_GRID["entropy_weight"]:
                 s = replace(settings, few_shot_weight=lam, entropy_weight=mu)
-                scores = [few_shot_auroc(case, runs[0], s, FEW_SHOT_GRID_K, r)[0] for r in range(FEW_SHOT_GRID_DRAWS)]
+                scores = [few_shot_auroc(case, runs[0], s, FEW_SHOT_GRID_K, r)[0]
+                          for r in range(args.few_shot_grid_draws)]
                 grids["few"].setdefault(f"few-shot weight {lam:g}, entropy weight {mu:g}", {})[drug] = np.mean(scores)
-        # the few-shot curve on the seed-0 run
-        for k in FEW_SHOT_K:
-            scores = few_shot_scores(case, runs[0], settings, floor, k, FEW_SHOT_DRAWS)
-            for name, v in scores.items():
-                if v:
-                    few_rows.append((drug, k, name, np.mean(v), np.std(v), len(v)))
-            print(f"{drug} few-shot k={k}: " + ", ".join(f"{n} {np.mean(v):.3f}" for n, v in scores.items() if v),
-                  flush=True)
 
     drugs = list(cases)
     out = [f"Command: `python benches/eval_transfer.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
@@ -297,24 +374,33 @@ def main(argv=None) -> int:
     if variant_rows:
         out += ["Variants (same seeds):", "", "| drug | variant | single-cell AUROC | per seed | time / run |",
                 "|---|---|---|---|---|", *variant_rows, ""]
-    out += ["### Leave-one-target-out", "",
-            f"Each alternative refits the heads of the {args.seeds} default runs' members (mean target AUROC over the "
-            "seeds). A row 'chosen on X' is the alternative best on X; in bold its AUROC on the other target, which "
-            "played no part in the choice, next to the default's there.", "",
-            "Head inputs and L2 (C):", "", f"| setting | {' | '.join(drugs)} | mean |", "|---|---|---|---|",
-            *loto(grids["inputs"], drugs, f"{settings.head_inputs}, C={settings.head_c:g}"), "",
-            "Members (the first k of each run):", "", f"| members | {' | '.join(drugs)} | mean |", "|---|---|---|---|",
-            *loto(grids["members"], drugs, settings.members), "",
-            f"Few-shot weights (k = {FEW_SHOT_GRID_K} labelled cells per class, {FEW_SHOT_GRID_DRAWS} draws, seed-0 "
-            "members; AUROC on the other cells):", "", f"| setting | {' | '.join(drugs)} | mean |", "|---|---|---|---|",
+    few_section = [
+        "### A few labelled target cells", "",
+        f"k labelled cells per class drawn at random ({args.few_shot_draws} draws; k = 0: none), the seed-0 run's "
+        "members with heads refitted as `scatd train --few-shot-labels` does; AUROC on the cells whose labels "
+        "were not used, mean ± sd over the draws, next to the bulk-only floor and a logistic regression on the "
+        "same labelled cells alone, scored on the same cells.", "",
+        "| drug | k | model | AUROC (other cells) | draws |", "|---|---|---|---|---|",
+        *[f"| {d} | {k} | {n} | {m:.3f} ± {sd:.3f} | {cnt} |" for d, k, n, m, sd, cnt in few_rows], ""]
+    out += rules(drugs, no_label_means, floor_aurocs, few_rows) + few_section
+    loto_section = ["### Leave-one-target-out", "",
+                    f"Each alternative refits the heads of the {args.seeds} default runs' members (mean target AUROC "
+                    "over the seeds). A row 'chosen on X' is the alternative best on X; in bold its AUROC on the other "
+                    "target, which played no part in the choice, next to the default's there.", "",
+                    "Head inputs and L2 (C):", "", f"| setting | {' | '.join(drugs)} | mean |", "|---|---|---|---|",
+                    *loto(grids["inputs"], drugs, f"{settings.head_inputs}, C={settings.head_c:g}"), "",
+                    "Members (the first k of each run):", "", f"| members | {' | '.join(drugs)} | mean |",
+                    "|---|---|---|---|", *loto(grids["members"], drugs, settings.members), ""]
+    if grids["few"]:
+        loto_section += [
+            f"Few-shot weights (k = {FEW_SHOT_GRID_K} labelled cells per class, {args.few_shot_grid_draws} draws, "
+            "seed-0 members; AUROC on the other cells):", "", f"| setting | {' | '.join(drugs)} | mean |",
+            "|---|---|---|---|",
             *loto(grids["few"], drugs, f"few-shot weight {settings.few_shot_weight:g}, entropy weight "
-                                       f"{settings.entropy_weight:g}"), "",
-            "### A few labelled target cells", "",
-            f"k labelled cells per class drawn at random ({FEW_SHOT_DRAWS} draws; k = 0: none), the seed-0 run's "
-            "members with heads refitted as `scatd train --few-shot-labels` does; AUROC on the cells whose labels "
-            "were not used, mean ± sd over the draws.", "",
-            "| drug | k | model | AUROC (other cells) | draws |", "|---|---|---|---|---|",
-            *[f"| {d} | {k} | {n} | {m:.3f} ± {sd:.3f} | {cnt} |" for d, k, n, m, sd, cnt in few_rows]]
+                                       f"{settings.entropy_weight:g}"), ""]
+    else:
+        loto_section += ["Few-shot weights: not compared in this run (`--few-shot-grid-draws 0`).", ""]
+    out += loto_section
     text = "\n".join(out)
     print(text)
     if args.out:
