@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from scatd_app import state, ui
-from scatd_core import io
+from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
 from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL
 from scatd_core.errors import ScatdError
@@ -129,17 +129,24 @@ if bundle.input_kind == "expression":
 else:
     key = FOUNDATION_EMBEDDING[backbone]
     dim = bundle.architecture.input_dim
-    if key in adata.obsm and adata.obsm[key].shape[1] == dim:
-        st.success(f"The data carries {dim}-dimensional embeddings in obsm['{key}'].", icon=":material/check_circle:")
-    elif adata.n_vars == dim:
-        st.success(f"The data has {dim} features: they are used as the cell embeddings, by position.",
-                   icon=":material/check_circle:")
+    if not foundation.needs_embedding(adata, bundle):
+        if key in adata.obsm and adata.obsm[key].shape[1] == dim:
+            st.success(f"The data carries {dim}-dimensional embeddings in obsm['{key}'].", icon=":material/check_circle:")
+        elif adata.n_vars == dim:
+            st.success(f"The data has {dim} features: they are used as the cell embeddings, by position.",
+                       icon=":material/check_circle:")
+        else:
+            st.error(f"**This {BACKBONE_TITLES[backbone]} model takes {dim}-dimensional cell embeddings**, but the "
+                     f"data has {adata.n_vars:,} features and its obsm['{key}'] has another width.\n\n"
+                     "Upload the expression matrix (the embeddings are then computed here), the embeddings of the "
+                     "right model, or choose a Dist_VAE model, which reads genes.", icon=":material/error:")
+            ready = False
     else:
-        st.error(f"**This {BACKBONE_TITLES[backbone]} model takes {dim}-dimensional cell embeddings**, but the "
-                 f"data has {adata.n_vars:,} features and no obsm['{key}'].\n\n"
-                 "Upload the scFoundation (3,072-d) or Geneformer (512-d) embeddings as a .npy (cells x features) "
-                 "or an h5ad holding them, or choose a Dist_VAE model, which reads genes.", icon=":material/error:")
-        ready = False
+        ready = ui.embedding_step(adata, bundle)
+
+with st.expander("Foundation models on this server (scFoundation for VAE_sf, Geneformer for VAE_gf)"):
+    for entry in foundation.probe_all():
+        ui.show_probe(entry)
 
 st.divider()
 if ready:

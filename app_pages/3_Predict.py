@@ -3,7 +3,7 @@
 import streamlit as st
 
 from scatd_app import jobs, state, ui
-from scatd_core import pl
+from scatd_core import foundation, pl
 from scatd_core._progress import with_eta
 from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, summary
 
@@ -17,6 +17,11 @@ if bundle is None:
     ui.need("model")
 
 mask = ui.qc_mask(adata)
+if foundation.cells_to_embed(adata, bundle, mask):
+    st.info("This model reads foundation-model embeddings of your cells; compute them on the Model page first.",
+            icon=":material/info:")
+    ui.link("Model", "Go to Model", ":material/arrow_forward:")
+    st.stop()
 n_run = int(mask.sum()) if mask is not None else adata.n_obs
 with st.container(border=True):
     c = st.columns(3)

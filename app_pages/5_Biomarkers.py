@@ -11,9 +11,9 @@ import streamlit as st
 
 from scatd_app import jobs, state, ui
 from scatd_core import explain as ex
-from scatd_core import pl
-from scatd_core._keys import SCORED
-from scatd_core._progress import with_eta
+from scatd_core import foundation, pl
+from scatd_core._keys import FOUNDATION, SCORED
+from scatd_core._progress import duration, with_eta
 from scatd_core.embed import plot_coordinates
 from scatd_core.errors import ScatdError
 
@@ -38,6 +38,18 @@ n_scored = int(np.asarray(adata.obs[SCORED]).sum())
 threshold = adata.uns["scatd"]["threshold"]
 
 # ------------------------------------------------------------------ settings
+# VAE_sf/VAE_gf whose embeddings were computed here from the expression: genes through the foundation model
+through_genes = bundle.input_kind == "embedding" and bundle.backbone in adata.uns.get(FOUNDATION, {})
+if through_genes:
+    ss.setdefault("bio_level", "genes")
+    st.radio("Rank", ["genes", "features"], key="bio_level", horizontal=True, format_func={
+        "genes": "Genes, through " + ("scFoundation (integrated gradients)" if bundle.backbone == "vae_sf" else
+                                      "Geneformer (in-silico deletion)"),
+        "features": "Embedding features (the model's direct input)"}.get)
+gene_level = through_genes and ss["bio_level"] == "genes"
+deletion = gene_level and bundle.backbone == "vae_gf"
+ss["bio_gene_cells"] = min(int(ss.get("bio_gene_cells", foundation.DEFAULT_MAX_CELLS)), max(n_scored, 2))
+ss.setdefault("bio_deletion_genes", foundation.DEFAULT_DELETION_GENES)
 ss.setdefault("bio_baseline", "mean")
 ss.setdefault("bio_target", "logit")
 ss.setdefault("bio_steps", 50)
@@ -46,29 +58,53 @@ ss.setdefault("bio_keep", 100)
 ss.setdefault("bio_seed", 0)
 with st.form("explain_settings"):
     c1, c2, c3 = st.columns(3)
-    c1.selectbox("Baseline", ex.BASELINES, key="bio_baseline",
-                 help="; ".join(f"**{b}**: {text}" for b, text in BASELINE_HELP.items()))
+    if deletion:
+        c1.number_input("Genes tested by deletion", min_value=1, max_value=2000, key="bio_deletion_genes",
+                        help="The genes present in most explained cells; each is removed from every explained cell "
+                             "that holds it (one Geneformer pass each).")
+    else:
+        c1.selectbox("Baseline", ex.BASELINES, key="bio_baseline",
+                     help="; ".join(f"**{b}**: {text}" for b, text in BASELINE_HELP.items()))
     c2.selectbox("Explained output", ex.TARGETS, format_func=lambda t: ex.TARGET_TITLES[t], key="bio_target")
-    c3.number_input("Integration steps", min_value=4, max_value=500, step=10, key="bio_steps",
+    c3.number_input("Integration steps", min_value=4, max_value=500, step=10, key="bio_steps", disabled=deletion,
                     help="Raise it if the completeness warning appears.")
     c4, c5, c6 = st.columns(3)
-    c4.number_input("Cells to explain (at most)", min_value=2, max_value=max(n_scored, 2), key="bio_cells",
-                    help="Larger data are subsampled, stratified by predicted label.")
+    c4.number_input("Cells to explain (at most)", min_value=2, max_value=max(n_scored, 2),
+                    key="bio_gene_cells" if gene_level else "bio_cells",
+                    help="Larger data are subsampled, stratified by predicted label." + (
+                        " Every cell costs many foundation-model passes." if gene_level else ""))
     c5.number_input("Genes with per-cell values", min_value=1, max_value=2000, key="bio_keep",
                     help="Kept for the dependence plot, the map, the h5ad and the per-cell download.")
     c6.number_input("Seed", min_value=0, step=1, key="bio_seed")
+    seconds = foundation.explain_seconds(adata, bundle.backbone, n_cells=min(int(ss["bio_gene_cells"]), n_scored),
+                                         n_steps=int(ss["bio_steps"]), n_genes=int(ss["bio_deletion_genes"])) \
+        if gene_level else None
+    long = seconds is not None and seconds > ui.LONG_CPU_SECONDS and not ui.device_text().startswith("CUDA")
+    if seconds is not None:
+        st.caption(f"Expected time: about {duration(seconds)} on {ui.device_text()} (from the speed of the embedding run).")
+    confirmed = st.checkbox("Run it anyway", key="bio_confirm_long") if long else True
     submitted = st.form_submit_button("Compute gene ranking", type="primary")
-settings = {"baseline": ss["bio_baseline"], "target": ss["bio_target"], "n_steps": int(ss["bio_steps"]),
-            "max_cells": int(min(ss["bio_cells"], max(n_scored, 2))), "keep_top": int(ss["bio_keep"]),
-            "seed": int(ss["bio_seed"])}
-token = ui.token_of(ss.get(state.PREDICTION), settings, threshold["value"])
+settings = {"baseline": "mean" if deletion else ss["bio_baseline"], "target": ss["bio_target"],
+            "n_steps": int(ss["bio_steps"]),
+            "max_cells": int(min(ss["bio_gene_cells" if gene_level else "bio_cells"], max(n_scored, 2))),
+            "keep_top": int(ss["bio_keep"]), "seed": int(ss["bio_seed"])}
+if gene_level:
+    settings["n_genes"] = int(ss["bio_deletion_genes"])
+token = ui.token_of(ss.get(state.PREDICTION), settings, threshold["value"], gene_level)
 
-if submitted:
+if submitted and long and not confirmed:
+    st.warning(f"This takes about {duration(seconds)} on the CPU: tick **Run it anyway**, or explain fewer cells.",
+               icon=":material/hourglass:")
+elif submitted:
     bar = st.progress(0.0, text="Starting…")
+    report = lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)  # noqa: E731
     try:
         with jobs.computing("the gene ranking"):
-            ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle),
-                       progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)), **settings)
+            if gene_level:  # its messages carry the time left
+                foundation.explain_genes(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=report,
+                                         **settings)
+            else:
+                ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=with_eta(report), **settings)
     except ScatdError as exc:
         bar.empty()
         ui.show_error(exc)
@@ -96,10 +132,11 @@ m1, m2, m3, m4 = st.columns(4)
 m1.metric("Cells explained", f"{cells_info['n_explained']:,}",
           help=f"{cells_info['n_resistant']:,} predicted {info['positive_label']}, "
                f"{cells_info['n_sensitive']:,} {info['negative_label']}")
-m2.metric("Completeness error", f"{comp['median_relative_error']:.2%}" if comp["median_relative_error"] >= 1e-4
-          else "< 0.01%",
-          help=f"Median over cells of |sum of attributions − (f(x) − f(baseline))| relative to the change; max "
-               f"{comp['max_relative_error']:.2%}; tolerance {comp['tolerance']:.0%}.")
+if comp:  # in-silico deletion has no completeness property
+    m2.metric("Completeness error", f"{comp['median_relative_error']:.2%}" if comp["median_relative_error"] >= 1e-4
+              else "< 0.01%",
+              help=f"Median over cells of |sum of attributions − (f(x) − f(baseline))| relative to the change; max "
+                   f"{comp['max_relative_error']:.2%}; tolerance {comp['tolerance']:.0%}.")
 if agree:
     m3.metric("Top-20 shared with DE", agree.get("top20_overlap", "–"),
               help="Genes in both the attribution top 20 and the Wilcoxon top 20 (by |score|).")

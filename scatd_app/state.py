@@ -20,6 +20,7 @@ INPUTS              ``(token, ModelInput)``: the model input of ADATA for the ch
                     names the data, QC mask and model, so it is rebuilt when any changes)
 EMBEDDING           settings token of the UMAP stored in ADATA
 BIOMARKERS          settings token of the biomarkers stored in ADATA
+EMBED_ESTIMATE      ``(token, estimate)``: the time foundation-model embeddings of ADATA would take
 ==================  ==========================================================================
 
 The chain (:func:`invalidate`): new data forgets everything; a new QC mask, model or gene-ID
@@ -41,6 +42,7 @@ PREDICTION = "prediction_token"
 INPUTS = "model_inputs"
 EMBEDDING = "embedding_token"
 BIOMARKERS = "biomarkers_token"
+EMBED_ESTIMATE = "embed_estimate"
 QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)
 PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set after an interrupted run
 
@@ -52,7 +54,7 @@ KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_
 
 #: What each level of the chain forgets (each level includes the ones after it).
 _CHAIN = {
-    "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS),
+    "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE),
     "prediction": (PREDICTION, EMBEDDING, BIOMARKERS),
 }
 

@@ -228,6 +228,101 @@ def model_inputs(adata: ad.AnnData, bundle):
     return cached[1]
 
 
+#: A foundation-model run longer than this on a CPU is only started after the user confirms it.
+LONG_CPU_SECONDS = 120
+
+
+def embedding_estimate(adata: ad.AnnData, bundle, mask: np.ndarray | None) -> dict:
+    """How long the foundation-model embeddings still to compute would take (one pass over the
+    data; kept per data, QC mask and backbone in the session)."""
+    from scatd_core.foundation import cells_to_embed, estimate_seconds
+
+    ss = st.session_state
+    token = token_of(ss.get(state.DATA_TOKEN), None if mask is None else np.packbits(mask).tobytes().hex(),
+                     bundle.backbone, bundle.architecture.input_dim, cells_to_embed(adata, bundle, mask))
+    cached = ss.get(state.EMBED_ESTIMATE)
+    if cached is None or cached[0] != token:
+        options = {"embedding_dim": bundle.architecture.input_dim} if bundle.backbone == "vae_gf" else {}
+        with st.spinner("Counting the genes each cell sends to the foundation model…"):
+            cached = ss[state.EMBED_ESTIMATE] = (token, estimate_seconds(adata, bundle.backbone, mask=mask, **options))
+    return cached[1]
+
+
+def show_probe(entry: dict) -> None:
+    """One backbone's probe (:func:`scatd_core.foundation.probe_all`): installed or not, version,
+    embedding size, and every problem with what to do."""
+    from scatd_core.bundle import BACKBONE_TITLES
+
+    title = f"**{md(entry['name'])}** (for {BACKBONE_TITLES.get(entry['backbone'], entry['backbone'])})"
+    if entry["available"]:
+        st.success(f"{title}: installed. {md(entry['version'])}; {entry['embedding_dim']:,}-d cell embeddings.",
+                   icon=":material/check_circle:")
+        return
+    st.warning(f"{title}: not ready. Looked in {md(entry['location'])} (set by {md(entry['configured_by'])}).",
+               icon=":material/warning:")
+    for problem in entry["problems"]:
+        st.markdown(f"- {md(problem['message'])}  \n  **What to do:** {md(problem['hint'])}")
+
+
+def embedding_step(adata: ad.AnnData, bundle) -> bool:
+    """The Model page's step for VAE_sf/VAE_gf on an expression matrix: what the foundation model
+    needs, how long the embeddings take, and (after a confirmation for a long CPU run) computing
+    them with progress. Returns whether the data are ready to predict."""
+    from scatd_core import _keys, foundation
+    from scatd_core._progress import duration
+
+    dim = bundle.architecture.input_dim
+    entry = foundation.probe(bundle.backbone, embedding_dim=dim).to_dict()
+    name = entry["name"]
+    mask = qc_mask(adata)
+    if foundation.cells_to_embed(adata, bundle, mask) == 0:
+        record = adata.uns[_keys.FOUNDATION][bundle.backbone]
+        st.success(f"{name} embeddings of your cells are computed ({record['n_embedded']:,} cells, "
+                   f"{record['info']['embedding_dim']:,}-d, on {record['device']} in {duration(record['seconds'])}). "
+                   "They are kept with the data and in the downloadable h5ad.", icon=":material/check_circle:")
+        return True
+    st.markdown(f"This model reads {name} cell embeddings ({dim:,}-d). They are computed here from your expression "
+                f"matrix, then aligned to the bulk statistics (AdaIN) as in scATD.")
+    show_probe(entry)
+    if not entry["available"]:
+        st.info(f"Or upload {name} embeddings computed elsewhere: a .npy (cells x {dim:,}) or an h5ad with them in "
+                f"obsm['{_keys.FOUNDATION_EMBEDDING[bundle.backbone]}'].", icon=":material/info:")
+        return False
+    try:
+        est = embedding_estimate(adata, bundle, mask)
+    except ScatdError as exc:
+        show_error(exc)
+        return False
+    text = (f"{est['n_cells']:,} cells ({est['n_tokens']:,} gene tokens) to embed: about "
+            f"{duration(est['seconds'])} on {est['device']}.")
+    long = est["seconds"] > LONG_CPU_SECONDS and not est["device"].startswith("CUDA")
+    if long:
+        st.warning(text + " That is a long run on a CPU (a GPU server takes a small fraction of it). The page shows "
+                   "the progress and the time left; keep it open until it is done.", icon=":material/hourglass:")
+    else:
+        st.info(text, icon=":material/schedule:")
+    agreed = not long or st.checkbox(f"Run it on the CPU anyway (about {duration(est['seconds'])})",
+                                     key="model_embed_confirm")
+    if st.button(f"Compute {name} embeddings", type="primary", disabled=not agreed, icon=":material/play_arrow:",
+                 key="btn_embed"):
+        bar = st.progress(0.0, text=f"Loading {name}…")
+        st.button("Cancel", icon=":material/stop:", key="btn_cancel_embed", help="Stops the run; nothing is changed.")
+        from scatd_app import jobs  # the shared queue: embeddings are the heaviest computation of all
+
+        try:
+            with jobs.computing(f"the {name} embeddings"):
+                foundation.ensure_embeddings(adata, bundle, mask=mask,
+                                             progress=lambda fraction, message: bar.progress(min(1.0, fraction),
+                                                                                             message))
+        except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
+            bar.empty()
+            show_error(exc)
+            return False
+        bar.empty()
+        st.rerun()
+    return False
+
+
 def embedding(adata: ad.AnnData, basis: str):
     """The UMAP and clusters of the session's prediction (computed once per prediction and basis)
     and stored in the AnnData."""

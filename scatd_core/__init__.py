@@ -3,7 +3,7 @@
 No Streamlit anywhere in this package; the app, the ``scatd`` command and scripts all call it.
 The path of a dataset (see ``docs/architecture.md``)::
 
-    io.read  ->  genes / preprocess  ->  inputs.ModelInput  ->  predict.predict
+    io.read  ->  genes / preprocess  ->  [foundation.embed_cells]  ->  inputs.ModelInput  ->  predict.predict
              ->  embed.embed  ->  explain.explain  ->  export.write_report
 
 Data stay an AnnData throughout; every field written is named in :mod:`scatd_core._keys`.
@@ -14,6 +14,8 @@ Data stay an AnnData throughout; every field written is named in :mod:`scatd_cor
 - :mod:`scatd_core.labels`      per-cell label columns (which value means resistant) and bulk label tables
 - :mod:`scatd_core.nn`          torch modules, checkpoint-compatible with the original scATD
 - :mod:`scatd_core.bundle`      model bundles (manifest + safetensors), import of .pth files, the library
+- :mod:`scatd_core.foundation`  scFoundation / Geneformer: file probes, embeddings from expression
+                                (VAE_sf / VAE_gf), gene-level biomarkers through them
 - :mod:`scatd_core.inputs`      ModelInput: the exact model input of every cell, built once
 - :mod:`scatd_core.predict`     the one prediction function, thresholds and their calibration
 - :mod:`scatd_core.embed`       neighbours, Leiden and UMAP

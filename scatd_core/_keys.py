@@ -28,8 +28,10 @@ field                             written by
 ``uns['scatd_biomarkers']``       :func:`scatd_core.explain.explain`: ranking, settings, checks
 ``obsm['scatd_attributions']``    explain: per-cell attributions of the top genes (NaN: not explained)
 ``obsm['scatd_attribution_inputs']``  explain: the model-input values of those genes
-``obsm['X_scfoundation']``,       embedding extraction (foundation-model backbones)
-``obsm['X_geneformer']``
+``obsm['X_scfoundation']``,       :func:`scatd_core.foundation.embed_cells`: cell embeddings computed
+``obsm['X_geneformer']``          from expression (NaN rows: not embedded); or brought by the user
+``uns['scatd_foundation']``       embed_cells: per backbone, model, settings, cells embedded, the data
+                                  fingerprint its cache is checked against
 ================================  ==============================================================
 """
 
@@ -115,3 +117,4 @@ EXPLAINED = "scatd_explained"
 
 # ----------------------------------------------------------------------------- foundation models
 FOUNDATION_EMBEDDING = {"vae_sf": "X_scfoundation", "vae_gf": "X_geneformer"}
+FOUNDATION = "scatd_foundation"

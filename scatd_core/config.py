@@ -30,8 +30,12 @@ auth.max_failures        ``SCATD_AUTH_MAX_FAILURES``       failed logins before 
 auth.lockout_minutes     ``SCATD_AUTH_LOCKOUT_MINUTES``    lock-out after too many failures             15
 auth.admins              ``SCATD_AUTH_ADMINS``             with ``oidc``: e-mail addresses of the       none
                                                            administrators (comma-separated in the env)
-foundation.geneformer_dir ``SCATD_GENEFORMER_DIR``         Geneformer files (model, dictionaries)       not set
-foundation.scfoundation_dir ``SCATD_SCFOUNDATION_DIR``     scFoundation files (converted weights)       not set
+foundation.geneformer_dir ``SCATD_GENEFORMER_DIR``         Geneformer dictionaries and model folder(s); ``<home>/geneformer``
+                                                           its dictionary also maps Ensembl IDs
+foundation.geneformer_model ``SCATD_GENEFORMER_MODEL``     one Geneformer model folder (config.json +   found in geneformer_dir
+                                                           weights) when that folder holds several
+foundation.scfoundation_dir ``SCATD_SCFOUNDATION_DIR``     scFoundation files (``models.ckpt`` or its   ``<home>/scfoundation``
+                                                           conversion, the 19,264-gene list)
 published.figshare_api   ``SCATD_FIGSHARE_API``            figshare's API (a mirror, or a test server)  ``https://api.figshare.com/v2``
 published.gene_list_url  ``SCATD_GENE_LIST_URL``           where the scFoundation gene list is fetched  scFoundation's GitHub
                                                            from when the article lacks it
@@ -68,6 +72,7 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("auth", "lockout_minutes"): ("SCATD_AUTH_LOCKOUT_MINUTES", "int", 15),
     ("auth", "admins"): ("SCATD_AUTH_ADMINS", "list", ()),
     ("foundation", "geneformer_dir"): ("SCATD_GENEFORMER_DIR", "path", None),
+    ("foundation", "geneformer_model"): ("SCATD_GENEFORMER_MODEL", "path", None),
     ("foundation", "scfoundation_dir"): ("SCATD_SCFOUNDATION_DIR", "path", None),
     ("published", "figshare_api"): ("SCATD_FIGSHARE_API", "text", "https://api.figshare.com/v2"),
     ("published", "gene_list_url"): ("SCATD_GENE_LIST_URL", "text",
@@ -212,6 +217,8 @@ def settings() -> Settings:
     values["library"] = values["library"] or home / "models"
     values["work_dir"] = values["work_dir"] or home / "work"
     values["auth_users_file"] = values["auth_users_file"] or home / "users.toml"
+    values["geneformer_dir"] = values["geneformer_dir"] or home / "geneformer"
+    values["scfoundation_dir"] = values["scfoundation_dir"] or home / "scfoundation"
     return Settings(values=values, config_file=path, problems=tuple(dict.fromkeys(problems)))
 
 
@@ -233,13 +240,18 @@ def import_folder() -> Path | None:
     return settings()["import_folder"]
 
 
-def geneformer_dir() -> Path | None:
-    """Folder of the Geneformer assets (model and dictionaries), or ``None`` when not configured."""
+def geneformer_dir() -> Path:
+    """Folder of the Geneformer assets (dictionaries, model folders); see :mod:`scatd_core.foundation`."""
     return settings()["geneformer_dir"]
 
 
-def scfoundation_dir() -> Path | None:
-    """Folder of the scFoundation assets, or ``None`` when not configured."""
+def geneformer_model_dir() -> Path | None:
+    """One Geneformer model folder chosen explicitly, or ``None``: found in :func:`geneformer_dir`."""
+    return settings()["geneformer_model"]
+
+
+def scfoundation_dir() -> Path:
+    """Folder of the scFoundation assets (``models.ckpt`` or its conversion, the gene list)."""
     return settings()["scfoundation_dir"]
 
 

@@ -505,15 +505,13 @@ _DICTIONARIES: dict[str, dict] = {}
 
 
 def default_symbol_dictionary():
-    """Geneformer's ``gene_name_id_dict.pkl`` (symbol -> Ensembl) when the Geneformer assets are
-    configured (:func:`scatd_core.config.geneformer_dir`), else ``None``."""
-    from scatd_core.config import geneformer_dir
+    """Geneformer's ``gene_name_id_dict`` (symbol -> Ensembl) when it is installed in
+    :func:`scatd_core.config.geneformer_dir` (any layout :mod:`scatd_core.foundation.geneformer`
+    finds, V1 or V2), else ``None``."""
+    from scatd_core.foundation._dictionaries import find_dictionary
 
-    folder = geneformer_dir()
-    if folder is None:
-        return None
-    path = Path(folder) / "gene_name_id_dict.pkl"
-    return _cached_dictionary(str(path)) if path.is_file() else None
+    path = find_dictionary("names", "V1") or find_dictionary("names", "V2")
+    return _cached_dictionary(str(path)) if path is not None else None
 
 
 def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:

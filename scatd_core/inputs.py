@@ -40,8 +40,11 @@ ADAIN_EPS = 1e-8  # on the source std only, as the original
 #: is not scored ("overflow") rather than scored on numbers no model was trained on.
 MAX_ABS_VALUE = 1e30
 #: Reasons a cell is not scored, in the order they are checked.
-REASONS = ("filtered", "non_finite", "overflow", "negative_values", "no_expression")
-REASON_TEXT = {"filtered": "filtered by QC", "non_finite": "NaN or infinite values",
+REASONS = ("filtered", "not_embedded", "non_finite", "overflow", "negative_values", "no_expression")
+REASON_TEXT = {"filtered": "filtered by QC",
+               "not_embedded": "no embedding (an all-NaN row: the foundation model found no expressed gene of its "
+                               "vocabulary, or a total count of 1 or less)",
+               "non_finite": "NaN or infinite values",
                "overflow": f"values beyond ±{MAX_ABS_VALUE:.0e}",
                "negative_values": "negative values, which a log transform cannot take",
                "no_expression": "no expression in the model's genes",
@@ -134,8 +137,10 @@ def model_source(adata: ad.AnnData, spec: InputSpec) -> Source:
     raise InputError(
         f"This {spec.backbone} model takes {spec.input_dim}-dimensional cell embeddings, but the data has "
         f"{adata.n_vars:,} features and no obsm['{key}'].",
-        "Give the scFoundation (3,072-d) or Geneformer (512-d) embeddings as a .npy (cells x features) "
-        "or an h5ad with them in X or obsm, or let scATD Studio compute them from counts.")
+        "Compute them from the expression with `scatd_core.foundation.embed_cells(adata, "
+        f"'{spec.backbone}')` (the CLI and the app do it when the foundation model is installed), or give the "
+        "scFoundation (3,072-d) or Geneformer (512-d) embeddings as a .npy (cells x features) or an h5ad with "
+        "them in X or obsm.")
 
 
 def _one_to_one_columns(alignment: GeneAlignment) -> np.ndarray | None:
@@ -240,6 +245,8 @@ class ModelInput:
         else:
             x = np.asarray(block)
             with np.errstate(invalid="ignore"):
+                if self.source.alignment is None:  # embeddings: NaN rows are the cells not embedded
+                    drop(np.isnan(x).all(axis=1), "not_embedded")
                 drop(~np.isfinite(x).all(axis=1), "non_finite")
                 drop((np.abs(np.nan_to_num(x)) > MAX_ABS_VALUE).any(axis=1), "overflow")
                 if self.log_normalise:

@@ -18,6 +18,8 @@ ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
 BETA_MODES = ("shared_with_head", "separate")
 BASELINES = ("zero", "mean", "random", "mix")
 TARGETS = ("logit", "raw_logit", "prob")
+SCFOUNDATION_KEYS = ("rde", "cell")
+LEVELS = ("auto", "genes", "features")
 
 
 def say(msg: str = "") -> None:
@@ -99,6 +101,11 @@ def add_data_arguments(p: argparse.ArgumentParser, output: bool = True) -> None:
                    help="CSV/TSV orientation (default: detected)")
     p.add_argument("--biomart", help="a BioMart table (Gene stable ID, Gene name) to map Ensembl IDs to symbols")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    g = p.add_argument_group("VAE_sf / VAE_gf models on an expression file (the embeddings are computed first)")
+    g.add_argument("--max-genes", type=positive_int,
+                   help="scFoundation: most expressed genes per cell (default 8000; a cell with more is refused)")
+    g.add_argument("--scfoundation-key", default="rde", choices=SCFOUNDATION_KEYS,
+                   help="scFoundation model of models.ckpt: rde (scATD's; default) or cell")
 
 
 def read_input(args):
@@ -142,3 +149,25 @@ def apply_label_direction(adata, args) -> str | None:
                          "Say it with --label-resistant VALUE.")
     set_label_direction(adata, column, resistant)
     return column
+
+
+def prepare_embeddings(adata, bundle, args) -> None:
+    """VAE_sf/VAE_gf on an expression file: compute the foundation-model embeddings first (a no-op
+    for Dist_VAE and for embedding files); cached in the AnnData, so an annotated h5ad skips it."""
+    from scatd_core.foundation import ensure_embeddings, needs_embedding
+
+    if not needs_embedding(adata, bundle):
+        return
+    options = {}
+    if bundle.backbone == "vae_sf":
+        options["key"] = args.scfoundation_key
+        if args.max_genes:
+            options["max_genes"] = args.max_genes
+    record = ensure_embeddings(adata, bundle, device=args.device, progress=Progress("Embedding"), **options)
+    info = record["info"]
+    cov = info["gene_coverage"]
+    say(f"{info['model']} embeddings: {record['n_embedded']:,} of {adata.n_obs:,} cells "
+        f"({cov['n_matched']:,} of the model's {cov['n_model_genes']:,} genes in the data) on {record['device']}, "
+        f"{record['seconds']:.0f} s.")
+    for reason, count in info["not_embedded"].items():
+        say(f"warning: {count:,} cell(s) not embedded: {reason.replace('_', ' ')}.")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import BASELINES, TARGETS, Progress, add_data_arguments, positive_int, read_input, \
-    resolve_bundle, say
+from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, positive_int, \
+    prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.errors import ScatdError
 
 
@@ -35,22 +35,57 @@ def add_explain_arguments(p) -> None:
                    help="genes whose per-cell attributions are kept in the h5ad (default 100)")
     p.add_argument("--explain-seed", type=int, default=0, help="seed of the subsample and random baselines")
     p.add_argument("--no-de", action="store_true", help="skip the differential-expression comparison")
+    p.add_argument("--level", default="auto", choices=LEVELS,
+                   help="VAE_sf/VAE_gf: rank genes through the foundation model (integrated gradients through "
+                        "scFoundation; in-silico deletion through Geneformer) or the embedding features; auto: genes "
+                        "when the embeddings were computed from the data's expression")
+    p.add_argument("--deletion-genes", type=positive_int, default=100,
+                   help="VAE_gf gene level: the candidate genes deleted in each explained cell (default 100)")
+
+
+def gene_level(adata, bundle, level: str) -> bool:
+    """Whether ``--level`` asks for (or ``auto`` chooses) genes through the foundation model."""
+    from scatd_core import _keys
+
+    if bundle.input_kind != "embedding" or level == "features":
+        return False
+    computed = bundle.backbone in adata.uns.get(_keys.FOUNDATION, {})
+    if level == "genes" and not computed:
+        raise ScatdError("--level genes explains embeddings computed from the data's expression, but this input "
+                         "already holds embeddings.", "Give the expression matrix (counts), or use --level features.")
+    return computed
 
 
 def explain_from_args(adata, bundle, args, inputs=None, keep_top=None):
     from scatd_core.explain import explain
+    from scatd_core.foundation import explain_genes
 
     if args.steps < 2:
         raise ScatdError(f"--steps must be at least 2, got {args.steps}.")
-    result = explain(adata, bundle, inputs=inputs, baseline=args.baseline, n_steps=args.steps, target=args.target,
-                     max_cells=args.max_cells, seed=args.explain_seed, device=args.device,
-                     keep_top=keep_top or args.keep_top, differential_expression=not args.no_de,
-                     progress=Progress("Explaining"))
+    common = dict(inputs=inputs, baseline=args.baseline, n_steps=args.steps, target=args.target,
+                  max_cells=args.max_cells, seed=args.explain_seed, device=args.device,
+                  keep_top=keep_top or args.keep_top, differential_expression=not args.no_de,
+                  progress=Progress("Explaining"))
+    if gene_level(adata, bundle, args.level):
+        from scatd_core._keys import SCORED
+        from scatd_core._progress import duration
+        from scatd_core.foundation import DEFAULT_MAX_CELLS, explain_seconds
+
+        n_cells = min(args.max_cells or DEFAULT_MAX_CELLS, int(adata.obs[SCORED].sum()))
+        seconds = explain_seconds(adata, bundle.backbone, n_cells=n_cells, n_steps=args.steps,
+                                  n_genes=args.deletion_genes)
+        if seconds is not None:
+            say(f"Ranking genes through the foundation model for {n_cells:,} cells: about {duration(seconds)} "
+                "(from the speed of the embedding run; fewer --max-cells or --steps shorten it).")
+        result = explain_genes(adata, bundle, n_genes=args.deletion_genes, **common)
+    else:
+        result = explain(adata, bundle, **common)
     info = result.info
     say(info["statement"])
     comp = info["completeness"]
-    say(f"Completeness error: median {comp['median_relative_error']:.2%}, max {comp['max_relative_error']:.2%} "
-        f"(tolerance {comp['tolerance']:.0%}).")
+    if comp:
+        say(f"Completeness error: median {comp['median_relative_error']:.2%}, max {comp['max_relative_error']:.2%} "
+            f"(tolerance {comp['tolerance']:.0%}).")
     agree = info["agreement"]
     if agree:
         overlap = agree.get("top20_overlap")
@@ -88,6 +123,7 @@ def run(args) -> int:
         raise ScatdError(f"--threshold must be between 0 and 1, got {args.threshold}.")
     bundle = resolve_bundle(args.model)
     adata = read_input(args)
+    prepare_embeddings(adata, bundle, args)
     inputs = ModelInput(adata, bundle)
     predict(adata, bundle, inputs=inputs, device=args.device, threshold=args.threshold,
             progress=Progress("Predicting"))

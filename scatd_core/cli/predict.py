@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
-                                    apply_label_direction, positive_int, probability, read_input, resolve_bundle,
-                                    say)
+                                    apply_label_direction, positive_int, prepare_embeddings, probability, read_input,
+                                    resolve_bundle, say)
 
 
 def add(sub) -> None:
@@ -72,6 +72,7 @@ def run(args) -> int:
 
     bundle = resolve_bundle(args.model)
     adata = read_input(args)
+    prepare_embeddings(adata, bundle, args)
     label_column = apply_label_direction(adata, args)
     predict_from_args(adata, bundle, args)
     table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, apply_label_direction, \
-    read_input, resolve_bundle, say
+    prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.cli.explain import add_explain_arguments, explain_from_args
 from scatd_core.cli.predict import add_prediction_arguments, predict_from_args
 
@@ -64,5 +64,6 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
 def run(args) -> int:
     bundle = resolve_bundle(args.model)
     adata = read_input(args)
+    prepare_embeddings(adata, bundle, args)
     report_pipeline(adata, bundle, args, data_name=Path(args.input).name)
     return 0

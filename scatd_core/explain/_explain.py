@@ -174,8 +174,12 @@ class _Sums:
         self.f_x, self.attr_sum, self.delta = np.zeros(n), np.zeros(n), np.zeros(n)
 
     def add(self, at: np.ndarray, x: np.ndarray, a: np.ndarray, dlt: np.ndarray, out: np.ndarray,
-            base: np.ndarray, is_pos: np.ndarray, is_neg: np.ndarray) -> None:
+            base: np.ndarray, is_pos: np.ndarray, is_neg: np.ndarray, present: np.ndarray | None = None) -> None:
+        """Add a batch; ``present`` (cells x features) marks the features that are inputs of each cell
+        at all (foundation models: a gene not expressed is no token, so it has no path gradient)."""
         d = x.astype(np.float64) - base
+        if present is not None:
+            d = d * present
         grp = is_pos[at]
         self.abs += np.abs(a).sum(axis=0)
         for flag in (True, False):
@@ -280,6 +284,24 @@ def _de_columns(inputs: ModelInput, bundle, rows: np.ndarray, is_pos, is_neg, po
         in_data = np.ones(n_features, dtype=bool)
     present = np.flatnonzero(in_data)
     raw = raw_rows(inputs, rows, present)  # rows are sorted, so raw's rows follow the explained cells
+    if bundle.input_kind == "expression":
+        from scatd_core.preprocess import detect_value_type
+
+        kind = "counts" if inputs.counts_detected else detect_value_type(raw)["kind"]
+    else:
+        kind = "embedding"
+    cols, info = de_table(raw, present, n_features, kind, is_pos, is_neg, pos, neg, run_de)
+    return cols, info, in_data
+
+
+def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_neg, pos: str, neg: str,
+             run_de: bool) -> tuple[pd.DataFrame, dict]:
+    """Group means of the data as given and the Wilcoxon test between the predicted groups.
+
+    ``raw`` holds the explained cells' values of the features ``present`` (of ``n_features``);
+    ``kind`` is their value type (:func:`~scatd_core.preprocess.detect_value_type`), or
+    ``"embedding"`` for embedding features (tested as they are).
+    """
     cols = pd.DataFrame(np.nan, index=range(n_features),
                         columns=["mean_data_resistant", "mean_data_sensitive", "logfoldchange", "de_score", "de_pval",
                                  "de_pval_adj"])
@@ -289,14 +311,11 @@ def _de_columns(inputs: ModelInput, bundle, rows: np.ndarray, is_pos, is_neg, po
     if n_neg:
         cols.loc[present, "mean_data_sensitive"] = np.asarray(raw[is_neg].mean(axis=0)).ravel()
     if not run_de:
-        return cols, {"method": "none"}, in_data
+        return cols, {"method": "none"}
     if n_pos < 2 or n_neg < 2:
         return cols, {"method": "none", "reason": "the DE test needs at least 2 explained cells in each predicted "
-                                                  "group"}, in_data
-    if bundle.input_kind == "expression":
-        from scatd_core.preprocess import detect_value_type
-
-        kind = "counts" if inputs.counts_detected else detect_value_type(raw)["kind"]
+                                                  "group"}
+    if kind != "embedding":
         totals = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel() if kind == "counts" else None
         de_matrix, log_ok = log_scale(raw, kind, totals)
         scale = {"counts": "log1p of counts per 10k (over the model's genes)", "tpm_like": "log1p of the values",
@@ -313,7 +332,7 @@ def _de_columns(inputs: ModelInput, bundle, rows: np.ndarray, is_pos, is_neg, po
             "data_kind": kind, "data_scale": scale,
             "logfoldchange": "log2, resistant vs sensitive" if log_ok else
             "not computed: the data are not on a log-expression scale"}
-    return cols, info, in_data
+    return cols, info
 
 
 def _de_rank(ranking: pd.DataFrame) -> pd.Series:
@@ -321,7 +340,7 @@ def _de_rank(ranking: pd.DataFrame) -> pd.Series:
     de_rank = np.full(len(ranking), np.nan)
     finite = np.flatnonzero(np.isfinite(abs_score))
     de_rank[finite[np.argsort(-abs_score[finite], kind="stable")]] = np.arange(1, finite.size + 1)
-    return pd.array(de_rank, dtype="Int64") if finite.size else pd.array(de_rank, dtype="Float64")
+    return pd.array(de_rank, dtype="Int64")  # all <NA> without a DE test (h5ad cannot store a Float64 array)
 
 
 # --------------------------------------------------------------------------- main entry
@@ -432,7 +451,8 @@ def explain(
     base_vec, reference_cells = baseline_vector(inputs, baseline, n_reference_cells, seed)
     if bundle.input_kind == "embedding":
         notes.append(f"{bundle.backbone} attributions are per embedding feature ({names[0]} ... {names[-1]}): "
-                     "gene-level attributions need the foundation model (scFoundation / Geneformer) in the loop.")
+                     "for gene-level biomarkers through the foundation model use scatd_core.foundation.explain_genes "
+                     "(`scatd explain --gene-level`).")
     attributor = Attributor(model, target, bundle.positive_index, base_vec, n_steps, internal_batch_size, dev,
                             factorise=factorise)
     say(0.02, f"integrated gradients on {rows.size:,} cells")

@@ -1,0 +1,160 @@
+"""What a probe reports, and the checks every backbone file goes through before it is read.
+
+A probe never loads weights: it looks at file names, sizes, the first bytes (Git LFS pointers),
+JSON configs, safetensors headers and, for pickled checkpoints, the restricted
+``torch.load(weights_only=True, mmap=True)`` that maps tensors without reading them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scatd_core.errors import CheckpointError
+
+#: A Git LFS pointer is a small text file that starts with this line (a clone without ``git lfs``).
+LFS_SIGNATURE = b"version https://git-lfs.github.com/spec/v1"
+_LFS_MAX_BYTES = 1024
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a backbone's files: a code, what is wrong, and what to do."""
+
+    code: str
+    message: str
+    hint: str
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+    def error(self) -> CheckpointError:
+        return CheckpointError(self.message, self.hint)
+
+
+@dataclass
+class Probe:
+    """The state of one backbone's files (see :func:`scatd_core.foundation.probe`).
+
+    ``available`` is True when every required file is present and consistent; ``problems``
+    lists each problem with its message and hint otherwise.
+    """
+
+    backbone: str
+    name: str
+    location: str
+    configured_by: str
+    available: bool = False
+    version: str | None = None
+    embedding_dim: int | None = None
+    files: dict = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    def add(self, code: str, message: str, hint: str) -> None:
+        self.problems.append(Problem(code, message, hint))
+
+    def require(self) -> None:
+        """Raise the first problem as a :class:`~scatd_core.errors.CheckpointError`."""
+        if self.problems:
+            first = self.problems[0]
+            more = f" ({len(self.problems) - 1} more problem(s): {', '.join(p.code for p in self.problems[1:])})" \
+                if len(self.problems) > 1 else ""
+            raise CheckpointError(f"{self.name}: {first.message}{more}", first.hint)
+
+    def summary(self) -> str:
+        """One line: the version and embedding size, or every problem with what to do."""
+        if self.available:
+            return f"{self.version}; {self.embedding_dim:,}-d cell embeddings ({self.location})"
+        return " ".join(f"{p.message} What to do: {p.hint}" for p in self.problems)
+
+    def to_dict(self) -> dict:
+        """JSON-safe form (what ``scatd doctor`` and the Model page show); ``ok`` and ``detail``
+        repeat ``available`` and :meth:`summary` for one-line listings."""
+        return {"backbone": self.backbone, "name": self.name, "available": self.available,
+                "version": self.version, "embedding_dim": self.embedding_dim, "location": self.location,
+                "configured_by": self.configured_by, "files": {k: str(v) for k, v in self.files.items()},
+                "problems": [p.to_dict() for p in self.problems], "details": dict(self.details),
+                "ok": self.available, "detail": self.summary()}
+
+
+def lfs_pointer_size(path: Path) -> int | None:
+    """The size announced by a Git LFS pointer file, or ``None`` when ``path`` is not one.
+
+    Returns -1 for a pointer without a readable ``size`` line.
+    """
+    try:
+        if path.stat().st_size > _LFS_MAX_BYTES:
+            return None
+        head = path.read_bytes()
+    except OSError:
+        return None
+    if not head.startswith(LFS_SIGNATURE):
+        return None
+    match = re.search(rb"^size (\d+)", head, flags=re.MULTILINE)
+    return int(match.group(1)) if match else -1
+
+
+def lfs_problem(path: Path, size: int) -> Problem:
+    real = f" (the real file is {size / 1e6:,.1f} MB)" if size > 0 else ""
+    return Problem("lfs_pointer",
+                   f"{path.name} is a Git LFS pointer, not the file itself{real}: the folder was cloned without "
+                   "Git LFS.",
+                   f"In the cloned repository run `git lfs install && git lfs pull`, or download {path.name} "
+                   f"directly, and put it at {path}.")
+
+
+def check_file(path: Path, what: str, hint: str) -> Problem | None:
+    """The problem with a file that must exist and hold data (missing, empty, LFS pointer), or None."""
+    if not path.is_file():
+        return Problem("missing_file", f"{what} not found: {path}", hint)
+    size = lfs_pointer_size(path)
+    if size is not None:
+        return lfs_problem(path, size)
+    if path.stat().st_size == 0:
+        return Problem("empty_file", f"{what} {path.name} is empty (0 bytes).",
+                       "The download or copy was interrupted; fetch the file again.")
+    return None
+
+
+def file_state(path: Path) -> tuple:
+    """``(path, size, mtime)``: what a cached probe or model depends on."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), None, None)
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def torch_load_tensors(path: Path, what: str):
+    """``torch.load(path, weights_only=True)``, memory-mapped when the format allows.
+
+    Never a general unpickler: a file that needs any Python object besides tensors and plain
+    containers is refused with :class:`~scatd_core.errors.CheckpointError`, and no code in it runs.
+    """
+    import torch
+
+    problem = check_file(path, what, f"Check the path {path}.")
+    if problem is not None:
+        raise problem.error()
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # a torch.save zip archive, or a legacy pickle
+        raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle).",
+                              f"Check that {path} is the {what} itself.")
+    try:
+        # mmap maps the tensors instead of reading them: a probe of a GB-sized file stays cheap
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=magic == b"PK")
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        text = str(exc)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global[: ]+([\w.]+)", text)
+            name = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{path.name} holds Python objects besides tensors and plain data{name}; scATD Studio never runs "
+                "code from a model file.",
+                "Re-save it with plain Python types (dicts, lists, numbers, strings and tensors) in the environment "
+                "it came from; see README, 'Backbone files'.") from None
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated).",
+                              f"Download {path.name} again.") from None

@@ -1,0 +1,277 @@
+"""``embed_cells``: foundation-model embeddings into ``obsm``, cached per (data, backbone, settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import anndata as ad
+import numpy as np
+
+from scatd_core import _keys
+from scatd_core.errors import CheckpointError, InputError
+from scatd_core.foundation import geneformer, scfoundation
+
+#: The module of each embedding backbone.
+MODULES = {"vae_sf": scfoundation, "vae_gf": geneformer}
+#: Options each backbone's embedding accepts (see :func:`embed_cells`), with their defaults.
+OPTIONS = {"vae_sf": {"key": scfoundation.DEFAULT_KEY, "resolution": scfoundation.DEFAULT_RESOLUTION,
+                      "max_genes": scfoundation.DEFAULT_MAX_GENES},
+           "vae_gf": {"embedding_dim": None, "emb_mode": "cell", "emb_layer": -1}}
+#: Throughput of a transformer forward pass relative to the dense GEMM rate ``predict`` measures
+#: (attention and layer norms run below GEMM speed). With 0.8 the estimate was 1.0-1.4x the measured
+#: time for cells of ~1,000 genes and up to 2x for short ones (benches/README.md): it errs long.
+EFFICIENCY = 0.8
+
+
+def _module(backbone: str):
+    if backbone not in MODULES:
+        raise InputError(f"{backbone!r} has no foundation model; use 'vae_sf' (scFoundation) or 'vae_gf' (Geneformer).")
+    return MODULES[backbone]
+
+
+def _options(backbone: str, options: dict) -> dict:
+    unknown = set(options) - set(OPTIONS[backbone])
+    if unknown:
+        raise InputError(f"Unknown option(s) for {backbone}: {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(OPTIONS[backbone])}.")
+    return {**OPTIONS[backbone], **options}
+
+
+def probe(backbone: str, *, embedding_dim: int | None = None):
+    """The :class:`~scatd_core.foundation._assets.Probe` of one backbone's files (no weights loaded)."""
+    if _module(backbone) is geneformer:
+        return geneformer.probe(embedding_dim=embedding_dim)
+    return scfoundation.probe()
+
+
+def probe_all() -> list[dict]:
+    """Both backbones' probes as JSON-safe dicts (what ``scatd doctor`` and the Model page show):
+    ``backbone``, ``name``, ``available``, ``version``, ``embedding_dim``, ``location``,
+    ``configured_by``, ``files``, ``problems`` (each ``code``, ``message``, ``hint``), ``details``."""
+    from scatd_core.nn.models import PUBLISHED_SIZES
+
+    return [probe(b, embedding_dim=PUBLISHED_SIZES[b][0][0] if b == "vae_gf" else None).to_dict() for b in MODULES]
+
+
+def fingerprint(adata: ad.AnnData) -> str:
+    """Identifies a dataset cheaply: cell and gene names, and totals of a deterministic row sample."""
+    from scatd_core._matrix import sample_rows
+
+    h = hashlib.sha256()
+    for names in (adata.obs_names, adata.var_names):
+        h.update("\x00".join(map(str, names)).encode("utf-8"))
+        h.update(b"\x01")
+    block = sample_rows(adata.X, 512)
+    h.update(np.asarray(block.sum(axis=1), dtype=np.float64).ravel().round(6).tobytes())
+    return h.hexdigest()[:32]
+
+
+def _identity(backbone: str, options: dict) -> dict:
+    """The settings and the model files an embedding depends on (name and size of each file)."""
+    from pathlib import Path
+
+    state = probe(backbone, embedding_dim=options.get("embedding_dim"))
+    state.require()
+    files = {k: [Path(p).name, Path(p).stat().st_size] for k, p in state.files.items() if Path(p).is_file()}
+    return {"options": {k: v for k, v in options.items()}, "version": state.version, "files": files}
+
+
+def cached(adata: ad.AnnData, backbone: str, **options) -> dict | None:
+    """The stored record of ``backbone``'s embeddings when they match these data and settings."""
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(backbone)
+    key = _keys.FOUNDATION_EMBEDDING[backbone]
+    if record is None or key not in adata.obsm:
+        return None
+    same = (record.get("fingerprint") == fingerprint(adata) and
+            json.loads(record.get("identity", "{}")) == _identity(backbone, _options(backbone, options)))
+    return record if same else None
+
+
+def embed_cells(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = None, device: str = "auto",
+                batch_tokens: int | None = None, progress=None, should_stop=None, recompute: bool = False,
+                **options) -> dict:
+    """Compute scFoundation (``'vae_sf'``) or Geneformer (``'vae_gf'``) cell embeddings from expression.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes: raw counts (scFoundation also takes log-normalised values), genes as
+        symbols or Ensembl IDs (matched by name; see :mod:`scatd_core.foundation.scfoundation`
+        and :mod:`~scatd_core.foundation.geneformer`).
+    backbone
+        ``"vae_sf"`` or ``"vae_gf"``.
+    mask
+        Cells to embed (e.g. the QC mask); the others keep NaN rows. Cells already embedded with
+        the same data and settings are not recomputed (the cache is the AnnData itself).
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    batch_tokens
+        Tokens per forward pass (default 8,192 on a CPU, 65,536 on CUDA).
+    progress, should_stop
+        ``progress(fraction, message)`` (the message carries the time left);
+        ``should_stop()`` polled between batches raises :class:`~scatd_core.errors.Cancelled`.
+    recompute
+        Ignore stored embeddings.
+    **options
+        scFoundation: ``key`` (``"rde"``), ``resolution`` (``"a5"``), ``max_genes`` (8,000).
+        Geneformer: ``embedding_dim`` (choose the model folder by its size), ``emb_mode``
+        (``"cell"`` or ``"cls"``), ``emb_layer`` (-1: second-to-last layer).
+
+    Returns
+    -------
+    The record stored in ``uns`` (below). Sets the following fields:
+
+    - ``adata.obsm['X_scfoundation' | 'X_geneformer']``: float32 embeddings, NaN rows for cells
+      not embedded (outside ``mask``, or without an expressed gene of the model, see ``info``);
+    - ``adata.uns['scatd_foundation'][backbone]``: model, settings, gene coverage, cells
+      embedded and not embedded (by reason), device and time, and the data fingerprint the
+      cache is checked against.
+    """
+    from scatd_core.predict import device_description, resolve_device
+
+    module = _module(backbone)
+    options = _options(backbone, options)
+    n = adata.n_obs
+    wanted = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if wanted.shape != (n,):
+        raise InputError(f"The mask has {wanted.size} entries for {n} cells.")
+    key = _keys.FOUNDATION_EMBEDDING[backbone]
+    record = None if recompute else cached(adata, backbone, **options)
+    tried = np.asarray(record["tried"], dtype=bool) if record is not None else np.zeros(n, dtype=bool)
+    todo = wanted & ~tried
+    if record is not None and not todo.any():
+        return record
+    t0 = time.perf_counter()
+    new, info = module.embed(adata, todo, device=device, batch_tokens=batch_tokens, progress=progress,
+                             should_stop=should_stop, **options)
+    if record is not None:
+        matrix = np.array(adata.obsm[key], dtype=np.float32)
+        matrix[todo] = new[todo]
+        seconds = float(record["seconds"])
+    else:
+        matrix, seconds = new, 0.0
+    adata.obsm[key] = matrix
+    record = {"backbone": backbone, "info": info, "identity": json.dumps(_identity(backbone, options), sort_keys=True),
+              "fingerprint": fingerprint(adata), "tried": tried | todo,
+              "n_embedded": int(np.isfinite(matrix).all(axis=1).sum()),
+              "device": device_description(resolve_device(device)),
+              "seconds": round(seconds + time.perf_counter() - t0, 3)}
+    stored = dict(adata.uns.get(_keys.FOUNDATION, {}))
+    stored[backbone] = record
+    adata.uns[_keys.FOUNDATION] = stored
+    return record
+
+
+def _is_expression(adata: ad.AnnData) -> bool:
+    from scatd_core.genes import detect_id_type
+
+    return detect_id_type(adata.var_names) in ("symbol", "ensembl", "mixed", "mouse_symbol")
+
+
+def needs_embedding(adata: ad.AnnData, bundle) -> bool:
+    """Whether ``bundle`` (VAE_sf/VAE_gf) needs embeddings computed from ``adata``'s expression: the
+    data carry genes, not embeddings given by the user (``obsm`` or ``X`` by position)."""
+    if bundle.input_kind != "embedding":
+        return False
+    key = _keys.FOUNDATION_EMBEDDING[bundle.backbone]
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone)
+    if key in adata.obsm and record is None:
+        return False  # embeddings the user brought
+    if key not in adata.obsm and adata.n_vars == bundle.architecture.input_dim and not _is_expression(adata):
+        return False  # an embedding file (X by position)
+    return True
+
+
+def check_size(bundle) -> None:
+    """Raise when the installed foundation model's embedding size differs from the drug model's input."""
+    dim = bundle.architecture.input_dim
+    state = probe(bundle.backbone, embedding_dim=dim)
+    state.require()
+    if state.embedding_dim != dim:
+        raise CheckpointError(f"The installed {state.name} gives {state.embedding_dim}-d embeddings, but {bundle.name} "
+                              f"takes {dim}-d ones.", f"Install the {state.name} model the drug model was trained on.")
+
+
+def ensure_embeddings(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, device: str = "auto",
+                      progress=None, should_stop=None, **options) -> dict | None:
+    """Make ``adata`` carry the embeddings a VAE_sf/VAE_gf ``bundle`` reads, computing them from the
+    expression when needed (:func:`needs_embedding`); a no-op for Dist_VAE and for data that
+    already are embeddings. The hook the CLI and the app call before
+    :class:`~scatd_core.inputs.ModelInput`.
+
+    Returns the :func:`embed_cells` record, or ``None`` when nothing was needed. When it computes,
+    it sets the fields :func:`embed_cells` sets (``obsm['X_scfoundation' | 'X_geneformer']``,
+    ``uns['scatd_foundation']``). Raises :class:`~scatd_core.errors.CheckpointError` when the
+    foundation model is not installed (the probe's first problem and what to do) or gives
+    embeddings of another size than the drug model takes.
+    """
+    if not needs_embedding(adata, bundle):
+        return None
+    check_size(bundle)
+    if bundle.backbone == "vae_gf":
+        options.setdefault("embedding_dim", bundle.architecture.input_dim)
+    return embed_cells(adata, bundle.backbone, mask=mask, device=device, progress=progress,
+                       should_stop=should_stop, **options)
+
+
+def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = None, device: str = "auto",
+                     **options) -> dict:
+    """How much work :func:`embed_cells` has left, before running it.
+
+    Returns ``{"n_cells", "n_tokens", "seconds", "device"}``: the cells still to embed, their
+    tokens, and the expected time from the model's FLOPs over the device's measured GEMM rate
+    (times :data:`EFFICIENCY`). Reads the data once (token counts), loads no weights.
+    """
+    from scatd_core._matrix import row_batches
+    from scatd_core.predict import _flop_rate, device_description, resolve_device
+
+    options = _options(backbone, options)
+    dev = resolve_device(device)
+    wanted = np.ones(adata.n_obs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    record = cached(adata, backbone, **options)
+    if record is not None:
+        wanted &= ~np.asarray(record["tried"], dtype=bool)
+    state = probe(backbone, embedding_dim=options.get("embedding_dim"))
+    state.require()
+    if backbone == "vae_sf":
+        cfg = scfoundation.ScFoundationConfig.from_dict(state.details["config"])
+        p = scfoundation.plan(adata, wanted, scfoundation.read_gene_list(state.files["gene_list"]),
+                              options["resolution"], options["max_genes"])
+        tokens = (p.n_expressed + 2)[p.embed]
+        flops = scfoundation.flops_per_cell(cfg, tokens).sum()
+    else:
+        folder = geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"])
+        vocab = geneformer.read_vocabulary(folder.version)
+        tok = geneformer.tokenizer(adata, vocab, folder.input_size)
+        tokens = np.concatenate([tok.n_tokens(b) for _, _, b in row_batches(adata.X, 8192)])[wanted]
+        tokens = tokens[tokens > 0]
+        flops = geneformer.flops_per_cell(folder.config, folder.n_layers + options["emb_layer"], tokens).sum()
+    seconds = float(flops) / (_flop_rate(dev) * EFFICIENCY)
+    return {"n_cells": int(tokens.size), "n_tokens": int(tokens.sum()), "seconds": seconds,
+            "device": device_description(dev)}
+
+
+def cells_to_embed(adata: ad.AnnData, bundle, mask: np.ndarray | None = None) -> int:
+    """How many cells (of ``mask``) still need an embedding before ``bundle`` can predict (0 when the
+    data carry their own embeddings, or for Dist_VAE). Reads the stored record only: no files, no data."""
+    if not needs_embedding(adata, bundle):
+        return 0
+    wanted = np.ones(adata.n_obs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone)
+    if record is not None:
+        wanted = wanted & ~np.asarray(record["tried"], dtype=bool)
+    return int(wanted.sum())
+
+
+def explain_seconds(adata: ad.AnnData, backbone: str, *, n_cells: int, n_steps: int = 50, n_genes: int = 100) -> float | None:
+    """Expected time of :func:`~scatd_core.foundation.explain_genes`, from the speed the embeddings
+    were computed at here: integrated gradients cost about 3 passes (forward and backward) per
+    step and cell, deletion one pass per candidate gene a cell holds. ``None`` before any embedding."""
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(backbone)
+    if record is None or not record.get("n_embedded"):
+        return None
+    per_cell = float(record["seconds"]) / int(record["n_embedded"])
+    passes = 3 * n_steps if backbone == "vae_sf" else n_genes + 1
+    return per_cell * passes * n_cells

@@ -1,0 +1,70 @@
+"""Running a foundation model over many cells: length-sorted batches, mixed precision, progress."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from scatd_core._progress import Eta
+from scatd_core.errors import Cancelled
+
+#: Tokens per forward pass (cells x padded length). On a CPU larger batches buy nothing (the
+#: work is already in large matrix products) and cost memory; a GPU needs many tokens to be busy.
+BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
+#: Cells read and aligned at once; batches are formed inside such a chunk, in input order between
+#: chunks, so backed (on-disk) data are read sequentially.
+CHUNK_CELLS = 2048
+
+
+def batch_tokens(device: torch.device, requested: int | None = None) -> int:
+    return int(requested) if requested else BATCH_TOKENS.get(device.type, BATCH_TOKENS["cpu"])
+
+
+def length_batches(lengths: np.ndarray, max_tokens: int) -> Iterator[np.ndarray]:
+    """Positions of ``lengths`` grouped into batches of similar length, ``cells x longest <= max_tokens``.
+
+    Sorting by length keeps padding small; a cell longer than the budget gets a batch of its own.
+    """
+    order = np.argsort(lengths, kind="stable")
+    start = 0
+    while start < order.size:
+        stop = start + 1
+        while stop < order.size and (stop - start + 1) * lengths[order[stop]] <= max_tokens:
+            stop += 1
+        yield order[start:stop]
+        start = stop
+
+
+def autocast(device: torch.device):
+    """bf16 (fp16 where bf16 is missing) autocast on CUDA; full precision on a CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+class Work:
+    """Progress over a known amount of work (FLOPs), with the time left, and cancellation."""
+
+    def __init__(self, total: float, n_cells: int, label: str,
+                 progress: Callable[[float, str], None] | None, should_stop: Callable[[], bool] | None,
+                 start: float = 0.0, span: float = 1.0):
+        self.total, self.n_cells, self.label = max(float(total), 1.0), int(n_cells), label
+        self.progress, self.should_stop = progress, should_stop
+        self.start, self.span = start, span
+        self.done, self.cells, self.eta = 0.0, 0, Eta()
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled(f"{self.label} cancelled; nothing was changed.")
+
+    def step(self, cells: int, work: float) -> None:
+        self.done += float(work)
+        self.cells += int(cells)
+        if self.progress is not None:
+            fraction = min(self.done / self.total, 1.0)
+            self.progress(self.start + self.span * fraction,
+                          f"{self.label} · {self.cells:,} of {self.n_cells:,} cells · {self.eta.text(fraction)}")

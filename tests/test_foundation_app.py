@@ -1,0 +1,116 @@
+"""The app on VAE_sf / VAE_gf with raw counts: the Model page's probe, the embedding step, predict,
+gene-level biomarkers; and what it says when the foundation model is not installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import _foundation_helpers as H
+from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
+import original_scatd as orig
+from scatd_app import state
+from scatd_core.bundle import import_checkpoint
+from scatd_core.foundation import geneformer as G
+from scatd_core.foundation import scfoundation as S
+from test_app_pages import _no_component_scan, goto, h5ad_bytes, ok, start, text, upload  # noqa: F401 (fixture)
+from test_foundation_product import gf_counts, sf_counts
+
+
+def _library(root, backbone, width, seed=0):
+    enc = {"vae_sf": [width, 40, 24], "vae_gf": [width, 30, 20, 14]}[backbone]
+    torch.save(orig.dal_checkpoint(backbone, enc, 10, seed=seed), root / f"{backbone}.pth")
+    np.save(root / "ref.npy", np.random.default_rng(seed).normal(0.3, 1.5, size=(40, width)))
+    import_checkpoint(root / f"{backbone}.pth", backbone, drug="TESTDRUG", out=root / "library" / backbone,
+                      style_reference=root / "ref.npy", threshold=0.5)
+    return root / "library"
+
+
+@pytest.fixture
+def sf_app(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_sf", 4 * H.SF_HIDDEN)))
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(H.sf_folder(tmp_path / "scfoundation")))
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(tmp_path / "no-geneformer"))
+    S._PROBES.clear()
+    S._MODELS.clear()
+    return tmp_path
+
+
+def test_counts_to_vae_sf_predictions_and_gene_biomarkers(sf_app):
+    at = start()
+    upload(at, "counts.h5ad", h5ad_bytes(sf_counts(40)))
+    goto(at, "2_Model")
+    assert "This model reads scFoundation cell embeddings (64-d)" in text(at.markdown)
+    assert "scFoundation** (for VAE_sf (scATD-sf)): installed" in text(at.success)
+    assert "40 cells" in text(at.info) and "to embed: about" in text(at.info)
+    # the overview of both backbones says what is missing for Geneformer, and where to put it
+    assert "Geneformer** (for VAE_gf (scATD-gf)): not ready" in text(at.warning)
+    assert "gf-12L-30M-i2048" in text(at.markdown).replace("\\", "")
+    goto(at, "3_Predict")  # not yet: the embeddings come first
+    assert "compute them on the Model page first" in text(at.info)
+    goto(at, "2_Model")
+    at.button(key="btn_embed").click()
+    at.run()
+    ok(at)
+    assert "scFoundation embeddings of your cells are computed (40 cells, 64-d" in text(at.success)
+    adata = at.session_state[state.ADATA]
+    assert adata.obsm["X_scfoundation"].shape == (40, 64)
+    goto(at, "3_Predict")
+    at.button(key="btn_run_predict").click()
+    at.run()
+    ok(at)
+    assert "Predicted 40 of 40 cells" in text(at.success)
+    goto(at, "5_Biomarkers")
+    assert at.radio(key="bio_level").value == "genes"
+    at.number_input(key="bio_gene_cells").set_value(4)
+    at.number_input(key="bio_steps").set_value(8)
+    at.form_submit_button[0].click()
+    at.run()
+    ok(at)
+    info = adata.uns.get("scatd_biomarkers", {}).get("info", {})
+    assert info.get("features", {}).get("level") == "gene", text(at.error)
+    assert "Integrated gradients through scFoundation" in text(at.caption)
+
+
+def test_the_model_page_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_gf", 512)))
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(tmp_path / "nothing"))
+    G._PROBES.clear()
+    at = start()
+    upload(at, "counts.h5ad", h5ad_bytes(gf_counts(20)))
+    goto(at, "2_Model")
+    shown = text(at.markdown).replace("\\", "")  # user-facing strings are markdown-escaped
+    assert "not ready" in text(at.warning) and "No Geneformer model folder" in shown
+    assert "gf-12L-30M-i2048" in shown and "SCATD_GENEFORMER_DIR" in shown and "token_dictionary.pkl" in shown
+    assert "Or upload Geneformer embeddings computed elsewhere" in text(at.info)
+    assert not any(b.key == "btn_embed" for b in at.button)
+    assert "Next: run the prediction" not in str([link.label for link in at.get("page_link")])
+
+
+def test_counts_to_vae_gf_predictions_and_deletion_biomarkers(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_gf", H.GF_CONFIG["hidden_size"])))
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(H.gf_folder(tmp_path / "geneformer")))
+    G._PROBES.clear()
+    G._MODELS.clear()
+    at = start()
+    upload(at, "counts.h5ad", h5ad_bytes(gf_counts(30)))
+    goto(at, "2_Model")
+    at.button(key="btn_embed").click()
+    at.run()
+    ok(at)
+    assert "Geneformer embeddings of your cells are computed (30 cells, 16-d" in text(at.success)
+    goto(at, "3_Predict")
+    at.button(key="btn_run_predict").click()
+    at.run()
+    goto(at, "5_Biomarkers")
+    assert at.radio(key="bio_level").value == "genes"
+    at.number_input(key="bio_gene_cells").set_value(3)
+    at.number_input(key="bio_deletion_genes").set_value(4)
+    at.form_submit_button[0].click()
+    at.run()
+    ok(at)
+    ranking = at.session_state[state.ADATA].uns["scatd_biomarkers"]["ranking"]
+    assert len(ranking) == 4 and ranking["feature"].str.startswith("GFG").all()
+    assert "In-silico deletion through Geneformer" in text(at.caption)
+    assert "Completeness error" not in [m.label for m in at.metric]

@@ -1,0 +1,275 @@
+"""Geneformer in the loop: dictionaries, rank-value tokenizer, model loading, embeddings, checks.
+
+A tiny random ``BertForMaskedLM`` with Geneformer's config keys, saved by ``save_pretrained``, and
+dictionaries pickled as Geneformer ships them, drive the real loading code; the real V1
+dictionaries tokenise a scanpy-bundled dataset's genes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import _foundation_helpers as H
+from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
+from conftest import SHARED_DATA, shared_file
+from scatd_core.errors import CheckpointError, InputError
+from scatd_core.foundation import embed_cells
+from scatd_core.foundation import geneformer as G
+
+TOL = 1e-5
+
+
+@pytest.fixture
+def gf(tmp_path, monkeypatch):
+    root = H.gf_folder(tmp_path / "geneformer")
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(root))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    G._PROBES.clear()
+    G._MODELS.clear()
+    return root
+
+
+def counts(n_cells=16, seed=0, n_genes=30, symbols=True):
+    ids, syms = H.gf_genes(n_genes)
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(rng.uniform(0.1, 3.0, n_genes), size=(n_cells, n_genes)).astype(np.float32)
+    a = ad.AnnData(sp.csr_matrix(x))
+    a.var_names = syms if symbols else ids
+    a.obs_names = [f"c{i}" for i in range(n_cells)]
+    return a
+
+
+def reference_tokens(x_row, medians, token_ids, limit, special=None):
+    """Geneformer's tokenize_cell on one cell, written from the reference."""
+    norm = x_row / x_row.sum() * 10_000 / medians
+    nz = np.flatnonzero(norm)
+    order = nz[np.argsort(-norm[nz], kind="stable")][:limit]
+    out = token_ids[order]
+    return np.concatenate([[special[0]], out, [special[1]]]) if special else out
+
+
+def reference_embedding(model, tokens, mode="cell", special=False):
+    """hidden_states[L-1] of the saved BertForMaskedLM (one cell, no padding), pooled as EmbExtractor."""
+    with torch.no_grad():
+        states = model(input_ids=torch.as_tensor(tokens)[None]).hidden_states[model.config.num_hidden_layers - 1][0]
+    if mode == "cls":
+        return states[0].numpy()
+    return (states[1:-1] if special else states).mean(0).numpy()
+
+
+def mlm(folder):
+    """The saved model as Geneformer's EmbExtractor loads it."""
+    from transformers import BertForMaskedLM
+
+    return BertForMaskedLM.from_pretrained(folder, output_hidden_states=True).eval()
+
+
+def test_embedding_matches_the_original_extraction(gf):
+    a = counts(16)
+    out, info = G.embed(a, device="cpu", batch_tokens=60)  # padded, length-sorted batches
+    vocab = G.read_vocabulary("V1", gf)
+    ids = np.array([vocab.tokens[g] for g in vocab.genes])
+    medians = np.array([vocab.medians[g] for g in vocab.genes])
+    x = a.X.toarray().astype(np.float64)
+    model = mlm(gf / "gf-tiny")
+    ref = np.stack([reference_embedding(model, reference_tokens(x[i], medians, ids, 2048)) for i in range(a.n_obs)])
+    assert info["layers_used"] == 2 and info["version"] == "V1" and out.shape == (16, 16)
+    assert np.abs(out - ref).max() < TOL
+
+
+def test_v2_special_tokens_and_the_cls_mode(tmp_path, monkeypatch):
+    root = H.gf_folder(tmp_path / "v2", v2=True)
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(root))
+    G._PROBES.clear()
+    p = G.probe()
+    assert p.available and "V2" in p.version
+    vocab = G.read_vocabulary("V2", root)
+    assert vocab.special_tokens
+    a = counts(6, symbols=False)
+    ids = np.array([vocab.tokens[g] for g in vocab.genes])
+    medians = np.array([vocab.medians[g] for g in vocab.genes])
+    special = (vocab.tokens["<cls>"], vocab.tokens["<eos>"])
+    toks = [reference_tokens(r, medians, ids, 4094, special) for r in a.X.toarray().astype(np.float64)]
+    assert [t.tolist() for t in G.tokenizer(a, vocab, 4096).tokenize(a.X)] == [t.tolist() for t in toks]
+    model = mlm(root / "gf-tiny")
+    for mode in ("cell", "cls"):
+        out, _ = G.embed(a, device="cpu", emb_mode=mode)
+        ref = np.stack([reference_embedding(model, t, mode, special=True) for t in toks])
+        assert np.abs(out - ref).max() < TOL
+
+
+def test_cls_needs_v2(gf):
+    with pytest.raises(InputError, match="needs a Geneformer V2 model"):
+        G.embed(counts(3), device="cpu", emb_mode="cls")
+
+
+def test_tokenizer_ranks_scales_and_truncates(gf):
+    vocab = G.read_vocabulary("V1", gf)
+    a = counts(5, seed=2)
+    tok = G.tokenizer(a, vocab, 6)  # an input size of 6 tokens: only the top 6 genes survive
+    lists = tok.tokenize(a.X)
+    x = a.X.toarray().astype(np.float64)
+    medians = np.array([vocab.medians[g] for g in vocab.genes])
+    ids = np.array([vocab.tokens[g] for g in vocab.genes])
+    for i, t in enumerate(lists):
+        assert t.tolist() == reference_tokens(x[i], medians, ids, 6).tolist()
+    # the total count is over all genes: a gene Geneformer does not know still scales the others
+    extra = ad.AnnData(sp.hstack([a.X, sp.csr_matrix(np.full((5, 1), 1000.0, dtype=np.float32))]).tocsr())
+    extra.var_names = list(a.var_names) + ["UNKNOWN"]
+    assert [t.tolist() for t in G.tokenizer(extra, vocab, 6).tokenize(extra.X)] == [t.tolist() for t in lists]
+
+
+def test_symbols_and_ensembl_ids_and_duplicates(gf):
+    vocab = G.read_vocabulary("V1", gf)
+    by_symbol, by_id = counts(4), counts(4, symbols=False)
+    t1 = G.tokenizer(by_symbol, vocab, 2048).tokenize(by_symbol.X)
+    t2 = G.tokenizer(by_id, vocab, 2048).tokenize(by_id.X)
+    assert [t.tolist() for t in t1] == [t.tolist() for t in t2]
+    versioned = by_id.copy()
+    versioned.var_names = [f"{g}.7" for g in by_id.var_names]
+    assert [t.tolist() for t in G.tokenizer(versioned, vocab, 2048).tokenize(versioned.X)] == [t.tolist() for t in t2]
+
+
+def test_values_that_are_not_counts_are_refused(gf):
+    a = counts(20)
+    logged = ad.AnnData(np.log1p(a.X.toarray() / a.X.toarray().sum(1, keepdims=True) * 1e4))
+    logged.var_names = a.var_names
+    with pytest.raises(InputError, match="log-normalised"):
+        G.embed(logged, device="cpu")
+
+
+def test_pytorch_model_bin_loads_with_weights_only_and_matches(gf, tmp_path):
+    from transformers import BertForMaskedLM
+
+    a = counts(6)
+    want, _ = G.embed(a, device="cpu")
+    model = BertForMaskedLM.from_pretrained(gf / "gf-tiny")
+    (gf / "gf-tiny" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), gf / "gf-tiny" / "pytorch_model.bin")
+    G._PROBES.clear()
+    G._MODELS.clear()
+    assert G.probe().files["weights"].name == "pytorch_model.bin"
+    got, _ = G.embed(a, device="cpu")
+    assert np.abs(got - want).max() < TOL
+
+
+def test_pickled_code_in_weights_or_dictionaries_never_runs(gf, tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (gf / "gf-tiny" / "model.safetensors").unlink()
+    torch.save({"bert.embeddings.word_embeddings.weight": Payload()}, gf / "gf-tiny" / "pytorch_model.bin")
+    G._PROBES.clear()
+    p = G.probe()
+    assert "never runs code" in " ".join(x.message for x in p.problems)
+    with open(gf / "gene_median_dictionary.pkl", "wb") as fh:
+        pickle.dump({"ENSG00000000001": Payload()}, fh)
+    G._PROBES.clear()
+    p = G.probe()
+    assert {"bad_dictionary"} <= {x.code for x in p.problems}
+    with pytest.raises(CheckpointError):
+        G.load()
+    assert not marker.exists()
+
+
+def test_lfs_pointers_and_missing_files_say_what_to_do(gf, tmp_path, monkeypatch):
+    (gf / "gf-tiny" / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "b" * 64 + "\nsize 41183536\n")
+    G._PROBES.clear()
+    p = G.probe()
+    assert [x.code for x in p.problems] == ["lfs_pointer"] and "41.2 MB" in p.problems[0].message
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(tmp_path / "empty"))
+    p = G.probe(embedding_dim=512)
+    codes = {x.code for x in p.problems}
+    assert codes == {"missing_model", "missing_dictionaries"}
+    assert "gf-12L-30M-i2048" in p.problems[0].hint and "SCATD_GENEFORMER_DIR" in p.problems[0].hint
+
+
+def test_version_and_size_mismatches(gf, tmp_path, monkeypatch):
+    # a V2 model (4096 positions) beside V1 dictionaries
+    H.write_gf_model(gf / "gf-tiny", 32, v2=True)
+    G._PROBES.clear()
+    assert "version_mismatch" in {x.code for x in G.probe().problems}
+    # a vocabulary that is not the dictionaries'
+    H.write_gf_model(gf / "gf-tiny", 40)
+    G._PROBES.clear()
+    problems = G.probe().problems
+    assert [x.code for x in problems] == ["version_mismatch"] and "40 tokens" in problems[0].message
+    # header shapes that contradict config.json
+    H.write_gf_model(gf / "gf-tiny", 32)
+    import json
+
+    cfg = json.loads((gf / "gf-tiny" / "config.json").read_text())
+    cfg["hidden_size"] = 24
+    (gf / "gf-tiny" / "config.json").write_text(json.dumps(cfg))
+    G._PROBES.clear()
+    assert "wrong_shape" in {x.code for x in G.probe().problems}
+
+
+def test_the_model_is_chosen_by_the_embedding_size_the_drug_model_needs(gf):
+    H.write_gf_model(gf / "gf-wide", 32, hidden_size=24, num_attention_heads=2)
+    G._PROBES.clear()
+    assert G.probe(embedding_dim=24).files["model"].name == "gf-wide"
+    assert G.probe(embedding_dim=16).files["model"].name == "gf-tiny"
+    p = G.probe(embedding_dim=512)
+    assert [x.code for x in p.problems] == ["wrong_model"]
+    assert "gf-12L-30M-i2048" in p.problems[0].hint and "16-d" in p.problems[0].message
+
+
+def test_embed_cells_for_geneformer(gf):
+    a = counts(8)
+    x = a.X.toarray()
+    x[3] = 0
+    a.X = sp.csr_matrix(x)
+    record = embed_cells(a, "vae_gf", device="cpu")
+    emb = a.obsm["X_geneformer"]
+    assert emb.shape == (8, 16) and np.isnan(emb[3]).all() and np.isfinite(np.delete(emb, 3, 0)).all()
+    assert record["info"]["not_embedded"] == {"no_expressed_gene": 1} and record["n_embedded"] == 7
+
+
+# ----------------------------------------------------------------------------- real V1 dictionaries
+
+def test_real_v1_dictionaries_tokenise_a_scanpy_dataset():
+    import scanpy as sc
+
+    shared_file("geneformer", "token_dictionary.pkl")
+    vocab = G.read_vocabulary("V1", SHARED_DATA / "geneformer")
+    assert vocab.version == "V1" and len(vocab.tokens) == 25_426 and len(vocab.medians) == 25_424
+    assert not vocab.special_tokens and vocab.names is not None
+    pbmc = sc.datasets.pbmc68k_reduced()  # bundled with scanpy: no network
+    raw = pbmc.raw.to_adata()
+    a = ad.AnnData(sp.csr_matrix(np.expm1(raw.X.toarray()).astype(np.float32)))  # back to a linear scale
+    a.var_names = raw.var_names
+    tok = G.tokenizer(a, vocab, 2048)
+    assert tok.alignment.n_matched > 0.9 * a.n_vars  # symbols reach Ensembl through gene_name_id_dict
+    lists = tok.tokenize(a.X[:50])
+    medians = np.array([vocab.medians[g] for g in tok.genes])
+    aligned = (a.X[:50] @ tok.alignment.matrix).toarray()
+    totals = np.asarray(a.X[:50].sum(axis=1)).ravel()
+    column = {int(t): j for j, t in enumerate(tok.token_ids)}
+    for i, t in enumerate(lists):
+        assert 0 < t.size <= 2048 and t.min() >= 2  # no <pad>/<mask>
+        norm = aligned[i] / totals[i] * 10_000 / medians
+        ranked = norm[[column[int(x)] for x in t]]
+        assert np.all(np.diff(ranked) <= 0) and t.size == int((norm > 0).sum())  # descending, every expressed gene
+    cd3e = vocab.tokens[vocab.names["CD3E"]]
+    assert any(cd3e in t for t in lists)
+
+
+def test_real_configs_are_v1_and_give_the_published_sizes(tmp_path):
+    import json
+
+    for name, hidden, layers in (("gf-12L-30M-config.json", 512, 12), ("gf-6L-30M-config.json", 256, 6)):
+        folder = G.ModelFolder(tmp_path, json.loads(shared_file("geneformer", name).read_text()), None)
+        assert (folder.version, folder.hidden_size, folder.n_layers, folder.input_size) == ("V1", hidden, layers, 2048)
+        assert [p.code for p in G.check_model(folder, None)] == ["missing_weights"]

@@ -1,0 +1,356 @@
+"""scFoundation in the loop: checkpoint layout, restricted loading, conversion, preprocessing, equivalence.
+
+Every test drives the real loading code on a tiny random checkpoint generated in the official
+``models.ckpt`` layout (``_foundation_helpers``); no test needs the real weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+import _foundation_helpers as H
+from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
+from conftest import shared_file
+from scatd_core.errors import CheckpointError, InputError
+from scatd_core.foundation import embed_cells, probe_all
+from scatd_core.foundation import scfoundation as S
+from scatd_core.nn.scfoundation import ScFoundationConfig, encoder_state_keys
+
+#: float32 reference vs batched, padded, length-sorted implementation (12 matrix products deep)
+TOL = 2e-5
+
+
+@pytest.fixture
+def sf(tmp_path, monkeypatch):
+    root = H.sf_folder(tmp_path / "scfoundation")
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(root))
+    S._PROBES.clear()
+    S._MODELS.clear()
+    return root
+
+
+def counts(n_cells=24, genes=None, seed=0, rate=1.0):
+    genes = genes or H.sf_genes(40)
+    rng = np.random.default_rng(seed)
+    lam = rng.uniform(0.05, 3.0, size=len(genes)) * rate
+    x = rng.poisson(lam, size=(n_cells, len(genes))).astype(np.float32)
+    x[:, 0] += rng.integers(0, 3, n_cells)  # lengths vary from cell to cell
+    a = ad.AnnData(sp.csr_matrix(x))
+    a.var_names = genes
+    a.obs_names = [f"c{i}" for i in range(n_cells)]
+    return a
+
+
+# ----------------------------------------------------------------------------- an independent forward
+
+def reference_embedding(state: dict, cfg: dict, counts_row: np.ndarray, resolution: str = "a5") -> np.ndarray:
+    """scFoundation's per-cell path as get_embedding.py runs it (batch of one, no padding), written
+    from the reference with torch primitives only (no nn.TransformerEncoderLayer)."""
+    sd = {k: v.double() for k, v in state.items()}
+    x = counts_row.astype(np.float64)
+    total = x.sum()
+    values = np.log1p(x / total * 1e4)
+    mode, number = resolution[0], float(resolution[1:])
+    s = math.log10(total)
+    t = {"t": number, "f": math.log10(total * number), "a": s + number}[mode]
+    full = np.concatenate([values, [t, s]])
+    keep = np.flatnonzero(full > 0)
+    v = torch.tensor(full[keep], dtype=torch.float64)[:, None]
+    h = F.leaky_relu(v @ sd["token_emb.mlp.weight"].T + sd["token_emb.mlp.bias"], 0.1)
+    w = torch.softmax(cfg["bin_alpha"] * h + h @ sd["token_emb.mlp2.weight"].T + sd["token_emb.mlp2.bias"], dim=-1)
+    z = w @ sd["token_emb.emb.weight"] + sd["pos_emb.weight"][torch.tensor(keep)]
+    d, heads = z.shape[1], cfg["heads"]
+    for i in range(cfg["depth"]):
+        p = f"encoder.transformer_encoder.{i}."
+        qkv = z @ sd[p + "self_attn.in_proj_weight"].T + sd[p + "self_attn.in_proj_bias"]
+        q, k, vv = qkv.split(d, dim=1)
+        split = lambda m: m.reshape(m.shape[0], heads, d // heads).transpose(0, 1)  # noqa: E731
+        att = torch.softmax(split(q) @ split(k).transpose(1, 2) / math.sqrt(d // heads), dim=-1) @ split(vv)
+        att = att.transpose(0, 1).reshape(-1, d) @ sd[p + "self_attn.out_proj.weight"].T + sd[p + "self_attn.out_proj.bias"]
+        z = F.layer_norm(z + att, (d,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-5)
+        ff = torch.relu(z @ sd[p + "linear1.weight"].T + sd[p + "linear1.bias"]) @ sd[p + "linear2.weight"].T \
+            + sd[p + "linear2.bias"]
+        z = F.layer_norm(z + ff, (d,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-5)
+    z = F.layer_norm(z, (d,), sd["encoder.norm.weight"], sd["encoder.norm.bias"], 1e-5)
+    return torch.cat([z[-1], z[-2], z[:-2].max(dim=0).values, z[:-2].mean(dim=0)]).numpy()
+
+
+def test_encoder_matches_an_independent_forward_on_the_same_state_dict(sf):
+    ckpt = torch.load(sf / "models" / "models.ckpt", weights_only=True)["rde"]
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()}
+    cfg = {**ckpt["config"]["model_config"]["mae_autobin"]["encoder"], "bin_alpha": 1.0}
+    a = counts(12)
+    out, info = S.embed(a, device="cpu", batch_tokens=120)  # several padded, length-sorted batches
+    x = a.X.toarray()
+    lengths = (x > 0).sum(axis=1)
+    assert lengths.min() < lengths.max()  # the batches really mix lengths
+    ref = np.stack([reference_embedding(state, cfg, x[i]) for i in range(a.n_obs)])
+    assert out.shape == (12, 4 * H.SF_HIDDEN) and info["n_embedded"] == 12
+    assert np.abs(out - ref).max() < TOL
+    # the same numbers whatever the batching
+    one_by_one, _ = S.embed(a, device="cpu", batch_tokens=1)
+    assert np.abs(one_by_one - out).max() < TOL
+
+
+@pytest.mark.parametrize("resolution", ["t4", "f1", "a5"])
+def test_total_count_tokens(sf, resolution):
+    ckpt = torch.load(sf / "models" / "models.ckpt", weights_only=True)["rde"]
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()}
+    cfg = {**ckpt["config"]["model_config"]["mae_autobin"]["encoder"], "bin_alpha": 1.0}
+    a = counts(5, seed=3)
+    out, _ = S.embed(a, device="cpu", resolution=resolution)
+    ref = np.stack([reference_embedding(state, cfg, a.X.toarray()[i], resolution) for i in range(5)])
+    assert np.abs(out - ref).max() < TOL
+
+
+def test_state_dict_keys_are_the_originals(sf):
+    cfg = ScFoundationConfig(seq_len=42, hidden_dim=16, depth=2, heads=2, bin_num=10)
+    keys = encoder_state_keys(cfg)
+    assert keys[:2] == ["token_emb.mlp.weight", "token_emb.mlp.bias"]
+    assert "pos_emb.weight" in keys and "encoder.norm.bias" in keys
+    assert "encoder.transformer_encoder.1.self_attn.in_proj_weight" in keys
+    # the published size: 154 tensors on the cell-embedding path, 99,941,692 parameters (backbones.md A.3)
+    published = ScFoundationConfig()
+    with torch.device("meta"):
+        from scatd_core.nn.scfoundation import ScFoundationEncoder
+
+        model = ScFoundationEncoder(published)
+    assert len(model.state_dict()) == 154
+    assert sum(p.numel() for p in model.parameters()) == 99_941_692
+    assert published.embedding_dim == 3072
+
+
+# ----------------------------------------------------------------------------- files and probe
+
+def test_probe_reports_missing_files_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(tmp_path / "nothing"))
+    p = S.probe()
+    assert not p.available
+    codes = {x.code for x in p.problems}
+    assert codes == {"missing_weights", "missing_gene_list"}
+    hint = " ".join(x.hint for x in p.problems)
+    assert "models.ckpt" in hint and "SCATD_SCFOUNDATION_DIR" in hint and "OS_scRNA_gene_index.19264.tsv" in hint
+    with pytest.raises(CheckpointError, match="No scFoundation weights"):
+        S.load()
+
+
+def test_probe_of_a_complete_folder(sf):
+    p = S.probe()
+    assert p.available and p.embedding_dim == 64 and not p.problems
+    assert "'rde' model (2 layers x 16" in p.version
+    entries = {d["backbone"]: d for d in probe_all()}
+    assert entries["vae_sf"]["available"] and entries["vae_sf"]["embedding_dim"] == 64
+    assert entries["vae_sf"]["ok"] and "64-d cell embeddings" in entries["vae_sf"]["detail"]
+    assert set(entries["vae_gf"]) >= {"available", "version", "embedding_dim", "problems", "location"}
+    assert not entries["vae_gf"]["ok"] and "What to do:" in entries["vae_gf"]["detail"]
+
+
+def test_git_lfs_pointer_is_named_with_its_size(sf):
+    ckpt = sf / "models" / "models.ckpt"
+    ckpt.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "a" * 64 + "\nsize 1480000000\n")
+    p = S.probe()
+    assert [x.code for x in p.problems] == ["lfs_pointer"]
+    assert "1,480.0 MB" in p.problems[0].message and "git lfs pull" in p.problems[0].hint
+    with pytest.raises(CheckpointError, match="Git LFS pointer"):
+        S.load()
+
+
+def test_pickled_code_in_the_checkpoint_is_refused_and_never_runs(sf, tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"rde": {"config": Payload(), "state_dict": {}}}, sf / "models" / "models.ckpt")
+    p = S.probe()
+    assert [x.code for x in p.problems] == ["bad_checkpoint"]
+    assert "never runs code" in p.problems[0].message and "posix.system" in p.problems[0].message
+    with pytest.raises(CheckpointError):
+        S.read_checkpoint(sf / "models" / "models.ckpt")
+    assert not marker.exists()
+
+
+def test_missing_key_lists_what_the_file_holds(sf):
+    H.write_sf_checkpoint(sf / "models" / "models.ckpt", H.sf_genes(40), keys=("cell", "gene"))
+    with pytest.raises(CheckpointError, match=r"no model 'rde' \(it holds: cell, gene\)"):
+        S.read_checkpoint(sf / "models" / "models.ckpt")
+    S._PROBES.clear()
+    assert S.probe(key="cell").available
+
+
+def test_shapes_that_contradict_the_config_are_caught(sf):
+    genes = H.sf_genes(40)
+    state = H.sf_state(genes)
+    state["pos_emb.weight"] = state["pos_emb.weight"][:30]
+    torch.save({"rde": {"config": H.sf_config(40), "state_dict": {f"model.{k}": v for k, v in state.items()}}},
+               sf / "models" / "models.ckpt")
+    p = S.probe()
+    assert p.problems[0].code == "bad_checkpoint" and "pos_emb.weight is (30, 16), expected (43, 16)" in p.problems[0].message
+
+
+def test_gene_list_must_match_the_model(sf):
+    H.write_sf_gene_list(sf / "OS_scRNA_gene_index.19264.tsv", H.sf_genes(39))
+    assert [x.code for x in S.probe().problems] == ["gene_list_mismatch"]
+    (sf / "OS_scRNA_gene_index.19264.tsv").write_text("gene_name\tindex\nB\t1\nA\t0\n")
+    with pytest.raises(CheckpointError, match="re-sorted"):
+        S.read_gene_list(sf / "OS_scRNA_gene_index.19264.tsv")
+
+
+def test_convert_writes_safetensors_and_config_that_give_the_same_embeddings(sf):
+    a = counts(12)
+    before, _ = S.embed(a, device="cpu")
+    weights, config = S.convert(sf / "models" / "models.ckpt")
+    assert weights.parent == sf / "models" and weights.name == "scfoundation_rde.safetensors"
+    record = json.loads(config.read_text())
+    assert record["key"] == "rde" and record["n_tensors"] == len(encoder_state_keys(S.ScFoundationConfig.from_dict(
+        record["config"]))) and record["gene_list_sha256"] and len(record["source_sha256"]) == 64
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as fh:
+        assert not any(k.startswith(("decoder", "to_final")) for k in fh.keys())
+    # the app reads the conversion when it is there (here beside models.ckpt, in models/)
+    p = S.probe()
+    assert p.available and "converted from models.ckpt" in p.version
+    after, _ = S.embed(a, device="cpu")
+    assert np.array_equal(before, after)
+    # a gene list edited after the conversion is caught
+    genes = H.sf_genes(40)
+    genes[0], genes[1] = genes[1], genes[0]
+    H.write_sf_gene_list(sf / "OS_scRNA_gene_index.19264.tsv", genes)
+    assert [x.code for x in S.probe().problems] == ["gene_list_mismatch"]
+
+
+def test_the_cell_and_rde_models_differ(sf):
+    a = counts(4)
+    rde, _ = S.embed(a, device="cpu", key="rde")
+    cell, _ = S.embed(a, device="cpu", key="cell")
+    assert np.abs(rde - cell).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def test_genes_are_matched_by_name_in_list_order_and_duplicates_summed(sf):
+    a = counts(6)
+    shuffled = a[:, np.random.default_rng(1).permutation(a.n_vars)].copy()
+    extra = ad.AnnData(sp.hstack([shuffled.X, sp.csr_matrix(np.ones((6, 3), dtype=np.float32))]).tocsr())
+    extra.var_names = list(shuffled.var_names) + ["NOT_A_GENE1", "NOT_A_GENE2", "NOT_A_GENE3"]
+    base, _ = S.embed(a, device="cpu")
+    out, info = S.embed(extra, device="cpu")
+    assert np.abs(out - base).max() < TOL
+    assert info["gene_coverage"]["n_extra_ignored"] == 3
+    # a gene split over two columns of the same name counts as their sum
+    x = a.X.toarray()
+    split = np.hstack([x, x[:, :1]])
+    split[:, 0] = 0
+    dup = ad.AnnData(split)
+    dup.var_names = list(a.var_names) + [a.var_names[0]]
+    out, _ = S.embed(dup, device="cpu")
+    assert np.abs(out - base).max() < TOL
+
+
+def test_log_normalised_values_are_used_as_given(sf):
+    a = counts(6)
+    x = a.X.toarray().astype(np.float64)
+    logged = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
+    b = ad.AnnData(logged.astype(np.float32))
+    b.var_names = a.var_names
+    prepared = S.prepare(b, H.sf_genes(40))
+    assert not prepared.normalise and prepared.value_kind == "log_normalized"
+    values, totals = prepared.values(b.X)
+    assert np.allclose(values.toarray(), logged, atol=1e-5)
+    assert np.allclose(totals, logged.sum(axis=1), rtol=1e-5)  # the original's pre_normalized=T total
+
+
+def test_scaled_data_and_unknown_genes_are_refused(sf):
+    a = counts(8)
+    z = ad.AnnData((a.X.toarray() - a.X.toarray().mean(0)) / (a.X.toarray().std(0) + 1))
+    z.var_names = a.var_names
+    with pytest.raises(InputError, match="counts or log-normalised"):
+        S.embed(z, device="cpu")
+    b = a.copy()
+    b.var_names = [f"X{i}" for i in range(b.n_vars)]
+    with pytest.raises(InputError, match="None of the 40 genes"):
+        S.embed(b, device="cpu")
+
+
+def test_cells_that_cannot_be_embedded_and_the_gene_cap(sf):
+    a = counts(6)
+    x = a.X.toarray()
+    x[1] = 0
+    x[2] = 0
+    x[2, 5] = 1  # total count 1: S = log10(1) = 0 would vanish
+    b = ad.AnnData(x)
+    b.var_names = a.var_names
+    out, info = S.embed(b, device="cpu")
+    assert np.isnan(out[1]).all() and np.isnan(out[2]).all() and np.isfinite(out[[0, 3, 4, 5]]).all()
+    assert info["not_embedded"] == {"no_expressed_gene": 1, "total_at_most_1": 1}
+    with pytest.raises(InputError, match=r"(?s)express more than 5 of scFoundation.s genes .*QC filter"):
+        S.embed(b, device="cpu", max_genes=5)
+    with pytest.raises(InputError, match="Unknown scFoundation resolution"):
+        S.embed(b, device="cpu", resolution="x4")
+
+
+def test_embed_cells_writes_obsm_and_caches_per_data_and_settings(sf, monkeypatch):
+    a = counts(10)
+    mask = np.arange(10) < 6
+    record = embed_cells(a, "vae_sf", mask=mask, device="cpu")
+    emb = a.obsm["X_scfoundation"]
+    assert emb.shape == (10, 64) and np.isfinite(emb[:6]).all() and np.isnan(emb[6:]).all()
+    assert a.uns["scatd_foundation"]["vae_sf"]["info"]["key"] == "rde" and record["n_embedded"] == 6
+    calls = []
+    real = S.embed
+
+    def counting(adata, wanted, **kw):
+        calls.append(int(np.asarray(wanted).sum()))
+        return real(adata, wanted, **kw)
+
+    monkeypatch.setattr(S, "embed", counting)
+    embed_cells(a, "vae_sf", mask=mask, device="cpu")
+    assert calls == []  # cached
+    embed_cells(a, "vae_sf", device="cpu")
+    assert calls == [4]  # only the cells not embedded yet
+    full = a.obsm["X_scfoundation"].copy()
+    fresh = counts(10)
+    embed_cells(fresh, "vae_sf", device="cpu")
+    assert np.abs(fresh.obsm["X_scfoundation"] - full).max() < TOL
+    embed_cells(a, "vae_sf", device="cpu", resolution="t4")  # other settings: everything again
+    assert calls[-1] == 10
+    changed = counts(10, seed=5)
+    changed.obsm["X_scfoundation"] = a.obsm["X_scfoundation"]
+    changed.uns["scatd_foundation"] = a.uns["scatd_foundation"]
+    embed_cells(changed, "vae_sf", device="cpu", resolution="t4")  # other data: everything again
+    assert calls[-1] == 10
+    # the record survives an h5ad round trip
+    a.write_h5ad(sf.parent / "a.h5ad")
+    back = ad.read_h5ad(sf.parent / "a.h5ad")
+    calls.clear()
+    embed_cells(back, "vae_sf", device="cpu", resolution="t4")
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------- real reference data
+
+def test_the_real_gene_list_is_read_in_its_order():
+    genes = S.read_gene_list(shared_file("scfoundation", "OS_scRNA_gene_index.19264.tsv"))
+    assert len(genes) == 19264 == ScFoundationConfig().n_genes
+    assert genes[:3] == ["A1BG", "A1CF", "A2M"]
+
+
+def test_real_scfoundation_embeddings_have_the_pooled_layout():
+    """The 120 real SCAD cell embeddings are [S, T, max over genes, mean over genes]: the max block
+    is never below the mean block, which holds for no other pair of blocks."""
+    emb = np.load(shared_file("scfoundation", "scad_sorafenib_sc_embedding.npy"))
+    assert emb.shape == (120, 3072) and emb.dtype == np.float32
+    s_tok, t_tok, largest, mean = np.split(emb, 4, axis=1)
+    assert (largest >= mean - 1e-6).all()
+    assert not (s_tok >= mean).all() and not (t_tok >= mean).all() and not (mean >= largest).all()
