@@ -4,6 +4,7 @@ import streamlit as st
 
 from scatd_app import jobs, state, ui
 from scatd_core import foundation, pl
+from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
 from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, summary
 
@@ -49,7 +50,8 @@ settings = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0
 token = ui.prediction_token(bundle, settings)
 current = state.prediction_current(token)
 if not current:
-    estimate = estimate_seconds(bundle, n_run, mode=mode, n_samples=max(2, settings["n_samples"]))
+    estimate = estimate_seconds(bundle, n_run, mode=mode, n_samples=max(2, settings["n_samples"]),
+                                density=stored_fraction(adata.X))
     st.caption(f"Estimated time: about {max(1, round(estimate)):,} s on {ui.device_text()}.")
 
 # ------------------------------------------------------------------ run

@@ -117,7 +117,8 @@ colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")
 if emb_info is not None:
     values, categorical, crange, scale = colour_options[colour]
     fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,
-                         color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str))
+                         color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str),
+                         note=embed.fit_note(emb_info))
     st.plotly_chart(fig, key="cells_umap")
     if colour == "uncertainty (sd of P)":
         st.caption(f"Uncertainty: the sd of P(resistant) {info['params'].get('prob_resistant_sd', 'over the draws')} "

@@ -143,8 +143,9 @@ def device_text() -> str:
 
 @st.cache_resource(show_spinner=False)
 def start_up() -> threading.Thread:
-    """Once per server: finish interrupted library writes, then compile umap-learn's kernels in
-    the background so the first UMAP is quick.
+    """Once per server: finish interrupted library writes, then compile (or load from numba's disk
+    cache) the numba kernels of the QC metrics (scanpy), the sparse first layer and umap-learn in
+    the background, so the first upload, prediction and UMAP do not wait for them.
 
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
@@ -155,14 +156,21 @@ def start_up() -> threading.Thread:
 
     for done in clean_library():
         logging.getLogger("scatd").warning("model library: %s", done)
+    import scanpy  # noqa: F401
     import scipy.stats  # noqa: F401
     import sklearn  # noqa: F401
     import torch  # noqa: F401
     import umap  # noqa: F401
 
-    from scatd_core.embed import warm_up
+    from scatd_core import embed, preprocess
+    from scatd_core.nn import sparse
 
-    thread = threading.Thread(target=warm_up, name="scatd-umap-warm-up", daemon=True)
+    def warm_up() -> None:
+        preprocess.qc_metrics(ad.AnnData(np.ones((4, 3), dtype=np.float32)))
+        sparse.warm_up()
+        embed.warm_up()
+
+    thread = threading.Thread(target=warm_up, name="scatd-warm-up", daemon=True)
     thread.start()
     return thread
 
@@ -219,12 +227,14 @@ def model_inputs(adata: ad.AnnData, bundle):
     """The session's :class:`~scatd_core.inputs.ModelInput` of its data for ``bundle`` (built once
     per data, QC mask and model; predict and explain both read through it)."""
     from scatd_core.inputs import ModelInput
+    from scatd_core.predict import auto_batch_size, resolve_device
 
     ss = st.session_state
     token = prediction_token(bundle, {})
     cached = ss.get(state.INPUTS)
     if cached is None or cached[0] != token:
-        cached = ss[state.INPUTS] = (token, ModelInput(adata, bundle, mask=qc_mask(adata)))
+        batch_size = auto_batch_size(bundle, resolve_device("auto"))
+        cached = ss[state.INPUTS] = (token, ModelInput(adata, bundle, mask=qc_mask(adata), batch_size=batch_size))
     return cached[1]
 
 

@@ -35,6 +35,19 @@ def is_backed_sparse(X) -> bool:
     return hasattr(X, "format") and hasattr(X, "to_memory")
 
 
+def stored_fraction(X) -> float:
+    """Fraction of X's entries that are stored: ``nnz / size`` for in-memory or backed sparse
+    matrices (from the stored arrays' length, nothing read), 1.0 for dense ones."""
+    size = X.shape[0] * X.shape[1]
+    if not size:
+        return 1.0
+    if sp.issparse(X):
+        return X.nnz / size
+    if is_backed_sparse(X):
+        return X.group["data"].shape[0] / size
+    return 1.0
+
+
 #: A dense batch of rows is kept below this size (a wide dense matrix gets fewer rows per batch).
 MAX_DENSE_BATCH_BYTES = 64 << 20
 

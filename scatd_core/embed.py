@@ -9,9 +9,15 @@ Cells whose input rows are not finite (cells that could not be scored have NaN l
 are left out of the computation, counted in ``uns['scatd_embed']``, and get NaN coordinates and
 the cluster ``"not embedded"``; they never reach the layout, so they cannot break a plot.
 
-Neighbours are exact (scikit-learn) up to :data:`EXACT_KNN_MAX_CELLS` cells and approximate
-(umap-learn's NN-descent) above. umap-learn compiles its kernels with numba on first use,
-which takes a while once per process; :func:`warm_up` does it ahead of time.
+Speed: inputs wider than :data:`PCA_COMPONENTS` (the 421-d latent space) are first reduced to
+that many principal components, and neighbours are exact (scikit-learn's brute force, BLAS:
+no search index to build or compile). Up to :data:`UMAP_FIT_MAX_CELLS` cells UMAP is fitted
+on every cell. Above, it is fitted on a seeded random subsample of :data:`UMAP_FIT_MAX_CELLS`
+cells; the other cells are placed into that layout by umap-learn's ``transform`` (from their
+distances to their nearest subsample cells) and join the Leiden cluster of most of those
+neighbours. This is recorded in ``uns['scatd_embed']['fit']`` and said under the plot.
+umap-learn compiles its kernels with numba on first use (cached on disk afterwards);
+:func:`warm_up` does it ahead of time.
 """
 
 from __future__ import annotations
@@ -38,8 +44,12 @@ NOT_EMBEDDED = _keys.NOT_EMBEDDED
 BASES = ("latent", "expression")
 #: Fewest cells a layout is computed for.
 MIN_CELLS = 5
-#: Up to this many cells, neighbours are found exactly (fast on the low-dimensional inputs here).
-EXACT_KNN_MAX_CELLS = 50_000
+#: Inputs wider than this are reduced to this many principal components before the neighbour
+#: search (the latent space has 421 dimensions; 50 components keep its neighbourhoods).
+PCA_COMPONENTS = 50
+#: Up to this many cells UMAP is fitted on all of them with exact neighbours; above, on a seeded
+#: random subsample of this many (approximate neighbours), the rest placed by ``transform``.
+UMAP_FIT_MAX_CELLS = 30_000
 _SPECTRAL_MIN_CELLS = 50  # spectral initialisation is unstable on tiny graphs
 #: Default UMAP epochs: umap-learn's 500 up to this many cells, 200 above (umap-learn switches at
 #: 10,000; 200 epochs already converge at a few thousand cells and halve the wait on a laptop).
@@ -103,43 +113,131 @@ def expression_pcs(adata: ad.AnnData, n_top_genes: int = 2000, n_pcs: int = 30, 
     return np.asarray(pcs, dtype=np.float32), info
 
 
-def _neighbours(x: np.ndarray, n_neighbors: int, seed: int):
-    """kNN indices and distances (each cell its own first neighbour), or None to let UMAP search."""
-    if x.shape[0] > EXACT_KNN_MAX_CELLS:
-        return None
+def principal_components(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int | None]:
+    """``x`` reduced to :data:`PCA_COMPONENTS` principal components when it is wider (seeded
+    randomised SVD), and the number of components (``None``: ``x`` as it is)."""
+    k = min(PCA_COMPONENTS, x.shape[0] - 1)
+    if x.shape[1] <= PCA_COMPONENTS or k < 2:
+        return np.asarray(x, dtype=np.float32), None
+    from sklearn.decomposition import PCA
+
+    pcs = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit_transform(np.asarray(x, np.float64))
+    return pcs.astype(np.float32), k
+
+
+@dataclass
+class Neighbours:
+    """Exact k nearest neighbours, of the cells UMAP is fitted on and of the others.
+
+    ``fitted``: positions (rows of the input) of the cells the graph spans: every cell, or a
+    seeded random subsample above :data:`UMAP_FIT_MAX_CELLS`; ``indices``/``distances``: their
+    neighbours among themselves (each cell its own first); ``rest``: the other cells'
+    positions, ``rest_indices``/``rest_distances`` their nearest fitted cells (positions in
+    ``fitted``).
+    """
+
+    fitted: np.ndarray
+    indices: np.ndarray
+    distances: np.ndarray
+    rest: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rest_indices: np.ndarray | None = None
+    rest_distances: np.ndarray | None = None
+
+    @property
+    def subsampled(self) -> bool:
+        return self.rest.size > 0
+
+    def distance_matrix(self) -> sp.csr_matrix:
+        """The fitted cells' neighbour distances as a symmetric sparse matrix (zero diagonal),
+        the ``metric="precomputed"`` input of umap-learn."""
+        n, k = self.indices.shape
+        d = sp.csr_matrix((self.distances.ravel().astype(np.float64), self.indices.ravel(),
+                           np.arange(0, n * k + 1, k)), shape=(n, n))
+        return d.maximum(d.T).tocsr()
+
+    def rest_distance_matrix(self) -> sp.csr_matrix:
+        """The other cells' distances to their nearest fitted cells (``transform``'s input)."""
+        n, k = self.rest_indices.shape
+        return sp.csr_matrix((self.rest_distances.ravel().astype(np.float64), self.rest_indices.ravel(),
+                              np.arange(0, n * k + 1, k)), shape=(n, self.fitted.size))
+
+
+def neighbours(x: np.ndarray, n_neighbors: int, seed: int, fit_max: int | None = None) -> Neighbours:
+    """Exact neighbours (scikit-learn, brute force on BLAS) of every cell up to ``fit_max``
+    (:data:`UMAP_FIT_MAX_CELLS`) cells; above, within a seeded random subsample of ``fit_max``
+    cells, and every other cell's nearest subsample cells."""
     from sklearn.neighbors import NearestNeighbors
 
-    dist, idx = NearestNeighbors(n_neighbors=n_neighbors).fit(x).kneighbors(x)
-    return idx.astype(np.int64), dist.astype(np.float32)
+    n = x.shape[0]
+    fit_max = fit_max or UMAP_FIT_MAX_CELLS
+    fitted = np.arange(n) if n <= fit_max else \
+        np.sort(np.random.default_rng(seed).choice(n, size=fit_max, replace=False))
+    search = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(x[fitted])
+    dist, idx = search.kneighbors(x[fitted])
+    dist[idx == np.arange(fitted.size)[:, None]] = 0.0  # not the dot-product formula's rounding
+    nb = Neighbours(fitted, idx.astype(np.int64), dist.astype(np.float32))
+    if fitted.size < n:
+        nb.rest = np.setdiff1d(np.arange(n), fitted)
+        dist, idx = search.kneighbors(x[nb.rest])
+        nb.rest_indices, nb.rest_distances = idx.astype(np.int64), dist.astype(np.float32)
+    return nb
 
 
-def _fuzzy_graph(x: np.ndarray, n_neighbors: int, seed: int) -> sp.csr_matrix:
-    """UMAP's weighted, symmetric neighbour graph of ``x``."""
+def _fuzzy_graph(nb: Neighbours, seed: int) -> sp.csr_matrix:
+    """UMAP's weighted, symmetric neighbour graph of the fitted cells."""
     from umap.umap_ import fuzzy_simplicial_set
 
-    knn = _neighbours(x, n_neighbors, seed)
-    graph, _, _ = fuzzy_simplicial_set(
-        x, n_neighbors, np.random.RandomState(seed), "euclidean",
-        knn_indices=None if knn is None else knn[0], knn_dists=None if knn is None else knn[1])
+    graph, _, _ = fuzzy_simplicial_set(nb.distance_matrix(), nb.indices.shape[1], np.random.RandomState(seed),
+                                       "precomputed", knn_indices=nb.indices, knn_dists=nb.distances)
     return graph.tocsr()
 
 
-def _umap(x: np.ndarray, n_neighbors: int, min_dist: float, seed: int, n_epochs: int | None):
+def _umap(nb: Neighbours, min_dist: float, seed: int, n_epochs: int | None):
+    """UMAP coordinates of every cell (fitted on ``nb.fitted``, the rest placed by umap-learn's
+    ``transform``) and the fitted cells' neighbour graph, from the exact neighbours ``nb``."""
     import warnings
 
     import umap
 
-    knn = _neighbours(x, n_neighbors, seed)
+    n_fit = nb.fitted.size
     if n_epochs is None:
-        n_epochs = 500 if x.shape[0] <= FEW_CELLS_EPOCHS else 200
+        n_epochs = 500 if n_fit <= FEW_CELLS_EPOCHS else 200
     reducer = umap.UMAP(
-        n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_epochs=n_epochs,
-        init="spectral" if x.shape[0] >= _SPECTRAL_MIN_CELLS else "random",
-        precomputed_knn=(None, None, None) if knn is None else (knn[0], knn[1], None))
-    with warnings.catch_warnings():  # "n_jobs overridden by random_state", "no search index": expected
+        n_neighbors=nb.indices.shape[1], min_dist=min_dist, random_state=seed, n_epochs=n_epochs,
+        metric="precomputed", precomputed_knn=(nb.indices, nb.distances),
+        init="spectral" if n_fit >= _SPECTRAL_MIN_CELLS else "random")
+    coords = np.full((n_fit + nb.rest.size, 2), np.nan)
+    with warnings.catch_warnings():  # "n_jobs overridden by random_state", "precomputed metric": expected
         warnings.simplefilter("ignore", UserWarning)
-        coords = reducer.fit_transform(x)
-    return np.asarray(coords, dtype=np.float64), reducer.graph_.tocsr()
+        coords[nb.fitted] = reducer.fit_transform(nb.distance_matrix())
+        if nb.subsampled:
+            coords[nb.rest] = reducer.transform(nb.rest_distance_matrix())
+    return coords, reducer.graph_.tocsr()
+
+
+def _fit_record(nb: Neighbours) -> dict:
+    """What ``uns['scatd_embed']['fit']`` says about how the layout was made."""
+    if not nb.subsampled:
+        return {"subsampled": False, "n_fitted": int(nb.fitted.size), "neighbours": "exact (scikit-learn)"}
+    n = nb.fitted.size + nb.rest.size
+    return {"subsampled": True, "n_fitted": int(nb.fitted.size), "n_transformed": int(nb.rest.size),
+            "neighbours": "exact (scikit-learn), to the subsample",
+            "statement": f"UMAP fitted on a random subsample of {nb.fitted.size:,} of {n:,} cells; the other "
+                         f"{nb.rest.size:,} were placed into it by umap-learn's transform."}
+
+
+def _clusters_of_all(graph: sp.spmatrix, nb: Neighbours, resolution: float, seed: int) -> np.ndarray:
+    """Leiden clusters of the fitted cells; every other cell takes the cluster most of its
+    nearest fitted cells have (ties: the larger cluster)."""
+    fitted = leiden_clusters(graph, resolution, seed)
+    out = np.empty(nb.fitted.size + nb.rest.size, dtype=int)
+    out[nb.fitted] = fitted
+    if nb.subsampled:
+        votes = fitted[nb.rest_indices]  # rest x k cluster numbers (0 = the largest cluster)
+        counts = np.zeros((votes.shape[0], int(fitted.max()) + 1), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(votes.shape[0]), votes.shape[1]), votes.ravel()), 1)
+        out[nb.rest] = counts.argmax(axis=1)  # argmax keeps the first (largest) cluster among ties
+    return out
 
 
 def leiden_clusters(graph: sp.spmatrix, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -217,23 +315,34 @@ def compute_embedding(
                          "cannot be placed).")
     k = int(max(2, min(n_neighbors, n_keep - 1)))
     info["n_neighbors"] = k
-    say(0.2, f"UMAP of {n_keep:,} cells")
-    coords_kept, graph = _umap(x[keep], k, min_dist, seed, n_epochs)
+    say(0.1, f"neighbours of {n_keep:,} cells")
+    x_kept, n_pcs = principal_components(x[keep], seed)
+    if n_pcs:
+        info["input"] += f", {n_pcs} principal components"
+    nb = neighbours(x_kept, k, seed)
+    info["fit"] = _fit_record(nb)
+    say(0.3, f"UMAP of {n_keep:,} cells" + (f" (fitted on {nb.fitted.size:,})" if nb.subsampled else ""))
     coords = np.full((n, 2), np.nan)
-    coords[keep] = coords_kept
+    coords[keep], graph = _umap(nb, min_dist, seed, n_epochs)
     labels = None
     if clusters:
         say(0.85, "Leiden clusters")
         cluster_keep = finite_rows(latent)
         if basis != "latent" or not np.array_equal(cluster_keep, keep):
-            graph = _fuzzy_graph(latent[cluster_keep], int(max(2, min(n_neighbors, cluster_keep.sum() - 1))), seed)
-        membership = leiden_clusters(graph, resolution, seed)
+            latent_kept = principal_components(latent[cluster_keep], seed)[0]
+            nb = neighbours(latent_kept, int(max(2, min(n_neighbors, cluster_keep.sum() - 1))), seed)
+            graph = _fuzzy_graph(nb, seed)
+        membership = _clusters_of_all(graph, nb, resolution, seed)
         names = np.full(n, NOT_EMBEDDED, dtype=object)
         names[cluster_keep] = (membership + 1).astype(str)
         order = [str(i + 1) for i in range(int(membership.max()) + 1)]
         labels = pd.Categorical(names, categories=order + ([NOT_EMBEDDED] if (~cluster_keep).any() else []))
-        info.update(resolution=float(resolution), n_clusters=len(order), cluster_method="Leiden (igraph, modularity) on "
-                    "the latent space's UMAP neighbour graph", n_not_clustered=int((~cluster_keep).sum()))
+        how = "Leiden (igraph, modularity) on the latent space's UMAP neighbour graph"
+        if nb.subsampled:
+            how += (f" of a random subsample of {nb.fitted.size:,} cells (seed {seed}); every other cell joins the "
+                    "cluster of most of its nearest subsample cells")
+        info.update(resolution=float(resolution), n_clusters=len(order), cluster_method=how,
+                    n_not_clustered=int((~cluster_keep).sum()))
     info["seconds"] = round(time.perf_counter() - t0, 2)
     say(1.0, "done")
     return Embedding(coords, labels, info)
@@ -308,10 +417,22 @@ def store(adata: ad.AnnData, result: Embedding, *, key_added: str = UMAP_KEY,
 
 
 def warm_up() -> None:
-    """Compile umap-learn's numba kernels on a tiny problem (once per process)."""
+    """Compile (or load from numba's cache) umap-learn's and pynndescent's kernels on tiny
+    problems, the subsampled path included (once per process)."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2 * _SPECTRAL_MIN_CELLS, 4))
-    leiden_clusters(_umap(x, 5, 0.5, 0, 5)[1])
+    x = rng.normal(size=(2 * _SPECTRAL_MIN_CELLS, 4)).astype(np.float32)
+    leiden_clusters(_umap(neighbours(x, 5, 0), 0.5, 0, 5)[1])
+    _umap(neighbours(x, 5, 0, fit_max=x.shape[0] // 2), 0.5, 0, 5)  # and transform
+
+
+def fit_note(info: dict) -> str | None:
+    """A short note for the plot when the layout was fitted on a subsample (``info``:
+    ``uns['scatd_embed']``), else ``None``."""
+    fit = info.get("fit") or {}
+    if not fit.get("subsampled"):
+        return None
+    n = fit["n_fitted"] + fit["n_transformed"]
+    return f"UMAP fitted on a random {fit['n_fitted']:,} of {n:,} cells; the others placed by umap-learn's transform"
 
 
 def plot_coordinates(adata: ad.AnnData, latent_key: str = LATENT_KEY) -> tuple[np.ndarray, str]:

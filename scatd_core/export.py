@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 
 from scatd_core import __version__, _keys, pl
 from scatd_core._keys import result_keys
+from scatd_core.embed import fit_note
 from scatd_core.errors import InputError
 from scatd_core.metrics import evaluate_column, group_table
 from scatd_core.predict import summary
@@ -303,12 +304,13 @@ def _prediction_figures(adata, keys, info) -> str:
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP])
         ids = adata.obs_names.astype(str)
-        basis = adata.uns.get(_keys.EMBED, {}).get("basis", "latent")
+        embed_info = adata.uns.get(_keys.EMBED, {})
+        basis, note = embed_info.get("basis", "latent"), fit_note(embed_info)
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.prob].to_numpy(), name="P(resistant)",
-                                                   color_range=(0, 1), cell_ids=ids,
+                                                   color_range=(0, 1), cell_ids=ids, note=note,
                                                    title=f"UMAP ({basis}) coloured by P(resistant)")))
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.label], name="called", categorical=True,
-                                                   cell_ids=ids, title="UMAP coloured by the called label")))
+                                                   cell_ids=ids, note=note, title="UMAP coloured by the called label")))
     return "<h2>Predictions</h2>" + "".join(figures)
 
 

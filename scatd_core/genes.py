@@ -13,6 +13,7 @@ before a run (:func:`coverage_report`).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import pickle
 import re
@@ -190,7 +191,13 @@ def id_type_evidence(names: Sequence) -> dict:
     ``human_symbol``, ``mouse_symbol``, ``barcode``, ``numeric``, and ``top_shape_fraction``
     (the share of the most common :func:`name_shape`).
     """
-    sample = _sample(names)
+    return dict(_evidence_of_sample(tuple(_sample(names))))
+
+
+@functools.lru_cache(maxsize=64)
+def _evidence_of_sample(sample: tuple[str, ...]) -> dict:
+    """:func:`id_type_evidence` of a sample; cached, as the same names are asked about several
+    times per upload and model (reading, alignment, QC, coverage)."""
     n = len(sample)
     if n == 0:
         return {"n": 0}
@@ -198,7 +205,8 @@ def id_type_evidence(names: Sequence) -> dict:
                             "mouse_symbol", "barcode", "numeric"), 0)
     shapes: dict[str, int] = {}
     for name in sample:
-        shapes[name_shape(name)] = shapes.get(name_shape(name), 0) + 1
+        shape = name_shape(name)
+        shapes[shape] = shapes.get(shape, 0) + 1
         m = _ENSEMBL.match(name) or _ENSEMBL_WITH_NAME.match(name)
         if m:
             counts["ensembl"] += 1

@@ -16,9 +16,16 @@
    cells; AdaIN for VAE_sf/VAE_gf: each feature standardised over the usable cells and re-scaled
    to the bundle's bulk statistics (population sd, eps on the source sd only, reference §5).
 
-Dataset statistics (AdaIN, ``standardize``) need one pass over the data before the first batch;
-it also finds the usable cells. Without them the usable cells are found as the batches go
-(no extra pass), and :attr:`ModelInput.usable` scans once if asked before a full pass.
+Passes over X: dataset statistics (AdaIN, ``standardize``) need one pass before the first
+batch, which also finds the usable cells. Without them (``log1p_cp10k``, ``none``) a
+prediction is the only pass: the usable cells are found and the mean model input (the
+``mean`` attribution baseline) is summed as the batches go, and :attr:`ModelInput.usable` or
+:meth:`ModelInput.input_mean` read only the batches no pass has seen yet.
+
+Sparse data stay sparse up to the model: ``batches(sparse=True)`` yields a batch as CSR when
+its model input is sparse (``log1p_cp10k`` or ``none`` of sparse data) and at most
+:data:`SPARSE_MAX_DENSITY` non-zero, for the first layer's sparse product
+(:func:`scatd_core.nn.sparse.sparse_linear`); denser batches are made dense for the GEMM.
 """
 
 from __future__ import annotations
@@ -41,6 +48,11 @@ ADAIN_EPS = 1e-8  # on the source std only, as the original
 MAX_ABS_VALUE = 1e30
 #: Reasons a cell is not scored, in the order they are checked.
 REASONS = ("filtered", "not_embedded", "non_finite", "overflow", "negative_values", "no_expression")
+#: Sparse batches up to this fraction of non-zero model inputs go to the first layer sparse;
+#: denser ones are made dense. The sparse product's work follows the non-zeros and the GEMM's
+#: the whole matrix; on the development machine (2 AMD EPYC cores, AVX2) the sparse product is
+#: as fast as the GEMM at about 30 % non-zero (``benches/bench_predict.py --densities``).
+SPARSE_MAX_DENSITY = 0.25
 REASON_TEXT = {"filtered": "filtered by QC",
                "not_embedded": "no embedding (an all-NaN row: the foundation model found no expressed gene of its "
                                "vocabulary, or a total count of 1 or less)",
@@ -79,6 +91,7 @@ class Source:
     alignment: GeneAlignment | None
     description: str
     columns: np.ndarray | None = field(default=None, repr=False)  # data column of each model feature
+    in_order: bool = False  # the data's columns are the model's features, in order: no gather
 
     def raw(self, start: int, stop: int):
         """Rows ``[start, stop)`` in model feature order, before any transform (sparse stays sparse)."""
@@ -87,7 +100,7 @@ class Source:
             block = sp.csr_matrix(block)
         else:
             block = np.asarray(block)
-        if self.alignment is None:
+        if self.alignment is None or self.in_order:
             return block
         if self.columns is not None:  # one data column per model gene: a gather, no product
             if sp.issparse(block):
@@ -108,9 +121,9 @@ def _gather_columns(block: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
     keep = new_cols >= 0
     kept_before = np.concatenate([[0], np.cumsum(keep)])  # kept entries before each stored value
     indptr = kept_before[block.indptr]
-    out = sp.csr_matrix((block.data[keep], new_cols[keep], indptr), shape=(block.shape[0], columns.size))
-    out.sort_indices()
-    return out
+    # Left in the data's column order within a row (valid CSR; nothing downstream needs them sorted)
+    return sp.csr_matrix((block.data[keep], new_cols[keep].astype(block.indices.dtype), indptr),
+                         shape=(block.shape[0], columns.size))
 
 
 def model_source(adata: ad.AnnData, spec: InputSpec) -> Source:
@@ -127,8 +140,11 @@ def model_source(adata: ad.AnnData, spec: InputSpec) -> Source:
             raise InputError(
                 f"None of the {adata.n_vars:,} genes in the data (e.g. {example}) is among the model's "
                 f"{alignment.n_model:,} input genes (e.g. {', '.join(spec.genes[:3])}).", hint)
+        columns = _one_to_one_columns(alignment)
+        in_order = columns is not None and adata.n_vars == columns.size and \
+            np.array_equal(columns, np.arange(columns.size))
         return Source(adata.X, alignment, f"{alignment.n_matched:,} of {alignment.n_model:,} model genes",
-                      _one_to_one_columns(alignment))
+                      columns, in_order)
     key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone)
     if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] == spec.input_dim:
         return Source(np.asarray(adata.obsm[key]), None, f"obsm['{key}']")
@@ -194,6 +210,9 @@ class ModelInput:
         self.reasons = dict.fromkeys(REASONS, 0)
         self._usable = np.zeros(self.n_obs, dtype=bool)
         self._seen = np.zeros(self.n_obs, dtype=bool)
+        # column sums of the model input over the usable cells, per batch the passes have seen
+        self._input_sum = np.zeros(self.spec.input_dim)
+        self._summed = np.zeros(-(-self.n_obs // self.batch_size), dtype=bool)
         self.moments: tuple[np.ndarray, np.ndarray] | None = None
         if self.spec.input_kind == "embedding" or self.transform == "standardize":
             self._fit_statistics()
@@ -201,11 +220,11 @@ class ModelInput:
     # ---------------------------------------------------------------- which cells
     @property
     def usable(self) -> np.ndarray:
-        """Boolean mask of the cells that get a model input (scans the data once if needed)."""
+        """Boolean mask of the cells that get a model input (reads only batches not yet seen)."""
         if not self._seen.all():
             for start, stop in self.ranges():
                 if not self._seen[start:stop].all():
-                    self._pre(start, stop)
+                    self._block(start, stop)
         return self._usable
 
     @property
@@ -233,15 +252,25 @@ class ModelInput:
 
         self.reasons["filtered"] += int((~ok & ~seen).sum())
         if sp.issparse(block):
-            rows = np.repeat(np.arange(n), np.diff(block.indptr))
             values = block.data
+            counts = np.diff(block.indptr)
+
+            def rows_with(flags: np.ndarray) -> np.ndarray:  # only built when some value is flagged
+                return np.bincount(np.repeat(np.arange(n), counts)[flags], minlength=n) > 0
+
             finite = np.isfinite(values)
-            drop(np.bincount(rows[~finite], minlength=n) > 0, "non_finite")
-            drop(np.bincount(rows[finite & (np.abs(np.nan_to_num(values)) > MAX_ABS_VALUE)], minlength=n) > 0,
-                 "overflow")
+            if not finite.all():
+                drop(rows_with(~finite), "non_finite")
+                values = np.where(finite, values, 0)
+            big = np.abs(values) > MAX_ABS_VALUE
+            if big.any():
+                drop(rows_with(big), "overflow")
             if self.log_normalise:
-                drop(np.bincount(rows[values < 0], minlength=n) > 0, "negative_values")
-            nonzero = np.bincount(rows[values != 0], minlength=n) > 0
+                negative = values < 0
+                if negative.any():
+                    drop(rows_with(negative), "negative_values")
+            zero = values == 0
+            nonzero = rows_with(~zero) if zero.any() else counts > 0
         else:
             x = np.asarray(block)
             with np.errstate(invalid="ignore"):
@@ -259,17 +288,43 @@ class ModelInput:
         return ok
 
     # ---------------------------------------------------------------- values
-    def _pre(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Usable rows of ``[start, stop)`` (absolute indices) and their values before dataset scaling."""
+    def _read(self, start: int, stop: int):
+        """Usable rows of ``[start, stop)`` (absolute indices) and their data as given, aligned to
+        the model's features (sparse stays sparse)."""
         block = self.source.raw(start, stop)
         ok = self._check_rows(block, start, stop)
         keep = np.flatnonzero(ok)
         if keep.size < block.shape[0]:
             block = block[keep]
-        if self.log_normalise:
-            block = log1p_cp10k(block, copy=not sp.issparse(block))
-        x = block.toarray() if sp.issparse(block) else np.asarray(block)
-        return keep + start, np.asarray(x, dtype=np.float32)
+        return keep + start, block
+
+    def _transform(self, raw, copy: bool = False):
+        """Values before dataset scaling: float32 CSR for sparse data (the transforms keep zeros
+        at zero), else float32 dense. ``copy=False`` may change a sparse ``raw``'s values."""
+        block = raw
+        if self.log_normalise:  # in place only on a copy: dense rows of an in-memory X are views
+            block = log1p_cp10k(block, copy=copy or not sp.issparse(block))
+        if sp.issparse(block):
+            return block if block.dtype == np.float32 else block.astype(np.float32)
+        return np.asarray(block, dtype=np.float32)
+
+    def _block(self, start: int, stop: int, keep_raw: bool = False):
+        """``(rows, values before dataset scaling, raw or None)`` of the usable rows of
+        ``[start, stop)``; each row batch of :meth:`ranges` also adds its column sums to the mean
+        model input, once."""
+        rows, raw = self._read(start, stop)
+        block = self._transform(raw, copy=keep_raw)
+        k = start // self.batch_size
+        if self.moments is None and start % self.batch_size == 0 and stop == min(start + self.batch_size, self.n_obs) \
+                and not self._summed[k]:
+            self._input_sum += _column_sums(block)
+            self._summed[k] = True
+        return rows, block, raw if keep_raw else None
+
+    def _pre(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`_block`, the values dense."""
+        rows, block, _ = self._block(start, stop)
+        return rows, block.toarray() if sp.issparse(block) else block
 
     def _scale(self, x: np.ndarray) -> np.ndarray:
         if self.moments is None:
@@ -286,16 +341,48 @@ class ModelInput:
         idx, x = self._pre(start, stop)
         return idx, self._scale(x)
 
-    def batches(self):
-        """Yield ``(stop, row indices, model input)`` for every batch (usable cells only)."""
+    def batches(self, *, sparse: bool = False, with_raw: bool = False):
+        """Yield ``(stop, row indices, model input)`` for every batch (usable cells only).
+
+        The model input is a float32 array. With ``sparse=True`` (a consumer that uses each
+        batch before asking for the next, like predict and explain), it is a float32 CSR matrix
+        instead when the batch's model input is sparse and at most :data:`SPARSE_MAX_DENSITY`
+        non-zero (no dense copy is made: the first layer takes it as it is), and a batch that
+        must be made dense is written into one buffer reused from batch to batch (a fresh
+        array per batch costs its page faults again), valid until the next batch.
+        ``with_raw=True`` yields ``(stop, row indices, model input, raw)``, ``raw`` the same
+        rows' data as given, aligned to the model's features (what :meth:`model_input_of`
+        turns into the model input), so a caller that needs both reads the data once.
+        """
+        buffer = None
         for start, stop in self.ranges():
-            yield (stop, *self.rows(start, stop))
+            idx, block, raw = self._block(start, stop, keep_raw=with_raw)
+            if sparse and sp.issparse(block) and self.moments is None:
+                if density(block) <= SPARSE_MAX_DENSITY:
+                    x = block
+                else:
+                    if buffer is None:
+                        buffer = np.empty((self.batch_size, block.shape[1]), dtype=np.float32)
+                    x = block.toarray(out=buffer[:block.shape[0]])
+            else:
+                x = self._scale(block.toarray() if sp.issparse(block) else block)
+            yield (stop, idx, x) + ((raw,) if with_raw else ())
+
+    def model_input_of(self, raw, columns: np.ndarray | None = None) -> np.ndarray:
+        """The dense model input of rows given as ``raw`` (as yielded by ``batches(with_raw=True)``),
+        only the model features ``columns`` if given; the same numbers the batches carried."""
+        block = self._transform(raw, copy=True)
+        if sp.issparse(block) and self.moments is None:
+            block = block if columns is None else block[:, columns]
+            return np.ascontiguousarray(block.toarray(), dtype=np.float32)
+        x = self._scale(block.toarray() if sp.issparse(block) else block)
+        return x if columns is None else np.ascontiguousarray(x[:, columns])
 
     def _fit_statistics(self) -> None:
         """One pass: the usable cells and the mean / population sd of their pre-scaling values."""
         acc = MeanVar()
         for start, stop in self.ranges():
-            acc.update(self._pre(start, stop)[1])
+            acc.update(self._block(start, stop)[1])
         self._require_some()
         self.moments = (acc.mean, acc.std(correction=0))
 
@@ -306,18 +393,35 @@ class ModelInput:
                              "Check the data's values and gene names, and the QC filter.")
 
     def input_mean(self) -> np.ndarray:
-        """Mean model input over the usable cells (the ``mean`` attribution baseline)."""
+        """Mean model input over the usable cells (the ``mean`` attribution baseline).
+
+        Summed during the passes already made (a prediction); reads only batches none has seen.
+        """
         if self.moments is not None:  # the scaled mean is the image of the raw mean
             mean = self._scale(self.moments[0][None, :].astype(np.float64))[0]
             return mean.astype(np.float64)
-        acc = MeanVar()
-        for _stop, _rows, x in self.batches():
-            acc.update(x)
-        return acc.mean
+        for k, (start, stop) in enumerate(self.ranges()):
+            if not self._summed[k]:
+                self._block(start, stop)
+        self._require_some()
+        return self._input_sum / self._usable.sum()
 
     def not_scored(self) -> dict:
         """Counts of cells not scored, by reason (only reasons that occurred)."""
         return {k: int(v) for k, v in self.reasons.items() if v}
+
+
+def density(block) -> float:
+    """Fraction of stored values of a sparse matrix (1.0 for an empty shape)."""
+    size = block.shape[0] * block.shape[1]
+    return block.nnz / size if size else 1.0
+
+
+def _column_sums(block) -> np.ndarray:
+    """float64 column sums of a CSR or dense block."""
+    if sp.issparse(block):
+        return np.bincount(block.indices, weights=block.data, minlength=block.shape[1])
+    return block.sum(axis=0, dtype=np.float64)
 
 
 def _holds_counts(adata: ad.AnnData) -> bool:

@@ -43,10 +43,12 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                 categorical: bool | None = None, cell_ids: Sequence[str] | None = None,
                 color_range: tuple[float, float] | None = None, colorscale: str = PROB_SCALE,
                 title: str | None = None, point_size: float | None = None,
-                max_points: int = MAX_PLOT_POINTS) -> go.Figure:
+                max_points: int = MAX_PLOT_POINTS, note: str | None = None) -> go.Figure:
     """UMAP scatter coloured by ``values`` (numbers: a colour scale; text: one trace per value).
 
-    Points with non-finite coordinates are left out and counted in a note under the plot;
+    ``note`` is written under the plot (how the layout was made, e.g.
+    :func:`scatd_core.embed.fit_note`). Points with non-finite coordinates are left out and
+    counted in a note under the plot;
     cells with a non-finite colour value are drawn in grey. WebGL above
     :data:`WEBGL_MIN_POINTS` points; a seeded random subsample of ``max_points`` above that.
     """
@@ -97,7 +99,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                                     hovertemplate="%{text}<br>" + html.escape(f"{name}: {cat}") + "<extra></extra>"))
     fig.update_xaxes(title="UMAP 1", showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(title="UMAP 2", showticklabels=False, zeroline=False, showgrid=False, scaleanchor=None)
-    notes = []
+    notes = [note] if note else []
     if n_out:
         notes.append(f"{n_out:,} cell(s) without coordinates are not shown")
     if n_drawable > max_points:

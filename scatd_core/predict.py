@@ -13,6 +13,7 @@ the cells without recomputing; the stored calls are what every table and report 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import time
@@ -28,9 +29,10 @@ from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
 from scatd_core.inputs import REASON_TEXT, ModelInput
+from scatd_core.nn.sparse import batch_tensor
 
 __all__ = ["predict", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
-           "Cancelled", "THRESHOLD_SOURCES"]
+           "auto_batch_size", "estimate_seconds", "Cancelled", "THRESHOLD_SOURCES"]
 
 #: Fewer usable cells than this make dataset statistics (AdaIN, per-gene z-scores) unreliable.
 FEW_CELLS_FOR_STATISTICS = 50
@@ -53,6 +55,23 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise DeviceError(f"Unknown device {device!r}.", "Use auto, cpu or cuda.") from None
 
 
+#: Cells per batch on a CPU: the GEMM runs near its peak from a few hundred rows, and a batch's
+#: output blocks stay in cache for the sparse first layer.
+CPU_BATCH_SIZE = 1024
+
+
+def auto_batch_size(bundle, device: torch.device) -> int:
+    """Cells per batch: :data:`CPU_BATCH_SIZE` on a CPU; on a GPU as many as half of its free
+    memory holds (dense input, the first layer's output and the activations, float32), between
+    256 and 16,384."""
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    free, _total = torch.cuda.mem_get_info(device)
+    arch = bundle.architecture
+    per_cell = 4 * (arch.input_dim + 6 * sum(arch.encoder_dims[1:]) + 4 * arch.z_dim)
+    return int(min(16_384, max(256, (free // 2 // per_cell) // 256 * 256)))
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(device)})"
@@ -67,7 +86,7 @@ def _check_args(bundle, mode: str, n_samples: int, batch_size: int, adata: ad.An
         raise InputError(f"Unknown mode {mode!r}; use 'mean' or 'sample'.")
     if mode == "sample" and n_samples < 2:
         raise InputError("Sample mode needs at least 2 samples per cell.", "Use --samples 2 or more.")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InputError("The batch size must be at least 1.")
     if adata.n_obs == 0:
         raise InputError("The dataset has no cells.", "Check the file and the filters applied.")
@@ -99,10 +118,12 @@ class _Batcher:
     def __init__(self, size: int, dev: torch.device):
         self.size, self.dev, self.lowered_to = int(size), dev, None
 
-    def run(self, fn, x: np.ndarray, first_row: int) -> list[np.ndarray]:
-        outs, start = [], 0
-        while start < len(x):
-            stop = min(start + self.size, len(x))
+    def run(self, fn, x, first_row: int) -> list[np.ndarray]:
+        """``fn(x[start:stop], first_row + start)`` over row slices of ``x`` (an ndarray or a scipy
+        sparse matrix), the outputs concatenated."""
+        outs, start, n = [], 0, x.shape[0]
+        while start < n:
+            stop = min(start + self.size, n)
             try:
                 outs.append(fn(x[start:stop], first_row + start))
             except torch.OutOfMemoryError:
@@ -119,37 +140,44 @@ class _Batcher:
 
 
 def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, seed: int, dev: torch.device,
-           progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int | None]:
-    """P(resistant), its sd (sample mode: over draws; an ensemble: over its members), the latent mean
-    of every cell (NaN where not scored), and the batch size the device forced (``None`` when the
+           progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, str, int | None]:
+    """P(resistant), its sd (sample mode: over draws; an ensemble: over its members), the latent
+    mean of every cell (NaN where not scored),
+    the precision the model ran in, and the batch size the device forced (``None`` when the
     requested one fitted)."""
     n = inputs.n_obs
     probs = np.full(n, np.nan)
     members = mode == "mean" and model.arch.n_members > 1
     sds = np.full(n, np.nan) if mode == "sample" or members else None
     latent = np.full((n, model.arch.latent_dim), np.nan, dtype=np.float32)
+    precision = None
     batcher = _Batcher(inputs.batch_size, dev)
 
-    def forward(x: np.ndarray, first: int):
-        xt = torch.from_numpy(x).to(dev)
-        mu, logvar = model.encode(xt)
-        if mode == "mean":
-            p = torch.softmax(model.classifier(mu, xt), dim=1)[:, k_pos].double()
-            if not members:
-                return mu.float().cpu().numpy(), p.cpu().numpy()
-            # the ensemble predicts with the mean logit; the members' spread is its uncertainty
-            each = torch.softmax(model.member_logits(mu, xt), dim=2)[:, :, k_pos].double()
-            return mu.float().cpu().numpy(), p.cpu().numpy(), each.std(0, unbiased=True).cpu().numpy()
-        gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(first))
-        std = torch.exp(0.5 * logvar)
-        draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
-        for s in range(n_samples):
-            eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
-            draws[s] = torch.softmax(model.classifier(mu + eps * std, xt), dim=1)[:, k_pos].double()
-        return mu.float().cpu().numpy(), draws.mean(0).cpu().numpy(), draws.std(0, unbiased=True).cpu().numpy()
+    def forward(x, first: int):
+        nonlocal precision
+        xt = batch_tensor(x, dev)
+        if precision is None:
+            precision = reduced_precision(model, xt, k_pos)
+        with _autocast(dev, precision):
+            mu, logvar = model.encode(xt)
+            mu, logvar = mu.float(), logvar.float()
+            if mode == "mean":
+                p = torch.softmax(model.classifier(mu, xt).float(), dim=1)[:, k_pos].double()
+                if not members:
+                    return mu.cpu().numpy(), p.cpu().numpy()
+                # the ensemble predicts with the mean logit; the members' spread is its uncertainty
+                each = torch.softmax(model.member_logits(mu, xt).float(), dim=2)[:, :, k_pos].double()
+                return mu.cpu().numpy(), p.cpu().numpy(), each.std(0, unbiased=True).cpu().numpy()
+            gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(first))
+            std = torch.exp(0.5 * logvar)
+            draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
+            for s in range(n_samples):
+                eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
+                draws[s] = torch.softmax(model.classifier(mu + eps * std, xt).float(), dim=1)[:, k_pos].double()
+            return mu.cpu().numpy(), draws.mean(0).cpu().numpy(), draws.std(0, unbiased=True).cpu().numpy()
 
     with torch.inference_mode():
-        for stop, rows, x in inputs.batches():
+        for stop, rows, x in inputs.batches(sparse=True):
             if should_stop is not None and should_stop():
                 raise Cancelled("Prediction cancelled; nothing was changed.")
             if len(rows):
@@ -162,7 +190,39 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
                 note = (f" (device memory full: batch lowered to {batcher.lowered_to:,} cells)"
                         if batcher.lowered_to else "")
                 progress(stop / n, f"{stop:,} of {n:,} cells{note}")
-    return probs, sds, latent, batcher.lowered_to
+    return probs, sds, latent, precision or "float32", batcher.lowered_to
+
+
+#: Largest change in P(resistant) a reduced-precision (autocast) run may make, measured against
+#: float32 on the first batch; beyond it the whole run stays in float32.
+REDUCED_PRECISION_TOLERANCE = 1e-3
+_REDUCED_DTYPE = {"cuda": torch.float16}  # CPUs without bf16/fp16 units run autocast slower, not faster
+
+
+def reduced_precision(model, x: torch.Tensor, k_pos: int, dtype: torch.dtype | None = None,
+                      tolerance: float = REDUCED_PRECISION_TOLERANCE) -> str:
+    """``"float16"``/``"bfloat16"`` when autocast keeps P(resistant) of the batch ``x`` within
+    ``tolerance`` of float32 (and the latent means within ``tolerance`` of their scale), else
+    ``"float32"``. ``dtype`` defaults to float16 on CUDA; other devices run float32 unless a
+    ``dtype`` is given (the check runs anywhere: tests exercise it with bfloat16 on a CPU)."""
+    dtype = dtype or _REDUCED_DTYPE.get(x.device.type)
+    if dtype is None:
+        return "float32"
+    with torch.inference_mode():
+        mu = model.encode(x)[0]
+        p = torch.softmax(model.classifier(mu, x), dim=1)[:, k_pos]
+        with torch.autocast(x.device.type, dtype=dtype):
+            mu_low = model.encode(x)[0].float()
+            p_low = torch.softmax(model.classifier(mu_low, x).float(), dim=1)[:, k_pos]
+    scale = float(mu.abs().max()) or 1.0
+    ok = float((p - p_low).abs().max()) <= tolerance and float((mu - mu_low).abs().max()) <= tolerance * scale
+    return str(dtype).removeprefix("torch.") if ok else "float32"
+
+
+def _autocast(dev: torch.device, precision: str):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=getattr(torch, precision))
 
 
 def predict(
@@ -175,7 +235,7 @@ def predict(
     n_samples: int = 50,
     seed: int = 0,
     device: str = "auto",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     beta_mode: str | None = None,
     threshold: float | None = None,
     threshold_source: str | None = None,
@@ -210,7 +270,9 @@ def predict(
     device
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     batch_size
-        Cells per batch; memory grows with it, not with the number of cells.
+        Cells per batch; memory grows with it, not with the number of cells. Default
+        (``None``): :func:`auto_batch_size` (1,024 on a CPU; on a GPU as many as half its free
+        memory holds). Ignored when ``inputs`` is given (its batches are used).
     beta_mode
         Override the bundle's Swish mode (``"shared_with_head"`` reproduces the original
         Dist_VAE inference, ``"separate"`` keeps the encoder's own beta).
@@ -248,11 +310,11 @@ def predict(
     dev = resolve_device(device)
     model = bundle.load_model(dev, beta_mode)
     if inputs is None:
-        inputs = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size)
+        inputs = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size or auto_batch_size(bundle, dev))
     elif inputs.n_obs != adata.n_obs:
         raise ValueError("inputs were built for another dataset")
-    probs, sds, latent, lowered_to = _score(model, inputs, bundle.positive_index, mode, n_samples, seed, dev,
-                                            progress, should_stop)
+    probs, sds, latent, precision, lowered_to = _score(model, inputs, bundle.positive_index, mode, n_samples,
+                                                       seed, dev, progress, should_stop)
     inputs._require_some()
     scored = inputs.usable & np.isfinite(probs)
     bad_output = int((inputs.usable & ~scored).sum())
@@ -281,7 +343,7 @@ def predict(
             "mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
             "prob_resistant_sd": ("over the draws" if mode == "sample" else
                                   f"over the {model.arch.n_members} ensemble members" if sds is not None else "none"),
-            "device": device_description(dev), "batch_size": int(batch_size),
+            "device": device_description(dev), "batch_size": int(inputs.batch_size), "precision": precision,
             # set when the device ran out of memory and the batch was split (the run then went on)
             "batch_size_lowered_to": lowered_to,
             "input_transform": inputs.transform,
@@ -464,41 +526,81 @@ def clear(adata: ad.AnnData, *, key_added: str | None = None) -> None:
         adata.uns.pop(key, None)
 
 
-_FLOP_RATE: dict[str, float] = {}
+_RATES: dict[tuple[str, str], float] = {}
+
+#: Measured cost of a prediction over the cost of its linear layers at the probed rates (reading,
+#: the transform, the activations, writing the results): ``benches/bench_predict.py`` prints
+#: predict's seconds next to this estimate.
+ESTIMATE_OVERHEAD = 1.15
 
 
 def _flop_rate(device: torch.device) -> float:
-    """Dense float32 GEMM throughput of ``device`` (FLOP/s), measured once per process (~0.1 s)."""
-    key = str(device)
-    if key not in _FLOP_RATE:
+    """Dense float32 GEMM throughput of ``device`` (FLOP/s), measured once per process (~0.05 s)."""
+    key = (str(device), "gemm")
+    if key not in _RATES:
         a = torch.randn(256, 2048, device=device)
         b = torch.randn(2048, 1024, device=device)
         with torch.inference_mode():
             a @ b  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             t0, reps = time.perf_counter(), 5
             for _ in range(reps):
                 a @ b
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        _FLOP_RATE[key] = reps * 2 * 256 * 2048 * 1024 / max(time.perf_counter() - t0, 1e-9)
-    return _FLOP_RATE[key]
+            _sync(device)
+        _RATES[key] = reps * 2 * 256 * 2048 * 1024 / max(time.perf_counter() - t0, 1e-9)
+    return _RATES[key]
 
 
-def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int = 50,
-                     device: str = "auto") -> float:
-    """Expected run time of :func:`predict`: the model's FLOPs per cell over the measured GEMM rate.
+def _sparse_rate(device: torch.device) -> float:
+    """Throughput of the sparse first layer (multiply-adds of stored values x output width per
+    second, x 2 as FLOPs), measured once per process on a small batch (~0.05 s)."""
+    key = (str(device), "sparse")
+    if key not in _RATES:
+        import scipy.sparse as sp
 
-    A model's cost is its linear layers (``2 x in x out`` FLOPs each per cell); the rate comes
-    from one small GEMM timed once per process, so no prediction is run to estimate one.
-    Sample mode re-runs the head ``n_samples`` times. The factor 2 covers reading, the
-    transform and the non-GEMM layers (measured: ``benches/bench_predict.py``).
+        from scatd_core.nn.sparse import sparse_linear, warm_up
+
+        warm_up()
+        x = sp.random(256, 8192, density=0.08, format="csr", dtype=np.float32, random_state=0)
+        w, b = torch.randn(8192, 1024), torch.zeros(1024)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for _ in range(3):
+                sparse_linear(batch_tensor(x, device), w, b)
+        _RATES[key] = 3 * 2 * x.nnz * 1024 / max(time.perf_counter() - t0, 1e-9)
+    return _RATES[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int = 50, device: str = "auto",
+                     density: float | None = None) -> float:
+    """Expected run time of :func:`predict` from a calibrated per-cell cost, without predicting.
+
+    Every linear layer costs ``2 x in x out`` FLOPs per cell at the device's GEMM rate, except a
+    first layer fed sparse batches (``density``: the fraction of non-zero model inputs, for an
+    expression model on a CPU at most :data:`~scatd_core.inputs.SPARSE_MAX_DENSITY`), which
+    costs ``2 x density x in x out`` at the sparse product's rate; sample mode re-runs the head
+    ``n_samples`` times. Both rates are timed once per process on small problems (~0.1 s);
+    :data:`ESTIMATE_OVERHEAD` covers the rest (measured by ``benches/bench_predict.py``).
     """
+    from scatd_core.inputs import SPARSE_MAX_DENSITY
+
+    dev = resolve_device(device)
     arch = bundle.architecture
     enc = arch.encoder_dims
-    shortcut = 2  # every published block has a shortcut projection as wide as its fc
-    encoder = sum(2 * a * b * shortcut for a, b in zip(enc[:-1], enc[1:])) + 2 * 2 * enc[-1] * arch.z_dim
+    pairs = list(zip(enc[:-1], enc[1:]))
+    layer = [2 * a * b * (2 if a != b else 1) for a, b in pairs]  # fc + shortcut (a shortcut where sizes differ)
+    rest = sum(layer[1:]) + 2 * 2 * enc[-1] * arch.z_dim
     head = 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (arch.class_num or 2)
-    flops = (encoder + head * (n_samples if mode == "sample" else 1)) * arch.n_members
-    return 2.0 * n_cells * flops / _flop_rate(resolve_device(device))
+    rate = _flop_rate(dev)
+    seconds = (rest + head * (n_samples if mode == "sample" else 1)) / rate * arch.n_members
+    if density is not None and bundle.input_kind == "expression" and dev.type == "cpu" and \
+            density <= SPARSE_MAX_DENSITY:
+        seconds += density * layer[0] * arch.n_members / _sparse_rate(dev)
+    else:
+        seconds += layer[0] * arch.n_members / rate
+    return ESTIMATE_OVERHEAD * n_cells * seconds

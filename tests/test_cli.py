@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -52,6 +53,8 @@ def test_import_then_predict_csv_and_h5ad_agree_with_original(capsys, dist_setup
                         "--output", tmp / "pred.csv")
     assert code == 0, err
     assert f"{enc[0] - 3:,} of {enc[0]:,} model genes present" in err and "2 extra genes ignored" in err
+    assert re.search(rf"Estimated time: about [\d,]+ s for {len(cells):,} cells on CPU", err)  # before predicting
+    assert err.index("Estimated time") < err.index("Threshold")
     table = pd.read_csv(tmp / "pred.csv")
     assert list(table["cell_id"]) == cells
     model_in = np.zeros_like(x)

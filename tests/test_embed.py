@@ -88,3 +88,35 @@ def test_leiden_clusters_are_ordered_by_size():
     graph.setdiag(0)
     labels = embed.leiden_clusters(graph, seed=0)
     assert list(labels[:6]) == [0] * 6 and list(labels[6:]) == [1] * 3
+
+
+def test_large_data_fit_on_a_subsample_and_the_rest_transformed(monkeypatch):
+    adata = _latent_data(n=300, nan_rows=(4,))
+    monkeypatch.setattr(embed, "UMAP_FIT_MAX_CELLS", 120)
+    embed.embed(adata, n_epochs=N_EPOCHS, seed=1)
+    info = adata.uns["scatd_embed"]
+    fit = info["fit"]
+    assert fit["subsampled"] and fit["n_fitted"] == 120 and fit["n_transformed"] == 299 - 120
+    assert "subsample" in fit["statement"] and "subsample" in info["cluster_method"]
+    coords = adata.obsm["X_umap"]
+    assert np.isnan(coords[4]).all() and np.isfinite(np.delete(coords, 4, axis=0)).all()
+    kept = np.delete(np.arange(adata.n_obs), 4)
+    table = pd.crosstab(adata.obs["scatd_cluster"].iloc[kept].astype(str), adata.obs["group"].iloc[kept])
+    assert (table.max(axis=1) / table.sum(axis=1)).min() > 0.95  # transformed cells join the right clusters
+    note = embed.fit_note(info)
+    assert "120 of 299" in note
+    from scatd_core import pl
+
+    fig = pl.umap_figure(coords, adata.obs["group"], name="group", note=note)
+    assert any(note in a.text for a in fig.layout.annotations)
+
+
+def test_wide_inputs_are_reduced_to_principal_components():
+    rng = np.random.default_rng(0)
+    group = np.arange(200) % 2
+    latent = rng.normal(size=(200, 80)) + 5 * group[:, None]
+    adata = ad.AnnData(np.zeros((200, 1), dtype=np.float32), obsm={"X_scatd": latent.astype(np.float32)})
+    embed.embed(adata, n_epochs=N_EPOCHS)
+    info = adata.uns["scatd_embed"]
+    assert f"{embed.PCA_COMPONENTS} principal components" in info["input"] and not info["fit"]["subsampled"]
+    assert pd.crosstab(adata.obs["scatd_cluster"], group).gt(0).sum(axis=1).eq(1).all()

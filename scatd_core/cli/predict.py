@@ -26,7 +26,8 @@ def add_prediction_arguments(p) -> None:
     p.add_argument("--mode", default="mean", choices=["mean", "sample"])
     p.add_argument("--samples", type=positive_int, default=50, help="draws per cell in sample mode (default 50)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=1024)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="cells per batch (default: 1024 on a CPU; sized from free memory on a GPU)")
     thr = p.add_mutually_exclusive_group()
     thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's); "
                      "either is marked uncalibrated in the outputs")
@@ -38,9 +39,15 @@ def add_prediction_arguments(p) -> None:
 
 
 def predict_from_args(adata, bundle, args, inputs=None) -> None:
-    """Predict (and calibrate) as the arguments say; prints coverage, warnings and the threshold."""
-    from scatd_core.predict import calibrate, predict
+    """Predict (and calibrate) as the arguments say; prints the time estimate, coverage, warnings
+    and the threshold."""
+    from scatd_core._matrix import stored_fraction
+    from scatd_core.predict import calibrate, device_description, estimate_seconds, predict, resolve_device
 
+    estimate = estimate_seconds(bundle, adata.n_obs, mode=args.mode, n_samples=max(2, args.samples),
+                                device=args.device, density=stored_fraction(adata.X))
+    say(f"Estimated time: about {max(1, round(estimate)):,} s for {adata.n_obs:,} cells on "
+        f"{device_description(resolve_device(args.device))} (from per-cell costs; nothing run yet).")
     predict(adata, bundle, inputs=inputs, mode=args.mode, n_samples=args.samples, seed=args.seed,
             device=args.device, batch_size=args.batch_size, threshold=args.threshold, beta_mode=args.beta_mode,
             progress=Progress("Predicting"))

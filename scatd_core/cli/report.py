@@ -33,9 +33,11 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
     """Predict, embed, explain (``args.explain``) and write the report folder ``args.out``."""
     from scatd_core import embed, export
     from scatd_core.inputs import ModelInput
+    from scatd_core.predict import auto_batch_size, resolve_device
 
     label_column = apply_label_direction(adata, args)
-    inputs = ModelInput(adata, bundle, batch_size=args.batch_size)
+    batch_size = args.batch_size or auto_batch_size(bundle, resolve_device(args.device))
+    inputs = ModelInput(adata, bundle, batch_size=batch_size)
     predict_from_args(adata, bundle, args, inputs=inputs)
     if not args.no_umap:
         embed.embed(adata, progress=Progress("UMAP"))

@@ -70,18 +70,23 @@ P(resistant)) or ``sensitivity``. The signed group means are reported too.
 
 Speed and memory
 ----------------
-The input reaches the network only through the first residual block's two linear maps, so the
+The input reaches the network only through the first residual block's affine maps, so the
 path integral is taken in their output space and mapped back exactly
-(:class:`~scatd_core.explain._attribution.Attributor`):
-the 19,264-wide first layer runs once per cell instead of once per integration step, about
-6x faster than captum on the whole model for Dist_VAE at 50 steps, with the same numbers up
-to float rounding (``factorise=False`` runs the plain form; both are tested to agree).
-Ranking statistics are accumulated in float64 as batches go, so they are exact. Per-cell
-attributions are staged at half precision (3 significant digits, far below the quadrature
-error) until the top features are known, then only the ``keep_top`` features are kept in
-float32: 10,000 cells x 19,264 genes stage in 385 MB. captum's ``internal_batch_size`` bounds
-the interpolated inputs and their gradients to about :data:`IG_MEMORY_BUDGET` bytes. For large
-data, ``max_cells`` explains a subsample stratified by predicted label (stated in the result).
+(:class:`~scatd_core.explain._attribution.Attributor`): the 19,264-wide first layer runs once
+per cell (on the sparse batch, as in prediction) instead of once per integration step, every
+step of a chunk of cells runs in one forward and one backward pass, and the map back to the
+genes is one GEMM per chunk of cells. captum's quadrature points and weights are used, so the
+numbers are captum's on the whole model up to float rounding (``factorise=False`` runs captum
+itself; both are tested to agree). The data are read once: the attribution pass also keeps
+the explained cells' data as given, from which the kept per-cell inputs and the DE test are
+computed; the ``mean`` baseline was summed during the prediction. Ranking statistics are
+accumulated in float64 as batches go, so they are exact. Per-cell attributions are staged at
+half precision (3 significant digits, far below the quadrature error) until the top features
+are known, then only the ``keep_top`` features are kept in float32: 10,000 cells x 19,264
+genes stage in 385 MB. ``internal_batch_size`` bounds the interpolated rows of one pass and
+their gradients to about :data:`IG_MEMORY_BUDGET` bytes. For large data, ``max_cells``
+explains a subsample stratified by predicted label (stated in the result). Measured in
+predict passes: ``benches/bench_explain.py``.
 
 Where the result goes
 ---------------------

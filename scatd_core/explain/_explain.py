@@ -9,6 +9,7 @@ from typing import Callable
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from scatd_core import _keys
 from scatd_core._json import json_safe
@@ -17,12 +18,13 @@ from scatd_core._progress import Eta
 from scatd_core.errors import Cancelled, InputError
 from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, N_REFERENCE_CELLS, TARGET_TITLES, TARGETS,
                                              Attributor, baseline_vector)
-from scatd_core.explain._ranking import agreement, differential_expression, log_scale, raw_rows, round_or_none
+from scatd_core.explain._ranking import agreement, differential_expression, log_scale, round_or_none
 from scatd_core.inputs import ModelInput
 from scatd_core.predict import device_description, resolve_device
 
 COMPLETENESS_TOLERANCE = 0.05
-MAX_CELLS_PER_CALL = 64
+#: Cells attributed per call: enough rows for the backward map's GEMM to run near its peak.
+MAX_CELLS_PER_CALL = 256
 FEATURE_PREFIX = {"vae_sf": "scFoundation", "vae_gf": "Geneformer"}
 RANKING_COLUMNS = ("rank", "feature", "mean_abs_attribution", "mean_attribution", "mean_attribution_resistant",
                    "mean_attribution_sensitive", "input_gradient", "direction", "baseline_input",
@@ -175,45 +177,56 @@ class _Sums:
 
     def add(self, at: np.ndarray, x: np.ndarray, a: np.ndarray, dlt: np.ndarray, out: np.ndarray,
             base: np.ndarray, is_pos: np.ndarray, is_neg: np.ndarray, present: np.ndarray | None = None) -> None:
-        """Add a batch; ``present`` (cells x features) marks the features that are inputs of each cell
-        at all (foundation models: a gene not expressed is no token, so it has no path gradient)."""
-        d = x.astype(np.float64) - base
+        """Add the cells at positions ``at``: inputs ``x`` and attributions ``a``, summed in float64
+        (float32 batches stay float32 until summed). ``present`` (cells x features) marks the
+        features that are inputs of each cell at all (foundation models: a gene not expressed is
+        no token, so it has no path gradient)."""
+        d = x - base.astype(x.dtype, copy=False)
         if present is not None:
             d = d * present
         grp = is_pos[at]
-        self.abs += np.abs(a).sum(axis=0)
+        self.abs += np.abs(a).sum(axis=0, dtype=np.float64)
         for flag in (True, False):
-            sel = grp if flag else (~grp & is_neg[at])
-            self.attr[flag] += a[sel].sum(axis=0)
-            self.x[flag] += x[sel].sum(axis=0, dtype=np.float64)
-        self.ad += (a * d).sum(axis=0)
-        self.dd += (d * d).sum(axis=0)
-        self.staged[at] = a.astype(np.float16)
-        self.f_x[at], self.attr_sum[at], self.delta[at] = out, a.sum(axis=1), dlt
+            sel = (grp if flag else (~grp & is_neg[at]))[:, None]
+            self.attr[flag] += a.sum(axis=0, dtype=np.float64, where=sel)
+            self.x[flag] += x.sum(axis=0, dtype=np.float64, where=sel)
+        self.ad += (a * d).sum(axis=0, dtype=np.float64)
+        self.dd += (d * d).sum(axis=0, dtype=np.float64)
+        self.staged[at] = a
+        self.f_x[at], self.attr_sum[at], self.delta[at] = out, a.sum(axis=1, dtype=np.float64), dlt
 
 
 def _integrate(inputs: ModelInput, attributor: Attributor, rows: np.ndarray, is_pos, is_neg, base: np.ndarray,
-               say, should_stop) -> _Sums:
-    """Integrated gradients of every chosen cell, in batches read through ``inputs``."""
+               say, should_stop):
+    """Integrated gradients of every chosen cell, in batches read through ``inputs`` (one pass).
+
+    Returns the sums and the chosen cells' data as given (aligned to the model's features, in
+    the order of ``rows``), read in the same pass for the kept inputs and the DE test.
+    """
     n_cells = rows.size
     sums = _Sums(base.size, n_cells)
     position = np.full(inputs.n_obs, -1, dtype=np.int64)
     position[rows] = np.arange(n_cells)
     per_call = max(1, min(MAX_CELLS_PER_CALL, attributor.internal_batch_size))
-    done, eta = 0, Eta()
-    for _stop, idx, x in inputs.batches():
+    done, eta, raw_parts = 0, Eta(), []
+    for _stop, idx, x, raw in inputs.batches(sparse=attributor.factorised, with_raw=True):
         at_all = position[idx]
-        keep = at_all >= 0
-        idx, x, at_all = idx[keep], x[keep], at_all[keep]
-        for s in range(0, idx.size, per_call):
+        keep = np.flatnonzero(at_all >= 0)
+        if keep.size == 0:
+            continue
+        if keep.size < idx.size:
+            x, raw, at_all = x[keep], raw[keep], at_all[keep]
+        raw_parts.append(raw)
+        for s in range(0, at_all.size, per_call):
             if should_stop is not None and should_stop():
                 raise Cancelled("Attribution cancelled; nothing was changed.")
             xi, at = x[s:s + per_call], at_all[s:s + per_call]
             a, dlt, out = attributor(xi)
-            sums.add(at, xi, a, dlt, out, base, is_pos, is_neg)
-            done += xi.shape[0]
+            sums.add(at, xi.toarray() if sp.issparse(xi) else xi, a, dlt, out, base, is_pos, is_neg)
+            done += at.size
             say(0.02 + 0.88 * done / n_cells, f"{done:,} of {n_cells:,} cells · {eta.text(done / n_cells)}")
-    return sums
+    raw = sp.vstack(raw_parts, format="csr") if sp.issparse(raw_parts[0]) else np.vstack(raw_parts)
+    return sums, raw
 
 
 def _completeness(sums: _Sums, f_base: float, n_steps: int, warn: list[str]) -> tuple[dict, np.ndarray]:
@@ -261,29 +274,26 @@ def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int,
     return ranking, order
 
 
-def _kept_inputs(inputs: ModelInput, rows: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Model-input values of the kept features for the explained cells (a pass without the model)."""
-    position = np.full(inputs.n_obs, -1, dtype=np.int64)
-    position[rows] = np.arange(rows.size)
-    out = np.zeros((rows.size, kept.size), dtype=np.float32)
-    for _stop, idx, x in inputs.batches():
-        at = position[idx]
-        keep = at >= 0
-        if keep.any():
-            out[at[keep]] = x[keep][:, kept]
-    return out
+def _kept_inputs(inputs: ModelInput, raw, kept: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Model-input values of the kept features for the explained cells, from their data as
+    read in the attribution pass (no second pass)."""
+    parts = [inputs.model_input_of(raw[s:s + chunk], columns=kept) for s in range(0, raw.shape[0], chunk)]
+    return np.vstack(parts) if parts else np.zeros((0, kept.size), dtype=np.float32)
 
 
-def _de_columns(inputs: ModelInput, bundle, rows: np.ndarray, is_pos, is_neg, pos: str, neg: str,
+def _de_columns(inputs: ModelInput, bundle, raw, is_pos, is_neg, pos: str, neg: str,
                 run_de: bool) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Group means of the data as given, the Wilcoxon test, and which features are in the data."""
+    """Group means of the data as given (``raw``: the explained cells' data aligned to the
+    model's features), the Wilcoxon test, and which features are in the data."""
     n_features = inputs.spec.input_dim
     if bundle.input_kind == "expression":
         in_data = np.asarray(np.abs(inputs.source.alignment.matrix).sum(axis=0)).ravel() > 0
     else:
         in_data = np.ones(n_features, dtype=bool)
     present = np.flatnonzero(in_data)
-    raw = raw_rows(inputs, rows, present)  # rows are sorted, so raw's rows follow the explained cells
+    raw = sp.csr_matrix(raw, dtype=np.float64) if sp.issparse(raw) else np.asarray(raw, dtype=np.float64)
+    if present.size < n_features:
+        raw = raw[:, present]
     if bundle.input_kind == "expression":
         from scatd_core.preprocess import detect_value_type
 
@@ -457,17 +467,21 @@ def explain(
                             factorise=factorise)
     say(0.02, f"integrated gradients on {rows.size:,} cells")
     t_ig = time.perf_counter()
-    sums = _integrate(inputs, attributor, rows, is_pos, is_neg, base_vec.astype(np.float64), say, should_stop)
+    sums, raw = _integrate(inputs, attributor, rows, is_pos, is_neg, base_vec.astype(np.float64), say,
+                           should_stop)
     seconds_ig = time.perf_counter() - t_ig
     completeness, rel = _completeness(sums, attributor.f_base, n_steps, warn)
     n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
     ranking, order = _ranking(names, sums, n_pos, n_neg, base_vec)
     kept = order if keep_top is None else order[: int(keep_top)]
     attributions = sums.staged[:, kept].astype(np.float32)
-    kept_inputs = _kept_inputs(inputs, rows, kept)
+    kept_inputs = _kept_inputs(inputs, raw, kept)
 
     say(0.92, "differential expression between the predicted groups")
-    de_cols, de_info, in_data = _de_columns(inputs, bundle, rows, is_pos, is_neg, pos, neg, differential_expression)
+    t_de = time.perf_counter()
+    de_cols, de_info, in_data = _de_columns(inputs, bundle, raw, is_pos, is_neg, pos, neg, differential_expression)
+    seconds_de = time.perf_counter() - t_de
+    del raw
     ranking = pd.concat([ranking, de_cols], axis=1)
     ranking["de_rank"] = _de_rank(ranking)
     ranking["in_data"] = in_data
@@ -501,7 +515,8 @@ def explain(
         "agreement": agreement(ranking) if de_info["method"] != "none" else {},
         "device": device_description(dev), "internal_batch_size": attributor.internal_batch_size,
         "first_layer_factorised": attributor.factorised,
-        "seconds": {"integrated_gradients": round(seconds_ig, 3), "total": round(time.perf_counter() - t0, 3)},
+        "seconds": {"integrated_gradients": round(seconds_ig, 3), "differential_expression": round(seconds_de, 3),
+                    "total": round(time.perf_counter() - t0, 3)},
         "warnings": warn, "notes": notes,
     }
     info["statement"] = (f"{info['method']} of {info['target_title']} with respect to the {len(names):,} model "

@@ -10,27 +10,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scatd_core._matrix import log1p_cp10k
-from scatd_core.inputs import ModelInput
 
 TOP_OVERLAP = (20, 100)
-
-
-def raw_rows(inputs: ModelInput, rows: np.ndarray, columns: np.ndarray, block: int = 1024):
-    """The data as given (aligned to the model's features, before transforms) for ``rows``:
-    sparse stays sparse. Returns a CSR matrix or an ndarray, rows in the order of ``rows``."""
-    src = inputs.source
-    parts = []
-    for start in range(0, inputs.n_obs, block):
-        stop = min(start + block, inputs.n_obs)
-        local = rows[(rows >= start) & (rows < stop)] - start
-        if local.size == 0:
-            continue
-        chunk = src.raw(start, stop)[local]
-        chunk = sp.csr_matrix(chunk, dtype=np.float64) if sp.issparse(chunk) else np.asarray(chunk, dtype=np.float64)
-        parts.append(chunk[:, columns])
-    if parts and sp.issparse(parts[0]):
-        return sp.vstack(parts, format="csr")
-    return np.vstack(parts)
 
 
 def log_scale(matrix, kind: str, per_cell_totals: np.ndarray | None):

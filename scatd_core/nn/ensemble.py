@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from scatd_core.nn.models import Architecture, DrugClassifier
+from scatd_core.nn.sparse import sparse_linear
 
 INPUT_WEIGHT = "input_weight"
 
@@ -111,6 +112,8 @@ class EnsembleClassifier(nn.Module):
         if self.input_weight is not None:
             if x is None:
                 raise ValueError("this ensemble's heads also take the model input x")
+            if x.layout != torch.strided:
+                x = x.to_dense()
             logits = logits + torch.einsum("kci,ni->knc", self.input_weight.to(x.dtype), x)
         return logits
 
@@ -127,25 +130,30 @@ class EnsembleClassifier(nn.Module):
     def has_fused_first_layer(self) -> bool:
         return all(m.has_fused_first_layer() for m in self.members)
 
-    def first_layer_parts(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """``(W, b, width)``: the members' fused first layers stacked, then the input weights,
-        so ``x @ W.T + b`` holds everything through which the input enters the ensemble."""
-        parts = [m.first_layer_parts() for m in self.members]
+    def first_layer_weights(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(weight_t, bias, width)``: the members' fused first layers side by side (input-major,
+        as :meth:`DrugClassifier.first_layer_weights`), then the input weights, so ``x @ weight_t +
+        bias`` holds everything through which the input enters the ensemble; ``width`` is the
+        members' part."""
+        parts = [m.first_layer_weights() for m in self.members]
         ws = [p[0] for p in parts]
         bs = [p[1] for p in parts]
+        width = sum(int(p[0].shape[1]) for p in parts)
         if self.input_weight is not None:
-            w_in = self.input_weight.detach().reshape(-1, self.arch.input_dim)
-            ws.append(w_in)
-            bs.append(torch.zeros(w_in.shape[0], dtype=w_in.dtype, device=w_in.device))
-        return torch.cat(ws), torch.cat(bs), sum(int(p[0].shape[0]) for p in parts)
+            w_in = self.input_weight.detach().reshape(-1, self.arch.input_dim).t()
+            ws.append(w_in.to(ws[0].dtype))
+            bs.append(torch.zeros(w_in.shape[1], dtype=bs[0].dtype, device=bs[0].device))
+        return torch.cat(ws, dim=1), torch.cat(bs), width
 
     def first_layer(self, x: torch.Tensor) -> torch.Tensor:
-        w, b, _ = self.first_layer_parts()
-        return torch.nn.functional.linear(x, w.to(x.dtype), b.to(x.dtype))
+        weight_t, bias, _ = self.first_layer_weights()
+        if x.layout != torch.strided:
+            return sparse_linear(x, weight_t, bias)
+        return torch.addmm(bias.to(x.dtype), x, weight_t.to(x.dtype))
 
     def logits_from_first_layer(self, h: torch.Tensor) -> torch.Tensor:
         """Class logits from :meth:`first_layer`'s output ``h``."""
-        widths = [int(m.first_layer_parts()[0].shape[0]) for m in self.members]
+        widths = [int(m.first_layer_weights()[0].shape[1]) for m in self.members]
         chunks = torch.split(h, widths + [h.shape[1] - sum(widths)], dim=1)
         logits = torch.stack([m.classifier(m.encode_first_layer_output(hk)[0])
                               for m, hk in zip(self.members, chunks)])

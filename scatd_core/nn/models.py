@@ -27,7 +27,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from scatd_core.nn.layers import LeakyReLU, ResBlock, SpectralLinear, Swish, linear_weight, make_linear
+from scatd_core.nn.layers import (LeakyReLU, ResBlock, SpectralLinear, Swish, _cached, _frozen, folded_linear,
+                                  foldable, linear_weight, make_linear)
+from scatd_core.nn.sparse import sparse_linear
 
 BACKBONES = ("dist_vae", "vae_sf", "vae_gf")
 
@@ -155,8 +157,9 @@ class _EncoderMixin(nn.Module):
         self.fc22 = make_linear(dims[-1], arch.z_dim, style.spectral_latent)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, logvar)`` of ``x``; in inference (frozen weights) through :meth:`first_layer`."""
-        if self._first_layer_frozen():
+        """``(mu, logvar)`` of ``x``; in inference (frozen weights) through :meth:`first_layer`,
+        which also takes a sparse batch."""
+        if self.Encoder_resblocks[0].fusable:
             return self.encode_first_layer_output(self.first_layer(x))
         h = x
         for block in self.Encoder_resblocks:
@@ -164,60 +167,46 @@ class _EncoderMixin(nn.Module):
         return self.fc21(h), self.fc22(h)
 
     # The input reaches the encoder only through the first block's two linear maps (fc and the
-    # shortcut). Stacking them makes one GEMM instead of two, and lets integrated gradients
-    # integrate in their output space (the path is linear in the input): see scatd_core.explain.
-    def first_layer_parts(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """``(W, b, width)``: ``x @ W.T + b`` is ``[fc(x), shortcut(x)]`` of the first block
-        (effective spectral-normalised weights), ``width`` the size of ``fc(x)``.
-
-        Computed once and reused while the weights do not change (same tensors, same versions).
-        """
+    # shortcut). Stacking them makes one GEMM instead of two, lets a sparse batch skip the genes
+    # it does not express, and lets integrated gradients integrate in their output space (the
+    # path is linear in the input): see scatd_core.explain.
+    def first_layer_weights(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(weight_t, bias, width)``: ``x @ weight_t + bias`` is ``[bn(fc(x)), shortcut(x)]`` of
+        the first block (effective spectral-normalised weights, batch norm folded in, input-major),
+        ``width`` the size of ``fc(x)``. Computed once per weights version (:meth:`ResBlock.fused_linear`); frozen
+        models with a first-block shortcut only (:attr:`ResBlock.fusable`)."""
         first = self.Encoder_resblocks[0]
-        layers = [first.fc] + ([first.downsample] if first.downsample is not None else [])
-        tensors = [t for layer in layers for t in layer.parameters()] + \
-            [t for layer in layers for t in layer.buffers()]
-        key = (self.training, tuple((id(t), t._version, t.device) for t in tensors))
-        cached = getattr(self, "_first_layer_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        # normal tensors even when first built under inference_mode (predict), so autograd (explain) can use them
-        with torch.inference_mode(False), torch.no_grad():
-            weights = [layer.weight() if callable(layer.weight) else layer.weight for layer in layers]
-            w = torch.cat([w.detach() for w in weights], dim=0).contiguous()
-            b = torch.cat([layer.bias.detach() for layer in layers], dim=0).contiguous()
-        parts = (w, b, first.fc.out_features)
-        object.__setattr__(self, "_first_layer_cache", (key, parts))  # not a registered buffer
-        return parts
+        weight_t, bias = first.fused_linear()
+        return weight_t, bias, first.fc.out_features
 
     def first_layer(self, x: torch.Tensor) -> torch.Tensor:
-        """The first block's pre-activations ``[fc(x), shortcut(x)]`` (one fused GEMM)."""
-        w, b, _ = self.first_layer_parts()
-        return torch.nn.functional.linear(x, w.to(x.dtype), b.to(x.dtype))
+        """The first block's pre-activations ``[bn(fc(x)), shortcut(x)]``: one GEMM for a dense ``x``;
+        for a sparse ``x`` (torch CSC/CSR) only the expressed inputs' weights
+        (:func:`scatd_core.nn.sparse.sparse_linear`)."""
+        weight_t, bias, _ = self.first_layer_weights()
+        if x.layout != torch.strided:
+            return sparse_linear(x, weight_t, bias)
+        return torch.addmm(bias.to(x.dtype), x, weight_t.to(x.dtype))
+
+    def _trunk_from_first_layer(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.Encoder_resblocks[0].from_linear(h)
+        for block in self.Encoder_resblocks[1:]:
+            out = block(out)
+        return out
 
     def encode_first_layer_output(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)`` from :meth:`first_layer`'s output ``h``."""
-        first = self.Encoder_resblocks[0]
-        width = first.fc.out_features
-        shortcut = h[:, width:] if first.downsample is not None else None
-        out = first.activation(first.bn(h[:, :width]))
-        out = out + shortcut if shortcut is not None else out
-        for block in self.Encoder_resblocks[1:]:
-            out = block(out)
+        out = self._trunk_from_first_layer(h)
         return self.fc21(out), self.fc22(out)
 
-    def has_fused_first_layer(self) -> bool:
-        """Whether the input enters only through :meth:`first_layer` (the first block has a shortcut
-        projection; with an identity shortcut the input is also added unchanged)."""
-        return self.Encoder_resblocks[0].downsample is not None
+    def mean_from_first_layer(self, h: torch.Tensor) -> torch.Tensor:
+        """The latent mean ``mu`` from :meth:`first_layer`'s output ``h`` (no ``logvar``)."""
+        return self.fc21(self._trunk_from_first_layer(h))
 
-    def _first_layer_frozen(self) -> bool:
-        """Inference: eval mode, no gradient to the first layer's weights, and a shortcut layer
-        (without one the input is also added unchanged, which the fused form does not cover)."""
-        first = self.Encoder_resblocks[0]
-        if self.training or first.training or first.downsample is None:
-            return False
-        return not any(p.requires_grad for p in first.fc.parameters()) and \
-            not any(p.requires_grad for p in first.downsample.parameters())
+    def has_fused_first_layer(self) -> bool:
+        """Whether the input enters only through :meth:`first_layer` (frozen, with a first-block
+        shortcut projection: :attr:`ResBlock.fusable`)."""
+        return bool(self.Encoder_resblocks[0].fusable)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
@@ -295,8 +284,12 @@ class DrugClassifier(_EncoderMixin):
         return model
 
     def classifier(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits of latent ``z``. ``x`` (the model input) is not used by this head; it is
-        accepted so that callers treat this model and an ensemble whose heads see the input alike."""
+        """Class logits of latent points ``z``; frozen, ``bn3`` is folded into ``fc3`` (one GEMM).
+        ``x`` (the model input) is not used by this head; it is accepted so that callers treat this
+        model and an ensemble whose heads see the input alike."""
+        if foldable(self.bn3) and _frozen(self.fc3, self.bn3):
+            weight, bias = _cached(self, "head", lambda: folded_linear(self.fc3, self.bn3), (self.fc3, self.bn3))
+            return self.fc4(self.swish(torch.nn.functional.linear(z, weight, bias)))
         return self.fc4(self.swish(self.bn3(self.fc3(z))))
 
     def set_linear_head(self, w: torch.Tensor, b: float, positive_index: int = 1) -> None:
@@ -339,7 +332,7 @@ class DrugClassifier(_EncoderMixin):
 
     def logits_from_first_layer(self, h: torch.Tensor) -> torch.Tensor:
         """Class logits of the latent mean, from :meth:`first_layer`'s output ``h``."""
-        return self.classifier(self.encode_first_layer_output(h)[0])
+        return self.classifier(self.mean_from_first_layer(h))
 
     def forward(self, x: torch.Tensor, sample: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,240 @@
+"""The fast paths give the numbers of the plain ones: sparse first layer, fused and folded
+layers, one pass over X for predict + explain, reduced precision only within tolerance."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from scatd_core import inputs as inputs_module
+from scatd_core import predict as predict_module
+from scatd_core.bundle import save_bundle
+from scatd_core.explain import explain
+from scatd_core.inputs import ModelInput
+from scatd_core.nn import Architecture, build_model
+from scatd_core.nn.sparse import batch_tensor, sparse_linear
+from scatd_core.predict import estimate_seconds, predict, reduced_precision
+
+N_GENES = 300
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models: one thread is many times faster than two contending ones on a busy CI box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _counts(n_cells: int, n_genes: int = N_GENES, density: float = 0.08, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    x = sp.random(n_cells, n_genes, density=density, format="csr", dtype=np.float32, random_state=rng)
+    x.data = np.floor(x.data * 20) + 1
+    return x
+
+
+def _trained_like(arch: Architecture, seed: int = 0) -> torch.nn.Module:
+    """Random weights with batch-norm statistics of real activations (not the initial 0 / 1)."""
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.momentum = None
+            m.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        x = torch.from_numpy(np.log1p(_counts(400, arch.input_dim, seed=seed + 1).toarray()))
+        model(x)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def log_bundle(tmp_path_factory):
+    arch = Architecture("dist_vae", [N_GENES, 48, 24], 12, None, 6, 2)
+    model = _trained_like(arch)
+    return save_bundle(tmp_path_factory.mktemp("fast") / "b", model.state_dict(), arch, drug="TESTDRUG",
+                       genes=[f"G{i}" for i in range(N_GENES)], input_transform="log1p_cp10k", threshold=0.5)
+
+
+def _adata(x) -> ad.AnnData:
+    n = x.shape[0]
+    return ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),
+                      var=pd.DataFrame(index=[f"G{i}" for i in range(x.shape[1])]))
+
+
+# ------------------------------------------------------------------------ the sparse product
+
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.08, 0.5])
+def test_sparse_first_layer_equals_dense(density):
+    rng = np.random.default_rng(1)
+    x = sp.random(70, 500, density=density, format="csr", dtype=np.float32, random_state=rng) * 5
+    w = torch.randn(500, 300) * 0.05
+    b = torch.randn(300)
+    dense = torch.addmm(b, torch.from_numpy(x.toarray()), w)
+    got = sparse_linear(batch_tensor(x, torch.device("cpu")), w, b)
+    np.testing.assert_allclose(got.numpy(), dense.numpy(), atol=1e-5 * max(1.0, float(dense.abs().max())))
+
+
+def test_sparse_first_layer_same_numbers_whatever_the_threads():
+    x = sp.random(64, 400, density=0.1, format="csr", dtype=np.float32, random_state=2)
+    w, b = torch.randn(400, 520), torch.randn(520)
+    one = sparse_linear(batch_tensor(x, torch.device("cpu")), w, b, threads=1)
+    for threads in (2, 3):
+        assert torch.equal(one, sparse_linear(batch_tensor(x, torch.device("cpu")), w, b, threads=threads))
+
+
+# ------------------------------------------------------------------------ fused / folded layers
+
+SMALL_ARCH = {"dist_vae": ([N_GENES, 64, 40], 16), "vae_sf": ([40, 30, 20, 14], 11), "vae_gf": ([24, 30, 20, 12], 9)}
+
+
+@pytest.mark.parametrize("backbone", sorted(SMALL_ARCH))
+def test_fused_and_folded_layers_equal_the_plain_modules(backbone):
+    dims, z = SMALL_ARCH[backbone]
+    arch = Architecture(backbone, dims, z, None, z // 2, 2)
+    model = _trained_like(arch, seed=3)
+    x = torch.from_numpy(np.log1p(_counts(25, arch.input_dim, density=0.3, seed=4).toarray()))
+    with torch.no_grad():
+        plain = model(x)  # parameters require grad: the unfused path
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert model.Encoder_resblocks[0].fusable
+    with torch.inference_mode():
+        fused = model(x)
+        via_first_layer = model.logits_from_first_layer(model.first_layer(x))
+    np.testing.assert_allclose(fused.numpy(), plain.numpy(), atol=1e-5)
+    np.testing.assert_allclose(via_first_layer.numpy(), plain.numpy(), atol=1e-5)
+
+
+def test_cached_weights_follow_new_weights():
+    arch = Architecture("dist_vae", [30, 20, 10], 6, None, 3, 2)
+    a, b = _trained_like(arch, seed=0), _trained_like(arch, seed=1)
+    for m in (a, b):
+        for p in m.parameters():
+            p.requires_grad_(False)
+    x = torch.rand(5, 30)
+    with torch.inference_mode():
+        before = a(x)
+        expected = b(x)
+        a.load_state_dict(b.state_dict())  # in place: versions change, the caches rebuild
+        after = a(x)
+    assert not torch.allclose(before, expected)
+    np.testing.assert_allclose(after.numpy(), expected.numpy(), atol=1e-6)
+
+
+# ------------------------------------------------------------------------ predict
+
+def test_predict_sparse_path_equals_dense_path(log_bundle, monkeypatch):
+    x = sp.vstack([_counts(250, density=0.08), _counts(50, density=0.6, seed=9)], format="csr")  # last batch dense
+    sparse_run, dense_run = _adata(x.copy()), _adata(x.copy())
+    seen = []
+    original = predict_module.batch_tensor
+
+    def record(x, device):
+        seen.append(sp.issparse(x))
+        return original(x, device)
+
+    monkeypatch.setattr(predict_module, "batch_tensor", record)
+    predict(sparse_run, log_bundle, batch_size=50)
+    assert seen == [True] * 5 + [False]  # chosen per batch by density
+    monkeypatch.setattr(inputs_module, "SPARSE_MAX_DENSITY", 0.0)
+    predict(dense_run, log_bundle, batch_size=50)
+    np.testing.assert_allclose(sparse_run.obs["scatd_prob_resistant"], dense_run.obs["scatd_prob_resistant"], atol=1e-5)
+    np.testing.assert_allclose(sparse_run.obsm["X_scatd"], dense_run.obsm["X_scatd"], atol=1e-5)
+
+
+def test_predict_equals_the_reference_computation(log_bundle):
+    """P(resistant) is softmax of the plain modules' forward on log1p CP10k of the counts."""
+    x = _counts(120, density=0.1, seed=5)
+    adata = _adata(x)
+    predict(adata, log_bundle, batch_size=32)
+    dense = x.toarray().astype(np.float64)
+    totals = dense.sum(axis=1, keepdims=True)
+    model_input = np.log1p(np.divide(dense * 1e4, totals, out=np.zeros_like(dense), where=totals > 0))
+    model = build_model(log_bundle.architecture)
+    model.load_state_dict(log_bundle.load_model("cpu").state_dict())
+    model.eval()  # parameters require grad: the unfused, unfolded modules
+    with torch.no_grad():
+        p = torch.softmax(model(torch.from_numpy(model_input.astype(np.float32))), dim=1)[:, log_bundle.positive_index]
+    np.testing.assert_allclose(adata.obs["scatd_prob_resistant"], p.numpy(), atol=1e-5)
+
+
+def test_one_pass_over_x_for_predict_and_the_mean_baseline(log_bundle, monkeypatch):
+    keep = np.ones(200)
+    keep[7] = 0  # a cell that cannot be scored does not enter the mean
+    x = (sp.diags(keep) @ _counts(200, density=0.1, seed=6)).astype(np.float32).tocsr()
+    x.eliminate_zeros()
+    adata = _adata(x)
+    inputs = ModelInput(adata, log_bundle, batch_size=64)
+    reads = []
+    original = inputs.source.raw
+    monkeypatch.setattr(inputs.source, "raw", lambda start, stop: reads.append((start, stop)) or original(start, stop))
+    predict(adata, log_bundle, inputs=inputs)
+    assert len(reads) == 4  # the prediction: every batch once
+    mean = inputs.input_mean()
+    assert len(reads) == 4  # the mean model input was summed during the prediction
+    usable = inputs.usable
+    assert not usable[7] and usable.sum() == 199
+    expected = np.vstack([inputs.rows(s, e)[1] for s, e in inputs.ranges()]).astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(mean, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_explain_reads_x_once_and_keeps_its_numbers(log_bundle, monkeypatch):
+    x = _counts(160, density=0.12, seed=7)
+    adata = _adata(x)
+    inputs = ModelInput(adata, log_bundle, batch_size=64)
+    predict(adata, log_bundle, inputs=inputs)
+    predict(adata, log_bundle, inputs=inputs, threshold=float(np.median(adata.obs["scatd_prob_resistant"])))
+    reads = []
+    original = inputs.source.raw
+    monkeypatch.setattr(inputs.source, "raw", lambda start, stop: reads.append((start, stop)) or original(start, stop))
+    e = explain(adata, log_bundle, inputs=inputs, n_steps=16, keep_top=25)
+    assert len(reads) == 3  # one pass: attributions, kept inputs and the DE test's data
+    # the kept inputs are the model inputs the prediction used
+    all_inputs = np.vstack([inputs.rows(s, t)[1] for s, t in inputs.ranges()])
+    columns = [int(f[1:]) for f in e.features]
+    np.testing.assert_array_equal(e.inputs, all_inputs[e.cells["row"].to_numpy()][:, columns])
+    # the DE test ran on the data as given: group means of the counts
+    pos = (e.cells["label"] == "resistant").to_numpy()
+    means = x[e.cells["row"].to_numpy()][pos].toarray().astype(np.float64).mean(axis=0)
+    ranking = e.ranking.set_index("feature").loc[[f"G{i}" for i in range(N_GENES)]]
+    np.testing.assert_allclose(ranking["mean_data_resistant"], means, rtol=1e-10)
+    assert e.info["completeness"]["ok"]
+
+
+def test_explain_sparse_batches_equal_dense_batches(log_bundle, monkeypatch):
+    x = _counts(90, density=0.1, seed=8)
+    runs = []
+    for limit in (inputs_module.SPARSE_MAX_DENSITY, 0.0):
+        monkeypatch.setattr(inputs_module, "SPARSE_MAX_DENSITY", limit)
+        adata = _adata(x.copy())
+        predict(adata, log_bundle, batch_size=40)
+        runs.append(explain(adata, log_bundle, n_steps=12, keep_top=None, differential_expression=False))
+    fast, dense = runs
+    r_fast, r_dense = fast.ranking.set_index("feature"), dense.ranking.set_index("feature").loc[fast.ranking["feature"]]
+    scale = float(r_dense["mean_abs_attribution"].abs().max())
+    np.testing.assert_allclose(r_fast["mean_abs_attribution"], r_dense["mean_abs_attribution"], atol=1e-5 * scale)
+    np.testing.assert_allclose(fast.cells["target"], dense.cells["target"], atol=1e-5)
+
+
+# ------------------------------------------------------------------------ precision and the estimate
+
+def test_reduced_precision_only_within_tolerance(log_bundle):
+    model = log_bundle.load_model("cpu")
+    x = torch.from_numpy(np.log1p(_counts(64, density=0.2, seed=10).toarray() * 30).astype(np.float32))
+    assert reduced_precision(model, x, 1) == "float32"  # a CPU runs float32 unless asked
+    assert reduced_precision(model, x, 1, dtype=torch.bfloat16, tolerance=0.5) == "bfloat16"
+    assert reduced_precision(model, x, 1, dtype=torch.bfloat16, tolerance=1e-9) == "float32"
+
+
+def test_estimate_follows_cells_and_density(log_bundle):
+    dense = estimate_seconds(log_bundle, 10_000, device="cpu")
+    assert dense > 0
+    assert estimate_seconds(log_bundle, 20_000, device="cpu") == pytest.approx(2 * dense, rel=1e-9)
+    assert estimate_seconds(log_bundle, 10_000, device="cpu", density=0.9) == pytest.approx(dense, rel=1e-9)
+    assert estimate_seconds(log_bundle, 10_000, mode="sample", n_samples=50, device="cpu") > dense
