@@ -452,7 +452,7 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
     assert args.run(args) == 0
     _, err = capsys.readouterr()
     assert "Target cells whose labels were not used for training ('response') (34 samples" in err
-    assert "logistic regression on the labelled target cells alone (6 cells)" in err
+    assert "logistic regression on the labelled target cells alone (6 cells)" in err.lower()
     assert load_bundle(tmp_path / "few_bundle").manifest["provenance"]["few_shot_labels"]["file"] == "few.csv"
     args = p.parse_args(common + ["--head", "scatd", "--epochs", "4", "--finetune-epochs", "2",
                                   "--out", str(tmp_path / "scatd_bundle")])
