@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from scatd_app import jobs, state, ui
-from scatd_core import foundation, pl
+from scatd_app import jobs, session, state, ui
+from scatd_core import foundation, pl, scaleout
 from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
 from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, summary
@@ -49,10 +49,13 @@ seed = right.number_input("Seed", min_value=0, step=1, key="predict_seed", disab
 settings = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed)}
 token = ui.prediction_token(bundle, settings)
 current = state.prediction_current(token)
+engine = scaleout.engine_for(adata.n_obs)
 if not current:
     estimate = estimate_seconds(bundle, n_run, mode=mode, n_samples=max(2, settings["n_samples"]),
                                 density=stored_fraction(adata.X))
     st.caption(f"Estimated time: about {max(1, round(estimate)):,} s on {ui.device_text()}.")
+    if engine.reason:
+        st.info(ui.md(engine.reason), icon=":material/hub:" if engine.use_ray else ":material/info:")
 
 # ------------------------------------------------------------------ run
 if ss.get(state.PREDICT_RUNNING):  # the previous run did not finish: Cancel, or the page was left
@@ -66,10 +69,14 @@ if not current and st.button("Run prediction", type="primary", icon=":material/p
     try:
         state.invalidate("prediction")
         with jobs.computing("the prediction"):
-            inputs = ui.model_inputs(adata, bundle)
-            predict(adata, bundle, inputs=inputs, mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]),
-                    seed=int(seed),
-                    progress=with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message)))
+            show = with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+            run_args = dict(mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
+                            progress=show)
+            if engine.use_ray:
+                scaleout.predict_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
+                                           **run_args)
+            else:
+                predict(adata, bundle, inputs=ui.model_inputs(adata, bundle), **run_args)
     except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
         ss[state.PREDICT_RUNNING] = False
         state.invalidate("prediction")

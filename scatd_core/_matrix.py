@@ -104,18 +104,13 @@ class MeanVar:
 
     def update(self, block) -> None:
         """Add the rows of a dense or sparse block."""
-        k = block.shape[0]
+        self.add(*block_moments(block))
+
+    def add(self, k: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        """Add a block given by its :func:`block_moments` (computed elsewhere, e.g. on a worker):
+        adding the blocks in the same order gives the same numbers as :meth:`update`."""
         if k == 0:
             return
-        if sp.issparse(block):
-            b = sp.csr_matrix(block, dtype=np.float64)
-            mean_b = np.asarray(b.mean(axis=0)).ravel()
-            sq = np.asarray(b.multiply(b).sum(axis=0)).ravel()
-            m2_b = np.maximum(sq - k * mean_b * mean_b, 0.0)
-        else:
-            b = np.asarray(block, dtype=np.float64)
-            mean_b = b.mean(axis=0)
-            m2_b = ((b - mean_b) ** 2).sum(axis=0)
         if self.mean is None:
             self.n, self.mean, self._m2 = k, mean_b, m2_b
             return
@@ -133,6 +128,22 @@ class MeanVar:
 
     def std(self, correction: int = 0) -> np.ndarray:
         return np.sqrt(self.var(correction))
+
+
+def block_moments(block) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+    """``(rows, column means, centred column sums of squares)`` of a dense or sparse block, in
+    float64 (``(0, None, None)`` for an empty block): what :meth:`MeanVar.add` merges."""
+    k = block.shape[0]
+    if k == 0:
+        return 0, None, None
+    if sp.issparse(block):
+        b = sp.csr_matrix(block, dtype=np.float64)
+        mean_b = np.asarray(b.mean(axis=0)).ravel()
+        sq = np.asarray(b.multiply(b).sum(axis=0)).ravel()
+        return k, mean_b, np.maximum(sq - k * mean_b * mean_b, 0.0)
+    b = np.asarray(block, dtype=np.float64)
+    mean_b = b.mean(axis=0)
+    return k, mean_b, ((b - mean_b) ** 2).sum(axis=0)
 
 
 def mean_var(blocks: Iterable | object, correction: int = 0, batch_size: int = 10_000) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,13 @@ auth.max_failures        ``SCATD_AUTH_MAX_FAILURES``       failed logins before 
 auth.lockout_minutes     ``SCATD_AUTH_LOCKOUT_MINUTES``    lock-out after too many failures             15
 auth.admins              ``SCATD_AUTH_ADMINS``             with ``oidc``: e-mail addresses of the       none
                                                            administrators (comma-separated in the env)
+scaleout.address         ``SCATD_RAY_ADDRESS``             a Ray cluster (``host:port``): the app runs  not set
+                                                           every prediction there, the CLI's
+                                                           ``--engine ray`` uses it
+scaleout.min_cells       ``SCATD_SCALEOUT_MIN_CELLS``      datasets with more cells are predicted on    500,000
+                                                           Ray (a local instance when no address),
+                                                           when Ray is installed
+scaleout.workers         ``SCATD_SCALEOUT_WORKERS``        Ray workers per job                          every CPU/GPU
 foundation.geneformer_dir ``SCATD_GENEFORMER_DIR``         Geneformer dictionaries and model folder(s); ``<home>/geneformer``
                                                            its dictionary also maps Ensembl IDs
 foundation.geneformer_model ``SCATD_GENEFORMER_MODEL``     one Geneformer model folder (config.json +   found in geneformer_dir
@@ -71,6 +78,9 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("auth", "max_failures"): ("SCATD_AUTH_MAX_FAILURES", "int", 5),
     ("auth", "lockout_minutes"): ("SCATD_AUTH_LOCKOUT_MINUTES", "int", 15),
     ("auth", "admins"): ("SCATD_AUTH_ADMINS", "list", ()),
+    ("scaleout", "address"): ("SCATD_RAY_ADDRESS", "text", None),
+    ("scaleout", "min_cells"): ("SCATD_SCALEOUT_MIN_CELLS", "int", 500_000),
+    ("scaleout", "workers"): ("SCATD_SCALEOUT_WORKERS", "int", None),
     ("foundation", "geneformer_dir"): ("SCATD_GENEFORMER_DIR", "path", None),
     ("foundation", "geneformer_model"): ("SCATD_GENEFORMER_MODEL", "path", None),
     ("foundation", "scfoundation_dir"): ("SCATD_SCFOUNDATION_DIR", "path", None),
@@ -79,6 +89,9 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
                                      "https://raw.githubusercontent.com/biomap-research/scFoundation/main/model/"
                                      "OS_scRNA_gene_index.19264.tsv"),
 }
+
+#: Sections whose keys are prefixed with the section's name in :attr:`Settings.values`.
+PREFIXED_SECTIONS = ("auth", "scaleout")
 
 
 @dataclass(frozen=True)
@@ -108,8 +121,8 @@ class Limits:
 class Settings:
     """The resolved settings (file, then environment); ``problems`` lists what was ignored.
 
-    ``values`` is keyed by the TOML key, ``auth_`` prefixed for the [auth] section
-    (``settings()["max_cells"]``, ``settings()["auth_mode"]``).
+    ``values`` is keyed by the TOML key, prefixed with the section for [auth] and [scaleout]
+    (``settings()["max_cells"]``, ``settings()["auth_mode"]``, ``settings()["scaleout_address"]``).
     """
 
     values: dict
@@ -211,7 +224,7 @@ def settings() -> Settings:
         if raw:
             parsed = _parse(raw, kind, env, problems)
             value = parsed if parsed is not None else value
-        values[f"auth_{key}" if section == "auth" else key] = default if value is None else value
+        values[f"{section}_{key}" if section in PREFIXED_SECTIONS else key] = default if value is None else value
     home = values["home"] or _default_home()
     values["home"] = home
     values["library"] = values["library"] or home / "models"

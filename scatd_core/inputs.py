@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scatd_core import _keys
-from scatd_core._matrix import MeanVar, log1p_cp10k
+from scatd_core._matrix import MeanVar, block_moments, log1p_cp10k
 from scatd_core.errors import InputError
 from scatd_core.genes import GeneAlignment, align_genes, detect_id_type, names_for
 from scatd_core.preprocess import detect_value_type
@@ -81,6 +81,20 @@ class InputSpec:
         return cls(backbone=bundle.backbone, input_kind=bundle.input_kind,
                    input_dim=bundle.architecture.input_dim, transform=bundle.manifest["input_transform"],
                    genes=bundle.genes, style_mean=bundle.style_mean, style_std=bundle.style_std, name=bundle.name)
+
+
+@dataclass(frozen=True)
+class DatasetStatistics:
+    """What a :class:`ModelInput` learns from the whole dataset before its first batch.
+
+    ``log_normalise``: whether the values are log1p-CP10k-normalised first (decided once from the
+    whole dataset); ``moments``: mean and population sd of the pre-scaling values over the
+    usable cells (AdaIN, ``standardize``). Computed once and given to the ModelInput of every
+    shard of a dataset (:mod:`scatd_core.scaleout`), so each shard scales exactly as one pass would.
+    """
+
+    log_normalise: bool
+    moments: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -189,7 +203,8 @@ class ModelInput:
     data are aligned and scanned once.
     """
 
-    def __init__(self, adata: ad.AnnData, model, *, mask: np.ndarray | None = None, batch_size: int = 1024):
+    def __init__(self, adata: ad.AnnData, model, *, mask: np.ndarray | None = None, batch_size: int = 1024,
+                 statistics: DatasetStatistics | None = None, row_offset: int = 0):
         self.spec = model if isinstance(model, InputSpec) else InputSpec.of(model)
         if self.spec.input_kind == "embedding" and self.spec.style_mean is None:
             raise InputError(f"{self.spec.name} has no bulk style statistics, which AdaIN needs.",
@@ -204,9 +219,10 @@ class ModelInput:
         self.mask = mask
         self.source = model_source(adata, self.spec)
         self.transform = self.spec.transform
-        counts = self.transform == "standardize" and _holds_counts(adata)
-        self.counts_detected = bool(counts)
-        self.log_normalise = self.transform == "log1p_cp10k" or counts
+        #: where row 0 of ``adata`` is in the whole dataset (a shard's rows seed sample mode as one pass would)
+        self.row_offset = int(row_offset)
+        self.log_normalise = statistics.log_normalise if statistics is not None else log_normalises(adata, self.spec)
+        self.counts_detected = self.transform == "standardize" and self.log_normalise
         self.reasons = dict.fromkeys(REASONS, 0)
         self._usable = np.zeros(self.n_obs, dtype=bool)
         self._seen = np.zeros(self.n_obs, dtype=bool)
@@ -214,8 +230,20 @@ class ModelInput:
         self._input_sum = np.zeros(self.spec.input_dim)
         self._summed = np.zeros(-(-self.n_obs // self.batch_size), dtype=bool)
         self.moments: tuple[np.ndarray, np.ndarray] | None = None
-        if self.spec.input_kind == "embedding" or self.transform == "standardize":
-            self._fit_statistics()
+        if self.needs_moments:
+            if statistics is None:
+                self._fit_statistics()
+            else:  # None while the moments are being computed shard by shard (batch_moments)
+                self.moments = statistics.moments
+
+    @property
+    def needs_moments(self) -> bool:
+        """Whether the model input depends on dataset moments (AdaIN, ``standardize``)."""
+        return needs_moments(self.spec)
+
+    def statistics(self) -> DatasetStatistics:
+        """The dataset statistics this input scales with (to give to other shards' ModelInput)."""
+        return DatasetStatistics(bool(self.log_normalise), self.moments)
 
     # ---------------------------------------------------------------- which cells
     @property
@@ -327,6 +355,8 @@ class ModelInput:
         return rows, block.toarray() if sp.issparse(block) else block
 
     def _scale(self, x: np.ndarray) -> np.ndarray:
+        if self.moments is None and self.needs_moments:
+            raise RuntimeError("the dataset moments are not known yet (give DatasetStatistics with moments)")
         if self.moments is None:
             return np.ascontiguousarray(x, dtype=np.float32)
         mean, sd = self.moments
@@ -378,11 +408,18 @@ class ModelInput:
         x = self._scale(block.toarray() if sp.issparse(block) else block)
         return x if columns is None else np.ascontiguousarray(x[:, columns])
 
+    def batch_moments(self):
+        """Yield :func:`~scatd_core._matrix.block_moments` of the pre-scaling values of each batch
+        (usable cells only): merged in order by :class:`~scatd_core._matrix.MeanVar`, they give
+        the dataset moments, here or from the shards of a distributed pass."""
+        for start, stop in self.ranges():
+            yield block_moments(self._block(start, stop)[1])
+
     def _fit_statistics(self) -> None:
         """One pass: the usable cells and the mean / population sd of their pre-scaling values."""
         acc = MeanVar()
-        for start, stop in self.ranges():
-            acc.update(self._block(start, stop)[1])
+        for part in self.batch_moments():
+            acc.add(*part)
         self._require_some()
         self.moments = (acc.mean, acc.std(correction=0))
 
@@ -409,6 +446,17 @@ class ModelInput:
     def not_scored(self) -> dict:
         """Counts of cells not scored, by reason (only reasons that occurred)."""
         return {k: int(v) for k, v in self.reasons.items() if v}
+
+
+def needs_moments(spec: InputSpec) -> bool:
+    """Whether ``spec``'s model input depends on dataset moments (AdaIN, ``standardize``)."""
+    return spec.input_kind == "embedding" or spec.transform == "standardize"
+
+
+def log_normalises(adata: ad.AnnData, spec: InputSpec) -> bool:
+    """Whether ``spec``'s input log1p-CP10k-normalises ``adata``'s values (``log1p_cp10k``, or
+    ``standardize`` of raw counts)."""
+    return spec.transform == "log1p_cp10k" or (spec.transform == "standardize" and _holds_counts(adata))
 
 
 def density(block) -> float:

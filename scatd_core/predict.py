@@ -181,7 +181,7 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
             if should_stop is not None and should_stop():
                 raise Cancelled("Prediction cancelled; nothing was changed.")
             if len(rows):
-                out = batcher.run(forward, x, int(rows[0]))
+                out = batcher.run(forward, x, int(rows[0]) + inputs.row_offset)
                 latent[rows] = out[0]
                 probs[rows] = out[1]
                 if sds is not None:

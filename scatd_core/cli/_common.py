@@ -108,11 +108,12 @@ def add_data_arguments(p: argparse.ArgumentParser, output: bool = True) -> None:
                    help="scFoundation model of models.ckpt: rde (scATD's; default) or cell")
 
 
-def read_input(args):
-    """The ``--input`` file as an AnnData with its gene IDs annotated (and ``--biomart`` applied)."""
+def read_input(args, backed="auto"):
+    """The ``--input`` file as an AnnData with its gene IDs annotated (and ``--biomart`` applied);
+    ``backed=True``: an .h5ad's X stays on disk whatever its size."""
     from scatd_core import genes, io
 
-    adata = io.read(args.input, orientation=args.orientation)
+    adata = io.read(args.input, orientation=args.orientation, backed=backed)
     mapping = genes.annotate_gene_ids(adata, biomart=args.biomart) if args.biomart else \
         adata.uns[io.REPORT_KEY].get("gene_ids", {})
     say(f"Read {adata.n_obs:,} cells x {adata.n_vars:,} features from {Path(args.input).name}")

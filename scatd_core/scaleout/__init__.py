@@ -1,0 +1,21 @@
+"""Scale-out: the same prediction over the shards of a large h5ad, on a Ray cluster.
+
+``scatd predict --engine ray`` and the app (datasets above ``[scaleout] min_cells``, or whenever
+an administrator set ``[scaleout] address``) run :func:`predict_ray`: the cells of a backed
+h5ad are cut into shards of whole batches and :func:`scatd_core.predict.predict` runs on each
+in Ray Data actors (``map_batches`` with a stateful class: each worker opens the file and loads
+the model once). Dataset statistics (AdaIN, per-gene z-scores) come from a first distributed
+pass, merged in input order, so every number equals the single-process result. Each shard's
+results are written checksummed to ``<output>.parts/`` as they arrive: a run started again
+with the same output skips them, and a lost worker is restarted and its shard retried.
+
+Ray is an optional extra (``pip install 'scatd-studio[ray]'``); nothing here imports it until
+a run starts.
+"""
+
+from scatd_core.scaleout._run import (MAX_RETRIES, EngineChoice, ScaleoutRun, connect, disconnect, engine_for,
+                                      predict_in_folder, predict_ray, ray_available, shards_of, write_h5ad)
+from scatd_core.scaleout._store import ShardStore, parts_dir
+
+__all__ = ["predict_ray", "predict_in_folder", "engine_for", "EngineChoice", "write_h5ad", "ScaleoutRun", "ShardStore", "parts_dir", "shards_of", "connect",
+           "disconnect", "ray_available", "MAX_RETRIES"]

@@ -1,0 +1,486 @@
+"""The driver of a distributed prediction: plan the shards, run the passes on Ray, assemble."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import anndata as ad
+import numpy as np
+
+import scatd_core
+from scatd_core import __version__, _keys
+from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+from scatd_core._matrix import MeanVar
+from scatd_core.errors import Cancelled, InputError, ScatdError
+from scatd_core.inputs import REASON_TEXT, InputSpec, log_normalises, model_source, needs_moments
+from scatd_core.scaleout._shard import REASON_ORDER, Job, PredictWorker, StatisticsWorker
+from scatd_core.scaleout._store import ShardStore, pack, parts_dir, shard_name, unpack
+
+#: Batches per shard by default: a shard is the unit of retry and of resume.
+BATCHES_PER_SHARD = 16
+#: Times a lost worker is restarted, and a task it was running retried, before the run fails.
+MAX_RETRIES = 3
+RAY_EXTRA_HINT = "Install the extra: pip install 'scatd-studio[ray]' (or pip install 'ray[data]')."
+
+
+def ray_available() -> bool:
+    """Whether Ray (``ray[data]``) is installed."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ScatdError("The Ray engine needs Ray, which is not installed.", RAY_EXTRA_HINT) from None
+    return ray
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int = 512) -> bool:
+    """Connect to the Ray cluster at ``address``, or start a local Ray instance (``num_cpus``
+    CPUs, a ``object_store_mb`` MB object store, no dashboard). Returns whether an instance was
+    started or joined here (then :func:`disconnect` after use); a process already connected
+    keeps its connection. The workers get this ``scatd_core`` as a runtime module, so a remote
+    cluster needs only its dependencies (``pip install scatd-studio`` on its nodes)."""
+    ray = _ray()
+    if address:
+        _check_reachable(address)
+    if ray.is_initialized():
+        return False
+    env = {"py_modules": [str(Path(scatd_core.__file__).parent)]}
+    try:
+        if address:
+            ray.init(address=address, runtime_env=env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, object_store_memory=int(object_store_mb) << 20, include_dashboard=False,
+                     runtime_env=env, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise ScatdError(f"Could not connect to {where}: {str(exc).splitlines()[0][:300]}",
+                         "Check the address (`ray status` on the head node shows it, e.g. 10.0.0.5:6379), "
+                         "or leave it out to start a local instance.") from None
+    return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at (``ray.init`` would retry for minutes)."""
+    import socket
+
+    host_port = address.split("://", 1)[-1]
+    host, _, port = host_port.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ScatdError(f"Could not connect to the Ray cluster at {address}: {exc.strerror or exc}.",
+                         "Check the address (`ray status` on the head node shows it, e.g. 10.0.0.5:6379) and that "
+                         "the cluster is running (`ray start --head`), or leave it out to start a local instance.") \
+            from None
+
+
+def disconnect() -> None:
+    ray = _ray()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def shards_of(n_obs: int, batch_size: int, shard_cells: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of the shards: whole batches each (so every shard sends the
+    model the batches one pass would), ``shard_cells`` rounded up to a multiple of ``batch_size``."""
+    if batch_size < 1:
+        raise InputError("The batch size must be at least 1.")
+    size = batch_size * (BATCHES_PER_SHARD if shard_cells is None else max(1, -(-int(shard_cells) // batch_size)))
+    return [(start, min(start + size, n_obs)) for start in range(0, n_obs, size)]
+
+
+@dataclass
+class ScaleoutRun:
+    """A finished distributed prediction: the annotated AnnData and where its parts are."""
+
+    adata: ad.AnnData
+    store: ShardStore
+    shards: list[tuple[int, int]]
+    resumed: int = 0
+    computed: int = 0
+    workers: int = 0
+    seconds: float = 0.0
+
+    def latent_blocks(self):
+        """``(start, stop, latent rows)`` shard by shard, read back from the parts."""
+        for i, (start, stop) in enumerate(self.shards):
+            yield start, stop, self.store.load(shard_name(i))["latent"]
+
+
+def _fingerprint(adata: ad.AnnData, bundle, mask, params: dict, shards) -> dict:
+    path = Path(adata.filename)
+    stat = path.stat()
+    return {"input": str(path.resolve()), "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
+            "model": str(bundle.path), "weights_sha256": bundle.manifest.get("weights_sha256", ""),
+            "mask_sha256": "" if mask is None else hashlib.sha256(np.packbits(mask).tobytes()).hexdigest(),
+            "n_shards": len(shards), "shard_cells": shards[0][1] - shards[0][0], **params}
+
+
+def _in_file(path, key: str) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return key in f
+
+
+def _require_backed(adata: ad.AnnData) -> None:
+    if not adata.isbacked or adata.is_view:
+        raise InputError("The Ray engine reads an .h5ad file from disk by row blocks, and this data is not one.",
+                         "Save it as .h5ad with X stored by rows (CSR or dense), e.g. "
+                         "adata.X = adata.X.tocsr(); adata.write_h5ad('cells.h5ad').")
+
+
+def predict_ray(
+    adata: ad.AnnData,
+    bundle,
+    output: str | Path,
+    *,
+    mask: np.ndarray | str | None = None,
+    mode: str = "mean",
+    n_samples: int = 50,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int | None = None,
+    beta_mode: str | None = None,
+    threshold: float | None = None,
+    shard_cells: int | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    load_latent: bool = True,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ScaleoutRun:
+    """:func:`scatd_core.predict.predict` over the shards of a backed h5ad, on Ray.
+
+    ``adata`` is the dataset read from disk (``scatd_core.io.read(path, backed=True)``), its
+    gene IDs annotated as for one machine. The cells are cut into shards of whole batches; a
+    first pass computes the dataset statistics (AdaIN, per-gene z-scores) when the model needs
+    them, merged in input order exactly as one pass merges its batches; the second pass runs
+    ``predict`` on every shard in Ray Data actors that each open the file and load the model
+    once. Each shard's results go to ``<output>.parts/`` (checksummed) as they arrive; a run
+    started again with the same ``output`` skips the shards already there. A worker lost mid-run
+    is restarted and its shard retried (:data:`MAX_RETRIES`).
+
+    Sets the fields :func:`~scatd_core.predict.predict` sets, with the same values (the latent
+    ``obsm`` only if ``load_latent``; :meth:`ScaleoutRun.latent_blocks` streams it otherwise),
+    and ``uns['scatd']['engine']``: Ray's address, workers, shards, shards resumed.
+    """
+    from scatd_core.predict import _check_args, _mask_of
+
+    _check_args(bundle, mode, n_samples, batch_size, adata)
+    _require_backed(adata)
+    if batch_size is None:  # as predict chooses it, for a worker's device (a GPU if this machine has one)
+        import torch
+
+        from scatd_core.predict import auto_batch_size
+
+        gpu = device != "cpu" and torch.cuda.is_available()
+        batch_size = auto_batch_size(bundle, torch.device("cuda" if gpu else "cpu"))
+    mask_array = _mask_of(adata, mask)
+    t0 = time.perf_counter()
+    spec = InputSpec.of(bundle)
+    source = model_source(adata, spec)  # refuses data the model cannot read, before any worker starts
+    obsm_key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone) if source.alignment is None and \
+        source.description.startswith("obsm") else None
+    if obsm_key is not None and not _in_file(adata.filename, f"obsm/{obsm_key}"):
+        raise InputError(f"The Ray workers read obsm['{obsm_key}'] from {Path(adata.filename).name}, but these "
+                         "embeddings were computed in this process and are not in the file (computing foundation "
+                         "embeddings on Ray is not available yet).",
+                         "Write them into an h5ad first (scatd predict --h5ad cells_embedded.h5ad, one process), "
+                         "then run --engine ray on that file.")
+    shards = shards_of(adata.n_obs, batch_size, shard_cells)
+    params = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
+              "batch_size": int(batch_size), "beta_mode": beta_mode or "", "device": device}
+    store = ShardStore(parts_dir(output), _fingerprint(adata, bundle, mask_array, params, shards))
+    job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, bundle_path=str(bundle.path),
+              batch_size=int(batch_size), log_normalise=log_normalises(adata, spec), mask=mask_array, mode=mode,
+              n_samples=int(n_samples), seed=int(seed), device=device, beta_mode=beta_mode)
+    ray = _ray()
+    started = connect(address)
+    try:
+        n_workers = _workers(ray, workers, device)
+        if needs_moments(spec):
+            job = replace(job, moments=_statistics(ray, job, store, shards, n_workers, progress, should_stop))
+        todo = [i for i in range(len(shards)) if not store.done(shard_name(i))]
+        resumed = len(shards) - len(todo)
+        _run_pass(ray, PredictWorker, job, shards, todo, n_workers, device,
+                  lambda i, payload: store.save(shard_name(i), payload), "predicting", resumed, progress,
+                  should_stop)
+    finally:
+        if started:
+            disconnect()
+    run = ScaleoutRun(adata, store, shards, resumed=resumed, computed=len(todo), workers=n_workers)
+    _assemble(run, bundle, source, mask, mask_array, threshold, load_latent, address)
+    run.seconds = round(time.perf_counter() - t0, 3)
+    adata.uns[result_keys().run]["seconds"] = run.seconds
+    if progress is not None:
+        progress(1.0, f"done · {adata.n_obs:,} cells in {len(shards)} shards ({resumed} resumed)")
+    return run
+
+
+def _workers(ray, workers: int | None, device: str) -> int:
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if device == "cuda" and gpus == 0:
+        raise ScatdError("CUDA was requested but the Ray cluster has no GPU.", "Use --device cpu (or auto).")
+    available = gpus if device in ("cuda", "auto") and gpus else int(resources.get("CPU", 1))
+    return max(1, min(int(workers), available) if workers else available)
+
+
+def _remote_args(device: str, ray) -> dict:
+    gpu = device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    return {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
+
+
+def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, device: str,
+              on_result: Callable[[int, bytes], None], phase: str, done_before: int, progress, should_stop) -> None:
+    """Run ``worker`` over the shards ``todo`` (Ray Data ``map_batches``, one actor per worker)."""
+    total = len(shards)
+    if progress is not None:
+        progress(done_before / total, f"{phase} · {done_before} of {total} shards")
+    if not todo:
+        return
+    _quiet(ray)
+    items = [{"shard": i, "start": shards[i][0], "stop": shards[i][1]} for i in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        worker, fn_constructor_kwargs={"job": job}, batch_size=1, batch_format="numpy",
+        concurrency=min(n_workers, len(items)), max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES,
+        **_remote_args(device, ray))
+    done = done_before
+    rows = ds.iter_rows()
+    try:
+        for row in rows:
+            on_result(int(row["shard"]), bytes(row["payload"]))
+            done += 1
+            if progress is not None:
+                cells = sum(b - a for a, b in shards[:done])  # approximate: shards finish out of order
+                progress(done / total, f"{phase} · {done} of {total} shards (~{cells:,} cells)")
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"Stopped after {done} of {total} shards; the finished shards are kept. Run the "
+                                "same command again (same output) to resume.")
+    except (Cancelled, ScatdError):
+        raise
+    except Exception as exc:
+        raise _worker_error(exc) from None
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+
+
+def _quiet(ray) -> None:
+    """Our progress callback reports shards; Ray Data's own bars and periodic logs would interleave."""
+    import logging
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _worker_error(exc: BaseException) -> ScatdError:
+    """The first error a worker raised, as a message (an InputError from the package as it is)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ScatdError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    text = str(exc).strip().splitlines()
+    return ScatdError(f"The Ray job failed: {(text[-1] if text else type(exc).__name__)[:400]}",
+                      f"Workers are retried {MAX_RETRIES} times; see the Ray logs (/tmp/ray/session_latest/logs) "
+                      "for the cause. The finished shards are kept: run the same command again to resume.")
+
+
+def _statistics(ray, job: Job, store: ShardStore, shards, n_workers, progress, should_stop):
+    """First pass: the moments of the pre-scaling values, merged in input order (as one pass does)."""
+    if store.done("statistics"):
+        saved = store.load("statistics")
+        return saved["mean"], saved["sd"]
+    parts: dict[int, dict] = {}
+    acc, reasons, merged = MeanVar(), np.zeros(len(REASON_ORDER), dtype=np.int64), 0
+
+    def merge(i: int, payload: bytes) -> None:
+        nonlocal merged
+        parts[i] = unpack(payload)
+        while merged in parts:  # in shard order, batch by batch: the same sums as one pass
+            part = parts.pop(merged)
+            for k, mean, m2 in zip(part["k"], part["mean"], part["m2"]):
+                acc.add(int(k), mean, m2)
+            reasons[:] += part["reasons"]
+            merged += 1
+
+    _run_pass(ray, StatisticsWorker, job, shards, list(range(len(shards))), n_workers, job.device, merge,
+              "dataset statistics", 0, progress, should_stop)
+    if acc.n == 0:
+        detail = "; ".join(f"{REASON_TEXT[k]}: {v:,}" for k, v in zip(REASON_ORDER, reasons) if v)
+        raise InputError(f"No cell can be scored ({detail}).", "Check the data's values and gene names, and the QC filter.")
+    mean, sd = acc.mean, acc.std(correction=0)
+    store.save("statistics", pack({"mean": mean, "sd": sd}))
+    return mean, sd
+
+
+def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, load_latent: bool, address) -> None:
+    """Write the shards' results into ``run.adata`` as :func:`~scatd_core.predict.predict` does."""
+    from scatd_core.predict import _warnings, set_threshold
+
+    adata, n = run.adata, run.adata.n_obs
+    keys = result_keys()
+    prob, scored = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    sd = latent = None
+    usable, non_finite, reasons, record, lowered = 0, 0, np.zeros(len(REASON_ORDER), dtype=np.int64), None, []
+    for i, (start, stop) in enumerate(run.shards):
+        part = run.store.load(shard_name(i))
+        prob[start:stop], scored[start:stop] = part["prob"], part["scored"]
+        if "prob_sd" in part:
+            sd = np.full(n, np.nan) if sd is None else sd
+            sd[start:stop] = part["prob_sd"]
+        if load_latent:
+            latent = np.empty((n, part["latent"].shape[1]), dtype=np.float32) if latent is None else latent
+            latent[start:stop] = part["latent"]
+        usable += int(part["usable"])
+        non_finite += int(part["non_finite_output"])
+        reasons += part["reasons"]
+        shard_record = json.loads(str(part["record"]))
+        if shard_record:
+            record = record or shard_record
+            if shard_record["params"].get("batch_size_lowered_to"):
+                lowered.append(int(shard_record["params"]["batch_size_lowered_to"]))
+    if record is None:
+        detail = "; ".join(f"{REASON_TEXT[k]}: {v:,}" for k, v in zip(REASON_ORDER, reasons) if v)
+        raise InputError(f"No cell can be scored ({detail}).", "Check the data's values and gene names, and the QC filter.")
+    not_scored = {k: int(v) for k, v in zip(REASON_ORDER, reasons) if v and k != "filtered"}
+    if non_finite:
+        not_scored["non_finite_output"] = non_finite
+    filtered = np.zeros(n, dtype=bool) if mask_array is None else ~mask_array
+    adata.obs[keys.prob] = prob
+    if sd is not None:
+        adata.obs[keys.prob_sd] = sd
+    elif keys.prob_sd in adata.obs:
+        del adata.obs[keys.prob_sd]
+    adata.obs[keys.scored] = scored
+    if latent is not None:
+        adata.obsm[keys.latent] = latent
+    record["params"]["batch_size_lowered_to"] = min(lowered) if lowered else None
+    inputs = SimpleNamespace(n_usable=usable, transform=record["params"]["input_transform"], source=source)
+    record.update({
+        "scatd_version": __version__,
+        "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "n_cells": int(n), "n_scored": int(scored.sum()), "not_scored": not_scored,
+        "qc": {"n_filtered": int(filtered.sum()), "mask": mask if isinstance(mask, str) else
+               ("array" if mask is not None else "none"),
+               "thresholds": dict(adata.uns.get(_keys.QC, {}).get("thresholds", {})) if filtered.any() else {}},
+        "warnings": _warnings(bundle, inputs, not_scored),
+        "engine": {"name": "ray", "address": address or "local", "workers": run.workers,
+                   "shards": len(run.shards), "shard_cells": run.shards[0][1] - run.shards[0][0],
+                   "shards_resumed": run.resumed, "parts": str(run.store.folder)},
+    })
+    record.pop("threshold", None)
+    adata.uns[keys.run] = record
+    adata.obs[keys.label] = np.where(filtered, FILTERED, NOT_SCORED)
+    thr = float(bundle.threshold if threshold is None else threshold)
+    set_threshold(adata, thr, "model default" if threshold is None else "user")
+
+
+
+def write_h5ad(run: ScaleoutRun, path: str | Path) -> Path:
+    """The annotated h5ad of a run (:func:`scatd_core.export.write_h5ad`), the latent means
+    streamed from the parts shard by shard when they were not loaded (memory: one shard)."""
+    import h5py
+
+    from scatd_core.export import write_h5ad as write_annotated
+
+    path = Path(path)
+    keys = result_keys()
+    if keys.latent in run.adata.obsm:
+        return write_annotated(run.adata, path)
+    tmp = write_annotated(run.adata, path.with_name(f".{path.name}.annotated"))
+    with h5py.File(tmp, "r+") as f:
+        first = run.store.load(shard_name(0))["latent"]
+        out = f["obsm"].create_dataset(keys.latent, shape=(run.adata.n_obs, first.shape[1]), dtype="float32",
+                                       chunks=(min(run.adata.n_obs, 8192), first.shape[1]))
+        out.attrs["encoding-type"], out.attrs["encoding-version"] = "array", "0.2.0"
+        for start, stop, latent in run.latent_blocks():
+            out[start:stop] = latent
+    tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """Where a prediction runs: here, or on Ray (and why, for the user)."""
+
+    use_ray: bool
+    address: str | None = None
+    workers: int | None = None
+    reason: str = ""
+
+
+def engine_for(n_cells: int) -> EngineChoice:
+    """The app's choice: Ray when an administrator set ``[scaleout] address``, or when the data
+    have more than ``[scaleout] min_cells`` cells (a local Ray instance), if Ray is installed."""
+    from scatd_core.config import settings
+
+    s = settings()
+    address, min_cells = s["scaleout_address"], s["scaleout_min_cells"]
+    large = n_cells > min_cells
+    if not (address or large):
+        return EngineChoice(False)
+    why = (f"the administrator set the Ray cluster {address}" if address else
+           f"{n_cells:,} cells is more than the {min_cells:,} configured for one process")
+    if not ray_available():
+        return EngineChoice(False, reason=f"Predicting in this process: {why}, but Ray is not installed on the "
+                                          f"server. {RAY_EXTRA_HINT}")
+    where = f"on the Ray cluster at {address}" if address else "on a local Ray instance"
+    return EngineChoice(True, address, s["scaleout_workers"],
+                        f"This prediction runs {where}, shard by shard ({why}); the results are the same as in "
+                        "one process, and a stopped run resumes where it stopped.")
+
+
+def predict_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str, choice: EngineChoice,
+                      **kwargs) -> ScaleoutRun:
+    """:func:`predict_ray` for the app: in-memory data are written once to ``folder`` (named by
+    ``token``, what the prediction depends on, so a stopped run resumes), and the results are
+    written into ``adata`` as :func:`~scatd_core.predict.predict` writes them."""
+    from scatd_core.export import write_h5ad as write_annotated
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _keys.FOUNDATION_EMBEDDING.get(bundle.backbone)
+    if adata.isbacked and not adata.is_view and (key not in adata.obsm or _in_file(adata.filename, f"obsm/{key}")):
+        source = adata
+    else:
+        path = folder / f"input-{token}.h5ad"
+        if not path.exists():
+            write_annotated(adata, path)
+        source = ad.read_h5ad(path, backed="r")
+    run = predict_ray(source, bundle, folder / f"predict-{token}", address=choice.address, workers=choice.workers,
+                      **kwargs)
+    if source is not adata:
+        keys = result_keys()
+        for col in (keys.prob, keys.prob_sd, keys.scored, keys.label):
+            if col in source.obs:
+                adata.obs[col] = source.obs[col].values
+            elif col in adata.obs:
+                del adata.obs[col]
+        adata.obsm[keys.latent] = source.obsm[keys.latent]
+        adata.uns[keys.run] = source.uns[keys.run]
+        run.adata = adata
+        source.file.close()
+    return run

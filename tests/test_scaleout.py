@@ -1,0 +1,240 @@
+"""The Ray engine gives the single-process results exactly, through lost workers and restarts.
+
+A local Ray instance (2 CPUs, a small object store, no dashboard) is started once for the module
+and shut down after it. Skipped, with the reason, where Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("ray.data", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
+
+from _app_helpers import trained_library  # noqa: F401 (fixture)
+from conftest import small_gene_names
+
+from scatd_core import io, scaleout
+from scatd_core._json import json_safe
+from scatd_core.errors import Cancelled, InputError, ScatdError
+from scatd_core.export import predictions_table
+from scatd_core.predict import predict
+
+N_CELLS = 50_000
+BATCH = 1024
+SHARD = 4096  # 13 shards of 50k cells
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    scaleout.connect(num_cpus=2, object_store_mb=200)
+    yield
+    scaleout.disconnect()
+
+
+def write_cells(path, n_cells: int, genes: list[str], seed: int = 0, dense: bool = False):
+    """Sparse counts with a few cells that cannot be scored (no expression in the genes)."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n_cells, len(genes), density=0.3, format="csr", dtype=np.float32, random_state=rng,
+                  data_rvs=lambda k: rng.integers(1, 40, k).astype(np.float32))
+    X = X.tolil()
+    X[7] = 0  # no expression
+    X[min(BATCH * 5 + 3, n_cells - 1)] = 0  # in a later shard
+    X = X.tocsr()
+    obs = pd.DataFrame({"sample": pd.Categorical(rng.choice(["p1", "p2"], n_cells))},
+                       index=[f"c{i}" for i in range(n_cells)])
+    adata = ad.AnnData(X=X.toarray() if dense else X, obs=obs, var=pd.DataFrame(index=genes))
+    adata.write_h5ad(path)
+    return path
+
+
+def single_process(path, bundle, **kw):
+    adata = io.read(path, backed=True)
+    predict(adata, bundle, batch_size=BATCH, **kw)
+    return adata
+
+
+def assert_same(ray_adata, one_adata, latent=True):
+    for col in ("scatd_prob_resistant", "scatd_prob_resistant_sd", "scatd_scored", "scatd_label"):
+        assert (col in ray_adata.obs) == (col in one_adata.obs)
+        if col in one_adata.obs:
+            a, b = ray_adata.obs[col], one_adata.obs[col]
+            if a.dtype.kind == "f":
+                np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())  # NaN where NaN, else bit-equal
+            else:
+                assert a.tolist() == b.tolist()
+                assert list(getattr(a, "cat", a).categories if hasattr(a, "cat") else []) == \
+                    list(getattr(b, "cat", b).categories if hasattr(b, "cat") else [])
+    if latent:
+        np.testing.assert_array_equal(ray_adata.obsm["X_scatd"], one_adata.obsm["X_scatd"])
+    r, o = json_safe(dict(ray_adata.uns["scatd"])), json_safe(dict(one_adata.uns["scatd"]))
+    for rec in (r, o):
+        for k in ("run_at", "seconds", "engine"):
+            rec.pop(k, None)
+        rec["params"].pop("device")
+        rec["model"].pop("path")
+    assert r == o
+    pd.testing.assert_frame_equal(predictions_table(ray_adata, ["sample"]), predictions_table(one_adata, ["sample"]))
+
+
+@pytest.fixture(scope="module")
+def cells_50k(tmp_path_factory):
+    return write_cells(tmp_path_factory.mktemp("data") / "cells.h5ad", N_CELLS, small_gene_names(60))
+
+
+def test_50k_cells_on_two_workers_equal_single_process(local_ray, small_bundles, cells_50k, tmp_path):
+    bundle = small_bundles["dist_vae"][0]
+    calls = []
+    run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
+                               shard_cells=SHARD, workers=2, progress=lambda f, m: calls.append((f, m)))
+    assert len(run.shards) == 13 and run.computed == 13 and run.resumed == 0 and run.workers == 2
+    one = single_process(cells_50k, bundle)
+    assert one.uns["scatd"]["not_scored"] == {"no_expression": 2}
+    assert_same(run.adata, one)
+    assert calls[-1][0] == 1.0 and any("predicting · 5 of 13 shards" in m for _f, m in calls)
+    assert run.adata.uns["scatd"]["engine"]["workers"] == 2
+
+
+def test_dataset_statistics_and_sample_mode_equal_single_process(local_ray, small_bundles, tmp_path):
+    """AdaIN (VAE_sf) needs the whole dataset's moments: a first distributed pass, merged in order."""
+    bundle = small_bundles["vae_sf"][0]
+    path = write_cells(tmp_path / "emb.h5ad", 9_000, [f"f{i}" for i in range(40)], seed=3, dense=True)
+    mask = np.ones(9_000, dtype=bool)
+    mask[2048:4096] = False  # a whole shard filtered, another partly
+    mask[5000:5100] = False
+    kw = dict(mode="sample", n_samples=4, seed=7, mask=mask)
+    run = scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
+                               shard_cells=2048, workers=2, **kw)
+    assert (run.store.folder / "statistics.npz").exists()
+    assert_same(run.adata, single_process(path, bundle, **kw))
+
+
+def _kill_one_predict_worker() -> int:
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "PredictWorker" in " ".join(proc.info["cmdline"] or []):
+            proc.kill()
+            return proc.info["pid"]
+    return 0
+
+
+def test_killed_worker_still_gives_identical_results(local_ray, small_bundles, cells_50k, tmp_path):
+    bundle = small_bundles["dist_vae"][0]
+    killed = []
+
+    def progress(fraction, message):
+        if "predicting" in message and 0 < fraction < 1 and not killed:
+            killed.append(_kill_one_predict_worker())
+
+    run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
+                               shard_cells=SHARD, workers=2, progress=progress)
+    assert killed and killed[0] > 0, "no Ray worker process was found to kill"
+    assert run.computed == 13
+    assert_same(run.adata, single_process(cells_50k, bundle))
+
+
+def test_interrupted_then_resumed_run_gives_identical_results(local_ray, small_bundles, cells_50k, tmp_path):
+    bundle = small_bundles["dist_vae"][0]
+    out = tmp_path / "out.csv"
+    seen = []
+    with pytest.raises(Cancelled, match="resume"):
+        scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
+                             workers=2, progress=lambda f, m: seen.append(m), should_stop=lambda: len(seen) >= 4)
+    parts = scaleout.parts_dir(out)
+    done = sorted(p.name for p in parts.glob("shard-*.sha256"))
+    assert 3 <= len(done) < 13
+    first = parts / done[0].replace(".sha256", ".npz")
+    first.write_bytes(first.read_bytes()[:-10] + b"0123456789")  # a damaged part is recomputed
+    run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
+                               workers=2)
+    assert run.resumed == len(done) - 1 and run.computed == 13 - run.resumed
+    assert_same(run.adata, single_process(cells_50k, bundle))
+    with pytest.raises(InputError, match="different run.*seed"):
+        scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
+                             seed=1)
+
+
+def test_streamed_h5ad_equals_the_single_process_one(local_ray, small_bundles, tmp_path):
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 5_000, small_gene_names(60), seed=5)
+    run = scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "o.csv", batch_size=BATCH,
+                               shard_cells=2048, load_latent=False)
+    assert "X_scatd" not in run.adata.obsm
+    written = ad.read_h5ad(scaleout.write_h5ad(run, tmp_path / "o.h5ad"))
+    one = single_process(path, bundle)
+    np.testing.assert_array_equal(written.obsm["X_scatd"], one.obsm["X_scatd"])
+    np.testing.assert_array_equal(written.X.toarray(), ad.read_h5ad(path).X.toarray())
+    assert_same(written, one)
+
+
+def test_in_memory_data_and_bad_address_are_refused_with_a_reason(small_bundles, tmp_path):
+    bundle = small_bundles["dist_vae"][0]
+    adata = ad.AnnData(X=np.ones((4, 60), dtype=np.float32), var=pd.DataFrame(index=small_gene_names(60)))
+    with pytest.raises(InputError, match="reads an .h5ad file from disk"):
+        scaleout.predict_ray(adata, bundle, tmp_path / "o.csv")
+    path = write_cells(tmp_path / "c.h5ad", 100, small_gene_names(60))
+    with pytest.raises(ScatdError, match="Could not connect to the Ray cluster at 127.0.0.1:1"):
+        scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "o.csv", address="127.0.0.1:1")
+
+
+def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, small_bundles, tmp_path, capsys):
+    from scatd_core.cli import main
+
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 6_000, small_gene_names(60), seed=2)
+    common = ["predict", "--model", str(bundle.path), "--input", str(path), "--batch-size", "1024"]
+    assert main(common + ["--output", str(tmp_path / "one.csv"), "--h5ad", str(tmp_path / "one.h5ad")]) == 0
+    ray_args = common + ["--output", str(tmp_path / "ray.csv"), "--h5ad", str(tmp_path / "ray.h5ad"),
+                         "--engine", "ray", "--shard-cells", "2048", "--workers", "2"]
+    assert main(ray_args) == 0
+    err = capsys.readouterr().err
+    assert "Ray: 2 worker(s), 3 shards (0 already done" in err and "Predicting on Ray: 100%" in err
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    one, dist = ad.read_h5ad(tmp_path / "one.h5ad"), ad.read_h5ad(tmp_path / "ray.h5ad")
+    np.testing.assert_array_equal(dist.obsm["X_scatd"], one.obsm["X_scatd"])
+    assert_same(dist, one)
+    assert main(ray_args) == 0  # run again: every shard is already there
+    assert "3 shards (3 already done" in capsys.readouterr().err
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+
+
+def test_cli_engine_ray_refuses_other_formats_with_a_reason(small_bundles, tmp_path, capsys):
+    from scatd_core.cli import main
+
+    bundle = small_bundles["dist_vae"][0]
+    csv = tmp_path / "c.csv"
+    pd.DataFrame(np.ones((3, 60)), columns=small_gene_names(60), index=["a", "b", "c"]).to_csv(csv)
+    assert main(["predict", "--model", str(bundle.path), "--input", str(csv), "--output", str(tmp_path / "o.csv"),
+                 "--engine", "ray"]) == 2
+    assert "The Ray engine reads an .h5ad file from disk" in capsys.readouterr().err
+
+
+def test_predict_page_sends_a_large_dataset_to_ray_and_shows_progress(local_ray, trained_library, monkeypatch):
+    from _app_helpers import make_dataset
+    from test_app_pages import goto, h5ad_bytes, ok, start, text, upload
+
+    from scatd_app import state
+
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(trained_library))
+    monkeypatch.setenv("SCATD_SCALEOUT_MIN_CELLS", "100")  # 180 cells is "large" here
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(180, seed=7)))
+    goto(at, "2_Model")
+    goto(at, "3_Predict")
+    assert "runs on a local Ray instance" in text(at.info) and "more than the 100 configured" in text(at.info)
+    at.button(key="btn_run_predict").click()
+    at.run()
+    ok(at)
+    assert "Predicted 180 of 180 cells" in text(at.success)
+    result = at.session_state[state.ADATA]
+    assert result.uns["scatd"]["engine"]["name"] == "ray" and "X_scatd" in result.obsm
+    one = result.copy()
+    from scatd_core.bundle import list_library, load_bundle
+
+    mask = one.obs["scatd_qc_pass"].to_numpy(dtype=bool) if "scatd_qc_pass" in one.obs else None
+    predict(one, load_bundle(next(e.path for e in list_library(trained_library) if e.ok)), mask=mask)
+    np.testing.assert_array_equal(result.obs["scatd_prob_resistant"], one.obs["scatd_prob_resistant"])

@@ -1,0 +1,105 @@
+"""The scale-out engine's parts that need no Ray: shards, statistics merged from parts, the store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scatd_core._matrix import MeanVar, block_moments
+from scatd_core.errors import InputError
+from scatd_core.scaleout import ShardStore, engine_for, parts_dir, shards_of
+from scatd_core.scaleout._store import pack
+
+
+def test_shards_are_whole_batches_covering_every_cell_once():
+    shards = shards_of(10_000, 1024, 3000)  # rounded up to 3 batches
+    assert shards[0] == (0, 3072) and shards[-1] == (9216, 10_000)
+    assert all(a % 1024 == 0 for a, _ in shards)
+    assert np.array_equal(np.concatenate([np.arange(a, b) for a, b in shards]), np.arange(10_000))
+    assert shards_of(100, 1024) == [(0, 100)]
+    with pytest.raises(InputError):
+        shards_of(100, 0)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_moments_merged_from_parts_in_order_equal_one_pass_bit_for_bit(sparse):
+    rng = np.random.default_rng(0)
+    blocks = [rng.lognormal(3, 2, (rng.integers(1, 300), 7)).astype(np.float32) for _ in range(9)]
+    if sparse:
+        blocks = [sp.csr_matrix(b * (b > 20)) for b in blocks]
+    one = MeanVar()
+    for b in blocks:
+        one.update(b)
+    parts = MeanVar()
+    for k, mean, m2 in [block_moments(b) for b in blocks]:  # as workers send them, merged in order
+        parts.add(k, mean, m2)
+    assert parts.n == one.n
+    assert np.array_equal(parts.mean, one.mean) and np.array_equal(parts.var(), one.var())
+    parts.add(*block_moments(np.zeros((0, 7))))  # an empty part changes nothing
+    assert np.array_equal(parts.var(), one.var())
+
+
+def test_store_keeps_checksummed_parts_and_refuses_another_run(tmp_path):
+    store = ShardStore(parts_dir(tmp_path / "out.csv"), {"seed": 0})
+    assert store.folder == tmp_path / "out.csv.parts"
+    store.save("shard-000000", pack({"x": np.arange(5)}))
+    assert store.done("shard-000000") and not store.done("shard-000001")
+    assert np.array_equal(store.load("shard-000000")["x"], np.arange(5))
+    path = store.folder / "shard-000000.npz"
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")
+    assert not store.done("shard-000000")
+    with pytest.raises(InputError, match="damaged"):
+        store.load("shard-000000")
+    ShardStore(store.folder, {"seed": 0})  # the same run: accepted
+    with pytest.raises(InputError, match="different run.*seed"):
+        ShardStore(store.folder, {"seed": 1})
+
+
+def test_engine_choice_follows_the_config(monkeypatch):
+    import scatd_core.scaleout._run as run
+
+    monkeypatch.setattr(run, "ray_available", lambda: True)
+    assert not engine_for(1000).use_ray  # default: 500,000 cells
+    monkeypatch.setenv("SCATD_SCALEOUT_MIN_CELLS", "999")
+    choice = engine_for(1000)
+    assert choice.use_ray and choice.address is None and "local Ray instance" in choice.reason
+    monkeypatch.setenv("SCATD_RAY_ADDRESS", "10.0.0.5:6379")
+    monkeypatch.setenv("SCATD_SCALEOUT_WORKERS", "3")
+    choice = engine_for(10)
+    assert choice.use_ray and choice.address == "10.0.0.5:6379" and choice.workers == 3
+    assert "administrator" in choice.reason
+    monkeypatch.setattr(run, "ray_available", lambda: False)
+    choice = engine_for(10)
+    assert not choice.use_ray and "Ray is not installed" in choice.reason and "[ray]" in choice.reason
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
+    import sys
+
+    from scatd_core.errors import ScatdError
+    from scatd_core.scaleout import connect, ray_available
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    assert not ray_available()
+    with pytest.raises(ScatdError, match="needs Ray") as err:
+        connect()
+    assert "pip install 'scatd-studio[ray]'" in err.value.hint
+
+
+def test_cli_ray_refuses_to_embed_in_one_process_first(small_bundles, tmp_path, capsys):
+    """VAE_sf on expression: the embeddings would be computed here, not on Ray; said before any work."""
+    import anndata as ad
+    import pandas as pd
+
+    from conftest import small_gene_names
+    from scatd_core.cli import main
+
+    path = tmp_path / "expr.h5ad"
+    ad.AnnData(X=np.ones((5, 30), dtype=np.float32), var=pd.DataFrame(index=small_gene_names(30))).write_h5ad(path)
+    bundle = small_bundles["vae_sf"][0]
+    assert main(["predict", "--model", str(bundle.path), "--input", str(path), "--output", str(tmp_path / "o.csv"),
+                 "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "computing them on Ray is not available yet" in err and "without --engine ray" in err
