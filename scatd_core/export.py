@@ -36,7 +36,8 @@ from scatd_core.metrics import evaluate_column, group_table
 from scatd_core.predict import summary
 
 #: Columns of ``predictions.csv`` before the optional ones (UMAP, cluster, the user's columns).
-PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass")
+PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass",
+                      "rank")
 
 
 def _require(adata: ad.AnnData, keys) -> dict:
@@ -53,9 +54,11 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
                       key_added: str | None = None) -> pd.DataFrame:
     """One row per uploaded cell, in input order.
 
-    Columns: ``cell_id, prob_resistant[, prob_resistant_sd], label, calibrated, scored, qc_pass``
-    (``calibrated``: whether the threshold behind ``label`` was calibrated, see
-    :func:`scatd_core.predict.set_threshold`), then ``umap_1, umap_2`` and ``cluster`` when
+    Columns: ``cell_id, prob_resistant[, prob_resistant_sd], label, calibrated, scored, qc_pass,
+    rank`` (``calibrated``: whether the threshold behind ``label`` was calibrated, see
+    :func:`scatd_core.predict.set_threshold`; ``rank``: 1 for the scored cell most likely
+    resistant, ties in input order, empty where not scored: a ranking needs no threshold), then
+    ``umap_1, umap_2`` and ``cluster`` when
     computed, then ``extra_columns`` of ``obs`` (e.g. the sample and true-label columns) under
     their own names.
     """
@@ -69,6 +72,7 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
     table["calibrated"] = bool(info["threshold"]["calibrated"])
     table["scored"] = adata.obs[keys.scored].to_numpy(dtype=bool)
     table["qc_pass"] = labels != _keys.FILTERED
+    table["rank"] = resistance_rank(table["prob_resistant"].to_numpy(dtype=np.float64))
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
         table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
@@ -78,6 +82,20 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
         if col and col in adata.obs and col not in table:
             table[col] = adata.obs[col].to_numpy()
     return table
+
+
+def resistance_rank(prob: np.ndarray) -> pd.Series:
+    """Rank of each cell by P(resistant): 1 = most likely resistant; ties in input order; <NA> where
+    the cell has no probability."""
+    ranks = pd.Series(prob).rank(method="first", ascending=False)
+    return ranks.astype("Int64")
+
+
+def top_cells(adata: ad.AnnData, k: int, extra_columns: Sequence[str] = (), *,
+              key_added: str | None = None) -> pd.DataFrame:
+    """The ``k`` scored cells most likely resistant (rows of :func:`predictions_table`, by rank)."""
+    table = predictions_table(adata, extra_columns, key_added=key_added)
+    return table[table["rank"].notna()].sort_values("rank").head(int(k)).reset_index(drop=True)
 
 
 def _evaluation_or_note(adata: ad.AnnData, label_column: str | None, key_added: str | None):
@@ -270,7 +288,8 @@ def _summary_section(adata, keys, info) -> list[str]:
         f"<p>A cell is called <b>{html.escape(pos)}</b> when P({html.escape(pos)}) &gt; {thr['value']:.4g} "
         f"({html.escape(thr['detail'])}).</p>"]
     if not thr["calibrated"]:
-        parts.append("<p class='warn'>These calls use the model's default threshold, which is <b>not calibrated</b> "
+        used = "the model's default threshold" if thr["source"] == "model default" else "a threshold set by hand"
+        parts.append(f"<p class='warn'>These calls use {used}, which is <b>not calibrated</b> "
                      "to this dataset: the fraction called resistant can be far from the truth even when the "
                      "ranking of the cells is good. Calibrate the threshold with an expected resistant fraction or "
                      "a few labelled cells (Cells page, or <code>scatd predict --expected-fraction</code>), or use "
@@ -336,6 +355,25 @@ def _biomarker_section(adata) -> list[str]:
     return parts
 
 
+def _card_section(model: dict) -> list[str]:
+    """The model card of a trained model (stored with the prediction), or nothing."""
+    if not model.get("card_json"):
+        return []
+    from scatd_core.card import card_table
+
+    card = json.loads(model["card_json"])
+    parts = ["<h2>Model card</h2>", f"<p>{html.escape(card['model']['description'])}</p>",
+             f"<p>{html.escape(card['data']['summary'])}</p>"]
+    parts.append(_frame_html(card_table(card)))
+    parts.append(_figure_html(pl.card_figure(card)))
+    for ev in card["evaluations"]:
+        for text in ev["verdicts"]:  # a baseline as good as the model, or better, is shown as a warning
+            css = "" if text.startswith("This model beats") else " class='warn'"
+            parts.append(f"<p{css}>{html.escape(text)}</p>")
+    parts.append(f"<p>{html.escape(card['calibration'])}</p>")
+    return parts
+
+
 def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_columns: Sequence[str] = (),
                 data_name: str | None = None, key_added: str | None = None) -> str:
     """A self-contained HTML report of one prediction run (plotly.js embedded once, no network).
@@ -385,6 +423,7 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("QC thresholds", qc.get("thresholds") or None),
         ("input warnings", data.get("warnings") or None),
     ]))
+    parts += _card_section(model)
     prov = model.get("provenance", {})
     parts.append("<h2>Model</h2>" + _kv_table([
         ("name", model.get("name")), ("drug", model.get("drug")), ("backbone", model.get("backbone")),

@@ -448,3 +448,30 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.F
     fig.update_xaxes(title=f"fraction called resistant{note}", range=[0, 1.1], tickformat=".0%")
     fig.update_yaxes(autorange="reversed", type="category")
     return layout(fig, title, height=max(220, 90 + 34 * len(ranking)))
+
+
+def card_figure(card: dict, title: str | None = "AUROC of the model and the baselines (95% CI)") -> go.Figure:
+    """A model card's AUROCs with their bootstrap intervals: one row per model, grouped by
+    evaluation (bulk cross-validation, target cells), this model in black."""
+    fig = go.Figure()
+    rows = []
+    for ev in card.get("evaluations", []):
+        for r in ev["scores"]:
+            if r["auroc"] is None:
+                continue
+            lo, hi = r["auroc_ci"]
+            rows.append((f"{ev['title']}<br>{r['model']}", r["auroc"], hi - r["auroc"], r["auroc"] - lo,
+                         r["model"] == "this model"))
+    for mine in (False, True):
+        sel = [r for r in rows if r[4] == mine]
+        if not sel:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r[1] for r in sel], y=[r[0] for r in sel], mode="markers", name="this model" if mine else "baselines",
+            marker=dict(size=11 if mine else 9, color="black" if mine else "#6c8ebf"),
+            error_x=dict(type="data", array=[r[2] for r in sel], arrayminus=[r[3] for r in sel], thickness=1.5),
+            hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>"))
+    fig.add_vline(x=0.5, line=dict(color="#bbb", dash="dot"))
+    fig.update_xaxes(title="AUROC", range=[0.3, 1.0])
+    fig.update_yaxes(categoryorder="array", categoryarray=[r[0] for r in reversed(rows)], automargin=True)
+    return layout(fig, title, height=120 + 45 * max(len(rows), 1))

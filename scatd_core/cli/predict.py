@@ -56,8 +56,8 @@ def add_prediction_arguments(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="cells per batch (default: 1024 on a CPU; sized from free memory on a GPU)")
     thr = p.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's, "
-                                                           "marked uncalibrated in the outputs)")
+    thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's); "
+                     "either is marked uncalibrated in the outputs")
     thr.add_argument("--expected-fraction", type=probability,
                      help="calibrate the threshold so this share of the cells is called resistant")
     thr.add_argument("--calibrate-on-labels", choices=["youden", "mcc"],

@@ -54,10 +54,10 @@ def demo_settings(size: str = "full"):
     """Training settings of the demo model: small enough for ~1 minute on 2 CPU cores."""
     from scatd_core.train import TrainSettings
 
-    settings = replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=40, folds=3,
+    settings = replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=40, members=3, folds=3,
                        seed=DEMO_SEED)
     if size == "tiny":
-        settings = replace(settings, hidden_dims=(32, 16), z_dim=8, pretrain_epochs=4, epochs=6, finetune_epochs=2)
+        settings = replace(settings, hidden_dims=(32, 16), z_dim=8, pretrain_epochs=4, members=2)
     return settings
 
 

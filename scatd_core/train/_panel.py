@@ -173,7 +173,7 @@ def train_panel(
             continue
         try:
             bundle, report = train_drug_model(
-                bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, adaptation=adaptation, device=device,
+                bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, seed=s.seed, folds=s.folds, adaptation=adaptation, device=device,
                 library=library, name=f"{drug} ({backbone}, panel)", trained_by=trained_by, progress=say,
                 should_stop=should_stop)
         except Cancelled:
