@@ -201,6 +201,10 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     assert list(first["status"]) == ["trained", "skipped", "trained"]
     assert "3 sensitive" in first.loc[1, "note"]
     assert first.loc[0, "cv_auroc"] > 0 and first.loc[0, "n_sensitive"] > 5
+    # each drug's model card in brief: its best baseline on the same bulk CV, and the card's verdict on it
+    assert first.loc[0, "cv_best_baseline"].startswith(("logistic regression", "gradient boosting"))
+    assert 0 < first.loc[0, "cv_best_baseline_auroc"] <= 1
+    assert first.loc[0, "cv_best_baseline"].split(" (")[0] in first.loc[0, "verdict"].lower()
     assert list(panel.list_panels(__import__("getpass").getuser())["starter"]["models"]) == list(
         first.loc[[0, 2], "bundle"])
     assert main(args) == 0

@@ -75,10 +75,14 @@ def run(args) -> int:
         args.bulk, _labels(args), args.drugs, args.target, backbone=args.backbone, settings=settings,
         min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),
         resume=not args.no_resume, progress=Progress("Training the panel"))
-    print("drug\tstatus\tsensitive\tresistant\tCV AUROC\ttarget AUROC\tbundle\tnote")
+    print("drug\tstatus\tsensitive\tresistant\tCV AUROC\tbest baseline (CV AUROC)\ttarget AUROC\tbundle\tnote")
     for r in summary.itertuples(index=False):
-        print(f"{r.drug}\t{r.status}\t{r.n_sensitive}\t{r.n_resistant}\t{fmt(r.cv_auroc)}\t{fmt(r.target_auroc)}\t"
-              f"{r.bundle}\t{r.note}")
+        baseline = f"{r.cv_best_baseline} ({fmt(r.cv_best_baseline_auroc)})" if r.cv_best_baseline else "-"
+        print(f"{r.drug}\t{r.status}\t{r.n_sensitive}\t{r.n_resistant}\t{fmt(r.cv_auroc)}\t{baseline}\t"
+              f"{fmt(r.target_auroc)}\t{r.bundle}\t{r.note}")
+    for r in summary.itertuples(index=False):
+        if r.verdict:
+            print(f"{r.drug}: {r.verdict}")
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
         summary.to_csv(args.summary, index=False)

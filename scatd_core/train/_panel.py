@@ -34,8 +34,8 @@ from scatd_core.train._settings import TrainSettings
 #: Fewest labelled cell lines of the smaller class (usually the sensitive ones) a drug needs.
 MIN_LINES_PER_CLASS = 10
 #: Columns of the summary table (one row per drug: its model card in brief).
-SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_auroc_sd", "target_auroc",
-                   "n_panel_genes", "seconds", "bundle", "note")
+SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_auroc_sd", "cv_best_baseline",
+                   "cv_best_baseline_auroc", "verdict", "target_auroc", "n_panel_genes", "seconds", "bundle", "note")
 
 
 def _fingerprint(bulk_prov: dict, labels: pd.DataFrame, target_prov: dict, backbone: str, settings: TrainSettings,
@@ -89,13 +89,25 @@ def _class_counts(labels: pd.DataFrame, drug: str, bulk_ids: set[str]) -> tuple[
 
 def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, n_res: int, seconds: float,
               note: str = "") -> dict:
+    """One summary row: the drug's model card in brief (bulk-CV AUROC of the model and of its best
+    baseline, the card's verdict on it, the target AUROC when the target had labels)."""
     metrics = (bundle.manifest.get("metrics") or {}) if bundle is not None else {}
     cv = metrics.get("cv") or {}
     target = metrics.get("target") or {}
     genes = ((bundle.manifest.get("training") or {}).get("genes") or {}) if bundle is not None else {}
+    card = (bundle.manifest.get("card") or {}) if bundle is not None else {}
+    bulk_cv = next((e for e in card.get("evaluations", []) if e.get("name") == "bulk_cv"), None)
+    baseline, baseline_auroc, verdict = "", None, ""
+    if bulk_cv is not None:
+        others = [r for r in bulk_cv["scores"] if r["model"] != "this model" and r.get("auroc") is not None]
+        if others:
+            best = max(others, key=lambda r: r["auroc"])
+            baseline, baseline_auroc = best["model"], best["auroc"]
+            verdict = next((v for v in bulk_cv.get("verdicts", []) if best["model"].lower() in v.lower()), "")
     return {"drug": drug, "status": status, "n_sensitive": n_sens, "n_resistant": n_res,
-            "cv_auroc": cv.get("auroc_mean"), "cv_auroc_sd": cv.get("auroc_sd"), "target_auroc": target.get("auroc"),
-            "n_panel_genes": genes.get("n_panel"), "seconds": round(seconds, 1),
+            "cv_auroc": cv.get("auroc", cv.get("auroc_mean")), "cv_auroc_sd": cv.get("auroc_sd"),
+            "cv_best_baseline": baseline, "cv_best_baseline_auroc": baseline_auroc, "verdict": verdict,
+            "target_auroc": target.get("auroc"), "n_panel_genes": genes.get("n_panel"), "seconds": round(seconds, 1),
             "bundle": bundle.path.name if bundle is not None else "", "note": note}
 
 
