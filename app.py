@@ -49,6 +49,11 @@ def overview() -> None:
         with cols[0]:
             ui.link(title, f"{i}. {title}", ":material/check_circle:" if ok else ":material/radio_button_unchecked:")
         cols[1].markdown(text)
+    cols = st.columns([0.25, 0.75], vertical_alignment="center")
+    with cols[0]:
+        ui.link("Drug panel", "Several drugs?", ":material/grid_view:")
+    cols[1].markdown("Score your cells against a panel of drug models at once and see which drug each cluster or "
+                     "sample would resist.")
     usable = [e for e in ui.library_entries() if e.ok and e.bundle.kind == "classifier" and not e.bundle.is_demo]
     st.divider()
     if usable:

@@ -105,7 +105,7 @@ st.success(f"Predicted {info['n_scored']:,} of {info['n_cells']:,} cells in {inf
            f"({info['params']['device']}).", icon=":material/check_circle:")
 c = st.columns(4)
 c[0].metric("Called resistant", f"{counts['n_resistant']:,}",
-            help=None if thr["calibrated"] else "At the model's default threshold, not calibrated to these data.")
+            help=None if thr["calibrated"] else f"At {thr['detail']}: not calibrated to these data.")
 c[1].metric("Called sensitive", f"{counts['n_sensitive']:,}")
 c[2].metric("Not scored", f"{counts['n_not_scored']:,}", help="Cells with no expression in the model's genes, or "
             "values the model cannot take. They keep their row in every output, with the reason.")
@@ -113,7 +113,8 @@ c[3].metric("Filtered (QC)", f"{counts['n_filtered']:,}")
 if lowered_batch_message(counts):
     st.info(lowered_batch_message(counts), icon=":material/memory:")
 if not thr["calibrated"]:
-    st.warning("These calls use the model's default threshold, which is **not calibrated** to your data: the share "
+    used = "the model's default threshold" if thr["source"] == "model default" else "a threshold set by hand"
+    st.warning(f"These calls use {used}, which is **not calibrated** to your data: the share "
                "called resistant can be far from the truth even when the ranking is good. Calibrate it on the Cells "
                "page (an expected resistant fraction, or a few labelled cells).", icon=":material/tune:")
 for warning in info.get("warnings", []):

@@ -6,7 +6,7 @@ import streamlit as st
 
 from scatd_app import state, ui
 from scatd_core import embed, export, metrics, pl
-from scatd_core._keys import CLUSTER, PROB, PROB_SD
+from scatd_core._keys import CLUSTER, PROB, PROB_SD, SCORED
 from scatd_core.errors import ScatdError
 from scatd_core.labels import label_counts, label_direction
 from scatd_core.predict import calibrate, set_threshold, summary
@@ -49,9 +49,10 @@ with left:
     if thr["calibrated"]:
         st.success(f"Calibrated: {ui.md(thr['detail'])}.", icon=":material/check_circle:")
     else:
-        st.warning(f"**Uncalibrated**: the model's default ({default_threshold:.3g}). The share called resistant "
-                   "may be far from the truth; calibrate with an expected fraction or labelled cells →",
-                   icon=":material/tune:")
+        where = (f"the model's default ({default_threshold:.3g})" if thr["source"] == "model default"
+                 else f"{ui.md(thr['detail'])} ({float(thr['value']):.3g})")
+        st.warning(f"**Uncalibrated**: {where}. The share called resistant may be far from the truth; calibrate "
+                   "with an expected fraction or labelled cells →", icon=":material/tune:")
 with right:
     st.markdown("**Calibrate**")
     ss.setdefault("cells_expected_fraction", 0.3)
@@ -119,11 +120,34 @@ if emb_info is not None:
                          color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str),
                          note=embed.fit_note(emb_info))
     st.plotly_chart(fig, key="cells_umap")
+    if colour == "uncertainty (sd of P)":
+        st.caption(f"Uncertainty: the sd of P(resistant) {info['params'].get('prob_resistant_sd', 'over the draws')} "
+                   "(0: they agree).")
     excluded = emb_info.get("n_excluded", 0)
     st.caption((f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not shown; they "
                 "keep their rows in every download. " if excluded else "")
                + f"UMAP of {emb_info['n_embedded']:,} cells ({emb_info['input']}); "
                f"{emb_info.get('n_clusters', 0)} Leiden clusters on the latent space.")
+
+# ------------------------------------------------------------------ ranking
+st.subheader("Cells most likely resistant")
+st.caption("A ranking needs no threshold: it is the same whether or not the calls are calibrated.")
+n_scored = int(adata.obs[SCORED].sum())
+ss.setdefault("cells_top_k", min(50, n_scored))
+top_k = st.number_input("How many", min_value=1, max_value=max(n_scored, 1), step=10, key="cells_top_k")
+top = export.top_cells(adata, int(top_k), [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c])
+if label_column and direction is not None:
+    from scatd_core.labels import encode_column
+
+    truth = encode_column(adata, label_column)
+    labelled = int(np.isfinite(truth[adata.obs[SCORED].to_numpy(dtype=bool)]).sum())
+    if labelled:
+        prob = adata.obs[PROB].to_numpy(dtype=np.float64)
+        k_eval = min(int(top_k), labelled)
+        st.metric(f"Resistant among the top {k_eval:,} labelled cells", f"{metrics.precision_at_k(truth, prob, k_eval):.1%}",
+                  help=f"'{label_column}': the share of truly resistant cells among the labelled cells ranked highest. "
+                       f"All labelled cells: {np.nanmean(truth[np.isfinite(prob)]):.1%} resistant.")
+st.dataframe(top, hide_index=True, height=250)
 
 # ------------------------------------------------------------------ composition
 st.subheader("Resistant fraction per group")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -25,6 +26,7 @@ LABELS = "train_labels"      # {"table", "name"}: cell lines x drugs label table
 TARGET = "train_target"      # {"adata", "name"}: an uploaded target (when not the current dataset)
 RESULT = "train_result"      # {"bundle_path", "report"}: the last finished run
 STOP = "train_stop"          # set by the Stop button
+PANEL_RESULT = "train_panel_result"  # the summary table of the last panel run
 DATA_TYPES = ["csv", "tsv", "txt", "gz", "h5ad", "h5", "loom", "zip"]
 
 
@@ -171,6 +173,28 @@ if target is not None:
         if resistant_value is None:
             st.warning("Say which value means resistant, or choose no label column.", icon=":material/help:")
 
+    # a few labelled cells to train with: a column holding labels for some cells and blanks for the others
+    few_choices = [None] + [c for c in candidates if c != label_column]
+    few_column = st.selectbox("Labelled cells to train with (optional): a column with a label for a few cells and "
+                              "blanks for the others", few_choices, key="train_few_shot_column",
+                              format_func=lambda c: "none" if c is None else c,
+                              help="Semi-supervised training: the bulk, these labelled cells and the unlabelled rest. "
+                                   "At least 2 cells of each class. Cells labelled here are left out of the target "
+                                   "evaluation.")
+    few_resistant = None
+    if few_column is not None:
+        few_resistant = label_direction(target, few_column)
+        if few_resistant is None:
+            values = [str(v) for v in label_counts(target.obs[few_column]).index]
+            few_resistant = st.radio(f"Which value of '{few_column}' means **resistant**?", values, index=None,
+                                     horizontal=True, key=f"train_resistant_{few_column}")
+            if few_resistant is not None:
+                set_label_direction(target, few_column, few_resistant)
+        if few_resistant is not None:
+            n_known = int(label_counts(target.obs[few_column]).sum())
+            st.caption(f"{n_known:,} labelled cell(s) of {target.n_obs:,} in '{ui.md(few_column)}' will be used for "
+                       "training.")
+
 # ------------------------------------------------------------------ 3. drug and settings
 st.subheader("3 · Drug and training")
 if bulk is None or labels is None or target is None:
@@ -189,22 +213,80 @@ with st.expander("Settings"):
     from scatd_core.train import TrainSettings
 
     d = TrainSettings()
-    a1, a2, a3 = st.columns(3)
+    a1, a2, a3, a4 = st.columns(4)
     seed = a1.number_input("Seed", min_value=0, value=0, step=1, key="train_seed")
     folds = a2.number_input("CV folds", min_value=2, max_value=10, value=d.folds, key="train_folds")
-    adaptation = a3.checkbox("Adapt to the target", value=True,
-                             help="Pretrain on bulk + target and align them with MMD while fine-tuning. Off: "
-                                  "the target is only predicted, never used for training.")
-    b1, b2, b3, b4 = st.columns(4)
-    pretrain_epochs = b1.number_input("Pretraining epochs", min_value=1, max_value=1000, value=d.pretrain_epochs,
+    pretrain_epochs = a3.number_input("Pretraining epochs", min_value=1, max_value=1000, value=d.pretrain_epochs,
                                       key="train_pretrain_epochs")
-    epochs = b2.number_input("Head epochs (at most)", min_value=1, max_value=1000, value=d.epochs, key="train_epochs",
-                             help="On the frozen encoder; the cross-validation picks how many.")
-    finetune_epochs = b3.number_input("Fine-tuning epochs", min_value=0, max_value=1000, value=d.finetune_epochs,
-                                      key="train_finetune_epochs",
-                                      help="Then the encoder is trained too (with MMD to the target when adapting).")
-    mmd_weight = b4.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5)
+    adaptation = a4.checkbox("Adapt to the target", value=True,
+                             help="Pretrain the backbones on bulk + target cells (unlabelled). Off: the target is only "
+                                  "predicted, never used for training.")
+    head = st.radio("Drug head", ["linear", "scatd"], horizontal=True, key="train_head",
+                    format_func={"linear": "ensemble of linear heads (default)",
+                                 "scatd": "the original scATD head (one model)"}.get,
+                    help="Default: several backbones from different seeds, each with a class-balanced linear head on "
+                         "its latent and the standardised genes; predictions average them. The original head "
+                         "(fc3 → bn3 → Swish → fc4) chooses its epochs by bulk cross-validation, then fine-tunes with MMD.")
+    if head == "linear":
+        b1, b2, b3 = st.columns(3)
+        members = b1.number_input("Members", min_value=1, max_value=50, value=d.members, key="train_members",
+                                  help="Backbones pretrained from different seeds; time grows with them.")
+        head_c = b2.number_input("Head C (inverse L2 strength)", min_value=1e-4, max_value=100.0, value=d.head_c,
+                                 format="%.4g", key="train_head_c")
+        head_inputs = b3.selectbox("Head inputs", ["latent+input", "latent"], key="train_head_inputs",
+                                   format_func={"latent+input": "latent + standardised genes",
+                                                "latent": "latent only"}.get)
+        epochs, finetune_epochs, mmd_weight = d.epochs, d.finetune_epochs, d.mmd_weight
+    else:
+        members, head_c, head_inputs = d.members, d.head_c, d.head_inputs
+        b1, b2, b3 = st.columns(3)
+        epochs = b1.number_input("Head epochs (at most)", min_value=1, max_value=1000, value=d.epochs,
+                                 key="train_epochs", help="On the frozen encoder; the cross-validation picks how many.")
+        finetune_epochs = b2.number_input("Fine-tuning epochs", min_value=0, max_value=1000, value=d.finetune_epochs,
+                                          key="train_finetune_epochs",
+                                          help="Then the encoder is trained too (with MMD to the target when adapting).")
+        mmd_weight = b3.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5, key="train_mmd_weight")
     model_name = st.text_input("Model name", value="", placeholder=f"{drug} (dist_vae, trained)")
+settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), head=head, members=int(members),
+                         head_c=float(head_c), head_inputs=head_inputs, epochs=int(epochs),
+                         finetune_epochs=int(finetune_epochs), mmd_weight=float(mmd_weight))
+
+with st.expander("Or train a panel: one model per drug, with these settings (resumable)"):
+    panel_drugs = st.multiselect("Drugs of the panel", list(table.columns), key="train_panel_drugs",
+                                 help="Each is trained as above and installed in the model library; score them "
+                                      "together on the Drug panel page.")
+    p1, p2 = st.columns(2)
+    min_lines = p1.number_input("Skip drugs with fewer labelled cell lines per class than", min_value=2,
+                                max_value=200, value=10, key="train_panel_min_lines")
+    panel_name = p2.text_input("Save them as your panel named (optional)", key="train_panel_name", max_chars=64)
+    if st.button("Train the panel", key="btn_train_panel", disabled=not panel_drugs):
+        from scatd_core.panel import save_panel
+        from scatd_core.train import train_panel
+
+        ss[STOP] = False
+        bar = st.progress(0.0, text="Starting…")
+        user_name = auth.current_user().name if auth.current_user() else None
+        try:
+            with jobs.computing("the panel training"):
+                summary, trained = train_panel(
+                    bulk["adata"], table, panel_drugs, target,
+                    settings=replace(settings, seed=int(seed), folds=int(folds)),
+                    adaptation=adaptation, min_lines_per_class=int(min_lines), trained_by=user_name,
+                    progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
+                    should_stop=lambda: bool(ss.get(STOP)))
+            if panel_name.strip() and len(trained) >= 2:
+                save_panel(panel_name.strip(), [b.path.name for b in trained], user_name, replace=True)
+                st.success(f"Saved your panel '{ui.md(panel_name.strip())}'.", icon=":material/check_circle:")
+        except ScatdError as exc:
+            show_error(exc)
+        else:
+            ss[PANEL_RESULT] = summary
+            ui.clear_library_cache()
+        bar.empty()
+    if ss.get(PANEL_RESULT) is not None:
+        st.caption("Each drug's model card in brief (run the same panel again to resume an interrupted one):")
+        st.dataframe(ss[PANEL_RESULT], hide_index=True)
+        ui.link("Drug panel", "Score your data against them", ":material/arrow_forward:")
 
 b_train, b_stop = st.columns([1, 1])
 start = b_train.button("Train", type="primary", key="btn_train_start")
@@ -216,14 +298,17 @@ if start:
 
     ss[STOP] = False
     bar = st.progress(0.0, text="Starting…")
-    settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), epochs=int(epochs),
-                             finetune_epochs=int(finetune_epochs), mmd_weight=float(mmd_weight))
     try:
+        few_shot = None
+        if few_column is not None and few_resistant is not None:
+            from scatd_core.labels import few_shot_from_column
+
+            few_shot = few_shot_from_column(target, few_column)
         with jobs.computing("the training"):
             bundle, report = train_drug_model(
                 bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
                 adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
-                target_resistant_value=resistant_value,
+                target_resistant_value=resistant_value, few_shot_labels=few_shot,
                 name=model_name.strip() or None,
                 trained_by=(auth.current_user().name if auth.current_user() else None),
                 progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
@@ -250,31 +335,40 @@ rep = result["report"]
 st.divider()
 st.subheader(f"Result: {result['name']}")
 st.success(f"Saved to the model library: `{result['bundle_path']}` ({rep['seconds']:.0f} s).")
-cv = rep["cv"]
-tm = rep["metrics"].get("target")
+metrics = rep["metrics"]
+tm = metrics.get("target")
 m = st.columns(4)
-m[0].metric("Bulk CV AUROC", f"{cv['auroc_mean']:.3f}", help=f"± {cv['auroc_sd']:.3f} over {cv['folds']} folds, "
-            f"with {cv['head_epochs']} head epochs (chosen by validation AUROC) + {cv['finetune_epochs']} fine-tuning")
-m[1].metric("Bulk out-of-fold AUROC", f"{cv['oof_auroc']:.3f}")
+m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}",
+            help=f"Out-of-fold over {metrics['cv']['folds']} folds; 95% CI {metrics['cv']['auroc_ci'][0]:.3f} to "
+                 f"{metrics['cv']['auroc_ci'][1]:.3f}")
+m[1].metric("Bulk CV AUPRC", f"{metrics['cv']['auprc']:.3f}", help="positive class: resistant")
 if tm:
-    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", help=f"{tm['n_evaluated']} cells with labels in '{tm['label_column']}'")
+    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", help=f"{tm['n_evaluated']} cells with labels in '{tm['label_column']}'"
+                + (f", {tm['n_few_shot_cells_left_out']} cells used for training left out" if
+                   tm["n_few_shot_cells_left_out"] else ""))
     m[3].metric("Target AUPRC", f"{tm['auprc']:.3f}", help="positive class: resistant")
 else:
     m[2].metric("Target cells", f"{rep['target']['n_used']:,}")
-for w in rep["warnings"]:
-    st.warning(w)
 lab, genes = rep["labels"], rep.get("genes")
 st.caption(f"{lab['sensitive']} sensitive / {lab['resistant']} resistant bulk cell lines; "
            f"{lab['n_missing_label']} missing labels dropped."
            + (f" Gene panel: {genes['n_panel']:,} genes shared by bulk and target." if genes else ""))
+st.markdown("**Model card**")
+ui.show_card(rep["card"], key="train_card_figure")
 
-curves = {f"fold {fold['fold']}": fold["val_auroc"] for fold in cv["per_fold_head"]}
-curves["mean"] = cv["head_curve"]
-st.plotly_chart(pl.curve_figure(curves, "Validation AUROC per head epoch (bulk CV, frozen encoder)", "epoch", "AUROC",
-                                highlight="mean", mark_x=cv["head_epochs"]), key="train_cv_curve")
-if rep["pretraining"]["loss"]:
-    st.plotly_chart(pl.curve_figure({"loss": rep["pretraining"]["loss"]}, "Backbone pretraining loss", "epoch",
-                                    "loss"), key="train_pretrain_loss")
+cv = rep["cv"]
+if cv.get("per_fold_head"):  # the original head: its epochs were chosen on this curve
+    curves = {f"fold {fold['fold']}": fold["val_auroc"] for fold in cv["per_fold_head"]}
+    curves["mean"] = cv["head_curve"]
+    st.plotly_chart(pl.curve_figure(curves, "Validation AUROC per head epoch (bulk CV, frozen encoder)", "epoch",
+                                    "AUROC", highlight="mean", mark_x=cv["head_epochs"]), key="train_cv_curve")
+losses = rep["pretraining"]["loss"]
+if losses:
+    curves = ({f"member {k + 1}": c for k, c in enumerate(losses) if c} if isinstance(losses[0], list)
+              else {"loss": losses})
+    if curves:
+        st.plotly_chart(pl.curve_figure(curves, "Backbone pretraining loss", "epoch", "loss"),
+                        key="train_pretrain_loss")
 st.download_button("Target predictions (CSV)", result["predictions"].to_csv(index=False).encode(),
                    file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv")
 if st.button("Use this model for prediction", key="btn_train_use_model"):

@@ -26,6 +26,12 @@ if entries:
 else:
     st.info("The library is empty. Get the published scATD models or import a checkpoint below, train a model, or "
             "install the demo model.", icon=":material/inventory_2:")
+carded = {str(e.path): e.bundle for e in entries if e.ok and e.bundle.manifest.get("card")}
+if carded:
+    st.subheader("Model card")
+    chosen = st.selectbox("Trained model", list(carded), format_func=lambda p: f"{carded[p].title} ({Path(p).name})",
+                          key="model_card_choice")
+    ui.show_card(carded[chosen].manifest["card"], key="model_card_figure")
 ui.link("Train a model", "Train a new drug model from bulk data", ":material/school:")
 
 # ------------------------------------------------------------------ published models

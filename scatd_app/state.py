@@ -20,6 +20,8 @@ INPUTS              ``(token, ModelInput)``: the model input of ADATA for the ch
                     names the data, QC mask and model, so it is rebuilt when any changes)
 EMBEDDING           settings token of the UMAP stored in ADATA
 BIOMARKERS          settings token of the biomarkers stored in ADATA
+PANEL               token of (data, QC mask, models, settings) of the panel prediction in ADATA
+PANEL_MARKERS       ``(panel token, table)``: top genes of the cells resistant to every drug
 EMBED_ESTIMATE      ``(token, estimate)``: the time foundation-model embeddings of ADATA would take
 ==================  ==========================================================================
 
@@ -42,6 +44,8 @@ PREDICTION = "prediction_token"
 INPUTS = "model_inputs"
 EMBEDDING = "embedding_token"
 BIOMARKERS = "biomarkers_token"
+PANEL = "panel_token"
+PANEL_MARKERS = "panel_markers"
 EMBED_ESTIMATE = "embed_estimate"
 QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)
 PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set after an interrupted run
@@ -50,11 +54,13 @@ PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set af
 #: widgets that are not drawn). Buttons and uploaders never use these prefixes (their values
 #: cannot be set): their keys start with ``btn_`` / ``upload_``.
 KEPT_WIDGET_KEYS = (LABEL_COLUMN, SAMPLE_COLUMN)
-KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_", "bio_", "train_", "label_")
+KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_", "bio_", "train_", "label_",
+                         "panel_")
 
 #: What each level of the chain forgets (each level includes the ones after it).
 _CHAIN = {
-    "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE),
+    "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE,
+             PANEL, PANEL_MARKERS),
     "prediction": (PREDICTION, EMBEDDING, BIOMARKERS),
 }
 
@@ -88,6 +94,11 @@ def invalidate(level: str) -> None:
 def prediction_current(token: str) -> bool:
     """Whether the session's AnnData holds the prediction made with ``token``."""
     return st.session_state.get(PREDICTION) == token
+
+
+def has_panel() -> bool:
+    ss = st.session_state
+    return ss.get(ADATA) is not None and ss.get(PANEL) is not None and "scatd_panel" in ss[ADATA].uns
 
 
 def has_prediction() -> bool:

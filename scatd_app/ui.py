@@ -38,6 +38,7 @@ ANALYSIS_PAGES = (
     ("app_pages/4_Cells.py", "Cells", ":material/scatter_plot:"),
     ("app_pages/5_Biomarkers.py", "Biomarkers", ":material/genetics:"),
     ("app_pages/6_Report.py", "Report", ":material/download:"),
+    ("app_pages/9_Panel.py", "Drug panel", ":material/grid_view:"),
 )
 MODEL_PAGES = (
     ("app_pages/8_Models.py", "Model library", ":material/inventory_2:"),
@@ -511,26 +512,61 @@ def sidebar(container, user=None) -> None:
             st.button("Log out", key="btn_logout", on_click=auth.logout)
 
 
+def _card_cell(bundle, evaluation: str) -> str | None:
+    """``model / LR / GB`` AUROCs of one evaluation of a bundle's model card (None without one)."""
+    card = bundle.manifest.get("card") or {}
+    ev = next((e for e in card.get("evaluations", []) if e["name"] == evaluation), None)
+    if ev is None:
+        return None
+    return " / ".join("—" if r["auroc"] is None else f"{r['auroc']:.3f}" for r in ev["scores"][:3])
+
+
 def library_frame(entries):
-    """The model library as a table: one row per bundle (broken ones with their problem)."""
+    """The model library as a table: one row per bundle (broken ones with their problem).
+
+    Trained models show their model card's AUROCs (this model / logistic regression / gradient
+    boosting) on the bulk cross-validation and, when the target had labels, on the target cells.
+    """
     import pandas as pd
 
     rows = []
     for e in entries:
         if not e.ok:
-            rows.append({"drug": None, "backbone": None, "kind": "unusable", "demo": False, "source": None,
-                         "by": None, "created": None, "metrics": None, "threshold": None, "folder": e.path.name,
+            rows.append({"drug": None, "backbone": None, "kind": "unusable", "members": None, "demo": False,
+                         "source": None, "by": None, "created": None, "bulk CV AUROC (model / LR / GB)": None,
+                         "target AUROC (model / LR / GB)": None, "threshold": None, "folder": e.path.name,
                          "problem": e.problem})
             continue
         s = e.bundle.summary()
-        shown = {k: v for k, v in (s["metrics"] or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         prov = e.bundle.manifest.get("provenance", {})
-        rows.append({"drug": s["drug"], "backbone": s["backbone"], "kind": s["kind"], "demo": s["demo"],
-                     "source": s["source"], "by": prov.get("imported_by") or prov.get("trained_by"),
+        rows.append({"drug": s["drug"], "backbone": s["backbone"], "kind": s["kind"], "members": s["members"],
+                     "demo": s["demo"], "source": s["source"], "by": prov.get("imported_by") or prov.get("trained_by"),
                      "created": (s["created"] or "")[:10],
-                     "metrics": ", ".join(f"{k} {v:.3g}" for k, v in list(shown.items())[:4]) or None,
+                     "bulk CV AUROC (model / LR / GB)": _card_cell(e.bundle, "bulk_cv"),
+                     "target AUROC (model / LR / GB)": _card_cell(e.bundle, "target"),
                      "threshold": s["threshold"], "folder": e.path.name, "problem": None})
     return pd.DataFrame(rows)
+
+
+def show_card(card: dict, key: str) -> None:
+    """A model card: what the model is and was trained on, its scores next to the baselines'
+    (table and figure), the verdicts, and what its default threshold means."""
+    from scatd_core import pl
+    from scatd_core.card import card_table
+
+    st.markdown(md(card["model"]["description"]))
+    st.caption(md(card["data"]["summary"]))
+    st.dataframe(card_table(card), hide_index=True)
+    st.plotly_chart(pl.card_figure(card), key=key)
+    for ev in card["evaluations"]:
+        for text in ev["verdicts"]:
+            if text.startswith("This model beats"):
+                st.success(md(text), icon=":material/check_circle:")
+            else:  # a baseline as good or better: said plainly
+                st.warning(md(text), icon=":material/balance:")
+    st.caption(md(card["calibration"]))
+    for w in card.get("warnings", []):
+        st.warning(md(w))
 
 
 def show_library(entries) -> None:

@@ -28,6 +28,10 @@ field                             written by
 ``uns['scatd_biomarkers']``       :func:`scatd_core.explain.explain`: ranking, settings, checks
 ``obsm['scatd_attributions']``    explain: per-cell attributions of the top genes (NaN: not explained)
 ``obsm['scatd_attribution_inputs']``  explain: the model-input values of those genes
+``uns['scatd_panel']``            :func:`scatd_core.panel.predict_panel`: the panel's models (each
+                                  under its own prefix ``scatd_<DRUG>``), status, coverage, times
+``obs['scatd_panel_n_resisted']`` predict_panel / panel.refresh: drugs the cell is called resistant to
+``obs['scatd_panel_resistant_to_all']``  resistant to every scored drug of the panel
 ``obsm['X_scfoundation']``,       :func:`scatd_core.foundation.embed_cells`: cell embeddings computed
 ``obsm['X_geneformer']``          from expression (NaN rows: not embedded); or brought by the user
 ``uns['scatd_foundation']``       embed_cells: per backbone, model, settings, cells embedded, the data
@@ -114,6 +118,11 @@ BIOMARKERS = "scatd_biomarkers"
 ATTRIBUTIONS = "scatd_attributions"
 ATTRIBUTION_INPUTS = "scatd_attribution_inputs"
 EXPLAINED = "scatd_explained"
+
+# ----------------------------------------------------------------------------- panels of models
+PANEL = "scatd_panel"
+PANEL_N_RESISTED = "scatd_panel_n_resisted"
+PANEL_RESISTANT_TO_ALL = "scatd_panel_resistant_to_all"
 
 # ----------------------------------------------------------------------------- foundation models
 FOUNDATION_EMBEDDING = {"vae_sf": "X_scfoundation", "vae_gf": "X_geneformer"}

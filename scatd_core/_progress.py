@@ -53,3 +53,14 @@ def with_eta(progress: ProgressFn | None) -> ProgressFn | None:
     def report(fraction: float, message: str) -> None:
         progress(fraction, f"{message} · {eta.text(fraction)}" if message else eta.text(fraction))
     return report
+
+
+def step(progress: ProgressFn | None, i: int, n: int, label: str) -> ProgressFn | None:
+    """The progress of step ``i`` of ``n`` (e.g. one model of a panel) as part of the whole:
+    fractions are mapped into ``[i/n, (i+1)/n]`` and messages start with ``label (i+1 of n)``."""
+    if progress is None:
+        return None
+
+    def report(fraction: float, message: str) -> None:
+        progress((i + min(max(fraction, 0.0), 1.0)) / n, f"{label} ({i + 1} of {n}) · {message}")
+    return report

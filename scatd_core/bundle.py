@@ -40,7 +40,7 @@ from scatd_core import __version__
 from scatd_core.config import model_library_dir
 from scatd_core.errors import BundleError, CheckpointError, InputError
 from scatd_core.genes import gene_list_sha256, read_gene_list
-from scatd_core.nn import BACKBONES, Architecture, DrugClassifier, ResVAE, build_model
+from scatd_core.nn import BACKBONES, Architecture, DrugClassifier, EnsembleClassifier, ResVAE, build_model
 from scatd_core.nn.state import check_state_dict, infer_architecture
 from scatd_core.preprocess import INPUT_TRANSFORMS
 
@@ -211,7 +211,14 @@ class Bundle:
             except CheckpointError as exc:
                 raise BundleError(f"Bundle {self.path.name}: weights do not match its manifest. {exc.message}",
                                   "Re-import or re-train this model.") from None
-            model.load_state_dict(state, strict=True, assign=True)
+            if isinstance(model, EnsembleClassifier):
+                if mode == "shared_with_head":
+                    raise BundleError(f"{self.name} is an ensemble trained by scATD Studio; the Swish mode "
+                                      "'shared_with_head' reproduces the original Dist_VAE inference of imported "
+                                      "checkpoints only.", "Use the bundle's own mode (separate).")
+                model.load_stacked_state_dict(state, assign=True)
+            else:
+                model.load_state_dict(state, strict=True, assign=True)
             if isinstance(model, DrugClassifier) and mode == "shared_with_head" and self.backbone == "dist_vae":
                 model.tie_encoder_beta_to_head()
             model.eval().to(device)
@@ -226,7 +233,7 @@ class Bundle:
         return {
             "name": self.name, "drug": self.drug, "backbone": self.backbone, "kind": self.kind,
             "demo": self.is_demo, "input": self.input_kind,
-            "n_input_features": arch["encoder_dims"][0], "z_dim": arch["z_dim"],
+            "n_input_features": arch["encoder_dims"][0], "z_dim": arch["z_dim"], "members": arch.get("members") or 1,
             "threshold": self.threshold, "created": m["provenance"].get("created"),
             "source": m["provenance"].get("source"), "metrics": m.get("metrics") or {},
             "path": str(self.path),

@@ -36,7 +36,8 @@ from scatd_core.metrics import evaluate_column, group_table
 from scatd_core.predict import summary
 
 #: Columns of ``predictions.csv`` before the optional ones (UMAP, cluster, the user's columns).
-PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass")
+PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass",
+                      "rank")
 
 
 def _require(adata: ad.AnnData, keys) -> dict:
@@ -53,9 +54,11 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
                       key_added: str | None = None) -> pd.DataFrame:
     """One row per uploaded cell, in input order.
 
-    Columns: ``cell_id, prob_resistant[, prob_resistant_sd], label, calibrated, scored, qc_pass``
-    (``calibrated``: whether the threshold behind ``label`` was calibrated, see
-    :func:`scatd_core.predict.set_threshold`), then ``umap_1, umap_2`` and ``cluster`` when
+    Columns: ``cell_id, prob_resistant[, prob_resistant_sd], label, calibrated, scored, qc_pass,
+    rank`` (``calibrated``: whether the threshold behind ``label`` was calibrated, see
+    :func:`scatd_core.predict.set_threshold`; ``rank``: 1 for the scored cell most likely
+    resistant, ties in input order, empty where not scored: a ranking needs no threshold), then
+    ``umap_1, umap_2`` and ``cluster`` when
     computed, then ``extra_columns`` of ``obs`` (e.g. the sample and true-label columns) under
     their own names.
     """
@@ -69,6 +72,7 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
     table["calibrated"] = bool(info["threshold"]["calibrated"])
     table["scored"] = adata.obs[keys.scored].to_numpy(dtype=bool)
     table["qc_pass"] = labels != _keys.FILTERED
+    table["rank"] = resistance_rank(table["prob_resistant"].to_numpy(dtype=np.float64))
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
         table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
@@ -78,6 +82,20 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
         if col and col in adata.obs and col not in table:
             table[col] = adata.obs[col].to_numpy()
     return table
+
+
+def resistance_rank(prob: np.ndarray) -> pd.Series:
+    """Rank of each cell by P(resistant): 1 = most likely resistant; ties in input order; <NA> where
+    the cell has no probability."""
+    ranks = pd.Series(prob).rank(method="first", ascending=False)
+    return ranks.astype("Int64")
+
+
+def top_cells(adata: ad.AnnData, k: int, extra_columns: Sequence[str] = (), *,
+              key_added: str | None = None) -> pd.DataFrame:
+    """The ``k`` scored cells most likely resistant (rows of :func:`predictions_table`, by rank)."""
+    table = predictions_table(adata, extra_columns, key_added=key_added)
+    return table[table["rank"].notna()].sort_values("rank").head(int(k)).reset_index(drop=True)
 
 
 def _evaluation_or_note(adata: ad.AnnData, label_column: str | None, key_added: str | None):
@@ -270,7 +288,8 @@ def _summary_section(adata, keys, info) -> list[str]:
         f"<p>A cell is called <b>{html.escape(pos)}</b> when P({html.escape(pos)}) &gt; {thr['value']:.4g} "
         f"({html.escape(thr['detail'])}).</p>"]
     if not thr["calibrated"]:
-        parts.append("<p class='warn'>These calls use the model's default threshold, which is <b>not calibrated</b> "
+        used = "the model's default threshold" if thr["source"] == "model default" else "a threshold set by hand"
+        parts.append(f"<p class='warn'>These calls use {used}, which is <b>not calibrated</b> "
                      "to this dataset: the fraction called resistant can be far from the truth even when the "
                      "ranking of the cells is good. Calibrate the threshold with an expected resistant fraction or "
                      "a few labelled cells (Cells page, or <code>scatd predict --expected-fraction</code>), or use "
@@ -336,6 +355,25 @@ def _biomarker_section(adata) -> list[str]:
     return parts
 
 
+def _card_section(model: dict) -> list[str]:
+    """The model card of a trained model (stored with the prediction), or nothing."""
+    if not model.get("card_json"):
+        return []
+    from scatd_core.card import card_table
+
+    card = json.loads(model["card_json"])
+    parts = ["<h2>Model card</h2>", f"<p>{html.escape(card['model']['description'])}</p>",
+             f"<p>{html.escape(card['data']['summary'])}</p>"]
+    parts.append(_frame_html(card_table(card)))
+    parts.append(_figure_html(pl.card_figure(card)))
+    for ev in card["evaluations"]:
+        for text in ev["verdicts"]:  # a baseline as good as the model, or better, is shown as a warning
+            css = "" if text.startswith("This model beats") else " class='warn'"
+            parts.append(f"<p{css}>{html.escape(text)}</p>")
+    parts.append(f"<p>{html.escape(card['calibration'])}</p>")
+    return parts
+
+
 def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_columns: Sequence[str] = (),
                 data_name: str | None = None, key_added: str | None = None) -> str:
     """A self-contained HTML report of one prediction run (plotly.js embedded once, no network).
@@ -385,6 +423,7 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("QC thresholds", qc.get("thresholds") or None),
         ("input warnings", data.get("warnings") or None),
     ]))
+    parts += _card_section(model)
     prov = model.get("provenance", {})
     parts.append("<h2>Model</h2>" + _kv_table([
         ("name", model.get("name")), ("drug", model.get("drug")), ("backbone", model.get("backbone")),
@@ -435,3 +474,106 @@ def write_report(adata: ad.AnnData, folder: str | Path, *, label_column: str | N
     paths["html"].write_text(html_report(adata, label_column=label_column, group_columns=group_columns,
                                          data_name=data_name, key_added=key_added), encoding="utf-8")
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Panels of drug models
+# --------------------------------------------------------------------------------------------
+
+def panel_group_columns(adata: ad.AnnData, group_columns: Sequence[str] = ()) -> list[str]:
+    """The Leiden clusters (when computed) and ``group_columns`` present in ``adata``."""
+    columns = ([_keys.CLUSTER] if _keys.CLUSTER in adata.obs else []) + [c for c in group_columns if c]
+    return [c for c in dict.fromkeys(columns) if c in adata.obs]
+
+
+def panel_summary_table(adata: ad.AnnData, group_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The panel's per-group summary in one long table: ``grouping, group, drug, n_cells, n_called,
+    n_resistant, fraction_resistant, mean_prob_resistant, calibrated``; ``grouping`` is ``all``
+    for the whole sample (its drug ranking), else the cluster or sample column."""
+    from scatd_core import panel
+
+    parts = [panel.drug_ranking(adata).drop(columns="rank").assign(grouping="all", group="all")]
+    for column in panel_group_columns(adata, group_columns):
+        parts.append(panel.group_summary(adata, column).assign(grouping=column))
+    table = pd.concat(parts, ignore_index=True)
+    return table[["grouping", "group"] + [c for c in table.columns if c not in ("grouping", "group")]]
+
+
+def write_panel_summary(adata: ad.AnnData, path: str | Path, group_columns: Sequence[str] = ()) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(to_csv_bytes(panel_summary_table(adata, group_columns)))
+    return path
+
+
+def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
+    from scatd_core import panel
+
+    rows = []
+    for m in panel.members(adata, scored_only=False):
+        cov = m.coverage or {}
+        thr = adata.uns[m.key]["threshold"] if m.scored else {}
+        rows.append({"drug": m.drug, "model": m.model, "backbone": m.backbone, "status": m.status,
+                     "gene coverage": f"{cov['n_matched']:,}/{cov['n_model_genes']:,} ({cov['fraction_matched']:.0%})"
+                     if cov.get("n_model_genes") else ("embeddings" if m.scored else "—"),
+                     "cells scored": m.n_scored, "threshold": thr.get("value"),
+                     "calibrated": thr.get("calibrated"), "seconds": m.seconds, "problem": m.problem or ""})
+    return pd.DataFrame(rows)
+
+
+def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), data_name: str | None = None,
+                      markers: pd.DataFrame | None = None) -> str:
+    """A self-contained HTML report of a panel run: the models (status, coverage, calibration), the
+    drug ranking, the cells x drugs heatmap and dot plot per cluster/sample, the UMAP coloured by
+    the number of drugs resisted (when computed), the cells resistant to every drug and, when
+    given, their top ``markers`` (:func:`scatd_core.panel.multi_resistant_markers`)."""
+    from plotly.offline import get_plotlyjs
+
+    from scatd_core import panel
+
+    info = adata.uns[_keys.PANEL]
+    ms = panel.members(adata)
+    data_name = data_name or adata.uns.get(_keys.INPUT_REPORT, {}).get("file_name") or "uploaded data"
+    title = f"scATD drug panel ({len(ms)} drugs) on {data_name}"
+    parts = [f"<h1>{html.escape(title)}</h1><p class='sub'>Generated "
+             f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by scATD Studio "
+             f"{html.escape(__version__)}; {adata.n_obs:,} cells, {info['n_scored_models']} of {info['n_models']} "
+             f"models scored them in {info['seconds']:.1f} s.</p>"]
+    if any(m.demo for m in ms):
+        parts.append("<p class='demo'>Demo models: demo (simulated data). These predictions illustrate the "
+                     "workflow and say nothing about real cells.</p>")
+    if any(not adata.uns[m.key]["threshold"]["calibrated"] for m in ms):
+        parts.append("<p class='warn'>Some calls use a model's default threshold, <b>not calibrated</b> to this "
+                     "dataset: fractions resistant then compare poorly across drugs; compare mean P(resistant), or "
+                     "calibrate each drug.</p>")
+    parts.append("<h2>Models</h2>" + _frame_html(panel_models_table(adata)))
+    ranking = panel.drug_ranking(adata)
+    parts.append("<h2>Drug ranking (whole sample)</h2>" + _figure_html(pl.drug_ranking_figure(ranking)) +
+                 _frame_html(ranking))
+    prob, drugs = panel.probability_matrix(adata)
+    for column in panel_group_columns(adata, group_columns):
+        name = "Leiden cluster" if column == _keys.CLUSTER else column
+        summary_ = panel.group_summary(adata, column)
+        order = list(dict.fromkeys(summary_["group"]))
+        parts.append(f"<h2>Per {html.escape(name)}</h2>")
+        parts.append(_figure_html(pl.panel_heatmap(prob, drugs, adata.obs[column], name, order,
+                                                   f"P(resistant), cells x drugs, by {name}")))
+        parts.append(_figure_html(pl.panel_dotplot(summary_, name, f"Fraction resistant per {name} and drug")))
+    n_all = int(adata.obs[_keys.PANEL_RESISTANT_TO_ALL].sum())
+    parts.append(f"<h2>Cells resistant to every drug</h2><p>{n_all:,} cell(s) are called resistant to all "
+                 f"{len(ms)} scored drugs (a possible multi-drug-resistant subclone).</p>")
+    if _keys.UMAP in adata.obsm:
+        coords = np.asarray(adata.obsm[_keys.UMAP])
+        parts.append(_figure_html(pl.umap_figure(coords, adata.obs[_keys.PANEL_N_RESISTED].to_numpy(),
+                                                 name="drugs resisted", color_range=(0, len(ms)), colorscale="Reds",
+                                                 cell_ids=adata.obs_names.astype(str),
+                                                 title="UMAP coloured by the number of drugs resisted")))
+    if markers is not None and len(markers):
+        parts.append("<p>Genes most up in these cells against the other scored cells (Wilcoxon):</p>"
+                     + _frame_html(markers))
+    parts.append("<footer>Files: panel.csv (cells x drugs), panel_summary.csv (per cluster / sample and drug), "
+                 "annotated.h5ad (one column set per drug).</footer>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>"
+            + "\n".join(parts) + "</main></body></html>")

@@ -277,6 +277,57 @@ def encode_column(adata, column: str, resistant=None) -> np.ndarray:
     return encode_labels(adata.obs[column], resistant)
 
 
+# --------------------------------------------------------------------------- a few labelled target cells
+
+#: Fewest labelled target cells of each class that few-shot training accepts.
+MIN_FEW_SHOT_PER_CLASS = 2
+
+
+def _few_shot_series(ids, names: pd.Series, where: str) -> pd.Series:
+    """Index: cell ID; values ``sensitive`` / ``resistant``; checked for duplicates and both classes."""
+    labels = pd.Series(names.to_numpy(), index=pd.Index([str(i).strip() for i in ids], name="cell_id"))
+    if labels.index.duplicated().any():
+        dup = labels.index[labels.index.duplicated()].unique()[:3].tolist()
+        raise InputError(f"{where} lists {int(labels.index.duplicated().sum())} cell(s) twice (e.g. {', '.join(dup)}).",
+                         "Keep one label per cell.")
+    counts = labels.value_counts()
+    n_r, n_s = int(counts.get(RESISTANT, 0)), int(counts.get(SENSITIVE, 0))
+    if min(n_r, n_s) < MIN_FEW_SHOT_PER_CLASS:
+        raise InputError(f"{where} labels {n_r} resistant and {n_s} sensitive cell(s); training with labelled "
+                         f"target cells needs at least {MIN_FEW_SHOT_PER_CLASS} of each.",
+                         "Label a few more cells of the missing class, or train without labelled cells.")
+    return labels
+
+
+def read_few_shot_labels(path: str | Path) -> pd.Series:
+    """The labelled target cells of a CSV/TSV ``cell_id,label`` (only the labelled cells).
+
+    ``label`` is ``sensitive`` or ``resistant`` (any case); empty or NA rows are skipped. Returns
+    a Series indexed by cell ID (see :func:`_few_shot_series` for the checks).
+    """
+    path = Path(path)
+    table = _read_table(path, "Labelled-cells file", dtype=str, keep_default_na=False)
+    if table.shape[1] < 2:
+        raise InputError(f"{path.name} has {table.shape[1]} column(s); it needs two: cell_id and label.",
+                         "Write one row per labelled cell: cell_id,label (sensitive or resistant).")
+    ids, values = table.iloc[:, 0], table.iloc[:, 1].str.strip().str.lower()
+    missing = values.isin(MISSING_VALUES)
+    bad = sorted(set(values[~missing]) - {SENSITIVE, RESISTANT})
+    if bad:
+        raise InputError(f"{path.name}: labels other than sensitive/resistant: {', '.join(map(repr, bad[:5]))}.",
+                         "Label each cell 'sensitive' or 'resistant'; leave out the cells you have not labelled.")
+    return _few_shot_series(ids[~missing], values[~missing], path.name)
+
+
+def few_shot_from_column(adata, column: str, resistant=None) -> pd.Series:
+    """The labelled cells of a column with blanks for unlabelled cells (its direction as recorded,
+    :func:`label_direction`, unless ``resistant`` is given); see :func:`read_few_shot_labels`."""
+    y = encode_column(adata, column, resistant)
+    known = np.isfinite(y)
+    names = pd.Series(np.where(y[known] == 1, RESISTANT, SENSITIVE))
+    return _few_shot_series(adata.obs_names[known], names, f"Column '{column}'")
+
+
 # --------------------------------------------------------------------------- from GDSC IC50
 
 def _strip_note(name: str) -> str:

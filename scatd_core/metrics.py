@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from scatd_core.errors import InputError
@@ -144,6 +145,93 @@ def auprc(y_true, prob) -> float:
     """Average precision (resistant = positive) over labelled, scored cells; NaN with one class."""
     y, p, _, _ = _valid(y_true, prob)
     return float(skm.average_precision_score(y, p)) if y.size and y.min() != y.max() else float("nan")
+
+
+def _fast_auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """AUROC of 0/1 labels ``y`` (both classes present) as the Mann-Whitney statistic (ties: half)."""
+    ranks = rankdata(p)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _fast_auprc(y: np.ndarray, p: np.ndarray) -> float:
+    """Average precision exactly as scikit-learn computes it (one step per distinct score)."""
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), ys.size - 1]  # last position of each group of tied scores
+    tp = np.cumsum(ys)[last]
+    precision = tp / (last + 1)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+_FAST = {"auroc": _fast_auroc, "auprc": _fast_auprc}
+
+
+def _resamples(y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Stratified bootstrap: each row draws, with replacement, as many samples of each class as
+    there are: first the negatives, then the positives (so every row has the same labels)."""
+    rng = np.random.default_rng(seed)
+    parts = [rng.choice(np.flatnonzero(y == c), size=(n_boot, int((y == c).sum())), replace=True) for c in (0, 1)]
+    return np.hstack(parts)
+
+
+def _resampled_metric(metric: str, y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The metric on every resample (rows of ``idx`` from :func:`_resamples`)."""
+    if metric == "auroc":  # all rows share the labels: the Mann-Whitney statistic in one pass
+        n_neg = int((y == 0).sum())
+        n_pos = y.size - n_neg
+        ranks = rankdata(p[idx], axis=1)
+        return (ranks[:, n_neg:].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.array([_fast_auprc(y[row], p[row]) for row in idx])
+
+
+def bootstrap_ci(y_true, prob, metric: str = "auroc", *, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """``(value, low, high)``: AUROC or AUPRC and its percentile bootstrap confidence interval.
+
+    Samples are resampled within each class (both classes stay present and in their proportion),
+    ``n_boot`` times from ``seed``; the interval holds the central ``level`` of the resampled
+    values. Labelled, scored samples only; NaNs when only one class is present.
+    """
+    y, p, _, _ = _valid(y_true, prob)
+    if not y.size or y.min() == y.max():
+        return float("nan"), float("nan"), float("nan")
+    values = _resampled_metric(metric, y, p, _resamples(y, n_boot, seed))
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return _FAST[metric](y, p), float(low), float(high)
+
+
+def paired_bootstrap(y_true, prob_a, prob_b, metric: str = "auroc", *, n_boot: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """``(difference, low, high)``: metric(a) - metric(b) on the same samples and its percentile
+    bootstrap interval (the same resampled samples score both, so what they share cancels).
+
+    Samples need a label and both predictions; resampled within each class as :func:`bootstrap_ci`.
+    """
+    y = np.asarray(y_true, dtype=float)
+    a, b = np.asarray(prob_a, dtype=float), np.asarray(prob_b, dtype=float)
+    keep = np.isfinite(y) & np.isfinite(a) & np.isfinite(b)
+    y, a, b = y[keep].astype(int), a[keep], b[keep]
+    if not y.size or y.min() == y.max():
+        return float("nan"), float("nan"), float("nan")
+    idx = _resamples(y, n_boot, seed)
+    diffs = _resampled_metric(metric, y, a, idx) - _resampled_metric(metric, y, b, idx)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return _FAST[metric](y, a) - _FAST[metric](y, b), float(low), float(high)
+
+
+def precision_at_k(y_true, prob, k: int) -> float:
+    """Share of resistant cells among the ``k`` cells with the highest P(resistant) (labelled,
+    scored cells only; ties broken by input order). A ranking measure: it needs no threshold."""
+    y, p, _, _ = _valid(y_true, prob)
+    if k < 1 or not y.size:
+        raise InputError(f"Top-k needs k >= 1 and labelled, scored cells; got k={k} with {y.size} cells.")
+    top = np.argsort(-p, kind="stable")[: min(int(k), y.size)]
+    return float(y[top].mean())
 
 
 def roc_curve(y_true, prob) -> pd.DataFrame:

@@ -8,6 +8,7 @@ and ``report.html`` show the same thing. Large scatter plots switch to WebGL and
 from __future__ import annotations
 
 import html
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -358,3 +359,119 @@ def curve_figure(curves: dict[str, Sequence[float]], title: str, x_title: str, y
     fig.update_yaxes(title=y_title)
     return layout(fig, title, height=350)
 
+
+
+# --------------------------------------------------------------------------------------------
+# Panels of drug models
+# --------------------------------------------------------------------------------------------
+
+#: Cells drawn in the panel heatmap at most (a seeded subsample, stratified by group, above it).
+MAX_HEATMAP_CELLS = 3000
+
+
+def _heatmap_rows(groups: np.ndarray, prob: np.ndarray, max_cells: int) -> np.ndarray:
+    """Cells to draw, ordered by group (in the order given) then by mean P(resistant) within it."""
+    rng = np.random.default_rng(0)
+    n = len(groups)
+    keep = np.arange(n) if n <= max_cells else np.sort(rng.choice(n, size=max_cells, replace=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: cells no model scored
+        mean = np.nanmean(prob[keep], axis=1)
+    mean = np.where(np.isfinite(mean), mean, -1.0)
+    return keep[np.lexsort((-mean, groups[keep]))]
+
+
+def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence, group_name: str,
+                  group_order: Sequence[str] | None = None, title: str | None = None,
+                  max_cells: int = MAX_HEATMAP_CELLS) -> go.Figure:
+    """Cells x drugs heatmap of P(resistant): cells ordered by ``groups`` (cluster / sample), then by
+    their mean P within each group; group boundaries marked and named. Above ``max_cells`` a seeded
+    random subsample is drawn (stated under the plot). Grey: not scored."""
+    prob = np.asarray(prob, dtype=np.float64)
+    labels = pd.Series(np.asarray(groups, dtype=object)).astype(str).to_numpy()
+    order = list(group_order) if group_order is not None else sorted(set(labels))
+    rank = {g: i for i, g in enumerate(order)}
+    codes = np.array([rank.get(g, len(rank)) for g in labels])
+    rows = _heatmap_rows(codes, prob, max_cells)
+    z = prob[rows].T
+    fig = go.Figure(go.Heatmap(z=z, y=list(drugs), x=np.arange(len(rows)), zmin=0, zmax=1, colorscale=PROB_SCALE,
+                               colorbar=dict(title=dict(text="P(resistant)", side="top"), thickness=14),
+                               customdata=np.tile(labels[rows], (len(drugs), 1)),
+                               hovertemplate="%{y}<br>" + html.escape(group_name) +
+                                             " %{customdata}<br>P(resistant) %{z:.3f}<extra></extra>"))
+    drawn = codes[rows]
+    starts = np.flatnonzero(np.r_[True, drawn[1:] != drawn[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    for s, e in zip(starts, ends):
+        if s:
+            fig.add_vline(x=s - 0.5, line=dict(color="#222", width=1))
+        fig.add_annotation(x=(s + e - 1) / 2, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
+                           text=html.escape(labels[rows][s]), font=dict(size=11))
+    fig.update_xaxes(title=f"cells, ordered by {group_name}", showticklabels=False, showgrid=False)
+    fig.update_yaxes(title="", autorange="reversed", type="category")
+    if len(rows) < len(labels):
+        fig.add_annotation(text=f"showing a random {len(rows):,} of {len(labels):,} cells", showarrow=False,
+                           xref="paper", yref="paper", x=0, y=-0.12, font=dict(size=11, color="#666"))
+    return layout(fig, title, height=max(260, 90 + 34 * len(drugs)))
+
+
+def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = None) -> go.Figure:
+    """Per group and drug: dot size = fraction called resistant, colour = mean P(resistant)
+    (from :func:`scatd_core.panel.group_summary`)."""
+    frac = summary["fraction_resistant"].astype(float).fillna(0.0)
+    fig = go.Figure(go.Scatter(
+        x=summary["drug"].astype(str), y=summary["group"].astype(str), mode="markers",
+        marker=dict(size=6 + 34 * frac, color=summary["mean_prob_resistant"].astype(float), cmin=0, cmax=1,
+                    colorscale=PROB_SCALE, line=dict(color="#444", width=0.5),
+                    colorbar=dict(title=dict(text="mean P(resistant)", side="top"), thickness=14)),
+        customdata=np.c_[summary["fraction_resistant"].astype(float), summary["n_called"],
+                         summary["mean_prob_resistant"].astype(float)],
+        hovertemplate="%{x} · %{y}<br>%{customdata[0]:.1%} of %{customdata[1]} cells resistant"
+                      "<br>mean P %{customdata[2]:.3f}<extra></extra>"))
+    fig.update_xaxes(title="drug (dot size: fraction called resistant)", type="category")
+    fig.update_yaxes(title=group_name, type="category", autorange="reversed")
+    n_groups = summary["group"].nunique()
+    return layout(fig, title, height=max(300, 120 + 36 * n_groups))
+
+
+def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Fraction called resistant per drug, best (lowest) first, coloured by mean P(resistant)
+    (from :func:`scatd_core.panel.drug_ranking`); uncalibrated calls are marked."""
+    names = [f"{d}{'' if c else ' *'}" for d, c in zip(ranking["drug"].astype(str), ranking["calibrated"])]
+    fig = go.Figure(go.Bar(
+        y=names, x=ranking["fraction_resistant"].astype(float), orientation="h",
+        marker=dict(color=ranking["mean_prob_resistant"].astype(float), cmin=0, cmax=1, colorscale=PROB_SCALE),
+        text=[f"{f:.0%}" if f == f else "n/a" for f in ranking["fraction_resistant"].astype(float)],
+        textposition="outside", customdata=ranking["mean_prob_resistant"].astype(float),
+        hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata:.3f}<extra></extra>"))
+    note = "" if ranking["calibrated"].all() else " (* uncalibrated: model default threshold)"
+    fig.update_xaxes(title=f"fraction called resistant{note}", range=[0, 1.1], tickformat=".0%")
+    fig.update_yaxes(autorange="reversed", type="category")
+    return layout(fig, title, height=max(220, 90 + 34 * len(ranking)))
+
+
+def card_figure(card: dict, title: str | None = "AUROC of the model and the baselines (95% CI)") -> go.Figure:
+    """A model card's AUROCs with their bootstrap intervals: one row per model, grouped by
+    evaluation (bulk cross-validation, target cells), this model in black."""
+    fig = go.Figure()
+    rows = []
+    for ev in card.get("evaluations", []):
+        for r in ev["scores"]:
+            if r["auroc"] is None:
+                continue
+            lo, hi = r["auroc_ci"]
+            rows.append((f"{ev['title']}<br>{r['model']}", r["auroc"], hi - r["auroc"], r["auroc"] - lo,
+                         r["model"] == "this model"))
+    for mine in (False, True):
+        sel = [r for r in rows if r[4] == mine]
+        if not sel:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r[1] for r in sel], y=[r[0] for r in sel], mode="markers", name="this model" if mine else "baselines",
+            marker=dict(size=11 if mine else 9, color="black" if mine else "#6c8ebf"),
+            error_x=dict(type="data", array=[r[2] for r in sel], arrayminus=[r[3] for r in sel], thickness=1.5),
+            hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>"))
+    fig.add_vline(x=0.5, line=dict(color="#bbb", dash="dot"))
+    fig.update_xaxes(title="AUROC", range=[0.3, 1.0])
+    fig.update_yaxes(categoryorder="array", categoryarray=[r[0] for r in reversed(rows)], automargin=True)
+    return layout(fig, title, height=120 + 45 * max(len(rows), 1))

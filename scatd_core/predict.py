@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import time
 from typing import Callable
 
@@ -35,8 +36,10 @@ __all__ = ["predict", "set_threshold", "labels_at", "summary", "resolve_device",
 
 #: Fewer usable cells than this make dataset statistics (AdaIN, per-gene z-scores) unreliable.
 FEW_CELLS_FOR_STATISTICS = 50
-#: Where a decision threshold came from; only ``model default`` leaves the calls uncalibrated.
+#: Where a decision threshold came from. Only outside information about this dataset calibrates
+#: the calls: the model's default and a threshold set by hand leave them *uncalibrated*.
 THRESHOLD_SOURCES = ("model default", "expected fraction", "labelled cells", "user")
+CALIBRATING_SOURCES = ("expected fraction", "labelled cells")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -138,13 +141,15 @@ class _Batcher:
 
 def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, seed: int, dev: torch.device,
            progress, should_stop) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, str, int | None]:
-    """P(resistant), its sd (sample mode), the latent mean of every cell (NaN where not scored),
+    """P(resistant), its sd (sample mode: over draws; an ensemble: over its members), the latent
+    mean of every cell (NaN where not scored),
     the precision the model ran in, and the batch size the device forced (``None`` when the
     requested one fitted)."""
     n = inputs.n_obs
     probs = np.full(n, np.nan)
-    sds = np.full(n, np.nan) if mode == "sample" else None
-    latent = np.full((n, model.arch.z_dim), np.nan, dtype=np.float32)
+    members = mode == "mean" and model.arch.n_members > 1
+    sds = np.full(n, np.nan) if mode == "sample" or members else None
+    latent = np.full((n, model.arch.latent_dim), np.nan, dtype=np.float32)
     precision = None
     batcher = _Batcher(inputs.batch_size, dev)
 
@@ -157,14 +162,18 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
             mu, logvar = model.encode(xt)
             mu, logvar = mu.float(), logvar.float()
             if mode == "mean":
-                p = torch.softmax(model.classifier(mu).float(), dim=1)[:, k_pos].double()
-                return mu.cpu().numpy(), p.cpu().numpy()
+                p = torch.softmax(model.classifier(mu, xt).float(), dim=1)[:, k_pos].double()
+                if not members:
+                    return mu.cpu().numpy(), p.cpu().numpy()
+                # the ensemble predicts with the mean logit; the members' spread is its uncertainty
+                each = torch.softmax(model.member_logits(mu, xt).float(), dim=2)[:, :, k_pos].double()
+                return mu.cpu().numpy(), p.cpu().numpy(), each.std(0, unbiased=True).cpu().numpy()
             gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(first))
             std = torch.exp(0.5 * logvar)
             draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
             for s in range(n_samples):
                 eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
-                draws[s] = torch.softmax(model.classifier(mu + eps * std).float(), dim=1)[:, k_pos].double()
+                draws[s] = torch.softmax(model.classifier(mu + eps * std, xt).float(), dim=1)[:, k_pos].double()
             return mu.cpu().numpy(), draws.mean(0).cpu().numpy(), draws.std(0, unbiased=True).cpu().numpy()
 
     with torch.inference_mode():
@@ -201,10 +210,10 @@ def reduced_precision(model, x: torch.Tensor, k_pos: int, dtype: torch.dtype | N
         return "float32"
     with torch.inference_mode():
         mu = model.encode(x)[0]
-        p = torch.softmax(model.classifier(mu), dim=1)[:, k_pos]
+        p = torch.softmax(model.classifier(mu, x), dim=1)[:, k_pos]
         with torch.autocast(x.device.type, dtype=dtype):
             mu_low = model.encode(x)[0].float()
-            p_low = torch.softmax(model.classifier(mu_low).float(), dim=1)[:, k_pos]
+            p_low = torch.softmax(model.classifier(mu_low, x).float(), dim=1)[:, k_pos]
     scale = float(mu.abs().max()) or 1.0
     ok = float((p - p_low).abs().max()) <= tolerance and float((mu - mu_low).abs().max()) <= tolerance * scale
     return str(dtype).removeprefix("torch.") if ok else "float32"
@@ -332,6 +341,8 @@ def predict(
         "model": _model_record(bundle),
         "params": {
             "mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
+            "prob_resistant_sd": ("over the draws" if mode == "sample" else
+                                  f"over the {model.arch.n_members} ensemble members" if sds is not None else "none"),
             "device": device_description(dev), "batch_size": int(inputs.batch_size), "precision": precision,
             # set when the device ran out of memory and the batch was split (the run then went on)
             "batch_size_lowered_to": lowered_to,
@@ -357,10 +368,13 @@ def predict(
 
 
 def _model_record(bundle) -> dict:
-    return {"name": bundle.name, "drug": bundle.drug or "", "backbone": bundle.backbone,
-            "demo": bundle.is_demo, "path": str(bundle.path), "default_threshold": float(bundle.threshold),
-            "weights_sha256": bundle.manifest.get("weights_sha256", ""),
-            "provenance": {k: ("" if v is None else v) for k, v in bundle.manifest["provenance"].items()}}
+    record = {"name": bundle.name, "drug": bundle.drug or "", "backbone": bundle.backbone,
+              "demo": bundle.is_demo, "path": str(bundle.path), "default_threshold": float(bundle.threshold),
+              "members": bundle.architecture.n_members, "weights_sha256": bundle.manifest.get("weights_sha256", ""),
+              "provenance": {k: ("" if v is None else v) for k, v in bundle.manifest["provenance"].items()}}
+    if bundle.manifest.get("card"):  # JSON text: the card's nested lists and nulls do not all fit in h5ad
+        record["card_json"] = json.dumps(bundle.manifest["card"])
+    return record
 
 
 def _warnings(bundle, inputs: ModelInput, not_scored: dict) -> list[str]:
@@ -410,7 +424,7 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
     """Set the decision threshold of a prediction and relabel the cells (``obs['<p>_label']``).
 
     ``source`` says where it came from (:data:`THRESHOLD_SOURCES`); calls are marked calibrated
-    unless it is the model's default. ``detail`` describes it (e.g. "Youden's J on 12 labelled
+    only when it came from an expected fraction or labelled cells (:data:`CALIBRATING_SOURCES`). ``detail`` describes it (e.g. "Youden's J on 12 labelled
     cells"). Recorded in ``uns['<p>']['threshold']``.
     """
     if source not in THRESHOLD_SOURCES:
@@ -421,7 +435,7 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
     adata.obs[keys.label] = labels_at(adata, float(threshold), key_added=key_added)
     default = float(adata.uns[keys.run]["model"].get("default_threshold", threshold))
     adata.uns[keys.run]["threshold"] = {
-        "value": float(threshold), "source": source, "calibrated": source != "model default",
+        "value": float(threshold), "source": source, "calibrated": source in CALIBRATING_SOURCES,
         "detail": detail or (f"the model's default ({default:g})" if source == "model default" else source)}
 
 
@@ -583,10 +597,10 @@ def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int
     rest = sum(layer[1:]) + 2 * 2 * enc[-1] * arch.z_dim
     head = 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (arch.class_num or 2)
     rate = _flop_rate(dev)
-    seconds = (rest + head * (n_samples if mode == "sample" else 1)) / rate
+    seconds = (rest + head * (n_samples if mode == "sample" else 1)) / rate * arch.n_members
     if density is not None and bundle.input_kind == "expression" and dev.type == "cpu" and \
             density <= SPARSE_MAX_DENSITY:
-        seconds += density * layer[0] / _sparse_rate(dev)
+        seconds += density * layer[0] * arch.n_members / _sparse_rate(dev)
     else:
-        seconds += layer[0] / rate
+        seconds += layer[0] * arch.n_members / rate
     return ESTIMATE_OVERHEAD * n_cells * seconds

@@ -137,8 +137,9 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     resistant = int(metric(at, "Resistant").replace(",", ""))
     at.slider(key="cells_threshold").set_value(0.99).run()  # relabel without recomputing
     assert int(metric(at, "Resistant").replace(",", "")) <= resistant
-    assert result.uns["scatd"]["threshold"] == {"value": 0.99, "source": "user", "calibrated": True,
+    assert result.uns["scatd"]["threshold"] == {"value": 0.99, "source": "user", "calibrated": False,
                                                 "detail": "set by hand on the Cells page"}
+    assert "**Uncalibrated**: set by hand on the Cells page" in text(at.warning)  # a guess is not a calibration
     at.button(key="btn_youden").click().run()
     assert result.uns["scatd"]["threshold"]["source"] == "labelled cells"
     assert "Calibrated" in text(at.success)
@@ -146,6 +147,10 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert result.uns["scatd"]["threshold"]["source"] == "expected fraction"
     at.selectbox(key="cells_colour").set_value("Leiden cluster").run()
     ok(at)
+    # the ranking view needs no threshold: the most likely resistant cells, and how many truly are
+    top = next(d.value for d in at.dataframe if "rank" in d.value.columns)
+    assert list(top["rank"]) == list(range(1, 51))
+    assert metric(at, "Resistant among the top 50 labelled cells").endswith("%")
     threshold = result.uns["scatd"]["threshold"]["value"]
 
     goto(at, "6_Report")
@@ -404,3 +409,44 @@ def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch)
     at.run()
     assert not at.exception
     assert "Something unexpected went wrong" in text(at.error) and "boom" in text(at.error)
+
+
+def test_model_library_shows_each_trained_models_card(empty_library):
+    from test_card import _card
+    from test_ensemble import _ensemble
+
+    from scatd_core.bundle import save_bundle
+
+    model = _ensemble()
+    save_bundle(empty_library / "carded", model.stacked_state_dict(), model.arch, drug="DRUGX",
+                genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize", threshold=0.5,
+                extra={"card": _card()})
+    at = start()
+    goto(at, "8_Models")
+    library = at.dataframe[0].value
+    assert library["members"].tolist() == [3]
+    assert library["target AUROC (model / LR / GB)"].iloc[0].count("/") == 1  # this card has one baseline
+    assert at.selectbox(key="model_card_choice").value.endswith("carded")
+    card_table = at.dataframe[1].value
+    assert list(card_table["model"]) == ["this model", "gradient boosting"]
+    assert "This model beats gradient boosting" in text(at.success)
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_ensemble_spread_is_the_cells_uncertainty(empty_library):
+    """A trained ensemble predicts in mean mode with a per-cell sd over its members, shown on the Cells page."""
+    from test_ensemble import _bundle, _cells, _ensemble
+
+    _bundle(empty_library, _ensemble(), name="ensemble")
+    at = start()
+    cells = _cells(n=60, seed=3)
+    cells.X = np.abs(cells.X)
+    upload(at, "tumour.h5ad", h5ad_bytes(cells))
+    run_prediction(at)
+    result = at.session_state[state.ADATA]
+    assert result.uns["scatd"]["params"]["mode"] == "mean"
+    assert (result.obs["scatd_prob_resistant_sd"] > 0).all()
+    goto(at, "4_Cells")
+    at.selectbox(key="cells_colour").set_value("uncertainty (sd of P)").run()
+    ok(at)
+    assert "over the 3 ensemble members" in text(at.caption)

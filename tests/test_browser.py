@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 N_CELLS = 10_000
+PANEL_DRUGS = ("PANELDRUGB", "PANELDRUGC")
 VIEWPORT = {"width": 1440, "height": 1000}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic",
@@ -92,6 +93,8 @@ def server(tmp_path_factory):
     _need_browser()
     home = tmp_path_factory.mktemp("scatd_home")
     make_bundle(home / "models" / "testdrug_dist_vae", make_dataset(600, seed=0))
+    for i, drug in enumerate(PANEL_DRUGS):  # after testdrug_dist_vae, so the Model page's default is unchanged
+        make_bundle(home / "models" / f"zz_{drug.lower()}", make_dataset(600, seed=0), drug=drug, seed=i + 1, steps=20)
     data = home / "tumour_10k.h5ad"
     make_dataset(N_CELLS, seed=11).write_h5ad(data, compression="gzip")
     with _streamlit(home, SCATD_AUTH="none") as url:
@@ -385,6 +388,72 @@ def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
         except Exception:
             for who, page in pages.items():
                 _shot(page, f"failure_{who}")
+            raise
+        finally:
+            browser.close()
+
+
+def test_panel_view_scores_three_models_and_downloads(server, tmp_path):
+    """The Drug panel page in a real browser: three models chosen, scored, every figure drawn, the
+    panel table downloaded with one column set per drug."""
+    from playwright.sync_api import sync_playwright
+
+    url, _data, _home = server
+    data = tmp_path / "panel_cells.h5ad"
+    make_dataset(1500, seed=31).write_h5ad(data)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(url)
+            page.get_by_role("heading", name="scATD Studio").first.wait_for()
+            _idle(page)
+            _go(page, "Data", "1 · Data")
+            page.locator("input[type='file']").first.set_input_files(str(data))
+            page.get_by_text("Quality control").wait_for(timeout=120_000)
+            _idle(page)
+            _go(page, "Drug panel", "Drug panel")
+            picker = page.locator("[data-testid='stMultiSelect']").filter(has_text="Drug models of the panel")
+            for drug in ("TESTDRUG",) + PANEL_DRUGS:
+                picker.locator("input").click()
+                page.get_by_role("option", name=f"{drug} · Dist_VAE (scATD-sf-dist)").click()
+                _idle(page)
+            page.keyboard.press("Escape")
+            page.get_by_role("button", name="Score 3 models").click()
+            page.get_by_text("3 of 3 models scored 1,500 cells").wait_for(timeout=180_000)
+            _plots(page, 4)  # heatmap, dot plot, the two rankings
+            _idle(page)
+            _no_exception(page)
+            page.get_by_role("button", name="Compute the UMAP").click()
+            # a plotly chart holds two .main-svg layers, so wait for the UMAP's own control instead
+            page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").wait_for(timeout=240_000)
+            _idle(page, timeout=180_000)
+            page.get_by_role("button", name="Show their top biomarkers").click()
+            page.locator("[data-testid='stDataFrame']").nth(2).wait_for(timeout=120_000)  # models, groups, markers
+            _idle(page)
+            _no_exception(page)
+            assert page.get_by_text("Something unexpected went wrong").count() == 0
+            _shot(page, "10_panel")
+            with page.expect_download() as info:
+                page.get_by_role("button", name="panel.csv").click()
+            target = tmp_path / "panel.csv"
+            info.value.save_as(target)
+            table = pd.read_csv(target)
+            assert len(table) == 1500
+            for drug in ("TESTDRUG",) + PANEL_DRUGS:
+                assert {f"{drug}_prob_resistant", f"{drug}_label", f"{drug}_calibrated"} <= set(table.columns)
+            assert table["n_drugs_resisted"].between(0, 3).all()
+            with page.expect_download() as info:
+                page.get_by_role("button", name="panel_report.html").click()
+            report = tmp_path / "panel_report.html"
+            info.value.save_as(report)
+            page.route("http*://**", lambda route: route.abort())
+            page.goto(report.as_uri())
+            _plots(page, 5, timeout=60_000)  # ranking, heatmap and dot plot per grouping, UMAP
+            page.screenshot(path=str(SCREENSHOTS / "10_panel_report_html.png"), full_page=True)
+        except Exception:
+            _shot(page, "failure_panel")
             raise
         finally:
             browser.close()

@@ -208,3 +208,28 @@ def test_cli_choices_match_the_core():
     from scatd_core.nn import BACKBONES
 
     assert _common.BASELINES == BASELINES and _common.TARGETS == TARGETS and _common.BACKBONES == BACKBONES
+
+
+def test_models_card_prints_the_baselines_and_refuses_a_model_without_one(capsys, dist_setup, monkeypatch):
+    from test_card import _card
+    from test_ensemble import _ensemble
+
+    from scatd_core.bundle import save_bundle
+
+    tmp, *_ = dist_setup
+    lib = tmp / "cardlib"
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(lib))
+    model = _ensemble()
+    save_bundle(lib / "carded", model.stacked_state_dict(), model.arch, drug="DRUGX",
+                genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize", threshold=0.5,
+                extra={"card": _card()})
+    code, out, _ = _run(capsys, "models", "card", "carded")
+    assert code == 0 and "This model beats gradient boosting" in out and "AUROC [95% CI]" in out
+    code, out, _ = _run(capsys, "models", "card", "carded", "--json")
+    assert code == 0 and json.loads(out)["evaluations"][0]["name"] == "target"
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Gefitinib",
+         "--genes", tmp / "genes.tsv", "--out", lib / "imported")
+    code, _, err = _run(capsys, "models", "card", "imported")
+    assert code != 0 and "has no model card" in err and "Traceback" not in err
+    code, _, err = _run(capsys, "models", "card", "nothing_here")
+    assert code != 0 and "No model 'nothing_here'" in err

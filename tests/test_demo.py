@@ -30,3 +30,18 @@ def test_full_demo_is_labelled_simulated_and_recovers_the_program(tmp_path):
     top = list(result.ranking["feature"][:20])
     assert sum(g in RESISTANCE_PROGRAM for g in top) >= 15
     assert np.isfinite(cells.obs["scatd_prob_resistant"]).all()
+
+
+def test_demo_panel_builds_three_simulated_drug_models(tmp_path, monkeypatch):
+    """The demo panel's extra models: built by the project's own training (seeded, as the demo model,
+    whose determinism the test above checks), labelled demo."""
+    from scatd_core import panel
+    from scatd_core.demo.simulate import simulate_tumour
+
+    first = demo.build_panel(library=tmp_path / "a", size="tiny")
+    assert [b.drug for b in first] == list(demo.PANEL_DRUGS)
+    assert all(b.manifest["provenance"]["seed"] == demo.DEMO_SEED for b in first)
+    assert all(b.is_demo and "demo (simulated data)" in b.title for b in first)
+    cells = simulate_tumour(n_cells=120, seed=2)
+    members = panel.predict_panel(cells, first, device="cpu")
+    assert [m.status for m in members] == ["scored", "scored"] and members[0].input_group == 0

@@ -132,7 +132,7 @@ def test_sample_mode_seeded(small_bundles):
     assert (sd > 0).all() and np.isfinite(sd).all()
     table = predictions_table(runs[0])
     assert list(table.columns) == ["cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored",
-                                   "qc_pass"]
+                                   "qc_pass", "rank"]
 
 
 def test_every_cell_gets_a_row_and_bad_cells_are_flagged(small_bundles):
@@ -320,5 +320,7 @@ def test_threshold_is_part_of_the_result_and_calibration_is_marked(small_bundles
                                   "R", "S")
     calibrate(adata, label_column="truth", method="youden")
     assert "20 resistant and 20 sensitive" in adata.uns["scatd"]["threshold"]["detail"]
+    set_threshold(adata, 0.3, "user")  # a guess by hand is not a calibration
+    assert not summary(adata)["calibrated"] and not predictions_table(adata)["calibrated"].any()
     set_threshold(adata, 1.0, "model default")
     assert summary(adata)["n_resistant"] == 0 and not summary(adata)["calibrated"]

@@ -97,3 +97,48 @@ def test_mcc_and_fraction_thresholds():
     assert (p > t).mean() == pytest.approx(0.3, abs=0.011)
     with pytest.raises(InputError, match="between 0 and 1"):
         metrics.fraction_threshold(p, 1.2)
+
+
+def test_fast_scores_match_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from scatd_core.metrics import _fast_auprc, _fast_auroc
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(4, 60))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        p = np.round(rng.random(n), int(rng.integers(1, 3)))  # many ties
+        assert _fast_auroc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert _fast_auprc(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+
+
+def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_data():
+    from scatd_core.metrics import bootstrap_ci, paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    p = y * 0.8 + rng.random(400)
+    value, lo, hi = bootstrap_ci(y, p, "auroc", seed=0)
+    assert lo < value < hi and value == pytest.approx(metrics.auroc(y, p))
+    _, lo_small, hi_small = bootstrap_ci(y[:40], p[:40], "auroc", seed=0)
+    assert hi_small - lo_small > hi - lo
+    assert bootstrap_ci(y, p, "auroc", seed=3) == bootstrap_ci(y, p, "auroc", seed=3)  # seeded
+    value, lo, hi = bootstrap_ci(y, p, "auprc", seed=0)
+    assert lo < value < hi and value == pytest.approx(metrics.auprc(y, p))
+    # identical predictions differ by exactly 0; a clearly better one has an interval above 0
+    assert paired_bootstrap(y, p, p) == (0.0, 0.0, 0.0)
+    d, lo, hi = paired_bootstrap(y, p, rng.random(400), seed=0)
+    assert d > 0.3 and lo > 0
+    assert np.isnan(bootstrap_ci(np.ones(5), np.arange(5.0))[0])  # one class: no interval
+
+
+def test_precision_at_k_needs_no_threshold():
+    y = np.array([1, 0, 1, 0, np.nan, 1])
+    p = np.array([0.9, 0.8, 0.7, 0.1, 0.95, 0.2])
+    assert metrics.precision_at_k(y, p, 1) == 1.0  # the unlabelled 0.95 cell is left out
+    assert metrics.precision_at_k(y, p, 3) == pytest.approx(2 / 3)
+    assert metrics.precision_at_k(y, p, 99) == pytest.approx(3 / 5)
+    with pytest.raises(InputError, match="k >= 1"):
+        metrics.precision_at_k(y, p, 0)

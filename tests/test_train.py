@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import anndata as ad
 import numpy as np
@@ -17,11 +18,13 @@ from scatd_core.cli import train as cli_train
 from scatd_core.errors import InputError
 from scatd_core.nn import Architecture, ResVAE
 from scatd_core.predict import Cancelled, predict
+from scatd_core.card import card_lines
 from scatd_core.train import TrainSettings, fit_head, mmd_rbf, prepare_training_data, train_drug_model
 from scatd_core.train._fit import _new_backbone, _restrict_backbone
 
 TINY = TrainSettings(hidden_dims=(16, 8), z_dim=4, pretrain_epochs=4, epochs=6, finetune_epochs=3, folds=3,
-                     batch_size=16)
+                     batch_size=16, members=3)
+TINY_SCATD = replace(TINY, head="scatd")
 N_GENES = 30
 
 
@@ -78,19 +81,141 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     m = bundle.manifest
     assert m["input_transform"] == "standardize" and m["beta_mode"] == "separate" and bundle.threshold == 0.5
     assert m["label_mapping"] == {"sensitive": 0, "resistant": 1} and bundle.drug == "DRUGA"
+    assert m["architecture"]["members"] == 3 and m["architecture"]["input_head"]
     prov = m["provenance"]
     assert len(prov["bulk"]["sha256"]) == 64 and len(prov["target"]["sha256"]) == 64 and prov["seed"] == 0
     assert prov["trained_by"] == "alice"  # shown as "by" in the model library
     assert m["training"]["settings"]["z_dim"] == 4 and m["metrics"]["cv"]["folds"] == 3
-    assert 1 <= rep["cv"]["head_epochs"] <= TINY.epochs and rep["cv"]["finetune_epochs"] == TINY.finetune_epochs
-    assert len(rep["refit"]["loss"]) == rep["cv"]["head_epochs"] + TINY.finetune_epochs
-    assert set(m["metrics"]["target"]) >= {"auroc", "auprc", "mcc", "f1"}
+    assert len(rep["pretraining"]["loss"]) == 3 and all(len(c) == TINY.pretrain_epochs for c in rep["pretraining"]["loss"])
+    assert set(m["metrics"]["target"]) >= {"auroc", "auroc_ci", "auprc", "mcc", "f1"}
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    # `scatd predict` on the target gives the numbers the training evaluated
+    # `scatd predict` on the target gives the numbers the training evaluated, and the members' spread
     predict(target, load_bundle(bundle.path), device="cpu")
     got = target.obs["scatd_prob_resistant"].to_numpy()
     np.testing.assert_allclose(got, rep["target_predictions"]["prob_resistant"].to_numpy(), atol=1e-6)
+    assert (target.obs["scatd_prob_resistant_sd"] > 0).all()
     assert target.uns["scatd"]["params"]["log_normalised"]  # counts detected, as at training
+
+
+def test_model_card_scores_model_and_baselines_on_the_same_samples(tmp_path):
+    bulk, labels, target = synthetic()
+    bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_resistant_value=0)
+    card = bundle.manifest["card"]
+    assert card == rep["card"]
+    assert card["settings"]["members"] == 3 and "ensemble of 3" in card["model"]["description"]
+    assert card["data"]["bulk"]["sha256"] == bundle.manifest["provenance"]["bulk"]["sha256"]
+    assert card["data"]["genes"]["n"] == N_GENES - 2
+    by_name = {ev["name"]: ev for ev in card["evaluations"]}
+    assert set(by_name) == {"bulk_cv", "target"}
+    assert by_name["bulk_cv"]["n"] == 45 and by_name["target"]["n"] == 40
+    for ev in by_name.values():
+        models = [r["model"] for r in ev["scores"]]
+        assert models == ["this model", "logistic regression (C=0.1, balanced)",
+                          "gradient boosting (HistGradientBoosting, balanced)"]
+        for row in ev["scores"]:
+            lo, hi = row["auroc_ci"]
+            assert lo <= row["auroc"] <= hi
+        assert len(ev["verdicts"]) == 2
+    # the card's target AUROC is the one of the predictions `scatd predict` reproduces
+    truth = 1 - target.obs["response"].to_numpy()
+    from sklearn.metrics import roc_auc_score
+
+    assert by_name["target"]["scores"][0]["auroc"] == pytest.approx(
+        roc_auc_score(truth, rep["target_predictions"]["prob_resistant"]), abs=1e-4)
+    assert bundle.manifest["metrics"]["cv"]["auroc"] == by_name["bulk_cv"]["scores"][0]["auroc"]
+    assert any("logistic regression" in line.lower() for line in card_lines(card))
+
+
+def test_original_head_is_still_available(tmp_path):
+    bulk, labels, target = synthetic()
+    bundle, rep = _train(tmp_path, bulk, labels, target, settings=TINY_SCATD, target_label_column="response",
+                         target_resistant_value=0)
+    assert bundle.architecture.members is None and bundle.manifest["architecture"]["head_dim"] == 2
+    assert 1 <= rep["cv"]["head_epochs"] <= TINY.epochs and rep["cv"]["finetune_epochs"] == TINY.finetune_epochs
+    assert len(rep["refit"]["loss"]) == rep["cv"]["head_epochs"] + TINY.finetune_epochs
+    assert "original drug head" in rep["card"]["model"]["description"]
+    assert {ev["name"] for ev in rep["card"]["evaluations"]} == {"bulk_cv", "target"}
+    predict(target, load_bundle(bundle.path), device="cpu")
+    np.testing.assert_allclose(target.obs["scatd_prob_resistant"], rep["target_predictions"]["prob_resistant"],
+                               atol=1e-6)
+    assert "scatd_prob_resistant_sd" not in target.obs  # one model: no spread in mean mode
+
+
+def shifted_target(n_cells=60, seed=1):
+    """Target counts whose resistance program is on other genes than the bulk's (G10-G14), so a
+    bulk-only model cannot rank them and a few labelled target cells must."""
+    rng = np.random.default_rng(seed)
+    genes = [f"G{i}" for i in range(N_GENES)]
+    yt = rng.integers(0, 2, n_cells)
+    program = (np.arange(N_GENES) >= 10) & (np.arange(N_GENES) < 15)
+    counts = rng.poisson(np.exp(1.0 + 1.2 * yt[:, None] * program)).astype(np.float32)
+    counts[:, 7] += 1
+    return ad.AnnData(counts, obs=pd.DataFrame({"response": 1 - yt}, index=[f"cell{i}" for i in range(n_cells)]),
+                      var=pd.DataFrame(index=genes))
+
+
+def _few_labels(target, k=5):
+    """k labelled cells per class (the first ones of each), as a Series cell -> sensitive/resistant."""
+    resistant = target.obs_names[target.obs["response"].to_numpy() == 0][:k]
+    sensitive = target.obs_names[target.obs["response"].to_numpy() == 1][:k]
+    return pd.Series(["resistant"] * k + ["sensitive"] * k, index=list(resistant) + list(sensitive))
+
+
+def test_few_labelled_cells_train_semi_supervised_and_are_left_out_of_the_evaluation(tmp_path):
+    bulk, labels, _ = synthetic()
+    target = shifted_target()
+    few = _few_labels(target)
+    _, rep0 = _train(tmp_path, bulk, labels, target, "bulk_only", target_label_column="response",
+                     target_resistant_value=0)
+    bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_resistant_value=0,
+                         few_shot_labels=few)
+    ev0 = next(e for e in rep0["card"]["evaluations"] if e["name"] == "target")
+    ev = next(e for e in rep["card"]["evaluations"] if e["name"] == "target")
+    assert ev0["n"] == 60 and ev["n"] == 50 and "not used for training" in ev["title"]
+    scores = {r["model"]: r["auroc"] for r in ev["scores"]}
+    assert set(scores) == {"this model", "logistic regression (C=0.1, balanced)",
+                           "gradient boosting (HistGradientBoosting, balanced)",
+                           "logistic regression on the labelled target cells alone (10 cells)",
+                           "the same recipe without the labelled cells"}
+    assert scores["the same recipe without the labelled cells"] < 0.7  # the bulk cannot rank these cells
+    assert scores["this model"] > 0.85 and scores["this model"] > scores["the same recipe without the labelled cells"] + 0.2
+    assert rep["card"]["data"]["few_shot"] == {"n": 10, "n_resistant": 5, "n_sensitive": 5}
+    assert rep["metrics"]["target"]["n_few_shot_cells_left_out"] == 10
+    # the saved model is what `scatd predict` runs
+    cells = target.copy()
+    predict(cells, load_bundle(bundle.path), device="cpu")
+    np.testing.assert_allclose(cells.obs["scatd_prob_resistant"], rep["target_predictions"]["prob_resistant"],
+                               atol=1e-6)
+
+
+def test_few_shot_label_errors_are_clear(tmp_path):
+    from scatd_core.labels import few_shot_from_column, read_few_shot_labels, set_label_direction
+
+    bulk, labels, target = synthetic()
+    one_class = pd.Series(["resistant"] * 4 + ["sensitive"], index=[f"cell{i}" for i in range(5)])
+    with pytest.raises(InputError, match="at least 2 of each"):
+        _train(tmp_path, bulk, labels, target, few_shot_labels=one_class)
+    unknown = pd.Series(["resistant", "resistant", "sensitive", "sensitive"], index=["x1", "x2", "x3", "x4"])
+    with pytest.raises(InputError, match="None of the 4 labelled cells"):
+        _train(tmp_path, bulk, labels, target, few_shot_labels=unknown)
+    with pytest.raises(InputError, match="default linear head"):
+        _train(tmp_path, bulk, labels, target, settings=TINY_SCATD, few_shot_labels=_few_labels(target, 2))
+    (tmp_path / "bad.csv").write_text("cell_id,label\ncell1,resistant\ncell2,maybe\n")
+    with pytest.raises(InputError, match="'maybe'"):
+        read_few_shot_labels(tmp_path / "bad.csv")
+    (tmp_path / "dup.csv").write_text("cell_id,label\ncell1,resistant\ncell1,sensitive\n")
+    with pytest.raises(InputError, match="twice"):
+        read_few_shot_labels(tmp_path / "dup.csv")
+    (tmp_path / "ok.csv").write_text("cell_id,label\ncell1,Resistant\ncell2,resistant\ncell3,\ncell4,SENSITIVE\n"
+                                     "cell5,sensitive\n")
+    assert read_few_shot_labels(tmp_path / "ok.csv").to_dict() == {
+        "cell1": "resistant", "cell2": "resistant", "cell4": "sensitive", "cell5": "sensitive"}
+    # in the app: a column with blanks for the unlabelled cells, read with its direction
+    cells = target.copy()
+    cells.obs["some"] = pd.Series([0, 0, 1, 1] + [None] * (cells.n_obs - 4), index=cells.obs_names, dtype=object)
+    set_label_direction(cells, "some", 0)
+    assert few_shot_from_column(cells, "some").to_dict() == {"cell0": "resistant", "cell1": "resistant",
+                                                              "cell2": "sensitive", "cell3": "sensitive"}
 
 
 def test_same_seed_same_weights_other_seed_differs(tmp_path):
@@ -153,8 +278,7 @@ def test_encoder_frozen_in_eval_mode_and_bn_frozen_while_finetuning():
 
 def test_target_smaller_than_batch_and_imbalanced(tmp_path):
     bulk, labels, target = synthetic(n_bulk=40, n_cells=5, n_resistant=36)
-    bundle, rep = _train(tmp_path, bulk, labels, target, settings=TrainSettings(
-        **{**TINY.__dict__, "batch_size": 64, "folds": 5}))
+    bundle, rep = _train(tmp_path, bulk, labels, target, settings=replace(TINY, batch_size=64, folds=5))
     assert rep["labels"]["sensitive"] < 5  # 3 or 4 sensitive after the NA rows
     assert rep["cv"]["folds"] == rep["labels"]["sensitive"]
     assert any("folds instead of 5" in w for w in rep["warnings"])
@@ -237,6 +361,9 @@ def test_backbone_bundle_is_used_and_genes_intersected(tmp_path):
     assert not any(m.startswith("Pretraining") for m in msgs)
     assert rep["genes"]["n_backbone"] == len(genes) and rep["genes"]["n_panel"] == N_GENES - 2
     assert bundle.genes == [g for g in genes if g in bundle.genes]  # backbone order
+    assert rep["pretraining"]["loss"] == [[]] and bundle.architecture.members == 1  # one given backbone
+    assert any("ensemble of one member" in w for w in rep["warnings"])
+    _, rep = _train(tmp_path, bulk, labels, target, "scatd", settings=TINY_SCATD, backbone_bundle=backbone.path)
     assert rep["pretraining"]["loss"] == []
     assert bundle.manifest["provenance"]["backbone_bundle"]["weights_sha256"] == backbone.manifest["weights_sha256"]
     with pytest.raises(InputError, match="is a dist_vae model, not vae_sf"):
@@ -288,14 +415,15 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
     tdf.to_csv(tmp_path / "target.csv")
     args = p.parse_args(["train", "--bulk", str(tmp_path / "bulk.csv"), "--bulk-labels", str(tmp_path / "labels.csv"),
                          "--drug", "DRUGA", "--target", str(tmp_path / "target.csv"), "--out", str(tmp_path / "bundle"),
-                         "--folds", "3", "--epochs", "6", "--finetune-epochs", "3", "--pretrain-epochs", "3",
+                         "--folds", "3", "--members", "2", "--pretrain-epochs", "3",
                          "--target-labels", "response", "--target-resistant-value", "0", "--device", "cpu",
                          "--report", str(tmp_path / "report.json"),
                          "--target-predictions", str(tmp_path / "train_pred.csv")])
     assert args.run(args) == 0
     out, err = capsys.readouterr()
     assert "Trained 'DrugA (dist_vae, trained)'" in out and "Gene panel: 28 genes" in err
-    assert "Target (response, evaluation only): AUROC" in err
+    assert "Model card:" in err and "Target cells ('response', labels used for evaluation only)" in err
+    assert "logistic regression (c=0.1, balanced)" in err.lower()
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["cv"]["folds"] == 3 and "target_predictions" not in report
     bundle = load_bundle(tmp_path / "bundle")
@@ -308,6 +436,28 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
     train_pred = pd.read_csv(tmp_path / "train_pred.csv")
     assert list(pred["cell_id"]) == list(train_pred["cell_id"])
     np.testing.assert_allclose(pred["prob_resistant"], train_pred["prob_resistant"], atol=1e-6)
+    assert pred["prob_resistant_sd"].notna().all() and not pred["calibrated"].any()
+    assert sorted(pred["rank"]) == list(range(1, len(pred) + 1))
+
+    # a few labelled target cells, from a CSV of only those cells; the original head by name
+    resistant = [c for c, r in zip(target.obs_names, target.obs["response"]) if r == 0][:3]
+    sensitive = [c for c, r in zip(target.obs_names, target.obs["response"]) if r == 1][:3]
+    pd.DataFrame({"cell_id": resistant + sensitive, "label": ["resistant"] * 3 + ["sensitive"] * 3}).to_csv(
+        tmp_path / "few.csv", index=False)
+    common = ["train", "--bulk", str(tmp_path / "bulk.csv"), "--bulk-labels", str(tmp_path / "labels.csv"),
+              "--drug", "DRUGA", "--target", str(tmp_path / "target.csv"), "--folds", "3", "--pretrain-epochs", "3",
+              "--target-labels", "response", "--target-resistant-value", "0", "--device", "cpu"]
+    args = p.parse_args(common + ["--members", "2", "--few-shot-labels", str(tmp_path / "few.csv"),
+                                  "--out", str(tmp_path / "few_bundle")])
+    assert args.run(args) == 0
+    _, err = capsys.readouterr()
+    assert "Target cells whose labels were not used for training ('response') (34 samples" in err
+    assert "logistic regression on the labelled target cells alone (6 cells)" in err.lower()
+    assert load_bundle(tmp_path / "few_bundle").manifest["provenance"]["few_shot_labels"]["file"] == "few.csv"
+    args = p.parse_args(common + ["--head", "scatd", "--epochs", "4", "--finetune-epochs", "2",
+                                  "--out", str(tmp_path / "scatd_bundle")])
+    assert args.run(args) == 0
+    assert load_bundle(tmp_path / "scatd_bundle").architecture.members is None
 
 
 def test_cli_bad_arguments_are_clean(tmp_path, capsys):
@@ -315,3 +465,26 @@ def test_cli_bad_arguments_are_clean(tmp_path, capsys):
     with pytest.raises(SystemExit):
         p.parse_args(["train", "--bulk", "b", "--bulk-labels", "l", "--drug", "d", "--target", "t", "--folds", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_default_folder_is_unique_when_two_trainings_race(tmp_path, monkeypatch):
+    """Two users training the same drug at once: the second must not write into the first's folder.
+    The free name is chosen under the library lock when the bundle is written, so a folder taken
+    after training started (here: before the write) pushes this model to the next free name."""
+    from scatd_core.train import _run
+
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    taken = tmp_path / "lib" / "DRUGA_dist_vae_trained"
+    real = _run._default_out
+
+    def racing(drug, backbone, library):
+        out = real(drug, backbone, library)
+        out.mkdir(parents=True)  # someone else's training finished first, under the same name
+        (out / "theirs.txt").write_text("another user's model")
+        return out
+
+    monkeypatch.setattr(_run, "_default_out", racing)
+    bundle, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=tmp_path / "lib",
+                                 settings=replace(TINY, members=1, pretrain_epochs=1))
+    assert bundle.path == taken.with_name(taken.name + "-2")
+    assert (taken / "theirs.txt").read_text() == "another user's model"  # untouched

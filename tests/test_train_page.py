@@ -44,8 +44,7 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     at.radio(key="train_resistant_response").set_value("0")  # synthetic() codes 1 = sensitive, as SCAD
     at.number_input(key="train_folds").set_value(3)
     at.number_input(key="train_pretrain_epochs").set_value(3)
-    at.number_input(key="train_epochs").set_value(6)
-    at.number_input(key="train_finetune_epochs").set_value(2)
+    at.number_input(key="train_members").set_value(2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -56,9 +55,15 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert not at.error, [e.value for e in at.error]
     result = at.session_state["train_result"]
     labels_shown = [m.label for m in at.metric]
-    assert labels_shown == ["Bulk CV AUROC", "Bulk out-of-fold AUROC", "Target AUROC", "Target AUPRC"]
+    assert labels_shown == ["Bulk CV AUROC", "Bulk CV AUPRC", "Target AUROC", "Target AUPRC"]
     assert result["report"]["metrics"]["target"]["label_column"] == "response"
-    assert len(at.get("plotly_chart")) == 2  # CV curves, pretraining loss
+    assert len(at.get("plotly_chart")) == 2  # the model card's AUROCs, pretraining losses
+    # the model card: the baselines next to the model, and a verdict for each
+    shown = at.dataframe[0].value
+    assert list(shown["model"][:3]) == ["this model", "logistic regression (C=0.1, balanced)",
+                                        "gradient boosting (HistGradientBoosting, balanced)"]
+    verdicts = [m.value for m in at.success] + [m.value for m in at.warning]
+    assert sum("logistic regression" in v.lower() for v in verdicts) == 2  # bulk CV and target
     library = [e.bundle.path for e in list_library() if e.ok]
     assert [str(p) for p in library] == [result["bundle_path"]]
     at.button(key="btn_train_use_model").click().run()
@@ -73,3 +78,63 @@ def test_demo_panel_offers_its_drugs_and_upload_target_needed():
     # no current dataset: the target must be uploaded before a drug can be chosen
     assert at.radio(key="train_target_source").options == ["Upload another dataset"]
     assert any("Give the bulk data" in i.value for i in at.info)
+
+
+def test_original_head_settings_and_few_labelled_cells_column():
+    bulk, labels, target = synthetic()
+    target.obs["some_labels"] = [0, 0, 1, 1] + [None] * (target.n_obs - 4)
+    at = _page()
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.session_state[S.DATA_NAME] = "tumour.h5ad"
+    at.run()
+    assert not at.exception, at.exception
+    assert "train_epochs" not in [n.key for n in at.number_input]  # the original head's settings stay hidden
+    at.radio(key="train_head").set_value("scatd").run()
+    assert {"train_epochs", "train_finetune_epochs", "train_mmd_weight"} <= {n.key for n in at.number_input}
+    at.selectbox(key="train_few_shot_column").set_value("some_labels").run()
+    at.radio(key="train_resistant_some_labels").set_value("0").run()
+    assert any("4 labelled cell(s)" in c.value for c in at.caption)
+    at.number_input(key="train_pretrain_epochs").set_value(2)
+    at.button(key="btn_train_start").click().run()
+    assert not at.exception, at.exception
+    assert any("default linear head" in e.value for e in at.error)  # few-shot needs the linear head
+
+
+def test_train_a_panel_of_drugs_saves_it_for_the_user():
+    from scatd_core.panel import list_panels
+
+    bulk, labels, target = synthetic()
+    labels["OTHER"] = labels["DRUGA"].map({"resistant": "sensitive", "sensitive": "resistant"})
+    labels["ALLSENSITIVE"] = "sensitive"  # no resistant line: skipped, with the reason
+    at = _page()
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.session_state[S.DATA_NAME] = "tumour.h5ad"
+    at.run()
+    at.selectbox(key="train_label_column").set_value(None)
+    for key, value in (("train_folds", 2), ("train_pretrain_epochs", 2), ("train_members", 2),
+                       ("train_panel_min_lines", 2)):
+        at.number_input(key=key).set_value(value)
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA", "OTHER", "ALLSENSITIVE"])
+    at.text_input(key="train_panel_name").input("my two").run()  # the button is enabled once drugs are chosen
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        at.button(key="btn_train_panel").click().run()
+    finally:
+        torch.set_num_threads(threads)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    summary = at.session_state["train_panel_result"]
+    assert list(summary["drug"]) == ["DRUGA", "OTHER", "ALLSENSITIVE"]
+    assert list(summary["status"]) == ["trained", "trained", "skipped"]
+    assert "0 resistant" in summary["note"].iloc[2]
+    trained = list(summary["bundle"].iloc[:2])
+    entries = {e.path.name: e for e in list_library() if e.ok}
+    assert sorted(entries) == sorted(trained)
+    # the panel is trained with the page's settings: the ensemble of 2 linear-head members chosen above
+    assert all(entries[name].bundle.manifest["training"]["settings"]["members"] == 2 for name in trained)
+    assert list_panels(at.session_state["user"].name)["my two"]["models"] == trained

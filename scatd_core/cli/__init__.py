@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 
 from scatd_core import __version__
-from scatd_core.cli import convert_scfoundation, demo, doctor, explain, import_checkpoint, labels, models, predict, \
-    report, train, users
+from scatd_core.cli import (convert_scfoundation, demo, doctor, explain, import_checkpoint, labels, models, panel,
+                            predict, report, train, train_panel, users)
 from scatd_core.cli._common import say
 from scatd_core.errors import ScatdError
 
 #: The sub-commands, in the order ``scatd --help`` lists them.
-COMMANDS = (predict, report, explain, import_checkpoint, convert_scfoundation, models, train, labels, demo, users,
-            doctor)
+COMMANDS = (predict, report, explain, import_checkpoint, convert_scfoundation, models, panel, train, train_panel,
+            labels, demo, users, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,9 +92,14 @@ def resolve_bundle(name_or_path: str, library: str | None = None):
                      "Import one with `scatd import-checkpoint`, or train one with `scatd train`.")
 
 
-def add_data_arguments(p: argparse.ArgumentParser, output: bool = True) -> None:
-    """``--model``, ``--input`` and the reading options shared by predict, explain and report."""
-    p.add_argument("--model", required=True, help="bundle folder (or a bundle name in the model library)")
+def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several: bool = False) -> None:
+    """``--model``, ``--input`` and the reading options shared by predict, explain and report
+    (``several``: ``--model`` may be repeated, for a panel of models)."""
+    if several:
+        p.add_argument("--model", action="append", help="bundle folder (or a bundle name in the model library); "
+                                                        "repeat it to score a panel of models in one run")
+    else:
+        p.add_argument("--model", required=True, help="bundle folder (or a bundle name in the model library)")
     p.add_argument("--input", required=True, help="single-cell data: h5ad, 10x h5/mtx/zip, CSV/TSV(.gz), "
                                                   "loom, or .npy embeddings")
     p.add_argument("--orientation", default="auto", choices=ORIENTATIONS,

@@ -1,4 +1,5 @@
-"""``scatd models``: the installed bundles; ``scatd models fetch``: the published scATD models."""
+"""``scatd models``: the installed bundles; ``scatd models card NAME``: a trained model's card;
+``scatd models fetch``: the published scATD models."""
 
 from __future__ import annotations
 
@@ -10,18 +11,51 @@ from scatd_core.cli._common import Progress, say
 
 def add(sub) -> None:
     p = sub.add_parser("models", help="list the installed models, or fetch the published scATD models",
-                       description="`scatd models` lists the model library. `scatd models fetch` lists the published "
+                       description="`scatd models` lists the model library. `scatd models card NAME` prints a "
+                                   "trained model's card (its scores next to the baselines). `scatd models fetch` "
+                                   "lists the published "
                                    "scATD checkpoints on figshare; `scatd models fetch NAME ...` downloads (with size "
                                    "and checksum checks) and imports them.")
-    p.add_argument("action", nargs="?", default="list", choices=["list", "fetch"])
-    p.add_argument("names", nargs="*", help="fetch: the file names to install (default: list them)")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "card", "fetch"])
+    p.add_argument("names", nargs="*", help="card: the model's folder in the library (or a bundle path); "
+                                            "fetch: the file names to install (default: list them)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    return fetch(args) if args.action == "fetch" else show(args)
+    return {"fetch": fetch, "card": card}.get(args.action, show)(args)
+
+
+def card(args) -> int:
+    """Print the model card of one bundle (JSON with --json)."""
+    from scatd_core.bundle import load_bundle
+    from scatd_core.card import card_lines, card_table
+    from scatd_core.config import model_library_dir
+    from scatd_core.errors import InputError
+
+    if len(args.names) != 1:
+        raise InputError("`scatd models card` takes one model: its folder in the library or a bundle path.",
+                         "List them with `scatd models`.")
+    root = Path(args.library) if args.library else model_library_dir()
+    name = args.names[0]
+    path = root / name if (root / name).exists() and Path(name).name == name else Path(name)
+    if not path.exists():
+        raise InputError(f"No model {name!r} in {root}.", "List them with `scatd models`.")
+    bundle = load_bundle(path)
+    found = bundle.manifest.get("card")
+    if not found:
+        raise InputError(f"{bundle.title} has no model card: only models trained by `scatd train` carry one "
+                         "(an imported checkpoint has no training data to compare with).")
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"Model card: {bundle.title} ({path.name})")
+    for line in card_lines(found):
+        print(f"  {line}")
+    print(card_table(found).to_string(index=False))
+    return 0
 
 
 def show(args) -> int:

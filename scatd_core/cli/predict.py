@@ -1,4 +1,8 @@
-"""``scatd predict``: P(resistant) for every cell, as the app computes it, into predictions.csv."""
+"""``scatd predict``: P(resistant) for every cell, as the app computes it, into predictions.csv.
+
+With several ``--model`` (or ``--panel NAME``) it scores a panel of drug models in one run
+(:func:`scatd_core.panel.predict_panel`) and writes one column set per drug into the same table.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,19 @@ from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, ad
 
 
 def add(sub) -> None:
-    p = sub.add_parser("predict", help="predict P(resistant) per cell with a model bundle",
+    p = sub.add_parser("predict", help="predict P(resistant) per cell with a model bundle, or a panel of them",
                        description="Predict P(resistant) for every cell and write predictions.csv (one row per "
-                                   "input cell, in input order; the same table the app downloads).")
-    add_data_arguments(p)
+                                   "input cell, in input order; the same table the app downloads). Repeat --model, "
+                                   "or give --panel, to score a panel of drug models in one run: one column set "
+                                   "per drug (P(resistant), label, calibrated) in the same table and h5ad; a model "
+                                   "that cannot score the data is reported and skipped.")
+    add_data_arguments(p, several=True)
+    p.add_argument("--panel", help="a panel you saved (`scatd panel save`), instead of --model")
+    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--output", required=True, help="output CSV (one row per input cell, in input order)")
     p.add_argument("--h5ad", help="also write the annotated AnnData here")
+    p.add_argument("--group-summary", help="panel: also write the per-cluster/per-sample summary CSV here")
+    p.add_argument("--html", help="panel: also write the HTML panel report here")
     add_prediction_arguments(p)
     add_label_arguments(p)
     p.add_argument("--sample-column", help="obs column with the sample / batch, copied into the table")
@@ -44,8 +55,8 @@ def add_prediction_arguments(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="cells per batch (default: 1024 on a CPU; sized from free memory on a GPU)")
     thr = p.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's, "
-                                                           "marked uncalibrated in the outputs)")
+    thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's); "
+                     "either is marked uncalibrated in the outputs")
     thr.add_argument("--expected-fraction", type=probability,
                      help="calibrate the threshold so this share of the cells is called resistant")
     thr.add_argument("--calibrate-on-labels", choices=["youden", "mcc"],
@@ -60,7 +71,7 @@ def predict_from_args(adata, bundle, args, inputs=None):
     Returns the :class:`~scatd_core.scaleout.ScaleoutRun` with ``--engine ray``, else ``None``.
     """
     from scatd_core._matrix import stored_fraction
-    from scatd_core.predict import calibrate, device_description, estimate_seconds, predict, resolve_device
+    from scatd_core.predict import device_description, estimate_seconds, predict, resolve_device
 
     run = None
     if getattr(args, "engine", "local") == "ray":
@@ -84,34 +95,74 @@ def predict_from_args(adata, bundle, args, inputs=None):
         predict(adata, bundle, inputs=inputs, mode=args.mode, n_samples=args.samples, seed=args.seed,
                 device=args.device, batch_size=args.batch_size, threshold=args.threshold, beta_mode=args.beta_mode,
                 progress=Progress("Predicting"))
+    calibrate_from_args(adata, args)
+    report_prediction(adata)
+    return run
+
+
+def calibrate_from_args(adata, args, key_added: str | None = None) -> None:
+    """``--expected-fraction`` / ``--calibrate-on-labels`` (``--threshold`` is set by predict)."""
+    from scatd_core.predict import calibrate
+
     if args.expected_fraction is not None:
-        calibrate(adata, expected_fraction=args.expected_fraction)
+        calibrate(adata, expected_fraction=args.expected_fraction, key_added=key_added)
     elif args.calibrate_on_labels:
         if not args.label_column:
             from scatd_core.errors import ScatdError
 
             raise ScatdError("--calibrate-on-labels needs --label-column (and --label-resistant for codes like 0/1).")
-        calibrate(adata, label_column=args.label_column, method=args.calibrate_on_labels)
-    info = adata.uns["scatd"]
+        calibrate(adata, label_column=args.label_column, method=args.calibrate_on_labels, key_added=key_added)
+
+
+def report_prediction(adata, key_added: str | None = None, label: str = "") -> None:
+    """Coverage, warnings and the threshold of one prediction, for the terminal."""
+    from scatd_core._keys import result_keys
+
+    info = adata.uns[result_keys(key_added).run]
     cov = info.get("gene_coverage") or {}
     if cov:
-        say(f"Genes: {cov['n_matched']:,} of {cov['n_model_genes']:,} model genes present "
+        say(f"{label}Genes: {cov['n_matched']:,} of {cov['n_model_genes']:,} model genes present "
             f"({cov['fraction_matched']:.1%}); {cov['n_model_genes'] - cov['n_matched']:,} missing (filled with 0); "
             f"{cov['n_extra_ignored']:,} extra genes ignored; {cov['n_duplicated_summed']:,} duplicated names summed.")
     for w in info["warnings"]:
-        say(f"warning: {w}")
+        say(f"{label}warning: {w}")
     thr = info["threshold"]
-    say(f"Threshold {thr['value']:.4g}: {thr['detail']}" + ("" if thr["calibrated"] else
+    say(f"{label}Threshold {thr['value']:.4g}: {thr['detail']}" + ("" if thr["calibrated"] else
         " — UNCALIBRATED: the fraction called resistant may be far from the truth; use --expected-fraction or "
         "--calibrate-on-labels"))
-    return run
+
+
+def panel_bundles(args) -> list:
+    """The bundles of ``--model`` (repeated) or ``--panel``; ``[]`` means a single ``--model``."""
+    from scatd_core.errors import ScatdError
+
+    models = args.model or []
+    if args.panel and models:
+        raise ScatdError("Give either --model (once or more) or --panel, not both.")
+    if args.panel:
+        from scatd_core.panel import load_panel
+
+        bundles, problems = load_panel(args.panel, os_user(), library=args.library)
+        for problem in problems:
+            say(f"warning: panel {args.panel}: skipped {problem}")
+        if not bundles:
+            raise ScatdError(f"No model of panel {args.panel!r} can be loaded.",
+                             "Check the library with `scatd models`, and save the panel again.")
+        return bundles
+    if not models:
+        raise ScatdError("Say which model to use: --model NAME (repeat it for a panel), or --panel NAME.",
+                         "`scatd models` lists the installed models; `scatd panel list` your saved panels.")
+    return [resolve_bundle(m, args.library) for m in models] if len(models) > 1 else []
 
 
 def run(args) -> int:
+    bundles = panel_bundles(args)
+    if bundles:
+        return run_panel(args, bundles)
     from scatd_core.export import predictions_table, to_csv_bytes, write_h5ad
     from scatd_core.predict import lowered_batch_message, summary
 
-    bundle = resolve_bundle(args.model)
+    bundle = resolve_bundle(args.model[0], args.library)
     adata = read_input(args, backed=True if args.engine == "ray" else "auto")
     prepare_embeddings(adata, bundle, args)  # on Ray too with --engine ray
     label_column = apply_label_direction(adata, args)
@@ -135,3 +186,68 @@ def run(args) -> int:
             write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")
     return 0
+
+
+def run_panel(args, bundles) -> int:
+    """Score every model of the panel; one column set per drug in the table and the h5ad."""
+    from scatd_core import export, panel
+    from scatd_core.predict import set_threshold
+
+    from scatd_core.errors import ScatdError
+
+    if getattr(args, "engine", "local") == "ray":
+        raise ScatdError("--engine ray scores one model at a time; a panel runs in this process.",
+                         "Leave out --engine ray, or run one `scatd predict --engine ray --model X` per drug.")
+    adata = read_input(args)
+    for bundle in bundles:  # VAE_sf/VAE_gf on expression: embeddings once per backbone (cached in the data)
+        try:
+            prepare_embeddings(adata, bundle, args)
+        except ScatdError as exc:
+            say(f"warning: {bundle.drug or bundle.name}: no cell embeddings ({exc.message}); it will be skipped")
+    label_column = apply_label_direction(adata, args)
+    say(f"Panel of {len(bundles)} models: {', '.join(b.drug or b.name for b in bundles)}")
+    members = panel.predict_panel(adata, bundles, mode=args.mode, n_samples=args.samples, seed=args.seed,
+                                  device=args.device, batch_size=args.batch_size, progress=Progress("Panel"))
+    for m in members:
+        if not m.scored:
+            say(f"warning: {m.drug} ({m.model}) skipped: {m.problem}")
+            continue
+        if args.threshold is not None:
+            set_threshold(adata, args.threshold, "user", key_added=m.key)
+        calibrate_from_args(adata, args, key_added=m.key)
+        report_prediction(adata, m.key, label=f"{m.drug}: ")
+    panel.refresh(adata)
+    extra = [c for c in (label_column, args.sample_column) if c]
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(export.to_csv_bytes(panel.panel_table(adata, extra)))
+    ranking = panel.drug_ranking(adata)
+    for rec in ranking.itertuples(index=False):
+        frac = "n/a" if rec.fraction_resistant != rec.fraction_resistant else f"{rec.fraction_resistant:.1%}"
+        say(f"  {rec.rank}. {rec.drug}: {frac} of {rec.n_called:,} cells called resistant, mean P "
+            f"{rec.mean_prob_resistant:.3f}" + ("" if rec.calibrated else " (uncalibrated)"))
+    n_all = int(adata.obs["scatd_panel_resistant_to_all"].sum())
+    say(f"{n_all:,} cell(s) are called resistant to every scored drug. Wrote {out}")
+    if args.group_summary:
+        export.write_panel_summary(adata, args.group_summary, [c for c in (args.sample_column,) if c])
+        say(f"Wrote {args.group_summary}")
+    if args.html:
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(export.panel_html_report(
+            adata, group_columns=[c for c in (args.sample_column,) if c], data_name=Path(args.input).name),
+            encoding="utf-8")
+        say(f"Wrote {args.html}")
+    if args.h5ad:
+        export.write_h5ad(adata, args.h5ad)
+        say(f"Wrote {args.h5ad}")
+    return 0
+
+
+def os_user() -> str | None:
+    """The operating-system user: whose saved panels the CLI uses (the app uses the login name)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

@@ -7,8 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
-from scatd_core.cli._common import BACKBONES, DEVICES, Progress, fmt, positive_int, say
+from scatd_core.cli._common import BACKBONES, DEVICES, Progress, positive_int, say
 from scatd_core.errors import ScatdError
+
+#: Choices the parser offers; the core checks them again (tests keep the two in step).
+HEADS = ("linear", "scatd")
+HEAD_INPUTS = ("latent+input", "latent")
 
 
 def export_bundle(source: Path, target: Path) -> None:
@@ -21,9 +25,12 @@ def export_bundle(source: Path, target: Path) -> None:
 def add(sub) -> None:
     p = sub.add_parser(
         "train", help="train a drug model on bulk cell lines, adapted to your single cells",
-        description="Train a drug-response model on labelled bulk cell lines and adapt it to a target "
-                    "single-cell dataset (scATD domain-adaptive learning). The target's labels, if any, are "
-                    "only used to report metrics.")
+        description="Train a drug-response model on labelled bulk cell lines for a target single-cell dataset. "
+                    "Default: an ensemble of scATD backbones pretrained from different seeds on the bulk and the "
+                    "target cells, each with a class-balanced linear head on its latent and the standardised genes. "
+                    "The target's label column, if any, is only used to report metrics; --few-shot-labels trains "
+                    "with a few labelled target cells. Every model gets a model card comparing it with a logistic "
+                    "regression and gradient boosting trained on the same inputs.")
     p.add_argument("--backbone", default="dist_vae", choices=BACKBONES,
                    help="dist_vae: expression (default); vae_sf/vae_gf: cell embeddings")
     p.add_argument("--bulk", required=True, help="bulk cell lines x genes (CSV/TSV, h5ad, ...)")
@@ -33,14 +40,25 @@ def add(sub) -> None:
     p.add_argument("--target", required=True, help="the single cells to adapt to (any format `scatd predict` reads)")
     p.add_argument("--out", help="also export a copy of the new bundle to this folder (it is always installed in "
                                  "the model library)")
-    p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle (default: pretrain one)")
+    p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle (default: pretrain them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=positive_int, default=5, help="stratified CV folds on the bulk (default 5)")
+    p.add_argument("--head", choices=HEADS, default="linear",
+                   help="linear: the ensemble of linear heads (default); scatd: the original head (fc3-bn3-swish-fc4), "
+                        "one model, head epochs chosen by CV, then fine-tuning with MMD")
+    p.add_argument("--members", type=positive_int, help="backbones in the ensemble (linear head; default 10)")
+    p.add_argument("--head-c", type=float, help="inverse L2 strength of the linear heads (default 0.01)")
+    p.add_argument("--head-inputs", choices=HEAD_INPUTS,
+                   help="what the linear heads see: latent+input (default: the latent mean and the standardised "
+                        "genes) or latent")
+    p.add_argument("--few-shot-labels",
+                   help="CSV cell_id,label (sensitive/resistant) of a few labelled target cells (at least 2 per "
+                        "class) to train with; the other target cells stay unlabelled (semi-supervised)")
     p.add_argument("--epochs", type=positive_int,
-                   help="most drug-head epochs on the frozen encoder; the CV picks how many (default 50)")
-    p.add_argument("--finetune-epochs", type=int, help="then epochs fine-tuning the encoder too (default 20)")
-    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 200)")
-    p.add_argument("--mmd-weight", type=float, help="weight of the bulk-target MMD loss (default 1.0)")
+                   help="scatd head: most head epochs on the frozen encoder; the CV picks how many (default 50)")
+    p.add_argument("--finetune-epochs", type=int, help="scatd head: then epochs fine-tuning the encoder (default 20)")
+    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 100)")
+    p.add_argument("--mmd-weight", type=float, help="scatd head: weight of the bulk-target MMD loss (default 1.0)")
     p.add_argument("--no-adaptation", action="store_true",
                    help="never use the target for training (the no-adaptation baseline)")
     p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
@@ -49,7 +67,8 @@ def add(sub) -> None:
                         "resistant/sensitive (SCAD's 'response' is 1 = sensitive, so give 0)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=positive_int,
-                   help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models)")
+                   help="torch CPU threads while training (default 1: the networks are small, and more threads on "
+                        "a busy machine mostly wait for each other)")
     p.add_argument("--name", help="display name in the model library")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at --out")
@@ -59,45 +78,39 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
-
+    from scatd_core.card import card_lines
     from scatd_core.train import TrainSettings, report_to_json, train_drug_model
 
     if args.out and Path(args.out).exists() and not args.overwrite:
         raise ScatdError(f"{args.out} already exists.", "Choose another --out, or add --overwrite.")
 
-    settings = TrainSettings()
+    settings = TrainSettings(head=args.head)
     overrides = {"finetune_epochs": args.finetune_epochs, "pretrain_epochs": args.pretrain_epochs,
-                 "mmd_weight": args.mmd_weight}
+                 "mmd_weight": args.mmd_weight, "members": args.members, "head_c": args.head_c,
+                 "head_inputs": args.head_inputs, "threads": args.threads}
     for key, value in overrides.items():
         if value is not None:
-            if value < 0:
+            if not isinstance(value, str) and value < 0:
                 raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
             setattr(settings, key, value)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    say(f"Training a {args.backbone} model for {args.drug}: bulk {Path(args.bulk).name}, "
-         f"target {Path(args.target).name}")
+    say(f"Training a {args.backbone} model for {args.drug} ({args.head} head): bulk {Path(args.bulk).name}, "
+        f"target {Path(args.target).name}")
     bundle, report = train_drug_model(
         args.bulk, args.bulk_labels, args.drug, args.target, backbone=args.backbone,
         backbone_bundle=args.backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
-        target_resistant_value=args.target_resistant_value, library=args.library, name=args.name,
-        trained_by=_os_user(), progress=Progress())
+        target_resistant_value=args.target_resistant_value, few_shot_labels=args.few_shot_labels,
+        library=args.library, name=args.name, trained_by=_os_user(), progress=Progress())
     lab = report["labels"]
     say(f"Labels ({report['drug']}): {lab['sensitive']} sensitive, {lab['resistant']} resistant bulk samples; "
-         f"{lab['n_missing_label']} missing labels dropped; {lab['n_bulk_without_label']} bulk samples unlabelled.")
+        f"{lab['n_missing_label']} missing labels dropped; {lab['n_bulk_without_label']} bulk samples unlabelled.")
     if report.get("genes"):
         g = report["genes"]
         say(f"Gene panel: {g['n_panel']:,} genes shared by bulk ({g['n_bulk']:,}) and target ({g['n_target']:,})"
-             + (f" and the backbone ({g['n_backbone']:,})" if g.get("n_backbone") else "") + ".")
-    cv = report["cv"]
-    say(f"Bulk {cv['folds']}-fold CV AUROC {fmt(cv['auroc_mean'])} ± {fmt(cv['auroc_sd'])} with "
-         f"{cv['head_epochs']} head epochs (chosen by validation AUROC) + {cv['finetune_epochs']} fine-tuning.")
-    tm = report["metrics"].get("target")
-    if tm:
-        say(f"Target ({tm['label_column']}, evaluation only): AUROC {fmt(tm['auroc'])}, AUPRC {fmt(tm['auprc'])}, "
-             f"balanced accuracy {fmt(tm['balanced_accuracy'])} at threshold {tm['threshold']:g}.")
+            + (f" and the backbone ({g['n_backbone']:,})" if g.get("n_backbone") else "") + ".")
+    say("Model card:")
+    for line in card_lines(report["card"]):
+        say(f"  {line}")
     for w in report["warnings"]:
         say(f"warning: {w}")
     if args.report:

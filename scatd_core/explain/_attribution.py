@@ -66,7 +66,7 @@ class Attributor:
         self.device = device
         self.forward = TargetOutput(model, target, positive_index)
         self.base = torch.from_numpy(np.asarray(baseline, dtype=np.float32)[None, :]).to(device)
-        self.factorised = bool(factorise and model.Encoder_resblocks[0].fusable)
+        self.factorised = bool(factorise and model.has_fused_first_layer())
         if self.factorised:
             self.model = model
             self.tail = TargetOutput(model.logits_from_first_layer, target, positive_index)

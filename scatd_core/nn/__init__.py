@@ -1,6 +1,7 @@
 """Pure torch modules of scATD, checkpoint-compatible with the original code. No I/O here."""
 
 from scatd_core.nn.layers import ResBlock, SpectralLinear, Swish
+from scatd_core.nn.ensemble import EnsembleClassifier
 from scatd_core.nn.models import (
     BACKBONES,
     PUBLISHED_SIZES,
@@ -14,6 +15,6 @@ from scatd_core.nn.state import check_state_dict, detect_backbone, infer_archite
 
 __all__ = [
     "BACKBONES", "PUBLISHED_SIZES", "STYLES", "Architecture", "DrugClassifier", "ResVAE", "ResBlock",
-    "SpectralLinear", "Swish", "build_model", "check_state_dict", "detect_backbone",
+    "EnsembleClassifier", "SpectralLinear", "Swish", "build_model", "check_state_dict", "detect_backbone",
     "infer_architecture", "model_from_state_dict",
 ]

@@ -21,7 +21,7 @@ is the decoder output in a :class:`ResVAE` and the classifier output in a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Mapping
 
 import torch
@@ -62,7 +62,10 @@ class Architecture:
 
     ``encoder_dims`` is ``[input_dim, ..., hidden_dim_layer_out_Z]``; ``decoder_dims`` is
     ``[z_dim, ..., hidden_dim_layer0]`` (pretraining form only); ``head_dim`` and ``class_num``
-    describe the classifier head (DAL form only).
+    describe the classifier head (DAL form only). ``members`` is the number of classifiers of an
+    ensemble (:class:`~scatd_core.nn.ensemble.EnsembleClassifier`; ``None`` for one model) and
+    ``input_head`` whether its heads also see the model input; the other fields describe each
+    member.
     """
 
     backbone: str
@@ -71,10 +74,25 @@ class Architecture:
     decoder_dims: list[int] | None = None
     head_dim: int | None = None
     class_num: int | None = None
+    members: int | None = None
+    input_head: bool = False
 
     @property
     def input_dim(self) -> int:
         return self.encoder_dims[0]
+
+    @property
+    def n_members(self) -> int:
+        return self.members or 1
+
+    @property
+    def latent_dim(self) -> int:
+        """Width of the model's latent: ``z_dim``, or the members' latents side by side."""
+        return self.z_dim * self.n_members
+
+    def member(self) -> "Architecture":
+        """The architecture of one member (of an ensemble; the model itself otherwise)."""
+        return replace(self, members=None, input_head=False)
 
     @property
     def kind(self) -> str:
@@ -92,6 +110,8 @@ class Architecture:
             decoder_dims=None if d.get("decoder_dims") is None else [int(v) for v in d["decoder_dims"]],
             head_dim=None if d.get("head_dim") is None else int(d["head_dim"]),
             class_num=None if d.get("class_num") is None else int(d["class_num"]),
+            members=None if d.get("members") is None else int(d["members"]),
+            input_head=bool(d.get("input_head", False)),
         )
 
     @classmethod
@@ -183,6 +203,11 @@ class _EncoderMixin(nn.Module):
         """The latent mean ``mu`` from :meth:`first_layer`'s output ``h`` (no ``logvar``)."""
         return self.fc21(self._trunk_from_first_layer(h))
 
+    def has_fused_first_layer(self) -> bool:
+        """Whether the input enters only through :meth:`first_layer` (frozen, with a first-block
+        shortcut projection: :attr:`ResBlock.fusable`)."""
+        return bool(self.Encoder_resblocks[0].fusable)
+
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
                        generator: torch.Generator | None = None) -> torch.Tensor:
@@ -258,12 +283,52 @@ class DrugClassifier(_EncoderMixin):
         model.fc22 = backbone.fc22
         return model
 
-    def classifier(self, z: torch.Tensor) -> torch.Tensor:
-        """Class logits of latent points ``z``; frozen, ``bn3`` is folded into ``fc3`` (one GEMM)."""
+    def classifier(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits of latent points ``z``; frozen, ``bn3`` is folded into ``fc3`` (one GEMM).
+        ``x`` (the model input) is not used by this head; it is accepted so that callers treat this
+        model and an ensemble whose heads see the input alike."""
         if foldable(self.bn3) and _frozen(self.fc3, self.bn3):
             weight, bias = _cached(self, "head", lambda: folded_linear(self.fc3, self.bn3), (self.fc3, self.bn3))
             return self.fc4(self.swish(torch.nn.functional.linear(z, weight, bias)))
         return self.fc4(self.swish(self.bn3(self.fc3(z))))
+
+    def set_linear_head(self, w: torch.Tensor, b: float, positive_index: int = 1) -> None:
+        """Make the head compute the linear model ``logit(positive) - logit(other) = w . z + b``
+        exactly, in the original layout (binary heads).
+
+        ``fc3``'s first row is ``w / |w|`` and its stored ``u = e0``, ``v = w / |w|`` make its
+        spectral norm 1; ``bn3`` (running mean 0, running variance ``1 - eps``) scales that unit
+        by ``2 |w|`` and zeroes the others; the head Swish with ``beta = 0`` is ``x / 2``; ``fc4``
+        (``u = e_positive``, ``v = e0``: norm 1) copies the unit into the positive logit, whose
+        bias is ``b``. The other logit is 0.
+        """
+        if self.arch.class_num != 2:
+            raise ValueError("a linear head needs a binary classifier")
+        w = torch.as_tensor(w, dtype=torch.float32).reshape(-1)
+        norm = float(w.norm())
+        direction = w / norm if norm > 0 else torch.nn.functional.one_hot(torch.tensor(0), w.numel()).float()
+        e0 = torch.zeros(self.arch.head_dim)
+        e0[0] = 1.0
+        with torch.no_grad():
+            self.fc3.weight_orig.zero_()
+            self.fc3.weight_orig[0] = direction
+            self.fc3.bias.zero_()
+            self.fc3.weight_u.copy_(e0)
+            self.fc3.weight_v.copy_(direction)
+            self.bn3.running_mean.zero_()
+            self.bn3.running_var.fill_(1.0 - self.bn3.eps)
+            self.bn3.num_batches_tracked.zero_()
+            self.bn3.weight.zero_()
+            self.bn3.weight[0] = 2.0 * norm
+            self.bn3.bias.zero_()
+            self.swish.beta.fill_(0.0)
+            self.fc4.weight_orig.zero_()
+            self.fc4.weight_orig[positive_index, 0] = 1.0
+            self.fc4.bias.zero_()
+            self.fc4.bias[positive_index] = float(b)
+            self.fc4.weight_u.zero_()
+            self.fc4.weight_u[positive_index] = 1.0
+            self.fc4.weight_v.copy_(e0)
 
     def logits_from_first_layer(self, h: torch.Tensor) -> torch.Tensor:
         """Class logits of the latent mean, from :meth:`first_layer`'s output ``h``."""
@@ -290,5 +355,10 @@ class DrugClassifier(_EncoderMixin):
                 block.swish = self.swish
 
 
-def build_model(arch: Architecture) -> ResVAE | DrugClassifier:
+def build_model(arch: Architecture):
+    """The module ``arch`` describes: a :class:`ResVAE`, a :class:`DrugClassifier` or an ensemble."""
+    if arch.members:
+        from scatd_core.nn.ensemble import EnsembleClassifier
+
+        return EnsembleClassifier(arch)
     return DrugClassifier(arch) if arch.kind == "classifier" else ResVAE(arch)

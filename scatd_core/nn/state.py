@@ -126,8 +126,12 @@ def _names(keys, limit: int = 8) -> str:
 
 
 def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
-    """Strict key and shape match of ``sd`` against ``model``; every difference is named."""
-    expected = model.state_dict()
+    """Strict key and shape match of ``sd`` against ``model``; every difference is named.
+
+    An ensemble is matched against its saved (stacked) form.
+    """
+    stacked = getattr(model, "stacked_state_dict", None)
+    expected = stacked() if stacked is not None else model.state_dict()
     missing = set(expected) - set(sd)
     unexpected = set(sd) - set(expected)
     problems = []

@@ -153,8 +153,8 @@ def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> di
     if mask is not None and not mask.any():  # every cell filtered: nothing to run
         usable, reasons = 0, {**dict.fromkeys(REASON_ORDER, 0), "filtered": n}
         prob, scored = np.full(n, np.nan), np.zeros(n, dtype=bool)
-        latent = np.full((n, bundle.architecture.z_dim), np.nan, dtype=np.float32)
-        sd = np.full(n, np.nan) if job.mode == "sample" else None
+        latent = np.full((n, bundle.architecture.latent_dim), np.nan, dtype=np.float32)
+        sd = np.full(n, np.nan) if job.mode == "sample" or bundle.architecture.n_members > 1 else None
     else:
         try:
             predict(shard, bundle, mask=mask, inputs=inputs, mode=job.mode, n_samples=job.n_samples, seed=job.seed,
@@ -164,8 +164,8 @@ def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> di
                 raise
             shard.obs[keys.prob] = np.nan
             shard.obs[keys.scored] = False
-            shard.obsm[keys.latent] = np.full((n, bundle.architecture.z_dim), np.nan, dtype=np.float32)
-            if job.mode == "sample":
+            shard.obsm[keys.latent] = np.full((n, bundle.architecture.latent_dim), np.nan, dtype=np.float32)
+            if job.mode == "sample" or bundle.architecture.n_members > 1:  # an ensemble: the members' spread
                 shard.obs[keys.prob_sd] = np.nan
         else:
             record = json_safe(shard.uns[keys.run])

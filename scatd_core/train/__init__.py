@@ -1,40 +1,48 @@
 """Train a drug-response model on bulk cell lines and transfer it to single cells.
 
 :func:`train_drug_model` follows scATD's domain-adaptive learning (reference §3-§4) with its
-known bugs fixed (reference §10):
+known bugs fixed (reference §10). Two recipes share the inputs and the backbone pretraining:
 
 1. **Inputs.** The gene panel is what bulk and target share (and, with a pretrained backbone,
    what the backbone knows); it is reported. Each domain is standardised on its own: raw counts
    are log-normalised, then every gene is z-scored over the domain's samples. The target side is
-   computed by :class:`scatd_core.predict.ModelInput` itself, so ``scatd predict`` on the target
+   computed by :class:`scatd_core.inputs.ModelInput` itself, so ``scatd predict`` on the target
    reproduces exactly what the model saw. Labels are matched to bulk samples by ID, never by
    row position.
-2. **Backbone.** Without a backbone bundle, a residual VAE is pretrained on the bulk (all
+2. **Backbones.** Without a backbone bundle, residual VAEs are pretrained on the bulk (all
    samples, labelled or not) and, with adaptation on, the target cells, with the original loss
-   ``rec_beta * MSE + KLD`` (§3.2). No labels are used here.
-3. **Drug head (DAL).** Per stratified fold: the encoder is frozen **in eval mode** (its
-   BatchNorm statistics and spectral-norm vectors stay exactly as pretrained, unlike the
-   original, §10.12) and the head ``fc3 -> bn3 -> swish -> fc4`` is trained on the latent mean
-   with class-weighted cross-entropy. The head starts from a constant prediction (the two
-   output rows of ``fc4`` start equal), so stopping early shrinks it towards "no signal" as an
-   L2 penalty would, instead of leaving part of a random initial function (on the real-data
-   benchmark this raised both bulk CV and single-cell AUROC; benches/results_transfer.md).
-   Then an explicit fine-tuning phase (the original's "post-training") trains the encoder
-   weights too, at a lower learning rate, with the encoder's BatchNorm kept in eval mode
-   (spectral norm re-estimated as the weights move); with adaptation on, its loss adds the
-   RBF-kernel MMD between bulk and target latent means (median-heuristic bandwidth, detached;
-   the target sample is ``min(batch, n_target)`` cells, so small targets work, §10.17). The
-   MMD is only useful there: on a frozen encoder it has no trainable input.
-4. **Selection.** Every head epoch's validation AUROC is recorded; the number of head epochs
-   is the argmax of the fold-mean AUROC curve (smoothed over 5 epochs), not "the last epoch"
-   (§10.15). The fine-tuning length is fixed (bulk labels cannot see what it is for); a second
-   CV pass measures the whole procedure. The kept model is refitted on all labelled bulk
-   samples with those epoch counts: a hand-picked "best fold" would be chosen on one small
-   validation split and would waste a fifth of the labels.
+   ``rec_beta * MSE + KLD`` (§3.2). No labels are used here. Spectral norm runs one power
+   iteration per step (u and v persist between steps and track the norm as the weights move;
+   the original's five only matter to reproduce its training exactly).
+3. **Default head: an ensemble of linear heads** (:mod:`scatd_core.train._ensemble`).
+   ``members`` backbones from seeds ``seed * 1000 + k``; each gets a class-balanced logistic
+   regression on its frozen latent mean and the standardised genes, with a fixed L2 penalty,
+   fitted to convergence: nothing is chosen on the bulk cross-validation, whose folds hold a
+   handful of sensitive lines and whose AUROC ran against the target's on the real data
+   (benches/results_transfer.md). Seeing the genes, a head can never do much worse than a
+   logistic regression on them. The heads are written in the original layout
+   (:meth:`~scatd_core.nn.models.DrugClassifier.set_linear_head`), the members stacked in one
+   bundle (:class:`~scatd_core.nn.ensemble.EnsembleClassifier`); predictions average the
+   members' logits and their spread is each cell's uncertainty. With a few labelled target
+   cells, the heads are fitted on the bulk and those cells together and refined by entropy
+   minimisation on the unlabelled cells (semi-supervised, in the spirit of SSDA4Drug).
+4. **Original head** (``head="scatd"``): per stratified fold, the encoder frozen **in eval
+   mode** (unlike the original, §10.12), the head ``fc3 -> bn3 -> swish -> fc4`` trained on the
+   latent mean with class-weighted cross-entropy from a constant prediction (so stopping early
+   shrinks it towards "no signal"); its number of epochs is the argmax of the fold-mean
+   validation AUROC curve (smoothed over 5 epochs), not "the last epoch" (§10.15). Then a fixed
+   number of fine-tuning epochs train the encoder too (BatchNorm still in eval mode), with the
+   RBF-kernel MMD between bulk and target latent means when adapting (median-heuristic
+   bandwidth, detached; ``min(batch, n_target)`` target cells, so small targets work, §10.17).
+   A second CV pass measures the whole procedure; the kept model is refitted on all labelled
+   bulk samples.
 5. **Output.** A bundle with ``input_transform="standardize"``, ``beta_mode="separate"``,
-   threshold 0.5 (class-weighted training puts the balanced decision point there; the bulk
-   out-of-fold Youden threshold is recorded as a metric), data hashes, settings, CV metrics
-   and, when the target has labels (used for evaluation only), target metrics.
+   threshold 0.5 (class-balanced training puts the balanced decision point there; calls with it
+   are marked uncalibrated), data hashes, settings, and a **model card**
+   (:mod:`scatd_core.card`): bulk CV and, when the target has labels (evaluation only), target
+   AUROC/AUPRC with bootstrap intervals next to a logistic regression and gradient boosting
+   trained on the same inputs in the same run (and, with labelled target cells, a logistic
+   regression on those cells alone), with a plain verdict for each.
 
 Everything is seeded: the same data, settings, seed, device and thread count give identical
 weights. Global torch RNG state is restored afterwards.
@@ -42,12 +50,13 @@ weights. Global torch RNG state is restored afterwards.
 
 from __future__ import annotations
 
-from scatd_core.train._cv import cross_validate
+from scatd_core.train._cv import cross_validate, cv_splits
 from scatd_core.train._data import TrainingData, prepare_training_data
 from scatd_core.train._fit import fit_head, mmd_rbf, pretrain_backbone
+from scatd_core.train._panel import train_panel
 from scatd_core.train._run import train_drug_model
-from scatd_core.train._settings import TrainSettings
+from scatd_core.train._settings import HEAD_INPUTS, HEADS, TrainSettings
 from scatd_core.train.report import report_to_json
 
-__all__ = ["train_drug_model", "TrainSettings", "TrainingData", "prepare_training_data", "cross_validate",
-           "fit_head", "pretrain_backbone", "mmd_rbf", "report_to_json"]
+__all__ = ["train_drug_model", "TrainSettings", "HEADS", "HEAD_INPUTS", "TrainingData", "prepare_training_data",
+           "cross_validate", "cv_splits", "fit_head", "pretrain_backbone", "mmd_rbf", "report_to_json", "train_panel"]

@@ -32,6 +32,12 @@ def _fold_record(k: int, tr, va, hist: dict) -> dict:
             "val_auroc": [round(v, 4) for v in hist["val_auroc"]]}
 
 
+def cv_splits(y: np.ndarray, s: TrainSettings) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The stratified K-fold splits of the labelled bulk (shuffled from the run's seed); the model
+    and the baselines of the model card are scored on the same ones."""
+    return list(StratifiedKFold(n_splits=s.folds, shuffle=True, random_state=s.seed).split(np.zeros(len(y)), y))
+
+
 def cross_validate(base_vae: ResVAE, data: TrainingData, s: TrainSettings, device: torch.device, *,
                    adaptation: bool, tick: Callable[[str], Callable[[str], None]] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict:
@@ -45,11 +51,10 @@ def cross_validate(base_vae: ResVAE, data: TrainingData, s: TrainSettings, devic
        pass measures what the whole procedure gives on held-out bulk samples.
 
     Returns the CV summary: ``head_epochs``, AUROC per fold (mean, sd) and out-of-fold
-    AUROC/AUPRC/Youden threshold of the final procedure, the head-phase curve and every fold's
-    per-epoch loss, MMD and AUROC.
+    AUROC/AUPRC/Youden threshold of the final procedure, ``oof`` (the out-of-fold P(resistant)),
+    the head-phase curve and every fold's per-epoch loss, MMD and AUROC.
     """
-    skf = StratifiedKFold(n_splits=s.folds, shuffle=True, random_state=s.seed)
-    splits = list(skf.split(data.bulk_x, data.bulk_y))
+    splits = cv_splits(data.bulk_y, s)
     val = {k: (data.bulk_x[va], data.bulk_y[va]) for k, (_tr, va) in enumerate(splits)}
     curves, head_folds, head_probs = [], [], []
     for k, (tr, va) in enumerate(splits):
@@ -87,7 +92,7 @@ def cross_validate(base_vae: ResVAE, data: TrainingData, s: TrainSettings, devic
             "auroc_per_fold": [float(v) for v in at_end],
             "head_auroc_mean": float(np.nanmean(at_head)), "head_auroc_sd": float(np.nanstd(at_head)),
             "oof_auroc": auroc(data.bulk_y, oof), "oof_auprc": auprc(data.bulk_y, oof),
-            "youden_threshold": youden_threshold(data.bulk_y, oof),
+            "youden_threshold": youden_threshold(data.bulk_y, oof), "oof": oof,
             "head_curve": [round(float(v), 4) for v in curve], "per_fold_head": head_folds,
             "per_fold": final_folds}
 

@@ -1,9 +1,10 @@
-"""``train_drug_model``: the whole run, from files to a saved bundle with its report."""
+"""``train_drug_model``: the whole run, from files to a saved bundle with its model card."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -11,15 +12,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scatd_core import card as cards
 from scatd_core.bundle import Bundle, load_backbone_from_bundle, load_bundle, safe_name, save_bundle, sha256_file
 from scatd_core.config import model_library_dir
 from scatd_core.errors import InputError
-from scatd_core.labels import LABEL_MAPPING, encode_column
-from scatd_core.metrics import evaluate
+from scatd_core.labels import LABEL_MAPPING, encode_column, read_few_shot_labels
 from scatd_core.nn import BACKBONES
 from scatd_core.predict import resolve_device
-from scatd_core.train._cv import cross_validate
-from scatd_core.train._data import _frame_sha256, prepare_training_data, read_if_path
+from scatd_core.train import _baselines as baselines
+from scatd_core.train._cv import cross_validate, cv_splits
+from scatd_core.train._data import TrainingData, _frame_sha256, prepare_training_data, read_if_path
+from scatd_core.train._ensemble import (FewShot, build_ensemble, ensemble_logit, fit_heads, latent_means,
+                                        pretrain_members)
 from scatd_core.train._fit import (_deterministic, _new_backbone, _probabilities, _restrict_backbone, fit_head,
                                    mmd_rbf, pretrain_backbone)
 from scatd_core.train._settings import TrainSettings
@@ -36,6 +40,200 @@ def _default_out(drug: str, backbone: str, library) -> Path:
     return out
 
 
+@contextmanager
+def _threads(n: int):
+    """torch's CPU threads set to ``n`` for the block, then restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class Fitted:
+    """What a recipe hands back: the model, its saved weights and what the card needs."""
+
+    model: torch.nn.Module
+    state: dict
+    arch: object
+    target_prob: np.ndarray  # P(resistant) of every usable target cell, as `scatd predict` computes it
+    oof: np.ndarray  # out-of-fold P(resistant) of the labelled bulk samples
+    cv: dict
+    pretraining_loss: list
+    refit: dict
+    description: str
+    without_few_shot: np.ndarray | None = None  # the same recipe without the labelled target cells
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- recipes
+
+def _fit_ensemble(data: TrainingData, s: TrainSettings, dev, splits, *, base_vae, adaptation: bool,
+                  few: FewShot | None, tick, should_stop) -> Fitted:
+    """The default recipe (:mod:`scatd_core.train._ensemble`)."""
+    if base_vae is not None:  # one given backbone: every member would be the same
+        backbones, losses = [base_vae], [[]]
+    else:
+        backbones, losses = pretrain_members(
+            data, s, dev, adaptation=adaptation, should_stop=should_stop,
+            tick=lambda k: tick(f"Backbone {k + 1}/{s.members} · ") if tick else None)
+    bulk = [latent_means(b, data.bulk_x, dev) for b in backbones]
+    target = [latent_means(b, data.target_x, dev) for b in backbones]
+    with_inputs = s.head_inputs == "latent+input"
+    xb = data.bulk_x.astype(np.float64) if with_inputs else None
+    xt = data.target_x.astype(np.float64) if with_inputs else None
+    oof = np.full(len(data.bulk_y), np.nan)
+    for train, val in splits:
+        heads = fit_heads([z[train] for z in bulk], None if xb is None else xb[train], data.bulk_y[train], s)
+        oof[val] = _sigmoid(ensemble_logit(heads, [z[val] for z in bulk], None if xb is None else xb[val]))
+    heads = fit_heads(bulk, xb, data.bulk_y, s, target=(target, xt), few=few)
+    without = None
+    if few is not None:
+        without = _sigmoid(ensemble_logit(fit_heads(bulk, xb, data.bulk_y, s), target, xt))
+    model = build_ensemble(backbones, heads).to(dev)
+    with torch.no_grad():  # through the saved model itself: the numbers `scatd predict` gives
+        logits = model(torch.from_numpy(data.target_x).to(dev))
+        target_prob = torch.softmax(logits, dim=1)[:, LABEL_MAPPING["resistant"]].double().cpu().numpy()
+    model = model.cpu()
+    inputs = "the latent mean and the standardised genes" if with_inputs and data.features else \
+        "the latent mean and the model input" if with_inputs else "the latent mean"
+    description = (f"An ensemble of {len(backbones)} scATD {data.backbone} backbone(s) "
+                   + ("pretrained from different seeds" if base_vae is None else "(the given pretrained backbone)")
+                   + f", each with a class-balanced logistic-regression head (L2, C={s.head_c:g}) on {inputs}"
+                   + (f", trained on the bulk and {few.n_labelled} labelled target cells "
+                      f"({few.n_resistant} resistant, {few.n_sensitive} sensitive) with the unlabelled target cells "
+                      "(semi-supervised)" if few is not None else ", trained on the bulk")
+                   + "; it predicts with the mean of the members' logits, and their spread is the per-cell "
+                     "uncertainty.")
+    return Fitted(model, model.stacked_state_dict(), model.arch, target_prob, oof,
+                  {"folds": len(splits), "selection": "none: fixed L2 penalty, heads fitted to convergence"},
+                  losses, {"members": len(backbones), "head_c": s.head_c, "head_inputs": s.head_inputs},
+                  description, without)
+
+
+def _fit_scatd(data: TrainingData, s: TrainSettings, dev, *, base_vae, adaptation: bool, tick,
+               should_stop) -> Fitted:
+    """The original scATD head (``fc3 -> bn3 -> swish -> fc4``): head epochs chosen by bulk CV, then
+    fine-tuning with MMD (see :mod:`scatd_core.train`)."""
+    pretrain_hist: list[float] = []
+    if base_vae is None:
+        base_vae = _new_backbone(data.backbone, data.bulk_x.shape[1], s)
+        pretrain_hist = pretrain_backbone(base_vae, data.bulk_all, data.target_x if adaptation else None, s,
+                                          dev, tick=tick("") if tick else None, should_stop=should_stop)
+    base_vae = base_vae.to(dev).eval()
+    cv = cross_validate(base_vae, data, s, dev, adaptation=adaptation, tick=tick, should_stop=should_stop)
+    model, refit_hist = fit_head(base_vae, data.bulk_x, data.bulk_y, data.target_x, s, dev,
+                                 head_epochs=cv["head_epochs"], finetune_epochs=s.finetune_epochs,
+                                 seed=s.seed * 1000, adaptation=adaptation,
+                                 tick=tick(f"Final model on {len(data.bulk_y)} cell lines · ") if tick else None,
+                                 should_stop=should_stop)
+    target_prob = _probabilities(model, torch.from_numpy(data.target_x).to(dev))
+    bulk_latent = model.encode(torch.from_numpy(data.bulk_x).to(dev))[0].detach()
+    tgt_latent = model.encode(torch.from_numpy(data.target_x).to(dev))[0].detach()
+    n_cap = 512  # the latent MMD diagnostic on at most 512 x 512 samples
+    latent_mmd = float(mmd_rbf(bulk_latent[:n_cap], tgt_latent[:n_cap]))
+    model = model.cpu()
+    oof = cv.pop("oof")
+    description = (f"One scATD {data.backbone} model with the original drug head (fc3 -> bn3 -> Swish -> fc4): "
+                   f"{cv['head_epochs']} head epochs chosen by bulk cross-validation, then {s.finetune_epochs} "
+                   "epochs fine-tuning the encoder" + (" with MMD to the target." if adaptation else "."))
+    return Fitted(model, model.state_dict(), model.arch, target_prob, oof, cv, pretrain_hist,
+                  {"head_epochs": cv["head_epochs"], "finetune_epochs": s.finetune_epochs,
+                   "loss": refit_hist["loss"]}, description, extra={"latent_mmd_bulk_vs_target": latent_mmd})
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _few_shot(few_shot_labels, data: TrainingData, warnings: list[str]) -> FewShot | None:
+    """The labelled target cells as rows of the training target (matched by cell ID)."""
+    if few_shot_labels is None:
+        return None
+    labels = few_shot_labels if isinstance(few_shot_labels, pd.Series) else read_few_shot_labels(few_shot_labels)
+    where = {cell: i for i, cell in enumerate(data.target_ids)}
+    known = [c for c in labels.index if c in where]
+    if not known:
+        raise InputError(f"None of the {len(labels)} labelled cells (e.g. {', '.join(map(str, labels.index[:3]))}) "
+                         f"is a usable cell of the target (e.g. {', '.join(data.target_ids[:3])}).",
+                         "The first column must hold the target's cell IDs.")
+    if len(known) < len(labels):
+        warnings.append(f"{len(labels) - len(known)} labelled cell(s) are not usable cells of the target and were "
+                        "left out.")
+    y = labels.loc[known].map(LABEL_MAPPING).to_numpy(dtype=np.int64)
+    n_r, n_s = int(y.sum()), int((1 - y).sum())
+    if min(n_r, n_s) < 2:
+        raise InputError(f"Only {n_r} resistant and {n_s} sensitive labelled cells are usable cells of the target; "
+                         "at least 2 of each are needed.", "Label a few more cells of each class.")
+    return FewShot(np.array([where[c] for c in known]), y, [str(c) for c in known])
+
+
+def _target_truth(target_ad, column, resistant, data: TrainingData) -> np.ndarray | None:
+    if column is None:
+        return None
+    if column not in target_ad.obs:
+        raise InputError(f"The target has no obs column {column!r}.",
+                         f"Its columns: {', '.join(map(str, target_ad.obs.columns)) or 'none'}.")
+    return encode_column(target_ad, column, resistant)[data.target_rows]
+
+
+# --------------------------------------------------------------------------- the card
+
+def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, column, few: FewShot | None,
+          provenance: dict, warnings: list[str]) -> dict:
+    seed = s.seed
+    x, y, xt = data.bulk_x, data.bulk_y, data.target_x
+    names = {baselines.LOGISTIC: baselines.BASELINE_TITLES[baselines.LOGISTIC],
+             baselines.BOOSTING: baselines.BASELINE_TITLES[baselines.BOOSTING]}
+    bulk_preds = {cards.MODEL: fit.oof, **{title: baselines.out_of_fold(key, x, y, splits, seed)
+                                         for key, title in names.items()}}
+    evaluations = [cards.evaluation("bulk_cv", f"Bulk cell lines, {len(splits)}-fold cross-validation", y,
+                                    bulk_preds, seed=seed)]
+    if truth is not None:
+        held = np.isfinite(truth)
+        if few is not None:
+            held[few.rows] = False
+        if held.any() and len(np.unique(truth[held])) == 2:
+            preds = {cards.MODEL: fit.target_prob[held],
+                     **{title: baselines.fit_predict(key, x, y, xt, seed)[held] for key, title in names.items()}}
+            if few is not None:
+                title = f"{baselines.BASELINE_TITLES[baselines.TARGET_ONLY]} ({len(few.rows)} cells)"
+                preds[title] = baselines.fit_predict(baselines.LOGISTIC, xt[few.rows], few.y, xt, seed)[held]
+                preds["the same recipe without the labelled cells"] = fit.without_few_shot[held]
+            what = (f"Target cells whose labels were not used for training ('{column}')" if few is not None
+                    else f"Target cells ('{column}', labels used for evaluation only)")
+            evaluations.append(cards.evaluation("target", what, truth[held], preds, seed=seed))
+        else:
+            warnings.append(f"The target column {column!r} does not hold both classes among the cells not used for "
+                            "training; no target metrics.")
+    lab, genes = data.report["labels"], data.report.get("genes")
+    target_desc = provenance["target"].get("file") or "the target given as data"
+    summary = (f"Trained for {data.report['drug']} on {len(y)} labelled bulk cell lines ({lab['sensitive']} sensitive, "
+               f"{lab['resistant']} resistant; {lab['n_missing_label']} missing labels dropped) and "
+               f"{len(data.target_ids)} target cells ({target_desc})"
+               + (f", on {genes['n_panel']} genes shared by bulk and target" if genes else "") + ".")
+    return {
+        "model": {"recipe": s.head, "description": fit.description, "backbone": data.backbone},
+        "data": {"summary": summary, "bulk": provenance["bulk"], "labels": provenance["labels"],
+                 "target": provenance["target"], "drug": data.report["drug"], "label_counts": lab,
+                 "genes": {"n": len(data.features), "first": data.features[:20]} if data.features else None,
+                 "few_shot": ({"n": len(few.rows), "n_resistant": int(few.y.sum()),
+                               "n_sensitive": int((1 - few.y).sum())} if few is not None else None)},
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
+        "evaluations": evaluations,
+        "calibration": (f"The default threshold ({s.threshold:g}) balances the classes as the training weighted "
+                        "them; it is not calibrated to any dataset, so calls made with it are marked uncalibrated. "
+                        "Calibrate it with an expected resistant fraction or labelled cells, or use the ranking."),
+        "warnings": list(warnings),
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
 def train_drug_model(
     bulk, labels, drug: str, target, *,
     backbone: str = "dist_vae",
@@ -48,6 +246,7 @@ def train_drug_model(
     device: str = "auto",
     target_label_column: str | None = None,
     target_resistant_value=None,
+    few_shot_labels: pd.Series | str | Path | None = None,
     out: str | Path | None = None,
     library: str | Path | None = None,
     name: str | None = None,
@@ -72,19 +271,19 @@ def train_drug_model(
         Drug column, matched case-insensitively.
     target
         The single cells the model adapts to (AnnData or a file). Standardised exactly as
-        :func:`scatd_core.predict.predict` will standardise it. Its labels, if any, are never
-        used for training, only for ``target_label_column`` metrics.
+        :func:`scatd_core.predict.predict` will standardise it. Its label column, if any, is never
+        used for training, only for the ``target_label_column`` metrics.
     backbone
         ``"dist_vae"`` (expression; the default) or ``"vae_sf"`` / ``"vae_gf"`` (cell embeddings
         in X or obsm, with AdaIN to the bulk statistics at prediction).
     backbone_bundle
-        A pretrained backbone bundle to start from (``kind == "backbone"``); without it a
-        backbone is pretrained on the bulk (+ target) expression.
+        A pretrained backbone bundle to start from (``kind == "backbone"``); without it backbones
+        are pretrained on the bulk (+ target) expression.
     seed, folds, epochs
         Override the fields of ``settings`` (default :class:`TrainSettings`).
     adaptation
-        Use the target during training (pretraining + MMD in fine-tuning). ``False`` trains on
-        the bulk alone, the no-adaptation baseline.
+        Use the target cells (unlabelled) when pretraining, and for the original head the MMD
+        while fine-tuning. ``False`` never uses the target for training.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     target_label_column, target_resistant_value
@@ -92,6 +291,12 @@ def train_drug_model(
         that means resistant (default: the direction recorded with the data,
         :func:`scatd_core.labels.set_label_direction`, or recognised from words such as
         sensitive/resistant; SCAD's ``response`` is 1 = sensitive, so its resistant value is 0).
+    few_shot_labels
+        A few labelled target cells used for training (a Series cell ID -> ``sensitive`` /
+        ``resistant``, or a CSV ``cell_id,label``; :func:`scatd_core.labels.read_few_shot_labels`),
+        at least 2 per class. With ``target_label_column`` the model is evaluated on the other
+        cells, next to the bulk-only floor and a logistic regression on the labelled cells alone.
+        Needs the default (linear) head.
     demo
         Mark the bundle as the built-in demo (trained on simulated data).
     out, library, name, overwrite
@@ -100,14 +305,15 @@ def train_drug_model(
     progress
         Called with (fraction done, message) after every epoch.
     should_stop
-        Polled after every epoch; returning True raises :class:`scatd_core.predict.Cancelled`
+        Polled after every epoch; returning True raises :class:`scatd_core.errors.Cancelled`
         and nothing is saved.
 
     Returns
     -------
     ``(bundle, report)``: the saved bundle, and a dict with the gene panel, label counts, the
-    per-epoch histories, CV and target metrics, and ``target_predictions`` (a DataFrame: cell,
-    prob_resistant), the numbers ``scatd predict`` gives on the target.
+    per-epoch histories, CV and target metrics, the model card (also in the manifest,
+    ``manifest['card']``) and ``target_predictions`` (a DataFrame: cell, prob_resistant), the
+    numbers ``scatd predict`` gives on the target.
     trained_by
         Who trained it (the app's login name, or the operating-system user for the CLI),
         recorded in the model's provenance and shown in the model library.
@@ -121,6 +327,9 @@ def train_drug_model(
     if epochs is not None:
         s = replace(s, epochs=int(epochs))
     s.check()
+    if few_shot_labels is not None and s.head != "linear":
+        raise InputError("Training with labelled target cells needs the default linear head.",
+                         "Leave out --head scatd, or train without --few-shot-labels.")
     dev = resolve_device(device)
     warnings: list[str] = []
 
@@ -142,6 +351,8 @@ def train_drug_model(
     data = prepare_training_data(bulk_ad, labels, drug, target_ad, backbone=backbone,
                                  backbone_genes=bb_bundle.genes if bb_bundle is not None else None)
     report = dict(data.report)
+    few = _few_shot(few_shot_labels, data, warnings)
+    truth = _target_truth(target_ad, target_label_column, target_resistant_value, data)
     if target_ad.n_obs < 50:
         warnings.append(f"The target has only {target_ad.n_obs} cells; its per-gene standardisation is unreliable.")
     if bb_bundle is not None:
@@ -151,92 +362,100 @@ def train_drug_model(
         pretrained_on = bb_bundle.manifest.get("input_transform")
         if data.features is not None and pretrained_on != "standardize":
             warnings.append(f"The backbone {bb_bundle.name} was pretrained on '{pretrained_on}' inputs; this model "
-                            "standardises each domain, which only the fine-tuning phase can adapt the encoder to.")
+                            "standardises each domain" + (", which only the fine-tuning phase can adapt the encoder to."
+                                                          if s.head == "scatd" else "."))
+        if s.head == "linear":
+            warnings.append("A given backbone makes an ensemble of one member (no seeds to vary); its per-cell "
+                            "uncertainty is not available.")
 
     n_min = int(min((data.bulk_y == 0).sum(), (data.bulk_y == 1).sum()))
     if n_min < s.folds:
         warnings.append(f"Only {n_min} cell lines in the smaller class: {n_min} folds instead of {s.folds}.")
         s = replace(s, folds=n_min)
+    splits = cv_splits(data.bulk_y, s)
     pre_epochs = s.pretrain_epochs if base_vae is None else 0
-    # an estimate until the CV has chosen the number of head epochs
-    total_units = pre_epochs + s.folds * s.epochs + (s.folds + 1) * (s.epochs + s.finetune_epochs)
+    if s.head == "linear":
+        total_units = pre_epochs * (s.members if base_vae is None else 0) + 1
+    else:  # an estimate until the CV has chosen the number of head epochs
+        total_units = pre_epochs + s.folds * s.epochs + (s.folds + 1) * (s.epochs + s.finetune_epochs)
     done = [0]
 
     def tick(prefix: str) -> Callable[[str], None]:
         def f(msg: str) -> None:
             done[0] += 1
             if progress is not None:
-                progress(min(done[0] / total_units, 1.0), f"{prefix}{msg}")
+                progress(min(done[0] / max(total_units, 1), 0.99), f"{prefix}{msg}")
         return f
 
-    with _deterministic():
-        pretrain_hist: list[float] = []
-        if base_vae is None:
-            base_vae = _new_backbone(backbone, data.bulk_x.shape[1], s)
-            pretrain_hist = pretrain_backbone(base_vae, data.bulk_all, data.target_x if adaptation else None, s,
-                                              dev, tick=tick(""), should_stop=should_stop)
-        base_vae = base_vae.to(dev).eval()
-
-        cv = cross_validate(base_vae, data, s, dev, adaptation=adaptation, tick=tick, should_stop=should_stop)
-        head_epochs = cv["head_epochs"]
-        total_units = done[0] + head_epochs + s.finetune_epochs  # the refit is all that is left
-
-        model, refit_hist = fit_head(base_vae, data.bulk_x, data.bulk_y, data.target_x, s, dev,
-                                     head_epochs=head_epochs, finetune_epochs=s.finetune_epochs,
-                                     seed=s.seed * 1000, adaptation=adaptation,
-                                     tick=tick(f"Final model on {len(data.bulk_y)} cell lines · "),
-                                     should_stop=should_stop)
-        target_prob = _probabilities(model, torch.from_numpy(data.target_x).to(dev))
-        bulk_latent = model.encode(torch.from_numpy(data.bulk_x).to(dev))[0].detach()
-        tgt_latent = model.encode(torch.from_numpy(data.target_x).to(dev))[0].detach()
-        n_cap = 512  # the latent MMD diagnostic on at most 512 x 512 samples
-        latent_mmd = float(mmd_rbf(bulk_latent[:n_cap], tgt_latent[:n_cap]))
-        model = model.cpu()
-
-    target_pred = pd.DataFrame({"cell_id": data.target_ids, "prob_resistant": target_prob})
-    metrics = {"cv": {k: v for k, v in cv.items() if k not in ("head_curve", "per_fold_head", "per_fold")},
-               "latent_mmd_bulk_vs_target": latent_mmd}
-    if target_label_column is not None:
-        if target_label_column not in target_ad.obs:
-            raise InputError(f"The target has no obs column {target_label_column!r}.",
-                             f"Its columns: {', '.join(map(str, target_ad.obs.columns)) or 'none'}.")
-        truth = encode_column(target_ad, target_label_column, target_resistant_value)[data.target_rows]
-        known = ~np.isnan(truth)
-        if known.sum() and len(np.unique(truth[known])) == 2:
-            metrics["target"] = {"label_column": target_label_column,
-                                 **evaluate(truth[known], target_prob[known], s.threshold).as_dict()}
+    with _deterministic(), _threads(s.threads):
+        if s.head == "linear":
+            fit = _fit_ensemble(data, s, dev, splits, base_vae=base_vae, adaptation=adaptation, few=few, tick=tick,
+                                should_stop=should_stop)
         else:
-            warnings.append(f"The target column {target_label_column!r} does not hold both classes; no target metrics.")
+            fit = _fit_scatd(data, s, dev, base_vae=base_vae, adaptation=adaptation, tick=tick,
+                             should_stop=should_stop)
+    if progress is not None:
+        progress(0.99, "Scoring the model and the baselines (bulk cross-validation, target)")
 
-    seconds = time.perf_counter() - t0
-    settings_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()}
     provenance = {
         "source": "trained by scATD Studio (scatd train)",
         "trained_by": trained_by,
         "bulk": bulk_prov, "labels": labels_prov, "target": target_prov,
+        "few_shot_labels": ({"file": Path(few_shot_labels).name, "sha256": sha256_file(few_shot_labels)}
+                            if few_shot_labels is not None and not isinstance(few_shot_labels, pd.Series) else
+                            {"n": len(few.rows), "of": "cells of the target"} if few is not None else None),
         "backbone_bundle": ({"name": bb_bundle.name, "weights_sha256": bb_bundle.manifest.get("weights_sha256")}
                             if bb_bundle is not None else None),
-        "seed": s.seed, "adaptation": bool(adaptation), "device": str(dev), "threads": torch.get_num_threads(),
-        "seconds": round(seconds, 1),
+        "seed": s.seed, "adaptation": bool(adaptation), "device": str(dev), "threads": s.threads,
     }
+    card = _card(data, s, fit, splits, truth, target_label_column, few, provenance, warnings)
+    metrics = {"cv": {**{k: v for k, v in fit.cv.items() if k not in ("head_curve", "per_fold_head", "per_fold")},
+                      **_headline(card, "bulk_cv")}, **fit.extra}
+    target_scores = _headline(card, "target")
+    if target_scores:
+        held = np.isfinite(truth) & (~np.isin(np.arange(len(truth)), few.rows) if few is not None else True)
+        from scatd_core.metrics import evaluate
+
+        metrics["target"] = {"label_column": target_label_column, "n_few_shot_cells_left_out":
+                             len(few.rows) if few is not None else 0,
+                             **evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict(), **target_scores}
+    seconds = time.perf_counter() - t0
+    provenance["seconds"] = round(seconds, 1)
+    card["data"]["seconds"] = round(seconds, 1)
+    settings_dict = card["settings"]
     training = {"settings": settings_dict, "drug_column": data.report["drug"], "labels": data.report["labels"],
                 "genes": data.report.get("genes"), "bulk": data.report["bulk"], "target": data.report["target"],
-                "pretraining_loss": [round(v, 5) for v in pretrain_hist], "cv_head_curve": cv["head_curve"],
+                "pretraining_loss": _rounded(fit.pretraining_loss), "cv_head_curve": fit.cv.get("head_curve"),
                 "warnings": warnings}
-    if out is None:
+    unique = out is None  # the default folder: the first free name, chosen under the library lock at the
+    if out is None:       # moment of writing, so two trainings of the same drug never share a folder
         out = _default_out(data.report["drug"], backbone, library)
     bundle = save_bundle(
-        out, model.state_dict(), model.arch, drug=data.report["drug"], genes=data.features,
+        out, fit.state, fit.arch, drug=data.report["drug"], genes=data.features,
         style_mean=data.style_mean, style_std=data.style_std,
         input_transform="standardize" if data.features is not None else "none",
         label_mapping=LABEL_MAPPING, threshold=s.threshold, beta_mode="separate", provenance=provenance,
-        metrics=metrics, name=name or f"{data.report['drug']} ({backbone}, trained)", extra={"training": training},
-        overwrite=overwrite, demo=demo)
-    report.update(settings=settings_dict, pretraining={"loss": pretrain_hist}, cv=cv, metrics=metrics,
-                  refit={"head_epochs": head_epochs, "finetune_epochs": s.finetune_epochs,
-                         "loss": refit_hist["loss"]}, warnings=warnings, seconds=seconds,
-                  bundle_path=str(bundle.path), target_predictions=target_pred)
+        metrics=metrics, name=name or f"{data.report['drug']} ({backbone}, trained)",
+        extra={"training": training, "card": card}, overwrite=overwrite, demo=demo,
+        unique=unique and not overwrite)
+    target_pred = pd.DataFrame({"cell_id": data.target_ids, "prob_resistant": fit.target_prob})
+    report.update(settings=settings_dict, pretraining={"loss": fit.pretraining_loss}, cv=fit.cv, metrics=metrics,
+                  refit=fit.refit, card=card, warnings=warnings, seconds=seconds, bundle_path=str(bundle.path),
+                  target_predictions=target_pred)
     if progress is not None:
         progress(1.0, f"Saved {bundle.name} to {bundle.path}")
     return bundle, report
 
+
+def _headline(card: dict, name: str) -> dict:
+    """This model's AUROC / AUPRC and intervals in evaluation ``name`` of the card (or {})."""
+    ev = next((e for e in card["evaluations"] if e["name"] == name), None)
+    if ev is None:
+        return {}
+    model = next(r for r in ev["scores"] if r["model"] == cards.MODEL)
+    return {"auroc": model["auroc"], "auroc_ci": model["auroc_ci"], "auprc": model["auprc"],
+            "auprc_ci": model["auprc_ci"]}
+
+
+def _rounded(losses: list) -> list:
+    return [_rounded(v) if isinstance(v, list) else round(float(v), 5) for v in losses]

@@ -1,0 +1,274 @@
+"""Drug panel: score the data against several drug models at once and see where each drug would fail."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from scatd_app import auth, jobs, state, ui
+from scatd_core import export, panel, pl
+from scatd_core._keys import CLUSTER, PANEL_N_RESISTED, PANEL_RESISTANT_TO_ALL, UMAP
+from scatd_core._progress import with_eta
+from scatd_core.errors import ScatdError
+from scatd_core.predict import calibrate, set_threshold
+
+ss = st.session_state
+st.title("Drug panel")
+st.caption("Which of these drugs would this tumour, and which of its subclones, resist? Score the cells against "
+           "several drug models in one run: the data are aligned once per gene set, then each model makes one pass.")
+adata = ss.get(state.ADATA)
+if adata is None:
+    ui.need("data")
+user = auth.current_user()
+user_name = user.name if user else None
+demo_data = bool(ss.get(state.IS_DEMO))
+classifiers = {str(e.bundle.path): e.bundle for e in ui.library_entries()
+               if e.ok and e.bundle.kind == "classifier" and (demo_data or not e.bundle.is_demo)}
+
+# ------------------------------------------------------------------ choosing the models
+with st.container(border=True):
+    st.subheader("Models")
+    if demo_data:
+        if st.button("Use the demo panel (3 simulated drugs)", key="btn_panel_demo", icon=":material/science:",
+                     help="DEMOTINIB, DEMOPLATIN and DEMOLIMUS, trained on a simulated cell-line screen. The two "
+                          "extra models are trained once per server on first use (about a minute)."):
+            bar = st.progress(0.0, text="Preparing the demo panel…")
+            try:
+                with jobs.computing("the demo panel"):
+                    bundles = ui.demo_module().ensure_panel(
+                        progress=lambda f, m: bar.progress(min(1.0, f), text=m))
+            except ScatdError as exc:
+                ui.show_error(exc)
+            else:
+                ui.clear_library_cache()
+                ss["panel_models"] = [str(b.path) for b in bundles]
+                st.rerun()
+            bar.empty()
+    saved = {}
+    try:
+        saved = panel.list_panels(user_name)
+    except ScatdError as exc:
+        ui.show_error(exc)
+    if saved:
+        c = st.columns([0.6, 0.2, 0.2], vertical_alignment="bottom")
+        chosen_panel = c[0].selectbox("Your saved panels", list(saved), key="panel_saved", index=None,
+                                      placeholder="choose a saved panel")
+        if c[2].button("Delete it", key="btn_panel_delete", disabled=chosen_panel is None):
+            try:
+                panel.delete_panel(chosen_panel, user_name)
+            except ScatdError as exc:
+                ui.show_error(exc)
+            else:
+                ss.pop("panel_saved", None)
+                st.rerun()
+        if c[1].button("Load it", key="btn_panel_load", disabled=chosen_panel is None):
+            root = ui.model_library_dir()
+            ss["panel_models"] = [str(root / m) for m in saved[chosen_panel]["models"]
+                                  if str(root / m) in classifiers]
+            missing = [m for m in saved[chosen_panel]["models"] if str(ui.model_library_dir() / m) not in classifiers]
+            if missing:
+                st.warning(f"Not in the library any more (left out): {ui.md(', '.join(missing))}.",
+                           icon=":material/warning:")
+    if not classifiers:
+        st.warning("No drug model is installed yet.", icon=":material/inventory_2:")
+        ui.link("Model library", "Get or import models", ":material/inventory_2:")
+        ui.stop()
+    ss["panel_models"] = [p for p in ss.get("panel_models", []) if p in classifiers]
+    paths = st.multiselect("Drug models of the panel (three or more)", list(classifiers), key="panel_models",
+                           format_func=lambda p: classifiers[p].title,
+                           help="Any backbones and gene sets: each model is aligned to the data separately, and "
+                                "a model that cannot score these data is reported and skipped.")
+    with st.expander("Save these models as a panel (only you see your panels)"):
+        c = st.columns([0.7, 0.3], vertical_alignment="bottom")
+        name = c[0].text_input("Panel name", key="panel_name", max_chars=64)
+        if c[1].button("Save panel", key="btn_panel_save", disabled=len(paths) < panel.MIN_MODELS or not name):
+            try:
+                panel.save_panel(name, [classifiers[p].path.name for p in paths], user_name,
+                                 replace=name in saved)
+                st.success(f"Saved your panel '{ui.md(name)}'.", icon=":material/check_circle:")
+            except ScatdError as exc:
+                ui.show_error(exc)
+
+if len(paths) < panel.MIN_MODELS:
+    st.info("Choose at least two drug models (three or more make a useful panel).", icon=":material/touch_app:")
+    ui.stop()
+
+# ------------------------------------------------------------------ run
+mask = ui.qc_mask(adata)
+bundles = [classifiers[p] for p in paths]
+token = ui.token_of(ui.prediction_token(bundles[0], {}), [str(b.path) for b in bundles],
+                    [b.manifest.get("weights_sha256", "") for b in bundles])
+current = ss.get(state.PANEL) == token and "scatd_panel" in adata.uns
+if not current and st.button(f"Score {len(bundles)} models", type="primary", icon=":material/play_arrow:",
+                             key="btn_panel_run"):
+    bar = st.progress(0.0, text="Aligning the data…")
+    try:
+        with jobs.computing("the panel"):
+            panel.predict_panel(adata, bundles, mask=mask,
+                                progress=with_eta(lambda f, m: bar.progress(min(1.0, f), text=m)))
+    except ScatdError as exc:
+        ss.pop(state.PANEL, None)
+        bar.empty()
+        ui.show_error(exc)
+        ui.stop()
+    ss[state.PANEL] = token
+    ss.pop(state.PANEL_MARKERS, None)
+    bar.empty()
+    current = True
+if not current:
+    if "scatd_panel" in adata.uns:
+        st.caption("The panel shown below was scored with other models or settings; score again to update it.")
+    ui.stop()
+
+# ------------------------------------------------------------------ models and thresholds
+info = adata.uns["scatd_panel"]
+everyone = panel.members(adata, scored_only=False)
+scored = [m for m in everyone if m.scored]
+st.success(f"{len(scored)} of {len(everyone)} models scored {adata.n_obs:,} cells in {info['seconds']:.1f} s "
+           f"({info['n_input_groups']} alignment(s) for {len(everyone)} models).", icon=":material/check_circle:")
+for m in everyone:
+    if not m.scored:
+        st.warning(f"**{ui.md(m.drug)}** ({ui.md(m.model)}) was skipped: {ui.md(m.problem)}", icon=":material/block:")
+st.dataframe(export.panel_models_table(adata), hide_index=True)
+if any(m.demo for m in scored):
+    st.badge("demo models (simulated data)", color="orange")
+
+
+def calibrate_all() -> None:
+    for m in scored:
+        calibrate(adata, expected_fraction=float(ss["panel_expected_fraction"]), key_added=m.key)
+    panel.refresh(adata)
+    ss.pop(state.PANEL_MARKERS, None)
+
+
+def defaults_all() -> None:
+    for m in scored:
+        set_threshold(adata, float(adata.uns[m.key]["model"]["default_threshold"]), "model default", key_added=m.key)
+    panel.refresh(adata)
+    ss.pop(state.PANEL_MARKERS, None)
+
+
+uncalibrated = [m.drug for m in scored if not adata.uns[m.key]["threshold"]["calibrated"]]
+c = st.columns([0.4, 0.3, 0.3], vertical_alignment="bottom")
+ss.setdefault("panel_expected_fraction", 0.3)
+c[0].number_input("Expected resistant fraction (every drug)", 0.01, 0.99, step=0.05, key="panel_expected_fraction")
+c[1].button("Calibrate every drug to it", key="btn_panel_calibrate", on_click=calibrate_all)
+c[2].button("Back to the model defaults", key="btn_panel_defaults", on_click=defaults_all)
+if uncalibrated:
+    st.warning(f"Uncalibrated (model default threshold): {ui.md(', '.join(uncalibrated))}. Fractions resistant then "
+               "compare poorly across drugs; compare mean P(resistant), or calibrate.", icon=":material/tune:")
+
+# ------------------------------------------------------------------ groups, heatmap, dot plot
+groups = ([CLUSTER] if CLUSTER in adata.obs else []) + [
+    c for c in [ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns)
+    if c and not str(c).startswith("scatd_") and c != ss.get(state.LABEL_COLUMN)
+    and not pd.api.types.is_float_dtype(adata.obs[c]) and 1 < adata.obs[c].nunique() <= 50]
+groups = list(dict.fromkeys(groups))
+names = {CLUSTER: "Leiden cluster"}
+prob, drugs = panel.probability_matrix(adata)
+st.subheader("Cells x drugs")
+if groups:
+    if ss.get("panel_group") not in groups:
+        ss["panel_group"] = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in groups else groups[0]
+    group = st.selectbox("Order and summarise by", groups, key="panel_group", format_func=lambda g: names.get(g, g))
+    summary = panel.group_summary(adata, group)
+    order = list(dict.fromkeys(summary["group"]))
+    st.plotly_chart(pl.panel_heatmap(prob, drugs, adata.obs[group], names.get(group, group), order),
+                    key="panel_heatmap")
+    left, right = st.columns([0.55, 0.45])
+    left.plotly_chart(pl.panel_dotplot(summary, names.get(group, group),
+                                       f"Fraction resistant per {names.get(group, group)}"), key="panel_dots")
+    right.dataframe(summary, hide_index=True, height=360, column_config={
+        "fraction_resistant": st.column_config.ProgressColumn("fraction resistant", min_value=0.0, max_value=1.0,
+                                                              format="percent")})
+else:
+    group = None
+    st.plotly_chart(pl.panel_heatmap(prob, drugs, np.full(adata.n_obs, "all cells"), "all cells"),
+                    key="panel_heatmap")
+    st.caption("No cluster or sample column to order the cells by.")
+
+# ------------------------------------------------------------------ ranking
+st.subheader("Which drug?")
+left, right = st.columns(2)
+left.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata), "Whole sample: best drug first"),
+                  key="panel_rank_all")
+if group is not None:
+    values = list(dict.fromkeys(summary["group"]))
+    if ss.get("panel_group_value") not in values:
+        ss["panel_group_value"] = values[0]
+    chosen = right.selectbox(f"For one {names.get(group, group)}", values, key="panel_group_value")
+    in_group = (adata.obs[group].astype(str) == chosen).to_numpy()
+    right.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata, in_group),
+                                              f"{names.get(group, group)} {chosen}: best drug first"),
+                       key="panel_rank_group")
+
+# ------------------------------------------------------------------ UMAP
+st.subheader("UMAP")
+n_all = int(adata.obs[PANEL_RESISTANT_TO_ALL].sum())
+if UMAP not in adata.obsm:
+    st.caption("No UMAP yet: compute one from the expression (or open the Cells page after a single-model "
+               "prediction, whose latent UMAP is used here too).")
+    if st.button("Compute the UMAP", key="btn_panel_umap"):
+        try:
+            with st.spinner(f"UMAP of {adata.n_obs:,} cells…"), jobs.computing("the UMAP"):
+                panel.embed_expression(adata)
+        except ScatdError as exc:
+            ui.show_error(exc)
+if UMAP in adata.obsm:
+    options = {"number of drugs resisted": (adata.obs[PANEL_N_RESISTED].to_numpy(), False, (0, len(scored)), "Reds"),
+               "resistant to every drug": (np.where(adata.obs[PANEL_RESISTANT_TO_ALL], "resistant to every drug",
+                                                    "other"), True, None, None)}
+    for m in scored:
+        options[f"P(resistant): {m.drug}"] = (adata.obs[f"{m.key}_prob_resistant"].to_numpy(), False, (0.0, 1.0),
+                                              pl.PROB_SCALE)
+    if ss.get("panel_colour") not in options:
+        ss["panel_colour"] = "number of drugs resisted"
+    colour = st.selectbox("Colour by", list(options), key="panel_colour")
+    values, categorical, crange, scale = options[colour]
+    st.plotly_chart(pl.umap_figure(np.asarray(adata.obsm[UMAP]), values, name=colour, categorical=categorical,
+                                   color_range=crange, colorscale=scale or pl.PROB_SCALE,
+                                   cell_ids=adata.obs_names.astype(str)), key="panel_umap")
+
+# ------------------------------------------------------------------ multi-drug-resistant cells
+st.subheader("Cells resistant to every drug")
+st.markdown(f"**{n_all:,}** of {adata.n_obs:,} cells are called resistant to all {len(scored)} scored drugs: a "
+            "possible multi-drug-resistant subclone.")
+markers = ss.get(state.PANEL_MARKERS)
+if markers is not None and markers[0] != token:
+    markers = None
+if n_all and st.button("Show their top biomarkers", key="btn_panel_markers",
+                       help="Genes most up in these cells against the other scored cells (Wilcoxon rank-sum test)."):
+    try:
+        with st.spinner("Comparing the cells resistant to every drug with the others…"):
+            markers = ss[state.PANEL_MARKERS] = (token, panel.multi_resistant_markers(adata))
+    except ScatdError as exc:
+        ui.show_error(exc)
+if markers is not None:
+    st.dataframe(markers[1], hide_index=True, column_config={
+        "pval_adj": st.column_config.NumberColumn("adjusted p", format="%.2e"),
+        "n_panel_models_using": st.column_config.NumberColumn("panel models using it")})
+
+# ------------------------------------------------------------------ downloads
+st.subheader("Downloads")
+stem = export.file_stem(ss.get(state.DATA_NAME), "panel")
+extra = [c for c in (ss.get(state.LABEL_COLUMN), ss.get(state.SAMPLE_COLUMN)) if c and c in adata.obs]
+sample_groups = [c for c in (ss.get(state.SAMPLE_COLUMN), group) if c and c in adata.obs and c != CLUSTER]
+c = st.columns(4)
+c[0].download_button("panel.csv", export.to_csv_bytes(panel.panel_table(adata, extra)),
+                     file_name=f"{stem}.csv", mime="text/csv", icon=":material/table:", type="primary",
+                     key="btn_dl_panel", on_click="ignore")
+c[0].caption("cells x drugs: P(resistant), label, calibrated")
+c[1].download_button("panel_summary.csv", export.to_csv_bytes(export.panel_summary_table(adata, sample_groups)),
+                     file_name=f"{stem}_summary.csv", mime="text/csv", icon=":material/analytics:",
+                     key="btn_dl_panel_summary", on_click="ignore")
+c[1].caption("per cluster / sample and drug")
+c[2].download_button("panel_report.html",
+                     lambda: export.panel_html_report(adata, group_columns=sample_groups,
+                                                      data_name=ss.get(state.DATA_NAME),
+                                                      markers=markers[1] if markers else None).encode("utf-8"),
+                     file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
+                     key="btn_dl_panel_html", on_click="ignore")
+c[2].caption("self-contained, with the figures")
+c[3].download_button("annotated .h5ad", lambda: export.h5ad_bytes(adata), file_name=f"{stem}_annotated.h5ad",
+                     mime="application/x-hdf5", icon=":material/database:", key="btn_dl_panel_h5ad",
+                     on_click="ignore")
+c[3].caption("one column set per drug")

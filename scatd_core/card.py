@@ -1,0 +1,126 @@
+"""Model cards: what a trained model was trained on, and how it compares with simple baselines.
+
+Every model ``scatd train`` makes carries a card in its manifest (``manifest['card']``): the
+data (files and hashes, cell lines, target cells), the gene panel, the labels, the settings, and
+one or more *evaluations*. An evaluation scores the model and baselines trained on the same
+inputs in the same run on the same samples (the bulk cross-validation's out-of-fold
+predictions; the target cells when their labels are known; the target cells whose labels were
+not used when a few were), with AUROC and AUPRC, 95 % bootstrap confidence intervals, the
+paired difference to the model with its interval, and a plain verdict: when a baseline is as
+good as the model, the card says so.
+
+The Train and Model library pages, ``scatd train``, ``scatd models --card`` and the HTML report
+all render the card with :func:`card_table` and :func:`card_lines`. No torch here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from scatd_core.metrics import bootstrap_ci, paired_bootstrap
+
+MODEL = "this model"
+#: Bootstrap resamples for the confidence intervals (stratified by class; seeded).
+N_BOOT = 1000
+LEVEL = 0.95
+
+
+def _round(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
+def score(y: np.ndarray, p: np.ndarray, seed: int = 0) -> dict:
+    """AUROC and AUPRC of ``p`` against 0/1 labels ``y`` with their bootstrap intervals."""
+    auroc, a_lo, a_hi = bootstrap_ci(y, p, "auroc", n_boot=N_BOOT, level=LEVEL, seed=seed)
+    auprc, p_lo, p_hi = bootstrap_ci(y, p, "auprc", n_boot=N_BOOT, level=LEVEL, seed=seed)
+    return {"auroc": _round(auroc), "auroc_ci": [_round(a_lo), _round(a_hi)],
+            "auprc": _round(auprc), "auprc_ci": [_round(p_lo), _round(p_hi)]}
+
+
+def evaluation(name: str, title: str, y: np.ndarray, predictions: dict[str, np.ndarray], *, seed: int = 0,
+               note: str | None = None) -> dict:
+    """Score the model (``predictions[MODEL]``) and each baseline on the same samples.
+
+    ``predictions`` maps a model title to P(resistant) (or any score ranking the samples the same
+    way) per sample. Each baseline gets the paired difference ``model - baseline`` of AUROC with
+    its bootstrap interval; the evaluation gets a verdict per baseline (:func:`verdict`).
+    """
+    y = np.asarray(y, dtype=float)
+    model = np.asarray(predictions[MODEL], dtype=float)
+    rows = []
+    for title_k, p in predictions.items():
+        entry = {"model": title_k, **score(y, p, seed)}
+        if title_k != MODEL:
+            diff, lo, hi = paired_bootstrap(y, model, p, "auroc", n_boot=N_BOOT, level=LEVEL, seed=seed)
+            entry["model_minus_this"] = {"auroc": _round(diff), "ci": [_round(lo), _round(hi)]}
+        rows.append(entry)
+    known = np.isfinite(y)
+    out = {"name": name, "title": title, "n": int(known.sum()), "n_resistant": int((y[known] == 1).sum()),
+           "n_sensitive": int((y[known] == 0).sum()), "scores": rows}
+    if note:
+        out["note"] = note
+    out["verdicts"] = [verdict(out, row) for row in rows if row["model"] != MODEL]
+    return out
+
+
+def verdict(ev: dict, row: dict) -> str:
+    """One plain sentence: is the baseline better than, as good as, or worse than the model?"""
+    model = next(r for r in ev["scores"] if r["model"] == MODEL)
+    diff = row["model_minus_this"]
+    d, (lo, hi) = diff["auroc"], diff["ci"]
+    where = ev["title"][0].lower() + ev["title"][1:]
+    name = row["model"][0].upper() + row["model"][1:]
+    if d is None or lo is None:
+        return f"{name}: no comparison possible on {where}."
+    numbers = (f"AUROC {model['auroc']:.3f} vs {row['auroc']:.3f}; difference {d:+.3f}, "
+               f"95% CI {lo:+.3f} to {hi:+.3f}")
+    if hi < 0:
+        return f"{name} is better than this model on {where} ({numbers})."
+    if lo > 0:
+        return f"This model beats {row['model']} on {where} ({numbers})."
+    return f"{name} is as good as this model on {where} ({numbers}): the difference is within chance."
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+def _ci(value, ci) -> str:
+    if value is None:
+        return "—"
+    lo, hi = ci or (None, None)
+    return f"{value:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+
+def card_table(card: dict) -> pd.DataFrame:
+    """One row per (evaluation, model): AUROC and AUPRC with 95 % intervals, and the difference
+    of this model's AUROC to each baseline's."""
+    rows = []
+    for ev in card.get("evaluations", []):
+        for r in ev["scores"]:
+            diff = r.get("model_minus_this")
+            rows.append({"evaluation": ev["title"], "cells / lines": f"{ev['n']} ({ev['n_resistant']} resistant)",
+                         "model": r["model"], "AUROC [95% CI]": _ci(r["auroc"], r["auroc_ci"]),
+                         "AUPRC [95% CI]": _ci(r["auprc"], r["auprc_ci"]),
+                         "this model minus baseline (AUROC)": "" if diff is None else _ci(diff["auroc"], diff["ci"])})
+    return pd.DataFrame(rows, columns=["evaluation", "cells / lines", "model", "AUROC [95% CI]", "AUPRC [95% CI]",
+                                       "this model minus baseline (AUROC)"])
+
+
+def card_lines(card: dict) -> list[str]:
+    """The card as plain sentences: what the model is, what it was trained on, the verdicts."""
+    lines = [card["model"]["description"]]
+    data = card.get("data", {})
+    if data:
+        lines.append(data["summary"])
+    for ev in card.get("evaluations", []):
+        model = next(r for r in ev["scores"] if r["model"] == MODEL)
+        lines.append(f"{ev['title']} ({ev['n']} samples, {ev['n_resistant']} resistant): this model AUROC "
+                     f"{_ci(model['auroc'], model['auroc_ci'])}, AUPRC {_ci(model['auprc'], model['auprc_ci'])}.")
+        if ev.get("note"):
+            lines.append(ev["note"])
+        lines += ev["verdicts"]
+    if card.get("calibration"):
+        lines.append(card["calibration"])
+    return lines

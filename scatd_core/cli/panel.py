@@ -1,0 +1,41 @@
+"""``scatd panel``: your saved panels of drug models (save, list, remove)."""
+
+from __future__ import annotations
+
+from scatd_core.cli._common import say
+
+
+def add(sub) -> None:
+    p = sub.add_parser("panel", help="save, list or remove your panels of drug models",
+                       description="A panel is a named list of models of the library, saved for you only. Score "
+                                   "data against it with `scatd predict --panel NAME`.")
+    acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = acts.add_parser("save", help="save a panel: scatd panel save NAME --model A --model B ...")
+    s.add_argument("name")
+    s.add_argument("--model", action="append", required=True, help="a model of the library (repeat it)")
+    s.add_argument("--replace", action="store_true", help="replace your panel of the same name")
+    s.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    r = acts.add_parser("remove", help="remove one of your panels")
+    r.add_argument("name")
+    acts.add_parser("list", help="list your panels")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from scatd_core import panel
+    from scatd_core.cli.predict import os_user
+
+    user = os_user()
+    if args.action == "save":
+        record = panel.save_panel(args.name, args.model, user, library=args.library, replace=args.replace)
+        print(f"Saved panel {args.name!r}: {', '.join(record['models'])}")
+    elif args.action == "remove":
+        panel.delete_panel(args.name, user)
+        print(f"Removed panel {args.name!r}")
+    else:
+        panels = panel.list_panels(user)
+        if not panels:
+            say("You have no saved panel. Save one with `scatd panel save NAME --model A --model B`.")
+        for name, record in panels.items():
+            print(f"{name}\t{', '.join(record['models'])}")
+    return 0

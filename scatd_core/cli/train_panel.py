@@ -1,0 +1,98 @@
+"""``scatd train-panel``: a starter panel, one drug model per drug of a bulk screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scatd_core.cli._common import BACKBONES, DEVICES, Progress, fmt, positive_int, say
+from scatd_core.errors import ScatdError
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "train-panel", help="train one drug model per drug (a starter panel) with the default recipe",
+        description="Train one model per drug of a bulk screen with the default training recipe of `scatd train`, "
+                    "adapted to your single cells, and install them in the model library. Resumable: run the same "
+                    "command again to go on after an interruption. Drugs with too few sensitive (or resistant) cell "
+                    "lines are skipped. Prints (and with --summary writes) one row per drug: its model card in brief.")
+    p.add_argument("--backbone", default="dist_vae", choices=BACKBONES)
+    p.add_argument("--bulk", required=True, help="bulk cell lines x genes (CSV/TSV, h5ad, ...)")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--bulk-labels", help="cell lines x drugs table of sensitive/resistant "
+                                              "(ALL_label_binary_wf.csv format)")
+    labels.add_argument("--ic50", help="GDSC_IC50.csv (ln IC50; rows GDSC:<drug_id>): labels from IC50 with "
+                                       "--thresholds and --drug-list, as `scatd labels-from-ic50`")
+    p.add_argument("--thresholds", help="with --ic50: IC50_thred.txt (drug names, then ln(IC50) thresholds)")
+    p.add_argument("--drug-list", help="with --ic50: the GDSC drug list CSV (drug_id, Name, ...)")
+    p.add_argument("--drugs", required=True, help="'all', or a comma-separated list of drugs")
+    p.add_argument("--target", required=True, help="the single cells to adapt to (any format `scatd predict` reads)")
+    p.add_argument("--min-lines", type=positive_int, default=10,
+                   help="skip drugs with fewer labelled cell lines than this in either class (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, help="most drug-head epochs (default 50)")
+    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 200)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 20)")
+    p.add_argument("--folds", type=positive_int, help="stratified CV folds on the bulk (default 5)")
+    p.add_argument("--no-resume", action="store_true", help="train every drug again, even those already trained")
+    p.add_argument("--save-panel", help="also save the trained models as your panel of this name")
+    p.add_argument("--summary", help="write the summary table (CSV) here")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.set_defaults(run=run)
+
+
+def _labels(args):
+    if args.ic50:
+        if not (args.thresholds and args.drug_list):
+            raise ScatdError("--ic50 needs --thresholds and --drug-list too.",
+                             "They come with GDSC_IC50.csv (DeepCDR): IC50_thred.txt and the GDSC drug list.")
+        from scatd_core.labels import labels_from_ic50
+
+        drugs = None if args.drugs.strip().lower() == "all" else [d.strip() for d in args.drugs.split(",") if d.strip()]
+        return labels_from_ic50(args.ic50, args.thresholds, args.drug_list, drugs=drugs)
+    return args.bulk_labels
+
+
+def run(args) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from scatd_core.cli.predict import os_user
+    from scatd_core.train import TrainSettings, train_panel
+
+    settings = TrainSettings(seed=args.seed)
+    for key in ("epochs", "pretrain_epochs", "finetune_epochs", "folds"):
+        value = getattr(args, key)
+        if value is not None:
+            if value < 0:
+                raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
+            settings = replace(settings, **{key: value})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary, bundles = train_panel(
+        args.bulk, _labels(args), args.drugs, args.target, backbone=args.backbone, settings=settings,
+        min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),
+        resume=not args.no_resume, progress=Progress("Training the panel"))
+    print("drug\tstatus\tsensitive\tresistant\tCV AUROC\tbest baseline (CV AUROC)\ttarget AUROC\tbundle\tnote")
+    for r in summary.itertuples(index=False):
+        baseline = f"{r.cv_best_baseline} ({fmt(r.cv_best_baseline_auroc)})" if r.cv_best_baseline else "-"
+        print(f"{r.drug}\t{r.status}\t{r.n_sensitive}\t{r.n_resistant}\t{fmt(r.cv_auroc)}\t{baseline}\t"
+              f"{fmt(r.target_auroc)}\t{r.bundle}\t{r.note}")
+    for r in summary.itertuples(index=False):
+        if r.verdict:
+            print(f"{r.drug}: {r.verdict}")
+    if args.summary:
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        summary.to_csv(args.summary, index=False)
+        say(f"Wrote {args.summary}")
+    if args.save_panel:
+        if len(bundles) < 2:
+            raise ScatdError(f"Only {len(bundles)} drug(s) got a model; a panel needs at least 2, so none was saved.")
+        from scatd_core.panel import save_panel
+
+        save_panel(args.save_panel, [b.path.name for b in bundles], os_user(), library=args.library, replace=True)
+        say(f"Saved your panel {args.save_panel!r}: {', '.join(b.drug for b in bundles)}")
+    say(f"{len(bundles)} of {len(summary)} drugs have a model in the library.")
+    return 0 if bundles else 2

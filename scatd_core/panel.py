@@ -1,0 +1,593 @@
+"""Panels of drug models: score one dataset against several models in one run, and compare them.
+
+A biologist's question is usually "which of these drugs would this tumour, and which of its
+subclones, resist?". :func:`predict_panel` answers it with the one prediction function,
+:func:`scatd_core.predict.predict`, called once per model:
+
+- the models are grouped by their input (backbone, gene list, transform, style statistics); the
+  data are aligned, and the dataset statistics computed, **once per group** (one
+  :class:`~scatd_core.inputs.ModelInput`), then each model makes one batch pass over it;
+- each model writes its own column set under its own prefix (``obs['scatd_<DRUG>_prob_resistant']``,
+  ``..._label``, ``uns['scatd_<DRUG>']`` with its threshold and whether it is calibrated);
+- a model that cannot score the data (wrong backbone for the upload, no shared genes, a broken
+  bundle) is **reported and skipped**, never failing the panel; coverage is kept per model.
+
+The panel record is ``uns['scatd_panel']``; ``obs['scatd_panel_n_resisted']`` counts the drugs
+each cell is called resistant to and ``obs['scatd_panel_resistant_to_all']`` flags cells resistant
+to every scored drug (a possible multi-drug-resistant subclone). :func:`refresh` recomputes both
+after a threshold changes.
+
+Saved panels (:func:`save_panel`, :func:`list_panels`, :func:`load_panel`) are named lists of
+library models, stored per user in ``<home>/panels/<user>.json``: one user never sees another's.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from scatd_core import _keys
+from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+from scatd_core._progress import step
+from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, ScatdError
+
+__all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
+           "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember"]
+
+#: A panel needs at least this many models to be a panel (the app asks for three or more).
+MIN_MODELS = 2
+
+
+# --------------------------------------------------------------------------- the members
+
+@dataclass
+class PanelMember:
+    """One model of a panel and what became of it."""
+
+    key: str  # prefix of its results in the AnnData (``scatd_<DRUG>``)
+    drug: str
+    model: str  # display name
+    path: str
+    backbone: str
+    demo: bool = False
+    status: str = "pending"  # "scored" or "skipped"
+    problem: str | None = None
+    input_group: int = -1  # models with the same group number share one alignment
+    coverage: dict = field(default_factory=dict)
+    n_scored: int = 0
+    n_resistant: int = 0
+    seconds: float = 0.0
+
+    @property
+    def scored(self) -> bool:
+        return self.status == "scored"
+
+
+def drug_prefix(drug: str, taken: set[str]) -> str:
+    """``scatd_<DRUG>`` (file-system-safe, distinct for distinct names), ``_2``, ``_3`` ... when taken."""
+    from scatd_core.bundle import safe_name
+
+    base = f"{_keys.DEFAULT_PREFIX}_{safe_name(drug, 'drug')}"
+    key, k = base, 2
+    while key in taken or key in _RESERVED:
+        key, k = f"{base}_{k}", k + 1
+    taken.add(key)
+    return key
+
+
+#: Every name the package writes itself (a drug called "panel" or "qc" must not overwrite them).
+_RESERVED = {v for v in vars(_keys).values() if isinstance(v, str) and v.startswith(_keys.DEFAULT_PREFIX)}
+
+
+def input_signature(bundle) -> str:
+    """What a model's input depends on besides the data: models with the same one share an alignment."""
+    h = hashlib.sha256()
+    h.update(f"{bundle.backbone}|{bundle.input_kind}|{bundle.manifest['input_transform']}|"
+             f"{bundle.architecture.input_dim}".encode())
+    h.update("\n".join(bundle.genes or []).encode())
+    for stat in (bundle.style_mean, bundle.style_std):
+        if stat is not None:
+            h.update(np.ascontiguousarray(stat, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- prediction
+
+#: Problems that skip one model instead of failing the panel: expected ones (``ScatdError``)
+#: and what a model whose files disagree with its manifest raises inside torch.
+_SKIPPABLE = (InputError, BundleError, DeviceError, RuntimeError, ValueError)
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, ScatdError):
+        return exc.message + (f" {exc.hint}" if exc.hint else "")
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _clear_panel(adata: ad.AnnData) -> None:
+    old = adata.uns.get(_keys.PANEL, {})
+    for m in _records(old):
+        clear_one(adata, m["key"])
+    for col in (_keys.PANEL_N_RESISTED, _keys.PANEL_RESISTANT_TO_ALL):
+        if col in adata.obs:
+            del adata.obs[col]
+    adata.uns.pop(_keys.PANEL, None)
+
+
+def clear_one(adata: ad.AnnData, prefix: str) -> None:
+    """Remove one model's result fields (not the shared UMAP/clusters)."""
+    keys = result_keys(prefix)
+    for col in (keys.prob, keys.prob_sd, keys.label, keys.scored):
+        if col in adata.obs:
+            del adata.obs[col]
+    adata.obsm.pop(keys.latent, None)
+    adata.uns.pop(keys.run, None)
+
+
+def predict_panel(
+    adata: ad.AnnData,
+    bundles: Sequence,
+    *,
+    mask: np.ndarray | str | None = None,
+    mode: str = "mean",
+    n_samples: int = 50,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[PanelMember]:
+    """Predict P(resistant) for every cell of ``adata`` with every model of a panel.
+
+    Parameters
+    ----------
+    adata
+        The cells (may be backed), as for :func:`scatd_core.predict.predict`.
+    bundles
+        The panel's models (:class:`~scatd_core.bundle.Bundle`), any backbones and gene sets.
+    mask, mode, n_samples, seed, device, batch_size, should_stop
+        As for :func:`~scatd_core.predict.predict`, the same for every model.
+    progress
+        Called with (fraction done, message naming the model and its place in the panel).
+
+    Returns
+    -------
+    The members, in the given order, each ``scored`` or ``skipped`` with its problem. Raises
+    :class:`InputError` only when no model at all could score the data. Sets:
+
+    - for each scored model with prefix ``<p>`` = ``scatd_<DRUG>``: every field
+      :func:`~scatd_core.predict.predict` sets (``obs['<p>_prob_resistant']``, ``obs['<p>_label']``,
+      ``obs['<p>_scored']``, ``obsm['X_<p>']``, ``uns['<p>']``);
+    - ``obs['scatd_panel_n_resisted']``, ``obs['scatd_panel_resistant_to_all']`` (:func:`refresh`);
+    - ``uns['scatd_panel']``: the members (status, problem, coverage, time), the input groups and
+      the time spent aligning.
+    """
+    from scatd_core.predict import _mask_of
+
+    if not bundles:
+        raise InputError("The panel has no model.", "Choose at least two drug models from the library.")
+    if adata.n_obs == 0:
+        raise InputError("The dataset has no cells.", "Check the file and the filters applied.")
+    t0 = time.perf_counter()
+    mask_array = _mask_of(adata, mask)
+    _clear_panel(adata)
+    taken: set[str] = set()
+    team = [PanelMember(drug_prefix(b.drug or b.name, taken), b.drug or b.name, b.name, str(b.path), b.backbone,
+                        b.is_demo) for b in bundles]
+    shared = _SharedInputs(adata, mask_array, batch_size, device)
+    options = dict(mask=mask_array, mode=mode, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size,
+                   should_stop=should_stop)
+    n = len(bundles)
+    for i, (member, bundle) in enumerate(zip(team, bundles)):
+        if should_stop is not None and should_stop():
+            _clear_members(adata, team)
+            raise Cancelled("Panel prediction cancelled; nothing was kept.")
+        say = step(progress, i, n, member.drug)
+        if say is not None:
+            say(0.0, "aligning the data to the model")
+        try:
+            _score_member(adata, member, bundle, shared, say, options)
+        except Cancelled:
+            _clear_members(adata, team)
+            raise
+    if not any(m.scored for m in team):
+        raise InputError("No model of the panel could score these data: " + "; ".join(
+            f"{m.drug}: {m.problem}" for m in team), "Check the data against each model on the Model page.")
+    adata.uns[_keys.PANEL] = {
+        "members": _stored(team), "n_models": n, "n_scored_models": sum(m.scored for m in team),
+        "n_input_groups": len(shared.groups), "align_seconds": round(shared.seconds, 3),
+        "seconds": round(time.perf_counter() - t0, 3), "params": {"mode": mode, "seed": int(seed),
+                                                                  "batch_size": batch_size or "auto"},
+        "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    refresh(adata)
+    if progress is not None:
+        progress(1.0, f"{sum(m.scored for m in team)} of {n} models scored the data")
+    return members(adata, scored_only=False)
+
+
+class _SharedInputs:
+    """One :class:`~scatd_core.inputs.ModelInput` per input signature: the data are aligned (and
+    the dataset statistics computed) once per gene set, whatever the number of models on it."""
+
+    def __init__(self, adata: ad.AnnData, mask: np.ndarray | None, batch_size: int | None, device: str):
+        self.adata, self.mask, self.batch_size, self.device = adata, mask, batch_size, device
+        self.groups: dict[str, int] = {}
+        self.inputs: dict[int, object] = {}
+        self.seconds = 0.0
+
+    def get(self, bundle) -> tuple[int, object]:
+        """``(group number, ModelInput)``; re-raises the problem of a group whose data cannot be aligned."""
+        from scatd_core.inputs import ModelInput
+        from scatd_core.predict import auto_batch_size, resolve_device
+
+        group = self.groups.setdefault(input_signature(bundle), len(self.groups))
+        if group not in self.inputs:
+            t0 = time.perf_counter()
+            try:
+                size = self.batch_size or auto_batch_size(bundle, resolve_device(self.device))
+                self.inputs[group] = ModelInput(self.adata, bundle, mask=self.mask, batch_size=size)
+            except _SKIPPABLE as exc:
+                self.inputs[group] = exc  # every model of this group fails the same way
+            self.seconds += time.perf_counter() - t0
+        if isinstance(self.inputs[group], BaseException):
+            raise self.inputs[group]
+        return group, self.inputs[group]
+
+
+def _score_member(adata: ad.AnnData, member: PanelMember, bundle, shared: _SharedInputs, progress, options) -> None:
+    """One model's pass; a problem marks the member skipped (with the reason) instead of raising."""
+    from scatd_core.predict import predict
+
+    t0 = time.perf_counter()
+    try:
+        if bundle.kind != "classifier":
+            raise InputError(f"{bundle.name} is a pretrained backbone without a drug head; it cannot predict.")
+        member.input_group, inputs = shared.get(bundle)
+        predict(adata, bundle, inputs=inputs, key_added=member.key, progress=progress, **options)
+    except _SKIPPABLE as exc:
+        clear_one(adata, member.key)
+        member.status, member.problem = "skipped", _problem(exc)
+    else:
+        info = adata.uns[member.key]
+        member.status = "scored"
+        member.coverage = dict(info.get("gene_coverage") or {})
+        member.n_scored = int(info["n_scored"])
+    member.seconds = round(time.perf_counter() - t0, 3)
+
+
+def _stored(members: list[PanelMember]) -> dict:
+    """The members as h5ad can store them: a dict keyed by position ("00", "01" ...), no None."""
+    from scatd_core._json import json_safe
+
+    return {f"{i:02d}": json_safe({k: ("" if v is None else v) for k, v in asdict(m).items()})
+            for i, m in enumerate(members)}
+
+
+def _records(info: dict) -> list[dict]:
+    """The stored member records, in panel order."""
+    members_ = info.get("members", {})
+    return [members_[k] for k in sorted(members_)]
+
+
+def _clear_members(adata: ad.AnnData, team: list[PanelMember]) -> None:
+    for m in team:
+        clear_one(adata, m.key)
+
+
+def members(adata: ad.AnnData, *, scored_only: bool = True) -> list[PanelMember]:
+    """The members of the panel stored in ``adata`` (the scored ones by default)."""
+    info = adata.uns.get(_keys.PANEL)
+    if not info:
+        raise InputError("No panel prediction in this dataset.", "Run a panel first (`scatd predict --model A "
+                         "--model B ...`, or the Panel page).")
+    out = [PanelMember(**{k: (None if k == "problem" and v == "" else v) for k, v in m.items()
+                          if k in PanelMember.__dataclass_fields__}) for m in _records(info)]
+    return [m for m in out if m.scored] if scored_only else out
+
+
+def refresh(adata: ad.AnnData) -> None:
+    """Recompute the per-cell panel summary from the current calls (after a threshold changed).
+
+    ``obs['scatd_panel_n_resisted']``: drugs the cell is called resistant to;
+    ``obs['scatd_panel_resistant_to_all']``: resistant to every scored drug (at least two).
+    """
+    scored = members(adata)
+    resisted = np.zeros(adata.n_obs, dtype=np.int64)
+    everywhere = np.ones(adata.n_obs, dtype=bool)
+    for m in scored:
+        keys = result_keys(m.key)
+        is_res = (adata.obs[keys.label].astype(str) == adata.uns[m.key]["positive_label"]).to_numpy()
+        resisted += is_res
+        everywhere &= is_res
+        m.n_resistant = int(is_res.sum())
+    adata.obs[_keys.PANEL_N_RESISTED] = resisted
+    adata.obs[_keys.PANEL_RESISTANT_TO_ALL] = everywhere & (len(scored) >= MIN_MODELS)
+    by_key = {m.key: m for m in scored}
+    for rec in _records(adata.uns[_keys.PANEL]):
+        if rec["key"] in by_key:
+            rec["n_resistant"] = by_key[rec["key"]].n_resistant
+
+
+# --------------------------------------------------------------------------- tables
+
+def _drug_columns(adata: ad.AnnData, m: PanelMember) -> dict[str, np.ndarray]:
+    keys = result_keys(m.key)
+    info = adata.uns[m.key]
+    cols = {f"{m.drug}_prob_resistant": adata.obs[keys.prob].to_numpy()}
+    if keys.prob_sd in adata.obs:
+        cols[f"{m.drug}_prob_resistant_sd"] = adata.obs[keys.prob_sd].to_numpy()
+    cols[f"{m.drug}_label"] = adata.obs[keys.label].astype(str).to_numpy()
+    cols[f"{m.drug}_calibrated"] = np.full(adata.n_obs, bool(info["threshold"]["calibrated"]))
+    return cols
+
+
+def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Cells x drugs: one row per uploaded cell, in input order.
+
+    Columns: ``cell_id``; per scored drug ``<DRUG>_prob_resistant`` (``_sd`` in sample mode),
+    ``<DRUG>_label``, ``<DRUG>_calibrated``; ``n_drugs_resisted``, ``resistant_to_all``; then
+    ``umap_1, umap_2``, ``cluster`` when computed and ``extra_columns`` of ``obs``.
+    """
+    cols: dict[str, np.ndarray] = {"cell_id": adata.obs_names.astype(str).to_numpy()}
+    for m in members(adata):
+        cols.update(_drug_columns(adata, m))
+    cols["n_drugs_resisted"] = adata.obs[_keys.PANEL_N_RESISTED].to_numpy()
+    cols["resistant_to_all"] = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)
+    table = pd.DataFrame(cols)
+    if _keys.UMAP in adata.obsm:
+        coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
+        table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
+    if _keys.CLUSTER in adata.obs:
+        table["cluster"] = adata.obs[_keys.CLUSTER].astype(str).to_numpy()
+    for col in extra_columns:
+        if col and col in adata.obs and col not in table:
+            table[col] = adata.obs[col].to_numpy()
+    return table
+
+
+def _drug_stats(adata: ad.AnnData, m: PanelMember, rows: np.ndarray) -> dict:
+    keys = result_keys(m.key)
+    labels = adata.obs[keys.label].astype(str).to_numpy()[rows]
+    prob = adata.obs[keys.prob].to_numpy(dtype=np.float64)[rows]
+    called = ~np.isin(labels, [NOT_SCORED, FILTERED])
+    n_res = int((labels == adata.uns[m.key]["positive_label"]).sum())
+    return {"drug": m.drug, "n_cells": int(len(rows)), "n_called": int(called.sum()), "n_resistant": n_res,
+            "fraction_resistant": n_res / called.sum() if called.any() else np.nan,
+            "mean_prob_resistant": float(np.nanmean(prob)) if np.isfinite(prob).any() else np.nan,
+            "calibrated": bool(adata.uns[m.key]["threshold"]["calibrated"])}
+
+
+def _group_order(values: pd.Series) -> list[str]:
+    from scatd_core.metrics import group_fractions
+
+    return list(group_fractions(np.zeros(len(values)), values)["group"])
+
+
+def group_summary(adata: ad.AnnData, column: str) -> pd.DataFrame:
+    """Per group of ``obs[column]`` (cluster, sample) and drug: cells, calls, fraction resistant, mean P.
+
+    Columns ``group, drug, n_cells, n_called, n_resistant, fraction_resistant, mean_prob_resistant,
+    calibrated``; groups in their natural order, drugs in panel order.
+    """
+    if column not in adata.obs:
+        raise InputError(f"'{column}' is not a column of the data.",
+                         f"Its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
+    values = adata.obs[column].astype(str)
+    rows = []
+    for group in _group_order(adata.obs[column]):
+        idx = np.flatnonzero((values == group).to_numpy())
+        rows += [{"group": group, **_drug_stats(adata, m, idx)} for m in members(adata)]
+    return pd.DataFrame(rows)
+
+
+def drug_ranking(adata: ad.AnnData, cells: np.ndarray | None = None) -> pd.DataFrame:
+    """The drugs ranked for a set of cells (all by default): lowest fraction called resistant first
+    (the drug most likely to work), then lowest mean P(resistant).
+
+    Columns ``rank, drug, n_cells, n_called, n_resistant, fraction_resistant, mean_prob_resistant,
+    calibrated``. Fractions at uncalibrated thresholds compare poorly across drugs; the
+    ``calibrated`` column says which are.
+    """
+    if cells is None:
+        rows = np.arange(adata.n_obs)
+    else:
+        cells = np.asarray(cells)
+        rows = np.flatnonzero(cells) if cells.dtype == bool else cells.astype(np.int64)
+    table = pd.DataFrame([_drug_stats(adata, m, rows) for m in members(adata)])
+    table = table.sort_values(["fraction_resistant", "mean_prob_resistant"], na_position="last", kind="stable")
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def probability_matrix(adata: ad.AnnData) -> tuple[np.ndarray, list[str]]:
+    """Cells x scored drugs of P(resistant) (NaN where not scored), and the drug names."""
+    ms = members(adata)
+    return (np.column_stack([adata.obs[result_keys(m.key).prob].to_numpy(dtype=np.float64) for m in ms]),
+            [m.drug for m in ms])
+
+
+# --------------------------------------------------------------------------- multi-drug-resistant cells
+
+def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: int = 5000,
+                            seed: int = 0) -> pd.DataFrame:
+    """Genes that set the cells resistant to every drug apart from the other scored cells.
+
+    A Wilcoxon rank-sum test (scanpy's ``rank_genes_groups``) on log-normalised expression
+    (counts are log1p-CP10k normalised first), on at most ``max_cells`` cells per side (a seeded
+    subsample). Returns the ``n_top`` genes most up in the multi-resistant cells: ``gene,
+    logfoldchange, score, pval_adj, n_panel_models_using``.
+    """
+    from scatd_core._matrix import log1p_cp10k
+    from scatd_core.explain._ranking import differential_expression
+    from scatd_core.inputs import _holds_counts
+
+    if _keys.PANEL_RESISTANT_TO_ALL not in adata.obs:
+        raise InputError("No panel prediction in this dataset.", "Run a panel first.")
+    everywhere = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)
+    scored_all = np.ones(adata.n_obs, dtype=bool)
+    for m in members(adata):
+        scored_all &= adata.obs[result_keys(m.key).scored].to_numpy(dtype=bool)
+    rest = scored_all & ~everywhere
+    if everywhere.sum() < 3 or rest.sum() < 3:
+        raise InputError(f"{int(everywhere.sum())} cell(s) are resistant to every drug and {int(rest.sum())} are not; "
+                         "the comparison needs at least 3 of each.",
+                         "Calibrate the thresholds (Cells page or --expected-fraction), or add or remove drugs.")
+    rng = np.random.default_rng(seed)
+    pick = [np.sort(rng.choice(side, size=min(max_cells, side.size), replace=False))
+            for side in (np.flatnonzero(everywhere), np.flatnonzero(rest))]
+    rows = np.concatenate(pick)
+    order = np.argsort(rows)
+    X = adata.X[rows[order]]
+    X = X.to_memory() if hasattr(X, "to_memory") else X
+    if _holds_counts(adata):
+        X = log1p_cp10k(X)
+    groups = np.where(np.isin(rows[order], pick[0]), "resistant to all", "other")
+    de = differential_expression(X, groups, "resistant to all", "other", log_scale=True)
+    de.insert(0, "gene", adata.var_names.astype(str))
+    used = pd.Series(0, index=de["gene"])
+    from scatd_core.bundle import load_bundle
+
+    for m in members(adata):
+        try:
+            genes = load_bundle(m.path).genes
+        except ScatdError:
+            continue
+        if genes:
+            used[used.index.isin(set(genes))] += 1
+    de["n_panel_models_using"] = used.to_numpy()
+    de = de.rename(columns={"de_score": "score", "de_pval_adj": "pval_adj"})
+    top = de.sort_values("score", ascending=False).head(n_top)
+    return top[["gene", "logfoldchange", "score", "pval_adj", "n_panel_models_using"]].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- saved panels (per user)
+
+#: Panel names: letters, digits, spaces and ``. _ - + ( )``, 1-64 characters.
+PANEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]{0,63}$")
+
+
+def panels_file(user: str | None) -> Path:
+    """``<home>/panels/<user>.json`` (the user name made file-system-safe, distinct per name)."""
+    from scatd_core.bundle import safe_name
+    from scatd_core.config import scatd_home
+
+    return scatd_home() / "panels" / f"{safe_name(user or 'local', 'local')}.json"
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def list_panels(user: str | None) -> dict[str, dict]:
+    """``{name: {"models": [library folder names], "created": ...}}`` of ``user``'s saved panels."""
+    path = panels_file(user)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"Your saved panels cannot be read ({exc}).", f"Fix or remove {path}.") from None
+    return {str(k): v for k, v in data.get("panels", {}).items()
+            if isinstance(v, dict) and isinstance(v.get("models"), list)}
+
+
+def _write(path: Path, panels: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".panels-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"panels": panels}, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_panel(name: str, models: Sequence[str], user: str | None, *, library: str | Path | None = None,
+               replace: bool = False) -> dict:
+    """Save a named panel of library models (folder names) for ``user``; returns its record."""
+    from scatd_core.bundle import list_library
+
+    name = str(name or "").strip()
+    if not PANEL_NAME.match(name):
+        raise InputError(f"{name!r} is not a valid panel name.",
+                         "Use 1-64 letters, digits, spaces or . _ - + ( ), starting with a letter or digit.")
+    models = list(dict.fromkeys(str(m) for m in models))
+    if len(models) < MIN_MODELS:
+        raise InputError(f"A panel needs at least {MIN_MODELS} models; got {len(models)}.")
+    installed = {e.path.name: e for e in list_library(library)}
+    unknown = [m for m in models if m not in installed or not installed[m].ok]
+    if unknown:
+        raise InputError(f"Not usable models of the library: {', '.join(unknown)}.",
+                         f"Installed: {', '.join(sorted(installed)) or 'none'} (`scatd models`).")
+    path = panels_file(user)
+    with _locked(path):
+        panels = list_panels(user)
+        if name in panels and not replace:
+            raise InputError(f"You already have a panel named {name!r}.", "Choose another name, or replace it.")
+        panels[name] = {"models": models,
+                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        _write(path, panels)
+    return panels[name]
+
+
+def delete_panel(name: str, user: str | None) -> None:
+    path = panels_file(user)
+    with _locked(path):
+        panels = list_panels(user)
+        if name not in panels:
+            raise InputError(f"You have no panel named {name!r}.", f"Yours: {', '.join(panels) or 'none'}.")
+        del panels[name]
+        _write(path, panels)
+
+
+def load_panel(name: str, user: str | None, *, library: str | Path | None = None) -> tuple[list, list[str]]:
+    """The bundles of ``user``'s panel ``name``, and the problems of those that cannot be loaded
+    any more (removed from the library, broken): reported, not fatal."""
+    from scatd_core.bundle import load_bundle
+    from scatd_core.config import model_library_dir
+
+    panels = list_panels(user)
+    if name not in panels:
+        raise InputError(f"You have no panel named {name!r}.",
+                         f"Yours: {', '.join(panels) or 'none'}. Save one with `scatd panel save`.")
+    root = Path(library) if library else model_library_dir()
+    bundles, problems = [], []
+    for folder in panels[name]["models"]:
+        try:
+            bundles.append(load_bundle(root / folder))
+        except ScatdError as exc:
+            problems.append(f"{folder}: {exc.message}")
+    return bundles, problems
+
+
+def embed_expression(adata: ad.AnnData, *, seed: int = 0) -> dict:
+    """A UMAP of the cells' expression (no model's latent space: the panel has several) into
+    ``obsm['X_umap']`` and ``uns['scatd_embed']``; returns that record."""
+    from scatd_core.embed import compute_embedding, store
+
+    store(adata, compute_embedding(adata, basis="expression", clusters=False, seed=seed))
+    return adata.uns[_keys.EMBED]

@@ -1,0 +1,52 @@
+"""Simple baselines trained on the same inputs in the same run, so every accuracy has a yardstick.
+
+- **logistic regression**: scikit-learn's ``LogisticRegression`` with ``C = 0.1`` and balanced
+  class weights on the standardised genes (the recipe of the published logistic-regression floor,
+  ``../shared/data/SOURCES.md``);
+- **gradient boosting**: scikit-learn's ``HistGradientBoostingClassifier`` with its defaults and
+  balanced class weights (the kind of model a 2026 benchmark found no single-cell transfer method
+  to beat).
+
+Both see exactly the model's input (each domain standardised as ``scatd predict`` does).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+
+LOGISTIC = "logistic_regression"
+BOOSTING = "gradient_boosting"
+TARGET_ONLY = "target_only_logistic_regression"
+BASELINE_TITLES = {
+    LOGISTIC: "logistic regression (C=0.1, balanced)",
+    BOOSTING: "gradient boosting (HistGradientBoosting, balanced)",
+    TARGET_ONLY: "logistic regression on the labelled target cells alone",
+}
+LOGISTIC_C = 0.1
+
+
+def logistic(seed: int) -> LogisticRegression:
+    return LogisticRegression(C=LOGISTIC_C, class_weight="balanced", max_iter=10_000)
+
+
+def boosting(seed: int) -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(class_weight="balanced", random_state=int(seed))
+
+
+MAKERS = {LOGISTIC: logistic, BOOSTING: boosting}
+
+
+def fit_predict(name: str, x: np.ndarray, y: np.ndarray, x_new: np.ndarray, seed: int) -> np.ndarray:
+    """P(resistant) of ``x_new`` from baseline ``name`` fitted on ``(x, y)``."""
+    model = MAKERS[name](seed).fit(x, y)
+    return model.predict_proba(x_new)[:, list(model.classes_).index(1)]
+
+
+def out_of_fold(name: str, x: np.ndarray, y: np.ndarray, splits, seed: int) -> np.ndarray:
+    """Out-of-fold P(resistant) of baseline ``name`` over the CV ``splits``."""
+    oof = np.full(len(y), np.nan)
+    for train, val in splits:
+        oof[val] = fit_predict(name, x[train], y[train], x[val], seed)
+    return oof

@@ -1,0 +1,204 @@
+"""``train_panel``: one drug model per drug of a bulk screen, with the default training recipe.
+
+A lab builds its own starter panel from a bulk screen (GDSC/CCLE-like expression and labels)
+and the single cells it wants to score: every chosen drug is trained with
+:func:`~scatd_core.train.train_drug_model` and installed in the library. The run is
+**resumable**: each finished drug is recorded in a state file named by a fingerprint of the
+inputs and settings, so running the same command again skips the drugs already trained (as long
+as their bundles are still installed) and goes on with the others. Drugs with too few sensitive
+(or resistant) labelled cell lines are skipped with the reason, never trained on noise.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from scatd_core._progress import step
+from scatd_core.bundle import load_bundle
+from scatd_core.config import scatd_home
+from scatd_core.errors import Cancelled, InputError, ScatdError
+from scatd_core.labels import drug_labels, match_drug, read_label_table
+from scatd_core.train._data import _frame_sha256, read_if_path
+from scatd_core.train._settings import TrainSettings
+
+#: Fewest labelled cell lines of the smaller class (usually the sensitive ones) a drug needs.
+MIN_LINES_PER_CLASS = 10
+#: Columns of the summary table (one row per drug: its model card in brief).
+SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_auroc_sd", "cv_best_baseline",
+                   "cv_best_baseline_auroc", "verdict", "target_auroc", "n_panel_genes", "seconds", "bundle", "note")
+
+
+def _fingerprint(bulk_prov: dict, labels: pd.DataFrame, target_prov: dict, backbone: str, settings: TrainSettings,
+                 adaptation: bool) -> str:
+    h = hashlib.sha256()
+    for part in (bulk_prov.get("sha256"), _frame_sha256(labels), target_prov.get("sha256"), backbone,
+                 json.dumps(asdict(settings), sort_keys=True, default=str), str(bool(adaptation))):
+        h.update(str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def state_path(fingerprint: str) -> Path:
+    return scatd_home() / "train-panel" / f"{fingerprint}.json"
+
+
+def _read_state(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("drugs", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # a damaged state file only means the drugs are trained again
+
+
+def _write_state(path: Path, drugs: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".state-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump({"drugs": drugs}, fh, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def choose_drugs(labels: pd.DataFrame, drugs: str | Sequence[str]) -> list[str]:
+    """The label table's drug columns named by ``drugs`` (``"all"``, a comma-separated list or a list)."""
+    if isinstance(drugs, str):
+        if drugs.strip().lower() == "all":
+            return [str(c) for c in labels.columns]
+        drugs = [d for d in drugs.split(",")]
+    wanted = [d.strip() for d in drugs if d and d.strip()]
+    if not wanted:
+        raise InputError("No drug named.", "Give --drugs all, or a comma-separated list of drug columns.")
+    return list(dict.fromkeys(match_drug(d, [str(c) for c in labels.columns]) for d in wanted))
+
+
+def _class_counts(labels: pd.DataFrame, drug: str, bulk_ids: set[str]) -> tuple[int, int]:
+    col = drug_labels(labels, drug).labels
+    col = col[col.index.astype(str).isin(bulk_ids)]
+    return int((col == "sensitive").sum()), int((col == "resistant").sum())
+
+
+def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, n_res: int, seconds: float,
+              note: str = "") -> dict:
+    """One summary row: the drug's model card in brief (bulk-CV AUROC of the model and of its best
+    baseline, the card's verdict on it, the target AUROC when the target had labels)."""
+    metrics = (bundle.manifest.get("metrics") or {}) if bundle is not None else {}
+    cv = metrics.get("cv") or {}
+    target = metrics.get("target") or {}
+    genes = ((bundle.manifest.get("training") or {}).get("genes") or {}) if bundle is not None else {}
+    card = (bundle.manifest.get("card") or {}) if bundle is not None else {}
+    bulk_cv = next((e for e in card.get("evaluations", []) if e.get("name") == "bulk_cv"), None)
+    baseline, baseline_auroc, verdict = "", None, ""
+    if bulk_cv is not None:
+        others = [r for r in bulk_cv["scores"] if r["model"] != "this model" and r.get("auroc") is not None]
+        if others:
+            best = max(others, key=lambda r: r["auroc"])
+            baseline, baseline_auroc = best["model"], best["auroc"]
+            verdict = next((v for v in bulk_cv.get("verdicts", []) if best["model"].lower() in v.lower()), "")
+    return {"drug": drug, "status": status, "n_sensitive": n_sens, "n_resistant": n_res,
+            "cv_auroc": cv.get("auroc", cv.get("auroc_mean")), "cv_auroc_sd": cv.get("auroc_sd"),
+            "cv_best_baseline": baseline, "cv_best_baseline_auroc": baseline_auroc, "verdict": verdict,
+            "target_auroc": target.get("auroc"), "n_panel_genes": genes.get("n_panel"), "seconds": round(seconds, 1),
+            "bundle": bundle.path.name if bundle is not None else "", "note": note}
+
+
+def train_panel(
+    bulk, labels, drugs: str | Sequence[str], target, *,
+    backbone: str = "dist_vae",
+    settings: TrainSettings | None = None,
+    adaptation: bool = True,
+    min_lines_per_class: int = MIN_LINES_PER_CLASS,
+    device: str = "auto",
+    library: str | Path | None = None,
+    trained_by: str | None = None,
+    resume: bool = True,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[pd.DataFrame, list]:
+    """Train one model per drug and install them in the library.
+
+    Parameters
+    ----------
+    bulk, target
+        As for :func:`~scatd_core.train.train_drug_model` (AnnData or file); read once.
+    labels
+        Label table (path or DataFrame, cell lines x drugs, ``sensitive``/``resistant``), e.g. from
+        :func:`scatd_core.labels.labels_from_ic50`.
+    drugs
+        ``"all"``, a comma-separated list or a list of drug columns (matched case-insensitively).
+    settings
+        The training recipe (default :class:`TrainSettings`, the default recipe of ``scatd train``).
+    min_lines_per_class
+        Drugs with fewer labelled bulk lines in either class are skipped (reported).
+    resume
+        Skip drugs a previous run with the same inputs and settings already trained.
+
+    Returns
+    -------
+    ``(summary, bundles)``: one row per drug (:data:`SUMMARY_COLUMNS`: status ``trained``,
+    ``resumed``, ``skipped`` or ``failed``, class counts, bulk CV AUROC, target AUROC when the
+    target has labels, the bundle folder, the reason for a skip or failure) and the installed
+    bundles of the trained or resumed drugs.
+    """
+    from scatd_core.train._run import train_drug_model
+
+    s = settings or TrainSettings()
+    s.check()
+    table = read_label_table(labels)
+    chosen = choose_drugs(table, drugs)
+    bulk_ad, bulk_prov = read_if_path(bulk, "bulk")
+    target_ad, target_prov = read_if_path(target, "target")
+    state_file = state_path(_fingerprint(bulk_prov, table, target_prov, backbone, s, adaptation))
+    state = _read_state(state_file) if resume else {}
+    bulk_ids = set(map(str, bulk_ad.obs_names))
+    rows, bundles = [], []
+    for i, drug in enumerate(chosen):
+        t0 = time.perf_counter()
+        n_sens, n_res = _class_counts(table, drug, bulk_ids)
+        say = step(progress, i, len(chosen), drug)
+        if say is not None:
+            say(0.0, "starting")
+        done = state.get(drug)
+        if done and done.get("status") == "trained":
+            try:
+                bundle = load_bundle(done["path"])
+            except ScatdError:
+                bundle = None
+            if bundle is not None:
+                rows.append(_card_row(drug, "resumed", bundle, None, n_sens, n_res, 0.0,
+                                      f"trained by an earlier run on {done.get('at', '?')}"))
+                bundles.append(bundle)
+                continue
+        if min(n_sens, n_res) < min_lines_per_class:
+            rows.append(_card_row(drug, "skipped", None, None, n_sens, n_res, 0.0,
+                                  f"too few labelled cell lines: {n_sens} sensitive, {n_res} resistant in the bulk "
+                                  f"(at least {min_lines_per_class} of each needed)"))
+            continue
+        try:
+            bundle, report = train_drug_model(
+                bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, seed=s.seed, folds=s.folds, adaptation=adaptation, device=device,
+                library=library, name=f"{drug} ({backbone}, panel)", trained_by=trained_by, progress=say,
+                should_stop=should_stop)
+        except Cancelled:
+            raise
+        except InputError as exc:
+            rows.append(_card_row(drug, "failed", None, None, n_sens, n_res, time.perf_counter() - t0, exc.message))
+            continue
+        rows.append(_card_row(drug, "trained", bundle, report, n_sens, n_res, time.perf_counter() - t0,
+                              "; ".join(report.get("warnings", []))))
+        bundles.append(bundle)
+        state[drug] = {"status": "trained", "path": str(bundle.path),
+                       "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        _write_state(state_file, state)
+    if progress is not None:
+        progress(1.0, f"{len(bundles)} of {len(chosen)} drugs have a model")
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), bundles

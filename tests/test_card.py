@@ -1,0 +1,89 @@
+"""Model cards: scores next to baselines, plain verdicts, and every place that shows them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scatd_core import card as cards
+from scatd_core import pl
+
+
+def _labels(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, rng
+
+
+def test_verdicts_say_plainly_when_a_baseline_is_as_good_better_or_worse():
+    y, rng = _labels()
+    good = y + rng.normal(0, 0.6, y.size)
+    ev = cards.evaluation("bulk_cv", "Bulk cell lines, 5-fold cross-validation", y, {
+        cards.MODEL: good,
+        "logistic regression": good + rng.normal(0, 0.01, y.size),  # the same ranking, nearly
+        "random guess": rng.random(y.size),
+        "oracle": y + rng.normal(0, 0.05, y.size),
+    })
+    v = dict(zip(["logistic regression", "random guess", "oracle"], ev["verdicts"]))
+    assert v["logistic regression"].startswith("Logistic regression is as good as this model on bulk cell lines")
+    assert "within chance" in v["logistic regression"]
+    assert v["random guess"].startswith("This model beats random guess")
+    assert v["oracle"].startswith("Oracle is better than this model")
+    rows = {r["model"]: r for r in ev["scores"]}
+    assert "model_minus_this" not in rows[cards.MODEL]
+    d = rows["random guess"]["model_minus_this"]
+    assert d["ci"][0] > 0 and d["auroc"] == pytest.approx(rows[cards.MODEL]["auroc"] - rows["random guess"]["auroc"],
+                                                          abs=2e-4)
+    assert ev["n"] == y.size and ev["n_resistant"] == int(y.sum())
+    json.dumps(ev)  # stored in manifests: JSON only
+
+
+def _card():
+    y, rng = _labels()
+    ev = cards.evaluation("target", "Target cells ('response', labels used for evaluation only)", y,
+                          {cards.MODEL: y + rng.normal(0, 0.7, y.size), "gradient boosting": rng.random(y.size)})
+    return {"model": {"description": "An ensemble of 3 backbones."},
+            "data": {"summary": "Trained for DRUGX on 100 lines."}, "evaluations": [ev],
+            "calibration": "The default threshold is not calibrated.", "warnings": []}
+
+
+def test_card_renders_as_table_sentences_and_figure():
+    card = _card()
+    table = cards.card_table(card)
+    assert list(table["model"]) == [cards.MODEL, "gradient boosting"]
+    assert table["AUROC [95% CI]"].str.match(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]").all()
+    assert table["this model minus baseline (AUROC)"].iloc[0] == ""
+    lines = cards.card_lines(card)
+    assert lines[0] == "An ensemble of 3 backbones." and lines[-1] == card["calibration"]
+    assert any(line.startswith("This model beats gradient boosting") for line in lines)
+    fig = pl.card_figure(card)
+    assert [t.name for t in fig.data] == ["baselines", "this model"]
+    assert len(fig.data[1].x) == 1 and fig.data[1].error_x.array[0] > 0
+
+
+def test_report_shows_the_model_card_of_a_trained_model(tmp_path):
+    from test_ensemble import _bundle, _cells, _ensemble
+
+    from scatd_core import export
+    from scatd_core.bundle import load_bundle, save_bundle
+    from scatd_core.predict import predict
+
+    model = _ensemble()
+    path = _bundle(tmp_path, model).path
+    manifest = json.loads((path / "manifest.json").read_text())
+    bundle = save_bundle(tmp_path / "carded", model.stacked_state_dict(), model.arch, drug="DRUGX",
+                         genes=load_bundle(path).genes, input_transform="standardize", threshold=0.5,
+                         extra={"card": _card()})
+    assert manifest["architecture"]["members"] == 3
+    cells = _cells()
+    predict(cells, bundle, device="cpu")
+    text = export.html_report(cells)
+    assert "<h2>Model card</h2>" in text and "This model beats gradient boosting" in text
+    assert "An ensemble of 3 backbones." in text and "AUROC [95% CI]" in text
+    paths = export.write_report(cells, tmp_path / "rep")  # the card travels in the h5ad as JSON text
+    import anndata as ad
+
+    back = ad.read_h5ad(paths["h5ad"])
+    assert json.loads(back.uns["scatd"]["model"]["card_json"])["model"]["description"] == "An ensemble of 3 backbones."

@@ -1,0 +1,264 @@
+"""Panels of drug models: scatd_core.panel, saved panels, `scatd predict --model A --model B`,
+`scatd panel`, `scatd train-panel`."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from _app_helpers import make_bundle, make_dataset
+from scatd_core import export, panel
+from scatd_core.bundle import load_bundle
+from scatd_core.cli import main
+from scatd_core.errors import InputError
+from scatd_core.predict import predict, set_threshold
+
+DRUGS = ("DRUGA", "DRUGB", "DRUGC")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """Three Dist_VAE models on the same genes, one on a subset of them (another gene set)."""
+    root = tmp_path_factory.mktemp("panel_library")
+    data = make_dataset(240, seed=0)
+    for i, drug in enumerate(DRUGS):
+        make_bundle(root / drug, data, drug=drug, seed=i, steps=15)
+    make_bundle(root / "SUBSET", data[:, :1200].copy(), drug="DRUGD", seed=5, steps=15)
+    return root
+
+
+@pytest.fixture
+def lib_env(library, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
+    return library
+
+
+def _bundles(library, names=DRUGS):
+    return [load_bundle(library / n) for n in names]
+
+
+def test_panel_equals_single_predictions_and_shares_the_alignment(library):
+    bundles = _bundles(library, DRUGS + ("SUBSET",))
+    data = make_dataset(200, seed=3)
+    seen = []
+    members = panel.predict_panel(data, bundles, progress=lambda f, m: seen.append((f, m)))
+    assert [m.status for m in members] == ["scored"] * 4
+    assert [m.input_group for m in members] == [0, 0, 0, 1]  # one alignment per gene set
+    assert members[3].coverage["n_model_genes"] == 1200 and members[0].coverage["n_model_genes"] == 1900
+    assert data.uns["scatd_panel"]["n_input_groups"] == 2
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("DRUGB (2 of 4)" in m for _, m in seen)
+    for m, b in zip(members, bundles):
+        single = make_dataset(200, seed=3)
+        predict(single, b)
+        np.testing.assert_array_equal(data.obs[f"{m.key}_prob_resistant"].to_numpy(),
+                                      single.obs["scatd_prob_resistant"].to_numpy())
+    calls = np.column_stack([(data.obs[f"{m.key}_label"] == "resistant").to_numpy() for m in members])
+    np.testing.assert_array_equal(data.obs["scatd_panel_n_resisted"].to_numpy(), calls.sum(1))
+    np.testing.assert_array_equal(data.obs["scatd_panel_resistant_to_all"].to_numpy(), calls.all(1))
+    assert "scatd_prob_resistant" not in data.obs  # the single-model columns are untouched
+
+
+def test_a_model_that_cannot_score_is_skipped_with_its_reason(library, small_bundles):
+    vae_sf = small_bundles["vae_sf"][0]
+    data = make_dataset(150, seed=4)
+    members = panel.predict_panel(data, _bundles(library, DRUGS[:2]) + [vae_sf])
+    assert [m.status for m in members] == ["scored", "scored", "skipped"]
+    assert "embeddings" in members[2].problem
+    assert "scatd_TESTDRUG_prob_resistant" not in data.obs
+    table = panel.panel_table(data)
+    assert {"DRUGA_prob_resistant", "DRUGA_label", "DRUGA_calibrated", "DRUGB_label"} <= set(table.columns)
+    assert not any(c.startswith("TESTDRUG") for c in table.columns)
+    with pytest.raises(InputError, match="No model of the panel could score"):
+        panel.predict_panel(make_dataset(50, seed=4), [vae_sf])
+
+
+def test_thresholds_refresh_the_panel_summary_and_the_ranking(library):
+    data = make_dataset(200, seed=5)
+    members = panel.predict_panel(data, _bundles(library))
+    set_threshold(data, 0.0, "user", key_added=members[0].key)  # everything resistant to DRUGA
+    panel.refresh(data)
+    assert (data.obs[f"{members[0].key}_label"] == "resistant").all()
+    ranking = panel.drug_ranking(data)
+    assert ranking["drug"].iloc[-1] == "DRUGA" and ranking["fraction_resistant"].iloc[-1] == 1.0
+    assert list(ranking["rank"]) == [1, 2, 3]
+    assert ranking["fraction_resistant"].is_monotonic_increasing
+    summary = panel.group_summary(data, "sample")
+    assert len(summary) == 3 * data.obs["sample"].nunique()
+    one = summary[(summary.group == "P1") & (summary.drug == "DRUGB")].iloc[0]
+    in_p1 = (data.obs["sample"] == "P1").to_numpy()
+    expect = (data.obs.loc[in_p1, f"{members[1].key}_label"] == "resistant").mean()
+    assert one.fraction_resistant == pytest.approx(expect)
+    cluster_rank = panel.drug_ranking(data, (data.obs["cluster"] == "hypoxic").to_numpy())
+    assert cluster_rank["n_cells"].iloc[0] == int((data.obs["cluster"] == "hypoxic").sum())
+
+
+def test_multi_resistant_cells_and_their_markers(library):
+    from scatd_core.demo.simulate import RESISTANCE_PROGRAM
+
+    data = make_dataset(300, seed=6)
+    panel.predict_panel(data, _bundles(library))
+    assert data.obs["scatd_panel_resistant_to_all"].sum() >= 3
+    top = panel.multi_resistant_markers(data, n_top=20)
+    assert len(top) == 20 and (top["n_panel_models_using"] == 3).all()
+    # the models were trained on the planted resistance program: its genes mark the cells resistant to all
+    assert sum(g in RESISTANCE_PROGRAM for g in top["gene"]) >= 5
+    for m in panel.members(data):
+        set_threshold(data, 1.0, "user", key_added=m.key)
+    panel.refresh(data)
+    with pytest.raises(InputError, match="at least 3 of each"):
+        panel.multi_resistant_markers(data)
+
+
+def test_saved_panels_are_per_user(lib_env):
+    panel.save_panel("My lab panel", list(DRUGS), "alice")
+    assert list(panel.list_panels("alice")) == ["My lab panel"]
+    assert panel.list_panels("bob") == {}
+    with pytest.raises(InputError, match="no panel named"):
+        panel.load_panel("My lab panel", "bob")
+    with pytest.raises(InputError, match="already have"):
+        panel.save_panel("My lab panel", list(DRUGS), "alice")
+    with pytest.raises(InputError, match="not a valid panel name"):
+        panel.save_panel("../../etc", list(DRUGS), "alice")
+    with pytest.raises(InputError, match="Not usable models"):
+        panel.save_panel("x", ["DRUGA", "NOPE"], "alice")
+    with pytest.raises(InputError, match="at least 2"):
+        panel.save_panel("x", ["DRUGA"], "alice")
+    assert panel.panels_file("a/../b").parent == panel.panels_file("alice").parent  # never a path from a name
+    bundles, problems = panel.load_panel("My lab panel", "alice")
+    assert [b.drug for b in bundles] == list(DRUGS) and problems == []
+    panel.delete_panel("My lab panel", "alice")
+    assert panel.list_panels("alice") == {}
+
+
+def test_cli_predict_with_several_models_writes_one_column_set_per_drug(lib_env, tmp_path, capsys):
+    data = make_dataset(160, seed=7)
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    out, h5, summ, rep = (tmp_path / n for n in ("panel.csv", "panel.h5ad", "summary.csv", "panel.html"))
+    code = main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
+                 "--model", "SUBSET", "--output", str(out), "--h5ad", str(h5), "--sample-column", "sample",
+                 "--group-summary", str(summ), "--html", str(rep), "--expected-fraction", "0.3"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    table = pd.read_csv(out)
+    assert len(table) == 160 and list(table["cell_id"]) == list(data.obs_names)
+    for drug in ("DRUGA", "DRUGB", "DRUGD"):
+        assert {f"{drug}_prob_resistant", f"{drug}_label", f"{drug}_calibrated"} <= set(table.columns)
+        assert table[f"{drug}_calibrated"].all()  # --expected-fraction calibrated every drug
+        assert (table[f"{drug}_label"] == "resistant").mean() == pytest.approx(0.3, abs=0.02)
+    assert "sample" in table and "n_drugs_resisted" in table
+    back = ad.read_h5ad(h5)
+    assert {"scatd_DRUGA_prob_resistant", "scatd_DRUGD_label", "scatd_panel_n_resisted"} <= set(back.obs.columns)
+    assert "scatd_panel" in back.uns
+    s = pd.read_csv(summ)
+    assert set(s["grouping"]) == {"all", "sample"}
+    html = rep.read_text()
+    assert "Drug ranking" in html and "DRUGD" in html and "https://" not in html.split("</script>")[-1]
+    assert "DRUGD: Genes: 1,200 of 1,200" in err
+
+
+def test_cli_panel_save_then_predict_with_it_and_errors(lib_env, tmp_path, capsys):
+    data = make_dataset(120, seed=8)
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    assert main(["panel", "save", "three", "--model", "DRUGA", "--model", "DRUGB", "--model", "DRUGC"]) == 0
+    assert main(["panel", "list"]) == 0
+    assert "three\tDRUGA, DRUGB, DRUGC" in capsys.readouterr().out
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--panel", "three", "--output", str(out)]) == 0
+    assert {"DRUGA_label", "DRUGB_label", "DRUGC_label"} <= set(pd.read_csv(out).columns)
+    capsys.readouterr()
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--panel", "three", "--model", "DRUGA",
+                 "--output", str(out)]) == 2
+    assert "either --model" in capsys.readouterr().err
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--output", str(out)]) == 2
+    assert "Say which model" in capsys.readouterr().err
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--panel", "nope", "--output", str(out)]) == 2
+    assert "no panel named 'nope'" in capsys.readouterr().err
+    assert main(["panel", "save", "bad/name", "--model", "DRUGA", "--model", "DRUGB"]) == 2
+    assert "not a valid panel name" in capsys.readouterr().err
+
+
+def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, capsys):
+    from scatd_core.demo.simulate import simulate_demo
+
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp_path / "lib"))
+    bulk, labels, tumour = simulate_demo(seed=0, n_cell_lines=60, n_cells=150)
+    labels["RARE"] = "resistant"
+    labels.iloc[:3, labels.columns.get_loc("RARE")] = "sensitive"  # 3 sensitive lines: too few
+    bulk.write_h5ad(tmp_path / "bulk.h5ad")
+    tumour.write_h5ad(tmp_path / "tumour.h5ad")
+    labels.to_csv(tmp_path / "labels.csv")
+    args = ["train-panel", "--bulk", str(tmp_path / "bulk.h5ad"), "--bulk-labels", str(tmp_path / "labels.csv"),
+            "--target", str(tmp_path / "tumour.h5ad"), "--drugs", "demotinib,RARE,DEMOPLATIN", "--min-lines", "5",
+            "--pretrain-epochs", "2", "--epochs", "3", "--finetune-epochs", "1", "--folds", "2", "--threads", "1",
+            "--summary", str(tmp_path / "summary.csv"), "--save-panel", "starter"]
+    assert main(args) == 0, capsys.readouterr().err
+    first = pd.read_csv(tmp_path / "summary.csv")
+    assert list(first["drug"]) == ["DEMOTINIB", "RARE", "DEMOPLATIN"]
+    assert list(first["status"]) == ["trained", "skipped", "trained"]
+    assert "3 sensitive" in first.loc[1, "note"]
+    assert first.loc[0, "cv_auroc"] > 0 and first.loc[0, "n_sensitive"] > 5
+    # each drug's model card in brief: its best baseline on the same bulk CV, and the card's verdict on it
+    assert first.loc[0, "cv_best_baseline"].startswith(("logistic regression", "gradient boosting"))
+    assert 0 < first.loc[0, "cv_best_baseline_auroc"] <= 1
+    assert first.loc[0, "cv_best_baseline"].split(" (")[0] in first.loc[0, "verdict"].lower()
+    assert list(panel.list_panels(__import__("getpass").getuser())["starter"]["models"]) == list(
+        first.loc[[0, 2], "bundle"])
+    assert main(args) == 0
+    again = pd.read_csv(tmp_path / "summary.csv")
+    assert list(again["status"]) == ["resumed", "skipped", "resumed"]
+    assert list(again["bundle"].fillna("")) == list(first["bundle"].fillna(""))
+    assert main(args[:-8] + ["--drugs", "NOTADRUG"]) == 2
+    assert "NOTADRUG" in capsys.readouterr().err
+
+
+def test_panel_report_html_has_the_figures(library):
+    data = make_dataset(150, seed=9)
+    panel.predict_panel(data, _bundles(library))
+    markers = panel.multi_resistant_markers(data, n_top=5)
+    html = export.panel_html_report(data, group_columns=["sample"], markers=markers, data_name="t<b>.h5ad")
+    assert html.count("class=\"plotly-graph-div\"") >= 3  # ranking, heatmap, dot plot
+    assert "t&lt;b&gt;.h5ad" in html and "not calibrated" in html
+    assert markers["gene"].iloc[0] in html
+
+
+def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch, capsys):
+    """`scatd demo --panel`'s panel step (the demo's models replaced by the test's, to stay fast)."""
+    import argparse
+
+    from scatd_core import demo
+    from scatd_core.cli.demo import demo_panel
+
+    monkeypatch.setattr(demo, "ensure_panel", lambda library=None, progress=None, root=library: _bundles(root))
+    cells = make_dataset(150, seed=10)
+    demo_panel(cells, argparse.Namespace(out=str(tmp_path), library=None))
+    out = capsys.readouterr().out
+    assert "1. DRUG" in out and "panel_report.html" in out
+    table = pd.read_csv(tmp_path / "panel.csv")
+    assert {"DRUGA_label", "response", "sample", "cluster"} <= set(table.columns)
+    summary = pd.read_csv(tmp_path / "panel_summary.csv")
+    assert set(summary["grouping"]) == {"all", "sample", "cluster"}
+    assert "Drug ranking" in (tmp_path / "panel_report.html").read_text()
+
+
+def test_models_of_different_backbones_score_together(library, small_bundles):
+    """A Dist_VAE model on genes and a VAE_sf model on the cells' scFoundation embeddings (obsm), in one panel."""
+    vae_sf = small_bundles["vae_sf"][0]
+    data = make_dataset(120, seed=11)
+    data.obsm["X_scfoundation"] = np.random.default_rng(0).normal(size=(120, vae_sf.architecture.input_dim))
+    members = panel.predict_panel(data, _bundles(library, ("DRUGA",)) + [vae_sf])
+    assert [m.status for m in members] == ["scored", "scored"]
+    assert [m.input_group for m in members] == [0, 1] and members[1].coverage == {}
+    single = data.copy()
+    predict(single, vae_sf)
+    np.testing.assert_allclose(data.obs[f"{members[1].key}_prob_resistant"], single.obs["scatd_prob_resistant"])
+
+
+def test_result_prefixes_never_overwrite_the_package_keys():
+    taken: set[str] = set()
+    names = [panel.drug_prefix(d, taken) for d in ("panel", "qc", "DRUG", "DRUG", "a/b", "a b")]
+    assert names[:4] == ["scatd_panel_2", "scatd_qc_2", "scatd_DRUG", "scatd_DRUG_2"]
+    assert len(set(names)) == 6 and all("/" not in n and " " not in n for n in names)

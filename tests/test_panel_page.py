@@ -1,0 +1,126 @@
+"""The Drug panel page through Streamlit's AppTest: choose models, score, explore, save, download."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _app_helpers import make_bundle, make_dataset
+from scatd_app import state
+from scatd_core import panel
+from test_app_pages import _no_component_scan, goto, h5ad_bytes, ok, start, text, upload  # noqa: F401 (fixture)
+
+DRUGS = ("DRUGA", "DRUGB", "DRUGC")
+
+
+@pytest.fixture(scope="module")
+def panel_library(tmp_path_factory):
+    root = tmp_path_factory.mktemp("panel_page_library")
+    data = make_dataset(240, seed=0)
+    for i, drug in enumerate(DRUGS):
+        make_bundle(root / drug, data, drug=drug, seed=i, steps=15)
+    # a model for other genes: it cannot score the uploads and must be skipped, not fail the panel
+    other = data[:, :300].copy()
+    other.var_names = [f"OTHER{i}" for i in range(300)]
+    make_bundle(root / "OTHERGENES", other, drug="DRUGX", steps=2)
+    return root
+
+
+@pytest.fixture
+def with_panel_library(panel_library, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(panel_library))
+    return panel_library
+
+
+def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
+    at = start()
+    goto(at, "9_Panel")
+    assert "Upload a dataset first." in text(at.info)
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(200, seed=4)))
+    goto(at, "9_Panel")
+    assert "Choose at least two" in text(at.info)
+    paths = [str(with_panel_library / n) for n in DRUGS + ("OTHERGENES",)]
+    at.multiselect(key="panel_models").set_value(paths).run()
+    ok(at)
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert "3 of 4 models scored 200 cells" in text(at.success)
+    assert "DRUGX" in text(at.warning) and "skipped" in text(at.warning)
+    adata = at.session_state[state.ADATA]
+    assert {"scatd_DRUGA_prob_resistant", "scatd_DRUGC_label"} <= set(adata.obs.columns)
+    assert "scatd_DRUGX_prob_resistant" not in adata.obs
+    # heatmap, dot plot, two rankings (sample is the grouping: the reader found it)
+    assert at.selectbox(key="panel_group").value == "sample"
+    assert len(at.get("plotly_chart")) == 4
+    assert "Uncalibrated" in text(at.warning)
+    assert len(at.get("download_button")) == 4
+
+    at.number_input(key="panel_expected_fraction").set_value(0.4).run()
+    at.button(key="btn_panel_calibrate").click().run()
+    ok(at)
+    for drug in DRUGS:
+        assert adata.uns[f"scatd_{drug}"]["threshold"]["source"] == "expected fraction"
+        assert (adata.obs[f"scatd_{drug}_label"] == "resistant").mean() == pytest.approx(0.4, abs=0.02)
+    assert "Uncalibrated" not in text(at.warning)
+    resisted = np.column_stack([(adata.obs[f"scatd_{d}_label"] == "resistant") for d in DRUGS]).sum(1)
+    np.testing.assert_array_equal(adata.obs["scatd_panel_n_resisted"].to_numpy(), resisted)
+
+    at.selectbox(key="panel_group").set_value("cluster").run()
+    at.selectbox(key="panel_group_value").set_value("hypoxic").run()
+    ok(at)
+    at.button(key="btn_panel_umap").click().run()
+    ok(at)
+    assert "X_umap" in adata.obsm
+    at.selectbox(key="panel_colour").set_value("P(resistant): DRUGB").run()
+    ok(at)
+    assert len(at.get("plotly_chart")) == 5
+    at.button(key="btn_panel_markers").click().run()
+    ok(at)
+    markers = at.session_state[state.PANEL_MARKERS][1]
+    assert len(markers) == 20 and {"gene", "logfoldchange", "pval_adj"} <= set(markers.columns)
+
+    at.text_input(key="panel_name").input("three drugs").run()
+    at.button(key="btn_panel_save").click().run()
+    ok(at)
+    user = at.session_state["user"].name
+    assert panel.list_panels(user)["three drugs"]["models"] == list(DRUGS) + ["OTHERGENES"]
+    assert panel.list_panels("someone-else") == {}
+
+    goto(at, "1_Data")  # coming back: nothing is recomputed, the calibration is kept
+    goto(at, "9_Panel")
+    assert "btn_panel_run" not in [b.key for b in at.button]
+    assert adata.uns["scatd_DRUGA"]["threshold"]["source"] == "expected fraction"
+
+
+def test_saved_panel_loads_and_a_bad_name_is_refused(with_panel_library):
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(120, seed=5)))
+    goto(at, "9_Panel")
+    user = at.session_state["user"].name
+    panel.save_panel("mine", ["DRUGA", "DRUGB"], user)
+    goto(at, "9_Panel")
+    at.selectbox(key="panel_saved").set_value("mine").run()
+    at.button(key="btn_panel_load").click().run()
+    ok(at)
+    assert at.multiselect(key="panel_models").value == [str(with_panel_library / d) for d in ("DRUGA", "DRUGB")]
+    at.button(key="btn_panel_delete").click().run()
+    ok(at)
+    assert panel.list_panels(user) == {}
+    at.text_input(key="panel_name").input("<b>bad/name").run()
+    at.button(key="btn_panel_save").click().run()
+    ok(at)
+    assert "not a valid panel name" in text(at.error)
+    assert "<b>" not in text(at.error).replace("\\<b\\>", "")  # escaped, never HTML
+
+
+def test_no_model_can_score_the_data_is_a_message(with_panel_library):
+    at = start()
+    data = make_dataset(80, seed=6)
+    data.var_names = [f"X{i}" for i in range(data.n_vars)]
+    upload(at, "nogenes.h5ad", h5ad_bytes(data))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS]).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert "No model of the panel could score" in text(at.error)
+    assert state.PANEL not in at.session_state
