@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from scatd_app import jobs, state, ui
+from scatd_app import jobs, session, state, ui
 from scatd_core import explain as ex
-from scatd_core import foundation, pl
+from scatd_core import foundation, pl, scaleout
 from scatd_core._keys import FOUNDATION, SCORED
 from scatd_core._progress import duration, with_eta
 from scatd_core.embed import plot_coordinates
@@ -91,6 +91,11 @@ settings = {"baseline": "mean" if deletion else ss["bio_baseline"], "target": ss
 if gene_level:
     settings["n_genes"] = int(ss["bio_deletion_genes"])
 token = ui.token_of(ss.get(state.PREDICTION), settings, threshold["value"], gene_level)
+engine = scaleout.engine_for(adata.n_obs)
+if engine.use_ray and not gene_level:
+    st.info("The integrated gradients of the chosen cells run on Ray, shard by shard, as the prediction did (a "
+            "large dataset, or the administrator's cluster); the ranking is the one a single process gives.",
+            icon=":material/hub:")
 
 if submitted and long and not confirmed:
     st.warning(f"This takes about {duration(seconds)} on the CPU: tick **Run it anyway**, or explain fewer cells.",
@@ -103,6 +108,9 @@ elif submitted:
             if gene_level:  # its messages carry the time left
                 foundation.explain_genes(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=report,
                                          **settings)
+            elif engine.use_ray:  # a dataset above the configured size, or an admin's cluster: same ranking
+                scaleout.explain_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
+                                           progress=with_eta(report), **settings)
             else:
                 ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=with_eta(report), **settings)
     except ScatdError as exc:

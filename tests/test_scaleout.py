@@ -238,3 +238,31 @@ def test_predict_page_sends_a_large_dataset_to_ray_and_shows_progress(local_ray,
     mask = one.obs["scatd_qc_pass"].to_numpy(dtype=bool) if "scatd_qc_pass" in one.obs else None
     predict(one, load_bundle(next(e.path for e in list_library(trained_library) if e.ok)), mask=mask)
     np.testing.assert_array_equal(result.obs["scatd_prob_resistant"], one.obs["scatd_prob_resistant"])
+
+
+def test_biomarkers_page_explains_a_large_dataset_on_ray_with_the_single_process_ranking(local_ray, small_bundles,
+                                                                                          monkeypatch):
+    """The Biomarkers page on a dataset above [scaleout] min_cells: the integrated gradients run on
+    Ray and the stored ranking is the one explain gives in one process."""
+    from test_biomarkers_page import _button, _open
+
+    from scatd_core.explain import explain, from_adata
+
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+    monkeypatch.setenv("SCATD_SCALEOUT_MIN_CELLS", "30")  # 40 cells is "large" here
+    bundle, _sd, enc, _z, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(0).normal(size=(40, enc[0]))).astype(np.float32)
+    adata = ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(40)]), var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    predict(adata, bundle, threshold=float(np.median(adata.obs["scatd_prob_resistant"])))
+    one = adata.copy()
+    at = _open(adata, bundle)
+    assert "run on Ray" in " ".join(i.value for i in at.info)
+    at.number_input(key="bio_steps").set_value(8)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    got = from_adata(at.session_state["adata"])
+    assert got.info["engine"]["name"] == "ray"
+    settings = {k: got.info[k] for k in ("baseline", "target", "n_steps", "seed")}
+    want = explain(one, bundle, max_cells=got.info["cells"]["n_explained"], keep_top=len(got.features), **settings)
+    pd.testing.assert_frame_equal(got.ranking, want.ranking, rtol=1e-6, atol=1e-9)

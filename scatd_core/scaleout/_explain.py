@@ -172,3 +172,27 @@ def _in_file(path, key: str) -> bool:
     with h5py.File(path, "r") as f:
         return key in f
 
+
+
+def explain_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str, choice, **kwargs):
+    """:func:`explain_ray` for the app: the session's predicted data are written once to ``folder``
+    (named by ``token``, what the ranking depends on, so a stopped run resumes), the ranking is
+    computed on Ray and stored into ``adata`` as :func:`scatd_core.explain.explain` stores it."""
+    from scatd_core.explain import store
+    from scatd_core.export import write_h5ad as write_annotated
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"explain-input-{token}.h5ad"
+    if not path.exists():
+        partial = path.with_suffix(".partial.h5ad")
+        write_annotated(adata, partial)
+        partial.replace(path)
+    source = ad.read_h5ad(path, backed="r")
+    try:
+        result = explain_ray(source, bundle, output=folder / f"explain-{token}", address=choice.address,
+                             workers=choice.workers, store_result=False, **kwargs)
+    finally:
+        source.file.close()
+    store(adata, result)
+    return result
