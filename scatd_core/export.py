@@ -73,6 +73,12 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
     table["scored"] = adata.obs[keys.scored].to_numpy(dtype=bool)
     table["qc_pass"] = labels != _keys.FILTERED
     table["rank"] = resistance_rank(table["prob_resistant"].to_numpy(dtype=np.float64))
+    return with_cell_context(table, adata, extra_columns)
+
+
+def with_cell_context(table: pd.DataFrame, adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Add each cell's UMAP coordinates, cluster and the chosen ``obs`` columns (when present) to a
+    per-cell table in the order of ``adata`` (the predictions and the panel tables share them)."""
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
         table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]

@@ -347,16 +347,9 @@ def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.Data
         cols.update(_drug_columns(adata, m))
     cols["n_drugs_resisted"] = adata.obs[_keys.PANEL_N_RESISTED].to_numpy()
     cols["resistant_to_all"] = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)
-    table = pd.DataFrame(cols)
-    if _keys.UMAP in adata.obsm:
-        coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
-        table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
-    if _keys.CLUSTER in adata.obs:
-        table["cluster"] = adata.obs[_keys.CLUSTER].astype(str).to_numpy()
-    for col in extra_columns:
-        if col and col in adata.obs and col not in table:
-            table[col] = adata.obs[col].to_numpy()
-    return table
+    from scatd_core.export import with_cell_context
+
+    return with_cell_context(pd.DataFrame(cols), adata, extra_columns)
 
 
 def _drug_stats(adata: ad.AnnData, m: PanelMember, rows: np.ndarray) -> dict:
