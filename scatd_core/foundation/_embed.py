@@ -129,8 +129,6 @@ def embed_cells(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = N
       embedded and not embedded (by reason), device and time, and the data fingerprint the
       cache is checked against.
     """
-    from scatd_core.predict import device_description, resolve_device
-
     module = _module(backbone)
     options = _options(backbone, options)
     n = adata.n_obs
@@ -152,12 +150,21 @@ def embed_cells(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = N
         seconds = float(record["seconds"])
     else:
         matrix, seconds = new, 0.0
-    adata.obsm[key] = matrix
-    record = {"backbone": backbone, "info": info, "identity": json.dumps(_identity(backbone, options), sort_keys=True),
-              "fingerprint": fingerprint(adata), "tried": tried | todo,
+    return store_embeddings(adata, backbone, matrix, info, _identity(backbone, options), tried | todo, device,
+                            seconds + time.perf_counter() - t0)
+
+
+def store_embeddings(adata, backbone: str, matrix: np.ndarray, info: dict, identity: dict, tried: set, device: str,
+                     seconds: float) -> dict:
+    """Put the embeddings in ``obsm`` and their record (what made them, which cells were tried, how
+    long it took) in ``uns['scatd_foundation']``, as one process and the Ray engine both store them."""
+    from scatd_core.predict import device_description, resolve_device
+
+    adata.obsm[_keys.FOUNDATION_EMBEDDING[backbone]] = matrix
+    record = {"backbone": backbone, "info": info, "identity": json.dumps(identity, sort_keys=True),
+              "fingerprint": fingerprint(adata), "tried": tried,
               "n_embedded": int(np.isfinite(matrix).all(axis=1).sum()),
-              "device": device_description(resolve_device(device)),
-              "seconds": round(seconds + time.perf_counter() - t0, 3)}
+              "device": device_description(resolve_device(device)), "seconds": round(seconds, 3)}
     stored = dict(adata.uns.get(_keys.FOUNDATION, {}))
     stored[backbone] = record
     adata.uns[_keys.FOUNDATION] = stored

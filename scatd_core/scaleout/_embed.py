@@ -66,8 +66,7 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     ``embed_cells`` does, with the same values. With ``output``, each shard's embeddings are kept,
     checksummed, in ``<output>.embeddings.parts/`` (a run started again skips them).
     """
-    from scatd_core.foundation._embed import _identity, _options, cached, check_size, fingerprint, needs_embedding
-    from scatd_core.predict import device_description, resolve_device
+    from scatd_core.foundation._embed import _identity, _options, cached, check_size, needs_embedding
 
     if not needs_embedding(adata, bundle):
         return None
@@ -141,16 +140,10 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     info.update({"n_embedded": embedded, "not_embedded": not_embedded,
                  median_key: int(np.median(all_lengths)) if all_lengths.size else 0})
     seconds = float(record["seconds"]) if record is not None else 0.0
-    adata.obsm[key] = matrix
-    record = {"backbone": backbone, "info": info, "identity": json.dumps(identity, sort_keys=True),
-              "fingerprint": fingerprint(adata), "tried": tried | todo,
-              "n_embedded": int(np.isfinite(matrix).all(axis=1).sum()),
-              "device": device_description(resolve_device(device)),
-              "seconds": round(seconds + time.perf_counter() - t0, 3)}
-    stored = dict(adata.uns.get(_keys.FOUNDATION, {}))
-    stored[backbone] = record
-    adata.uns[_keys.FOUNDATION] = stored
-    return record
+    from scatd_core.foundation._embed import store_embeddings
+
+    return store_embeddings(adata, backbone, matrix, info, identity, tried | todo, device,
+                            seconds + time.perf_counter() - t0)
 
 
 def write_obsm(adata: ad.AnnData, key: str, folder: Path) -> str:
