@@ -419,7 +419,7 @@ def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: in
                             seed: int = 0) -> pd.DataFrame:
     """Genes that set the cells resistant to every drug apart from the other scored cells.
 
-    A Wilcoxon rank-sum test (scanpy's ``rank_genes_groups``) on log-normalised expression
+    A Wilcoxon rank-sum test (the statistic of scanpy's ``rank_genes_groups``) on log-normalised expression
     (counts are log1p-CP10k normalised first), on at most ``max_cells`` cells per side (a seeded
     subsample). Returns the ``n_top`` genes most up in the multi-resistant cells: ``gene,
     logfoldchange, score, pval_adj, n_panel_models_using``.

@@ -379,7 +379,7 @@ def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_ne
     groups = np.where(is_pos, pos, neg)[keep_cells]
     de = differential_expression(de_matrix[keep_cells], groups, pos, neg, log_ok)
     cols.loc[present, ["logfoldchange", "de_score", "de_pval", "de_pval_adj"]] = de.to_numpy()
-    info = {"method": "Wilcoxon rank-sum (scanpy rank_genes_groups, tie-corrected, Benjamini-Hochberg)",
+    info = {"method": "Wilcoxon rank-sum (the statistic of scanpy rank_genes_groups: tie-corrected z-score, Benjamini-Hochberg)",
             "compared": f"predicted {pos} ({n_pos:,}) vs {neg} ({n_neg:,}) among the explained cells",
             "data_kind": kind, "data_scale": scale,
             "logfoldchange": "log2, resistant vs sensitive" if log_ok else
