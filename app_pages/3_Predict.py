@@ -96,6 +96,7 @@ if not current:
     st.caption("The results shown on the next pages were made with other settings; run again to update them.")
     ui.stop()
 st.caption("The results for these data, model and settings are in place; nothing needs recomputing.")
+ui.start_embedding(adata)  # the Cells page's UMAP, computed while these results are read
 
 # ------------------------------------------------------------------ summary
 info = adata.uns["scatd"]

@@ -19,6 +19,7 @@ PREDICTION          token of (data, QC mask, model, settings) of the prediction 
 INPUTS              ``(token, ModelInput)``: the model input of ADATA for the chosen model (its token
                     names the data, QC mask and model, so it is rebuilt when any changes)
 EMBEDDING           settings token of the UMAP stored in ADATA
+EMBEDDING_PENDING   ``(token, future)`` of the UMAP started in the background after a prediction
 BIOMARKERS          settings token of the biomarkers stored in ADATA
 PANEL               token of (data, QC mask, models, settings) of the panel prediction in ADATA
 PANEL_MARKERS       ``(panel token, table)``: top genes of the cells resistant to every drug
@@ -43,6 +44,7 @@ BUNDLE_PATH = "bundle_path"
 PREDICTION = "prediction_token"
 INPUTS = "model_inputs"
 EMBEDDING = "embedding_token"
+EMBEDDING_PENDING = "embedding_pending"
 BIOMARKERS = "biomarkers_token"
 PANEL = "panel_token"
 PANEL_MARKERS = "panel_markers"
@@ -61,7 +63,7 @@ KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_
 _CHAIN = {
     "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE,
              PANEL, PANEL_MARKERS),
-    "prediction": (PREDICTION, EMBEDDING, BIOMARKERS),
+    "prediction": (PREDICTION, EMBEDDING, EMBEDDING_PENDING, BIOMARKERS),
 }
 
 

@@ -13,6 +13,7 @@ Session values live under the keys of :mod:`scatd_app.state`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import html
 import json
@@ -336,7 +337,8 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
 
 def embedding(adata: ad.AnnData, basis: str):
     """The UMAP and clusters of the session's prediction (computed once per prediction and basis)
-    and stored in the AnnData."""
+    and stored in the AnnData; taken from the background run :func:`start_embedding` began when
+    there is one for them (waiting for it to finish)."""
     from scatd_core.embed import compute_embedding, store
 
     from scatd_app import jobs
@@ -344,13 +346,46 @@ def embedding(adata: ad.AnnData, basis: str):
     ss = st.session_state
     token = token_of(ss.get(state.PREDICTION), basis)
     if ss.get(state.EMBEDDING) != token:
-        with jobs.computing("the UMAP"):
-            result = compute_embedding(adata, basis=basis, seed=0)
+        pending = ss.pop(state.EMBEDDING_PENDING, None)
+        if pending is not None and pending[0] == token:
+            result = pending[1].result()  # raises what the run raised
+        else:
+            with jobs.computing("the UMAP"):
+                result = compute_embedding(adata, basis=basis, seed=0)
         store(adata, result)
         ss[state.EMBEDDING] = token
     from scatd_core._keys import EMBED
 
     return adata.uns[EMBED]
+
+
+@st.cache_resource(show_spinner=False)
+def _background() -> concurrent.futures.ThreadPoolExecutor:
+    """The server's threads for work started ahead of the page that shows it."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="scatd-ahead")
+
+
+def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:
+    """Start the UMAP and clusters of a new prediction in the background, in the server's job
+    queue like any computation, so that the Cells page (and the report, which includes them)
+    finds them ready or partly done. Nothing is stored until :func:`embedding` takes the result;
+    a new prediction or dataset forgets the run (its result is dropped)."""
+    from scatd_core.embed import compute_embedding
+
+    from scatd_app import jobs
+
+    ss = st.session_state
+    token = token_of(ss.get(state.PREDICTION), basis)
+    pending = ss.get(state.EMBEDDING_PENDING)
+    if ss.get(state.EMBEDDING) == token or (pending is not None and pending[0] == token):
+        return
+    queue = jobs.queue()
+
+    def run():
+        with queue.slot():
+            return compute_embedding(adata, basis=basis, seed=0)
+
+    ss[state.EMBEDDING_PENDING] = (token, _background().submit(run))
 
 
 # --------------------------------------------------------------------------------------------

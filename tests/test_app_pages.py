@@ -127,9 +127,13 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert "not calibrated" in text(at.warning)
     result = at.session_state[state.ADATA]
     assert result.n_obs == N_CELLS and "X_scatd" in result.obsm
+    # the Cells page's UMAP starts in the background as soon as the results are shown
+    at.session_state[state.EMBEDDING_PENDING][1].result(timeout=300)
+    assert len(calls) == 1 and "X_umap" not in result.obsm  # computed, not yet stored
 
     goto(at, "4_Cells")
-    assert len(calls) == 1
+    assert len(calls) == 1  # taken from the background run, not computed again
+    assert state.EMBEDDING_PENDING not in at.session_state
     assert "X_umap" in result.obsm
     assert float(metric(at, "AUROC")) > 0.6  # the test model transfers to a new tumour
     assert len(at.get("plotly_chart")) >= 5  # UMAP, groups, ROC, PR, confusion
