@@ -44,6 +44,47 @@ def make_counts(n_cells: int, seed: int = 0, genes_per_cell: int = 1500):
     return sparse_counts(n_cells, N_GENES, genes_per_cell, seed, skewed=True)
 
 
+def arithmetic(model, x, n_steps: int) -> dict:
+    """The multiply-adds of the attribution as computed (merged maps, by hand:
+    ``scatd_core.explain._path``), per part, and the seconds they take at the GEMM rate measured
+    here on the same shapes: the floor of this computation on this machine."""
+    import time
+
+    import torch
+
+    from scatd_core.explain._path import _merged
+
+    weight_t, _, m0 = model.first_layer_weights()
+    merged = _merged(model, "logit", 1)
+    n_in = weight_t.shape[0]
+    width_next = merged["next_weight_t"].shape[1]
+    hidden, head = merged["a"].shape[1], merged["a"].shape[0]
+    gemms = {  # (rows per cell, inner, outer, times per cell): forward and backward per step
+        "steps": [(n_steps, m0, width_next, 2), (n_steps, hidden, head, 2)],
+        "map back": [(1, m0, n_in, 1), (1, width_next, n_in, 1)],
+    }
+    nnz = x.nnz / x.shape[0]
+    out = {"first layer (sparse)": 2 * nnz * 2 * m0}
+    rate_s = {}
+    for part, shapes in gemms.items():
+        flops, seconds = 0.0, 0.0
+        for rows, k, n, times in shapes:
+            m = rows * (1024 // rows if rows > 1 else 256)
+            a, b = torch.randn(m, k), torch.randn(k, n)
+            torch.mm(a, b)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                torch.mm(a, b)
+            dt = (time.perf_counter() - t0) / 3
+            flops += 2 * rows * k * n * times
+            seconds += dt / m * rows * times
+        out[part] = flops
+        rate_s[part] = seconds
+    return {"flops_per_cell": {k: round(v / 1e6, 1) for k, v in out.items()},
+            "floor_ms_per_cell": round(1000 * sum(rate_s.values()), 3),
+            "gemm_gflops": round(sum(out[k] for k in gemms) / sum(rate_s.values()) / 1e9, 1)}
+
+
 def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int) -> dict:
     import anndata as ad
     import pandas as pd
@@ -81,6 +122,7 @@ def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int) -> d
     dense_predict_s = time.perf_counter() - t0
     inputs_module.SPARSE_MAX_DENSITY = limit
     seconds = e.info["seconds"]
+    floor = arithmetic(bundle.load_model("cpu"), adata.X, n_steps)
     out = {
         "cells": n_cells, "n_steps": n_steps, "threads": torch.get_num_threads(),
         "predict_s": round(predict_s, 1), "dense_predict_s": round(dense_predict_s, 1),
@@ -93,6 +135,7 @@ def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int) -> d
         "completeness_max": e.info["completeness"]["max_relative_error"],
         "internal_batch_size": e.info["internal_batch_size"], "load": load_average(),
         "de": e.info["differential_expression"]["method"] != "none",
+        **floor, "floor_passes": round(floor["floor_ms_per_cell"] * n_cells / 1000 / predict_s, 2),
     }
     if plain_cells:
         sub = adata[:plain_cells].copy()
@@ -136,11 +179,13 @@ def main(argv=None) -> int:
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     lines = ["| cells | n_steps | predict s | explain s | IG s | DE s | **passes** (explain / predict) "
-             "| dense predict s | dense passes | peak RSS MB | completeness median / max | load |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| dense predict s | dense passes | GEMM floor passes | GEMM GFLOPS | peak RSS MB "
+             "| completeness median / max | load |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         lines.append(f"| {r['cells']:,} | {r['n_steps']} | {r['predict_s']} | {r['explain_s']} | {r['ig_s']:.1f} | "
                      f"{r['de_s']:.1f} | **{r['passes']}** | {r['dense_predict_s']} | {r['dense_passes']} | "
+                     f"{r['floor_passes']} | {r['gemm_gflops']} | "
                      f"{r['peak_rss_mb']:,} | {r['completeness_median']:.1e} / {r['completeness_max']:.1e} | "
                      f"{r['load'].split(' on')[0]} |")
     plain = [r for r in rows if "plain_cells" in r]
