@@ -77,8 +77,7 @@ class _Member:
         self.v = weights["v"] * coefficient     # the target is Q . v + e (Q = head swish output)
         self.e = weights["e"] * coefficient
         self.head_beta = weights["head_beta"]
-        self.next_weight_t = weights["next_weight_t"]  # what the first block's output feeds into
-        self.next_bias = weights["next_bias"]
+        self.next_weight_t = weights["next_weight_t"]  # the map the first block's output feeds into
 
     # ------------------------------------------------------------------ forward
     def forward(self, h: torch.Tensor, h_base: torch.Tensor, alphas: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -127,14 +126,14 @@ class _Member:
         else:
             g = g.mul_(0.5)
         if self.last is not None:
-            weight_t, _, width = self.last
+            weight_t = self.last[0]
             g_u = torch.mm(g, self.a).mul_(saved["da_last"])
             g_next = torch.cat([g_u, g], dim=1)
             g_out = torch.mm(g_next, weight_t.t())
         else:
             g_next = g
             g_out = torch.mm(g, self.a)
-        for (weight_t, _, width), da in zip(reversed(self.middle), reversed(saved["da"])):
+        for (weight_t, _, _), da in zip(reversed(self.middle), reversed(saved["da"])):
             g_next = torch.cat([g_out.mul(da), g_out], dim=1)
             g_out = torch.mm(g_next, weight_t.t())
         # the first block: u0 through its activation, the shortcut straight into g_out
@@ -178,14 +177,14 @@ def _merged(model, target: str, positive: int) -> dict:
             b_cat = torch.cat([bias[:m], bias[m:] @ a.t() + c])
             last = (w_cat.float().contiguous(), b_cat.float().contiguous(), m)
         if middle:
-            next_w, next_b = middle[0][0], middle[0][1]
+            next_w = middle[0][0]
         elif last is not None:
-            next_w, next_b = last[0], last[1]
+            next_w = last[0]
         else:
-            next_w, next_b = a.t().float().contiguous(), c.float()
+            next_w = a.t().float().contiguous()
         return {"middle": middle, "last": last, "a": a.float().contiguous(), "c": c.float().contiguous(),
                 "v": v.float(), "e": e.float(), "head_beta": float(model.swish.beta.detach()),
-                "next_weight_t": next_w, "next_bias": next_b}
+                "next_weight_t": next_w}
 
     return _cached(model, f"explain_{target}_{positive}", build)
 
