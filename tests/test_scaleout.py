@@ -202,6 +202,32 @@ def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, smal
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
 
 
+def test_cli_report_engine_ray_writes_the_single_process_report(local_ray, small_bundles, tmp_path, capsys):
+    """`scatd report --engine ray`: prediction and attributions on Ray, the same files as one process."""
+    from scatd_core.cli import main
+
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 2_500, small_gene_names(60), seed=4)
+    common = ["report", "--model", str(bundle.path), "--input", str(path), "--batch-size", "1024",
+              "--sample-column", "sample", "--explain", "--max-cells", "300", "--steps", "8",
+              "--no-umap"]  # the UMAP is made here from the same latent either way
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    assert main(common + ["--out", str(tmp_path / "ray"), "--engine", "ray", "--shard-cells", "1024",
+                          "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "Predicting on Ray: 100%" in err and "Explaining on Ray" in err
+    for name in ("predictions.csv", "metrics.csv"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    # attributions: the same to float rounding (the workers run one torch thread, this process two)
+    one, dist = (pd.read_csv(tmp_path / d / "biomarkers.csv") for d in ("one", "ray"))
+    assert one["feature"].tolist() == dist["feature"].tolist()
+    pd.testing.assert_frame_equal(one, dist, rtol=1e-6)
+    one, dist = ad.read_h5ad(tmp_path / "one" / "annotated.h5ad"), ad.read_h5ad(tmp_path / "ray" / "annotated.h5ad")
+    np.testing.assert_array_equal(dist.obsm["X_scatd"], one.obsm["X_scatd"])
+    np.testing.assert_array_equal(dist.X.toarray(), one.X.toarray())
+    assert (tmp_path / "ray" / "report.html").stat().st_size > 10_000
+
+
 def test_cli_engine_ray_refuses_other_formats_with_a_reason(small_bundles, tmp_path, capsys):
     from scatd_core.cli import main
 

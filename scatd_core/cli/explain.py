@@ -59,7 +59,9 @@ def gene_level(adata, bundle, level: str) -> bool:
     return computed
 
 
-def explain_from_args(adata, bundle, args, inputs=None, keep_top=None):
+def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=None):
+    """Explain as the arguments say (on Ray with ``--engine ray``: shard parts beside ``output``,
+    default ``args.output``); prints the statement, completeness, agreement and top features."""
     from scatd_core.explain import explain
     from scatd_core.foundation import explain_genes
 
@@ -87,7 +89,7 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None):
 
         common.update(progress=Progress("Explaining on Ray"), batch_size=inputs.batch_size if inputs else 1024)
         common.pop("inputs")
-        result = scaleout.explain_ray(adata, bundle, output=args.output, shard_cells=args.shard_cells,
+        result = scaleout.explain_ray(adata, bundle, output=output or args.output, shard_cells=args.shard_cells,
                                       workers=args.workers or settings()["scaleout_workers"],
                                       address=args.address or settings()["scaleout_address"], **common)
         eng = result.info["engine"]

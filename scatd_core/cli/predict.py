@@ -64,11 +64,13 @@ def add_prediction_arguments(p) -> None:
     p.add_argument("--beta-mode", choices=BETA_MODES, help="override the bundle's Swish mode")
 
 
-def predict_from_args(adata, bundle, args, inputs=None):
+def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_latent: bool = False):
     """Predict (and calibrate) as the arguments say; prints the time estimate, coverage, warnings
     and the threshold.
 
-    Returns the :class:`~scatd_core.scaleout.ScaleoutRun` with ``--engine ray``, else ``None``.
+    Returns the :class:`~scatd_core.scaleout.ScaleoutRun` with ``--engine ray``, else ``None``
+    (its shard parts beside ``output``, default ``args.output``; the latent read into the data
+    only with ``load_latent``).
     """
     from scatd_core._matrix import stored_fraction
     from scatd_core.predict import device_description, estimate_seconds, predict, resolve_device
@@ -79,12 +81,11 @@ def predict_from_args(adata, bundle, args, inputs=None):
         from scatd_core.config import settings
 
         address = args.address or settings()["scaleout_address"]
-        run = scaleout.predict_ray(adata, bundle, args.output, mode=args.mode, n_samples=args.samples,
+        run = scaleout.predict_ray(adata, bundle, output or args.output, mode=args.mode, n_samples=args.samples,
                                    seed=args.seed, device=args.device, batch_size=args.batch_size,
                                    threshold=args.threshold, beta_mode=args.beta_mode, shard_cells=args.shard_cells,
                                    workers=args.workers or settings()["scaleout_workers"], address=address,
-                                   load_latent=False,
-                                   progress=Progress("Predicting on Ray"))
+                                   load_latent=load_latent, progress=Progress("Predicting on Ray"))
         say(f"Ray: {run.workers} worker(s), {len(run.shards)} shards ({run.resumed} already done, resumed from "
             f"{run.store.folder}).")
     else:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, apply_label_direction, \
     prepare_embeddings, read_input, resolve_bundle, say
-from scatd_core.cli.explain import add_explain_arguments, explain_from_args
-from scatd_core.cli.predict import add_prediction_arguments, predict_from_args
+from scatd_core.cli.explain import add_explain_arguments, explain_from_args, gene_level
+from scatd_core.cli.predict import add_engine_arguments, add_prediction_arguments, predict_from_args
+from scatd_core.errors import ScatdError
 
 
 def add(sub) -> None:
@@ -26,23 +27,36 @@ def add(sub) -> None:
     p.add_argument("--no-umap", action="store_true", help="skip the UMAP and clusters")
     p.add_argument("--explain", action="store_true", help="also rank biomarkers (integrated gradients)")
     add_explain_arguments(p)
+    add_engine_arguments(p)
     p.set_defaults(run=run)
 
 
 def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
-    """Predict, embed, explain (``args.explain``) and write the report folder ``args.out``."""
+    """Predict, embed, explain (``args.explain``) and write the report folder ``args.out``.
+
+    With ``--engine ray`` the prediction and the attributions run on Ray (their shard parts in
+    ``<out>/ray/``, so a stopped run resumes) and give the single-process numbers; the UMAP and
+    the files are made here, from the results as one process has them."""
     from scatd_core import embed, export
     from scatd_core.inputs import ModelInput
     from scatd_core.predict import auto_batch_size, resolve_device
 
     label_column = apply_label_direction(adata, args)
-    batch_size = args.batch_size or auto_batch_size(bundle, resolve_device(args.device))
-    inputs = ModelInput(adata, bundle, batch_size=batch_size)
-    predict_from_args(adata, bundle, args, inputs=inputs)
+    on_ray = getattr(args, "engine", "local") == "ray"
+    if on_ray:
+        parts = Path(args.out) / "ray"
+        parts.mkdir(parents=True, exist_ok=True)
+        inputs = None
+        predict_from_args(adata, bundle, args, output=parts / "predictions", load_latent=True)
+    else:
+        batch_size = args.batch_size or auto_batch_size(bundle, resolve_device(args.device))
+        inputs = ModelInput(adata, bundle, batch_size=batch_size)
+        predict_from_args(adata, bundle, args, inputs=inputs)
     if not args.no_umap:
         embed.embed(adata, progress=Progress("UMAP"))
     if args.explain:
-        explain_from_args(adata, bundle, args, inputs=inputs)
+        explain_from_args(adata, bundle, args, inputs=inputs,
+                          output=parts / "biomarkers.csv" if on_ray else None)
     paths = export.write_report(adata, args.out, label_column=label_column,
                                 group_columns=[c for c in (args.sample_column,) if c], data_name=data_name)
     if label_column:
@@ -65,7 +79,11 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
 
 def run(args) -> int:
     bundle = resolve_bundle(args.model)
-    adata = read_input(args)
-    prepare_embeddings(adata, bundle, args)
+    on_ray = args.engine == "ray"
+    adata = read_input(args, backed=True if on_ray else "auto")
+    if on_ray and args.explain and gene_level(adata, bundle, args.level):
+        raise ScatdError("Gene-level biomarkers through a foundation model do not run on Ray.",
+                         "Use --level features (the embedding features), or leave out --engine ray.")
+    prepare_embeddings(adata, bundle, args)  # on Ray too with --engine ray
     report_pipeline(adata, bundle, args, data_name=Path(args.input).name)
     return 0
