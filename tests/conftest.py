@@ -39,6 +39,17 @@ def _seed_and_library(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SCATD_AUTH", "none")  # tests of the login set their own mode
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance (2 CPUs) for every Ray test of the run (starting one takes seconds);
+    stopped at the end. The Ray test modules skip without Ray before asking for it."""
+    from scatd_core import scaleout
+
+    scaleout.connect(num_cpus=2, object_store_mb=200)
+    yield
+    scaleout.disconnect()
+
+
 def small_gene_names(n: int) -> list[str]:
     return [f"GENE{i}" for i in range(n)]
 

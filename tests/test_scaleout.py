@@ -28,13 +28,6 @@ BATCH = 1024
 SHARD = 4096  # 13 shards of 50k cells
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    scaleout.connect(num_cpus=2, object_store_mb=200)
-    yield
-    scaleout.disconnect()
-
-
 def write_cells(path, n_cells: int, genes: list[str], seed: int = 0, dense: bool = False):
     """Sparse counts with a few cells that cannot be scored (no expression in the genes)."""
     rng = np.random.default_rng(seed)

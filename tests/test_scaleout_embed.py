@@ -27,13 +27,6 @@ from scatd_core.foundation import scfoundation as S
 N_CELLS = 4_500  # 3 shards of whole 2,048-cell chunks
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    scaleout.connect(num_cpus=2, object_store_mb=200)
-    yield
-    scaleout.disconnect()
-
-
 @pytest.fixture
 def assets(tmp_path, monkeypatch):
     sf = H.sf_folder(tmp_path / "scfoundation")

@@ -24,13 +24,6 @@ BATCH = 256
 RTOL = 1e-6
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    scaleout.connect(num_cpus=2, object_store_mb=200)
-    yield
-    scaleout.disconnect()
-
-
 def predicted(path, bundle, mask=None):
     adata = io.read(path, backed=True)
     predict(adata, bundle, batch_size=BATCH, mask=mask)
