@@ -19,6 +19,7 @@ import html
 import json
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -346,10 +347,17 @@ def embedding(adata: ad.AnnData, basis: str):
     ss = st.session_state
     token = token_of(ss.get(state.PREDICTION), basis)
     if ss.get(state.EMBEDDING) != token:
-        pending = ss.pop(state.EMBEDDING_PENDING, None)
+        pending = ss.get(state.EMBEDDING_PENDING)
         if pending is not None and pending[0] == token:
-            result = pending[1].result()  # raises what the run raised
+            future, note = pending[1], st.empty()
+            while not future.done():  # a Streamlit call in the loop: leaving the page interrupts the wait
+                note.caption("Computing the UMAP and clusters (started when the prediction finished)…")
+                time.sleep(0.25)
+            note.empty()
+            ss.pop(state.EMBEDDING_PENDING, None)
+            result = future.result()  # raises what the run raised (the next visit computes afresh)
         else:
+            ss.pop(state.EMBEDDING_PENDING, None)  # a run for other settings
             with jobs.computing("the UMAP"):
                 result = compute_embedding(adata, basis=basis, seed=0)
         store(adata, result)
