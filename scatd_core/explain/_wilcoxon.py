@@ -67,13 +67,35 @@ def _prange(n):  # replaced by numba.prange in the compiled kernel
     return range(n)
 
 
+def _threadsafe_layer() -> bool:
+    """Whether numba's parallel kernels may run from several threads at once here (the ``tbb`` or
+    ``omp`` threading layer; ``workqueue`` may not, and the app computes in many threads)."""
+    import importlib
+
+    import numba
+
+    wanted = numba.config.THREADING_LAYER
+    candidates = {"tbb": ["tbb"], "omp": ["omp"], "workqueue": [], "safe": ["tbb"], "forksafe": ["tbb"]}.get(
+        wanted, ["tbb", "omp"])  # default / threadsafe: tbb, then omp, then workqueue
+    for name in candidates:
+        try:
+            importlib.import_module(f"numba.np.ufunc.{name}pool")
+        except ImportError:
+            continue
+        return True
+    return False
+
+
 def _kernel():
+    """:func:`_rank_sums` compiled, one column per thread where numba's threading layer is thread-safe,
+    else one thread (cached on disk)."""
     global _KERNEL
     if _KERNEL is None:
         import numba
 
-        globals()["_prange"] = numba.prange
-        _KERNEL = numba.njit(parallel=True, cache=True, nogil=True)(_rank_sums)
+        parallel = _threadsafe_layer()
+        globals()["_prange"] = numba.prange if parallel else range
+        _KERNEL = numba.njit(parallel=parallel, cache=True, nogil=True)(_rank_sums)
     return _KERNEL
 
 
