@@ -166,3 +166,19 @@ def gf_folder(root: Path, n_genes: int = 30, v2: bool = False, seed: int = 0, **
     d = write_gf_dictionaries(root, n_genes, v2, seed)
     write_gf_model(root / "gf-tiny", len(d["tokens"]), v2, seed, **overrides)
     return root
+
+
+def install_assets(tmp_path: Path, monkeypatch) -> dict:
+    """Tiny scFoundation and Geneformer folders in the official layouts, configured through the
+    environment, with the backbones' probe and model caches emptied: ``{"sf": ..., "gf": ...}``."""
+    from scatd_core.foundation import geneformer, scfoundation
+
+    sf = sf_folder(tmp_path / "scfoundation")
+    gf = gf_folder(tmp_path / "geneformer")
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(sf))
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(gf))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    for module in (scfoundation, geneformer):
+        module._PROBES.clear()
+        module._MODELS.clear()
+    return {"sf": sf, "gf": gf}

@@ -33,15 +33,7 @@ from scatd_core.predict import predict
 
 @pytest.fixture
 def assets(tmp_path, monkeypatch):
-    sf = H.sf_folder(tmp_path / "scfoundation")
-    gf = H.gf_folder(tmp_path / "geneformer")
-    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(sf))
-    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(gf))
-    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
-    for module in (S, G):
-        module._PROBES.clear()
-        module._MODELS.clear()
-    return {"sf": sf, "gf": gf}
+    return H.install_assets(tmp_path, monkeypatch)
 
 
 def _bundle(tmp_path, backbone, width, seed=0):

@@ -21,23 +21,13 @@ from test_foundation_product import _bundle, gf_counts, sf_counts
 
 from scatd_core import _keys, io, scaleout
 from scatd_core.foundation import ensure_embeddings
-from scatd_core.foundation import geneformer as G
-from scatd_core.foundation import scfoundation as S
 
 N_CELLS = 4_500  # 3 shards of whole 2,048-cell chunks
 
 
 @pytest.fixture
 def assets(tmp_path, monkeypatch):
-    sf = H.sf_folder(tmp_path / "scfoundation")
-    gf = H.gf_folder(tmp_path / "geneformer")
-    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(sf))
-    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(gf))
-    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
-    for module in (S, G):
-        module._PROBES.clear()
-        module._MODELS.clear()
-    return {"sf": sf, "gf": gf}
+    return H.install_assets(tmp_path, monkeypatch)
 
 
 def assert_same_record(dist, one, dist_adata, one_adata, key):
