@@ -158,6 +158,21 @@ def _choose_cells(labels: np.ndarray, scored_rows: np.ndarray, max_cells, seed: 
                   f"predicted label ({'; '.join(parts)}; seed {seed})")
 
 
+def prediction_context(adata: ad.AnnData, bundle, keys, device: str, inputs: ModelInput | None,
+                       batch_size: int = 1024):
+    """What explaining a prediction starts from: ``(device, model, labels, inputs, positive label,
+    negative label)``; the model loaded as the prediction ran it, the prediction's ``ModelInput``
+    (built with its QC mask when not given)."""
+    dev = resolve_device(device)
+    model = bundle.load_model(dev, adata.uns[keys.run]["params"].get("beta_mode"))
+    labels = adata.obs[keys.label].astype(str).to_numpy()
+    if inputs is None:
+        filtered = labels == FILTERED
+        inputs = ModelInput(adata, bundle, mask=~filtered if filtered.any() else None, batch_size=batch_size)
+    run = adata.uns[keys.run]
+    return dev, model, labels, inputs, run["positive_label"], run["negative_label"]
+
+
 @dataclass
 class _Sums:
     """Streamed float64 accumulators of the attribution pass, and the per-cell results."""
@@ -379,7 +394,8 @@ def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_ne
     groups = np.where(is_pos, pos, neg)[keep_cells]
     de = differential_expression(de_matrix[keep_cells], groups, pos, neg, log_ok)
     cols.loc[present, ["logfoldchange", "de_score", "de_pval", "de_pval_adj"]] = de.to_numpy()
-    info = {"method": "Wilcoxon rank-sum (the statistic of scanpy rank_genes_groups: tie-corrected z-score, Benjamini-Hochberg)",
+    info = {"method": "Wilcoxon rank-sum (the statistic of scanpy rank_genes_groups: tie-corrected z-score, "
+                      "Benjamini-Hochberg)",
             "compared": f"predicted {pos} ({n_pos:,}) vs {neg} ({n_neg:,}) among the explained cells",
             "data_kind": kind, "data_scale": scale,
             "logfoldchange": "log2, resistant vs sensitive" if log_ok else
@@ -482,14 +498,8 @@ def explain(
     t0 = time.perf_counter()
     say = progress or (lambda f, m: None)
     say(0.0, "reading the model input")
-    dev = resolve_device(device)
-    model = bundle.load_model(dev, adata.uns[keys.run]["params"].get("beta_mode"))
-    labels = adata.obs[keys.label].astype(str).to_numpy()
-    if inputs is None:
-        filtered = labels == FILTERED
-        inputs = ModelInput(adata, bundle, mask=~filtered if filtered.any() else None, batch_size=batch_size)
+    dev, model, labels, inputs, pos, neg = prediction_context(adata, bundle, keys, device, inputs, batch_size)
     info_pred = adata.uns[keys.run]
-    pos, neg = info_pred["positive_label"], info_pred["negative_label"]
     scored_rows = np.flatnonzero(inputs.usable & adata.obs[keys.scored].to_numpy(dtype=bool))
     if scored_rows.size == 0:
         raise InputError("No scored cell to explain.", "Check the prediction's warnings on the Predict page.")

@@ -35,11 +35,11 @@ import scipy.sparse as sp
 import torch
 
 from scatd_core import _keys
-from scatd_core._keys import FILTERED, result_keys
+from scatd_core._keys import result_keys
 from scatd_core.errors import InputError
 from scatd_core.explain._attribution import BASELINE_TITLES, MIX_ALPHA, N_REFERENCE_CELLS, TARGET_TITLES, TargetOutput
 from scatd_core.explain._explain import (RANKING_COLUMNS, Explanation, _check, _choose_cells, _completeness, _de_rank,
-                                         _ranking, _Sums, de_table, store)
+                                         _ranking, _Sums, de_table, prediction_context, store)
 from scatd_core.explain._ranking import agreement
 from scatd_core.foundation import _work, geneformer, scfoundation
 from scatd_core.inputs import ModelInput
@@ -108,7 +108,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     ``adata.obsm['scatd_attribution_inputs']`` (model-input values: log-normalised expression for
     VAE_sf, Geneformer's median-scaled expression for VAE_gf) and ``adata.obs['scatd_explained']``.
     """
-    from scatd_core.predict import device_description, resolve_device
+    from scatd_core.predict import device_description
 
     keys = result_keys(key_added)
     max_cells = DEFAULT_MAX_CELLS if max_cells is None else int(max_cells)
@@ -124,14 +124,8 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     t0 = time.perf_counter()
     say = progress or (lambda f, m: None)
     say(0.0, "reading the model input")
-    dev = resolve_device(device)
-    model = bundle.load_model(dev, adata.uns[keys.run]["params"].get("beta_mode"))
-    labels = adata.obs[keys.label].astype(str).to_numpy()
-    if inputs is None:
-        filtered = labels == FILTERED
-        inputs = ModelInput(adata, bundle, mask=~filtered if filtered.any() else None)
+    dev, model, labels, inputs, pos, neg = prediction_context(adata, bundle, keys, device, inputs)
     info_pred = adata.uns[keys.run]
-    pos, neg = info_pred["positive_label"], info_pred["negative_label"]
     scored = np.flatnonzero(inputs.usable & adata.obs[keys.scored].to_numpy(dtype=bool))
     if scored.size == 0:
         raise InputError("No scored cell to explain.", "Check the prediction's warnings on the Predict page.")
