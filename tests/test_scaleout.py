@@ -6,13 +6,16 @@ and shut down after it. Skipped, with the reason, where Ray is not installed.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-pytest.importorskip("ray.data", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
+pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
 
 from _app_helpers import trained_library  # noqa: F401 (fixture)
 from conftest import small_gene_names
@@ -105,27 +108,36 @@ def test_dataset_statistics_and_sample_mode_equal_single_process(local_ray, smal
     assert_same(run.adata, single_process(path, bundle, **kw))
 
 
-def _kill_one_predict_worker() -> int:
+def _kill_a_running_predict_task(killed: list, stop: threading.Event) -> None:
+    """Kill the first Ray worker process seen running a PredictWorker shard (Ray titles a
+    process ``ray::<task name>`` while it runs the task), polling until ``stop``."""
     import psutil
 
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if "PredictWorker" in " ".join(proc.info["cmdline"] or []):
-            proc.kill()
-            return proc.info["pid"]
-    return 0
+    while not stop.is_set() and not killed:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if " ".join(proc.info["cmdline"] or []).startswith("ray::PredictWorker"):
+                proc.kill()
+                killed.append(proc.info["pid"])
+                return
+        time.sleep(0.005)
 
 
 def test_killed_worker_still_gives_identical_results(local_ray, small_bundles, cells_50k, tmp_path):
+    """A worker process killed while it computes a shard: Ray runs the shard again elsewhere."""
     bundle = small_bundles["dist_vae"][0]
-    killed = []
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=_kill_a_running_predict_task, args=(killed, stop), daemon=True)
 
     def progress(fraction, message):
-        if "predicting" in message and 0 < fraction < 1 and not killed:
-            killed.append(_kill_one_predict_worker())
+        if "predicting" in message and killer.ident is None:
+            killer.start()
 
-    run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
-                               shard_cells=SHARD, workers=2, progress=progress)
-    assert killed and killed[0] > 0, "no Ray worker process was found to kill"
+    try:
+        run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, tmp_path / "out.csv",
+                                   batch_size=BATCH, shard_cells=SHARD, workers=2, progress=progress)
+    finally:
+        stop.set()
+    assert killed and killed[0] > 0, "no Ray worker process was seen running a shard"
     assert run.computed == 13
     assert_same(run.adata, single_process(cells_50k, bundle))
 
@@ -285,3 +297,29 @@ def test_biomarkers_page_explains_a_large_dataset_on_ray_with_the_single_process
     settings = {k: got.info[k] for k in ("baseline", "target", "n_steps", "seed")}
     want = explain(one, bundle, max_cells=got.info["cells"]["n_explained"], keep_top=len(got.features), **settings)
     pd.testing.assert_frame_equal(got.ranking, want.ranking, rtol=1e-6, atol=1e-9)
+
+
+def test_a_worker_error_is_one_clear_message(local_ray, small_bundles, tmp_path, monkeypatch):
+    """What a worker raises reaches the user as a message, not a Ray traceback: the package's own
+    errors as they were raised, anything else by its last line with where to look."""
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=2)
+
+    def progress(fraction, message):
+        if "predicting" in message and fraction == 0:  # replaced once read: every worker fails to open it
+            path.write_bytes(b"not an HDF5 file any more")
+
+    with pytest.raises(ScatdError) as err:
+        scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
+                             shard_cells=2048, workers=2, progress=progress)
+    assert str(err.value).startswith("The Ray job failed:") and "Traceback" not in str(err.value)
+    assert "unable to" in str(err.value).lower() and "resume" in err.value.hint
+    # the package's own error, raised in a worker, arrives as itself, without Ray's traceback
+    from ray.exceptions import RayTaskError
+
+    from scatd_core.scaleout import _run
+
+    boom = InputError("Shard rows are not what the driver read.", "Write the file again.")
+    wrapped = RayTaskError("PredictWorker", "Traceback (most recent call last): ...", boom).as_instanceof_cause()
+    assert isinstance(wrapped, InputError) and str(wrapped) != str(boom)
+    assert _run._worker_error(wrapped) is boom

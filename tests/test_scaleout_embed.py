@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-pytest.importorskip("ray.data", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
+pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
 
 import _foundation_helpers as H
 from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("ray.data", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
+pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install 'scatd-studio[ray]'")
 
 from conftest import small_gene_names
 from test_scaleout import write_cells

@@ -81,7 +81,6 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
     from scatd_core.scaleout import connect, ray_available
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
-    monkeypatch.setitem(sys.modules, "ray.data", None)
     assert not ray_available()
     with pytest.raises(ScatdError, match="needs Ray") as err:
         connect()
@@ -105,3 +104,38 @@ def test_cli_ray_without_the_foundation_model_says_what_to_install_before_any_wo
     err = capsys.readouterr().err
     assert "No scFoundation weights" in err and "convert-scfoundation" in err
     assert not (tmp_path / "o.csv.embeddings.parts").exists()
+
+
+class _CountingWorker:
+    """Stands for a pass's worker (file opened, model loaded): counts how often one is built."""
+
+    built: list = []
+
+    def __init__(self, job):
+        self.job = job
+        _CountingWorker.built.append(job)
+
+    def __call__(self, batch):
+        return {"shard": batch["shard"], "payload": np.array([f"{self.job}:{batch['start'][0]}".encode()], dtype=object)}
+
+
+def test_a_worker_process_keeps_one_pass_worker_and_frees_it_when_idle(monkeypatch):
+    """run_shard (the Ray task) builds a pass's worker once per process, replaces it for another
+    pass, and frees it after IDLE_RELEASE_S seconds without a shard."""
+    import time
+
+    from scatd_core.scaleout import _shard
+
+    monkeypatch.setattr(_shard, "IDLE_RELEASE_S", 0.2)
+    _CountingWorker.built.clear()
+    _shard._release(_shard._held.get("token"))
+    assert _shard.run_shard(_CountingWorker, "job-a", "pass-1", 0, 0, 10) == b"job-a:0"
+    assert _shard.run_shard(_CountingWorker, "job-a", "pass-1", 1, 10, 20) == b"job-a:10"
+    assert _CountingWorker.built == ["job-a"]  # built once for the pass
+    assert _shard.run_shard(_CountingWorker, "job-b", "pass-2", 0, 0, 10) == b"job-b:0"
+    assert _CountingWorker.built == ["job-a", "job-b"] and _shard._held["token"] == "pass-2"
+    time.sleep(0.6)
+    assert "worker" not in _shard._held  # idle: the file and model are let go
+    assert _shard.run_shard(_CountingWorker, "job-b", "pass-2", 1, 10, 20) == b"job-b:10"
+    assert _CountingWorker.built == ["job-a", "job-b", "job-b"]
+    _shard._release("pass-2")

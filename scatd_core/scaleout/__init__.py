@@ -3,21 +3,22 @@
 ``scatd predict --engine ray`` and the app (datasets above ``[scaleout] min_cells``, or whenever
 an administrator set ``[scaleout] address``) run :func:`predict_ray`: the cells of a backed
 h5ad are cut into shards of whole batches and :func:`scatd_core.predict.predict` runs on each
-in Ray Data actors (``map_batches`` with a stateful class: each worker opens the file and loads
-the model once). Dataset statistics (AdaIN, per-gene z-scores) come from a first distributed
+in Ray tasks, ``workers`` at a time (each worker process opens the file and loads the model
+once per pass, and Ray keeps its processes from pass to pass, so only the first pass of a
+cluster pays for starting them). Dataset statistics (AdaIN, per-gene z-scores) come from a first distributed
 pass, merged in input order, so every number equals the single-process result. Each shard's
 results are written checksummed to ``<output>.parts/`` as they arrive: a run started again
-with the same output skips them, and a lost worker is restarted and its shard retried.
+with the same output skips them, and a shard whose worker process was lost is run again on another.
 
 :func:`explain_ray` does the same for biomarkers (``scatd explain --engine ray``): the explained
-cells (the same stratified subsample as one process) are cut into shards, each actor computes
+cells (the same stratified subsample as one process) are cut into shards, each task computes
 their integrated gradients with the package's own attributor, and the driver merges the
 per-call sums in input order, so ranking, cells table and stored keys equal ``explain``'s.
 :func:`embed_ray` computes missing scFoundation / Geneformer embeddings the same way (shards of
-whole chunks, the backbone loaded once per actor, rows assembled in input order).
+whole chunks, the backbone loaded once per worker process, rows assembled in input order).
 
-Ray is an optional extra (``pip install 'scatd-studio[ray]'``); nothing here imports it until
-a run starts.
+Ray (core; Ray Data is not needed) is an optional extra (``pip install 'scatd-studio[ray]'``);
+nothing here imports it until a run starts.
 """
 
 from scatd_core.scaleout._run import (MAX_RETRIES, EngineChoice, ScaleoutRun, connect, disconnect, engine_for,

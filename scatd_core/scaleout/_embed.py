@@ -3,7 +3,7 @@
 The costly part of VAE_sf / VAE_gf on a large dataset is the backbone (scFoundation or
 Geneformer) itself. :func:`embed_ray` cuts the cells to embed into shards of whole
 :data:`~scatd_core.foundation._work.CHUNK_CELLS` chunks, runs the backbone module's own ``embed``
-on each in a Ray Data actor (the model loaded once per actor), and assembles the rows in input
+on each in a Ray task (the model loaded once per worker process), and assembles the rows in input
 order into the ``obsm`` entry and the ``uns`` record :func:`~scatd_core.foundation.embed_cells`
 writes: the same cells in the same batches, so the same numbers.
 """

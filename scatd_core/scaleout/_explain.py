@@ -4,7 +4,7 @@ The driver does what one process does before and after the integrated gradients:
 prediction, chooses the explained cells (the same stratified subsample, same seed), computes the
 baseline, and afterwards ranks, runs the DE test and stores the result. Only the attribution pass
 (the cost: ``n_steps`` forward and backward passes per cell) runs on the workers: the rows are cut
-into shards of whole batches holding about ``shard_cells`` explained cells, each actor builds the
+into shards of whole batches holding about ``shard_cells`` explained cells, each worker process builds the
 attributor once and makes on its shard the calls one process makes on those rows, and the driver
 merges the calls' float64 sums in input order. Every number therefore equals the single-process
 result (up to the float rounding of the workers' matrix products, which is the same on one machine).

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,15 +27,15 @@ from scatd_core.scaleout._store import ShardStore, pack, parts_dir, shard_name, 
 
 #: Batches per shard by default: a shard is the unit of retry and of resume.
 BATCHES_PER_SHARD = 16
-#: Times a lost worker is restarted, and a task it was running retried, before the run fails.
+#: Times a shard is run again after its worker process was lost, before the run fails.
 MAX_RETRIES = 3
-RAY_EXTRA_HINT = "Install the extra: pip install 'scatd-studio[ray]' (or pip install 'ray[data]')."
+RAY_EXTRA_HINT = "Install the extra: pip install 'scatd-studio[ray]' (or pip install ray)."
 
 
 def ray_available() -> bool:
-    """Whether Ray (``ray[data]``) is installed."""
+    """Whether Ray is installed."""
     try:
-        import ray.data  # noqa: F401
+        import ray  # noqa: F401
     except ImportError:
         return False
     return True
@@ -42,7 +44,6 @@ def ray_available() -> bool:
 def _ray():
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError:
         raise ScatdError("The Ray engine needs Ray, which is not installed.", RAY_EXTRA_HINT) from None
     return ray
@@ -173,10 +174,10 @@ def predict_ray(
     gene IDs annotated as for one machine. The cells are cut into shards of whole batches; a
     first pass computes the dataset statistics (AdaIN, per-gene z-scores) when the model needs
     them, merged in input order exactly as one pass merges its batches; the second pass runs
-    ``predict`` on every shard in Ray Data actors that each open the file and load the model
-    once. Each shard's results go to ``<output>.parts/`` (checksummed) as they arrive; a run
+    ``predict`` on every shard in Ray tasks, each worker process opening the file and loading
+    the model once. Each shard's results go to ``<output>.parts/`` (checksummed) as they arrive; a run
     started again with the same ``output`` skips the shards already there. A worker lost mid-run
-    is restarted and its shard retried (:data:`MAX_RETRIES`).
+    is replaced and its shard run again (:data:`MAX_RETRIES`).
 
     Sets the fields :func:`~scatd_core.predict.predict` sets, with the same values (the latent
     ``obsm`` only if ``load_latent``; :meth:`ScaleoutRun.latent_blocks` streams it otherwise),
@@ -253,23 +254,32 @@ def _remote_args(device: str, ray) -> dict:
 
 def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, device: str,
               on_result: Callable[[int, bytes], None], phase: str, done_before: int, progress, should_stop) -> None:
-    """Run ``worker`` over the shards ``todo`` (Ray Data ``map_batches``, one actor per worker)."""
+    """Run ``worker`` over the shards ``todo``: one Ray task per shard, ``n_workers`` at a time,
+    each result handed to ``on_result`` as it arrives (shards finish out of order).
+
+    The job is put in the object store once. Ray keeps its worker processes from task to task,
+    and :func:`~scatd_core.scaleout._shard.run_shard` keeps the pass's worker (file and model) in
+    each of them, so the model is loaded once per process and pass. A task whose process was lost
+    is run again on another (:data:`MAX_RETRIES` times); an error raised by our code is not
+    retried (it would recur) and ends the pass with its message."""
     total = len(shards)
     if progress is not None:
         progress(done_before / total, f"{phase} · {done_before} of {total} shards")
     if not todo:
         return
-    _quiet(ray)
-    items = [{"shard": i, "start": shards[i][0], "stop": shards[i][1]} for i in todo]
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        worker, fn_constructor_kwargs={"job": job}, batch_size=1, batch_format="numpy",
-        concurrency=min(n_workers, len(items)), max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES,
-        **_remote_args(device, ray))
+    task = _shard_task(ray).options(name=worker.__name__, max_retries=MAX_RETRIES, retry_exceptions=False,
+                                    **_remote_args(device, ray))
+    job_ref, token = ray.put(job), uuid.uuid4().hex
+    waiting, running = list(todo), {}
     done = done_before
-    rows = ds.iter_rows()
     try:
-        for row in rows:
-            on_result(int(row["shard"]), bytes(row["payload"]))
+        while waiting or running:
+            while waiting and len(running) < n_workers:
+                i = waiting.pop(0)
+                running[task.remote(worker, job_ref, token, i, *shards[i])] = i
+            ready, _ = ray.wait(list(running), num_returns=1)
+            i = running.pop(ready[0])
+            on_result(i, ray.get(ready[0]))
             done += 1
             if progress is not None:
                 cells = sum(b - a for a, b in shards[:done])  # approximate: shards finish out of order
@@ -277,34 +287,34 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
             if should_stop is not None and should_stop():
                 raise Cancelled(f"Stopped after {done} of {total} shards; the finished shards are kept. Run the "
                                 "same command again (same output) to resume.")
-    except (Cancelled, ScatdError):
+    except Cancelled:
         raise
-    except Exception as exc:
+    except Exception as exc:  # from a worker (Ray's wrapper) or from on_result (the package's own)
         raise _worker_error(exc) from None
     finally:
-        close = getattr(rows, "close", None)
-        if close is not None:
-            close()
+        for ref in running:  # stopped or failed: the shards still running are not needed
+            ray.cancel(ref)
 
 
-def _quiet(ray) -> None:
-    """Our progress callback reports shards; Ray Data's own bars and periodic logs would interleave."""
-    import logging
+@functools.lru_cache(maxsize=1)
+def _shard_task(ray):
+    from scatd_core.scaleout._shard import run_shard
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ray.remote(run_shard)
 
 
 def _worker_error(exc: BaseException) -> ScatdError:
-    """The first error a worker raised, as a message (an InputError from the package as it is)."""
-    seen = exc
+    """The error a worker raised, as a message: the package's own error as it was raised (Ray's
+    wrapper of it carries a traceback and is an instance of it too, so the innermost is taken),
+    anything else as its last line with where to look."""
+    seen, ours = exc, None
     while seen is not None:
         if isinstance(seen, ScatdError):
-            return seen
+            ours = seen
         seen = getattr(seen, "cause", None) or seen.__cause__
-    text = str(exc).strip().splitlines()
+    if ours is not None:
+        return ours
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
     return ScatdError(f"The Ray job failed: {(text[-1] if text else type(exc).__name__)[:400]}",
                       f"Workers are retried {MAX_RETRIES} times; see the Ray logs (/tmp/ray/session_latest/logs) "
                       "for the cause. The finished shards are kept: run the same command again to resume.")

@@ -1,8 +1,8 @@
 """What one worker does with one shard: read its rows from the h5ad, then compute.
 
-Plain Python (no Ray here): :class:`StatisticsWorker` and :class:`PredictWorker` are the
-stateful classes Ray Data runs as actors (``map_batches``); each opens the file and loads the
-model once, then handles shard after shard. Both call the package's own code on an AnnData of
+Plain Python (no Ray here): :class:`StatisticsWorker`, :class:`PredictWorker` and the others
+are the stateful workers that :func:`run_shard` (a Ray task) keeps in each worker process for the
+pass it belongs to: each opens the file and loads the model once, then handles shard after shard. Both call the package's own code on an AnnData of
 the shard's rows: :class:`~scatd_core.inputs.ModelInput` and :func:`scatd_core.predict.predict`,
 with the dataset statistics of the whole dataset, so a shard's numbers are those one pass would
 give (shards start on a batch boundary: the same batches go through the model).
@@ -11,6 +11,7 @@ give (shards start on a batch boundary: the same batches go through the model).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ REASON_ORDER = REASONS
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a worker needs, sent once to each actor."""
+    """Everything a worker needs, put once in Ray's object store for a pass."""
 
     path: str  # the h5ad (readable from every worker)
     var: pd.DataFrame  # the genes as the driver read them (symbols annotated)
@@ -81,7 +82,7 @@ class ShardReader:
 
 
 class _Worker:
-    """Shared by both workers: the job, the file and the bundle, opened once per actor."""
+    """Shared by the workers: the job, the file and the bundle, opened once per process and pass."""
 
     def __init__(self, job: Job):
         from scatd_core.bundle import load_bundle
@@ -107,6 +108,47 @@ class _Worker:
                           batch_size=self.job.batch_size, statistics=self.job.statistics, row_offset=start)
 
 
+#: A worker process frees the last pass's worker (its open file, its model) after this many
+#: seconds without a shard of that pass.
+IDLE_RELEASE_S = 30.0
+_held: dict = {}  # in a Ray worker process: {"token", "worker", "timer"} of the pass it last served
+_held_lock = threading.Lock()
+
+
+def run_shard(worker_class: type, job: Job, token: str, shard: int, start: int, stop: int) -> bytes:
+    """One shard of one pass, in a Ray worker process (a plain Ray task).
+
+    The worker for the pass ``token`` (the file opened, the model loaded) is built on the
+    process's first shard of that pass and kept for the next ones; Ray reuses its worker
+    processes from pass to pass, so a pass costs no process start once the cluster is warm. A
+    process holds one pass's worker at a time: another pass's shard replaces it, and
+    :data:`IDLE_RELEASE_S` seconds without a shard free it (the file closed, the model dropped)."""
+    with _held_lock:
+        timer = _held.pop("timer", None)
+        if timer is not None:
+            timer.cancel()
+        if _held.get("token") != token:
+            _held.clear()  # the previous pass's file and model go before this pass's are opened
+            _held.update(token=token, worker=worker_class(job))
+        worker = _held["worker"]
+    try:
+        out = worker({"shard": [shard], "start": [start], "stop": [stop]})
+    finally:
+        with _held_lock:
+            if _held.get("token") == token:
+                timer = threading.Timer(IDLE_RELEASE_S, _release, args=(token,))
+                timer.daemon = True
+                _held["timer"] = timer
+                timer.start()
+    return bytes(out["payload"][0])
+
+
+def _release(token: str) -> None:
+    with _held_lock:
+        if _held.get("token") == token:
+            _held.clear()
+
+
 class StatisticsWorker(_Worker):
     """First pass: the per-batch moments of the pre-scaling values (merged in order by the driver)."""
 
@@ -121,7 +163,7 @@ class PredictWorker(_Worker):
         super().__init__(job)
         from scatd_core.predict import resolve_device
 
-        self.bundle.load_model(resolve_device(job.device), job.beta_mode)  # once per actor
+        self.bundle.load_model(resolve_device(job.device), job.beta_mode)  # once per process and pass
 
     def compute(self, shard: ad.AnnData, start: int) -> dict[str, np.ndarray]:
         return predict_shard(shard, self.bundle, self.inputs(shard, start), self.job)
@@ -186,7 +228,7 @@ def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> di
 
 class ExplainWorker(_Worker):
     """Integrated gradients of the explained cells of a shard: the attributor (model and
-    baseline) is built once per actor; the shard's calls are those one process makes on these
+    baseline) is built once per process and pass; the shard's calls are those one process makes on these
     rows (:func:`scatd_core.explain._explain.attribution_calls`), sent back for the driver to
     merge in order."""
 
@@ -264,7 +306,7 @@ def shard_raw(part: dict[str, np.ndarray]):
 
 class EmbedWorker(_Worker):
     """Foundation-model embeddings of a shard's cells, with the package's own ``embed`` (the
-    model is loaded once per actor: the backbone modules cache it until its files change).
+    model is loaded once per process and pass: the backbone modules cache it until its files change).
     Shards start on a :data:`~scatd_core.foundation._work.CHUNK_CELLS` boundary, so the cells
     go through the model in the batches one process forms."""
 
