@@ -323,3 +323,20 @@ def test_a_worker_error_is_one_clear_message(local_ray, small_bundles, tmp_path,
     wrapped = RayTaskError("PredictWorker", "Traceback (most recent call last): ...", boom).as_instanceof_cause()
     assert isinstance(wrapped, InputError) and str(wrapped) != str(boom)
     assert _run._worker_error(wrapped) is boom
+
+
+def test_the_app_keeps_its_ray_connection_from_run_to_run(local_ray, small_bundles, tmp_path):
+    """The app's runs share one connection, kept after each run: one user's run ending must not
+    disconnect another's still going, and the worker processes serve the next run."""
+    import ray
+
+    ray.shutdown()  # as on a server before its first large dataset (the session's instance is gone)
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
+    choice = scaleout.EngineChoice(True, None, 2, "test")
+    for token in ("first", "second"):
+        run = scaleout.predict_in_folder(ad.read_h5ad(path), bundle, tmp_path / "runs", token, choice,
+                                         batch_size=BATCH, shard_cells=1024)
+        assert ray.is_initialized(), "the app's Ray connection was closed after a run"
+        assert run.computed == 3
+        assert_same(run.adata, single_process(path, bundle))

@@ -22,7 +22,8 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys
-from scatd_core.scaleout._run import _ray, _require_backed, _run_pass, _workers, connect, disconnect
+from scatd_core.scaleout._run import (_ray, _require_backed, _run_pass, _workers, connect, disconnect,
+                                      stay_connected)
 from scatd_core.scaleout._shard import ExplainWorker, Job, shard_calls, shard_raw
 from scatd_core.scaleout._store import ShardStore, parts_dir, shard_name
 
@@ -188,6 +189,7 @@ def explain_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str,
         partial = path.with_suffix(".partial.h5ad")
         write_annotated(adata, partial)
         partial.replace(path)
+    stay_connected(choice.address)
     source = ad.read_h5ad(path, backed="r")
     try:
         result = explain_ray(source, bundle, output=folder / f"explain-{token}", address=choice.address,

@@ -6,6 +6,7 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -73,6 +74,18 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
                          "Check the address (`ray status` on the head node shows it, e.g. 10.0.0.5:6379), "
                          "or leave it out to start a local instance.") from None
     return True
+
+
+_app_connection = threading.Lock()
+
+
+def stay_connected(address: str | None) -> None:
+    """The app's connection to Ray: made by the first run of the server process (a local
+    instance, or the administrator's cluster) and kept until the server stops. Runs of several
+    users then share it (one run ending never disconnects another still going), and Ray's worker
+    processes, each already holding torch, serve run after run instead of starting anew."""
+    with _app_connection:
+        connect(address)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -482,6 +495,7 @@ def predict_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str,
         if not path.exists():
             write_annotated(adata, path)
         source = ad.read_h5ad(path, backed="r")
+    stay_connected(choice.address)
     run = predict_ray(source, bundle, folder / f"predict-{token}", address=choice.address, workers=choice.workers,
                       **kwargs)
     if source is not adata:
