@@ -305,8 +305,8 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
     except Exception as exc:  # from a worker (Ray's wrapper) or from on_result (the package's own)
         raise _worker_error(exc) from None
     finally:
-        for ref in running:  # stopped or failed: the shards still running are not needed
-            ray.cancel(ref)
+        for ref in running:  # stopped or failed: the shards still running are not needed. Their processes
+            ray.cancel(ref, force=True)  # are ended: an interrupt inside HDF5 or torch could leave one unusable
 
 
 @functools.lru_cache(maxsize=1)
