@@ -340,3 +340,27 @@ def test_the_app_keeps_its_ray_connection_from_run_to_run(local_ray, small_bundl
         assert ray.is_initialized(), "the app's Ray connection was closed after a run"
         assert run.computed == 3
         assert_same(run.adata, single_process(path, bundle))
+
+
+def test_gpu_passes_run_on_actors_with_the_same_result(local_ray, small_bundles, tmp_path, monkeypatch):
+    """A GPU pass runs each worker as an actor on one GPU for the pass (a reused task process would
+    stay on the GPU it first used). No GPU here: the actor path is run on CPUs, with the
+    statistics pass and the predict pass, and must give the single-process numbers."""
+    from scatd_core.scaleout import _run
+
+    monkeypatch.setattr(_run, "_on_actors", lambda resources: True)
+    bundle = small_bundles["vae_sf"][0]
+    path = write_cells(tmp_path / "emb.h5ad", 5_000, [f"f{i}" for i in range(40)], seed=6, dense=True)
+    run = scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
+                               shard_cells=1024, workers=2)
+    assert run.computed == 5 and (run.store.folder / "statistics.npz").exists()
+    assert_same(run.adata, single_process(path, bundle))
+    import psutil
+
+    def actors_alive() -> int:
+        return sum("ShardActor" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+    deadline = time.time() + 20
+    while actors_alive() and time.time() < deadline:  # ray.kill ends them asynchronously
+        time.sleep(0.2)
+    assert not actors_alive(), "the pass's actors outlived it"

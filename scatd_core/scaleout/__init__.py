@@ -4,8 +4,8 @@
 an administrator set ``[scaleout] address``) run :func:`predict_ray`: the cells of a backed
 h5ad are cut into shards of whole batches and :func:`scatd_core.predict.predict` runs on each
 in Ray tasks, ``workers`` at a time (each worker process opens the file and loads the model
-once per pass, and Ray keeps its processes from pass to pass, so only the first pass of a
-cluster pays for starting them). Dataset statistics (AdaIN, per-gene z-scores) come from a first distributed
+once per pass, and Ray keeps its processes from pass to pass, so only the first pass on a Ray
+instance pays for starting them; on GPUs, one actor per GPU for the pass). Dataset statistics (AdaIN, per-gene z-scores) come from a first distributed
 pass, merged in input order, so every number equals the single-process result. Each shard's
 results are written checksummed to ``<output>.parts/`` as they arrive: a run started again
 with the same output skips them, and a shard whose worker process was lost is run again on another.

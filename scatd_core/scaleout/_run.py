@@ -267,31 +267,67 @@ def _remote_args(device: str, ray) -> dict:
 
 def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, device: str,
               on_result: Callable[[int, bytes], None], phase: str, done_before: int, progress, should_stop) -> None:
-    """Run ``worker`` over the shards ``todo``: one Ray task per shard, ``n_workers`` at a time,
-    each result handed to ``on_result`` as it arrives (shards finish out of order).
+    """Run ``worker`` over the shards ``todo``, ``n_workers`` shards at a time, each result handed
+    to ``on_result`` as it arrives (shards finish out of order).
 
-    The job is put in the object store once. Ray keeps its worker processes from task to task,
-    and :func:`~scatd_core.scaleout._shard.run_shard` keeps the pass's worker (file and model) in
-    each of them, so the model is loaded once per process and pass. A task whose process was lost
-    is run again on another (:data:`MAX_RETRIES` times); an error raised by our code is not
-    retried (it would recur) and ends the pass with its message."""
+    On CPUs a shard is a Ray task. Ray keeps its worker processes from task to task, and
+    :func:`~scatd_core.scaleout._shard.run_shard` keeps the pass's worker (file and model) in
+    each of them, so a pass on a running Ray instance starts no process and loads the model once
+    per process. On GPUs each worker is an actor on one GPU for the pass
+    (:class:`~scatd_core.scaleout._shard.ShardActor`), ended with the pass. A shard whose process
+    was lost is run again (:data:`MAX_RETRIES` times); an error raised by our code is not retried
+    (it would recur) and ends the pass with its message."""
     total = len(shards)
     if progress is not None:
         progress(done_before / total, f"{phase} · {done_before} of {total} shards")
     if not todo:
         return
-    task = _shard_task(ray).options(name=worker.__name__, max_retries=MAX_RETRIES, retry_exceptions=False,
-                                    **_remote_args(device, ray))
-    job_ref, token = ray.put(job), uuid.uuid4().hex
+    job_ref = ray.put(job)
+    resources = _remote_args(device, ray)
+    if _on_actors(resources):
+        from scatd_core.scaleout._shard import ShardActor
+
+        actor_class = ray.remote(ShardActor).options(max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES,
+                                                     **resources)
+        free = [actor_class.remote(worker, job_ref) for _ in range(min(n_workers, len(todo)))]
+        actors = list(free)
+
+        def submit(i):
+            actor = free.pop()
+            return actor.run.remote(i, *shards[i]), actor
+
+        def finish(ref, actor, cancel):
+            free.append(actor)
+
+        def close():
+            for actor in actors:
+                ray.kill(actor)
+    else:
+        task = _shard_task(ray).options(name=worker.__name__, max_retries=MAX_RETRIES, retry_exceptions=False,
+                                        **resources)
+        token = uuid.uuid4().hex
+
+        def submit(i):
+            return task.remote(worker, job_ref, token, i, *shards[i]), None
+
+        def finish(ref, actor, cancel):
+            if cancel:  # its process is ended: an interrupt inside HDF5 or torch could leave it unusable
+                ray.cancel(ref, force=True)
+
+        def close():
+            pass
+
     waiting, running = list(todo), {}
     done = done_before
     try:
         while waiting or running:
             while waiting and len(running) < n_workers:
                 i = waiting.pop(0)
-                running[task.remote(worker, job_ref, token, i, *shards[i])] = i
+                ref, actor = submit(i)
+                running[ref] = (i, actor)
             ready, _ = ray.wait(list(running), num_returns=1)
-            i = running.pop(ready[0])
+            i, actor = running.pop(ready[0])
+            finish(ready[0], actor, cancel=False)
             on_result(i, ray.get(ready[0]))
             done += 1
             if progress is not None:
@@ -305,8 +341,14 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
     except Exception as exc:  # from a worker (Ray's wrapper) or from on_result (the package's own)
         raise _worker_error(exc) from None
     finally:
-        for ref in running:  # stopped or failed: the shards still running are not needed. Their processes
-            ray.cancel(ref, force=True)  # are ended: an interrupt inside HDF5 or torch could leave one unusable
+        for ref, (_i, actor) in running.items():  # stopped or failed: the shards still running are not needed
+            finish(ref, actor, cancel=True)
+        close()
+
+
+def _on_actors(resources: dict) -> bool:
+    """GPU passes run on actors (one per GPU, for the pass); CPU passes on reused task processes."""
+    return bool(resources.get("num_gpus"))
 
 
 @functools.lru_cache(maxsize=1)

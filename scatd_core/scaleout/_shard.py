@@ -143,6 +143,19 @@ def run_shard(worker_class: type, job: Job, token: str, shard: int, start: int, 
     return bytes(out["payload"][0])
 
 
+class ShardActor:
+    """One GPU worker of a pass (a Ray actor on one GPU): the pass's worker built once, shard after
+    shard. GPU passes use actors, not :func:`run_shard`'s reused task processes: a process that
+    has started CUDA stays on the GPU it started on, and Ray hands a reused process any GPU."""
+
+    def __init__(self, worker_class: type, job: Job):
+        self.worker = worker_class(job)
+
+    def run(self, shard: int, start: int, stop: int) -> bytes:
+        out = self.worker({"shard": [shard], "start": [start], "stop": [stop]})
+        return bytes(out["payload"][0])
+
+
 def _release(token: str) -> None:
     with _held_lock:
         if _held.get("token") == token:
