@@ -110,6 +110,7 @@ class _CountingWorker:
     """Stands for a pass's worker (file opened, model loaded): counts how often one is built."""
 
     built: list = []
+    released: list = []
 
     def __init__(self, job):
         self.job = job
@@ -117,6 +118,9 @@ class _CountingWorker:
 
     def __call__(self, batch):
         return {"shard": batch["shard"], "payload": np.array([f"{self.job}:{batch['start'][0]}".encode()], dtype=object)}
+
+    def release(self):  # e.g. EmbedWorker: the backbone modules' cached models
+        _CountingWorker.released.append(self.job)
 
 
 def test_a_worker_process_keeps_one_pass_worker_and_frees_it_when_idle(monkeypatch):
@@ -128,6 +132,7 @@ def test_a_worker_process_keeps_one_pass_worker_and_frees_it_when_idle(monkeypat
 
     monkeypatch.setattr(_shard, "IDLE_RELEASE_S", 0.2)
     _CountingWorker.built.clear()
+    _CountingWorker.released.clear()
     _shard._release(_shard._held.get("token"))
     assert _shard.run_shard(_CountingWorker, "job-a", "pass-1", 0, 0, 10) == b"job-a:0"
     assert _shard.run_shard(_CountingWorker, "job-a", "pass-1", 1, 10, 20) == b"job-a:10"
@@ -135,7 +140,7 @@ def test_a_worker_process_keeps_one_pass_worker_and_frees_it_when_idle(monkeypat
     assert _shard.run_shard(_CountingWorker, "job-b", "pass-2", 0, 0, 10) == b"job-b:0"
     assert _CountingWorker.built == ["job-a", "job-b"] and _shard._held["token"] == "pass-2"
     time.sleep(0.6)
-    assert "worker" not in _shard._held  # idle: the file and model are let go
+    assert "worker" not in _shard._held and _CountingWorker.released == ["job-b"]  # idle: file and model let go
     assert _shard.run_shard(_CountingWorker, "job-b", "pass-2", 1, 10, 20) == b"job-b:10"
     assert _CountingWorker.built == ["job-a", "job-b", "job-b"]
     _shard._release("pass-2")

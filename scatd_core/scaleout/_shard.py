@@ -2,8 +2,10 @@
 
 Plain Python (no Ray here): :class:`StatisticsWorker`, :class:`PredictWorker` and the others
 are the stateful workers that :func:`run_shard` (a Ray task) keeps in each worker process for the
-pass it belongs to: each opens the file and loads the model once, then handles shard after shard. Both call the package's own code on an AnnData of
-the shard's rows: :class:`~scatd_core.inputs.ModelInput` and :func:`scatd_core.predict.predict`,
+pass it belongs to: each opens the file and loads the model once, then handles shard after
+shard (on GPUs, :class:`ShardActor` holds one for the pass). They call the package's own code on
+an AnnData of the shard's rows: :class:`~scatd_core.inputs.ModelInput` and
+:func:`scatd_core.predict.predict`,
 with the dataset statistics of the whole dataset, so a shard's numbers are those one pass would
 give (shards start on a batch boundary: the same batches go through the model).
 """
@@ -157,9 +159,17 @@ class ShardActor:
 
 
 def _release(token: str) -> None:
+    import gc
+
     with _held_lock:
-        if _held.get("token") == token:
-            _held.clear()
+        if _held.get("token") != token:
+            return
+        worker = _held.pop("worker", None)
+        _held.clear()
+        if hasattr(worker, "release"):
+            worker.release()
+        del worker
+        gc.collect()
 
 
 class StatisticsWorker(_Worker):
@@ -341,3 +351,12 @@ class EmbedWorker(_Worker):
                                                  batch_tokens=e["batch_tokens"], lengths=lengths, **e["options"])
         return {"embedding": new, "lengths": np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64),
                 "info": np.asarray(json.dumps(json_safe(info)))}
+
+    def release(self) -> None:
+        """Idle: the backbone modules' cached models (hundreds of MB) go too."""
+        import sys
+
+        for name in ("scatd_core.foundation.scfoundation", "scatd_core.foundation.geneformer"):
+            module = sys.modules.get(name)
+            if module is not None:
+                module._MODELS.clear()
