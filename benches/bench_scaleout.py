@@ -107,7 +107,7 @@ class WorkerMemory(threading.Thread):
         while not self.stop.is_set():
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 title = " ".join(proc.info["cmdline"] or [])
-                if title.startswith("ray::") and ("Worker" in title or "IDLE" in title):  # Ray's task processes
+                if title.startswith("ray::") and any(w in title for w in ("Worker", "IDLE", "ShardActor")):
                     self.peak = max(self.peak, vmhwm_mb(proc.info["pid"]))
             self.stop.wait(0.5)
 

@@ -187,10 +187,10 @@ def predict_ray(
     gene IDs annotated as for one machine. The cells are cut into shards of whole batches; a
     first pass computes the dataset statistics (AdaIN, per-gene z-scores) when the model needs
     them, merged in input order exactly as one pass merges its batches; the second pass runs
-    ``predict`` on every shard in Ray tasks, each worker process opening the file and loading
-    the model once. Each shard's results go to ``<output>.parts/`` (checksummed) as they arrive; a run
-    started again with the same ``output`` skips the shards already there. A worker lost mid-run
-    is replaced and its shard run again (:data:`MAX_RETRIES`).
+    ``predict`` on every shard in Ray tasks (:func:`_run_pass`), each worker process opening the
+    file and loading the model once per pass. Each shard's results go to ``<output>.parts/``
+    (checksummed) as they arrive; a run started again with the same ``output`` skips the shards
+    already there. A shard whose worker process was lost is run again (:data:`MAX_RETRIES`).
 
     Sets the fields :func:`~scatd_core.predict.predict` sets, with the same values (the latent
     ``obsm`` only if ``load_latent``; :meth:`ScaleoutRun.latent_blocks` streams it otherwise),
