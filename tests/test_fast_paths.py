@@ -88,6 +88,20 @@ def test_sparse_first_layer_same_numbers_whatever_the_threads():
         assert torch.equal(one, sparse_linear(batch_tensor(x, torch.device("cpu")), w, b, threads=threads))
 
 
+def test_sparse_first_layer_same_numbers_whatever_the_block_width(monkeypatch):
+    """The output-column block width is a speed setting only: every output sums the same genes
+    in the same order."""
+    from scatd_core.nn import sparse
+
+    x = sp.random(96, 300, density=0.1, format="csr", dtype=np.float32, random_state=3)
+    w, b = torch.randn(300, 1100), torch.randn(1100)
+    results = []
+    for width in (8, 256, 1024, 4096):
+        monkeypatch.setattr(sparse, "BLOCK_COLUMNS", width)
+        results.append(sparse_linear(batch_tensor(x, torch.device("cpu")), w, b, threads=2))
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
 # ------------------------------------------------------------------------ fused / folded layers
 
 SMALL_ARCH = {"dist_vae": ([N_GENES, 64, 40], 16), "vae_sf": ([40, 30, 20, 14], 11), "vae_gf": ([24, 30, 20, 12], 9)}
