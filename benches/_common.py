@@ -111,3 +111,29 @@ def cpu_seconds(pid: int | str = "self") -> float:
     """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants_cpu_seconds(name_prefix: str, root: int | None = None) -> float:
+    """CPU seconds used so far by the live descendants of ``root`` (default: this process) whose
+    command name starts with ``name_prefix`` (e.g. ``"chrom"`` for a browser Playwright started)."""
+    root = os.getpid() if root is None else root
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = text.split("(", 1)[1].rsplit(")", 1)[0]
+            fields = text.rsplit(")", 1)[1].split()
+            stats[int(entry.name)] = (int(fields[1]), name, int(fields[11]) + int(fields[12]))
+    total = 0
+    for pid, (ppid, name, ticks) in stats.items():
+        if not name.startswith(name_prefix):
+            continue
+        parent = ppid
+        while parent > 1 and parent != root:
+            parent = stats.get(parent, (0,))[0]
+        if parent == root:
+            total += ticks
+    return total / os.sysconf("SC_CLK_TCK")

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
-from _common import cpu_seconds, gene_names, load_average, make_bundle, sparse_counts  # noqa: E402
+from _common import cpu_seconds, descendants_cpu_seconds, gene_names, load_average, make_bundle, sparse_counts  # noqa: E402
 
 N_CELLS = 10_000
 STEPS = ("upload", "model", "predict", "cells", "report")
@@ -80,75 +80,73 @@ def walk(url: str, data: Path, server_pid: int) -> dict:
 
     waits: dict[str, float] = {}
     cpu: dict[str, float] = {}
+    browser_cpu: dict[str, float] = {}
+
+    def begin() -> tuple[float, float, float]:
+        return time.perf_counter(), cpu_seconds(server_pid), descendants_cpu_seconds("chrom")
+
+    def end(step: str, start: tuple[float, float, float]) -> None:
+        waits[step] = time.perf_counter() - start[0]
+        cpu[step] = cpu_seconds(server_pid) - start[1]
+        browser_cpu[step] = descendants_cpu_seconds("chrom") - start[2]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
         page.set_default_timeout(300_000)
         try:
-            t0 = time.perf_counter()
-            c0 = cpu_seconds(server_pid)
+            t0 = begin()
             page.goto(url)
             page.get_by_role("heading", name="scATD Studio").first.wait_for()
-            waits["open app"] = time.perf_counter() - t0
-            cpu["open app"] = cpu_seconds(server_pid) - c0
+            end("open app", t0)
             _idle(page)
 
-            t0 = time.perf_counter()
-            c0 = cpu_seconds(server_pid)
+            t0 = begin()
             nav(page, "Data")
             page.locator("input[type='file']").first.wait_for(state="attached")
             page.locator("input[type='file']").first.set_input_files(str(data))
             page.get_by_text("Quality control").wait_for()
             _plots(page, 2)
-            waits["upload"] = time.perf_counter() - t0
-            cpu["upload"] = cpu_seconds(server_pid) - c0
+            end("upload", t0)
             _idle(page)
             _no_exception(page)
 
-            t0 = time.perf_counter()
-            c0 = cpu_seconds(server_pid)
+            t0 = begin()
             nav(page, "Model")
             page.get_by_text("Coverage is good").wait_for()
-            waits["model"] = time.perf_counter() - t0
-            cpu["model"] = cpu_seconds(server_pid) - c0
+            end("model", t0)
             _idle(page)
 
-            t0 = time.perf_counter()
-            c0 = cpu_seconds(server_pid)
+            t0 = begin()
             nav(page, "Predict")
             page.get_by_role("button", name="Run prediction").click()
             page.get_by_text(f"Predicted {N_CELLS:,} of {N_CELLS:,} cells").wait_for()
             _plots(page, 1)
-            waits["predict"] = time.perf_counter() - t0
-            cpu["predict"] = cpu_seconds(server_pid) - c0
+            end("predict", t0)
             _idle(page)
             _no_exception(page)
 
-            t0 = time.perf_counter()
-            c0 = cpu_seconds(server_pid)
+            t0 = begin()
             nav(page, "Cells")
             page.get_by_text("Leiden clusters").first.wait_for()
             _plots(page, 5)  # UMAP, groups, ROC, PR, confusion
-            waits["cells"] = time.perf_counter() - t0
-            cpu["cells"] = cpu_seconds(server_pid) - c0
+            end("cells", t0)
             _idle(page)
             _no_exception(page)
 
-            t0 = time.perf_counter()
-            c0 = cpu_seconds(server_pid)
+            t0 = begin()
             nav(page, "Report")
             with page.expect_download() as info:
                 page.get_by_role("button", name="report.html").click()
             target = Path(tempfile.mkdtemp()) / "report.html"
             info.value.save_as(target)
-            waits["report"] = time.perf_counter() - t0
-            cpu["report"] = cpu_seconds(server_pid) - c0
+            end("report", t0)
             assert target.stat().st_size > 10_000
             _no_exception(page)
         finally:
             browser.close()
     waits["server_peak_rss_mb"] = _peak_rss_mb(server_pid)
     waits["server_cpu_s"] = cpu
+    waits["browser_cpu_s"] = browser_cpu
     return waits
 
 
@@ -172,6 +170,7 @@ def run_once(home: Path, data: Path, walks: int = 2) -> list[dict]:
             waits["walk"] = "first user, fresh server" if i == 0 else "next user"
             waits["total_waiting_s"] = sum(waits[s] for s in STEPS)
             waits["total_server_cpu_s"] = sum(waits["server_cpu_s"][s] for s in STEPS)
+            waits["total_browser_cpu_s"] = sum(waits["browser_cpu_s"][s] for s in STEPS)
             waits["load"] = load_average()
             rows.append(waits)
             print(json.dumps(waits), file=sys.stderr, flush=True)
@@ -202,13 +201,13 @@ def main() -> int:
             rows += run_once(home, data, args.walks)
     print("Seconds of waiting per step (the server's CPU seconds in that step, all threads, in brackets)")
     print()
-    print("| walk | " + " | ".join(STEPS) + " | **total waiting s** | server CPU s | open app s | server peak RSS MB "
-          "| load |")
-    print("|---|" + "---:|" * len(STEPS) + "---:|---:|---:|---:|---|")
+    print("| walk | " + " | ".join(STEPS) + " | **total waiting s** | server CPU s | browser CPU s | open app s "
+          "| server peak RSS MB | load |")
+    print("|---|" + "---:|" * len(STEPS) + "---:|---:|---:|---:|---:|---|")
     for r in rows:
         cpu = r["server_cpu_s"]
         print(f"| {r['walk']} | " + " | ".join(f"{r[s]:.1f} ({cpu[s]:.1f})" for s in STEPS)
-              + f" | **{r['total_waiting_s']:.1f}** | {r['total_server_cpu_s']:.1f} | "
+              + f" | **{r['total_waiting_s']:.1f}** | {r['total_server_cpu_s']:.1f} | {r['total_browser_cpu_s']:.1f} | "
               f"{r['open app']:.1f} | {r['server_peak_rss_mb']:,.0f} | {r['load'].split(' on')[0]} |")
     return 0
 

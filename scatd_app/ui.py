@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import functools
 import html
 import json
 import re
@@ -553,6 +554,51 @@ def sidebar(container, user=None) -> None:
         if user is not None and auth.mode() != "none":
             st.caption(f"Logged in as {md(user.name)}" + (" (admin)" if user.admin else ""))
             st.button("Log out", key="btn_logout", on_click=auth.logout)
+        preload_elements()
+
+
+#: Streamlit's page elements that the browser loads only when a page first shows one (each a
+#: JavaScript module of Streamlit's front end, ``static/js/<Name>.<hash>.js``), in the order the
+#: user's path needs them: the Data page's uploader, its QC charts (plotly.js, 4.7 MB), tables,
+#: then the Predict, Cells and Report pages' controls.
+PRELOADED_ELEMENTS = ("FileUploader", "Radio", "Spinner", "Metric", "Json", "Checkbox", "PlotlyChart",
+                      "Selectbox", "DataFrame", "Slider", "NumberInput", "Progress", "ButtonGroup",
+                      "DownloadButton", "Multiselect", "TextInput")
+
+
+@functools.cache
+def element_modules() -> tuple[str, ...]:
+    """File names of :data:`PRELOADED_ELEMENTS`' modules in the installed Streamlit (an element
+    whose module is not found, e.g. renamed by a newer Streamlit, is left out)."""
+    import streamlit
+
+    folder = Path(streamlit.__file__).parent / "static" / "static" / "js"
+    names = []
+    for element in PRELOADED_ELEMENTS:
+        found = sorted(folder.glob(f"{element}.*.js"))
+        if len(found) == 1 and re.fullmatch(r"[A-Za-z]+\.[\w-]+\.js", found[0].name):
+            names.append(found[0].name)
+    return tuple(names)
+
+
+def preload_elements() -> None:
+    """Let the browser fetch and start the code of the elements the pages show while the user is
+    still on the first page, instead of when a page first shows one: plotly.js alone is 4.7 MB,
+    fetched and compiled when the first chart (the Data page's QC) is drawn. The modules are
+    imported from the folder of Streamlit's own entry module, so its front end reuses them, one
+    after the other in the order the pages need them; nothing is shown. Measured effect in
+    ``benches/README.md`` (upload → report in a real browser)."""
+    names = element_modules()
+    if not names:
+        return
+    script = (
+        "<script>(() => {"
+        "const entry = document.querySelector('script[type=module][src*=\"/static/js/index.\"]');"
+        "if (!entry || window.__scatdPreloaded) return; window.__scatdPreloaded = true;"
+        f"(async () => {{ for (const name of {json.dumps(list(names))}) "
+        "{ try { await import(new URL(name, entry.src).href); } catch (e) { /* shown when used */ } } })();"
+        "})();</script>")
+    st.html(script, unsafe_allow_javascript=True)
 
 
 def _card_cell(bundle, evaluation: str) -> str | None:

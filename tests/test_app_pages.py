@@ -224,6 +224,26 @@ def test_csv_upload_works(with_library):
     assert metric(at, "Cells") == "40" and at.session_state[state.LABEL_COLUMN] == "response"
 
 
+def test_the_first_page_has_the_browser_load_the_later_pages_elements(empty_library):
+    """The sidebar's script imports Streamlit's own modules of the elements the pages show
+    (uploader, charts, tables...) while the user is on the first page; only names of files in
+    the installed Streamlit's front end, nothing from the user."""
+    import json
+    import re
+
+    import streamlit
+
+    names = ui.element_modules()
+    assert any(n.startswith("PlotlyChart.") for n in names) and any(n.startswith("FileUploader.") for n in names)
+    folder = Path(streamlit.__file__).parent / "static" / "static" / "js"
+    assert all((folder / n).is_file() and re.fullmatch(r"[A-Za-z]+\.[\w-]+\.js", n) for n in names)
+    at = start()
+    scripts = [h.value for h in at.sidebar.html]
+    assert len(scripts) == 1 and json.dumps(list(names)) in scripts[0]
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))
+    assert [h.value for h in at.sidebar.html] == scripts  # the same script on every page
+
+
 def test_no_model_installed_says_how_to_get_one(empty_library):
     at = start()
     assert "No real drug model is installed" in text(at.info)

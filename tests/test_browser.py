@@ -170,6 +170,10 @@ def test_upload_predict_umap_download(server, tmp_path):
             page.get_by_role("heading", name="scATD Studio").first.wait_for()
             _idle(page)
             _shot(page, "0_overview")
+            # the first page already has the browser load the code of the later pages' elements
+            # (plotly.js for the charts), from the same place Streamlit's own front end loads it
+            page.wait_for_function("() => performance.getEntriesByType('resource').some("
+                                   "e => /\\/static\\/js\\/PlotlyChart\\.[^/]+\\.js$/.test(e.name))", timeout=30_000)
 
             _go(page, "Data", "1 · Data")
             page.get_by_text("Up to 500 MB per file").wait_for()  # the configured limit is shown
