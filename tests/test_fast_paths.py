@@ -102,6 +102,22 @@ def test_sparse_first_layer_same_numbers_whatever_the_block_width(monkeypatch):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+def test_sparse_first_layer_adds_repeated_entries_of_a_cell():
+    """A gene column that names the same cell twice (unsummed duplicates) adds both values, also
+    where the cells are taken four at a time."""
+    from scatd_core.nn.sparse import csc_tensor
+
+    # gene 0: cells 1, 1, 2, 1, 3 (three entries of cell 1); gene 1: cell 0 twice
+    indptr = np.array([0, 5, 7], dtype=np.int64)
+    indices = np.array([1, 1, 2, 1, 3, 0, 0], dtype=np.int64)
+    data = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 0.5, 0.25], dtype=np.float32)
+    w, b = torch.randn(2, 40), torch.zeros(40)
+    dense = np.zeros((4, 2), dtype=np.float32)
+    np.add.at(dense, (indices, np.repeat([0, 1], [5, 2])), data)
+    got = sparse_linear(csc_tensor(indptr, indices, data, (4, 2)), w, b, threads=1)
+    np.testing.assert_allclose(got.numpy(), dense @ w.numpy(), rtol=1e-6, atol=1e-6)
+
+
 # ------------------------------------------------------------------------ fused / folded layers
 
 SMALL_ARCH = {"dist_vae": ([N_GENES, 64, 40], 16), "vae_sf": ([40, 30, 20, 14], 11), "vae_gf": ([24, 30, 20, 12], 9)}
