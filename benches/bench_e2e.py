@@ -22,7 +22,8 @@ loads the model and, in the background, the numba kernels, while the user upload
 as the next user of a server that is up. The streamlit process's peak RSS (VmHWM) is read from
 /proc after each walk, and its CPU seconds (user + system, all threads) around each step: on a
 shared machine the waiting includes time the server spent waiting for a core, the CPU seconds
-do not.
+do not. The browser's CPU seconds (every Chromium process Playwright started) are read the same
+way: here the browser runs on the server's own cores, which a lab deployment does not.
 
     python benches/bench_e2e.py               # one server, two walks; prints the breakdown and totals
     python benches/bench_e2e.py --servers 3   # three fresh servers
