@@ -134,7 +134,7 @@ def run_shard(worker_class: type, job: Job, token: str, shard: int, start: int, 
             _held.update(token=token, worker=worker_class(job))
         worker = _held["worker"]
     try:
-        out = worker({"shard": [shard], "start": [start], "stop": [stop]})
+        return _one_shard(worker, shard, start, stop)
     finally:
         with _held_lock:
             if _held.get("token") == token:
@@ -142,6 +142,11 @@ def run_shard(worker_class: type, job: Job, token: str, shard: int, start: int, 
                 timer.daemon = True
                 _held["timer"] = timer
                 timer.start()
+
+
+def _one_shard(worker, shard: int, start: int, stop: int) -> bytes:
+    """A pass's worker on the rows ``start:stop``: the shard's serialised result."""
+    out = worker({"shard": [shard], "start": [start], "stop": [stop]})
     return bytes(out["payload"][0])
 
 
@@ -154,8 +159,7 @@ class ShardActor:
         self.worker = worker_class(job)
 
     def run(self, shard: int, start: int, stop: int) -> bytes:
-        out = self.worker({"shard": [shard], "start": [start], "stop": [stop]})
-        return bytes(out["payload"][0])
+        return _one_shard(self.worker, shard, start, stop)
 
 
 def _release(token: str) -> None:
