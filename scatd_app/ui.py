@@ -148,8 +148,9 @@ def device_text() -> str:
 @st.cache_resource(show_spinner=False)
 def start_up() -> threading.Thread:
     """Once per server: finish interrupted library writes, then compile (or load from numba's disk
-    cache) the numba kernels of the QC metrics (scanpy), the sparse first layer and umap-learn in
-    the background, so the first upload, prediction and UMAP do not wait for them.
+    cache) the numba kernels of the QC metrics (scanpy), the sparse first layer and umap-learn,
+    and build a tiny model the way a model is loaded (torch's one-off imports), in the
+    background, so the first upload, prediction and UMAP do not wait for them.
 
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
@@ -167,10 +168,11 @@ def start_up() -> threading.Thread:
     import umap  # noqa: F401
 
     from scatd_core import embed, preprocess
-    from scatd_core.nn import sparse
+    from scatd_core.nn import models, sparse
 
     def warm_up() -> None:
         preprocess.qc_metrics(ad.AnnData(np.ones((4, 3), dtype=np.float32)))
+        models.warm_up()
         sparse.warm_up()
         embed.warm_up()
 

@@ -120,3 +120,30 @@ def test_mean_path_is_deterministic_and_sample_path_is_not():
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     assert torch.equal(model(x, sample=True, generator=g1), model(x, sample=True, generator=g2))
     assert not torch.equal(model(x), model(x, sample=True))
+
+
+def test_model_warm_up_leaves_nothing_for_the_first_model_load_to_import(tmp_path):
+    """The app's start-up builds a tiny model the way bundles are loaded (meta device), so the
+    first real load in a process imports nothing more from torch (its meta-device kernels import
+    torch._dynamo on first use, ~2 s of a server's first prediction)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from _app_helpers import make_bundle, make_dataset
+
+    make_bundle(tmp_path / "b", make_dataset(60, seed=0), steps=2)
+    code = (
+        "import sys\n"
+        "from scatd_core.bundle import load_bundle\n"
+        "from scatd_core.nn import models\n"
+        "before = {m for m in sys.modules if m.startswith('torch')}\n"
+        "models.warm_up()\n"
+        "warmed = {m for m in sys.modules if m.startswith('torch')}\n"
+        f"load_bundle({str(tmp_path / 'b')!r}).load_model('cpu')\n"
+        "new = sorted(m for m in sys.modules if m.startswith('torch') and m not in warmed)\n"
+        "assert len(warmed - before) > 10, 'the warm-up imported nothing: nothing to test'\n"
+        "assert not new, new[:10]\n")
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -362,3 +362,15 @@ def build_model(arch: Architecture):
 
         return EnsembleClassifier(arch)
     return DrugClassifier(arch) if arch.kind == "classifier" else ResVAE(arch)
+
+
+def warm_up() -> None:
+    """Build a tiny classifier on the meta device, as :meth:`~scatd_core.bundle.Bundle.load_model`
+    builds every model before loading its weights by assignment. torch runs meta-device
+    initialisers through its Python reference kernels, whose first call in a process imports
+    ``torch._dynamo`` (~2 s); done here (e.g. in a background thread at start-up), a server's
+    first prediction does not wait for it."""
+    import torch
+
+    with torch.device("meta"):
+        build_model(Architecture("dist_vae", [8, 6, 4], 4, None, 4, 2))
