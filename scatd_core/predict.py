@@ -17,6 +17,7 @@ import contextlib
 import datetime as _dt
 import json
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import anndata as ad
@@ -31,7 +32,7 @@ from scatd_core.genes import LOW_COVERAGE_FRACTION
 from scatd_core.inputs import REASON_TEXT, ModelInput
 from scatd_core.nn.sparse import batch_tensor
 
-__all__ = ["predict", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
+__all__ = ["predict", "score", "store", "Scores", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
            "auto_batch_size", "estimate_seconds", "Cancelled", "THRESHOLD_SOURCES"]
 
 #: Fewer usable cells than this make dataset statistics (AdaIN, per-gene z-scores) unreliable.
@@ -305,6 +306,52 @@ def predict(
     _check_args(bundle, mode, n_samples, batch_size, adata)
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
+    scores = score(adata, bundle, mask=mask, inputs=inputs, mode=mode, n_samples=n_samples, seed=seed,
+                   device=device, batch_size=batch_size, beta_mode=beta_mode, progress=progress,
+                   should_stop=should_stop)
+    store(adata, bundle, scores, threshold=threshold, threshold_source=threshold_source, key_added=key_added)
+    return adata if copy else None
+
+
+@dataclass
+class Scores:
+    """A prediction computed but not yet written into its AnnData: what :func:`score` returns and
+    :func:`store` writes (:func:`predict` is the two in a row). Lets the app compute a prediction
+    in the background and write it into the session's data only when the user asks for it."""
+
+    n_obs: int
+    mask: np.ndarray | str | None      # as given (a column name is recorded as such)
+    mask_array: np.ndarray | None
+    inputs: ModelInput
+    probs: np.ndarray
+    sds: np.ndarray | None
+    latent: np.ndarray
+    precision: str
+    lowered_to: int | None
+    params: dict
+    members: int
+    seconds: float
+    run_at: str
+
+
+def score(
+    adata: ad.AnnData,
+    bundle,
+    *,
+    mask: np.ndarray | str | None = None,
+    inputs: ModelInput | None = None,
+    mode: str = "mean",
+    n_samples: int = 50,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int | None = None,
+    beta_mode: str | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Scores:
+    """The computation of :func:`predict` (same parameters), without writing anything into
+    ``adata``; :func:`store` writes the result."""
+    _check_args(bundle, mode, n_samples, batch_size, adata)
     mask_array = _mask_of(adata, mask)
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -316,6 +363,22 @@ def predict(
     probs, sds, latent, precision, lowered_to = _score(model, inputs, bundle.positive_index, mode, n_samples,
                                                        seed, dev, progress, should_stop)
     inputs._require_some()
+    params = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
+              "device": device_description(dev), "beta_mode": beta_mode}
+    return Scores(n_obs=adata.n_obs, mask=mask, mask_array=mask_array, inputs=inputs, probs=probs, sds=sds,
+                  latent=latent, precision=precision, lowered_to=lowered_to, params=params,
+                  members=model.arch.n_members, seconds=round(time.perf_counter() - t0, 3),
+                  run_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None = None,
+          threshold_source: str | None = None, key_added: str | None = None) -> None:
+    """Write ``scores`` (from :func:`score` on this ``adata`` and ``bundle``) into ``adata``: the
+    fields :func:`predict` documents, the calls at ``threshold`` (default: the bundle's)."""
+    if scores.n_obs != adata.n_obs:
+        raise ValueError("the scores were computed for another dataset")
+    inputs, mask_array, mode = scores.inputs, scores.mask_array, scores.params["mode"]
+    probs, sds = scores.probs.copy(), None if scores.sds is None else scores.sds.copy()
     scored = inputs.usable & np.isfinite(probs)
     bad_output = int((inputs.usable & ~scored).sum())
     probs[~scored] = np.nan
@@ -329,23 +392,25 @@ def predict(
     elif keys.prob_sd in adata.obs:
         del adata.obs[keys.prob_sd]
     adata.obs[keys.scored] = scored
-    adata.obsm[keys.latent] = latent
+    adata.obsm[keys.latent] = scores.latent.copy()
     not_scored = inputs.not_scored()
     not_scored.pop("filtered", None)
     if bad_output:
         not_scored["non_finite_output"] = bad_output
+    mask = scores.mask
+    beta_mode = scores.params["beta_mode"]
     adata.uns[keys.run] = {
         "scatd_version": __version__,
-        "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "run_at": scores.run_at,
+        "seconds": scores.seconds,
         "model": _model_record(bundle),
         "params": {
-            "mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
+            "mode": mode, "n_samples": scores.params["n_samples"], "seed": scores.params["seed"],
             "prob_resistant_sd": ("over the draws" if mode == "sample" else
-                                  f"over the {model.arch.n_members} ensemble members" if sds is not None else "none"),
-            "device": device_description(dev), "batch_size": int(inputs.batch_size), "precision": precision,
+                                  f"over the {scores.members} ensemble members" if sds is not None else "none"),
+            "device": scores.params["device"], "batch_size": int(inputs.batch_size), "precision": scores.precision,
             # set when the device ran out of memory and the batch was split (the run then went on)
-            "batch_size_lowered_to": lowered_to,
+            "batch_size_lowered_to": scores.lowered_to,
             "input_transform": inputs.transform,
             "beta_mode": beta_mode or bundle.manifest.get("beta_mode", "separate"),
             "adain": bundle.input_kind == "embedding", "log_normalised": bool(inputs.log_normalise),
@@ -364,7 +429,6 @@ def predict(
     adata.obs[keys.label] = _calls(probs, scored, filtered, thr, bundle.positive_label, bundle.negative_label)
     set_threshold(adata, thr, threshold_source or ("model default" if threshold is None else "user"),
                   key_added=key_added)
-    return adata if copy else None
 
 
 def _model_record(bundle) -> dict:
