@@ -150,4 +150,6 @@ with st.expander("Foundation models on this server (scFoundation for VAE_sf, Gen
 
 st.divider()
 if ready:
+    # so that Run prediction finds it done or under way (the Predict page's bundle object: its model is loaded once)
+    ui.start_prediction_ahead(adata, ui.current_bundle())
     ui.link("Predict", "Next: run the prediction", ":material/arrow_forward:")

@@ -6,7 +6,7 @@ from scatd_app import jobs, session, state, ui
 from scatd_core import foundation, pl, scaleout
 from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
-from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, summary
+from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, store, summary
 
 ss = st.session_state
 st.title("3 · Predict")
@@ -36,9 +36,8 @@ with st.container(border=True):
         st.badge("demo (simulated data)", color="orange")
 
 # ------------------------------------------------------------------ settings
-ss.setdefault("predict_mode", "mean")
-ss.setdefault("predict_samples", 50)
-ss.setdefault("predict_seed", 0)
+for key, value in ui.PREDICT_DEFAULTS.items():
+    ss.setdefault(key, value)
 left, mid, right = st.columns(3)
 mode = left.radio("Mode", ["mean", "sample"], key="predict_mode", horizontal=True,
                   format_func={"mean": "Deterministic (latent mean)", "sample": "Monte-Carlo (uncertainty)"}.get,
@@ -46,7 +45,7 @@ mode = left.radio("Mode", ["mean", "sample"], key="predict_mode", horizontal=Tru
                        "answer. Monte-Carlo draws latent samples and reports the mean and sd of P(resistant).")
 n_samples = mid.slider("Samples per cell", 5, 200, key="predict_samples", step=5, disabled=mode != "sample")
 seed = right.number_input("Seed", min_value=0, step=1, key="predict_seed", disabled=mode != "sample")
-settings = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed)}
+settings = ui.predict_settings()
 token = ui.prediction_token(bundle, settings)
 current = state.prediction_current(token)
 engine = scaleout.engine_for(adata.n_obs)
@@ -56,27 +55,47 @@ if not current:
     st.caption(f"Estimated time: about {max(1, round(estimate)):,} s on {ui.device_text()}.")
     if engine.reason:
         st.info(ui.md(engine.reason), icon=":material/hub:" if engine.use_ray else ":material/info:")
+ahead_note = st.empty()
+AHEAD_HELP = ("Nothing is written into your data before you click. The background run gives way as soon as another "
+              "computation waits for the server, and stops when you change the data, the QC filter, the model or "
+              "these settings.")
 
 # ------------------------------------------------------------------ run
 if ss.get(state.PREDICT_RUNNING):  # the previous run did not finish: Cancel, or the page was left
     ss[state.PREDICT_RUNNING] = False
+    ui.decline_prediction_ahead(token)  # and not computed again in the background on the user's behalf
     st.info("The prediction was stopped before it finished; nothing was changed.", icon=":material/block:")
 
-if not current and st.button("Run prediction", type="primary", icon=":material/play_arrow:", key="btn_run_predict"):
+clicked = not current and st.button("Run prediction", type="primary", icon=":material/play_arrow:",
+                                    key="btn_run_predict")
+if not current and not clicked:
+    ui.start_prediction_ahead(adata, bundle)  # while the settings are read; nothing is written until the click
+    ahead = ui.prediction_ahead(token)
+    if ahead is not None and ahead.future.done():
+        ahead_note.caption("Computed in the background while you chose the model: Run prediction shows the "
+                           "results at once.", help=AHEAD_HELP)
+    elif ahead is not None:
+        ahead_note.caption(f"Computing in the background since the data and model were ready ({ahead.fraction:.0%} "
+                           "done): Run prediction shows the results as soon as they are complete.", help=AHEAD_HELP)
+if clicked:
     bar = st.progress(0.0, text="Preparing the model input…")
     st.button("Cancel", icon=":material/stop:", key="btn_cancel_predict", help="Stops the run; nothing is changed.")
     ss[state.PREDICT_RUNNING] = True
     try:
+        scores = ui.take_prediction_ahead(token, bar)  # computed ahead for these very settings, if it was
         state.invalidate("prediction")
-        with jobs.computing("the prediction"):
-            show = with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
-            run_args = dict(mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
-                            progress=show)
-            if engine.use_ray:
-                scaleout.predict_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
-                                           **run_args)
-            else:
-                predict(adata, bundle, inputs=ui.model_inputs(adata, bundle), **run_args)
+        if scores is not None:
+            store(adata, bundle, scores)
+        else:
+            with jobs.computing("the prediction"):
+                show = with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+                run_args = dict(mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
+                                progress=show)
+                if engine.use_ray:
+                    scaleout.predict_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
+                                               **run_args)
+                else:
+                    predict(adata, bundle, inputs=ui.model_inputs(adata, bundle), **run_args)
     except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
         ss[state.PREDICT_RUNNING] = False
         state.invalidate("prediction")

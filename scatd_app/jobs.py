@@ -63,6 +63,34 @@ class JobQueue:
                 self._cond.notify_all()
 
 
+    def free(self) -> bool:
+        """Whether a computation would start now: a slot is free and nobody is waiting."""
+        with self._cond:
+            return self.running < self.slots and not self.waiting
+
+    def contended(self) -> bool:
+        """Whether a computation is waiting for a slot."""
+        with self._cond:
+            return bool(self.waiting)
+
+    @contextmanager
+    def slot_if_free(self):
+        """Hold a slot if one is free and nobody is waiting (yields ``True``), else yield
+        ``False`` at once: for work started ahead of a request, which must never make a requested
+        computation wait longer than it takes to notice :meth:`contended` and stop."""
+        with self._cond:
+            held = self.running < self.slots and not self.waiting
+            if held:
+                self.running += 1
+        try:
+            yield held
+        finally:
+            if held:
+                with self._cond:
+                    self.running -= 1
+                    self._cond.notify_all()
+
+
 @st.cache_resource(show_spinner=False)
 def queue() -> JobQueue:
     """The server's queue (one per process)."""

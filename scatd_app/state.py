@@ -20,6 +20,8 @@ INPUTS              ``(token, ModelInput)``: the model input of ADATA for the ch
                     names the data, QC mask and model, so it is rebuilt when any changes)
 EMBEDDING           settings token of the UMAP stored in ADATA
 EMBEDDING_PENDING   ``(token, future)`` of the UMAP started in the background after a prediction
+PREDICT_AHEAD       the prediction started in the background before the user asked for it
+                    (:class:`scatd_app.ui.Ahead`), taken by the Predict page's Run button
 BIOMARKERS          settings token of the biomarkers stored in ADATA
 PANEL               token of (data, QC mask, models, settings) of the panel prediction in ADATA
 PANEL_MARKERS       ``(panel token, table)``: top genes of the cells resistant to every drug
@@ -45,6 +47,8 @@ PREDICTION = "prediction_token"
 INPUTS = "model_inputs"
 EMBEDDING = "embedding_token"
 EMBEDDING_PENDING = "embedding_pending"
+PREDICT_AHEAD = "predict_ahead"
+AHEAD_DECLINED = "predict_ahead_declined"  # token of a prediction the user stopped: not started ahead again
 BIOMARKERS = "biomarkers_token"
 PANEL = "panel_token"
 PANEL_MARKERS = "panel_markers"
@@ -63,7 +67,7 @@ KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_
 _CHAIN = {
     "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE,
              PANEL, PANEL_MARKERS),
-    "prediction": (PREDICTION, EMBEDDING, EMBEDDING_PENDING, BIOMARKERS),
+    "prediction": (PREDICTION, PREDICT_AHEAD, EMBEDDING, EMBEDDING_PENDING, BIOMARKERS),
 }
 
 
@@ -87,7 +91,9 @@ def invalidate(level: str) -> None:
     levels = list(_CHAIN)
     for name in levels[levels.index(level):]:
         for key in _CHAIN[name]:
-            ss.pop(key, None)
+            value = ss.pop(key, None)
+            if key == PREDICT_AHEAD and value is not None:
+                value.cancel()  # a prediction computing ahead for what is now forgotten: stop it
     adata = ss.get(ADATA)
     if adata is not None:
         clear(adata)

@@ -399,6 +399,143 @@ def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:
     ss[state.EMBEDDING_PENDING] = (token, _background().submit(run))
 
 
+def predict_settings() -> dict:
+    """The Predict page's settings as they stand (its widgets' values, or their defaults)."""
+    ss = st.session_state
+    mode = ss.get("predict_mode", PREDICT_DEFAULTS["predict_mode"])
+    n_samples = ss.get("predict_samples", PREDICT_DEFAULTS["predict_samples"])
+    seed = ss.get("predict_seed", PREDICT_DEFAULTS["predict_seed"])
+    return {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed)}
+
+
+#: The Predict page's widgets and their first values.
+PREDICT_DEFAULTS = {"predict_mode": "mean", "predict_samples": 50, "predict_seed": 0}
+
+
+class Ahead:
+    """A prediction computing in the background before the user asked for it
+    (:func:`start_prediction_ahead`): its settings token, its future (a
+    :class:`~scatd_core.predict.Scores`), its progress, and a flag that stops it."""
+
+    def __init__(self, token: str):
+        from scatd_core._progress import with_eta
+
+        self.token = token
+        self.stop = threading.Event()
+        self.future: concurrent.futures.Future | None = None
+        self.fraction, self.message = 0.0, "Starting…"
+        self.report = with_eta(self._progress)
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.fraction, self.message = fraction, message
+
+    def alive(self) -> bool:
+        """Under way, or done with a result or an error of its own (not stopped or given way)."""
+        from scatd_core.errors import Cancelled
+
+        if self.stop.is_set() or self.future is None or self.future.cancelled():
+            return False
+        return not (self.future.done() and isinstance(self.future.exception(), Cancelled))
+
+    def cancel(self) -> None:
+        """Stop it (between two batches) or, when it has not started, drop it."""
+        self.stop.set()
+        if self.future is not None:
+            self.future.cancel()
+
+
+def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
+    """Start the prediction the Predict page would run now (same data, QC mask, model and
+    settings) in the background, so that "Run prediction" finds it done or under way.
+
+    Only when it costs nobody anything: the session has no prediction yet, the model reads the data
+    as they are (no foundation-model embeddings to compute first), the data are predicted in this
+    process (not on Ray), and the server's job queue has a free slot with nobody waiting. The run
+    stops between two batches as soon as another computation waits for a slot, or when the data,
+    QC mask, model or settings change; nothing is written into the data until the user asks
+    (:func:`take_prediction_ahead`)."""
+    from scatd_core import foundation, scaleout
+    from scatd_core.errors import Cancelled
+    from scatd_core.predict import score
+
+    from scatd_app import jobs
+
+    ss = st.session_state
+    if adata is None or bundle is None or state.has_prediction() or bundle.kind != "classifier":
+        return
+    mask = qc_mask(adata)
+    settings = predict_settings()
+    token = prediction_token(bundle, settings)
+    if ss.get(state.AHEAD_DECLINED) == token:
+        return  # the user stopped this very prediction: not started again on their behalf
+    ahead = ss.get(state.PREDICT_AHEAD)
+    if ahead is not None:
+        if ahead.token == token and ahead.alive():
+            return
+        ss.pop(state.PREDICT_AHEAD).cancel()  # for other choices, or it gave way to another computation
+    queue = jobs.queue()
+    if not queue.free() or foundation.cells_to_embed(adata, bundle, mask) or scaleout.engine_for(adata.n_obs).use_ray:
+        return
+    try:
+        inputs = model_inputs(adata, bundle)
+    except ScatdError:
+        return  # the pages show the problem; nothing to start
+    ahead = Ahead(token)
+
+    def run():
+        with queue.slot_if_free() as held:
+            if not held:
+                raise Cancelled("The server became busy before the prediction could start.")
+            return score(adata, bundle, inputs=inputs, mask=mask, mode=settings["mode"],
+                         n_samples=max(2, settings["n_samples"]), seed=settings["seed"], progress=ahead.report,
+                         should_stop=lambda: ahead.stop.is_set() or queue.contended())
+
+    ahead.future = _background().submit(run)
+    ss[state.PREDICT_AHEAD] = ahead
+
+
+def decline_prediction_ahead(token: str) -> None:
+    """The user stopped the prediction for ``token``: stop it in the background too, and do not
+    start it ahead again (a click on Run prediction still runs it)."""
+    ss = st.session_state
+    ss[state.AHEAD_DECLINED] = token
+    ahead = ss.pop(state.PREDICT_AHEAD, None)
+    if ahead is not None:
+        ahead.cancel()
+
+
+def prediction_ahead(token: str) -> Ahead | None:
+    """The background prediction for ``token``, if one is under way or done (not stopped)."""
+    ahead = st.session_state.get(state.PREDICT_AHEAD)
+    return ahead if ahead is not None and ahead.token == token and ahead.alive() else None
+
+
+def take_prediction_ahead(token: str, bar) -> object | None:
+    """The :class:`~scatd_core.predict.Scores` of the background prediction for ``token`` (waiting
+    for it, its progress in ``bar``), or ``None`` when there is none to take (none started, other
+    settings, not started yet, or stopped): the caller then predicts as usual. An error of the
+    run (a :class:`~scatd_core.errors.ScatdError`) is raised as the run raised it."""
+    from scatd_core.errors import Cancelled
+
+    ahead = st.session_state.pop(state.PREDICT_AHEAD, None)
+    if ahead is None:
+        return None
+    if ahead.token != token or not ahead.alive() or ahead.future.cancel():  # .cancel(): not started yet
+        ahead.cancel()
+        return None
+    try:
+        while not ahead.future.done():  # a Streamlit call in the loop: Cancel or leaving interrupts the wait
+            bar.progress(min(1.0, ahead.fraction), text=ahead.message)
+            time.sleep(0.1)
+    except BaseException:
+        ahead.cancel()  # the user stopped the run: stop the computation too
+        raise
+    try:
+        return ahead.future.result()
+    except Cancelled:
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # Session data
 # --------------------------------------------------------------------------------------------

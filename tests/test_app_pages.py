@@ -475,3 +475,129 @@ def test_ensemble_spread_is_the_cells_uncertainty(empty_library):
     at.selectbox(key="cells_colour").set_value("uncertainty (sd of P)").run()
     ok(at)
     assert "over the 3 ensemble members" in text(at.caption)
+
+
+# --------------------------------------------------------------------------------------------
+# The prediction computed ahead, while the user reads the Model and Predict pages
+# --------------------------------------------------------------------------------------------
+
+def _ahead(at: AppTest, timeout: float = 120):
+    """The session's background prediction, once it has finished."""
+    ahead = at.session_state[state.PREDICT_AHEAD]
+    ahead.future.exception(timeout=timeout)  # waits; a Cancelled is a result here too
+    return ahead
+
+
+def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, monkeypatch):
+    """The Model page starts the prediction in the background; Run prediction writes that result
+    (computed once), the same numbers as a prediction made on the click."""
+    from scatd_core import predict as predict_module
+    from scatd_core.bundle import load_bundle
+
+    adata = make_dataset(N_CELLS, seed=7)
+    expected = make_dataset(N_CELLS, seed=7)  # predicted on a click, as before
+    predict_module.predict(expected, load_bundle(with_library / BUNDLE_FOLDER))
+    calls = []
+    real = predict_module.score
+    monkeypatch.setattr(predict_module, "score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(adata))
+    assert state.PREDICT_AHEAD not in at.session_state  # no model chosen yet
+    goto(at, "2_Model")
+    ahead = _ahead(at)
+    assert ahead.future.result().n_obs == N_CELLS and calls == [1]
+    assert "scatd_prob_resistant" not in at.session_state[state.ADATA].obs  # nothing written before the click
+
+    goto(at, "3_Predict")
+    assert "Computed in the background while you chose the model" in text(at.caption)
+    at.button(key="btn_run_predict").click().run()
+    ok(at)
+    assert calls == [1]  # taken, not computed again
+    assert f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
+    assert state.PREDICT_AHEAD not in at.session_state
+    result = at.session_state[state.ADATA]
+
+    for column in ("scatd_prob_resistant", "scatd_label", "scatd_scored"):
+        pd.testing.assert_series_equal(result.obs[column], expected.obs[column], check_names=False)
+    np.testing.assert_array_equal(result.obsm["X_scatd"], expected.obsm["X_scatd"])
+    assert result.uns["scatd"]["params"] == expected.uns["scatd"]["params"]
+
+    goto(at, "2_Model")  # a prediction is in place: nothing more is computed ahead
+    goto(at, "3_Predict")
+    assert calls == [1] and state.PREDICT_AHEAD not in at.session_state
+
+
+def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monkeypatch):
+    """Other settings stop the run and start one for them; a busy server starts none; a
+    computation waiting for the server stops a running one, and the click then predicts as usual."""
+    import concurrent.futures
+    import threading
+
+    from scatd_app import jobs
+    from scatd_core import predict as predict_module
+
+    queue = jobs.queue()
+    deadline = time.monotonic() + 120
+    while (queue.running or queue.waiting) and time.monotonic() < deadline:  # earlier tests' background UMAPs
+        time.sleep(0.05)
+    assert queue.free() and queue.running == 0
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    goto(at, "2_Model")
+    first = _ahead(at)
+    goto(at, "3_Predict")
+    at.radio(key="predict_mode").set_value("sample").run()
+    ok(at)
+    assert first.stop.is_set()  # for the old settings: stopped and dropped
+    second = at.session_state[state.PREDICT_AHEAD]
+    assert second is not first and second.token != first.token
+
+    # a busy server: another computation holds every slot, so nothing is started ahead
+    second.cancel()
+    del at.session_state[state.PREDICT_AHEAD]
+    concurrent.futures.wait([second.future], timeout=120)  # stopped at its next batch, or never started
+    with queue._cond:
+        queue.running += queue.slots
+    try:
+        goto(at, "2_Model")
+        goto(at, "3_Predict")
+        assert state.PREDICT_AHEAD not in at.session_state
+        assert "in the background" not in text(at.caption)
+    finally:
+        with queue._cond:
+            queue.running -= queue.slots
+
+    # a run under way gives way as soon as a computation waits for a slot
+    started, calls = threading.Event(), []
+    real = predict_module.score
+
+    def slow_score(*args, **kwargs):
+        calls.append(1)
+        started.set()
+        while not kwargs["should_stop"]():
+            time.sleep(0.01)
+        return real(*args, **kwargs)  # raises Cancelled at its first batch
+
+    monkeypatch.setattr(predict_module, "score", slow_score)
+    goto(at, "2_Model")
+    assert started.wait(60)
+    ticket = object()
+    with queue._cond:
+        queue.waiting.append(ticket)
+    try:
+        ahead = _ahead(at)
+    finally:
+        with queue._cond:
+            queue.waiting.remove(ticket)
+    from scatd_core.errors import Cancelled
+
+    assert isinstance(ahead.future.exception(), Cancelled) and not ahead.alive()
+    assert queue.running == 0  # its slot is free again
+    monkeypatch.setattr(predict_module, "score", real)
+    goto(at, "3_Predict")  # the server is free again: started anew for the page's settings
+    assert at.session_state[state.PREDICT_AHEAD] is not ahead
+    at.button(key="btn_run_predict").click().run()
+    ok(at)
+    assert f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
+    at.session_state[state.EMBEDDING_PENDING][1].result(timeout=120)  # the UMAP started after the results
+    assert queue.running == 0 and queue.waiting == []  # every slot given back
