@@ -186,5 +186,8 @@ with right:
                  format_func=lambda c: "none" if c is None else c,
                  help="Optional. The Cells page shows the fraction of resistant cells per sample.")
 
+# when the model is already settled (chosen, or the library's only one for these data), the
+# prediction starts in the background now; nothing is written into the data until Run prediction
+ui.start_prediction_ahead(adata, ui.settled_model())
 st.divider()
 ui.link("Model", "Next: choose a model", ":material/arrow_forward:")

@@ -43,7 +43,7 @@ if not classifiers:
 
 st.caption("Installed drug models. Each is a bundle folder with its weights, genes and provenance.")
 ui.show_library(entries)
-offered = classifiers if demo_data else real
+offered = ui.offered_models(demo_data)
 if not demo_data and not real:
     st.warning("**Only the demo model is installed**, and it was trained on simulated data: it says nothing about "
                "real cells. Use it with the demo data only.", icon=":material/warning:")

@@ -12,7 +12,9 @@ step, from the click (or the page link) to the result drawn:
 
 - upload: Data page opened, file chosen, until the QC plots are drawn;
 - model: Model page, until the gene coverage is shown;
-- predict: Predict page opened, "Run prediction" clicked, until the result and its histogram;
+- predict: Predict page opened, "Run prediction" clicked, until the result and its histogram
+  (the app starts a session's first prediction in the background when the Model page has data
+  and a model, so this is what is left of it when the user clicks, plus the page);
 - cells: Cells page, until the UMAP and the 4 other plots are drawn (UMAP + clusters computed here);
 - report: Report page opened, "report.html" clicked, until the download has arrived.
 

@@ -417,10 +417,10 @@ class Ahead:
     (:func:`start_prediction_ahead`): its settings token, its future (a
     :class:`~scatd_core.predict.Scores`), its progress, and a flag that stops it."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, bundle_path: str):
         from scatd_core._progress import with_eta
 
-        self.token = token
+        self.token, self.bundle_path = token, bundle_path
         self.stop = threading.Event()
         self.future: concurrent.futures.Future | None = None
         self.fraction, self.message = 0.0, "Starting…"
@@ -446,7 +446,8 @@ class Ahead:
 
 def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
     """Start the prediction the Predict page would run now (same data, QC mask, model and
-    settings) in the background, so that "Run prediction" finds it done or under way.
+    settings) in the background, so that "Run prediction" finds it done or under way. Called by
+    the Data page (with :func:`settled_model`), the Model page and the Predict page.
 
     Only when it costs nobody anything: the session has no prediction yet, the model reads the data
     as they are (no foundation-model embeddings to compute first), the data are predicted in this
@@ -480,7 +481,7 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
         inputs = model_inputs(adata, bundle)
     except ScatdError:
         return  # the pages show the problem; nothing to start
-    ahead = Ahead(token)
+    ahead = Ahead(token, str(bundle.path))
 
     def run():
         with queue.slot_if_free() as held:
@@ -492,6 +493,25 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
 
     ahead.future = _background().submit(run)
     ss[state.PREDICT_AHEAD] = ahead
+
+
+def offered_models(demo_data: bool) -> list:
+    """The drug models the Model page offers: every installed classifier with the demo data, the
+    real ones (not the demo model) with any other data."""
+    classifiers = [e.bundle for e in library_entries() if e.ok and e.bundle.kind == "classifier"]
+    return classifiers if demo_data else [b for b in classifiers if not b.is_demo]
+
+
+def settled_model():
+    """The model the session's next prediction will use, when no choice is left: the chosen one,
+    or, before the user has chosen, the only model the Model page offers for these data (its
+    default). ``None`` when the user still has a choice to make."""
+    demo_data = bool(st.session_state.get(state.IS_DEMO))
+    chosen = current_bundle()
+    if chosen is not None:
+        return None if chosen.is_demo and not demo_data else chosen  # the Model page drops the demo model for real data
+    offered = offered_models(demo_data)
+    return get_bundle(str(offered[0].path)) if len(offered) == 1 else None
 
 
 def decline_prediction_ahead(token: str) -> None:
@@ -563,8 +583,13 @@ def set_bundle(path: str | None) -> None:
     """Choose the model; a different model forgets the prediction made with another."""
     ss = st.session_state
     if ss.get(state.BUNDLE_PATH) != path:
+        ahead = ss.pop(state.PREDICT_AHEAD, None)
         ss[state.BUNDLE_PATH] = path
         state.invalidate("prediction")
+        if ahead is not None and path is not None and Path(ahead.bundle_path).resolve() == Path(path).resolve():
+            ss[state.PREDICT_AHEAD] = ahead  # started for this very model (the only one offered): kept
+        elif ahead is not None:
+            ahead.cancel()
 
 
 def demo_module():

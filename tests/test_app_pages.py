@@ -489,8 +489,9 @@ def _ahead(at: AppTest, timeout: float = 120):
 
 
 def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, monkeypatch):
-    """The Model page starts the prediction in the background; Run prediction writes that result
-    (computed once), the same numbers as a prediction made on the click."""
+    """With one model in the library, the upload starts the prediction in the background; the
+    Model page keeps that run; Run prediction writes its result (computed once), the same numbers
+    as a prediction made on the click."""
     from scatd_core import predict as predict_module
     from scatd_core.bundle import load_bundle
 
@@ -502,11 +503,12 @@ def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, mo
     monkeypatch.setattr(predict_module, "score", lambda *a, **k: calls.append(1) or real(*a, **k))
     at = start()
     upload(at, "tumour.h5ad", h5ad_bytes(adata))
-    assert state.PREDICT_AHEAD not in at.session_state  # no model chosen yet
-    goto(at, "2_Model")
-    ahead = _ahead(at)
+    assert state.BUNDLE_PATH not in at.session_state or not at.session_state[state.BUNDLE_PATH]
+    ahead = _ahead(at)  # the library's only model: nothing to choose, so it starts with the upload
     assert ahead.future.result().n_obs == N_CELLS and calls == [1]
     assert "scatd_prob_resistant" not in at.session_state[state.ADATA].obs  # nothing written before the click
+    goto(at, "2_Model")  # its default is that model: the same run
+    assert at.session_state[state.PREDICT_AHEAD] is ahead and calls == [1]
 
     goto(at, "3_Predict")
     assert "Computed in the background while you chose the model" in text(at.caption)
@@ -601,3 +603,22 @@ def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monke
     assert f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
     at.session_state[state.EMBEDDING_PENDING][1].result(timeout=120)  # the UMAP started after the results
     assert queue.running == 0 and queue.waiting == []  # every slot given back
+
+
+def test_prediction_ahead_waits_for_the_users_choice_of_model(with_library, tmp_path, monkeypatch):
+    """With two drug models in the library, nothing starts before the Model page has one chosen."""
+    import shutil
+
+    from _app_helpers import make_bundle
+
+    library = tmp_path / "library"
+    shutil.copytree(with_library, library)
+    make_bundle(library / "other_drug", make_dataset(120, seed=1), drug="OTHERDRUG", steps=5)
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=2)))
+    assert state.PREDICT_AHEAD not in at.session_state
+    goto(at, "2_Model")
+    ahead = _ahead(at)
+    assert Path(ahead.bundle_path).resolve() == Path(at.session_state[state.BUNDLE_PATH]).resolve()
+    assert ahead.future.result().n_obs == N_CELLS
