@@ -82,10 +82,11 @@ if clicked:
     st.button("Cancel", icon=":material/stop:", key="btn_cancel_predict", help="Stops the run; nothing is changed.")
     ss[state.PREDICT_RUNNING] = True
     try:
-        scores = ui.take_prediction_ahead(token, bar)  # computed ahead for these very settings, if it was
+        ahead = ui.take_prediction_ahead(token, bar)  # computed ahead for these very settings, if it was
         state.invalidate("prediction")
-        if scores is not None:
-            store(adata, bundle, scores)
+        if ahead is not None:
+            store(adata, bundle, ahead.scores)
+            ui.adopt_ahead_embedding(ahead, token)  # and its UMAP, if one followed it
         else:
             with jobs.computing("the prediction"):
                 show = with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message))

@@ -344,6 +344,7 @@ def embedding(adata: ad.AnnData, basis: str):
     and stored in the AnnData; taken from the background run :func:`start_embedding` began when
     there is one for them (waiting for it to finish)."""
     from scatd_core.embed import compute_embedding, store
+    from scatd_core.errors import Cancelled
 
     from scatd_app import jobs
 
@@ -358,8 +359,13 @@ def embedding(adata: ad.AnnData, basis: str):
                 time.sleep(0.25)
             note.empty()
             ss.pop(state.EMBEDDING_PENDING, None)
-            result = future.result()  # raises what the run raised (the next visit computes afresh)
+            try:
+                result = future.result()  # raises what the run raised (the next visit computes afresh)
+            except (Cancelled, concurrent.futures.CancelledError):  # computed ahead, it gave way: computed now
+                result = None
         else:
+            result = None
+        if result is None:
             ss.pop(state.EMBEDDING_PENDING, None)  # a run for other settings
             with jobs.computing("the UMAP"):
                 result = compute_embedding(adata, basis=basis, seed=0)
@@ -408,6 +414,10 @@ def predict_settings() -> dict:
     return {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed)}
 
 
+#: A prediction computed ahead is followed by its UMAP (whose layout cannot be interrupted once
+#: begun) only up to this many cells: seconds of work, not minutes.
+AHEAD_UMAP_MAX_CELLS = 30_000
+
 #: The Predict page's widgets and their first values.
 PREDICT_DEFAULTS = {"predict_mode": "mean", "predict_samples": 50, "predict_seed": 0}
 
@@ -423,6 +433,8 @@ class Ahead:
         self.token, self.bundle_path = token, bundle_path
         self.stop = threading.Event()
         self.future: concurrent.futures.Future | None = None
+        self.embedding: concurrent.futures.Future | None = None  # its UMAP, started when it finished
+        self.scores = None  # set by take_prediction_ahead
         self.fraction, self.message = 0.0, "Starting…"
         self.report = with_eta(self._progress)
 
@@ -438,10 +450,11 @@ class Ahead:
         return not (self.future.done() and isinstance(self.future.exception(), Cancelled))
 
     def cancel(self) -> None:
-        """Stop it (between two batches) or, when it has not started, drop it."""
+        """Stop it (between two batches, or two steps of its UMAP) or, when it has not started, drop it."""
         self.stop.set()
-        if self.future is not None:
-            self.future.cancel()
+        for future in (self.future, self.embedding):
+            if future is not None:
+                future.cancel()
 
 
 def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
@@ -482,16 +495,39 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
     except ScatdError:
         return  # the pages show the problem; nothing to start
     ahead = Ahead(token, str(bundle.path))
+    executor = _background()
+
+    def give_way() -> bool:
+        return ahead.stop.is_set() or queue.contended()
 
     def run():
         with queue.slot_if_free() as held:
             if not held:
                 raise Cancelled("The server became busy before the prediction could start.")
-            return score(adata, bundle, inputs=inputs, mask=mask, mode=settings["mode"],
-                         n_samples=max(2, settings["n_samples"]), seed=settings["seed"], progress=ahead.report,
-                         should_stop=lambda: ahead.stop.is_set() or queue.contended())
+            scores = score(adata, bundle, inputs=inputs, mask=mask, mode=settings["mode"],
+                           n_samples=max(2, settings["n_samples"]), seed=settings["seed"], progress=ahead.report,
+                           should_stop=give_way)
+        if scores.n_obs <= AHEAD_UMAP_MAX_CELLS and not give_way():
+            ahead.embedding = executor.submit(embed_ahead, scores)  # set before this future completes
+        return scores
 
-    ahead.future = _background().submit(run)
+    def embed_ahead(scores):
+        import pandas as pd
+
+        from scatd_core.embed import LATENT_KEY, compute_embedding
+
+        def between_steps(fraction: float, message: str) -> None:
+            if give_way():
+                raise Cancelled("The UMAP computed ahead gave way to another computation.")
+
+        with queue.slot_if_free() as held:
+            if not held:
+                raise Cancelled("The server became busy before the UMAP could start.")
+            latent_only = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(scores.n_obs).astype(str)),
+                                     obsm={LATENT_KEY: scores.latent})
+            return compute_embedding(latent_only, basis="latent", seed=0, progress=between_steps)
+
+    ahead.future = executor.submit(run)
     ss[state.PREDICT_AHEAD] = ahead
 
 
@@ -530,11 +566,12 @@ def prediction_ahead(token: str) -> Ahead | None:
     return ahead if ahead is not None and ahead.token == token and ahead.alive() else None
 
 
-def take_prediction_ahead(token: str, bar) -> object | None:
-    """The :class:`~scatd_core.predict.Scores` of the background prediction for ``token`` (waiting
-    for it, its progress in ``bar``), or ``None`` when there is none to take (none started, other
-    settings, not started yet, or stopped): the caller then predicts as usual. An error of the
-    run (a :class:`~scatd_core.errors.ScatdError`) is raised as the run raised it."""
+def take_prediction_ahead(token: str, bar) -> Ahead | None:
+    """The background prediction for ``token``, finished (waiting for it, its progress in
+    ``bar``), its :class:`~scatd_core.predict.Scores` in ``.scores``; or ``None`` when there is
+    none to take (none started, other settings, not started yet, or stopped): the caller then
+    predicts as usual. An error of the run (a :class:`~scatd_core.errors.ScatdError`) is raised
+    as the run raised it. Its UMAP, if one followed it, is handed on by :func:`adopt_ahead_embedding`."""
     from scatd_core.errors import Cancelled
 
     ahead = st.session_state.pop(state.PREDICT_AHEAD, None)
@@ -551,9 +588,20 @@ def take_prediction_ahead(token: str, bar) -> object | None:
         ahead.cancel()  # the user stopped the run: stop the computation too
         raise
     try:
-        return ahead.future.result()
+        ahead.scores = ahead.future.result()
     except Cancelled:
         return None
+    return ahead
+
+
+def adopt_ahead_embedding(ahead: Ahead, token: str) -> None:
+    """After the prediction ``ahead`` was stored as the session's prediction ``token``: the UMAP
+    that followed it in the background becomes the Cells page's pending UMAP (as if
+    :func:`start_embedding` had started it)."""
+    future = ahead.embedding
+    if future is None or future.cancelled():
+        return
+    st.session_state[state.EMBEDDING_PENDING] = (token_of(token, "latent"), future)
 
 
 # --------------------------------------------------------------------------------------------

@@ -129,8 +129,9 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert "not calibrated" in text(at.warning)
     result = at.session_state[state.ADATA]
     assert result.n_obs == N_CELLS and "X_scatd" in result.obsm
-    # the Cells page's UMAP starts in the background as soon as the results are shown
-    assert not at.session_state[state.EMBEDDING_PENDING][1].done() and "X_umap" not in result.obsm
+    # the Cells page's UMAP is under way in the background (here it followed the prediction made
+    # ahead of the click); nothing is stored before the Cells page takes it
+    assert state.EMBEDDING_PENDING in at.session_state and "X_umap" not in result.obsm
 
     goto(at, "4_Cells")  # opened while it still runs: the page waits for it
     assert len(calls) == 1  # taken from the background run, not computed again
@@ -488,19 +489,31 @@ def _ahead(at: AppTest, timeout: float = 120):
     return ahead
 
 
+def _settled(*aheads, timeout: float = 120) -> None:
+    """Wait until these background predictions and the UMAPs that followed them have ended."""
+    import concurrent.futures
+
+    futures = [f for a in aheads for f in (a.future, a.embedding) if f is not None]
+    concurrent.futures.wait(futures, timeout=timeout)
+
+
 def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, monkeypatch):
     """With one model in the library, the upload starts the prediction in the background; the
     Model page keeps that run; Run prediction writes its result (computed once), the same numbers
     as a prediction made on the click."""
+    from scatd_core import embed
     from scatd_core import predict as predict_module
     from scatd_core.bundle import load_bundle
 
     adata = make_dataset(N_CELLS, seed=7)
-    expected = make_dataset(N_CELLS, seed=7)  # predicted on a click, as before
+    expected = make_dataset(N_CELLS, seed=7)  # predicted on a click, and its UMAP on the Cells page, as before
     predict_module.predict(expected, load_bundle(with_library / BUNDLE_FOLDER))
-    calls = []
+    embed.embed(expected, seed=0)
+    calls, umaps = [], []
     real = predict_module.score
     monkeypatch.setattr(predict_module, "score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real_umap = embed.compute_embedding
+    monkeypatch.setattr(embed, "compute_embedding", lambda *a, **k: umaps.append(1) or real_umap(*a, **k))
     at = start()
     upload(at, "tumour.h5ad", h5ad_bytes(adata))
     assert state.BUNDLE_PATH not in at.session_state or not at.session_state[state.BUNDLE_PATH]
@@ -523,6 +536,12 @@ def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, mo
         pd.testing.assert_series_equal(result.obs[column], expected.obs[column], check_names=False)
     np.testing.assert_array_equal(result.obsm["X_scatd"], expected.obsm["X_scatd"])
     assert result.uns["scatd"]["params"] == expected.uns["scatd"]["params"]
+    # the UMAP followed the prediction in the background; the Cells page takes it
+    assert at.session_state[state.EMBEDDING_PENDING][1] is ahead.embedding
+    goto(at, "4_Cells")
+    assert umaps == [1]
+    np.testing.assert_array_equal(result.obsm["X_umap"], expected.obsm["X_umap"])
+    pd.testing.assert_series_equal(result.obs["scatd_cluster"], expected.obs["scatd_cluster"], check_names=False)
 
     goto(at, "2_Model")  # a prediction is in place: nothing more is computed ahead
     goto(at, "3_Predict")
@@ -532,7 +551,6 @@ def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, mo
 def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monkeypatch):
     """Other settings stop the run and start one for them; a busy server starts none; a
     computation waiting for the server stops a running one, and the click then predicts as usual."""
-    import concurrent.futures
     import threading
 
     from scatd_app import jobs
@@ -557,7 +575,8 @@ def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monke
     # a busy server: another computation holds every slot, so nothing is started ahead
     second.cancel()
     del at.session_state[state.PREDICT_AHEAD]
-    concurrent.futures.wait([second.future], timeout=120)  # stopped at its next batch, or never started
+    _settled(first, second)  # stopped at their next batch or UMAP step, or never started
+    _settled(first, second)  # a UMAP submitted while the first wait ran
     with queue._cond:
         queue.running += queue.slots
     try:
