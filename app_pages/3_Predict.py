@@ -71,10 +71,10 @@ clicked = not current and st.button("Run prediction", type="primary", icon=":mat
 if not current and not clicked:
     ui.start_prediction_ahead(adata, bundle)  # while the settings are read; nothing is written until the click
     ahead = ui.prediction_ahead(token)
-    if ahead is not None and ahead.future.done():
-        ahead_note.caption("Computed in the background while you chose the model: Run prediction shows the "
-                           "results at once.", help=AHEAD_HELP)
-    elif ahead is not None:
+    if ahead is not None and ahead.future.done() and ahead.future.exception() is None:
+        ahead_note.caption("Computed in the background as soon as the data and model were ready: Run prediction "
+                           "shows the results at once.", help=AHEAD_HELP)
+    elif ahead is not None and not ahead.future.done():  # (done with an error: the click shows it)
         ahead_note.caption(f"Computing in the background since the data and model were ready ({ahead.fraction:.0%} "
                            "done): Run prediction shows the results as soon as they are complete.", help=AHEAD_HELP)
 if clicked:

@@ -47,8 +47,9 @@ PREDICTION = "prediction_token"
 INPUTS = "model_inputs"
 EMBEDDING = "embedding_token"
 EMBEDDING_PENDING = "embedding_pending"
-PREDICT_AHEAD = "predict_ahead"
-AHEAD_DECLINED = "predict_ahead_declined"  # token of a prediction the user stopped: not started ahead again
+# (not "predict_...": that prefix marks widget values, kept across pages and for a reload)
+PREDICT_AHEAD = "ahead_prediction"
+AHEAD_DECLINED = "ahead_declined"  # token of a prediction the user stopped: not started ahead again
 BIOMARKERS = "biomarkers_token"
 PANEL = "panel_token"
 PANEL_MARKERS = "panel_markers"

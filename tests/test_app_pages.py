@@ -524,7 +524,7 @@ def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, mo
     assert at.session_state[state.PREDICT_AHEAD] is ahead and calls == [1]
 
     goto(at, "3_Predict")
-    assert "Computed in the background while you chose the model" in text(at.caption)
+    assert "Computed in the background as soon as the data and model were ready" in text(at.caption)
     at.button(key="btn_run_predict").click().run()
     ok(at)
     assert calls == [1]  # taken, not computed again
