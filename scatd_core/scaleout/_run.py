@@ -276,7 +276,9 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
     per process. On GPUs each worker is an actor on one GPU for the pass
     (:class:`~scatd_core.scaleout._shard.ShardActor`), ended with the pass. A shard whose process
     was lost is run again (:data:`MAX_RETRIES` times); an error raised by our code is not retried
-    (it would recur) and ends the pass with its message."""
+    (it would recur) and ends the pass with its message. When the pass stops (cancelled or
+    failed), shards still running on tasks finish on their own and are dropped; GPU actors are
+    ended."""
     total = len(shards)
     if progress is not None:
         progress(done_before / total, f"{phase} · {done_before} of {total} shards")
@@ -311,8 +313,12 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
             return task.remote(worker, job_ref, token, i, *shards[i]), None
 
         def finish(ref, actor, cancel):
-            if cancel:  # its process is ended: an interrupt inside HDF5 or torch could leave it unusable
-                ray.cancel(ref, force=True)
+            # A shard still running when the pass stops is left to finish and its result dropped:
+            # it is bounded (one shard), its process is reused, and nothing of it is written (the
+            # driver writes the parts). Cancelling it (ray.cancel, force=True) raced with its
+            # completion in Ray 2.60 and aborted the driver process ("Check failed" in
+            # TaskManager::CompletePendingTask): the CLI, or the app server of every user.
+            pass
 
         def close():
             pass
