@@ -317,7 +317,8 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
             # it is bounded (one shard), its process is reused, and nothing of it is written (the
             # driver writes the parts). Cancelling it (ray.cancel, force=True) raced with its
             # completion in Ray 2.60 and aborted the driver process ("Check failed" in
-            # TaskManager::CompletePendingTask): the CLI, or the app server of every user.
+            # TaskManager::CompletePendingTask, the race of ray-project/ray#54798): the CLI, or
+            # the app server of every user.
             pass
 
         def close():
