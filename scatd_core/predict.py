@@ -392,7 +392,7 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
     elif keys.prob_sd in adata.obs:
         del adata.obs[keys.prob_sd]
     adata.obs[keys.scored] = scored
-    adata.obsm[keys.latent] = scores.latent.copy()
+    adata.obsm[keys.latent] = scores.latent  # not copied: n x latent-dim values, only ever read
     not_scored = inputs.not_scored()
     not_scored.pop("filtered", None)
     if bad_output:
