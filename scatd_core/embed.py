@@ -13,11 +13,15 @@ Speed: inputs wider than :data:`PCA_COMPONENTS` (the 421-d latent space) are fir
 that many principal components, and neighbours are exact (scikit-learn's brute force, BLAS:
 no search index to build or compile). Up to :data:`UMAP_FIT_MAX_CELLS` cells UMAP is fitted
 on every cell. Above, it is fitted on a seeded random subsample of :data:`UMAP_FIT_MAX_CELLS`
-cells; the other cells are placed into that layout by umap-learn's ``transform`` (from their
-distances to their nearest subsample cells) and join the Leiden cluster of most of those
-neighbours. This is recorded in ``uns['scatd_embed']['fit']`` and said under the plot.
-umap-learn compiles its kernels with numba on first use (cached on disk afterwards);
-:func:`warm_up` does it ahead of time.
+cells; the other cells are placed into that layout as umap-learn's ``transform`` places them
+(from their distances to their nearest subsample cells) and join the Leiden cluster of most of
+those neighbours. This is recorded in ``uns['scatd_embed']['fit']`` and said under the plot.
+
+The layout is umap-learn's (its fuzzy neighbour graph, spectral start, edge sampling, negative
+samples and learning rate), with the optimisation run in :data:`scatd_core._layout.PARTITIONS`
+groups of neighbouring cells side by side, on every core, and still reproducible: the result
+does not depend on the number of threads (:mod:`scatd_core._layout`). The kernels are compiled
+with numba on first use (cached on disk afterwards); :func:`warm_up` does it ahead of time.
 """
 
 from __future__ import annotations
@@ -155,12 +159,6 @@ class Neighbours:
                            np.arange(0, n * k + 1, k)), shape=(n, n))
         return d.maximum(d.T).tocsr()
 
-    def rest_distance_matrix(self) -> sp.csr_matrix:
-        """The other cells' distances to their nearest fitted cells (``transform``'s input)."""
-        n, k = self.rest_indices.shape
-        return sp.csr_matrix((self.rest_distances.ravel().astype(np.float64), self.rest_indices.ravel(),
-                              np.arange(0, n * k + 1, k)), shape=(n, self.fitted.size))
-
 
 def neighbours(x: np.ndarray, n_neighbors: int, seed: int, fit_max: int | None = None) -> Neighbours:
     """Exact neighbours (scikit-learn, brute force on BLAS) of every cell up to ``fit_max``
@@ -192,27 +190,31 @@ def _fuzzy_graph(nb: Neighbours, seed: int) -> sp.csr_matrix:
     return graph.tocsr()
 
 
-def _umap(nb: Neighbours, min_dist: float, seed: int, n_epochs: int | None):
-    """UMAP coordinates of every cell (fitted on ``nb.fitted``, the rest placed by umap-learn's
-    ``transform``) and the fitted cells' neighbour graph, from the exact neighbours ``nb``."""
-    import warnings
-
-    import umap
+def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: int | None):
+    """UMAP coordinates of every cell of ``x`` (fitted on ``nb.fitted``, the rest placed as
+    umap-learn's ``transform`` places them) and the fitted cells' neighbour graph (the edges the
+    layout used), from the exact neighbours ``nb``. The layout is umap-learn's, optimised on every
+    core (:mod:`scatd_core._layout`)."""
+    from scatd_core import _layout
 
     n_fit = nb.fitted.size
     if n_epochs is None:
         n_epochs = 500 if n_fit <= FEW_CELLS_EPOCHS else 200
-    reducer = umap.UMAP(
-        n_neighbors=nb.indices.shape[1], min_dist=min_dist, random_state=seed, n_epochs=n_epochs,
-        metric="precomputed", precomputed_knn=(nb.indices, nb.distances),
-        init="spectral" if n_fit >= _SPECTRAL_MIN_CELLS else "random")
+    graph = _fuzzy_graph(nb, seed)
     coords = np.full((n_fit + nb.rest.size, 2), np.nan)
-    with warnings.catch_warnings():  # "n_jobs overridden by random_state", "precomputed metric": expected
-        warnings.simplefilter("ignore", UserWarning)
-        coords[nb.fitted] = reducer.fit_transform(nb.distance_matrix())
-        if nb.subsampled:
-            coords[nb.rest] = reducer.transform(nb.rest_distance_matrix())
-    return coords, reducer.graph_.tocsr()
+    fitted = _layout.fit(graph, x[nb.fitted], n_epochs=n_epochs, min_dist=min_dist, seed=seed,
+                         init="spectral" if n_fit >= _SPECTRAL_MIN_CELLS else "random")
+    coords[nb.fitted] = fitted
+    if nb.subsampled:
+        coords[nb.rest] = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=n_epochs,
+                                        min_dist=min_dist, seed=seed)
+    return coords, _layout.prune(graph, n_epochs).tocsr()
+
+
+def _layout_groups() -> int:
+    from scatd_core._layout import PARTITIONS
+
+    return PARTITIONS
 
 
 def _fit_record(nb: Neighbours) -> dict:
@@ -223,7 +225,7 @@ def _fit_record(nb: Neighbours) -> dict:
     return {"subsampled": True, "n_fitted": int(nb.fitted.size), "n_transformed": int(nb.rest.size),
             "neighbours": "exact (scikit-learn), to the subsample",
             "statement": f"UMAP fitted on a random subsample of {nb.fitted.size:,} of {n:,} cells; the other "
-                         f"{nb.rest.size:,} were placed into it by umap-learn's transform."}
+                         f"{nb.rest.size:,} were placed into it as umap-learn's transform places them."}
 
 
 def _clusters_of_all(graph: sp.spmatrix, nb: Neighbours, resolution: float, seed: int) -> np.ndarray:
@@ -296,7 +298,8 @@ def compute_embedding(
         raise InputError(f"Did not find obsm['{latent_key}'] (the model's latent space).",
                          "Run the prediction (`scatd_core.predict.predict`) first.")
     info: dict = {"basis": basis, "n_cells": int(n), "n_neighbors": int(n_neighbors), "min_dist": float(min_dist),
-                  "seed": int(seed), "method": "umap-learn"}
+                  "seed": int(seed), "method": "umap-learn (graph, start and updates), optimised in "
+                                             f"{_layout_groups()} groups of cells side by side"}
     if basis == "latent":
         x = latent
         info["input"] = f"obsm['{latent_key}'] ({latent.shape[1]} dimensions)"
@@ -323,7 +326,7 @@ def compute_embedding(
     info["fit"] = _fit_record(nb)
     say(0.3, f"UMAP of {n_keep:,} cells" + (f" (fitted on {nb.fitted.size:,})" if nb.subsampled else ""))
     coords = np.full((n, 2), np.nan)
-    coords[keep], graph = _umap(nb, min_dist, seed, n_epochs)
+    coords[keep], graph = _umap(x_kept, nb, min_dist, seed, n_epochs)
     labels = None
     if clusters:
         say(0.85, "Leiden clusters")
@@ -417,12 +420,12 @@ def store(adata: ad.AnnData, result: Embedding, *, key_added: str = UMAP_KEY,
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) umap-learn's and pynndescent's kernels on tiny
+    """Compile (or load from numba's cache) the layout's and umap-learn's kernels on tiny
     problems, the subsampled path included (once per process)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2 * _SPECTRAL_MIN_CELLS, 4)).astype(np.float32)
-    leiden_clusters(_umap(neighbours(x, 5, 0), 0.5, 0, 5)[1])
-    _umap(neighbours(x, 5, 0, fit_max=x.shape[0] // 2), 0.5, 0, 5)  # and transform
+    leiden_clusters(_umap(x, neighbours(x, 5, 0), 0.5, 0, 5)[1])
+    _umap(x, neighbours(x, 5, 0, fit_max=x.shape[0] // 2), 0.5, 0, 5)  # and the placing of the rest
 
 
 def fit_note(info: dict) -> str | None:
@@ -432,7 +435,7 @@ def fit_note(info: dict) -> str | None:
     if not fit.get("subsampled"):
         return None
     n = fit["n_fitted"] + fit["n_transformed"]
-    return f"UMAP fitted on a random {fit['n_fitted']:,} of {n:,} cells; the others placed by umap-learn's transform"
+    return f"UMAP fitted on a random {fit['n_fitted']:,} of {n:,} cells; the others placed into that layout"
 
 
 def plot_coordinates(adata: ad.AnnData, latent_key: str = LATENT_KEY) -> tuple[np.ndarray, str]:

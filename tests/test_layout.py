@@ -1,0 +1,104 @@
+"""The UMAP layout optimised in groups of cells (scatd_core._layout): one group is umap-learn's
+own optimisation, several groups give the same layout whatever the number of threads, and a
+layout as faithful to the data as umap-learn's."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scatd_core import _layout, embed
+
+N_EPOCHS = 60
+
+
+def _clustered(n=600, dim=10, n_groups=6, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=6.0, size=(n_groups, dim))
+    group = rng.integers(0, n_groups, n)
+    return (centres[group] + rng.normal(size=(n, dim))).astype(np.float32), group
+
+
+def _graph(x, k=15, seed=0):
+    nb = embed.neighbours(x, k, seed)
+    return nb, embed._fuzzy_graph(nb, seed)
+
+
+def test_one_group_is_umap_learns_own_optimisation():
+    from umap.umap_ import find_ab_params, simplicial_set_embedding
+
+    x, _ = _clustered()
+    _, graph = _graph(x)
+    a, b = find_ab_params(1.0, 0.5)
+    expected, _ = simplicial_set_embedding(
+        x, graph.copy(), 2, 1.0, a, b, 1.0, 5, N_EPOCHS, "spectral", np.random.RandomState(3), "euclidean",
+        {}, False, {}, False)
+    ours = _layout.fit(graph, x, n_epochs=N_EPOCHS, min_dist=0.5, seed=3, partitions=1)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-3)
+
+
+def _with_threads(n, fn):
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_groups_give_the_same_layout_on_one_thread_or_several():
+    x, _ = _clustered()
+    _, graph = _graph(x)
+
+    def run():
+        return _layout.fit(graph, x, n_epochs=N_EPOCHS, min_dist=0.5, seed=0)
+
+    one, two = _with_threads(1, run), _with_threads(2, run)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(run(), one)  # and from one call to the next
+    assert not np.array_equal(one, _layout.fit(graph, x, n_epochs=N_EPOCHS, min_dist=0.5, seed=1))
+
+
+def test_groups_keep_the_data_as_faithfully_as_umap_learn():
+    from sklearn.manifold import trustworthiness
+    from sklearn.metrics import silhouette_score
+
+    x, group = _clustered(n=1500)
+    _, graph = _graph(x)
+    single = _layout.fit(graph, x, n_epochs=200, min_dist=0.5, seed=0, partitions=1)
+    grouped = _layout.fit(graph, x, n_epochs=200, min_dist=0.5, seed=0)
+    t_single, t_grouped = (trustworthiness(x, c, n_neighbors=15) for c in (single, grouped))
+    s_single, s_grouped = (silhouette_score(c, group) for c in (single, grouped))
+    assert t_grouped > 0.9 and t_grouped >= t_single - 0.01, (t_single, t_grouped)
+    assert s_grouped >= s_single - 0.05, (s_single, s_grouped)
+    assert np.isfinite(grouped).all() and grouped.dtype == np.float32
+
+
+def test_placing_cells_is_umap_learns_transform_and_exact_in_groups():
+    import warnings
+
+    import umap
+
+    x, _ = _clustered(n=500)
+    nb = embed.neighbours(x, 15, 0, fit_max=300)
+    fitted = _layout.fit(embed._fuzzy_graph(nb, 0), x[nb.fitted], n_epochs=N_EPOCHS, min_dist=0.5, seed=0)
+    grouped = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=N_EPOCHS, min_dist=0.5, seed=42)
+    single = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=N_EPOCHS, min_dist=0.5, seed=42,
+                           partitions=1)
+    np.testing.assert_array_equal(grouped, single)  # each cell moves on its own edges: groups change nothing
+    assert grouped.shape == (200, 2) and np.isfinite(grouped).all()
+    # umap-learn's transform (its transform_seed is 42) into the same layout
+    reducer = umap.UMAP(n_neighbors=15, metric="precomputed", precomputed_knn=(nb.indices, nb.distances),
+                        n_epochs=N_EPOCHS, random_state=0, min_dist=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        reducer.fit(nb.distance_matrix())
+        reducer.embedding_ = fitted
+        n, k = nb.rest_indices.shape
+        rest = sp.csr_matrix((nb.rest_distances.ravel().astype(np.float64), nb.rest_indices.ravel(),
+                              np.arange(0, n * k + 1, k)), shape=(n, nb.fitted.size))
+        expected = reducer.transform(rest)
+    np.testing.assert_allclose(grouped, expected, rtol=0, atol=1e-3)
