@@ -23,7 +23,10 @@ gradient clipping and the learning-rate decay. Placing further cells into a fini
 exactly.
 
 The kernels are compiled by numba (cached on disk) and release the interpreter lock, so a
-server keeps answering other users while a layout runs.
+server keeps answering other users while a layout runs. umap-learn's own kernels for the
+neighbour graph are compiled here with numba's disk cache too (:func:`fuzzy_graph`): umap-learn
+compiles them again in every process (~15 s on a 2-core machine), which each server start and
+each first UMAP of a process paid.
 """
 
 from __future__ import annotations
@@ -142,6 +145,91 @@ def _groups(head: np.ndarray, work: np.ndarray, order: np.ndarray, n_vertices: i
     return owner, edge_order, starts
 
 
+def _cached(kernel):
+    """umap-learn's numba kernel ``kernel`` compiled with numba's disk cache (umap-learn compiles
+    it again in every process, ~15 s for the two graph kernels on this machine)."""
+    options = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}  # njit sets it
+    return numba.njit(kernel.py_func, cache=True, locals=dict(kernel.locals), **options)
+
+
+_KERNELS: dict = {}
+
+
+def _kernel(name: str):
+    if name not in _KERNELS:
+        import umap.umap_
+
+        _KERNELS[name] = _cached(getattr(umap.umap_, name))
+    return _KERNELS[name]
+
+
+def fuzzy_graph(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
+    """umap-learn's fuzzy neighbour graph (``fuzzy_simplicial_set`` with its defaults: local
+    connectivity 1, fuzzy union) from each cell's neighbours (cells x k, itself first), with
+    umap-learn's kernels compiled once per machine."""
+    n, k = indices.shape
+    dists = np.ascontiguousarray(distances, dtype=np.float32)
+    sigmas, rhos = _kernel("smooth_knn_dist")(dists, float(k), local_connectivity=1.0)
+    rows, cols, vals, _ = _kernel("compute_membership_strengths")(np.ascontiguousarray(indices, dtype=np.int64),
+                                                                  dists, sigmas, rhos, False, False)
+    graph = sp.coo_matrix((vals, (rows, cols)), shape=(n, n))
+    graph.eliminate_zeros()
+    transpose = graph.transpose()
+    product = graph.multiply(transpose)
+    graph = 1.0 * (graph + transpose - product) + 0.0 * product
+    graph.eliminate_zeros()
+    return graph.tocsr()
+
+
+@numba.njit(nogil=True, cache=True)
+def _row_sum32(values):  # pragma: no cover - compiled
+    """numpy's float32 sum of a short row, in numpy's order (pairwise in blocks of 8 up to 128)."""
+    n = values.size
+    if n < 8:
+        total = np.float32(0.0)
+        for v in values:
+            total = np.float32(total + v)
+        return total
+    r = values[:8].copy()
+    i = 8
+    while i < n - (n % 8):
+        for t in range(8):
+            r[t] = np.float32(r[t] + values[i + t])
+        i += 8
+    total = np.float32(np.float32(np.float32(r[0] + r[1]) + np.float32(r[2] + r[3]))
+                       + np.float32(np.float32(r[4] + r[5]) + np.float32(r[6] + r[7])))
+    while i < n:
+        total = np.float32(total + values[i])
+        i += 1
+    return total
+
+
+@numba.njit(nogil=True, cache=True)
+def _start_positions(indptr, indices, data, fitted):  # pragma: no cover - compiled
+    """Where umap-learn's ``transform`` starts each new cell (``init_graph_transform``, in its
+    float32 arithmetic, without its Python loop over the cells): the mean of the cell's fitted
+    neighbours' positions weighted by the graph, or the position of the first neighbour it is
+    fully joined to (weight 1); NaN without neighbours. Rows of at most 128 neighbours."""
+    n = indptr.size - 1
+    out = np.zeros((n, fitted.shape[1]), dtype=np.float32)
+    step = np.zeros(fitted.shape[1], dtype=np.float32)
+    for row in range(n):
+        lo, hi = indptr[row], indptr[row + 1]
+        if hi == lo:
+            out[row, :] = np.nan
+            continue
+        total = _row_sum32(data[lo:hi])
+        for e in range(lo, hi):
+            if data[e] == 1:
+                out[row, :] = fitted[indices[e], :]
+                break
+            share = np.float32(data[e] / total)
+            for d in range(fitted.shape[1]):
+                step[d] = share * fitted[indices[e], d]  # rounded to float32 before the sum, as numpy does
+                out[row, d] += step[d]
+    return out
+
+
 def ab_params(min_dist: float) -> tuple[float, float]:
     """umap-learn's curve parameters for ``min_dist`` (and spread 1)."""
     from umap.umap_ import find_ab_params
@@ -198,19 +286,27 @@ def place(indices: np.ndarray, distances: np.ndarray, fitted: np.ndarray, *, n_e
     cells (``indices``, ``distances``: cells x k): umap-learn's ``transform`` (its graph to the
     fitted cells, its start at the weighted mean of those cells, a third of the epochs at a
     quarter of the learning rate; the fitted cells stay where they are). Each cell moves along
-    its own edges only, so the groups give exactly umap-learn's sequential result."""
-    from umap.umap_ import (INT32_MAX, INT32_MIN, compute_membership_strengths, init_graph_transform,
-                            make_epochs_per_sample, smooth_knn_dist)
+    its own edges only, so the groups give exactly the sequential result. The starts are computed
+    in compiled code (umap-learn loops over the cells in Python) and may differ from umap-learn's
+    in the last bit; each cell's random stream is seeded from its start, so its path then
+    differs too, keeping the neighbours as well (tested)."""
+    from umap.umap_ import INT32_MAX, INT32_MIN, make_epochs_per_sample
 
     k = indices.shape[1]
     dists = np.ascontiguousarray(distances, dtype=np.float32)
-    sigmas, rhos = smooth_knn_dist(dists, float(k), local_connectivity=0.0)
-    rows, cols, vals, _ = compute_membership_strengths(np.ascontiguousarray(indices, dtype=np.int32), dists,
-                                                       sigmas, rhos, bipartite=True)
+    sigmas, rhos = _kernel("smooth_knn_dist")(dists, float(k), local_connectivity=0.0)
+    rows, cols, vals, _ = _kernel("compute_membership_strengths")(np.ascontiguousarray(indices, dtype=np.int64),
+                                                                  dists, sigmas, rhos, False, True)
     graph = sp.coo_matrix((vals, (rows, cols)), shape=(indices.shape[0], fitted.shape[0]))
     csr = graph.tocsr()
     csr.eliminate_zeros()
-    emb = np.ascontiguousarray(init_graph_transform(csr, fitted), dtype=np.float32)
+    if np.diff(csr.indptr).max(initial=0) > 128:  # numpy sums longer rows in another order
+        from umap.umap_ import init_graph_transform
+
+        emb = np.ascontiguousarray(init_graph_transform(csr, fitted), dtype=np.float32)
+    else:
+        emb = _start_positions(csr.indptr, csr.indices, csr.data.astype(np.float32),
+                               np.ascontiguousarray(fitted, dtype=np.float32))
     epochs = max(1, int(n_epochs // 3))
     graph.data[graph.data < graph.data.max() / float(epochs)] = 0.0
     graph.eliminate_zeros()

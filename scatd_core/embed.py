@@ -151,14 +151,6 @@ class Neighbours:
     def subsampled(self) -> bool:
         return self.rest.size > 0
 
-    def distance_matrix(self) -> sp.csr_matrix:
-        """The fitted cells' neighbour distances as a symmetric sparse matrix (zero diagonal),
-        the ``metric="precomputed"`` input of umap-learn."""
-        n, k = self.indices.shape
-        d = sp.csr_matrix((self.distances.ravel().astype(np.float64), self.indices.ravel(),
-                           np.arange(0, n * k + 1, k)), shape=(n, n))
-        return d.maximum(d.T).tocsr()
-
 
 def neighbours(x: np.ndarray, n_neighbors: int, seed: int, fit_max: int | None = None) -> Neighbours:
     """Exact neighbours (scikit-learn, brute force on BLAS) of every cell up to ``fit_max``
@@ -182,12 +174,11 @@ def neighbours(x: np.ndarray, n_neighbors: int, seed: int, fit_max: int | None =
 
 
 def _fuzzy_graph(nb: Neighbours, seed: int) -> sp.csr_matrix:
-    """UMAP's weighted, symmetric neighbour graph of the fitted cells."""
-    from umap.umap_ import fuzzy_simplicial_set
+    """UMAP's weighted, symmetric neighbour graph of the fitted cells (umap-learn's fuzzy union;
+    ``seed`` is not used: the graph is exact)."""
+    from scatd_core._layout import fuzzy_graph
 
-    graph, _, _ = fuzzy_simplicial_set(nb.distance_matrix(), nb.indices.shape[1], np.random.RandomState(seed),
-                                       "precomputed", knn_indices=nb.indices, knn_dists=nb.distances)
-    return graph.tocsr()
+    return fuzzy_graph(nb.indices, nb.distances)
 
 
 def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: int | None):
