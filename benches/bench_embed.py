@@ -5,8 +5,9 @@ mixture of 12 Gaussian clusters with unit noise, so the timing does not depend o
 Each size runs in its own subprocess: ``scatd_core.embed.warm_up()`` first (numba kernels,
 loaded from numba's on-disk cache after the first run on a machine; timed apart), then
 ``scatd_core.embed.embed`` with its defaults (PCA to 50 components, exact neighbours, UMAP
-fitted on every cell up to 30,000 cells and on a random 30,000 above, the rest placed by
-umap-learn's transform; Leiden clusters). Reported: seconds per step, total, the CPU seconds
+fitted on every cell up to 30,000 cells and on a random 30,000 above, the rest placed as
+umap-learn's transform places them; the layout optimised in 8 groups of cells on every core,
+``scatd_core._layout``; Leiden clusters). Reported: seconds per step, total, the CPU seconds
 the process used for it (all threads; what the run costs whatever else the machine runs),
 peak RSS.
 

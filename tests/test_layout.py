@@ -34,7 +34,17 @@ def _distance_matrix(nb):
     return d.maximum(d.T).tocsr()
 
 
-def test_neighbour_graph_is_umap_learns():
+@pytest.fixture
+def umap_graph_kernels(monkeypatch):
+    """umap-learn's graph functions call its two graph kernels compiled from disk, as ``_layout``
+    does (the same code and options; umap-learn would compile them again, ~10 s)."""
+    import umap.umap_
+
+    for name in ("smooth_knn_dist", "compute_membership_strengths"):
+        monkeypatch.setattr(umap.umap_, name, _layout._kernel(name))
+
+
+def test_neighbour_graph_is_umap_learns(umap_graph_kernels):
     from umap.umap_ import fuzzy_simplicial_set
 
     x, _ = _clustered(n=400)
@@ -96,7 +106,7 @@ def test_groups_keep_the_data_as_faithfully_as_umap_learn():
     assert np.isfinite(grouped).all() and grouped.dtype == np.float32
 
 
-def test_placing_cells_is_umap_learns_transform_and_exact_in_groups():
+def test_placing_cells_is_umap_learns_transform_and_exact_in_groups(umap_graph_kernels):
     import warnings
 
     import umap
