@@ -182,51 +182,28 @@ def fuzzy_graph(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
 
 
 @numba.njit(nogil=True, cache=True)
-def _row_sum32(values):  # pragma: no cover - compiled
-    """numpy's float32 sum of a short row, in numpy's order (pairwise in blocks of 8 up to 128)."""
-    n = values.size
-    if n < 8:
-        total = np.float32(0.0)
-        for v in values:
-            total = np.float32(total + v)
-        return total
-    r = values[:8].copy()
-    i = 8
-    while i < n - (n % 8):
-        for t in range(8):
-            r[t] = np.float32(r[t] + values[i + t])
-        i += 8
-    total = np.float32(np.float32(np.float32(r[0] + r[1]) + np.float32(r[2] + r[3]))
-                       + np.float32(np.float32(r[4] + r[5]) + np.float32(r[6] + r[7])))
-    while i < n:
-        total = np.float32(total + values[i])
-        i += 1
-    return total
-
-
-@numba.njit(nogil=True, cache=True)
 def _start_positions(indptr, indices, data, fitted):  # pragma: no cover - compiled
-    """Where umap-learn's ``transform`` starts each new cell (``init_graph_transform``, in its
-    float32 arithmetic, without its Python loop over the cells): the mean of the cell's fitted
-    neighbours' positions weighted by the graph, or the position of the first neighbour it is
-    fully joined to (weight 1); NaN without neighbours. Rows of at most 128 neighbours."""
+    """Where umap-learn's ``transform`` starts each new cell (``init_graph_transform``, without
+    its Python loop over the cells; float32, equal to within rounding): the mean of the cell's
+    fitted neighbours' positions weighted by the graph, or the position of the first neighbour it
+    is fully joined to (weight 1); NaN without neighbours."""
     n = indptr.size - 1
     out = np.zeros((n, fitted.shape[1]), dtype=np.float32)
-    step = np.zeros(fitted.shape[1], dtype=np.float32)
     for row in range(n):
         lo, hi = indptr[row], indptr[row + 1]
         if hi == lo:
             out[row, :] = np.nan
             continue
-        total = _row_sum32(data[lo:hi])
+        total = np.float32(0.0)
+        for e in range(lo, hi):
+            total += data[e]
         for e in range(lo, hi):
             if data[e] == 1:
                 out[row, :] = fitted[indices[e], :]
                 break
             share = np.float32(data[e] / total)
             for d in range(fitted.shape[1]):
-                step[d] = share * fitted[indices[e], d]  # rounded to float32 before the sum, as numpy does
-                out[row, d] += step[d]
+                out[row, d] += share * fitted[indices[e], d]
     return out
 
 
@@ -300,13 +277,8 @@ def place(indices: np.ndarray, distances: np.ndarray, fitted: np.ndarray, *, n_e
     graph = sp.coo_matrix((vals, (rows, cols)), shape=(indices.shape[0], fitted.shape[0]))
     csr = graph.tocsr()
     csr.eliminate_zeros()
-    if np.diff(csr.indptr).max(initial=0) > 128:  # numpy sums longer rows in another order
-        from umap.umap_ import init_graph_transform
-
-        emb = np.ascontiguousarray(init_graph_transform(csr, fitted), dtype=np.float32)
-    else:
-        emb = _start_positions(csr.indptr, csr.indices, csr.data.astype(np.float32),
-                               np.ascontiguousarray(fitted, dtype=np.float32))
+    emb = _start_positions(csr.indptr, csr.indices, csr.data.astype(np.float32),
+                           np.ascontiguousarray(fitted, dtype=np.float32))
     epochs = max(1, int(n_epochs // 3))
     graph.data[graph.data < graph.data.max() / float(epochs)] = 0.0
     graph.eliminate_zeros()
