@@ -149,7 +149,10 @@ def _cached(kernel):
     """umap-learn's numba kernel ``kernel`` compiled with numba's disk cache (umap-learn compiles
     it again in every process, ~15 s for the two graph kernels on this machine)."""
     options = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}  # njit sets it
-    return numba.njit(kernel.py_func, cache=True, locals=dict(kernel.locals), **options)
+    try:
+        return numba.njit(kernel.py_func, cache=True, locals=dict(kernel.locals), **options)
+    except RuntimeError:  # numba finds no writable cache folder: compiled in this process, as umap-learn does
+        return kernel
 
 
 _KERNELS: dict = {}
