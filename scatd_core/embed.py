@@ -173,9 +173,8 @@ def neighbours(x: np.ndarray, n_neighbors: int, seed: int, fit_max: int | None =
     return nb
 
 
-def _fuzzy_graph(nb: Neighbours, seed: int) -> sp.csr_matrix:
-    """UMAP's weighted, symmetric neighbour graph of the fitted cells (umap-learn's fuzzy union;
-    ``seed`` is not used: the graph is exact)."""
+def _fuzzy_graph(nb: Neighbours) -> sp.csr_matrix:
+    """UMAP's weighted, symmetric neighbour graph of the fitted cells (umap-learn's fuzzy union)."""
     from scatd_core._layout import fuzzy_graph
 
     return fuzzy_graph(nb.indices, nb.distances)
@@ -191,7 +190,7 @@ def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: i
     n_fit = nb.fitted.size
     if n_epochs is None:
         n_epochs = 500 if n_fit <= FEW_CELLS_EPOCHS else 200
-    graph = _fuzzy_graph(nb, seed)
+    graph = _fuzzy_graph(nb)
     coords = np.full((n_fit + nb.rest.size, 2), np.nan)
     fitted = _layout.fit(graph, x[nb.fitted], n_epochs=n_epochs, min_dist=min_dist, seed=seed,
                          init="spectral" if n_fit >= _SPECTRAL_MIN_CELLS else "random")
@@ -200,12 +199,6 @@ def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: i
         coords[nb.rest] = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=n_epochs,
                                         min_dist=min_dist, seed=seed)
     return coords, _layout.prune(graph, n_epochs).tocsr()
-
-
-def _layout_groups() -> int:
-    from scatd_core._layout import PARTITIONS
-
-    return PARTITIONS
 
 
 def _fit_record(nb: Neighbours) -> dict:
@@ -288,9 +281,11 @@ def compute_embedding(
     elif basis == "latent" or clusters:
         raise InputError(f"Did not find obsm['{latent_key}'] (the model's latent space).",
                          "Run the prediction (`scatd_core.predict.predict`) first.")
+    from scatd_core import _layout
+
     info: dict = {"basis": basis, "n_cells": int(n), "n_neighbors": int(n_neighbors), "min_dist": float(min_dist),
                   "seed": int(seed), "method": "umap-learn (graph, start and updates), optimised in "
-                                             f"{_layout_groups()} groups of cells side by side"}
+                                             f"{_layout.PARTITIONS} groups of cells side by side"}
     if basis == "latent":
         x = latent
         info["input"] = f"obsm['{latent_key}'] ({latent.shape[1]} dimensions)"
@@ -325,7 +320,7 @@ def compute_embedding(
         if basis != "latent" or not np.array_equal(cluster_keep, keep):
             latent_kept = principal_components(latent[cluster_keep], seed)[0]
             nb = neighbours(latent_kept, int(max(2, min(n_neighbors, cluster_keep.sum() - 1))), seed)
-            graph = _fuzzy_graph(nb, seed)
+            graph = _fuzzy_graph(nb)
         membership = _clusters_of_all(graph, nb, resolution, seed)
         names = np.full(n, NOT_EMBEDDED, dtype=object)
         names[cluster_keep] = (membership + 1).astype(str)

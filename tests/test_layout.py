@@ -23,7 +23,7 @@ def _clustered(n=600, dim=10, n_groups=6, seed=0):
 
 def _graph(x, k=15, seed=0):
     nb = embed.neighbours(x, k, seed)
-    return nb, embed._fuzzy_graph(nb, seed)
+    return nb, embed._fuzzy_graph(nb)
 
 
 def _distance_matrix(nb):
@@ -113,7 +113,7 @@ def test_placing_cells_is_umap_learns_transform_and_exact_in_groups(umap_graph_k
 
     x, _ = _clustered(n=500)
     nb = embed.neighbours(x, 15, 0, fit_max=300)
-    fitted = _layout.fit(embed._fuzzy_graph(nb, 0), x[nb.fitted], n_epochs=N_EPOCHS, min_dist=0.5, seed=0)
+    fitted = _layout.fit(embed._fuzzy_graph(nb), x[nb.fitted], n_epochs=N_EPOCHS, min_dist=0.5, seed=0)
     grouped = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=N_EPOCHS, min_dist=0.5, seed=42)
     single = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=N_EPOCHS, min_dist=0.5, seed=42,
                            partitions=1)

@@ -298,7 +298,7 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
             actor = free.pop()
             return actor.run.remote(i, *shards[i]), actor
 
-        def finish(ref, actor, cancel):
+        def release(actor):
             free.append(actor)
 
         def close():
@@ -312,13 +312,7 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
         def submit(i):
             return task.remote(worker, job_ref, token, i, *shards[i]), None
 
-        def finish(ref, actor, cancel):
-            # A shard still running when the pass stops is left to finish and its result dropped:
-            # it is bounded (one shard), its process is reused, and nothing of it is written (the
-            # driver writes the parts). Cancelling it (ray.cancel, force=True) raced with its
-            # completion in Ray 2.60 and aborted the driver process ("Check failed" in
-            # TaskManager::CompletePendingTask, the race of ray-project/ray#54798): the CLI, or
-            # the app server of every user.
+        def release(actor):
             pass
 
         def close():
@@ -334,7 +328,7 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
                 running[ref] = (i, actor)
             ready, _ = ray.wait(list(running), num_returns=1)
             i, actor = running.pop(ready[0])
-            finish(ready[0], actor, cancel=False)
+            release(actor)
             on_result(i, ray.get(ready[0]))
             done += 1
             if progress is not None:
@@ -348,8 +342,11 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
     except Exception as exc:  # from a worker (Ray's wrapper) or from on_result (the package's own)
         raise _worker_error(exc) from None
     finally:
-        for ref, (_i, actor) in running.items():  # stopped or failed: the shards still running are not needed
-            finish(ref, actor, cancel=True)
+        # Stopped or failed: a shard still running on a task is left to finish and its result
+        # dropped (one shard; its process is reused; only the driver writes parts). Cancelling it
+        # (ray.cancel, force=True) raced with its completion in Ray 2.60 and aborted the driver
+        # process ("Check failed" in TaskManager::CompletePendingTask, ray-project/ray#54798): the
+        # CLI, or the app server of every user. GPU actors are ended by close().
         close()
 
 
