@@ -83,59 +83,23 @@ c[2].metric("Fraction resistant", "—" if counts["fraction_resistant"] is None 
 c[3].metric("Not scored", f"{counts['n_not_scored']:,}")
 c[4].metric("Filtered (QC)", f"{counts['n_filtered']:,}")
 
-# ------------------------------------------------------------------ UMAP
+# ------------------------------------------------------------------ page layout
+# The UMAP may still be computing (it follows the prediction in the background, or starts here):
+# the page first draws what does not depend on it (the ranking's controls and the agreement with
+# known labels), then the UMAP and the parts that show its clusters, each into its own place.
 st.subheader("UMAP")
 ss.setdefault("cells_basis", "latent")
 ctl = st.columns([0.3, 0.7])
 basis = ctl[0].segmented_control("Space", embed.BASES, key="cells_basis", required=True,
                                  format_func={"latent": "model latent", "expression": "expression"}.get,
                                  help="Latent: what the model sees. Expression: PCA of log-normalised expression.")
-labels = adata.obs["scatd_label"]
-colour_options = {"P(resistant)": (adata.obs[PROB].to_numpy(), False, (0.0, 1.0), pl.PROB_SCALE),
-                  "called label": (labels, True, None, None)}
-if PROB_SD in adata.obs:
-    colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
-emb_info = None
-try:
-    with st.spinner(f"Computing the UMAP and clusters of {adata.n_obs:,} cells (about "
-                    f"{max(5, adata.n_obs // 500)} s the first time)…"):
-        emb_info = ui.embedding(adata, basis)
-except ScatdError as exc:
-    ui.show_error(exc)
-if emb_info is not None and CLUSTER in adata.obs:
-    colour_options["Leiden cluster"] = (adata.obs[CLUSTER].astype(str).to_numpy(), True, None, None)
-for col in [label_column, ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
-    if not col or col in colour_options or str(col).startswith("scatd_"):
-        continue
-    values = adata.obs[col]
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    if numeric or values.nunique(dropna=True) <= 100:
-        colour_options[col] = (values.to_numpy(), not numeric, None, "Viridis")
-if ss.get("cells_colour") not in colour_options:
-    ss["cells_colour"] = "P(resistant)"
-colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")
-if emb_info is not None:
-    values, categorical, crange, scale = colour_options[colour]
-    fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,
-                         color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str),
-                         note=embed.fit_note(emb_info))
-    st.plotly_chart(fig, key="cells_umap")
-    if colour == "uncertainty (sd of P)":
-        st.caption(f"Uncertainty: the sd of P(resistant) {info['params'].get('prob_resistant_sd', 'over the draws')} "
-                   "(0: they agree).")
-    excluded = emb_info.get("n_excluded", 0)
-    st.caption((f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not shown; they "
-                "keep their rows in every download. " if excluded else "")
-               + f"UMAP of {emb_info['n_embedded']:,} cells ({emb_info['input']}); "
-               f"{emb_info.get('n_clusters', 0)} Leiden clusters on the latent space.")
+umap_area = st.container()
 
-# ------------------------------------------------------------------ ranking
 st.subheader("Cells most likely resistant")
 st.caption("A ranking needs no threshold: it is the same whether or not the calls are calibrated.")
 n_scored = int(adata.obs[SCORED].sum())
 ss.setdefault("cells_top_k", min(50, n_scored))
 top_k = st.number_input("How many", min_value=1, max_value=max(n_scored, 1), step=10, key="cells_top_k")
-top = export.top_cells(adata, int(top_k), [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c])
 if label_column and direction is not None:
     from scatd_core.labels import encode_column
 
@@ -147,28 +111,10 @@ if label_column and direction is not None:
         st.metric(f"Resistant among the top {k_eval:,} labelled cells", f"{metrics.precision_at_k(truth, prob, k_eval):.1%}",
                   help=f"'{label_column}': the share of truly resistant cells among the labelled cells ranked highest. "
                        f"All labelled cells: {np.nanmean(truth[np.isfinite(prob)]):.1%} resistant.")
-st.dataframe(top, hide_index=True, height=250)
+top_area = st.container()  # the table lists each cell's cluster
 
-# ------------------------------------------------------------------ composition
 st.subheader("Resistant fraction per group")
-group_options = {CLUSTER: "Leiden cluster"} if CLUSTER in adata.obs else {}
-for col in [ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
-    if col and col not in group_options and not str(col).startswith("scatd_") and col != label_column \
-            and not pd.api.types.is_float_dtype(adata.obs[col]) and adata.obs[col].nunique() <= 50:
-        group_options[col] = col
-if group_options:
-    if ss.get("cells_group") not in group_options:
-        ss["cells_group"] = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in group_options \
-            else next(iter(group_options))
-    group = st.selectbox("Group by", list(group_options), key="cells_group", format_func=group_options.get)
-    table = metrics.group_table(adata, group)
-    left, right = st.columns([0.6, 0.4])
-    left.plotly_chart(pl.composition_figure(table, group_options[group]), key="cells_groups")
-    right.dataframe(table, hide_index=True, column_config={
-        "fraction_resistant": st.column_config.ProgressColumn("fraction resistant", min_value=0.0, max_value=1.0,
-                                                              format="percent")})
-else:
-    st.caption("No cluster or sample column to group by.")
+composition_area = st.container()  # the clusters are one of the groupings
 
 # ------------------------------------------------------------------ evaluation
 st.subheader("Agreement with known labels")
@@ -212,12 +158,82 @@ else:
         c[2].plotly_chart(pl.confusion_figure(evaluation.confusion, evaluation.positive_label,
                                               evaluation.negative_label), key="cells_confusion")
 
-# ------------------------------------------------------------------ table
 st.subheader("Cells")
-cells_table = export.predictions_table(adata, [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c])
-st.dataframe(cells_table.head(5000), hide_index=True, height=300)
-if len(cells_table) > 5000:
-    st.caption(f"The first 5,000 of {len(cells_table):,} cells; predictions.csv on the Report page has them all.")
+table_area = st.container()  # each cell's cluster is one of its columns
 st.divider()
 ui.link("Biomarkers", "Next: biomarkers", ":material/arrow_forward:")
 ui.link("Report", "Or go to the report", ":material/download:")
+
+# ------------------------------------------------------------------ UMAP
+labels = adata.obs["scatd_label"]
+colour_options = {"P(resistant)": (adata.obs[PROB].to_numpy(), False, (0.0, 1.0), pl.PROB_SCALE),
+                  "called label": (labels, True, None, None)}
+if PROB_SD in adata.obs:
+    colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
+emb_info = None
+with umap_area:
+    try:
+        with st.spinner(f"Computing the UMAP and clusters of {adata.n_obs:,} cells (about "
+                        f"{max(5, adata.n_obs // 500)} s the first time)…"):
+            emb_info = ui.embedding(adata, basis)
+    except ScatdError as exc:
+        ui.show_error(exc)
+if emb_info is not None and CLUSTER in adata.obs:
+    colour_options["Leiden cluster"] = (adata.obs[CLUSTER].astype(str).to_numpy(), True, None, None)
+for col in [label_column, ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
+    if not col or col in colour_options or str(col).startswith("scatd_"):
+        continue
+    values = adata.obs[col]
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if numeric or values.nunique(dropna=True) <= 100:
+        colour_options[col] = (values.to_numpy(), not numeric, None, "Viridis")
+if ss.get("cells_colour") not in colour_options:
+    ss["cells_colour"] = "P(resistant)"
+colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")
+if emb_info is not None:
+    values, categorical, crange, scale = colour_options[colour]
+    fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,
+                         color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str),
+                         note=embed.fit_note(emb_info))
+    with umap_area:
+        st.plotly_chart(fig, key="cells_umap")
+        if colour == "uncertainty (sd of P)":
+            st.caption(f"Uncertainty: the sd of P(resistant) {info['params'].get('prob_resistant_sd', 'over the draws')} "
+                       "(0: they agree).")
+        excluded = emb_info.get("n_excluded", 0)
+        st.caption((f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not shown; they "
+                    "keep their rows in every download. " if excluded else "")
+                   + f"UMAP of {emb_info['n_embedded']:,} cells ({emb_info['input']}); "
+                   f"{emb_info.get('n_clusters', 0)} Leiden clusters on the latent space.")
+
+# ------------------------------------------------------------------ ranking table
+top = export.top_cells(adata, int(top_k), [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c])
+top_area.dataframe(top, hide_index=True, height=250)
+
+# ------------------------------------------------------------------ composition
+group_options = {CLUSTER: "Leiden cluster"} if CLUSTER in adata.obs else {}
+for col in [ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
+    if col and col not in group_options and not str(col).startswith("scatd_") and col != label_column \
+            and not pd.api.types.is_float_dtype(adata.obs[col]) and adata.obs[col].nunique() <= 50:
+        group_options[col] = col
+with composition_area:
+    if group_options:
+        if ss.get("cells_group") not in group_options:
+            ss["cells_group"] = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in group_options \
+                else next(iter(group_options))
+        group = st.selectbox("Group by", list(group_options), key="cells_group", format_func=group_options.get)
+        table = metrics.group_table(adata, group)
+        left, right = st.columns([0.6, 0.4])
+        left.plotly_chart(pl.composition_figure(table, group_options[group]), key="cells_groups")
+        right.dataframe(table, hide_index=True, column_config={
+            "fraction_resistant": st.column_config.ProgressColumn("fraction resistant", min_value=0.0, max_value=1.0,
+                                                                  format="percent")})
+    else:
+        st.caption("No cluster or sample column to group by.")
+
+# ------------------------------------------------------------------ table
+cells_table = export.predictions_table(adata, [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c])
+with table_area:
+    st.dataframe(cells_table.head(5000), hide_index=True, height=300)
+    if len(cells_table) > 5000:
+        st.caption(f"The first 5,000 of {len(cells_table):,} cells; predictions.csv on the Report page has them all.")

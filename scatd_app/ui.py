@@ -21,7 +21,6 @@ import html
 import json
 import re
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -365,7 +364,7 @@ def embedding(adata: ad.AnnData, basis: str):
             future, note = pending[1], st.empty()
             while not future.done():  # a Streamlit call in the loop: leaving the page interrupts the wait
                 note.caption("Computing the UMAP and clusters (started when the prediction finished)…")
-                time.sleep(0.25)
+                concurrent.futures.wait([future], timeout=0.25)  # returns as soon as it is done
             note.empty()
             ss.pop(state.EMBEDDING_PENDING, None)
             try:
@@ -592,7 +591,7 @@ def take_prediction_ahead(token: str, bar) -> Ahead | None:
     try:
         while not ahead.future.done():  # a Streamlit call in the loop: Cancel or leaving interrupts the wait
             bar.progress(min(1.0, ahead.fraction), text=ahead.message)
-            time.sleep(0.1)
+            concurrent.futures.wait([ahead.future], timeout=0.1)  # returns as soon as it is done
     except BaseException:
         ahead.cancel()  # the user stopped the run: stop the computation too
         raise
