@@ -55,6 +55,25 @@ def test_neighbour_graph_is_umap_learns(umap_graph_kernels):
     assert ours.nnz == theirs.nnz and abs(ours - theirs.tocsr()).max() == 0
 
 
+def test_graph_kernels_fall_back_to_umap_learns_without_a_writable_cache(monkeypatch):
+    """With a writable cache folder the kernels are umap-learn's own code compiled with numba's disk
+    cache; where numba finds none (a read-only install, no writable home), umap-learn's kernels are
+    used as they are (compiled in each process), instead of failing."""
+    import numba.core.caching
+    import umap.umap_
+
+    kernel = umap.umap_.smooth_knn_dist
+    cached = _layout._cached(kernel)
+    assert cached is not kernel and cached.py_func is kernel.py_func
+    assert isinstance(cached._cache, numba.core.caching.FunctionCache)  # cached on disk
+    assert cached.targetoptions.get("fastmath") == kernel.targetoptions.get("fastmath")
+    monkeypatch.setattr(numba.core.caching.CacheImpl, "_locator_classes", [])
+    monkeypatch.setattr(numba.core.config, "CACHE_LOCATOR_CLASSES", "", raising=False)
+    with pytest.raises(RuntimeError):  # what numba does without a cache folder
+        numba.njit(kernel.py_func, cache=True)
+    assert _layout._cached(kernel) is kernel
+
+
 def test_one_group_is_umap_learns_own_optimisation():
     from umap.umap_ import find_ab_params, simplicial_set_embedding
 
