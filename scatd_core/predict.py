@@ -617,7 +617,12 @@ def _flop_rate(device: torch.device) -> float:
 
 def _sparse_rate(device: torch.device) -> float:
     """Throughput of the sparse first layer (multiply-adds of stored values x output width per
-    second, x 2 as FLOPs), measured once per process on a small batch (~0.05 s)."""
+    second, x 2 as FLOPs), measured once per process (~0.3 s) on a batch shaped like a real one:
+    1,024 cells (the CPU batch) with 8 % of 8,192 genes expressed, drawn with a skewed gene
+    popularity as in single-cell data (a few genes in most cells, most in few), into 2,048 outputs.
+    The kernel's rate depends on that shape: a 256-cell batch over 1,024 outputs, the probe used
+    before, ran at about half the rate of a published-size prediction, and the estimate erred long
+    by up to 2.6x (``benches/bench_predict.py``)."""
     key = (str(device), "sparse")
     if key not in _RATES:
         import scipy.sparse as sp
@@ -625,13 +630,20 @@ def _sparse_rate(device: torch.device) -> float:
         from scatd_core.nn.sparse import sparse_linear, warm_up
 
         warm_up()
-        x = sp.random(256, 8192, density=0.08, format="csr", dtype=np.float32, random_state=0)
-        w, b = torch.randn(8192, 1024), torch.zeros(1024)
+        rng = np.random.default_rng(0)
+        n_cells, n_genes, n_out, per_cell = 1024, 8192, 2048, 655
+        popularity = rng.lognormal(0.0, 1.5, n_genes)
+        cols = rng.choice(n_genes, size=(n_cells, per_cell), p=popularity / popularity.sum())
+        x = sp.csr_matrix((np.ones(cols.size, dtype=np.float32), (np.repeat(np.arange(n_cells), per_cell),
+                                                                  cols.ravel())), shape=(n_cells, n_genes))
+        x.sum_duplicates()  # a gene drawn twice for a cell is one stored value
+        w, b = torch.full((n_genes, n_out), 0.01), torch.zeros(n_out)
         with torch.inference_mode():
+            sparse_linear(batch_tensor(x, device), w, b)  # first touch of the output and weights
             t0 = time.perf_counter()
-            for _ in range(3):
+            for _ in range(2):
                 sparse_linear(batch_tensor(x, device), w, b)
-        _RATES[key] = 3 * 2 * x.nnz * 1024 / max(time.perf_counter() - t0, 1e-9)
+        _RATES[key] = 2 * 2 * x.nnz * n_out / max(time.perf_counter() - t0, 1e-9)
     return _RATES[key]
 
 
