@@ -149,8 +149,8 @@ def device_text() -> str:
 def start_up() -> threading.Thread:
     """Once per server: finish interrupted library writes, then compile (or load from numba's disk
     cache) the numba kernels of the QC metrics (scanpy), the sparse first layer and umap-learn,
-    and build a tiny model the way a model is loaded (torch's one-off imports), in the
-    background, so the first upload, prediction and UMAP do not wait for them.
+    build a tiny model the way a model is loaded (torch's one-off imports) and time the rates of
+    the prediction's time estimate, in the background, so the first upload, prediction and UMAP do not wait for them.
 
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
@@ -173,7 +173,7 @@ def start_up() -> threading.Thread:
     import torch  # noqa: F401
     import umap  # noqa: F401
 
-    from scatd_core import embed, preprocess
+    from scatd_core import embed, predict, preprocess
     from scatd_core.nn import models, sparse
 
     def warm_up() -> None:
@@ -181,6 +181,7 @@ def start_up() -> threading.Thread:
         models.warm_up()
         sparse.warm_up()
         embed.warm_up()
+        predict.warm_up()  # the rates of the Predict page's time estimate
         gc.collect()  # the warm-up's own garbage first
         gc.freeze()
 

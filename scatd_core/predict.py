@@ -647,6 +647,15 @@ def _sparse_rate(device: torch.device) -> float:
     return _RATES[key]
 
 
+def warm_up(device: str = "auto") -> None:
+    """Time the rates :func:`estimate_seconds` uses (once per process, ~0.5 s), e.g. in a server's
+    start-up thread, so that the first estimate shown does not wait for them."""
+    dev = resolve_device(device)
+    _flop_rate(dev)
+    if dev.type == "cpu":
+        _sparse_rate(dev)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -326,3 +326,17 @@ def test_estimate_follows_cells_and_density(log_bundle):
     assert estimate_seconds(log_bundle, 20_000, device="cpu") == pytest.approx(2 * dense, rel=1e-9)
     assert estimate_seconds(log_bundle, 10_000, device="cpu", density=0.9) == pytest.approx(dense, rel=1e-9)
     assert estimate_seconds(log_bundle, 10_000, mode="sample", n_samples=50, device="cpu") > dense
+
+
+def test_warm_up_times_the_estimates_rates_once(log_bundle, monkeypatch):
+    """The server's start-up thread times the estimate's rates, so the Predict page's first estimate
+    measures nothing; later calls reuse them."""
+    from scatd_core import predict as predict_module
+
+    monkeypatch.setattr(predict_module, "_RATES", {})
+    predict_module.warm_up("cpu")
+    rates = dict(predict_module._RATES)
+    assert set(rates) == {("cpu", "gemm"), ("cpu", "sparse")} and all(r > 0 for r in rates.values())
+    estimate_seconds(log_bundle, 10_000, device="cpu", density=0.05)
+    predict_module.warm_up("cpu")
+    assert predict_module._RATES == rates
