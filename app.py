@@ -1,4 +1,4 @@
-"""scATD Studio: start with ``streamlit run app.py`` (see docs/app.md).
+"""scATD Studio: start with ``python -m scatd_app`` or ``streamlit run app.py`` (see docs/app.md).
 
 Navigation over the user's path (Data → Model → Predict → Cells → Biomarkers → Report, then the
 model library and training), and the sidebar shown on every page.

@@ -29,6 +29,7 @@ way: here the browser runs on the server's own cores, which a lab deployment doe
 
     python benches/bench_e2e.py               # one server, two walks; prints the breakdown and totals
     python benches/bench_e2e.py --servers 3   # three fresh servers
+    python benches/bench_e2e.py --launcher module   # servers started by `python -m scatd_app`
 """
 
 from __future__ import annotations
@@ -153,21 +154,25 @@ def walk(url: str, data: Path, server_pid: int) -> dict:
     return waits
 
 
-def run_once(home: Path, data: Path, walks: int = 2) -> list[dict]:
+def run_once(home: Path, data: Path, walks: int = 2, launcher: str = "streamlit") -> list[dict]:
     from test_browser import _free_port, _wait_healthy
 
     port = _free_port()
     env = {**os.environ, "SCATD_HOME": str(home), "SCATD_MAX_UPLOAD_MB": "1000"}
     env.pop("SCATD_MODEL_LIBRARY", None)
     log = open(home / "streamlit.log", "w")
+    start = ["-m", "scatd_app"] if launcher == "module" else ["-m", "streamlit", "run", "app.py"]
+    started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+        [sys.executable, *start, "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
         _wait_healthy(url, proc)
+        listening = time.perf_counter() - started
+        print(f"server ({launcher}) listening after {listening:.1f} s", file=sys.stderr, flush=True)
         for i in range(walks):
             waits = walk(url, data, proc.pid)
             waits["walk"] = "first user, fresh server" if i == 0 else "next user"
@@ -175,6 +180,7 @@ def run_once(home: Path, data: Path, walks: int = 2) -> list[dict]:
             waits["total_server_cpu_s"] = sum(waits["server_cpu_s"][s] for s in STEPS)
             waits["total_browser_cpu_s"] = sum(waits["browser_cpu_s"][s] for s in STEPS)
             waits["load"] = load_average()
+            waits["launcher"], waits["server_listening_s"] = launcher, round(listening, 1)
             rows.append(waits)
             print(json.dumps(waits), file=sys.stderr, flush=True)
     finally:
@@ -191,6 +197,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=1)
     parser.add_argument("--walks", type=int, default=2, help="walks (new browser sessions) per server")
+    parser.add_argument("--launcher", choices=("streamlit", "module"), default="streamlit",
+                        help="start the server as `streamlit run app.py` (loads the libraries when the first user "
+                             "opens the app) or `python -m scatd_app` (loads them before it listens)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,7 +210,7 @@ def main() -> int:
         make_upload(data)
         print(f"upload: {data.stat().st_size / 2**20:.0f} MB h5ad, {N_CELLS:,} cells x 19,264 genes", file=sys.stderr)
         for _ in range(args.servers):
-            rows += run_once(home, data, args.walks)
+            rows += run_once(home, data, args.walks, args.launcher)
     print("Seconds of waiting per step (the server's CPU seconds in that step, all threads, in brackets)")
     print()
     print("| walk | " + " | ".join(STEPS) + " | **total waiting s** | server CPU s | browser CPU s | open app s "

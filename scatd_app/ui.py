@@ -145,12 +145,18 @@ def device_text() -> str:
     return device_description(resolve_device("auto"))
 
 
-@st.cache_resource(show_spinner=False)
-def start_up() -> threading.Thread:
-    """Once per server: finish interrupted library writes, then compile (or load from numba's disk
-    cache) the numba kernels of the QC metrics (scanpy), the sparse first layer and umap-learn,
-    build a tiny model the way a model is loaded (torch's one-off imports) and time the rates of
-    the prediction's time estimate, in the background, so the first upload, prediction and UMAP do not wait for them.
+_START_UP: threading.Thread | None = None
+_START_UP_LOCK = threading.Lock()
+
+
+def start_up(wait: bool = False) -> threading.Thread:
+    """Once per server process: finish interrupted library writes, then compile (or load from
+    numba's disk cache) the numba kernels of the QC metrics (scanpy), the sparse first layer and
+    umap-learn, build a tiny model the way a model is loaded (torch's one-off imports) and time
+    the rates of the prediction's time estimate, in the background, so the first upload,
+    prediction and UMAP do not wait for them. ``app.py`` calls it on every run (only the first
+    starts anything); ``python -m scatd_app`` calls it with ``wait=True`` before the server
+    listens, so that not even the first user shares the machine with it.
 
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
@@ -161,6 +167,16 @@ def start_up() -> threading.Thread:
     objects, took ~0.3 s each time, stalling every user's page and background computation. It now
     walks only what was made since (the sessions' data), which it still collects.
     """
+    global _START_UP
+    with _START_UP_LOCK:
+        if _START_UP is None:
+            _START_UP = _begin_start_up()
+    if wait:
+        _START_UP.join()
+    return _START_UP
+
+
+def _begin_start_up() -> threading.Thread:
     import logging
 
     from scatd_core.bundle import clean_library

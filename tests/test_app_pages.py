@@ -641,3 +641,13 @@ def test_prediction_ahead_waits_for_the_users_choice_of_model(with_library, tmp_
     ahead = _ahead(at)
     assert Path(ahead.bundle_path).resolve() == Path(at.session_state[state.BUNDLE_PATH]).resolve()
     assert ahead.future.result().n_obs == N_CELLS
+
+
+def test_start_up_runs_once_per_process_and_can_be_waited_for():
+    """app.py calls ui.start_up() on every run and `python -m scatd_app` waits for it before the
+    server listens: one warm-up per process, which both see."""
+    from scatd_app import ui
+
+    first = ui.start_up(wait=True)
+    assert not first.is_alive()
+    assert ui.start_up() is first and ui.start_up(wait=True) is first

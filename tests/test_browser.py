@@ -64,14 +64,17 @@ def _need_browser() -> None:
 
 
 @contextmanager
-def _streamlit(home: Path, **env_extra):
-    """``streamlit run app.py`` on a free port with ``SCATD_HOME=home``; yields its URL."""
+def _streamlit(home: Path, *, launcher: str = "streamlit", **env_extra):
+    """The app on a free port with ``SCATD_HOME=home``, started as ``streamlit run app.py``
+    (``launcher="streamlit"``) or ``python -m scatd_app`` (``"module"``: loaded before it listens);
+    yields its URL."""
     port = _free_port()
     env = {**os.environ, "SCATD_HOME": str(home), "SCATD_MAX_UPLOAD_MB": "500", **env_extra}
     env.pop("SCATD_MODEL_LIBRARY", None)
     log = open(home / "streamlit.log", "w")
+    start = ["-m", "scatd_app"] if launcher == "module" else ["-m", "streamlit", "run", "app.py"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+        [sys.executable, *start, "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -97,7 +100,7 @@ def server(tmp_path_factory):
         make_bundle(home / "models" / f"zz_{drug.lower()}", make_dataset(600, seed=0), drug=drug, seed=i + 1, steps=20)
     data = home / "tumour_10k.h5ad"
     make_dataset(N_CELLS, seed=11).write_h5ad(data, compression="gzip")
-    with _streamlit(home, SCATD_AUTH="none") as url:
+    with _streamlit(home, launcher="module", SCATD_AUTH="none") as url:  # the two-user test starts it the other way
         yield url, data, home
 
 
@@ -263,6 +266,8 @@ def test_upload_predict_umap_download(server, tmp_path):
             page.screenshot(path=str(SCREENSHOTS / "9_report_html.png"), full_page=True)
             log = (home / "streamlit.log").read_text()
             assert "Traceback" not in log, log[-3000:]  # nothing failed on the server either
+            # started by `python -m scatd_app`: everything was loaded before the server listened
+            assert log.index("scATD Studio: ready in") < log.index("You can now view your Streamlit app"), log[:2000]
         except Exception:
             _shot(page, "failure")  # what the browser showed when the test failed
             raise

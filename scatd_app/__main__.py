@@ -1,0 +1,38 @@
+"""``python -m scatd_app [streamlit options]``: start scATD Studio with everything loaded first.
+
+``streamlit run app.py`` starts serving at once and loads the libraries and compiled kernels when
+the first user opens the app, alongside that user's first pages and upload (on a 2-core machine,
+~5 CPU seconds). Here they are loaded before the server listens: the first user finds the server
+as warm as every later one (``benches/bench_e2e.py --launcher module``). The options are
+``streamlit run``'s, e.g. ``--server.address 0.0.0.0 --server.port 8501`` on a lab server.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not APP.is_file():
+        print(f"scATD Studio: {APP} is missing; run from a checkout of the project (pip install -e .).", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    print("scATD Studio: loading the libraries and compiled kernels before serving…", file=sys.stderr, flush=True)
+    from scatd_app import ui
+
+    ui.start_up(wait=True)
+    print(f"scATD Studio: ready in {time.perf_counter() - started:.1f} s; starting the server.", file=sys.stderr,
+          flush=True)
+    from streamlit.web import cli
+
+    sys.argv = ["streamlit", "run", str(APP), *args]
+    return cli.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
