@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     if not APP.is_file():
         print(f"scATD Studio: {APP} is missing; run from a checkout of the project (pip install -e .).", file=sys.stderr)
         return 2
+    from streamlit.web import cli
+
+    if {"-h", "--help"} & set(args):  # streamlit run's options; nothing to load for that
+        print("python -m scatd_app [OPTIONS]: loads scATD Studio, then runs `streamlit run app.py [OPTIONS]`, "
+              "with these options:\n")
+        return cli.main(["run", "--help"], prog_name="streamlit")
     started = time.perf_counter()
     print("scATD Studio: loading the libraries and compiled kernels before serving…", file=sys.stderr, flush=True)
     from scatd_app import ui
@@ -28,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ui.start_up(wait=True)
     print(f"scATD Studio: ready in {time.perf_counter() - started:.1f} s; starting the server.", file=sys.stderr,
           flush=True)
-    from streamlit.web import cli
-
-    sys.argv = ["streamlit", "run", str(APP), *args]
-    return cli.main()
+    return cli.main(["run", str(APP), *args], prog_name="streamlit")
 
 
 if __name__ == "__main__":
