@@ -618,7 +618,7 @@ def _flop_rate(device: torch.device) -> float:
 def _sparse_rate(device: torch.device) -> float:
     """Throughput of the sparse first layer (multiply-adds of stored values x output width per
     second, x 2 as FLOPs), measured once per process (~0.3 s) on a batch shaped like a real one:
-    1,024 cells (the CPU batch) with 8 % of 8,192 genes expressed, drawn with a skewed gene
+    1,024 cells (the CPU batch) with ~7 % of 8,192 genes expressed, drawn with a skewed gene
     popularity as in single-cell data (a few genes in most cells, most in few), into 2,048 outputs.
     The kernel's rate depends on that shape: a 256-cell batch over 1,024 outputs, the probe used
     before, ran at about half the rate of a published-size prediction, and the estimate erred long
