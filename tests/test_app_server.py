@@ -153,3 +153,21 @@ def test_the_queue_runs_at_most_n_jobs_and_keeps_order():
     assert peak[0] == 2 and order == list(range(6))
     assert positions == {2: 1, 3: 2, 4: 3, 5: 4}  # later arrivals saw their place in the queue
     assert q.running == 0 and q.waiting == []
+
+
+def test_deploy_files_copy_what_exists_and_start_the_app_loaded():
+    """The Docker images copy every folder the app needs and nothing that is gone (they copied
+    `pages/` after the pages moved to `app_pages/`), and the images and the systemd unit start the
+    app with `python -m scatd_app` (loaded before it listens)."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    for name in ("Dockerfile", "Dockerfile.cuda"):
+        text = (repo / "deploy" / name).read_text()
+        sources = [part for line in re.findall(r"^COPY\s+(.+)\s+\S+\s*$", text, flags=re.M) for part in line.split()]
+        assert sources and all((repo / part).exists() for part in sources), (name, sources)
+        assert {"app.py", "app_pages", "scatd_app", "scatd_core", ".streamlit", "pyproject.toml"} <= set(sources)
+        assert re.search(r'^CMD \["python", "-m", "scatd_app"', text, flags=re.M), name
+    assert re.search(r"^ExecStart=\S+/python -m scatd_app ", (repo / "deploy" / "scatd-studio.service").read_text(),
+                     flags=re.M)
