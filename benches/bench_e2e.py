@@ -155,18 +155,14 @@ def walk(url: str, data: Path, server_pid: int) -> dict:
 
 
 def run_once(home: Path, data: Path, walks: int = 2, launcher: str = "streamlit") -> list[dict]:
-    from test_browser import _free_port, _wait_healthy
+    from test_browser import _free_port, _wait_healthy, app_command
 
     port = _free_port()
     env = {**os.environ, "SCATD_HOME": str(home), "SCATD_MAX_UPLOAD_MB": "1000"}
     env.pop("SCATD_MODEL_LIBRARY", None)
     log = open(home / "streamlit.log", "w")
-    start = ["-m", "scatd_app"] if launcher == "module" else ["-m", "streamlit", "run", "app.py"]
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, *start, "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(app_command(launcher, port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:

@@ -63,6 +63,14 @@ def _need_browser() -> None:
     pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
 
 
+def app_command(launcher: str, port: int) -> list[str]:
+    """The command that serves the app on ``port`` of this machine only: ``streamlit run app.py``
+    (``launcher="streamlit"``) or ``python -m scatd_app`` (``"module"``), run from the repository."""
+    start = ["-m", "scatd_app"] if launcher == "module" else ["-m", "streamlit", "run", "app.py"]
+    return [sys.executable, *start, "--server.headless", "true", "--server.port", str(port),
+            "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+
+
 @contextmanager
 def _streamlit(home: Path, *, launcher: str = "streamlit", **env_extra):
     """The app on a free port with ``SCATD_HOME=home``, started as ``streamlit run app.py``
@@ -72,12 +80,7 @@ def _streamlit(home: Path, *, launcher: str = "streamlit", **env_extra):
     env = {**os.environ, "SCATD_HOME": str(home), "SCATD_MAX_UPLOAD_MB": "500", **env_extra}
     env.pop("SCATD_MODEL_LIBRARY", None)
     log = open(home / "streamlit.log", "w")
-    start = ["-m", "scatd_app"] if launcher == "module" else ["-m", "streamlit", "run", "app.py"]
-    proc = subprocess.Popen(
-        [sys.executable, *start, "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(app_command(launcher, port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
