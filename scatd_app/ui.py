@@ -189,7 +189,7 @@ def _begin_start_up() -> threading.Thread:
     import torch  # noqa: F401
     import umap  # noqa: F401
 
-    from scatd_core import embed, predict, preprocess
+    from scatd_core import embed, explain, predict, preprocess
     from scatd_core.nn import models, sparse
 
     def warm_up() -> None:
@@ -198,6 +198,7 @@ def _begin_start_up() -> threading.Thread:
         sparse.warm_up()
         embed.warm_up()
         predict.warm_up()  # the rates of the Predict page's time estimate
+        explain.warm_up()
         gc.collect()  # the warm-up's own garbage first
         gc.freeze()
 

@@ -310,6 +310,46 @@ def test_explain_sparse_batches_equal_dense_batches(log_bundle, monkeypatch):
     np.testing.assert_allclose(fast.cells["target"], dense.cells["target"], atol=1e-5)
 
 
+@pytest.mark.parametrize("with_present", [False, True])
+@pytest.mark.parametrize("n_genes", [1, 700, 1500])  # one column block, several, a ragged last block
+def test_attribution_sums_in_one_pass_equal_numpy(with_present, n_genes, monkeypatch):
+    from scatd_core.explain import _sums
+    from scatd_core.explain._explain import _Sums
+
+    rng = np.random.default_rng(n_genes)
+    n = 37
+    a = rng.normal(size=(n, n_genes)).astype(np.float32)
+    x = (rng.random((n, n_genes)) < 0.1).astype(np.float32) * rng.gamma(2.0, 2.0, (n, n_genes)).astype(np.float32)
+    base = rng.random(n_genes).astype(np.float32)
+    is_pos = rng.random(n) < 0.4
+    is_neg = ~is_pos & (rng.random(n) < 0.8)      # some cells are in neither group
+    present = rng.random((n, n_genes)) < 0.7 if with_present else None
+    at = rng.permutation(n)
+    part = _Sums.partial(at, x, a, np.zeros(n), np.ones(n), base, is_pos, is_neg, present)
+    # the sums in float64 with numpy, one pass each
+    pos, neg = is_pos[at][:, None], (~is_pos[at] & is_neg[at])[:, None]
+    a64, x64 = a.astype(np.float64), x.astype(np.float64)
+    d = (x64 - base.astype(np.float64)) * (present if with_present else 1)
+    expected = {"abs": np.abs(a64).sum(0), "attr_pos": (a64 * pos).sum(0), "attr_neg": (a64 * neg).sum(0),
+                "x_pos": (x64 * pos).sum(0), "x_neg": (x64 * neg).sum(0), "ad": (a64 * d).sum(0),
+                "dd": (d ** 2).sum(0)}
+    for name, value in expected.items():
+        np.testing.assert_allclose(part[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
+    np.testing.assert_allclose(part["attr_sum"], a64.sum(1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(part["staged"], a.astype(np.float16))
+    np.testing.assert_array_equal(part["at"], at)
+    # the compiled kernel gives the interpreted function's numbers (block split included)
+    monkeypatch.setattr(_sums, "BLOCK_COLUMNS", 64)
+    compiled = _sums.column_sums(a, x, base, np.where(is_pos, 1, np.where(is_neg, 0, -1)), present)
+    monkeypatch.setattr(_sums, "_kernel", lambda: _sums._column_sums)
+    plain = _sums.column_sums(a, x, base, np.where(is_pos, 1, np.where(is_neg, 0, -1)), present)
+    for name in _sums.SUMS:
+        np.testing.assert_allclose(compiled[0][name], plain[0][name], rtol=1e-12, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(compiled[1], plain[1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _sums.column_sums(a, x[:, :-1] if n_genes > 1 else x[:-1], base, is_pos.astype(int))
+
+
 # ------------------------------------------------------------------------ precision and the estimate
 
 def test_reduced_precision_only_within_tolerance(log_bundle):
@@ -340,3 +380,21 @@ def test_warm_up_times_the_estimates_rates_once(log_bundle, monkeypatch):
     estimate_seconds(log_bundle, 10_000, device="cpu", density=0.05)
     predict_module.warm_up("cpu")
     assert predict_module._RATES == rates
+
+
+def test_explain_warm_up_compiles_the_kernels_an_explanation_uses(log_bundle):
+    """The server's start-up thread compiles the ranking sums' and the DE test's kernels for the
+    argument types an explanation passes, so the first explanation compiles nothing."""
+    from scatd_core import explain as explain_module
+    from scatd_core.explain import _sums, _wilcoxon
+
+    explain_module.warm_up()
+    kernels = (_sums._KERNEL, _wilcoxon._KERNEL)
+    compiled = [list(k.signatures) for k in kernels]
+    assert all(compiled)
+    adata = _adata(_counts(60, density=0.1, seed=9))
+    predict(adata, log_bundle, threshold=0.5)
+    predict(adata, log_bundle, threshold=float(np.median(adata.obs["scatd_prob_resistant"])))
+    e = explain(adata, log_bundle, n_steps=8, keep_top=10)
+    assert e.info["differential_expression"]["method"] != "none"
+    assert [list(k.signatures) for k in kernels] == compiled

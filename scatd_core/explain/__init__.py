@@ -80,7 +80,8 @@ numbers are captum's on the whole model up to float rounding (``factorise=False`
 itself; both are tested to agree). The data are read once: the attribution pass also keeps
 the explained cells' data as given, from which the kept per-cell inputs and the DE test are
 computed; the ``mean`` baseline was summed during the prediction. Ranking statistics are
-accumulated in float64 as batches go, so they are exact. Per-cell attributions are staged at
+accumulated in float64 as batches go, so they are exact, in one compiled pass over each call's
+attributions (:mod:`~scatd_core.explain._sums`). Per-cell attributions are staged at
 half precision (3 significant digits, far below the quadrature error) until the top features
 are known, then only the ``keep_top`` features are kept in float32: 10,000 cells x 19,264
 genes stage in 385 MB. ``internal_batch_size`` bounds the interpolated rows of one pass and
@@ -95,8 +96,9 @@ attributions and input values of the top genes to ``obsm['scatd_attributions']``
 ``obsm['scatd_attribution_inputs']``, so the exported h5ad, the Report page, the HTML report and
 ``scatd report --explain`` all carry them (:func:`store`, :func:`from_adata`).
 
-Layout: ``_attribution`` (captum, baselines), ``_ranking`` (DE test, agreement), ``_explain``
-(the steps of :func:`explain`).
+Layout: ``_attribution`` (captum, baselines), ``_path`` (the steps by hand), ``_sums`` (the
+ranking's sums), ``_ranking`` and ``_wilcoxon`` (DE test, agreement), ``_explain`` (the steps of
+:func:`explain`). :func:`warm_up` compiles the compiled kernels ahead of time.
 """
 
 from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMORY_BUDGET, N_REFERENCE_CELLS,
@@ -104,6 +106,23 @@ from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMO
 from scatd_core.explain._explain import (COMPLETENESS_TOLERANCE, RANKING_COLUMNS, Explanation, explain,
                                          feature_names, from_adata, store, stratified_subsample)
 
-__all__ = ["explain", "Explanation", "from_adata", "store", "feature_names", "stratified_subsample", "BASELINES",
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's disk cache) the kernels of the ranking's sums and of the DE
+    test on tiny inputs, e.g. in a background thread at start-up, so the first explanation of a
+    server does not wait for them."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from scatd_core.explain._sums import column_sums
+    from scatd_core.explain._wilcoxon import wilcoxon
+
+    values = np.arange(12, dtype=np.float32).reshape(4, 3)
+    column_sums(values, values, np.zeros(3, dtype=np.float32), np.array([1, 0, 1, -1]))
+    wilcoxon(sp.csr_matrix(values), np.array([True, False, True, False]))
+
+
+__all__ = ["warm_up", "explain", "Explanation", "from_adata", "store", "feature_names", "stratified_subsample", "BASELINES",
            "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
            "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size"]

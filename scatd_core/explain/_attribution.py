@@ -95,9 +95,19 @@ class Attributor:
         with torch.no_grad():
             self.f_base = float(self.forward(self.base)[0])
 
-    def __call__(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def first_layer(self, x) -> torch.Tensor | None:
+        """The first layer's outputs of a batch of model inputs (float32 array or CSR matrix), for
+        :meth:`__call__` on slices of the batch (one wide product per batch, not per call); None
+        where the attribution is not factorised."""
+        if not self.factorised:
+            return None
+        with torch.no_grad():
+            return self.model.first_layer(batch_tensor(x, self.device))
+
+    def __call__(self, x, h: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(attributions float32, convergence deltas, f(x))`` of a batch of model inputs
-        (a float32 array, or a CSR matrix for the sparse first layer)."""
+        (a float32 array, or a CSR matrix for the sparse first layer); ``h``: their first-layer
+        outputs when already computed (:meth:`first_layer`)."""
         dense = torch.from_numpy(x.toarray() if hasattr(x, "toarray") else x).to(self.device)
         if not self.factorised:
             attr, delta = self.ig.attribute(dense, baselines=self.base, n_steps=self.n_steps,
@@ -106,8 +116,8 @@ class Attributor:
             with torch.no_grad():
                 out = self.forward(dense)
         else:
-            with torch.no_grad():
-                h = self.model.first_layer(batch_tensor(x, self.device))
+            if h is None:
+                h = self.first_layer(x)
             if self.by_hand is not None:
                 with torch.no_grad():
                     attr = self.by_hand.input_gradient(h).mul_(dense - self.base)
