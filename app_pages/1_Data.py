@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from scatd_app import session, state, ui
+from scatd_app import state, ui
 from scatd_core import genes, io, labels, pl
 from scatd_core.errors import ScatdError
 from scatd_core.preprocess import QC_KEY, QC_METRICS, apply_qc_filter, suggest_qc_thresholds
@@ -26,16 +26,7 @@ with right:
                            help="Only for CSV/TSV tables; h5ad, 10x and loom files say it themselves.")
     ui.demo_button("btn_demo", left)
 
-if uploaded is not None and ss.get("data_upload") != [uploaded.file_id, orientation]:
-    try:
-        with st.spinner(f"Reading {uploaded.name}…"):
-            adata = io.read_bytes(uploaded.getvalue(), uploaded.name, orientation=orientation,
-                                  workdir=session.folder())
-    except Exception as exc:  # io promises InputError only; still never show a traceback
-        ui.show_error(exc)
-        ui.stop()
-    ui.set_data(adata, uploaded.name)
-    ss["data_upload"] = [uploaded.file_id, orientation]
+ui.read_upload(uploaded, orientation)
 
 adata = ss.get(state.ADATA)
 if adata is None:

@@ -3,6 +3,11 @@
 - **Working folder**: ``<work_dir>/sessions/<session id>/`` holds this session's uploads (read
   from disk when large); nothing else ever reads it, and it is removed when the session has been
   idle longer than ``server.session_ttl_minutes`` (or replaced by new data).
+- **Uploads on disk, not in memory**: Streamlit keeps every uploaded file's bytes in the
+  server's memory for as long as the page shows the upload. The Data page writes its upload
+  to the working folder (:func:`keep_upload`), reads it from there, and once it has been read
+  lets go of Streamlit's copy (:func:`release_upload`); the file on disk serves a new reading
+  (another orientation, also after a reload) and backed reading.
 - **Resume after a reload**: the session's values (its AnnData, choices and results, kept by
   reference, not copied) stay in a process-wide store under an unguessable token that the page
   keeps in its URL (``?s=...``). A reload or a dropped connection opens a new Streamlit session
@@ -23,6 +28,7 @@ from pathlib import Path
 import streamlit as st
 
 from scatd_app import state
+from scatd_core import io
 from scatd_core.config import settings, work_dir
 
 SESSION_ID = "session_id"
@@ -158,3 +164,45 @@ def sweep(every_seconds: float = 60.0) -> None:
     for path in root.iterdir():
         if path.name not in live and now - path.stat().st_mtime > ttl:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def keep_upload(uploaded) -> dict:
+    """This upload (a Streamlit ``UploadedFile``) written to the session's working folder, once
+    per upload: ``{"id", "name", "path"}``, also kept as ``state.UPLOAD``. Raises ``InputError``
+    (too large, unsupported type, disk full) before anything is written."""
+    ss = st.session_state
+    kept = ss.get(state.UPLOAD)
+    if kept and kept["id"] == uploaded.file_id and Path(kept["path"]).is_file():
+        return kept
+    path = io.store_upload(uploaded.getbuffer(), uploaded.name, folder())
+    ss[state.UPLOAD] = {"id": uploaded.file_id, "name": uploaded.name, "path": str(path)}
+    return ss[state.UPLOAD]
+
+
+def forget_other_uploads() -> None:
+    """Delete the upload files of this session other than the kept one (call once the kept one is
+    the session's data: a backed dataset reads from its file)."""
+    kept = st.session_state.get(state.UPLOAD)
+    mine = folder()
+    keep = Path(kept["path"]).parent if kept else None
+    for path in mine.glob(io.UPLOAD_FOLDER_PREFIX + "*"):
+        if path != keep and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def release_upload(file_id: str) -> bool:
+    """Drop Streamlit's in-memory copy of an upload of this session (the page's uploader then gives
+    None; the file on disk stays). Whether a copy was dropped."""
+    try:
+        from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # another Streamlit layout: keep the copy, as Streamlit does
+        return False
+    ctx = get_script_run_ctx()
+    manager = getattr(ctx, "uploaded_file_mgr", None)
+    if ctx is None or not isinstance(manager, MemoryUploadedFileManager):
+        return False
+    if not manager.get_files(ctx.session_id, [file_id]):
+        return False
+    manager.remove_file(ctx.session_id, file_id)
+    return True

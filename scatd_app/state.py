@@ -11,6 +11,8 @@ key                 value
 ADATA               the current dataset (``anndata.AnnData``), annotated in place
 DATA_NAME           its display name (the uploaded file's name, or "demo (simulated data)")
 DATA_TOKEN          identifies this upload in this session (never shared between sessions)
+UPLOAD              the Data page's last upload, on disk: ``{"id", "name", "path"}``
+                    (:func:`scatd_app.session.keep_upload`; kept for a reload)
 IS_DEMO             whether the dataset is the built-in demo
 LABEL_COLUMN        obs column holding true labels, for evaluation (or None)
 SAMPLE_COLUMN       obs column holding the sample / batch (or None)
@@ -39,6 +41,7 @@ import streamlit as st
 ADATA = "adata"
 DATA_NAME = "data_name"
 DATA_TOKEN = "data_token"
+UPLOAD = "data_kept_upload"
 IS_DEMO = "is_demo"
 LABEL_COLUMN = "label_column"
 SAMPLE_COLUMN = "sample_column"

@@ -685,6 +685,44 @@ def use_demo(bar) -> None:
     set_bundle(str(demo.bundle_path()))
 
 
+def read_upload(uploaded, orientation: str) -> None:
+    """Make the Data page's upload the session's data when it is new or its orientation changed.
+
+    The upload is read from the session's folder (:func:`scatd_app.session.keep_upload`); once
+    read, the server drops its in-memory copy (the uploader still shows the file but gives None)
+    and the file on disk serves a new reading in another orientation, also after a reload. An
+    unreadable file shows its error and stops the page.
+    """
+    from scatd_app import session
+    from scatd_core import io
+
+    ss = st.session_state
+    kept, source = ss.get(state.UPLOAD), None
+    done = ss.get("data_upload") or [None, None]
+    if uploaded is not None:
+        if done != [uploaded.file_id, orientation]:
+            try:
+                source = session.keep_upload(uploaded)
+            except Exception as exc:  # InputError: too large, unsupported, disk full
+                show_error(exc)
+                stop()
+    elif kept and not ss.get(state.IS_DEMO) and done[0] == kept["id"] and done[1] != orientation:
+        source = kept  # the data now: read again in the orientation now chosen
+    if source is None:
+        return
+    try:
+        with st.spinner(f"Reading {source['name']}…"):
+            adata = io.read(source["path"], name=source["name"], orientation=orientation)
+    except Exception as exc:  # io promises InputError only; still never show a traceback
+        show_error(exc)
+        stop()
+    set_data(adata, source["name"])
+    ss["data_upload"] = [source["id"], orientation]
+    session.forget_other_uploads()
+    if uploaded is not None:
+        session.release_upload(uploaded.file_id)
+
+
 def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
     """The "Try the demo" button; on a click, loads the demo (progress in ``progress_area``).
     Returns whether the demo is now the session's data."""

@@ -225,6 +225,45 @@ def test_csv_upload_works(with_library):
     assert metric(at, "Cells") == "40" and at.session_state[state.LABEL_COLUMN] == "response"
 
 
+def test_an_upload_is_read_from_the_sessions_folder_and_again_in_another_orientation(with_library, monkeypatch):
+    """The server keeps an upload on disk, not in memory: once read, Streamlit's copy is let go
+    (the uploader then gives None, as here after ``clear``) and a new orientation reads the file
+    in the session's folder; a new upload replaces it there."""
+    from scatd_app import session
+    from scatd_core.config import work_dir
+
+    released = []
+    monkeypatch.setattr(session, "release_upload", lambda file_id: released.append(file_id) or True)
+    adata = make_dataset(40, seed=1)
+    frame = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names)
+    at = start()
+    upload(at, "cells.csv", frame.to_csv().encode())
+    assert metric(at, "Cells") == "40" and metric(at, "Genes") == f"{adata.n_vars:,}"
+    folder = work_dir() / "sessions" / at.session_state[session.SESSION_ID]
+    files = list(folder.glob("scatd-upload-*/*"))
+    assert [f.name for f in files] == ["upload.csv"] and files[0].read_bytes() == frame.to_csv().encode()
+    kept = at.session_state[state.UPLOAD]
+    assert kept["path"] == str(files[0]) and kept["name"] == "cells.csv"
+    assert released == [kept["id"]]  # read once, then Streamlit's in-memory copy is let go
+
+    at.file_uploader[0].clear()
+    at.run()
+    ok(at)
+    assert metric(at, "Cells") == "40"  # nothing read again, nothing lost
+    at.radio(key="data_orientation").set_value("genes_x_cells")
+    at.run()
+    ok(at)
+    assert metric(at, "Cells") == f"{adata.n_vars:,}" and metric(at, "Genes") == "40"  # read again, transposed
+    assert at.session_state["data_upload"] == [kept["id"], "genes_x_cells"]
+
+    at.radio(key="data_orientation").set_value("auto")
+    upload(at, "other.csv", frame.iloc[:25].to_csv().encode())
+    assert metric(at, "Cells") == "25"
+    files = list(folder.glob("scatd-upload-*/*"))
+    assert len(files) == 1 and files[0].read_bytes() == frame.iloc[:25].to_csv().encode()  # the first is gone
+    assert len(released) == 2
+
+
 def test_the_first_page_has_the_browser_load_the_later_pages_elements(empty_library):
     """The sidebar's script imports Streamlit's own modules of the elements the pages show
     (uploader, charts, tables...) while the user is on the first page; only names of files in

@@ -171,3 +171,25 @@ def test_deploy_files_copy_what_exists_and_start_the_app_loaded():
         assert re.search(r'^CMD \["python", "-m", "scatd_app"', text, flags=re.M), name
     assert re.search(r"^ExecStart=\S+/python -m scatd_app ", (repo / "deploy" / "scatd-studio.service").read_text(),
                      flags=re.M)
+
+
+def test_release_upload_lets_go_of_streamlits_in_memory_copy(monkeypatch):
+    """What the Data page calls once an upload is read: Streamlit's copy of the bytes is dropped
+    from the server's memory, once; other sessions' files are untouched."""
+    from types import SimpleNamespace
+
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    from scatd_app import session
+
+    manager = MemoryUploadedFileManager("/upload")
+    for sid in ("mine", "theirs"):
+        manager.add_file(sid, UploadedFileRec("f1", "cells.h5ad", "application/octet-stream", b"x" * 1000))
+    ctx = SimpleNamespace(uploaded_file_mgr=manager, session_id="mine")
+    monkeypatch.setattr("streamlit.runtime.scriptrunner.get_script_run_ctx", lambda: ctx)
+    assert session.release_upload("f1") is True
+    assert manager.get_files("mine", ["f1"]) == [] and len(manager.get_files("theirs", ["f1"])) == 1
+    assert session.release_upload("f1") is False  # nothing left to drop
+    monkeypatch.setattr("streamlit.runtime.scriptrunner.get_script_run_ctx", lambda: None)
+    assert session.release_upload("f1") is False  # outside a script run: nothing to do

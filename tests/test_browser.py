@@ -112,6 +112,20 @@ def _no_exception(page) -> None:
         "[data-testid='stException']").first.inner_text()
 
 
+def _uploads_held_in_memory(url: str, wait_s: float = 12.0) -> int:
+    """Bytes of uploaded files Streamlit holds in the server's memory (its metrics endpoint; that
+    family is recomputed at most every 5 s), polled until 0 or ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = urllib.request.urlopen(f"{url}/_stcore/metrics?families=cache_memory_bytes", timeout=10).read().decode()
+        assert "cache_memory_bytes" in text, text[:300]
+        held = sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                   if 'cache_type="UploadedFileManager"' in line)
+        if held == 0 or time.monotonic() > deadline:
+            return held
+        time.sleep(1.0)
+
+
 def _go(page, link: str, heading: str | None = None) -> None:
     page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=link, exact=True).click()
     if heading:
@@ -190,6 +204,8 @@ def test_upload_predict_umap_download(server, tmp_path):
             assert page.get_by_text(f"{N_CELLS:,}", exact=True).count() >= 1
             _no_exception(page)
             _shot(page, "1_data")
+            # read from the session's folder: the server no longer holds the upload in memory
+            assert _uploads_held_in_memory(url) == 0
 
             _go(page, "Model", "2 · Model")
             page.get_by_text("Coverage is good").wait_for()

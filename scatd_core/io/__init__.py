@@ -41,6 +41,7 @@ import anndata as ad
 
 from scatd_core._keys import ALL_ZERO as ZERO_CELL_KEY
 from scatd_core._keys import INPUT_REPORT as REPORT_KEY
+from scatd_core.config import limits
 from scatd_core.errors import InputError
 from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMAT_OF_SUFFIX, FORMATS_HINT, MIN_CELLS,
                                    ORIENTATIONS, SUPPORTED_FORMATS, UPLOAD_TYPES, Options, check_signature,
@@ -51,12 +52,16 @@ from scatd_core.io._report import finish
 from scatd_core.io._table import read_table
 from scatd_core.io._tenx import choose_matrix, data_files, read_archive, read_mtx
 
-__all__ = ["read", "read_bytes", "SUPPORTED_FORMATS", "UPLOAD_TYPES", "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY",
+#: The start of the name of each folder :func:`store_upload` makes.
+UPLOAD_FOLDER_PREFIX = "scatd-upload-"
+
+__all__ = ["read", "read_bytes", "store_upload", "UPLOAD_FOLDER_PREFIX", "SUPPORTED_FORMATS", "UPLOAD_TYPES",
+           "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY",
            "MIN_CELLS", "BACKED_MIN_BYTES", "BACKED_MIN_CELLS"]
 
 
 def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_cells: int | None = None,
-         backed="auto", max_dataset_bytes: int | None = None) -> ad.AnnData:
+         backed="auto", max_dataset_bytes: int | None = None, name: str | None = None) -> ad.AnnData:
     """Read a single-cell data file (or 10x folder) into an AnnData of cells x genes.
 
     Parameters
@@ -75,6 +80,9 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         ``"auto"``: h5ad files over :data:`BACKED_MIN_BYTES` or :data:`BACKED_MIN_CELLS` are
         opened read-only with X on disk (``adata.X[start:stop]`` reads a batch of rows);
         ``True`` / ``False`` force it. Other formats are always read into memory.
+    name
+        What messages call the file (e.g. the name an upload had; :func:`store_upload`); default
+        the file's own name. The format always comes from ``path``'s extension.
 
     Returns
     -------
@@ -85,8 +93,37 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
     InputError
         For anything that makes the file unusable (and nothing else).
     """
-    opts = make_options(orientation, max_bytes, max_cells, backed, Path(path).name, max_dataset_bytes)
+    shown = display_name(name) if name is not None else Path(path).name
+    opts = make_options(orientation, max_bytes, max_cells, backed, shown, max_dataset_bytes)
     return _read_guarded(Path(path), opts)
+
+
+def store_upload(data, filename: str, folder: str | Path | None = None, *, max_bytes: int | None = None) -> Path:
+    """Write uploaded bytes (``bytes`` or a buffer such as a memoryview) to a fresh folder inside
+    ``folder`` (default the system's temporary folder) and return the file's path, for :func:`read` (``name=filename``) now and again later,
+    e.g. in another orientation, without holding the bytes in memory.
+
+    ``filename`` only tells the format: the file is a fixed stem plus the recognised extension, so
+    no name a user typed becomes a path. Checked first: the size limit (``max_bytes``, default the
+    upload limit) and a supported extension. Remove the file's folder (``path.parent``) when done.
+    """
+    shown = display_name(filename)
+    size = memoryview(data).nbytes
+    limit = max_bytes or limits().max_upload_bytes
+    if size > limit:
+        raise too_large(shown, size, limit)
+    suffix = suffix_of(shown)
+    if suffix is None:
+        raise unsupported(shown)
+    tmpdir = Path(tempfile.mkdtemp(prefix=UPLOAD_FOLDER_PREFIX, dir=folder))
+    path = tmpdir / f"upload{suffix}"
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise InputError(f"Could not store the upload {shown} ({exc}).",
+                         "The server may be out of disk space; tell its administrator.") from exc
+    return path
 
 
 def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_bytes: int | None = None,
@@ -99,28 +136,16 @@ def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_byt
     temporary file lives as long as the AnnData.
     """
     opts = make_options(orientation, max_bytes, max_cells, backed, display_name(filename))
-    size = len(data)
-    if size > opts.max_bytes:
-        raise too_large(opts.display_name, size, opts.max_bytes)
-    suffix = suffix_of(opts.display_name)
-    if suffix is None:
-        raise unsupported(opts.display_name)
-    tmpdir = Path(tempfile.mkdtemp(prefix="scatd-upload-", dir=workdir))
+    path = store_upload(data, filename, workdir, max_bytes=opts.max_bytes)
     try:
-        path = tmpdir / f"upload{suffix}"
-        try:
-            path.write_bytes(data)
-        except OSError as exc:
-            raise InputError(f"Could not store the upload {opts.display_name} ({exc}).",
-                             "The server may be out of disk space; tell its administrator.") from exc
         adata = _read_guarded(path, opts)
     except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
         raise
     if adata.isbacked:
-        weakref.finalize(adata, shutil.rmtree, tmpdir, True)
+        weakref.finalize(adata, shutil.rmtree, path.parent, True)
     else:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
     return adata
 
 
