@@ -336,7 +336,8 @@ def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go
             hovertemplate="%{text}<br>DE score %{x:.3g}, mean |attribution| %{y:.3g}<extra></extra>"))
     log_y = bool(len(part) and (part["mean_abs_attribution"] > 0).all())
     fig.update_xaxes(title=f"Wilcoxon score ({positive} vs {negative})")
-    fig.update_yaxes(title="mean |attribution|", type="log" if log_y else "linear")
+    fig.update_yaxes(title="mean |attribution|", type="log" if log_y else "linear",
+                     **(dict(dtick=1, exponentformat="power") if log_y else {}))  # 10^-3, not "1m" or "100µ"
     return layout(fig, None, height=420)
 
 

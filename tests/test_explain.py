@@ -109,6 +109,13 @@ def test_planted_program_tops_the_ranking(planted, planted_result):
     agree = planted_result.info["agreement"]
     assert agree["top20_overlap"] >= 10 and agree["top20_direction_agrees_with_de"] >= 0.9
     assert -1 <= agree["spearman_abs_attribution_vs_abs_de_score"] <= 1
+    # the ranking against DE, as the Biomarkers page plots it: both directions, decades on a log axis
+    from scatd_core import pl
+
+    fig = pl.attribution_vs_de(r, "resistant", "sensitive")
+    assert {t.name for t in fig.data} == {"resistance", "sensitivity"}
+    assert sum(len(t.x) for t in fig.data) == int((r["in_data"] & np.isfinite(r["de_score"])).sum())
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.exponentformat == "power"
 
 
 def test_completeness_within_tolerance(planted_result):
