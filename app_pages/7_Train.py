@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from scatd_app import auth, jobs, ui
+from scatd_app import auth, jobs, session, ui
 from scatd_app import state as S
 from scatd_core import pl
 from scatd_core._progress import with_eta
@@ -59,6 +59,7 @@ def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
             with st.spinner(f"Reading {upload.name}…"):
                 adata = read_bytes(upload.getvalue(), upload.name, backed=False)
             st.session_state[slot] = {"adata": adata, "name": upload.name, "id": upload.file_id}
+            session.release_upload(upload.file_id)  # read into the session: Streamlit's copy is not needed
         except ScatdError as exc:
             show_error(exc)
 

@@ -13,6 +13,7 @@ Session values live under the keys of :mod:`scatd_app.state`.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextvars
 import functools
@@ -147,6 +148,8 @@ def device_text() -> str:
 
 _START_UP: threading.Thread | None = None
 _START_UP_LOCK = threading.Lock()
+#: How long a process that exits waits for its start-up warm-up to finish.
+WARM_UP_EXIT_WAIT_S = 120.0
 
 
 def start_up(wait: bool = False) -> threading.Thread:
@@ -204,6 +207,10 @@ def _begin_start_up() -> threading.Thread:
 
     thread = threading.Thread(target=warm_up, name="scatd-warm-up", daemon=True)
     thread.start()
+    # A daemon thread still inside compiled code (numba, torch) when the interpreter exits is
+    # torn down mid-call, which aborts the process ("terminate called without an active
+    # exception"); a process that ends early (a stopped server, a short test run) waits for it.
+    atexit.register(thread.join, WARM_UP_EXIT_WAIT_S)
     return thread
 
 

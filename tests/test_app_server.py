@@ -3,8 +3,12 @@ escaped user strings, the job queue."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -193,3 +197,14 @@ def test_release_upload_lets_go_of_streamlits_in_memory_copy(monkeypatch):
     assert session.release_upload("f1") is False  # nothing left to drop
     monkeypatch.setattr("streamlit.runtime.scriptrunner.get_script_run_ctx", lambda: None)
     assert session.release_upload("f1") is False  # outside a script run: nothing to do
+
+
+def test_a_process_that_ends_during_the_start_up_warm_up_exits_cleanly(tmp_path):
+    """The warm-up thread runs compiled code (numba, torch); a process that ends while it runs (a
+    server stopped at once, a short test run) used to abort ("terminate called without an active
+    exception", exit status 134). It now waits for the warm-up and exits normally."""
+    env = {**os.environ, "SCATD_HOME": str(tmp_path / "home")}
+    res = subprocess.run([sys.executable, "-c", "from scatd_app import ui; ui.start_up()"], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "terminate called" not in res.stderr

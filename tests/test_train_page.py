@@ -80,6 +80,26 @@ def test_demo_panel_offers_its_drugs_and_upload_target_needed():
     assert any("Give the bulk data" in i.value for i in at.info)
 
 
+def test_uploaded_target_is_read_once_and_streamlits_copy_let_go(monkeypatch):
+    import pandas as pd
+
+    from scatd_app import session
+
+    released = []
+    monkeypatch.setattr(session, "release_upload", lambda file_id: released.append(file_id) or True)
+    _, _, target = synthetic()
+    frame = pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names)
+    at = _page().run()
+    at.file_uploader(key="upload_train_target").upload("cells.csv", frame.to_csv().encode())
+    at.run()
+    assert not at.exception, at.exception
+    entry = at.session_state["train_target"]
+    assert entry["adata"].n_obs == target.n_obs and entry["name"] == "cells.csv"
+    assert released == [entry["id"]]
+    at.run()  # nothing read again
+    assert released == [entry["id"]]
+
+
 def test_original_head_settings_and_few_labelled_cells_column():
     bulk, labels, target = synthetic()
     target.obs["some_labels"] = [0, 0, 1, 1] + [None] * (target.n_obs - 4)
