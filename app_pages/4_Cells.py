@@ -170,16 +170,7 @@ colour_options = {"P(resistant)": (adata.obs[PROB].to_numpy(), False, (0.0, 1.0)
                   "called label": (labels, True, None, None)}
 if PROB_SD in adata.obs:
     colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
-emb_info = None
-with umap_area:
-    try:
-        with st.spinner(f"Computing the UMAP and clusters of {adata.n_obs:,} cells (about "
-                        f"{max(5, adata.n_obs // 500)} s the first time)…"):
-            emb_info = ui.embedding(adata, basis)
-    except ScatdError as exc:
-        ui.show_error(exc)
-if emb_info is not None and CLUSTER in adata.obs:
-    colour_options["Leiden cluster"] = (adata.obs[CLUSTER].astype(str).to_numpy(), True, None, None)
+colour_options["Leiden cluster"] = None  # computed with the UMAP, just below
 for col in [label_column, ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
     if not col or col in colour_options or str(col).startswith("scatd_"):
         continue
@@ -189,7 +180,19 @@ for col in [label_column, ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns)
         colour_options[col] = (values.to_numpy(), not numeric, None, "Viridis")
 if ss.get("cells_colour") not in colour_options:
     ss["cells_colour"] = "P(resistant)"
-colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")
+colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")  # usable while the UMAP computes
+emb_info = None
+with umap_area:
+    try:
+        with st.spinner(f"Computing the UMAP and clusters of {adata.n_obs:,} cells (about "
+                        f"{max(5, adata.n_obs // 500)} s the first time)…"):
+            emb_info = ui.embedding(adata, basis)
+    except ScatdError as exc:
+        ui.show_error(exc)
+if CLUSTER in adata.obs:
+    colour_options["Leiden cluster"] = (adata.obs[CLUSTER].astype(str).to_numpy(), True, None, None)
+elif colour == "Leiden cluster":
+    colour = "P(resistant)"  # no clusters (the UMAP could not be computed): the default colouring
 if emb_info is not None:
     values, categorical, crange, scale = colour_options[colour]
     fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,

@@ -381,6 +381,27 @@ def test_interrupted_run_is_reported(with_library):
     assert "stopped before it finished" in text(at.info)
 
 
+def test_cells_colour_choice_is_there_before_the_umap_and_survives_its_failure(with_library, monkeypatch):
+    from scatd_core import embed
+    from scatd_core.errors import InputError
+
+    def fail(*args, **kwargs):
+        raise InputError("The UMAP could not be computed (test).", "Try the expression space.")
+
+    monkeypatch.setattr(embed, "compute_embedding", fail)
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    run_prediction(at)
+    goto(at, "4_Cells")
+    assert "The UMAP could not be computed (test)." in text(at.error)
+    colour = at.selectbox(key="cells_colour")
+    assert colour.options[:3] == ["P(resistant)", "called label", "Leiden cluster"] and "response" in colour.options
+    colour.set_value("Leiden cluster").run()
+    ok(at)  # no clusters to colour by: nothing breaks, the error stays
+    assert "The UMAP could not be computed (test)." in text(at.error)
+    assert not at.get("plotly_chart") or all("UMAP" not in str(c.proto) for c in at.get("plotly_chart"))
+
+
 def test_pages_without_data_point_to_the_step(with_library):
     at = start()
     goto(at, "3_Predict")
