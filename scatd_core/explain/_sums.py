@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scatd_core.explain._wilcoxon import _threadsafe_layer
+from scatd_core.explain._wilcoxon import parallel_kernel
 
 #: Rows of the output of :func:`column_sums`, in order.
 SUMS = ("abs", "attr_pos", "attr_neg", "x_pos", "x_neg", "ad", "dd")
@@ -65,15 +65,10 @@ def _prange(n):  # replaced by numba.prange in the compiled kernel
 
 
 def _kernel():
-    """:func:`_column_sums` compiled (or loaded from numba's disk cache), column blocks on
-    threads where numba's threading layer is thread-safe, else on one."""
+    """:func:`_column_sums` compiled, column blocks on threads (:func:`parallel_kernel`)."""
     global _KERNEL
     if _KERNEL is None:
-        import numba
-
-        parallel = _threadsafe_layer()
-        globals()["_prange"] = numba.prange if parallel else range
-        _KERNEL = numba.njit(parallel=parallel, cache=True, nogil=True)(_column_sums)
+        _KERNEL = parallel_kernel(_column_sums, globals())
     return _KERNEL
 
 

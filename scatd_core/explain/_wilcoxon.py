@@ -86,16 +86,22 @@ def _threadsafe_layer() -> bool:
     return False
 
 
+def parallel_kernel(func, namespace: dict):
+    """``func`` compiled by numba (cached on disk), its loop over ``_prange`` (a name in
+    ``namespace``, the function's module globals) spread over threads where numba's threading
+    layer is thread-safe, else run on one."""
+    import numba
+
+    parallel = _threadsafe_layer()
+    namespace["_prange"] = numba.prange if parallel else range
+    return numba.njit(parallel=parallel, cache=True, nogil=True)(func)
+
+
 def _kernel():
-    """:func:`_rank_sums` compiled, one column per thread where numba's threading layer is thread-safe,
-    else one thread (cached on disk)."""
+    """:func:`_rank_sums` compiled, one column per thread (:func:`parallel_kernel`)."""
     global _KERNEL
     if _KERNEL is None:
-        import numba
-
-        parallel = _threadsafe_layer()
-        globals()["_prange"] = numba.prange if parallel else range
-        _KERNEL = numba.njit(parallel=parallel, cache=True, nogil=True)(_rank_sums)
+        _KERNEL = parallel_kernel(_rank_sums, globals())
     return _KERNEL
 
 
