@@ -92,6 +92,7 @@ if bulk_source == "Upload":
                 with _temp_copies(labels_upload) as (path,):
                     ss[LABELS] = {"table": read_label_table(path), "name": labels_upload.name,
                                   "id": labels_upload.file_id}
+                session.release_upload(labels_upload.file_id)
             except ScatdError as exc:
                 show_error(exc)
     with st.expander("No label table? Build one from GDSC ln(IC50) values"):

@@ -80,24 +80,26 @@ def test_demo_panel_offers_its_drugs_and_upload_target_needed():
     assert any("Give the bulk data" in i.value for i in at.info)
 
 
-def test_uploaded_target_is_read_once_and_streamlits_copy_let_go(monkeypatch):
+def test_uploads_are_read_once_and_streamlits_copy_let_go(monkeypatch):
     import pandas as pd
 
     from scatd_app import session
 
     released = []
     monkeypatch.setattr(session, "release_upload", lambda file_id: released.append(file_id) or True)
-    _, _, target = synthetic()
+    _, labels, target = synthetic()
     frame = pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names)
     at = _page().run()
     at.file_uploader(key="upload_train_target").upload("cells.csv", frame.to_csv().encode())
+    at.file_uploader(key="upload_train_labels").upload("labels.csv", labels.to_csv().encode())
     at.run()
     assert not at.exception, at.exception
-    entry = at.session_state["train_target"]
+    entry, table = at.session_state["train_target"], at.session_state["train_labels"]
     assert entry["adata"].n_obs == target.n_obs and entry["name"] == "cells.csv"
-    assert released == [entry["id"]]
+    assert table["table"].shape[0] == labels.shape[0] and table["name"] == "labels.csv"
+    assert sorted(released) == sorted([entry["id"], table["id"]])
     at.run()  # nothing read again
-    assert released == [entry["id"]]
+    assert len(released) == 2
 
 
 def test_original_head_settings_and_few_labelled_cells_column():
