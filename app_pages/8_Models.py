@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from scatd_app import auth, jobs, ui
+from scatd_app import auth, jobs, session, ui
 from scatd_core import published
 from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL, import_checkpoint, remove_bundle
 from scatd_core.config import import_folder
@@ -125,6 +125,9 @@ if submitted:
         ui.show_error(exc)
     else:
         ui.clear_library_cache()
+        for done in (upload, side):  # in the library now: Streamlit's in-memory copies are not needed
+            if done is not None:
+                session.release_upload(done.file_id)
         st.success(f"Imported **{ui.md(bundle.title)}**.", icon=":material/check_circle:")
         if bundle.input_kind == "embedding" and bundle.style_mean is None and bundle.kind == "classifier":
             st.warning("No bulk embeddings were given: this model cannot predict until it has the AdaIN "

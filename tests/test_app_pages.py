@@ -442,6 +442,20 @@ def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
     at.run()
     assert "not a readable PyTorch checkpoint" in text(at.error) and not at.exception
 
+    # an uploaded checkpoint: once imported, Streamlit's in-memory copy is let go (not after a failure)
+    from scatd_app import session
+
+    released = []
+    monkeypatch.setattr(session, "release_upload", lambda file_id: released.append(file_id) or True)
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert "not a readable PyTorch checkpoint" in text(at.error) and released == []
+    at.file_uploader(key="upload_pth").upload("drug.pth", (folder / "drug.pth").read_bytes())
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert not at.exception and "Imported" in text(at.success), text(at.error)
+    assert (empty_library / "Other_dist_vae" / "manifest.json").is_file() and len(released) == 1
+
 
 def test_show_error_never_shows_a_traceback():
     at = AppTest.from_function(_errors_page)
