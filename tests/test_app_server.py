@@ -103,6 +103,12 @@ def test_a_reload_resumes_the_session_and_a_lost_one_says_so(with_library):
     assert reloaded.session_state[state.PREDICTION] == at.session_state[state.PREDICTION]
     goto(reloaded, "4_Cells")
     assert "Run a prediction first" not in text(reloaded.info)
+    # the upload waits in the session's folder: another orientation reads it again after the reload
+    n_genes = at.session_state[state.ADATA].n_vars
+    goto(reloaded, "1_Data")
+    reloaded.radio(key="data_orientation").set_value("genes_x_cells").run()
+    ok(reloaded)
+    assert reloaded.session_state[state.ADATA].n_obs == n_genes and state.PREDICTION not in reloaded.session_state
 
     lost = AppTest.from_file(APP, default_timeout=300)
     lost.query_params["s"] = "an-expired-or-unknown-token"
