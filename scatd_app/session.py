@@ -169,7 +169,7 @@ def sweep(every_seconds: float = 60.0) -> None:
 def keep_upload(uploaded) -> dict:
     """This upload (a Streamlit ``UploadedFile``) written to the session's working folder, once
     per upload: ``{"id", "name", "path"}``, also kept as ``state.UPLOAD``. Raises ``InputError``
-    (too large, unsupported type, disk full) before anything is written."""
+    (too large, unsupported type, disk full), keeping nothing."""
     ss = st.session_state
     kept = ss.get(state.UPLOAD)
     if kept and kept["id"] == uploaded.file_id and Path(kept["path"]).is_file():

@@ -98,14 +98,13 @@ attributions and input values of the top genes to ``obsm['scatd_attributions']``
 
 Layout: ``_attribution`` (captum, baselines), ``_path`` (the steps by hand), ``_sums`` (the
 ranking's sums), ``_ranking`` and ``_wilcoxon`` (DE test, agreement), ``_explain`` (the steps of
-:func:`explain`). :func:`warm_up` compiles the compiled kernels ahead of time.
+:func:`explain`). :func:`warm_up` compiles their numba kernels ahead of time.
 """
 
 from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMORY_BUDGET, N_REFERENCE_CELLS,
                                              TARGET_TITLES, TARGETS, auto_internal_batch_size)
 from scatd_core.explain._explain import (COMPLETENESS_TOLERANCE, RANKING_COLUMNS, Explanation, explain,
                                          feature_names, from_adata, store, stratified_subsample)
-
 
 
 def warm_up() -> None:
@@ -123,6 +122,6 @@ def warm_up() -> None:
     wilcoxon(sp.csr_matrix(values), np.array([True, False, True, False]))
 
 
-__all__ = ["warm_up", "explain", "Explanation", "from_adata", "store", "feature_names", "stratified_subsample", "BASELINES",
-           "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
+__all__ = ["warm_up", "explain", "Explanation", "from_adata", "store", "feature_names", "stratified_subsample",
+           "BASELINES", "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
            "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size"]

@@ -56,8 +56,7 @@ from scatd_core.io._tenx import choose_matrix, data_files, read_archive, read_mt
 UPLOAD_FOLDER_PREFIX = "scatd-upload-"
 
 __all__ = ["read", "read_bytes", "store_upload", "UPLOAD_FOLDER_PREFIX", "SUPPORTED_FORMATS", "UPLOAD_TYPES",
-           "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY",
-           "MIN_CELLS", "BACKED_MIN_BYTES", "BACKED_MIN_CELLS"]
+           "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY", "MIN_CELLS", "BACKED_MIN_BYTES", "BACKED_MIN_CELLS"]
 
 
 def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_cells: int | None = None,
@@ -100,8 +99,9 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
 
 def store_upload(data, filename: str, folder: str | Path | None = None, *, max_bytes: int | None = None) -> Path:
     """Write uploaded bytes (``bytes`` or a buffer such as a memoryview) to a fresh folder inside
-    ``folder`` (default the system's temporary folder) and return the file's path, for :func:`read` (``name=filename``) now and again later,
-    e.g. in another orientation, without holding the bytes in memory.
+    ``folder`` (default the system's temporary folder) and return the file's path, for
+    :func:`read` (``name=filename``) now and again later, e.g. in another orientation, without
+    holding the bytes in memory.
 
     ``filename`` only tells the format: the file is a fixed stem plus the recognised extension, so
     no name a user typed becomes a path. Checked first: the size limit (``max_bytes``, default the
