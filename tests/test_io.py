@@ -86,6 +86,27 @@ def test_read_bytes_never_uses_the_name_as_a_path(formats, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_stored_upload_is_read_again_under_its_own_name(formats, tmp_path):
+    """What the Data page does: the upload's bytes go to a fixed name in a fresh folder of the
+    session's, then are read (and read again) from there; messages use the name it had."""
+    data = formats["csv"].read_bytes()
+    path = io.store_upload(memoryview(data), "../../../tmp/evil\x07 name.csv", tmp_path)
+    assert path.name == "upload.csv" and path.parent.parent == tmp_path
+    assert path.parent.name.startswith(io.UPLOAD_FOLDER_PREFIX) and path.read_bytes() == data
+    adata = io.read(path, name="../../../tmp/evil\x07 name.csv")
+    assert adata.uns[io.REPORT_KEY]["file_name"] == "evil name.csv"
+    again = io.read(path, name="cells.csv", orientation="genes_x_cells")
+    assert again.n_obs == adata.n_vars and path.exists()
+    with pytest.raises(InputError, match="over the limit"):
+        io.store_upload(data, "big.csv", tmp_path, max_bytes=100)
+    with pytest.raises(InputError, match="not supported"):
+        io.store_upload(data, "cells.docx", tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1  # refused uploads leave nothing behind
+    path.with_name("upload.csv").write_bytes(b"")
+    with pytest.raises(InputError, match="cells.csv is empty"):
+        io.read(path, name="cells.csv")
+
+
 def test_read_bytes_keeps_a_backed_file_until_the_data_is_gone(formats):
     adata = io.read_bytes(formats["h5ad"].read_bytes(), "x.h5ad", backed=True)
     folder = Path(adata.filename).parent
