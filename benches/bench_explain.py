@@ -15,6 +15,11 @@ path), the unit the issue's "today ~11 passes" was measured in.
     python benches/bench_explain.py                       # 1k and 10k cells
     python benches/bench_explain.py --cells 10000         # one size
     python benches/bench_explain.py --plain-cells 16      # also time captum on the whole model
+    python benches/bench_explain.py --cells 10000 --parts # and where the explanation's time goes
+
+``--parts`` also times the parts of the explanation of the largest size (each function's wall
+seconds, summed over its calls, in the same run): the first layer, the steps forward and
+backward, the map back, the ranking's sums, staging, the DE test.
 
 ``--plain-cells N`` also runs the plain form (``factorise=False``: captum on the whole model,
 no first-layer factorisation) on N cells, to report the speed-up, and checks that both forms
@@ -85,7 +90,49 @@ def arithmetic(model, x, n_steps: int) -> dict:
             "gemm_gflops": round(sum(out[k] for k in gemms) / sum(rate_s.values()) / 1e9, 1)}
 
 
-def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int) -> dict:
+#: (module, attribute path, label) of the functions whose seconds ``--parts`` reports.
+PARTS = (
+    ("scatd_core.explain._attribution", "Attributor.first_layer", "first layer (sparse, per batch)"),
+    ("scatd_core.explain._path", "_Member.forward", "steps forward"),
+    ("scatd_core.explain._path", "_Member.backward", "steps backward"),
+    ("scatd_core.explain._path", "PathGradient.input_gradient", "path gradient (steps + map back)"),
+    ("scatd_core.explain._sums", "column_sums", "ranking sums (one pass)"),
+    ("scatd_core.explain._explain", "_Sums.partial", "per-call results (sums + half-precision staging)"),
+    ("scatd_core.explain._explain", "_Sums.merge", "merging calls (staged rows)"),
+    ("scatd_core.explain._explain", "_de_columns", "DE test and group means"),
+)
+
+
+def time_parts() -> dict:
+    """Wrap :data:`PARTS` with timers; returns the dict their seconds accumulate in."""
+    import functools
+    import importlib
+
+    seconds = {label: 0.0 for _, _, label in PARTS}
+    for module_name, path, label in PARTS:
+        owner = importlib.import_module(module_name)
+        *outer, name = path.split(".")
+        for part in outer:
+            owner = getattr(owner, part)
+        original = getattr(owner, name)
+        is_static = isinstance(owner.__dict__.get(name), staticmethod)
+
+        def timed(*args, _f=original, _label=label, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                seconds[_label] += time.perf_counter() - t0
+
+        functools.update_wrapper(timed, original)
+        setattr(owner, name, staticmethod(timed) if is_static else timed)
+    # _explain imported column_sums by name: it calls the timed one too
+    importlib.import_module("scatd_core.explain._explain").column_sums = \
+        importlib.import_module("scatd_core.explain._sums").column_sums
+    return seconds
+
+
+def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int, parts: bool = False) -> dict:
     import anndata as ad
     import pandas as pd
     import torch
@@ -112,6 +159,7 @@ def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int) -> d
     predict(adata, bundle, inputs=inputs, device="cpu")
     predict_s = time.perf_counter() - t0
     set_threshold(adata, float(np.median(adata.obs["scatd_prob_resistant"])), "user")
+    part_seconds = time_parts() if parts else None
     t0 = time.perf_counter()
     e = explain(adata, bundle, inputs=inputs, n_steps=n_steps, device="cpu")
     explain_s = time.perf_counter() - t0
@@ -137,6 +185,8 @@ def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int) -> d
         "de": e.info["differential_expression"]["method"] != "none",
         **floor, "floor_passes": round(floor["floor_ms_per_cell"] * n_cells / 1000 / predict_s, 2),
     }
+    if part_seconds is not None:
+        out["parts_s"] = {k: round(v, 2) for k, v in part_seconds.items()}
     if plain_cells:
         sub = adata[:plain_cells].copy()
         kw = dict(n_steps=n_steps, device="cpu", keep_top=None, differential_expression=False, baseline="zero")
@@ -158,12 +208,13 @@ def main(argv=None) -> int:
     p.add_argument("--cells", type=int, nargs="*", default=[1000, 10000])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--plain-cells", type=int, default=0)
+    p.add_argument("--parts", action="store_true", help="also time the parts of the largest size's explanation")
     p.add_argument("--write", help="also write the Markdown results to this file")
-    p.add_argument("--child", nargs=4, metavar=("BUNDLE", "CELLS", "STEPS", "PLAIN"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=5, metavar=("BUNDLE", "CELLS", "STEPS", "PLAIN", "PARTS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        b, n, s, pc = args.child
-        print(json.dumps(run_one(b, int(n), int(s), int(pc))))
+        b, n, s, pc, parts = args.child
+        print(json.dumps(run_one(b, int(n), int(s), int(pc), parts == "1")))
         return 0
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {load_average()} at the start"
     rows = []
@@ -171,7 +222,8 @@ def main(argv=None) -> int:
         bundle = make_bundle(Path(tmp)).path
         for i, n in enumerate(args.cells):
             plain = args.plain_cells if i == 0 else 0
-            child = [sys.executable, __file__, "--child", str(bundle), str(n), str(args.steps), str(plain)]
+            parts = int(args.parts and n == max(args.cells))
+            child = [sys.executable, __file__, "--child", str(bundle), str(n), str(args.steps), str(plain), str(parts)]
             proc = subprocess.run(child, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)
@@ -188,6 +240,13 @@ def main(argv=None) -> int:
                      f"{r['floor_passes']} | {r['gemm_gflops']} | "
                      f"{r['peak_rss_mb']:,} | {r['completeness_median']:.1e} / {r['completeness_max']:.1e} | "
                      f"{r['load'].split(' on')[0]} |")
+    for r in rows:
+        if "parts_s" in r:
+            lines += ["", f"Where the {r['cells']:,}-cell explanation's {r['explain_s']} s go (wall seconds of each "
+                      "function, summed over its calls; nested parts are inside the ones above them):", "",
+                      "| part | s |", "|---|---:|"]
+            lines += [f"| {k} | {v} |" for k, v in r["parts_s"].items()]
+            lines.append(f"| GEMM floor at this run's rate | {round(r['floor_ms_per_cell'] * r['cells'] / 1000, 1)} |")
     plain = [r for r in rows if "plain_cells" in r]
     for r in plain:
         lines.append("")
