@@ -22,7 +22,7 @@ Opening the app (the first page) is reported apart, as in the issue's figures. E
 two walks, each in a new browser (a new session): the first on the freshly started server (it
 loads the model and, in the background, the numba kernels, while the user uploads), the second
 as the next user of a server that is up. The streamlit process's peak RSS (VmHWM) is read from
-/proc after each walk, and its CPU seconds (user + system, all threads) around each step: on a
+/proc after each walk, and its current RSS (VmRSS) 2 s later, and its CPU seconds (user + system, all threads) around each step: on a
 shared machine the waiting includes time the server spent waiting for a core, the CPU seconds
 do not. The browser's CPU seconds (every Chromium process Playwright started) are read the same
 way: here the browser runs on the server's own cores, which a lab deployment does not.
@@ -66,9 +66,10 @@ def make_upload(path: Path, n_cells: int = N_CELLS, seed: int = 7) -> None:
     ad.AnnData(x, obs=obs, var=pd.DataFrame(index=gene_names())).write_h5ad(path)
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak (``VmHWM``) or current (``VmRSS``) resident memory, MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -148,7 +149,9 @@ def walk(url: str, data: Path, server_pid: int) -> dict:
             _no_exception(page)
         finally:
             browser.close()
-    waits["server_peak_rss_mb"] = _peak_rss_mb(server_pid)
+    waits["server_peak_rss_mb"] = _rss_mb(server_pid)
+    time.sleep(2.0)  # the last page's run ends
+    waits["server_rss_after_mb"] = _rss_mb(server_pid, "VmRSS")
     waits["server_cpu_s"] = cpu
     waits["browser_cpu_s"] = browser_cpu
     return waits
@@ -210,13 +213,14 @@ def main() -> int:
     print("Seconds of waiting per step (the server's CPU seconds in that step, all threads, in brackets)")
     print()
     print("| walk | " + " | ".join(STEPS) + " | **total waiting s** | server CPU s | browser CPU s | open app s "
-          "| server peak RSS MB | load |")
-    print("|---|" + "---:|" * len(STEPS) + "---:|---:|---:|---:|---:|---|")
+          "| server peak RSS MB | server RSS after MB | load |")
+    print("|---|" + "---:|" * len(STEPS) + "---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         cpu = r["server_cpu_s"]
         print(f"| {r['walk']} | " + " | ".join(f"{r[s]:.1f} ({cpu[s]:.1f})" for s in STEPS)
               + f" | **{r['total_waiting_s']:.1f}** | {r['total_server_cpu_s']:.1f} | {r['total_browser_cpu_s']:.1f} | "
-              f"{r['open app']:.1f} | {r['server_peak_rss_mb']:,.0f} | {r['load'].split(' on')[0]} |")
+              f"{r['open app']:.1f} | {r['server_peak_rss_mb']:,.0f} | {r['server_rss_after_mb']:,.0f} | "
+              f"{r['load'].split(' on')[0]} |")
     return 0
 
 

@@ -165,6 +165,27 @@ def test_the_queue_runs_at_most_n_jobs_and_keeps_order():
     assert q.running == 0 and q.waiting == []
 
 
+def test_the_queue_gives_freed_memory_back_when_the_last_computation_ends(monkeypatch):
+    from scatd_app import jobs
+
+    calls = []
+    monkeypatch.setattr(jobs, "release_free_memory", lambda: calls.append(1) or True)
+    q = jobs.JobQueue(slots=2)
+    with q.slot():
+        with q.slot():
+            pass
+        assert calls == []  # another computation still runs
+        with q.slot_if_free() as held:
+            assert held
+        assert calls == []
+    assert calls == [1]  # the last one ended, nobody waits
+    with q.slot_if_free() as held:
+        assert held
+    assert calls == [1, 1]
+    monkeypatch.undo()
+    assert jobs.release_free_memory() in (True, False)  # glibc's malloc_trim here; never raises
+
+
 def test_deploy_files_copy_what_exists_and_start_the_app_loaded():
     """The Docker images copy every folder the app needs and nothing that is gone (they copied
     `pages/` after the pages moved to `app_pages/`), and the images and the systemd unit start the
