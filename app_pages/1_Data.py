@@ -141,7 +141,8 @@ if ss.get(state.LABEL_COLUMN) not in label_options:
 left, right = st.columns(2)
 with left:
     label_column = st.selectbox("Label column (known response, for evaluation)", label_options,
-                                key=state.LABEL_COLUMN, format_func=lambda c: "none (unlabelled data)" if c is None else c,
+                                key=state.LABEL_COLUMN,
+                                format_func=ui.detached(lambda c: "none (unlabelled data)" if c is None else c),
                                 help="Optional. With labels, the Cells page shows AUROC, AUPRC, F1, MCC and curves.")
     if label_column is not None:
         counts = labels.label_counts(adata.obs[label_column])
@@ -174,7 +175,7 @@ if ss.get(state.SAMPLE_COLUMN) not in group_options:
     ss[state.SAMPLE_COLUMN] = None
 with right:
     st.selectbox("Sample / batch column", group_options, key=state.SAMPLE_COLUMN,
-                 format_func=lambda c: "none" if c is None else c,
+                 format_func=ui.detached(lambda c: "none" if c is None else c),
                  help="Optional. The Cells page shows the fraction of resistant cells per sample.")
 
 # when the model is already settled (chosen, or the library's only one for these data), the

@@ -61,13 +61,14 @@ backbones = [b for b in BACKBONES if any(m.backbone == b for m in offered)]
 if ss.get("model_backbone") not in backbones:
     ss["model_backbone"] = current.backbone if current is not None and current.backbone in backbones else backbones[0]
 left, right = st.columns(2)
-backbone = left.selectbox("Backbone", backbones, key="model_backbone", format_func=lambda b: BACKBONE_TITLES.get(b, b))
+backbone = left.selectbox("Backbone", backbones, key="model_backbone",
+                          format_func=ui.detached(lambda b: BACKBONE_TITLES.get(b, b)))
 choices = {str(m.path): m for m in offered if m.backbone == backbone}
 if ss.get("model_bundle") not in choices:
     ss["model_bundle"] = str(current.path) if current is not None and str(current.path) in choices \
         else next(iter(choices))
 path = right.selectbox("Drug model", list(choices), key="model_bundle", index=None, placeholder="choose a drug model",
-                       format_func=lambda p: choices[p].title)
+                       format_func=ui.detached(lambda p: choices[p].title))
 ui.set_bundle(path)
 if path is None:
     st.info("Choose the drug model to use.", icon=":material/touch_app:")

@@ -44,7 +44,7 @@ ss["cells_threshold"] = float(thr["value"])
 left, right = st.columns([0.6, 0.4])
 with left:
     st.slider("Decision threshold on P(resistant)", 0.0, 1.0, step=0.001, format="%.3f", key="cells_threshold",
-              on_change=on_slider, help="Cells with P(resistant) above it are called resistant. Moving it "
+              on_change=ui.detached(on_slider), help="Cells with P(resistant) above it are called resistant. Moving it "
               "relabels the cells without recomputing anything.")
     if thr["calibrated"]:
         st.success(f"Calibrated: {ui.md(thr['detail'])}.", icon=":material/check_circle:")
@@ -61,16 +61,20 @@ with right:
                                  help="From another assay or prior knowledge: the threshold then calls that share "
                                       "of the cells resistant.")
     c[1].button("Use this fraction", key="btn_fraction",
-                on_click=use, args=(lambda: calibrate(adata, expected_fraction=float(ss["cells_expected_fraction"])),))
+                on_click=ui.detached(use),
+                args=(ui.detached(lambda: calibrate(adata, expected_fraction=float(ss["cells_expected_fraction"]))),))
     if label_column and direction is not None:
         c = st.columns(2)
         c[0].button("From labels: Youden's J", key="btn_youden",
-                    on_click=use, args=(lambda: calibrate(adata, label_column=label_column, method="youden"),),
+                    on_click=ui.detached(use),
+                    args=(ui.detached(lambda: calibrate(adata, label_column=label_column, method="youden")),),
                     help=f"Uses the labelled cells of '{label_column}' (at least 2 per class).")
         c[1].button("From labels: best MCC", key="btn_mcc",
-                    on_click=use, args=(lambda: calibrate(adata, label_column=label_column, method="mcc"),))
+                    on_click=ui.detached(use),
+                    args=(ui.detached(lambda: calibrate(adata, label_column=label_column, method="mcc")),))
     st.button(f"Back to the model default ({default_threshold:.3g})", key="btn_threshold_default",
-              on_click=use, args=(lambda: set_threshold(adata, default_threshold, "model default"),))
+              on_click=ui.detached(use),
+              args=(ui.detached(lambda: set_threshold(adata, default_threshold, "model default")),))
 if ss.get("cells_calibration_error") is not None:
     ui.show_error(ss.pop("cells_calibration_error"))
 

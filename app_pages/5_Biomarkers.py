@@ -65,7 +65,8 @@ with st.form("explain_settings"):
     else:
         c1.selectbox("Baseline", ex.BASELINES, key="bio_baseline",
                      help="; ".join(f"**{b}**: {text}" for b, text in BASELINE_HELP.items()))
-    c2.selectbox("Explained output", ex.TARGETS, format_func=lambda t: ex.TARGET_TITLES[t], key="bio_target")
+    c2.selectbox("Explained output", ex.TARGETS, format_func=ui.detached(lambda t: ex.TARGET_TITLES[t]),
+                 key="bio_target")
     c3.number_input("Integration steps", min_value=4, max_value=500, step=10, key="bio_steps", disabled=deletion,
                     help="Raise it if the completeness warning appears.")
     c4, c5, c6 = st.columns(3)

@@ -62,13 +62,14 @@ with c[2]:
         st.button("biomarkers.csv", disabled=True, icon=":material/genetics:", key="btn_no_biomarkers")
         ui.link("Biomarkers", "Compute biomarkers first", ":material/arrow_forward:")
 with c[3]:
-    st.download_button("annotated .h5ad", lambda: export.h5ad_bytes(adata), file_name=f"{stem}_annotated.h5ad",
+    st.download_button("annotated .h5ad", ui.detached(lambda: export.h5ad_bytes(adata)),
+                       file_name=f"{stem}_annotated.h5ad",
                        mime="application/x-hdf5", icon=":material/database:", key="btn_dl_h5ad", on_click="ignore")
     st.caption("opens in scanpy/cellxgene: obs, obsm, uns['scatd']")
 with c[4]:
     st.download_button("report.html",
-                       lambda: export.html_report(adata, label_column=label_column, group_columns=groups,
-                                                  data_name=ss.get(state.DATA_NAME)).encode("utf-8"),
+                       ui.detached(lambda: export.html_report(adata, label_column=label_column, group_columns=groups,
+                                                              data_name=ss.get(state.DATA_NAME)).encode("utf-8")),
                        file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                        key="btn_dl_html", on_click="ignore")
     st.caption("self-contained: figures, parameters, provenance")

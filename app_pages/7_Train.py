@@ -159,7 +159,7 @@ if target is not None:
     choices = [None] + candidates
     label_column = st.selectbox("True labels of the cells (evaluation only; never used for training)", choices,
                                 index=choices.index(default) if default in choices else 0,
-                                format_func=lambda c: "none" if c is None else c, key="train_label_column")
+                                format_func=ui.detached(lambda c: "none" if c is None else c), key="train_label_column")
     if label_column is not None:
         resistant_value = label_direction(target, label_column)
         values = [str(v) for v in label_counts(target.obs[label_column]).index]
@@ -179,7 +179,7 @@ if target is not None:
     few_choices = [None] + [c for c in candidates if c != label_column]
     few_column = st.selectbox("Labelled cells to train with (optional): a column with a label for a few cells and "
                               "blanks for the others", few_choices, key="train_few_shot_column",
-                              format_func=lambda c: "none" if c is None else c,
+                              format_func=ui.detached(lambda c: "none" if c is None else c),
                               help="Semi-supervised training: the bulk, these labelled cells and the unlabelled rest. "
                                    "At least 2 cells of each class. Cells labelled here are left out of the target "
                                    "evaluation.")
@@ -292,7 +292,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
 
 b_train, b_stop = st.columns([1, 1])
 start = b_train.button("Train", type="primary", key="btn_train_start")
-b_stop.button("Stop", key="btn_train_stop", on_click=lambda: ss.__setitem__(STOP, True),
+b_stop.button("Stop", key="btn_train_stop", on_click=ui.detached(lambda: ss.__setitem__(STOP, True)),
               help="Stops the run after the current epoch; nothing is saved.")
 
 if start:

@@ -29,8 +29,8 @@ else:
 carded = {str(e.path): e.bundle for e in entries if e.ok and e.bundle.manifest.get("card")}
 if carded:
     st.subheader("Model card")
-    chosen = st.selectbox("Trained model", list(carded), format_func=lambda p: f"{carded[p].title} ({Path(p).name})",
-                          key="model_card_choice")
+    chosen = st.selectbox("Trained model", list(carded), key="model_card_choice",
+                          format_func=ui.detached(lambda p: f"{carded[p].title} ({Path(p).name})"))
     ui.show_card(carded[chosen].manifest["card"], key="model_card_figure")
 ui.link("Train a model", "Train a new drug model from bulk data", ":material/school:")
 
@@ -51,8 +51,8 @@ if files is not None:
         st.warning("figshare lists no checkpoint scATD Studio recognises. " + published.manual_instructions())
     else:
         chosen = st.multiselect("Checkpoints to install", list(usable), key="models_published_choice",
-                                format_func=lambda n: f"{usable[n].recognised.title} · {n} · "
-                                                      f"{usable[n].size / 2**20:,.0f} MB")
+                                format_func=ui.detached(lambda n: f"{usable[n].recognised.title} · {n} · "
+                                                                  f"{usable[n].size / 2**20:,.0f} MB"))
         if chosen and st.button("Download and install", type="primary", key="btn_install_published"):
             bar = st.progress(0.0, text="Downloading…")
             try:
@@ -74,12 +74,12 @@ folder = import_folder()
 offered = sorted(p for p in folder.iterdir() if p.is_file()) if folder is not None and folder.is_dir() else []
 ss.setdefault("model_import_backbone", "dist_vae")
 backbone = st.selectbox("Backbone", BACKBONES, key="model_import_backbone",
-                        format_func=lambda b: BACKBONE_TITLES.get(b, b))
+                        format_func=ui.detached(lambda b: BACKBONE_TITLES.get(b, b)))
 with st.form("import_checkpoint"):
     upload = st.file_uploader("Checkpoint file (.pth)", type=["pth", "pt"], key="upload_pth")
     checkpoints = [p.name for p in offered if p.suffix in (".pth", ".pt")]
     from_folder = st.selectbox("…or one the administrator placed in the import folder", [None] + checkpoints,
-                               key="import_from_folder", format_func=lambda n: "—" if n is None else n,
+                               key="import_from_folder", format_func=ui.detached(lambda n: "—" if n is None else n),
                                disabled=not checkpoints,
                                help="The server's import folder (paths.import_folder), set by the administrator.")
     c = st.columns(2)
@@ -91,7 +91,7 @@ with st.form("import_checkpoint"):
                             type=side_types, key="upload_side")
     side_files = [p.name for p in offered if p.suffix.lstrip(".") in side_types]
     side_from_folder = st.selectbox("…or from the import folder", [None] + side_files, key="import_side_from_folder",
-                                    format_func=lambda n: "—" if n is None else n, disabled=not side_files)
+                                    format_func=ui.detached(lambda n: "—" if n is None else n), disabled=not side_files)
     threshold = st.number_input("Decision threshold (empty: the original default)", min_value=0.0, max_value=1.0,
                                 value=None, step=0.01, key="import_threshold")
     replace = st.checkbox("Replace a model of the same name", key="import_replace", disabled=not (user and user.admin),
@@ -149,8 +149,8 @@ if user is not None and user.admin:
     removable = {str(e.path): e for e in entries}
     if removable:
         target = st.selectbox("Model", list(removable), key="models_remove_choice",
-                              format_func=lambda p: removable[p].bundle.title if removable[p].ok
-                              else f"{Path(p).name} (unusable)")
+                              format_func=ui.detached(lambda p: removable[p].bundle.title if removable[p].ok
+                                                      else f"{Path(p).name} (unusable)"))
         sure = st.checkbox("Yes, remove it for every user of this server", key="models_remove_sure")
         if st.button("Remove", disabled=not sure, key="btn_remove_model", icon=":material/delete:"):
             try:

@@ -74,7 +74,7 @@ with st.container(border=True):
         ui.stop()
     ss["panel_models"] = [p for p in ss.get("panel_models", []) if p in classifiers]
     paths = st.multiselect("Drug models of the panel (three or more)", list(classifiers), key="panel_models",
-                           format_func=lambda p: classifiers[p].title,
+                           format_func=ui.detached(lambda p: classifiers[p].title),
                            help="Any backbones and gene sets: each model is aligned to the data separately, and "
                                 "a model that cannot score these data is reported and skipped.")
     with st.expander("Save these models as a panel (only you see your panels)"):
@@ -151,8 +151,8 @@ uncalibrated = [m.drug for m in scored if not adata.uns[m.key]["threshold"]["cal
 c = st.columns([0.4, 0.3, 0.3], vertical_alignment="bottom")
 ss.setdefault("panel_expected_fraction", 0.3)
 c[0].number_input("Expected resistant fraction (every drug)", 0.01, 0.99, step=0.05, key="panel_expected_fraction")
-c[1].button("Calibrate every drug to it", key="btn_panel_calibrate", on_click=calibrate_all)
-c[2].button("Back to the model defaults", key="btn_panel_defaults", on_click=defaults_all)
+c[1].button("Calibrate every drug to it", key="btn_panel_calibrate", on_click=ui.detached(calibrate_all))
+c[2].button("Back to the model defaults", key="btn_panel_defaults", on_click=ui.detached(defaults_all))
 if uncalibrated:
     st.warning(f"Uncalibrated (model default threshold): {ui.md(', '.join(uncalibrated))}. Fractions resistant then "
                "compare poorly across drugs; compare mean P(resistant), or calibrate.", icon=":material/tune:")
@@ -169,7 +169,8 @@ st.subheader("Cells x drugs")
 if groups:
     if ss.get("panel_group") not in groups:
         ss["panel_group"] = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in groups else groups[0]
-    group = st.selectbox("Order and summarise by", groups, key="panel_group", format_func=lambda g: names.get(g, g))
+    group = st.selectbox("Order and summarise by", groups, key="panel_group",
+                         format_func=ui.detached(lambda g: names.get(g, g)))
     summary = panel.group_summary(adata, group)
     order = list(dict.fromkeys(summary["group"]))
     st.plotly_chart(pl.panel_heatmap(prob, drugs, adata.obs[group], names.get(group, group), order),
@@ -262,13 +263,14 @@ c[1].download_button("panel_summary.csv", export.to_csv_bytes(export.panel_summa
                      key="btn_dl_panel_summary", on_click="ignore")
 c[1].caption("per cluster / sample and drug")
 c[2].download_button("panel_report.html",
-                     lambda: export.panel_html_report(adata, group_columns=sample_groups,
-                                                      data_name=ss.get(state.DATA_NAME),
-                                                      markers=markers[1] if markers else None).encode("utf-8"),
+                     ui.detached(lambda: export.panel_html_report(adata, group_columns=sample_groups,
+                                                                  data_name=ss.get(state.DATA_NAME),
+                                                                  markers=markers[1] if markers else None)
+                                 .encode("utf-8")),
                      file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                      key="btn_dl_panel_html", on_click="ignore")
 c[2].caption("self-contained, with the figures")
-c[3].download_button("annotated .h5ad", lambda: export.h5ad_bytes(adata), file_name=f"{stem}_annotated.h5ad",
-                     mime="application/x-hdf5", icon=":material/database:", key="btn_dl_panel_h5ad",
-                     on_click="ignore")
+c[3].download_button("annotated .h5ad", ui.detached(lambda: export.h5ad_bytes(adata)),
+                     file_name=f"{stem}_annotated.h5ad", mime="application/x-hdf5", icon=":material/database:",
+                     key="btn_dl_panel_h5ad", on_click="ignore")
 c[3].caption("one column set per drug")

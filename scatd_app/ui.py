@@ -757,6 +757,35 @@ def link(title: str, label: str | None = None, icon: str | None = None) -> None:
     st.page_link(PAGE[title], label=label or title, icon=icon)
 
 
+def detached(func):
+    """``func``, holding only the page's names its code uses, taken now; for every function a
+    page hands to a widget (callbacks, format functions, a download's deferred data).
+
+    Streamlit keeps a widget's callbacks and format functions in the session's state, and a keyed
+    widget's also after the user has gone to another page. A function defined in a page refers
+    to the page's whole namespace, so it would keep everything the page's last run assigned
+    alive for the session's life: on the Data page, the upload's bytes (up to the upload limit,
+    besides the data read from them). The copy returned looks its global names up in a dict of
+    just the names in its code (nested code included) that the page had defined by now, so a
+    name the page assigns later is not seen: hand functions over where their names exist."""
+    import builtins
+    import types
+
+    if not isinstance(func, types.FunctionType):
+        raise TypeError(f"detached() takes a Python function, not {type(func).__name__}")
+    names, codes = set(), [func.__code__]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    page = func.__globals__
+    scope = {n: page[n] for n in names if n in page}
+    scope["__builtins__"] = page.get("__builtins__", builtins)
+    copy = types.FunctionType(func.__code__, scope, func.__name__, func.__defaults__, func.__closure__)
+    copy.__kwdefaults__, copy.__qualname__, copy.__doc__ = func.__kwdefaults__, func.__qualname__, func.__doc__
+    return copy
+
+
 class PageEnd(Exception):
     """Raised by :func:`stop`: the page has said all it has to say (caught by ``app.py``)."""
 

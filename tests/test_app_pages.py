@@ -264,6 +264,73 @@ def test_an_upload_is_read_from_the_sessions_folder_and_again_in_another_orienta
     assert len(released) == 2
 
 
+def _page_namespaces_alive() -> list[str]:
+    """The pages whose last run's variables are still in memory (``gc`` after a collection)."""
+    import gc
+
+    gc.collect()
+    return sorted({Path(o["__file__"]).stem for o in gc.get_objects()
+                   if isinstance(o, dict) and "app_pages" in str(o.get("__file__", ""))})
+
+
+def test_a_page_left_behind_keeps_nothing_in_memory(with_library):
+    """Streamlit keeps a widget's callbacks and format functions in the session's state, keyed
+    widgets' also after the user has gone to another page; a function defined in a page would
+    keep that page's whole namespace alive: on the Data page the upload's bytes. Pages hand
+    Streamlit detached functions (``ui.detached``), so once the user has moved on, no page but
+    the current one has variables in memory, and no copy of the upload is left."""
+    from streamlit.runtime.uploaded_file_manager import UploadedFile
+
+    data = h5ad_bytes(make_dataset(N_CELLS, seed=7))
+    at = start()
+    upload(at, "tumour.h5ad", data)
+    run_prediction(at)
+    for page in ("4_Cells", "5_Biomarkers", "6_Report", "9_Panel", "7_Train", "8_Models", "1_Data", "2_Model"):
+        goto(at, page)
+    assert "Coverage is good" in text(at.success)
+    assert _page_namespaces_alive() in ([], ["2_Model"])
+    import gc
+
+    assert not [o for o in gc.get_objects() if isinstance(o, UploadedFile) and o.size == len(data)]
+
+
+def test_pages_hand_streamlit_only_detached_functions():
+    """Every function a page gives a widget (callback, format function, download data) is
+    wrapped in ``ui.detached``, also on paths the walk above does not reach."""
+    import ast
+
+    found = []
+    for path in sorted((Path(APP).parent / "app_pages").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+        def bare(node) -> bool:
+            return isinstance(node, ast.Lambda) or (isinstance(node, ast.Name) and node.id in defined)
+
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            given = [k.value for k in call.keywords if k.arg in ("format_func", "on_change", "on_click", "data")]
+            given += [e for k in call.keywords if k.arg == "args" and isinstance(k.value, ast.Tuple)
+                      for e in k.value.elts]
+            if getattr(call.func, "attr", None) == "download_button" and len(call.args) > 1:
+                given.append(call.args[1])
+            found += [f"{path.name}:{v.lineno}" for v in given if bare(v)]
+    assert not found, found
+
+
+def test_detached_functions_hold_only_the_names_they_use():
+    big = np.zeros(10)
+    scope = {"__builtins__": __builtins__, "big": big, "other": object(), "np": np}
+    exec("f = lambda k=2: [np.sum(big) * k for _ in range(1)]\nlate = lambda: later", scope)
+    f = ui.detached(scope["f"])
+    assert set(f.__globals__) == {"__builtins__", "big", "np"} and f() == [0.0] and f(k=3) == [0.0]
+    late = ui.detached(scope["late"])
+    scope["later"] = 1
+    with pytest.raises(NameError):  # a name the page assigns after handing the function over
+        late()
+    with pytest.raises(TypeError):
+        ui.detached(len)
+
+
 def test_the_first_page_has_the_browser_load_the_later_pages_elements(empty_library):
     """The sidebar's script imports Streamlit's own modules of the elements the pages show
     (uploader, charts, tables...) while the user is on the first page; only names of files in
