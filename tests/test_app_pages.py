@@ -149,6 +149,10 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     at.button(key="btn_youden").click().run()
     assert result.uns["scatd"]["threshold"]["source"] == "labelled cells"
     assert "Calibrated" in text(at.success)
+    at.button(key="btn_mcc").click().run()
+    assert result.uns["scatd"]["threshold"]["source"] == "labelled cells" and "Matthews" in text(at.success)
+    at.button(key="btn_threshold_default").click().run()
+    assert result.uns["scatd"]["threshold"]["source"] == "model default" and "Uncalibrated" in text(at.warning)
     at.button(key="btn_fraction").click().run()
     assert result.uns["scatd"]["threshold"]["source"] == "expected fraction"
     at.selectbox(key="cells_colour").set_value("Leiden cluster").run()

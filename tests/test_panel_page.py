@@ -65,6 +65,11 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     resisted = np.column_stack([(adata.obs[f"scatd_{d}_label"] == "resistant") for d in DRUGS]).sum(1)
     np.testing.assert_array_equal(adata.obs["scatd_panel_n_resisted"].to_numpy(), resisted)
 
+    at.button(key="btn_panel_defaults").click().run()
+    ok(at)
+    assert all(adata.uns[f"scatd_{d}"]["threshold"]["source"] == "model default" for d in DRUGS)
+    assert "Uncalibrated" in text(at.warning)
+    at.button(key="btn_panel_calibrate").click().run()
     at.selectbox(key="panel_group").set_value("cluster").run()
     at.selectbox(key="panel_group_value").set_value("hypoxic").run()
     ok(at)

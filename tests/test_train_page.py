@@ -68,6 +68,8 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert [str(p) for p in library] == [result["bundle_path"]]
     at.button(key="btn_train_use_model").click().run()
     assert at.session_state[S.BUNDLE_PATH] == result["bundle_path"]
+    at.button(key="btn_train_stop").click().run()  # its callback runs; nothing is lost
+    assert not at.exception and at.session_state["train_result"] is result
 
 
 def test_demo_panel_offers_its_drugs_and_upload_target_needed():
