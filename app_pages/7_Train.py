@@ -26,6 +26,7 @@ LABELS = "train_labels"      # {"table", "name"}: cell lines x drugs label table
 TARGET = "train_target"      # {"adata", "name"}: an uploaded target (when not the current dataset)
 RESULT = "train_result"      # {"bundle_path", "report"}: the last finished run
 STOP = "train_stop"          # set by the Stop button
+RUNNING = "train_running"    # a run began in this session and has not ended (a Stop click interrupts it)
 PANEL_RESULT = "train_panel_result"  # the summary table of the last panel run
 DATA_TYPES = ["csv", "tsv", "txt", "gz", "h5ad", "h5", "loom", "zip"]
 
@@ -265,7 +266,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
         from scatd_core.panel import save_panel
         from scatd_core.train import train_panel
 
-        ss[STOP] = False
+        ss[STOP], ss[RUNNING] = False, True
         bar = st.progress(0.0, text="Starting…")
         user_name = auth.current_user().name if auth.current_user() else None
         try:
@@ -284,6 +285,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
         else:
             ss[PANEL_RESULT] = summary
             ui.clear_library_cache()
+        ss[RUNNING] = False
         bar.empty()
     if ss.get(PANEL_RESULT) is not None:
         st.caption("Each drug's model card in brief (run the same panel again to resume an interrupted one):")
@@ -298,7 +300,7 @@ b_stop.button("Stop", key="btn_train_stop", on_click=ui.detached(lambda: ss.__se
 if start:
     from scatd_core.train import train_drug_model
 
-    ss[STOP] = False
+    ss[STOP], ss[RUNNING] = False, True
     bar = st.progress(0.0, text="Starting…")
     try:
         few_shot = None
@@ -316,17 +318,20 @@ if start:
                 progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
                 should_stop=lambda: bool(ss.get(STOP)))
     except ScatdError as exc:
+        ss[RUNNING] = False
         bar.empty()
         show_error(exc)
         ui.stop()
+    ss[RUNNING] = False
     bar.empty()
     from scatd_core.train import report_to_json
 
     ss[RESULT] = {"bundle_path": str(bundle.path), "name": bundle.name, "report": report_to_json(report),
                   "predictions": report["target_predictions"], "target": target_name}
     ui.clear_library_cache()
-elif ss.get(STOP):
-    st.info("Training was stopped; no model was saved.")
+elif ss.get(STOP):  # a click on Stop ended the run it interrupted; on its own, it says nothing
+    if ss.pop(RUNNING, False):
+        st.info("Training was stopped; no model was saved.")
     ss[STOP] = False
 
 # ------------------------------------------------------------------ results

@@ -68,8 +68,13 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert [str(p) for p in library] == [result["bundle_path"]]
     at.button(key="btn_train_use_model").click().run()
     assert at.session_state[S.BUNDLE_PATH] == result["bundle_path"]
-    at.button(key="btn_train_stop").click().run()  # its callback runs; nothing is lost
+    at.button(key="btn_train_stop").click().run()  # nothing runs: nothing to say, nothing lost
     assert not at.exception and at.session_state["train_result"] is result
+    assert not any("stopped" in i.value for i in at.info) and at.session_state["train_stop"] is False
+    at.session_state["train_running"] = True  # as a run left it that a Stop click interrupted
+    at.button(key="btn_train_stop").click().run()
+    assert "Training was stopped; no model was saved." in [i.value for i in at.info]
+    assert at.session_state["train_result"] is result and "train_running" not in at.session_state
 
 
 def test_demo_panel_offers_its_drugs_and_upload_target_needed():
