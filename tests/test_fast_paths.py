@@ -204,6 +204,56 @@ def test_path_gradient_by_hand_equals_autograd(case, target):
     np.testing.assert_allclose(a1, a2, atol=2e-5 * scale)
     np.testing.assert_allclose(f1, f2, atol=1e-6)
     np.testing.assert_allclose(d1, d2, atol=2e-4 * max(1.0, float(np.abs(f2).max())))
+    # the gradients' factors give any inputs' attributions again (what explain stages per cell)
+    cols = np.array([arch.input_dim - 1, 0, 3, 7])
+    for attributor in (by_hand, autograd):
+        a, _d, _f, factors = attributor(x, with_factors=True)
+        assert factors.shape == (x.shape[0], attributor.factor_width()) and factors.dtype == np.float32
+        np.testing.assert_array_equal(a, a1 if attributor is by_hand else a2)
+        again = attributor.attributions_of(factors, x[:, cols], cols)
+        np.testing.assert_allclose(again, a[:, cols], rtol=1e-5, atol=1e-6 * scale)
+    plain = Attributor(**kw, factorise=False)
+    assert plain.factor_width() is None and plain(x[:2], with_factors=True)[3] is None
+
+
+def test_explain_stages_gradient_factors_not_float16_attributions(log_bundle, monkeypatch):
+    """Where the gradients' factors are fewer bytes than the attributions (Dist_VAE: 2,233 values
+    against 19,264 genes), explain stages them per cell and computes the top features'
+    attributions from them again: the same ranking, and per-cell attributions that are captum's
+    to float32 rounding instead of float16's."""
+    from scatd_core.explain import _explain
+
+    adata = _adata(_counts(70, density=0.15, seed=9))
+    predict(adata, log_bundle, threshold=0.5)
+    predict(adata, log_bundle, threshold=float(np.median(adata.obs["scatd_prob_resistant"])))
+    kw = dict(n_steps=12, keep_top=40, differential_expression=False, store_result=False)
+    staged = []
+    real = _explain._Sums.merge
+    monkeypatch.setattr(_explain._Sums, "merge", lambda self, part: staged.append(part["staged"].dtype)
+                        or real(self, part))
+    factors = explain(adata, log_bundle, **kw)
+    assert set(staged) == {np.dtype(np.float32)}
+    staged.clear()
+    monkeypatch.setattr(_explain, "stage_factors", lambda attributor, n: False)
+    halves = explain(adata, log_bundle, **kw)
+    assert set(staged) == {np.dtype(np.float16)}
+    pd.testing.assert_frame_equal(factors.ranking, halves.ranking)
+    assert factors.features == halves.features
+    # captum on the whole model, the explained cells' attributions of the kept genes, unstaged
+    from scatd_core.explain._attribution import Attributor
+    from scatd_core.explain._explain import prediction_context
+    from scatd_core._keys import result_keys
+
+    dev, model, *_ = prediction_context(adata, log_bundle, result_keys(None), "cpu", None)
+    captum_ig = Attributor(model, "logit", log_bundle.positive_index, factors.baseline, 12, None, dev, factorise=False)
+    inputs = ModelInput(adata, log_bundle)
+    x = np.vstack([inputs.rows(s, t)[1] for s, t in inputs.ranges()])[factors.cells["row"].to_numpy()]
+    kept = [int(f[1:]) for f in factors.features]
+    expected = captum_ig(np.ascontiguousarray(x, dtype=np.float32))[0][:, kept]
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(factors.attributions, expected, atol=2e-6 * scale)
+    np.testing.assert_allclose(halves.attributions, expected, atol=1e-3 * scale)  # float16's rounding
+    assert np.abs(halves.attributions - expected).max() > 10 * np.abs(factors.attributions - expected).max()
 
 
 def test_path_gradient_falls_back_to_autograd_for_other_models():

@@ -81,10 +81,13 @@ itself; both are tested to agree). The data are read once: the attribution pass 
 the explained cells' data as given, from which the kept per-cell inputs and the DE test are
 computed; the ``mean`` baseline was summed during the prediction. Ranking statistics are
 accumulated in float64 as batches go, so they are exact, in one compiled pass over each call's
-attributions (:mod:`~scatd_core.explain._sums`). Per-cell attributions are staged at
-half precision (3 significant digits, far below the quadrature error) until the top features
-are known, then only the ``keep_top`` features are kept in float32: 10,000 cells x 19,264
-genes stage in 385 MB. ``internal_batch_size`` bounds the interpolated rows of one pass and
+attributions (:mod:`~scatd_core.explain._sums`). Until the top features are known, each cell
+stages what gives its attributions again: with the first-layer factorisation, the gradient's
+factors in first-layer space (Dist_VAE: 1,664 + 569 float32 values; the attributions of the
+``keep_top`` features are then computed from them, captum's to float32 rounding), otherwise
+the attributions themselves at half precision (3 significant digits), whichever is smaller:
+10,000 cells stage in 89 MB for a published-size Dist_VAE (385 MB as float16 attributions of
+19,264 genes). ``internal_batch_size`` bounds the interpolated rows of one pass and
 their gradients to about :data:`IG_MEMORY_BUDGET` bytes. For large data, ``max_cells``
 explains a subsample stratified by predicted label (stated in the result). Measured in
 predict passes: ``benches/bench_explain.py``.

@@ -104,11 +104,15 @@ class Attributor:
         with torch.no_grad():
             return self.model.first_layer(batch_tensor(x, self.device))
 
-    def __call__(self, x, h: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, x, h: torch.Tensor | None = None, with_factors: bool = False):
         """``(attributions float32, convergence deltas, f(x))`` of a batch of model inputs
         (a float32 array, or a CSR matrix for the sparse first layer); ``h``: their first-layer
-        outputs when already computed (:meth:`first_layer`)."""
+        outputs when already computed (:meth:`first_layer`). With ``with_factors``, a fourth
+        item: the gradients' factors (cells x :meth:`factor_width`, float32), from which
+        :meth:`attributions_of` gives any inputs' attributions again, or None where the
+        attribution is not factorised."""
         dense = torch.from_numpy(x.toarray() if hasattr(x, "toarray") else x).to(self.device)
+        factors = None
         if not self.factorised:
             attr, delta = self.ig.attribute(dense, baselines=self.base, n_steps=self.n_steps,
                                             internal_batch_size=self.internal_batch_size,
@@ -120,17 +124,46 @@ class Attributor:
                 h = self.first_layer(x)
             if self.by_hand is not None:
                 with torch.no_grad():
-                    attr = self.by_hand.input_gradient(h).mul_(dense - self.base)
+                    grad, factors = self.by_hand.input_gradient(h, with_factors=True)
+                    attr = grad.mul_(dense - self.base)
             else:
-                grad_h = self.path_gradient(h)
+                factors = self.path_gradient(h)
                 with torch.no_grad():
                     weight_t = self.model.first_layer_weights()[0]
-                    attr = (dense - self.base) * torch.mm(grad_h, weight_t.t())
+                    attr = (dense - self.base) * torch.mm(factors, weight_t.t())
             with torch.no_grad():
                 out = self.tail(h)  # = forward(x), without the wide first layer again
                 delta = attr.sum(dim=1, dtype=torch.float64) - (out.double() - self.f_base)
-        return (attr.detach().float().cpu().numpy(), delta.detach().double().cpu().numpy(),
-                out.detach().double().cpu().numpy())
+        result = (attr.detach().float().cpu().numpy(), delta.detach().double().cpu().numpy(),
+                  out.detach().double().cpu().numpy())
+        if not with_factors:
+            return result
+        return (*result, None if factors is None else factors.detach().float().cpu().numpy())
+
+    def factor_width(self) -> int | None:
+        """Values per cell of the gradients' factors (see :meth:`__call__`), or None where the
+        attribution is not factorised."""
+        if not self.factorised:
+            return None
+        if self.by_hand is not None:
+            return self.by_hand.factor_width()
+        return int(self.model.first_layer_weights()[0].shape[1])
+
+    def attributions_of(self, factors: np.ndarray, inputs: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """The attributions of the input ``features`` (columns) of cells with gradient factors
+        ``factors`` (from :meth:`__call__`) and model inputs ``inputs`` (cells x len(features)):
+        the same numbers as the full call's, up to float32 rounding."""
+        index = torch.as_tensor(np.asarray(features, dtype=np.int64), device=self.device)
+        with torch.no_grad():
+            if self.by_hand is not None:
+                rows = self.by_hand.basis_rows(index)
+            else:
+                rows = self.model.first_layer_weights()[0][index]
+            grad = torch.mm(torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32)).to(self.device),
+                            rows.t())
+            x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+            attr = grad.mul_(x - self.base[0, index])
+        return attr.float().cpu().numpy()
 
     def path_gradient(self, h: torch.Tensor) -> torch.Tensor:
         """``sum_s w_s grad_h f(h_base + alpha_s (h - h_base))`` per row of ``h`` (the average

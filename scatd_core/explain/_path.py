@@ -252,9 +252,12 @@ class PathGradient:
         self.maps = [_map_weights(m, mem.next_weight_t) if mem.last is not None or mem.middle else None
                      for m, mem in zip(members, self.members)]
 
-    def input_gradient(self, h: torch.Tensor) -> torch.Tensor:
+    def input_gradient(self, h: torch.Tensor, with_factors: bool = False):
         """``sum_s w_s df/dx`` at the path points of the cells whose first-layer outputs are ``h``
-        (cells x inputs, float32)."""
+        (cells x inputs, float32); with ``with_factors`` also its factors ``G`` (cells x
+        :meth:`factor_width`): the gradient is ``G @ basis.T`` for the input-major basis whose
+        rows :meth:`basis_rows` gives, so any input's gradient can be had again later from
+        ``G`` alone (a few thousand values per cell instead of one per input)."""
         steps = self.alphas.shape[0]
         per_chunk = max(1, self.rows_per_chunk // steps)
         n = h.shape[0]
@@ -278,7 +281,7 @@ class PathGradient:
             for i, (mem, (_, saved)) in enumerate(zip(self.members, outs)):
                 parts[i].append(mem.backward(upstream, saved, self.step_weights, nc))
             upstream_sums.append(torch.mv(upstream.view(steps, nc).t(), self.step_weights))
-        grad = None
+        grad, factors = None, []
         for mem, model, mapped, chunks in zip(self.members, self.models, self.maps, parts):
             g_u0 = torch.cat([c[0] for c in chunks])
             g_next = torch.cat([c[1] for c in chunks])
@@ -290,8 +293,29 @@ class PathGradient:
             else:  # one block: the shortcut feeds A directly
                 g_d0 = torch.mm(g_next, mem.next_weight_t.t())
                 grad.addmm_(g_d0, weight_t[:, mem.m0:2 * mem.m0].t())
+            factors += [g_u0, g_next]
         if self.input_head:
             weights = torch.cat(upstream_sums)[:, None] * self.input_coef[None, :]
             grad.addmm_(weights, self.input_weight_t.t())
-        return grad
+            factors.append(weights)
+        return (grad, torch.cat(factors, dim=1)) if with_factors else grad
+
+    def factor_width(self) -> int:
+        """Columns of the factors :meth:`input_gradient` gives."""
+        width = sum(mem.m0 + mem.next_weight_t.shape[1] for mem in self.members)
+        return width + (self.input_coef.numel() if self.input_head else 0)
+
+    def basis_rows(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Rows ``inputs`` of the basis of the factors (len(inputs) x :meth:`factor_width`)."""
+        pieces = []
+        for mem, model, mapped in zip(self.members, self.models, self.maps):
+            weight_t = model.first_layer_weights()[0]
+            pieces.append(weight_t[inputs, :mem.m0])
+            if mapped is not None:
+                pieces.append(mapped[inputs])
+            else:  # g_next . N^T . S^T = g_next . (S N)^T
+                pieces.append(weight_t[inputs, mem.m0:2 * mem.m0] @ mem.next_weight_t)
+        if self.input_head:
+            pieces.append(self.input_weight_t[inputs])
+        return torch.cat(pieces, dim=1)
 

@@ -182,7 +182,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     info["statement"] = (f"{info['method']} of {info['target_title']} with respect to {len(part.names):,} genes; "
                          f"baseline: {part.baseline_title}; cells: {how}.")
     result = Explanation(ranking=ranking, cells=cells, features=[part.names[j] for j in kept],
-                         attributions=sums.staged[:, kept].astype(np.float32),
+                         attributions=sums.kept_attributions(kept, None),  # attributions staged in float16
                          inputs=part.x[:, kept].astype(np.float32), baseline=part.base, info=info)
     if store_result:
         store(adata, result)
