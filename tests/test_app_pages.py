@@ -273,8 +273,8 @@ def _page_namespaces_alive() -> list[str]:
     import gc
 
     gc.collect()
-    return sorted({Path(o["__file__"]).stem for o in gc.get_objects()
-                   if isinstance(o, dict) and "app_pages" in str(o.get("__file__", ""))})
+    return sorted({Path(o["__file__"]).stem for o in gc.get_objects()  # namespaces are plain dicts
+                   if type(o) is dict and "app_pages" in str(o.get("__file__", ""))})
 
 
 def test_a_page_left_behind_keeps_nothing_in_memory(with_library):
