@@ -288,8 +288,8 @@ def attribution_calls(inputs: ModelInput, attributor: Attributor, position: np.n
                 raise Cancelled("Attribution cancelled; nothing was changed.")
             xi, at = x[s:s + per_call], at_all[s:s + per_call]
             xi = xi.toarray() if sp.issparse(xi) else xi
-            a, dlt, out, g = attributor(xi, None if h is None else h[s:s + per_call], with_factors=True)
-            yield "call", _Sums.partial(at, xi, a, dlt, out, base, is_pos, is_neg, factors=g if factors else None)
+            a, dlt, out, *g = attributor(xi, None if h is None else h[s:s + per_call], with_factors=factors)
+            yield "call", _Sums.partial(at, xi, a, dlt, out, base, is_pos, is_neg, factors=g[0] if g else None)
 
 
 def stack_raw(raw_parts: list):
