@@ -47,23 +47,74 @@ KEPT_KEYS = (state.ADATA, state.DATA_NAME, state.DATA_TOKEN, state.IS_DEMO, stat
 class _Record:
     owner: str
     values: dict
+    nbytes: int = 0
     touched: float = field(default_factory=time.monotonic)
 
 
-class SessionStore:
-    """Resumable sessions by token (in this process's memory; bounded in number and idle time)."""
+def held_bytes(value, seen: set | None = None) -> int:
+    """Bytes of the data ``value`` holds: AnnData (its matrices, tables and ``uns``), arrays,
+    sparse matrices, tables and tensors, in dicts, lists and tuples; each object once, other
+    objects (models, settings) not counted. Backed data count nothing (their X is on disk)."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
 
-    def __init__(self) -> None:
+    seen = set() if seen is None else seen
+    if value is None or id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return 0 if value.base is not None and id(value.base) in seen else int(value.nbytes)
+    if sp.issparse(value):
+        return sum(held_bytes(getattr(value, name, None), seen) for name in ("data", "indices", "indptr", "row",
+                                                                                "col", "offsets"))
+    if isinstance(value, (pd.DataFrame, pd.Series, pd.Index)):
+        usage = value.memory_usage(index=True, deep=False)
+        return int(usage.sum() if hasattr(usage, "sum") else usage)
+    if isinstance(value, ad.AnnData):
+        total = 0 if value.isbacked else held_bytes(value.X, seen)
+        for mapping in (value.layers, value.obsm, value.varm, value.obsp, value.varp):
+            total += sum(held_bytes(v, seen) for v in mapping.values())
+        return total + held_bytes(value.obs, seen) + held_bytes(value.var, seen) + held_bytes(value.uns, seen)
+    if isinstance(value, dict):
+        return sum(held_bytes(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(held_bytes(v, seen) for v in value)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+    if isinstance(value, torch.Tensor):
+        return int(value.element_size() * value.nelement())
+    return 0
+
+
+class SessionStore:
+    """Resumable sessions by token, in this process's memory: bounded in number (``MAX_KEPT``),
+    idle time (the TTL sweep) and the bytes their data hold together (``budget_bytes``; the
+    longest idle are let go first, never the session being kept)."""
+
+    def __init__(self, budget_bytes: int | None = None) -> None:
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
         self._last_sweep = 0.0
+        self.budget_bytes = budget_bytes
 
     def put(self, token: str, owner: str, values: dict) -> None:
+        nbytes = held_bytes(values)
         with self._lock:
-            self._records[token] = _Record(owner, values)
-            while len(self._records) > MAX_KEPT:
-                oldest = min(self._records, key=lambda t: self._records[t].touched)
+            self._records[token] = _Record(owner, values, nbytes)
+            while len(self._records) > MAX_KEPT or (
+                    self.budget_bytes is not None and len(self._records) > 1
+                    and sum(r.nbytes for r in self._records.values()) > self.budget_bytes):
+                oldest = min((t for t in self._records if t != token), key=lambda t: self._records[t].touched)
                 self._records.pop(oldest)
+
+    def held(self) -> int:
+        """Bytes the kept sessions' data hold together (as :func:`held_bytes` counts them)."""
+        with self._lock:
+            return sum(r.nbytes for r in self._records.values())
 
     def take(self, token: str, owner: str) -> dict | None:
         with self._lock:
@@ -91,7 +142,7 @@ class SessionStore:
 
 @st.cache_resource(show_spinner=False)
 def store() -> SessionStore:
-    return SessionStore()
+    return SessionStore(settings()["kept_sessions_mb"] << 20)
 
 
 def _kept(ss) -> dict:
@@ -137,8 +188,9 @@ def notice() -> None:
     if what == "resumed":
         st.toast("Your session was resumed where you left it.", icon=":material/history:")
     elif what == "lost":
-        st.warning(f"Your previous session could not be restored: the server was restarted, or it was idle for more "
-                   f"than {ttl} minutes. Upload your data again.", icon=":material/history_toggle_off:")
+        st.warning(f"Your previous session could not be restored: the server was restarted, it was idle for more "
+                   f"than {ttl} minutes, or the server needed the memory its data held for more recent sessions. "
+                   "Upload your data again.", icon=":material/history_toggle_off:")
 
 
 def folder() -> Path:

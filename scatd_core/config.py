@@ -19,6 +19,9 @@ limits.max_cells         ``SCATD_MAX_CELLS``               most cells in one dat
 limits.max_genes         ``SCATD_MAX_GENES``               most genes (features) in one dataset         100,000
 server.max_jobs          ``SCATD_MAX_JOBS``                computations run at once (others queue)      2
 server.session_ttl_minutes ``SCATD_SESSION_TTL_MINUTES``   idle sessions (and their files) kept for     240
+server.kept_sessions_mb  ``SCATD_KEPT_SESSIONS_MB``        memory the sessions kept for a reload may    8192
+                                                           hold together (datasets, results); beyond
+                                                           it the longest idle are let go first
 server.device            ``SCATD_DEVICE``                  ``auto`` (CUDA when present), ``cpu``,       ``auto``
                                                            ``cuda``
 auth.mode                ``SCATD_AUTH``                    ``auto`` (a password login when the server   ``auto``
@@ -72,6 +75,7 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("limits", "max_genes"): ("SCATD_MAX_GENES", "int", 100_000),
     ("server", "max_jobs"): ("SCATD_MAX_JOBS", "int", 2),
     ("server", "session_ttl_minutes"): ("SCATD_SESSION_TTL_MINUTES", "int", 240),
+    ("server", "kept_sessions_mb"): ("SCATD_KEPT_SESSIONS_MB", "int", 8192),
     ("server", "device"): ("SCATD_DEVICE", ("auto", "cpu", "cuda"), "auto"),
     ("auth", "mode"): ("SCATD_AUTH", ("auto", "password", "oidc", "none"), "auto"),
     ("auth", "users_file"): ("SCATD_USERS_FILE", "path", None),

@@ -68,7 +68,8 @@ def _configuration(conf) -> list[dict]:
     lim = conf.limits
     items.append(_item("limits", "ok", f"uploads {lim.max_upload_mb:,} MB, decompressed {lim.max_decompressed_mb:,} MB, "
                        f"dataset memory {lim.max_dataset_mb:,} MB, {lim.max_cells:,} cells, {lim.max_genes:,} genes; "
-                       f"{conf['max_jobs']} computation(s) at once; idle sessions kept {conf['session_ttl_minutes']} min"))
+                       f"{conf['max_jobs']} computation(s) at once; idle sessions kept {conf['session_ttl_minutes']} min"
+                       f" and {conf['kept_sessions_mb']:,} MB"))
     return items
 
 

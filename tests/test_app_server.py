@@ -116,6 +116,72 @@ def test_a_reload_resumes_the_session_and_a_lost_one_says_so(with_library):
     assert "could not be restored" in text(lost.warning) and state.ADATA not in lost.session_state
 
 
+def test_kept_sessions_are_bounded_by_the_bytes_their_data_hold():
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from scatd_app import session
+
+    x = sp.random(300, 200, density=0.1, format="csr", dtype=np.float32, random_state=0)
+    latent = np.zeros((300, 16), dtype=np.float32)
+    adata = ad.AnnData(x, obs=pd.DataFrame({"p": np.zeros(300)}, index=[f"c{i}" for i in range(300)]))
+    adata.obsm["X_scatd"] = latent
+    adata.uns["ranking"] = pd.DataFrame({"score": np.zeros(50)})
+    tables = [adata.obs, adata.var, adata.uns["ranking"]]
+    expected = (x.data.nbytes + x.indices.nbytes + x.indptr.nbytes + latent.nbytes
+                + sum(int(t.memory_usage(index=True, deep=False).sum()) for t in tables))
+    held = session.held_bytes({"adata": adata, "same": latent, "name": "x.h5ad", "model": object()})
+    assert held == expected  # each array once; names and other objects count nothing
+    assert session.held_bytes(latent[:10]) == latent[:10].nbytes
+
+    mb = 1 << 20
+    store = session.SessionStore(budget_bytes=100 * mb)
+    for token in ("a", "b", "c"):
+        store.put(token, "u", {"x": np.zeros(40 * mb, dtype=np.uint8)})
+        time.sleep(0.01)
+    assert store.take("a", "u") is None and store.take("b", "u") and store.take("c", "u")  # the longest idle went
+    assert store.held() == 80 * mb
+    store.take("b", "u")  # b is used again: c is now the longest idle
+    store.put("d", "u", {"x": np.zeros(40 * mb, dtype=np.uint8)})
+    assert store.take("c", "u") is None and store.take("b", "u") and store.take("d", "u")
+    store.put("e", "u", {"x": np.zeros(150 * mb, dtype=np.uint8)})  # over the budget alone: kept, alone
+    assert store.take("e", "u") and store.take("b", "u") is None and store.take("d", "u") is None
+
+
+def test_the_kept_sessions_budget_comes_from_the_configuration(monkeypatch):
+    from scatd_app import session
+
+    monkeypatch.setenv("SCATD_KEPT_SESSIONS_MB", "3")
+    session.store.clear()
+    try:
+        assert session.store().budget_bytes == 3 << 20
+    finally:
+        session.store.clear()
+    monkeypatch.setenv("SCATD_KEPT_SESSIONS_MB", "-1")  # unusable: the default, listed as a problem
+    from scatd_core.config import settings
+
+    assert settings()["kept_sessions_mb"] == 8192 and any("SCATD_KEPT_SESSIONS_MB" in p for p in settings().problems)
+
+
+def test_a_reload_after_the_kept_memory_went_to_other_sessions_says_so(with_library, monkeypatch):
+    from scatd_app import session
+
+    tiny = session.SessionStore(budget_bytes=1)  # every session's data is over it: only the latest is kept
+    monkeypatch.setattr(session, "store", lambda: tiny)
+    first = _app()
+    upload(first, "tumour.h5ad", h5ad_bytes(make_dataset(50, seed=4)))
+    token = first.query_params["s"][0] if isinstance(first.query_params["s"], list) else first.query_params["s"]
+    second = _app()
+    upload(second, "other.h5ad", h5ad_bytes(make_dataset(40, seed=5)))
+    reloaded = AppTest.from_file(APP, default_timeout=300)
+    reloaded.query_params["s"] = token
+    reloaded.run()
+    assert "needed the memory" in text(reloaded.warning) and state.ADATA not in reloaded.session_state
+    assert first.session_state[state.DATA_NAME] == "tumour.h5ad"  # the open session itself keeps its data
+
+
 def test_user_strings_are_escaped_in_markdown(with_library, tmp_path):
     make_bundle(with_library / "evil", make_dataset(40, seed=1), steps=2, drug="<img src=x onerror=alert(1)>:red[x]")
     at = _app()
