@@ -12,7 +12,9 @@
   reference, not copied) stay in a process-wide store under an unguessable token that the page
   keeps in its URL (``?s=...``). A reload or a dropped connection opens a new Streamlit session
   with the same URL, which takes the values back: only for the same user when there is a login.
-  A server restart, or more idle time than the TTL, ends it, and the page says so.
+  A server restart, or more idle time than the TTL, ends it, and the page says so. The kept
+  sessions are bounded in number (:data:`MAX_KEPT`) and in the bytes their data hold together
+  (``server.kept_sessions_mb``): beyond either, the longest idle are let go first.
 """
 
 from __future__ import annotations
