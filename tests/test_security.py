@@ -343,6 +343,30 @@ def test_users_command(tmp_path, monkeypatch, capsys):
     assert "There is no user nobody" in capsys.readouterr().err
 
 
+def test_the_example_configuration_lists_every_key_and_reads_cleanly(tmp_path, monkeypatch):
+    """deploy/config.example.toml names every setting (set or commented out), in its section, and
+    the settings read from it have no problem."""
+    import re
+
+    from scatd_core.config import KEYS, settings
+
+    example = Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml"
+    listed, section = set(), None
+    for line in example.read_text().splitlines():
+        if m := re.match(r"^\[(\w+)\]", line):
+            section = m.group(1)
+        elif (m := re.match(r"^#?\s*(\w+)\s*=", line)) and section:
+            listed.add((section, m.group(1)))
+    assert set(KEYS) - listed == set()
+    text = example.read_text().replace("/srv/scatd", str(tmp_path))
+    (tmp_path / "config.toml").write_text(text)
+    monkeypatch.setenv("SCATD_CONFIG", str(tmp_path / "config.toml"))
+    for (_section, _key), (env, _kind, _default) in KEYS.items():
+        monkeypatch.delenv(env, raising=False)
+    conf = settings()
+    assert conf.problems == () and conf["kept_sessions_mb"] == 8192 and conf["max_jobs"] == 2
+
+
 def test_doctor_reports_configuration_problems(tmp_path, monkeypatch, capsys):
     from scatd_core.cli import main
 
