@@ -273,8 +273,10 @@ def _page_namespaces_alive() -> list[str]:
     import gc
 
     gc.collect()
+    pages = Path(APP).parent / "app_pages"
     return sorted({Path(o["__file__"]).stem for o in gc.get_objects()  # namespaces are plain dicts
-                   if type(o) is dict and "app_pages" in str(o.get("__file__", ""))})
+                   if type(o) is dict and isinstance(o.get("__file__"), str)
+                   and Path(o["__file__"]).resolve().parent == pages.resolve()})
 
 
 def test_a_page_left_behind_keeps_nothing_in_memory(with_library):
