@@ -137,6 +137,19 @@ class SessionStore:
             self._last_sweep = now
         return ids
 
+    def let_go(self, nbytes: int, keep: str | None = None) -> int:
+        """Forget the longest-idle kept sessions (never ``keep``) until those forgotten held at
+        least ``nbytes`` together; returns how many were forgotten. Their open pages keep their
+        data; only a reload of them is lost (and says why)."""
+        with self._lock:
+            gone, freed = 0, 0
+            for token in sorted((t for t in self._records if t != keep), key=lambda t: self._records[t].touched):
+                if freed >= nbytes:
+                    break
+                freed += self._records.pop(token).nbytes
+                gone += 1
+            return gone
+
     def live_ids(self) -> set[str]:
         with self._lock:
             return {str(r.values.get(SESSION_ID)) for r in self._records.values()}
@@ -145,6 +158,37 @@ class SessionStore:
 @st.cache_resource(show_spinner=False)
 def store() -> SessionStore:
     return SessionStore(settings()["kept_sessions_mb"] << 20)
+
+
+def room_for_a_dataset(keep_token: str | None = None) -> dict:
+    """What a new dataset of this session may take in memory now, as keyword arguments of
+    :func:`scatd_core.io.read`: nothing when the per-dataset limit (``limits.max_dataset_mb``)
+    fits in what the server's memory budget (``server.memory_mb``) leaves free; else the bytes
+    left and why. When short, the longest-idle kept sessions of the server are let go first
+    (their reload copies; never ``keep_token``'s) and freed heap memory is given back to the
+    system, then the process is measured again."""
+    import gc
+
+    from scatd_app import jobs
+    from scatd_core._memory import rss_bytes, size_text
+    from scatd_core.config import limits, server_memory_bytes
+
+    budget, limit, used = server_memory_bytes(), limits().max_dataset_bytes, rss_bytes()
+    if budget is None or used is None:
+        return {}
+    free = budget - used
+    if free < limit:
+        if store().let_go(limit - free, keep=keep_token):
+            gc.collect()
+        jobs.release_free_memory()
+        free = budget - (rss_bytes() or used)
+    if free >= limit:
+        return {}
+    if free <= 0:
+        return {"max_dataset_bytes": 1, "limit_reason": f"the memory this server has free for a new dataset now: none "
+                f"of its {size_text(budget)} (other sessions and computations use it all)"}
+    return {"max_dataset_bytes": free, "limit_reason": f"the {size_text(free)} this server has free for a new dataset "
+            f"now (of its {size_text(budget)}; other sessions and computations use the rest)"}
 
 
 def _kept(ss) -> dict:

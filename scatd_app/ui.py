@@ -32,7 +32,7 @@ import streamlit as st
 from scatd_app import state
 from scatd_core import __version__
 from scatd_core.config import limits, model_library_dir
-from scatd_core.errors import ScatdError
+from scatd_core.errors import MemoryShortage, ScatdError
 
 # Pages in the order of the user's path: (file, title, icon). app.py builds the navigation from it.
 ANALYSIS_PAGES = (
@@ -719,9 +719,12 @@ def read_upload(uploaded, orientation: str) -> None:
         return
     try:
         with st.spinner(f"Reading {source['name']}…"):
-            adata = io.read(source["path"], name=source["name"], orientation=orientation)
+            adata = io.read(source["path"], name=source["name"], orientation=orientation,
+                            **session.room_for_a_dataset(ss.get(session.TOKEN)))
     except Exception as exc:  # io promises InputError only; still never show a traceback
         show_error(exc)
+        if isinstance(exc, MemoryShortage):  # the file is kept; a rerun reads it again
+            st.button("Try again", key="data_read_again", icon=":material/refresh:")
         stop()
     set_data(adata, source["name"])
     ss["data_upload"] = [source["id"], orientation]

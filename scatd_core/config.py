@@ -22,6 +22,9 @@ server.session_ttl_minutes ``SCATD_SESSION_TTL_MINUTES``   idle sessions (and th
 server.kept_sessions_mb  ``SCATD_KEPT_SESSIONS_MB``        memory the sessions kept for a reload may    8192
                                                            hold together (datasets, results); beyond
                                                            it the longest idle are let go first
+server.memory_mb         ``SCATD_SERVER_MEMORY_MB``        memory the server may use in all; a new      80 % of the machine's
+                                                           dataset may take what is left of it (larger  (or its container's)
+                                                           h5ad files are then read from disk)          memory
 server.device            ``SCATD_DEVICE``                  ``auto`` (CUDA when present), ``cpu``,       ``auto``
                                                            ``cuda``
 auth.mode                ``SCATD_AUTH``                    ``auto`` (a password login when the server   ``auto``
@@ -76,6 +79,7 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("server", "max_jobs"): ("SCATD_MAX_JOBS", "int", 2),
     ("server", "session_ttl_minutes"): ("SCATD_SESSION_TTL_MINUTES", "int", 240),
     ("server", "kept_sessions_mb"): ("SCATD_KEPT_SESSIONS_MB", "int", 8192),
+    ("server", "memory_mb"): ("SCATD_SERVER_MEMORY_MB", "int", None),
     ("server", "device"): ("SCATD_DEVICE", ("auto", "cpu", "cuda"), "auto"),
     ("auth", "mode"): ("SCATD_AUTH", ("auto", "password", "oidc", "none"), "auto"),
     ("auth", "users_file"): ("SCATD_USERS_FILE", "path", None),
@@ -240,6 +244,23 @@ def settings() -> Settings:
 
 
 # ----------------------------------------------------------------------------- shortcuts
+
+#: Share of the machine's (or container's) memory the server uses when ``server.memory_mb`` is not set.
+DEFAULT_MEMORY_SHARE = 0.8
+
+
+def server_memory_bytes() -> int | None:
+    """The memory the server may use in all (``server.memory_mb``; default
+    :data:`DEFAULT_MEMORY_SHARE` of what the machine or its container gives the process), or
+    ``None`` where neither is known."""
+    from scatd_core._memory import machine_bytes
+
+    mb = settings()["memory_mb"]
+    if mb:
+        return int(mb) << 20
+    total = machine_bytes()
+    return int(total * DEFAULT_MEMORY_SHARE) if total else None
+
 
 def scatd_home() -> Path:
     return settings().home

@@ -70,7 +70,27 @@ def _configuration(conf) -> list[dict]:
                        f"dataset memory {lim.max_dataset_mb:,} MB, {lim.max_cells:,} cells, {lim.max_genes:,} genes; "
                        f"{conf['max_jobs']} computation(s) at once; idle sessions kept {conf['session_ttl_minutes']} min"
                        f" and {conf['kept_sessions_mb']:,} MB"))
+    items.append(_memory_item(conf))
     return items
+
+
+def _memory_item(conf) -> dict:
+    from scatd_core._memory import machine_bytes
+    from scatd_core.config import DEFAULT_MEMORY_SHARE, server_memory_bytes
+
+    budget, machine = server_memory_bytes(), machine_bytes()
+    if budget is None:
+        return _item("server memory", "warning", "the machine's memory cannot be read here; set server.memory_mb "
+                     "so that new datasets are bounded by what the server has free")
+    how = "server.memory_mb" if conf["memory_mb"] else f"{DEFAULT_MEMORY_SHARE:.0%} of the machine's or container's"
+    text = f"{budget >> 20:,} MB" + (f" ({how}; this machine gives {machine >> 20:,} MB)" if machine else "")
+    if machine and budget > machine:
+        return _item("server memory", "warning",
+                     text + ": more than the machine has, so it cannot keep the server within its memory")
+    if budget < conf.limits.max_dataset_bytes:
+        return _item("server memory", "warning",
+                     text + f": less than one dataset's limit ({conf.limits.max_dataset_mb:,} MB)")
+    return _item("server memory", "ok", text)
 
 
 def _library(conf) -> list[dict]:

@@ -25,6 +25,11 @@ class InputError(ScatdError):
     """The user's data file cannot be used as it is (format, content, size)."""
 
 
+class MemoryShortage(InputError):
+    """The server has too little memory free for this input now (other sessions hold it); the
+    same input can be tried again later."""
+
+
 class CheckpointError(ScatdError):
     """A model checkpoint is unreadable, unsafe, or does not match the expected layout."""
 

@@ -182,6 +182,85 @@ def test_a_reload_after_the_kept_memory_went_to_other_sessions_says_so(with_libr
     assert first.session_state[state.DATA_NAME] == "tumour.h5ad"  # the open session itself keeps its data
 
 
+def test_a_new_dataset_may_take_what_the_servers_memory_budget_leaves(monkeypatch):
+    """``server.memory_mb`` less the process's resident memory is what a new dataset may take
+    when it is less than the per-dataset limit; when short, the longest-idle kept sessions (not
+    the reader's own) are let go first and freed memory is given back, then it is measured again."""
+    import numpy as np
+
+    from scatd_app import jobs, session
+    from scatd_core import _memory
+
+    mb, real_rss = 1 << 20, _memory.rss_bytes
+    kept = session.SessionStore()
+    monkeypatch.setattr(session, "store", lambda: kept)
+    for token in ("a", "b", "mine", "c"):
+        kept.put(token, "u", {"x": np.zeros(int(1.5 * mb), dtype=np.uint8)})
+        time.sleep(0.01)
+    trims = []
+    monkeypatch.setattr(jobs, "release_free_memory", lambda: trims.append(1) or True)
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "100")
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "40")
+    measured = iter([62 * mb, 58 * mb])  # 38 MB free, 2 short; then 42 MB free
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: next(measured))
+    assert session.room_for_a_dataset("mine") == {}  # the limit fits once the idle sessions have gone
+    assert kept.take("a", "u") is None and kept.take("b", "u") is None  # 3 MB let go: enough
+    assert kept.take("mine", "u") and kept.take("c", "u") and trims == [1]
+
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 99 * mb)  # still short: what is free, and why
+    room = session.room_for_a_dataset("mine")
+    assert room["max_dataset_bytes"] == mb and kept.take("mine", "u")
+    assert room["limit_reason"].startswith("the 1.0 MB this server has free for a new dataset now (of its 100 MB;")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 150 * mb)  # over its budget: nothing fits
+    room = session.room_for_a_dataset()
+    assert room["max_dataset_bytes"] == 1 and "free for a new dataset now: none of its 100 MB" in room["limit_reason"]
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 10 * mb)
+    assert session.room_for_a_dataset() == {}  # plenty free: the per-dataset limit as configured
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: None)  # not measurable here: the limit as configured
+    assert session.room_for_a_dataset() == {}
+
+    monkeypatch.delenv("SCATD_SERVER_MEMORY_MB")  # the default: 80 % of the machine's (or container's) memory
+    from scatd_core.config import server_memory_bytes
+
+    assert server_memory_bytes() == int(0.8 * _memory.machine_bytes()) > 0
+    assert 0 < real_rss() < _memory.machine_bytes()
+
+
+def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_library, monkeypatch):
+    """The Data page: an upload that does not fit in the server's free memory is kept and said
+    so, with a button to try again; an h5ad is read from disk instead, and says why."""
+    import numpy as np
+    import pandas as pd
+
+    from scatd_core import _memory
+
+    adata = make_dataset(60, seed=3)
+    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
+    at = _app()
+    goto(at, "1_Data")
+    at.file_uploader[0].upload("cells.csv", table)
+    at.run()
+    assert not at.exception and state.ADATA not in at.session_state
+    assert "kB of memory once read, more than the memory this server has free for a new dataset now" in text(at.error)
+    assert "none of its 1,000 MB (other sessions and computations use it all)" in text(at.error)
+    assert "Your file is kept" in text(at.error)
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 100 << 20)  # memory freed: the same upload is read
+    at.button(key="data_read_again").click()
+    at.run()
+    ok(at)
+    assert at.session_state[state.ADATA].n_obs == 60 and not at.session_state[state.ADATA].isbacked
+
+    x_bytes = sum(a.nbytes for a in (adata.X.data, adata.X.indices, adata.X.indptr))
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: (1000 << 20) - x_bytes // 2)  # room for obs, not X
+    upload(at, "tumour.h5ad", h5ad_bytes(adata))
+    read = at.session_state[state.ADATA]
+    assert read.isbacked and read.n_obs == 60 and np.isfinite(read.X[:5].toarray()).all()
+    assert "in memory it would take more than the " in text(at.warning)  # "Read from disk (backed)"
+    assert " kB this server has free for a new dataset now (of its 1,000 MB" in text(at.warning)
+
+
 def test_user_strings_are_escaped_in_markdown(with_library, tmp_path):
     make_bundle(with_library / "evil", make_dataset(40, seed=1), steps=2, drug="<img src=x onerror=alert(1)>:red[x]")
     at = _app()

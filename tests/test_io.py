@@ -489,7 +489,7 @@ def test_archive_size_cap(tmp_path, monkeypatch):
     monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.csv", "cell,TP53\n" + "c,0\n" * 300_000)
-    assert "declares 1 MB of content" in _read_error(tmp_path / "bomb.zip").message
+    assert "declares 1.1 MB of content, over the server's limit of 1.0 MB" in _read_error(tmp_path / "bomb.zip").message
 
 
 def test_mtx_files_that_do_not_belong_together(counts, tmp_path):

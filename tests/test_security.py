@@ -20,6 +20,7 @@ import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import pytest
 import torch
 
@@ -149,6 +150,34 @@ def test_over_budget_data_is_refused_with_the_numbers_or_read_from_disk(tmp_path
         f.create_group("col_attrs")["CellID"] = np.array([f"c{i}".encode() for i in range(6000)])
     error = _refused(loom)
     assert "MB of memory once read, over the server's limit of 50 MB" in error.message
+
+
+def test_a_dataset_larger_than_the_servers_free_memory_is_read_from_disk_or_waits(tmp_path):
+    """With less memory free on the server than the per-dataset limit (the app passes what is
+    free and why), an h5ad is read from disk and says why; a file that must be read into
+    memory is refused with the numbers, as a shortage to try again, not as a bad file."""
+    from scatd_core.errors import MemoryShortage
+
+    cells = ad.AnnData(sp.random(400, 300, density=0.2, format="csr", dtype=np.float32, random_state=0),
+                       obs=pd.DataFrame(index=[f"c{i}" for i in range(400)]),
+                       var=pd.DataFrame(index=[f"G{i}" for i in range(300)]))
+    path = tmp_path / "cells.h5ad"
+    cells.write_h5ad(path)
+    why = "the 50 kB this server has free for a new dataset now (of its 100 MB; other sessions use the rest)"
+    adata = io.read(path, max_dataset_bytes=100_000, limit_reason=why)  # X: ~200 kB
+    assert adata.isbacked and any(w.startswith("Read from disk (backed): in memory it would take more than the "
+                                               "50 kB this server has free") for w in adata.uns[io.REPORT_KEY]["warnings"])
+    assert not io.read(path).isbacked  # the same file, memory free: read into memory, no such warning
+    assert not any("backed" in w for w in io.read(path).uns[io.REPORT_KEY]["warnings"])
+    table = tmp_path / "cells.csv"
+    pd.DataFrame(cells.X.toarray(), index=cells.obs_names, columns=cells.var_names).to_csv(table)
+    with pytest.raises(MemoryShortage) as caught:
+        io.read(table, max_dataset_bytes=100_000, limit_reason=why)
+    assert f"of memory once read, more than {why}." in caught.value.message
+    assert caught.value.hint.startswith("Your file is kept: try again when other analyses")
+    assert io.read(table).n_obs == 400
+    with pytest.raises(MemoryShortage):  # annotations are always read into memory: no room for them either
+        io.read(path, max_dataset_bytes=1, limit_reason=why)
 
 
 def test_backed_dense_upload_stays_small_in_memory(tmp_path):
@@ -382,3 +411,10 @@ def test_doctor_reports_configuration_problems(tmp_path, monkeypatch, capsys):
     assert any("uploads 100 MB" in i["detail"] for i in report["sections"]["configuration"])
     assert code == 1  # password login without any admin user is a problem
     assert any(i["status"] == "problem" and "scatd users add" in i["detail"] for i in report["sections"]["login"])
+    memory = next(i for i in report["sections"]["configuration"] if i["what"] == "server memory")
+    assert memory["status"] == "ok" and "80% of the machine's or container's" in memory["detail"]
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")  # below one dataset's limit (4,096 MB): said
+    main(["doctor", "--json"])
+    memory = next(i for i in json.loads(capsys.readouterr().out)["sections"]["configuration"]
+                  if i["what"] == "server memory")
+    assert memory["status"] == "warning" and memory["detail"].startswith("1,000 MB (server.memory_mb;")

@@ -60,7 +60,8 @@ __all__ = ["read", "read_bytes", "store_upload", "UPLOAD_FOLDER_PREFIX", "SUPPOR
 
 
 def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_cells: int | None = None,
-         backed="auto", max_dataset_bytes: int | None = None, name: str | None = None) -> ad.AnnData:
+         backed="auto", max_dataset_bytes: int | None = None, name: str | None = None,
+         limit_reason: str | None = None) -> ad.AnnData:
     """Read a single-cell data file (or 10x folder) into an AnnData of cells x genes.
 
     Parameters
@@ -82,6 +83,10 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
     name
         What messages call the file (e.g. the name an upload had; :func:`store_upload`); default
         the file's own name. The format always comes from ``path``'s extension.
+    limit_reason
+        Why ``max_dataset_bytes`` is lower than the configured limit, for the messages (e.g. "the
+        1,200 MB this server has free for a new dataset now"); with it, an h5ad read from disk
+        because of it says so in the report's warnings.
 
     Returns
     -------
@@ -93,7 +98,7 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         For anything that makes the file unusable (and nothing else).
     """
     shown = display_name(name) if name is not None else Path(path).name
-    opts = make_options(orientation, max_bytes, max_cells, backed, shown, max_dataset_bytes)
+    opts = make_options(orientation, max_bytes, max_cells, backed, shown, max_dataset_bytes, limit_reason)
     return _read_guarded(Path(path), opts)
 
 

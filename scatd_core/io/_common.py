@@ -13,8 +13,9 @@ from pathlib import Path
 import h5py
 
 from scatd_core import genes
+from scatd_core._memory import size_text
 from scatd_core.config import limits
-from scatd_core.errors import InputError
+from scatd_core.errors import InputError, MemoryShortage
 
 #: File name endings accepted by :func:`read` / :func:`read_bytes` (a 10x folder is also accepted).
 SUPPORTED_FORMATS = (".h5ad", ".h5", ".loom", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz",
@@ -60,11 +61,14 @@ class Options:
     max_dataset_bytes: int = 4096 << 20
     max_decompressed_bytes: int = 4096 << 20
     max_genes: int = 100_000
+    #: Why ``max_dataset_bytes`` is below the per-dataset limit (the server's free memory now), or None.
+    limit_reason: str | None = None
     report: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
 
-def make_options(orientation, max_bytes, max_cells, backed, display_name, max_dataset_bytes=None) -> Options:
+def make_options(orientation, max_bytes, max_cells, backed, display_name, max_dataset_bytes=None,
+                 limit_reason=None) -> Options:
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, not {orientation!r}")
     if backed not in ("auto", True, False):
@@ -73,7 +77,8 @@ def make_options(orientation, max_bytes, max_cells, backed, display_name, max_da
     return Options(orientation=orientation, max_bytes=max_bytes or lim.max_upload_bytes,
                    max_cells=max_cells or lim.max_cells, backed=backed, display_name=display_name,
                    max_dataset_bytes=max_dataset_bytes or lim.max_dataset_bytes,
-                   max_decompressed_bytes=lim.max_decompressed_bytes, max_genes=lim.max_genes)
+                   max_decompressed_bytes=lim.max_decompressed_bytes, max_genes=lim.max_genes,
+                   limit_reason=limit_reason if max_dataset_bytes else None)
 
 
 def display_name(filename) -> str:
@@ -122,11 +127,17 @@ def check_genes(n_genes: int, opts: Options) -> None:
 
 
 def mb(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:,.0f} MB"
+    return size_text(n_bytes)
 
 
 def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None) -> None:
     """Refuse ``what`` before it is read when its declared size exceeds the dataset memory budget."""
+    if n_bytes > opts.max_dataset_bytes and opts.limit_reason:
+        raise MemoryShortage(f"{opts.display_name}: {what} would take {mb(n_bytes)} of memory once read, more than "
+                             f"{opts.limit_reason}.",
+                             "Your file is kept: try again when other analyses on this server have finished" + (
+                                 f"; or: {hint}" if hint else ", or save it as an .h5ad with X in CSR format (read "
+                                 "from disk in batches when memory is short)") + ".")
     if n_bytes > opts.max_dataset_bytes:
         raise InputError(f"{opts.display_name}: {what} would take {mb(n_bytes)} of memory once read, over the "
                          f"server's limit of {mb(opts.max_dataset_bytes)} per dataset.",

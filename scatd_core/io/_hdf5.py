@@ -175,6 +175,9 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         backed = False  # rows of a column-compressed matrix cannot be read in batches
         opts.warnings.append("X is stored column-wise (CSC), so it was loaded into memory; save it as "
                              "CSR (adata.X = adata.X.tocsr()) to let large files stay on disk.")
+    if backed and opts.limit_reason and x_bytes + _declared(sizes, "/", exclude=("/X",)) > opts.max_dataset_bytes:
+        opts.warnings.append(f"Read from disk (backed): in memory it would take more than {opts.limit_reason}. "
+                             "Prediction reads it in batches: slower, with the same results.")
     transpose = opts.orientation == "genes_x_cells"
     if not backed or transpose:
         check_memory(x_bytes + _declared(sizes, "/", exclude=("/X",)), f"its {shape[0]:,} x {shape[1]:,} matrix "
