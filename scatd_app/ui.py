@@ -164,22 +164,26 @@ def start_up(wait: bool = False) -> threading.Thread:
     The libraries are imported here, in the script thread, first: importing scipy/scikit-learn
     in one thread while another imports torch can leave scipy.stats half initialised.
 
-    Last, the warm-up moves every object that exists then (the libraries, their compiled kernels:
-    ~600,000 objects) out of the garbage collector's reach (:func:`gc.freeze`). Streamlit runs a
-    full collection after every page run; it holds the interpreter lock and, walking all those
+    The libraries' objects (~450,000 once imported, ~570,000 with the compiled kernels) are then
+    moved out of the garbage collector's reach (:func:`gc.freeze`). Streamlit runs a full
+    collection after every page run; it holds the interpreter lock and, walking all those
     objects, took ~0.3 s each time, stalling every user's page and background computation. It now
-    walks only what was made since (the sessions' data), which it still collects.
+    walks only what was made since (the sessions' data), which it still collects. What is frozen
+    is never collected again, so the freeze comes when no user's data can exist: right after the
+    imports, and, when started before the server listens (``wait=True``), after the warm-up too.
+    Under ``streamlit run app.py`` the warm-up runs while the first user works, so it does not
+    freeze (their upload, whose AnnData is only freed by the collector, would stay in memory).
     """
     global _START_UP
     with _START_UP_LOCK:
         if _START_UP is None:
-            _START_UP = _begin_start_up()
+            _START_UP = _begin_start_up(freeze_after_warm_up=wait)
     if wait:
         _START_UP.join()
     return _START_UP
 
 
-def _begin_start_up() -> threading.Thread:
+def _begin_start_up(freeze_after_warm_up: bool) -> threading.Thread:
     import logging
 
     from scatd_core.bundle import clean_library
@@ -195,6 +199,9 @@ def _begin_start_up() -> threading.Thread:
     from scatd_core import embed, explain, predict, preprocess
     from scatd_core.nn import models, sparse
 
+    gc.collect()  # the libraries, imported: frozen before any user's data exists (see start_up)
+    gc.freeze()
+
     def warm_up() -> None:
         preprocess.qc_metrics(ad.AnnData(np.ones((4, 3), dtype=np.float32)))
         models.warm_up()
@@ -202,8 +209,9 @@ def _begin_start_up() -> threading.Thread:
         embed.warm_up()
         predict.warm_up()  # the rates of the Predict page's time estimate
         explain.warm_up()
-        gc.collect()  # the warm-up's own garbage first
-        gc.freeze()
+        if freeze_after_warm_up:  # nobody is connected yet (python -m scatd_app)
+            gc.collect()  # the warm-up's own garbage first
+            gc.freeze()
 
     thread = threading.Thread(target=warm_up, name="scatd-warm-up", daemon=True)
     thread.start()

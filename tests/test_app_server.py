@@ -371,6 +371,44 @@ def test_release_upload_lets_go_of_streamlits_in_memory_copy(monkeypatch):
     assert session.release_upload("f1") is False  # outside a script run: nothing to do
 
 
+_FREEZE_PROBE = """
+import gc, sys, weakref
+from scatd_app import ui
+thread = ui.start_up(wait=sys.argv[1] == "before-listening")
+frozen_libraries = gc.get_freeze_count()
+
+class Data:  # a user's upload: an object in a reference cycle, as an AnnData is
+    pass
+
+data = Data(); data.me = data
+gone = []
+ref = weakref.ref(data, lambda r: gone.append(1))
+thread.join()
+del data
+gc.collect()
+print(frozen_libraries, gc.get_freeze_count(), bool(gone))
+"""
+
+
+def test_the_start_up_freezes_the_libraries_never_a_users_data(tmp_path):
+    """``gc.freeze()`` keeps Streamlit's collection after each page run from walking the libraries'
+    objects; what it freezes is never collected again. The libraries are frozen once imported;
+    the compiled kernels too when the server loads before it listens; never what a session made
+    meanwhile (under ``streamlit run app.py`` the first user works during the warm-up)."""
+    env = {**os.environ, "SCATD_HOME": str(tmp_path / "home")}
+    counts = {}
+    for how in ("first-page", "before-listening"):
+        res = subprocess.run([sys.executable, "-c", _FREEZE_PROBE, how], env=env, capture_output=True, text=True,
+                             timeout=300, cwd=Path(__file__).resolve().parents[1])
+        assert res.returncode == 0, res.stderr[-2000:]
+        libraries, after, collected = res.stdout.split()
+        counts[how] = int(libraries), int(after)
+        assert collected == "True"  # made during (or after) the warm-up: still collected
+    first_page, before_listening = counts["first-page"], counts["before-listening"]
+    assert first_page[0] > 300_000 and first_page[1] <= first_page[0]  # nothing frozen after the imports
+    assert before_listening[0] > first_page[0] + 50_000  # the kernels too: no session exists yet
+
+
 def test_a_process_that_ends_during_the_start_up_warm_up_exits_cleanly(tmp_path):
     """The warm-up thread runs compiled code (numba, torch); a process that ends while it runs (a
     server stopped at once, a short test run) used to abort ("terminate called without an active
