@@ -13,6 +13,8 @@ from scatd_app import jobs, session, state, ui
 from scatd_core import explain as ex
 from scatd_core import foundation, pl, scaleout
 from scatd_core._keys import FOUNDATION, SCORED
+from scatd_core._matrix import stored_fraction
+from scatd_core._memory import size_text
 from scatd_core._progress import duration, with_eta
 from scatd_core.embed import plot_coordinates
 from scatd_core.errors import ScatdError
@@ -56,6 +58,7 @@ ss.setdefault("bio_steps", 50)
 ss["bio_cells"] = min(int(ss.get("bio_cells", DEFAULT_MAX_CELLS)), max(n_scored, 2))
 ss.setdefault("bio_keep", 100)
 ss.setdefault("bio_seed", 0)
+engine = scaleout.engine_for(adata.n_obs)
 with st.form("explain_settings"):
     c1, c2, c3 = st.columns(3)
     if deletion:
@@ -77,12 +80,20 @@ with st.form("explain_settings"):
     c5.number_input("Genes with per-cell values", min_value=1, max_value=2000, key="bio_keep",
                     help="Kept for the dependence plot, the map, the h5ad and the per-cell download.")
     c6.number_input("Seed", min_value=0, step=1, key="bio_seed")
-    seconds = foundation.explain_seconds(adata, bundle.backbone, n_cells=min(int(ss["bio_gene_cells"]), n_scored),
-                                         n_steps=int(ss["bio_steps"]), n_genes=int(ss["bio_deletion_genes"])) \
-        if gene_level else None
-    long = seconds is not None and seconds > ui.LONG_CPU_SECONDS and not ui.device_text().startswith("CUDA")
-    if seconds is not None:
+    cost = None
+    if gene_level:
+        seconds = foundation.explain_seconds(adata, bundle.backbone, n_cells=min(int(ss["bio_gene_cells"]), n_scored),
+                                             n_steps=int(ss["bio_steps"]), n_genes=int(ss["bio_deletion_genes"]))
         st.caption(f"Expected time: about {duration(seconds)} on {ui.device_text()} (from the speed of the embedding run).")
+    elif engine.use_ray:
+        seconds = None  # shard by shard on the cluster: the progress bar gives the time left
+    else:
+        cost = ex.estimate(bundle, min(int(ss["bio_cells"]), n_scored), n_steps=int(ss["bio_steps"]),
+                           keep_top=int(ss["bio_keep"]), density=stored_fraction(adata.X))
+        seconds = cost["seconds"]
+        st.caption(f"Expected: about {duration(seconds)} on {ui.device_text()}, and up to "
+                   f"{size_text(cost['bytes'])} of memory while it runs.")
+    long = seconds is not None and seconds > ui.LONG_CPU_SECONDS and not ui.device_text().startswith("CUDA")
     confirmed = st.checkbox("Run it anyway", key="bio_confirm_long") if long else True
     submitted = st.form_submit_button("Compute gene ranking", type="primary")
 settings = {"baseline": "mean" if deletion else ss["bio_baseline"], "target": ss["bio_target"],
@@ -92,7 +103,7 @@ settings = {"baseline": "mean" if deletion else ss["bio_baseline"], "target": ss
 if gene_level:
     settings["n_genes"] = int(ss["bio_deletion_genes"])
 token = ui.token_of(ss.get(state.PREDICTION), settings, threshold["value"], gene_level)
-engine = scaleout.engine_for(adata.n_obs)
+free = session.free_memory() if cost is not None else None
 if engine.use_ray and not gene_level:
     st.info("The integrated gradients of the chosen cells run on Ray, shard by shard, as the prediction did (a "
             "large dataset, or the administrator's cluster); the ranking is the one a single process gives.",
@@ -101,6 +112,13 @@ if engine.use_ray and not gene_level:
 if submitted and long and not confirmed:
     st.warning(f"This takes about {duration(seconds)} on the CPU: tick **Run it anyway**, or explain fewer cells.",
                icon=":material/hourglass:")
+elif submitted and free is not None and cost["bytes"] > free:
+    fits = max(0, free - (cost["bytes"] - settings["max_cells"] * cost["bytes_per_cell"])) // cost["bytes_per_cell"]
+    st.error(f"**Explaining {settings['max_cells']:,} cells needs up to {size_text(cost['bytes'])} of memory while it "
+             f"runs; this server has {size_text(max(free, 0))} free now** (other sessions and computations use the "
+             f"rest).\n\n" + (f"Explain at most {fits:,} cells (a subsample stratified by predicted label), or try "
+                               "again later." if fits >= 2 else "Try again when other analyses on this server have "
+                                                                "finished."), icon=":material/memory:")
 elif submitted:
     bar = st.progress(0.0, text="Starting…")
     report = lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)  # noqa: E731

@@ -9,6 +9,10 @@ then :func:`scatd_core.explain.explain` with n_steps 50, the default mean baseli
 Wilcoxon DE comparison, on **all** cells, the prediction's ModelInput passed as the app does.
 
 ``passes`` = explain's seconds / predict's seconds, both measured in the same process.
+``estimate s`` is :func:`scatd_core.explain.estimate` (the Biomarkers page's expected time) for the
+same cells, computed before the run; ``explain's own peak MB`` is the process's resident memory
+at its highest during explain less what it held before (the peak is reset just before), next to
+the estimate's memory in brackets.
 ``dense passes`` divides by a prediction with the sparse path off (every batch dense, the GEMM
 path), the unit the issue's "today ~11 passes" was measured in.
 
@@ -42,7 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import N_GENES, gene_names, load_average, make_bundle, peak_rss_mb, sparse_counts  # noqa: E402
+from _common import N_GENES, gene_names, load_average, make_bundle, peak_rss_mb, rss_mb, sparse_counts  # noqa: E402
 
 
 def make_counts(n_cells: int, seed: int = 0, genes_per_cell: int = 1500):
@@ -139,7 +143,8 @@ def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int, part
 
     from scatd_core import inputs as inputs_module
     from scatd_core.bundle import load_bundle
-    from scatd_core.explain import explain
+    from scatd_core._matrix import stored_fraction
+    from scatd_core.explain import estimate, explain
     from scatd_core.inputs import ModelInput
     from scatd_core.nn.sparse import warm_up
     from scatd_core.predict import predict, set_threshold
@@ -160,9 +165,13 @@ def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int, part
     predict_s = time.perf_counter() - t0
     set_threshold(adata, float(np.median(adata.obs["scatd_prob_resistant"])), "user")
     part_seconds = time_parts() if parts else None
+    est = estimate(bundle, n_cells, n_steps=n_steps, density=stored_fraction(adata.X), device="cpu")
+    before_mb = rss_mb()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: explain's own peak
     t0 = time.perf_counter()
     e = explain(adata, bundle, inputs=inputs, n_steps=n_steps, device="cpu")
     explain_s = time.perf_counter() - t0
+    explain_extra_mb = peak_rss_mb() - before_mb
     limit = inputs_module.SPARSE_MAX_DENSITY
     inputs_module.SPARSE_MAX_DENSITY = 0.0  # every batch dense: the GEMM path
     t0 = time.perf_counter()
@@ -174,11 +183,13 @@ def run_one(bundle_path: str, n_cells: int, n_steps: int, plain_cells: int, part
     out = {
         "cells": n_cells, "n_steps": n_steps, "threads": torch.get_num_threads(),
         "predict_s": round(predict_s, 1), "dense_predict_s": round(dense_predict_s, 1),
-        "explain_s": round(explain_s, 1), "ig_s": seconds["integrated_gradients"],
+        "explain_s": round(explain_s, 1), "estimate_s": round(est["seconds"], 1),
+        "explain_extra_mb": round(explain_extra_mb), "estimate_mb": round(est["bytes"] / 2**20),
+        "ig_s": seconds["integrated_gradients"],
         "de_s": seconds["differential_expression"], "passes": round(explain_s / predict_s, 2),
         "dense_passes": round(explain_s / dense_predict_s, 2), "first_call_warm_up_s": round(warm_up_s, 1),
         "ms_per_cell_ig": round(1000 * seconds["integrated_gradients"] / n_cells, 1),
-        "peak_rss_mb": round(peak_rss_mb()),
+        "peak_rss_mb": round(max(peak_rss_mb(), before_mb)),
         "completeness_median": e.info["completeness"]["median_relative_error"],
         "completeness_max": e.info["completeness"]["max_relative_error"],
         "internal_batch_size": e.info["internal_batch_size"], "load": load_average(),
@@ -230,15 +241,17 @@ def main(argv=None) -> int:
                 return proc.returncode
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    lines = ["| cells | n_steps | predict s | explain s | IG s | DE s | **passes** (explain / predict) "
+    lines = ["| cells | n_steps | predict s | explain s | estimate s | IG s | DE s | **passes** (explain / predict) "
              "| dense predict s | dense passes | GEMM floor passes | GEMM GFLOPS | peak RSS MB "
-             "| completeness median / max | load |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| explain's own peak MB (estimate) | completeness median / max | load |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        lines.append(f"| {r['cells']:,} | {r['n_steps']} | {r['predict_s']} | {r['explain_s']} | {r['ig_s']:.1f} | "
+        lines.append(f"| {r['cells']:,} | {r['n_steps']} | {r['predict_s']} | {r['explain_s']} | {r['estimate_s']} | "
+                     f"{r['ig_s']:.1f} | "
                      f"{r['de_s']:.1f} | **{r['passes']}** | {r['dense_predict_s']} | {r['dense_passes']} | "
                      f"{r['floor_passes']} | {r['gemm_gflops']} | "
-                     f"{r['peak_rss_mb']:,} | {r['completeness_median']:.1e} / {r['completeness_max']:.1e} | "
+                     f"{r['peak_rss_mb']:,} | {r['explain_extra_mb']:,} ({r['estimate_mb']:,}) | "
+                     f"{r['completeness_median']:.1e} / {r['completeness_max']:.1e} | "
                      f"{r['load'].split(' on')[0]} |")
     for r in rows:
         if "parts_s" in r:

@@ -160,6 +160,16 @@ def store() -> SessionStore:
     return SessionStore(settings()["kept_sessions_mb"] << 20)
 
 
+def free_memory() -> int | None:
+    """Bytes the server's memory budget (``server.memory_mb``) leaves free now (less than 0: over
+    it), or ``None`` where the machine or this process cannot be measured."""
+    from scatd_core._memory import rss_bytes
+    from scatd_core.config import server_memory_bytes
+
+    budget, used = server_memory_bytes(), rss_bytes()
+    return None if budget is None or used is None else budget - used
+
+
 def room_for_a_dataset(keep_token: str | None = None) -> dict:
     """What a new dataset of this session may take in memory now, as keyword arguments of
     :func:`scatd_core.io.read`: nothing when the per-dataset limit (``limits.max_dataset_mb``)

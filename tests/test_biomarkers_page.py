@@ -90,3 +90,29 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
     set_threshold(adata, 0.01, "user")
     at.run()
     assert any("earlier settings or another threshold" in i.value for i in at.info)
+
+
+def test_the_page_says_the_time_and_memory_to_expect_and_waits_when_memory_is_short(predicted, monkeypatch):
+    """Before the click: the expected time and memory (``explain.estimate``). With less free on
+    the server than the explanation would hold (``server.memory_mb`` less what the process
+    holds), nothing runs and the page says how many cells fit."""
+    from scatd_core import _memory
+    from scatd_core.explain import estimate, from_adata
+
+    adata, bundle = predicted
+    cost = estimate(bundle, 40, n_steps=50, keep_top=100, density=1.0)
+    assert cost["bytes"] > 40 * cost["bytes_per_cell"] > 0 and cost["seconds"] > 0
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: (1000 << 20) - cost["bytes"] + 10 * cost["bytes_per_cell"])
+    at = _open(adata, bundle)
+    assert any(c.value.startswith("Expected: about ") and "of memory while it runs" in c.value for c in at.caption)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    message = " ".join(e.value for e in at.error)
+    assert "Explaining 40 cells needs up to" in message and "Explain at most 30 cells" in message
+    assert from_adata(adata) is None  # nothing ran
+    at.number_input(key="bio_cells").set_value(30)
+    at.number_input(key="bio_steps").set_value(8)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert from_adata(adata).info["cells"]["n_explained"] == 30

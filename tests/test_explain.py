@@ -324,4 +324,33 @@ def test_cli_explain_writes_ranking_and_per_cell(planted, tmp_path, capsys):
     assert len(ranking) == N_GENES and ranking["rank"].iloc[0] == 1
     per_cell = pd.read_csv(tmp_path / "per_cell.csv", index_col=0)
     assert per_cell.shape == (120, 7) and list(per_cell.columns[2:]) == list(ranking["feature"].head(5))
-    assert "Completeness error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Completeness error" in err and "Explaining 120 cells: about " in err and " of memory" in err
+
+
+def test_the_estimate_counts_each_cell_and_step_and_reads_sparse_data_sparsely():
+    """``explain.estimate`` (the Biomarkers page's expected time and memory, checked against
+    measured runs by benches/bench_explain.py): linear in the cells and the steps, cheaper on
+    sparse data, and the per-cell memory of a published-size Dist_VAE is its staged factors
+    (2 x 1,664 float32 at most, fewer bytes than float16 attributions of 19,264 genes) plus its
+    stored values with the DE test's copies of them."""
+    from types import SimpleNamespace
+
+    from scatd_core.explain import IG_MEMORY_BUDGET, estimate
+
+    published = SimpleNamespace(architecture=Architecture("dist_vae", [19264, 1664, 359], 421, None, 210, 2),
+                                input_kind="expression")
+    one = estimate(published, 1000, density=0.078, device="cpu")
+    two = estimate(published, 2000, density=0.078, device="cpu")
+    assert two["bytes"] - one["bytes"] == 1000 * one["bytes_per_cell"]
+    assert one["bytes"] - 1000 * one["bytes_per_cell"] == IG_MEMORY_BUDGET + 4 * 19264 * 1664
+    assert one["bytes_per_cell"] == int(4 * 2 * 1664 + 40 * 0.078 * 19264 + 8 * 100 + 64)
+    assert two["seconds"] == pytest.approx(2 * one["seconds"])
+    steps = [estimate(published, 1000, n_steps=n, density=0.078, device="cpu")["seconds"] for n in (25, 50, 100)]
+    assert steps[2] - steps[1] == pytest.approx(2 * (steps[1] - steps[0]))  # each step costs the same
+    assert estimate(published, 1000, density=1.0, device="cpu")["seconds"] > one["seconds"]
+    assert estimate(published, 1000, density=1.0, device="cpu")["bytes_per_cell"] == int(
+        4 * 2 * 1664 + 40 * 19264 + 8 * 100 + 64)  # dense data: every value of the cell
+    wide = SimpleNamespace(architecture=Architecture("dist_vae", [500, 1664, 359], 421, None, 210, 2),
+                           input_kind="expression")
+    assert estimate(wide, 10, density=1.0, device="cpu")["bytes_per_cell"] == 2 * 500 + 40 * 500 + 8 * 100 + 64

@@ -96,6 +96,18 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
         say(f"Ray: {eng['workers']} worker(s), {eng['shards']} shards ({eng['shards_resumed']} already done, "
             f"resumed from {eng['parts']}).")
     else:
+        from scatd_core._keys import SCORED
+        from scatd_core._matrix import stored_fraction
+        from scatd_core._memory import size_text
+        from scatd_core._progress import duration
+        from scatd_core.explain import estimate
+
+        scored = int(adata.obs[SCORED].sum()) if SCORED in adata.obs else adata.n_obs
+        n_cells = min(args.max_cells or scored, scored)
+        cost = estimate(bundle, n_cells, n_steps=args.steps, keep_top=common["keep_top"] or 0,
+                        density=stored_fraction(adata.X), device=args.device)
+        say(f"Explaining {n_cells:,} cells: about {duration(cost['seconds'])}, up to {size_text(cost['bytes'])} of "
+            "memory (fewer --max-cells or --steps shorten it).")
         result = explain(adata, bundle, **common)
     info = result.info
     say(info["statement"])

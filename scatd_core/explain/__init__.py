@@ -101,11 +101,13 @@ attributions and input values of the top genes to ``obsm['scatd_attributions']``
 
 Layout: ``_attribution`` (captum, baselines), ``_path`` (the steps by hand), ``_sums`` (the
 ranking's sums), ``_ranking`` and ``_wilcoxon`` (DE test, agreement), ``_explain`` (the steps of
-:func:`explain`). :func:`warm_up` compiles their numba kernels ahead of time.
+:func:`explain`), ``_estimate`` (:func:`estimate`: its time and memory before it runs, from the
+prediction's calibrated rates). :func:`warm_up` compiles their numba kernels ahead of time.
 """
 
 from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMORY_BUDGET, N_REFERENCE_CELLS,
                                              TARGET_TITLES, TARGETS, auto_internal_batch_size)
+from scatd_core.explain._estimate import estimate
 from scatd_core.explain._explain import (COMPLETENESS_TOLERANCE, RANKING_COLUMNS, Explanation, explain,
                                          feature_names, from_adata, store, stratified_subsample)
 
@@ -125,6 +127,6 @@ def warm_up() -> None:
     wilcoxon(sp.csr_matrix(values), np.array([True, False, True, False]))
 
 
-__all__ = ["warm_up", "explain", "Explanation", "from_adata", "store", "feature_names", "stratified_subsample",
+__all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "store", "feature_names", "stratified_subsample",
            "BASELINES", "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
            "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size"]

@@ -1,0 +1,72 @@
+"""What an explanation will cost before it runs: seconds and memory, from calibrated rates.
+
+The same rates as the prediction's estimate (:func:`scatd_core.predict.estimate_seconds`: the
+device's GEMM rate and the sparse first layer's, timed once per process), applied to the
+products integrated gradients computes per cell with the first-layer factorisation
+(:class:`~scatd_core.explain._attribution.Attributor`): the first layer once, ``n_steps``
+forward and backward passes through the rest of the network, and the map back to the inputs.
+The widths are taken from the architecture before the merging the by-hand path does, so the
+products are counted generously; :data:`ESTIMATE_OVERHEAD`, measured by
+``benches/bench_explain.py`` (it prints explain's seconds next to this estimate), brings them to
+the measured time.
+
+Memory: what grows with the cells explained (the gradient factors staged per cell until the top
+genes are known, at most float16 attributions of every input; the cells' data as given, read for
+the kept inputs and the DE test, with the DE test's copies, :data:`BYTES_PER_STORED_VALUE`; the
+kept per-cell attributions and inputs) plus what does not (the interpolation buffers,
+:data:`IG_MEMORY_BUDGET`, and the map back's weights).
+"""
+
+from __future__ import annotations
+
+from scatd_core.explain._attribution import IG_MEMORY_BUDGET
+
+#: Bytes per stored value of the explained cells' data at the explanation's peak, the DE test:
+#: the data as read (float32 values, int32 indices), their float64 copy put on the log scale in
+#: place, and the test's column-major float64 copy (measured with ``tracemalloc``).
+BYTES_PER_STORED_VALUE = 40
+#: Measured explain seconds over :func:`estimate`'s products at the probed rates
+#: (``benches/bench_explain.py``, published-size Dist_VAE, 10,000 cells, 50 steps).
+ESTIMATE_OVERHEAD = 1.0
+
+
+def _products(arch) -> tuple[int, int, int, int]:
+    """FLOPs per cell of one member: the first layer (dense), one forward pass through the rest,
+    the map back (dense); and the width of the first layer's output (fc and shortcut)."""
+    enc = arch.encoder_dims
+    n_in, width = enc[0], 2 * enc[1]
+    first = 2 * n_in * width
+    rest = sum(2 * a * b * (2 if a != b else 1) for a, b in zip(enc[1:-1], enc[2:]))
+    rest += 2 * enc[-1] * arch.z_dim + 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (
+        arch.class_num or 2)
+    return first, rest, 2 * n_in * width, width
+
+
+def estimate(bundle, n_cells: int, *, n_steps: int = 50, keep_top: int = 100, density: float | None = None,
+             device: str = "auto") -> dict:
+    """Expected cost of :func:`scatd_core.explain.explain` on ``n_cells`` cells, without running it.
+
+    ``density``: the fraction of stored values of the data (``scatd_core._matrix.stored_fraction``;
+    an expression model on a CPU reads sparse data sparsely). Returns ``{"seconds", "bytes",
+    "bytes_per_cell"}``; ``bytes`` is what the explanation holds at its peak beyond the data and
+    the model already in memory (an upper bound: the staged factors are counted at their widest).
+    """
+    from scatd_core.inputs import SPARSE_MAX_DENSITY
+    from scatd_core.predict import _flop_rate, _sparse_rate, resolve_device
+
+    dev = resolve_device(device)
+    arch = bundle.architecture
+    members = arch.n_members
+    first, rest, back, width = _products(arch)
+    sparse = (density is not None and bundle.input_kind == "expression" and dev.type == "cpu"
+              and density <= SPARSE_MAX_DENSITY)
+    rate = _flop_rate(dev)
+    per_cell = members * (2 * int(n_steps) * rest + back) / rate
+    per_cell += members * (density * first / _sparse_rate(dev) if sparse else first / rate)
+    n_in = arch.input_dim
+    staged = min(4 * members * width, 2 * n_in)  # factors (float32) or float16 attributions, the fewer bytes
+    stored = density * n_in if sparse else n_in
+    bytes_per_cell = int(staged + BYTES_PER_STORED_VALUE * stored + 8 * int(keep_top) + 64)
+    fixed = IG_MEMORY_BUDGET + 4 * n_in * members * width // 2
+    return {"seconds": ESTIMATE_OVERHEAD * int(n_cells) * per_cell,
+            "bytes": int(fixed + int(n_cells) * bytes_per_cell), "bytes_per_cell": bytes_per_cell}
