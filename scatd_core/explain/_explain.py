@@ -363,7 +363,7 @@ def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int,
     return ranking, order
 
 
-def _kept_inputs(inputs: ModelInput, raw, kept: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def _kept_inputs(inputs: ModelInput, raw, kept: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Model-input values of the kept features for the explained cells, from their data as
     read in the attribution pass (no second pass)."""
     parts = [inputs.model_input_of(raw[s:s + chunk], columns=kept) for s in range(0, raw.shape[0], chunk)]
@@ -380,26 +380,27 @@ def _de_columns(inputs: ModelInput, bundle, raw, is_pos, is_neg, pos: str, neg: 
     else:
         in_data = np.ones(n_features, dtype=bool)
     present = np.flatnonzero(in_data)
-    raw = sp.csr_matrix(raw, dtype=np.float64) if sp.issparse(raw) else np.asarray(raw, dtype=np.float64)
-    if present.size < n_features:
+    if present.size < n_features:  # the columns first, then float64: one float64 copy, this one's own
         raw = raw[:, present]
+    raw = sp.csr_matrix(raw, dtype=np.float64, copy=True) if sp.issparse(raw) else np.array(raw, dtype=np.float64)
     if bundle.input_kind == "expression":
         from scatd_core.preprocess import detect_value_type
 
         kind = "counts" if inputs.counts_detected else detect_value_type(raw)["kind"]
     else:
         kind = "embedding"
-    cols, info = de_table(raw, present, n_features, kind, is_pos, is_neg, pos, neg, run_de)
+    cols, info = de_table(raw, present, n_features, kind, is_pos, is_neg, pos, neg, run_de, own=True)
     return cols, info, in_data
 
 
 def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_neg, pos: str, neg: str,
-             run_de: bool) -> tuple[pd.DataFrame, dict]:
+             run_de: bool, own: bool = False) -> tuple[pd.DataFrame, dict]:
     """Group means of the data as given and the Wilcoxon test between the predicted groups.
 
     ``raw`` holds the explained cells' values of the features ``present`` (of ``n_features``);
     ``kind`` is their value type (:func:`~scatd_core.preprocess.detect_value_type`), or
-    ``"embedding"`` for embedding features (tested as they are).
+    ``"embedding"`` for embedding features (tested as they are). ``own``: ``raw`` is a float
+    copy made for this call, which the log scale may overwrite (one copy fewer in memory).
     """
     cols = pd.DataFrame(np.nan, index=range(n_features),
                         columns=["mean_data_resistant", "mean_data_sensitive", "logfoldchange", "de_score", "de_pval",
@@ -416,7 +417,8 @@ def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_ne
                                                   "group"}
     if kind != "embedding":
         totals = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel() if kind == "counts" else None
-        de_matrix, log_ok = log_scale(raw, kind, totals)
+        de_matrix, log_ok = log_scale(raw, kind, totals, copy=not own)
+        del raw  # overwritten when own: de_matrix from here
         scale = {"counts": "log1p of counts per 10k (over the model's genes)", "tpm_like": "log1p of the values",
                  "log_normalized": "the values as given (log scale)"}.get(kind, "the values as given")
     else:
@@ -424,7 +426,7 @@ def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_ne
         scale = "the embedding features before AdaIN (a per-feature affine map, which a rank test ignores)"
     keep_cells = is_pos | is_neg
     groups = np.where(is_pos, pos, neg)[keep_cells]
-    de = differential_expression(de_matrix[keep_cells], groups, pos, neg, log_ok)
+    de = differential_expression(de_matrix if keep_cells.all() else de_matrix[keep_cells], groups, pos, neg, log_ok)
     cols.loc[present, ["logfoldchange", "de_score", "de_pval", "de_pval_adj"]] = de.to_numpy()
     info = {"method": "Wilcoxon rank-sum (the statistic of scanpy rank_genes_groups: tie-corrected z-score, "
                       "Benjamini-Hochberg)",

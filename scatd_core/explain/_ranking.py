@@ -11,16 +11,17 @@ from scatd_core._matrix import log1p_cp10k
 TOP_OVERLAP = (20, 100)
 
 
-def log_scale(matrix, kind: str, per_cell_totals: np.ndarray | None):
-    """The DE matrix on a natural-log scale where that is meaningful, and whether it is."""
+def log_scale(matrix, kind: str, per_cell_totals: np.ndarray | None, copy: bool = True):
+    """The DE matrix on a natural-log scale where that is meaningful, and whether it is.
+    ``copy=False``: a float ``matrix`` is transformed in place."""
     if kind == "counts":  # log1p of counts per 10k over the model's genes, as the model input
-        return log1p_cp10k(matrix, per_cell_totals), True
+        return log1p_cp10k(matrix, per_cell_totals, copy=copy), True
     if kind == "tpm_like":
-        out = matrix.copy()
+        out = matrix.copy() if copy else matrix
         if sp.issparse(out):
-            out.data = np.log1p(out.data)
+            np.log1p(out.data, out=out.data)
             return out, True
-        return np.log1p(out), True
+        return np.log1p(out, out=out), True
     return matrix, kind == "log_normalized"
 
 

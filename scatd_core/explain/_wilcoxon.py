@@ -137,7 +137,7 @@ def wilcoxon(matrix, first: np.ndarray, tie_correct: bool = True) -> tuple[np.nd
     n2 = n_rows - n1
     rank_sum = np.zeros(n_cols)
     ties = np.zeros(n_cols)
-    _kernel()(csc.indptr.astype(np.int64), csc.indices.astype(np.int64), csc.data, first, n_rows, n1,
+    _kernel()(csc.indptr.astype(np.int64), csc.indices, csc.data, first, n_rows, n1,  # row indices as stored
               rank_sum, ties)
     n = float(n_rows)
     tc = 1.0 - ties / (n ** 3 - n) if n_rows >= 2 else np.ones(n_cols)
