@@ -91,7 +91,7 @@ with st.form("explain_settings"):
         cost = ex.estimate(bundle, min(int(ss["bio_cells"]), n_scored), n_steps=int(ss["bio_steps"]),
                            keep_top=int(ss["bio_keep"]), density=stored_fraction(adata.X))
         seconds = cost["seconds"]
-        st.caption(f"Expected: about {duration(seconds)} on {ui.device_text()}, and up to "
+        st.caption(f"Expected: about {duration(max(seconds, 1))} on {ui.device_text()}, and up to "
                    f"{size_text(cost['bytes'])} of memory while it runs.")
     long = seconds is not None and seconds > ui.LONG_CPU_SECONDS and not ui.device_text().startswith("CUDA")
     confirmed = st.checkbox("Run it anyway", key="bio_confirm_long") if long else True
