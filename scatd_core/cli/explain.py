@@ -106,8 +106,8 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
         n_cells = min(args.max_cells or scored, scored)
         cost = estimate(bundle, n_cells, n_steps=args.steps, keep_top=common["keep_top"] or 0,
                         density=stored_fraction(adata.X), device=args.device)
-        say(f"Explaining {n_cells:,} cells: about {duration(max(cost['seconds'], 1))}, up to {size_text(cost['bytes'])} of "
-            "memory (fewer --max-cells or --steps shorten it).")
+        say(f"Explaining {n_cells:,} cells: about {duration(max(cost['seconds'], 1))}, up to "
+            f"{size_text(cost['bytes'])} of memory (fewer --max-cells or --steps shorten it).")
         result = explain(adata, bundle, **common)
     info = result.info
     say(info["statement"])

@@ -127,6 +127,7 @@ def warm_up() -> None:
     wilcoxon(sp.csr_matrix(values), np.array([True, False, True, False]))
 
 
-__all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "store", "feature_names", "stratified_subsample",
+__all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "store", "feature_names",
+           "stratified_subsample",
            "BASELINES", "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
            "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size"]
