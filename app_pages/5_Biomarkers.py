@@ -84,8 +84,9 @@ with st.form("explain_settings"):
     if gene_level:
         seconds = foundation.explain_seconds(adata, bundle.backbone, n_cells=min(int(ss["bio_gene_cells"]), n_scored),
                                              n_steps=int(ss["bio_steps"]), n_genes=int(ss["bio_deletion_genes"]))
-        st.caption(f"Expected time: about {duration(seconds)} on {ui.device_text()} (from the speed of the embedding "
-                   "run).")
+        if seconds is not None:
+            st.caption(f"Expected time: about {duration(seconds)} on {ui.device_text()} (from the speed of the "
+                       "embedding run).")
     elif engine.use_ray:
         seconds = None  # shard by shard on the cluster: the progress bar gives the time left
     else:
