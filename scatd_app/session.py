@@ -180,20 +180,19 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
     import gc
 
     from scatd_app import jobs
-    from scatd_core._memory import rss_bytes, size_text
+    from scatd_core._memory import size_text
     from scatd_core.config import limits, server_memory_bytes
 
-    budget, limit, used = server_memory_bytes(), limits().max_dataset_bytes, rss_bytes()
-    if budget is None or used is None:
+    free, limit = free_memory(), limits().max_dataset_bytes
+    if free is None or free >= limit:
         return {}
-    free = budget - used
-    if free < limit:
-        if store().let_go(limit - free, keep=keep_token):
-            gc.collect()
-        jobs.release_free_memory()
-        free = budget - (rss_bytes() or used)
-    if free >= limit:
+    if store().let_go(limit - free, keep=keep_token):
+        gc.collect()
+    jobs.release_free_memory()
+    free = free_memory()
+    if free is None or free >= limit:
         return {}
+    budget = server_memory_bytes()
     if free <= 0:
         return {"max_dataset_bytes": 1, "limit_reason": f"the memory this server has free for a new dataset now: none "
                 f"of its {size_text(budget)} (other sessions and computations use it all)"}

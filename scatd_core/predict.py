@@ -661,6 +661,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def layer_flops(arch) -> tuple[int, int, int]:
+    """FLOPs per cell of one member, as dense products: the first layer (fc and its shortcut),
+    the rest of the encoder with both latent maps, the head (also :func:`scatd_core.explain.estimate`)."""
+    enc = arch.encoder_dims
+    layer = [2 * a * b * (2 if a != b else 1) for a, b in zip(enc[:-1], enc[1:])]  # fc + shortcut where sizes differ
+    rest = sum(layer[1:]) + 2 * 2 * enc[-1] * arch.z_dim
+    head = 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (arch.class_num or 2)
+    return layer[0], rest, head
+
+
 def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int = 50, device: str = "auto",
                      density: float | None = None) -> float:
     """Expected run time of :func:`predict` from a calibrated per-cell cost, without predicting.
@@ -676,16 +686,12 @@ def estimate_seconds(bundle, n_cells: int, *, mode: str = "mean", n_samples: int
 
     dev = resolve_device(device)
     arch = bundle.architecture
-    enc = arch.encoder_dims
-    pairs = list(zip(enc[:-1], enc[1:]))
-    layer = [2 * a * b * (2 if a != b else 1) for a, b in pairs]  # fc + shortcut (a shortcut where sizes differ)
-    rest = sum(layer[1:]) + 2 * 2 * enc[-1] * arch.z_dim
-    head = 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (arch.class_num or 2)
+    first, rest, head = layer_flops(arch)
     rate = _flop_rate(dev)
     seconds = (rest + head * (n_samples if mode == "sample" else 1)) / rate * arch.n_members
     if density is not None and bundle.input_kind == "expression" and dev.type == "cpu" and \
             density <= SPARSE_MAX_DENSITY:
-        seconds += density * layer[0] * arch.n_members / _sparse_rate(dev)
+        seconds += density * first * arch.n_members / _sparse_rate(dev)
     else:
-        seconds += layer[0] * arch.n_members / rate
+        seconds += first * arch.n_members / rate
     return ESTIMATE_OVERHEAD * n_cells * seconds

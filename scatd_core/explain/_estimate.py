@@ -30,18 +30,6 @@ BYTES_PER_STORED_VALUE = 40
 ESTIMATE_OVERHEAD = 1.0
 
 
-def _products(arch) -> tuple[int, int, int, int]:
-    """FLOPs per cell of one member: the first layer (dense), one forward pass through the rest,
-    the map back (dense); and the width of the first layer's output (fc and shortcut)."""
-    enc = arch.encoder_dims
-    n_in, width = enc[0], 2 * enc[1]
-    first = 2 * n_in * width
-    rest = sum(2 * a * b * (2 if a != b else 1) for a, b in zip(enc[1:-1], enc[2:]))
-    rest += 2 * enc[-1] * arch.z_dim + 2 * arch.z_dim * (arch.head_dim or 1) + 2 * (arch.head_dim or 1) * (
-        arch.class_num or 2)
-    return first, rest, 2 * n_in * width, width
-
-
 def estimate(bundle, n_cells: int, *, n_steps: int = 50, keep_top: int = 100, density: float | None = None,
              device: str = "auto") -> dict:
     """Expected cost of :func:`scatd_core.explain.explain` on ``n_cells`` cells, without running it.
@@ -52,12 +40,15 @@ def estimate(bundle, n_cells: int, *, n_steps: int = 50, keep_top: int = 100, de
     the model already in memory (an upper bound: the staged factors are counted at their widest).
     """
     from scatd_core.inputs import SPARSE_MAX_DENSITY
-    from scatd_core.predict import _flop_rate, _sparse_rate, resolve_device
+    from scatd_core.predict import _flop_rate, _sparse_rate, layer_flops, resolve_device
 
     dev = resolve_device(device)
     arch = bundle.architecture
     members = arch.n_members
-    first, rest, back, width = _products(arch)
+    first, rest, head = layer_flops(arch)
+    rest += head
+    width = 2 * arch.encoder_dims[1]  # the first layer's output (fc and shortcut): the factors at their widest
+    back = first  # the map back to the inputs: the first layer's product, transposed
     sparse = (density is not None and bundle.input_kind == "expression" and dev.type == "cpu"
               and density <= SPARSE_MAX_DENSITY)
     rate = _flop_rate(dev)
