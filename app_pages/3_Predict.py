@@ -61,10 +61,8 @@ AHEAD_HELP = ("Nothing is written into your data before you click. The backgroun
               "these settings.")
 
 # ------------------------------------------------------------------ run
-if ss.get(state.PREDICT_RUNNING):  # the previous run did not finish: Cancel, or the page was left
-    ss[state.PREDICT_RUNNING] = False
+if ui.say_if_stopped(state.PREDICT_RUNNING, "The prediction was stopped before it finished; nothing was changed."):
     ui.decline_prediction_ahead(token)  # and not computed again in the background on the user's behalf
-    st.info("The prediction was stopped before it finished; nothing was changed.", icon=":material/block:")
 
 clicked = not current and st.button("Run prediction", type="primary", icon=":material/play_arrow:",
                                     key="btn_run_predict")
@@ -78,36 +76,28 @@ if not current and not clicked:
         ahead_note.caption(f"Computing in the background since the data and model were ready ({ahead.fraction:.0%} "
                            "done): Run prediction shows the results as soon as they are complete.", help=AHEAD_HELP)
 if clicked:
-    bar = st.progress(0.0, text="Preparing the model input…")
-    st.button("Cancel", icon=":material/stop:", key="btn_cancel_predict", help="Stops the run; nothing is changed.")
-    ss[state.PREDICT_RUNNING] = True
     try:
-        ahead = ui.take_prediction_ahead(token, bar)  # computed ahead for these very settings, if it was
-        state.invalidate("prediction")
-        if ahead is not None:
-            store(adata, bundle, ahead.scores)
-            ui.adopt_ahead_embedding(ahead, token)  # and its UMAP, if one followed it
-        else:
-            with jobs.computing("the prediction"):
-                show = with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
-                run_args = dict(mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
-                                progress=show)
-                if engine.use_ray:
-                    scaleout.predict_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
-                                               **run_args)
-                else:
-                    predict(adata, bundle, inputs=ui.model_inputs(adata, bundle), **run_args)
+        with ui.long_run(state.PREDICT_RUNNING, "Preparing the model input…", "btn_cancel_predict") as bar:
+            ahead = ui.take_prediction_ahead(token, bar)  # computed ahead for these very settings, if it was
+            state.invalidate("prediction")
+            if ahead is not None:
+                store(adata, bundle, ahead.scores)
+                ui.adopt_ahead_embedding(ahead, token)  # and its UMAP, if one followed it
+            else:
+                with jobs.computing("the prediction"):
+                    show = with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+                    run_args = dict(mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
+                                    progress=show)
+                    if engine.use_ray:
+                        scaleout.predict_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
+                                                   **run_args)
+                    else:
+                        predict(adata, bundle, inputs=ui.model_inputs(adata, bundle), **run_args)
     except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
-        ss[state.PREDICT_RUNNING] = False
         state.invalidate("prediction")
-        bar.empty()
         ui.show_error(exc)
         ui.stop()
-    # Streamlit stops an interrupted run (Cancel, leaving the page) with a BaseException, which
-    # skips this line and leaves the flag set for the next run to report.
-    ss[state.PREDICT_RUNNING] = False
     ss[state.PREDICTION] = token
-    bar.empty()
     current = True
 
 if not state.has_prediction():

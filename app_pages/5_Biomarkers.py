@@ -111,6 +111,8 @@ if engine.use_ray and not gene_level:
             "large dataset, or the administrator's cluster); the ranking is the one a single process gives.",
             icon=":material/hub:")
 
+ui.say_if_stopped(state.EXPLAIN_RUNNING, "The gene ranking was stopped before it finished; the ranking shown before "
+                  "(if any) is kept.")
 if submitted and long and not confirmed:
     st.warning(f"This takes about {duration(seconds)} on the CPU: tick **Run it anyway**, or explain fewer cells.",
                icon=":material/hourglass:")
@@ -122,23 +124,23 @@ elif submitted and free is not None and cost["bytes"] > free:
                                "again later." if fits >= 2 else "Try again when other analyses on this server have "
                                                                 "finished."), icon=":material/memory:")
 elif submitted:
-    bar = st.progress(0.0, text="Starting…")
-    report = lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)  # noqa: E731
     try:
-        with jobs.computing("the gene ranking"):
-            if gene_level:  # its messages carry the time left
-                foundation.explain_genes(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=report,
-                                         **settings)
-            elif engine.use_ray:  # a dataset above the configured size, or an admin's cluster: same ranking
-                scaleout.explain_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
-                                           progress=with_eta(report), **settings)
-            else:
-                ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=with_eta(report), **settings)
+        with ui.long_run(state.EXPLAIN_RUNNING, "Starting…", "btn_cancel_explain",
+                         "Stops the run; the ranking shown before (if any) is kept.") as bar:
+            report = lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)  # noqa: E731
+            with jobs.computing("the gene ranking"):
+                if gene_level:  # its messages carry the time left
+                    foundation.explain_genes(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=report,
+                                             **settings)
+                elif engine.use_ray:  # a dataset above the configured size, or an admin's cluster: same ranking
+                    scaleout.explain_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
+                                               progress=with_eta(report), **settings)
+                else:
+                    ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=with_eta(report),
+                               **settings)
     except ScatdError as exc:
-        bar.empty()
         ui.show_error(exc)
         ui.stop()
-    bar.empty()
     ss[state.BIOMARKERS] = token
 
 expl = ex.from_adata(adata)

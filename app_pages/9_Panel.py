@@ -98,21 +98,21 @@ bundles = [classifiers[p] for p in paths]
 token = ui.token_of(ui.prediction_token(bundles[0], {}), [str(b.path) for b in bundles],
                     [b.manifest.get("weights_sha256", "") for b in bundles])
 current = ss.get(state.PANEL) == token and "scatd_panel" in adata.uns
+ui.say_if_stopped(state.PANEL_RUNNING, "The panel was stopped before it finished; no partial results were kept.")
 if not current and st.button(f"Score {len(bundles)} models", type="primary", icon=":material/play_arrow:",
                              key="btn_panel_run"):
-    bar = st.progress(0.0, text="Aligning the data…")
     try:
-        with jobs.computing("the panel"):
-            panel.predict_panel(adata, bundles, mask=mask,
-                                progress=with_eta(lambda f, m: bar.progress(min(1.0, f), text=m)))
+        with ui.long_run(state.PANEL_RUNNING, "Aligning the data…", "btn_cancel_panel",
+                         "Stops the run; no partial results are kept.") as bar:
+            with jobs.computing("the panel"):
+                panel.predict_panel(adata, bundles, mask=mask,
+                                    progress=with_eta(lambda f, m: bar.progress(min(1.0, f), text=m)))
     except ScatdError as exc:
         ss.pop(state.PANEL, None)
-        bar.empty()
         ui.show_error(exc)
         ui.stop()
     ss[state.PANEL] = token
     ss.pop(state.PANEL_MARKERS, None)
-    bar.empty()
     current = True
 if not current:
     if "scatd_panel" in adata.uns:

@@ -59,6 +59,10 @@ PANEL_MARKERS = "panel_markers"
 EMBED_ESTIMATE = "embed_estimate"
 QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)
 PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set after an interrupted run
+# the same for the other long runs (ui.long_run sets and clears them)
+EXPLAIN_RUNNING = "running_explain"
+PANEL_RUNNING = "running_panel"
+EMBED_RUNNING = "running_embed"
 
 #: Widget values that must survive a visit to another page (Streamlit forgets the state of
 #: widgets that are not drawn). Buttons and uploaders never use these prefixes (their values

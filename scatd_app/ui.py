@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import gc
@@ -285,6 +286,46 @@ def model_inputs(adata: ad.AnnData, bundle):
     return cached[1]
 
 
+# --------------------------------------------------------------------------------------------
+# Long runs: a progress bar with a Cancel button, and a word when the last one was stopped
+# --------------------------------------------------------------------------------------------
+
+CANCEL_HELP = "Stops the run; nothing is changed."
+
+
+@contextlib.contextmanager
+def long_run(flag: str, text: str, cancel_key: str, cancel_help: str = CANCEL_HELP):
+    """A progress bar (yielded) with a Cancel button under it, for one computation of a page.
+
+    A click on Cancel, like any other click or leaving the page, interrupts the script run with
+    Streamlit's control exception (a ``BaseException``): the computation stops at its next
+    progress report, the session flag ``flag`` stays set, and the next run of the page says so
+    (:func:`say_if_stopped`). When the computation ends, normally or with an error, the bar and
+    the button go away and the flag is cleared."""
+    box = st.empty()
+    with box.container():
+        bar = st.progress(0.0, text=text)
+        st.button("Cancel", icon=":material/stop:", key=cancel_key, help=cancel_help)
+    st.session_state[flag] = True
+    try:
+        yield bar
+    except Exception:
+        st.session_state[flag] = False
+        box.empty()
+        raise
+    st.session_state[flag] = False
+    box.empty()
+
+
+def say_if_stopped(flag: str, text: str) -> bool:
+    """Whether the last run behind ``flag`` (see :func:`long_run`) was stopped before it
+    finished; if so, say ``text`` once."""
+    if not st.session_state.pop(flag, False):
+        return False
+    st.info(text, icon=":material/block:")
+    return True
+
+
 #: A foundation-model run longer than this on a CPU is only started after the user confirms it.
 LONG_CPU_SECONDS = 120
 
@@ -358,24 +399,23 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
                    "the progress and the time left; keep it open until it is done.", icon=":material/hourglass:")
     else:
         st.info(text, icon=":material/schedule:")
+    say_if_stopped(state.EMBED_RUNNING, f"The {name} embeddings were stopped before they finished; nothing was "
+                   "changed.")
     agreed = not long or st.checkbox(f"Run it on the CPU anyway (about {duration(est['seconds'])})",
                                      key="model_embed_confirm")
     if st.button(f"Compute {name} embeddings", type="primary", disabled=not agreed, icon=":material/play_arrow:",
                  key="btn_embed"):
-        bar = st.progress(0.0, text=f"Loading {name}…")
-        st.button("Cancel", icon=":material/stop:", key="btn_cancel_embed", help="Stops the run; nothing is changed.")
         from scatd_app import jobs  # the shared queue: embeddings are the heaviest computation of all
 
         try:
-            with jobs.computing(f"the {name} embeddings"):
+            with long_run(state.EMBED_RUNNING, f"Loading {name}…", "btn_cancel_embed") as bar, \
+                    jobs.computing(f"the {name} embeddings"):
                 foundation.ensure_embeddings(adata, bundle, mask=mask,
                                              progress=lambda fraction, message: bar.progress(min(1.0, fraction),
                                                                                              message))
         except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
-            bar.empty()
             show_error(exc)
             return False
-        bar.empty()
         st.rerun()
     return False
 

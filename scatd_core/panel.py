@@ -192,18 +192,17 @@ def predict_panel(
     options = dict(mask=mask_array, mode=mode, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size,
                    should_stop=should_stop)
     n = len(bundles)
-    for i, (member, bundle) in enumerate(zip(team, bundles)):
-        if should_stop is not None and should_stop():
-            _clear_members(adata, team)
-            raise Cancelled("Panel prediction cancelled; nothing was kept.")
-        say = step(progress, i, n, member.drug)
-        if say is not None:
-            say(0.0, "aligning the data to the model")
-        try:
+    try:
+        for i, (member, bundle) in enumerate(zip(team, bundles)):
+            if should_stop is not None and should_stop():
+                raise Cancelled("Panel prediction cancelled; nothing was kept.")
+            say = step(progress, i, n, member.drug)
+            if say is not None:
+                say(0.0, "aligning the data to the model")
             _score_member(adata, member, bundle, shared, say, options)
-        except Cancelled:
-            _clear_members(adata, team)
-            raise
+    except BaseException:  # cancelled, or interrupted (a caller's progress callback, Ctrl+C): no partial panel
+        _clear_members(adata, team)
+        raise
     if not any(m.scored for m in team):
         raise InputError("No model of the panel could score these data: " + "; ".join(
             f"{m.drug}: {m.problem}" for m in team), "Check the data against each model on the Model page.")

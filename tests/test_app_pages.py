@@ -453,6 +453,14 @@ def test_monte_carlo_mode_adds_uncertainty(with_library):
     assert "uncertainty (sd of P)" in at.selectbox(key="cells_colour").options
 
 
+def test_a_finished_prediction_leaves_no_cancel_button(with_library):
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=8)))
+    run_prediction(at)
+    assert "btn_cancel_predict" not in [b.key for b in at.button]
+    assert state.PREDICT_RUNNING not in at.session_state or not at.session_state[state.PREDICT_RUNNING]
+
+
 def test_interrupted_run_is_reported(with_library):
     at = start()
     upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=8)))

@@ -116,3 +116,35 @@ def test_the_page_says_the_time_and_memory_to_expect_and_waits_when_memory_is_sh
     _button(at, "Compute gene ranking").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert from_adata(adata).info["cells"]["n_explained"] == 30
+
+
+def test_a_stopped_ranking_keeps_the_earlier_one_and_says_so(predicted, monkeypatch):
+    """Cancel interrupts the script run with Streamlit's StopException at the next progress report:
+    the Cancel button is there while it runs, gone once a run finishes, the earlier ranking stays
+    and the next run of the page says the last one was stopped."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from scatd_core import explain as ex
+
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    at.number_input(key="bio_steps").set_value(8)
+    _button(at, "Compute gene ranking").click().run()
+    first = ex.from_adata(adata).ranking.copy()
+    assert "btn_cancel_explain" not in [b.key for b in at.button]  # the finished run's bar and Cancel are gone
+
+    def stopped(*args, progress=None, **kwargs):
+        progress(0.25, "integrated gradients")
+        raise StopException()  # what Streamlit raises in the script thread when the user clicks Cancel
+
+    monkeypatch.setattr(ex, "explain", stopped)
+    at.number_input(key="bio_steps").set_value(12)
+    _button(at, "Compute gene ranking").click().run()
+    assert "btn_cancel_explain" in [b.key for b in at.button]  # on screen while it ran
+    at.run()  # the rerun the click on Cancel asks for
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("stopped before it finished" in i.value for i in at.info)
+    pd.testing.assert_frame_equal(ex.from_adata(adata).ranking, first)
+    assert any("earlier settings" in i.value for i in at.info)
+    at.run()
+    assert not any("stopped before it finished" in i.value for i in at.info)  # said once

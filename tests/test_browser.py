@@ -242,8 +242,24 @@ def test_upload_predict_umap_download(server, tmp_path):
             _shot(page, "4_cells")
 
             _go(page, "Biomarkers")
+            # a long run (every cell, 100 steps) stopped with Cancel: it stops, and the page says so
+            page.get_by_role("spinbutton", name="Cells to explain (at most)").fill(str(N_CELLS))
+            page.get_by_role("spinbutton", name="Integration steps").fill("100")
+            page.get_by_role("button", name="Compute gene ranking").click()
+            page.get_by_role("button", name="Cancel").wait_for(timeout=30_000)
+            page.wait_for_timeout(1500)
+            t0 = time.time()
+            page.get_by_role("button", name="Cancel").click()
+            page.get_by_text("The gene ranking was stopped before it finished").wait_for(timeout=30_000)
+            _idle(page)
+            print(f"biomarkers: stopped {time.time() - t0:.1f} s after the click on Cancel")
+            assert page.get_by_role("button", name="Cancel").count() == 0
+            _no_exception(page)
+            _shot(page, "5_biomarkers_cancelled")
+
             t0 = time.time()
             page.get_by_role("spinbutton", name="Cells to explain (at most)").fill("500")
+            page.get_by_role("spinbutton", name="Integration steps").fill("50")
             page.get_by_role("button", name="Compute gene ranking").click()
             _plots(page, 1, timeout=240_000)
             _idle(page, timeout=240_000)

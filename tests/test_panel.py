@@ -62,6 +62,21 @@ def test_panel_equals_single_predictions_and_shares_the_alignment(library):
     assert "scatd_prob_resistant" not in data.obs  # the single-model columns are untouched
 
 
+def test_an_interrupted_panel_keeps_no_partial_columns(library):
+    """A progress callback that raises (Streamlit's Cancel, Ctrl+C) in the second model leaves
+    neither the first model's columns nor a panel behind."""
+    data = make_dataset(120, seed=4)
+    before = (list(data.obs.columns), sorted(data.uns))
+
+    def interrupt(fraction, message):
+        if "DRUGB" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        panel.predict_panel(data, _bundles(library), progress=interrupt)
+    assert (list(data.obs.columns), sorted(data.uns)) == before
+
+
 def test_a_model_that_cannot_score_is_skipped_with_its_reason(library, small_bundles):
     vae_sf = small_bundles["vae_sf"][0]
     data = make_dataset(150, seed=4)
