@@ -459,8 +459,12 @@ def embedding(adata: ad.AnnData, basis: str):
 
 @st.cache_resource(show_spinner=False)
 def _background() -> concurrent.futures.ThreadPoolExecutor:
-    """The server's threads for work started ahead of the page that shows it."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="scatd-ahead")
+    """The server's threads for work started ahead of the page that shows it, each with the
+    process's torch thread count (not whatever count was in force when it started)."""
+    from scatd_core._threads import default_threads, set_this_thread
+
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="scatd-ahead",
+                                                 initializer=set_this_thread, initargs=(default_threads(),))
 
 
 def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from scatd_core import __version__, _keys
+from scatd_core import _threads  # noqa: F401  (reads the process's thread count before anything can change it)
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -13,6 +12,7 @@ import pandas as pd
 import torch
 
 from scatd_core import card as cards
+from scatd_core._threads import threads
 from scatd_core.bundle import Bundle, load_backbone_from_bundle, load_bundle, safe_name, save_bundle, sha256_file
 from scatd_core.config import model_library_dir
 from scatd_core.errors import InputError
@@ -38,17 +38,6 @@ def _default_out(drug: str, backbone: str, library) -> Path:
     while out.exists():
         out, k = base.with_name(f"{base.name}-{k}"), k + 1
     return out
-
-
-@contextmanager
-def _threads(n: int):
-    """torch's CPU threads set to ``n`` for the block, then restored."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -387,7 +376,7 @@ def train_drug_model(
                 progress(min(done[0] / max(total_units, 1), 0.99), f"{prefix}{msg}")
         return f
 
-    with _deterministic(), _threads(s.threads):
+    with _deterministic(), threads(s.threads):  # this thread only: not a server's other users
         if s.head == "linear":
             fit = _fit_ensemble(data, s, dev, splits, base_vae=base_vae, adaptation=adaptation, few=few, tick=tick,
                                 should_stop=should_stop)
