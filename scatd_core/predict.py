@@ -198,7 +198,9 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
 #: Largest change in P(resistant) a reduced-precision (autocast) run may make, measured against
 #: float32 on the first batch; beyond it the whole run stays in float32.
 REDUCED_PRECISION_TOLERANCE = 1e-3
-_REDUCED_DTYPE = {"cuda": torch.float16}  # CPUs without bf16/fp16 units run autocast slower, not faster
+#: On a CPU, float32: the sparse first layer (most of the cost) has no reduced-precision path, and a
+#: CPU without bf16/fp16 units runs autocast slower, not faster.
+_REDUCED_DTYPE = {"cuda": torch.float16}
 
 
 def reduced_precision(model, x: torch.Tensor, k_pos: int, dtype: torch.dtype | None = None,
