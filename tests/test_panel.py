@@ -210,7 +210,9 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
             "--target", str(tmp_path / "tumour.h5ad"), "--drugs", "demotinib,RARE,DEMOPLATIN", "--min-lines", "5",
             "--pretrain-epochs", "2", "--epochs", "3", "--finetune-epochs", "1", "--folds", "2", "--threads", "1",
             "--summary", str(tmp_path / "summary.csv"), "--save-panel", "starter"]
+    threads = __import__("torch").get_num_threads()
     assert main(args) == 0, capsys.readouterr().err
+    assert __import__("torch").get_num_threads() == threads  # --threads is the training's, not the process's
     first = pd.read_csv(tmp_path / "summary.csv")
     assert list(first["drug"]) == ["DEMOTINIB", "RARE", "DEMOPLATIN"]
     assert list(first["status"]) == ["trained", "skipped", "trained"]

@@ -37,7 +37,7 @@ def add(sub) -> None:
     p.add_argument("--save-panel", help="also save the trained models as your panel of this name")
     p.add_argument("--summary", help="write the summary table (CSV) here")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads while training (default 1, as for scatd train)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.set_defaults(run=run)
 
@@ -57,8 +57,6 @@ def _labels(args):
 def run(args) -> int:
     from dataclasses import replace
 
-    import torch
-
     from scatd_core.cli.predict import os_user
     from scatd_core.train import TrainSettings, train_panel
 
@@ -69,8 +67,8 @@ def run(args) -> int:
             if value < 0:
                 raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
             settings = replace(settings, **{key: value})
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads:  # the training's own threads (the default, one, suits these small networks)
+        settings = replace(settings, threads=args.threads)
     summary, bundles = train_panel(
         args.bulk, _labels(args), args.drugs, args.target, backbone=args.backbone, settings=settings,
         min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),

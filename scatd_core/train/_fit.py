@@ -21,6 +21,8 @@ from scatd_core.nn.layers import SpectralLinear
 from scatd_core.train._settings import TrainSettings
 
 _INIT_LOCK = threading.Lock()  # module init draws from torch's global RNG
+_DETERMINISTIC_LOCK = threading.Lock()  # torch's deterministic switch is process-wide: counted
+_DETERMINISTIC = {"depth": 0, "before": (False, False)}
 #: Spectral-norm power iterations per training step. u and v persist between steps, so one
 #: iteration tracks the largest singular value as the weights move (as in SN-GAN); the original's
 #: five cost a third of the pretraining time and only matter to reproduce its training exactly.
@@ -35,12 +37,23 @@ def _train_power_iterations(model: torch.nn.Module) -> None:
 
 @contextmanager
 def _deterministic():
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    """torch's deterministic algorithms on for the block. The switch is process-wide, so trainings
+    that overlap (app sessions) share it: the first turns it on, the last puts back what was there
+    (each putting back "the state before" left it off under a running training, or on for good)."""
+    with _DETERMINISTIC_LOCK:
+        if _DETERMINISTIC["depth"] == 0:
+            _DETERMINISTIC["before"] = (torch.are_deterministic_algorithms_enabled(),
+                                        torch.is_deterministic_algorithms_warn_only_enabled())
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        _DETERMINISTIC["depth"] += 1
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        with _DETERMINISTIC_LOCK:
+            _DETERMINISTIC["depth"] -= 1
+            if _DETERMINISTIC["depth"] == 0:
+                mode, warn_only = _DETERMINISTIC["before"]
+                torch.use_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 @contextmanager
