@@ -84,7 +84,7 @@ if clicked:
                 store(adata, bundle, ahead.scores)
                 ui.adopt_ahead_embedding(ahead, token)  # and its UMAP, if one followed it
             else:
-                with jobs.computing("the prediction"):
+                with jobs.computing("the prediction", cancel_button=False):
                     show = with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
                     run_args = dict(mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
                                     progress=show)

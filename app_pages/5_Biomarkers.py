@@ -128,7 +128,7 @@ elif submitted:
         with ui.long_run(state.EXPLAIN_RUNNING, "Starting…", "btn_cancel_explain",
                          "Stops the run; the ranking shown before (if any) is kept.") as bar:
             report = lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)  # noqa: E731
-            with jobs.computing("the gene ranking"):
+            with jobs.computing("the gene ranking", cancel_button=False):
                 if gene_level:  # its messages carry the time left
                     foundation.explain_genes(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=report,
                                              **settings)

@@ -104,7 +104,7 @@ if not current and st.button(f"Score {len(bundles)} models", type="primary", ico
     try:
         with ui.long_run(state.PANEL_RUNNING, "Aligning the data…", "btn_cancel_panel",
                          "Stops the run; no partial results are kept.") as bar:
-            with jobs.computing("the panel"):
+            with jobs.computing("the panel", cancel_button=False):
                 panel.predict_panel(adata, bundles, mask=mask,
                                     progress=with_eta(lambda f, m: bar.progress(min(1.0, f), text=m)))
     except ScatdError as exc:

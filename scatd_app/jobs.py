@@ -129,16 +129,17 @@ def queue() -> JobQueue:
 
 
 @contextmanager
-def computing(what: str):
+def computing(what: str, *, cancel_button: bool = True):
     """Run the block when a slot is free; meanwhile show the place in the queue and a Cancel button
-    (pressing it reruns the page, which interrupts the wait and leaves the queue)."""
+    (pressing it reruns the page, which interrupts the wait and leaves the queue). Inside
+    :func:`scatd_app.ui.long_run`, whose own Cancel does the same, ``cancel_button=False``."""
     note, cancel = st.empty(), st.empty()
     drawn = []
 
     def waiting(position: int, running: int) -> None:
         note.info(f"Waiting for the server: {what} starts when one of the {running} running computation(s) "
                   f"finishes. You are number {position} in the queue.", icon=":material/hourglass_top:")
-        if not drawn:
+        if cancel_button and not drawn:
             drawn.append(cancel.button("Cancel", key="btn_cancel_wait", icon=":material/close:"))
 
     with queue().slot(waiting):

@@ -409,7 +409,7 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
 
         try:
             with long_run(state.EMBED_RUNNING, f"Loading {name}…", "btn_cancel_embed") as bar, \
-                    jobs.computing(f"the {name} embeddings"):
+                    jobs.computing(f"the {name} embeddings", cancel_button=False):
                 foundation.ensure_embeddings(adata, bundle, mask=mask,
                                              progress=lambda fraction, message: bar.progress(min(1.0, fraction),
                                                                                              message))

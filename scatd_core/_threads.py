@@ -26,10 +26,12 @@ from pathlib import Path
 
 import torch
 
+
 @functools.cache
 def default_threads() -> int:
     """The thread count of this process as torch chose it (or the environment set it): read once,
-    on the first call (:mod:`scatd_core` calls it at import, before anything changes it)."""
+    when this module is first imported (:mod:`scatd_core.predict` imports it), before anything in
+    the process changes it."""
     return torch.get_num_threads()
 
 

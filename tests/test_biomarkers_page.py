@@ -148,3 +148,28 @@ def test_a_stopped_ranking_keeps_the_earlier_one_and_says_so(predicted, monkeypa
     assert any("earlier settings" in i.value for i in at.info)
     at.run()
     assert not any("stopped before it finished" in i.value for i in at.info)  # said once
+
+
+def test_waiting_in_the_queue_shows_one_cancel_button(predicted, monkeypatch):
+    """While the run waits for a free slot of the server's queue, the page shows its place in the
+    queue and one Cancel (the run's own; the queue's is not drawn again inside it)."""
+    import contextlib
+
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from scatd_app import jobs
+
+    class Busy:
+        @contextlib.contextmanager
+        def slot(self, waiting=None):
+            waiting(1, 2)  # first in the queue behind two running computations
+            raise StopException()  # the user left while waiting
+            yield
+
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    monkeypatch.setattr(jobs, "queue", lambda: Busy())
+    at.number_input(key="bio_steps").set_value(8)
+    _button(at, "Compute gene ranking").click().run()
+    assert any("You are number 1 in the queue" in i.value for i in at.info)
+    assert [b.label for b in at.button].count("Cancel") == 1
