@@ -37,7 +37,8 @@ def add(sub) -> None:
     p.add_argument("--save-panel", help="also save the trained models as your panel of this name")
     p.add_argument("--summary", help="write the summary table (CSV) here")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads while training (default 1, as for scatd train)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads while training (default 1, as for scatd train)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.set_defaults(run=run)
 
