@@ -8,7 +8,6 @@ and ``report.html`` show the same thing. Large scatter plots switch to WebGL and
 from __future__ import annotations
 
 import html
-import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -375,10 +374,11 @@ def _heatmap_rows(groups: np.ndarray, prob: np.ndarray, max_cells: int) -> np.nd
     rng = np.random.default_rng(0)
     n = len(groups)
     keep = np.arange(n) if n <= max_cells else np.sort(rng.choice(n, size=max_cells, replace=False))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: cells no model scored
-        mean = np.nanmean(prob[keep], axis=1)
-    mean = np.where(np.isfinite(mean), mean, -1.0)
+    rows = prob[keep]
+    scored = np.isfinite(rows)
+    n_scored = scored.sum(axis=1)
+    mean = np.where(scored, rows, 0.0).sum(axis=1) / np.maximum(n_scored, 1)  # (nanmean warns on all-NaN rows)
+    mean = np.where(n_scored > 0, mean, -1.0)  # cells no model scored: last in their group
     return keep[np.lexsort((-mean, groups[keep]))]
 
 

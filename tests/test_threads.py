@@ -1,6 +1,7 @@
-"""What a training sets for itself must not reach the server's other users: torch's CPU thread
-count for one thread only (scatd_core._threads), and the process-wide deterministic switch
-shared by overlapping trainings."""
+"""Process-wide state that one user's computation must not change for the server's other users:
+torch's CPU thread count (set for one thread only, scatd_core._threads), torch's deterministic
+switch (shared by overlapping trainings) and the warnings filters (no catch_warnings on the
+prediction path)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,52 @@ def test_overlapping_trainings_share_the_deterministic_switch():
         fa.result()
         assert fb.result() is True
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+_NO_WARNINGS_FILTERS = r'''
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from scatd_core.io._table import _numeric_lines
+from scatd_core.nn.sparse import batch_tensor, sparse_linear
+from scatd_core.pl import _heatmap_rows
+
+warnings.simplefilter("error")  # a warning these calls emitted would now raise
+
+
+def no_filters(*args, **kwargs):
+    raise AssertionError("warnings.catch_warnings on a server's path")
+
+
+warnings.catch_warnings = no_filters
+x = sp.random(40, 30, density=0.1, format="csr", dtype=np.float32, random_state=0)
+w, b = torch.randn(30, 8), torch.zeros(8)
+expected = torch.from_numpy(x.toarray()) @ w + b
+assert torch.allclose(sparse_linear(batch_tensor(x, torch.device("cpu")), w, b), expected, atol=1e-5)
+csr = torch.sparse_csr_tensor(torch.from_numpy(x.indptr).long(), torch.from_numpy(x.indices).long(),
+                              torch.from_numpy(x.data), size=x.shape)
+assert torch.allclose(sparse_linear(csr, w, b), expected, atol=1e-5)
+assert _numeric_lines(["c1\t1\t2\n", "c2\t\n"], "\t", 2) is None  # a row without values
+assert _numeric_lines(["c1\t\n"], "\t", 2) is None  # (loadtxt: "input contained no data")
+ids, block = _numeric_lines(["c1\t1\t2\n", "c2\t3\t4\n"], "\t", 2)
+assert ids == ["c1", "c2"] and block.tolist() == [[1, 2], [3, 4]]
+prob = np.array([[np.nan, np.nan], [0.2, 0.4], [0.9, np.nan], [0.1, 0.1]])
+assert _heatmap_rows(np.array([0, 0, 1, 1]), prob, 10).tolist() == [1, 0, 2, 3]  # unscored cell: last of group 0
+print("ok")
+'''
+
+
+def test_the_prediction_path_changes_no_warnings_filter():
+    """``warnings.catch_warnings`` swaps the process-wide filters: two that overlap on a server's
+    threads can leave one installed for every thread (an "error" filter turned every later warning
+    into a failure). The sparse first layer (every prediction), the table reader and the panel
+    heatmap use none and emit no warning; checked in a fresh interpreter, where torch's one-off
+    "sparse CSC is in beta" notice has not been said yet."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _NO_WARNINGS_FILTERS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

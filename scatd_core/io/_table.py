@@ -6,7 +6,6 @@ import csv
 import gzip
 import io
 import itertools
-import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -201,12 +200,12 @@ def _numeric_lines(lines: list[str], sep: str, n_values: int):
             return None
         ids.append(parts[0])
         rests.append(parts[1])
+    if not all(rest.strip() for rest in rests):  # a row with no values (loadtxt would skip it, or warn)
+        return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # e.g. "input contained no data"
-            block = np.loadtxt(rests, delimiter=None if sep == r"\s+" else sep, dtype=np.float64, comments=None,
-                               quotechar='"', ndmin=2)
-    except (ValueError, UserWarning):
+        block = np.loadtxt(rests, delimiter=None if sep == r"\s+" else sep, dtype=np.float64, comments=None,
+                           quotechar='"', ndmin=2)
+    except ValueError:
         return None
     if block.shape != (len(lines), n_values):
         return None

@@ -83,12 +83,25 @@ def _kernel():
     return _KERNEL
 
 
+def _beta_notice_said() -> None:
+    """torch warns once per process that sparse CSC tensors are "in beta" (only their storage is
+    used here). It is said here, at import, silenced; the functions below then run with no
+    warnings filter of their own: ``warnings.catch_warnings`` changes the process-wide filters and
+    is not thread-safe (two that overlap, on a server's threads, can leave a filter installed for
+    every thread), and they run in every prediction."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.eye(2).to_sparse_csc()
+        torch.sparse_csc_tensor(torch.tensor([0, 1, 2]), torch.tensor([0, 1]), torch.tensor([1.0, 1.0]), size=(2, 2))
+
+
+_beta_notice_said()
+
+
 def csc_tensor(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
     """A torch sparse CSC tensor over the given arrays (no copy): what :func:`sparse_linear` takes."""
-    with warnings.catch_warnings():  # "sparse CSC support is in beta": only its storage is used here
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csc_tensor(torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(data),
-                                       size=shape, check_invariants=False)
+    return torch.sparse_csc_tensor(torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(data),
+                                   size=shape, check_invariants=False)
 
 
 def batch_tensor(x, device: torch.device) -> torch.Tensor:
@@ -114,9 +127,7 @@ def sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor,
     if x.device.type != "cpu":
         return torch.addmm(bias, x.to_dense(), weight_t)
     if x.layout != torch.sparse_csc:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            x = x.to_sparse_csc()
+        x = x.to_sparse_csc()
     n, n_out = x.shape[0], weight_t.shape[1]
     weight_t = weight_t.detach().to(torch.float32).contiguous()
     indptr = x.ccol_indices().numpy()
