@@ -242,12 +242,12 @@ def test_upload_predict_umap_download(server, tmp_path):
             _shot(page, "4_cells")
 
             _go(page, "Biomarkers")
-            # a long run (every cell, 100 steps) stopped with Cancel: it stops, and the page says so
+            # a long run (every cell, 400 steps: ~20 s here) stopped with Cancel: it stops, and the page says so
             page.get_by_role("spinbutton", name="Cells to explain (at most)").fill(str(N_CELLS))
-            page.get_by_role("spinbutton", name="Integration steps").fill("100")
+            page.get_by_role("spinbutton", name="Integration steps").fill("400")
             page.get_by_role("button", name="Compute gene ranking").click()
             page.get_by_role("button", name="Cancel").wait_for(timeout=30_000)
-            page.wait_for_timeout(1500)
+            page.wait_for_timeout(1000)
             t0 = time.time()
             page.get_by_role("button", name="Cancel").click()
             page.get_by_text("The gene ranking was stopped before it finished").wait_for(timeout=30_000)
