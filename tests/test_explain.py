@@ -351,6 +351,14 @@ def test_the_estimate_counts_each_cell_and_step_and_reads_sparse_data_sparsely()
     assert estimate(published, 1000, density=1.0, device="cpu")["seconds"] > one["seconds"]
     assert estimate(published, 1000, density=1.0, device="cpu")["bytes_per_cell"] == int(
         4 * 2 * 1664 + 40 * 19264 + 8 * 100 + 64)  # dense data: every value of the cell
+    # a small model's time is mostly what grows with the cells' stored values (input scaling, DE test, sums)
+    from scatd_core.explain._estimate import SECONDS_PER_STORED_VALUE
+
+    small = SimpleNamespace(architecture=Architecture("dist_vae", [1700, 128, 64], 32, None, 16, 2),
+                            input_kind="expression")
+    more, fewer = (estimate(small, 2000, density=d, device="cpu")["seconds"] for d in (0.35, 0.30))  # both dense
+    assert more - fewer == pytest.approx(2000 * 0.05 * 1700 * SECONDS_PER_STORED_VALUE)
+    assert fewer > 2000 * 0.30 * 1700 * SECONDS_PER_STORED_VALUE
     wide = SimpleNamespace(architecture=Architecture("dist_vae", [500, 1664, 359], 421, None, 210, 2),
                            input_kind="expression")
     assert estimate(wide, 10, density=1.0, device="cpu")["bytes_per_cell"] == 2 * 500 + 40 * 500 + 8 * 100 + 64

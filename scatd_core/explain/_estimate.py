@@ -8,7 +8,8 @@ forward and backward passes through the rest of the network, and the map back to
 The widths are taken from the architecture before the merging the by-hand path does, so the
 products are counted generously; :data:`ESTIMATE_OVERHEAD`, measured by
 ``benches/bench_explain.py`` (it prints explain's seconds next to this estimate), brings them to
-the measured time.
+the measured time, and :data:`SECONDS_PER_STORED_VALUE` adds what grows with the cells' data (most
+of a small model's time).
 
 Memory: what grows with the cells explained (the gradient factors staged per cell until the top
 genes are known, at most float16 attributions of every input; the cells' data as given, read for
@@ -25,9 +26,14 @@ from scatd_core.explain._attribution import IG_MEMORY_BUDGET
 #: the data as read (float32 values, int32 indices), their float64 copy put on the log scale in
 #: place, and the test's column-major float64 copy (measured with ``tracemalloc``).
 BYTES_PER_STORED_VALUE = 40
-#: Measured explain seconds over :func:`estimate`'s products at the probed rates
-#: (``benches/bench_explain.py``, published-size Dist_VAE, 10,000 cells, 50 steps).
-ESTIMATE_OVERHEAD = 1.0
+#: Seconds per stored value of the explained cells spent outside the products: the model input's
+#: scaling, the DE test, the ranking's sums. Measured on the 2-core machine: ~0.19 us on the demo
+#: model (2,000 cells, 35 % of values stored, 50 and 200 steps: the time a run takes at no steps)
+#: and ~0.17 us on the published-size one (10,000 cells, 8 %: its parts, ``bench_explain.py --parts``).
+SECONDS_PER_STORED_VALUE = 1.7e-7
+#: Measured explain seconds, less the stored values' part, over :func:`estimate`'s products at the
+#: probed rates (``benches/bench_explain.py``, published-size Dist_VAE, 10,000 cells, 50 steps).
+ESTIMATE_OVERHEAD = 0.87
 
 
 def estimate(bundle, n_cells: int, *, n_steps: int = 50, keep_top: int = 100, density: float | None = None,
@@ -59,5 +65,7 @@ def estimate(bundle, n_cells: int, *, n_steps: int = 50, keep_top: int = 100, de
     stored = density * n_in if sparse else n_in
     bytes_per_cell = int(staged + BYTES_PER_STORED_VALUE * stored + 8 * int(keep_top) + 64)
     fixed = IG_MEMORY_BUDGET + 4 * n_in * members * width // 2
-    return {"seconds": ESTIMATE_OVERHEAD * int(n_cells) * per_cell,
+    values = n_in if density is None else density * n_in  # what the cells store, whatever the path
+    per_cell = ESTIMATE_OVERHEAD * per_cell + SECONDS_PER_STORED_VALUE * values
+    return {"seconds": int(n_cells) * per_cell,
             "bytes": int(fixed + int(n_cells) * bytes_per_cell), "bytes_per_cell": bytes_per_cell}
