@@ -45,3 +45,25 @@ def test_demo_panel_builds_three_simulated_drug_models(tmp_path, monkeypatch):
     cells = simulate_tumour(n_cells=120, seed=2)
     members = panel.predict_panel(cells, first, device="cpu")
     assert [m.status for m in members] == ["scored", "scored"] and members[0].input_group == 0
+
+
+def test_scatd_demo_command_writes_the_report(tmp_path, monkeypatch, capsys):
+    """`scatd demo` end to end through the command line (a tiny demo built by the same code, to stay
+    fast): it runs `scatd report`'s path with that command's own defaults and writes every file."""
+    import functools
+
+    import pandas as pd
+
+    from scatd_core.cli import main
+
+    monkeypatch.setattr(demo, "build", functools.partial(demo.build, size="tiny"))
+    out = tmp_path / "report"
+    assert main(["demo", "--out", str(out), "--library", str(tmp_path / "library")]) == 0
+    printed = capsys.readouterr()
+    assert "AUROC against the simulated truth" in printed.out 
+    assert not [line for line in printed.err.splitlines() if line.startswith("error")]
+    for name in ("predictions.csv", "metrics.csv", "biomarkers.csv", "annotated.h5ad", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    ranking = pd.read_csv(out / "biomarkers.csv")
+    assert len(ranking) == demo.ensure(library=tmp_path / "library")[1].architecture.input_dim
+    assert "demo (simulated data)" in (out / "report.html").read_text(encoding="utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from pathlib import Path
 
 from scatd_core.cli._common import Progress, say
 
@@ -33,12 +34,7 @@ def run(args) -> int:
     path, bundle = demo.ensure(library=args.library, progress=Progress("Building the demo"))
     adata = io.read(path)
     say(f"Demo: {adata.n_obs:,} simulated cells; model {bundle.title}")
-    options = argparse.Namespace(
-        out=args.out, label_column=demo.DEMO_LABEL_COLUMN, label_resistant="resistant",
-        sample_column=demo.DEMO_SAMPLE_COLUMN, no_umap=False, explain=True, mode="mean", samples=50, seed=0,
-        batch_size=1024, threshold=None, expected_fraction=None, calibrate_on_labels=None, beta_mode=None,
-        device="auto", baseline="mean", steps=50, target="logit", max_cells=None, keep_top=100, explain_seed=0,
-        no_de=False)
+    options = report_options(path, demo.bundle_path(args.library), args.out)
     report_pipeline(adata, bundle, options, data_name="demo (simulated data)")
     top = list(adata.uns["scatd_biomarkers"]["ranking"]["feature"][:20])
     planted = sum(g in RESISTANCE_PROGRAM for g in top)
@@ -50,10 +46,20 @@ def run(args) -> int:
     return 0
 
 
+def report_options(data: Path, model: Path, out: str) -> argparse.Namespace:
+    """``scatd report``'s arguments for the demo, parsed by its own parser (every option at the
+    default a user of ``scatd report`` gets), so the demo runs that command's path exactly."""
+    from scatd_core import demo
+    from scatd_core.cli import build_parser
+
+    return build_parser().parse_args([
+        "report", "--model", str(model), "--input", str(data), "--out", str(out),
+        "--label-column", demo.DEMO_LABEL_COLUMN, "--label-resistant", "resistant",
+        "--sample-column", demo.DEMO_SAMPLE_COLUMN, "--explain"])
+
+
 def demo_panel(adata, args) -> None:
     """The demo's 3-drug panel on the same cells, written next to the single-drug report."""
-    from pathlib import Path
-
     from scatd_core import demo, export, panel
 
     bundles = demo.ensure_panel(library=args.library, progress=Progress("Building the demo panel"))
