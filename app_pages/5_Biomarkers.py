@@ -148,7 +148,10 @@ if expl is None:
     st.info("Choose the settings and press **Compute gene ranking**. The progress bar gives the time left.")
     ui.stop()
 info = expl.info
-if ss.get(state.BIOMARKERS) != token:
+stale = ex.out_of_date(adata)
+if stale:
+    st.warning(ui.md(stale) + " Press **Compute gene ranking** to update them.", icon=":material/update:")
+elif ss.get(state.BIOMARKERS) != token:
     st.info("The results below are for earlier settings or another threshold (the predicted groups depend on it); "
             "press **Compute gene ranking** to update them.")
 

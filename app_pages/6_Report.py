@@ -3,7 +3,7 @@
 import streamlit as st
 
 from scatd_app import state, ui
-from scatd_core import export
+from scatd_core import explain, export
 from scatd_core.errors import ScatdError
 from scatd_core.labels import label_direction
 
@@ -22,6 +22,7 @@ extra = [c for c in (label_column, sample_column) if c]
 groups = [sample_column] if sample_column else []
 stem = export.file_stem(ss.get(state.DATA_NAME), info["model"].get("drug"))
 explained = export.biomarkers_table(adata) is not None
+stale = explain.out_of_date(adata) if explained else None
 
 with st.container(border=True):
     st.markdown(f"**{ui.md(ss.get(state.DATA_NAME))}** · model **{ui.md(info['model'].get('name'))}**"
@@ -32,7 +33,11 @@ with st.container(border=True):
                f"{ui.md(sample_column or 'none')}"
                + (" · UMAP and clusters included" if "X_umap" in adata.obsm else
                   " · open the Cells page first to include the UMAP and clusters")
-               + (" · biomarkers included" if explained else " · compute biomarkers to include them"))
+               + ((" · biomarkers included" + (" (**out of date**)" if stale else "")) if explained
+                  else " · compute biomarkers to include them"))
+if stale:
+    st.warning(ui.md(stale), icon=":material/update:")
+    ui.link("Biomarkers", "Compute the biomarkers again", ":material/arrow_forward:")
 
 try:
     table = export.predictions_table(adata, extra)

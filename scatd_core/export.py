@@ -34,6 +34,7 @@ from scatd_core.embed import fit_note
 from scatd_core.errors import InputError
 from scatd_core.metrics import evaluate_column, group_table
 from scatd_core.predict import summary
+from scatd_core.explain import out_of_date
 
 #: Columns of ``predictions.csv`` before the optional ones (UMAP, cluster, the user's columns).
 PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass",
@@ -346,6 +347,9 @@ def _biomarker_section(adata) -> list[str]:
     info = stored["info"]
     n = min(REPORT_TOP_FEATURES, len(ranking))
     parts = ["<h2>Biomarkers</h2>", f"<p>{html.escape(info.get('statement', ''))}</p>"]
+    stale = out_of_date(adata)
+    if stale:
+        parts.append(f"<p class='warn'><b>Out of date.</b> {html.escape(stale)}</p>")
     comp = info.get("completeness", {})
     if comp:
         parts.append(f"<p>Completeness error: median {_fmt(comp.get('median_relative_error'))}, max "

@@ -89,7 +89,22 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
 
     set_threshold(adata, 0.01, "user")
     at.run()
-    assert any("earlier settings or another threshold" in i.value for i in at.info)
+    stale = [w.value for w in at.warning if "computed at threshold" in w.value]
+    assert stale and "now use 0.010" in stale[0], [w.value for w in at.warning]
+    # and the Report page says so, as does the HTML report it offers
+    at.switch_page("app_pages/6_Report.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("computed at threshold" in w.value for w in at.warning)
+    assert any("out of date" in c.value for c in at.caption)
+    from scatd_core import export
+
+    assert "Out of date." in export.html_report(adata)
+    # at the threshold it was computed at, the ranking is current again
+    set_threshold(adata, expl.info["threshold"], "user")
+    at.run()
+    assert not any("computed at threshold" in w.value for w in at.warning)
+    assert "Out of date." not in export.html_report(adata)
 
 
 def test_the_page_says_the_time_and_memory_to_expect_and_waits_when_memory_is_short(predicted, monkeypatch):

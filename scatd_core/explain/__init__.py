@@ -109,7 +109,8 @@ from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMO
                                              TARGET_TITLES, TARGETS, auto_internal_batch_size)
 from scatd_core.explain._estimate import estimate
 from scatd_core.explain._explain import (COMPLETENESS_TOLERANCE, RANKING_COLUMNS, Explanation, explain,
-                                         feature_names, from_adata, store, stratified_subsample)
+                                         feature_names, from_adata, out_of_date, store,
+                                         stratified_subsample)
 
 
 def warm_up() -> None:
@@ -127,7 +128,7 @@ def warm_up() -> None:
     wilcoxon(sp.csr_matrix(values), np.array([True, False, True, False]))
 
 
-__all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "store", "feature_names",
+__all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "out_of_date", "store", "feature_names",
            "stratified_subsample",
            "BASELINES", "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
            "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size"]

@@ -634,6 +634,37 @@ def store(adata: ad.AnnData, result: Explanation) -> None:
                                    "baseline": np.asarray(result.baseline, dtype=np.float32)}
 
 
+def out_of_date(adata: ad.AnnData) -> str | None:
+    """Why the ranking stored by :func:`explain` no longer matches the calls in ``adata`` (a
+    sentence naming what changed and what to do), or ``None`` when it matches or none is stored.
+
+    The threshold may change after an explanation (calibration, the Cells page's slider). The
+    attributions and the ranking by mean |attribution| do not depend on it; the explained
+    subsample (stratified by the calls), the per-group columns and the differential-expression
+    comparison between the predicted groups do."""
+    stored = adata.uns.get(_keys.BIOMARKERS)
+    if stored is None:
+        return None
+    info = stored["info"]
+    keys = result_keys(info.get("prediction_key"))
+    run = adata.uns.get(keys.run)
+    if run is None:
+        return None
+    model = info.get("model", {})
+    if model.get("weights_sha256") and model.get("weights_sha256") != run.get("model", {}).get("weights_sha256"):
+        return (f"The biomarkers were computed for model {model.get('name')}, not the model of these calls "
+                f"({run.get('model', {}).get('name')}); compute them again.")
+    then, now = info.get("threshold"), run.get("threshold", {}).get("value")
+    if then is None or now is None or abs(float(then) - float(now)) < 1e-9:
+        return None
+    cells = info.get("cells", {})
+    return (f"The biomarkers were computed at threshold {float(then):.3f} (explained cells: "
+            f"{cells.get('n_resistant', 0):,} resistant, {cells.get('n_sensitive', 0):,} sensitive); the calls now use "
+            f"{float(now):.3f}. The ranking by mean |attribution| does not depend on the threshold, but the per-group "
+            "columns, the differential-expression comparison and the explained subsample do: compute the biomarkers "
+            "again to update them.")
+
+
 def from_adata(adata: ad.AnnData) -> Explanation | None:
     """The :class:`Explanation` stored in ``adata`` by :func:`explain`, or ``None``."""
     stored = adata.uns.get(_keys.BIOMARKERS)
