@@ -14,6 +14,9 @@ adata = ss.get(state.ADATA)
 if adata is None:
     ui.need("data")
 bundle = ui.current_bundle()
+if bundle is None and (only := ui.settled_model()) is not None:
+    ui.set_bundle(str(only.path))  # the only model offered for these data, as on the Model page: nothing to choose
+    bundle = only
 if bundle is None:
     ui.need("model")
 

@@ -711,6 +711,27 @@ def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, mo
     assert calls == [1] and state.PREDICT_AHEAD not in at.session_state
 
 
+def test_predict_uses_the_only_model_without_a_visit_to_the_model_page(with_library, monkeypatch):
+    """Straight from the upload to Predict: the library's only model is the one used (as the
+    background run did), not a request to choose one."""
+    from scatd_core import predict as predict_module
+
+    calls = []
+    real = predict_module.score
+    monkeypatch.setattr(predict_module, "score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    ahead = _ahead(at)
+    goto(at, "3_Predict")
+    assert "Choose a model first" not in text(at.info) + text(at.warning)
+    assert at.session_state[state.BUNDLE_PATH] == ahead.bundle_path
+    assert "Computed in the background as soon as the data and model were ready" in text(at.caption)
+    at.button(key="btn_run_predict").click().run()
+    ok(at)
+    assert calls == [1] and f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
+    _settled(ahead)
+
+
 def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monkeypatch):
     """Other settings stop the run and start one for them; a busy server starts none; a
     computation waiting for the server stops a running one, and the click then predicts as usual."""
