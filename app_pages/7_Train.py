@@ -208,9 +208,10 @@ table = labels["table"]
 drug = st.selectbox("Drug", list(table.columns), help="A column of the label table.", key="train_drug")
 col = table[drug].astype(str).str.strip().str.lower()
 in_bulk = table.index.isin(bulk["adata"].obs_names)
-st.caption(f"{drug}: {int(((col == 'sensitive') & in_bulk).sum())} sensitive and "
-           f"{int(((col == 'resistant') & in_bulk).sum())} resistant cell lines in the bulk data; "
-           f"{int((~col.isin(['sensitive', 'resistant'])).sum())} without a label (dropped).")
+n_sensitive, n_resistant = int(((col == "sensitive") & in_bulk).sum()), int(((col == "resistant") & in_bulk).sum())
+st.caption(f"{ui.md(drug)}: {n_sensitive} sensitive and {n_resistant} resistant of the {bulk['adata'].n_obs:,} bulk "
+           f"cell lines; {bulk['adata'].n_obs - n_sensitive - n_resistant:,} without a label for this drug (used for "
+           "pretraining only).")
 
 with st.expander("Settings"):
     from scatd_core.train import TrainSettings
@@ -358,7 +359,7 @@ else:
     m[2].metric("Target cells", f"{rep['target']['n_used']:,}")
 lab, genes = rep["labels"], rep.get("genes")
 st.caption(f"{lab['sensitive']} sensitive / {lab['resistant']} resistant bulk cell lines; "
-           f"{lab['n_missing_label']} missing labels dropped."
+           f"{lab['n_bulk_without_label']} bulk cell lines without a label for this drug (pretraining only)."
            + (f" Gene panel: {genes['n_panel']:,} genes shared by bulk and target." if genes else ""))
 st.markdown("**Model card**")
 ui.show_card(rep["card"], key="train_card_figure")

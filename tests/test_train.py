@@ -71,13 +71,20 @@ def _train(tmp_path, bulk, labels, target, name="m", **kw):
 
 def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     bulk, labels, target = synthetic()
+    # two more label rows, for cell lines the bulk lacks, one without a label for the drug
+    labels = pd.concat([labels, pd.DataFrame({"DRUGA": [None, "resistant"], "OTHER": "sensitive"},
+                                             index=["ACH-900000", "ACH-900001"])])
     fractions = []
     bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_resistant_value=0,
                          progress=lambda f, m: fractions.append(f), trained_by="alice")
     # panel = shared genes, in bulk order; both one-sided genes reported, not used
     assert "BULK_ONLY" not in bundle.genes and "TARGET_ONLY" not in bundle.genes
     assert rep["genes"]["n_panel"] == N_GENES - 2 == len(bundle.genes)
-    assert rep["labels"]["n_missing_label"] == 3 and rep["labels"]["n_labelled_in_bulk"] == 45
+    assert rep["labels"]["n_missing_label"] == 4 and rep["labels"]["n_labelled_in_bulk"] == 45
+    # the card counts the bulk samples left without a label, not the label table's empty rows
+    assert rep["labels"]["n_bulk_without_label"] == 3
+    assert "45 labelled bulk cell lines" in rep["card"]["data"]["summary"]
+    assert "3 bulk samples without a label for it" in rep["card"]["data"]["summary"]
     m = bundle.manifest
     assert m["input_transform"] == "standardize" and m["beta_mode"] == "separate" and bundle.threshold == 0.5
     assert m["label_mapping"] == {"sensitive": 0, "resistant": 1} and bundle.drug == "DRUGA"

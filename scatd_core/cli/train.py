@@ -103,7 +103,8 @@ def run(args) -> int:
         library=args.library, name=args.name, trained_by=_os_user(), progress=Progress())
     lab = report["labels"]
     say(f"Labels ({report['drug']}): {lab['sensitive']} sensitive, {lab['resistant']} resistant bulk samples; "
-        f"{lab['n_missing_label']} missing labels dropped; {lab['n_bulk_without_label']} bulk samples unlabelled.")
+        f"{lab['n_bulk_without_label']} bulk samples without a label for it (pretraining only); "
+        f"{lab['n_missing_label']} rows of the label table without one.")
     if report.get("genes"):
         g = report["genes"]
         say(f"Gene panel: {g['n_panel']:,} genes shared by bulk ({g['n_bulk']:,}) and target ({g['n_target']:,})"

@@ -202,7 +202,8 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
     lab, genes = data.report["labels"], data.report.get("genes")
     target_desc = provenance["target"].get("file") or "the target given as data"
     summary = (f"Trained for {data.report['drug']} on {len(y)} labelled bulk cell lines ({lab['sensitive']} sensitive, "
-               f"{lab['resistant']} resistant; {lab['n_missing_label']} missing labels dropped) and "
+               f"{lab['resistant']} resistant; {lab['n_bulk_without_label']} bulk samples without a label for it, used for "
+               f"pretraining only) and "
                f"{len(data.target_ids)} target cells ({target_desc})"
                + (f", on {genes['n_panel']} genes shared by bulk and target" if genes else "") + ".")
     return {
