@@ -40,6 +40,9 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     at.run()
     assert not at.exception, at.exception
     assert at.selectbox(key="train_drug").options == ["DRUGA", "OTHER"]
+    # synthetic(): 48 bulk cell lines, 3 of them without a DRUGA label
+    assert any("of the 48 bulk cell lines; 3 without a label for this drug" in c.value for c in at.caption), \
+        [c.value for c in at.caption]
     assert at.selectbox(key="train_label_column").value == "response"
     at.radio(key="train_resistant_response").set_value("0")  # synthetic() codes 1 = sensitive, as SCAD
     at.number_input(key="train_folds").set_value(3)
