@@ -136,7 +136,7 @@ elif submitted:
                     scaleout.explain_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
                                                progress=with_eta(report), **settings)
                 else:
-                    ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=with_eta(report),
+                    ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=report,  # says the time left
                                **settings)
     except ScatdError as exc:
         ui.show_error(exc)

@@ -188,3 +188,20 @@ def test_waiting_in_the_queue_shows_one_cancel_button(predicted, monkeypatch):
     _button(at, "Compute gene ranking").click().run()
     assert any("You are number 1 in the queue" in i.value for i in at.info)
     assert [b.label for b in at.button].count("Cancel") == 1
+
+
+def test_the_progress_says_the_time_left_once(predicted, monkeypatch):
+    """The explanation's messages carry the time left; the page adds no second estimate."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    texts = []
+    real = DeltaGenerator.progress
+    monkeypatch.setattr(DeltaGenerator, "progress", lambda self, value, text=None: texts.append(text) or real(
+        self, value, text=text))
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    at.number_input(key="bio_steps").set_value(8)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    cells = [t for t in texts if t and " of 40 cells" in t]
+    assert cells and all(t.count("elapsed") == 1 and t.count(" left") <= 1 for t in cells), cells
