@@ -120,7 +120,8 @@ if submitted:
                 genes=extra if backbone == "dist_vae" else None,
                 style_reference=extra if backbone != "dist_vae" else None,
                 provenance={"imported_by": user.name if user else None},
-                overwrite=bool(replace and user and user.admin))
+                overwrite=bool(replace and user and user.admin),
+                source_name=upload.name if upload is not None else None)  # a name in messages, never a path
     except Exception as exc:  # ScatdError: a message; anything else: still no traceback
         ui.show_error(exc)
     else:

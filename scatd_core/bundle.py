@@ -86,22 +86,24 @@ def safe_name(text: str, fallback: str = "model", *, distinct: bool = True) -> s
 
 # --------------------------------------------------------------------------- original .pth files
 
-def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def load_checkpoint(path: str | Path, name: str | None = None) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` state dict safely (``weights_only=True``) and return its tensors.
 
     Raises ``CheckpointError`` with a one-line reason for a missing, empty, corrupt or unsafe
-    file, or one that holds no tensors.
+    file, or one that holds no tensors. ``name``: the file's name in messages (an upload's own
+    name, where ``path`` is a temporary copy).
     """
     path = Path(path)
+    name = name or path.name
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path}", "Check the path.")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"Checkpoint {path.name} is empty (0 bytes).",
+        raise CheckpointError(f"Checkpoint {name} is empty (0 bytes).",
                               "The download or copy was probably interrupted; fetch the file again.")
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic != b"PK" and magic[:1] != b"\x80":  # torch.save zip archive, or a legacy pickle
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (it is neither a torch.save "
+        raise CheckpointError(f"{name} is not a readable PyTorch checkpoint (it is neither a torch.save "
                               "archive nor a pickle).", "Check that you gave the .pth file itself.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -109,18 +111,18 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         text = str(exc)
         if "Weights only load failed" in text or "Unsupported global" in text:
             raise CheckpointError(
-                f"{path.name} contains Python objects other than tensors; scATD Studio refuses to run "
+                f"{name} contains Python objects other than tensors; scATD Studio refuses to run "
                 "code from a model file.",
                 "Re-save the model's state_dict only (torch.save(model.state_dict(), ...)).") from None
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (corrupt or another format).",
+        raise CheckpointError(f"{name} is not a readable PyTorch checkpoint (corrupt or another format).",
                               "Check that the file is a complete .pth download.") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path.name} does not hold a state_dict (a mapping of names to tensors).")
+        raise CheckpointError(f"{name} does not hold a state_dict (a mapping of names to tensors).")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path.name}: entries that are not tensors: {', '.join(map(str, bad[:5]))}.")
+        raise CheckpointError(f"{name}: entries that are not tensors: {', '.join(map(str, bad[:5]))}.")
     return {str(k): v for k, v in obj.items()}
 
 
@@ -551,6 +553,7 @@ def import_checkpoint(
     library: str | Path | None = None,
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    source_name: str | None = None,
 ) -> Bundle:
     """Turn an original scATD ``.pth`` (pretraining or DAL) into a bundle.
 
@@ -559,12 +562,13 @@ def import_checkpoint(
     predictions reproduce (reference §2.6); pass ``beta_mode='separate'`` for the corrected
     behaviour. ``out`` defaults to a folder in the model library; an existing bundle there is
     replaced only with ``overwrite``. ``provenance`` adds to what is recorded (e.g.
-    ``imported_by``, the source URL).
+    ``imported_by``, the source URL). ``source_name``: the checkpoint's own file name, for
+    messages and provenance, where ``pth`` is a copy under another name (an upload).
     """
     if backbone not in BACKBONES:
         raise CheckpointError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
     pth = Path(pth)
-    state = load_checkpoint(pth)
+    state = load_checkpoint(pth, source_name)
     arch = infer_architecture(state, backbone)
     model = build_model(arch)
     check_state_dict(model, state)
@@ -591,7 +595,7 @@ def import_checkpoint(
         out, state, arch, drug=drug, genes=gene_list, style_mean=style_mean, style_std=style_std,
         input_transform=input_transform, label_mapping=label_mapping, threshold=threshold,
         beta_mode=beta_mode, name=name,
-        provenance={"source": "imported original scATD checkpoint", "source_file": pth.name,
+        provenance={"source": "imported original scATD checkpoint", "source_file": source_name or pth.name,
                     "source_sha256": sha256_file(pth),
                     "style_reference": Path(style_reference).name if style_reference else None,
                     "style_reference_sha256": sha256_file(style_reference) if style_reference else None,

@@ -529,7 +529,7 @@ def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
     at.text_input(key="import_drug").set_value("Other")
     at.get("form_submit_button")[0].click()
     at.run()
-    assert "not a readable PyTorch checkpoint" in text(at.error) and not at.exception
+    assert "bad.pth is not a readable PyTorch checkpoint" in text(at.error) and not at.exception  # its own name
 
     # an uploaded checkpoint: once imported, Streamlit's in-memory copy is let go (not after a failure)
     from scatd_app import session
@@ -544,6 +544,9 @@ def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
     at.run()
     assert not at.exception and "Imported" in text(at.success), text(at.error)
     assert (empty_library / "Other_dist_vae" / "manifest.json").is_file() and len(released) == 1
+    from scatd_core.bundle import load_bundle
+
+    assert load_bundle(empty_library / "Other_dist_vae").manifest["provenance"]["source_file"] == "drug.pth"
 
 
 def test_show_error_never_shows_a_traceback():
