@@ -522,6 +522,13 @@ def default_symbol_dictionary():
     return _cached_dictionary(str(path)) if path is not None else None
 
 
+#: The data's warning while most of its Ensembl IDs have no symbol (:func:`annotate_gene_ids`).
+NO_SYMBOLS_HINT = ("Most genes are Ensembl IDs without a symbol in the file. Give a BioMart table with 'Gene stable "
+                   "ID' and 'Gene name' (Data page), upload a file that carries the symbols (e.g. the 10x "
+                   "features.tsv), or ask the administrator to configure the Geneformer dictionaries "
+                   "(SCATD_GENEFORMER_DIR).")
+
+
 def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
     """Give every gene both identifiers a model may need: an HGNC symbol and an Ensembl ID.
 
@@ -532,7 +539,8 @@ def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
 
     Sets ``adata.var['scatd_symbol']`` and ``adata.var['scatd_ensembl']`` and records the counts in
     ``adata.uns['scatd_input']['gene_ids']``, which it also returns: per target the numbers
-    mapped by each route, plus ``data_id_type`` and ``hint`` (what to do when many are unmapped).
+    mapped by each route, plus ``data_id_type`` and ``hint`` (what to do when many are unmapped),
+    which is also among ``adata.uns['scatd_input']['warnings']`` while it holds.
     """
     if geneformer_dict is None:
         geneformer_dict = default_symbol_dictionary()
@@ -545,12 +553,12 @@ def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
         summary[target] = mapping.summary()
     need = "symbol" if data_type in ("ensembl", "mixed") else None
     if need and summary[need]["n_mapped"] < 0.5 * max(summary[need]["n_genes"], 1):
-        summary["hint"] = ("Most genes are Ensembl IDs without a symbol in the file. Give a BioMart table with "
-                           "'Gene stable ID' and 'Gene name' (Data page), upload a file that carries the symbols "
-                           "(e.g. the 10x features.tsv), or ask the administrator to configure the Geneformer "
-                           "dictionaries (SCATD_GENEFORMER_DIR).")
+        summary["hint"] = NO_SYMBOLS_HINT
     report = dict(adata.uns.get(_keys.INPUT_REPORT, {}))
     report["gene_ids"] = summary
+    if "warnings" in report or "hint" in summary:  # the data's warnings say it while it holds, not after a mapping
+        warnings = [str(w) for w in report.get("warnings", []) if str(w) != NO_SYMBOLS_HINT]
+        report["warnings"] = warnings + ([NO_SYMBOLS_HINT] if "hint" in summary else [])
     adata.uns[_keys.INPUT_REPORT] = report
     return summary
 
@@ -601,6 +609,8 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
     model_set = set(model_genes)
     unmatched_idx = np.array([i for i, g in enumerate(names) if g not in model_set], dtype=int)
     data_type = detect_id_type(original_gene_names(adata_or_names) if is_adata else names)
+    ids = adata_or_names.uns.get(_keys.INPUT_REPORT, {}).get("gene_ids", {}) if is_adata else {}
+    mapped = ids.get(model_type) if data_type != model_type else None
     report = {
         "n_model_genes": aln.n_model,
         "n_matched": aln.n_matched,
@@ -611,6 +621,8 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
         "model_id_type": model_type,
         "low_coverage": bool(aln.fraction_matched < low_threshold),
         "threshold": low_threshold,
+        # share of the data's genes given the model's kind of identifier (annotate_gene_ids), where the kinds differ
+        "fraction_ids_mapped": (round(mapped["n_mapped"] / max(mapped["n_genes"], 1), 4) if mapped else None),
     }
     if is_adata:
         block = sample_rows(adata_or_names.X)
@@ -636,7 +648,10 @@ def _coverage_advice(r: dict) -> str:
     if r["data_id_type"] == "mouse_symbol":
         return base + ("The data has mouse gene symbols and the models are human: convert to "
                        "human orthologues (e.g. with BioMart) before uploading.")
-    if kinds == {"symbol", "ensembl"} or "mixed" in kinds:
+    if r.get("fraction_ids_mapped") is not None and r["fraction_ids_mapped"] >= 0.5:
+        base += (f"The data's {r['data_id_type']} identifiers were mapped to the model's "
+                 f"({r['fraction_ids_mapped']:.0%} of them), so identifiers are not the cause. ")
+    elif kinds == {"symbol", "ensembl"} or "mixed" in kinds:
         return base + (f"The data uses {r['data_id_type']} identifiers and the model "
                        f"{r['model_id_type']}: map them (the file's own gene_ids/gene_symbols "
                        "columns, the Geneformer dictionary, or a BioMart table with 'Gene stable "

@@ -251,9 +251,17 @@ def test_ensembl_only_file_says_what_to_do_and_maps_with_biomart(tmp_path):
         f"{e}.3,{s}\n" for e, s in zip(counts.var["gene_ids"], counts.var_names))
     summary = genes.annotate_gene_ids(read, biomart=genes.read_biomart_table(mart.encode(), name="mart.csv"))
     assert summary["symbol"]["n_biomart"] == 40 and "hint" not in summary
+    assert not any("BioMart" in w for w in read.uns["scatd_input"]["warnings"])  # the warning goes with the cause
     cov = genes.coverage_report(read, bundle.genes)
-    assert cov["fraction_matched"] == 1.0 and cov["data_id_type"] == "ensembl"
+    assert cov["fraction_matched"] == 1.0 and cov["data_id_type"] == "ensembl" and cov["fraction_ids_mapped"] == 1.0
     np.testing.assert_allclose(_probabilities(read, bundle), expected, atol=1e-6)
+    # a model whose genes the data lacks: mapped identifiers are not blamed for the low coverage
+    other = genes.coverage_report(read, [f"OTHER{i}" for i in range(30)] + list(bundle.genes[:3]))
+    assert other["low_coverage"] and "identifiers are not the cause" in other["advice"]
+    assert "map them" not in other["advice"]
+    unmapped = io.read(tmp_path / "ensembl_only.h5ad")
+    assert "map them" in genes.coverage_report(unmapped, [f"OTHER{i}" for i in range(30)] + list(bundle.genes[:3]))[
+        "advice"]
 
 
 @needs_shared

@@ -128,7 +128,5 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
         warnings=list(opts.warnings),
     )
     adata.uns[_keys.INPUT_REPORT] = json_safe(report)
-    mapping = genes.annotate_gene_ids(adata)  # symbols and Ensembl IDs from the file's own columns
-    if mapping.get("hint"):
-        adata.uns[_keys.INPUT_REPORT]["warnings"].append(mapping["hint"])
+    genes.annotate_gene_ids(adata)  # symbols and Ensembl IDs from the file's own columns (and its warning)
     return adata
