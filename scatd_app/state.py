@@ -80,7 +80,15 @@ _CHAIN = {
 
 
 def keep_widget_state() -> None:
-    """Turn the kept widgets' values into plain session values (call before the page runs)."""
+    """Turn the kept widgets' values into plain session values (call before the page runs).
+
+    Streamlit logs a warning, with a stack trace, for a widget given a default (``value=``,
+    ``index=``) whose key was also written this run. Here that is the design: the default
+    applies to a new session, the kept value afterwards. That one warning is switched off."""
+    from streamlit import config
+
+    if not config.get_option("global.disableWidgetStateDuplicationWarning"):
+        config.set_option("global.disableWidgetStateDuplicationWarning", True, "scatd_app.state")
     ss = st.session_state
     for key in list(ss.keys()):
         if key in KEPT_WIDGET_KEYS or str(key).startswith(KEPT_WIDGET_PREFIXES):

@@ -170,3 +170,24 @@ def test_train_a_panel_of_drugs_saves_it_for_the_user():
     # the panel is trained with the page's settings: the ensemble of 2 linear-head members chosen above
     assert all(entries[name].bundle.manifest["training"]["settings"]["members"] == 2 for name in trained)
     assert list_panels(at.session_state["user"].name)["my two"]["models"] == trained
+
+
+def test_kept_widget_values_log_no_duplicated_default_warning(monkeypatch):
+    """The Train page's widgets have defaults and are kept across pages (state.keep_widget_state):
+    no warning with a stack trace in the server's log on the next run."""
+    from streamlit.elements.lib import policies
+
+    logged = []
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda message, *args, **kw: logged.append(message % args))
+    bulk, labels, target = synthetic()
+    at = _page()
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.session_state[S.LABEL_COLUMN] = "response"
+    at.run()
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="train_label_column").value == "response"
+    assert not [m for m in logged if "set via the Session State API" in m], logged
