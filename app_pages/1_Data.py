@@ -86,8 +86,10 @@ except ScatdError as exc:
     qc = None
 if qc is not None:
     if info.get("value_type") not in ("counts", None):
-        st.caption(f"These values are {info.get('value_type')}, not counts: 'total counts' is the sum of the "
-                   "values per cell, so judge the thresholds with care.")
+        kind = str(info.get("value_type")).replace("_", " ")
+        st.caption(("These values are not recognisable as counts" if kind == "unknown" else
+                    f"These values are {ui.md(kind)}, not counts")
+                   + ": 'total counts' is the sum of the values per cell, so judge the thresholds with care.")
     suggested = suggest_qc_thresholds(qc)
     if "qc_enabled" not in ss:  # new data: start from the suggestions, filter off
         ss["qc_enabled"] = False
@@ -143,6 +145,7 @@ with left:
     label_column = st.selectbox("Label column (known response, for evaluation)", label_options,
                                 key=state.LABEL_COLUMN,
                                 format_func=ui.detached(lambda c: "none (unlabelled data)" if c is None else c),
+                                placeholder="none (unlabelled data)",  # shown while None is the value
                                 help="Optional. With labels, the Cells page shows AUROC, AUPRC, F1, MCC and curves.")
     if label_column is not None:
         counts = labels.label_counts(adata.obs[label_column])
@@ -175,7 +178,7 @@ if ss.get(state.SAMPLE_COLUMN) not in group_options:
     ss[state.SAMPLE_COLUMN] = None
 with right:
     st.selectbox("Sample / batch column", group_options, key=state.SAMPLE_COLUMN,
-                 format_func=ui.detached(lambda c: "none" if c is None else c),
+                 format_func=ui.detached(lambda c: "none" if c is None else c), placeholder="none",
                  help="Optional. The Cells page shows the fraction of resistant cells per sample.")
 
 # when the model is already settled (chosen, or the library's only one for these data), the

@@ -25,8 +25,10 @@ explained = export.biomarkers_table(adata) is not None
 stale = explain.out_of_date(adata) if explained else None
 
 with st.container(border=True):
-    st.markdown(f"**{ui.md(ss.get(state.DATA_NAME))}** · model **{ui.md(info['model'].get('name'))}**"
-                + (" · demo (simulated data)" if info["model"].get("demo") else ""))
+    heading = f"**{ui.md(ss.get(state.DATA_NAME))}** · model **{ui.md(info['model'].get('name'))}**"
+    if info["model"].get("demo") and "demo (simulated data)" not in f"{ss.get(state.DATA_NAME)} {info['model'].get('name')}":
+        heading += " · demo (simulated data)"
+    st.markdown(heading)
     st.caption(f"Threshold {thr['value']:.3f} ({ui.md(thr['detail'])}"
                + ("" if thr["calibrated"] else ", **uncalibrated**") + f") · mode {info['params']['mode']} · "
                f"{info['params']['device']} · labels: {ui.md(label_column or 'none')} · sample column: "

@@ -160,7 +160,8 @@ if target is not None:
     choices = [None] + candidates
     label_column = st.selectbox("True labels of the cells (evaluation only; never used for training)", choices,
                                 index=choices.index(default) if default in choices else 0,
-                                format_func=ui.detached(lambda c: "none" if c is None else c), key="train_label_column")
+                                format_func=ui.detached(lambda c: "none" if c is None else c), key="train_label_column",
+                                placeholder="none")
     if label_column is not None:
         resistant_value = label_direction(target, label_column)
         values = [str(v) for v in label_counts(target.obs[label_column]).index]
@@ -180,7 +181,7 @@ if target is not None:
     few_choices = [None] + [c for c in candidates if c != label_column]
     few_column = st.selectbox("Labelled cells to train with (optional): a column with a label for a few cells and "
                               "blanks for the others", few_choices, key="train_few_shot_column",
-                              format_func=ui.detached(lambda c: "none" if c is None else c),
+                              format_func=ui.detached(lambda c: "none" if c is None else c), placeholder="none",
                               help="Semi-supervised training: the bulk, these labelled cells and the unlabelled rest. "
                                    "At least 2 cells of each class. Cells labelled here are left out of the target "
                                    "evaluation.")

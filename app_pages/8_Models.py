@@ -79,7 +79,7 @@ with st.form("import_checkpoint"):
     upload = st.file_uploader("Checkpoint file (.pth)", type=["pth", "pt"], key="upload_pth")
     checkpoints = [p.name for p in offered if p.suffix in (".pth", ".pt")]
     from_folder = st.selectbox("…or one the administrator placed in the import folder", [None] + checkpoints,
-                               key="import_from_folder", format_func=ui.detached(lambda n: "—" if n is None else n),
+                               key="import_from_folder", format_func=ui.detached(lambda n: "—" if n is None else n), placeholder="—",
                                disabled=not checkpoints,
                                help="The server's import folder (paths.import_folder), set by the administrator.")
     c = st.columns(2)
@@ -91,7 +91,8 @@ with st.form("import_checkpoint"):
                             type=side_types, key="upload_side")
     side_files = [p.name for p in offered if p.suffix.lstrip(".") in side_types]
     side_from_folder = st.selectbox("…or from the import folder", [None] + side_files, key="import_side_from_folder",
-                                    format_func=ui.detached(lambda n: "—" if n is None else n), disabled=not side_files)
+                                    format_func=ui.detached(lambda n: "—" if n is None else n), disabled=not side_files,
+                                    placeholder="—")
     threshold = st.number_input("Decision threshold (empty: the original default)", min_value=0.0, max_value=1.0,
                                 value=None, step=0.01, key="import_threshold")
     replace = st.checkbox("Replace a model of the same name", key="import_replace", disabled=not (user and user.admin),
