@@ -34,6 +34,7 @@ from scatd_core import io
 from scatd_core.config import settings, work_dir
 
 SESSION_ID = "session_id"
+OWNER = "session_owner"
 TOKEN = "session_token"
 RESUMED = "session_resumed"        # "resumed" | "lost": what happened when this browser session began
 QUERY_KEY = "s"
@@ -42,7 +43,8 @@ MAX_KEPT = 64
 #: Session keys kept for a reload besides the widget values (state.KEPT_WIDGET_PREFIXES).
 KEPT_KEYS = (state.ADATA, state.DATA_NAME, state.DATA_TOKEN, state.IS_DEMO, state.LABEL_COLUMN,
              state.SAMPLE_COLUMN, state.BUNDLE_PATH, state.PREDICTION, state.INPUTS, state.EMBEDDING,
-             state.BIOMARKERS, state.QC_METRICS, state.PANEL, state.PANEL_MARKERS, "data_upload", SESSION_ID)
+             state.BIOMARKERS, state.QC_METRICS, state.PANEL, state.PANEL_MARKERS, "data_upload", SESSION_ID,
+             state.PREDICT_RUNNING, state.EXPLAIN_RUNNING, state.PANEL_RUNNING, state.EMBED_RUNNING)
 
 
 @dataclass
@@ -221,6 +223,7 @@ def begin(owner: str) -> None:
             token = secrets.token_urlsafe(24)
             ss[SESSION_ID] = uuid.uuid4().hex
         ss[TOKEN] = token
+    ss[OWNER] = owner
     mine = work_dir() / "sessions" / str(ss[SESSION_ID])
     if mine.is_dir():
         mine.touch()  # in use: the sweep keeps it
@@ -234,6 +237,14 @@ def save(owner: str) -> None:
     ss = st.session_state
     if TOKEN in ss:
         store().put(ss[TOKEN], owner, _kept(ss))
+
+
+def save_now() -> None:
+    """Keep this session's values for a reload now, in the middle of a run (e.g. as a long
+    computation starts: a reload while it runs resumes with its settings and says it stopped)."""
+    ss = st.session_state
+    if OWNER in ss:
+        save(ss[OWNER])
 
 
 def notice() -> None:

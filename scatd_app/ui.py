@@ -301,12 +301,16 @@ def long_run(flag: str, text: str, cancel_key: str, cancel_help: str = CANCEL_HE
     Streamlit's control exception (a ``BaseException``): the computation stops at its next
     progress report, the session flag ``flag`` stays set, and the next run of the page says so
     (:func:`say_if_stopped`). When the computation ends, normally or with an error, the bar and
-    the button go away and the flag is cleared."""
+    the button go away and the flag is cleared. The session is kept with the flag set as the run
+    starts, so a reload meanwhile (which stops the run) resumes with its settings and says so."""
+    from scatd_app import session
+
     box = st.empty()
     with box.container():
         bar = st.progress(0.0, text=text)
         st.button("Cancel", icon=":material/stop:", key=cancel_key, help=cancel_help)
     st.session_state[flag] = True
+    session.save_now()
     try:
         yield bar
     except Exception:

@@ -205,3 +205,38 @@ def test_the_progress_says_the_time_left_once(predicted, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     cells = [t for t in texts if t and " of 40 cells" in t]
     assert cells and all(t.count("elapsed") == 1 and t.count(" left") <= 1 for t in cells), cells
+
+
+def test_a_reload_during_a_ranking_resumes_with_its_settings_and_says_it_stopped(predicted, monkeypatch):
+    """A reload stops the run (Streamlit stops a disconnected session's script) and opens a new
+    session that takes the kept values at once: they are kept as the run starts, with its settings
+    and its running flag, so the reloaded page says the ranking stopped and shows its settings."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from scatd_app import session
+    from scatd_core import explain as ex
+
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    token, owner = at.session_state[session.TOKEN], at.session_state[session.OWNER]
+    seen = {}
+
+    def reloaded_meanwhile(*args, progress=None, **kwargs):
+        seen.update(session.store().take(token, owner))  # what a reload now would resume with
+        raise StopException()
+
+    monkeypatch.setattr(ex, "explain", reloaded_meanwhile)
+    at.number_input(key="bio_steps").set_value(12)
+    _button(at, "Compute gene ranking").click().run()
+    assert seen.get(S.EXPLAIN_RUNNING) is True and seen.get("bio_steps") == 12, {
+        k: v for k, v in seen.items() if k in (S.EXPLAIN_RUNNING, "bio_steps")}
+    monkeypatch.undo()
+    session.store().put(token, owner, seen)  # the reload takes them before the stopped run ends
+    reloaded = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    reloaded.query_params["s"] = token
+    reloaded.run()
+    reloaded.switch_page(PAGE)
+    reloaded.run()
+    assert not reloaded.exception, [e.value for e in reloaded.exception]
+    assert any("stopped before it finished" in i.value for i in reloaded.info)
+    assert reloaded.number_input(key="bio_steps").value == 12
