@@ -423,6 +423,39 @@ def test_single_cell(tmp_path):
     assert "single cell" in err.message and "genes_x_cells" in err.hint
 
 
+@pytest.mark.parametrize("suffix,sep", [(".csv", ","), (".tsv.gz", "\t")])
+def test_a_table_without_row_names_keeps_its_first_gene(tmp_path, suffix, sep):
+    """pandas' to_csv(index=False): the first column is a gene's values, not cell names. It is read
+    as data (the rows numbered in file order, and said so), never taken for names."""
+    rng = np.random.default_rng(3)
+    genes = [f"GENE{i}" for i in range(12)]
+    counts = pd.DataFrame(rng.poisson(1.0, (40, 12)).astype(float), columns=genes)
+    zscored = (counts - counts.mean()) / counts.std()
+    for kind, table in (("counts", counts), ("z", zscored)):
+        path = tmp_path / f"{kind}{suffix}"
+        table.to_csv(path, sep=sep, index=False)
+        data = io.read(path)
+        assert list(data.var_names) == genes and list(data.obs_names[:2]) == ["row_1", "row_2"]
+        np.testing.assert_allclose(dense(data), table.to_numpy(), rtol=1e-6, atol=1e-6)
+        assert any("no column of row names" in w and "'GENE0'" in w for w in data.uns["scatd_input"]["warnings"])
+    # a label column first (repeated values) is cell information, not names
+    labelled = counts.copy()
+    labelled.insert(0, "response", ["resistant", "sensitive"] * 20)
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    data = io.read(tmp_path / "labelled.csv")
+    assert list(data.var_names) == genes and list(data.obs["response"][:2]) == ["resistant", "sensitive"]
+    # names as usual: text, an empty or name-like header over distinct numbers, pandas' default index
+    counts.set_axis([f"c{i}" for i in range(40)]).to_csv(tmp_path / "named.csv")
+    numbered = counts.copy()
+    numbered.insert(0, "cell_id", np.arange(1000, 1040))
+    numbered.to_csv(tmp_path / "numeric_ids.csv", index=False)
+    counts.to_csv(tmp_path / "default_index.csv")
+    for name, first in (("named.csv", "c0"), ("numeric_ids.csv", "1000"), ("default_index.csv", "0")):
+        data = io.read(tmp_path / name)
+        assert data.obs_names[0] == first and list(data.var_names) == genes, name
+        assert not any("no column of row names" in w for w in data.uns["scatd_input"]["warnings"])
+
+
 def test_non_numeric_value_in_a_gene_column(tmp_path):
     rows = "\n".join(f"c{i},{i},{i + 1}" for i in range(20))
     (tmp_path / "bad.csv").write_text("cell,TP53,EGFR\n" + rows + "\nc99,abc,1\n")

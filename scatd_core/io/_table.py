@@ -44,6 +44,73 @@ def _first_lines(path: Path, gz: bool, n: int = 2, cap: int = 64 << 20) -> bytes
     return buf
 
 
+#: Row names given to the rows of a table without a column of them (1-based, file order).
+ROW_NAME = "row_{}"
+#: First-column headers that name rows even when the rows' names are numbers.
+_NAME_HEADERS = {"cell", "cells", "cell_id", "cellid", "cell_name", "cell_names", "barcode", "barcodes", "id", "ids",
+                 "index", "name", "names", "obs", "obs_names", "sample", "samples", "sample_id", "gene", "genes",
+                 "gene_id", "gene_ids", "gene_name", "gene_symbol", "symbol", "feature", "features", "feature_id",
+                 "entrez", "entrez_id", "unnamed:_0", "rownames", "row", "rows", "x"}
+
+
+def _first_column_is_data(first_header: str, first_fields: list[str]) -> bool:
+    """Whether a table's first column holds values rather than row names: a non-empty header
+    that is not a name column's, over numbers that are not distinct whole numbers (which row
+    numbers and numeric IDs are), or a label/group column's header over repeated values.
+    Judged on the first lines."""
+    key = "_".join(first_header.strip().strip('"').lower().split()).replace("-", "_")
+    if not key or key in _NAME_HEADERS or not first_fields:
+        return False
+    if column_kind(first_header):  # e.g. 'response' first: names are (nearly) unique, labels repeat
+        return len(set(first_fields)) < len(first_fields)
+    try:
+        values = np.array([float(v) for v in first_fields])
+    except ValueError:
+        return False  # names (or missing values): the usual layout
+    if not np.isfinite(values).all():
+        return False
+    whole = np.all(values == np.round(values))
+    return bool(not whole or np.unique(values).size < values.size)
+
+
+class _Numbered(io.RawIOBase):
+    """A binary table stream whose data lines start with a row name (``ROW_NAME``) and the
+    separator: the header passes unchanged, blank lines stay blank."""
+
+    def __init__(self, raw, sep: str):
+        self.raw, self.sep = raw, (b" " if sep == r"\s+" else sep.encode())
+        self.pending, self.row, self.header_done = b"", 0, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            line = self.raw.readline()
+            if not line:
+                return 0
+            if self.header_done and line.strip():
+                self.row += 1
+                line = ROW_NAME.format(self.row).encode() + self.sep + line
+            self.header_done = True
+            self.pending = line
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _open_rows(path: Path, opts: Options, sep: str, numbered: bool):
+    """The table's binary stream (:func:`open_limited`), with numbered rows for a table without
+    a column of row names."""
+    stream = open_limited(path, opts)
+    return io.BufferedReader(_Numbered(stream, sep), buffer_size=1 << 20) if numbered else stream
+
+
 def _sniff_separator(line: str) -> str:
     counts = {sep: line.count(sep) for sep in ("\t", ",", ";")}
     best = max(counts, key=counts.get)
@@ -83,16 +150,23 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
     if n_fields < 2:
         raise InputError(f"{name} has a single column (separator not recognised).",
                          "Use commas or tabs between fields, with cell or gene names in the first column.")
+    complete = lines[1:] if head.endswith(b"\n") or len(head) < 1 << 20 else lines[1:-1]  # the last may be cut
+    numbered = len(header) == n_fields and _first_column_is_data(header[0], [_split(ln, sep)[0] for ln in complete])
+    if numbered:  # e.g. pandas' to_csv(index=False): no column of row names; the rows are numbered instead
+        opts.warnings.append(f"{name} has no column of row names (its first column, '{header[0]}', holds values, "
+                             f"not names): the rows are named {ROW_NAME.format(1)}, {ROW_NAME.format(2)}, ... in "
+                             "file order.")
+        header = [""] + header
     labels = [str(x) for x in header[1:]]
     rows_per_chunk = max(1, TABLE_CHUNK_VALUES // len(labels))
     acc = _Rows(opts)
     # All-numeric tables (the usual counts matrix) are parsed by NumPy straight into one array
     # per chunk of rows: no per-column objects, so a genes x cells table with a million columns
     # reads in seconds. Anything else (text or label columns, NA, quoting) goes to pandas.
-    layout = _read_numeric(path, opts, sep, encoding, labels, rows_per_chunk, acc)
+    layout = _read_numeric(path, opts, sep, encoding, labels, rows_per_chunk, acc, numbered)
     if layout is None:
         acc = _Rows(opts)
-        layout = _read_general(path, opts, sep, encoding, labels, rows_per_chunk, acc)
+        layout = _read_general(path, opts, sep, encoding, labels, rows_per_chunk, acc, numbered)
     orientation, reason, meta, data_pos, _text = layout
     blocks, ids, metas = acc.blocks, acc.ids, acc.metas
     X = sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
@@ -135,11 +209,11 @@ class _Rows:
 
 
 def _read_general(path: Path, opts: Options, sep: str, encoding: str, labels: list[str], rows_per_chunk: int,
-                  acc: _Rows):
+                  acc: _Rows, numbered: bool = False):
     """pandas' own type inference, in chunks of rows (bounded memory: one chunk of parsed text)."""
     name, layout = opts.display_name, None
     # the decompressed stream is capped as it is read (a gzip bomb stops at the limit)
-    with open_limited(path, opts) as stream:
+    with _open_rows(path, opts, sep, numbered) as stream:
         reader = pd.read_csv(stream, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding, engine="c",
                              dtype={0: str}, low_memory=False, chunksize=rows_per_chunk)
         try:
@@ -162,7 +236,7 @@ def _read_general(path: Path, opts: Options, sep: str, encoding: str, labels: li
 
 
 def _read_numeric(path: Path, opts: Options, sep: str, encoding: str, labels: list[str], rows_per_chunk: int,
-                  acc: _Rows):
+                  acc: _Rows, numbered: bool = False):
     """Read a table whose every field after the row name is a number; ``None`` if it is not one.
 
     Gives up (``None``, nothing kept) at the first line NumPy cannot take as it stands: a text
@@ -170,7 +244,7 @@ def _read_numeric(path: Path, opts: Options, sep: str, encoding: str, labels: li
     the general reader sets aside. Values are parsed as float64 and rounded to float32, as pandas does.
     """
     layout = None
-    with open_limited(path, opts) as raw, io.TextIOWrapper(raw, encoding=encoding) as text:
+    with _open_rows(path, opts, sep, numbered) as raw, io.TextIOWrapper(raw, encoding=encoding) as text:
         text.readline()  # the header, already parsed
         while True:
             try:
