@@ -305,6 +305,9 @@ def predict(
     - ``adata.obsm['X_<p>']``: the latent mean (NaN rows where not scored);
     - ``adata.uns['<p>']``: parameters, threshold and whether it is calibrated, model
       provenance, gene coverage, cells not scored by reason, warnings.
+
+    With the default ``key_added``, what an earlier prediction left (its UMAP, clusters and
+    biomarkers) is removed first (:func:`clear`): it describes the earlier prediction.
     """
     _check_args(bundle, mode, n_samples, batch_size, adata)
     if copy:
@@ -388,6 +391,10 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
     if sds is not None:
         sds[~scored] = np.nan
     keys = result_keys(key_added)
+    if keys.prefix == _keys.DEFAULT_PREFIX:
+        # what was computed from an earlier prediction (the UMAP and clusters of its latent space,
+        # its biomarkers; e.g. in an annotated h5ad read again) does not describe this one
+        clear(adata)
     filtered = np.zeros(adata.n_obs, dtype=bool) if mask_array is None else ~mask_array
     adata.obs[keys.prob] = probs
     if sds is not None:

@@ -217,3 +217,18 @@ def test_device_out_of_memory_lowers_the_batch_and_says_so(data_and_bundle, monk
     from scatd_core.errors import DeviceError
     with pytest.raises(DeviceError, match="out of memory on a single cell"):
         predict(adata, bundle, copy=True, batch_size=4)
+
+
+def test_a_new_prediction_drops_what_was_computed_from_the_earlier_one(data_and_bundle, tmp_path):
+    """An annotated h5ad predicted again (e.g. `scatd report` with another model): the earlier
+    prediction's UMAP, clusters and biomarkers are not written out as this prediction's."""
+    adata, bundle = data_and_bundle
+    cells = adata.copy()
+    predict(cells, bundle)
+    embed.embed(cells, n_epochs=20)
+    explain.explain(cells, bundle, n_steps=4, max_cells=20, differential_expression=False)
+    assert "X_umap" in cells.obsm and explain.from_adata(cells) is not None
+    predict(cells, bundle, threshold=0.3)
+    assert "X_umap" not in cells.obsm and "scatd_cluster" not in cells.obs and explain.from_adata(cells) is None
+    paths = export.write_report(cells, tmp_path / "again")
+    assert "biomarkers" not in paths and "umap_1" not in pd.read_csv(paths["predictions"]).columns
