@@ -77,6 +77,21 @@ class PanelMember:
         return self.status == "scored"
 
 
+def distinct_drugs(drugs: Sequence[str]) -> list[str]:
+    """The drugs as a panel names them: a drug scored by several models is ``DRUG``, ``DRUG_2``,
+    ``DRUG_3`` ... in model order, so that every table column and row names one model."""
+    seen: dict[str, int] = {}
+    out = []
+    for drug in drugs:
+        seen[drug] = seen.get(drug, 0) + 1
+        name = drug if seen[drug] == 1 else f"{drug}_{seen[drug]}"
+        while name in drugs and seen[drug] > 1 and name != drug:  # never another model's own drug name
+            seen[drug] += 1
+            name = f"{drug}_{seen[drug]}"
+        out.append(name)
+    return out
+
+
 def drug_prefix(drug: str, taken: set[str]) -> str:
     """``scatd_<DRUG>`` (file-system-safe, distinct for distinct names), ``_2``, ``_3`` ... when taken."""
     from scatd_core.bundle import safe_name
@@ -186,8 +201,8 @@ def predict_panel(
     mask_array = _mask_of(adata, mask)
     _clear_panel(adata)
     taken: set[str] = set()
-    team = [PanelMember(drug_prefix(b.drug or b.name, taken), b.drug or b.name, b.name, str(b.path), b.backbone,
-                        b.is_demo) for b in bundles]
+    team = [PanelMember(drug_prefix(b.drug or b.name, taken), drug, b.name, str(b.path), b.backbone, b.is_demo)
+            for b, drug in zip(bundles, distinct_drugs([b.drug or b.name for b in bundles]))]
     shared = _SharedInputs(adata, mask_array, batch_size, device)
     options = dict(mask=mask_array, mode=mode, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size,
                    should_stop=should_stop)

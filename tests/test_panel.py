@@ -279,3 +279,20 @@ def test_result_prefixes_never_overwrite_the_package_keys():
     names = [panel.drug_prefix(d, taken) for d in ("panel", "qc", "DRUG", "DRUG", "a/b", "a b")]
     assert names[:4] == ["scatd_panel_2", "scatd_qc_2", "scatd_DRUG", "scatd_DRUG_2"]
     assert len(set(names)) == 6 and all("/" not in n and " " not in n for n in names)
+
+
+def test_two_models_of_one_drug_keep_their_own_columns(library):
+    """Two models for the same drug (e.g. two trainings): each keeps its columns and summary rows,
+    named DRUG and DRUG_2 in model order, with the model named in the member table."""
+    first, other = _bundles(library, ("DRUGA", "DRUGB"))
+    data = make_dataset(90, seed=12)
+    members = panel.predict_panel(data, [first, other, first])
+    assert [m.drug for m in members] == ["DRUGA", "DRUGB", "DRUGA_2"]
+    table = panel.panel_table(data)
+    for m in members:
+        np.testing.assert_array_equal(table[f"{m.drug}_prob_resistant"], data.obs[f"{m.key}_prob_resistant"])
+    single = make_dataset(90, seed=12)
+    predict(single, other)
+    np.testing.assert_allclose(table["DRUGB_prob_resistant"], single.obs["scatd_prob_resistant"])
+    summary = panel.group_summary(data, "sample")
+    assert sorted(set(summary["drug"])) == ["DRUGA", "DRUGA_2", "DRUGB"]
