@@ -364,3 +364,21 @@ def test_gpu_passes_run_on_actors_with_the_same_result(local_ray, small_bundles,
     while actors_alive() and time.time() < deadline:  # ray.kill ends them asynchronously
         time.sleep(0.2)
     assert not actors_alive(), "the pass's actors outlived it"
+
+
+def test_an_ensembles_member_spread_comes_back_from_ray(local_ray, tmp_path):
+    """Models trained here are ensembles: their per-cell spread over the members
+    (obs['scatd_prob_resistant_sd']) is in Ray's results as in one process's."""
+    from test_ensemble import _bundle, _cells, _ensemble
+
+    bundle = _bundle(tmp_path, _ensemble(n_members=3))
+    _cells(n=3_000, seed=5).write_h5ad(tmp_path / "cells.h5ad")
+    run = scaleout.predict_ray(io.read(tmp_path / "cells.h5ad", backed=True), bundle, tmp_path / "out.csv",
+                               batch_size=BATCH, shard_cells=2 * BATCH, workers=2)
+    one = single_process(tmp_path / "cells.h5ad", bundle)
+    assert one.uns["scatd"]["params"]["prob_resistant_sd"] == "over the 3 ensemble members"
+    # dense (standardised) inputs go through BLAS, whose sums depend on the threads a worker has:
+    # the same to float rounding, not to the bit (the sparse first layer of log1p models is)
+    for col in ("scatd_prob_resistant", "scatd_prob_resistant_sd"):
+        np.testing.assert_allclose(run.adata.obs[col], one.obs[col], rtol=0, atol=1e-6)
+    assert list(run.adata.obs["scatd_label"]) == list(one.obs["scatd_label"])

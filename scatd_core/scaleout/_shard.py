@@ -242,7 +242,7 @@ def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> di
         prob = shard.obs[keys.prob].to_numpy(dtype=np.float64)
         scored = shard.obs[keys.scored].to_numpy(dtype=bool)
         latent = np.asarray(shard.obsm[keys.latent], dtype=np.float32)
-        sd = shard.obs[keys.prob_sd].to_numpy(dtype=np.float64) if job.mode == "sample" else None
+        sd = shard.obs[keys.prob_sd].to_numpy(dtype=np.float64) if keys.prob_sd in shard.obs else None
     out = {"prob": prob, "scored": scored, "latent": latent, "usable": np.asarray(usable),
            "reasons": np.asarray([reasons[r] for r in REASON_ORDER], dtype=np.int64),
            "non_finite_output": np.asarray(int(record.get("not_scored", {}).get("non_finite_output", 0))),
