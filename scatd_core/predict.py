@@ -433,7 +433,7 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
                ("array" if mask is not None else "none"),
                "thresholds": dict(adata.uns.get(_keys.QC, {}).get("thresholds", {})) if filtered.any() else {}},
         "positive_label": bundle.positive_label, "negative_label": bundle.negative_label,
-        "warnings": _warnings(bundle, inputs, not_scored),
+        "warnings": _warnings(bundle, inputs, not_scored, adata),
     }
     thr = float(bundle.threshold if threshold is None else threshold)
     adata.obs[keys.label] = _calls(probs, scored, filtered, thr, bundle.positive_label, bundle.negative_label)
@@ -451,8 +451,8 @@ def _model_record(bundle) -> dict:
     return record
 
 
-def _warnings(bundle, inputs: ModelInput, not_scored: dict) -> list[str]:
-    out = []
+def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | None = None) -> list[str]:
+    out = _value_warnings(adata, bundle) if adata is not None else []
     n = inputs.n_usable
     if bundle.input_kind == "embedding":
         out.append("VAE_sf/VAE_gf predictions use AdaIN with the statistics of the uploaded cells, so they "
@@ -467,6 +467,19 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict) -> list[str]:
     for reason, count in not_scored.items():
         out.append(f"{count:,} cell(s) were not scored: {REASON_TEXT.get(reason, reason)}.")
     return out
+
+
+def _value_warnings(adata: ad.AnnData, bundle) -> list[str]:
+    """What the model makes of the kind of values the data hold (the Model page's warnings,
+    e.g. TPM-like values for a model that z-scores log values), from the read report of
+    :func:`scatd_core.io.read` or else a look at up to 2,000 cells."""
+    from scatd_core.preprocess import check_backbone_compatibility, detect_value_type
+
+    if bundle.input_kind != "expression":
+        return []
+    report = adata.uns.get(_keys.INPUT_REPORT, {})
+    value_type = report if "value_type" in report else detect_value_type(adata.X)
+    return check_backbone_compatibility(value_type, bundle.backbone, bundle.manifest.get("input_transform"))
 
 
 # --------------------------------------------------------------------------- threshold and calls

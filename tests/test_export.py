@@ -232,3 +232,25 @@ def test_a_new_prediction_drops_what_was_computed_from_the_earlier_one(data_and_
     assert "X_umap" not in cells.obsm and "scatd_cluster" not in cells.obs and explain.from_adata(cells) is None
     paths = export.write_report(cells, tmp_path / "again")
     assert "biomarkers" not in paths and "umap_1" not in pd.read_csv(paths["predictions"]).columns
+
+
+def test_values_the_model_does_not_expect_are_a_warning_of_the_prediction(capsys, tmp_path):
+    """The Model page's warnings on the kind of values reach every prediction's warnings (and so
+    the command line, the Predict page and the reports): TPM-like values for a model that z-scores
+    log values (every model trained here)."""
+    from test_ensemble import _bundle, _cells, _ensemble
+
+    from scatd_core.cli import main
+
+    bundle = _bundle(tmp_path, _ensemble())
+    logs = _cells(n=60, seed=3)
+    predict(logs, bundle)
+    assert not any("TPM" in w for w in logs.uns["scatd"]["warnings"])
+    tpm = logs.copy()
+    tpm.X = np.expm1(np.clip(tpm.X, 0, None) * 3).astype(np.float32)  # linear scale, maximum far above 30
+    predict(tpm, bundle)
+    assert any("TPM-like" in w for w in tpm.uns["scatd"]["warnings"]), tpm.uns["scatd"]["warnings"]
+    tpm.write_h5ad(tmp_path / "tpm.h5ad")
+    assert main(["predict", "--model", str(bundle.path), "--input", str(tmp_path / "tpm.h5ad"), "--output",
+                 str(tmp_path / "tpm.csv")]) == 0
+    assert "TPM-like" in capsys.readouterr().err

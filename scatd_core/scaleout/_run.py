@@ -457,7 +457,7 @@ def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, loa
         "qc": {"n_filtered": int(filtered.sum()), "mask": mask if isinstance(mask, str) else
                ("array" if mask is not None else "none"),
                "thresholds": dict(adata.uns.get(_keys.QC, {}).get("thresholds", {})) if filtered.any() else {}},
-        "warnings": _warnings(bundle, inputs, not_scored),
+        "warnings": _warnings(bundle, inputs, not_scored, adata),
         "engine": {"name": "ray", "address": address or "local", "workers": run.workers,
                    "shards": len(run.shards), "shard_cells": run.shards[0][1] - run.shards[0][0],
                    "shards_resumed": run.resumed, "parts": str(run.store.folder)},
