@@ -142,9 +142,13 @@ def get_bundle(path: str | None):
 
 @st.cache_resource(show_spinner=False)
 def device_text() -> str:
+    from scatd_core.errors import DeviceError
     from scatd_core.predict import device_description, resolve_device
 
-    return device_description(resolve_device("auto"))
+    try:
+        return device_description(resolve_device("auto"))
+    except DeviceError:  # server.device = cuda without a GPU: each run says so; the sidebar just shows it
+        return "no GPU (server.device: cuda)"
 
 
 _START_UP: threading.Thread | None = None

@@ -45,10 +45,21 @@ CALIBRATING_SOURCES = ("expected fraction", "labelled cells")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` -> the server's policy (``server.device`` / ``SCATD_DEVICE``), whose own ``auto``
+    is CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    from scatd_core.config import settings
+
+    policy = None
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        policy = settings()["device"]
+        if policy == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = policy
     if str(device).startswith("cuda") and not torch.cuda.is_available():
+        if policy:
+            raise DeviceError("The server's configuration asks for CUDA (server.device / SCATD_DEVICE), but no GPU "
+                              "is available on this machine.", "Set server.device to auto or cpu, or give --device "
+                              "cpu.")
         raise DeviceError("CUDA was requested but no GPU is available on this machine.",
                           "Use --device cpu (or auto).")
     try:

@@ -254,3 +254,23 @@ def test_values_the_model_does_not_expect_are_a_warning_of_the_prediction(capsys
     assert main(["predict", "--model", str(bundle.path), "--input", str(tmp_path / "tpm.h5ad"), "--output",
                  str(tmp_path / "tpm.csv")]) == 0
     assert "TPM-like" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the policy on a machine without a GPU")
+def test_the_servers_device_policy_is_what_auto_means(data_and_bundle, monkeypatch, capsys, tmp_path):
+    """server.device / SCATD_DEVICE is the default device of the app and the command line."""
+    from scatd_core.cli import main
+    from scatd_core.errors import DeviceError
+    from scatd_core.predict import resolve_device
+
+    monkeypatch.setenv("SCATD_DEVICE", "cpu")
+    assert resolve_device("auto").type == "cpu"
+    monkeypatch.setenv("SCATD_DEVICE", "cuda")
+    with pytest.raises(DeviceError, match="server.device"):
+        resolve_device("auto")
+    assert resolve_device("cpu").type == "cpu"  # an explicit choice is kept
+    adata, bundle = data_and_bundle
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    assert main(["predict", "--model", str(bundle.path), "--input", str(tmp_path / "cells.h5ad"), "--output",
+                 str(tmp_path / "out.csv")]) == 2
+    assert "SCATD_DEVICE" in capsys.readouterr().err
