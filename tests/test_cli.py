@@ -102,6 +102,11 @@ def test_predict_npy_embeddings_for_vae_sf(capsys, tmp_path):
     assert list(table["cell_id"].astype(str)) == [str(i) for i in range(30)]
     xin = ref.std(0) * (emb - emb.mean(0)) / (emb.std(0) + 1e-8) + ref.mean(0)
     assert np.abs(table["prob_resistant"].to_numpy() - orig.original_inference_prob("vae_sf", enc, z, sd, xin)).max() < 1e-5
+    # embeddings of another size (e.g. Geneformer's for a VAE_sf model) are not taken for expression to embed
+    np.save(tmp_path / "other.npy", rng.normal(size=(30, enc[0] + 7)).astype(np.float32))
+    code, _, err = _run(capsys, "predict", "--model", tmp_path / "b", "--input", tmp_path / "other.npy",
+                        "--output", tmp_path / "q.csv")
+    assert code == 2 and "scFoundation weights" not in err and f"{enc[0] + 7}" in err, err
 
 
 @pytest.mark.parametrize("make,backbone,match", [

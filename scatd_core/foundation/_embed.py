@@ -186,8 +186,8 @@ def needs_embedding(adata: ad.AnnData, bundle) -> bool:
     record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone)
     if key in adata.obsm and record is None:
         return False  # embeddings the user brought
-    if key not in adata.obsm and adata.n_vars == bundle.architecture.input_dim and not _is_expression(adata):
-        return False  # an embedding file (X by position)
+    if key not in adata.obsm and not _is_expression(adata) and record is None:
+        return False  # an embedding file (X by position; of another size, ModelInput says so)
     return True
 
 
