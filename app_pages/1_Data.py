@@ -48,7 +48,7 @@ with st.container(border=True):
                f"({info.get('orientation_reason', '')})" + (" · read from disk (backed)" if info.get("backed") else ""))
     with st.expander("Evidence for the value type and gene identifiers"):
         st.markdown(f"**Values: {info.get('value_type')}** because {evidence.get('reason', 'n/a')}.")
-        st.json({"values": evidence, "gene identifiers": info.get("gene_id_evidence", {})}, expanded=False)
+        st.json({"values": evidence, "gene identifiers": info.get("gene_id_evidence", {})}, expanded=2)
     for warning in info.get("warnings", []):
         st.warning(ui.md(warning), icon=":material/warning:")
 

@@ -1009,7 +1009,8 @@ def library_frame(entries):
                      "bulk CV AUROC (model / LR / GB)": _card_cell(e.bundle, "bulk_cv"),
                      "target AUROC (model / LR / GB)": _card_cell(e.bundle, "target"),
                      "threshold": s["threshold"], "folder": e.path.name, "problem": None})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.drop(columns=["by"]) if "by" in table and table["by"].isna().all() else table  # no logins
 
 
 def show_card(card: dict, key: str) -> None:

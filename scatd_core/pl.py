@@ -83,7 +83,8 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                                      float(np.nanmax(v)) if has.any() else 1.0)
             fig.add_trace(Trace(x=xy[has, 0], y=xy[has, 1], mode="markers", name=name, showlegend=False,
                                 marker=dict(size=size, color=v[has], colorscale=colorscale, cmin=lo, cmax=hi,
-                                            colorbar=dict(title=dict(text=name, side="top"), thickness=14)),
+                                            colorbar=dict(title=dict(text=name, side="top"), thickness=14,
+                                                          tickformat="~g")),  # 0.0006, not plotly's "600µ"
                                 text=ids[has], customdata=v[has],
                                 hovertemplate="%{text}<br>" + html.escape(name) + ": %{customdata:.3f}<extra></extra>"))
         else:

@@ -463,6 +463,14 @@ def test_non_numeric_value_in_a_gene_column(tmp_path):
     assert "'TP53'" in err.message and "'abc'" in err.message
 
 
+def test_decimal_commas_are_named(tmp_path):
+    """A European spreadsheet's CSV (';' between fields, ',' in numbers) is refused with the reason."""
+    (tmp_path / "comma.csv").write_text("cell;TP53;EGFR\nc1;0,5;1,25\nc2;1,5;0,1\nc3;2,5;1,5\n")
+    (tmp_path / "mixed.csv").write_text("cell;TP53;EGFR;MYC\nc1;0,5;1,25;2\nc2;1,5;0;3,75\nc3;2,5;1;0,5\n")
+    for name in ("comma.csv", "mixed.csv"):
+        assert "decimal commas" in _read_error(tmp_path / name).hint, name
+
+
 def test_text_only_table(tmp_path):
     (tmp_path / "text.csv").write_text("cell,a,b\nc1,x,y\nc2,z,w\n")
     assert "no numeric columns" in _read_error(tmp_path / "text.csv").message

@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import itertools
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -337,7 +338,9 @@ def _table_layout(chunk: pd.DataFrame, labels: list[str], opts: Options):
     meta = non_numeric | (named if orientation == "cells_x_genes" else set())
     data_pos = [p for p in chunk.columns if p not in meta]
     if not data_pos:
+        commas = any(_DECIMAL_COMMA.match(str(v).strip()) for v in chunk.iloc[:5, :5].to_numpy().ravel())
         raise InputError(f"{name} has no numeric columns: every column holds text.",
+                         DECIMAL_COMMA_HINT if commas else
                          "The table needs one column per gene (or per cell) of numbers.")
     return orientation, reason, meta, data_pos, non_numeric
 
@@ -368,10 +371,16 @@ def _malformed(name: str, exc: Exception) -> InputError:
                       "Every row must have as many fields as the header; check the separator and quoting.")
 
 
+_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
+DECIMAL_COMMA_HINT = ("The numbers are written with decimal commas (e.g. 0,5): save the table with decimal points "
+                      "(e.g. a spreadsheet's CSV export in an English locale).")
+
+
 def _non_numeric(values: pd.Series, label: str, name: str) -> InputError:
     present = values.dropna()
     bad = present[pd.to_numeric(present, errors="coerce").isna()]
     return InputError(f"{name}: column '{label}' holds non-numeric values (e.g. {bad.iloc[0]!r} in row "
                       f"'{bad.index[0]}').",
+                      DECIMAL_COMMA_HINT if _DECIMAL_COMMA.match(str(bad.iloc[0]).strip()) else
                       "Expression values must be numbers; fix or remove that column, or write missing "
                       "values as NA.")
