@@ -233,7 +233,7 @@ def test_10x_file_with_both_identifiers_predicts_like_symbols(tmp_path):
     np.testing.assert_allclose(_probabilities(tenx, bundle), expected, atol=1e-6)
 
 
-def test_ensembl_only_file_says_what_to_do_and_maps_with_biomart(tmp_path):
+def test_ensembl_only_file_says_what_to_do_and_maps_with_biomart(tmp_path, capsys):
     from scatd_core.errors import InputError
 
     counts = make_counts(n_cells=30, n_genes=40, seed=4)
@@ -259,6 +259,15 @@ def test_ensembl_only_file_says_what_to_do_and_maps_with_biomart(tmp_path):
     other = genes.coverage_report(read, [f"OTHER{i}" for i in range(30)] + list(bundle.genes[:3]))
     assert other["low_coverage"] and "identifiers are not the cause" in other["advice"]
     assert "map them" not in other["advice"]
+    # the command line: the warning once without the table, not at all with it
+    from scatd_core.cli import main
+
+    (tmp_path / "mart.csv").write_text(mart)
+    common = ["predict", "--model", str(bundle.path), "--input", str(tmp_path / "ensembl_only.h5ad")]
+    assert main(common + ["--output", str(tmp_path / "a.csv")]) == 2  # nothing matches without symbols
+    assert capsys.readouterr().err.count("Give a BioMart table") == 1
+    assert main(common + ["--biomart", str(tmp_path / "mart.csv"), "--output", str(tmp_path / "b.csv")]) == 0
+    assert "Give a BioMart table" not in capsys.readouterr().err
     unmapped = io.read(tmp_path / "ensembl_only.h5ad")
     assert "map them" in genes.coverage_report(unmapped, [f"OTHER{i}" for i in range(30)] + list(bundle.genes[:3]))[
         "advice"]

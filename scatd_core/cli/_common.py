@@ -119,13 +119,11 @@ def read_input(args, backed="auto"):
     from scatd_core import genes, io
 
     adata = io.read(args.input, orientation=args.orientation, backed=backed)
-    mapping = genes.annotate_gene_ids(adata, biomart=args.biomart) if args.biomart else \
-        adata.uns[io.REPORT_KEY].get("gene_ids", {})
+    if args.biomart:  # its warning on unmapped Ensembl IDs goes when the table maps them
+        genes.annotate_gene_ids(adata, biomart=args.biomart)
     say(f"Read {adata.n_obs:,} cells x {adata.n_vars:,} features from {Path(args.input).name}")
     for w in adata.uns[io.REPORT_KEY].get("warnings", []):
         say(f"warning: {w}")
-    if mapping.get("hint"):
-        say(f"warning: {mapping['hint']}")
     return adata
 
 
