@@ -420,7 +420,10 @@ def test_all_zero_cells(tmp_path):
 def test_single_cell(tmp_path):
     (tmp_path / "one.csv").write_text("cell,TP53,EGFR,MYC\nc1,1,2,3\n")
     err = _read_error(tmp_path / "one.csv")
-    assert "single cell" in err.message and "genes_x_cells" in err.hint
+    assert "single cell" in err.message and "--orientation genes_x_cells" in err.hint and "rows are genes" in err.hint
+    (tmp_path / "one_gene_rows.csv").write_text("gene,c1\nTP53,1\nEGFR,2\nMYC,3\n")
+    err = _read_error(tmp_path / "one_gene_rows.csv", orientation="genes_x_cells")  # the other way round
+    assert "--orientation cells_x_genes" in err.hint and "rows are cells" in err.hint
 
 
 @pytest.mark.parametrize("suffix,sep", [(".csv", ","), (".tsv.gz", "\t")])

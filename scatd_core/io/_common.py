@@ -112,10 +112,12 @@ def check_cells(n_cells: int, opts: Options, *, final: bool = True) -> None:
                          "Subsample the cells (e.g. scanpy.pp.subsample) or ask the administrator "
                          "to raise SCATD_MAX_CELLS.")
     if final and n_cells == 1:
+        other = "rows are cells" if opts.report.get("orientation") == "genes_x_cells" else "rows are genes"
+        flag = "cells_x_genes" if other == "rows are cells" else "genes_x_cells"
         raise InputError(f"{opts.display_name} holds a single cell.",
                          f"At least {MIN_CELLS} cells are needed: QC and value-type detection compare "
-                         "cells. A one-row table is often a file in the other orientation: try "
-                         "orientation 'genes_x_cells'.")
+                         "cells. A table with one cell is often read in the wrong orientation: try the other "
+                         f"one ('{other}' on the Data page, --orientation {flag}).")
 
 
 def check_genes(n_genes: int, opts: Options) -> None:
