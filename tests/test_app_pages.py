@@ -420,6 +420,8 @@ def test_unlabelled_and_single_class_data(with_library):
     at = start()
     upload(at, "unlabelled.h5ad", h5ad_bytes(unlabelled))
     assert at.session_state[state.LABEL_COLUMN] is None
+    # 'none' is the value and what the selector shows (Streamlit shows the placeholder for None)
+    assert at.selectbox(key=state.LABEL_COLUMN).proto.placeholder == "none (unlabelled data)"
     run_prediction(at)
     goto(at, "4_Cells")
     assert "No label column is chosen" in text(at.info)
