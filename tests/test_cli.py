@@ -139,6 +139,13 @@ def test_predict_errors(capsys, dist_setup):
     assert not (tmp / "o.csv").exists()
 
 
+def test_models_refuses_a_missing_library_folder_and_stray_names(capsys, tmp_path):
+    code, _, err = _run(capsys, "models", "--library", tmp_path / "nowhere")
+    assert code == 2 and "No folder" in err
+    code, _, err = _run(capsys, "models", "list", "foo", "--library", tmp_path)
+    assert code == 2 and "models card NAME" in err
+
+
 def test_models_lists_library(capsys, dist_setup, monkeypatch):
     tmp, *_ = dist_setup
     lib = tmp / "lib"

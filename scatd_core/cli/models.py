@@ -62,7 +62,15 @@ def show(args) -> int:
     from scatd_core.bundle import list_library
     from scatd_core.config import model_library_dir
 
+    from scatd_core.errors import InputError
+
     root = Path(args.library) if args.library else model_library_dir()
+    if args.library and not root.is_dir():
+        raise InputError(f"No folder {root} (--library).", "Give the model library's folder, or leave out --library "
+                                                           "for the configured one.")
+    if args.names:
+        raise InputError(f"`scatd models list` takes no names (got {' '.join(args.names)}).",
+                         "Use `scatd models card NAME` for one model's card.")
     entries = list_library(root)
     if args.json:
         print(json.dumps([e.bundle.summary() if e.ok else {"path": str(e.path), "problem": e.problem}
