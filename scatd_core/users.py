@@ -10,6 +10,7 @@ managed with ``scatd users add/remove/list`` and read by the app's login. Only h
     hash = "$argon2id$v=19$m=65536,t=3,p=4$..."
     admin = true
     created = "2026-11-30T10:00:00+00:00"
+    updated = "2026-12-01T09:00:00+00:00"   # when the password or role last changed (absent until then)
 """
 
 from __future__ import annotations
@@ -79,21 +80,35 @@ def _save(users: dict[str, dict], path: Path) -> None:
             os.unlink(tmp)
 
 
-def add_user(name: str, password: str, *, admin: bool = False, path: Path | None = None,
-             replace: bool = False) -> User:
-    """Add (or with ``replace`` update) a user with an argon2 hash of ``password``."""
-    path = Path(path) if path else users_file()
+def check_name(name: str) -> None:
+    """Raise :class:`InputError` unless ``name`` is a valid user name."""
     if not NAME_PATTERN.match(name or ""):
         raise InputError(f"{name!r} is not a valid user name.", "Use 1-64 letters, digits, '.', '_', '-' or '@'.")
+
+
+def add_user(name: str, password: str, *, admin: bool | None = None, path: Path | None = None,
+             replace: bool = False) -> User:
+    """Add (or with ``replace`` update) a user with an argon2 hash of ``password``.
+
+    ``admin=None`` keeps an updated user's role (a new user is not an admin); an updated user keeps
+    the time it was created."""
+    path = Path(path) if path else users_file()
+    check_name(name)
     if len(password or "") < MIN_PASSWORD_LENGTH:
         raise InputError(f"The password is too short (at least {MIN_PASSWORD_LENGTH} characters).")
     users = load_users(path)
-    if name in users and not replace:
+    old = users.get(name)
+    if old is not None and not replace:
         raise InputError(f"User {name} already exists.", "Use --replace to set a new password.")
-    users[name] = {"hash": _hasher().hash(password), "admin": bool(admin),
-                   "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    old = old or {}
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    entry = {"hash": _hasher().hash(password), "admin": bool(old.get("admin") if admin is None else admin),
+             "created": old.get("created", now)}
+    if old:
+        entry["updated"] = now
+    users[name] = entry
     _save(users, path)
-    return User(name, bool(admin))
+    return User(name, entry["admin"])
 
 
 def remove_user(name: str, path: Path | None = None) -> None:

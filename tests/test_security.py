@@ -372,6 +372,35 @@ def test_users_command(tmp_path, monkeypatch, capsys):
     assert "There is no user nobody" in capsys.readouterr().err
 
 
+def test_users_add_replace_keeps_the_role_and_creation_time(tmp_path, monkeypatch, capsys):
+    """--replace sets a new password only: an admin stays admin and keeps its created time unless
+    --admin/--no-admin says otherwise; replacing a user that does not exist says it was added."""
+    import io
+
+    from scatd_core import users
+    from scatd_core.cli import main
+
+    path = tmp_path / "users.toml"
+    monkeypatch.setenv("SCATD_USERS_FILE", str(path))
+    users.add_user("boss", "first long password", admin=True)
+    entries = users.load_users()
+    entries["boss"]["created"] = "2020-01-01T00:00:00+00:00"
+    users._save(entries, path)
+
+    def add(*options, password="a new long password"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+        return main(["users", "add", *options, "--password-stdin"])
+
+    assert add("boss", "--replace") == 0
+    assert "Updated boss (admin)" in capsys.readouterr().out
+    assert users.verify("boss", "a new long password") == users.User("boss", True)
+    assert users.load_users()["boss"]["created"] == "2020-01-01T00:00:00+00:00"
+    assert add("boss", "--replace", "--no-admin") == 0
+    assert users.list_users() == [users.User("boss", False)]
+    assert add("zed", "--replace") == 0
+    assert "Added zed in" in capsys.readouterr().out
+
+
 def test_the_example_configuration_lists_every_key_and_reads_cleanly(tmp_path, monkeypatch):
     """deploy/config.example.toml names every setting (set or commented out), in its section, and
     the settings read from it have no problem."""

@@ -16,8 +16,13 @@ def add(sub) -> None:
     acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = acts.add_parser("add", help="add a user (asks for the password)")
     a.add_argument("name")
-    a.add_argument("--admin", action="store_true", help="may replace and delete shared models")
-    a.add_argument("--replace", action="store_true", help="set a new password for an existing user")
+    role = a.add_mutually_exclusive_group()
+    role.add_argument("--admin", dest="admin", action="store_const", const=True,
+                      help="may replace and delete shared models")
+    role.add_argument("--no-admin", dest="admin", action="store_const", const=False,
+                      help="with --replace: take the admin rights away")
+    a.add_argument("--replace", action="store_true",
+                   help="set a new password for an existing user (keeps the role unless --admin/--no-admin is given)")
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     r = acts.add_parser("remove", help="remove a user")
     r.add_argument("name")
@@ -39,8 +44,9 @@ def run(args) -> int:
 
     path = users.users_file()
     if args.action == "add":
+        existed = args.name in users.load_users(path)
         user = users.add_user(args.name, _password(args), admin=args.admin, replace=args.replace)
-        print(f"{'Updated' if args.replace else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}")
+        print(f"{'Updated' if existed else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}")
     elif args.action == "remove":
         users.remove_user(args.name)
         print(f"Removed {args.name} from {path}")
