@@ -401,6 +401,31 @@ def test_users_add_replace_keeps_the_role_and_creation_time(tmp_path, monkeypatc
     assert "Added zed in" in capsys.readouterr().out
 
 
+def test_users_add_without_a_password_is_an_error_not_a_crash(tmp_path, monkeypatch, capsys):
+    """End of input at the password prompt (`scatd users add carol </dev/null`) and an empty
+    --password-stdin exit 2 with a hint; a bad name is refused before the prompt."""
+    import io
+
+    from scatd_core.cli import main
+
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    prompts = []
+
+    def no_input(prompt=""):
+        prompts.append(prompt)
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", no_input)
+    assert main(["users", "add", "carol"]) == 2
+    assert "No password given" in capsys.readouterr().err
+    assert main(["users", "add", "../etc"]) == 2
+    assert "not a valid user name" in capsys.readouterr().err and len(prompts) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["users", "add", "carol", "--password-stdin"]) == 2
+    assert "No password given" in capsys.readouterr().err
+    assert not (tmp_path / "users.toml").exists()
+
+
 def test_the_example_configuration_lists_every_key_and_reads_cleanly(tmp_path, monkeypatch):
     """deploy/config.example.toml names every setting (set or commented out), in its section, and
     the settings read from it have no problem."""

@@ -32,11 +32,29 @@ def add(sub) -> None:
 
 def _password(args) -> str:
     if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass(f"Password for {args.name}: ")
-    if first != getpass.getpass("Again: "):
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise ScatdError("No password given: standard input was empty; nothing was changed.",
+                             "Pipe the password in, e.g. `printf '%s\\n' \"$PW\" | scatd users add NAME --password-stdin`.")
+        return password
+    try:
+        first = getpass.getpass(f"Password for {args.name}: ")
+        again = getpass.getpass("Again: ")
+    except EOFError:
+        raise ScatdError("No password given: the input ended before a password was typed; nothing was changed.",
+                         "Run it at a terminal, or pipe the password in with --password-stdin.") from None
+    if first != again:
         raise ScatdError("The two passwords differ; nothing was changed.")
     return first
+
+
+def _check_before_asking(args, users, path) -> bool:
+    """Whether the user exists; a bad name or an existing user without --replace fails before the prompt."""
+    users.check_name(args.name)
+    existed = args.name in users.load_users(path)
+    if existed and not args.replace:
+        raise ScatdError(f"User {args.name} already exists.", "Use --replace to set a new password.")
+    return existed
 
 
 def run(args) -> int:
@@ -44,7 +62,7 @@ def run(args) -> int:
 
     path = users.users_file()
     if args.action == "add":
-        existed = args.name in users.load_users(path)
+        existed = _check_before_asking(args, users, path)
         user = users.add_user(args.name, _password(args), admin=args.admin, replace=args.replace)
         print(f"{'Updated' if existed else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}")
     elif args.action == "remove":
