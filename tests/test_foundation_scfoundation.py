@@ -198,6 +198,54 @@ def test_shapes_that_contradict_the_config_are_caught(sf):
     assert p.problems[0].code == "bad_checkpoint" and "pos_emb.weight is (30, 16), expected (43, 16)" in p.problems[0].message
 
 
+def _malformed(change):
+    """A models.ckpt payload of one 'rde' entry, changed by ``change(config, state)``."""
+    cfg, state = H.sf_config(40), {f"model.{k}": v for k, v in H.sf_state(H.sf_genes(40)).items()}
+    encoder = cfg["model_config"]["mae_autobin"]["encoder"]
+    entry = {"config": cfg, "state_dict": state}
+    change(entry, cfg["model_config"]["mae_autobin"], encoder)
+    return {"rde": entry}
+
+
+MALFORMED = {
+    "state_dict is a number": (lambda e, m, enc: e.update(state_dict=5), "'state_dict' is a int"),
+    "state_dict is a list": (lambda e, m, enc: e.update(state_dict=[1, 2]), "'state_dict' is a list"),
+    "config is a string": (lambda e, m, enc: e.update(config="x"), "config is a str"),
+    "dataset_config is a list": (lambda e, m, enc: e["config"].update(dataset_config=[1]), "'dataset_config'"),
+    "rnaseq is a number": (lambda e, m, enc: e["config"].update(dataset_config={"rnaseq": 5}), "'dataset_config'"),
+    "no heads": (lambda e, m, enc: enc.update(heads=0), "heads is 0"),
+    "heads do not divide": (lambda e, m, enc: enc.update(heads=3), "not divisible"),
+    "negative width": (lambda e, m, enc: enc.update(hidden_dim=-4), "hidden_dim is -4"),
+    "huge width": (lambda e, m, enc: enc.update(hidden_dim=10 ** 12), "no encoder that can be built"),
+    "more layers than tensors": (lambda e, m, enc: enc.update(depth=10 ** 9), "holds 2"),
+    "infinite bins": (lambda e, m, enc: m.update(bin_num=float("inf")), "infinity"),
+    "integer tensors": (lambda e, m, enc: e.update(state_dict={k: v.long() for k, v in e["state_dict"].items()}),
+                        "not floating-point"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_checkpoints_are_checkpoint_errors_not_bugs(sf, tmp_path, capsys, case):
+    """convert-scfoundation on a file that is not laid out as scFoundation's says so (exit 2)."""
+    from scatd_core.cli import main
+
+    change, expected = MALFORMED[case]
+    torch.save(_malformed(change), tmp_path / "bad.ckpt")
+    assert main(["convert-scfoundation", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "unexpected" not in err and len(err.strip().splitlines()) == 2  # message + hint
+
+
+def test_a_mangled_converted_config_is_a_problem_of_the_probe(sf):
+    S.convert(sf / "models" / "models.ckpt")
+    config = sf / "models" / "scfoundation_rde.json"
+    record = json.loads(config.read_text())
+    record["config"]["hidden_dim"] = "wide"
+    config.write_text(json.dumps(record))
+    p = S.probe()
+    assert [x.code for x in p.problems] == ["bad_weights"] and "mangled config" in p.problems[0].message
+
+
 def test_gene_list_must_match_the_model(sf):
     H.write_sf_gene_list(sf / "OS_scRNA_gene_index.19264.tsv", H.sf_genes(39))
     assert [x.code for x in S.probe().problems] == ["gene_list_mismatch"]

@@ -135,14 +135,20 @@ def gene_list_sha256(genes: list[str]) -> str:
 def _merge_config(raw) -> dict:
     """The flat config of one ``models.ckpt`` entry, merged as the original ``convertconfig`` does."""
     if not isinstance(raw, Mapping):
-        raise CheckpointError(f"The checkpoint's config is a {type(raw).__name__}, not a dict.")
+        raise CheckpointError(f"The checkpoint's config is a {type(raw).__name__}, not a dict.",
+                              "Give the official models.ckpt.")
     if "model_config" in raw:
         model = raw.get("model")
         section = raw["model_config"].get(model) if isinstance(raw["model_config"], Mapping) else None
         if not isinstance(section, Mapping):
-            raise CheckpointError(f"The checkpoint's config has no model_config for its model {model!r}.")
-        merged = {**section, **(raw.get("dataset_config") or {}).get("rnaseq", {}), "model": model}
-        return merged
+            raise CheckpointError(f"The checkpoint's config has no model_config for its model {model!r}.",
+                                  "Give the official models.ckpt.")
+        dataset = raw.get("dataset_config") or {}
+        rnaseq = dataset.get("rnaseq") or {} if isinstance(dataset, Mapping) else None
+        if not isinstance(rnaseq, Mapping):
+            raise CheckpointError("The checkpoint's config has a 'dataset_config' that is not scFoundation's "
+                                  "(a dict with an 'rnaseq' dict).", "Give the official models.ckpt.")
+        return {**section, **rnaseq, "model": model}
     return dict(raw)
 
 
@@ -163,18 +169,44 @@ def _config_of(merged: dict, shapes: Mapping[str, tuple], where: str) -> ScFound
             heads=int(enc["heads"]), bin_num=int(merged["bin_num"]), bin_alpha=float(merged["bin_alpha"]),
             pad_token_id=int(merged["pad_token_id"]), mask_token_id=int(merged["mask_token_id"]),
             norm_first=bool(enc.get("norm_first", False)))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CheckpointError(f"{where}: the config lacks or mangles {exc}.", "Give the official models.ckpt.") from None
+    problem = _value_problem(cfg, shapes)
+    if problem:
+        raise CheckpointError(f"{where}: {problem}", "Give the official models.ckpt.")
     problems = shape_problems(cfg, shapes)
     if problems:
         raise CheckpointError(f"{where}: {problems[0]}", "The file does not match its own config; download it again.")
     return cfg
 
 
+def _value_problem(cfg: ScFoundationConfig, shapes: Mapping[str, tuple]) -> str | None:
+    """Config values no encoder can be built from (as a sentence), checked before building one:
+    sizes below 1, heads that do not divide the width, more layers than the file holds."""
+    small = [f"{k} is {getattr(cfg, k)}" for k in ("seq_len", "hidden_dim", "depth", "heads", "bin_num")
+             if getattr(cfg, k) < 1]
+    if small:
+        return f"the config's {', '.join(small)} (each must be at least 1)."
+    if cfg.hidden_dim % cfg.heads:
+        return f"the config's hidden_dim {cfg.hidden_dim} is not divisible by its {cfg.heads} heads."
+    if not math.isfinite(cfg.bin_alpha):
+        return f"the config's bin_alpha is {cfg.bin_alpha}."
+    layers = {k.split(".")[2] for k in shapes if k.startswith("encoder.transformer_encoder.")}
+    if cfg.depth > len(layers):
+        return f"the config says {cfg.depth} encoder layers but the file holds {len(layers)}."
+    return None
+
+
 def shape_problems(cfg: ScFoundationConfig, shapes: Mapping[str, tuple]) -> list[str]:
     """Missing tensors and wrong shapes of the cell-embedding path, as sentences (empty: all fine)."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in ScFoundationEncoder(cfg).state_dict().items()}
+    problem = _value_problem(cfg, shapes)
+    if problem:
+        return [problem]
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in ScFoundationEncoder(cfg).state_dict().items()}
+    except (RuntimeError, ValueError, AssertionError, OverflowError) as exc:  # sizes torch cannot allocate
+        return [f"the config describes no encoder that can be built ({exc})."]
     out = []
     missing = [k for k in expected if k not in shapes]
     if missing:
@@ -200,11 +232,24 @@ def read_checkpoint(path: str | Path, key: str = DEFAULT_KEY) -> tuple[ScFoundat
     entry = obj[key]
     if not isinstance(entry, Mapping) or "state_dict" not in entry or "config" not in entry:
         raise CheckpointError(f"{path.name}['{key}'] lacks 'config' or 'state_dict'.", "Give the official models.ckpt.")
-    state = {str(k).split("model.", 1)[1] if str(k).startswith("model.") else str(k): v
-             for k, v in entry["state_dict"].items() if isinstance(v, torch.Tensor)}
-    cfg = _config_of(_merge_config(entry["config"]), {k: tuple(v.shape) for k, v in state.items()},
-                     f"{path.name}['{key}']")
-    return cfg, {k: state[k] for k in encoder_state_keys(cfg)}
+    where = f"{path.name}['{key}']"
+    state = _tensors_of(entry["state_dict"], where)
+    cfg = _config_of(_merge_config(entry["config"]), {k: tuple(v.shape) for k, v in state.items()}, where)
+    encoder = {k: state[k] for k in encoder_state_keys(cfg)}
+    odd = [f"{k} is {v.dtype}" for k, v in encoder.items() if not v.is_floating_point()]
+    if odd:
+        raise CheckpointError(f"{where}: the encoder's weights are not floating-point tensors "
+                              f"({'; '.join(odd[:3])}).", "Give the official models.ckpt.")
+    return cfg, encoder
+
+
+def _tensors_of(state_dict, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's ``state_dict``, without the ``model.`` prefix."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{where}: 'state_dict' is a {type(state_dict).__name__}, not scFoundation's dict of "
+                              "tensor names to tensors.", "Give the official models.ckpt.")
+    return {str(k).split("model.", 1)[1] if str(k).startswith("model.") else str(k): v
+            for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
 
 
 def convert(checkpoint: str | Path, key: str = DEFAULT_KEY, out: str | Path | None = None,
@@ -262,6 +307,11 @@ def _read_converted_config(path: Path) -> dict:
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("config"), dict):
         raise CheckpointError(f"{path.name} is not a config written by `scatd convert-scfoundation`.",
                               "Run `scatd convert-scfoundation models.ckpt` again.")
+    try:
+        ScFoundationConfig.from_dict(record["config"])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{path.name} has a mangled config ({exc}).",
+                              "Run `scatd convert-scfoundation models.ckpt` again.") from None
     return record
 
 
