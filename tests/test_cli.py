@@ -245,3 +245,26 @@ def test_models_card_prints_the_baselines_and_refuses_a_model_without_one(capsys
     assert code != 0 and "has no model card" in err and "Traceback" not in err
     code, _, err = _run(capsys, "models", "card", "nothing_here")
     assert code != 0 and "No model 'nothing_here'" in err
+
+
+def test_a_mistyped_sample_column_is_refused_before_predicting(capsys, dist_setup, monkeypatch):
+    """--sample-column naming no obs column exits 2 listing the columns, as --label-column does
+    (predict, a panel, report), before anything is computed."""
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    obs = pd.DataFrame({"sample": ["A"] * 15}, index=cells)
+    ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells.h5ad")
+
+    def no_computing(*a, **k):
+        raise AssertionError("computed before checking the columns")
+
+    monkeypatch.setattr("scatd_core.predict.predict", no_computing)
+    monkeypatch.setattr("scatd_core.panel.predict_panel", no_computing)
+    data = ["--input", tmp / "cells.h5ad", "--sample-column", "sampel"]
+    for argv in (["predict", "--model", tmp / "bundle", "--output", tmp / "o.csv"],
+                 ["predict", "--model", tmp / "bundle", "--model", tmp / "bundle", "--output", tmp / "o.csv"],
+                 ["report", "--model", tmp / "bundle", "--out", tmp / "rep", "--no-umap"]):
+        code, _, err = _run(capsys, *argv, *data)
+        assert code == 2 and "no column 'sampel' for --sample-column" in err and "Its columns: sample" in err
+    assert not (tmp / "o.csv").exists() and not (tmp / "rep").exists()

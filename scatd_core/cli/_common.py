@@ -134,6 +134,16 @@ def add_label_arguments(p: argparse.ArgumentParser) -> None:
                         "like resistant/sensitive; SCAD's 'response' is 1 = sensitive, so give 0)")
 
 
+def check_columns(adata, args) -> None:
+    """``--label-column`` and ``--sample-column`` name columns of the data's obs (checked before
+    anything is computed, so a typo is not silently ignored)."""
+    for option in ("label_column", "sample_column"):
+        column = getattr(args, option, None)
+        if column and column not in adata.obs:
+            raise ScatdError(f"The data has no column {column!r} for --{option.replace('_', '-')}.",
+                             f"Its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
+
+
 def apply_label_direction(adata, args) -> str | None:
     """Record ``--label-resistant`` for ``--label-column`` (or check the words say it); the column."""
     from scatd_core.labels import label_direction, set_label_direction
@@ -141,9 +151,7 @@ def apply_label_direction(adata, args) -> str | None:
     column = getattr(args, "label_column", None)
     if not column:
         return None
-    if column not in adata.obs:
-        raise ScatdError(f"The data has no column {column!r} for --label-column.",
-                         f"Its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
+    check_columns(adata, args)
     resistant = args.label_resistant if args.label_resistant is not None else label_direction(adata, column)
     if resistant is None:
         from scatd_core.labels import label_counts

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
-                                    apply_label_direction, positive_int, prepare_embeddings, probability, read_input,
+                                    apply_label_direction, check_columns, positive_int, prepare_embeddings, probability, read_input,
                                     resolve_bundle, say)
 
 
@@ -165,6 +165,7 @@ def run(args) -> int:
 
     bundle = resolve_bundle(args.model[0], args.library)
     adata = read_input(args, backed=True if args.engine == "ray" else "auto")
+    check_columns(adata, args)
     prepare_embeddings(adata, bundle, args)  # on Ray too with --engine ray
     label_column = apply_label_direction(adata, args)
     run_ = predict_from_args(adata, bundle, args)
@@ -200,6 +201,7 @@ def run_panel(args, bundles) -> int:
         raise ScatdError("--engine ray scores one model at a time; a panel runs in this process.",
                          "Leave out --engine ray, or run one `scatd predict --engine ray --model X` per drug.")
     adata = read_input(args)
+    check_columns(adata, args)
     for bundle in bundles:  # VAE_sf/VAE_gf on expression: embeddings once per backbone (cached in the data)
         try:
             prepare_embeddings(adata, bundle, args)

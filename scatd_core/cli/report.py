@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, apply_label_direction, \
-    prepare_embeddings, read_input, resolve_bundle, say
+    check_columns, prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.cli.explain import add_explain_arguments, explain_from_args, gene_level
 from scatd_core.cli.predict import add_engine_arguments, add_prediction_arguments, predict_from_args
 from scatd_core.errors import ScatdError
@@ -81,6 +81,7 @@ def run(args) -> int:
     bundle = resolve_bundle(args.model)
     on_ray = args.engine == "ray"
     adata = read_input(args, backed=True if on_ray else "auto")
+    check_columns(adata, args)
     if on_ray and args.explain and gene_level(adata, bundle, args.level):
         raise ScatdError("Gene-level biomarkers through a foundation model do not run on Ray.",
                          "Use --level features (the embedding features), or leave out --engine ray.")
