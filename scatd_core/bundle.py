@@ -315,6 +315,21 @@ def load_bundle(path: str | Path) -> Bundle:
     return bundle
 
 
+def check_label_mapping(mapping: Any) -> dict[str, int]:
+    """A two-class model's label mapping: exactly ``resistant`` and ``sensitive``, mapped to the
+    class indices 0 and 1, one each (the reported probability is the ``resistant`` class's)."""
+    hint = 'Give the class index of each, e.g. {"sensitive": 0, "resistant": 1} (or the reverse).'
+    shown = json.dumps(mapping) if isinstance(mapping, dict) else repr(mapping)
+    if not isinstance(mapping, Mapping) or set(mapping) != {"resistant", "sensitive"}:
+        raise InputError(f"The label mapping {shown} must name exactly the classes 'resistant' and 'sensitive'.",
+                         hint)
+    values = [mapping["sensitive"], mapping["resistant"]]
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values) or sorted(values) != [0, 1]:
+        raise InputError(f"The label mapping {shown} must map 'resistant' and 'sensitive' to the class indices "
+                         "0 and 1, one each.", hint)
+    return {"sensitive": int(values[0]), "resistant": int(values[1])}
+
+
 def save_bundle(
     out: str | Path,
     state_dict: Mapping[str, torch.Tensor],
@@ -348,7 +363,9 @@ def save_bundle(
     if beta_mode not in BETA_MODES:
         raise BundleError(f"Unknown Swish mode {beta_mode!r}; use one of {', '.join(BETA_MODES)}.")
     label_mapping = dict(label_mapping or DEFAULT_LABEL_MAPPING)
-    if arch.class_num is not None and sorted(label_mapping.values()) != list(range(arch.class_num)):
+    if arch.class_num == 2:
+        label_mapping = check_label_mapping(label_mapping)
+    elif arch.class_num is not None and sorted(label_mapping.values()) != list(range(arch.class_num)):
         raise BundleError(f"The label mapping {label_mapping} does not give one name to each of the model's "
                           f"{arch.class_num} classes (0..{arch.class_num - 1}).")
     kind = arch.kind
@@ -567,6 +584,8 @@ def import_checkpoint(
     """
     if backbone not in BACKBONES:
         raise CheckpointError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
+    if label_mapping is not None:
+        check_label_mapping(label_mapping)  # before reading the checkpoint
     pth = Path(pth)
     state = load_checkpoint(pth, source_name)
     arch = infer_architecture(state, backbone)

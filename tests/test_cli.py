@@ -268,3 +268,33 @@ def test_a_mistyped_sample_column_is_refused_before_predicting(capsys, dist_setu
         code, _, err = _run(capsys, *argv, *data)
         assert code == 2 and "no column 'sampel' for --sample-column" in err and "Its columns: sample" in err
     assert not (tmp / "o.csv").exists() and not (tmp / "rep").exists()
+
+
+@pytest.mark.parametrize("mapping,match", [
+    ('{"a": 0, "b": 1}', "must name exactly the classes 'resistant' and 'sensitive'"),
+    ('{"resistant": 1, "sensitive": 0, "other": 2}', "must name exactly"),
+    ('{"resistant": 1, "sensitive": 1}', "to the class indices 0 and 1, one each"),
+    ('{"resistant": 2, "sensitive": 0}', "0 and 1, one each"),
+    ('{"resistant": true, "sensitive": 0}', "0 and 1, one each"),
+    ('{"resistant": 0.7, "sensitive": 0}', "0 and 1, one each"),
+    ('["resistant", "sensitive"]', "not a JSON object"),
+])
+def test_a_label_mapping_must_name_resistant_and_sensitive(capsys, dist_setup, mapping, match):
+    """--label-mapping with other class names, repeated or other indices is refused (exit 2),
+    instead of reporting some other class as prob_resistant."""
+    tmp, *_ = dist_setup
+    code, _, err = _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+                        "--genes", tmp / "genes.tsv", "--out", tmp / "bundle", "--label-mapping", mapping)
+    assert code == 2 and match in err and not (tmp / "bundle").exists()
+
+
+def test_a_reversed_label_mapping_is_accepted(capsys, dist_setup):
+    from scatd_core.bundle import load_bundle
+
+    tmp, *_ = dist_setup
+    code, _, err = _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+                        "--genes", tmp / "genes.tsv", "--out", tmp / "bundle",
+                        "--label-mapping", '{"resistant": 0, "sensitive": 1}')
+    assert code == 0, err
+    bundle = load_bundle(tmp / "bundle")
+    assert bundle.positive_index == 0 and bundle.positive_label == "resistant"

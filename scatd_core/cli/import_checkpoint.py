@@ -21,7 +21,8 @@ def add(sub) -> None:
     p.add_argument("--input-transform", default="none", choices=["none", "log1p_cp10k"],
                    help="transform applied to expression before the model (default: none, as the original "
                         "inference script)")
-    p.add_argument("--label-mapping", help='JSON, default {"sensitive": 0, "resistant": 1}')
+    p.add_argument("--label-mapping", help='class index of "resistant" and of "sensitive" (0 and 1, one each) as '
+                                           'JSON; default {"sensitive": 0, "resistant": 1}')
     p.add_argument("--threshold", type=probability, help="decision threshold on P(resistant) "
                                                          "(default: 0.05 Dist_VAE, 0.5 VAE_sf/VAE_gf)")
     p.add_argument("--beta-mode", choices=BETA_MODES,
@@ -33,16 +34,17 @@ def add(sub) -> None:
 
 
 def _mapping(text: str | None) -> dict | None:
+    """The JSON of --label-mapping (its names and indices are checked by the import)."""
     if not text:
         return None
     try:
         mapping = json.loads(text)
-        if not isinstance(mapping, dict):
-            raise ValueError
-        return {str(k): int(v) for k, v in mapping.items()}
-    except (ValueError, TypeError):
+    except ValueError:
+        mapping = None
+    if not isinstance(mapping, dict):
         raise ScatdError(f"--label-mapping is not a JSON object of names to 0/1: {text}",
-                         'Example: --label-mapping \'{"sensitive": 0, "resistant": 1}\'') from None
+                         'Example: --label-mapping \'{"sensitive": 0, "resistant": 1}\'')
+    return mapping
 
 
 def run(args) -> int:
