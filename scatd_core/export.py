@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 
 from scatd_core import __version__, _keys, pl
 from scatd_core._keys import result_keys
+from scatd_core._output import REPORT_FILES, writing
 from scatd_core.embed import fit_note
 from scatd_core.errors import InputError
 from scatd_core.metrics import evaluate_column, group_table
@@ -468,21 +469,28 @@ def write_report(adata: ad.AnnData, folder: str | Path, *, label_column: str | N
                  group_columns: Sequence[str] = (), data_name: str | None = None,
                  key_added: str | None = None) -> dict[str, Path]:
     """Write ``predictions.csv``, ``metrics.csv``, ``biomarkers.csv`` (when explained),
-    ``annotated.h5ad`` and ``report.html`` into ``folder``. Returns the paths by name."""
+    ``annotated.h5ad`` and ``report.html`` into ``folder``. Returns the paths by name; an OS
+    error while writing is a :class:`~scatd_core.errors.ScatdError` naming the folder."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        return _write_report_files(adata, folder, label_column, group_columns, data_name, key_added)
+
+
+def _write_report_files(adata, folder: Path, label_column, group_columns, data_name, key_added) -> dict[str, Path]:
+    predictions, metrics, biomarkers, h5ad, report = (folder / name for name in REPORT_FILES)
     extra = [c for c in (label_column, *group_columns) if c]
-    paths = {"predictions": folder / "predictions.csv", "metrics": folder / "metrics.csv"}
-    paths["predictions"].write_bytes(to_csv_bytes(predictions_table(adata, extra, key_added=key_added)))
-    paths["metrics"].write_bytes(to_csv_bytes(metrics_table(adata, label_column, group_columns, key_added=key_added)))
+    paths = {"predictions": predictions, "metrics": metrics}
+    predictions.write_bytes(to_csv_bytes(predictions_table(adata, extra, key_added=key_added)))
+    metrics.write_bytes(to_csv_bytes(metrics_table(adata, label_column, group_columns, key_added=key_added)))
     ranking = biomarkers_table(adata)
     if ranking is not None:
-        paths["biomarkers"] = folder / "biomarkers.csv"
-        paths["biomarkers"].write_bytes(to_csv_bytes(ranking))
-    paths["h5ad"] = write_h5ad(adata, folder / "annotated.h5ad")
-    paths["html"] = folder / "report.html"
-    paths["html"].write_text(html_report(adata, label_column=label_column, group_columns=group_columns,
-                                         data_name=data_name, key_added=key_added), encoding="utf-8")
+        paths["biomarkers"] = biomarkers
+        biomarkers.write_bytes(to_csv_bytes(ranking))
+    paths["h5ad"] = write_h5ad(adata, h5ad)
+    paths["html"] = report
+    report.write_text(html_report(adata, label_column=label_column, group_columns=group_columns,
+                                  data_name=data_name, key_added=key_added), encoding="utf-8")
     return paths
 
 

@@ -298,3 +298,80 @@ def test_a_reversed_label_mapping_is_accepted(capsys, dist_setup):
     assert code == 0, err
     bundle = load_bundle(tmp / "bundle")
     assert bundle.positive_index == 0 and bundle.positive_label == "resistant"
+
+
+@pytest.fixture
+def cells_and_bundle(capsys, dist_setup):
+    """The small Dist_VAE bundle and an h5ad of 15 cells for it."""
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    ad.AnnData(x, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells.h5ad")
+    return tmp
+
+
+def test_outputs_that_would_overwrite_the_input_or_cannot_be_written_are_refused_first(
+        capsys, cells_and_bundle, monkeypatch):
+    """Output == input, an output that is a folder, a report --out that is a file, two options on
+    one file, and a folder where nothing can be created: exit 2 before anything is computed."""
+    tmp = cells_and_bundle
+    before = (tmp / "cells.h5ad").read_bytes()
+    (tmp / "folder").mkdir()
+    (tmp / "table.csv").write_text("x\n")
+
+    def no_computing(*a, **k):
+        raise AssertionError("computed before checking the outputs")
+
+    monkeypatch.setattr("scatd_core.predict.predict", no_computing)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    cases = [
+        (["predict", *data, "--output", tmp / "cells.h5ad"], "would overwrite the input file"),
+        (["predict", *data, "--output", tmp / "o.csv", "--h5ad", tmp / "folder" / ".." / "cells.h5ad"],
+         "--h5ad"),
+        (["predict", *data, "--output", tmp / "folder"], "is a folder, not a file"),
+        (["predict", *data, "--output", tmp / "table.csv" / "o.csv"], "is a file, not a folder"),
+        (["predict", *data, "--output", tmp / "o.csv", "--h5ad", tmp / "o.csv"], "name the same file"),
+        (["report", *data, "--out", tmp / "table.csv", "--no-umap"], "is an existing file"),
+        (["report", *data, "--out", tmp / "cells.h5ad", "--no-umap"], "would overwrite the input file"),
+        (["explain", *data, "--output", tmp / "cells.h5ad"], "would overwrite the input file"),
+        (["explain", *data, "--output", tmp / "folder"], "is a folder, not a file"),
+        (["explain", *data, "--output", tmp / "b.csv", "--per-cell-top", "5", tmp / "cells.h5ad"],
+         "--per-cell-top"),
+    ]
+    for argv, match in cases:
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and match in err and "unexpected" not in err, (argv, err)
+    (tmp / "rep").mkdir()
+    (tmp / "cells.h5ad").rename(tmp / "rep" / "annotated.h5ad")
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "rep" / "annotated.h5ad",
+                        "--out", tmp / "rep")
+    assert code == 2 and "would overwrite the input file" in err
+    assert (tmp / "rep" / "annotated.h5ad").read_bytes() == before
+
+    def read_only(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "rep" / "annotated.h5ad",
+                        "--output", tmp / "new" / "o.csv")
+    assert code == 2 and "cannot be written" in err and "Permission denied" in err
+
+
+def test_an_os_error_while_writing_the_results_is_an_error_not_a_bug(capsys, cells_and_bundle, monkeypatch):
+    """A disk that fills up (or any OSError) while the outputs are written: exit 2 naming the path
+    and the reason, for predict and for the report folder."""
+    import errno
+    from pathlib import Path
+
+    tmp = cells_and_bundle
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
+                        "--output", tmp / "o.csv")
+    assert code == 2 and f"Cannot write {tmp / 'o.csv'}: No space left on device" in err
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
+                        "--out", tmp / "rep", "--no-umap")
+    assert code == 2 and f"Cannot write {tmp / 'rep'}: No space left on device" in err

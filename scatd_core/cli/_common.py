@@ -6,7 +6,9 @@ Nothing here imports torch or the science stack, so ``scatd --help`` stays insta
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from scatd_core.errors import ScatdError
@@ -90,6 +92,64 @@ def resolve_bundle(name_or_path: str, library: str | None = None):
     raise ScatdError(f"No model bundle at {name_or_path!r}.",
                      f"Installed in {root}: {', '.join(names) if names else 'none'}. "
                      "Import one with `scatd import-checkpoint`, or train one with `scatd train`.")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def _check_writable(folder: Path, option: str, path) -> None:
+    """The nearest existing folder of ``folder`` takes a new file (a real try: permissions,
+    read-only and special file systems all show)."""
+    existing = folder.expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ScatdError(f"{option} {path}: {existing} is a file, not a folder.", "Give a path inside a folder.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".scatd-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ScatdError(f"{option} {path} cannot be written: nothing can be created in {existing} "
+                         f"({exc.strerror or exc}).", "Give a path in a folder you can write to.") from None
+
+
+def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] | None = None) -> Path:
+    """Refuse an output that would overwrite an input file or cannot be written, before anything
+    is computed. ``folder_files``: the output is a folder these files are written into."""
+    out = Path(path)
+    targets = [out / name for name in folder_files] if folder_files is not None else [out]
+    for source in (Path(p) for p in inputs if p):
+        if _same_file(source, out) or any(_same_file(source, t) for t in targets):
+            raise ScatdError(f"{option} {path} would overwrite the input file {source}.",
+                             "Name another output, so your data stays as it is.")
+    if folder_files is not None and out.exists() and not out.is_dir():
+        raise ScatdError(f"{option} {path} is an existing file; {option} names the folder to write the files into.",
+                         "Give a new or existing folder.")
+    for target in targets:
+        if target.is_dir():
+            raise ScatdError(f"{option}: {target} is a folder, not a file.", "Give a file name.")
+    _check_writable(out if folder_files is not None else out.parent, option, path)
+    return out
+
+
+def check_outputs(args, outputs: dict[str, object]) -> None:
+    """:func:`check_output` for each ``{option: path}`` given (files, not folders), against
+    ``--input`` and ``--biomart``; two options may not name the same file."""
+    inputs = [getattr(args, "input", None), getattr(args, "biomart", None)]
+    given = {option: Path(path) for option, path in outputs.items() if path}
+    for option, path in given.items():
+        check_output(path, option, inputs=inputs)
+    options = list(given)
+    for i, first in enumerate(options):
+        for second in options[i + 1:]:
+            if _same_file(given[first], given[second]):
+                raise ScatdError(f"{first} and {second} name the same file {given[first]}.",
+                                 "Give each output its own file name.")
 
 
 def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several: bool = False) -> None:

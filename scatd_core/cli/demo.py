@@ -6,7 +6,10 @@ import argparse
 import shutil
 from pathlib import Path
 
-from scatd_core.cli._common import Progress, say
+from scatd_core.cli._common import Progress, check_output, say
+
+#: What ``--panel`` adds to the report folder.
+PANEL_FILES = ("panel.csv", "panel_summary.csv", "panel_report.html")
 
 
 def add(sub) -> None:
@@ -27,8 +30,10 @@ def run(args) -> int:
     from scatd_core import demo, io
     from scatd_core.cli.report import report_pipeline
     from scatd_core.demo.simulate import RESISTANCE_PROGRAM
+    from scatd_core._output import REPORT_FILES
     from scatd_core.metrics import evaluate_column
 
+    check_output(args.out, "--out", folder_files=REPORT_FILES + (PANEL_FILES if args.panel else ()))
     if args.rebuild and demo.bundle_path(args.library).exists():
         shutil.rmtree(demo.bundle_path(args.library))
     path, bundle = demo.ensure(library=args.library, progress=Progress("Building the demo"))
@@ -75,5 +80,5 @@ def demo_panel(adata, args) -> None:
     for rec in panel.drug_ranking(adata).itertuples(index=False):
         print(f"{rec.rank}. {rec.drug}: {rec.fraction_resistant:.1%} of the cells called resistant "
               f"(mean P {rec.mean_prob_resistant:.3f})")
-    for name in ("panel.csv", "panel_summary.csv", "panel_report.html"):
+    for name in PANEL_FILES:
         print(f"{name}: {out / name}")

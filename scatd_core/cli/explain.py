@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, positive_int, \
-    prepare_embeddings, read_input, resolve_bundle, say
+from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, check_outputs, \
+    positive_int, prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.errors import ScatdError
 
 
@@ -143,11 +143,13 @@ def _per_cell_arg(values) -> tuple[int, Path] | None:
 
 
 def run(args) -> int:
+    from scatd_core._output import writing
     from scatd_core.export import to_csv_bytes
     from scatd_core.inputs import ModelInput
     from scatd_core.predict import predict
 
     per_cell = _per_cell_arg(args.per_cell_top)
+    check_outputs(args, {"--output": args.output, "--per-cell-top": per_cell[1] if per_cell else None})
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ScatdError(f"--threshold must be between 0 and 1, got {args.threshold}.")
     bundle = resolve_bundle(args.model)
@@ -169,13 +171,16 @@ def run(args) -> int:
                 progress=Progress("Predicting"))
     result = explain_from_args(adata, bundle, args, inputs=inputs, keep_top=per_cell[0] if per_cell else None)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(to_csv_bytes(result.ranking))
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(to_csv_bytes(result.ranking))
     say(f"Wrote {out}")
     if per_cell:
         k, path = per_cell
-        path.parent.mkdir(parents=True, exist_ok=True)
-        result.per_cell(k).to_csv(path)
+        table = result.per_cell(k)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(path)
         say(f"Wrote per-cell attributions of the top {min(k, len(result.features))} to {path}")
     return 0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scatd_core.cli._common import say
+from scatd_core.cli._common import check_output, say
 
 
 def add(sub) -> None:
@@ -20,11 +20,14 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
+    from scatd_core._output import writing
     from scatd_core.labels import labels_from_ic50, write_label_table
 
+    check_output(args.out, "--out", inputs=[args.ic50, args.thresholds, args.drug_list])
     table = labels_from_ic50(args.ic50, args.thresholds, args.drug_list, drugs=args.drugs)
     rep = table.attrs["report"]
-    write_label_table(table, args.out)
+    with writing(args.out):
+        write_label_table(table, args.out)
     for drug, info in list(rep["thresholds"].items())[:20]:
         col = table[drug]
         say(f"{drug} (GDSC:{info['gdsc_id']}): threshold {info['threshold']:g} "

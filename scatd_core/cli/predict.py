@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
-                                    apply_label_direction, check_columns, positive_int, prepare_embeddings, probability, read_input,
+                                    apply_label_direction, check_columns, check_outputs, positive_int, prepare_embeddings, probability, read_input,
                                     resolve_bundle, say)
 
 
@@ -157,9 +157,12 @@ def panel_bundles(args) -> list:
 
 
 def run(args) -> int:
+    check_outputs(args, {"--output": args.output, "--h5ad": args.h5ad, "--group-summary": args.group_summary,
+                         "--html": args.html})
     bundles = panel_bundles(args)
     if bundles:
         return run_panel(args, bundles)
+    from scatd_core._output import writing
     from scatd_core.export import predictions_table, to_csv_bytes, write_h5ad
     from scatd_core.predict import lowered_batch_message, summary
 
@@ -171,8 +174,9 @@ def run(args) -> int:
     run_ = predict_from_args(adata, bundle, args)
     table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c])
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(to_csv_bytes(table))
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(to_csv_bytes(table))
     counts = summary(adata)
     info = adata.uns["scatd"]
     say(f"Scored {info['n_scored']:,} of {info['n_cells']:,} cells on {info['params']['device']}: "
@@ -180,12 +184,13 @@ def run(args) -> int:
     if lowered_batch_message(counts):
         say("note: " + lowered_batch_message(counts))
     if args.h5ad:
-        if run_ is not None:
-            from scatd_core import scaleout
+        with writing(args.h5ad):
+            if run_ is not None:
+                from scatd_core import scaleout
 
-            scaleout.write_h5ad(run_, args.h5ad)
-        else:
-            write_h5ad(adata, args.h5ad)
+                scaleout.write_h5ad(run_, args.h5ad)
+            else:
+                write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")
     return 0
 
@@ -193,6 +198,7 @@ def run(args) -> int:
 def run_panel(args, bundles) -> int:
     """Score every model of the panel; one column set per drug in the table and the h5ad."""
     from scatd_core import export, panel
+    from scatd_core._output import writing
     from scatd_core.predict import set_threshold
 
     from scatd_core.errors import ScatdError
@@ -222,8 +228,9 @@ def run_panel(args, bundles) -> int:
     panel.refresh(adata)
     extra = [c for c in (label_column, args.sample_column) if c]
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(export.to_csv_bytes(panel.panel_table(adata, extra)))
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(export.to_csv_bytes(panel.panel_table(adata, extra)))
     ranking = panel.drug_ranking(adata)
     for rec in ranking.itertuples(index=False):
         frac = "n/a" if rec.fraction_resistant != rec.fraction_resistant else f"{rec.fraction_resistant:.1%}"
@@ -232,16 +239,19 @@ def run_panel(args, bundles) -> int:
     n_all = int(adata.obs["scatd_panel_resistant_to_all"].sum())
     say(f"{n_all:,} cell(s) are called resistant to every scored drug. Wrote {out}")
     if args.group_summary:
-        export.write_panel_summary(adata, args.group_summary, [c for c in (args.sample_column,) if c])
+        with writing(args.group_summary):
+            export.write_panel_summary(adata, args.group_summary, [c for c in (args.sample_column,) if c])
         say(f"Wrote {args.group_summary}")
     if args.html:
-        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.html).write_text(export.panel_html_report(
-            adata, group_columns=[c for c in (args.sample_column,) if c], data_name=Path(args.input).name),
-            encoding="utf-8")
+        page = export.panel_html_report(adata, group_columns=[c for c in (args.sample_column,) if c],
+                                        data_name=Path(args.input).name)
+        with writing(args.html):
+            Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.html).write_text(page, encoding="utf-8")
         say(f"Wrote {args.html}")
     if args.h5ad:
-        export.write_h5ad(adata, args.h5ad)
+        with writing(args.h5ad):
+            export.write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, apply_label_direction, \
-    check_columns, prepare_embeddings, read_input, resolve_bundle, say
+    check_columns, check_output, prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.cli.explain import add_explain_arguments, explain_from_args, gene_level
 from scatd_core.cli.predict import add_engine_arguments, add_prediction_arguments, predict_from_args
 from scatd_core.errors import ScatdError
@@ -78,6 +78,9 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
 
 
 def run(args) -> int:
+    from scatd_core._output import REPORT_FILES
+
+    check_output(args.out, "--out", inputs=[args.input, args.biomart], folder_files=REPORT_FILES)
     bundle = resolve_bundle(args.model)
     on_ray = args.engine == "ray"
     adata = read_input(args, backed=True if on_ray else "auto")
