@@ -265,15 +265,16 @@ def label_direction(adata, column: str) -> str | None:
     return guess_label_direction(adata.obs[column]) if column in adata.obs else None
 
 
-def encode_column(adata, column: str, resistant=None) -> np.ndarray:
-    """:func:`encode_labels` of ``adata.obs[column]`` with its recorded direction (or ``resistant``)."""
+def encode_column(adata, column: str, resistant=None, *, option: str = "--label-resistant") -> np.ndarray:
+    """:func:`encode_labels` of ``adata.obs[column]`` with its recorded direction (or ``resistant``);
+    ``option``: the caller's command-line option that gives the direction, for the hint."""
     if column not in adata.obs:
         raise InputError(f"The data has no column '{column}'.", "Choose the label column again.")
     resistant = resistant if resistant is not None else label_direction(adata, column)
     if resistant is None:
         values = ", ".join(map(str, label_counts(adata.obs[column]).index[:5]))
         raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",
-                         "Say which value means resistant (Data page, or --label-resistant on the command line).")
+                         f"Say which value means resistant (Data page, or {option} on the command line).")
     return encode_labels(adata.obs[column], resistant)
 
 

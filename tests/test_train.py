@@ -334,6 +334,9 @@ def test_clear_errors(tmp_path):
         train_drug_model(bulk, labels, "OTHER", target, settings=TINY, out=tmp_path / "x")
     with pytest.raises(InputError, match="no obs column"):
         _train(tmp_path, bulk, labels, target, target_label_column="nope")
+    with pytest.raises(InputError, match="Which value of 'response' means resistant") as caught:
+        _train(tmp_path, bulk, labels, target, target_label_column="response")
+    assert "--target-resistant-value" in caught.value.hint and "--label-resistant" not in caught.value.hint
     with pytest.raises(InputError, match="folds"):
         _train(tmp_path, bulk, labels, target, folds=1)
 

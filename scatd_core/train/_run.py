@@ -167,7 +167,7 @@ def _target_truth(target_ad, column, resistant, data: TrainingData) -> np.ndarra
     if column not in target_ad.obs:
         raise InputError(f"The target has no obs column {column!r}.",
                          f"Its columns: {', '.join(map(str, target_ad.obs.columns)) or 'none'}.")
-    return encode_column(target_ad, column, resistant)[data.target_rows]
+    return encode_column(target_ad, column, resistant, option="--target-resistant-value")[data.target_rows]
 
 
 # --------------------------------------------------------------------------- the card
