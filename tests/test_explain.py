@@ -203,6 +203,15 @@ def test_baselines(small_bundles, baseline):
     assert baseline in e.info["statement"] or e.info["baseline_title"] in e.info["statement"]
 
 
+def test_the_note_on_embedding_features_names_the_real_option(small_bundles):
+    """The note for VAE_sf/VAE_gf rankings points to `--level genes` (there is no --gene-level)."""
+    bundle, _sd, enc, _z, _extra = small_bundles["vae_sf"]
+    adata = ad.AnnData(np.abs(np.random.default_rng(6).normal(size=(20, enc[0]))).astype(np.float32))
+    predict(adata, bundle)
+    notes = " ".join(explain(adata, bundle, n_steps=4, keep_top=None, differential_expression=False).info["notes"])
+    assert "`scatd explain --level genes`" in notes and "--gene-level" not in notes
+
+
 def test_zero_input_difference_gives_zero_attribution(small_bundles):
     bundle, _sd, enc, _z, genes = small_bundles["dist_vae"]
     rng = np.random.default_rng(5)

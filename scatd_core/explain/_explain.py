@@ -548,8 +548,9 @@ def explain(
     base_vec, reference_cells = baseline_vector(inputs, baseline, n_reference_cells, seed)
     if bundle.input_kind == "embedding":
         notes.append(f"{bundle.backbone} attributions are per embedding feature ({names[0]} ... {names[-1]}): "
-                     "for gene-level biomarkers through the foundation model use scatd_core.foundation.explain_genes "
-                     "(`scatd explain --gene-level`).")
+                     "for gene-level biomarkers through the foundation model, explain the expression matrix the "
+                     "embeddings are computed from with `scatd explain --level genes` "
+                     "(scatd_core.foundation.explain_genes).")
     attributor = Attributor(model, target, bundle.positive_index, base_vec, n_steps, internal_batch_size, dev,
                             factorise=factorise)
     say(0.02, f"integrated gradients on {rows.size:,} cells")
