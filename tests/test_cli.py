@@ -375,3 +375,12 @@ def test_an_os_error_while_writing_the_results_is_an_error_not_a_bug(capsys, cel
     code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
                         "--out", tmp / "rep", "--no-umap")
     assert code == 2 and f"Cannot write {tmp / 'rep'}: No space left on device" in err
+
+
+@pytest.mark.parametrize("option", ["--max-cells", "--steps"])
+def test_explain_counts_below_two_are_refused_by_the_option(capsys, option):
+    """`scatd explain --max-cells 1` is refused while parsing, naming the option (not max_cells)."""
+    with pytest.raises(SystemExit) as caught:
+        main(["explain", "--model", "m", "--input", "x.h5ad", "--output", "b.csv", option, "1"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and f"argument {option}: must be at least 2, got 1" in err

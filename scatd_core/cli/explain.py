@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, check_outputs, \
-    positive_int, prepare_embeddings, read_input, resolve_bundle, say
+from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, at_least_two, \
+    check_outputs, positive_int, prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.errors import ScatdError
 
 
@@ -29,11 +29,11 @@ def add(sub) -> None:
 def add_explain_arguments(p) -> None:
     p.add_argument("--baseline", default="mean", choices=BASELINES,
                    help="IG baseline: dataset mean (default), zero, mean of random cells, or a mix")
-    p.add_argument("--steps", type=int, default=50, help="integration steps (default 50)")
+    p.add_argument("--steps", type=at_least_two, default=50, help="integration steps (default 50; at least 2)")
     p.add_argument("--target", default="logit", choices=TARGETS,
                    help="logit P(resistant) (default), the raw resistant logit (as the original), or P(resistant)")
-    p.add_argument("--max-cells", type=positive_int, help="explain a subsample of at most N cells, stratified by "
-                                                          "predicted label (default: all scored cells)")
+    p.add_argument("--max-cells", type=at_least_two, help="explain a subsample of at most N cells (at least 2), "
+                                                          "stratified by predicted label (default: all scored cells)")
     p.add_argument("--keep-top", type=positive_int, default=100,
                    help="genes whose per-cell attributions are kept in the h5ad (default 100)")
     p.add_argument("--explain-seed", type=int, default=0, help="seed of the subsample and random baselines")

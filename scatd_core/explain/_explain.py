@@ -135,7 +135,8 @@ def _check(adata: ad.AnnData, bundle, keys, baseline: str, target: str, n_steps:
     if int(n_steps) < 2:
         raise InputError("Integrated gradients need at least 2 steps.", "Use n_steps 50 or more.")
     if max_cells is not None and int(max_cells) < 2:
-        raise InputError("max_cells must be at least 2.")
+        raise InputError(f"max_cells must be at least 2, got {max_cells}.",
+                         "Explain 2 cells or more (--max-cells on the command line).")
     if n_reference < 1:
         raise InputError("n_reference_cells must be at least 1.")
     if keys.prob not in adata.obs or keys.label not in adata.obs or keys.run not in adata.uns:
