@@ -250,7 +250,7 @@ def test_models_card_prints_the_baselines_and_refuses_a_model_without_one(capsys
 def test_a_mistyped_sample_column_is_refused_before_predicting(capsys, dist_setup, monkeypatch):
     """--sample-column naming no obs column exits 2 listing the columns, as --label-column does
     (predict, a panel, report), before anything is computed."""
-    tmp, sd, enc, z, genes, x, cells = dist_setup
+    tmp, _sd, _enc, _z, genes, x, cells = dist_setup
     _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
          "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
     obs = pd.DataFrame({"sample": ["A"] * 15}, index=cells)
@@ -303,7 +303,7 @@ def test_a_reversed_label_mapping_is_accepted(capsys, dist_setup):
 @pytest.fixture
 def cells_and_bundle(capsys, dist_setup):
     """The small Dist_VAE bundle and an h5ad of 15 cells for it."""
-    tmp, sd, enc, z, genes, x, cells = dist_setup
+    tmp, _sd, _enc, _z, genes, x, cells = dist_setup
     _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
          "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
     ad.AnnData(x, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells.h5ad")

@@ -28,9 +28,9 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from scatd_core import demo, io
+    from scatd_core._output import REPORT_FILES
     from scatd_core.cli.report import report_pipeline
     from scatd_core.demo.simulate import RESISTANCE_PROGRAM
-    from scatd_core._output import REPORT_FILES
     from scatd_core.metrics import evaluate_column
 
     check_output(args.out, "--out", folder_files=REPORT_FILES + (PANEL_FILES if args.panel else ()))
