@@ -228,6 +228,16 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     again = pd.read_csv(tmp_path / "summary.csv")
     assert list(again["status"]) == ["resumed", "skipped", "resumed"]
     assert list(again["bundle"].fillna("")) == list(first["bundle"].fillna(""))
+    # a label table made again with a drug less: the trained drug on the same labels is kept, not trained again
+    labels.drop(columns=["DEMOPLATIN"]).to_csv(tmp_path / "labels.csv")
+    assert main(args[:args.index("--drugs")] + ["--drugs", "demotinib"] + args[args.index("--drugs") + 2:-2]) == 0
+    fewer = pd.read_csv(tmp_path / "summary.csv")
+    assert list(fewer["status"]) == ["resumed"] and fewer.loc[0, "bundle"] == first.loc[0, "bundle"]
+    # changed labels for a drug: trained again
+    labels.loc[labels.index[:4], "DEMOTINIB"] = "sensitive"
+    labels.to_csv(tmp_path / "labels.csv")
+    assert main(args[:args.index("--drugs")] + ["--drugs", "demotinib"] + args[args.index("--drugs") + 2:-2]) == 0
+    assert list(pd.read_csv(tmp_path / "summary.csv")["status"]) == ["trained"]
     assert main(args[:-8] + ["--drugs", "NOTADRUG"]) == 2
     assert "NOTADRUG" in capsys.readouterr().err
 

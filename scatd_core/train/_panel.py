@@ -3,9 +3,10 @@
 A lab builds its own starter panel from a bulk screen (GDSC/CCLE-like expression and labels)
 and the single cells it wants to score: every chosen drug is trained with
 :func:`~scatd_core.train.train_drug_model` and installed in the library. The run is
-**resumable**: each finished drug is recorded in a state file named by a fingerprint of the
-inputs and settings, so running the same command again skips the drugs already trained (as long
-as their bundles are still installed) and goes on with the others. Drugs with too few sensitive
+**resumable**: each finished drug is recorded, with a fingerprint of its labels, in a state file
+named by a fingerprint of the other inputs and settings, so running the command again (also with
+other drugs chosen, or a label table made again with other drugs) skips the drugs already trained
+on the same labels (as long as their bundles are still installed) and goes on with the others. Drugs with too few sensitive
 (or resistant) labelled cell lines are skipped with the reason, never trained on noise.
 """
 
@@ -38,14 +39,21 @@ SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "
                    "cv_best_baseline_auroc", "verdict", "target_auroc", "n_panel_genes", "seconds", "bundle", "note")
 
 
-def _fingerprint(bulk_prov: dict, labels: pd.DataFrame, target_prov: dict, backbone: str, settings: TrainSettings,
-                 adaptation: bool) -> str:
+def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: TrainSettings, adaptation: bool) -> str:
+    """The state file's name: the inputs and settings every drug shares. Each drug's own labels are
+    checked per drug (:func:`_labels_sha256`), so a label table with other drugs added or removed
+    (e.g. made again for another --drugs) keeps the drugs already trained."""
     h = hashlib.sha256()
-    for part in (bulk_prov.get("sha256"), _frame_sha256(labels), target_prov.get("sha256"), backbone,
+    for part in (bulk_prov.get("sha256"), target_prov.get("sha256"), backbone,
                  json.dumps(asdict(settings), sort_keys=True, default=str), str(bool(adaptation))):
         h.update(str(part).encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
+
+
+def _labels_sha256(labels: pd.DataFrame, drug: str) -> str:
+    """The labels a drug's model is trained on: its column of the table, by cell line."""
+    return _frame_sha256(labels[[drug]])
 
 
 def state_path(fingerprint: str) -> Path:
@@ -157,7 +165,7 @@ def train_panel(
     chosen = choose_drugs(table, drugs)
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk")
     target_ad, target_prov = read_if_path(target, "target")
-    state_file = state_path(_fingerprint(bulk_prov, table, target_prov, backbone, s, adaptation))
+    state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation))
     state = _read_state(state_file) if resume else {}
     bulk_ids = set(map(str, bulk_ad.obs_names))
     rows, bundles = [], []
@@ -168,7 +176,7 @@ def train_panel(
         if say is not None:
             say(0.0, "starting")
         done = state.get(drug)
-        if done and done.get("status") == "trained":
+        if done and done.get("status") == "trained" and done.get("labels_sha256") == _labels_sha256(table, drug):
             try:
                 bundle = load_bundle(done["path"])
             except ScatdError:
@@ -196,7 +204,7 @@ def train_panel(
         rows.append(_card_row(drug, "trained", bundle, report, n_sens, n_res, time.perf_counter() - t0,
                               "; ".join(report.get("warnings", []))))
         bundles.append(bundle)
-        state[drug] = {"status": "trained", "path": str(bundle.path),
+        state[drug] = {"status": "trained", "path": str(bundle.path), "labels_sha256": _labels_sha256(table, drug),
                        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         _write_state(state_file, state)
     if progress is not None:
