@@ -172,7 +172,12 @@ def test_cli_predict_with_several_models_writes_one_column_set_per_drug(lib_env,
     assert set(s["grouping"]) == {"all", "sample"}
     html = rep.read_text()
     assert "Drug ranking" in html and "DRUGD" in html and "https://" not in html.split("</script>")[-1]
-    assert "DRUGD: Genes: 1,200 of 1,200" in err
+    assert "DRUGD: Genes: 1,200 of 1,200" in err and "resistant to every scored drug" in err
+    # the panel's own outputs with one model: said at once, not silently left out
+    code = main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--output",
+                 str(tmp_path / "one.csv"), "--group-summary", str(tmp_path / "one_summary.csv")])
+    assert code == 2 and "--group-summary is for a panel" in capsys.readouterr().err
+    assert not (tmp_path / "one.csv").exists()
 
 
 def test_cli_panel_save_then_predict_with_it_and_errors(lib_env, tmp_path, capsys):

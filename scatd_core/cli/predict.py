@@ -162,6 +162,13 @@ def run(args) -> int:
     bundles = panel_bundles(args)
     if bundles:
         return run_panel(args, bundles)
+    from scatd_core.errors import ScatdError
+
+    panel_only = [flag for flag, value in (("--group-summary", args.group_summary), ("--html", args.html)) if value]
+    if panel_only:
+        raise ScatdError(f"{' and '.join(panel_only)} {'are' if len(panel_only) > 1 else 'is'} for a panel of "
+                         "models (several --model); this run has one.",
+                         "For one model's report (per-sample fractions, figures), use `scatd report --out DIR`.")
     from scatd_core._output import writing
     from scatd_core.export import predictions_table, to_csv_bytes, write_h5ad
     from scatd_core.predict import lowered_batch_message, summary
@@ -236,8 +243,10 @@ def run_panel(args, bundles) -> int:
         frac = "n/a" if rec.fraction_resistant != rec.fraction_resistant else f"{rec.fraction_resistant:.1%}"
         say(f"  {rec.rank}. {rec.drug}: {frac} of {rec.n_called:,} cells called resistant, mean P "
             f"{rec.mean_prob_resistant:.3f}" + ("" if rec.calibrated else " (uncalibrated)"))
-    n_all = int(adata.obs["scatd_panel_resistant_to_all"].sum())
-    say(f"{n_all:,} cell(s) are called resistant to every scored drug. Wrote {out}")
+    if sum(m.scored for m in members) >= 2:
+        n_all = int(adata.obs["scatd_panel_resistant_to_all"].sum())
+        say(f"{n_all:,} cell(s) are called resistant to every scored drug.")
+    say(f"Wrote {out}")
     if args.group_summary:
         with writing(args.group_summary):
             export.write_panel_summary(adata, args.group_summary, [c for c in (args.sample_column,) if c])
