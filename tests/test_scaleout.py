@@ -382,3 +382,17 @@ def test_an_ensembles_member_spread_comes_back_from_ray(local_ray, tmp_path):
     for col in ("scatd_prob_resistant", "scatd_prob_resistant_sd"):
         np.testing.assert_allclose(run.adata.obs[col], one.obs[col], rtol=0, atol=1e-6)
     assert list(run.adata.obs["scatd_label"]) == list(one.obs["scatd_label"])
+
+
+def test_a_ray_prediction_drops_what_an_earlier_one_left(local_ray, small_bundles, tmp_path):
+    """As predict does: an annotated h5ad predicted again on Ray keeps no earlier UMAP or biomarkers."""
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
+    annotated = ad.read_h5ad(path)
+    annotated.obsm["X_umap"] = np.zeros((annotated.n_obs, 2), dtype=np.float32)
+    annotated.uns["scatd_biomarkers"] = {"info": {"threshold": 0.5}}
+    annotated.write_h5ad(tmp_path / "annotated.h5ad")
+    run = scaleout.predict_ray(io.read(tmp_path / "annotated.h5ad", backed=True), bundle, tmp_path / "out.csv",
+                               batch_size=BATCH, shard_cells=2 * BATCH, workers=1)
+    assert "X_umap" not in run.adata.obsm and "scatd_biomarkers" not in run.adata.uns
+    assert run.adata.obs["scatd_scored"].any()

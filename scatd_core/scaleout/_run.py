@@ -409,10 +409,11 @@ def _statistics(ray, job: Job, store: ShardStore, shards, n_workers, progress, s
 
 def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, load_latent: bool, address) -> None:
     """Write the shards' results into ``run.adata`` as :func:`~scatd_core.predict.predict` does."""
-    from scatd_core.predict import _warnings, set_threshold
+    from scatd_core.predict import _warnings, clear, set_threshold
 
     adata, n = run.adata, run.adata.n_obs
     keys = result_keys()
+    clear(adata)  # as predict: what an earlier prediction left does not describe this one
     prob, scored = np.full(n, np.nan), np.zeros(n, dtype=bool)
     sd = latent = None
     usable, non_finite, reasons, record, lowered = 0, 0, np.zeros(len(REASON_ORDER), dtype=np.int64), None, []
