@@ -441,6 +441,12 @@ def test_a_table_without_row_names_keeps_its_first_gene(tmp_path, suffix, sep):
         assert list(data.var_names) == genes and list(data.obs_names[:2]) == ["row_1", "row_2"]
         np.testing.assert_allclose(dense(data), table.to_numpy(), rtol=1e-6, atol=1e-6)
         assert any("no column of row names" in w and "'GENE0'" in w for w in data.uns["scatd_input"]["warnings"])
+    # lines longer than the reader's 1 MiB pieces keep one row name each
+    wide = pd.DataFrame(rng.random((3, 60_000)) * 1e3, columns=[f"G{i}" for i in range(60_000)])
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    data = io.read(tmp_path / "wide.csv")
+    assert list(data.obs_names) == ["row_1", "row_2", "row_3"]
+    np.testing.assert_allclose(dense(data), wide.to_numpy(), rtol=1e-6)
     # a label column first (repeated values) is cell information, not names
     labelled = counts.copy()
     labelled.insert(0, "response", ["resistant", "sensitive"] * 20)

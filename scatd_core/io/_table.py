@@ -76,25 +76,27 @@ def _first_column_is_data(first_header: str, first_fields: list[str]) -> bool:
 
 class _Numbered(io.RawIOBase):
     """A binary table stream whose data lines start with a row name (``ROW_NAME``) and the
-    separator: the header passes unchanged, blank lines stay blank."""
+    separator: the header passes unchanged, blank lines stay blank. Read in pieces of at most
+    1 MiB, so a long line is never held whole here."""
 
     def __init__(self, raw, sep: str):
         self.raw, self.sep = raw, (b" " if sep == r"\s+" else sep.encode())
-        self.pending, self.row, self.header_done = b"", 0, False
+        self.pending, self.row, self.lines, self.at_start = b"", 0, 0, True
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         while not self.pending:
-            line = self.raw.readline()
-            if not line:
+            piece = self.raw.readline(1 << 20)
+            if not piece:
                 return 0
-            if self.header_done and line.strip():
+            if self.at_start and self.lines and piece.strip():  # a data line begins
                 self.row += 1
-                line = ROW_NAME.format(self.row).encode() + self.sep + line
-            self.header_done = True
-            self.pending = line
+                piece = ROW_NAME.format(self.row).encode() + self.sep + piece
+            self.at_start = piece.endswith(b"\n")
+            self.lines += self.at_start
+            self.pending = piece
         n = min(len(buffer), len(self.pending))
         buffer[:n] = self.pending[:n]
         self.pending = self.pending[n:]
