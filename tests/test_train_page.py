@@ -23,13 +23,8 @@ def _page() -> AppTest:
     return at
 
 
-def test_empty_state_asks_for_data():
-    at = _page().run()
-    assert not at.exception
-    assert any("Give the bulk data" in i.value for i in at.info)
-
-
-def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
+def _page_with_training_data() -> AppTest:
+    """The Train page with synthetic() bulk data and labels, its cells as the current dataset."""
     bulk, labels, target = synthetic()
     at = _page()
     at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
@@ -37,6 +32,17 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     at.session_state[S.ADATA] = target
     at.session_state[S.DATA_NAME] = "tumour.h5ad"
     at.session_state[S.LABEL_COLUMN] = "response"
+    return at
+
+
+def test_empty_state_asks_for_data():
+    at = _page().run()
+    assert not at.exception
+    assert any("Give the bulk data" in i.value for i in at.info)
+
+
+def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
+    at = _page_with_training_data()
     at.run()
     assert not at.exception, at.exception
     assert at.selectbox(key="train_drug").options == ["DRUGA", "OTHER"]
@@ -180,12 +186,7 @@ def test_kept_widget_values_log_no_duplicated_default_warning(monkeypatch):
     logged = []
     monkeypatch.setattr(policies, "_shown_default_value_warning", False)
     monkeypatch.setattr(policies._LOGGER, "warning", lambda message, *args, **kw: logged.append(message % args))
-    bulk, labels, target = synthetic()
-    at = _page()
-    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
-    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
-    at.session_state[S.ADATA] = target
-    at.session_state[S.LABEL_COLUMN] = "response"
+    at = _page_with_training_data()
     at.run()
     at.run()
     assert not at.exception, at.exception
