@@ -150,7 +150,7 @@ if expl is None:
 info = expl.info
 stale = ex.out_of_date(adata)
 if stale:
-    st.warning(ui.md(stale) + " Press **Compute gene ranking** to update them.", icon=":material/update:")
+    st.warning(ui.md(stale), icon=":material/update:")  # the button above computes them again
 elif ss.get(state.BIOMARKERS) != token:
     st.info("The results below are for earlier settings or another threshold (the predicted groups depend on it); "
             "press **Compute gene ranking** to update them.")
