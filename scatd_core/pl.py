@@ -243,6 +243,15 @@ def _log_ticks(values: np.ndarray) -> dict:
     return {"tickvals": ticks, "ticktext": [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]} if ticks else {}
 
 
+def _count_axis(values: np.ndarray, title: str, signed_title: str) -> dict:
+    """A log axis when every value is positive; linear otherwise, so that no cell is left off the plot
+    (z-scored data sum to negative values, empty cells to 0, and a log axis drops both)."""
+    v = values[np.isfinite(values)]
+    if v.size and (v > 0).all():
+        return dict(title=title, type="log", **_log_ticks(v))
+    return dict(title=signed_title if v.size and (v < 0).any() else title, type="linear")
+
+
 def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: str | None = None) -> go.Figure:
     """Total counts vs genes detected, coloured by mitochondrial share, filtered cells marked."""
     x = metrics["total_counts"].to_numpy(dtype=np.float64)
@@ -251,16 +260,17 @@ def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: s
     Trace = _scatter_trace(x.size)
     keep = np.ones(x.size, dtype=bool) if passed is None else np.asarray(passed, dtype=bool)
     has_mt = mt is not None and np.isfinite(mt).any()
+    sums = "sum %{x:,.2f}" if (x[np.isfinite(x)] < 0).any() else "counts %{x:,.0f}"
     marker = dict(size=4, color=mt[keep] if has_mt else "#4c72b0", colorscale="Viridis",
                   colorbar=dict(title=dict(text="% mito", side="top"), thickness=12) if has_mt else None)
     fig = go.Figure(Trace(x=x[keep], y=y[keep], mode="markers", marker=marker, name="kept",
-                          hovertemplate="counts %{x:,.0f}, genes %{y:,}<extra></extra>"))
+                          hovertemplate=sums + ", genes %{y:,}<extra></extra>"))
     if (~keep).any():
         fig.add_trace(Trace(x=x[~keep], y=y[~keep], mode="markers", name=f"filtered ({int((~keep).sum()):,})",
                             marker=dict(size=5, color=COLORS["resistant"], symbol="x"),
-                            hovertemplate="filtered: counts %{x:,.0f}, genes %{y:,}<extra></extra>"))
-    fig.update_xaxes(title="total counts", type="log", **_log_ticks(x))
-    fig.update_yaxes(title="genes detected", type="log", **_log_ticks(y))
+                            hovertemplate="filtered: " + sums + ", genes %{y:,}<extra></extra>"))
+    fig.update_xaxes(**_count_axis(x, "total counts", "sum of values"))
+    fig.update_yaxes(**_count_axis(y, "genes detected", "genes detected"))
     fig.update_layout(legend=dict(orientation="h", y=1.08))
     return layout(fig, title, height=380)
 

@@ -182,3 +182,22 @@ def test_apply_qc_filter_marks_and_never_drops(counts):
     assert adata.uns["scatd_qc"]["n_fail"] == int((~mask).sum()) > 0
     suggested = preprocess.suggest_qc_thresholds(metrics)
     assert preprocess.apply_qc_filter(adata, suggested).sum() >= 0.9 * adata.n_obs
+
+
+def test_qc_scatter_keeps_cells_a_log_axis_would_drop():
+    """z-scored data sum to negative values and empty cells to 0: the scatter is linear then."""
+    from scatd_core import pl
+
+    rng = np.random.default_rng(0)
+    z = ad.AnnData(rng.normal(size=(40, 30)).astype(np.float32))
+    z.var_names = [f"G{i}" for i in range(30)]
+    fig = pl.qc_scatter(preprocess.qc_metrics(z))
+    assert fig.layout.xaxis.type == "linear" and fig.layout.xaxis.title.text == "sum of values"
+    assert (np.asarray(fig.data[0].x) < 0).any()   # the cells whose values sum below 0 are drawn
+
+    counts = ad.AnnData(rng.poisson(2, size=(40, 30)).astype(np.float32))
+    counts.var_names = z.var_names
+    fig = pl.qc_scatter(preprocess.qc_metrics(counts))
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.title.text == "total counts"
+    counts.X[0] = 0                                 # one empty cell: on a log axis it would vanish
+    assert pl.qc_scatter(preprocess.qc_metrics(counts)).layout.xaxis.type == "linear"
