@@ -264,6 +264,14 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
     min_lines = p1.number_input("Skip drugs with fewer labelled cell lines per class than", min_value=2,
                                 max_value=200, value=10, key="train_panel_min_lines")
     panel_name = p2.text_input("Save them as your panel named (optional)", key="train_panel_name", max_chars=64)
+    label_drug = None
+    if label_column is not None and resistant_value is not None and panel_drugs:
+        label_drug = st.selectbox(f"The cells' true labels ('{ui.md(label_column)}') are for", [None] + panel_drugs,
+                                  index=panel_drugs.index(drug) + 1 if drug in panel_drugs else 0,
+                                  format_func=ui.detached(lambda d: "none of these drugs" if d is None else d),
+                                  key="train_panel_label_drug", placeholder="none of these drugs",
+                                  help="That drug's model is evaluated on them (its target AUROC in the summary); "
+                                       "they are never used for training.")
     if st.button("Train the panel", key="btn_train_panel", disabled=not panel_drugs):
         from scatd_core.panel import save_panel
         from scatd_core.train import train_panel
@@ -277,6 +285,8 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     bulk["adata"], table, panel_drugs, target,
                     settings=replace(settings, seed=int(seed), folds=int(folds)),
                     adaptation=adaptation, min_lines_per_class=int(min_lines), trained_by=user_name,
+                    target_labels={label_drug: label_column} if label_drug is not None else None,
+                    target_resistant_value=resistant_value if label_drug is not None else None,
                     progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
                     should_stop=lambda: bool(ss.get(STOP)))
             if panel_name.strip() and len(trained) >= 2:

@@ -216,22 +216,33 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
             "--pretrain-epochs", "2", "--epochs", "3", "--finetune-epochs", "1", "--folds", "2", "--threads", "1",
             "--summary", str(tmp_path / "summary.csv"), "--save-panel", "starter"]
     threads = __import__("torch").get_num_threads()
-    assert main(args) == 0, capsys.readouterr().err
+    # true labels of the target cells for one drug: checked before any training, then its target AUROC
+    for bad, said in ((["--target-labels", "demotinib"], "not DRUG=COLUMN"),
+                      (["--target-labels", "demotinib=nope"], "no column 'nope'"),
+                      (["--target-labels", "OTHERDRUG=response"], "not in the label table"),
+                      (["--target-labels", "DEMOLIMUS=response"], "not one of the drugs to train")):
+        labels.assign(DEMOLIMUS=labels["DEMOTINIB"]).to_csv(tmp_path / "labels.csv")
+        assert main(args + bad) == 2 and said in capsys.readouterr().err, bad
+    labels.to_csv(tmp_path / "labels.csv")
+    assert main(args + ["--target-labels", "demotinib=response"]) == 0, capsys.readouterr().err
     assert __import__("torch").get_num_threads() == threads  # --threads is the training's, not the process's
     first = pd.read_csv(tmp_path / "summary.csv")
     assert list(first["drug"]) == ["DEMOTINIB", "RARE", "DEMOPLATIN"]
     assert list(first["status"]) == ["trained", "skipped", "trained"]
     assert "3 sensitive" in first.loc[1, "note"]
     assert first.loc[0, "cv_auroc"] > 0 and first.loc[0, "n_sensitive"] > 5
+    assert 0.5 < first.loc[0, "target_auroc"] <= 1 and first["target_auroc"].iloc[1:].isna().all()
     # each drug's model card in brief: its best baseline on the same bulk CV, and the card's verdict on it
     assert first.loc[0, "cv_best_baseline"].startswith(("logistic regression", "gradient boosting"))
     assert 0 < first.loc[0, "cv_best_baseline_auroc"] <= 1
     assert first.loc[0, "cv_best_baseline"].split(" (")[0] in first.loc[0, "verdict"].lower()
     assert list(panel.list_panels(__import__("getpass").getuser())["starter"]["models"]) == list(
         first.loc[[0, 2], "bundle"])
-    assert main(args) == 0
+    assert main(args + ["--target-labels", "demoplatin=response"]) == 0
     again = pd.read_csv(tmp_path / "summary.csv")
     assert list(again["status"]) == ["resumed", "skipped", "resumed"]
+    assert "not evaluated on 'response' (that run had no target labels" in again.loc[2, "note"]
+    assert again.loc[0, "target_auroc"] == first.loc[0, "target_auroc"]  # from its card
     assert list(again["bundle"].fillna("")) == list(first["bundle"].fillna(""))
     # a label table made again with a drug less: the trained drug on the same labels is kept, not trained again
     labels.drop(columns=["DEMOPLATIN"]).to_csv(tmp_path / "labels.csv")

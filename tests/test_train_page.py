@@ -152,12 +152,15 @@ def test_train_a_panel_of_drugs_saves_it_for_the_user():
     at.session_state[S.ADATA] = target
     at.session_state[S.DATA_NAME] = "tumour.h5ad"
     at.run()
-    at.selectbox(key="train_label_column").set_value(None)
+    at.selectbox(key="train_label_column").set_value("response").run()
+    at.radio(key="train_resistant_response").set_value("0")  # synthetic() codes 1 = sensitive, as SCAD
     for key, value in (("train_folds", 2), ("train_pretrain_epochs", 2), ("train_members", 2),
                        ("train_panel_min_lines", 2)):
         at.number_input(key=key).set_value(value)
     at.multiselect(key="train_panel_drugs").set_value(["DRUGA", "OTHER", "ALLSENSITIVE"])
     at.text_input(key="train_panel_name").input("my two").run()  # the button is enabled once drugs are chosen
+    # the cells' true labels evaluate the drug chosen above (DRUGA) unless another is chosen
+    assert at.selectbox(key="train_panel_label_drug").value == "DRUGA"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -170,6 +173,7 @@ def test_train_a_panel_of_drugs_saves_it_for_the_user():
     assert list(summary["drug"]) == ["DRUGA", "OTHER", "ALLSENSITIVE"]
     assert list(summary["status"]) == ["trained", "trained", "skipped"]
     assert "0 resistant" in summary["note"].iloc[2]
+    assert 0 <= summary["target_auroc"].iloc[0] <= 1 and summary["target_auroc"].iloc[1:].isna().all()
     trained = list(summary["bundle"].iloc[:2])
     entries = {e.path.name: e for e in list_library() if e.ok}
     assert sorted(entries) == sorted(trained)

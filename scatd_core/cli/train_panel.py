@@ -33,6 +33,12 @@ def add(sub) -> None:
     p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 200)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 20)")
     p.add_argument("--folds", type=positive_int, help="stratified CV folds on the bulk (default 5)")
+    p.add_argument("--target-labels", action="append", metavar="DRUG=COLUMN",
+                   help="true labels of the target cells for one drug's model (an obs column), for its evaluation only "
+                        "(the summary's target AUROC); repeat for more drugs")
+    p.add_argument("--target-resistant-value",
+                   help="the value of the --target-labels columns meaning resistant, unless the values are words like "
+                        "resistant/sensitive (SCAD's 'response' is 1 = sensitive, so give 0)")
     p.add_argument("--no-resume", action="store_true", help="train every drug again, even those already trained")
     p.add_argument("--save-panel", help="also save the trained models as your panel of this name")
     p.add_argument("--summary", help="write the summary table (CSV) here")
@@ -55,6 +61,17 @@ def _labels(args):
     return args.bulk_labels
 
 
+def _target_labels(pairs) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        drug, sep, column = pair.partition("=")
+        if not sep or not drug.strip() or not column.strip():
+            raise ScatdError(f"--target-labels {pair!r} is not DRUG=COLUMN.",
+                             "e.g. --target-labels Gefitinib=response (a drug of --drugs, a column of the target).")
+        out[drug.strip()] = column.strip()
+    return out
+
+
 def run(args) -> int:
     from dataclasses import replace
 
@@ -73,7 +90,8 @@ def run(args) -> int:
     summary, bundles = train_panel(
         args.bulk, _labels(args), args.drugs, args.target, backbone=args.backbone, settings=settings,
         min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),
-        resume=not args.no_resume, progress=Progress("Training the panel"))
+        resume=not args.no_resume, target_labels=_target_labels(args.target_labels),
+        target_resistant_value=args.target_resistant_value, progress=Progress("Training the panel"))
     print("drug\tstatus\tsensitive\tresistant\tCV AUROC\tbest baseline (CV AUROC)\ttarget AUROC\tbundle\tnote")
     for r in summary.itertuples(index=False):
         baseline = f"{r.cv_best_baseline} ({fmt(r.cv_best_baseline_auroc)})" if r.cv_best_baseline else "-"

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -28,7 +28,7 @@ from scatd_core._progress import step
 from scatd_core.bundle import load_bundle
 from scatd_core.config import scatd_home
 from scatd_core.errors import Cancelled, InputError, ScatdError
-from scatd_core.labels import drug_labels, match_drug, read_label_table
+from scatd_core.labels import drug_labels, encode_column, match_drug, read_label_table
 from scatd_core.train._data import _frame_sha256, read_if_path
 from scatd_core.train._settings import TrainSettings
 
@@ -119,6 +119,25 @@ def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, 
             "bundle": bundle.path.name if bundle is not None else "", "note": note}
 
 
+def _target_label_columns(target_labels: Mapping[str, str] | None, table: pd.DataFrame, chosen: list[str],
+                          target_ad, resistant=None) -> dict[str, str]:
+    """``{drug column of the label table: obs column of the target}``, checked before any training."""
+    out: dict[str, str] = {}
+    names = [str(c) for c in table.columns]
+    for drug, column in (target_labels or {}).items():
+        matched = match_drug(str(drug), names)
+        if matched not in chosen:
+            raise InputError(f"Target labels were given for {drug!r}, which is not one of the drugs to train "
+                             f"({', '.join(chosen)}).", "Name a drug of --drugs, or add it there.")
+        if column not in target_ad.obs.columns:
+            cols = ", ".join(map(str, target_ad.obs.columns)) or "none"
+            raise InputError(f"The target has no column {column!r} for {matched}'s labels; its columns: {cols}.",
+                             "Name a column of the target's cell annotations.")
+        encode_column(target_ad, column, resistant, option="--target-resistant-value")  # its direction is known
+        out[matched] = column
+    return out
+
+
 def train_panel(
     bulk, labels, drugs: str | Sequence[str], target, *,
     backbone: str = "dist_vae",
@@ -129,6 +148,8 @@ def train_panel(
     library: str | Path | None = None,
     trained_by: str | None = None,
     resume: bool = True,
+    target_labels: Mapping[str, str] | None = None,
+    target_resistant_value=None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[pd.DataFrame, list]:
@@ -149,6 +170,11 @@ def train_panel(
         Drugs with fewer labelled bulk lines in either class are skipped (reported).
     resume
         Skip drugs a previous run with the same inputs and settings already trained.
+    target_labels
+        ``{drug: obs column of the target}``: true labels of the target cells for that drug's model,
+        for its evaluation only (its ``target_auroc``), as ``target_label_column`` of
+        :func:`~scatd_core.train.train_drug_model`; ``target_resistant_value`` says which value means
+        resistant when the values are not words like resistant/sensitive (one for every column).
 
     Returns
     -------
@@ -165,6 +191,7 @@ def train_panel(
     chosen = choose_drugs(table, drugs)
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk")
     target_ad, target_prov = read_if_path(target, "target")
+    evaluate = _target_label_columns(target_labels, table, chosen, target_ad, target_resistant_value)
     state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation))
     state = _read_state(state_file) if resume else {}
     bulk_ids = set(map(str, bulk_ad.obs_names))
@@ -182,8 +209,13 @@ def train_panel(
             except ScatdError:
                 bundle = None
             if bundle is not None:
-                rows.append(_card_row(drug, "resumed", bundle, None, n_sens, n_res, 0.0,
-                                      f"trained by an earlier run on {done.get('at', '?')}"))
+                note = f"trained by an earlier run on {done.get('at', '?')}"
+                evaluated = ((bundle.manifest.get("metrics") or {}).get("target") or {}).get("label_column")
+                if drug in evaluate and evaluated != evaluate[drug]:
+                    note += (f"; not evaluated on '{evaluate[drug]}' (that run had "
+                             f"{'no target labels' if evaluated is None else repr(evaluated)}: train it again "
+                             "without resuming to evaluate it)")
+                rows.append(_card_row(drug, "resumed", bundle, None, n_sens, n_res, 0.0, note))
                 bundles.append(bundle)
                 continue
         if min(n_sens, n_res) < min_lines_per_class:
@@ -195,7 +227,8 @@ def train_panel(
             bundle, report = train_drug_model(
                 bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, seed=s.seed, folds=s.folds, adaptation=adaptation, device=device,
                 library=library, name=f"{drug} ({backbone}, panel)", trained_by=trained_by, progress=say,
-                should_stop=should_stop)
+                should_stop=should_stop, target_label_column=evaluate.get(drug),
+                target_resistant_value=target_resistant_value if drug in evaluate else None)
         except Cancelled:
             raise
         except InputError as exc:
