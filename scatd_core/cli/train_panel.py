@@ -78,6 +78,9 @@ def run(args) -> int:
     from scatd_core.cli.predict import os_user
     from scatd_core.train import TrainSettings, train_panel
 
+    if args.target_resistant_value is not None and not args.target_labels:
+        raise ScatdError("--target-resistant-value is for the --target-labels columns, and none was given.",
+                         "Add --target-labels DRUG=COLUMN, or leave --target-resistant-value out.")
     settings = TrainSettings(seed=args.seed)
     for key in ("epochs", "pretrain_epochs", "finetune_epochs", "folds"):
         value = getattr(args, key)
