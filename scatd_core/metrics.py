@@ -285,15 +285,24 @@ def fraction_threshold(prob, fraction: float) -> float:
     """The threshold that calls (about) ``fraction`` of the scored cells resistant.
 
     For an expected resistant share known from elsewhere (a bulk assay, a pathologist): cells
-    are called resistant when P(resistant) is above the ``1 - fraction`` quantile.
+    are called resistant when P(resistant) is above the threshold. Of the shares a threshold can
+    give (cells with equal P are called together), the one closest to ``fraction`` (on a tie, the
+    larger: the tied cells are the most resistant-looking, and calling none of them shows nothing); with tied probabilities it can be far from ``fraction`` (e.g. many cells at P = 1),
+    so callers report the share actually called.
     """
     if not 0.0 < fraction < 1.0:
         raise InputError(f"The expected resistant fraction must be between 0 and 1; got {fraction}.")
     p = np.asarray(prob, dtype=float)
-    p = p[np.isfinite(p)]
+    p = np.sort(p[np.isfinite(p)])
     if p.size == 0:
         raise InputError("No cell was scored, so no threshold can be set from a fraction.")
-    return float(np.quantile(p, 1.0 - fraction, method="lower"))
+    values = np.unique(p)
+    called = p.size - np.searchsorted(p, values, side="right")  # calls of the threshold t = each value
+    thresholds = np.concatenate([[np.nextafter(values[0], -np.inf)], values])
+    shares = np.concatenate([[p.size], called]) / p.size
+    gap = np.abs(shares - fraction)
+    best = np.flatnonzero(gap <= gap.min() + 1e-12)[0]  # the lowest threshold among the closest shares
+    return float(thresholds[best])
 
 
 def precision_threshold(y_true, prob, target: float) -> float | None:

@@ -591,9 +591,17 @@ def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, labe
     if (expected_fraction is None) == (label_column is None):
         raise InputError("Calibrate from either an expected resistant fraction or a label column.")
     if expected_fraction is not None:
-        t = metrics.fraction_threshold(prob, float(expected_fraction))
-        set_threshold(adata, t, "expected fraction", key_added=key_added,
-                      detail=f"calls the expected {float(expected_fraction):.0%} of the scored cells resistant")
+        expected = float(expected_fraction)
+        t = metrics.fraction_threshold(prob, expected)
+        scored = prob[np.isfinite(prob)]
+        share = float((scored > t).mean())
+        detail = f"calls the expected {expected:.0%} of the scored cells resistant"
+        if abs(share - expected) * scored.size > 1:  # more than a cell away: tied probabilities
+            n_top = int((scored == scored.max()).sum())
+            detail = (f"calls {share:.1%} of the scored cells resistant, the closest share to the expected "
+                      f"{expected:.0%} that a threshold gives: cells with equal P(resistant) are called together "
+                      f"({n_top:,} cells share the highest P, {scored.max():.6g})")
+        set_threshold(adata, t, "expected fraction", key_added=key_added, detail=detail)
         return threshold_info(adata, key_added=key_added)
     if method not in ("youden", "mcc"):
         raise InputError(f"Unknown calibration method {method!r}; use 'youden' or 'mcc'.")

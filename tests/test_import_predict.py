@@ -320,6 +320,11 @@ def test_threshold_is_part_of_the_result_and_calibration_is_marked(small_bundles
                                   "R", "S")
     calibrate(adata, label_column="truth", method="youden")
     assert "20 resistant and 20 sensitive" in adata.uns["scatd"]["threshold"]["detail"]
+    adata.obs["scatd_prob_resistant"] = np.r_[np.ones(24), np.linspace(0.1, 0.5, 16)]  # 60 % saturated at P = 1
+    calibrate(adata, expected_fraction=0.3)
+    assert summary(adata)["fraction_resistant"] == 0.6  # the closest share a threshold gives, and it says so
+    assert "calls 60.0% of the scored cells resistant" in adata.uns["scatd"]["threshold"]["detail"]
+    assert "24 cells share the highest P" in adata.uns["scatd"]["threshold"]["detail"]
     set_threshold(adata, 0.3, "user")  # a guess by hand is not a calibration
     assert not summary(adata)["calibrated"] and not predictions_table(adata)["calibrated"].any()
     set_threshold(adata, 1.0, "model default")

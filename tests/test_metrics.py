@@ -97,6 +97,12 @@ def test_mcc_and_fraction_thresholds():
     assert (p > t).mean() == pytest.approx(0.3, abs=0.011)
     with pytest.raises(InputError, match="between 0 and 1"):
         metrics.fraction_threshold(p, 1.2)
+    # tied probabilities (a saturated softmax): the closest share a threshold can give, not 0 %
+    tied = np.r_[np.ones(20), np.linspace(0.1, 0.5, 80)]
+    assert (tied > metrics.fraction_threshold(tied, 0.3)).mean() == pytest.approx(0.3)
+    assert (tied > metrics.fraction_threshold(tied, 0.1)).mean() == pytest.approx(0.2)
+    most = np.r_[np.ones(60), tied[20:40]]
+    assert (most > metrics.fraction_threshold(most, 0.7)).mean() == pytest.approx(0.75)
 
 
 def test_fast_scores_match_scikit_learn_with_ties():
