@@ -358,6 +358,12 @@ def load_pickled_dict(path: str | Path, *, allow_numpy_scalars: bool = False) ->
     """
     path = Path(path)
     hint = "Give the dictionary file shipped with Geneformer (e.g. gene_name_id_dict.pkl)."
+    from scatd_core.foundation._assets import lfs_pointer_size, lfs_problem
+
+    lfs = lfs_pointer_size(path)
+    if lfs is not None:  # a clone without Git LFS: say so, not "invalid load key 'v'"
+        problem = lfs_problem(path, lfs)
+        raise InputError(problem.message, problem.hint)
     try:
         with path.open("rb") as fh:
             obj = _PlainDataUnpickler(fh, allow_numpy_scalars).load()
@@ -506,20 +512,40 @@ def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=No
 
 
 def _cached_dictionary(path: str) -> dict:
-    return _DICTIONARIES.setdefault(path, load_pickled_dict(path))
+    """The dictionary at ``path``, read again when the file changes (a fixed file needs no restart)."""
+    st = Path(path).stat()
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _DICTIONARIES:
+        _DICTIONARIES.clear()  # one installed dictionary at a time
+        _DICTIONARIES[key] = load_pickled_dict(path)
+    return _DICTIONARIES[key]
 
 
-_DICTIONARIES: dict[str, dict] = {}
+_DICTIONARIES: dict[tuple, dict] = {}
+_DICTIONARY_UNREADABLE = "The Geneformer gene dictionary installed on this server could not be read"
 
 
-def default_symbol_dictionary():
+def default_symbol_dictionary(problems: list[str] | None = None):
     """Geneformer's ``gene_name_id_dict`` (symbol -> Ensembl) when it is installed in
     :func:`scatd_core.config.geneformer_dir` (any layout :mod:`scatd_core.foundation.geneformer`
-    finds, V1 or V2), else ``None``."""
+    finds, V1 or V2), else ``None``.
+
+    The server's dictionary is an optional route for gene identifiers: when it cannot be read (a
+    Git LFS pointer, a damaged or unsafe pickle), ``None`` is returned and the reason appended to
+    ``problems``, so that reading data never fails because of it."""
     from scatd_core.foundation._dictionaries import find_dictionary
 
     path = find_dictionary("names", "V1") or find_dictionary("names", "V2")
-    return _cached_dictionary(str(path)) if path is not None else None
+    if path is None:
+        return None
+    try:
+        return _cached_dictionary(str(path))
+    except (InputError, OSError) as exc:
+        if problems is not None:
+            what = exc.message if isinstance(exc, InputError) else str(exc)
+            problems.append(f"{_DICTIONARY_UNREADABLE}, so gene identifiers were not mapped through it: {what} "
+                            "Ask the administrator to run `scatd doctor`.")
+        return None
 
 
 #: The data's warning while most of its Ensembl IDs have no symbol (:func:`annotate_gene_ids`).
@@ -542,8 +568,9 @@ def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
     mapped by each route, plus ``data_id_type`` and ``hint`` (what to do when many are unmapped),
     which is also among ``adata.uns['scatd_input']['warnings']`` while it holds.
     """
+    problems: list[str] = []
     if geneformer_dict is None:
-        geneformer_dict = default_symbol_dictionary()
+        geneformer_dict = default_symbol_dictionary(problems)
     names = original_gene_names(adata)
     data_type = detect_id_type(names)
     summary: dict = {"data_id_type": data_type}
@@ -556,9 +583,10 @@ def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
         summary["hint"] = NO_SYMBOLS_HINT
     report = dict(adata.uns.get(_keys.INPUT_REPORT, {}))
     report["gene_ids"] = summary
-    if "warnings" in report or "hint" in summary:  # the data's warnings say it while it holds, not after a mapping
-        warnings = [str(w) for w in report.get("warnings", []) if str(w) != NO_SYMBOLS_HINT]
-        report["warnings"] = warnings + ([NO_SYMBOLS_HINT] if "hint" in summary else [])
+    if "warnings" in report or "hint" in summary or problems:  # said while it holds, not after a mapping
+        warnings = [str(w) for w in report.get("warnings", []) if str(w) != NO_SYMBOLS_HINT
+                    and not str(w).startswith(_DICTIONARY_UNREADABLE)]
+        report["warnings"] = warnings + problems + ([NO_SYMBOLS_HINT] if "hint" in summary else [])
     adata.uns[_keys.INPUT_REPORT] = report
     return summary
 

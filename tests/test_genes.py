@@ -284,3 +284,27 @@ def test_configured_geneformer_dictionary_maps_ensembl_only_files(tmp_path, monk
     read = io.read(tmp_path / "e.h5ad")
     assert read.uns["scatd_input"]["gene_ids"]["symbol"]["n_geneformer_dict"] == 10
     assert list(read.var["scatd_symbol"]) == symbols
+
+
+def test_an_unreadable_server_dictionary_is_a_warning_not_a_failed_read(tmp_path, monkeypatch):
+    """A Geneformer folder cloned without Git LFS (or holding a pickle with code) must not stop every
+    upload: the optional identifier route is skipped with a warning, and a fixed file is read at once."""
+    import pickle
+
+    folder = tmp_path / "geneformer"
+    folder.mkdir()
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(folder))
+    names = folder / "gene_name_id_dict.pkl"
+    names.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1117117\n")
+    adata = ad.AnnData(np.ones((3, 2), dtype=np.float32), var=pd.DataFrame(index=["ENSG00000141510", "TP53"]))
+    adata.write_h5ad(tmp_path / "d.h5ad")
+    read = io.read(tmp_path / "d.h5ad")
+    warned = [w for w in read.uns["scatd_input"]["warnings"] if "Geneformer gene dictionary" in w]
+    assert len(warned) == 1 and "Git LFS pointer" in warned[0] and "scatd doctor" in warned[0]
+    with pytest.raises(InputError, match="Git LFS pointer"):  # given on purpose, it is still an error
+        genes.load_pickled_dict(names)
+
+    names.write_bytes(pickle.dumps({"TP53": "ENSG00000141510"}))  # fixed: no restart needed
+    read = io.read(tmp_path / "d.h5ad")
+    assert not [w for w in read.uns["scatd_input"].get("warnings", []) if "Geneformer gene dictionary" in w]
+    assert list(read.var["scatd_symbol"]) == ["TP53", "TP53"]
