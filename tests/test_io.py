@@ -599,3 +599,17 @@ def test_mutated_files_raise_only_input_error(seed_files, data):
         assert err.message
     else:
         assert isinstance(adata, ad.AnnData) and adata.n_obs >= io.MIN_CELLS
+
+
+def test_row_names_that_look_missing_are_kept_as_written(tmp_path):
+    """'NA', 'N/A', 'null', 'NaN' are cell names in the first column (pandas would read them as missing,
+    naming the cells nan, nan-1, ...); in value and label columns they still mean missing."""
+    path = tmp_path / "na_names.csv"
+    path.write_text('cell,GENE1,GENE2,GENE3,response\nNA,1,2,3,"sensitive"\nN/A,0,3,1,resistant\n'
+                    'null,4,0,2,NA\nNaN,5,6,0,sensitive\nc5,1,1,1,resistant\n')
+    adata = io.read(path)
+    assert list(adata.obs_names) == ["NA", "N/A", "null", "NaN", "c5"]
+    assert adata.obs["response"].isna().tolist() == [False, False, True, False, False]
+    path.write_text('cell,GENE1,GENE2,response\nNA,1,NA,sensitive\nc2,1,1,resistant\n')
+    with pytest.raises(InputError, match="missing"):
+        io.read(path)

@@ -12,6 +12,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES
 import scipy.sparse as sp
 
 from scatd_core.errors import InputError
@@ -217,8 +218,11 @@ def _read_general(path: Path, opts: Options, sep: str, encoding: str, labels: li
     name, layout = opts.display_name, None
     # the decompressed stream is capped as it is read (a gzip bomb stops at the limit)
     with _open_rows(path, opts, sep, numbered) as stream:
+        # row names as written ("NA", "null" are names there); pandas' missing-value words in every other column
+        missing = list(STR_NA_VALUES)
         reader = pd.read_csv(stream, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding, engine="c",
-                             dtype={0: str}, low_memory=False, chunksize=rows_per_chunk)
+                             dtype={0: str}, low_memory=False, chunksize=rows_per_chunk, keep_default_na=False,
+                             na_values={p: missing for p in range(1, len(labels) + 1)})
         try:
             for chunk in reader:
                 if layout is None:
