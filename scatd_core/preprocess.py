@@ -162,7 +162,8 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
     input_transform
         The bundle's input transform; default: the backbone's own
         (:data:`BACKBONE_DEFAULT_TRANSFORM`). With ``"none"`` the model takes the values as
-        they are, so any value type is accepted.
+        they are: counts and log-normalised values are accepted (scATD does not say which its
+        Dist_VAE was trained on), negative (z-scored) values are a problem.
 
     Notes
     -----
@@ -192,6 +193,15 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
                     f"negative values (min {evidence.get('min')}). " + fix]
         return []
     if transform == "none":
+        # an imported checkpoint that takes the values as they are (the original inference script's
+        # way; scATD leaves Dist_VAE's normalisation undefined): its training data, scFoundation's
+        # preprocessed expression, were counts or log-normalised values, never negative
+        if negative:
+            what = "are z-scored" if kind == "zscored" else f"have negative values (min {evidence.get('min')})"
+            return ["This model takes the values as they are (imported with input transform 'none'), and "
+                    f"its training data, expression counts or log-normalised values, had no negative values; "
+                    f"these {what}, so the model sees inputs unlike any it was trained on and its calls are not "
+                    "to be trusted. " + fix]
         return []
     if transform == "standardize":
         # models trained by scATD Studio: counts are log-normalised, then every gene is z-scored

@@ -103,7 +103,9 @@ def test_geneformer_refuses_zscored_data_with_an_explanation(counts):
     ("log_normalized", "vae_gf", None, False),
     ("counts", "dist_vae", None, True),
     ("zscored", "dist_vae", "log1p_cp10k", False),
-    ("zscored", "dist_vae", "none", True),
+    ("zscored", "dist_vae", "none", False),  # an imported checkpoint: said, since no training data were negative
+    ("counts", "dist_vae", "none", True),
+    ("log_normalized", "dist_vae", "none", True),
     ("log_normalized", "dist_vae", "log1p_cp10k", False),
     ("unknown", "dist_vae", None, False),  # negative, not z-scores
     ("zscored", "scfoundation", None, False),
@@ -115,6 +117,8 @@ def test_backbone_compatibility_matrix(counts, kind, backbone, transform, ok):
     assert (problems == []) is ok, problems
     if not ok and transform != "none" and value_type["evidence"]["has_negative"] and backbone != "vae_gf":
         assert "non-negative" in problems[0]
+    if not ok and transform == "none":
+        assert "takes the values as they are" in problems[0] and "z-scored" in problems[0]
 
 
 def test_backbone_compatibility_accepts_a_kind_or_a_read_report():
