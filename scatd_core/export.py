@@ -33,7 +33,7 @@ from scatd_core._keys import result_keys
 from scatd_core._output import REPORT_FILES, writing
 from scatd_core.embed import fit_note
 from scatd_core.errors import InputError
-from scatd_core.metrics import evaluate_column, group_table
+from scatd_core.metrics import evaluate_column, fitted_on_labels, group_table
 from scatd_core.predict import summary
 from scatd_core.explain import out_of_date
 
@@ -134,6 +134,8 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     if evaluation is not None:
         rows += [("evaluation", k, v) for k, v in evaluation.as_dict().items()]
         rows.append(("evaluation", "label_column", label_column))
+        rows.append(("evaluation", "threshold_fitted_on_these_labels",
+                     fitted_on_labels(adata, label_column, key_added=key_added)))
     elif problem:
         rows.append(("evaluation", "not computed", problem))
     for column, table in group_tables(adata, group_columns, key_added=key_added).items():

@@ -363,11 +363,24 @@ def evaluate_column(adata, column: str, *, key_added: str | None = None, resista
     prob = adata.obs[keys.prob].to_numpy(dtype=np.float64)
     evaluation = evaluate(y, prob, info["threshold"]["value"], positive_label=info["positive_label"],
                           negative_label=info["negative_label"])
+    if fitted_on_labels(adata, column, key_added=key_added):
+        evaluation.notes.append(
+            f"The threshold was fitted on these same labels ('{column}'), so F1, MCC, precision, recall, specificity "
+            "and accuracy are optimistic: measure them on cells that were not used to set it. AUROC and AUPRC do "
+            "not depend on the threshold.")
     if evaluation.auroc < 0.5:
         evaluation.notes.append(
             f"AUROC is below 0.5: the model ranks the cells the wrong way round against '{column}'. Check the label "
             "direction (which value means resistant) before concluding anything.")
     return evaluation, roc_curve(y, prob), pr_curve(y, prob)
+
+
+def fitted_on_labels(adata, column: str, *, key_added: str | None = None) -> bool:
+    """Whether the prediction's current threshold was calibrated on ``obs[column]``'s labels."""
+    from scatd_core._keys import result_keys
+
+    threshold = adata.uns[result_keys(key_added).run]["threshold"]
+    return bool(column) and threshold.get("label_column") == str(column)
 
 
 def group_table(adata, column: str, *, key_added: str | None = None) -> pd.DataFrame:

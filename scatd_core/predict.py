@@ -518,12 +518,13 @@ def labels_at(adata: ad.AnnData, threshold: float, *, key_added: str | None = No
 
 
 def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, key_added: str | None = None,
-                  detail: str | None = None) -> None:
+                  detail: str | None = None, label_column: str | None = None) -> None:
     """Set the decision threshold of a prediction and relabel the cells (``obs['<p>_label']``).
 
     ``source`` says where it came from (:data:`THRESHOLD_SOURCES`); calls are marked calibrated
     only when it came from an expected fraction or labelled cells (:data:`CALIBRATING_SOURCES`). ``detail`` describes it (e.g. "Youden's J on 12 labelled
-    cells"). Recorded in ``uns['<p>']['threshold']``.
+    cells"); ``label_column``, the labels it was fitted on (an evaluation against them then says
+    its threshold-dependent scores are optimistic). Recorded in ``uns['<p>']['threshold']``.
     """
     if source not in THRESHOLD_SOURCES:
         raise ValueError(f"threshold source must be one of {THRESHOLD_SOURCES}, not {source!r}")
@@ -535,6 +536,8 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
     adata.uns[keys.run]["threshold"] = {
         "value": float(threshold), "source": source, "calibrated": source in CALIBRATING_SOURCES,
         "detail": detail or (f"the model's default ({default:g})" if source == "model default" else source)}
+    if label_column is not None:
+        adata.uns[keys.run]["threshold"]["label_column"] = str(label_column)
 
 
 def threshold_info(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
@@ -615,7 +618,7 @@ def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, labe
     name = "Youden's J" if method == "youden" else "the Matthews correlation"
     set_threshold(adata, t, "labelled cells", key_added=key_added,
                   detail=f"maximises {name} on {n_pos} resistant and {n_neg} sensitive labelled cells of "
-                         f"'{label_column}'")
+                         f"'{label_column}'", label_column=label_column)
     return threshold_info(adata, key_added=key_added)
 
 

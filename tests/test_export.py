@@ -103,6 +103,23 @@ def test_metrics_table_sections(filtered_result):
     n_cells = table.query("section == 'summary' and metric == 'n_cells'")["value"].iloc[0]
     assert n_cells == adata.n_obs and isinstance(n_cells, int)
     assert table.query("metric == 'calibrated'")["value"].iloc[0] is False
+    assert table.query("metric == 'threshold_fitted_on_these_labels'")["value"].iloc[0] is False
+
+
+def test_scores_at_a_threshold_fitted_on_the_same_labels_are_flagged(filtered_result):
+    from scatd_core.predict import calibrate
+
+    adata = filtered_result[0].copy()
+    calibrate(adata, label_column="response", method="youden")
+    table = export.metrics_table(adata, "response")
+    assert table.query("metric == 'threshold_fitted_on_these_labels'")["value"].iloc[0] is True
+    html = export.html_report(adata, label_column="response")
+    assert "fitted on these same labels" in html and "optimistic" in html
+    adata.obs["other"] = adata.obs["response"]  # another column: not the one the threshold was fitted on
+    assert export.metrics_table(adata, "other").query(
+        "metric == 'threshold_fitted_on_these_labels'")["value"].iloc[0] is False
+    calibrate(adata, expected_fraction=0.3)  # set again without labels: no longer fitted on them
+    assert "optimistic" not in export.html_report(adata, label_column="response")
 
 
 def test_h5ad_opens_with_every_result(filtered_result, tmp_path):
