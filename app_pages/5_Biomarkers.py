@@ -66,8 +66,9 @@ with st.form("explain_settings"):
                         help="The genes present in most explained cells; each is removed from every explained cell "
                              "that holds it (one Geneformer pass each).")
     else:
+        zero = "every expressed gene at 0" if gene_level else ex.zero_baseline_meaning(bundle)
         c1.selectbox("Baseline", ex.BASELINES, key="bio_baseline",
-                     help="; ".join(f"**{b}**: {text}" for b, text in BASELINE_HELP.items()))
+                     help="; ".join(f"**{b}**: {zero if b == 'zero' else text}" for b, text in BASELINE_HELP.items()))
     c2.selectbox("Explained output", ex.TARGETS, format_func=ui.detached(lambda t: ex.TARGET_TITLES[t]),
                  key="bio_target")
     c3.number_input("Integration steps", min_value=4, max_value=500, step=10, key="bio_steps", disabled=deletion,

@@ -371,3 +371,24 @@ def test_the_estimate_counts_each_cell_and_step_and_reads_sparse_data_sparsely()
     wide = SimpleNamespace(architecture=Architecture("dist_vae", [500, 1664, 359], 421, None, 210, 2),
                            input_kind="expression")
     assert estimate(wide, 10, density=1.0, device="cpu")["bytes_per_cell"] == 2 * 500 + 40 * 500 + 8 * 100 + 64
+
+
+def test_the_zero_baseline_is_named_for_what_it_is_for_each_model(small_bundles):
+    """A zero model input is "no expression" only for models on expression as given or log-normalised;
+    for a model that z-scores its genes it is every gene at its mean, for VAE_sf/VAE_gf an all-zero embedding."""
+    from types import SimpleNamespace
+
+    from scatd_core.explain import zero_baseline_meaning
+
+    adata, bundle = _small(small_bundles)
+    e = explain(adata, bundle, baseline="zero", n_steps=4, keep_top=None, differential_expression=False)
+    assert e.info["baseline_title"] == "zero model input: no expression at all"
+    standardised = SimpleNamespace(input_kind="expression", manifest={"input_transform": "standardize"})
+    assert "at its mean" in zero_baseline_meaning(standardised) and "not an absence" in zero_baseline_meaning(
+        standardised)
+    sf, _sd, enc, _z, _extra = small_bundles["vae_sf"]
+    emb = ad.AnnData(np.abs(np.random.default_rng(6).normal(size=(20, enc[0]))).astype(np.float32))
+    predict(emb, sf)
+    title = explain(emb, sf, baseline="zero", n_steps=4, keep_top=None, differential_expression=False).info[
+        "baseline_title"]
+    assert "all-zero cell embedding" in title and "no expression" not in title

@@ -106,7 +106,8 @@ prediction's calibrated rates). :func:`warm_up` compiles their numba kernels ahe
 """
 
 from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMORY_BUDGET, N_REFERENCE_CELLS,
-                                             TARGET_TITLES, TARGETS, auto_internal_batch_size)
+                                             TARGET_TITLES, TARGETS, auto_internal_batch_size,
+                                             zero_baseline_meaning)
 from scatd_core.explain._estimate import estimate
 from scatd_core.explain._explain import (COMPLETENESS_TOLERANCE, RANKING_COLUMNS, Explanation, explain,
                                          feature_names, from_adata, out_of_date, store,
@@ -131,4 +132,4 @@ def warm_up() -> None:
 __all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "out_of_date", "store", "feature_names",
            "stratified_subsample",
            "BASELINES", "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
-           "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size"]
+           "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size", "zero_baseline_meaning"]

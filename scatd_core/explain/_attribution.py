@@ -19,6 +19,26 @@ BASELINE_TITLES = {"zero": "zero (no expression)", "mean": "mean model input of 
                    "mix": "0.5 x mean + 0.5 x mean of {k} random scored cells (seed {seed})"}
 
 
+def zero_baseline_meaning(bundle) -> str:
+    """What the ``zero`` baseline is for this model: a zero model input is "no expression" only for
+    models that take expression as it is or log-normalise it; a model that z-scores its genes
+    reads 0 as every gene at its mean (so ``zero`` is then practically the ``mean`` baseline), and
+    an embedding model as an all-zero aligned embedding."""
+    if getattr(bundle, "input_kind", "expression") != "expression":
+        return "an all-zero cell embedding (after AdaIN), not an absence of expression"
+    if bundle.manifest.get("input_transform") == "standardize":
+        return ("every gene at its mean over the dataset (this model z-scores its genes), practically the "
+                "'mean' baseline; not an absence of expression")
+    return "no expression at all"
+
+
+def baseline_title(baseline: str, bundle, k: int, seed: int) -> str:
+    """:data:`BASELINE_TITLES` for this model (``zero`` as :func:`zero_baseline_meaning` says)."""
+    if baseline == "zero":
+        return f"zero model input: {zero_baseline_meaning(bundle)}"
+    return BASELINE_TITLES[baseline].format(k=k, seed=seed)
+
+
 class TargetOutput(torch.nn.Module):
     """The scalar per cell that is explained, from a function giving the class logits."""
 

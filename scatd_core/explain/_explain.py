@@ -17,8 +17,8 @@ from scatd_core._json import json_safe
 from scatd_core._keys import FILTERED, result_keys
 from scatd_core._progress import Eta
 from scatd_core.errors import Cancelled, InputError
-from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, N_REFERENCE_CELLS, TARGET_TITLES, TARGETS,
-                                             Attributor, baseline_vector)
+from scatd_core.explain._attribution import (BASELINES, N_REFERENCE_CELLS, TARGET_TITLES, TARGETS, Attributor,
+                                             baseline_title, baseline_vector)
 from scatd_core.explain._ranking import agreement, differential_expression, log_scale, round_or_none
 from scatd_core.explain._sums import column_sums
 from scatd_core.inputs import ModelInput
@@ -587,7 +587,7 @@ def explain(
                          index=pd.Index(adata.obs_names[rows].astype(str), name="cell_id"))
     import captum
 
-    base_title = BASELINE_TITLES[baseline].format(k=len(reference_cells), seed=seed)
+    base_title = baseline_title(baseline, bundle, len(reference_cells), seed)
     info = {
         "method": f"Integrated gradients (captum {captum.__version__}, Gauss-Legendre, {int(n_steps)} steps)",
         "target": target, "target_title": TARGET_TITLES[target], "baseline": baseline, "baseline_title": base_title,
