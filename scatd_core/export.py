@@ -541,12 +541,17 @@ def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: The files the Panel page offers with its report (named in the report's footer).
+PANEL_DOWNLOADS = ("panel.csv", "panel_summary.csv", "annotated.h5ad")
+
+
 def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), data_name: str | None = None,
-                      markers: pd.DataFrame | None = None) -> str:
+                      markers: pd.DataFrame | None = None, files: Sequence[str] | None = None) -> str:
     """A self-contained HTML report of a panel run: the models (status, coverage, calibration), the
     drug ranking, the cells x drugs heatmap and dot plot per cluster/sample, the UMAP coloured by
     the number of drugs resisted (when computed), the cells resistant to every drug and, when
-    given, their top ``markers`` (:func:`scatd_core.panel.multi_resistant_markers`)."""
+    given, their top ``markers`` (:func:`scatd_core.panel.multi_resistant_markers`). ``files``: the
+    files written with it, named in its footer (default: the app's downloads)."""
     from plotly.offline import get_plotlyjs
 
     from scatd_core import panel
@@ -591,8 +596,12 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     if markers is not None and len(markers):
         parts.append("<p>Genes most up in these cells against the other scored cells (Wilcoxon):</p>"
                      + _frame_html(markers))
-    parts.append("<footer>Files: panel.csv (cells x drugs), panel_summary.csv (per cluster / sample and drug), "
-                 "annotated.h5ad (one column set per drug).</footer>")
+    what = {"panel.csv": "cells x drugs", "panel_summary.csv": "per cluster / sample and drug",
+            "annotated.h5ad": "one column set per drug"}
+    files = list(PANEL_DOWNLOADS if files is None else files)
+    if files:
+        listed = ", ".join(html.escape(f) + (f" ({what[f]})" if f in what else "") for f in files)
+        parts.append(f"<footer>Files: {listed}.</footer>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>"

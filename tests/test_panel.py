@@ -286,6 +286,10 @@ def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch,
     summary = pd.read_csv(tmp_path / "panel_summary.csv")
     assert set(summary["grouping"]) == {"all", "sample", "cluster"}
     assert "Drug ranking" in (tmp_path / "panel_report.html").read_text()
+    # the footer's annotated.h5ad holds what it says: one column set per drug
+    assert "annotated.h5ad (one column set per drug)" in (tmp_path / "panel_report.html").read_text()
+    written = ad.read_h5ad(tmp_path / "annotated.h5ad")
+    assert "scatd_panel" in written.uns and "scatd_panel_resistant_to_all" in written.obs
 
 
 def test_models_of_different_backbones_score_together(library, small_bundles):

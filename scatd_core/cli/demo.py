@@ -74,8 +74,10 @@ def demo_panel(adata, args) -> None:
     (out / "panel.csv").write_bytes(export.to_csv_bytes(panel.panel_table(adata, [demo.DEMO_LABEL_COLUMN, *groups])))
     export.write_panel_summary(adata, out / "panel_summary.csv", groups)
     markers = panel.multi_resistant_markers(adata) if adata.obs["scatd_panel_resistant_to_all"].sum() >= 3 else None
+    export.write_h5ad(adata, out / "annotated.h5ad")  # again, with the panel's columns next to the single drug's
     (out / "panel_report.html").write_text(export.panel_html_report(adata, group_columns=groups, markers=markers,
-                                                                    data_name="demo (simulated data)"),
+                                                                    data_name="demo (simulated data)",
+                                                                    files=export.PANEL_DOWNLOADS),
                                            encoding="utf-8")
     for rec in panel.drug_ranking(adata).itertuples(index=False):
         print(f"{rec.rank}. {rec.drug}: {rec.fraction_resistant:.1%} of the cells called resistant "

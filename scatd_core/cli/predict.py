@@ -253,7 +253,8 @@ def run_panel(args, bundles) -> int:
         say(f"Wrote {args.group_summary}")
     if args.html:
         page = export.panel_html_report(adata, group_columns=[c for c in (args.sample_column,) if c],
-                                        data_name=Path(args.input).name)
+                                        data_name=Path(args.input).name,
+                                        files=[Path(f).name for f in (args.output, args.group_summary, args.h5ad) if f])
         with writing(args.html):
             Path(args.html).parent.mkdir(parents=True, exist_ok=True)
             Path(args.html).write_text(page, encoding="utf-8")
