@@ -454,9 +454,8 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         *[(f"UMAP: {k}", v) for k, v in embed_info.items()],
     ]))
     parts.append("<h2>Software</h2>" + _kv_table([
-        ("scATD Studio", __version__), ("Python", platform.python_version()), ("anndata", _version("anndata")),
-        ("plotly", _version("plotly")), ("torch", _version("torch")), ("umap-learn", _version("umap-learn")),
-        ("scikit-learn", _version("scikit-learn")), ("captum", _version("captum")),
+        ("scATD Studio", __version__), ("Python", platform.python_version()),
+        *[(name, _version(name)) for name in SOFTWARE],
     ]))
     parts.append("<footer>scATD method: domain-adaptive transfer of bulk drug-response models to single "
                  "cells. Files: predictions.csv (one row per uploaded cell), metrics.csv, biomarkers.csv (when "
@@ -465,6 +464,13 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
             f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>"
             + "\n".join(parts) + "</main></body></html>")
+
+
+#: The libraries the results depend on, with their versions in the HTML report: the model (torch), the
+#: data (anndata, numpy, scipy, pandas), the UMAP and clusters (scanpy, umap-learn, pynndescent, igraph,
+#: leidenalg), the attributions and DE test (captum, numba), the metrics (scikit-learn), the figures (plotly).
+SOFTWARE = ("torch", "anndata", "numpy", "scipy", "pandas", "scanpy", "umap-learn", "pynndescent", "igraph",
+            "leidenalg", "captum", "numba", "scikit-learn", "plotly")
 
 
 def write_report(adata: ad.AnnData, folder: str | Path, *, label_column: str | None = None,

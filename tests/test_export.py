@@ -151,6 +151,9 @@ def test_html_report_is_self_contained(filtered_result):
                    str(adata.uns["scatd_biomarkers"]["ranking"]["feature"][0])):
         assert needle.lower() in text.lower(), needle
     assert "class='demo'" not in text  # no demo banner for a real model
+    software = text.split("<h2>Software</h2>")[1].split("</table>")[0]  # what the results depend on, with versions
+    for library in ("torch", "numpy", "scipy", "pandas", "scanpy", "leidenalg", "numba", "captum", "scikit-learn"):
+        assert f"<th>{library}</th>" in software, library
 
 
 def test_html_report_labels_demo_models_and_reports_evaluation_problems(data_and_bundle, tmp_path):
