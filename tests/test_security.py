@@ -129,6 +129,69 @@ def test_absurd_declared_shapes_are_refused_before_reading(tmp_path):
     assert "100,000,000 cells" in _refused(tenx).message
 
 
+@pytest.mark.parametrize("link", ["soft", "hard"])
+def test_data_behind_links_is_sized_where_it_is_read(tmp_path, monkeypatch, link):
+    """A 10x .h5 whose /matrix/data and /matrix/indices are links to one big (all fill value) dataset
+    elsewhere, and an h5ad whose layers are ten more names for X: sized by every name they are read
+    by. (Without it each is read into memory: 20 MB budget, ~64 / ~44 MB read; a real attack, GBs.)"""
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "20")
+    tenx = write_10x_h5(make_counts(n_cells=20, n_genes=30), tmp_path / "x.h5")
+    with h5py.File(tenx, "r+") as f:
+        del f["matrix/data"], f["matrix/indices"]
+        big = f.create_dataset("aaa/data", shape=(4 << 20,), dtype=np.float32, chunks=(1 << 16,), compression="gzip")
+        for key in ("data", "indices"):
+            f["matrix"][key] = h5py.SoftLink("/aaa/data") if link == "soft" else big
+    assert tenx.stat().st_size < 100_000
+    error = _refused(tenx)
+    assert "its 20 cells x 30 features would take 64 MB of memory once read" in error.message
+
+    h5ad = tmp_path / "x.h5ad"
+    ad.AnnData(np.ones((1000, 1000), dtype=np.float32)).write_h5ad(h5ad, compression="gzip")  # X: 4 MB
+    with h5py.File(h5ad, "r+") as f:
+        for i in range(10):
+            f["layers"][f"copy{i}"] = h5py.SoftLink("/X") if link == "soft" else f["X"]
+    error = _refused(h5ad)
+    assert "its annotations (obs, var, layers, raw, obsm, uns) would take 38 MB of memory once read" in error.message
+
+
+def test_links_that_loop_or_lead_nowhere_and_link_mazes_are_refused(tmp_path, monkeypatch):
+    from scatd_core.io import _hdf5
+    for attack in ("loop", "dangling"):
+        path = _h5ad(tmp_path)
+        with h5py.File(path, "r+") as f:
+            f["uns"]["here"] = f["uns"] if attack == "loop" else h5py.SoftLink("/nowhere")
+        error = _refused(path)
+        assert "damaged HDF5 file" in error.message
+        assert ("/uns/here links back to /uns, a group that contains it (a loop)" if attack == "loop" else
+                "/uns/here is a link to /nowhere, which does not exist") in error.message
+    monkeypatch.setattr(_hdf5, "HDF5_MAX_OBJECTS", 500)
+    path = _h5ad(tmp_path)
+    with h5py.File(path, "r+") as f:  # no loop, but each group named twice in the one above: 2^12 names
+        below = f["uns"].create_group("m12")
+        for i in range(11, -1, -1):
+            level = f["uns"].create_group(f"m{i}")
+            level["a"] = level["b"] = below
+            below = level
+    assert "holds more than 500 HDF5 objects and links" in _refused(path).message
+
+
+def test_10x_feature_names_are_sized_before_they_are_read(tmp_path, monkeypatch):
+    """Fixed-length names 1 MB wide (unallocated, a few kB on disk): refused on their declared size
+    before any is read (the real attack declares 100 MB each, 2 GB)."""
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "20")
+    path = write_10x_h5(make_counts(n_cells=20, n_genes=30), tmp_path / "x.h5")
+    with h5py.File(path, "r+") as f:
+        del f["matrix/features/id"]
+        f["matrix/features"].create_dataset("id", shape=(30,), dtype="S1000000")  # 30 MB declared
+    assert path.stat().st_size < 100_000
+    read = []
+    real = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: (read.append(self.name), real(self, key))[1])
+    error = _refused(path)
+    assert "would take 57 MB of memory once read" in error.message
+    assert "/matrix/features/id" not in read and "/matrix/features/name" not in read
+
+
 def test_over_budget_data_is_refused_with_the_numbers_or_read_from_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("SCATD_MAX_DATASET_MB", "50")
     dense = tmp_path / "dense.h5ad"  # 6k x 5k float32 = 114 MB in memory, a few hundred kB on disk

@@ -39,72 +39,89 @@ def _hdf5_flavour(f: h5py.File) -> str | None:
 
 #: Seconds allowed for walking an HDF5 file's structure (a sound file takes well under one).
 HDF5_CHECK_SECONDS = 30
-#: More objects than this in one upload is not single-cell data (and would take long to walk).
+#: More objects (or names of objects: links) than this in one upload is not single-cell data (and
+#: would take long to walk).
 HDF5_MAX_OBJECTS = 200_000
 # Runs in a child process (only h5py imported): every link, group, dataset header and attribute is
 # read, and what could make the reader touch anything but this file is reported: external links,
-# datasets stored in external files, virtual datasets (which read from other files). Soft links
-# are paths inside this file; their targets are visited where they live. Hard-link cycles are
-# cut by remembering the objects seen.
+# datasets stored in external files, virtual datasets (which read from other files). Every name a
+# dataset is reachable by is listed with its size, hard and soft links included: the readers open
+# data by name, so data reachable by two names is read (and held) twice, and data behind a soft
+# link is read where the link is. Links that loop back to a group above them and soft links to
+# nothing are reported as damage; more names than HDF5_MAX_OBJECTS stop the walk.
 _HDF5_WALK = """
 import json, sys, h5py
-problems, sizes, seen = [], {}, set()
-def walk(group, path):
+max_names = int(sys.argv[2])
+problems, damage, sizes, seen = [], [], {}, set()
+count = [0]
+class TooMany(Exception):
+    pass
+def key_of(obj):
+    info = h5py.h5o.get_info(obj.id)
+    return (obj.id.fileno, info.token if hasattr(info, "token") else info.addr)
+def walk(group, path, above):
     for name in group:
         full = path.rstrip("/") + "/" + name
         link = group.get(name, getlink=True)
         if isinstance(link, h5py.ExternalLink):
             problems.append(f"{full} is an external link to {link.filename}:{link.path}")
             continue
-        if isinstance(link, h5py.SoftLink):
+        count[0] += 1
+        if count[0] > max_names:
+            raise TooMany
+        try:
+            obj = group[name]  # a soft link is followed: the readers open this name too
+        except KeyError:
+            damage.append(f"{full} is a link to {link.path}, which does not exist")
             continue
-        obj = group[name]
-        key = (obj.id.fileno, h5py.h5o.get_info(obj.id).token if hasattr(h5py.h5o.get_info(obj.id), "token")
-               else h5py.h5o.get_info(obj.id).addr)
-        if key in seen:
+        key = key_of(obj)
+        if key in above:
+            damage.append(f"{full} links back to {above[key]}, a group that contains it (a loop)")
             continue
+        first = key not in seen
         seen.add(key)
-        if len(seen) > %d:
-            problems.append("more than %d objects")
-            raise StopIteration
-        list(obj.attrs.items())
+        if first:
+            list(obj.attrs.items())
         if isinstance(obj, h5py.Group):
-            walk(obj, full)
+            walk(obj, full, {**above, key: full})
         elif isinstance(obj, h5py.Dataset):
-            if obj.external:
-                problems.append(f"dataset {full} keeps its data in other files ({obj.external[0][0]!r})")
-            if obj.is_virtual:
-                problems.append(f"dataset {full} is a virtual dataset reading from other files")
             n = 1
             for d in obj.shape or ():
                 n *= int(d)
             sizes[full] = [list(obj.shape or ()), n * obj.dtype.itemsize]
+            if not first:
+                continue
+            if obj.external:
+                problems.append(f"dataset {full} keeps its data in other files ({obj.external[0][0]!r})")
+            if obj.is_virtual:
+                problems.append(f"dataset {full} is a virtual dataset reading from other files")
+too_many = False
 with h5py.File(sys.argv[1], "r") as f:
     list(f.attrs.items())
     try:
-        walk(f, "/")
-    except StopIteration:
-        pass
-print(json.dumps({"problems": problems, "sizes": sizes}))
-""" % (HDF5_MAX_OBJECTS, HDF5_MAX_OBJECTS)
+        walk(f, "/", {key_of(f): "/"})
+    except TooMany:
+        too_many = True
+print(json.dumps({"problems": problems, "damage": damage, "too_many": too_many, "sizes": sizes}))
+"""
 
 
 def _check_hdf5_structure(path: Path, name: str) -> dict[str, tuple[list[int], int]]:
     """Walk every link, group, dataset header and attribute of an HDF5 file in a child process.
 
     Refuses what would make the reader touch any other file (external links, external storage,
-    virtual datasets: the threat model's "an upload never reads another file"). Damaged HDF5
-    metadata can send the HDF5 C library into an endless loop (or a crash) that no Python code
-    can interrupt; the child process with a time limit turns that into an InputError instead of a
-    hung or dead server.
+    virtual datasets: the threat model's "an upload never reads another file") and links that loop
+    or lead nowhere. Damaged HDF5 metadata can send the HDF5 C library into an endless loop (or a
+    crash) that no Python code can interrupt; the child process with a time limit turns that into
+    an InputError instead of a hung or dead server.
 
-    Returns ``{dataset path: (declared shape, declared bytes once read)}``, so sizes can be
-    checked before anything is allocated.
+    Returns ``{name: (declared shape, declared bytes once read)}`` for every name a dataset can be
+    opened by (hard and soft links included), so sizes can be checked before anything is allocated.
     """
     hint = "The file is damaged; export it again (e.g. adata.write_h5ad) and upload the new copy."
     try:
-        proc = subprocess.run([sys.executable, "-c", _HDF5_WALK, str(path)], capture_output=True,
-                              text=True, timeout=HDF5_CHECK_SECONDS)
+        proc = subprocess.run([sys.executable, "-c", _HDF5_WALK, str(path), str(HDF5_MAX_OBJECTS)],
+                              capture_output=True, text=True, timeout=HDF5_CHECK_SECONDS)
     except subprocess.TimeoutExpired:
         raise InputError(f"{name} is corrupt: its HDF5 structure could not be read.", hint) from None
     if proc.returncode != 0:
@@ -114,12 +131,20 @@ def _check_hdf5_structure(path: Path, name: str) -> dict[str, tuple[list[int], i
         walked = json.loads(proc.stdout)
     except ValueError:
         raise InputError(f"{name} is a damaged HDF5 file (its structure could not be listed).", hint) from None
+
+    def shown(items: list[str]) -> str:
+        return "; ".join(items[:3]) + (" ..." if len(items) > 3 else "")
     if walked["problems"]:
-        shown = "; ".join(walked["problems"][:3]) + (" ..." if len(walked["problems"]) > 3 else "")
-        raise InputError(f"{name} refers to data outside itself ({shown}), so it was refused: an upload may only "
-                         "use its own bytes.",
+        raise InputError(f"{name} refers to data outside itself ({shown(walked['problems'])}), so it was refused: an "
+                         "upload may only use its own bytes.",
                          "Save a self-contained copy (in Python: adata = anndata.read_h5ad(path); adata.write_h5ad("
                          "'copy.h5ad')) on your own machine and upload that.")
+    if walked["too_many"]:
+        raise InputError(f"{name} holds more than {HDF5_MAX_OBJECTS:,} HDF5 objects and links, so it was refused: "
+                         "single-cell data needs far fewer (the file may name the same data over and over).",
+                         "Export the data again (e.g. adata.write_h5ad) and upload the new copy.")
+    if walked["damage"]:
+        raise InputError(f"{name} is a damaged HDF5 file ({shown(walked['damage'])}).", hint)
     return {k: (shape, int(nbytes)) for k, (shape, nbytes) in walked["sizes"].items()}
 
 
@@ -198,31 +223,67 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     return adata
 
 
+def _dataset(group: h5py.Group, key: str, opts: Options) -> h5py.Dataset:
+    """``group[key]`` (through any link, as it will be read), which must be a dataset."""
+    obj = group.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(f"{opts.display_name} is not a complete 10x Genomics .h5 file: "
+                         f"{group.name.rstrip('/')}/{key} is {'missing' if obj is None else 'not a dataset'}.",
+                         "Upload the filtered_feature_bc_matrix.h5 Cell Ranger wrote, or the matrix folder "
+                         "(matrix.mtx + features + barcodes).")
+    return obj
+
+
+def _nbytes(dataset: h5py.Dataset) -> int:
+    """Declared bytes of a dataset once read (fixed-length strings count their full width)."""
+    n = 1
+    for d in dataset.shape or ():
+        n *= int(d)
+    return n * dataset.dtype.itemsize
+
+
 def _read_10x_h5(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     with _open_h5(path, opts.display_name) as f:
         if "matrix" in f:
             g, version = f["matrix"], "v3"
-            feats = g["features"]
-            ids, names = decode(feats["id"][()]), decode(feats["name"][()])
-            types = decode(feats["feature_type"][()]) if "feature_type" in feats else None
+            feats = g.get("features")
+            if not isinstance(feats, h5py.Group):
+                raise InputError(f"{opts.display_name} is not a complete 10x Genomics .h5 file: /matrix/features is "
+                                 "missing.", "Upload the filtered_feature_bc_matrix.h5 Cell Ranger wrote, or the "
+                                 "matrix folder (matrix.mtx + features + barcodes).")
+            names = {"ids": _dataset(feats, "id", opts), "names": _dataset(feats, "name", opts)}
+            if "feature_type" in feats:
+                names["types"] = _dataset(feats, "feature_type", opts)
         else:
             genomes = [k for k in f if isinstance(f[k], h5py.Group) and "barcodes" in f[k]]
             if len(genomes) > 1:
                 raise InputError(f"{opts.display_name} holds several genomes ({', '.join(genomes)}).",
                                  "Split it per genome with Cell Ranger, or convert the human part to h5ad.")
             g, version = f[genomes[0]], "v2"
-            ids, names, types = decode(g["genes"][()]), decode(g["gene_names"][()]), None
-        n_features, n_cells = (int(s) for s in g["shape"][()])
+            names = {"ids": _dataset(g, "genes", opts), "names": _dataset(g, "gene_names", opts)}
+        parts = {k: _dataset(g, k, opts) for k in ("data", "indices", "indptr", "barcodes")}
+        shape = _dataset(g, "shape", opts)
+        if shape.shape != (2,):
+            raise InputError(f"{opts.display_name} is not a valid 10x Genomics .h5 file: {shape.name} should "
+                             f"hold 2 numbers (features, cells), but its shape is {shape.shape}.",
+                             "Upload the filtered_feature_bc_matrix.h5 Cell Ranger wrote, or the matrix folder "
+                             "(matrix.mtx + features + barcodes).")
+        n_features, n_cells = (int(s) for s in shape[()])
         check_cells(n_cells, opts)
         check_genes(n_features, opts)
-        # the arrays are read, then the values copied to float32: about twice what the file declares
-        check_memory(2 * _declared(sizes, g.name), f"its {n_cells:,} cells x {n_features:,} features", opts)
+        # Sized from the datasets as they will be read (whatever names link to them), before any is
+        # read: the arrays are read, then the values copied to float32, the names decoded to text:
+        # about twice what the file declares.
+        declared = sum(_nbytes(d) for d in (*parts.values(), *names.values()))
+        check_memory(2 * declared, f"its {n_cells:,} cells x {n_features:,} features", opts)
+        ids, gene_names = decode(names["ids"][()]), decode(names["names"][()])
+        types = decode(names["types"][()]) if "types" in names else None
         # 10x stores genes x cells column-compressed, which is cells x genes row-compressed
-        X = sp.csr_matrix((g["data"][()].astype(np.float32), g["indices"][()], g["indptr"][()]),
+        X = sp.csr_matrix((parts["data"][()].astype(np.float32), parts["indices"][()], parts["indptr"][()]),
                           shape=(n_cells, n_features))
-        barcodes = decode(g["barcodes"][()])
+        barcodes = decode(parts["barcodes"][()])
     X.check_format(full_check=True)  # indices from a file must be valid before any C code uses them
-    var = pd.DataFrame({"gene_ids": ids}, index=[n or i for n, i in zip(names, ids)])
+    var = pd.DataFrame({"gene_ids": ids}, index=[n or i for n, i in zip(gene_names, ids)])
     if types is not None:
         var["feature_types"] = types
     opts.report["10x_version"] = version
@@ -249,18 +310,24 @@ def _loom_name_attr(attrs, known: tuple[str, ...], n: int) -> str | None:
     if hit is not None:
         return hit
     for key, values in attrs.items():
-        if values.dtype.kind in "SOU" and values.shape == (n,) and len(set(values[()])) == n:
+        if isinstance(values, h5py.Dataset) and values.dtype.kind in "SOU" and values.shape == (n,) \
+                and len(set(values[()])) == n:
             return key
     return None
+
+
+def _loom_columns(attrs, n: int) -> list[tuple[str, h5py.Dataset]]:
+    """The per-gene (or per-cell) attributes of a loom axis: datasets of length ``n``, as read."""
+    return [(key, value) for key, value in (attrs.items() if attrs is not None else ())
+            if isinstance(value, h5py.Dataset) and value.shape == (n,)]
 
 
 def _loom_axis(attrs, n: int, name_attr: str | None) -> pd.DataFrame:
     """The 1-D attributes of one loom axis as a frame indexed by the naming attribute."""
     columns = {}
-    for key, dataset in (attrs.items() if attrs is not None else ()):
-        if dataset.shape == (n,):
-            values = dataset[()]
-            columns[key] = decode(values) if values.dtype.kind in "SO" else values
+    for key, dataset in _loom_columns(attrs, n):
+        values = dataset[()]
+        columns[key] = decode(values) if values.dtype.kind in "SO" else values
     index = columns.pop(name_attr) if name_attr else [str(i) for i in range(n)]
     return pd.DataFrame(columns, index=pd.Index(index, dtype=object))
 
@@ -279,8 +346,10 @@ def _read_loom(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         n_genes, n_cells = matrix.shape
         check_cells(n_cells, opts)
         check_genes(n_genes, opts)
-        check_memory(_declared(sizes, "/row_attrs") + _declared(sizes, "/col_attrs"), "its row and column attributes",
-                     opts)
+        # sized from the attributes the reader takes, as read (whatever names link to them)
+        check_memory(sum(_nbytes(d) for group, n in (("row_attrs", n_genes), ("col_attrs", n_cells))
+                         for _key, d in _loom_columns(f.get(group), n)),
+                     "its row and column attributes", opts)
         gene_attr = _loom_name_attr(f.get("row_attrs"), _LOOM_GENE_ATTRS, n_genes)
         cell_attr = _loom_name_attr(f.get("col_attrs"), _LOOM_CELL_ATTRS, n_cells)
         var = _loom_axis(f.get("row_attrs"), n_genes, gene_attr)
