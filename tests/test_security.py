@@ -175,6 +175,37 @@ def test_links_that_loop_or_lead_nowhere_and_link_mazes_are_refused(tmp_path, mo
     assert "holds more than 500 HDF5 objects and links" in _refused(path).message
 
 
+@pytest.mark.parametrize("fmt", ["h5ad", "10x", "loom"])
+def test_chunks_larger_than_the_limit_are_refused(tmp_path, monkeypatch, fmt):
+    """A 5 x 3 matrix in one 1 GB compressed chunk costs 1 GB to read; here the limit is lowered to
+    1 MB and the chunk is 4 MB (without the check the file is simply read)."""
+    from scatd_core.io import _hdf5
+    monkeypatch.setattr(_hdf5, "HDF5_MAX_CHUNK_BYTES", 1 << 20)
+    kw = dict(maxshape=(None, None), dtype=np.float32, chunks=(1024, 1024), compression="gzip")
+    if fmt == "h5ad":
+        path, where = _h5ad(tmp_path), "/X"
+        with h5py.File(path, "r+") as f:
+            del f["X"]
+            x = f.create_dataset("X", shape=(20, 30), **kw)
+            x[:] = 1.0
+            x.attrs["encoding-type"], x.attrs["encoding-version"] = "array", "0.2.0"
+    elif fmt == "10x":
+        path, where = write_10x_h5(make_counts(n_cells=20, n_genes=30), tmp_path / "x.h5"), "/matrix/data"
+        with h5py.File(path, "r+") as f:
+            data = f["matrix/data"][()]
+            del f["matrix/data"]
+            f.create_dataset("matrix/data", data=data, maxshape=(None,), chunks=(1 << 20,), compression="gzip")
+    else:
+        path, where = tmp_path / "x.loom", "/matrix"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("matrix", shape=(30, 20), **kw)[:] = 1.0
+            f.create_group("row_attrs")["Gene"] = np.array([f"G{i}".encode() for i in range(30)])
+            f.create_group("col_attrs")["CellID"] = np.array([f"c{i}".encode() for i in range(20)])
+    error = _refused(path)
+    assert f"the dataset {where} is stored in chunks of 4.0 MB each" in error.message
+    assert "over the limit of 1.0 MB" in error.message and "ordinary chunks" in error.hint
+
+
 def test_10x_feature_names_are_sized_before_they_are_read(tmp_path, monkeypatch):
     """Fixed-length names 1 MB wide (unallocated, a few kB on disk): refused on their declared size
     before any is read (the real attack declares 100 MB each, 2 GB)."""

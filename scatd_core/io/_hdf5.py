@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from scatd_core.errors import InputError
 from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMATS_HINT, Options, attr_str, check_cells,
-                                   check_genes, check_memory, decide_orientation, decode, keep_gene_expression)
+                                   check_genes, check_memory, decide_orientation, decode, keep_gene_expression, mb)
 
 def _open_h5(path: Path, name: str) -> h5py.File:
     try:
@@ -42,17 +42,21 @@ HDF5_CHECK_SECONDS = 30
 #: More objects (or names of objects: links) than this in one upload is not single-cell data (and
 #: would take long to walk).
 HDF5_MAX_OBJECTS = 200_000
+#: The largest chunk of a chunked dataset: reading a single value of a compressed dataset unpacks
+#: its whole chunk into memory (h5py's own chunks are at most 1 MB; anndata, Cell Ranger and loompy
+#: write small ones too), so a 5 x 3 matrix in one 1 GB chunk would cost 1 GB.
+HDF5_MAX_CHUNK_BYTES = 64 << 20
 # Runs in a child process (only h5py imported): every link, group, dataset header and attribute is
 # read, and what could make the reader touch anything but this file is reported: external links,
 # datasets stored in external files, virtual datasets (which read from other files). Every name a
 # dataset is reachable by is listed with its size, hard and soft links included: the readers open
 # data by name, so data reachable by two names is read (and held) twice, and data behind a soft
-# link is read where the link is. Links that loop back to a group above them and soft links to
-# nothing are reported as damage; more names than HDF5_MAX_OBJECTS stop the walk.
+# link is read where the link is. Links that loop back to a group above them, soft links to nothing
+# and chunks over the limit are reported as damage; more names than HDF5_MAX_OBJECTS stop the walk.
 _HDF5_WALK = """
 import json, sys, h5py
-max_names = int(sys.argv[2])
-problems, damage, sizes, seen = [], [], {}, set()
+max_names, max_chunk = int(sys.argv[2]), int(sys.argv[3])
+problems, damage, chunks, sizes, seen = [], [], [], {}, set()
 count = [0]
 class TooMany(Exception):
     pass
@@ -95,6 +99,12 @@ def walk(group, path, above):
                 problems.append(f"dataset {full} keeps its data in other files ({obj.external[0][0]!r})")
             if obj.is_virtual:
                 problems.append(f"dataset {full} is a virtual dataset reading from other files")
+            if obj.chunks:
+                c = obj.dtype.itemsize
+                for d in obj.chunks:
+                    c *= int(d)
+                if c > max_chunk:
+                    chunks.append([full, list(obj.chunks), c])
 too_many = False
 with h5py.File(sys.argv[1], "r") as f:
     list(f.attrs.items())
@@ -102,7 +112,8 @@ with h5py.File(sys.argv[1], "r") as f:
         walk(f, "/", {key_of(f): "/"})
     except TooMany:
         too_many = True
-print(json.dumps({"problems": problems, "damage": damage, "too_many": too_many, "sizes": sizes}))
+print(json.dumps({"problems": problems, "damage": damage, "chunks": chunks, "too_many": too_many,
+                  "sizes": sizes}))
 """
 
 
@@ -110,18 +121,19 @@ def _check_hdf5_structure(path: Path, name: str) -> dict[str, tuple[list[int], i
     """Walk every link, group, dataset header and attribute of an HDF5 file in a child process.
 
     Refuses what would make the reader touch any other file (external links, external storage,
-    virtual datasets: the threat model's "an upload never reads another file") and links that loop
-    or lead nowhere. Damaged HDF5 metadata can send the HDF5 C library into an endless loop (or a
-    crash) that no Python code can interrupt; the child process with a time limit turns that into
-    an InputError instead of a hung or dead server.
+    virtual datasets: the threat model's "an upload never reads another file"), links that loop or
+    lead nowhere, and chunks over :data:`HDF5_MAX_CHUNK_BYTES`. Damaged HDF5 metadata can send
+    the HDF5 C library into an endless loop (or a crash) that no Python code can interrupt; the
+    child process with a time limit turns that into an InputError instead of a hung or dead server.
 
     Returns ``{name: (declared shape, declared bytes once read)}`` for every name a dataset can be
     opened by (hard and soft links included), so sizes can be checked before anything is allocated.
     """
     hint = "The file is damaged; export it again (e.g. adata.write_h5ad) and upload the new copy."
     try:
-        proc = subprocess.run([sys.executable, "-c", _HDF5_WALK, str(path), str(HDF5_MAX_OBJECTS)],
-                              capture_output=True, text=True, timeout=HDF5_CHECK_SECONDS)
+        proc = subprocess.run([sys.executable, "-c", _HDF5_WALK, str(path), str(HDF5_MAX_OBJECTS),
+                               str(HDF5_MAX_CHUNK_BYTES)], capture_output=True, text=True,
+                              timeout=HDF5_CHECK_SECONDS)
     except subprocess.TimeoutExpired:
         raise InputError(f"{name} is corrupt: its HDF5 structure could not be read.", hint) from None
     if proc.returncode != 0:
@@ -145,6 +157,13 @@ def _check_hdf5_structure(path: Path, name: str) -> dict[str, tuple[list[int], i
                          "Export the data again (e.g. adata.write_h5ad) and upload the new copy.")
     if walked["damage"]:
         raise InputError(f"{name} is a damaged HDF5 file ({shown(walked['damage'])}).", hint)
+    if walked["chunks"]:
+        where, chunk, nbytes = walked["chunks"][0]
+        raise InputError(f"{name}: the dataset {where} is stored in chunks of {mb(nbytes)} each ("
+                         f"{' x '.join(map(str, chunk))} values), over the limit of {mb(HDF5_MAX_CHUNK_BYTES)}; reading "
+                         "a single value unpacks a whole chunk into memory, so it was refused.",
+                         "Export it again with ordinary chunks (adata.write_h5ad, Cell Ranger and loompy write chunks "
+                         "of at most a few MB; in h5py, chunks=True) and upload the new copy.")
     return {k: (shape, int(nbytes)) for k, (shape, nbytes) in walked["sizes"].items()}
 
 
