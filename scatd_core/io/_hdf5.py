@@ -356,6 +356,8 @@ def _read_loom(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
 
     The dense matrix is read ~32M values at a time into sparse rows; the sparse result is checked
     against the memory budget as it grows (a loom's declared dense size says little about it).
+    Every value is unpacked, zeros included, so the dense size is limited like any compressed
+    input's decompressed size (a tiny file can declare 10^11 values, hours of work).
     """
     with _open_h5(path, opts.display_name) as f:
         matrix = f["matrix"]
@@ -365,6 +367,14 @@ def _read_loom(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         n_genes, n_cells = matrix.shape
         check_cells(n_cells, opts)
         check_genes(n_genes, opts)
+        unpacked = matrix.size * matrix.dtype.itemsize
+        if unpacked > max(opts.max_decompressed_bytes, path.stat().st_size):
+            raise InputError(f"{opts.display_name}: its {n_genes:,} x {n_cells:,} loom matrix is {mb(unpacked)} once "
+                             f"unpacked, over the server's limit of {mb(opts.max_decompressed_bytes)} for compressed "
+                             "data (every value of a loom matrix is read, zeros included).",
+                             "Convert it to an .h5ad with a sparse X on your own machine (in Python: "
+                             "anndata.io.read_loom(path).write_h5ad('cells.h5ad')) and upload that, or ask the "
+                             "administrator to raise SCATD_MAX_DECOMPRESSED_MB.")
         # sized from the attributes the reader takes, as read (whatever names link to them)
         check_memory(sum(_nbytes(d) for group, n in (("row_attrs", n_genes), ("col_attrs", n_cells))
                          for _key, d in _loom_columns(f.get(group), n)),
