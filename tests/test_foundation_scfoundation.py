@@ -402,3 +402,14 @@ def test_real_scfoundation_embeddings_have_the_pooled_layout():
     s_tok, t_tok, largest, mean = np.split(emb, 4, axis=1)
     assert (largest >= mean - 1e-6).all()
     assert not (s_tok >= mean).all() and not (t_tok >= mean).all() and not (mean >= largest).all()
+
+
+def test_every_problem_is_told_with_what_to_do_not_by_its_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(tmp_path / "nothing"))
+    S._PROBES.clear()
+    with pytest.raises(CheckpointError) as info:
+        S.probe().require()
+    err = info.value
+    assert "missing_gene_list" not in str(err) and "more problem" not in str(err)
+    assert "No scFoundation weights" in err.message and "OS_scRNA_gene_index.19264.tsv not found" in err.message
+    assert "models.ckpt" in err.hint and "OS_scRNA_gene_index.19264.tsv" in err.hint

@@ -56,12 +56,12 @@ class Probe:
         self.problems.append(Problem(code, message, hint))
 
     def require(self) -> None:
-        """Raise the first problem as a :class:`~scatd_core.errors.CheckpointError`."""
+        """Raise every problem as one :class:`~scatd_core.errors.CheckpointError`: the messages
+        one after the other, and what to do about each (each hint once)."""
         if self.problems:
-            first = self.problems[0]
-            more = f" ({len(self.problems) - 1} more problem(s): {', '.join(p.code for p in self.problems[1:])})" \
-                if len(self.problems) > 1 else ""
-            raise CheckpointError(f"{self.name}: {first.message}{more}", first.hint)
+            message = " ".join(p.message for p in self.problems)
+            hints = list(dict.fromkeys(p.hint for p in self.problems if p.hint))
+            raise CheckpointError(f"{self.name}: {message}", " ".join(hints) or None)
 
     def summary(self) -> str:
         """One line: the version and embedding size, or every problem with what to do."""
