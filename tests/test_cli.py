@@ -109,6 +109,25 @@ def test_predict_npy_embeddings_for_vae_sf(capsys, tmp_path):
     assert code == 2 and "scFoundation weights" not in err and f"{enc[0] + 7}" in err, err
 
 
+def test_predict_npy_with_a_cell_not_embedded_keeps_its_row_unscored(capsys, tmp_path):
+    enc, z, _ = SMALL["vae_sf"]
+    torch.save(orig.dal_checkpoint("vae_sf", enc, z, seed=4), tmp_path / "sf.pth")
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "bulk.npy", rng.normal(size=(25, enc[0])))
+    _run(capsys, "import-checkpoint", tmp_path / "sf.pth", "--backbone", "vae_sf", "--drug", "D",
+         "--style-reference", tmp_path / "bulk.npy", "--out", tmp_path / "b")
+    emb = rng.normal(size=(30, enc[0])).astype(np.float32)
+    emb[7] = np.nan  # a row embed_cells leaves NaN: not a fake all-zero cell to score
+    np.save(tmp_path / "own.npy", emb)
+    code, _, err = _run(capsys, "predict", "--model", tmp_path / "b", "--input", tmp_path / "own.npy",
+                        "--output", tmp_path / "p.csv")
+    assert code == 0, err
+    assert "1 cell(s) were not scored: no embedding" in err
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert len(table) == 30 and not table["scored"][7] and table["label"][7] == "not scored"
+    assert table["scored"].sum() == 29
+
+
 @pytest.mark.parametrize("make,backbone,match", [
     (lambda p: p.write_text("not a checkpoint"), "dist_vae", "not a readable PyTorch checkpoint"),
     (lambda p: p.write_bytes(b""), "dist_vae", "is empty"),

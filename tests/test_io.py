@@ -518,6 +518,22 @@ def test_npy_must_be_plain_2d_numbers(tmp_path):
     assert "object arrays" in _read_error(tmp_path / "obj.npy").hint
 
 
+def test_npy_all_nan_rows_are_cells_not_embedded_and_partial_nan_is_refused_as_an_embedding(tmp_path):
+    emb = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    emb[2] = np.nan  # what embed_cells writes for a cell it did not embed
+    np.save(tmp_path / "own.npy", emb)
+    adata = io.read(tmp_path / "own.npy")
+    assert adata.n_obs == 6 and np.isnan(adata.X[2]).all()
+    assert adata.uns["scatd_input"]["n_not_embedded_cells"] == 1
+    assert any("all NaN" in w and "not scored" in w for w in adata.uns["scatd_input"]["warnings"])
+    emb[4, 3] = np.nan
+    np.save(tmp_path / "part.npy", emb)
+    err = _read_error(tmp_path / "part.npy")
+    assert "row 4" in err.message and "not expressed" not in err.hint and "whole row to NaN" in err.hint
+    np.save(tmp_path / "none.npy", np.full((3, 8), np.nan, dtype=np.float32))
+    assert "no cell has an embedding" in _read_error(tmp_path / "none.npy").message
+
+
 def test_archive_with_unsafe_path_extracts_nothing(tmp_path):
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
         zf.writestr("../../escaped.csv", "cell,TP53\nc1,1\nc2,2\n")

@@ -14,7 +14,8 @@
   like ``response``, ``label``, ``sample``, ``batch``, ``cell_type``...) go to ``obs``;
 - ``.loom``;
 - ``.npy``: a 2-D numeric array of cells x features (e.g. scFoundation or Geneformer
-  embeddings), never unpickled.
+  embeddings), never unpickled. A row all NaN is a cell without an embedding (as
+  :func:`scatd_core.foundation.embed_cells` writes it): kept, and left unscored by the models.
 
 Whatever goes wrong, only :class:`~scatd_core.errors.InputError` leaves these functions, with a
 message saying what is wrong and a hint saying what to do.

@@ -65,6 +65,31 @@ def _examples(index: pd.Index, n: int = 3) -> str:
     return ", ".join(repr(str(x)) for x in index[index.duplicated()].unique()[:n])
 
 
+def _check_embedding_values(adata: ad.AnnData, opts: Options) -> int:
+    """NaN/inf in a .npy of cell embeddings (dense, in memory): an all-NaN row is a cell the
+    foundation model did not embed (what :func:`scatd_core.foundation.embed_cells` writes), kept
+    and left unscored, as in ``obsm``; a NaN or inf among other values is refused. Returns the
+    number of all-NaN rows."""
+    X = np.asarray(adata.X)
+    nan = np.isnan(X)
+    not_embedded = nan.all(axis=1)
+    partial = ~np.isfinite(X).all(axis=1) & ~not_embedded
+    if partial.any():
+        rows = np.flatnonzero(partial)
+        raise InputError(f"{opts.display_name} holds {int(partial.sum()):,} cell embedding(s) with some missing "
+                         f"(NaN) or infinite values among the others (first in row {rows[0]:,}).",
+                         "An embedding has no value meaning 'missing', so none is filled in: compute these cells' "
+                         "embeddings again, or set the whole row to NaN (a cell not embedded: it keeps its row in "
+                         "the outputs, marked not scored), then try again.")
+    n = int(not_embedded.sum())
+    if n == adata.n_obs:
+        raise InputError(f"Every row of {opts.display_name} is NaN: no cell has an embedding to score.",
+                         "Check that the right file was saved (numpy.save of the cells x features embeddings).")
+    opts.warnings.append(f"{n:,} cell(s) are all NaN: cells without an embedding (the foundation model found "
+                         "nothing to embed); they are kept, and marked not scored.")
+    return n
+
+
 def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
     name, report = opts.display_name, opts.report
     n_cells, n_genes = adata.shape
@@ -94,7 +119,10 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
                              "renamed (NAME-1, NAME-2 ...).")
 
     nonzero, n_nan, n_inf, first_bad = _scan(adata.X)
-    if n_nan or n_inf:
+    n_not_embedded = 0
+    if (n_nan or n_inf) and report.get("format") == "npy":
+        n_not_embedded = _check_embedding_values(adata, opts)
+    elif n_nan or n_inf:
         raise InputError(f"{name} holds {n_nan:,} missing (NaN) and {n_inf:,} infinite value(s) "
                          f"(first in cell '{adata.obs_names[first_bad]}').",
                          "Replace missing values with 0 (not expressed) or remove the affected cells or "
@@ -125,6 +153,7 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
         gene_id_type=id_type, gene_id_evidence=id_evidence,
         value_type=value_type["kind"], value_type_evidence=value_type["evidence"],
         label_columns=labels, group_columns=groups, n_all_zero_cells=int(zero.sum()),
+        **({"n_not_embedded_cells": n_not_embedded} if n_not_embedded else {}),
         warnings=list(opts.warnings),
     )
     adata.uns[_keys.INPUT_REPORT] = json_safe(report)
