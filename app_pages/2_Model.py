@@ -8,6 +8,7 @@ from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
 from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL
 from scatd_core.errors import ScatdError
+from scatd_core.inputs import InputSpec, embedding_width_error
 from scatd_core.nn import BACKBONES
 from scatd_core.preprocess import check_backbone_compatibility
 
@@ -137,10 +138,7 @@ else:
             st.success(f"The data has {dim} features: they are used as the cell embeddings, by position.",
                        icon=":material/check_circle:")
         else:
-            st.error(f"**This {BACKBONE_TITLES[backbone]} model takes {dim}-dimensional cell embeddings**, but the "
-                     f"data has {adata.n_vars:,} features and its obsm['{key}'] has another width.\n\n"
-                     "Upload the expression matrix (the embeddings are then computed here), the embeddings of the "
-                     "right model, or choose a Dist_VAE model, which reads genes.", icon=":material/error:")
+            ui.show_error(embedding_width_error(adata, InputSpec.of(bundle)))
             ready = False
     else:
         ready = ui.embedding_step(adata, bundle)

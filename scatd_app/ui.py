@@ -71,7 +71,8 @@ def md(text) -> str:
 def show_error(exc: BaseException) -> None:
     """A friendly ``st.error``: what is wrong and what to do; never a traceback."""
     if isinstance(exc, ScatdError):
-        st.error(f"**{md(exc.message)}**" + (f"\n\n{md(exc.hint)}" if exc.hint else ""), icon=":material/error:")
+        hint = exc.app_hint or exc.hint
+        st.error(f"**{md(exc.message)}**" + (f"\n\n{md(hint)}" if hint else ""), icon=":material/error:")
     else:
         st.error(f"**Something unexpected went wrong** ({type(exc).__name__}: {md(str(exc)[:300])}).\n\n"
                  "Nothing was changed. Try again; if it happens again, report it with the file type and "

@@ -2,8 +2,10 @@
 
 Every error raised on purpose by :mod:`scatd_core` derives from :class:`ScatdError`. Its
 ``message`` says what is wrong and its ``hint`` says what to do next; the CLI prints both on
-one line each and exits non-zero, the app shows them in ``st.error``. Nothing else should
-reach the user as a traceback.
+one line each and exits non-zero, the app shows them in ``st.error``. When the next step is
+done differently in the app (a page and a widget rather than a command and a flag), ``app_hint``
+says it there and ``hint`` is for the CLI and Python. Nothing else should reach the user as a
+traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 class ScatdError(Exception):
     """Base class: a user-facing problem with a message and an optional next step."""
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, app_hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        #: the next step as the app's pages take it, when it differs from ``hint``
+        self.app_hint = app_hint
 
     def __str__(self) -> str:  # what the CLI and the app print
         return self.message if not self.hint else f"{self.message}\n{self.hint}"

@@ -46,6 +46,8 @@ ADAIN_EPS = 1e-8  # on the source std only, as the original
 #: Values beyond this magnitude are not expression (overflowing sums, corrupt exports): the cell
 #: is not scored ("overflow") rather than scored on numbers no model was trained on.
 MAX_ABS_VALUE = 1e30
+#: The foundation model whose cell embeddings each embedding backbone takes.
+FOUNDATION_MODELS = {"vae_sf": "scFoundation", "vae_gf": "Geneformer"}
 #: Reasons a cell is not scored, in the order they are checked.
 REASONS = ("filtered", "not_embedded", "non_finite", "overflow", "negative_values", "no_expression")
 #: Sparse batches up to this fraction of non-zero model inputs go to the first layer sparse;
@@ -164,13 +166,43 @@ def model_source(adata: ad.AnnData, spec: InputSpec) -> Source:
         return Source(np.asarray(adata.obsm[key]), None, f"obsm['{key}']")
     if adata.n_vars == spec.input_dim:
         return Source(adata.X, None, f"X ({adata.n_vars} embedding features, by position)")
-    raise InputError(
-        f"This {spec.backbone} model takes {spec.input_dim}-dimensional cell embeddings, but the data has "
-        f"{adata.n_vars:,} features and no obsm['{key}'].",
-        "Compute them from the expression with `scatd_core.foundation.embed_cells(adata, "
-        f"'{spec.backbone}')` (the CLI and the app do it when the foundation model is installed), or give the "
-        "scFoundation (3,072-d) or Geneformer (512-d) embeddings as a .npy (cells x features) or an h5ad with "
-        "them in X or obsm.")
+    raise embedding_width_error(adata, spec)
+
+
+def embedding_width_error(adata: ad.AnnData, spec: InputSpec) -> InputError:
+    """Why ``adata`` holds no embeddings of the width ``spec`` (VAE_sf/VAE_gf) takes, and what to
+    do, in the CLI (``hint``) and in the app (``app_hint``): the other backbone's embeddings and
+    a transposed array are recognised."""
+    from scatd_core.bundle import BACKBONE_TITLES
+    from scatd_core.nn.models import PUBLISHED_SIZES
+
+    title, model, dim = BACKBONE_TITLES[spec.backbone], FOUNDATION_MODELS[spec.backbone], spec.input_dim
+    key = _keys.FOUNDATION_EMBEDDING[spec.backbone]
+    stored = np.asarray(adata.obsm[key]).shape[1] if key in adata.obsm else None
+    has = f"its obsm['{key}'] is {stored:,}-d" if stored is not None else f"no obsm['{key}']"
+    message = (f"This {title} model takes {dim:,}-d {model} cell embeddings, but the data has {adata.n_vars:,} "
+               f"features per cell and {has}.")
+    cli, app = [], []
+    if adata.n_obs == dim:
+        message += (f" It has {adata.n_obs:,} cells, the width this model takes: the array may be the other way "
+                    "round (features x cells).")
+        cli.append("If so, read it with --orientation genes_x_cells.")
+        app.append("If so, choose 'rows are genes' under Table orientation on the Data page and upload it again.")
+    other = next(b for b in FOUNDATION_MODELS if b != spec.backbone)
+    other_dim = PUBLISHED_SIZES[other][0][0]
+    if other_dim != dim and other_dim in (adata.n_vars, stored):
+        message += (f" {other_dim:,} is the width of {FOUNDATION_MODELS[other]} embeddings, which "
+                    f"{BACKBONE_TITLES[other]} models take.")
+        cli.append(f"For these embeddings, use a {BACKBONE_TITLES[other]} model (`scatd models` lists the installed "
+                   "ones).")
+        app.append(f"For these embeddings, choose a {BACKBONE_TITLES[other]} model above.")
+    cli.append(f"For this model, give the cells' expression as --input (an h5ad, 10x or CSV file of counts): the "
+               f"{model} embeddings are then computed first, when {model} is installed (`scatd doctor` checks it); "
+               f"or a .npy of their {dim:,}-d {model} embeddings (cells x features).")
+    app.append(f"For this model, upload the cells' expression on the Data page (the {model} embeddings are then "
+               f"computed here), or a .npy of their {dim:,}-d {model} embeddings; or choose a Dist_VAE model, which "
+               "reads genes.")
+    return InputError(message, " ".join(cli), app_hint=" ".join(app))
 
 
 def _one_to_one_columns(alignment: GeneAlignment) -> np.ndarray | None:

@@ -107,6 +107,7 @@ def test_predict_npy_embeddings_for_vae_sf(capsys, tmp_path):
     code, _, err = _run(capsys, "predict", "--model", tmp_path / "b", "--input", tmp_path / "other.npy",
                         "--output", tmp_path / "q.csv")
     assert code == 2 and "scFoundation weights" not in err and f"{enc[0] + 7}" in err, err
+    assert f"takes {enc[0]}-d scFoundation" in err and "--input" in err and "embed_cells" not in err
 
 
 def test_predict_npy_with_a_cell_not_embedded_keeps_its_row_unscored(capsys, tmp_path):

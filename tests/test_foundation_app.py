@@ -3,6 +3,8 @@ gene-level biomarkers; and what it says when the foundation model is not install
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,16 @@ def test_counts_to_vae_gf_predictions_and_deletion_biomarkers(tmp_path, monkeypa
     assert len(ranking) == 4 and ranking["feature"].str.startswith("GFG").all()
     assert "In-silico deletion through Geneformer" in text(at.caption)
     assert "Completeness error" not in [m.label for m in at.metric]
+
+
+def test_the_model_page_says_which_embeddings_this_model_takes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_gf", 16)))
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(0).normal(size=(8, 3072)).astype(np.float32))  # scFoundation's width
+    at = start()
+    upload(at, "emb.npy", buffer.getvalue())
+    goto(at, "2_Model")
+    shown = text(at.error).replace("\\", "")
+    assert "takes 16-d Geneformer cell embeddings" in shown and "3,072 is the width of scFoundation" in shown
+    assert "has another width" not in shown and "no obsm['X_geneformer']" in shown
+    assert "Data page" in shown and "--input" not in shown and "embed_cells" not in shown

@@ -17,6 +17,7 @@ from conftest import small_gene_names
 from scatd_core.bundle import import_checkpoint, list_library, load_bundle
 from scatd_core.errors import BundleError, CheckpointError, InputError
 from scatd_core.export import predictions_table
+from scatd_core.inputs import InputSpec, model_source
 from scatd_core.predict import calibrate, labels_at, predict, set_threshold, summary
 
 TOL = 1e-5
@@ -165,12 +166,43 @@ def test_backed_sparse_h5ad_equals_dense(small_bundles, tmp_path):
 
 def test_embedding_models_need_style_and_right_width(tmp_path, small_bundles):
     bundle, sd, enc, _, _ = small_bundles["vae_sf"]
-    with pytest.raises(InputError, match="takes 40-dimensional cell embeddings"):
+    with pytest.raises(InputError, match="takes 40-d scFoundation cell embeddings"):
         predict(ad.AnnData(np.zeros((3, 7), dtype=np.float32)), bundle)
     torch.save(sd, tmp_path / "sf.pth")
     nostyle = import_checkpoint(tmp_path / "sf.pth", "vae_sf", drug="D", out=tmp_path / "nostyle")
     with pytest.raises(InputError, match="style statistics"):
         predict(ad.AnnData(np.ones((3, enc[0]), dtype=np.float32)), nostyle)
+
+
+def _width_error(backbone: str, dim: int, x: np.ndarray, **obsm) -> InputError:
+    spec = InputSpec(backbone=backbone, input_kind="embedding", input_dim=dim, transform="none")
+    with pytest.raises(InputError) as info:
+        model_source(ad.AnnData(x, obsm=obsm), spec)
+    return info.value
+
+
+def test_wrong_width_embeddings_say_what_this_model_needs_and_what_the_data_look_like():
+    rng = np.random.default_rng(0)
+    # scFoundation's width for a Geneformer model: named as such, never suggested back
+    err = _width_error("vae_gf", 512, rng.normal(size=(6, 3072)).astype(np.float32))
+    assert "VAE_gf (scATD-gf) model takes 512-d Geneformer cell embeddings" in err.message
+    assert "3,072 is the width of scFoundation embeddings" in err.message and "obsm['X_geneformer']" in err.message
+    assert "VAE_sf (scATD-sf) model" in err.hint and "scFoundation (3,072-d)" not in err.hint
+    assert "embed_cells" not in err.hint and "--input" in err.hint and "512-d Geneformer" in err.hint
+    assert "Data page" in err.app_hint and "--" not in err.app_hint and "scatd " not in err.app_hint
+    # a small VAE_sf model: its own width, and Geneformer's 512 recognised
+    err = _width_error("vae_sf", 64, rng.normal(size=(6, 512)).astype(np.float32))
+    assert "takes 64-d scFoundation" in err.message and "512 is the width of Geneformer" in err.message
+    assert "3,072" not in err.message + err.hint and "64-d scFoundation embeddings" in err.hint
+    # transposed: the width this model takes is the number of cells
+    err = _width_error("vae_sf", 30, rng.normal(size=(30, 12)).astype(np.float32))
+    assert "12 features per cell" in err.message and "other way round" in err.message
+    assert "--orientation genes_x_cells" in err.hint and "rows are genes" in err.app_hint
+    # an obsm entry of another width is named with its width; without one none is claimed
+    err = _width_error("vae_sf", 30, rng.normal(size=(6, 12)).astype(np.float32),
+                       X_scfoundation=np.zeros((6, 512), dtype=np.float32))
+    assert "its obsm['X_scfoundation'] is 512-d" in err.message and "Geneformer" in err.message
+    assert "other way round" not in err.message
 
 
 # ------------------------------------------------------------------ import errors
