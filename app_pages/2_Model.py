@@ -6,7 +6,7 @@ import streamlit as st
 from scatd_app import state, ui
 from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
-from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL
+from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL, distinct_titles
 from scatd_core.errors import ScatdError
 from scatd_core.inputs import InputSpec, embedding_width_error
 from scatd_core.nn import BACKBONES
@@ -65,11 +65,12 @@ left, right = st.columns(2)
 backbone = left.selectbox("Backbone", backbones, key="model_backbone",
                           format_func=ui.detached(lambda b: BACKBONE_TITLES.get(b, b)))
 choices = {str(m.path): m for m in offered if m.backbone == backbone}
+labels = distinct_titles(list(choices.values()))
 if ss.get("model_bundle") not in choices:
     ss["model_bundle"] = str(current.path) if current is not None and str(current.path) in choices \
         else next(iter(choices))
 path = right.selectbox("Drug model", list(choices), key="model_bundle", index=None, placeholder="choose a drug model",
-                       format_func=ui.detached(lambda p: choices[p].title))
+                       format_func=ui.detached(lambda p: labels[p]))
 ui.set_bundle(path)
 if path is None:
     st.info("Choose the drug model to use.", icon=":material/touch_app:")

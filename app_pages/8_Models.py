@@ -12,7 +12,7 @@ import streamlit as st
 
 from scatd_app import auth, jobs, session, ui
 from scatd_core import published
-from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL, import_checkpoint, remove_bundle
+from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL, distinct_titles, import_checkpoint, remove_bundle
 from scatd_core.config import import_folder
 from scatd_core.errors import ScatdError
 from scatd_core.nn import BACKBONES
@@ -150,9 +150,9 @@ if user is not None and user.admin:
     st.subheader("Remove a model")
     removable = {str(e.path): e for e in entries}
     if removable:
+        titles = distinct_titles([e.bundle for e in entries if e.ok])
         target = st.selectbox("Model", list(removable), key="models_remove_choice",
-                              format_func=ui.detached(lambda p: removable[p].bundle.title if removable[p].ok
-                                                      else f"{Path(p).name} (unusable)"))
+                              format_func=ui.detached(lambda p: titles.get(p, f"{Path(p).name} (unusable)")))
         sure = st.checkbox("Yes, remove it for every user of this server", key="models_remove_sure")
         if st.button("Remove", disabled=not sure, key="btn_remove_model", icon=":material/delete:"):
             try:

@@ -8,6 +8,7 @@ from scatd_app import auth, jobs, state, ui
 from scatd_core import export, panel, pl
 from scatd_core._keys import CLUSTER, PANEL_N_RESISTED, PANEL_RESISTANT_TO_ALL, UMAP
 from scatd_core._progress import with_eta
+from scatd_core.bundle import distinct_titles
 from scatd_core.errors import ScatdError
 from scatd_core.predict import calibrate, set_threshold
 
@@ -73,8 +74,9 @@ with st.container(border=True):
         ui.link("Model library", "Get or import models", ":material/inventory_2:")
         ui.stop()
     ss["panel_models"] = [p for p in ss.get("panel_models", []) if p in classifiers]
+    labels = distinct_titles(list(classifiers.values()))
     paths = st.multiselect("Drug models of the panel (three or more)", list(classifiers), key="panel_models",
-                           format_func=ui.detached(lambda p: classifiers[p].title),
+                           format_func=ui.detached(lambda p: labels[p]),
                            help="Any backbones and gene sets: each model is aligned to the data separately, and "
                                 "a model that cannot score these data is reported and skipped.")
     with st.expander("Save these models as a panel (only you see your panels)"):

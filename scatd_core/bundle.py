@@ -26,6 +26,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -621,6 +622,14 @@ def import_checkpoint(
                     **(dict(provenance) if provenance else {})},
         overwrite=overwrite,
     )
+
+
+def distinct_titles(bundles: Sequence[Bundle]) -> dict[str, str]:
+    """Each bundle's :attr:`Bundle.title`, keyed by ``str(bundle.path)``, for a list to choose from:
+    a title several bundles share gets the bundle's folder name added, e.g.
+    ``TESTDRUG · VAE_sf (scATD-sf) (vae_sf_64)``, so no two entries look the same."""
+    shared = Counter(b.title for b in bundles)
+    return {str(b.path): b.title if shared[b.title] == 1 else f"{b.title} ({b.path.name})" for b in bundles}
 
 
 # --------------------------------------------------------------------------- library

@@ -29,6 +29,12 @@ def _library(root, backbone, width, seed=0):
     return root / "library"
 
 
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 @pytest.fixture
 def sf_app(tmp_path, monkeypatch):
     monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_sf", 4 * H.SF_HIDDEN)))
@@ -120,12 +126,25 @@ def test_counts_to_vae_gf_predictions_and_deletion_biomarkers(tmp_path, monkeypa
 
 def test_the_model_page_says_which_embeddings_this_model_takes(tmp_path, monkeypatch):
     monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_gf", 16)))
-    buffer = io.BytesIO()
-    np.save(buffer, np.random.default_rng(0).normal(size=(8, 3072)).astype(np.float32))  # scFoundation's width
     at = start()
-    upload(at, "emb.npy", buffer.getvalue())
+    upload(at, "emb.npy", _npy(np.random.default_rng(0).normal(size=(8, 3072)).astype(np.float32)))  # 3,072: scFoundation
     goto(at, "2_Model")
     shown = text(at.error).replace("\\", "")
     assert "takes 16-d Geneformer cell embeddings" in shown and "3,072 is the width of scFoundation" in shown
     assert "has another width" not in shown and "no obsm['X_geneformer']" in shown
     assert "Data page" in shown and "--input" not in shown and "embed_cells" not in shown
+
+
+def test_two_models_of_one_drug_and_backbone_can_be_told_apart(tmp_path, monkeypatch):
+    for width in (16, 24):  # e.g. a small and a published-size VAE_sf model of the same drug
+        enc = [width, 40, 24]
+        torch.save(orig.dal_checkpoint("vae_sf", enc, 10), tmp_path / "sf.pth")
+        np.save(tmp_path / "ref.npy", np.random.default_rng(0).normal(size=(40, width)))
+        import_checkpoint(tmp_path / "sf.pth", "vae_sf", drug="TESTDRUG", out=tmp_path / "library" / f"sf_{width}",
+                          style_reference=tmp_path / "ref.npy")
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp_path / "library"))
+    at = start()
+    upload(at, "emb.npy", _npy(np.ones((8, 16), dtype=np.float32)))
+    goto(at, "2_Model")
+    box = at.selectbox(key="model_bundle")
+    assert sorted(box.options) == ["TESTDRUG · VAE_sf (scATD-sf) (sf_16)", "TESTDRUG · VAE_sf (scATD-sf) (sf_24)"]

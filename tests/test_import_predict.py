@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import anndata as ad
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 import original_scatd as orig
 from conftest import small_gene_names
-from scatd_core.bundle import import_checkpoint, list_library, load_bundle
+from scatd_core.bundle import distinct_titles, import_checkpoint, list_library, load_bundle
 from scatd_core.errors import BundleError, CheckpointError, InputError
 from scatd_core.export import predictions_table
 from scatd_core.inputs import InputSpec, model_source
@@ -274,6 +275,14 @@ def test_broken_bundles_are_reported(tmp_path, small_bundles):
     entries = {e.path.name: e for e in list_library(lib)}
     assert not entries["b_vae_sf"].ok and "unknown input transform" in entries["b_vae_sf"].problem
     assert entries["b_dist_vae"].ok
+
+
+def test_distinct_titles_add_the_folder_only_where_titles_collide(small_bundles, tmp_path):
+    sf, gf = small_bundles["vae_sf"][0], small_bundles["vae_gf"][0]
+    twin = load_bundle(shutil.copytree(sf.path, tmp_path / "sf_twin"))
+    labels = distinct_titles([sf, twin, gf])
+    assert labels[str(gf.path)] == gf.title
+    assert labels[str(sf.path)] == f"{sf.title} (b_vae_sf)" and labels[str(twin.path)] == f"{sf.title} (sf_twin)"
 
 
 def test_bundle_manifest_records_what_the_issue_asks(small_bundles):
