@@ -376,11 +376,15 @@ st.markdown("**Model card**")
 ui.show_card(rep["card"], key="train_card_figure")
 
 cv = rep["cv"]
-if cv.get("per_fold_head"):  # the original head: its epochs were chosen on this curve
+if cv.get("per_fold_head"):  # the original head: the final model's epochs were chosen on this curve
     curves = {f"fold {fold['fold']}": fold["val_auroc"] for fold in cv["per_fold_head"]}
     curves["mean"] = cv["head_curve"]
     st.plotly_chart(pl.curve_figure(curves, "Validation AUROC per head epoch (bulk CV, frozen encoder)", "epoch",
                                     "AUROC", highlight="mean", mark_x=cv["head_epochs"]), key="train_cv_curve")
+    if cv.get("fold_head_epochs"):
+        st.caption(f"Marked: the final model's {cv['head_epochs']} head epochs (the mean over all folds). The bulk "
+                   "CV scores take each fold's epochs from the other folds' mean curve, not its own labels: "
+                   + ", ".join(f"fold {k + 1}: {e}" for k, e in enumerate(cv["fold_head_epochs"])) + ".")
 losses = rep["pretraining"]["loss"]
 if losses:
     curves = ({f"member {k + 1}": c for k, c in enumerate(losses) if c} if isinstance(losses[0], list)

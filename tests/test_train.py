@@ -141,6 +141,12 @@ def test_original_head_is_still_available(tmp_path):
     assert 1 <= rep["cv"]["head_epochs"] <= TINY.epochs and rep["cv"]["finetune_epochs"] == TINY.finetune_epochs
     assert len(rep["refit"]["loss"]) == rep["cv"]["head_epochs"] + TINY.finetune_epochs
     assert "original drug head" in rep["card"]["model"]["description"]
+    # the card says the bulk CV epochs were chosen on the other folds (and which, per fold)
+    assert len(rep["cv"]["fold_head_epochs"]) == rep["cv"]["folds"] == 3
+    assert all(1 <= e <= TINY.epochs for e in rep["cv"]["fold_head_epochs"])
+    bulk_cv = next(ev for ev in rep["card"]["evaluations"] if ev["name"] == "bulk_cv")
+    assert bulk_cv["note"].startswith("Head epochs chosen on the other folds") and bulk_cv["note"] in card_lines(rep["card"])
+    assert rep["card"]["evaluations"][0]["scores"][0]["auroc"] == pytest.approx(rep["cv"]["oof_auroc"], abs=1e-4)
     assert {ev["name"] for ev in rep["card"]["evaluations"]} == {"bulk_cv", "target"}
     predict(target, load_bundle(bundle.path), device="cpu")
     np.testing.assert_allclose(target.obs["scatd_prob_resistant"], rep["target_predictions"]["prob_resistant"],
@@ -498,3 +504,95 @@ def test_default_folder_is_unique_when_two_trainings_race(tmp_path, monkeypatch)
                                  settings=replace(TINY, members=1, pretrain_epochs=1))
     assert bundle.path == taken.with_name(taken.name + "-2")
     assert (taken / "theirs.txt").read_text() == "another user's model"  # untouched
+
+
+# --------------------------------------------------------------------------- the original head's CV estimate
+
+def _smoothed_argmax(curves) -> int:
+    """The test's own account of the selection rule: 1 + argmax of the fold-mean curve averaged
+    over a centred window of 5 epochs (shrinking at the ends)."""
+    mean = np.nanmean(np.array(curves, dtype=float), axis=0)
+    smooth = [np.nanmean(mean[max(0, i - 2):i + 3]) for i in range(len(mean))]
+    return int(np.nanargmax(smooth)) + 1
+
+
+@pytest.mark.parametrize("finetune_epochs", [0, 3])
+def test_original_head_cv_takes_each_folds_epochs_from_the_other_folds(monkeypatch, finetune_epochs):
+    """The head epochs that score fold k are the argmax of the OTHER folds' mean validation curve,
+    never chosen on fold k's own labels; the reported out-of-fold AUROC is that of those
+    predictions. Labels are permuted (independent of the genes), where selection shows most."""
+    from scatd_core.metrics import auroc
+    from scatd_core.train import _cv
+
+    bulk, labels, target = synthetic()
+    data = prepare_training_data(bulk, labels, "DRUGA", target)
+    data.bulk_y = np.random.default_rng(6).permutation(data.bulk_y)
+    s = replace(TINY_SCATD, epochs=12, finetune_epochs=finetune_epochs, folds=4, seed=1)
+    calls, real = [], _cv.fit_head
+
+    def recording(*args, **kw):
+        model, hist = real(*args, **kw)
+        calls.append((kw["head_epochs"], hist))
+        return model, hist
+
+    monkeypatch.setattr(_cv, "fit_head", recording)
+    vae = _new_backbone("dist_vae", data.bulk_x.shape[1], s)
+    cv = _cv.cross_validate(vae.eval(), data, s, torch.device("cpu"), adaptation=True)
+    splits = _cv.cv_splits(data.bulk_y, s)
+    head_pass = [hist for _e, hist in calls[:s.folds]]
+    curves = [h["val_auroc"] for h in head_pass]
+    expected = [_smoothed_argmax([c for j, c in enumerate(curves) if j != k]) for k in range(s.folds)]
+    assert cv["fold_head_epochs"] == expected
+    assert cv["head_epochs"] == _smoothed_argmax(curves)  # the final model's: all folds
+    assert any(e != cv["head_epochs"] for e in expected)  # the case that tells the two apart
+    oof = cv["oof"]
+    for k, (_tr, va) in enumerate(splits):
+        if finetune_epochs == 0:
+            np.testing.assert_array_equal(oof[va], head_pass[k]["val_prob"][expected[k] - 1])
+        else:  # the whole procedure, retrained with fold k's own epochs
+            head_epochs, hist = calls[s.folds + k]
+            assert head_epochs == expected[k] and len(hist["val_prob"]) == expected[k] + finetune_epochs
+            np.testing.assert_array_equal(oof[va], hist["val_prob"][-1])
+        assert cv["per_fold"][k]["head_epochs"] == expected[k]
+    assert len(calls) == s.folds * (1 if finetune_epochs == 0 else 2)  # no extra training
+    assert cv["oof_auroc"] == auroc(data.bulk_y, oof)
+    assert "other folds" in cv["selection"] and "other folds" in cv["note"]
+
+
+def test_original_head_cv_estimate_is_not_selected_on_noise(monkeypatch):
+    """Heads whose validation scores are pure noise (independent of the labels): the out-of-fold
+    AUROC averages 0.5. Taking every fold at the epoch that maximised the fold-mean AUROC (the
+    old estimate) averaged ~0.55 here."""
+    from scatd_core.metrics import _fast_auroc
+    from scatd_core.train import _cv
+
+    rng = np.random.default_rng(0)
+
+    def noise_head(vae, x, y, target_x, s, device, *, head_epochs, finetune_epochs, val, **_kw):
+        n_epochs = head_epochs + finetune_epochs
+        walk = np.cumsum(rng.normal(size=(n_epochs, len(val[1]))), axis=0)  # scores drifting over epochs
+        probs = list(1.0 / (1.0 + np.exp(-0.3 * walk)))
+        return None, {"loss": [0.0] * n_epochs, "mmd": [0.0] * n_epochs, "val_prob": probs,
+                      "val_auroc": [_fast_auroc(val[1], p) for p in probs]}
+
+    monkeypatch.setattr(_cv, "fit_head", noise_head)
+    s = replace(TINY_SCATD, epochs=20, finetune_epochs=0, folds=5)
+    y = np.repeat([0, 1], 30)
+    estimates = []
+    for rep in range(60):
+        data = argparse.Namespace(bulk_x=np.zeros((len(y), 1), np.float32), bulk_y=rng.permutation(y),  # labels only
+                                  target_x=None)
+        estimates.append(_cv.cross_validate(None, data, replace(s, seed=rep), torch.device("cpu"),
+                                            adaptation=False)["oof_auroc"])
+    mean, se = np.mean(estimates), np.std(estimates, ddof=1) / np.sqrt(len(estimates))
+    assert abs(mean - 0.5) < 3 * se + 0.005, (mean, se)
+
+
+def test_fold_epochs_edge_cases():
+    from scatd_core.train._cv import fold_epochs
+
+    peak = lambda at, n=12: [1.0 - abs(i + 1 - at) / n for i in range(n)]  # noqa: E731
+    assert fold_epochs([peak(4), peak(9)]) == [9, 4]  # 2 folds: each from the other one
+    assert fold_epochs([peak(4), peak(9), peak(9)]) == [9, 6, 6]  # (mean of peaks at 4 and 9: 6 to 7)
+    assert fold_epochs([peak(4)]) == [12]  # one fold: nothing else to choose on, the last epoch
+    assert fold_epochs([[np.nan] * 12, peak(6)]) == [6, 12]  # an all-NaN other fold: the last epoch

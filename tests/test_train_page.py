@@ -196,3 +196,24 @@ def test_kept_widget_values_log_no_duplicated_default_warning(monkeypatch):
     assert not at.exception, at.exception
     assert at.selectbox(key="train_label_column").value == "response"
     assert not [m for m in logged if "set via the Session State API" in m], logged
+
+
+def test_original_head_result_says_its_cv_epochs_come_from_the_other_folds():
+    at = _page_with_training_data()
+    at.run()
+    at.radio(key="train_head").set_value("scatd").run()
+    at.radio(key="train_resistant_response").set_value("0")
+    for key, value in {"train_folds": 3, "train_pretrain_epochs": 2, "train_epochs": 6,
+                       "train_finetune_epochs": 1}.items():
+        at.number_input(key=key).set_value(value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        at.button(key="btn_train_start").click().run()
+    finally:
+        torch.set_num_threads(threads)
+    assert not at.exception, at.exception
+    cv = at.session_state["train_result"]["report"]["cv"]
+    caption = next(c.value for c in at.caption if "other folds' mean curve" in c.value)
+    assert f"final model's {cv['head_epochs']} head epochs" in caption
+    assert all(f"fold {k + 1}: {e}" in caption for k, e in enumerate(cv["fold_head_epochs"]))

@@ -30,7 +30,9 @@ known bugs fixed (reference §10). Two recipes share the inputs and the backbone
    mode** (unlike the original, §10.12), the head ``fc3 -> bn3 -> swish -> fc4`` trained on the
    latent mean with class-weighted cross-entropy from a constant prediction (so stopping early
    shrinks it towards "no signal"); its number of epochs is the argmax of the fold-mean
-   validation AUROC curve (smoothed over 5 epochs), not "the last epoch" (§10.15). Then a fixed
+   validation AUROC curve (smoothed over 5 epochs), not "the last epoch" (§10.15); the CV
+   estimate takes each fold's predictions at the epoch chosen on the *other* folds' curves, so
+   it is not selected on the labels it is scored on. Then a fixed
    number of fine-tuning epochs train the encoder too (BatchNorm still in eval mode), with the
    RBF-kernel MMD between bulk and target latent means when adapting (median-heuristic
    bandwidth, detached; ``min(batch, n_target)`` target cells, so small targets work, §10.17).

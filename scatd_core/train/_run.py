@@ -131,7 +131,9 @@ def _fit_scatd(data: TrainingData, s: TrainSettings, dev, *, base_vae, adaptatio
     oof = cv.pop("oof")
     description = (f"One scATD {data.backbone} model with the original drug head (fc3 -> bn3 -> Swish -> fc4): "
                    f"{cv['head_epochs']} head epochs chosen by bulk cross-validation, then {s.finetune_epochs} "
-                   "epochs fine-tuning the encoder" + (" with MMD to the target." if adaptation else "."))
+                   "epochs fine-tuning the encoder" + (" with MMD to the target." if adaptation else ".")
+                   + " Its bulk cross-validation scores take each fold's head epochs from the other folds "
+                     f"({', '.join(map(str, cv['fold_head_epochs']))}), not from the samples they score.")
     return Fitted(model, model.state_dict(), model.arch, target_prob, oof, cv, pretrain_hist,
                   {"head_epochs": cv["head_epochs"], "finetune_epochs": s.finetune_epochs,
                    "loss": refit_hist["loss"]}, description, extra={"latent_mmd_bulk_vs_target": latent_mmd})
@@ -181,7 +183,7 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
     bulk_preds = {cards.MODEL: fit.oof, **{title: baselines.out_of_fold(key, x, y, splits, seed)
                                          for key, title in names.items()}}
     evaluations = [cards.evaluation("bulk_cv", f"Bulk cell lines, {len(splits)}-fold cross-validation", y,
-                                    bulk_preds, seed=seed)]
+                                    bulk_preds, seed=seed, note=fit.cv.get("note"))]
     if truth is not None:
         held = np.isfinite(truth)
         if few is not None:
