@@ -596,3 +596,20 @@ def test_fold_epochs_edge_cases():
     assert fold_epochs([peak(4), peak(9), peak(9)]) == [9, 6, 6]  # (mean of peaks at 4 and 9: 6 to 7)
     assert fold_epochs([peak(4)]) == [12]  # one fold: nothing else to choose on, the last epoch
     assert fold_epochs([[np.nan] * 12, peak(6)]) == [6, 12]  # an all-NaN other fold: the last epoch
+
+
+def test_progress_advances_through_the_baseline_fits(tmp_path):
+    """The card's baselines (gradient boosting takes minutes on many genes) are steps of the
+    progress, per baseline and fold, not one message at 99 % while they run."""
+    bulk, labels, target = synthetic()
+    seen = []
+    _train(tmp_path, bulk, labels, target, target_label_column="response", target_resistant_value=0,
+           progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _m in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    scoring = [(f, m) for f, m in seen if m.startswith("Scoring the baselines")]
+    # 2 baselines x (3 folds + the target cells)
+    assert len(scoring) == 8 and sum("bulk CV fold 3/3" in m for _f, m in scoring) == 2
+    assert sum(m.endswith("target cells") for _f, m in scoring) == 2
+    start = next(f for f, m in seen if m.startswith("Scoring the model and the baselines"))
+    assert start < 0.9 and all(a < b for a, b in zip([start] + [f for f, _m in scoring], [f for f, _m in scoring]))

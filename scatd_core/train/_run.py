@@ -174,14 +174,29 @@ def _target_truth(target_ad, column, resistant, data: TrainingData) -> np.ndarra
 
 # --------------------------------------------------------------------------- the card
 
+def _scoring_units(n_features: int, n_folds: int, truth, few: FewShot | None) -> int:
+    """The baseline fits of :func:`_card` in training epochs (:func:`baselines.fit_units`)."""
+    per_set = sum(baselines.fit_units(key, n_features) for key in (baselines.LOGISTIC, baselines.BOOSTING))
+    return per_set * n_folds + (per_set if truth is not None else 0) + (
+        baselines.fit_units(baselines.LOGISTIC, n_features) if truth is not None and few is not None else 0)
+
+
 def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, column, few: FewShot | None,
-          provenance: dict, warnings: list[str]) -> dict:
+          provenance: dict, warnings: list[str], advance: Callable[[int, str], None] | None = None) -> dict:
+    """The model card; ``advance(units, message)`` after each baseline fit (progress)."""
     seed = s.seed
     x, y, xt = data.bulk_x, data.bulk_y, data.target_x
     names = {baselines.LOGISTIC: baselines.BASELINE_TITLES[baselines.LOGISTIC],
              baselines.BOOSTING: baselines.BASELINE_TITLES[baselines.BOOSTING]}
-    bulk_preds = {cards.MODEL: fit.oof, **{title: baselines.out_of_fold(key, x, y, splits, seed)
-                                         for key, title in names.items()}}
+
+    def done(key: str, what: str) -> None:
+        if advance is not None:
+            advance(baselines.fit_units(key, x.shape[1]), f"Scoring the baselines · {names[key]}, {what}")
+
+    bulk_preds = {cards.MODEL: fit.oof, **{
+        title: baselines.out_of_fold(key, x, y, splits, seed,
+                                     on_fit=lambda k, key=key: done(key, f"bulk CV fold {k + 1}/{len(splits)}"))
+        for key, title in names.items()}}
     evaluations = [cards.evaluation("bulk_cv", f"Bulk cell lines, {len(splits)}-fold cross-validation", y,
                                     bulk_preds, seed=seed, note=fit.cv.get("note"))]
     if truth is not None:
@@ -189,11 +204,14 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
         if few is not None:
             held[few.rows] = False
         if held.any() and len(np.unique(truth[held])) == 2:
-            preds = {cards.MODEL: fit.target_prob[held],
-                     **{title: baselines.fit_predict(key, x, y, xt, seed)[held] for key, title in names.items()}}
+            preds = {cards.MODEL: fit.target_prob[held]}
+            for key, title in names.items():
+                preds[title] = baselines.fit_predict(key, x, y, xt, seed)[held]
+                done(key, "target cells")
             if few is not None:
                 title = f"{baselines.BASELINE_TITLES[baselines.TARGET_ONLY]} ({len(few.rows)} cells)"
                 preds[title] = baselines.fit_predict(baselines.LOGISTIC, xt[few.rows], few.y, xt, seed)[held]
+                done(baselines.LOGISTIC, "on the labelled target cells")
                 preds["the same recipe without the labelled cells"] = fit.without_few_shot[held]
             what = (f"Target cells whose labels were not used for training ('{column}')" if few is not None
                     else f"Target cells ('{column}', labels used for evaluation only)")
@@ -370,6 +388,8 @@ def train_drug_model(
         total_units = pre_epochs * (s.members if base_vae is None else 0) + 1
     else:  # an estimate until the CV has chosen the number of head epochs
         total_units = pre_epochs + s.folds * s.epochs + (s.folds + 1) * (s.epochs + s.finetune_epochs)
+    scoring_units = _scoring_units(data.bulk_x.shape[1], s.folds, truth, few)
+    total_units += scoring_units  # the baselines of the card: minutes for gradient boosting on many genes
     done = [0]
 
     def tick(prefix: str) -> Callable[[str], None]:
@@ -386,8 +406,14 @@ def train_drug_model(
         else:
             fit = _fit_scatd(data, s, dev, base_vae=base_vae, adaptation=adaptation, tick=tick,
                              should_stop=should_stop)
-    if progress is not None:
-        progress(0.99, "Scoring the model and the baselines (bulk cross-validation, target)")
+    done[0] = max(done[0], total_units - scoring_units)  # the training's estimate may have run short
+
+    def advance(units: int, message: str) -> None:
+        done[0] += units
+        if progress is not None:
+            progress(min(done[0] / max(total_units, 1), 0.99), message)
+
+    advance(0, "Scoring the model and the baselines (bulk cross-validation, target)")
 
     provenance = {
         "source": "trained by scATD Studio (scatd train)",
@@ -400,7 +426,7 @@ def train_drug_model(
                             if bb_bundle is not None else None),
         "seed": s.seed, "adaptation": bool(adaptation), "device": str(dev), "threads": s.threads,
     }
-    card = _card(data, s, fit, splits, truth, target_label_column, few, provenance, warnings)
+    card = _card(data, s, fit, splits, truth, target_label_column, few, provenance, warnings, advance)
     metrics = {"cv": {**{k: v for k, v in fit.cv.items() if k not in ("head_curve", "per_fold_head", "per_fold")},
                       **_headline(card, "bulk_cv")}, **fit.extra}
     target_scores = _headline(card, "target")
