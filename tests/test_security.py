@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import anndata as ad
@@ -334,6 +336,63 @@ def test_gzip_bomb_tables_stop_at_the_limits(tmp_path, monkeypatch):
         for i in range(5000):
             fh.write(f"c{i}," + ",".join(["1"] * 2000) + "\n")
     assert "of memory once read" in _refused(dense).message
+
+
+TABLE = b"cell,G1,G2\nc1,1,2\nc2,3,4\n"
+
+
+def _tar_gz(path: Path, headers: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    """A .tar.gz of raw members (a header and its content each), written by hand: tarfile would
+    not write some of these."""
+    with gzip.open(path, "wb", compresslevel=9) as fh:
+        for info, data in headers:
+            fh.write(info.tobuf(format=tarfile.GNU_FORMAT if info.type == tarfile.GNUTYPE_SPARSE
+                                else tarfile.USTAR_FORMAT))
+            fh.write(data + b"\0" * (-len(data) % 512))
+        fh.write(b"\0" * 1024)
+    return path
+
+
+def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, len(data)
+    return info, data
+
+
+def test_tar_archives_are_bounded_in_headers_entries_and_decompressed_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")
+    # an 8 MB pax header (one comment record) before the data: tarfile reads a header whole
+    record = b"8388608 comment=" + b"x" * (8388608 - 17) + b"\n"
+    pax = _tar_gz(tmp_path / "pax.tar.gz", [_member("././@PaxHeader", record, tarfile.XHDTYPE), _member("a.csv", TABLE)])
+    assert pax.stat().st_size < 100_000
+    err = _refused(pax)
+    assert "tar header of 8.0 MB" in err.message and "tar czf" in err.hint
+    # a long name of 2 MB (GNU)
+    gnu = _tar_gz(tmp_path / "gnu.tar.gz", [_member("././@LongLink", b"a" * (2 << 20), tarfile.GNUTYPE_LONGNAME),
+                                             _member("a.csv", TABLE)])
+    assert "tar header of 2.0 MB" in _refused(gnu).message
+    # thousands of empty entries (each one a TarInfo kept by tarfile)
+    many = _tar_gz(tmp_path / "many.tar.gz", [_member(f"d{i}", kind=tarfile.DIRTYPE) for i in range(1500)]
+                   + [_member("a.csv", TABLE)])
+    assert "more than 1,000 entries" in _refused(many).message
+    # content that is never extracted (a hidden file) still counts: the stream itself is capped
+    hidden = _tar_gz(tmp_path / "hidden.tar.gz", [_member(".big.csv", b"0" * (3 << 20)), _member("a.csv", TABLE)])
+    assert "expands to more than 1.0 MB when decompressed" in _refused(hidden).message
+    sparse = _tar_gz(tmp_path / "sparse.tar.gz", [_member("a.csv", TABLE, tarfile.GNUTYPE_SPARSE)])
+    assert "sparse tar entry" in _refused(sparse).message
+    # a real archive of a few files still reads
+    monkeypatch.delenv("SCATD_MAX_DECOMPRESSED_MB")
+    fine = _tar_gz(tmp_path / "fine.tar.gz", [_member("data", kind=tarfile.DIRTYPE), _member("data/a.csv", TABLE)])
+    assert io.read(fine).shape == (2, 2)
+
+
+def test_zip_archives_with_too_many_entries_are_refused_before_extracting(tmp_path):
+    with zipfile.ZipFile(tmp_path / "many.zip", "w") as zf:
+        for i in range(1500):
+            zf.writestr(f"x/{i}.txt", b"")
+        zf.writestr("a.csv", TABLE)
+    err = _refused(tmp_path / "many.zip")
+    assert "more than 1,000 entries (1,501)" in err.message and "zip -r" in err.hint
 
 
 # --------------------------------------------------------------------------- the model library

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
+import io
+import lzma
 import re
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -18,8 +22,8 @@ import scipy.io
 import scipy.sparse as sp
 
 from scatd_core.errors import InputError
-from scatd_core.io._common import (FORMAT_OF_SUFFIX, FORMATS_HINT, Options, check_cells, check_genes, check_memory,
-                                   keep_gene_expression, mb, open_limited, suffix_of, too_large)
+from scatd_core.io._common import (FORMAT_OF_SUFFIX, FORMATS_HINT, LimitedReader, Options, check_cells, check_genes,
+                                   check_memory, keep_gene_expression, mb, open_limited, suffix_of, too_large)
 
 def data_files(root: Path) -> list[Path]:
     """Files under ``root``, without hidden files and macOS archive metadata."""
@@ -141,8 +145,89 @@ def _safe_member(name: str) -> Path | None:
     return Path(*p.parts)
 
 
+#: The most entries (files, folders, links) an archive may hold: a 10x folder is three files, and
+#: a whole Cell Ranger ``outs`` folder a few dozen. Every entry costs time and memory before its
+#: content is read, so an archive of a million empty entries is refused, not walked.
+MAX_ARCHIVE_MEMBERS = 1000
+#: The largest extended tar header (a pax record set, or a GNU long name), read whole by tarfile.
+MAX_TAR_HEADER_BYTES = 1 << 20
+#: All extended tar headers of one archive together.
+MAX_TAR_HEADERS_BYTES = 16 << 20
+_REMAKE_HINT = ("Create the archive from the data folder itself (e.g. tar czf data.tar.gz filtered_feature_bc_matrix, "
+                "or zip -r data.zip filtered_feature_bc_matrix), or upload the data file itself.")
+
+
+def _too_many_members(name: str, count: int | None = None) -> InputError:
+    found = f" ({count:,})" if count is not None else ""
+    return InputError(f"{name} holds more than {MAX_ARCHIVE_MEMBERS:,} entries{found}; an archive of one dataset "
+                      "holds a few files.", _REMAKE_HINT)
+
+
+def _bounded_tarinfo(name: str) -> type[tarfile.TarInfo]:
+    """A TarInfo class that refuses oversized extended headers (tarfile reads each one whole into
+    memory before the member it describes) and sparse entries (whose maps are unbounded)."""
+    seen = {"bytes": 0, "headers": 0}
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tf):
+            if self.type == tarfile.GNUTYPE_SPARSE:
+                self._refuse_sparse()
+            if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                             tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+                seen["bytes"] += self.size
+                seen["headers"] += 1
+                if self.size > MAX_TAR_HEADER_BYTES:
+                    raise InputError(f"{name} has a tar header of {mb(self.size)} (extended attributes or a long "
+                                     f"name), over the limit of {mb(MAX_TAR_HEADER_BYTES)}; an archive of data files "
+                                     "has headers of a few hundred bytes.", _REMAKE_HINT)
+                if seen["bytes"] > MAX_TAR_HEADERS_BYTES or seen["headers"] > 2 * MAX_ARCHIVE_MEMBERS:
+                    raise InputError(f"{name} has more than {mb(MAX_TAR_HEADERS_BYTES)} of tar headers (extended "
+                                     "attributes or long names); an archive of data files has a few kB.",
+                                     _REMAKE_HINT)
+            return super()._proc_member(tf)
+
+        def _refuse_sparse(self, *args):
+            raise InputError(f"{name} holds a sparse tar entry; sparse entries are not supported.",
+                             "Create the archive without --sparse (e.g. tar czf data.tar.gz "
+                             "filtered_feature_bc_matrix), or upload the data file itself.")
+
+        _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+    return BoundedTarInfo
+
+
+def _open_tar_stream(archive: Path, cap: int, name: str):
+    """The archive's tar bytes (gzip, bzip2 and xz decompressed), never more than ``cap`` of them."""
+    with archive.open("rb") as fh:
+        magic = fh.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        raw = gzip.open(archive, "rb")
+    elif magic.startswith(b"BZh"):
+        raw = bz2.open(archive, "rb")
+    elif magic.startswith(b"\xfd7zXZ\x00"):
+        raw = lzma.open(archive, "rb")
+    else:
+        raw = archive.open("rb")
+    return io.BufferedReader(LimitedReader(raw, cap, name), buffer_size=1 << 20)
+
+
+def _check_zip_directory(archive: Path, name: str) -> None:
+    """Refuse a zip whose central directory declares too many entries, before zipfile parses it
+    (it builds one object per entry, all at once)."""
+    with archive.open("rb") as fh:
+        end = zipfile._EndRecData(fh)  # the end-of-central-directory record (zip64 aware)
+    if not end:
+        return  # not a zip: ZipFile says so
+    entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    # a central-directory entry is 46 bytes plus its name, extra field and comment
+    if entries > MAX_ARCHIVE_MEMBERS or size > MAX_ARCHIVE_MEMBERS * 1024:
+        raise _too_many_members(name, entries if entries > MAX_ARCHIVE_MEMBERS else None)
+
+
 def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str) -> None:
-    """Extract regular files only (no links, devices), stopping past ``cap`` bytes."""
+    """Extract regular files only (no links, devices), stopping past ``cap`` bytes (of content,
+    and for a tar of the whole decompressed stream, headers included) or
+    :data:`MAX_ARCHIVE_MEMBERS` entries."""
     written = 0
 
     def copy(member_name: str, src) -> None:
@@ -161,20 +246,32 @@ def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str) -> None:
                 out.write(chunk)
 
     if kind == "zip":
+        _check_zip_directory(archive, name)
         with zipfile.ZipFile(archive) as zf:
-            declared = sum(info.file_size for info in zf.infolist())
+            infos = zf.infolist()
+            if len(infos) > MAX_ARCHIVE_MEMBERS:
+                raise _too_many_members(name, len(infos))
+            declared = sum(info.file_size for info in infos)
             if declared > cap:  # refused before anything is written; the copy below checks the truth
                 raise InputError(f"{name} declares {mb(declared)} of content, over the server's limit of {mb(cap)} "
                                  "decompressed.", "Upload the data file itself, or a smaller archive.")
-            for info in zf.infolist():
+            for info in infos:
                 if not info.is_dir():
                     with zf.open(info) as src:
                         copy(info.filename, src)
-    else:
-        with tarfile.open(archive, "r:*") as tf:
-            for member in tf:
+        return
+    # streamed ('r|'): one pass, the decompressed stream itself capped (headers count too)
+    try:
+        with _open_tar_stream(archive, cap, name) as stream, \
+                tarfile.open(fileobj=stream, mode="r|", tarinfo=_bounded_tarinfo(name)) as tf:
+            for count, member in enumerate(tf, start=1):
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise _too_many_members(name)
                 if member.isfile():
                     copy(member.name, tf.extractfile(member))
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, RecursionError) as exc:
+        raise InputError(f"{name} is not a readable tar archive ({str(exc)[:200] or type(exc).__name__}).",
+                         "The file is truncated or corrupt; " + _REMAKE_HINT[0].lower() + _REMAKE_HINT[1:]) from None
 
 
 def read_archive(path: Path, opts: Options, kind: str) -> ad.AnnData:
