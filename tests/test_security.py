@@ -395,6 +395,21 @@ def test_zip_archives_with_too_many_entries_are_refused_before_extracting(tmp_pa
     assert "more than 1,000 entries (1,501)" in err.message and "zip -r" in err.hint
 
 
+def test_a_matrix_market_header_is_read_within_bounds(tmp_path, monkeypatch):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    with gzip.open(folder / "barcodes.tsv.gz", "wb") as fh:
+        fh.write(b"A\nB\n")
+    with gzip.open(folder / "features.tsv.gz", "wb") as fh:
+        fh.write(b"G1\tG1\nG2\tG2\n")
+    with gzip.open(folder / "matrix.mtx.gz", "wb", compresslevel=9) as fh:  # a "comment" that never ends
+        fh.write(b"%%MatrixMarket matrix coordinate real general\n" + b"%" * (4 << 20))
+    err = _refused(folder)
+    assert "more than 1.0 MB of header and comment lines" in err.message and "mmwrite" in err.hint
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")  # read through the decompression limit, too
+    assert "expands to more than 1.0 MB when decompressed" in _refused(folder).message
+
+
 # --------------------------------------------------------------------------- the model library
 
 def _checkpoint(tmp_path, seed=1):

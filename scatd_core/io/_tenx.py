@@ -61,17 +61,35 @@ def _read_text_table(path: Path, opts: Options, max_rows: int) -> pd.DataFrame:
                            nrows=max_rows)
 
 
-def _mtx_shape(path: Path, name: str) -> tuple[int, int, int]:
-    """``(rows, columns, stored entries)`` from the Matrix Market header."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="latin-1") as fh:
-        banner = fh.readline()
+#: The most bytes of banner and comment lines before a Matrix Market size line (Cell Ranger writes
+#: three short lines).
+MAX_MTX_HEADER_BYTES = 1 << 20
+
+
+def _mtx_shape(path: Path, opts: Options) -> tuple[int, int, int]:
+    """``(rows, columns, stored entries)`` from the Matrix Market header, read through the
+    decompression limit and never more than :data:`MAX_MTX_HEADER_BYTES` of it."""
+    name, left = opts.display_name, MAX_MTX_HEADER_BYTES
+
+    def next_line() -> str:
+        nonlocal left
+        raw = fh.readline(left + 1)
+        left -= len(raw)
+        if left < 0:
+            raise InputError(f"{name}: {path.name} has more than {mb(MAX_MTX_HEADER_BYTES)} of header and comment "
+                             "lines before its size line (or a line that never ends); a Matrix Market header is a "
+                             "few short lines.", "The matrix file is corrupt or not a Matrix Market file; export it "
+                                                 "again with Cell Ranger or scipy.io.mmwrite.")
+        return raw.decode("latin-1")
+
+    with open_limited(path, opts) as fh:  # a .gz is never decompressed beyond the limit
+        banner = next_line()
         if not banner.startswith("%%MatrixMarket"):
             raise InputError(f"{name}: {path.name} is not a Matrix Market file (no %%MatrixMarket line).",
                              "Export the matrix again with Cell Ranger or scipy.io.mmwrite.")
-        line = fh.readline()
+        line = next_line()
         while line.startswith("%"):
-            line = fh.readline()
+            line = next_line()
     fields = line.split()
     if len(fields) < 3 or not all(x.isdigit() for x in fields):
         raise InputError(f"{name}: {path.name} has no valid size line.", "The matrix file is truncated or corrupt.")
@@ -93,7 +111,7 @@ def read_mtx(matrix: Path, opts: Options) -> ad.AnnData:
     total = sum(p.stat().st_size for p in (matrix, barcodes_file, features_file))
     if total > opts.max_bytes:
         raise too_large(name, total, opts.max_bytes)
-    n_rows, n_cols, nnz = _mtx_shape(matrix, name)
+    n_rows, n_cols, nnz = _mtx_shape(matrix, opts)
     # which side holds the cells is known once the names are read; the header already bounds both
     check_cells(max(n_rows, n_cols), opts)
     check_genes(min(n_rows, n_cols), opts)
