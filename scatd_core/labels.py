@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from scatd_core._keys import LABEL_DIRECTIONS, RESISTANT, SENSITIVE
+from scatd_core.config import limits
 from scatd_core.errors import InputError
 
 #: Class indices of the models (``label_mapping`` of every bundle scATD Studio trains).
@@ -48,19 +49,66 @@ _SENSITIVE_WORDS = ("sensitive", "sensitivity", "s", "responder", "response", "r
 
 # --------------------------------------------------------------------------- reading tables
 
-def _read_table(path: Path, what: str, **kw) -> pd.DataFrame:
+#: Label tables are small: GDSC's IC50 table is ~250 drugs x ~1,000 cell lines (5 MB), its label
+#: table about the transpose, a labelled-cells file one short line per cell. These bound what
+#: :func:`_read_table` reads (decompressed text, columns, rows and values), whatever the file says.
+MAX_TABLE_TEXT_BYTES = 256 << 20
+MAX_TABLE_HEADER_BYTES = 4 << 20
+MAX_TABLE_COLUMNS = 20_000
+MAX_TABLE_ROWS = 100_000
+MAX_TABLE_VALUES = 10_000_000
+_TABLE_HINT = ("Check that you gave the right file: an IC50 or label table has a row per drug or cell line (GDSC: "
+               "~250 drugs, ~1,000 cell lines), a labelled-cells file a row per labelled cell.")
+
+
+def _open_table_text(path: Path, name: str):
+    """``path`` as binary text: gzip (by its first bytes) decompressed, never more than
+    :data:`MAX_TABLE_TEXT_BYTES` (or the server's decompression limit, when lower)."""
+    import io
+
+    from scatd_core.io._common import LimitedReader, mb  # not at the top: scatd_core.io imports this module
+
+    cap = min(MAX_TABLE_TEXT_BYTES, limits().max_decompressed_bytes)
+    with path.open("rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    if not gz and path.stat().st_size > cap:
+        raise InputError(f"{name} is {mb(path.stat().st_size)}, over the limit of {mb(cap)} for a table of labels "
+                         "or IC50 values.", _TABLE_HINT)
+    raw = gzip.open(path, "rb") if gz else path.open("rb")
+    return io.BufferedReader(LimitedReader(raw, cap, name, None if cap < MAX_TABLE_TEXT_BYTES else _TABLE_HINT),
+                             buffer_size=1 << 20)
+
+
+def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, **kw) -> pd.DataFrame:
+    """A CSV/TSV (gzipped or not) of at most ``max_rows`` rows, :data:`MAX_TABLE_COLUMNS` columns
+    and :data:`MAX_TABLE_VALUES` values; ``kw`` go to :func:`pandas.read_csv`."""
     if not path.is_file():
         raise InputError(f"{what} not found: {path}", "Check the path.")
+    name = path.name
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            first = fh.readline()
+        with _open_table_text(path, name) as fh:
+            first = fh.readline(MAX_TABLE_HEADER_BYTES + 1)
+        if len(first) > MAX_TABLE_HEADER_BYTES:
+            raise InputError(f"{name} ({what}): the first line is longer than {MAX_TABLE_HEADER_BYTES >> 20} MB, "
+                             "so it is not a table.", f"Give the {what.lower()} as a CSV or TSV file, one row per line.")
+        text = first.decode("utf-8", errors="replace")
         # the separator is read off the header line, so none has to be given
-        sep = max(("\t", ",", ";"), key=first.count)
-        return pd.read_csv(path, sep=sep, **kw)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as exc:
+        sep = max(("\t", ",", ";"), key=text.count)
+        n_columns = text.count(sep) + 1
+        if n_columns > MAX_TABLE_COLUMNS:
+            raise InputError(f"{name} ({what}) has {n_columns:,} columns, over the limit of {MAX_TABLE_COLUMNS:,}.",
+                             _TABLE_HINT)
+        allowed = max(1, min(max_rows, MAX_TABLE_VALUES // n_columns))
+        with _open_table_text(path, name) as fh:  # at most one row beyond the limit is parsed
+            table = pd.read_csv(fh, sep=sep, encoding="utf-8", compression=None, nrows=allowed + 1, **kw)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
         raise InputError(f"{path.name} is not a readable CSV/TSV table ({exc}).",
                          f"Give the {what.lower()} as a CSV or TSV file.") from None
+    if len(table) > allowed:
+        limit = (f"{max_rows:,} rows" if allowed == max_rows
+                 else f"{MAX_TABLE_VALUES:,} values ({allowed:,} rows of {n_columns:,} columns)")
+        raise InputError(f"{name} ({what}) has more than {limit}, over the limit.", _TABLE_HINT)
+    return table
 
 
 def read_label_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -307,7 +355,8 @@ def read_few_shot_labels(path: str | Path) -> pd.Series:
     a Series indexed by cell ID (see :func:`_few_shot_series` for the checks).
     """
     path = Path(path)
-    table = _read_table(path, "Labelled-cells file", dtype=str, keep_default_na=False)
+    table = _read_table(path, "Labelled-cells file", max_rows=limits().max_cells, dtype=str,
+                        keep_default_na=False)
     if table.shape[1] < 2:
         raise InputError(f"{path.name} has {table.shape[1]} column(s); it needs two: cell_id and label.",
                          "Write one row per labelled cell: cell_id,label (sensitive or resistant).")

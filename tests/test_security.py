@@ -410,6 +410,37 @@ def test_a_matrix_market_header_is_read_within_bounds(tmp_path, monkeypatch):
     assert "expands to more than 1.0 MB when decompressed" in _refused(folder).message
 
 
+def test_label_and_ic50_tables_are_bounded_whatever_they_declare(tmp_path, monkeypatch):
+    from scatd_core import labels
+
+    bomb = tmp_path / "ic50.csv.gz"  # ~1 MB of rows, 2 kB compressed
+    with gzip.open(bomb, "wb", compresslevel=9) as fh:
+        fh.write(b"drug,ACH-1\n" + b"GDSC:1,0\n" * 150_000)
+    err = _refused_table(lambda: labels._read_table(bomb, "IC50 table", index_col=0))
+    assert "has more than 100,000 rows" in err.message and "GDSC" in err.hint
+    wide = tmp_path / "wide.csv"
+    wide.write_text("drug," + ",".join(f"c{i}" for i in range(25_000)) + "\nGDSC:1," + ",".join(["0"] * 25_000) + "\n")
+    assert "25,001 columns, over the limit of 20,000" in _refused_table(lambda: labels.read_label_table(wide)).message
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")  # read through the decompression limit
+    text = tmp_path / "labels.csv.gz"
+    with gzip.open(text, "wt") as fh:
+        fh.write("cell_line," + ",".join(f"drug{i}" for i in range(200)) + "\n")
+        for i in range(1000):
+            fh.write(f"line{i}," + ",".join(["sensitive"] * 200) + "\n")
+    assert "expands to more than 1.0 MB" in _refused_table(lambda: labels.read_label_table(text)).message
+    monkeypatch.setenv("SCATD_MAX_CELLS", "100")  # a labelled-cells file: at most the cells a dataset may have
+    few = tmp_path / "few.csv"
+    few.write_text("cell_id,label\n" + "".join(f"c{i},{'sensitive' if i % 2 else 'resistant'}\n" for i in range(150)))
+    assert "more than 100 rows" in _refused_table(lambda: labels.read_few_shot_labels(few)).message
+
+
+def _refused_table(read) -> InputError:
+    with pytest.raises(InputError) as err:
+        read()
+    assert err.value.hint
+    return err.value
+
+
 # --------------------------------------------------------------------------- the model library
 
 def _checkpoint(tmp_path, seed=1):

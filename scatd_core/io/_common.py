@@ -150,8 +150,8 @@ def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None
 class LimitedReader(io.RawIOBase):
     """A binary stream that refuses to give more than ``cap`` bytes (a decompression-bomb guard)."""
 
-    def __init__(self, raw, cap: int, name: str):
-        self.raw, self.cap, self.name, self.count = raw, cap, name, 0
+    def __init__(self, raw, cap: int, name: str, hint: str | None = None):
+        self.raw, self.cap, self.name, self.count, self.hint = raw, cap, name, 0, hint
 
     def readable(self) -> bool:
         return True
@@ -161,8 +161,8 @@ class LimitedReader(io.RawIOBase):
         self.count += len(data)
         if self.count > self.cap:
             raise InputError(f"{self.name} expands to more than {mb(self.cap)} when decompressed, over the server's "
-                             "limit.", "Upload a smaller file, or ask the administrator to raise "
-                                       "SCATD_MAX_DECOMPRESSED_MB.")
+                             "limit.", self.hint or "Upload a smaller file, or ask the administrator to raise "
+                                                    "SCATD_MAX_DECOMPRESSED_MB.")
         buffer[:len(data)] = data
         return len(data)
 
