@@ -441,6 +441,27 @@ def _refused_table(read) -> InputError:
     return err.value
 
 
+def test_tables_are_parsed_in_chunks_that_stop_at_the_limits(tmp_path, monkeypatch):
+    """A narrow table is not parsed in one huge chunk before the limits are checked: no more rows
+    than the cell limit plus one, nor than the memory budget holds, are parsed at a time."""
+    narrow = tmp_path / "narrow.csv.gz"
+    with gzip.open(narrow, "wb", compresslevel=9) as fh:
+        fh.write(b"cell,G1,G2\n" + b"c,0,0\n" * 300_000)
+    monkeypatch.setenv("SCATD_MAX_CELLS", "1000")
+    assert "has 1,001 cells, over the limit of 1,000" in _refused(narrow).message
+    monkeypatch.delenv("SCATD_MAX_CELLS")
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "1")
+    # 1 MB holds 131,072 rows of two float32 values (all numbers), 262,144 of one (and a text column,
+    # set aside by the general reader); chunks of 100,000 rows would stop at 200,000 and 300,000
+    for text, most in ((b"c,1,1\n", 150_000), (b"c,1,x\n", 280_000)):
+        dense = tmp_path / "dense.csv.gz"
+        with gzip.open(dense, "wb", compresslevel=9) as fh:
+            fh.write(b"cell,G1,G2\n" + text * 300_000)
+        message = _refused(dense).message
+        rows = int(message.split("(after ")[1].split(" rows")[0].replace(",", ""))
+        assert rows < most, message
+
+
 # --------------------------------------------------------------------------- the model library
 
 def _checkpoint(tmp_path, seed=1):

@@ -36,8 +36,14 @@ BACKED_MIN_CELLS = 100_000
 #: The fewest cells accepted: QC, value-type detection and every plot compare cells, and a
 #: one-row table is usually a file read in the wrong orientation.
 MIN_CELLS = 2
-#: Tables are parsed in chunks of about this many values (bounds the parser's memory).
+#: Tables are parsed in chunks of about this many values (bounds the parser's memory) ...
 TABLE_CHUNK_VALUES = 40_000_000
+#: ... and of at most this many rows (each row costs its name and line besides its values) ...
+TABLE_CHUNK_ROWS = 100_000
+#: ... whose parsing (text, float64 values, row names) takes at most the dataset's memory budget,
+#: counting this many bytes per value and per row.
+TABLE_PARSE_BYTES_PER_VALUE = 16
+TABLE_PARSE_BYTES_PER_ROW = 128
 
 #: Column names (lower case) taken as per-cell labels / groups rather than genes.
 LABEL_COLUMN_NAMES = frozenset({"response", "label", "labels", "condition", "resistance", "sensitivity",

@@ -16,7 +16,8 @@ from pandas._libs.parsers import STR_NA_VALUES
 import scipy.sparse as sp
 
 from scatd_core.errors import InputError
-from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_VALUES, Options, check_cells, check_genes, check_memory,
+from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_ROWS, TABLE_CHUNK_VALUES, TABLE_PARSE_BYTES_PER_ROW,
+                                   TABLE_PARSE_BYTES_PER_VALUE, Options, check_cells, check_genes, check_memory,
                                    column_kind, decide_orientation, open_limited)
 from scatd_core.labels import MISSING_VALUES
 
@@ -162,7 +163,7 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
                              "file order.")
         header = [""] + header
     labels = [str(x) for x in header[1:]]
-    rows_per_chunk = max(1, TABLE_CHUNK_VALUES // len(labels))
+    rows_per_chunk = _rows_per_chunk(len(labels), opts)
     acc = _Rows(opts)
     # All-numeric tables (the usual counts matrix) are parsed by NumPy straight into one array
     # per chunk of rows: no per-column objects, so a genes x cells table with a million columns
@@ -189,11 +190,27 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
     return adata
 
 
+def _rows_per_chunk(n_values: int, opts: Options) -> int:
+    """The most rows parsed at once: a chunk's parse (text, values, names) fits the dataset's memory
+    budget; :meth:`_Rows.next_rows` also keeps it within the cell or gene limit."""
+    by_budget = opts.max_dataset_bytes // (TABLE_PARSE_BYTES_PER_VALUE * n_values + TABLE_PARSE_BYTES_PER_ROW)
+    return max(1, min(TABLE_CHUNK_ROWS, TABLE_CHUNK_VALUES // n_values, by_budget))
+
+
 class _Rows:
     """The rows read so far: value blocks (sparse when mostly zeros), row names and metadata."""
 
     def __init__(self, opts: Options):
-        self.opts, self.blocks, self.ids, self.metas, self.held = opts, [], [], [], 0
+        self.opts, self.blocks, self.ids, self.metas, self.held, self.orientation = opts, [], [], [], 0, None
+
+    def next_rows(self, most: int) -> int:
+        """Rows to parse next: at most ``most``, and at most one beyond what the cell (or gene) limit
+        still allows, so that a table over the limit is refused before more of it is parsed."""
+        if self.orientation is None:  # not known before the first chunk: the rows are cells or genes
+            limit = min(self.opts.max_cells, self.opts.max_genes)
+        else:
+            limit = self.opts.max_cells if self.orientation == "cells_x_genes" else self.opts.max_genes
+        return max(1, min(most, limit + 1 - len(self.ids)))
 
     def add(self, ids, block: np.ndarray, orientation: str, meta: pd.DataFrame | None = None) -> None:
         # mostly zeros (a counts table, judged on the first chunk): keep it sparse
@@ -203,6 +220,7 @@ class _Rows:
         self.held += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes if sparse else block.nbytes
         self.blocks.append(block)
         self.ids.extend(ids)
+        self.orientation = orientation
         if orientation == "cells_x_genes":
             check_cells(len(self.ids), self.opts, final=False)
         else:
@@ -224,7 +242,11 @@ def _read_general(path: Path, opts: Options, sep: str, encoding: str, labels: li
                              dtype={0: str}, low_memory=False, chunksize=rows_per_chunk, keep_default_na=False,
                              na_values={p: missing for p in range(1, len(labels) + 1)})
         try:
-            for chunk in reader:
+            while True:
+                try:
+                    chunk = reader.get_chunk(acc.next_rows(rows_per_chunk))
+                except StopIteration:
+                    break
                 if layout is None:
                     layout = _table_layout(chunk, labels, opts)
                     _check_axes(layout, opts)
@@ -255,7 +277,7 @@ def _read_numeric(path: Path, opts: Options, sep: str, encoding: str, labels: li
         text.readline()  # the header, already parsed
         while True:
             try:
-                lines = [ln for ln in itertools.islice(text, rows_per_chunk) if ln.strip()]
+                lines = [ln for ln in itertools.islice(text, acc.next_rows(rows_per_chunk)) if ln.strip()]
             except UnicodeDecodeError:
                 return None  # the general reader says where
             if not lines:
