@@ -13,7 +13,7 @@ import streamlit as st
 from scatd_app import auth, jobs, session, ui
 from scatd_core import published
 from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL, distinct_titles, import_checkpoint, remove_bundle
-from scatd_core.config import import_folder
+from scatd_core.config import import_folder, limits
 from scatd_core.errors import ScatdError
 from scatd_core.nn import BACKBONES
 
@@ -122,7 +122,10 @@ if submitted:
                 style_reference=extra if backbone != "dist_vae" else None,
                 provenance={"imported_by": user.name if user else None},
                 overwrite=bool(replace and user and user.admin),
-                source_name=upload.name if upload is not None else None)  # a name in messages, never a path
+                source_name=upload.name if upload is not None else None,  # a name in messages, never a path
+                # an upload unpacks to no more than the upload limit (a torch.save file is uncompressed)
+                max_checkpoint_bytes=min(limits().max_upload_bytes, limits().max_decompressed_bytes)
+                if upload is not None else None)
     except Exception as exc:  # ScatdError: a message; anything else: still no traceback
         ui.show_error(exc)
     else:

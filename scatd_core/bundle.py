@@ -38,7 +38,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scatd_core import __version__
-from scatd_core.config import model_library_dir
+from scatd_core._torchfile import check_checkpoint_size
+from scatd_core.config import limits, model_library_dir
 from scatd_core.errors import BundleError, CheckpointError, InputError
 from scatd_core.genes import gene_list_sha256, read_gene_list
 from scatd_core.nn import BACKBONES, Architecture, DrugClassifier, EnsembleClassifier, ResVAE, build_model
@@ -87,12 +88,14 @@ def safe_name(text: str, fallback: str = "model", *, distinct: bool = True) -> s
 
 # --------------------------------------------------------------------------- original .pth files
 
-def load_checkpoint(path: str | Path, name: str | None = None) -> dict[str, torch.Tensor]:
+def load_checkpoint(path: str | Path, name: str | None = None,
+                    max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` state dict safely (``weights_only=True``) and return its tensors.
 
     Raises ``CheckpointError`` with a one-line reason for a missing, empty, corrupt or unsafe
-    file, or one that holds no tensors. ``name``: the file's name in messages (an upload's own
-    name, where ``path`` is a temporary copy).
+    file, one that holds no tensors, or one that unpacks to more than ``max_bytes`` (default the
+    decompression limit, ``SCATD_MAX_DECOMPRESSED_MB``), checked before it is read. ``name``: the
+    file's name in messages (an upload's own name, where ``path`` is a temporary copy).
     """
     path = Path(path)
     name = name or path.name
@@ -106,6 +109,7 @@ def load_checkpoint(path: str | Path, name: str | None = None) -> dict[str, torc
     if magic != b"PK" and magic[:1] != b"\x80":  # torch.save zip archive, or a legacy pickle
         raise CheckpointError(f"{name} is not a readable PyTorch checkpoint (it is neither a torch.save "
                               "archive nor a pickle).", "Check that you gave the .pth file itself.")
+    check_checkpoint_size(path, name, max_bytes or limits().max_decompressed_bytes)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
@@ -572,6 +576,7 @@ def import_checkpoint(
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     source_name: str | None = None,
+    max_checkpoint_bytes: int | None = None,
 ) -> Bundle:
     """Turn an original scATD ``.pth`` (pretraining or DAL) into a bundle.
 
@@ -582,13 +587,15 @@ def import_checkpoint(
     replaced only with ``overwrite``. ``provenance`` adds to what is recorded (e.g.
     ``imported_by``, the source URL). ``source_name``: the checkpoint's own file name, for
     messages and provenance, where ``pth`` is a copy under another name (an upload).
+    ``max_checkpoint_bytes``: the most the checkpoint may unpack to (default the decompression
+    limit; the app passes the upload limit for an uploaded file), see :func:`load_checkpoint`.
     """
     if backbone not in BACKBONES:
         raise CheckpointError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
     if label_mapping is not None:
         check_label_mapping(label_mapping)  # before reading the checkpoint
     pth = Path(pth)
-    state = load_checkpoint(pth, source_name)
+    state = load_checkpoint(pth, source_name, max_checkpoint_bytes)
     arch = infer_architecture(state, backbone)
     model = build_model(arch)
     check_state_dict(model, state)

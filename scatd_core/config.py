@@ -13,8 +13,9 @@ paths.import_folder      ``SCATD_IMPORT_FOLDER``           checkpoints an admin 
                                                            the app (listed, never a typed path)
 limits.max_upload_mb     ``SCATD_MAX_UPLOAD_MB``           largest file accepted                        2048
 limits.max_decompressed_mb ``SCATD_MAX_DECOMPRESSED_MB``   most bytes out of a .gz/.zip/.tar upload     4096
-                                                           (and the largest compressed loom matrix,
-                                                           unpacked)
+                                                           or a .pth checkpoint (uploaded in the app:
+                                                           also at most the upload limit), and the
+                                                           largest compressed loom matrix, unpacked
 limits.max_dataset_mb    ``SCATD_MAX_DATASET_MB``          most memory one dataset may take once read   4096
                                                            (larger h5ad files are read from disk)
 limits.max_cells         ``SCATD_MAX_CELLS``               most cells in one dataset                    1,000,000

@@ -462,6 +462,42 @@ def test_tables_are_parsed_in_chunks_that_stop_at_the_limits(tmp_path, monkeypat
         assert rows < most, message
 
 
+def _deflated(path: Path) -> Path:
+    """``path`` (a torch.save archive) with every member compressed: torch.load still reads it."""
+    packed = path.with_name("deflated-" + path.name)
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    return packed
+
+
+def test_checkpoints_are_limited_by_what_they_unpack_to(tmp_path, monkeypatch):
+    from scatd_core.bundle import load_checkpoint
+    from scatd_core.errors import CheckpointError
+    from scatd_core.foundation._assets import torch_load_tensors
+
+    torch.save({"w": torch.zeros(1 << 20)}, tmp_path / "zeros.pth")  # 4 MB of tensor
+    bomb = _deflated(tmp_path / "zeros.pth")
+    assert bomb.stat().st_size < 100_000 and set(torch.load(bomb, weights_only=True)) == {"w"}
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(bomb, "bomb.pth")
+    assert "bomb.pth unpacks to 4.0 MB (from" in err.value.message and "torch.save" in err.value.hint
+    with pytest.raises(CheckpointError, match="unpacks to 4.0 MB"):
+        torch_load_tensors(bomb, "scFoundation checkpoint")
+    torch.save({"w": torch.zeros(1 << 19)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as err:  # a legacy pickle: its own size
+        load_checkpoint(tmp_path / "legacy.pth")
+    assert "legacy.pth is 2.0 MB, over the limit of 1.0 MB" in err.value.message
+    assert "SCATD_MAX_DECOMPRESSED_MB" in err.value.hint
+    monkeypatch.delenv("SCATD_MAX_DECOMPRESSED_MB")
+    assert load_checkpoint(bomb)["w"].shape == (1 << 20,)  # within the default limit
+    pth, genes = _checkpoint(tmp_path)  # an upload in the app: at most the upload limit
+    with pytest.raises(CheckpointError, match="over the limit of 10 kB"):
+        import_checkpoint(pth, "dist_vae", drug="X", genes=genes, library=tmp_path / "lib",
+                          max_checkpoint_bytes=10 << 10)
+
+
 # --------------------------------------------------------------------------- the model library
 
 def _checkpoint(tmp_path, seed=1):

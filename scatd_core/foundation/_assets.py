@@ -131,9 +131,13 @@ def torch_load_tensors(path: Path, what: str):
     """``torch.load(path, weights_only=True)``, memory-mapped when the format allows.
 
     Never a general unpickler: a file that needs any Python object besides tensors and plain
-    containers is refused with :class:`~scatd_core.errors.CheckpointError`, and no code in it runs.
+    containers is refused with :class:`~scatd_core.errors.CheckpointError`, and no code in it runs;
+    nor one that unpacks to more than the decompression limit (``SCATD_MAX_DECOMPRESSED_MB``).
     """
     import torch
+
+    from scatd_core._torchfile import check_checkpoint_size
+    from scatd_core.config import limits
 
     problem = check_file(path, what, f"Check the path {path}.")
     if problem is not None:
@@ -143,6 +147,7 @@ def torch_load_tensors(path: Path, what: str):
     if magic != b"PK" and magic[:1] != b"\x80":  # a torch.save zip archive, or a legacy pickle
         raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle).",
                               f"Check that {path} is the {what} itself.")
+    check_checkpoint_size(path, path.name, limits().max_decompressed_bytes)
     try:
         # mmap maps the tensors instead of reading them: a probe of a GB-sized file stays cheap
         return torch.load(path, map_location="cpu", weights_only=True, mmap=magic == b"PK")

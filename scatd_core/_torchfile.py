@@ -1,0 +1,53 @@
+"""What a PyTorch checkpoint unpacks to, checked before ``torch.load`` allocates any of it.
+
+``torch.save`` writes a zip archive whose members (one per tensor storage) are stored
+uncompressed, so it unpacks to about its own size. ``torch.load`` also reads archives whose
+members were compressed afterwards, allocating each member's declared size: a 200 KB file can
+hold a 200 MB tensor. A legacy (pickle) checkpoint holds its tensors as they are.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from scatd_core._memory import size_text
+from scatd_core.errors import CheckpointError
+
+#: The most records in a torch.save archive (one per tensor storage, plus a few): real
+#: checkpoints have hundreds; zipfile and torch build an object for each before reading any.
+MAX_CHECKPOINT_RECORDS = 100_000
+
+
+def check_checkpoint_size(path: Path, name: str, cap: int) -> None:
+    """Refuse ``path`` (a ``torch.save`` zip archive or a legacy pickle; ``name`` in messages)
+    when what it unpacks to exceeds ``cap`` bytes: the declared sizes of the archive's members,
+    or the legacy file's own size. Raises :class:`~scatd_core.errors.CheckpointError`."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        zipped = fh.read(2) == b"PK"
+        end = zipfile._EndRecData(fh) if zipped else None  # the end record: how many members, before parsing them
+    limit_hint = ("Ask the administrator to raise SCATD_MAX_DECOMPRESSED_MB (for a checkpoint uploaded in the app, "
+                  "SCATD_MAX_UPLOAD_MB), or to place the file in the import folder.")
+    if not zipped:
+        if size > cap:
+            raise CheckpointError(f"{name} is {size_text(size)}, over the limit of {size_text(cap)} for a checkpoint.",
+                                  limit_hint)
+        return
+    if end and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_CHECKPOINT_RECORDS:
+        raise CheckpointError(f"{name} holds {end[zipfile._ECD_ENTRIES_TOTAL]:,} records, over the limit of "
+                              f"{MAX_CHECKPOINT_RECORDS:,}; a checkpoint holds one per tensor.",
+                              "Check that this is the model's .pth file (torch.save of its state_dict).")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            content = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f"{name} is not a readable PyTorch checkpoint (a damaged zip archive).",
+                              "Check that the file is a complete .pth download.") from None
+    if content > cap:
+        compressed = content > 2 * size
+        raise CheckpointError(
+            f"{name} unpacks to {size_text(content)}" + (f" (from {size_text(size)} on disk)" if compressed else "")
+            + f", over the limit of {size_text(cap)} for a checkpoint.",
+            "torch.save stores tensors uncompressed; this archive was compressed afterwards. Save the model again "
+            "with torch.save(model.state_dict(), path)." if compressed else limit_hint)
