@@ -408,6 +408,13 @@ def test_a_matrix_market_header_is_read_within_bounds(tmp_path, monkeypatch):
     assert "more than 1.0 MB of header and comment lines" in err.message and "mmwrite" in err.hint
     monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")  # read through the decompression limit, too
     assert "expands to more than 1.0 MB when decompressed" in _refused(folder).message
+    monkeypatch.delenv("SCATD_MAX_DECOMPRESSED_MB")
+    with gzip.open(folder / "matrix.mtx.gz", "wb") as fh:
+        fh.write(b"%%MatrixMarket matrix coordinate real general\n2 2 1\n1 1 1\n")
+    with gzip.open(folder / "barcodes.tsv.gz", "wb", compresslevel=9) as fh:  # a barcode that never ends
+        fh.write(b"A" * (8 << 20))
+    err = _refused(folder)  # never more than a few kB per name is read
+    assert "barcodes.tsv.gz expands to more than 1.0 MB" in err.message and "one short line per cell" in err.hint
 
 
 def test_label_and_ic50_tables_are_bounded_whatever_they_declare(tmp_path, monkeypatch):

@@ -54,9 +54,22 @@ def _companion(folder: Path, prefix: str, stems: tuple[str, ...]) -> Path | None
     return None
 
 
+#: The most bytes per line of a barcodes or features file (a barcode; a gene ID, name and type).
+MAX_NAME_LINE_BYTES = 4096
+
+
 def _read_text_table(path: Path, opts: Options, max_rows: int) -> pd.DataFrame:
-    """A barcodes/features file: at most ``max_rows`` rows are parsed (the matrix says how many there are)."""
-    with open_limited(path, opts) as fh:
+    """A barcodes/features file: at most ``max_rows`` rows are parsed (the matrix says how many there
+    are), of at most :data:`MAX_NAME_LINE_BYTES` each on average (a line that never ends is not held)."""
+    cap = min(opts.max_decompressed_bytes, max_rows * MAX_NAME_LINE_BYTES + (1 << 20))
+    hint = (f"A barcodes or features file has one short line per cell or gene (here at most {max_rows:,} lines, from the "
+            "matrix's size line); check that the three files belong together and are not damaged.")
+    gz = path.name.lower().endswith(".gz")
+    if not gz and path.stat().st_size > cap:
+        raise InputError(f"{opts.display_name}: {path.name} is {mb(path.stat().st_size)}, more than {mb(cap)} for "
+                         f"{max_rows:,} names.", hint)
+    raw = gzip.open(path, "rb") if gz else path.open("rb")
+    with io.BufferedReader(LimitedReader(raw, cap, f"{opts.display_name}: {path.name}", hint), 1 << 20) as fh:
         return pd.read_csv(fh, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
                            nrows=max_rows)
 
