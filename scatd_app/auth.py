@@ -15,7 +15,7 @@ import getpass
 import streamlit as st
 
 from scatd_core.config import settings
-from scatd_core.users import LoginThrottle, User, list_users, verify
+from scatd_core.users import LoginThrottle, User, list_users, log_in
 
 USER = "user"  # session key: the logged-in scatd_core.users.User
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
@@ -70,18 +70,14 @@ def _password_form() -> None:
         password = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
-        keys = (f"user:{name}", f"ip:{_client()}")
-        wait = _throttle().locked_for(*keys)
+        user, wait = log_in(name, password, _throttle(), _client())
         if wait > 0:
             st.error(f"Too many failed attempts. Try again in {max(1, round(wait / 60))} minute(s).",
                      icon=":material/lock_clock:")
             return
-        user = verify(name, password)
         if user is None:
-            _throttle().failed(*keys)
             st.error("Wrong user name or password.", icon=":material/error:")
             return
-        _throttle().succeeded(*keys)
         st.session_state[USER] = user
         st.rerun()
     st.caption(f"Accounts are managed by the administrator (`scatd users`); {conf['auth_max_failures']} failed "

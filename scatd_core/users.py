@@ -102,7 +102,7 @@ def add_user(name: str, password: str, *, admin: bool | None = None, path: Path 
         raise InputError(f"User {name} already exists.", "Use --replace to set a new password.")
     old = old or {}
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    entry = {"hash": _hasher().hash(password), "admin": bool(old.get("admin") if admin is None else admin),
+    entry = {"hash": _argon2(_hasher().hash, password), "admin": bool(old.get("admin") if admin is None else admin),
              "created": old.get("created", now)}
     if old:
         entry["updated"] = now
@@ -130,13 +130,40 @@ def verify(name: str, password: str, path: Path | None = None) -> User | None:
 
     users = load_users(path)
     entry = users.get(name)
-    hasher = _hasher()
     stored = entry["hash"] if entry else _DUMMY_HASH.get()
     try:
-        hasher.verify(stored, password or "")
+        _argon2(_hasher().verify, stored, password or "")
     except (VerificationError, InvalidHashError):
         return None
     return User(name, bool(entry.get("admin"))) if entry else None
+
+
+def log_in(name: str, password: str, throttle: LoginThrottle, client: str) -> tuple[User | None, float]:
+    """``(user, 0)`` for the right password, ``(None, 0)`` for a wrong one, ``(None, seconds)`` while
+    the name or the client address is locked out (nothing verified then).
+
+    The attempt is counted before the password is verified, in one step with the lock-out check,
+    so concurrent attempts (each browser session runs in its own thread) cannot all pass the check
+    before any failure is recorded; a right password clears the count again."""
+    keys = (f"user:{name}", f"ip:{client}")
+    wait = throttle.attempt(*keys)
+    if wait > 0:
+        return None, wait
+    user = verify(name, password)
+    if user is not None:
+        throttle.succeeded(*keys)
+    return user, 0.0
+
+
+#: argon2 computations running at once, whoever asks (each holds 64 MiB, argon2-cffi's default
+#: memory cost; a login form needs no account to ask for one): the others wait their turn.
+MAX_CONCURRENT_HASHES = 2
+_HASH_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_HASHES)
+
+
+def _argon2(call, *args):
+    with _HASH_SLOTS:
+        return call(*args)
 
 
 class _Dummy:
@@ -147,7 +174,7 @@ class _Dummy:
 
     def get(self) -> str:
         if self._hash is None:
-            self._hash = _hasher().hash(os.urandom(16).hex())
+            self._hash = _argon2(_hasher().hash, os.urandom(16).hex())
         return self._hash
 
 
@@ -168,19 +195,19 @@ class LoginThrottle:
         self._failures[key] = times
         return times
 
-    def locked_for(self, *keys: str) -> float:
-        """Seconds until these keys may try again (0: now)."""
+    def attempt(self, *keys: str) -> float:
+        """Count one attempt for these keys unless one of them is locked out: 0 when the attempt
+        may go ahead (it counts as a failure until :meth:`succeeded`), else the seconds until one may.
+        Checked and counted in one step under the lock, so concurrent attempts cannot overtake it."""
         now = time.monotonic()
         with self._lock:
-            waits = [self.window - (now - times[0]) for key in keys
-                     if len(times := self._recent(key, now)) >= self.max_failures]
-        return max(waits, default=0.0)
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
+            recent = [self._recent(key, now) for key in keys]
+            waits = [self.window - (now - times[0]) for times in recent if len(times) >= self.max_failures]
+            if waits:
+                return max(waits)
+            for times in recent:
+                times.append(now)
+        return 0.0
 
     def succeeded(self, *keys: str) -> None:
         with self._lock:

@@ -635,12 +635,58 @@ def test_login_throttle_locks_out_after_too_many_failures():
 
     throttle = LoginThrottle(max_failures=3, window_seconds=60)
     for _ in range(3):
-        assert throttle.locked_for("user:a", "ip:1") == 0
-        throttle.failed("user:a", "ip:1")
-    assert throttle.locked_for("user:a") > 0 and throttle.locked_for("ip:1") > 0
-    assert throttle.locked_for("user:b", "ip:2") == 0
+        assert throttle.attempt("user:a", "ip:1") == 0  # counted until it succeeds
+    assert throttle.attempt("user:a") > 0 and throttle.attempt("ip:1") > 0
+    assert throttle.attempt("user:b", "ip:2") == 0
     throttle.succeeded("user:a")
-    assert throttle.locked_for("user:a") == 0 and throttle.locked_for("ip:1") > 0
+    assert throttle.attempt("user:a") == 0 and throttle.attempt("ip:1") > 0
+
+
+def test_concurrent_logins_verify_no_more_passwords_than_allowed(monkeypatch):
+    """40 login forms submitted at once (each session runs in its own thread): only max_failures
+    passwords are verified, the others are locked out without one, and at most
+    MAX_CONCURRENT_HASHES argon2 computations (64 MiB each) run at the same time."""
+    import threading
+    import time
+
+    from argon2.exceptions import VerificationError
+
+    from scatd_core import users
+
+    running, peak, verified = [0], [0], []
+    lock = threading.Lock()
+
+    class SlowHasher:
+        def hash(self, password):
+            return "fake-hash"
+
+        def verify(self, stored, password):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                verified.append(password)
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            raise VerificationError("wrong")
+
+    monkeypatch.setattr(users, "_hasher", SlowHasher)
+    throttle = users.LoginThrottle(max_failures=5, window_seconds=900)
+    start = threading.Barrier(40)
+    results = []
+
+    def guess(i):
+        start.wait()
+        results.append(users.log_in("alice", f"guess {i}", throttle, "10.0.0.9"))
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(verified) == 5 and peak[0] <= users.MAX_CONCURRENT_HASHES
+    assert sorted(wait > 0 for _, wait in results) == [False] * 5 + [True] * 35
+    assert all(user is None for user, _ in results)
 
 
 def test_users_command(tmp_path, monkeypatch, capsys):
