@@ -14,10 +14,12 @@ import getpass
 
 import streamlit as st
 
+from scatd_app.session import QUERY_KEY
 from scatd_core.config import settings
-from scatd_core.users import LoginThrottle, User, list_users, log_in
+from scatd_core.users import LoginThrottle, User, list_users, log_in, recheck
 
 USER = "user"  # session key: the logged-in scatd_core.users.User
+LOGGED_OUT = "logged_out"  # session key: why this session was logged out (shown by the login form)
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -65,6 +67,8 @@ def _password_form() -> None:
                    "yet. An administrator creates one on the server with `scatd users add NAME --admin`.",
                    icon=":material/lock:")
         return
+    if why := st.session_state.pop(LOGGED_OUT, None):
+        st.warning(why, icon=":material/logout:")
     with st.form("login"):
         name = st.text_input("User name", key="login_name")
         password = st.text_input("Password", type="password", key="login_password")
@@ -110,11 +114,24 @@ def resolve() -> User | None:
         user = current_user()
         if user is None:
             return None
+        user, why = recheck(user)  # removed, password replaced or role changed since the login
+        if user is None:
+            _forget_session(why)
+            return None
     st.session_state[USER] = user
     return user
 
 
+def _forget_session(why: str = "") -> None:
+    """Log this browser session out and drop everything it held (data, results, widget values), so
+    whoever logs in next in the same browser tab starts afresh and sees nothing of it."""
+    st.session_state.clear()
+    st.query_params.pop(QUERY_KEY, None)
+    if why:
+        st.session_state[LOGGED_OUT] = why
+
+
 def logout() -> None:
-    st.session_state.pop(USER, None)
+    _forget_session()
     if mode() == "oidc":
         st.logout()

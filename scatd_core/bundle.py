@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +26,6 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -38,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scatd_core import __version__
+from scatd_core._lock import folder_lock
 from scatd_core._torchfile import check_checkpoint_size
 from scatd_core.config import limits, model_library_dir
 from scatd_core.errors import BundleError, CheckpointError, InputError
@@ -435,18 +434,10 @@ LOCK_FILE = ".library.lock"
 _TMP_PREFIX, _OLD_PREFIX = ".bundle-tmp-", ".bundle-old-"
 
 
-@contextmanager
 def library_lock(root: str | Path):
-    """An exclusive lock on a library folder (``fcntl``; released when the block ends or the process
-    dies), so concurrent imports and trainings from several app sessions never interleave."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """An exclusive lock on a library folder, so concurrent imports and trainings from several app
+    sessions never interleave."""
+    return folder_lock(root, LOCK_FILE)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -16,15 +16,17 @@ managed with ``scatd users add/remove/list`` and read by the app's login. Only h
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import re
 import tempfile
 import threading
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from scatd_core._lock import folder_lock
 from scatd_core.config import settings
 from scatd_core.errors import InputError
 
@@ -37,6 +39,9 @@ MIN_PASSWORD_LENGTH = 10
 class User:
     name: str
     admin: bool = False
+    #: Which password hash the user logged in with (a digest of it; empty without a password login):
+    #: a session whose password was replaced since then is logged out (:func:`recheck`).
+    login_stamp: str = field(default="", compare=False, repr=False)
 
 
 def users_file() -> Path:
@@ -96,28 +101,37 @@ def add_user(name: str, password: str, *, admin: bool | None = None, path: Path 
     check_name(name)
     if len(password or "") < MIN_PASSWORD_LENGTH:
         raise InputError(f"The password is too short (at least {MIN_PASSWORD_LENGTH} characters).")
-    users = load_users(path)
-    old = users.get(name)
-    if old is not None and not replace:
-        raise InputError(f"User {name} already exists.", "Use --replace to set a new password.")
-    old = old or {}
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    entry = {"hash": _argon2(_hasher().hash, password), "admin": bool(old.get("admin") if admin is None else admin),
-             "created": old.get("created", now)}
-    if old:
-        entry["updated"] = now
-    users[name] = entry
-    _save(users, path)
+    hashed = _argon2(_hasher().hash, password)  # before the lock: it takes a while
+    with _locked(path):
+        users = load_users(path)
+        old = users.get(name)
+        if old is not None and not replace:
+            raise InputError(f"User {name} already exists.", "Use --replace to set a new password.")
+        old = old or {}
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        entry = {"hash": hashed, "admin": bool(old.get("admin") if admin is None else admin),
+                 "created": old.get("created", now)}
+        if old:
+            entry["updated"] = now
+        users[name] = entry
+        _save(users, path)
     return User(name, entry["admin"])
 
 
 def remove_user(name: str, path: Path | None = None) -> None:
     path = Path(path) if path else users_file()
-    users = load_users(path)
-    if name not in users:
-        raise InputError(f"There is no user {name}.", f"Users: {', '.join(sorted(users)) or 'none'}.")
-    del users[name]
-    _save(users, path)
+    with _locked(path):
+        users = load_users(path)
+        if name not in users:
+            raise InputError(f"There is no user {name}.", f"Users: {', '.join(sorted(users)) or 'none'}.")
+        del users[name]
+        _save(users, path)
+
+
+def _locked(path: Path):
+    """The users file's lock: read, change and write it as one step, so concurrent `scatd users`
+    commands never lose each other's change."""
+    return folder_lock(path.parent, f".{path.name}.lock")
 
 
 def list_users(path: Path | None = None) -> list[User]:
@@ -135,7 +149,51 @@ def verify(name: str, password: str, path: Path | None = None) -> User | None:
         _argon2(_hasher().verify, stored, password or "")
     except (VerificationError, InvalidHashError):
         return None
-    return User(name, bool(entry.get("admin"))) if entry else None
+    return User(name, bool(entry.get("admin")), _stamp(entry)) if entry else None
+
+
+def _stamp(entry: dict) -> str:
+    return hashlib.sha256(str(entry["hash"]).encode()).hexdigest()[:16]
+
+
+def recheck(user: User, path: Path | None = None) -> tuple[User | None, str]:
+    """A logged-in ``user`` as the users file has it now: ``(user, "")`` with its current role, or
+    ``(None, why)`` when the account was removed, its password replaced (``scatd users add
+    --replace``) or the file cannot be read. Cheap enough for every run of every session: the file
+    is read again only when it changed."""
+    path = Path(path) if path else users_file()
+    try:
+        entry = _cached_users(path).get(user.name)
+    except InputError as exc:
+        return None, f"You were logged out: {exc.message}"
+    if entry is None:
+        return None, "You were logged out: your account was removed by an administrator."
+    if _stamp(entry) != user.login_stamp:
+        return None, "You were logged out: your password was changed. Log in with the new one."
+    admin = bool(entry.get("admin"))
+    return (user if admin == user.admin else User(user.name, admin, user.login_stamp)), ""
+
+
+_CACHE: dict[Path, tuple[tuple, dict[str, dict]]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached_users(path: Path) -> dict[str, dict]:
+    """:func:`load_users`, read again only when the file changed (every write replaces it, so its
+    inode, size or times change); not to be modified."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    users = load_users(path)  # read after the stat: never older than the key it is kept under
+    with _CACHE_LOCK:
+        _CACHE[path] = (key, users)
+    return users
 
 
 def log_in(name: str, password: str, throttle: LoginThrottle, client: str) -> tuple[User | None, float]:

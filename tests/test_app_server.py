@@ -73,6 +73,50 @@ def test_password_login_gates_every_page_and_throttles(with_library, tmp_path, m
     assert at.checkbox(key="import_replace").disabled
 
 
+def _logged_in(name: str, password: str) -> AppTest:
+    at = _app()
+    at.text_input(key="login_name").set_value(name)
+    at.text_input(key="login_password").set_value(password)
+    at.get("form_submit_button")[0].click()
+    at.run()
+    ok(at)
+    return at
+
+
+def test_a_removed_demoted_or_new_password_user_loses_the_live_session(with_library, tmp_path, monkeypatch):
+    """The users file is checked on every run: a removed account or a replaced password logs the
+    session out (forgetting its data), a changed role takes effect at once."""
+    from scatd_core import users
+
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    users.add_user("bob", "bob's long password", admin=True)
+    users.add_user("carol", "carol's long password", admin=True)
+    bob, carol = _logged_in("bob", "bob's long password"), _logged_in("carol", "carol's long password")
+    goto(bob, "8_Models")
+    assert "Remove a model" in [h.value for h in bob.subheader] and "Logged in as bob (admin)" in text(bob.caption)
+    bob.session_state[state.DATA_NAME] = "bob_patient.h5ad"
+
+    users.remove_user("bob")
+    bob.run()
+    ok(bob)
+    assert "your account was removed" in text(bob.warning) and "Logged in as" not in text(bob.caption)
+    assert [t.label for t in bob.text_input] == ["User name", "Password"]
+    assert state.DATA_NAME not in bob.session_state  # the next login in this tab sees nothing of bob's
+
+    entries = users.load_users()
+    entries["carol"]["admin"] = False  # a role changed by hand
+    users._save(entries, tmp_path / "users.toml")
+    goto(carol, "8_Models")
+    assert "Logged in as carol" in text(carol.caption) and "(admin)" not in text(carol.caption)
+    assert "Remove a model" not in [h.value for h in carol.subheader]
+
+    users.add_user("carol", "a new long password", replace=True)
+    carol.run()
+    assert "your password was changed" in text(carol.warning) and "Logged in as" not in text(carol.caption)
+    assert "Logged in as carol" in text(_logged_in("carol", "a new long password").caption)
+
+
 def test_two_sessions_with_the_same_bytes_share_nothing(with_library):
     data = h5ad_bytes(make_dataset(60, seed=3))
     first, second = _app(), _app()

@@ -689,6 +689,40 @@ def test_concurrent_logins_verify_no_more_passwords_than_allowed(monkeypatch):
     assert all(user is None for user, _ in results)
 
 
+def test_concurrent_user_changes_are_not_lost(tmp_path, monkeypatch):
+    """`scatd users add/remove` read, change and write the users file under its lock: eight
+    accounts added at once are all there, and a removal at the same time loses none of them."""
+    import threading
+    import time
+
+    from scatd_core import users
+
+    class SlowHasher:  # argon2's time, without its cost
+        def hash(self, password):
+            time.sleep(0.05)
+            return f"hash of {password}"
+
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    users.add_user("old", "an old long password")
+    monkeypatch.setattr(users, "_hasher", SlowHasher)
+    start = threading.Barrier(9)
+
+    def add(i):
+        start.wait()
+        users.add_user(f"user{i}", f"password number {i}")
+
+    def remove():
+        start.wait()
+        users.remove_user("old")
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)] + [threading.Thread(target=remove)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [u.name for u in users.list_users()] == [f"user{i}" for i in range(8)]
+
+
 def test_users_command(tmp_path, monkeypatch, capsys):
     from scatd_core.cli import main
 
