@@ -52,16 +52,26 @@ MODEL_PAGES = (
 PAGE = {title: path for path, title, _ in ANALYSIS_PAGES + MODEL_PAGES}
 
 
-_MD_INLINE = set("\\`*_[]<>$:~|")
+#: Characters with a markdown meaning anywhere in a line (after ``html.escape``, so ``<``/``>`` are gone):
+#: emphasis, code, links and images, headings, tables, strikethrough, LaTeX and Streamlit's
+#: ``:color[...]``/``:icon:`` directives.
+_MD_SPECIAL = frozenset("\\`*_[]()!#$:~|")
+#: Every line break Python, CommonMark or a browser knows: a name is shown on one line.
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+#: What makes a block when a line starts with it (the text may begin a line of the markdown it goes
+#: into): an indent (code block), list items and setext heading underlines, ordered list items.
+_INDENT, _BLOCK_MARK, _NUMBERED = re.compile(r"^\s"), re.compile(r"^([-+=])"), re.compile(r"^(\d+)\.")
 
 
 def md(text) -> str:
-    """A string made safe for ``st.markdown``: HTML escaped, and markdown syntax (emphasis, links,
-    Streamlit's ``:color[...]``/``:icon:`` directives, LaTeX, list and heading markers) shown as
-    typed. Every user-supplied string (file, drug and column names, values) goes through it."""
-    escaped = "".join("\\" + ch if ch in _MD_INLINE else ch for ch in html.escape(str(text), quote=False))
-    escaped = re.sub(r"(?m)^(\s*)([#+-])", lambda m: m.group(1) + "\\" + m.group(2), escaped)
-    return re.sub(r"(?m)^(\s*\d+)\.", lambda m: m.group(1) + "\\.", escaped)
+    """A string made safe for ``st.markdown`` and every markdown label (widget labels, radio
+    options, captions, spinners, tabs, expanders, metrics): HTML escaped, line breaks made spaces,
+    and markdown syntax (emphasis, links, images, code, headings, lists, tables, LaTeX, Streamlit's
+    ``:color[...]``/``:icon:`` directives) shown as typed. Every user-supplied string (file, drug,
+    gene, sample, model and column names, values) goes through it."""
+    flat = _LINE_BREAKS.sub(" ", html.escape(str(text), quote=False))
+    escaped = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in flat)
+    return _INDENT.sub("&#32;", _NUMBERED.sub(r"\1\\.", _BLOCK_MARK.sub(r"\\\1", escaped)))
 
 
 # --------------------------------------------------------------------------------------------

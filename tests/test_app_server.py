@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from _app_helpers import BUNDLE_FOLDER, make_bundle, make_dataset, trained_library  # noqa: F401 (fixture)
 from test_app_pages import APP, goto, h5ad_bytes, ok, run_prediction, text, upload
-from scatd_app import state
+from scatd_app import state, ui
 
 
 @pytest.fixture(autouse=True)
@@ -314,6 +314,34 @@ def test_user_strings_are_escaped_in_markdown(with_library, tmp_path):
     shown = "\n".join(str(m.value) for m in at.sidebar.markdown)
     assert "<img" not in shown and "&lt;img" in shown and "\\:red\\[x\\]" in shown
     assert "<b>bold</b>" not in shown and "&lt;b&gt;bold" in shown
+
+
+HOSTILE = ["![t](https://evil.example/pixel.png)", "[click](https://evil.example/phish)", "text\n===", "x\r\n---",
+           "- item", "12. item", "3) item", "# heading", "> quote", "**bold** _it_ `code` ~~del~~",
+           "| a | b |\n|---|---|", "```\ncode\n```", "    indented", "\tindented", "<img src=x onerror=alert(1)>",
+           "[ref]: https://evil.example", "&lt;b&gt; &amp;", "a\\*b\\", ":red[x] :material/home: $x^2$",
+           "line\u2028sep\rcr\x0bvt", "<https://evil.example>", "***", "+ plus", "= eq", "+++"]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_md_shows_hostile_names_as_typed(hostile):
+    """ui.md's output, alone, at the start of a line after another line (a setext heading's place)
+    or inside a sentence, renders as one paragraph of plain text: the name as typed, its line
+    breaks as spaces, with no link, image, heading, list, code, table or emphasis."""
+    import html
+    import re
+
+    markdown_it = pytest.importorskip("markdown_it")
+    render = markdown_it.MarkdownIt("commonmark").enable(["table", "strikethrough"]).render
+    shown = re.sub(r"[\r\n\v\f\u2028]+", " ", hostile)
+    for before, after in (("", ""), ("Title\n", ""), ("the value '", "' is")):
+        out = render(before + ui.md(hostile) + after).strip()
+        assert out.startswith("<p>") and out.endswith("</p>"), out
+        inner = out[3:-4]
+        assert "<" not in inner, out  # no element at all: every < of the name is &lt;
+        text = html.unescape(inner).replace("\n", " ")
+        expected = (before.replace("\n", " ") + shown + after)
+        assert text.split() == expected.split(), out  # the same words (white space may collapse)
 
 
 def test_the_queue_runs_at_most_n_jobs_and_keeps_order():
