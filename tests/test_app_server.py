@@ -114,7 +114,12 @@ def test_a_removed_demoted_or_new_password_user_loses_the_live_session(with_libr
     users.add_user("carol", "a new long password", replace=True)
     carol.run()
     assert "your password was changed" in text(carol.warning) and "Logged in as" not in text(carol.caption)
-    assert "Logged in as carol" in text(_logged_in("carol", "a new long password").caption)
+    carol = _logged_in("carol", "a new long password")
+    assert "Logged in as carol" in text(carol.caption)
+    carol.session_state[state.DATA_NAME] = "carol_patient.h5ad"
+    carol.button(key="btn_logout").click().run()
+    assert [t.label for t in carol.text_input] == ["User name", "Password"]
+    assert state.DATA_NAME not in carol.session_state  # logging out forgets the session's data too
 
 
 def test_two_sessions_with_the_same_bytes_share_nothing(with_library):
