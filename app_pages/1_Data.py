@@ -44,10 +44,11 @@ with st.container(border=True):
     c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
     c[3].metric("Values", str(info.get("value_type", "unknown")).replace("_", " "),
                 help="Detected from the values; see the evidence below.")
-    st.caption(f"Format: {info.get('format', '?')} · orientation: {info.get('orientation', '?')} "
-               f"({info.get('orientation_reason', '')})" + (" · read from disk (backed)" if info.get("backed") else ""))
+    st.caption(f"Format: {ui.md(info.get('format', '?'))} · orientation: {ui.md(info.get('orientation', '?'))} "
+               f"({ui.md(info.get('orientation_reason', ''))})"
+               + (" · read from disk (backed)" if info.get("backed") else ""))
     with st.expander("Evidence for the value type and gene identifiers"):
-        st.markdown(f"**Values: {info.get('value_type')}** because {evidence.get('reason', 'n/a')}.")
+        st.markdown(f"**Values: {ui.md(info.get('value_type'))}** because {ui.md(evidence.get('reason', 'n/a'))}.")
         st.json({"values": evidence, "gene identifiers": info.get("gene_id_evidence", {})}, expanded=2)
     for warning in info.get("warnings", []):
         st.warning(ui.md(warning), icon=":material/warning:")
@@ -162,8 +163,8 @@ with left:
             key = f"label_resistant_{label_column}"
             if ss.get(key) not in values:
                 ss[key] = recorded if recorded in values else None
-            choice = st.radio(f"Which value of '{label_column}' means **resistant**?", values, key=key,
-                              horizontal=True,
+            choice = st.radio(f"Which value of '{ui.md(label_column)}' means **resistant**?", values, key=key,
+                              horizontal=True, format_func=ui.md,
                               help="Datasets disagree: SCAD's 'response' column is 1 = sensitive. The other value "
                                    "means sensitive. The answer is used on every page and in every report.")
             if choice is None:
@@ -172,7 +173,7 @@ with left:
             elif adata.uns.get("scatd_labels", {}).get(label_column, {}).get("resistant") != choice:
                 labels.set_label_direction(adata, label_column, choice)
             if choice is not None and labels.guess_label_direction(adata.obs[label_column]) == choice:
-                st.caption(f"'{choice}' was recognised from the words; change it if that is wrong.")
+                st.caption(f"'{ui.md(choice)}' was recognised from the words; change it if that is wrong.")
 group_options = [None] + candidates
 if ss.get(state.SAMPLE_COLUMN) not in group_options:
     ss[state.SAMPLE_COLUMN] = None

@@ -83,14 +83,14 @@ with st.container(border=True):
         st.badge("demo (simulated data): trained on simulated cell lines; for trying the app only", color="orange")
     s = bundle.summary()
     c = st.columns(4)
-    c[0].metric("Drug", s["drug"] or "—")
+    c[0].metric("Drug", ui.md(s["drug"] or "—"))
     c[1].metric("Input", f"{s['n_input_features']:,} " + ("genes" if s["input"] == "expression" else "features"))
     c[2].metric("Latent dimensions", s["z_dim"])
     c[3].metric("Default threshold", f"{s['threshold']:.3g}",
                 help="Not calibrated to your data: calibrate it on the Cells page (expected fraction or labelled "
                      "cells).")
-    st.caption(f"Source: {ui.md(s['source'] or '—')} · created {s['created'] or '—'} · "
-               f"input transform: {bundle.manifest['input_transform']}")
+    st.caption(f"Source: {ui.md(s['source'] or '—')} · created {ui.md(s['created'] or '—')} · "
+               f"input transform: {ui.md(bundle.manifest['input_transform'])}")
     if s["metrics"]:
         with st.expander("Metrics recorded with the model"):
             st.json(s["metrics"])

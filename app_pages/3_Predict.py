@@ -31,7 +31,7 @@ with st.container(border=True):
     c = st.columns(3)
     c[0].metric("Cells to predict", f"{n_run:,}",
                 help="Cells marked as filtered on the Data page are not predicted but stay in every output.")
-    c[1].metric("Model", bundle.drug or bundle.name, help=bundle.title)
+    c[1].metric("Model", ui.md(bundle.drug or bundle.name), help=ui.md(bundle.title))
     c[2].metric("Device", ui.device_text(), help="CUDA when a GPU is present, else the CPU.")
     if mask is not None and (~mask).any():
         st.caption(f"{int((~mask).sum()):,} cell(s) are marked 'filtered (QC)' and will not be predicted.")
@@ -88,7 +88,7 @@ if clicked:
                 ui.adopt_ahead_embedding(ahead, token)  # and its UMAP, if one followed it
             else:
                 with jobs.computing("the prediction", cancel_button=False):
-                    show = with_eta(lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+                    show = with_eta(ui.progress_to(bar))
                     run_args = dict(mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
                                     progress=show)
                     if engine.use_ray:
@@ -119,7 +119,7 @@ st.success(f"Predicted {info['n_scored']:,} of {info['n_cells']:,} cells in {inf
            f"({info['params']['device']}).", icon=":material/check_circle:")
 c = st.columns(4)
 c[0].metric("Called resistant", f"{counts['n_resistant']:,}",
-            help=None if thr["calibrated"] else f"At {thr['detail']}: not calibrated to these data.")
+            help=None if thr["calibrated"] else f"At {ui.md(thr['detail'])}: not calibrated to these data.")
 c[1].metric("Called sensitive", f"{counts['n_sensitive']:,}")
 c[2].metric("Not scored", f"{counts['n_not_scored']:,}", help="Cells with no expression in the model's genes, or "
             "values the model cannot take. They keep their row in every output, with the reason.")

@@ -68,7 +68,7 @@ with right:
         c[0].button("From labels: Youden's J", key="btn_youden",
                     on_click=ui.detached(use),
                     args=(ui.detached(lambda: calibrate(adata, label_column=label_column, method="youden")),),
-                    help=f"Uses the labelled cells of '{label_column}' (at least 2 per class).")
+                    help=f"Uses the labelled cells of '{ui.md(label_column)}' (at least 2 per class).")
         c[1].button("From labels: best MCC", key="btn_mcc",
                     on_click=ui.detached(use),
                     args=(ui.detached(lambda: calibrate(adata, label_column=label_column, method="mcc")),))
@@ -113,7 +113,8 @@ if label_column and direction is not None:
         prob = adata.obs[PROB].to_numpy(dtype=np.float64)
         k_eval = min(int(top_k), labelled)
         st.metric(f"Resistant among the top {k_eval:,} labelled cells", f"{metrics.precision_at_k(truth, prob, k_eval):.1%}",
-                  help=f"'{label_column}': the share of truly resistant cells among the labelled cells ranked highest. "
+                  help=f"'{ui.md(label_column)}': the share of truly resistant cells among the labelled cells ranked "
+                       "highest. "
                        f"All labelled cells: {np.nanmean(truth[np.isfinite(prob)]):.1%} resistant.")
 top_area = st.container()  # the table lists each cell's cluster
 

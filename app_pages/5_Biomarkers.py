@@ -128,7 +128,7 @@ elif submitted:
     try:
         with ui.long_run(state.EXPLAIN_RUNNING, "Starting…", "btn_cancel_explain",
                          "Stops the run; the ranking shown before (if any) is kept.") as bar:
-            report = lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)  # noqa: E731
+            report = ui.progress_to(bar)
             with jobs.computing("the gene ranking", cancel_button=False):
                 if gene_level:  # its messages carry the time left
                     foundation.explain_genes(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=report,
@@ -165,8 +165,8 @@ for n in info["notes"]:
 comp, agree, cells_info = info["completeness"], info["agreement"], info["cells"]
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Cells explained", f"{cells_info['n_explained']:,}",
-          help=f"{cells_info['n_resistant']:,} predicted {info['positive_label']}, "
-               f"{cells_info['n_sensitive']:,} {info['negative_label']}")
+          help=f"{cells_info['n_resistant']:,} predicted {ui.md(info['positive_label'])}, "
+               f"{cells_info['n_sensitive']:,} {ui.md(info['negative_label'])}")
 if comp:  # in-silico deletion has no completeness property
     m2.metric("Completeness error", f"{comp['median_relative_error']:.2%}" if comp["median_relative_error"] >= 1e-4
               else "< 0.01%",

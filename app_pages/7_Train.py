@@ -57,7 +57,7 @@ def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
     upload = st.file_uploader(label, type=DATA_TYPES, key=key, help=help_text)
     if upload is not None and st.session_state.get(slot, {}).get("id") != upload.file_id:
         try:
-            with st.spinner(f"Reading {upload.name}…"):
+            with st.spinner(f"Reading {ui.md(upload.name)}…"):
                 adata = read_bytes(upload.getvalue(), upload.name, backed=False)
             st.session_state[slot] = {"adata": adata, "name": upload.name, "id": upload.file_id}
             session.release_upload(upload.file_id)  # read into the session: Streamlit's copy is not needed
@@ -113,7 +113,7 @@ if bulk_source == "Upload":
                            "drug's threshold = sensitive).")
                 if rep["no_threshold"]:
                     st.warning(f"No threshold for {len(rep['no_threshold'])} drug(s): "
-                               f"{', '.join(rep['no_threshold'][:10])}.")
+                               f"{ui.md(', '.join(rep['no_threshold'][:10]))}.")
             except ScatdError as exc:
                 show_error(exc)
 elif ss.get(BULK, {}).get("name") != "simulated demo panel":
@@ -130,10 +130,10 @@ elif ss.get(BULK, {}).get("name") != "simulated demo panel":
 bulk = ss.get(BULK)
 labels = ss.get(LABELS)
 if bulk is not None:
-    st.caption(f":material/dataset: Bulk: **{bulk['name']}**, {bulk['adata'].n_obs:,} samples × "
+    st.caption(f":material/dataset: Bulk: **{ui.md(bulk['name'])}**, {bulk['adata'].n_obs:,} samples × "
                f"{bulk['adata'].n_vars:,} genes")
 if labels is not None:
-    st.caption(f":material/label: Labels: **{labels['name']}**, {labels['table'].shape[0]:,} cell lines × "
+    st.caption(f":material/label: Labels: **{ui.md(labels['name'])}**, {labels['table'].shape[0]:,} cell lines × "
                f"{labels['table'].shape[1]:,} drugs")
 
 # ------------------------------------------------------------------ 2. target
@@ -141,7 +141,7 @@ st.subheader("2 · Target single cells")
 current = ss.get(S.ADATA)
 titles = {"Upload": "Upload another dataset"}
 if current is not None:
-    titles = {"Current dataset": f"Current dataset: {ss.get(S.DATA_NAME)} ({current.n_obs:,} cells)", **titles}
+    titles = {"Current dataset": f"Current dataset: {ui.md(ss.get(S.DATA_NAME))} ({current.n_obs:,} cells)", **titles}
 target_source = st.radio("Target", list(titles), horizontal=True, format_func=titles.get, key="train_target_source")
 if target_source == "Current dataset":
     target, target_name = current, ss.get(S.DATA_NAME) or "current dataset"
@@ -166,8 +166,9 @@ if target is not None:
         resistant_value = label_direction(target, label_column)
         values = [str(v) for v in label_counts(target.obs[label_column]).index]
         if resistant_value is None:  # the same one question as on the Data page, never a silent default
-            resistant_value = st.radio(f"Which value of '{label_column}' means **resistant**?", values, index=None,
-                                       horizontal=True, key=f"train_resistant_{label_column}",
+            resistant_value = st.radio(f"Which value of '{ui.md(label_column)}' means **resistant**?", values,
+                                       index=None, horizontal=True, format_func=ui.md,
+                                       key=f"train_resistant_{label_column}",
                                        help="SCAD's 'response' column: 1 = sensitive, so 0 = resistant.")
             if resistant_value is not None:
                 set_label_direction(target, label_column, resistant_value)
@@ -190,8 +191,9 @@ if target is not None:
         few_resistant = label_direction(target, few_column)
         if few_resistant is None:
             values = [str(v) for v in label_counts(target.obs[few_column]).index]
-            few_resistant = st.radio(f"Which value of '{few_column}' means **resistant**?", values, index=None,
-                                     horizontal=True, key=f"train_resistant_{few_column}")
+            few_resistant = st.radio(f"Which value of '{ui.md(few_column)}' means **resistant**?", values,
+                                     index=None, horizontal=True, format_func=ui.md,
+                                     key=f"train_resistant_{few_column}")
             if few_resistant is not None:
                 set_label_direction(target, few_column, few_resistant)
         if few_resistant is not None:
@@ -287,7 +289,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     adaptation=adaptation, min_lines_per_class=int(min_lines), trained_by=user_name,
                     target_labels={label_drug: label_column} if label_drug is not None else None,
                     target_resistant_value=resistant_value if label_drug is not None else None,
-                    progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
+                    progress=with_eta(ui.progress_to(bar)),
                     should_stop=lambda: bool(ss.get(STOP)))
             if panel_name.strip() and len(trained) >= 2:
                 save_panel(panel_name.strip(), [b.path.name for b in trained], user_name, replace=True)
@@ -327,7 +329,7 @@ if start:
                 target_resistant_value=resistant_value, few_shot_labels=few_shot,
                 name=model_name.strip() or None,
                 trained_by=(auth.current_user().name if auth.current_user() else None),
-                progress=with_eta(lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
+                progress=with_eta(ui.progress_to(bar)),
                 should_stop=lambda: bool(ss.get(STOP)))
     except ScatdError as exc:
         ss[RUNNING] = False
@@ -352,7 +354,7 @@ if result is None:
     ui.stop()
 rep = result["report"]
 st.divider()
-st.subheader(f"Result: {result['name']}")
+st.subheader(f"Result: {ui.md(result['name'])}")
 st.success(f"Saved to the model library: `{result['bundle_path']}` ({rep['seconds']:.0f} s).")
 metrics = rep["metrics"]
 tm = metrics.get("target")
@@ -362,7 +364,8 @@ m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}",
                  f"{metrics['cv']['auroc_ci'][1]:.3f}")
 m[1].metric("Bulk CV AUPRC", f"{metrics['cv']['auprc']:.3f}", help="positive class: resistant")
 if tm:
-    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", help=f"{tm['n_evaluated']} cells with labels in '{tm['label_column']}'"
+    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}",
+                help=f"{tm['n_evaluated']} cells with labels in '{ui.md(tm['label_column'])}'"
                 + (f", {tm['n_few_shot_cells_left_out']} cells used for training left out" if
                    tm["n_few_shot_cells_left_out"] else ""))
     m[3].metric("Target AUPRC", f"{tm['auprc']:.3f}", help="positive class: resistant")

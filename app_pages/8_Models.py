@@ -58,7 +58,7 @@ if files is not None:
             try:
                 with jobs.computing("the download"):
                     installed = published.install(chosen, files=files, user=user.name if user else None,
-                                                  progress=lambda f, m: bar.progress(min(1.0, f), text=m))
+                                                  progress=ui.progress_to(bar))
             except ScatdError as exc:
                 bar.empty()
                 ui.show_error(exc)

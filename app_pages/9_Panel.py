@@ -36,7 +36,7 @@ with st.container(border=True):
             try:
                 with jobs.computing("the demo panel"):
                     bundles = ui.demo_module().ensure_panel(
-                        progress=lambda f, m: bar.progress(min(1.0, f), text=m))
+                        progress=ui.progress_to(bar))
             except ScatdError as exc:
                 ui.show_error(exc)
             else:
@@ -108,7 +108,7 @@ if not current and st.button(f"Score {len(bundles)} models", type="primary", ico
                          "Stops the run; no partial results are kept.") as bar:
             with jobs.computing("the panel", cancel_button=False):
                 panel.predict_panel(adata, bundles, mask=mask,
-                                    progress=with_eta(lambda f, m: bar.progress(min(1.0, f), text=m)))
+                                    progress=with_eta(ui.progress_to(bar)))
     except ScatdError as exc:
         ss.pop(state.PANEL, None)
         ui.show_error(exc)
@@ -198,7 +198,7 @@ if group is not None:
     values = list(dict.fromkeys(summary["group"]))
     if ss.get("panel_group_value") not in values:
         ss["panel_group_value"] = values[0]
-    chosen = right.selectbox(f"For one {names.get(group, group)}", values, key="panel_group_value")
+    chosen = right.selectbox(f"For one {ui.md(names.get(group, group))}", values, key="panel_group_value")
     in_group = (adata.obs[group].astype(str) == chosen).to_numpy()
     right.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata, in_group),
                                               f"{names.get(group, group)} {chosen}: best drug first"),

@@ -15,6 +15,7 @@ import getpass
 import streamlit as st
 
 from scatd_app.session import QUERY_KEY
+from scatd_app.ui import md
 from scatd_core.config import settings
 from scatd_core.users import LoginThrottle, User, list_users, log_in, recheck
 
@@ -60,7 +61,7 @@ def _password_form() -> None:
     try:
         users = list_users()
     except Exception as exc:  # a broken users file: say so, never a traceback
-        st.error(f"The login cannot work: {exc}", icon=":material/error:")
+        st.error(f"The login cannot work: {md(exc)}", icon=":material/error:")
         return
     if not users:
         st.warning("This server is reachable from the network, so it needs a login, but no user account exists "
@@ -68,7 +69,7 @@ def _password_form() -> None:
                    icon=":material/lock:")
         return
     if why := st.session_state.pop(LOGGED_OUT, None):
-        st.warning(why, icon=":material/logout:")
+        st.warning(md(why), icon=":material/logout:")
     with st.form("login"):
         name = st.text_input("User name", key="login_name")
         password = st.text_input("Password", type="password", key="login_password")

@@ -427,11 +427,10 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
         from scatd_app import jobs  # the shared queue: embeddings are the heaviest computation of all
 
         try:
-            with long_run(state.EMBED_RUNNING, f"Loading {name}…", "btn_cancel_embed") as bar, \
+            with long_run(state.EMBED_RUNNING, f"Loading {md(name)}…", "btn_cancel_embed") as bar, \
                     jobs.computing(f"the {name} embeddings", cancel_button=False):
                 foundation.ensure_embeddings(adata, bundle, mask=mask,
-                                             progress=lambda fraction, message: bar.progress(min(1.0, fraction),
-                                                                                             message))
+                                             progress=progress_to(bar))
         except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
             show_error(exc)
             return False
@@ -686,7 +685,7 @@ def take_prediction_ahead(token: str, bar) -> Ahead | None:
         return None
     try:
         while not ahead.future.done():  # a Streamlit call in the loop: Cancel or leaving interrupts the wait
-            bar.progress(min(1.0, ahead.fraction), text=ahead.message)
+            progress_to(bar)(ahead.fraction, ahead.message)
             concurrent.futures.wait([ahead.future], timeout=0.1)  # returns as soon as it is done
     except BaseException:
         ahead.cancel()  # the user stopped the run: stop the computation too
@@ -751,13 +750,19 @@ def demo_module():
     return demo
 
 
+def progress_to(bar):
+    """A ``progress(fraction, message)`` callback for scatd_core that moves ``bar`` (an
+    ``st.progress``); the messages can name drugs, models and files, so they are escaped."""
+    return lambda fraction, message: bar.progress(min(max(fraction, 0.0), 1.0), text=md(message))
+
+
 def use_demo(bar) -> None:
     """Load the demo dataset (building it on first use, with progress) and choose the demo model."""
     from scatd_app import jobs
 
     demo = demo_module()
     with jobs.computing("the demo"):
-        adata = demo.load_data(progress=lambda fraction, message: bar.progress(min(1.0, fraction), text=message))
+        adata = demo.load_data(progress=progress_to(bar))
     set_data(adata, "demo (simulated data)", demo=True)
     clear_library_cache()
     set_bundle(str(demo.bundle_path()))
@@ -789,7 +794,7 @@ def read_upload(uploaded, orientation: str) -> None:
     if source is None:
         return
     try:
-        with st.spinner(f"Reading {source['name']}…"):
+        with st.spinner(f"Reading {md(source['name'])}…"):
             adata = io.read(source["path"], name=source["name"], orientation=orientation,
                             **session.room_for_a_dataset(ss.get(session.TOKEN)))
     except Exception as exc:  # io promises InputError only; still never show a traceback

@@ -321,6 +321,58 @@ def test_user_strings_are_escaped_in_markdown(with_library, tmp_path):
     assert "<b>bold</b>" not in shown and "&lt;b&gt;bold" in shown
 
 
+def _shown_markdown(at: AppTest) -> list[str]:
+    """Every string the page renders as markdown: text elements, widget labels and help, radio
+    options, metric labels and values (selectbox options are plain text: not included)."""
+    shown = []
+    for kind in ("markdown", "caption", "warning", "error", "info", "success", "subheader", "title", "header"):
+        shown += [str(e.value) for e in getattr(at, kind)]
+    for kind in ("radio", "selectbox", "multiselect", "checkbox", "toggle", "button", "text_input", "number_input",
+                 "slider"):
+        for widget in getattr(at, kind):
+            shown += [str(widget.label), str(getattr(widget, "help", "") or "")]
+            if kind == "radio":
+                shown += [str(o) for o in widget.options]
+    shown += [str(m.label) for m in at.metric] + [str(m.value) for m in at.metric]
+    return shown
+
+
+def test_names_from_the_data_never_become_markdown(with_library):
+    """Links, images and headings hidden in a file name, a column name and the values of a label
+    column are shown as typed on the Data and Train pages: no raw '](' anywhere."""
+    import numpy as np
+
+    genes = [f"GENE{i}" for i in range(30)]
+    link, image, column = ("[click](https://evil.example/phish)", "![t](https://evil.example/pixel.png)",
+                           "[c](https://evil.example/col)")
+    rng = np.random.default_rng(0)
+    rows = ["cell," + ",".join(genes) + ",response," + column]
+    for i in range(40):
+        rows.append(f"c{i}," + ",".join(str(v) for v in rng.poisson(2, 30)) + "," + (image if i % 2 else link)
+                    + "," + ("a" if i % 3 else "b"))
+    at = _app()
+    upload(at, "[f](https://evil.example/file)**bold**.csv", ("\n".join(rows) + "\n").encode())
+    at.selectbox(key=state.LABEL_COLUMN).set_value(column).run()
+    ok(at)
+    assert at.radio(key=f"label_resistant_{column}").options  # the question is asked
+    at.selectbox(key=state.LABEL_COLUMN).set_value("response").run()
+    ok(at)
+    question = at.radio(key="label_resistant_response")
+    assert sorted(question.options) == sorted([ui.md(link), ui.md(image)])
+    question.set_value(link).run()
+    ok(at)
+    assert at.session_state["label_resistant_response"] == link  # the value itself, not its escaped form
+    shown = _shown_markdown(at)
+    goto(at, "7_Train")
+    at.selectbox(key="train_label_column").set_value(column).run()
+    ok(at)
+    at.selectbox(key="train_few_shot_column").set_value("response").run()
+    ok(at)
+    shown += _shown_markdown(at)
+    assert any("evil.example" in s for s in shown)  # the names are shown ...
+    assert not [s for s in shown if "](" in s]  # ... as text, never as a link or an image
+
+
 HOSTILE = ["![t](https://evil.example/pixel.png)", "[click](https://evil.example/phish)", "text\n===", "x\r\n---",
            "- item", "12. item", "3) item", "# heading", "> quote", "**bold** _it_ `code` ~~del~~",
            "| a | b |\n|---|---|", "```\ncode\n```", "    indented", "\tindented", "<img src=x onerror=alert(1)>",
