@@ -8,6 +8,7 @@ and ``report.html`` show the same thing. Large scatter plots switch to WebGL and
 from __future__ import annotations
 
 import html
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -32,6 +33,57 @@ HISTOGRAM_BINS = 50
 def layout(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Figure:
     fig.update_layout(title=title, height=height, margin=dict(l=40, r=20, t=50 if title else 20, b=40),
                       template="plotly_white", legend=dict(itemsizing="constant"))
+    return plain_text(fig)
+
+
+#: Plotly renders a few HTML tags in every text it draws (legends, titles, tick labels, hover
+#: labels, annotations), links included: a "<" that does not start one of the figures' own line
+#: breaks is written as an entity, so names from the data show as typed.
+_TAG = re.compile(r"<(?!br>)")
+_TRACE_TEXT = ("name", "legendgroup", "x", "y", "text", "hovertext", "customdata")
+
+
+def _plain(value):
+    if isinstance(value, str):
+        return _TAG.sub("&lt;", value)
+    if isinstance(value, (list, tuple, np.ndarray, pd.Series, pd.Index)):
+        arr = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
+        if arr.dtype.kind in "OU" and any(isinstance(v, str) and "<" in v for v in arr.ravel()):
+            out = np.empty(arr.shape, dtype=object)
+            out.ravel()[:] = [_plain(v) for v in arr.ravel()]
+            return out
+    return value
+
+
+def plain_text(fig: go.Figure) -> go.Figure:
+    """Every text of ``fig`` that can come from the data (trace names, categories, hover texts,
+    axis, legend and colour-bar titles, annotations) with its "<" written as an entity (the
+    figures' own ``<br>`` kept): a cell, gene, group or column name holding ``<a href=...>`` or
+    ``<b>`` is shown as typed, never as a link or markup. Applied by :func:`layout`."""
+    for trace in fig.data:
+        for prop in _TRACE_TEXT:
+            if prop in trace and trace[prop] is not None:
+                cleaned = _plain(trace[prop])
+                if cleaned is not trace[prop]:
+                    trace[prop] = cleaned
+        for bar in ("colorbar", "marker.colorbar"):
+            try:
+                title = trace[f"{bar}.title.text"]
+            except (KeyError, ValueError):
+                continue
+            if isinstance(title, str) and "<" in title:
+                trace[f"{bar}.title.text"] = _plain(title)
+    lay = fig.layout
+    if isinstance(lay.title.text, str):
+        lay.title.text = _plain(lay.title.text)
+    for axis in [k for k in lay.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]:
+        if isinstance(lay[axis].title.text, str):
+            lay[axis].title.text = _plain(lay[axis].title.text)
+    if isinstance(lay.legend.title.text, str):
+        lay.legend.title.text = _plain(lay.legend.title.text)
+    for note in lay.annotations:
+        if isinstance(note.text, str):
+            note.text = _plain(note.text)
     return fig
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scatd_core import embed
+from scatd_core import embed, pl
 from scatd_core.errors import InputError
 
 N_EPOCHS = 30  # enough to place points; keeps these tests quick
@@ -120,3 +120,20 @@ def test_wide_inputs_are_reduced_to_principal_components():
     info = adata.uns["scatd_embed"]
     assert f"{embed.PCA_COMPONENTS} principal components" in info["input"] and not info["fit"]["subsampled"]
     assert pd.crosstab(adata.obs["scatd_cluster"], group).gt(0).sum(axis=1).eq(1).all()
+
+
+def test_names_from_the_data_are_text_in_figures():
+    """Plotly renders <a href>, <b> ... in legends, ticks, hovers and titles: a category, cell id or
+    column name holding them is shown as typed, and the figures' own line breaks still work."""
+    coords = np.random.default_rng(0).normal(size=(40, 2))
+    link = "<a href='https://evil.example'>click</a>"
+    fig = pl.umap_figure(coords, pd.Series([link] * 20 + ["ok"] * 20), name="<b>column</b>",
+                         cell_ids=[f"<i>cell{i}" for i in range(40)])
+    shown = [t.name for t in fig.data] + [str(v) for t in fig.data for v in t.text]
+    assert any("evil.example" in s for s in shown) and not [s for s in shown if "<a" in s or "<i>" in s]
+    assert all("<br>" in t.hovertemplate for t in fig.data)  # the hover's own line break is kept
+    summary = pd.DataFrame({"drug": ["D<b>1</b>", "D2"], "group": [link, "g2"], "fraction_resistant": [0.5, 0.2],
+                            "n_called": [10, 10], "mean_prob_resistant": [0.4, 0.3]})
+    dots = pl.panel_dotplot(summary, group_name="<a href='x'>g</a>")
+    texts = [str(v) for v in dots.data[0].x] + [str(v) for v in dots.data[0].y] + [dots.layout.yaxis.title.text]
+    assert not [s for s in texts if "<a" in s or "<b>" in s]
