@@ -835,3 +835,27 @@ def test_doctor_reports_configuration_problems(tmp_path, monkeypatch, capsys):
     memory = next(i for i in json.loads(capsys.readouterr().out)["sections"]["configuration"]
                   if i["what"] == "server memory")
     assert memory["status"] == "warning" and memory["detail"].startswith("1,000 MB (server.memory_mb;")
+
+
+def test_a_table_line_that_never_ends_is_refused_before_a_parser_holds_it(tmp_path, monkeypatch):
+    """A .csv.gz whose second line is megabytes long (a few kB compressed) is refused by the line
+    guard under the parsers (pandas would hold it several times over); ordinary long rows pass."""
+    import gzip
+
+    from scatd_core.io import _table
+
+    monkeypatch.setattr(_table, "LINE_BYTES_BASE", 64 << 10)
+    path = tmp_path / "long.csv.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"cell,G1,G2\nc1," + b"1" * (4 << 20) + b",2\nc2,1,2\n")
+    with pytest.raises(InputError, match="line longer than"):  # seen as the separator is sniffed
+        io.read(path)
+    with gzip.open(path, "wb") as fh:  # further down: seen by the guard under the parsers
+        fh.write(b"cell,G1,G2\n" + b"".join(b"c%d,1,2\n" % i for i in range(2000)) + b"cx," + b"1" * (4 << 20))
+    with pytest.raises(InputError, match="line longer than"):
+        io.read(path)
+    wide = tmp_path / "wide.csv"  # 5,000 genes: a 25 kB header and 15 kB rows, well within the limit
+    genes = [f"GENE{i}" for i in range(5000)]
+    wide.write_text("cell," + ",".join(genes) + "\n" + "".join(f"c{r}," + ",".join(["1.5"] * 5000) + "\n"
+                                                                for r in range(3)))
+    assert io.read(wide).shape == (3, 5000)

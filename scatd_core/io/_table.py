@@ -109,10 +109,60 @@ class _Numbered(io.RawIOBase):
         super().close()
 
 
-def _open_rows(path: Path, opts: Options, sep: str, numbered: bool):
-    """The table's binary stream (:func:`open_limited`), with numbered rows for a table without
-    a column of row names."""
-    stream = open_limited(path, opts)
+#: A line of a table may be this long, plus :data:`LINE_BYTES_PER_FIELD` per field of its header:
+#: the parsers hold a line whole (pandas several times over), so one line that never ends must not
+#: reach them.
+LINE_BYTES_BASE = 1 << 20
+LINE_BYTES_PER_FIELD = 64
+
+
+class _LineGuard(io.RawIOBase):
+    """A binary stream that refuses a line longer than ``limit`` bytes (checked block by block at
+    the speed of a byte search, never holding a line)."""
+
+    def __init__(self, raw, limit: int, name: str):
+        self.raw, self.limit, self.name, self.run = raw, limit, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        # blocks of at most 1 MiB, not over LINE_BYTES_BASE: a line inside one block always fits
+        data = self.raw.read(min(len(buffer), LINE_BYTES_BASE))
+        last = data.rfind(b"\n")
+        if last < 0:
+            self.run += len(data)
+        else:
+            if self.run + data.find(b"\n") > self.limit:  # the line that ends in this block
+                self.run += data.find(b"\n")
+            else:
+                self.run = len(data) - last - 1  # the line that goes on after it
+        if self.run > self.limit:
+            raise self.too_long(self.name, self.limit)
+        buffer[:len(data)] = data
+        return len(data)
+
+    @staticmethod
+    def too_long(name: str, limit: int) -> InputError:
+        return InputError(f"{name} has a line longer than {limit / 2**20:,.1f} MB, far more than its header's columns "
+                          "need; it is not a table (or is damaged), so it was refused.",
+                          "Export the table again (one row per line), or upload an h5ad.")
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _line_limit(n_fields: int) -> int:
+    """The longest line a table with ``n_fields`` header fields may have."""
+    return LINE_BYTES_BASE + LINE_BYTES_PER_FIELD * n_fields
+
+
+def _open_rows(path: Path, opts: Options, sep: str, numbered: bool, n_fields: int):
+    """The table's binary stream (:func:`open_limited`), lines no longer than its ``n_fields``
+    header fields need, with numbered rows for a table without a column of row names."""
+    guard = _LineGuard(open_limited(path, opts), _line_limit(n_fields), opts.display_name)
+    stream = io.BufferedReader(guard, buffer_size=1 << 20)
     return io.BufferedReader(_Numbered(stream, sep), buffer_size=1 << 20) if numbered else stream
 
 
@@ -149,6 +199,8 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
     header = _split(lines[0], sep)
     if len(lines) < 2:
         raise InputError(f"{name} has a header row but no data rows.", "Export the table again with its data.")
+    if len(lines[1].encode(encoding, errors="replace")) > _line_limit(len(header) + 1):
+        raise _LineGuard.too_long(name, _line_limit(len(header) + 1))
     n_fields = len(_split(lines[1], sep))
     if len(header) == n_fields - 1:  # R's write.table leaves out the row-name header
         header = [""] + header
@@ -235,7 +287,7 @@ def _read_general(path: Path, opts: Options, sep: str, encoding: str, labels: li
     """pandas' own type inference, in chunks of rows (bounded memory: one chunk of parsed text)."""
     name, layout = opts.display_name, None
     # the decompressed stream is capped as it is read (a gzip bomb stops at the limit)
-    with _open_rows(path, opts, sep, numbered) as stream:
+    with _open_rows(path, opts, sep, numbered, len(labels) + 1) as stream:
         # row names as written ("NA", "null" are names there); pandas' missing-value words in every other column
         missing = list(STR_NA_VALUES)
         reader = pd.read_csv(stream, sep=sep, header=None, skiprows=1, index_col=0, encoding=encoding, engine="c",
@@ -273,7 +325,7 @@ def _read_numeric(path: Path, opts: Options, sep: str, encoding: str, labels: li
     the general reader sets aside. Values are parsed as float64 and rounded to float32, as pandas does.
     """
     layout = None
-    with _open_rows(path, opts, sep, numbered) as raw, io.TextIOWrapper(raw, encoding=encoding) as text:
+    with _open_rows(path, opts, sep, numbered, len(labels) + 1) as raw, io.TextIOWrapper(raw, encoding=encoding) as text:
         text.readline()  # the header, already parsed
         while True:
             try:
