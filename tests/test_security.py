@@ -245,6 +245,24 @@ def test_a_loom_is_limited_by_its_unpacked_size(tmp_path, monkeypatch):
     assert io.read(path).shape == (2000, 1000)
 
 
+def test_a_compressed_h5ad_x_is_limited_by_its_unpacked_size(tmp_path, monkeypatch):
+    """As a loom's: a few hundred kB declaring a compressed dense X of 114 MB is refused under a 50 MB
+    decompression limit, even where X would stay on disk (every value is unpacked to be read)."""
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "50")
+    path = tmp_path / "packed.h5ad"
+    ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(6000)]),
+               var=pd.DataFrame(index=[f"G{i}" for i in range(5000)])).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        x = f.create_dataset("X", shape=(6000, 5000), dtype=np.float32, chunks=(100, 5000), compression="gzip")
+        x[:, 0] = 1.0
+        x.attrs["encoding-type"], x.attrs["encoding-version"] = "array", "0.2.0"
+    assert path.stat().st_size < 1_000_000
+    error = _refused(path)
+    assert "compressed X is 114 MB once unpacked" in error.message and "SCATD_MAX_DECOMPRESSED_MB" in error.hint
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "4096")
+    assert io.read(path).shape == (6000, 5000)
+
+
 def test_over_budget_data_is_refused_with_the_numbers_or_read_from_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("SCATD_MAX_DATASET_MB", "50")
     dense = tmp_path / "dense.h5ad"  # 6k x 5k float32 = 114 MB in memory, a few hundred kB on disk

@@ -201,14 +201,24 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         if isinstance(X, h5py.Group):
             shape = tuple(int(s) for s in X.attrs["shape"])
             encoding = attr_str(X.attrs.get("encoding-type", "csr_matrix"))
+            parts = [X[k] for k in ("data", "indices") if isinstance(X.get(k), h5py.Dataset)]
         else:
-            shape, encoding = X.shape, "array"
+            shape, encoding, parts = X.shape, "array", [X]
+        compressed = any(d.compression is not None for d in parts)
     if len(shape) != 2:
         raise InputError(f"X in {opts.display_name} has {len(shape)} dimensions; a cells x genes matrix is needed.",
                          "Export a 2-D expression matrix.")
     check_cells(shape[0], opts)
     check_genes(shape[1], opts)
     x_bytes = _declared(sizes, "/X")
+    # Reading X unpacks every stored value; compressed, a tiny file can declare hours of work that
+    # the memory check never sees when X stays on disk: limited like any compressed input's
+    # decompressed size (a matrix stored uncompressed costs no more than the upload itself).
+    if compressed and x_bytes > max(opts.max_decompressed_bytes, path.stat().st_size):
+        raise InputError(f"{opts.display_name}: its compressed X is {mb(x_bytes)} once unpacked, over the server's "
+                         f"limit of {mb(opts.max_decompressed_bytes)} for compressed data.",
+                         "Save it without compression, or as a sparse matrix (most single-cell data are mostly "
+                         "zeros), or ask the administrator to raise SCATD_MAX_DECOMPRESSED_MB.")
     # annotations (obs, var, layers, raw, uns, obsm) are read into memory even when X stays on disk
     check_memory(_declared(sizes, "/", exclude=("/X",)), "its annotations (obs, var, layers, raw, obsm, uns)", opts,
                  "Remove the layers, raw and embeddings the prediction does not need, or upload fewer cells.")
