@@ -15,7 +15,7 @@ limits.max_upload_mb     ``SCATD_MAX_UPLOAD_MB``           largest file accepted
 limits.max_decompressed_mb ``SCATD_MAX_DECOMPRESSED_MB``   most bytes out of a .gz/.zip/.tar upload     4096
                                                            or a .pth checkpoint (uploaded in the app:
                                                            also at most the upload limit), and the
-                                                           largest compressed loom matrix, unpacked
+                                                           largest compressed loom matrix or h5ad X
 limits.max_dataset_mb    ``SCATD_MAX_DATASET_MB``          most memory one dataset may take once read   4096
                                                            (larger h5ad files are read from disk)
 limits.max_cells         ``SCATD_MAX_CELLS``               most cells in one dataset                    1,000,000
