@@ -196,8 +196,8 @@ def read_input(args, backed="auto"):
     return adata
 
 
-def add_label_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--label-column", help="obs column with known responses, for evaluation")
+def add_label_arguments(p: argparse.ArgumentParser, use: str = "for evaluation") -> None:
+    p.add_argument("--label-column", help=f"obs column with known responses, {use}")
     p.add_argument("--label-resistant",
                    help="the value of --label-column meaning resistant (needed unless the values are words "
                         "like resistant/sensitive; SCAD's 'response' is 1 = sensitive, so give 0)")

@@ -28,7 +28,7 @@ def add(sub) -> None:
     p.add_argument("--group-summary", help="panel: also write the per-cluster/per-sample summary CSV here")
     p.add_argument("--html", help="panel: also write the HTML panel report here")
     add_prediction_arguments(p)
-    add_label_arguments(p)
+    add_label_arguments(p, "for --calibrate-on-labels (`scatd report` evaluates the calls against it)")
     p.add_argument("--sample-column", help="obs column with the sample / batch, copied into the table")
     add_engine_arguments(p)
     p.set_defaults(run=run)
