@@ -129,7 +129,7 @@ st.success(f"{len(scored)} of {len(everyone)} models scored {adata.n_obs:,} cell
            f"({info['n_input_groups']} alignment(s) for {len(everyone)} models).", icon=":material/check_circle:")
 for m in everyone:
     if not m.scored:
-        st.warning(f"**{ui.md(m.drug)}** ({ui.md(m.model)}) was skipped: {ui.md(m.problem)}", icon=":material/block:")
+        st.warning(f"**{ui.md(m.drug)}** ({ui.md(m.model)}) was skipped: {ui.md(m.problem_app or m.problem)}", icon=":material/block:")
 st.dataframe(export.panel_models_table(adata), hide_index=True)
 if any(m.demo for m in scored):
     st.badge("demo models (simulated data)", color="orange")

@@ -66,6 +66,8 @@ class PanelMember:
     demo: bool = False
     status: str = "pending"  # "scored" or "skipped"
     problem: str | None = None
+    #: the problem with the next step as the app takes it (a page, not a command), when it differs
+    problem_app: str | None = None
     input_group: int = -1  # models with the same group number share one alignment
     coverage: dict = field(default_factory=dict)
     n_scored: int = 0
@@ -127,9 +129,10 @@ def input_signature(bundle) -> str:
 _SKIPPABLE = (InputError, BundleError, DeviceError, RuntimeError, ValueError)
 
 
-def _problem(exc: BaseException) -> str:
+def _problem(exc: BaseException, app: bool = False) -> str:
     if isinstance(exc, ScatdError):
-        return exc.message + (f" {exc.hint}" if exc.hint else "")
+        hint = (exc.app_hint or exc.hint) if app else exc.hint
+        return exc.message + (f" {hint}" if hint else "")
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
@@ -275,6 +278,8 @@ def _score_member(adata: ad.AnnData, member: PanelMember, bundle, shared: _Share
     except _SKIPPABLE as exc:
         clear_one(adata, member.key)
         member.status, member.problem = "skipped", _problem(exc)
+        if isinstance(exc, ScatdError) and exc.app_hint:
+            member.problem_app = _problem(exc, app=True)
     else:
         info = adata.uns[member.key]
         member.status = "scored"
@@ -308,7 +313,7 @@ def members(adata: ad.AnnData, *, scored_only: bool = True) -> list[PanelMember]
     if not info:
         raise InputError("No panel prediction in this dataset.", "Run a panel first (`scatd predict --model A "
                          "--model B ...`, or the Panel page).")
-    out = [PanelMember(**{k: (None if k == "problem" and v == "" else v) for k, v in m.items()
+    out = [PanelMember(**{k: (None if k in ("problem", "problem_app") and v == "" else v) for k, v in m.items()
                           if k in PanelMember.__dataclass_fields__}) for m in _records(info)]
     return [m for m in out if m.scored] if scored_only else out
 

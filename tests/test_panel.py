@@ -83,6 +83,10 @@ def test_a_model_that_cannot_score_is_skipped_with_its_reason(library, small_bun
     members = panel.predict_panel(data, _bundles(library, DRUGS[:2]) + [vae_sf])
     assert [m.status for m in members] == ["scored", "scored", "skipped"]
     assert "embeddings" in members[2].problem
+    # the next step as each front end takes it: an option on the command line, a page in the app
+    assert "--input" in members[2].problem and "Data page" in members[2].problem_app
+    assert panel.members(data, scored_only=False)[2].problem_app == members[2].problem_app  # stored
+    assert members[0].problem_app is None
     assert "scatd_TESTDRUG_prob_resistant" not in data.obs
     table = panel.panel_table(data)
     assert {"DRUGA_prob_resistant", "DRUGA_label", "DRUGA_calibrated", "DRUGB_label"} <= set(table.columns)
