@@ -119,6 +119,7 @@ def test_cli_without_the_foundation_model_says_what_to_install(tmp_path, sf_bund
     err = capsys.readouterr().err
     assert rc == 2 and "error: scFoundation: No scFoundation weights" in err
     assert "SCATD_SCFOUNDATION_DIR" in err and "scatd convert-scfoundation" in err and "Traceback" not in err
+    assert "64-d scFoundation embeddings computed elsewhere: a .npy (cells x features) as --input" in err
 
 
 def test_cli_convert_scfoundation(assets, tmp_path, capsys):

@@ -195,7 +195,17 @@ def check_size(bundle) -> None:
     """Raise when the installed foundation model's embedding size differs from the drug model's input."""
     dim = bundle.architecture.input_dim
     state = probe(bundle.backbone, embedding_dim=dim)
-    state.require()
+    try:
+        state.require()
+    except CheckpointError as exc:  # not installed here: embeddings made elsewhere do as well
+        key = _keys.FOUNDATION_EMBEDDING[bundle.backbone]
+        raise CheckpointError(
+            exc.message,
+            f"{exc.hint or ''} Or bring the cells' {dim:,}-d {state.name} embeddings computed elsewhere: a .npy "
+            f"(cells x features) as --input, or an h5ad with them in obsm['{key}'].".strip(),
+            app_hint=f"{exc.hint or ''} Or upload the cells' {dim:,}-d {state.name} embeddings computed elsewhere "
+                     f"on the Data page: a .npy (cells x features), or an h5ad with them in obsm['{key}'].".strip(),
+        ) from None
     if state.embedding_dim != dim:
         raise CheckpointError(f"The installed {state.name} gives {state.embedding_dim}-d embeddings, but {bundle.name} "
                               f"takes {dim}-d ones.", f"Install the {state.name} model the drug model was trained on.")
