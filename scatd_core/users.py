@@ -248,10 +248,22 @@ class LoginThrottle:
         self._failures: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
+    #: Above this many names and addresses on record, those without a failure in the window are
+    #: dropped, so names tried at random cannot grow the table without bound.
+    MAX_KEYS = 10_000
+
     def _recent(self, key: str, now: float) -> list[float]:
         times = [t for t in self._failures.get(key, []) if now - t < self.window]
-        self._failures[key] = times
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
         return times
+
+    def _prune(self, now: float) -> None:
+        if len(self._failures) > self.MAX_KEYS:
+            for key in list(self._failures):
+                self._recent(key, now)
 
     def attempt(self, *keys: str) -> float:
         """Count one attempt for these keys unless one of them is locked out: 0 when the attempt
@@ -263,8 +275,10 @@ class LoginThrottle:
             waits = [self.window - (now - times[0]) for times in recent if len(times) >= self.max_failures]
             if waits:
                 return max(waits)
-            for times in recent:
+            for key, times in zip(keys, recent):
                 times.append(now)
+                self._failures[key] = times
+            self._prune(now)
         return 0.0
 
     def succeeded(self, *keys: str) -> None:

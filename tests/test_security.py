@@ -660,6 +660,25 @@ def test_login_throttle_locks_out_after_too_many_failures():
     assert throttle.attempt("user:a") == 0 and throttle.attempt("ip:1") > 0
 
 
+def test_names_tried_at_random_do_not_grow_the_login_throttle(monkeypatch):
+    """A locked-out address trying new names records nothing; names without a failure in the window
+    are dropped once the table is large."""
+    from scatd_core.users import LoginThrottle
+
+    monkeypatch.setattr(LoginThrottle, "MAX_KEYS", 50)
+    throttle = LoginThrottle(max_failures=3, window_seconds=0.2)
+    for i in range(3):
+        throttle.attempt(f"user:{i}", "ip:9")
+    for i in range(3, 1000):  # the address is locked out: refused, and the names are not recorded
+        assert throttle.attempt(f"user:{i}", "ip:9") > 0
+    assert len(throttle._failures) == 4
+    __import__("time").sleep(0.25)  # the window passes
+    for i in range(30):  # new failures from 30 addresses: the table passes MAX_KEYS and is pruned
+        throttle.attempt(f"user:new{i}", f"ip:new{i}")
+    assert "ip:9" not in throttle._failures and "user:0" not in throttle._failures
+    assert len(throttle._failures) == 60  # what is left: failures within the window
+
+
 def test_concurrent_logins_verify_no_more_passwords_than_allowed(monkeypatch):
     """40 login forms submitted at once (each session runs in its own thread): only max_failures
     passwords are verified, the others are locked out without one, and at most
