@@ -24,14 +24,12 @@ library models, stored per user in ``<home>/panels/<user>.json``: one user never
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,6 +40,7 @@ import pandas as pd
 
 from scatd_core import _keys
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+from scatd_core._lock import folder_lock
 from scatd_core._progress import step
 from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, ScatdError
 
@@ -500,15 +499,9 @@ def panels_file(user: str | None) -> Path:
     return scatd_home() / "panels" / f"{safe_name(user or 'local', 'local')}.json"
 
 
-@contextmanager
 def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """The panels file's lock: read, change and write it as one step."""
+    return folder_lock(path.parent, path.with_suffix(".lock").name)
 
 
 def list_panels(user: str | None) -> dict[str, dict]:

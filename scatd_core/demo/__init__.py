@@ -24,15 +24,14 @@ offline with three drugs. It is built on first use of the panel, not with the de
 
 from __future__ import annotations
 
-import fcntl
 import shutil
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import anndata as ad
 
+from scatd_core._lock import folder_lock
 from scatd_core.bundle import Bundle, load_bundle
 from scatd_core.config import model_library_dir, scatd_home
 from scatd_core.errors import BundleError
@@ -94,15 +93,9 @@ def is_built(library: str | Path | None = None) -> bool:
     return True
 
 
-@contextmanager
 def _lock():
-    demo_dir().mkdir(parents=True, exist_ok=True)
-    with open(demo_dir() / ".build.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """One demo build at a time, across the server's processes and threads."""
+    return folder_lock(demo_dir(), ".build.lock")
 
 
 def build(*, library: str | Path | None = None, out_bundle: str | Path | None = None,
