@@ -35,6 +35,17 @@ def _page_with_training_data() -> AppTest:
     return at
 
 
+def _click_on_one_thread(at: AppTest, key: str) -> None:
+    """Click a training button with torch on one thread (the small networks' setting; fewer
+    threads waiting on each other on a busy 2-core machine), the process's count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        at.button(key=key).click().run()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_empty_state_asks_for_data():
     at = _page().run()
     assert not at.exception
@@ -54,12 +65,7 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     at.number_input(key="train_folds").set_value(3)
     at.number_input(key="train_pretrain_epochs").set_value(3)
     at.number_input(key="train_members").set_value(2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        at.button(key="btn_train_start").click().run()
-    finally:
-        torch.set_num_threads(threads)
+    _click_on_one_thread(at, "btn_train_start")
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     result = at.session_state["train_result"]
@@ -161,12 +167,7 @@ def test_train_a_panel_of_drugs_saves_it_for_the_user():
     at.text_input(key="train_panel_name").input("my two").run()  # the button is enabled once drugs are chosen
     # the cells' true labels evaluate the drug chosen above (DRUGA) unless another is chosen
     assert at.selectbox(key="train_panel_label_drug").value == "DRUGA"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        at.button(key="btn_train_panel").click().run()
-    finally:
-        torch.set_num_threads(threads)
+    _click_on_one_thread(at, "btn_train_panel")
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     summary = at.session_state["train_panel_result"]
@@ -206,12 +207,7 @@ def test_original_head_result_says_its_cv_epochs_come_from_the_other_folds():
     for key, value in {"train_folds": 3, "train_pretrain_epochs": 2, "train_epochs": 6,
                        "train_finetune_epochs": 1}.items():
         at.number_input(key=key).set_value(value)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        at.button(key="btn_train_start").click().run()
-    finally:
-        torch.set_num_threads(threads)
+    _click_on_one_thread(at, "btn_train_start")
     assert not at.exception, at.exception
     cv = at.session_state["train_result"]["report"]["cv"]
     caption = next(c.value for c in at.caption if "other folds' mean curve" in c.value)
