@@ -61,16 +61,23 @@ _LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
 #: What makes a block when a line starts with it (the text may begin a line of the markdown it goes
 #: into): an indent (code block), list items and setext heading underlines, ordered list items.
 _INDENT, _BLOCK_MARK, _NUMBERED = re.compile(r"^\s"), re.compile(r"^([-+=])"), re.compile(r"^(\d+)\.")
+#: Where GitHub-flavoured markdown makes a link of plain text (``https://``, ``www.``, e-mail
+#: addresses; Streamlit renders GFM, and it finds them after escapes are resolved): a zero-width
+#: space is put in, so the text looks the same and never becomes a link.
+_AUTOLINK = re.compile(r"(?i)(?<=https)(?=\\?:)|(?<=http)(?=\\?:)|(?<=ftp)(?=\\?:)|(?<=www)(?=\.)|(?<=@)")
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 def md(text) -> str:
     """A string made safe for ``st.markdown`` and every markdown label (widget labels, radio
     options, captions, spinners, tabs, expanders, metrics): HTML escaped, line breaks made spaces,
     and markdown syntax (emphasis, links, images, code, headings, lists, tables, LaTeX, Streamlit's
-    ``:color[...]``/``:icon:`` directives) shown as typed. Every user-supplied string (file, drug,
+    ``:color[...]``/``:icon:`` directives) and what GFM links by itself (URLs, ``www.`` names,
+    e-mail addresses) shown as typed. Every user-supplied string (file, drug,
     gene, sample, model and column names, values) goes through it."""
     flat = _LINE_BREAKS.sub(" ", html.escape(str(text), quote=False))
     escaped = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in flat)
+    escaped = _AUTOLINK.sub(ZERO_WIDTH_SPACE, escaped)
     return _INDENT.sub("&#32;", _NUMBERED.sub(r"\1\\.", _BLOCK_MARK.sub(r"\\\1", escaped)))
 
 
