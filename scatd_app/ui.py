@@ -62,10 +62,10 @@ _LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
 #: into): an indent (code block), list items and setext heading underlines, ordered list items.
 _INDENT, _BLOCK_MARK, _NUMBERED = re.compile(r"^\s"), re.compile(r"^([-+=])"), re.compile(r"^(\d+)\.")
 #: Where GitHub-flavoured markdown makes a link of plain text (``https://``, ``www.``, e-mail
-#: addresses; Streamlit renders GFM, and it finds them after escapes are resolved): a zero-width
-#: space is put in, so the text looks the same and never becomes a link.
+#: addresses; Streamlit renders GFM, and it finds them after escapes are resolved): an invisible
+#: word joiner is put in, so the text looks the same and never becomes a link.
 _AUTOLINK = re.compile(r"(?i)(?<=https)(?=\\?:)|(?<=http)(?=\\?:)|(?<=ftp)(?=\\?:)|(?<=www)(?=\.)|(?<=@)")
-ZERO_WIDTH_SPACE = "\u200b"
+LINK_BREAK = "\u2060"  # the word joiner: invisible, and no line break there either
 
 
 def md(text) -> str:
@@ -77,7 +77,7 @@ def md(text) -> str:
     gene, sample, model and column names, values) goes through it."""
     flat = _LINE_BREAKS.sub(" ", html.escape(str(text), quote=False))
     escaped = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in flat)
-    escaped = _AUTOLINK.sub(ZERO_WIDTH_SPACE, escaped)
+    escaped = _AUTOLINK.sub(LINK_BREAK, escaped)
     return _INDENT.sub("&#32;", _NUMBERED.sub(r"\1\\.", _BLOCK_MARK.sub(r"\\\1", escaped)))
 
 

@@ -396,7 +396,7 @@ def test_md_shows_hostile_names_as_typed(hostile):
         assert out.startswith("<p>") and out.endswith("</p>"), out
         inner = out[3:-4]
         assert "<" not in inner, out  # no element at all: every < of the name is &lt;
-        text = html.unescape(inner).replace("\n", " ").replace(ui.ZERO_WIDTH_SPACE, "")  # an invisible link breaker
+        text = html.unescape(inner).replace("\n", " ").replace(ui.LINK_BREAK, "")  # an invisible link breaker
         expected = (before.replace("\n", " ") + shown + after)
         assert text.split() == expected.split(), out  # the same words (white space may collapse)
 
@@ -413,7 +413,7 @@ def test_md_leaves_no_text_that_gfm_turns_into_a_link(name):
     text = re.sub(r"\\(.)", r"\1", html.unescape(ui.md(name)))  # the text once escapes are resolved
     assert not re.search(r"(?i)(https?://|ftp://|www(?=\.))[-.\w]+", text), text
     assert not re.search(r"[-.\w+]+@[-\w]+(?:\.[-\w]+)+", text), text
-    assert text.replace(ui.ZERO_WIDTH_SPACE, "") == name  # and it reads as typed
+    assert text.replace(ui.LINK_BREAK, "") == name  # and it reads as typed
 
 
 def test_the_queue_runs_at_most_n_jobs_and_keeps_order():
