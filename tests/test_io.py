@@ -629,3 +629,37 @@ def test_row_names_that_look_missing_are_kept_as_written(tmp_path):
     path.write_text('cell,GENE1,GENE2,response\nNA,1,NA,sensitive\nc2,1,1,resistant\n')
     with pytest.raises(InputError, match="missing"):
         io.read(path)
+
+
+def test_the_csr_scan_counts_as_the_row_blocks_do():
+    """The read's scan of an in-memory CSR (its arrays as they are) gives what the row-block scan
+    gives: non-zeros per cell (explicit zeros not counted, NaN counted), NaN and inf counts and the
+    first bad cell; and it still refuses indices out of range."""
+    import scipy.sparse as sp
+
+    from scatd_core.io import _report
+
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        n, m = int(rng.integers(1, 50)), int(rng.integers(1, 30))
+        x = sp.random(n, m, density=rng.uniform(0, 0.7), format="csr", random_state=trial, dtype=np.float32)
+        if x.nnz:
+            pos = rng.choice(x.nnz, size=min(6, x.nnz), replace=False)
+            k = int(rng.integers(0, 3))
+            x.data[pos[:k]], x.data[pos[k:2 * k]], x.data[pos[2 * k:]] = np.nan, np.inf, 0.0
+        blocks = _report._scan(_RowBlocksOnly(x))
+        for fast in (_report._scan(x), _report._scan_csr(x, chunk=7)):  # whole, and in chunks of values
+            assert np.array_equal(fast[0], blocks[0]) and fast[1:] == blocks[1:], trial
+    bad = sp.csr_matrix((np.ones(2, np.float32), np.array([0, 7]), np.array([0, 1, 2])), shape=(2, 3))
+    with pytest.raises(ValueError):
+        _report._scan(bad)
+
+
+class _RowBlocksOnly:
+    """A CSR seen only through row slices, so the scan takes its row-block path."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.dtype = x, x.shape, x.dtype
+
+    def __getitem__(self, rows):
+        return self.x[rows]

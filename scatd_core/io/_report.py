@@ -15,6 +15,8 @@ from scatd_core.io._common import Options, check_cells, column_kind
 
 def _scan(X) -> tuple[np.ndarray, int, int, int | None]:
     """One pass over the rows: non-zeros per cell, NaN and inf counts, first bad row."""
+    if sp.issparse(X) and X.format == "csr":
+        return _scan_csr(X)
     n_cells = X.shape[0]
     nonzero = np.zeros(n_cells, dtype=np.int64)
     n_nan = n_inf = 0
@@ -36,6 +38,35 @@ def _scan(X) -> tuple[np.ndarray, int, int, int | None]:
                 row = (np.searchsorted(block.indptr, flat, side="right") - 1) if sp.issparse(block) \
                     else flat // block.shape[1]
                 first_bad = start + int(row)
+    return nonzero, n_nan, n_inf, first_bad
+
+
+def _scan_csr(X, chunk: int = 1 << 24) -> tuple[np.ndarray, int, int, int | None]:
+    """:func:`_scan` of a CSR matrix in memory, on its arrays as they are: no row blocks are
+    copied (in a server process, whose freed memory goes back to the system, the copies' fresh
+    pages made the scan of a 10k-cell upload ~10x slower than the arithmetic). The stored values
+    are looked at ``chunk`` at a time (views), so the scan's own memory stays ~``chunk`` bytes."""
+    X.check_format(full_check=True)  # invalid indices would crash later C code
+    n_cells = X.shape[0]
+    indptr = np.asarray(X.indptr)
+    nonzero = np.diff(indptr).astype(np.int64)
+    n_nan = n_inf = 0
+    first_bad = None
+    floating = X.data.dtype.kind == "f"
+    for a in range(0, int(indptr[-1]), chunk):
+        values = X.data[a:min(a + chunk, int(indptr[-1]))]
+        explicit_zeros = np.flatnonzero(values == 0)
+        if explicit_zeros.size:
+            rows = np.searchsorted(indptr, explicit_zeros + a, side="right") - 1
+            nonzero -= np.bincount(rows, minlength=n_cells)
+        if floating:
+            finite = np.isfinite(values)
+            if not finite.all():
+                bad = np.flatnonzero(~finite)
+                nan = int(np.isnan(values[bad]).sum())
+                n_nan, n_inf = n_nan + nan, n_inf + int(bad.size - nan)
+                if first_bad is None:
+                    first_bad = int(np.searchsorted(indptr, bad[0] + a, side="right") - 1)
     return nonzero, n_nan, n_inf, first_bad
 
 
