@@ -122,6 +122,22 @@ def test_wide_inputs_are_reduced_to_principal_components():
     assert pd.crosstab(adata.obs["scatd_cluster"], group).gt(0).sum(axis=1).eq(1).all()
 
 
+def test_principal_components_are_exact_pca():
+    """The latent space's PCs are scikit-learn's exact PCA (full SVD), signs included; the
+    randomised solver used before differed from it in its trailing components."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    # a flat tail of variances, like a model's latent space: where randomised SVD goes astray
+    x = rng.normal(size=(1500, 120)) * np.r_[np.linspace(8, 2, 20), np.full(100, 1.0)] + 3.0
+    pcs, k = embed.principal_components(x.astype(np.float32))
+    ref = PCA(n_components=embed.PCA_COMPONENTS, svd_solver="full").fit_transform(x.astype(np.float32).astype(np.float64))
+    assert k == embed.PCA_COMPONENTS and pcs.dtype == np.float32
+    np.testing.assert_allclose(pcs, ref, atol=1e-4 * np.abs(ref).max())
+    narrow, none = embed.principal_components(x[:, :30])
+    assert none is None and narrow.shape == (1500, 30)
+
+
 def test_names_from_the_data_are_text_in_figures():
     """Plotly renders <a href>, <b> ... in legends, ticks, hovers and titles: a category, cell id or
     column name holding them is shown as typed, and the figures' own line breaks still work."""
