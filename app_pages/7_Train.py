@@ -143,8 +143,14 @@ titles = {"Upload": "Upload another dataset"}
 if current is not None:
     titles = {"Current dataset": f"Current dataset: {ui.md(ss.get(S.DATA_NAME))} ({current.n_obs:,} cells)", **titles}
 target_source = st.radio("Target", list(titles), horizontal=True, format_func=titles.get, key="train_target_source")
+target_mask = None
 if target_source == "Current dataset":
     target, target_name = current, ss.get(S.DATA_NAME) or "current dataset"
+    target_mask = ui.qc_mask(current)
+    if target_mask is not None:
+        st.caption(f":material/filter_alt: The Data page's QC filter is on: the {int((~target_mask).sum()):,} "
+                   "cells marked 'filtered (QC)' are left out of training and of the evaluation, as the Predict "
+                   f"page leaves them out; {int(target_mask.sum()):,} cells are used.")
 else:
     _upload_anndata("Single cells (cells × genes)", "upload_train_target", TARGET,
                     "Any format the Data page reads; counts are log-normalised, every gene is z-scored.")
@@ -289,7 +295,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     adaptation=adaptation, min_lines_per_class=int(min_lines), trained_by=user_name,
                     target_labels={label_drug: label_column} if label_drug is not None else None,
                     target_resistant_value=resistant_value if label_drug is not None else None,
-                    progress=with_eta(ui.progress_to(bar)),
+                    target_mask=target_mask, progress=with_eta(ui.progress_to(bar)),
                     should_stop=lambda: bool(ss.get(STOP)))
             if panel_name.strip() and len(trained) >= 2:
                 save_panel(panel_name.strip(), [b.path.name for b in trained], user_name, replace=True)
@@ -326,7 +332,7 @@ if start:
             bundle, report = train_drug_model(
                 bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
                 adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
-                target_resistant_value=resistant_value, few_shot_labels=few_shot,
+                target_resistant_value=resistant_value, target_mask=target_mask, few_shot_labels=few_shot,
                 name=model_name.strip() or None,
                 trained_by=(auth.current_user().name if auth.current_user() else None),
                 progress=with_eta(ui.progress_to(bar)),

@@ -104,6 +104,34 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     assert target.uns["scatd"]["params"]["log_normalised"]  # counts detected, as at training
 
 
+def test_a_target_mask_leaves_filtered_cells_out_as_predict_does(tmp_path):
+    """Cells the QC filter marks (the app's obs['scatd_qc_pass']) are left out of the target's
+    standardisation, the adaptation and the evaluation: the card's target figures and the training's
+    target predictions are what `predict` with the same mask gives."""
+    from sklearn.metrics import roc_auc_score
+
+    bulk, labels, target = synthetic(n_cells=50)
+    qc = np.ones(target.n_obs, dtype=bool)
+    qc[[1, 4, 9, 16, 25, 36, 49]] = False
+    target.obs["scatd_qc_pass"] = qc
+    bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_resistant_value=0,
+                         target_mask="scatd_qc_pass")
+    assert rep["card"]["data"] is not None and rep["metrics"]["target"]["n_evaluated"] == qc.sum() == 43
+    assert bundle.manifest["training"]["target"]["n_used"] == 43
+    assert "43 target cells (the target given as data; 7 cells filtered (QC) left out)" in rep["card"]["data"]["summary"]
+    assert list(rep["target_predictions"]["cell_id"]) == list(target.obs_names[qc])
+    predict(target, load_bundle(bundle.path), device="cpu", mask="scatd_qc_pass")
+    got = target.obs["scatd_prob_resistant"].to_numpy()
+    np.testing.assert_allclose(got[qc], rep["target_predictions"]["prob_resistant"].to_numpy(), atol=1e-6)
+    assert np.isnan(got[~qc]).all()
+    truth = 1 - target.obs["response"].to_numpy()[qc]  # 0 = resistant in synthetic()'s response
+    assert rep["metrics"]["target"]["auroc"] == pytest.approx(roc_auc_score(truth, got[qc]), abs=1e-12)
+    with pytest.raises(InputError, match="no obs\\['qc'\\]"):
+        _train(tmp_path, bulk, labels, target, name="m2", target_mask="qc")
+    with pytest.raises(InputError, match="Every target cell is filtered out"):
+        _train(tmp_path, bulk, labels, target, name="m3", target_mask=np.zeros(target.n_obs, dtype=bool))
+
+
 def test_model_card_scores_model_and_baselines_on_the_same_samples(tmp_path):
     bulk, labels, target = synthetic()
     bundle, rep = _train(tmp_path, bulk, labels, target, target_label_column="response", target_resistant_value=0)
@@ -474,6 +502,20 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
                                   "--out", str(tmp_path / "scatd_bundle")])
     assert args.run(args) == 0
     assert load_bundle(tmp_path / "scatd_bundle").architecture.members is None
+
+    # --target-mask: a boolean column of the target says which cells to use (the app's scatd_qc_pass)
+    tdf.insert(0, "scatd_qc_pass", np.arange(len(tdf)) % 5 != 0)
+    tdf.to_csv(tmp_path / "target_qc.csv")
+    masked = [a if a != str(tmp_path / "target.csv") else str(tmp_path / "target_qc.csv") for a in common]
+    args = p.parse_args(masked + ["--members", "2", "--target-mask", "scatd_qc_pass", "--out", str(tmp_path / "qc_b"),
+                                  "--report", str(tmp_path / "qc_report.json")])
+    assert args.run(args) == 0
+    _, err = capsys.readouterr()
+    assert "32 target cells (target_qc.csv; 8 cells filtered (QC) left out)" in err
+    assert json.loads((tmp_path / "qc_report.json").read_text())["metrics"]["target"]["n_evaluated"] == 32
+    args = p.parse_args(masked + ["--target-mask", "qc", "--out", str(tmp_path / "qc_b2")])
+    with pytest.raises(InputError, match="no obs\\['qc'\\]"):
+        args.run(args)
 
 
 def test_cli_bad_arguments_are_clean(tmp_path, capsys):

@@ -92,6 +92,31 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert at.session_state["train_result"] is result and "train_running" not in at.session_state
 
 
+def test_the_data_pages_qc_filter_applies_to_training_on_the_current_dataset():
+    """With the QC filter on, the filtered cells are left out of training and evaluation, as the
+    Predict page leaves them out, and the page says so."""
+    import numpy as np
+
+    at = _page_with_training_data()
+    target = at.session_state[S.ADATA]
+    qc = np.ones(target.n_obs, dtype=bool)
+    qc[:6] = False
+    target.obs["scatd_qc_pass"] = qc
+    at.run()
+    assert not at.exception, at.exception
+    assert any("6 cells marked 'filtered (QC)' are left out" in c.value and "34 cells are used" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+    at.radio(key="train_resistant_response").set_value("0")
+    at.number_input(key="train_folds").set_value(3)
+    at.number_input(key="train_pretrain_epochs").set_value(2)
+    at.number_input(key="train_members").set_value(2)
+    _click_on_one_thread(at, "btn_train_start")
+    assert not at.exception, at.exception
+    report = at.session_state["train_result"]["report"]
+    assert report["metrics"]["target"]["n_evaluated"] == 34
+    assert report["target"]["n_used"] == 34 and report["target"]["filtered"] == 6
+
+
 def test_demo_panel_offers_its_drugs_and_upload_target_needed():
     at = _page().run()
     at.radio[0].set_value("Simulated demo panel").run()

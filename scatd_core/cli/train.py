@@ -62,6 +62,9 @@ def add(sub) -> None:
     p.add_argument("--no-adaptation", action="store_true",
                    help="never use the target for training (the no-adaptation baseline)")
     p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
+    p.add_argument("--target-mask", metavar="COLUMN",
+                   help="boolean obs column of the target: only its True cells are used (adapted to and evaluated), "
+                        "e.g. scatd_qc_pass in an annotated.h5ad from the app, as predict leaves filtered cells out")
     p.add_argument("--target-resistant-value",
                    help="the value of --target-labels meaning resistant, unless the values are words like "
                         "resistant/sensitive (SCAD's 'response' is 1 = sensitive, so give 0)")
@@ -99,7 +102,8 @@ def run(args) -> int:
         args.bulk, args.bulk_labels, args.drug, args.target, backbone=args.backbone,
         backbone_bundle=args.backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
-        target_resistant_value=args.target_resistant_value, few_shot_labels=args.few_shot_labels,
+        target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
+        few_shot_labels=args.few_shot_labels,
         library=args.library, name=args.name, trained_by=_os_user(), progress=Progress())
     lab = report["labels"]
     say(f"Labels ({report['drug']}): {lab['sensitive']} sensitive, {lab['resistant']} resistant bulk samples; "

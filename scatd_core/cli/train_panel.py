@@ -39,6 +39,9 @@ def add(sub) -> None:
     p.add_argument("--target-resistant-value",
                    help="the value of the --target-labels columns meaning resistant, unless the values are words like "
                         "resistant/sensitive (SCAD's 'response' is 1 = sensitive, so give 0)")
+    p.add_argument("--target-mask", metavar="COLUMN",
+                   help="boolean obs column of the target: only its True cells are used for every drug (e.g. "
+                        "scatd_qc_pass in an annotated.h5ad from the app)")
     p.add_argument("--no-resume", action="store_true", help="train every drug again, even those already trained")
     p.add_argument("--save-panel", help="also save the trained models as your panel of this name")
     p.add_argument("--summary", help="write the summary table (CSV) here")
@@ -94,7 +97,8 @@ def run(args) -> int:
         args.bulk, _labels(args), args.drugs, args.target, backbone=args.backbone, settings=settings,
         min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),
         resume=not args.no_resume, target_labels=_target_labels(args.target_labels),
-        target_resistant_value=args.target_resistant_value, progress=Progress("Training the panel"))
+        target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
+        progress=Progress("Training the panel"))
     print("drug\tstatus\tsensitive\tresistant\tCV AUROC\tbest baseline (CV AUROC)\ttarget AUROC\tbundle\tnote")
     for r in summary.itertuples(index=False):
         baseline = f"{r.cv_best_baseline} ({fmt(r.cv_best_baseline_auroc)})" if r.cv_best_baseline else "-"

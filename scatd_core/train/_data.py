@@ -47,9 +47,10 @@ def _input_spec(backbone: str, n_inputs: int, genes: list[str] | None) -> InputS
     return spec
 
 
-def _inputs(adata: ad.AnnData, spec: InputSpec) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``(usable row indices, model input float32, not-scored counts)`` through ModelInput."""
-    mi = ModelInput(adata, spec, batch_size=4096)
+def _inputs(adata: ad.AnnData, spec: InputSpec, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(usable row indices, model input float32, not-scored counts)`` through ModelInput
+    (``mask``: the cells that may be used, e.g. those passing QC; the others count as filtered)."""
+    mi = ModelInput(adata, spec, mask=mask, batch_size=4096)
     rows, parts = [], []
     for _stop, idx, x in mi.batches():
         rows.append(idx)
@@ -75,9 +76,37 @@ class TrainingData:
     report: dict = field(default_factory=dict)
 
 
+def target_mask_of(target: ad.AnnData, mask) -> np.ndarray | None:
+    """The target cells training may use: ``None`` (all), a boolean array over the cells, or the
+    name of a boolean obs column (e.g. ``'scatd_qc_pass'``, the app's QC filter). Cells left out
+    are neither trained on nor evaluated, as prediction leaves filtered cells unscored."""
+    if mask is None:
+        return None
+    if isinstance(mask, str):
+        if mask not in target.obs:
+            raise InputError(f"The target has no obs['{mask}'] to say which cells to use.",
+                             f"Its columns: {', '.join(map(str, target.obs.columns)) or 'none'}.")
+        values = target.obs[mask]
+        if values.isna().any() or not set(pd.unique(values.astype(object))) <= {True, False, 0, 1}:
+            raise InputError(f"obs['{mask}'] of the target is not a True/False column.",
+                             "Give a boolean column: True for the cells to use (e.g. scatd_qc_pass).")
+        mask = values.to_numpy(dtype=bool)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (target.n_obs,):
+        raise InputError(f"The target's cell mask has {mask.size:,} entries for {target.n_obs:,} cells.")
+    if not mask.any():
+        raise InputError("Every target cell is filtered out (QC), so there is nothing to adapt to.",
+                         "Loosen the QC thresholds on the Data page, or turn the filter off.")
+    return mask
+
+
 def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnData, *,
-                          backbone: str = "dist_vae", backbone_genes: list[str] | None = None) -> TrainingData:
+                          backbone: str = "dist_vae", backbone_genes: list[str] | None = None,
+                          target_mask: np.ndarray | None = None) -> TrainingData:
     """Match labels to bulk samples by ID, find the gene panel and standardise each domain.
+
+    ``target_mask``: the target cells that may be used (:func:`target_mask_of`); the others
+    are left out of the target's standardisation, the adaptation and the evaluation.
 
     Raises :class:`InputError` naming what does not fit (no shared IDs, too few shared genes,
     a class with too few cell lines...).
@@ -128,7 +157,7 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
         style_mean, style_std = b_x.astype(np.float64).mean(0), b_x.astype(np.float64).std(0)
         spec.style_mean, spec.style_std = style_mean, style_std
         b_rows, b_x, b_reasons = _inputs(bulk, spec)
-    t_rows, t_x, t_reasons = _inputs(target, spec)
+    t_rows, t_x, t_reasons = _inputs(target, spec, target_mask)
     pos = {n: i for i, n in enumerate(bulk_names)}
     usable = set(b_rows.tolist())
     keep = [pos[n] for n in labelled.index if pos[n] in usable]

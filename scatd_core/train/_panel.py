@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from scatd_core._progress import step
@@ -29,7 +30,7 @@ from scatd_core.bundle import load_bundle
 from scatd_core.config import scatd_home
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.labels import drug_labels, encode_column, match_drug, read_label_table
-from scatd_core.train._data import _frame_sha256, read_if_path
+from scatd_core.train._data import _frame_sha256, read_if_path, target_mask_of
 from scatd_core.train._settings import TrainSettings
 
 #: Fewest labelled cell lines of the smaller class (usually the sensitive ones) a drug needs.
@@ -39,13 +40,17 @@ SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "
                    "cv_best_baseline_auroc", "verdict", "target_auroc", "n_panel_genes", "seconds", "bundle", "note")
 
 
-def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: TrainSettings, adaptation: bool) -> str:
-    """The state file's name: the inputs and settings every drug shares. Each drug's own labels are
-    checked per drug (:func:`_labels_sha256`), so a label table with other drugs added or removed
-    (e.g. made again for another --drugs) keeps the drugs already trained."""
+def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: TrainSettings, adaptation: bool,
+                 target_mask: np.ndarray | None = None) -> str:
+    """The state file's name: the inputs and settings every drug shares (the target's cell mask
+    too, when one is given). Each drug's own labels are checked per drug (:func:`_labels_sha256`),
+    so a label table with other drugs added or removed (e.g. made again for another --drugs) keeps
+    the drugs already trained."""
     h = hashlib.sha256()
+    mask = None if target_mask is None else hashlib.sha256(np.packbits(target_mask).tobytes()).hexdigest()
     for part in (bulk_prov.get("sha256"), target_prov.get("sha256"), backbone,
-                 json.dumps(asdict(settings), sort_keys=True, default=str), str(bool(adaptation))):
+                 json.dumps(asdict(settings), sort_keys=True, default=str), str(bool(adaptation)),
+                 *(() if mask is None else (mask,))):
         h.update(str(part).encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
@@ -150,6 +155,7 @@ def train_panel(
     resume: bool = True,
     target_labels: Mapping[str, str] | None = None,
     target_resistant_value=None,
+    target_mask: np.ndarray | str | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[pd.DataFrame, list]:
@@ -175,6 +181,9 @@ def train_panel(
         for its evaluation only (its ``target_auroc``), as ``target_label_column`` of
         :func:`~scatd_core.train.train_drug_model`; ``target_resistant_value`` says which value means
         resistant when the values are not words like resistant/sensitive (one for every column).
+    target_mask
+        The target cells to use (e.g. ``'scatd_qc_pass'``), for every drug: see
+        :func:`~scatd_core.train.train_drug_model`.
 
     Returns
     -------
@@ -192,7 +201,8 @@ def train_panel(
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk")
     target_ad, target_prov = read_if_path(target, "target")
     evaluate = _target_label_columns(target_labels, table, chosen, target_ad, target_resistant_value)
-    state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation))
+    mask = target_mask_of(target_ad, target_mask)
+    state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation, mask))
     state = _read_state(state_file) if resume else {}
     bulk_ids = set(map(str, bulk_ad.obs_names))
     rows, bundles = [], []
@@ -228,7 +238,7 @@ def train_panel(
                 bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, seed=s.seed, folds=s.folds, adaptation=adaptation, device=device,
                 library=library, name=f"{drug} ({backbone}, panel)", trained_by=trained_by, progress=say,
                 should_stop=should_stop, target_label_column=evaluate.get(drug),
-                target_resistant_value=target_resistant_value if drug in evaluate else None)
+                target_resistant_value=target_resistant_value if drug in evaluate else None, target_mask=mask)
         except Cancelled:
             raise
         except InputError as exc:

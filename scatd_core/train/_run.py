@@ -21,7 +21,7 @@ from scatd_core.nn import BACKBONES
 from scatd_core.predict import resolve_device
 from scatd_core.train import _baselines as baselines
 from scatd_core.train._cv import cross_validate, cv_splits
-from scatd_core.train._data import TrainingData, _frame_sha256, prepare_training_data, read_if_path
+from scatd_core.train._data import TrainingData, _frame_sha256, prepare_training_data, read_if_path, target_mask_of
 from scatd_core.train._ensemble import (FewShot, build_ensemble, ensemble_logit, fit_heads, latent_means,
                                         pretrain_members)
 from scatd_core.train._fit import (_deterministic, _new_backbone, _probabilities, _restrict_backbone, fit_head,
@@ -224,7 +224,9 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
     summary = (f"Trained for {data.report['drug']} on {len(y)} labelled bulk cell lines ({lab['sensitive']} sensitive, "
                f"{lab['resistant']} resistant; {lab['n_bulk_without_label']} bulk samples without a label for it, used for "
                f"pretraining only) and "
-               f"{len(data.target_ids)} target cells ({target_desc})"
+               f"{len(data.target_ids)} target cells ({target_desc}"
+               + (f"; {data.report['target']['filtered']:,} cells filtered (QC) left out"
+                  if data.report["target"].get("filtered") else "") + ")"
                + (f", on {genes['n_panel']} genes shared by bulk and target" if genes else "") + ".")
     return {
         "model": {"recipe": s.head, "description": fit.description, "backbone": data.backbone},
@@ -256,6 +258,7 @@ def train_drug_model(
     device: str = "auto",
     target_label_column: str | None = None,
     target_resistant_value=None,
+    target_mask: np.ndarray | str | None = None,
     few_shot_labels: pd.Series | str | Path | None = None,
     out: str | Path | None = None,
     library: str | Path | None = None,
@@ -301,6 +304,11 @@ def train_drug_model(
         that means resistant (default: the direction recorded with the data,
         :func:`scatd_core.labels.set_label_direction`, or recognised from words such as
         sensitive/resistant; SCAD's ``response`` is 1 = sensitive, so its resistant value is 0).
+    target_mask
+        The target cells to use: a boolean array over the cells or the name of a boolean obs
+        column (the app's QC filter, ``'scatd_qc_pass'``); default all. The others are left out of
+        the target's standardisation, the adaptation and the evaluation, as prediction with the
+        same filter leaves them unscored, so the card's target figures are the ones predict gives.
     few_shot_labels
         A few labelled target cells used for training (a Series cell ID -> ``sensitive`` /
         ``resistant``, or a CSV ``cell_id,label``; :func:`scatd_core.labels.read_few_shot_labels`),
@@ -359,7 +367,8 @@ def train_drug_model(
                              f"Use --backbone {bb_bundle.backbone}, or another backbone bundle.")
         base_vae = load_backbone_from_bundle(bb_bundle)
     data = prepare_training_data(bulk_ad, labels, drug, target_ad, backbone=backbone,
-                                 backbone_genes=bb_bundle.genes if bb_bundle is not None else None)
+                                 backbone_genes=bb_bundle.genes if bb_bundle is not None else None,
+                                 target_mask=target_mask_of(target_ad, target_mask))
     report = dict(data.report)
     few = _few_shot(few_shot_labels, data, warnings)
     truth = _target_truth(target_ad, target_label_column, target_resistant_value, data)
@@ -435,8 +444,8 @@ def train_drug_model(
         from scatd_core.metrics import evaluate
 
         metrics["target"] = {"label_column": target_label_column, "n_few_shot_cells_left_out":
-                             len(few.rows) if few is not None else 0,
-                             **evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict(), **target_scores}
+                             len(few.rows) if few is not None else 0,  # the card's scores are rounded:
+                             **target_scores, **evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict()}
     seconds = time.perf_counter() - t0
     provenance["seconds"] = round(seconds, 1)
     card["data"]["seconds"] = round(seconds, 1)
