@@ -45,6 +45,11 @@ MISSING_VALUES = frozenset({"", "na", "nan", "n/a", "none", "null", "-", "?", ".
 #: Words recognised as naming a class (lower case, ``-``/``_``/space removed).
 _RESISTANT_WORDS = ("resistant", "resistance", "r", "nonresponder", "nonresponse", "nonresponsive", "refractory")
 _SENSITIVE_WORDS = ("sensitive", "sensitivity", "s", "responder", "response", "responsive")
+#: Words for a reference group, not a response: a column of one response word and one of these
+#: (``sensitive``/``control``, ``resistant``/``parental``) does not say which cells resist the
+#: drug, so the user is asked.
+_REFERENCE_WORDS = ("control", "ctrl", "parental", "parent", "untreated", "naive", "baseline", "vehicle", "dmso",
+                    "mock", "pre", "pretreatment", "before", "wt", "wildtype", "normal", "other", "unknown", "na")
 
 
 # --------------------------------------------------------------------------- reading tables
@@ -236,10 +241,11 @@ def guess_label_direction(values) -> str | None:
 
     Recognised: ``resistant``/``sensitive``, ``R``/``S``, ``non-responder``/``responder``
     (any case, ``-``/``_``/space ignored); one recognised word is enough when the column has
-    exactly two values. Numbers and booleans are never guessed.
+    exactly two values and the other is not a reference group (``control``, ``parental``,
+    ``untreated``... : :data:`_REFERENCE_WORDS`). Numbers and booleans are never guessed.
     """
     distinct = list(label_counts(values).index)
-    if len(distinct) != 2:
+    if len(distinct) != 2 or any(_word(v) in _REFERENCE_WORDS for v in distinct):
         return None
     kinds = [RESISTANT if _word(v) in _RESISTANT_WORDS else SENSITIVE if _word(v) in _SENSITIVE_WORDS else None
              for v in distinct]

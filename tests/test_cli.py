@@ -225,6 +225,15 @@ def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys
     back = ad.read_h5ad(tmp / "rep" / "annotated.h5ad")
     assert back.uns["scatd_labels"]["response"]["resistant"] == "0" and "scatd_attributions" in back.obsm
     assert "Against 'response': AUROC" in err
+    assert "taken to mean resistant" not in err  # said with --label-resistant: nothing to tell
+    # words: the direction is recognised, and the run says which value it took
+    obs["response"] = np.where(np.arange(40) % 2 == 0, "non-responder", "responder")
+    ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells_words.h5ad")
+    words = [a if a != tmp / "cells.h5ad" else tmp / "cells_words.h5ad" for a in base]
+    code, _, err = _run(capsys, *[a if a != tmp / "rep" else tmp / "rep_words" for a in words])
+    assert code == 0, err
+    assert ("Labels 'response': 'non-responder' taken to mean resistant, 'responder' sensitive (from the words; "
+            "give --label-resistant VALUE to say otherwise).") in err
 
 
 def test_help_does_not_import_torch():

@@ -89,7 +89,10 @@ def test_encode_labels_refuses_absent_value_and_more_than_two_classes():
 @pytest.mark.parametrize("values, expected", [
     (["sensitive", "resistant"], "resistant"), (["S", "R"], "R"), (["responder", "non-responder"], "non-responder"),
     (["Non_Responder", "Responder", None], "Non_Responder"), (["ok", "sensitive"], "ok"),
-    ([0, 1, 1], None), ([True, False], None), (["yes", "no"], None), (["a", "b", "c"], None)])
+    ([0, 1, 1], None), ([True, False], None), (["yes", "no"], None), (["a", "b", "c"], None),
+    # a response word next to a reference group does not say which cells resist: asked
+    (["sensitive", "control"], None), (["Sensitive", "Parental"], None), (["resistant", "untreated"], None),
+    (["resistant", "DMSO"], None), (["tolerant", "sensitive"], "tolerant")])
 def test_guess_label_direction_recognises_words_never_codes(values, expected):
     assert labels.guess_label_direction(values) == expected
 

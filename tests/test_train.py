@@ -118,6 +118,7 @@ def test_a_target_mask_leaves_filtered_cells_out_as_predict_does(tmp_path):
                          target_mask="scatd_qc_pass")
     assert rep["card"]["data"] is not None and rep["metrics"]["target"]["n_evaluated"] == qc.sum() == 43
     assert bundle.manifest["training"]["target"]["n_used"] == 43
+    assert (rep["metrics"]["target"]["resistant_value"], rep["metrics"]["target"]["resistant_value_given"]) == ("0", True)
     assert "43 target cells (the target given as data; 7 cells filtered (QC) left out)" in rep["card"]["data"]["summary"]
     assert list(rep["target_predictions"]["cell_id"]) == list(target.obs_names[qc])
     predict(target, load_bundle(bundle.path), device="cpu", mask="scatd_qc_pass")

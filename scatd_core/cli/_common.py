@@ -228,8 +228,21 @@ def apply_label_direction(adata, args) -> str | None:
         values = ", ".join(f"{k} ({v})" for k, v in label_counts(adata.obs[column]).items())
         raise ScatdError(f"Which value of {column!r} means resistant? Its values: {values}.",
                          "Say it with --label-resistant VALUE.")
+    if args.label_resistant is None:
+        say_label_direction(adata, column, resistant, "--label-resistant")
     set_label_direction(adata, column, resistant)
     return column
+
+
+def say_label_direction(adata, column: str, resistant, option: str) -> None:
+    """Tell which value of a label column was taken to mean resistant when the user did not say
+    (recorded with the data, or recognised from its words), and how to say otherwise."""
+    from scatd_core.labels import label_counts
+
+    others = [str(v) for v in label_counts(adata.obs[column]).index if str(v) != str(resistant)]
+    say(f"Labels {column!r}: {resistant!r} taken to mean resistant"
+        + (f", {others[0]!r} sensitive" if len(others) == 1 else "")
+        + f" (from the words; give {option} VALUE to say otherwise).")
 
 
 def prepare_embeddings(adata, bundle, args) -> None:

@@ -105,6 +105,10 @@ def run(args) -> int:
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
         few_shot_labels=args.few_shot_labels,
         library=args.library, name=args.name, trained_by=_os_user(), progress=Progress())
+    target_metrics = report["metrics"].get("target") or {}
+    if target_metrics and not target_metrics.get("resistant_value_given"):
+        say(f"Target labels {target_metrics['label_column']!r}: {target_metrics['resistant_value']!r} taken to mean "
+            "resistant (from the words; give --target-resistant-value VALUE to say otherwise).")
     lab = report["labels"]
     say(f"Labels ({report['drug']}): {lab['sensitive']} sensitive, {lab['resistant']} resistant bulk samples; "
         f"{lab['n_bulk_without_label']} bulk samples without a label for it (pretraining only); "

@@ -443,7 +443,13 @@ def train_drug_model(
         held = np.isfinite(truth) & (~np.isin(np.arange(len(truth)), few.rows) if few is not None else True)
         from scatd_core.metrics import evaluate
 
-        metrics["target"] = {"label_column": target_label_column, "n_few_shot_cells_left_out":
+        from scatd_core.labels import label_direction
+
+        resistant_value = target_resistant_value if target_resistant_value is not None else \
+            label_direction(target_ad, target_label_column)
+        metrics["target"] = {"label_column": target_label_column, "resistant_value": str(resistant_value),
+                             "resistant_value_given": target_resistant_value is not None,
+                             "n_few_shot_cells_left_out":
                              len(few.rows) if few is not None else 0,  # the card's scores are rounded:
                              **target_scores, **evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict()}
     seconds = time.perf_counter() - t0
