@@ -84,6 +84,9 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     # the card counts the bulk samples left without a label, not the label table's empty rows
     assert rep["labels"]["n_bulk_without_label"] == 3
     assert "45 labelled bulk cell lines" in rep["card"]["data"]["summary"]
+    share = float(np.mean(rep["target_predictions"]["prob_resistant"] >= 0.5))
+    assert f"this model calls {share:.0%} of the 40 target cells resistant" in rep["card"]["calibration"]
+    assert "not a calibrated probability" in rep["card"]["calibration"]
     assert "3 bulk samples without a label for it" in rep["card"]["data"]["summary"]
     m = bundle.manifest
     assert m["input_transform"] == "standardize" and m["beta_mode"] == "separate" and bundle.threshold == 0.5

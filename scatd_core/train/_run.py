@@ -237,9 +237,12 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
                                "n_sensitive": int((1 - few.y).sum())} if few is not None else None)},
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
         "evaluations": evaluations,
-        "calibration": (f"The default threshold ({s.threshold:g}) balances the classes as the training weighted "
-                        "them; it is not calibrated to any dataset, so calls made with it are marked uncalibrated. "
-                        "Calibrate it with an expected resistant fraction or labelled cells, or use the ranking."),
+        "calibration": (f"P(resistant) is a score from heads trained with balanced class weights, not a calibrated "
+                        f"probability: at the default threshold ({s.threshold:g}) this model calls "
+                        f"{float(np.mean(fit.target_prob >= s.threshold)):.0%} of the {len(fit.target_prob):,} "
+                        "target cells resistant. The threshold is not calibrated to any dataset, so calls made with "
+                        "it are marked uncalibrated. Calibrate it with an expected resistant fraction or labelled "
+                        "cells, or use the ranking (AUROC does not depend on the threshold)."),
         "warnings": list(warnings),
     }
 
