@@ -37,7 +37,7 @@ from scatd_core.metrics import evaluate_column, fitted_on_labels, group_table
 from scatd_core.predict import summary
 from scatd_core.explain import out_of_date
 
-#: Columns of ``predictions.csv`` before the optional ones (UMAP, cluster, the user's columns).
+#: Columns of ``predictions.csv`` before the optional ones (UMAP, Leiden cluster, the user's columns).
 PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass",
                       "rank")
 
@@ -60,9 +60,9 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
     rank`` (``calibrated``: whether the threshold behind ``label`` was calibrated, see
     :func:`scatd_core.predict.set_threshold`; ``rank``: 1 for the scored cell most likely
     resistant, ties in input order, empty where not scored: a ranking needs no threshold), then
-    ``umap_1, umap_2`` and ``cluster`` when
+    ``umap_1, umap_2`` and ``leiden_cluster`` when
     computed, then ``extra_columns`` of ``obs`` (e.g. the sample and true-label columns) under
-    their own names.
+    their own names (``obs_<name>`` where a name is taken, see :func:`with_cell_context`).
     """
     keys = result_keys(key_added)
     info = _require(adata, keys)
@@ -79,16 +79,22 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
 
 
 def with_cell_context(table: pd.DataFrame, adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.DataFrame:
-    """Add each cell's UMAP coordinates, cluster and the chosen ``obs`` columns (when present) to a
-    per-cell table in the order of ``adata`` (the predictions and the panel tables share them)."""
+    """Add each cell's UMAP coordinates, Leiden cluster (``leiden_cluster``) and the chosen ``obs``
+    columns (when present) to a per-cell table in the order of ``adata`` (the predictions and the
+    panel tables share them). A chosen column whose name the table already uses (the data's own
+    ``cluster`` or ``label``, say) is written as ``obs_<name>``: never dropped, never mistaken for
+    the computed one."""
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
         table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
     if _keys.CLUSTER in adata.obs:
-        table["cluster"] = adata.obs[_keys.CLUSTER].astype(str).to_numpy()
-    for col in extra_columns:
-        if col and col in adata.obs and col not in table:
-            table[col] = adata.obs[col].to_numpy()
+        table["leiden_cluster"] = adata.obs[_keys.CLUSTER].astype(str).to_numpy()
+    for col in dict.fromkeys(extra_columns):
+        if col and col in adata.obs:
+            name = str(col)
+            while name in table:
+                name = f"obs_{name}"
+            table[name] = adata.obs[col].to_numpy()
     return table
 
 

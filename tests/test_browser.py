@@ -275,7 +275,7 @@ def test_upload_predict_umap_download(server, tmp_path):
             info.value.save_as(target)
             table = pd.read_csv(target)
             assert len(table) == N_CELLS and table["cell_id"].is_unique
-            assert {"prob_resistant", "label", "calibrated", "scored", "qc_pass", "umap_1", "cluster"} <= set(table.columns)
+            assert {"prob_resistant", "label", "calibrated", "scored", "qc_pass", "umap_1", "leiden_cluster"} <= set(table.columns)
             assert set(table["label"]) <= {"resistant", "sensitive", "not scored", "filtered (QC)"}
             _no_exception(page)
             _shot(page, "6_report")

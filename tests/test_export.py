@@ -76,7 +76,7 @@ def test_predictions_table_one_row_per_cell(filtered_result):
     table = export.predictions_table(adata, ["response", "sample", "missing_column"])
     assert len(table) == adata.n_obs and table["cell_id"].tolist() == list(adata.obs_names)
     assert list(table.columns[:6]) == ["cell_id", "prob_resistant", "label", "calibrated", "scored", "qc_pass"]
-    assert {"umap_1", "umap_2", "cluster", "response", "sample"} <= set(table.columns)
+    assert {"umap_1", "umap_2", "leiden_cluster", "response", "sample"} <= set(table.columns)
     assert (table["qc_pass"] == passed).all()
     scored = table["scored"]
     thr = adata.uns["scatd"]["threshold"]["value"]
@@ -84,6 +84,21 @@ def test_predictions_table_one_row_per_cell(filtered_result):
     assert (table["label"][~passed] == FILTERED).all()
     csv = pd.read_csv(pd.io.common.BytesIO(export.to_csv_bytes(table)))
     assert len(csv) == adata.n_obs
+
+
+def test_the_datas_own_columns_are_never_replaced_by_computed_ones(filtered_result):
+    """The data's own 'cluster' column keeps its name and values next to the computed leiden_cluster,
+    and a chosen column named like a computed one (a 'label' column of true labels) is kept as
+    obs_<name>, never dropped."""
+    adata, _, _ = filtered_result
+    adata = adata.copy()
+    adata.obs["cluster"] = np.where(np.arange(adata.n_obs) % 2, "cycling", "interferon")
+    adata.obs["label"] = "true label"
+    table = export.predictions_table(adata, ["cluster", "label", "sample", "sample"])
+    assert (table["cluster"] == adata.obs["cluster"].to_numpy()).all()
+    assert (table["obs_label"] == "true label").all() and set(table["label"]) != {"true label"}
+    assert (table["leiden_cluster"] == adata.obs["scatd_cluster"].astype(str).to_numpy()).all()
+    assert list(table.columns).count("sample") == 1
 
 
 def test_labels_at_relabels_without_recomputing(filtered_result):
