@@ -231,11 +231,10 @@ with composition_area:
                 else next(iter(group_options))
         group = st.selectbox("Group by", list(group_options), key="cells_group", format_func=group_options.get)
         table = metrics.group_table(adata, group)
-        left, right = st.columns([0.6, 0.4])
+        left, right = st.columns([0.55, 0.45])
         left.plotly_chart(pl.composition_figure(table, group_options[group]), key="cells_groups")
-        right.dataframe(table, hide_index=True, column_config={
-            "fraction_resistant": st.column_config.ProgressColumn("fraction resistant", min_value=0.0, max_value=1.0,
-                                                                  format="percent")})
+        with right:
+            ui.group_table(table)
     else:
         st.caption("No cluster or sample column to group by.")
 

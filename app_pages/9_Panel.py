@@ -180,9 +180,8 @@ if groups:
     left, right = st.columns([0.55, 0.45])
     left.plotly_chart(pl.panel_dotplot(summary, names.get(group, group),
                                        f"Fraction resistant per {names.get(group, group)}"), key="panel_dots")
-    right.dataframe(summary, hide_index=True, height=360, column_config={
-        "fraction_resistant": st.column_config.ProgressColumn("fraction resistant", min_value=0.0, max_value=1.0,
-                                                              format="percent")})
+    with right:
+        ui.group_table(summary, height=360)
 else:
     group = None
     st.plotly_chart(pl.panel_heatmap(prob, drugs, np.full(adata.n_obs, "all cells"), "all cells"),

@@ -843,6 +843,25 @@ def link(title: str, label: str | None = None, icon: str | None = None) -> None:
     st.page_link(PAGE[title], label=label or title, icon=icon)
 
 
+def group_table(table, **options) -> None:
+    """A per-group table (Cells, Drug panel): words for the counts, and the share called resistant
+    as a percentage that always shows whole (a progress bar's number was cut to "10" for 100%
+    in the page's narrow column)."""
+    view = table.copy()
+    if "fraction_resistant" in view:
+        view["fraction_resistant"] = view["fraction_resistant"] * 100
+    st.dataframe(view, hide_index=True, column_config={
+        "n_cells": st.column_config.NumberColumn("cells"),
+        "n_called": st.column_config.NumberColumn("scored", help="cells with a call (not 'not scored' or "
+                                                                 "'filtered (QC)')"),
+        "n_resistant": st.column_config.NumberColumn("resistant", help="cells called resistant"),
+        "fraction_resistant": st.column_config.NumberColumn("% resistant", format="%.1f%%",
+                                                            help="share of the scored cells called resistant"),
+        "mean_prob_resistant": st.column_config.NumberColumn("mean P", format="%.3f",
+                                                             help="mean P(resistant) of the scored cells"),
+    }, **options)
+
+
 def detached(func):
     """``func``, holding only the page's names its code uses, taken now; for every function a
     page hands to a widget (callbacks, format functions, a download's deferred data).

@@ -161,6 +161,10 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     top = next(d.value for d in at.dataframe if "rank" in d.value.columns)
     assert list(top["rank"]) == list(range(1, 51))
     assert metric(at, "Resistant among the top 50 labelled cells").endswith("%")
+    # the per-group table: the share called resistant in percent (a progress bar's number was cut off)
+    groups = next(d.value for d in at.dataframe if "fraction_resistant" in d.value.columns)
+    expected = groups["n_resistant"] / groups["n_called"] * 100
+    assert np.allclose(groups["fraction_resistant"], expected) and groups["fraction_resistant"].max() > 1
     threshold = result.uns["scatd"]["threshold"]["value"]
 
     goto(at, "6_Report")
