@@ -335,10 +335,15 @@ def _evaluation_section(adata, label_column, keys, info) -> list[str]:
     parts = [f"<h2>Evaluation against '{html.escape(label_column)}'</h2>"]
     if evaluation is None:
         return parts + [f"<p class='warn'>{html.escape(problem)}</p>"]
-    direction = adata.uns.get(_keys.LABEL_DIRECTIONS, {}).get(label_column, {})
-    resistant = direction.get("resistant") or "(recognised from the words)"
-    parts.append(f"<p>Resistant class: <code>{html.escape(str(resistant))}</code>. "
-                 + " ".join(html.escape(n) for n in evaluation.notes) + "</p>")
+    from scatd_core.labels import label_counts, label_direction
+
+    recorded = adata.uns.get(_keys.LABEL_DIRECTIONS, {}).get(label_column, {}).get("resistant")
+    resistant = recorded if recorded is not None else label_direction(adata, label_column)
+    others = [str(v) for v in label_counts(adata.obs[label_column]).index if str(v) != str(resistant)]
+    parts.append(f"<p>In '{html.escape(label_column)}', <code>{html.escape(str(resistant))}</code> means resistant"
+                 + (f" and <code>{html.escape(others[0])}</code> sensitive" if len(others) == 1 else "")
+                 + ("" if recorded is not None else " (recognised from the words)")
+                 + ". " + " ".join(html.escape(n) for n in evaluation.notes) + "</p>")
     parts.append(_kv_table(evaluation.as_dict().items()))
     prevalence = evaluation.n_positive / evaluation.n_evaluated
     parts.append("<div class='grid'>" + _figure_html(pl.roc_figure(roc, evaluation.auroc))

@@ -222,6 +222,7 @@ def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys
     assert len(pd.read_csv(tmp / "rep" / "biomarkers.csv")) == enc[0]
     html = (tmp / "rep" / "report.html").read_text()
     assert "Biomarkers" in html and "expected 25%" in html
+    assert "In 'response', <code>0</code> means resistant and <code>1</code> sensitive." in html
     back = ad.read_h5ad(tmp / "rep" / "annotated.h5ad")
     assert back.uns["scatd_labels"]["response"]["resistant"] == "0" and "scatd_attributions" in back.obsm
     assert "Against 'response': AUROC" in err
