@@ -85,7 +85,11 @@ with st.container(border=True):
     c = st.columns(4)
     c[0].metric("Drug", ui.md(s["drug"] or "—"))
     c[1].metric("Input", f"{s['n_input_features']:,} " + ("genes" if s["input"] == "expression" else "features"))
-    c[2].metric("Latent dimensions", s["z_dim"])
+    members = int(s.get("members") or 1)
+    c[2].metric("Latent dimensions", f"{members} × {s['z_dim']}" if members > 1 else s["z_dim"],
+                help=(f"An ensemble of {members} backbones with {s['z_dim']} latent dimensions each; the Cells page's "
+                      f"UMAP is of their latents side by side ({members * s['z_dim']} dimensions)." if members > 1 else
+                      "The model's latent space, which the Cells page's UMAP shows."))
     c[3].metric("Default threshold", f"{s['threshold']:.3g}",
                 help="Not calibrated to your data: calibrate it on the Cells page (expected fraction or labelled "
                      "cells).")

@@ -300,7 +300,7 @@ def compute_embedding(
                                              f"{_layout.PARTITIONS} groups of cells side by side"}
     if basis == "latent":
         x = latent
-        info["input"] = f"obsm['{latent_key}'] ({latent.shape[1]} dimensions)"
+        info["input"] = f"the model's latent space, {latent.shape[1]} dimensions"
     else:
         say(0.05, "principal components of expression")
         x, pca_info = expression_pcs(adata, seed=seed)
@@ -319,7 +319,7 @@ def compute_embedding(
     say(0.1, f"neighbours of {n_keep:,} cells")
     x_kept, n_pcs = principal_components(x[keep], seed)
     if n_pcs:
-        info["input"] += f", {n_pcs} principal components"
+        info["input"] += f", reduced to {n_pcs} principal components"
     nb = neighbours(x_kept, k, seed)
     info["fit"] = _fit_record(nb)
     say(0.3, f"UMAP of {n_keep:,} cells" + (f" (fitted on {nb.fitted.size:,})" if nb.subsampled else ""))

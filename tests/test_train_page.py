@@ -115,6 +115,13 @@ def test_the_data_pages_qc_filter_applies_to_training_on_the_current_dataset():
     report = at.session_state["train_result"]["report"]
     assert report["metrics"]["target"]["n_evaluated"] == 34
     assert report["target"]["n_used"] == 34 and report["target"]["filtered"] == 6
+    # the Model page gives an ensemble's latent width per member, as the Cells page's UMAP uses them together
+    at.button(key="btn_train_use_model").click().run()
+    at.switch_page("app_pages/2_Model.py").run()
+    assert not at.exception, at.exception
+    z = report["settings"]["z_dim"]
+    latent = next(m for m in at.metric if m.label == "Latent dimensions")
+    assert latent.value == f"2 × {z}" and f"({2 * z} dimensions)" in latent.help
 
 
 def test_demo_panel_offers_its_drugs_and_upload_target_needed():
