@@ -80,11 +80,21 @@ if mapping.get("data_id_type") in ("ensembl", "mixed"):
 
 # ------------------------------------------------------------------ QC
 st.subheader("Quality control")
-try:
-    qc = ui.qc_metrics(adata)
-except ScatdError as exc:
-    ui.show_error(exc)
-    qc = None
+qc = None
+if info.get("value_type") == "zscored":  # every gene "detected" in every cell, sums of z-scores: no QC meaning
+    st.info("Quality control needs counts or normalised values. These values are per-gene z-scores, so every "
+            "gene counts as detected in every cell and their sums say nothing about a cell's quality: no QC "
+            "metrics or filter for these data. Filter low-quality cells before z-scoring, or upload the counts.",
+            icon=":material/info:")
+    if QC_KEY in adata.obs:  # a filter set before (another reading of the data) does not stay on unseen
+        del adata.obs[QC_KEY]
+        adata.uns.pop("scatd_qc", None)
+        state.invalidate("prediction")
+else:
+    try:
+        qc = ui.qc_metrics(adata)
+    except ScatdError as exc:
+        ui.show_error(exc)
 if qc is not None:
     if info.get("value_type") not in ("counts", None):
         kind = str(info.get("value_type")).replace("_", " ")

@@ -233,6 +233,22 @@ def test_csv_upload_works(with_library):
     assert metric(at, "Cells") == "40" and at.session_state[state.LABEL_COLUMN] == "response"
 
 
+def test_z_scored_data_get_no_qc_metrics_or_filter(with_library):
+    """Per-gene z-scores: every gene is 'detected' in every cell and the sums have no QC meaning, so
+    the page says so instead of drawing flat violins and offering a filter on them."""
+    adata = make_dataset(60, seed=2)
+    x = np.log1p(adata.X.toarray())
+    z = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
+    at = start()
+    upload(at, "z.csv", pd.DataFrame(z, index=adata.obs_names, columns=adata.var_names).to_csv().encode())
+    assert metric(at, "Values") == "zscored"
+    assert "per-gene z-scores" in text(at.info) and "no QC metrics or filter" in text(at.info)
+    assert not at.get("plotly_chart") and not [t for t in at.toggle if t.key == "qc_enabled"]
+    counts = start()
+    upload(counts, "counts.h5ad", h5ad_bytes(adata))  # counts: the metrics and the filter, as before
+    assert len(counts.get("plotly_chart")) == 2 and [t for t in counts.toggle if t.key == "qc_enabled"]
+
+
 def test_an_upload_is_read_from_the_sessions_folder_and_again_in_another_orientation(with_library, monkeypatch):
     """The server keeps an upload on disk, not in memory: once read, Streamlit's copy is let go
     (the uploader then gives None, as here after ``clear``) and a new orientation reads the file
