@@ -726,6 +726,13 @@ def set_data(adata: ad.AnnData, name: str, *, demo: bool = False) -> None:
     ss = st.session_state
     ss[state.ADATA], ss[state.DATA_NAME], ss[state.DATA_TOKEN] = adata, name, uuid.uuid4().hex
     ss[state.IS_DEMO] = demo
+    if not demo and ss.get(state.BUNDLE_PATH):  # the demo model is never kept for real data (the Model page
+        try:                                     # drops it too): not shown beside them in the sidebar either
+            chosen = get_bundle(ss[state.BUNDLE_PATH])
+        except ScatdError:
+            chosen = None
+        if chosen is not None and chosen.is_demo:
+            set_bundle(None)
     for key in [k for k in ss.keys() if str(k).startswith(("qc_", "label_"))]:
         del ss[key]
     report = adata.uns.get(INPUT_REPORT, {})

@@ -410,6 +410,13 @@ def test_the_demo_model_is_never_chosen_for_real_data(empty_library):
     assert at.session_state.get(state.BUNDLE_PATH) is None
     goto(at, "3_Predict")
     assert "Choose a model first" in text(at.info)
+    # the demo model chosen with the demo data is let go as soon as real data replace them, so the
+    # sidebar never shows it beside real cells
+    at.session_state[state.BUNDLE_PATH] = str(empty_library / "DEMOTINIB_demo")
+    at.session_state[state.IS_DEMO] = True
+    upload(at, "patients2.h5ad", h5ad_bytes(make_dataset(40, seed=4)))
+    assert at.session_state.get(state.BUNDLE_PATH) is None
+    assert "no model chosen" in text(at.sidebar.markdown)
 
 
 def test_low_and_zero_gene_coverage(with_library):
