@@ -828,7 +828,8 @@ def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
     Returns whether the demo is now the session's data."""
     if not st.button("Try the demo", key=key, icon=":material/science:", type="primary" if primary else "secondary",
                      help="A simulated tumour and a model trained on simulated cell lines, labelled demo (simulated "
-                          "data). Built once per server on first use (about a minute on 2 CPU cores), then instant."):
+                          "data). Built once per server on first use (1-2 minutes on 2 idle CPU cores, longer on a busy "
+                          "server; a progress bar shows each step), then instant."):
         return False
     bar = progress_area.progress(0.0, text="Preparing the demo…")
     try:

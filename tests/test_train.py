@@ -653,9 +653,16 @@ def test_progress_advances_through_the_baseline_fits(tmp_path):
            progress=lambda f, m: seen.append((f, m)))
     fractions = [f for f, _m in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    scoring = [(f, m) for f, m in seen if m.startswith("Scoring the baselines")]
+    scoring = [(f, m) for f, m in seen if m.startswith("Scoring the baselines") and m.endswith(" done")]
     # 2 baselines x (3 folds + the target cells)
     assert len(scoring) == 8 and sum("bulk CV fold 3/3" in m for _f, m in scoring) == 2
-    assert sum(m.endswith("target cells") for _f, m in scoring) == 2
+    assert sum(m.endswith("target cells done") for _f, m in scoring) == 2
     start = next(f for f, m in seen if m.startswith("Scoring the model and the baselines"))
     assert start < 0.9 and all(a < b for a, b in zip([start] + [f for f, _m in scoring], [f for f, _m in scoring]))
+    # each fit is announced before it runs, so a long one (gradient boosting) shows what runs now
+    messages = [m for _f, m in seen]
+    for name in ("logistic regression", "gradient boosting"):
+        before = next(i for i, m in enumerate(messages) if name in m and "fitting on the bulk to score the target" in m)
+        after = next(i for i, m in enumerate(messages) if name in m and m.endswith("target cells done"))
+        assert before < after and not any(m.endswith(" done") for m in messages[before + 1:after])
+    assert sum("bulk CV fold" in m and not m.endswith(" done") for m in messages) == 6

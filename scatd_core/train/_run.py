@@ -193,10 +193,20 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
         if advance is not None:
             advance(baselines.fit_units(key, x.shape[1]), f"Scoring the baselines · {names[key]}, {what}")
 
-    bulk_preds = {cards.MODEL: fit.oof, **{
-        title: baselines.out_of_fold(key, x, y, splits, seed,
-                                     on_fit=lambda k, key=key: done(key, f"bulk CV fold {k + 1}/{len(splits)}"))
-        for key, title in names.items()}}
+    def starting(key: str, what: str) -> None:  # said before a fit, so a long one shows what runs now
+        if advance is not None:
+            advance(0, f"Scoring the baselines · {names[key]}, {what}")
+
+    def out_of_fold(key: str) -> np.ndarray:
+        def fitted(k: int) -> None:
+            done(key, f"bulk CV fold {k + 1}/{len(splits)} done")
+            if k + 1 < len(splits):
+                starting(key, f"bulk CV fold {k + 2}/{len(splits)}")
+
+        starting(key, f"bulk CV fold 1/{len(splits)}")
+        return baselines.out_of_fold(key, x, y, splits, seed, on_fit=fitted)
+
+    bulk_preds = {cards.MODEL: fit.oof, **{title: out_of_fold(key) for key, title in names.items()}}
     evaluations = [cards.evaluation("bulk_cv", f"Bulk cell lines, {len(splits)}-fold cross-validation", y,
                                     bulk_preds, seed=seed, note=fit.cv.get("note"))]
     if truth is not None:
@@ -206,10 +216,12 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
         if held.any() and len(np.unique(truth[held])) == 2:
             preds = {cards.MODEL: fit.target_prob[held]}
             for key, title in names.items():
+                starting(key, "fitting on the bulk to score the target cells")
                 preds[title] = baselines.fit_predict(key, x, y, xt, seed)[held]
-                done(key, "target cells")
+                done(key, "target cells done")
             if few is not None:
                 title = f"{baselines.BASELINE_TITLES[baselines.TARGET_ONLY]} ({len(few.rows)} cells)"
+                starting(baselines.LOGISTIC, "on the labelled target cells")
                 preds[title] = baselines.fit_predict(baselines.LOGISTIC, xt[few.rows], few.y, xt, seed)[held]
                 done(baselines.LOGISTIC, "on the labelled target cells")
                 preds["the same recipe without the labelled cells"] = fit.without_few_shot[held]
