@@ -1060,7 +1060,11 @@ def library_frame(entries):
                      "target AUROC (model / LR / GB)": _card_cell(e.bundle, "target"),
                      "threshold": s["threshold"], "folder": e.path.name, "problem": None})
     table = pd.DataFrame(rows)
-    return table.drop(columns=["by"]) if "by" in table and table["by"].isna().all() else table  # no logins
+    if "by" in table and table["by"].isna().all():
+        return table.drop(columns=["by"])  # no logins, nothing recorded
+    if "by" in table:  # the demo and imported files record nobody: blank, not "None"
+        table["by"] = table["by"].fillna("")
+    return table
 
 
 def show_card(card: dict, key: str) -> None:

@@ -419,6 +419,24 @@ def test_the_demo_model_is_never_chosen_for_real_data(empty_library):
     assert "no model chosen" in text(at.sidebar.markdown)
 
 
+def test_the_library_table_leaves_by_blank_where_nobody_is_recorded(tmp_path, monkeypatch):
+    import json
+
+    from _app_helpers import make_bundle
+    from scatd_core.bundle import list_library
+
+    from scatd_app import ui
+
+    cells = make_dataset(40, seed=6)
+    make_bundle(tmp_path / "demo_model", cells, steps=1, demo=True)
+    mine = make_bundle(tmp_path / "mine", cells, steps=1, drug="MINE")
+    manifest = json.loads((mine.path / "manifest.json").read_text())
+    manifest["provenance"]["trained_by"] = "alice"
+    (mine.path / "manifest.json").write_text(json.dumps(manifest))
+    table = ui.library_frame(list_library(tmp_path))
+    assert sorted(table["by"]) == ["", "alice"]  # the demo records nobody: blank, not "None"
+
+
 def test_low_and_zero_gene_coverage(with_library):
     adata = make_dataset(N_CELLS, seed=4)
     low = adata[:, :300].copy()  # 300 of the model's 1,900 genes
