@@ -235,6 +235,11 @@ def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys
     assert code == 0, err
     assert ("Labels 'response': 'non-responder' taken to mean resistant, 'responder' sensitive (from the words; "
             "give --label-resistant VALUE to say otherwise).") in err
+    # an annotated.h5ad carries the direction said before: used, and said where it came from
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "rep" / "annotated.h5ad",
+                        "--output", tmp / "again.csv", "--label-column", "response")
+    assert code == 0, err
+    assert "Labels 'response': '0' taken to mean resistant, '1' sensitive (as recorded in the data's" in err
 
 
 def test_help_does_not_import_torch():

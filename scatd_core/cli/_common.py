@@ -236,13 +236,16 @@ def apply_label_direction(adata, args) -> str | None:
 
 def say_label_direction(adata, column: str, resistant, option: str) -> None:
     """Tell which value of a label column was taken to mean resistant when the user did not say
-    (recorded with the data, or recognised from its words), and how to say otherwise."""
+    (recorded with the data, e.g. by the app, or recognised from its words), and how to say otherwise."""
+    from scatd_core._keys import LABEL_DIRECTIONS
     from scatd_core.labels import label_counts
 
+    recorded = str(column) in adata.uns.get(LABEL_DIRECTIONS, {})
     others = [str(v) for v in label_counts(adata.obs[column]).index if str(v) != str(resistant)]
     say(f"Labels {column!r}: {resistant!r} taken to mean resistant"
         + (f", {others[0]!r} sensitive" if len(others) == 1 else "")
-        + f" (from the words; give {option} VALUE to say otherwise).")
+        + (f" (as recorded in the data's uns['{LABEL_DIRECTIONS}']" if recorded else " (from the words")
+        + f"; give {option} VALUE to say otherwise).")
 
 
 def prepare_embeddings(adata, bundle, args) -> None:
