@@ -666,3 +666,118 @@ def test_progress_advances_through_the_baseline_fits(tmp_path):
         after = next(i for i, m in enumerate(messages) if name in m and m.endswith("target cells done"))
         assert before < after and not any(m.endswith(" done") for m in messages[before + 1:after])
     assert sum("bulk CV fold" in m and not m.endswith(" done") for m in messages) == 6
+
+
+# --------------------------------------------------------------------------- scatd train: where its outputs go
+
+def _cli_train_args(folder, **names) -> list[str]:
+    """Write the synthetic bulk, labels and target as files in ``folder``; a fast `scatd train`
+    command line on them (``names``: other file names, e.g. ``bulk="b.csv"``)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bulk, labels, target = synthetic()
+    files = {key: folder / names.get(key, f"{key}.csv") for key in ("bulk", "labels", "target")}
+    pd.DataFrame(bulk.X, index=bulk.obs_names, columns=bulk.var_names).to_csv(files["bulk"])
+    labels.to_csv(files["labels"])
+    pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names).to_csv(files["target"])
+    return ["train", "--bulk", str(files["bulk"]), "--bulk-labels", str(files["labels"]), "--drug", "DRUGA",
+            "--target", str(files["target"]), "--members", "1", "--pretrain-epochs", "1", "--folds", "2",
+            "--device", "cpu"]
+
+
+def _no_training(monkeypatch):
+    def trained(*a, **k):
+        raise AssertionError("trained before checking the outputs")
+
+    monkeypatch.setattr("scatd_core.train.train_drug_model", trained)
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_train_out_overwrite_replaces_only_an_earlier_export_and_is_checked_before_training(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """--out --overwrite once deleted the whole folder: the user's inputs in it, or the whole model
+    library. Now only a bundle exported earlier is replaced; the rest is refused before training."""
+    from scatd_core.cli import main
+
+    _no_training(monkeypatch)
+    proj = tmp_path / "proj"
+    args = _cli_train_args(proj)
+    (proj / "notes.txt").write_text("my notes")
+    (proj / "manifest.json").write_text("{}")  # even looking like a bundle, a folder of inputs is not replaced
+    lib = tmp_path / "lib"
+    (lib / "A_dist_vae").mkdir(parents=True)
+    (lib / "A_dist_vae" / "manifest.json").write_text("{}")
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data.txt").write_text("keep")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "manifest.json").write_text("{}")
+    before = _snapshot(tmp_path)
+    library = ["--library", str(lib)]
+    cases = [
+        (["--out", proj, "--overwrite"], "holds the input"),
+        (["--out", lib, "--overwrite"], "model library"),
+        (["--out", lib / "A_dist_vae", "--overwrite"], "model library"),
+        (["--out", tmp_path, "--overwrite"], "model library"),  # around the library (and the inputs)
+        (["--out", lib / "new"], "model library"),
+        (["--out", tmp_path / "afile.txt", "--overwrite"], "is an existing file"),
+        (["--out", tmp_path / "mine", "--overwrite"], "not a model bundle"),
+        (["--out", tmp_path / "earlier"], "already exists"),
+    ]
+    for extra, match in cases:
+        code = main(args + library + [str(a) for a in extra])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err and "unexpected" not in err, (extra, err)
+    assert _snapshot(tmp_path) == before
+    # the model library by default ($SCATD_HOME's) is protected too
+    from scatd_core.config import model_library_dir
+
+    assert main(args + ["--out", str(model_library_dir()), "--overwrite"]) == 2
+    assert "model library" in capsys.readouterr().err
+
+
+def test_train_out_overwrite_replaces_an_earlier_export(tmp_path, capsys):
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path / "in") + ["--library", str(tmp_path / "lib")]
+    out = tmp_path / "exports" / "gef"
+    assert main(args + ["--out", str(out)]) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    assert main(args + ["--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    capsys.readouterr()
+    second = json.loads((out / "manifest.json").read_text())
+    assert first["provenance"]["seed"] == 0 and second["provenance"]["seed"] == 1
+    assert [p.name for p in (tmp_path / "exports").iterdir()] == ["gef"]  # no temporary folder left
+
+
+def test_export_that_fails_leaves_the_earlier_export(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from scatd_core.errors import ScatdError
+
+    source, out = tmp_path / "new", tmp_path / "out"
+    for folder, text in ((source, "new"), (out, "earlier")):
+        folder.mkdir()
+        (folder / "manifest.json").write_text(text)
+        (folder / "weights.safetensors").write_text(text)
+    real = shutil.copytree
+
+    def disk_full(src, dst, **kw):
+        real(src, dst, **kw)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", disk_full)
+    with pytest.raises(ScatdError, match="No space left"):
+        cli_train.export_bundle(source, out)
+    assert (out / "manifest.json").read_text() == "earlier" and (out / "weights.safetensors").read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
+    monkeypatch.setattr(shutil, "copytree", real)
+    cli_train.export_bundle(source, out)
+    assert (out / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]

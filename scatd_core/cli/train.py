@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
-from scatd_core.cli._common import BACKBONES, DEVICES, Progress, positive_int, say
+from scatd_core._output import writing
+from scatd_core.cli._common import BACKBONES, DEVICES, Progress, _check_writable, positive_int, say
 from scatd_core.errors import ScatdError
 
 #: Choices the parser offers; the core checks them again (tests keep the two in step).
@@ -15,11 +19,75 @@ HEADS = ("linear", "scatd")
 HEAD_INPUTS = ("latent+input", "latent")
 
 
+def _within(inner: Path, outer: Path) -> bool:
+    """``inner`` is ``outer`` or inside it (both resolved, links followed)."""
+    inner, outer = inner.expanduser().resolve(), outer.expanduser().resolve()
+    return inner == outer or outer in inner.parents
+
+
+def check_export(out, *, overwrite: bool, inputs=(), library=None) -> Path:
+    """Refuse an ``--out`` the bundle copy must not go to, before anything is trained.
+
+    A new folder is fine; an existing one is replaced only with ``overwrite`` and only when it is
+    a bundle exported earlier (it has a manifest). Never a file, the model library or a folder in
+    or around it (the model is installed there already; replacing it would delete the library),
+    nor a folder holding one of the ``inputs``."""
+    from scatd_core.bundle import MANIFEST
+    from scatd_core.config import model_library_dir
+
+    out = Path(out)
+    root = Path(library) if library else model_library_dir()
+    if _within(out, root) or _within(root, out):
+        raise ScatdError(f"--out {out} is the model library {root} or a folder in or around it; the model is "
+                         "installed in the library anyway.", "--out is for a copy elsewhere: give a folder "
+                                                            "outside the model library.")
+    for source in (Path(p) for p in inputs if p):
+        if source.exists() and _within(source, out):
+            raise ScatdError(f"--out {out} holds the input {source}; exporting there would replace it.",
+                             "Give a new folder for the bundle copy, so your data stays as it is.")
+    if out.is_symlink():
+        raise ScatdError(f"--out {out} is a link; the bundle copy is not written through links.",
+                         "Give the real folder, or a new one.")
+    if out.exists() and not out.is_dir():
+        raise ScatdError(f"--out {out} is an existing file; --out names the folder to export the bundle copy to.",
+                         "Give a new folder (or the folder of an earlier export, with --overwrite).")
+    if out.exists():
+        if not (out / MANIFEST).is_file():
+            raise ScatdError(f"--out {out} is an existing folder that is not a model bundle (no {MANIFEST}); "
+                             "only a bundle exported earlier can be replaced.", "Give a new folder for the bundle copy.")
+        if not overwrite:
+            raise ScatdError(f"{out} already exists.", "Choose another --out, or add --overwrite.")
+        _check_writable(out.parent, "--out", out)  # the copy is made beside it, then swapped in
+    else:
+        _check_writable(out, "--out", out)
+    return out
+
+
 def export_bundle(source: Path, target: Path) -> None:
-    """Copy a bundle folder (replacing ``target``)."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target)
+    """Copy a bundle folder to ``target``, replacing a folder there (see :func:`check_export`)
+    only once the copy is complete: it is written to a temporary folder beside ``target`` and
+    then swapped in, so a failure leaves the earlier folder as it was."""
+    target = Path(target)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
+        old = None
+        try:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+                os.rename(target, old)
+            os.rename(tmp, target)
+        except BaseException:
+            if old is not None and not target.exists():
+                os.rename(old, target)  # put the earlier export back
+                old = None
+            raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def add(sub) -> None:
@@ -74,7 +142,8 @@ def add(sub) -> None:
                         "a busy machine mostly wait for each other)")
     p.add_argument("--name", help="display name in the model library")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder at --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a bundle exported to --out earlier (only a bundle folder, never other files)")
     p.add_argument("--report", help="also write the training report (JSON) here")
     p.add_argument("--target-predictions", help="also write the target's per-cell P(resistant) (CSV) here")
     p.set_defaults(run=run)
@@ -84,8 +153,9 @@ def run(args) -> int:
     from scatd_core.card import card_lines
     from scatd_core.train import TrainSettings, report_to_json, train_drug_model
 
-    if args.out and Path(args.out).exists() and not args.overwrite:
-        raise ScatdError(f"{args.out} already exists.", "Choose another --out, or add --overwrite.")
+    inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels, args.backbone_bundle]
+    if args.out:
+        check_export(args.out, overwrite=args.overwrite, inputs=inputs, library=args.library)
 
     settings = TrainSettings(head=args.head)
     overrides = {"finetune_epochs": args.finetune_epochs, "pretrain_epochs": args.pretrain_epochs,
@@ -132,6 +202,7 @@ def run(args) -> int:
         say(f"Wrote {args.target_predictions}")
     print(f"Trained '{bundle.name}' in {report['seconds']:.0f} s; installed in the model library: {bundle.path}")
     if args.out:
+        check_export(args.out, overwrite=args.overwrite, inputs=inputs, library=args.library)  # still so
         export_bundle(bundle.path, Path(args.out))
         print(f"Exported a copy to {args.out}")
     return 0
