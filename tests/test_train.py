@@ -781,3 +781,55 @@ def test_export_that_fails_leaves_the_earlier_export(tmp_path, monkeypatch):
     cli_train.export_bundle(source, out)
     assert (out / "manifest.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
+
+
+def test_train_report_outputs_that_would_overwrite_an_input_or_cannot_be_written_are_refused_first(
+        tmp_path, capsys, monkeypatch):
+    """--report / --target-predictions once overwrote the bulk or target file given to them, and an
+    unwritable path failed only after training ('unexpected'): now exit 2 before training."""
+    from scatd_core.cli import main
+
+    _no_training(monkeypatch)
+    args = _cli_train_args(tmp_path)
+    (tmp_path / "afile.txt").write_text("x")
+    before = _snapshot(tmp_path)
+    cases = [
+        (["--report", tmp_path / "bulk.csv"], "would overwrite the input file"),
+        (["--target-predictions", tmp_path / "target.csv"], "would overwrite the input file"),
+        (["--report", tmp_path / "labels.csv"], "would overwrite the input file"),
+        (["--report", tmp_path / "afile.txt" / "r.json"], "is a file, not a folder"),
+        (["--report", tmp_path / "same.csv", "--target-predictions", tmp_path / "same.csv"], "name the same file"),
+        (["--report", tmp_path / "exp" / "r.json", "--out", tmp_path / "exp"], "inside --out"),
+    ]
+    for extra, match in cases:
+        code = main(args + [str(a) for a in extra])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err and "unexpected" not in err, (extra, err)
+    assert _snapshot(tmp_path) == before
+
+    def read_only(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    assert main(args + ["--report", str(tmp_path / "new" / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "Permission denied" in err and "unexpected" not in err
+
+
+def test_train_panel_summary_that_would_overwrite_an_input_is_refused_first(tmp_path, capsys, monkeypatch):
+    from scatd_core.cli import main
+
+    def trained(*a, **k):
+        raise AssertionError("trained before checking the outputs")
+
+    monkeypatch.setattr("scatd_core.train.train_panel", trained)
+    args = _cli_train_args(tmp_path)
+    args = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA",
+            *args[args.index("--target"):args.index("--members")]]
+    before = _snapshot(tmp_path)
+    for name, match in (("target.csv", "would overwrite the input file"), ("labels.csv", "would overwrite the input"),
+                        ("bulk.csv/s.csv", "is a file, not a folder")):
+        code = main(args + ["--summary", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err and "unexpected" not in err, (name, err)
+    assert _snapshot(tmp_path) == before

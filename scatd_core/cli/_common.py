@@ -146,10 +146,11 @@ def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] 
     return out
 
 
-def check_outputs(args, outputs: dict[str, object]) -> None:
+def check_outputs(args, outputs: dict[str, object], inputs=None) -> None:
     """:func:`check_output` for each ``{option: path}`` given (files, not folders), against
-    ``--input`` and ``--biomart``; two options may not name the same file."""
-    inputs = [getattr(args, "input", None), getattr(args, "biomart", None)]
+    ``inputs`` (default ``--input`` and ``--biomart``); two options may not name the same file."""
+    if inputs is None:
+        inputs = [getattr(args, "input", None), getattr(args, "biomart", None)]
     given = {option: Path(path) for option, path in outputs.items() if path}
     for option, path in given.items():
         check_output(path, option, inputs=inputs)

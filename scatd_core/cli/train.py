@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from scatd_core._output import writing
-from scatd_core.cli._common import BACKBONES, DEVICES, Progress, _check_writable, positive_int, say
+from scatd_core.cli._common import BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int, say
 from scatd_core.errors import ScatdError
 
 #: Choices the parser offers; the core checks them again (tests keep the two in step).
@@ -154,8 +154,14 @@ def run(args) -> int:
     from scatd_core.train import TrainSettings, report_to_json, train_drug_model
 
     inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels, args.backbone_bundle]
+    outputs = {"--report": args.report, "--target-predictions": args.target_predictions}
+    check_outputs(args, outputs, inputs=inputs)  # before training: never an input, always writable
     if args.out:
         check_export(args.out, overwrite=args.overwrite, inputs=inputs, library=args.library)
+        for option, path in outputs.items():
+            if path and _within(Path(path), Path(args.out)):
+                raise ScatdError(f"{option} {path} is inside --out {args.out}, the folder the bundle copy goes to.",
+                                 f"Write {option} outside the bundle folder.")
 
     settings = TrainSettings(head=args.head)
     overrides = {"finetune_epochs": args.finetune_epochs, "pretrain_epochs": args.pretrain_epochs,
@@ -193,12 +199,14 @@ def run(args) -> int:
     for w in report["warnings"]:
         say(f"warning: {w}")
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report_to_json(report), indent=2) + "\n", encoding="utf-8")
+        with writing(args.report):
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(json.dumps(report_to_json(report), indent=2) + "\n", encoding="utf-8")
         say(f"Wrote {args.report}")
     if args.target_predictions:
-        Path(args.target_predictions).parent.mkdir(parents=True, exist_ok=True)
-        report["target_predictions"].to_csv(args.target_predictions, index=False)
+        with writing(args.target_predictions):
+            Path(args.target_predictions).parent.mkdir(parents=True, exist_ok=True)
+            report["target_predictions"].to_csv(args.target_predictions, index=False)
         say(f"Wrote {args.target_predictions}")
     print(f"Trained '{bundle.name}' in {report['seconds']:.0f} s; installed in the model library: {bundle.path}")
     if args.out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import BACKBONES, DEVICES, Progress, fmt, positive_int, say
+from scatd_core.cli._common import BACKBONES, DEVICES, Progress, check_output, fmt, positive_int, say
 from scatd_core.errors import ScatdError
 
 
@@ -84,6 +84,9 @@ def run(args) -> int:
     if args.target_resistant_value is not None and not args.target_labels:
         raise ScatdError("--target-resistant-value is for the --target-labels columns, and none was given.",
                          "Add --target-labels DRUG=COLUMN, or leave --target-resistant-value out.")
+    if args.summary:  # before training: never an input, always writable
+        check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
+                                                        args.drug_list, args.target])
     settings = TrainSettings(seed=args.seed)
     for key in ("epochs", "pretrain_epochs", "finetune_epochs", "folds"):
         value = getattr(args, key)
@@ -108,8 +111,11 @@ def run(args) -> int:
         if r.verdict:
             print(f"{r.drug}: {r.verdict}")
     if args.summary:
-        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-        summary.to_csv(args.summary, index=False)
+        from scatd_core._output import writing
+
+        with writing(args.summary):
+            Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+            summary.to_csv(args.summary, index=False)
         say(f"Wrote {args.summary}")
     if args.save_panel:
         if len(bundles) < 2:
