@@ -489,7 +489,10 @@ def write_report(adata: ad.AnnData, folder: str | Path, *, label_column: str | N
                  key_added: str | None = None) -> dict[str, Path]:
     """Write ``predictions.csv``, ``metrics.csv``, ``biomarkers.csv`` (when explained),
     ``annotated.h5ad`` and ``report.html`` into ``folder``. Returns the paths by name; an OS
-    error while writing is a :class:`~scatd_core.errors.ScatdError` naming the folder."""
+    error while writing is a :class:`~scatd_core.errors.ScatdError` naming the folder.
+
+    Without a ranking, a ``biomarkers.csv`` an earlier report left in ``folder`` is removed, so
+    the folder holds only this run's results."""
     folder = Path(folder)
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -506,6 +509,8 @@ def _write_report_files(adata, folder: Path, label_column, group_columns, data_n
     if ranking is not None:
         paths["biomarkers"] = biomarkers
         biomarkers.write_bytes(to_csv_bytes(ranking))
+    elif biomarkers.is_file() and not biomarkers.is_symlink():
+        biomarkers.unlink()  # an earlier report's ranking in this folder: not this run's
     paths["h5ad"] = write_h5ad(adata, h5ad)
     paths["html"] = report
     report.write_text(html_report(adata, label_column=label_column, group_columns=group_columns,

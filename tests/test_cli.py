@@ -345,6 +345,19 @@ def cells_and_bundle(capsys, dist_setup):
     return tmp
 
 
+def test_report_again_without_explain_removes_the_earlier_biomarkers_and_says_so(capsys, cells_and_bundle):
+    tmp = cells_and_bundle
+    base = ["report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out", tmp / "rep", "--no-umap"]
+    code, _, err = _run(capsys, *base, "--explain", "--steps", "4")
+    assert code == 0 and (tmp / "rep" / "biomarkers.csv").is_file(), err
+    code, out, err = _run(capsys, *base, "--threshold", "0.9")
+    assert code == 0, err
+    assert not (tmp / "rep" / "biomarkers.csv").exists() and "biomarkers" not in out
+    assert "Removed the biomarkers.csv an earlier report left" in err
+    code, _, err = _run(capsys, *base)  # nothing left to remove: nothing said
+    assert code == 0 and "Removed" not in err
+
+
 def test_outputs_that_would_overwrite_the_input_or_cannot_be_written_are_refused_first(
         capsys, cells_and_bundle, monkeypatch):
     """Output == input, an output that is a folder, a report --out that is a file, two options on

@@ -190,6 +190,29 @@ def test_write_report_writes_every_file(filtered_result, tmp_path):
     assert len(pd.read_csv(paths["biomarkers"])) == len(adata.uns["scatd_biomarkers"]["ranking"])
 
 
+def test_write_report_without_a_ranking_removes_an_earlier_biomarkers_csv(filtered_result, tmp_path):
+    """A report folder written again without biomarkers kept the earlier run's biomarkers.csv, as
+    if it were this run's; it is removed (only that file name, only a regular file)."""
+    adata, _, _ = filtered_result
+    plain = adata.copy()
+    del plain.uns["scatd_biomarkers"]
+    folder = tmp_path / "rep"
+    assert "biomarkers" in export.write_report(adata, folder)
+    (folder / "notes.txt").write_text("mine")
+    paths = export.write_report(plain, folder)
+    assert "biomarkers" not in paths and not (folder / "biomarkers.csv").exists()
+    assert (folder / "notes.txt").read_text() == "mine"
+    # a link or a folder of that name is not this writer's: left alone
+    (tmp_path / "elsewhere.csv").write_text("x")
+    (folder / "biomarkers.csv").symlink_to(tmp_path / "elsewhere.csv")
+    export.write_report(plain, folder)
+    assert (folder / "biomarkers.csv").is_symlink() and (tmp_path / "elsewhere.csv").read_text() == "x"
+    (folder / "biomarkers.csv").unlink()
+    (folder / "biomarkers.csv").mkdir()
+    export.write_report(plain, folder)
+    assert (folder / "biomarkers.csv").is_dir()
+
+
 def test_file_stem():
     assert export.file_stem("my tumour.csv.gz", "Gefitinib") == "my_tumour_Gefitinib"
     assert export.file_stem(None, None) == "data"

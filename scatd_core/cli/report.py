@@ -57,8 +57,13 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
     if args.explain:
         explain_from_args(adata, bundle, args, inputs=inputs,
                           output=parts / "biomarkers.csv" if on_ray else None)
+    earlier = Path(args.out) / "biomarkers.csv"
+    earlier = earlier.is_file() and not earlier.is_symlink()
     paths = export.write_report(adata, args.out, label_column=label_column,
                                 group_columns=[c for c in (args.sample_column,) if c], data_name=data_name)
+    if earlier and "biomarkers" not in paths:
+        say(f"Removed the biomarkers.csv an earlier report left in {args.out}: this run ranked no biomarkers "
+            "(add --explain to rank them).")
     if label_column:
         from scatd_core.metrics import evaluate_column
 
