@@ -833,3 +833,24 @@ def test_train_panel_summary_that_would_overwrite_an_input_is_refused_first(tmp_
         err = capsys.readouterr().err
         assert code == 2 and match in err and "unexpected" not in err, (name, err)
     assert _snapshot(tmp_path) == before
+
+
+def test_train_backbone_bundle_takes_a_name_in_the_model_library(tmp_path, capsys):
+    """--backbone-bundle NAME, as predict's --model NAME: a bundle of the model library by name."""
+    from scatd_core.cli import main
+
+    genes = [f"G{i}" for i in range(N_GENES)]
+    arch = Architecture("dist_vae", [len(genes), 16, 8], 4, [4, 8, 16])
+    torch.manual_seed(5)
+    lib = tmp_path / "lib"
+    backbone = save_bundle(lib / "bb_dist", ResVAE(arch).eval().state_dict(), arch, drug=None, genes=genes,
+                           input_transform="standardize")
+    args = _cli_train_args(tmp_path / "in") + ["--library", str(lib)]
+    assert main(args + ["--backbone-bundle", "bb_dist"]) == 0
+    out, err = capsys.readouterr()
+    assert "ensemble of one member" in err
+    trained = load_bundle(out.split("installed in the model library: ")[1].strip())
+    assert trained.manifest["provenance"]["backbone_bundle"]["weights_sha256"] == backbone.manifest["weights_sha256"]
+    assert main(args + ["--backbone-bundle", "bb_dsit"]) == 2
+    err = capsys.readouterr().err
+    assert "No model bundle at 'bb_dsit'" in err and "bb_dist" in err

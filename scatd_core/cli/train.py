@@ -11,7 +11,8 @@ import uuid
 from pathlib import Path
 
 from scatd_core._output import writing
-from scatd_core.cli._common import BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int, say
+from scatd_core.cli._common import (BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int,
+                                    resolve_bundle, say)
 from scatd_core.errors import ScatdError
 
 #: Choices the parser offers; the core checks them again (tests keep the two in step).
@@ -108,7 +109,8 @@ def add(sub) -> None:
     p.add_argument("--target", required=True, help="the single cells to adapt to (any format `scatd predict` reads)")
     p.add_argument("--out", help="also export a copy of the new bundle to this folder (it is always installed in "
                                  "the model library)")
-    p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle (default: pretrain them)")
+    p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle: a folder, or a bundle name in "
+                                             "the model library (default: pretrain them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=positive_int, default=5, help="stratified CV folds on the bulk (default 5)")
     p.add_argument("--head", choices=HEADS, default="linear",
@@ -153,7 +155,10 @@ def run(args) -> int:
     from scatd_core.card import card_lines
     from scatd_core.train import TrainSettings, report_to_json, train_drug_model
 
-    inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels, args.backbone_bundle]
+    # a bundle folder, or the name of one in the model library (as predict's --model)
+    backbone_bundle = resolve_bundle(args.backbone_bundle, args.library) if args.backbone_bundle else None
+    inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels,
+              backbone_bundle.path if backbone_bundle else None]
     outputs = {"--report": args.report, "--target-predictions": args.target_predictions}
     check_outputs(args, outputs, inputs=inputs)  # before training: never an input, always writable
     if args.out:
@@ -176,7 +181,7 @@ def run(args) -> int:
         f"target {Path(args.target).name}")
     bundle, report = train_drug_model(
         args.bulk, args.bulk_labels, args.drug, args.target, backbone=args.backbone,
-        backbone_bundle=args.backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
+        backbone_bundle=backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
         few_shot_labels=args.few_shot_labels,
