@@ -473,8 +473,10 @@ def _write_atomically(out: Path, write, overwrite: bool, unique: bool = False) -
         if out.exists() and not overwrite:
             what = "A model bundle" if (out / MANIFEST).exists() else "A folder"
             raise BundleError(f"{what} named {out.name} already exists in {parent}; nothing was changed.",
-                              "Choose another name; replacing a shared model needs an administrator "
-                              "(scatd import-checkpoint/train --overwrite, or the admin's Replace).")
+                              "To keep both, import it into another folder (scatd import-checkpoint ... --out "
+                              "FOLDER). Replacing a shared model is for an administrator, on the app's Model "
+                              "library page: 'Replace a model of the same name' when importing, or 'Remove a "
+                              "model' first.")
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent))
         try:
             write(tmp)

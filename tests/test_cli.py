@@ -335,6 +335,25 @@ def test_a_reversed_label_mapping_is_accepted(capsys, dist_setup):
     assert bundle.positive_index == 0 and bundle.positive_label == "resistant"
 
 
+def test_import_of_an_installed_name_says_what_works(capsys, dist_setup):
+    """The hint named `scatd import-checkpoint --overwrite`, which does not exist: it says what
+    does (another folder with --out; an administrator's Replace or Remove on the app's page)."""
+    tmp, *_ = dist_setup
+    args = ["import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D", "--genes",
+            tmp / "genes.tsv", "--library", tmp / "lib"]
+    assert _run(capsys, *args)[0] == 0
+    before = (tmp / "lib" / "D_dist_vae" / "manifest.json").read_bytes()
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "already exists" in err and "--overwrite" not in err
+    assert "--out FOLDER" in err and "'Replace a model of the same name'" in err and "'Remove a model'" in err
+    assert (tmp / "lib" / "D_dist_vae" / "manifest.json").read_bytes() == before
+    code, _, err = _run(capsys, *args, "--out", tmp / "elsewhere")  # what the hint says works
+    assert code == 0 and (tmp / "elsewhere" / "manifest.json").is_file()
+    with pytest.raises(SystemExit):  # and the option the hint named is not there
+        main([str(a) for a in args] + ["--overwrite"])
+    assert "unrecognized arguments: --overwrite" in capsys.readouterr().err
+
+
 @pytest.fixture
 def cells_and_bundle(capsys, dist_setup):
     """The small Dist_VAE bundle and an h5ad of 15 cells for it."""
