@@ -249,6 +249,40 @@ def test_help_does_not_import_torch():
     assert res.returncode == 0 and res.stdout.strip() == "False"
 
 
+def test_train_help_defaults_are_the_training_defaults(capsys, monkeypatch):
+    """train-panel --help said --pretrain-epochs default 200 while the training used 100: the help
+    takes each default from TrainSettings, the values a run without the option uses."""
+    import argparse
+    import re
+
+    from scatd_core.cli import build_parser
+    from scatd_core.train import TrainSettings
+
+    defaults = TrainSettings()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {command: {a.dest: " ".join(a.help.split()) for a in sub.choices[command]._actions if a.help}
+             for command in ("train", "train-panel")}
+    for command, fields in (("train", ("pretrain_epochs", "epochs", "finetune_epochs", "folds", "members",
+                                       "head_c", "mmd_weight")),
+                            ("train-panel", ("pretrain_epochs", "epochs", "finetune_epochs", "folds"))):
+        for field in fields:
+            said = re.search(r"default (\S+?)\)", helps[command][field])
+            assert said and said.group(1) == str(getattr(defaults, field)), (command, field, helps[command][field])
+    seen = {}
+
+    def train_panel(*a, settings, **k):
+        seen["settings"] = settings
+        raise SystemExit(0)
+
+    monkeypatch.setattr("scatd_core.train.train_panel", train_panel)
+    with pytest.raises(SystemExit):
+        main(["train-panel", "--bulk", "b.csv", "--bulk-labels", "l.csv", "--drugs", "all", "--target", "t.csv"])
+    run = seen["settings"]
+    assert (run.pretrain_epochs, run.epochs, run.finetune_epochs, run.folds) == (
+        defaults.pretrain_epochs, defaults.epochs, defaults.finetune_epochs, defaults.folds)
+
+
 def test_cli_choices_match_the_core():
     from scatd_core.cli import _common
     from scatd_core.explain import BASELINES, TARGETS

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from scatd_core._output import writing
+from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._common import (BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
@@ -18,6 +19,8 @@ from scatd_core.errors import ScatdError
 #: Choices the parser offers; the core checks them again (tests keep the two in step).
 HEADS = ("linear", "scatd")
 HEAD_INPUTS = ("latent+input", "latent")
+#: The recipe's defaults, for the help (the training takes them from the same place).
+DEFAULTS = TrainSettings()
 
 
 def _within(inner: Path, outer: Path) -> bool:
@@ -55,7 +58,8 @@ def check_export(out, *, overwrite: bool, inputs=(), library=None) -> Path:
     if out.exists():
         if not (out / MANIFEST).is_file():
             raise ScatdError(f"--out {out} is an existing folder that is not a model bundle (no {MANIFEST}); "
-                             "only a bundle exported earlier can be replaced.", "Give a new folder for the bundle copy.")
+                             "only a bundle exported earlier can be replaced.",
+                             "Give a new folder for the bundle copy.")
         if not overwrite:
             raise ScatdError(f"{out} already exists.", "Choose another --out, or add --overwrite.")
         _check_writable(out.parent, "--out", out)  # the copy is made beside it, then swapped in
@@ -109,15 +113,18 @@ def add(sub) -> None:
     p.add_argument("--target", required=True, help="the single cells to adapt to (any format `scatd predict` reads)")
     p.add_argument("--out", help="also export a copy of the new bundle to this folder (it is always installed in "
                                  "the model library)")
-    p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle: a folder, or a bundle name in "
-                                             "the model library (default: pretrain them)")
+    p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle: a folder, or a bundle name "
+                                             "in the model library (default: pretrain them)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--folds", type=positive_int, default=5, help="stratified CV folds on the bulk (default 5)")
+    p.add_argument("--folds", type=positive_int, default=DEFAULTS.folds,
+                   help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
     p.add_argument("--head", choices=HEADS, default="linear",
                    help="linear: the ensemble of linear heads (default); scatd: the original head (fc3-bn3-swish-fc4), "
                         "one model, head epochs chosen by CV, then fine-tuning with MMD")
-    p.add_argument("--members", type=positive_int, help="backbones in the ensemble (linear head; default 10)")
-    p.add_argument("--head-c", type=float, help="inverse L2 strength of the linear heads (default 0.01)")
+    p.add_argument("--members", type=positive_int,
+                   help=f"backbones in the ensemble (linear head; default {DEFAULTS.members})")
+    p.add_argument("--head-c", type=float,
+                   help=f"inverse L2 strength of the linear heads (default {DEFAULTS.head_c})")
     p.add_argument("--head-inputs", choices=HEAD_INPUTS,
                    help="what the linear heads see: latent+input (default: the latent mean and the standardised "
                         "genes) or latent")
@@ -125,10 +132,14 @@ def add(sub) -> None:
                    help="CSV cell_id,label (sensitive/resistant) of a few labelled target cells (at least 2 per "
                         "class) to train with; the other target cells stay unlabelled (semi-supervised)")
     p.add_argument("--epochs", type=positive_int,
-                   help="scatd head: most head epochs on the frozen encoder; the CV picks how many (default 50)")
-    p.add_argument("--finetune-epochs", type=int, help="scatd head: then epochs fine-tuning the encoder (default 20)")
-    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 100)")
-    p.add_argument("--mmd-weight", type=float, help="scatd head: weight of the bulk-target MMD loss (default 1.0)")
+                   help="scatd head: most head epochs on the frozen encoder; the CV picks how many "
+                        f"(default {DEFAULTS.epochs})")
+    p.add_argument("--finetune-epochs", type=int,
+                   help=f"scatd head: then epochs fine-tuning the encoder (default {DEFAULTS.finetune_epochs})")
+    p.add_argument("--pretrain-epochs", type=int,
+                   help=f"backbone pretraining epochs (default {DEFAULTS.pretrain_epochs})")
+    p.add_argument("--mmd-weight", type=float,
+                   help=f"scatd head: weight of the bulk-target MMD loss (default {DEFAULTS.mmd_weight})")
     p.add_argument("--no-adaptation", action="store_true",
                    help="never use the target for training (the no-adaptation baseline)")
     p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
@@ -153,7 +164,7 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from scatd_core.card import card_lines
-    from scatd_core.train import TrainSettings, report_to_json, train_drug_model
+    from scatd_core.train import report_to_json, train_drug_model
 
     # a bundle folder, or the name of one in the model library (as predict's --model)
     backbone_bundle = resolve_bundle(args.backbone_bundle, args.library) if args.backbone_bundle else None

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._common import BACKBONES, DEVICES, Progress, check_output, fmt, positive_int, say
 from scatd_core.errors import ScatdError
+
+#: The recipe's defaults, for the help (the training takes them from the same place).
+DEFAULTS = TrainSettings()
 
 
 def add(sub) -> None:
@@ -29,10 +33,13 @@ def add(sub) -> None:
     p.add_argument("--min-lines", type=positive_int, default=10,
                    help="skip drugs with fewer labelled cell lines than this in either class (default 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=positive_int, help="most drug-head epochs (default 50)")
-    p.add_argument("--pretrain-epochs", type=int, help="backbone pretraining epochs (default 200)")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 20)")
-    p.add_argument("--folds", type=positive_int, help="stratified CV folds on the bulk (default 5)")
+    p.add_argument("--epochs", type=positive_int,
+                   help=f"most drug-head epochs (default {DEFAULTS.epochs})")
+    p.add_argument("--pretrain-epochs", type=int,
+                   help=f"backbone pretraining epochs (default {DEFAULTS.pretrain_epochs})")
+    p.add_argument("--finetune-epochs", type=int,
+                   help=f"fine-tuning epochs (default {DEFAULTS.finetune_epochs})")
+    p.add_argument("--folds", type=positive_int, help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
     p.add_argument("--target-labels", action="append", metavar="DRUG=COLUMN",
                    help="true labels of the target cells for one drug's model (an obs column), for its evaluation only "
                         "(the summary's target AUROC); repeat for more drugs")
@@ -79,7 +86,7 @@ def run(args) -> int:
     from dataclasses import replace
 
     from scatd_core.cli.predict import os_user
-    from scatd_core.train import TrainSettings, train_panel
+    from scatd_core.train import train_panel
 
     if args.target_resistant_value is not None and not args.target_labels:
         raise ScatdError("--target-resistant-value is for the --target-labels columns, and none was given.",

@@ -1,0 +1,94 @@
+"""Hyper-parameters of a training run (light: no science imports, so the command line's help
+takes its defaults from here). :mod:`scatd_core.train` exports them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scatd_core.errors import InputError
+
+#: Drug heads: ``linear`` (the default: an ensemble of linear heads) or ``scatd`` (the original head).
+HEADS = ("linear", "scatd")
+#: What a linear head sees: the latent mean and the model input, or the latent mean only.
+HEAD_INPUTS = ("latent+input", "latent")
+#: Most members of an ensemble (member seeds are ``seed * 1000 + k``).
+MAX_MEMBERS = 999
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of :func:`train_drug_model` (defaults sized for a laptop CPU).
+
+    Backbones (both heads):
+
+    - ``[n_inputs, *hidden_dims] -> z_dim`` (decoder mirrored). The original Dist_VAE used
+      ``[19264, 1664, 359] -> 421``; a gene panel of hundreds to a few thousand genes and a few
+      hundred cell lines need far less.
+    - ``rec_beta`` 1000 as the original README (VAE_sf): the loss is nearly an auto-encoder's,
+      and the latent keeps the expression signal (with ``rec_beta`` 10 a linear model on it did
+      clearly worse).
+    - ``pretrain_epochs`` with AdamW at ``pretrain_lr``, batches of ``batch_size``: 100 epochs of
+      batches of 128 at 2e-3 gave the linear heads the same target AUROC as 200 epochs of 64 at
+      1e-3, in a third of the time (benches/results_transfer.md).
+
+    Default head, ``head="linear"`` (:mod:`scatd_core.train._ensemble`): ``members`` backbones
+    from different seeds, each with a class-balanced logistic regression (L2, ``head_c``) on the
+    latent mean and, with ``head_inputs="latent+input"``, the standardised genes;
+    with a few labelled target cells, ``few_shot_weight`` is their total weight relative to the
+    bulk's and ``entropy_weight`` that of the entropy of the unlabelled target cells.
+
+    Original head, ``head="scatd"``: ``epochs`` is the most head epochs on the frozen encoder
+    (the CV picks how many), then ``finetune_epochs`` fine-tune the encoder too (the original's
+    post-training) with the MMD to the target at ``mmd_weight``; ``lr`` (head) and
+    ``finetune_lr``, AdamW with ``weight_decay``, constant (the original's cosine schedule
+    restarted periodically, reference §10.19).
+
+    ``threads``: torch CPU threads while training. One: the networks are small, and two threads
+    on two busy cores ran ten times slower than one (they mostly wait for each other).
+    """
+
+    hidden_dims: tuple[int, ...] = (256, 128)
+    z_dim: int = 64
+    pretrain_epochs: int = 100
+    pretrain_lr: float = 2e-3
+    rec_beta: float = 1000.0
+    head: str = "linear"
+    members: int = 10
+    head_c: float = 0.01
+    head_inputs: str = "latent+input"
+    few_shot_weight: float = 3.0
+    entropy_weight: float = 1.0
+    epochs: int = 50
+    finetune_epochs: int = 20
+    lr: float = 1e-2
+    finetune_lr: float = 3e-4
+    weight_decay: float = 1e-2
+    batch_size: int = 128
+    mmd_weight: float = 1.0
+    folds: int = 5
+    seed: int = 0
+    threshold: float = 0.5
+    threads: int = 1
+
+    def check(self) -> None:
+        if self.head not in HEADS:
+            raise InputError(f"Unknown head {self.head!r}; choose one of {', '.join(HEADS)}.")
+        if self.head_inputs not in HEAD_INPUTS:
+            raise InputError(f"Unknown head inputs {self.head_inputs!r}; choose one of {', '.join(HEAD_INPUTS)}.")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise InputError(f"An ensemble needs 1 to {MAX_MEMBERS} members; got {self.members}.")
+        if self.head_c <= 0 or self.few_shot_weight <= 0 or self.entropy_weight < 0:
+            raise InputError("The head's C and the few-shot weight must be positive, the entropy weight not negative.",
+                             f"Got C={self.head_c}, few-shot weight={self.few_shot_weight}, "
+                             f"entropy weight={self.entropy_weight}.")
+        if self.epochs < 1 or self.pretrain_epochs < 0 or self.finetune_epochs < 0:
+            raise InputError("Head epochs must be at least 1; pretraining and fine-tuning epochs not negative.",
+                             f"Got epochs={self.epochs}, finetune_epochs={self.finetune_epochs}.")
+        if self.folds < 2:
+            raise InputError("Cross-validation needs at least 2 folds.", "Use --folds 2 or more (default 5).")
+        if self.threads < 1:
+            raise InputError(f"Training needs at least 1 thread; got {self.threads}.")
+        if self.batch_size < 4:
+            raise InputError("The batch size must be at least 4.")
+        if not 0.0 < self.threshold < 1.0:
+            raise InputError(f"The threshold must be between 0 and 1, got {self.threshold}.")
