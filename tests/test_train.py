@@ -854,3 +854,21 @@ def test_train_backbone_bundle_takes_a_name_in_the_model_library(tmp_path, capsy
     assert main(args + ["--backbone-bundle", "bb_dsit"]) == 2
     err = capsys.readouterr().err
     assert "No model bundle at 'bb_dsit'" in err and "bb_dist" in err
+
+
+def test_train_says_at_once_when_the_folds_asked_for_are_lowered(tmp_path, capsys):
+    """--folds above the smaller class's size was lowered with a warning only at the end of the
+    run; the command line now says it when it happens, before training, and once."""
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path)
+    labels = pd.read_csv(tmp_path / "labels.csv", index_col=0)
+    resistant = labels.index[labels["DRUGA"] == "resistant"]
+    labels.loc[resistant[4:], "DRUGA"] = "sensitive"  # 4 resistant cell lines
+    labels.to_csv(tmp_path / "labels.csv")
+    args[args.index("--folds") + 1] = "10"
+    assert main(args + ["--library", str(tmp_path / "lib")]) == 0
+    err = capsys.readouterr().err
+    said = "note: Only 4 cell lines in the smaller class: 4 folds instead of 10."
+    assert said in err and err.count("folds instead of 10") == 1, err
+    assert err.index(said) < err.index("Pretraining") < err.index("Model card:")

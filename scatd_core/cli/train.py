@@ -188,6 +188,7 @@ def run(args) -> int:
             if not isinstance(value, str) and value < 0:
                 raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
             setattr(settings, key, value)
+    said: list[str] = []
     say(f"Training a {args.backbone} model for {args.drug} ({args.head} head): bulk {Path(args.bulk).name}, "
         f"target {Path(args.target).name}")
     bundle, report = train_drug_model(
@@ -196,7 +197,8 @@ def run(args) -> int:
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
         few_shot_labels=args.few_shot_labels,
-        library=args.library, name=args.name, trained_by=_os_user(), progress=Progress())
+        library=args.library, name=args.name, trained_by=_os_user(), progress=Progress(),
+        notice=lambda message: (said.append(message), say(f"note: {message}")))
     target_metrics = report["metrics"].get("target") or {}
     if target_metrics and not target_metrics.get("resistant_value_given"):
         say(f"Target labels {target_metrics['label_column']!r}: {target_metrics['resistant_value']!r} taken to mean "
@@ -213,7 +215,8 @@ def run(args) -> int:
     for line in card_lines(report["card"]):
         say(f"  {line}")
     for w in report["warnings"]:
-        say(f"warning: {w}")
+        if w not in said:  # told when it happened
+            say(f"warning: {w}")
     if args.report:
         with writing(args.report):
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)

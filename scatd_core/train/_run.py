@@ -283,6 +283,7 @@ def train_drug_model(
     trained_by: str | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> tuple[Bundle, dict]:
     """Train a drug-response model on labelled bulk samples, adapted to a target single-cell set.
 
@@ -340,6 +341,10 @@ def train_drug_model(
     should_stop
         Polled after every epoch; returning True raises :class:`scatd_core.errors.Cancelled`
         and nothing is saved.
+    notice
+        Called at once with a setting changed to fit the data (fewer folds than asked for, when
+        the smaller class has fewer samples), before the long part of the training; it is also
+        one of the report's ``warnings``.
 
     Returns
     -------
@@ -405,6 +410,8 @@ def train_drug_model(
     n_min = int(min((data.bulk_y == 0).sum(), (data.bulk_y == 1).sum()))
     if n_min < s.folds:
         warnings.append(f"Only {n_min} cell lines in the smaller class: {n_min} folds instead of {s.folds}.")
+        if notice is not None:
+            notice(warnings[-1])
         s = replace(s, folds=n_min)
     splits = cv_splits(data.bulk_y, s)
     pre_epochs = s.pretrain_epochs if base_vae is None else 0
