@@ -12,7 +12,8 @@ ss = st.session_state
 st.title("1 · Data")
 limit_mb = ui.upload_limit_mb()
 st.caption(f"Upload single-cell expression: {', '.join(io.SUPPORTED_FORMATS)} (a 10x folder as .zip or "
-           f".tar.gz). **Up to {limit_mb:,} MB per file** (set by the server's SCATD_MAX_UPLOAD_MB).")
+           f".tar.gz). **Up to {limit_mb:,} MB per file** (this server's limit; its administrator sets it "
+           "with SCATD_MAX_UPLOAD_MB).")
 
 # ------------------------------------------------------------------ input
 left, right = st.columns([0.7, 0.3])
