@@ -768,6 +768,8 @@ def test_users_command(tmp_path, monkeypatch, capsys):
     assert "alice\tadmin" in capsys.readouterr().out
     assert main(["users", "remove", "nobody"]) == 2
     assert "There is no user nobody" in capsys.readouterr().err
+    assert main(["users", "remove", "alice"]) == 0  # the last admin removed: said, not refused
+    assert "no admin is left" in capsys.readouterr().err
 
 
 def test_users_add_replace_keeps_the_role_and_creation_time(tmp_path, monkeypatch, capsys):
@@ -795,6 +797,7 @@ def test_users_add_replace_keeps_the_role_and_creation_time(tmp_path, monkeypatc
     assert users.load_users()["boss"]["created"] == "2020-01-01T00:00:00+00:00"
     assert add("boss", "--replace", "--no-admin") == 0
     assert users.list_users() == [users.User("boss", False)]
+    assert "no admin is left" in capsys.readouterr().err  # the last admin demoted: said
     assert add("zed", "--replace") == 0
     assert "Added zed in" in capsys.readouterr().out
 

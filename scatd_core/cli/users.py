@@ -20,9 +20,10 @@ def add(sub) -> None:
     role.add_argument("--admin", dest="admin", action="store_const", const=True,
                       help="may replace and delete shared models")
     role.add_argument("--no-admin", dest="admin", action="store_const", const=False,
-                      help="with --replace: take the admin rights away")
+                      help="with --replace: take the admin rights away (a new user is not an admin anyway)")
     a.add_argument("--replace", action="store_true",
-                   help="set a new password for an existing user (keeps the role unless --admin/--no-admin is given)")
+                   help="set a new password for an existing user, keeping the role unless --admin/--no-admin is "
+                        "given (a user that does not exist yet is added, so scripts can run it either way)")
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     r = acts.add_parser("remove", help="remove a user")
     r.add_argument("name")
@@ -57,17 +58,28 @@ def _check_before_asking(args, users, path) -> bool:
     return existed
 
 
+def _warn_if_no_admin(users, had_admin: bool) -> None:
+    """Say so when the last admin was just removed or demoted: shared models then cannot be replaced
+    or deleted in the app until someone is made admin again."""
+    if had_admin and not any(u.admin for u in users.list_users()):
+        say("note: no admin is left: nobody can replace or delete shared models in the app until one is made "
+            "admin again (`scatd users add NAME --replace --admin`).")
+
+
 def run(args) -> int:
     from scatd_core import users
 
     path = users.users_file()
+    had_admin = any(u.admin for u in users.list_users()) if args.action in ("add", "remove") else False
     if args.action == "add":
         existed = _check_before_asking(args, users, path)
         user = users.add_user(args.name, _password(args), admin=args.admin, replace=args.replace)
         print(f"{'Updated' if existed else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}")
+        _warn_if_no_admin(users, had_admin)
     elif args.action == "remove":
         users.remove_user(args.name)
         print(f"Removed {args.name} from {path}")
+        _warn_if_no_admin(users, had_admin)
     else:
         listed = users.list_users()
         if not listed:
