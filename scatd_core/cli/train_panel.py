@@ -34,11 +34,13 @@ def add(sub) -> None:
                    help="skip drugs with fewer labelled cell lines than this in either class (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=positive_int,
-                   help=f"most drug-head epochs (default {DEFAULTS.epochs})")
+                   help=f"most drug-head epochs of the original head (default {DEFAULTS.epochs}); the panel trains "
+                        "the default linear head, which has none, so this has no effect there")
     p.add_argument("--pretrain-epochs", type=int,
                    help=f"backbone pretraining epochs (default {DEFAULTS.pretrain_epochs})")
     p.add_argument("--finetune-epochs", type=int,
-                   help=f"fine-tuning epochs (default {DEFAULTS.finetune_epochs})")
+                   help=f"fine-tuning epochs of the original head (default {DEFAULTS.finetune_epochs}); no effect on "
+                        "the panel's linear heads")
     p.add_argument("--folds", type=positive_int, help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
     p.add_argument("--target-labels", action="append", metavar="DRUG=COLUMN",
                    help="true labels of the target cells for one drug's model (an obs column), for its evaluation only "
@@ -95,6 +97,10 @@ def run(args) -> int:
         check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
                                                         args.drug_list, args.target])
     settings = TrainSettings(seed=args.seed)
+    unused = [f"--{k.replace('_', '-')}" for k in ("epochs", "finetune_epochs") if getattr(args, k) is not None]
+    if unused and settings.head == "linear":
+        say(f"note: {' and '.join(unused)} set the original head's epochs; the panel trains the default linear "
+            "heads, which have none, so they have no effect.")
     for key in ("epochs", "pretrain_epochs", "finetune_epochs", "folds"):
         value = getattr(args, key)
         if value is not None:
