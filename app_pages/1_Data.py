@@ -41,7 +41,8 @@ with st.container(border=True):
     st.subheader(ui.md(ss.get(state.DATA_NAME, "data")))
     c = st.columns(4)
     c[0].metric("Cells", f"{adata.n_obs:,}")
-    c[1].metric("Genes", f"{adata.n_vars:,}")
+    embedding_file = info.get("format") == "npy"  # cell embeddings (VAE_sf / VAE_gf input), not genes
+    c[1].metric("Embedding features" if embedding_file else "Genes", f"{adata.n_vars:,}")
     c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
     c[3].metric("Values", str(info.get("value_type", "unknown")).replace("_", " "),
                 help="Detected from the values; see the evidence below.")
@@ -82,7 +83,11 @@ if mapping.get("data_id_type") in ("ensembl", "mixed"):
 # ------------------------------------------------------------------ QC
 st.subheader("Quality control")
 qc = None
-if info.get("value_type") == "zscored":  # every gene "detected" in every cell, sums of z-scores: no QC meaning
+if embedding_file:
+    st.info("These are cell embeddings (a .npy file), not gene expression: there are no QC metrics for them. "
+            "They are the input of scFoundation (3,072 features) and Geneformer (512) models; filter "
+            "low-quality cells before embedding them.", icon=":material/info:")
+elif info.get("value_type") == "zscored":  # every gene "detected" in every cell, sums of z-scores: no QC meaning
     st.info("Quality control needs counts or normalised values. These values are per-gene z-scores, so every "
             "gene counts as detected in every cell and their sums say nothing about a cell's quality: no QC "
             "metrics or filter for these data. Filter low-quality cells before z-scoring, or upload the counts.",

@@ -128,6 +128,9 @@ def test_the_model_page_says_which_embeddings_this_model_takes(tmp_path, monkeyp
     monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_gf", 16)))
     at = start()
     upload(at, "emb.npy", _npy(np.random.default_rng(0).normal(size=(8, 3072)).astype(np.float32)))  # 3,072: scFoundation
+    # the Data page: features, not genes, and no gene QC for embeddings
+    assert any(m.label == "Embedding features" and m.value == "3,072" for m in at.metric)
+    assert "cell embeddings (a .npy file)" in text(at.info) and not at.get("plotly_chart")
     goto(at, "2_Model")
     shown = text(at.error).replace("\\", "")
     assert "takes 16-d Geneformer cell embeddings" in shown and "3,072 is the width of scFoundation" in shown
