@@ -361,7 +361,8 @@ if result is None:
 rep = result["report"]
 st.divider()
 st.subheader(f"Result: {ui.md(result['name'])}")
-st.success(f"Saved to the model library: `{result['bundle_path']}` ({rep['seconds']:.0f} s).")
+st.success(f"Saved to the model library as **{ui.md(result.get('name') or Path(result['bundle_path']).name)}** "
+           f"(its folder there: {ui.md(Path(result['bundle_path']).name)}; {rep['seconds']:.0f} s).")
 metrics = rep["metrics"]
 tm = metrics.get("target")
 m = st.columns(4)

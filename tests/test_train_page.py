@@ -113,6 +113,8 @@ def test_the_data_pages_qc_filter_applies_to_training_on_the_current_dataset():
     _click_on_one_thread(at, "btn_train_start")
     assert not at.exception, at.exception
     report = at.session_state["train_result"]["report"]
+    saved = next(m.value for m in at.success if m.value.startswith("Saved to the model library"))
+    assert str(at.session_state["train_result"]["bundle_path"]) not in saved  # the name, not a server path
     assert report["metrics"]["target"]["n_evaluated"] == 34
     assert report["target"]["n_used"] == 34 and report["target"]["filtered"] == 6
     # the Model page gives an ensemble's latent width per member, as the Cells page's UMAP uses them together
