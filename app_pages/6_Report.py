@@ -25,9 +25,13 @@ explained = export.biomarkers_table(adata) is not None
 stale = explain.out_of_date(adata) if explained else None
 
 with st.container(border=True):
-    heading = f"**{ui.md(ss.get(state.DATA_NAME))}** · model **{ui.md(info['model'].get('name'))}**"
-    if info["model"].get("demo") and "demo (simulated data)" not in f"{ss.get(state.DATA_NAME)} {info['model'].get('name')}":
-        heading += " · demo (simulated data)"
+    label, model_name = "demo (simulated data)", str(info["model"].get("name") or "")
+    data_name = str(ss.get(state.DATA_NAME) or "")
+    if label in data_name:  # the demo data's name says it already: once is enough
+        model_name = model_name.replace(f" · {label}", "").replace(label, "").strip(" ·") or model_name
+    heading = f"**{ui.md(data_name)}** · model **{ui.md(model_name)}**"
+    if info["model"].get("demo") and label not in f"{data_name} {model_name}":
+        heading += f" · {label}"
     st.markdown(heading)
     st.caption(f"Threshold {thr['value']:.3f} ({ui.md(thr['detail'])}"
                + ("" if thr["calibrated"] else ", **uncalibrated**") + f") · mode {info['params']['mode']} · "

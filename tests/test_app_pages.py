@@ -636,6 +636,12 @@ def test_demo_button_loads_the_demo_and_its_model(with_library, monkeypatch):
     ok(at)
     assert at.session_state[state.DATA_NAME] == "demo (simulated data)" and metric(at, "Cells") == "50"
     assert at.session_state[state.BUNDLE_PATH] == str(with_library / BUNDLE_FOLDER)
+    # the Report page's heading names the demo once, though the data's and the model's names both carry it
+    run_prediction(at)
+    at.session_state[state.ADATA].uns["scatd"]["model"]["name"] = "DEMOTINIB · demo (simulated data)"
+    goto(at, "6_Report")
+    heading = next(m.value for m in at.markdown if "· model" in m.value).replace("\\", "")  # markdown escapes
+    assert heading.count("demo (simulated data)") == 1 and "DEMOTINIB" in heading
 
 
 def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch):
