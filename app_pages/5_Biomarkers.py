@@ -175,7 +175,8 @@ if comp:  # in-silico deletion has no completeness property
 if agree:
     m3.metric("Top-20 shared with DE", agree.get("top20_overlap", "–"),
               help="Genes in both the attribution top 20 and the Wilcoxon top 20 (by |score|).")
-    m4.metric("Spearman |attr| vs |DE|", agree["spearman_abs_attribution_vs_abs_de_score"])
+    rho = agree["spearman_abs_attribution_vs_abs_de_score"]
+    m4.metric("Spearman |attr| vs |DE|", f"{rho:.3f}" if isinstance(rho, (int, float)) else rho)
 
 ranking = expl.ranking
 level = info["features"]["level"]
@@ -189,6 +190,11 @@ top_n = t2.number_input("Show top", min_value=1, max_value=len(ranking), value=m
 view = ranking[ranking["feature"].str.contains(query.strip(), case=False, regex=False)] if query.strip() else ranking
 st.dataframe(view.head(int(top_n)), hide_index=True,
              column_config={"mean_abs_attribution": st.column_config.NumberColumn("mean |attribution|", format="%.4g"),
+                            "mean_attribution": st.column_config.NumberColumn(
+                                "mean attribution", format="%.3g",
+                                help="Signed mean over the explained cells. Against the mean-cell baseline it is "
+                                     "near 0 by construction (cells above and below the average cancel out): read "
+                                     "mean |attribution| for importance and 'direction' for the sign."),
                             "de_pval_adj": st.column_config.NumberColumn("DE p (adj.)", format="%.2e"),
                             "de_pval": st.column_config.NumberColumn("DE p", format="%.2e")})
 st.caption("Click a column header to sort. direction: what *higher* expression does to P(resistant) "

@@ -80,6 +80,8 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
     assert len(at.get("plotly_chart")) >= 3  # bar chart, dependence plot, map (+ DE comparison)
     assert len(at.get("download_button")) == 2
     assert {"Cells explained", "Completeness error"} <= {m.label for m in at.metric}
+    rho = next((m.value for m in at.metric if m.label == "Spearman |attr| vs |DE|"), None)
+    assert rho is not None and __import__("re").fullmatch(r"-?\d\.\d{3}", rho), rho  # 3 decimals, as the others
     # search filters the table; the map falls back to PCA of the latent space, labelled so
     at.text_input(key="bio_search").set_value("GENE1").run()
     assert all("GENE1" in f for f in at.dataframe[0].value["feature"])
