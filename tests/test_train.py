@@ -80,6 +80,7 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     # panel = shared genes, in bulk order; both one-sided genes reported, not used
     assert "BULK_ONLY" not in bundle.genes and "TARGET_ONLY" not in bundle.genes
     assert rep["genes"]["n_panel"] == N_GENES - 2 == len(bundle.genes)
+    assert any(f"share only {N_GENES - 2} genes" in w for w in rep["warnings"])  # a small panel is flagged
     assert rep["labels"]["n_missing_label"] == 4 and rep["labels"]["n_labelled_in_bulk"] == 45
     # the card counts the bulk samples left without a label, not the label table's empty rows
     assert rep["labels"]["n_bulk_without_label"] == 3

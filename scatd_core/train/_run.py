@@ -261,6 +261,11 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
 
 # --------------------------------------------------------------------------- the run
 
+#: Gene panels smaller than this are flagged in the card's warnings (the SCAD targets share 141-149
+#: genes with the CCLE panel; a whole-transcriptome pair shares thousands).
+SMALL_PANEL_GENES = 500
+
+
 def train_drug_model(
     bulk, labels, drug: str, target, *,
     backbone: str = "dist_vae",
@@ -394,6 +399,10 @@ def train_drug_model(
     truth = _target_truth(target_ad, target_label_column, target_resistant_value, data)
     if target_ad.n_obs < 50:
         warnings.append(f"The target has only {target_ad.n_obs} cells; its per-gene standardisation is unreliable.")
+    if data.features is not None and len(data.features) < SMALL_PANEL_GENES:
+        warnings.append(f"Bulk and target share only {len(data.features):,} genes, so the model sees a small part of "
+                        "the transcriptome and its calls rest on those genes alone (the published models read "
+                        "19,264). Bring bulk and single-cell data measured over more genes if you can.")
     if bb_bundle is not None:
         if data.features is not None:
             index = {g: i for i, g in enumerate(bb_bundle.genes)}
