@@ -98,6 +98,9 @@ def load_checkpoint(path: str | Path, name: str | None = None,
     """
     path = Path(path)
     name = name or path.name
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file.",
+                              "Give the checkpoint file itself (e.g. its .pth), not the folder holding it.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path}", "Check the path.")
     if path.stat().st_size == 0:

@@ -232,6 +232,24 @@ def test_import_refuses_non_checkpoints(tmp_path, content, match):
         import_checkpoint(path, "dist_vae", drug="X", out=tmp_path / "b")
 
 
+def test_import_of_a_folder_or_a_missing_file_says_which(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        import_checkpoint(tmp_path / "ckpt", "dist_vae", drug="X", out=tmp_path / "b")
+    with pytest.raises(CheckpointError, match="Checkpoint not found"):
+        import_checkpoint(tmp_path / "nope.pth", "dist_vae", drug="X", out=tmp_path / "b")
+
+
+def test_models_library_option_naming_a_file_says_so(tmp_path, capsys):
+    from scatd_core.cli import main
+
+    (tmp_path / "lib.csv").write_text("x\n")
+    assert main(["models", "--library", str(tmp_path / "lib.csv")]) == 2
+    assert "is a file, not a folder (--library)" in capsys.readouterr().err
+    assert main(["models", "--library", str(tmp_path / "missing")]) == 2
+    assert "No folder" in capsys.readouterr().err
+
+
 def test_import_truncated_checkpoint(tmp_path, small_bundles):
     _, sd, *_ = small_bundles["vae_gf"]
     torch.save(sd, tmp_path / "full.pth")

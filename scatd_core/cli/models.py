@@ -66,7 +66,8 @@ def show(args) -> int:
 
     root = Path(args.library) if args.library else model_library_dir()
     if args.library and not root.is_dir():
-        raise InputError(f"No folder {root} (--library).", "Give the model library's folder, or leave out --library "
+        raise InputError(f"{root} is a file, not a folder (--library)." if root.exists() else
+                         f"No folder {root} (--library).", "Give the model library's folder, or leave out --library "
                                                            "for the configured one.")
     if args.names:
         raise InputError(f"`scatd models list` takes no names (got {' '.join(args.names)}).",
