@@ -226,9 +226,11 @@ for col in [ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
         group_options[col] = col
 with composition_area:
     if group_options:
-        if ss.get("cells_group") not in group_options:
-            ss["cells_group"] = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in group_options \
-                else next(iter(group_options))
+        sample = ss.get(state.SAMPLE_COLUMN)
+        if ss.get("cells_group") not in group_options or ss.get("cells_group_sample") != sample:
+            # new options, or a new sample column chosen on the Data page: group by it again
+            ss["cells_group"] = sample if sample in group_options else next(iter(group_options))
+            ss["cells_group_sample"] = sample
         group = st.selectbox("Group by", list(group_options), key="cells_group", format_func=group_options.get)
         table = metrics.group_table(adata, group)
         left, right = st.columns([0.55, 0.45])

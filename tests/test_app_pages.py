@@ -199,6 +199,25 @@ def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
     assert float(metric(at, "AUROC")) > 0.6 and "Check the label direction" not in text(at.error)
 
 
+def test_the_cells_page_groups_by_the_sample_column_chosen_last(with_library):
+    """A new sample column chosen on the Data page is what the Cells page groups by next (it kept
+    the earlier one); a grouping chosen on the Cells page itself stays while the column does."""
+    at = start()
+    upload(at, "t.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=12)))
+    at.session_state[state.SAMPLE_COLUMN] = "sample"
+    run_prediction(at)
+    goto(at, "4_Cells")
+    assert at.selectbox(key="cells_group").value == "sample"
+    goto(at, "1_Data")
+    at.selectbox(key=state.SAMPLE_COLUMN).set_value("cluster").run()
+    goto(at, "4_Cells")
+    assert at.selectbox(key="cells_group").value == "cluster"  # the new sample column
+    at.selectbox(key="cells_group").set_value("sample").run()
+    goto(at, "3_Predict")
+    goto(at, "4_Cells")
+    assert at.selectbox(key="cells_group").value == "sample"  # the user's own choice stays
+
+
 def test_qc_filter_marks_cells_and_keeps_them(with_library):
     at = start()
     upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
