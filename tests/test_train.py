@@ -873,3 +873,14 @@ def test_train_says_at_once_when_the_folds_asked_for_are_lowered(tmp_path, capsy
     said = "note: Only 4 cell lines in the smaller class: 4 folds instead of 10."
     assert said in err and err.count("folds instead of 10") == 1, err
     assert err.index(said) < err.index("Pretraining") < err.index("Model card:")
+
+
+def test_train_panel_says_at_once_when_a_drugs_folds_are_lowered(tmp_path):
+    from scatd_core.train import train_panel
+
+    bulk, labels, target = synthetic()
+    said = []
+    summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, folds=40), device="cpu",
+                             library=tmp_path / "lib", resume=False, min_lines_per_class=2, notice=said.append)
+    assert list(summary["status"]) == ["trained"]
+    assert len(said) == 1 and said[0].startswith("DRUGA: Only ") and "folds instead of 40" in said[0]

@@ -114,7 +114,7 @@ def run(args) -> int:
         min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),
         resume=not args.no_resume, target_labels=_target_labels(args.target_labels),
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
-        progress=Progress("Training the panel"))
+        progress=Progress("Training the panel"), notice=lambda message: say(f"note: {message}"))
     print("drug\tstatus\tsensitive\tresistant\tCV AUROC\tbest baseline (CV AUROC)\ttarget AUROC\tbundle\tnote")
     for r in summary.itertuples(index=False):
         baseline = f"{r.cv_best_baseline} ({fmt(r.cv_best_baseline_auroc)})" if r.cv_best_baseline else "-"

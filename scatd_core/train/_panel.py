@@ -158,6 +158,7 @@ def train_panel(
     target_mask: np.ndarray | str | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, list]:
     """Train one model per drug and install them in the library.
 
@@ -184,6 +185,9 @@ def train_panel(
     target_mask
         The target cells to use (e.g. ``'scatd_qc_pass'``), for every drug: see
         :func:`~scatd_core.train.train_drug_model`.
+    notice
+        Called at once, with the drug's name, when a drug's training changes a setting to fit its data
+        (fewer folds), as ``notice`` of :func:`~scatd_core.train.train_drug_model`.
 
     Returns
     -------
@@ -238,6 +242,7 @@ def train_panel(
                 bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, seed=s.seed, folds=s.folds, adaptation=adaptation, device=device,
                 library=library, name=f"{drug} ({backbone}, panel)", trained_by=trained_by, progress=say,
                 should_stop=should_stop, target_label_column=evaluate.get(drug),
+                notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),
                 target_resistant_value=target_resistant_value if drug in evaluate else None, target_mask=mask)
         except Cancelled:
             raise
