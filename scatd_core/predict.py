@@ -105,20 +105,28 @@ def _check_args(bundle, mode: str, n_samples: int, batch_size: int, adata: ad.An
         raise InputError("The dataset has no cells.", "Check the file and the filters applied.")
 
 
-def _mask_of(adata: ad.AnnData, mask) -> np.ndarray | None:
+def _mask_of(adata: ad.AnnData, mask, *, subject: str = "The data",
+             missing_hint: str = "Apply the QC filter first (scatd_core.preprocess.apply_qc_filter).",
+             nothing_left: str = "Every cell is removed by the QC filter, so there is nothing to predict.",
+             ) -> np.ndarray | None:
+    """The cells to use: ``None`` (all), a boolean array over the cells, or the name of a True/False
+    obs column (e.g. ``'scatd_qc_pass'``); :class:`InputError` for a missing or non-boolean column, a
+    wrong length, or no cell left (``nothing_left``). Shared by prediction and training."""
     if mask is None:
         return None
     if isinstance(mask, str):
         if mask not in adata.obs:
-            raise InputError(f"The data has no obs['{mask}'] to use as the QC mask.",
-                             "Apply the QC filter first (scatd_core.preprocess.apply_qc_filter).")
-        mask = adata.obs[mask].to_numpy()
+            raise InputError(f"{subject} has no obs['{mask}'] to use as the QC mask.", missing_hint)
+        values = adata.obs[mask]
+        if values.isna().any() or not set(pd.unique(values.astype(object))) <= {True, False, 0, 1}:
+            raise InputError(f"obs['{mask}'] of {subject.lower()} is not a True/False column.",
+                             "Give a boolean column: True for the cells to use (e.g. scatd_qc_pass).")
+        mask = values.to_numpy(dtype=bool)
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (adata.n_obs,):
         raise InputError(f"The QC mask has {mask.size} entries for {adata.n_obs} cells.")
     if not mask.any():
-        raise InputError("Every cell is removed by the QC filter, so there is nothing to predict.",
-                         "Loosen the QC thresholds on the Data page, or turn the filter off.")
+        raise InputError(nothing_left, "Loosen the QC thresholds on the Data page, or turn the filter off.")
     return mask
 
 

@@ -71,6 +71,17 @@ def test_every_cell_filtered_is_a_clear_error(data_and_bundle):
         predict(adata, bundle, mask=np.zeros(adata.n_obs, dtype=bool), copy=True)
 
 
+def test_a_mask_column_must_be_true_false(data_and_bundle):
+    """A text column of 'True'/'False' would make every cell True when cast: refused, with what to give."""
+    from scatd_core.errors import InputError
+
+    adata, bundle = data_and_bundle
+    adata = adata.copy()
+    adata.obs["qc_text"] = np.where(np.arange(adata.n_obs) % 2, "True", "False")
+    with pytest.raises(InputError, match="is not a True/False column"):
+        predict(adata, bundle, mask="qc_text", copy=True)
+
+
 def test_predictions_table_one_row_per_cell(filtered_result):
     adata, _, passed = filtered_result
     table = export.predictions_table(adata, ["response", "sample", "missing_column"])

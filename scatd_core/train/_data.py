@@ -80,24 +80,11 @@ def target_mask_of(target: ad.AnnData, mask) -> np.ndarray | None:
     """The target cells training may use: ``None`` (all), a boolean array over the cells, or the
     name of a boolean obs column (e.g. ``'scatd_qc_pass'``, the app's QC filter). Cells left out
     are neither trained on nor evaluated, as prediction leaves filtered cells unscored."""
-    if mask is None:
-        return None
-    if isinstance(mask, str):
-        if mask not in target.obs:
-            raise InputError(f"The target has no obs['{mask}'] to say which cells to use.",
-                             f"Its columns: {', '.join(map(str, target.obs.columns)) or 'none'}.")
-        values = target.obs[mask]
-        if values.isna().any() or not set(pd.unique(values.astype(object))) <= {True, False, 0, 1}:
-            raise InputError(f"obs['{mask}'] of the target is not a True/False column.",
-                             "Give a boolean column: True for the cells to use (e.g. scatd_qc_pass).")
-        mask = values.to_numpy(dtype=bool)
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != (target.n_obs,):
-        raise InputError(f"The target's cell mask has {mask.size:,} entries for {target.n_obs:,} cells.")
-    if not mask.any():
-        raise InputError("Every target cell is filtered out (QC), so there is nothing to adapt to.",
-                         "Loosen the QC thresholds on the Data page, or turn the filter off.")
-    return mask
+    from scatd_core.predict import _mask_of
+
+    return _mask_of(target, mask, subject="The target",
+                    missing_hint=f"Its columns: {', '.join(map(str, target.obs.columns)) or 'none'}.",
+                    nothing_left="Every target cell is filtered out (QC), so there is nothing to adapt to.")
 
 
 def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnData, *,
