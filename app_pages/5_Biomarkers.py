@@ -11,7 +11,7 @@ import streamlit as st
 
 from scatd_app import jobs, session, state, ui
 from scatd_core import explain as ex
-from scatd_core import foundation, pl, scaleout
+from scatd_core import export, foundation, pl, scaleout
 from scatd_core._keys import FOUNDATION, SCORED
 from scatd_core._matrix import stored_fraction
 from scatd_core._memory import size_text
@@ -243,12 +243,12 @@ st.subheader("Downloads")
 st.caption("biomarkers.csv, the per-cell attributions (in the h5ad) and the ranking in report.html are also on the "
            "Report page.")
 d1, d2 = st.columns(2)
-d1.download_button("biomarkers.csv", ranking.to_csv(index=False).encode(), "biomarkers.csv", "text/csv",
+d1.download_button("biomarkers.csv", export.to_csv_bytes(ranking), "biomarkers.csv", "text/csv",
                    key="btn_dl_biomarkers", on_click="ignore")
 if expl.features:
     k = d2.number_input("Per-cell attributions: top genes", 1, len(expl.features), min(20, len(expl.features)),
                         key="bio_per_cell_k")
-    d2.download_button("per_cell_attributions.csv", expl.per_cell(int(k)).to_csv().encode(),
+    d2.download_button("per_cell_attributions.csv", export.to_csv_bytes(expl.per_cell(int(k)), index=True),
                        "per_cell_attributions.csv", "text/csv", key="btn_dl_per_cell", on_click="ignore")
 
 ui.link("Report", "Next: the report", ":material/arrow_forward:")

@@ -16,7 +16,7 @@ import streamlit as st
 
 from scatd_app import auth, jobs, session, ui
 from scatd_app import state as S
-from scatd_core import pl
+from scatd_core import export, pl
 from scatd_core._progress import with_eta
 from scatd_core.errors import ScatdError
 
@@ -402,7 +402,7 @@ if losses:
     if curves:
         st.plotly_chart(pl.curve_figure(curves, "Backbone pretraining loss", "epoch", "loss"),
                         key="train_pretrain_loss")
-st.download_button("Target predictions (CSV)", result["predictions"].to_csv(index=False).encode(),
+st.download_button("Target predictions (CSV)", export.to_csv_bytes(result["predictions"]),
                    file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv")
 if st.button("Use this model for prediction", key="btn_train_use_model"):
     ui.set_bundle(result["bundle_path"])

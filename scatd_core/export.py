@@ -170,8 +170,70 @@ def file_stem(data_name: str | None, drug: str | None) -> str:
     return safe_name(f"{base}_{drug}" if drug else base, "scatd", distinct=False)
 
 
-def to_csv_bytes(table: pd.DataFrame) -> bytes:
-    return table.to_csv(index=False).encode("utf-8")
+#: First characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) read a CSV cell as a
+#: formula: a cell or gene name such as ``=HYPERLINK(...)`` would run when the file is opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _formula_mask(values: pd.Series) -> np.ndarray:
+    text = values.astype(str)
+    risky = text.str[:1].isin(FORMULA_STARTS).to_numpy() & ~text.isin(["-", "+"]).to_numpy()
+    if risky.any():  # a signed number ("-1.5", "+3") is a number, not a formula
+        numeric = pd.to_numeric(text[risky], errors="coerce").notna().to_numpy()
+        risky[np.flatnonzero(risky)[numeric]] = False
+    return risky
+
+
+def _quoted_labels(labels: pd.Index) -> pd.Index:
+    if labels.dtype.kind not in "OSU" and not isinstance(labels.dtype, (pd.CategoricalDtype, pd.StringDtype)):
+        return labels
+    risky = _formula_mask(pd.Series(labels, dtype=object)) & pd.notna(np.asarray(labels, dtype=object))
+    if not risky.any():
+        return labels
+    return pd.Index(["'" + str(v) if r else v for v, r in zip(labels, risky)], name=labels.name)
+
+
+def spreadsheet_safe(table: pd.DataFrame, index: bool = False) -> pd.DataFrame:
+    """``table`` with every text value that a spreadsheet would run as a formula (it starts with
+    ``= + - @``, a tab or a carriage return, and is not a number) prefixed with ``'``, in the
+    cells, the column names and (``index``) the row names; the same object when none does.
+
+    Cell, gene and group names come from the user's data: a downloaded CSV opened in a
+    spreadsheet must not run them. Numbers are never changed."""
+    out = None
+    for j in range(table.shape[1]):
+        col = table.iloc[:, j]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            cats = _quoted_labels(pd.Index(col.cat.categories))
+            if not cats.equals(col.cat.categories):
+                out = table.copy() if out is None else out
+                out.isetitem(j, col.cat.rename_categories(list(cats)))
+        elif col.dtype.kind in "OSU" or isinstance(col.dtype, pd.StringDtype):
+            values = col.to_numpy(dtype=object)
+            present = col.notna().to_numpy()
+            risky = np.zeros(len(values), dtype=bool)
+            if present.any():
+                risky[present] = _formula_mask(pd.Series(values[present], dtype=object))
+            if risky.any():
+                out = table.copy() if out is None else out
+                values = values.copy()
+                values[risky] = ["'" + str(v) for v in values[risky]]
+                out.isetitem(j, pd.Series(values, index=table.index, dtype=object))
+    columns = _quoted_labels(pd.Index(table.columns.astype(str)))
+    if not columns.equals(pd.Index(table.columns.astype(str))):
+        out = table.copy() if out is None else out
+        out.columns = columns
+    if index:
+        rows = _quoted_labels(table.index)
+        if not rows.equals(table.index):
+            out = table.copy() if out is None else out
+            out.index = rows
+    return table if out is None else out
+
+
+def to_csv_bytes(table: pd.DataFrame, index: bool = False) -> bytes:
+    """``table`` as UTF-8 CSV, safe to open in a spreadsheet (:func:`spreadsheet_safe`)."""
+    return spreadsheet_safe(table, index=index).to_csv(index=index).encode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------

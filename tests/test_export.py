@@ -97,6 +97,29 @@ def test_predictions_table_one_row_per_cell(filtered_result):
     assert len(csv) == adata.n_obs
 
 
+def test_csv_downloads_never_carry_a_spreadsheet_formula(filtered_result):
+    """Cell, group and column names come from the user's data: a CSV opened in a spreadsheet must
+    not run ``=HYPERLINK(...)`` or ``+cmd|...``. They are prefixed with ``'``; numbers (negative
+    ones too) and ordinary names are written as they are."""
+    adata, _, _ = filtered_result
+    adata = adata.copy()
+    names = list(adata.obs_names)
+    names[0], names[1], names[2] = '=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(A1)"
+    adata.obs_names = names
+    adata.obs["=evil"] = pd.Categorical(["-2+3"] * 5 + ["ok"] * (adata.n_obs - 5))
+    table = export.predictions_table(adata, ["sample", "=evil"])
+    csv = pd.read_csv(pd.io.common.BytesIO(export.to_csv_bytes(table)))
+    assert csv["cell_id"].tolist()[:3] == ["'" + n for n in names[:3]]
+    assert csv["cell_id"].tolist()[3:] == names[3:]
+    assert "'=evil" in csv.columns and set(csv["'=evil"]) == {"'-2+3", "ok"}
+    np.testing.assert_allclose(csv["umap_1"].to_numpy(float), table["umap_1"].to_numpy(float), rtol=1e-6)  # numbers untouched
+    assert (csv["umap_1"] < 0).any()
+    assert table["cell_id"].tolist() == names  # the table itself is not changed
+    plain = pd.DataFrame({"gene": ["-", "+", "-1.5", "GAPDH"], "v": [-1.0, 2.0, 3.0, 4.0]}, index=["=i", "a", "b", "c"])
+    assert export.to_csv_bytes(plain) == plain.to_csv(index=False).encode()
+    assert export.to_csv_bytes(plain, index=True).decode().splitlines()[1].startswith("'=i,")
+
+
 def test_the_datas_own_columns_are_never_replaced_by_computed_ones(filtered_result):
     """The data's own 'cluster' column keeps its name and values next to the computed leiden_cluster,
     and a chosen column named like a computed one (a 'label' column of true labels) is kept as

@@ -180,7 +180,7 @@ def run(args) -> int:
         table = result.per_cell(k)
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(path)
+            path.write_bytes(to_csv_bytes(table, index=True))
         say(f"Wrote per-cell attributions of the top {min(k, len(result.features))} to {path}")
     return 0
 

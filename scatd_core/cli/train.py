@@ -225,7 +225,9 @@ def run(args) -> int:
     if args.target_predictions:
         with writing(args.target_predictions):
             Path(args.target_predictions).parent.mkdir(parents=True, exist_ok=True)
-            report["target_predictions"].to_csv(args.target_predictions, index=False)
+            from scatd_core.export import to_csv_bytes
+
+            Path(args.target_predictions).write_bytes(to_csv_bytes(report["target_predictions"]))
         say(f"Wrote {args.target_predictions}")
     print(f"Trained '{bundle.name}' in {report['seconds']:.0f} s; installed in the model library: {bundle.path}")
     if args.out:

@@ -128,7 +128,9 @@ def run(args) -> int:
 
         with writing(args.summary):
             Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-            summary.to_csv(args.summary, index=False)
+            from scatd_core.export import to_csv_bytes
+
+            Path(args.summary).write_bytes(to_csv_bytes(summary))
         say(f"Wrote {args.summary}")
     if args.save_panel:
         if len(bundles) < 2:
