@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         return cli.main(["run", "--help"], prog_name="streamlit")
     started = time.perf_counter()
     print("scATD Studio: loading the libraries and compiled kernels before serving…", file=sys.stderr, flush=True)
-    from scatd_app import ui
+    from scatd_app import ui, uploads
 
+    uploads.install()  # before the server listens: no upload is kept for a session without a user
     ui.start_up(wait=True)
     print(f"scATD Studio: ready in {time.perf_counter() - started:.1f} s; starting the server.", file=sys.stderr,
           flush=True)

@@ -14,6 +14,7 @@ import getpass
 
 import streamlit as st
 
+from scatd_app import uploads
 from scatd_app.session import QUERY_KEY
 from scatd_app.ui import md
 from scatd_core.config import settings
@@ -102,7 +103,17 @@ def resolve() -> User | None:
     """The user of this session, or ``None`` while a login is needed (nothing is drawn).
 
     Without a login (localhost) the person at the machine is the only user and administers it.
+    Only a session with a user may keep uploads (:mod:`scatd_app.uploads`).
     """
+    user = _resolve()
+    if user is None:
+        uploads.disallow(uploads.current_session_id())
+    else:
+        uploads.allow(uploads.current_session_id())
+    return user
+
+
+def _resolve() -> User | None:
     how = mode()
     if how == "none":
         user = User(getpass.getuser() or "local", admin=True)
@@ -124,8 +135,13 @@ def resolve() -> User | None:
 
 
 def _forget_session(why: str = "") -> None:
-    """Log this browser session out and drop everything it held (data, results, widget values), so
-    whoever logs in next in the same browser tab starts afresh and sees nothing of it."""
+    """Log this browser session out and drop everything it held (data, results, widget values, its
+    uploads, the copy kept for a reload and its working folder), so whoever logs in next in the
+    same browser tab, or opens its address again, starts afresh and sees nothing of it."""
+    from scatd_app import session
+
+    session.forget()
+    uploads.disallow(uploads.current_session_id())
     st.session_state.clear()
     st.query_params.pop(QUERY_KEY, None)
     if why:

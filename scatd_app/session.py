@@ -152,6 +152,11 @@ class SessionStore:
                 gone += 1
             return gone
 
+    def forget(self, token: str) -> None:
+        """Drop the kept copy of one session (logged out): a reload of its address starts afresh."""
+        with self._lock:
+            self._records.pop(token, None)
+
     def live_ids(self) -> set[str]:
         with self._lock:
             return {str(r.values.get(SESSION_ID)) for r in self._records.values()}
@@ -257,6 +262,16 @@ def notice() -> None:
         st.warning(f"Your previous session could not be restored: the server was restarted, it was idle for more "
                    f"than {ttl} minutes, or the server needed the memory its data held for more recent sessions. "
                    "Upload your data again.", icon=":material/history_toggle_off:")
+
+
+def forget() -> None:
+    """Forget this session: its copy kept for a reload and its working folder (uploads, files
+    written for a computation). The values in ``st.session_state`` are the caller's to clear."""
+    ss = st.session_state
+    if ss.get(TOKEN):
+        store().forget(ss[TOKEN])
+    if ss.get(SESSION_ID):
+        shutil.rmtree(work_dir() / "sessions" / str(ss[SESSION_ID]), ignore_errors=True)
 
 
 def folder() -> Path:

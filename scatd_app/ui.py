@@ -106,9 +106,13 @@ def upload_limit_mb() -> int:
 
 def sync_upload_limit() -> None:
     """Make the server accept uploads up to ``SCATD_MAX_UPLOAD_MB`` (Streamlit reads
-    ``server.maxUploadSize`` on every request; equivalent to ``--server.maxUploadSize``)."""
+    ``server.maxUploadSize`` on every request; equivalent to ``--server.maxUploadSize``), and only
+    for signed-in sessions, bounded per session (:func:`scatd_app.uploads.install`)."""
     from streamlit import config
 
+    from scatd_app import uploads
+
+    uploads.install()
     wanted = upload_limit_mb()
     if config.get_option("server.maxUploadSize") != wanted:
         config.set_option("server.maxUploadSize", wanted, "SCATD_MAX_UPLOAD_MB")

@@ -165,6 +165,36 @@ def test_a_reload_resumes_the_session_and_a_lost_one_says_so(with_library):
     assert "could not be restored" in text(lost.warning) and state.ADATA not in lost.session_state
 
 
+def test_logging_out_forgets_the_session_its_reload_copy_and_its_files(with_library, tmp_path, monkeypatch):
+    """After "Log out", the session's address (browser history) resumes nothing, even for the same
+    user logging in again, and its working folder (the upload) is gone."""
+    from scatd_core import users
+    from scatd_core.config import work_dir
+
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    monkeypatch.setenv("SCATD_WORK_DIR", str(tmp_path / "work"))
+    users.add_user("alice", "a long enough password", admin=False)
+    at = _logged_in("alice", "a long enough password")
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=4)))
+    token = at.query_params["s"][0] if isinstance(at.query_params["s"], list) else at.query_params["s"]
+    mine = work_dir() / "sessions" / at.session_state["session_id"]
+    assert any(mine.iterdir())  # the upload waits in the session's folder
+    at.button(key="btn_logout").click()
+    at.run()
+    assert [t.label for t in at.text_input] == ["User name", "Password"]
+    assert not mine.exists()
+    again = AppTest.from_file(APP, default_timeout=300)
+    again.query_params["s"] = token
+    again.run()
+    again.text_input(key="login_name").set_value("alice")
+    again.text_input(key="login_password").set_value("a long enough password")
+    again.get("form_submit_button")[0].click()
+    again.run()
+    ok(again)
+    assert "could not be restored" in text(again.warning) and state.ADATA not in again.session_state
+
+
 def test_kept_sessions_are_bounded_by_the_bytes_their_data_hold():
     import anndata as ad
     import numpy as np
@@ -501,10 +531,11 @@ def test_release_upload_lets_go_of_streamlits_in_memory_copy(monkeypatch):
     from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
     from streamlit.runtime.uploaded_file_manager import UploadedFileRec
 
-    from scatd_app import session
+    from scatd_app import session, uploads
 
     manager = MemoryUploadedFileManager("/upload")
     for sid in ("mine", "theirs"):
+        uploads.allow(sid)  # signed in (the app may have wrapped the store in this process)
         manager.add_file(sid, UploadedFileRec("f1", "cells.h5ad", "application/octet-stream", b"x" * 1000))
     ctx = SimpleNamespace(uploaded_file_mgr=manager, session_id="mine")
     monkeypatch.setattr("streamlit.runtime.scriptrunner.get_script_run_ctx", lambda: ctx)
@@ -513,6 +544,50 @@ def test_release_upload_lets_go_of_streamlits_in_memory_copy(monkeypatch):
     assert session.release_upload("f1") is False  # nothing left to drop
     monkeypatch.setattr("streamlit.runtime.scriptrunner.get_script_run_ctx", lambda: None)
     assert session.release_upload("f1") is False  # outside a script run: nothing to do
+
+
+def test_uploads_are_kept_only_for_signed_in_sessions_and_bounded_per_session(monkeypatch):
+    """Streamlit keeps any file PUT for any live session, the login page's included: the wrapped
+    store refuses (403, nothing kept) a session without a user, a session's eleventh file, and
+    files beyond the session's memory budget; replacing a file does not count it twice."""
+    from starlette.exceptions import HTTPException
+    from streamlit import config
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    from scatd_app import uploads
+
+    assert uploads.install() and uploads.install()  # once per process, idempotent
+    monkeypatch.setattr(config, "get_option", lambda key: 1 if key == "server.maxUploadSize" else None)
+    budget = uploads.session_budget_bytes()
+    assert budget == uploads.LARGE_FILES_PER_SESSION << 20
+    manager = MemoryUploadedFileManager("/upload")
+
+    def put(sid, fid, nbytes):
+        manager.add_file(sid, UploadedFileRec(fid, "x.h5ad", "application/octet-stream", b"x" * nbytes))
+
+    with pytest.raises(HTTPException) as refused:
+        put("anonymous", "junk", 1000)
+    assert refused.value.status_code == 403 and "Log in" in refused.value.detail
+    assert manager.file_storage.get("anonymous", {}) == {}
+    uploads.allow("alice")
+    try:
+        put("alice", "data", budget // 2)
+        put("alice", "data", budget // 2)  # the same file again: replaced, not added
+        put("alice", "bulk", budget // 2)
+        with pytest.raises(HTTPException, match="more memory"):
+            put("alice", "target", 1)
+        assert set(manager.file_storage["alice"]) == {"data", "bulk"}
+        manager.remove_file("alice", "bulk")
+        for i in range(uploads.MAX_FILES_PER_SESSION - 1):
+            put("alice", f"small{i}", 10)
+        with pytest.raises(HTTPException, match="already holds 10"):
+            put("alice", "one_more", 10)
+        uploads.disallow("alice")  # logged out
+        with pytest.raises(HTTPException, match="Log in"):
+            put("alice", "small0", 10)
+    finally:
+        uploads.disallow("alice")
 
 
 _FREEZE_PROBE = """

@@ -371,6 +371,54 @@ def test_scad_style_labels_are_asked_once_and_evaluated_the_right_way(server, tm
             browser.close()
 
 
+def _anonymous_upload(url: str, nbytes: int) -> int:
+    """What anyone on the network can do without an account: open the login page's session (its
+    websocket) and PUT a file into Streamlit's upload store for it. Returns the HTTP status."""
+    import asyncio
+    import http.cookiejar
+    import urllib.error
+
+    import websockets
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(f"{url}/_stcore/health").read()
+    xsrf = next((c.value for c in jar if c.name == "_streamlit_xsrf"), "")
+
+    async def put() -> int:
+        ws_url = url.replace("http://", "ws://") + "/_stcore/stream"
+        async with websockets.connect(ws_url, additional_headers={"Cookie": f"_streamlit_xsrf={xsrf}"},
+                                      subprotocols=["streamlit", xsrf or "x"], max_size=None) as ws:
+            msg = BackMsg()
+            msg.rerun_script.query_string = ""
+            msg.rerun_script.page_script_hash = ""
+            await ws.send(msg.SerializeToString())
+            session_id = None
+            while session_id is None:
+                fm = ForwardMsg()
+                fm.ParseFromString(await asyncio.wait_for(ws.recv(), 60))
+                if fm.WhichOneof("type") == "new_session":
+                    session_id = fm.new_session.initialize.session_id
+            boundary = "scatdtestboundary"
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"junk.bin\"\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * nbytes + \
+                f"\r\n--{boundary}--\r\n".encode()
+            request = urllib.request.Request(f"{url}/_stcore/upload_file/{session_id}/junk", data=body, method="PUT",
+                                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                                      "X-Xsrftoken": xsrf})
+            try:
+                return opener.open(request).status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # its own event loop, beside Playwright's
+        return pool.submit(lambda: asyncio.run(put())).result()
+
+
 def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
     """Two browser contexts, a password login, the same bytes uploaded under two names."""
     from playwright.sync_api import sync_playwright
@@ -406,6 +454,9 @@ def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
                 page.get_by_text(f"Logged in as {who}").wait_for()
                 _idle(page)
                 pages[who] = page
+            # without an account nothing is kept in the server's memory (Streamlit alone keeps it: 204)
+            assert _anonymous_upload(url, 1 << 20) == 403
+            assert _uploads_held_in_memory(url, wait_s=0) == 0
             for who, page in pages.items():
                 _go(page, "Data", "1 · Data")
                 page.locator("input[type='file']").first.set_input_files(str(home / f"patient_{who}.h5ad"))
