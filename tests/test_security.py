@@ -268,6 +268,28 @@ def test_a_compressed_h5ad_x_is_limited_by_its_unpacked_size(tmp_path, monkeypat
     assert io.read(path).shape == (6000, 5000)
 
 
+def test_an_h5ad_x_that_was_never_written_is_limited_like_a_compressed_one(tmp_path, monkeypatch):
+    """A dense X declared 6,000 x 5,000 (114 MB) in chunks never written: a file of a few kB whose
+    every value (the fill value) would be read, and scanned, as if stored. Refused under a 50 MB
+    limit, as the same matrix compressed is; written out, it is read."""
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "50")
+    path = tmp_path / "unwritten.h5ad"
+    ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(6000)]),
+               var=pd.DataFrame(index=[f"G{i}" for i in range(5000)])).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        x = f.create_dataset("X", shape=(6000, 5000), dtype=np.float32, chunks=(100, 5000), fillvalue=1.0)
+        x.attrs["encoding-type"], x.attrs["encoding-version"] = "array", "0.2.0"
+    assert path.stat().st_size < 1_000_000
+    error = _refused(path)
+    assert "declares 114 MB of values" in error.message and "never written" in error.message
+    assert "SCATD_MAX_DECOMPRESSED_MB" in error.hint
+    stored = tmp_path / "stored.h5ad"  # the same shape with every value written: no more than its file
+    ad.AnnData(np.ones((6000, 5000), dtype=np.float32),
+               obs=pd.DataFrame(index=[f"c{i}" for i in range(6000)]),
+               var=pd.DataFrame(index=[f"G{i}" for i in range(5000)])).write_h5ad(stored)
+    assert io.read(stored).shape == (6000, 5000)
+
+
 def test_over_budget_data_is_refused_with_the_numbers_or_read_from_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("SCATD_MAX_DATASET_MB", "50")
     dense = tmp_path / "dense.h5ad"  # 6k x 5k float32 = 114 MB in memory, a few hundred kB on disk

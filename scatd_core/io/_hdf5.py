@@ -211,14 +211,21 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     check_cells(shape[0], opts)
     check_genes(shape[1], opts)
     x_bytes = _declared(sizes, "/X")
-    # Reading X unpacks every stored value; compressed, a tiny file can declare hours of work that
-    # the memory check never sees when X stays on disk: limited like any compressed input's
-    # decompressed size (a matrix stored uncompressed costs no more than the upload itself).
-    if compressed and x_bytes > max(opts.max_decompressed_bytes, path.stat().st_size):
-        raise InputError(f"{opts.display_name}: its compressed X is {mb(x_bytes)} once unpacked, over the server's "
-                         f"limit of {mb(opts.max_decompressed_bytes)} for compressed data.",
-                         "Save it without compression, or as a sparse matrix (most single-cell data are mostly "
-                         "zeros), or ask the administrator to raise SCATD_MAX_DECOMPRESSED_MB.")
+    # Reading X unpacks every stored value; a tiny file can declare hours of work that the memory
+    # check never sees when X stays on disk: compressed, or never written (chunks not allocated
+    # read as the fill value). Limited like any compressed input's decompressed size: a matrix
+    # whose every value is stored costs no more than the upload itself.
+    if x_bytes > max(opts.max_decompressed_bytes, path.stat().st_size):
+        if compressed:
+            what = f"its compressed X is {mb(x_bytes)} once unpacked"
+        else:
+            what = (f"its X declares {mb(x_bytes)} of values but the {mb(path.stat().st_size)} file stores few of "
+                    "them (the rest were never written, or are packed by a filter)")
+        raise InputError(f"{opts.display_name}: {what}, over the server's limit of {mb(opts.max_decompressed_bytes)} "
+                         "for compressed data.",
+                         "Save it with anndata (adata.write_h5ad), without compression or as a sparse matrix (most "
+                         "single-cell data are mostly zeros), or ask the administrator to raise "
+                         "SCATD_MAX_DECOMPRESSED_MB.")
     # annotations (obs, var, layers, raw, uns, obsm) are read into memory even when X stays on disk
     check_memory(_declared(sizes, "/", exclude=("/X",)), "its annotations (obs, var, layers, raw, obsm, uns)", opts,
                  "Remove the layers, raw and embeddings the prediction does not need, or upload fewer cells.")
