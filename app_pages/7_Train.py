@@ -51,14 +51,16 @@ def _temp_copies(*uploads):
 
 
 def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
-    """Read an upload into this session (never a shared cache: one user's data stays theirs)."""
+    """Read an upload into this session (never a shared cache: one user's data stays theirs), in
+    memory, within what the server's memory budget leaves free (as the Data page's)."""
     from scatd_core.io import read_bytes
 
     upload = st.file_uploader(label, type=DATA_TYPES, key=key, help=help_text)
     if upload is not None and st.session_state.get(slot, {}).get("id") != upload.file_id:
         try:
             with st.spinner(f"Reading {ui.md(upload.name)}…"):
-                adata = read_bytes(upload.getvalue(), upload.name, backed=False)
+                adata = read_bytes(upload.getvalue(), upload.name, backed=False, workdir=session.folder(),
+                                   **session.room_for_a_dataset(st.session_state.get(session.TOKEN)))
             st.session_state[slot] = {"adata": adata, "name": upload.name, "id": upload.file_id}
             session.release_upload(upload.file_id)  # read into the session: Streamlit's copy is not needed
         except ScatdError as exc:

@@ -312,6 +312,18 @@ def keep_upload(uploaded) -> dict:
     return ss[state.UPLOAD]
 
 
+def drop_upload(upload: dict, previous: dict | None) -> None:
+    """Delete an upload of this session that could not be read (its folder), and make ``previous``
+    (the upload the session's data came from, if any) the kept one again."""
+    where = Path(upload["path"]).parent
+    if where.name.startswith(io.UPLOAD_FOLDER_PREFIX) and where.parent == folder():
+        shutil.rmtree(where, ignore_errors=True)
+    if previous is None:
+        st.session_state.pop(state.UPLOAD, None)
+    else:
+        st.session_state[state.UPLOAD] = previous
+
+
 def forget_other_uploads() -> None:
     """Delete the upload files of this session other than the kept one (call once the kept one is
     the session's data: a backed dataset reads from its file)."""

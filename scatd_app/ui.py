@@ -786,13 +786,18 @@ def use_demo(bar) -> None:
     set_bundle(str(demo.bundle_path()))
 
 
+FAILED_UPLOAD = "data_upload_failed"  # session key: [file id, orientation, error] of an unreadable upload
+
+
 def read_upload(uploaded, orientation: str) -> None:
     """Make the Data page's upload the session's data when it is new or its orientation changed.
 
     The upload is read from the session's folder (:func:`scatd_app.session.keep_upload`); once
     read, the server drops its in-memory copy (the uploader still shows the file but gives None)
     and the file on disk serves a new reading in another orientation, also after a reload. An
-    unreadable file shows its error and stops the page.
+    unreadable file shows its error and stops the page; its copy on disk is deleted at once (one
+    for memory, which a "Try again" reads, is kept) and it is not read again on the page's next
+    runs, only in another orientation.
     """
     from scatd_app import session
     from scatd_core import io
@@ -800,7 +805,11 @@ def read_upload(uploaded, orientation: str) -> None:
     ss = st.session_state
     kept, source = ss.get(state.UPLOAD), None
     done = ss.get("data_upload") or [None, None]
+    failed = ss.get(FAILED_UPLOAD)
     if uploaded is not None:
+        if failed and failed[:2] == [uploaded.file_id, orientation]:
+            show_error(failed[2])  # read once: the same file gives the same error
+            stop()
         if done != [uploaded.file_id, orientation]:
             try:
                 source = session.keep_upload(uploaded)
@@ -819,7 +828,12 @@ def read_upload(uploaded, orientation: str) -> None:
         show_error(exc)
         if isinstance(exc, MemoryShortage):  # the file is kept; a rerun reads it again
             st.button("Try again", key="data_read_again", icon=":material/refresh:")
+        elif source is not kept:  # a new file that cannot be read: nothing of it stays on the server's disk
+            session.drop_upload(source, previous=kept)
+            if uploaded is not None:
+                ss[FAILED_UPLOAD] = [uploaded.file_id, orientation, exc]
         stop()
+    ss.pop(FAILED_UPLOAD, None)
     set_data(adata, source["name"])
     ss["data_upload"] = [source["id"], orientation]
     session.forget_other_uploads()

@@ -284,7 +284,9 @@ def test_a_new_dataset_may_take_what_the_servers_memory_budget_leaves(monkeypatc
     monkeypatch.setattr(_memory, "rss_bytes", lambda: next(measured))
     assert session.room_for_a_dataset("mine") == {}  # the limit fits once the idle sessions have gone
     assert kept.take("a", "u") is None and kept.take("b", "u") is None  # 3 MB let go: enough
-    assert kept.take("mine", "u") and kept.take("c", "u") and trims == [1]
+    # freed memory given back (at least once: an earlier test's background computation ending
+    # in the meantime gives it back too)
+    assert kept.take("mine", "u") and kept.take("c", "u") and trims
 
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 99 * mb)  # still short: what is free, and why
     room = session.room_for_a_dataset("mine")
@@ -338,6 +340,35 @@ def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_lib
     assert read.isbacked and read.n_obs == 60 and np.isfinite(read.X[:5].toarray()).all()
     assert "in memory it would take more than the " in text(at.warning)  # "Read from disk (backed)"
     assert " kB this server has free for a new dataset now (of its 1,000 MB" in text(at.warning).replace("\\", "")
+
+
+def test_an_unreadable_upload_leaves_nothing_on_disk_and_is_read_once(with_library, tmp_path, monkeypatch):
+    """Refused uploads used to pile up in the session's folder until a later upload was read (at
+    2 GB each, one user could fill the server's disk); and every click re-read the bad file."""
+    from scatd_core import io
+    from scatd_core.config import work_dir
+
+    monkeypatch.setenv("SCATD_WORK_DIR", str(tmp_path / "work"))
+    reads = []
+    real = io.read
+    monkeypatch.setattr(io, "read", lambda *a, **k: reads.append(1) or real(*a, **k))
+    at = _app()
+    upload(at, "good.h5ad", h5ad_bytes(make_dataset(40, seed=4)))
+    mine = work_dir() / "sessions" / at.session_state["session_id"]
+    good = sorted(p.name for p in mine.glob(io.UPLOAD_FOLDER_PREFIX + "*"))
+    assert len(good) == 1 and len(reads) == 1
+    for i in range(3):
+        goto(at, "1_Data")
+        at.file_uploader[0].upload(f"junk{i}.h5ad", b"not an HDF5 file " * 1000)
+        at.run()
+        assert "junk" in text(at.error) and not at.exception
+        assert sorted(p.name for p in mine.glob(io.UPLOAD_FOLDER_PREFIX + "*")) == good  # only the data's own
+    assert len(reads) == 4
+    at.run()
+    at.run()
+    assert len(reads) == 4 and "junk2.h5ad" in text(at.error)  # the error again, without reading again
+    assert at.session_state[state.DATA_NAME] == "good.h5ad"  # the session's data is still the good file
+    assert at.session_state[state.UPLOAD]["name"] == "good.h5ad"
 
 
 def test_user_strings_are_escaped_in_markdown(with_library, tmp_path):

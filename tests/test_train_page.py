@@ -158,6 +158,28 @@ def test_uploads_are_read_once_and_streamlits_copy_let_go(monkeypatch):
     assert len(released) == 2
 
 
+def test_a_training_upload_takes_only_what_the_servers_memory_budget_leaves(monkeypatch):
+    """As on the Data page: the Train page reads its uploads into memory only when the server's
+    budget (server.memory_mb) has room for them, and says why not."""
+    import pandas as pd
+
+    from scatd_core import _memory
+
+    _, _, target = synthetic()
+    frame = pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names)
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
+    at = _page().run()
+    at.file_uploader(key="upload_train_target").upload("cells.csv", frame.to_csv().encode())
+    at.run()
+    assert not at.exception, at.exception
+    assert "train_target" not in at.session_state
+    assert any("free for a new dataset now: none of its 1,000 MB" in e.value.replace("\\", "") for e in at.error)
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 100 << 20)  # memory freed: read on the next run
+    at.run()
+    assert at.session_state["train_target"]["adata"].n_obs == target.n_obs
+
+
 def test_original_head_settings_and_few_labelled_cells_column():
     bulk, labels, target = synthetic()
     target.obs["some_labels"] = [0, 0, 1, 1] + [None] * (target.n_obs - 4)

@@ -133,7 +133,8 @@ def store_upload(data, filename: str, folder: str | Path | None = None, *, max_b
 
 
 def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_bytes: int | None = None,
-               max_cells: int | None = None, backed="auto", workdir: str | Path | None = None) -> ad.AnnData:
+               max_cells: int | None = None, backed="auto", workdir: str | Path | None = None,
+               max_dataset_bytes: int | None = None, limit_reason: str | None = None) -> ad.AnnData:
     """Read uploaded bytes; ``filename`` only tells the format and names the data in messages.
 
     The name is never used as a path: the bytes go to a fresh temporary folder (inside ``workdir``,
@@ -141,7 +142,8 @@ def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_byt
     recognised extension. Other parameters as :func:`read`. When the result is backed, the
     temporary file lives as long as the AnnData.
     """
-    opts = make_options(orientation, max_bytes, max_cells, backed, display_name(filename))
+    opts = make_options(orientation, max_bytes, max_cells, backed, display_name(filename), max_dataset_bytes,
+                        limit_reason)
     path = store_upload(data, filename, workdir, max_bytes=opts.max_bytes)
     try:
         adata = _read_guarded(path, opts)
