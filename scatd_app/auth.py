@@ -11,6 +11,7 @@ lock both out for ``auth.lockout_minutes`` (shared by every session of the serve
 from __future__ import annotations
 
 import getpass
+import logging
 
 import streamlit as st
 
@@ -61,8 +62,10 @@ def _password_form() -> None:
     conf = settings()
     try:
         users = list_users()
-    except Exception as exc:  # a broken users file: say so, never a traceback
-        st.error(f"The login cannot work: {md(exc)}", icon=":material/error:")
+    except Exception:  # a broken users file: say so, never a traceback, nor the server's path to it
+        logging.getLogger("scatd").exception("the users file cannot be read")
+        st.error("The login cannot work: the server's users file cannot be read. The administrator can see why "
+                 "with `scatd doctor` on the server.", icon=":material/error:")
         return
     if not users:
         st.warning("This server is reachable from the network, so it needs a login, but no user account exists "
@@ -99,6 +102,20 @@ def login_page() -> None:
         _password_form()
 
 
+def oidc_user(claims, admins) -> User:
+    """The user an OpenID Connect login names: its e-mail address when the identity provider
+    vouches for it (``email_verified`` absent or true), the only name ``auth.admins`` can match;
+    otherwise the provider's subject id (``sub``), never an administrator. A display name is never
+    the identity: anyone can give themselves an administrator's address as their name, and the
+    session owner (who may resume a session) is this identity."""
+    email = claims.get("email")
+    verified = claims.get("email_verified", True)
+    if email and verified not in (False, "false", "False", 0):
+        return User(str(email), str(email) in admins)
+    subject = claims.get("sub") or claims.get("name") or "user"
+    return User(f"oidc:{subject}", False)
+
+
 def resolve() -> User | None:
     """The user of this session, or ``None`` while a login is needed (nothing is drawn).
 
@@ -120,8 +137,7 @@ def _resolve() -> User | None:
     elif how == "oidc":
         if not st.user.is_logged_in:
             return None
-        name = str(st.user.get("email") or st.user.get("name") or "user")
-        user = User(name, name in settings()["auth_admins"])
+        user = oidc_user(st.user, settings()["auth_admins"])
     else:
         user = current_user()
         if user is None:

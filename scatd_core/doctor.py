@@ -111,9 +111,12 @@ def _login(conf) -> list[dict]:
     from scatd_core.users import list_users
 
     mode = conf["auth_mode"]
-    items = [_item("mode", "ok", {"auto": "password login when the server listens beyond localhost",
-                                  "password": "password login always", "oidc": "Streamlit's OIDC login",
-                                  "none": "no login (only safe on a single-user machine)"}[mode])]
+    proxy = ("; behind a reverse proxy (the app listening on localhost), other machines reach it without a "
+             "login: set auth.mode = \"password\"")
+    items = [_item("mode", "ok" if mode in ("password", "oidc") else "warning",
+                   {"auto": "password login when the server listens beyond localhost, none on localhost" + proxy,
+                    "password": "password login always", "oidc": "Streamlit's OIDC login",
+                    "none": "no login (only safe on a single-user machine)" + proxy}[mode])]
     if mode in ("auto", "password"):
         try:
             users = list_users()

@@ -73,6 +73,31 @@ def test_password_login_gates_every_page_and_throttles(with_library, tmp_path, m
     assert at.checkbox(key="import_replace").disabled
 
 
+def test_a_broken_users_file_stops_the_login_without_naming_its_path(tmp_path, monkeypatch):
+    users_file = tmp_path / "secret_place" / "users.toml"
+    users_file.parent.mkdir()
+    users_file.write_text("this is [not toml")
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(users_file))
+    at = _app()
+    assert "The login cannot work" in text(at.error) and "scatd doctor" in text(at.error)
+    assert "secret_place" not in text(at.error) and not at.text_input and not at.exception
+
+
+def test_an_oidc_identity_is_a_verified_email_and_a_display_name_is_never_an_admin():
+    from scatd_app.auth import oidc_user
+
+    admins = ["boss@lab.org"]
+    assert oidc_user({"email": "boss@lab.org", "email_verified": True}, admins) == oidc_user(
+        {"email": "boss@lab.org"}, admins)
+    assert oidc_user({"email": "boss@lab.org"}, admins).admin
+    assert oidc_user({"email": "amy@lab.org", "name": "boss@lab.org"}, admins).admin is False
+    unverified = oidc_user({"email": "boss@lab.org", "email_verified": False, "sub": "abc123"}, admins)
+    assert unverified.name == "oidc:abc123" and not unverified.admin
+    named = oidc_user({"name": "boss@lab.org", "sub": "xyz"}, admins)  # no e-mail: the subject, not the name
+    assert named.name == "oidc:xyz" and not named.admin
+
+
 def _logged_in(name: str, password: str) -> AppTest:
     at = _app()
     at.text_input(key="login_name").set_value(name)

@@ -895,6 +895,11 @@ def test_doctor_reports_configuration_problems(tmp_path, monkeypatch, capsys):
     memory = next(i for i in json.loads(capsys.readouterr().out)["sections"]["configuration"]
                   if i["what"] == "server memory")
     assert memory["status"] == "warning" and memory["detail"].startswith("1,000 MB (server.memory_mb;")
+    for how in ("auto", "none"):  # behind a reverse proxy on this machine these mean nobody logs in: said
+        monkeypatch.setenv("SCATD_AUTH", how)
+        main(["doctor", "--json"])
+        mode = json.loads(capsys.readouterr().out)["sections"]["login"][0]
+        assert mode["status"] == "warning" and 'reverse proxy' in mode["detail"] and 'password' in mode["detail"]
 
 
 def test_a_table_line_that_never_ends_is_refused_before_a_parser_holds_it(tmp_path, monkeypatch):
