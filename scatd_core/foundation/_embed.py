@@ -55,37 +55,175 @@ def probe_all() -> list[dict]:
     return [probe(b, embedding_dim=PUBLISHED_SIZES[b][0][0] if b == "vae_gf" else None).to_dict() for b in MODULES]
 
 
-def fingerprint(adata: ad.AnnData) -> str:
-    """Identifies a dataset cheaply: cell and gene names, and totals of a deterministic row sample."""
-    from scatd_core._matrix import sample_rows
+#: Version of the data fingerprint; a record holding another (or none) is simply not reused.
+FINGERPRINT_VERSION = "v2"
+#: Rows hashed at once by :func:`fingerprint` (bounded memory on backed data).
+FINGERPRINT_ROWS = 16_384
 
+
+def _hash_x(X) -> str:
+    """sha256 over every stored value of X, read by row blocks: for sparse data the row lengths,
+    column indices and values (three streams, so the block size does not matter); for dense data
+    the rows' bytes. One pass, memory bounded by one block (backed data are read from disk)."""
+    import scipy.sparse as sp
+
+    from scatd_core._matrix import is_backed_sparse, row_batches
+
+    n = X.shape[0]
+    lengths, indices, values = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    arrays = None
+    if sp.issparse(X) and X.format == "csr":
+        arrays = X.indptr, X.indices, X.data
+    elif is_backed_sparse(X) and X.format == "csr":
+        arrays = X.group["indptr"], X.group["indices"], X.group["data"]
+    if arrays is not None:
+        indptr, idx, data = arrays
+        dtype = np.dtype(data.dtype)
+        for a in range(0, n, FINGERPRINT_ROWS):
+            b = min(a + FINGERPRINT_ROWS, n)
+            ptr = np.asarray(indptr[a:b + 1], dtype=np.int64)
+            lengths.update(np.diff(ptr).tobytes())
+            indices.update(np.asarray(idx[ptr[0]:ptr[-1]], dtype=np.int32).tobytes())
+            values.update(np.ascontiguousarray(data[ptr[0]:ptr[-1]]).tobytes())
+        kind = f"sparse:{dtype.str}"
+    else:
+        kind = None
+        for _, _, block in row_batches(X, FINGERPRINT_ROWS):
+            if sp.issparse(block):  # CSC or another format: the same streams as CSR
+                kind = f"sparse:{np.dtype(block.dtype).str}"
+                lengths.update(np.diff(block.indptr).astype(np.int64).tobytes())
+                indices.update(block.indices.astype(np.int32).tobytes())
+                values.update(np.ascontiguousarray(block.data).tobytes())
+            else:
+                kind = f"dense:{block.dtype.str}"
+                values.update(np.ascontiguousarray(block).tobytes())
+    h = hashlib.sha256(f"{kind}|{X.shape[0]}x{X.shape[1]}".encode())
+    for part in (lengths, indices, values):
+        h.update(part.digest())
+    return h.hexdigest()
+
+
+def fingerprint(adata: ad.AnnData) -> str:
+    """Identifies a dataset: cell and gene names and a hash of every stored value of X (one
+    pass by row blocks, ~1 GB/s; see :func:`_hash_x`). Starts with :data:`FINGERPRINT_VERSION`."""
     h = hashlib.sha256()
     for names in (adata.obs_names, adata.var_names):
         h.update("\x00".join(map(str, names)).encode("utf-8"))
         h.update(b"\x01")
-    block = sample_rows(adata.X, 512)
-    h.update(np.asarray(block.sum(axis=1), dtype=np.float64).ravel().round(6).tobytes())
-    return h.hexdigest()[:32]
+    h.update(_hash_x(adata.X).encode())
+    value = f"{FINGERPRINT_VERSION}:{h.hexdigest()[:32]}"
+    _remember(adata, value)
+    return value
+
+
+#: The last fingerprint of each AnnData object of this process (``id`` -> (weak reference, guard,
+#: fingerprint)), for :func:`cells_to_embed`, which the app calls on every page.
+_MEMO: dict[int, tuple] = {}
+
+
+def _guard(adata: ad.AnnData) -> tuple:
+    """What must be unchanged for a remembered fingerprint to stand: the same X object, shape and
+    buffers (a value changed in place inside the same buffers is not seen: :func:`cached`, which
+    decides reuse, always hashes afresh)."""
+    X = adata.X
+    parts = [id(X), tuple(X.shape), adata.n_obs, adata.n_vars]
+    for name in ("data", "indices", "indptr"):
+        arr = getattr(X, name, None)
+        if isinstance(arr, np.ndarray):
+            parts += [id(arr), arr.size, arr.ctypes.data]
+    if isinstance(X, np.ndarray):
+        parts += [X.ctypes.data]
+    return tuple(parts)
+
+
+def _remember(adata: ad.AnnData, value: str) -> None:
+    import weakref
+
+    try:
+        ref = weakref.ref(adata)
+    except TypeError:
+        return
+    for key in [k for k, (r, _, _) in _MEMO.items() if r() is None]:
+        del _MEMO[key]
+    _MEMO[id(adata)] = (ref, _guard(adata), value)
+
+
+def _remembered_fingerprint(adata: ad.AnnData) -> str:
+    entry = _MEMO.get(id(adata))
+    if entry is not None and entry[0]() is adata and entry[1] == _guard(adata):
+        return entry[2]
+    return fingerprint(adata)
+
+
+def matching_record(adata: ad.AnnData, backbone: str, *, fingerprint_of=None) -> dict | None:
+    """The stored record of ``backbone``'s embeddings when it was made for these data (one entry
+    per cell in ``tried``, the same data fingerprint, the embeddings in ``obsm``), whatever the
+    settings; ``None`` otherwise (e.g. a subset of an annotated h5ad, which keeps ``uns`` as it was)."""
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(backbone)
+    if record is None or _keys.FOUNDATION_EMBEDDING[backbone] not in adata.obsm:
+        return None
+    tried = np.asarray(record.get("tried", ()))
+    if tried.shape != (adata.n_obs,):
+        return None
+    if record.get("fingerprint") != (fingerprint_of or fingerprint)(adata):
+        return None
+    return record
+
+
+_SAMPLES: dict[tuple, str] = {}
+#: Bytes read from each place of a model file for its content identity.
+SAMPLE_BYTES = 1 << 20
+#: Places read between the first and the last MB.
+SAMPLE_PLACES = 16
+
+
+def _sample(path, size: int, mtime_ns: int, inode: int) -> str:
+    """sha256 of a model file's first and last MB and of :data:`SAMPLE_PLACES` 64 kB blocks spread
+    between them (the whole file when it is small): weights replaced by others of the same size
+    and layout differ there, and it reads ~3 MB whatever the file's size."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if size <= 3 * SAMPLE_BYTES:
+            h.update(fh.read())
+        else:
+            offsets = [0] + [int(o) for o in np.linspace(SAMPLE_BYTES, size - SAMPLE_BYTES - (64 << 10),
+                                                          SAMPLE_PLACES)] + [size - SAMPLE_BYTES]
+            for i, offset in enumerate(offsets):
+                fh.seek(offset)
+                h.update(fh.read(SAMPLE_BYTES if i in (0, len(offsets) - 1) else 64 << 10))
+    value = h.hexdigest()[:32]
+    _SAMPLES[(str(path), size, mtime_ns, inode)] = value
+    return value
+
+
+def file_identity(path) -> list:
+    """``[name, size, sampled sha256]`` of a model file (:func:`_sample`; remembered per path,
+    size, mtime and inode, so a run reads each file once)."""
+    from pathlib import Path
+
+    path = Path(path)
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    return [path.name, st.st_size, _SAMPLES.get(key) or _sample(path, *key[1:])]
 
 
 def _identity(backbone: str, options: dict) -> dict:
-    """The settings and the model files an embedding depends on (name and size of each file)."""
+    """The settings and the model files an embedding depends on (name, size and a content hash of
+    each file, :func:`file_identity`)."""
     from pathlib import Path
 
     state = probe(backbone, embedding_dim=options.get("embedding_dim"))
     state.require()
-    files = {k: [Path(p).name, Path(p).stat().st_size] for k, p in state.files.items() if Path(p).is_file()}
+    files = {k: file_identity(p) for k, p in state.files.items() if Path(p).is_file()}
     return {"options": {k: v for k, v in options.items()}, "version": state.version, "files": files}
 
 
 def cached(adata: ad.AnnData, backbone: str, **options) -> dict | None:
     """The stored record of ``backbone``'s embeddings when they match these data and settings."""
-    record = adata.uns.get(_keys.FOUNDATION, {}).get(backbone)
-    key = _keys.FOUNDATION_EMBEDDING[backbone]
-    if record is None or key not in adata.obsm:
+    record = matching_record(adata, backbone)
+    if record is None:
         return None
-    same = (record.get("fingerprint") == fingerprint(adata) and
-            json.loads(record.get("identity", "{}")) == _identity(backbone, _options(backbone, options)))
+    same = json.loads(record.get("identity", "{}")) == _identity(backbone, _options(backbone, options))
     return record if same else None
 
 
@@ -162,7 +300,7 @@ def store_embeddings(adata, backbone: str, matrix: np.ndarray, info: dict, ident
 
     adata.obsm[_keys.FOUNDATION_EMBEDDING[backbone]] = matrix
     record = {"backbone": backbone, "info": info, "identity": json.dumps(identity, sort_keys=True),
-              "fingerprint": fingerprint(adata), "tried": tried,
+              "fingerprint": _remembered_fingerprint(adata), "tried": tried,
               "n_embedded": int(np.isfinite(matrix).all(axis=1).sum()),
               "device": device_description(resolve_device(device)), "seconds": round(seconds, 3)}
     stored = dict(adata.uns.get(_keys.FOUNDATION, {}))
@@ -272,11 +410,13 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
 
 def cells_to_embed(adata: ad.AnnData, bundle, mask: np.ndarray | None = None) -> int:
     """How many cells (of ``mask``) still need an embedding before ``bundle`` can predict (0 when the
-    data carry their own embeddings, or for Dist_VAE). Reads the stored record only: no files, no data."""
+    data carry their own embeddings, or for Dist_VAE). Reads no model file; a stored record counts
+    only when it was made for these data (:func:`matching_record`; the data fingerprint is
+    remembered per AnnData object, so the app's pages do not hash X again)."""
     if not needs_embedding(adata, bundle):
         return 0
     wanted = np.ones(adata.n_obs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone)
+    record = matching_record(adata, bundle.backbone, fingerprint_of=_remembered_fingerprint)
     if record is not None:
         wanted = wanted & ~np.asarray(record["tried"], dtype=bool)
     return int(wanted.sum())
