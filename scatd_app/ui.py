@@ -408,6 +408,8 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
         st.success(f"{name} embeddings of your cells are computed ({record['n_embedded']:,} cells, "
                    f"{record['info']['embedding_dim']:,}-d, on {record['device']} in {duration(record['seconds'])}). "
                    "They are kept with the data and in the downloadable h5ad.", icon=":material/check_circle:")
+        if not entry["available"]:  # as the CLI: the stored embeddings are used without the backbone
+            st.info(foundation.stored_note(record, name), icon=":material/info:")
         return True
     st.markdown(f"This model reads {name} cell embeddings ({dim:,}-d). They are computed here from your expression "
                 f"matrix, then aligned to the bulk statistics (AdaIN) as in scATD.")

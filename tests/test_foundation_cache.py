@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -17,6 +18,7 @@ import _foundation_helpers as H
 from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
 import original_scatd as orig
 from scatd_core.bundle import import_checkpoint
+from scatd_core.cli import main
 from scatd_core.foundation import cells_to_embed, embed_cells, ensure_embeddings
 from scatd_core.foundation import scfoundation as S
 from scatd_core.foundation._embed import cached, fingerprint
@@ -149,3 +151,34 @@ def test_other_weights_of_the_same_size_are_not_reused(assets, counted):
     counted.clear()
     embed_cells(a, "vae_sf", device="cpu")
     assert counted == []  # the same files again: reused
+
+
+# ----------------------------------------------------------------------------- bug 5: no backbone here
+
+def test_stored_embeddings_are_used_without_the_backbone_in_cli_and_app(assets, sf_bundle, tmp_path, capsys,
+                                                                        monkeypatch):
+    a = sf_counts(20)
+    pd.DataFrame(a.X.toarray(), index=a.obs_names, columns=a.var_names).to_csv(tmp_path / "counts.csv")
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "counts.csv"),
+               "--output", str(tmp_path / "p.csv"), "--h5ad", str(tmp_path / "a.h5ad"), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(tmp_path / "nowhere"))
+    S._PROBES.clear()
+    capsys.readouterr()
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "a.h5ad"),
+               "--output", str(tmp_path / "p2.csv"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "scFoundation is not installed here: using the scFoundation embeddings stored with the data" in err
+    assert "key rde" in err and "20 cells" in err
+    assert np.allclose(pd.read_csv(tmp_path / "p2.csv")["prob_resistant"],
+                       pd.read_csv(tmp_path / "p.csv")["prob_resistant"])
+    # other settings than the stored ones still need the backbone
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "a.h5ad"),
+               "--output", str(tmp_path / "p3.csv"), "--device", "cpu", "--scfoundation-key", "cell"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No scFoundation weights" in err
+    # the app's check (cells_to_embed) agrees, and the core says the same note
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert cells_to_embed(back, sf_bundle) == 0
+    assert ensure_embeddings(back, sf_bundle, device="cpu")["note"].startswith("scFoundation is not installed here")

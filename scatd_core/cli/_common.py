@@ -271,6 +271,9 @@ def prepare_embeddings(adata, bundle, args) -> None:
                                     progress=Progress("Embedding on Ray"), **options)
     else:
         record = ensure_embeddings(adata, bundle, device=args.device, progress=Progress("Embedding"), **options)
+    if record.get("note"):  # the backbone is not installed here: the embeddings stored with the data
+        say(record["note"])
+        return
     info = record["info"]
     cov = info["gene_coverage"]
     say(f"{info['model']} embeddings: {record['n_embedded']:,} of {adata.n_obs:,} cells "

@@ -349,6 +349,42 @@ def check_size(bundle) -> None:
                               f"takes {dim}-d ones.", f"Install the {state.name} model the drug model was trained on.")
 
 
+def stored_without_backbone(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, **options) -> dict | None:
+    """The embeddings stored with the data, when ``bundle``'s foundation model is not installed here
+    but every wanted cell already has its embedding: the stored record matches these data
+    (:func:`matching_record`), was made with these settings and the drug model's embedding size,
+    and tried every cell of ``mask``. Returns a copy of the record with a ``note`` saying what
+    computed them (for the CLI and the app alike), else ``None`` (the backbone is installed: the
+    usual cache check applies; or the embeddings are not all there)."""
+    backbone, dim = bundle.backbone, bundle.architecture.input_dim
+    state = probe(backbone, embedding_dim=dim)
+    if state.available:
+        return None
+    record = matching_record(adata, backbone)
+    if record is None or adata.obsm[_keys.FOUNDATION_EMBEDDING[backbone]].shape[1] != dim:
+        return None
+    wanted = np.ones(adata.n_obs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if (wanted & ~np.asarray(record["tried"], dtype=bool)).any():
+        return None
+    if backbone == "vae_gf":
+        options.setdefault("embedding_dim", dim)
+    identity = json.loads(record.get("identity", "{}"))
+    made_with = identity.get("options", {})
+    if any(made_with.get(k) != v for k, v in _options(backbone, options).items()):
+        return None
+    return {**record, "note": stored_note(record, state.name)}
+
+
+def stored_note(record: dict, name: str) -> str:
+    """What a record says made its embeddings, for a run that uses them without the backbone."""
+    identity = json.loads(record.get("identity", "{}"))
+    settings = ", ".join(f"{k} {v}" for k, v in identity.get("options", {}).items() if v is not None)
+    made = str(identity.get("version") or name).split(";")[0]
+    return (f"{name} is not installed here: using the {name} embeddings stored with the data "
+            f"({int(record.get('n_embedded', 0)):,} cells, computed by {made} with {settings or 'its defaults'}, "
+            f"on {record.get('device', '?')}).")
+
+
 def ensure_embeddings(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, device: str = "auto",
                       progress=None, should_stop=None, **options) -> dict | None:
     """Make ``adata`` carry the embeddings a VAE_sf/VAE_gf ``bundle`` reads, computing them from the
@@ -364,9 +400,12 @@ def ensure_embeddings(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = No
     """
     if not needs_embedding(adata, bundle):
         return None
-    check_size(bundle)
     if bundle.backbone == "vae_gf":
         options.setdefault("embedding_dim", bundle.architecture.input_dim)
+    stored = stored_without_backbone(adata, bundle, mask=mask, **options)
+    if stored is not None:
+        return stored
+    check_size(bundle)
     return embed_cells(adata, bundle.backbone, mask=mask, device=device, progress=progress,
                        should_stop=should_stop, **options)
 

@@ -66,15 +66,19 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     ``embed_cells`` does, with the same values. With ``output``, each shard's embeddings are kept,
     checksummed, in ``<output>.embeddings.parts/`` (a run started again skips them).
     """
-    from scatd_core.foundation._embed import _identity, _options, cached, check_size, needs_embedding
+    from scatd_core.foundation._embed import (_identity, _options, cached, check_size, needs_embedding,
+                                              stored_without_backbone)
 
     if not needs_embedding(adata, bundle):
         return None
     _require_backed(adata)
-    check_size(bundle)
     backbone = bundle.backbone
     if backbone == "vae_gf":
         options.setdefault("embedding_dim", bundle.architecture.input_dim)
+    stored = stored_without_backbone(adata, bundle, mask=mask, **options)
+    if stored is not None:  # the backbone is not installed here, and every cell has its embedding
+        return stored
+    check_size(bundle)
     options = _options(backbone, options)
     n = adata.n_obs
     wanted = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
