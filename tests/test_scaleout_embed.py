@@ -108,3 +108,36 @@ def test_cli_explain_engine_ray_on_expression_embeds_predicts_and_explains_as_on
     # gene-level biomarkers through the foundation model stay in one process: said before any work
     assert main(common[:-6] + ["--output", str(tmp_path / "g.csv"), "--engine", "ray"]) == 2
     assert "do not run on Ray" in capsys.readouterr().err
+
+
+def test_predictions_made_from_other_embeddings_are_not_resumed(local_ray, assets, tmp_path, capsys):
+    """The QA's run: rde, then --scfoundation-key cell (refused: the embeddings parts are of the old
+    key, and the message names the prediction parts too), the embeddings parts deleted: the
+    prediction parts of the rde embeddings are refused, not resumed."""
+    from scatd_core.cli import main
+
+    bundle = _bundle(tmp_path, "vae_sf", 4 * H.SF_HIDDEN)
+    path = tmp_path / "counts.h5ad"
+    sf_counts(300, seed=4).write_h5ad(path)
+    common = ["predict", "--model", str(bundle.path), "--input", str(path), "--device", "cpu", "--engine", "ray",
+              "--workers", "2", "--batch-size", "32", "--shard-cells", "64", "--output", str(tmp_path / "ray.csv")]
+    assert main(common) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(common + ["--scfoundation-key", "cell"]) == 2
+    err = capsys.readouterr().err
+    assert "ray.csv.embeddings.parts holds the parts of a different run" in err
+    assert "ray.csv.parts (made from its results)" in err
+    import shutil
+
+    shutil.rmtree(tmp_path / "ray.csv.embeddings.parts")
+    assert main(common + ["--scfoundation-key", "cell"]) == 2
+    err = capsys.readouterr().err
+    assert "ray.csv.parts holds the parts of a different run (changed: embeddings)" in err
+    shutil.rmtree(tmp_path / "ray.csv.parts")
+    assert main(common + ["--scfoundation-key", "cell"]) == 0
+    err = capsys.readouterr().err
+    assert "0 already done" not in err and "resumed" not in err.split("Ray:")[-1].splitlines()[0]
+    one = tmp_path / "one.csv"
+    assert main(["predict", "--model", str(bundle.path), "--input", str(path), "--device", "cpu",
+                 "--batch-size", "32", "--scfoundation-key", "cell", "--output", str(one)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(one), pd.read_csv(tmp_path / "ray.csv"), rtol=1e-6)

@@ -93,8 +93,9 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
                                       workers=args.workers or settings()["scaleout_workers"],
                                       address=args.address or settings()["scaleout_address"], **common)
         eng = result.info["engine"]
-        say(f"Ray: {eng['workers']} worker(s), {eng['shards']} shards ({eng['shards_resumed']} already done, "
-            f"resumed from {eng['parts']}).")
+        say(f"Ray: {eng['workers']} worker(s), {eng['shards']} shards"
+            + (f" ({eng['shards_resumed']} already done, resumed from {eng['parts']})." if eng["shards_resumed"] else
+               f" (parts kept in {eng['parts']})."))
     else:
         from scatd_core._keys import SCORED
         from scatd_core._matrix import stored_fraction

@@ -86,8 +86,9 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
                                    threshold=args.threshold, beta_mode=args.beta_mode, shard_cells=args.shard_cells,
                                    workers=args.workers or settings()["scaleout_workers"], address=address,
                                    load_latent=load_latent, progress=Progress("Predicting on Ray"))
-        say(f"Ray: {run.workers} worker(s), {len(run.shards)} shards ({run.resumed} already done, resumed from "
-            f"{run.store.folder}).")
+        say(f"Ray: {run.workers} worker(s), {len(run.shards)} shards"
+            + (f" ({run.resumed} already done, resumed from {run.store.folder})." if run.resumed else
+               f" (parts kept in {run.store.folder})."))
     else:
         estimate = estimate_seconds(bundle, adata.n_obs, mode=args.mode, n_samples=max(2, args.samples),
                                     device=args.device, density=stored_fraction(adata.X))

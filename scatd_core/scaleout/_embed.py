@@ -109,7 +109,8 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     folder = Path(tmp.name) / "parts" if tmp is not None else parts_dir(f"{output}.embeddings")
     say = progress or (lambda f, m: None)
     try:
-        store = ShardStore(folder, fp)
+        related = () if output is None else (parts_dir(output), parts_dir(f"{output}.predictions"))
+        store = ShardStore(folder, fp, related)
         left = [i for i in range(len(shards)) if not store.done(shard_name(i))]
         ray = _ray()
         started = connect(address)

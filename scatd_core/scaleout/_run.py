@@ -147,6 +147,21 @@ def _fingerprint(adata: ad.AnnData, bundle, mask, params: dict, shards) -> dict:
             "n_shards": len(shards), "shard_cells": shards[0][1] - shards[0][0], **params}
 
 
+def _embeddings_identity(adata: ad.AnnData, backbone: str, key: str, in_file: bool) -> str:
+    """What the embeddings a prediction reads are: the record of what computed them (backbone
+    files, settings, data fingerprint, cells tried) when there is one, else (embeddings the user
+    brought) the input file, already in the fingerprint, or a hash of the values held here."""
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(backbone)
+    if record is not None:
+        tried = np.packbits(np.asarray(record.get("tried", ()), dtype=bool)).tobytes()
+        return hashlib.sha256(json.dumps([record.get("identity"), record.get("fingerprint")]).encode()
+                              + tried).hexdigest()
+    if in_file:
+        return "in the input file"
+    values = np.ascontiguousarray(np.asarray(adata.obsm[key], dtype=np.float32))
+    return hashlib.sha256(values.tobytes()).hexdigest()
+
+
 def _in_file(path, key: str) -> bool:
     import h5py
 
@@ -216,9 +231,12 @@ def predict_ray(
     shards = shards_of(adata.n_obs, batch_size, shard_cells)
     params = {"mode": mode, "n_samples": int(n_samples) if mode == "sample" else 0, "seed": int(seed),
               "batch_size": int(batch_size), "beta_mode": beta_mode or "", "device": device}
+    in_file = obsm_key is None or _in_file(adata.filename, f"obsm/{obsm_key}")
+    if obsm_key is not None:  # the parts are made from these embeddings: a run on others is a different run
+        params["embeddings"] = _embeddings_identity(adata, spec.backbone, obsm_key, in_file)
     store = ShardStore(parts_dir(output), _fingerprint(adata, bundle, mask_array, params, shards))
     obsm_path = None
-    if obsm_key is not None and not _in_file(adata.filename, f"obsm/{obsm_key}"):
+    if not in_file:
         # embeddings computed after the file was written (embed_ray, or in this process): the workers read
         # them from a file beside the parts
         from scatd_core.scaleout._embed import write_obsm

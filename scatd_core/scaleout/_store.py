@@ -42,7 +42,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class ShardStore:
     """The folder of one run's parts (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, fingerprint: dict):
+    def __init__(self, folder: str | Path, fingerprint: dict, related: tuple = ()):
+        """``related``: folders of parts made from this run's results (the predictions made from
+        embeddings), named with this one when it is refused, since they are stale too."""
         self.folder = Path(folder)
         self.fingerprint = {"format": FORMAT, **fingerprint}
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -55,9 +57,11 @@ class ShardStore:
             if previous != json.loads(json.dumps(self.fingerprint)):
                 changed = sorted(k for k in set(self.fingerprint) | set(previous or {})
                                  if (previous or {}).get(k) != json.loads(json.dumps(self.fingerprint)).get(k))
+                stale = [str(Path(r)) for r in related if Path(r).exists()]
                 raise InputError(
                     f"{self.folder} holds the parts of a different run (changed: {', '.join(changed) or 'run.json'}).",
-                    "Delete that folder to start afresh, or write to another --output.")
+                    (f"Delete that folder and {' and '.join(stale)} (made from its results) to start afresh"
+                     if stale else "Delete that folder to start afresh") + ", or write to another --output.")
         else:
             _atomic_write(run, json.dumps(self.fingerprint, indent=1, sort_keys=True).encode())
 
