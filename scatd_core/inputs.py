@@ -62,7 +62,12 @@ REASON_TEXT = {"filtered": "filtered by QC",
                "overflow": f"values beyond ±{MAX_ABS_VALUE:.0e}",
                "negative_values": "negative values, which a log transform cannot take",
                "no_expression": "no expression in the model's genes",
-               "non_finite_output": "the model's output was not a finite number"}
+               "non_finite_output": "the model's output was not a finite number",
+               # not a reason of ModelInput: why the foundation model left a cell with expressed genes unembedded
+               "non_finite_embedding": "the foundation model gave NaN or infinite values for cells that had expressed "
+                                       "genes, so the fault is in the model, not the data: its weights are likely "
+                                       "damaged (check or re-install the backbone files), or, on a GPU in half "
+                                       "precision, a value overflowed (try the CPU)"}
 
 
 @dataclass

@@ -485,6 +485,12 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
                    "unreliable.")
     for reason, count in not_scored.items():
         out.append(f"{count:,} cell(s) were not scored: {REASON_TEXT.get(reason, reason)}.")
+    if "not_embedded" in not_scored and adata is not None:
+        record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}
+        failed = int(((record.get("info") or {}).get("not_embedded") or {}).get("non_finite_output", 0))
+        if failed:
+            out.append(f"{failed:,} of the cells without an embedding went through the foundation model and came out "
+                       f"non-finite: {REASON_TEXT['non_finite_embedding']}.")
     return out
 
 

@@ -19,6 +19,7 @@ from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
 import original_scatd as orig
 from scatd_core.bundle import import_checkpoint
 from scatd_core.cli import main
+from scatd_core.errors import CheckpointError
 from scatd_core.foundation import cells_to_embed, embed_cells, ensure_embeddings
 from scatd_core.foundation import scfoundation as S
 from scatd_core.foundation._embed import cached, fingerprint
@@ -182,3 +183,55 @@ def test_stored_embeddings_are_used_without_the_backbone_in_cli_and_app(assets, 
     back = ad.read_h5ad(tmp_path / "a.h5ad")
     assert cells_to_embed(back, sf_bundle) == 0
     assert ensure_embeddings(back, sf_bundle, device="cpu")["note"].startswith("scFoundation is not installed here")
+
+
+# ----------------------------------------------------------------------------- bug 6: broken weights
+
+@pytest.fixture
+def gf_bundle(tmp_path):
+    width = H.GF_CONFIG["hidden_size"]
+    torch.save(orig.dal_checkpoint("vae_gf", [width, 30, 20, 14], 10, seed=1), tmp_path / "vae_gf.pth")
+    np.save(tmp_path / "gref.npy", np.random.default_rng(1).normal(0.3, 1.5, size=(40, width)))
+    return import_checkpoint(tmp_path / "vae_gf.pth", "vae_gf", drug="TESTDRUG", out=tmp_path / "b_vae_gf",
+                             style_reference=tmp_path / "gref.npy")
+
+
+def test_nan_weights_are_blamed_not_the_data(assets, gf_bundle, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from scatd_core.foundation import geneformer as G
+
+    weights = assets["gf"] / "gf-tiny" / "model.safetensors"
+    state = load_file(weights)
+    name = next(k for k in state if "word_embeddings" in k)
+    state[name][:] = float("nan")  # same shapes: the probe cannot tell
+    save_file(state, weights, metadata={"format": "pt"})
+    G._PROBES.clear()
+    G._MODELS.clear()
+    _, symbols = H.gf_genes(30)
+    rng = np.random.default_rng(0)
+    x = rng.poisson(1.5, size=(12, 30)).astype(np.float32)
+    x[2] = 0  # one cell without an expressed gene: the data's fault, told apart
+    a = ad.AnnData(sp.csr_matrix(x))
+    a.var_names, a.obs_names = symbols, [f"cell{i}" for i in range(12)]
+    record = embed_cells(a, "vae_gf", device="cpu", embedding_dim=H.GF_CONFIG["hidden_size"])
+    assert record["info"]["not_embedded"] == {"no_expressed_gene": 1, "non_finite_output": 11}
+    assert record["n_embedded"] == 0 and np.isnan(a.obsm["X_geneformer"]).all()
+    with pytest.raises(CheckpointError, match="Geneformer produced non-finite values .* for all 11 cells"):
+        ensure_embeddings(a, gf_bundle, device="cpu")
+    pd.DataFrame(x, index=a.obs_names, columns=a.var_names).to_csv(tmp_path / "counts.csv")
+    rc = main(["predict", "--model", str(gf_bundle.path), "--input", str(tmp_path / "counts.csv"),
+               "--output", str(tmp_path / "p.csv"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: Geneformer produced non-finite values" in err and "not in your data" in err
+    assert "damaged" in err and "half precision" in err and "Traceback" not in err
+    # some cells only (e.g. a half-precision overflow): embedded cells are scored, the others told apart
+    from scatd_core.predict import predict
+
+    record = a.uns["scatd_foundation"]["vae_gf"]
+    a.obsm["X_geneformer"][:6] = np.random.default_rng(1).normal(size=(6, H.GF_CONFIG["hidden_size"]))
+    record["info"]["not_embedded"]["non_finite_output"] = 5
+    record["n_embedded"] = 6
+    predict(a, gf_bundle, device="cpu")
+    warnings = " ".join(a.uns["scatd"]["warnings"])
+    assert "5 of the cells without an embedding went through the foundation model and came out non-finite" in warnings

@@ -279,5 +279,7 @@ def prepare_embeddings(adata, bundle, args) -> None:
     say(f"{info['model']} embeddings: {record['n_embedded']:,} of {adata.n_obs:,} cells "
         f"({cov['n_matched']:,} of the model's {cov['n_model_genes']:,} genes in the data) on {record['device']}, "
         f"{record['seconds']:.0f} s.")
+    from scatd_core.foundation._embed import not_embedded_text
+
     for reason, count in info["not_embedded"].items():
-        say(f"warning: {count:,} cell(s) not embedded: {reason.replace('_', ' ')}.")
+        say(f"warning: {count:,} cell(s) not embedded: {not_embedded_text(bundle.backbone, reason)}.")

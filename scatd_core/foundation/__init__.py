@@ -28,7 +28,7 @@ import importlib
 # upload, and should not pay for importing torch and transformers to do so.
 _EXPORTS = {"Probe": "_assets", "Problem": "_assets", "explain_genes": "_biomarkers", "embed_cells": "_embed",
             "ensure_embeddings": "_embed", "estimate_seconds": "_embed", "needs_embedding": "_embed",
-            "cells_to_embed": "_embed", "stored_without_backbone": "_embed", "stored_note": "_embed", "explain_seconds": "_embed", "probe": "_embed", "probe_all": "_embed",
+            "cells_to_embed": "_embed", "stored_without_backbone": "_embed", "stored_note": "_embed", "not_embedded_text": "_embed", "explain_seconds": "_embed", "probe": "_embed", "probe_all": "_embed",
             "DEFAULT_MAX_CELLS": "_biomarkers", "DEFAULT_DELETION_GENES": "_biomarkers"}
 __all__ = list(_EXPORTS)
 

@@ -292,6 +292,17 @@ def embed_cells(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = N
                             seconds + time.perf_counter() - t0)
 
 
+def not_embedded_text(backbone: str, reason: str) -> str:
+    """Why cells have no embedding, in words, for a reason of ``info['not_embedded']``."""
+    from scatd_core.foundation._work import NON_FINITE_OUTPUT
+    from scatd_core.inputs import REASON_TEXT
+
+    module = _module(backbone)
+    if reason == NON_FINITE_OUTPUT:
+        return f"{module.NAME} produced non-finite values: {REASON_TEXT['non_finite_embedding']}"
+    return module.NOT_EMBEDDED.get(reason, reason.replace("_", " "))
+
+
 def store_embeddings(adata, backbone: str, matrix: np.ndarray, info: dict, identity: dict, tried: set, device: str,
                      seconds: float) -> dict:
     """Put the embeddings in ``obsm`` and their record (what made them, which cells were tried, how
@@ -406,8 +417,24 @@ def ensure_embeddings(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = No
     if stored is not None:
         return stored
     check_size(bundle)
-    return embed_cells(adata, bundle.backbone, mask=mask, device=device, progress=progress,
-                       should_stop=should_stop, **options)
+    return require_some_finite(embed_cells(adata, bundle.backbone, mask=mask, device=device, progress=progress,
+                                           should_stop=should_stop, **options), bundle.backbone)
+
+
+def require_some_finite(record: dict, backbone: str) -> dict:
+    """``record``, unless every cell that went through the backbone came out non-finite: then the
+    model files are at fault (damaged weights, or a half-precision overflow), and a
+    :class:`~scatd_core.errors.CheckpointError` says so rather than that no cell can be scored."""
+    from scatd_core.foundation._work import NON_FINITE_OUTPUT
+
+    failed = int(record["info"].get("not_embedded", {}).get(NON_FINITE_OUTPUT, 0))
+    if failed and not int(record["n_embedded"]):
+        name = _module(backbone).NAME
+        raise CheckpointError(f"{name} produced non-finite values (NaN or infinite) for all {failed:,} cells that had "
+                              "expressed genes: the fault is in the model, not in your data.",
+                              f"Check or re-install the {name} files (its weights are likely damaged); on a GPU in "
+                              "half precision a value may have overflowed: try the CPU.")
+    return record
 
 
 def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = None, device: str = "auto",

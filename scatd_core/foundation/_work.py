@@ -68,3 +68,16 @@ class Work:
             fraction = min(self.done / self.total, 1.0)
             self.progress(self.start + self.span * fraction,
                           f"{self.label} · {self.cells:,} of {self.n_cells:,} cells · {self.eta.text(fraction)}")
+
+
+#: Why a cell that went through the backbone has no embedding: its output was not finite.
+NON_FINITE_OUTPUT = "non_finite_output"
+
+
+def finite_rows(values: np.ndarray) -> np.ndarray:
+    """Which output rows are finite; the others are set to NaN in place (no embedding), to be
+    counted under :data:`NON_FINITE_OUTPUT`: the backbone's weights, not the cell, are at fault
+    (damaged weights, or a half-precision overflow on a GPU)."""
+    ok = np.isfinite(values).all(axis=1)
+    values[~ok] = np.nan
+    return ok

@@ -527,6 +527,7 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
                       f"{NAME} embeddings", progress, should_stop)
     budget = _work.batch_tokens(dev, batch_tokens)
     out = np.full((adata.n_obs, model_folder.hidden_size), np.nan, dtype=np.float32)
+    finite = ok.copy()
     for start, stop, block in row_batches(adata.X, _work.CHUNK_CELLS):
         rows = np.flatnonzero(ok[start:stop])
         if rows.size == 0:
@@ -535,14 +536,18 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
         at = rows + start
         for batch in _work.length_batches(n_tokens[at], budget):
             work.check()
-            out[at[batch]] = embed_tokens(bert, [lists[i] for i in batch], vocab, emb_mode, dev).cpu().numpy()
+            result = embed_tokens(bert, [lists[i] for i in batch], vocab, emb_mode, dev).cpu().numpy()
+            finite[at[batch]] = _work.finite_rows(result)
+            out[at[batch]] = result
             work.step(batch.size, flops_per_cell(model_folder.config, n_used, n_tokens[at[batch]]).sum())
     if lengths is not None:
-        lengths.append(n_tokens[ok])
+        lengths.append(n_tokens[finite])
+    not_embedded = {"no_expressed_gene": int(no_gene.sum())} if no_gene.any() else {}
+    if (ok & ~finite).any():
+        not_embedded[_work.NON_FINITE_OUTPUT] = int((ok & ~finite).sum())
     info = {"model": NAME, "model_folder": model_folder.path.name, "version": model_folder.version,
             "emb_mode": emb_mode, "emb_layer": int(emb_layer), "layers_used": int(n_used),
             "input_size": model_folder.input_size, "gene_coverage": tok.alignment.summary(),
-            "n_embedded": int(ok.sum()), "not_embedded": {"no_expressed_gene": int(no_gene.sum())} if no_gene.any()
-            else {}, "embedding_dim": model_folder.hidden_size,
-            "median_tokens": int(np.median(n_tokens[ok])) if ok.any() else 0}
+            "n_embedded": int(finite.sum()), "not_embedded": not_embedded, "embedding_dim": model_folder.hidden_size,
+            "median_tokens": int(np.median(n_tokens[finite])) if finite.any() else 0}
     return out, info

@@ -648,6 +648,7 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
                       progress, should_stop)
     budget = _work.batch_tokens(dev, batch_tokens)
     out = np.full((adata.n_obs, cfg.embedding_dim), np.nan, dtype=np.float32)
+    finite = p.embed.copy()
     for start, stop, block in row_batches(adata.X, _work.CHUNK_CELLS):
         rows = np.flatnonzero(p.embed[start:stop])
         if rows.size == 0:
@@ -659,14 +660,19 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
             cells = at[batch]
             tok = make_tokens(values[batch], p.t[cells], p.s[cells], cfg)
             with torch.inference_mode(), _work.autocast(dev):
-                out[cells] = model(*tok.tensors(dev)).float().cpu().numpy()
+                result = model(*tok.tensors(dev)).float().cpu().numpy()
+            finite[cells] = _work.finite_rows(result)
+            out[cells] = result
             work.step(cells.size, flops_per_cell(cfg, tokens[cells]).sum())
+    failed = p.embed & ~finite
+    if failed.any():
+        p.not_embedded[_work.NON_FINITE_OUTPUT] = int(failed.sum())
     if lengths is not None:
-        lengths.append(p.n_expressed[p.embed])
+        lengths.append(p.n_expressed[finite])
     info = {"model": NAME, "key": key, "resolution": resolution, "pool_type": "all", "max_genes": int(max_genes),
             "values": "log1p of counts per 10k over the aligned genes" if p.prepared.normalise else
                       "log-normalised values as given (total count = their sum)",
-            "gene_coverage": p.prepared.alignment.summary(), "n_embedded": int(p.embed.sum()),
+            "gene_coverage": p.prepared.alignment.summary(), "n_embedded": int(finite.sum()),
             "not_embedded": p.not_embedded, "embedding_dim": cfg.embedding_dim,
-            "median_expressed_genes": int(np.median(p.n_expressed[p.embed])) if p.embed.any() else 0}
+            "median_expressed_genes": int(np.median(p.n_expressed[finite])) if finite.any() else 0}
     return out, info

@@ -145,10 +145,10 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     info.update({"n_embedded": embedded, "not_embedded": not_embedded,
                  median_key: int(np.median(all_lengths)) if all_lengths.size else 0})
     seconds = float(record["seconds"]) if record is not None else 0.0
-    from scatd_core.foundation._embed import store_embeddings
+    from scatd_core.foundation._embed import require_some_finite, store_embeddings
 
-    return store_embeddings(adata, backbone, matrix, info, identity, tried | todo, device,
-                            seconds + time.perf_counter() - t0)
+    return require_some_finite(store_embeddings(adata, backbone, matrix, info, identity, tried | todo, device,
+                                                seconds + time.perf_counter() - t0), backbone)
 
 
 def write_obsm(adata: ad.AnnData, key: str, folder: Path) -> str:
