@@ -235,3 +235,22 @@ def test_nan_weights_are_blamed_not_the_data(assets, gf_bundle, tmp_path, capsys
     predict(a, gf_bundle, device="cpu")
     warnings = " ".join(a.uns["scatd"]["warnings"])
     assert "5 of the cells without an embedding went through the foundation model and came out non-finite" in warnings
+
+
+# ----------------------------------------------------------------------------- bug 7: a broken config.json
+
+def test_a_config_json_that_is_not_json_is_its_own_problem(assets, gf_bundle):
+    from scatd_core.foundation import geneformer as G
+    from scatd_core.foundation import probe
+
+    (assets["gf"] / "gf-tiny" / "config.json").write_text("{not json")
+    G._PROBES.clear()
+    state = probe("vae_gf", embedding_dim=H.GF_CONFIG["hidden_size"])
+    assert not state.available
+    assert [(p.code, p.message) for p in state.problems] == [
+        ("bad_config", "config.json in gf-tiny is not valid JSON (line 1, column 2).")]
+    assert str(assets["gf"]) not in state.problems[0].message + state.problems[0].hint  # no server path
+    assert "gf-tiny" in state.problems[0].hint
+    with pytest.raises(CheckpointError, match="not valid JSON") as err:
+        ensure_embeddings(sf_counts(3), gf_bundle, device="cpu")
+    assert "0-d" not in str(err.value) and "BERT" not in str(err.value)

@@ -130,6 +130,7 @@ class ModelFolder:
     path: Path
     config: dict
     weights: Path | None
+    config_error: str | None = None  # why config.json could not be read (e.g. "line 1, column 2")
 
     @property
     def hidden_size(self) -> int:
@@ -162,19 +163,27 @@ def model_folders(folder: str | Path | None = None) -> list[ModelFolder]:
     for path in candidates:
         if not (path / "config.json").is_file():
             continue
+        config, error = {}, None
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            config = {}
+        except json.JSONDecodeError as exc:
+            error = f"is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        except UnicodeDecodeError:
+            error = "is not text (UTF-8)"
+        except OSError as exc:
+            error = f"cannot be read ({exc.strerror or exc})"
+        if error is None and not isinstance(config, dict):
+            config, error = {}, "is not a JSON object"
         weights = next((path / w for w in WEIGHT_FILES if (path / w).is_file()), None)
-        out.append(ModelFolder(path, config if isinstance(config, dict) else {}, weights))
+        out.append(ModelFolder(path, config, weights, error))
     return out
 
 
 def choose_model(folders: list[ModelFolder], embedding_dim: int | None) -> ModelFolder | None:
     """The folder whose embedding size is ``embedding_dim`` (else the first one)."""
-    matching = [f for f in folders if embedding_dim is None or f.hidden_size == embedding_dim]
-    return (matching or folders or [None])[0]
+    matching = [f for f in folders if not f.config_error and (embedding_dim is None or f.hidden_size == embedding_dim)]
+    unreadable = [f for f in folders if f.config_error]  # may be the one wanted: its problem is the one to tell
+    return (matching or unreadable or folders or [None])[0]
 
 
 def _weight_shapes(path: Path) -> dict[str, tuple]:
@@ -271,6 +280,10 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
     model = choose_model(folders, embedding_dim)
     if model is None:
         out.add("missing_model", f"No Geneformer model folder (with config.json) in {root} or its subfolders.", hint)
+    elif model.config_error:  # its own problem: not "0-d embeddings" nor "not a BERT config"
+        out.files["model"] = model.path
+        out.add("bad_config", f"config.json in {model.path.name} {model.config_error}.",
+                f"Download the model folder {model.path.name} again (or repair its config.json).")
     else:
         out.files["model"] = model.path
         out.embedding_dim = model.hidden_size or None
@@ -299,7 +312,7 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
             out.add("version_mismatch", f"{vocab.files['tokens'].name} {'has' if vocab.special_tokens else 'lacks'} "
                     f"the <cls>/<eos> tokens, so it is not a {version} dictionary.",
                     f"Use the Geneformer {version} dictionaries.")
-    if model is not None:
+    if model is not None and not model.config_error:
         out.files["weights"] = model.weights or "missing"
         out.problems.extend(check_model(model, vocab))
         out.version = model.describe() + (f"; {vocab.version} dictionaries ({len(vocab.medians):,} genes)"
