@@ -254,3 +254,13 @@ def test_a_config_json_that_is_not_json_is_its_own_problem(assets, gf_bundle):
     with pytest.raises(CheckpointError, match="not valid JSON") as err:
         ensure_embeddings(sf_counts(3), gf_bundle, device="cpu")
     assert "0-d" not in str(err.value) and "BERT" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- bug 8: no estimate before a refusal
+
+def test_a_npy_of_the_wrong_width_is_refused_before_any_estimate(sf_bundle, tmp_path, capsys):
+    np.save(tmp_path / "w.npy", np.random.default_rng(0).normal(size=(200, 60)).astype(np.float32))
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "w.npy"),
+               "--output", str(tmp_path / "p.csv"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "Estimated time" not in err

@@ -90,6 +90,10 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
             + (f" ({run.resumed} already done, resumed from {run.store.folder})." if run.resumed else
                f" (parts kept in {run.store.folder})."))
     else:
+        if inputs is None:  # refuse data the model cannot read (e.g. a .npy of another width) before estimating
+            from scatd_core.inputs import InputSpec, model_source
+
+            model_source(adata, InputSpec.of(bundle))
         estimate = estimate_seconds(bundle, adata.n_obs, mode=args.mode, n_samples=max(2, args.samples),
                                     device=args.device, density=stored_fraction(adata.X))
         say(f"Estimated time: about {max(1, round(estimate)):,} s for {adata.n_obs:,} cells on "
