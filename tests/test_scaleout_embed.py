@@ -120,7 +120,8 @@ def test_predictions_made_from_other_embeddings_are_not_resumed(local_ray, asset
     path = tmp_path / "counts.h5ad"
     sf_counts(300, seed=4).write_h5ad(path)
     common = ["predict", "--model", str(bundle.path), "--input", str(path), "--device", "cpu", "--engine", "ray",
-              "--workers", "2", "--batch-size", "32", "--shard-cells", "64", "--output", str(tmp_path / "ray.csv")]
+              "--workers", "2", "--batch-size", "32", "--shard-cells", "64", "--output", str(tmp_path / "ray.csv"),
+              "--keep-parts"]
     assert main(common) == 0, capsys.readouterr().err
     capsys.readouterr()
     assert main(common + ["--scfoundation-key", "cell"]) == 2

@@ -33,14 +33,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _remove_parts(args) -> None:
+    """After a successful ``--engine ray`` command: its shard parts, kept so that a stopped run
+    resumes, are no longer needed once every output is written (``--keep-parts`` keeps them)."""
+    import sys
+
+    store = sys.modules.get("scatd_core.scaleout._store")
+    if store is None or getattr(args, "engine", "local") != "ray" or getattr(args, "keep_parts", False):
+        return
+    folders, nbytes = store.remove_opened()
+    if folders:
+        from scatd_core._memory import size_text
+
+        say(f"Removed the Ray shard parts ({folders} folder(s), {size_text(nbytes)}); --keep-parts keeps them.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    import sys
+
+    if "scatd_core.scaleout._store" in sys.modules:  # only this command's parts are its to remove
+        sys.modules["scatd_core.scaleout._store"].OPENED.clear()
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        if code == 0:
+            _remove_parts(args)
+        return code
     except ScatdError as exc:
         say(f"error: {exc.message}")
         if exc.hint:

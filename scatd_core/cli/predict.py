@@ -45,7 +45,10 @@ def add_engine_arguments(p) -> None:
     g.add_argument("--shard-cells", type=positive_int,
                    help="cells per shard, rounded up to whole batches (default 16 batches); a shard is the "
                         "unit of retry and resume: the parts go to <output>.parts/, and the same command run "
-                        "again skips the shards already written")
+                        "again after a stop skips the shards already written")
+    g.add_argument("--keep-parts", action="store_true",
+                   help="keep the shard parts once every output is written (default: removed then, as they can "
+                        "be large: the embeddings of every cell, for one)")
 
 
 def add_prediction_arguments(p) -> None:

@@ -24,6 +24,27 @@ from scatd_core.errors import InputError
 FORMAT = 1
 
 
+def remove_opened() -> tuple[int, int]:
+    """Delete the parts folders this process opened (each holding its ``run.json``), and a parent
+    left empty named ``ray`` (``scatd report``'s); returns (folders, bytes) removed."""
+    import shutil
+
+    folders, nbytes = 0, 0
+    while OPENED:
+        folder = OPENED.pop()
+        if not (folder / "run.json").is_file():
+            continue
+        nbytes += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+        folders += 1
+        if folder.parent.name == "ray":
+            try:
+                folder.parent.rmdir()  # only when empty
+            except OSError:
+                pass
+    return folders, nbytes
+
+
 def parts_dir(output: str | Path) -> Path:
     """Where the parts of the run writing ``output`` are kept."""
     output = Path(output)
@@ -39,6 +60,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+#: Every parts folder this process opened (:class:`ShardStore`), for a command that removes them
+#: once its outputs are written (``scatd ... --engine ray`` without ``--keep-parts``).
+OPENED: list[Path] = []
+
+
 class ShardStore:
     """The folder of one run's parts (see the module docstring)."""
 
@@ -48,6 +74,8 @@ class ShardStore:
         self.folder = Path(folder)
         self.fingerprint = {"format": FORMAT, **fingerprint}
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.folder.resolve() not in OPENED:
+            OPENED.append(self.folder.resolve())
         run = self.folder / "run.json"
         if run.exists():
             try:
