@@ -123,6 +123,7 @@ EXPLAINED = "scatd_explained"
 PANEL = "scatd_panel"
 PANEL_N_RESISTED = "scatd_panel_n_resisted"
 PANEL_RESISTANT_TO_ALL = "scatd_panel_resistant_to_all"
+PANEL_N_SCORED = "scatd_panel_n_scored"
 
 # ----------------------------------------------------------------------------- foundation models
 FOUNDATION_EMBEDDING = {"vae_sf": "X_scfoundation", "vae_gf": "X_geneformer"}

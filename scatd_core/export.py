@@ -167,6 +167,7 @@ def file_stem(data_name: str | None, drug: str | None) -> str:
     extensions = (".h5ad", ".h5", ".loom", ".csv", ".tsv", ".txt", ".gz", ".zip", ".tgz", ".tar", ".npy", ".mtx")
     while ext := next((e for e in extensions if base.lower().endswith(e)), None):
         base = base[: -len(ext)]
+    base = safe_name(base, "data", distinct=False)  # "demo (simulated data)": no "_" left before the drug
     return safe_name(f"{base}_{drug}" if drug else base, "scatd", distinct=False)
 
 
@@ -617,7 +618,8 @@ def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
     for m in panel.members(adata, scored_only=False):
         cov = m.coverage or {}
         thr = adata.uns[m.key]["threshold"] if m.scored else {}
-        rows.append({"drug": m.drug, "model": m.model, "backbone": m.backbone, "status": m.status,
+        rows.append({"drug": m.drug, "model": m.model, "folder": m.folder, "backbone": m.backbone,
+                     "status": m.status,
                      "gene coverage": f"{cov['n_matched']:,}/{cov['n_model_genes']:,} ({cov['fraction_matched']:.0%})"
                      if cov.get("n_model_genes") else ("embeddings" if m.scored else "—"),
                      "cells scored": m.n_scored, "threshold": thr.get("value"),
@@ -625,7 +627,16 @@ def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: The files the Panel page offers with its report (named in the report's footer).
+def _panel_file_content(name: str) -> str:
+    """What a panel file holds, from its name (the app's downloads carry the data's name)."""
+    if name.endswith("summary.csv"):
+        return "per cluster / sample and drug"
+    if name.endswith(".h5ad"):
+        return "one column set per drug"
+    return "cells x drugs"
+
+
+#: The standard names of a panel run's files (named in the report's footer unless others are given).
 PANEL_DOWNLOADS = ("panel.csv", "panel_summary.csv", "annotated.h5ad")
 
 
@@ -634,8 +645,9 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     """A self-contained HTML report of a panel run: the models (status, coverage, calibration), the
     drug ranking, the cells x drugs heatmap and dot plot per cluster/sample, the UMAP coloured by
     the number of drugs resisted (when computed), the cells resistant to every drug and, when
-    given, their top ``markers`` (:func:`scatd_core.panel.multi_resistant_markers`). ``files``: the
-    files written with it, named in its footer (default: the app's downloads)."""
+    given and every drug is calibrated, their top ``markers``
+    (:func:`scatd_core.panel.multi_resistant_markers`). ``files``: the files written with it, named
+    in its footer (default: the standard names)."""
     from plotly.offline import get_plotlyjs
 
     from scatd_core import panel
@@ -651,10 +663,9 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     if any(m.demo for m in ms):
         parts.append("<p class='demo'>Demo models: demo (simulated data). These predictions illustrate the "
                      "workflow and say nothing about real cells.</p>")
-    if any(not adata.uns[m.key]["threshold"]["calibrated"] for m in ms):
-        parts.append("<p class='warn'>Some calls use a model's default threshold, <b>not calibrated</b> to this "
-                     "dataset: fractions resistant then compare poorly across drugs; compare mean P(resistant), or "
-                     "calibrate each drug.</p>")
+    if panel.uncalibrated(adata):
+        parts.append("<p class='warn'>Some calls use a threshold <b>not calibrated</b> to this dataset.</p>")
+    parts += [f"<p class='warn'>{html.escape(note)}</p>" for note in panel.comparison_notes(adata)]
     parts.append("<h2>Models</h2>" + _frame_html(panel_models_table(adata)))
     ranking = panel.drug_ranking(adata)
     parts.append("<h2>Drug ranking (whole sample)</h2>" + _figure_html(pl.drug_ranking_figure(ranking)) +
@@ -668,23 +679,21 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
         parts.append(_figure_html(pl.panel_heatmap(prob, drugs, adata.obs[column], name, order,
                                                    f"P(resistant), cells x drugs, by {name}")))
         parts.append(_figure_html(pl.panel_dotplot(summary_, name, f"Fraction resistant per {name} and drug")))
-    n_all = int(adata.obs[_keys.PANEL_RESISTANT_TO_ALL].sum())
-    parts.append(f"<h2>Cells resistant to every drug</h2><p>{n_all:,} cell(s) are called resistant to all "
-                 f"{len(ms)} scored drugs (a possible multi-drug-resistant subclone).</p>")
+    statement, subclone = panel.resistant_to_all_statement(adata)
+    parts.append(f"<h2>Cells resistant to every drug</h2><p>{html.escape(statement)}</p>")
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP])
-        parts.append(_figure_html(pl.umap_figure(coords, adata.obs[_keys.PANEL_N_RESISTED].to_numpy(),
+        parts.append(_figure_html(pl.umap_figure(coords, panel.n_resisted_values(adata),
                                                  name="drugs resisted", color_range=(0, len(ms)), colorscale="Reds",
                                                  cell_ids=adata.obs_names.astype(str),
-                                                 title="UMAP coloured by the number of drugs resisted")))
-    if markers is not None and len(markers):
+                                                 title="UMAP coloured by the number of drugs resisted "
+                                                       "(grey: scored by no drug)")))
+    if subclone and markers is not None and len(markers):
         parts.append("<p>Genes most up in these cells against the other scored cells (Wilcoxon):</p>"
                      + _frame_html(markers))
-    what = {"panel.csv": "cells x drugs", "panel_summary.csv": "per cluster / sample and drug",
-            "annotated.h5ad": "one column set per drug"}
     files = list(PANEL_DOWNLOADS if files is None else files)
     if files:
-        listed = ", ".join(html.escape(f) + (f" ({what[f]})" if f in what else "") for f in files)
+        listed = ", ".join(html.escape(f) + f" ({_panel_file_content(f)})" for f in files)
         parts.append(f"<footer>Files: {listed}.</footer>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style>"

@@ -12,10 +12,16 @@ subclones, resist?". :func:`predict_panel` answers it with the one prediction fu
 - a model that cannot score the data (wrong backbone for the upload, no shared genes, a broken
   bundle) is **reported and skipped**, never failing the panel; coverage is kept per model.
 
-The panel record is ``uns['scatd_panel']``; ``obs['scatd_panel_n_resisted']`` counts the drugs
-each cell is called resistant to and ``obs['scatd_panel_resistant_to_all']`` flags cells resistant
-to every scored drug (a possible multi-drug-resistant subclone). :func:`refresh` recomputes both
-after a threshold changes.
+The panel record is ``uns['scatd_panel']``; ``obs['scatd_panel_n_scored']`` counts the drugs that
+scored each cell, ``obs['scatd_panel_n_resisted']`` the drugs it is called resistant to (missing
+where no drug scored it) and ``obs['scatd_panel_resistant_to_all']`` flags cells resistant to
+every scored drug. :func:`refresh` recomputes them after a threshold changes.
+
+What compares across drugs: each model has its own default threshold (and its own scale of
+P(resistant)), so fractions resistant and mean P compare across drugs only once every drug is
+calibrated, and calibrating every drug to *one* expected fraction makes the whole sample's
+fractions equal by construction; :func:`comparison_notes` and :func:`resistant_to_all_statement`
+say so in the same words for the app, the CLI and the HTML report.
 
 Saved panels (:func:`save_panel`, :func:`list_panels`, :func:`load_panel`) are named lists of
 library models, stored per user in ``<home>/panels/<user>.json``: one user never sees another's.
@@ -32,7 +38,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import anndata as ad
 import numpy as np
@@ -45,9 +51,10 @@ from scatd_core._progress import step
 from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, ScatdError
 
 __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
-           "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember"]
+           "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
+           "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name"]
 
-#: A panel needs at least this many models to be a panel (the app asks for three or more).
+#: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
 
 
@@ -77,6 +84,11 @@ class PanelMember:
     def scored(self) -> bool:
         return self.status == "scored"
 
+    @property
+    def folder(self) -> str:
+        """The model's folder name in the library (tells two models of one drug apart)."""
+        return Path(self.path).name
+
 
 def distinct_drugs(drugs: Sequence[str]) -> list[str]:
     """The drugs as a panel names them: a drug scored by several models is ``DRUG``, ``DRUG_2``,
@@ -91,6 +103,29 @@ def distinct_drugs(drugs: Sequence[str]) -> list[str]:
             name = f"{drug}_{seen[drug]}"
         out.append(name)
     return out
+
+
+def check_models(bundles: Sequence) -> tuple[list, list[str]]:
+    """The panel's models with the same model (bundle folder) given twice kept once, and a warning
+    for each duplicate left out and for each drug scored by several different models (each is its
+    own column set, counted as a drug of its own)."""
+    kept, notes, seen = [], [], set()
+    for b in bundles:
+        path = str(Path(b.path).resolve())
+        if path in seen:
+            notes.append(f"{b.drug or b.name} ({Path(b.path).name}) was given twice; it is scored once.")
+            continue
+        seen.add(path)
+        kept.append(b)
+    by_drug: dict[str, list[str]] = {}
+    for b in kept:
+        by_drug.setdefault(b.drug or b.name, []).append(Path(b.path).name)
+    for drug, folders in by_drug.items():
+        if len(folders) > 1:
+            names = ", ".join(distinct_drugs([drug] * len(folders)))
+            notes.append(f"{drug} has {len(folders)} different models in the panel ({', '.join(folders)}): each is "
+                         f"scored and counted as a drug of its own ({names}), also in the number of drugs resisted.")
+    return kept, notes
 
 
 def drug_prefix(drug: str, taken: set[str]) -> str:
@@ -139,7 +174,7 @@ def _clear_panel(adata: ad.AnnData) -> None:
     old = adata.uns.get(_keys.PANEL, {})
     for m in _records(old):
         clear_one(adata, m["key"])
-    for col in (_keys.PANEL_N_RESISTED, _keys.PANEL_RESISTANT_TO_ALL):
+    for col in (_keys.PANEL_N_RESISTED, _keys.PANEL_RESISTANT_TO_ALL, _keys.PANEL_N_SCORED):
         if col in adata.obs:
             del adata.obs[col]
     adata.uns.pop(_keys.PANEL, None)
@@ -165,6 +200,7 @@ def predict_panel(
     seed: int = 0,
     device: str = "auto",
     batch_size: int | None = None,
+    beta_mode: str | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[PanelMember]:
@@ -176,8 +212,9 @@ def predict_panel(
         The cells (may be backed), as for :func:`scatd_core.predict.predict`.
     bundles
         The panel's models (:class:`~scatd_core.bundle.Bundle`), any backbones and gene sets.
-    mask, mode, n_samples, seed, device, batch_size, should_stop
-        As for :func:`~scatd_core.predict.predict`, the same for every model.
+    mask, mode, n_samples, seed, device, batch_size, beta_mode, should_stop
+        As for :func:`~scatd_core.predict.predict`, the same for every model (``beta_mode``
+        overrides each model's Swish mode; models without that choice ignore ``None`` only).
     progress
         Called with (fraction done, message naming the model and its place in the panel).
 
@@ -189,7 +226,8 @@ def predict_panel(
     - for each scored model with prefix ``<p>`` = ``scatd_<DRUG>``: every field
       :func:`~scatd_core.predict.predict` sets (``obs['<p>_prob_resistant']``, ``obs['<p>_label']``,
       ``obs['<p>_scored']``, ``obsm['X_<p>']``, ``uns['<p>']``);
-    - ``obs['scatd_panel_n_resisted']``, ``obs['scatd_panel_resistant_to_all']`` (:func:`refresh`);
+    - ``obs['scatd_panel_n_scored']``, ``obs['scatd_panel_n_resisted']``,
+      ``obs['scatd_panel_resistant_to_all']`` (:func:`refresh`);
     - ``uns['scatd_panel']``: the members (status, problem, coverage, time), the input groups and
       the time spent aligning.
     """
@@ -207,7 +245,7 @@ def predict_panel(
             for b, drug in zip(bundles, distinct_drugs([b.drug or b.name for b in bundles]))]
     shared = _SharedInputs(adata, mask_array, batch_size, device)
     options = dict(mask=mask_array, mode=mode, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size,
-                   should_stop=should_stop)
+                   beta_mode=beta_mode, should_stop=should_stop)
     n = len(bundles)
     try:
         for i, (member, bundle) in enumerate(zip(team, bundles)):
@@ -222,12 +260,14 @@ def predict_panel(
         raise
     if not any(m.scored for m in team):
         raise InputError("No model of the panel could score these data: " + "; ".join(
-            f"{m.drug}: {m.problem}" for m in team), "Check the data against each model on the Model page.")
+            f"{m.drug}: {m.problem}" for m in team), "Check each model's reason; `scatd models` lists the installed "
+            "models and their backbones.", app_hint="Check the data against each model on the Model page.")
     adata.uns[_keys.PANEL] = {
         "members": _stored(team), "n_models": n, "n_scored_models": sum(m.scored for m in team),
         "n_input_groups": len(shared.groups), "align_seconds": round(shared.seconds, 3),
         "seconds": round(time.perf_counter() - t0, 3), "params": {"mode": mode, "seed": int(seed),
-                                                                  "batch_size": batch_size or "auto"},
+                                                                  "batch_size": batch_size or "auto",
+                                                                  "beta_mode": beta_mode or "each model's own"},
         "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     refresh(adata)
     if progress is not None:
@@ -320,24 +360,130 @@ def members(adata: ad.AnnData, *, scored_only: bool = True) -> list[PanelMember]
 def refresh(adata: ad.AnnData) -> None:
     """Recompute the per-cell panel summary from the current calls (after a threshold changed).
 
-    ``obs['scatd_panel_n_resisted']``: drugs the cell is called resistant to;
-    ``obs['scatd_panel_resistant_to_all']``: resistant to every scored drug (at least two).
+    ``obs['scatd_panel_n_scored']``: drugs that scored the cell (0 for a cell no drug scored:
+    QC-filtered, or left out by every model); ``obs['scatd_panel_n_resisted']``: drugs the cell is
+    called resistant to, missing (NA) where no drug scored it, never a 0 that reads as sensitive to
+    every drug; ``obs['scatd_panel_resistant_to_all']``: resistant to every scored drug (at least two).
     """
     scored = members(adata)
+    n_scored = np.zeros(adata.n_obs, dtype=np.int64)
     resisted = np.zeros(adata.n_obs, dtype=np.int64)
     everywhere = np.ones(adata.n_obs, dtype=bool)
     for m in scored:
         keys = result_keys(m.key)
         is_res = (adata.obs[keys.label].astype(str) == adata.uns[m.key]["positive_label"]).to_numpy()
+        n_scored += adata.obs[keys.scored].to_numpy(dtype=bool)
         resisted += is_res
         everywhere &= is_res
         m.n_resistant = int(is_res.sum())
-    adata.obs[_keys.PANEL_N_RESISTED] = resisted
+    adata.obs[_keys.PANEL_N_SCORED] = n_scored
+    counts = pd.array(resisted, dtype="Int64")
+    counts[n_scored == 0] = pd.NA
+    adata.obs[_keys.PANEL_N_RESISTED] = counts
     adata.obs[_keys.PANEL_RESISTANT_TO_ALL] = everywhere & (len(scored) >= MIN_MODELS)
     by_key = {m.key: m for m in scored}
     for rec in _records(adata.uns[_keys.PANEL]):
         if rec["key"] in by_key:
             rec["n_resistant"] = by_key[rec["key"]].n_resistant
+
+
+def n_resisted_values(adata: ad.AnnData) -> np.ndarray:
+    """``obs['scatd_panel_n_resisted']`` as floats, NaN where no drug scored the cell (for plots)."""
+    return adata.obs[_keys.PANEL_N_RESISTED].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+# --------------------------------------------------------------------------- calibration and what compares
+
+def calibrate_panel(adata: ad.AnnData, expected_fraction: float | None = None,
+                    per_drug: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Calibrate every scored drug to an expected resistant fraction: ``per_drug`` (``{drug: fraction}``,
+    drug names as the panel names them, matched case-insensitively) where given, else
+    ``expected_fraction``; drugs with neither keep their threshold. Each threshold record keeps its
+    ``expected_fraction``. Returns ``{drug: fraction}`` of the drugs calibrated; refreshes the panel."""
+    from scatd_core.predict import calibrate
+
+    scored = members(adata)
+    by_name = {m.drug.lower(): m for m in scored}
+    wanted = {}
+    for drug, fraction in (per_drug or {}).items():
+        if str(drug).lower() not in by_name:
+            raise InputError(f"No scored drug of the panel is called {drug!r}.",
+                             f"The panel's scored drugs: {', '.join(m.drug for m in scored)}.")
+        wanted[by_name[str(drug).lower()].drug] = float(fraction)
+    done = {}
+    for m in scored:
+        fraction = wanted.get(m.drug, expected_fraction)
+        if fraction is None:
+            continue
+        if not 0.0 < float(fraction) < 1.0:
+            raise InputError(f"The expected resistant fraction of {m.drug} must be between 0 and 1; got {fraction}.")
+        calibrate(adata, expected_fraction=float(fraction), key_added=m.key)
+        adata.uns[m.key]["threshold"]["expected_fraction"] = float(fraction)
+        done[m.drug] = float(fraction)
+    refresh(adata)
+    return done
+
+
+def uncalibrated(adata: ad.AnnData) -> list[str]:
+    """The scored drugs whose calls use an uncalibrated threshold (a model's default, or one set by hand)."""
+    return [m.drug for m in members(adata) if not adata.uns[m.key]["threshold"]["calibrated"]]
+
+
+def one_expected_fraction(adata: ad.AnnData) -> float | None:
+    """The expected fraction every scored drug is calibrated to, when it is one and the same."""
+    fractions = {adata.uns[m.key]["threshold"].get("expected_fraction")
+                 if adata.uns[m.key]["threshold"].get("source") == "expected fraction" else None
+                 for m in members(adata)}
+    return next(iter(fractions)) if len(fractions) == 1 and None not in fractions else None
+
+
+def comparison_notes(adata: ad.AnnData) -> list[str]:
+    """What the panel's numbers do and do not compare across drugs, in the words the app, the CLI
+    and the HTML report all use: uncalibrated drugs, or every drug calibrated to one fraction (then
+    the whole-sample ranking is equal by construction)."""
+    notes = []
+    loose = uncalibrated(adata)
+    if len(members(adata)) < MIN_MODELS:
+        return [f"Only one drug was scored: comparing drugs needs at least {MIN_MODELS} scored drugs."]
+    if loose:
+        notes.append(
+            f"Uncalibrated (model default or a set threshold): {', '.join(loose)}. Each model has its own default "
+            "threshold (the original scATD's: 0.05 for Dist_VAE, 0.5 for VAE_sf/VAE_gf) and its own scale of P(resistant), "
+            "so neither the fractions called resistant nor the mean P(resistant) compare across drugs. What does "
+            "compare: one drug's clusters or samples against each other, and the order of the cells within one "
+            "drug; across drugs, fractions once every drug is calibrated (to an expected resistant fraction of "
+            "its own, or on labelled cells).")
+    fraction = one_expected_fraction(adata)
+    if fraction is not None:
+        notes.append(
+            f"Every drug is calibrated to the same expected fraction ({fraction:.0%}), so the whole sample's "
+            "fractions resistant are equal by construction and the whole-sample ranking says nothing about "
+            "the drugs (its order only breaks the tie by mean P(resistant), which does not compare across "
+            "models). Compare the drugs per cluster or per sample, or give each drug its own expected "
+            "fraction (e.g. from a bulk assay of this tumour).")
+    return notes
+
+
+def resistant_to_all_statement(adata: ad.AnnData) -> tuple[str, bool]:
+    """The sentence about the cells called resistant to every scored drug, and whether they may be
+    called a possible multi-drug-resistant subclone (and their biomarkers looked up): only with at
+    least two scored drugs, every one calibrated. At uncalibrated thresholds (the original Dist_VAE
+    default of 0.05 can call most cells resistant) the count is given with that caveat and nothing more."""
+    scored = members(adata)
+    if len(scored) < MIN_MODELS:
+        return (f"Only {len(scored)} drug scored the cells: finding cells resistant to every drug needs at least "
+                f"{MIN_MODELS} scored drugs.", False)
+    n_all = int(adata.obs[_keys.PANEL_RESISTANT_TO_ALL].sum())
+    n_cells = int((adata.obs[_keys.PANEL_N_SCORED] > 0).sum())
+    counted = f"{n_all:,} of {n_cells:,} scored cells are called resistant to all {len(scored)} scored drugs"
+    loose = uncalibrated(adata)
+    if loose:
+        return (f"{counted}, at uncalibrated thresholds ({', '.join(loose)}): a model's default threshold can "
+                "call most cells resistant, so this is not yet evidence of a multi-drug-resistant subclone. "
+                "Calibrate every drug (an expected resistant fraction, or labelled cells), then look again.", False)
+    if n_all == 0:
+        return f"{counted}.", False
+    return f"{counted}: a possible multi-drug-resistant subclone.", True
 
 
 # --------------------------------------------------------------------------- tables
@@ -357,13 +503,15 @@ def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.Data
     """Cells x drugs: one row per uploaded cell, in input order.
 
     Columns: ``cell_id``; per scored drug ``<DRUG>_prob_resistant`` (``_sd`` in sample mode),
-    ``<DRUG>_label``, ``<DRUG>_calibrated``; ``n_drugs_resisted``, ``resistant_to_all``; then
+    ``<DRUG>_label``, ``<DRUG>_calibrated``; ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
+    drug scored the cell), ``resistant_to_all``; then
     ``umap_1, umap_2``, ``cluster`` when computed and ``extra_columns`` of ``obs``.
     """
     cols: dict[str, np.ndarray] = {"cell_id": adata.obs_names.astype(str).to_numpy()}
     for m in members(adata):
         cols.update(_drug_columns(adata, m))
-    cols["n_drugs_resisted"] = adata.obs[_keys.PANEL_N_RESISTED].to_numpy()
+    cols["n_drugs_scored"] = adata.obs[_keys.PANEL_N_SCORED].to_numpy()
+    cols["n_drugs_resisted"] = adata.obs[_keys.PANEL_N_RESISTED].array
     cols["resistant_to_all"] = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)
     from scatd_core.export import with_cell_context
 
@@ -448,6 +596,12 @@ def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: in
 
     if _keys.PANEL_RESISTANT_TO_ALL not in adata.obs:
         raise InputError("No panel prediction in this dataset.", "Run a panel first.")
+    loose = uncalibrated(adata)
+    if loose:
+        raise InputError(f"Not every drug is calibrated ({', '.join(loose)} at an uncalibrated threshold), so the "
+                         "cells called resistant to every drug are not yet a subclone worth characterising.",
+                         "Calibrate every drug first (--expected-fraction, or --calibrate-on-labels).",
+                         app_hint="Calibrate every drug first (an expected resistant fraction, above).")
     everywhere = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)
     scored_all = np.ones(adata.n_obs, dtype=bool)
     for m in members(adata):
@@ -489,6 +643,15 @@ def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: in
 
 #: Panel names: letters, digits, spaces and ``. _ - + ( )``, 1-64 characters.
 PANEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]{0,63}$")
+
+
+def check_panel_name(name: str) -> str:
+    """The panel name, stripped; :class:`InputError` when it is not a valid one (checked before any work)."""
+    name = str(name or "").strip()
+    if not PANEL_NAME.match(name):
+        raise InputError(f"{name!r} is not a valid panel name.",
+                         "Use 1-64 letters, digits, spaces or . _ - + ( ), starting with a letter or digit.")
+    return name
 
 
 def panels_file(user: str | None) -> Path:
@@ -536,10 +699,7 @@ def save_panel(name: str, models: Sequence[str], user: str | None, *, library: s
     """Save a named panel of library models (folder names) for ``user``; returns its record."""
     from scatd_core.bundle import list_library
 
-    name = str(name or "").strip()
-    if not PANEL_NAME.match(name):
-        raise InputError(f"{name!r} is not a valid panel name.",
-                         "Use 1-64 letters, digits, spaces or . _ - + ( ), starting with a letter or digit.")
+    name = check_panel_name(name)
     models = list(dict.fromkeys(str(m) for m in models))
     if len(models) < MIN_MODELS:
         raise InputError(f"A panel needs at least {MIN_MODELS} models; got {len(models)}.")

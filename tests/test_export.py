@@ -250,6 +250,7 @@ def test_write_report_without_a_ranking_removes_an_earlier_biomarkers_csv(filter
 def test_file_stem():
     assert export.file_stem("my tumour.csv.gz", "Gefitinib") == "my_tumour_Gefitinib"
     assert export.file_stem(None, None) == "data"
+    assert export.file_stem("demo (simulated data)", "panel") == "demo_simulated_data_panel"  # no "__"
 
 
 def test_umap_figure_never_breaks_on_missing_coordinates():

@@ -120,14 +120,16 @@ def test_multi_resistant_cells_and_their_markers(library):
 
     data = make_dataset(300, seed=6)
     panel.predict_panel(data, _bundles(library))
+    # at uncalibrated thresholds the cells resistant to all are not yet a subclone to characterise
+    with pytest.raises(InputError, match="Not every drug is calibrated"):
+        panel.multi_resistant_markers(data)
+    panel.calibrate_panel(data, 0.4)
     assert data.obs["scatd_panel_resistant_to_all"].sum() >= 3
     top = panel.multi_resistant_markers(data, n_top=20)
     assert len(top) == 20 and (top["n_panel_models_using"] == 3).all()
     # the models were trained on the planted resistance program: its genes mark the cells resistant to all
     assert sum(g in RESISTANCE_PROGRAM for g in top["gene"]) >= 5
-    for m in panel.members(data):
-        set_threshold(data, 1.0, "user", key_added=m.key)
-    panel.refresh(data)
+    panel.calibrate_panel(data, 0.01)
     with pytest.raises(InputError, match="at least 3 of each"):
         panel.multi_resistant_markers(data)
 
@@ -168,7 +170,7 @@ def test_cli_predict_with_several_models_writes_one_column_set_per_drug(lib_env,
         assert {f"{drug}_prob_resistant", f"{drug}_label", f"{drug}_calibrated"} <= set(table.columns)
         assert table[f"{drug}_calibrated"].all()  # --expected-fraction calibrated every drug
         assert (table[f"{drug}_label"] == "resistant").mean() == pytest.approx(0.3, abs=0.02)
-    assert "sample" in table and "n_drugs_resisted" in table
+    assert "sample" in table and "n_drugs_resisted" in table and (table["n_drugs_scored"] == 3).all()
     back = ad.read_h5ad(h5)
     assert {"scatd_DRUGA_prob_resistant", "scatd_DRUGD_label", "scatd_panel_n_resisted"} <= set(back.obs.columns)
     assert "scatd_panel" in back.uns
@@ -176,7 +178,8 @@ def test_cli_predict_with_several_models_writes_one_column_set_per_drug(lib_env,
     assert set(s["grouping"]) == {"all", "sample"}
     html = rep.read_text()
     assert "Drug ranking" in html and "DRUGD" in html and "https://" not in html.split("</script>")[-1]
-    assert "DRUGD: Genes: 1,200 of 1,200" in err and "resistant to every scored drug" in err
+    assert "DRUGD: Genes: 1,200 of 1,200" in err and "called resistant to all 3 scored drugs" in err
+    assert "equal by construction" in err  # one --expected-fraction for every drug: the ranking is a tie
     # the panel's own outputs with one model: said at once, not silently left out
     code = main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--output",
                  str(tmp_path / "one.csv"), "--group-summary", str(tmp_path / "one_summary.csv")])
@@ -267,11 +270,20 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
 def test_panel_report_html_has_the_figures(library):
     data = make_dataset(150, seed=9)
     panel.predict_panel(data, _bundles(library))
+    uncalibrated = export.panel_html_report(data, group_columns=["sample"])
+    assert "at uncalibrated thresholds" in uncalibrated and "possible multi-drug-resistant" not in uncalibrated
+    assert "compare mean P" not in uncalibrated  # not comparable across models
+    panel.calibrate_panel(data, 0.5)
     markers = panel.multi_resistant_markers(data, n_top=5)
     html = export.panel_html_report(data, group_columns=["sample"], markers=markers, data_name="t<b>.h5ad")
     assert html.count("class=\"plotly-graph-div\"") >= 3  # ranking, heatmap, dot plot
-    assert "t&lt;b&gt;.h5ad" in html and "not calibrated" in html
+    assert "t&lt;b&gt;.h5ad" in html and "possible multi-drug-resistant subclone" in html
+    assert "equal by construction" in html  # every drug calibrated to one fraction
     assert markers["gene"].iloc[0] in html
+    # the footer names the files as they were downloaded, each with what it holds
+    named = export.panel_html_report(data, files=["t_panel.csv", "t_panel_summary.csv", "t_panel_annotated.h5ad"])
+    assert ("t_panel.csv (cells x drugs), t_panel_summary.csv (per cluster / sample and drug), "
+            "t_panel_annotated.h5ad (one column set per drug)") in named
 
 
 def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch, capsys):
@@ -286,6 +298,7 @@ def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch,
     demo_panel(cells, argparse.Namespace(out=str(tmp_path), library=None))
     out = capsys.readouterr().out
     assert "1. DRUG" in out and "panel_report.html" in out
+    assert "(uncalibrated)" in out and "at uncalibrated thresholds" in out  # the demo panel is not calibrated
     table = pd.read_csv(tmp_path / "panel.csv")
     assert {"DRUGA_label", "response", "sample", "cluster"} <= set(table.columns)
     summary = pd.read_csv(tmp_path / "panel_summary.csv")
@@ -332,3 +345,198 @@ def test_two_models_of_one_drug_keep_their_own_columns(library):
     np.testing.assert_allclose(table["DRUGB_prob_resistant"], single.obs["scatd_prob_resistant"])
     summary = panel.group_summary(data, "sample")
     assert sorted(set(summary["drug"])) == ["DRUGA", "DRUGA_2", "DRUGB"]
+
+
+def test_cli_panel_beta_mode_is_each_models_single_prediction(small_bundles, tmp_path, capsys):
+    """--beta-mode separate reaches every model of a panel: an imported original Dist_VAE checkpoint
+    (beta_mode shared_with_head) gives in the panel what it gives alone with --beta-mode separate."""
+    from scatd_core.bundle import import_checkpoint
+
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    other = import_checkpoint(bundle.path.parent / "dist_vae.pth", "dist_vae", drug="OTHERDRUG", out=tmp_path / "other",
+                              genes=bundle.path.parent / "genes.txt")
+    x = np.abs(np.random.default_rng(6).normal(size=(40, enc[0]))).astype(np.float32)
+    ad.AnnData(x, var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / "cells.h5ad")
+    cells = str(tmp_path / "cells.h5ad")
+    runs = {}
+    for name, extra in (("panel", ["--model", str(other.path)]), ("single", [])):
+        for mode in ("separate", "shared_with_head"):
+            out = tmp_path / f"{name}_{mode}"
+            assert main(["predict", "--input", cells, "--model", str(bundle.path), *extra, "--output",
+                         f"{out}.csv", "--h5ad", f"{out}.h5ad", "--beta-mode", mode]) == 0, capsys.readouterr().err
+            back = ad.read_h5ad(f"{out}.h5ad")
+            key = "scatd_TESTDRUG" if name == "panel" else "scatd"
+            runs[name, mode] = (back.obs[f"{key}_prob_resistant"].to_numpy(), back.obsm[f"X_{key}"])
+    for mode in ("separate", "shared_with_head"):
+        for got, single in zip(runs["panel", mode], runs["single", mode]):
+            np.testing.assert_array_equal(got, single)
+    # the two modes differ (the original inference's encoder runs with the head's beta)
+    assert np.abs(runs["panel", "separate"][1] - runs["panel", "shared_with_head"][1]).max() > 1e-2
+
+
+def test_comparisons_say_what_compares_and_each_drug_gets_its_own_fraction(library):
+    data = make_dataset(200, seed=13)
+    panel.predict_panel(data, _bundles(library))
+    notes = " ".join(panel.comparison_notes(data))
+    assert "Uncalibrated" in notes and "compare mean P" not in notes
+    assert "neither the fractions called resistant nor the mean P(resistant) compare" in notes
+    panel.calibrate_panel(data, 0.3)
+    assert "equal by construction" in " ".join(panel.comparison_notes(data))
+    assert panel.one_expected_fraction(data) == 0.3
+    done = panel.calibrate_panel(data, 0.3, {"druga": 0.1, "DRUGC": 0.5})
+    assert done == {"DRUGA": 0.1, "DRUGB": 0.3, "DRUGC": 0.5}
+    ranking = panel.drug_ranking(data).set_index("drug")
+    for drug, fraction in done.items():
+        assert ranking.loc[drug, "fraction_resistant"] == pytest.approx(fraction, abs=0.01)
+    assert panel.comparison_notes(data) == [] and panel.one_expected_fraction(data) is None
+    with pytest.raises(InputError, match="No scored drug of the panel is called 'NOPE'"):
+        panel.calibrate_panel(data, per_drug={"NOPE": 0.2})
+
+
+def test_cli_expected_fraction_per_drug(lib_env, tmp_path, capsys):
+    make_dataset(150, seed=14).write_h5ad(tmp_path / "cells.h5ad")
+    base = ["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
+            "--model", "DRUGC", "--output", str(tmp_path / "p.csv")]
+    assert main(base + ["--expected-fraction", "DRUGA=0.1", "--expected-fraction", "0.4"]) == 0
+    err = capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert (table["DRUGA_label"] == "resistant").mean() == pytest.approx(0.1, abs=0.02)
+    assert (table["DRUGB_label"] == "resistant").mean() == pytest.approx(0.4, abs=0.02)
+    assert "equal by construction" not in err and table["DRUGC_calibrated"].all()
+    assert main(base + ["--expected-fraction", "NOPE=0.1"]) == 2
+    assert "not a drug of the panel" in capsys.readouterr().err
+    one = ["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--output", str(tmp_path / "o.csv")]
+    assert main(one + ["--expected-fraction", "DRUGA=0.1"]) == 2
+    assert "this run has one model" in capsys.readouterr().err
+
+
+def test_resistant_to_all_is_a_subclone_only_when_calibrated_and_two_drugs_scored(library, small_bundles):
+    data = make_dataset(200, seed=15)
+    panel.predict_panel(data, _bundles(library))
+    text, subclone = panel.resistant_to_all_statement(data)
+    assert "at uncalibrated thresholds (DRUGA, DRUGB, DRUGC)" in text and not subclone
+    assert "possible multi-drug-resistant subclone" not in text
+    panel.calibrate_panel(data, 0.5)
+    text, subclone = panel.resistant_to_all_statement(data)
+    assert text.endswith("a possible multi-drug-resistant subclone.") and subclone
+    # one model scored, the other skipped: no cross-drug sentence
+    lone = make_dataset(100, seed=15)
+    panel.predict_panel(lone, _bundles(library, ("DRUGA",)) + [small_bundles["vae_sf"][0]])
+    text, subclone = panel.resistant_to_all_statement(lone)
+    assert "needs at least 2 scored drugs" in text and "resistant to all" not in text and not subclone
+    assert "at least 2 scored drugs" in " ".join(panel.comparison_notes(lone))
+
+
+def test_cells_no_drug_scored_have_no_count_of_drugs_resisted(library, tmp_path):
+    data = make_dataset(120, seed=16)
+    qc = np.ones(120, dtype=bool)
+    qc[:10] = False
+    data.obs["scatd_qc_pass"] = qc
+    panel.predict_panel(data, _bundles(library), mask="scatd_qc_pass")
+    counts = data.obs["scatd_panel_n_resisted"]
+    assert counts.isna().to_numpy()[:10].all() and counts.notna().to_numpy()[10:].all()
+    assert (data.obs["scatd_panel_n_scored"].to_numpy() == np.where(qc, 3, 0)).all()
+    assert np.isnan(panel.n_resisted_values(data)[:10]).all()
+    table = panel.panel_table(data)
+    assert table["n_drugs_resisted"].isna().sum() == 10 and (table["n_drugs_scored"].iloc[:10] == 0).all()
+    csv = pd.read_csv(__import__("io").BytesIO(export.to_csv_bytes(table)))
+    assert csv["n_drugs_resisted"].isna().sum() == 10
+    export.write_h5ad(data, tmp_path / "p.h5ad")
+    back = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert back.obs["scatd_panel_n_resisted"].isna().sum() == 10 and "scatd_panel_n_scored" in back.obs
+
+
+def test_the_same_model_twice_is_scored_once(lib_env, tmp_path, capsys):
+    make_dataset(80, seed=17).write_h5ad(tmp_path / "cells.h5ad")
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--model", "DRUGA",
+                 "--model", "DRUGB", "--output", str(out), "--h5ad", str(tmp_path / "p.h5ad")]) == 0
+    err = capsys.readouterr().err
+    assert "DRUGA (DRUGA) was given twice; it is scored once" in err
+    table = pd.read_csv(out)
+    assert "DRUGA_2_prob_resistant" not in table and {"DRUGA_label", "DRUGB_label"} <= set(table.columns)
+    assert table["n_drugs_scored"].max() == 2
+    # two different models of one drug: both scored, said to count as two, told apart by their folder
+    make_bundle(lib_env / "DRUGA_v2", make_dataset(120, seed=1), drug="DRUGA", seed=9, steps=5)
+    kept, notes = panel.check_models(_bundles(lib_env, ("DRUGA", "DRUGA_v2", "DRUGA")))
+    assert [b.path.name for b in kept] == ["DRUGA", "DRUGA_v2"]
+    assert any("DRUGA has 2 different models in the panel (DRUGA, DRUGA_v2)" in n and "DRUGA, DRUGA_2" in n
+               for n in notes)
+    data = make_dataset(60, seed=17)
+    panel.predict_panel(data, kept)
+    assert list(export.panel_models_table(data)["folder"]) == ["DRUGA", "DRUGA_v2"]
+
+
+def test_cli_mask_scores_only_the_qc_passing_cells(lib_env, tmp_path, capsys):
+    data = make_dataset(100, seed=18)
+    data.obs["scatd_qc_pass"] = np.arange(100) >= 20
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    cells = str(tmp_path / "cells.h5ad")
+    assert main(["predict", "--input", cells, "--model", "DRUGA", "--output", str(tmp_path / "one.csv"),
+                 "--mask", "scatd_qc_pass"]) == 0
+    one = pd.read_csv(tmp_path / "one.csv")
+    assert len(one) == 100 and one["prob_resistant"].isna().sum() == 20
+    assert one["label"].iloc[:20].str.startswith("filtered").all() and one["prob_resistant"].iloc[20:].notna().all()
+    assert main(["predict", "--input", cells, "--model", "DRUGA", "--model", "DRUGB", "--output",
+                 str(tmp_path / "p.csv"), "--mask", "scatd_qc_pass"]) == 0
+    assert "scoring 80 of 100 cells" in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert table["DRUGB_prob_resistant"].isna().sum() == 20 and table["n_drugs_resisted"].isna().sum() == 20
+    assert main(["predict", "--input", cells, "--model", "DRUGA", "--output", str(tmp_path / "x.csv"),
+                 "--mask", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no obs['nope']" in err and "scatd_qc_pass" in err and "Traceback" not in err
+
+
+def test_cli_messages_name_the_model_folder_and_no_app_page(lib_env, tmp_path, capsys):
+    data = make_dataset(60, seed=19)
+    other = data[:, :300].copy()
+    other.var_names = [f"OTHER{i}" for i in range(300)]
+    make_bundle(tmp_path / "OTHERGENES", other, drug="DRUGX", steps=2)
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--model",
+                 str(tmp_path / "OTHERGENES"), "--output", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: DRUGX (model OTHERGENES) skipped" in err and "DRUGX (DRUGX" not in err
+    assert "Only 1 drug scored the cells" in err and "resistant to all 1" not in err
+    data.var_names = [f"X{i}" for i in range(data.n_vars)]
+    data.write_h5ad(tmp_path / "nogenes.h5ad")
+    assert main(["predict", "--input", str(tmp_path / "nogenes.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
+                 "--output", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "No model of the panel could score" in err and "Model page" not in err and "`scatd models`" in err
+
+
+def test_train_panel_leaves_below_chance_models_out_of_the_saved_panel(tmp_path, monkeypatch, capsys):
+    """A model at or below chance on the bulk CV is flagged in the summary and left out of --save-panel
+    (--include-below-chance keeps it); a bad panel name is refused before any training."""
+    from scatd_core.train._panel import _card_row
+
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp_path / "lib"))
+    lib = tmp_path / "lib"
+    data = make_dataset(60, seed=20)
+    bundles = [make_bundle(lib / d, data, drug=d, seed=i, steps=2) for i, d in enumerate(("GOOD", "OKAY", "BAD"))]
+    for b, auroc in zip(bundles, (0.8, 0.7, 0.45)):
+        b.manifest["metrics"] = {"cv": {"auroc": auroc}}
+    rows = [_card_row(b.drug, "trained", b, None, 20, 20, 1.0) for b in bundles]
+    assert [r["below_chance"] for r in rows] == [False, False, True]
+    assert rows[2]["verdict"].startswith("Below chance: bulk CV AUROC 0.450 <= 0.5")
+    summary = pd.DataFrame(rows)
+    calls = []
+
+    def fake_train_panel(*a, **k):
+        calls.append(k)
+        return summary, bundles
+
+    monkeypatch.setattr("scatd_core.train.train_panel", fake_train_panel)
+    args = ["train-panel", "--bulk", "b.h5ad", "--bulk-labels", "l.csv", "--drugs", "all", "--target", "t.h5ad"]
+    assert main(args + ["--save-panel", "bad/name"]) == 2
+    assert "not a valid panel name" in capsys.readouterr().err and calls == []
+    assert main(args + ["--save-panel", "starter"]) == 0
+    err = capsys.readouterr()
+    assert "left out of panel 'starter', at or below chance on the bulk CV: BAD" in err.err
+    assert "BAD: Below chance" in err.out
+    user = __import__("getpass").getuser()
+    assert panel.list_panels(user)["starter"]["models"] == ["GOOD", "OKAY"]
+    assert main(args + ["--save-panel", "starter", "--include-below-chance"]) == 0
+    assert panel.list_panels(user)["starter"]["models"] == ["GOOD", "OKAY", "BAD"]

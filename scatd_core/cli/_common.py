@@ -176,6 +176,10 @@ def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several:
                    help="CSV/TSV orientation (default: detected)")
     p.add_argument("--biomart", help="a BioMart table (Gene stable ID, Gene name) to map Ensembl IDs to symbols")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--mask", metavar="COLUMN",
+                   help="True/False obs column of the input: score only its True cells (e.g. scatd_qc_pass in an "
+                        "annotated.h5ad from the app, whose QC filter it records); the others keep their row, "
+                        "marked filtered")
     g = p.add_argument_group("VAE_sf / VAE_gf models on an expression file (the embeddings are computed first)")
     g.add_argument("--max-genes", type=positive_int,
                    help="scFoundation: most expressed genes per cell (default 8000; a cell with more is refused)")
@@ -195,6 +199,22 @@ def read_input(args, backed="auto"):
     for w in adata.uns[io.REPORT_KEY].get("warnings", []):
         say(f"warning: {w}")
     return adata
+
+
+def cell_mask(adata, args):
+    """``--mask COLUMN`` as a boolean array over the cells (``None`` without it), checked and said."""
+    if not getattr(args, "mask", None):
+        return None
+    from scatd_core.predict import _mask_of
+
+    columns = ", ".join(map(str, adata.obs.columns)) or "none"
+    mask = _mask_of(adata, args.mask, subject="The input",
+                    missing_hint=f"Name a True/False column of its cell annotations (its columns: {columns}), "
+                                 "or leave out --mask.",
+                    nothing_left=f"obs['{args.mask}'] is False for every cell, so --mask leaves nothing to score.")
+    say(f"--mask {args.mask}: scoring {int(mask.sum()):,} of {adata.n_obs:,} cells; the others keep their row, "
+        "marked filtered.")
+    return mask
 
 
 def add_label_arguments(p: argparse.ArgumentParser, use: str = "for evaluation") -> None:

@@ -66,6 +66,7 @@ def report_options(data: Path, model: Path, out: str) -> argparse.Namespace:
 def demo_panel(adata, args) -> None:
     """The demo's 3-drug panel on the same cells, written next to the single-drug report."""
     from scatd_core import demo, export, panel
+    from scatd_core.cli.predict import say_panel_comparison
 
     bundles = demo.ensure_panel(library=args.library, progress=Progress("Building the demo panel"))
     panel.predict_panel(adata, bundles, device="auto", progress=Progress("Panel"))
@@ -73,14 +74,14 @@ def demo_panel(adata, args) -> None:
     out = Path(args.out)
     (out / "panel.csv").write_bytes(export.to_csv_bytes(panel.panel_table(adata, [demo.DEMO_LABEL_COLUMN, *groups])))
     export.write_panel_summary(adata, out / "panel_summary.csv", groups)
-    markers = panel.multi_resistant_markers(adata) if adata.obs["scatd_panel_resistant_to_all"].sum() >= 3 else None
+    markers = (panel.multi_resistant_markers(adata)
+               if panel.resistant_to_all_statement(adata)[1] and adata.obs["scatd_panel_resistant_to_all"].sum() >= 3
+               else None)
     export.write_h5ad(adata, out / "annotated.h5ad")  # again, with the panel's columns next to the single drug's
     (out / "panel_report.html").write_text(export.panel_html_report(adata, group_columns=groups, markers=markers,
                                                                     data_name="demo (simulated data)",
                                                                     files=export.PANEL_DOWNLOADS),
                                            encoding="utf-8")
-    for rec in panel.drug_ranking(adata).itertuples(index=False):
-        print(f"{rec.rank}. {rec.drug}: {rec.fraction_resistant:.1%} of the cells called resistant "
-              f"(mean P {rec.mean_prob_resistant:.3f})")
+    say_panel_comparison(adata, print)
     for name in PANEL_FILES:
         print(f"{name}: {out / name}")

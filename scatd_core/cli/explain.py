@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, at_least_two, \
-    check_outputs, positive_int, prepare_embeddings, read_input, resolve_bundle, say
+    cell_mask, check_outputs, positive_int, prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.errors import ScatdError
 
 
@@ -161,14 +161,16 @@ def run(args) -> int:
         if gene_level(adata, bundle, args.level) or (needs_embedding(adata, bundle) and args.level != "features"):
             raise ScatdError("Gene-level biomarkers through a foundation model do not run on Ray.",
                              "Use --level features (the embedding features), or leave out --engine ray.")
+        mask = cell_mask(adata, args)
         prepare_embeddings(adata, bundle, args)  # on Ray
-        _predict_on_ray(adata, bundle, args)
+        _predict_on_ray(adata, bundle, args, mask)
         inputs = None
     else:
         adata = read_input(args)
+        mask = cell_mask(adata, args)
         prepare_embeddings(adata, bundle, args)
-        inputs = ModelInput(adata, bundle)
-        predict(adata, bundle, inputs=inputs, device=args.device, threshold=args.threshold,
+        inputs = ModelInput(adata, bundle, mask=mask)
+        predict(adata, bundle, inputs=inputs, mask=mask, device=args.device, threshold=args.threshold,
                 progress=Progress("Predicting"))
     result = explain_from_args(adata, bundle, args, inputs=inputs, keep_top=per_cell[0] if per_cell else None)
     out = Path(args.output)
@@ -186,13 +188,13 @@ def run(args) -> int:
     return 0
 
 
-def _predict_on_ray(adata, bundle, args) -> None:
+def _predict_on_ray(adata, bundle, args, mask=None) -> None:
     """``scatd explain --engine ray``: the prediction the explanation explains, on Ray too (its
     parts in ``<output>.predictions.parts/``), in batches of 1024 cells as one process makes them."""
     from scatd_core import scaleout
     from scatd_core.config import settings
 
-    scaleout.predict_ray(adata, bundle, f"{args.output}.predictions", device=args.device, batch_size=1024,
+    scaleout.predict_ray(adata, bundle, f"{args.output}.predictions", mask=mask, device=args.device, batch_size=1024,
                          threshold=args.threshold, shard_cells=args.shard_cells, address=args.address or
                          settings()["scaleout_address"], workers=args.workers or settings()["scaleout_workers"],
                          load_latent=False, progress=Progress("Predicting on Ray"))

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
-                                    apply_label_direction, check_columns, check_outputs, positive_int, prepare_embeddings, probability, read_input,
-                                    resolve_bundle, say)
+                                    apply_label_direction, cell_mask, check_columns, check_outputs, positive_int,
+                                    prepare_embeddings, probability, read_input, resolve_bundle, say)
 
 
 def add(sub) -> None:
@@ -60,20 +60,46 @@ def add_prediction_arguments(p) -> None:
     thr = p.add_mutually_exclusive_group()
     thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's); "
                      "either is marked uncalibrated in the outputs")
-    thr.add_argument("--expected-fraction", type=probability,
-                     help="calibrate the threshold so this share of the cells is called resistant")
+    thr.add_argument("--expected-fraction", type=expected_fraction, action="append", metavar="[DRUG=]FRACTION",
+                     help="calibrate the threshold so this share of the cells is called resistant; for a panel, "
+                          "DRUG=FRACTION gives one drug its own (repeat it; drugs not named take the plain value "
+                          "when one is given, else keep their threshold)")
     thr.add_argument("--calibrate-on-labels", choices=["youden", "mcc"],
                      help="calibrate the threshold on the labelled cells of --label-column")
     p.add_argument("--beta-mode", choices=BETA_MODES, help="override the bundle's Swish mode")
 
 
-def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_latent: bool = False):
+def expected_fraction(text: str):
+    """``FRACTION`` or ``DRUG=FRACTION`` (``(drug, fraction)``)."""
+    drug, sep, value = text.rpartition("=")
+    if not sep:
+        return probability(text)
+    if not drug.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r} is not DRUG=FRACTION (e.g. CISPLATIN=0.2)")
+    return drug.strip(), probability(value)
+
+
+def expected_fractions(args) -> tuple[float | None, dict[str, float]]:
+    """``--expected-fraction``'s plain value (``None`` if none) and its ``{DRUG: fraction}``."""
+    from scatd_core.errors import ScatdError
+
+    plain = [v for v in args.expected_fraction or [] if not isinstance(v, tuple)]
+    per_drug = dict(v for v in args.expected_fraction or [] if isinstance(v, tuple))
+    if len(plain) > 1:
+        raise ScatdError(f"--expected-fraction was given {len(plain)} plain values ({', '.join(map(str, plain))}).",
+                         "Give one for every drug, and DRUG=FRACTION for the drugs that differ.")
+    return (plain[0] if plain else None), per_drug
+
+
+def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_latent: bool = False, mask=None):
     """Predict (and calibrate) as the arguments say; prints the time estimate, coverage, warnings
     and the threshold.
 
     Returns the :class:`~scatd_core.scaleout.ScaleoutRun` with ``--engine ray``, else ``None``
     (its shard parts beside ``output``, default ``args.output``; the latent read into the data
-    only with ``load_latent``).
+    only with ``load_latent``). ``mask``: the cells to score (:func:`~scatd_core.cli._common.cell_mask`).
     """
     from scatd_core._matrix import stored_fraction
     from scatd_core.predict import device_description, estimate_seconds, predict, resolve_device
@@ -84,7 +110,7 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
         from scatd_core.config import settings
 
         address = args.address or settings()["scaleout_address"]
-        run = scaleout.predict_ray(adata, bundle, output or args.output, mode=args.mode, n_samples=args.samples,
+        run = scaleout.predict_ray(adata, bundle, output or args.output, mask=mask, mode=args.mode, n_samples=args.samples,
                                    seed=args.seed, device=args.device, batch_size=args.batch_size,
                                    threshold=args.threshold, beta_mode=args.beta_mode, shard_cells=args.shard_cells,
                                    workers=args.workers or settings()["scaleout_workers"], address=address,
@@ -101,7 +127,7 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
                                     device=args.device, density=stored_fraction(adata.X))
         say(f"Estimated time: about {max(1, round(estimate)):,} s for {adata.n_obs:,} cells on "
             f"{device_description(resolve_device(args.device))} (from per-cell costs; nothing run yet).")
-        predict(adata, bundle, inputs=inputs, mode=args.mode, n_samples=args.samples, seed=args.seed,
+        predict(adata, bundle, inputs=inputs, mask=mask, mode=args.mode, n_samples=args.samples, seed=args.seed,
                 device=args.device, batch_size=args.batch_size, threshold=args.threshold, beta_mode=args.beta_mode,
                 progress=Progress("Predicting"))
     calibrate_from_args(adata, args)
@@ -113,8 +139,14 @@ def calibrate_from_args(adata, args, key_added: str | None = None) -> None:
     """``--expected-fraction`` / ``--calibrate-on-labels`` (``--threshold`` is set by predict)."""
     from scatd_core.predict import calibrate
 
-    if args.expected_fraction is not None:
-        calibrate(adata, expected_fraction=args.expected_fraction, key_added=key_added)
+    fraction, per_drug = expected_fractions(args)
+    if per_drug:
+        from scatd_core.errors import ScatdError
+
+        raise ScatdError(f"--expected-fraction {next(iter(per_drug))}=... gives one drug of a panel its own fraction; "
+                         "this run has one model.", "Give the fraction alone: --expected-fraction 0.3.")
+    if fraction is not None:
+        calibrate(adata, expected_fraction=fraction, key_added=key_added)
     elif args.calibrate_on_labels:
         if not args.label_column:
             from scatd_core.errors import ScatdError
@@ -157,11 +189,23 @@ def panel_bundles(args) -> list:
         if not bundles:
             raise ScatdError(f"No model of panel {args.panel!r} can be loaded.",
                              "Check the library with `scatd models`, and save the panel again.")
+        from scatd_core.panel import check_models
+
+        bundles, notes = check_models(bundles)
+        for note in notes:
+            say(f"warning: {note}")
         return bundles
     if not models:
         raise ScatdError("Say which model to use: --model NAME (repeat it for a panel), or --panel NAME.",
                          "`scatd models` lists the installed models; `scatd panel list` your saved panels.")
-    return [resolve_bundle(m, args.library) for m in models] if len(models) > 1 else []
+    if len(models) < 2:
+        return []
+    from scatd_core.panel import check_models
+
+    bundles, notes = check_models([resolve_bundle(m, args.library) for m in models])
+    for note in notes:
+        say(f"warning: {note}")
+    return bundles
 
 
 def run(args) -> int:
@@ -186,7 +230,7 @@ def run(args) -> int:
     check_columns(adata, args)
     prepare_embeddings(adata, bundle, args)  # on Ray too with --engine ray
     label_column = apply_label_direction(adata, args)
-    run_ = predict_from_args(adata, bundle, args)
+    run_ = predict_from_args(adata, bundle, args, mask=cell_mask(adata, args))
     table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c])
     out = Path(args.output)
     with writing(out):
@@ -214,31 +258,45 @@ def run_panel(args, bundles) -> int:
     """Score every model of the panel; one column set per drug in the table and the h5ad."""
     from scatd_core import export, panel
     from scatd_core._output import writing
-    from scatd_core.predict import set_threshold
-
     from scatd_core.errors import ScatdError
+    from scatd_core.predict import set_threshold
 
     if getattr(args, "engine", "local") == "ray":
         raise ScatdError("--engine ray scores one model at a time; a panel runs in this process.",
                          "Leave out --engine ray, or run one `scatd predict --engine ray --model X` per drug.")
+    fraction, per_drug = expected_fractions(args)
+    names = panel.distinct_drugs([b.drug or b.name for b in bundles])
+    unknown = [d for d in per_drug if d.lower() not in {n.lower() for n in names}]
+    if unknown:
+        raise ScatdError(f"--expected-fraction names {', '.join(unknown)}, not a drug of the panel.",
+                         f"The panel's drugs: {', '.join(names)}.")
     adata = read_input(args)
     check_columns(adata, args)
+    mask = cell_mask(adata, args)
     for bundle in bundles:  # VAE_sf/VAE_gf on expression: embeddings once per backbone (cached in the data)
         try:
             prepare_embeddings(adata, bundle, args)
         except ScatdError as exc:
             say(f"warning: {bundle.drug or bundle.name}: no cell embeddings ({exc.message}); it will be skipped")
     label_column = apply_label_direction(adata, args)
-    say(f"Panel of {len(bundles)} models: {', '.join(b.drug or b.name for b in bundles)}")
-    members = panel.predict_panel(adata, bundles, mode=args.mode, n_samples=args.samples, seed=args.seed,
-                                  device=args.device, batch_size=args.batch_size, progress=Progress("Panel"))
+    say(f"Panel of {len(bundles)} models: {', '.join(names)}")
+    members = panel.predict_panel(adata, bundles, mask=mask, mode=args.mode, n_samples=args.samples, seed=args.seed,
+                                  device=args.device, batch_size=args.batch_size, beta_mode=args.beta_mode,
+                                  progress=Progress("Panel"))
+    scored = [m for m in members if m.scored]
     for m in members:
         if not m.scored:
-            say(f"warning: {m.drug} ({m.model}) skipped: {m.problem}")
-            continue
-        if args.threshold is not None:
+            say(f"warning: {m.drug} (model {m.folder}) skipped: {m.problem}")
+        elif args.threshold is not None:
             set_threshold(adata, args.threshold, "user", key_added=m.key)
-        calibrate_from_args(adata, args, key_added=m.key)
+        elif args.calibrate_on_labels:
+            calibrate_from_args(adata, args, key_added=m.key)
+    if fraction is not None or per_drug:
+        lost = [d for d in per_drug if d.lower() not in {m.drug.lower() for m in scored}]
+        if lost:
+            say(f"warning: --expected-fraction {', '.join(lost)}: not scored, so not calibrated.")
+        panel.calibrate_panel(adata, fraction, {d: f for d, f in per_drug.items() if d not in lost})
+    for m in scored:
         report_prediction(adata, m.key, label=f"{m.drug}: ")
     panel.refresh(adata)
     extra = [c for c in (label_column, args.sample_column) if c]
@@ -246,14 +304,7 @@ def run_panel(args, bundles) -> int:
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(export.to_csv_bytes(panel.panel_table(adata, extra)))
-    ranking = panel.drug_ranking(adata)
-    for rec in ranking.itertuples(index=False):
-        frac = "n/a" if rec.fraction_resistant != rec.fraction_resistant else f"{rec.fraction_resistant:.1%}"
-        say(f"  {rec.rank}. {rec.drug}: {frac} of {rec.n_called:,} cells called resistant, mean P "
-            f"{rec.mean_prob_resistant:.3f}" + ("" if rec.calibrated else " (uncalibrated)"))
-    if sum(m.scored for m in members) >= 2:
-        n_all = int(adata.obs["scatd_panel_resistant_to_all"].sum())
-        say(f"{n_all:,} cell(s) are called resistant to every scored drug.")
+    say_panel_comparison(adata, say)
     say(f"Wrote {out}")
     if args.group_summary:
         with writing(args.group_summary):
@@ -272,6 +323,21 @@ def run_panel(args, bundles) -> int:
             export.write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")
     return 0
+
+
+def say_panel_comparison(adata, emit=say) -> None:
+    """The whole-sample ranking (each uncalibrated drug marked), what compares across the drugs,
+    and the cells resistant to every drug: the words of the Panel page and the HTML report."""
+    from scatd_core import panel
+
+    emit("Whole sample, best drug first:")
+    for rec in panel.drug_ranking(adata).itertuples(index=False):
+        frac = "n/a" if rec.fraction_resistant != rec.fraction_resistant else f"{rec.fraction_resistant:.1%}"
+        emit(f"  {rec.rank}. {rec.drug}: {frac} of {rec.n_called:,} cells called resistant, mean P "
+             f"{rec.mean_prob_resistant:.3f}" + ("" if rec.calibrated else " (uncalibrated)"))
+    for note in panel.comparison_notes(adata):
+        emit(f"note: {note}")
+    emit(panel.resistant_to_all_statement(adata)[0])
 
 
 def os_user() -> str | None:

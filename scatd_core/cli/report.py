@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, apply_label_direction, \
-    check_columns, check_output, prepare_embeddings, read_input, resolve_bundle, say
+    cell_mask, check_columns, check_output, prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.cli.explain import add_explain_arguments, explain_from_args, gene_level
 from scatd_core.cli.predict import add_engine_arguments, add_prediction_arguments, predict_from_args
 from scatd_core.errors import ScatdError
@@ -42,16 +42,17 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
     from scatd_core.predict import auto_batch_size, resolve_device
 
     label_column = apply_label_direction(adata, args)
+    mask = cell_mask(adata, args)
     on_ray = getattr(args, "engine", "local") == "ray"
     if on_ray:
         parts = Path(args.out) / "ray"
         parts.mkdir(parents=True, exist_ok=True)
         inputs = None
-        predict_from_args(adata, bundle, args, output=parts / "predictions", load_latent=True)
+        predict_from_args(adata, bundle, args, output=parts / "predictions", load_latent=True, mask=mask)
     else:
         batch_size = args.batch_size or auto_batch_size(bundle, resolve_device(args.device))
-        inputs = ModelInput(adata, bundle, batch_size=batch_size)
-        predict_from_args(adata, bundle, args, inputs=inputs)
+        inputs = ModelInput(adata, bundle, mask=mask, batch_size=batch_size)
+        predict_from_args(adata, bundle, args, inputs=inputs, mask=mask)
     if not args.no_umap:
         embed.embed(adata, progress=Progress("UMAP"))
     if args.explain:

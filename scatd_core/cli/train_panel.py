@@ -52,7 +52,10 @@ def add(sub) -> None:
                    help="boolean obs column of the target: only its True cells are used for every drug (e.g. "
                         "scatd_qc_pass in an annotated.h5ad from the app)")
     p.add_argument("--no-resume", action="store_true", help="train every drug again, even those already trained")
-    p.add_argument("--save-panel", help="also save the trained models as your panel of this name")
+    p.add_argument("--save-panel", help="also save the trained models as your panel of this name (checked before "
+                                        "training; models at or below chance on the bulk CV are left out)")
+    p.add_argument("--include-below-chance", action="store_true",
+                   help="with --save-panel: keep models whose bulk CV AUROC is at most 0.5 in the saved panel")
     p.add_argument("--summary", help="write the summary table (CSV) here")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=positive_int,
@@ -93,6 +96,12 @@ def run(args) -> int:
     if args.target_resistant_value is not None and not args.target_labels:
         raise ScatdError("--target-resistant-value is for the --target-labels columns, and none was given.",
                          "Add --target-labels DRUG=COLUMN, or leave --target-resistant-value out.")
+    if args.include_below_chance and not args.save_panel:
+        raise ScatdError("--include-below-chance is for --save-panel, and none was given.")
+    if args.save_panel:  # a bad name is refused before any training
+        from scatd_core.panel import check_panel_name
+
+        args.save_panel = check_panel_name(args.save_panel)
     if args.summary:  # before training: never an input, always writable
         check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
                                                         args.drug_list, args.target])
@@ -133,11 +142,18 @@ def run(args) -> int:
             Path(args.summary).write_bytes(to_csv_bytes(summary))
         say(f"Wrote {args.summary}")
     if args.save_panel:
-        if len(bundles) < 2:
-            raise ScatdError(f"Only {len(bundles)} drug(s) got a model; a panel needs at least 2, so none was saved.")
-        from scatd_core.panel import save_panel
+        from scatd_core.panel import MIN_MODELS, save_panel
+        from scatd_core.train import models_to_save
 
-        save_panel(args.save_panel, [b.path.name for b in bundles], os_user(), library=args.library, replace=True)
-        say(f"Saved your panel {args.save_panel!r}: {', '.join(b.drug for b in bundles)}")
+        kept, left_out = models_to_save(summary, bundles, include_below_chance=args.include_below_chance)
+        if left_out:
+            say(f"warning: left out of panel {args.save_panel!r}, at or below chance on the bulk CV: "
+                f"{', '.join(left_out)} (--include-below-chance keeps them).")
+        if len(kept) < MIN_MODELS:
+            raise ScatdError(f"Only {len(kept)} drug(s) have a model to save; a panel needs at least {MIN_MODELS}, "
+                             f"so panel {args.save_panel!r} was not saved.",
+                             "Train more drugs" + (", or add --include-below-chance" if left_out else "") + ".")
+        save_panel(args.save_panel, [b.path.name for b in kept], os_user(), library=args.library, replace=True)
+        say(f"Saved your panel {args.save_panel!r}: {', '.join(b.drug for b in kept)}")
     say(f"{len(bundles)} of {len(summary)} drugs have a model in the library.")
     return 0 if bundles else 2

@@ -36,8 +36,11 @@ from scatd_core.train._settings import TrainSettings
 #: Fewest labelled cell lines of the smaller class (usually the sensitive ones) a drug needs.
 MIN_LINES_PER_CLASS = 10
 #: Columns of the summary table (one row per drug: its model card in brief).
-SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_auroc_sd", "cv_best_baseline",
-                   "cv_best_baseline_auroc", "verdict", "target_auroc", "n_panel_genes", "seconds", "bundle", "note")
+SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_auroc_sd", "below_chance",
+                   "cv_best_baseline", "cv_best_baseline_auroc", "verdict", "target_auroc", "n_panel_genes", "seconds",
+                   "bundle", "note")
+#: A model whose bulk cross-validated AUROC is at most this ranks cell lines no better than chance.
+CHANCE_AUROC = 0.5
 
 
 def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: TrainSettings, adaptation: bool,
@@ -117,8 +120,13 @@ def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, 
             best = max(others, key=lambda r: r["auroc"])
             baseline, baseline_auroc = best["model"], best["auroc"]
             verdict = next((v for v in bulk_cv.get("verdicts", []) if best["model"].lower() in v.lower()), "")
+    cv_auroc = cv.get("auroc", cv.get("auroc_mean"))
+    below = cv_auroc is not None and float(cv_auroc) <= CHANCE_AUROC
+    if below:
+        verdict = (f"Below chance: bulk CV AUROC {float(cv_auroc):.3f} <= {CHANCE_AUROC} (no better than guessing); "
+                   "left out of a saved panel unless asked for." + (f" {verdict}" if verdict else ""))
     return {"drug": drug, "status": status, "n_sensitive": n_sens, "n_resistant": n_res,
-            "cv_auroc": cv.get("auroc", cv.get("auroc_mean")), "cv_auroc_sd": cv.get("auroc_sd"),
+            "cv_auroc": cv_auroc, "cv_auroc_sd": cv.get("auroc_sd"), "below_chance": below,
             "cv_best_baseline": baseline, "cv_best_baseline_auroc": baseline_auroc, "verdict": verdict,
             "target_auroc": target.get("auroc"), "n_panel_genes": genes.get("n_panel"), "seconds": round(seconds, 1),
             "bundle": bundle.path.name if bundle is not None else "", "note": note}
@@ -258,3 +266,15 @@ def train_panel(
     if progress is not None:
         progress(1.0, f"{len(bundles)} of {len(chosen)} drugs have a model")
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), bundles
+
+
+def models_to_save(summary: pd.DataFrame, bundles: Sequence, *, include_below_chance: bool = False,
+                   ) -> tuple[list, list[str]]:
+    """The bundles of a :func:`train_panel` run that go into a saved panel, and the drugs left out:
+    a model at or below chance on the bulk cross-validation (``below_chance``) only with
+    ``include_below_chance``."""
+    below = {str(b) for b, flag in zip(summary["bundle"], summary["below_chance"]) if bool(flag)}
+    if include_below_chance:
+        return list(bundles), []
+    kept = [b for b in bundles if b.path.name not in below]
+    return kept, [b.drug for b in bundles if b.path.name in below]
