@@ -282,14 +282,19 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                                   key="train_panel_label_drug", placeholder="none of these drugs",
                                   help="That drug's model is evaluated on them (its target AUROC in the summary); "
                                        "they are never used for training.")
+    keep_below_chance = st.checkbox("Keep models at or below chance (bulk CV AUROC ≤ 0.5) in the saved panel",
+                                    key="train_panel_below_chance",
+                                    help="By default they are trained and installed, but left out of the saved panel.")
     if st.button("Train the panel", key="btn_train_panel", disabled=not panel_drugs):
-        from scatd_core.panel import save_panel
-        from scatd_core.train import train_panel
+        from scatd_core.panel import MIN_MODELS, check_panel_name, save_panel
+        from scatd_core.train import models_to_save, train_panel
 
         ss[STOP], ss[RUNNING] = False, True
         bar = st.progress(0.0, text="Starting…")
         user_name = auth.current_user().name if auth.current_user() else None
         try:
+            if panel_name.strip():  # a bad name is refused before any training
+                check_panel_name(panel_name)
             with jobs.computing("the panel training"):
                 summary, trained = train_panel(
                     bulk["adata"], table, panel_drugs, target,
@@ -299,9 +304,19 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     target_resistant_value=resistant_value if label_drug is not None else None,
                     target_mask=target_mask, progress=with_eta(ui.progress_to(bar)),
                     should_stop=lambda: bool(ss.get(STOP)))
-            if panel_name.strip() and len(trained) >= 2:
-                save_panel(panel_name.strip(), [b.path.name for b in trained], user_name, replace=True)
-                st.success(f"Saved your panel '{ui.md(panel_name.strip())}'.", icon=":material/check_circle:")
+            if panel_name.strip():
+                kept, left_out = models_to_save(summary, trained, include_below_chance=keep_below_chance)
+                if left_out:
+                    st.warning(f"Left out of the saved panel, at or below chance on the bulk CV: "
+                               f"{ui.md(', '.join(left_out))} (tick *Keep models at or below chance* to keep them).",
+                               icon=":material/warning:")
+                if len(kept) >= MIN_MODELS:
+                    save_panel(panel_name.strip(), [b.path.name for b in kept], user_name, replace=True)
+                    st.success(f"Saved your panel '{ui.md(panel_name.strip())}'.", icon=":material/check_circle:")
+                else:
+                    st.warning(f"Panel '{ui.md(panel_name.strip())}' was not saved: only {len(kept)} drug(s) have a "
+                               f"model for it, and a panel needs at least {MIN_MODELS}. The trained models are in the "
+                               "library.", icon=":material/warning:")
         except ScatdError as exc:
             show_error(exc)
         else:

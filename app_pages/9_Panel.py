@@ -6,11 +6,11 @@ import streamlit as st
 
 from scatd_app import auth, jobs, state, ui
 from scatd_core import export, panel, pl
-from scatd_core._keys import CLUSTER, PANEL_N_RESISTED, PANEL_RESISTANT_TO_ALL, UMAP
+from scatd_core._keys import CLUSTER, PANEL_RESISTANT_TO_ALL, UMAP
 from scatd_core._progress import with_eta
 from scatd_core.bundle import distinct_titles
 from scatd_core.errors import ScatdError
-from scatd_core.predict import calibrate, set_threshold
+from scatd_core.predict import set_threshold
 
 ss = st.session_state
 st.title("Drug panel")
@@ -75,7 +75,7 @@ with st.container(border=True):
         ui.stop()
     ss["panel_models"] = [p for p in ss.get("panel_models", []) if p in classifiers]
     labels = distinct_titles(list(classifiers.values()))
-    paths = st.multiselect("Drug models of the panel (three or more)", list(classifiers), key="panel_models",
+    paths = st.multiselect("Drug models of the panel (two or more)", list(classifiers), key="panel_models",
                            format_func=ui.detached(lambda p: labels[p]),
                            help="Any backbones and gene sets: each model is aligned to the data separately, and "
                                 "a model that cannot score these data is reported and skipped.")
@@ -96,7 +96,9 @@ if len(paths) < panel.MIN_MODELS:
 
 # ------------------------------------------------------------------ run
 mask = ui.qc_mask(adata)
-bundles = [classifiers[p] for p in paths]
+bundles, notes = panel.check_models([classifiers[p] for p in paths])
+for note in notes:
+    st.warning(ui.md(note), icon=":material/content_copy:")
 token = ui.token_of(ui.prediction_token(bundles[0], {}), [str(b.path) for b in bundles],
                     [b.manifest.get("weights_sha256", "") for b in bundles])
 current = ss.get(state.PANEL) == token and "scatd_panel" in adata.uns
@@ -118,7 +120,8 @@ if not current and st.button(f"Score {len(bundles)} models", type="primary", ico
     current = True
 if not current:
     if "scatd_panel" in adata.uns:
-        st.caption("The panel shown below was scored with other models or settings; score again to update it.")
+        st.caption("A panel was scored earlier with other models or settings; its results are hidden until you "
+                   "score the models chosen above.")
     ui.stop()
 
 # ------------------------------------------------------------------ models and thresholds
@@ -129,16 +132,18 @@ st.success(f"{len(scored)} of {len(everyone)} models scored {adata.n_obs:,} cell
            f"({info['n_input_groups']} alignment(s) for {len(everyone)} models).", icon=":material/check_circle:")
 for m in everyone:
     if not m.scored:
-        st.warning(f"**{ui.md(m.drug)}** ({ui.md(m.model)}) was skipped: {ui.md(m.problem_app or m.problem)}", icon=":material/block:")
+        st.warning(f"**{ui.md(m.drug)}** (model {ui.md(m.folder)}) was skipped: "
+                   f"{ui.md(m.problem_app or m.problem)}", icon=":material/block:")
 st.dataframe(export.panel_models_table(adata), hide_index=True)
 if any(m.demo for m in scored):
     st.badge("demo models (simulated data)", color="orange")
 
 
-def calibrate_all() -> None:
-    for m in scored:
-        calibrate(adata, expected_fraction=float(ss["panel_expected_fraction"]), key_added=m.key)
-    panel.refresh(adata)
+def calibrate_all(per_drug: bool = False) -> None:
+    if per_drug:
+        panel.calibrate_panel(adata, per_drug={m.drug: float(ss[f"panel_fraction_{m.key}"]) for m in scored})
+    else:
+        panel.calibrate_panel(adata, float(ss["panel_expected_fraction"]))
     ss.pop(state.PANEL_MARKERS, None)
 
 
@@ -149,15 +154,20 @@ def defaults_all() -> None:
     ss.pop(state.PANEL_MARKERS, None)
 
 
-uncalibrated = [m.drug for m in scored if not adata.uns[m.key]["threshold"]["calibrated"]]
 c = st.columns([0.4, 0.3, 0.3], vertical_alignment="bottom")
 ss.setdefault("panel_expected_fraction", 0.3)
 c[0].number_input("Expected resistant fraction (every drug)", 0.01, 0.99, step=0.05, key="panel_expected_fraction")
 c[1].button("Calibrate every drug to it", key="btn_panel_calibrate", on_click=ui.detached(calibrate_all))
 c[2].button("Back to the model defaults", key="btn_panel_defaults", on_click=ui.detached(defaults_all))
-if uncalibrated:
-    st.warning(f"Uncalibrated (model default threshold): {ui.md(', '.join(uncalibrated))}. Fractions resistant then "
-               "compare poorly across drugs; compare mean P(resistant), or calibrate.", icon=":material/tune:")
+with st.expander("Or one expected resistant fraction per drug (e.g. from a bulk assay of this tumour)"):
+    cols = st.columns(min(len(scored), 4))
+    for i, m in enumerate(scored):
+        ss.setdefault(f"panel_fraction_{m.key}", float(ss["panel_expected_fraction"]))
+        cols[i % len(cols)].number_input(m.drug, 0.01, 0.99, step=0.05, key=f"panel_fraction_{m.key}")
+    st.button("Calibrate each drug to its own fraction", key="btn_panel_calibrate_each",
+              on_click=ui.detached(calibrate_all), args=(True,))
+for note in panel.comparison_notes(adata):
+    st.warning(ui.md(note), icon=":material/tune:")
 
 # ------------------------------------------------------------------ groups, heatmap, dot plot
 groups = ([CLUSTER] if CLUSTER in adata.obs else []) + [
@@ -193,6 +203,9 @@ st.subheader("Which drug?")
 left, right = st.columns(2)
 left.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata), "Whole sample: best drug first"),
                   key="panel_rank_all")
+if panel.one_expected_fraction(adata) is not None:
+    left.caption("Equal by construction: every drug is calibrated to the same expected fraction, so this order "
+                 "says nothing (see the note above). Compare the drugs per cluster or sample.")
 if group is not None:
     values = list(dict.fromkeys(summary["group"]))
     if ss.get("panel_group_value") not in values:
@@ -205,7 +218,6 @@ if group is not None:
 
 # ------------------------------------------------------------------ UMAP
 st.subheader("UMAP")
-n_all = int(adata.obs[PANEL_RESISTANT_TO_ALL].sum())
 if UMAP not in adata.obsm:
     st.caption("No UMAP yet: compute one from the expression (or open the Cells page after a single-model "
                "prediction, whose latent UMAP is used here too).")
@@ -216,7 +228,7 @@ if UMAP not in adata.obsm:
         except ScatdError as exc:
             ui.show_error(exc)
 if UMAP in adata.obsm:
-    options = {"number of drugs resisted": (adata.obs[PANEL_N_RESISTED].to_numpy(), False, (0, len(scored)), "Reds"),
+    options = {"number of drugs resisted": (panel.n_resisted_values(adata), False, (0, len(scored)), "Reds"),
                "resistant to every drug": (np.where(adata.obs[PANEL_RESISTANT_TO_ALL], "resistant to every drug",
                                                     "other"), True, None, None)}
     for m in scored:
@@ -229,49 +241,53 @@ if UMAP in adata.obsm:
     st.plotly_chart(pl.umap_figure(np.asarray(adata.obsm[UMAP]), values, name=colour, categorical=categorical,
                                    color_range=crange, colorscale=scale or pl.PROB_SCALE,
                                    cell_ids=adata.obs_names.astype(str)), key="panel_umap")
+    if colour == "number of drugs resisted":
+        st.caption("Grey: cells no drug scored (QC-filtered, or left out by every model).")
 
 # ------------------------------------------------------------------ multi-drug-resistant cells
 st.subheader("Cells resistant to every drug")
-st.markdown(f"**{n_all:,}** of {adata.n_obs:,} cells are called resistant to all {len(scored)} scored drugs: a "
-            "possible multi-drug-resistant subclone.")
+statement, subclone = panel.resistant_to_all_statement(adata)
+st.markdown(ui.md(statement))
 markers = ss.get(state.PANEL_MARKERS)
 if markers is not None and markers[0] != token:
     markers = None
-if n_all and st.button("Show their top biomarkers", key="btn_panel_markers",
+if subclone and st.button("Show their top biomarkers", key="btn_panel_markers",
                        help="Genes most up in these cells against the other scored cells (Wilcoxon rank-sum test)."):
     try:
         with st.spinner("Comparing the cells resistant to every drug with the others…"):
             markers = ss[state.PANEL_MARKERS] = (token, panel.multi_resistant_markers(adata))
     except ScatdError as exc:
         ui.show_error(exc)
-if markers is not None:
+if markers is not None and subclone:
     st.dataframe(markers[1], hide_index=True, column_config={
         "pval_adj": st.column_config.NumberColumn("adjusted p", format="%.2e"),
         "n_panel_models_using": st.column_config.NumberColumn("panel models using it")})
 
 # ------------------------------------------------------------------ downloads
 st.subheader("Downloads")
-stem = export.file_stem(ss.get(state.DATA_NAME), "panel")
+data_name = ss.get(state.DATA_NAME)
+stem = export.file_stem(data_name, "panel")
 extra = [c for c in (ss.get(state.LABEL_COLUMN), ss.get(state.SAMPLE_COLUMN)) if c and c in adata.obs]
-sample_groups = [c for c in (ss.get(state.SAMPLE_COLUMN), group) if c and c in adata.obs and c != CLUSTER]
+files = [f"{stem}.csv", f"{stem}_summary.csv", f"{stem}_annotated.h5ad"]
+report_markers = markers[1] if markers is not None and subclone else None
 c = st.columns(4)
 c[0].download_button("panel.csv", export.to_csv_bytes(panel.panel_table(adata, extra)),
-                     file_name=f"{stem}.csv", mime="text/csv", icon=":material/table:", type="primary",
+                     file_name=files[0], mime="text/csv", icon=":material/table:", type="primary",
                      key="btn_dl_panel", on_click="ignore")
 c[0].caption("cells x drugs: P(resistant), label, calibrated")
-c[1].download_button("panel_summary.csv", export.to_csv_bytes(export.panel_summary_table(adata, sample_groups)),
-                     file_name=f"{stem}_summary.csv", mime="text/csv", icon=":material/analytics:",
+c[1].download_button("panel_summary.csv", export.to_csv_bytes(export.panel_summary_table(adata, groups)),
+                     file_name=files[1], mime="text/csv", icon=":material/analytics:",
                      key="btn_dl_panel_summary", on_click="ignore")
-c[1].caption("per cluster / sample and drug")
+c[1].caption("per drug: whole sample" + "".join(f", per {ui.md(names.get(g, g))}"
+                                               for g in export.panel_group_columns(adata, groups)))
 c[2].download_button("panel_report.html",
-                     ui.detached(lambda: export.panel_html_report(adata, group_columns=sample_groups,
-                                                                  data_name=ss.get(state.DATA_NAME),
-                                                                  markers=markers[1] if markers else None)
+                     ui.detached(lambda: export.panel_html_report(adata, group_columns=groups, data_name=data_name,
+                                                                  markers=report_markers, files=files)
                                  .encode("utf-8")),
                      file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                      key="btn_dl_panel_html", on_click="ignore")
 c[2].caption("self-contained, with the figures")
 c[3].download_button("annotated .h5ad", ui.detached(lambda: export.h5ad_bytes(adata)),
-                     file_name=f"{stem}_annotated.h5ad", mime="application/x-hdf5", icon=":material/database:",
+                     file_name=files[2], mime="application/x-hdf5", icon=":material/database:",
                      key="btn_dl_panel_h5ad", on_click="ignore")
 c[3].caption("one column set per drug")

@@ -52,8 +52,15 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     # heatmap, dot plot, two rankings (sample is the grouping: the reader found it)
     assert at.selectbox(key="panel_group").value == "sample"
     assert len(at.get("plotly_chart")) == 4
-    assert "Uncalibrated" in text(at.warning)
+    assert "Uncalibrated" in text(at.warning) and "compare mean P" not in text(at.warning)
     assert len(at.get("download_button")) == 4
+    # at uncalibrated thresholds: a count with its caveat, no subclone and no biomarker action
+    assert "at uncalibrated thresholds" in text(at.markdown)
+    assert "possible multi-drug-resistant subclone" not in text(at.markdown)
+    assert "btn_panel_markers" not in [b.key for b in at.button]
+    # each model's library folder tells two models of one drug apart
+    assert list(at.dataframe[0].value["folder"]) == list(DRUGS) + ["OTHERGENES"]
+    assert at.multiselect(key="panel_models").label.endswith("(two or more)")
 
     at.number_input(key="panel_expected_fraction").set_value(0.4).run()
     at.button(key="btn_panel_calibrate").click().run()
@@ -62,6 +69,7 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
         assert adata.uns[f"scatd_{drug}"]["threshold"]["source"] == "expected fraction"
         assert (adata.obs[f"scatd_{drug}_label"] == "resistant").mean() == pytest.approx(0.4, abs=0.02)
     assert "Uncalibrated" not in text(at.warning)
+    assert "equal by construction" in text(at.warning)  # one fraction for every drug: the ranking is a tie
     resisted = np.column_stack([(adata.obs[f"scatd_{d}_label"] == "resistant") for d in DRUGS]).sum(1)
     np.testing.assert_array_equal(adata.obs["scatd_panel_n_resisted"].to_numpy(), resisted)
 
@@ -69,7 +77,16 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     ok(at)
     assert all(adata.uns[f"scatd_{d}"]["threshold"]["source"] == "model default" for d in DRUGS)
     assert "Uncalibrated" in text(at.warning)
+    # one expected fraction per drug
+    at.number_input(key="panel_fraction_scatd_DRUGA").set_value(0.1)
+    at.button(key="btn_panel_calibrate_each").click().run()
+    ok(at)
+    assert (adata.obs["scatd_DRUGA_label"] == "resistant").mean() == pytest.approx(0.1, abs=0.02)
+    # the others at the per-drug inputs' starting value, the common fraction when the expander first showed
+    assert (adata.obs["scatd_DRUGB_label"] == "resistant").mean() == pytest.approx(0.3, abs=0.02)
+    assert "equal by construction" not in text(at.warning)
     at.button(key="btn_panel_calibrate").click().run()
+    assert "possible multi-drug-resistant subclone" in text(at.markdown)
     at.selectbox(key="panel_group").set_value("cluster").run()
     at.selectbox(key="panel_group_value").set_value("hypoxic").run()
     ok(at)
@@ -95,6 +112,25 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     goto(at, "9_Panel")
     assert "btn_panel_run" not in [b.key for b in at.button]
     assert adata.uns["scatd_DRUGA"]["threshold"]["source"] == "expected fraction"
+    # other models chosen: nothing is shown below, and the page says so truthfully
+    at.multiselect(key="panel_models").set_value(paths[:2]).run()
+    ok(at)
+    assert "hidden until you score the models chosen above" in text(at.caption)
+    assert "shown below" not in text(at.caption)
+
+
+def test_one_scored_model_makes_no_cross_drug_claim(with_panel_library):
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(120, seed=7)))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / n) for n in ("DRUGA", "OTHERGENES")]).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert "1 of 2 models scored" in text(at.success)
+    assert "(model OTHERGENES) was skipped" in text(at.warning)
+    assert "needs at least 2 scored drugs" in text(at.markdown)
+    assert "resistant to all 1" not in text(at.markdown) and "subclone" not in text(at.markdown)
+    assert "btn_panel_markers" not in [b.key for b in at.button]
 
 
 def test_saved_panel_loads_and_a_bad_name_is_refused(with_panel_library):

@@ -269,3 +269,36 @@ def test_original_head_result_says_its_cv_epochs_come_from_the_other_folds():
     caption = next(c.value for c in at.caption if "other folds' mean curve" in c.value)
     assert f"final model's {cv['head_epochs']} head epochs" in caption
     assert all(f"fold {k + 1}: {e}" in caption for k, e in enumerate(cv["fold_head_epochs"]))
+
+
+def test_train_panel_name_is_checked_first_and_an_unsaved_panel_is_said(monkeypatch):
+    """A bad panel name is refused before any training; a panel with fewer than two usable models
+    (one left out below chance) is not saved, and the page says so."""
+    import pandas as pd
+
+    from scatd_core.panel import list_panels
+
+    calls = []
+
+    def fake_train_panel(*a, **k):
+        calls.append(k)
+        bundle = type("B", (), {"drug": "DRUGA", "path": Path("/nowhere/druga_model")})()
+        summary = pd.DataFrame([{"drug": "DRUGA", "status": "trained", "below_chance": True, "bundle": "druga_model",
+                                 "verdict": "Below chance"}])
+        return summary, [bundle]
+
+    monkeypatch.setattr("scatd_core.train.train_panel", fake_train_panel)
+    at = _page_with_training_data()
+    at.run()
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA"])
+    at.text_input(key="train_panel_name").input("bad/name").run()
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    assert "not a valid panel name" in " ".join(e.value for e in at.error) and calls == []
+    at.text_input(key="train_panel_name").input("mine").run()
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert len(calls) == 1 and "at or below chance on the bulk CV: DRUGA" in warnings
+    assert "was not saved: only 0 drug(s) have a model for it" in warnings
+    assert "mine" not in list_panels(at.session_state["user"].name)
