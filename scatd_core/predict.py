@@ -108,6 +108,7 @@ def _check_args(bundle, mode: str, n_samples: int, batch_size: int, adata: ad.An
 def _mask_of(adata: ad.AnnData, mask, *, subject: str = "The data",
              missing_hint: str = "Apply the QC filter first (scatd_core.preprocess.apply_qc_filter).",
              nothing_left: str = "Every cell is removed by the QC filter, so there is nothing to predict.",
+             nothing_left_hint: str = "Loosen the QC thresholds on the Data page, or turn the filter off.",
              ) -> np.ndarray | None:
     """The cells to use: ``None`` (all), a boolean array over the cells, or the name of a True/False
     obs column (e.g. ``'scatd_qc_pass'``); :class:`InputError` for a missing or non-boolean column, a
@@ -126,7 +127,7 @@ def _mask_of(adata: ad.AnnData, mask, *, subject: str = "The data",
     if mask.shape != (adata.n_obs,):
         raise InputError(f"The QC mask has {mask.size} entries for {adata.n_obs} cells.")
     if not mask.any():
-        raise InputError(nothing_left, "Loosen the QC thresholds on the Data page, or turn the filter off.")
+        raise InputError(nothing_left, nothing_left_hint)
     return mask
 
 

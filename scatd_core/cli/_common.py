@@ -211,7 +211,8 @@ def cell_mask(adata, args):
     mask = _mask_of(adata, args.mask, subject="The input",
                     missing_hint=f"Name a True/False column of its cell annotations (its columns: {columns}), "
                                  "or leave out --mask.",
-                    nothing_left=f"obs['{args.mask}'] is False for every cell, so --mask leaves nothing to score.")
+                    nothing_left=f"obs['{args.mask}'] is False for every cell, so --mask leaves nothing to score.",
+                    nothing_left_hint="Name another column, or leave out --mask.")
     say(f"--mask {args.mask}: scoring {int(mask.sum()):,} of {adata.n_obs:,} cells; the others keep their row, "
         "marked filtered.")
     return mask

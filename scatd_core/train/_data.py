@@ -84,7 +84,8 @@ def target_mask_of(target: ad.AnnData, mask) -> np.ndarray | None:
 
     return _mask_of(target, mask, subject="The target",
                     missing_hint=f"Its columns: {', '.join(map(str, target.obs.columns)) or 'none'}.",
-                    nothing_left="Every target cell is filtered out (QC), so there is nothing to adapt to.")
+                    nothing_left="Every target cell is filtered out (QC), so there is nothing to adapt to.",
+                    nothing_left_hint="Loosen the QC filter (the Data page), or name another --target-mask column.")
 
 
 def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnData, *,
