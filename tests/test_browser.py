@@ -527,6 +527,11 @@ def test_panel_view_scores_three_models_and_downloads(server, tmp_path):
             # a plotly chart holds two .main-svg layers, so wait for the UMAP's own control instead
             page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").wait_for(timeout=240_000)
             _idle(page, timeout=180_000)
+            # at the models' own thresholds the cells called resistant to all are not yet a subclone
+            assert page.get_by_role("button", name="Show their top biomarkers").count() == 0
+            assert page.get_by_text("at uncalibrated thresholds").count() >= 1
+            page.get_by_role("button", name="Calibrate every drug to it").click()
+            _idle(page)
             page.get_by_role("button", name="Show their top biomarkers").click()
             page.locator("[data-testid='stDataFrame']").nth(2).wait_for(timeout=120_000)  # models, groups, markers
             _idle(page)
