@@ -792,7 +792,9 @@ def use_demo(bar) -> None:
     set_bundle(str(demo.bundle_path()))
 
 
-FAILED_UPLOAD = "data_upload_failed"  # session key: [file id, orientation, error] of an unreadable upload
+#: Session key: [file id, orientation, error] of an unreadable upload (not kept for a reload; the
+#: error is a copy without its traceback, whose frames would keep the page and the upload alive).
+FAILED_UPLOAD = "failed_upload"
 
 
 def read_upload(uploaded, orientation: str) -> None:
@@ -837,7 +839,9 @@ def read_upload(uploaded, orientation: str) -> None:
         elif source is not kept:  # a new file that cannot be read: nothing of it stays on the server's disk
             session.drop_upload(source, previous=kept)
             if uploaded is not None:
-                ss[FAILED_UPLOAD] = [uploaded.file_id, orientation, exc]
+                shown = (ScatdError(exc.message, exc.hint, app_hint=exc.app_hint) if isinstance(exc, ScatdError)
+                         else RuntimeError(f"{type(exc).__name__}: {str(exc)[:300]}"))
+                ss[FAILED_UPLOAD] = [uploaded.file_id, orientation, shown]
         stop()
     ss.pop(FAILED_UPLOAD, None)
     set_data(adata, source["name"])

@@ -119,6 +119,7 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
             + (f" ({run.resumed} already done, resumed from {run.store.folder})." if run.resumed else
                f" (parts kept in {run.store.folder})."))
     else:
+        resolve_device(args.device)  # a device that is not there is said first, whatever the data
         if inputs is None:  # refuse data the model cannot read (e.g. a .npy of another width) before estimating
             from scatd_core.inputs import InputSpec, model_source
 
