@@ -142,11 +142,12 @@ else:
     except ScatdError as exc:
         ui.show_error(exc)
     else:
-        if evaluation.auroc < 0.5:
-            st.error(f"**Check the label direction.** AUROC {evaluation.auroc:.3f} is below 0.5: the model ranks "
-                     f"the cells the wrong way round against '{ui.md(label_column)}' with resistant = "
-                     f"'{ui.md(direction)}'. If that value actually means sensitive, change it on the Data page.",
-                     icon=":material/swap_vert:")
+        if evaluation.ranks_reversed:
+            low, high = evaluation.auroc_ci
+            st.error(f"**Check the label direction.** AUROC {evaluation.auroc:.3f} is below 0.5 beyond chance "
+                     f"(95% interval {low:.3f}-{high:.3f}): the model ranks the cells the wrong way round against "
+                     f"'{ui.md(label_column)}' with resistant = '{ui.md(direction)}'. If that value actually means "
+                     "sensitive, change it on the Data page.", icon=":material/swap_vert:")
             ui.link("Data", "Change the label direction", ":material/arrow_forward:")
         st.caption(f"'{ui.md(label_column)}', resistant = '{ui.md(direction)}': {evaluation.n_evaluated:,} cells "
                    f"({evaluation.n_positive:,} resistant, {evaluation.n_negative:,} sensitive). "

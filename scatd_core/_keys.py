@@ -98,6 +98,7 @@ FILTERED = "filtered (QC)"
 
 # ----------------------------------------------------------------------------- data and QC
 INPUT_REPORT = "scatd_input"
+REPORT = "scatd_report"  # uns: what a report was made with (label and group columns, the evaluation)
 LABEL_DIRECTIONS = "scatd_labels"
 ALL_ZERO = "scatd_all_zero"
 ORIGINAL_CELL_ID = "scatd_original_id"

@@ -33,13 +33,17 @@ from scatd_core._keys import result_keys
 from scatd_core._output import REPORT_FILES, writing
 from scatd_core.embed import fit_note
 from scatd_core.errors import InputError
-from scatd_core.metrics import evaluate_column, fitted_on_labels, group_table
+from scatd_core.metrics import METRIC_MEANINGS, evaluate_column, fitted_on_labels, group_table
 from scatd_core.predict import summary
 from scatd_core.explain import out_of_date
 
 #: Columns of ``predictions.csv`` before the optional ones (UMAP, Leiden cluster, the user's columns).
 PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass",
                       "rank")
+
+
+#: The Leiden cluster's name in every table (``obs['scatd_cluster']`` in the h5ad)
+CLUSTER_COLUMN = "leiden_cluster"
 
 
 def _require(adata: ad.AnnData, keys) -> dict:
@@ -88,7 +92,7 @@ def with_cell_context(table: pd.DataFrame, adata: ad.AnnData, extra_columns: Seq
         coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
         table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
     if _keys.CLUSTER in adata.obs:
-        table["leiden_cluster"] = adata.obs[_keys.CLUSTER].astype(str).to_numpy()
+        table[CLUSTER_COLUMN] = adata.obs[_keys.CLUSTER].astype(str).to_numpy()
     for col in dict.fromkeys(extra_columns):
         if col and col in adata.obs:
             name = str(col)
@@ -145,10 +149,12 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     elif problem:
         rows.append(("evaluation", "not computed", problem))
     for column, table in group_tables(adata, group_columns, key_added=key_added).items():
+        name = CLUSTER_COLUMN if column == _keys.CLUSTER else column  # as predictions.csv names it
         for rec in table.itertuples(index=False):
-            rows += [(f"{column}={rec.group}", "n_cells", int(rec.n_cells)),
-                     (f"{column}={rec.group}", "n_resistant", int(rec.n_resistant)),
-                     (f"{column}={rec.group}", "fraction_resistant",
+            rows += [(f"{name}={rec.group}", "n_cells", int(rec.n_cells)),
+                     (f"{name}={rec.group}", "n_called", int(rec.n_called)),
+                     (f"{name}={rec.group}", "n_resistant", int(rec.n_resistant)),
+                     (f"{name}={rec.group}", "fraction_resistant",
                       None if pd.isna(rec.fraction_resistant) else round(float(rec.fraction_resistant), 4))]
     return pd.DataFrame(rows, columns=["section", "metric", "value"], dtype=object)
 
@@ -241,14 +247,64 @@ def to_csv_bytes(table: pd.DataFrame, index: bool = False) -> bytes:
 # h5ad
 # --------------------------------------------------------------------------------------------
 
-def write_h5ad(adata: ad.AnnData, path: str | Path, *, with_x: bool = True) -> Path:
+#: Keys of ``uns`` records that may hold a path of the machine that made them
+_PATH_KEYS = ("path", "folder", "store", "parts", "bundle_path")
+
+
+def _without_paths(value):
+    """``value`` (an ``uns`` tree) with every path under :data:`_PATH_KEYS` cut to its last name."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for k, v in value.items():
+        if k in _PATH_KEYS and isinstance(v, (str, Path)) and ("/" in str(v) or "\\" in str(v)):
+            out[k] = Path(str(v)).name
+        else:
+            out[k] = _without_paths(v)
+    return out
+
+
+def report_context(adata: ad.AnnData, label_column: str | None = None, group_columns: Sequence[str] = (), *,
+                   key_added: str | None = None) -> dict:
+    """What a report is made with, for ``uns['scatd_report']`` of its h5ad: the label and group
+    columns and the evaluation against the labels (its scores, or why there is none), as in
+    ``metrics.csv``."""
+    context = {"label_column": label_column or "", "group_columns": [str(c) for c in group_columns if c]}
+    evaluation, _, _, problem = _evaluation_or_note(adata, label_column, key_added)
+    if evaluation is not None:
+        context["evaluation"] = {k: v for k, v in evaluation.as_dict().items() if v is not None}
+        context["threshold_fitted_on_these_labels"] = fitted_on_labels(adata, label_column, key_added=key_added)
+    elif problem:
+        context["evaluation_not_computed"] = problem
+    return context
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path, *, with_x: bool = True, context: dict | None = None,
+               public: bool = False) -> Path:
     """Write the annotated AnnData so it opens in scanpy/cellxgene as it is.
 
     Every ``scatd_*`` field is kept (predictions, UMAP, clusters, biomarkers). A backed dataset is
     never read into memory: its file is copied as it is and the annotations (obs, var, obsm, uns)
     are written over the copy. ``with_x=False`` writes the annotations only (X left empty): small
     enough to download for any number of cells, and joined to the original file by cell name.
+    ``context`` (:func:`report_context`) goes to ``uns['scatd_report']``; ``public`` (a download
+    from a server) cuts the server's paths in ``uns`` (e.g. the model's library folder) to their
+    last name. ``adata`` itself is left as it was.
     """
+    uns = dict(adata.uns)
+    if context is not None:
+        uns[_keys.REPORT] = context
+    if public:
+        uns = _without_paths(uns)
+    saved = adata.uns
+    adata.uns = uns
+    try:
+        return _write_h5ad(adata, path, with_x)
+    finally:
+        adata.uns = saved
+
+
+def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
@@ -287,10 +343,12 @@ def h5ad_download_size(adata: ad.AnnData) -> int:
     return int(np.asarray(X).nbytes) if X is not None else 0
 
 
-def h5ad_bytes(adata: ad.AnnData, *, with_x: bool = True) -> bytes:
-    """The annotated h5ad as bytes (for a download button)."""
+def h5ad_bytes(adata: ad.AnnData, *, with_x: bool = True, context: dict | None = None) -> bytes:
+    """The annotated h5ad as bytes, for a download from the server (its paths cut to their names;
+    ``context``: :func:`report_context`)."""
     with tempfile.TemporaryDirectory(prefix="scatd-export-") as tmp:
-        return write_h5ad(adata, Path(tmp) / "annotated.h5ad", with_x=with_x).read_bytes()
+        return write_h5ad(adata, Path(tmp) / "annotated.h5ad", with_x=with_x, context=context,
+                          public=True).read_bytes()
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +373,7 @@ REPORT_TOP_FEATURES = 30
 
 
 def _fmt(v) -> str:
-    if v is None:
+    if v is None or v is pd.NA or v is pd.NaT:
         return "—"
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
@@ -360,7 +418,7 @@ def _summary_section(adata, keys, info) -> list[str]:
     cards = [("cells uploaded", counts["n_cells"]), ("called resistant", counts["n_resistant"]),
              ("called sensitive", counts["n_sensitive"]), ("not scored", counts["n_not_scored"]),
              ("filtered (QC)", counts["n_filtered"]),
-             ("fraction resistant", "—" if counts["fraction_resistant"] is None
+             ("of the scored cells called resistant", "—" if counts["fraction_resistant"] is None
               else f"{counts['fraction_resistant']:.1%}" + ("" if thr["calibrated"] else " (uncalibrated)"))]
     parts = ["<h2>Summary</h2><div class='cards'>" + "".join(
         f"<div class='card'><b>{html.escape(_fmt(v))}</b>{html.escape(k)}</div>" for k, v in cards) + "</div>",
@@ -407,7 +465,14 @@ def _evaluation_section(adata, label_column, keys, info) -> list[str]:
                  + (f" and <code>{html.escape(others[0])}</code> sensitive" if len(others) == 1 else "")
                  + ("" if recorded is not None else " (recognised from the words)")
                  + ". " + " ".join(html.escape(n) for n in evaluation.notes) + "</p>")
-    parts.append(_kv_table(evaluation.as_dict().items()))
+    thr = info["threshold"]
+    parts.append(f"<p>Resistant is the positive class. AUROC and AUPRC rank the cells and need no threshold; the "
+                 f"other scores use the calls at P(resistant) &gt; {thr['value']:.4g}"
+                 + ("" if thr["calibrated"] else ", the model's threshold, <b>not calibrated</b> to these cells, so "
+                    "they can be poor even when the ranking is good") + ".</p>")
+    parts.append(_frame_html(pd.DataFrame(
+        [(k, v, METRIC_MEANINGS.get(k, "")) for k, v in evaluation.as_dict().items()],
+        columns=["metric", "value", "meaning"])))
     prevalence = evaluation.n_positive / evaluation.n_evaluated
     parts.append("<div class='grid'>" + _figure_html(pl.roc_figure(roc, evaluation.auroc))
                  + _figure_html(pl.pr_figure(pr, evaluation.auprc, prevalence)) + "</div>")
@@ -491,11 +556,15 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
     parts.append(_prediction_figures(adata, keys, info))
     tables = group_tables(adata, group_columns, key_added=key_added)
     if tables:
-        parts.append("<h2>Resistant fraction per group</h2>")
+        parts.append("<h2>Resistant fraction per group</h2><p><i>cells</i>: cells of the group; <i>scored</i>: "
+                     "those with a call (not QC-filtered, not left unscored); <i>resistant</i>: those called "
+                     "resistant; <i>fraction resistant</i> = resistant / scored.</p>")
         for col, table in tables.items():
             name = "Leiden cluster" if col == _keys.CLUSTER else col
             parts.append(_figure_html(pl.composition_figure(table, name, f"Fraction resistant per {name}")))
-            parts.append(_frame_html(table))
+            parts.append(_frame_html(table.rename(columns={
+                "group": name, "n_cells": "cells", "n_called": "scored", "n_resistant": "resistant",
+                "fraction_resistant": "fraction resistant"})))
     if label_column:
         parts += _evaluation_section(adata, label_column, keys, info)
     parts += _biomarker_section(adata)
@@ -511,12 +580,16 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("input warnings", data.get("warnings") or None),
     ]))
     parts += _card_section(model)
+    from scatd_core.bundle import BACKBONE_TITLES
+
     prov = model.get("provenance", {})
     parts.append("<h2>Model</h2>" + _kv_table([
-        ("name", model.get("name")), ("drug", model.get("drug")), ("backbone", model.get("backbone")),
-        ("demo model (simulated data)", bool(model.get("demo"))), ("bundle", model.get("path")),
+        ("name", model.get("name")), ("drug", model.get("drug")),
+        ("backbone", BACKBONE_TITLES.get(model.get("backbone"), model.get("backbone"))),
+        ("demo model (simulated data)", bool(model.get("demo"))),
+        ("library folder", Path(str(model["path"])).name if model.get("path") else None),
         ("weights sha256", model.get("weights_sha256")),
-        *[(f"provenance: {k}", v) for k, v in prov.items()],
+        *[(f"provenance: {k}", v) for k, v in prov.items() if v not in (None, "", [], {})],
     ]))
     coverage = info.get("gene_coverage") or {}
     embed_info = adata.uns.get(_keys.EMBED, {})
@@ -574,7 +647,8 @@ def _write_report_files(adata, folder: Path, label_column, group_columns, data_n
         biomarkers.write_bytes(to_csv_bytes(ranking))
     elif biomarkers.is_file() and not biomarkers.is_symlink():
         biomarkers.unlink()  # an earlier report's ranking in this folder: not this run's
-    paths["h5ad"] = write_h5ad(adata, h5ad)
+    paths["h5ad"] = write_h5ad(adata, h5ad, context=report_context(adata, label_column, group_columns,
+                                                                     key_added=key_added))
     paths["html"] = report
     report.write_text(html_report(adata, label_column=label_column, group_columns=group_columns,
                                   data_name=data_name, key_added=key_added), encoding="utf-8")

@@ -52,6 +52,14 @@ class Evaluation:
     positive_label: str = "resistant"
     negative_label: str = "sensitive"
     notes: list[str] = field(default_factory=list)
+    #: ``(low, high)``: the AUROC's 95 % bootstrap interval, computed when the AUROC is below 0.5
+    auroc_ci: tuple[float, float] | None = None
+
+    @property
+    def ranks_reversed(self) -> bool:
+        """Whether the model ranks the cells the wrong way round beyond chance (the AUROC's 95 %
+        interval entirely below 0.5): a sign of a swapped label direction, not of a weak model."""
+        return self.auroc_ci is not None and self.auroc_ci[1] < 0.5
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("threshold", "n_cells", "n_evaluated", "n_positive", "n_negative",
@@ -319,6 +327,32 @@ def precision_threshold(y_true, prob, target: float) -> float | None:
     return _as_strict_threshold(float(thr[ok[0]]), p)
 
 
+#: What each score of :meth:`Evaluation.as_dict` means, for the reports (resistant = positive).
+METRIC_MEANINGS = {
+    "threshold": "P(resistant) above which a cell is called resistant",
+    "n_cells": "cells in the data",
+    "n_evaluated": "cells scored and labelled: the ones these scores are about",
+    "n_positive": "of them, labelled resistant",
+    "n_negative": "of them, labelled sensitive",
+    "n_missing_label": "scored cells without a label (left out)",
+    "n_not_scored": "labelled cells without a score (QC-filtered or not scored; left out)",
+    "auroc": "chance that a resistant cell gets a higher P(resistant) than a sensitive one (0.5: chance)",
+    "auprc": "area under precision-recall; chance level is the share of resistant cells",
+    "f1": "harmonic mean of precision and recall of the resistant calls",
+    "mcc": "Matthews correlation of calls and labels (0: chance, 1: perfect)",
+    "precision": "of the cells called resistant, the share labelled resistant",
+    "recall": "of the cells labelled resistant, the share called resistant (sensitivity)",
+    "specificity": "of the cells labelled sensitive, the share called sensitive",
+    "accuracy": "share of calls that match the labels",
+    "balanced_accuracy": "mean of recall and specificity (not swayed by unequal classes)",
+    "fraction_called_resistant": "share of the evaluated cells called resistant",
+    "true_negative": "labelled sensitive, called sensitive",
+    "false_positive": "labelled sensitive, called resistant",
+    "false_negative": "labelled resistant, called sensitive",
+    "true_positive": "labelled resistant, called resistant",
+}
+
+
 def group_fractions(labels: Sequence, groups: Sequence, positive_label: str = "resistant",
                     excluded: Iterable[str] = ()) -> pd.DataFrame:
     """Fraction called resistant per group (cluster or sample).
@@ -369,9 +403,18 @@ def evaluate_column(adata, column: str, *, key_added: str | None = None, resista
             "and accuracy are optimistic: measure them on cells that were not used to set it. AUROC and AUPRC do "
             "not depend on the threshold.")
     if evaluation.auroc < 0.5:
-        evaluation.notes.append(
-            f"AUROC is below 0.5: the model ranks the cells the wrong way round against '{column}'. Check the label "
-            "direction (which value means resistant) before concluding anything.")
+        _, low, high = bootstrap_ci(y, prob, "auroc")
+        evaluation.auroc_ci = (low, high)
+        if evaluation.ranks_reversed:
+            evaluation.notes.append(
+                f"AUROC is below 0.5 beyond chance (95% interval {low:.3f}-{high:.3f}): the model ranks the cells the "
+                f"wrong way round against '{column}'. Check the label direction (which value means resistant) "
+                "before concluding anything.")
+        else:
+            evaluation.notes.append(
+                f"AUROC {evaluation.auroc:.3f} is no better than chance on these cells (95% interval {low:.3f}-"
+                f"{high:.3f} includes 0.5): the model does not separate these labels. That alone does not mean the "
+                "label direction is wrong.")
     return evaluation, roc_curve(y, prob), pr_curve(y, prob)
 
 
@@ -387,8 +430,17 @@ def group_table(adata, column: str, *, key_added: str | None = None) -> pd.DataF
     """Fraction called resistant per value of ``obs[column]`` (cluster, sample ...), at the current calls."""
     from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 
+    from scatd_core._keys import CLUSTER, NOT_EMBEDDED
+
     keys = result_keys(key_added)
     if column not in adata.obs:
         raise InputError(f"'{column}' is not a column of the data.")
-    return group_fractions(adata.obs[keys.label].astype(str), adata.obs[column],
-                           adata.uns[keys.run]["positive_label"], excluded=(NOT_SCORED, FILTERED))
+    table = group_fractions(adata.obs[keys.label].astype(str), adata.obs[column],
+                            adata.uns[keys.run]["positive_label"], excluded=(NOT_SCORED, FILTERED))
+    if column == CLUSTER:  # cells without a latent have no cluster: QC-filtered or not scored, not a cluster
+        table["group"] = table["group"].replace(NOT_EMBEDDED, NO_CLUSTER)
+    return table
+
+
+#: The Leiden "cluster" of the cells that have none (no latent: QC-filtered or not scored)
+NO_CLUSTER = "no cluster (QC-filtered or not scored)"

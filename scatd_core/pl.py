@@ -202,11 +202,18 @@ def probability_histogram(prob: np.ndarray, threshold: float, title: str | None 
                            hovertemplate="P in %{customdata}: %{y:,} cells<extra></extra>"))
     note = "" if calibrated is None else (" (calibrated)" if calibrated else " (model default, uncalibrated)")
     fig.add_vline(x=threshold, line=dict(color=COLORS["resistant"], dash="dash"),
-                  annotation_text=f"threshold {threshold:.3g}{note}", annotation_position="top")
+                  annotation_text=f"threshold {threshold:.3g}{note}",
+                  # near an edge the label goes inwards, else it is cut off by the plot's border
+                  annotation_position=threshold_label_side(threshold))
     fig.update_xaxes(title="P(resistant)", range=[0, 1])
     fig.update_yaxes(title="cells")
     fig.update_layout(bargap=0.02)
     return layout(fig, title, height=320)
+
+
+def threshold_label_side(threshold: float) -> str:
+    """Where a threshold line's label sits: right of the line near 0, left near 1, else centred."""
+    return "top right" if threshold < 0.3 else ("top left" if threshold > 0.7 else "top")
 
 
 def composition_figure(table: pd.DataFrame, group_name: str, title: str | None = None) -> go.Figure:

@@ -450,7 +450,7 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
         "n_cells": int(adata.n_obs), "n_scored": int(scored.sum()),
         "not_scored": not_scored,
         "qc": {"n_filtered": int(filtered.sum()), "mask": mask if isinstance(mask, str) else
-               ("array" if mask is not None else "none"),
+               (getattr(mask, "column", None) or "array" if mask is not None else "none"),
                "thresholds": dict(adata.uns.get(_keys.QC, {}).get("thresholds", {})) if filtered.any() else {}},
         "positive_label": bundle.positive_label, "negative_label": bundle.negative_label,
         "warnings": _warnings(bundle, inputs, not_scored, adata),

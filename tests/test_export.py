@@ -120,6 +120,34 @@ def test_csv_downloads_never_carry_a_spreadsheet_formula(filtered_result):
     assert export.to_csv_bytes(plain, index=True).decode().splitlines()[1].startswith("'=i,")
 
 
+def test_an_auroc_under_half_is_called_a_swapped_direction_only_beyond_chance(data_and_bundle):
+    """An uninformative model scores AUROC < 0.5 half the time: that is chance, not a reason to flip
+    correct labels. Only an interval entirely below 0.5 says the direction looks swapped."""
+    from scatd_core import metrics
+
+    adata, bundle = data_and_bundle
+    adata = adata.copy()
+    predict(adata, bundle)
+    prob = adata.obs["scatd_prob_resistant"].to_numpy()
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # random labels with AUROC just under 0.5
+        adata.obs["coin"] = np.where(rng.random(adata.n_obs) < 0.5, "resistant", "sensitive")
+        set_label_direction(adata, "coin", "resistant")
+        evaluation, _, _ = metrics.evaluate_column(adata, "coin")
+        if 0.4 < evaluation.auroc < 0.5:
+            break
+    assert 0.4 < evaluation.auroc < 0.5 and not evaluation.ranks_reversed
+    low, high = evaluation.auroc_ci
+    assert low < evaluation.auroc < high and high > 0.5
+    assert any("no better than chance" in n for n in evaluation.notes)
+    assert not any("wrong way round" in n for n in evaluation.notes)
+    adata.obs["swapped"] = np.where(prob < np.median(prob), "resistant", "sensitive")  # truly reversed
+    set_label_direction(adata, "swapped", "resistant")
+    evaluation, _, _ = metrics.evaluate_column(adata, "swapped")
+    assert evaluation.ranks_reversed and evaluation.auroc_ci[1] < 0.5
+    assert any("wrong way round" in n for n in evaluation.notes)
+
+
 def test_the_datas_own_columns_are_never_replaced_by_computed_ones(filtered_result):
     """The data's own 'cluster' column keeps its name and values next to the computed leiden_cluster,
     and a chosen column named like a computed one (a 'label' column of true labels) is kept as
@@ -200,6 +228,13 @@ def test_html_report_is_self_contained(filtered_result):
                    str(adata.uns["scatd_biomarkers"]["ranking"]["feature"][0])):
         assert needle.lower() in text.lower(), needle
     assert "class='demo'" not in text  # no demo banner for a real model
+    # what a biologist reads: the positive class, each score's meaning, the groups' columns, names not codes
+    for needle in ("Resistant is the positive class", "chance that a resistant cell gets a higher P(resistant)",
+                   "<th>scored</th>", "resistant / scored", "Dist_VAE (scATD-sf-dist)",
+                   "of the scored cells called resistant", "no cluster (QC-filtered or not scored)"):
+        assert needle in text, needle
+    assert "not embedded" not in text and str(bundle.path.parent) not in text  # no server path in the report
+    assert "&lt;NA&gt;" not in text and ">nan<" not in text
     software = text.split("<h2>Software</h2>")[1].split("</table>")[0]  # what the results depend on, with versions
     for library in ("torch", "numpy", "scipy", "pandas", "scanpy", "leidenalg", "numba", "captum", "scikit-learn"):
         assert f"<th>{library}</th>" in software, library
@@ -213,6 +248,28 @@ def test_html_report_labels_demo_models_and_reports_evaluation_problems(data_and
     text = export.html_report(result, label_column="one_class")
     assert "class='demo'" in text and "demo (simulated data)" in text
     assert "is not known" in text or "exactly two" in text or "Every labelled cell" in text  # shown, not raised
+
+
+def test_the_h5ad_holds_what_the_report_was_made_with_and_a_download_no_server_path(filtered_result, tmp_path):
+    adata, bundle, _ = filtered_result
+    paths = export.write_report(adata, tmp_path / "rep", label_column="response", group_columns=["sample"])
+    written = ad.read_h5ad(paths["h5ad"])
+    context = written.uns["scatd_report"]
+    assert context["label_column"] == "response" and list(context["group_columns"]) == ["sample"]
+    metrics_csv = pd.read_csv(paths["metrics"])
+    auroc = float(metrics_csv.query("section == 'evaluation' and metric == 'auroc'")["value"].iloc[0])
+    assert context["evaluation"]["auroc"] == pytest.approx(auroc)
+    assert "scatd_report" not in adata.uns  # the session's data are left as they were
+    assert written.uns["scatd"]["model"]["path"] == str(bundle.path)  # the CLI's own file: the full path
+    download = tmp_path / "download.h5ad"
+    download.write_bytes(export.h5ad_bytes(adata, context=export.report_context(adata, "response", ["sample"])))
+    downloaded = ad.read_h5ad(download)
+    assert downloaded.uns["scatd"]["model"]["path"] == bundle.path.name  # from a server: its folder's name only
+    assert downloaded.uns["scatd_report"]["evaluation"]["auroc"] == pytest.approx(auroc)
+    assert adata.uns["scatd"]["model"]["path"] == str(bundle.path)
+    groups = set(metrics_csv["section"])
+    assert any(s.startswith("leiden_cluster=") for s in groups) and not any(s.startswith("scatd_cluster") for s in groups)
+    assert "n_called" in set(metrics_csv["metric"])
 
 
 def test_write_report_writes_every_file(filtered_result, tmp_path):

@@ -473,7 +473,8 @@ def test_cli_mask_scores_only_the_qc_passing_cells(lib_env, tmp_path, capsys):
     data.write_h5ad(tmp_path / "cells.h5ad")
     cells = str(tmp_path / "cells.h5ad")
     assert main(["predict", "--input", cells, "--model", "DRUGA", "--output", str(tmp_path / "one.csv"),
-                 "--mask", "scatd_qc_pass"]) == 0
+                 "--mask", "scatd_qc_pass", "--h5ad", str(tmp_path / "one.h5ad")]) == 0
+    assert ad.read_h5ad(tmp_path / "one.h5ad").uns["scatd"]["qc"]["mask"] == "scatd_qc_pass"  # named, not 'array'
     one = pd.read_csv(tmp_path / "one.csv")
     assert len(one) == 100 and one["prob_resistant"].isna().sum() == 20
     assert one["label"].iloc[:20].str.startswith("filtered").all() and one["prob_resistant"].iloc[20:].notna().all()

@@ -215,7 +215,25 @@ def cell_mask(adata, args):
                     nothing_left_hint="Name another column, or leave out --mask.")
     say(f"--mask {args.mask}: scoring {int(mask.sum()):,} of {adata.n_obs:,} cells; the others keep their row, "
         "marked filtered.")
+    mask = mask.view(_column_mask_type())
+    mask.column = str(args.mask)  # recorded by the run as the mask's name (uns['scatd']['qc']['mask'])
     return mask
+
+
+_COLUMN_MASK = []
+
+
+def _column_mask_type():
+    """A boolean array type that remembers the obs column it came from (``column``); made on first
+    use, so that ``scatd --help`` does not import numpy."""
+    if not _COLUMN_MASK:
+        import numpy as np
+
+        class ColumnMask(np.ndarray):
+            column: str | None = None
+
+        _COLUMN_MASK.append(ColumnMask)
+    return _COLUMN_MASK[0]
 
 
 def add_label_arguments(p: argparse.ArgumentParser, use: str = "for evaluation") -> None:
