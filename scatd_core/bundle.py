@@ -58,6 +58,7 @@ DEFAULT_LABEL_MAPPING = {"sensitive": 0, "resistant": 1}
 # The original inference scripts' defaults (reference §5): 0.05 for Dist_VAE, 0.5 otherwise.
 DEFAULT_THRESHOLDS = {"dist_vae": 0.05, "vae_sf": 0.5, "vae_gf": 0.5}
 BETA_MODES = ("shared_with_head", "separate")
+NO_STYLE_PROBLEM = "cannot predict: no AdaIN statistics (bulk embeddings)"
 INPUT_KINDS = {"dist_vae": "expression", "vae_sf": "embedding", "vae_gf": "embedding"}
 BACKBONE_TITLES = {"dist_vae": "Dist_VAE (scATD-sf-dist)", "vae_sf": "VAE_sf (scATD-sf)",
                    "vae_gf": "VAE_gf (scATD-gf)"}
@@ -87,6 +88,12 @@ def safe_name(text: str, fallback: str = "model", *, distinct: bool = True) -> s
 
 # --------------------------------------------------------------------------- original .pth files
 
+#: Entries a training script commonly wraps its ``state_dict`` in (``torch.save({"model_state_dict":
+#: model.state_dict(), "epoch": 3, ...})``); the first one present that is a mapping is read.
+STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
+_DATA_PARALLEL_PREFIX = "module."
+
+
 def load_checkpoint(path: str | Path, name: str | None = None,
                     max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` state dict safely (``weights_only=True``) and return its tensors.
@@ -95,6 +102,19 @@ def load_checkpoint(path: str | Path, name: str | None = None,
     file, one that holds no tensors, or one that unpacks to more than ``max_bytes`` (default the
     decompression limit, ``SCATD_MAX_DECOMPRESSED_MB``), checked before it is read. ``name``: the
     file's name in messages (an upload's own name, where ``path`` is a temporary copy).
+    See :func:`read_checkpoint` for the unwrapping done on the way (and its notes).
+    """
+    return read_checkpoint(path, name, max_bytes)[0]
+
+
+def read_checkpoint(path: str | Path, name: str | None = None,
+                    max_bytes: int | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """:func:`load_checkpoint`, with notes on what was done losslessly to reach the state dict.
+
+    A state dict wrapped in a dict with other entries (``{"model_state_dict": ..., "epoch": 3}``,
+    or ``state_dict`` / ``model``, see :data:`STATE_DICT_WRAPPERS`) is taken out of it, and the
+    ``module.`` prefix that ``nn.DataParallel`` puts on every key is removed when every key has it;
+    each is said in the notes (recorded in the bundle's provenance). Still ``weights_only=True``.
     """
     path = Path(path)
     name = name or path.name
@@ -123,14 +143,64 @@ def load_checkpoint(path: str | Path, name: str | None = None,
                 "Re-save the model's state_dict only (torch.save(model.state_dict(), ...)).") from None
         raise CheckpointError(f"{name} is not a readable PyTorch checkpoint (corrupt or another format).",
                               "Check that the file is a complete .pth download.") from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
+    notes: list[str] = []
+    if isinstance(obj, Mapping):
+        wrapper = next((k for k in STATE_DICT_WRAPPERS if k in obj and isinstance(obj[k], Mapping)), None)
+        if wrapper is not None:
+            others = [str(k) for k in obj if k != wrapper]
+            obj = obj[wrapper]
+            notes.append(f"the state dict was read from the checkpoint's '{wrapper}' entry"
+                         + (f" (left out: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''})"
+                            if others else ""))
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{name} does not hold a state_dict (a mapping of names to tensors).")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{name}: entries that are not tensors: {', '.join(map(str, bad[:5]))}.")
-    return {str(k): v for k, v in obj.items()}
+        raise CheckpointError(f"{name}: entries that are not tensors: {', '.join(map(str, bad[:5]))}.",
+                              "Save the model's state_dict alone (torch.save(model.state_dict(), ...)), or "
+                              f"wrap it as one of the entries {', '.join(STATE_DICT_WRAPPERS)}.")
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith(_DATA_PARALLEL_PREFIX) for k in state):
+        state = {k[len(_DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
+        notes.append("the 'module.' prefix nn.DataParallel puts on every key was removed")
+    return state, notes
+
+
+def _float_tensors(state: Mapping[str, torch.Tensor], what: str,
+                   hint: str = "Use an intact copy of the model (download or copy it again, or re-train it)."
+                   ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict with every floating-point tensor in float32 (what the model computes in), and
+    notes on what was converted; integer buffers (``num_batches_tracked``) are kept as they are.
+
+    Raises ``CheckpointError`` naming the tensors that hold NaN or infinite values (before or
+    after the conversion: a float64 value beyond float32's range), since such a model scores no
+    cell. ``what``: how messages name the file (``"damaged checkpoint"`` ...).
+    """
+    out: dict[str, torch.Tensor] = {}
+    converted: dict[torch.dtype, list[str]] = {}
+    damaged: list[str] = []
+    for k, v in state.items():
+        if v.is_floating_point():
+            if not bool(torch.isfinite(v).all()):
+                kinds = [w for w, f in (("NaN", torch.isnan), ("infinite values", torch.isinf)) if bool(f(v).any())]
+                damaged.append(f"{k} holds {' and '.join(kinds)}")
+            elif v.dtype != torch.float32:
+                converted.setdefault(v.dtype, []).append(k)
+                v = v.to(torch.float32)
+                if not bool(torch.isfinite(v).all()):
+                    damaged.append(f"{k} holds values beyond float32's range")
+        out[k] = v
+    if damaged:
+        shown = "; ".join(damaged[:5]) + (f"; and {len(damaged) - 5} more tensors" if len(damaged) > 5 else "")
+        raise CheckpointError(f"{what}: {shown}. A model with such weights cannot score any cell.", hint)
+    notes = []
+    for dtype, keys in converted.items():
+        kind = str(dtype).replace("torch.", "")
+        exact = ("exact" if dtype in (torch.float16, torch.bfloat16)
+                 else "rounded to float32, the precision the model computes in")
+        notes.append(f"converted from {kind} to float32 ({exact}): "
+                     + ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else ""))
+    return out, notes
 
 
 # --------------------------------------------------------------------------- bundles
@@ -199,6 +269,19 @@ class Bundle:
         return bool(self.manifest.get("demo"))
 
     @property
+    def is_imported(self) -> bool:
+        """An original checkpoint imported here (not a model trained by scATD Studio)."""
+        return self.manifest["provenance"].get("source") == "imported original scATD checkpoint"
+
+    @property
+    def prediction_problem(self) -> str | None:
+        """Why this model cannot predict as installed (``None`` when it can): a VAE_sf/VAE_gf drug
+        classifier imported without its bulk embeddings lacks the AdaIN statistics its inference needs."""
+        if self.kind == "classifier" and self.input_kind == "embedding" and self.style_mean is None:
+            return NO_STYLE_PROBLEM
+        return None
+
+    @property
     def title(self) -> str:
         """What the library and reports show, e.g. ``GEFITINIB · Dist_VAE (scATD-sf-dist)``."""
         base = f"{self.drug or 'backbone'} · {BACKBONE_TITLES.get(self.backbone, self.backbone)}"
@@ -212,7 +295,12 @@ class Bundle:
             raise BundleError(f"Unknown Swish mode {mode!r}; use one of {', '.join(BETA_MODES)}.")
         key = (str(device), mode)
         if key not in self._models:
-            state = _read_safetensors(self.path / WEIGHTS, "weights")
+            # float32 whatever the bundle was written with (libraries made before imports converted
+            # float16/float64 weights), and refused with a message when a weight is NaN or infinite
+            called = self.name if self.name == self.path.name else f"{self.name} ({self.path.name})"
+            state, _ = _float_tensors(_read_safetensors(self.path / WEIGHTS, "weights"),
+                                      f"Model {called} has damaged weights",
+                                      "Re-import or re-train this model (an administrator replaces a shared one).")
             with torch.device("meta"):  # no second copy of the weights: load by assignment
                 model = build_model(self.architecture)
             try:
@@ -243,10 +331,79 @@ class Bundle:
             "name": self.name, "drug": self.drug, "backbone": self.backbone, "kind": self.kind,
             "demo": self.is_demo, "input": self.input_kind,
             "n_input_features": arch["encoder_dims"][0], "z_dim": arch["z_dim"], "members": arch.get("members") or 1,
-            "threshold": self.threshold, "created": m["provenance"].get("created"),
+            "threshold": self.threshold if self.kind == "classifier" else None,
+            "created": m["provenance"].get("created"),
             "source": m["provenance"].get("source"), "metrics": m.get("metrics") or {},
             "path": str(self.path),
+            "source_file": m["provenance"].get("source_file"), "source_sha256": m["provenance"].get("source_sha256"),
+            "label_mapping": self.label_mapping if self.kind == "classifier" else None,
+            "beta_mode": m["beta_mode"], "n_genes": len(self.genes) if self.genes is not None else None,
+            "style": self.style_mean is not None if self.input_kind == "embedding" else None,
+            "problem": self.prediction_problem,
         }
+
+
+def input_transform_words(bundle: Bundle) -> str:
+    """What happens to the data's values before they reach ``bundle``'s model, in words."""
+    t = bundle.manifest["input_transform"]
+    if bundle.input_kind == "embedding":
+        return (f"Input: the cells' {BACKBONE_TITLES[bundle.backbone].split(' ')[0]} embeddings, re-styled by AdaIN "
+                "(each feature's mean and sd over your cells set to those of the bulk embeddings stored with the "
+                "model), as the original inference did; so the result depends on which cells are in the dataset.")
+    if t == "none":
+        return ("Input transform: none. The expression values go into the model as they are in your data (counts stay "
+                "counts, log-normalised values stay log-normalised), as the original inference script did. The scATD "
+                "reference leaves Dist_VAE's normalisation open (its code reads raw counts, its biomarker "
+                "documentation asks for log-normalised values), so give values like those the model was trained on.")
+    if t == "log1p_cp10k":
+        return ("Input transform: log1p_cp10k. Each cell's values over the model's genes are scaled to 10,000 in "
+                "total and log1p-transformed before the model.")
+    return ("Input transform: standardize. Each gene is z-scored over your cells (raw counts are log-normalised "
+            "first), as this model was trained here.")
+
+
+def _threshold_origin(bundle: Bundle) -> str:
+    recorded = bundle.manifest["provenance"].get("threshold_origin")
+    if recorded:
+        return recorded
+    if bundle.threshold == DEFAULT_THRESHOLDS[bundle.backbone]:
+        return f"the original scATD inference's default for {BACKBONE_TITLES[bundle.backbone]}"
+    return "set when the model was installed"
+
+
+def import_card_lines(bundle: Bundle) -> list[str]:
+    """A short card for an imported checkpoint (which has no training data to compare with):
+    where it comes from, who installed it and when, its threshold, how it predicts, its caveats."""
+    m, prov = bundle.manifest, bundle.manifest["provenance"]
+    sha = prov.get("source_sha256")
+    lines = [f"Imported from {prov.get('source_file') or 'an original scATD checkpoint'}"
+             + (f" (sha256 {sha})" if sha else "")
+             + (f", downloaded from {prov['source_url']}" if prov.get("source_url") else "") + "."]
+    when = (prov.get("created") or "")[:10] or "an unrecorded date"
+    lines.append(f"Installed on {when}" + (f" by {prov['imported_by']}" if prov.get("imported_by") else "")
+                 + f" with scATD Studio {prov.get('scatd_version', '?')}.")
+    if bundle.kind == "classifier":
+        mapping = bundle.label_mapping
+        lines.append(f"Classes: {', '.join(f'{k} = {v}' for k, v in sorted(mapping.items(), key=lambda kv: kv[1]))}; "
+                     f"P(resistant) is the probability of class {bundle.positive_index}.")
+        lines.append(f"Default threshold {bundle.threshold:.3g}: {_threshold_origin(bundle)}; it is not calibrated to "
+                     "your data (calibrate it on the Cells page, or --expected-fraction).")
+        lines.append("Deterministic by default: the latent mean, where the original inference sampled the latent "
+                     "(Monte-Carlo mode gives the per-cell mean and sd of sampled predictions).")
+        if bundle.backbone == "dist_vae":
+            lines.append("Swish: " + ("one beta shared by the encoder and the classifier head, as the original "
+                                      "inference had it (reference §2.6)" if m["beta_mode"] == "shared_with_head"
+                                      else "the encoder's and the head's own betas") + ".")
+    if bundle.input_kind == "embedding":
+        style = m.get("style")
+        lines.append(f"AdaIN statistics: from {prov.get('style_reference') or 'the bulk embeddings'}"
+                     + (f" (sha256 {prov['style_reference_sha256']})" if prov.get("style_reference_sha256") else "")
+                     + "." if style else f"AdaIN statistics: none, so it {NO_STYLE_PROBLEM}.")
+    else:
+        lines.append(f"Genes: {len(bundle.genes or []):,}, matched by name.")
+    lines.append(input_transform_words(bundle))
+    lines.extend(f"Note: {n}." for n in prov.get("notes") or [])
+    return lines
 
 
 def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -433,6 +590,10 @@ def save_bundle(
 
 # --------------------------------------------------------------------------- atomic, locked writes
 
+class NameTaken(BundleError):
+    """The bundle folder to write exists already (and is not to be replaced)."""
+
+
 LOCK_FILE = ".library.lock"
 _TMP_PREFIX, _OLD_PREFIX = ".bundle-tmp-", ".bundle-old-"
 
@@ -475,11 +636,12 @@ def _write_atomically(out: Path, write, overwrite: bool, unique: bool = False) -
                 out, k = base.with_name(f"{base.name}-{k}"), k + 1
         if out.exists() and not overwrite:
             what = "A model bundle" if (out / MANIFEST).exists() else "A folder"
-            raise BundleError(f"{what} named {out.name} already exists in {parent}; nothing was changed.",
-                              "To keep both, import it into another folder (scatd import-checkpoint ... --out "
-                              "FOLDER). Replacing a shared model is for an administrator, on the app's Model "
-                              "library page: 'Replace a model of the same name' when importing, or 'Remove a "
-                              "model' first.")
+            raise NameTaken(f"{what} named {out.name} already exists in {parent}; nothing was changed.",
+                            "To keep both, import it under another name (scatd import-checkpoint ... --name NAME) "
+                            "or into another folder (--out FOLDER). Replacing a shared model is for an "
+                            "administrator, on the app's Model library page: 'Replace a model of the same name' "
+                            "when importing, or 'Remove a model' first.",
+                            app_hint="Give it another name, or ask an administrator to replace the model.")
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent))
         try:
             write(tmp)
@@ -573,6 +735,7 @@ def import_checkpoint(
     overwrite: bool = False,
     source_name: str | None = None,
     max_checkpoint_bytes: int | None = None,
+    require_style: bool = False,
 ) -> Bundle:
     """Turn an original scATD ``.pth`` (pretraining or DAL) into a bundle.
 
@@ -585,18 +748,39 @@ def import_checkpoint(
     messages and provenance, where ``pth`` is a copy under another name (an upload).
     ``max_checkpoint_bytes``: the most the checkpoint may unpack to (default the decompression
     limit; the app passes the upload limit for an uploaded file), see :func:`load_checkpoint`.
+
+    The folder, when ``out`` is not given, is named after ``name`` when one is given (so two
+    models of one drug and backbone, e.g. Dist_VAE models for two target datasets, can both be
+    installed), else ``DRUG_backbone``. Floating-point weights are stored in float32 (float16 and
+    bfloat16 exactly; said in the provenance's ``notes``, with any unwrapping of the state dict);
+    a tensor holding NaN or infinite values is refused. ``require_style`` (the app): refuse a
+    VAE_sf/VAE_gf drug classifier without ``style_reference``, which could not predict.
     """
     if backbone not in BACKBONES:
         raise CheckpointError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
     if label_mapping is not None:
         check_label_mapping(label_mapping)  # before reading the checkpoint
     pth = Path(pth)
-    state = load_checkpoint(pth, source_name, max_checkpoint_bytes)
+    shown = source_name or pth.name
+    state, notes = read_checkpoint(pth, source_name, max_checkpoint_bytes)
+    state, converted = _float_tensors(state, f"Damaged checkpoint {shown}")
+    notes += converted
     arch = infer_architecture(state, backbone)
     model = build_model(arch)
     check_state_dict(model, state)
     if arch.kind == "classifier" and not drug:
-        raise CheckpointError("This is a drug classification checkpoint; name its drug with --drug.")
+        raise CheckpointError("This is a drug classification checkpoint; name its drug with --drug.",
+                              app_hint="Type its drug in the Drug field.")
+    if (require_style and style_reference is None and arch.kind == "classifier"
+            and INPUT_KINDS[backbone] == "embedding"):
+        raise InputError(
+            f"{shown} is a {BACKBONE_TITLES[backbone]} drug classifier: it needs the bulk embeddings its AdaIN "
+            "statistics come from, or it cannot predict.",
+            f"Give --style-reference: the bulk cell-line embeddings of this backbone (.npy, samples x "
+            f"{arch.input_dim:,} features).",
+            app_hint=f"Add them under 'Bulk embeddings for AdaIN': the bulk cell-line embeddings of this backbone "
+                     f"the model was trained on (.npy, samples x {arch.input_dim:,} features, e.g. scATD's "
+                     "AllbulkDEll_*_bulk_cell_embedding_*.npy), then import again.")
     gene_list = read_gene_list(genes) if genes is not None else None
     if gene_list is not None and INPUT_KINDS[backbone] != "expression":
         raise InputError(f"--genes applies to Dist_VAE models only; {backbone} takes embeddings.")
@@ -611,20 +795,33 @@ def import_checkpoint(
         style_mean, style_std = style_statistics(ref)
     if beta_mode is None:
         beta_mode = "shared_with_head" if (backbone == "dist_vae" and arch.kind == "classifier") else "separate"
+    in_library = out is None
     if out is None:
         base = Path(library) if library else model_library_dir()
-        out = base / safe_name(f"{drug or 'backbone'}_{backbone}")
-    return save_bundle(
-        out, state, arch, drug=drug, genes=gene_list, style_mean=style_mean, style_std=style_std,
-        input_transform=input_transform, label_mapping=label_mapping, threshold=threshold,
-        beta_mode=beta_mode, name=name,
-        provenance={"source": "imported original scATD checkpoint", "source_file": source_name or pth.name,
-                    "source_sha256": sha256_file(pth),
-                    "style_reference": Path(style_reference).name if style_reference else None,
-                    "style_reference_sha256": sha256_file(style_reference) if style_reference else None,
-                    **(dict(provenance) if provenance else {})},
-        overwrite=overwrite,
-    )
+        out = base / safe_name(name or f"{drug or 'backbone'}_{backbone}")
+    try:
+        return save_bundle(
+            out, state, arch, drug=drug, genes=gene_list, style_mean=style_mean, style_std=style_std,
+            input_transform=input_transform, label_mapping=label_mapping, threshold=threshold,
+            beta_mode=beta_mode, name=name,
+            provenance={"source": "imported original scATD checkpoint", "source_file": shown,
+                        "source_sha256": sha256_file(pth),
+                        "style_reference": Path(style_reference).name if style_reference else None,
+                        "style_reference_sha256": sha256_file(style_reference) if style_reference else None,
+                        "threshold_origin": ("set at import" if threshold is not None else
+                                             f"the original scATD inference's default for {BACKBONE_TITLES[backbone]}"),
+                        **({"notes": notes} if notes else {}),
+                        **(dict(provenance) if provenance else {})},
+            overwrite=overwrite,
+        )
+    except NameTaken as exc:
+        called = name or f"{drug or 'backbone'} ({backbone})"
+        raise NameTaken(
+            f"A model named '{called}' already exists{' in the model library' if in_library else ''} "
+            f"(folder {Path(out).name}); nothing was changed.",
+            f"It is {out}. {exc.hint}",
+            app_hint="Give it another display name (a second model of one drug and backbone, e.g. for another "
+                     "target dataset, needs its own), or ask an administrator to replace the existing one.") from None
 
 
 def distinct_titles(bundles: Sequence[Bundle]) -> dict[str, str]:

@@ -245,7 +245,11 @@ class ModelInput:
         self.spec = model if isinstance(model, InputSpec) else InputSpec.of(model)
         if self.spec.input_kind == "embedding" and self.spec.style_mean is None:
             raise InputError(f"{self.spec.name} has no bulk style statistics, which AdaIN needs.",
-                             "Re-import it with --style-reference (the bulk embeddings .npy).")
+                             "Re-import it with --style-reference (the bulk embeddings .npy).",
+                             app_hint="It was imported without the bulk embeddings, so it cannot predict. Choose "
+                                      "another model, or import it again on the Model library page with its bulk "
+                                      "embeddings (.npy) under 'Bulk embeddings for AdaIN' (replacing the installed "
+                                      "model is for an administrator, or give it another display name).")
         self.adata = adata
         self.batch_size = int(batch_size)
         self.n_obs = adata.n_obs

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from scatd_core.bundle import FIGSHARE_ARTICLE, FIGSHARE_URL, import_checkpoint
-from scatd_core.config import limits, settings
+from scatd_core.bundle import FIGSHARE_ARTICLE, FIGSHARE_URL, NameTaken, import_checkpoint, safe_name
+from scatd_core.config import limits, model_library_dir, settings
 from scatd_core.errors import InputError
 
 #: The scFoundation gene list (the Dist_VAE input order); fetched from ``published.gene_list_url``
@@ -179,9 +179,19 @@ def install(names: list[str], *, files: list[PublishedFile] | None = None, libra
             step = (lambda f, m, i=i: say((i + f) / len(names), m))
             pth = download(by_name[name], folder, step)
             genes = _gene_list(files, folder, step) if what.backbone == "dist_vae" else None
-            installed.append(import_checkpoint(
-                pth, what.backbone, drug=what.drug, genes=genes, library=library,
-                name=f"{what.title} (published scATD)", provenance={"source_url": by_name[name].url,
-                                                                    "imported_by": user}))
+            # the folder stays DRUG_backbone (the display name below is made here, not chosen by the user)
+            out = Path(library or model_library_dir()) / safe_name(f"{what.drug or 'backbone'}_{what.backbone}")
+            try:
+                installed.append(import_checkpoint(
+                    pth, what.backbone, drug=what.drug, genes=genes, out=out,
+                    name=f"{what.title} (published scATD)", provenance={"source_url": by_name[name].url,
+                                                                        "imported_by": user}))
+            except NameTaken:
+                raise NameTaken(f"{name} is installed already (the model library's {out.name} already exists); "
+                                "nothing was changed" + (f", and {len(installed)} model(s) before it were installed."
+                                             if installed else "."),
+                                f"It is {out}. To install it again, remove that model first.",
+                                app_hint="To install it again, an administrator removes that model first "
+                                         "(Remove a model, below).") from None
     say(1.0, f"Installed {len(installed)} published model(s)")
     return installed

@@ -310,7 +310,17 @@ def test_models_card_prints_the_baselines_and_refuses_a_model_without_one(capsys
     assert code == 0 and json.loads(out)["evaluations"][0]["name"] == "target"
     _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Gefitinib",
          "--genes", tmp / "genes.tsv", "--out", lib / "imported")
-    code, _, err = _run(capsys, "models", "card", "imported")
+    code, out, err = _run(capsys, "models", "card", "imported")  # an imported checkpoint's short card
+    assert code == 0 and "an imported checkpoint" in out and "Imported from dal.pth (sha256 " in out
+    assert "Default threshold 0.05: the original scATD inference's default" in out and "latent mean" in out
+    # a model with neither (a bundle written by other code) still says it has none
+    import shutil
+
+    shutil.copytree(lib / "imported", lib / "plain")
+    manifest = json.loads((lib / "plain" / "manifest.json").read_text())
+    manifest["provenance"]["source"] = "written elsewhere"
+    (lib / "plain" / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = _run(capsys, "models", "card", "plain")
     assert code != 0 and "has no model card" in err and "Traceback" not in err
     code, _, err = _run(capsys, "models", "card", "nothing_here")
     assert code != 0 and "No model 'nothing_here'" in err

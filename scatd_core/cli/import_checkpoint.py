@@ -28,7 +28,8 @@ def add(sub) -> None:
     p.add_argument("--beta-mode", choices=BETA_MODES,
                    help="Dist_VAE: 'shared_with_head' reproduces the original inference (default for "
                         "imported Dist_VAE classifiers); 'separate' keeps the encoder's own Swish beta")
-    p.add_argument("--name", help="display name in the model library")
+    p.add_argument("--name", help="display name in the model library; also names the bundle's folder (default: "
+                                   "DRUG_BACKBONE), so a second model of one drug and backbone needs one")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.set_defaults(run=run)
 
@@ -58,6 +59,8 @@ def run(args) -> int:
     arch = bundle.architecture
     print(f"Imported {bundle.kind} '{bundle.name}' ({args.backbone}, encoder {arch.encoder_dims}, "
           f"z {arch.z_dim}) -> {bundle.path}")
+    for note in bundle.manifest["provenance"].get("notes") or []:
+        say(f"note: {note}")
     if bundle.input_kind == "embedding" and bundle.style_mean is None and bundle.kind == "classifier":
         say("warning: no --style-reference given; this model cannot predict until it has bulk style "
             "statistics (re-import with --style-reference BULK.npy).")

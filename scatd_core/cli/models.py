@@ -1,4 +1,5 @@
-"""``scatd models``: the installed bundles; ``scatd models card NAME``: a trained model's card;
+"""``scatd models``: the installed bundles; ``scatd models card NAME``: a model's card (an imported
+checkpoint's is short: origin, threshold, mode, caveats);
 ``scatd models fetch``: the published scATD models."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from scatd_core.cli._common import Progress, say
 def add(sub) -> None:
     p = sub.add_parser("models", help="list the installed models, or fetch the published scATD models",
                        description="`scatd models` lists the model library. `scatd models card NAME` prints a "
-                                   "trained model's card (its scores next to the baselines). `scatd models fetch` "
+                                   "model's card (its scores next to the baselines). `scatd models fetch` "
                                    "lists the published "
                                    "scATD checkpoints on figshare; `scatd models fetch NAME ...` downloads (with size "
                                    "and checksum checks) and imports them.")
@@ -45,6 +46,17 @@ def card(args) -> int:
         raise InputError(f"No model {name!r} in {root}.", "List them with `scatd models`.")
     bundle = load_bundle(path)
     found = bundle.manifest.get("card")
+    if not found and bundle.is_imported:  # no training data to compare with: a short card
+        from scatd_core.bundle import import_card_lines
+
+        lines = import_card_lines(bundle)
+        if args.json:
+            print(json.dumps({"imported": True, "lines": lines}, indent=2))
+            return 0
+        print(f"Model card: {bundle.title} ({path.name}), an imported checkpoint")
+        for line in lines:
+            print(f"  {line}")
+        return 0
     if not found:
         raise InputError(f"{bundle.title} has no model card: only models trained by `scatd train` carry one "
                          "(an imported checkpoint has no training data to compare with).")
@@ -84,7 +96,8 @@ def show(args) -> int:
     for e in entries:
         if e.ok:
             s = e.bundle.summary()
-            print(f"{e.path.name}\t{e.bundle.title}\t{s['kind']}\t{s['n_input_features']} inputs")
+            print(f"{e.path.name}\t{e.bundle.title}\t{s['kind']}\t{s['n_input_features']} inputs"
+                  + (f"\t{s['problem']}" if s["problem"] else ""))
         else:
             print(f"{e.path.name}\tBROKEN: {e.problem}")
     return 0
