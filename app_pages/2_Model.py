@@ -6,7 +6,8 @@ import streamlit as st
 from scatd_app import state, ui
 from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
-from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL, distinct_titles
+from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, distinct_titles, import_card_lines,
+                               input_transform_words)
 from scatd_core.errors import ScatdError
 from scatd_core.inputs import InputSpec, embedding_width_error
 from scatd_core.nn import BACKBONES
@@ -45,6 +46,14 @@ if not classifiers:
 st.caption("Installed drug models. Each is a bundle folder with its weights, genes and provenance.")
 ui.show_library(entries)
 offered = ui.offered_models(demo_data)
+cannot = [b for b in classifiers if b.prediction_problem and (demo_data or not b.is_demo)]
+if cannot:
+    titles = distinct_titles(classifiers)
+    st.warning("Not offered for prediction: " + "; ".join(f"**{ui.md(titles[str(b.path)])}** "
+                                                         f"({ui.md(b.prediction_problem)})" for b in cannot)
+               + ". It was imported without the bulk embeddings its AdaIN step needs; import it again with them on "
+                 "the Model library page (replacing the installed one is for an administrator).",
+               icon=":material/block:")
 if not demo_data and not real:
     st.warning("**Only the demo model is installed**, and it was trained on simulated data: it says nothing about "
                "real cells. Use it with the demo data only.", icon=":material/warning:")
@@ -52,6 +61,10 @@ if not demo_data and not real:
     ui.stop()
 if not demo_data and any(b.is_demo for b in classifiers):
     st.caption("The demo model (simulated data) is offered with the demo data only.")
+if not offered:
+    st.warning("**No installed drug model can predict.**", icon=":material/inventory_2:")
+    how_to_get_a_model()
+    ui.stop()
 
 # ------------------------------------------------------------------ pickers
 current = ui.current_bundle()
@@ -93,8 +106,17 @@ with st.container(border=True):
     c[3].metric("Default threshold", f"{s['threshold']:.3g}",
                 help="Not calibrated to your data: calibrate it on the Cells page (expected fraction or labelled "
                      "cells).")
-    st.caption(f"Source: {ui.md(s['source'] or '—')} · created {ui.md(s['created'] or '—')} · "
-               f"input transform: {ui.md(bundle.manifest['input_transform'])}")
+    named = f"{ui.md(s['name'])} · " if s["name"] != bundle.path.name else ""
+    origin = (f" · from {ui.md(s['source_file'])} (sha256 {ui.md(s['source_sha256'][:12])}…)"
+              if s["source_file"] and s["source_sha256"] else "")
+    labels = f" · P(resistant) is the probability of class {bundle.positive_index}" if s["label_mapping"] else ""
+    beta = f" · Swish beta: {ui.BETA_WORDS[s['beta_mode']]}" if bundle.backbone == "dist_vae" else ""
+    st.caption(f"{named}Source: {ui.md(s['source'] or '—')}{origin} · created {ui.md(s['created'] or '—')}"
+               f"{labels}{beta}")
+    st.caption(ui.md(input_transform_words(bundle)))
+    if bundle.is_imported:
+        with st.expander("Model card (imported checkpoint)"):
+            st.markdown("\n".join(f"- {ui.md(line)}" for line in import_card_lines(bundle)))
     if s["metrics"]:
         with st.expander("Metrics recorded with the model"):
             st.json(s["metrics"])

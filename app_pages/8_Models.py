@@ -12,7 +12,8 @@ import streamlit as st
 
 from scatd_app import auth, jobs, session, ui
 from scatd_core import published
-from scatd_core.bundle import BACKBONE_TITLES, FIGSHARE_URL, distinct_titles, import_checkpoint, remove_bundle
+from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, distinct_titles, import_card_lines, import_checkpoint,
+                               remove_bundle)
 from scatd_core.config import import_folder, limits
 from scatd_core.errors import ScatdError
 from scatd_core.nn import BACKBONES
@@ -26,12 +27,15 @@ if entries:
 else:
     st.info("The library is empty. Get the published scATD models or import a checkpoint below, train a model, or "
             "install the demo model.", icon=":material/inventory_2:")
-carded = {str(e.path): e.bundle for e in entries if e.ok and e.bundle.manifest.get("card")}
+carded = {str(e.path): e.bundle for e in entries if e.ok and (e.bundle.manifest.get("card") or e.bundle.is_imported)}
 if carded:
     st.subheader("Model card")
-    chosen = st.selectbox("Trained model", list(carded), key="model_card_choice",
+    chosen = st.selectbox("Model", list(carded), key="model_card_choice",
                           format_func=ui.detached(lambda p: f"{carded[p].title} ({Path(p).name})"))
-    ui.show_card(carded[chosen].manifest["card"], key="model_card_figure")
+    if carded[chosen].manifest.get("card"):
+        ui.show_card(carded[chosen].manifest["card"], key="model_card_figure")
+    else:  # an imported checkpoint: no training data to compare with, so a short card
+        st.markdown("\n".join(f"- {ui.md(line)}" for line in import_card_lines(carded[chosen])))
 ui.link("Train a model", "Train a new drug model from bulk data", ":material/school:")
 
 # ------------------------------------------------------------------ published models
@@ -84,11 +88,19 @@ with st.form("import_checkpoint"):
                                help="The server's import folder (paths.import_folder), set by the administrator.")
     c = st.columns(2)
     drug = c[0].text_input("Drug", key="import_drug", help="Any spelling; it is the name shown.")
-    name = c[1].text_input("Display name (optional)", key="import_name")
+    name = c[1].text_input("Display name (optional)", key="import_name",
+                           help="The name shown in the library; it also names the model's folder (default: drug and "
+                                "backbone), so a second model of one drug and backbone, e.g. a Dist_VAE model for "
+                                "another target dataset, needs a display name of its own.")
     side_types = ["tsv", "txt", "csv"] if backbone == "dist_vae" else ["npy"]
     side = st.file_uploader("Model gene list (scFoundation OS_scRNA_gene_index.19264.tsv, or one gene per line)"
-                            if backbone == "dist_vae" else "Bulk embeddings for AdaIN (.npy, samples x features)",
-                            type=side_types, key="upload_side")
+                            if backbone == "dist_vae" else
+                            "Bulk embeddings for AdaIN (.npy, samples x features): needed for a drug classifier",
+                            type=side_types, key="upload_side",
+                            help=None if backbone == "dist_vae" else
+                            "The bulk cell-line embeddings of this backbone the model was trained on (scATD's "
+                            "AllbulkDEll_*_bulk_cell_embedding_*.npy): their per-feature mean and sd are the AdaIN "
+                            "target of every prediction. A pretraining (backbone) checkpoint does not need them.")
     side_files = [p.name for p in offered if p.suffix.lstrip(".") in side_types]
     side_from_folder = st.selectbox("…or from the import folder", [None] + side_files, key="import_side_from_folder",
                                     format_func=ui.detached(lambda n: "—" if n is None else n), disabled=not side_files,
@@ -121,6 +133,7 @@ if submitted:
                 genes=extra if backbone == "dist_vae" else None,
                 style_reference=extra if backbone != "dist_vae" else None,
                 provenance={"imported_by": user.name if user else None},
+                require_style=True,  # the app has no way to add them later: a classifier without them is refused
                 overwrite=bool(replace and user and user.admin),
                 source_name=upload.name if upload is not None else None,  # a name in messages, never a path
                 # an upload unpacks to no more than the upload limit (a torch.save file is uncompressed)
@@ -133,10 +146,9 @@ if submitted:
         for done in (upload, side):  # in the library now: Streamlit's in-memory copies are not needed
             if done is not None:
                 session.release_upload(done.file_id)
-        st.success(f"Imported **{ui.md(bundle.title)}**.", icon=":material/check_circle:")
-        if bundle.input_kind == "embedding" and bundle.style_mean is None and bundle.kind == "classifier":
-            st.warning("No bulk embeddings were given: this model cannot predict until it has the AdaIN "
-                       "statistics. Import it again with the bulk embeddings .npy.", icon=":material/warning:")
+        st.success(f"Imported **{ui.md(bundle.title)}** as {ui.md(bundle.path.name)}.", icon=":material/check_circle:")
+        for note in bundle.manifest["provenance"].get("notes") or []:
+            st.info(ui.md(f"Note: {note}."), icon=":material/info:")
         ui.link("Model", "Use it: choose the model", ":material/arrow_forward:")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -75,6 +75,8 @@ with st.container(border=True):
         ui.stop()
     ss["panel_models"] = [p for p in ss.get("panel_models", []) if p in classifiers]
     labels = distinct_titles(list(classifiers.values()))
+    labels = {p: t + (f" ({classifiers[p].prediction_problem}: it would be skipped)"
+                      if classifiers[p].prediction_problem else "") for p, t in labels.items()}
     paths = st.multiselect("Drug models of the panel (two or more)", list(classifiers), key="panel_models",
                            format_func=ui.detached(lambda p: labels[p]),
                            help="Any backbones and gene sets: each model is aligned to the data separately, and "

@@ -652,9 +652,10 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
 
 
 def offered_models(demo_data: bool) -> list:
-    """The drug models the Model page offers: every installed classifier with the demo data, the
-    real ones (not the demo model) with any other data."""
-    classifiers = [e.bundle for e in library_entries() if e.ok and e.bundle.kind == "classifier"]
+    """The drug models the Model page offers: every installed classifier that can predict (not one
+    lacking its AdaIN statistics) with the demo data, the real ones (not the demo model) with any other data."""
+    classifiers = [e.bundle for e in library_entries() if e.ok and e.bundle.kind == "classifier"
+                   and e.bundle.prediction_problem is None]
     return classifiers if demo_data else [b for b in classifiers if not b.is_demo]
 
 
@@ -1063,9 +1064,23 @@ def _card_cell(bundle, evaluation: str) -> str | None:
     return " / ".join("—" if r["auroc"] is None else f"{r['auroc']:.3f}" for r in ev["scores"][:3])
 
 
+BETA_WORDS = {"shared_with_head": "shared with head", "separate": "separate"}
+
+
+def labels_cell(mapping) -> str | None:
+    """The label direction in a few characters, e.g. ``resistant=1`` (the reported class)."""
+    if not mapping:
+        return None
+    return f"resistant={mapping['resistant']}" if "resistant" in mapping else \
+        ", ".join(f"{k}={v}" for k, v in mapping.items())
+
+
 def library_frame(entries):
     """The model library as a table: one row per bundle (broken ones with their problem).
 
+    What tells models apart: display name, source file and the start of its sha256, label
+    direction, Swish mode (Dist_VAE), number of genes, AdaIN statistics (VAE_sf/VAE_gf); a model
+    that cannot predict as installed says why under ``problem``. Backbones have no threshold.
     Trained models show their model card's AUROCs (this model / logistic regression / gradient
     boosting) on the bulk cross-validation and, when the target had labels, on the target cells.
     """
@@ -1074,20 +1089,32 @@ def library_frame(entries):
     rows = []
     for e in entries:
         if not e.ok:
-            rows.append({"drug": None, "backbone": None, "kind": "unusable", "members": None, "demo": False,
-                         "source": None, "by": None, "created": None, "bulk CV AUROC (model / LR / GB)": None,
-                         "target AUROC (model / LR / GB)": None, "threshold": None, "folder": e.path.name,
-                         "problem": e.problem})
+            rows.append({"name": None, "drug": None, "backbone": None, "kind": "unusable", "members": None,
+                         "demo": False, "genes": None, "AdaIN stats": None, "labels": None, "Swish beta": None,
+                         "source": None, "source file": None, "sha256": None, "by": None, "created": None,
+                         "bulk CV AUROC (model / LR / GB)": None, "target AUROC (model / LR / GB)": None,
+                         "threshold": None, "folder": e.path.name, "problem": e.problem})
             continue
         s = e.bundle.summary()
         prov = e.bundle.manifest.get("provenance", {})
-        rows.append({"drug": s["drug"], "backbone": s["backbone"], "kind": s["kind"], "members": s["members"],
-                     "demo": s["demo"], "source": s["source"], "by": prov.get("imported_by") or prov.get("trained_by"),
+        rows.append({"name": s["name"], "drug": s["drug"], "backbone": s["backbone"], "kind": s["kind"],
+                     "members": s["members"], "demo": s["demo"], "genes": s["n_genes"],
+                     "AdaIN stats": None if s["style"] is None or s["kind"] != "classifier" else
+                     ("yes" if s["style"] else "no"),
+                     "labels": labels_cell(s["label_mapping"]),
+                     "Swish beta": BETA_WORDS.get(s["beta_mode"]) if s["backbone"] == "dist_vae"
+                     and s["kind"] == "classifier" else None,
+                     "source": s["source"], "source file": s["source_file"],
+                     "sha256": (s["source_sha256"] or "")[:12] or None,
+                     "by": prov.get("imported_by") or prov.get("trained_by"),
                      "created": (s["created"] or "")[:10],
                      "bulk CV AUROC (model / LR / GB)": _card_cell(e.bundle, "bulk_cv"),
                      "target AUROC (model / LR / GB)": _card_cell(e.bundle, "target"),
-                     "threshold": s["threshold"], "folder": e.path.name, "problem": None})
+                     "threshold": s["threshold"], "folder": e.path.name, "problem": s["problem"]})
     table = pd.DataFrame(rows)
+    for column in ("source file", "sha256", "genes", "AdaIN stats", "Swish beta"):
+        if column in table and table[column].isna().all():
+            table = table.drop(columns=[column])  # e.g. no imported model, or no embedding model: nothing to say
     if "by" in table and table["by"].isna().all():
         return table.drop(columns=["by"])  # no logins, nothing recorded
     if "by" in table:  # the demo and imported files record nobody: blank, not "None"
@@ -1123,4 +1150,11 @@ def show_library(entries) -> None:
     st.dataframe(frame, hide_index=True, column_config={
         "demo": st.column_config.CheckboxColumn("demo (simulated data)"),
         "threshold": st.column_config.NumberColumn("threshold", format="%.3g"),
+        "genes": st.column_config.NumberColumn("genes", format="%d"),
+        "sha256": st.column_config.TextColumn("sha256", help="The first 12 characters of the source file's sha256"),
+        "labels": st.column_config.TextColumn("labels", help="The class whose probability is P(resistant)"),
+        "Swish beta": st.column_config.TextColumn(
+            "Swish beta", help="Dist_VAE: 'shared with head' reproduces the original inference of imported models"),
+        "AdaIN stats": st.column_config.TextColumn(
+            "AdaIN stats", help="VAE_sf/VAE_gf: the bulk embeddings' statistics the model's inference needs"),
     })

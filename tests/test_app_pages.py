@@ -910,3 +910,108 @@ def test_start_up_runs_once_per_process_and_can_be_waited_for():
     first = ui.start_up(wait=True)
     assert not first.is_alive()
     assert ui.start_up() is first and ui.start_up(wait=True) is first
+
+
+def _small_checkpoints(folder: Path) -> None:
+    """Original-layout checkpoints offered in an import folder: a Dist_VAE classifier (drug.pth, genes.txt),
+    a VAE_sf classifier (sf.pth) with its bulk embeddings (bulk.npy), a Dist_VAE pretraining one (pre.pth)."""
+    folder.mkdir()
+    torch.save(orig.dal_checkpoint("dist_vae", [30, 16, 8], 6, seed=1), folder / "drug.pth")
+    (folder / "genes.txt").write_text("\n".join(f"G{i}" for i in range(30)) + "\n")
+    torch.save(orig.dal_checkpoint("vae_sf", [40, 30, 20, 14], 11, seed=2), folder / "sf.pth")
+    np.save(folder / "bulk.npy", np.random.default_rng(0).normal(size=(20, 40)))
+    torch.save(orig.pretraining_checkpoint("dist_vae", [30, 16, 8], 6, [6, 16], seed=3), folder / "pre.pth")
+
+
+def _import_from_folder(at: AppTest, pth: str, drug: str, side: str | None, name: str = "",
+                        backbone: str = "dist_vae") -> AppTest:
+    at.selectbox(key="model_import_backbone").set_value(backbone)
+    at.run()
+    at.selectbox(key="import_from_folder").set_value(pth)
+    at.text_input(key="import_drug").set_value(drug)
+    at.text_input(key="import_name").set_value(name)
+    at.selectbox(key="import_side_from_folder").set_value(side)
+    at.get("form_submit_button")[0].click()
+    at.run()
+    return ok(at)
+
+
+def test_the_app_refuses_an_embedding_classifier_without_its_bulk_embeddings(empty_library, tmp_path, monkeypatch):
+    _small_checkpoints(tmp_path / "import")
+    monkeypatch.setenv("SCATD_IMPORT_FOLDER", str(tmp_path / "import"))
+    at = start()
+    goto(at, "8_Models")
+    _import_from_folder(at, "sf.pth", "Cisplatin", None, backbone="vae_sf")
+    shown = text(at.error)
+    assert "needs the bulk embeddings" in shown and "Bulk embeddings for AdaIN" in shown and "--" not in shown
+    assert not text(at.success)
+    assert not [p for p in empty_library.glob("*") if not p.name.startswith(".")]  # nothing installed
+    _import_from_folder(at, "sf.pth", "Cisplatin", "bulk.npy", backbone="vae_sf")
+    assert "Imported" in text(at.success), text(at.error)
+
+
+def test_a_model_without_adain_statistics_is_marked_and_not_offered(empty_library, tmp_path):
+    import io
+
+    from scatd_core.bundle import NO_STYLE_PROBLEM, import_checkpoint, list_library
+
+    _small_checkpoints(tmp_path / "import")
+    folder = tmp_path / "import"
+    import_checkpoint(folder / "sf.pth", "vae_sf", drug="NOSTYLE", library=empty_library)  # as the CLI allows
+    import_checkpoint(folder / "sf.pth", "vae_sf", drug="STYLED", library=empty_library,
+                      style_reference=folder / "bulk.npy")
+    table = ui.library_frame(list_library(empty_library)).set_index("drug")
+    assert table.loc["NOSTYLE", "problem"] == NO_STYLE_PROBLEM and table.loc["NOSTYLE", "AdaIN stats"] == "no"
+    assert table.loc["STYLED", "problem"] is None and table.loc["STYLED", "AdaIN stats"] == "yes"
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(1).normal(size=(30, 40)).astype(np.float32))
+    at = start()
+    upload(at, "cells.npy", buffer.getvalue())
+    goto(at, "2_Model")
+    assert at.selectbox(key="model_bundle").options == ["STYLED · VAE_sf (scATD-sf)"]  # shown by title
+    assert "Not offered for prediction" in text(at.warning) and "NOSTYLE" in text(at.warning)
+    assert "no AdaIN statistics" in text(at.warning)
+
+
+def test_a_second_model_of_a_drug_goes_by_its_display_name(empty_library, tmp_path, monkeypatch):
+    _small_checkpoints(tmp_path / "import")
+    monkeypatch.setenv("SCATD_IMPORT_FOLDER", str(tmp_path / "import"))
+    at = start()
+    goto(at, "8_Models")
+    _import_from_folder(at, "drug.pth", "DOCETAXEL", "genes.txt")
+    assert "Imported" in text(at.success), text(at.error)
+    _import_from_folder(at, "drug.pth", "DOCETAXEL", "genes.txt", name="DOCETAXEL GSE140440")
+    assert "Imported" in text(at.success), text(at.error)
+    assert sorted(p.name.split("-")[0] for p in empty_library.iterdir() if not p.name.startswith(".")) == \
+        ["DOCETAXEL_GSE140440", "DOCETAXEL_dist_vae"]
+    _import_from_folder(at, "drug.pth", "DOCETAXEL", "genes.txt", name="DOCETAXEL GSE140440")
+    shown = text(at.error).replace("\\", "")  # markdown escapes
+    assert "A model named 'DOCETAXEL GSE140440' already exists" in shown and "another display name" in shown
+    assert str(empty_library) not in shown and "scatd " not in shown and "--" not in shown  # no server path, no CLI
+
+
+def test_the_library_and_the_model_page_tell_imported_models_apart(empty_library, tmp_path):
+    from scatd_core.bundle import import_checkpoint, list_library, sha256_file
+
+    _small_checkpoints(tmp_path / "import")
+    folder = tmp_path / "import"
+    import_checkpoint(folder / "drug.pth", "dist_vae", drug="DOCETAXEL", genes=folder / "genes.txt",
+                      library=empty_library, provenance={"imported_by": "alice"})
+    import_checkpoint(folder / "pre.pth", "dist_vae", genes=folder / "genes.txt", library=empty_library)
+    table = ui.library_frame(list_library(empty_library)).set_index("kind")
+    for column in ("name", "source file", "sha256", "labels", "Swish beta", "genes"):
+        assert column in table.columns, column
+    row = table.loc["classifier"]
+    assert row["name"] == "DOCETAXEL (dist_vae)" and row["source file"] == "drug.pth"
+    assert row["sha256"] == sha256_file(folder / "drug.pth")[:12] and row["labels"] == "resistant=1"
+    assert row["Swish beta"] == "shared with head" and row["genes"] == 30
+    assert pd.isna(table.loc["backbone", "threshold"]) and row["threshold"] == 0.05  # no threshold for a backbone
+    at = start()
+    goto(at, "8_Models")
+    assert len(at.selectbox(key="model_card_choice").options) == 2  # imported models have a card
+    card = text(at.markdown)
+    assert "Imported from drug.pth" in card.replace("\\", "") and "by alice" in card
+    goto(at, "2_Model")
+    captions = text(at.caption).replace("\\", "")
+    assert "Input transform: none. The expression values go into the model as they are" in captions
+    assert "from drug.pth (sha256 " in captions
