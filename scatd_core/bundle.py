@@ -181,13 +181,15 @@ def _float_tensors(state: Mapping[str, torch.Tensor], what: str,
     damaged: list[str] = []
     for k, v in state.items():
         if v.is_floating_point():
-            if not bool(torch.isfinite(v).all()):
+            # a finite sum means every value is finite (NaN and inf propagate; a sum of finite values that
+            # overflows takes the exact check): one cheap pass per tensor (~30 ms for a published Dist_VAE)
+            if not bool(torch.isfinite(v.sum())) and not bool(torch.isfinite(v).all()):
                 kinds = [w for w, f in (("NaN", torch.isnan), ("infinite values", torch.isinf)) if bool(f(v).any())]
                 damaged.append(f"{k} holds {' and '.join(kinds)}")
             elif v.dtype != torch.float32:
                 converted.setdefault(v.dtype, []).append(k)
                 v = v.to(torch.float32)
-                if not bool(torch.isfinite(v).all()):
+                if not bool(torch.isfinite(v.sum())) and not bool(torch.isfinite(v).all()):
                     damaged.append(f"{k} holds values beyond float32's range")
         out[k] = v
     if damaged:
