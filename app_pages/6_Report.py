@@ -77,7 +77,8 @@ with c[3]:
                            adata, context=export.report_context(adata, label_column, groups))),
                        file_name=f"{stem}_annotated.h5ad",
                        mime="application/x-hdf5", icon=":material/database:", key="btn_dl_h5ad", on_click="ignore")
-    st.caption("opens in scanpy/cellxgene: obs, obsm, uns['scatd']")
+    st.caption("opens in scanpy/cellxgene: obs, obsm, uns['scatd'] (the run), uns['scatd_report'] (labels, "
+               "evaluation)")
 with c[4]:
     st.download_button("report.html",
                        ui.detached(lambda: export.html_report(adata, label_column=label_column, group_columns=groups,
