@@ -144,3 +144,43 @@ def test_a_worker_process_keeps_one_pass_worker_and_frees_it_when_idle(monkeypat
     assert _shard.run_shard(_CountingWorker, "job-b", "pass-2", 1, 10, 20) == b"job-b:10"
     assert _CountingWorker.built == ["job-a", "job-b", "job-b"]
     _shard._release("pass-2")
+
+
+def test_a_commands_passes_share_one_ray_instance(monkeypatch):
+    """`scatd ... --engine ray` runs several passes (embeddings, statistics, prediction,
+    attributions): each used to start and stop its own local Ray instance. Within
+    one_connection the first pass's instance is kept for the next and shut down once, at the end;
+    outside it a pass still cleans up after itself."""
+    from scatd_core.scaleout import _run
+
+    class FakeRay:
+        def __init__(self):
+            self.up, self.inits, self.shutdowns = False, 0, 0
+
+        def is_initialized(self):
+            return self.up
+
+        def init(self, **kwargs):
+            self.up, self.inits = True, self.inits + 1
+
+        def shutdown(self):
+            self.up, self.shutdowns = False, self.shutdowns + 1
+
+    fake = FakeRay()
+    monkeypatch.setattr(_run, "_ray", lambda: fake)
+
+    def a_pass():
+        started = _run.connect(None)
+        _run.release(started)
+
+    with _run.one_connection():
+        for _ in range(3):
+            a_pass()
+        assert fake.inits == 1 and fake.shutdowns == 0 and fake.up
+    assert fake.inits == 1 and fake.shutdowns == 1 and not fake.up
+    a_pass()  # on its own: started and stopped by the pass
+    assert fake.inits == 2 and fake.shutdowns == 2 and not fake.up
+    fake.up = True  # a process already connected (the app's stay_connected) keeps its connection
+    with _run.one_connection():
+        a_pass()
+    assert fake.up and fake.shutdowns == 2

@@ -33,6 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_ray_connection(args):
+    """``--engine ray``: one Ray instance for all the command's passes (started by the first)."""
+    import contextlib
+
+    if getattr(args, "engine", "local") != "ray":
+        return contextlib.nullcontext()
+    from scatd_core.scaleout import one_connection
+
+    return one_connection()
+
+
 def _remove_parts(args) -> None:
     """After a successful ``--engine ray`` command: its shard parts, kept so that a stopped run
     resumes, are no longer needed once every output is written (``--keep-parts`` keeps them)."""
@@ -59,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if "scatd_core.scaleout._store" in sys.modules:  # only this command's parts are its to remove
         sys.modules["scatd_core.scaleout._store"].OPENED.clear()
     try:
-        code = int(args.run(args) or 0)
+        with _one_ray_connection(args):
+            code = int(args.run(args) or 0)
         if code == 0:
             _remove_parts(args)
         return code

@@ -22,11 +22,11 @@ nothing here imports it until a run starts.
 """
 
 from scatd_core.scaleout._run import (MAX_RETRIES, EngineChoice, ScaleoutRun, connect, disconnect, engine_for,
-                                      predict_in_folder, predict_ray, ray_available, shards_of, stay_connected,
-                                      write_h5ad)
+                                      one_connection, predict_in_folder, predict_ray, ray_available, shards_of,
+                                      stay_connected, write_h5ad)
 from scatd_core.scaleout._embed import embed_ray, embed_shards
 from scatd_core.scaleout._explain import explain_in_folder, explain_ray, explain_shards
 from scatd_core.scaleout._store import ShardStore, parts_dir
 
 __all__ = ["predict_ray", "embed_ray", "embed_shards", "explain_ray", "explain_in_folder", "explain_shards", "predict_in_folder", "engine_for", "EngineChoice", "write_h5ad", "ScaleoutRun", "ShardStore", "parts_dir", "shards_of", "connect",
-           "disconnect", "stay_connected", "ray_available", "MAX_RETRIES"]
+           "disconnect", "one_connection", "stay_connected", "ray_available", "MAX_RETRIES"]

@@ -22,7 +22,7 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys
-from scatd_core.scaleout._run import _ray, _require_backed, _run_pass, _workers, connect, disconnect
+from scatd_core.scaleout._run import _ray, _require_backed, _run_pass, _workers, connect, release
 from scatd_core.scaleout._shard import EmbedWorker, Job
 from scatd_core.scaleout._store import ShardStore, parts_dir, shard_name
 
@@ -120,8 +120,7 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
                       lambda i, payload: store.save(shard_name(i), payload), "embeddings", len(shards) - len(left),
                       say, should_stop)
         finally:
-            if started:
-                disconnect()
+            release(started)
         matrix = np.array(adata.obsm[key], dtype=np.float32) if record is not None else None
         info, lengths, embedded, not_embedded = None, [], 0, {}
         for i, (start, stop) in enumerate(shards):

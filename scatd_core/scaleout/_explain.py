@@ -22,7 +22,7 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys
-from scatd_core.scaleout._run import (_ray, _require_backed, _run_pass, _workers, connect, disconnect,
+from scatd_core.scaleout._run import (_ray, _require_backed, _run_pass, _workers, connect, release,
                                       stay_connected)
 from scatd_core.scaleout._shard import ExplainWorker, Job, shard_calls, shard_raw
 from scatd_core.scaleout._store import ShardStore, parts_dir, shard_name
@@ -136,8 +136,7 @@ def explain_ray(
                           len(shards) - len(todo),
                           lambda f, m: say(0.02 + 0.88 * f, m), stop)
             finally:
-                if started:
-                    disconnect()
+                release(started)
             sums, raw_parts = _Sums(base.size, rows.size), []
             for i in range(len(shards)):  # in input order: the same sums, added in the same order
                 part = store.load(shard_name(i))

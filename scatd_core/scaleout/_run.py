@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import threading
+from contextlib import contextmanager
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -109,6 +110,34 @@ def disconnect() -> None:
     ray = _ray()
     if ray.is_initialized():
         ray.shutdown()
+
+
+_HOLD = {"depth": 0, "started": False}
+
+
+@contextmanager
+def one_connection():
+    """Within it, a Ray instance a pass starts is kept for the next pass (a command's embedding,
+    statistics, prediction and attribution passes share one instance and its warm worker
+    processes, instead of starting Ray anew for each), and shut down at the end."""
+    _HOLD["depth"] += 1
+    try:
+        yield
+    finally:
+        _HOLD["depth"] -= 1
+        if _HOLD["depth"] == 0 and _HOLD["started"]:
+            _HOLD["started"] = False
+            disconnect()
+
+
+def release(started: bool) -> None:
+    """After a pass: disconnect what it connected (``started``), unless :func:`one_connection` holds it."""
+    if not started:
+        return
+    if _HOLD["depth"]:
+        _HOLD["started"] = True
+    else:
+        disconnect()
 
 
 def shards_of(n_obs: int, batch_size: int, shard_cells: int | None = None) -> list[tuple[int, int]]:
@@ -258,8 +287,7 @@ def predict_ray(
                   lambda i, payload: store.save(shard_name(i), payload), "predicting", resumed, progress,
                   should_stop)
     finally:
-        if started:
-            disconnect()
+        release(started)
     run = ScaleoutRun(adata, store, shards, resumed=resumed, computed=len(todo), workers=n_workers)
     _assemble(run, bundle, source, mask, mask_array, threshold, load_latent, address)
     run.seconds = round(time.perf_counter() - t0, 3)
