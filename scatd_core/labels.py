@@ -407,14 +407,23 @@ def _read_thresholds(path: Path) -> list[tuple[str, float]]:
     return list(zip(names, values))
 
 
-def _drug_ids(index) -> dict[str, int]:
-    out = {}
-    for key in index:
+def _drug_ids(index, name: str = "The IC50 table") -> dict[str, int]:
+    """Row label -> GDSC drug id; a drug listed on two rows (also as ``1003`` and ``GDSC:1003``)
+    is refused, naming the rows (1 = the first row under the header)."""
+    out: dict[str, int] = {}
+    first_row: dict[int, int] = {}
+    for row, key in enumerate(index, start=1):
         m = re.match(r"^\s*(?:GDSC:)?(\d+)\s*$", str(key))
         if not m:
             raise InputError(f"IC50 row {key!r} is not a GDSC drug id like 'GDSC:1010'.",
                              "Give GDSC_IC50.csv as distributed with DeepCDR (rows GDSC:<drug_id>).")
-        out[str(key)] = int(m.group(1))
+        drug = int(m.group(1))
+        if drug in first_row:
+            raise InputError(f"{name} lists drug GDSC:{drug} twice (rows {first_row[drug]} and {row}); "
+                             "keep one row per drug.",
+                             "Delete the repeated row (or merge the two) and give the table again.")
+        first_row[drug] = row
+        out[str(key)] = drug
     return out
 
 
@@ -452,7 +461,7 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
         raise InputError(f"{Path(drug_list_csv).name} lacks the column(s) {missing}.",
                          "Give the GDSC drug list (columns drug_id, Name, Synonyms, ...).")
     thresholds = _read_thresholds(Path(thresholds_txt))
-    row_ids = _drug_ids(ic50.index)
+    row_ids = _drug_ids(ic50.index, Path(ic50_csv).name)
     info = dlist.drop_duplicates("drug_id").set_index("drug_id")
     unknown_ids = sorted({i for i in row_ids.values() if i not in info.index})
     ids = sorted(i for i in set(row_ids.values()) if i in info.index)

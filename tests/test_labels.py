@@ -175,3 +175,18 @@ def test_real_wf_label_file():
     path = shared_file("gdsc", "ALL_label_binary_wf.csv")
     dl = drug_labels(path, "docetaxel")
     assert dl.counts == {"sensitive": 467, "resistant": 813} and dl.n_missing == 0  # reference Appendix A
+
+
+def test_labels_from_ic50_drug_listed_twice_names_rows(tmp_path):
+    ic50, thr, dlist = _ic50_files(tmp_path)
+    table = pd.read_csv(ic50, index_col=0)
+    table = pd.concat([table, table.iloc[[0]]])  # GDSC:10 again, as row 6
+    table.to_csv(tmp_path / "GDSC_IC50.csv")
+    with pytest.raises(InputError, match=r"GDSC_IC50.csv lists drug GDSC:10 twice \(rows 1 and 6\); "
+                                         "keep one row per drug"):
+        labels_from_ic50(tmp_path / "GDSC_IC50.csv", thr, dlist)
+    # the same id written two ways is the same drug
+    table.index = ["GDSC:10", "GDSC:20", "GDSC:30", "GDSC:40", "GDSC:41", "20"]
+    table.to_csv(tmp_path / "GDSC_IC50.csv")
+    with pytest.raises(InputError, match=r"GDSC:20 twice \(rows 2 and 6\)"):
+        labels_from_ic50(tmp_path / "GDSC_IC50.csv", thr, dlist)
