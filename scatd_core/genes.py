@@ -156,6 +156,11 @@ _HUMAN_SYMBOL = re.compile(r"^(?=[A-Z0-9._-]*[A-Z])[A-Z0-9][A-Z0-9._-]*$|^C[0-9X
 _MOUSE_SYMBOL = re.compile(r"^[A-Z][a-z0-9]*[a-z][a-z0-9]*(?:[-.][A-Za-z0-9]+)*$|^mt-[A-Z][a-z0-9]*|^\d+[A-Z]\d+Rik$")
 _BARCODE = re.compile(r"(?:^|[_:#-])[ACGTN]{10,}(?:[-_.]\d+)?$")
 _NUMERIC = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+# Cell (sample) names that the symbol pattern would take for genes: archive accessions (a prefix
+# and >= 5 digits: SRR7000000, GSM4762001, SAMN12345678) and plate wells (P1_A01, plate1_B12,
+# A01). A bare well needs two digits: C3, F2 or F8 are genes; F10-F12 (genes too) are few.
+_CELL_NAME = re.compile(r"^(?:(?:SRR|ERR|DRR|SRX|ERX|DRX|SRS|ERS|DRS|GSM|SAMN|SAMEA|SAMD|SAME)\d{5,}(?:[_.:-]\w+)*"
+                        r"|(?:(?:p|pl|plate)\d+[_.-]?)?[A-P](?:0[1-9]|1\d|2[0-4]))$", re.IGNORECASE)
 
 SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name",
                   "symbol", "symbols", "Symbol", "features", "name")
@@ -188,7 +193,9 @@ def id_type_evidence(names: Sequence) -> dict:
 
     Returns a JSON-safe dict with ``n`` (names looked at, at most 5,000 evenly spaced) and the
     fractions ``ensembl`` (any species), ``ensembl_mouse``, ``ensembl_versioned``,
-    ``human_symbol``, ``mouse_symbol``, ``barcode``, ``numeric``, and ``top_shape_fraction``
+    ``human_symbol``, ``mouse_symbol``, ``barcode``, ``numeric``, ``cell_name`` (archive
+    accessions such as ``SRR7000000`` and plate wells such as ``P1_A01``: cells, never
+    counted as symbols), and ``top_shape_fraction``
     (the share of the most common :func:`name_shape`).
     """
     return dict(_evidence_of_sample(tuple(_sample(names))))
@@ -202,7 +209,7 @@ def _evidence_of_sample(sample: tuple[str, ...]) -> dict:
     if n == 0:
         return {"n": 0}
     counts = dict.fromkeys(("ensembl", "ensembl_mouse", "ensembl_versioned", "human_symbol",
-                            "mouse_symbol", "barcode", "numeric"), 0)
+                            "mouse_symbol", "barcode", "numeric", "cell_name"), 0)
     shapes: dict[str, int] = {}
     for name in sample:
         shape = name_shape(name)
@@ -216,6 +223,8 @@ def _evidence_of_sample(sample: tuple[str, ...]) -> dict:
             counts["numeric"] += 1
         elif _BARCODE.search(name):
             counts["barcode"] += 1
+        elif _CELL_NAME.match(name):
+            counts["cell_name"] += 1
         elif _HUMAN_SYMBOL.match(name):
             counts["human_symbol"] += 1
         elif _MOUSE_SYMBOL.match(name):

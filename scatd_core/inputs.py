@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from scatd_core import _keys
 from scatd_core._matrix import MeanVar, block_moments, log1p_cp10k
 from scatd_core.errors import InputError
-from scatd_core.genes import GeneAlignment, align_genes, detect_id_type, names_for
+from scatd_core.genes import GeneAlignment, align_genes, detect_id_type, id_type_evidence, names_for
 from scatd_core.preprocess import detect_value_type
 
 ADAIN_EPS = 1e-8  # on the source std only, as the original
@@ -153,14 +153,7 @@ def model_source(adata: ad.AnnData, spec: InputSpec) -> Source:
         model_type = detect_id_type(spec.genes)
         alignment = align_genes(names_for(adata, model_type), spec.genes)
         if alignment.n_matched == 0:
-            example = ", ".join(map(str, adata.var_names[:3]))
-            data_type = adata.uns.get(_keys.INPUT_REPORT, {}).get("gene_id_type") or detect_id_type(adata.var_names)
-            hint = ("The data's genes look like Ensembl IDs: give the symbols (a file that carries them, or a "
-                    "BioMart table on the Data page) so they can be matched." if data_type in ("ensembl", "mixed")
-                    else "Check that the data uses human gene symbols, like the model.")
-            raise InputError(
-                f"None of the {adata.n_vars:,} genes in the data (e.g. {example}) is among the model's "
-                f"{alignment.n_model:,} input genes (e.g. {', '.join(spec.genes[:3])}).", hint)
+            raise _no_gene_matched(adata, spec, alignment)
         columns = _one_to_one_columns(alignment)
         in_order = columns is not None and adata.n_vars == columns.size and \
             np.array_equal(columns, np.arange(columns.size))
@@ -172,6 +165,31 @@ def model_source(adata: ad.AnnData, spec: InputSpec) -> Source:
     if adata.n_vars == spec.input_dim:
         return Source(adata.X, None, f"X ({adata.n_vars} embedding features, by position)")
     raise embedding_width_error(adata, spec)
+
+
+def _no_gene_matched(adata: ad.AnnData, spec: InputSpec, alignment: GeneAlignment) -> InputError:
+    """Why none of the data's genes is a model gene, with what to do: Ensembl IDs, a transposed
+    table (the data's "genes" are cell names, or its cells' names are the model's genes)."""
+    example = ", ".join(map(str, adata.var_names[:3]))
+    message = (f"None of the {adata.n_vars:,} genes in the data (e.g. {example}) is among the model's "
+               f"{alignment.n_model:,} input genes (e.g. {', '.join(spec.genes[:3])}).")
+    report = adata.uns.get(_keys.INPUT_REPORT, {})
+    data_type = report.get("gene_id_type") or detect_id_type(adata.var_names)
+    var_ev = id_type_evidence(adata.var_names)
+    model_genes = set(map(str, spec.genes))
+    obs_sample = [str(n) for n in adata.obs_names[:5000]]
+    obs_match = sum(n in model_genes for n in obs_sample)
+    if var_ev.get("n") and (var_ev["cell_name"] + var_ev["barcode"] >= 0.5 or obs_match >= max(1, len(obs_sample) // 10)):
+        why = (f"the cells' names match {obs_match:,} of the model's genes" if obs_match
+               else f"the data's genes look like cell names (e.g. {example})")
+        return InputError(message + f" The table may be transposed: {why}.",
+                          "Read it with --orientation genes_x_cells (rows are genes).",
+                          app_hint="Choose 'rows are genes' under Table orientation on the Data page and upload it "
+                                   "again.")
+    hint = ("The data's genes look like Ensembl IDs: give the symbols (a file that carries them, or a "
+            "BioMart table on the Data page) so they can be matched." if data_type in ("ensembl", "mixed")
+            else "Check that the data uses human gene symbols, like the model.")
+    return InputError(message, hint)
 
 
 def embedding_width_error(adata: ad.AnnData, spec: InputSpec) -> InputError:

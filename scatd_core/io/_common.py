@@ -225,6 +225,7 @@ def decide_orientation(row_names, col_names, per_cell_columns: list[str]) -> tup
     for ev in (r, c):
         ev["symbol"] = ev["human_symbol"] + ev["mouse_symbol"]
     rules = (("ensembl", 0.5, 0.1, True, "Ensembl gene IDs"), ("barcode", 0.5, 0.1, False, "cell barcodes"),
+             ("cell_name", 0.5, 0.1, False, "cell names (sequencing-run accessions or plate wells)"),
              ("symbol", 0.7, 0.3, True, "gene symbols"),
              ("top_shape_fraction", 0.8, 0.5, False, "identically patterned cell names"))
     for metric, high, low, gene_like, what in rules:
