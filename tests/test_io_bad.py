@@ -59,3 +59,30 @@ def test_no_gene_matched_says_transposed_when_the_genes_are_cell_names(tmp_path)
     assert "may be transposed" in e.message and "--orientation genes_x_cells" in e.hint
     assert "rows are genes" in e.app_hint and "Data page" in e.app_hint
 
+
+# -------------------------------------------------------------------------- 3: title line above the table
+
+@pytest.mark.parametrize("name, first, sep", [("title_space.txt", "counts", " "),
+                                              ("title_line.csv", "# Counts for GSE1, exported 2024", ","),
+                                              ("title_line2.csv", "Single-cell counts GSE1", ","),
+                                              ("title_word.csv", "counts_matrix", ",")])
+def test_title_line_above_the_table_is_named(tmp_path, name, first, sep):
+    table = pd.DataFrame(_counts(4, 20), index=[f"c{i}" for i in range(4)], columns=SYMBOLS)
+    body = table.to_csv(sep=sep)
+    (tmp_path / name).write_text(first + "\n" + body)
+    with pytest.raises(InputError, match=r"the first line \('" + first[:6]) as err:
+        io.read(tmp_path / name)
+    assert "does not look like the table's header" in err.value.message
+    assert "title or comment lines" in err.value.hint
+
+
+def test_pdf_renamed_csv_is_named(tmp_path):
+    (tmp_path / "paper.pdf.csv").write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n")
+    with pytest.raises(InputError, match="paper.pdf.csv is a PDF document"):
+        io.read(tmp_path / "paper.pdf.csv")
+
+
+def test_r_header_without_row_name_field_still_reads(tmp_path):
+    table = pd.DataFrame(_counts(4, 20), index=[f"c{i}" for i in range(4)], columns=SYMBOLS)
+    (tmp_path / "r.txt").write_text(table.to_csv(sep="\t").split("\t", 1)[1])  # header lacks the first field
+    assert io.read(tmp_path / "r.txt").shape == (4, 20)

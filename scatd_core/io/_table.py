@@ -178,6 +178,27 @@ def _split(line: str, sep: str) -> list[str]:
     return next(csv.reader([line], delimiter=sep))
 
 
+def _odd_first_line(name: str, line: str) -> InputError:
+    shown = line.strip() if len(line.strip()) <= 60 else line.strip()[:57] + "..."
+    return InputError(f"{name}: the first line ('{shown}') does not look like the table's header.",
+                      "Remove title or comment lines above the table, so that its first line names the columns.")
+
+
+def _check_first_line(name: str, lines: list[str], head: bytes) -> None:
+    """Refuse a title or comment line above the table: line 1 is the odd one out when it is a
+    ``#`` comment, or has fewer fields than the rows below it, which agree with each other
+    (one field fewer is R's header without a row-name field, and allowed)."""
+    if head.startswith(b"%PDF"):
+        raise InputError(f"{name} is a PDF document, not a table.", "Upload the data table itself. " + FORMATS_HINT)
+    if len(lines) < 2:
+        return
+    sep = _sniff_separator(lines[1])
+    n_first, n_second = len(_split(lines[0], sep)), len(_split(lines[1], sep))
+    rows_agree = len(lines) < 3 or len(_split(lines[2], sep)) == n_second
+    if lines[0].lstrip().startswith("#") or (n_second >= 2 and rows_agree and n_first < n_second - 1):
+        raise _odd_first_line(name, lines[0])
+
+
 def read_table(path: Path, opts: Options) -> ad.AnnData:
     name = opts.display_name
     gz = path.name.lower().endswith(".gz")
@@ -195,6 +216,7 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
         raise InputError(f"{name} holds no text.", "Upload the table again; it is empty.")
     if head.count(b"\n") == 0 and len(head) >= 64 << 20:
         raise InputError(f"{name} has no line break in its first 64 MB; it is not a table.", FORMATS_HINT)
+    _check_first_line(name, lines, head)
     sep = _sniff_separator(lines[0])
     header = _split(lines[0], sep)
     if len(lines) < 2:
@@ -215,6 +237,8 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
                              "file order.")
         header = [""] + header
     labels = [str(x) for x in header[1:]]
+    if not labels:
+        raise _odd_first_line(name, lines[0])
     rows_per_chunk = _rows_per_chunk(len(labels), opts)
     acc = _Rows(opts)
     # All-numeric tables (the usual counts matrix) are parsed by NumPy straight into one array
