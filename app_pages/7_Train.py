@@ -36,7 +36,8 @@ show_error = ui.show_error
 
 @contextmanager
 def _temp_copies(*uploads):
-    """Uploads as files in a fresh temporary folder, removed afterwards (names only give the extension)."""
+    """Uploads as files in a fresh temporary folder, removed afterwards (names only give the extension:
+    the readers are given the upload's own name for their messages)."""
     folder = Path(tempfile.mkdtemp(prefix="scatd-train-"))
     try:
         paths = []
@@ -93,8 +94,8 @@ if bulk_source == "Upload":
 
             try:
                 with _temp_copies(labels_upload) as (path,):
-                    ss[LABELS] = {"table": read_label_table(path), "name": labels_upload.name,
-                                  "id": labels_upload.file_id}
+                    ss[LABELS] = {"table": read_label_table(path, name=labels_upload.name),
+                                  "name": labels_upload.name, "id": labels_upload.file_id}
                 session.release_upload(labels_upload.file_id)
             except ScatdError as exc:
                 show_error(exc)
@@ -108,7 +109,7 @@ if bulk_source == "Upload":
 
             try:
                 with _temp_copies(ic50, thred, dlist) as paths:
-                    table = labels_from_ic50(*paths)
+                    table = labels_from_ic50(*paths, names=[u.name for u in (ic50, thred, dlist)])
                 ss[LABELS] = {"table": table, "name": f"labels from {ic50.name}"}
                 rep = table.attrs["report"]
                 st.success(f"{rep['n_drugs']} drugs × {rep['n_cell_lines']} cell lines (ln IC50 below the "

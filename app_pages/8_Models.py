@@ -136,6 +136,7 @@ if submitted:
                 require_style=True,  # the app has no way to add them later: a classifier without them is refused
                 overwrite=bool(replace and user and user.admin),
                 source_name=upload.name if upload is not None else None,  # a name in messages, never a path
+                side_name=side.name if side is not None else None,
                 # an upload unpacks to no more than the upload limit (a torch.save file is uncompressed)
                 max_checkpoint_bytes=min(limits().max_upload_bytes, limits().max_decompressed_bytes)
                 if upload is not None else None)

@@ -709,13 +709,13 @@ def style_statistics(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ref.mean(axis=0), ref.std(axis=0, ddof=0)
 
 
-def _read_style_reference(path: Path) -> np.ndarray:
+def _read_style_reference(path: Path, name: str | None = None) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"Style reference not found: {path}")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path.name} is not a numeric .npy array ({exc}).",
+        raise InputError(f"{name or path.name} is not a numeric .npy array ({exc}).",
                          "Give the bulk embedding .npy the original used for AdaIN (samples x features).") from None
 
 
@@ -738,6 +738,7 @@ def import_checkpoint(
     source_name: str | None = None,
     max_checkpoint_bytes: int | None = None,
     require_style: bool = False,
+    side_name: str | None = None,
 ) -> Bundle:
     """Turn an original scATD ``.pth`` (pretraining or DAL) into a bundle.
 
@@ -747,7 +748,8 @@ def import_checkpoint(
     behaviour. ``out`` defaults to a folder in the model library; an existing bundle there is
     replaced only with ``overwrite``. ``provenance`` adds to what is recorded (e.g.
     ``imported_by``, the source URL). ``source_name``: the checkpoint's own file name, for
-    messages and provenance, where ``pth`` is a copy under another name (an upload).
+    messages and provenance, where ``pth`` is a copy under another name (an upload);
+    ``side_name`` likewise for ``genes`` or ``style_reference``.
     ``max_checkpoint_bytes``: the most the checkpoint may unpack to (default the decompression
     limit; the app passes the upload limit for an uploaded file), see :func:`load_checkpoint`.
 
@@ -783,14 +785,14 @@ def import_checkpoint(
             app_hint=f"Add them under 'Bulk embeddings for AdaIN': the bulk cell-line embeddings of this backbone "
                      f"the model was trained on (.npy, samples x {arch.input_dim:,} features, e.g. scATD's "
                      "AllbulkDEll_*_bulk_cell_embedding_*.npy), then import again.")
-    gene_list = read_gene_list(genes) if genes is not None else None
+    gene_list = read_gene_list(genes, side_name) if genes is not None else None
     if gene_list is not None and INPUT_KINDS[backbone] != "expression":
         raise InputError(f"--genes applies to Dist_VAE models only; {backbone} takes embeddings.")
     style_mean = style_std = None
     if style_reference is not None:
         if INPUT_KINDS[backbone] != "embedding":
             raise InputError("--style-reference applies to VAE_sf/VAE_gf models only.")
-        ref = _read_style_reference(Path(style_reference))
+        ref = _read_style_reference(Path(style_reference), side_name)
         if ref.ndim != 2 or ref.shape[1] != arch.input_dim:
             raise InputError(f"The style reference has shape {ref.shape}; the model takes {arch.input_dim} "
                              "features per sample.", "Give the bulk embeddings of this backbone.")

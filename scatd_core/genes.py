@@ -30,22 +30,24 @@ from scatd_core._matrix import sample_rows
 from scatd_core.errors import InputError
 
 
-def read_gene_list(path: str | Path) -> list[str]:
+def read_gene_list(path: str | Path, name: str | None = None) -> list[str]:
     """Read a model gene list: a TSV/CSV with a ``gene_name`` column, or one symbol per line.
 
     The order of the file is kept: it is the model's input order and must never be re-sorted.
+    ``name``: the file's name in messages (an upload's own name; default the path's).
     """
     path = Path(path)
+    shown = name or path.name
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"Gene list not found: {path}", "Check the path given with --genes.") from None
     except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"Gene list {path.name} is not a readable text file ({exc}).",
+        raise InputError(f"Gene list {shown} is not a readable text file ({exc}).",
                          "Give a TSV with a gene_name column or a file with one gene symbol per line.") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
-        raise InputError(f"Gene list {path.name} is empty.",
+        raise InputError(f"Gene list {shown} is empty.",
                          "Give a TSV with a gene_name column or a file with one gene symbol per line.")
     delimiter = "\t" if "\t" in lines[0] else ("," if "," in lines[0] else None)
     if delimiter is not None:
@@ -56,17 +58,17 @@ def read_gene_list(path: str | Path) -> list[str]:
             genes = [r[col].strip() for r in rows[1:] if len(r) > col]
         else:
             raise InputError(
-                f"Gene list {path.name} has several columns but none is called 'gene_name'.",
+                f"Gene list {shown} has several columns but none is called 'gene_name'.",
                 "Use the scFoundation list (OS_scRNA_gene_index.19264.tsv) or one symbol per line.")
     else:
         genes = [ln.strip() for ln in lines]
         if genes and genes[0].lower() in {"gene_name", "gene", "symbol", "genes"}:
             genes = genes[1:]
     if not genes:
-        raise InputError(f"Gene list {path.name} holds no gene names.", None)
+        raise InputError(f"Gene list {shown} holds no gene names.", None)
     dupes = len(genes) - len(set(genes))
     if dupes:
-        raise InputError(f"Gene list {path.name} names {dupes} gene(s) more than once; a model's "
+        raise InputError(f"Gene list {shown} names {dupes} gene(s) more than once; a model's "
                          "input genes must be unique.", "Check that the right file was given.")
     return genes
 

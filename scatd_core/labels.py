@@ -30,6 +30,7 @@ import gzip
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,12 +85,14 @@ def _open_table_text(path: Path, name: str):
                              buffer_size=1 << 20)
 
 
-def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, **kw) -> pd.DataFrame:
+def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, *, name: str | None = None,
+                **kw) -> pd.DataFrame:
     """A CSV/TSV (gzipped or not) of at most ``max_rows`` rows, :data:`MAX_TABLE_COLUMNS` columns
-    and :data:`MAX_TABLE_VALUES` values; ``kw`` go to :func:`pandas.read_csv`."""
+    and :data:`MAX_TABLE_VALUES` values; ``kw`` go to :func:`pandas.read_csv`. ``name``: the file's
+    name in messages (an upload's own name; default the path's)."""
     if not path.is_file():
         raise InputError(f"{what} not found: {path}", "Check the path.")
-    name = path.name
+    name = name or path.name
     try:
         with _open_table_text(path, name) as fh:
             first = fh.readline(MAX_TABLE_HEADER_BYTES + 1)
@@ -107,7 +110,7 @@ def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, **kw) -> 
         with _open_table_text(path, name) as fh:  # at most one row beyond the limit is parsed
             table = pd.read_csv(fh, sep=sep, encoding="utf-8", compression=None, nrows=allowed + 1, **kw)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path.name} is not a readable CSV/TSV table ({exc}).",
+        raise InputError(f"{name} is not a readable CSV/TSV table ({exc}).",
                          f"Give the {what.lower()} as a CSV or TSV file.") from None
     if len(table) > allowed:
         limit = (f"{max_rows:,} rows" if allowed == max_rows
@@ -116,17 +119,18 @@ def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, **kw) -> 
     return table
 
 
-def read_label_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+def read_label_table(source: str | Path | pd.DataFrame, name: str | None = None) -> pd.DataFrame:
     """A label table (cell lines x drugs) from a CSV/TSV path or a DataFrame.
 
     The first column of a file holds the cell-line IDs (any header, or none). Values are kept as
-    given; :func:`drug_labels` interprets them.
+    given; :func:`drug_labels` interprets them. ``name``: the file's name in messages (an
+    upload's own name; default the path's).
     """
     if isinstance(source, pd.DataFrame):
         table = source.copy()
     else:
         path = Path(source)
-        table = _read_table(path, "Label table", index_col=0, dtype=str, keep_default_na=False)
+        table = _read_table(path, "Label table", name=name, index_col=0, dtype=str, keep_default_na=False)
     if table.shape[1] == 0 or table.shape[0] == 0:
         raise InputError("The label table has no drug columns or no cell lines.",
                          "Give cell lines as rows (IDs in the first column) and one column per drug, "
@@ -354,25 +358,26 @@ def _few_shot_series(ids, names: pd.Series, where: str) -> pd.Series:
     return labels
 
 
-def read_few_shot_labels(path: str | Path) -> pd.Series:
+def read_few_shot_labels(path: str | Path, name: str | None = None) -> pd.Series:
     """The labelled target cells of a CSV/TSV ``cell_id,label`` (only the labelled cells).
 
     ``label`` is ``sensitive`` or ``resistant`` (any case); empty or NA rows are skipped. Returns
     a Series indexed by cell ID (see :func:`_few_shot_series` for the checks).
     """
     path = Path(path)
-    table = _read_table(path, "Labelled-cells file", max_rows=limits().max_cells, dtype=str,
+    shown = name or path.name
+    table = _read_table(path, "Labelled-cells file", max_rows=limits().max_cells, name=shown, dtype=str,
                         keep_default_na=False)
     if table.shape[1] < 2:
-        raise InputError(f"{path.name} has {table.shape[1]} column(s); it needs two: cell_id and label.",
+        raise InputError(f"{shown} has {table.shape[1]} column(s); it needs two: cell_id and label.",
                          "Write one row per labelled cell: cell_id,label (sensitive or resistant).")
     ids, values = table.iloc[:, 0], table.iloc[:, 1].str.strip().str.lower()
     missing = values.isin(MISSING_VALUES)
     bad = sorted(set(values[~missing]) - {SENSITIVE, RESISTANT})
     if bad:
-        raise InputError(f"{path.name}: labels other than sensitive/resistant: {', '.join(map(repr, bad[:5]))}.",
+        raise InputError(f"{shown}: labels other than sensitive/resistant: {', '.join(map(repr, bad[:5]))}.",
                          "Label each cell 'sensitive' or 'resistant'; leave out the cells you have not labelled.")
-    return _few_shot_series(ids[~missing], values[~missing], path.name)
+    return _few_shot_series(ids[~missing], values[~missing], shown)
 
 
 def few_shot_from_column(adata, column: str, resistant=None) -> pd.Series:
@@ -391,19 +396,20 @@ def _strip_note(name: str) -> str:
     return re.sub(r"\s*\(.*?\)\s*$", "", str(name)).strip()
 
 
-def _read_thresholds(path: Path) -> list[tuple[str, float]]:
+def _read_thresholds(path: Path, name: str | None = None) -> list[tuple[str, float]]:
+    name = name or path.name
     if not path.is_file():
         raise InputError(f"Threshold file not found: {path}", "Check the path.")
     lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     if len(lines) < 2:
-        raise InputError(f"{path.name} must have two tab-separated rows: drug names, then ln(IC50) thresholds.")
+        raise InputError(f"{name} must have two tab-separated rows: drug names, then ln(IC50) thresholds.")
     names = [n.strip() for n in lines[0].split("\t")]
     try:
         values = [float(v) for v in lines[1].split("\t")]
     except ValueError:
-        raise InputError(f"The second row of {path.name} must hold numbers (ln(IC50) thresholds).") from None
+        raise InputError(f"The second row of {name} must hold numbers (ln(IC50) thresholds).") from None
     if len(names) != len(values):
-        raise InputError(f"{path.name}: {len(names)} drug names but {len(values)} thresholds.")
+        raise InputError(f"{name}: {len(names)} drug names but {len(values)} thresholds.")
     return list(zip(names, values))
 
 
@@ -428,7 +434,7 @@ def _drug_ids(index, name: str = "The IC50 table") -> dict[str, int]:
 
 
 def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list_csv: str | Path,
-                     drugs=None) -> pd.DataFrame:
+                     drugs=None, names: Sequence[str | None] | None = None) -> pd.DataFrame:
     """A label table (cell lines x drug names) from GDSC ln(IC50) values and per-drug thresholds.
 
     Parameters
@@ -442,6 +448,8 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
         The GDSC drug list with ``drug_id``, ``Name`` and ``Synonyms`` columns.
     drugs
         Drug names or GDSC ids to keep (default: every drug with a threshold).
+    names
+        The three files' names in messages (uploads' own names; default the paths').
 
     Returns
     -------
@@ -453,15 +461,17 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
     ``(rescreen)`` dropped), then by synonym. A name listed twice in the threshold file goes to
     the ids of that name in ascending order: the file lists drugs in GDSC id order.
     """
-    ic50 = _read_table(Path(ic50_csv), "IC50 table", index_col=0)
-    dlist = _read_table(Path(drug_list_csv), "Drug list")
+    paths = Path(ic50_csv), Path(thresholds_txt), Path(drug_list_csv)
+    ic50_name, thr_name, dlist_name = (n or p.name for n, p in zip(list(names or ()) + [None] * 3, paths))
+    ic50 = _read_table(paths[0], "IC50 table", name=ic50_name, index_col=0)
+    dlist = _read_table(paths[2], "Drug list", name=dlist_name)
     need = {"drug_id", "Name"}
     if not need <= set(dlist.columns):
         missing = ", ".join(sorted(need - set(dlist.columns)))
-        raise InputError(f"{Path(drug_list_csv).name} lacks the column(s) {missing}.",
+        raise InputError(f"{dlist_name} lacks the column(s) {missing}.",
                          "Give the GDSC drug list (columns drug_id, Name, Synonyms, ...).")
-    thresholds = _read_thresholds(Path(thresholds_txt))
-    row_ids = _drug_ids(ic50.index, Path(ic50_csv).name)
+    thresholds = _read_thresholds(paths[1], thr_name)
+    row_ids = _drug_ids(ic50.index, ic50_name)
     info = dlist.drop_duplicates("drug_id").set_index("drug_id")
     unknown_ids = sorted({i for i in row_ids.values() if i not in info.index})
     ids = sorted(i for i in set(row_ids.values()) if i in info.index)

@@ -86,3 +86,35 @@ def test_r_header_without_row_name_field_still_reads(tmp_path):
     table = pd.DataFrame(_counts(4, 20), index=[f"c{i}" for i in range(4)], columns=SYMBOLS)
     (tmp_path / "r.txt").write_text(table.to_csv(sep="\t").split("\t", 1)[1])  # header lacks the first field
     assert io.read(tmp_path / "r.txt").shape == (4, 20)
+
+
+# -------------------------------------------------------------------------- 4: the user's file names
+
+def test_gene_list_and_side_file_messages_use_the_given_name(tmp_path):
+    import torch
+
+    import original_scatd as orig
+    from scatd_core.bundle import import_checkpoint
+
+    (tmp_path / "genes.txt").write_text("TP53\nTP53\n")
+    with pytest.raises(InputError, match="Gene list my genes.txt names 1 gene"):
+        genes.read_gene_list(tmp_path / "genes.txt", name="my genes.txt")
+    torch.save(orig.dal_checkpoint("dist_vae", [30, 16, 8], 6, seed=1), tmp_path / "checkpoint.pth")
+    with pytest.raises(InputError, match="my genes.txt") as err:
+        import_checkpoint(tmp_path / "checkpoint.pth", "dist_vae", drug="X", genes=tmp_path / "genes.txt",
+                          side_name="my genes.txt", library=tmp_path / "lib")
+    assert "genes.txt" not in err.value.message.replace("my genes.txt", "")
+
+
+def test_label_readers_use_the_given_name(tmp_path):
+    from scatd_core import labels
+
+    (tmp_path / "upload0.csv").write_text("cell_line,DrugA\nCL1,sensitive,x,y,z\n")
+    with pytest.raises(InputError, match="^my labels.csv is not a readable"):
+        labels.read_label_table(tmp_path / "upload0.csv", name="my labels.csv")
+    (tmp_path / "upload1.txt").write_text("A\tB\n0.5\n")
+    (tmp_path / "ic50.csv").write_text(",CL1\nGDSC:1,0.5\n")
+    (tmp_path / "list.csv").write_text("drug_id,Name\n1,A\n")
+    with pytest.raises(InputError, match="^thr.txt: 2 drug names"):
+        labels.labels_from_ic50(tmp_path / "ic50.csv", tmp_path / "upload1.txt", tmp_path / "list.csv",
+                                names=["GDSC_IC50.csv", "thr.txt", "drugs.csv"])

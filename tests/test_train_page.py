@@ -302,3 +302,26 @@ def test_train_panel_name_is_checked_first_and_an_unsaved_panel_is_said(monkeypa
     assert len(calls) == 1 and "at or below chance on the bulk CV: DRUGA" in warnings
     assert "was not saved: only 0 drug(s) have a model for it" in warnings
     assert "mine" not in list_panels(at.session_state["user"].name)
+
+
+def test_upload_errors_name_the_users_files_not_the_pages_copies():
+    import pandas as pd
+
+    at = _page().run()
+    at.file_uploader(key="upload_train_labels").upload("my labels.csv", b"cell_line,DrugA\nCL1,sensitive,x,y,z\n")
+    at.run()
+    assert not at.exception, at.exception
+    error = " ".join(e.value for e in at.error)
+    assert "my labels.csv" in error and "upload0" not in error
+    # GDSC IC50 build: a drug listed twice is named, in the user's file
+    ic50 = pd.DataFrame([[1.0, 2.0], [0.5, 0.1], [1.0, 2.0]], index=["GDSC:1003", "GDSC:1005", "GDSC:1003"],
+                        columns=["CL1", "CL2"])
+    at.file_uploader(key="upload_train_ic50").upload("GDSC_IC50.csv", ic50.to_csv().encode())
+    at.file_uploader(key="upload_train_thred").upload("IC50_thred.txt", b"Camptothecin\tVinblastine\n1.0\t0.2\n")
+    at.file_uploader(key="upload_train_druglist").upload(
+        "drugs.csv", b"drug_id,Name,Synonyms\n1003,Camptothecin,\n1005,Vinblastine,\n")
+    at.run()
+    at.button[[b.label for b in at.button].index("Build labels")].click().run()
+    assert not at.exception, at.exception
+    error = at.error[-1].value.replace("\\", "")
+    assert "GDSC_IC50.csv lists drug GDSC:1003 twice (rows 1 and 3)" in error and "upload" not in error
