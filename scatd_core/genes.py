@@ -39,11 +39,18 @@ def read_gene_list(path: str | Path, name: str | None = None) -> list[str]:
     path = Path(path)
     shown = name or path.name
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        if data.startswith(b"PK\x03\x04"):
+            raise InputError(f"Gene list {shown} is a zip file (e.g. an Excel workbook), not a text file.",
+                             "Save the list as plain text (one gene symbol per line) or export the sheet as CSV.")
+        # UTF-16 (Excel's "Unicode text", by its byte-order mark) is read as such
+        text = data.decode("utf-16") if data.startswith((b"\xff\xfe", b"\xfe\xff")) else data.decode("utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"Gene list not found: {path}", "Check the path given with --genes.") from None
     except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"Gene list {shown} is not a readable text file ({exc}).",
+        what = (f"not UTF-8 text (byte {exc.start + 1:,} cannot be decoded)" if isinstance(exc, UnicodeDecodeError)
+                else f"not readable ({exc})")
+        raise InputError(f"Gene list {shown} is {what}.",
                          "Give a TSV with a gene_name column or a file with one gene symbol per line.") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:

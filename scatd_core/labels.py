@@ -74,12 +74,23 @@ def _open_table_text(path: Path, name: str):
 
     from scatd_core.io._common import LimitedReader, mb  # not at the top: scatd_core.io imports this module
 
+    from scatd_core.io._common import is_office_zip, is_utf16
+
     cap = min(MAX_TABLE_TEXT_BYTES, limits().max_decompressed_bytes)
     with path.open("rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
+        head = fh.read(8192)
+    gz = head.startswith(b"\x1f\x8b")
     if not gz and path.stat().st_size > cap:
         raise InputError(f"{name} is {mb(path.stat().st_size)}, over the limit of {mb(cap)} for a table of labels "
                          "or IC50 values.", _TABLE_HINT)
+    office = is_office_zip(path, head)
+    if office:
+        raise InputError(f"{name} is an {office}, not a CSV/TSV table." if office[0] in "AEIOU" else
+                         f"{name} is a {office}, not a CSV/TSV table.",
+                         "Export the sheet as CSV (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give "
+                         "that file.")
+    if is_utf16(head):  # Excel's "Unicode text": read as such (within the size limit checked above)
+        return io.BufferedReader(io.BytesIO(path.read_bytes().decode("utf-16", errors="replace").encode("utf-8")))
     raw = gzip.open(path, "rb") if gz else path.open("rb")
     return io.BufferedReader(LimitedReader(raw, cap, name, None if cap < MAX_TABLE_TEXT_BYTES else _TABLE_HINT),
                              buffer_size=1 << 20)
@@ -109,7 +120,11 @@ def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, *, name: 
         allowed = max(1, min(max_rows, MAX_TABLE_VALUES // n_columns))
         with _open_table_text(path, name) as fh:  # at most one row beyond the limit is parsed
             table = pd.read_csv(fh, sep=sep, encoding="utf-8", compression=None, nrows=allowed + 1, **kw)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+    except UnicodeDecodeError:
+        raise InputError(f"{name} ({what}) is not UTF-8 text.",
+                         "Save it as CSV UTF-8 (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give it "
+                         "again.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError, EOFError) as exc:
         raise InputError(f"{name} is not a readable CSV/TSV table ({exc}).",
                          f"Give the {what.lower()} as a CSV or TSV file.") from None
     if len(table) > allowed:

@@ -118,3 +118,50 @@ def test_label_readers_use_the_given_name(tmp_path):
     with pytest.raises(InputError, match="^thr.txt: 2 drug names"):
         labels.labels_from_ic50(tmp_path / "ic50.csv", tmp_path / "upload1.txt", tmp_path / "list.csv",
                                 names=["GDSC_IC50.csv", "thr.txt", "drugs.csv"])
+
+
+# -------------------------------------------------------------------------- 5: UTF-16 text, Excel workbooks
+
+def _xlsx(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("[Content_Types].xml", "<Types/>")
+        zf.writestr("xl/workbook.xml", "<workbook/>")
+        zf.writestr("xl/worksheets/sheet1.xml", "<worksheet/>")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_utf16_data_table_says_so(tmp_path, encoding):
+    text = pd.DataFrame(_counts(4, 20), index=[f"c{i}" for i in range(4)], columns=SYMBOLS).to_csv()
+    bom = "\ufeff" if encoding == "utf-16-be" else ""
+    (tmp_path / "utf16.csv").write_bytes((bom + text).encode(encoding))
+    with pytest.raises(InputError, match="utf16.csv is saved as UTF-16") as err:
+        io.read(tmp_path / "utf16.csv")
+    assert "CSV UTF-8" in err.value.hint
+
+
+def test_xlsx_renamed_csv_says_excel_workbook(tmp_path):
+    _xlsx(tmp_path / "book.csv")
+    with pytest.raises(InputError, match="book.csv is an Excel workbook") as err:
+        io.read(tmp_path / "book.csv")
+    assert "Export the sheet as CSV" in err.value.hint
+
+
+def test_utf16_label_table_and_gene_list_are_read_xlsx_named(tmp_path):
+    from scatd_core import labels
+
+    (tmp_path / "labels.csv").write_bytes("cell_line,DrugA\nCL1,sensitive\nCL2,resistant\n".encode("utf-16"))
+    table = labels.read_label_table(tmp_path / "labels.csv")
+    assert list(table.columns) == ["DrugA"] and list(table.index) == ["CL1", "CL2"]
+    (tmp_path / "genes.txt").write_bytes("TP53\nEGFR\n".encode("utf-16"))
+    assert genes.read_gene_list(tmp_path / "genes.txt") == ["TP53", "EGFR"]
+    _xlsx(tmp_path / "labels_x.csv")
+    with pytest.raises(InputError, match="labels_x.csv is an Excel workbook"):
+        labels.read_label_table(tmp_path / "labels_x.csv")
+    _xlsx(tmp_path / "genes_x.csv")
+    with pytest.raises(InputError, match="Gene list genes_x.csv is a zip file"):
+        genes.read_gene_list(tmp_path / "genes_x.csv")
+    (tmp_path / "latin.csv").write_bytes("cell_line,Drug\xe9\nCL1,sensitive\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin.csv \(Label table\) is not UTF-8 text"):
+        labels.read_label_table(tmp_path / "latin.csv")

@@ -188,10 +188,60 @@ def open_limited(path: Path, opts: Options):
 SIGNATURES = {"zip": (b"PK\x03\x04", b"PK\x05\x06"), "npy": (b"\x93NUMPY",), "gz": (b"\x1f\x8b",)}
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def is_utf16(head: bytes) -> bool:
+    """Text saved as UTF-16 (Excel's "Unicode text"), by its byte-order mark."""
+    return head.startswith(UTF16_BOMS)
+
+
+def is_office_zip(path: Path, head: bytes) -> str | None:
+    """``"Excel workbook"`` or ``"Word document"`` for an Office file (a zip with ``xl/`` or
+    ``word/`` parts), else None; only the zip's directory is read."""
+    if not head.startswith(b"PK\x03\x04"):
+        return None
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()[:10_000]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        names = []
+    if any(n.startswith("xl/") for n in names) or (not names and b"xl/" in head):
+        return "Excel workbook"
+    if any(n.startswith("word/") for n in names):
+        return "Word document"
+    return None
+
+
+def text_file_problem(path: Path, head: bytes, name: str, what: str = "table") -> InputError | None:
+    """What a file given as a text table (or list) really is, when its first bytes say it is
+    not UTF-8 text: UTF-16 text, an Excel workbook or Word document, a PDF; else None."""
+    if is_utf16(head):
+        return InputError(f"{name} is saved as UTF-16 (Excel's 'Unicode text'), not as UTF-8 text.",
+                          "Save it as CSV UTF-8 (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give "
+                          "it again.")
+    office = is_office_zip(path, head)
+    if office == "Excel workbook":
+        return InputError(f"{name} is an Excel workbook, not a CSV/TSV {what}.",
+                          "Export the sheet as CSV (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give "
+                          "that file.")
+    if office:
+        return InputError(f"{name} is a {office}, not a CSV/TSV {what}.", "Give the data as a CSV or TSV file.")
+    if head.startswith(b"%PDF"):
+        return InputError(f"{name} is a PDF document, not a {what}.", "Give the data itself as a CSV or TSV file.")
+    return None
+
+
 def check_signature(path: Path, kind: str, suffix: str, name: str) -> None:
     """Refuse a file whose first bytes contradict its extension, before any parser sees it."""
     with path.open("rb") as fh:
         head = fh.read(8192)
+    if kind in ("table", "mtx") and not suffix.endswith("gz"):
+        problem = text_file_problem(path, head, name)
+        if problem is not None:
+            raise problem
     expected = {"zip": "zip", "npy": "npy"}.get(kind)
     if suffix.endswith("gz"):
         expected = "gz"

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scatd_core.errors import InputError
 from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_ROWS, TABLE_CHUNK_VALUES, TABLE_PARSE_BYTES_PER_ROW,
                                    TABLE_PARSE_BYTES_PER_VALUE, Options, check_cells, check_genes, check_memory,
-                                   column_kind, decide_orientation, open_limited)
+                                   column_kind, decide_orientation, open_limited, text_file_problem)
 from scatd_core.labels import MISSING_VALUES
 
 def _numeric_fraction(values: pd.Series) -> float:
@@ -203,6 +203,9 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
     name = opts.display_name
     gz = path.name.lower().endswith(".gz")
     head = _first_lines(path, gz)
+    problem = text_file_problem(path, head, name)
+    if problem is not None:
+        raise problem
     if b"\x00" in head:
         raise InputError(f"{name} is binary, not a text table.", "Check the file. " + FORMATS_HINT)
     try:
