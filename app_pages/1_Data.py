@@ -43,9 +43,13 @@ with st.container(border=True):
     c[0].metric("Cells", f"{adata.n_obs:,}")
     embedding_file = info.get("format") == "npy"  # cell embeddings (VAE_sf / VAE_gf input), not genes
     c[1].metric("Embedding features" if embedding_file else "Genes", f"{adata.n_vars:,}")
-    c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
-    c[3].metric("Values", str(info.get("value_type", "unknown")).replace("_", " "),
-                help="Detected from the values; see the evidence below.")
+    if embedding_file:  # no gene identifiers, and no value type (z-scored, counts ...) to detect
+        c[2].metric("Gene IDs", "none", help="Embedding features are taken by position, not by name.")
+        c[3].metric("Values", "embedding features", help="Cell embeddings (for VAE_sf / VAE_gf models).")
+    else:
+        c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
+        c[3].metric("Values", str(info.get("value_type", "unknown")).replace("_", " "),
+                    help="Detected from the values; see the evidence below.")
     st.caption(f"Format: {ui.md(info.get('format', '?'))} · orientation: {ui.md(info.get('orientation', '?'))} "
                f"({ui.md(info.get('orientation_reason', ''))})"
                + (" · read from disk (backed)" if info.get("backed") else ""))

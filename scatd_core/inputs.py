@@ -174,6 +174,13 @@ def _no_gene_matched(adata: ad.AnnData, spec: InputSpec, alignment: GeneAlignmen
     message = (f"None of the {adata.n_vars:,} genes in the data (e.g. {example}) is among the model's "
                f"{alignment.n_model:,} input genes (e.g. {', '.join(spec.genes[:3])}).")
     report = adata.uns.get(_keys.INPUT_REPORT, {})
+    if report.get("format") == "npy":  # cell embeddings by position, not genes
+        return InputError(f"The data are cell embeddings (.npy, {adata.n_vars:,} features per cell); this model "
+                          f"takes gene expression ({alignment.n_model:,} genes).",
+                          "Use a VAE_sf or VAE_gf model for embeddings (`scatd models` lists them), or give the "
+                          "expression matrix (h5ad, 10x or CSV of counts) as --input.",
+                          app_hint="Choose a VAE_sf or VAE_gf model for embeddings, or upload the expression matrix "
+                                   "on the Data page.")
     data_type = report.get("gene_id_type") or detect_id_type(adata.var_names)
     var_ev = id_type_evidence(adata.var_names)
     model_genes = set(map(str, spec.genes))
@@ -186,6 +193,16 @@ def _no_gene_matched(adata: ad.AnnData, spec: InputSpec, alignment: GeneAlignmen
                           "Read it with --orientation genes_x_cells (rows are genes).",
                           app_hint="Choose 'rows are genes' under Table orientation on the Data page and upload it "
                                    "again.")
+    model_upper = {str(g): str(g) for g in spec.genes if str(g) == str(g).upper()}
+    var_sample = [str(n) for n in adata.var_names[:20_000]]
+    lower_hits = [n for n in var_sample if n != n.upper() and n.upper() in model_upper]
+    if len(lower_hits) >= max(1, min(len(var_sample), alignment.n_model) // 10):
+        ex = lower_hits[0]
+        return InputError(message + f" Your gene names are lower-case (e.g. {ex}); the model's are upper-case "
+                          f"human symbols ({ex.upper()}), and {len(lower_hits):,} would match upper-cased.",
+                          "If your data are human, upper-case the names (in Python: adata.var_names = "
+                          "adata.var_names.str.upper(), then save the h5ad again). Mouse data need human orthologues "
+                          "instead, not upper-casing.")
     hint = ("The data's genes look like Ensembl IDs: give the symbols (a file that carries them, or a "
             "BioMart table on the Data page) so they can be matched." if data_type in ("ensembl", "mixed")
             else "Check that the data uses human gene symbols, like the model.")

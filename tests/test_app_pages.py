@@ -1015,3 +1015,14 @@ def test_the_library_and_the_model_page_tell_imported_models_apart(empty_library
     captions = text(at.caption).replace("\\", "")
     assert "Input transform: none. The expression values go into the model as they are" in captions
     assert "from drug.pth (sha256 " in captions
+
+
+def test_data_page_calls_npy_values_embedding_features_not_z_scored():
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(1).normal(size=(30, 40)).astype(np.float32))
+    at = upload(start(), "cells.npy", buffer.getvalue())
+    values = {m.label: m.value for m in at.metric}
+    assert values["Values"] == "embedding features" and values["Gene IDs"] == "none"
+    assert values["Embedding features"] == "40"

@@ -165,3 +165,28 @@ def test_utf16_label_table_and_gene_list_are_read_xlsx_named(tmp_path):
     (tmp_path / "latin.csv").write_bytes("cell_line,Drug\xe9\nCL1,sensitive\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin.csv \(Label table\) is not UTF-8 text"):
         labels.read_label_table(tmp_path / "latin.csv")
+
+
+# -------------------------------------------------------------------------- 6, 7: why no gene matched
+
+def test_lower_case_human_symbols_are_explained_not_upper_cased(tmp_path):
+    from anndata import AnnData
+
+    a = AnnData(X=_counts(3, 20).astype(np.float32),
+                var=pd.DataFrame(index=[g.lower() for g in SYMBOLS]), obs=pd.DataFrame(index=["a", "b", "c"]))
+    with pytest.raises(InputError) as err:
+        model_source(a, _spec(SYMBOLS))
+    e = err.value
+    assert "lower-case (e.g. tp53)" in e.message and "(TP53)" in e.message
+    assert "adata.var_names = adata.var_names.str.upper()" in e.hint and "human" in e.hint
+
+
+def test_embeddings_with_an_expression_model_say_so(tmp_path):
+    np.save(tmp_path / "emb.npy", np.random.default_rng(0).normal(size=(30, 20)).astype(np.float32))
+    a = io.read(tmp_path / "emb.npy")
+    with pytest.raises(InputError) as err:
+        model_source(a, _spec(SYMBOLS))
+    e = err.value
+    assert "cell embeddings (.npy" in e.message and "gene expression" in e.message
+    assert "VAE_sf or VAE_gf" in e.hint and "--input" in e.hint
+    assert "VAE_sf or VAE_gf" in e.app_hint and "Data page" in e.app_hint
