@@ -190,3 +190,23 @@ def test_embeddings_with_an_expression_model_say_so(tmp_path):
     assert "cell embeddings (.npy" in e.message and "gene expression" in e.message
     assert "VAE_sf or VAE_gf" in e.hint and "--input" in e.hint
     assert "VAE_sf or VAE_gf" in e.app_hint and "Data page" in e.app_hint
+
+
+# -------------------------------------------------------------------------- 8: X all zero, expression elsewhere
+
+def test_all_zero_x_names_raw_and_layers(tmp_path):
+    from anndata import AnnData
+
+    counts = _counts(40, 30).astype(np.float32)
+    a = AnnData(X=counts.copy(), var=pd.DataFrame(index=SYMBOLS + [f"G{i}" for i in range(10)]))
+    a.raw = a.copy()
+    a.X = np.zeros_like(counts)
+    a.write_h5ad(tmp_path / "raw_only.h5ad")
+    with pytest.raises(InputError) as err:
+        io.read(tmp_path / "raw_only.h5ad")
+    assert "adata.raw holds 40 x 30 values" in err.value.message and "adata.X = adata.raw.X" in err.value.hint
+    b = AnnData(X=np.zeros_like(counts), layers={"counts": counts}, var=a.var)
+    b.write_h5ad(tmp_path / "x_empty_layers.h5ad")
+    with pytest.raises(InputError) as err:
+        io.read(tmp_path / "x_empty_layers.h5ad")
+    assert "layers: counts" in err.value.message and "adata.X = adata.layers['counts']" in err.value.hint

@@ -195,8 +195,13 @@ def read_hdf5(path: Path, opts: Options) -> ad.AnnData:
 def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     with _open_h5(path, opts.display_name) as f:
         if "X" not in f:
-            raise InputError(f"{opts.display_name} has no expression matrix X.",
-                             "Store the expression in X before saving (e.g. adata.X = adata.layers['counts']).")
+            layers = [str(k) for k in f["layers"].keys()][:5] if isinstance(f.get("layers"), h5py.Group) else []
+            elsewhere = (["adata.raw.X"] if isinstance(f.get("raw"), h5py.Group) and "X" in f["raw"] else []) + \
+                [f"adata.layers['{k}']" for k in layers]
+            raise InputError(f"{opts.display_name} has no expression matrix X"
+                             + (f" (it holds {', '.join(elsewhere)})." if elsewhere else "."),
+                             f"Store the expression in X before saving (e.g. adata.X = "
+                             f"{elsewhere[0] if elsewhere else 'adata.layers[' + repr('counts') + ']'}).")
         X = f["X"]
         if isinstance(X, h5py.Group):
             shape = tuple(int(s) for s in X.attrs["shape"])

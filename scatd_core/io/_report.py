@@ -160,8 +160,7 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
                          "genes, then upload again.")
     zero = nonzero == 0
     if zero.all():
-        raise InputError(f"Every cell in {name} is all zero: there is no expression to score.",
-                         "Check that the right file (or layer) was exported.")
+        raise _all_zero(adata, name, report)
     adata.obs[_keys.ALL_ZERO] = zero
     if zero.any():
         opts.warnings.append(f"{int(zero.sum())} cell(s) have no expression at all; they are kept, marked "
@@ -190,3 +189,24 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
     adata.uns[_keys.INPUT_REPORT] = json_safe(report)
     genes.annotate_gene_ids(adata)  # symbols and Ensembl IDs from the file's own columns (and its warning)
     return adata
+
+
+def _all_zero(adata: ad.AnnData, name: str, report: dict) -> InputError:
+    """Every cell is all zero: name what else the file holds (adata.raw, layers) and how to use it."""
+    stored = report.get("stored_matrices") or {}
+    layers = [str(k) for k in (adata.layers.keys() if len(adata.layers) else stored.get("layers", []))]
+    raw = adata.raw if getattr(adata, "raw", None) is not None else None
+    holds, sources = [], []
+    if raw is not None:
+        holds.append(f"adata.raw holds {raw.n_obs:,} x {raw.n_vars:,} values")
+        sources.append("adata.raw.X")
+    if layers:
+        holds.append("layers: " + ", ".join(layers[:5]))
+        sources += [f"adata.layers['{k}']" for k in layers[:2]]
+    if not holds:
+        return InputError(f"Every cell in {name} is all zero: there is no expression to score.",
+                          "Check that the right file (or layer) was exported.")
+    choice = sources[0] + (f" (or {' or '.join(sources[1:])})" if len(sources) > 1 else "")
+    return InputError(f"Every cell in {name} is all zero in X: there is no expression to score. The file also "
+                      f"holds expression elsewhere ({'; '.join(holds)}).",
+                      f"Set adata.X = {choice} and save the file again.")
