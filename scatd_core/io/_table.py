@@ -192,10 +192,19 @@ def _check_first_line(name: str, lines: list[str], head: bytes) -> None:
         raise InputError(f"{name} is a PDF document, not a table.", "Upload the data table itself. " + FORMATS_HINT)
     if len(lines) < 2:
         return
-    sep = _sniff_separator(lines[1])
+    if lines[0].lstrip().startswith("#"):
+        raise _odd_first_line(name, lines[0])
+
+    def fits(sep: str) -> bool:  # line 1 is a header of the rows below with this separator
+        n_second = len(_split(lines[1], sep))
+        return n_second >= 2 and len(_split(lines[0], sep)) in (n_second, n_second - 1)
+
+    sep = _sniff_separator(lines[1])  # a separator tie in line 2 (e.g. decimal commas) is why line 1's is tried too
+    if fits(sep) or fits(_sniff_separator(lines[0])):
+        return
     n_first, n_second = len(_split(lines[0], sep)), len(_split(lines[1], sep))
     rows_agree = len(lines) < 3 or len(_split(lines[2], sep)) == n_second
-    if lines[0].lstrip().startswith("#") or (n_second >= 2 and rows_agree and n_first < n_second - 1):
+    if n_second >= 2 and rows_agree and n_first < n_second - 1:
         raise _odd_first_line(name, lines[0])
 
 
