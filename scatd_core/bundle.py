@@ -786,6 +786,12 @@ def import_checkpoint(
                      f"the model was trained on (.npy, samples x {arch.input_dim:,} features, e.g. scATD's "
                      "AllbulkDEll_*_bulk_cell_embedding_*.npy), then import again.")
     gene_list = read_gene_list(genes, side_name) if genes is not None else None
+    if gene_list is not None:
+        from scatd_core.genes import excel_dates_warning
+
+        dates = excel_dates_warning(gene_list)
+        if dates:
+            notes.append(f"gene list {side_name or Path(genes).name}: {dates[0].lower()}{dates[1:].rstrip('.')}")
     if gene_list is not None and INPUT_KINDS[backbone] != "expression":
         raise InputError(f"--genes applies to Dist_VAE models only; {backbone} takes embeddings.")
     style_mean = style_std = None

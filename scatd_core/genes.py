@@ -80,6 +80,29 @@ def read_gene_list(path: str | Path, name: str | None = None) -> list[str]:
     return genes
 
 
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec"
+# Gene names Excel converts to dates (MARCH1 -> 1-Mar, SEPT2 -> 2-Sep, DEC1 -> 1-Dec), in the forms
+# its locales write them: 1-Mar, 01-Mar, Mar-01, 2023-03-01, 3/1/2023, 1.3.2023
+_EXCEL_DATE = re.compile(rf"^(?:\d{{1,2}}-(?:{_MONTHS})(?:-\d{{2,4}})?|(?:{_MONTHS})-\d{{1,4}}|\d{{4}}-\d{{1,2}}-\d{{1,2}}"
+                         r"(?:[ T]00:00(?::00)?)?|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}\.\d{1,2}\.\d{2,4})$", re.IGNORECASE)
+
+
+def excel_date_names(names: Sequence) -> list[str]:
+    """Gene names that are dates Excel made of symbols such as MARCH1 or SEPT2 (every one, in order)."""
+    return [str(n) for n in names if _EXCEL_DATE.match(str(n).strip())]
+
+
+def excel_dates_warning(names: Sequence) -> str | None:
+    """A warning naming up to 5 gene names Excel turned into dates, or None when there are none."""
+    found = excel_date_names(names)
+    if not found:
+        return None
+    shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+    return (f"{len(found):,} gene name(s) are dates ({shown}): Excel turned gene names such as MARCH1/SEPT2 into "
+            "dates, so these genes cannot be matched. Re-export the table without Excel's conversion (import the "
+            "column as text, or write the file from R or Python).")
+
+
 def gene_list_sha256(genes: Sequence[str]) -> str:
     """Hash of a gene list in order (what a bundle's manifest records)."""
     return hashlib.sha256("\n".join(genes).encode("utf-8")).hexdigest()

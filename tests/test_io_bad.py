@@ -210,3 +210,26 @@ def test_all_zero_x_names_raw_and_layers(tmp_path):
     with pytest.raises(InputError) as err:
         io.read(tmp_path / "x_empty_layers.h5ad")
     assert "layers: counts" in err.value.message and "adata.X = adata.layers['counts']" in err.value.hint
+
+
+# -------------------------------------------------------------------------- 9: gene names Excel made dates
+
+def test_excel_date_gene_names_are_warned_in_the_data_and_at_import(tmp_path):
+    import torch
+
+    import original_scatd as orig
+    from scatd_core.bundle import import_checkpoint
+
+    dated = ["1-Mar", "2-Sep", "1-Dec", "01-Mar", "Mar-01", "2023-03-01"]
+    assert genes.excel_date_names(SYMBOLS + ["MARCHF1", "SEPTIN2"] + dated) == dated
+    names = SYMBOLS[:14] + dated
+    pd.DataFrame(_counts(4, 20), index=[f"c{i}" for i in range(4)], columns=names).to_csv(tmp_path / "x.csv")
+    warnings = io.read(tmp_path / "x.csv").uns[io.REPORT_KEY]["warnings"]
+    hit = [w for w in warnings if "Excel turned gene names such as MARCH1/SEPT2 into dates" in w]
+    assert hit and "1-Mar, 2-Sep, 1-Dec, 01-Mar, Mar-01 ..." in hit[0] and "Re-export" in hit[0]
+    (tmp_path / "genes.txt").write_text("\n".join(SYMBOLS + [f"G{i}" for i in range(8)] + ["1-Mar", "2-Sep"]) + "\n")
+    torch.save(orig.dal_checkpoint("dist_vae", [30, 16, 8], 6, seed=1), tmp_path / "drug.pth")
+    bundle = import_checkpoint(tmp_path / "drug.pth", "dist_vae", drug="X", genes=tmp_path / "genes.txt",
+                               library=tmp_path / "lib")
+    notes = bundle.manifest["provenance"]["notes"]
+    assert any("genes.txt" in n and "1-Mar, 2-Sep" in n and "Excel" in n for n in notes)

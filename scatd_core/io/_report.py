@@ -170,6 +170,10 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
     names = genes.original_gene_names(adata)
     id_type = genes.detect_id_type(names)
     id_evidence = genes.id_type_evidence(names)
+    if report.get("format") != "npy":
+        dates = genes.excel_dates_warning(names)
+        if dates:
+            opts.warnings.append(dates)
     if id_type == "mouse_symbol" or id_evidence.get("ensembl_mouse", 0) > 0.5:
         opts.warnings.append("The genes look like mouse genes; the scATD models are human, so most genes "
                              "will not match. Convert to human orthologues first.")
