@@ -412,20 +412,40 @@ def _strip_note(name: str) -> str:
 
 
 def _read_thresholds(path: Path, name: str | None = None) -> list[tuple[str, float]]:
+    """Two rows (tab-separated; commas accepted when there is no tab): drug names, then their ln(IC50)
+    thresholds. One drug per line and decimal commas are named, with what to write instead."""
     name = name or path.name
     if not path.is_file():
         raise InputError(f"Threshold file not found: {path}", "Check the path.")
     lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    layout = "Write two tab-separated rows: the drug names, then their ln(IC50) thresholds in the same order."
+    sep = "\t" if any("\t" in ln for ln in lines[:2]) else ","
+    rows = [[f.strip() for f in ln.split(sep)] for ln in lines]
+    if len(rows) >= 2 and all(len(r) == 2 and _is_number(r[1]) for r in rows) and not _is_number(rows[1][0]):
+        raise InputError(f"{name} lists one drug per line (e.g. '{rows[0][0]}', {rows[0][1]}); expected two rows: "
+                         "drug names, then thresholds.", layout)
     if len(lines) < 2:
-        raise InputError(f"{name} must have two tab-separated rows: drug names, then ln(IC50) thresholds.")
-    names = [n.strip() for n in lines[0].split("\t")]
-    try:
-        values = [float(v) for v in lines[1].split("\t")]
-    except ValueError:
-        raise InputError(f"The second row of {name} must hold numbers (ln(IC50) thresholds).") from None
+        raise InputError(f"{name} must have two tab-separated rows: drug names, then ln(IC50) thresholds.", layout)
+    names, fields = rows[0], rows[1]
+    bad = [v for v in fields if not _is_number(v)]
+    if bad:
+        if all(re.fullmatch(r"[+-]?\d*,\d+", v) or _is_number(v) for v in fields):
+            raise InputError(f"The thresholds in {name} are written with decimal commas (e.g. {bad[0]}).",
+                             f"Write decimal points (e.g. {bad[0].replace(',', '.')}), tab-separated.")
+        raise InputError(f"The second row of {name} must hold numbers (ln(IC50) thresholds); it holds "
+                         f"{bad[0]!r}.", layout)
+    values = [float(v) for v in fields]
     if len(names) != len(values):
-        raise InputError(f"{name}: {len(names)} drug names but {len(values)} thresholds.")
+        raise InputError(f"{name}: {len(names)} drug names but {len(values)} thresholds.", layout)
     return list(zip(names, values))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _drug_ids(index, name: str = "The IC50 table") -> dict[str, int]:

@@ -190,3 +190,16 @@ def test_labels_from_ic50_drug_listed_twice_names_rows(tmp_path):
     table.to_csv(tmp_path / "GDSC_IC50.csv")
     with pytest.raises(InputError, match=r"GDSC:20 twice \(rows 2 and 6\)"):
         labels_from_ic50(tmp_path / "GDSC_IC50.csv", thr, dlist)
+
+
+def test_threshold_file_decimal_commas_and_one_drug_per_line_are_named(tmp_path):
+    ic50, _, dlist = _ic50_files(tmp_path)
+    (tmp_path / "euro.txt").write_text("Gefitinib\tTwin\n0,5\t1,5\n")
+    with pytest.raises(InputError, match=r"euro.txt are written with decimal commas \(e.g. 0,5\)") as err:
+        labels_from_ic50(ic50, tmp_path / "euro.txt", dlist)
+    assert "decimal points (e.g. 0.5)" in err.value.hint
+    (tmp_path / "vertical.txt").write_text("Gefitinib\t0.5\nTwin\t1.5\nOrphan\t2.0\n")
+    with pytest.raises(InputError, match="one drug per line.*expected two rows: drug names, then thresholds"):
+        labels_from_ic50(ic50, tmp_path / "vertical.txt", dlist)
+    (tmp_path / "commas.txt").write_text("Gefitinib,Twin\n0.5,1.5\n")  # no tab: commas are read as the separator
+    assert "Gefitinib" in labels_from_ic50(ic50, tmp_path / "commas.txt", dlist).columns
