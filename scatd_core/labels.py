@@ -152,6 +152,8 @@ def read_label_table(source: str | Path | pd.DataFrame, name: str | None = None)
                          "as in GDSC's ALL_label_binary_wf.csv.")
     table.index = pd.Index([str(i).strip() for i in table.index], name=None)
     table.columns = [str(c).strip() for c in table.columns]
+    if not isinstance(source, pd.DataFrame):
+        _refuse_transposed(table, name or Path(source).name)
     if table.index.duplicated().any():
         dup = table.index[table.index.duplicated()].unique()[:3].tolist()
         raise InputError(f"The label table lists {int(table.index.duplicated().sum())} cell line(s) twice "
@@ -371,6 +373,24 @@ def _few_shot_series(ids, names: pd.Series, where: str) -> pd.Series:
                          f"target cells needs at least {MIN_FEW_SHOT_PER_CLASS} of each.",
                          "Label a few more cells of the missing class, or train without labelled cells.")
     return labels
+
+
+def _refuse_transposed(table: pd.DataFrame, name: str) -> None:
+    """A label table the other way round (drugs as rows): its column names look like cell-line IDs
+    (COSMIC numbers, CL000, ACH-000001, A549_LUNG: nearly all with digits) and its row names like
+    drug names (mostly without)."""
+    def with_digits(names) -> float:
+        names = [str(n) for n in names]
+        return sum(any(ch.isdigit() for ch in n) for n in names) / max(1, len(names))
+
+    if table.shape[1] >= 3 and with_digits(table.columns) >= 0.9 and with_digits(table.index) < 0.5:
+        cols = ", ".join(map(str, table.columns[:3]))
+        rows = ", ".join(map(str, table.index[:3]))
+        raise InputError(f"{name} looks transposed: its columns ({cols}, ...) look like cell-line IDs and its rows "
+                         f"({rows}) like drugs.",
+                         "Give cell lines as rows (their IDs in the first column) and one column per drug, as in "
+                         "GDSC's ALL_label_binary_wf.csv: transpose the table (in Python: "
+                         "pd.read_csv(f, index_col=0).T.to_csv(out)) and give it again.")
 
 
 def read_few_shot_labels(path: str | Path, name: str | None = None) -> pd.Series:

@@ -203,3 +203,18 @@ def test_threshold_file_decimal_commas_and_one_drug_per_line_are_named(tmp_path)
         labels_from_ic50(ic50, tmp_path / "vertical.txt", dlist)
     (tmp_path / "commas.txt").write_text("Gefitinib,Twin\n0.5,1.5\n")  # no tab: commas are read as the separator
     assert "Gefitinib" in labels_from_ic50(ic50, tmp_path / "commas.txt", dlist).columns
+
+
+def test_transposed_label_table_is_named(tmp_path):
+    cells = [f"CL{i:03d}" for i in range(6)]
+    table = pd.DataFrame([["sensitive", "resistant"] * 3, ["resistant", "sensitive"] * 3],
+                         index=["Cisplatin", "Erlotinib"], columns=cells)
+    table.to_csv(tmp_path / "labels.csv")
+    with pytest.raises(InputError, match=r"labels.csv looks transposed: its columns \(CL000, CL001, CL002, \.\.\.\) "
+                                         r"look like cell-line IDs and its rows \(Cisplatin, Erlotinib\) like drugs"):
+        read_label_table(tmp_path / "labels.csv")
+    table.T.to_csv(tmp_path / "right.csv")  # the right way round reads; so do drugs with digits in their names
+    assert read_label_table(tmp_path / "right.csv").shape == (6, 2)
+    table.index = ["AZD6244", "PLX4720"]
+    table.T.to_csv(tmp_path / "digits.csv")
+    assert read_label_table(tmp_path / "digits.csv").shape == (6, 2)
