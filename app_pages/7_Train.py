@@ -58,14 +58,35 @@ def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
 
     upload = st.file_uploader(label, type=DATA_TYPES, key=key, help=help_text)
     if upload is not None and st.session_state.get(slot, {}).get("id") != upload.file_id:
+        if _failed_before(slot, upload):
+            return
         try:
             with st.spinner(f"Reading {ui.md(upload.name)}…"):
                 adata = read_bytes(upload.getvalue(), upload.name, backed=False, workdir=session.folder(),
                                    **session.room_for_a_dataset(st.session_state.get(session.TOKEN)))
             st.session_state[slot] = {"adata": adata, "name": upload.name, "id": upload.file_id}
+            st.session_state.pop(slot + FAILED, None)
             session.release_upload(upload.file_id)  # read into the session: Streamlit's copy is not needed
         except ScatdError as exc:
-            show_error(exc)
+            _failed(slot, upload, exc)
+
+
+FAILED = "_failed"  # suffix of a slot's key: [file id, error] of an upload that could not be read
+
+
+def _failed_before(slot: str, upload) -> bool:
+    """Whether this upload failed before: then its error is shown again, the file not read again
+    (the same file gives the same error), as on the Data page."""
+    failed = st.session_state.get(slot + FAILED)
+    if failed and failed[0] == upload.file_id:
+        show_error(failed[1])
+        return True
+    return False
+
+
+def _failed(slot: str, upload, exc: BaseException) -> None:
+    show_error(exc)
+    st.session_state[slot + FAILED] = [upload.file_id, ui.error_copy(exc)]  # no traceback kept
 
 
 st.title("Train a drug model")
@@ -89,16 +110,18 @@ if bulk_source == "Upload":
                                          key="upload_train_labels",
                                          help="sensitive / resistant per cell line and drug, the format of GDSC's "
                                               "ALL_label_binary_wf.csv; empty or NA = not screened.")
-        if labels_upload is not None and ss.get(LABELS, {}).get("id") != labels_upload.file_id:
+        if (labels_upload is not None and ss.get(LABELS, {}).get("id") != labels_upload.file_id
+                and not _failed_before(LABELS, labels_upload)):
             from scatd_core.labels import read_label_table
 
             try:
                 with _temp_copies(labels_upload) as (path,):
                     ss[LABELS] = {"table": read_label_table(path, name=labels_upload.name),
                                   "name": labels_upload.name, "id": labels_upload.file_id}
+                ss.pop(LABELS + FAILED, None)
                 session.release_upload(labels_upload.file_id)
             except ScatdError as exc:
-                show_error(exc)
+                _failed(LABELS, labels_upload, exc)
     with st.expander("No label table? Build one from GDSC ln(IC50) values"):
         u1, u2, u3 = st.columns(3)
         ic50 = u1.file_uploader("GDSC_IC50.csv", type=["csv", "gz"], key="upload_train_ic50")

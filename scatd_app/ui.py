@@ -798,6 +798,22 @@ def use_demo(bar) -> None:
 FAILED_UPLOAD = "failed_upload"
 
 
+def error_copy(exc: BaseException) -> BaseException:
+    """``exc`` without its traceback, to keep in the session and show again: a kept exception's
+    frames would keep the page and the upload alive (see :data:`FAILED_UPLOAD`)."""
+    if isinstance(exc, ScatdError):
+        return ScatdError(exc.message, exc.hint, app_hint=exc.app_hint)
+    return RuntimeError(f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _say_earlier_data_kept() -> None:
+    """After a failed upload: the data loaded before is still the session's (nothing was lost)."""
+    ss = st.session_state
+    if ss.get(state.ADATA) is not None:
+        st.info(f"Your earlier data ({md(ss.get(state.DATA_NAME, 'data'))}) is still loaded.",
+                icon=":material/info:")
+
+
 def read_upload(uploaded, orientation: str) -> None:
     """Make the Data page's upload the session's data when it is new or its orientation changed.
 
@@ -818,6 +834,7 @@ def read_upload(uploaded, orientation: str) -> None:
     if uploaded is not None:
         if failed and failed[:2] == [uploaded.file_id, orientation]:
             show_error(failed[2])  # read once: the same file gives the same error
+            _say_earlier_data_kept()
             stop()
         if done != [uploaded.file_id, orientation]:
             try:
@@ -840,9 +857,8 @@ def read_upload(uploaded, orientation: str) -> None:
         elif source is not kept:  # a new file that cannot be read: nothing of it stays on the server's disk
             session.drop_upload(source, previous=kept)
             if uploaded is not None:
-                shown = (ScatdError(exc.message, exc.hint, app_hint=exc.app_hint) if isinstance(exc, ScatdError)
-                         else RuntimeError(f"{type(exc).__name__}: {str(exc)[:300]}"))
-                ss[FAILED_UPLOAD] = [uploaded.file_id, orientation, shown]
+                ss[FAILED_UPLOAD] = [uploaded.file_id, orientation, error_copy(exc)]
+        _say_earlier_data_kept()
         stop()
     ss.pop(FAILED_UPLOAD, None)
     set_data(adata, source["name"])

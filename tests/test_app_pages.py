@@ -1026,3 +1026,15 @@ def test_data_page_calls_npy_values_embedding_features_not_z_scored():
     values = {m.label: m.value for m in at.metric}
     assert values["Values"] == "embedding features" and values["Gene IDs"] == "none"
     assert values["Embedding features"] == "40"
+
+
+def test_a_bad_upload_says_the_earlier_data_is_still_loaded(with_library):
+    adata = make_dataset(40, seed=1)
+    frame = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names)
+    at = upload(start(), "cells.csv", frame.to_csv().encode())
+    at.file_uploader[0].upload("bad.csv", b"title\nc,A,B\nx,1,2\ny,3,4\n")
+    at.run()
+    assert "bad.csv" in text(at.error) and not at.exception
+    assert "Your earlier data (cells.csv) is still loaded" in text(at.info)
+    at.run()  # the error again, from the record: the same words
+    assert "bad.csv" in text(at.error) and "Your earlier data (cells.csv) is still loaded" in text(at.info)

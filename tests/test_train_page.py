@@ -325,3 +325,31 @@ def test_upload_errors_name_the_users_files_not_the_pages_copies():
     assert not at.exception, at.exception
     error = at.error[-1].value.replace("\\", "")
     assert "GDSC_IC50.csv lists drug GDSC:1003 twice (rows 1 and 3)" in error and "upload" not in error
+
+
+def test_a_bad_upload_is_read_once_its_error_shown_again(monkeypatch):
+    from scatd_core import io, labels
+
+    calls = {"data": 0, "labels": 0}
+    read_bytes, read_label_table = io.read_bytes, labels.read_label_table
+
+    def counted_bytes(*a, **k):
+        calls["data"] += 1
+        return read_bytes(*a, **k)
+
+    def counted_labels(*a, **k):
+        calls["labels"] += 1
+        return read_label_table(*a, **k)
+
+    monkeypatch.setattr(io, "read_bytes", counted_bytes)
+    monkeypatch.setattr(labels, "read_label_table", counted_labels)
+    at = _page().run()
+    at.file_uploader(key="upload_train_target").upload("cells.csv", b"title\nc,A,B\nx,1,2\ny,3,4\n")
+    at.file_uploader(key="upload_train_labels").upload("labels.csv", b"cell_line,DrugA\nCL1,sensitive,x,y\n")
+    at.run()
+    first = [e.value for e in at.error]
+    assert calls == {"data": 1, "labels": 1} and len(first) == 2
+    at.run()
+    assert calls == {"data": 1, "labels": 1}  # not read again
+    assert [e.value for e in at.error] == first and not at.exception
+    assert "cells.csv" in " ".join(first) and "labels.csv" in " ".join(first)
