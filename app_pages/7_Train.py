@@ -18,7 +18,7 @@ from scatd_app import auth, jobs, session, ui
 from scatd_app import state as S
 from scatd_core import export, pl
 from scatd_core._progress import with_eta
-from scatd_core.errors import ScatdError
+from scatd_core.errors import MemoryShortage, ScatdError
 
 # Session keys of this page only.
 BULK = "train_bulk"          # {"adata", "name"}: bulk cell lines x genes
@@ -86,7 +86,8 @@ def _failed_before(slot: str, upload) -> bool:
 
 def _failed(slot: str, upload, exc: BaseException) -> None:
     show_error(exc)
-    st.session_state[slot + FAILED] = [upload.file_id, ui.error_copy(exc)]  # no traceback kept
+    if not isinstance(exc, MemoryShortage):  # short of memory now: the next run tries again
+        st.session_state[slot + FAILED] = [upload.file_id, ui.error_copy(exc)]  # no traceback kept
 
 
 st.title("Train a drug model")
