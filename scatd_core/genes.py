@@ -190,9 +190,9 @@ _BARCODE = re.compile(r"(?:^|[_:#-])[ACGTN]{10,}(?:[-_.]\d+)?$")
 _NUMERIC = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
 # Cell (sample) names that the symbol pattern would take for genes: archive accessions (a prefix
 # and >= 5 digits: SRR7000000, GSM4762001, SAMN12345678) and plate wells (P1_A01, plate1_B12,
-# A01). A bare well needs two digits: C3, F2 or F8 are genes; F10-F12 (genes too) are few.
+# A01). A bare well must be zero-padded (A01-P09): C3, F8, F10, H19 are genes (and G10 a made-up one).
 _CELL_NAME = re.compile(r"^(?:(?:SRR|ERR|DRR|SRX|ERX|DRX|SRS|ERS|DRS|GSM|SAMN|SAMEA|SAMD|SAME)\d{5,}(?:[_.:-]\w+)*"
-                        r"|(?:(?:p|pl|plate)\d+[_.-]?)?[A-P](?:0[1-9]|1\d|2[0-4]))$", re.IGNORECASE)
+                        r"|(?:p|pl|plate)\d+[_.-]?[A-P](?:0?[1-9]|1\d|2[0-4])|[A-P]0[1-9])$", re.IGNORECASE)
 
 SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name",
                   "symbol", "symbols", "Symbol", "features", "name")
