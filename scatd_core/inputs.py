@@ -201,7 +201,7 @@ def _no_gene_matched(adata: ad.AnnData, spec: InputSpec, alignment: GeneAlignmen
         return InputError(message + f" Your gene names are lower-case (e.g. {ex}); the model's are upper-case "
                           f"human symbols ({ex.upper()}), and {len(lower_hits):,} would match upper-cased.",
                           "If your data are human, upper-case the names (in Python: adata.var_names = "
-                          "adata.var_names.str.upper(), then save the h5ad again). Mouse data need human orthologues "
+                          "adata.var_names.str.upper(), then save the data again). Mouse data need human orthologues "
                           "instead, not upper-casing.")
     hint = ("The data's genes look like Ensembl IDs: give the symbols (a file that carries them, or a "
             "BioMart table on the Data page) so they can be matched." if data_type in ("ensembl", "mixed")
