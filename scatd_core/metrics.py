@@ -52,7 +52,7 @@ class Evaluation:
     positive_label: str = "resistant"
     negative_label: str = "sensitive"
     notes: list[str] = field(default_factory=list)
-    #: ``(low, high)``: the AUROC's 95 % bootstrap interval, computed when the AUROC is below 0.5
+    #: ``(low, high)``: the AUROC's 95 % interval (:func:`auroc_interval`), computed when the AUROC is below 0.5
     auroc_ci: tuple[float, float] | None = None
 
     @property
@@ -193,6 +193,18 @@ def _resampled_metric(metric: str, y: np.ndarray, p: np.ndarray, idx: np.ndarray
         ranks = rankdata(p[idx], axis=1)
         return (ranks[:, n_neg:].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return np.array([_fast_auprc(y[row], p[row]) for row in idx])
+
+
+def auroc_interval(auroc: float, n_positive: int, n_negative: int, z: float = 1.959964) -> tuple[float, float]:
+    """The AUROC's 95 % interval from its standard error (Hanley & McNeil 1982): instant at any
+    number of cells, where :func:`bootstrap_ci` takes seconds for 10,000 (the pages evaluate on
+    every visit). Close to the bootstrap's for the cell numbers of a dataset (tested)."""
+    a, n1, n2 = float(auroc), int(n_positive), int(n_negative)
+    if n1 < 1 or n2 < 1 or not np.isfinite(a):
+        return float("nan"), float("nan")
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = np.sqrt(max(a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n2 - 1) * (q2 - a * a), 0.0) / (n1 * n2))
+    return max(0.0, a - z * se), min(1.0, a + z * se)
 
 
 def bootstrap_ci(y_true, prob, metric: str = "auroc", *, n_boot: int = 1000, level: float = 0.95,
@@ -403,7 +415,7 @@ def evaluate_column(adata, column: str, *, key_added: str | None = None, resista
             "and accuracy are optimistic: measure them on cells that were not used to set it. AUROC and AUPRC do "
             "not depend on the threshold.")
     if evaluation.auroc < 0.5:
-        _, low, high = bootstrap_ci(y, prob, "auroc")
+        low, high = auroc_interval(evaluation.auroc, evaluation.n_positive, evaluation.n_negative)
         evaluation.auroc_ci = (low, high)
         if evaluation.ranks_reversed:
             evaluation.notes.append(
