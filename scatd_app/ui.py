@@ -552,6 +552,9 @@ class Ahead:
 
         self.token, self.bundle_path = token, bundle_path
         self.stop = threading.Event()
+        # set when its owner clicks Run and waits for it: it then no longer gives way to others queued
+        # after that click (it holds its slot already; giving way sent the first to click to the back)
+        self.claimed = threading.Event()
         self.future: concurrent.futures.Future | None = None
         self.embedding: concurrent.futures.Future | None = None  # its UMAP, started when it finished
         self.scores = None  # set by take_prediction_ahead
@@ -618,7 +621,7 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
     executor = _background()
 
     def give_way() -> bool:
-        return ahead.stop.is_set() or queue.contended()
+        return ahead.stop.is_set() or (queue.contended() and not ahead.claimed.is_set())
 
     def run():
         with queue.slot_if_free() as held:
@@ -701,6 +704,7 @@ def take_prediction_ahead(token: str, bar) -> Ahead | None:
     if ahead.token != token or not ahead.alive() or ahead.future.cancel():  # .cancel(): not started yet
         ahead.cancel()
         return None
+    ahead.claimed.set()  # the owner asked for it now: it keeps its slot, whoever queues after this click
     try:
         while not ahead.future.done():  # a Streamlit call in the loop: Cancel or leaving interrupts the wait
             progress_to(bar)(ahead.fraction, ahead.message)

@@ -883,6 +883,52 @@ def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monke
     assert queue.running == 0 and queue.waiting == []  # every slot given back
 
 
+def test_a_prediction_ahead_its_owner_waits_for_keeps_its_slot(with_library, monkeypatch):
+    """Once its owner has clicked Run and waits for it (take_prediction_ahead claims it), a
+    background prediction no longer gives way to computations queued after that click: giving way
+    threw its work away and sent the first to click to the back of the queue."""
+    import threading
+
+    from scatd_app import jobs, ui
+    from scatd_core import predict as predict_module
+
+    queue = jobs.queue()
+    deadline = time.monotonic() + 120
+    while (queue.running or queue.waiting) and time.monotonic() < deadline:  # earlier tests' background work
+        time.sleep(0.05)
+    started, release, real = threading.Event(), threading.Event(), predict_module.score
+
+    def slow_score(*args, **kwargs):
+        started.set()
+        while not release.is_set() and not kwargs["should_stop"]():
+            time.sleep(0.01)
+        return real(*args, **kwargs)  # raises Cancelled at its first batch if it gave way
+
+    monkeypatch.setattr(predict_module, "score", slow_score)
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))  # the data settled: started ahead
+    assert started.wait(60)
+    ahead = at.session_state[state.PREDICT_AHEAD]
+    assert ahead.claimed.is_set() is False
+    ahead.claimed.set()  # what take_prediction_ahead does as the owner's click waits for it
+    ticket = object()
+    with queue._cond:
+        queue.waiting.append(ticket)  # someone clicks after the owner
+    try:
+        time.sleep(0.3)
+        assert not ahead.future.done() and ahead.alive()  # still running: it did not give way
+        release.set()
+        assert ahead.future.result(timeout=120).n_obs == N_CELLS
+    finally:
+        release.set()
+        with queue._cond:
+            queue.waiting.remove(ticket)
+    _settled(ahead)
+    import inspect
+
+    assert "ahead.claimed.set()" in inspect.getsource(ui.take_prediction_ahead)
+
+
 def test_prediction_ahead_waits_for_the_users_choice_of_model(with_library, tmp_path, monkeypatch):
     """With two drug models in the library, nothing starts before the Model page has one chosen."""
     import shutil
