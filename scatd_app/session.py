@@ -288,7 +288,13 @@ def sweep(every_seconds: float = 60.0) -> None:
     if time.monotonic() - s._last_sweep < every_seconds:
         return
     ttl = settings()["session_ttl_minutes"] * 60
-    s.sweep(ttl)
+    if s.sweep(ttl):  # their data are garbage now: collected and the freed memory given back to the system
+        import gc
+
+        from scatd_app import jobs
+
+        gc.collect()
+        jobs.release_free_memory()
     root = work_dir() / "sessions"
     if not root.is_dir():
         return

@@ -978,8 +978,16 @@ def need(what: str) -> None:
 
 def current_bundle():
     """The chosen bundle, or None (a bundle that cannot be loaded any more is shown as an error)."""
+    from scatd_core.bundle import MANIFEST
+
     path = st.session_state.get(state.BUNDLE_PATH)
     if not path:
+        return None
+    if not (Path(path) / MANIFEST).is_file():  # removed (or replaced under another name) since it was chosen
+        st.warning(f"The model you had chosen ({md(Path(path).name)}) is no longer in the model library: an "
+                   "administrator removed it. Choose another model on the Model page; results already computed "
+                   "with it stay as they are.", icon=":material/inventory_2:")
+        set_bundle(None)
         return None
     try:
         return get_bundle(path)

@@ -18,7 +18,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import original_scatd as orig
-from _app_helpers import BUNDLE_FOLDER, make_dataset, trained_library  # noqa: F401 (fixture)
+from _app_helpers import BUNDLE_FOLDER, make_bundle, make_dataset, trained_library  # noqa: F401 (fixture)
 from scatd_app import state, ui
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -927,6 +927,25 @@ def test_a_prediction_ahead_its_owner_waits_for_keeps_its_slot(with_library, mon
     import inspect
 
     assert "ahead.claimed.set()" in inspect.getsource(ui.take_prediction_ahead)
+
+
+def test_a_model_removed_while_chosen_is_said_without_a_server_path(tmp_path, monkeypatch):
+    import shutil
+
+    library = tmp_path / "library"
+    make_bundle(library / "gone_drug", make_dataset(60, seed=1), steps=2, drug="GONEDRUG")
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=2)))
+    at.session_state[state.BUNDLE_PATH] = str(library / "gone_drug")
+    goto(at, "3_Predict")
+    assert not at.error
+    shutil.rmtree(library / "gone_drug")  # an administrator removes it
+    goto(at, "3_Predict")
+    shown = text(at.warning).replace("\\", "")  # markdown-escaped
+    assert "no longer in the model library" in shown and "gone_drug" in shown
+    assert str(library) not in shown + text(at.error) and not at.exception
+    assert at.session_state.get(state.BUNDLE_PATH) in (None, "")
 
 
 def test_prediction_ahead_waits_for_the_users_choice_of_model(with_library, tmp_path, monkeypatch):
