@@ -10,8 +10,9 @@ anything else is answered 403 and nothing is stored. A session that logs out is
 :func:`disallow`-ed and its files dropped. ``python -m scatd_app`` installs the guard before the
 server listens; ``streamlit run app.py`` in its first page run, dropping whatever was kept before.
 
-Without Streamlit's in-memory store (another Streamlit layout) nothing is wrapped; the
-``scatd doctor`` check and the tests say so.
+Without Streamlit's in-memory store (another Streamlit layout) nothing is wrapped and
+:func:`install` returns False; ``tests/test_app_server.py`` and the browser test check that it
+wraps this project's pinned Streamlit.
 """
 
 from __future__ import annotations
