@@ -12,7 +12,7 @@ server listens; ``streamlit run app.py`` in its first page run, dropping whateve
 
 Without Streamlit's in-memory store (another Streamlit layout) nothing is wrapped and
 :func:`install` returns False; ``tests/test_app_server.py`` and the browser test check that it
-wraps this project's pinned Streamlit.
+wraps the installed Streamlit (1.67 here).
 """
 
 from __future__ import annotations
