@@ -189,12 +189,18 @@ if ss.get("cells_colour") not in colour_options:
 colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")  # usable while the UMAP computes
 emb_info = None
 with umap_area:
+    stopped, asked = st.empty(), False
+    if ui.embedding_declined(basis):  # Cancel was clicked: computed again only when asked
+        with stopped.container():
+            st.info("The UMAP and clusters were stopped before they finished.", icon=":material/block:")
+            asked = st.button(f"Compute the UMAP and clusters of {adata.n_obs:,} cells", key="btn_cells_umap",
+                              icon=":material/play_arrow:")
     try:
-        with st.spinner(f"Computing the UMAP and clusters of {adata.n_obs:,} cells (about "
-                        f"{max(5, adata.n_obs // 500)} s the first time)…"):
-            emb_info = ui.embedding(adata, basis)
+        emb_info = ui.embedding(adata, basis, asked=asked)
     except ScatdError as exc:
         ui.show_error(exc)
+    if emb_info is not None:
+        stopped.empty()
 if CLUSTER in adata.obs:
     colour_options["Leiden cluster"] = (adata.obs[CLUSTER].astype(str).to_numpy(), True, None, None)
 elif colour == "Leiden cluster":

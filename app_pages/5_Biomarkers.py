@@ -219,8 +219,7 @@ if expl.features:
         c1.caption(f"Map: {how}.")
         if c2.button("Compute UMAP", key="btn_bio_umap"):
             try:
-                with st.spinner("UMAP of the latent space…"):
-                    ui.embedding(adata, "latent")  # the Cells page's computation: done once for both
+                ui.embedding(adata, "latent", asked=True)  # the Cells page's computation: done once for both
                 coords, how = plot_coordinates(adata)
             except ScatdError as exc:
                 ui.show_error(exc)

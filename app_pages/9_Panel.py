@@ -223,10 +223,12 @@ st.subheader("UMAP")
 if UMAP not in adata.obsm:
     st.caption("No UMAP yet: compute one from the expression (or open the Cells page after a single-model "
                "prediction, whose latent UMAP is used here too).")
+    ui.say_if_stopped(state.PANEL_UMAP_RUNNING, "The UMAP was stopped before it finished.")
     if st.button("Compute the UMAP", key="btn_panel_umap"):
         try:
-            with st.spinner(f"UMAP of {adata.n_obs:,} cells…"), jobs.computing("the UMAP"):
-                panel.embed_expression(adata)
+            with ui.long_run(state.PANEL_UMAP_RUNNING, f"UMAP of {adata.n_obs:,} cells…", "btn_cancel_panel_umap") \
+                    as bar, jobs.computing("the UMAP", cancel_button=False):
+                panel.embed_expression(adata, progress=ui.progress_to(bar))
         except ScatdError as exc:
             ui.show_error(exc)
 if UMAP in adata.obsm:

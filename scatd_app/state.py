@@ -21,7 +21,8 @@ PREDICTION          token of (data, QC mask, model, settings) of the prediction 
 INPUTS              ``(token, ModelInput)``: the model input of ADATA for the chosen model (its token
                     names the data, QC mask and model, so it is rebuilt when any changes)
 EMBEDDING           settings token of the UMAP stored in ADATA
-EMBEDDING_PENDING   ``(token, future)`` of the UMAP started in the background after a prediction
+EMBEDDING_PENDING   the UMAP started in the background after a prediction (:class:`scatd_app.ui.Pending`)
+UMAP_DECLINED       settings token of a UMAP the user stopped: not started again until asked
 PREDICT_AHEAD       the prediction started in the background before the user asked for it
                     (:class:`scatd_app.ui.Ahead`), taken by the Predict page's Run button
 BIOMARKERS          settings token of the biomarkers stored in ADATA
@@ -50,6 +51,7 @@ PREDICTION = "prediction_token"
 INPUTS = "model_inputs"
 EMBEDDING = "embedding_token"
 EMBEDDING_PENDING = "embedding_pending"
+UMAP_DECLINED = "umap_declined"
 # (not "predict_...": that prefix marks widget values, kept across pages and for a reload)
 PREDICT_AHEAD = "ahead_prediction"
 AHEAD_DECLINED = "ahead_declined"  # token of a prediction the user stopped: not started ahead again
@@ -63,6 +65,8 @@ PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set af
 EXPLAIN_RUNNING = "running_explain"
 PANEL_RUNNING = "running_panel"
 EMBED_RUNNING = "running_embed"
+UMAP_RUNNING = "running_umap"
+PANEL_UMAP_RUNNING = "running_panel_umap"
 
 #: Widget values that must survive a visit to another page (Streamlit forgets the state of
 #: widgets that are not drawn). Buttons and uploaders never use these prefixes (their values
@@ -75,7 +79,7 @@ KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_
 _CHAIN = {
     "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE,
              PANEL, PANEL_MARKERS),
-    "prediction": (PREDICTION, PREDICT_AHEAD, EMBEDDING, EMBEDDING_PENDING, BIOMARKERS),
+    "prediction": (PREDICTION, PREDICT_AHEAD, EMBEDDING, EMBEDDING_PENDING, UMAP_DECLINED, BIOMARKERS),
 }
 
 
@@ -108,8 +112,8 @@ def invalidate(level: str) -> None:
     for name in levels[levels.index(level):]:
         for key in _CHAIN[name]:
             value = ss.pop(key, None)
-            if key == PREDICT_AHEAD and value is not None:
-                value.cancel()  # a prediction computing ahead for what is now forgotten: stop it
+            if key in (PREDICT_AHEAD, EMBEDDING_PENDING) and value is not None:
+                value.cancel()  # a prediction or UMAP computing for what is now forgotten: stop it
     adata = ss.get(ADATA)
     if adata is not None:
         clear(adata)

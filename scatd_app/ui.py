@@ -320,7 +320,7 @@ CANCEL_HELP = "Stops the run; nothing is changed."
 
 
 @contextlib.contextmanager
-def long_run(flag: str, text: str, cancel_key: str, cancel_help: str = CANCEL_HELP):
+def long_run(flag: str, text: str, cancel_key: str, cancel_help: str = CANCEL_HELP, on_cancel=None):
     """A progress bar (yielded) with a Cancel button under it, for one computation of a page.
 
     A click on Cancel, like any other click or leaving the page, interrupts the script run with
@@ -328,13 +328,15 @@ def long_run(flag: str, text: str, cancel_key: str, cancel_help: str = CANCEL_HE
     progress report, the session flag ``flag`` stays set, and the next run of the page says so
     (:func:`say_if_stopped`). When the computation ends, normally or with an error, the bar and
     the button go away and the flag is cleared. The session is kept with the flag set as the run
-    starts, so a reload meanwhile (which stops the run) resumes with its settings and says so."""
+    starts, so a reload meanwhile (which stops the run) resumes with its settings and says so.
+    ``on_cancel`` (a :func:`detached` function) runs when Cancel is clicked, before the next run
+    of the page: where leaving the page and Cancel must differ."""
     from scatd_app import session
 
     box = st.empty()
     with box.container():
         bar = st.progress(0.0, text=text)
-        st.button("Cancel", icon=":material/stop:", key=cancel_key, help=cancel_help)
+        st.button("Cancel", icon=":material/stop:", key=cancel_key, help=cancel_help, on_click=on_cancel)
     st.session_state[flag] = True
     session.save_now()
     try:
@@ -455,10 +457,55 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
     return False
 
 
-def embedding(adata: ad.AnnData, basis: str):
+class Pending:
+    """A UMAP computing in the background for the session's prediction (settings token
+    ``token``): its future (an :class:`~scatd_core.embed.Embedding`), how far it is, and a flag
+    that stops it between two runs of layout epochs (:meth:`report` is its progress callback)."""
+
+    def __init__(self, token: str, stop: threading.Event | None = None):
+        self.token = token
+        self.stop = stop or threading.Event()
+        self.future: concurrent.futures.Future | None = None
+        self.fraction, self.message = 0.0, "Waiting for a free slot…"
+
+    def report(self, fraction: float, message: str) -> None:
+        from scatd_core.errors import Cancelled
+
+        if self.stop.is_set():
+            raise Cancelled("The UMAP was stopped.")
+        self.fraction, self.message = fraction, message
+
+    def cancel(self) -> None:
+        self.stop.set()
+        if self.future is not None:
+            self.future.cancel()
+
+
+def decline_embedding(token: str) -> None:
+    """Cancel was clicked during the UMAP for ``token``: stop it, also in the background, and
+    do not start it again on its own (the Cells page offers a button instead)."""
+    ss = st.session_state
+    ss[state.UMAP_DECLINED] = token
+    pending = ss.pop(state.EMBEDDING_PENDING, None)
+    if pending is not None:
+        pending.cancel()
+
+
+def embedding_declined(basis: str) -> bool:
+    """Whether the user stopped the UMAP of the session's prediction in ``basis`` (then it is only
+    computed again when asked: :func:`embedding` with ``asked=True``)."""
+    ss = st.session_state
+    return ss.get(state.EMBEDDING) != token_of(ss.get(state.PREDICTION), basis) and \
+        ss.get(state.UMAP_DECLINED) == token_of(ss.get(state.PREDICTION), basis)
+
+
+def embedding(adata: ad.AnnData, basis: str, *, asked: bool = False):
     """The UMAP and clusters of the session's prediction (computed once per prediction and basis)
     and stored in the AnnData; taken from the background run :func:`start_embedding` began when
-    there is one for them (waiting for it to finish)."""
+    there is one for them (waiting for it to finish). A progress bar with a Cancel button shows
+    meanwhile; leaving the page stops the wait (a run computing here stops too, and starts again
+    on the next visit), Cancel stops the computation and returns ``None`` until it is ``asked``
+    for again (:func:`embedding_declined`)."""
     from scatd_core.embed import compute_embedding, store
     from scatd_core.errors import Cancelled
 
@@ -467,24 +514,33 @@ def embedding(adata: ad.AnnData, basis: str):
     ss = st.session_state
     token = token_of(ss.get(state.PREDICTION), basis)
     if ss.get(state.EMBEDDING) != token:
+        if asked:
+            ss.pop(state.UMAP_DECLINED, None)
+        elif ss.get(state.UMAP_DECLINED) == token:
+            return None
+        ss.pop(state.UMAP_RUNNING, None)  # an earlier run left by leaving the page: computed again, no word
+        cancel = dict(on_cancel=functools.partial(decline_embedding, token), cancel_key="btn_cancel_umap",
+                      cancel_help="Stops the UMAP and clusters; the rest of the page stays. A button computes "
+                                  "them later.")
         pending = ss.get(state.EMBEDDING_PENDING)
-        if pending is not None and pending[0] == token:
-            future, note = pending[1], st.empty()
-            while not future.done():  # a Streamlit call in the loop: leaving the page interrupts the wait
-                note.caption("Computing the UMAP and clusters (started when the prediction finished)…")
-                concurrent.futures.wait([future], timeout=0.25)  # returns as soon as it is done
-            note.empty()
+        result = None
+        if pending is not None and pending.token == token:
+            with long_run(state.UMAP_RUNNING, "Computing the UMAP and clusters (started when the prediction "
+                          "finished)…", **cancel) as bar:
+                while not pending.future.done():  # a Streamlit call in the loop: leaving the page interrupts the wait
+                    progress_to(bar)(pending.fraction, pending.message)
+                    concurrent.futures.wait([pending.future], timeout=0.25)  # returns as soon as it is done
             ss.pop(state.EMBEDDING_PENDING, None)
             try:
-                result = future.result()  # raises what the run raised (the next visit computes afresh)
+                result = pending.future.result()  # raises what the run raised (the next visit computes afresh)
             except (Cancelled, concurrent.futures.CancelledError):  # computed ahead, it gave way: computed now
                 result = None
-        else:
-            result = None
+        elif pending is not None:
+            ss.pop(state.EMBEDDING_PENDING).cancel()  # a run for other settings
         if result is None:
-            ss.pop(state.EMBEDDING_PENDING, None)  # a run for other settings
-            with jobs.computing("the UMAP"):
-                result = compute_embedding(adata, basis=basis, seed=0)
+            with long_run(state.UMAP_RUNNING, "Computing the UMAP and clusters…", **cancel) as bar, \
+                    jobs.computing("the UMAP", cancel_button=False):
+                result = compute_embedding(adata, basis=basis, seed=0, progress=progress_to(bar))
         store(adata, result)
         ss[state.EMBEDDING] = token
     from scatd_core._keys import EMBED
@@ -506,7 +562,7 @@ def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:
     """Start the UMAP and clusters of a new prediction in the background, in the server's job
     queue like any computation, so that the Cells page (and the report, which includes them)
     finds them ready or partly done. Nothing is stored until :func:`embedding` takes the result;
-    a new prediction or dataset forgets the run (its result is dropped)."""
+    a new prediction or dataset stops the run (:class:`Pending`)."""
     from scatd_core.embed import compute_embedding
 
     from scatd_app import jobs
@@ -514,15 +570,18 @@ def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:
     ss = st.session_state
     token = token_of(ss.get(state.PREDICTION), basis)
     pending = ss.get(state.EMBEDDING_PENDING)
-    if ss.get(state.EMBEDDING) == token or (pending is not None and pending[0] == token):
+    if ss.get(state.EMBEDDING) == token or (pending is not None and pending.token == token) \
+            or ss.get(state.UMAP_DECLINED) == token:
         return
     queue = jobs.queue()
+    pending = Pending(token)
 
     def run():
         with queue.slot():
-            return compute_embedding(adata, basis=basis, seed=0)
+            return compute_embedding(adata, basis=basis, seed=0, progress=pending.report)
 
-    ss[state.EMBEDDING_PENDING] = (token, _background().submit(run))
+    pending.future = _background().submit(run)
+    ss[state.EMBEDDING_PENDING] = pending
 
 
 def predict_settings() -> dict:
@@ -556,7 +615,7 @@ class Ahead:
         # after that click (it holds its slot already; giving way sent the first to click to the back)
         self.claimed = threading.Event()
         self.future: concurrent.futures.Future | None = None
-        self.embedding: concurrent.futures.Future | None = None  # its UMAP, started when it finished
+        self.embedding: Pending | None = None  # its UMAP, started when it finished (stopped with it)
         self.scores = None  # set by take_prediction_ahead
         self.fraction, self.message = 0.0, "Starting…"
         self.report = with_eta(self._progress)
@@ -575,7 +634,7 @@ class Ahead:
     def cancel(self) -> None:
         """Stop it (between two batches, or two steps of its UMAP) or, when it has not started, drop it."""
         self.stop.set()
-        for future in (self.future, self.embedding):
+        for future in (self.future, self.embedding and self.embedding.future):
             if future is not None:
                 future.cancel()
 
@@ -631,10 +690,12 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
                            n_samples=max(2, settings["n_samples"]), seed=settings["seed"], progress=ahead.report,
                            should_stop=give_way)
         if scores.n_obs <= AHEAD_UMAP_MAX_CELLS and not give_way():
-            ahead.embedding = executor.submit(embed_ahead, scores)  # set before this future completes
+            umap = Pending(token_of(token, "latent"), stop=ahead.stop)
+            umap.future = executor.submit(embed_ahead, scores, umap)
+            ahead.embedding = umap  # set before this future completes
         return scores
 
-    def embed_ahead(scores):
+    def embed_ahead(scores, umap: Pending):
         import pandas as pd
 
         from scatd_core.embed import LATENT_KEY, compute_embedding
@@ -642,6 +703,7 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
         def between_steps(fraction: float, message: str) -> None:
             if give_way():
                 raise Cancelled("The UMAP computed ahead gave way to another computation.")
+            umap.report(fraction, message)
 
         with queue.slot_if_free() as held:
             if not held:
@@ -723,10 +785,11 @@ def adopt_ahead_embedding(ahead: Ahead, token: str) -> None:
     """After the prediction ``ahead`` was stored as the session's prediction ``token``: the UMAP
     that followed it in the background becomes the Cells page's pending UMAP (as if
     :func:`start_embedding` had started it)."""
-    future = ahead.embedding
-    if future is None or future.cancelled():
+    umap = ahead.embedding
+    if umap is None or umap.future.cancelled():
         return
-    st.session_state[state.EMBEDDING_PENDING] = (token_of(token, "latent"), future)
+    umap.token = token_of(token, "latent")
+    st.session_state[state.EMBEDDING_PENDING] = umap
 
 
 # --------------------------------------------------------------------------------------------

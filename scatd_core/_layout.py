@@ -32,6 +32,7 @@ each first UMAP of a process paid.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -42,28 +43,37 @@ from umap.utils import tau_rand_int
 #: Groups of cells optimised side by side. Fixed, so that layouts do not depend on the machine;
 #: 8 keeps 2 to 8 cores busy.
 PARTITIONS = 8
+#: Epochs run in one call of the compiled kernel; between two runs the caller hears how far the
+#: layout is (and may stop it). The result is the same whatever the value.
+EPOCHS_AT_ONCE = 10
 #: umap-learn's defaults for the parts of UMAP this module runs.
 SPREAD, NEGATIVE_SAMPLE_RATE, REPULSION, LEARNING_RATE = 1.0, 5.0, 1.0, 1.0
 
 
 @numba.njit(parallel=True, fastmath=True, nogil=True, cache=True)
 def _optimise(head_emb, tail_emb, owner, head, tail, starts, eps, n_tail, a, b, gamma, alpha0, neg_rate,
-              n_epochs, move_other, rng):  # pragma: no cover - compiled
-    """umap-learn's euclidean layout epochs, edge groups ``starts[p]:starts[p+1]`` side by side.
+              n_epochs, first, last, next_sample, next_neg, learning_rate, move_other, rng):  # pragma: no cover - compiled
+    """umap-learn's euclidean layout epochs ``first`` to ``last - 1`` of ``n_epochs``, edge groups
+    ``starts[p]:starts[p+1]`` side by side.
 
     ``owner[v]``: the group that may read and move tail cell ``v`` live (-1: none; then it is read
     from the start-of-epoch copy and, with ``move_other``, its moves are added after the epoch).
-    With ``move_other``, ``head_emb`` and ``tail_emb`` are the same array.
+    With ``move_other``, ``head_emb`` and ``tail_emb`` are the same array. ``next_sample``,
+    ``next_neg`` (each edge's next epoch to sample, its negative samples'), ``learning_rate[0]`` and
+    ``rng`` carry on from one call to the next, so consecutive ranges of epochs give the layout of
+    one call (tested).
     """
     n_groups = starts.size - 1
     dim = head_emb.shape[1]
     eps_neg = eps / neg_rate
-    next_neg = eps_neg.copy()
-    next_sample = eps.copy()
     seen = tail_emb.copy()  # every cell where it was when the epoch began
     pulls = np.zeros((n_groups if move_other else 1, n_tail, dim), dtype=np.float32)
-    alpha = alpha0
-    for n in range(n_epochs):
+    if first == 0:
+        next_sample[:] = eps
+        next_neg[:] = eps_neg
+        learning_rate[0] = alpha0
+    alpha = learning_rate[0]
+    for n in range(first, last):
         for g in numba.prange(n_groups):
             for i in range(starts[g], starts[g + 1]):
                 if next_sample[i] > n:
@@ -116,6 +126,22 @@ def _optimise(head_emb, tail_emb, owner, head, tail, starts, eps, n_tail, a, b, 
                 for d in range(dim):
                     seen[v, d] = tail_emb[v, d]
         alpha = alpha0 * (1.0 - float(n) / float(n_epochs))
+    learning_rate[0] = alpha
+    return head_emb
+
+
+def _epochs(head_emb, tail_emb, owner, head, tail, starts, eps, n_tail, a, b, gamma, alpha0, n_epochs, move_other,
+            rng, between: Callable[[float], None] | None, at_once: int | None = None) -> np.ndarray:
+    """:func:`_optimise` over all ``n_epochs``, :data:`EPOCHS_AT_ONCE` at a time, calling
+    ``between(fraction done)`` after each run but the last."""
+    at_once = at_once or EPOCHS_AT_ONCE
+    next_sample, next_neg, learning_rate = np.empty_like(eps), np.empty_like(eps), np.empty(1)
+    for first in range(0, n_epochs, at_once):
+        last = min(first + at_once, n_epochs)
+        _optimise(head_emb, tail_emb, owner, head, tail, starts, eps, n_tail, a, b, gamma, alpha0,
+                  NEGATIVE_SAMPLE_RATE, n_epochs, first, last, next_sample, next_neg, learning_rate, move_other, rng)
+        if between is not None and last < n_epochs:
+            between(last / n_epochs)
     return head_emb
 
 
@@ -229,12 +255,13 @@ def prune(graph: sp.spmatrix, n_epochs: int) -> sp.coo_matrix:
 
 
 def fit(graph: sp.spmatrix, points: np.ndarray, *, n_epochs: int, min_dist: float, seed: int,
-        init: str = "spectral", partitions: int = PARTITIONS) -> np.ndarray:
+        init: str = "spectral", partitions: int = PARTITIONS, between: Callable[[float], None] | None = None) -> np.ndarray:
     """2-D layout of the fuzzy neighbour graph ``graph`` (umap-learn's ``fuzzy_simplicial_set``)
     of ``points`` (cells x dimensions, euclidean; where the graph falls apart, its pieces start
     where their centroids lie): umap-learn's ``simplicial_set_embedding`` (euclidean output) with
     the optimisation split into ``partitions`` groups (see the module). ``partitions=1`` is
-    umap-learn's own.
+    umap-learn's own. ``between(fraction)`` is called between runs of :data:`EPOCHS_AT_ONCE`
+    epochs (the fraction of the epochs done): an exception it raises stops the layout there.
     """
     from umap.spectral import spectral_layout
     from umap.umap_ import INT32_MAX, INT32_MIN, make_epochs_per_sample, noisy_scale_coords
@@ -256,12 +283,12 @@ def fit(graph: sp.spmatrix, points: np.ndarray, *, n_epochs: int, min_dist: floa
     owner, edge_order, starts = _groups(head, 1.0 / eps, np.argsort(emb[:, 0], kind="stable"), n, partitions)
     a, b = ab_params(min_dist)
     rng = _rng_streams(rng_state, emb[:, 0])
-    return _optimise(emb, emb, owner, head[edge_order], tail[edge_order], starts, eps[edge_order], n, a, b,
-                     REPULSION, LEARNING_RATE, NEGATIVE_SAMPLE_RATE, n_epochs, True, rng)
+    return _epochs(emb, emb, owner, head[edge_order], tail[edge_order], starts, eps[edge_order], n, a, b,
+                   REPULSION, LEARNING_RATE, n_epochs, True, rng, between)
 
 
 def place(indices: np.ndarray, distances: np.ndarray, fitted: np.ndarray, *, n_epochs: int, min_dist: float,
-          seed: int, partitions: int = PARTITIONS) -> np.ndarray:
+          seed: int, partitions: int = PARTITIONS, between: Callable[[float], None] | None = None) -> np.ndarray:
     """Coordinates of further cells in the finished layout ``fitted``, from their nearest fitted
     cells (``indices``, ``distances``: cells x k): umap-learn's ``transform`` (its graph to the
     fitted cells, its start at the weighted mean of those cells, a third of the epochs at a
@@ -269,7 +296,7 @@ def place(indices: np.ndarray, distances: np.ndarray, fitted: np.ndarray, *, n_e
     its own edges only, so the groups give exactly the sequential result. The starts are computed
     in compiled code (umap-learn loops over the cells in Python) and may differ from umap-learn's
     in the last bit; each cell's random stream is seeded from its start, so its path then
-    differs too, keeping the neighbours as well (tested)."""
+    differs too, keeping the neighbours as well (tested). ``between`` as for :func:`fit`."""
     from umap.umap_ import INT32_MAX, INT32_MIN, make_epochs_per_sample
 
     k = indices.shape[1]
@@ -292,6 +319,6 @@ def place(indices: np.ndarray, distances: np.ndarray, fitted: np.ndarray, *, n_e
     rng_state = np.random.RandomState(seed).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
     rng = _rng_streams(rng_state, emb[:, 0])
     never = np.full(fitted.shape[0], -1, dtype=np.int64)
-    return _optimise(emb, np.ascontiguousarray(fitted, dtype=np.float32), never, head[edge_order],
-                     tail[edge_order], starts, eps[edge_order], fitted.shape[0], *ab_params(min_dist), REPULSION,
-                     LEARNING_RATE / 4.0, NEGATIVE_SAMPLE_RATE, epochs, False, rng)
+    return _epochs(emb, np.ascontiguousarray(fitted, dtype=np.float32), never, head[edge_order],
+                   tail[edge_order], starts, eps[edge_order], fitted.shape[0], *ab_params(min_dist), REPULSION,
+                   LEARNING_RATE / 4.0, epochs, False, rng, between)

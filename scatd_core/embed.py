@@ -192,11 +192,13 @@ def _fuzzy_graph(nb: Neighbours) -> sp.csr_matrix:
     return fuzzy_graph(nb.indices, nb.distances)
 
 
-def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: int | None):
+def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: int | None,
+          between: Callable[[float], None] | None = None):
     """UMAP coordinates of every cell of ``x`` (fitted on ``nb.fitted``, the rest placed as
     umap-learn's ``transform`` places them) and the fitted cells' neighbour graph (the edges the
     layout used), from the exact neighbours ``nb``. The layout is umap-learn's, optimised on every
-    core (:mod:`scatd_core._layout`)."""
+    core (:mod:`scatd_core._layout`); ``between(fraction)`` hears how far it is every few epochs
+    (and may stop it by raising)."""
     from scatd_core import _layout
 
     n_fit = nb.fitted.size
@@ -204,12 +206,17 @@ def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: i
         n_epochs = 500 if n_fit <= FEW_CELLS_EPOCHS else 200
     graph = _fuzzy_graph(nb)
     coords = np.full((n_fit + nb.rest.size, 2), np.nan)
+    # the placed cells' third of the epochs, each edge of their own: about as much work per epoch
+    share = nb.fitted.size / (nb.fitted.size + nb.rest.size / 3.0) if nb.subsampled else 1.0
+    say = between or (lambda fraction: None)
     fitted = _layout.fit(graph, x[nb.fitted], n_epochs=n_epochs, min_dist=min_dist, seed=seed,
-                         init="spectral" if n_fit >= _SPECTRAL_MIN_CELLS else "random")
+                         init="spectral" if n_fit >= _SPECTRAL_MIN_CELLS else "random",
+                         between=lambda f: say(share * f))
     coords[nb.fitted] = fitted
     if nb.subsampled:
+        say(share)
         coords[nb.rest] = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=n_epochs,
-                                        min_dist=min_dist, seed=seed)
+                                        min_dist=min_dist, seed=seed, between=lambda f: say(share + (1 - share) * f))
     return coords, _layout.prune(graph, n_epochs).tocsr()
 
 
@@ -324,7 +331,9 @@ def compute_embedding(
     info["fit"] = _fit_record(nb)
     say(0.3, f"UMAP of {n_keep:,} cells" + (f" (fitted on {nb.fitted.size:,})" if nb.subsampled else ""))
     coords = np.full((n, 2), np.nan)
-    coords[keep], graph = _umap(x_kept, nb, min_dist, seed, n_epochs)
+    layout = f"UMAP of {n_keep:,} cells" + (f" (fitted on {nb.fitted.size:,})" if nb.subsampled else "")
+    coords[keep], graph = _umap(x_kept, nb, min_dist, seed, n_epochs,
+                                between=lambda f: say(0.3 + 0.55 * f, f"{layout}: {f:.0%} of the layout"))
     labels = None
     if clusters:
         say(0.85, "Leiden clusters")
@@ -384,7 +393,8 @@ def embed(
     n_epochs
         UMAP optimisation epochs (default: 500 up to :data:`FEW_CELLS_EPOCHS` cells, else 200).
     progress
-        Called with (fraction done, message).
+        Called with (fraction done, message), also every few epochs of the layout; an exception
+        it raises stops the computation there.
     copy
         Return an annotated copy instead of writing into ``adata``.
 

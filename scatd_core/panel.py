@@ -749,10 +749,11 @@ def load_panel(name: str, user: str | None, *, library: str | Path | None = None
     return bundles, problems
 
 
-def embed_expression(adata: ad.AnnData, *, seed: int = 0) -> dict:
+def embed_expression(adata: ad.AnnData, *, seed: int = 0, progress=None) -> dict:
     """A UMAP of the cells' expression (no model's latent space: the panel has several) into
-    ``obsm['X_umap']`` and ``uns['scatd_embed']``; returns that record."""
+    ``obsm['X_umap']`` and ``uns['scatd_embed']``; returns that record. ``progress`` as for
+    :func:`scatd_core.embed.compute_embedding` (what it raises stops the UMAP, nothing stored)."""
     from scatd_core.embed import compute_embedding, store
 
-    store(adata, compute_embedding(adata, basis="expression", clusters=False, seed=seed))
+    store(adata, compute_embedding(adata, basis="expression", clusters=False, seed=seed, progress=progress))
     return adata.uns[_keys.EMBED]

@@ -94,6 +94,66 @@ def run_prediction(at: AppTest) -> AppTest:
 
 # --------------------------------------------------------------------------------------------
 
+def test_a_stopped_umap_waits_for_a_click_and_a_new_prediction_stops_the_old_one(with_library, monkeypatch):
+    """Cancel during the Cells page's UMAP (``ui.decline_embedding``, the button's callback) stops
+    the computation, also one running in the background, and the page does not start it again on
+    its own: it says so and offers a button. A new prediction stops a UMAP still computing for the
+    old one (it was left running, holding a slot of the server's queue)."""
+    import threading
+
+    from scatd_core import embed
+    from scatd_core.errors import Cancelled
+
+    calls, release = [], threading.Event()
+    real = embed.compute_embedding
+
+    def slow(*args, **kwargs):  # the background run waits here until released, reporting as it goes
+        calls.append(1)
+        while not release.wait(0.05):
+            kwargs["progress"](0.5, "layout")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embed, "compute_embedding", slow)
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    run_prediction(at)
+    pending = at.session_state[state.EMBEDDING_PENDING]
+    assert isinstance(pending, ui.Pending) and not pending.future.done()
+
+    # a new prediction (other settings, Run) forgets the old one: its UMAP is stopped, not left running
+    at.radio(key="predict_mode").set_value("sample").run()
+    at.button(key="btn_run_predict").click().run()
+    ok(at)
+    with pytest.raises(Cancelled):
+        pending.future.result(timeout=30)
+    pending = at.session_state[state.EMBEDDING_PENDING]
+    assert not pending.future.done()
+
+    # Cancel, as its callback does it (a click cannot land mid-run in AppTest)
+    session = {state.EMBEDDING_PENDING: pending}
+    monkeypatch.setattr(ui.st, "session_state", session)
+    ui.decline_embedding(pending.token)
+    monkeypatch.undo()
+    assert session == {state.UMAP_DECLINED: pending.token} and pending.stop.is_set()
+    with pytest.raises((Cancelled, __import__("concurrent.futures").futures.CancelledError)):
+        pending.future.result(timeout=30)
+    del at.session_state[state.EMBEDDING_PENDING]
+    at.session_state[state.UMAP_DECLINED] = pending.token
+    monkeypatch.setattr(embed, "compute_embedding", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls.clear()
+
+    goto(at, "4_Cells")
+    assert calls == [] and "X_umap" not in at.session_state[state.ADATA].obsm  # not started again on its own
+    assert "were stopped before they finished" in text(at.info)
+    at.slider(key="cells_threshold").set_value(0.5).run()  # nor by any other click on the page
+    assert calls == []
+    at.button(key="btn_cells_umap").click().run()
+    ok(at)
+    assert calls == [1] and "X_umap" in at.session_state[state.ADATA].obsm
+    assert "btn_cells_umap" not in [b.key for b in at.button] and state.UMAP_DECLINED not in at.session_state
+    release.set()
+
+
 def test_upload_predict_results_report(with_library, monkeypatch):
     from scatd_core import embed
 
@@ -731,7 +791,7 @@ def _settled(*aheads, timeout: float = 120) -> None:
     """Wait until these background predictions and the UMAPs that followed them have ended."""
     import concurrent.futures
 
-    futures = [f for a in aheads for f in (a.future, a.embedding) if f is not None]
+    futures = [f for a in aheads for f in (a.future, a.embedding and a.embedding.future) if f is not None]
     concurrent.futures.wait(futures, timeout=timeout)
 
 
@@ -775,7 +835,7 @@ def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, mo
     np.testing.assert_array_equal(result.obsm["X_scatd"], expected.obsm["X_scatd"])
     assert result.uns["scatd"]["params"] == expected.uns["scatd"]["params"]
     # the UMAP followed the prediction in the background; the Cells page takes it
-    assert at.session_state[state.EMBEDDING_PENDING][1] is ahead.embedding
+    assert at.session_state[state.EMBEDDING_PENDING] is ahead.embedding
     goto(at, "4_Cells")
     assert umaps == [1]
     np.testing.assert_array_equal(result.obsm["X_umap"], expected.obsm["X_umap"])
@@ -879,7 +939,7 @@ def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monke
     at.button(key="btn_run_predict").click().run()
     ok(at)
     assert f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
-    at.session_state[state.EMBEDDING_PENDING][1].result(timeout=120)  # the UMAP started after the results
+    at.session_state[state.EMBEDDING_PENDING].future.result(timeout=120)  # the UMAP started after the results
     assert queue.running == 0 and queue.waiting == []  # every slot given back
 
 

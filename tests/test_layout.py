@@ -182,3 +182,66 @@ def test_start_positions_are_umap_learns():
     assert np.isnan(ours[5]).all() and np.array_equal(np.isnan(ours), np.isnan(theirs))
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(ours[::7][1:], fitted[idx[::7, 3]][1:])
+
+
+def test_the_layout_runs_in_pieces_that_give_one_runs_result_and_can_stop_it(monkeypatch):
+    """The epochs run a few at a time (so that a page can show progress and Cancel can stop a
+    UMAP of 100k cells): any size of piece gives the same layout to the bit, fitted and placed;
+    ``between`` hears the fraction done, and what it raises stops the layout there."""
+    x, _ = _clustered(n=500)
+    nb = embed.neighbours(x, 15, 0, fit_max=300)
+    graph = embed._fuzzy_graph(nb)
+
+    def run(at_once, between=None):
+        monkeypatch.setattr(_layout, "EPOCHS_AT_ONCE", at_once)
+        fitted = _layout.fit(graph, x[nb.fitted], n_epochs=N_EPOCHS, min_dist=0.5, seed=0, between=between)
+        placed = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=N_EPOCHS, min_dist=0.5,
+                               seed=0, between=between)
+        return fitted, placed
+
+    whole = run(N_EPOCHS)
+    heard = []
+    for at_once in (1, 7):
+        pieces = run(at_once, heard.append)
+        for a, b in zip(whole, pieces):
+            np.testing.assert_array_equal(a, b)
+    assert heard[:2] == [1 / N_EPOCHS, 2 / N_EPOCHS] and all(0 < f < 1 for f in heard)
+
+    class Stop(Exception):
+        pass
+
+    epochs_run = []
+
+    def stop_after_three(fraction):
+        epochs_run.append(fraction)
+        if len(epochs_run) == 3:
+            raise Stop
+
+    monkeypatch.setattr(_layout, "EPOCHS_AT_ONCE", 10)
+    with pytest.raises(Stop):
+        _layout.fit(graph, x[nb.fitted], n_epochs=N_EPOCHS, min_dist=0.5, seed=0, between=stop_after_three)
+    assert epochs_run == [10 / N_EPOCHS, 20 / N_EPOCHS, 30 / N_EPOCHS]
+
+
+def test_compute_embedding_reports_the_layout_and_stops_when_told():
+    """compute_embedding's progress hears the layout every few epochs (the Cells page's bar) and
+    an exception it raises there stops the UMAP: Cancel and a new prediction use this."""
+    import anndata as ad
+
+    from scatd_core.errors import Cancelled
+
+    x, _ = _clustered(n=400)
+    adata = ad.AnnData(np.zeros((400, 1), dtype=np.float32), obsm={embed.LATENT_KEY: x})
+    heard = []
+    result = embed.compute_embedding(adata, seed=0, n_epochs=N_EPOCHS, progress=lambda f, m: heard.append((f, m)))
+    layout = [(f, m) for f, m in heard if "of the layout" in m]
+    assert len(layout) == N_EPOCHS // _layout.EPOCHS_AT_ONCE - 1
+    assert all(0.3 < f < 0.85 for f, _ in layout) and layout == sorted(layout)
+    assert np.isfinite(result.coords).all()
+
+    def cancel_in_layout(fraction, message):
+        if "of the layout" in message:
+            raise Cancelled("stopped")
+
+    with pytest.raises(Cancelled):
+        embed.compute_embedding(adata, seed=0, n_epochs=N_EPOCHS, progress=cancel_in_layout)
