@@ -378,11 +378,37 @@ def embedding_estimate(adata: ad.AnnData, bundle, mask: np.ndarray | None) -> di
     return cached[1]
 
 
+def without_server_paths(text: str, *folders) -> str:
+    """``text`` with each of the server's ``folders`` (and anything under them) named from the
+    folder's own name on: what a user who does not administer the server is shown."""
+    import os
+
+    for folder in folders:
+        if not folder:
+            continue
+        for form in {str(folder), os.path.realpath(str(folder))}:
+            form = form.rstrip("/")
+            if len(form) > 1:
+                text = text.replace(form, Path(form).name or form)
+    return text
+
+
 def show_probe(entry: dict) -> None:
     """One backbone's probe (:func:`scatd_core.foundation.probe_all`): installed or not, version,
-    embedding size, and every problem with what to do."""
+    embedding size, and every problem with what to do. Only an administrator (or the one user of
+    an app without a login) sees the server's paths; others see folders and files by name."""
     from scatd_core.bundle import BACKBONE_TITLES
+    from scatd_core.config import scatd_home
 
+    from scatd_app import auth
+
+    user = auth.current_user()
+    if user is None or not user.admin:
+        folders = (entry["location"], str(Path(entry["location"]).parent), str(scatd_home()))
+        entry = {**entry, "location": without_server_paths(str(entry["location"]), *folders),
+                 "version": without_server_paths(str(entry.get("version") or ""), *folders),
+                 "problems": [{k: without_server_paths(str(v), *folders) for k, v in p.items()}
+                              for p in entry["problems"]]}
     title = f"**{md(entry['name'])}** (for {BACKBONE_TITLES.get(entry['backbone'], entry['backbone'])})"
     if entry["available"]:
         st.success(f"{title}: installed. {md(entry['version'])}; {entry['embedding_dim']:,}-d cell embeddings.",

@@ -675,6 +675,35 @@ def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
     assert load_bundle(empty_library / "Other_dist_vae").manifest["provenance"]["source_file"] == "drug.pth"
 
 
+@pytest.mark.parametrize("admin", [False, True])
+def test_foundation_probe_shows_server_paths_to_administrators_only(admin, tmp_path, monkeypatch):
+    """The Model page's check of the foundation models names the folders it looked in: an
+    ordinary user of a lab server sees them by name, not the server's paths (the threat model:
+    nothing of the server's layout for users); an administrator sees where to put the files."""
+    folder = tmp_path / "srv" / "models" / "scfoundation"
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(folder))
+    monkeypatch.setenv("SCATD_TEST_ADMIN", "1" if admin else "")
+    at = AppTest.from_function(_probe_page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = text(at.warning) + text(at.markdown)
+    assert "scfoundation" in shown and "not ready" in shown
+    assert ("/srv/models/scfoundation" in shown) == admin and ("pytest-of" in shown) == admin, shown
+
+
+def _probe_page():
+    import os
+
+    import streamlit as st
+
+    from scatd_app import auth, ui
+    from scatd_core import foundation
+    from scatd_core.users import User
+
+    st.session_state[auth.USER] = User("someone", admin=bool(os.environ.get("SCATD_TEST_ADMIN")))
+    ui.show_probe(foundation.probe("vae_sf").to_dict())
+
+
 def test_show_error_never_shows_a_traceback():
     at = AppTest.from_function(_errors_page)
     at.run()
