@@ -167,12 +167,17 @@ def test_a_reload_resumes_the_session_and_a_lost_one_says_so(with_library):
     at = _app()
     upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(50, seed=4)))
     run_prediction(at)
+    # what the user stopped stays stopped after a reload: not started again on their behalf
+    at.session_state[state.AHEAD_DECLINED], at.session_state[state.UMAP_DECLINED] = "stopped-run", "stopped-umap"
+    at.run()
     token = at.query_params["s"][0] if isinstance(at.query_params["s"], list) else at.query_params["s"]
     reloaded = AppTest.from_file(APP, default_timeout=300)
     reloaded.query_params["s"] = token
     reloaded.run()
     ok(reloaded)
     assert reloaded.session_state[state.DATA_NAME] == "tumour.h5ad"
+    assert reloaded.session_state[state.AHEAD_DECLINED] == "stopped-run"
+    assert reloaded.session_state[state.UMAP_DECLINED] == "stopped-umap"
     assert reloaded.session_state[state.ADATA] is at.session_state[state.ADATA]
     assert reloaded.session_state[state.PREDICTION] == at.session_state[state.PREDICTION]
     goto(reloaded, "4_Cells")
