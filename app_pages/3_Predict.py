@@ -44,8 +44,8 @@ for key, value in ui.PREDICT_DEFAULTS.items():
 left, mid, right = st.columns(3)
 mode = left.radio("Mode", ["mean", "sample"], key="predict_mode", horizontal=True,
                   format_func={"mean": "Deterministic (latent mean)", "sample": "Monte-Carlo (uncertainty)"}.get,
-                  help="Deterministic classifies each cell's latent mean: the same input always gives the same "
-                       "answer. Monte-Carlo draws latent samples and reports the mean and sd of P(resistant).")
+                  help="Deterministic classifies each cell's latent mean: running it again on the same data gives "
+                       "the same answer. Monte-Carlo draws latent samples and reports the mean and sd of P(resistant).")
 n_samples = mid.slider("Samples per cell", 5, 200, key="predict_samples", step=5, disabled=mode != "sample")
 seed = right.number_input("Seed", min_value=0, step=1, key="predict_seed", disabled=mode != "sample")
 settings = ui.predict_settings()

@@ -49,8 +49,8 @@ with left:
     if thr["calibrated"]:
         st.success(f"Calibrated: {ui.md(thr['detail'])}.", icon=":material/check_circle:")
     else:
-        where = (f"the model's default ({default_threshold:.3g})" if thr["source"] == "model default"
-                 else f"{ui.md(thr['detail'])} ({float(thr['value']):.3g})")
+        where = (ui.md(thr.get("detail") or f"the model's default ({default_threshold:.3g})")
+                 if thr["source"] == "model default" else f"{ui.md(thr['detail'])} ({float(thr['value']):.3g})")
         st.warning(f"**Uncalibrated**: {where}. The share called resistant may be far from the truth; calibrate "
                    "with an expected fraction or labelled cells →", icon=":material/tune:")
 with right:
@@ -153,9 +153,15 @@ else:
                    f"({evaluation.n_positive:,} resistant, {evaluation.n_negative:,} sensitive). "
                    + ui.md(" ".join(n for n in evaluation.notes if not n.startswith("AUROC is below"))))
         c = st.columns(6)
-        for col, (name, value) in zip(c, [("AUROC", evaluation.auroc), ("AUPRC", evaluation.auprc),
-                                          ("F1", evaluation.f1), ("MCC", evaluation.mcc),
-                                          ("Precision", evaluation.precision), ("Recall", evaluation.recall)]):
+        low, high = evaluation.auroc_ci
+        c[0].metric("AUROC", f"{evaluation.auroc:.3f}", delta=f"95% CI {low:.2f}-{high:.2f}", delta_color="off",
+                    delta_arrow="off", help="0.5 is chance. The interval (Hanley-McNeil) shows how much these "
+                    "cells pin it down: when it includes 0.5 they do not show the model separating the labels.")
+        c[1].metric("AUPRC", f"{evaluation.auprc:.3f}", delta=f"chance {evaluation.auprc_chance:.2f}",
+                    delta_color="off", delta_arrow="off", help="A ranking by chance scores the share of resistant "
+                    "cells among those evaluated.")
+        for col, (name, value) in zip(c[2:], [("F1", evaluation.f1), ("MCC", evaluation.mcc),
+                                              ("Precision", evaluation.precision), ("Recall", evaluation.recall)]):
             col.metric(name, f"{value:.3f}")
         c = st.columns(3)
         c[0].plotly_chart(pl.roc_figure(roc, evaluation.auroc), key="cells_roc")

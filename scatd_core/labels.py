@@ -315,10 +315,13 @@ def set_label_direction(adata, column: str, resistant) -> dict:
 
     Sets ``adata.uns['scatd_labels'][column]`` to ``{"resistant": value, "sensitive": other,
     "counts": {...}}`` and returns it. Raises :class:`InputError` as :func:`encode_labels`.
+    A threshold calibrated on this column under another direction is put back to its model's
+    default (:func:`scatd_core.predict.forget_label_calibrations`).
     """
     if column not in adata.obs:
         raise InputError(f"The data has no column '{column}'.", "Choose one of its columns.")
     encode_labels(adata.obs[column], resistant)  # validates
+    before = label_direction(adata, column)
     counts = label_counts(adata.obs[column])
     key = as_text([resistant]).iloc[0]
     others = [v for v in counts.index if v != key]
@@ -328,6 +331,10 @@ def set_label_direction(adata, column: str, resistant) -> dict:
     directions = dict(adata.uns.get(LABEL_DIRECTIONS, {}))
     directions[str(column)] = entry
     adata.uns[LABEL_DIRECTIONS] = directions
+    if before is not None and str(before) != key:
+        from scatd_core.predict import forget_label_calibrations
+
+        forget_label_calibrations(adata, column)
     return entry
 
 

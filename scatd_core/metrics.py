@@ -22,6 +22,10 @@ from sklearn import metrics as skm
 
 from scatd_core.errors import InputError
 
+#: Fewer labelled cells than this in a class: the evaluation says its scores are very uncertain.
+FEW_LABELLED = 10
+
+
 @dataclass
 class Evaluation:
     """Scores of one set of predictions against labels at one threshold.
@@ -52,8 +56,19 @@ class Evaluation:
     positive_label: str = "resistant"
     negative_label: str = "sensitive"
     notes: list[str] = field(default_factory=list)
-    #: ``(low, high)``: the AUROC's 95 % interval (:func:`auroc_interval`), computed when the AUROC is below 0.5
+    #: ``(low, high)``: the AUROC's 95 % interval (:func:`auroc_interval`)
     auroc_ci: tuple[float, float] | None = None
+
+    @property
+    def auprc_chance(self) -> float:
+        """The AUPRC of a ranking by chance: the share of resistant cells among those evaluated."""
+        return self.n_positive / self.n_evaluated if self.n_evaluated else float("nan")
+
+    @property
+    def within_chance(self) -> bool:
+        """Whether the AUROC's 95 % interval includes 0.5: these cells do not show the model
+        separating the labels better (or worse) than chance."""
+        return self.auroc_ci is not None and self.auroc_ci[0] <= 0.5 <= self.auroc_ci[1]
 
     @property
     def ranks_reversed(self) -> bool:
@@ -63,9 +78,12 @@ class Evaluation:
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("threshold", "n_cells", "n_evaluated", "n_positive", "n_negative",
-                                             "n_missing_label", "n_not_scored", "auroc", "auprc", "f1", "mcc",
-                                             "precision", "recall", "specificity", "accuracy",
-                                             "balanced_accuracy", "fraction_called_resistant")}
+                                             "n_missing_label", "n_not_scored", "auroc")}
+        low, high = self.auroc_ci if self.auroc_ci is not None else (float("nan"), float("nan"))
+        out.update(auroc_ci_low=float(low), auroc_ci_high=float(high), auprc=self.auprc,
+                   auprc_chance=float(self.auprc_chance))
+        out.update({k: getattr(self, k) for k in ("f1", "mcc", "precision", "recall", "specificity", "accuracy",
+                                                   "balanced_accuracy", "fraction_called_resistant")})
         tn, fp, fn, tp = (int(v) for v in self.confusion.ravel())
         out.update(true_negative=tn, false_positive=fp, false_negative=fn, true_positive=tp)
         return out
@@ -126,11 +144,16 @@ def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant
         notes.append(f"{n_missing:,} cell(s) without a label were left out.")
     if n_not_scored:
         notes.append(f"{n_not_scored:,} labelled cell(s) without a prediction were left out.")
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if min(n_pos, n_neg) < FEW_LABELLED:
+        notes.append(f"Only {n_pos:,} resistant and {n_neg:,} sensitive labelled cells: every score here is very "
+                     "uncertain (see the AUROC's interval).")
+    roc_auc = float(skm.roc_auc_score(y, p))
     return Evaluation(
         threshold=float(threshold), n_cells=int(np.asarray(prob).size), n_evaluated=int(y.size),
         n_positive=int(y.sum()), n_negative=int((1 - y).sum()), n_missing_label=n_missing,
         n_not_scored=n_not_scored,
-        auroc=float(skm.roc_auc_score(y, p)), auprc=float(skm.average_precision_score(y, p)),
+        auroc=roc_auc, auprc=float(skm.average_precision_score(y, p)),
         f1=float(skm.f1_score(y, called, zero_division=0)),
         mcc=float(skm.matthews_corrcoef(y, called)),
         precision=float(tp / (tp + fp)) if tp + fp else 0.0,
@@ -140,6 +163,7 @@ def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant
         balanced_accuracy=float(skm.balanced_accuracy_score(y, called)),
         fraction_called_resistant=float(called.mean()),
         confusion=cm, positive_label=positive_label, negative_label=negative_label, notes=notes,
+        auroc_ci=auroc_interval(roc_auc, n_pos, n_neg),
     )
 
 
@@ -349,7 +373,10 @@ METRIC_MEANINGS = {
     "n_missing_label": "scored cells without a label (left out)",
     "n_not_scored": "labelled cells without a score (QC-filtered or not scored; left out)",
     "auroc": "chance that a resistant cell gets a higher P(resistant) than a sensitive one (0.5: chance)",
-    "auprc": "area under precision-recall; chance level is the share of resistant cells",
+    "auroc_ci_low": "AUROC's 95% interval, lower end (Hanley-McNeil; includes 0.5: not distinguishable from chance)",
+    "auroc_ci_high": "AUROC's 95% interval, upper end",
+    "auprc": "area under precision-recall; chance level is auprc_chance",
+    "auprc_chance": "AUPRC of a ranking by chance: the share of resistant cells among those evaluated",
     "f1": "harmonic mean of precision and recall of the resistant calls",
     "mcc": "Matthews correlation of calls and labels (0: chance, 1: perfect)",
     "precision": "of the cells called resistant, the share labelled resistant",
@@ -414,19 +441,17 @@ def evaluate_column(adata, column: str, *, key_added: str | None = None, resista
             f"The threshold was fitted on these same labels ('{column}'), so F1, MCC, precision, recall, specificity "
             "and accuracy are optimistic: measure them on cells that were not used to set it. AUROC and AUPRC do "
             "not depend on the threshold.")
-    if evaluation.auroc < 0.5:
-        low, high = auroc_interval(evaluation.auroc, evaluation.n_positive, evaluation.n_negative)
-        evaluation.auroc_ci = (low, high)
-        if evaluation.ranks_reversed:
-            evaluation.notes.append(
-                f"AUROC is below 0.5 beyond chance (95% interval {low:.3f}-{high:.3f}): the model ranks the cells the "
-                f"wrong way round against '{column}'. Check the label direction (which value means resistant) "
-                "before concluding anything.")
-        else:
-            evaluation.notes.append(
-                f"AUROC {evaluation.auroc:.3f} is no better than chance on these cells (95% interval {low:.3f}-"
-                f"{high:.3f} includes 0.5): the model does not separate these labels. That alone does not mean the "
-                "label direction is wrong.")
+    low, high = evaluation.auroc_ci
+    if evaluation.ranks_reversed:
+        evaluation.notes.append(
+            f"AUROC is below 0.5 beyond chance (95% interval {low:.3f}-{high:.3f}): the model ranks the cells the "
+            f"wrong way round against '{column}'. Check the label direction (which value means resistant) "
+            "before concluding anything.")
+    elif evaluation.within_chance:
+        evaluation.notes.append(
+            f"AUROC {evaluation.auroc:.3f} is not distinguishable from chance on these cells (95% interval "
+            f"{low:.3f}-{high:.3f} includes 0.5): they do not show the model separating these labels"
+            + (". That alone does not mean the label direction is wrong." if evaluation.auroc < 0.5 else "."))
     return evaluation, roc_curve(y, prob), pr_curve(y, prob)
 
 

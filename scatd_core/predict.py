@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Callable
 
 import anndata as ad
@@ -477,6 +478,10 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
     if bundle.input_kind == "embedding":
         out.append("VAE_sf/VAE_gf predictions use AdaIN with the statistics of the uploaded cells, so they "
                    "depend on the composition of the dataset (as in the original scATD).")
+    elif inputs.transform == "standardize":
+        out.append("This model z-scores each gene over the scored cells (as it was trained), so a cell's "
+                   "P(resistant) depends on the other cells in the data: score a sample's cells together, not a "
+                   "subset at a time, and compare datasets of similar composition.")
     if (bundle.input_kind == "embedding" or inputs.transform == "standardize") and n < FEW_CELLS_FOR_STATISTICS:
         out.append(f"Only {n} cells were scored: the dataset statistics this model uses (AdaIN or per-gene "
                    "z-scores) are unreliable from so few cells.")
@@ -555,6 +560,25 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
         adata.uns[keys.run]["threshold"]["label_column"] = str(label_column)
 
 
+def forget_label_calibrations(adata: ad.AnnData, column: str) -> list[str]:
+    """Put every threshold fitted on ``obs[column]``'s labels back to its model's default (the
+    column's label direction changed, so the fit no longer means anything); returns the results'
+    prefixes (``uns`` keys) whose threshold was reset."""
+    reset = []
+    for key in list(adata.uns.keys()):
+        run = adata.uns[key]
+        threshold = run.get("threshold") if isinstance(run, Mapping) else None
+        if not isinstance(threshold, Mapping) or threshold.get("label_column") != str(column) \
+                or result_keys(key).prob not in adata.obs:
+            continue
+        default = float(run["model"]["default_threshold"])
+        set_threshold(adata, default, "model default", key_added=key,
+                      detail=f"the model's default ({default:g}); the threshold fitted on '{column}' was dropped when "
+                             "its label direction changed")
+        reset.append(str(key))
+    return reset
+
+
 def threshold_info(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
     """``{"value", "source", "calibrated", "detail"}`` of the current threshold."""
     return dict(adata.uns[result_keys(key_added).run]["threshold"])
@@ -631,6 +655,21 @@ def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, labe
                          "calibrating needs at least 2 of each.", "Label a few more cells of each class.")
     t = (metrics.youden_threshold if method == "youden" else metrics.mcc_threshold)(y, prob)
     name = "Youden's J" if method == "youden" else "the Matthews correlation"
+    truth, called = y[known] == 1, prob[known] > t
+    if method == "youden":
+        best = float(called[truth].mean() - called[~truth].mean())
+    else:
+        from sklearn.metrics import matthews_corrcoef
+
+        best = float(matthews_corrcoef(truth, called))
+    if best <= 0:  # reached only by calling every cell, or none, resistant: no calibration
+        calls = ("every labelled cell" if called.all() else "no cell" if not called.any()
+                 else "cells regardless of their labels")
+        raise InputError(f"The labelled cells of '{label_column}' give no threshold better than chance: the best "
+                         f"{name} is {best:.2f}, reached by calling {calls} resistant. The model does not separate "
+                         "these labels (or the label direction is the wrong way round).",
+                         "Check which value means resistant (the Data page, or --label-resistant), or calibrate with "
+                         "an expected resistant fraction instead.")
     set_threshold(adata, t, "labelled cells", key_added=key_added,
                   detail=f"maximises {name} on {n_pos} resistant and {n_neg} sensitive labelled cells of "
                          f"'{label_column}'", label_column=label_column)

@@ -257,6 +257,15 @@ def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
     at.radio(key="label_resistant_response").set_value("0").run()  # the right one
     goto(at, "4_Cells")
     assert float(metric(at, "AUROC")) > 0.6 and "Check the label direction" not in text(at.error)
+    auroc = next(m for m in at.metric if m.label == "AUROC")
+    assert auroc.proto.delta.startswith("95% CI ")  # the interval beside it, whichever side of 0.5
+    at.button(key="btn_youden").click().run()  # fitted on these labels...
+    assert at.session_state[state.ADATA].uns["scatd"]["threshold"]["source"] == "labelled cells"
+    goto(at, "1_Data")
+    at.radio(key="label_resistant_response").set_value("1").run()  # ...then the direction changes: dropped
+    goto(at, "4_Cells")
+    assert "**Uncalibrated**" in text(at.warning) and "label direction changed" in text(at.warning)
+    assert at.session_state[state.ADATA].uns["scatd"]["threshold"]["source"] == "model default"
 
 
 def test_the_cells_page_groups_by_the_sample_column_chosen_last(with_library):

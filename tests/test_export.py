@@ -139,7 +139,7 @@ def test_an_auroc_under_half_is_called_a_swapped_direction_only_beyond_chance(da
     assert 0.4 < evaluation.auroc < 0.5 and not evaluation.ranks_reversed
     low, high = evaluation.auroc_ci
     assert low < evaluation.auroc < high and high > 0.5
-    assert any("no better than chance" in n for n in evaluation.notes)
+    assert any("not distinguishable from chance" in n for n in evaluation.notes)
     assert not any("wrong way round" in n for n in evaluation.notes)
     adata.obs["swapped"] = np.where(prob < np.median(prob), "resistant", "sensitive")  # truly reversed
     set_label_direction(adata, "swapped", "resistant")

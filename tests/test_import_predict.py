@@ -364,6 +364,68 @@ def test_qc_mask_filters_cells_and_keeps_their_rows(small_bundles):
     assert labels_at(adata, 0.0)[0] == "filtered (QC)"
 
 
+def test_labels_that_no_threshold_separates_give_no_calibration(small_bundles):
+    """Youden's J and the MCC are 0 at the threshold that calls every cell (or none) resistant;
+    when nothing beats that, the labels do not calibrate the model: refused, not marked
+    "Calibrated" with every cell called one way (QA: an AUROC-0.3 model got "Calibrated",
+    0 cells resistant)."""
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(5).normal(size=(40, enc[0]))).astype(np.float32)
+    adata = ad.AnnData(x, var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    prob = adata.obs["scatd_prob_resistant"].to_numpy()
+    adata.obs["reversed"] = np.where(prob < np.median(prob), "R", "S")  # every resistant cell ranked lowest
+    from scatd_core.labels import set_label_direction
+
+    set_label_direction(adata, "reversed", "R")
+    for method in ("youden", "mcc"):
+        with pytest.raises(InputError, match="no threshold better than chance") as err:
+            calibrate(adata, label_column="reversed", method=method)
+        assert "which value means resistant" in err.value.hint
+        assert not adata.uns["scatd"]["threshold"]["calibrated"]
+
+
+def test_a_new_label_direction_drops_the_threshold_fitted_on_the_old_one(small_bundles):
+    """A threshold fitted on a label column's labels means nothing once the user says the other
+    value means resistant: it goes back to the model's default (uncalibrated), saying why."""
+    from scatd_core import metrics
+    from scatd_core.labels import set_label_direction
+
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(5).normal(size=(40, enc[0]))).astype(np.float32)
+    adata = ad.AnnData(x, var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    prob = adata.obs["scatd_prob_resistant"].to_numpy()
+    adata.obs["truth"] = np.where(prob > np.median(prob), "1", "0")
+    adata.obs["other"] = adata.obs["truth"]
+    set_label_direction(adata, "truth", "1")
+    calibrate(adata, label_column="truth", method="youden")
+    assert adata.uns["scatd"]["threshold"]["calibrated"]
+    set_label_direction(adata, "truth", "1")  # the same answer again: kept
+    set_label_direction(adata, "other", "0")  # another column: kept
+    assert adata.uns["scatd"]["threshold"]["source"] == "labelled cells"
+    set_label_direction(adata, "truth", "0")  # the other way round
+    threshold = adata.uns["scatd"]["threshold"]
+    assert threshold["source"] == "model default" and not threshold["calibrated"]
+    assert threshold["value"] == bundle.threshold and "label direction changed" in threshold["detail"]
+    assert not metrics.fitted_on_labels(adata, "truth")
+
+
+def test_a_model_that_z_scores_its_genes_says_its_predictions_depend_on_the_other_cells(small_bundles, tmp_path):
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    folder = tmp_path / "standardize"
+    shutil.copytree(bundle.path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["input_transform"] = "standardize"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    x = np.abs(np.random.default_rng(5).normal(size=(80, enc[0]))).astype(np.float32)
+    for b, expected in ((bundle, False), (load_bundle(folder), True)):
+        adata = ad.AnnData(x, var=pd.DataFrame(index=genes))
+        predict(adata, b)
+        said = any("depends on the other cells" in w for w in adata.uns["scatd"]["warnings"])
+        assert said == expected, adata.uns["scatd"]["warnings"]
+
+
 def test_threshold_is_part_of_the_result_and_calibration_is_marked(small_bundles):
     bundle, _, enc, _, genes = small_bundles["dist_vae"]
     x = np.abs(np.random.default_rng(5).normal(size=(40, enc[0]))).astype(np.float32)

@@ -161,3 +161,38 @@ def test_the_auroc_interval_is_the_bootstraps_without_its_cost():
         a_low, a_high = metrics.auroc_interval(auroc, int(y.sum()), int(n - y.sum()))
         assert abs(a_low - low) < 0.01 and abs(a_high - high) < 0.01, (n, low, high, a_low, a_high)
     assert metrics.auroc_interval(0.5, 0, 10) != metrics.auroc_interval(0.5, 0, 10)  # NaN without both classes
+
+
+def test_every_evaluation_has_the_auroc_interval_and_the_auprc_chance_level():
+    """An AUROC of 0.69 on 8 cells is no evidence: its interval is shown (and exported) whichever
+    side of 0.5 it falls, a 'not distinguishable from chance' note comes with it, and so does the
+    AUPRC's chance level (QA: only AUROCs under 0.5 had an interval)."""
+    import anndata as ad
+
+    from scatd_core.predict import set_threshold  # noqa: F401  (the run record below is what predict writes)
+
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=float)
+    p = np.array([0.9, 0.6, 0.4, 0.3, 0.8, 0.5, 0.35, 0.2, 0.1, 0.05])
+    ev = metrics.evaluate(y, p, 0.5)
+    low, high = ev.auroc_ci
+    assert low < 0.5 < ev.auroc < high and ev.within_chance
+    assert ev.auprc_chance == pytest.approx(0.4)
+    d = ev.as_dict()
+    assert d["auroc_ci_low"] == low and d["auroc_ci_high"] == high and d["auprc_chance"] == pytest.approx(0.4)
+    assert list(d)[list(d).index("auroc") + 1] == "auroc_ci_low"  # beside the AUROC in metrics.csv
+    assert any("Only 4 resistant and 6 sensitive" in n for n in ev.notes)
+    assert all(k in metrics.METRIC_MEANINGS for k in d)
+
+    adata = ad.AnnData(np.zeros((10, 1), dtype=np.float32))
+    adata.obs["scatd_prob_resistant"] = p
+    adata.obs["truth"] = np.where(y == 1, "resistant", "sensitive")
+    adata.uns["scatd"] = {"threshold": {"value": 0.5, "source": "user", "calibrated": False},
+                          "positive_label": "resistant", "negative_label": "sensitive"}
+    evaluation, _, _ = metrics.evaluate_column(adata, "truth", resistant="resistant")
+    assert any("not distinguishable from chance" in n for n in evaluation.notes)
+    assert not evaluation.ranks_reversed
+
+    rng = np.random.default_rng(0)  # many cells, a real separation: no such notes
+    y = rng.integers(0, 2, 2000).astype(float)
+    ev = metrics.evaluate(y, rng.random(2000) + 0.3 * y, 0.5)
+    assert not ev.within_chance and ev.auroc_ci[0] > 0.5 and not any("uncertain" in n for n in ev.notes)
