@@ -254,7 +254,7 @@ with st.expander("Settings"):
 
     d = TrainSettings()
     a1, a2, a3, a4 = st.columns(4)
-    seed = a1.number_input("Seed", min_value=0, value=0, step=1, key="train_seed")
+    seed = a1.number_input("Seed", min_value=0, max_value=2 ** 32 - 1, value=0, step=1, key="train_seed")
     folds = a2.number_input("CV folds", min_value=2, max_value=10, value=d.folds, key="train_folds")
     pretrain_epochs = a3.number_input("Pretraining epochs", min_value=1, max_value=1000, value=d.pretrain_epochs,
                                       key="train_pretrain_epochs")

@@ -86,6 +86,9 @@ class TrainSettings:
                              f"Got epochs={self.epochs}, finetune_epochs={self.finetune_epochs}.")
         if self.folds < 2:
             raise InputError("Cross-validation needs at least 2 folds.", "Use --folds 2 or more (default 5).")
+        if not 0 <= int(self.seed) < 2 ** 32:
+            raise InputError(f"The seed must be between 0 and {2 ** 32 - 1:,}; got {self.seed}.",
+                             "Any whole number in that range gives a reproducible run.")
         if self.threads < 1:
             raise InputError(f"Training needs at least 1 thread; got {self.threads}.")
         if self.batch_size < 4:

@@ -543,6 +543,7 @@ def card_figure(card: dict, title: str | None = "AUROC of the model and the base
             error_x=dict(type="data", array=[r[2] for r in sel], arrayminus=[r[3] for r in sel], thickness=1.5),
             hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>"))
     fig.add_vline(x=0.5, line=dict(color="#bbb", dash="dot"))
-    fig.update_xaxes(title="AUROC", range=[0.3, 1.0])
+    lowest = min([r[1] - r[3] for r in rows], default=0.3)  # a model ranking the wrong way round stays in view
+    fig.update_xaxes(title="AUROC", range=[min(0.3, max(0.0, lowest - 0.05)), 1.0])
     fig.update_yaxes(categoryorder="array", categoryarray=[r[0] for r in reversed(rows)], automargin=True)
     return layout(fig, title, height=120 + 45 * max(len(rows), 1))

@@ -87,3 +87,27 @@ def test_report_shows_the_model_card_of_a_trained_model(tmp_path):
 
     back = ad.read_h5ad(paths["h5ad"])
     assert json.loads(back.uns["scatd"]["model"]["card_json"])["model"]["description"] == "An ensemble of 3 backbones."
+
+
+def test_the_card_figure_keeps_a_model_ranking_the_wrong_way_round_in_view():
+    """QA: the axis was fixed at 0.3-1.0, so a model at AUROC 0.04 was drawn off the figure."""
+    y, rng = _labels()
+    ev = cards.evaluation("target", "Target cells", y, {cards.MODEL: -y + rng.normal(0, 0.1, y.size),
+                                                        "gradient boosting": rng.random(y.size)})
+    card = {**_card(), "evaluations": [ev]}
+    fig = pl.card_figure(card)
+    low, high = fig.layout.xaxis.range
+    mine = fig.data[1]
+    assert mine.x[0] < 0.3 and low <= mine.x[0] - mine.error_x.arrayminus[0] and high == 1.0
+    assert pl.card_figure(_card()).layout.xaxis.range[0] == 0.3  # a usual card keeps its axis
+
+
+def test_a_training_seed_out_of_range_is_a_clear_message():
+    """QA: --seed -1 (or 2**32 on the Train page) ended in "unexpected ValueError ... This is a bug"."""
+    from scatd_core.errors import InputError
+    from scatd_core.train import TrainSettings
+
+    for seed in (-1, 2 ** 32):
+        with pytest.raises(InputError, match="The seed must be between 0 and 4,294,967,295"):
+            TrainSettings(seed=seed).check()
+    TrainSettings(seed=2 ** 32 - 1).check()
