@@ -195,8 +195,9 @@ def _fuzzy_graph(nb: Neighbours) -> sp.csr_matrix:
 def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: int | None,
           between: Callable[[float], None] | None = None):
     """UMAP coordinates of every cell of ``x`` (fitted on ``nb.fitted``, the rest placed as
-    umap-learn's ``transform`` places them) and the fitted cells' neighbour graph (the edges the
-    layout used), from the exact neighbours ``nb``. The layout is umap-learn's, optimised on every
+    umap-learn's ``transform`` places them) and the fitted cells' fuzzy neighbour graph (all its
+    edges, as scanpy's connectivities; the layout drops the weakest, which depends on the number
+    of epochs), from the exact neighbours ``nb``. The layout is umap-learn's, optimised on every
     core (:mod:`scatd_core._layout`); ``between(fraction)`` hears how far it is every few epochs
     (and may stop it by raising)."""
     from scatd_core import _layout
@@ -217,7 +218,7 @@ def _umap(x: np.ndarray, nb: Neighbours, min_dist: float, seed: int, n_epochs: i
         say(share)
         coords[nb.rest] = _layout.place(nb.rest_indices, nb.rest_distances, fitted, n_epochs=n_epochs,
                                         min_dist=min_dist, seed=seed, between=lambda f: say(share + (1 - share) * f))
-    return coords, _layout.prune(graph, n_epochs).tocsr()
+    return coords, graph
 
 
 def _fit_record(nb: Neighbours) -> dict:
@@ -316,6 +317,9 @@ def compute_embedding(
     keep = finite_rows(x)
     n_keep = int(keep.sum())
     info.update(n_embedded=n_keep, n_excluded=int(n - n_keep))
+    if n < MIN_CELLS:
+        raise InputError(f"The data hold {n} cell(s); a UMAP and clusters need at least {MIN_CELLS}.",
+                         "The predictions, the ranking and the downloads do not need them.")
     if n_keep < MIN_CELLS:
         raise InputError(f"Only {n_keep} of {n:,} cells have finite {basis} coordinates; a UMAP needs at "
                          f"least {MIN_CELLS}.",

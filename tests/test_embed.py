@@ -153,3 +153,27 @@ def test_names_from_the_data_are_text_in_figures():
     dots = pl.panel_dotplot(summary, group_name="<a href='x'>g</a>")
     texts = [str(v) for v in dots.data[0].x] + [str(v) for v in dots.data[0].y] + [dots.layout.yaxis.title.text]
     assert not [s for s in texts if "<a" in s or "<b>" in s]
+
+
+def test_clusters_are_the_same_whichever_space_the_umap_is_drawn_in():
+    """Leiden runs on the latent space's whole neighbour graph in both bases: the clusters (their
+    colours, the per-cluster table, leiden_cluster in every download) do not change when the user
+    switches the Cells page's Space control. QA: the latent basis clustered the graph the layout had
+    pruned (which depends on the number of epochs), ARI 0.69 between the two views."""
+    rng = np.random.default_rng(4)
+    n = 600
+    centres = rng.normal(scale=1.5, size=(8, 6))  # overlapping groups: weak edges matter
+    latent = centres[np.arange(n) % 8] + rng.normal(size=(n, 6))
+    counts = rng.poisson(2.0, size=(n, 50)).astype(np.float32)
+    adata = ad.AnnData(sp.csr_matrix(counts), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
+    adata.obsm["X_scatd"] = latent.astype(np.float32)
+    by_latent = embed.compute_embedding(adata, basis="latent", n_epochs=N_EPOCHS, seed=0)
+    by_expression = embed.compute_embedding(adata, basis="expression", n_epochs=N_EPOCHS, seed=0)
+    assert list(by_latent.clusters) == list(by_expression.clusters)
+    assert by_latent.info["n_clusters"] > 2
+
+
+def test_too_few_cells_for_a_umap_says_so():
+    adata = _latent_data(n=3, nan_rows=())
+    with pytest.raises(InputError, match="The data hold 3 cell"):
+        embed.embed(adata, n_epochs=N_EPOCHS)
