@@ -106,8 +106,9 @@ ss.setdefault("cells_top_k", min(50, n_scored))
 top_k = st.number_input("How many", min_value=1, max_value=max(n_scored, 1), step=10, key="cells_top_k")
 if label_column and direction is not None:
     from scatd_core.labels import encode_column
+    from scatd_core.training_cells import without_training_cells
 
-    truth = encode_column(adata, label_column)
+    truth = without_training_cells(adata, encode_column(adata, label_column))  # not the cells that trained it
     labelled = int(np.isfinite(truth[adata.obs[SCORED].to_numpy(dtype=bool)]).sum())
     if labelled:
         prob = adata.obs[PROB].to_numpy(dtype=np.float64)

@@ -1243,10 +1243,12 @@ def show_card(card: dict, key: str) -> None:
     """A model card: what the model is and was trained on, its scores next to the baselines'
     (table and figure), the verdicts, and what its default threshold means."""
     from scatd_core import pl
-    from scatd_core.card import card_table
+    from scatd_core.card import card_table, few_shot_line
 
     st.markdown(md(card["model"]["description"]))
     st.caption(md(card["data"]["summary"]))
+    if few_shot_line(card):
+        st.caption(md(few_shot_line(card)))
     st.dataframe(card_table(card), hide_index=True)
     st.plotly_chart(pl.card_figure(card), key=key)
     for ev in card["evaluations"]:

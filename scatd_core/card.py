@@ -108,12 +108,31 @@ def card_table(card: dict) -> pd.DataFrame:
                                        "this model minus baseline (AUROC)"])
 
 
+def few_shot_line(card: dict) -> str | None:
+    """What the card says about the labelled target cells that trained the model (few-shot), if any:
+    whether their cell IDs are recorded, so that evaluations leave them out
+    (:mod:`scatd_core.training_cells`)."""
+    few = (card.get("data") or {}).get("few_shot")
+    if not few:
+        return None
+    cells = (f"{few['n']} labelled target cells ({few['n_resistant']} resistant, {few['n_sensitive']} sensitive) "
+             "trained it with the bulk (few-shot).")
+    if few.get("cell_ids_recorded"):
+        return (cells + " Their cell IDs are recorded with the model, so evaluating it against labels on its "
+                "training target leaves them out.")
+    return (cells + " Their cell IDs were not recorded (the model was trained before scATD Studio recorded them), "
+            "so an evaluation on its training target may include them and overstate it: evaluate on the other "
+            "cells, or train it again.")
+
+
 def card_lines(card: dict) -> list[str]:
     """The card as plain sentences: what the model is, what it was trained on, the verdicts."""
     lines = [card["model"]["description"]]
     data = card.get("data", {})
     if data:
         lines.append(data["summary"])
+    if few_shot_line(card):
+        lines.append(few_shot_line(card))
     for ev in card.get("evaluations", []):
         model = next(r for r in ev["scores"] if r["model"] == MODEL)
         lines.append(f"{ev['title']} ({ev['n']} samples, {ev['n_resistant']} resistant): this model AUROC "

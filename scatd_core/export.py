@@ -146,6 +146,8 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
         rows.append(("evaluation", "label_column", label_column))
         rows.append(("evaluation", "threshold_fitted_on_these_labels",
                      fitted_on_labels(adata, label_column, key_added=key_added)))
+        if evaluation.training_note:  # cells whose labels trained the model (few-shot): left out, or why not
+            rows.append(("evaluation", "training_cells", evaluation.training_note))
     elif problem:
         rows.append(("evaluation", "not computed", problem))
     for column, table in group_tables(adata, group_columns, key_added=key_added).items():
@@ -274,6 +276,8 @@ def report_context(adata: ad.AnnData, label_column: str | None = None, group_col
     if evaluation is not None:
         context["evaluation"] = {k: v for k, v in evaluation.as_dict().items() if v is not None}
         context["threshold_fitted_on_these_labels"] = fitted_on_labels(adata, label_column, key_added=key_added)
+        if evaluation.training_note:
+            context["training_cells"] = evaluation.training_note
     elif problem:
         context["evaluation_not_computed"] = problem
     return context
@@ -511,11 +515,13 @@ def _card_section(model: dict) -> list[str]:
     """The model card of a trained model (stored with the prediction), or nothing."""
     if not model.get("card_json"):
         return []
-    from scatd_core.card import card_table
+    from scatd_core.card import card_table, few_shot_line
 
     card = json.loads(model["card_json"])
     parts = ["<h2>Model card</h2>", f"<p>{html.escape(card['model']['description'])}</p>",
              f"<p>{html.escape(card['data']['summary'])}</p>"]
+    if few_shot_line(card):  # the labelled target cells that trained it
+        parts.append(f"<p>{html.escape(few_shot_line(card))}</p>")
     parts.append(_frame_html(card_table(card)))
     parts.append(_figure_html(pl.card_figure(card)))
     for ev in card["evaluations"]:

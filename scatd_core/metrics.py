@@ -58,6 +58,10 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
     #: ``(low, high)``: the AUROC's 95 % interval (:func:`auroc_interval`)
     auroc_ci: tuple[float, float] | None = None
+    #: labelled cells left out because their labels trained the model (:mod:`scatd_core.training_cells`)
+    n_training_left_out: int = 0
+    #: what was done with those cells and why (also the first of ``notes``); "" when nothing applies
+    training_note: str = ""
 
     @property
     def auprc_chance(self) -> float:
@@ -86,6 +90,7 @@ class Evaluation:
                                                    "balanced_accuracy", "fraction_called_resistant")})
         tn, fp, fn, tp = (int(v) for v in self.confusion.ravel())
         out.update(true_negative=tn, false_positive=fp, false_negative=fn, true_positive=tp)
+        out["n_training_cells_left_out"] = int(self.n_training_left_out)
         return out
 
     def table(self) -> pd.DataFrame:
@@ -389,6 +394,7 @@ METRIC_MEANINGS = {
     "false_positive": "labelled sensitive, called resistant",
     "false_negative": "labelled resistant, called sensitive",
     "true_positive": "labelled resistant, called resistant",
+    "n_training_cells_left_out": "labelled cells left out because their labels trained the model (few-shot cells)",
 }
 
 
@@ -420,12 +426,15 @@ def group_fractions(labels: Sequence, groups: Sequence, positive_label: str = "r
 
 # --------------------------------------------------------------------------- over a prediction
 
-def evaluate_column(adata, column: str, *, key_added: str | None = None, resistant=None):
+def evaluate_column(adata, column: str, *, key_added: str | None = None, resistant=None,
+                    training_cells: str = "auto"):
     """``(Evaluation, roc curve, pr curve)`` of a prediction against a label column of ``adata``.
 
     The column's direction (which value means resistant) is the recorded one
     (:func:`scatd_core.labels.label_direction`) unless ``resistant`` is given. Filtered and
-    unscored cells, and cells without a label, are left out and counted.
+    unscored cells, and cells without a label, are left out and counted. So are, by default, the
+    labelled cells whose labels trained the model (few-shot) when the data are its training target
+    (``training_cells``: ``auto``, ``exclude`` or ``include``; :mod:`scatd_core.training_cells`).
     """
     from scatd_core._keys import result_keys
     from scatd_core.labels import encode_column
@@ -434,8 +443,13 @@ def evaluate_column(adata, column: str, *, key_added: str | None = None, resista
     info = adata.uns[keys.run]
     y = encode_column(adata, column, resistant)
     prob = adata.obs[keys.prob].to_numpy(dtype=np.float64)
+    y, prob, n_left, training_note = _independent_cells(adata, column, y, prob, key_added, training_cells)
     evaluation = evaluate(y, prob, info["threshold"]["value"], positive_label=info["positive_label"],
                           negative_label=info["negative_label"])
+    evaluation.n_cells += n_left
+    evaluation.n_training_left_out, evaluation.training_note = n_left, training_note
+    if training_note:
+        evaluation.notes.insert(0, training_note)
     if fitted_on_labels(adata, column, key_added=key_added):
         evaluation.notes.append(
             f"The threshold was fitted on these same labels ('{column}'), so F1, MCC, precision, recall, specificity "
@@ -453,6 +467,37 @@ def evaluate_column(adata, column: str, *, key_added: str | None = None, resista
             f"{low:.3f}-{high:.3f} includes 0.5): they do not show the model separating these labels"
             + (". That alone does not mean the label direction is wrong." if evaluation.auroc < 0.5 else "."))
     return evaluation, roc_curve(y, prob), pr_curve(y, prob)
+
+
+def _independent_cells(adata, column: str, y: np.ndarray, prob: np.ndarray, key_added, mode: str):
+    """``(y, prob, n left out, note)``: the cells whose labels did not train the model (see
+    :func:`evaluate_column`); raises :class:`InputError` when no labelled cell, or only one class, is left."""
+    from scatd_core.training_cells import training_cells
+
+    found = training_cells(adata, key_added=key_added, mode=mode)
+    drop = found.mask & np.isfinite(y)
+    n_left = int(drop.sum())
+    note = found.left_out_note(n_left, column)
+    if not n_left:
+        return y, prob, 0, note
+    kept = y[~drop]
+    if not np.isfinite(kept).any():
+        raise InputError(
+            f"Every labelled cell of '{column}' ({n_left:,}) is a cell whose label trained this model (few-shot cells, "
+            "recorded with it; these data are its training target), so there is nothing independent to evaluate: "
+            "scores on them would only show how well the model fits its own training labels.",
+            "Evaluate against labels of cells that were not used for training. The model card's target scores "
+            "(`scatd models card`) are on such cells.",
+            app_hint="Choose, on the Data page, a label column that labels other cells too. The model card's target "
+                     "scores (Model library page) are on the cells not used for training.")
+    classes = np.unique(kept[np.isfinite(kept)])
+    if classes.size == 1:
+        only = "resistant" if classes[0] == 1 else "sensitive"
+        raise InputError(
+            f"After leaving out the {n_left:,} labelled cell(s) of '{column}' whose labels trained this model "
+            f"(few-shot cells), every other labelled cell is '{only}': AUROC, AUPRC, MCC and the curves need cells "
+            "of both classes.", "Evaluate against labels of more cells that were not used for training.")
+    return kept, prob[~drop], n_left, note
 
 
 def fitted_on_labels(adata, column: str, *, key_added: str | None = None) -> bool:

@@ -469,6 +469,8 @@ def _model_record(bundle) -> dict:
               "provenance": {k: ("" if v is None else v) for k, v in bundle.manifest["provenance"].items()}}
     if bundle.manifest.get("card"):  # JSON text: the card's nested lists and nulls do not all fit in h5ad
         record["card_json"] = json.dumps(bundle.manifest["card"])
+    if bundle.manifest.get("few_shot"):  # the target cells whose labels trained it: left out of evaluations
+        record["few_shot"] = bundle.manifest["few_shot"]
     return record
 
 

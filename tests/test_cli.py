@@ -225,7 +225,7 @@ def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys
     assert "In 'response', <code>0</code> means resistant and <code>1</code> sensitive." in html
     back = ad.read_h5ad(tmp / "rep" / "annotated.h5ad")
     assert back.uns["scatd_labels"]["response"]["resistant"] == "0" and "scatd_attributions" in back.obsm
-    assert "Against 'response': AUROC" in err
+    assert "Against 'response' (40 cells): AUROC" in err
     assert "taken to mean resistant" not in err  # said with --label-resistant: nothing to tell
     # words: the direction is recognised, and the run says which value it took
     obs["response"] = np.where(np.arange(40) % 2 == 0, "non-responder", "responder")

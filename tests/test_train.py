@@ -225,13 +225,30 @@ def test_few_labelled_cells_train_semi_supervised_and_are_left_out_of_the_evalua
                            "the same recipe without the labelled cells"}
     assert scores["the same recipe without the labelled cells"] < 0.7  # the bulk cannot rank these cells
     assert scores["this model"] > 0.85 and scores["this model"] > scores["the same recipe without the labelled cells"] + 0.2
-    assert rep["card"]["data"]["few_shot"] == {"n": 10, "n_resistant": 5, "n_sensitive": 5}
+    assert rep["card"]["data"]["few_shot"] == {"n": 10, "n_resistant": 5, "n_sensitive": 5, "cell_ids_recorded": True}
     assert rep["metrics"]["target"]["n_few_shot_cells_left_out"] == 10
+    assert rep["metrics"]["target"]["n_training_cells_left_out"] == 10
+    assert any("Their cell IDs are recorded with the model" in line for line in card_lines(rep["card"]))
+    # the model records which cells trained it, and on which target
+    from scatd_core import training_cells
+
+    record = load_bundle(bundle.path).manifest["few_shot"]
+    assert training_cells.recorded_ids(record) == list(few.index) and record["target"]["n_cells"] == 60
+    assert record["target"]["cell_names_sha256"] == training_cells.names_sha256(target.obs_names)
     # the saved model is what `scatd predict` runs
     cells = target.copy()
     predict(cells, load_bundle(bundle.path), device="cpu")
     np.testing.assert_allclose(cells.obs["scatd_prob_resistant"], rep["target_predictions"]["prob_resistant"],
                                atol=1e-6)
+    # evaluated against the target's labels, it leaves its training cells out, as its card did
+    from scatd_core.labels import set_label_direction
+    from scatd_core.metrics import evaluate_column
+
+    set_label_direction(cells, "response", 0)
+    evaluation = evaluate_column(cells, "response")[0]
+    assert evaluation.n_evaluated == 50 and evaluation.n_training_left_out == 10
+    assert evaluation.auroc == pytest.approx(rep["metrics"]["target"]["auroc"], abs=1e-4)
+    assert "10 labelled cells of 'response' were left out" in evaluation.notes[0]
 
 
 def test_few_shot_label_errors_are_clear(tmp_path):
@@ -502,7 +519,18 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert "Target cells whose labels were not used for training ('response') (34 samples" in err
     assert "logistic regression on the labelled target cells alone (6 cells)" in err.lower()
+    assert "6 labelled target cells (3 resistant, 3 sensitive) trained it" in err
     assert load_bundle(tmp_path / "few_bundle").manifest["provenance"]["few_shot_labels"]["file"] == "few.csv"
+    # its report on the same cells leaves the 6 out and says so, in the output and in metrics.csv
+    code = scatd_main(["report", "--model", str(tmp_path / "few_bundle"), "--input", str(tmp_path / "target.csv"),
+                       "--label-column", "response", "--label-resistant", "0", "--no-umap", "--device", "cpu",
+                       "--out", str(tmp_path / "few_report")])
+    _, err = capsys.readouterr()
+    assert code == 0 and "Against 'response' (34 cells)" in err
+    assert "note: 6 labelled cells of 'response' were left out of this evaluation" in err
+    table = pd.read_csv(tmp_path / "few_report" / "metrics.csv")
+    rows = dict(zip(table["metric"], table["value"]))
+    assert rows["n_training_cells_left_out"] == "6" and "their labels trained the model" in rows["training_cells"]
     args = p.parse_args(common + ["--head", "scatd", "--epochs", "4", "--finetune-epochs", "2",
                                   "--out", str(tmp_path / "scatd_bundle")])
     assert args.run(args) == 0

@@ -75,7 +75,7 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
         except InputError as exc:  # also stated in metrics.csv and the HTML report
             say(f"warning: no evaluation against '{label_column}': {exc.message}")
         else:
-            say(f"Against '{label_column}': AUROC {ev.auroc:.3f}, AUPRC {ev.auprc:.3f}.")
+            say(f"Against '{label_column}' ({ev.n_evaluated:,} cells): AUROC {ev.auroc:.3f}, AUPRC {ev.auprc:.3f}.")
             for note in ev.notes:
                 say(f"note: {note}")
     for name, path in paths.items():

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from scatd_core import card as cards
+from scatd_core import training_cells
 from scatd_core._threads import threads
 from scatd_core.bundle import Bundle, load_backbone_from_bundle, load_bundle, safe_name, save_bundle, sha256_file
 from scatd_core.config import model_library_dir
@@ -246,7 +247,8 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
                  "target": provenance["target"], "drug": data.report["drug"], "label_counts": lab,
                  "genes": {"n": len(data.features), "first": data.features[:20]} if data.features else None,
                  "few_shot": ({"n": len(few.rows), "n_resistant": int(few.y.sum()),
-                               "n_sensitive": int((1 - few.y).sum())} if few is not None else None)},
+                               "n_sensitive": int((1 - few.y).sum()), "cell_ids_recorded": True}
+                              if few is not None else None)},
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
         "evaluations": evaluations,
         "calibration": (f"P(resistant) is a score from heads trained with balanced class weights, not a calibrated "
@@ -482,7 +484,8 @@ def train_drug_model(
                              "resistant_value_given": target_resistant_value is not None,
                              "n_few_shot_cells_left_out":
                              len(few.rows) if few is not None else 0,  # the card's scores are rounded:
-                             **target_scores, **evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict()}
+                             **target_scores, **evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict(),
+                             "n_training_cells_left_out": len(few.rows) if few is not None else 0}
     seconds = time.perf_counter() - t0
     provenance["seconds"] = round(seconds, 1)
     card["data"]["seconds"] = round(seconds, 1)
@@ -500,7 +503,11 @@ def train_drug_model(
         input_transform="standardize" if data.features is not None else "none",
         label_mapping=LABEL_MAPPING, threshold=s.threshold, beta_mode="separate", provenance=provenance,
         metrics=metrics, name=name or f"{data.report['drug']} ({backbone}, trained)",
-        extra={"training": training, "card": card}, overwrite=overwrite, demo=demo,
+        extra={"training": training, "card": card,
+               # the labelled target cells and the target's identity, so evaluations leave them out
+               **({training_cells.MANIFEST_KEY: training_cells.manifest_record(few.ids, target_ad.obs_names)}
+                  if few is not None else {})},
+        overwrite=overwrite, demo=demo,
         unique=unique and not overwrite)
     target_pred = pd.DataFrame({"cell_id": data.target_ids, "prob_resistant": fit.target_prob})
     report.update(settings=settings_dict, pretraining={"loss": fit.pretraining_loss}, cv=fit.cv, metrics=metrics,
