@@ -581,6 +581,66 @@ def test_default_folder_is_unique_when_two_trainings_race(tmp_path, monkeypatch)
     assert (taken / "theirs.txt").read_text() == "another user's model"  # untouched
 
 
+def test_a_display_name_names_the_library_folder_and_a_taken_one_is_refused_before_training(tmp_path, capsys):
+    """As `scatd import-checkpoint`: the folder follows --name, so the name is what --model takes."""
+    from scatd_core.bundle import NameTaken
+    from scatd_core.cli import main as scatd_main
+
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    quick = replace(TINY, members=1, pretrain_epochs=1)
+    lib = tmp_path / "lib"
+    bundle, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, name="gef_small",
+                                 settings=quick)
+    assert bundle.path == lib / "gef_small" and bundle.name == "gef_small"
+    spaced, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, name="Gef small",
+                                 settings=quick)
+    assert spaced.path.parent == lib and spaced.path.name.startswith("Gef_small-") and spaced.name == "Gef small"
+    steps = []
+    with pytest.raises(NameTaken, match="A model named 'gef_small' already exists") as info:
+        train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, name="gef_small", settings=quick,
+                         progress=lambda f, m: steps.append(m))
+    assert not steps and "another --name" in info.value.hint  # refused before any training
+    # the panel trainer's made-up names keep the default folders
+    panel, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, settings=quick,
+                                name="DRUGA (dist_vae, panel)", folder_from_name=False)
+    assert panel.path.name == "DRUGA_dist_vae_trained"
+
+    # the CLI: what `scatd train --name` says is what `scatd predict --model` and `scatd models` take
+    pd.DataFrame(bulk.X, index=bulk.obs_names, columns=bulk.var_names).to_csv(tmp_path / "bulk.csv")
+    labels.to_csv(tmp_path / "labels.csv")
+    pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names).to_csv(tmp_path / "target.csv")
+    capsys.readouterr()
+    code = scatd_main(["train", "--bulk", str(tmp_path / "bulk.csv"), "--bulk-labels", str(tmp_path / "labels.csv"),
+                       "--drug", "DRUGA", "--target", str(tmp_path / "target.csv"), "--folds", "3", "--members", "1",
+                       "--pretrain-epochs", "1", "--device", "cpu", "--library", str(lib), "--name", "gef_cli"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Trained 'gef_cli'" in out and "Use it with --model gef_cli " in err
+    code = scatd_main(["predict", "--model", "gef_cli", "--library", str(lib), "--input", str(tmp_path / "target.csv"),
+                       "--output", str(tmp_path / "pred.csv"), "--device", "cpu"])
+    assert code == 0 and len(pd.read_csv(tmp_path / "pred.csv")) == 20
+    assert scatd_main(["models", "--library", str(lib)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith("FOLDER (what --model takes)\tNAME")
+    assert any(line.startswith("gef_cli\tgef_cli\t") for line in listing)
+    assert any(line.startswith(f"{spaced.path.name}\tGef small\t") for line in listing)
+
+
+def test_a_display_name_given_to_model_names_its_folder(tmp_path, capsys):
+    """A model trained before the folder followed the name: --model NAME says which folder to give."""
+    from scatd_core.cli import main as scatd_main
+
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    lib = tmp_path / "lib"
+    train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, name="old_name", folder_from_name=False,
+                     settings=replace(TINY, members=1, pretrain_epochs=1))
+    pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names).to_csv(tmp_path / "target.csv")
+    code = scatd_main(["predict", "--model", "old_name", "--library", str(lib), "--input", str(tmp_path / "target.csv"),
+                       "--output", str(tmp_path / "pred.csv"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'old_name' is the display name of the model in folder DRUGA_dist_vae_trained" in err
+    assert "--model DRUGA_dist_vae_trained" in err
+
+
 # --------------------------------------------------------------------------- the original head's CV estimate
 
 def _smoothed_argmax(curves) -> int:

@@ -97,7 +97,15 @@ def resolve_bundle(name_or_path: str, library: str | None = None):
     candidate = root / name_or_path
     if candidate.is_dir() and "/" not in name_or_path and ".." not in name_or_path:
         return load_bundle(candidate)
-    names = [e.path.name for e in list_library(root) if e.ok]
+    entries = [e for e in list_library(root) if e.ok]
+    names = [e.path.name for e in entries]
+    named = [e.path.name for e in entries if e.bundle.name == name_or_path]
+    if named:  # a display name (a model trained before the folder followed it): say which folder it is
+        raise ScatdError(f"No model bundle at {name_or_path!r}: --model takes the model's folder in the library, and "
+                         f"'{name_or_path}' is the display name of the model in "
+                         + (f"folder {named[0]}." if len(named) == 1 else f"the folders {', '.join(named)}."),
+                         f"Give --model {named[0]}" + (" (or another of those folders)." if len(named) > 1 else ".")
+                         + " `scatd models` lists each model's folder first.")
     raise ScatdError(f"No model bundle at {name_or_path!r}.",
                      f"Installed in {root}: {', '.join(names) if names else 'none'}. "
                      "Import one with `scatd import-checkpoint`, or train one with `scatd train`.")

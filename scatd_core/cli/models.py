@@ -93,10 +93,11 @@ def show(args) -> int:
         print(f"No model bundles in {root}.\nGet the published ones with `scatd models fetch`, import a checkpoint "
               "with `scatd import-checkpoint`, train one with `scatd train`, or build the demo with `scatd demo`.")
         return 0
+    print("FOLDER (what --model takes)\tNAME\tMODEL\tKIND\tINPUTS")
     for e in entries:
         if e.ok:
             s = e.bundle.summary()
-            print(f"{e.path.name}\t{e.bundle.title}\t{s['kind']}\t{s['n_input_features']} inputs"
+            print(f"{e.path.name}\t{e.bundle.name}\t{e.bundle.title}\t{s['kind']}\t{s['n_input_features']} inputs"
                   + (f"\t{s['problem']}" if s["problem"] else ""))
         else:
             print(f"{e.path.name}\tBROKEN: {e.problem}")

@@ -153,7 +153,9 @@ def add(sub) -> None:
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads while training (default 1: the networks are small, and more threads on "
                         "a busy machine mostly wait for each other)")
-    p.add_argument("--name", help="display name in the model library")
+    p.add_argument("--name", help="display name in the model library; also names the model's folder there (as "
+                                   "import-checkpoint's), which is what --model takes (default folder: "
+                                   "DRUG_BACKBONE_trained)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a bundle exported to --out earlier (only a bundle folder, never other files)")
@@ -230,6 +232,7 @@ def run(args) -> int:
             Path(args.target_predictions).write_bytes(to_csv_bytes(report["target_predictions"]))
         say(f"Wrote {args.target_predictions}")
     print(f"Trained '{bundle.name}' in {report['seconds']:.0f} s; installed in the model library: {bundle.path}")
+    say(f"Use it with --model {bundle.path.name} (scatd predict, report, explain).")
     if args.out:
         check_export(args.out, overwrite=args.overwrite, inputs=inputs, library=args.library)  # still so
         export_bundle(bundle.path, Path(args.out))

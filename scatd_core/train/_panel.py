@@ -248,7 +248,8 @@ def train_panel(
         try:
             bundle, report = train_drug_model(
                 bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, seed=s.seed, folds=s.folds, adaptation=adaptation, device=device,
-                library=library, name=f"{drug} ({backbone}, panel)", trained_by=trained_by, progress=say,
+                library=library, name=f"{drug} ({backbone}, panel)", folder_from_name=False, trained_by=trained_by,
+                progress=say,
                 should_stop=should_stop, target_label_column=evaluate.get(drug),
                 notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),
                 target_resistant_value=target_resistant_value if drug in evaluate else None, target_mask=mask)

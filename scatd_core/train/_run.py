@@ -14,7 +14,8 @@ import torch
 from scatd_core import card as cards
 from scatd_core import training_cells
 from scatd_core._threads import threads
-from scatd_core.bundle import Bundle, load_backbone_from_bundle, load_bundle, safe_name, save_bundle, sha256_file
+from scatd_core.bundle import (Bundle, NameTaken, load_backbone_from_bundle, load_bundle, safe_name, save_bundle,
+                               sha256_file)
 from scatd_core.config import model_library_dir
 from scatd_core.errors import InputError
 from scatd_core.labels import LABEL_MAPPING, encode_column, read_few_shot_labels
@@ -38,6 +39,21 @@ def _default_out(drug: str, backbone: str, library) -> Path:
     out, k = base, 2
     while out.exists():
         out, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return out
+
+
+def _named_out(name: str, library, overwrite: bool) -> Path:
+    """The library folder of a model given a display name: named after it, as `scatd import-checkpoint`
+    names it, so the name is what ``--model`` takes. Refused before training when a model (or folder)
+    of that name is there already, unless ``overwrite``."""
+    root = Path(library) if library else model_library_dir()
+    out = root / safe_name(name)
+    if out.exists() and not overwrite:
+        raise NameTaken(f"A model named '{name}' already exists in the model library (folder {out.name}); nothing "
+                        "was trained.",
+                        "Give another --name (it also names the model's library folder), or leave --name out for a "
+                        "new folder DRUG_BACKBONE_trained.",
+                        app_hint="Give it another model name, or leave the name empty for a new one.")
     return out
 
 
@@ -286,6 +302,7 @@ def train_drug_model(
     library: str | Path | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    folder_from_name: bool = True,
     demo: bool = False,
     trained_by: str | None = None,
     progress: ProgressFn | None = None,
@@ -341,8 +358,13 @@ def train_drug_model(
     demo
         Mark the bundle as the built-in demo (trained on simulated data).
     out, library, name, overwrite
-        Bundle folder (default: a new folder ``<drug>_<backbone>_trained[-k]`` in the library),
-        display name, whether to replace an existing bundle.
+        Bundle folder (default: in the library, named after ``name`` when one is given, as
+        :func:`scatd_core.bundle.import_checkpoint` names it, so the name is what ``scatd predict
+        --model`` takes, and refused before any training when taken; else a new folder
+        ``<drug>_<backbone>_trained[-k]``), display name, whether to replace an existing bundle.
+    folder_from_name
+        ``False``: the default folder ``<drug>_<backbone>_trained[-k]`` even with a ``name`` (the
+        panel trainer, whose names are made up, not chosen).
     progress
         Called with (fraction done, message) after every epoch.
     should_stop
@@ -376,6 +398,7 @@ def train_drug_model(
         raise InputError("Training with labelled target cells needs the default linear head.",
                          "Leave out --head scatd, or train without --few-shot-labels.")
     dev = resolve_device(device)
+    named_out = _named_out(name, library, overwrite) if out is None and name and folder_from_name else None
     warnings: list[str] = []
 
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk")
@@ -495,7 +518,9 @@ def train_drug_model(
                 "pretraining_loss": _rounded(fit.pretraining_loss), "cv_head_curve": fit.cv.get("head_curve"),
                 "warnings": warnings}
     unique = out is None  # the default folder: the first free name, chosen under the library lock at the
-    if out is None:       # moment of writing, so two trainings of the same drug never share a folder
+    if named_out is not None:  # moment of writing, so two trainings of the same drug never share a folder
+        out = named_out    # (a name taken while this one trained: the next free name, not a lost training)
+    elif out is None:
         out = _default_out(data.report["drug"], backbone, library)
     bundle = save_bundle(
         out, fit.state, fit.arch, drug=data.report["drug"], genes=data.features,
