@@ -411,13 +411,22 @@ m = st.columns(4)
 m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}",
             help=f"Out-of-fold over {metrics['cv']['folds']} folds; 95% CI {metrics['cv']['auroc_ci'][0]:.3f} to "
                  f"{metrics['cv']['auroc_ci'][1]:.3f}")
-m[1].metric("Bulk CV AUPRC", f"{metrics['cv']['auprc']:.3f}", help="positive class: resistant")
+cv_chance = metrics["cv"].get("auprc_chance")
+if cv_chance is None:  # a result from before the chance level was recorded
+    cv_chance = rep["labels"]["resistant"] / max(rep["labels"]["resistant"] + rep["labels"]["sensitive"], 1)
+m[1].metric("Bulk CV AUPRC", f"{metrics['cv']['auprc']:.3f}", delta=f"chance {cv_chance:.2f}", delta_color="off",
+            delta_arrow="off", help="Positive class: resistant. A ranking by chance scores the share of resistant "
+                                    "cell lines; for many drugs most lines are resistant, so read the AUPRC next to it.")
 if tm:
     m[2].metric("Target AUROC", f"{tm['auroc']:.3f}",
                 help=f"{tm['n_evaluated']} cells with labels in '{ui.md(tm['label_column'])}'"
                 + (f", {tm['n_few_shot_cells_left_out']} cells used for training left out" if
                    tm["n_few_shot_cells_left_out"] else ""))
-    m[3].metric("Target AUPRC", f"{tm['auprc']:.3f}", help="positive class: resistant")
+    t_chance = tm.get("auprc_chance", tm["n_positive"] / max(tm["n_evaluated"], 1))
+    m[3].metric("Target AUPRC", f"{tm['auprc']:.3f}", delta=f"chance {t_chance:.2f}",
+                delta_color="off", delta_arrow="off",
+                help="Positive class: resistant. A ranking by chance scores the share of resistant cells among "
+                     "those evaluated.")
 else:
     m[2].metric("Target cells", f"{rep['target']['n_used']:,}")
 lab, genes = rep["labels"], rep.get("genes")

@@ -58,6 +58,7 @@ def evaluation(name: str, title: str, y: np.ndarray, predictions: dict[str, np.n
     known = np.isfinite(y)
     out = {"name": name, "title": title, "n": int(known.sum()), "n_resistant": int((y[known] == 1).sum()),
            "n_sensitive": int((y[known] == 0).sum()), "scores": rows}
+    out["auprc_chance"] = auprc_chance(out)
     if note:
         out["note"] = note
     out["verdicts"] = [verdict(out, row) for row in rows if row["model"] != MODEL]
@@ -86,6 +87,20 @@ def verdict(ev: dict, row: dict) -> str:
 # Rendering
 # --------------------------------------------------------------------------------------------
 
+def auprc_chance(ev: dict) -> float | None:
+    """The AUPRC of a ranking by chance on evaluation ``ev``: the share of resistant samples (the
+    positive class). For GDSC drugs the resistant lines are often most of them, so an AUPRC reads
+    only next to it. Computed from the counts for cards saved before it was stored."""
+    if ev.get("auprc_chance") is not None:
+        return ev["auprc_chance"]
+    return _round(ev["n_resistant"] / ev["n"]) if ev.get("n") else None
+
+
+def _chance(ev: dict) -> str:
+    chance = auprc_chance(ev)
+    return "—" if chance is None else f"{chance:.3f}"
+
+
 def _ci(value, ci) -> str:
     if value is None:
         return "—"
@@ -103,9 +118,10 @@ def card_table(card: dict) -> pd.DataFrame:
             rows.append({"evaluation": ev["title"], "cells / lines": f"{ev['n']} ({ev['n_resistant']} resistant)",
                          "model": r["model"], "AUROC [95% CI]": _ci(r["auroc"], r["auroc_ci"]),
                          "AUPRC [95% CI]": _ci(r["auprc"], r["auprc_ci"]),
+                         "AUPRC by chance (share resistant)": _chance(ev),
                          "this model minus baseline (AUROC)": "" if diff is None else _ci(diff["auroc"], diff["ci"])})
     return pd.DataFrame(rows, columns=["evaluation", "cells / lines", "model", "AUROC [95% CI]", "AUPRC [95% CI]",
-                                       "this model minus baseline (AUROC)"])
+                                       "AUPRC by chance (share resistant)", "this model minus baseline (AUROC)"])
 
 
 def few_shot_line(card: dict) -> str | None:
@@ -136,7 +152,8 @@ def card_lines(card: dict) -> list[str]:
     for ev in card.get("evaluations", []):
         model = next(r for r in ev["scores"] if r["model"] == MODEL)
         lines.append(f"{ev['title']} ({ev['n']} samples, {ev['n_resistant']} resistant): this model AUROC "
-                     f"{_ci(model['auroc'], model['auroc_ci'])}, AUPRC {_ci(model['auprc'], model['auprc_ci'])}.")
+                     f"{_ci(model['auroc'], model['auroc_ci'])}, AUPRC {_ci(model['auprc'], model['auprc_ci'])} "
+                     f"(chance {_chance(ev)}, the share resistant).")
         if ev.get("note"):
             lines.append(ev["note"])
         lines += ev["verdicts"]

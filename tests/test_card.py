@@ -111,3 +111,21 @@ def test_a_training_seed_out_of_range_is_a_clear_message():
         with pytest.raises(InputError, match="The seed must be between 0 and 4,294,967,295"):
             TrainSettings(seed=seed).check()
     TrainSettings(seed=2 ** 32 - 1).check()
+
+
+def test_every_auprc_of_the_card_shows_its_chance_level():
+    """QA: the AUPRC came bare, and for GDSC drugs the resistant lines are often most of them
+    (Gefitinib: 219 of 247 -> chance 0.887): its chance level, the share resistant, goes with it."""
+    y = np.array([1] * 9 + [0] * 3)
+    rng = np.random.default_rng(0)
+    ev = cards.evaluation("bulk_cv", "Bulk cell lines, 3-fold cross-validation", y,
+                          {cards.MODEL: y + rng.normal(0, 0.7, y.size), "gradient boosting": rng.random(y.size)})
+    assert ev["auprc_chance"] == 0.75
+    card = {**_card(), "evaluations": [ev]}
+    table = cards.card_table(card)
+    assert list(table["AUPRC by chance (share resistant)"]) == ["0.750", "0.750"]
+    line = next(line for line in cards.card_lines(card) if line.startswith("Bulk cell lines"))
+    assert "AUPRC" in line and "(chance 0.750, the share resistant)" in line
+    old = {**card, "evaluations": [{k: v for k, v in ev.items() if k != "auprc_chance"}]}  # a card saved before
+    assert cards.auprc_chance(old["evaluations"][0]) == 0.75
+    assert list(cards.card_table(old)["AUPRC by chance (share resistant)"]) == ["0.750", "0.750"]

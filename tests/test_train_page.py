@@ -71,6 +71,12 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     result = at.session_state["train_result"]
     labels_shown = [m.label for m in at.metric]
     assert labels_shown == ["Bulk CV AUROC", "Bulk CV AUPRC", "Target AUROC", "Target AUPRC"]
+    # every AUPRC with its chance level (the share resistant): 45 labelled lines, about half resistant
+    metrics = result["report"]["metrics"]
+    assert metrics["cv"]["auprc_chance"] == round(result["report"]["labels"]["resistant"] / 45, 4)
+    deltas = {m.label: m.delta for m in at.metric}
+    assert deltas["Bulk CV AUPRC"] == f"chance {metrics['cv']['auprc_chance']:.2f}"
+    assert deltas["Target AUPRC"] == f"chance {metrics['target']['auprc_chance']:.2f}"
     assert result["report"]["metrics"]["target"]["label_column"] == "response"
     assert len(at.get("plotly_chart")) == 2  # the model card's AUROCs, pretraining losses
     # the model card: the baselines next to the model, and a verdict for each

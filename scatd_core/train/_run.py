@@ -550,7 +550,7 @@ def _headline(card: dict, name: str) -> dict:
         return {}
     model = next(r for r in ev["scores"] if r["model"] == cards.MODEL)
     return {"auroc": model["auroc"], "auroc_ci": model["auroc_ci"], "auprc": model["auprc"],
-            "auprc_ci": model["auprc_ci"]}
+            "auprc_ci": model["auprc_ci"], "auprc_chance": cards.auprc_chance(ev)}
 
 
 def _rounded(losses: list) -> list:
