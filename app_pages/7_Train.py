@@ -287,6 +287,8 @@ with st.expander("Settings"):
                                           help="Then the encoder is trained too (with MMD to the target when adapting).")
         mmd_weight = b3.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5, key="train_mmd_weight")
     model_name = st.text_input("Model name", value="", placeholder=f"{drug} (dist_vae, trained)")
+# what the model records of its inputs: the uploads' own names (never a server path)
+input_names = {"bulk": bulk["name"], "labels": labels["name"], "target": target_name}
 settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), head=head, members=int(members),
                          head_c=float(head_c), head_inputs=head_inputs, epochs=int(epochs),
                          finetune_epochs=int(finetune_epochs), mmd_weight=float(mmd_weight))
@@ -327,8 +329,8 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     adaptation=adaptation, min_lines_per_class=int(min_lines), trained_by=user_name,
                     target_labels={label_drug: label_column} if label_drug is not None else None,
                     target_resistant_value=resistant_value if label_drug is not None else None,
-                    target_mask=target_mask, progress=with_eta(ui.progress_to(bar)),
-                    should_stop=lambda: bool(ss.get(STOP)))
+                    target_mask=target_mask, input_names=input_names, source="the Train page's panel",
+                    progress=with_eta(ui.progress_to(bar)), should_stop=lambda: bool(ss.get(STOP)))
             if panel_name.strip():
                 kept, left_out = models_to_save(summary, trained, include_below_chance=keep_below_chance)
                 if left_out:
@@ -375,7 +377,7 @@ if start:
                 bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
                 adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
                 target_resistant_value=resistant_value, target_mask=target_mask, few_shot_labels=few_shot,
-                name=model_name.strip() or None,
+                name=model_name.strip() or None, input_names=input_names, source="the Train page",
                 trained_by=(auth.current_user().name if auth.current_user() else None),
                 progress=with_eta(ui.progress_to(bar)),
                 should_stop=lambda: bool(ss.get(STOP)))

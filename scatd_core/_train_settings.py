@@ -95,3 +95,36 @@ class TrainSettings:
             raise InputError("The batch size must be at least 4.")
         if not 0.0 < self.threshold < 1.0:
             raise InputError(f"The threshold must be between 0 and 1, got {self.threshold}.")
+
+
+#: Settings only the original head uses, and only the linear heads use.
+_SCATD_ONLY = ("epochs", "finetune_epochs", "lr", "finetune_lr", "mmd_weight")
+_LINEAR_ONLY = ("members", "head_c", "head_inputs", "few_shot_weight", "entropy_weight")
+#: Settings of the backbone pretraining (none run when a pretrained backbone is given).
+_PRETRAINING = ("pretrain_epochs", "pretrain_lr", "rec_beta", "hidden_dims", "z_dim")
+
+
+def unused_settings(head: str, *, backbone_given: bool = False, adaptation: bool = True,
+                    few_shot: bool = False) -> dict[str, str]:
+    """The settings a run with these choices does not use, each with the reason (a phrase).
+
+    A run records only the settings it used (the others are listed as not used), and the
+    command line says when an option it was given has no effect."""
+    out: dict[str, str] = {}
+    if head == "linear":
+        out.update({k: "the default linear heads are fitted to convergence, without epochs, learning rates or MMD "
+                       "(they belong to --head scatd)" for k in _SCATD_ONLY})
+        if not few_shot:
+            out.update({k: "it weighs labelled target cells, and none were given"
+                        for k in ("few_shot_weight", "entropy_weight")})
+    else:
+        out.update({k: "it belongs to the default linear heads, not the original head (--head scatd)"
+                    for k in _LINEAR_ONLY})
+        if not adaptation:
+            out["mmd_weight"] = "without adaptation the fine-tuning uses no MMD to the target"
+    if backbone_given:
+        out.update({k: "the given pretrained backbone is used as it is, not pretrained" for k in _PRETRAINING})
+        if head == "linear":
+            out["members"] = "a given backbone makes an ensemble of one member"
+            out["weight_decay"] = out["batch_size"] = "the given pretrained backbone is used as it is, not pretrained"
+    return out

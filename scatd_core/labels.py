@@ -594,6 +594,8 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
                                       "threshold_name": thresholds[chosen[i][0]][0]}
                        for i in ids if i in chosen},
         "no_threshold": no_threshold, "ids_not_in_drug_list": unknown_ids,
+        "files": {"ic50": Path(ic50_name).name, "thresholds": Path(thr_name).name,
+                  "drug_list": Path(dlist_name).name},  # names only: a trained model records them
     }
     return table
 

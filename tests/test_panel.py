@@ -233,7 +233,7 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
         assert main(args + bad) == 2 and said in capsys.readouterr().err, bad
     labels.to_csv(tmp_path / "labels.csv")
     assert main(args + ["--target-labels", "demotinib=response"]) == 0, capsys.readouterr().err
-    assert "note: --epochs and --finetune-epochs set the original head's epochs" in capsys.readouterr().err
+    assert "note: --epochs and --finetune-epochs have no effect: the default linear heads" in capsys.readouterr().err
     assert __import__("torch").get_num_threads() == threads  # --threads is the training's, not the process's
     first = pd.read_csv(tmp_path / "summary.csv")
     assert list(first["drug"]) == ["DEMOTINIB", "RARE", "DEMOPLATIN"]

@@ -972,3 +972,135 @@ def test_train_panel_says_at_once_when_a_drugs_folds_are_lowered(tmp_path):
                              library=tmp_path / "lib", resume=False, min_lines_per_class=2, notice=said.append)
     assert list(summary["status"]) == ["trained"]
     assert len(said) == 1 and said[0].startswith("DRUGA: Only ") and "folds instead of 40" in said[0]
+
+
+# --------------------------------------------------------------------------- options the chosen recipe does not use
+
+def test_a_run_records_only_the_settings_its_recipe_used(tmp_path):
+    """QA: the linear head recorded --epochs/--finetune-epochs/--mmd-weight as used, the original
+    head --members/--head-c/--head-inputs; a run records only what it used, the rest as not used."""
+    bulk, labels, target = synthetic()
+    linear, rep = _train(tmp_path, bulk, labels, target, "linear", settings=replace(TINY, epochs=7, mmd_weight=5.0))
+    used, unused = linear.manifest["training"]["settings"], linear.manifest["training"]["settings_not_used"]
+    assert used["members"] == 3 and used["pretrain_epochs"] == TINY.pretrain_epochs
+    assert not {"epochs", "finetune_epochs", "mmd_weight", "few_shot_weight"} & set(used)
+    assert {"epochs", "finetune_epochs", "mmd_weight", "few_shot_weight"} <= set(unused)
+    assert linear.manifest["card"]["settings"] == used == rep["settings"]
+    original, _ = _train(tmp_path, bulk, labels, target, "original", settings=replace(TINY_SCATD, members=7))
+    used = original.manifest["card"]["settings"]
+    assert used["epochs"] == TINY.epochs and used["mmd_weight"] == 1.0
+    assert not {"members", "head_c", "head_inputs"} & set(used)
+    assert "original head" in original.manifest["card"]["settings_not_used"]["members"]
+
+
+def test_train_notes_each_option_the_chosen_recipe_does_not_use(capsys):
+    from scatd_core.cli._train_args import note_unused, recipe_settings
+
+    p = _parser()
+    base = ["train", "--bulk", "b", "--bulk-labels", "l", "--drug", "d", "--target", "t"]
+    args = p.parse_args(base + ["--epochs", "7", "--finetune-epochs", "3", "--mmd-weight", "5",
+                                "--target-resistant-value", "0", "--pretrain-epochs", "2"])
+    notes = note_unused(args, recipe_settings(args))
+    err = capsys.readouterr().err
+    assert len(notes) == 2 and err.count("note: ") == 2
+    assert "note: --epochs, --finetune-epochs and --mmd-weight have no effect: the default linear heads" in err
+    assert "--target-resistant-value has no effect" in err and "no --target-labels was given" in err
+    args = p.parse_args(base + ["--head", "scatd", "--members", "7", "--head-c", "3", "--head-inputs", "latent",
+                                "--epochs", "4"])
+    assert recipe_settings(args).members == 7  # given, as asked, but the original head does not use it
+    note_unused(args, recipe_settings(args))
+    err = capsys.readouterr().err
+    assert "note: --members, --head-c and --head-inputs have no effect" in err and "--epochs" not in err
+    args = p.parse_args(base + ["--head", "scatd", "--mmd-weight", "2", "--no-adaptation"])
+    note_unused(args, recipe_settings(args))
+    assert "--mmd-weight has no effect: without adaptation" in capsys.readouterr().err
+    args = p.parse_args(base + ["--pretrain-epochs", "3", "--members", "4"])
+    note_unused(args, recipe_settings(args), backbone_given=True)
+    err = capsys.readouterr().err
+    assert "--pretrain-epochs has no effect: the given pretrained backbone" in err
+    assert "--members has no effect: a given backbone makes an ensemble of one member" in err
+    args = p.parse_args(base + ["--members", "4", "--pretrain-epochs", "3"])  # all used: nothing said
+    assert note_unused(args, recipe_settings(args)) == [] and capsys.readouterr().err == ""
+
+
+def test_scatd_train_says_which_options_it_did_not_use(tmp_path, capsys):
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path) + ["--library", str(tmp_path / "lib"), "--epochs", "7", "--mmd-weight", "5",
+                                        "--target-resistant-value", "0", "--report", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "note: --epochs and --mmd-weight have no effect" in err and "--target-resistant-value has no effect" in err
+    assert err.index("note: --epochs") < err.index("Pretraining")  # said before the long part
+    settings = json.loads((tmp_path / "r.json").read_text())["settings"]
+    assert "epochs" not in settings and "mmd_weight" not in settings and settings["members"] == 1
+
+
+def test_train_panel_takes_the_recipe_options_of_scatd_train(tmp_path, capsys, monkeypatch):
+    """QA: train-panel lacked --members --head-c --head-inputs --head --no-adaptation, which the
+    Train page's panel passes; they are the same options as scatd train's, with the same notes."""
+    import pandas as pd
+
+    from scatd_core.cli import main
+
+    seen = {}
+
+    def trained(bulk, labels, drugs, target, **kw):
+        seen.update(kw)
+        return pd.DataFrame(columns=["drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_best_baseline",
+                                     "cv_best_baseline_auroc", "target_auroc", "bundle", "note", "verdict"]), []
+
+    monkeypatch.setattr("scatd_core.train.train_panel", trained)
+    args = _cli_train_args(tmp_path)
+    args = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA",
+            *args[args.index("--target"):args.index("--members")]]
+    main(args + ["--members", "4", "--head-c", "0.5", "--head-inputs", "latent", "--no-adaptation", "--epochs", "3"])
+    s = seen["settings"]
+    assert (s.head, s.members, s.head_c, s.head_inputs) == ("linear", 4, 0.5, "latent")
+    assert seen["adaptation"] is False
+    assert "note: --epochs has no effect: the default linear heads" in capsys.readouterr().err
+    main(args + ["--head", "scatd", "--epochs", "3", "--mmd-weight", "2", "--members", "4"])
+    s = seen["settings"]
+    assert (s.head, s.epochs, s.mmd_weight) == ("scatd", 3, 2.0) and seen["adaptation"] is True
+    err = capsys.readouterr().err
+    assert "note: --members has no effect" in err and "--epochs" not in err
+
+
+# --------------------------------------------------------------------------- what a model records of its inputs
+
+def test_inputs_given_as_data_keep_their_display_names_and_ic50_labels_their_threshold(tmp_path):
+    """QA: models trained on the Train page or by train-panel recorded their inputs as
+    {"sha256", "of": "values"} and the card said "the target given as data"."""
+    bulk, labels, target = synthetic()
+    labels.attrs["report"] = {"thresholds": {"DRUGA": {"gdsc_id": np.int64(77), "threshold": 0.25,
+                                                       "matched_by": "name", "threshold_name": "DrugA"}},
+                              "files": {"ic50": "GDSC_IC50.csv", "thresholds": "IC50_thred.txt",
+                                        "drug_list": "GDSC_drug_list.csv"}}
+    bundle, rep = _train(tmp_path, bulk, labels, target, settings=replace(TINY, members=1),
+                         input_names={"bulk": "ccle.csv", "labels": "labels from GDSC_IC50.csv",
+                                      "target": "/srv/scatd/uploads/tumour.h5ad"}, source="the Train page")
+    prov = bundle.manifest["provenance"]
+    assert prov["bulk"]["name"] == "ccle.csv" and len(prov["bulk"]["sha256"]) == 64
+    assert prov["target"]["name"] == "tumour.h5ad"  # the name only, never a server folder
+    assert "/srv" not in json.dumps(bundle.manifest)
+    assert prov["labels"]["name"] == "labels from GDSC_IC50.csv"
+    assert prov["labels"]["from_ic50"]["threshold"] == 0.25 and prov["labels"]["from_ic50"]["gdsc_id"] == 77
+    assert prov["labels"]["from_ic50"]["files"]["thresholds"] == "IC50_thred.txt"
+    assert prov["source"] == "trained by scATD Studio (the Train page)"
+    assert "40 target cells (tumour.h5ad" in rep["card"]["data"]["summary"]
+
+
+def test_train_panel_records_its_input_names_and_source(tmp_path):
+    from scatd_core.train import train_panel
+
+    bulk, labels, target = synthetic()
+    bulk.write_h5ad(tmp_path / "bulk.h5ad")
+    labels.attrs["report"] = {"thresholds": {"DRUGA": {"gdsc_id": 77, "threshold": -1.5}}}
+    _, bundles = train_panel(tmp_path / "bulk.h5ad", labels, ["DRUGA"], target, settings=replace(TINY, members=1),
+                             device="cpu", library=tmp_path / "lib", resume=False, min_lines_per_class=2,
+                             input_names={"labels": "labels from GDSC_IC50.csv", "target": "tumour.h5ad"})
+    prov = bundles[0].manifest["provenance"]
+    assert prov["bulk"]["name"] == "bulk.h5ad" and prov["target"]["name"] == "tumour.h5ad"
+    assert prov["labels"]["name"] == "labels from GDSC_IC50.csv" and prov["labels"]["from_ic50"]["threshold"] == -1.5
+    assert prov["source"] == "trained by scATD Studio (scatd train-panel)"
+

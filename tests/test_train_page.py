@@ -78,6 +78,14 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert deltas["Bulk CV AUPRC"] == f"chance {metrics['cv']['auprc_chance']:.2f}"
     assert deltas["Target AUPRC"] == f"chance {metrics['target']['auprc_chance']:.2f}"
     assert result["report"]["metrics"]["target"]["label_column"] == "response"
+    # the model records the names of what it was trained on (the uploads' own names) and where
+    from scatd_core.bundle import load_bundle
+
+    prov = load_bundle(result["bundle_path"]).manifest["provenance"]
+    assert (prov["bulk"]["name"], prov["labels"]["name"], prov["target"]["name"]) == ("bulk.csv", "labels.csv",
+                                                                                       "tumour.h5ad")
+    assert prov["source"] == "trained by scATD Studio (the Train page)"
+    assert "target cells (tumour.h5ad" in result["report"]["card"]["data"]["summary"]
     assert len(at.get("plotly_chart")) == 2  # the model card's AUROCs, pretraining losses
     # the model card: the baselines next to the model, and a verdict for each
     shown = at.dataframe[0].value
@@ -242,6 +250,8 @@ def test_train_a_panel_of_drugs_saves_it_for_the_user():
     assert sorted(entries) == sorted(trained)
     # the panel is trained with the page's settings: the ensemble of 2 linear-head members chosen above
     assert all(entries[name].bundle.manifest["training"]["settings"]["members"] == 2 for name in trained)
+    prov = entries[trained[0]].bundle.manifest["provenance"]
+    assert prov["source"] == "trained by scATD Studio (the Train page's panel)" and prov["bulk"]["name"] == "bulk.csv"
     assert list_panels(at.session_state["user"].name)["my two"]["models"] == trained
 
 

@@ -12,13 +12,11 @@ from pathlib import Path
 
 from scatd_core._output import writing
 from scatd_core._train_settings import TrainSettings
+from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings
 from scatd_core.cli._common import (BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
 
-#: Choices the parser offers; the core checks them again (tests keep the two in step).
-HEADS = ("linear", "scatd")
-HEAD_INPUTS = ("latent+input", "latent")
 #: The recipe's defaults, for the help (the training takes them from the same place).
 DEFAULTS = TrainSettings()
 
@@ -118,30 +116,10 @@ def add(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=positive_int, default=DEFAULTS.folds,
                    help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
-    p.add_argument("--head", choices=HEADS, default="linear",
-                   help="linear: the ensemble of linear heads (default); scatd: the original head (fc3-bn3-swish-fc4), "
-                        "one model, head epochs chosen by CV, then fine-tuning with MMD")
-    p.add_argument("--members", type=positive_int,
-                   help=f"backbones in the ensemble (linear head; default {DEFAULTS.members})")
-    p.add_argument("--head-c", type=float,
-                   help=f"inverse L2 strength of the linear heads (default {DEFAULTS.head_c})")
-    p.add_argument("--head-inputs", choices=HEAD_INPUTS,
-                   help="what the linear heads see: latent+input (default: the latent mean and the standardised "
-                        "genes) or latent")
+    add_recipe_arguments(p)
     p.add_argument("--few-shot-labels",
                    help="CSV cell_id,label (sensitive/resistant) of a few labelled target cells (at least 2 per "
                         "class) to train with; the other target cells stay unlabelled (semi-supervised)")
-    p.add_argument("--epochs", type=positive_int,
-                   help="scatd head: most head epochs on the frozen encoder; the CV picks how many "
-                        f"(default {DEFAULTS.epochs})")
-    p.add_argument("--finetune-epochs", type=int,
-                   help=f"scatd head: then epochs fine-tuning the encoder (default {DEFAULTS.finetune_epochs})")
-    p.add_argument("--pretrain-epochs", type=int,
-                   help=f"backbone pretraining epochs (default {DEFAULTS.pretrain_epochs})")
-    p.add_argument("--mmd-weight", type=float,
-                   help=f"scatd head: weight of the bulk-target MMD loss (default {DEFAULTS.mmd_weight})")
-    p.add_argument("--no-adaptation", action="store_true",
-                   help="never use the target for training (the no-adaptation baseline)")
     p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
     p.add_argument("--target-mask", metavar="COLUMN",
                    help="boolean obs column of the target: only its True cells are used (adapted to and evaluated), "
@@ -181,16 +159,9 @@ def run(args) -> int:
                 raise ScatdError(f"{option} {path} is inside --out {args.out}, the folder the bundle copy goes to.",
                                  f"Write {option} outside the bundle folder.")
 
-    settings = TrainSettings(head=args.head)
-    overrides = {"finetune_epochs": args.finetune_epochs, "pretrain_epochs": args.pretrain_epochs,
-                 "mmd_weight": args.mmd_weight, "members": args.members, "head_c": args.head_c,
-                 "head_inputs": args.head_inputs, "threads": args.threads}
-    for key, value in overrides.items():
-        if value is not None:
-            if not isinstance(value, str) and value < 0:
-                raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
-            setattr(settings, key, value)
-    said: list[str] = []
+    settings = recipe_settings(args)
+    said = note_unused(args, settings, backbone_given=backbone_bundle is not None,
+                       few_shot=args.few_shot_labels is not None)
     say(f"Training a {args.backbone} model for {args.drug} ({args.head} head): bulk {Path(args.bulk).name}, "
         f"target {Path(args.target).name}")
     bundle, report = train_drug_model(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core._train_settings import TrainSettings
+from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings
 from scatd_core.cli._common import BACKBONES, DEVICES, Progress, check_output, fmt, positive_int, say
 from scatd_core.errors import ScatdError
 
@@ -33,14 +34,7 @@ def add(sub) -> None:
     p.add_argument("--min-lines", type=positive_int, default=10,
                    help="skip drugs with fewer labelled cell lines than this in either class (default 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=positive_int,
-                   help=f"most drug-head epochs of the original head (default {DEFAULTS.epochs}); the panel trains "
-                        "the default linear head, which has none, so this has no effect there")
-    p.add_argument("--pretrain-epochs", type=int,
-                   help=f"backbone pretraining epochs (default {DEFAULTS.pretrain_epochs})")
-    p.add_argument("--finetune-epochs", type=int,
-                   help=f"fine-tuning epochs of the original head (default {DEFAULTS.finetune_epochs}); no effect on "
-                        "the panel's linear heads")
+    add_recipe_arguments(p)  # the same recipe options as `scatd train`
     p.add_argument("--folds", type=positive_int, help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
     p.add_argument("--target-labels", action="append", metavar="DRUG=COLUMN",
                    help="true labels of the target cells for one drug's model (an obs column), for its evaluation only "
@@ -105,21 +99,14 @@ def run(args) -> int:
     if args.summary:  # before training: never an input, always writable
         check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
                                                         args.drug_list, args.target])
-    settings = TrainSettings(seed=args.seed)
-    unused = [f"--{k.replace('_', '-')}" for k in ("epochs", "finetune_epochs") if getattr(args, k) is not None]
-    if unused and settings.head == "linear":
-        say(f"note: {' and '.join(unused)} set the original head's epochs; the panel trains the default linear "
-            "heads, which have none, so they have no effect.")
-    for key in ("epochs", "pretrain_epochs", "finetune_epochs", "folds"):
-        value = getattr(args, key)
-        if value is not None:
-            if value < 0:
-                raise ScatdError(f"--{key.replace('_', '-')} must not be negative, got {value}.")
-            settings = replace(settings, **{key: value})
-    if args.threads:  # the training's own threads (the default, one, suits these small networks)
-        settings = replace(settings, threads=args.threads)
+    settings = recipe_settings(args, TrainSettings(seed=args.seed))
+    if args.folds is not None:
+        settings = replace(settings, folds=args.folds)
+    note_unused(args, settings)
     summary, bundles = train_panel(
         args.bulk, _labels(args), args.drugs, args.target, backbone=args.backbone, settings=settings,
+        adaptation=not args.no_adaptation,
+        input_names={"labels": f"labels from {Path(args.ic50).name}"} if args.ic50 else None,
         min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),
         resume=not args.no_resume, target_labels=_target_labels(args.target_labels),
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,

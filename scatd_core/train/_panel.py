@@ -164,6 +164,8 @@ def train_panel(
     target_labels: Mapping[str, str] | None = None,
     target_resistant_value=None,
     target_mask: np.ndarray | str | None = None,
+    input_names: Mapping[str, str] | None = None,
+    source: str = "scatd train-panel",
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     notice: Callable[[str], None] | None = None,
@@ -193,6 +195,10 @@ def train_panel(
     target_mask
         The target cells to use (e.g. ``'scatd_qc_pass'``), for every drug: see
         :func:`~scatd_core.train.train_drug_model`.
+    input_names, source
+        Display names of the inputs (``{"bulk" | "labels" | "target": name}``; default the file
+        names of inputs given as files) and what trained the panel, recorded with each model as
+        :func:`~scatd_core.train.train_drug_model` records them.
     notice
         Called at once, with the drug's name, when a drug's training changes a setting to fit its data
         (fewer folds), as ``notice`` of :func:`~scatd_core.train.train_drug_model`.
@@ -212,6 +218,10 @@ def train_panel(
     chosen = choose_drugs(table, drugs)
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk")
     target_ad, target_prov = read_if_path(target, "target")
+    names = {key: prov["file"] for key, prov in (("bulk", bulk_prov), ("target", target_prov)) if prov.get("file")}
+    if not isinstance(labels, pd.DataFrame):
+        names["labels"] = Path(labels).name
+    names.update({k: v for k, v in (input_names or {}).items() if v})
     evaluate = _target_label_columns(target_labels, table, chosen, target_ad, target_resistant_value)
     mask = target_mask_of(target_ad, target_mask)
     state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation, mask))
@@ -252,7 +262,8 @@ def train_panel(
                 progress=say,
                 should_stop=should_stop, target_label_column=evaluate.get(drug),
                 notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),
-                target_resistant_value=target_resistant_value if drug in evaluate else None, target_mask=mask)
+                target_resistant_value=target_resistant_value if drug in evaluate else None, target_mask=mask,
+                input_names=names, source=source)
         except Cancelled:
             raise
         except InputError as exc:

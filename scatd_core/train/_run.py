@@ -14,6 +14,7 @@ import torch
 from scatd_core import card as cards
 from scatd_core import training_cells
 from scatd_core._threads import threads
+from scatd_core._train_settings import unused_settings
 from scatd_core.bundle import (Bundle, NameTaken, load_backbone_from_bundle, load_bundle, safe_name, save_bundle,
                                sha256_file)
 from scatd_core.config import model_library_dir
@@ -249,7 +250,7 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
             warnings.append(f"The target column {column!r} does not hold both classes among the cells not used for "
                             "training; no target metrics.")
     lab, genes = data.report["labels"], data.report.get("genes")
-    target_desc = provenance["target"].get("file") or "the target given as data"
+    target_desc = provenance["target"].get("file") or provenance["target"].get("name") or "the target given as data"
     summary = (f"Trained for {data.report['drug']} on {len(y)} labelled bulk cell lines ({lab['sensitive']} sensitive, "
                f"{lab['resistant']} resistant; {lab['n_bulk_without_label']} bulk samples without a label for it, used for "
                f"pretraining only) and "
@@ -305,6 +306,8 @@ def train_drug_model(
     folder_from_name: bool = True,
     demo: bool = False,
     trained_by: str | None = None,
+    input_names: dict[str, str] | None = None,
+    source: str = "scatd train",
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     notice: Callable[[str], None] | None = None,
@@ -384,6 +387,11 @@ def train_drug_model(
     trained_by
         Who trained it (the app's login name, or the operating-system user for the CLI),
         recorded in the model's provenance and shown in the model library.
+    input_names, source
+        Display names of inputs given as data, ``{"bulk" | "labels" | "target": name}`` (an
+        upload's own name; only the name is kept, never a folder), and what trained it (``"scatd
+        train"``, ``"the Train page"``...), recorded in the provenance. A label table made by
+        :func:`scatd_core.labels.labels_from_ic50` also records the drug's ln(IC50) threshold.
     """
     t0 = time.perf_counter()
     if backbone not in BACKBONES:
@@ -407,6 +415,7 @@ def train_drug_model(
         labels_prov = {"sha256": _frame_sha256(labels), "of": "table"}
     else:
         labels_prov = {"file": Path(labels).name, "sha256": sha256_file(labels)}
+    _name_inputs({"bulk": bulk_prov, "labels": labels_prov, "target": target_prov}, input_names)
 
     base_vae = None
     bb_bundle = None
@@ -481,7 +490,7 @@ def train_drug_model(
     advance(0, "Scoring the model and the baselines (bulk cross-validation, target)")
 
     provenance = {
-        "source": "trained by scATD Studio (scatd train)",
+        "source": f"trained by scATD Studio ({source})",
         "trained_by": trained_by,
         "bulk": bulk_prov, "labels": labels_prov, "target": target_prov,
         "few_shot_labels": ({"file": Path(few_shot_labels).name, "sha256": sha256_file(few_shot_labels)}
@@ -512,9 +521,13 @@ def train_drug_model(
     seconds = time.perf_counter() - t0
     provenance["seconds"] = round(seconds, 1)
     card["data"]["seconds"] = round(seconds, 1)
-    settings_dict = card["settings"]
-    training = {"settings": settings_dict, "drug_column": data.report["drug"], "labels": data.report["labels"],
-                "genes": data.report.get("genes"), "bulk": data.report["bulk"], "target": data.report["target"],
+    if isinstance(labels, pd.DataFrame):  # labels built from ln(IC50): the drug's threshold
+        labels_prov.update(_ic50_origin(labels, data.report["drug"]) or {})
+    unused = unused_settings(s.head, backbone_given=base_vae is not None, adaptation=adaptation, few_shot=few is not None)
+    settings_dict = card["settings"] = {k: v for k, v in card["settings"].items() if k not in unused}  # only those used
+    card["settings_not_used"] = unused
+    training = {"settings": settings_dict, "settings_not_used": unused, "drug_column": data.report["drug"],
+                "labels": data.report["labels"], "genes": data.report.get("genes"), "bulk": data.report["bulk"], "target": data.report["target"],
                 "pretraining_loss": _rounded(fit.pretraining_loss), "cv_head_curve": fit.cv.get("head_curve"),
                 "warnings": warnings}
     unique = out is None  # the default folder: the first free name, chosen under the library lock at the
@@ -541,6 +554,30 @@ def train_drug_model(
     if progress is not None:
         progress(1.0, f"Saved {bundle.name} to {bundle.path}")
     return bundle, report
+
+
+def _name_inputs(provenance: dict[str, dict], names: dict[str, str] | None) -> None:
+    """Record the display name of each input given as data (never a folder: the last part only)."""
+    for key, name in (names or {}).items():
+        entry = provenance.get(key)
+        if entry is None or not name or entry.get("file"):
+            continue
+        shown = str(name).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].strip()[:200]
+        if shown:
+            entry["name"] = shown
+
+
+def _ic50_origin(labels: pd.DataFrame, drug: str) -> dict | None:
+    """How :func:`scatd_core.labels.labels_from_ic50` labelled ``drug`` (its ln(IC50) threshold), or None."""
+    report = labels.attrs.get("report") or {}
+    found = (report.get("thresholds") or {}).get(drug)
+    if not found:
+        return None
+    gdsc_id = found.get("gdsc_id")
+    return {"from_ic50": {"threshold": float(found["threshold"]), "gdsc_id": None if gdsc_id is None else int(gdsc_id),
+                          "threshold_name": found.get("threshold_name"),
+                          "rule": "ln(IC50) below the threshold = sensitive, at or above = resistant",
+                          **({"files": report["files"]} if report.get("files") else {})}}
 
 
 def _headline(card: dict, name: str) -> dict:

@@ -1,0 +1,78 @@
+"""The training recipe's options, shared by ``scatd train`` and ``scatd train-panel``: their
+definitions, the settings they make, and the note for each option the chosen recipe does not use.
+Light: no science imports, so the help stays fast."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from scatd_core._train_settings import HEAD_INPUTS, HEADS, TrainSettings, unused_settings
+from scatd_core.cli._common import positive_int, say
+from scatd_core.errors import ScatdError
+
+#: The recipe's defaults, for the help (the training takes them from the same place).
+DEFAULTS = TrainSettings()
+#: Setting -> its option, for the options that set the recipe.
+OPTIONS = {"head": "--head", "members": "--members", "head_c": "--head-c", "head_inputs": "--head-inputs",
+           "epochs": "--epochs", "finetune_epochs": "--finetune-epochs", "pretrain_epochs": "--pretrain-epochs",
+           "mmd_weight": "--mmd-weight", "threads": "--threads"}
+
+
+def add_recipe_arguments(p) -> None:
+    """The drug head and its settings, the epochs, the adaptation (both commands, the same words)."""
+    p.add_argument("--head", choices=HEADS, default="linear",
+                   help="linear: the ensemble of linear heads (default); scatd: the original head (fc3-bn3-swish-fc4), "
+                        "one model, head epochs chosen by CV, then fine-tuning with MMD")
+    p.add_argument("--members", type=positive_int,
+                   help=f"backbones in the ensemble (linear head; default {DEFAULTS.members})")
+    p.add_argument("--head-c", type=float,
+                   help=f"inverse L2 strength of the linear heads (default {DEFAULTS.head_c})")
+    p.add_argument("--head-inputs", choices=HEAD_INPUTS,
+                   help="what the linear heads see: latent+input (default: the latent mean and the standardised "
+                        "genes) or latent")
+    p.add_argument("--epochs", type=positive_int,
+                   help="scatd head: most head epochs on the frozen encoder; the CV picks how many "
+                        f"(default {DEFAULTS.epochs}); the linear heads have none")
+    p.add_argument("--finetune-epochs", type=int,
+                   help=f"scatd head: then epochs fine-tuning the encoder (default {DEFAULTS.finetune_epochs})")
+    p.add_argument("--pretrain-epochs", type=int,
+                   help=f"backbone pretraining epochs (default {DEFAULTS.pretrain_epochs})")
+    p.add_argument("--mmd-weight", type=float,
+                   help=f"scatd head: weight of the bulk-target MMD loss (default {DEFAULTS.mmd_weight})")
+    p.add_argument("--no-adaptation", action="store_true",
+                   help="never use the target for training (the no-adaptation baseline)")
+
+
+def recipe_settings(args, settings: TrainSettings | None = None) -> TrainSettings:
+    """``settings`` (default :class:`TrainSettings`) with the recipe options given on the command line."""
+    s = replace(settings or TrainSettings(), head=args.head)
+    for key, option in OPTIONS.items():
+        value = getattr(args, key, None)
+        if value is None or key == "head":
+            continue
+        if not isinstance(value, str) and value < 0:
+            raise ScatdError(f"{option} must not be negative, got {value}.")
+        s = replace(s, **{key: value})
+    return s
+
+
+def note_unused(args, settings: TrainSettings, *, backbone_given: bool = False, few_shot: bool = False) -> list[str]:
+    """Say (``note: ...``) which recipe options given have no effect with the chosen head, and why;
+    the training does not record them among the model's settings. Returns the notes."""
+    unused = unused_settings(settings.head, backbone_given=backbone_given, adaptation=not args.no_adaptation,
+                             few_shot=few_shot)
+    by_reason: dict[str, list[str]] = {}
+    for key, option in OPTIONS.items():
+        if key in unused and getattr(args, key, None) is not None:
+            by_reason.setdefault(unused[key], []).append(option)
+    notes = []
+    for reason, options in by_reason.items():
+        names = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} and {options[-1]}"
+        verb = "has" if len(options) == 1 else "have"
+        notes.append(f"{names} {verb} no effect: {reason}; not recorded among the model's settings.")
+    if getattr(args, "target_resistant_value", None) is not None and not getattr(args, "target_labels", None):
+        notes.append("--target-resistant-value has no effect: it says which value of the --target-labels column "
+                     "means resistant, and no --target-labels was given.")
+    for note in notes:
+        say(f"note: {note}")
+    return notes
