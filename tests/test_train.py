@@ -1104,3 +1104,16 @@ def test_train_panel_records_its_input_names_and_source(tmp_path):
     assert prov["labels"]["name"] == "labels from GDSC_IC50.csv" and prov["labels"]["from_ic50"]["threshold"] == -1.5
     assert prov["source"] == "trained by scATD Studio (scatd train-panel)"
 
+
+def test_with_labelled_target_cells_the_card_says_what_its_bulk_cv_row_scores(tmp_path):
+    """QA: with few-shot labels the bulk-CV row "this model" scores the bulk-only recipe (its
+    out-of-fold heads are fitted on the bulk folds alone); the card says so."""
+    bulk, labels, _ = synthetic()
+    target = shifted_target()
+    _, rep = _train(tmp_path, bulk, labels, target, settings=replace(TINY, members=1),
+                    few_shot_labels=_few_labels(target))
+    bulk_cv = next(e for e in rep["card"]["evaluations"] if e["name"] == "bulk_cv")
+    assert "With 10 labelled target cells" in bulk_cv["note"] and "bulk folds alone" in bulk_cv["note"]
+    assert bulk_cv["note"] in card_lines(rep["card"])
+    _, plain = _train(tmp_path, bulk, labels, target, "plain", settings=replace(TINY, members=1))
+    assert "note" not in next(e for e in plain["card"]["evaluations"] if e["name"] == "bulk_cv")

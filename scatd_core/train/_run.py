@@ -226,7 +226,7 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
 
     bulk_preds = {cards.MODEL: fit.oof, **{title: out_of_fold(key) for key, title in names.items()}}
     evaluations = [cards.evaluation("bulk_cv", f"Bulk cell lines, {len(splits)}-fold cross-validation", y,
-                                    bulk_preds, seed=seed, note=fit.cv.get("note"))]
+                                    bulk_preds, seed=seed, note=_bulk_cv_note(fit, few))]
     if truth is not None:
         held = np.isfinite(truth)
         if few is not None:
@@ -554,6 +554,16 @@ def train_drug_model(
     if progress is not None:
         progress(1.0, f"Saved {bundle.name} to {bundle.path}")
     return bundle, report
+
+
+def _bulk_cv_note(fit: Fitted, few: FewShot | None) -> str | None:
+    """The bulk cross-validation's note; with labelled target cells, what its 'this model' row scores."""
+    parts = [fit.cv.get("note")]
+    if few is not None:
+        parts.append(f"With {len(few.rows)} labelled target cells, the bulk cross-validation's '{cards.MODEL}' is "
+                     "the recipe fitted on the bulk folds alone (the same recipe without the labelled cells): the "
+                     "labelled cells are target cells, so it cannot score them; the target rows show what they add.")
+    return " ".join(p for p in parts if p) or None
 
 
 def _name_inputs(provenance: dict[str, dict], names: dict[str, str] | None) -> None:
