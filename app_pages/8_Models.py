@@ -31,7 +31,8 @@ carded = {str(e.path): e.bundle for e in entries if e.ok and (e.bundle.manifest.
 if carded:
     st.subheader("Model card")
     chosen = st.selectbox("Model", list(carded), key="model_card_choice",
-                          format_func=ui.detached(lambda p: f"{carded[p].title} ({Path(p).name})"))
+                          format_func=ui.detached(lambda p: (f"{carded[p].name} · " if carded[p].name != Path(p).name
+                                                             else "") + f"{carded[p].title} ({Path(p).name})"))
     if carded[chosen].manifest.get("card"):
         ui.show_card(carded[chosen].manifest["card"], key="model_card_figure")
     else:  # an imported checkpoint: no training data to compare with, so a short card

@@ -1243,13 +1243,20 @@ def show_card(card: dict, key: str) -> None:
     """A model card: what the model is and was trained on, its scores next to the baselines'
     (table and figure), the verdicts, and what its default threshold means."""
     from scatd_core import pl
-    from scatd_core.card import card_table, few_shot_line
+    from scatd_core.card import card_details, card_table, few_shot_line
 
     st.markdown(md(card["model"]["description"]))
     st.caption(md(card["data"]["summary"]))
     if few_shot_line(card):
         st.caption(md(few_shot_line(card)))
+    details = card_details(card)
+    if details:
+        with st.expander("Data, genes and settings"):
+            st.markdown("\n".join(f"- {md(line)}" for line in details))
     st.dataframe(card_table(card), hide_index=True)
+    for ev in card["evaluations"]:
+        if ev.get("note"):
+            st.caption(md(ev["note"]))
     st.plotly_chart(pl.card_figure(card), key=key)
     for ev in card["evaluations"]:
         for text in ev["verdicts"]:

@@ -149,6 +149,7 @@ def card_lines(card: dict) -> list[str]:
         lines.append(data["summary"])
     if few_shot_line(card):
         lines.append(few_shot_line(card))
+    lines += card_details(card)
     for ev in card.get("evaluations", []):
         model = next(r for r in ev["scores"] if r["model"] == MODEL)
         lines.append(f"{ev['title']} ({ev['n']} samples, {ev['n_resistant']} resistant): this model AUROC "
@@ -159,4 +160,48 @@ def card_lines(card: dict) -> list[str]:
         lines += ev["verdicts"]
     if card.get("calibration"):
         lines.append(card["calibration"])
+    return lines
+
+
+#: Settings named first when a card lists them (the others follow in their recorded order).
+_FIRST_SETTINGS = ("head", "folds", "seed", "members", "head_c", "head_inputs", "pretrain_epochs", "epochs",
+                   "finetune_epochs", "mmd_weight")
+
+
+def _input(what: str, entry: dict | None) -> str | None:
+    if not entry:
+        return None
+    name = entry.get("file") or entry.get("name") or "given as data"
+    sha = entry.get("sha256")
+    hashed = ("" if not sha else f"sha256 {sha[:12]}" + (" of its values" if entry.get("of") == "values" else
+                                                         " of the table" if entry.get("of") == "table" else ""))
+    ic50 = entry.get("from_ic50")
+    if ic50:
+        source = (ic50.get("files") or {}).get("ic50")
+        hashed += ("; " if hashed else "") + (f"from ln(IC50){f' ({source})' if source else ''} with threshold "
+                                              f"{ic50['threshold']:g}: below it sensitive")
+    return f"{what} {name}" + (f" ({hashed})" if hashed else "")
+
+
+def card_details(card: dict) -> list[str]:
+    """What the card records besides its scores: the data files with their hashes, the genes and
+    the settings used (and those the recipe did not use). Empty for cards that record none."""
+    data, lines = card.get("data") or {}, []
+    inputs = [_input(what, data.get(key)) for what, key in (("bulk", "bulk"), ("labels", "labels"),
+                                                              ("target", "target"))]
+    if any(inputs):
+        lines.append("Data: " + ", ".join(i for i in inputs if i) + ".")
+    genes = data.get("genes")
+    if genes and genes.get("n"):
+        first = list(genes.get("first") or [])[:10]
+        more = genes["n"] - len(first)
+        lines.append(f"Genes: {genes['n']:,}" + (f" ({', '.join(map(str, first))}" + (f" and {more:,} more)"
+                                                                                     if more > 0 else ")")
+                                                  if first else "") + ".")
+    settings = card.get("settings") or {}
+    if settings:
+        order = [k for k in _FIRST_SETTINGS if k in settings] + [k for k in settings if k not in _FIRST_SETTINGS]
+        shown = ", ".join(f"{k} {settings[k]}" for k in order)
+        unused = card.get("settings_not_used") or {}
+        lines.append(f"Settings: {shown}." + (f" Not used by this recipe: {', '.join(unused)}." if unused else ""))
     return lines

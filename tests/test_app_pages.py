@@ -774,7 +774,7 @@ def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch)
 
 
 def test_model_library_shows_each_trained_models_card(empty_library):
-    from test_card import _card
+    from test_card import _full_card
     from test_ensemble import _ensemble
 
     from scatd_core.bundle import save_bundle
@@ -782,9 +782,13 @@ def test_model_library_shows_each_trained_models_card(empty_library):
     model = _ensemble()
     save_bundle(empty_library / "carded", model.stacked_state_dict(), model.arch, drug="DRUGX",
                 genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize", threshold=0.5,
-                extra={"card": _card()})
+                name="Lab model", extra={"card": _full_card()})
     at = start()
     goto(at, "8_Models")
+    assert at.selectbox(key="model_card_choice").options[0].startswith("Lab model · DRUGX")  # its display name
+    details = next(e for e in at.expander if e.label == "Data, genes and settings").markdown[0].value
+    assert "bulk ccle.csv" in details and "sha256 aaaaaaaaaaaa of its values" in details
+    assert "head linear, folds 5, seed 3" in details
     library = at.dataframe[0].value
     assert library["members"].tolist() == [3]
     assert library["target AUROC (model / LR / GB)"].iloc[0].count("/") == 1  # this card has one baseline

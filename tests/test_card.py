@@ -129,3 +129,49 @@ def test_every_auprc_of_the_card_shows_its_chance_level():
     old = {**card, "evaluations": [{k: v for k, v in ev.items() if k != "auprc_chance"}]}  # a card saved before
     assert cards.auprc_chance(old["evaluations"][0]) == 0.75
     assert list(cards.card_table(old)["AUPRC by chance (share resistant)"]) == ["0.750", "0.750"]
+
+
+def _full_card():
+    card = _card()
+    card["data"].update({
+        "bulk": {"name": "ccle.csv", "sha256": "a" * 64, "of": "values"},
+        "labels": {"file": "labels.csv", "sha256": "b" * 64,
+                   "from_ic50": {"threshold": 0.25, "files": {"ic50": "GDSC_IC50.csv"}}},
+        "target": {"file": "tumour.h5ad", "sha256": "c" * 64},
+        "genes": {"n": 697, "first": [f"G{i}" for i in range(20)]}})
+    card["settings"] = {"pretrain_epochs": 100, "members": 10, "head": "linear", "folds": 5, "seed": 3}
+    card["settings_not_used"] = {"epochs": "the default linear heads ...", "mmd_weight": "..."}
+    return card
+
+
+def test_the_card_shows_its_data_with_hashes_genes_and_settings():
+    """QA: README says the card shows "data and hashes, genes, labels, settings"; it showed none."""
+    card = _full_card()
+    details = cards.card_details(card)
+    assert details[0] == ("Data: bulk ccle.csv (sha256 aaaaaaaaaaaa of its values), labels labels.csv (sha256 "
+                          "bbbbbbbbbbbb; from ln(IC50) (GDSC_IC50.csv) with threshold 0.25: below it sensitive), "
+                          "target tumour.h5ad (sha256 cccccccccccc).")
+    assert details[1] == "Genes: 697 (G0, G1, G2, G3, G4, G5, G6, G7, G8, G9 and 687 more)."
+    assert details[2] == ("Settings: head linear, folds 5, seed 3, members 10, pretrain_epochs 100. "
+                          "Not used by this recipe: epochs, mmd_weight.")
+    lines = cards.card_lines(card)
+    assert lines[1] == card["data"]["summary"] and lines[2:5] == details
+    assert cards.card_details(_card()) == []  # a card that records none: nothing made up
+
+
+def test_models_list_and_card_show_the_display_name(tmp_path, capsys):
+    from test_ensemble import _ensemble
+
+    from scatd_core.bundle import save_bundle
+    from scatd_core.cli import main
+
+    model = _ensemble()
+    save_bundle(tmp_path / "lib" / "carded", model.stacked_state_dict(), model.arch, drug="DRUGX",
+                genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize", threshold=0.5,
+                name="Lab model for tumour A", extra={"card": _full_card()})
+    assert main(["models", "list", "--library", str(tmp_path / "lib")]) == 0
+    assert capsys.readouterr().out.startswith("carded\tLab model for tumour A · DRUGX")
+    assert main(["models", "card", "carded", "--library", str(tmp_path / "lib")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Model card: Lab model for tumour A · DRUGX") and "Settings: head linear" in out
+    assert "AUPRC by chance" in out

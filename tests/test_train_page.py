@@ -86,6 +86,8 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
                                                                                        "tumour.h5ad")
     assert prov["source"] == "trained by scATD Studio (the Train page)"
     assert "target cells (tumour.h5ad" in result["report"]["card"]["data"]["summary"]
+    details = next(e for e in at.expander if e.label == "Data, genes and settings")
+    assert "bulk bulk.csv" in details.markdown[0].value and "head linear" in details.markdown[0].value
     assert len(at.get("plotly_chart")) == 2  # the model card's AUROCs, pretraining losses
     # the model card: the baselines next to the model, and a verdict for each
     shown = at.dataframe[0].value

@@ -63,11 +63,17 @@ def card(args) -> int:
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
-    print(f"Model card: {bundle.title} ({path.name})")
+    print(f"Model card: {_named(bundle)} ({path.name})")
     for line in card_lines(found):
         print(f"  {line}")
     print(card_table(found).to_string(index=False))
     return 0
+
+
+def _named(bundle) -> str:
+    """The display name (``--name``) and, when it does not say it already, the drug and backbone."""
+    name, title = bundle.name, bundle.title
+    return title if not name or name == bundle.path.name else f"{name} · {title}"
 
 
 def show(args) -> int:
