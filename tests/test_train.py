@@ -1117,3 +1117,22 @@ def test_with_labelled_target_cells_the_card_says_what_its_bulk_cv_row_scores(tm
     assert bulk_cv["note"] in card_lines(rep["card"])
     _, plain = _train(tmp_path, bulk, labels, target, "plain", settings=replace(TINY, members=1))
     assert "note" not in next(e for e in plain["card"]["evaluations"] if e["name"] == "bulk_cv")
+
+
+def test_duplicated_bulk_ids_renamed_by_the_reader_are_warned_about(tmp_path):
+    """QA: duplicated bulk cell-line IDs were renamed by the reader (ACH-...-1) and then silently
+    counted as samples without a label."""
+    from scatd_core import io
+
+    bulk, labels, target = synthetic()
+    frame = pd.DataFrame(bulk.X, index=bulk.obs_names, columns=bulk.var_names)
+    pd.concat([frame, frame.iloc[3:7]]).to_csv(tmp_path / "bulk_dup.csv")
+    dup = io.read(tmp_path / "bulk_dup.csv")
+    data = prepare_training_data(dup, labels, "DRUGA", target)
+    (warning,) = data.report["warnings"]
+    assert warning.startswith("4 bulk sample(s) repeat an ID of another sample, e.g. ACH-000003 (copy renamed "
+                              "ACH-000003-1)") and "count as samples without a label" in warning
+    assert data.report["bulk"]["n_renamed_duplicates"] == 4
+    assert prepare_training_data(bulk, labels, "DRUGA", target).report["warnings"] == []
+    _, rep = _train(tmp_path, dup, labels, target, settings=replace(TINY, members=1))
+    assert warning in rep["warnings"] and warning in rep["card"]["warnings"]

@@ -154,6 +154,7 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
     y = labelled.loc[[bulk_names[r] for r in keep]].map(LABEL_MAPPING).to_numpy(dtype=np.int64)
     report["labels"]["n_unusable_bulk"] = int(len(labelled) - len(keep))
     report["bulk"] = {"n_samples": int(bulk.n_obs), "n_used_for_pretraining": int(len(b_rows)), **b_reasons}
+    report["warnings"] = _renamed_duplicates(bulk, report)
     report["target"] = {"n_cells": int(target.n_obs), "n_used": int(len(t_rows)), **t_reasons}
     n_min = int(min((y == 0).sum(), (y == 1).sum()))
     if n_min < 2:
@@ -164,6 +165,24 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
                         [str(target.obs_names[i]) for i in t_rows], style_mean, style_std, report)
 
 
+
+
+def _renamed_duplicates(bulk: ad.AnnData, report: dict) -> list[str]:
+    """A warning when the reader renamed duplicated bulk sample IDs (``ID-1``, ``ID-2``...): only the
+    first of each is matched to its label, the copies count as samples without a label."""
+    from scatd_core._keys import ORIGINAL_CELL_ID
+
+    if ORIGINAL_CELL_ID not in bulk.obs:
+        return []
+    original = bulk.obs[ORIGINAL_CELL_ID].astype(str).to_numpy()
+    renamed = [(o, str(n)) for o, n in zip(original, bulk.obs_names) if o != str(n)]
+    if not renamed:
+        return []
+    report["bulk"]["n_renamed_duplicates"] = len(renamed)
+    examples = ", ".join(f"{o} (copy renamed {n})" for o, n in renamed[:3])
+    return [f"{len(renamed):,} bulk sample(s) repeat an ID of another sample, e.g. {examples}. Only the first sample "
+            "of each ID is matched to its label; the renamed copies count as samples without a label (used for "
+            "pretraining only). Keep one row per cell line in the bulk file (or average the copies)."]
 
 
 def read_if_path(obj, what: str):

@@ -429,6 +429,7 @@ def train_drug_model(
                                  backbone_genes=bb_bundle.genes if bb_bundle is not None else None,
                                  target_mask=target_mask_of(target_ad, target_mask))
     report = dict(data.report)
+    warnings += report.pop("warnings", [])  # from the data (e.g. duplicated bulk IDs)
     few = _few_shot(few_shot_labels, data, warnings)
     truth = _target_truth(target_ad, target_label_column, target_resistant_value, data)
     if target_ad.n_obs < 50:
