@@ -1130,7 +1130,7 @@ def test_duplicated_bulk_ids_renamed_by_the_reader_are_warned_about(tmp_path):
     dup = io.read(tmp_path / "bulk_dup.csv")
     data = prepare_training_data(dup, labels, "DRUGA", target)
     (warning,) = data.report["warnings"]
-    assert warning.startswith("4 bulk sample(s) repeat an ID of another sample, e.g. ACH-000003 (copy renamed "
+    assert warning.startswith("4 bulk sample(s) have a duplicated ID, e.g. ACH-000003 (copy renamed "
                               "ACH-000003-1)") and "count as samples without a label" in warning
     assert data.report["bulk"]["n_renamed_duplicates"] == 4
     assert prepare_training_data(bulk, labels, "DRUGA", target).report["warnings"] == []

@@ -180,7 +180,7 @@ def _renamed_duplicates(bulk: ad.AnnData, report: dict) -> list[str]:
         return []
     report["bulk"]["n_renamed_duplicates"] = len(renamed)
     examples = ", ".join(f"{o} (copy renamed {n})" for o, n in renamed[:3])
-    return [f"{len(renamed):,} bulk sample(s) repeat an ID of another sample, e.g. {examples}. Only the first sample "
+    return [f"{len(renamed):,} bulk sample(s) have a duplicated ID, e.g. {examples}. Only the first sample "
             "of each ID is matched to its label; the renamed copies count as samples without a label (used for "
             "pretraining only). Keep one row per cell line in the bulk file (or average the copies)."]
 
