@@ -17,6 +17,7 @@ wraps the installed Streamlit (1.67 here).
 
 from __future__ import annotations
 
+import sys
 import threading
 
 #: Files a session may hold at once: the pages' uploaders (data, bulk and target for training,
@@ -26,31 +27,47 @@ MAX_FILES_PER_SESSION = 10
 #: Train page and a checkpoint.
 LARGE_FILES_PER_SESSION = 4
 
-_ALLOWED: set[str] = set()
-_LOCK = threading.Lock()
+def _shared() -> tuple[set[str], threading.Lock]:
+    """The sessions allowed to keep uploads, and their lock: one set per process, kept on
+    Streamlit's upload store class. Streamlit imports the app's modules again when their files
+    change (its file watcher, e.g. after a ``git pull`` under a running server); a set of this
+    module's own would then start empty in the new import while the guard installed by the first
+    import went on checking the old one, refusing every upload (403) of every user."""
+    try:
+        from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager as holder
+    except ImportError:  # no such store: nothing is wrapped, the set is this module's own
+        holder = sys.modules[__name__]
+    shared = getattr(holder, "_scatd_allowed_sessions", None)
+    if shared is None:
+        shared = (set(), threading.Lock())
+        holder._scatd_allowed_sessions = shared
+    return shared
 
 
 def allow(session_id: str | None) -> None:
     """Let this Streamlit session keep uploads (it is signed in, or the server needs no login)."""
     if session_id:
-        with _LOCK:
-            _ALLOWED.add(str(session_id))
+        allowed, lock = _shared()
+        with lock:
+            allowed.add(str(session_id))
 
 
 def disallow(session_id: str | None) -> None:
     """This session may no longer keep uploads (logged out), and what it holds is dropped."""
     if not session_id:
         return
-    with _LOCK:
-        _ALLOWED.discard(str(session_id))
+    allowed, lock = _shared()
+    with lock:
+        allowed.discard(str(session_id))
     manager = _manager()
     if manager is not None:
         manager.remove_session_files(str(session_id))
 
 
 def is_allowed(session_id: str) -> bool:
-    with _LOCK:
-        return str(session_id) in _ALLOWED
+    allowed, lock = _shared()
+    with lock:
+        return str(session_id) in allowed
 
 
 def current_session_id() -> str | None:

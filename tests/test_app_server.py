@@ -651,6 +651,37 @@ def test_uploads_are_kept_only_for_signed_in_sessions_and_bounded_per_session(mo
         uploads.disallow("alice")
 
 
+def test_the_upload_guard_sees_sessions_allowed_after_the_app_modules_were_imported_again():
+    """Streamlit imports the app's modules again when their files change (its file watcher, e.g. a
+    git pull under a running server). The guard installed by the first import must see the sessions
+    the new import allows; QA: with a set per import, every user's upload was refused (403)."""
+    import importlib.util
+
+    from starlette.exceptions import HTTPException
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    from scatd_app import uploads
+
+    assert uploads.install()
+    spec = importlib.util.spec_from_file_location("scatd_app_uploads_again", uploads.__file__)
+    again = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(again)  # what the file watcher's re-import gives the pages
+    manager = MemoryUploadedFileManager("/upload")
+    record = UploadedFileRec("f", "x.h5ad", "application/octet-stream", b"x" * 10)
+    with pytest.raises(HTTPException):
+        manager.add_file("bob", record)
+    again.allow("bob")  # the re-imported auth allows the session...
+    try:
+        manager.add_file("bob", record)  # ...and the guard installed before the re-import sees it
+        assert uploads.is_allowed("bob") and "f" in manager.file_storage["bob"]
+        again.install()  # installing again keeps one guard
+        assert not getattr(MemoryUploadedFileManager.add_file.__wrapped__, "_scatd_guard", False)
+    finally:
+        again.disallow("bob")
+    assert not uploads.is_allowed("bob")
+
+
 _FREEZE_PROBE = """
 import gc, sys, weakref
 from scatd_app import ui
