@@ -141,14 +141,14 @@ class _Batcher:
     def __init__(self, size: int, dev: torch.device):
         self.size, self.dev, self.lowered_to = int(size), dev, None
 
-    def run(self, fn, x, first_row: int) -> list[np.ndarray]:
-        """``fn(x[start:stop], first_row + start)`` over row slices of ``x`` (an ndarray or a scipy
-        sparse matrix), the outputs concatenated."""
+    def run(self, fn, x, rows: np.ndarray) -> list[np.ndarray]:
+        """``fn(x[start:stop], rows[start:stop])`` over row slices of ``x`` (an ndarray or a scipy
+        sparse matrix; ``rows`` the absolute row of each of its rows), the outputs concatenated."""
         outs, start, n = [], 0, x.shape[0]
         while start < n:
             stop = min(start + self.size, n)
             try:
-                outs.append(fn(x[start:stop], first_row + start))
+                outs.append(fn(x[start:stop], rows[start:stop]))
             except torch.OutOfMemoryError:
                 if self.size == 1:
                     raise DeviceError(f"{device_description(self.dev)} ran out of memory on a single cell.",
@@ -160,6 +160,89 @@ class _Batcher:
                 continue
             start = stop
         return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+#: Sample mode's noise comes in tiles of this many consecutive rows of the input (aligned: rows
+#: ``[k * NOISE_BLOCK_ROWS, (k + 1) * NOISE_BLOCK_ROWS)``) by this many consecutive draws, each tile
+#: from its own generator (:class:`_SampleNoise`).
+NOISE_BLOCK_ROWS = 64
+NOISE_BLOCK_DRAWS = 10
+_M32, _M64 = (1 << 32) - 1, (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: 64 well-mixed bits of a 64-bit integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _mix32(x: int) -> int:
+    """A bijection of 32-bit integers that mixes their bits (xorshift-multiply)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+class _SampleNoise:
+    """The standard normal noise of sample mode, a function of (seed, absolute row, draw) only.
+
+    The noise of row ``r``'s draw ``s`` is element ``[r % R, s % D]`` of
+    ``torch.randn((R, D, latent_dim))`` from a generator seeded with :meth:`key` ``(r // R, s // D)``
+    (``R``, ``D``: :data:`NOISE_BLOCK_ROWS`, :data:`NOISE_BLOCK_DRAWS`). The tiles are aligned to
+    the rows of the input, not to a batch, so a cell gets the same draws whatever the batch size
+    (chosen from the device's free memory, lowered after an out-of-memory error), the QC mask of
+    the other cells and the Ray shards; and a run with more draws starts with the draws of a run
+    with fewer. Generating a tile at a time keeps the noise as fast as one generator per batch: a
+    generator call per tile, each filling ``R x D x latent_dim`` numbers (a tile a batch only
+    partly covers is generated whole, the rows it needs kept).
+
+    The generator is torch's on the device (CUDA: Philox, keyed by all 64 bits of the key; CPU:
+    Mersenne Twister, which keeps the key's low 32 bits, here a bijection of the tile's index, so
+    the tiles of one run get distinct streams up to 2**22 row blocks and 10,240 draws); other
+    devices take the CPU's noise. CPU and CUDA noise differ, as torch's generators do.
+    """
+
+    #: tile index -> key: ``row_block * _GROUP_STRIDE + draw_group``
+    _GROUP_STRIDE = 1024
+
+    def __init__(self, seed: int, dev: torch.device):
+        self.base = _mix64(int(seed) & _M64)
+        self.dev = dev
+        self.gen_dev = dev if dev.type == "cuda" else torch.device("cpu")
+        self.gen = torch.Generator(device=self.gen_dev)
+        self._buffer = torch.empty(0)  # reused from call to call (a fresh one costs its page faults again)
+
+    def key(self, block: int, group: int) -> int:
+        """The generator seed of a tile: distinct for distinct tiles of one seed in its low 32 bits."""
+        x = (int(block) * self._GROUP_STRIDE + int(group)) & _M64
+        return ((_mix64(self.base ^ x) >> 32) << 32) | _mix32((x + self.base) & _M32)
+
+    def __call__(self, rows: np.ndarray, group: int, dim: int) -> torch.Tensor:
+        """``[len(rows), NOISE_BLOCK_DRAWS, dim]`` float32: the noise of draws
+        ``group * NOISE_BLOCK_DRAWS`` onwards of the cells at absolute ``rows`` (in increasing order),
+        valid until the next call."""
+        size, n = NOISE_BLOCK_ROWS, len(rows)
+        if n > 1 and not (np.diff(rows) > 0).all():
+            raise ValueError("the rows of sample-mode noise must be distinct and in order")
+        if self._buffer.numel() < n * NOISE_BLOCK_DRAWS * dim:
+            self._buffer = torch.empty(n * NOISE_BLOCK_DRAWS * dim, dtype=torch.float32, device=self.gen_dev)
+        out = self._buffer[:n * NOISE_BLOCK_DRAWS * dim].view(n, NOISE_BLOCK_DRAWS, dim)
+        blocks = rows // size
+        edges = np.flatnonzero(np.diff(blocks)) + 1  # runs of rows in one block
+        for start, stop in zip(np.r_[0, edges], np.r_[edges, n]):
+            block = int(blocks[start])
+            self.gen.manual_seed(self.key(block, group))
+            if stop - start == size:  # the whole block: its rows are its tile's, in order
+                torch.randn((size, NOISE_BLOCK_DRAWS, dim), generator=self.gen, out=out[start:stop])
+            else:
+                tile = torch.randn((size, NOISE_BLOCK_DRAWS, dim), generator=self.gen, device=self.gen_dev)
+                at = torch.from_numpy(np.asarray(rows[start:stop] - block * size, dtype=np.int64)).to(self.gen_dev)
+                torch.index_select(tile, 0, at, out=out[start:stop])
+        return out.to(self.dev) if self.dev != self.gen_dev else out
 
 
 def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, seed: int, dev: torch.device,
@@ -175,8 +258,9 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
     latent = np.full((n, model.arch.latent_dim), np.nan, dtype=np.float32)
     precision = None
     batcher = _Batcher(inputs.batch_size, dev)
+    noise_of = _SampleNoise(seed, dev) if mode == "sample" else None
 
-    def forward(x, first: int):
+    def forward(x, rows: np.ndarray):
         nonlocal precision
         xt = batch_tensor(x, dev)
         if precision is None:
@@ -191,12 +275,14 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
                 # the ensemble predicts with the mean logit; the members' spread is its uncertainty
                 each = torch.softmax(model.member_logits(mu, xt).float(), dim=2)[:, :, k_pos].double()
                 return mu.cpu().numpy(), p.cpu().numpy(), each.std(0, unbiased=True).cpu().numpy()
-            gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + int(first))
             std = torch.exp(0.5 * logvar)
             draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
-            for s in range(n_samples):
-                eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
-                draws[s] = torch.softmax(model.classifier(mu + eps * std, xt).float(), dim=1)[:, k_pos].double()
+            for group in range(-(-n_samples // NOISE_BLOCK_DRAWS)):
+                noise = noise_of(rows, group, mu.shape[1])
+                first = group * NOISE_BLOCK_DRAWS
+                for s in range(first, min(first + NOISE_BLOCK_DRAWS, n_samples)):
+                    z = mu + noise[:, s - first] * std
+                    draws[s] = torch.softmax(model.classifier(z, xt).float(), dim=1)[:, k_pos].double()
             return mu.cpu().numpy(), draws.mean(0).cpu().numpy(), draws.std(0, unbiased=True).cpu().numpy()
 
     with torch.inference_mode():
@@ -204,7 +290,7 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
             if should_stop is not None and should_stop():
                 raise Cancelled("Prediction cancelled; nothing was changed.")
             if len(rows):
-                out = batcher.run(forward, x, int(rows[0]) + inputs.row_offset)
+                out = batcher.run(forward, x, np.asarray(rows, dtype=np.int64) + inputs.row_offset)
                 latent[rows] = out[0]
                 probs[rows] = out[1]
                 if sds is not None:
@@ -291,7 +377,9 @@ def predict(
         ``"mean"`` (default): classify the latent mean; deterministic. ``"sample"``:
         ``n_samples`` seeded re-parameterised draws per cell; mean and sd of P(resistant).
     seed
-        Seed of the sample-mode draws (the same seed and batch size give the same numbers).
+        Seed of the sample-mode draws. A cell's draws depend only on the seed, its row in
+        ``adata`` and the draw number (:class:`_SampleNoise`): not on the batch size, the
+        device's memory, the QC mask of other cells or a Ray shard split.
     device
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     batch_size
