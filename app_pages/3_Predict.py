@@ -6,7 +6,7 @@ from scatd_app import jobs, session, state, ui
 from scatd_core import foundation, pl, scaleout
 from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
-from scatd_core.predict import estimate_seconds, lowered_batch_message, predict, store, summary
+from scatd_core.predict import estimate_seconds, lowered_batch_message, score, store, summary
 
 ss = st.session_state
 st.title("3 · Predict")
@@ -79,25 +79,29 @@ if not current and not clicked:
         ahead_note.caption(f"Computing in the background since the data and model were ready ({ahead.fraction:.0%} "
                            "done): Run prediction shows the results as soon as they are complete.", help=AHEAD_HELP)
 if clicked:
+    # The results of an earlier prediction stay as they are until the new ones are complete: a run
+    # stopped (Cancel, leaving the page, a reload) or failing changes nothing.
     try:
         with ui.long_run(state.PREDICT_RUNNING, "Preparing the model input…", "btn_cancel_predict") as bar:
             ahead = ui.take_prediction_ahead(token, bar)  # computed ahead for these very settings, if it was
-            state.invalidate("prediction")
-            if ahead is not None:
-                store(adata, bundle, ahead.scores)
-                ui.adopt_ahead_embedding(ahead, token)  # and its UMAP, if one followed it
-            else:
+            scores = ahead.scores if ahead is not None else None
+            if ahead is None:
                 with jobs.computing("the prediction", cancel_button=False):
                     show = with_eta(ui.progress_to(bar))
                     run_args = dict(mask=mask, mode=mode, n_samples=max(2, settings["n_samples"]), seed=int(seed),
                                     progress=show)
-                    if engine.use_ray:
+                    if engine.use_ray:  # writes its results into the data when all its parts are done
                         scaleout.predict_in_folder(adata, bundle, session.folder() / "scaleout", token, engine,
                                                    **run_args)
                     else:
-                        predict(adata, bundle, inputs=ui.model_inputs(adata, bundle), **run_args)
+                        scores = score(adata, bundle, inputs=ui.model_inputs(adata, bundle), **run_args)
+            # complete: the old prediction and what came from it go, the new one is written
+            state.invalidate("prediction", keep_result=scores is None)
+            if scores is not None:
+                store(adata, bundle, scores)
+            if ahead is not None:
+                ui.adopt_ahead_embedding(ahead, token)  # and its UMAP, if one followed it
     except Exception as exc:  # ScatdError: a message for the user; anything else: still no traceback
-        state.invalidate("prediction")
         ui.show_error(exc)
         ui.stop()
     ss[state.PREDICTION] = token

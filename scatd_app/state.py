@@ -99,11 +99,13 @@ def keep_widget_state() -> None:
             ss[key] = ss[key]
 
 
-def invalidate(level: str) -> None:
+def invalidate(level: str, *, keep_result: bool = False) -> None:
     """Forget ``level`` (``"data"`` or ``"prediction"``) and everything derived from it.
 
     Forgetting the prediction also removes it (and its UMAP, clusters and biomarkers) from the
-    session's AnnData, so no page can show results that do not match the current choices.
+    session's AnnData, so no page can show results that do not match the current choices. With
+    ``keep_result`` the prediction's own columns stay (a new prediction was just written there)
+    and only what came from the earlier one goes.
     """
     from scatd_core.predict import clear
 
@@ -116,7 +118,7 @@ def invalidate(level: str) -> None:
                 value.cancel()  # a prediction or UMAP computing for what is now forgotten: stop it
     adata = ss.get(ADATA)
     if adata is not None:
-        clear(adata)
+        clear(adata, derived_only=keep_result)
 
 
 def prediction_current(token: str) -> bool:
@@ -130,5 +132,8 @@ def has_panel() -> bool:
 
 
 def has_prediction() -> bool:
+    """Whether the session holds a prediction (its token, and its results in the data)."""
+    from scatd_core._keys import RUN
+
     ss = st.session_state
-    return ss.get(ADATA) is not None and ss.get(PREDICTION) is not None
+    return ss.get(ADATA) is not None and ss.get(PREDICTION) is not None and RUN in ss[ADATA].uns

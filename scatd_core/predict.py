@@ -766,16 +766,18 @@ def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, labe
     return threshold_info(adata, key_added=key_added)
 
 
-def clear(adata: ad.AnnData, *, key_added: str | None = None) -> None:
-    """Remove a prediction and what was computed from it (UMAP, clusters, biomarkers) from ``adata``."""
+def clear(adata: ad.AnnData, *, key_added: str | None = None, derived_only: bool = False) -> None:
+    """Remove a prediction and what was computed from it (UMAP, clusters, biomarkers) from
+    ``adata``; with ``derived_only``, only what was computed from it."""
     keys = result_keys(key_added)
-    for col in (keys.prob, keys.prob_sd, keys.label, keys.scored, _keys.CLUSTER, _keys.EXPLAINED):
+    own = () if derived_only else (keys.prob, keys.prob_sd, keys.label, keys.scored)
+    for col in (*own, _keys.CLUSTER, _keys.EXPLAINED):
         if col in adata.obs:
             del adata.obs[col]
-    for key in (keys.latent, _keys.UMAP, _keys.ATTRIBUTIONS, _keys.ATTRIBUTION_INPUTS):
+    for key in (*(() if derived_only else (keys.latent,)), _keys.UMAP, _keys.ATTRIBUTIONS, _keys.ATTRIBUTION_INPUTS):
         if key in adata.obsm:
             del adata.obsm[key]
-    for key in (keys.run, _keys.EMBED, _keys.BIOMARKERS):
+    for key in (*(() if derived_only else (keys.run,)), _keys.EMBED, _keys.BIOMARKERS):
         adata.uns.pop(key, None)
 
 

@@ -94,6 +94,46 @@ def run_prediction(at: AppTest) -> AppTest:
 
 # --------------------------------------------------------------------------------------------
 
+def test_a_new_prediction_that_fails_or_stops_leaves_the_earlier_results_as_they_were(with_library, monkeypatch):
+    """QA: Run prediction forgot the earlier prediction (its calibration, UMAP, biomarkers) before
+    the new one had produced anything, so a stopped or failed run left nothing, while the page said
+    "nothing was changed"; after a reload mid-run, Cells and Report crashed (KeyError 'scatd').
+    Now the earlier results go only when the new ones are complete."""
+    from scatd_core import predict as predict_module
+    from scatd_core.errors import InputError
+
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    run_prediction(at)
+    goto(at, "4_Cells")
+    at.button(key="btn_fraction").click().run()
+    adata = at.session_state[state.ADATA]
+    before = adata.obs["scatd_prob_resistant"].copy()
+    token, threshold = at.session_state[state.PREDICTION], dict(adata.uns["scatd"]["threshold"])
+    assert threshold["calibrated"] and "X_umap" in adata.obsm
+
+    def fails(*args, **kwargs):
+        kwargs["progress"](0.5, "half way")
+        raise InputError("The run broke half way.")
+
+    monkeypatch.setattr(predict_module, "score", fails)
+    goto(at, "3_Predict")
+    at.radio(key="predict_mode").set_value("sample").run()
+    at.button(key="btn_run_predict").click().run()
+    ok(at)
+    assert "The run broke half way" in text(at.error)
+    assert at.session_state[state.PREDICTION] == token and adata.uns["scatd"]["threshold"] == threshold
+    pd.testing.assert_series_equal(adata.obs["scatd_prob_resistant"], before)
+    assert "X_umap" in adata.obsm
+    goto(at, "4_Cells")
+    assert "Run a prediction first" not in text(at.info) and "Calibrated" in text(at.success)
+
+    # the safety net: a token whose results are not in the data is no prediction (no crash)
+    del adata.uns["scatd"]
+    goto(at, "6_Report")
+    assert "Run a prediction first" in text(at.info)
+
+
 def test_a_stopped_umap_waits_for_a_click_and_a_new_prediction_stops_the_old_one(with_library, monkeypatch):
     """Cancel during the Cells page's UMAP (``ui.decline_embedding``, the button's callback) stops
     the computation, also one running in the background, and the page does not start it again on
