@@ -1076,14 +1076,24 @@ def current_bundle():
         st.warning(f"The model you had chosen ({md(Path(path).name)}) is no longer in the model library: an "
                    "administrator removed it. Choose another model on the Model page; results already computed "
                    "with it stay as they are.", icon=":material/inventory_2:")
-        set_bundle(None)
+        _drop_chosen_model()
         return None
     try:
         return get_bundle(path)
     except ScatdError as exc:
         show_error(exc)
-        set_bundle(None)
+        _drop_chosen_model()
         return None
+
+
+def _drop_chosen_model() -> None:
+    """Forget the chosen model that can no longer be loaded, keeping the results computed with it
+    (their record names the model): a prediction ahead for it stops."""
+    ss = st.session_state
+    ss.pop(state.BUNDLE_PATH, None)
+    ahead = ss.pop(state.PREDICT_AHEAD, None)
+    if ahead is not None:
+        ahead.cancel()
 
 
 def sidebar(container, user=None) -> None:

@@ -1082,12 +1082,18 @@ def test_a_model_removed_while_chosen_is_said_without_a_server_path(tmp_path, mo
     at.session_state[state.BUNDLE_PATH] = str(library / "gone_drug")
     goto(at, "3_Predict")
     assert not at.error
+    at.button(key="btn_run_predict").click().run()
+    ok(at)
     shutil.rmtree(library / "gone_drug")  # an administrator removes it
-    goto(at, "3_Predict")
+    goto(at, "5_Biomarkers")
     shown = text(at.warning).replace("\\", "")  # markdown-escaped
     assert "no longer in the model library" in shown and "gone_drug" in shown
     assert str(library) not in shown + text(at.error) and not at.exception
     assert at.session_state.get(state.BUNDLE_PATH) in (None, "")
+    # "results already computed with it stay as they are": they do (QA: they were forgotten)
+    assert state.PREDICTION in at.session_state and "scatd" in at.session_state[state.ADATA].uns
+    goto(at, "6_Report")
+    assert "Run a prediction first" not in text(at.info) and not at.exception
 
 
 def test_prediction_ahead_waits_for_the_users_choice_of_model(with_library, tmp_path, monkeypatch):
