@@ -936,6 +936,9 @@ def read_upload(uploaded, orientation: str) -> None:
                 show_error(exc)
                 stop()
     elif kept and not ss.get(state.IS_DEMO) and done[0] == kept["id"] and done[1] != orientation:
+        if _orientation_changes_nothing(ss.get(state.ADATA), orientation):
+            ss["data_upload"] = [done[0], orientation]  # kept as it is, with everything computed from it
+            return
         source = kept  # the data now: read again in the orientation now chosen
     if source is None:
         return
@@ -959,6 +962,20 @@ def read_upload(uploaded, orientation: str) -> None:
     session.forget_other_uploads()
     if uploaded is not None:
         session.release_upload(uploaded.file_id)
+
+
+def _orientation_changes_nothing(adata, orientation: str) -> bool:
+    """Whether reading the session's data again in ``orientation`` would give the same data: its
+    format fixes the orientation (loom, 10x), or it was read in that orientation already.
+    Reading again would otherwise forget the prediction and everything computed from it."""
+    from scatd_core._keys import INPUT_REPORT
+
+    if adata is None:
+        return False
+    report = adata.uns.get(INPUT_REPORT, {})
+    if bool(report.get("orientation_fixed", False)):
+        return True
+    return orientation != "auto" and orientation == report.get("orientation")
 
 
 def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:

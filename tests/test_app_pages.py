@@ -408,6 +408,17 @@ def test_an_upload_is_read_from_the_sessions_folder_and_again_in_another_orienta
     assert metric(at, "Cells") == f"{adata.n_vars:,}" and metric(at, "Genes") == "40"  # read again, transposed
     assert at.session_state["data_upload"] == [kept["id"], "genes_x_cells"]
 
+    # choosing the orientation the data were read in (or one a 10x/loom file fixes) keeps them and
+    # what was computed from them (QA: any click on the radio read the file again and started over)
+    data = at.session_state[state.ADATA]
+    data.uns["scatd_input"]["orientation_fixed"] = True
+    at.radio(key="data_orientation").set_value("cells_x_genes").run()
+    ok(at)
+    assert at.session_state[state.ADATA] is data and metric(at, "Cells") == f"{adata.n_vars:,}"
+    del data.uns["scatd_input"]["orientation_fixed"]
+    at.radio(key="data_orientation").set_value("genes_x_cells").run()  # as read: nothing to do
+    assert at.session_state[state.ADATA] is data
+
     at.radio(key="data_orientation").set_value("auto")
     upload(at, "other.csv", frame.iloc[:25].to_csv().encode())
     assert metric(at, "Cells") == "25"

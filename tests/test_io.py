@@ -56,6 +56,9 @@ def test_every_format_reads_back_the_same_matrix(formats, counts, label):
     report = adata.uns[io.REPORT_KEY]
     assert report["value_type"] == "counts"
     assert report["orientation"] == "cells_x_genes" or label == "tsv.gz_genes_x_cells"
+    # the formats whose layout the orientation option cannot change say so (the Data page reads them once)
+    fixed = label.startswith(("10x", "mtx")) or label in ("loom", "zip", "tar.gz")
+    assert report.get("orientation_fixed", False) == fixed, (label, report.get("orientation_reason"))
     if label == "npy":
         assert list(adata.obs_names[:2]) == ["0", "1"] and adata.var_names[0] == "feature_0"
         return

@@ -334,7 +334,8 @@ def _read_10x_h5(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
 
 
 def _ignore_orientation(opts: Options, fmt: str) -> None:
-    opts.report.update(orientation="cells_x_genes", orientation_reason=f"fixed by the {fmt} format")
+    opts.report.update(orientation="cells_x_genes", orientation_reason=f"fixed by the {fmt} format",
+                       orientation_fixed=True)
     if opts.orientation == "genes_x_cells":
         opts.warnings.append(f"orientation='genes_x_cells' was ignored: the {fmt} format fixes the layout.")
 

@@ -158,7 +158,7 @@ def read_mtx(matrix: Path, opts: Options) -> ad.AnnData:
         var["gene_ids"] = ids
     if features.shape[1] > 2:
         var["feature_types"] = features.iloc[:, 2].astype(str).tolist()
-    opts.report.update(orientation="cells_x_genes",
+    opts.report.update(orientation="cells_x_genes", orientation_fixed=True,
                        orientation_reason="10x layout (genes x cells), matched by the feature and barcode counts"
                        if genes_by_cells else "the matrix is cells x genes (matched by the feature and barcode counts)")
     adata = ad.AnnData(X=X, obs=pd.DataFrame(index=[str(b) for b in barcodes]), var=var)
