@@ -392,3 +392,52 @@ def test_the_zero_baseline_is_named_for_what_it_is_for_each_model(small_bundles)
     title = explain(emb, sf, baseline="zero", n_steps=4, keep_top=None, differential_expression=False).info[
         "baseline_title"]
     assert "all-zero cell embedding" in title and "no expression" not in title
+
+
+def test_a_small_group_keeps_its_cells_up_to_a_minimum_and_the_size_stays():
+    from scatd_core.explain._explain import MIN_GROUP_CELLS, subsample_plan
+
+    take, share = subsample_plan([1980, 20], 100)
+    assert list(take) == [80, 20] and list(share) == [99, 1]  # kept whole, the stated size kept
+    take, share = subsample_plan([9950, 50], 100)
+    assert list(take) == [100 - MIN_GROUP_CELLS, MIN_GROUP_CELLS] and list(share) == [99, 1]
+    assert list(subsample_plan([300, 100], 40)[0]) == [30, 10]  # a group over its minimum: its share
+    assert list(subsample_plan([1990, 10], 12)[0]) == [9, 3]  # at most a quarter of a small subsample
+    labels = np.array(["resistant"] * 20 + ["sensitive"] * 1980)
+    idx = stratified_subsample(labels, 100, seed=0)
+    assert idx.size == 100 and (labels[idx] == "resistant").sum() == 20
+
+
+def test_a_rare_group_is_explained_with_a_de_test_and_the_overall_means_weighted(small_bundles):
+    adata, bundle = _small(small_bundles, n=120)
+    prob = adata.obs["scatd_prob_resistant"].to_numpy()
+    predict(adata, bundle, threshold=float(np.sort(prob)[-7]))  # the 6 most likely cells called resistant
+    is_res = (adata.obs["scatd_label"] == "resistant").to_numpy()
+    assert is_res.sum() == 6
+    e = explain(adata, bundle, max_cells=24, n_steps=8, keep_top=None, seed=1, store_result=False)
+    cells = e.info["cells"]
+    assert cells["n_explained"] == 24 and cells["n_resistant"] == 6 and cells["n_sensitive"] == 18
+    assert "resistant 6 of 6, all of them where a proportional share is 1" in cells["how"]
+    assert "weight each group by its share of the scored cells" in e.info["statement"]
+    assert e.info["differential_expression"]["method"] != "none"
+    # overall means: each group's mean weighted by its share of the scored cells (6 of 120, 114 of 120)
+    table = e.ranking.set_index("feature")
+    a = pd.DataFrame(e.attributions, columns=e.features, index=e.cells.index)
+    pos = (e.cells["label"] == "resistant").to_numpy()
+    want = 6 / 120 * a[pos].abs().mean() + 114 / 120 * a[~pos].abs().mean()
+    np.testing.assert_allclose(table.loc[want.index, "mean_abs_attribution"], want, rtol=2e-3, atol=1e-7)
+    plain = a.abs().mean()  # what an unweighted mean over the enriched subsample gives
+    assert not np.allclose(table.loc[plain.index, "mean_abs_attribution"], plain, rtol=2e-2)
+    want = 6 / 120 * a[pos].mean() + 114 / 120 * a[~pos].mean()
+    np.testing.assert_allclose(table.loc[want.index, "mean_attribution"], want, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(table.loc[want.index, "mean_attribution_resistant"], a[pos].mean(), rtol=2e-3,
+                               atol=1e-6)  # a group's own mean, unweighted
+
+
+def test_no_de_test_says_why(small_bundles):
+    adata, bundle = _small(small_bundles, n=40)
+    prob = adata.obs["scatd_prob_resistant"].to_numpy()
+    predict(adata, bundle, threshold=float(np.sort(prob)[-2]))  # one cell called resistant
+    e = explain(adata, bundle, n_steps=4, store_result=False)
+    de = e.info["differential_expression"]
+    assert de["method"] == "none" and "1 resistant and 39 sensitive" in de["reason"]

@@ -382,7 +382,8 @@ def test_attribution_sums_in_one_pass_equal_numpy(with_present, n_genes, monkeyp
     d = (x64 - base.astype(np.float64)) * (present if with_present else 1)
     expected = {"abs": np.abs(a64).sum(0), "attr_pos": (a64 * pos).sum(0), "attr_neg": (a64 * neg).sum(0),
                 "x_pos": (x64 * pos).sum(0), "x_neg": (x64 * neg).sum(0), "ad": (a64 * d).sum(0),
-                "dd": (d ** 2).sum(0)}
+                "dd": (d ** 2).sum(0), "abs_pos": (np.abs(a64) * pos).sum(0), "ad_pos": (a64 * d * pos).sum(0),
+                "dd_pos": (d ** 2 * pos).sum(0)}
     for name, value in expected.items():
         np.testing.assert_allclose(part[name], value, rtol=1e-10, atol=1e-10, err_msg=name)
     np.testing.assert_allclose(part["attr_sum"], a64.sum(1), rtol=1e-9, atol=1e-9)

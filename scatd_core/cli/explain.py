@@ -125,6 +125,9 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
         say(f"warning: {w}")
     for n in info["notes"]:
         say(f"note: {n}")
+    de = info["differential_expression"]
+    if de["method"] == "none" and de.get("reason"):
+        say(f"note: no differential-expression test between the predicted groups: {de['reason']}.")
     say(f"Top features: {', '.join(result.ranking['feature'].head(10))}.")
     return result
 

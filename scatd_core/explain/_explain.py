@@ -99,23 +99,50 @@ def feature_names(bundle) -> list[str]:
     return [f"{prefix}_{i}" for i in range(bundle.architecture.input_dim)]
 
 
-def stratified_subsample(labels: np.ndarray, max_cells: int, seed: int = 0) -> np.ndarray:
-    """Sorted positions of at most ``max_cells`` entries, each label keeping its share.
+#: The fewest cells of each predicted group a subsample keeps (a smaller group whole), so a rare
+#: group still has its per-group means and a DE test; at most a quarter of the subsample each
+#: (for two groups), so the common group keeps at least half of it.
+MIN_GROUP_CELLS = 20
 
-    Group sizes are proportional (largest remainders), every non-empty group keeps at least one
-    cell, and cells are drawn without replacement with ``numpy.random.default_rng(seed)``.
+
+def subsample_plan(counts, max_cells: int, min_per_group: int = MIN_GROUP_CELLS) -> tuple[np.ndarray, np.ndarray]:
+    """``(cells taken per group, the proportional share)`` of a stratified subsample of at most
+    ``max_cells`` from groups of ``counts`` cells.
+
+    The proportional share rounds by largest remainders, and every non-empty group has at least
+    one cell; a group is then raised to ``min(its size, min_per_group, max_cells // (2 * groups))``
+    cells (enriched), taken from the groups with the most to spare, so the size stays ``max_cells``.
     """
-    labels = np.asarray(labels)
-    n = labels.size
-    if max_cells >= n:
-        return np.arange(n)
-    groups, counts = np.unique(labels, return_counts=True)
+    counts = np.asarray(counts, dtype=int)
+    n, max_cells = int(counts.sum()), int(max_cells)
     exact = counts * max_cells / n
     take = np.maximum(np.floor(exact).astype(int), 1)
     while take.sum() > max_cells:  # only when there are more groups than cells to spare
         take[np.argmax(take)] -= 1
     for i in np.argsort(-(exact - np.floor(exact)), kind="stable")[: max_cells - take.sum()]:
         take[i] += 1
+    proportional = take.copy()
+    floor = np.minimum(counts, max(1, min(int(min_per_group), max_cells // (2 * counts.size))))
+    take = np.maximum(take, floor)
+    while take.sum() > max_cells:
+        take[np.argmax(take - floor)] -= 1
+    return take, proportional
+
+
+def stratified_subsample(labels: np.ndarray, max_cells: int, seed: int = 0,
+                         min_per_group: int = MIN_GROUP_CELLS) -> np.ndarray:
+    """Sorted positions of at most ``max_cells`` entries, each label keeping its share.
+
+    Group sizes are proportional (largest remainders), every non-empty group keeps at least one
+    cell, and a small group at least ``min(its size, min_per_group)`` (:func:`subsample_plan`);
+    cells are drawn without replacement with ``numpy.random.default_rng(seed)``.
+    """
+    labels = np.asarray(labels)
+    n = labels.size
+    if max_cells >= n:
+        return np.arange(n)
+    groups, counts = np.unique(labels, return_counts=True)
+    take, _ = subsample_plan(counts, max_cells, min_per_group)
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(labels == g), size=min(t, c), replace=False)
               for g, t, c in zip(groups, take, counts)]
@@ -151,14 +178,35 @@ def _check(adata: ad.AnnData, bundle, keys, baseline: str, target: str, n_steps:
 
 
 def _choose_cells(labels: np.ndarray, scored_rows: np.ndarray, max_cells, seed: int, pos: str,
-                  neg: str) -> tuple[np.ndarray, str]:
+                  neg: str) -> tuple[np.ndarray, str, dict | None]:
+    """The explained rows, how they were chosen (a sentence), and the scored cells per predicted
+    group when the subsample enriched a small group (``None`` otherwise): then the overall means
+    of the ranking weight each group by its share of the scored cells (:func:`_ranking`)."""
     if max_cells is None or scored_rows.size <= int(max_cells):
-        return scored_rows, f"all {scored_rows.size:,} scored cells"
-    rows = scored_rows[stratified_subsample(labels[scored_rows], int(max_cells), seed)]
-    parts = [f"{lab} {int((labels[rows] == lab).sum()):,} of {int((labels[scored_rows] == lab).sum()):,}"
-             for lab in (pos, neg)]
-    return rows, (f"a random subsample of {rows.size:,} of the {scored_rows.size:,} scored cells, stratified by "
-                  f"predicted label ({'; '.join(parts)}; seed {seed})")
+        return scored_rows, f"all {scored_rows.size:,} scored cells", None
+    scored_labels = labels[scored_rows]
+    rows = scored_rows[stratified_subsample(scored_labels, int(max_cells), seed)]
+    groups, counts = np.unique(scored_labels, return_counts=True)
+    _, proportional = subsample_plan(counts, int(max_cells))
+    share = dict(zip(groups, proportional))
+    parts, enriched = [], []
+    for lab in (pos, neg):
+        n_all, n_taken = int((scored_labels == lab).sum()), int((labels[rows] == lab).sum())
+        text = f"{lab} {n_taken:,} of {n_all:,}"
+        if n_all and n_taken > share.get(lab, 0):
+            enriched.append(lab)
+            text += (", all of them" if n_taken == n_all else ", enriched") + \
+                f" where a proportional share is {int(share[lab]):,}"
+        parts.append(text)
+    how = (f"a random subsample of {rows.size:,} of the {scored_rows.size:,} scored cells, stratified by predicted "
+           f"label ({'; '.join(parts)}; seed {seed})")
+    if not enriched:
+        return rows, how, None
+    how += (f". The small {' and '.join(enriched)} group was given more than its share (up to {MIN_GROUP_CELLS} "
+            "cells, or all of it), so it has its own means and a DE test; the overall means (mean |attribution|, which ranks the features, mean "
+            "attribution and the input gradient behind 'direction') weight each group by its share of the scored "
+            "cells, as over all of them")
+    return rows, how, {lab: int((scored_labels == lab).sum()) for lab in (pos, neg)}
 
 
 def prediction_context(adata: ad.AnnData, bundle, keys, device: str, inputs: ModelInput | None,
@@ -190,6 +238,7 @@ class _Sums:
         self.x = {True: np.zeros(f), False: np.zeros(f)}
         self.ad = np.zeros(f)
         self.dd = np.zeros(f)
+        self.pos = {"abs": np.zeros(f), "ad": np.zeros(f), "dd": np.zeros(f)}  # abs, ad, dd of the first group
         self.staged = None  # per cell, until the top features are known (see :meth:`partial`)
         self.f_x, self.attr_sum, self.delta = np.zeros(n), np.zeros(n), np.zeros(n)
 
@@ -215,8 +264,7 @@ class _Sums:
         at = np.asarray(at, dtype=np.int64)
         group = np.where(is_pos[at], 1, np.where(is_neg[at], 0, -1)).astype(np.int8)
         sums, attr_sum = column_sums(a, x, base, group, present)
-        part = {"at": at, "abs": sums["abs"], "attr_pos": sums["attr_pos"], "attr_neg": sums["attr_neg"],
-                "x_pos": sums["x_pos"], "x_neg": sums["x_neg"], "ad": sums["ad"], "dd": sums["dd"]}
+        part = {"at": at, **sums}
         if factors is not None:
             part["staged"] = np.ascontiguousarray(factors, dtype=np.float32)
         else:
@@ -234,6 +282,8 @@ class _Sums:
             self.x[flag] += part[f"x_{name}"]
         self.ad += part["ad"]
         self.dd += part["dd"]
+        for name, total in self.pos.items():
+            total += part[f"{name}_pos"]
         if self.staged is None:
             staged = part["staged"]
             self.staged = np.zeros((self.n_cells, staged.shape[1]), dtype=staged.dtype)
@@ -339,16 +389,32 @@ def _completeness(sums: _Sums, f_base: float, n_steps: int, warn: list[str]) -> 
     return out, rel
 
 
-def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int,
-             base: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-    """The ranking table (feature order) and the order of the features by mean |attribution|."""
+def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int, base: np.ndarray,
+             population: tuple[int, int] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The ranking table (feature order) and the order of the features by mean |attribution|.
+
+    ``population``: the scored cells of each group ``(resistant, sensitive)`` when the explained
+    cells over-represent one (:func:`_choose_cells`): the overall means (mean |attribution|,
+    mean attribution, input gradient) then weight each group's mean by its share of them; the
+    per-group columns are each group's own means either way."""
     n = len(names)
     with np.errstate(invalid="ignore", divide="ignore"):
-        gradient = np.where(sums.dd > 0, sums.ad / np.where(sums.dd > 0, sums.dd, 1.0), 0.0)
+        if population is not None and n_pos and n_neg:
+            w_pos, w_neg = population[0] / n_pos, population[1] / n_neg  # cells each explained cell stands for
+            total = w_pos * n_pos + w_neg * n_neg
+            mean_abs = (w_pos * sums.pos["abs"] + w_neg * (sums.abs - sums.pos["abs"])) / total
+            mean_attr = (w_pos * sums.attr[True] + w_neg * sums.attr[False]) / total
+            ad = w_pos * sums.pos["ad"] + w_neg * (sums.ad - sums.pos["ad"])
+            dd = w_pos * sums.pos["dd"] + w_neg * (sums.dd - sums.pos["dd"])
+        else:
+            mean_abs = sums.abs / sums.n_cells
+            mean_attr = (sums.attr[True] + sums.attr[False]) / max(n_pos + n_neg, 1)
+            ad, dd = sums.ad, sums.dd
+        gradient = np.where(dd > 0, ad / np.where(dd > 0, dd, 1.0), 0.0)
         ranking = pd.DataFrame({
             "feature": names,
-            "mean_abs_attribution": sums.abs / sums.n_cells,
-            "mean_attribution": (sums.attr[True] + sums.attr[False]) / max(n_pos + n_neg, 1),
+            "mean_abs_attribution": mean_abs,
+            "mean_attribution": mean_attr,
             "mean_attribution_resistant": sums.attr[True] / n_pos if n_pos else np.nan,
             "mean_attribution_sensitive": sums.attr[False] / n_neg if n_neg else np.nan,
             "input_gradient": gradient,
@@ -414,8 +480,9 @@ def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_ne
     if not run_de:
         return cols, {"method": "none"}
     if n_pos < 2 or n_neg < 2:
-        return cols, {"method": "none", "reason": "the DE test needs at least 2 explained cells in each predicted "
-                                                  "group"}
+        return cols, {"method": "none", "reason": f"the test needs at least 2 explained cells in each predicted "
+                                                  f"group, and the explained cells hold {n_pos:,} {pos} and "
+                                                  f"{n_neg:,} {neg}"}
     if kind != "embedding":
         totals = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel() if kind == "counts" else None
         de_matrix, log_ok = log_scale(raw, kind, totals, copy=not own)
@@ -539,7 +606,7 @@ def explain(
     if scored_rows.size == 0:
         raise InputError("No scored cell to explain.", "Check the prediction's warnings on the Predict page.")
     notes, warn = [], []
-    rows, how = _choose_cells(labels, scored_rows, max_cells, seed, pos, neg)
+    rows, how, population = _choose_cells(labels, scored_rows, max_cells, seed, pos, neg)
     explained_labels = labels[rows]
     is_pos, is_neg = explained_labels == pos, explained_labels == neg
     if not is_pos.any() or not is_neg.any():
@@ -561,7 +628,8 @@ def explain(
     seconds_ig = time.perf_counter() - t_ig
     completeness, rel = _completeness(sums, attributor.f_base, n_steps, warn)
     n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
-    ranking, order = _ranking(names, sums, n_pos, n_neg, base_vec)
+    ranking, order = _ranking(names, sums, n_pos, n_neg, base_vec,
+                              None if population is None else (population[pos], population[neg]))
     kept = order if keep_top is None else order[: int(keep_top)]
     kept_inputs = _kept_inputs(inputs, raw, kept)
     attributions = sums.kept_attributions(kept, kept_inputs, attributor)

@@ -18,16 +18,17 @@ import numpy as np
 
 from scatd_core.explain._wilcoxon import parallel_kernel
 
-#: Rows of the output of :func:`column_sums`, in order.
-SUMS = ("abs", "attr_pos", "attr_neg", "x_pos", "x_neg", "ad", "dd")
-#: Columns per thread's block (the block's seven sums stay in the CPU's L1/L2 cache).
+#: Rows of the output of :func:`column_sums`, in order (``abs``, ``ad`` and ``dd`` over every cell,
+#: and again over the first group alone: a subsample that enriched a rare group weights the groups).
+SUMS = ("abs", "attr_pos", "attr_neg", "x_pos", "x_neg", "ad", "dd", "abs_pos", "ad_pos", "dd_pos")
+#: Columns per thread's block (the block's ten sums stay in the CPU's L1/L2 cache).
 BLOCK_COLUMNS = 512
 
 _KERNEL = None
 
 
 def _column_sums(a, x, base, group, present, sums, row_parts):
-    """``sums`` (7 x features, zeros on entry; rows as :data:`SUMS`) and ``row_parts`` (blocks x
+    """``sums`` (10 x features, zeros on entry; rows as :data:`SUMS`) and ``row_parts`` (blocks x
     cells: each block's share of every cell's attribution sum) of attributions ``a`` and inputs
     ``x`` (cells x features), baseline ``base``, ``group`` per cell (1 first group, 0 second, -1
     neither) and ``present`` (cells x features, or 0 x 0 for all present)."""
@@ -51,6 +52,9 @@ def _column_sums(a, x, base, group, present, sums, row_parts):
                 if g == 1:
                     sums[1, j] += v
                     sums[3, j] += xv
+                    sums[7, j] += abs(v)
+                    sums[8, j] += v * d
+                    sums[9, j] += d * d
                 elif g == 0:
                     sums[2, j] += v
                     sums[4, j] += xv
@@ -78,7 +82,7 @@ def column_sums(a: np.ndarray, x: np.ndarray, base: np.ndarray, group: np.ndarra
 
     ``a``: attributions, ``x``: inputs (cells x features, dense), ``base``: the baseline input
     (features), ``group``: per cell 1 (first group), 0 (second) or -1 (in neither; counted in
-    ``abs``, ``ad``, ``dd`` only), ``present``: boolean cells x features, ``x - base`` taken as 0
+    ``abs``, ``ad``, ``dd`` only; ``abs_pos``, ``ad_pos``, ``dd_pos``: the first group's alone), ``present``: boolean cells x features, ``x - base`` taken as 0
     where False (None: everywhere present).
     """
     a = np.ascontiguousarray(a)

@@ -129,7 +129,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     scored = np.flatnonzero(inputs.usable & adata.obs[keys.scored].to_numpy(dtype=bool))
     if scored.size == 0:
         raise InputError("No scored cell to explain.", "Check the prediction's warnings on the Predict page.")
-    rows, how = _choose_cells(labels, scored, max_cells, seed, pos, neg)
+    rows, how, population = _choose_cells(labels, scored, max_cells, seed, pos, neg)
     is_pos, is_neg = labels[rows] == pos, labels[rows] == neg
     warn = [] if is_pos.any() and is_neg.any() else [
         f"All explained cells are predicted {pos if is_pos.any() else neg}: group comparisons (signed means per "
@@ -141,7 +141,8 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     rows, is_pos, is_neg = part.rows, part.is_pos, part.is_neg  # cells beyond the memory limit may have been left out
     sums = part.sums
     n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
-    ranking, order = _ranking(part.names, sums, n_pos, n_neg, part.base)
+    ranking, order = _ranking(part.names, sums, n_pos, n_neg, part.base,
+                              None if population is None else (population[pos], population[neg]))
     kept = order if keep_top is None else order[: int(keep_top)]
     if part.complete:
         completeness, rel = _completeness(sums, part.f_base, n_steps, warn)

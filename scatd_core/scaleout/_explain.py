@@ -24,7 +24,7 @@ import numpy as np
 from scatd_core import _keys
 from scatd_core.scaleout._run import (_ray, _require_backed, _run_pass, _workers, connect, release,
                                       stay_connected)
-from scatd_core.scaleout._shard import ExplainWorker, Job, shard_calls, shard_raw
+from scatd_core.scaleout._shard import CALL_KEYS, ExplainWorker, Job, shard_calls, shard_raw
 from scatd_core.scaleout._store import ShardStore, parts_dir, shard_name
 
 #: Explained cells per shard by default.
@@ -114,7 +114,7 @@ def explain_ray(
             "baseline_sha256": hashlib.sha256(np.asarray(base, dtype=np.float32).tobytes()).hexdigest(),
             "mask_sha256": "" if inputs.mask is None else hashlib.sha256(np.packbits(inputs.mask).tobytes()).hexdigest(),
             "batch_size": int(inputs.batch_size), "n_shards": len(shards), "device": device, **settings,
-            "explain": True}
+            "explain": True, "sums": ",".join(CALL_KEYS)}  # parts with other sums are not mixed in
         tmp = None
         if output is None:
             tmp = tempfile.TemporaryDirectory(prefix="scatd-explain-")

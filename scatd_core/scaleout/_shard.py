@@ -274,7 +274,7 @@ class ExplainWorker(_Worker):
         return explain_shard(self.inputs(shard, start), self.attributor, self.job.explain, start)
 
 
-CALL_KEYS = ("abs", "attr_pos", "attr_neg", "x_pos", "x_neg", "ad", "dd")
+CALL_KEYS = ("abs", "attr_pos", "attr_neg", "x_pos", "x_neg", "ad", "dd", "abs_pos", "ad_pos", "dd_pos")
 
 
 def explain_shard(inputs: ModelInput, attributor, e: dict, start: int) -> dict[str, np.ndarray]:
