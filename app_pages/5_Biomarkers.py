@@ -50,12 +50,13 @@ if through_genes:
         "features": "Embedding features (the model's direct input)"}.get)
 gene_level = through_genes and ss["bio_level"] == "genes"
 deletion = gene_level and bundle.backbone == "vae_gf"
-ss["bio_gene_cells"] = min(int(ss.get("bio_gene_cells", foundation.DEFAULT_MAX_CELLS)), max(n_scored, 2))
+# the user's choice, capped for these data (a cap is not a choice: larger data later show the choice again)
+ui.capped_choice("bio_gene_cells", foundation.DEFAULT_MAX_CELLS, max(n_scored, 2))
 ss.setdefault("bio_deletion_genes", foundation.DEFAULT_DELETION_GENES)
 ss.setdefault("bio_baseline", "mean")
 ss.setdefault("bio_target", "logit")
 ss.setdefault("bio_steps", 50)
-ss["bio_cells"] = min(int(ss.get("bio_cells", DEFAULT_MAX_CELLS)), max(n_scored, 2))
+ui.capped_choice("bio_cells", DEFAULT_MAX_CELLS, max(n_scored, 2))
 ss.setdefault("bio_keep", 100)
 ss.setdefault("bio_seed", 0)
 engine = scaleout.engine_for(adata.n_obs)
@@ -162,6 +163,9 @@ for w in info["warnings"]:
     st.warning(ui.md(w))
 for n in info["notes"]:
     st.info(ui.md(n))
+if info["differential_expression"]["method"] == "none" and info["differential_expression"].get("reason"):
+    st.info(ui.md(f"No differential-expression test between the predicted groups: "
+                  f"{info['differential_expression']['reason']}."), icon=":material/science:")
 comp, agree, cells_info = info["completeness"], info["agreement"], info["cells"]
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Cells explained", f"{cells_info['n_explained']:,}",
@@ -220,9 +224,10 @@ if expl.features:
         if c2.button("Compute UMAP", key="btn_bio_umap"):
             try:
                 ui.embedding(adata, "latent", asked=True)  # the Cells page's computation: done once for both
-                coords, how = plot_coordinates(adata)
             except ScatdError as exc:
                 ui.show_error(exc)
+            else:
+                st.rerun()  # the map on the UMAP, its caption, and no button: drawn afresh
     what = st.radio("Colour the map by", ["attribution", "model input"], horizontal=True, key="bio_colour")
     rows = expl.cells["row"].to_numpy()
     st.plotly_chart(pl.feature_map(coords[rows], attributions if what == "attribution" else values, gene, what,

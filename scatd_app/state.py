@@ -76,10 +76,14 @@ KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_
                          "panel_")
 
 #: What each level of the chain forgets (each level includes the ones after it).
+#: The *_RUNNING flags say "the last run was stopped" on the page's next run: forgotten with what that
+#: run computed, so new data or a new prediction never hear of an earlier one's stop. (The prediction's
+#: own flag only with the data: the Predict page forgets the prediction while its run holds the flag.)
 _CHAIN = {
     "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE,
-             PANEL, PANEL_MARKERS),
-    "prediction": (PREDICTION, PREDICT_AHEAD, EMBEDDING, EMBEDDING_PENDING, UMAP_DECLINED, BIOMARKERS),
+             PANEL, PANEL_MARKERS, PREDICT_RUNNING, EMBED_RUNNING, PANEL_RUNNING, PANEL_UMAP_RUNNING),
+    "prediction": (PREDICTION, PREDICT_AHEAD, EMBEDDING, EMBEDDING_PENDING, UMAP_DECLINED, BIOMARKERS,
+                   EXPLAIN_RUNNING, UMAP_RUNNING),
 }
 
 

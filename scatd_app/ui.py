@@ -1071,6 +1071,20 @@ def stop() -> None:
     st.stop()
 
 
+def capped_choice(key: str, default: int, cap: int) -> int:
+    """Set the number widget ``key`` to the user's choice, at most ``cap`` (its ``max_value`` for
+    the data now), and return it. The choice itself is kept apart (``<key>_chosen``) and changes
+    only when the user edits the widget: a cap from smaller data is not taken for a choice, and
+    larger data later show the choice (or the default) again."""
+    ss = st.session_state
+    chosen, shown = f"{key}_chosen", f"{key}_shown"
+    if key in ss and ss[key] != ss.get(shown):  # edited by the user since this function set it
+        ss[chosen] = ss[key]
+    value = min(int(ss.get(chosen, default)), int(cap))
+    ss[key] = ss[shown] = value
+    return value
+
+
 def need(what: str) -> None:
     """Stop the page with a pointer to the step that provides ``what`` (data, model, result)."""
     steps = {"data": ("Data", "Upload a dataset first."),

@@ -242,3 +242,85 @@ def test_a_reload_during_a_ranking_resumes_with_its_settings_and_says_it_stopped
     assert not reloaded.exception, [e.value for e in reloaded.exception]
     assert any("stopped before it finished" in i.value for i in reloaded.info)
     assert reloaded.number_input(key="bio_steps").value == 12
+
+
+def _predicted_cells(bundle, genes, n, seed=0, n_resistant=None):
+    x = np.abs(np.random.default_rng(seed).normal(size=(n, len(genes)))).astype(np.float32)
+    adata = ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]), var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    prob = np.sort(adata.obs["scatd_prob_resistant"].to_numpy())
+    predict(adata, bundle, threshold=float(prob[-n_resistant - 1] if n_resistant else np.median(prob)))
+    return adata
+
+
+def test_cells_to_explain_keeps_the_users_choice_not_the_cap_of_smaller_data(small_bundles):
+    bundle, _sd, _enc, _z, genes = small_bundles["dist_vae"]
+    at = _open(_predicted_cells(bundle, genes, 30), bundle)
+    assert at.number_input(key="bio_cells").value == 30  # capped to these data
+    at.session_state[S.ADATA] = bigger = _predicted_cells(bundle, genes, 80, seed=1)  # new data, same session
+    at.session_state[S.PREDICTION] = "token-2"
+    at.run()
+    assert at.number_input(key="bio_cells").value == 80  # the default again, not the cap of the 30 cells
+    at.number_input(key="bio_cells").set_value(25)
+    at.number_input(key="bio_steps").set_value(4)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    from scatd_core.explain import from_adata
+
+    assert from_adata(bigger).info["cells"]["n_explained"] == 25
+    at.session_state[S.ADATA] = _predicted_cells(bundle, genes, 20, seed=2)
+    at.session_state[S.PREDICTION] = "token-3"
+    at.run()
+    assert at.number_input(key="bio_cells").value == 20
+    at.session_state[S.ADATA] = _predicted_cells(bundle, genes, 90, seed=3)
+    at.session_state[S.PREDICTION] = "token-4"
+    at.run()
+    assert at.number_input(key="bio_cells").value == 25  # what the user chose
+
+
+def test_the_page_says_why_there_is_no_de_test(small_bundles):
+    bundle, _sd, _enc, _z, genes = small_bundles["dist_vae"]
+    at = _open(_predicted_cells(bundle, genes, 30, n_resistant=1), bundle)
+    at.number_input(key="bio_steps").set_value(4)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [i.value for i in at.info if "No differential-expression test" in i.value]
+    assert said and "1 resistant and 29 sensitive" in said[0]
+
+
+def test_compute_umap_draws_the_map_on_the_umap_at_once(predicted):
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    at.number_input(key="bio_steps").set_value(4)
+    _button(at, "Compute gene ranking").click().run()
+    assert any(c.value.startswith("Map: PCA") for c in at.caption)
+    at.button(key="btn_bio_umap").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any(c.value.startswith("Map:") for c in at.caption)
+    assert "btn_bio_umap" not in [b.key for b in at.button]
+
+
+def _invalidate_page():
+    import streamlit as st
+
+    from scatd_app import state
+
+    level = st.session_state.get("level")
+    if level:
+        state.invalidate(level)
+    st.write(sorted(k for k in st.session_state if str(k).startswith(("running_", "predict_running"))))
+
+
+@pytest.mark.parametrize("level", ["data", "prediction"])
+def test_new_data_or_prediction_forget_that_an_earlier_run_was_stopped(level):
+    at = AppTest.from_function(_invalidate_page)
+    flags = (S.PREDICT_RUNNING, S.EXPLAIN_RUNNING, S.PANEL_RUNNING, S.EMBED_RUNNING, S.UMAP_RUNNING,
+             S.PANEL_UMAP_RUNNING)
+    for flag in flags:
+        at.session_state[flag] = True
+    at.session_state["level"] = level
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    left = {f for f in flags if f in at.session_state}
+    kept = {S.PREDICT_RUNNING, S.EMBED_RUNNING, S.PANEL_RUNNING, S.PANEL_UMAP_RUNNING}  # about the data
+    assert left == (set() if level == "data" else kept)
