@@ -495,3 +495,27 @@ def test_explain_counts_below_two_are_refused_by_the_option(capsys, option):
         main(["explain", "--model", "m", "--input", "x.h5ad", "--output", "b.csv", option, "1"])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and f"argument {option}: must be at least 2, got 1" in err
+
+
+def test_explain_seed_below_zero_is_refused_by_the_option(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["explain", "--model", "m", "--input", "x.h5ad", "--output", "b.csv", "--explain-seed", "-1"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "argument --explain-seed: must be at least 0, got -1" in err
+
+
+def test_explain_calibrates_the_groups_says_the_threshold_and_records_it(capsys, cells_and_bundle):
+    tmp = cells_and_bundle
+    base = ["explain", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--steps", "4"]
+    code, out, err = _run(capsys, *base, "--output", tmp / "b.csv", "--expected-fraction", "0.4")
+    assert code == 0, err
+    said = out + err
+    assert "Predicted groups: resistant where P(resistant) >" in said, said
+    assert "(threshold: calls the expected 40% of the scored cells resistant; calibrated)" in said
+    table = pd.read_csv(tmp / "b.csv")
+    assert table["threshold_calibrated"].all() and table["threshold"].nunique() == 1
+    code, out, err = _run(capsys, *base, "--output", tmp / "c.csv")  # the model's default threshold
+    assert code == 0, err
+    assert "not calibrated" in out + err and not pd.read_csv(tmp / "c.csv")["threshold_calibrated"].any()
+    code, _, err = _run(capsys, *base, "--output", tmp / "d.csv", "--calibrate-on-labels", "youden")
+    assert code == 2 and "--calibrate-on-labels needs --label-column" in err

@@ -441,3 +441,10 @@ def test_no_de_test_says_why(small_bundles):
     e = explain(adata, bundle, n_steps=4, store_result=False)
     de = e.info["differential_expression"]
     assert de["method"] == "none" and "1 resistant and 39 sensitive" in de["reason"]
+
+
+def test_a_negative_seed_is_an_input_error(small_bundles):
+    adata, bundle = _small(small_bundles)
+    with pytest.raises(InputError, match="seed must be a whole number, 0 or more"):
+        explain(adata, bundle, n_steps=4, seed=-1)
+

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, at_least_two, \
-    cell_mask, check_outputs, positive_int, prepare_embeddings, read_input, resolve_bundle, say
+from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, add_label_arguments, \
+    apply_label_direction, at_least_two, cell_mask, check_columns, check_outputs, positive_int, prepare_embeddings, \
+    read_input, resolve_bundle, say, whole_number
 from scatd_core.errors import ScatdError
 
 
@@ -19,9 +20,10 @@ def add(sub) -> None:
     add_explain_arguments(p)
     p.add_argument("--per-cell-top", nargs=2, metavar=("K", "CSV"),
                    help="also write the per-cell attributions of the top K genes to CSV")
-    p.add_argument("--threshold", type=float, help="decision threshold defining the groups (default: the bundle's)")
-    from scatd_core.cli.predict import add_engine_arguments
+    from scatd_core.cli.predict import add_engine_arguments, add_threshold_arguments
 
+    add_threshold_arguments(p, panel=False)  # the threshold that defines the predicted groups (DE, per-group columns)
+    add_label_arguments(p, "for --calibrate-on-labels")
     add_engine_arguments(p)
     p.set_defaults(run=run)
 
@@ -36,7 +38,8 @@ def add_explain_arguments(p) -> None:
                                                           "stratified by predicted label (default: all scored cells)")
     p.add_argument("--keep-top", type=positive_int, default=100,
                    help="genes whose per-cell attributions are kept in the h5ad (default 100)")
-    p.add_argument("--explain-seed", type=int, default=0, help="seed of the subsample and random baselines")
+    p.add_argument("--explain-seed", type=whole_number(0), default=0,
+                   help="seed of the subsample and random baselines (0 or more; default 0)")
     p.add_argument("--no-de", action="store_true", help="skip the differential-expression comparison")
     p.add_argument("--level", default="auto", choices=LEVELS,
                    help="VAE_sf/VAE_gf: rank genes through the foundation model (integrated gradients through "
@@ -150,31 +153,38 @@ def run(args) -> int:
     from scatd_core._output import writing
     from scatd_core.export import to_csv_bytes
     from scatd_core.inputs import ModelInput
+    from scatd_core.cli.predict import calibrate_from_args, report_prediction
     from scatd_core.predict import predict
 
     per_cell = _per_cell_arg(args.per_cell_top)
     check_outputs(args, {"--output": args.output, "--per-cell-top": per_cell[1] if per_cell else None})
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise ScatdError(f"--threshold must be between 0 and 1, got {args.threshold}.")
+    if args.calibrate_on_labels and not args.label_column:
+        raise ScatdError("--calibrate-on-labels needs --label-column (and --label-resistant for codes like 0/1).")
     bundle = resolve_bundle(args.model)
     if args.engine == "ray":
         from scatd_core.foundation import needs_embedding
 
         adata = read_input(args, backed=True)
+        check_columns(adata, args)
         if gene_level(adata, bundle, args.level) or (needs_embedding(adata, bundle) and args.level != "features"):
             raise ScatdError("Gene-level biomarkers through a foundation model do not run on Ray.",
                              "Use --level features (the embedding features), or leave out --engine ray.")
         mask = cell_mask(adata, args)
         prepare_embeddings(adata, bundle, args)  # on Ray
+        apply_label_direction(adata, args)
         _predict_on_ray(adata, bundle, args, mask)
         inputs = None
     else:
         adata = read_input(args)
+        check_columns(adata, args)
+        apply_label_direction(adata, args)
         mask = cell_mask(adata, args)
         prepare_embeddings(adata, bundle, args)
         inputs = ModelInput(adata, bundle, mask=mask)
         predict(adata, bundle, inputs=inputs, mask=mask, device=args.device, threshold=args.threshold,
                 progress=Progress("Predicting"))
+    calibrate_from_args(adata, args)
+    report_prediction(adata)  # the threshold that defines the predicted groups, and whether it is calibrated
     result = explain_from_args(adata, bundle, args, inputs=inputs, keep_top=per_cell[0] if per_cell else None)
     out = Path(args.output)
     with writing(out):

@@ -59,16 +59,24 @@ def add_prediction_arguments(p) -> None:
                         "number only, not on the batch size (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="cells per batch (default: 1024 on a CPU; sized from free memory on a GPU)")
+    add_threshold_arguments(p)
+    p.add_argument("--beta-mode", choices=BETA_MODES, help="override the bundle's Swish mode")
+
+
+def add_threshold_arguments(p, panel: bool = True) -> None:
+    """``--threshold`` / ``--expected-fraction`` / ``--calibrate-on-labels`` (one of them;
+    applied by :func:`predict_from_args` or :func:`calibrate_from_args`). ``panel``: say what
+    ``DRUG=FRACTION`` does for a panel."""
     thr = p.add_mutually_exclusive_group()
     thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's); "
                      "either is marked uncalibrated in the outputs")
-    thr.add_argument("--expected-fraction", type=expected_fraction, action="append", metavar="[DRUG=]FRACTION",
-                     help="calibrate the threshold so this share of the cells is called resistant; for a panel, "
-                          "DRUG=FRACTION gives one drug its own (repeat it; drugs not named take the plain value "
-                          "when one is given, else keep their threshold)")
+    thr.add_argument("--expected-fraction", type=expected_fraction, action="append",
+                     metavar="[DRUG=]FRACTION" if panel else "FRACTION",
+                     help="calibrate the threshold so this share of the cells is called resistant" + (
+                         "; for a panel, DRUG=FRACTION gives one drug its own (repeat it; drugs not named take the "
+                         "plain value when one is given, else keep their threshold)" if panel else ""))
     thr.add_argument("--calibrate-on-labels", choices=["youden", "mcc"],
                      help="calibrate the threshold on the labelled cells of --label-column")
-    p.add_argument("--beta-mode", choices=BETA_MODES, help="override the bundle's Swish mode")
 
 
 def expected_fraction(text: str):

@@ -31,7 +31,7 @@ FEATURE_PREFIX = {"vae_sf": "scFoundation", "vae_gf": "Geneformer"}
 RANKING_COLUMNS = ("rank", "feature", "mean_abs_attribution", "mean_attribution", "mean_attribution_resistant",
                    "mean_attribution_sensitive", "input_gradient", "direction", "baseline_input",
                    "mean_input_resistant", "mean_input_sensitive", "mean_data_resistant", "mean_data_sensitive", "logfoldchange",
-                   "de_score", "de_pval", "de_pval_adj", "de_rank", "in_data")
+                   "de_score", "de_pval", "de_pval_adj", "de_rank", "in_data", "threshold", "threshold_calibrated")
 
 
 @dataclass
@@ -89,6 +89,21 @@ class Explanation:
         matrix = self.attributions if values == "attribution" else self.inputs
         table = pd.DataFrame(matrix[:, :k], index=self.cells.index, columns=self.features[:k])
         return pd.concat([self.cells[["label", "prob_resistant"]], table], axis=1)
+
+
+def groups_text(threshold: dict, pos: str, neg: str) -> str:
+    """The sentence that says how the predicted groups were called: the threshold, where it came
+    from, and whether it was calibrated (``threshold``: the prediction's ``uns`` record)."""
+    return (f"Predicted groups: {pos} where P(resistant) > {float(threshold['value']):.4g}, else {neg} (threshold: "
+            f"{threshold.get('detail') or threshold.get('source', 'unknown')}; "
+            + ("calibrated" if threshold.get("calibrated") else
+               "not calibrated, so the groups may be far from the true ones") + ").")
+
+
+def with_threshold(ranking: pd.DataFrame, threshold: dict) -> pd.DataFrame:
+    """``ranking`` with the threshold behind its per-group columns and DE test, and whether it
+    was calibrated, on every row (so biomarkers.csv records them)."""
+    return ranking.assign(threshold=float(threshold["value"]), threshold_calibrated=bool(threshold.get("calibrated")))
 
 
 def feature_names(bundle) -> list[str]:
@@ -151,7 +166,8 @@ def stratified_subsample(labels: np.ndarray, max_cells: int, seed: int = 0,
 
 # --------------------------------------------------------------------------- steps
 
-def _check(adata: ad.AnnData, bundle, keys, baseline: str, target: str, n_steps: int, max_cells, n_reference: int):
+def _check(adata: ad.AnnData, bundle, keys, baseline: str, target: str, n_steps: int, max_cells, n_reference: int,
+           seed: int = 0):
     if bundle.kind != "classifier":
         raise InputError(f"{bundle.name} is a pretrained backbone without a drug head; there is nothing to explain.",
                          "Choose a drug model.")
@@ -166,6 +182,10 @@ def _check(adata: ad.AnnData, bundle, keys, baseline: str, target: str, n_steps:
                          "Explain 2 cells or more (--max-cells on the command line).")
     if n_reference < 1:
         raise InputError("n_reference_cells must be at least 1.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"The seed must be a whole number, 0 or more; got {seed!r}.",
+                         "Use 0 (the default) or another non-negative whole number (--explain-seed on the command "
+                         "line).")
     if keys.prob not in adata.obs or keys.label not in adata.obs or keys.run not in adata.uns:
         raise InputError(f"Did not find obs['{keys.prob}'] and obs['{keys.label}'].",
                          "Run `scatd_core.predict.predict(adata, bundle)` (the Predict page) first.")
@@ -596,7 +616,7 @@ def explain(
     explained) and ``adata.obs['scatd_explained']``.
     """
     keys = result_keys(key_added)
-    _check(adata, bundle, keys, baseline, target, n_steps, max_cells, n_reference_cells)
+    _check(adata, bundle, keys, baseline, target, n_steps, max_cells, n_reference_cells, seed)
     t0 = time.perf_counter()
     say = progress or (lambda f, m: None)
     say(0.0, "reading the model input")
@@ -642,6 +662,7 @@ def explain(
     ranking = pd.concat([ranking, de_cols], axis=1)
     ranking["de_rank"] = _de_rank(ranking)
     ranking["in_data"] = in_data
+    ranking = with_threshold(ranking, info_pred["threshold"])
     if bundle.input_kind == "expression" and not in_data.all():
         notes.append(f"{int((~in_data).sum()):,} of the model's {len(names):,} genes are absent from the data: "
                      "they are 0 in every cell and in a data-derived baseline, so their attribution is 0 "
@@ -661,6 +682,8 @@ def explain(
         "target": target, "target_title": TARGET_TITLES[target], "baseline": baseline, "baseline_title": base_title,
         "baseline_cells": [str(adata.obs_names[i]) for i in reference_cells], "baseline_target": attributor.f_base,
         "n_steps": int(n_steps), "seed": int(seed), "threshold": info_pred["threshold"]["value"],
+        "threshold_calibrated": bool(info_pred["threshold"].get("calibrated")),
+        "threshold_detail": info_pred["threshold"].get("detail", ""),
         "prediction_key": keys.prefix, "positive_label": pos, "negative_label": neg,
         "model": {"name": bundle.name, "backbone": bundle.backbone, "drug": bundle.drug or "",
                   "weights_sha256": bundle.manifest.get("weights_sha256", "")},
@@ -677,7 +700,8 @@ def explain(
         "warnings": warn, "notes": notes,
     }
     info["statement"] = (f"{info['method']} of {info['target_title']} with respect to the {len(names):,} model "
-                         f"input {info['features']['level']}s; baseline: {base_title}; cells: {how}.")
+                         f"input {info['features']['level']}s; baseline: {base_title}; cells: {how}. "
+                         + groups_text(info_pred["threshold"], pos, neg))
     result = Explanation(ranking=ranking, cells=cells, features=[names[j] for j in kept],
                          attributions=attributions, inputs=kept_inputs, baseline=base_vec, info=info)
     if store_result:

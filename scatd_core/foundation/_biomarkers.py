@@ -39,7 +39,8 @@ from scatd_core._keys import result_keys
 from scatd_core.errors import InputError
 from scatd_core.explain._attribution import BASELINE_TITLES, MIX_ALPHA, N_REFERENCE_CELLS, TARGET_TITLES, TargetOutput
 from scatd_core.explain._explain import (RANKING_COLUMNS, Explanation, _check, _choose_cells, _completeness, _de_rank,
-                                         _ranking, _Sums, de_table, prediction_context, store)
+                                         _ranking, _Sums, de_table, groups_text, prediction_context, store,
+                                         with_threshold)
 from scatd_core.explain._ranking import agreement
 from scatd_core.foundation import _work, geneformer, scfoundation
 from scatd_core.inputs import ModelInput
@@ -112,7 +113,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
 
     keys = result_keys(key_added)
     max_cells = DEFAULT_MAX_CELLS if max_cells is None else int(max_cells)
-    _check(adata, bundle, keys, baseline, target, n_steps, max_cells, n_reference_cells)
+    _check(adata, bundle, keys, baseline, target, n_steps, max_cells, n_reference_cells, seed)
     if bundle.backbone not in ("vae_sf", "vae_gf"):
         raise InputError(f"{bundle.name} reads genes directly; use scatd_core.explain.explain.")
     if bundle.backbone == "vae_gf" and baseline != "mean":
@@ -155,6 +156,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     ranking = pd.concat([ranking, de_cols], axis=1)
     ranking["de_rank"] = _de_rank(ranking)
     ranking["in_data"] = part.in_data
+    ranking = with_threshold(ranking, info_pred["threshold"])
     ranking = ranking.iloc[order].reset_index(drop=True)[list(RANKING_COLUMNS)]
     cells = pd.DataFrame({"row": rows, "label": labels[rows], "prob_resistant": adata.obs[keys.prob].to_numpy()[rows],
                           "target": sums.f_x, "baseline_target": part.f_base, "attribution_sum": sums.attr_sum,
@@ -166,6 +168,8 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
         "baseline_cells": [str(adata.obs_names[i]) for i in part.reference_cells],
         "baseline_target": float(np.mean(part.f_base)), "n_steps": int(n_steps) if part.complete else 0,
         "seed": int(seed), "threshold": info_pred["threshold"]["value"], "prediction_key": keys.prefix,
+        "threshold_calibrated": bool(info_pred["threshold"].get("calibrated")),
+        "threshold_detail": info_pred["threshold"].get("detail", ""),
         "positive_label": pos, "negative_label": neg,
         "model": {"name": bundle.name, "backbone": bundle.backbone, "drug": bundle.drug or "",
                   "weights_sha256": bundle.manifest.get("weights_sha256", "")},
@@ -181,7 +185,8 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
         "warnings": warn + part.warnings, "notes": part.notes,
     }
     info["statement"] = (f"{info['method']} of {info['target_title']} with respect to {len(part.names):,} genes; "
-                         f"baseline: {part.baseline_title}; cells: {how}.")
+                         f"baseline: {part.baseline_title}; cells: {how}. "
+                         + groups_text(info_pred["threshold"], pos, neg))
     result = Explanation(ranking=ranking, cells=cells, features=[part.names[j] for j in kept],
                          attributions=sums.kept_attributions(kept, None),  # attributions staged in float16
                          inputs=part.x[:, kept].astype(np.float32), baseline=part.base, info=info)
