@@ -197,16 +197,17 @@ st.dataframe(view.head(int(top_n)), hide_index=True,
                             "mean_attribution": st.column_config.NumberColumn(
                                 "mean attribution", format="%.3g",
                                 help="Signed mean over the explained cells. Against the mean-cell baseline it is "
-                                     "near 0 by construction (cells above and below the average cancel out): read "
-                                     "mean |attribution| for importance and 'direction' for the sign."),
+                                     "small when the model is nearly linear in the feature (cells above and below "
+                                     "the average cancel out), not in general: read mean |attribution| for "
+                                     "importance and 'direction' for the sign."),
                             "de_pval_adj": st.column_config.NumberColumn("DE p (adj.)", format="%.2e"),
                             "de_pval": st.column_config.NumberColumn("DE p", format="%.2e")})
-st.caption("Click a column header to sort. direction: what *higher* expression does to P(resistant) "
-           "(sign of the mean path gradient); DE: Wilcoxon rank-sum between the predicted groups "
-           f"({info['differential_expression'].get('data_scale', 'not computed')}).")
+st.caption(f"Click a column header to sort. direction: {ex.direction_meaning(info['target'], level)}; DE: Wilcoxon "
+           f"rank-sum between the predicted groups ({info['differential_expression'].get('data_scale', 'not computed')}).")
 
 n_bar = st.slider("Genes in the bar chart", 1, min(50, len(ranking)), min(20, len(ranking)), key="bio_n_bar")
-st.plotly_chart(pl.biomarker_bar(ranking, n_bar, info["target_title"]), key="bio_bar")
+st.plotly_chart(pl.biomarker_bar(ranking, n_bar, info["target_title"], target=info["target"], level=level),
+                key="bio_bar")
 
 # ------------------------------------------------------------------ per-gene views
 if expl.features:

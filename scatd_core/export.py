@@ -503,7 +503,8 @@ def _biomarker_section(adata) -> list[str]:
     for w in info.get("warnings", []):
         parts.append(f"<p class='warn'>{html.escape(str(w))}</p>")
     parts.append(_figure_html(pl.biomarker_bar(ranking, min(20, n), info.get("target_title", "attribution"),
-                                               "Top features by mean |attribution|")))
+                                               "Top features by mean |attribution|", target=info.get("target", "logit"),
+                                               level=info.get("features", {}).get("level", "gene"))))
     shown = ranking.head(n)[["rank", "feature", "mean_abs_attribution", "direction", "logfoldchange", "de_pval_adj",
                              "de_rank"]]
     parts.append(_frame_html(shown))

@@ -338,8 +338,11 @@ def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: s
 # Biomarkers
 # --------------------------------------------------------------------------------------------
 
-def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str | None = None) -> go.Figure:
-    """The ``n`` best features by mean |attribution|, coloured by what higher expression does."""
+def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str | None = None, *,
+                  target: str = "logit", level: str = "gene") -> go.Figure:
+    """The ``n`` best features by mean |attribution|, coloured by ``direction``: what a higher
+    value (expression for genes) does to the explained ``target``, P(resistant) for ``logit``
+    and ``prob``, the raw resistant logit for ``raw_logit``."""
     bars = ranking.head(n).iloc[::-1]
     fig = go.Figure()
     for direction, colour in DIRECTION_COLORS.items():
@@ -352,7 +355,9 @@ def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str |
                                            "<extra></extra>"))
     fig.update_xaxes(title=f"mean |attribution| ({target_title})")
     fig.update_yaxes(categoryorder="array", categoryarray=list(bars["feature"]))
-    fig.update_layout(legend_title_text="higher expression pushes toward", barmode="overlay")
+    higher = "higher expression" if level == "gene" else "a higher feature value"
+    moved = "the raw resistant logit" if target == "raw_logit" else "P(resistant)"
+    fig.update_layout(legend_title_text=f"{higher} pushes {moved} toward", barmode="overlay")
     return layout(fig, title, height=max(300, 22 * n))
 
 

@@ -448,3 +448,21 @@ def test_a_negative_seed_is_an_input_error(small_bundles):
     with pytest.raises(InputError, match="seed must be a whole number, 0 or more"):
         explain(adata, bundle, n_steps=4, seed=-1)
 
+
+def test_direction_is_worded_by_the_explained_output_and_the_feature_level():
+    from scatd_core import pl
+    from scatd_core.explain import direction_meaning
+
+    ranking = pd.DataFrame({"rank": [1, 2], "feature": ["A", "B"], "mean_abs_attribution": [0.2, 0.1],
+                            "direction": ["resistance", "sensitivity"], "de_score": [1.0, -1.0]})
+    legend = pl.biomarker_bar(ranking, 2, "logit P(resistant)").layout.legend.title.text
+    assert legend == "higher expression pushes P(resistant) toward"
+    legend = pl.biomarker_bar(ranking, 2, "raw resistant logit", target="raw_logit").layout.legend.title.text
+    assert legend == "higher expression pushes the raw resistant logit toward"
+    legend = pl.biomarker_bar(ranking, 2, "P(resistant)", target="prob",
+                              level="embedding feature").layout.legend.title.text
+    assert legend == "a higher feature value pushes P(resistant) toward"
+    raw = direction_meaning("raw_logit", "gene")
+    assert "raw resistant logit" in raw and "need not be the direction of P(resistant)" in raw
+    assert "expression" not in direction_meaning("logit", "embedding feature")
+    assert "P(resistant)" in direction_meaning("logit", "gene")

@@ -66,7 +66,11 @@ attribution in resistant cells (its low expression pushes them toward resistance
 ``direction`` column therefore uses the sign of ``input_gradient``, the mean path gradient
 (weighted by the squared distance from the baseline), which says what *higher* expression of
 the gene does to the target whatever the baseline: ``resistance`` (higher expression raises
-P(resistant)) or ``sensitivity``. The signed group means are reported too.
+the target) or ``sensitivity``. For ``logit`` and ``prob`` that is the direction of P(resistant);
+for ``raw_logit`` it is the direction of the raw resistant logit alone, which can differ from
+P(resistant)'s (the sensitive logit moves too). For embedding features, "expression" is the
+feature's value (:func:`direction_meaning` says it for a target and level). The signed group
+means are reported too.
 
 Speed and memory
 ----------------
@@ -107,7 +111,7 @@ prediction's calibrated rates). :func:`warm_up` compiles their numba kernels ahe
 
 from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMORY_BUDGET, N_REFERENCE_CELLS,
                                              TARGET_TITLES, TARGETS, auto_internal_batch_size,
-                                             zero_baseline_meaning)
+                                             direction_meaning, zero_baseline_meaning)
 from scatd_core.explain._estimate import estimate
 from scatd_core.explain._explain import (COMPLETENESS_TOLERANCE, RANKING_COLUMNS, Explanation, explain,
                                          feature_names, from_adata, out_of_date, store,
@@ -132,4 +136,5 @@ def warm_up() -> None:
 __all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "out_of_date", "store", "feature_names",
            "stratified_subsample",
            "BASELINES", "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
-           "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size", "zero_baseline_meaning"]
+           "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size", "direction_meaning",
+           "zero_baseline_meaning"]

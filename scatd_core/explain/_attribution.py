@@ -32,6 +32,17 @@ def zero_baseline_meaning(bundle) -> str:
     return "no expression at all"
 
 
+def direction_meaning(target: str, level: str = "gene") -> str:
+    """What the ranking's ``direction`` says for this ``target`` and feature ``level`` (``"gene"``
+    or ``"embedding feature"``): the sign of the fitted input gradient of the explained output."""
+    higher = "higher expression" if level == "gene" else "a higher value of the embedding feature"
+    if target == "raw_logit":
+        return (f"whether {higher} raises (resistance) or lowers (sensitivity) the raw resistant logit, the "
+                "explained output (the sign of its mean path gradient); the other logit moves too, so this need not "
+                "be the direction of P(resistant)")
+    return f"what {higher} does to P(resistant) (the sign of the mean path gradient of {TARGET_TITLES[target]})"
+
+
 def baseline_title(baseline: str, bundle, k: int, seed: int) -> str:
     """:data:`BASELINE_TITLES` for this model (``zero`` as :func:`zero_baseline_meaning` says)."""
     if baseline == "zero":
