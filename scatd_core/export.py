@@ -140,6 +140,9 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     calibrated included), the evaluation against ``label_column`` (when given and possible) and the
     resistant fraction per group."""
     rows = [("summary", k, v) for k, v in summary(adata, key_added=key_added).items()]
+    threshold = adata.uns[result_keys(key_added).run]["threshold"]  # where the threshold came from
+    rows += [("summary", "threshold_source", threshold.get("source")),
+             ("summary", "threshold_detail", threshold.get("detail"))]
     evaluation, _, _, problem = _evaluation_or_note(adata, label_column, key_added)
     if evaluation is not None:
         rows += [("evaluation", k, v) for k, v in evaluation.as_dict().items()]

@@ -197,6 +197,9 @@ def test_scores_at_a_threshold_fitted_on_the_same_labels_are_flagged(filtered_re
         "metric == 'threshold_fitted_on_these_labels'")["value"].iloc[0] is False
     calibrate(adata, expected_fraction=0.3)  # set again without labels: no longer fitted on them
     assert "optimistic" not in export.html_report(adata, label_column="response")
+    summary = export.metrics_table(adata).query("section == 'summary'").set_index("metric")["value"]
+    assert summary["threshold_source"] == "expected fraction"  # where it came from, in the file too
+    assert "expected 30%" in summary["threshold_detail"]
 
 
 def test_h5ad_opens_with_every_result(filtered_result, tmp_path):
