@@ -527,6 +527,8 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
             "mode": mode, "n_samples": scores.params["n_samples"], "seed": scores.params["seed"],
             "prob_resistant_sd": ("over the draws" if mode == "sample" else
                                   f"over the {scores.members} ensemble members" if sds is not None else "none"),
+            # sample mode: how the draws are made (since scATD Studio 2026-12-02; earlier ones depended on batching)
+            "draws": "per cell, from (seed, input row, draw number)" if mode == "sample" else "none",
             "device": scores.params["device"], "batch_size": int(inputs.batch_size), "precision": scores.precision,
             # set when the device ran out of memory and the batch was split (the run then went on)
             "batch_size_lowered_to": scores.lowered_to,

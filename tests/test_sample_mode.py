@@ -122,3 +122,12 @@ def test_tile_keys_of_one_seed_are_distinct_in_their_low_32_bits():
     assert len({k & 0xFFFFFFFF for k in keys}) == len(keys)
     assert all(0 <= k < 2**64 for k in keys)
     assert _SampleNoise(-5, torch.device("cpu")).key(0, 0) != _SampleNoise(5, torch.device("cpu")).key(0, 0)
+
+
+def test_the_run_record_says_how_the_draws_were_made(small_bundles):
+    """Sample-mode results of earlier versions (draws depending on batching) cannot be told apart
+    from today's by their numbers: the record says how the draws were made."""
+    adata, bundle = _cells(small_bundles)
+    out = predict(adata, bundle, mode="sample", n_samples=SAMPLES, device="cpu", copy=True)
+    assert out.uns["scatd"]["params"]["draws"] == "per cell, from (seed, input row, draw number)"
+    assert predict(adata, bundle, copy=True).uns["scatd"]["params"]["draws"] == "none"
