@@ -98,8 +98,9 @@ def _check_args(bundle, mode: str, n_samples: int, batch_size: int, adata: ad.An
                          "Choose a drug model, or train one from this backbone with `scatd train`.")
     if mode not in ("mean", "sample"):
         raise InputError(f"Unknown mode {mode!r}; use 'mean' or 'sample'.")
-    if mode == "sample" and n_samples < 2:
-        raise InputError("Sample mode needs at least 2 samples per cell.", "Use --samples 2 or more.")
+    if mode == "sample" and n_samples < 1:
+        raise InputError("Sample mode needs at least 1 sample per cell.",
+                         "Use --samples 1 for the original scATD's single stochastic draw, or more for a mean and sd.")
     if batch_size is not None and batch_size < 1:
         raise InputError("The batch size must be at least 1.")
     if adata.n_obs == 0:
@@ -254,7 +255,8 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
     n = inputs.n_obs
     probs = np.full(n, np.nan)
     members = mode == "mean" and model.arch.n_members > 1
-    sds = np.full(n, np.nan) if mode == "sample" or members else None
+    # one draw per cell (the original's stochastic inference) has no spread to report
+    sds = np.full(n, np.nan) if (mode == "sample" and n_samples > 1) or members else None
     latent = np.full((n, model.arch.latent_dim), np.nan, dtype=np.float32)
     precision = None
     batcher = _Batcher(inputs.batch_size, dev)
@@ -283,6 +285,8 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
                 for s in range(first, min(first + NOISE_BLOCK_DRAWS, n_samples)):
                     z = mu + noise[:, s - first] * std
                     draws[s] = torch.softmax(model.classifier(z, xt).float(), dim=1)[:, k_pos].double()
+            if n_samples == 1:
+                return mu.cpu().numpy(), draws[0].cpu().numpy()
             return mu.cpu().numpy(), draws.mean(0).cpu().numpy(), draws.std(0, unbiased=True).cpu().numpy()
 
     with torch.inference_mode():
@@ -525,7 +529,8 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
         "model": _model_record(bundle),
         "params": {
             "mode": mode, "n_samples": scores.params["n_samples"], "seed": scores.params["seed"],
-            "prob_resistant_sd": ("over the draws" if mode == "sample" else
+            "prob_resistant_sd": ("over the draws" if mode == "sample" and sds is not None else
+                                  "none (one draw per cell, as the original scATD's inference)" if mode == "sample" else
                                   f"over the {scores.members} ensemble members" if sds is not None else "none"),
             # sample mode: how the draws are made (since scATD Studio 2026-12-02; earlier ones depended on batching)
             "draws": "per cell, from (seed, input row, draw number)" if mode == "sample" else "none",

@@ -131,3 +131,22 @@ def test_the_run_record_says_how_the_draws_were_made(small_bundles):
     out = predict(adata, bundle, mode="sample", n_samples=SAMPLES, device="cpu", copy=True)
     assert out.uns["scatd"]["params"]["draws"] == "per cell, from (seed, input row, draw number)"
     assert predict(adata, bundle, copy=True).uns["scatd"]["params"]["draws"] == "none"
+
+
+def test_one_draw_per_cell_is_the_original_stochastic_inference(small_bundles):
+    """The spec (2.8) asks for the original's seeded stochastic inference: one draw of z per cell,
+    no mean over draws and so no sd (QA: sample mode refused fewer than 2 samples)."""
+    adata, bundle = _cells(small_bundles)
+    one = predict(adata, bundle, mode="sample", n_samples=1, seed=3, device="cpu", copy=True)
+    p = one.obs["scatd_prob_resistant"].to_numpy()
+    assert np.isfinite(p).all() and "scatd_prob_resistant_sd" not in one.obs
+    assert one.uns["scatd"]["params"]["prob_resistant_sd"].startswith("none (one draw per cell")
+    again = predict(adata, bundle, mode="sample", n_samples=1, seed=3, device="cpu", batch_size=7, copy=True)
+    np.testing.assert_allclose(again.obs["scatd_prob_resistant"].to_numpy(), p, rtol=0, atol=1e-6)
+    mean = predict(adata, bundle, device="cpu", copy=True).obs["scatd_prob_resistant"].to_numpy()
+    other = predict(adata, bundle, mode="sample", n_samples=1, seed=4, device="cpu", copy=True)
+    assert not np.allclose(p, mean) and not np.allclose(p, other.obs["scatd_prob_resistant"].to_numpy())
+    from scatd_core.errors import InputError
+
+    with pytest.raises(InputError, match="at least 1 sample"):
+        predict(adata, bundle, mode="sample", n_samples=0, copy=True)

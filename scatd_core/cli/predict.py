@@ -53,7 +53,9 @@ def add_engine_arguments(p) -> None:
 
 def add_prediction_arguments(p) -> None:
     p.add_argument("--mode", default="mean", choices=["mean", "sample"])
-    p.add_argument("--samples", type=positive_int, default=50, help="draws per cell in sample mode (default 50)")
+    p.add_argument("--samples", type=positive_int, default=50,
+                   help="draws per cell in sample mode (default 50; 1: one seeded draw per cell, as the original "
+                        "scATD inference, with no sd)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the sample-mode draws; a cell's draws depend on the seed, its row and the draw "
                         "number only, not on the batch size (default 0)")
