@@ -519,3 +519,16 @@ def test_explain_calibrates_the_groups_says_the_threshold_and_records_it(capsys,
     assert "not calibrated" in out + err and not pd.read_csv(tmp / "c.csv")["threshold_calibrated"].any()
     code, _, err = _run(capsys, *base, "--output", tmp / "d.csv", "--calibrate-on-labels", "youden")
     assert code == 2 and "--calibrate-on-labels needs --label-column" in err
+
+
+def test_output_piped_to_a_reader_that_stops_is_not_called_a_bug(capsys, monkeypatch):
+    """`scatd models card X | head` ended in "unexpected BrokenPipeError ... This is a bug"."""
+    from scatd_core import cli
+    from scatd_core.cli import models
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(models, "show", broken)
+    code = cli.main(["models", "list"])
+    assert code == 141 and "bug" not in capsys.readouterr().err
