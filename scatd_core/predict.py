@@ -744,7 +744,10 @@ def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, labe
         return threshold_info(adata, key_added=key_added)
     if method not in ("youden", "mcc"):
         raise InputError(f"Unknown calibration method {method!r}; use 'youden' or 'mcc'.")
-    y = encode_column(adata, label_column)
+    from scatd_core.training_cells import without_training_cells
+
+    # not on cells whose labels trained the model (few-shot), as the evaluation leaves them out
+    y = without_training_cells(adata, encode_column(adata, label_column), key_added=key_added)
     known = np.isfinite(y) & np.isfinite(prob)
     n_pos, n_neg = int((y[known] == 1).sum()), int((y[known] == 0).sum())
     if n_pos < 2 or n_neg < 2:

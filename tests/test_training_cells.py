@@ -91,6 +91,16 @@ def test_the_training_cells_are_left_out_on_the_training_target_and_it_says_so(p
     assert context["evaluation"]["n_training_cells_left_out"] == 10 and context["training_cells"] == note
 
 
+def test_calibrating_on_labels_leaves_the_training_cells_out_too(predicted):
+    """A threshold fitted on labels (Youden/MCC) is not fitted on the cells whose labels trained
+    the model (the 10 resistant c0, c2, ..., c18): 10 resistant and 20 sensitive, not 20 and 20."""
+    from scatd_core.predict import calibrate
+
+    adata = predicted()
+    calibrate(adata, label_column="truth", method="youden")
+    assert "10 resistant and 20 sensitive" in adata.uns["scatd"]["threshold"]["detail"]
+
+
 def test_cells_in_another_order_are_the_same_target(predicted):
     order = np.random.default_rng(3).permutation(N)
     adata = predicted([f"c{i}" for i in order])
