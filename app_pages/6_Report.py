@@ -38,6 +38,8 @@ with st.container(border=True):
                f"{info['params']['device']} · labels: {ui.md(label_column or 'none')} · sample column: "
                f"{ui.md(sample_column or 'none')}"
                + (" · UMAP and clusters included" if "X_umap" in adata.obsm else
+                  " · the UMAP and clusters were stopped: compute them on the Cells page to include them"
+                  if ui.embedding_declined(ss.get("cells_basis", "latent")) else
                   " · open the Cells page first to include the UMAP and clusters")
                + ((" · biomarkers included" + (" (**out of date**)" if stale else "")) if explained
                   else " · compute biomarkers to include them"))

@@ -929,15 +929,16 @@ def read_upload(uploaded, orientation: str) -> None:
             show_error(failed[2])  # read once: the same file gives the same error
             _say_earlier_data_kept()
             stop()
-        if done != [uploaded.file_id, orientation]:
+        if done[:2] != [uploaded.file_id, orientation]:
             try:
                 source = session.keep_upload(uploaded)
             except Exception as exc:  # InputError: too large, unsupported, disk full
                 show_error(exc)
                 stop()
     elif kept and not ss.get(state.IS_DEMO) and done[0] == kept["id"] and done[1] != orientation:
-        if _orientation_changes_nothing(ss.get(state.ADATA), orientation):
-            ss["data_upload"] = [done[0], orientation]  # kept as it is, with everything computed from it
+        read_with = done[2] if len(done) > 2 else done[1]  # the option the data were read with
+        if _orientation_changes_nothing(ss.get(state.ADATA), orientation, read_with):
+            ss["data_upload"] = [done[0], orientation, read_with]  # kept as they are, with all computed from them
             return
         source = kept  # the data now: read again in the orientation now chosen
     if source is None:
@@ -958,22 +959,23 @@ def read_upload(uploaded, orientation: str) -> None:
         stop()
     ss.pop(FAILED_UPLOAD, None)
     set_data(adata, source["name"])
-    ss["data_upload"] = [source["id"], orientation]
+    ss["data_upload"] = [source["id"], orientation, orientation]  # [file, option shown, option read with]
     session.forget_other_uploads()
     if uploaded is not None:
         session.release_upload(uploaded.file_id)
 
 
-def _orientation_changes_nothing(adata, orientation: str) -> bool:
+def _orientation_changes_nothing(adata, orientation: str, read_with: str | None) -> bool:
     """Whether reading the session's data again in ``orientation`` would give the same data: its
-    format fixes the orientation (loom, 10x), or it was read in that orientation already.
-    Reading again would otherwise forget the prediction and everything computed from it."""
+    format fixes the orientation (loom, 10x), the data were read with this very option
+    (``read_with``: back to "detect" after trying the orientation detected), or in the orientation
+    now chosen. Reading again would otherwise forget the prediction and everything computed from it."""
     from scatd_core._keys import INPUT_REPORT
 
     if adata is None:
         return False
     report = adata.uns.get(INPUT_REPORT, {})
-    if bool(report.get("orientation_fixed", False)):
+    if bool(report.get("orientation_fixed", False)) or orientation == read_with:
         return True
     return orientation != "auto" and orientation == report.get("orientation")
 

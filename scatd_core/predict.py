@@ -762,14 +762,22 @@ def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, labe
         from sklearn.metrics import matthews_corrcoef
 
         best = float(matthews_corrcoef(truth, called))
+    label = "Youden's J" if method == "youden" else "Matthews correlation"
+    what_to_do = ("Check which value of the label column means resistant, label more cells, or calibrate with an "
+                  "expected resistant fraction instead.")
     if best <= 0:  # reached only by calling every cell, or none, resistant: no calibration
         calls = ("every labelled cell" if called.all() else "no cell" if not called.any()
                  else "cells regardless of their labels")
         raise InputError(f"The labelled cells of '{label_column}' give no threshold better than chance: the best "
-                         f"{name} is {best:.2f}, reached by calling {calls} resistant. The model does not separate "
-                         "these labels (or the label direction is the wrong way round).",
-                         "Check which value means resistant (the Data page, or --label-resistant), or calibrate with "
-                         "an expected resistant fraction instead.")
+                         f"{label} is {best:.2f}, reached by calling {calls} resistant. The model does not separate "
+                         "these labels (or the label direction is the wrong way round).", what_to_do)
+    auroc = metrics.auroc(y, prob)
+    low, high = metrics.auroc_interval(auroc, n_pos, n_neg)
+    if low <= 0.5:  # the best of many thresholds on labels the model does not separate: a fit to noise
+        raise InputError(f"The labelled cells of '{label_column}' do not pin a threshold down: on them the model's "
+                         f"AUROC is {auroc:.3f} (95% interval {low:.3f}-{high:.3f}, {n_pos} resistant and {n_neg} "
+                         "sensitive), not distinguishable from chance, so the threshold that maximises the "
+                         f"{label} would only fit their noise.", what_to_do)
     set_threshold(adata, t, "labelled cells", key_added=key_added,
                   detail=f"maximises {name} on {n_pos} resistant and {n_neg} sensitive labelled cells of "
                          f"'{label_column}'", label_column=label_column)

@@ -187,6 +187,9 @@ def test_a_stopped_umap_waits_for_a_click_and_a_new_prediction_stops_the_old_one
     assert "were stopped before they finished" in text(at.info)
     at.slider(key="cells_threshold").set_value(0.5).run()  # nor by any other click on the page
     assert calls == []
+    goto(at, "6_Report")  # the report says where to compute them, not "open the Cells page"
+    assert "stopped: compute them on the Cells page" in text(at.caption) and calls == []
+    goto(at, "4_Cells")
     at.button(key="btn_cells_umap").click().run()
     ok(at)
     assert calls == [1] and "X_umap" in at.session_state[state.ADATA].obsm
@@ -406,7 +409,7 @@ def test_an_upload_is_read_from_the_sessions_folder_and_again_in_another_orienta
     at.run()
     ok(at)
     assert metric(at, "Cells") == f"{adata.n_vars:,}" and metric(at, "Genes") == "40"  # read again, transposed
-    assert at.session_state["data_upload"] == [kept["id"], "genes_x_cells"]
+    assert at.session_state["data_upload"] == [kept["id"], "genes_x_cells", "genes_x_cells"]
 
     # choosing the orientation the data were read in (or one a 10x/loom file fixes) keeps them and
     # what was computed from them (QA: any click on the radio read the file again and started over)
@@ -418,6 +421,14 @@ def test_an_upload_is_read_from_the_sessions_folder_and_again_in_another_orienta
     del data.uns["scatd_input"]["orientation_fixed"]
     at.radio(key="data_orientation").set_value("genes_x_cells").run()  # as read: nothing to do
     assert at.session_state[state.ADATA] is data
+    # read with "detect", tried the orientation detected, back to "detect": the same reading (QA)
+    at.radio(key="data_orientation").set_value("auto").run()
+    read_by_detection = at.session_state[state.ADATA]
+    assert read_by_detection is not data  # (it was read with "rows are genes": detect reads again)
+    detected = read_by_detection.uns["scatd_input"]["orientation"]
+    at.radio(key="data_orientation").set_value(detected).run()
+    at.radio(key="data_orientation").set_value("auto").run()
+    assert at.session_state[state.ADATA] is read_by_detection
 
     at.radio(key="data_orientation").set_value("auto")
     upload(at, "other.csv", frame.iloc[:25].to_csv().encode())

@@ -381,8 +381,27 @@ def test_labels_that_no_threshold_separates_give_no_calibration(small_bundles):
     for method in ("youden", "mcc"):
         with pytest.raises(InputError, match="no threshold better than chance") as err:
             calibrate(adata, label_column="reversed", method=method)
-        assert "which value means resistant" in err.value.hint
+        assert "which value of the label column means resistant" in err.value.hint
         assert not adata.uns["scatd"]["threshold"]["calibrated"]
+
+
+def test_labels_the_model_does_not_separate_beyond_chance_give_no_calibration(small_bundles):
+    """The best of many thresholds is above 0 on almost any labels: on labels the model does not
+    separate beyond chance (the AUROC's interval includes 0.5) the fitted threshold only fits
+    their noise, so it is refused (QA: random labels, AUROC 0.499, were 'Calibrated' at 3-67 %
+    resistant depending on the direction)."""
+    from scatd_core.labels import set_label_direction
+
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(5).normal(size=(40, enc[0]))).astype(np.float32)
+    adata = ad.AnnData(x, var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    adata.obs["coin"] = np.where(np.random.default_rng(1).random(40) < 0.5, "R", "S")
+    set_label_direction(adata, "coin", "R")
+    with pytest.raises(InputError, match="do not pin a threshold down") as err:
+        calibrate(adata, label_column="coin", method="youden")
+    assert "not distinguishable from chance" in err.value.message and "Matthews" not in err.value.message
+    assert not adata.uns["scatd"]["threshold"]["calibrated"]
 
 
 def test_a_new_label_direction_drops_the_threshold_fitted_on_the_old_one(small_bundles):

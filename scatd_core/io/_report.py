@@ -179,7 +179,7 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
                              "will not match. Convert to human orthologues first.")
     labels, groups = _per_cell_columns(adata.obs)
     report.setdefault("orientation", "cells_x_genes")
-    report.setdefault("orientation_reason", "fixed by the format")
+    report.setdefault("orientation_reason", "as stored in the file (cells x genes)")
     report.setdefault("backed", False)
     report.update(
         file_name=name, n_cells=int(n_cells), n_genes=int(n_genes),
