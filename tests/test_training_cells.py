@@ -97,6 +97,11 @@ def test_calibrating_on_labels_leaves_the_training_cells_out_too(predicted):
     from scatd_core.predict import calibrate
 
     adata = predicted()
+    truth = (adata.obs["truth"] == "resistant").to_numpy()
+    held = ~adata.obs_names.isin(FEW)  # the other cells clearly separated, so the labels support a threshold
+    prob = adata.obs["scatd_prob_resistant"].to_numpy().copy()
+    prob[held] = np.where(truth[held], 0.7, 0.3) + np.random.default_rng(0).normal(0, 0.05, held.sum())
+    adata.obs["scatd_prob_resistant"] = prob
     calibrate(adata, label_column="truth", method="youden")
     assert "10 resistant and 20 sensitive" in adata.uns["scatd"]["threshold"]["detail"]
 
