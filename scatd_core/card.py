@@ -134,8 +134,9 @@ def few_shot_line(card: dict) -> str | None:
     cells = (f"{few['n']} labelled target cells ({few['n_resistant']} resistant, {few['n_sensitive']} sensitive) "
              "trained it with the bulk (few-shot).")
     if few.get("cell_ids_recorded"):
-        return (cells + " Their cell IDs are recorded with the model, so evaluating it against labels on its "
-                "training target leaves them out.")
+        return (cells + " Their cell IDs are recorded with the model (as hashes keyed by the whole training "
+                "dataset, which only those same data can match), so evaluating it against labels on its training "
+                "target leaves them out.")
     return (cells + " Their cell IDs were not recorded (the model was trained before scATD Studio recorded them), "
             "so an evaluation on its training target may include them and overstate it: evaluate on the other "
             "cells, or train it again.")

@@ -228,12 +228,13 @@ def test_few_labelled_cells_train_semi_supervised_and_are_left_out_of_the_evalua
     assert rep["card"]["data"]["few_shot"] == {"n": 10, "n_resistant": 5, "n_sensitive": 5, "cell_ids_recorded": True}
     assert rep["metrics"]["target"]["n_few_shot_cells_left_out"] == 10
     assert rep["metrics"]["target"]["n_training_cells_left_out"] == 10
-    assert any("Their cell IDs are recorded with the model" in line for line in card_lines(rep["card"]))
+    assert any("Their cell IDs are recorded with the model (as hashes keyed" in line for line in card_lines(rep["card"]))
     # the model records which cells trained it, and on which target
     from scatd_core import training_cells
 
     record = load_bundle(bundle.path).manifest["few_shot"]
-    assert training_cells.recorded_ids(record) == list(few.index) and record["target"]["n_cells"] == 60
+    assert record["target"]["n_cells"] == 60 and "cell_ids" not in record  # keyed hashes, not the IDs
+    assert training_cells.recorded_cells(record, target.obs_names).sum() == len(few) == record["n"]
     assert record["target"]["cell_names_sha256"] == training_cells.names_sha256(target.obs_names)
     # the saved model is what `scatd predict` runs
     cells = target.copy()

@@ -134,23 +134,53 @@ def test_other_data_sharing_generic_names_keep_their_cells(predicted):
     adata.uns["scatd"]["model"]["few_shot"] = training_cells.manifest_record(["0", "2", "4", "6"], target)
     evaluation, _, _ = metrics.evaluate_column(adata, "truth")
     assert evaluation.n_evaluated == 60 and evaluation.n_training_left_out == 0
-    assert "4 cells of these data have the name of a cell whose label trained the model" in evaluation.notes[0]
-    assert "not the target it was trained on (that had 40 cells" in evaluation.notes[0]
+    note = evaluation.notes[0]
+    assert "trained with the labels of 4 cells of a dataset of 40 cells" in note
+    assert "These data are not that dataset" in note and "no cell was left out" in note
     # the same number of cells with other names is not the target either
     adata = predicted([f"x{i}" for i in range(N - 4)] + ["0", "2", "4", "6"])
     adata.uns["scatd"]["model"]["few_shot"] = training_cells.manifest_record(["0", "2", "4", "6"], target)
     evaluation = metrics.evaluate_column(adata, "truth")[0]
-    assert evaluation.n_training_left_out == 0 and "were kept" in evaluation.notes[0]
-    # asked for explicitly: left out by name
-    evaluation = metrics.evaluate_column(adata, "truth", training_cells="exclude")[0]
-    assert evaluation.n_training_left_out == 4 and "as asked" in evaluation.notes[0]
+    assert evaluation.n_training_left_out == 0 and "not that dataset" in evaluation.notes[0]
 
 
-def test_data_without_any_training_cell_name_get_no_note(predicted):
+def test_data_without_any_training_cell_name_are_told_they_are_not_the_target(predicted):
     adata = predicted([f"other{i}" for i in range(N)])
     evaluation = metrics.evaluate_column(adata, "truth")[0]
-    assert evaluation.n_training_left_out == 0 and evaluation.training_note == ""
-    assert not [n for n in evaluation.notes if "train" in n]  # (the AUROC's own note may be there)
+    assert evaluation.n_training_left_out == 0 and evaluation.n_evaluated == N
+    assert "These data are not that dataset" in evaluation.training_note
+
+
+def test_the_record_holds_no_cell_id_and_needs_the_whole_target_to_be_read(predicted, tmp_path):
+    """A shared model (and every prediction's h5ad, which copies its record) must not show another
+    user's cell barcodes: the record holds keyed hashes, and the key needs every target name."""
+    barcodes = [f"AAACCTGAGAAACC{i:02d}-1" for i in range(N)]
+    record = training_cells.manifest_record(barcodes[:10], barcodes)
+    text = json.dumps(record)
+    assert "AAACC" not in text and "cell_ids" not in text and record["n"] == 10
+    assert training_cells.recorded_ids(record) == []
+    # the same record found from the target in any order, and from nothing less than all of it
+    assert training_cells.recorded_cells(record, barcodes[::-1]).sum() == 10
+    assert training_cells.recorded_cells(record, barcodes[:10]).sum() == 0
+    # unkeyed or salted hashes of the barcodes do not find them either
+    import hashlib
+    plain = {hashlib.sha256(b.encode()).hexdigest()[:16] for b in barcodes}
+    assert not plain & set(training_cells.recorded_hashes(record))
+    # nor does a prediction's download: the h5ad keeps the hashes, never the barcodes
+    adata = predicted()
+    adata.uns["scatd"]["model"]["few_shot"] = training_cells.manifest_record(FEW, TARGET)
+    export.write_h5ad(adata, tmp_path / "a.h5ad")
+    model = ad.read_h5ad(tmp_path / "a.h5ad").uns["scatd"]["model"]["few_shot"]
+    assert "cell_ids" not in model and "cell_ids_gzip_base64" not in model
+    assert training_cells.recorded_hashes(model) == training_cells.manifest_record(FEW, TARGET)["cell_id_hashes"]
+
+
+def test_a_record_of_plain_ids_from_the_version_before_still_works(predicted):
+    adata = predicted()
+    record = training_cells.manifest_record(FEW, TARGET)
+    legacy = {"n": len(FEW), "target": record["target"], "cell_ids": list(FEW)}
+    adata.uns["scatd"]["model"]["few_shot"] = legacy
+    assert metrics.evaluate_column(adata, "truth")[0].n_training_left_out == len(FEW)
 
 
 def test_including_them_is_possible_and_said(predicted):
@@ -177,11 +207,13 @@ def test_a_model_that_did_not_record_its_training_cells_is_evaluated_as_before_w
 def test_many_training_cells_are_stored_compactly_and_read_back():
     names = [f"AAACCTGAGAAACCAT-{i}" for i in range(20_000)]
     record = training_cells.manifest_record(names[:5000], names)
-    assert "cell_ids" not in record and len(record["cell_ids_gzip_base64"]) < 40_000
-    assert training_cells.recorded_ids(record) == names[:5000]
+    assert "cell_id_hashes" not in record and len(record["cell_id_hashes_base64"]) < 60_000
+    assert len(training_cells.recorded_hashes(record)) == 5000
+    found = training_cells.recorded_cells(record, names)
+    assert found[:5000].all() and not found[5000:].any()
     small = training_cells.manifest_record(names[:3], names)
-    assert small["cell_ids"] == names[:3] and small["target"]["n_cells"] == 20_000
-    assert training_cells.recorded_ids(small) == names[:3]
+    assert len(small["cell_id_hashes"]) == 3 and small["target"]["n_cells"] == 20_000
+    assert training_cells.recorded_cells(small, names).sum() == 3
 
 
 def test_the_record_survives_the_h5ad(predicted, tmp_path):
