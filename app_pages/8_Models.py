@@ -12,7 +12,7 @@ import streamlit as st
 
 from scatd_app import auth, jobs, session, ui
 from scatd_core import published
-from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, distinct_titles, import_card_lines, import_checkpoint,
+from scatd_core.bundle import (BACKBONE_TITLES, BETA_MODES, FIGSHARE_URL, distinct_titles, import_card_lines, import_checkpoint,
                                remove_bundle)
 from scatd_core.config import import_folder, limits
 from scatd_core.errors import ScatdError
@@ -108,6 +108,12 @@ with st.form("import_checkpoint"):
                                     placeholder="—")
     threshold = st.number_input("Decision threshold (empty: the original default)", min_value=0.0, max_value=1.0,
                                 value=None, step=0.01, key="import_threshold")
+    beta_mode = st.selectbox(
+        "Swish beta at inference (Dist_VAE classifiers)", BETA_MODES, key="import_beta_mode",
+        disabled=backbone != "dist_vae", format_func=ui.detached(lambda m: ui.BETA_IMPORT_WORDS[m]),
+        help="The original code loads a Dist_VAE classifier so that its encoder blocks use the head's Swish beta, "
+             "not their own trained one (a known bug of the original). 'Shared with head' reproduces the published "
+             "predictions; 'separate' runs the function as trained, whose predictions differ from the published ones.")
     replace = st.checkbox("Replace a model of the same name", key="import_replace", disabled=not (user and user.admin),
                           help="Administrators only: shared models are never replaced by accident.")
     submitted = st.form_submit_button("Import", type="primary", icon=":material/upload:")
@@ -132,6 +138,8 @@ if submitted:
             bundle = import_checkpoint(
                 pth, backbone, drug=drug.strip() or None, name=name.strip() or None, threshold=threshold,
                 genes=extra if backbone == "dist_vae" else None,
+                # the default: chosen by the checkpoint (a pretraining one has no head to share with)
+                beta_mode="separate" if backbone == "dist_vae" and beta_mode == "separate" else None,
                 style_reference=extra if backbone != "dist_vae" else None,
                 provenance={"imported_by": user.name if user else None},
                 require_style=True,  # the app has no way to add them later: a classifier without them is refused

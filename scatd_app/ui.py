@@ -1225,6 +1225,10 @@ def _card_cell(bundle, evaluation: str) -> str | None:
 
 
 BETA_WORDS = {"shared_with_head": "shared with head", "separate": "separate"}
+#: The import form's words for the Swish modes (the first is the default: the original's inference)
+BETA_IMPORT_WORDS = {"shared_with_head": "shared with head (as the original's inference; reproduces published "
+                                         "predictions)",
+                     "separate": "separate (each block's own trained beta; the corrected function)"}
 
 
 def labels_cell(mapping) -> str | None:

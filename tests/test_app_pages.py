@@ -6,6 +6,7 @@ The app is run from ``app.py`` (navigation and sidebar) and pages are reached wi
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -1158,10 +1159,36 @@ def _small_checkpoints(folder: Path) -> None:
     torch.save(orig.pretraining_checkpoint("dist_vae", [30, 16, 8], 6, [6, 16], seed=3), folder / "pre.pth")
 
 
+def test_the_app_import_offers_the_swish_mode_the_cli_offers(empty_library, tmp_path, monkeypatch):
+    """`scatd import-checkpoint --beta-mode separate` has its field on the import form: the default
+    reproduces the original's inference, 'separate' runs the function as trained."""
+    enc, z = [30, 16, 8], 6
+    folder = tmp_path / "import"
+    folder.mkdir()
+    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=1), folder / "drug.pth")
+    (folder / "genes.txt").write_text("\n".join(f"G{i}" for i in range(enc[0])) + "\n")
+    monkeypatch.setenv("SCATD_IMPORT_FOLDER", str(folder))
+    at = start()
+    goto(at, "8_Models")
+    assert at.selectbox(key="import_beta_mode").value == "shared_with_head"
+    _import_from_folder(at, "drug.pth", "Gefitinib", "genes.txt", name="as trained", beta="separate")
+    _import_from_folder(at, "drug.pth", "Gefitinib", "genes.txt", name="as published")  # the form keeps the choice
+    modes = {json.loads((d / "manifest.json").read_text())["name"]: json.loads((d / "manifest.json").read_text())
+             ["beta_mode"] for d in empty_library.iterdir() if (d / "manifest.json").is_file()}
+    assert modes == {"as trained": "separate", "as published": "separate"}
+    _import_from_folder(at, "drug.pth", "Gefitinib", "genes.txt", name="reproduced", beta="shared_with_head")
+    assert json.loads((empty_library / "reproduced" / "manifest.json").read_text())["beta_mode"] == "shared_with_head"
+    at.selectbox(key="model_import_backbone").set_value("vae_sf")
+    at.run()
+    assert at.selectbox(key="import_beta_mode").disabled  # a Dist_VAE setting only
+
+
 def _import_from_folder(at: AppTest, pth: str, drug: str, side: str | None, name: str = "",
-                        backbone: str = "dist_vae") -> AppTest:
+                        backbone: str = "dist_vae", beta: str | None = None) -> AppTest:
     at.selectbox(key="model_import_backbone").set_value(backbone)
     at.run()
+    if beta is not None:  # a form's field: sent with the form (after the backbone's rerun)
+        at.selectbox(key="import_beta_mode").set_value(beta)
     at.selectbox(key="import_from_folder").set_value(pth)
     at.text_input(key="import_drug").set_value(drug)
     at.text_input(key="import_name").set_value(name)
