@@ -1000,12 +1000,11 @@ def test_train_notes_each_option_the_chosen_recipe_does_not_use(capsys):
     p = _parser()
     base = ["train", "--bulk", "b", "--bulk-labels", "l", "--drug", "d", "--target", "t"]
     args = p.parse_args(base + ["--epochs", "7", "--finetune-epochs", "3", "--mmd-weight", "5",
-                                "--target-resistant-value", "0", "--pretrain-epochs", "2"])
+                                "--pretrain-epochs", "2"])
     notes = note_unused(args, recipe_settings(args))
     err = capsys.readouterr().err
-    assert len(notes) == 2 and err.count("note: ") == 2
+    assert len(notes) == 1 and err.count("note: ") == 1
     assert "note: --epochs, --finetune-epochs and --mmd-weight have no effect: the default linear heads" in err
-    assert "--target-resistant-value has no effect" in err and "no --target-labels was given" in err
     args = p.parse_args(base + ["--head", "scatd", "--members", "7", "--head-c", "3", "--head-inputs", "latent",
                                 "--epochs", "4"])
     assert recipe_settings(args).members == 7  # given, as asked, but the original head does not use it
@@ -1028,10 +1027,15 @@ def test_scatd_train_says_which_options_it_did_not_use(tmp_path, capsys):
     from scatd_core.cli import main
 
     args = _cli_train_args(tmp_path) + ["--library", str(tmp_path / "lib"), "--epochs", "7", "--mmd-weight", "5",
-                                        "--target-resistant-value", "0", "--report", str(tmp_path / "r.json")]
+                                        "--report", str(tmp_path / "r.json")]
+    # as train-panel: which value of the labels means resistant, with no labels, is refused before training
+    assert main(args + ["--target-resistant-value", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--target-resistant-value is for the --target-labels column(s), and none was given" in err
+    assert "Pretraining" not in err and not (tmp_path / "lib").exists()
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "note: --epochs and --mmd-weight have no effect" in err and "--target-resistant-value has no effect" in err
+    assert "note: --epochs and --mmd-weight have no effect" in err
     assert err.index("note: --epochs") < err.index("Pretraining")  # said before the long part
     settings = json.loads((tmp_path / "r.json").read_text())["settings"]
     assert "epochs" not in settings and "mmd_weight" not in settings and settings["members"] == 1

@@ -56,6 +56,15 @@ def recipe_settings(args, settings: TrainSettings | None = None) -> TrainSetting
     return s
 
 
+def refuse_lone_resistant_value(args) -> None:
+    """``--target-resistant-value`` without ``--target-labels`` is refused before any training (by
+    ``scatd train`` and ``scatd train-panel`` alike): it says which value of those columns means
+    resistant, so given alone it is a forgotten option, not one to ignore."""
+    if getattr(args, "target_resistant_value", None) is not None and not getattr(args, "target_labels", None):
+        raise ScatdError("--target-resistant-value is for the --target-labels column(s), and none was given.",
+                         "Add --target-labels (the target's label column), or leave --target-resistant-value out.")
+
+
 def note_unused(args, settings: TrainSettings, *, backbone_given: bool = False, few_shot: bool = False) -> list[str]:
     """Say (``note: ...``) which recipe options given have no effect with the chosen head, and why;
     the training does not record them among the model's settings. Returns the notes."""
@@ -70,9 +79,6 @@ def note_unused(args, settings: TrainSettings, *, backbone_given: bool = False, 
         names = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} and {options[-1]}"
         verb = "has" if len(options) == 1 else "have"
         notes.append(f"{names} {verb} no effect: {reason}; not recorded among the model's settings.")
-    if getattr(args, "target_resistant_value", None) is not None and not getattr(args, "target_labels", None):
-        notes.append("--target-resistant-value has no effect: it says which value of the --target-labels column "
-                     "means resistant, and no --target-labels was given.")
     for note in notes:
         say(f"note: {note}")
     return notes

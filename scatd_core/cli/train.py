@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scatd_core._output import writing
 from scatd_core._train_settings import TrainSettings
-from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings
+from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings, refuse_lone_resistant_value
 from scatd_core.cli._common import (BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
@@ -146,6 +146,7 @@ def run(args) -> int:
     from scatd_core.card import card_lines
     from scatd_core.train import report_to_json, train_drug_model
 
+    refuse_lone_resistant_value(args)  # before anything is read
     # a bundle folder, or the name of one in the model library (as predict's --model)
     backbone_bundle = resolve_bundle(args.backbone_bundle, args.library) if args.backbone_bundle else None
     inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels,

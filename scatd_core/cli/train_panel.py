@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core._train_settings import TrainSettings
-from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings
+from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings, refuse_lone_resistant_value
 from scatd_core.cli._common import BACKBONES, DEVICES, Progress, check_output, fmt, positive_int, say
 from scatd_core.errors import ScatdError
 
@@ -87,9 +87,7 @@ def run(args) -> int:
     from scatd_core.cli.predict import os_user
     from scatd_core.train import train_panel
 
-    if args.target_resistant_value is not None and not args.target_labels:
-        raise ScatdError("--target-resistant-value is for the --target-labels columns, and none was given.",
-                         "Add --target-labels DRUG=COLUMN, or leave --target-resistant-value out.")
+    refuse_lone_resistant_value(args)
     if args.include_below_chance and not args.save_panel:
         raise ScatdError("--include-below-chance is for --save-panel, and none was given.")
     if args.save_panel:  # a bad name is refused before any training
