@@ -366,6 +366,7 @@ if start:
 
     ss[STOP], ss[RUNNING] = False, True
     bar = st.progress(0.0, text="Starting…")
+    said = st.container()  # what the data show, said as soon as it is known, not only on the card at the end
     try:
         few_shot = None
         if few_column is not None and few_resistant is not None:
@@ -380,6 +381,7 @@ if start:
                 name=model_name.strip() or None, input_names=input_names, source="the Train page",
                 trained_by=(auth.current_user().name if auth.current_user() else None),
                 progress=with_eta(ui.progress_to(bar)),
+                notice=ui.detached(lambda message: said.warning(ui.md(message), icon=":material/warning:")),
                 should_stop=lambda: bool(ss.get(STOP)))
     except ScatdError as exc:
         ss[RUNNING] = False
@@ -388,6 +390,7 @@ if start:
         ui.stop()
     ss[RUNNING] = False
     bar.empty()
+    said.empty()  # the card below says them again
     from scatd_core.train import report_to_json
 
     ss[RESULT] = {"bundle_path": str(bundle.path), "name": bundle.name, "report": report_to_json(report),

@@ -972,7 +972,9 @@ def test_train_panel_says_at_once_when_a_drugs_folds_are_lowered(tmp_path):
     summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, folds=40), device="cpu",
                              library=tmp_path / "lib", resume=False, min_lines_per_class=2, notice=said.append)
     assert list(summary["status"]) == ["trained"]
-    assert len(said) == 1 and said[0].startswith("DRUGA: Only ") and "folds instead of 40" in said[0]
+    folds = [m for m in said if "folds instead of" in m]  # (with the data's warnings, said before training too)
+    assert len(folds) == 1 and folds[0].startswith("DRUGA: Only ") and "folds instead of 40" in folds[0]
+    assert all(m.startswith("DRUGA: ") for m in said) and len(said) == len(set(said))
 
 
 # --------------------------------------------------------------------------- options the chosen recipe does not use
@@ -1141,3 +1143,19 @@ def test_duplicated_bulk_ids_renamed_by_the_reader_are_warned_about(tmp_path):
     assert prepare_training_data(bulk, labels, "DRUGA", target).report["warnings"] == []
     _, rep = _train(tmp_path, dup, labels, target, settings=replace(TINY, members=1))
     assert warning in rep["warnings"] and warning in rep["card"]["warnings"]
+
+
+
+def test_scatd_train_says_the_datas_warnings_before_training(tmp_path, capsys):
+    """QA: the duplicated-ID warning came only at the end of the run, after minutes of training on
+    data the user would have fixed first."""
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path)
+    bulk = pd.read_csv(tmp_path / "bulk.csv", index_col=0)
+    pd.concat([bulk, bulk.iloc[3:7]]).to_csv(tmp_path / "bulk.csv")
+    assert main(args + ["--library", str(tmp_path / "lib")]) == 0
+    err = capsys.readouterr().err
+    said = "note: 4 bulk sample(s) have a duplicated ID"
+    assert said in err and err.count("have a duplicated ID") == 1, err
+    assert err.index(said) < err.index("Pretraining") < err.index("Model card:")

@@ -371,3 +371,24 @@ def test_a_bad_upload_is_read_once_its_error_shown_again(monkeypatch):
     assert calls == {"data": 1, "labels": 1}  # not read again
     assert [e.value for e in at.error] == first and not at.exception
     assert "cells.csv" in " ".join(first) and "labels.csv" in " ".join(first)
+
+
+def test_the_datas_warnings_are_said_while_training_and_kept_when_it_fails(monkeypatch):
+    """QA: a warning about the data (duplicated bulk IDs, a tiny target) came only with the card at
+    the end of a run; it is said as soon as training knows it, and stays when the run fails."""
+    from scatd_core import train
+    from scatd_core.errors import ScatdError
+
+    def failing(*args, notice=None, **kwargs):
+        notice("4 bulk sample(s) have a duplicated ID, e.g. ACH-1 (copy renamed ACH-1-1).")
+        raise ScatdError("The run failed for this test.")
+
+    monkeypatch.setattr(train, "train_drug_model", failing)
+    at = _page_with_training_data()
+    at.run()
+    at.radio(key="train_resistant_response").set_value("0")
+    at.button(key="btn_train_start").click().run()
+    assert not at.exception, at.exception
+    shown = [w.value.replace("\\", "") for w in at.warning]  # (as markdown: escaped)
+    assert any("4 bulk sample(s) have a duplicated ID" in w for w in shown), shown
+    assert any("The run failed for this test" in e.value for e in at.error)

@@ -451,6 +451,9 @@ def train_drug_model(
             warnings.append("A given backbone makes an ensemble of one member (no seeds to vary); its per-cell "
                             "uncertainty is not available.")
 
+    if notice is not None:  # what the data show is said before the long part, not only at the end
+        for message in warnings:
+            notice(message)
     n_min = int(min((data.bulk_y == 0).sum(), (data.bulk_y == 1).sum()))
     if n_min < s.folds:
         warnings.append(f"Only {n_min} cell lines in the smaller class: {n_min} folds instead of {s.folds}.")
