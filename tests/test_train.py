@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from scatd_core.bundle import load_bundle, save_bundle
+from scatd_core.bundle import load_bundle, save_bundle, sha256_file
 from scatd_core.cli import labels as cli_labels
 from scatd_core.cli import train as cli_train
 from scatd_core.errors import InputError
@@ -1107,9 +1107,18 @@ def test_train_panel_records_its_input_names_and_source(tmp_path):
                              device="cpu", library=tmp_path / "lib", resume=False, min_lines_per_class=2,
                              input_names={"labels": "labels from GDSC_IC50.csv", "target": "tumour.h5ad"})
     prov = bundles[0].manifest["provenance"]
-    assert prov["bulk"]["name"] == "bulk.h5ad" and prov["target"]["name"] == "tumour.h5ad"
+    assert prov["target"]["name"] == "tumour.h5ad"
     assert prov["labels"]["name"] == "labels from GDSC_IC50.csv" and prov["labels"]["from_ic50"]["threshold"] == -1.5
     assert prov["source"] == "trained by scATD Studio (scatd train-panel)"
+    # a file records its sha256, as `scatd train` records it (QA: a hash of the values, which no
+    # `sha256sum` of the file matches)
+    assert prov["bulk"] == {"file": "bulk.h5ad", "sha256": sha256_file(tmp_path / "bulk.h5ad")}
+    labels.to_csv(tmp_path / "labels.csv")
+    _, bundles = train_panel(tmp_path / "bulk.h5ad", tmp_path / "labels.csv", ["DRUGA"], target,
+                             settings=replace(TINY, members=1), device="cpu", library=tmp_path / "lib2", resume=False,
+                             min_lines_per_class=2)
+    assert bundles[0].manifest["provenance"]["labels"] == {"file": "labels.csv",
+                                                           "sha256": sha256_file(tmp_path / "labels.csv")}
 
 
 def test_with_labelled_target_cells_the_card_says_what_its_bulk_cv_row_scores(tmp_path):

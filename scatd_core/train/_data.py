@@ -185,10 +185,11 @@ def _renamed_duplicates(bulk: ad.AnnData, report: dict) -> list[str]:
             "pretraining only). Keep one row per cell line in the bulk file (or average the copies)."]
 
 
-def read_if_path(obj, what: str):
-    """An AnnData and a provenance entry for an AnnData or a file path."""
+def read_if_path(obj, what: str, record: dict | None = None):
+    """An AnnData and a provenance entry for an AnnData or a file path (``record``: the entry of an
+    AnnData the caller read from a file, ``{"file", "sha256"}``, used as given)."""
     if isinstance(obj, ad.AnnData):
-        return obj, {"sha256": _data_sha256(obj), "of": "values"}
+        return obj, (dict(record) if record else {"sha256": _data_sha256(obj), "of": "values"})
     from scatd_core import io
 
     path = Path(obj)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from scatd_core._progress import step
-from scatd_core.bundle import load_bundle
+from scatd_core.bundle import load_bundle, sha256_file
 from scatd_core.config import scatd_home
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.labels import drug_labels, encode_column, match_drug, read_label_table
@@ -222,6 +222,10 @@ def train_panel(
     if not isinstance(labels, pd.DataFrame):
         names["labels"] = Path(labels).name
     names.update({k: v for k, v in (input_names or {}).items() if v})
+    # each drug's model records the files that trained it (their sha256), not a hash of their values
+    files = {key: prov for key, prov in (("bulk", bulk_prov), ("target", target_prov)) if prov.get("file")}
+    if not isinstance(labels, pd.DataFrame):
+        files["labels"] = {"file": Path(labels).name, "sha256": sha256_file(labels)}
     evaluate = _target_label_columns(target_labels, table, chosen, target_ad, target_resistant_value)
     mask = target_mask_of(target_ad, target_mask)
     state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation, mask))
@@ -263,7 +267,7 @@ def train_panel(
                 should_stop=should_stop, target_label_column=evaluate.get(drug),
                 notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),
                 target_resistant_value=target_resistant_value if drug in evaluate else None, target_mask=mask,
-                input_names=names, source=source)
+                input_names=names, input_files=files, source=source)
         except Cancelled:
             raise
         except InputError as exc:

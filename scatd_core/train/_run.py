@@ -307,6 +307,7 @@ def train_drug_model(
     demo: bool = False,
     trained_by: str | None = None,
     input_names: dict[str, str] | None = None,
+    input_files: dict[str, dict] | None = None,
     source: str = "scatd train",
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -392,6 +393,10 @@ def train_drug_model(
         upload's own name; only the name is kept, never a folder), and what trained it (``"scatd
         train"``, ``"the Train page"``...), recorded in the provenance. A label table made by
         :func:`scatd_core.labels.labels_from_ic50` also records the drug's ln(IC50) threshold.
+    input_files
+        For inputs given as data that the caller read from files (``train_panel``, once for all
+        its drugs): ``{"bulk" | "labels" | "target": {"file": name, "sha256": of the file}}``,
+        recorded in place of a hash of the values, so that a model says which file trained it.
     """
     t0 = time.perf_counter()
     if backbone not in BACKBONES:
@@ -409,9 +414,12 @@ def train_drug_model(
     named_out = _named_out(name, library, overwrite) if out is None and name and folder_from_name else None
     warnings: list[str] = []
 
-    bulk_ad, bulk_prov = read_if_path(bulk, "bulk")
-    target_ad, target_prov = read_if_path(target, "target")
-    if isinstance(labels, pd.DataFrame):
+    files = {k: dict(v) for k, v in (input_files or {}).items() if v and v.get("file") and v.get("sha256")}
+    bulk_ad, bulk_prov = read_if_path(bulk, "bulk", record=files.get("bulk"))
+    target_ad, target_prov = read_if_path(target, "target", record=files.get("target"))
+    if "labels" in files:
+        labels_prov = files["labels"]
+    elif isinstance(labels, pd.DataFrame):
         labels_prov = {"sha256": _frame_sha256(labels), "of": "table"}
     else:
         labels_prov = {"file": Path(labels).name, "sha256": sha256_file(labels)}
