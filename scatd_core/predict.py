@@ -278,13 +278,17 @@ def _score(model, inputs: ModelInput, k_pos: int, mode: str, n_samples: int, see
                 each = torch.softmax(model.member_logits(mu, xt).float(), dim=2)[:, :, k_pos].double()
                 return mu.cpu().numpy(), p.cpu().numpy(), each.std(0, unbiased=True).cpu().numpy()
             std = torch.exp(0.5 * logvar)
+            # an ensemble whose heads see the input: that term is the same for every draw of a cell
+            seen = model.input_logits(xt) if getattr(model, "input_weight", None) is not None else None
+            head = (lambda z: model.classifier(z, xt)) if seen is None else (
+                lambda z: model.classifier(z, input_logits=seen))
             draws = torch.empty((n_samples, mu.shape[0]), dtype=torch.float64, device=dev)
             for group in range(-(-n_samples // NOISE_BLOCK_DRAWS)):
                 noise = noise_of(rows, group, mu.shape[1])
                 first = group * NOISE_BLOCK_DRAWS
                 for s in range(first, min(first + NOISE_BLOCK_DRAWS, n_samples)):
                     z = mu + noise[:, s - first] * std
-                    draws[s] = torch.softmax(model.classifier(z, xt).float(), dim=1)[:, k_pos].double()
+                    draws[s] = torch.softmax(head(z).float(), dim=1)[:, k_pos].double()
             if n_samples == 1:
                 return mu.cpu().numpy(), draws[0].cpu().numpy()
             return mu.cpu().numpy(), draws.mean(0).cpu().numpy(), draws.std(0, unbiased=True).cpu().numpy()

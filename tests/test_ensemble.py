@@ -153,6 +153,33 @@ def test_ensemble_without_input_head_and_sample_mode(tmp_path):
     assert cells.uns["scatd"]["params"]["prob_resistant_sd"] == "over the draws"
 
 
+def test_sample_mode_computes_the_input_heads_term_once_per_batch(tmp_path, monkeypatch):
+    """The input's term of the heads is the same for every draw of a cell: sample mode computes it
+    once per batch (it was once per draw, a dense input x weights product each time), with the
+    numbers of the heads given the input at every draw."""
+    from scatd_core.predict import _SampleNoise
+
+    model = _ensemble()
+    bundle = load_bundle(_bundle(tmp_path, model).path)
+    calls = []
+    original = EnsembleClassifier.input_logits
+    monkeypatch.setattr(EnsembleClassifier, "input_logits",
+                        lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    cells = _cells()
+    predict(cells, bundle, device="cpu", mode="sample", n_samples=7, seed=4, batch_size=16)
+    assert calls == [16, 14]  # 30 cells in two batches: once each, not 7 times
+    # by hand, each draw through the whole head with the input, from the same noise of (seed, row, draw)
+    x = (cells.X - cells.X.mean(0)) / cells.X.std(0)  # "standardize": per-gene z-scores over the cells
+    xt = torch.from_numpy(x.astype(np.float32))
+    with torch.no_grad():
+        mu, logvar = model.encode(xt)
+        noise = _SampleNoise(4, torch.device("cpu"))(np.arange(30), 0, mu.shape[1])
+        draws = torch.stack([torch.softmax(model.classifier(mu + noise[:, s] * torch.exp(0.5 * logvar), xt), dim=1)[:, 1]
+                             for s in range(7)]).double().numpy()
+    np.testing.assert_allclose(cells.obs["scatd_prob_resistant"], draws.mean(0), atol=1e-5)
+    np.testing.assert_allclose(cells.obs["scatd_prob_resistant_sd"], draws.std(0, ddof=1), atol=1e-5)
+
+
 def test_corrupt_ensemble_weights_are_named(tmp_path):
     model = _ensemble()
     path = _bundle(tmp_path, model).path

@@ -105,21 +105,33 @@ class EnsembleClassifier(nn.Module):
         parts = [m.encode(x) for m in self.members]
         return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
-    def member_logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def input_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The heads' term of the model input ``x``, ``[members, n, classes]`` (``None`` when the
+        members do not see it): the same for every latent draw of a cell, so sample mode computes it
+        once per batch and passes it to :meth:`classifier`."""
+        if self.input_weight is None:
+            return None
+        if x.layout != torch.strided:
+            x = x.to_dense()
+        return torch.einsum("kci,ni->knc", self.input_weight.to(x.dtype), x)
+
+    def member_logits(self, z: torch.Tensor, x: torch.Tensor | None = None,
+                      input_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Each member's class logits, ``[members, n, classes]``, from the ensemble latent ``z``
-        (and the model input ``x``, needed when the members see it)."""
+        (and the model input ``x``, needed when the members see it, or its :meth:`input_logits`)."""
         logits = torch.stack([m.classifier(zk) for m, zk in zip(self.members, self._latents(z))])
         if self.input_weight is not None:
-            if x is None:
-                raise ValueError("this ensemble's heads also take the model input x")
-            if x.layout != torch.strided:
-                x = x.to_dense()
-            logits = logits + torch.einsum("kci,ni->knc", self.input_weight.to(x.dtype), x)
+            if input_logits is None:
+                if x is None:
+                    raise ValueError("this ensemble's heads also take the model input x")
+                input_logits = self.input_logits(x)
+            logits = logits + input_logits
         return logits
 
-    def classifier(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def classifier(self, z: torch.Tensor, x: torch.Tensor | None = None,
+                   input_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits: the mean of the members' logits."""
-        return self.member_logits(z, x).mean(dim=0)
+        return self.member_logits(z, x, input_logits).mean(dim=0)
 
     def forward(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         mu, logvar = self.encode(x)
