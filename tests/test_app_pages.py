@@ -698,13 +698,19 @@ def test_pages_without_data_point_to_the_step(with_library):
         assert "Run a prediction first" in text(at.info)
 
 
-def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
+def _dist_vae_import_folder(tmp_path, monkeypatch):
+    """The administrator's import folder with a small Dist_VAE classifier (drug.pth) and its genes."""
     enc, z = [30, 16, 8], 6
     folder = tmp_path / "import"
     folder.mkdir()
     torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=1), folder / "drug.pth")
     (folder / "genes.txt").write_text("\n".join(f"G{i}" for i in range(enc[0])) + "\n")
     monkeypatch.setenv("SCATD_IMPORT_FOLDER", str(folder))
+    return folder
+
+
+def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
+    folder = _dist_vae_import_folder(tmp_path, monkeypatch)
 
     at = start()
     goto(at, "8_Models")
@@ -1162,12 +1168,7 @@ def _small_checkpoints(folder: Path) -> None:
 def test_the_app_import_offers_the_swish_mode_the_cli_offers(empty_library, tmp_path, monkeypatch):
     """`scatd import-checkpoint --beta-mode separate` has its field on the import form: the default
     reproduces the original's inference, 'separate' runs the function as trained."""
-    enc, z = [30, 16, 8], 6
-    folder = tmp_path / "import"
-    folder.mkdir()
-    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=1), folder / "drug.pth")
-    (folder / "genes.txt").write_text("\n".join(f"G{i}" for i in range(enc[0])) + "\n")
-    monkeypatch.setenv("SCATD_IMPORT_FOLDER", str(folder))
+    _dist_vae_import_folder(tmp_path, monkeypatch)
     at = start()
     goto(at, "8_Models")
     assert at.selectbox(key="import_beta_mode").value == "shared_with_head"
