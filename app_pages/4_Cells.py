@@ -8,7 +8,7 @@ from scatd_app import state, ui
 from scatd_core import embed, export, metrics, pl
 from scatd_core._keys import CLUSTER, PROB, PROB_SD, SCORED
 from scatd_core.errors import ScatdError
-from scatd_core.labels import label_counts, label_direction
+from scatd_core.labels import label_counts, label_direction, shown_labels
 from scatd_core.predict import calibrate, set_threshold, summary
 
 ss = st.session_state
@@ -184,7 +184,9 @@ colour_options = {"P(resistant)": (adata.obs[PROB].to_numpy(), False, (0.0, 1.0)
 if PROB_SD in adata.obs:
     colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
 colour_options["Leiden cluster"] = None  # computed with the UMAP, just below
-for col in [label_column, ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
+if label_column and label_column in adata.obs:  # coloured by what its values mean (its declared direction)
+    colour_options[label_column] = (shown_labels(adata, label_column), True, None, None)
+for col in [ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
     if not col or col in colour_options or str(col).startswith("scatd_"):
         continue
     values = adata.obs[col]

@@ -347,6 +347,31 @@ def label_direction(adata, column: str) -> str | None:
     return guess_label_direction(adata.obs[column]) if column in adata.obs else None
 
 
+def shown_labels(adata, column: str) -> pd.Series:
+    """``adata.obs[column]`` as categories to colour a plot by, with their meaning when the column's
+    direction is known (recorded on the Data page, or recognised from words): ``0 (resistant)`` and
+    ``1 (sensitive)`` for a column whose resistant value is ``0``, so a plot colours them by what
+    they mean, never by what the values look like (a ``1`` is not resistant unless declared so).
+    Missing labels stay missing; a column whose direction is not known is shown as it is, as text."""
+    values = adata.obs[column]
+    text = as_text(values)  # (a fresh index)
+    as_they_are = pd.Series(text.where(text.notna(), None).to_numpy(dtype=object), index=values.index)
+    resistant = label_direction(adata, column)
+    if resistant is None:
+        return as_they_are
+    key = as_text([resistant]).iloc[0]
+    distinct = list(text.value_counts(dropna=True).index)
+    if key not in distinct or len(distinct) > 2:  # not a direction of these values
+        return as_they_are
+
+    def name(v: str) -> str:
+        meaning = RESISTANT if v == key else SENSITIVE
+        return v if v.lower() == meaning else f"{v} ({meaning})"
+    names = {v: name(v) for v in distinct}
+    order = [names[key]] + [names[v] for v in distinct if v != key]
+    return pd.Series(pd.Categorical(text.map(names).to_numpy(dtype=object), categories=order), index=values.index)
+
+
 def encode_column(adata, column: str, resistant=None, *, option: str = "--label-resistant") -> np.ndarray:
     """:func:`encode_labels` of ``adata.obs[column]`` with its recorded direction (or ``resistant``);
     ``option``: the caller's command-line option that gives the direction, for the hint."""

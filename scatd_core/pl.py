@@ -163,7 +163,8 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     return layout(fig, title, height=520)
 
 
-_QUALITATIVE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+#: Colours of other categories: never the resistant red or the sensitive blue, which mean a response
+_QUALITATIVE = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
                 "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5",
                 "#dbdb8d", "#393b79", "#637939", "#8c6d31")
 
@@ -171,11 +172,14 @@ _QUALITATIVE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"
 def _palette(categories: Iterable[str]) -> dict[str, str]:
     out, i = {}, 0
     for cat in categories:
+        word = cat.lower()
         if cat in COLORS:
             out[cat] = COLORS[cat]
-        elif cat.lower() in ("resistant", "r", "1", "true", "non-responder"):
+        # the meaning said in words (labels.shown_labels: "0 (resistant)"), never guessed from values
+        # such as 1/0, true/false or R/S (a cell-cycle phase "S" is not sensitive)
+        elif word in ("resistant", "non-responder") or word.endswith("(resistant)"):
             out[cat] = COLORS["resistant"]
-        elif cat.lower() in ("sensitive", "s", "0", "false", "responder"):
+        elif word in ("sensitive", "responder") or word.endswith("(sensitive)"):
             out[cat] = COLORS["sensitive"]
         elif cat in ("NA", "not embedded"):
             out[cat] = COLORS[NOT_SCORED]

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 import original_scatd as orig
 from _app_helpers import BUNDLE_FOLDER, make_bundle, make_dataset, trained_library  # noqa: F401 (fixture)
 from scatd_app import state, ui
+from scatd_core import pl
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 N_CELLS = 180
@@ -303,6 +304,11 @@ def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
     assert float(metric(at, "AUROC")) > 0.6 and "Check the label direction" not in text(at.error)
     auroc = next(m for m in at.metric if m.label == "AUROC")
     assert auroc.proto.delta.startswith("95% CI ")  # the interval beside it, whichever side of 0.5
+    # the UMAP coloured by the labels: by what they mean (0 = resistant here), not by what they look like
+    at.selectbox(key="cells_colour").set_value("response").run()
+    umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
+    colours = {t["name"].rsplit(" (", 1)[0]: t["marker"]["color"] for t in umap["data"]}
+    assert colours == {"0 (resistant)": pl.COLORS["resistant"], "1 (sensitive)": pl.COLORS["sensitive"]}
     at.button(key="btn_youden").click().run()  # fitted on these labels...
     assert at.session_state[state.ADATA].uns["scatd"]["threshold"]["source"] == "labelled cells"
     goto(at, "1_Data")

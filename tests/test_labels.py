@@ -218,3 +218,30 @@ def test_transposed_label_table_is_named(tmp_path):
     table.index = ["AZD6244", "PLX4720"]
     table.T.to_csv(tmp_path / "digits.csv")
     assert read_label_table(tmp_path / "digits.csv").shape == (6, 2)
+
+
+def test_shown_labels_say_what_each_value_means_and_plots_colour_by_it():
+    """QA: colouring the UMAP by a label column coded 0 = resistant drew the resistant cells in the
+    sensitive blue ('1' and 'true' were taken for resistant whatever the column's direction)."""
+    import anndata as ad
+
+    from scatd_core import pl
+    from scatd_core.labels import set_label_direction, shown_labels
+
+    adata = ad.AnnData(np.zeros((5, 1), dtype=np.float32))
+    adata.obs["response"] = [0, 1, 0, np.nan, 1]
+    adata.obs["phase"] = ["G1", "S", "G2M", "S", "G1"]
+    # no direction known yet: the values as they are, no resistant/sensitive colours
+    shown = shown_labels(adata, "response")
+    assert list(shown.iloc[:3]) == ["0", "1", "0"] and shown.isna().iloc[3]
+    palette = pl._palette(["0", "1", "True", "False", "R", "S"])
+    assert not {pl.COLORS["resistant"], pl.COLORS["sensitive"]} & set(palette.values())
+    set_label_direction(adata, "response", "0")  # SCAD's coding
+    shown = shown_labels(adata, "response")
+    assert list(shown.cat.categories) == ["0 (resistant)", "1 (sensitive)"] and shown.index.equals(adata.obs_names)
+    assert list(shown.iloc[[0, 1]]) == ["0 (resistant)", "1 (sensitive)"] and shown.isna().iloc[3]
+    palette = pl._palette(list(shown.cat.categories))
+    assert palette == {"0 (resistant)": pl.COLORS["resistant"], "1 (sensitive)": pl.COLORS["sensitive"]}
+    adata.obs["words"] = ["resistant", "sensitive", "sensitive", None, "resistant"]
+    assert list(shown_labels(adata, "words").cat.categories) == ["resistant", "sensitive"]  # said already
+    assert pl._palette(["S"])["S"] != pl.COLORS["sensitive"]  # a cell-cycle phase is not a response
