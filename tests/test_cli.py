@@ -230,6 +230,13 @@ def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys
     assert back.uns["scatd_labels"]["response"]["resistant"] == "0" and "scatd_attributions" in back.obsm
     assert "Against 'response' (40 cells): AUROC" in err
     assert "taken to mean resistant" not in err  # said with --label-resistant: nothing to tell
+    # the UMAP of expression, as the Cells page's "Space" offers it
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out",
+                        tmp / "rep_expr", "--label-column", "response", "--label-resistant", "0",
+                        "--umap-space", "expression")
+    assert code == 0, err
+    back = ad.read_h5ad(tmp / "rep_expr" / "annotated.h5ad")
+    assert back.uns["scatd_embed"]["basis"] == "expression" and "X_umap" in back.obsm and "scatd_cluster" in back.obs
     # words: the direction is recognised, and the run says which value it took
     obs["response"] = np.where(np.arange(40) % 2 == 0, "non-responder", "responder")
     ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells_words.h5ad")

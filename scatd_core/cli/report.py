@@ -25,6 +25,10 @@ def add(sub) -> None:
     add_label_arguments(p)
     p.add_argument("--sample-column", help="obs column with the sample / batch (resistant fraction per sample)")
     p.add_argument("--no-umap", action="store_true", help="skip the UMAP and clusters")
+    p.add_argument("--umap-space", choices=("latent", "expression"), default="latent",
+                   help="what the UMAP shows, as the Cells page's 'Space': the model's latent space (default) or "
+                        "principal components of log-normalised expression; the Leiden clusters are always of "
+                        "the latent space")
     p.add_argument("--explain", action="store_true", help="also rank biomarkers (integrated gradients)")
     add_explain_arguments(p)
     add_engine_arguments(p)
@@ -54,7 +58,7 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
         inputs = ModelInput(adata, bundle, mask=mask, batch_size=batch_size)
         predict_from_args(adata, bundle, args, inputs=inputs, mask=mask)
     if not args.no_umap:
-        embed.embed(adata, progress=Progress("UMAP"))
+        embed.embed(adata, basis=args.umap_space, progress=Progress("UMAP"))
     if args.explain:
         explain_from_args(adata, bundle, args, inputs=inputs,
                           output=parts / "biomarkers.csv" if on_ray else None)
