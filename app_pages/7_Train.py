@@ -287,6 +287,10 @@ with st.expander("Settings"):
                                           help="Then the encoder is trained too (with MMD to the target when adapting).")
         mmd_weight = b3.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5, key="train_mmd_weight")
     model_name = st.text_input("Model name", value="", placeholder=f"{drug} (dist_vae, trained)")
+    if auth.mode() != "none":  # a lab server with logins: say what the other users will see of it
+        st.caption("The model goes into this server's shared model library: every user of the server can use it "
+                   "and read its card, which names you, the files that trained it, its genes and the label "
+                   "column, and its scores. Your data themselves stay in your session.")
 # what the model records of its inputs: the uploads' own names (never a server path)
 input_names = {"bulk": bulk["name"], "labels": labels["name"], "target": target_name}
 settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), head=head, members=int(members),

@@ -392,3 +392,29 @@ def test_the_datas_warnings_are_said_while_training_and_kept_when_it_fails(monke
     shown = [w.value.replace("\\", "") for w in at.warning]  # (as markdown: escaped)
     assert any("4 bulk sample(s) have a duplicated ID" in w for w in shown), shown
     assert any("The run failed for this test" in e.value for e in at.error)
+
+
+def test_on_a_lab_server_the_page_says_what_other_users_will_see_of_the_model(tmp_path, monkeypatch):
+    from scatd_core import users
+
+    shared = "goes into this server's shared model library"
+    at = _page_with_training_data()
+    at.run()
+    assert not at.exception and not any(shared in c.value for c in at.caption)  # one user, no login: nothing to say
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    users.add_user("bob", "bob's long password", admin=False)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.text_input(key="login_name").set_value("bob")
+    at.text_input(key="login_password").set_value("bob's long password")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    bulk, labels, target = synthetic()
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.switch_page("app_pages/7_Train.py")
+    at.run()
+    assert not at.exception, at.exception
+    assert any(shared in c.value and "names you, the files that trained it" in c.value for c in at.caption)
