@@ -17,6 +17,8 @@ field                             written by
 ``uns['scatd_input']``            :func:`scatd_core.io.read`: the read report
 ``uns['scatd_labels']``           :func:`scatd_core.labels.set_label_direction`: which value of a
                                   label column means resistant
+``uns['scatd_cell_metadata']``    :func:`scatd_core.io.add_cell_metadata`: the cell metadata table
+                                  added to obs (file, matched cells, the columns it added)
 ``obs['scatd_all_zero']``         io.read: cells with no expression at all
 ``obs['scatd_original_id']``      io.read: cell names before they were made unique
 ``var['scatd_original_name']``    io.read: gene names before they were made unique
@@ -100,6 +102,7 @@ FILTERED = "filtered (QC)"
 INPUT_REPORT = "scatd_input"
 REPORT = "scatd_report"  # uns: what a report was made with (label and group columns, the evaluation)
 LABEL_DIRECTIONS = "scatd_labels"
+CELL_METADATA = "scatd_cell_metadata"
 ALL_ZERO = "scatd_all_zero"
 ORIGINAL_CELL_ID = "scatd_original_id"
 ORIGINAL_GENE_NAME = "scatd_original_name"

@@ -17,6 +17,9 @@
   embeddings), never unpickled. A row all NaN is a cell without an embedding (as
   :func:`scatd_core.foundation.embed_cells` writes it): kept, and left unscored by the models.
 
+A table of per-cell annotations keyed by cell ID (labels, samples: what 10x output lacks) is
+added to ``obs`` by :func:`add_cell_metadata` (:mod:`scatd_core.io._obs`).
+
 Whatever goes wrong, only :class:`~scatd_core.errors.InputError` leaves these functions, with a
 message saying what is wrong and a hint saying what to do.
 
@@ -49,6 +52,7 @@ from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMAT_OF
                                    display_name, make_options, suffix_of, too_large, unsupported)
 from scatd_core.io._hdf5 import read_hdf5
 from scatd_core.io._npy import read_npy
+from scatd_core.io._obs import add_cell_metadata, cell_metadata_messages, read_cell_metadata, remove_cell_metadata
 from scatd_core.io._report import finish
 from scatd_core.io._table import read_table
 from scatd_core.io._tenx import choose_matrix, data_files, read_archive, read_mtx
@@ -56,7 +60,8 @@ from scatd_core.io._tenx import choose_matrix, data_files, read_archive, read_mt
 #: The start of the name of each folder :func:`store_upload` makes.
 UPLOAD_FOLDER_PREFIX = "scatd-upload-"
 
-__all__ = ["read", "read_bytes", "store_upload", "UPLOAD_FOLDER_PREFIX", "SUPPORTED_FORMATS", "UPLOAD_TYPES",
+__all__ = ["read", "read_bytes", "store_upload", "read_cell_metadata", "add_cell_metadata", "remove_cell_metadata",
+           "cell_metadata_messages", "UPLOAD_FOLDER_PREFIX", "SUPPORTED_FORMATS", "UPLOAD_TYPES",
            "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY", "MIN_CELLS", "BACKED_MIN_BYTES", "BACKED_MIN_CELLS"]
 
 
