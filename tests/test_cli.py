@@ -542,3 +542,43 @@ def test_output_piped_to_a_reader_that_stops_is_not_called_a_bug(capsys, monkeyp
     monkeypatch.setattr(models, "show", broken)
     code = cli.main(["models", "list"])
     assert code == 141 and "bug" not in capsys.readouterr().err
+
+
+def test_obs_adds_labels_and_samples_from_a_cell_metadata_table(capsys, cells_and_bundle):
+    """QA: data without cell annotations (10x output, .mtx, a table of genes x cells) had no way to get
+    labels or samples on the command line. --obs FILE adds a table keyed by cell ID, says what matched,
+    and --label-column / --sample-column use its columns (predict, report)."""
+    tmp = cells_and_bundle
+    meta = pd.DataFrame({"cell_id": [f"c{i}" for i in range(14)] + ["stranger"],
+                         "response": [i % 2 for i in range(14)] + [1], "sample": ["A"] * 7 + ["B"] * 8})
+    meta.to_csv(tmp / "meta.csv", index=False)
+    columns = ["--label-column", "response", "--label-resistant", "1", "--sample-column", "sample"]
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--output",
+                        tmp / "p.csv", "--obs", tmp / "meta.csv", "--expected-fraction", "0.3", *columns)
+    assert code == 0, err
+    assert ("--obs meta.csv: 14 of the data's 15 cells matched a row (cell IDs from its column 'cell_id'); added 2 "
+            "column(s): response, sample.") in err
+    assert "--obs 1 row(s) of the table's 15 match no cell of the data (e.g. 'stranger')" in err
+    assert "--obs 1 cell(s) have no row" in err
+    table = pd.read_csv(tmp / "p.csv")
+    assert list(table["cell_id"]) == [f"c{i}" for i in range(15)]
+    assert table["response"].iloc[:14].tolist() == [i % 2 for i in range(14)] and np.isnan(table["response"].iloc[14])
+    assert table["sample"].tolist() == ["A"] * 7 + ["B"] * 7 + [np.nan] and table["calibrated"].all()
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out",
+                        tmp / "rep", "--no-umap", "--obs", tmp / "meta.csv", *columns)
+    assert code == 0, err
+    assert "Against 'response' (14 cells): AUROC" in err and "--obs meta.csv: 14 of the data's 15" in err
+    assert ad.read_h5ad(tmp / "rep" / "annotated.h5ad").uns["scatd_cell_metadata"]["file"] == "meta.csv"
+
+
+def test_obs_that_matches_no_cell_or_is_an_output_is_refused_first(capsys, cells_and_bundle):
+    tmp = cells_and_bundle
+    pd.DataFrame({"cell_id": ["AAAC-1", "AAAG-1"], "response": [0, 1]}).to_csv(tmp / "other.csv", index=False)
+    base = ["predict", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--obs", tmp / "other.csv"]
+    code, _, err = _run(capsys, *base, "--output", tmp / "p.csv")
+    assert code == 2 and "error: None of the 2 cell IDs in other.csv (its column 'cell_id', e.g. 'AAAC-1'" in err
+    assert "is a cell of the data (e.g. 'c0', 'c1', 'c2')" in err and "Put the data's cell IDs" in err
+    assert not (tmp / "p.csv").exists()
+    code, _, err = _run(capsys, *base, "--output", tmp / "other.csv")
+    assert code == 2 and "would overwrite the input file" in err
+    assert pd.read_csv(tmp / "other.csv")["cell_id"].tolist() == ["AAAC-1", "AAAG-1"]

@@ -156,9 +156,9 @@ def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] 
 
 def check_outputs(args, outputs: dict[str, object], inputs=None) -> None:
     """:func:`check_output` for each ``{option: path}`` given (files, not folders), against
-    ``inputs`` (default ``--input`` and ``--biomart``); two options may not name the same file."""
+    ``inputs`` (default ``--input``, ``--biomart`` and ``--obs``); two options may not name the same file."""
     if inputs is None:
-        inputs = [getattr(args, "input", None), getattr(args, "biomart", None)]
+        inputs = [getattr(args, "input", None), getattr(args, "biomart", None), getattr(args, "obs", None)]
     given = {option: Path(path) for option, path in outputs.items() if path}
     for option, path in given.items():
         check_output(path, option, inputs=inputs)
@@ -206,6 +206,9 @@ def read_input(args, backed="auto"):
     say(f"Read {adata.n_obs:,} cells x {adata.n_vars:,} features from {Path(args.input).name}")
     for w in adata.uns[io.REPORT_KEY].get("warnings", []):
         say(f"warning: {w}")
+    if getattr(args, "obs", None):  # before --label-column, --sample-column and --mask are checked
+        for line in io.cell_metadata_messages(io.add_cell_metadata(adata, args.obs)):
+            say(f"--obs {line}")
     return adata
 
 
@@ -245,6 +248,11 @@ def _column_mask_type():
 
 
 def add_label_arguments(p: argparse.ArgumentParser, use: str = "for evaluation") -> None:
+    p.add_argument("--obs", metavar="FILE",
+                   help="a cell metadata table (CSV/TSV: the cell IDs in the first column or in one named cell_id or "
+                        "barcode, then columns such as response or sample) whose columns are added to the data's "
+                        "obs, for --label-column, --sample-column and --mask (10x and matrix files carry none); "
+                        "a name the data already has gets _meta appended")
     p.add_argument("--label-column", help=f"obs column with known responses, {use}")
     p.add_argument("--label-resistant",
                    help="the value of --label-column meaning resistant (needed unless the values are words "

@@ -90,7 +90,7 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
 def run(args) -> int:
     from scatd_core._output import REPORT_FILES
 
-    check_output(args.out, "--out", inputs=[args.input, args.biomart], folder_files=REPORT_FILES)
+    check_output(args.out, "--out", inputs=[args.input, args.biomart, args.obs], folder_files=REPORT_FILES)
     bundle = resolve_bundle(args.model)
     on_ray = args.engine == "ray"
     adata = read_input(args, backed=True if on_ray else "auto")
