@@ -5,6 +5,7 @@ import streamlit as st
 
 from scatd_app import state, ui
 from scatd_core import genes, io, labels, pl
+from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
 from scatd_core.preprocess import QC_KEY, QC_METRICS, apply_qc_filter, suggest_qc_thresholds
 
@@ -157,9 +158,27 @@ if qc is not None:
 
 # ------------------------------------------------------------------ label and sample columns
 st.subheader("Columns for evaluation and grouping")
+metadata_key = ui.cell_metadata_key()
+metadata = st.file_uploader("Cell metadata table (optional; CSV or TSV)", type=["csv", "tsv", "txt", "gz"],
+                            key=metadata_key, max_upload_size=limit_mb,
+                            help="Known responses, samples ... per cell, for data that do not carry them (10x output, "
+                                 "matrix files): a header line, the cell IDs in the first column (or in one named "
+                                 "cell_id or barcode), then one column per annotation, e.g. cell_id,response,sample. "
+                                 "Its columns are added to the data's; another table replaces them, and they go "
+                                 "with the data.")
+ui.add_cell_metadata(adata, metadata, metadata_key)
+added = adata.uns.get(CELL_METADATA)
+if added:
+    said = io.cell_metadata_messages(added)
+    st.info("  \n".join(ui.md(line) for line in said), icon=":material/table_view:")
 flagged = info.get("label_columns") or {}
 candidates = [c for c in adata.obs.columns if not str(c).startswith("scatd_")
               and (c in flagged or adata.obs[c].nunique(dropna=True) <= 50)]
+if not candidates:
+    st.info("These data carry no column of known responses or samples (10x output and matrix files never do). "
+            "To evaluate the predictions against known responses, or see them per sample, add a cell metadata "
+            "table above: a CSV or TSV with the cell IDs in the first column and columns such as response or "
+            "sample.", icon=":material/lightbulb:")
 label_options = [None] + sorted(candidates, key=lambda c: (c not in flagged, str(c)))
 if ss.get(state.LABEL_COLUMN) not in label_options:
     ss[state.LABEL_COLUMN] = None

@@ -43,7 +43,7 @@ MAX_KEPT = 64
 #: Session keys kept for a reload besides the widget values (state.KEPT_WIDGET_PREFIXES).
 KEPT_KEYS = (state.ADATA, state.DATA_NAME, state.DATA_TOKEN, state.IS_DEMO, state.LABEL_COLUMN,
              state.SAMPLE_COLUMN, state.BUNDLE_PATH, state.PREDICTION, state.INPUTS, state.EMBEDDING,
-             state.BIOMARKERS, state.UMAP_DECLINED, state.AHEAD_DECLINED, state.QC_METRICS, state.PANEL, state.PANEL_MARKERS, "data_upload", SESSION_ID,
+             state.BIOMARKERS, state.UMAP_DECLINED, state.AHEAD_DECLINED, state.QC_METRICS, state.PANEL, state.PANEL_MARKERS, "data_upload", state.CELL_METADATA, SESSION_ID,
              state.PREDICT_RUNNING, state.EXPLAIN_RUNNING, state.PANEL_RUNNING, state.EMBED_RUNNING)
 
 

@@ -16,6 +16,9 @@ UPLOAD              the Data page's last upload, on disk: ``{"id", "name", "path
 IS_DEMO             whether the dataset is the built-in demo
 LABEL_COLUMN        obs column holding true labels, for evaluation (or None)
 SAMPLE_COLUMN       obs column holding the sample / batch (or None)
+CELL_METADATA       the Data page's cell metadata table: ``{"id", "name", "table", "source", "token",
+                    "problem"}`` (the upload, its rows, the dataset upload it was given for, the data
+                    token it was last added to, and why it could not be); forgotten with that upload
 BUNDLE_PATH         path (str) of the chosen model bundle
 PREDICTION          token of (data, QC mask, model, settings) of the prediction in ADATA, or None
 INPUTS              ``(token, ModelInput)``: the model input of ADATA for the chosen model (its token
@@ -46,6 +49,7 @@ UPLOAD = "data_kept_upload"
 IS_DEMO = "is_demo"
 LABEL_COLUMN = "label_column"
 SAMPLE_COLUMN = "sample_column"
+CELL_METADATA = "cell_metadata"
 BUNDLE_PATH = "bundle_path"
 PREDICTION = "prediction_token"
 INPUTS = "model_inputs"

@@ -839,13 +839,18 @@ def set_data(adata: ad.AnnData, name: str, *, demo: bool = False) -> None:
             set_bundle(None)
     for key in [k for k in ss.keys() if str(k).startswith(("qc_", "label_"))]:
         del ss[key]
-    report = adata.uns.get(INPUT_REPORT, {})
-    labels = [c for c, v in (report.get("label_columns") or {}).items() if v.get("binary")]
-    ss[state.LABEL_COLUMN] = labels[0] if labels else None
-    groups = list(report.get("group_columns") or [])
+    ss[state.LABEL_COLUMN], ss[state.SAMPLE_COLUMN] = _default_columns(adata.uns.get(INPUT_REPORT, {}))
+
+
+def _default_columns(report: dict, among=None) -> tuple[str | None, str | None]:
+    """The label column (a two-valued one named like response or label) and the sample column (named like
+    sample, batch, patient ...) the Data page starts with, from the read report (``among``: only these)."""
+    labels = [c for c, v in (report.get("label_columns") or {}).items() if v.get("binary")
+              and (among is None or c in among)]
+    groups = [c for c in list(report.get("group_columns") or []) if among is None or c in among]
     sample_like = [c for c in groups if c.lower() in ("sample", "sample_id", "samples", "batch", "batch_id",
                                                       "patient", "donor", "orig.ident")]
-    ss[state.SAMPLE_COLUMN] = sample_like[0] if sample_like else None
+    return (labels[0] if labels else None), (sample_like[0] if sample_like else None)
 
 
 def set_bundle(path: str | None) -> None:
@@ -978,6 +983,67 @@ def _orientation_changes_nothing(adata, orientation: str, read_with: str | None)
     if bool(report.get("orientation_fixed", False)) or orientation == read_with:
         return True
     return orientation != "auto" and orientation == report.get("orientation")
+
+
+#: Session key: [file id, error] of a cell metadata table that could not be read (not kept for a reload).
+CELL_METADATA_FAILED = "cell_metadata_failed"
+
+
+def cell_metadata_key() -> str:
+    """The key of the Data page's cell metadata uploader: one per dataset upload (or the demo), so
+    that new data start with an empty uploader while the same upload read again keeps its table."""
+    ss = st.session_state
+    source = "demo" if ss.get(state.IS_DEMO) else str((ss.get("data_upload") or ["none"])[0])
+    return f"upload_cell_metadata_{source}"
+
+
+def add_cell_metadata(adata: ad.AnnData, uploaded, source: str) -> None:
+    """The Data page's cell metadata table: read once per upload (then Streamlit's copy is let go),
+    added to the data's obs, and added again to a new reading of the same upload (another
+    orientation); forgotten with the upload it was given for (``source``: :func:`cell_metadata_key`).
+    Says what was matched, or why nothing could be; a label or sample column it brings is chosen
+    when none is."""
+    from scatd_app import session
+    from scatd_core import io
+
+    ss = st.session_state
+    meta = ss.get(state.CELL_METADATA)
+    if meta is not None and meta["source"] != source:  # other data: the table went with the data it was for
+        ss.pop(state.CELL_METADATA, None)
+        meta = None
+    if uploaded is not None and (meta is None or meta["id"] != uploaded.file_id):
+        failed = ss.get(CELL_METADATA_FAILED)
+        if failed and failed[0] == uploaded.file_id:
+            show_error(failed[1])  # read once: the same file gives the same error
+            return
+        try:
+            table = io.read_cell_metadata(uploaded.getvalue(), uploaded.name)
+        except Exception as exc:  # io promises InputError; still never a traceback
+            ss[CELL_METADATA_FAILED] = [uploaded.file_id, error_copy(exc)]
+            show_error(exc)
+            return
+        ss.pop(CELL_METADATA_FAILED, None)
+        meta = ss[state.CELL_METADATA] = {"id": uploaded.file_id, "name": uploaded.name, "table": table,
+                                          "source": source, "token": None, "problem": None}
+        session.release_upload(uploaded.file_id)
+    if meta is None:
+        return
+    if meta["token"] != ss.get(state.DATA_TOKEN):  # not yet added to these data
+        meta["token"], meta["problem"] = ss.get(state.DATA_TOKEN), None
+        try:
+            record = io.add_cell_metadata(adata, meta["table"], meta["name"])
+        except ScatdError as exc:
+            meta["problem"] = error_copy(exc)
+        else:
+            from scatd_core._keys import INPUT_REPORT
+
+            label, sample = _default_columns(adata.uns.get(INPUT_REPORT, {}), among=set(record["columns"]))
+            if ss.get(state.LABEL_COLUMN) not in adata.obs:
+                ss[state.LABEL_COLUMN] = label
+            if ss.get(state.SAMPLE_COLUMN) not in adata.obs:
+                ss[state.SAMPLE_COLUMN] = sample
+    if meta["problem"] is not None:
+        show_error(meta["problem"])
 
 
 def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
