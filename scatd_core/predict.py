@@ -661,10 +661,11 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
         adata.uns[keys.run]["threshold"]["label_column"] = str(label_column)
 
 
-def forget_label_calibrations(adata: ad.AnnData, column: str) -> list[str]:
+def forget_label_calibrations(adata: ad.AnnData, column: str, why: str = "its label direction changed") -> list[str]:
     """Put every threshold fitted on ``obs[column]``'s labels back to its model's default (the
-    column's label direction changed, so the fit no longer means anything); returns the results'
-    prefixes (``uns`` keys) whose threshold was reset."""
+    column's label direction changed, or the column was replaced: ``why``, said in the threshold's
+    detail; the fit no longer means anything); returns the results' prefixes (``uns`` keys) whose
+    threshold was reset."""
     reset = []
     for key in list(adata.uns.keys()):
         run = adata.uns[key]
@@ -675,7 +676,7 @@ def forget_label_calibrations(adata: ad.AnnData, column: str) -> list[str]:
         default = float(run["model"]["default_threshold"])
         set_threshold(adata, default, "model default", key_added=key,
                       detail=f"the model's default ({default:g}); the threshold fitted on '{column}' was dropped when "
-                             "its label direction changed")
+                             f"{why}")
         reset.append(str(key))
     return reset
 

@@ -164,3 +164,26 @@ def test_bytes_utf16_and_gzip_are_read_and_the_size_limit_holds(tmp_path, monkey
     with pytest.raises(InputError) as err:  # a file that is not text: its name only, never where it was kept
         io.read_cell_metadata(b"\x89HDF\r\n\x1a\n\x00\x00" + bytes(range(256)) * 4, "cells.h5ad")
     assert err.value.message.startswith("cells.h5ad is not a text table") and "scatd-metadata" not in str(err.value)
+
+
+def test_a_threshold_fitted_on_a_replaced_column_goes_back_to_the_model_default(tmp_path):
+    """A threshold calibrated on the labels of a table's column means nothing once another table
+    replaces that column: put back to the model's default, and said."""
+    from _app_helpers import make_bundle, make_dataset
+    from scatd_core.predict import calibrate, predict
+
+    adata = make_dataset(120, seed=1)
+    truth = adata.obs.pop("response")
+    bundle = make_bundle(tmp_path / "model", make_dataset(150, seed=0), steps=20)
+    predict(adata, bundle)
+    table = pd.DataFrame({"cell_id": adata.obs_names, "known": truth.to_numpy()})
+    table.to_csv(tmp_path / "meta.csv", index=False)
+    io.add_cell_metadata(adata, tmp_path / "meta.csv")
+    set_label_direction(adata, "known", "resistant")
+    calibrate(adata, label_column="known", method="youden")
+    assert adata.uns["scatd"]["threshold"]["label_column"] == "known"
+    table.assign(known=truth.sample(frac=1, random_state=0).to_numpy()).to_csv(tmp_path / "other.csv", index=False)
+    io.add_cell_metadata(adata, tmp_path / "other.csv")
+    threshold = adata.uns["scatd"]["threshold"]
+    assert threshold["source"] == "model default" and "label_column" not in threshold
+    assert "another cell metadata table replaced the column" in threshold["detail"]

@@ -157,6 +157,10 @@ def remove_cell_metadata(adata) -> list[str]:
     columns = [str(c) for c in record.get("columns", ()) if str(c) in adata.obs]
     if columns:
         adata.obs = adata.obs.drop(columns=columns)
+        from scatd_core.predict import forget_label_calibrations
+
+        for column in columns:  # a threshold fitted on labels that are gone means nothing any more
+            forget_label_calibrations(adata, column, why="another cell metadata table replaced the column")
     directions = dict(adata.uns.get(LABEL_DIRECTIONS, {}))
     if any(c in directions for c in columns):
         adata.uns[LABEL_DIRECTIONS] = {k: v for k, v in directions.items() if k not in columns}
