@@ -541,3 +541,41 @@ def test_train_panel_leaves_below_chance_models_out_of_the_saved_panel(tmp_path,
     assert panel.list_panels(user)["starter"]["models"] == ["GOOD", "OKAY"]
     assert main(args + ["--save-panel", "starter", "--include-below-chance"]) == 0
     assert panel.list_panels(user)["starter"]["models"] == ["GOOD", "OKAY", "BAD"]
+
+def test_cli_panel_calibrates_on_labels_only_the_drug_they_record(lib_env, tmp_path, capsys):
+    """A label column records the response to one drug: for a panel, --label-column DRUG=COLUMN
+    calibrates that drug only (the others keep their default threshold, said); a bare column is
+    refused before any work, saying what to write; labels that do not pin that drug's threshold
+    down are said for that drug, and the panel's results are still written."""
+    data = make_dataset(150, seed=21)
+    alone = data.copy()
+    predict(alone, load_bundle(lib_env / "DRUGA"))
+    prob = alone.obs["scatd_prob_resistant"].to_numpy()
+    data.obs["druga_response"] = np.where(prob > np.median(prob), "resistant", "sensitive")
+    data.obs["noise"] = np.where(np.random.default_rng(0).random(150) < 0.5, "resistant", "sensitive")
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    out = tmp_path / "p.csv"
+    base = ["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
+            "--model", "DRUGC", "--calibrate-on-labels", "youden", "--output", str(out)]
+    assert main(base + ["--label-column", "druga_response"]) == 2
+    err = capsys.readouterr().err
+    assert "--label-column druga_response does not say which drug's response the labels record" in err
+    assert "Name it: --label-column DRUGA=druga_response" in err
+    assert "Panel of" not in err and not out.exists()  # refused before any prediction
+    for bad, said in ((["--label-column", "NOPE=druga_response"], "names 'NOPE', not a drug of the panel"),
+                      ([], "--calibrate-on-labels needs --label-column DRUG=COLUMN")):
+        assert main(base + bad) == 2 and said in capsys.readouterr().err, bad
+    assert main(base + ["--label-column", "druga=druga_response"]) == 0
+    err = capsys.readouterr().err
+    table = pd.read_csv(out)
+    assert table["DRUGA_calibrated"].all() and not table[["DRUGB_calibrated", "DRUGC_calibrated"]].any().any()
+    assert "DRUGA: Threshold" in err and "labelled cells of 'druga_response'" in err
+    assert "DRUGB, DRUGC keep their model's default threshold (uncalibrated" in err
+    assert "druga_response" in table  # the label column itself, copied as for one model
+    out.unlink()
+    assert main(base + ["--label-column", "DRUGB=noise"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: DRUGB (model DRUGB) is not calibrated on 'noise': The labelled cells of 'noise'" in err
+    assert "It keeps its model's default threshold (uncalibrated)." in err
+    assert not pd.read_csv(out)[[f"{d}_calibrated" for d in DRUGS]].any().any()
+

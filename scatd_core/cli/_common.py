@@ -259,6 +259,15 @@ def add_label_arguments(p: argparse.ArgumentParser, use: str = "for evaluation")
                         "like resistant/sensitive; SCAD's 'response' is 1 = sensitive, so give 0)")
 
 
+def drug_and_column(text: str, option: str, example: str) -> tuple[str, str]:
+    """``DRUG=COLUMN`` (a label column and the drug whose response it records: ``train-panel
+    --target-labels``, a panel's ``predict --label-column``) as ``(drug, column)``."""
+    drug, sep, column = str(text).partition("=")
+    if not sep or not drug.strip() or not column.strip():
+        raise ScatdError(f"{option} {text!r} is not DRUG=COLUMN.", f"e.g. {option} {example}.")
+    return drug.strip(), column.strip()
+
+
 def check_columns(adata, args) -> None:
     """``--label-column`` and ``--sample-column`` name columns of the data's obs (checked before
     anything is computed, so a typo is not silently ignored)."""

@@ -28,7 +28,8 @@ def add(sub) -> None:
     p.add_argument("--group-summary", help="panel: also write the per-cluster/per-sample summary CSV here")
     p.add_argument("--html", help="panel: also write the HTML panel report here")
     add_prediction_arguments(p)
-    add_label_arguments(p, "for --calibrate-on-labels (`scatd report` evaluates the calls against it)")
+    add_label_arguments(p, "for --calibrate-on-labels (`scatd report` evaluates the calls against it); for a "
+                           "panel, DRUG=COLUMN: the drug whose response it records, the only one calibrated on it")
     p.add_argument("--sample-column", help="obs column with the sample / batch, copied into the table")
     add_engine_arguments(p)
     p.set_defaults(run=run)
@@ -78,7 +79,9 @@ def add_threshold_arguments(p, panel: bool = True) -> None:
                          "; for a panel, DRUG=FRACTION gives one drug its own (repeat it; drugs not named take the "
                          "plain value when one is given, else keep their threshold)" if panel else ""))
     thr.add_argument("--calibrate-on-labels", choices=["youden", "mcc"],
-                     help="calibrate the threshold on the labelled cells of --label-column")
+                     help="calibrate the threshold on the labelled cells of --label-column" + (
+                         "; for a panel, --label-column DRUG=COLUMN: a label column records one drug's response, "
+                         "so only that drug is calibrated on it (the others keep their threshold)" if panel else ""))
 
 
 def expected_fraction(text: str):
@@ -283,6 +286,7 @@ def run_panel(args, bundles) -> int:
     if unknown:
         raise ScatdError(f"--expected-fraction names {', '.join(unknown)}, not a drug of the panel.",
                          f"The panel's drugs: {', '.join(names)}.")
+    label_drug = panel_label_drug(args, names)  # before any work; args.label_column is then the column
     adata = read_input(args)
     check_columns(adata, args)
     mask = cell_mask(adata, args)
@@ -302,8 +306,8 @@ def run_panel(args, bundles) -> int:
             say(f"warning: {m.drug} (model {m.folder}) skipped: {m.problem}")
         elif args.threshold is not None:
             set_threshold(adata, args.threshold, "user", key_added=m.key)
-        elif args.calibrate_on_labels:
-            calibrate_from_args(adata, args, key_added=m.key)
+    if args.calibrate_on_labels:
+        calibrate_panel_on_labels(adata, args, scored, label_drug)
     if fraction is not None or per_drug:
         lost = [d for d in per_drug if d.lower() not in {m.drug.lower() for m in scored}]
         if lost:
@@ -336,6 +340,58 @@ def run_panel(args, bundles) -> int:
             export.write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")
     return 0
+
+
+def panel_label_drug(args, drugs: list[str]) -> str | None:
+    """The panel's drug whose response ``--label-column DRUG=COLUMN`` records (``args.label_column``
+    then set to the column); ``None`` for a bare column. A label column records one drug's
+    response, so ``--calibrate-on-labels`` needs the drug named: refused otherwise, before any work."""
+    from scatd_core.cli._common import drug_and_column
+    from scatd_core.errors import ScatdError
+
+    column = args.label_column
+    example = f"--label-column {drugs[0]}={column or 'response'}"
+    if args.calibrate_on_labels and not column:
+        raise ScatdError(f"--calibrate-on-labels needs --label-column DRUG=COLUMN: the labelled cells, and which drug "
+                         f"of the panel ({', '.join(drugs)}) they record the response to.",
+                         f"e.g. {example} (add --label-resistant VALUE for codes like 0/1).")
+    if args.calibrate_on_labels and "=" not in column:
+        raise ScatdError(f"--label-column {column} does not say which drug's response the labels record, and this "
+                         f"panel has {len(drugs)} drugs ({', '.join(drugs)}): --calibrate-on-labels calibrates only "
+                         "the drug the labels are for.",
+                         f"Name it: {example}; the other drugs keep their model's default threshold.")
+    if not column or "=" not in column:
+        return None
+    drug, args.label_column = drug_and_column(column, "--label-column", f"{drugs[0]}=response")
+    by_name = {d.lower(): d for d in drugs}
+    if drug.lower() not in by_name:
+        raise ScatdError(f"--label-column {column} names {drug!r}, not a drug of the panel.",
+                         f"The panel's drugs: {', '.join(drugs)}.")
+    return by_name[drug.lower()]
+
+
+def calibrate_panel_on_labels(adata, args, scored, drug: str) -> None:
+    """``--calibrate-on-labels`` for a panel: only ``drug``, the one whose response the labels
+    record; every message names it. Labels that do not pin its threshold down leave it at its
+    own threshold (said; the outputs mark it uncalibrated) rather than losing the panel's results."""
+    from scatd_core.errors import ScatdError
+    from scatd_core.predict import calibrate
+
+    column = args.label_column
+    member = next((m for m in scored if m.drug == drug), None)
+    others = [m.drug for m in scored if m is not member]
+    if member is None:
+        say(f"warning: --calibrate-on-labels: {drug} was not scored, so it is not calibrated on '{column}'.")
+    else:
+        try:
+            calibrate(adata, label_column=column, method=args.calibrate_on_labels, key_added=member.key)
+        except ScatdError as exc:
+            say(f"warning: {drug} (model {member.folder}) is not calibrated on '{column}': {exc.message}"
+                + (f" {exc.hint}" if exc.hint else "") + " It keeps its model's default threshold (uncalibrated).")
+    if others:
+        say(f"note: the labels of '{column}' are {drug}'s, so no other drug is calibrated on them: "
+            f"{', '.join(others)} keep{'s' if len(others) == 1 else ''} {'its' if len(others) == 1 else 'their'} "
+            "model's default threshold (uncalibrated; each is printed below).")
 
 
 def say_panel_comparison(adata, emit=say) -> None:

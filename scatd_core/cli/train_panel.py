@@ -6,7 +6,7 @@ from pathlib import Path
 
 from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings, refuse_lone_resistant_value
-from scatd_core.cli._common import BACKBONES, DEVICES, Progress, check_output, fmt, positive_int, say
+from scatd_core.cli._common import BACKBONES, DEVICES, Progress, check_output, drug_and_column, fmt, positive_int, say
 from scatd_core.errors import ScatdError
 
 #: The recipe's defaults, for the help (the training takes them from the same place).
@@ -73,11 +73,9 @@ def _labels(args):
 def _target_labels(pairs) -> dict[str, str]:
     out = {}
     for pair in pairs or []:
-        drug, sep, column = pair.partition("=")
-        if not sep or not drug.strip() or not column.strip():
-            raise ScatdError(f"--target-labels {pair!r} is not DRUG=COLUMN.",
-                             "e.g. --target-labels Gefitinib=response (a drug of --drugs, a column of the target).")
-        out[drug.strip()] = column.strip()
+        drug, column = drug_and_column(pair, "--target-labels",
+                                       "Gefitinib=response (a drug of --drugs, a column of the target)")
+        out[drug] = column
     return out
 
 
