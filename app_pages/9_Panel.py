@@ -168,7 +168,7 @@ with st.expander("Or one expected resistant fraction per drug (e.g. from a bulk 
         cols[i % len(cols)].number_input(m.drug, 0.01, 0.99, step=0.05, key=f"panel_fraction_{m.key}")
     st.button("Calibrate each drug to its own fraction", key="btn_panel_calibrate_each",
               on_click=ui.detached(calibrate_all), args=(True,))
-for note in panel.comparison_notes(adata):
+for note in panel.comparison_notes(adata, app=True):
     st.warning(ui.md(note), icon=":material/tune:")
 
 # ------------------------------------------------------------------ groups, heatmap, dot plot
@@ -203,7 +203,7 @@ else:
 # ------------------------------------------------------------------ ranking
 st.subheader("Which drug?")
 left, right = st.columns(2)
-left.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata), "Whole sample: best drug first"),
+left.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata), panel.ranking_title(adata, "Whole sample")),
                   key="panel_rank_all")
 if panel.one_expected_fraction(adata) is not None:
     left.caption("Equal by construction: every drug is calibrated to the same expected fraction, so this order "
@@ -215,8 +215,11 @@ if group is not None:
     chosen = right.selectbox(f"For one {ui.md(names.get(group, group))}", values, key="panel_group_value")
     in_group = (adata.obs[group].astype(str) == chosen).to_numpy()
     right.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata, in_group),
-                                              f"{names.get(group, group)} {chosen}: best drug first"),
+                                              panel.ranking_title(adata, f"{names.get(group, group)} {chosen}")),
                        key="panel_rank_group")
+caveat = panel.ranking_caveat(adata, app=True)
+if caveat:
+    st.caption(ui.md(caveat))
 
 # ------------------------------------------------------------------ UMAP
 st.subheader("UMAP")
@@ -250,7 +253,7 @@ if UMAP in adata.obsm:
 
 # ------------------------------------------------------------------ multi-drug-resistant cells
 st.subheader("Cells resistant to every drug")
-statement, subclone = panel.resistant_to_all_statement(adata)
+statement, subclone = panel.resistant_to_all_statement(adata, app=True)
 st.markdown(ui.md(statement))
 markers = ss.get(state.PANEL_MARKERS)
 if markers is not None and markers[0] != token:
@@ -286,7 +289,7 @@ c[1].caption("per drug: whole sample" + "".join(f", per {ui.md(names.get(g, g))}
                                                for g in export.panel_group_columns(adata, groups)))
 c[2].download_button("panel_report.html",
                      ui.detached(lambda: export.panel_html_report(adata, group_columns=groups, data_name=data_name,
-                                                                  markers=report_markers, files=files)
+                                                                  markers=report_markers, files=files, app=True)
                                  .encode("utf-8")),
                      file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                      key="btn_dl_panel_html", on_click="ignore")

@@ -725,13 +725,15 @@ PANEL_DOWNLOADS = ("panel.csv", "panel_summary.csv", "annotated.h5ad")
 
 
 def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), data_name: str | None = None,
-                      markers: pd.DataFrame | None = None, files: Sequence[str] | None = None) -> str:
+                      markers: pd.DataFrame | None = None, files: Sequence[str] | None = None,
+                      app: bool = False) -> str:
     """A self-contained HTML report of a panel run: the models (status, coverage, calibration), the
     drug ranking, the cells x drugs heatmap and dot plot per cluster/sample, the UMAP coloured by
     the number of drugs resisted (when computed), the cells resistant to every drug and, when
     given and every drug is calibrated, their top ``markers``
     (:func:`scatd_core.panel.multi_resistant_markers`). ``files``: the files written with it, named
-    in its footer (default: the standard names)."""
+    in its footer (default: the standard names). ``app``: made by the app (its notes name the Panel
+    page's ways to calibrate, else the command line's)."""
     from plotly.offline import get_plotlyjs
 
     from scatd_core import panel
@@ -749,11 +751,13 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
                      "workflow and say nothing about real cells.</p>")
     if panel.uncalibrated(adata):
         parts.append("<p class='warn'>Some calls use a threshold <b>not calibrated</b> to this dataset.</p>")
-    parts += [f"<p class='warn'>{html.escape(note)}</p>" for note in panel.comparison_notes(adata)]
+    parts += [f"<p class='warn'>{html.escape(note)}</p>" for note in panel.comparison_notes(adata, app=app)]
     parts.append("<h2>Models</h2>" + _frame_html(panel_models_table(adata)))
     ranking = panel.drug_ranking(adata)
-    parts.append("<h2>Drug ranking (whole sample)</h2>" + _figure_html(pl.drug_ranking_figure(ranking)) +
-                 _frame_html(ranking))
+    caveat = panel.ranking_caveat(adata, app=app)
+    parts.append(f"<h2>{html.escape(panel.ranking_title(adata, 'Whole sample'))}</h2>"
+                 + (f"<p class='warn'>{html.escape(caveat)}</p>" if caveat else "")
+                 + _figure_html(pl.drug_ranking_figure(ranking)) + _frame_html(ranking))
     prob, drugs = panel.probability_matrix(adata)
     for column in panel_group_columns(adata, group_columns):
         name = "Leiden cluster" if column == _keys.CLUSTER else column
@@ -763,7 +767,7 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
         parts.append(_figure_html(pl.panel_heatmap(prob, drugs, adata.obs[column], name, order,
                                                    f"P(resistant), cells x drugs, by {name}")))
         parts.append(_figure_html(pl.panel_dotplot(summary_, name, f"Fraction resistant per {name} and drug")))
-    statement, subclone = panel.resistant_to_all_statement(adata)
+    statement, subclone = panel.resistant_to_all_statement(adata, app=app)
     parts.append(f"<h2>Cells resistant to every drug</h2><p>{html.escape(statement)}</p>")
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP])

@@ -52,7 +52,8 @@ from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, S
 
 __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
            "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
-           "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name"]
+           "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
+           "calibration_routes", "ranking_title", "ranking_caveat"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -437,22 +438,42 @@ def one_expected_fraction(adata: ad.AnnData) -> float | None:
     return next(iter(fractions)) if len(fractions) == 1 and None not in fractions else None
 
 
-def comparison_notes(adata: ad.AnnData) -> list[str]:
+def _uncalibrated_thresholds(adata: ad.AnnData) -> str:
+    """Each uncalibrated drug with the threshold its calls use, e.g. ``DRUGA (its model's default, 0.5)``."""
+    out = []
+    for m in members(adata):
+        thr = adata.uns[m.key]["threshold"]
+        if not thr["calibrated"]:
+            how = "its model's default" if thr["source"] == "model default" else "a threshold set by hand"
+            out.append(f"{m.drug} ({how}, {float(thr['value']):.4g})")
+    return ", ".join(out)
+
+
+def calibration_routes(app: bool = False) -> str:
+    """How every drug of a panel gets calibrated where the reader is: expected resistant fractions,
+    on the Drug panel page or with ``--expected-fraction``. (Labelled cells calibrate only the one
+    drug whose response they record, ``--label-column DRUG=COLUMN``, so never every drug.)"""
+    if app:
+        return "an expected resistant fraction for every drug, or one per drug, on the Drug panel page"
+    return "--expected-fraction FRACTION for every drug, or --expected-fraction DRUG=FRACTION for a drug's own"
+
+
+def comparison_notes(adata: ad.AnnData, *, app: bool = False) -> list[str]:
     """What the panel's numbers do and do not compare across drugs, in the words the app, the CLI
-    and the HTML report all use: uncalibrated drugs, or every drug calibrated to one fraction (then
-    the whole-sample ranking is equal by construction)."""
+    and the HTML report all use: uncalibrated drugs (each with the threshold its calls use), or
+    every drug calibrated to one fraction (then the whole-sample ranking is equal by construction).
+    ``app``: name the Panel page's ways to calibrate, else the command line's."""
     notes = []
     loose = uncalibrated(adata)
     if len(members(adata)) < MIN_MODELS:
         return [f"Only one drug was scored: comparing drugs needs at least {MIN_MODELS} scored drugs."]
     if loose:
         notes.append(
-            f"Uncalibrated (model default or a set threshold): {', '.join(loose)}. Each model has its own default "
-            "threshold (the original scATD's: 0.05 for Dist_VAE, 0.5 for VAE_sf/VAE_gf) and its own scale of P(resistant), "
-            "so neither the fractions called resistant nor the mean P(resistant) compare across drugs. What does "
-            "compare: one drug's clusters or samples against each other, and the order of the cells within one "
-            "drug; across drugs, fractions once every drug is calibrated (to an expected resistant fraction of "
-            "its own, or on labelled cells).")
+            f"Uncalibrated: {_uncalibrated_thresholds(adata)}. Each model has its own default threshold and its "
+            "own scale of P(resistant), so neither the fractions called resistant nor the mean P(resistant) "
+            "compare across drugs. What does compare: one drug's clusters or samples against each other, and the "
+            "order of the cells within one drug; across drugs, fractions once every drug is calibrated "
+            f"({calibration_routes(app)}).")
     fraction = one_expected_fraction(adata)
     if fraction is not None:
         notes.append(
@@ -464,11 +485,30 @@ def comparison_notes(adata: ad.AnnData) -> list[str]:
     return notes
 
 
-def resistant_to_all_statement(adata: ad.AnnData) -> tuple[str, bool]:
+def ranking_title(adata: ad.AnnData, where: str) -> str:
+    """The title of a drug ranking of ``where`` (``"Whole sample"``, ``"sample P1"``): "best drug
+    first" only once every scored drug is calibrated; before that, what the bars are."""
+    if uncalibrated(adata):
+        return f"{where}: fraction called resistant per drug, uncalibrated"
+    return f"{where}: best drug first"
+
+
+def ranking_caveat(adata: ad.AnnData, *, app: bool = False) -> str | None:
+    """What an uncalibrated drug ranking does not say (``None`` once every drug is calibrated)."""
+    loose = uncalibrated(adata)
+    if not loose:
+        return None
+    return (f"Uncalibrated ({', '.join(loose)}): each fraction is at its model's own threshold, so the fractions do "
+            "not compare across drugs and this order does not rank the drugs. Calibrate every drug "
+            f"({calibration_routes(app)}) to compare them.")
+
+
+def resistant_to_all_statement(adata: ad.AnnData, *, app: bool = False) -> tuple[str, bool]:
     """The sentence about the cells called resistant to every scored drug, and whether they may be
     called a possible multi-drug-resistant subclone (and their biomarkers looked up): only with at
     least two scored drugs, every one calibrated. At uncalibrated thresholds (the original Dist_VAE
-    default of 0.05 can call most cells resistant) the count is given with that caveat and nothing more."""
+    default of 0.05 can call most cells resistant) the count is given with that caveat and nothing more.
+    ``app``: as for :func:`comparison_notes`."""
     scored = members(adata)
     if len(scored) < MIN_MODELS:
         return (f"Only {len(scored)} drug scored the cells: finding cells resistant to every drug needs at least "
@@ -480,7 +520,7 @@ def resistant_to_all_statement(adata: ad.AnnData) -> tuple[str, bool]:
     if loose:
         return (f"{counted}, at uncalibrated thresholds ({', '.join(loose)}): a model's default threshold can "
                 "call most cells resistant, so this is not yet evidence of a multi-drug-resistant subclone. "
-                "Calibrate every drug (an expected resistant fraction, or labelled cells), then look again.", False)
+                f"Calibrate every drug ({calibration_routes(app)}), then look again.", False)
     if n_all == 0:
         return f"{counted}.", False
     return f"{counted}: a possible multi-drug-resistant subclone.", True

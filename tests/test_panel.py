@@ -177,7 +177,8 @@ def test_cli_predict_with_several_models_writes_one_column_set_per_drug(lib_env,
     s = pd.read_csv(summ)
     assert set(s["grouping"]) == {"all", "sample"}
     html = rep.read_text()
-    assert "Drug ranking" in html and "DRUGD" in html and "https://" not in html.split("</script>")[-1]
+    assert "Whole sample: best drug first" in html and "DRUGD" in html  # every drug calibrated: a ranking
+    assert "https://" not in html.split("</script>")[-1]
     assert "DRUGD: Genes: 1,200 of 1,200" in err and "called resistant to all 3 scored drugs" in err
     assert "equal by construction" in err  # one --expected-fraction for every drug: the ranking is a tie
     # the panel's own outputs with one model: said at once, not silently left out
@@ -303,7 +304,9 @@ def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch,
     assert {"DRUGA_label", "response", "sample", "cluster"} <= set(table.columns)
     summary = pd.read_csv(tmp_path / "panel_summary.csv")
     assert set(summary["grouping"]) == {"all", "sample", "cluster"}
-    assert "Drug ranking" in (tmp_path / "panel_report.html").read_text()
+    report = (tmp_path / "panel_report.html").read_text()
+    assert "Whole sample: fraction called resistant per drug, uncalibrated" in report  # not "best drug first"
+    assert "does not rank the drugs" in report and "best drug first" not in report + out
     # the footer's annotated.h5ad holds what it says: one column set per drug
     assert "annotated.h5ad (one column set per drug)" in (tmp_path / "panel_report.html").read_text()
     written = ad.read_h5ad(tmp_path / "annotated.h5ad")
@@ -542,6 +545,7 @@ def test_train_panel_leaves_below_chance_models_out_of_the_saved_panel(tmp_path,
     assert main(args + ["--save-panel", "starter", "--include-below-chance"]) == 0
     assert panel.list_panels(user)["starter"]["models"] == ["GOOD", "OKAY", "BAD"]
 
+
 def test_cli_panel_calibrates_on_labels_only_the_drug_they_record(lib_env, tmp_path, capsys):
     """A label column records the response to one drug: for a panel, --label-column DRUG=COLUMN
     calibrates that drug only (the others keep their default threshold, said); a bare column is
@@ -578,4 +582,27 @@ def test_cli_panel_calibrates_on_labels_only_the_drug_they_record(lib_env, tmp_p
     assert "warning: DRUGB (model DRUGB) is not calibrated on 'noise': The labelled cells of 'noise'" in err
     assert "It keeps its model's default threshold (uncalibrated)." in err
     assert not pd.read_csv(out)[[f"{d}_calibrated" for d in DRUGS]].any().any()
+
+
+def test_notes_name_each_uncalibrated_threshold_and_the_routes_where_the_reader_is(library):
+    data = make_dataset(120, seed=22)
+    members = panel.predict_panel(data, _bundles(library))
+    set_threshold(data, 0.3, "user", key_added=members[1].key)
+    panel.calibrate_panel(data, per_drug={"DRUGC": 0.2})
+    cli, app = " ".join(panel.comparison_notes(data)), " ".join(panel.comparison_notes(data, app=True))
+    for text in (cli, app):
+        assert "Uncalibrated: DRUGA (its model's default, 0.5), DRUGB (a threshold set by hand, 0.3)." in text
+        assert "0.05" not in text and "DRUGC" not in text
+    # the ways to calibrate every drug where the reader is: the Panel page, or the command line's options
+    assert "--expected-fraction DRUG=FRACTION for a drug's own" in cli and "page" not in cli
+    assert "one per drug, on the Drug panel page" in app and "--" not in app and "labelled" not in app
+    assert "--expected-fraction" in panel.resistant_to_all_statement(data)[0]
+    statement = panel.resistant_to_all_statement(data, app=True)[0]
+    assert "Drug panel page" in statement and "--" not in statement and "labelled" not in statement
+    # a ranking says "best drug first" only once every drug is calibrated
+    assert panel.ranking_title(data, "Whole sample") == "Whole sample: fraction called resistant per drug, uncalibrated"
+    assert "does not rank the drugs" in panel.ranking_caveat(data, app=True)
+    panel.calibrate_panel(data, 0.3, {"DRUGC": 0.2})
+    assert panel.ranking_title(data, "sample P1") == "sample P1: best drug first"
+    assert panel.ranking_caveat(data) is None
 

@@ -53,6 +53,14 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     assert at.selectbox(key="panel_group").value == "sample"
     assert len(at.get("plotly_chart")) == 4
     assert "Uncalibrated" in text(at.warning) and "compare mean P" not in text(at.warning)
+    # the notes name each model's own threshold and only the ways this page offers to calibrate
+    notes = text(at.warning).replace("\\", "")  # as typed, without the markdown escapes
+    assert "DRUGA (its model's default, 0.5)" in notes and "0.05" not in notes
+    assert "labelled cells" not in notes and "--" not in notes
+    # uncalibrated fractions are not a ranking of the drugs: the charts and their caption say so
+    charts = " ".join(str(c.proto) for c in at.get("plotly_chart"))
+    assert "best drug first" not in charts and "Whole sample: fraction called resistant per drug, uncalibrated" in charts
+    assert "does not rank the drugs" in text(at.caption)
     assert len(at.get("download_button")) == 4
     # at uncalibrated thresholds: a count with its caveat, no subclone and no biomarker action
     assert "at uncalibrated thresholds" in text(at.markdown)
@@ -69,6 +77,8 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
         assert adata.uns[f"scatd_{drug}"]["threshold"]["source"] == "expected fraction"
         assert (adata.obs[f"scatd_{drug}_label"] == "resistant").mean() == pytest.approx(0.4, abs=0.02)
     assert "Uncalibrated" not in text(at.warning)
+    assert "Whole sample: best drug first" in " ".join(str(c.proto) for c in at.get("plotly_chart"))
+    assert "does not rank the drugs" not in text(at.caption)
     assert "equal by construction" in text(at.warning)  # one fraction for every drug: the ranking is a tie
     resisted = np.column_stack([(adata.obs[f"scatd_{d}_label"] == "resistant") for d in DRUGS]).sum(1)
     np.testing.assert_array_equal(adata.obs["scatd_panel_n_resisted"].to_numpy(), resisted)

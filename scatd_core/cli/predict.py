@@ -399,7 +399,7 @@ def say_panel_comparison(adata, emit=say) -> None:
     and the cells resistant to every drug: the words of the Panel page and the HTML report."""
     from scatd_core import panel
 
-    emit("Whole sample, best drug first:")
+    emit(f"{panel.ranking_title(adata, 'Whole sample')}:")
     for rec in panel.drug_ranking(adata).itertuples(index=False):
         frac = "n/a" if rec.fraction_resistant != rec.fraction_resistant else f"{rec.fraction_resistant:.1%}"
         emit(f"  {rec.rank}. {rec.drug}: {frac} of {rec.n_called:,} cells called resistant, mean P "
