@@ -187,7 +187,7 @@ if groups:
                          format_func=ui.detached(lambda g: names.get(g, g)))
     summary = panel.group_summary(adata, group)
     order = list(dict.fromkeys(summary["group"]))
-    st.plotly_chart(pl.panel_heatmap(prob, drugs, adata.obs[group], names.get(group, group), order),
+    st.plotly_chart(pl.panel_heatmap(prob, drugs, panel.group_values(adata, group), names.get(group, group), order),
                     key="panel_heatmap")
     left, right = st.columns([0.55, 0.45])
     left.plotly_chart(pl.panel_dotplot(summary, names.get(group, group),
@@ -213,7 +213,7 @@ if group is not None:
     if ss.get("panel_group_value") not in values:
         ss["panel_group_value"] = values[0]
     chosen = right.selectbox(f"For one {ui.md(names.get(group, group))}", values, key="panel_group_value")
-    in_group = (adata.obs[group].astype(str) == chosen).to_numpy()
+    in_group = (panel.group_values(adata, group).astype(str) == chosen).to_numpy()
     right.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata, in_group),
                                               panel.ranking_title(adata, f"{names.get(group, group)} {chosen}")),
                        key="panel_rank_group")

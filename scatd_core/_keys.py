@@ -115,7 +115,11 @@ QC = "scatd_qc"
 UMAP = "X_umap"
 CLUSTER = "scatd_cluster"
 EMBED = "scatd_embed"
-NOT_EMBEDDED = "not embedded"
+#: The Leiden "cluster" of the cells without one (no latent: QC-filtered, or not scored), in every
+#: table, plot and file (``obs['scatd_cluster']``)
+NOT_EMBEDDED = "no cluster (QC-filtered or not scored)"
+#: What earlier versions wrote for it (annotated h5ad files made then): shown as NOT_EMBEDDED
+OLD_NOT_EMBEDDED = "not embedded"
 
 # ----------------------------------------------------------------------------- biomarkers
 BIOMARKERS = "scatd_biomarkers"

@@ -7,7 +7,8 @@ same data and parameters give the same coordinates and clusters.
 
 Cells whose input rows are not finite (cells that could not be scored have NaN latent rows)
 are left out of the computation, counted in ``uns['scatd_embed']``, and get NaN coordinates and
-the cluster ``"not embedded"``; they never reach the layout, so they cannot break a plot.
+the cluster :data:`NOT_EMBEDDED` (``"no cluster (QC-filtered or not scored)"``); they never
+reach the layout, so they cannot break a plot.
 
 Speed: inputs wider than :data:`PCA_COMPONENTS` (the 421-d latent space) are first reduced to
 that many principal components, and neighbours are exact (scikit-learn's brute force, BLAS:
@@ -62,7 +63,7 @@ FEW_CELLS_EPOCHS = 2000
 
 @dataclass
 class Embedding:
-    """Coordinates and clusters for every cell (NaN / ``"not embedded"`` where left out)."""
+    """Coordinates and clusters for every cell (NaN / :data:`NOT_EMBEDDED` where left out)."""
 
     coords: np.ndarray
     clusters: pd.Categorical | None
@@ -408,7 +409,7 @@ def embed(
 
     - ``adata.obsm[key_added]``: UMAP coordinates, NaN for cells left out;
     - ``adata.obs[cluster_key]``: Leiden cluster (``"1"``, ``"2"``, ... largest first;
-      ``"not embedded"`` for cells without a latent), when ``clusters``;
+      :data:`NOT_EMBEDDED` for cells without a latent), when ``clusters``;
     - ``adata.uns['scatd_embed']``: parameters, cells embedded and left out, timing.
     """
     result = compute_embedding(adata, basis=basis, n_neighbors=n_neighbors, min_dist=min_dist,

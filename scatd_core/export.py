@@ -764,7 +764,7 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
         summary_ = panel.group_summary(adata, column)
         order = list(dict.fromkeys(summary_["group"]))
         parts.append(f"<h2>Per {html.escape(name)}</h2>")
-        parts.append(_figure_html(pl.panel_heatmap(prob, drugs, adata.obs[column], name, order,
+        parts.append(_figure_html(pl.panel_heatmap(prob, drugs, panel.group_values(adata, column), name, order,
                                                    f"P(resistant), cells x drugs, by {name}")))
         parts.append(_figure_html(pl.panel_dotplot(summary_, name, f"Fraction resistant per {name} and drug")))
     statement, subclone = panel.resistant_to_all_statement(adata, app=app)

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
+from scatd_core import _keys
 from scatd_core.errors import InputError
 
 #: Fewer labelled cells than this in a class: the evaluation says its scores are very uncertain.
@@ -512,17 +513,17 @@ def group_table(adata, column: str, *, key_added: str | None = None) -> pd.DataF
     """Fraction called resistant per value of ``obs[column]`` (cluster, sample ...), at the current calls."""
     from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 
-    from scatd_core._keys import CLUSTER, NOT_EMBEDDED
+    from scatd_core._keys import CLUSTER, OLD_NOT_EMBEDDED
 
     keys = result_keys(key_added)
     if column not in adata.obs:
         raise InputError(f"'{column}' is not a column of the data.")
     table = group_fractions(adata.obs[keys.label].astype(str), adata.obs[column],
                             adata.uns[keys.run]["positive_label"], excluded=(NOT_SCORED, FILTERED))
-    if column == CLUSTER:  # cells without a latent have no cluster: QC-filtered or not scored, not a cluster
-        table["group"] = table["group"].replace(NOT_EMBEDDED, NO_CLUSTER)
+    if column == CLUSTER:  # an annotated h5ad of an earlier version: its name for the cells without a cluster
+        table["group"] = table["group"].replace(OLD_NOT_EMBEDDED, NO_CLUSTER)
     return table
 
 
 #: The Leiden "cluster" of the cells that have none (no latent: QC-filtered or not scored)
-NO_CLUSTER = "no cluster (QC-filtered or not scored)"
+NO_CLUSTER = _keys.NOT_EMBEDDED

@@ -53,7 +53,7 @@ from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, S
 __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
            "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
            "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
-           "calibration_routes", "ranking_title", "ranking_caveat"]
+           "calibration_routes", "ranking_title", "ranking_caveat", "group_values"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -576,6 +576,20 @@ def _group_order(values: pd.Series) -> list[str]:
     return list(group_fractions(np.zeros(len(values)), values)["group"])
 
 
+def group_values(adata: ad.AnnData, column: str) -> pd.Series:
+    """``obs[column]``, the grouping of the heatmap, dot plot and summaries; in the Leiden clusters of
+    an annotated h5ad of an earlier version, the cells without a cluster get today's name
+    (:data:`~scatd_core._keys.NOT_EMBEDDED`)."""
+    values = adata.obs[column]
+    if column != _keys.CLUSTER:
+        return values
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        if _keys.OLD_NOT_EMBEDDED in values.cat.categories and _keys.NOT_EMBEDDED not in values.cat.categories:
+            return values.cat.rename_categories({_keys.OLD_NOT_EMBEDDED: _keys.NOT_EMBEDDED})
+        return values
+    return values.replace(_keys.OLD_NOT_EMBEDDED, _keys.NOT_EMBEDDED)
+
+
 def group_summary(adata: ad.AnnData, column: str) -> pd.DataFrame:
     """Per group of ``obs[column]`` (cluster, sample) and drug: cells, calls, fraction resistant, mean P.
 
@@ -585,9 +599,10 @@ def group_summary(adata: ad.AnnData, column: str) -> pd.DataFrame:
     if column not in adata.obs:
         raise InputError(f"'{column}' is not a column of the data.",
                          f"Its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
-    values = adata.obs[column].astype(str)
+    grouping = group_values(adata, column)
+    values = grouping.astype(str)
     rows = []
-    for group in _group_order(adata.obs[column]):
+    for group in _group_order(grouping):
         idx = np.flatnonzero((values == group).to_numpy())
         rows += [{"group": group, **_drug_stats(adata, m, idx)} for m in members(adata)]
     return pd.DataFrame(rows)

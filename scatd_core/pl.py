@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from scatd_core._keys import FILTERED, NOT_SCORED
+from scatd_core._keys import FILTERED, NOT_EMBEDDED, NOT_SCORED, OLD_NOT_EMBEDDED
 from scatd_core.embed import finite_rows
 
 #: Above this many points, scatter plots use WebGL (``Scattergl``) so the browser stays fluid.
@@ -181,7 +181,7 @@ def _palette(categories: Iterable[str]) -> dict[str, str]:
             out[cat] = COLORS["resistant"]
         elif word in ("sensitive", "responder") or word.endswith("(sensitive)"):
             out[cat] = COLORS["sensitive"]
-        elif cat in ("NA", "not embedded"):
+        elif cat in ("NA", NOT_EMBEDDED, OLD_NOT_EMBEDDED):
             out[cat] = COLORS[NOT_SCORED]
         else:
             out[cat] = _QUALITATIVE[i % len(_QUALITATIVE)]

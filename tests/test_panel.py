@@ -606,3 +606,24 @@ def test_notes_name_each_uncalibrated_threshold_and_the_routes_where_the_reader_
     assert panel.ranking_title(data, "sample P1") == "sample P1: best drug first"
     assert panel.ranking_caveat(data) is None
 
+
+def test_cells_without_a_cluster_have_one_name_everywhere(library):
+    from scatd_core import embed, metrics
+
+    name = "no cluster (QC-filtered or not scored)"
+    data = make_dataset(120, seed=23)
+    data.obs["scatd_qc_pass"] = np.arange(120) >= 10
+    predict(data, load_bundle(library / "DRUGA"), mask="scatd_qc_pass")
+    embed.embed(data, n_epochs=30)
+    panel.predict_panel(data, _bundles(library), mask="scatd_qc_pass")
+    assert (data.obs["scatd_cluster"].iloc[:10] == name).all()  # in the h5ad, and the tables' cluster column
+    assert name in set(export.predictions_table(data)["leiden_cluster"])
+    assert name in set(panel.group_summary(data, "scatd_cluster")["group"])  # the Panel page's heatmap, dot plot
+    assert name in set(metrics.group_table(data, "scatd_cluster")["group"])  # the Cells page
+    html = export.panel_html_report(data)
+    assert name in html and "not embedded" not in html
+    # an annotated h5ad of an earlier version: what it called these cells shows by today's name
+    data.obs["scatd_cluster"] = data.obs["scatd_cluster"].cat.rename_categories({name: "not embedded"})
+    assert name in set(panel.group_summary(data, "scatd_cluster")["group"])
+    assert name in set(metrics.group_table(data, "scatd_cluster")["group"])
+    assert "not embedded" not in export.panel_html_report(data)
