@@ -655,8 +655,8 @@ def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: in
     if loose:
         raise InputError(f"Not every drug is calibrated ({', '.join(loose)} at an uncalibrated threshold), so the "
                          "cells called resistant to every drug are not yet a subclone worth characterising.",
-                         "Calibrate every drug first (--expected-fraction, or --calibrate-on-labels).",
-                         app_hint="Calibrate every drug first (an expected resistant fraction, above).")
+                         f"Calibrate every drug first ({calibration_routes()}).",
+                         app_hint=f"Calibrate every drug first ({calibration_routes(app=True)}).")
     everywhere = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)
     scored_all = np.ones(adata.n_obs, dtype=bool)
     for m in members(adata):
@@ -665,7 +665,9 @@ def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: in
     if everywhere.sum() < 3 or rest.sum() < 3:
         raise InputError(f"{int(everywhere.sum())} cell(s) are resistant to every drug and {int(rest.sum())} are not; "
                          "the comparison needs at least 3 of each.",
-                         "Calibrate the thresholds (Cells page or --expected-fraction), or add or remove drugs.")
+                         f"Calibrate the drugs to other fractions ({calibration_routes()}), or add or remove drugs.",
+                         app_hint=f"Calibrate the drugs to other fractions ({calibration_routes(app=True)}), or add "
+                                  "or remove drugs.")
     rng = np.random.default_rng(seed)
     pick = [np.sort(rng.choice(side, size=min(max_cells, side.size), replace=False))
             for side in (np.flatnonzero(everywhere), np.flatnonzero(rest))]

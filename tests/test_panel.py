@@ -121,8 +121,11 @@ def test_multi_resistant_cells_and_their_markers(library):
     data = make_dataset(300, seed=6)
     panel.predict_panel(data, _bundles(library))
     # at uncalibrated thresholds the cells resistant to all are not yet a subclone to characterise
-    with pytest.raises(InputError, match="Not every drug is calibrated"):
+    with pytest.raises(InputError, match="Not every drug is calibrated") as err:
         panel.multi_resistant_markers(data)
+    # how to calibrate every drug, where the reader is (labelled cells calibrate only the drug they record)
+    assert "--expected-fraction" in err.value.hint and "--calibrate-on-labels" not in err.value.hint
+    assert "on the Drug panel page" in err.value.app_hint
     panel.calibrate_panel(data, 0.4)
     assert data.obs["scatd_panel_resistant_to_all"].sum() >= 3
     top = panel.multi_resistant_markers(data, n_top=20)
@@ -130,8 +133,9 @@ def test_multi_resistant_cells_and_their_markers(library):
     # the models were trained on the planted resistance program: its genes mark the cells resistant to all
     assert sum(g in RESISTANCE_PROGRAM for g in top["gene"]) >= 5
     panel.calibrate_panel(data, 0.01)
-    with pytest.raises(InputError, match="at least 3 of each"):
+    with pytest.raises(InputError, match="at least 3 of each") as err:
         panel.multi_resistant_markers(data)
+    assert "Cells page" not in err.value.hint and "on the Drug panel page" in err.value.app_hint
 
 
 def test_saved_panels_are_per_user(lib_env):
