@@ -144,9 +144,9 @@ else:
         ui.show_error(exc)
     else:
         if evaluation.ranks_reversed:
-            low, high = evaluation.auroc_ci
+            low, high = metrics.interval_ends(*evaluation.auroc_ci)
             st.error(f"**Check the label direction.** AUROC {evaluation.auroc:.3f} is below 0.5 beyond chance "
-                     f"(95% interval {low:.3f}-{high:.3f}): the model ranks the cells the wrong way round against "
+                     f"(95% interval {low}-{high}): the model ranks the cells the wrong way round against "
                      f"'{ui.md(label_column)}' with resistant = '{ui.md(direction)}'. If that value actually means "
                      "sensitive, change it on the Data page.", icon=":material/swap_vert:")
             ui.link("Data", "Change the label direction", ":material/arrow_forward:")
@@ -154,8 +154,8 @@ else:
                    f"({evaluation.n_positive:,} resistant, {evaluation.n_negative:,} sensitive). "
                    + ui.md(" ".join(n for n in evaluation.notes if not n.startswith("AUROC is below"))))
         c = st.columns(6)
-        low, high = evaluation.auroc_ci
-        c[0].metric("AUROC", f"{evaluation.auroc:.3f}", delta=f"95% CI {low:.2f}-{high:.2f}", delta_color="off",
+        low, high = metrics.interval_ends(*evaluation.auroc_ci, 2)
+        c[0].metric("AUROC", f"{evaluation.auroc:.3f}", delta=f"95% CI {low}-{high}", delta_color="off",
                     delta_arrow="off", help="0.5 is chance. The interval (Hanley-McNeil) shows how much these "
                     "cells pin it down: when it includes 0.5 they do not show the model separating the labels.")
         c[1].metric("AUPRC", f"{evaluation.auprc:.3f}", delta=f"chance {evaluation.auprc_chance:.2f}",

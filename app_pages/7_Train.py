@@ -19,6 +19,7 @@ from scatd_app import state as S
 from scatd_core import export, pl
 from scatd_core._progress import with_eta
 from scatd_core.errors import MemoryShortage, ScatdError
+from scatd_core.metrics import interval_ends
 
 # Session keys of this page only.
 BULK = "train_bulk"          # {"adata", "name"}: bulk cell lines x genes
@@ -418,8 +419,8 @@ metrics = rep["metrics"]
 tm = metrics.get("target")
 m = st.columns(4)
 m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}",
-            help=f"Out-of-fold over {metrics['cv']['folds']} folds; 95% CI {metrics['cv']['auroc_ci'][0]:.3f} to "
-                 f"{metrics['cv']['auroc_ci'][1]:.3f}")
+            help=f"Out-of-fold over {metrics['cv']['folds']} folds; 95% bootstrap CI "
+                 + " to ".join(interval_ends(*metrics["cv"]["auroc_ci"])))
 cv_chance = metrics["cv"].get("auprc_chance")
 if cv_chance is None:  # a result from before the chance level was recorded
     cv_chance = rep["labels"]["resistant"] / max(rep["labels"]["resistant"] + rep["labels"]["sensitive"], 1)

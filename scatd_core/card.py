@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from scatd_core.metrics import bootstrap_ci, paired_bootstrap
+from scatd_core.metrics import bootstrap_ci, interval_ends, paired_bootstrap
 
 MODEL = "this model"
 #: Bootstrap resamples for the confidence intervals (stratified by class; seeded).
@@ -75,7 +75,7 @@ def verdict(ev: dict, row: dict) -> str:
     if d is None or lo is None:
         return f"{name}: no comparison possible on {where}."
     numbers = (f"AUROC {model['auroc']:.3f} vs {row['auroc']:.3f}; difference {d:+.3f}, "
-               f"95% CI {lo:+.3f} to {hi:+.3f}")
+               f"95% bootstrap CI {' to '.join(interval_ends(lo, hi, signed=True))}")
     if hi < 0:
         return f"{name} is better than this model on {where} ({numbers})."
     if lo > 0:
@@ -105,7 +105,12 @@ def _ci(value, ci) -> str:
     if value is None:
         return "—"
     lo, hi = ci or (None, None)
-    return f"{value:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+    return f"{value:.3f}" + (" [{}, {}]".format(*interval_ends(lo, hi)) if lo is not None and hi is not None else "")
+
+
+#: The card's intervals, named where they are shown: the evaluation of a prediction against labels
+#: uses another (Hanley-McNeil's, :func:`scatd_core.metrics.auroc_interval`), so the two can differ a little.
+INTERVAL = "95% bootstrap CI"
 
 
 def card_table(card: dict) -> pd.DataFrame:
@@ -116,12 +121,13 @@ def card_table(card: dict) -> pd.DataFrame:
         for r in ev["scores"]:
             diff = r.get("model_minus_this")
             rows.append({"evaluation": ev["title"], "cells / lines": f"{ev['n']} ({ev['n_resistant']} resistant)",
-                         "model": r["model"], "AUROC [95% CI]": _ci(r["auroc"], r["auroc_ci"]),
-                         "AUPRC [95% CI]": _ci(r["auprc"], r["auprc_ci"]),
+                         "model": r["model"], f"AUROC [{INTERVAL}]": _ci(r["auroc"], r["auroc_ci"]),
+                         f"AUPRC [{INTERVAL}]": _ci(r["auprc"], r["auprc_ci"]),
                          "AUPRC by chance (share resistant)": _chance(ev),
                          "this model minus baseline (AUROC)": "" if diff is None else _ci(diff["auroc"], diff["ci"])})
-    return pd.DataFrame(rows, columns=["evaluation", "cells / lines", "model", "AUROC [95% CI]", "AUPRC [95% CI]",
-                                       "AUPRC by chance (share resistant)", "this model minus baseline (AUROC)"])
+    return pd.DataFrame(rows, columns=["evaluation", "cells / lines", "model", f"AUROC [{INTERVAL}]",
+                                       f"AUPRC [{INTERVAL}]", "AUPRC by chance (share resistant)",
+                                       "this model minus baseline (AUROC)"])
 
 
 def few_shot_line(card: dict) -> str | None:
@@ -155,7 +161,7 @@ def card_lines(card: dict) -> list[str]:
         model = next(r for r in ev["scores"] if r["model"] == MODEL)
         lines.append(f"{ev['title']} ({ev['n']} samples, {ev['n_resistant']} resistant): this model AUROC "
                      f"{_ci(model['auroc'], model['auroc_ci'])}, AUPRC {_ci(model['auprc'], model['auprc_ci'])} "
-                     f"(chance {_chance(ev)}, the share resistant).")
+                     f"(chance {_chance(ev)}, the share resistant); in brackets: the {INTERVAL}.")
         if ev.get("note"):
             lines.append(ev["note"])
         lines += ev["verdicts"]

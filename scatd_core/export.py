@@ -33,7 +33,7 @@ from scatd_core._keys import result_keys
 from scatd_core._output import REPORT_FILES, writing
 from scatd_core.embed import fit_note
 from scatd_core.errors import InputError
-from scatd_core.metrics import METRIC_MEANINGS, evaluate_column, fitted_on_labels, group_table
+from scatd_core.metrics import METRIC_MEANINGS, evaluate_column, fitted_on_labels, group_table, interval_ends
 from scatd_core.predict import summary
 from scatd_core.explain import out_of_date
 
@@ -477,9 +477,10 @@ def _evaluation_section(adata, label_column, keys, info) -> list[str]:
                  f"other scores use the calls at P(resistant) &gt; {thr['value']:.4g}"
                  + ("" if thr["calibrated"] else ", the model's threshold, <b>not calibrated</b> to these cells, so "
                     "they can be poor even when the ranking is good") + ".</p>")
+    values = evaluation.as_dict()  # the interval's ends as every place prints them (never rounded onto 0.5)
+    values["auroc_ci_low"], values["auroc_ci_high"] = interval_ends(*evaluation.auroc_ci)
     parts.append(_frame_html(pd.DataFrame(
-        [(k, v, METRIC_MEANINGS.get(k, "")) for k, v in evaluation.as_dict().items()],
-        columns=["metric", "value", "meaning"])))
+        [(k, v, METRIC_MEANINGS.get(k, "")) for k, v in values.items()], columns=["metric", "value", "meaning"])))
     prevalence = evaluation.n_positive / evaluation.n_evaluated
     parts.append("<div class='grid'>" + _figure_html(pl.roc_figure(roc, evaluation.auroc))
                  + _figure_html(pl.pr_figure(pr, evaluation.auprc, prevalence)) + "</div>")

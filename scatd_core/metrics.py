@@ -237,6 +237,35 @@ def auroc_interval(auroc: float, n_positive: int, n_negative: int, z: float = 1.
     return max(0.0, a - z * se), min(1.0, a + z * se)
 
 
+#: Where an interval's end reads as a statement: chance (0.5 for an AUROC; 0 for a difference) and the ends of
+#: the scale. A printed end lands on one of them only when it is there.
+INTERVAL_MARKS = (-1.0, 0.0, 0.5, 1.0)
+
+
+def interval_ends(low: float, high: float, digits: int = 3, *, signed: bool = False) -> tuple[str, str]:
+    """The ends of an interval as text, for every place that prints one: the lower end rounded
+    down and the upper end rounded up to ``digits`` decimals (the printed interval holds the
+    computed one), with more decimals (up to 6) where that rounding would put an end onto or
+    across 0.5, 0 or 1 (:data:`INTERVAL_MARKS`) when it is not there: an upper end of 0.49984
+    reads 0.4999, not 0.500, so "below 0.5" is never printed as an interval touching 0.5.
+    ``signed``: with a sign (a difference). A missing end is "—"."""
+    return _interval_end(low, digits, np.floor, signed), _interval_end(high, digits, np.ceil, signed)
+
+
+def _interval_end(value, digits: int, direction, signed: bool) -> str:
+    if value is None or not np.isfinite(value):
+        return "—"
+    v = float(value)
+    for d in range(int(digits), max(int(digits), 6) + 1):
+        scaled = v * 10 ** d
+        nearest = round(scaled)  # a value such as 0.883, stored as 0.88299..., is 0.883 and not 0.882
+        shown = (nearest if abs(scaled - nearest) < 1e-6 else float(direction(scaled))) / 10 ** d
+        if all(np.sign(shown - m) == np.sign(v - m) for m in INTERVAL_MARKS):
+            break
+    shown = shown + 0.0  # no "-0.000"
+    return f"{shown:+.{d}f}" if signed else f"{shown:.{d}f}"
+
+
 def bootstrap_ci(y_true, prob, metric: str = "auroc", *, n_boot: int = 1000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float, float]:
     """``(value, low, high)``: AUROC or AUPRC and its percentile bootstrap confidence interval.
@@ -380,7 +409,7 @@ METRIC_MEANINGS = {
     "n_not_scored": "labelled cells without a score (QC-filtered or not scored; left out)",
     "auroc": "chance that a resistant cell gets a higher P(resistant) than a sensitive one (0.5: chance)",
     "auroc_ci_low": "AUROC's 95% interval, lower end (Hanley-McNeil; includes 0.5: not distinguishable from chance)",
-    "auroc_ci_high": "AUROC's 95% interval, upper end",
+    "auroc_ci_high": "AUROC's 95% interval, upper end (Hanley-McNeil)",
     "auprc": "area under precision-recall; chance level is auprc_chance",
     "auprc_chance": "AUPRC of a ranking by chance: the share of resistant cells among those evaluated",
     "f1": "harmonic mean of precision and recall of the resistant calls",
@@ -456,16 +485,16 @@ def evaluate_column(adata, column: str, *, key_added: str | None = None, resista
             f"The threshold was fitted on these same labels ('{column}'), so F1, MCC, precision, recall, specificity "
             "and accuracy are optimistic: measure them on cells that were not used to set it. AUROC and AUPRC do "
             "not depend on the threshold.")
-    low, high = evaluation.auroc_ci
+    low, high = interval_ends(*evaluation.auroc_ci)
     if evaluation.ranks_reversed:
         evaluation.notes.append(
-            f"AUROC is below 0.5 beyond chance (95% interval {low:.3f}-{high:.3f}): the model ranks the cells the "
+            f"AUROC is below 0.5 beyond chance (95% interval {low}-{high}): the model ranks the cells the "
             f"wrong way round against '{column}'. Check the label direction (which value means resistant) "
             "before concluding anything.")
     elif evaluation.within_chance:
         evaluation.notes.append(
             f"AUROC {evaluation.auroc:.3f} is not distinguishable from chance on these cells (95% interval "
-            f"{low:.3f}-{high:.3f} includes 0.5): they do not show the model separating these labels"
+            f"{low}-{high} includes 0.5): they do not show the model separating these labels"
             + (". That alone does not mean the label direction is wrong." if evaluation.auroc < 0.5 else "."))
     return evaluation, roc_curve(y, prob), pr_curve(y, prob)
 

@@ -779,8 +779,9 @@ def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, labe
     auroc = metrics.auroc(y, prob)
     low, high = metrics.auroc_interval(auroc, n_pos, n_neg)
     if low <= 0.5:  # the best of many thresholds on labels the model does not separate: a fit to noise
+        shown = "-".join(metrics.interval_ends(low, high))
         raise InputError(f"The labelled cells of '{label_column}' do not pin a threshold down: on them the model's "
-                         f"AUROC is {auroc:.3f} (95% interval {low:.3f}-{high:.3f}, {n_pos} resistant and {n_neg} "
+                         f"AUROC is {auroc:.3f} (95% interval {shown}, {n_pos} resistant and {n_neg} "
                          "sensitive), not distinguishable from chance, so the threshold that maximises the "
                          f"{label} would only fit their noise.", what_to_do)
     set_threshold(adata, t, "labelled cells", key_added=key_added,

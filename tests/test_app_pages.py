@@ -283,6 +283,20 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert result.uns["scatd"]["threshold"]["value"] == threshold  # the threshold survived the page visits
 
 
+def test_the_cells_page_never_rounds_an_interval_onto_0_5(with_library, monkeypatch):
+    """QA: "AUROC ... is below 0.5 beyond chance (95% interval 0.453-0.500)" where the upper end was
+    0.49984: the page prints the ends as every output does (``metrics.interval_ends``)."""
+    from scatd_core import metrics
+
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    run_prediction(at)
+    monkeypatch.setattr(metrics, "auroc_interval", lambda *a: (0.45312, 0.49984))
+    goto(at, "4_Cells")
+    assert "(95% interval 0.453-0.4999)" in text(at.error)
+    assert next(m for m in at.metric if m.label == "AUROC").proto.delta == "95% CI 0.45-0.4999"
+
+
 def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
     adata = make_dataset(N_CELLS, seed=11)
     adata.obs["response"] = (adata.obs["response"] == "sensitive").astype(int)  # SCAD: 1 = sensitive

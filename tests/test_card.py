@@ -53,7 +53,7 @@ def test_card_renders_as_table_sentences_and_figure():
     card = _card()
     table = cards.card_table(card)
     assert list(table["model"]) == [cards.MODEL, "gradient boosting"]
-    assert table["AUROC [95% CI]"].str.match(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]").all()
+    assert table["AUROC [95% bootstrap CI]"].str.match(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]").all()
     assert table["this model minus baseline (AUROC)"].iloc[0] == ""
     lines = cards.card_lines(card)
     assert lines[0] == "An ensemble of 3 backbones." and lines[-1] == card["calibration"]
@@ -81,7 +81,7 @@ def test_report_shows_the_model_card_of_a_trained_model(tmp_path):
     predict(cells, bundle, device="cpu")
     text = export.html_report(cells)
     assert "<h2>Model card</h2>" in text and "This model beats gradient boosting" in text
-    assert "An ensemble of 3 backbones." in text and "AUROC [95% CI]" in text
+    assert "An ensemble of 3 backbones." in text and "AUROC [95% bootstrap CI]" in text
     paths = export.write_report(cells, tmp_path / "rep")  # the card travels in the h5ad as JSON text
     import anndata as ad
 
@@ -175,3 +175,17 @@ def test_models_list_and_card_show_the_display_name(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("Model card: Lab model for tumour A · DRUGX") and "Settings: head linear" in out
     assert "AUPRC by chance" in out
+
+
+def test_each_auroc_interval_names_its_method():
+    """QA: one report showed two 95% intervals for the same AUROC on the same cells: the card's
+    "0.901 [0.886, 0.916]" (bootstrap) and the Evaluation table's 0.883-0.919 (Hanley-McNeil)."""
+    from scatd_core.metrics import METRIC_MEANINGS
+
+    card = _card()
+    table = cards.card_table(card)
+    assert {"AUROC [95% bootstrap CI]", "AUPRC [95% bootstrap CI]"} <= set(table.columns)
+    line = next(line for line in cards.card_lines(card) if line.startswith("Target cells"))
+    assert "in brackets: the 95% bootstrap CI" in line
+    assert "Hanley-McNeil" in METRIC_MEANINGS["auroc_ci_low"] and "Hanley-McNeil" in METRIC_MEANINGS["auroc_ci_high"]
+    assert "95% bootstrap CI" in card["evaluations"][0]["verdicts"][0]

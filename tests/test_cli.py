@@ -315,7 +315,7 @@ def test_models_card_prints_the_baselines_and_refuses_a_model_without_one(capsys
                 genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize", threshold=0.5,
                 extra={"card": _card()})
     code, out, _ = _run(capsys, "models", "card", "carded")
-    assert code == 0 and "This model beats gradient boosting" in out and "AUROC [95% CI]" in out
+    assert code == 0 and "This model beats gradient boosting" in out and "AUROC [95% bootstrap CI]" in out
     code, out, _ = _run(capsys, "models", "card", "carded", "--json")
     assert code == 0 and json.loads(out)["evaluations"][0]["name"] == "target"
     _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Gefitinib",

@@ -148,6 +148,22 @@ def test_an_auroc_under_half_is_called_a_swapped_direction_only_beyond_chance(da
     assert any("wrong way round" in n for n in evaluation.notes)
 
 
+def test_the_reports_auroc_interval_is_printed_as_everywhere_else(data_and_bundle, monkeypatch):
+    """QA: an interval ending just under 0.5 was printed on it. The Evaluation table of report.html
+    prints the ends as the notes, the Cells page and the terminal do (``metrics.interval_ends``),
+    and names the method (Hanley-McNeil) beside both."""
+    from scatd_core import metrics
+
+    adata, bundle = data_and_bundle
+    adata = adata.copy()
+    predict(adata, bundle)
+    set_label_direction(adata, "response", "resistant")
+    monkeypatch.setattr(metrics, "auroc_interval", lambda *a: (0.41, 0.499996))
+    text = export.html_report(adata, label_column="response")
+    assert "<td>auroc_ci_low</td><td>0.410</td>" in text and "<td>auroc_ci_high</td><td>0.499996</td>" in text
+    assert "upper end (Hanley-McNeil)" in text and "(95% interval 0.410-0.499996)" in text
+
+
 def test_the_datas_own_columns_are_never_replaced_by_computed_ones(filtered_result):
     """The data's own 'cluster' column keeps its name and values next to the computed leiden_cluster,
     and a chosen column named like a computed one (a 'label' column of true labels) is kept as

@@ -196,3 +196,31 @@ def test_every_evaluation_has_the_auroc_interval_and_the_auprc_chance_level():
     y = rng.integers(0, 2, 2000).astype(float)
     ev = metrics.evaluate(y, rng.random(2000) + 0.3 * y, 0.5)
     assert not ev.within_chance and ev.auroc_ci[0] > 0.5 and not any("uncertain" in n for n in ev.notes)
+
+
+def test_a_printed_interval_touches_0_5_only_when_it_does(monkeypatch):
+    """QA: "AUROC is below 0.5 beyond chance (95% interval 0.453-0.500)" with an upper end of
+    0.49984: rounded onto 0.5. Ends are rounded outward (lower down, upper up), with more decimals
+    where that would put one onto or across 0.5, 0 or 1 while it is not there."""
+    import anndata as ad
+
+    ends = metrics.interval_ends
+    assert ends(0.45312, 0.49984) == ("0.453", "0.4999")
+    assert ends(0.50012, 0.61234) == ("0.5001", "0.613")
+    assert ends(0.4996, 0.6) == ("0.499", "0.600")  # includes 0.5, and reads so
+    assert ends(0.883, 0.919) == ("0.883", "0.919")  # values on the grid stay as they are
+    assert ends(0.0003, 0.9996) == ("0.0003", "0.9996") and ends(0.0, 1.0) == ("0.000", "1.000")
+    assert ends(0.5, 0.7) == ("0.500", "0.700")  # an end that is at 0.5 says so
+    assert ends(0.4996, 0.6, 2) == ("0.49", "0.60")
+    assert ends(-0.0123, -0.00004, signed=True) == ("-0.013", "-0.00004")
+    assert ends(float("nan"), None) == ("—", "—")
+
+    adata = ad.AnnData(np.zeros((10, 1), dtype=np.float32))
+    adata.obs["scatd_prob_resistant"] = np.linspace(0.05, 0.95, 10)
+    adata.obs["truth"] = np.where(np.arange(10) < 5, "resistant", "sensitive")
+    adata.uns["scatd"] = {"threshold": {"value": 0.5, "source": "user", "calibrated": False},
+                          "positive_label": "resistant", "negative_label": "sensitive"}
+    monkeypatch.setattr(metrics, "auroc_interval", lambda *a: (0.45312, 0.49984))
+    evaluation, _, _ = metrics.evaluate_column(adata, "truth", resistant="resistant")
+    note = next(n for n in evaluation.notes if n.startswith("AUROC is below 0.5 beyond chance"))
+    assert "(95% interval 0.453-0.4999)" in note
