@@ -167,6 +167,7 @@ def card_lines(card: dict) -> list[str]:
         lines += ev["verdicts"]
     if card.get("calibration"):
         lines.append(card["calibration"])
+    lines += [f"Warning: {w}" for w in card.get("warnings") or []]
     return lines
 
 

@@ -517,23 +517,39 @@ def _biomarker_section(adata) -> list[str]:
 
 
 def _card_section(model: dict) -> list[str]:
-    """The model card of a trained model (stored with the prediction), or nothing."""
+    """The model card stored with the prediction: a trained model's (its data, genes and settings, its
+    scores next to the baselines', the verdicts, its warnings), an imported checkpoint's short card,
+    or nothing (a run recorded before either was)."""
     if not model.get("card_json"):
-        return []
-    from scatd_core.card import card_table, few_shot_line
+        lines = [str(line) for line in model.get("import_card", [])]
+        if not lines:
+            return []
+        return ["<h2>Model card (imported checkpoint)</h2><ul>"
+                + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
+    from scatd_core.card import INTERVAL, card_details, card_table, few_shot_line
 
     card = json.loads(model["card_json"])
     parts = ["<h2>Model card</h2>", f"<p>{html.escape(card['model']['description'])}</p>",
              f"<p>{html.escape(card['data']['summary'])}</p>"]
     if few_shot_line(card):  # the labelled target cells that trained it
         parts.append(f"<p>{html.escape(few_shot_line(card))}</p>")
+    details = card_details(card)  # the data files with their sha256, the genes, the settings used and not used
+    if details:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in details) + "</ul>")
     parts.append(_frame_html(card_table(card)))
+    if card.get("evaluations"):
+        parts.append(f"<p>In brackets: the {INTERVAL} (cells or lines resampled within each class), computed "
+                     "when the model was trained. An evaluation of this prediction against labels gives the AUROC's 95% interval "
+                     "from the AUROC and the class counts (Hanley-McNeil), so on the same cells the two intervals "
+                     "differ a little.</p>")
     parts.append(_figure_html(pl.card_figure(card)))
     for ev in card["evaluations"]:
         for text in ev["verdicts"]:  # a baseline as good as the model, or better, is shown as a warning
             css = "" if text.startswith("This model beats") else " class='warn'"
             parts.append(f"<p{css}>{html.escape(text)}</p>")
     parts.append(f"<p>{html.escape(card['calibration'])}</p>")
+    for w in card.get("warnings") or []:
+        parts.append(f"<p class='warn'>{html.escape(str(w))}</p>")
     return parts
 
 

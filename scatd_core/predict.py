@@ -568,6 +568,10 @@ def _model_record(bundle) -> dict:
               "provenance": {k: ("" if v is None else v) for k, v in bundle.manifest["provenance"].items()}}
     if bundle.manifest.get("card"):  # JSON text: the card's nested lists and nulls do not all fit in h5ad
         record["card_json"] = json.dumps(bundle.manifest["card"])
+    elif bundle.is_imported:  # no training data to compare with: its short card (a few sentences), for the report
+        from scatd_core.bundle import import_card_lines
+
+        record["import_card"] = import_card_lines(bundle)
     if bundle.manifest.get("few_shot"):  # the target cells whose labels trained it: left out of evaluations
         record["few_shot"] = bundle.manifest["few_shot"]
     return record

@@ -189,3 +189,66 @@ def test_each_auroc_interval_names_its_method():
     assert "in brackets: the 95% bootstrap CI" in line
     assert "Hanley-McNeil" in METRIC_MEANINGS["auroc_ci_low"] and "Hanley-McNeil" in METRIC_MEANINGS["auroc_ci_high"]
     assert "95% bootstrap CI" in card["evaluations"][0]["verdicts"][0]
+
+
+SMALL_PANEL = ("Bulk and target share only 141 genes, so the model sees a small part of the transcriptome: "
+               "its scores may not carry over.")
+
+
+def test_the_report_card_shows_the_data_genes_settings_and_warnings(tmp_path):
+    """QA: report.html's card left out the card's warnings ("Bulk and target share only 141 genes...")
+    and its data (files with sha256), genes and settings, which README says it has; `scatd models card`
+    left out the warnings. Only the app showed them all."""
+    from test_ensemble import _cells, _ensemble
+
+    from scatd_core import export
+    from scatd_core.bundle import save_bundle
+    from scatd_core.predict import predict
+
+    card = {**_full_card(), "warnings": [SMALL_PANEL]}
+    lines = cards.card_lines(card)
+    assert lines[-1] == f"Warning: {SMALL_PANEL}"
+    model = _ensemble()
+    bundle = save_bundle(tmp_path / "carded", model.stacked_state_dict(), model.arch, drug="DRUGX",
+                         genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize",
+                         threshold=0.5, extra={"card": card})
+    cells = _cells()
+    predict(cells, bundle, device="cpu")
+    text = export.html_report(cells)
+    card_html = text[text.index("<h2>Model card</h2>"):text.index("<h2>Model</h2>")]
+    assert f"<p class='warn'>{SMALL_PANEL}</p>" in card_html
+    for line in cards.card_details(card):  # data with sha256, genes, settings used and not used
+        assert f"<li>{line}</li>" in card_html
+    assert "sha256 aaaaaaaaaaaa" in card_html and "Not used by this recipe: epochs, mmd_weight." in card_html
+
+
+def test_the_report_of_an_imported_checkpoint_has_its_short_card(tmp_path):
+    """QA: an imported checkpoint's report.html had no card: its short card (origin, threshold,
+    input transform, Swish) is recorded with the prediction and shown, also from the h5ad."""
+    import anndata as ad
+    import pandas as pd
+    import torch
+
+    import original_scatd as orig
+    from conftest import SMALL, small_gene_names
+    from scatd_core import export
+    from scatd_core.bundle import import_card_lines, import_checkpoint
+    from scatd_core.predict import predict
+
+    enc, z, _ = SMALL["dist_vae"]
+    genes = small_gene_names(enc[0])
+    (tmp_path / "genes.txt").write_text("\n".join(genes) + "\n")
+    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=3), tmp_path / "orig.pth")
+    bundle = import_checkpoint(tmp_path / "orig.pth", "dist_vae", drug="DOCETAXEL", genes=tmp_path / "genes.txt",
+                               out=tmp_path / "imported")
+    x = np.abs(np.random.default_rng(0).normal(size=(20, enc[0]))).astype(np.float32)
+    cells = ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(20)]), var=pd.DataFrame(index=genes))
+    predict(cells, bundle, device="cpu")
+    lines = import_card_lines(bundle)
+    assert list(cells.uns["scatd"]["model"]["import_card"]) == lines
+    paths = export.write_report(cells, tmp_path / "rep")
+    back = ad.read_h5ad(paths["h5ad"])
+    for text in (export.html_report(cells), export.html_report(back)):
+        assert "<h2>Model card (imported checkpoint)</h2>" in text
+        assert "Imported from orig.pth (sha256 " in text and "Input transform: none" in text
+        assert "Default threshold 0.05: the original scATD inference&#x27;s default" in text and "Swish: " in text

@@ -616,6 +616,7 @@ def test_a_display_name_names_the_library_folder_and_a_taken_one_is_refused_befo
                        "--pretrain-epochs", "1", "--device", "cpu", "--library", str(lib), "--name", "gef_cli"])
     out, err = capsys.readouterr()
     assert code == 0 and "Trained 'gef_cli'" in out and "Use it with --model gef_cli " in err
+    assert err.count("share only") == 1  # the small gene panel, said when found; not again with the card
     code = scatd_main(["predict", "--model", "gef_cli", "--library", str(lib), "--input", str(tmp_path / "target.csv"),
                        "--output", str(tmp_path / "pred.csv"), "--device", "cpu"])
     assert code == 0 and len(pd.read_csv(tmp_path / "pred.csv")) == 20

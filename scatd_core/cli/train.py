@@ -186,10 +186,12 @@ def run(args) -> int:
         say(f"Gene panel: {g['n_panel']:,} genes shared by bulk ({g['n_bulk']:,}) and target ({g['n_target']:,})"
             + (f" and the backbone ({g['n_backbone']:,})" if g.get("n_backbone") else "") + ".")
     say("Model card:")
+    told = {f"Warning: {w}" for w in said}  # the card's warnings told when they happened are not said again
     for line in card_lines(report["card"]):
-        say(f"  {line}")
+        if line not in told:
+            say(f"  {line}")
     for w in report["warnings"]:
-        if w not in said:  # told when it happened
+        if w not in said and w not in (report["card"].get("warnings") or []):  # told when it happened, or in the card
             say(f"warning: {w}")
     if args.report:
         with writing(args.report):
