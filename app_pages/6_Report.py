@@ -83,8 +83,9 @@ with c[3]:
                "evaluation)")
 with c[4]:
     st.download_button("report.html",
+                       # deferred: made when clicked, in a thread without the session (read its name now)
                        ui.detached(lambda: export.html_report(adata, label_column=label_column, group_columns=groups,
-                                                              data_name=ss.get(state.DATA_NAME)).encode("utf-8")),
+                                                              data_name=data_name).encode("utf-8")),
                        file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                        key="btn_dl_html", on_click="ignore")
     st.caption("self-contained: figures, parameters, provenance")

@@ -522,6 +522,43 @@ def test_pages_hand_streamlit_only_detached_functions():
     assert not found, found
 
 
+def test_deferred_downloads_read_nothing_from_the_session():
+    """QA: the app's report.html named the demo "demo_tumour.h5ad" where the CLI's says "demo
+    (simulated data)": Streamlit makes a download's deferred data when it is clicked, in a thread
+    without the script's context, where the session state reads empty. Pages read what such a
+    function needs when they run and hand it the values (Report, Cells, Biomarkers, Panel...)."""
+    import ast
+
+    def reads_session(node) -> bool:
+        return any((isinstance(n, ast.Name) and n.id == "ss") or (isinstance(n, ast.Attribute)
+                                                                    and n.attr == "session_state")
+                   for n in ast.walk(node))
+
+    found = []
+    for path in sorted((Path(APP).parent / "app_pages").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        defined = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            if getattr(call.func, "attr", None) != "download_button":
+                continue
+            data = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "data"),
+                                                                None)
+            if isinstance(data, ast.Call) and getattr(data.func, "attr", None) == "detached" and data.args:
+                data = data.args[0]
+            todo, seen = [data], set()
+            while todo:  # the deferred function, and the page's functions it calls
+                node = todo.pop()
+                if isinstance(node, ast.Name) and node.id in defined and node.id not in seen:
+                    seen.add(node.id)
+                    node = defined[node.id]
+                if not isinstance(node, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                if reads_session(node):
+                    found.append(f"{path.name}:{node.lineno}")
+                todo += [n.func for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    assert not found, found
+
+
 def test_detached_functions_hold_only_the_names_they_use():
     big = np.zeros(10)
     scope = {"__builtins__": __builtins__, "big": big, "other": object(), "np": np}
