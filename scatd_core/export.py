@@ -35,7 +35,7 @@ from scatd_core.embed import fit_note
 from scatd_core.errors import InputError
 from scatd_core.metrics import METRIC_MEANINGS, evaluate_column, fitted_on_labels, group_table, interval_ends
 from scatd_core.predict import summary
-from scatd_core.explain import out_of_date
+from scatd_core.explain import completeness_text, out_of_date
 
 #: Columns of ``predictions.csv`` before the optional ones (UMAP, Leiden cluster, the user's columns).
 PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass",
@@ -153,6 +153,7 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
             rows.append(("evaluation", "training_cells", evaluation.training_note))
     elif problem:
         rows.append(("evaluation", "not computed", problem))
+    rows += _biomarker_rows(adata, key_added)
     for column, table in group_tables(adata, group_columns, key_added=key_added).items():
         name = CLUSTER_COLUMN if column == _keys.CLUSTER else column  # as predictions.csv names it
         for rec in table.itertuples(index=False):
@@ -162,6 +163,21 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
                      (f"{name}={rec.group}", "fraction_resistant",
                       None if pd.isna(rec.fraction_resistant) else round(float(rec.fraction_resistant), 4))]
     return pd.DataFrame(rows, columns=["section", "metric", "value"], dtype=object)
+
+
+def _biomarker_rows(adata: ad.AnnData, key_added: str | None) -> list[tuple]:
+    """The cells the biomarkers of this prediction explained: how many, of how many scored, and
+    whether (and how) they were a subsample: the app's Biomarkers page explains at most 2,000 cells
+    by default, ``scatd explain`` / ``scatd report --explain`` all of them (``--max-cells``)."""
+    stored = adata.uns.get(_keys.BIOMARKERS)
+    info = {} if stored is None else stored.get("info", {})
+    if not info or info.get("prediction_key", result_keys(key_added).prefix) != result_keys(key_added).prefix:
+        return []
+    cells = info.get("cells") or {}
+    return [("biomarkers", "n_cells_explained", cells.get("n_explained")),
+            ("biomarkers", "n_cells_scored", cells.get("n_scored")),
+            ("biomarkers", "subsampled", cells.get("subsampled")),
+            ("biomarkers", "cells_explained", cells.get("how"))]
 
 
 def biomarkers_table(adata: ad.AnnData) -> pd.DataFrame | None:
@@ -502,8 +518,7 @@ def _biomarker_section(adata) -> list[str]:
         parts.append(f"<p class='warn'><b>Out of date.</b> {html.escape(stale)}</p>")
     comp = info.get("completeness", {})
     if comp:
-        parts.append(f"<p>Completeness error: median {_fmt(comp.get('median_relative_error'))}, max "
-                     f"{_fmt(comp.get('max_relative_error'))} (tolerance {_fmt(comp.get('tolerance'))}).</p>")
+        parts.append(f"<p>{html.escape(completeness_text(comp))}</p>")
     for w in info.get("warnings", []):
         parts.append(f"<p class='warn'>{html.escape(str(w))}</p>")
     parts.append(_figure_html(pl.biomarker_bar(ranking, min(20, n), info.get("target_title", "attribution"),

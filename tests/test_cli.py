@@ -252,6 +252,34 @@ def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys
     assert "Labels 'response': '0' taken to mean resistant, '1' sensitive (as recorded in the data's" in err
 
 
+def test_report_says_what_the_app_says(capsys, dist_setup):
+    """QA, CLI against app: `scatd report` printed "AUROC 0.785, AUPRC 0.812" without the AUROC's
+    interval or the AUPRC's chance level; with --mask its time estimate counted every cell; the
+    HTML gave the completeness error as a fraction where the terminal gives a percentage; and
+    nothing but the statement said how many cells the biomarkers explained (the app explains at
+    most 2,000 by default, the CLI all)."""
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    x = np.random.default_rng(2).poisson(1.0, size=(40, enc[0])).astype(np.float32)
+    obs = pd.DataFrame({"response": np.arange(40) % 2, "keep": np.arange(40) < 30}, index=[f"c{i}" for i in range(40)])
+    ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(tmp / "cells.h5ad")
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out",
+                        tmp / "rep", "--label-column", "response", "--label-resistant", "0", "--mask", "keep",
+                        "--no-umap", "--explain", "--steps", "8", "--max-cells", "20")
+    assert code == 0, err
+    assert re.search(r"Estimated time: about \d+ s for 30 cells on", err)
+    assert re.search(r"Against 'response' \(30 cells\): AUROC \d\.\d{3} \(95% interval \d\.\d{3,6}-\d\.\d{3,6}, "
+                     r"Hanley-McNeil\), AUPRC \d\.\d{3} \(chance 0\.500, the share resistant\)\.", err)
+    html = (tmp / "rep" / "report.html").read_text()
+    said = re.search(r"Completeness error: median [^\n]*", err).group(0)
+    assert "%" in said and f"<p>{said}</p>" in html.replace("&lt;", "<")
+    table = pd.read_csv(tmp / "rep" / "metrics.csv")
+    rows = dict(zip(table["metric"], table["value"]))
+    assert rows["n_cells_explained"] == "20" and rows["n_cells_scored"] == "30" and rows["subsampled"] == "True"
+    assert rows["cells_explained"].startswith("a random subsample of 20 of the 30 scored cells")
+
+
 def test_help_does_not_import_torch():
     res = subprocess.run([sys.executable, "-c", "import sys; from scatd_core.cli import build_parser; "
                           "build_parser().format_help(); print('torch' in sys.modules)"],

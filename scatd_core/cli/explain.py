@@ -117,8 +117,9 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
     say(info["statement"])
     comp = info["completeness"]
     if comp:
-        say(f"Completeness error: median {comp['median_relative_error']:.2%}, max {comp['max_relative_error']:.2%} "
-            f"(tolerance {comp['tolerance']:.0%}).")
+        from scatd_core.explain import completeness_text
+
+        say(completeness_text(comp))
     agree = info["agreement"]
     if agree:
         overlap = agree.get("top20_overlap")

@@ -139,9 +139,10 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
             from scatd_core.inputs import InputSpec, model_source
 
             model_source(adata, InputSpec.of(bundle))
-        estimate = estimate_seconds(bundle, adata.n_obs, mode=args.mode, n_samples=max(2, args.samples),
+        n_run = adata.n_obs if mask is None else int(mask.sum())  # the cells --mask leaves to score, as the app
+        estimate = estimate_seconds(bundle, n_run, mode=args.mode, n_samples=max(2, args.samples),
                                     device=args.device, density=stored_fraction(adata.X))
-        say(f"Estimated time: about {max(1, round(estimate)):,} s for {adata.n_obs:,} cells on "
+        say(f"Estimated time: about {max(1, round(estimate)):,} s for {n_run:,} cells on "
             f"{device_description(resolve_device(args.device))} (from per-cell costs; nothing run yet).")
         predict(adata, bundle, inputs=inputs, mask=mask, mode=args.mode, n_samples=args.samples, seed=args.seed,
                 device=args.device, batch_size=args.batch_size, threshold=args.threshold, beta_mode=args.beta_mode,

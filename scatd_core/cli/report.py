@@ -70,7 +70,7 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
         say(f"Removed the biomarkers.csv an earlier report left in {args.out}: this run ranked no biomarkers "
             "(add --explain to rank them).")
     if label_column:
-        from scatd_core.metrics import evaluate_column
+        from scatd_core.metrics import evaluate_column, interval_ends
 
         from scatd_core.errors import InputError
 
@@ -79,7 +79,10 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
         except InputError as exc:  # also stated in metrics.csv and the HTML report
             say(f"warning: no evaluation against '{label_column}': {exc.message}")
         else:
-            say(f"Against '{label_column}' ({ev.n_evaluated:,} cells): AUROC {ev.auroc:.3f}, AUPRC {ev.auprc:.3f}.")
+            low, high = interval_ends(*ev.auroc_ci)  # as metrics.csv and the report have them
+            say(f"Against '{label_column}' ({ev.n_evaluated:,} cells): AUROC {ev.auroc:.3f} (95% interval "
+                f"{low}-{high}, Hanley-McNeil), AUPRC {ev.auprc:.3f} (chance {ev.auprc_chance:.3f}, the share "
+                "resistant).")
             for note in ev.notes:
                 say(f"note: {note}")
     for name, path in paths.items():

@@ -409,6 +409,18 @@ def _completeness(sums: _Sums, f_base: float, n_steps: int, warn: list[str]) -> 
     return out, rel
 
 
+def completeness_text(completeness: dict) -> str:
+    """The completeness summary of :func:`explain` as one sentence, in percentages, as the terminal
+    and the HTML report print it (the Biomarkers page shows the same numbers)."""
+    def percent(v) -> str:
+        return "—" if v is None else "< 0.01%" if 0 < v < 1e-4 else f"{v:.2%}"
+
+    tolerance = completeness.get("tolerance")
+    return (f"Completeness error: median {percent(completeness.get('median_relative_error'))}, max "
+            f"{percent(completeness.get('max_relative_error'))} (tolerance "
+            f"{'—' if tolerance is None else f'{tolerance:.0%}'}).")
+
+
 def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int, base: np.ndarray,
              population: tuple[int, int] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """The ranking table (feature order) and the order of the features by mean |attribution|.
