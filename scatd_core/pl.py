@@ -524,13 +524,13 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.F
         text=[f"{f:.0%}" if f == f else "n/a" for f in ranking["fraction_resistant"].astype(float)],
         textposition="outside", customdata=ranking["mean_prob_resistant"].astype(float),
         hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata:.3f}<extra></extra>"))
-    note = "" if ranking["calibrated"].all() else " (* uncalibrated: model default threshold)"
+    note = "" if ranking["calibrated"].all() else " (* uncalibrated: the model's own threshold, not comparable across drugs)"
     fig.update_xaxes(title=f"fraction called resistant{note}", range=[0, 1.1], tickformat=".0%")
     fig.update_yaxes(autorange="reversed", type="category")
     return layout(fig, title, height=max(220, 90 + 34 * len(ranking)))
 
 
-def card_figure(card: dict, title: str | None = "AUROC of the model and the baselines (95% CI)") -> go.Figure:
+def card_figure(card: dict, title: str | None = "AUROC of the model and the baselines (95% bootstrap CI)") -> go.Figure:
     """A model card's AUROCs with their bootstrap intervals: one row per model, grouped by
     evaluation (bulk cross-validation, target cells), this model in black."""
     fig = go.Figure()

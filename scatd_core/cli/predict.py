@@ -185,9 +185,10 @@ def report_prediction(adata, key_added: str | None = None, label: str = "") -> N
     for w in info["warnings"]:
         say(f"{label}warning: {w}")
     thr = info["threshold"]
+    routes = ("--expected-fraction DRUG=FRACTION, or --calibrate-on-labels with --label-column DRUG=COLUMN"
+              if label else "--expected-fraction or --calibrate-on-labels")  # a panel's drug: name it
     say(f"{label}Threshold {thr['value']:.4g}: {thr['detail']}" + ("" if thr["calibrated"] else
-        " — UNCALIBRATED: the fraction called resistant may be far from the truth; use --expected-fraction or "
-        "--calibrate-on-labels"))
+        f" — UNCALIBRATED: the fraction called resistant may be far from the truth; use {routes}"))
 
 
 def panel_bundles(args) -> list:
