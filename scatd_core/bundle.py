@@ -43,7 +43,7 @@ from scatd_core.errors import BundleError, CheckpointError, InputError
 from scatd_core.genes import gene_list_sha256, read_gene_list
 from scatd_core.nn import BACKBONES, Architecture, DrugClassifier, EnsembleClassifier, ResVAE, build_model
 from scatd_core.nn.state import check_state_dict, infer_architecture
-from scatd_core.preprocess import INPUT_TRANSFORMS
+from scatd_core.preprocess import INPUT_TRANSFORMS, LIBRARY_SIZES, MODEL_GENES
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -360,8 +360,28 @@ def input_transform_words(bundle: Bundle) -> str:
     if t == "log1p_cp10k":
         return ("Input transform: log1p_cp10k. Each cell's values over the model's genes are scaled to 10,000 in "
                 "total and log1p-transformed before the model.")
-    return ("Input transform: standardize. Each gene is z-scored over your cells (raw counts are log-normalised "
-            "first), as this model was trained here.")
+    n = f"{len(bundle.genes):,}" if bundle.genes is not None else "its"
+    if bundle.manifest.get("library_size", MODEL_GENES) != MODEL_GENES:
+        return ("Input transform: standardize, as this model was trained here. Raw counts are log-normalised first: "
+                "each cell is scaled to 10,000 over all the genes in your data (its whole library, not only the "
+                f"model's {n} genes) and log1p-transformed. Log-normalised values (log1p of counts per 10,000 over "
+                "all genes, e.g. scanpy's normalize_total then log1p) and per-gene z-scores of them are used as they "
+                "are, so they give the same calls as the counts. Then each gene is z-scored over your cells.")
+    return ("Input transform: standardize, as this model was trained here. Raw counts are log-normalised first "
+            f"over the model's {n} genes only: each cell is scaled to 10,000 over those genes (not its whole library) "
+            "and log1p-transformed, as in the version of scATD Studio that trained it. Log-normalised values are "
+            "used as they are; normalised over all genes, the same cells score somewhat differently than from their "
+            f"counts, so give this model the kind of values it was trained on{_trained_on(bundle)}. Then each gene "
+            "is z-scored over your cells.")
+
+
+def _trained_on(bundle: Bundle) -> str:
+    """What a trained model's target data held, as the end of a sentence ('' when not recorded)."""
+    target = ((bundle.manifest.get("training") or {}).get("target") or {})
+    if "log_normalised" not in target:
+        return ""
+    return (" (its single-cell training data were raw counts)" if target["log_normalised"] else
+            " (its single-cell training data were already normalised values, not raw counts)")
 
 
 def _threshold_origin(bundle: Bundle) -> str:
@@ -436,6 +456,9 @@ def _check_manifest(m: Any, folder: Path) -> dict:
     if m["input_transform"] not in INPUT_TRANSFORMS:
         raise BundleError(f"{folder.name}: unknown input transform {m['input_transform']!r}.",
                           "Upgrade scatd, or re-import the model.")
+    if m.get("library_size", MODEL_GENES) not in LIBRARY_SIZES:
+        raise BundleError(f"{folder.name}: unknown library size {m['library_size']!r} (the genes each cell's counts "
+                          f"are summed over; known: {', '.join(LIBRARY_SIZES)}).", "Upgrade scatd, or re-train the model.")
     mapping = m["label_mapping"]
     if m["kind"] == "classifier" and (not isinstance(mapping, dict)
                                       or sorted(mapping.values()) != list(range(len(mapping)))):
@@ -506,6 +529,7 @@ def save_bundle(
     style_mean: np.ndarray | None = None,
     style_std: np.ndarray | None = None,
     input_transform: str = "none",
+    library_size: str | None = None,
     label_mapping: Mapping[str, int] | None = None,
     threshold: float | None = None,
     beta_mode: str = "separate",
@@ -522,10 +546,15 @@ def save_bundle(
     ``overwrite`` replaces an existing bundle (the old one stays until the new one is complete);
     ``unique`` writes to the first free name ``out``, ``out-2`` ... instead of failing. Who made
     it (``provenance['imported_by' | 'trained_by']``) is recorded by the callers.
+    ``library_size``: over which genes the model's input scales each cell's counts
+    (:data:`~scatd_core.preprocess.LIBRARY_SIZES`); ``None`` records nothing, which reads as the
+    model's genes.
     """
     out = Path(out)
     if input_transform not in INPUT_TRANSFORMS:
         raise BundleError(f"Unknown input transform {input_transform!r}; use one of {', '.join(INPUT_TRANSFORMS)}.")
+    if library_size is not None and library_size not in LIBRARY_SIZES:
+        raise BundleError(f"Unknown library size {library_size!r}; use one of {', '.join(LIBRARY_SIZES)}.")
     if beta_mode not in BETA_MODES:
         raise BundleError(f"Unknown Swish mode {beta_mode!r}; use one of {', '.join(BETA_MODES)}.")
     label_mapping = dict(label_mapping or DEFAULT_LABEL_MAPPING)
@@ -556,6 +585,7 @@ def save_bundle(
         "beta_mode": beta_mode,
         "input_kind": INPUT_KINDS[arch.backbone],
         "input_transform": input_transform,
+        **({"library_size": library_size} if library_size is not None else {}),
         "label_mapping": label_mapping if kind == "classifier" else None,
         "threshold": float(threshold if threshold is not None else DEFAULT_THRESHOLDS[arch.backbone]),
         "genes": ({"file": GENES, "n": len(genes), "sha256": gene_list_sha256(list(genes))}

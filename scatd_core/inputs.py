@@ -15,6 +15,13 @@
    (models trained here): raw counts log-normalised, then every gene z-scored over the usable
    cells; AdaIN for VAE_sf/VAE_gf: each feature standardised over the usable cells and re-scaled
    to the bundle's bulk statistics (population sd, eps on the source sd only, reference §5).
+   The library size a cell's counts are scaled by is the manifest's ``library_size``
+   (:data:`LIBRARY_SIZES`): ``"all genes"`` (models trained here since it was recorded) sums
+   the cell's counts over every gene of the data, so counts and their log1p(CP10k) over the whole
+   transcriptome give the same model input; ``"model genes"`` (absent: the published
+   ``log1p_cp10k`` models, as scFoundation's preprocessing, and older trained models) sums
+   them over the model's genes only. The whole-row sums are taken from the block each batch
+   reads anyway, before its columns are cut to the model's genes: no extra pass over X.
 
 Passes over X: dataset statistics (AdaIN, ``standardize``) need one pass before the first
 batch, which also finds the usable cells. Without them (``log1p_cp10k``, ``none``) a
@@ -40,7 +47,7 @@ from scatd_core import _keys
 from scatd_core._matrix import MeanVar, block_moments, log1p_cp10k
 from scatd_core.errors import InputError
 from scatd_core.genes import GeneAlignment, align_genes, detect_id_type, id_type_evidence, names_for
-from scatd_core.preprocess import detect_value_type
+from scatd_core.preprocess import ALL_GENES, LIBRARY_SIZES, MODEL_GENES, detect_value_type
 
 ADAIN_EPS = 1e-8  # on the source std only, as the original
 #: Values beyond this magnitude are not expression (overflowing sums, corrupt exports): the cell
@@ -82,12 +89,14 @@ class InputSpec:
     style_mean: np.ndarray | None = None
     style_std: np.ndarray | None = None
     name: str = "model"
+    library_size: str = MODEL_GENES  # one of LIBRARY_SIZES: the genes a cell's counts are summed over
 
     @classmethod
     def of(cls, bundle) -> "InputSpec":
         return cls(backbone=bundle.backbone, input_kind=bundle.input_kind,
                    input_dim=bundle.architecture.input_dim, transform=bundle.manifest["input_transform"],
-                   genes=bundle.genes, style_mean=bundle.style_mean, style_std=bundle.style_std, name=bundle.name)
+                   genes=bundle.genes, style_mean=bundle.style_mean, style_std=bundle.style_std, name=bundle.name,
+                   library_size=bundle.manifest.get("library_size", MODEL_GENES))
 
 
 @dataclass(frozen=True)
@@ -114,13 +123,20 @@ class Source:
     columns: np.ndarray | None = field(default=None, repr=False)  # data column of each model feature
     in_order: bool = False  # the data's columns are the model's features, in order: no gather
 
-    def raw(self, start: int, stop: int):
-        """Rows ``[start, stop)`` in model feature order, before any transform (sparse stays sparse)."""
+    def raw(self, start: int, stop: int, totals: np.ndarray | None = None):
+        """Rows ``[start, stop)`` in model feature order, before any transform (sparse stays sparse).
+
+        ``totals``: a float64 array of ``stop - start`` values, filled with each row's sum over
+        all the data's columns (the cell's library size), from the block as read, before its
+        columns are cut to the model's.
+        """
         block = self.matrix[start:stop]
         if sp.issparse(block):
             block = sp.csr_matrix(block)
         else:
             block = np.asarray(block)
+        if totals is not None:
+            totals[:] = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
         if self.alignment is None or self.in_order:
             return block
         if self.columns is not None:  # one data column per model gene: a gather, no product
@@ -299,6 +315,12 @@ class ModelInput:
         self.row_offset = int(row_offset)
         self.log_normalise = statistics.log_normalise if statistics is not None else log_normalises(adata, self.spec)
         self.counts_detected = self.transform == "standardize" and self.log_normalise
+        if self.spec.library_size not in LIBRARY_SIZES:
+            raise ValueError(f"unknown library size {self.spec.library_size!r}; known: {', '.join(LIBRARY_SIZES)}")
+        #: each cell's counts summed over every gene of the data, as the batches read them (only
+        #: when they differ from the sums over the model's genes that the transform takes itself)
+        self._totals = np.zeros(self.n_obs) if self.log_normalise and self.spec.library_size == ALL_GENES and \
+            self.source.alignment is not None and not self.source.in_order else None
         self.reasons = dict.fromkeys(REASONS, 0)
         self._usable = np.zeros(self.n_obs, dtype=bool)
         self._seen = np.zeros(self.n_obs, dtype=bool)
@@ -343,8 +365,9 @@ class ModelInput:
         for start in range(0, self.n_obs, self.batch_size):
             yield start, min(start + self.batch_size, self.n_obs)
 
-    def _check_rows(self, block, start: int, stop: int) -> np.ndarray:
-        """Which rows of ``block`` can be transformed; counts the others by reason."""
+    def _check_rows(self, block, start: int, stop: int, totals: np.ndarray | None = None) -> np.ndarray:
+        """Which rows of ``block`` can be transformed (``totals``: their library sizes over all
+        the data's genes, which must be finite too); counts the others by reason."""
         n = block.shape[0]
         ok = np.ones(n, dtype=bool) if self.mask is None else self.mask[start:stop].copy()
         seen = self._seen[start:stop]
@@ -385,6 +408,9 @@ class ModelInput:
                 if self.log_normalise:
                     drop((x < 0).any(axis=1), "negative_values")
                 nonzero = (np.nan_to_num(x) != 0).any(axis=1)
+        if totals is not None:  # a value outside the model's genes that spoils the cell's library size
+            drop(~np.isfinite(totals), "non_finite")
+            drop(np.abs(totals) > MAX_ABS_VALUE, "overflow")
         if self.source.alignment is not None:
             drop(~nonzero, "no_expression")
         self._usable[start:stop] = ok
@@ -395,19 +421,25 @@ class ModelInput:
     def _read(self, start: int, stop: int):
         """Usable rows of ``[start, stop)`` (absolute indices) and their data as given, aligned to
         the model's features (sparse stays sparse)."""
-        block = self.source.raw(start, stop)
-        ok = self._check_rows(block, start, stop)
+        if self._totals is None:
+            block, totals = self.source.raw(start, stop), None
+        else:
+            totals = self._totals[start:stop]
+            block = self.source.raw(start, stop, totals=totals)
+        ok = self._check_rows(block, start, stop, totals)
         keep = np.flatnonzero(ok)
         if keep.size < block.shape[0]:
             block = block[keep]
         return keep + start, block
 
-    def _transform(self, raw, copy: bool = False):
+    def _transform(self, raw, copy: bool = False, rows: np.ndarray | None = None):
         """Values before dataset scaling: float32 CSR for sparse data (the transforms keep zeros
-        at zero), else float32 dense. ``copy=False`` may change a sparse ``raw``'s values."""
+        at zero), else float32 dense. ``copy=False`` may change a sparse ``raw``'s values.
+        ``rows``: the row indices of ``raw``'s rows (their library sizes, when they are summed
+        over all the data's genes)."""
         block = raw
         if self.log_normalise:  # in place only on a copy: dense rows of an in-memory X are views
-            block = log1p_cp10k(block, copy=copy or not sp.issparse(block))
+            block = log1p_cp10k(block, self.library_sizes(rows), copy=copy or not sp.issparse(block))
         if sp.issparse(block):
             return block if block.dtype == np.float32 else block.astype(np.float32)
         return np.asarray(block, dtype=np.float32)
@@ -417,7 +449,7 @@ class ModelInput:
         ``[start, stop)``; each row batch of :meth:`ranges` also adds its column sums to the mean
         model input, once."""
         rows, raw = self._read(start, stop)
-        block = self._transform(raw, copy=keep_raw)
+        block = self._transform(raw, copy=keep_raw, rows=rows)
         k = start // self.batch_size
         if self.moments is None and start % self.batch_size == 0 and stop == min(start + self.batch_size, self.n_obs) \
                 and not self._summed[k]:
@@ -474,10 +506,27 @@ class ModelInput:
                 x = self._scale(block.toarray() if sp.issparse(block) else block)
             yield (stop, idx, x) + ((raw,) if with_raw else ())
 
-    def model_input_of(self, raw, columns: np.ndarray | None = None) -> np.ndarray:
+    def library_sizes(self, rows: np.ndarray | None) -> np.ndarray | None:
+        """Each of ``rows``' counts summed over every gene of the data, when the model scales
+        counts by those (``library_size`` "all genes" on counts; else ``None``: the transform sums
+        the model's genes of the block itself). Rows no batch has read yet are read for it."""
+        if self._totals is None:
+            return None
+        if rows is None:
+            raise ValueError("the row indices are needed: this model scales each cell by its counts over all genes")
+        rows = np.asarray(rows, dtype=np.int64)
+        unseen = rows[~self._seen[rows]]
+        for k in np.unique(unseen // self.batch_size):  # e.g. a ModelInput given its statistics, not scanned
+            start = int(k) * self.batch_size
+            self._read(start, min(start + self.batch_size, self.n_obs))
+        return self._totals[rows]
+
+    def model_input_of(self, raw, columns: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """The dense model input of rows given as ``raw`` (as yielded by ``batches(with_raw=True)``),
-        only the model features ``columns`` if given; the same numbers the batches carried."""
-        block = self._transform(raw, copy=True)
+        only the model features ``columns`` if given; the same numbers the batches carried.
+        ``rows``: their row indices (needed when the model scales each cell by its counts over all
+        the data's genes, :meth:`library_sizes`)."""
+        block = self._transform(raw, copy=True, rows=rows)
         if sp.issparse(block) and self.moments is None:
             block = block if columns is None else block[:, columns]
             return np.ascontiguousarray(block.toarray(), dtype=np.float32)

@@ -544,6 +544,8 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
             "input_transform": inputs.transform,
             "beta_mode": beta_mode or bundle.manifest.get("beta_mode", "separate"),
             "adain": bundle.input_kind == "embedding", "log_normalised": bool(inputs.log_normalise),
+            # the genes each cell's counts were summed over to scale them to 10,000 (when they were)
+            "library_size": inputs.spec.library_size if inputs.log_normalise else None,
         },
         "input": inputs.source.description,
         "gene_coverage": inputs.source.alignment.summary() if inputs.source.alignment is not None else {},

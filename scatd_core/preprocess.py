@@ -27,6 +27,13 @@ from scatd_core.genes import mito_mask
 # "standardize" (per-gene z-score over the dataset, after log-normalising raw counts) needs
 # dataset-level statistics, so it is applied by scatd_core.inputs.ModelInput, not here.
 INPUT_TRANSFORMS = ("none", "log1p_cp10k", "standardize")
+#: Over which genes a cell's counts are summed to scale them to 10,000 (its library size), the
+#: manifest's ``library_size``: the model's genes only (the published ``log1p_cp10k`` models, as
+#: scFoundation's preprocessing, and models trained here before it was recorded: a manifest
+#: without the key), or every gene of the data (models trained here now), so that counts and
+#: their log1p(CP10k) over the whole transcriptome reach the model alike.
+MODEL_GENES, ALL_GENES = "model genes", "all genes"
+LIBRARY_SIZES = (MODEL_GENES, ALL_GENES)
 
 #: Backbone names (and accepted aliases) -> the input transform it uses by default.
 BACKBONE_DEFAULT_TRANSFORM = {"dist_vae": "log1p_cp10k", "vae_sf": "log1p_cp10k", "vae_gf": "rank_value"}
@@ -204,8 +211,11 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
                     "to be trusted. " + fix]
         return []
     if transform == "standardize":
-        # models trained by scATD Studio: counts are log-normalised, then every gene is z-scored
-        # over the dataset, so counts, log-normalised and z-scored values all reach the model alike
+        # models trained by scATD Studio: counts are log-normalised, then every gene is z-scored over
+        # the dataset. With library_size "all genes" (models trained since it is recorded) each cell's
+        # counts are scaled by its total over all the data's genes, so counts, their log1p(CP10k) over
+        # all genes and per-gene z-scores of those reach the model alike; older models scale counts by
+        # their total over the model's genes only (inputs.py), which values normalised elsewhere lack
         if kind == "tpm_like":
             return ["This model z-scores each gene on a log scale; these values are on a linear scale "
                     "(TPM-like), so highly expressed genes would dominate. Upload raw counts, or "

@@ -449,3 +449,131 @@ def test_explain_warm_up_compiles_the_kernels_an_explanation_uses(log_bundle):
     e = explain(adata, log_bundle, n_steps=8, keep_top=10)
     assert e.info["differential_expression"]["method"] != "none"
     assert [list(k.signatures) for k in kernels] == compiled
+
+
+# ------------------------------------------------------------------------ library size of counts
+
+N_OTHER = 200  # genes of the data that the model does not read
+
+
+def _whole_transcriptome(n_cells: int, layout: str = "sparse", seed: int = 12) -> tuple[ad.AnnData, ad.AnnData]:
+    """The same cells as counts and as log1p(CP10k over all their genes): the model's genes G0...
+    with ``N_OTHER`` genes it lacks, columns shuffled; ``layout`` "dense", "sparse", or
+    "duplicated" (sparse, G5's counts split over two columns of that name, summed by the model)."""
+    dense = _counts(n_cells, N_GENES + N_OTHER, density=0.1, seed=seed).toarray()
+    names = [f"G{i}" for i in range(N_GENES)] + [f"X{i}" for i in range(N_OTHER)]
+    if layout == "duplicated":
+        half = np.floor(dense[:, 5] / 2)
+        dense[:, 5] -= half
+        dense, names = np.hstack([dense, half[:, None]]), names + ["G5"]
+    order = np.random.default_rng(seed).permutation(len(names))
+    dense, names = dense[:, order], [names[i] for i in order]
+    lognorm = np.log1p(dense * 1e4 / dense.sum(axis=1, keepdims=True)).astype(np.float32)
+    wrap = (lambda m: m) if layout == "dense" else sp.csr_matrix
+    obs, var = pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]), pd.DataFrame(index=names)
+    return (ad.AnnData(wrap(dense.astype(np.float32)), obs=obs, var=var),
+            ad.AnnData(wrap(lognorm), obs=obs.copy(), var=var.copy()))
+
+
+def _model_counts(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """(counts of the model's genes G0..., summed over duplicated names; each cell's total over all genes)."""
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    x = x.astype(np.float64)
+    names = np.asarray(adata.var_names)
+    model = np.stack([x[:, names == f"G{i}"].sum(axis=1) for i in range(N_GENES)], axis=1)
+    return model, x.sum(axis=1, keepdims=True)
+
+
+def _zscored(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=0)
+    return np.divide(x - x.mean(axis=0), sd, out=np.zeros_like(x), where=sd > 0)
+
+
+def _standardize_spec(library_size: str | None) -> inputs_module.InputSpec:
+    extra = {} if library_size is None else {"library_size": library_size}
+    return inputs_module.InputSpec(backbone="dist_vae", input_kind="expression", input_dim=N_GENES,
+                                   transform="standardize", genes=[f"G{i}" for i in range(N_GENES)], **extra)
+
+
+def _all_rows(mi: ModelInput) -> np.ndarray:
+    return np.vstack([mi.rows(s, e)[1] for s, e in mi.ranges()])
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense", "duplicated"])
+def test_standardize_scales_counts_by_the_library_size_its_manifest_records(layout):
+    """A model trained here now (library_size "all genes") scales each cell's counts by its total
+    over every gene of the data, so the counts and their log1p(CP10k) over all genes are the
+    same model input; a model without the record (trained earlier) keeps scaling them by their
+    total over its own genes."""
+    counts, lognorm = _whole_transcriptome(150, layout)
+    model, totals = _model_counts(counts)
+    whole = _zscored(np.log1p(model * 1e4 / totals))
+    mi = ModelInput(counts, _standardize_spec("all genes"), batch_size=64)
+    assert mi.log_normalise
+    np.testing.assert_allclose(_all_rows(mi), whole, atol=3e-5)
+    from_lognorm = ModelInput(lognorm, _standardize_spec("all genes"), batch_size=64)
+    assert not from_lognorm.log_normalise  # used as given
+    same = np.arange(N_GENES) != (5 if layout == "duplicated" else -1)  # log values of duplicates: summed as given
+    np.testing.assert_allclose(_all_rows(from_lognorm)[:, same], _all_rows(mi)[:, same], atol=3e-5)
+    older = ModelInput(counts, _standardize_spec(None), batch_size=64)
+    assert older.spec.library_size == "model genes"
+    np.testing.assert_allclose(_all_rows(older), _zscored(np.log1p(model * 1e4 / model.sum(axis=1, keepdims=True))),
+                               atol=3e-5)
+    assert np.abs(_all_rows(older) - whole).max() > 0.05  # the two differ: the test tells them apart
+    # the input of rows given as data, by a ModelInput given the statistics (no pass made): their totals are read
+    given = ModelInput(counts, _standardize_spec("all genes"), batch_size=64, statistics=mi.statistics())
+    rows = np.arange(70, 90)
+    raw = given.source.raw(70, 90)
+    np.testing.assert_allclose(given.model_input_of(raw, rows=rows), whole[rows], atol=3e-5)
+    with pytest.raises(ValueError, match="row indices"):
+        given.model_input_of(raw)
+
+
+def test_a_cell_whose_library_size_is_not_finite_is_not_scored():
+    counts, _ = _whole_transcriptome(40)
+    x = counts.X.toarray()
+    x[3, list(counts.var_names).index("X7")] = np.nan  # outside the model's genes
+    counts.X = sp.csr_matrix(x)
+    counts.uns["scatd_input"] = {"value_type": "counts"}  # as read (a sample of the cells found counts)
+    mi = ModelInput(counts, _standardize_spec("all genes"))
+    assert not mi.usable[3] and mi.usable.sum() == 39 and mi.not_scored() == {"non_finite": 1}
+    assert ModelInput(counts, _standardize_spec(None)).usable[3]  # scaled by the model's genes: no NaN in them
+
+
+@pytest.fixture(scope="module")
+def whole_library_bundle(tmp_path_factory):
+    arch = Architecture("dist_vae", [N_GENES, 48, 24], 12, None, 6, 2)
+    return save_bundle(tmp_path_factory.mktemp("fast") / "w", _trained_like(arch, seed=3).state_dict(), arch,
+                       drug="TESTDRUG", genes=[f"G{i}" for i in range(N_GENES)], input_transform="standardize",
+                       library_size="all genes", threshold=0.5)
+
+
+def test_counts_and_their_lognorm_over_all_genes_get_the_same_predictions_and_explanation(whole_library_bundle,
+                                                                                          monkeypatch):
+    counts, lognorm = _whole_transcriptome(160, seed=13)
+    explained = {}
+    for name, adata in (("counts", counts), ("lognorm", lognorm)):
+        inputs = ModelInput(adata, whole_library_bundle, batch_size=64)
+        predict(adata, whole_library_bundle, inputs=inputs)
+        predict(adata, whole_library_bundle, inputs=inputs,
+                threshold=float(np.median(counts.obs["scatd_prob_resistant"])))
+        reads = []
+        original = inputs.source.raw
+        monkeypatch.setattr(inputs.source, "raw",
+                            lambda start, stop, **kw: reads.append((start, stop)) or original(start, stop, **kw))
+        e = explain(adata, whole_library_bundle, inputs=inputs, n_steps=16, keep_top=25)
+        assert len(reads) == 3  # one pass: attributions, kept inputs and the DE test's data
+        all_inputs = np.vstack([inputs.rows(s, t)[1] for s, t in inputs.ranges()])
+        columns = [int(f[1:]) for f in e.features]
+        np.testing.assert_array_equal(e.inputs, all_inputs[e.cells["row"].to_numpy()][:, columns])
+        explained[name] = e
+    assert counts.uns["scatd"]["params"]["library_size"] == "all genes"
+    assert lognorm.uns["scatd"]["params"]["library_size"] is None  # nothing scaled
+    np.testing.assert_allclose(counts.obs["scatd_prob_resistant"], lognorm.obs["scatd_prob_resistant"], atol=1e-5)
+    a, b = (explained[k].ranking.set_index("feature").sort_index() for k in ("counts", "lognorm"))
+    np.testing.assert_allclose(a["mean_abs_attribution"], b["mean_abs_attribution"], rtol=1e-3, atol=1e-6)
+    # the DE test puts the counts on the model's scale: log1p CP10k over all the cell's genes, as the lognorm upload
+    assert explained["counts"].info["differential_expression"]["data_scale"] == \
+        "log1p of counts per 10k (over all the cell's genes)"
+    np.testing.assert_allclose(a["de_score"], b["de_score"], atol=0.01)  # rank ties of float32 rounding apart
+

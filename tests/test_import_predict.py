@@ -445,6 +445,44 @@ def test_a_model_that_z_scores_its_genes_says_its_predictions_depend_on_the_othe
         assert said == expected, adata.uns["scatd"]["warnings"]
 
 
+def test_a_model_without_a_recorded_library_size_scales_counts_over_its_genes_as_before(small_bundles, tmp_path):
+    """Models trained before the library size was recorded keep their numbers (counts scaled by their
+    total over the model's genes) and say so; one recording "all genes" scales by the whole row;
+    an unknown value is refused."""
+    from scatd_core.bundle import input_transform_words
+
+    bundle, sd, enc, z, genes = small_bundles["dist_vae"]
+    counts = np.random.default_rng(6).poisson(2.0, (60, enc[0] + 30)).astype(np.float32)
+    adata = ad.AnnData(counts, var=pd.DataFrame(index=list(genes) + [f"OTHER{i}" for i in range(30)]))
+    probs = {}
+    for size in (None, "all genes", "mystery"):
+        folder = tmp_path / f"standardize_{size}"
+        shutil.copytree(bundle.path, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["input_transform"] = "standardize"
+        if size is not None:
+            manifest["library_size"] = size
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        if size == "mystery":
+            with pytest.raises(BundleError, match="unknown library size 'mystery'"):
+                load_bundle(folder)
+            continue
+        b = load_bundle(folder)
+        words = input_transform_words(b)
+        assert (f"over the model's {len(genes):,} genes only" in words) == (size is None), words
+        assert ("over all the genes in your data" in words) == (size is not None), words
+        scored = adata.copy()
+        predict(scored, b, device="cpu")
+        probs[size] = scored.obs["scatd_prob_resistant"].to_numpy()
+    model = counts[:, :enc[0]].astype(np.float64)
+    for size, totals in ((None, model.sum(axis=1, keepdims=True)), ("all genes", counts.sum(axis=1, keepdims=True))):
+        x = np.log1p(model * 1e4 / totals)
+        spread = x.std(axis=0)
+        x = np.divide(x - x.mean(axis=0), spread, out=np.zeros_like(x), where=spread > 0).astype(np.float32)
+        # the model on the counts scaled over its own genes (before the record) or all of them, z-scored
+        assert np.abs(probs[size] - orig.original_inference_prob("dist_vae", enc, z, sd, x)).max() < TOL
+
+
 def test_threshold_is_part_of_the_result_and_calibration_is_marked(small_bundles):
     bundle, _, enc, _, genes = small_bundles["dist_vae"]
     x = np.abs(np.random.default_rng(5).normal(size=(40, enc[0]))).astype(np.float32)

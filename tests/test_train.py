@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from scatd_core.bundle import load_bundle, save_bundle, sha256_file
+from scatd_core.bundle import input_transform_words, load_bundle, save_bundle, sha256_file
 from scatd_core.cli import labels as cli_labels
 from scatd_core.cli import train as cli_train
 from scatd_core.errors import InputError
@@ -106,6 +106,28 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     np.testing.assert_allclose(got, rep["target_predictions"]["prob_resistant"].to_numpy(), atol=1e-6)
     assert (target.obs["scatd_prob_resistant_sd"] > 0).all()
     assert target.uns["scatd"]["params"]["log_normalised"]  # counts detected, as at training
+
+
+def test_a_trained_model_scores_counts_and_their_lognorm_over_all_genes_alike(tmp_path):
+    """Training scales each target cell's counts by its total over all its genes, as prediction does
+    (the manifest's library_size), so the cells' log1p(CP10k) over all genes (scanpy's
+    normalize_total then log1p) score as their counts do, and as the training saw them."""
+    bulk, labels, target = synthetic()
+    other = np.random.default_rng(4).poisson(3.0, (target.n_obs, 40)).astype(np.float32)  # genes the bulk lacks
+    var = pd.DataFrame(index=list(target.var_names) + [f"T{i}" for i in range(40)])
+    counts = ad.AnnData(np.hstack([target.X, other]), obs=target.obs.copy(), var=var)
+    bundle, rep = _train(tmp_path, bulk, labels, counts)
+    x = counts.X.astype(np.float64)
+    lognorm = ad.AnnData(np.log1p(x * 1e4 / x.sum(axis=1, keepdims=True)).astype(np.float32), obs=counts.obs.copy(),
+                         var=var.copy())
+    for adata in (counts, lognorm):
+        predict(adata, load_bundle(bundle.path), device="cpu")
+    assert counts.uns["scatd"]["params"]["log_normalised"] and not lognorm.uns["scatd"]["params"]["log_normalised"]
+    np.testing.assert_allclose(counts.obs["scatd_prob_resistant"], rep["target_predictions"]["prob_resistant"],
+                               atol=1e-6)
+    np.testing.assert_allclose(lognorm.obs["scatd_prob_resistant"], counts.obs["scatd_prob_resistant"], atol=1e-5)
+    assert bundle.manifest["library_size"] == "all genes" and len(bundle.genes) == N_GENES - 2
+    assert "scaled to 10,000 over all the genes in your data" in input_transform_words(bundle)
 
 
 def test_a_target_mask_leaves_filtered_cells_out_as_predict_does(tmp_path):

@@ -462,17 +462,18 @@ def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int, base: np.nda
     return ranking, order
 
 
-def _kept_inputs(inputs: ModelInput, raw, kept: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Model-input values of the kept features for the explained cells, from their data as
-    read in the attribution pass (no second pass)."""
-    parts = [inputs.model_input_of(raw[s:s + chunk], columns=kept) for s in range(0, raw.shape[0], chunk)]
+def _kept_inputs(inputs: ModelInput, raw, kept: np.ndarray, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Model-input values of the kept features for the explained cells (``rows``), from their
+    data as read in the attribution pass (no second pass)."""
+    parts = [inputs.model_input_of(raw[s:s + chunk], columns=kept, rows=rows[s:s + chunk])
+             for s in range(0, raw.shape[0], chunk)]
     return np.vstack(parts) if parts else np.zeros((0, kept.size), dtype=np.float32)
 
 
-def _de_columns(inputs: ModelInput, bundle, raw, is_pos, is_neg, pos: str, neg: str,
+def _de_columns(inputs: ModelInput, bundle, raw, rows: np.ndarray, is_pos, is_neg, pos: str, neg: str,
                 run_de: bool) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Group means of the data as given (``raw``: the explained cells' data aligned to the
-    model's features), the Wilcoxon test, and which features are in the data."""
+    """Group means of the data as given (``raw``: the explained cells' (``rows``) data aligned to
+    the model's features), the Wilcoxon test, and which features are in the data."""
     n_features = inputs.spec.input_dim
     if bundle.input_kind == "expression":
         in_data = np.asarray(np.abs(inputs.source.alignment.matrix).sum(axis=0)).ravel() > 0
@@ -488,18 +489,21 @@ def _de_columns(inputs: ModelInput, bundle, raw, is_pos, is_neg, pos: str, neg: 
         kind = "counts" if inputs.counts_detected else detect_value_type(raw)["kind"]
     else:
         kind = "embedding"
-    cols, info = de_table(raw, present, n_features, kind, is_pos, is_neg, pos, neg, run_de, own=True)
+    totals = inputs.library_sizes(rows) if kind == "counts" else None  # counts scaled as the model input
+    cols, info = de_table(raw, present, n_features, kind, is_pos, is_neg, pos, neg, run_de, own=True, totals=totals)
     return cols, info, in_data
 
 
 def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_neg, pos: str, neg: str,
-             run_de: bool, own: bool = False) -> tuple[pd.DataFrame, dict]:
+             run_de: bool, own: bool = False, totals: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
     """Group means of the data as given and the Wilcoxon test between the predicted groups.
 
     ``raw`` holds the explained cells' values of the features ``present`` (of ``n_features``);
     ``kind`` is their value type (:func:`~scatd_core.preprocess.detect_value_type`), or
     ``"embedding"`` for embedding features (tested as they are). ``own``: ``raw`` is a float
     copy made for this call, which the log scale may overwrite (one copy fewer in memory).
+    ``totals``: each cell's counts over all the data's genes, to scale counts by (default: their
+    sum over the features of ``raw``, the model's genes).
     """
     cols = pd.DataFrame(np.nan, index=range(n_features),
                         columns=["mean_data_resistant", "mean_data_sensitive", "logfoldchange", "de_score", "de_pval",
@@ -516,10 +520,12 @@ def de_table(raw, present: np.ndarray, n_features: int, kind: str, is_pos, is_ne
                                                   f"group, and the explained cells hold {n_pos:,} {pos} and "
                                                   f"{n_neg:,} {neg}"}
     if kind != "embedding":
-        totals = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel() if kind == "counts" else None
-        de_matrix, log_ok = log_scale(raw, kind, totals, copy=not own)
+        over = "the model's genes" if totals is None else "all the cell's genes"
+        if kind == "counts" and totals is None:
+            totals = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
+        de_matrix, log_ok = log_scale(raw, kind, totals if kind == "counts" else None, copy=not own)
         del raw  # overwritten when own: de_matrix from here
-        scale = {"counts": "log1p of counts per 10k (over the model's genes)", "tpm_like": "log1p of the values",
+        scale = {"counts": f"log1p of counts per 10k (over {over})", "tpm_like": "log1p of the values",
                  "log_normalized": "the values as given (log scale)"}.get(kind, "the values as given")
     else:
         kind, de_matrix, log_ok = "embedding", raw, False
@@ -663,12 +669,13 @@ def explain(
     ranking, order = _ranking(names, sums, n_pos, n_neg, base_vec,
                               None if population is None else (population[pos], population[neg]))
     kept = order if keep_top is None else order[: int(keep_top)]
-    kept_inputs = _kept_inputs(inputs, raw, kept)
+    kept_inputs = _kept_inputs(inputs, raw, kept, rows)
     attributions = sums.kept_attributions(kept, kept_inputs, attributor)
 
     say(0.92, "differential expression between the predicted groups")
     t_de = time.perf_counter()
-    de_cols, de_info, in_data = _de_columns(inputs, bundle, raw, is_pos, is_neg, pos, neg, differential_expression)
+    de_cols, de_info, in_data = _de_columns(inputs, bundle, raw, rows, is_pos, is_neg, pos, neg,
+                                            differential_expression)
     seconds_de = time.perf_counter() - t_de
     del raw
     ranking = pd.concat([ranking, de_cols], axis=1)

@@ -14,7 +14,7 @@ TOP_OVERLAP = (20, 100)
 def log_scale(matrix, kind: str, per_cell_totals: np.ndarray | None, copy: bool = True):
     """The DE matrix on a natural-log scale where that is meaningful, and whether it is.
     ``copy=False``: a float ``matrix`` is transformed in place."""
-    if kind == "counts":  # log1p of counts per 10k over the model's genes, as the model input
+    if kind == "counts":  # log1p of counts per 10k of the cells' totals (as the model input scales them)
         return log1p_cp10k(matrix, per_cell_totals, copy=copy), True
     if kind == "tpm_like":
         out = matrix.copy() if copy else matrix

@@ -5,7 +5,9 @@ known bugs fixed (reference §10). Two recipes share the inputs and the backbone
 
 1. **Inputs.** The gene panel is what bulk and target share (and, with a pretrained backbone,
    what the backbone knows); it is reported. Each domain is standardised on its own: raw counts
-   are log-normalised, then every gene is z-scored over the domain's samples. The target side is
+   are log-normalised (each sample scaled to 10,000 over all the genes of its data, not only the
+   panel's: the bundle records ``library_size: "all genes"``), then every gene is z-scored over
+   the domain's samples. The target side is
    computed by :class:`scatd_core.inputs.ModelInput` itself, so ``scatd predict`` on the target
    reproduces exactly what the model saw. Labels are matched to bulk samples by ID, never by
    row position.

@@ -14,6 +14,7 @@ from scatd_core.bundle import INPUT_KINDS, sha256_file
 from scatd_core.errors import InputError
 from scatd_core.inputs import InputSpec, ModelInput
 from scatd_core.labels import LABEL_MAPPING, drug_labels
+from scatd_core.preprocess import ALL_GENES
 
 MIN_PANEL_GENES = 10
 
@@ -41,7 +42,8 @@ def _input_spec(backbone: str, n_inputs: int, genes: list[str] | None) -> InputS
     """The model input of a training run, so ModelInput computes it exactly as predict will."""
     kind = INPUT_KINDS[backbone]
     spec = InputSpec(backbone=backbone, input_kind=kind, input_dim=n_inputs, genes=genes, name="training input",
-                     transform="standardize" if kind == "expression" else "none")
+                     transform="standardize" if kind == "expression" else "none",
+                     library_size=ALL_GENES)  # counts scaled by each sample's total over all its genes
     if kind == "embedding":  # placeholder statistics; replaced by the bulk's own below
         spec.style_mean, spec.style_std = np.zeros(n_inputs), np.ones(n_inputs)
     return spec

@@ -22,6 +22,7 @@ from scatd_core.errors import InputError
 from scatd_core.labels import LABEL_MAPPING, encode_column, read_few_shot_labels
 from scatd_core.nn import BACKBONES
 from scatd_core.predict import resolve_device
+from scatd_core.preprocess import ALL_GENES
 from scatd_core.train import _baselines as baselines
 from scatd_core.train._cv import cross_validate, cv_splits
 from scatd_core.train._data import TrainingData, _frame_sha256, prepare_training_data, read_if_path, target_mask_of
@@ -551,6 +552,7 @@ def train_drug_model(
         out, fit.state, fit.arch, drug=data.report["drug"], genes=data.features,
         style_mean=data.style_mean, style_std=data.style_std,
         input_transform="standardize" if data.features is not None else "none",
+        library_size=ALL_GENES if data.features is not None else None,  # as _data's ModelInput scaled the counts
         label_mapping=LABEL_MAPPING, threshold=s.threshold, beta_mode="separate", provenance=provenance,
         metrics=metrics, name=name or f"{data.report['drug']} ({backbone}, trained)",
         extra={"training": training, "card": card,
