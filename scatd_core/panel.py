@@ -151,6 +151,8 @@ def input_signature(bundle) -> str:
     h.update(f"{bundle.backbone}|{bundle.input_kind}|{bundle.manifest['input_transform']}|"
              f"{bundle.architecture.input_dim}".encode())
     h.update("\n".join(bundle.genes or []).encode())
+    if "library_size" in bundle.manifest:  # the genes counts are summed over (absent: the model's own)
+        h.update(f"|library_size={bundle.manifest['library_size']}".encode())
     for stat in (bundle.style_mean, bundle.style_std):
         if stat is not None:
             h.update(np.ascontiguousarray(stat, dtype=np.float64).tobytes())

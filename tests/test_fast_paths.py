@@ -577,3 +577,24 @@ def test_counts_and_their_lognorm_over_all_genes_get_the_same_predictions_and_ex
         "log1p of counts per 10k (over all the cell's genes)"
     np.testing.assert_allclose(a["de_score"], b["de_score"], atol=0.01)  # rank ties of float32 rounding apart
 
+
+def test_a_panel_does_not_share_one_input_between_models_scaling_counts_differently(whole_library_bundle, tmp_path):
+    """Two models on the same genes, one scaling counts over all the data's genes and one (trained
+    before that was recorded) over its own: a panel aligns the data for each, and each model gets
+    the numbers it gets alone."""
+    from scatd_core.panel import predict_panel
+    from scatd_core.predict import result_keys
+
+    arch = whole_library_bundle.architecture
+    older = save_bundle(tmp_path / "older", whole_library_bundle.load_model("cpu").state_dict(), arch,
+                        drug="OLDERDRUG", genes=whole_library_bundle.genes, input_transform="standardize",
+                        threshold=0.5)
+    assert "library_size" not in older.manifest
+    counts, _ = _whole_transcriptome(90, seed=14)
+    team = predict_panel(counts, [whole_library_bundle, older], device="cpu")
+    assert [m.status for m in team] == ["scored", "scored"] and team[0].input_group != team[1].input_group
+    for member, bundle in zip(team, (whole_library_bundle, older)):
+        alone = counts.copy()
+        predict(alone, bundle, device="cpu")
+        np.testing.assert_allclose(counts.obs[result_keys(member.key).prob], alone.obs["scatd_prob_resistant"],
+                                   atol=1e-6)
