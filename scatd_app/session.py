@@ -15,15 +15,25 @@
   A server restart, or more idle time than the TTL, ends it, and the page says so. The kept
   sessions are bounded in number (:data:`MAX_KEPT`) and in the bytes their data hold together
   (``server.kept_sessions_mb``): beyond either, the longest idle are let go first.
+- **Idle, not open**: a session counts as idle only while no browser tab shows it and it computes
+  nothing. The clean-up (:func:`sweep`) asks Streamlit which sessions still have their tab
+  connected and resets their clock; a long computation resets it at its progress reports
+  (:func:`keep_alive`). So an open tab left alone, or a training longer than the TTL, keeps its
+  working folder and its reload copy.
+- **Work started ahead ends with the session**: a prediction or UMAP computing in the background
+  for a session (:func:`own`) is stopped when the user logs out and when the session expires.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 import shutil
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +50,8 @@ RESUMED = "session_resumed"        # "resumed" | "lost": what happened when this
 QUERY_KEY = "s"
 #: At most this many idle sessions are kept for resuming (the oldest go first).
 MAX_KEPT = 64
+#: At most this many browser tabs are remembered for asking Streamlit whether they are still open.
+MAX_TABS = 4096
 #: Session keys kept for a reload besides the widget values (state.KEPT_WIDGET_PREFIXES).
 KEPT_KEYS = (state.ADATA, state.DATA_NAME, state.DATA_TOKEN, state.IS_DEMO, state.LABEL_COLUMN,
              state.SAMPLE_COLUMN, state.BUNDLE_PATH, state.PREDICTION, state.INPUTS, state.EMBEDDING,
@@ -104,6 +116,8 @@ class SessionStore:
         self._lock = threading.Lock()
         self._last_sweep = 0.0
         self.budget_bytes = budget_bytes
+        self._browsers: dict[str, str] = {}  # Streamlit's session id (one browser tab) -> our session id
+        self._work: dict[str, weakref.WeakSet] = {}  # our session id -> its work started in the background
 
     def put(self, token: str, owner: str, values: dict) -> None:
         nbytes = held_bytes(values)
@@ -160,6 +174,75 @@ class SessionStore:
     def live_ids(self) -> set[str]:
         with self._lock:
             return {str(r.values.get(SESSION_ID)) for r in self._records.values()}
+
+    def touch(self, session_id: str) -> None:
+        """Reset the idle clock of the copy kept for ``session_id`` (it is in use)."""
+        now = time.monotonic()
+        with self._lock:
+            for record in self._records.values():
+                if str(record.values.get(SESSION_ID)) == session_id:
+                    record.touched = now
+
+    def attach(self, browser_id: str, session_id: str) -> None:
+        """Streamlit's session ``browser_id`` (a browser tab) shows our session ``session_id``."""
+        with self._lock:
+            self._browsers.pop(browser_id, None)  # the most recently seen last
+            self._browsers[browser_id] = session_id
+            while len(self._browsers) > MAX_TABS:  # where Streamlit cannot say which tabs closed
+                del self._browsers[next(iter(self._browsers))]
+
+    def connected_ids(self) -> set[str] | None:
+        """Our session ids that a browser tab still shows (Streamlit has it connected), forgetting
+        the tabs Streamlit no longer has; ``None`` where this Streamlit cannot say."""
+        with self._lock:
+            browsers = dict(self._browsers)
+        connected = _connected(browsers)
+        if connected is None:
+            return None
+        with self._lock:
+            for browser in set(browsers) - connected:
+                if self._browsers.get(browser) == browsers[browser]:
+                    del self._browsers[browser]  # a tab that comes back attaches again on its next run
+        return {browsers[b] for b in connected}
+
+    def own(self, session_id: str, work) -> None:
+        """``work`` (with a ``cancel()``: a computation started in the background) belongs to
+        ``session_id``: :meth:`cancel_work` stops it. Held weakly: nothing is kept alive here."""
+        with self._lock:
+            for sid in [sid for sid, items in self._work.items() if not items]:
+                del self._work[sid]  # their work is over and gone
+            self._work.setdefault(session_id, weakref.WeakSet()).add(work)
+
+    def cancel_work(self, session_id: str) -> int:
+        """Stop the background work of ``session_id``; how many were stopped."""
+        with self._lock:
+            work = list(self._work.pop(session_id, ()))
+        for item in work:
+            item.cancel()
+        return len(work)
+
+
+def _connected(browsers) -> set[str] | None:
+    """Which of Streamlit's session ids in ``browsers`` Streamlit still has connected to a
+    browser tab (its public ``Runtime.is_active_session``), or ``None`` where it cannot say: no
+    Streamlit server in this process (a test, a script), or a Streamlit without that call."""
+    try:
+        from streamlit.runtime import Runtime
+
+        if not Runtime.exists():
+            return None
+        is_active = Runtime.instance().is_active_session
+        connected = set()
+        for browser in browsers:
+            answer = is_active(browser)
+            if not isinstance(answer, bool):  # not Streamlit's own runtime (a test's stand-in)
+                return None
+            if answer:
+                connected.add(browser)
+        return connected
+    except Exception:  # another Streamlit layout: the idle clocks alone decide, as they did before
+        logging.getLogger("scatd").debug("cannot ask Streamlit which sessions are connected", exc_info=True)
+        return None
 
 
 @st.cache_resource(show_spinner=False)
@@ -229,12 +312,25 @@ def begin(owner: str) -> None:
             ss[SESSION_ID] = uuid.uuid4().hex
         ss[TOKEN] = token
     ss[OWNER] = owner
+    browser = _browser_id()
+    if browser:
+        store().attach(browser, str(ss[SESSION_ID]))
     mine = work_dir() / "sessions" / str(ss[SESSION_ID])
     if mine.is_dir():
         mine.touch()  # in use: the sweep keeps it
     if st.query_params.get(QUERY_KEY) != ss[TOKEN]:
         st.query_params[QUERY_KEY] = ss[TOKEN]
     sweep()
+
+
+def _browser_id() -> str | None:
+    """Streamlit's id of this run's session (one browser tab), or ``None`` outside a session."""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # another Streamlit layout
+        return None
+    session_id = getattr(get_script_run_ctx(), "session_id", None)
+    return session_id if isinstance(session_id, str) and session_id else None
 
 
 def save(owner: str) -> None:
@@ -265,13 +361,53 @@ def notice() -> None:
 
 
 def forget() -> None:
-    """Forget this session: its copy kept for a reload and its working folder (uploads, files
-    written for a computation). The values in ``st.session_state`` are the caller's to clear."""
+    """Forget this session: its work started in the background (stopped), its copy kept for a
+    reload and its working folder (uploads, files written for a computation). The values in
+    ``st.session_state`` are the caller's to clear."""
     ss = st.session_state
+    if ss.get(SESSION_ID):
+        store().cancel_work(str(ss[SESSION_ID]))
     if ss.get(TOKEN):
         store().forget(ss[TOKEN])
     if ss.get(SESSION_ID):
         shutil.rmtree(work_dir() / "sessions" / str(ss[SESSION_ID]), ignore_errors=True)
+
+
+def own(work) -> None:
+    """``work`` (a computation started in the background for this session, with a ``cancel()``)
+    is stopped when the user logs out or the session expires."""
+    session_id = st.session_state.get(SESSION_ID)
+    if session_id:
+        store().own(str(session_id), work)
+
+
+def keep_alive(every_seconds: float = 10.0):
+    """A function for a long computation's progress reports (taken in the page's run; callable
+    from any thread): a call resets this session's idle clock, its reload copy's and its working
+    folder's (at most once in ``every_seconds`` per session), so a training longer than
+    ``server.session_ttl_minutes`` keeps its files even with its tab closed meanwhile."""
+    session_id = st.session_state.get(SESSION_ID)
+    if not session_id:
+        return lambda: None
+    session_id = str(session_id)
+    kept, where = store(), work_dir() / "sessions" / session_id
+
+    def touch() -> None:
+        now = time.monotonic()
+        if now - _LAST_KEPT_ALIVE.get(session_id, float("-inf")) < every_seconds:
+            return
+        _LAST_KEPT_ALIVE[session_id] = now
+        kept.touch(session_id)
+        try:
+            os.utime(where)
+        except OSError:  # no folder (yet): nothing on disk to keep
+            pass
+
+    return touch
+
+
+#: When :func:`keep_alive` last reset each session's clock (``time.monotonic()``).
+_LAST_KEPT_ALIVE: dict[str, float] = {}
 
 
 def folder() -> Path:
@@ -283,25 +419,41 @@ def folder() -> Path:
 
 
 def sweep(every_seconds: float = 60.0) -> None:
-    """Forget idle sessions and delete working folders no live session owns (at most once a minute)."""
+    """Forget idle sessions, stop their background work and delete working folders no live
+    session owns (at most once a minute). A session a browser tab still shows is not idle."""
     s = store()
     if time.monotonic() - s._last_sweep < every_seconds:
         return
     ttl = settings()["session_ttl_minutes"] * 60
-    if s.sweep(ttl):  # their data are garbage now: collected and the freed memory given back to the system
+    root = work_dir() / "sessions"
+    connected = s.connected_ids() or set()
+    for session_id in connected:  # open in a tab: in use now, however long since its last page run
+        s.touch(session_id)
+        try:
+            os.utime(root / session_id)
+        except OSError:
+            pass
+    expired = s.sweep(ttl)
+    live = s.live_ids() | connected | {str(st.session_state.get(SESSION_ID))}
+    for session_id in set(expired) - live:
+        s.cancel_work(session_id)  # e.g. a prediction ahead for a tab closed long ago
+        _LAST_KEPT_ALIVE.pop(session_id, None)
+    if expired:  # their data are garbage now: collected and the freed memory given back to the system
         import gc
 
         from scatd_app import jobs
 
         gc.collect()
         jobs.release_free_memory()
-    root = work_dir() / "sessions"
     if not root.is_dir():
         return
-    live = s.live_ids() | {str(st.session_state.get(SESSION_ID))}
     now = time.time()
     for path in root.iterdir():
-        if path.name not in live and now - path.stat().st_mtime > ttl:
+        try:
+            idle = now - path.stat().st_mtime > ttl
+        except OSError:  # removed meanwhile
+            continue
+        if path.name not in live and idle:
             shutil.rmtree(path, ignore_errors=True)
 
 

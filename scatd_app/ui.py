@@ -591,7 +591,7 @@ def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:
     a new prediction or dataset stops the run (:class:`Pending`)."""
     from scatd_core.embed import compute_embedding
 
-    from scatd_app import jobs
+    from scatd_app import jobs, session
 
     ss = st.session_state
     token = token_of(ss.get(state.PREDICTION), basis)
@@ -608,6 +608,7 @@ def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:
 
     pending.future = _background().submit(run)
     ss[state.EMBEDDING_PENDING] = pending
+    session.own(pending)  # stopped when the user logs out or the session expires
 
 
 def predict_settings() -> dict:
@@ -680,7 +681,7 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
     from scatd_core.errors import Cancelled
     from scatd_core.predict import score
 
-    from scatd_app import jobs
+    from scatd_app import jobs, session
 
     ss = st.session_state
     if adata is None or bundle is None or state.has_prediction() or bundle.kind != "classifier":
@@ -740,6 +741,7 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
 
     ahead.future = executor.submit(run)
     ss[state.PREDICT_AHEAD] = ahead
+    session.own(ahead)  # stopped (its UMAP too) when the user logs out or the session expires
 
 
 def offered_models(demo_data: bool) -> list:
@@ -814,8 +816,11 @@ def adopt_ahead_embedding(ahead: Ahead, token: str) -> None:
     umap = ahead.embedding
     if umap is None or umap.future.cancelled():
         return
+    from scatd_app import session
+
     umap.token = token_of(token, "latent")
     st.session_state[state.EMBEDDING_PENDING] = umap
+    session.own(umap)  # on its own now (the prediction it followed is taken)
 
 
 # --------------------------------------------------------------------------------------------
@@ -875,8 +880,18 @@ def demo_module():
 
 def progress_to(bar):
     """A ``progress(fraction, message)`` callback for scatd_core that moves ``bar`` (an
-    ``st.progress``); the messages can name drugs, models and files, so they are escaped."""
-    return lambda fraction, message: bar.progress(min(max(fraction, 0.0), 1.0), text=md(message))
+    ``st.progress``); the messages can name drugs, models and files, so they are escaped. Each
+    report also tells the idle-session clean-up that the session is busy (a computation longer
+    than ``server.session_ttl_minutes`` keeps the session's files)."""
+    from scatd_app import session
+
+    busy = session.keep_alive()
+
+    def report(fraction: float, message: str) -> None:
+        busy()
+        bar.progress(min(max(fraction, 0.0), 1.0), text=md(message))
+
+    return report
 
 
 def use_demo(bar) -> None:

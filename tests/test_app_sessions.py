@@ -1,0 +1,227 @@
+"""Idle sessions on a shared server (AppTest): what counts as idle, what the clean-up removes, and
+the work that ends with a session."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from _app_helpers import make_dataset, trained_library  # noqa: F401 (fixture)
+from test_app_pages import APP, h5ad_bytes, ok, upload
+from test_app_pages import _no_component_scan, with_library  # noqa: F401 (fixtures)
+from scatd_app import session, state
+
+
+@pytest.fixture
+def fresh_store(monkeypatch, tmp_path):
+    """A store of its own (no other test's sessions) and a work folder of its own."""
+    kept = session.SessionStore()
+    monkeypatch.setattr(session, "store", lambda: kept)
+    monkeypatch.setenv("SCATD_WORK_DIR", str(tmp_path / "work"))
+    return kept
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    return ok(at)
+
+
+def _folder(at: AppTest):
+    from scatd_core.config import work_dir
+
+    return work_dir() / "sessions" / at.session_state[session.SESSION_ID]
+
+
+def _age(kept: session.SessionStore, at: AppTest, hours: float = 10) -> None:
+    """Make ``at``'s session look idle for ``hours``: its reload copy's clock and its folder's time."""
+    sid = at.session_state[session.SESSION_ID]
+    for record in kept._records.values():
+        if record.values.get(session.SESSION_ID) == sid:
+            record.touched -= hours * 3600
+    past = time.time() - hours * 3600
+    os.utime(_folder(at), (past, past))
+
+
+def _sweep_by_another_user(kept: session.SessionStore) -> AppTest:
+    kept._last_sweep = 0.0  # the clean-up is due (it runs at most once a minute)
+    return _app()
+
+
+@pytest.mark.usefixtures("with_library")
+def test_a_session_open_in_a_tab_keeps_its_folder_however_long_idle(fresh_store, monkeypatch):
+    """QA: an open tab idle longer than session_ttl_minutes (or running a training that long) lost
+    its working folder when another user's page run swept, because only the last page run's end
+    counted. A session Streamlit still has connected is alive; a closed one still expires."""
+    bob = _app()
+    upload(bob, "tumour.h5ad", h5ad_bytes(make_dataset(50, seed=4)))
+    bob_id = bob.session_state[session.SESSION_ID]
+    assert any(_folder(bob).iterdir())
+    # each run says which of Streamlit's sessions (a browser tab) shows it: AppTest gives every
+    # session the same id, so bob's tab gets a name of its own here
+    assert fresh_store._browsers == {"test session id": bob_id}
+    fresh_store.attach("bob's tab", bob_id)
+    shown = {"bob's tab": True}  # whether bob's tab is open, as Streamlit would answer
+
+    def connected(browsers):
+        return {b for b in browsers if shown.get(b)}
+
+    monkeypatch.setattr(session, "_connected", connected, raising=False)
+    _age(fresh_store, bob)
+    _sweep_by_another_user(fresh_store)
+    assert _folder(bob).is_dir() and any(_folder(bob).iterdir())
+    assert bob_id in fresh_store.live_ids()  # its reload copy too
+
+    shown["bob's tab"] = False  # the tab was closed: idle from now on, and removed after the TTL
+    _sweep_by_another_user(fresh_store)
+    assert _folder(bob).is_dir()  # the clock started when it was last seen open
+    _age(fresh_store, bob)
+    _sweep_by_another_user(fresh_store)
+    assert not _folder(bob).exists() and bob_id not in fresh_store.live_ids()
+
+
+def test_asking_streamlit_which_tabs_are_open(monkeypatch):
+    from streamlit.runtime import Runtime
+
+    class Runtime_:
+        def is_active_session(self, browser):
+            return browser == "open-tab"
+
+    monkeypatch.setattr(Runtime, "_instance", Runtime_())
+    kept = session.SessionStore()
+    kept.attach("open-tab", "s1")
+    kept.attach("closed-tab", "s2")
+    assert kept.connected_ids() == {"s1"}
+    assert kept._browsers == {"open-tab": "s1"}  # a closed tab is let go (it attaches again if it comes back)
+
+    class Unsure:
+        def is_active_session(self, browser):
+            return object()  # not an answer (e.g. a test's stand-in for the runtime)
+
+    monkeypatch.setattr(Runtime, "_instance", Unsure())
+    assert kept.connected_ids() is None
+    monkeypatch.setattr(Runtime, "_instance", object())  # a Streamlit without that call
+    assert kept.connected_ids() is None
+    monkeypatch.setattr(Runtime, "_instance", None)  # no server in this process
+    assert kept.connected_ids() is None
+
+
+def test_progress_reports_keep_a_busy_session_alive(fresh_store):
+    """A training (or prediction, UMAP, attributions) longer than the TTL: its progress reports
+    reset the session's clock and its folder's time, even with its tab closed meanwhile."""
+    def page():
+        import os
+        import time
+
+        import streamlit as st
+
+        from scatd_app import session, ui
+
+        st.session_state[session.SESSION_ID] = "busy"
+        session.store().put("token", "u", {session.SESSION_ID: "busy"})
+        session.store()._records["token"].touched -= 36_000
+        past = time.time() - 36_000
+        os.utime(session.folder(), (past, past))
+        session._LAST_KEPT_ALIVE.pop("busy", None)
+        ui.progress_to(st.progress(0.0))(0.5, "Epoch 7 of 150")
+
+    at = AppTest.from_function(page, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    from scatd_core.config import work_dir
+
+    assert time.monotonic() - fresh_store._records["token"].touched < 60
+    assert time.time() - (work_dir() / "sessions" / "busy").stat().st_mtime < 60
+
+
+def _blocking_score(monkeypatch):
+    """``predict.score`` stand-in that runs until it is told to stop (or the test ends)."""
+    from scatd_core import predict as predict_module
+    from scatd_core.errors import Cancelled
+
+    started, release = threading.Event(), threading.Event()
+
+    def score(*args, should_stop=None, **kwargs):
+        started.set()
+        while not release.is_set():
+            if should_stop is not None and should_stop():
+                raise Cancelled("stopped")
+            time.sleep(0.02)
+        raise Cancelled("the test ended")
+
+    monkeypatch.setattr(predict_module, "score", score)
+    return started, release
+
+
+@pytest.mark.usefixtures("with_library")
+def test_logging_out_stops_the_prediction_started_ahead(tmp_path, monkeypatch):
+    """The prediction (and its UMAP) computed ahead for a user ran on after they logged out, on
+    their data, holding one of the server's job slots."""
+    from scatd_core import users
+
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    monkeypatch.setenv("SCATD_WORK_DIR", str(tmp_path / "work"))
+    users.add_user("alice", "a long enough password", admin=False)
+    started, release = _blocking_score(monkeypatch)
+    try:
+        at = _app()
+        at.text_input(key="login_name").set_value("alice")
+        at.text_input(key="login_password").set_value("a long enough password")
+        at.get("form_submit_button")[0].click()
+        at.run()
+        upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=4)))
+        ahead = at.session_state[state.PREDICT_AHEAD]
+        assert started.wait(30) and not ahead.future.done()
+        at.button(key="btn_logout").click()
+        at.run()
+        assert ahead.stop.is_set()
+        assert ahead.future.exception(timeout=30) is not None  # it stopped (Cancelled), not left running
+    finally:
+        release.set()
+
+
+@pytest.mark.usefixtures("with_library")
+def test_an_expired_session_stops_its_work_started_ahead(fresh_store, monkeypatch):
+    """A session whose tab was closed and that stayed idle past the TTL: its work started in the
+    background is stopped when the clean-up forgets it."""
+    monkeypatch.setattr(session, "_connected", lambda browsers: set(), raising=False)  # no tab open
+    started, release = _blocking_score(monkeypatch)
+    try:
+        bob = _app()
+        upload(bob, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=4)))
+        ahead = bob.session_state[state.PREDICT_AHEAD]
+        assert started.wait(30)
+        _sweep_by_another_user(fresh_store)
+        assert not ahead.stop.is_set()  # idle for less than the TTL: kept
+        _age(fresh_store, bob)
+        _sweep_by_another_user(fresh_store)
+        assert ahead.stop.is_set() and ahead.future.exception(timeout=30) is not None
+    finally:
+        release.set()
+
+
+def test_kept_work_is_held_weakly():
+    import gc
+
+    class Work:
+        cancelled = 0
+
+        def cancel(self):
+            Work.cancelled += 1
+
+    kept = session.SessionStore()
+    work, other = Work(), Work()
+    kept.own("s1", work)
+    kept.own("s1", other)
+    del other
+    gc.collect()
+    assert kept.cancel_work("s1") == 1 and Work.cancelled == 1  # the one still held anywhere
+    assert kept.cancel_work("s1") == 0
+    np.testing.assert_equal(Work.cancelled, 1)
+
