@@ -1084,6 +1084,27 @@ def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
 # Page furniture
 # --------------------------------------------------------------------------------------------
 
+#: What a page says in place of a download made from the session's data file when that file is gone.
+WORKING_COPY_GONE = ("Your upload's working copy on the server was removed after the session was idle, so this "
+                     "file cannot be made. Upload your data again on the Data page, then download it.")
+
+
+def data_download(where, label: str, data, adata: ad.AnnData, **options) -> bool:
+    """``where.download_button(label, data, **options)`` (``where``: ``st`` or a container) for a
+    download made from the dataset's own file (the annotated h5ad copies the file a large dataset
+    is read from). Where that file is gone (the session's working folder was removed after the
+    session was idle), the download would bring nothing: a disabled button and
+    :data:`WORKING_COPY_GONE` instead. Whether the download is offered."""
+    from scatd_core.export import source_missing
+
+    if source_missing(adata):
+        where.button(label, disabled=True, icon=options.get("icon"), key=f"{options['key']}_gone")
+        where.warning(WORKING_COPY_GONE, icon=":material/folder_off:")
+        return False
+    where.download_button(label, data, **options)
+    return True
+
+
 def link(title: str, label: str | None = None, icon: str | None = None) -> None:
     """A link to one of the app's pages by title (see :data:`PAGE`)."""
     st.page_link(PAGE[title], label=label or title, icon=icon)

@@ -340,6 +340,9 @@ def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool) -> Path:
 
         from anndata.io import write_elem
 
+        if source_missing(adata):
+            raise InputError(f"The data file {Path(adata.filename).name} these data are read from is gone, so the "
+                             "annotated h5ad (which copies its matrix) cannot be written. Read the data again.")
         shutil.copyfile(adata.filename, tmp)
         with h5py.File(tmp, "r+") as f:
             for elem in ("obs", "var", "obsm", "uns"):
@@ -350,6 +353,12 @@ def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool) -> Path:
         adata.write_h5ad(tmp, compression="gzip")
     tmp.replace(path)
     return path
+
+
+def source_missing(adata: ad.AnnData) -> bool:
+    """Whether ``adata`` is read from a file on disk (backed) that is no longer there: the annotated
+    h5ad, which copies that file, cannot be written (what is already read still shows)."""
+    return bool(adata.isbacked and adata.filename is not None and not Path(adata.filename).is_file())
 
 
 #: Above this estimated size the app offers the annotations without X (the full file: ``scatd report``).

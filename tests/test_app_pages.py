@@ -518,6 +518,8 @@ def test_pages_hand_streamlit_only_detached_functions():
                       for e in k.value.elts]
             if getattr(call.func, "attr", None) == "download_button" and len(call.args) > 1:
                 given.append(call.args[1])
+            if getattr(call.func, "attr", None) == "data_download" and len(call.args) > 2:  # ui.data_download
+                given.append(call.args[2])
             found += [f"{path.name}:{v.lineno}" for v in given if bare(v)]
     assert not found, found
 

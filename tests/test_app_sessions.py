@@ -1,5 +1,5 @@
-"""Idle sessions on a shared server (AppTest): what counts as idle, what the clean-up removes, and
-the work that ends with a session."""
+"""Idle sessions on a shared server (AppTest): what counts as idle, what the clean-up removes, what
+a page says when a file it needs was removed, and the work that ends with a session."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from _app_helpers import make_dataset, trained_library  # noqa: F401 (fixture)
-from test_app_pages import APP, h5ad_bytes, ok, upload
+from test_app_pages import APP, goto, h5ad_bytes, ok, run_prediction, text, upload
 from test_app_pages import _no_component_scan, with_library  # noqa: F401 (fixtures)
+from test_panel_page import panel_library, with_panel_library  # noqa: F401 (fixtures)
 from scatd_app import session, state
 
 
@@ -139,6 +140,56 @@ def test_progress_reports_keep_a_busy_session_alive(fresh_store):
     assert time.time() - (work_dir() / "sessions" / "busy").stat().st_mtime < 60
 
 
+def _backed_upload(at: AppTest, monkeypatch, adata) -> None:
+    """Upload ``adata`` so that it is read from disk (backed), from the session's folder."""
+    from scatd_core import _memory
+
+    x_bytes = sum(a.nbytes for a in (adata.X.data, adata.X.indices, adata.X.indptr))
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: (1000 << 20) - x_bytes // 2)  # room for obs, not X
+    upload(at, "tumour.h5ad", h5ad_bytes(adata))
+    assert at.session_state[state.ADATA].isbacked
+
+
+@pytest.mark.usefixtures("with_library")
+def test_a_download_whose_file_was_removed_says_so(fresh_store, monkeypatch):
+    """QA: after the session's folder was removed, the annotated .h5ad download of a dataset read
+    from disk did nothing in the browser (FileNotFoundError in the deferred download, only in the
+    server's log). The page now says what happened and what to do."""
+    import shutil
+
+    at = _app()
+    _backed_upload(at, monkeypatch, make_dataset(60, seed=3))
+    run_prediction(at)
+    goto(at, "6_Report")
+    assert "annotated .h5ad" in [b.proto.label for b in at.get("download_button")]
+    shutil.rmtree(_folder(at))  # removed while the page kept the data (the file stays open)
+    goto(at, "6_Report")
+    assert "annotated .h5ad" not in [b.proto.label for b in at.get("download_button")]
+    assert at.button(key="btn_dl_h5ad_gone").disabled
+    assert "working copy on the server was removed after the session was idle" in text(at.warning)
+    assert "Upload your data again on the Data page" in text(at.warning)
+    assert str(_folder(at).parent) not in text(at.warning)
+    assert {"predictions.csv", "report.html"} <= {b.proto.label for b in at.get("download_button")}  # from memory: kept
+
+
+def test_the_annotated_h5ad_of_a_removed_file_is_a_clear_error(tmp_path):
+    import anndata as ad
+
+    from scatd_core import export
+    from scatd_core.errors import InputError
+
+    path = tmp_path / "cells.h5ad"
+    make_dataset(30, seed=1).write_h5ad(path)
+    adata = ad.read_h5ad(path, backed="r")
+    assert not export.source_missing(adata)
+    path.unlink()
+    assert export.source_missing(adata) and not export.source_missing(make_dataset(10, seed=1))
+    with pytest.raises(InputError, match="cells.h5ad these data are read from is gone"):
+        export.h5ad_bytes(adata)
+    adata.file.close()
+
+
 def _blocking_score(monkeypatch):
     """``predict.score`` stand-in that runs until it is told to stop (or the test ends)."""
     from scatd_core import predict as predict_module
@@ -225,3 +276,26 @@ def test_kept_work_is_held_weakly():
     assert kept.cancel_work("s1") == 0
     np.testing.assert_equal(Work.cancelled, 1)
 
+
+@pytest.mark.usefixtures("with_panel_library")
+def test_the_panel_h5ad_whose_file_was_removed_says_so(monkeypatch):
+    """The Drug panel page's annotated .h5ad, as the Report page's."""
+    import shutil
+    from pathlib import Path
+
+    from test_panel_page import DRUGS
+
+    library = Path(os.environ["SCATD_MODEL_LIBRARY"])
+    at = _app()
+    _backed_upload(at, monkeypatch, make_dataset(80, seed=4))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(library / n) for n in DRUGS[:2]]).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert "annotated .h5ad" in [b.proto.label for b in at.get("download_button")]
+    shutil.rmtree(_folder(at))
+    goto(at, "9_Panel")
+    assert "annotated .h5ad" not in [b.proto.label for b in at.get("download_button")]
+    assert at.button(key="btn_dl_panel_h5ad_gone").disabled
+    assert "Upload your data again on the Data page" in text(at.warning)
+    assert len(at.get("download_button")) == 3  # panel.csv, the summary and the HTML report: from memory
