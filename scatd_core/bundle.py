@@ -23,7 +23,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import stat
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -59,6 +59,9 @@ DEFAULT_LABEL_MAPPING = {"sensitive": 0, "resistant": 1}
 DEFAULT_THRESHOLDS = {"dist_vae": 0.05, "vae_sf": 0.5, "vae_gf": 0.5}
 BETA_MODES = ("shared_with_head", "separate")
 NO_STYLE_PROBLEM = "cannot predict: no AdaIN statistics (bulk embeddings)"
+#: Why a library folder made by another account without read permission for this one is unusable.
+UNREADABLE_PROBLEM = ("not readable by this account (the server's, in the app): check the owner and permissions "
+                      "of its folder and files")
 INPUT_KINDS = {"dist_vae": "expression", "vae_sf": "embedding", "vae_gf": "embedding"}
 BACKBONE_TITLES = {"dist_vae": "Dist_VAE (scATD-sf-dist)", "vae_sf": "VAE_sf (scATD-sf)",
                    "vae_gf": "VAE_gf (scATD-gf)"}
@@ -432,7 +435,13 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise BundleError(f"Bundle {path.parent.name} has no {path.name}.", "Re-import or re-train this model.")
     try:
+        with open(path, "rb"):  # safetensors says "No such file" for a file it may not read
+            pass
         return load_file(str(path), device="cpu")
+    except PermissionError:
+        raise BundleError(f"Bundle {path.parent.name}: its {what} file {path.name} is {UNREADABLE_PROBLEM}.",
+                          f"It is {path}.",
+                          app_hint="Ask the administrator to make it readable by the server's account.") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"Bundle {path.parent.name}: {what} file {path.name} is corrupt ({exc}).",
                           "Re-import or re-train this model.") from None
@@ -467,8 +476,18 @@ def _check_manifest(m: Any, folder: Path) -> dict:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Open and validate a bundle folder (manifest, side files; weights are read lazily)."""
+    """Open and validate a bundle folder (manifest, side files; weights are read lazily).
+
+    A folder or file this account may not read is a :class:`BundleError` (no path in its message)."""
     folder = Path(path)
+    try:
+        return _load_bundle(folder)
+    except PermissionError:
+        raise BundleError(f"Model {folder.name} is {UNREADABLE_PROBLEM}.", f"It is {folder}.",
+                          app_hint="Ask the administrator to make it readable by the server's account.") from None
+
+
+def _load_bundle(folder: Path) -> Bundle:
     if not (folder / MANIFEST).is_file():
         raise BundleError(f"{folder} is not a model bundle (no {MANIFEST}).",
                           "Give a folder made by `scatd import-checkpoint` or `scatd train`.")
@@ -659,7 +678,46 @@ def _write_atomically(out: Path, write, overwrite: bool, unique: bool = False) -
     beside it; rename the old bundle aside, rename the new one into place, and only then delete
     the old one, so a crash at any point leaves either the old or the new bundle
     (:func:`clean_library` finishes the job at the next start). Returns the folder written.
+
+    The folder and its files get the permissions the umask gives any new folder and file (not
+    ``tempfile``'s 0700/0600), so the other accounts that use the library (the server's service
+    account, an administrator's own with the command line) can read the model. An account that may
+    not write into the library gets a :class:`BundleError` saying so.
     """
+    parent = out.parent
+    try:
+        return _write_locked(out, write, overwrite, unique)
+    except PermissionError:
+        raise BundleError("The model library cannot be written by this account; nothing was changed.",
+                          f"The account running scATD Studio needs write access to {parent} and its lock file "
+                          f"{LOCK_FILE}: check their owner and permissions (accounts that share a library share a "
+                          "group that may write it, with a umask such as 002).",
+                          app_hint="Ask the administrator to check the model library's owner and permissions."
+                          ) from None
+
+
+def _new_folder(parent: Path) -> Path:
+    """A new, empty temporary folder in ``parent``, with the permissions the umask gives any new folder."""
+    while True:
+        tmp = parent / f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}"
+        try:
+            tmp.mkdir(mode=0o777)  # the umask applies (tempfile.mkdtemp would make it 0700)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _readable_as_the_umask_allows(folder: Path) -> None:
+    """Give what was written into ``folder`` the permissions the umask gives a new folder or file:
+    the folder's own mode (0o777 & ~umask) for folders, without the execute bits for files
+    (safetensors writes its files 0600 whatever the umask)."""
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(mode if path.is_dir() else mode & 0o666)
+
+
+def _write_locked(out: Path, write, overwrite: bool, unique: bool) -> Path:
     parent = out.parent
     with library_lock(parent):
         if unique:
@@ -674,9 +732,10 @@ def _write_atomically(out: Path, write, overwrite: bool, unique: bool = False) -
                             "administrator, on the app's Model library page: 'Replace a model of the same name' "
                             "when importing, or 'Remove a model' first.",
                             app_hint="Give it another name, or ask an administrator to replace the model.")
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=parent))
+        tmp = _new_folder(parent)
         try:
             write(tmp)
+            _readable_as_the_umask_allows(tmp)
             _fsync_tree(tmp)
             if out.exists():
                 old = parent / f"{_OLD_PREFIX}{out.name}-{uuid.uuid4().hex[:8]}"
@@ -703,29 +762,44 @@ def clean_library(root: str | Path | None = None) -> list[str]:
     done = []
     with library_lock(root):
         for folder in sorted(root.iterdir()):
-            if folder.name.startswith(_TMP_PREFIX) and folder.is_dir():
-                shutil.rmtree(folder, ignore_errors=True)
-                done.append(f"removed an incomplete write ({folder.name})")
-            elif folder.name.startswith(_OLD_PREFIX) and folder.is_dir():
-                original = root / folder.name[len(_OLD_PREFIX):].rsplit("-", 1)[0]
-                if original.exists():
+            try:
+                if folder.name.startswith(_TMP_PREFIX) and folder.is_dir():
                     shutil.rmtree(folder, ignore_errors=True)
-                    done.append(f"removed the replaced copy of {original.name}")
-                else:
-                    folder.rename(original)
-                    done.append(f"restored {original.name} (its replacement was interrupted)")
+                    done.append(f"removed an incomplete write ({folder.name})" if not folder.exists() else
+                                f"could not remove an incomplete write ({folder.name}): {_NOT_MINE}")
+                elif folder.name.startswith(_OLD_PREFIX) and folder.is_dir():
+                    original = root / folder.name[len(_OLD_PREFIX):].rsplit("-", 1)[0]
+                    if original.exists():
+                        shutil.rmtree(folder, ignore_errors=True)
+                        done.append(f"removed the replaced copy of {original.name}" if not folder.exists() else
+                                    f"could not remove the replaced copy of {original.name} ({folder.name}): "
+                                    f"{_NOT_MINE}")
+                    else:
+                        folder.rename(original)
+                        done.append(f"restored {original.name} (its replacement was interrupted)")
+            except OSError as exc:  # another account's folder: reported, never the end of the start-up
+                done.append(f"could not repair {folder.name} ({exc.strerror or type(exc).__name__}): {_NOT_MINE}")
     return done
+
+
+_NOT_MINE = "this account may not change it; check its owner and permissions"
 
 
 def remove_bundle(path: str | Path) -> None:
     """Delete an installed bundle (under the library lock; the app allows it to administrators only)."""
     path = Path(path)
-    with library_lock(path.parent):
-        if not (path / MANIFEST).is_file():
-            raise BundleError(f"{path.name} is not a model bundle; nothing was removed.")
-        aside = path.parent / f"{_TMP_PREFIX}removed-{uuid.uuid4().hex[:8]}"
-        path.rename(aside)  # atomic: the library never lists a half-deleted bundle
-        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        with library_lock(path.parent):
+            if not (path / MANIFEST).is_file():
+                raise BundleError(f"{path.name} is not a model bundle; nothing was removed.")
+            aside = path.parent / f"{_TMP_PREFIX}removed-{uuid.uuid4().hex[:8]}"
+            path.rename(aside)  # atomic: the library never lists a half-deleted bundle
+            shutil.rmtree(aside, ignore_errors=True)
+    except PermissionError:
+        raise BundleError(f"{path.name} could not be removed: {_NOT_MINE} (and the model library's); nothing "
+                          "was removed.", f"It is {path}.",
+                          app_hint="Ask the administrator to check the model library's owner and permissions."
+                          ) from None
 
 
 def style_statistics(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -886,18 +960,36 @@ class LibraryEntry:
 
 
 def list_library(library: str | Path | None = None) -> list[LibraryEntry]:
-    """Every bundle folder in the library, validated; broken ones carry their problem."""
+    """Every bundle folder in the library, validated; broken ones carry their problem.
+
+    A folder this account may not read (made by another account without read permission for
+    this one) is listed as unusable, :data:`UNREADABLE_PROBLEM`; a library folder it may not list
+    at all is a :class:`BundleError`. No problem names a path."""
     root = Path(library) if library else model_library_dir()
     if not root.is_dir():
         return []
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except PermissionError:
+        raise BundleError("The model library cannot be read by this account.",
+                          f"Check the owner and permissions of {root}: the account running scATD Studio needs to "
+                          "read it.", app_hint="Ask the administrator to check the model library's owner and "
+                                               "permissions.") from None
     entries = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not (folder / MANIFEST).exists():
-            continue
+    for folder in folders:
         try:
-            entries.append(LibraryEntry(folder, load_bundle(folder)))
+            if not (folder / MANIFEST).exists():
+                continue
+            bundle = load_bundle(folder)
+            with open(folder / WEIGHTS, "rb"):  # read when the model is used: readable now?
+                pass
+            entries.append(LibraryEntry(folder, bundle))
         except (BundleError, InputError) as exc:
             entries.append(LibraryEntry(folder, None, exc.message))
+        except PermissionError:
+            entries.append(LibraryEntry(folder, None, UNREADABLE_PROBLEM))
+        except OSError as exc:
+            entries.append(LibraryEntry(folder, None, f"cannot be read ({exc.strerror or type(exc).__name__})"))
     return entries
 
 

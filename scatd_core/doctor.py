@@ -94,17 +94,68 @@ def _memory_item(conf) -> dict:
 
 
 def _library(conf) -> list[dict]:
-    from scatd_core.bundle import clean_library, list_library
+    from scatd_core.bundle import UNREADABLE_PROBLEM, clean_library, list_library
+    from scatd_core.errors import ScatdError
 
     root = conf["library"]
-    items = [_item("repaired", "warning", done) for done in clean_library(root)]
-    entries = list_library(root)
+    try:
+        items = [_item("repaired", "warning", done) for done in clean_library(root)]
+        entries = list_library(root)
+    except (OSError, ScatdError) as exc:
+        why = exc.message if isinstance(exc, ScatdError) else f"{exc.strerror or type(exc).__name__}"
+        return [_item("readable", "problem", f"{root}: {why}; the account running scATD Studio ({_account()}) "
+                      "needs to read and write it: check its owner and permissions")]
     ok = [e for e in entries if e.ok]
     items.append(_item("bundles", "ok" if ok or not entries else "warning",
                        f"{len(ok)} usable model(s) in {root}" + (f" ({sum(e.bundle.is_demo for e in ok)} demo)"
                                                                   if ok else "")))
     items += [_item(e.path.name, "problem", e.problem) for e in entries if not e.ok]
+    items.append(_readability(root, [e for e in entries if e.problem == UNREADABLE_PROBLEM], entries))
     return items
+
+
+def _account() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _owner_only(folder: Path) -> bool:
+    """Whether only the folder's owner may read it or one of its files (``tempfile``'s 0700/0600,
+    what scATD Studio wrote before it followed the umask)."""
+    try:
+        return any(not (p.stat().st_mode & 0o044) for p in (folder, *folder.iterdir()) if not p.is_symlink())
+    except OSError:
+        return False
+
+
+def _readability(root: Path, unreadable: list, entries: list) -> dict:
+    """Whether this account can read every model, and whether the other accounts that use the library
+    can read the ones this account can: a model only its owner can read is unusable to them (the
+    server's service account, an administrator's own with the command line)."""
+    me = _account()
+    if unreadable:
+        names = ", ".join(e.path.name for e in unreadable)
+        return _item("readable", "problem",
+                     f"{len(unreadable)} model(s) cannot be read by this account ({me}): {names}. Made by another "
+                     f"account without read permission for this one: make them readable, e.g. "
+                     f"chmod -R go+rX {root}/NAME (as their owner or root)")
+    owners = set()
+    for e in entries:
+        try:
+            owners.add(e.path.stat().st_uid)
+        except OSError:
+            pass
+    private = [e.path.name for e in entries if _owner_only(e.path)]
+    if private and (len(owners) > 1 or owners - {os.geteuid()}):
+        return _item("readable", "warning",
+                     f"{len(private)} model(s) can be read by their owner only: {', '.join(private)}; the other "
+                     f"accounts that use this library cannot use them. Make them readable, e.g. "
+                     f"chmod -R go+rX {root}/NAME (as their owner or root)")
+    return _item("readable", "ok", f"every model can be read by this account ({me})")
 
 
 def _login(conf) -> list[dict]:

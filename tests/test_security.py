@@ -924,3 +924,169 @@ def test_a_table_line_that_never_ends_is_refused_before_a_parser_holds_it(tmp_pa
     wide.write_text("cell," + ",".join(genes) + "\n" + "".join(f"c{r}," + ",".join(["1.5"] * 5000) + "\n"
                                                                 for r in range(3)))
     assert io.read(wide).shape == (3, 5000)
+
+
+# --------------------------------------------------------------------------- a library shared by two accounts
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_library(monkeypatch):
+    """A library folder, and a home, other accounts can reach (pytest's own folders are 0700 to root)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="scatd-shared-"))
+    folder.chmod(0o755)
+    (folder / "home").mkdir(mode=0o755)
+    monkeypatch.setenv("SCATD_HOME", str(folder / "home"))
+    yield folder / "lib"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def another_account():
+    """``as_other(folder=None)``: a context in which this process reads the library as an account that
+    does not own what the test wrote and may not read ``folder`` (made 0700/0600, as scATD Studio
+    wrote bundles before: tempfile's modes). Root takes the effective uid ``nobody`` (root reads
+    everything); another user takes every permission away from ``folder``, its own included."""
+    import contextlib
+
+    restore = []
+
+    @contextlib.contextmanager
+    def as_other(folder: Path | None = None):
+        if folder is not None:
+            modes = {p: p.stat().st_mode for p in (folder, *folder.iterdir())}
+            restore.append(modes)
+            for p in modes:
+                p.chmod(0o700 if p.is_dir() else 0o600)
+            if os.geteuid() != 0:
+                folder.chmod(0)
+        if os.geteuid() == 0:
+            os.seteuid(NOBODY)
+            try:
+                yield
+            finally:
+                os.seteuid(0)
+        else:
+            yield
+
+    yield as_other
+    for modes in restore:
+        for p, mode in modes.items():
+            p.chmod(mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=["022", "002", "077"])
+def test_a_model_gets_the_permissions_the_umask_gives_so_other_accounts_can_read_it(tmp_path, umask):
+    """Written through tempfile, a bundle was 0700 with 0600 weights whatever the umask: a model the
+    command line wrote under an administrator's account could not be read by the server's."""
+    pth, genes = _checkpoint(tmp_path, 1)
+    old = os.umask(umask)
+    try:
+        bundle = import_checkpoint(pth, "dist_vae", drug="D", genes=genes, library=tmp_path / "lib")
+    finally:
+        os.umask(old)
+    assert oct(bundle.path.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    files = {p.name: oct(p.stat().st_mode & 0o777) for p in bundle.path.iterdir()}
+    assert files == dict.fromkeys(("manifest.json", "weights.safetensors", "genes.txt"), oct(0o666 & ~umask))
+
+
+def test_a_model_another_account_cannot_read_is_listed_as_unusable_without_a_path(tmp_path, shared_library,
+                                                                                  another_account):
+    pth, genes = _checkpoint(tmp_path, 1)
+    theirs = import_checkpoint(pth, "dist_vae", drug="THEIRS", genes=genes, library=shared_library)
+    mine = import_checkpoint(pth, "dist_vae", drug="MINE", genes=genes, library=shared_library)
+    with another_account(theirs.path):
+        entries = {e.path.name: e for e in list_library(shared_library)}
+        with pytest.raises(BundleError) as err:
+            load_bundle(theirs.path)
+    assert entries[mine.path.name].ok  # the rest of the library is as usable as before
+    problem = entries[theirs.path.name].problem
+    assert not entries[theirs.path.name].ok and "not readable by this account" in problem
+    assert "owner and permissions" in problem and str(shared_library) not in problem
+    assert "not readable by this account" in err.value.message and str(shared_library) not in err.value.message
+    assert str(shared_library) not in err.value.app_hint and str(theirs.path) in err.value.hint  # the CLI: where
+
+
+def test_weights_another_account_cannot_read_make_the_model_unusable_not_corrupt(tmp_path, shared_library,
+                                                                                  another_account):
+    pth, genes = _checkpoint(tmp_path, 1)
+    bundle = import_checkpoint(pth, "dist_vae", drug="W", genes=genes, library=shared_library)
+    (bundle.path / "weights.safetensors").chmod(0o600)
+    if os.geteuid() != 0:
+        (bundle.path / "weights.safetensors").chmod(0)
+    with another_account():
+        [entry] = list_library(shared_library)
+        with pytest.raises(BundleError) as err:
+            load_bundle(bundle.path).load_model()
+    assert not entry.ok and "not readable by this account" in entry.problem
+    assert "not readable by this account" in err.value.message and "corrupt" not in err.value.message
+    assert str(shared_library) not in err.value.message + err.value.app_hint
+
+
+def test_another_accounts_lock_file_and_library_are_used_read_only_and_a_refused_write_says_so(
+        shared_library, another_account):
+    pth, genes = _checkpoint(shared_library.parent, 1)  # readable by the other account
+    bundle = import_checkpoint(pth, "dist_vae", drug="L", genes=genes, library=shared_library)
+    assert (shared_library / ".library.lock").stat().st_mode & 0o777 != 0o666  # not writable by others
+    with another_account():
+        assert clean_library(shared_library) == []  # takes the lock (read-only) and finds nothing to do
+        with pytest.raises(BundleError) as err:  # the library folder is not theirs to write
+            import_checkpoint(pth, "dist_vae", drug="OTHER", genes=genes, library=shared_library)
+        with pytest.raises(BundleError) as removal:
+            from scatd_core.bundle import remove_bundle
+
+            remove_bundle(bundle.path)
+    assert "cannot be written by this account" in err.value.message and "nothing was changed" in err.value.message
+    assert str(shared_library) not in err.value.message + err.value.app_hint
+    assert "could not be removed" in removal.value.message and str(shared_library) not in removal.value.message
+    assert load_bundle(bundle.path).drug == "L"
+
+
+def test_doctor_checks_that_this_account_can_read_every_model(tmp_path, shared_library, another_account):
+    from scatd_core.doctor import _library
+
+    pth, genes = _checkpoint(tmp_path, 1)
+    theirs = import_checkpoint(pth, "dist_vae", drug="THEIRS", genes=genes, library=shared_library)
+    import_checkpoint(pth, "dist_vae", drug="MINE", genes=genes, library=shared_library)
+    items = {i["what"]: i for i in _library({"library": shared_library})}
+    assert items["readable"]["status"] == "ok"
+    with another_account(theirs.path):
+        items = {i["what"]: i for i in _library({"library": shared_library})}
+    assert items["readable"]["status"] == "problem" and theirs.path.name in items["readable"]["detail"]
+    assert "chmod -R go+rX" in items["readable"]["detail"]
+    assert items[theirs.path.name]["status"] == "problem" and items["bundles"]["detail"].startswith("1 usable")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a model to another account (chown): needs root")
+def test_doctor_warns_of_a_model_only_its_owner_can_read_in_a_library_of_several_accounts(tmp_path, shared_library):
+    from scatd_core.doctor import _library
+
+    pth, genes = _checkpoint(tmp_path, 1)
+    theirs = import_checkpoint(pth, "dist_vae", drug="THEIRS", genes=genes, library=shared_library)
+    private = import_checkpoint(pth, "dist_vae", drug="PRIVATE", genes=genes, library=shared_library)
+    for p in (theirs.path, *theirs.path.iterdir()):
+        os.chown(p, NOBODY, -1)
+    (private.path / "weights.safetensors").chmod(0o600)  # what scATD Studio wrote before
+    items = {i["what"]: i for i in _library({"library": shared_library})}
+    assert items["readable"]["status"] == "warning" and private.path.name in items["readable"]["detail"]
+    assert theirs.path.name not in items["readable"]["detail"]
+
+
+def test_an_interrupted_write_another_account_left_is_reported_not_a_failed_start(shared_library, another_account):
+    from scatd_core.bundle import library_lock
+
+    with library_lock(shared_library):  # made by the library's owner, as any write of it does
+        pass
+    (shared_library / ".bundle-tmp-0123abcd").mkdir()
+    (shared_library / ".bundle-tmp-0123abcd" / "weights.safetensors").write_bytes(b"x")
+    (shared_library / ".bundle-old-GONE-89abcdef").mkdir()  # an interrupted swap: to be put back
+    with another_account():
+        done = clean_library(shared_library)  # the app's start-up, and `scatd doctor`, run it
+    assert len(done) == 2 and all(d.startswith("could not ") and "owner and permissions" in d for d in done)
+    assert (shared_library / ".bundle-old-GONE-89abcdef").is_dir()  # left as it was for its owner
+    assert sorted(clean_library(shared_library)) == ["removed an incomplete write (.bundle-tmp-0123abcd)",
+                                                     "restored GONE (its replacement was interrupted)"]
