@@ -62,12 +62,14 @@ with st.container(border=True):
                 ss.pop("panel_saved", None)
                 st.rerun()
         if c[1].button("Load it", key="btn_panel_load", disabled=chosen_panel is None):
-            root = ui.model_library_dir()
-            ss["panel_models"] = [str(root / m) for m in saved[chosen_panel]["models"]
-                                  if str(root / m) in classifiers]
-            missing = [m for m in saved[chosen_panel]["models"] if str(ui.model_library_dir() / m) not in classifiers]
-            if missing:
-                st.warning(f"Not in the library any more (left out): {ui.md(', '.join(missing))}.",
+            try:  # each member checked: a model removed, or another model in its folder since, is left out
+                loaded, problems = panel.load_panel(chosen_panel, user_name)
+            except ScatdError as exc:
+                loaded, problems = [], []
+                ui.show_error(exc)
+            ss["panel_models"] = [str(b.path) for b in loaded if str(b.path) in classifiers]
+            if problems:
+                st.warning("Left out of the panel:\n\n" + "\n".join(f"- {ui.md(p)}" for p in problems),
                            icon=":material/warning:")
     if not classifiers:
         st.warning("No drug model is installed yet.", icon=":material/inventory_2:")

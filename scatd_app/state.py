@@ -20,6 +20,8 @@ CELL_METADATA       the Data page's cell metadata table: ``{"id", "name", "table
                     "problem"}`` (the upload, its rows, the dataset upload it was given for, the data
                     token it was last added to, and why it could not be); forgotten with that upload
 BUNDLE_PATH         path (str) of the chosen model bundle
+BUNDLE_IDENTITY     ``(path, identity, name)`` of the model chosen there (:func:`scatd_core.bundle.model_identity`):
+                    another model that takes the folder later is never used in its place
 PREDICTION          token of (data, QC mask, model, settings) of the prediction in ADATA, or None
 INPUTS              ``(token, ModelInput)``: the model input of ADATA for the chosen model (its token
                     names the data, QC mask and model, so it is rebuilt when any changes)
@@ -51,6 +53,7 @@ LABEL_COLUMN = "label_column"
 SAMPLE_COLUMN = "sample_column"
 CELL_METADATA = "cell_metadata"
 BUNDLE_PATH = "bundle_path"
+BUNDLE_IDENTITY = "model_chosen_identity"  # kept for a reload with BUNDLE_PATH (its "model_" prefix)
 PREDICTION = "prediction_token"
 INPUTS = "model_inputs"
 EMBEDDING = "embedding_token"

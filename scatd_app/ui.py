@@ -157,9 +157,14 @@ def get_bundle(path: str | None):
     if not path:
         return None
     folder = Path(path)
-    stamp = tuple(p.stat().st_mtime_ns for p in (folder / "manifest.json", folder / "weights.safetensors")
-                  if p.exists())
-    return _bundle(str(folder), stamp)
+    return _bundle(str(folder), tuple(_mtime(folder / name) for name in ("manifest.json", "weights.safetensors")))
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:  # missing, or not readable by this account: load_bundle says which
+        return None
 
 
 @st.cache_resource(show_spinner=False)
@@ -864,6 +869,9 @@ def set_bundle(path: str | None) -> None:
     if ss.get(state.BUNDLE_PATH) != path:
         ahead = ss.pop(state.PREDICT_AHEAD, None)
         ss[state.BUNDLE_PATH] = path
+        ss.pop(state.BUNDLE_IDENTITY, None)
+        if path:
+            _remember_identity(path)
         state.invalidate("prediction")
         if ahead is not None and path is not None and Path(ahead.bundle_path).resolve() == Path(path).resolve():
             ss[state.PREDICT_AHEAD] = ahead  # started for this very model (the only one offered): kept
@@ -1201,24 +1209,55 @@ def need(what: str) -> None:
 
 
 def current_bundle():
-    """The chosen bundle, or None (a bundle that cannot be loaded any more is shown as an error)."""
-    from scatd_core.bundle import MANIFEST
+    """The chosen bundle, or None (a bundle that cannot be loaded any more is shown as an error, and
+    another model that took its folder since it was chosen is said and never used in its place)."""
+    from scatd_core.bundle import MANIFEST, folder_taken_words, model_identity
 
-    path = st.session_state.get(state.BUNDLE_PATH)
+    ss = st.session_state
+    path = ss.get(state.BUNDLE_PATH)
     if not path:
         return None
-    if not (Path(path) / MANIFEST).is_file():  # removed (or replaced under another name) since it was chosen
+    try:
+        removed = not (Path(path) / MANIFEST).is_file()  # (or replaced under another name) since it was chosen
+    except OSError:
+        removed = False  # not readable by this account: get_bundle says so
+    if removed:
         st.warning(f"The model you had chosen ({md(Path(path).name)}) is no longer in the model library: an "
                    "administrator removed it. Choose another model on the Model page; results already computed "
                    "with it stay as they are.", icon=":material/inventory_2:")
         _drop_chosen_model()
         return None
     try:
-        return get_bundle(path)
+        bundle = get_bundle(path)
     except ScatdError as exc:
         show_error(exc)
         _drop_chosen_model()
         return None
+    chosen = ss.get(state.BUNDLE_IDENTITY)
+    if not chosen or chosen[0] != path:
+        _remember_identity(path, bundle)
+    elif chosen[1] != model_identity(bundle):  # removed, and another model took its folder since it was chosen
+        st.warning(f"The model you had chosen ({md(Path(path).name)}) is no longer in the model library: "
+                   f"{md(folder_taken_words(chosen[2], bundle))}. It is not used in its place: choose the model to "
+                   "use on the Model page; results already computed with the earlier one stay as they are.",
+                   icon=":material/inventory_2:")
+        _drop_chosen_model()
+        return None
+    return bundle
+
+
+def _remember_identity(path: str, bundle=None) -> None:
+    """Record which model ``path`` holds now (:data:`state.BUNDLE_IDENTITY`), so that another model
+    taking the folder later is noticed by :func:`current_bundle`."""
+    from scatd_core.bundle import model_identity
+
+    if bundle is None:
+        try:
+            bundle = get_bundle(path)
+        except (ScatdError, OSError):
+            return  # said when the model is used (current_bundle)
+    if bundle is not None:
+        st.session_state[state.BUNDLE_IDENTITY] = (path, model_identity(bundle), bundle.name)
 
 
 def _drop_chosen_model() -> None:
@@ -1226,6 +1265,7 @@ def _drop_chosen_model() -> None:
     (their record names the model): a prediction ahead for it stops."""
     ss = st.session_state
     ss.pop(state.BUNDLE_PATH, None)
+    ss.pop(state.BUNDLE_IDENTITY, None)
     ahead = ss.pop(state.PREDICT_AHEAD, None)
     if ahead is not None:
         ahead.cancel()

@@ -594,6 +594,7 @@ def save_bundle(
     manifest: dict[str, Any] = {
         "format": "scatd-bundle",
         "format_version": FORMAT_VERSION,
+        "model_id": uuid.uuid4().hex,  # this model, whichever folder holds it (see model_identity)
         "name": name or (f"{drug} ({arch.backbone})" if drug else f"{arch.backbone} backbone"),
         "kind": kind,
         "backbone": arch.backbone,
@@ -936,6 +937,32 @@ def import_checkpoint(
             f"It is {out}. {exc.hint}",
             app_hint="Give it another display name (a second model of one drug and backbone, e.g. for another "
                      "target dataset, needs its own), or ask an administrator to replace the existing one.") from None
+
+
+def model_identity(bundle: Bundle) -> str:
+    """What tells a model from another that later took its library folder (a model removed, and
+    another of the same default name trained or imported since; or one replaced): the
+    ``model_id`` each bundle gets when it is written, or, for a bundle written before those, the
+    sha256 of its weights. Whatever refers to a library model by its folder (a saved panel, a
+    panel training's resume state, an app session's chosen model) records this with it."""
+    m = bundle.manifest
+    return str(m.get("model_id") or f"sha256:{m.get('weights_sha256', '')}")
+
+
+def who_made(bundle: Bundle) -> str:
+    """``"trained by bob on 2026-05-01"``, ``"imported by alice"``...: what the provenance records, in words."""
+    prov = bundle.manifest.get("provenance") or {}
+    verb, who = (("trained", prov["trained_by"]) if prov.get("trained_by") else
+                 ("imported", prov["imported_by"]) if prov.get("imported_by") else
+                 ("installed", None))
+    when = (prov.get("created") or "")[:10]
+    return verb + (f" by {who}" if who else "") + (f" on {when}" if when else "")
+
+
+def folder_taken_words(was: str | None, now: Bundle) -> str:
+    """What to say of a reference whose model is gone and whose library folder another model holds now."""
+    return (f"the model {f'{was!r} ' if was else ''}was removed (or replaced) and another model now has its "
+            f"folder ({now.name!r}, {who_made(now)})")
 
 
 def distinct_titles(bundles: Sequence[Bundle]) -> dict[str, str]:

@@ -755,8 +755,9 @@ def _write(path: Path, panels: dict) -> None:
 
 def save_panel(name: str, models: Sequence[str], user: str | None, *, library: str | Path | None = None,
                replace: bool = False) -> dict:
-    """Save a named panel of library models (folder names) for ``user``; returns its record."""
-    from scatd_core.bundle import list_library
+    """Save a named panel of library models (folder names) for ``user``; returns its record (with
+    each model's identity, :func:`scatd_core.bundle.model_identity`, checked by :func:`load_panel`)."""
+    from scatd_core.bundle import list_library, model_identity
 
     name = check_panel_name(name)
     models = list(dict.fromkeys(str(m) for m in models))
@@ -773,6 +774,9 @@ def save_panel(name: str, models: Sequence[str], user: str | None, *, library: s
         if name in panels and not replace:
             raise InputError(f"You already have a panel named {name!r}.", "Choose another name, or replace it.")
         panels[name] = {"models": models,
+                        # which model each folder held, so that another model taking a folder later is noticed
+                        "identities": {m: model_identity(installed[m].bundle) for m in models},
+                        "names": {m: installed[m].bundle.name for m in models},
                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         _write(path, panels)
     return panels[name]
@@ -790,21 +794,36 @@ def delete_panel(name: str, user: str | None) -> None:
 
 def load_panel(name: str, user: str | None, *, library: str | Path | None = None) -> tuple[list, list[str]]:
     """The bundles of ``user``'s panel ``name``, and the problems of those that cannot be loaded
-    any more (removed from the library, broken): reported, not fatal."""
-    from scatd_core.bundle import load_bundle
+    any more (removed from the library, broken, or another model in the folder of one that was
+    removed: left out, never used in its place): reported, not fatal. No problem names a path."""
+    from scatd_core.bundle import MANIFEST, folder_taken_words, load_bundle, model_identity
     from scatd_core.config import model_library_dir
 
     panels = list_panels(user)
     if name not in panels:
         raise InputError(f"You have no panel named {name!r}.",
                          f"Yours: {', '.join(panels) or 'none'}. Save one with `scatd panel save`.")
+    record = panels[name]
+    identities, names = record.get("identities") or {}, record.get("names") or {}
     root = Path(library) if library else model_library_dir()
     bundles, problems = [], []
-    for folder in panels[name]["models"]:
+    for folder in record["models"]:
         try:
-            bundles.append(load_bundle(root / folder))
+            if not (root / folder / MANIFEST).is_file():
+                problems.append(f"{folder}: not in the model library any more (removed)")
+                continue
+            bundle = load_bundle(root / folder)
         except ScatdError as exc:
             problems.append(f"{folder}: {exc.message}")
+            continue
+        except OSError:  # a folder this account may not read (load_bundle says so itself)
+            problems.append(f"{folder}: cannot be read by this account")
+            continue
+        if folder in identities and model_identity(bundle) != identities[folder]:
+            problems.append(f"{folder}: {folder_taken_words(names.get(folder), bundle)}; it was left out "
+                            "(save the panel again to use the new model)")
+            continue
+        bundles.append(bundle)
     return bundles, problems
 
 

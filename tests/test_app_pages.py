@@ -1184,6 +1184,39 @@ def test_a_model_removed_while_chosen_is_said_without_a_server_path(tmp_path, mo
     assert "Run a prediction first" not in text(at.info) and not at.exception
 
 
+def test_another_model_that_took_the_chosen_models_folder_is_never_used_in_its_place(tmp_path, monkeypatch):
+    """QA: an administrator removes the model a session had chosen and another model of the same
+    default name takes its folder: the session went on with that other model, unsaid."""
+    from scatd_core.bundle import remove_bundle
+
+    library = tmp_path / "library"
+    data = make_dataset(60, seed=1)
+    make_bundle(library / "DRUGA_dist_vae_trained", data, steps=2, drug="DRUGA")
+    make_bundle(library / "other_drug", data, steps=2, drug="OTHERDRUG")
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=2)))
+    at.session_state[state.BUNDLE_PATH] = str(library / "DRUGA_dist_vae_trained")
+    goto(at, "3_Predict")
+    at.button(key="btn_run_predict").click().run()
+    ok(at)
+    goto(at, "5_Biomarkers")
+    assert not at.warning and at.session_state[state.BUNDLE_PATH] == str(library / "DRUGA_dist_vae_trained")
+    remove_bundle(library / "DRUGA_dist_vae_trained")  # an administrator removes it; bob trains DRUGA again
+    make_bundle(library / "DRUGA_dist_vae_trained", make_dataset(60, seed=3), steps=3, drug="DRUGA")
+    goto(at, "5_Biomarkers")
+    shown = text(at.warning).replace("\\", "")
+    assert "The model you had chosen (DRUGA_dist_vae_trained) is no longer in the model library: the model " \
+           "'DRUGA (dist_vae)' was removed (or replaced) and another model now has its folder" in shown
+    assert "not used in its place" in shown and str(library) not in shown + text(at.error)
+    assert at.session_state.get(state.BUNDLE_PATH) in (None, "")
+    assert state.PREDICTION in at.session_state  # the results computed with the earlier model stay
+    goto(at, "2_Model")  # choosing it again (the same folder, the new model) is the user's to do
+    assert at.session_state[state.BUNDLE_PATH] == at.session_state["model_bundle"]
+    goto(at, "5_Biomarkers")
+    assert "no longer in the model library" not in text(at.warning)
+
+
 def test_prediction_ahead_waits_for_the_users_choice_of_model(with_library, tmp_path, monkeypatch):
     """With two drug models in the library, nothing starts before the Model page has one chosen."""
     import shutil

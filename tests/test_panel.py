@@ -159,6 +159,51 @@ def test_saved_panels_are_per_user(lib_env):
     assert panel.list_panels("alice") == {}
 
 
+def test_a_saved_panel_never_scores_with_another_model_that_took_a_removed_members_folder(library, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """An administrator removes a panel member; another model (someone else's, trained on other data)
+    gets the same default folder name: the saved panel leaves it out and says which member changed."""
+    import json
+    import shutil
+
+    from scatd_core.bundle import remove_bundle
+    from scatd_core.cli.predict import os_user
+
+    user = os_user()  # whose panels `scatd predict --panel` reads
+
+    mine = tmp_path / "lib"
+    for name in DRUGS:
+        shutil.copytree(library / name, mine / name)
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(mine))
+    panel.save_panel("mine", list(DRUGS), user)
+    remove_bundle(mine / "DRUGA")
+    shutil.copytree(library / "SUBSET", mine / "DRUGA")  # another model, now in DRUGA's folder
+    bundles, problems = panel.load_panel("mine", user)
+    assert [b.drug for b in bundles] == ["DRUGB", "DRUGC"]
+    [problem] = problems
+    assert problem.startswith("DRUGA: the model 'DRUGA (dist_vae)' was removed (or replaced) and another model "
+                              "now has its folder ('DRUGD (dist_vae)'") and "save the panel again" in problem
+    assert str(mine) not in problem
+    assert main(["predict", "--panel", "mine", "--input", str(_h5ad(tmp_path)), "--output", str(tmp_path / "p.csv")]) == 0
+    assert "another model now has its folder" in capsys.readouterr().err
+    assert not any(c.startswith("DRUGD") or c.startswith("DRUGA") for c in pd.read_csv(tmp_path / "p.csv").columns)
+    shutil.rmtree(mine / "DRUGA")
+    assert panel.load_panel("mine", user)[1] == ["DRUGA: not in the model library any more (removed)"]
+    # a panel saved before identities were recorded: its members are taken as they are
+    path = panel.panels_file(user)
+    record = json.loads(path.read_text())
+    for key in ("identities", "names"):
+        del record["panels"]["mine"][key]
+    path.write_text(json.dumps(record))
+    shutil.copytree(library / "SUBSET", mine / "DRUGA")
+    assert [b.drug for b in panel.load_panel("mine", user)[0]] == ["DRUGD", "DRUGB", "DRUGC"]
+
+
+def _h5ad(tmp_path):
+    make_dataset(60, seed=9).write_h5ad(tmp_path / "cells.h5ad")
+    return tmp_path / "cells.h5ad"
+
+
 def test_cli_predict_with_several_models_writes_one_column_set_per_drug(lib_env, tmp_path, capsys):
     data = make_dataset(160, seed=7)
     data.write_h5ad(tmp_path / "cells.h5ad")

@@ -154,6 +154,22 @@ def test_saved_panel_loads_and_a_bad_name_is_refused(with_panel_library):
     at.button(key="btn_panel_load").click().run()
     ok(at)
     assert at.multiselect(key="panel_models").value == [str(with_panel_library / d) for d in ("DRUGA", "DRUGB")]
+    assert not at.warning
+    # DRUGB's folder holds another model than the one saved (removed, and another took its name): left out
+    import json
+
+    path = panel.panels_file(user)
+    record = json.loads(path.read_text())
+    record["panels"]["mine"]["identities"]["DRUGB"] = "the model that was removed"
+    path.write_text(json.dumps(record))
+    at.multiselect(key="panel_models").set_value([]).run()
+    at.button(key="btn_panel_load").click().run()
+    ok(at)
+    assert at.multiselect(key="panel_models").value == [str(with_panel_library / "DRUGA")]
+    assert "DRUGB: the model 'DRUGB (dist_vae)' was removed (or replaced) and another model now has its folder" \
+        in text(at.warning).replace("\\", "")
+    assert str(with_panel_library) not in text(at.warning)
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in ("DRUGA", "DRUGB")]).run()
     at.button(key="btn_panel_delete").click().run()
     ok(at)
     assert panel.list_panels(user) == {}

@@ -1144,6 +1144,44 @@ def test_train_panel_records_its_input_names_and_source(tmp_path):
                                                            "sha256": sha256_file(tmp_path / "labels.csv")}
 
 
+def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder(tmp_path):
+    """QA: an administrator removes a drug's model of a panel run, another user's training of that drug
+    takes the same default folder; running the panel again "resumed" the drug with that user's model."""
+    from scatd_core.bundle import remove_bundle
+    from scatd_core.train import train_panel
+    from scatd_core.train._panel import state_path
+
+    bulk, labels, target = synthetic()
+    lib, s = tmp_path / "lib", replace(TINY, members=1)
+
+    def run():
+        summary, bundles = train_panel(bulk, labels, ["DRUGA"], target, settings=s, device="cpu", library=lib,
+                                       min_lines_per_class=2, trained_by="alice")
+        return summary.iloc[0], bundles[0]
+
+    first, mine = run()
+    assert first["status"] == "trained"
+    assert run()[0]["status"] == "resumed"  # the same model in its folder: resumed
+    remove_bundle(mine.path)
+    theirs, _ = train_drug_model(bulk, labels, "DRUGA", target[::2].copy(), settings=s, device="cpu", library=lib,
+                                 trained_by="bob")
+    assert theirs.path == mine.path  # the freed default folder name
+    again, bundle = run()
+    assert again["status"] == "trained" and bundle.path != theirs.path
+    assert bundle.manifest["provenance"]["trained_by"] == "alice"
+    assert again["note"].startswith("trained again: the model 'DRUGA (dist_vae, panel)' was removed (or replaced) "
+                                    "and another model now has its folder ('DRUGA (dist_vae, trained)', trained by "
+                                    "bob on ")
+    assert load_bundle(theirs.path).manifest["provenance"]["trained_by"] == "bob"  # left as it was
+    # a state file of an earlier version (no model identity): trained again rather than trusted
+    [state_file] = list(state_path("x").parent.glob("*.json"))
+    state = json.loads(state_file.read_text())
+    del state["drugs"]["DRUGA"]["identity"]
+    state_file.write_text(json.dumps(state))
+    old, _ = run()
+    assert old["status"] == "trained" and "recorded no model identity" in old["note"]
+
+
 def test_with_labelled_target_cells_the_card_says_what_its_bulk_cv_row_scores(tmp_path):
     """QA: with few-shot labels the bulk-CV row "this model" scores the bulk-only recipe (its
     out-of-fold heads are fitted on the bulk folds alone); the card says so."""

@@ -6,7 +6,8 @@ and the single cells it wants to score: every chosen drug is trained with
 **resumable**: each finished drug is recorded, with a fingerprint of its labels, in a state file
 named by a fingerprint of the other inputs and settings, so running the command again (also with
 other drugs chosen, or a label table made again with other drugs) skips the drugs already trained
-on the same labels (as long as their bundles are still installed) and goes on with the others. Drugs with too few sensitive
+on the same labels (as long as their bundles are still installed: the very models, not another model that
+took the folder of a removed one since) and goes on with the others. Drugs with too few sensitive
 (or resistant) labelled cell lines are skipped with the reason, never trained on noise.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from scatd_core._progress import step
-from scatd_core.bundle import load_bundle, sha256_file
+from scatd_core.bundle import folder_taken_words, load_bundle, model_identity, sha256_file
 from scatd_core.config import scatd_home
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.labels import drug_labels, encode_column, match_drug, read_label_table
@@ -239,10 +240,17 @@ def train_panel(
         if say is not None:
             say(0.0, "starting")
         done = state.get(drug)
+        taken = ""  # the earlier run's model is gone and another model has its folder: trained again, said
         if done and done.get("status") == "trained" and done.get("labels_sha256") == _labels_sha256(table, drug):
             try:
                 bundle = load_bundle(done["path"])
             except ScatdError:
+                bundle = None
+            if bundle is not None and model_identity(bundle) != done.get("identity"):
+                taken = (f"trained again: {folder_taken_words(done.get('name'), bundle)}"
+                         if done.get("identity") else
+                         "trained again: the earlier run's model cannot be told from another model that took its "
+                         "folder since (that run recorded no model identity)")
                 bundle = None
             if bundle is not None:
                 note = f"trained by an earlier run on {done.get('at', '?')}"
@@ -274,9 +282,10 @@ def train_panel(
             rows.append(_card_row(drug, "failed", None, None, n_sens, n_res, time.perf_counter() - t0, exc.message))
             continue
         rows.append(_card_row(drug, "trained", bundle, report, n_sens, n_res, time.perf_counter() - t0,
-                              "; ".join(report.get("warnings", []))))
+                              "; ".join(([taken] if taken else []) + list(report.get("warnings", [])))))
         bundles.append(bundle)
         state[drug] = {"status": "trained", "path": str(bundle.path), "labels_sha256": _labels_sha256(table, drug),
+                       "identity": model_identity(bundle), "name": bundle.name,
                        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         _write_state(state_file, state)
     if progress is not None:
