@@ -60,16 +60,20 @@ if files is not None:
                                                                   f"{usable[n].size / 2**20:,.0f} MB"))
         if chosen and st.button("Download and install", type="primary", key="btn_install_published"):
             bar = st.progress(0.0, text="Downloading…")
+            notes = []
             try:
                 with jobs.computing("the download"):
                     installed = published.install(chosen, files=files, user=user.name if user else None,
-                                                  progress=ui.progress_to(bar))
+                                                  progress=ui.progress_to(bar), notice=notes.append)
             except ScatdError as exc:
                 bar.empty()
                 ui.show_error(exc)
             else:
                 ui.clear_library_cache()
-                st.success("Installed: " + ", ".join(ui.md(b.title) for b in installed), icon=":material/check_circle:")
+                st.success("Installed: " + ", ".join(f"{ui.md(b.title)} ({ui.md(b.path.name)})" for b in installed),
+                           icon=":material/check_circle:")
+            for note in notes:  # another model held a published model's folder: where it went instead
+                st.info(ui.md(note), icon=":material/info:")
 
 # ------------------------------------------------------------------ import
 st.subheader("Import an scATD checkpoint")

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from scatd_core.bundle import FIGSHARE_ARTICLE, FIGSHARE_URL, NameTaken, import_checkpoint, safe_name
+from scatd_core.bundle import (FIGSHARE_ARTICLE, FIGSHARE_URL, NameTaken, import_checkpoint, load_bundle, safe_name,
+                               sha256_file, who_made)
 from scatd_core.config import limits, model_library_dir, settings
-from scatd_core.errors import InputError
+from scatd_core.errors import InputError, ScatdError
 
 #: The scFoundation gene list (the Dist_VAE input order); fetched from ``published.gene_list_url``
 #: when the article does not hold it.
@@ -153,12 +154,52 @@ def _gene_list(files: list[PublishedFile], folder: Path, progress) -> Path:
     return download(PublishedFile(GENE_LIST, 0, source, None), folder, progress)
 
 
+def _place(base: Path, url: str, sha256: str | None) -> tuple[bool, Path, list]:
+    """Where the published checkpoint downloaded from ``url`` (of ``sha256`` once downloaded) is, or goes.
+
+    ``(True, folder, [])`` when ``folder`` holds it already: installed from that address, or
+    imported by hand from the same file. Else ``(False, folder, others)``: the first free folder
+    of ``base``, ``base_published``, ``base_published-2`` ..., and what holds the ones before it
+    (another model, e.g. someone's own checkpoint of that drug and backbone imported without a
+    display name, which takes the published model's default folder ``DRUG_backbone``)."""
+    others, k = [], 1
+    folder = base
+    while folder.exists():
+        try:
+            bundle = load_bundle(folder)
+        except ScatdError:
+            bundle = None
+        prov = (bundle.manifest.get("provenance") or {}) if bundle is not None else {}
+        if bundle is not None and (prov.get("source_url") == url or (sha256 and prov.get("source_sha256") == sha256)):
+            return True, folder, []
+        others.append((folder, bundle))
+        folder = base.with_name(f"{base.name}_published" + (f"-{k}" if k > 1 else ""))
+        k += 1
+    return False, folder, others
+
+
+def _installed_already(name: str, folder: Path, installed: list) -> NameTaken:
+    bundle = load_bundle(folder)
+    return NameTaken(f"{name} is installed already: the model library's {folder.name} already exists and holds it "
+                     f"({who_made(bundle)}); nothing was changed" + (
+                         f", and {len(installed)} model(s) before it were installed." if installed else "."),
+                     f"It is {folder}. To install it again, remove that model first (scatd models remove "
+                     f"{folder.name} --yes).",
+                     app_hint="To install it again, an administrator removes that model first "
+                              "(Remove a model, below).")
+
+
 def install(names: list[str], *, files: list[PublishedFile] | None = None, library: str | Path | None = None,
-            user: str | None = None, progress: Callable[[float, str], None] | None = None) -> list:
+            user: str | None = None, progress: Callable[[float, str], None] | None = None,
+            notice: Callable[[str], None] | None = None) -> list:
     """Download the named checkpoints (and the gene list Dist_VAE needs) and import them.
 
-    Returns the installed :class:`~scatd_core.bundle.Bundle` objects. Files that are already
-    installed are refused by the library (nothing is replaced).
+    Returns the installed :class:`~scatd_core.bundle.Bundle` objects. A checkpoint already
+    installed (from the same address, or imported by hand from the same file: its sha256) is
+    refused, said, and nothing is replaced. Each goes to the library folder ``DRUG_backbone``;
+    when another model holds that folder (e.g. someone's own checkpoint of that drug and backbone,
+    imported without a display name), to ``DRUG_backbone_published`` instead, and ``notice`` is
+    called with what holds the folder and where the published model went.
     """
     files = files if files is not None else list_files()
     by_name = {f.name: f for f in files}
@@ -177,21 +218,34 @@ def install(names: list[str], *, files: list[PublishedFile] | None = None, libra
                                  "Download it by hand and import it with its backbone and drug on the Model "
                                  "library page.")
             step = (lambda f, m, i=i: say((i + f) / len(names), m))
+            # the folder is DRUG_backbone (the display name below is made here, not chosen by the user), unless
+            # another model holds it
+            base = Path(library or model_library_dir()) / safe_name(f"{what.drug or 'backbone'}_{what.backbone}")
+            url = by_name[name].url
+            there, out, _ = _place(base, url, None)
+            if there:  # installed from figshare before: nothing to download
+                raise _installed_already(name, out, installed)
             pth = download(by_name[name], folder, step)
             genes = _gene_list(files, folder, step) if what.backbone == "dist_vae" else None
-            # the folder stays DRUG_backbone (the display name below is made here, not chosen by the user)
-            out = Path(library or model_library_dir()) / safe_name(f"{what.drug or 'backbone'}_{what.backbone}")
+            there, out, others = _place(base, url, sha256_file(pth))
+            if there:  # imported by hand from the same file
+                raise _installed_already(name, out, installed)
             try:
-                installed.append(import_checkpoint(
+                bundle = import_checkpoint(
                     pth, what.backbone, drug=what.drug, genes=genes, out=out,
-                    name=f"{what.title} (published scATD)", provenance={"source_url": by_name[name].url,
-                                                                        "imported_by": user}))
-            except NameTaken:
-                raise NameTaken(f"{name} is installed already (the model library's {out.name} already exists); "
-                                "nothing was changed" + (f", and {len(installed)} model(s) before it were installed."
-                                             if installed else "."),
-                                f"It is {out}. To install it again, remove that model first.",
-                                app_hint="To install it again, an administrator removes that model first "
-                                         "(Remove a model, below).") from None
+                    name=f"{what.title} (published scATD)", provenance={"source_url": url, "imported_by": user})
+            except NameTaken:  # another install or import took the folder meanwhile
+                raise NameTaken(f"The model library's {out.name} was taken by another model while {name} was being "
+                                "installed; it was not installed" + (
+                                    f" ({len(installed)} model(s) before it were)." if installed else "."),
+                                "Try again: it then goes to a free folder, or says that it is installed already.",
+                                app_hint="Try again.") from None
+            installed.append(bundle)
+            if others and notice is not None:
+                held = "; ".join(f"{f.name} holds " + (f"another model, {b.name!r} ({who_made(b)})" if b is not None
+                                                       else "a folder that is not a usable model")
+                                 for f, b in others)
+                notice(f"The published {what.title} was installed as {out.name}, not {base.name}: {held}. "
+                       f"Choose it by its folder name {out.name}.")
     say(1.0, f"Installed {len(installed)} published model(s)")
     return installed

@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 import original_scatd as orig
 from conftest import SMALL, small_gene_names
 from scatd_core import published
-from scatd_core.bundle import FIGSHARE_ARTICLE, list_library
+from scatd_core.bundle import FIGSHARE_ARTICLE, NameTaken, list_library, load_bundle
 from scatd_core.errors import InputError
 
 DAL = "checkpoint_fold5_final_epoch_150.pth"
@@ -132,3 +132,74 @@ def test_models_page_installs_the_published_models(figshare, monkeypatch):
     at.button(key="btn_install_published").click().run()
     assert not at.exception and "Installed" in "".join(str(s.value) for s in at.success)
     assert len(list_library()) == 1
+
+
+def _own_docetaxel_import(tmp_path, user="bob"):
+    """A user's own Dist_VAE docetaxel checkpoint, imported with no display name: the folder
+    DOCETAXEL_dist_vae, the published model's default."""
+    from scatd_core.bundle import import_checkpoint
+
+    enc, z, _ = SMALL["dist_vae"]
+    torch.save(orig.dal_checkpoint("dist_vae", enc, z, seed=99), tmp_path / "my_docetaxel.pth")
+    (tmp_path / "genes.txt").write_text("\n".join(small_gene_names(enc[0])) + "\n")
+    return import_checkpoint(tmp_path / "my_docetaxel.pth", "dist_vae", drug="DOCETAXEL", genes=tmp_path / "genes.txt",
+                             provenance={"imported_by": user})
+
+
+def test_another_model_in_the_published_folder_is_never_taken_for_the_published_one(figshare, tmp_path, capsys):
+    """QA: a user's own docetaxel import took DOCETAXEL_dist_vae; the published install then said it was
+    'installed already', and --model DOCETAXEL_dist_vae meant the user's weights."""
+    from scatd_core.cli import main
+
+    theirs = _own_docetaxel_import(tmp_path)
+    assert theirs.path.name == "DOCETAXEL_dist_vae"
+    files = published.list_files()
+    said = []
+    [bundle] = published.install([DAL], files=files, user="alice", notice=said.append)
+    assert bundle.path.name == "DOCETAXEL_dist_vae_published" and bundle.manifest["provenance"]["source_file"] == DAL
+    assert said == ["The published Dist_VAE drug model, docetaxel (GSE140440) was installed as "
+                    "DOCETAXEL_dist_vae_published, not DOCETAXEL_dist_vae: DOCETAXEL_dist_vae holds another model, "
+                    f"'DOCETAXEL (dist_vae)' (imported by bob on {theirs.manifest['provenance']['created'][:10]}). "
+                    "Choose it by its folder name DOCETAXEL_dist_vae_published."]
+    assert load_bundle(theirs.path).manifest["weights_sha256"] == theirs.manifest["weights_sha256"]  # untouched
+    downloads = len([r for r in figshare if r.startswith("/files/")])
+    with pytest.raises(NameTaken) as again:  # found where it went, without downloading it again
+        published.install([DAL], files=files)
+    assert "is installed already: the model library's DOCETAXEL_dist_vae_published already exists and holds it " \
+           "(imported by alice on " in again.value.message
+    assert str(theirs.path.parent) not in again.value.message + again.value.app_hint
+    assert len([r for r in figshare if r.startswith("/files/")]) == downloads
+    assert main(["models", "fetch", DAL]) == 2 and "installed already" in capsys.readouterr().err
+
+
+def test_the_published_checkpoint_imported_by_hand_is_installed_already(figshare, tmp_path):
+    """The offline path (manual_instructions): the same file imported by hand is recognised by its sha256."""
+    from scatd_core.bundle import import_checkpoint
+
+    files = published.list_files()
+    by_hand = tmp_path / DAL
+    with published._get(next(f for f in files if f.name == DAL).url) as response:
+        by_hand.write_bytes(response.read())
+    genes = published.download(next(f for f in files if f.name == published.GENE_LIST), tmp_path)
+    mine = import_checkpoint(by_hand, "dist_vae", drug="DOCETAXEL", genes=genes, provenance={"imported_by": "carol"})
+    with pytest.raises(NameTaken, match="installed already: the model library's DOCETAXEL_dist_vae already exists and "
+                                        "holds it \\(imported by carol"):
+        published.install([DAL], files=files)
+    assert [e.path for e in list_library()] == [mine.path]
+
+
+def test_the_models_page_says_where_the_published_model_went(figshare, tmp_path, monkeypatch):
+    _own_docetaxel_import(tmp_path)
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("app_pages/8_Models.py")
+    at.run()
+    at.button(key="btn_list_published").click().run()
+    at.multiselect(key="models_published_choice").set_value([DAL]).run()
+    at.button(key="btn_install_published").click().run()
+    assert not at.exception
+    assert "DOCETAXEL_dist_vae_published" in "".join(str(s.value) for s in at.success).replace("\\", "")
+    shown = "".join(str(s.value) for s in at.info).replace("\\", "")
+    assert "installed as DOCETAXEL_dist_vae_published, not DOCETAXEL_dist_vae" in shown and "bob" in shown
+    assert str(tmp_path) not in shown

@@ -123,7 +123,7 @@ def fetch(args) -> int:
         say("Install with `scatd models fetch NAME ...` (the checkpoints above that are recognised).")
         return 0
     installed = published.install(args.names, files=files, library=args.library, user=getpass.getuser(),
-                                  progress=Progress("Downloading"))
+                                  progress=Progress("Downloading"), notice=lambda text: say(f"note: {text}"))
     for bundle in installed:
         print(f"Installed {bundle.title} -> {bundle.path}")
     return 0
