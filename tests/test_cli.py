@@ -182,6 +182,35 @@ def test_models_lists_library(capsys, dist_setup, monkeypatch):
     assert code == 0 and entries[0]["drug"] == "Gefitinib" and entries[0]["backbone"] == "dist_vae"
 
 
+def test_models_remove_asks_for_yes_and_removes_under_the_library_lock(capsys, dist_setup, monkeypatch):
+    tmp, *_ = dist_setup
+    lib = tmp / "lib"
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(lib))
+    for drug in ("Gefitinib", "Cisplatin"):
+        _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", drug,
+             "--genes", tmp / "genes.tsv")
+    (tmp / "outside").mkdir()
+    for names, said in (([], "takes one model"), (["Gefitinib_dist_vae", "Cisplatin_dist_vae"], "takes one model"),
+                        (["nope"], "No model 'nope'"), (["../outside"], "not a path"),
+                        ([str(lib / "Gefitinib_dist_vae")], "not a path"), ([".bundle-tmp-x"], "No model")):
+        code, _, err = _run(capsys, "models", "remove", *names, "--yes")
+        assert code == 2 and said in err, (names, err)
+    code, _, err = _run(capsys, "models", "remove", "Gefitinib_dist_vae")  # not without --yes
+    assert code == 2 and "for every user" in err and "--yes" in err and "nothing was removed" in err
+    assert (lib / "Gefitinib_dist_vae").is_dir()
+    removed = []
+    import scatd_core.bundle as bundle_module
+
+    real = bundle_module.remove_bundle
+    monkeypatch.setattr(bundle_module, "remove_bundle", lambda path: (removed.append(path), real(path)))
+    code, out, _ = _run(capsys, "models", "remove", "Gefitinib_dist_vae", "--yes")
+    assert code == 0 and out.startswith("Removed Gefitinib · Dist_VAE (scATD-sf-dist) (Gefitinib_dist_vae) from")
+    assert removed == [lib / "Gefitinib_dist_vae"]  # the app's own removal (library lock, atomic rename)
+    code, out, _ = _run(capsys, "models")
+    assert "Gefitinib" not in out and "Cisplatin_dist_vae" in out
+    assert [p.name for p in lib.iterdir() if p.name.startswith(".bundle")] == []
+
+
 def test_console_script_runs_without_traceback(tmp_path):
     (tmp_path / "x.pth").write_text("junk")
     res = subprocess.run([sys.executable, "-m", "scatd_core.cli", "import-checkpoint", str(tmp_path / "x.pth"),

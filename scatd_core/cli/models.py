@@ -1,6 +1,7 @@
 """``scatd models``: the installed bundles; ``scatd models card NAME``: a model's card (an imported
 checkpoint's is short: origin, threshold, mode, caveats);
-``scatd models fetch``: the published scATD models."""
+``scatd models fetch``: the published scATD models; ``scatd models remove NAME --yes``: remove a model
+(under the library lock, as the app's Model library page does)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,53 @@ def add(sub) -> None:
                                    "model's card (its scores next to the baselines). `scatd models fetch` "
                                    "lists the published "
                                    "scATD checkpoints on figshare; `scatd models fetch NAME ...` downloads (with size "
-                                   "and checksum checks) and imports them.")
-    p.add_argument("action", nargs="?", default="list", choices=["list", "card", "fetch"])
+                                   "and checksum checks) and imports them. `scatd models remove NAME --yes` removes a "
+                                   "model from the library, for every user of it (under the library's lock; never "
+                                   "rm -rf a model folder, which a server may be reading or writing).")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "card", "fetch", "remove"])
     p.add_argument("names", nargs="*", help="card: the model's folder in the library (or a bundle path); "
-                                            "fetch: the file names to install (default: list them)")
+                                            "fetch: the file names to install (default: list them); "
+                                            "remove: the model's folder in the library")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    p.add_argument("--yes", action="store_true", help="remove: confirm the removal")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    return {"fetch": fetch, "card": card}.get(args.action, show)(args)
+    return {"fetch": fetch, "card": card, "remove": remove}.get(args.action, show)(args)
+
+
+def remove(args) -> int:
+    """Remove one model of the library (``remove_bundle``, the app's own removal), with ``--yes``."""
+    from scatd_core.bundle import MANIFEST, load_bundle, remove_bundle
+    from scatd_core.config import model_library_dir
+    from scatd_core.errors import InputError, ScatdError
+
+    if len(args.names) != 1:
+        raise InputError("`scatd models remove` takes one model: its folder in the library.",
+                         "List them with `scatd models` (the first column).")
+    root = Path(args.library) if args.library else model_library_dir()
+    name = args.names[0]
+    path = root / name
+    if Path(name).name != name or name.startswith(".") or not path.is_dir():
+        raise InputError(f"No model {name!r} in the model library {root}; nothing was removed.",
+                         "Give a folder name as `scatd models` lists it (the first column), not a path.")
+    if not (path / MANIFEST).exists():
+        raise InputError(f"{name} in {root} is not a model bundle (no {MANIFEST}); nothing was removed.",
+                         "Only model bundles are removed here.")
+    try:
+        what = f"{load_bundle(path).title} ({name})"
+    except ScatdError:
+        what = f"{name} (a model that cannot be loaded)"
+    if not args.yes:
+        raise InputError(f"This removes {what} from the model library {root} for every user of it; nothing was "
+                         "removed yet.", f"Run again with --yes to remove it: scatd models remove {name} --yes")
+    remove_bundle(path)
+    print(f"Removed {what} from {root}.")
+    say("Saved panels that name it leave it out, with a warning, when they are loaded; an app session that had "
+        "chosen it is told so.")
+    return 0
 
 
 def card(args) -> int:
