@@ -75,12 +75,13 @@ with c[2]:
         st.button("biomarkers.csv", disabled=True, icon=":material/genetics:", key="btn_no_biomarkers")
         ui.link("Biomarkers", "Compute biomarkers first", ":material/arrow_forward:")
 with c[3]:
+    with_x = export.h5ad_download_has_x(adata)
     ui.data_download(st, "annotated .h5ad", ui.detached(lambda: export.h5ad_bytes(
-                         adata, context=export.report_context(adata, label_column, groups))), adata,
+                         adata, with_x=with_x, context=export.report_context(adata, label_column, groups))), adata,
                      file_name=f"{stem}_annotated.h5ad",
                      mime="application/x-hdf5", icon=":material/database:", key="btn_dl_h5ad", on_click="ignore")
     st.caption("opens in scanpy/cellxgene: obs, obsm, uns['scatd'] (the run), uns['scatd_report'] (labels, "
-               "evaluation)")
+               "evaluation)" + ("" if with_x else ui.WITHOUT_X))
 with c[4]:
     st.download_button("report.html",
                        # deferred: made when clicked, in a thread without the session (read its name now)

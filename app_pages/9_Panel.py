@@ -296,7 +296,8 @@ c[2].download_button("panel_report.html",
                      file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                      key="btn_dl_panel_html", on_click="ignore")
 c[2].caption("self-contained, with the figures")
-ui.data_download(c[3], "annotated .h5ad", ui.detached(lambda: export.h5ad_bytes(adata)), adata,
+with_x = export.h5ad_download_has_x(adata)
+ui.data_download(c[3], "annotated .h5ad", ui.detached(lambda: export.h5ad_bytes(adata, with_x=with_x)), adata,
                  file_name=files[2], mime="application/x-hdf5", icon=":material/database:",
                  key="btn_dl_panel_h5ad", on_click="ignore")
-c[3].caption("one column set per drug")
+c[3].caption("one column set per drug" + ("" if with_x else ui.WITHOUT_X))

@@ -1097,6 +1097,11 @@ WORKING_COPY_GONE = ("Your upload's working copy on the server was removed after
                      "file cannot be made. Upload your data again on the Data page, then download it.")
 
 
+#: Said under an annotated h5ad download of data too large to carry their matrix
+WITHOUT_X = (". These data are too large to download through the browser with their expression matrix, so this "
+             "file carries the annotations only (X left empty); `scatd report` on the server writes the whole file.")
+
+
 def data_download(where, label: str, data, adata: ad.AnnData, **options) -> bool:
     """``where.download_button(label, data, **options)`` (``where``: ``st`` or a container) for a
     download made from the dataset's own file (the annotated h5ad copies the file a large dataset

@@ -366,13 +366,24 @@ MAX_DOWNLOAD_BYTES = 1 << 30
 
 
 def h5ad_download_size(adata: ad.AnnData) -> int:
-    """Rough size of the annotated h5ad (the backed file's size, or X's bytes in memory)."""
+    """Rough size of the annotated h5ad (the backed file's size, or X's bytes in memory; 0 for a
+    backed file that is gone, :func:`source_missing`)."""
     if adata.isbacked:
-        return Path(adata.filename).stat().st_size
+        try:
+            return Path(adata.filename).stat().st_size
+        except OSError:
+            return 0
     X = adata.X
     if hasattr(X, "nnz"):
         return int(X.nnz * (X.dtype.itemsize + 4))
     return int(np.asarray(X).nbytes) if X is not None else 0
+
+
+def h5ad_download_has_x(adata: ad.AnnData) -> bool:
+    """Whether the app's annotated h5ad download carries the expression matrix: not above
+    :data:`MAX_DOWNLOAD_BYTES` (a download is made in the server's memory, for every click), where
+    it carries the annotations only and ``scatd report`` writes the whole file."""
+    return h5ad_download_size(adata) <= MAX_DOWNLOAD_BYTES
 
 
 def h5ad_bytes(adata: ad.AnnData, *, with_x: bool = True, context: dict | None = None) -> bytes:

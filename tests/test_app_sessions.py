@@ -173,6 +173,32 @@ def test_a_download_whose_file_was_removed_says_so(fresh_store, monkeypatch):
     assert {"predictions.csv", "report.html"} <= {b.proto.label for b in at.get("download_button")}  # from memory: kept
 
 
+@pytest.mark.usefixtures("with_library")
+def test_data_too_large_to_download_with_their_matrix_get_the_annotations(fresh_store, monkeypatch):
+    """The annotated h5ad download is made in the server's memory at every click: above
+    export.MAX_DOWNLOAD_BYTES (a constant that nothing used) it carries the annotations only, and
+    the page says so and where the whole file comes from."""
+    import io
+
+    import anndata as ad
+    import h5py
+
+    from scatd_core import export
+
+    at = _app()
+    _backed_upload(at, monkeypatch, make_dataset(60, seed=3))
+    run_prediction(at)
+    goto(at, "6_Report")
+    assert "annotations only" not in text(at.caption)
+    monkeypatch.setattr(export, "MAX_DOWNLOAD_BYTES", 1000)
+    goto(at, "6_Report")
+    assert "carries the annotations only (X left empty); `scatd report` on the server" in text(at.caption)
+    adata = at.session_state[state.ADATA]
+    assert not export.h5ad_download_has_x(adata)
+    with h5py.File(io.BytesIO(export.h5ad_bytes(adata, with_x=False)), "r") as f:  # what the button then brings
+        assert ad.io.read_elem(f["obs"]).shape[0] == 60 and "X" not in f
+
+
 def test_the_annotated_h5ad_of_a_removed_file_is_a_clear_error(tmp_path):
     import anndata as ad
 
