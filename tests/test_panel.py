@@ -631,6 +631,12 @@ def test_cli_panel_calibrates_on_labels_only_the_drug_they_record(lib_env, tmp_p
     assert "warning: DRUGB (model DRUGB) is not calibrated on 'noise': The labelled cells of 'noise'" in err
     assert "It keeps its model's default threshold (uncalibrated)." in err
     assert not pd.read_csv(out)[[f"{d}_calibrated" for d in DRUGS]].any().any()
+    # the panel's form given to one model: told to give the column alone
+    one = ["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--output", str(tmp_path / "one.csv"),
+           "--label-column", "DRUGA=druga_response"]
+    assert main(one) == 2
+    err = capsys.readouterr().err
+    assert "that form is for a panel" in err and "give the column alone: --label-column druga_response" in err
 
 
 def test_notes_name_each_uncalibrated_threshold_and_the_routes_where_the_reader_is(library):

@@ -274,6 +274,11 @@ def check_columns(adata, args) -> None:
     for option in ("label_column", "sample_column"):
         column = getattr(args, option, None)
         if column and column not in adata.obs:
+            drug, _, named = str(column).partition("=")
+            if option == "label_column" and named and named.strip() in adata.obs:  # a panel's DRUG=COLUMN
+                raise ScatdError(f"--label-column {column} names a drug ({drug.strip()}): that form is for a panel "
+                                 "(--model given more than once, or --panel).",
+                                 f"With one model, give the column alone: --label-column {named.strip()}.")
             raise ScatdError(f"The data has no column {column!r} for --{option.replace('_', '-')}.",
                              f"Its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
 
