@@ -119,13 +119,19 @@ def test_cli_models_fetch(figshare, capsys):
     assert main(["models", "fetch", "nothing.pth"]) == 2
 
 
-def test_models_page_installs_the_published_models(figshare, monkeypatch):
+def _models_page_with_the_list(monkeypatch) -> AppTest:
+    """The Model library page, the published models listed."""
     monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
     at.run()
     at.switch_page("app_pages/8_Models.py")
     at.run()
     at.button(key="btn_list_published").click().run()
+    return at
+
+
+def test_models_page_installs_the_published_models(figshare, monkeypatch):
+    at = _models_page_with_the_list(monkeypatch)
     choice = at.multiselect(key="models_published_choice")
     assert choice.options and any(DAL in o for o in choice.options)
     choice.set_value([DAL]).run()
@@ -190,12 +196,7 @@ def test_the_published_checkpoint_imported_by_hand_is_installed_already(figshare
 
 def test_the_models_page_says_where_the_published_model_went(figshare, tmp_path, monkeypatch):
     _own_docetaxel_import(tmp_path)
-    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
-    at.run()
-    at.switch_page("app_pages/8_Models.py")
-    at.run()
-    at.button(key="btn_list_published").click().run()
+    at = _models_page_with_the_list(monkeypatch)
     at.multiselect(key="models_published_choice").set_value([DAL]).run()
     at.button(key="btn_install_published").click().run()
     assert not at.exception
