@@ -165,12 +165,19 @@ metadata = st.file_uploader("Cell metadata table (optional; CSV or TSV)", type=[
                                  "matrix files): a header line, the cell IDs in the first column (or in one named "
                                  "cell_id or barcode), then one column per annotation, e.g. cell_id,response,sample. "
                                  "Its columns are added to the data's; another table replaces them, and they go "
-                                 "with the data.")
+                                 "with the data.",
+                            on_change=ui.remove_cell_metadata_if_cleared, args=(metadata_key,))
+removed = ss.pop(ui.CELL_METADATA_REMOVED, None)
+if removed:
+    st.info(f"Removed the table's columns from the data: {', '.join(ui.md(str(c)) for c in removed)}.",
+            icon=":material/table_view:")
 ui.add_cell_metadata(adata, metadata, metadata_key)
 added = adata.uns.get(CELL_METADATA)
 if added:
     said = io.cell_metadata_messages(added)
     st.info("  \n".join(ui.md(line) for line in said), icon=":material/table_view:")
+    st.button("Remove the table's columns", key="btn_remove_cell_metadata", icon=":material/delete:",
+              on_click=ui.remove_cell_metadata_if_cleared)
 flagged = info.get("label_columns") or {}
 candidates = [c for c in adata.obs.columns if not str(c).startswith("scatd_")
               and (c in flagged or adata.obs[c].nunique(dropna=True) <= 50)]

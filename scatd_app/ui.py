@@ -1020,6 +1020,30 @@ def cell_metadata_key() -> str:
     return f"upload_cell_metadata_{source}"
 
 
+#: Session key: the columns a removed cell metadata table took with it (said once on the Data page).
+CELL_METADATA_REMOVED = "cell_metadata_removed"
+
+
+def remove_cell_metadata_if_cleared(key: str | None = None) -> None:
+    """The cell metadata uploader's ``on_change`` (and, with no ``key``, the Remove button's
+    ``on_click``): when the user removed the table (the uploader ``key`` is empty now), its columns
+    leave the data too (and a threshold fitted on their labels,
+    :func:`scatd_core.io.remove_cell_metadata`); a callback, so that leaving the page keeps them
+    (Streamlit empties an uploader the page did not show, while the columns stay with the data)."""
+    from scatd_core import io
+
+    ss = st.session_state
+    if key is not None and ss.get(key) is not None:
+        return
+    ss.pop(state.CELL_METADATA, None)
+    ss.pop(CELL_METADATA_FAILED, None)
+    adata = ss.get(state.ADATA)
+    if adata is not None:
+        removed = io.remove_cell_metadata(adata)
+        if removed:
+            ss[CELL_METADATA_REMOVED] = removed
+
+
 def add_cell_metadata(adata: ad.AnnData, uploaded, source: str) -> None:
     """The Data page's cell metadata table: read once per upload (then Streamlit's copy is let go),
     added to the data's obs, and added again to a new reading of the same upload (another

@@ -408,7 +408,8 @@ METRIC_MEANINGS = {
     "n_missing_label": "scored cells without a label (left out)",
     "n_not_scored": "labelled cells without a score (QC-filtered or not scored; left out)",
     "auroc": "chance that a resistant cell gets a higher P(resistant) than a sensitive one (0.5: chance)",
-    "auroc_ci_low": "AUROC's 95% interval, lower end (Hanley-McNeil; includes 0.5: not distinguishable from chance)",
+    "auroc_ci_low": "AUROC's 95% interval, lower end (Hanley-McNeil; an interval that includes 0.5 is not "
+                    "distinguishable from chance)",
     "auroc_ci_high": "AUROC's 95% interval, upper end (Hanley-McNeil)",
     "auprc": "area under precision-recall; chance level is auprc_chance",
     "auprc_chance": "AUPRC of a ranking by chance: the share of resistant cells among those evaluated",

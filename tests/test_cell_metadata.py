@@ -187,3 +187,17 @@ def test_a_threshold_fitted_on_a_replaced_column_goes_back_to_the_model_default(
     threshold = adata.uns["scatd"]["threshold"]
     assert threshold["source"] == "model default" and "label_column" not in threshold
     assert "another cell metadata table replaced the column" in threshold["detail"]
+
+
+def test_true_false_columns_are_booleans_a_mask_can_use(tmp_path):
+    """QA: a table's keep column written True/False (or the app's own predictions.csv qc_pass) came
+    in as text, and --mask refused it as not a True/False column."""
+    from scatd_core.predict import _mask_of
+
+    adata = _data(["c1", "c2", "c3"])
+    io.add_cell_metadata(adata, _csv(tmp_path, "cell_id,keep,flag,note\nc1,True,TRUE,true story\nc2,False,false,x\n"
+                                               "c3,True,,y\n"))
+    assert adata.obs["keep"].dtype == bool and list(adata.obs["keep"]) == [True, False, True]
+    assert list(_mask_of(adata, "keep")) == [True, False, True]
+    assert adata.obs["flag"].iloc[2] is None or pd.isna(adata.obs["flag"].iloc[2])  # a gap stays a gap
+    assert adata.obs["note"].iloc[0] == "true story"  # other text stays text

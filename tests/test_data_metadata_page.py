@@ -74,6 +74,18 @@ def test_10x_data_get_labels_and_samples_from_a_cell_metadata_table(library, tmp
     goto(at, "1_Data")  # the columns stay with the data across pages and reruns
     assert "response" in at.session_state[state.ADATA].obs and "meta.csv" in said(at.info)
 
+    # the table removed (the page's button: after a visit elsewhere the uploader shows no file, while
+    # its columns stay with the data): its columns leave the data, with the label column
+    at.button(key="btn_remove_cell_metadata").click().run()
+    ok(at)
+    assert "response" not in at.session_state[state.ADATA].obs and state.CELL_METADATA not in at.session_state
+    assert "Removed the table's columns from the data: response, sample" in said(at.info)
+    assert at.session_state[state.LABEL_COLUMN] is None and "meta.csv" not in said(at.info)
+    goto(at, "4_Cells")
+    ok(at)
+    goto(at, "1_Data")
+    assert "Removed the table" not in said(at.info)  # said once
+
     # new data: the table goes with the old data, the uploader starts empty
     upload(at, "other.zip", _tenx_zip(make_dataset(60, seed=6), tmp_path / "second"))
     assert state.CELL_METADATA not in at.session_state
@@ -122,3 +134,20 @@ def test_metadata_never_replaces_a_column_and_a_bad_table_is_said(library):
     assert list(data.obs["response_meta"].astype(str)) == list(table["response"])
     assert "The data already has a column 'response': the table's is added as 'response_meta'." in said(at.info)
     assert at.session_state[state.LABEL_COLUMN] == "response"  # the choice made before stays
+
+
+def test_removing_the_table_from_its_uploader_removes_its_columns(library, tmp_path):
+    """QA: the x of the uploader left the table's columns (and the label column chosen from them)
+    in the data: the wrong labels went on being used."""
+    adata = make_dataset(60, seed=7)
+    at = start()
+    upload(at, "filtered_feature_bc_matrix.zip", _tenx_zip(adata, tmp_path))
+    table = pd.DataFrame({"cell_id": adata.obs_names, "response": adata.obs["response"].astype(str).to_numpy()})
+    _metadata_uploader(at).upload("meta.csv", table.to_csv(index=False).encode())
+    at.run()
+    assert at.session_state[state.LABEL_COLUMN] == "response"
+    _metadata_uploader(at).clear()
+    at.run()
+    ok(at)
+    assert "response" not in at.session_state[state.ADATA].obs and at.session_state[state.LABEL_COLUMN] is None
+    assert "Removed the table's columns from the data: response" in said(at.info)

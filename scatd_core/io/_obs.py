@@ -128,6 +128,10 @@ def _as_values(text: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(present, errors="coerce")
     if len(present) and numbers.notna().all() and not present.str.match(r"^[+-]?0\d").any():
         return pd.to_numeric(values, errors="coerce")
+    words = present.str.lower()
+    if len(present) and words.isin(("true", "false")).all():  # True/False, TRUE/FALSE (R, Excel): a mask
+        flags = values.str.lower().map({"true": True, "false": False})
+        return flags.astype(bool) if flags.notna().all() else flags.astype(object)
     return values
 
 
