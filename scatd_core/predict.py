@@ -617,7 +617,15 @@ def _value_warnings(adata: ad.AnnData, bundle) -> list[str]:
         return []
     report = adata.uns.get(_keys.INPUT_REPORT, {})
     value_type = report if "value_type" in report else detect_value_type(adata.X, n_cells=500)
-    return check_backbone_compatibility(value_type, bundle.backbone, bundle.manifest.get("input_transform"))
+    out = check_backbone_compatibility(value_type, bundle.backbone, bundle.manifest.get("input_transform"))
+    kind = value_type.get("value_type", value_type.get("kind"))
+    if bundle.manifest.get("input_transform") == "standardize" and "library_size" not in bundle.manifest \
+            and kind in ("log_normalized", "zscored"):  # a model trained before counts were scaled over all genes
+        out.append("This model was trained by an earlier version of scATD Studio, which log-normalises raw counts "
+                   "over the model's genes only; these values are already normalised (over all genes, as scanpy "
+                   "does), so they reach it somewhat differently than the same cells' counts would. Give it the kind "
+                   "of values it was trained on, or train it again (models trained now treat both alike).")
+    return out
 
 
 # --------------------------------------------------------------------------- threshold and calls

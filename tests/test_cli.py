@@ -615,8 +615,8 @@ def test_obs_adds_labels_and_samples_from_a_cell_metadata_table(capsys, cells_an
     assert code == 0, err
     assert ("--obs meta.csv: 14 of the data's 15 cells matched a row (cell IDs from its column 'cell_id'); added 2 "
             "column(s): response, sample.") in err
-    assert "--obs 1 row(s) of the table's 15 match no cell of the data (e.g. 'stranger')" in err
-    assert "--obs 1 cell(s) have no row" in err
+    assert "      1 row(s) of the table's 15 match no cell of the data (e.g. 'stranger')" in err
+    assert "      1 cell(s) have no row" in err
     table = pd.read_csv(tmp / "p.csv")
     assert list(table["cell_id"]) == [f"c{i}" for i in range(15)]
     assert table["response"].iloc[:14].tolist() == [i % 2 for i in range(14)] and np.isnan(table["response"].iloc[14])

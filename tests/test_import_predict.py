@@ -474,6 +474,12 @@ def test_a_model_without_a_recorded_library_size_scales_counts_over_its_genes_as
         scored = adata.copy()
         predict(scored, b, device="cpu")
         probs[size] = scored.obs["scatd_prob_resistant"].to_numpy()
+        earlier = "trained by an earlier version of scATD Studio, which log-normalises raw counts"
+        assert not any(earlier in w for w in scored.uns["scatd"]["warnings"])  # counts: as it was trained
+        lognorm = adata.copy()  # the same cells normalised over all their genes: told, for the older model only
+        lognorm.X = np.log1p(counts * 1e4 / counts.sum(axis=1, keepdims=True)).astype(np.float32)
+        predict(lognorm, b, device="cpu")
+        assert any(earlier in w for w in lognorm.uns["scatd"]["warnings"]) == (size is None)
     model = counts[:, :enc[0]].astype(np.float64)
     for size, totals in ((None, model.sum(axis=1, keepdims=True)), ("all genes", counts.sum(axis=1, keepdims=True))):
         x = np.log1p(model * 1e4 / totals)

@@ -207,8 +207,8 @@ def read_input(args, backed="auto"):
     for w in adata.uns[io.REPORT_KEY].get("warnings", []):
         say(f"warning: {w}")
     if getattr(args, "obs", None):  # before --label-column, --sample-column and --mask are checked
-        for line in io.cell_metadata_messages(io.add_cell_metadata(adata, args.obs)):
-            say(f"--obs {line}")
+        for i, line in enumerate(io.cell_metadata_messages(io.add_cell_metadata(adata, args.obs))):
+            say(("--obs " if i == 0 else "      ") + line)  # the first names the table
     return adata
 
 
@@ -279,8 +279,9 @@ def check_columns(adata, args) -> None:
                 raise ScatdError(f"--label-column {column} names a drug ({drug.strip()}): that form is for a panel "
                                  "(--model given more than once, or --panel).",
                                  f"With one model, give the column alone: --label-column {named.strip()}.")
+            own = [str(c) for c in adata.obs.columns if not str(c).startswith("scatd_")]  # not the tool's own
             raise ScatdError(f"The data has no column {column!r} for --{option.replace('_', '-')}.",
-                             f"Its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
+                             f"Its columns: {', '.join(own) or 'none'}.")
 
 
 def apply_label_direction(adata, args) -> str | None:
