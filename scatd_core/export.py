@@ -134,6 +134,14 @@ def group_tables(adata: ad.AnnData, group_columns: Sequence[str] = (), *,
     return {c: group_table(adata, c, key_added=key_added) for c in dict.fromkeys(columns) if c in adata.obs}
 
 
+def _cell_metadata_text(adata: ad.AnnData) -> str | None:
+    """What a cell metadata table added to the data (its name, columns and matches), or None."""
+    from scatd_core.io import cell_metadata_messages
+
+    said = cell_metadata_messages(adata.uns.get(_keys.CELL_METADATA))
+    return " ".join(said) or None
+
+
 def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_columns: Sequence[str] = (), *,
                   key_added: str | None = None) -> pd.DataFrame:
     """Long table ``section, metric, value``: the run summary (threshold and whether it is
@@ -154,6 +162,8 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     elif problem:
         rows.append(("evaluation", "not computed", problem))
     rows += _biomarker_rows(adata, key_added)
+    if _cell_metadata_text(adata):  # where label or sample columns came from, when a table added them
+        rows.append(("data", "cell_metadata_table", _cell_metadata_text(adata)))
     for column, table in group_tables(adata, group_columns, key_added=key_added).items():
         name = CLUSTER_COLUMN if column == _keys.CLUSTER else column  # as predictions.csv names it
         for rec in table.itertuples(index=False):
@@ -640,6 +650,7 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("QC filter", f"{qc.get('n_filtered', 0):,} cell(s) filtered" if qc.get("n_filtered") else "none"),
         ("QC thresholds", qc.get("thresholds") or None),
         ("input warnings", data.get("warnings") or None),
+        ("cell metadata table", _cell_metadata_text(adata)),
     ]))
     parts += _card_section(model)
     from scatd_core.bundle import BACKBONE_TITLES

@@ -626,6 +626,12 @@ def test_obs_adds_labels_and_samples_from_a_cell_metadata_table(capsys, cells_an
     assert code == 0, err
     assert "Against 'response' (14 cells): AUROC" in err and "--obs meta.csv: 14 of the data's 15" in err
     assert ad.read_h5ad(tmp / "rep" / "annotated.h5ad").uns["scatd_cell_metadata"]["file"] == "meta.csv"
+    # the report and metrics.csv say where the label and sample columns came from (QA: only the h5ad did)
+    assert "meta.csv: 14 of the data&#x27;s 15 cells matched a row" in (tmp / "rep" / "report.html").read_text() or \
+        "meta.csv: 14 of the data's 15 cells matched a row" in (tmp / "rep" / "report.html").read_text()
+    rows = pd.read_csv(tmp / "rep" / "metrics.csv")
+    said = rows.loc[rows["metric"] == "cell_metadata_table", "value"].iloc[0]
+    assert said.startswith("meta.csv: 14 of the data's 15 cells matched a row") and "response, sample" in said
 
 
 def test_obs_that_matches_no_cell_or_is_an_output_is_refused_first(capsys, cells_and_bundle):
