@@ -187,6 +187,9 @@ def test_a_saved_panel_never_scores_with_another_model_that_took_a_removed_membe
     assert main(["predict", "--panel", "mine", "--input", str(_h5ad(tmp_path)), "--output", str(tmp_path / "p.csv")]) == 0
     assert "another model now has its folder" in capsys.readouterr().err
     assert not any(c.startswith("DRUGD") or c.startswith("DRUGA") for c in pd.read_csv(tmp_path / "p.csv").columns)
+    assert main(["panel", "list"]) == 0  # the list says it too (QA: it showed the member as if it were fine)
+    listed = capsys.readouterr()
+    assert "mine\tDRUGA, DRUGB, DRUGC" in listed.out and "mine: DRUGA: the model 'DRUGA (dist_vae)' was removed" in listed.err
     shutil.rmtree(mine / "DRUGA")
     assert panel.load_panel("mine", user)[1] == ["DRUGA: not in the model library any more (removed)"]
     # a panel saved before identities were recorded: its members are taken as they are

@@ -37,5 +37,8 @@ def run(args) -> int:
         if not panels:
             say("You have no saved panel. Save one with `scatd panel save NAME --model A --model B`.")
         for name, record in panels.items():
+            _, problems = panel.load_panel(name, user, library=getattr(args, "library", None))  # as predict finds it
             print(f"{name}\t{', '.join(record['models'])}")
+            for problem in problems:  # e.g. a member removed, or another model in its folder now
+                say(f"  {name}: {problem}")
     return 0
