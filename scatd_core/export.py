@@ -162,8 +162,9 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     elif problem:
         rows.append(("evaluation", "not computed", problem))
     rows += _biomarker_rows(adata, key_added)
-    if _cell_metadata_text(adata):  # where label or sample columns came from, when a table added them
-        rows.append(("data", "cell_metadata_table", _cell_metadata_text(adata)))
+    metadata = _cell_metadata_text(adata)  # where label or sample columns came from, when a table added them
+    if metadata:
+        rows.append(("data", "cell_metadata_table", metadata))
     for column, table in group_tables(adata, group_columns, key_added=key_added).items():
         name = CLUSTER_COLUMN if column == _keys.CLUSTER else column  # as predictions.csv names it
         for rec in table.itertuples(index=False):
