@@ -42,6 +42,7 @@ with st.container(border=True):
             else:
                 ui.clear_library_cache()
                 ss["panel_models"] = [str(b.path) for b in bundles]
+                ss[state.PANEL_CHOSEN] = ui.model_identities(bundles)
                 st.rerun()
             bar.empty()
     saved = {}
@@ -68,14 +69,23 @@ with st.container(border=True):
                 loaded, problems = [], []
                 ui.show_error(exc)
             ss["panel_models"] = [str(b.path) for b in loaded if str(b.path) in classifiers]
+            ss[state.PANEL_CHOSEN] = ui.model_identities(loaded)  # the saved panel's models, as checked
             if problems:
                 st.warning("Left out of the panel:\n\n" + "\n".join(f"- {ui.md(p)}" for p in problems),
                            icon=":material/warning:")
+    # each model chosen carries which model its folder held then: one removed since, or another model in its
+    # folder (removed, and another took its name), is said and left out, never scored in its place
+    recorded = ss.get(state.PANEL_CHOSEN) or {}
+    kept, problems = panel.recheck_chosen({p: recorded.get(p) for p in ss.get("panel_models", [])},
+                                          ui.library_entries())
+    if problems:
+        st.warning("No longer in the models you had chosen (left out):\n\n"
+                   + "\n".join(f"- {ui.md(p)}" for p in problems), icon=":material/inventory_2:")
     if not classifiers:
         st.warning("No drug model is installed yet.", icon=":material/inventory_2:")
         ui.link("Model library", "Get or import models", ":material/inventory_2:")
         ui.stop()
-    ss["panel_models"] = [p for p in ss.get("panel_models", []) if p in classifiers]
+    ss["panel_models"] = [p for p in kept if p in classifiers]
     labels = distinct_titles(list(classifiers.values()))
     labels = {p: t + (f" ({classifiers[p].prediction_problem}: it would be skipped)"
                       if classifiers[p].prediction_problem else "") for p, t in labels.items()}
@@ -83,6 +93,7 @@ with st.container(border=True):
                            format_func=ui.detached(lambda p: labels[p]),
                            help="Any backbones and gene sets: each model is aligned to the data separately, and "
                                 "a model that cannot score these data is reported and skipped.")
+    ss[state.PANEL_CHOSEN] = {p: recorded.get(p) or ui.model_identities([classifiers[p]])[p] for p in paths}
     with st.expander("Save these models as a panel (only you see your panels)"):
         c = st.columns([0.7, 0.3], vertical_alignment="bottom")
         name = c[0].text_input("Panel name", key="panel_name", max_chars=64)

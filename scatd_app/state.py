@@ -32,6 +32,9 @@ PREDICT_AHEAD       the prediction started in the background before the user ask
                     (:class:`scatd_app.ui.Ahead`), taken by the Predict page's Run button
 BIOMARKERS          settings token of the biomarkers stored in ADATA
 PANEL               token of (data, QC mask, models, settings) of the panel prediction in ADATA
+PANEL_CHOSEN        ``{path: (identity, name)}``: which model each folder chosen on the Panel page held when
+                    it was chosen (:func:`scatd_core.bundle.model_identity`): one removed, or another model
+                    in its folder since, is said and left out, never used in its place
 PANEL_MARKERS       ``(panel token, table)``: top genes of the cells resistant to every drug
 EMBED_ESTIMATE      ``(token, estimate)``: the time foundation-model embeddings of ADATA would take
 ==================  ==========================================================================
@@ -64,6 +67,7 @@ PREDICT_AHEAD = "ahead_prediction"
 AHEAD_DECLINED = "ahead_declined"  # token of a prediction the user stopped: not started ahead again
 BIOMARKERS = "biomarkers_token"
 PANEL = "panel_token"
+PANEL_CHOSEN = "panel_models_identity"  # kept for a reload with the chosen models (its "panel_" prefix)
 PANEL_MARKERS = "panel_markers"
 EMBED_ESTIMATE = "embed_estimate"
 QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)

@@ -1289,6 +1289,14 @@ def _remember_identity(path: str, bundle=None) -> None:
         st.session_state[state.BUNDLE_IDENTITY] = (path, model_identity(bundle), bundle.name)
 
 
+def model_identities(bundles) -> dict[str, tuple[str, str]]:
+    """``{path: (identity, name)}`` of library ``bundles`` (:func:`scatd_core.bundle.model_identity`):
+    what the Panel page records of the models chosen (:data:`state.PANEL_CHOSEN`)."""
+    from scatd_core.bundle import model_identity
+
+    return {str(b.path): (model_identity(b), b.name) for b in bundles}
+
+
 def _drop_chosen_model() -> None:
     """Forget the chosen model that can no longer be loaded, keeping the results computed with it
     (their record names the model): a prediction ahead for it stops."""

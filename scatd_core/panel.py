@@ -827,6 +827,38 @@ def load_panel(name: str, user: str | None, *, library: str | Path | None = None
     return bundles, problems
 
 
+def recheck_chosen(chosen: Mapping[str, Sequence[str] | None], entries: Sequence) -> tuple[list[str], list[str]]:
+    """Of the library models an app session chose for a panel, those it may still use, and why each
+    other one is left out: its folder was removed, holds a model that cannot be used now, or holds
+    another model than the one chosen (removed, and another model took its folder since: never used
+    in its place, as :func:`load_panel` does for a saved panel).
+
+    ``chosen``: each chosen model's folder path -> ``(identity, name)`` of the model it held when it
+    was chosen (:func:`scatd_core.bundle.model_identity`), or None where none was recorded (then
+    only that the folder still holds a usable model is checked). ``entries``: the model library
+    (:func:`scatd_core.bundle.list_library`). No problem names a path, only the folder."""
+    from scatd_core.bundle import folder_taken_words, model_identity
+
+    listed = {}
+    for e in entries:
+        listed[str(e.path)] = e
+        if e.ok:
+            listed.setdefault(str(e.bundle.path), e)
+    kept, problems = [], []
+    for path, recorded in chosen.items():
+        folder, entry = Path(path).name, listed.get(str(path))
+        if entry is None:
+            problems.append(f"{folder}: not in the model library any more (removed)")
+        elif not entry.ok:
+            problems.append(f"{folder}: cannot be used any more: {entry.problem}")
+        elif recorded and model_identity(entry.bundle) != recorded[0]:
+            problems.append(f"{folder}: {folder_taken_words(recorded[1] if len(recorded) > 1 else None, entry.bundle)}"
+                            "; it is not used in its place (choose it again to use the new model)")
+        else:
+            kept.append(str(path))
+    return kept, problems
+
+
 def embed_expression(adata: ad.AnnData, *, seed: int = 0, progress=None) -> dict:
     """A UMAP of the cells' expression (no model's latent space: the panel has several) into
     ``obsm['X_umap']`` and ``uns['scatd_embed']``; returns that record. ``progress`` as for

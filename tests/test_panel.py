@@ -202,6 +202,30 @@ def test_a_saved_panel_never_scores_with_another_model_that_took_a_removed_membe
     assert [b.drug for b in panel.load_panel("mine", user)[0]] == ["DRUGD", "DRUGB", "DRUGC"]
 
 
+def test_models_chosen_in_a_session_are_rechecked_by_identity(library):
+    """The app's chosen panel members (folder -> the model it held then): one whose folder holds another
+    model now, one removed, one that cannot be used any more are left out, each said without a path."""
+    from scatd_core.bundle import LibraryEntry, list_library, model_identity
+
+    entries = list_library(library)
+    a, b, c = _bundles(library)
+    chosen = {str(a.path): (model_identity(a), a.name),
+              str(b.path): ("the model that was removed", "DRUGB (old)"),
+              str(library / "GONE"): ("x", "GONE (dist_vae)"),
+              str(c.path): None}  # nothing recorded (a session from before): only its folder is checked
+    kept, problems = panel.recheck_chosen(chosen, entries)
+    assert kept == [str(a.path), str(c.path)]
+    assert problems[0].startswith("DRUGB: the model 'DRUGB (old)' was removed (or replaced) and another model now "
+                                  "has its folder ('DRUGB (dist_vae)', installed")
+    assert problems[0].endswith("; it is not used in its place (choose it again to use the new model)")
+    assert problems[1:] == ["GONE: not in the model library any more (removed)"]
+    broken = [e if e.path.name != "DRUGA" else LibraryEntry(e.path, None, "not readable by this account")
+              for e in entries]
+    kept, problems = panel.recheck_chosen({str(a.path): (model_identity(a), a.name)}, broken)
+    assert kept == [] and problems == ["DRUGA: cannot be used any more: not readable by this account"]
+    assert not any(str(library) in p for p in problems)
+
+
 def _h5ad(tmp_path):
     make_dataset(60, seed=9).write_h5ad(tmp_path / "cells.h5ad")
     return tmp_path / "cells.h5ad"

@@ -191,3 +191,50 @@ def test_no_model_can_score_the_data_is_a_message(with_panel_library):
     ok(at)
     assert "No model of the panel could score" in text(at.error)
     assert state.PANEL not in at.session_state
+
+
+def test_a_chosen_model_removed_or_replaced_is_said_and_never_scored_in_its_place(tmp_path, monkeypatch):
+    """QA: the page kept the chosen models by folder only: after an administrator removed DRUGB and
+    someone trained another DRUGB into its folder, the panel went on with that other model, unsaid."""
+    from scatd_core.bundle import model_identity, remove_bundle
+
+    library = tmp_path / "library"
+    data = make_dataset(80, seed=1)
+    for i, drug in enumerate(DRUGS):
+        make_bundle(library / drug, data, drug=drug, seed=i, steps=2)
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=2)))
+    goto(at, "9_Panel")
+    paths = [str(library / d) for d in DRUGS]
+    at.multiselect(key="panel_models").set_value(paths).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert "3 of 3 models scored" in text(at.success)
+    remove_bundle(library / "DRUGB")  # an administrator removes it; bob trains DRUGB again into its folder
+    new = make_bundle(library / "DRUGB", make_dataset(80, seed=3), drug="DRUGB", seed=9, steps=2)
+    goto(at, "1_Data")
+    goto(at, "9_Panel")
+    shown = text(at.warning).replace("\\", "")
+    assert "No longer in the models you had chosen (left out)" in shown
+    assert "DRUGB: the model 'DRUGB (dist_vae)' was removed (or replaced) and another model now has its folder " \
+           "('DRUGB (dist_vae)'" in shown and "it is not used in its place" in shown
+    assert str(library) not in shown
+    assert at.multiselect(key="panel_models").value == [paths[0], paths[2]]
+    assert "hidden until you score the models chosen above" in text(at.caption)  # nothing scored with the new one
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert "2 of 2 models scored" in text(at.success)
+    assert [m.folder for m in panel.members(at.session_state[state.ADATA], scored_only=False)] == ["DRUGA", "DRUGC"]
+    # removed, with no model in its folder: said too (it was dropped silently)
+    remove_bundle(library / "DRUGC")
+    at.run()
+    ok(at)
+    assert "DRUGC: not in the model library any more (removed)" in text(at.warning).replace("\\", "")
+    assert at.multiselect(key="panel_models").value == [paths[0]]
+    # choosing DRUGB again (the folder's new model) is the user's to do; then it is used, unsaid
+    at.multiselect(key="panel_models").set_value([paths[0], paths[1]]).run()
+    ok(at)
+    at.run()
+    assert "No longer in the models" not in text(at.warning)
+    assert at.session_state[state.PANEL_CHOSEN][paths[1]][0] == model_identity(new)
