@@ -62,6 +62,11 @@ NO_STYLE_PROBLEM = "cannot predict: no AdaIN statistics (bulk embeddings)"
 #: Why a library folder made by another account without read permission for this one is unusable.
 UNREADABLE_PROBLEM = ("not readable by this account (the server's, in the app): check the owner and permissions "
                       "of its folder and files")
+
+
+class Unreadable(BundleError):
+    """A bundle (or one of its files) this account may not read: its permissions, not its contents
+    (:data:`UNREADABLE_PROBLEM`)."""
 INPUT_KINDS = {"dist_vae": "expression", "vae_sf": "embedding", "vae_gf": "embedding"}
 BACKBONE_TITLES = {"dist_vae": "Dist_VAE (scATD-sf-dist)", "vae_sf": "VAE_sf (scATD-sf)",
                    "vae_gf": "VAE_gf (scATD-gf)"}
@@ -439,7 +444,7 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
             pass
         return load_file(str(path), device="cpu")
     except PermissionError:
-        raise BundleError(f"Bundle {path.parent.name}: its {what} file {path.name} is {UNREADABLE_PROBLEM}.",
+        raise Unreadable(f"Bundle {path.parent.name}: its {what} file {path.name} is {UNREADABLE_PROBLEM}.",
                           f"It is {path}.",
                           app_hint="Ask the administrator to make it readable by the server's account.") from None
     except (SafetensorError, OSError, ValueError) as exc:
@@ -483,7 +488,7 @@ def load_bundle(path: str | Path) -> Bundle:
     try:
         return _load_bundle(folder)
     except PermissionError:
-        raise BundleError(f"Model {folder.name} is {UNREADABLE_PROBLEM}.", f"It is {folder}.",
+        raise Unreadable(f"Model {folder.name} is {UNREADABLE_PROBLEM}.", f"It is {folder}.",
                           app_hint="Ask the administrator to make it readable by the server's account.") from None
 
 
@@ -980,6 +985,9 @@ class LibraryEntry:
     path: Path
     bundle: Bundle | None
     problem: str | None = None
+    #: not a damaged model: one this account may not read (its problem is :data:`UNREADABLE_PROBLEM`
+    #: when permissions keep it out; another error of the file system otherwise)
+    unreadable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -989,9 +997,10 @@ class LibraryEntry:
 def list_library(library: str | Path | None = None) -> list[LibraryEntry]:
     """Every bundle folder in the library, validated; broken ones carry their problem.
 
-    A folder this account may not read (made by another account without read permission for
-    this one) is listed as unusable, :data:`UNREADABLE_PROBLEM`; a library folder it may not list
-    at all is a :class:`BundleError`. No problem names a path."""
+    A folder this account may not read, or one of its files (made by another account without read
+    permission for this one), is listed as unusable, :data:`UNREADABLE_PROBLEM` and
+    ``unreadable``, never as a damaged model; a library folder it may not list at all is a
+    :class:`BundleError`. No problem names a path."""
     root = Path(library) if library else model_library_dir()
     if not root.is_dir():
         return []
@@ -1011,12 +1020,13 @@ def list_library(library: str | Path | None = None) -> list[LibraryEntry]:
             with open(folder / WEIGHTS, "rb"):  # read when the model is used: readable now?
                 pass
             entries.append(LibraryEntry(folder, bundle))
+        except (Unreadable, PermissionError):  # its manifest, gene list, style statistics or weights, or the folder
+            entries.append(LibraryEntry(folder, None, UNREADABLE_PROBLEM, unreadable=True))
         except (BundleError, InputError) as exc:
             entries.append(LibraryEntry(folder, None, exc.message))
-        except PermissionError:
-            entries.append(LibraryEntry(folder, None, UNREADABLE_PROBLEM))
         except OSError as exc:
-            entries.append(LibraryEntry(folder, None, f"cannot be read ({exc.strerror or type(exc).__name__})"))
+            entries.append(LibraryEntry(folder, None, f"cannot be read ({exc.strerror or type(exc).__name__})",
+                                        unreadable=True))
     return entries
 
 

@@ -1027,6 +1027,37 @@ def test_weights_another_account_cannot_read_make_the_model_unusable_not_corrupt
     assert str(shared_library) not in err.value.message + err.value.app_hint
 
 
+def test_scatd_models_calls_a_model_this_account_cannot_read_unreadable_not_broken(tmp_path, shared_library,
+                                                                                  another_account, capsys):
+    """QA: `scatd models` printed "BROKEN" for a model only its owner could read: it is not damaged, its
+    permissions keep this account out; the line says so and how to fix it, as `scatd doctor` does.
+    Whichever file keeps it out (the folder, its manifest, its weights), and a damaged one stays BROKEN."""
+    from scatd_core.cli import main
+
+    pth, genes = _checkpoint(tmp_path, 1)
+    theirs = import_checkpoint(pth, "dist_vae", drug="THEIRS", genes=genes, library=shared_library)
+    manifest = import_checkpoint(pth, "dist_vae", drug="MANIFEST", genes=genes, library=shared_library)
+    broken = import_checkpoint(pth, "dist_vae", drug="BROKEN", genes=genes, library=shared_library)
+    (broken.path / "manifest.json").write_text("{not json")
+    (manifest.path / "manifest.json").chmod(0o600)
+    if os.geteuid() != 0:
+        (manifest.path / "manifest.json").chmod(0)
+    with another_account(theirs.path):
+        assert main(["models", "--library", str(shared_library)]) == 0
+        listed = capsys.readouterr().out.splitlines()
+        assert main(["models", "--library", str(shared_library), "--json"]) == 0
+        as_json = {Path(e["path"]).name: e for e in json.loads(capsys.readouterr().out)}
+    (manifest.path / "manifest.json").chmod(0o644)
+    lines = {line.split("\t")[0]: line.split("\t", 1)[1] for line in listed[1:]}
+    for bundle in (theirs, manifest):
+        assert lines[bundle.path.name].startswith("UNREADABLE: this account (") and "BROKEN" not in lines[bundle.path.name]
+        assert "not a damaged model" in lines[bundle.path.name]
+        assert f"Its owner or root makes it readable: chmod -R go+rX {bundle.path}" in lines[bundle.path.name]
+        assert as_json[bundle.path.name]["status"] == "unreadable"
+    assert lines[broken.path.name].startswith("BROKEN: ") and "not valid JSON" in lines[broken.path.name]
+    assert as_json[broken.path.name]["status"] == "broken"
+
+
 def test_another_accounts_lock_file_and_library_are_used_read_only_and_a_refused_write_says_so(
         shared_library, another_account):
     pth, genes = _checkpoint(shared_library.parent, 1)  # readable by the other account

@@ -114,9 +114,9 @@ def _named(bundle) -> str:
 
 
 def show(args) -> int:
-    from scatd_core.bundle import list_library
+    from scatd_core.bundle import UNREADABLE_PROBLEM, list_library
     from scatd_core.config import model_library_dir
-
+    from scatd_core.doctor import _account  # the effective account, as `scatd doctor` names it
     from scatd_core.errors import InputError
 
     root = Path(args.library) if args.library else model_library_dir()
@@ -129,7 +129,8 @@ def show(args) -> int:
                          "Use `scatd models card NAME` for one model's card.")
     entries = list_library(root)
     if args.json:
-        print(json.dumps([e.bundle.summary() if e.ok else {"path": str(e.path), "problem": e.problem}
+        print(json.dumps([e.bundle.summary() if e.ok else {"path": str(e.path), "problem": e.problem,
+                                                           "status": _status(e)}
                           for e in entries], indent=2))
         return 0
     if not entries:
@@ -143,8 +144,16 @@ def show(args) -> int:
             print(f"{e.path.name}\t{e.bundle.name}\t{e.bundle.title}\t{s['kind']}\t{s['n_input_features']} inputs"
                   + (f"\t{s['problem']}" if s["problem"] else ""))
         else:
-            print(f"{e.path.name}\tBROKEN: {e.problem}")
+            problem = (f"this account ({_account()}) may not read it: its permissions, not a damaged model. "
+                       f"Its owner or root makes it readable: chmod -R go+rX {e.path}"
+                       if e.problem == UNREADABLE_PROBLEM else e.problem)
+            print(f"{e.path.name}\t{_status(e).upper()}: {problem}")
     return 0
+
+
+def _status(entry) -> str:
+    """``unreadable`` (this account may not read it: permissions, not a damaged model) or ``broken``."""
+    return "unreadable" if entry.unreadable else "broken"
 
 
 def fetch(args) -> int:
