@@ -849,6 +849,7 @@ def import_checkpoint(
     max_checkpoint_bytes: int | None = None,
     require_style: bool = False,
     side_name: str | None = None,
+    published: bool = False,
 ) -> Bundle:
     """Turn an original scATD ``.pth`` (pretraining or DAL) into a bundle.
 
@@ -869,6 +870,12 @@ def import_checkpoint(
     bfloat16 exactly; said in the provenance's ``notes``, with any unwrapping of the state dict);
     a tensor holding NaN or infinite values is refused. ``require_style`` (the app): refuse a
     VAE_sf/VAE_gf drug classifier without ``style_reference``, which could not predict.
+
+    The names the published install uses are kept for it
+    (:func:`scatd_core.published.reserved_name_problem`): ``DRUG_backbone_published`` folders and
+    display names saying "published scATD" are refused, and a published model's own folder
+    ``DRUG_backbone`` to a model of another drug or backbone; ``published`` is that install's own
+    import (:func:`scatd_core.published.install`).
     """
     if backbone not in BACKBONES:
         raise CheckpointError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
@@ -919,6 +926,15 @@ def import_checkpoint(
     if out is None:
         base = Path(library) if library else model_library_dir()
         out = base / safe_name(name or f"{drug or 'backbone'}_{backbone}")
+    if not published:
+        from scatd_core.published import reserved_name_problem
+
+        kept = reserved_name_problem(Path(out).name, name, kind=arch.kind, backbone=backbone, drug=drug)
+        if kept is not None:
+            raise InputError(f"{kept[0][0].upper()}{kept[0][1:]}: {kept[1]}. Nothing was imported.",
+                             "Give another --name (it also names the model's library folder)"
+                             + (", or another --out." if not in_library else "."),
+                             app_hint="Give it another display name (it also names the model's folder).")
     try:
         return save_bundle(
             out, state, arch, drug=drug, genes=gene_list, style_mean=style_mean, style_std=style_std,

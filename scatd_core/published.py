@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from scatd_core.bundle import (FIGSHARE_ARTICLE, FIGSHARE_URL, NameTaken, import_checkpoint, load_bundle, safe_name,
-                               sha256_file, who_made)
+from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_ARTICLE, FIGSHARE_URL, NameTaken, import_checkpoint,
+                               load_bundle, safe_name, sha256_file, who_made)
 from scatd_core.config import limits, model_library_dir, settings
 from scatd_core.errors import InputError, ScatdError
 
@@ -56,6 +57,52 @@ KNOWN = {
         "backbone", "vae_gf", None, "VAE_gf pretrained backbone"),
     GENE_LIST: Recognised("genes", None, None, "scFoundation gene list (input order of Dist_VAE)"),
 }
+
+
+#: What the published install adds to the display name of each model it installs (kept for it).
+PUBLISHED_MARK = "published scATD"
+
+
+def install_folder(what: Recognised) -> str:
+    """The library folder a published checkpoint is installed to: ``DRUG_backbone``, as the
+    checkpoint imported by hand without a display name (``scatd import-checkpoint FILE --backbone
+    B --drug D``); ``DRUG_backbone_published`` (``-2`` ...) when another model holds that one."""
+    return safe_name(f"{what.drug or 'backbone'}_{what.backbone}")
+
+
+def reserved_name_problem(folder: str, name: str | None, *, kind: str, backbone: str,
+                          drug: str | None) -> tuple[str, str] | None:
+    """Why a model that is not a published install may not take the library ``folder`` or the
+    display ``name`` (``(what, whose)``, or None when it may), so that the names the published
+    install uses mean the published model:
+
+    - ``DRUG_backbone_published`` (``-2`` ...): only the published install puts a model there,
+      once the download matches figshare's checksum; never an import or a training;
+    - ``DRUG_backbone`` itself: only a model of that drug and backbone (a backbone: of that
+      backbone), as the published checkpoint imported by hand is (offline, nothing tells it from
+      someone's own checkpoint of that drug and backbone, which takes that folder as before);
+    - a display name saying "published scATD": only the published install gives one.
+    """
+    if name and PUBLISHED_MARK.lower() in name.lower():
+        return (f"the display name {name!r} says {PUBLISHED_MARK!r}",
+                "only installing the published models gives that name, once the download matches figshare's "
+                "checksum")
+    for what in KNOWN.values():
+        if what.kind not in ("classifier", "backbone"):
+            continue
+        base = install_folder(what)
+        if re.fullmatch(re.escape(base) + r"_published(-[0-9]+)?", folder):
+            return (f"the folder name {folder} is kept for the published {what.title}",
+                    "only installing the published models puts a model there, once the download matches figshare's "
+                    "checksum")
+        same = kind == what.kind and backbone == what.backbone and (
+            kind == "backbone" or (drug or "").upper() == (what.drug or "").upper())
+        if folder == base and not same:
+            model = (f"a {BACKBONE_TITLES[what.backbone]} drug model of {what.drug}" if what.kind == "classifier"
+                     else f"a {BACKBONE_TITLES[what.backbone]} pretrained backbone")
+            return (f"the folder name {folder} is where the published {what.title} goes",
+                    f"only {model} may take it (as the published checkpoint imported by hand does)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -220,7 +267,7 @@ def install(names: list[str], *, files: list[PublishedFile] | None = None, libra
             step = (lambda f, m, i=i: say((i + f) / len(names), m))
             # the folder is DRUG_backbone (the display name below is made here, not chosen by the user), unless
             # another model holds it
-            base = Path(library or model_library_dir()) / safe_name(f"{what.drug or 'backbone'}_{what.backbone}")
+            base = Path(library or model_library_dir()) / install_folder(what)
             url = by_name[name].url
             there, out, _ = _place(base, url, None)
             if there:  # installed from figshare before: nothing to download
@@ -233,7 +280,8 @@ def install(names: list[str], *, files: list[PublishedFile] | None = None, libra
             try:
                 bundle = import_checkpoint(
                     pth, what.backbone, drug=what.drug, genes=genes, out=out,
-                    name=f"{what.title} (published scATD)", provenance={"source_url": url, "imported_by": user})
+                    name=f"{what.title} ({PUBLISHED_MARK})", provenance={"source_url": url, "imported_by": user},
+                    published=True)  # its folder and name are the ones kept for it
             except NameTaken:  # another install or import took the folder meanwhile
                 raise NameTaken(f"The model library's {out.name} was taken by another model while {name} was being "
                                 "installed; it was not installed" + (

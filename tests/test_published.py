@@ -204,3 +204,41 @@ def test_the_models_page_says_where_the_published_model_went(figshare, tmp_path,
     shown = "".join(str(s.value) for s in at.info).replace("\\", "")
     assert "installed as DOCETAXEL_dist_vae_published, not DOCETAXEL_dist_vae" in shown and "bob" in shown
     assert str(tmp_path) not in shown
+
+
+def test_the_names_the_published_install_uses_are_kept_for_it(figshare, tmp_path, capsys):
+    """QA: a user's own import (or one named so) could take DOCETAXEL_dist_vae_published, or call itself
+    "(published scATD)": a lab member then chose it as the published model, and the published install
+    went on to DOCETAXEL_dist_vae_published-2. The offline path, the published checkpoint imported by hand
+    (DRUG_backbone, as someone's own checkpoint of that drug and backbone), is as before."""
+    from scatd_core.bundle import import_checkpoint
+    from scatd_core.cli import main
+
+    theirs = _own_docetaxel_import(tmp_path)  # their own docetaxel model, no display name: as before
+    assert theirs.path.name == "DOCETAXEL_dist_vae"
+    pth, genes = tmp_path / "my_docetaxel.pth", tmp_path / "genes.txt"
+    for name, said in (("DOCETAXEL_dist_vae_published", "The folder name DOCETAXEL_dist_vae_published is kept for "
+                                                        "the published Dist_VAE drug model, docetaxel (GSE140440)"),
+                       ("DOCETAXEL_dist_vae_published-3", "is kept for the published"),
+                       ("Docetaxel (Published scATD)", "The display name 'Docetaxel (Published scATD)' says "
+                                                       "'published scATD'")):
+        with pytest.raises(InputError) as err:
+            import_checkpoint(pth, "dist_vae", drug="DOCETAXEL", genes=genes, name=name)
+        assert said in err.value.message and "Nothing was imported" in err.value.message
+        assert "figshare's checksum" in err.value.message and "another display name" in err.value.app_hint
+        assert str(tmp_path) not in err.value.message + err.value.app_hint
+    # the published model's own folder, for a model of another drug: refused too (CLI, --name or --out)
+    code = main(["import-checkpoint", str(pth), "--backbone", "dist_vae", "--drug", "CISPLATIN", "--genes", str(genes),
+                 "--name", "DOCETAXEL_dist_vae"])
+    err = capsys.readouterr().err
+    assert code == 2 and "DOCETAXEL_dist_vae is where the published Dist_VAE drug model, docetaxel (GSE140440) goes" in err
+    assert "only a Dist_VAE (scATD-sf-dist) drug model of DOCETAXEL may take it" in err and "--name" in err
+    code = main(["import-checkpoint", str(pth), "--backbone", "dist_vae", "--drug", "DOCETAXEL", "--genes", str(genes),
+                 "--out", str(tmp_path / "elsewhere" / "DOCETAXEL_dist_vae_published")])
+    assert code == 2 and "is kept for the published" in capsys.readouterr().err
+    assert [e.path for e in list_library()] == [theirs.path]
+    # the published install takes its own folder, free
+    said = []
+    [bundle] = published.install([DAL], files=published.list_files(), user="alice", notice=said.append)
+    assert bundle.path.name == "DOCETAXEL_dist_vae_published"
+    assert bundle.name == "Dist_VAE drug model, docetaxel (GSE140440) (published scATD)"
