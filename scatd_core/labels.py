@@ -69,12 +69,12 @@ _TABLE_HINT = ("Check that you gave the right file: an IC50 or label table has a
 
 def _open_table_text(path: Path, name: str):
     """``path`` as binary text: gzip (by its first bytes) decompressed, never more than
-    :data:`MAX_TABLE_TEXT_BYTES` (or the server's decompression limit, when lower)."""
+    :data:`MAX_TABLE_TEXT_BYTES` (or the server's decompression limit, when lower); UTF-16 text
+    (Excel's "Unicode text", by its byte-order mark) given as UTF-8, decoded as it is read."""
     import io
 
-    from scatd_core.io._common import LimitedReader, mb  # not at the top: scatd_core.io imports this module
-
-    from scatd_core.io._common import is_office_zip, is_utf16
+    # not at the top: scatd_core.io imports this module
+    from scatd_core.io._common import LimitedReader, first_bytes, is_office_zip, is_utf16, mb, utf8_text
 
     cap = min(MAX_TABLE_TEXT_BYTES, limits().max_decompressed_bytes)
     with path.open("rb") as fh:
@@ -89,11 +89,10 @@ def _open_table_text(path: Path, name: str):
                          f"{name} is a {office}, not a CSV/TSV table.",
                          "Export the sheet as CSV (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give "
                          "that file.")
-    if is_utf16(head):  # Excel's "Unicode text": read as such (within the size limit checked above)
-        return io.BufferedReader(io.BytesIO(path.read_bytes().decode("utf-16", errors="replace").encode("utf-8")))
     raw = gzip.open(path, "rb") if gz else path.open("rb")
-    return io.BufferedReader(LimitedReader(raw, cap, name, None if cap < MAX_TABLE_TEXT_BYTES else _TABLE_HINT),
-                             buffer_size=1 << 20)
+    limited = io.BufferedReader(LimitedReader(raw, cap, name, None if cap < MAX_TABLE_TEXT_BYTES else _TABLE_HINT),
+                                buffer_size=1 << 20)
+    return utf8_text(limited, is_utf16(first_bytes(path, gz) if gz else head), name)
 
 
 def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, *, name: str | None = None,

@@ -156,6 +156,10 @@ def test_bytes_utf16_and_gzip_are_read_and_the_size_limit_holds(tmp_path, monkey
     text = "cell_id\tresponse\nc1\tR\nc2\tS\n"
     record = io.add_cell_metadata(adata, text.encode("utf-16"), name="excel.txt")  # Excel's "Unicode text"
     assert record["n_matched"] == 2 and record["file"] == "excel.txt"
+    big_endian = ("\ufeff" + text).encode("utf-16-be")
+    assert io.add_cell_metadata(_data(["c1", "c2"]), big_endian, name="mac.txt")["n_matched"] == 2
+    (tmp_path / "u16.txt.gz").write_bytes(gzip.compress(big_endian))  # UTF-16, then gzipped
+    assert io.add_cell_metadata(_data(["c1", "c2"]), tmp_path / "u16.txt.gz")["n_matched"] == 2
     (tmp_path / "m.csv.gz").write_bytes(gzip.compress(text.encode()))
     assert io.add_cell_metadata(_data(["c1", "c2"]), tmp_path / "m.csv.gz")["n_matched"] == 2
     monkeypatch.setenv("SCATD_MAX_UPLOAD_MB", "1")

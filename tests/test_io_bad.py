@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from scatd_core import genes, io
+from scatd_core._json import json_safe
 from scatd_core.errors import InputError
 from scatd_core.inputs import InputSpec, model_source
 
@@ -131,14 +132,62 @@ def _xlsx(path):
         zf.writestr("xl/worksheets/sheet1.xml", "<worksheet/>")
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
-def test_utf16_data_table_says_so(tmp_path, encoding):
-    text = pd.DataFrame(_counts(4, 20), index=[f"c{i}" for i in range(4)], columns=SYMBOLS).to_csv()
-    bom = "\ufeff" if encoding == "utf-16-be" else ""
-    (tmp_path / "utf16.csv").write_bytes((bom + text).encode(encoding))
-    with pytest.raises(InputError, match="utf16.csv is saved as UTF-16") as err:
-        io.read(tmp_path / "utf16.csv")
-    assert "CSV UTF-8" in err.value.hint
+def _same_read(a, b):
+    """Two reads of one table: the same AnnData (the report too, but for the file's size)."""
+    np.testing.assert_array_equal(np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X),
+                                  np.asarray(b.X.todense() if hasattr(b.X, "todense") else b.X))
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.var, b.var)
+    ra, rb = (json_safe(dict(x.uns["scatd_input"])) for x in (a, b))
+    ra.pop("file_bytes"), rb.pop("file_bytes")
+    assert ra == rb and set(a.uns) == set(b.uns)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("layout", ["genes_x_cells", "cells_x_genes_with_labels", "gzipped"])
+def test_utf16_data_table_reads_as_the_utf8_one(tmp_path, encoding, layout):
+    """Excel's "Unicode text" export (UTF-16 with its byte-order mark, tab-separated, CRLF): read
+    as the same table saved as UTF-8, upload or path, plain or gzipped."""
+    import gzip
+
+    from scatd_core.io import read_bytes
+
+    cells = [f"c{i}" for i in range(6)]
+    table = pd.DataFrame(_counts(6, 20), index=cells, columns=SYMBOLS)
+    if layout == "genes_x_cells":
+        table = table.T
+    else:
+        table["response"] = ["sensible", "résistant", "sensible", "résistant", "résistant", "sensible"]
+    text = table.to_csv(sep="\t", lineterminator="\r\n")
+    data = ("\ufeff" + text).encode(encoding)
+    name = "t.tsv.gz" if layout == "gzipped" else "t.tsv"
+    pack = gzip.compress if layout == "gzipped" else bytes
+    (tmp_path / "utf8" / name).parent.mkdir()
+    (tmp_path / "utf8" / name).write_bytes(pack(text.encode("utf-8")))
+    (tmp_path / name).write_bytes(pack(data))
+    want = io.read(tmp_path / "utf8" / name)
+    _same_read(io.read(tmp_path / name), want)
+    _same_read(read_bytes(pack(data), name, workdir=tmp_path), want)
+    assert want.n_obs == 6 and want.n_vars == 20
+
+
+def test_damaged_utf16_table_is_refused_by_name(tmp_path):
+    """Bytes that are not UTF-16 (a lone surrogate) in a UTF-16 table, here near its end, beyond the
+    first lines read to find the header (the rows are decoded as they are parsed), are refused with
+    the file's name, not read as something else."""
+    table = pd.DataFrame(_counts(40_000, 20), index=[f"c{i}" for i in range(40_000)], columns=SYMBOLS)
+    data = table.to_csv(sep="\t").encode("utf-16")
+    assert len(data) > 3 << 20
+    (tmp_path / "excel.txt").write_bytes(data[:-200] + b"\x00\xdc" + data[-200:])
+    with pytest.raises(InputError, match="^excel.txt starts as UTF-16 text .* holds bytes that are not UTF-16") as err:
+        io.read(tmp_path / "excel.txt")
+    assert "Export the table again" in err.value.hint
+    (tmp_path / "odd.txt").write_bytes(data[:1000] + b"\x41")  # an odd byte at the end: cut short
+    with pytest.raises(InputError, match="^odd.txt starts as UTF-16 text"):
+        io.read(tmp_path / "odd.txt")
+    (tmp_path / "m.mtx").write_bytes("%%MatrixMarket matrix coordinate integer general\n1 1 1\n1 1 5\n".encode("utf-16"))
+    with pytest.raises(InputError, match="m.mtx is saved as UTF-16 text; a Matrix Market file is plain"):
+        io.read(tmp_path / "m.mtx")
 
 
 def test_xlsx_renamed_csv_says_excel_workbook(tmp_path):
@@ -162,6 +211,20 @@ def test_utf16_label_table_and_gene_list_are_read_xlsx_named(tmp_path):
     _xlsx(tmp_path / "genes_x.csv")
     with pytest.raises(InputError, match="Gene list genes_x.csv is a zip file"):
         genes.read_gene_list(tmp_path / "genes_x.csv")
+    import gzip
+
+    text = "cell_line\tDrugA\nCL1\tsensitive\nCL2\trésistant\n"
+    (tmp_path / "utf8.txt").write_text(text, encoding="utf-8")
+    want = labels.read_label_table(tmp_path / "utf8.txt")
+    for name, data in (("le.txt", ("\ufeff" + text).encode("utf-16-le")),
+                       ("be.txt", ("\ufeff" + text).encode("utf-16-be")),
+                       ("le.txt.gz", gzip.compress(("\ufeff" + text).encode("utf-16-le")))):
+        (tmp_path / name).write_bytes(data)
+        pd.testing.assert_frame_equal(labels.read_label_table(tmp_path / name), want)
+    damaged = text.encode("utf-16")
+    (tmp_path / "damaged.txt").write_bytes(damaged[:20] + b"\x00\xdc" + damaged[20:])  # once read with a stand-in
+    with pytest.raises(InputError, match="^damaged.txt starts as UTF-16 text .* not UTF-16"):
+        labels.read_label_table(tmp_path / "damaged.txt")
     (tmp_path / "latin.csv").write_bytes("cell_line,Drug\xe9\nCL1,sensitive\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin.csv \(Label table\) is not UTF-8 text"):
         labels.read_label_table(tmp_path / "latin.csv")

@@ -9,7 +9,8 @@
 - a 10x folder (``matrix.mtx(.gz)`` + ``features.tsv(.gz)`` or ``genes.tsv`` +
   ``barcodes.tsv(.gz)``, any file prefix), given as the folder, its ``.mtx`` file, or a
   ``.zip`` / ``.tar.gz`` holding it (an archive may instead hold one other supported file);
-- CSV / TSV / TXT tables, plain or gzipped: first column = identifiers, either orientation
+- CSV / TSV / TXT tables, plain or gzipped, UTF-8 or UTF-16 with its byte-order mark (Excel's
+  "Unicode text"): first column = identifiers, either orientation
   (detected from the names; ``orientation=`` overrides). Non-gene columns (text, or named
   like ``response``, ``label``, ``sample``, ``batch``, ``cell_type``...) go to ``obs``;
 - ``.loom``;

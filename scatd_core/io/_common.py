@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anndata as ad
 
+import codecs
 import gzip
 import io
 import re
@@ -189,11 +190,83 @@ SIGNATURES = {"zip": (b"PK\x03\x04", b"PK\x05\x06"), "npy": (b"\x93NUMPY",), "gz
 
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+#: UTF-32 LE's byte-order mark starts as UTF-16 LE's does: never taken for UTF-16.
+UTF32_LE_BOM = b"\xff\xfe\x00\x00"
 
 
 def is_utf16(head: bytes) -> bool:
-    """Text saved as UTF-16 (Excel's "Unicode text"), by its byte-order mark."""
-    return head.startswith(UTF16_BOMS)
+    """Text saved as UTF-16 (Excel's "Unicode text"), by its byte-order mark (little or big endian)."""
+    return head.startswith(UTF16_BOMS) and not head.startswith(UTF32_LE_BOM)
+
+
+def first_bytes(path: Path, gz: bool, n: int = 4) -> bytes:
+    """The first ``n`` bytes of ``path`` (decompressed when ``gz``); empty when they cannot be read
+    (the reader that follows says why)."""
+    try:
+        with (gzip.open(path, "rb") if gz else path.open("rb")) as fh:
+            return fh.read(n)
+    except (OSError, EOFError, ValueError):
+        return b""
+
+
+#: UTF-16 text is decoded this many bytes of the file at a time.
+UTF16_PIECE_BYTES = 1 << 20
+
+
+def not_utf16(name: str, at: int) -> InputError:
+    return InputError(f"{name} starts as UTF-16 text (Excel's 'Unicode text') but holds bytes that are not UTF-16 "
+                      f"(near byte {at:,}): the file is damaged, or not a text table.",
+                      "Export the table again (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)' or 'Unicode "
+                      "Text') and give that file.")
+
+
+class Utf16Text(io.RawIOBase):
+    """A binary stream of UTF-16 text (byte-order mark first, little or big endian, as Excel's
+    "Unicode text" export writes it) given as UTF-8 bytes, for readers that read UTF-8: decoded
+    :data:`UTF16_PIECE_BYTES` of the file at a time, so at most 1.5 times that is held, however
+    long a line is (the readers' own line and size guards then see the text as a UTF-8 file's).
+    The UTF-8 text is at most 1.5 times the UTF-16 bytes, about half of them for Latin text. Bytes
+    that are not UTF-16 (a lone surrogate, an odd byte at the end) are refused by the file's name."""
+
+    def __init__(self, raw, name: str):
+        self.raw, self.name = raw, name
+        self.decoder = codecs.getincrementaldecoder("utf-16")("strict")  # the BOM says the byte order
+        self.pending, self.offset, self.ended = b"", 0, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending and not self.ended:
+            data = self.raw.read(UTF16_PIECE_BYTES)
+            self.ended = not data
+            try:
+                text = self.decoder.decode(data, final=self.ended)
+            except UnicodeDecodeError as exc:
+                raise not_utf16(self.name, max(0, self.offset + exc.start)) from None
+            self.offset += len(data)
+            self.pending = text.encode("utf-8")
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def utf8_text(stream, utf16: bool, name: str):
+    """``stream`` (binary), given as UTF-8 when ``utf16`` (:class:`Utf16Text`)."""
+    return io.BufferedReader(Utf16Text(stream, name), buffer_size=1 << 20) if utf16 else stream
+
+
+def open_text(path: Path, opts: Options):
+    """:func:`open_limited` for a text table: UTF-16 text (by its byte-order mark, after
+    decompression) given as UTF-8; the limits are those of the file as it is (its size, and what
+    it decompresses to)."""
+    utf16 = is_utf16(first_bytes(path, path.name.lower().endswith(".gz")))
+    return utf8_text(open_limited(path, opts), utf16, opts.display_name)
 
 
 def is_office_zip(path: Path, head: bytes) -> str | None:
@@ -217,11 +290,8 @@ def is_office_zip(path: Path, head: bytes) -> str | None:
 
 def text_file_problem(path: Path, head: bytes, name: str, what: str = "table") -> InputError | None:
     """What a file given as a text table (or list) really is, when its first bytes say it is
-    not UTF-8 text: UTF-16 text, an Excel workbook or Word document, a PDF; else None."""
-    if is_utf16(head):
-        return InputError(f"{name} is saved as UTF-16 (Excel's 'Unicode text'), not as UTF-8 text.",
-                          "Save it as CSV UTF-8 (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give "
-                          "it again.")
+    not a text table: an Excel workbook or Word document, a PDF; else None. (UTF-16 text is read
+    as such: :func:`open_text`.)"""
     office = is_office_zip(path, head)
     if office == "Excel workbook":
         return InputError(f"{name} is an Excel workbook, not a CSV/TSV {what}.",
@@ -238,6 +308,10 @@ def check_signature(path: Path, kind: str, suffix: str, name: str) -> None:
     """Refuse a file whose first bytes contradict its extension, before any parser sees it."""
     with path.open("rb") as fh:
         head = fh.read(8192)
+    if kind == "mtx" and not suffix.endswith("gz") and is_utf16(head):
+        raise InputError(f"{name} is saved as UTF-16 text; a Matrix Market file is plain (ASCII) text.",
+                         "Write it again with scipy.io.mmwrite or R's Matrix::writeMM, or upload the 10x folder as "
+                         "it came (a .zip or .tar.gz).")
     if kind in ("table", "mtx") and not suffix.endswith("gz"):
         problem = text_file_problem(path, head, name)
         if problem is not None:
@@ -252,7 +326,7 @@ def check_signature(path: Path, kind: str, suffix: str, name: str) -> None:
     if kind == "hdf5" and not h5py.is_hdf5(path):
         raise InputError(f"{name} is not an HDF5 file, so it cannot be {suffix}.",
                          "The file is truncated, corrupt, or has the wrong extension; export it again.")
-    if kind in ("table", "mtx") and expected is None and b"\x00" in head:
+    if kind in ("table", "mtx") and expected is None and b"\x00" in head and not is_utf16(head):
         raise InputError(f"{name} is binary, not a text table.",
                          "Check the file: it may be another format renamed, or corrupt. " + FORMATS_HINT)
 

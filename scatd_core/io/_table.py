@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import itertools
 import re
@@ -18,7 +17,7 @@ import scipy.sparse as sp
 from scatd_core.errors import InputError
 from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_ROWS, TABLE_CHUNK_VALUES, TABLE_PARSE_BYTES_PER_ROW,
                                    TABLE_PARSE_BYTES_PER_VALUE, Options, check_cells, check_genes, check_memory,
-                                   column_kind, decide_orientation, open_limited, text_file_problem)
+                                   column_kind, decide_orientation, open_text, text_file_problem)
 from scatd_core.labels import MISSING_VALUES
 
 def _numeric_fraction(values: pd.Series) -> float:
@@ -34,11 +33,10 @@ def _numeric_fraction(values: pd.Series) -> float:
 _SEPARATOR_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", r"\s+": "whitespace"}
 
 
-def _first_lines(path: Path, gz: bool, n: int = 2, cap: int = 64 << 20) -> bytes:
-    """The first ``n`` lines (decompressed), reading at most ``cap`` bytes."""
-    opener = gzip.open if gz else open
+def _first_lines(path: Path, opts: Options, n: int = 2, cap: int = 64 << 20) -> bytes:
+    """The first ``n`` lines (decompressed; UTF-16 text as UTF-8), reading at most ``cap`` bytes."""
     buf = b""
-    with opener(path, "rb") as fh:
+    with open_text(path, opts) as fh:
         while buf.count(b"\n") < n and len(buf) < cap:
             chunk = fh.read(1 << 20)
             if not chunk:
@@ -159,9 +157,9 @@ def _line_limit(n_fields: int) -> int:
 
 
 def _open_rows(path: Path, opts: Options, sep: str, numbered: bool, n_fields: int):
-    """The table's binary stream (:func:`open_limited`), lines no longer than its ``n_fields``
-    header fields need, with numbered rows for a table without a column of row names."""
-    guard = _LineGuard(open_limited(path, opts), _line_limit(n_fields), opts.display_name)
+    """The table's binary stream (:func:`open_text`: UTF-16 text as UTF-8), lines no longer than its
+    ``n_fields`` header fields need, with numbered rows for a table without a column of row names."""
+    guard = _LineGuard(open_text(path, opts), _line_limit(n_fields), opts.display_name)
     stream = io.BufferedReader(guard, buffer_size=1 << 20)
     return io.BufferedReader(_Numbered(stream, sep), buffer_size=1 << 20) if numbered else stream
 
@@ -214,7 +212,7 @@ def _check_first_line(name: str, lines: list[str], head: bytes) -> None:
 def read_table(path: Path, opts: Options) -> ad.AnnData:
     name = opts.display_name
     gz = path.name.lower().endswith(".gz")
-    head = _first_lines(path, gz)
+    head = _first_lines(path, opts)
     problem = text_file_problem(path, head, name)
     if problem is not None:
         raise problem
