@@ -310,19 +310,24 @@ def test_a_worker_error_is_one_clear_message(local_ray, small_bundles, tmp_path,
     path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=2)
 
     def progress(fraction, message):
-        if "predicting" in message and fraction == 0:  # replaced once read: every worker fails to open it
-            path.write_bytes(b"not an HDF5 file any more")
+        if "predicting" in message and fraction == 0:  # removed once read: every worker fails to open it
+            path.unlink()
 
-    with pytest.raises(ScatdError) as err:
+    with pytest.raises(InputError) as err:
         scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
                              shard_cells=2048, workers=2, progress=progress)
-    assert str(err.value).startswith("The Ray job failed:") and "Traceback" not in str(err.value)
-    assert "unable to" in str(err.value).lower() and "resume" in err.value.hint
-    # the package's own error, raised in a worker, arrives as itself, without Ray's traceback
+    assert str(err.value).startswith(f"The data file {path} is gone") and "Traceback" not in str(err.value)
+    assert "run the same command again" in err.value.hint and err.value.problem == "missing"
+    # anything else a worker raises: its last line, with where to look
     from ray.exceptions import RayTaskError
 
     from scatd_core.scaleout import _run
 
+    odd = RayTaskError("PredictWorker", "Traceback (most recent call last): ...\nRuntimeError: odd",
+                       RuntimeError("odd")).as_instanceof_cause()
+    said = _run._worker_error(odd)
+    assert said.message.startswith("The Ray job failed:") and "resume" in said.hint
+    # the package's own error, raised in a worker, arrives as itself, without Ray's traceback
     boom = InputError("Shard rows are not what the driver read.", "Write the file again.")
     wrapped = RayTaskError("PredictWorker", "Traceback (most recent call last): ...", boom).as_instanceof_cause()
     assert isinstance(wrapped, InputError) and str(wrapped) != str(boom)

@@ -184,3 +184,115 @@ def test_a_commands_passes_share_one_ray_instance(monkeypatch):
     with _run.one_connection():
         a_pass()
     assert fake.up and fake.shutdowns == 2
+
+
+def _backed_cells(path, n_cells: int = 40):
+    import anndata as ad
+    import pandas as pd
+
+    from conftest import small_gene_names
+    from scatd_core import io
+
+    X = sp.random(n_cells, 60, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    ad.AnnData(X=X, var=pd.DataFrame(index=small_gene_names(60))).write_h5ad(path)
+    return io.read(path, backed=True)
+
+
+def test_a_data_file_gone_or_unreadable_in_a_worker_is_named_with_what_to_do(small_bundles, tmp_path):
+    """A Ray worker opens the h5ad by its path: gone (moved, deleted, the app's working folder
+    removed) or no longer an h5ad, the worker raises an InputError naming the file and the next step,
+    not h5py's OSError (which reached the user as Ray's traceback or its last line)."""
+    from dataclasses import replace
+
+    from scatd_core.scaleout._shard import Job, PredictWorker, ShardActor
+
+    bundle = small_bundles["dist_vae"][0]
+    adata = _backed_cells(tmp_path / "cells.h5ad")
+    job = Job(path=str(tmp_path / "cells.h5ad"), var=adata.var.copy(), obsm_key=None, bundle_path=str(bundle.path),
+              batch_size=16, log_normalise=True)
+    assert PredictWorker(job).reader.read(0, 16).n_obs == 16
+    gone = replace(job, path=str(tmp_path / "removed" / "cells.h5ad"))
+    with pytest.raises(InputError, match=r"^The data file .*removed.cells\.h5ad is gone: the Ray workers open it") as err:
+        PredictWorker(gone)
+    assert "run the same command again" in err.value.hint and err.value.problem == "missing"
+    actor = ShardActor(PredictWorker, gone)  # on GPUs: said by the first shard's call, as a task says it
+    with pytest.raises(InputError, match="is gone"):
+        actor.run(0, 0, 16)
+    (tmp_path / "other.h5ad").write_bytes(b"not an HDF5 file any more")
+    with pytest.raises(InputError, match=r"could not read the data file .*other\.h5ad as an h5ad \(.*\): it was "
+                                         "changed") as err:
+        PredictWorker(replace(job, path=str(tmp_path / "other.h5ad")))
+    assert "Traceback" not in str(err.value) and err.value.problem == "unreadable"
+    import pickle  # Ray sends it back pickled: the hint and the problem travel with it
+
+    back = pickle.loads(pickle.dumps(err.value))
+    assert (back.message, back.hint, back.problem) == (err.value.message, err.value.hint, "unreadable")
+
+
+def test_a_data_file_removed_after_it_was_read_is_named_before_ray_starts(small_bundles, tmp_path, monkeypatch):
+    """The CLI's and the app's Ray runs on a backed h5ad whose file was removed since it was read:
+    the CLI (Python) says which file and what to do; the app says it without the server's path."""
+    from scatd_core import scaleout
+    from scatd_core.scaleout import _run
+
+    bundle = small_bundles["dist_vae"][0]
+    (tmp_path / "session").mkdir()
+    adata = _backed_cells(tmp_path / "session" / "cells.h5ad")
+    (tmp_path / "session" / "cells.h5ad").unlink()
+    monkeypatch.setattr(_run, "connect", lambda *a, **k: pytest.fail("Ray started for a file that is gone"))
+    with pytest.raises(InputError, match=r"^The data file .*cells\.h5ad is gone"):
+        scaleout.predict_ray(adata, bundle, tmp_path / "o.csv", batch_size=16)
+    monkeypatch.setattr(_run, "stay_connected", lambda address: None)
+    choice = scaleout.EngineChoice(True, None, 1, "test")
+    with pytest.raises(InputError) as err:
+        scaleout.predict_in_folder(adata, bundle, tmp_path / "scaleout", "tok", choice, batch_size=16)
+    assert err.value.message.startswith("The prediction on Ray could not read the uploaded data file: this "
+                                        "session's working folder on the server no longer holds it")
+    assert str(tmp_path) not in str(err.value) and "Load the data again on the Data page" in err.value.hint
+
+
+def test_the_biomarkers_page_says_a_removed_working_folder_in_its_words(small_bundles, tmp_path, monkeypatch):
+    """explain_in_folder: the worker's error about the session's copy of the data, in the app's words."""
+    import anndata as ad
+    import pandas as pd
+
+    from conftest import small_gene_names
+    from scatd_core import scaleout
+    from scatd_core.scaleout import _explain, _files, _run
+
+    monkeypatch.setattr(_run, "stay_connected", lambda address: None)
+
+    def explain_ray(source, bundle, **kwargs):  # as when a worker finds the copy gone
+        raise _files.data_file_error(tmp_path / "gone" / "explain-input-tok.h5ad", FileNotFoundError(2, "gone"))
+
+    monkeypatch.setattr(_explain, "explain_ray", explain_ray)
+    adata = ad.AnnData(X=np.ones((4, 60), dtype=np.float32), var=pd.DataFrame(index=small_gene_names(60)))
+    with pytest.raises(InputError) as err:
+        scaleout.explain_in_folder(adata, small_bundles["dist_vae"][0], tmp_path / "scaleout", "tok",
+                                   scaleout.EngineChoice(True, None, 1, "test"))
+    assert err.value.message.startswith("The gene ranking on Ray could not read the copy of the data it reads")
+    assert "Run the gene ranking again" in err.value.hint and str(tmp_path) not in str(err.value)
+
+
+def test_a_parts_folder_removed_during_a_run_is_said_not_blamed_on_ray(tmp_path):
+    """The parts folder removed while the run goes on (the app's session working folder cleaned
+    up): the driver's next save says so, as the CLI and the app word it (it was "The Ray job
+    failed: [Errno 2] ..." with a pointer to Ray's logs)."""
+    import shutil
+
+    from scatd_core.scaleout._run import in_app
+
+    store = ShardStore(tmp_path / "session" / "o.csv.parts", {"input": "x"})
+    store.save("shard-000000", pack({"a": np.arange(3)}))
+    shutil.rmtree(tmp_path / "session")
+    with pytest.raises(InputError, match=r"^Could not keep the results of this run in .*o\.csv\.parts: the folder "
+                                         "was removed while the run went on") as err:
+        store.save("shard-000001", pack({"a": np.arange(3)}))
+    assert "run the same command again" in err.value.hint
+    with pytest.raises(InputError, match="folder was removed"):
+        store.load("shard-000000")
+    with pytest.raises(InputError) as err, in_app(False, "prediction"):
+        store.save("shard-000001", pack({"a": np.arange(3)}))
+    assert err.value.message.startswith("The prediction on Ray could not keep its results: this session's working "
+                                        "folder on the server was removed while it ran")
+    assert err.value.hint == "Run the prediction again." and str(tmp_path) not in str(err.value)

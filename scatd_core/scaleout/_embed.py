@@ -22,6 +22,7 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys
+from scatd_core.scaleout._files import stat_data_file
 from scatd_core.scaleout._run import _ray, _require_backed, _run_pass, _workers, connect, release
 from scatd_core.scaleout._shard import EmbedWorker, Job
 from scatd_core.scaleout._store import ShardStore, parts_dir, shard_name
@@ -100,7 +101,7 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
               batch_size=1, log_normalise=False, device=device,
               embed={"backbone": backbone, "options": options, "todo": todo, "report": _value_report(adata),
                      "batch_tokens": batch_tokens, "environment": environment})
-    stat = Path(adata.filename).stat()
+    stat = stat_data_file(adata.filename)
     fp = {"input": str(Path(adata.filename).resolve()), "input_bytes": stat.st_size,
           "input_mtime_ns": stat.st_mtime_ns, "identity": json.dumps(identity, sort_keys=True),
           "todo_sha256": hashlib.sha256(np.packbits(todo).tobytes()).hexdigest(), "n_shards": len(shards), "device": device,

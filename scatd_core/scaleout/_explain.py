@@ -22,7 +22,8 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys
-from scatd_core.scaleout._run import (_ray, _require_backed, _run_pass, _workers, connect, release,
+from scatd_core.scaleout._files import open_h5, stat_data_file
+from scatd_core.scaleout._run import (_ray, _require_backed, _run_pass, _workers, connect, in_app, release,
                                       stay_connected)
 from scatd_core.scaleout._shard import CALL_KEYS, ExplainWorker, Job, shard_calls, shard_raw
 from scatd_core.scaleout._store import ShardStore, parts_dir, shard_name
@@ -106,7 +107,7 @@ def explain_ray(
                   beta_mode=adata.uns[_keys.result_keys(kwargs.get("key_added")).run]["params"].get("beta_mode"),
                   explain={**settings, "baseline": np.asarray(base, dtype=np.float32), "rows": rows,
                            "is_pos": is_pos, "is_neg": is_neg})
-        stat = Path(adata.filename).stat()
+        stat = stat_data_file(adata.filename)
         fingerprint = {"input": str(Path(adata.filename).resolve()), "input_bytes": stat.st_size,
                        "input_mtime_ns": stat.st_mtime_ns,
             "model": str(bundle.path), "weights_sha256": bundle.manifest.get("weights_sha256", ""),
@@ -167,9 +168,7 @@ def explain_ray(
 
 
 def _in_file(path, key: str) -> bool:
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:  # gone or unreadable: an InputError naming the file
         return key in f
 
 
@@ -191,8 +190,9 @@ def explain_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str,
     stay_connected(choice.address)
     source = ad.read_h5ad(path, backed="r")
     try:
-        result = explain_ray(source, bundle, output=folder / f"explain-{token}", address=choice.address,
-                             workers=choice.workers, store_result=False, **kwargs)
+        with in_app(False, "gene ranking"):  # the session's own copy of the data
+            result = explain_ray(source, bundle, output=folder / f"explain-{token}", address=choice.address,
+                                 workers=choice.workers, store_result=False, **kwargs)
     finally:
         source.file.close()
     store(adata, result)

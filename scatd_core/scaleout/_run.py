@@ -24,6 +24,7 @@ from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core._matrix import MeanVar
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.inputs import REASON_TEXT, InputSpec, log_normalises, model_source, needs_moments
+from scatd_core.scaleout._files import in_app_words, is_data_file_error, open_h5, stat_data_file
 from scatd_core.scaleout._shard import REASON_ORDER, Job, PredictWorker, StatisticsWorker
 from scatd_core.scaleout._store import ShardStore, pack, parts_dir, shard_name, unpack
 
@@ -169,7 +170,7 @@ class ScaleoutRun:
 
 def _fingerprint(adata: ad.AnnData, bundle, mask, params: dict, shards) -> dict:
     path = Path(adata.filename)
-    stat = path.stat()
+    stat = stat_data_file(path)
     return {"input": str(path.resolve()), "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
             "model": str(bundle.path), "weights_sha256": bundle.manifest.get("weights_sha256", ""),
             "mask_sha256": "" if mask is None else hashlib.sha256(np.packbits(mask).tobytes()).hexdigest(),
@@ -192,9 +193,7 @@ def _embeddings_identity(adata: ad.AnnData, backbone: str, key: str, in_file: bo
 
 
 def _in_file(path, key: str) -> bool:
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:  # gone or unreadable: an InputError naming the file
         return key in f
 
 
@@ -540,6 +539,21 @@ def write_h5ad(run: ScaleoutRun, path: str | Path) -> Path:
     return path
 
 
+@contextmanager
+def in_app(backed: bool, task: str):
+    """Within it (the app's runs on Ray), the data file gone or unreadable, or the parts folder
+    removed (the session's working folder cleaned up), is said in the app's words (:func:`~scatd_core.scaleout._files.in_app_words`): no server path, and what to do on its
+    pages. Yields a one-item list: set its item when the run reads the session's own copy of the
+    data rather than the uploaded (backed) file."""
+    copied = [not backed]
+    try:
+        yield copied
+    except InputError as exc:
+        if not is_data_file_error(exc):
+            raise
+        raise in_app_words(exc, task, copy=copied[0]) from None
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """Where a prediction runs: here, or on Ray (and why, for the user)."""
@@ -581,16 +595,18 @@ def predict_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     key = _keys.FOUNDATION_EMBEDDING.get(bundle.backbone)
-    if adata.isbacked and not adata.is_view and (key not in adata.obsm or _in_file(adata.filename, f"obsm/{key}")):
-        source = adata
-    else:
-        path = folder / f"input-{token}.h5ad"
-        if not path.exists():
-            write_annotated(adata, path)
-        source = ad.read_h5ad(path, backed="r")
-    stay_connected(choice.address)
-    run = predict_ray(source, bundle, folder / f"predict-{token}", address=choice.address, workers=choice.workers,
-                      **kwargs)
+    with in_app(adata.isbacked and not adata.is_view, "prediction") as copied:
+        if adata.isbacked and not adata.is_view and (key not in adata.obsm or _in_file(adata.filename, f"obsm/{key}")):
+            source = adata
+        else:
+            copied[0] = True
+            path = folder / f"input-{token}.h5ad"
+            if not path.exists():
+                write_annotated(adata, path)
+            source = ad.read_h5ad(path, backed="r")
+        stay_connected(choice.address)
+        run = predict_ray(source, bundle, folder / f"predict-{token}", address=choice.address,
+                          workers=choice.workers, **kwargs)
     if source is not adata:
         keys = result_keys()
         for col in (keys.prob, keys.prob_sd, keys.scored, keys.label):

@@ -24,8 +24,9 @@ import pandas as pd
 
 from scatd_core._json import json_safe
 from scatd_core._keys import result_keys
-from scatd_core.errors import InputError
+from scatd_core.errors import InputError, ScatdError
 from scatd_core.inputs import REASONS, DatasetStatistics, ModelInput
+from scatd_core.scaleout._files import data_file_error, open_h5
 from scatd_core.scaleout._store import pack
 
 #: Cells that are not scored are counted under these reasons (ModelInput's order).
@@ -66,21 +67,30 @@ class ShardReader:
 
     def __init__(self, job: Job):
         self.job = job
-        self.file = h5py.File(job.path, "r")
-        if job.obsm_key is None:
-            X = self.file["X"]
-            self.X = ad.io.sparse_dataset(X) if isinstance(X, h5py.Group) else X
-        elif job.obsm_path is not None:
-            self.obsm_file = h5py.File(job.obsm_path, "r")
-            self.X = self.obsm_file[job.obsm_key]
-        else:
-            self.X = self.file["obsm"][job.obsm_key]
+        self.file = open_h5(job.path)  # gone or unreadable: an InputError naming the file, not h5py's
+        #: the file the rows are read from
+        self.source = job.obsm_path if job.obsm_key is not None and job.obsm_path is not None else job.path
+        try:
+            if job.obsm_key is None:
+                X = self.file["X"]
+                self.X = ad.io.sparse_dataset(X) if isinstance(X, h5py.Group) else X
+            elif job.obsm_path is not None:
+                self.obsm_file = open_h5(job.obsm_path)
+                self.X = self.obsm_file[job.obsm_key]
+            else:
+                self.X = self.file["obsm"][job.obsm_key]
+        except (OSError, KeyError) as exc:  # replaced by another file since the driver read it
+            raise data_file_error(self.source, exc) from None
 
     def read(self, start: int, stop: int) -> ad.AnnData:
         obs = pd.DataFrame(index=pd.RangeIndex(start, stop).astype(str))
+        try:
+            rows = self.X[start:stop]
+        except OSError as exc:  # the file was cut short or overwritten while open
+            raise data_file_error(self.source, exc) from None
         if self.job.obsm_key is None:
-            return ad.AnnData(X=self.X[start:stop], obs=obs, var=self.job.var)
-        return ad.AnnData(obs=obs, var=self.job.var, obsm={self.job.obsm_key: np.asarray(self.X[start:stop])})
+            return ad.AnnData(X=rows, obs=obs, var=self.job.var)
+        return ad.AnnData(obs=obs, var=self.job.var, obsm={self.job.obsm_key: np.asarray(rows)})
 
 
 class _Worker:
@@ -156,9 +166,16 @@ class ShardActor:
     has started CUDA stays on the GPU it started on, and Ray hands a reused process any GPU."""
 
     def __init__(self, worker_class: type, job: Job):
-        self.worker = worker_class(job)
+        # The package's own error (e.g. the data file gone) is raised by the first shard's call, as a
+        # task raises it: raised here, Ray would restart the actor and report only its own text.
+        try:
+            self.worker, self.error = worker_class(job), None
+        except ScatdError as exc:
+            self.worker, self.error = None, exc
 
     def run(self, shard: int, start: int, stop: int) -> bytes:
+        if self.error is not None:
+            raise self.error
         return _one_shard(self.worker, shard, start, stop)
 
 

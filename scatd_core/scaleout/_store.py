@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scatd_core.errors import InputError
+from scatd_core.scaleout._files import parts_error
 
 FORMAT = 1
 
@@ -98,8 +99,11 @@ class ShardStore:
 
     def save(self, name: str, data: bytes) -> None:
         """Store a part's bytes (:func:`pack`), then their checksum."""
-        _atomic_write(self._path(name), data)
-        _atomic_write(self.folder / f"{name}.sha256", hashlib.sha256(data).hexdigest().encode())
+        try:
+            _atomic_write(self._path(name), data)
+            _atomic_write(self.folder / f"{name}.sha256", hashlib.sha256(data).hexdigest().encode())
+        except OSError as exc:  # the folder removed (the app's working folder), the disk full
+            raise parts_error(self.folder, exc) from None
 
     def done(self, name: str) -> bool:
         """Whether ``name`` was written completely and its bytes match their checksum."""
@@ -111,6 +115,8 @@ class ShardStore:
     def load(self, name: str) -> dict[str, np.ndarray]:
         """The arrays of a part; :class:`InputError` when it is missing or its checksum fails."""
         path = self._path(name)
+        if not self.folder.is_dir():
+            raise parts_error(self.folder)
         data = path.read_bytes() if path.exists() else b""
         check = self.folder / f"{name}.sha256"
         if not check.exists() or hashlib.sha256(data).hexdigest() != check.read_text().strip():
