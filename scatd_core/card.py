@@ -188,7 +188,24 @@ def _input(what: str, entry: dict | None) -> str | None:
         source = (ic50.get("files") or {}).get("ic50")
         hashed += ("; " if hashed else "") + (f"from ln(IC50){f' ({source})' if source else ''} with threshold "
                                               f"{ic50['threshold']:g}: below it sensitive")
-    return f"{what} {name}" + (f" ({hashed})" if hashed else "")
+    return f"{what} {name}" + (f" ({hashed})" if hashed else "") + _cell_metadata_words(entry.get("cell_metadata"))
+
+
+#: What a training took from a cell metadata table's column, in words (``used`` of its record).
+_TABLE_USES = {"target_labels": "the target labels (evaluation)", "target_mask": "the cells used (mask)",
+               "few_shot_labels": "the labelled cells trained on"}
+
+
+def _cell_metadata_words(table: dict | None) -> str:
+    """``" with the cell metadata table NAME (sha256 ...; its column 'x' gave ...)"``, or ``""``."""
+    if not table:
+        return ""
+    sha = table.get("sha256")
+    used = [f"'{column}' gave {_TABLE_USES.get(what, what)}" for what, column in (table.get("used") or {}).items()]
+    details = [f"sha256 {sha[:12]}"] if sha else []
+    if used:
+        details.append(("its column " if len(used) == 1 else "its columns ") + ", ".join(used))
+    return f" with the cell metadata table {table.get('file')}" + (f" ({'; '.join(details)})" if details else "")
 
 
 def card_details(card: dict) -> list[str]:

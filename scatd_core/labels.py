@@ -452,7 +452,9 @@ def few_shot_from_column(adata, column: str, resistant=None) -> pd.Series:
     y = encode_column(adata, column, resistant)
     known = np.isfinite(y)
     names = pd.Series(np.where(y[known] == 1, RESISTANT, SENSITIVE))
-    return _few_shot_series(adata.obs_names[known], names, f"Column '{column}'")
+    labels = _few_shot_series(adata.obs_names[known], names, f"Column '{column}'")
+    labels.name = str(column)  # the column they came from (a trained model records a cell metadata table's)
+    return labels
 
 
 # --------------------------------------------------------------------------- from GDSC IC50

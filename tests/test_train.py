@@ -1229,3 +1229,113 @@ def test_scatd_train_says_the_datas_warnings_before_training(tmp_path, capsys):
     said = "note: 4 bulk sample(s) have a duplicated ID"
     assert said in err and err.count("have a duplicated ID") == 1, err
     assert err.index(said) < err.index("Pretraining") < err.index("Model card:")
+
+
+# --------------------------------------------------------------------------- --obs, the state file, the library size
+
+def _meta_table(folder, name="meta.csv", flip=False):
+    """A cell metadata table for the synthetic target: its true labels (1 = sensitive, as SCAD's
+    'response'; ``flip``: the other way round) and a True/False column keeping all but two cells."""
+    _, _, target = synthetic()
+    response = target.obs["response"].to_numpy()
+    table = pd.DataFrame({"cell_id": target.obs_names, "truth": 1 - response if flip else response,
+                          "keep": [i >= 2 for i in range(target.n_obs)]})
+    table.to_csv(folder / name, index=False)
+    return folder / name
+
+
+def test_scatd_train_obs_adds_the_targets_labels_and_the_model_records_the_table(tmp_path, capsys):
+    """QA: `scatd train` had no --obs (predict, report and explain had), so a 10x or matrix target
+    could not have labels or a mask on the command line; the model now also names the table."""
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path) + ["--library", str(tmp_path / "lib")]
+    meta = _meta_table(tmp_path)
+    code = main(args + ["--obs", str(meta), "--target-labels", "truth", "--target-resistant-value", "0",
+                        "--target-mask", "keep"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert ("--obs meta.csv: 40 of the data's 40 cells matched a row (cell IDs from its column 'cell_id'); added 2 "
+            "column(s): truth, keep.") in err
+    trained = load_bundle(out.split("installed in the model library: ")[1].strip())
+    prov = trained.manifest["provenance"]
+    assert prov["target"]["file"] == "target.csv" and prov["target"]["sha256"] == sha256_file(tmp_path / "target.csv")
+    table = prov["target"]["cell_metadata"]
+    assert table["file"] == "meta.csv" and table["sha256"] == sha256_file(meta)
+    assert table["used"] == {"target_labels": "truth", "target_mask": "keep"} and table["columns"] == ["truth", "keep"]
+    assert trained.manifest["metrics"]["target"]["label_column"] == "truth"
+    assert trained.manifest["training"]["target"]["n_used"] == 38
+    said = f"with the cell metadata table meta.csv (sha256 {table['sha256'][:12]}; its columns 'truth' gave the " \
+           "target labels (evaluation), 'keep' gave the cells used (mask))"
+    assert said in err and said in " ".join(card_lines(trained.manifest["card"]))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("cell_id,truth\nnobody,1\nstranger,0\n", "None of the 2 cell IDs in bad.csv (its column 'cell_id'"),
+    ("cell_id,truth\ncell0,1\ncell0,0\n", "bad.csv lists 1 cell ID(s) more than once (e.g. 'cell0')"),
+    ("cell_id,truth\n", "bad.csv has a header but no rows"),
+])
+def test_scatd_train_and_train_panel_refuse_a_bad_obs_table_before_training(tmp_path, capsys, monkeypatch, text,
+                                                                            match):
+    from scatd_core.cli import main
+
+    _no_training(monkeypatch)
+    monkeypatch.setattr("scatd_core.train.train_panel", lambda *a, **k: pytest.fail("trained"))
+    args = _cli_train_args(tmp_path) + ["--obs", str(tmp_path / "bad.csv")]
+    (tmp_path / "bad.csv").write_text(text)
+    panel = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA", *args[args.index("--target"):]]
+    for command in (args, panel):
+        code = main(command)
+        err = capsys.readouterr().err
+        assert code == 2 and f"error: {match}" in err and "unexpected" not in err, err
+    code = main(args + ["--report", str(tmp_path / "bad.csv")])  # never written over
+    assert code == 2 and "would overwrite the input file" in capsys.readouterr().err
+
+
+def test_scatd_train_panel_obs_labels_evaluate_and_a_resumed_drug_says_its_labels_came_from_another_table(
+        tmp_path, capsys):
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path)
+    panel = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA", *args[args.index("--target"):],
+             "--min-lines", "2", "--library", str(tmp_path / "lib"), "--target-labels", "DRUGA=truth",
+             "--target-resistant-value", "0"]
+    meta = _meta_table(tmp_path)
+    assert main(panel + ["--obs", str(meta)]) == 0
+    out, err = capsys.readouterr()
+    assert "--obs meta.csv: 40 of the data's 40 cells matched a row" in err
+    row = next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t"))
+    assert row[1] == "trained" and row[6] != "n/a"  # the target AUROC, on the table's labels
+    [path] = [p for p in (tmp_path / "lib").iterdir() if (p / "manifest.json").is_file()]
+    prov = load_bundle(path).manifest["provenance"]
+    assert prov["target"]["file"] == "target.csv" and prov["target"]["sha256"] == sha256_file(tmp_path / "target.csv")
+    assert prov["target"]["cell_metadata"]["sha256"] == sha256_file(meta)
+    assert prov["target"]["cell_metadata"]["used"] == {"target_labels": "truth"}
+    other = _meta_table(tmp_path, "other.csv", flip=True)  # the same column name, other labels
+    assert main(panel + ["--obs", str(other)]) == 0
+    out = capsys.readouterr().out
+    row = next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t"))
+    assert row[1] == "resumed"
+    assert (f"evaluated on the 'truth' of meta.csv (sha256 {sha256_file(meta)[:12]}), not of other.csv (sha256 "
+            f"{sha256_file(other)[:12]}) (train it again without resuming") in row[-1]
+
+
+def test_a_model_trained_on_a_tables_columns_records_the_table_as_the_app_gives_it(tmp_path):
+    """The Train page trains on the current dataset, whose cell metadata table (the Data page's
+    upload) gave its label or few-shot column: the model records the upload's name and sha256."""
+    import hashlib
+
+    from scatd_core import io
+    from scatd_core.labels import few_shot_from_column
+
+    bulk, labels, target = synthetic()
+    upload = pd.DataFrame({"barcode": target.obs_names, "truth": target.obs["response"].to_numpy(),
+                           "few": [("resistant" if r == 0 else "sensitive") if i < 12 else ""
+                                   for i, r in enumerate(target.obs["response"])]}).to_csv(index=False).encode()
+    io.add_cell_metadata(target, io.read_cell_metadata(upload, "my table.csv"), "my table.csv")
+    _, rep = _train(tmp_path, bulk, labels, target, settings=replace(TINY, members=1), target_label_column="truth",
+                    target_resistant_value=0, few_shot_labels=few_shot_from_column(target, "few"))
+    table = rep["card"]["data"]["target"]["cell_metadata"]
+    assert table["file"] == "my table.csv" and table["sha256"] == hashlib.sha256(upload).hexdigest()
+    assert table["used"] == {"target_labels": "truth", "few_shot_labels": "few"}
+    assert "'few' gave the labelled cells trained on" in " ".join(card_lines(rep["card"]))

@@ -43,6 +43,33 @@ def add_recipe_arguments(p) -> None:
                    help="never use the target for training (the no-adaptation baseline)")
 
 
+def add_target_obs_argument(p) -> None:
+    """``--obs FILE``: a cell metadata table for the target (both commands, the same words)."""
+    p.add_argument("--obs", metavar="FILE",
+                   help="a cell metadata table (CSV/TSV: the target's cell IDs in the first column or in one named "
+                        "cell_id or barcode, then columns such as response or sample) whose columns are added to "
+                        "the target's obs before --target-labels and --target-mask are looked up (10x and matrix "
+                        "files carry none); a name the target already has gets _meta appended; the model records "
+                        "the table (its name and sha256)")
+
+
+def read_target(args):
+    """``(target, record)``: without ``--obs``, ``(args.target, None)`` (the training reads the file);
+    with it, the target read here with the table's columns added to its obs (said as ``scatd
+    predict --obs`` says it), and the target file's ``{"file", "sha256"}``, which the model records
+    as if the training had read it. A table that matches no cell, lists a cell twice or has no rows
+    is refused with predict's message."""
+    if not getattr(args, "obs", None):
+        return args.target, None
+    from scatd_core import io
+    from scatd_core.train._data import read_if_path
+
+    target, record = read_if_path(args.target, "target")
+    for i, line in enumerate(io.cell_metadata_messages(io.add_cell_metadata(target, args.obs))):
+        say(("--obs " if i == 0 else "      ") + line)  # the first names the table
+    return target, record
+
+
 def recipe_settings(args, settings: TrainSettings | None = None) -> TrainSettings:
     """``settings`` (default :class:`TrainSettings`) with the recipe options given on the command line."""
     s = replace(settings or TrainSettings(), head=args.head)

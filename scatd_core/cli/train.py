@@ -12,7 +12,8 @@ from pathlib import Path
 
 from scatd_core._output import writing
 from scatd_core._train_settings import TrainSettings
-from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings, refuse_lone_resistant_value
+from scatd_core.cli._train_args import (add_recipe_arguments, add_target_obs_argument, note_unused, read_target,
+                                        recipe_settings, refuse_lone_resistant_value)
 from scatd_core.cli._common import (BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
@@ -127,6 +128,7 @@ def add(sub) -> None:
     p.add_argument("--target-resistant-value",
                    help="the value of --target-labels meaning resistant, unless the values are words like "
                         "resistant/sensitive (SCAD's 'response' is 1 = sensitive, so give 0)")
+    add_target_obs_argument(p)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads while training (default 1: the networks are small, and more threads on "
@@ -149,7 +151,7 @@ def run(args) -> int:
     refuse_lone_resistant_value(args)  # before anything is read
     # a bundle folder, or the name of one in the model library (as predict's --model)
     backbone_bundle = resolve_bundle(args.backbone_bundle, args.library) if args.backbone_bundle else None
-    inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels,
+    inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels, args.obs,
               backbone_bundle.path if backbone_bundle else None]
     outputs = {"--report": args.report, "--target-predictions": args.target_predictions}
     check_outputs(args, outputs, inputs=inputs)  # before training: never an input, always writable
@@ -165,12 +167,13 @@ def run(args) -> int:
                        few_shot=args.few_shot_labels is not None)
     say(f"Training a {args.backbone} model for {args.drug} ({args.head} head): bulk {Path(args.bulk).name}, "
         f"target {Path(args.target).name}")
+    target, target_file = read_target(args)  # with --obs, the table's columns added before they are looked up
     bundle, report = train_drug_model(
-        args.bulk, args.bulk_labels, args.drug, args.target, backbone=args.backbone,
+        args.bulk, args.bulk_labels, args.drug, target, backbone=args.backbone,
         backbone_bundle=backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
-        few_shot_labels=args.few_shot_labels,
+        few_shot_labels=args.few_shot_labels, input_files={"target": target_file} if target_file else None,
         library=args.library, name=args.name, trained_by=_os_user(), progress=Progress(),
         notice=lambda message: (said.append(message), say(f"note: {message}")))
     target_metrics = report["metrics"].get("target") or {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core._train_settings import TrainSettings
-from scatd_core.cli._train_args import add_recipe_arguments, note_unused, recipe_settings, refuse_lone_resistant_value
+from scatd_core.cli._train_args import (add_recipe_arguments, add_target_obs_argument, note_unused, read_target,
+                                        recipe_settings, refuse_lone_resistant_value)
 from scatd_core.cli._common import BACKBONES, DEVICES, Progress, check_output, drug_and_column, fmt, positive_int, say
 from scatd_core.errors import ScatdError
 
@@ -45,6 +46,7 @@ def add(sub) -> None:
     p.add_argument("--target-mask", metavar="COLUMN",
                    help="boolean obs column of the target: only its True cells are used for every drug (e.g. "
                         "scatd_qc_pass in an annotated.h5ad from the app)")
+    add_target_obs_argument(p)
     p.add_argument("--no-resume", action="store_true", help="train every drug again, even those already trained")
     p.add_argument("--save-panel", help="also save the trained models as your panel of this name (checked before "
                                         "training; models at or below chance on the bulk CV are left out)")
@@ -94,15 +96,18 @@ def run(args) -> int:
         args.save_panel = check_panel_name(args.save_panel)
     if args.summary:  # before training: never an input, always writable
         check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
-                                                        args.drug_list, args.target])
+                                                        args.drug_list, args.target, args.obs])
     settings = recipe_settings(args, TrainSettings(seed=args.seed))
     if args.folds is not None:
         settings = replace(settings, folds=args.folds)
     note_unused(args, settings)
+    labels = _labels(args)
+    target, target_file = read_target(args)  # with --obs, the table's columns added before they are looked up
     summary, bundles = train_panel(
-        args.bulk, _labels(args), args.drugs, args.target, backbone=args.backbone, settings=settings,
+        args.bulk, labels, args.drugs, target, backbone=args.backbone, settings=settings,
         adaptation=not args.no_adaptation,
         input_names={"labels": f"labels from {Path(args.ic50).name}"} if args.ic50 else None,
+        input_files={"target": target_file} if target_file else None,
         min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),
         resume=not args.no_resume, target_labels=_target_labels(args.target_labels),
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,

@@ -8,12 +8,14 @@ matched to the data's cell IDs exactly; a row left over is matched when the IDs 
 matches is said. The columns go into ``obs`` (cells without a row get a missing value), never
 over an existing column: a name already taken gets ``_meta`` appended, and that is said.
 
-What was added is recorded in ``uns['scatd_cell_metadata']``; adding another table replaces the
+What was added is recorded in ``uns['scatd_cell_metadata']`` (with the sha256 of the table's file
+or upload, so a model trained on its columns can name it); adding another table replaces the
 columns of the earlier one (adding the same table again changes nothing).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -74,7 +76,17 @@ def read_cell_metadata(source, name: str | None = None) -> pd.DataFrame:
         raise InputError(f"{shown} has one column; a cell metadata table needs the cell IDs and at least one "
                          "column of annotations (e.g. response or sample).", _LAYOUT)
     table.columns = [str(c).strip() for c in table.columns]
+    if path.is_file():  # the file's fingerprint, recorded with what it adds (a trained model names it)
+        table.attrs["sha256"] = _sha256_file(path)
     return table
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _id_column_order(table: pd.DataFrame) -> list[str]:
@@ -254,6 +266,7 @@ def add_cell_metadata(adata, source, name: str | None = None) -> dict:
         "n_rows_unmatched": len(unmatched_rows), "unmatched_examples": named[:3],
         "n_cells_without_row": int(len(without)), "columns": list(added.values()), "sources": list(added),
         "skipped": skipped, "replaced": removed,
+        **({"sha256": str(table.attrs["sha256"])} if table.attrs.get("sha256") else {}),  # of the file read
     }
     adata.uns[CELL_METADATA] = json_safe(record)
     report = adata.uns.get(INPUT_REPORT)

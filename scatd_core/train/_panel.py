@@ -166,6 +166,7 @@ def train_panel(
     target_resistant_value=None,
     target_mask: np.ndarray | str | None = None,
     input_names: Mapping[str, str] | None = None,
+    input_files: Mapping[str, dict] | None = None,
     source: str = "scatd train-panel",
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -200,6 +201,10 @@ def train_panel(
         Display names of the inputs (``{"bulk" | "labels" | "target": name}``; default the file
         names of inputs given as files) and what trained the panel, recorded with each model as
         :func:`~scatd_core.train.train_drug_model` records them.
+    input_files
+        ``{"bulk" | "target": {"file": name, "sha256": of the file}}`` for a bulk or target given as
+        data that the caller read from a file (``scatd train-panel --obs`` reads the target to add
+        the cell metadata table): recorded, and fingerprinted for resuming, as that file.
     notice
         Called at once, with the drug's name, when a drug's training changes a setting to fit its data
         (fewer folds), as ``notice`` of :func:`~scatd_core.train.train_drug_model`.
@@ -211,14 +216,15 @@ def train_panel(
     target has labels, the bundle folder, the reason for a skip or failure) and the installed
     bundles of the trained or resumed drugs.
     """
-    from scatd_core.train._run import train_drug_model
+    from scatd_core.train._run import _cell_metadata_origin, train_drug_model
 
     s = settings or TrainSettings()
     s.check()
     table = read_label_table(labels)
     chosen = choose_drugs(table, drugs)
-    bulk_ad, bulk_prov = read_if_path(bulk, "bulk")
-    target_ad, target_prov = read_if_path(target, "target")
+    given = {k: v for k, v in (input_files or {}).items() if v and v.get("file") and v.get("sha256")}
+    bulk_ad, bulk_prov = read_if_path(bulk, "bulk", record=given.get("bulk"))
+    target_ad, target_prov = read_if_path(target, "target", record=given.get("target"))
     names = {key: prov["file"] for key, prov in (("bulk", bulk_prov), ("target", target_prov)) if prov.get("file")}
     if not isinstance(labels, pd.DataFrame):
         names["labels"] = Path(labels).name
@@ -259,6 +265,14 @@ def train_panel(
                     note += (f"; not evaluated on '{evaluate[drug]}' (that run had "
                              f"{'no target labels' if evaluated is None else repr(evaluated)}: train it again "
                              "without resuming to evaluate it)")
+                elif drug in evaluate:  # the same column, from another cell metadata table (or none)
+                    then = _labels_table(((bundle.manifest.get("provenance") or {}).get("target") or {})
+                                         .get("cell_metadata"))
+                    now = _labels_table(_cell_metadata_origin(target_ad, {"target_labels": evaluate[drug]}))
+                    if then != now:
+                        note += (f"; evaluated on the '{evaluate[drug]}' of {then or 'the target file itself'}, not "
+                                 f"of {now or 'the target file itself'} (train it again without resuming to evaluate "
+                                 "it on these labels)")
                 rows.append(_card_row(drug, "resumed", bundle, None, n_sens, n_res, 0.0, note))
                 bundles.append(bundle)
                 continue
@@ -291,6 +305,15 @@ def train_panel(
     if progress is not None:
         progress(1.0, f"{len(bundles)} of {len(chosen)} drugs have a model")
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), bundles
+
+
+def _labels_table(record: dict | None) -> str | None:
+    """The cell metadata table (``file (sha256 ...)``) that gave the target labels, from its record
+    in a model's provenance (:func:`~scatd_core.train._run._cell_metadata_origin`), or None."""
+    if not record or "target_labels" not in (record.get("used") or {}):
+        return None
+    sha = record.get("sha256")
+    return f"{record.get('file')}" + (f" (sha256 {str(sha)[:12]})" if sha else "")
 
 
 def models_to_save(summary: pd.DataFrame, bundles: Sequence, *, include_below_chance: bool = False,

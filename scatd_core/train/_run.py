@@ -398,6 +398,11 @@ def train_drug_model(
         For inputs given as data that the caller read from files (``train_panel``, once for all
         its drugs): ``{"bulk" | "labels" | "target": {"file": name, "sha256": of the file}}``,
         recorded in place of a hash of the values, so that a model says which file trained it.
+
+    A cell metadata table added to the target (:func:`scatd_core.io.add_cell_metadata`: ``scatd
+    train --obs``, the Data page's table) is recorded with it, ``provenance['target']['cell_metadata']``
+    (file, sha256, its columns, and which of them gave the target labels, the mask or the labelled
+    cells), so that a model trained with a table's labels says so.
     """
     t0 = time.perf_counter()
     if backbone not in BACKBONES:
@@ -502,6 +507,11 @@ def train_drug_model(
 
     advance(0, "Scoring the model and the baselines (bulk cross-validation, target)")
 
+    table = _cell_metadata_origin(target_ad, {
+        "target_labels": target_label_column, "target_mask": target_mask if isinstance(target_mask, str) else None,
+        "few_shot_labels": getattr(few_shot_labels, "name", None) if isinstance(few_shot_labels, pd.Series) else None})
+    if table:
+        target_prov["cell_metadata"] = table
     provenance = {
         "source": f"trained by scATD Studio ({source})",
         "trained_by": trained_by,
@@ -568,6 +578,22 @@ def train_drug_model(
     if progress is not None:
         progress(1.0, f"Saved {bundle.name} to {bundle.path}")
     return bundle, report
+
+
+def _cell_metadata_origin(target, used: dict) -> dict | None:
+    """The cell metadata table added to the target's obs (``uns['scatd_cell_metadata']``), for the
+    provenance: its file and sha256, the columns it added and how many cells matched, and ``used``
+    (``{what: column}``) for the columns of this training that came from it."""
+    from scatd_core._keys import CELL_METADATA
+
+    record = target.uns.get(CELL_METADATA)
+    if not record:
+        return None
+    columns = [str(c) for c in record.get("columns", ())]
+    return {"file": str(record.get("file")), **({"sha256": str(record["sha256"])} if record.get("sha256") else {}),
+            "columns": columns, "n_matched": int(record.get("n_matched", 0)), "n_cells": int(record.get("n_cells", 0)),
+            "used": {what: str(column) for what, column in used.items()
+                     if column is not None and str(column) in columns}}
 
 
 def _bulk_cv_note(fit: Fitted, few: FewShot | None) -> str | None:
