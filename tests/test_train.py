@@ -1339,3 +1339,22 @@ def test_a_model_trained_on_a_tables_columns_records_the_table_as_the_app_gives_
     assert table["file"] == "my table.csv" and table["sha256"] == hashlib.sha256(upload).hexdigest()
     assert table["used"] == {"target_labels": "truth", "few_shot_labels": "few"}
     assert "'few' gave the labelled cells trained on" in " ".join(card_lines(rep["card"]))
+
+
+def test_the_train_panel_state_file_follows_the_umask(tmp_path):
+    """The state file was written with tempfile.mkstemp, so 0600 whatever the umask: a colleague's
+    account sharing the folder could not resume the panel. Now the umask applies, as for bundles."""
+    import os
+    import stat
+
+    from scatd_core.train._panel import _read_state, _write_state
+
+    path = tmp_path / "state" / "abc.json"
+    old = os.umask(0o022)
+    try:
+        _write_state(path, {"DRUGA": {"status": "trained"}})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert _read_state(path) == {"DRUGA": {"status": "trained"}}
+    assert [p.name for p in path.parent.iterdir()] == ["abc.json"]  # no temporary file left

@@ -17,8 +17,8 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -79,11 +79,24 @@ def _read_state(path: Path) -> dict:
 
 
 def _write_state(path: Path, drugs: dict) -> None:
+    """Write the state file whole (a temporary file beside it, then renamed), with the permissions
+    the umask gives any new file, as model bundles get (not ``tempfile``'s 0600): another account
+    that shares the folder (a colleague's, the server's) can read it and resume the panel."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".state-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"drugs": drugs}, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    while True:
+        tmp = path.parent / f".state-{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"drugs": drugs}, fh, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def choose_drugs(labels: pd.DataFrame, drugs: str | Sequence[str]) -> list[str]:
