@@ -1358,3 +1358,31 @@ def test_the_train_panel_state_file_follows_the_umask(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert _read_state(path) == {"DRUGA": {"status": "trained"}}
     assert [p.name for p in path.parent.iterdir()] == ["abc.json"]  # no temporary file left
+
+
+def test_training_from_a_backbone_that_scales_counts_over_its_own_genes_says_the_new_model_does_not(tmp_path):
+    """A backbone bundle scales counts over its own genes (library_size 'model genes'); the model
+    trained from it scales them over all the genes of the data ('all genes'): said at once, recorded."""
+    from scatd_core.preprocess import ALL_GENES, MODEL_GENES
+
+    bulk, labels, target = synthetic()
+    genes = [f"G{i}" for i in range(N_GENES)]
+    arch = Architecture("dist_vae", [len(genes), 16, 8], 4, [4, 8, 16])
+    torch.manual_seed(5)
+    state = ResVAE(arch).eval().state_dict()
+    said = []
+    for transform, size, expected in (("log1p_cp10k", None, True), ("standardize", ALL_GENES, False),
+                                      ("none", None, False)):
+        backbone = save_bundle(tmp_path / f"bb_{transform}", state, arch, drug=None, genes=genes,
+                               input_transform=transform, library_size=size, overwrite=True)
+        said.clear()
+        bundle, rep = _train(tmp_path, bulk, labels, target, f"m_{transform}", backbone_bundle=backbone.path,
+                             notice=said.append)
+        note = [w for w in rep["warnings"] if w.startswith("Raw counts are scaled differently")]
+        assert bool(note) == expected, (transform, rep["warnings"])
+        assert bundle.manifest["library_size"] == ALL_GENES
+        assert bundle.manifest["provenance"]["backbone_bundle"]["library_size"] == (size or MODEL_GENES)
+        if expected:
+            assert note[0] in said  # said before the training, as the data's warnings
+            assert f"over its own {N_GENES:,} genes" in note[0] and "library_size 'all genes'" in note[0]
+            assert "(it is not fine-tuned" in note[0]

@@ -22,7 +22,7 @@ from scatd_core.errors import InputError
 from scatd_core.labels import LABEL_MAPPING, encode_column, read_few_shot_labels
 from scatd_core.nn import BACKBONES
 from scatd_core.predict import resolve_device
-from scatd_core.preprocess import ALL_GENES
+from scatd_core.preprocess import ALL_GENES, MODEL_GENES
 from scatd_core.train import _baselines as baselines
 from scatd_core.train._cv import cross_validate, cv_splits
 from scatd_core.train._data import TrainingData, _frame_sha256, prepare_training_data, read_if_path, target_mask_of
@@ -461,6 +461,9 @@ def train_drug_model(
             warnings.append(f"The backbone {bb_bundle.name} was pretrained on '{pretrained_on}' inputs; this model "
                             "standardises each domain" + (", which only the fine-tuning phase can adapt the encoder to."
                                                           if s.head == "scatd" else "."))
+        scaling = _library_size_note(bb_bundle, finetuned=s.head == "scatd" and s.finetune_epochs > 0)
+        if data.features is not None and scaling:
+            warnings.append(scaling)
         if s.head == "linear":
             warnings.append("A given backbone makes an ensemble of one member (no seeds to vary); its per-cell "
                             "uncertainty is not available.")
@@ -519,7 +522,9 @@ def train_drug_model(
         "few_shot_labels": ({"file": Path(few_shot_labels).name, "sha256": sha256_file(few_shot_labels)}
                             if few_shot_labels is not None and not isinstance(few_shot_labels, pd.Series) else
                             {"n": len(few.rows), "of": "cells of the target"} if few is not None else None),
-        "backbone_bundle": ({"name": bb_bundle.name, "weights_sha256": bb_bundle.manifest.get("weights_sha256")}
+        "backbone_bundle": ({"name": bb_bundle.name, "weights_sha256": bb_bundle.manifest.get("weights_sha256"),
+                             # the genes it scaled counts over (this model: all genes, ALL_GENES below)
+                             "library_size": bb_bundle.manifest.get("library_size", MODEL_GENES)}
                             if bb_bundle is not None else None),
         "seed": s.seed, "adaptation": bool(adaptation), "device": str(dev), "threads": s.threads,
     }
@@ -594,6 +599,28 @@ def _cell_metadata_origin(target, used: dict) -> dict | None:
             "columns": columns, "n_matched": int(record.get("n_matched", 0)), "n_cells": int(record.get("n_cells", 0)),
             "used": {what: str(column) for what, column in used.items()
                      if column is not None and str(column) in columns}}
+
+
+def _library_size_note(backbone: Bundle, *, finetuned: bool) -> str | None:
+    """What changes when a model is trained from a backbone bundle that scales each cell's counts
+    over its own genes (an imported one that log-normalises counts: ``library_size`` "model genes",
+    or none recorded):
+    the new model scales them over all the genes of the data, as every model trained here does
+    (``library_size`` "all genes"), so that counts and values log-normalised over all genes give
+    it the same calls. Said, not silent; ``None`` when nothing changes."""
+    transform = backbone.manifest.get("input_transform")
+    if transform not in ("log1p_cp10k", "standardize") or \
+            backbone.manifest.get("library_size", MODEL_GENES) == ALL_GENES:
+        return None  # a backbone that takes the values as they are (or scales over all genes already)
+    n = f"{len(backbone.genes):,} " if backbone.genes is not None else ""
+    return (f"Raw counts are scaled differently than for the backbone {backbone.name}: it scaled each cell's counts "
+            f"to 10,000 over its own {n}genes, while this model, as every model trained here, scales them over all "
+            "the genes of the data (its manifest records library_size 'all genes'), so that counts and values "
+            "log-normalised over all genes (scanpy's normalize_total then log1p) give it the same calls. Training "
+            "and prediction with this model both scale this way; only the backbone's encoder was pretrained on "
+            "counts scaled over its own genes"
+            + (", and the fine-tuning phase adapts it to the new scaling." if finetuned else
+               " (it is not fine-tuned: the heads are fitted on what it makes of these inputs)."))
 
 
 def _bulk_cv_note(fit: Fitted, few: FewShot | None) -> str | None:
