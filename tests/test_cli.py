@@ -645,3 +645,31 @@ def test_obs_that_matches_no_cell_or_is_an_output_is_refused_first(capsys, cells
     code, _, err = _run(capsys, *base, "--output", tmp / "other.csv")
     assert code == 2 and "would overwrite the input file" in err
     assert pd.read_csv(tmp / "other.csv")["cell_id"].tolist() == ["AAAC-1", "AAAG-1"]
+
+
+def test_explain_output_records_how_many_cells_were_explained_beside_the_ranking(capsys, cells_and_bundle):
+    """QA: `scatd explain --output` said how many cells it explained only in the terminal; the files
+    it wrote did not. Beside the ranking (its columns unchanged), NAME_metrics.csv records it as
+    metrics.csv does (section biomarkers), with the threshold behind the groups."""
+    from scatd_core.explain import RANKING_COLUMNS
+
+    tmp = cells_and_bundle
+    base = ["explain", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--steps", "4"]
+    code, _, err = _run(capsys, *base, "--output", tmp / "out" / "biomarkers.csv", "--max-cells", "10",
+                        "--expected-fraction", "0.4")
+    assert code == 0, err
+    assert list(pd.read_csv(tmp / "out" / "biomarkers.csv").columns) == list(RANKING_COLUMNS)
+    metrics = pd.read_csv(tmp / "out" / "biomarkers_metrics.csv")
+    rows = dict(zip(metrics.loc[metrics["section"] == "biomarkers", "metric"],
+                    metrics.loc[metrics["section"] == "biomarkers", "value"]))
+    assert rows["n_cells_explained"] == "10" and rows["n_cells_scored"] == "15" and rows["subsampled"] == "True"
+    assert rows["cells_explained"].startswith("a random subsample of 10 of the 15 scored cells")
+    summary = dict(zip(metrics.loc[metrics["section"] == "summary", "metric"],
+                       metrics.loc[metrics["section"] == "summary", "value"]))
+    assert summary["threshold_source"] == "expected fraction" and summary["calibrated"] == "True"
+    assert "biomarkers_metrics.csv (the run as metrics.csv records it: 10 of 15 scored cells explained" in err
+    # the file beside it is an output too: never an input written over
+    pd.DataFrame({"cell_id": ["c0"], "x": [1]}).to_csv(tmp / "b_metrics.csv", index=False)
+    code, _, err = _run(capsys, *base, "--output", tmp / "b.csv", "--obs", tmp / "b_metrics.csv")
+    assert code == 2 and "--output's metrics file" in err and "would overwrite the input file" in err
+    assert not (tmp / "b.csv").exists()

@@ -16,7 +16,10 @@ def add(sub) -> None:
                                    "one row per model gene (Dist_VAE) or embedding feature (VAE_sf/VAE_gf), "
                                    "with a Wilcoxon DE test between the predicted groups for comparison.")
     add_data_arguments(p)
-    p.add_argument("--output", required=True, help="the ranking CSV to write (e.g. biomarkers.csv)")
+    p.add_argument("--output", required=True,
+                   help="the ranking CSV to write (e.g. biomarkers.csv); beside it, NAME_metrics.csv (e.g. "
+                        "biomarkers_metrics.csv) records the run as metrics.csv does: how many cells were explained, "
+                        "of how many scored, whether a subsample, and the threshold behind the groups")
     add_explain_arguments(p)
     p.add_argument("--per-cell-top", nargs=2, metavar=("K", "CSV"),
                    help="also write the per-cell attributions of the top K genes to CSV")
@@ -150,15 +153,24 @@ def _per_cell_arg(values) -> tuple[int, Path] | None:
     return k, Path(path)
 
 
+def metrics_path(output) -> Path:
+    """The file beside ``--output`` that records the run as ``metrics.csv`` does (``biomarkers.csv``
+    -> ``biomarkers_metrics.csv``): the ranking's columns stay those of every biomarkers.csv."""
+    out = Path(output)
+    return out.with_name(f"{out.stem if out.suffix.lower() == '.csv' else out.name}_metrics.csv")
+
+
 def run(args) -> int:
     from scatd_core._output import writing
-    from scatd_core.export import to_csv_bytes
+    from scatd_core.export import metrics_table, to_csv_bytes
     from scatd_core.inputs import ModelInput
     from scatd_core.cli.predict import calibrate_from_args, report_prediction
     from scatd_core.predict import predict
 
     per_cell = _per_cell_arg(args.per_cell_top)
-    check_outputs(args, {"--output": args.output, "--per-cell-top": per_cell[1] if per_cell else None})
+    metrics = metrics_path(args.output)
+    check_outputs(args, {"--output": args.output, "--per-cell-top": per_cell[1] if per_cell else None,
+                         "--output's metrics file": metrics})
     if args.calibrate_on_labels and not args.label_column:
         raise ScatdError("--calibrate-on-labels needs --label-column (and --label-resistant for codes like 0/1).")
     bundle = resolve_bundle(args.model)
@@ -192,6 +204,12 @@ def run(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(to_csv_bytes(result.ranking))
     say(f"Wrote {out}")
+    with writing(metrics):  # the cells explained (of how many scored) and the threshold, not only said above
+        metrics.write_bytes(to_csv_bytes(metrics_table(adata, args.label_column)))
+    cells = result.info.get("cells") or {}
+    counted = (f"{int(cells['n_explained']):,} of {int(cells['n_scored']):,} scored cells explained, "
+               if cells.get("n_explained") is not None and cells.get("n_scored") is not None else "")
+    say(f"Wrote {metrics} (the run as metrics.csv records it: {counted}the threshold behind the groups)")
     if per_cell:
         k, path = per_cell
         table = result.per_cell(k)
