@@ -649,6 +649,27 @@ def test_a_display_name_names_the_library_folder_and_a_taken_one_is_refused_befo
     assert any(line.startswith(f"{spaced.path.name}\tGef small\t") for line in listing)
 
 
+def test_a_training_never_takes_the_names_the_published_install_keeps(tmp_path):
+    """As imports: no trained model gets a DRUG_backbone_published folder, a 'published scATD'
+    display name, or the published docetaxel model's own folder for another drug; refused before
+    any training. A docetaxel Dist_VAE model may take DOCETAXEL_dist_vae, as an import of it may."""
+    from scatd_core.errors import InputError
+
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    quick = replace(TINY, members=1, pretrain_epochs=1)
+    lib = tmp_path / "lib"
+    for name in ("DOCETAXEL_dist_vae_published", "Mine (published scATD)", "DOCETAXEL_dist_vae"):
+        steps = []
+        with pytest.raises(InputError, match="Nothing was trained") as info:
+            train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, name=name, settings=quick,
+                             progress=lambda f, m: steps.append(m))
+        assert not steps and "another --name" in info.value.hint
+    assert not lib.exists() or not any(lib.iterdir())
+    bundle, _ = train_drug_model(bulk, labels.rename(columns={"DRUGA": "DOCETAXEL"}), "DOCETAXEL", target,
+                                 device="cpu", library=lib, name="DOCETAXEL_dist_vae", settings=quick)
+    assert bundle.path.name == "DOCETAXEL_dist_vae"
+
+
 def test_a_display_name_given_to_model_names_its_folder(tmp_path, capsys):
     """A model trained before the folder followed the name: --model NAME says which folder to give."""
     from scatd_core.cli import main as scatd_main

@@ -59,6 +59,22 @@ def _named_out(name: str, library, overwrite: bool) -> Path:
     return out
 
 
+def _refuse_published_names(folder: Path | None, name: str | None, *, backbone: str, drug: str) -> None:
+    """Before any training: the folder and display names the published install keeps for its
+    models (:func:`scatd_core.published.reserved_name_problem`) are not given to a trained one."""
+    if not name and folder is None:
+        return
+    from scatd_core.published import reserved_name_problem
+
+    kept = reserved_name_problem(folder.name if folder is not None else "", name, kind="classifier",
+                                 backbone=backbone, drug=drug)
+    if kept is not None:
+        raise InputError(f"{kept[0][0].upper()}{kept[0][1:]}: {kept[1]}. Nothing was trained.",
+                         "Give another --name (it also names the model's library folder), or leave --name out for a "
+                         "new folder DRUG_BACKBONE_trained.",
+                         app_hint="Give it another model name, or leave the name empty for a new one.")
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -418,6 +434,7 @@ def train_drug_model(
                          "Leave out --head scatd, or train without --few-shot-labels.")
     dev = resolve_device(device)
     named_out = _named_out(name, library, overwrite) if out is None and name and folder_from_name else None
+    _refuse_published_names(named_out, name, backbone=backbone, drug=drug)
     warnings: list[str] = []
 
     files = {k: dict(v) for k, v in (input_files or {}).items() if v and v.get("file") and v.get("sha256")}
