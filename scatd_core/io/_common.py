@@ -194,9 +194,26 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 UTF32_LE_BOM = b"\xff\xfe\x00\x00"
 
 
+UTF32_BOMS = (UTF32_LE_BOM, b"\x00\x00\xfe\xff")
+
+
 def is_utf16(head: bytes) -> bool:
     """Text saved as UTF-16 (Excel's "Unicode text"), by its byte-order mark (little or big endian)."""
     return head.startswith(UTF16_BOMS) and not head.startswith(UTF32_LE_BOM)
+
+
+def encoding_problem(head: bytes, name: str, what: str = "text table") -> InputError | None:
+    """Why a file given as text (``head``: its first bytes, decompressed) cannot be read: saved as
+    UTF-32, or binary (NUL bytes outside UTF-16 text); else None. Text is read as UTF-8 (a
+    byte-order mark or none) or as UTF-16 with its byte-order mark."""
+    if head.startswith(UTF32_BOMS):
+        return InputError(f"{name} is saved as UTF-32 text; a {what} must be UTF-8 or UTF-16 text.",
+                          "Save it again as UTF-8 (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)', or 'Unicode "
+                          "Text'; a text editor: encoding UTF-8) and give that file.")
+    if b"\x00" in head and not is_utf16(head):
+        return InputError(f"{name} is binary, not a {what}.",
+                          "Check the file: it may be another format renamed, or damaged.")
+    return None
 
 
 def first_bytes(path: Path, gz: bool, n: int = 4) -> bytes:
@@ -326,6 +343,8 @@ def check_signature(path: Path, kind: str, suffix: str, name: str) -> None:
     if kind == "hdf5" and not h5py.is_hdf5(path):
         raise InputError(f"{name} is not an HDF5 file, so it cannot be {suffix}.",
                          "The file is truncated, corrupt, or has the wrong extension; export it again.")
+    if kind == "table" and expected is None and head.startswith(UTF32_BOMS):
+        raise encoding_problem(head, name)
     if kind in ("table", "mtx") and expected is None and b"\x00" in head and not is_utf16(head):
         raise InputError(f"{name} is binary, not a text table.",
                          "Check the file: it may be another format renamed, or corrupt. " + FORMATS_HINT)

@@ -23,7 +23,8 @@ import scipy.sparse as sp
 
 from scatd_core.errors import InputError
 from scatd_core.io._common import (FORMAT_OF_SUFFIX, FORMATS_HINT, LimitedReader, Options, check_cells, check_genes,
-                                   check_memory, keep_gene_expression, mb, open_limited, suffix_of, too_large)
+                                   check_memory, encoding_problem, first_bytes, is_utf16, keep_gene_expression, mb,
+                                   open_limited, suffix_of, too_large, utf8_text)
 
 def data_files(root: Path) -> list[Path]:
     """Files under ``root``, without hidden files and macOS archive metadata."""
@@ -60,18 +61,31 @@ MAX_NAME_LINE_BYTES = 4096
 
 def _read_text_table(path: Path, opts: Options, max_rows: int) -> pd.DataFrame:
     """A barcodes/features file: at most ``max_rows`` rows are parsed (the matrix says how many there
-    are), of at most :data:`MAX_NAME_LINE_BYTES` each on average (a line that never ends is not held)."""
+    are), of at most :data:`MAX_NAME_LINE_BYTES` each on average (a line that never ends is not held).
+    UTF-8 text, or UTF-16 with its byte-order mark (the file opened in Excel and saved as "Unicode
+    text"), decoded as it is read within the same limit; UTF-32 and binary files are refused by name."""
     cap = min(opts.max_decompressed_bytes, max_rows * MAX_NAME_LINE_BYTES + (1 << 20))
     hint = (f"A barcodes or features file has one short line per cell or gene (here at most {max_rows:,} lines, from the "
             "matrix's size line); check that the three files belong together and are not damaged.")
+    shown = f"{opts.display_name}: {path.name}"
     gz = path.name.lower().endswith(".gz")
     if not gz and path.stat().st_size > cap:
         raise InputError(f"{opts.display_name}: {path.name} is {mb(path.stat().st_size)}, more than {mb(cap)} for "
                          f"{max_rows:,} names.", hint)
+    head = first_bytes(path, gz, 8192)
+    problem = encoding_problem(head, shown, "barcodes or features file (text, one name per line)")
+    if problem is not None:
+        raise problem
     raw = gzip.open(path, "rb") if gz else path.open("rb")
-    with io.BufferedReader(LimitedReader(raw, cap, f"{opts.display_name}: {path.name}", hint), 1 << 20) as fh:
-        return pd.read_csv(fh, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
-                           nrows=max_rows)
+    limited = io.BufferedReader(LimitedReader(raw, cap, shown, hint), 1 << 20)  # the file's bytes are limited
+    try:
+        with utf8_text(limited, is_utf16(head), shown) as fh:
+            return pd.read_csv(fh, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
+                               nrows=max_rows, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{shown} is not UTF-8 text.",
+                         "Cell Ranger writes it as UTF-8: take it from the 10x folder as it came, or save it again as "
+                         "UTF-8 (or Excel's 'Unicode Text').") from None
 
 
 #: The most bytes of banner and comment lines before a Matrix Market size line (Cell Ranger writes
