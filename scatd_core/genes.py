@@ -30,28 +30,60 @@ from scatd_core._matrix import sample_rows
 from scatd_core.errors import InputError
 
 
+#: A gene list is one short line per gene (scFoundation's 19,264 genes take 230 kB, twice that as
+#: UTF-16): at most this many bytes of one are read.
+MAX_GENE_LIST_BYTES = 32 << 20
+_GENE_LIST_HINT = "Give a TSV with a gene_name column or a file with one gene symbol per line."
+
+
+def gene_list_text(path: Path, subject: str, hint: str = _GENE_LIST_HINT) -> str:
+    """The text of a gene-list file, read as the tables are: UTF-8 (with a byte-order mark or
+    without) or UTF-16 with its byte-order mark (Excel's "Unicode text"), at most
+    :data:`MAX_GENE_LIST_BYTES` of it. A zip (an Excel workbook), gzip, UTF-32 or binary file, and
+    bytes that do not decode, are refused as ``subject`` (e.g. ``"Gene list genes.txt"``).
+    ``OSError`` (a missing file) is the caller's to word."""
+    from scatd_core.io._common import encoding_problem, is_utf16, mb  # not at the top: it imports this module
+
+    with Path(path).open("rb") as fh:
+        data = fh.read(MAX_GENE_LIST_BYTES + 1)
+    if len(data) > MAX_GENE_LIST_BYTES:
+        raise InputError(f"{subject} is larger than {mb(MAX_GENE_LIST_BYTES)}; a gene list is one short line per "
+                         "gene (scFoundation's 19,264 genes take 230 kB).", f"Check that you gave the gene list. {hint}")
+    if data.startswith(b"PK\x03\x04"):
+        raise InputError(f"{subject} is a zip file (e.g. an Excel workbook), not a text file.",
+                         "Save the list as plain text (one gene symbol per line) or export the sheet as CSV.")
+    if data.startswith(b"\x1f\x8b"):
+        raise InputError(f"{subject} is gzip-compressed, not a text file.", f"Decompress it (gunzip) first. {hint}")
+    problem = encoding_problem(data[:8192], subject, "gene list (text, one gene per line or a TSV)")
+    if problem is not None:
+        raise problem
+    utf16 = is_utf16(data)
+    try:
+        return data.decode("utf-16") if utf16 else data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if utf16:
+            raise InputError(f"{subject} starts as UTF-16 text (Excel's 'Unicode text') but holds bytes that are not "
+                             f"UTF-16 (near byte {exc.start:,}): the file is damaged, or not a text file.",
+                             f"Save the list again (as UTF-8 or Unicode Text). {hint}") from None
+        raise InputError(f"{subject} is not UTF-8 text (byte {exc.start + 1:,} cannot be decoded).",
+                         f"Save it as UTF-8 (Excel: 'CSV UTF-8'; a text editor: encoding UTF-8). {hint}") from None
+
+
 def read_gene_list(path: str | Path, name: str | None = None) -> list[str]:
     """Read a model gene list: a TSV/CSV with a ``gene_name`` column, or one symbol per line.
 
     The order of the file is kept: it is the model's input order and must never be re-sorted.
-    ``name``: the file's name in messages (an upload's own name; default the path's).
+    ``name``: the file's name in messages (an upload's own name; default the path's). Encodings
+    and limits: :func:`gene_list_text`.
     """
     path = Path(path)
     shown = name or path.name
     try:
-        data = path.read_bytes()
-        if data.startswith(b"PK\x03\x04"):
-            raise InputError(f"Gene list {shown} is a zip file (e.g. an Excel workbook), not a text file.",
-                             "Save the list as plain text (one gene symbol per line) or export the sheet as CSV.")
-        # UTF-16 (Excel's "Unicode text", by its byte-order mark) is read as such
-        text = data.decode("utf-16") if data.startswith((b"\xff\xfe", b"\xfe\xff")) else data.decode("utf-8-sig")
+        text = gene_list_text(path, f"Gene list {shown}")
     except FileNotFoundError:
         raise InputError(f"Gene list not found: {path}", "Check the path given with --genes.") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        what = (f"not UTF-8 text (byte {exc.start + 1:,} cannot be decoded)" if isinstance(exc, UnicodeDecodeError)
-                else f"not readable ({exc})")
-        raise InputError(f"Gene list {shown} is {what}.",
-                         "Give a TSV with a gene_name column or a file with one gene symbol per line.") from None
+    except OSError as exc:
+        raise InputError(f"Gene list {shown} is not readable ({exc}).", _GENE_LIST_HINT) from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise InputError(f"Gene list {shown} is empty.",

@@ -59,6 +59,50 @@ def _adata(var_names, **var_columns) -> ad.AnnData:
                       var=pd.DataFrame(var_columns, index=var_names))
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16-le", "utf-16-be"])
+def test_gene_lists_read_utf8_and_utf16_as_the_tables_do(tmp_path, encoding):
+    """A model gene list (--genes, the Models page) and the scFoundation list: UTF-8 with or without
+    its byte-order mark, or UTF-16 with it (Excel's "Unicode text", CRLF), read alike."""
+    from scatd_core.foundation import scfoundation
+
+    bom = "\ufeff" if encoding.startswith("utf-16") else ""
+    (tmp_path / "genes.txt").write_bytes((bom + "TP53\r\nEGFR\r\nMT-CO1\r\n").encode(encoding))
+    assert genes.read_gene_list(tmp_path / "genes.txt") == ["TP53", "EGFR", "MT-CO1"]
+    sf = tmp_path / "OS_scRNA_gene_index.19264.tsv"
+    sf.write_bytes((bom + "gene_name\tindex\r\nA1BG\t0\r\nA1CF\t1\r\n").encode(encoding))
+    assert scfoundation.read_gene_list(sf) == ["A1BG", "A1CF"]
+
+
+def test_gene_lists_in_utf32_binary_damaged_or_too_large_are_refused_by_name(tmp_path, monkeypatch):
+    """UTF-32 (whose byte-order mark starts as UTF-16's) is never decoded as UTF-16 into names with
+    NULs; binary, gzip, damaged UTF-16 and non-UTF-8 files are named; a list is read up to its limit."""
+    import gzip
+
+    from scatd_core.errors import CheckpointError
+    from scatd_core.foundation import scfoundation
+
+    path = tmp_path / "upload.txt"
+    text = "gene_name\tindex\nTP53\t0\nEGFR\t1\n"
+    for data, match in ((("\ufeff" + text).encode("utf-32-le"), "is saved as UTF-32 text"),
+                        (("\ufeff" + text).encode("utf-32-be"), "is saved as UTF-32 text"),
+                        (b"\x00\x01\x02\x03" * 20, "is binary"),
+                        (gzip.compress(text.encode()), "is gzip-compressed"),
+                        (text.encode("utf-16")[:10] + b"\x00\xdc" + text.encode("utf-16")[10:],
+                         "starts as UTF-16 text .* not UTF-16"),
+                        ("TP53\nCAF\xc9\n".encode("latin-1"), "is not UTF-8 text")):
+        path.write_bytes(data)
+        with pytest.raises(InputError, match=f"^Gene list my genes.txt {match}"):
+            genes.read_gene_list(path, name="my genes.txt")
+        with pytest.raises(CheckpointError, match=f"^upload.txt {match}"):
+            scfoundation.read_gene_list(path)
+    monkeypatch.setattr(genes, "MAX_GENE_LIST_BYTES", 1000)
+    path.write_text("gene_name\n" + "".join(f"GENE{i}\n" for i in range(200)))
+    with pytest.raises(InputError, match="^Gene list upload.txt is larger than"):
+        genes.read_gene_list(path)
+    path.write_text("gene_name\n" + "".join(f"GENE{i}\n" for i in range(20)))
+    assert len(genes.read_gene_list(path)) == 20
+
+
 def test_map_symbols_to_ensembl_through_the_routes_in_order(tmp_path):
     # gene 0: the file's own column; gene 1: Geneformer dictionary; gene 2: BioMart; gene 3: nowhere
     data = _adata(["TP53", "EGFR", "MYC", "NOTAGENE", "ENSG00000000005.2"],

@@ -48,6 +48,7 @@ from scatd_core.config import scfoundation_dir
 from scatd_core.errors import CheckpointError, InputError
 from scatd_core.foundation._assets import (Probe, Problem, check_file, file_state, lfs_pointer_size, lfs_problem,
                                            torch_load_tensors)
+from scatd_core.genes import gene_list_text
 from scatd_core.nn.scfoundation import ScFoundationConfig, ScFoundationEncoder, encoder_state_keys
 
 NAME = "scFoundation"
@@ -103,13 +104,18 @@ def find_files(folder: str | Path | None = None, key: str = DEFAULT_KEY) -> File
 
 
 def read_gene_list(path: Path) -> list[str]:
-    """The gene list in file order (``gene_name`` column; ``index`` must run 0..N-1 when present)."""
+    """The gene list in file order (``gene_name`` column; ``index`` must run 0..N-1 when present).
+    Encodings and limits as every gene list (:func:`scatd_core.genes.gene_list_text`): UTF-8 or
+    UTF-16 with its byte-order mark, at most :data:`~scatd_core.genes.MAX_GENE_LIST_BYTES`."""
+    path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh, delimiter="\t"))
-    except (OSError, UnicodeDecodeError) as exc:
+        text = gene_list_text(path, path.name, GENES_HINT.format(folder=path.parent))
+    except OSError as exc:
         raise CheckpointError(f"{path.name} is not a readable text file ({exc}).",
                               GENES_HINT.format(folder=path.parent)) from None
+    except InputError as exc:
+        raise CheckpointError(exc.message, exc.hint) from None
+    rows = list(csv.reader(text.splitlines(), delimiter="\t"))
     header = [h.strip() for h in rows[0]] if rows else []
     if "gene_name" not in header:
         raise CheckpointError(f"{path.name} has no 'gene_name' column.", GENES_HINT.format(folder=path.parent))
