@@ -74,7 +74,8 @@ def _open_table_text(path: Path, name: str):
     import io
 
     # not at the top: scatd_core.io imports this module
-    from scatd_core.io._common import LimitedReader, first_bytes, is_office_zip, is_utf16, mb, utf8_text
+    from scatd_core.io._common import (LimitedReader, encoding_problem, first_bytes, is_office_zip, is_utf16, mb,
+                                       utf8_text)
 
     cap = min(MAX_TABLE_TEXT_BYTES, limits().max_decompressed_bytes)
     with path.open("rb") as fh:
@@ -89,10 +90,14 @@ def _open_table_text(path: Path, name: str):
                          f"{name} is a {office}, not a CSV/TSV table.",
                          "Export the sheet as CSV (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give "
                          "that file.")
+    text_head = first_bytes(path, gz, 8192) if gz else head
+    problem = encoding_problem(text_head, name, "CSV/TSV table")  # UTF-32, binary
+    if problem is not None:
+        raise problem
     raw = gzip.open(path, "rb") if gz else path.open("rb")
     limited = io.BufferedReader(LimitedReader(raw, cap, name, None if cap < MAX_TABLE_TEXT_BYTES else _TABLE_HINT),
                                 buffer_size=1 << 20)
-    return utf8_text(limited, is_utf16(first_bytes(path, gz) if gz else head), name)
+    return utf8_text(limited, is_utf16(text_head), name)
 
 
 def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, *, name: str | None = None,

@@ -271,6 +271,9 @@ def test_utf16_label_table_and_gene_list_are_read_xlsx_named(tmp_path):
     (tmp_path / "latin.csv").write_bytes("cell_line,Drug\xe9\nCL1,sensitive\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin.csv \(Label table\) is not UTF-8 text"):
         labels.read_label_table(tmp_path / "latin.csv")
+    (tmp_path / "u32.csv").write_bytes(("\ufeff" + text).encode("utf-32-le"))  # never decoded as UTF-16
+    with pytest.raises(InputError, match="^u32.csv is saved as UTF-32 text; a CSV/TSV table must be UTF-8 or UTF-16"):
+        labels.read_label_table(tmp_path / "u32.csv")
 
 
 # -------------------------------------------------------------------------- 6, 7: why no gene matched
