@@ -429,6 +429,64 @@ def _refuse_transposed(table: pd.DataFrame, name: str) -> None:
                          "pd.read_csv(f, index_col=0).T.to_csv(out)) and give it again.")
 
 
+def _some(names, n: int = 3) -> str:
+    names = [str(x) for x in names]
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+_LAYOUT = ("Give cell lines as rows (their IDs in the first column, as the bulk data writes them) and one column per "
+           "drug, as in GDSC's ALL_label_binary_wf.csv")
+_TRANSPOSE = "transpose the table (in Python: pd.read_csv(f, index_col=0).T.to_csv(out)) and give it again"
+
+
+def check_orientation(table: pd.DataFrame, sample_ids: Sequence, shown: str = "The label table") -> str | None:
+    """Whether a label table (cell lines x drugs, :func:`read_label_table`) is the right way round
+    for bulk data whose sample IDs are ``sample_ids``, decided by the IDs themselves: its row IDs
+    must match more bulk samples than its column names do.
+
+    Raises :class:`InputError` with how many IDs match each way when the columns match more (the
+    table is transposed), as many (it could be read either way) or neither matches any; returns a
+    warning when some column names are sample IDs too (fewer than the rows), else None. ``shown``
+    names the table in messages."""
+    order = list(dict.fromkeys(str(i) for i in sample_ids))
+    ids = set(order)
+    rows = list(dict.fromkeys(str(r) for r in table.index if str(r) in ids))
+    cols = list(dict.fromkeys(str(c) for c in table.columns if str(c) in ids))
+    n_rows, n_cols, n_bulk = table.shape[0], table.shape[1], len(ids)
+    counts = (f"{len(rows):,} of its {n_rows:,} row IDs" + (f" (e.g. {_some(rows)})" if rows else "")
+              + f" and {len(cols):,} of its {n_cols:,} column names" + (f" (e.g. {_some(cols)})" if cols else "")
+              + f" are among the {n_bulk:,} bulk sample IDs")
+    if len(rows) > len(cols):
+        if not cols:
+            return None
+        return (f"{shown}: {counts}. It was read with cell lines as rows (they match more), so its column(s) "
+                f"{_some(cols)} were taken as drugs although they are bulk sample IDs too. If the cell lines are its "
+                f"columns, {_TRANSPOSE}.")
+    if cols and len(cols) > len(rows):
+        raise InputError(f"{shown} looks transposed (cell lines as columns): {counts}.",
+                         f"{_LAYOUT}: {_TRANSPOSE}.")
+    if cols:
+        raise InputError(f"{shown} could be read either way round: {counts}, as many each way, so it is not "
+                         "clear which holds the cell lines.",
+                         f"{_LAYOUT}. If the cell lines are its columns, {_TRANSPOSE}; if they are its rows, rename "
+                         f"the drug columns that are also sample IDs ({_some(cols)}).")
+    loose = {_loose(i): i for i in reversed(order)}
+    loose.pop("", None)
+    near_rows = [str(r) for r in table.index if _loose(r) in loose]
+    near_cols = [str(c) for c in table.columns if _loose(c) in loose]
+    near = ""
+    if near_rows or near_cols:
+        side, names = ("row IDs", near_rows) if len(near_rows) >= len(near_cols) else ("column names", near_cols)
+        near = (f" Ignoring case and punctuation, {len(names):,} of its {side} would match (e.g. {names[0]} for "
+                f"{loose[_loose(names[0])]}): write them exactly as the bulk data does"
+                + (", and transpose the table (cell lines as rows)." if side == "column names" else "."))
+    raise InputError(f"{shown} matches the bulk data neither way round: none of its {n_rows:,} row IDs (e.g. "
+                     f"{_some(table.index)}) and none of its {n_cols:,} column names (e.g. {_some(table.columns)}) "
+                     f"is among the {n_bulk:,} bulk sample IDs (e.g. {_some(order)}).{near}",
+                     f"{_LAYOUT}; the table and the bulk data must use the same cell-line IDs (e.g. both DepMap "
+                     "ACH- IDs, or both COSMIC IDs).")
+
+
 def read_few_shot_labels(path: str | Path, name: str | None = None) -> pd.Series:
     """The labelled target cells of a CSV/TSV ``cell_id,label`` (only the labelled cells).
 

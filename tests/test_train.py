@@ -403,8 +403,13 @@ def test_cancel_saves_nothing(tmp_path):
 def test_clear_errors(tmp_path):
     bulk, labels, target = synthetic()
     other_ids = labels.set_axis([f"DATA.{i}" for i in range(len(labels))])
-    with pytest.raises(InputError, match="None of the 45 cell lines labelled"):
+    with pytest.raises(InputError, match="matches the bulk data neither way round: none of its 48 row IDs"):
         _train(tmp_path, bulk, other_ids, target)
+    na_for_drug = labels.copy()
+    na_for_drug.loc[:, "DRUGA"] = None  # the table matches; the drug's labelled cell lines do not
+    na_for_drug.loc["elsewhere", "DRUGA"] = "sensitive"
+    with pytest.raises(InputError, match="None of the 1 cell lines labelled"):
+        _train(tmp_path, bulk, na_for_drug, target)
     with pytest.raises(InputError, match="Close names: DRUGA"):
         train_drug_model(bulk, labels, "druggA", target, settings=TINY, out=tmp_path / "x")
     with pytest.raises(InputError, match="share only"):
@@ -1215,6 +1220,39 @@ def test_with_labelled_target_cells_the_card_says_what_its_bulk_cv_row_scores(tm
     assert bulk_cv["note"] in card_lines(rep["card"])
     _, plain = _train(tmp_path, bulk, labels, target, "plain", settings=replace(TINY, members=1))
     assert "note" not in next(e for e in plain["card"]["evaluations"] if e["name"] == "bulk_cv")
+
+
+def test_label_table_orientation_is_checked_against_the_bulk_ids(tmp_path):
+    """QA: a label table given transposed (drugs as rows, cell lines as columns) that the reader's
+    name heuristic lets through (an upload read into a table, IDs without digits) was read the wrong
+    way round and failed late (drug not found, or no labelled sample); the bulk's IDs decide, with
+    the counts each way."""
+    bulk, labels, target = synthetic()
+    with pytest.raises(InputError, match=r"^The label table looks transposed \(cell lines as columns\): 0 of its 2 row "
+                                         r"IDs and 48 of its 48 column names \(e\.g\. ACH-000000, ") as err:
+        prepare_training_data(bulk, labels.T, "DRUGA", target)
+    assert "transpose the table" in err.value.hint
+    named = bulk.copy()
+    named.obs_names = [f"line{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(bulk.n_obs)]  # no digits
+    labels.set_axis(named.obs_names).T.to_csv(tmp_path / "flipped.csv")
+    with pytest.raises(InputError, match="^The label table flipped.csv looks transposed .*: 0 of its 2 row IDs and 48"):
+        prepare_training_data(named, tmp_path / "flipped.csv", "DRUGA", target)
+    either = pd.DataFrame({"ACH-000002": ["sensitive"] * 4, "ACH-000003": [None] * 4, "DRUGA": ["sensitive"] * 4},
+                          index=["ACH-000000", "ACH-000001", "Cisplatin", "Erlotinib"])
+    with pytest.raises(InputError, match=r"could be read either way round: 2 of its 4 row IDs .* and 2 of its 3 column "
+                                         r"names .* as many each way") as err:
+        prepare_training_data(bulk, either, "DRUGA", target)
+    assert "rename the drug columns that are also sample IDs (ACH-000002, ACH-000003)" in err.value.hint
+    lower = labels.set_axis([i.lower().replace("-", "_") for i in labels.index])
+    with pytest.raises(InputError, match="neither way round.*Ignoring case and punctuation, 48 of its row IDs would "
+                                         "match"):
+        prepare_training_data(bulk, lower, "DRUGA", target)
+    extra = labels.assign(**{"ACH-000005": None})  # a drug column named as a bulk sample: read as given, said
+    data = prepare_training_data(bulk, extra, "DRUGA", target)
+    (warning,) = data.report["warnings"]
+    assert warning.startswith("The label table: 48 of its 48 row IDs") and "column(s) ACH-000005 were taken as drugs" in warning
+    assert data.report["labels"]["n_labelled_in_bulk"] == 45
+    assert prepare_training_data(bulk, labels, "DRUGA", target).report["warnings"] == []
 
 
 def test_duplicated_bulk_ids_renamed_by_the_reader_are_warned_about(tmp_path):

@@ -13,7 +13,7 @@ import pandas as pd
 from scatd_core.bundle import INPUT_KINDS, sha256_file
 from scatd_core.errors import InputError
 from scatd_core.inputs import InputSpec, ModelInput
-from scatd_core.labels import LABEL_MAPPING, drug_labels
+from scatd_core.labels import LABEL_MAPPING, check_orientation, drug_labels, read_label_table
 from scatd_core.preprocess import ALL_GENES
 
 MIN_PANEL_GENES = 10
@@ -98,11 +98,20 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
     ``target_mask``: the target cells that may be used (:func:`target_mask_of`); the others
     are left out of the target's standardisation, the adaptation and the evaluation.
 
+    The label table's orientation is checked against the bulk's sample IDs first
+    (:func:`~scatd_core.labels.check_orientation`): a table whose columns match more of them than
+    its rows (transposed), as many (either way) or that matches neither way is refused with the
+    counts; drug columns that are sample IDs too give a warning.
+
     Raises :class:`InputError` naming what does not fit (no shared IDs, too few shared genes,
     a class with too few cell lines...).
     """
-    dl = drug_labels(labels, drug)
     bulk_names = [str(n) for n in bulk.obs_names]
+    table = read_label_table(labels)
+    # the bulk's IDs say which way round the table is, before its drug is looked for
+    shown = "The label table" if isinstance(labels, pd.DataFrame) else f"The label table {Path(labels).name}"
+    orientation_warning = check_orientation(table, bulk_names, shown)
+    dl = drug_labels(table, drug)
     labelled = dl.labels.reindex([n for n in bulk_names if n in dl.labels.index])
     if labelled.empty:
         raise InputError(
@@ -156,7 +165,7 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
     y = labelled.loc[[bulk_names[r] for r in keep]].map(LABEL_MAPPING).to_numpy(dtype=np.int64)
     report["labels"]["n_unusable_bulk"] = int(len(labelled) - len(keep))
     report["bulk"] = {"n_samples": int(bulk.n_obs), "n_used_for_pretraining": int(len(b_rows)), **b_reasons}
-    report["warnings"] = _renamed_duplicates(bulk, report)
+    report["warnings"] = _renamed_duplicates(bulk, report) + ([orientation_warning] if orientation_warning else [])
     report["target"] = {"n_cells": int(target.n_obs), "n_used": int(len(t_rows)), **t_reasons}
     n_min = int(min((y == 0).sum(), (y == 1).sum()))
     if n_min < 2:
