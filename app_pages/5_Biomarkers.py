@@ -250,6 +250,17 @@ st.caption("biomarkers.csv, the per-cell attributions (in the h5ad) and the rank
 d1, d2 = st.columns(2)
 d1.download_button("biomarkers.csv", export.to_csv_bytes(ranking), "biomarkers.csv", "text/csv",
                    key="btn_dl_biomarkers", on_click="ignore")
+d1.caption(export.explained_cells_text(info))
+label_column, sample_column = ui.report_columns(adata)
+try:  # metrics.csv's rows, 'biomarkers' (the cells explained) included: named as scatd explain names it
+    metrics = export.metrics_table(adata, label_column, [sample_column] if sample_column else [])
+except ScatdError as exc:
+    d1.warning(ui.md(f"biomarkers_metrics.csv could not be made: {exc}"))
+else:
+    d1.download_button("biomarkers_metrics.csv", export.to_csv_bytes(metrics), "biomarkers_metrics.csv", "text/csv",
+                       key="btn_dl_biomarker_metrics", on_click="ignore",
+                       help="The run as metrics.csv records it: how many cells were explained, of how many scored, "
+                            "whether a subsample, and the threshold behind the predicted groups.")
 if expl.features:
     k = d2.number_input("Per-cell attributions: top genes", 1, len(expl.features), min(20, len(expl.features)),
                         key="bio_per_cell_k")

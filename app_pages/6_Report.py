@@ -4,8 +4,8 @@ import streamlit as st
 
 from scatd_app import state, ui
 from scatd_core import explain, export
+from scatd_core._keys import BIOMARKERS
 from scatd_core.errors import ScatdError
-from scatd_core.labels import label_direction
 
 ss = st.session_state
 st.title("6 · Report")
@@ -14,10 +14,7 @@ if not state.has_prediction():
 adata = ss[state.ADATA]
 info = adata.uns["scatd"]
 thr = info["threshold"]
-label_column = ss.get(state.LABEL_COLUMN) if ss.get(state.LABEL_COLUMN) in adata.obs else None
-if label_column and label_direction(adata, label_column) is None:
-    label_column = None  # no evaluation until the user says which value means resistant
-sample_column = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in adata.obs else None
+label_column, sample_column = ui.report_columns(adata)  # no evaluation before the direction is known
 extra = [c for c in (label_column, sample_column) if c]
 groups = [sample_column] if sample_column else []
 stem = export.file_stem(ss.get(state.DATA_NAME), info["model"].get("drug"))
@@ -70,7 +67,9 @@ with c[2]:
         st.download_button("biomarkers.csv", export.to_csv_bytes(ranking), file_name=f"{stem}_biomarkers.csv",
                            mime="text/csv", icon=":material/genetics:", key="btn_dl_report_biomarkers",
                            on_click="ignore")
-        st.caption(f"{len(ranking):,} genes, ranked")
+        cells_text = export.explained_cells_text(adata.uns[BIOMARKERS].get("info", {}), short=True)
+        st.caption(f"{len(ranking):,} genes, ranked" + (f" {cells_text} (metrics.csv records it)" if cells_text
+                                                          else ""))
     else:
         st.button("biomarkers.csv", disabled=True, icon=":material/genetics:", key="btn_no_biomarkers")
         ui.link("Biomarkers", "Compute biomarkers first", ":material/arrow_forward:")

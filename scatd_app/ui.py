@@ -863,6 +863,19 @@ def _default_columns(report: dict, among=None) -> tuple[str | None, str | None]:
     return (labels[0] if labels else None), (sample_like[0] if sample_like else None)
 
 
+def report_columns(adata: ad.AnnData) -> tuple[str | None, str | None]:
+    """The Data page's label column (``None`` while the user has not said which value means
+    resistant: no evaluation) and sample column, as metrics.csv uses them (Report, Biomarkers)."""
+    from scatd_core.labels import label_direction
+
+    ss = st.session_state
+    label_column = ss.get(state.LABEL_COLUMN) if ss.get(state.LABEL_COLUMN) in adata.obs else None
+    if label_column and label_direction(adata, label_column) is None:
+        label_column = None  # no evaluation until the user says which value means resistant
+    sample_column = ss.get(state.SAMPLE_COLUMN) if ss.get(state.SAMPLE_COLUMN) in adata.obs else None
+    return label_column, sample_column
+
+
 def set_bundle(path: str | None) -> None:
     """Choose the model; a different model forgets the prediction made with another."""
     ss = st.session_state

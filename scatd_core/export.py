@@ -191,6 +191,25 @@ def _biomarker_rows(adata: ad.AnnData, key_added: str | None) -> list[tuple]:
             ("biomarkers", "cells_explained", cells.get("how"))]
 
 
+def explained_cells_text(info: dict, *, short: bool = False) -> str:
+    """Words for beside a downloaded ranking: the cells it was computed from, since
+    ``biomarkers.csv``'s columns do not say it (``metrics.csv``'s ``biomarkers`` rows do), e.g.
+    "Ranked from 2,000 of the 10,000 scored cells: a subsample, ...". ``short``: "from 2,000 of
+    10,000 scored cells (a subsample)"."""
+    cells = info.get("cells") or {}
+    n_explained, n_scored = cells.get("n_explained"), cells.get("n_scored")
+    if n_explained is None or n_scored is None:
+        return ("" if short else
+                "The ranking does not record how many cells it explained (computed by an earlier version).")
+    n_explained, n_scored = int(n_explained), int(n_scored)
+    if not cells.get("subsampled"):
+        return f"from all {n_scored:,} scored cells" if short else f"Ranked from all {n_scored:,} scored cells."
+    if short:
+        return f"from {n_explained:,} of {n_scored:,} scored cells (a subsample)"
+    return (f"Ranked from {n_explained:,} of the {n_scored:,} scored cells: a subsample, stratified by predicted "
+            "label. biomarkers.csv's columns do not say so; the metrics file (its 'biomarkers' rows) records it.")
+
+
 def biomarkers_table(adata: ad.AnnData) -> pd.DataFrame | None:
     """The gene ranking stored by :func:`scatd_core.explain.explain`, or ``None``."""
     stored = adata.uns.get(_keys.BIOMARKERS)

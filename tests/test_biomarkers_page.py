@@ -78,7 +78,7 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
     assert table.shape[0] == 50 and list(table["rank"]) == list(range(1, 51))
     assert any("Integrated gradients" in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) >= 3  # bar chart, dependence plot, map (+ DE comparison)
-    assert len(at.get("download_button")) == 2
+    assert len(at.get("download_button")) == 3  # the ranking, its metrics file, the per-cell values
     assert {"Cells explained", "Completeness error"} <= {m.label for m in at.metric}
     rho = next((m.value for m in at.metric if m.label == "Spearman |attr| vs |DE|"), None)
     assert rho is not None and __import__("re").fullmatch(r"-?\d\.\d{3}", rho), rho  # 3 decimals, as the others
@@ -276,6 +276,34 @@ def test_cells_to_explain_keeps_the_users_choice_not_the_cap_of_smaller_data(sma
     at.session_state[S.PREDICTION] = "token-4"
     at.run()
     assert at.number_input(key="bio_cells").value == 25  # what the user chose
+
+
+def test_the_downloads_say_how_many_cells_the_ranking_explained(predicted):
+    """QA: biomarkers.csv has the standard ranking columns only, so a ranking of a subsample (the
+    page explains at most 2,000 cells by default) lost that when downloaded. Beside the download the
+    page says how many of the scored cells were explained, and offers biomarkers_metrics.csv (as
+    ``scatd explain --output`` writes it) whose 'biomarkers' rows record it; the Report page too."""
+    from scatd_core import export
+    from scatd_core.explain import from_adata
+
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    at.number_input(key="bio_cells").set_value(12)
+    at.number_input(key="bio_steps").set_value(4)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    cells = from_adata(adata).info["cells"]
+    assert cells["subsampled"] and cells["n_scored"] == 40
+    said = [c.value for c in at.caption if c.value.startswith("Ranked from")]
+    assert said and f"{cells['n_explained']:,} of the 40 scored cells: a subsample" in said[0], said
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels[:2] == ["biomarkers.csv", "biomarkers_metrics.csv"], labels
+    rows = export.metrics_table(adata).set_index(["section", "metric"])["value"]
+    assert rows[("biomarkers", "n_cells_explained")] == cells["n_explained"] and rows[("biomarkers", "subsampled")]
+    at.switch_page("app_pages/6_Report.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(f"from {cells['n_explained']:,} of 40 scored cells (a subsample)" in c.value for c in at.caption)
 
 
 def test_the_page_says_why_there_is_no_de_test(small_bundles):
