@@ -1351,32 +1351,44 @@ def test_scatd_train_and_train_panel_refuse_a_bad_obs_table_before_training(tmp_
     assert code == 2 and "would overwrite the input file" in capsys.readouterr().err
 
 
-def test_scatd_train_panel_obs_labels_evaluate_and_a_resumed_drug_says_its_labels_came_from_another_table(
-        tmp_path, capsys):
+def test_scatd_train_panel_obs_labels_evaluate_and_another_table_trains_the_drug_again(tmp_path, capsys):
+    """QA: the resume state's fingerprint left out the cell metadata table (--obs): a run with another
+    table giving other labels (or another mask) of the same column resumed the drug, evaluated on the
+    first table's labels. The table's sha256 is part of the fingerprint when its columns give the
+    target labels or the mask; the same table resumes."""
     from scatd_core.cli import main
 
     args = _cli_train_args(tmp_path)
     panel = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA", *args[args.index("--target"):],
              "--min-lines", "2", "--library", str(tmp_path / "lib"), "--target-labels", "DRUGA=truth",
              "--target-resistant-value", "0"]
+
+    def run(*extra):
+        assert main(panel + list(extra)) == 0
+        out, err = capsys.readouterr()
+        return next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t")), err
+
     meta = _meta_table(tmp_path)
-    assert main(panel + ["--obs", str(meta)]) == 0
-    out, err = capsys.readouterr()
+    row, err = run("--obs", str(meta))
     assert "--obs meta.csv: 40 of the data's 40 cells matched a row" in err
-    row = next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t"))
     assert row[1] == "trained" and row[6] != "n/a"  # the target AUROC, on the table's labels
     [path] = [p for p in (tmp_path / "lib").iterdir() if (p / "manifest.json").is_file()]
     prov = load_bundle(path).manifest["provenance"]
     assert prov["target"]["file"] == "target.csv" and prov["target"]["sha256"] == sha256_file(tmp_path / "target.csv")
     assert prov["target"]["cell_metadata"]["sha256"] == sha256_file(meta)
     assert prov["target"]["cell_metadata"]["used"] == {"target_labels": "truth"}
+    assert run("--obs", str(meta))[0][1] == "resumed"  # the same table
     other = _meta_table(tmp_path, "other.csv", flip=True)  # the same column name, other labels
-    assert main(panel + ["--obs", str(other)]) == 0
-    out = capsys.readouterr().out
-    row = next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t"))
-    assert row[1] == "resumed"
-    assert (f"evaluated on the 'truth' of meta.csv (sha256 {sha256_file(meta)[:12]}), not of other.csv (sha256 "
-            f"{sha256_file(other)[:12]}) (train it again without resuming") in row[-1]
+    again, _ = run("--obs", str(other))
+    assert again[1] == "trained" and float(again[6]) == pytest.approx(1 - float(row[6]), abs=0.011), (row, again)
+    trained = [load_bundle(p) for p in (tmp_path / "lib").iterdir() if (p / "manifest.json").is_file()]
+    assert sha256_file(other) in {b.manifest["provenance"]["target"]["cell_metadata"]["sha256"] for b in trained}
+    # a table that only gives the mask: another table (the same cells kept) is another run too
+    mask_panel = [a for a in panel if a not in ("--target-labels", "DRUGA=truth", "--target-resistant-value", "0")]
+    panel[:] = mask_panel + ["--target-mask", "keep"]
+    assert run("--obs", str(meta))[0][1] == "trained"
+    assert run("--obs", str(meta))[0][1] == "resumed"
+    assert run("--obs", str(other))[0][1] == "trained"  # its 'keep' column is meta.csv's
 
 
 def test_a_model_trained_on_a_tables_columns_records_the_table_as_the_app_gives_it(tmp_path):

@@ -7,7 +7,9 @@ and the single cells it wants to score: every chosen drug is trained with
 named by a fingerprint of the other inputs and settings, so running the command again (also with
 other drugs chosen, or a label table made again with other drugs) skips the drugs already trained
 on the same labels (as long as their bundles are still installed: the very models, not another model that
-took the folder of a removed one since) and goes on with the others. Drugs with too few sensitive
+took the folder of a removed one since) and goes on with the others. A cell metadata table
+(``--obs``) whose columns give the target labels or the mask is part of that fingerprint: another
+table trains the drugs again. Drugs with too few sensitive
 (or resistant) labelled cell lines are skipped with the reason, never trained on noise.
 """
 
@@ -45,16 +47,19 @@ CHANCE_AUROC = 0.5
 
 
 def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: TrainSettings, adaptation: bool,
-                 target_mask: np.ndarray | None = None) -> str:
+                 target_mask: np.ndarray | None = None, cell_metadata: str | None = None) -> str:
     """The state file's name: the inputs and settings every drug shares (the target's cell mask
-    too, when one is given). Each drug's own labels are checked per drug (:func:`_labels_sha256`),
-    so a label table with other drugs added or removed (e.g. made again for another --drugs) keeps
-    the drugs already trained."""
+    too, when one is given, and ``cell_metadata``, the sha256 of the cell metadata table whose
+    columns gave the target labels or the mask: another table trains, or evaluates, the drugs
+    again). Each drug's own labels are checked per drug (:func:`_labels_sha256`), so a label table
+    with other drugs added or removed (e.g. made again for another --drugs) keeps the drugs already
+    trained."""
     h = hashlib.sha256()
     mask = None if target_mask is None else hashlib.sha256(np.packbits(target_mask).tobytes()).hexdigest()
     for part in (bulk_prov.get("sha256"), target_prov.get("sha256"), backbone,
                  json.dumps(asdict(settings), sort_keys=True, default=str), str(bool(adaptation)),
-                 *(() if mask is None else (mask,))):
+                 *(() if mask is None else (mask,)),
+                 *(() if cell_metadata is None else (f"cell_metadata {cell_metadata}",))):
         h.update(str(part).encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
@@ -248,7 +253,13 @@ def train_panel(
         files["labels"] = {"file": Path(labels).name, "sha256": sha256_file(labels)}
     evaluate = _target_label_columns(target_labels, table, chosen, target_ad, target_resistant_value)
     mask = target_mask_of(target_ad, target_mask)
-    state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation, mask))
+    # a cell metadata table (--obs) whose columns give the mask (cells the adaptation uses) or the
+    # target labels: another table is another run, never resumed from this one's models
+    metadata = _cell_metadata_origin(target_ad, {
+        **{f"target_labels {drug}": column for drug, column in evaluate.items()},
+        "target_mask": target_mask if isinstance(target_mask, str) else None})
+    metadata_id = (metadata.get("sha256") or f"file {metadata.get('file')}") if metadata and metadata["used"] else None
+    state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation, mask, metadata_id))
     state = _read_state(state_file) if resume else {}
     bulk_ids = set(map(str, bulk_ad.obs_names))
     rows, bundles = [], []
