@@ -1208,6 +1208,25 @@ def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder
     assert old["status"] == "trained" and "recorded no model identity" in old["note"]
 
 
+def test_the_card_names_a_mask_column_that_is_no_qc_filter(tmp_path):
+    """QA: the card called the cells any --target-mask column left out "filtered (QC)", also for a
+    column such as a cell type from a cell metadata table. It names the column; "filtered (QC)" stays
+    for the app's QC filter (its scatd_qc_pass column, or the array the Train page passes)."""
+    bulk, labels, target = synthetic(n_cells=50)
+    tumour = np.arange(target.n_obs) % 10 != 3
+    target.obs["is_tumour"] = tumour
+    s = replace(TINY, members=1)
+    bundle, rep = _train(tmp_path, bulk, labels, target, settings=s, target_mask="is_tumour")
+    summary = rep["card"]["data"]["summary"]
+    assert "45 target cells (the target given as data; 5 cells left out by the mask column 'is_tumour')" in summary
+    assert "QC" not in summary and bundle.manifest["training"]["target"]["mask_column"] == "is_tumour"
+    _, qc = _train(tmp_path, bulk, labels, target, "qc", settings=s, target_mask=tumour)  # the Train page's QC mask
+    assert "5 cells filtered (QC) left out" in qc["card"]["data"]["summary"]
+    target.obs["is_tumour"] = False
+    with pytest.raises(InputError, match="Every target cell is False in the mask column 'is_tumour'"):
+        _train(tmp_path, bulk, labels, target, "none", settings=s, target_mask="is_tumour")
+
+
 def test_with_labelled_target_cells_the_card_says_what_its_bulk_cv_row_scores(tmp_path):
     """QA: with few-shot labels the bulk-CV row "this model" scores the bulk-only recipe (its
     out-of-fold heads are fitted on the bulk folds alone); the card says so."""
@@ -1386,7 +1405,11 @@ def test_scatd_train_panel_obs_labels_evaluate_and_another_table_trains_the_drug
     # a table that only gives the mask: another table (the same cells kept) is another run too
     mask_panel = [a for a in panel if a not in ("--target-labels", "DRUGA=truth", "--target-resistant-value", "0")]
     panel[:] = mask_panel + ["--target-mask", "keep"]
+    before = set((tmp_path / "lib").iterdir())
     assert run("--obs", str(meta))[0][1] == "trained"
+    [newest] = [load_bundle(p) for p in set((tmp_path / "lib").iterdir()) - before if (p / "manifest.json").is_file()]
+    assert newest.manifest["provenance"]["target"]["cell_metadata"]["used"] == {"target_mask": "keep"}
+    assert "2 cells left out by the mask column 'keep'" in newest.manifest["card"]["data"]["summary"]
     assert run("--obs", str(meta))[0][1] == "resumed"
     assert run("--obs", str(other))[0][1] == "trained"  # its 'keep' column is meta.csv's
 

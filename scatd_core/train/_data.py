@@ -82,12 +82,17 @@ def target_mask_of(target: ad.AnnData, mask) -> np.ndarray | None:
     """The target cells training may use: ``None`` (all), a boolean array over the cells, or the
     name of a boolean obs column (e.g. ``'scatd_qc_pass'``, the app's QC filter). Cells left out
     are neither trained on nor evaluated, as prediction leaves filtered cells unscored."""
+    from scatd_core._keys import QC_PASS
     from scatd_core.predict import _mask_of
 
+    column = isinstance(mask, str) and mask != QC_PASS  # a column of the user's, not the QC filter's
     return _mask_of(target, mask, subject="The target",
                     missing_hint=f"Its columns: {', '.join(map(str, target.obs.columns)) or 'none'}.",
-                    nothing_left="Every target cell is filtered out (QC), so there is nothing to adapt to.",
-                    nothing_left_hint="Loosen the QC filter (the Data page), or name another --target-mask column.")
+                    nothing_left=(f"Every target cell is False in the mask column '{mask}', so there is nothing to "
+                                  "adapt to." if column else
+                                  "Every target cell is filtered out (QC), so there is nothing to adapt to."),
+                    nothing_left_hint=("Name another --target-mask column (True for the cells to use)." if column else
+                                       "Loosen the QC filter (the Data page), or name another --target-mask column."))
 
 
 def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnData, *,

@@ -312,7 +312,8 @@ def train_panel(
                 progress=say,
                 should_stop=should_stop, target_label_column=evaluate.get(drug),
                 notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),
-                target_resistant_value=target_resistant_value if drug in evaluate else None, target_mask=mask,
+                target_resistant_value=target_resistant_value if drug in evaluate else None,
+                target_mask=target_mask if isinstance(target_mask, str) else mask,  # a column: named by its card
                 input_names=names, input_files=files, source=source)
         except Cancelled:
             raise

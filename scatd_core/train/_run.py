@@ -216,6 +216,17 @@ def _scoring_units(n_features: int, n_folds: int, truth, few: FewShot | None) ->
         baselines.fit_units(baselines.LOGISTIC, n_features) if truth is not None and few is not None else 0)
 
 
+def _mask_words(column: str | None) -> str:
+    """How the card names the target cells a mask left out: "filtered (QC) left out" for the app's QC
+    filter (its ``scatd_qc_pass`` column, or the array the Train page passes), "left out by the mask
+    column 'X'" for any other column (e.g. a cell type from a cell metadata table), which is no QC."""
+    from scatd_core._keys import QC_PASS
+
+    if column is None or column == QC_PASS:
+        return "filtered (QC) left out"
+    return f"left out by the mask column '{column}'"
+
+
 def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, column, few: FewShot | None,
           provenance: dict, warnings: list[str], advance: Callable[[int, str], None] | None = None) -> dict:
     """The model card; ``advance(units, message)`` after each baseline fit (progress)."""
@@ -272,7 +283,8 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
                f"{lab['resistant']} resistant; {lab['n_bulk_without_label']} bulk samples without a label for it, used for "
                f"pretraining only) and "
                f"{len(data.target_ids)} target cells ({target_desc}"
-               + (f"; {data.report['target']['filtered']:,} cells filtered (QC) left out"
+               + (f"; {data.report['target']['filtered']:,} cells "
+                  f"{_mask_words(data.report['target'].get('mask_column'))}"
                   if data.report["target"].get("filtered") else "") + ")"
                + (f", on {genes['n_panel']} genes shared by bulk and target" if genes else "") + ".")
     return {
@@ -459,6 +471,8 @@ def train_drug_model(
     data = prepare_training_data(bulk_ad, labels, drug, target_ad, backbone=backbone,
                                  backbone_genes=bb_bundle.genes if bb_bundle is not None else None,
                                  target_mask=target_mask_of(target_ad, target_mask))
+    if isinstance(target_mask, str):  # the column that left cells out, named by the card (QC or not)
+        data.report["target"]["mask_column"] = target_mask
     report = dict(data.report)
     warnings += report.pop("warnings", [])  # from the data (e.g. duplicated bulk IDs)
     few = _few_shot(few_shot_labels, data, warnings)
