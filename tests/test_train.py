@@ -1414,6 +1414,54 @@ def test_scatd_train_panel_obs_labels_evaluate_and_another_table_trains_the_drug
     assert run("--obs", str(other))[0][1] == "trained"  # its 'keep' column is meta.csv's
 
 
+def test_scatd_train_few_shot_column_takes_the_labelled_cells_as_the_train_page_does(tmp_path, capsys, monkeypatch):
+    """Parity: the Train page trains with the labelled cells of a column (labels for a few cells,
+    blanks for the others); `scatd train` took them only as a cell_id,label CSV. --few-shot-column
+    (with --few-shot-resistant for codes like 0/1) takes them as the page does, and the model records
+    them as the page's: how many cells of the target, and the cell metadata table's column."""
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path) + ["--library", str(tmp_path / "lib")]
+    _, _, target = synthetic()
+    response = target.obs["response"].to_numpy()  # 1 = sensitive
+    few = [str(r) if i < 12 else "" for i, r in enumerate(response)]
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"cell_id": target.obs_names, "few": few, "truth": response}).to_csv(meta, index=False)
+    labelled = {"resistant": int((response[:12] == 0).sum()), "sensitive": int((response[:12] == 1).sum())}
+    with_table = args + ["--obs", str(meta), "--few-shot-column", "few"]
+    # refused before any training, each with what to give
+    real = __import__("scatd_core.train", fromlist=["train_drug_model"]).train_drug_model
+    _no_training(monkeypatch)
+    for extra, said in [
+        ([], ("error: Which value of 'few' means resistant is not known (values: ", "--few-shot-resistant VALUE")),
+        (["--few-shot-resistant", "0", "--target-labels", "few"],
+         ("error: --few-shot-column and --target-labels name the same column 'few'",)),
+    ]:
+        assert main(with_table + extra) == 2
+        err = capsys.readouterr().err
+        assert all(part in err for part in said) and "unexpected" not in err, err
+    assert main(args + ["--few-shot-column", "few", "--few-shot-resistant", "0"]) == 2  # target.csv has no obs
+    assert "error: The target has no obs column 'few' (--few-shot-column)." in capsys.readouterr().err
+    assert main(args + ["--few-shot-resistant", "0"]) == 2
+    assert "error: --few-shot-resistant is for the --few-shot-column column" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one way to give them
+        main(args + ["--few-shot-labels", str(meta), "--few-shot-column", "few"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    monkeypatch.setattr("scatd_core.train.train_drug_model", real)
+    code = main(with_table + ["--few-shot-resistant", "0", "--target-labels", "truth", "--target-resistant-value",
+                              "0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert (f"--few-shot-column few: 12 labelled cell(s) of 40 will be used for training "
+            f"({labelled['resistant']} resistant, {labelled['sensitive']} sensitive).") in err
+    assert (f"12 labelled target cells ({labelled['resistant']} resistant, {labelled['sensitive']} sensitive) "
+            "trained it") in err
+    prov = load_bundle(out.split("installed in the model library: ")[1].strip()).manifest["provenance"]
+    assert prov["few_shot_labels"] == {"n": 12, "of": "cells of the target"}  # as the Train page's
+    assert prov["target"]["file"] == "target.csv" and prov["target"]["sha256"] == sha256_file(tmp_path / "target.csv")
+    assert prov["target"]["cell_metadata"]["used"] == {"target_labels": "truth", "few_shot_labels": "few"}
+
+
 def test_a_model_trained_on_a_tables_columns_records_the_table_as_the_app_gives_it(tmp_path):
     """The Train page trains on the current dataset, whose cell metadata table (the Data page's
     upload) gave its label or few-shot column: the model records the upload's name and sha256."""

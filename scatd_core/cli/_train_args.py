@@ -53,18 +53,21 @@ def add_target_obs_argument(p) -> None:
                         "the table (its name and sha256)")
 
 
-def read_target(args):
-    """``(target, record)``: without ``--obs``, ``(args.target, None)`` (the training reads the file);
-    with it, the target read here with the table's columns added to its obs (said as ``scatd
-    predict --obs`` says it), and the target file's ``{"file", "sha256"}``, which the model records
-    as if the training had read it. A table that matches no cell, lists a cell twice or has no rows
-    is refused with predict's message."""
-    if not getattr(args, "obs", None):
+def read_target(args, *, read: bool = False):
+    """``(target, record)``: without ``--obs`` (and ``read``), ``(args.target, None)`` (the training
+    reads the file); with it, the target read here with the table's columns added to its obs (said
+    as ``scatd predict --obs`` says it), and the target file's ``{"file", "sha256"}``, which the
+    model records as if the training had read it. A table that matches no cell, lists a cell twice
+    or has no rows is refused with predict's message. ``read``: read the target here even without
+    ``--obs`` (``--few-shot-column`` looks at its columns)."""
+    if not getattr(args, "obs", None) and not read:
         return args.target, None
     from scatd_core import io
     from scatd_core.train._data import read_if_path
 
     target, record = read_if_path(args.target, "target")
+    if not getattr(args, "obs", None):
+        return target, record
     for i, line in enumerate(io.cell_metadata_messages(io.add_cell_metadata(target, args.obs))):
         say(("--obs " if i == 0 else "      ") + line)  # the first names the table
     return target, record
@@ -90,6 +93,43 @@ def refuse_lone_resistant_value(args) -> None:
     if getattr(args, "target_resistant_value", None) is not None and not getattr(args, "target_labels", None):
         raise ScatdError("--target-resistant-value is for the --target-labels column(s), and none was given.",
                          "Add --target-labels (the target's label column), or leave --target-resistant-value out.")
+
+
+def refuse_lone_few_shot_value(args) -> None:
+    """``--few-shot-resistant`` without ``--few-shot-column`` is refused before anything is read, as
+    a lone ``--target-resistant-value`` is."""
+    if getattr(args, "few_shot_resistant", None) is not None and not getattr(args, "few_shot_column", None):
+        raise ScatdError("--few-shot-resistant is for the --few-shot-column column, and none was given.",
+                         "Add --few-shot-column (the target's column of labelled cells), or leave "
+                         "--few-shot-resistant out.")
+
+
+def few_shot_of_column(target, args):
+    """The labelled cells of ``--few-shot-column`` (``sensitive``/``resistant`` by cell ID), as the
+    Train page takes them (:func:`scatd_core.labels.few_shot_from_column`, so the model records
+    them as it records the page's: the column's name, and the cell metadata table that gave it).
+    Which value means resistant: ``--few-shot-resistant``, else the words (resistant/sensitive...);
+    numbers are never guessed: where the page asks, the error here names the option to give."""
+    from scatd_core._keys import RESISTANT, SENSITIVE
+    from scatd_core.errors import InputError
+    from scatd_core.labels import few_shot_from_column, label_counts, label_direction
+
+    column, resistant = args.few_shot_column, args.few_shot_resistant
+    if column not in target.obs:
+        raise InputError(f"The target has no obs column {column!r} (--few-shot-column).",
+                         f"Its columns: {', '.join(map(str, target.obs.columns)) or 'none'}.")
+    if column == getattr(args, "target_labels", None):
+        raise InputError(f"--few-shot-column and --target-labels name the same column {column!r}: the cells it labels "
+                         "would train the model and so be left out of its evaluation, leaving none to evaluate on.",
+                         "Give the evaluation labels in another column, or leave --target-labels out.")
+    if resistant is None and label_direction(target, column) is None:
+        values = ", ".join(map(str, label_counts(target.obs[column]).index[:5])) or "none"
+        raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",
+                         "Say which value means resistant: --few-shot-resistant VALUE.")
+    labels = few_shot_from_column(target, column, resistant)
+    say(f"--few-shot-column {column}: {len(labels):,} labelled cell(s) of {target.n_obs:,} will be used for training "
+        f"({int((labels == RESISTANT).sum()):,} resistant, {int((labels == SENSITIVE).sum()):,} sensitive).")
+    return labels
 
 
 def note_unused(args, settings: TrainSettings, *, backbone_given: bool = False, few_shot: bool = False) -> list[str]:

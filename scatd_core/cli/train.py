@@ -12,8 +12,9 @@ from pathlib import Path
 
 from scatd_core._output import writing
 from scatd_core._train_settings import TrainSettings
-from scatd_core.cli._train_args import (add_recipe_arguments, add_target_obs_argument, note_unused, read_target,
-                                        recipe_settings, refuse_lone_resistant_value)
+from scatd_core.cli._train_args import (add_recipe_arguments, add_target_obs_argument, few_shot_of_column,
+                                        note_unused, read_target, recipe_settings, refuse_lone_few_shot_value,
+                                        refuse_lone_resistant_value)
 from scatd_core.cli._common import (BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
@@ -100,9 +101,9 @@ def add(sub) -> None:
         description="Train a drug-response model on labelled bulk cell lines for a target single-cell dataset. "
                     "Default: an ensemble of scATD backbones pretrained from different seeds on the bulk and the "
                     "target cells, each with a class-balanced linear head on its latent and the standardised genes. "
-                    "The target's label column, if any, is only used to report metrics; --few-shot-labels trains "
-                    "with a few labelled target cells. Every model gets a model card comparing it with a logistic "
-                    "regression and gradient boosting trained on the same inputs.")
+                    "The target's label column, if any, is only used to report metrics; --few-shot-labels (or "
+                    "--few-shot-column) trains with a few labelled target cells. Every model gets a model card "
+                    "comparing it with a logistic regression and gradient boosting trained on the same inputs.")
     p.add_argument("--backbone", default="dist_vae", choices=BACKBONES,
                    help="dist_vae: expression (default); vae_sf/vae_gf: cell embeddings")
     p.add_argument("--bulk", required=True, help="bulk cell lines x genes (CSV/TSV, h5ad, ...)")
@@ -118,9 +119,17 @@ def add(sub) -> None:
     p.add_argument("--folds", type=positive_int, default=DEFAULTS.folds,
                    help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
     add_recipe_arguments(p)
-    p.add_argument("--few-shot-labels",
-                   help="CSV cell_id,label (sensitive/resistant) of a few labelled target cells (at least 2 per "
-                        "class) to train with; the other target cells stay unlabelled (semi-supervised)")
+    few = p.add_mutually_exclusive_group()
+    few.add_argument("--few-shot-labels",
+                     help="CSV cell_id,label (sensitive/resistant) of a few labelled target cells (at least 2 per "
+                          "class) to train with; the other target cells stay unlabelled (semi-supervised)")
+    few.add_argument("--few-shot-column", metavar="COLUMN",
+                     help="or an obs column of the target (or of --obs) with a label for a few cells and blanks for "
+                          "the others (the Train page's 'Labelled cells to train with'): those cells train the model "
+                          "as --few-shot-labels' do")
+    p.add_argument("--few-shot-resistant", metavar="VALUE",
+                   help="the value of --few-shot-column meaning resistant, unless the values are words like "
+                        "resistant/sensitive (e.g. 0 for a 0/1 column where 1 = sensitive)")
     p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
     p.add_argument("--target-mask", metavar="COLUMN",
                    help="boolean obs column of the target: only its True cells are used (adapted to and evaluated), "
@@ -149,6 +158,7 @@ def run(args) -> int:
     from scatd_core.train import report_to_json, train_drug_model
 
     refuse_lone_resistant_value(args)  # before anything is read
+    refuse_lone_few_shot_value(args)
     # a bundle folder, or the name of one in the model library (as predict's --model)
     backbone_bundle = resolve_bundle(args.backbone_bundle, args.library) if args.backbone_bundle else None
     inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels, args.obs,
@@ -164,16 +174,18 @@ def run(args) -> int:
 
     settings = recipe_settings(args)
     said = note_unused(args, settings, backbone_given=backbone_bundle is not None,
-                       few_shot=args.few_shot_labels is not None)
+                       few_shot=args.few_shot_labels is not None or args.few_shot_column is not None)
     say(f"Training a {args.backbone} model for {args.drug} ({args.head} head): bulk {Path(args.bulk).name}, "
         f"target {Path(args.target).name}")
-    target, target_file = read_target(args)  # with --obs, the table's columns added before they are looked up
+    # with --obs, the table's columns added before they are looked up; read here too for --few-shot-column
+    target, target_file = read_target(args, read=args.few_shot_column is not None)
+    few_shot = args.few_shot_labels if args.few_shot_column is None else few_shot_of_column(target, args)
     bundle, report = train_drug_model(
         args.bulk, args.bulk_labels, args.drug, target, backbone=args.backbone,
         backbone_bundle=backbone_bundle, seed=args.seed, folds=args.folds, epochs=args.epochs, settings=settings,
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
-        few_shot_labels=args.few_shot_labels, input_files={"target": target_file} if target_file else None,
+        few_shot_labels=few_shot, input_files={"target": target_file} if target_file else None,
         library=args.library, name=args.name, trained_by=_os_user(), progress=Progress(),
         notice=lambda message: (said.append(message), say(f"note: {message}")))
     target_metrics = report["metrics"].get("target") or {}
