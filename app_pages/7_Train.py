@@ -163,6 +163,19 @@ if bulk is not None:
 if labels is not None:
     st.caption(f":material/label: Labels: **{ui.md(labels['name'])}**, {labels['table'].shape[0]:,} cell lines × "
                f"{labels['table'].shape[1]:,} drugs")
+orientation_error = None
+if bulk is not None and labels is not None:  # the bulk's IDs say which way round the table is, before a drug is chosen
+    from scatd_core.labels import check_orientation
+
+    try:
+        orientation_warning = check_orientation(labels["table"], bulk["adata"].obs_names,
+                                                f"The label table {labels['name']}")
+    except ScatdError as exc:
+        orientation_error = exc
+        show_error(exc)
+    else:
+        if orientation_warning:
+            st.warning(ui.md(orientation_warning), icon=":material/warning:")
 
 # ------------------------------------------------------------------ 2. target
 st.subheader("2 · Target single cells")
@@ -239,6 +252,9 @@ if target is not None:
 st.subheader("3 · Drug and training")
 if bulk is None or labels is None or target is None:
     st.info("Give the bulk data, its labels and the target cells above to train a model.")
+    ui.stop()
+if orientation_error is not None:
+    st.info("Give a label table that fits the bulk data (cell lines as rows, see above) to train a model.")
     ui.stop()
 
 table = labels["table"]

@@ -1274,6 +1274,25 @@ def test_label_table_orientation_is_checked_against_the_bulk_ids(tmp_path):
     assert prepare_training_data(bulk, labels, "DRUGA", target).report["warnings"] == []
 
 
+def test_train_panel_checks_the_label_tables_orientation_before_choosing_its_drugs(tmp_path):
+    """QA: train_panel chose its drugs from the label table before any drug's training checked its
+    orientation, so a transposed table failed with 'not in the label table'; it is refused at once,
+    with the counts each way, and a warning reaches the notes of the drugs that did not train."""
+    from scatd_core.train import train_panel
+
+    bulk, labels, target = synthetic()
+    with pytest.raises(InputError, match=r"^The label table looks transposed \(cell lines as columns\): 0 of its 2 row "
+                                         r"IDs and 48 of its 48 column names"):
+        train_panel(bulk, labels.T, "DRUGA", target, library=tmp_path / "lib", resume=False)
+    extra = labels.assign(**{"ACH-000005": "sensitive"})  # a drug column named as a bulk sample: read as given, said
+    summary, bundles = train_panel(bulk, extra, "all", target, library=tmp_path / "lib", resume=False,
+                                   min_lines_per_class=100)  # every drug skipped: nothing trains
+    assert list(summary["status"]) == ["skipped"] * 3 and not bundles
+    for note in summary["note"]:
+        assert note.startswith("too few labelled cell lines") and "The label table: 48 of its 48 row IDs" in note
+        assert "column(s) ACH-000005 were taken as drugs" in note
+
+
 def test_duplicated_bulk_ids_renamed_by_the_reader_are_warned_about(tmp_path):
     """QA: duplicated bulk cell-line IDs were renamed by the reader (ACH-...-1) and then silently
     counted as samples without a label."""

@@ -418,3 +418,22 @@ def test_on_a_lab_server_the_page_says_what_other_users_will_see_of_the_model(tm
     at.run()
     assert not at.exception, at.exception
     assert any(shared in c.value and "names you, the files that trained it" in c.value for c in at.caption)
+
+
+def test_the_label_tables_orientation_is_checked_as_soon_as_bulk_and_labels_are_both_given():
+    """QA: a transposed label table (cell lines as columns) offered its cell lines as drugs and was
+    refused only when a training started; the page checks it against the bulk's IDs at once."""
+    at = _page_with_training_data()
+    labels = at.session_state["train_labels"]["table"]
+    at.session_state["train_labels"] = {"table": labels.T, "name": "labels.csv"}
+    at.run()
+    assert not at.exception, at.exception
+    (error,) = at.error
+    assert "The label table labels.csv looks transposed (cell lines as columns)" in error.value.replace("\\", "")
+    assert any("cell lines as rows" in i.value for i in at.info)
+    assert not [s for s in at.selectbox if s.key == "train_drug"]  # no drug to choose from a transposed table
+    at.session_state["train_labels"] = {"table": labels.assign(**{"ACH-000005": None}), "name": "labels.csv"}
+    at.run()
+    assert not at.exception and not at.error, at.exception
+    shown = [w.value.replace("\\", "") for w in at.warning]
+    assert any("column(s) ACH-000005 were taken as drugs" in w for w in shown), shown

@@ -32,7 +32,7 @@ from scatd_core._progress import step
 from scatd_core.bundle import folder_taken_words, load_bundle, model_identity, sha256_file
 from scatd_core.config import scatd_home
 from scatd_core.errors import Cancelled, InputError, ScatdError
-from scatd_core.labels import drug_labels, encode_column, match_drug, read_label_table
+from scatd_core.labels import check_orientation, drug_labels, encode_column, match_drug, read_label_table
 from scatd_core.train._data import _frame_sha256, read_if_path, target_mask_of
 from scatd_core.train._settings import TrainSettings
 
@@ -198,7 +198,9 @@ def train_panel(
         As for :func:`~scatd_core.train.train_drug_model` (AnnData or file); read once.
     labels
         Label table (path or DataFrame, cell lines x drugs, ``sensitive``/``resistant``), e.g. from
-        :func:`scatd_core.labels.labels_from_ic50`.
+        :func:`scatd_core.labels.labels_from_ic50`. Its orientation is checked against the bulk's
+        sample IDs before the drugs are chosen (:func:`~scatd_core.labels.check_orientation`, as
+        for one drug): a transposed table is refused at once; its warning is in every drug's note.
     drugs
         ``"all"``, a comma-separated list or a list of drug columns (matched case-insensitively).
     settings
@@ -239,9 +241,12 @@ def train_panel(
     s = settings or TrainSettings()
     s.check()
     table = read_label_table(labels)
-    chosen = choose_drugs(table, drugs)
     given = {k: v for k, v in (input_files or {}).items() if v and v.get("file") and v.get("sha256")}
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk", record=given.get("bulk"))
+    # the bulk's IDs say which way round the table is, before its drugs are looked for (as for one drug)
+    shown = "The label table" if isinstance(labels, pd.DataFrame) else f"The label table {Path(labels).name}"
+    orientation_warning = check_orientation(table, list(bulk_ad.obs_names), shown)
+    chosen = choose_drugs(table, drugs)
     target_ad, target_prov = read_if_path(target, "target", record=given.get("target"))
     names = {key: prov["file"] for key, prov in (("bulk", bulk_prov), ("target", target_prov)) if prov.get("file")}
     if not isinstance(labels, pd.DataFrame):
@@ -327,6 +332,10 @@ def train_panel(
                        "identity": model_identity(bundle), "name": bundle.name,
                        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         _write_state(state_file, state)
+    if orientation_warning:  # a trained drug's note has it from its model's warnings; the others are told here
+        for row in rows:
+            if row["status"] != "trained":
+                row["note"] = "; ".join(n for n in (row["note"], orientation_warning) if n)
     if progress is not None:
         progress(1.0, f"{len(bundles)} of {len(chosen)} drugs have a model")
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), bundles
