@@ -107,21 +107,40 @@ def _check_args(bundle, mode: str, n_samples: int, batch_size: int, adata: ad.An
         raise InputError("The dataset has no cells.", "Check the file and the filters applied.")
 
 
+def _is_true_false(values: pd.Series) -> bool:
+    """Whether an obs column can be a mask: no gaps, only True/False (or 1/0)."""
+    return not values.isna().any() and set(pd.unique(values.astype(object))) <= {True, False, 0, 1}
+
+
+def _true_false_columns(adata: ad.AnnData, n: int = 5) -> str:
+    """A few of the obs columns that could be a mask (boolean ones first), for a message."""
+    found = [str(c) for c in adata.obs.columns if _is_true_false(adata.obs[c])]
+    found.sort(key=lambda c: not pd.api.types.is_bool_dtype(adata.obs[c]))
+    return ", ".join(found[:n]) + (", ..." if len(found) > n else "")
+
+
 def _mask_of(adata: ad.AnnData, mask, *, subject: str = "The data",
-             missing_hint: str = "Apply the QC filter first (scatd_core.preprocess.apply_qc_filter).",
+             missing_hint: str | None = None,
              nothing_left: str = "Every cell is removed by the QC filter, so there is nothing to predict.",
              nothing_left_hint: str = "Loosen the QC thresholds on the Data page, or turn the filter off.",
              ) -> np.ndarray | None:
     """The cells to use: ``None`` (all), a boolean array over the cells, or the name of a True/False
-    obs column (e.g. ``'scatd_qc_pass'``); :class:`InputError` for a missing or non-boolean column, a
-    wrong length, or no cell left (``nothing_left``). Shared by prediction and training."""
+    obs column (e.g. ``'scatd_qc_pass'``, or a column of a cell metadata table); :class:`InputError`
+    for a missing column (naming a few True/False columns there are), a non-boolean column, a wrong
+    length, or no cell left (``nothing_left``). Shared by prediction and training."""
     if mask is None:
         return None
     if isinstance(mask, str):
         if mask not in adata.obs:
-            raise InputError(f"{subject} has no obs['{mask}'] to use as the QC mask.", missing_hint)
+            some = _true_false_columns(adata)
+            if missing_hint is None:
+                missing_hint = ("Apply the QC filter first (scatd_core.preprocess.apply_qc_filter)."
+                                if mask == _keys.QC_PASS else "Name a True/False column: True for the cells to keep.")
+            raise InputError(f"{subject} has no obs column '{mask}' to use as the mask (the cells to keep); "
+                             + (f"its True/False columns: {some}." if some else "it has no True/False column."),
+                             missing_hint)
         values = adata.obs[mask]
-        if values.isna().any() or not set(pd.unique(values.astype(object))) <= {True, False, 0, 1}:
+        if not _is_true_false(values):
             raise InputError(f"obs['{mask}'] of {subject.lower()} is not a True/False column.",
                              "Give a boolean column: True for the cells to use (e.g. scatd_qc_pass).")
         mask = values.to_numpy(dtype=bool)

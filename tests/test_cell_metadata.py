@@ -205,3 +205,22 @@ def test_true_false_columns_are_booleans_a_mask_can_use(tmp_path):
     assert list(_mask_of(adata, "keep")) == [True, False, True]
     assert adata.obs["flag"].iloc[2] is None or pd.isna(adata.obs["flag"].iloc[2])  # a gap stays a gap
     assert adata.obs["note"].iloc[0] == "true story"  # other text stays text
+
+
+def test_a_missing_mask_column_is_called_a_mask_and_the_true_false_columns_named(tmp_path):
+    """QA: a --mask/--target-mask column that is not there was 'no obs[...] to use as the QC mask',
+    though a mask may be any True/False column (e.g. of a cell metadata table)."""
+    from scatd_core.predict import _mask_of
+
+    adata = _data(["c1", "c2", "c3"])
+    io.add_cell_metadata(adata, _csv(tmp_path, "cell_id,keep,note\nc1,True,a\nc2,False,b\nc3,True,c\n"))
+    with pytest.raises(InputError) as err:
+        _mask_of(adata, "kept")
+    assert err.value.message == ("The data has no obs column 'kept' to use as the mask (the cells to keep); its "
+                                 "True/False columns: keep.")
+    assert "QC" not in err.value.message and err.value.hint == "Name a True/False column: True for the cells to keep."
+    with pytest.raises(InputError, match="no obs column 'scatd_qc_pass'.*; its True/False columns: keep") as err:
+        _mask_of(adata, "scatd_qc_pass")
+    assert "Apply the QC filter first" in err.value.hint
+    with pytest.raises(InputError, match="; it has no True/False column"):
+        _mask_of(_data(["c1"]), "keep")

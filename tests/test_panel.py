@@ -565,7 +565,7 @@ def test_cli_mask_scores_only_the_qc_passing_cells(lib_env, tmp_path, capsys):
     assert main(["predict", "--input", cells, "--model", "DRUGA", "--output", str(tmp_path / "x.csv"),
                  "--mask", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "no obs['nope']" in err and "scatd_qc_pass" in err and "Traceback" not in err
+    assert "no obs column 'nope' to use as the mask" in err and "scatd_qc_pass" in err and "Traceback" not in err
 
 
 def test_cli_messages_name_the_model_folder_and_no_app_page(lib_env, tmp_path, capsys):
