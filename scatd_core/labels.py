@@ -378,14 +378,17 @@ def shown_labels(adata, column: str) -> pd.Series:
 
 def encode_column(adata, column: str, resistant=None, *, option: str = "--label-resistant") -> np.ndarray:
     """:func:`encode_labels` of ``adata.obs[column]`` with its recorded direction (or ``resistant``);
-    ``option``: the caller's command-line option that gives the direction, for the hint."""
+    ``option``: what gives the direction where the caller asks it, for the hint: its command-line
+    option (``--...``), or the app's field that asks it."""
     if column not in adata.obs:
         raise InputError(f"The data has no column '{column}'.", "Choose the label column again.")
     resistant = resistant if resistant is not None else label_direction(adata, column)
     if resistant is None:
         values = ", ".join(map(str, label_counts(adata.obs[column]).index[:5]))
         raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",
-                         f"Say which value means resistant (Data page, or {option} on the command line).")
+                         "Say which value means resistant ("
+                         + (f"Data page, or {option} on the command line" if option.startswith("--") else option)
+                         + ").")
     return encode_labels(adata.obs[column], resistant)
 
 
@@ -509,10 +512,16 @@ def read_few_shot_labels(path: str | Path, name: str | None = None) -> pd.Series
     return _few_shot_series(ids[~missing], values[~missing], shown)
 
 
-def few_shot_from_column(adata, column: str, resistant=None) -> pd.Series:
+#: Where the Train page asks which value of its labelled-cells column means resistant.
+FEW_SHOT_FIELD = "the Train page asks it under 'Labelled cells to train with'"
+
+
+def few_shot_from_column(adata, column: str, resistant=None, *, option: str = FEW_SHOT_FIELD) -> pd.Series:
     """The labelled cells of a column with blanks for unlabelled cells (its direction as recorded,
-    :func:`label_direction`, unless ``resistant`` is given); see :func:`read_few_shot_labels`."""
-    y = encode_column(adata, column, resistant)
+    :func:`label_direction`, unless ``resistant`` is given); see :func:`read_few_shot_labels`.
+    ``option``: the caller's option (``--few-shot-resistant``) or field that gives the direction,
+    named when it is not known (:func:`encode_column`); by default the Train page's."""
+    y = encode_column(adata, column, resistant, option=option)
     known = np.isfinite(y)
     names = pd.Series(np.where(y[known] == 1, RESISTANT, SENSITIVE))
     labels = _few_shot_series(adata.obs_names[known], names, f"Column '{column}'")

@@ -109,6 +109,33 @@ def test_direction_is_asked_once_recorded_and_used():
     assert list(labels.encode_column(adata, "response")) == [0.0, 1.0, 0.0, 1.0]
 
 
+def test_an_unknown_few_shot_direction_names_where_its_caller_asks_it(monkeypatch):
+    """QA: a labelled-cells column whose resistant value is not known hinted --label-resistant, an
+    option of scatd predict, also on the Train page (a form field) and in scatd train --few-shot-column
+    (whose option is --few-shot-resistant)."""
+    adata = ad.AnnData(np.ones((6, 2), dtype=np.float32))
+    adata.obs["few"] = pd.Series([1, 0, 1, 0, None, None], index=adata.obs_names, dtype=object)
+    with pytest.raises(InputError, match="means resistant is not known") as err:
+        labels.few_shot_from_column(adata, "few")  # as the Train page calls it
+    assert err.value.hint == ("Say which value means resistant (the Train page asks it under 'Labelled cells to "
+                              "train with').")
+    with pytest.raises(InputError) as err:
+        labels.few_shot_from_column(adata, "few", option="--few-shot-resistant")
+    assert err.value.hint == "Say which value means resistant (Data page, or --few-shot-resistant on the command line)."
+    with pytest.raises(InputError, match="--label-resistant on the command line"):  # the other callers' as before
+        labels.encode_column(adata, "few")
+    assert labels.few_shot_from_column(adata, "few", 0).to_dict() == {"1": "resistant", "3": "resistant",
+                                                                      "0": "sensitive", "2": "sensitive"}
+    from argparse import Namespace
+
+    from scatd_core.cli._train_args import few_shot_of_column
+
+    real, options = labels.few_shot_from_column, []
+    monkeypatch.setattr(labels, "few_shot_from_column", lambda *a, **k: options.append(k.get("option")) or real(*a, **k))
+    assert len(few_shot_of_column(adata, Namespace(few_shot_column="few", few_shot_resistant="0"))) == 4
+    assert options == ["--few-shot-resistant"]  # scatd train --few-shot-column names its own option
+
+
 def _ic50_files(tmp_path):
     cells = ["ACH-1", "ACH-2", "ACH-3", "ACH-4"]
     ic50 = pd.DataFrame([[0.1, -1.0, np.nan, 2.0],      # drug 10: threshold 0.5

@@ -126,7 +126,7 @@ def few_shot_of_column(target, args):
         values = ", ".join(map(str, label_counts(target.obs[column]).index[:5])) or "none"
         raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",
                          "Say which value means resistant: --few-shot-resistant VALUE.")
-    labels = few_shot_from_column(target, column, resistant)
+    labels = few_shot_from_column(target, column, resistant, option="--few-shot-resistant")
     say(f"--few-shot-column {column}: {len(labels):,} labelled cell(s) of {target.n_obs:,} will be used for training "
         f"({int((labels == RESISTANT).sum()):,} resistant, {int((labels == SENSITIVE).sum()):,} sensitive).")
     return labels
