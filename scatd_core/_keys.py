@@ -136,3 +136,26 @@ PANEL_N_SCORED = "scatd_panel_n_scored"
 # ----------------------------------------------------------------------------- foundation models
 FOUNDATION_EMBEDDING = {"vae_sf": "X_scfoundation", "vae_gf": "X_geneformer"}
 FOUNDATION = "scatd_foundation"
+
+
+# ----------------------------------------------------------------------------- columns offered to the user
+def user_columns(columns, also=()) -> list[str]:
+    """The columns a message offers to choose from: scATD Studio's own (``scatd_*``, e.g.
+    ``scatd_all_zero``, written by the reader) left out, but for those in ``also`` (e.g.
+    :data:`QC_PASS` where a True/False mask column is asked for)."""
+    keep = {str(c) for c in also}
+    return [str(c) for c in columns if not str(c).startswith("scatd_") or str(c) in keep]
+
+
+def columns_text(columns, also=()) -> str:
+    """:func:`user_columns` as a comma-separated list, or ``none``."""
+    return ", ".join(user_columns(columns, also)) or "none"
+
+
+def target_columns_hint(columns) -> str:
+    """The hint for a column the target of ``scatd train`` lacks: its columns, or, when it has
+    none of its own (a counts table, a 10x folder), how to add them."""
+    shown = user_columns(columns)
+    if not shown:
+        return "It has no cell annotation columns: add them from a cell metadata table with --obs."
+    return f"Its columns: {', '.join(shown)}."

@@ -8,6 +8,7 @@ hold a 200 MB tensor. A legacy (pickle) checkpoint holds its tensors as they are
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -51,3 +52,48 @@ def check_checkpoint_size(path: Path, name: str, cap: int) -> None:
             + f", over the limit of {size_text(cap)} for a checkpoint.",
             "torch.save stores tensors uncompressed; this archive was compressed afterwards. Save the model again "
             "with torch.save(model.state_dict(), path)." if compressed else limit_hint)
+
+
+#: The largest safetensors header read to recognise one (real headers are a few kB to a few MB).
+MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+def safetensors_names(path: Path) -> list[str] | None:
+    """The tensor names of a safetensors file, from its header alone (8 bytes giving the length of a
+    JSON object, then the object), or ``None`` when ``path`` is not one. No tensor is read."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 2 <= n <= min(size - 8, MAX_SAFETENSORS_HEADER):
+                return None
+            text = fh.read(n)
+    except OSError:
+        return None
+    if not text.lstrip().startswith(b"{"):
+        return None
+    try:
+        header = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    return [str(k) for k in header if k != "__metadata__"]
+
+
+def safetensors_problem(path: Path, name: str, hint: str) -> CheckpointError | None:
+    """A file given as a PyTorch checkpoint that is a safetensors file (e.g. renamed ``.pth``),
+    named as one with ``hint`` (how to use it where it came from), else ``None``."""
+    names = safetensors_names(path)
+    if names is None:
+        return None
+    return CheckpointError(f"{name} is a safetensors file ({len(names):,} tensors), not a PyTorch checkpoint "
+                           "(torch.save archive or pickle), whatever its name says.", hint)
+
+
+#: How to import a safetensors state dict as an scATD checkpoint, for :func:`safetensors_problem`.
+SAFETENSORS_IMPORT_HINT = (
+    "Checkpoints are imported from torch.save .pth files. If it is the weights.safetensors of an scATD Studio "
+    "model folder, copy the whole folder (with its manifest.json) into the model library instead; otherwise convert "
+    "it once in Python: from safetensors.torch import load_file; torch.save(load_file('IN.safetensors'), "
+    "'OUT.pth'), and import OUT.pth.")

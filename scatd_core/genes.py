@@ -457,6 +457,35 @@ def load_pickled_dict(path: str | Path, *, allow_numpy_scalars: bool = False) ->
     return out
 
 
+def _biomart_text(raw: bytes, name: str, hint: str) -> bytes:
+    """The bytes of a BioMart table as UTF-8 text (UTF-16 with its byte-order mark is converted);
+    a file that is no text table is refused by what it is (an Excel workbook, a zip or gzip
+    archive, a PDF, a binary file), not by the columns a text parser would make of its bytes."""
+    import io
+
+    from scatd_core.io._common import SIGNATURES, encoding_problem, is_utf16, text_file_problem
+
+    head = raw[:8192]
+    problem = text_file_problem(io.BytesIO(raw), head, name, "table")  # Excel workbook, Word document, PDF
+    if problem is not None:
+        raise problem
+    if head.startswith(SIGNATURES["zip"]):
+        raise InputError(f"{name} is a zip archive, not a text table.",
+                         "Unzip it and give the BioMart export inside. " + hint)
+    if head.startswith(SIGNATURES["gz"]):
+        raise InputError(f"{name} is gzip-compressed, not a text table.",
+                         "Decompress it (e.g. gunzip) and give the table inside. " + hint)
+    if is_utf16(head):
+        try:
+            return raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{name} is not valid UTF-16 text, although it starts as such.", hint) from None
+    problem = encoding_problem(head, name)  # UTF-32, or binary
+    if problem is not None:
+        raise InputError(problem.message, f"{problem.hint} {hint}")
+    return raw
+
+
 def read_biomart_table(source: str | Path | bytes, *, name: str | None = None) -> pd.DataFrame:
     """Read a BioMart export with the columns ``Gene stable ID`` and ``Gene name``.
 
@@ -478,6 +507,7 @@ def read_biomart_table(source: str | Path | bytes, *, name: str | None = None) -
             raw = path.read_bytes()
         except FileNotFoundError:
             raise InputError(f"BioMart table not found: {path}", hint) from None
+    raw = _biomart_text(raw, name, hint)
     try:
         first = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
         table = pd.read_csv(io.BytesIO(raw), sep="\t" if "\t" in first else ",", dtype=str,

@@ -600,7 +600,7 @@ def group_summary(adata: ad.AnnData, column: str) -> pd.DataFrame:
     """
     if column not in adata.obs:
         raise InputError(f"'{column}' is not a column of the data.",
-                         f"Its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
+                         f"Its columns: {_keys.columns_text(adata.obs.columns, also=[_keys.CLUSTER])}.")
     grouping = group_values(adata, column)
     values = grouping.astype(str)
     rows = []

@@ -812,6 +812,23 @@ def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
     assert load_bundle(empty_library / "Other_dist_vae").manifest["provenance"]["source_file"] == "drug.pth"
 
 
+def test_a_checkpoint_of_another_backbone_says_what_to_choose_on_the_form(empty_library, tmp_path, monkeypatch):
+    """QA: a VAE_sf checkpoint imported as Dist_VAE said "Import it with --backbone vae_sf" on the
+    page, a flag of the CLI; the page names its own Backbone choice."""
+    folder = _dist_vae_import_folder(tmp_path, monkeypatch)
+    enc, z = [30, 16, 8], 6
+    torch.save(orig.dal_checkpoint("vae_sf", enc, z, seed=1), folder / "sf.pth")
+    at = start()
+    goto(at, "8_Models")
+    at.selectbox(key="import_from_folder").set_value("sf.pth")
+    at.text_input(key="import_drug").set_value("Gefitinib")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    shown = text(at.error).replace("\\", "")  # markdown escapes out
+    assert "This is a vae_sf checkpoint" in shown and "--backbone" not in shown, shown
+    assert "Choose Backbone: VAE_sf (scATD-sf) on the import form" in shown, shown
+
+
 @pytest.mark.parametrize("admin", [False, True])
 def test_foundation_probe_shows_server_paths_to_administrators_only(admin, tmp_path, monkeypatch):
     """The Model page's check of the foundation models names the folders it looked in: an

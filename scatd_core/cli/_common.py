@@ -216,9 +216,10 @@ def cell_mask(adata, args):
     """``--mask COLUMN`` as a boolean array over the cells (``None`` without it), checked and said."""
     if not getattr(args, "mask", None):
         return None
+    from scatd_core._keys import QC_PASS, columns_text
     from scatd_core.predict import _mask_of
 
-    columns = ", ".join(map(str, adata.obs.columns)) or "none"
+    columns = columns_text(adata.obs.columns, also=[QC_PASS])  # the app's QC filter is a mask; the rest is its own
     mask = _mask_of(adata, args.mask, subject="The input",
                     missing_hint=f"Name a True/False column of its cell annotations (its columns: {columns}), "
                                  "or leave out --mask.",
@@ -279,9 +280,10 @@ def check_columns(adata, args) -> None:
                 raise ScatdError(f"--label-column {column} names a drug ({drug.strip()}): that form is for a panel "
                                  "(--model given more than once, or --panel).",
                                  f"With one model, give the column alone: --label-column {named.strip()}.")
-            own = [str(c) for c in adata.obs.columns if not str(c).startswith("scatd_")]  # not the tool's own
+            from scatd_core._keys import columns_text
+
             raise ScatdError(f"The data has no column {column!r} for --{option.replace('_', '-')}.",
-                             f"Its columns: {', '.join(own) or 'none'}.")
+                             f"Its columns: {columns_text(adata.obs.columns)}.")  # not the tool's own
 
 
 def apply_label_direction(adata, args) -> str | None:

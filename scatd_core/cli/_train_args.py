@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from scatd_core._keys import target_columns_hint
 from scatd_core._train_settings import HEAD_INPUTS, HEADS, TrainSettings, unused_settings
 from scatd_core.cli._common import positive_int, say
 from scatd_core.errors import ScatdError
@@ -117,7 +118,7 @@ def few_shot_of_column(target, args):
     column, resistant = args.few_shot_column, args.few_shot_resistant
     if column not in target.obs:
         raise InputError(f"The target has no obs column {column!r} (--few-shot-column).",
-                         f"Its columns: {', '.join(map(str, target.obs.columns)) or 'none'}.")
+                         target_columns_hint(target.obs.columns))
     if column == getattr(args, "target_labels", None):
         raise InputError(f"--few-shot-column and --target-labels name the same column {column!r}: the cells it labels "
                          "would train the model and so be left out of its evaluation, leaving none to evaluate on.",

@@ -127,7 +127,7 @@ def file_state(path: Path) -> tuple:
     return (str(path), st.st_size, st.st_mtime_ns)
 
 
-def torch_load_tensors(path: Path, what: str):
+def torch_load_tensors(path: Path, what: str, safetensors_hint: str | None = None):
     """``torch.load(path, weights_only=True)``, memory-mapped when the format allows.
 
     Never a general unpickler: a file that needs any Python object besides tensors and plain
@@ -136,7 +136,7 @@ def torch_load_tensors(path: Path, what: str):
     """
     import torch
 
-    from scatd_core._torchfile import check_checkpoint_size
+    from scatd_core._torchfile import check_checkpoint_size, safetensors_problem
     from scatd_core.config import limits
 
     problem = check_file(path, what, f"Check the path {path}.")
@@ -145,6 +145,9 @@ def torch_load_tensors(path: Path, what: str):
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic != b"PK" and magic[:1] != b"\x80":  # a torch.save zip archive, or a legacy pickle
+        problem = safetensors_problem(path, path.name, safetensors_hint or f"Give the {what} as a torch.save file.")
+        if problem is not None:
+            raise problem
         raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle).",
                               f"Check that {path} is the {what} itself.")
     check_checkpoint_size(path, path.name, limits().max_decompressed_bytes)

@@ -46,6 +46,9 @@ NAME = "Geneformer"
 #: The model's input size tells its generation (2048: V1, no special tokens; 4096: V2).
 INPUT_SIZE_VERSION = {2048: "V1", 4096: "V2"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: A safetensors file given the name of PyTorch weights: the folder reads it under its own name.
+SAFETENSORS_NAME_HINT = ("Geneformer's model folder reads safetensors weights too: name the file model.safetensors "
+                         "(next to config.json).")
 EMB_MODES = ("cell", "cls")
 TARGET_SUM = 10_000
 VAE_GF_MODEL = "gf-12L-30M-i2048"
@@ -196,7 +199,7 @@ def _weight_shapes(path: Path) -> dict[str, tuple]:
         except Exception as exc:  # safetensors raises its own error types for every corrupt header
             raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc}).",
                                   f"Download {path.name} again.") from None
-    state = torch_load_tensors(path, "Geneformer weights")
+    state = torch_load_tensors(path, "Geneformer weights", SAFETENSORS_NAME_HINT)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path.name} does not hold a state dict.", f"Download {path.name} again.")
     return {str(k): tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -359,7 +362,7 @@ def _load_bert(model: ModelFolder, n_used: int, device):
 
         raw = load_file(str(model.weights), device="cpu")
     else:
-        raw = torch_load_tensors(model.weights, "Geneformer weights")
+        raw = torch_load_tensors(model.weights, "Geneformer weights", SAFETENSORS_NAME_HINT)
     state = {_bert_key(k): v for k, v in raw.items() if _bert_key(k) is not None}
     config = BertConfig.from_dict(model.config)
     bert = BertModel(config, add_pooling_layer=False)
@@ -451,13 +454,17 @@ def tokenizer(adata, vocab: Vocabulary, input_size: int) -> Tokenizer:
     if alignment.n_matched == 0:
         raise InputError(f"None of the {adata.n_vars:,} genes in the data (e.g. {', '.join(map(str, adata.var_names[:3]))})"
                          f" is among Geneformer's {len(genes):,} genes.",
-                         "Give human gene symbols or Ensembl IDs (a BioMart table on the Data page maps others).")
+                         "Give human gene symbols or Ensembl IDs (--biomart: a BioMart table of 'Gene stable ID' and "
+                         "'Gene name' maps others).",
+                         app_hint="Give human gene symbols or Ensembl IDs (a BioMart table on the Data page maps "
+                                  "others).")
     report = adata.uns.get(_keys.INPUT_REPORT, {})
     value_type = {"kind": report["value_type"], "evidence": report.get("value_type_evidence") or {}} \
         if report.get("value_type") else detect_value_type(adata.X)
     problems = check_backbone_compatibility(value_type, "vae_gf")
     if problems:
-        raise InputError(problems[0], "Upload the raw counts (the 10x output, or adata.raw / layers['counts']).")
+        raise InputError(problems[0], "Give the raw counts (the 10x output, or adata.raw / layers['counts']).",
+                         app_hint="Upload the raw counts (the 10x output, or adata.raw / layers['counts']).")
     return Tokenizer(vocab, int(input_size), alignment, genes,
                      np.array([vocab.tokens[g] for g in genes], dtype=np.int64),
                      np.array([vocab.medians[g] for g in genes], dtype=np.float64), value_type["kind"])

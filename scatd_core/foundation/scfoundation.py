@@ -227,7 +227,10 @@ def shape_problems(cfg: ScFoundationConfig, shapes: Mapping[str, tuple]) -> list
 def read_checkpoint(path: str | Path, key: str = DEFAULT_KEY) -> tuple[ScFoundationConfig, dict[str, torch.Tensor]]:
     """Config and cell-embedding tensors of ``key`` in an official ``models.ckpt`` (weights_only load)."""
     path = Path(path)
-    obj = torch_load_tensors(path, "scFoundation checkpoint")
+    obj = torch_load_tensors(path, "scFoundation checkpoint",
+                             "The official scFoundation models.ckpt is a torch.save file; a safetensors conversion "
+                             "(scfoundation_<key>.safetensors with its .json, which `scatd convert-scfoundation` "
+                             "writes) goes in the scFoundation folder under those names and needs no conversion.")
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not scFoundation's dict of models.",
                               "Give the official models.ckpt.")
@@ -525,12 +528,16 @@ def prepare(adata, genes: list[str], resolution: str = DEFAULT_RESOLUTION) -> Pr
     if alignment.n_matched == 0:
         raise InputError(f"None of the {adata.n_vars:,} genes in the data (e.g. {', '.join(map(str, adata.var_names[:3]))})"
                          f" is among scFoundation's {len(genes):,} genes (HGNC symbols, e.g. {', '.join(genes[:3])}).",
-                         "Give human gene symbols, or Ensembl IDs with their symbols (a BioMart table on the Data page).")
+                         "Give human gene symbols, or Ensembl IDs with their symbols (--biomart: a BioMart table of "
+                         "'Gene stable ID' and 'Gene name').",
+                         app_hint="Give human gene symbols, or Ensembl IDs with their symbols (a BioMart table on the "
+                                  "Data page).")
     kind = adata.uns.get(_keys.INPUT_REPORT, {}).get("value_type") or detect_value_type(adata.X)["kind"]
     if kind not in ("counts", "tpm_like", "log_normalized"):
         raise InputError(f"scFoundation needs counts or log-normalised expression; these values look {kind} "
                          "(scFoundation drops every value <= 0, so centred or scaled data lose most of the cell).",
-                         "Upload the raw counts (the 10x output, or adata.raw / layers['counts']).")
+                         "Give the raw counts (the 10x output, or adata.raw / layers['counts']).",
+                         app_hint="Upload the raw counts (the 10x output, or adata.raw / layers['counts']).")
     return Prepared(genes, alignment, kind != "log_normalized", kind, resolution)
 
 

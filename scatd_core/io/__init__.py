@@ -68,7 +68,7 @@ __all__ = ["read", "read_bytes", "store_upload", "read_cell_metadata", "add_cell
 
 def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_cells: int | None = None,
          backed="auto", max_dataset_bytes: int | None = None, name: str | None = None,
-         limit_reason: str | None = None) -> ad.AnnData:
+         limit_reason: str | None = None, samples: bool = False) -> ad.AnnData:
     """Read a single-cell data file (or 10x folder) into an AnnData of cells x genes.
 
     Parameters
@@ -94,6 +94,9 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         Why ``max_dataset_bytes`` is lower than the configured limit, for the messages (e.g. "the
         1,200 MB this server has free for a new dataset now"); with it, an h5ad read from disk
         because of it says so in the report's warnings.
+    samples
+        The rows are bulk samples (cell lines), not cells (bulk expression for training): messages
+        about a row call it a sample.
 
     Returns
     -------
@@ -105,7 +108,7 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         For anything that makes the file unusable (and nothing else).
     """
     shown = display_name(name) if name is not None else Path(path).name
-    opts = make_options(orientation, max_bytes, max_cells, backed, shown, max_dataset_bytes, limit_reason)
+    opts = make_options(orientation, max_bytes, max_cells, backed, shown, max_dataset_bytes, limit_reason, samples)
     return _read_guarded(Path(path), opts)
 
 
@@ -140,7 +143,8 @@ def store_upload(data, filename: str, folder: str | Path | None = None, *, max_b
 
 def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_bytes: int | None = None,
                max_cells: int | None = None, backed="auto", workdir: str | Path | None = None,
-               max_dataset_bytes: int | None = None, limit_reason: str | None = None) -> ad.AnnData:
+               max_dataset_bytes: int | None = None, limit_reason: str | None = None,
+               samples: bool = False) -> ad.AnnData:
     """Read uploaded bytes; ``filename`` only tells the format and names the data in messages.
 
     The name is never used as a path: the bytes go to a fresh temporary folder (inside ``workdir``,
@@ -149,7 +153,7 @@ def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_byt
     temporary file lives as long as the AnnData.
     """
     opts = make_options(orientation, max_bytes, max_cells, backed, display_name(filename), max_dataset_bytes,
-                        limit_reason)
+                        limit_reason, samples)
     path = store_upload(data, filename, workdir, max_bytes=opts.max_bytes)
     try:
         adata = _read_guarded(path, opts)
@@ -192,7 +196,9 @@ def read_any(path: Path, opts: Options) -> ad.AnnData:
     size = path.stat().st_size
     opts.report["file_bytes"] = size
     if size == 0:
-        raise InputError(f"{name} is empty (0 bytes).", "Upload the file again; the transfer may have failed.")
+        raise InputError(f"{name} is empty (0 bytes).",
+                         "Check that the right file was given and that it was saved or copied completely.",
+                         app_hint="Upload the file again; the transfer may have failed.")
     if size > opts.max_bytes:
         raise too_large(name, size, opts.max_bytes)
     suffix = suffix_of(path.name)

@@ -70,12 +70,14 @@ class Options:
     max_genes: int = 100_000
     #: Why ``max_dataset_bytes`` is below the per-dataset limit (the server's free memory now), or None.
     limit_reason: str | None = None
+    #: The rows are bulk samples (cell lines), not cells: what messages about a row call it.
+    samples: bool = False
     report: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
 
 def make_options(orientation, max_bytes, max_cells, backed, display_name, max_dataset_bytes=None,
-                 limit_reason=None) -> Options:
+                 limit_reason=None, samples=False) -> Options:
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, not {orientation!r}")
     if backed not in ("auto", True, False):
@@ -85,7 +87,7 @@ def make_options(orientation, max_bytes, max_cells, backed, display_name, max_da
                    max_cells=max_cells or lim.max_cells, backed=backed, display_name=display_name,
                    max_dataset_bytes=max_dataset_bytes or lim.max_dataset_bytes,
                    max_decompressed_bytes=lim.max_decompressed_bytes, max_genes=lim.max_genes,
-                   limit_reason=limit_reason if max_dataset_bytes else None)
+                   limit_reason=limit_reason if max_dataset_bytes else None, samples=bool(samples))
 
 
 def display_name(filename) -> str:

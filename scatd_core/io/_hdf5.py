@@ -210,9 +210,10 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         else:
             shape, encoding, parts = X.shape, "array", [X]
         compressed = any(d.compression is not None for d in parts)
-    if len(shape) != 2:
-        raise InputError(f"X in {opts.display_name} has {len(shape)} dimensions; a cells x genes matrix is needed.",
-                         "Export a 2-D expression matrix.")
+        if len(shape) != 2:
+            raise InputError(f"X in {opts.display_name} has {len(shape)} dimensions; a cells x genes matrix is "
+                             "needed.", "Export a 2-D expression matrix.")
+        _check_h5ad_axes(f, X, shape, encoding, opts.display_name)
     check_cells(shape[0], opts)
     check_genes(shape[1], opts)
     x_bytes = _declared(sizes, "/X")
@@ -262,6 +263,49 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         opts.report.update(orientation="genes_x_cells",
                            orientation_reason="given by the user" if opts.orientation != "auto" else how)
     return adata
+
+
+def _axis_length(f: h5py.File, key: str) -> int | None:
+    """How many rows ``obs`` (or ``var``) has, from its index (or its table, in old files);
+    ``None`` when it cannot be told (anndata's reading then says what is wrong)."""
+    obj = f.get(key)
+    if isinstance(obj, h5py.Dataset):
+        return len(obj) if obj.shape else None
+    if isinstance(obj, h5py.Group):
+        index = obj.get(attr_str(obj.attrs.get("_index", "_index")))
+        if isinstance(index, h5py.Dataset) and index.shape:
+            return len(index)
+    return None
+
+
+def _check_h5ad_axes(f: h5py.File, X, shape: tuple, encoding: str, name: str) -> None:
+    """X's declared shape agrees with obs and var and, for a sparse X, with its own arrays; else
+    an :class:`InputError` in plain words (anndata's: "Observations annot. `obs` must have as many
+    rows as `X` has rows"; scipy's: "index pointer size 61 should be 10001")."""
+    hint = ("The file is damaged or was written by other software than anndata: save it again from the original "
+            "data (adata.write_h5ad), or copy the complete file again.")
+    for key, axis, what in (("obs", 0, "rows (cells)"), ("var", 1, "columns (genes)")):
+        n = _axis_length(f, key)
+        if n is not None and n != shape[axis]:
+            raise InputError(f"{name}: X declares {shape[axis]:,} {what} but {key} has {n:,}.", hint)
+    if not isinstance(X, h5py.Group) or encoding not in ("csr_matrix", "csc_matrix"):
+        return
+    parts = {k: X.get(k) for k in ("data", "indices", "indptr")}
+    if not all(isinstance(d, h5py.Dataset) and len(d.shape) == 1 for d in parts.values()):
+        raise InputError(f"{name}: X is a sparse matrix whose parts (data, indices, indptr) are missing or not "
+                         "lists of numbers: the file is damaged.", hint)
+    axis, along = (0, "row") if encoding == "csr_matrix" else (1, "column")
+    n_ptr = parts["indptr"].shape[0]
+    if n_ptr != shape[axis] + 1:
+        raise InputError(f"{name}: X declares {shape[axis]:,} {along}s but its sparse {along} pointers cover "
+                         f"{max(n_ptr - 1, 0):,}: the file is damaged.", hint)
+    if parts["data"].shape[0] != parts["indices"].shape[0]:
+        raise InputError(f"{name}: X stores {parts['data'].shape[0]:,} values but {parts['indices'].shape[0]:,} "
+                         "positions for them: the file is damaged.", hint)
+    last = int(parts["indptr"][-1]) if n_ptr else 0
+    if last != parts["data"].shape[0]:
+        raise InputError(f"{name}: X's pointers end at value {last:,} but it stores {parts['data'].shape[0]:,} "
+                         "values: the file is damaged.", hint)
 
 
 def _dataset(group: h5py.Group, key: str, opts: Options) -> h5py.Dataset:

@@ -8,12 +8,49 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from scatd_core._memory import size_text
 from scatd_core.errors import InputError
 from scatd_core.io._common import Options, check_cells, check_genes, check_memory
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes:,} bytes" if n_bytes < 1 << 10 else size_text(n_bytes)
+
+
+def _check_complete(path: Path, name: str) -> None:
+    """Refuse a .npy whose header declares more values than the file holds (a copy cut short, or a
+    damaged header), saying so, before NumPy maps it ("mmap length is greater than file size")."""
+    try:
+        with path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = _HEADER_READERS.get(version)
+            if read_header is None:
+                return  # a newer header version: NumPy's own reading says what is wrong
+            shape, _fortran, dtype = read_header(fh)
+            start = fh.tell()
+    except ValueError as exc:  # the header itself is cut short or garbled
+        raise InputError(f"{name} is truncated or damaged: its .npy header cannot be read ({exc}).",
+                         "Save the array again with numpy.save, or copy the complete file again.") from None
+    if dtype.hasobject:
+        raise InputError(f"{name} holds Python objects (dtype {dtype}), not numbers.",
+                         "Save a 2-D float array with numpy.save (object arrays are never loaded: they could run "
+                         "code).")
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = path.stat().st_size - start
+    if needed > held:
+        dims = " x ".join(f"{int(d):,}" for d in shape) or "scalar"
+        raise InputError(f"{name} is truncated or damaged: its header declares a {dims} array of {dtype} "
+                         f"({_size(needed)}), but the file holds only {_size(max(held, 0))} of values.",
+                         "The file was cut short (an interrupted copy or download) or its header is damaged: save "
+                         "the array again with numpy.save, or copy the complete file again.")
+
 
 def read_npy(path: Path, opts: Options) -> ad.AnnData:
     name = opts.display_name
     opts.report["format"] = "npy"
+    _check_complete(path, name)
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as exc:

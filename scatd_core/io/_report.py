@@ -13,17 +13,48 @@ from scatd_core._matrix import row_batches
 from scatd_core.errors import InputError
 from scatd_core.io._common import Options, check_cells, column_kind
 
-def _scan(X) -> tuple[np.ndarray, int, int, int | None]:
+DAMAGED_HINT = ("Save it again from the original data (e.g. adata.write_h5ad), or copy the complete file again; "
+                "it may have been cut short or edited by other software.")
+
+
+def _check_sparse(X, opts: Options | None) -> None:
+    """A sparse matrix's structure is sound (its indices within its shape, its pointers complete),
+    else :class:`InputError` saying what is wrong in plain words: invalid indices would crash
+    later C code, and scipy's own words ("indices must be < 2000") mean nothing to a biologist.
+    Without ``opts`` scipy's ``ValueError`` is raised as it is."""
+    if opts is None:
+        X.check_format(full_check=True)
+        return
+    try:
+        X.check_format(full_check=True)
+    except ValueError as exc:
+        text = str(exc)
+        matrix = "X" if opts.report.get("format") == "h5ad" else "the expression matrix"
+        # CSR: the indices are columns (genes); CSC: rows (cells, or bulk samples)
+        along, n, what = ("column", X.shape[1], "genes") if X.format == "csr" else \
+            ("row", X.shape[0], "samples" if opts.samples else "cells")
+        if "must be <" in text:
+            problem = f"{along} indices go past its {n:,} {what}"
+        elif ">= 0" in text:
+            problem = f"{along} indices include negative ones"
+        else:
+            problem = f"sparse structure is inconsistent ({text.strip().rstrip('.')})"
+        raise InputError(f"{opts.display_name}: {matrix}'s {problem}: the file is damaged.", DAMAGED_HINT) from None
+
+
+def _scan(X, opts: Options | None = None) -> tuple[np.ndarray, int, int, int | None]:
     """One pass over the rows: non-zeros per cell, NaN and inf counts, first bad row."""
-    if sp.issparse(X) and X.format == "csr":
-        return _scan_csr(X)
+    if sp.issparse(X):
+        _check_sparse(X, opts)  # before any format conversion (C code that trusts the indices)
+        if X.format == "csr":
+            return _scan_csr(X)
     n_cells = X.shape[0]
     nonzero = np.zeros(n_cells, dtype=np.int64)
     n_nan = n_inf = 0
     first_bad = None
     for start, stop, block in row_batches(X):
         if sp.issparse(block):
-            block.check_format(full_check=True)  # invalid indices would crash later C code
+            _check_sparse(block, opts)  # invalid indices would crash later C code (a backed X: block by block)
             values = block.data
             rows = np.repeat(np.arange(stop - start), np.diff(block.indptr))
             nonzero[start:stop] = np.bincount(rows[values != 0], minlength=stop - start)
@@ -42,12 +73,12 @@ def _scan(X) -> tuple[np.ndarray, int, int, int | None]:
 
 
 def _scan_csr(X, chunk: int = 1 << 24) -> tuple[np.ndarray, int, int, int | None]:
-    """:func:`_scan` of a CSR matrix in memory, on its arrays as they are: no row blocks are
-    copied (in a server process, whose freed memory goes back to the system, the copies' fresh
-    pages made the scan of a 10k-cell upload ~10x slower than the arithmetic). The stored values
-    are looked at ``chunk`` at a time (views), so the scan's own memory stays ~``chunk`` bytes."""
-    X.check_format(full_check=True)  # invalid indices would crash later C code
-    n_cells = X.shape[0]
+    """:func:`_scan` of a CSR matrix in memory (whose structure :func:`_scan` checked), on its
+    arrays as they are: no row blocks are copied (in a server process, whose freed memory goes
+    back to the system, the copies' fresh pages made the scan of a 10k-cell upload ~10x slower
+    than the arithmetic). The stored values are looked at ``chunk`` at a time (views), so the
+    scan's own memory stays ~``chunk`` bytes."""
+    n_cells = X.shape[0]  # its structure was checked by _scan
     indptr = np.asarray(X.indptr)
     nonzero = np.diff(indptr).astype(np.int64)
     n_nan = n_inf = 0
@@ -121,6 +152,22 @@ def _check_embedding_values(adata: ad.AnnData, opts: Options) -> int:
     return n
 
 
+def _non_finite(name: str, n_nan: int, n_inf: int, first: str, opts: Options) -> InputError:
+    """Missing (NaN) and infinite expression values: only the kinds found are named, each with
+    its own remedy (a missing value may be "not expressed"; an infinite one comes from a
+    calculation, never from a measurement); a row is a sample in bulk data, else a cell."""
+    row, rows = ("sample", "samples") if opts.samples else ("cell", "cells")
+    found = " and ".join(w for w in (f"{n_nan:,} missing (NaN)" if n_nan else "",
+                                     f"{n_inf:,} infinite" if n_inf else "") if w)
+    nan = "Replace the missing values with 0 (not expressed)"
+    inf = ("Infinite values come from a calculation, never from a measurement (e.g. a log of 0: use log1p; or a "
+           "division by 0): redo it, or give the raw counts instead")
+    remove = f"remove the affected {rows} or genes"
+    hint = (f"{nan}. {inf}. Or {remove}." if n_nan and n_inf else
+            f"{nan}, or {remove}." if n_nan else f"{inf}; or {remove}.")
+    return InputError(f"{name} holds {found} value(s) (first in {row} '{first}').", hint)
+
+
 def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
     name, report = opts.display_name, opts.report
     n_cells, n_genes = adata.shape
@@ -149,15 +196,12 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
         opts.warnings.append(f"{dup_cells:,} cell name(s) occur more than once (e.g. {examples}); the copies were "
                              "renamed (NAME-1, NAME-2 ...).")
 
-    nonzero, n_nan, n_inf, first_bad = _scan(adata.X)
+    nonzero, n_nan, n_inf, first_bad = _scan(adata.X, opts)
     n_not_embedded = 0
     if (n_nan or n_inf) and report.get("format") == "npy":
         n_not_embedded = _check_embedding_values(adata, opts)
     elif n_nan or n_inf:
-        raise InputError(f"{name} holds {n_nan:,} missing (NaN) and {n_inf:,} infinite value(s) "
-                         f"(first in cell '{adata.obs_names[first_bad]}').",
-                         "Replace missing values with 0 (not expressed) or remove the affected cells or "
-                         "genes, then upload again.")
+        raise _non_finite(name, n_nan, n_inf, str(adata.obs_names[first_bad]), opts)
     zero = nonzero == 0
     if zero.all():
         raise _all_zero(adata, name, report)

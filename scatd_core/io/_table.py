@@ -226,7 +226,9 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
         text = head.decode(encoding, errors="ignore")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
-        raise InputError(f"{name} holds no text.", "Upload the table again; it is empty.")
+        raise InputError(f"{name} holds no text: it is empty.",
+                         "Check that the right file was given and that it was saved completely.",
+                         app_hint="Upload the table again; the transfer may have failed.")
     if head.count(b"\n") == 0 and len(head) >= 64 << 20:
         raise InputError(f"{name} has no line break in its first 64 MB; it is not a table.", FORMATS_HINT)
     _check_first_line(name, lines, head)
@@ -455,10 +457,9 @@ def _table_layout(chunk: pd.DataFrame, labels: list[str], opts: Options):
     meta = non_numeric | (named if orientation == "cells_x_genes" else set())
     data_pos = [p for p in chunk.columns if p not in meta]
     if not data_pos:
-        commas = any(_DECIMAL_COMMA.match(str(v).strip()) for v in chunk.iloc[:5, :5].to_numpy().ravel())
         raise InputError(f"{name} has no numeric columns: every column holds text.",
-                         DECIMAL_COMMA_HINT if commas else
-                         "The table needs one column per gene (or per cell) of numbers.")
+                         _comma_hint(chunk.iloc[:20, :20].to_numpy().ravel())
+                         or "The table needs one column per gene (or per cell) of numbers.")
     return orientation, reason, meta, data_pos, non_numeric
 
 
@@ -488,9 +489,25 @@ def _malformed(name: str, exc: Exception) -> InputError:
                       "Every row must have as many fields as the header; check the separator and quoting.")
 
 
-_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
+_DECIMAL_COMMA = re.compile(r"^[-+]?\d+(\.\d{3})*,\d+$")  # 0,5 12,37 1.234,5
+#: Digits grouped in threes by commas: 1,000 12,345.6 (never 0,123: a group does not start with 0)
+_THOUSANDS = re.compile(r"^[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?$")
 DECIMAL_COMMA_HINT = ("The numbers are written with decimal commas (e.g. 0,5): save the table with decimal points "
                       "(e.g. a spreadsheet's CSV export in an English locale).")
+THOUSANDS_HINT = ("The numbers are written with thousands separators (e.g. 1,000): save the table without them "
+                  "(in a spreadsheet, format the numbers without the 1000 separator, then export it as CSV).")
+
+
+def _comma_hint(values) -> str | None:
+    """What the commas in these text values are, as advice: thousands separators when every value
+    with a comma groups its digits in threes (1,000; 12,345.6), decimal commas when any is
+    written as one (0,5; 1.234,5); else None."""
+    texts = [str(v).strip() for v in values if isinstance(v, str) and "," in v][:1000]
+    if texts and all(_THOUSANDS.match(t) for t in texts):
+        return THOUSANDS_HINT
+    if any(_DECIMAL_COMMA.match(t) for t in texts):
+        return DECIMAL_COMMA_HINT
+    return None
 
 
 def _non_numeric(values: pd.Series, label: str, name: str) -> InputError:
@@ -498,6 +515,6 @@ def _non_numeric(values: pd.Series, label: str, name: str) -> InputError:
     bad = present[pd.to_numeric(present, errors="coerce").isna()]
     return InputError(f"{name}: column '{label}' holds non-numeric values (e.g. {bad.iloc[0]!r} in row "
                       f"'{bad.index[0]}').",
-                      DECIMAL_COMMA_HINT if _DECIMAL_COMMA.match(str(bad.iloc[0]).strip()) else
+                      _comma_hint(bad.iloc[:1000]) or
                       "Expression values must be numbers; fix or remove that column, or write missing "
                       "values as NA.")

@@ -26,6 +26,9 @@ _LAYOUT_WORDS = {
     "dist_vae": "plain ResBlock fc, spectral-normed shortcut, and Swish in the blocks",
 }
 
+#: How the Model library page's import form names each backbone (its Backbone choice).
+_FORM_TITLES = {"dist_vae": "Dist_VAE (scATD-sf-dist)", "vae_sf": "VAE_sf (scATD-sf)", "vae_gf": "VAE_gf (scATD-gf)"}
+
 
 def _weight(sd: Mapping[str, torch.Tensor], prefix: str) -> torch.Tensor | None:
     for suffix in ("weight", "weight_orig"):
@@ -98,7 +101,8 @@ def infer_architecture(sd: Mapping[str, torch.Tensor], backbone: str | None = No
                          "Dist_VAE checkpoints use plain fc layers: see reference §2.4)")
             raise CheckpointError(
                 f"This is a {found} checkpoint ({_LAYOUT_WORDS[found]}), not {backbone}{extra}.",
-                f"Import it with --backbone {found}.")
+                f"Import it with --backbone {found}.",
+                app_hint=f"Choose Backbone: {_FORM_TITLES[found]} on the import form, then import it again.")
     enc = _block_dims(sd, "Encoder")
     fc21 = _weight(sd, "fc21")
     if fc21 is None:
@@ -145,7 +149,9 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> 
         problems.append(f"wrong shapes: {'; '.join(wrong[:5])}")
     if problems:
         raise CheckpointError("The checkpoint does not match the scATD layout: " + "; ".join(problems) + ".",
-                              "Check the --backbone and that the file is an unmodified scATD checkpoint.")
+                              "Check the --backbone and that the file is an unmodified scATD checkpoint.",
+                              app_hint="Check the Backbone chosen on the import form, and that the file is an "
+                                       "unmodified scATD checkpoint.")
 
 
 def model_from_state_dict(sd: Mapping[str, torch.Tensor], backbone: str | None = None):

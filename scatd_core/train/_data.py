@@ -82,12 +82,12 @@ def target_mask_of(target: ad.AnnData, mask) -> np.ndarray | None:
     """The target cells training may use: ``None`` (all), a boolean array over the cells, or the
     name of a boolean obs column (e.g. ``'scatd_qc_pass'``, the app's QC filter). Cells left out
     are neither trained on nor evaluated, as prediction leaves filtered cells unscored."""
-    from scatd_core._keys import QC_PASS
+    from scatd_core._keys import QC_PASS, columns_text
     from scatd_core.predict import _mask_of
 
     column = isinstance(mask, str) and mask != QC_PASS  # a column of the user's, not the QC filter's
     return _mask_of(target, mask, subject="The target",
-                    missing_hint=f"Its columns: {', '.join(map(str, target.obs.columns)) or 'none'}.",
+                    missing_hint=f"Its columns: {columns_text(target.obs.columns, also=[QC_PASS])}.",
                     nothing_left=(f"Every target cell is False in the mask column '{mask}', so there is nothing to "
                                   "adapt to." if column else
                                   "Every target cell is filtered out (QC), so there is nothing to adapt to."),
@@ -209,7 +209,7 @@ def read_if_path(obj, what: str, record: dict | None = None):
     from scatd_core import io
 
     path = Path(obj)
-    adata = io.read(path)
+    adata = io.read(path, samples=what == "bulk")  # bulk rows are samples (cell lines) in its messages
     if adata.isbacked:
         adata = adata.to_memory()
     return adata, {"file": path.name, "sha256": sha256_file(path)}

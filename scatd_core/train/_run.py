@@ -13,6 +13,7 @@ import torch
 
 from scatd_core import card as cards
 from scatd_core import training_cells
+from scatd_core._keys import target_columns_hint
 from scatd_core._threads import threads
 from scatd_core._train_settings import unused_settings
 from scatd_core.bundle import (Bundle, NameTaken, load_backbone_from_bundle, load_bundle, safe_name, save_bundle,
@@ -203,7 +204,7 @@ def _target_truth(target_ad, column, resistant, data: TrainingData) -> np.ndarra
         return None
     if column not in target_ad.obs:
         raise InputError(f"The target has no obs column {column!r}.",
-                         f"Its columns: {', '.join(map(str, target_ad.obs.columns)) or 'none'}.")
+                         target_columns_hint(target_ad.obs.columns))
     return encode_column(target_ad, column, resistant, option="--target-resistant-value")[data.target_rows]
 
 
