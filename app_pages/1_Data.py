@@ -19,7 +19,9 @@ st.caption(f"Upload single-cell expression: {', '.join(io.SUPPORTED_FORMATS)} (a
 # ------------------------------------------------------------------ input
 left, right = st.columns([0.7, 0.3])
 with left:
-    uploaded = st.file_uploader("Data file", type=list(io.UPLOAD_TYPES), max_upload_size=limit_mb,
+    # spreadsheets too: refused by the reader with the export to use, not by the widget without a word
+    uploaded = st.file_uploader("Data file", type=[*io.UPLOAD_TYPES, *io.REFUSED_UPLOAD_TYPES],
+                                max_upload_size=limit_mb,
                                 help="Cells x genes or genes x cells; counts, normalised, log or z-scored values.")
 with right:
     orientation = st.radio("Table orientation", io.ORIENTATIONS, key="data_orientation",
@@ -73,7 +75,7 @@ if mapping.get("data_id_type") in ("ensembl", "mixed"):
                 f"columns, {sym.get('n_geneformer_dict', 0):,} from the Geneformer dictionary, "
                 f"{sym.get('n_biomart', 0):,} from a BioMart table.")
     biomart = st.file_uploader("BioMart table (columns 'Gene stable ID' and 'Gene name'; CSV or TSV)",
-                               type=["csv", "tsv", "txt"], key="upload_biomart",
+                               type=["csv", "tsv", "txt", *io.REFUSED_UPLOAD_TYPES], key="upload_biomart",
                                help="Export it from Ensembl BioMart (Human genes): attributes Gene stable ID and "
                                     "Gene name.")
     if biomart is not None and ss.get("data_biomart") != biomart.file_id:
@@ -159,7 +161,8 @@ if qc is not None:
 # ------------------------------------------------------------------ label and sample columns
 st.subheader("Columns for evaluation and grouping")
 metadata_key = ui.cell_metadata_key()
-metadata = st.file_uploader("Cell metadata table (optional; CSV or TSV)", type=["csv", "tsv", "txt", "gz"],
+metadata = st.file_uploader("Cell metadata table (optional; CSV or TSV)",
+                            type=["csv", "tsv", "txt", "gz", *io.REFUSED_UPLOAD_TYPES],
                             key=metadata_key, max_upload_size=limit_mb,
                             help="Known responses, samples ... per cell, for data that do not carry them (10x output, "
                                  "matrix files): a header line, the cell IDs in the first column (or in one named "

@@ -375,6 +375,24 @@ def test_bad_file_shows_a_friendly_error(with_library):
     assert "empty" in text(at.error).lower()
 
 
+def test_an_excel_workbook_upload_reaches_the_app_and_is_refused_with_the_export_to_use(empty_library):
+    """QA: the uploader refused .xlsx itself (a red icon, "...sheet files are not allowed"), so the
+    export advice docs/app.md promises never showed; now the app takes it and says what to export."""
+    import io as _io
+    import zipfile
+
+    buffer = _io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("xl/workbook.xml", "<workbook/>")
+    at = start()
+    goto(at, "1_Data")
+    assert {".xlsx", ".xls"} <= {t if t.startswith(".") else "." + t for t in at.file_uploader[0].allowed_type}
+    upload(at, "table.xlsx", buffer.getvalue())
+    shown = text(at.error).replace("\\", "")  # markdown escapes out
+    assert "table.xlsx is an Excel workbook" in shown and "CSV UTF-8" in shown and "upload that file" in shown, shown
+    assert state.ADATA not in at.session_state
+
+
 def test_csv_upload_works(with_library):
     adata = make_dataset(40, seed=1)
     frame = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names)

@@ -218,3 +218,15 @@ def test_an_h5ad_whose_sparse_indices_go_past_its_genes_says_it_is_damaged(tmp_p
     err = _error(lambda: io.read(tmp_path / "x.h5ad", backed=backed))
     assert "x.h5ad: X's column indices go past its 2,000 genes: the file is damaged." in err.message, err
     assert "must be <" not in err.message
+
+
+# --------------------------------------------------------------------------- 5: a spreadsheet
+
+@pytest.mark.parametrize("name", ["table.xlsx", "table.XLS", "table.ods"])
+def test_a_spreadsheet_is_named_with_the_export_to_use(tmp_path, name):
+    with zipfile.ZipFile(tmp_path / name, "w") as zf:
+        zf.writestr("xl/workbook.xml", "<workbook/>")
+    for call in (lambda: io.read(tmp_path / name), lambda: io.read_bytes((tmp_path / name).read_bytes(), name)):
+        err = _error(call)
+        assert "spreadsheets are not read" in err.message and "not supported" not in err.message, err
+        assert "CSV UTF-8" in err.hint and "give that file" in err.hint and "upload that file" in err.app_hint

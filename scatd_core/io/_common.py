@@ -23,6 +23,21 @@ SUPPORTED_FORMATS = (".h5ad", ".h5", ".loom", ".csv", ".csv.gz", ".tsv", ".tsv.g
                      ".mtx", ".mtx.gz", ".zip", ".tar.gz", ".tgz", ".tar", ".npy")
 #: Last suffixes, for an upload widget that checks only the final extension.
 UPLOAD_TYPES = ("h5ad", "h5", "loom", "csv", "tsv", "txt", "gz", "mtx", "zip", "tgz", "tar", "npy")
+#: Spreadsheet workbooks: never read, but refused by name with the export to use. An upload widget
+#: accepts them too (:data:`REFUSED_UPLOAD_TYPES`), so that its user sees that advice, not only
+#: the browser's "files are not allowed".
+SPREADSHEET_SUFFIXES = {".xlsx": "an Excel workbook", ".xlsm": "an Excel workbook", ".xls": "an Excel workbook",
+                        ".ods": "an OpenDocument spreadsheet", ".numbers": "a Numbers spreadsheet"}
+REFUSED_UPLOAD_TYPES = tuple(s.lstrip(".") for s in SPREADSHEET_SUFFIXES)
+#: How to save a sheet as a table the readers take (the CLI's words; the app's: :func:`spreadsheet_error`).
+SPREADSHEET_EXPORT_HINT = ("Export the sheet as CSV (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)'; "
+                           "LibreOffice or Numbers: export as CSV, UTF-8) and give that file.")
+
+
+def spreadsheet_error(message: str) -> InputError:
+    """``message`` (a workbook given as a table) with the export to use, given or uploaded."""
+    return InputError(message, SPREADSHEET_EXPORT_HINT,
+                      app_hint=SPREADSHEET_EXPORT_HINT.replace("and give that file", "and upload that file"))
 
 FORMAT_OF_SUFFIX = {".h5ad": "hdf5", ".h5": "hdf5", ".hdf5": "hdf5", ".loom": "hdf5",
                      ".csv": "table", ".tsv": "table", ".txt": "table", ".csv.gz": "table",
@@ -105,8 +120,20 @@ def suffix_of(name: str) -> str | None:
     return None
 
 
+def spreadsheet_problem(name: str) -> InputError | None:
+    """A spreadsheet workbook, by its name's extension (.xlsx, .xls, .ods ...), named as one with the
+    export to use (it is never opened); else None."""
+    lower = name.lower()
+    sheet = next((what for ext, what in SPREADSHEET_SUFFIXES.items() if lower.endswith(ext)), None)
+    if sheet is None:
+        return None
+    return spreadsheet_error(f"{name} is {sheet}: spreadsheets are not read, only tables saved as text (CSV or TSV).")
+
+
 def unsupported(name: str) -> InputError:
-    return InputError(f"{name}: this file type is not supported.", FORMATS_HINT)
+    """A name whose extension no reader takes: a spreadsheet workbook is named as one, with the
+    export to use; anything else lists the formats read."""
+    return spreadsheet_problem(name) or InputError(f"{name}: this file type is not supported.", FORMATS_HINT)
 
 
 def too_large(name: str, size: int, limit: int) -> InputError:
@@ -189,6 +216,8 @@ def open_limited(path: Path, opts: Options):
 
 
 SIGNATURES = {"zip": (b"PK\x03\x04", b"PK\x05\x06"), "npy": (b"\x93NUMPY",), "gz": (b"\x1f\x8b",)}
+#: The start of an OLE2 compound file: Office's binary formats (.xls, .doc) before 2007.
+OLE_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -312,10 +341,15 @@ def text_file_problem(path: Path, head: bytes, name: str, what: str = "table") -
     not a text table: an Excel workbook or Word document, a PDF; else None. (UTF-16 text is read
     as such: :func:`open_text`.)"""
     office = is_office_zip(path, head)
+    if office is None and (head.startswith(OLE_SIGNATURE) or (b"\x00" in head and not is_utf16(head))):
+        sheet = spreadsheet_problem(name)  # binary, and named as a workbook (e.g. an .xls)
+        if sheet is not None:
+            return sheet
+        if head.startswith(OLE_SIGNATURE):
+            return spreadsheet_error(f"{name} is an Office file in the older binary format (e.g. an .xls workbook), "
+                                     f"not a CSV/TSV {what}.")
     if office == "Excel workbook":
-        return InputError(f"{name} is an Excel workbook, not a CSV/TSV {what}.",
-                          "Export the sheet as CSV (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give "
-                          "that file.")
+        return spreadsheet_error(f"{name} is an Excel workbook, not a CSV/TSV {what}.")
     if office:
         return InputError(f"{name} is a {office}, not a CSV/TSV {what}.", "Give the data as a CSV or TSV file.")
     if head.startswith(b"%PDF"):

@@ -28,7 +28,7 @@ from scatd_core._json import json_safe
 from scatd_core._keys import CELL_METADATA, INPUT_REPORT, LABEL_DIRECTIONS
 from scatd_core.config import limits
 from scatd_core.errors import InputError
-from scatd_core.io._common import column_kind, display_name, is_utf16, too_large
+from scatd_core.io._common import column_kind, display_name, is_utf16, text_file_problem, too_large
 
 #: Column names (lower case, letters and digits only) that hold the cell IDs.
 ID_COLUMN_NAMES = frozenset({"cell", "cells", "cellid", "cellids", "cellname", "cellnames", "cellbarcode",
@@ -65,6 +65,9 @@ def read_cell_metadata(source, name: str | None = None) -> pd.DataFrame:
     if path.is_file():
         with path.open("rb") as fh:
             head = fh.read(8192)
+        problem = text_file_problem(path, head, shown)  # an Excel workbook: named, with the export to use
+        if problem is not None:
+            raise problem
         if not head.startswith(b"\x1f\x8b") and not is_utf16(head) and (b"\x00" in head or head.startswith(b"%PDF")):
             raise InputError(f"{shown} is not a text table (it holds binary data: another kind of file, or a "
                              "damaged one).", _LAYOUT)
