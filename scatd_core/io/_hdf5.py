@@ -303,7 +303,7 @@ def _check_h5ad_axes(f: h5py.File, X, shape: tuple, encoding: str, name: str) ->
         raise InputError(f"{name}: X stores {parts['data'].shape[0]:,} values but {parts['indices'].shape[0]:,} "
                          "positions for them: the file is damaged.", hint)
     last = int(parts["indptr"][-1]) if n_ptr else 0
-    if last != parts["data"].shape[0]:
+    if last > parts["data"].shape[0]:  # fewer is allowed (unused storage at the end, as scipy allows)
         raise InputError(f"{name}: X's pointers end at value {last:,} but it stores {parts['data'].shape[0]:,} "
                          "values: the file is damaged.", hint)
 
