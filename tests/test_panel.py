@@ -709,3 +709,21 @@ def test_cells_without_a_cluster_have_one_name_everywhere(library):
     assert name in set(panel.group_summary(data, "scatd_cluster")["group"])
     assert name in set(metrics.group_table(data, "scatd_cluster")["group"])
     assert "not embedded" not in export.panel_html_report(data)
+
+
+def test_train_panel_names_only_the_targets_own_columns_when_one_is_missing():
+    """The tool's own scatd_* columns are never offered as the target's label columns."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from scatd_core.errors import InputError
+    from scatd_core.train._panel import _target_label_columns
+
+    target = ad.AnnData(np.ones((3, 2), dtype=np.float32),
+                        obs=pd.DataFrame({"response": ["R", "S", "R"], "scatd_all_zero": [False] * 3},
+                                         index=["a", "b", "c"]))
+    table = pd.DataFrame({"DRUGA": ["resistant", "sensitive"]}, index=["L1", "L2"])
+    with pytest.raises(InputError, match="no column 'nosuch' for DRUGA") as info:
+        _target_label_columns({"DRUGA": "nosuch"}, table, ["DRUGA"], target)
+    assert "response" in info.value.hint and "scatd_all_zero" not in info.value.hint

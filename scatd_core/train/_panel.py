@@ -162,9 +162,11 @@ def _target_label_columns(target_labels: Mapping[str, str] | None, table: pd.Dat
             raise InputError(f"Target labels were given for {drug!r}, which is not one of the drugs to train "
                              f"({', '.join(chosen)}).", "Name a drug of --drugs, or add it there.")
         if column not in target_ad.obs.columns:
-            cols = ", ".join(map(str, target_ad.obs.columns)) or "none"
-            raise InputError(f"The target has no column {column!r} for {matched}'s labels; its columns: {cols}.",
-                             "Name a column of the target's cell annotations.")
+            from scatd_core._keys import target_columns_hint
+
+            raise InputError(f"The target has no column {column!r} for {matched}'s labels.",
+                             "Name a column of the target's cell annotations. "
+                             + target_columns_hint(target_ad.obs.columns))
         encode_column(target_ad, column, resistant, option="--target-resistant-value")  # its direction is known
         out[matched] = column
     return out
