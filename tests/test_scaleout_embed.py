@@ -142,3 +142,24 @@ def test_predictions_made_from_other_embeddings_are_not_resumed(local_ray, asset
     assert main(["predict", "--model", str(bundle.path), "--input", str(path), "--device", "cpu",
                  "--batch-size", "32", "--scfoundation-key", "cell", "--output", str(one)]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(one), pd.read_csv(tmp_path / "ray.csv"), rtol=1e-6)
+
+
+def test_cli_report_engine_ray_on_expression_embeds_on_ray_with_its_parts_in_the_report_folder(local_ray, assets,
+                                                                                                tmp_path, capsys):
+    """`scatd report --engine ray` with a VAE_sf model on counts: the embeddings on Ray too (report has
+    --out, not --output), their parts in <out>/ray/ with the prediction's, the single-process table."""
+    from scatd_core.cli import main
+
+    bundle = _bundle(tmp_path, "vae_sf", 4 * H.SF_HIDDEN)
+    path = tmp_path / "counts.h5ad"
+    sf_counts(2_100, seed=6).write_h5ad(path)
+    common = ["report", "--model", str(bundle.path), "--input", str(path), "--device", "cpu", "--no-umap"]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2",
+                          "--shard-cells", "2048", "--keep-parts"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Embedding on Ray" in err and "scFoundation embeddings: 2,100 of 2,100 cells" in err
+    assert (tmp_path / "ray" / "ray" / "predictions.embeddings.parts" / "shard-000001.sha256").exists()
+    one, dist = pd.read_csv(tmp_path / "one" / "predictions.csv"), pd.read_csv(tmp_path / "ray" / "predictions.csv")
+    pd.testing.assert_frame_equal(one, dist, rtol=1e-6)

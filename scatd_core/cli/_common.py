@@ -337,7 +337,10 @@ def prepare_embeddings(adata, bundle, args) -> None:
         from scatd_core import scaleout
         from scatd_core.config import settings
 
-        record = scaleout.embed_ray(adata, bundle, device=args.device, output=args.output,
+        # parts beside the prediction's: <output>.embeddings.parts/ (predict, explain); scatd report, which
+        # has --out and keeps its prediction's parts in <out>/ray/predictions.parts/, in <out>/ray/ too
+        output = getattr(args, "output", None) or Path(args.out) / "ray" / "predictions"
+        record = scaleout.embed_ray(adata, bundle, device=args.device, output=output,
                                     shard_cells=args.shard_cells, workers=args.workers or settings()["scaleout_workers"],
                                     address=args.address or settings()["scaleout_address"],
                                     progress=Progress("Embedding on Ray"), **options)
