@@ -316,6 +316,38 @@ def test_help_does_not_import_torch():
     assert res.returncode == 0 and res.stdout.strip() == "False"
 
 
+def test_engine_and_explain_help_say_what_each_command_does():
+    """--shard-cells said predict's default and <output>.parts/ for predict, explain and report alike, and
+    --keep-top "kept in the h5ad" for scatd explain, which writes no h5ad: each command's help is its own."""
+    import argparse
+
+    from scatd_core.cli import build_parser
+    from scatd_core.foundation._work import CHUNK_CELLS
+    from scatd_core.predict import CPU_BATCH_SIZE
+    from scatd_core.scaleout._embed import CHUNKS_PER_SHARD
+    from scatd_core.scaleout._explain import EXPLAIN_SHARD_CELLS
+    from scatd_core.scaleout._run import BATCHES_PER_SHARD
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {command: {a.dest: " ".join(a.help.split()) for a in sub.choices[command]._actions if a.help}
+             for command in ("predict", "explain", "report", "train", "train-panel")}
+    predicting = f"default {BATCHES_PER_SHARD} batches of --batch-size: {BATCHES_PER_SHARD * CPU_BATCH_SIZE:,} cells"
+    embedding = f"whole chunks of {CHUNK_CELLS:,} cells (default {CHUNKS_PER_SHARD} chunks"
+    shards = {command: helps[command]["shard_cells"] for command in ("predict", "explain", "report")}
+    assert predicting in shards["predict"] and "<output>.parts/" in shards["predict"]
+    assert f"(whole {CPU_BATCH_SIZE:,}-cell batches; default {EXPLAIN_SHARD_CELLS})" in shards["explain"]
+    assert "<output>.predictions.parts/" in shards["explain"] and f"default {BATCHES_PER_SHARD} batches" in \
+        shards["explain"]
+    assert predicting in shards["report"] and f"(default {EXPLAIN_SHARD_CELLS})" in shards["report"]
+    assert "<out>/ray/" in shards["report"] and "<output>" not in shards["report"]
+    assert all(embedding in text for text in shards.values())
+    assert "annotated.h5ad" in helps["report"]["keep_top"]
+    assert "writes no h5ad" in helps["explain"]["keep_top"] and "--per-cell-top" in helps["explain"]["keep_top"]
+    for command, fields in (("predict", ("device", "mode")), ("report", ("device", "mode")), ("explain", ("device",)),
+                            ("train", ("device", "seed")), ("train-panel", ("device", "seed"))):
+        assert all(field in helps[command] for field in fields), command
+
+
 def test_train_help_defaults_are_the_training_defaults(capsys, monkeypatch):
     """train-panel --help said --pretrain-epochs default 200 while the training used 100: the help
     takes each default from TrainSettings, the values a run without the option uses."""

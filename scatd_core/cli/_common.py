@@ -16,6 +16,9 @@ from scatd_core.errors import ScatdError
 #: Choices the parsers offer; the core checks them again (tests keep the two in step).
 BACKBONES = ("dist_vae", "vae_sf", "vae_gf")
 DEVICES = ("auto", "cpu", "cuda")
+#: ``--device``'s help (predict, report, explain, train, train-panel).
+DEVICE_HELP = ("where the networks run: auto (default) takes the server's setting (server.device / SCATD_DEVICE), "
+               "whose own auto is the GPU when there is one, else the CPU; cuda is refused on a machine without a GPU")
 ORIENTATIONS = ("auto", "cells_x_genes", "genes_x_cells")
 BETA_MODES = ("shared_with_head", "separate")
 BASELINES = ("zero", "mean", "random", "mix")
@@ -174,16 +177,17 @@ def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several:
     """``--model``, ``--input`` and the reading options shared by predict, explain and report
     (``several``: ``--model`` may be repeated, for a panel of models)."""
     if several:
-        p.add_argument("--model", action="append", help="bundle folder (or a bundle name in the model library); "
-                                                        "repeat it to score a panel of models in one run")
+        p.add_argument("--model", action="append", help="bundle folder, or the name of its folder in the model "
+                                                        "library (`scatd models` lists it first); repeat it to score a panel of models in one run")
     else:
-        p.add_argument("--model", required=True, help="bundle folder (or a bundle name in the model library)")
+        p.add_argument("--model", required=True, help="bundle folder, or the name of its folder in the model library "
+                                                                 "(`scatd models` lists it first)")
     p.add_argument("--input", required=True, help="single-cell data: h5ad, 10x h5/mtx/zip, CSV/TSV(.gz), "
                                                   "loom, or .npy embeddings")
     p.add_argument("--orientation", default="auto", choices=ORIENTATIONS,
                    help="CSV/TSV orientation (default: detected)")
     p.add_argument("--biomart", help="a BioMart table (Gene stable ID, Gene name) to map Ensembl IDs to symbols")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--mask", metavar="COLUMN",
                    help="True/False obs column of the input: score only its True cells (e.g. scatd_qc_pass in an "
                         "annotated.h5ad from the app, whose QC filter it records); the others keep their row, "

@@ -20,18 +20,31 @@ def add(sub) -> None:
                    help="the ranking CSV to write (e.g. biomarkers.csv); beside it, NAME_metrics.csv (e.g. "
                         "biomarkers_metrics.csv) records the run as metrics.csv does: how many cells were explained, "
                         "of how many scored, whether a subsample, and the threshold behind the groups")
-    add_explain_arguments(p)
+    add_explain_arguments(p, "explain")
     p.add_argument("--per-cell-top", nargs=2, metavar=("K", "CSV"),
                    help="also write the per-cell attributions of the top K genes to CSV")
     from scatd_core.cli.predict import add_engine_arguments, add_threshold_arguments
 
     add_threshold_arguments(p, panel=False)  # the threshold that defines the predicted groups (DE, per-group columns)
     add_label_arguments(p, "for --calibrate-on-labels")
-    add_engine_arguments(p)
+    add_engine_arguments(p, "explain")
     p.set_defaults(run=run)
 
 
-def add_explain_arguments(p) -> None:
+#: ``--keep-top``'s help: scatd report keeps the per-cell attributions in annotated.h5ad; scatd explain
+#: writes no h5ad, only --per-cell-top's CSV, with its own K.
+KEEP_TOP_HELP = {
+    "report": "genes whose per-cell attributions are kept in annotated.h5ad (obsm 'scatd_attributions'; default 100)",
+    "explain": "genes whose per-cell attributions are held while explaining (default 100); scatd explain writes "
+               "no h5ad: the per-cell attributions go to a file only with --per-cell-top K CSV, whose K is used "
+               "instead of this",
+}
+
+
+def add_explain_arguments(p, command: str | None = None) -> None:
+    """The integrated-gradients options of ``scatd explain`` and ``scatd report --explain``;
+    ``command``: explain or report (default: the parser's own name, its ``prog``'s last word)."""
+    command = command or p.prog.split()[-1]
     p.add_argument("--baseline", default="mean", choices=BASELINES,
                    help="IG baseline: dataset mean (default), zero, mean of random cells, or a mix")
     p.add_argument("--steps", type=at_least_two, default=50, help="integration steps (default 50; at least 2)")
@@ -39,8 +52,7 @@ def add_explain_arguments(p) -> None:
                    help="logit P(resistant) (default), the raw resistant logit (as the original), or P(resistant)")
     p.add_argument("--max-cells", type=at_least_two, help="explain a subsample of at most N cells (at least 2), "
                                                           "stratified by predicted label (default: all scored cells)")
-    p.add_argument("--keep-top", type=positive_int, default=100,
-                   help="genes whose per-cell attributions are kept in the h5ad (default 100)")
+    p.add_argument("--keep-top", type=positive_int, default=100, help=KEEP_TOP_HELP[command])
     p.add_argument("--explain-seed", type=whole_number(0), default=0,
                    help="seed of the subsample and random baselines (0 or more; default 0)")
     p.add_argument("--no-de", action="store_true", help="skip the differential-expression comparison")

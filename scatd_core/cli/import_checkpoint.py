@@ -29,7 +29,10 @@ def add(sub) -> None:
                    help="Dist_VAE: 'shared_with_head' reproduces the original inference (default for "
                         "imported Dist_VAE classifiers); 'separate' keeps the encoder's own Swish beta")
     p.add_argument("--name", help="display name in the model library; also names the bundle's folder (default: "
-                                   "DRUG_BACKBONE), so a second model of one drug and backbone needs one")
+                                   "DRUG_BACKBONE), so a second model of one drug and backbone needs one. Characters "
+                                   "other than ASCII letters, digits, '-', '_' and '.' become '_' in the folder's "
+                                   "name, with a short hash of the name added ('DOCETAXEL GSE140440' -> "
+                                   "DOCETAXEL_GSE140440-419881e4); the import prints the folder, which --model takes")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.set_defaults(run=run)
 

@@ -31,11 +31,38 @@ def add(sub) -> None:
     add_label_arguments(p, "for --calibrate-on-labels (`scatd report` evaluates the calls against it); for a "
                            "panel, DRUG=COLUMN: the drug whose response it records, the only one calibrated on it")
     p.add_argument("--sample-column", help="obs column with the sample / batch, copied into the table")
-    add_engine_arguments(p)
+    add_engine_arguments(p, "predict")
     p.set_defaults(run=run)
 
 
-def add_engine_arguments(p) -> None:
+#: What ``--shard-cells`` does in each command, and where its parts go (``--engine ray``). The numbers are
+#: scaleout's defaults (BATCHES_PER_SHARD, EXPLAIN_SHARD_CELLS, CHUNKS_PER_SHARD of CHUNK_CELLS; a test
+#: checks them) and the folders those of predict_ray / explain_ray / embed_ray as each command calls them.
+_EMBEDDING_SHARDS = ("VAE_sf/VAE_gf embeddings computed from expression first: whole chunks of 2,048 cells "
+                     "(default 4 chunks, 8,192 cells)")
+_RESUME = "; a shard is the unit of retry and resume: the same command run again after a stop skips the shards " \
+          "already written"
+SHARD_CELLS_HELP = {
+    "predict": "cells per shard of the prediction, rounded up to whole batches (default 16 batches of "
+               "--batch-size: 16,384 cells on a CPU), its parts in <output>.parts/; " + _EMBEDDING_SHARDS
+               + ", parts in <output>.embeddings.parts/" + _RESUME,
+    "explain": "explained cells per shard of the attributions, about (whole 1,024-cell batches; default 512), "
+               "their parts in <output>.parts/; the prediction before them: cells per shard rounded up to "
+               "whole 1,024-cell batches (default 16 batches, 16,384 cells), parts in "
+               "<output>.predictions.parts/; " + _EMBEDDING_SHARDS + ", parts in <output>.embeddings.parts/"
+               + _RESUME,
+    "report": "cells per shard of the prediction, rounded up to whole batches (default 16 batches of "
+              "--batch-size: 16,384 cells on a CPU); with --explain, explained cells per shard of the "
+              "attributions, about (default 512); " + _EMBEDDING_SHARDS + ". The parts of all three go to "
+              "<out>/ray/" + _RESUME,
+}
+
+
+def add_engine_arguments(p, command: str | None = None) -> None:
+    """``--engine``, ``--address``, ``--workers``, ``--shard-cells``, ``--keep-parts``. ``command``:
+    predict, explain or report, whose shards and parts ``--shard-cells`` describes (default: the
+    parser's own name, its ``prog``'s last word)."""
+    command = command or p.prog.split()[-1]
     g = p.add_argument_group("scale-out (Ray)")
     g.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local: this process (default); ray: shards of an .h5ad on a Ray cluster (needs the "
@@ -43,17 +70,16 @@ def add_engine_arguments(p) -> None:
     g.add_argument("--address", help="Ray cluster to use (e.g. 10.0.0.5:6379; default: the [scaleout] address "
                                      "of the config, else a local Ray instance)")
     g.add_argument("--workers", type=positive_int, help="Ray workers (default: every CPU, or GPU, of the cluster)")
-    g.add_argument("--shard-cells", type=positive_int,
-                   help="cells per shard, rounded up to whole batches (default 16 batches); a shard is the "
-                        "unit of retry and resume: the parts go to <output>.parts/, and the same command run "
-                        "again after a stop skips the shards already written")
+    g.add_argument("--shard-cells", type=positive_int, help=SHARD_CELLS_HELP[command])
     g.add_argument("--keep-parts", action="store_true",
                    help="keep the shard parts once every output is written (default: removed then, as they can "
                         "be large: the embeddings of every cell, for one)")
 
 
 def add_prediction_arguments(p) -> None:
-    p.add_argument("--mode", default="mean", choices=["mean", "sample"])
+    p.add_argument("--mode", default="mean", choices=["mean", "sample"],
+                   help="mean (default): P(resistant) of each cell's latent mean, the same every run; sample: "
+                        "the mean P(resistant) and its sd over --samples seeded draws of each cell's latent")
     p.add_argument("--samples", type=positive_int, default=50,
                    help="draws per cell in sample mode (default 50; 1: one seeded draw per cell, as the original "
                         "scATD inference, with no sd)")

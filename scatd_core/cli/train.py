@@ -15,7 +15,7 @@ from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._train_args import (add_recipe_arguments, add_target_obs_argument, few_shot_of_column,
                                         note_unused, read_target, recipe_settings, refuse_lone_few_shot_value,
                                         refuse_lone_resistant_value)
-from scatd_core.cli._common import (BACKBONES, DEVICES, Progress, _check_writable, check_outputs, positive_int,
+from scatd_core.cli._common import (BACKBONES, DEVICE_HELP, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
 
@@ -115,7 +115,10 @@ def add(sub) -> None:
                                  "the model library)")
     p.add_argument("--backbone-bundle", help="start from this pretrained backbone bundle: a folder, or a bundle name "
                                              "in the model library (default: pretrain them)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the whole run: the networks' initial weights and batch order, the CV folds, the "
+                        "baselines and the bootstrap intervals; the same data, settings, seed, device and "
+                        "--threads give the same model (default 0)")
     p.add_argument("--folds", type=positive_int, default=DEFAULTS.folds,
                    help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
     add_recipe_arguments(p)
@@ -138,13 +141,14 @@ def add(sub) -> None:
                    help="the value of --target-labels meaning resistant, unless the values are words like "
                         "resistant/sensitive (SCAD's 'response' is 1 = sensitive, so give 0)")
     add_target_obs_argument(p)
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads while training (default 1: the networks are small, and more threads on "
                         "a busy machine mostly wait for each other)")
     p.add_argument("--name", help="display name in the model library; also names the model's folder there (as "
-                                   "import-checkpoint's), which is what --model takes (default folder: "
-                                   "DRUG_BACKBONE_trained)")
+                                   "import-checkpoint's: other characters than ASCII letters, digits, '-', '_' and '.' "
+                                   "become '_', with a short hash of the name added), which is what --model takes "
+                                   "(default folder: DRUG_BACKBONE_trained)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a bundle exported to --out earlier (only a bundle folder, never other files)")

@@ -7,7 +7,7 @@ from pathlib import Path
 from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._train_args import (add_recipe_arguments, add_target_obs_argument, note_unused, read_target,
                                         recipe_settings, refuse_lone_resistant_value)
-from scatd_core.cli._common import BACKBONES, DEVICES, Progress, check_output, drug_and_column, fmt, positive_int, say
+from scatd_core.cli._common import BACKBONES, DEVICE_HELP, DEVICES, Progress, check_output, drug_and_column, fmt, positive_int, say
 from scatd_core.errors import ScatdError
 
 #: The recipe's defaults, for the help (the training takes them from the same place).
@@ -34,7 +34,10 @@ def add(sub) -> None:
     p.add_argument("--target", required=True, help="the single cells to adapt to (any format `scatd predict` reads)")
     p.add_argument("--min-lines", type=positive_int, default=10,
                    help="skip drugs with fewer labelled cell lines than this in either class (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the whole run: the networks' initial weights and batch order, the CV folds, the "
+                        "baselines and the bootstrap intervals; the same data, settings, seed, device and "
+                        "--threads give the same model (default 0)")
     add_recipe_arguments(p)  # the same recipe options as `scatd train`
     p.add_argument("--folds", type=positive_int, help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
     p.add_argument("--target-labels", action="append", metavar="DRUG=COLUMN",
@@ -53,7 +56,7 @@ def add(sub) -> None:
     p.add_argument("--include-below-chance", action="store_true",
                    help="with --save-panel: keep models whose bulk CV AUROC is at most 0.5 in the saved panel")
     p.add_argument("--summary", help="write the summary table (CSV) here")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads while training (default 1, as for scatd train)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
