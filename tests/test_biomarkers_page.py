@@ -352,3 +352,16 @@ def test_new_data_or_prediction_forget_that_an_earlier_run_was_stopped(level):
     left = {f for f in flags if f in at.session_state}
     kept = {S.PREDICT_RUNNING, S.EMBED_RUNNING, S.PANEL_RUNNING, S.PANEL_UMAP_RUNNING}  # about the data
     assert left == (set() if level == "data" else kept)
+
+
+def test_integration_steps_go_down_to_two_as_on_the_command_line(predicted):
+    """The page takes 2 integration steps or more, as `scatd explain --steps` does (was 4 or more)."""
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    assert at.number_input(key="bio_steps").min == 2
+    at.number_input(key="bio_steps").set_value(2)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    from scatd_core.explain import from_adata
+
+    assert from_adata(adata).info["n_steps"] == 2
