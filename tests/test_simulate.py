@@ -240,6 +240,18 @@ def test_simulate_demo_and_h5ad_round_trip(tmp_path):
         pd.testing.assert_frame_equal(back.obs, data.obs)
 
 
+def test_the_docstring_example_and_the_recorded_simulator_name_real_functions(bulk_and_labels, tumour):
+    """The module's example imported from scatd_core.simulate, and the data recorded that name as the
+    simulator: there is no such module (ModuleNotFoundError), the simulator is scatd_core.demo.simulate."""
+    import importlib
+
+    example = next(line[4:] for line in simulate.__doc__.splitlines() if line.startswith(">>> from"))
+    exec(example, {})  # noqa: S102 (the docstring's own import line)
+    for data, function in ((bulk_and_labels[0], "simulate_bulk"), (tumour, "simulate_tumour")):
+        module, _, name = data.uns["simulation"]["simulator"].rpartition(".")
+        assert name == function and getattr(importlib.import_module(module), name) is getattr(simulate, function)
+
+
 @pytest.mark.parametrize("call", [
     lambda: simulate_bulk(n_cell_lines=0),
     lambda: simulate_bulk(missing_label_fraction=1.0),

@@ -57,7 +57,7 @@ separates resistant from sensitive cells with AUROC ~0.95.
 
 Example
 -------
->>> from scatd_core.simulate import simulate_demo, DEMO_DRUG
+>>> from scatd_core.demo.simulate import simulate_demo, DEMO_DRUG
 >>> bulk, labels, tumour = simulate_demo(seed=0)
 >>> labels[DEMO_DRUG].value_counts()            # doctest: +SKIP
 >>> tumour.obs[["sample", "cluster", "response"]]  # doctest: +SKIP
@@ -286,7 +286,7 @@ def _provenance(function: str, seed: int, parameters: dict) -> dict:
 
     return {
         "label": SIMULATED_DATA_LABEL,
-        "simulator": f"scatd_core.simulate.{function}",
+        "simulator": f"scatd_core.demo.simulate.{function}",
         "scatd_version": __version__,
         "seed": int(seed),
         "parameters": parameters,
