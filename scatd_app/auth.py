@@ -89,8 +89,10 @@ def _password_form() -> None:
             return
         st.session_state[USER] = user
         st.rerun()
-    st.caption(f"Accounts are managed by the administrator (`scatd users`); {conf['auth_max_failures']} failed "
-               f"attempts lock an account or address for {conf['auth_lockout_minutes']} minutes.")
+    failures, minutes = conf["auth_max_failures"], conf["auth_lockout_minutes"]
+    st.caption(f"Accounts are managed by the administrator (`scatd users`); {failures} failed "
+               f"attempt{'' if failures == 1 else 's'} lock an account or address for {minutes} "
+               f"minute{'' if minutes == 1 else 's'}.")
 
 
 def login_page() -> None:

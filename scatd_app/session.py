@@ -356,7 +356,7 @@ def notice() -> None:
         st.toast("Your session was resumed where you left it.", icon=":material/history:")
     elif what == "lost":
         st.warning(f"Your previous session could not be restored: the server was restarted, it was idle for more "
-                   f"than {ttl} minutes, or the server needed the memory its data held for more recent sessions. "
+                   f"than {ttl} minute{'' if ttl == 1 else 's'}, or the server needed the memory its data held for more recent sessions. "
                    "Upload your data again.", icon=":material/history_toggle_off:")
 
 

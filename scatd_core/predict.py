@@ -89,7 +89,8 @@ def auto_batch_size(bundle, device: torch.device) -> int:
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(device)})"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def _check_args(bundle, mode: str, n_samples: int, batch_size: int, adata: ad.AnnData) -> None:

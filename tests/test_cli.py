@@ -348,6 +348,29 @@ def test_engine_and_explain_help_say_what_each_command_does():
         assert all(field in helps[command] for field in fields), command
 
 
+def test_the_device_is_said_in_plain_words():
+    """"CPU (1 threads)": one thread is singular; and a --engine ray run says its parts stay only until the
+    outputs are written, unless --keep-parts (it said "parts kept in X", then removed them)."""
+    from argparse import Namespace
+
+    import torch
+
+    from scatd_core.cli.predict import parts_note
+    from scatd_core.predict import device_description
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert device_description(torch.device("cpu")) == "CPU (1 thread)"
+        torch.set_num_threads(2)
+        assert device_description(torch.device("cpu")) == "CPU (2 threads)"
+    finally:
+        torch.set_num_threads(threads)
+    assert parts_note(Namespace(keep_parts=True), "o.csv.parts") == "parts kept in o.csv.parts"
+    assert parts_note(Namespace(keep_parts=False), "o.csv.parts") == (
+        "parts in o.csv.parts until every output is written; --keep-parts keeps them")
+
+
 def test_train_help_defaults_are_the_training_defaults(capsys, monkeypatch):
     """train-panel --help said --pretrain-epochs default 200 while the training used 100: the help
     takes each default from TrainSettings, the values a run without the option uses."""

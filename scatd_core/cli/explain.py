@@ -103,6 +103,7 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
         result = explain_genes(adata, bundle, n_genes=args.deletion_genes, **common)
     elif getattr(args, "engine", "local") == "ray":
         from scatd_core import scaleout
+        from scatd_core.cli.predict import parts_note
         from scatd_core.config import settings
 
         common.update(progress=Progress("Explaining on Ray"), batch_size=inputs.batch_size if inputs else 1024)
@@ -113,7 +114,7 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
         eng = result.info["engine"]
         say(f"Ray: {eng['workers']} worker(s), {eng['shards']} shards"
             + (f" ({eng['shards_resumed']} already done, resumed from {eng['parts']})." if eng["shards_resumed"] else
-               f" (parts kept in {eng['parts']})."))
+               f" ({parts_note(args, eng['parts'])})."))
     else:
         from scatd_core._keys import SCORED
         from scatd_core._matrix import stored_fraction

@@ -76,6 +76,14 @@ def add_engine_arguments(p, command: str | None = None) -> None:
                         "be large: the embeddings of every cell, for one)")
 
 
+def parts_note(args, folder) -> str:
+    """Where a ``--engine ray`` run keeps its shard parts, and whether they stay: removed once every
+    output is written (:func:`scatd_core.cli._remove_parts`), unless ``--keep-parts``."""
+    if getattr(args, "keep_parts", False):
+        return f"parts kept in {folder}"
+    return f"parts in {folder} until every output is written; --keep-parts keeps them"
+
+
 def add_prediction_arguments(p) -> None:
     p.add_argument("--mode", default="mean", choices=["mean", "sample"],
                    help="mean (default): P(resistant) of each cell's latent mean, the same every run; sample: "
@@ -158,7 +166,7 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
                                    load_latent=load_latent, progress=Progress("Predicting on Ray"))
         say(f"Ray: {run.workers} worker(s), {len(run.shards)} shards"
             + (f" ({run.resumed} already done, resumed from {run.store.folder})." if run.resumed else
-               f" (parts kept in {run.store.folder})."))
+               f" ({parts_note(args, run.store.folder)})."))
     else:
         resolve_device(args.device)  # a device that is not there is said first, whatever the data
         if inputs is None:  # refuse data the model cannot read (e.g. a .npy of another width) before estimating
