@@ -172,6 +172,18 @@ def test_labels_from_ic50_small(tmp_path):
         labels_from_ic50(*_ic50_files(tmp_path), drugs=["Gefitnib"])
 
 
+def test_labels_from_ic50_names_each_drug_id_once(tmp_path, capsys):
+    """A name of several GDSC ids is the column "Twin (GDSC:40)": the CLI said "Twin (GDSC:40) (GDSC:40)"."""
+    from scatd_core.cli import main
+
+    ic50, thr, dlist = _ic50_files(tmp_path)
+    assert main(["labels-from-ic50", "--ic50", str(ic50), "--thresholds", str(thr), "--drug-list", str(dlist),
+                 "--drugs", "Gefitinib", "40", "--out", str(tmp_path / "labels.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "Twin (GDSC:40): threshold 1.5" in err and "(GDSC:40) (GDSC:40)" not in err
+    assert "Gefitinib (GDSC:10): threshold 0.5" in err
+
+
 def test_labels_from_ic50_bad_files(tmp_path):
     ic50, thr, dlist = _ic50_files(tmp_path)
     (tmp_path / "thr_bad.txt").write_text("A\tB\n0.5\n")

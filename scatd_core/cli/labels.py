@@ -30,7 +30,8 @@ def run(args) -> int:
         write_label_table(table, args.out)
     for drug, info in list(rep["thresholds"].items())[:20]:
         col = table[drug]
-        say(f"{drug} (GDSC:{info['gdsc_id']}): threshold {info['threshold']:g} "
+        gdsc = f"GDSC:{info['gdsc_id']}"  # a name of several ids already carries it: "Twin (GDSC:40)"
+        say(f"{drug if drug.endswith(f'({gdsc})') else f'{drug} ({gdsc})'}: threshold {info['threshold']:g} "
              f"(by {info['matched_by']} '{info['threshold_name']}'): {int((col == 'sensitive').sum())} sensitive, "
              f"{int((col == 'resistant').sum())} resistant, {int(col.isna().sum())} not screened")
     if len(rep["thresholds"]) > 20:
