@@ -175,6 +175,14 @@ def test_models_list_and_card_show_the_display_name(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("Model card: Lab model for tumour A · DRUGX") and "Settings: head linear" in out
     assert "AUPRC by chance" in out
+    # the demo's name is its title's drug and label: said once (was "DRUGX · demo (simulated data) · DRUGX ·
+    # Dist_VAE (scATD-sf-dist) · demo (simulated data)")
+    save_bundle(tmp_path / "lib" / "DRUGX_demo", model.stacked_state_dict(), model.arch, drug="DRUGX",
+                genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize", threshold=0.5,
+                name="DRUGX · demo (simulated data)", extra={"card": _full_card(), "demo": True})
+    assert main(["models", "card", "DRUGX_demo", "--library", str(tmp_path / "lib")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == ("Model card: DRUGX · Dist_VAE (scATD-sf-dist) · demo (simulated "
+                                                       "data) (DRUGX_demo)")
 
 
 def test_each_auroc_interval_names_its_method():

@@ -108,9 +108,12 @@ def card(args) -> int:
 
 
 def _named(bundle) -> str:
-    """The display name (``--name``) and, when it does not say it already, the drug and backbone."""
+    """The display name (``--name``) and, when it does not say it already, the drug and backbone
+    (a name made of the title's parts, as the demo's "DEMOTINIB · demo (simulated data)": the title)."""
     name, title = bundle.name, bundle.title
-    return title if not name or name == bundle.path.name else f"{name} · {title}"
+    if not name or name == bundle.path.name or set(name.split(" · ")) <= set(title.split(" · ")):
+        return title
+    return f"{name} · {title}"
 
 
 def show(args) -> int:
