@@ -232,7 +232,7 @@ if group is not None:
                        key="panel_rank_group")
 caveat = panel.ranking_caveat(adata, app=True)
 if caveat:
-    st.caption(ui.md(caveat))
+    st.caption(ui.md(f"{pl.UNCALIBRATED_MARK} {caveat}"))
 
 # ------------------------------------------------------------------ UMAP
 st.subheader("UMAP")

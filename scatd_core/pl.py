@@ -514,6 +514,11 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
     return layout(fig, title, height=max(300, 120 + 36 * n_groups))
 
 
+#: What a "*" after a drug in :func:`drug_ranking_figure` means (said beside the chart).
+UNCALIBRATED_MARK = ("* uncalibrated: called at the model's own threshold, so its fraction does not compare with "
+                     "the other drugs'.")
+
+
 def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Fraction called resistant per drug, best (lowest) first, coloured by mean P(resistant)
     (from :func:`scatd_core.panel.drug_ranking`); uncalibrated calls are marked."""
@@ -524,7 +529,9 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.F
         text=[f"{f:.0%}" if f == f else "n/a" for f in ranking["fraction_resistant"].astype(float)],
         textposition="outside", customdata=ranking["mean_prob_resistant"].astype(float),
         hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata:.3f}<extra></extra>"))
-    note = "" if ranking["calibrated"].all() else " (* uncalibrated: the model's own threshold, not comparable across drugs)"
+    # short enough for a half-width chart (the Drug panel page); what "*" means is in its caption
+    # (UNCALIBRATED_MARK) and in the report's note above the chart
+    note = "" if ranking["calibrated"].all() else " (* uncalibrated)"
     fig.update_xaxes(title=f"fraction called resistant{note}", range=[0, 1.1], tickformat=".0%")
     fig.update_yaxes(autorange="reversed", type="category")
     return layout(fig, title, height=max(220, 90 + 34 * len(ranking)))

@@ -61,6 +61,9 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     charts = " ".join(str(c.proto) for c in at.get("plotly_chart"))
     assert "best drug first" not in charts and "Whole sample: fraction called resistant per drug, uncalibrated" in charts
     assert "does not rank the drugs" in text(at.caption)
+    # the x-axis title fits a half-width chart; what "*" means is in the caption
+    assert "fraction called resistant (* uncalibrated)" in charts and "not comparable across drugs" not in charts
+    assert "* uncalibrated: called at the model's own threshold" in text(at.caption).replace("\\", "")
     assert len(at.get("download_button")) == 4
     # at uncalibrated thresholds: a count with its caveat, no subclone and no biomarker action
     assert "at uncalibrated thresholds" in text(at.markdown)
