@@ -14,7 +14,7 @@ st.title("1 · Data")
 limit_mb = ui.upload_limit_mb()
 st.caption(f"Upload single-cell expression: {', '.join(io.SUPPORTED_FORMATS)} (a 10x folder as .zip or "
            f".tar.gz). **Up to {limit_mb:,} MB per file** (this server's limit; its administrator sets it "
-           "with SCATD_MAX_UPLOAD_MB).")
+           "with limits.max_upload_mb in the configuration file, or SCATD_MAX_UPLOAD_MB).")
 
 # ------------------------------------------------------------------ input
 left, right = st.columns([0.7, 0.3])

@@ -28,7 +28,8 @@ def check_checkpoint_size(path: Path, name: str, cap: int) -> None:
     with path.open("rb") as fh:
         zipped = fh.read(2) == b"PK"
         end = zipfile._EndRecData(fh) if zipped else None  # the end record: how many members, before parsing them
-    limit_hint = ("Ask the administrator to raise SCATD_MAX_DECOMPRESSED_MB (for a checkpoint uploaded in the app, "
+    limit_hint = ("Ask the administrator to raise limits.max_decompressed_mb in the configuration file, or "
+                  "SCATD_MAX_DECOMPRESSED_MB (for a checkpoint uploaded in the app, limits.max_upload_mb or "
                   "SCATD_MAX_UPLOAD_MB), or to place the file in the import folder.")
     if not zipped:
         if size > cap:

@@ -160,7 +160,8 @@ def download(file: PublishedFile, folder: Path, progress: Callable[[float, str],
     cap = limits().max_upload_bytes
     if file.size > cap:
         raise InputError(f"{file.name} is {file.size / 2**20:,.0f} MB, over the server's limit of "
-                         f"{cap / 2**20:,.0f} MB.", "Ask the administrator to raise SCATD_MAX_UPLOAD_MB.")
+                         f"{cap / 2**20:,.0f} MB.", "Ask the administrator to raise limits.max_upload_mb in the configuration file "
+                         "(or SCATD_MAX_UPLOAD_MB).")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / Path(file.name).name
     digest = hashlib.md5()  # noqa: S324 (figshare publishes MD5; this checks integrity, not secrecy)

@@ -901,6 +901,8 @@ def test_upload_limit_comes_from_configuration(with_library, monkeypatch):
     assert config.get_option("server.maxUploadSize") == 123  # what the server enforces
     goto(at, "1_Data")
     assert "Up to 123 MB per file" in text(at.caption)
+    # the administrator may have set it in the configuration file or the environment: both are named
+    assert "limits.max_upload_mb in the configuration file, or SCATD_MAX_UPLOAD_MB" in text(at.caption)
     assert at.file_uploader[0].proto.max_upload_size_mb == 123  # what the widget enforces
 
 
