@@ -145,12 +145,14 @@ def _cell_metadata_text(adata: ad.AnnData) -> str | None:
 def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_columns: Sequence[str] = (), *,
                   key_added: str | None = None) -> pd.DataFrame:
     """Long table ``section, metric, value``: the run summary (threshold and whether it is
-    calibrated included), the evaluation against ``label_column`` (when given and possible) and the
-    resistant fraction per group."""
+    calibrated included; the cells not scored by reason, section ``not scored``), the evaluation
+    against ``label_column`` (when given and possible) and the resistant fraction per group."""
     rows = [("summary", k, v) for k, v in summary(adata, key_added=key_added).items()]
-    threshold = adata.uns[result_keys(key_added).run]["threshold"]  # where the threshold came from
+    run = adata.uns[result_keys(key_added).run]
+    threshold = run["threshold"]  # where the threshold came from
     rows += [("summary", "threshold_source", threshold.get("source")),
              ("summary", "threshold_detail", threshold.get("detail"))]
+    rows += [("not scored", str(reason), int(n)) for reason, n in (run.get("not_scored") or {}).items()]
     evaluation, _, _, problem = _evaluation_or_note(adata, label_column, key_added)
     if evaluation is not None:
         rows += [("evaluation", k, v) for k, v in evaluation.as_dict().items()]

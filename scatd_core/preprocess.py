@@ -63,11 +63,29 @@ def apply_input_transform(batch: np.ndarray, transform: str) -> np.ndarray:
 # What kind of values
 # --------------------------------------------------------------------------------------------
 
+#: At most this share of the sampled cells (and always one cell) may hold values that no expression
+#: matrix holds, negative, NaN or infinite ones, for the other cells to decide what the matrix
+#: holds (:func:`detect_value_type`); more, and the whole matrix is judged with them.
+FEW_BAD_CELLS = 0.05
+
+
 def detect_value_type(X, n_cells: int = 2000) -> dict:
     """Say what a matrix holds: raw counts, log-normalised, z-scored or TPM-like values.
 
     Looks at up to ``n_cells`` rows (:func:`sample_rows`), so it is cheap on any size and on
     backed data.
+
+    Cells with values no expression matrix holds (negative, NaN or infinite) are first set aside
+    when they are **a few of the sampled cells**: at most :data:`FEW_BAD_CELLS` (5 %) of them, and
+    always one. The other cells then decide the kind, and the evidence counts the cells set aside
+    (``n_cells_negative`` with ``negative_min``, ``n_cells_non_finite``). Such values in a few
+    cells are faults of those cells (a corrupt export, an edited value), not a kind of matrix: a
+    model that log-normalises the values leaves just those cells unscored
+    (:class:`scatd_core.inputs.ModelInput`, reason ``negative_values`` or ``non_finite``), as it
+    does with such a cell outside the sample, so where a bad cell sits no longer changes what
+    the other cells get. Per-gene z-scores, centred or batch-corrected values have negative
+    values in most cells, far more than 5 %, so they are still judged as a whole (``zscored`` or
+    ``unknown``), as is a matrix whose sampled cells are all bad.
 
     Returns
     -------
@@ -82,9 +100,57 @@ def detect_value_type(X, n_cells: int = 2000) -> dict:
     ``evidence`` is JSON-safe: cells sampled, fraction of zeros, min, max, fraction of integer
     values, negatives, median and spread (CV) of per-cell sums, per-gene mean and standard
     deviation (medians over genes), and for log data the median per-cell sum of ``expm1``
-    (about 1e4 for log1p of counts per 10k), plus a sentence ``reason``.
+    (about 1e4 for log1p of counts per 10k), plus a sentence ``reason``. With cells set aside,
+    all but the counts of cells describe the other cells.
     """
     block = sample_rows(X, n_cells)
+    n_rows = block.shape[0]
+    negative, non_finite = _bad_rows(block)
+    bad = negative | non_finite
+    n_bad = int(bad.sum())
+    if 0 < n_bad < n_rows and n_bad <= max(1, int(FEW_BAD_CELLS * n_rows)):
+        result = _value_type(block[np.flatnonzero(~bad)])
+        if result["kind"] not in ("zscored", "unknown"):
+            ev = result["evidence"]
+            ev["n_cells_sampled"] = int(n_rows)
+            parts = []
+            if negative.any():
+                rows = block[np.flatnonzero(negative)]
+                values = rows.data if sp.issparse(rows) else np.asarray(rows).ravel()
+                ev["n_cells_negative"] = int(negative.sum())
+                ev["negative_min"] = _r(np.nanmin(np.where(np.isfinite(values), values, np.nan)))
+                parts.append(f"{_cells(ev['n_cells_negative'])} negative values (min {ev['negative_min']:g})")
+            if non_finite.any():
+                ev["n_cells_non_finite"] = int(non_finite.sum())
+                parts.append(f"{_cells(ev['n_cells_non_finite'])} NaN or infinite values")
+            ev["reason"] += (f"; of the {n_rows:,} cells sampled, " + " and ".join(parts) + ", which no expression "
+                             "values have: a fault of those cells, so the other cells decide the type")
+            return result
+    return _value_type(block)
+
+
+def _cells(n: int) -> str:
+    return f"{n:,} cell has" if n == 1 else f"{n:,} cells have"
+
+
+def _bad_rows(block) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows hold a negative value, and which a NaN or infinite one."""
+    n = block.shape[0]
+    if sp.issparse(block):
+        block = sp.csr_matrix(block)
+        row = np.repeat(np.arange(n), np.diff(block.indptr))
+        values = block.data
+        with np.errstate(invalid="ignore"):
+            negative = np.bincount(row[values < 0], minlength=n) > 0
+        non_finite = np.bincount(row[~np.isfinite(values)], minlength=n) > 0
+        return negative, non_finite
+    x = np.asarray(block)
+    with np.errstate(invalid="ignore"):
+        return (x < 0).any(axis=1), ~np.isfinite(x).all(axis=1)
+
+
+def _value_type(block) -> dict:
+    """:func:`detect_value_type` of the sampled rows ``block``, judged as a whole."""
     n_rows, n_cols = block.shape
     if sp.issparse(block):
         nonzero = block.data[block.data != 0].astype(np.float64)

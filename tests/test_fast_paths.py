@@ -598,3 +598,46 @@ def test_a_panel_does_not_share_one_input_between_models_scaling_counts_differen
         predict(alone, bundle, device="cpu")
         np.testing.assert_allclose(counts.obs[result_keys(member.key).prob], alone.obs["scatd_prob_resistant"],
                                    atol=1e-6)
+
+
+# ------------------------------------------------------------------------ faulty cells, log-normalised values
+def test_one_negative_value_leaves_out_its_cell_wherever_it_sits(whole_library_bundle):
+    """QA: one negative value among the ~2,000 cells the value type is read from made the whole
+    matrix "unknown", so a model trained here z-scored raw counts for every cell (labels flipped);
+    the same value in a cell outside that sample left out just that cell. Now its cell is not
+    scored either way, and every other cell gets what it gets without that cell."""
+    from scatd_core import export
+    from scatd_core._matrix import sample_rows
+
+    counts, _ = _whole_transcriptome(2100, seed=21)
+    x = counts.X.toarray()
+    sampled, unsampled = 10, 255  # sample_rows reads 8 blocks of 250 rows: 0-249, 264-513, ...
+    rows = np.asarray(sample_rows(np.arange(2100)[:, None], 2000)).ravel()
+    assert sampled in rows and unsampled not in rows
+    x[unsampled] = x[sampled]  # the same cell twice: either copy may be the faulty one
+    column = list(counts.var_names).index("G3")
+    runs = {}
+    for name, row in (("sampled", sampled), ("unsampled", unsampled)):
+        bad = x.copy()
+        bad[row, column] = -1.0
+        adata = ad.AnnData(sp.csr_matrix(bad), obs=counts.obs.copy(), var=counts.var.copy())
+        predict(adata, whole_library_bundle, device="cpu")
+        info = adata.uns["scatd"]
+        assert info["not_scored"] == {"negative_values": 1} and info["params"]["log_normalised"]
+        assert not adata.obs["scatd_scored"].iloc[row] and adata.obs["scatd_scored"].sum() == 2099
+        assert "1 cell(s) were not scored: negative values, which a log transform cannot take." in info["warnings"]
+        table = export.metrics_table(adata).set_index(["section", "metric"])["value"]
+        assert table[("not scored", "negative_values")] == 1  # metrics.csv says how many and why
+        runs[name] = adata
+    a, b = runs["sampled"], runs["unsampled"]
+    assert a.uns["scatd"]["warnings"] == b.uns["scatd"]["warnings"]
+    others = np.setdiff1d(np.arange(2100), [sampled, unsampled])
+    np.testing.assert_allclose(a.obs["scatd_prob_resistant"].to_numpy()[others],
+                               b.obs["scatd_prob_resistant"].to_numpy()[others], atol=1e-6)
+    assert (a.obs["scatd_label"].to_numpy()[others] == b.obs["scatd_label"].to_numpy()[others]).all()
+    # and what they get is what they get without the faulty cell at all
+    clean = ad.AnnData(sp.csr_matrix(np.delete(x, unsampled, axis=0)), obs=counts.obs.drop(index=f"c{unsampled}"),
+                       var=counts.var.copy())
+    predict(clean, whole_library_bundle, device="cpu")
+    np.testing.assert_allclose(b.obs["scatd_prob_resistant"].drop(index=f"c{unsampled}"),
+                               clean.obs["scatd_prob_resistant"], atol=1e-6)

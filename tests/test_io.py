@@ -573,7 +573,12 @@ def test_mtx_files_that_do_not_belong_together(counts, tmp_path):
 
 def test_negative_counts_are_refused_where_counts_are_required(tmp_path):
     rows = "\n".join(f"c{i},{i % 5},{(i * 3) % 7},{i % 2}" for i in range(30))
-    (tmp_path / "neg.csv").write_text("cell,TP53,EGFR,MYC\n" + rows + "\nc99,-4,2,1\n")
+    # one faulty cell among counts: the others decide (detect_value_type), and it is counted
+    (tmp_path / "one.csv").write_text("cell,TP53,EGFR,MYC\n" + rows + "\nc99,-4,2,1\n")
+    report = io.read(tmp_path / "one.csv").uns[io.REPORT_KEY]
+    assert report["value_type"] == "counts" and report["value_type_evidence"]["n_cells_negative"] == 1
+    # negative values in more than a few cells: not counts, refused where counts are required
+    (tmp_path / "neg.csv").write_text("cell,TP53,EGFR,MYC\n" + rows + "\nc98,-3,2,1\nc99,-4,2,1\n")
     report = io.read(tmp_path / "neg.csv").uns[io.REPORT_KEY]
     assert report["value_type"] == "unknown"
     with pytest.raises(InputError, match="negative"):

@@ -121,6 +121,48 @@ def test_backbone_compatibility_matrix(counts, kind, backbone, transform, ok):
         assert "takes the values as they are" in problems[0] and "z-scored" in problems[0]
 
 
+def _with_bad_cells(X, rows, value):
+    x = X.toarray() if sp.issparse(X) else np.array(X)
+    x[rows, 3] = value
+    return sp.csr_matrix(x) if sp.issparse(X) else x
+
+
+@pytest.mark.parametrize("kind, value", [("counts", -1.0), ("counts", -0.001), ("log_normalized", -0.001),
+                                         ("counts", np.nan), ("tpm_like", np.inf)])
+def test_a_few_faulty_cells_do_not_decide_what_the_matrix_holds(counts, kind, value):
+    """QA: one negative value among the sampled cells typed the whole matrix "unknown", so a model
+    trained here z-scored raw counts for every cell. Up to 5% of the sampled cells (and always
+    one) with values no expression has are set aside, counted, and the others decide the kind;
+    more, and the matrix is judged as a whole, as before."""
+    X = _variants(counts)[kind]
+    one = preprocess.detect_value_type(_with_bad_cells(X, [7], value))
+    assert one["kind"] == kind, one
+    ev = one["evidence"]
+    assert ev["n_cells_sampled"] == counts.n_obs
+    if value < 0:
+        assert ev["n_cells_negative"] == 1 and ev["negative_min"] == value and "n_cells_non_finite" not in ev
+        assert "1 cell has negative values" in ev["reason"]
+    else:
+        assert ev["n_cells_non_finite"] == 1 and "1 cell has NaN or infinite values" in ev["reason"]
+    assert ev["has_negative"] is False  # the other cells: what the compatibility checks read
+    json.dumps(one)
+    dense = _with_bad_cells(X.toarray() if sp.issparse(X) else X, [7], value)
+    assert preprocess.detect_value_type(dense)["kind"] == kind  # sparse and dense agree
+    few = int(preprocess.FEW_BAD_CELLS * counts.n_obs)  # 15 of 300
+    assert preprocess.detect_value_type(_with_bad_cells(X, np.arange(few), value))["kind"] == kind
+    many = preprocess.detect_value_type(_with_bad_cells(X, np.arange(few + 1), value))
+    assert many["kind"] == "unknown" and "n_cells_negative" not in many["evidence"]  # judged as a whole
+
+
+def test_zscored_and_centred_matrices_are_still_judged_as_a_whole(counts):
+    zscored = _variants(counts)["zscored"]
+    assert (zscored < 0).any(axis=1).mean() > 0.9  # negatives in nearly every cell: not a few faulty cells
+    result = preprocess.detect_value_type(zscored)
+    assert result["kind"] == "zscored" and "n_cells_negative" not in result["evidence"]
+    assert preprocess.detect_value_type(_variants(counts)["unknown"])["evidence"]["reason"].startswith(
+        "negative values that are")
+
+
 def test_backbone_compatibility_accepts_a_kind_or_a_read_report():
     assert preprocess.check_backbone_compatibility("zscored", "vae_gf")
     report = {"value_type": "zscored", "value_type_evidence": {"has_negative": True}}
