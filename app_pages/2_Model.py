@@ -9,9 +9,8 @@ from scatd_core._keys import FOUNDATION_EMBEDDING
 from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, distinct_titles, import_card_lines,
                                input_transform_words)
 from scatd_core.errors import ScatdError
-from scatd_core.inputs import InputSpec, embedding_width_error
+from scatd_core.inputs import InputSpec, embedding_width_error, value_messages
 from scatd_core.nn import BACKBONES
-from scatd_core.preprocess import check_backbone_compatibility
 
 ss = st.session_state
 st.title("2 · Model")
@@ -152,9 +151,11 @@ if bundle.input_kind == "expression":
         with st.expander("Most expressed data genes the model does not use"):
             st.dataframe(pd.DataFrame({"gene": cov["top_unmatched_genes"], "mean value": cov["top_unmatched_mean"]}),
                          hide_index=True)
-    value_type = {"kind": info.get("value_type", "unknown"), "evidence": info.get("value_type_evidence") or {}}
-    for problem in check_backbone_compatibility(value_type, backbone, bundle.manifest["input_transform"]):
-        st.warning(problem, icon=":material/warning:")
+    warnings, notes = value_messages(adata, bundle)  # the prediction records the same warnings
+    for problem in warnings:
+        st.warning(ui.md(problem), icon=":material/warning:")
+    for note in notes:
+        st.info(ui.md(note), icon=":material/info:")
 else:
     key = FOUNDATION_EMBEDDING[backbone]
     dim = bundle.architecture.input_dim

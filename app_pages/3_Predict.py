@@ -137,6 +137,8 @@ if not thr["calibrated"]:
                "page (an expected resistant fraction, or a few labelled cells).", icon=":material/tune:")
 for warning in info.get("warnings", []):
     st.warning(ui.md(warning), icon=":material/warning:")
+for note in info.get("notes", []):  # what the model input did with the values (e.g. un-logged them)
+    st.info(ui.md(note), icon=":material/info:")
 st.plotly_chart(pl.probability_histogram(adata.obs["scatd_prob_resistant"].to_numpy(), thr["value"],
                                          "Distribution of P(resistant)", thr["calibrated"]), key="predict_hist")
 st.divider()

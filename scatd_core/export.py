@@ -145,13 +145,15 @@ def _cell_metadata_text(adata: ad.AnnData) -> str | None:
 def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_columns: Sequence[str] = (), *,
                   key_added: str | None = None) -> pd.DataFrame:
     """Long table ``section, metric, value``: the run summary (threshold and whether it is
-    calibrated included; the cells not scored by reason, section ``not scored``), the evaluation
-    against ``label_column`` (when given and possible) and the resistant fraction per group."""
+    calibrated included; the cells not scored by reason, section ``not scored``; what the model
+    input did with the values, metric ``note``), the evaluation against ``label_column`` (when
+    given and possible) and the resistant fraction per group."""
     rows = [("summary", k, v) for k, v in summary(adata, key_added=key_added).items()]
     run = adata.uns[result_keys(key_added).run]
     threshold = run["threshold"]  # where the threshold came from
     rows += [("summary", "threshold_source", threshold.get("source")),
              ("summary", "threshold_detail", threshold.get("detail"))]
+    rows += [("summary", "note", str(n)) for n in run.get("notes", [])]  # e.g. log-normalised values un-logged
     rows += [("not scored", str(reason), int(n)) for reason, n in (run.get("not_scored") or {}).items()]
     evaluation, _, _, problem = _evaluation_or_note(adata, label_column, key_added)
     if evaluation is not None:
@@ -647,6 +649,8 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
     parts += _summary_section(adata, keys, info)
     for w in info.get("warnings", []):
         parts.append(f"<p class='warn'>{html.escape(str(w))}</p>")
+    for n in info.get("notes", []):  # what the model input did with the values (e.g. un-logged them)
+        parts.append(f"<p>{html.escape(str(n))}</p>")
     parts.append(_prediction_figures(adata, keys, info))
     tables = group_tables(adata, group_columns, key_added=key_added)
     if tables:

@@ -10,8 +10,14 @@
    finite, not absurdly large (:data:`MAX_ABS_VALUE`), non-negative for a log transform, with
    some expression in the model's genes, and inside the caller's mask (QC). Every other cell
    is counted under its reason and keeps its row, flagged "not scored" or "filtered (QC)".
+   What the matrix holds (:func:`value_type`) is decided once for the whole dataset, from the
+   read report or a sample of rows that sets a few faulty cells aside
+   (:func:`scatd_core.preprocess.detect_value_type`), so a faulty cell, sampled or not, is
+   left out by itself and changes nothing for the others.
 3. **Transform** (the bundle's ``input_transform``): ``log1p_cp10k`` per cell over the model's
-   genes, applied to the stored values of sparse data before densifying; ``standardize``
+   genes, applied to the stored values of sparse data before densifying; values already
+   log-normalised are un-logged first (``expm1``, :func:`scatd_core.preprocess.unlogs`), so
+   they get the input their counts would give instead of a second log; ``standardize``
    (models trained here): raw counts log-normalised, then every gene z-scored over the usable
    cells; AdaIN for VAE_sf/VAE_gf: each feature standardised over the usable cells and re-scaled
    to the bundle's bulk statistics (population sd, eps on the source sd only, reference §5).
@@ -47,12 +53,14 @@ from scatd_core import _keys
 from scatd_core._matrix import MeanVar, block_moments, log1p_cp10k
 from scatd_core.errors import InputError
 from scatd_core.genes import GeneAlignment, align_genes, detect_id_type, id_type_evidence, names_for
-from scatd_core.preprocess import ALL_GENES, LIBRARY_SIZES, MODEL_GENES, detect_value_type
+from scatd_core.preprocess import ALL_GENES, LIBRARY_SIZES, MODEL_GENES, UNLOG_NOTE, detect_value_type, unlogs
 
 ADAIN_EPS = 1e-8  # on the source std only, as the original
 #: Values beyond this magnitude are not expression (overflowing sums, corrupt exports): the cell
 #: is not scored ("overflow") rather than scored on numbers no model was trained on.
 MAX_ABS_VALUE = 1e30
+#: Log-normalised values above this are beyond :data:`MAX_ABS_VALUE` once un-logged (``expm1``).
+MAX_LOG_VALUE = float(np.log(MAX_ABS_VALUE))
 #: The foundation model whose cell embeddings each embedding backbone takes.
 FOUNDATION_MODELS = {"vae_sf": "scFoundation", "vae_gf": "Geneformer"}
 #: Reasons a cell is not scored, in the order they are checked.
@@ -104,13 +112,16 @@ class DatasetStatistics:
     """What a :class:`ModelInput` learns from the whole dataset before its first batch.
 
     ``log_normalise``: whether the values are log1p-CP10k-normalised first (decided once from the
-    whole dataset); ``moments``: mean and population sd of the pre-scaling values over the
-    usable cells (AdaIN, ``standardize``). Computed once and given to the ModelInput of every
-    shard of a dataset (:mod:`scatd_core.scaleout`), so each shard scales exactly as one pass would.
+    whole dataset); ``unlog``: whether they are un-logged (``expm1``) before that, being already
+    log-normalised (:func:`scatd_core.preprocess.unlogs`); ``moments``: mean and population sd of
+    the pre-scaling values over the usable cells (AdaIN, ``standardize``). Computed once and given
+    to the ModelInput of every shard of a dataset (:mod:`scatd_core.scaleout`), so each shard
+    scales exactly as one pass would.
     """
 
     log_normalise: bool
     moments: tuple[np.ndarray, np.ndarray] | None = None
+    unlog: bool = False
 
 
 @dataclass
@@ -123,12 +134,12 @@ class Source:
     columns: np.ndarray | None = field(default=None, repr=False)  # data column of each model feature
     in_order: bool = False  # the data's columns are the model's features, in order: no gather
 
-    def raw(self, start: int, stop: int, totals: np.ndarray | None = None):
+    def raw(self, start: int, stop: int, totals: np.ndarray | None = None, unlog: bool = False):
         """Rows ``[start, stop)`` in model feature order, before any transform (sparse stays sparse).
 
         ``totals``: a float64 array of ``stop - start`` values, filled with each row's sum over
         all the data's columns (the cell's library size), from the block as read, before its
-        columns are cut to the model's.
+        columns are cut to the model's; of the values un-logged (``expm1``) with ``unlog``.
         """
         block = self.matrix[start:stop]
         if sp.issparse(block):
@@ -136,7 +147,8 @@ class Source:
         else:
             block = np.asarray(block)
         if totals is not None:
-            totals[:] = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()
+            summed = _expm1(block, copy=True) if unlog else block
+            totals[:] = np.asarray(summed.sum(axis=1, dtype=np.float64)).ravel()
         if self.alignment is None or self.in_order:
             return block
         if self.columns is not None:  # one data column per model gene: a gather, no product
@@ -313,7 +325,14 @@ class ModelInput:
         self.transform = self.spec.transform
         #: where row 0 of ``adata`` is in the whole dataset (a shard's rows seed sample mode as one pass would)
         self.row_offset = int(row_offset)
-        self.log_normalise = statistics.log_normalise if statistics is not None else log_normalises(adata, self.spec)
+        if statistics is not None:
+            self.log_normalise, self.unlog = statistics.log_normalise, statistics.unlog
+        else:
+            kind = value_type(adata) if self.spec.input_kind == "expression" and \
+                self.transform in ("log1p_cp10k", "standardize") else None
+            self.log_normalise = log_normalises(adata, self.spec, kind)
+            #: values already log-normalised, un-logged (expm1) before the model's log1p_cp10k
+            self.unlog = unlogs_values(adata, self.spec, kind)
         self.counts_detected = self.transform == "standardize" and self.log_normalise
         if self.spec.library_size not in LIBRARY_SIZES:
             raise ValueError(f"unknown library size {self.spec.library_size!r}; known: {', '.join(LIBRARY_SIZES)}")
@@ -341,7 +360,13 @@ class ModelInput:
 
     def statistics(self) -> DatasetStatistics:
         """The dataset statistics this input scales with (to give to other shards' ModelInput)."""
-        return DatasetStatistics(bool(self.log_normalise), self.moments)
+        return DatasetStatistics(bool(self.log_normalise), self.moments, bool(self.unlog))
+
+    @property
+    def notes(self) -> list[str]:
+        """What this input did with the values that the user should know (recorded with the
+        prediction): values already log-normalised un-logged first (:data:`UNLOG_NOTE`)."""
+        return [UNLOG_NOTE] if self.unlog else []
 
     # ---------------------------------------------------------------- which cells
     @property
@@ -390,6 +415,8 @@ class ModelInput:
                 drop(rows_with(~finite), "non_finite")
                 values = np.where(finite, values, 0)
             big = np.abs(values) > MAX_ABS_VALUE
+            if self.unlog:  # beyond MAX_ABS_VALUE once un-logged
+                big |= values > MAX_LOG_VALUE
             if big.any():
                 drop(rows_with(big), "overflow")
             if self.log_normalise:
@@ -405,6 +432,8 @@ class ModelInput:
                     drop(np.isnan(x).all(axis=1), "not_embedded")
                 drop(~np.isfinite(x).all(axis=1), "non_finite")
                 drop((np.abs(np.nan_to_num(x)) > MAX_ABS_VALUE).any(axis=1), "overflow")
+                if self.unlog:  # beyond MAX_ABS_VALUE once un-logged
+                    drop((np.nan_to_num(x) > MAX_LOG_VALUE).any(axis=1), "overflow")
                 if self.log_normalise:
                     drop((x < 0).any(axis=1), "negative_values")
                 nonzero = (np.nan_to_num(x) != 0).any(axis=1)
@@ -425,7 +454,7 @@ class ModelInput:
             block, totals = self.source.raw(start, stop), None
         else:
             totals = self._totals[start:stop]
-            block = self.source.raw(start, stop, totals=totals)
+            block = self.source.raw(start, stop, totals=totals, unlog=self.unlog)
         ok = self._check_rows(block, start, stop, totals)
         keep = np.flatnonzero(ok)
         if keep.size < block.shape[0]:
@@ -438,8 +467,11 @@ class ModelInput:
         ``rows``: the row indices of ``raw``'s rows (their library sizes, when they are summed
         over all the data's genes)."""
         block = raw
-        if self.log_normalise:  # in place only on a copy: dense rows of an in-memory X are views
-            block = log1p_cp10k(block, self.library_sizes(rows), copy=copy or not sp.issparse(block))
+        copy = copy or not sp.issparse(block)  # in place only on a copy: dense rows of an in-memory X are views
+        if self.unlog:  # already log-normalised: back to values proportional to the counts first
+            block, copy = _expm1(block, copy=copy), False
+        if self.log_normalise:
+            block = log1p_cp10k(block, self.library_sizes(rows), copy=copy)
         if sp.issparse(block):
             return block if block.dtype == np.float32 else block.astype(np.float32)
         return np.asarray(block, dtype=np.float32)
@@ -578,10 +610,52 @@ def needs_moments(spec: InputSpec) -> bool:
     return spec.input_kind == "embedding" or spec.transform == "standardize"
 
 
-def log_normalises(adata: ad.AnnData, spec: InputSpec) -> bool:
+def log_normalises(adata: ad.AnnData, spec: InputSpec, kind: str | None = None) -> bool:
     """Whether ``spec``'s input log1p-CP10k-normalises ``adata``'s values (``log1p_cp10k``, or
-    ``standardize`` of raw counts)."""
-    return spec.transform == "log1p_cp10k" or (spec.transform == "standardize" and _holds_counts(adata))
+    ``standardize`` of raw counts); ``kind``: :func:`value_type` of ``adata``, when known."""
+    if spec.transform == "log1p_cp10k":
+        return True
+    return spec.transform == "standardize" and (kind or value_type(adata)) == "counts"
+
+
+def unlogs_values(adata: ad.AnnData, spec: InputSpec, kind: str | None = None) -> bool:
+    """Whether ``spec``'s input un-logs ``adata``'s values before log-normalising them: an
+    expression model's ``log1p_cp10k`` of values already log-normalised
+    (:func:`scatd_core.preprocess.unlogs`); ``kind``: :func:`value_type` of ``adata``, when known."""
+    if spec.input_kind != "expression" or spec.transform != "log1p_cp10k":
+        return False
+    return unlogs(kind or value_type(adata), spec.transform)
+
+
+def value_messages(adata: ad.AnnData, bundle) -> tuple[list[str], list[str]]:
+    """``(warnings, notes)``: what an expression model makes of the kind of values the data hold,
+    from the read report of :func:`scatd_core.io.read` or else a look at up to 500 cells (~25 ms).
+
+    The warnings (:func:`scatd_core.preprocess.check_backbone_compatibility`, e.g. TPM-like values
+    for a model that z-scores log values) are the Model page's and are recorded with the
+    prediction (``uns['scatd']['warnings']``); the notes
+    (:func:`scatd_core.preprocess.value_notes`: log-normalised values un-logged first, a few
+    sampled cells with values no expression has) are the Model page's, before the prediction
+    records what it did itself (:attr:`ModelInput.notes`, the cells not scored by reason).
+    Embedding models: nothing (their embeddings are checked when computed).
+    """
+    from scatd_core.preprocess import check_backbone_compatibility, value_notes
+
+    if bundle.input_kind != "expression":
+        return [], []
+    report = adata.uns.get(_keys.INPUT_REPORT, {})
+    found = report if "value_type" in report else detect_value_type(adata.X, n_cells=500)
+    transform = bundle.manifest.get("input_transform")
+    warnings = check_backbone_compatibility(found, bundle.backbone, transform)
+    kind = found.get("value_type", found.get("kind"))
+    if transform == "standardize" and "library_size" not in bundle.manifest \
+            and kind in ("log_normalized", "zscored"):  # a model trained before counts were scaled over all genes
+        warnings.append("This model was trained by an earlier version of scATD Studio, which log-normalises raw "
+                        "counts over the model's genes only; these values are already normalised (over all genes, as "
+                        "scanpy does), so they reach it somewhat differently than the same cells' counts would. Give "
+                        "it the kind of values it was trained on, or train it again (models trained now treat both "
+                        "alike).")
+    return warnings, value_notes(found, transform)
 
 
 def density(block) -> float:
@@ -597,9 +671,28 @@ def _column_sums(block) -> np.ndarray:
     return block.sum(axis=0, dtype=np.float64)
 
 
+def _expm1(block, copy: bool = True):
+    """``expm1`` of a dense float block or a CSR matrix's stored values (zeros stay zero), float32
+    at least; ``copy=False`` changes a float block in place."""
+    if sp.issparse(block):
+        out = sp.csr_matrix(block, copy=copy)
+        if out.dtype.kind != "f":
+            out = out.astype(np.float32)
+        np.expm1(out.data, out=out.data)
+        return out
+    dtype = np.result_type(block.dtype, np.float32)
+    out = np.array(block, dtype=dtype) if copy else np.asarray(block, dtype=dtype)
+    return np.expm1(out, out=out)
+
+
+def value_type(adata: ad.AnnData) -> str:
+    """What X holds (:data:`scatd_core.preprocess.VALUE_KINDS`), decided once for the whole data:
+    from the read report when there is one, else a sample of rows
+    (:func:`scatd_core.preprocess.detect_value_type`, which sets a few faulty cells aside)."""
+    kind = adata.uns.get(_keys.INPUT_REPORT, {}).get("value_type")
+    return kind if kind is not None else detect_value_type(adata.X)["kind"]
+
+
 def _holds_counts(adata: ad.AnnData) -> bool:
     """Whether X holds raw counts: from the read report when there is one, else a sample of rows."""
-    kind = adata.uns.get(_keys.INPUT_REPORT, {}).get("value_type")
-    if kind is None:
-        kind = detect_value_type(adata.X)["kind"]
-    return kind == "counts"
+    return value_type(adata) == "counts"

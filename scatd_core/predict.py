@@ -31,7 +31,7 @@ from scatd_core import _threads  # noqa: F401  (reads the process's thread count
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
-from scatd_core.inputs import REASON_TEXT, ModelInput
+from scatd_core.inputs import REASON_TEXT, ModelInput, value_messages
 from scatd_core.nn.sparse import batch_tensor
 
 __all__ = ["predict", "score", "store", "Scores", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
@@ -576,6 +576,8 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
                "thresholds": dict(adata.uns.get(_keys.QC, {}).get("thresholds", {})) if filtered.any() else {}},
         "positive_label": bundle.positive_label, "negative_label": bundle.negative_label,
         "warnings": _warnings(bundle, inputs, not_scored, adata),
+        # what the model input did with the values (log-normalised values un-logged first)
+        **({"notes": list(inputs.notes)} if inputs.notes else {}),
     }
     thr = float(bundle.threshold if threshold is None else threshold)
     adata.obs[keys.label] = _calls(probs, scored, filtered, thr, bundle.positive_label, bundle.negative_label)
@@ -628,24 +630,9 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
 
 
 def _value_warnings(adata: ad.AnnData, bundle) -> list[str]:
-    """What the model makes of the kind of values the data hold (the Model page's warnings,
-    e.g. TPM-like values for a model that z-scores log values), from the read report of
-    :func:`scatd_core.io.read` or else a look at up to 500 cells (~25 ms)."""
-    from scatd_core.preprocess import check_backbone_compatibility, detect_value_type
-
-    if bundle.input_kind != "expression":
-        return []
-    report = adata.uns.get(_keys.INPUT_REPORT, {})
-    value_type = report if "value_type" in report else detect_value_type(adata.X, n_cells=500)
-    out = check_backbone_compatibility(value_type, bundle.backbone, bundle.manifest.get("input_transform"))
-    kind = value_type.get("value_type", value_type.get("kind"))
-    if bundle.manifest.get("input_transform") == "standardize" and "library_size" not in bundle.manifest \
-            and kind in ("log_normalized", "zscored"):  # a model trained before counts were scaled over all genes
-        out.append("This model was trained by an earlier version of scATD Studio, which log-normalises raw counts "
-                   "over the model's genes only; these values are already normalised (over all genes, as scanpy "
-                   "does), so they reach it somewhat differently than the same cells' counts would. Give it the kind "
-                   "of values it was trained on, or train it again (models trained now treat both alike).")
-    return out
+    """The Model page's warnings about the kind of values the data hold
+    (:func:`scatd_core.inputs.value_messages`)."""
+    return value_messages(adata, bundle)[0]
 
 
 # --------------------------------------------------------------------------- threshold and calls

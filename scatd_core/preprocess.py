@@ -222,7 +222,16 @@ def _backbone(name: str) -> str:
 
 
 def check_backbone_compatibility(value_type, backbone: str, input_transform: str | None = None) -> list[str]:
-    """Problems that stop ``backbone`` from using data of this value type (empty list: fine).
+    """Problems of data of this value type for ``backbone`` (empty list: none).
+
+    What each problem does: Geneformer's embedding (VAE_gf) refuses the data
+    (:func:`require_backbone_compatibility`, :func:`scatd_core.foundation.geneformer.tokenizer`);
+    for an expression model (Dist_VAE) it is a warning, shown on the Model page and recorded with
+    the prediction (``uns['scatd']['warnings']``, the CLI's ``warning:`` lines, the report), and
+    the prediction goes on: its calls are not to be trusted, and the cells a transform cannot
+    take are left unscored, each counted under its reason. What a model does with values that is
+    not a problem (log-normalised values given to a ``log1p_cp10k`` model, a few faulty cells) is
+    said by :func:`value_notes`.
 
     Parameters
     ----------
@@ -244,8 +253,10 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
       training corpus: it needs counts (or linear, TPM-like values); z-scored or log values
       are refused.
     - ``log1p_cp10k`` (scATD-sf-dist, scFoundation) rescales each cell to 10,000 and takes
-      log1p: it needs non-negative, not-yet-logged values. scFoundation moreover drops
-      non-positive values without a word (backbones.md A.5).
+      log1p: it needs non-negative values. Values already log-normalised are no problem: a
+      Dist_VAE model un-logs them first (:data:`UNLOG_NOTE`), scFoundation takes them as already
+      normalised. scFoundation moreover drops non-positive values without a word
+      (backbones.md A.5).
     """
     kind, evidence = _kind_and_evidence(value_type)
     negative = bool(evidence.get("has_negative", kind == "zscored"))
@@ -296,11 +307,61 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
         what = "is z-scored" if kind == "zscored" else f"has negative values (min {evidence.get('min')})"
         dropped = " scFoundation would silently drop them." if key == "vae_sf" else ""
         return [f"{name} scales each cell to 10,000 and takes log1p, which needs non-negative "
-                f"counts or TPM-like values; this matrix {what}.{dropped} " + fix]
-    if kind == "log_normalized":
-        return [f"{name} normalises and log-transforms each cell itself; this matrix is already "
-                "log-normalised and would be transformed twice. " + fix]
-    return []
+                f"counts, TPM-like or log-normalised values; this matrix {what}.{dropped} " + fix]
+    return []  # log-normalised values: un-logged first (Dist_VAE), taken as normalised (scFoundation)
+
+
+#: What a ``log1p_cp10k`` expression model (the published scATD-sf-dist models, imported
+#: checkpoints) does with values already log-normalised (:class:`scatd_core.inputs.ModelInput`):
+#: the Model page, the prediction's record and the CLI say it in these words.
+UNLOG_NOTE = ("These values are already log-normalised (log1p of normalised counts), so the model un-logs them "
+              "(expm1) and scales each cell to 10,000 over its own genes before log1p, as it does with counts, "
+              "instead of log-transforming them a second time: the cells get the input their counts would give, "
+              "whatever total they were normalised to. Natural-log values are assumed (log1p, as scanpy and "
+              "Seurat write them); for log2 values (e.g. scran's logcounts) upload the counts instead.")
+
+
+def unlogs(value_type, input_transform: str | None) -> bool:
+    """Whether an expression model with ``input_transform`` un-logs these values before its
+    transform: ``log1p_cp10k`` of values already log-normalised (log1p of normalised counts).
+
+    Its input is log1p of each cell's counts scaled to 10,000 over the model's genes
+    (scFoundation's preprocessing, reference §7.1). Given ``y = log1p(c * x)`` (counts ``x`` scaled
+    by any per-cell factor ``c``, e.g. scanpy's ``normalize_total`` to 10,000 or to the median
+    total, then ``log1p``), ``expm1(y)`` is proportional to the counts within the cell, so
+    scaling it to 10,000 over the model's genes and taking log1p gives the counts' input exactly,
+    for any target total. Taking ``y`` as it is would be right only for a target of 10,000 over
+    exactly the model's genes (over all genes it differs slightly; normalised to a million or to
+    the median total it differs a lot), and log-transforming it again (the earlier behaviour)
+    gives an input unlike any the model was trained on.
+    """
+    kind, _ = _kind_and_evidence(value_type)
+    return input_transform == "log1p_cp10k" and kind == "log_normalized"
+
+
+def value_notes(value_type, input_transform: str | None) -> list[str]:
+    """What an expression model with ``input_transform`` does with these values that the user
+    should know and that is not a problem (those are :func:`check_backbone_compatibility`'s):
+    log-normalised values un-logged first (:data:`UNLOG_NOTE`), and the sampled cells with
+    negative, NaN or infinite values among values that have none (:func:`detect_value_type`),
+    which the model leaves unscored or, taking the values as they are, scores as they are. The
+    prediction records what it did itself (``uns['scatd']['notes']``, ``not_scored``)."""
+    kind, evidence = _kind_and_evidence(value_type)
+    notes = [UNLOG_NOTE] if unlogs(value_type, input_transform) else []
+    n = evidence.get("n_cells_sampled") or 0
+    if evidence.get("n_cells_non_finite"):
+        notes.append(f"Of the {n:,} cells sampled, {_cells(evidence['n_cells_non_finite'])} NaN or infinite values: "
+                     "such cells are not scored; the others are.")
+    if evidence.get("n_cells_negative"):
+        log = input_transform == "log1p_cp10k" or (input_transform == "standardize" and kind == "counts")
+        what = {"counts": "counts", "log_normalized": "log-normalised values"}.get(kind, "these values")
+        then = ("this model log-normalises the values, which a negative value cannot go through, so such cells "
+                "are not scored; the others are" if log else
+                "this model takes the values as they are, so such cells are scored on values unlike any it was "
+                "trained on: check them")
+        notes.append(f"Of the {n:,} cells sampled, {_cells(evidence['n_cells_negative'])} negative values (min "
+                     f"{evidence.get('negative_min')}), which {what} never have: {then}.")
+    return notes
 
 
 def _kind_and_evidence(value_type) -> tuple[str, dict]:

@@ -403,6 +403,25 @@ def test_csv_upload_works(with_library):
     assert metric(at, "Cells") == "40" and at.session_state[state.LABEL_COLUMN] == "response"
 
 
+def test_model_and_predict_pages_say_what_the_model_does_with_log_normalised_values(with_library):
+    """QA: log-normalised values given to a log1p_cp10k model were said to be 'transformed twice'
+    and were. The model un-logs them first; the Model page says so before, the Predict page
+    after (the words the CLI prints), and neither warns of a second transform."""
+    adata = make_dataset(60, seed=2)
+    x = adata.X.toarray()
+    adata.X = np.log1p(x * 1e4 / x.sum(axis=1, keepdims=True)).astype(np.float32)
+    at = start()
+    upload(at, "lognorm.h5ad", h5ad_bytes(adata))
+    assert metric(at, "Values") == "log normalized"
+    goto(at, "2_Model")
+    assert "twice" not in text(at.warning), text(at.warning)
+    from scatd_core.preprocess import UNLOG_NOTE
+
+    assert ui.md(UNLOG_NOTE) in text(at.info)
+    run_prediction(at)
+    assert ui.md(UNLOG_NOTE) in text(at.info) and "twice" not in text(at.warning)
+
+
 def test_z_scored_data_get_no_qc_metrics_or_filter(with_library):
     """Per-gene z-scores: every gene is 'detected' in every cell and the sums have no QC meaning, so
     the page says so instead of drawing flat violins and offering a filter on them."""

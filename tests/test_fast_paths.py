@@ -641,3 +641,49 @@ def test_one_negative_value_leaves_out_its_cell_wherever_it_sits(whole_library_b
     predict(clean, whole_library_bundle, device="cpu")
     np.testing.assert_allclose(b.obs["scatd_prob_resistant"].drop(index=f"c{unsampled}"),
                                clean.obs["scatd_prob_resistant"], atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_log_normalised_values_get_the_input_of_their_counts(log_bundle, layout, capsys):
+    """QA: values already log-normalised, given to a log1p_cp10k model (the published models,
+    imported checkpoints), were scaled and log-transformed a second time with only a warning.
+    The model un-logs them first, so whatever total they were normalised to (10,000 over all the
+    cell's genes, a million, the median total) they get the input, and the calls, of their counts,
+    and the prediction says so."""
+    from scatd_core import export
+    from scatd_core.cli.predict import report_prediction
+
+    counts, lognorm = _whole_transcriptome(150, layout, seed=5)
+    dense = counts.X.toarray() if sp.issparse(counts.X) else np.asarray(counts.X)
+    totals = dense.sum(axis=1, keepdims=True)
+    wrap = (lambda m: m) if layout == "dense" else sp.csr_matrix
+    cpm = ad.AnnData(wrap(np.log1p(dense * 1e6 / totals).astype(np.float32)), obs=counts.obs.copy(),
+                     var=counts.var.copy())
+    median = ad.AnnData(wrap(np.log1p(dense * np.median(totals) / totals).astype(np.float32)), obs=counts.obs.copy(),
+                        var=counts.var.copy())
+    predict(counts, log_bundle, device="cpu")
+    reference = counts.obs["scatd_prob_resistant"].to_numpy()
+    assert "notes" not in counts.uns["scatd"]  # counts: nothing to say (and their numbers unchanged)
+    model, _ = _model_counts(counts)
+    expected = np.log1p(model * 1e4 / model.sum(axis=1, keepdims=True))
+    for adata in (lognorm, cpm, median):
+        predict(adata, log_bundle, device="cpu")
+        np.testing.assert_allclose(adata.obs["scatd_prob_resistant"], reference, atol=1e-5)
+        mi = ModelInput(adata, log_bundle, batch_size=64)
+        assert mi.unlog and mi.log_normalise
+        np.testing.assert_allclose(_all_rows(mi), expected, atol=2e-5)
+        from scatd_core.preprocess import UNLOG_NOTE
+
+        info = adata.uns["scatd"]
+        assert info["notes"] == [UNLOG_NOTE] and info["n_scored"] == 150
+        assert not any("twice" in w for w in info["warnings"])
+    table = export.metrics_table(median)
+    assert UNLOG_NOTE in table.query("section == 'summary' and metric == 'note'")["value"].tolist()
+    report_prediction(median)
+    assert f"note: {UNLOG_NOTE}" in capsys.readouterr().err
+    # a value beyond 1e30 once un-logged: that cell is left out, not scored on an infinity
+    x = lognorm.X.toarray() if sp.issparse(lognorm.X) else np.array(lognorm.X)
+    x[4, list(lognorm.var_names).index("G0")] = 80.0
+    lognorm.X = wrap(x)
+    mi = ModelInput(lognorm, log_bundle, statistics=inputs_module.DatasetStatistics(True, unlog=True))
+    assert not mi.usable[4] and mi.not_scored() == {"overflow": 1}

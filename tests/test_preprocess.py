@@ -106,7 +106,7 @@ def test_geneformer_refuses_zscored_data_with_an_explanation(counts):
     ("zscored", "dist_vae", "none", False),  # an imported checkpoint: said, since no training data were negative
     ("counts", "dist_vae", "none", True),
     ("log_normalized", "dist_vae", "none", True),
-    ("log_normalized", "dist_vae", "log1p_cp10k", False),
+    ("log_normalized", "dist_vae", "log1p_cp10k", True),  # un-logged first, not transformed twice: a note
     ("unknown", "dist_vae", None, False),  # negative, not z-scores
     ("zscored", "scfoundation", None, False),
     ("counts", "scatd-sf", None, True),
@@ -161,6 +161,22 @@ def test_zscored_and_centred_matrices_are_still_judged_as_a_whole(counts):
     assert result["kind"] == "zscored" and "n_cells_negative" not in result["evidence"]
     assert preprocess.detect_value_type(_variants(counts)["unknown"])["evidence"]["reason"].startswith(
         "negative values that are")
+
+
+def test_notes_say_what_a_model_does_with_faulty_cells_and_log_normalised_values(counts):
+    bad = preprocess.detect_value_type(_with_bad_cells(counts.X, [7], -1.0))
+    assert preprocess.check_backbone_compatibility(bad, "dist_vae", "log1p_cp10k") == []
+    assert preprocess.check_backbone_compatibility(bad, "vae_gf") == []  # Geneformer's embedding is not refused
+    for transform in ("log1p_cp10k", "standardize"):
+        (note,) = preprocess.value_notes(bad, transform)
+        assert note.startswith("Of the 300 cells sampled, 1 cell has negative values (min -1.0), which counts never "
+                               "have") and "such cells are not scored; the others are" in note
+    assert "scored on values unlike any it was trained on" in preprocess.value_notes(bad, "none")[0]
+    lognorm = preprocess.detect_value_type(_variants(counts)["log_normalized"])
+    assert preprocess.value_notes(lognorm, "log1p_cp10k") == [preprocess.UNLOG_NOTE]
+    assert preprocess.unlogs(lognorm, "log1p_cp10k") and not preprocess.unlogs(lognorm, "standardize")
+    assert preprocess.value_notes(lognorm, "standardize") == []
+    assert preprocess.value_notes(preprocess.detect_value_type(counts.X), "log1p_cp10k") == []
 
 
 def test_backbone_compatibility_accepts_a_kind_or_a_read_report():

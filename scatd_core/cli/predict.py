@@ -218,6 +218,8 @@ def report_prediction(adata, key_added: str | None = None, label: str = "") -> N
             f"{cov['n_extra_ignored']:,} extra genes ignored; {cov['n_duplicated_summed']:,} duplicated names summed.")
     for w in info["warnings"]:
         say(f"{label}warning: {w}")
+    for note in info.get("notes", []):  # what the model input did with the values (e.g. un-logged them)
+        say(f"{label}note: {note}")
     thr = info["threshold"]
     routes = ("--expected-fraction DRUG=FRACTION, or --calibrate-on-labels with --label-column DRUG=COLUMN"
               if label else "--expected-fraction or --calibrate-on-labels")  # a panel's drug: name it

@@ -103,6 +103,7 @@ def explain_ray(
         job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, obsm_path=obsm_path,
                   bundle_path=str(bundle.path),
                   batch_size=int(inputs.batch_size), log_normalise=bool(inputs.log_normalise), mask=inputs.mask,
+                  unlog=bool(inputs.unlog),
                   moments=inputs.moments, device=device,
                   beta_mode=adata.uns[_keys.result_keys(kwargs.get("key_added")).run]["params"].get("beta_mode"),
                   explain={**settings, "baseline": np.asarray(base, dtype=np.float32), "rows": rows,

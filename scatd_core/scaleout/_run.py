@@ -23,7 +23,7 @@ from scatd_core import __version__, _keys
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core._matrix import MeanVar
 from scatd_core.errors import Cancelled, InputError, ScatdError
-from scatd_core.inputs import REASON_TEXT, InputSpec, log_normalises, model_source, needs_moments
+from scatd_core.inputs import REASON_TEXT, InputSpec, log_normalises, model_source, needs_moments, unlogs_values
 from scatd_core.scaleout._files import in_app_words, is_data_file_error, open_h5, stat_data_file
 from scatd_core.scaleout._shard import REASON_ORDER, Job, PredictWorker, StatisticsWorker
 from scatd_core.scaleout._store import ShardStore, pack, parts_dir, shard_name, unpack
@@ -262,6 +262,9 @@ def predict_ray(
     in_file = obsm_key is None or _in_file(adata.filename, f"obsm/{obsm_key}")
     if obsm_key is not None:  # the parts are made from these embeddings: a run on others is a different run
         params["embeddings"] = _embeddings_identity(adata, spec.backbone, obsm_key, in_file)
+    unlog = unlogs_values(adata, spec)
+    if unlog:  # log-normalised values un-logged first: parts made before that was done are another run's
+        params["unlog"] = True
     store = ShardStore(parts_dir(output), _fingerprint(adata, bundle, mask_array, params, shards))
     obsm_path = None
     if not in_file:
@@ -273,6 +276,7 @@ def predict_ray(
     job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, obsm_path=obsm_path,
               bundle_path=str(bundle.path),
               batch_size=int(batch_size), log_normalise=log_normalises(adata, spec), mask=mask_array, mode=mode,
+              unlog=unlog,
               n_samples=int(n_samples), seed=int(seed), device=device, beta_mode=beta_mode)
     ray = _ray()
     started = connect(address)

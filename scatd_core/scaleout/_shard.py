@@ -56,10 +56,12 @@ class Job:
     obsm_path: str | None = None
     #: foundation embeddings on Ray: backbone, options, cells to embed, value type (:class:`EmbedWorker`)
     embed: dict | None = None
+    #: the values are already log-normalised and un-logged before the model's log1p_cp10k (DatasetStatistics)
+    unlog: bool = False
 
     @property
     def statistics(self) -> DatasetStatistics:
-        return DatasetStatistics(self.log_normalise, self.moments)
+        return DatasetStatistics(self.log_normalise, self.moments, self.unlog)
 
 
 class ShardReader:
