@@ -197,7 +197,10 @@ if ss.get("cells_colour") not in colour_options:
     ss["cells_colour"] = "P(resistant)"
 colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")  # usable while the UMAP computes
 emb_info = None
+too_few = embed.not_computed_note(adata, basis)  # 2-4 cells: no UMAP, and nothing wrong
 with umap_area:
+    if too_few:
+        st.info(too_few, icon=":material/scatter_plot:")
     stopped, asked = st.empty(), False
     if ui.embedding_declined(basis):  # Cancel was clicked: computed again only when asked
         with stopped.container():
@@ -205,7 +208,7 @@ with umap_area:
             asked = st.button(f"Compute the UMAP and clusters of {adata.n_obs:,} cells", key="btn_cells_umap",
                               icon=":material/play_arrow:")
     try:
-        emb_info = ui.embedding(adata, basis, asked=asked)
+        emb_info = None if too_few else ui.embedding(adata, basis, asked=asked)
     except ScatdError as exc:
         ui.show_error(exc)
     if emb_info is not None:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from scatd_app import state, ui
-from scatd_core import explain, export
+from scatd_core import embed, explain, export
 from scatd_core._keys import BIOMARKERS
 from scatd_core.errors import ScatdError
 
@@ -35,6 +35,7 @@ with st.container(border=True):
                f"{info['params']['device']} · labels: {ui.md(label_column or 'none')} · sample column: "
                f"{ui.md(sample_column or 'none')}"
                + (" · UMAP and clusters included" if "X_umap" in adata.obsm else
+                  " · no UMAP or clusters: too few cells (the report says why)" if embed.too_few_cells(adata) else
                   " · the UMAP and clusters were stopped: compute them on the Cells page to include them"
                   if ui.embedding_declined(ss.get("cells_basis", "latent")) else
                   " · open the Cells page first to include the UMAP and clusters")

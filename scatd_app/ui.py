@@ -594,7 +594,7 @@ def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:
     queue like any computation, so that the Cells page (and the report, which includes them)
     finds them ready or partly done. Nothing is stored until :func:`embedding` takes the result;
     a new prediction or dataset stops the run (:class:`Pending`)."""
-    from scatd_core.embed import compute_embedding
+    from scatd_core.embed import compute_embedding, too_few_cells
 
     from scatd_app import jobs, session
 
@@ -602,7 +602,7 @@ def start_embedding(adata: ad.AnnData, basis: str = "latent") -> None:
     token = token_of(ss.get(state.PREDICTION), basis)
     pending = ss.get(state.EMBEDDING_PENDING)
     if ss.get(state.EMBEDDING) == token or (pending is not None and pending.token == token) \
-            or ss.get(state.UMAP_DECLINED) == token:
+            or ss.get(state.UMAP_DECLINED) == token or too_few_cells(adata, basis):
         return
     queue = jobs.queue()
     pending = Pending(token)
@@ -683,6 +683,7 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
     QC mask, model or settings change; nothing is written into the data until the user asks
     (:func:`take_prediction_ahead`)."""
     from scatd_core import foundation, scaleout
+    from scatd_core.embed import MIN_CELLS
     from scatd_core.errors import Cancelled
     from scatd_core.predict import score
 
@@ -721,7 +722,7 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
             scores = score(adata, bundle, inputs=inputs, mask=mask, mode=settings["mode"],
                            n_samples=max(2, settings["n_samples"]), seed=settings["seed"], progress=ahead.report,
                            should_stop=give_way)
-        if scores.n_obs <= AHEAD_UMAP_MAX_CELLS and not give_way():
+        if MIN_CELLS <= scores.n_obs <= AHEAD_UMAP_MAX_CELLS and not give_way():  # too few: none (Cells says so)
             umap = Pending(token_of(token, "latent"), stop=ahead.stop)
             umap.future = executor.submit(embed_ahead, scores, umap)
             ahead.embedding = umap  # set before this future completes

@@ -49,6 +49,8 @@ NOT_EMBEDDED = _keys.NOT_EMBEDDED
 BASES = ("latent", "expression")
 #: Fewest cells a layout is computed for.
 MIN_CELLS = 5
+#: Said with :func:`too_few_cells`: what does without the UMAP and clusters.
+NOT_NEEDED = "The predictions, the ranking and the downloads do not need them."
 #: Inputs wider than this are reduced to this many principal components before the neighbour
 #: search (the latent space has 421 dimensions; 50 components keep its neighbourhoods).
 PCA_COMPONENTS = 50
@@ -74,6 +76,34 @@ def finite_rows(matrix) -> np.ndarray:
     """Boolean mask of the rows of ``matrix`` whose values are all finite."""
     m = np.asarray(matrix, dtype=np.float64)
     return np.isfinite(m).all(axis=1) if m.ndim == 2 else np.isfinite(m)
+
+
+def too_few_cells(adata: ad.AnnData, basis: str = "latent", latent_key: str = LATENT_KEY) -> str | None:
+    """Why no UMAP and clusters can be computed for ``adata`` (too few cells), or None. Cheap: the
+    number of cells and, for the latent space, of cells with finite latent rows (the scored ones),
+    counted in blocks only until there are enough (pages call it on every run, on any size of data).
+    :func:`compute_embedding` refuses with these words; the report and the app leave the UMAP out
+    and say so (:func:`not_computed_note`)."""
+    n = adata.n_obs
+    if n < MIN_CELLS:
+        return f"The data hold {n} cell(s); a UMAP and clusters need at least {MIN_CELLS}."
+    if basis == "latent" and latent_key in adata.obsm:
+        latent, n_keep = adata.obsm[latent_key], 0
+        for start in range(0, n, 4096):
+            n_keep += int(finite_rows(np.asarray(latent[start:start + 4096])).sum())
+            if n_keep >= MIN_CELLS:
+                return None
+        if n_keep < MIN_CELLS:
+            return (f"Only {n_keep} of {n:,} cells were scored (have coordinates in the model's latent space); "
+                    f"a UMAP and clusters need at least {MIN_CELLS}.")
+    return None
+
+
+def not_computed_note(adata: ad.AnnData, basis: str = "latent", latent_key: str = LATENT_KEY) -> str | None:
+    """The words for a report or page without a UMAP because there are too few cells
+    (:func:`too_few_cells`), or None when a UMAP can be computed."""
+    reason = too_few_cells(adata, basis, latent_key)
+    return None if reason is None else f"No UMAP or Leiden clusters: {reason} {NOT_NEEDED}"
 
 
 def expression_pcs(adata: ad.AnnData, n_top_genes: int = 2000, n_pcs: int = 30, seed: int = 0,
@@ -318,9 +348,10 @@ def compute_embedding(
     keep = finite_rows(x)
     n_keep = int(keep.sum())
     info.update(n_embedded=n_keep, n_excluded=int(n - n_keep))
-    if n < MIN_CELLS:
-        raise InputError(f"The data hold {n} cell(s); a UMAP and clusters need at least {MIN_CELLS}.",
-                         "The predictions, the ranking and the downloads do not need them.")
+    reason = too_few_cells(adata, basis, latent_key)
+    if reason:
+        raise InputError(reason, NOT_NEEDED if n < MIN_CELLS else "Check how many cells were scored (cells without "
+                         f"expression in the model's genes cannot be placed). {NOT_NEEDED}")
     if n_keep < MIN_CELLS:
         raise InputError(f"Only {n_keep} of {n:,} cells have finite {basis} coordinates; a UMAP needs at "
                          f"least {MIN_CELLS}.",

@@ -166,6 +166,9 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     elif problem:
         rows.append(("evaluation", "not computed", problem))
     rows += _biomarker_rows(adata, key_added)
+    note = _no_umap_note(adata, key_added)
+    if note:
+        rows.append(("umap", "not computed", note))
     metadata = _cell_metadata_text(adata)  # where label or sample columns came from, when a table added them
     if metadata:
         rows.append(("data", "cell_metadata_table", metadata))
@@ -178,6 +181,15 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
                      (f"{name}={rec.group}", "fraction_resistant",
                       None if pd.isna(rec.fraction_resistant) else round(float(rec.fraction_resistant), 4))]
     return pd.DataFrame(rows, columns=["section", "metric", "value"], dtype=object)
+
+
+def _no_umap_note(adata: ad.AnnData, key_added: str | None) -> str | None:
+    """Why the report has no UMAP and clusters when there are too few cells for them, else None."""
+    from scatd_core.embed import not_computed_note
+
+    if _keys.UMAP in adata.obsm:
+        return None
+    return not_computed_note(adata, latent_key=result_keys(key_added).latent)
 
 
 def _biomarker_rows(adata: ad.AnnData, key_added: str | None) -> list[tuple]:
@@ -525,6 +537,10 @@ def _prediction_figures(adata, keys, info) -> str:
                                                    title=f"UMAP ({basis}) coloured by P(resistant)")))
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.label], name="called", categorical=True,
                                                    cell_ids=ids, note=note, title="UMAP coloured by the called label")))
+    else:
+        note = _no_umap_note(adata, keys.prefix)
+        if note:
+            figures.append(f"<p class='warn'>{html.escape(note)}</p>")
     return "<h2>Predictions</h2>" + "".join(figures)
 
 

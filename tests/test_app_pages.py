@@ -785,6 +785,23 @@ def test_cells_colour_choice_is_there_before_the_umap_and_survives_its_failure(w
     assert not at.get("plotly_chart") or all("UMAP" not in str(c.proto) for c in at.get("plotly_chart"))
 
 
+def test_too_few_cells_for_a_umap_is_said_as_information_not_an_error(with_library):
+    """QA: on 2-4 cells the Cells page showed the UMAP's refusal as an error and the Report page
+    said "open the Cells page first to include the UMAP and clusters", which could never happen.
+    Now the Cells page says why there is none (no error) and the Report page says so too."""
+    at = start()
+    upload(at, "three.h5ad", h5ad_bytes(make_dataset(40, seed=8)[:3].copy()))
+    run_prediction(at)
+    goto(at, "4_Cells")
+    assert not at.error, text(at.error)
+    said = text(at.info).replace("\\", "")
+    assert "No UMAP or Leiden clusters: The data hold 3 cell(s)" in said and "do not need them" in said
+    assert state.EMBEDDING_PENDING not in at.session_state or at.session_state[state.EMBEDDING_PENDING] is None
+    goto(at, "6_Report")
+    captions = text(at.caption)
+    assert "no UMAP or clusters: too few cells" in captions and "open the Cells page first" not in captions
+
+
 def test_pages_without_data_point_to_the_step(with_library):
     at = start()
     goto(at, "3_Predict")

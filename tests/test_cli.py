@@ -543,6 +543,31 @@ def test_report_again_without_explain_removes_the_earlier_biomarkers_and_says_so
     assert code == 0 and "Removed" not in err
 
 
+def test_report_of_too_few_cells_for_a_umap_is_written_without_it_and_says_why(capsys, cells_and_bundle):
+    """QA: `scatd report` on 2-4 cells predicted, then exited 2 ("a UMAP and clusters need at least
+    5 ... the downloads do not need them") and wrote nothing. Now the report is written without the
+    UMAP and clusters, and the terminal, report.html and metrics.csv say why."""
+    tmp = cells_and_bundle
+    ad.read_h5ad(tmp / "cells.h5ad")[:3].copy().write_h5ad(tmp / "three.h5ad")
+    code, out, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "three.h5ad",
+                          "--out", tmp / "rep")
+    assert code == 0, err
+    said = "No UMAP or Leiden clusters: The data hold 3 cell(s); a UMAP and clusters need at least 5."
+    assert said in err and "do not need them" in err
+    for name in ("predictions.csv", "metrics.csv", "annotated.h5ad", "report.html"):
+        assert (tmp / "rep" / name).is_file() and name.split(".")[0] in out
+    assert len(pd.read_csv(tmp / "rep" / "predictions.csv")) == 3
+    assert said in (tmp / "rep" / "report.html").read_text()
+    metrics_csv = pd.read_csv(tmp / "rep" / "metrics.csv")
+    row = metrics_csv[(metrics_csv["section"] == "umap") & (metrics_csv["metric"] == "not computed")]
+    assert len(row) == 1 and said in row["value"].iloc[0]
+    # 5 cells and more: no such note anywhere (--no-umap: the layout is not what is tested)
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
+                        "--out", tmp / "rep15", "--no-umap")
+    assert code == 0 and "No UMAP" not in err + (tmp / "rep15" / "report.html").read_text()
+    assert "umap" not in set(pd.read_csv(tmp / "rep15" / "metrics.csv")["section"])
+
+
 def test_outputs_that_would_overwrite_the_input_or_cannot_be_written_are_refused_first(
         capsys, cells_and_bundle, monkeypatch):
     """Output == input, an output that is a folder, a report --out that is a file, two options on

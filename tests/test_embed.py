@@ -177,3 +177,17 @@ def test_too_few_cells_for_a_umap_says_so():
     adata = _latent_data(n=3, nan_rows=())
     with pytest.raises(InputError, match="The data hold 3 cell"):
         embed.embed(adata, n_epochs=N_EPOCHS)
+
+
+def test_too_few_cells_is_said_cheaply_before_any_layout():
+    """The report and the pages ask on every run whether a UMAP can be computed at all: the
+    words compute_embedding refuses with, from a count of finite latent rows that stops as soon
+    as there are enough."""
+    assert embed.too_few_cells(_latent_data(n=4, nan_rows=())) == (
+        "The data hold 4 cell(s); a UMAP and clusters need at least 5.")
+    few = _latent_data(n=12, nan_rows=range(9))
+    assert embed.too_few_cells(few).startswith("Only 3 of 12 cells were scored")
+    assert embed.too_few_cells(few, basis="expression") is None  # expression places every cell
+    assert embed.not_computed_note(few).endswith(embed.NOT_NEEDED)
+    late = _latent_data(n=5000, nan_rows=range(4096))  # the finite rows come after the first block
+    assert embed.too_few_cells(late) is None and embed.not_computed_note(late) is None

@@ -58,7 +58,11 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
         inputs = ModelInput(adata, bundle, mask=mask, batch_size=batch_size)
         predict_from_args(adata, bundle, args, inputs=inputs, mask=mask)
     if not args.no_umap:
-        embed.embed(adata, basis=args.umap_space, progress=Progress("UMAP"))
+        note = embed.not_computed_note(adata, args.umap_space)
+        if note:  # a report of 2-4 cells: written without them, the note in report.html and metrics.csv too
+            say(f"note: {note}")
+        else:
+            embed.embed(adata, basis=args.umap_space, progress=Progress("UMAP"))
     if args.explain:
         explain_from_args(adata, bundle, args, inputs=inputs,
                           output=parts / "biomarkers.csv" if on_ray else None)
