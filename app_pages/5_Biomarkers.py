@@ -171,7 +171,8 @@ m1, m2, m3, m4 = st.columns(4)
 m1.metric("Cells explained", f"{cells_info['n_explained']:,}",
           help=f"{cells_info['n_resistant']:,} predicted {ui.md(info['positive_label'])}, "
                f"{cells_info['n_sensitive']:,} {ui.md(info['negative_label'])}")
-if comp:  # in-silico deletion has no completeness property
+nothing = info.get("nothing_to_attribute")  # said in the first warning above
+if comp and not nothing:  # in-silico deletion has no completeness property
     m2.metric("Completeness error", f"{comp['median_relative_error']:.2%}" if comp["median_relative_error"] >= 1e-4
               else "< 0.01%",
               help=f"Median over cells of |sum of attributions − (f(x) − f(baseline))| relative to the change; max "
@@ -184,6 +185,9 @@ if agree:
 
 ranking = expl.ranking
 level = info["features"]["level"]
+if nothing:  # every attribution is 0 (or adds up to 0): no ranking, no per-gene views
+    ui.link("Report", "Next: the report", ":material/arrow_forward:")
+    ui.stop()
 
 # ------------------------------------------------------------------ ranking table
 st.subheader("Ranking")

@@ -69,8 +69,12 @@ with c[2]:
                            mime="text/csv", icon=":material/genetics:", key="btn_dl_report_biomarkers",
                            on_click="ignore")
         cells_text = export.explained_cells_text(adata.uns[BIOMARKERS].get("info", {}), short=True)
-        st.caption(f"{len(ranking):,} genes, ranked" + (f" {cells_text} (metrics.csv records it)" if cells_text
-                                                          else ""))
+        if adata.uns[BIOMARKERS].get("info", {}).get("nothing_to_attribute"):
+            st.caption(f"{len(ranking):,} genes, not ranked: there was nothing to attribute (the Biomarkers page "
+                       "says why)")
+        else:
+            st.caption(f"{len(ranking):,} genes, ranked" + (f" {cells_text} (metrics.csv records it)" if cells_text
+                                                              else ""))
     else:
         st.button("biomarkers.csv", disabled=True, icon=":material/genetics:", key="btn_no_biomarkers")
         ui.link("Biomarkers", "Compute biomarkers first", ":material/arrow_forward:")

@@ -201,10 +201,13 @@ def _biomarker_rows(adata: ad.AnnData, key_added: str | None) -> list[tuple]:
     if not info or info.get("prediction_key", result_keys(key_added).prefix) != result_keys(key_added).prefix:
         return []
     cells = info.get("cells") or {}
-    return [("biomarkers", "n_cells_explained", cells.get("n_explained")),
+    rows = [("biomarkers", "n_cells_explained", cells.get("n_explained")),
             ("biomarkers", "n_cells_scored", cells.get("n_scored")),
             ("biomarkers", "subsampled", cells.get("subsampled")),
             ("biomarkers", "cells_explained", cells.get("how"))]
+    if info.get("nothing_to_attribute"):
+        rows.append(("biomarkers", "nothing_to_attribute", info["nothing_to_attribute"]))
+    return rows
 
 
 def explained_cells_text(info: dict, *, short: bool = False) -> str:
@@ -587,10 +590,13 @@ def _biomarker_section(adata) -> list[str]:
     if stale:
         parts.append(f"<p class='warn'><b>Out of date.</b> {html.escape(stale)}</p>")
     comp = info.get("completeness", {})
-    if comp:
+    nothing = info.get("nothing_to_attribute")
+    if comp and not nothing:
         parts.append(f"<p>{html.escape(completeness_text(comp))}</p>")
     for w in info.get("warnings", []):
         parts.append(f"<p class='warn'>{html.escape(str(w))}</p>")
+    if nothing:  # no ranking to show: the warning above says why
+        return parts
     parts.append(_figure_html(pl.biomarker_bar(ranking, min(20, n), info.get("target_title", "attribution"),
                                                "Top features by mean |attribution|", target=info.get("target", "logit"),
                                                level=info.get("features", {}).get("level", "gene"))))

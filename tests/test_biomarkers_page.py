@@ -365,3 +365,23 @@ def test_integration_steps_go_down_to_two_as_on_the_command_line(predicted):
     from scatd_core.explain import from_adata
 
     assert from_adata(adata).info["n_steps"] == 2
+
+
+def test_identical_cells_show_nothing_to_attribute_not_a_ranking(small_bundles):
+    """QA: cells that all equal the baseline listed genes alphabetically with attribution 0 as a
+    ranking and advised raising n_steps. The page now says there is nothing to attribute, and shows
+    no ranking, no completeness figure and no advice on the steps."""
+    bundle, _sd, enc, _z, genes = small_bundles["dist_vae"]
+    row = np.abs(np.random.default_rng(4).normal(size=enc[0])).astype(np.float32)
+    adata = ad.AnnData(np.tile(row, (12, 1)), obs=pd.DataFrame(index=[f"c{i}" for i in range(12)]),
+                       var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    at = _open(adata, bundle)
+    at.number_input(key="bio_steps").set_value(8)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = " ".join(w.value for w in at.warning)
+    assert "Nothing to attribute" in warnings and "equals the baseline" in warnings and "n_steps" not in warnings
+    assert not at.dataframe and not at.get("plotly_chart")
+    assert all(m.label != "Completeness error" for m in at.metric)
+

@@ -443,6 +443,90 @@ def test_no_de_test_says_why(small_bundles):
     assert de["method"] == "none" and "1 resistant and 39 sensitive" in de["reason"]
 
 
+def _identical_cells(small_bundles, n=12):
+    bundle, _sd, enc, _z, genes = small_bundles["dist_vae"]
+    row = np.abs(np.random.default_rng(4).normal(size=enc[0])).astype(np.float32)
+    adata = ad.AnnData(np.tile(row, (n, 1)), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),
+                       var=pd.DataFrame(index=genes))
+    predict(adata, bundle)
+    return adata, bundle
+
+
+def test_cells_that_all_equal_the_baseline_have_nothing_to_attribute(small_bundles):
+    """QA: identical cells against the mean baseline (which then equals every cell) gave a ranking
+    of genes in alphabetical order with attribution 0, and could warn "did not converge well ...
+    Increase n_steps". There is nothing to attribute, and more steps cannot help: said so, no rank."""
+    adata, bundle = _identical_cells(small_bundles)
+    e = explain(adata, bundle, baseline="mean", n_steps=8)
+    said = e.info["nothing_to_attribute"]
+    assert said.startswith("Nothing to attribute: the model input of every explained cell equals the baseline")
+    assert e.info["warnings"][0] == said and "More integration steps cannot change this" in said
+    assert not any("Increase n_steps" in w or "raise n_steps" in w for w in e.info["warnings"])
+    assert e.ranking["rank"].isna().all() and (e.ranking["mean_abs_attribution"] == 0).all()
+    assert e.info["agreement"] == {} and e.info["completeness"]["nothing_to_attribute"]
+    # against no expression (zero baseline) the same cells have something to attribute
+    zero = explain(adata, bundle, baseline="zero", n_steps=8)
+    assert "nothing_to_attribute" not in zero.info and zero.ranking["rank"].tolist()[:3] == [1, 2, 3]
+
+
+def test_a_model_that_gives_every_cell_the_baselines_output_has_nothing_to_attribute(small_bundles, tmp_path):
+    """The model's output is the same at every cell and at the baseline (here its last batch norm
+    scales by 0): each cell's attributions add up to 0, so there is no ranking to give."""
+    _bundle, _sd, enc, z, genes = small_bundles["dist_vae"]
+    sd = orig.dal_checkpoint("dist_vae", enc, z, seed=10)
+    sd["bn3.weight"].zero_()
+    torch.save(sd, tmp_path / "flat.pth")
+    (tmp_path / "genes.txt").write_text("\n".join(genes) + "\n")
+    flat = import_checkpoint(tmp_path / "flat.pth", "dist_vae", drug="FLAT", out=tmp_path / "flat",
+                             genes=tmp_path / "genes.txt")
+    x = np.abs(np.random.default_rng(2).normal(size=(10, enc[0]))).astype(np.float32)
+    adata = ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(10)]), var=pd.DataFrame(index=genes))
+    predict(adata, flat)
+    e = explain(adata, flat, baseline="zero", n_steps=8)
+    assert e.info["nothing_to_attribute"].startswith("Nothing to attribute: the model gives every explained cell "
+                                                     "the same logit P(resistant) as the baseline")
+    assert e.ranking["rank"].isna().all() and not any("n_steps" in w for w in e.info["warnings"])
+
+
+def test_cells_whose_output_does_not_change_make_no_completeness_ratio():
+    """A cell whose f(x) - f(baseline) is float rounding divided its rounding-sized delta by a 1e-6
+    floor: a ratio of two tiny numbers that could read 30% and advise more steps. Such cells now
+    have no relative error (NaN), are counted, and the summary is over the cells that change."""
+    from scatd_core.explain._explain import _completeness, _Sums
+
+    sums = _Sums(n_features=3, n_cells=10)
+    sums.f_x = np.r_[np.full(6, 0.2 + 2e-7), np.linspace(0.5, 1.5, 4)]  # 6 cells at the baseline's output
+    sums.delta = np.r_[np.full(6, 3e-7), np.full(4, 1e-4)]
+    warn = []
+    out, rel = _completeness(sums, 0.2, 8, warn)
+    assert not warn and out["ok"] and out["n_cells_without_change"] == 6
+    assert np.isnan(rel[:6]).all() and np.all(rel[6:] < 1e-3)
+    assert out["median_relative_error"] < 1e-3 and out["max_relative_error"] < 1e-3
+    # a real convergence problem on the cells that change is still flagged, with the advice
+    sums.delta = np.r_[np.full(6, 3e-7), np.full(4, 0.2)]
+    warn = []
+    out, _ = _completeness(sums, 0.2, 8, warn)
+    assert not out["ok"] and "Increase n_steps (e.g. to 16)" in warn[0]
+
+
+def test_cli_explain_says_there_is_nothing_to_attribute(small_bundles, tmp_path, capsys):
+    from scatd_core.cli import main
+
+    adata, bundle = _identical_cells(small_bundles)
+    ad.AnnData(adata.X, obs=pd.DataFrame(index=adata.obs_names), var=adata.var).write_h5ad(tmp_path / "same.h5ad")
+    code = main(["explain", "--model", str(bundle.path), "--input", str(tmp_path / "same.h5ad"),
+                 "--output", str(tmp_path / "biomarkers.csv"), "--steps", "8"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: Nothing to attribute: the model input of every explained cell equals the baseline" in err
+    assert "No ranking: there is nothing to attribute" in err
+    assert "Top features" not in err and "n_steps" not in err and "Completeness error" not in err
+    ranking = pd.read_csv(tmp_path / "biomarkers.csv")
+    assert len(ranking) == adata.n_vars and ranking["rank"].isna().all()
+    metrics = pd.read_csv(tmp_path / "biomarkers_metrics.csv")
+    assert "nothing_to_attribute" in set(metrics["metric"])
+
+
 def test_a_negative_seed_is_an_input_error(small_bundles):
     adata, bundle = _small(small_bundles)
     with pytest.raises(InputError, match="seed must be a whole number, 0 or more"):

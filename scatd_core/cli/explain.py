@@ -132,7 +132,8 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
     info = result.info
     say(info["statement"])
     comp = info["completeness"]
-    if comp:
+    nothing = info.get("nothing_to_attribute")
+    if comp and not nothing:  # with nothing to attribute the ratio measures nothing (the warning says why)
         from scatd_core.explain import completeness_text
 
         say(completeness_text(comp))
@@ -148,7 +149,11 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
     de = info["differential_expression"]
     if de["method"] == "none" and de.get("reason"):
         say(f"note: no differential-expression test between the predicted groups: {de['reason']}.")
-    say(f"Top features: {', '.join(result.ranking['feature'].head(10))}.")
+    if nothing:
+        say("No ranking: there is nothing to attribute (the first warning above says why); the file lists every "
+            "feature with attribution 0 and no rank.")
+    else:
+        say(f"Top features: {', '.join(result.ranking['feature'].head(10))}.")
     return result
 
 

@@ -48,7 +48,12 @@ Gauss-Legendre rule). Per cell the convergence delta (captum's definition) is
 completeness error ``|delta| / max(|f(x) - f(baseline)|, floor)`` (floor: 10% of the median
 ``|f(x) - f(baseline)|`` over the explained cells, so cells that barely differ from the
 baseline do not divide by ~0) and warns when its median exceeds :data:`COMPLETENESS_TOLERANCE`
-= 5%. Why 5%: a ranking of genes only needs the attributions up to a small fraction of the
+= 5%. A cell whose ``|f(x) - f(baseline)|`` is float rounding (at most ``OUTPUT_NOISE`` = 1e-5
+of the outputs' scale) has no relative error (NaN, counted as ``n_cells_without_change``): it
+would be a ratio of two rounding errors. When every explained cell's input equals the baseline
+(identical cells against their mean), or the model gives every cell its output at the baseline,
+there is nothing to attribute: the result says so (``info['nothing_to_attribute']``, the first
+warning), its ranking has no rank, and no advice on ``n_steps`` is given. Why 5%: a ranking of genes only needs the attributions up to a small fraction of the
 total change they explain, and the quadrature error is spread over the genes, not
 concentrated on one; at that level the top of the ranking does not move when ``n_steps``
 changes (16 and 64 steps share at least 19 of their top 20 genes on the planted-program

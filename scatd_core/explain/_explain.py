@@ -25,6 +25,12 @@ from scatd_core.inputs import ModelInput
 from scatd_core.predict import device_description, resolve_device
 
 COMPLETENESS_TOLERANCE = 0.05
+#: A difference f(x) - f(baseline) at most this fraction of the outputs' scale (at least 1) is float
+#: rounding in a float32 network, not a change: it is no denominator of a completeness ratio, and when
+#: every explained cell's is that small there is nothing to attribute (:func:`_nothing_to_attribute`).
+OUTPUT_NOISE = 1e-5
+#: Inputs within this fraction of the baseline's norm (at least 1) of it, on average over the cells, equal it.
+INPUT_NOISE = 1e-6
 #: Cells attributed per call: enough rows for the backward map's GEMM to run near its peak.
 MAX_CELLS_PER_CALL = 256
 FEATURE_PREFIX = {"vae_sf": "scFoundation", "vae_gf": "Geneformer"}
@@ -389,21 +395,71 @@ def _integrate(inputs: ModelInput, attributor: Attributor, rows: np.ndarray, is_
     return sums, stack_raw(raw_parts)
 
 
-def _completeness(sums: _Sums, f_base: float, n_steps: int, warn: list[str]) -> tuple[dict, np.ndarray]:
+def _output_noise(sums: _Sums, f_base) -> float:
+    """The largest |f(x) - f(baseline)| that is float rounding, not a change (:data:`OUTPUT_NOISE`)."""
+    scale = max(1.0, float(np.max(np.abs(f_base))), float(np.max(np.abs(sums.f_x), initial=0.0)))
+    return OUTPUT_NOISE * scale
+
+
+def _nothing_to_attribute(sums: _Sums, f_base, base: np.ndarray, base_title: str, target_title: str) -> str | None:
+    """Why there is nothing to attribute, or None: every explained cell's input equals the baseline
+    (e.g. identical cells against their own mean: every attribution is 0), or the model's output at
+    every cell equals its output at the baseline (the attributions of each cell sum to 0). Either
+    way the genes have no ranking, and more integration steps change nothing."""
+    distance = float(np.sqrt(max(float(np.sum(sums.dd)), 0.0) / max(sums.n_cells, 1)))  # rms over cells of |x - b|
+    if distance <= INPUT_NOISE * max(1.0, float(np.linalg.norm(np.asarray(base, dtype=np.float64)))):
+        return (f"Nothing to attribute: the model input of every explained cell equals the baseline ({base_title}), "
+                "as when all the cells are identical, so every attribution is 0 and the genes have no ranking. More "
+                "integration steps cannot change this; another baseline (e.g. zero, no expression) asks what the "
+                "cells' own expression contributes.")
+    change = np.abs(sums.f_x - f_base)
+    if change.size and float(change.max()) <= _output_noise(sums, f_base):
+        return (f"Nothing to attribute: the model gives every explained cell the same {target_title} as the "
+                f"baseline ({base_title}; the largest difference is {float(change.max()):.1e}), so each cell's "
+                "attributions add up to 0 and the genes have no meaningful ranking. More integration steps cannot "
+                "change this.")
+    return None
+
+
+def _without_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
+    """The ranking table when there is nothing to attribute: every feature, with no rank."""
+    ranking = ranking.copy()
+    ranking["rank"] = np.nan
+    return ranking
+
+
+def _completeness(sums: _Sums, f_base: float, n_steps: int, warn: list[str],
+                  nothing: str | None = None) -> tuple[dict, np.ndarray]:
+    """The completeness summary and each cell's relative error ``|delta| / max(|f(x) - f(b)|, floor)``.
+
+    The floor, 10% of the median change, keeps cells that barely differ from the baseline from
+    dividing by ~0. A cell whose change is float rounding (:data:`OUTPUT_NOISE`) has no relative
+    error at all (NaN: it would be a ratio of two rounding errors) and is left out of the summary,
+    which counts it (``n_cells_without_change``). ``nothing``: :func:`_nothing_to_attribute`'s
+    words; the summary then measures nothing and no advice on the steps is given."""
     diff = np.abs(sums.f_x - f_base)
-    floor = max(0.1 * float(np.median(diff)), 1e-6)
+    changed = diff > _output_noise(sums, f_base)
+    use = changed if changed.any() else np.ones_like(changed)  # none changed: nothing to attribute (said)
+    floor = max(0.1 * float(np.median(diff[use])), 1e-12)
     rel = np.abs(sums.delta) / np.maximum(diff, floor)
+    summary = rel[use]
+    if changed.any():
+        rel = np.where(changed, rel, np.nan)
     out = {"tolerance": COMPLETENESS_TOLERANCE,
-           "median_relative_error": round_or_none(np.median(rel), 6),
-           "p90_relative_error": round_or_none(np.quantile(rel, 0.9), 6),
-           "max_relative_error": round_or_none(rel.max(), 6), "max_abs_delta": round_or_none(np.abs(sums.delta).max(), 8),
-           "n_cells_over_tolerance": int((rel > COMPLETENESS_TOLERANCE).sum())}
-    out["ok"] = bool(np.median(rel) <= COMPLETENESS_TOLERANCE)
-    if not out["ok"]:
+           "median_relative_error": round_or_none(np.median(summary), 6),
+           "p90_relative_error": round_or_none(np.quantile(summary, 0.9), 6),
+           "max_relative_error": round_or_none(summary.max(), 6),
+           "max_abs_delta": round_or_none(np.abs(sums.delta).max(), 8),
+           "n_cells_over_tolerance": int((summary > COMPLETENESS_TOLERANCE).sum()),
+           "n_cells_without_change": int((~changed).sum())}
+    out["ok"] = bool(np.median(summary) <= COMPLETENESS_TOLERANCE)
+    if nothing:
+        out.update(ok=True, nothing_to_attribute=True)
+    elif not out["ok"]:
         warn.append(f"Integrated gradients did not converge well: the median completeness error is "
-                    f"{np.median(rel):.1%} (tolerance {COMPLETENESS_TOLERANCE:.0%}). Increase n_steps "
+                    f"{np.median(summary):.1%} (tolerance {COMPLETENESS_TOLERANCE:.0%}). Increase n_steps "
                     f"(e.g. to {2 * int(n_steps)}).")
-    elif out["n_cells_over_tolerance"] > 0.1 * sums.n_cells:
+    elif out["n_cells_over_tolerance"] > 0.1 * summary.size:
         warn.append(f"{out['n_cells_over_tolerance']:,} cells have a completeness error above "
                     f"{COMPLETENESS_TOLERANCE:.0%}; their attributions are approximate (raise n_steps).")
     return out, rel
@@ -664,7 +720,11 @@ def explain(
     sums, raw = (_integrator or _integrate)(inputs, attributor, rows, is_pos, is_neg, base_vec.astype(np.float64), say,
                            should_stop)
     seconds_ig = time.perf_counter() - t_ig
-    completeness, rel = _completeness(sums, attributor.f_base, n_steps, warn)
+    base_title = baseline_title(baseline, bundle, len(reference_cells), seed)
+    nothing = _nothing_to_attribute(sums, attributor.f_base, base_vec, base_title, TARGET_TITLES[target])
+    if nothing:
+        warn.insert(0, nothing)
+    completeness, rel = _completeness(sums, attributor.f_base, n_steps, warn, nothing)
     n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
     ranking, order = _ranking(names, sums, n_pos, n_neg, base_vec,
                               None if population is None else (population[pos], population[neg]))
@@ -687,6 +747,8 @@ def explain(
                      "they are 0 in every cell and in a data-derived baseline, so their attribution is 0 "
                      "(listed with in_data = False).")
     ranking = ranking.iloc[order].reset_index(drop=True)[list(RANKING_COLUMNS)]
+    if nothing:
+        ranking = _without_ranking(ranking)
 
     cells = pd.DataFrame({"row": rows, "label": explained_labels,
                           "prob_resistant": adata.obs[keys.prob].to_numpy()[rows], "target": sums.f_x,
@@ -695,7 +757,6 @@ def explain(
                          index=pd.Index(adata.obs_names[rows].astype(str), name="cell_id"))
     import captum
 
-    base_title = baseline_title(baseline, bundle, len(reference_cells), seed)
     info = {
         "method": f"Integrated gradients (captum {captum.__version__}, Gauss-Legendre, {int(n_steps)} steps)",
         "target": target, "target_title": TARGET_TITLES[target], "baseline": baseline, "baseline_title": base_title,
@@ -711,7 +772,8 @@ def explain(
         "cells": {"n_scored": int(scored_rows.size), "n_explained": int(rows.size), "n_resistant": n_pos,
                   "n_sensitive": n_neg, "subsampled": bool(rows.size < scored_rows.size), "how": how},
         "completeness": completeness, "differential_expression": de_info,
-        "agreement": agreement(ranking) if de_info["method"] != "none" else {},
+        "agreement": agreement(ranking) if de_info["method"] != "none" and not nothing else {},
+        **({"nothing_to_attribute": nothing} if nothing else {}),
         "device": device_description(dev), "internal_batch_size": attributor.internal_batch_size,
         "first_layer_factorised": attributor.factorised,
         "seconds": {"integrated_gradients": round(seconds_ig, 3), "differential_expression": round(seconds_de, 3),

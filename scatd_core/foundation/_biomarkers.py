@@ -39,6 +39,7 @@ from scatd_core._keys import result_keys
 from scatd_core.errors import InputError
 from scatd_core.explain._attribution import BASELINE_TITLES, MIX_ALPHA, N_REFERENCE_CELLS, TARGET_TITLES, TargetOutput
 from scatd_core.explain._explain import (RANKING_COLUMNS, Explanation, _check, _choose_cells, _completeness, _de_rank,
+                                         _nothing_to_attribute, _without_ranking,
                                          _ranking, _Sums, de_table, groups_text, prediction_context, store,
                                          with_threshold)
 from scatd_core.explain._ranking import agreement
@@ -145,8 +146,12 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     ranking, order = _ranking(part.names, sums, n_pos, n_neg, part.base,
                               None if population is None else (population[pos], population[neg]))
     kept = order if keep_top is None else order[: int(keep_top)]
+    nothing = _nothing_to_attribute(sums, part.f_base, part.base, part.baseline_title,
+                                    TARGET_TITLES[target]) if part.complete else None
+    if nothing:
+        warn.insert(0, nothing)
     if part.complete:
-        completeness, rel = _completeness(sums, part.f_base, n_steps, warn)
+        completeness, rel = _completeness(sums, part.f_base, n_steps, warn, nothing)
     else:
         completeness, rel = {}, np.full(rows.size, np.nan)
     say(0.92, "differential expression between the predicted groups")
@@ -158,6 +163,8 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     ranking["in_data"] = part.in_data
     ranking = with_threshold(ranking, info_pred["threshold"])
     ranking = ranking.iloc[order].reset_index(drop=True)[list(RANKING_COLUMNS)]
+    if nothing:
+        ranking = _without_ranking(ranking)
     cells = pd.DataFrame({"row": rows, "label": labels[rows], "prob_resistant": adata.obs[keys.prob].to_numpy()[rows],
                           "target": sums.f_x, "baseline_target": part.f_base, "attribution_sum": sums.attr_sum,
                           "delta": sums.delta if part.complete else np.nan, "relative_error": rel},
@@ -179,7 +186,8 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
         "cells": {"n_scored": int(scored.size), "n_explained": int(rows.size), "n_resistant": n_pos,
                   "n_sensitive": n_neg, "subsampled": bool(rows.size < scored.size), "how": how},
         "completeness": completeness, "differential_expression": de_info,
-        "agreement": agreement(ranking) if de_info["method"] != "none" else {},
+        "agreement": agreement(ranking) if de_info["method"] != "none" and not nothing else {},
+        **({"nothing_to_attribute": nothing} if nothing else {}),
         "device": device_description(dev),
         "seconds": {"attribution": round(part.seconds, 3), "total": round(time.perf_counter() - t0, 3)},
         "warnings": warn + part.warnings, "notes": part.notes,
