@@ -123,10 +123,21 @@ def sync_upload_limit() -> None:
 # --------------------------------------------------------------------------------------------
 
 def _library_signature() -> tuple:
+    """The library folder, and each bundle's manifest and weights file as they stand (modified,
+    size): a weights file damaged or replaced after the library was listed is checked again."""
     root = model_library_dir()
     if not root.is_dir():
         return (str(root),)
-    return (str(root),) + tuple(sorted((p.parent.name, p.stat().st_mtime_ns) for p in root.glob("*/manifest.json")))
+
+    def stamp(path: Path) -> tuple:
+        try:
+            st = path.stat()
+        except OSError:
+            return ()
+        return st.st_mtime_ns, st.st_size
+
+    return (str(root),) + tuple(sorted((p.parent.name, stamp(p), stamp(p.parent / "weights.safetensors"))
+                                       for p in root.glob("*/manifest.json")))
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -449,6 +451,106 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
                           app_hint="Ask the administrator to make it readable by the server's account.") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"Bundle {path.parent.name}: {what} file {path.name} is corrupt ({exc}).",
+                          "Re-import or re-train this model.") from None
+
+
+#: The largest safetensors header read (safetensors' own limit): a larger length is a broken file.
+SAFETENSORS_HEADER_MAX = 100_000_000
+_SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2,
+                            "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+
+
+class _Shape:
+    """A tensor's shape from a safetensors header, standing in for the tensor in a shape check."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+
+class _ShapesOf:
+    """Stands in for a model in :func:`check_state_dict`: its state dict's tensor shapes."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self.shapes = shapes
+
+    def state_dict(self) -> dict[str, _Shape]:
+        return {k: _Shape(v) for k, v in self.shapes.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_shapes(architecture: str) -> dict[str, tuple[int, ...]]:
+    """The saved tensor names and shapes of the model a manifest's architecture (as JSON) describes,
+    built on the meta device (no memory) once per architecture, as :meth:`Bundle.load_model` builds it."""
+    with torch.device("meta"):
+        model = build_model(Architecture.from_dict(json.loads(architecture)))
+    stacked = getattr(model, "stacked_state_dict", None)  # an ensemble's weights are saved stacked
+    return {k: tuple(v.shape) for k, v in (stacked() if stacked is not None else model.state_dict()).items()}
+
+
+def safetensors_shapes(path: Path, what: str = "weights") -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from the header of the safetensors file ``path``, without reading the
+    tensors: the 8-byte header length, then the JSON header (at most :data:`SAFETENSORS_HEADER_MAX`
+    bytes), each entry's byte range checked against its dtype and shape, and the file's length
+    against the ranges. A broken header, a truncated (or overlong) file or a malformed entry is a
+    :class:`BundleError` saying which; ``PermissionError`` passes (an unreadable file)."""
+    called = f"Bundle {path.parent.name}: {what} file {path.name}"
+    hint = "Re-import or re-train this model."
+    if not path.is_file():
+        raise BundleError(f"Bundle {path.parent.name} has no {path.name}.", hint)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        first = fh.read(8)
+        if len(first) < 8:
+            raise BundleError(f"{called} is truncated: {size:,} bytes, too short for a safetensors file.", hint)
+        n = int.from_bytes(first, "little")
+        if n > SAFETENSORS_HEADER_MAX or n > size - 8:
+            raise BundleError(f"{called} has a broken header: it gives a header of {n:,} bytes in a file of "
+                              f"{size:,} bytes.", hint)
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BundleError(f"{called} has a broken header (not the JSON a safetensors file starts with).",
+                          hint) from None
+    if not isinstance(header, dict):
+        raise BundleError(f"{called} has a broken header (not a table of tensors).", hint)
+    shapes, end = {}, 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            width = _SAFETENSORS_DTYPE_BYTES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, stop = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"{called} has a broken header: its entry for tensor {key!r} is malformed.",
+                              hint) from None
+        if min(shape, default=0) < 0 or begin < 0 or stop - begin != width * math.prod(shape):
+            raise BundleError(f"{called} has a broken header: tensor {key!r} of shape {shape} takes "
+                              f"{width * math.prod(shape):,} bytes, but the header gives it {stop - begin:,}.", hint)
+        shapes[str(key)] = shape
+        end = max(end, stop)
+    expected = 8 + n + end
+    if size < expected:
+        raise BundleError(f"{called} is truncated: it holds {size:,} of the {expected:,} bytes its header "
+                          "describes.", hint)
+    if size > expected:
+        raise BundleError(f"{called} is damaged: it holds {size - expected:,} bytes more than its header "
+                          "describes.", hint)
+    return shapes
+
+
+def check_weights(bundle: "Bundle") -> None:
+    """Check a bundle's weights file without loading the tensors (a header read): intact
+    (:func:`safetensors_shapes`), and holding exactly the tensor names and shapes the model its
+    manifest describes has (built on the meta device: no memory). Raises :class:`BundleError`
+    naming the problem, as :meth:`Bundle.load_model` would only when the model is used."""
+    shapes = safetensors_shapes(bundle.path / WEIGHTS)
+    try:
+        check_state_dict(_ShapesOf(_expected_shapes(json.dumps(bundle.manifest["architecture"], sort_keys=True))),
+                         {k: _Shape(v) for k, v in shapes.items()})
+    except CheckpointError as exc:
+        raise BundleError(f"Bundle {bundle.path.name}: weights do not match its manifest. {exc.message}",
                           "Re-import or re-train this model.") from None
 
 
@@ -1016,7 +1118,9 @@ def list_library(library: str | Path | None = None) -> list[LibraryEntry]:
     A folder this account may not read, or one of its files (made by another account without read
     permission for this one), is listed as unusable, :data:`UNREADABLE_PROBLEM` and
     ``unreadable``, never as a damaged model; a library folder it may not list at all is a
-    :class:`BundleError`. No problem names a path."""
+    :class:`BundleError`. No problem names a path. The weights are checked by their header only
+    (:func:`check_weights`: broken, truncated, or names and shapes other than the manifest's
+    model has), so a damaged model is listed as broken, not found out at its first prediction."""
     root = Path(library) if library else model_library_dir()
     if not root.is_dir():
         return []
@@ -1033,8 +1137,7 @@ def list_library(library: str | Path | None = None) -> list[LibraryEntry]:
             if not (folder / MANIFEST).exists():
                 continue
             bundle = load_bundle(folder)
-            with open(folder / WEIGHTS, "rb"):  # read when the model is used: readable now?
-                pass
+            check_weights(bundle)  # readable, intact and the manifest's shapes: a header read, no tensors
             entries.append(LibraryEntry(folder, bundle))
         except (Unreadable, PermissionError):  # its manifest, gene list, style statistics or weights, or the folder
             entries.append(LibraryEntry(folder, None, UNREADABLE_PROBLEM, unreadable=True))

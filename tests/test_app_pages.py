@@ -666,6 +666,29 @@ def test_the_demo_model_is_never_chosen_for_real_data(empty_library):
     assert "no model chosen" in text(at.sidebar.markdown)
 
 
+def test_a_model_whose_weights_are_damaged_is_listed_as_broken_not_offered(empty_library):
+    """QA: a model whose weights.safetensors was truncated (its manifest untouched) stayed on the
+    Model library page and in the Model picker as usable ("Coverage is good") and failed only at
+    Run prediction. The library now checks the weights' header, and notices a weights file changed
+    after it was listed."""
+    from _app_helpers import make_bundle
+
+    folder = empty_library / "TESTDRUG_model"
+    make_bundle(folder, make_dataset(40, seed=2), steps=1)
+    at = start()
+    upload(at, "cells.h5ad", h5ad_bytes(make_dataset(40, seed=3)))
+    goto(at, "2_Model")
+    assert "No drug model is installed yet" not in text(at.warning)
+    weights = folder / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # damaged after the library was listed
+    goto(at, "2_Model")
+    assert "No drug model is installed yet" in text(at.warning)
+    problems = " ".join(str(p) for p in at.dataframe[0].value["problem"])
+    assert "weights file weights.safetensors is truncated" in problems
+    goto(at, "8_Models")
+    assert "is truncated" in " ".join(str(v) for df in at.dataframe for v in df.value.get("problem", []))
+
+
 def test_the_library_table_leaves_by_blank_where_nobody_is_recorded(tmp_path, monkeypatch):
     import json
 

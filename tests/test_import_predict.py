@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -293,6 +294,55 @@ def test_broken_bundles_are_reported(tmp_path, small_bundles):
     entries = {e.path.name: e for e in list_library(lib)}
     assert not entries["b_vae_sf"].ok and "unknown input transform" in entries["b_vae_sf"].problem
     assert entries["b_dist_vae"].ok
+
+
+def test_damaged_weights_are_listed_as_broken_from_their_header(tmp_path, small_bundles, monkeypatch):
+    """QA: a model whose weights.safetensors had a broken header, was truncated, or held a tensor of
+    the wrong shape was listed as usable (the library only opened the file) and failed at its first
+    prediction. list_library now reads the header (no tensors) and lists each as broken, saying why."""
+    from safetensors.torch import load_file, save_file
+
+    from scatd_core import bundle as bundle_module
+
+    good = small_bundles["dist_vae"][0]
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    weights = (good.path / "weights.safetensors").read_bytes()
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(good.path, lib / name)) / "weights.safetensors"
+
+    copy("intact")
+    copy("header").write_bytes(weights[:8] + b"{not json" + weights[17:])
+    copy("length").write_bytes((10 ** 12).to_bytes(8, "little") + weights[8:])
+    copy("truncated").write_bytes(weights[:-100])
+    copy("longer").write_bytes(weights + b"\0" * 10)
+    copy("tiny").write_bytes(weights[:5])
+    state = load_file(str(good.path / "weights.safetensors"))
+    state["fc4.weight_orig"] = torch.zeros(3, state["fc4.weight_orig"].shape[1])
+    save_file(state, str(copy("shape")))
+    state = load_file(str(good.path / "weights.safetensors"))
+    del state["fc21.bias"]
+    save_file(state, str(copy("missing")))
+    read = []
+    monkeypatch.setattr(bundle_module, "load_file", lambda *a, **k: read.append(a) or load_file(*a, **k))
+    entries = {e.path.name: e for e in list_library(lib)}
+    assert not read  # header reads only: no tensor was loaded
+    assert entries["intact"].ok and entries["intact"].problem is None
+    problems = {name: e.problem for name, e in entries.items() if name != "intact"}
+    assert not any(e.ok for name, e in entries.items() if name != "intact")
+    assert "has a broken header (not the JSON a safetensors file starts with)" in problems["header"]
+    assert "has a broken header: it gives a header of 1,000,000,000,000 bytes" in problems["length"]
+    assert f"is truncated: it holds {len(weights) - 100:,} of the {len(weights):,} bytes" in problems["truncated"]
+    assert "10 bytes more than its header describes" in problems["longer"]
+    assert "is truncated: 5 bytes, too short for a safetensors file" in problems["tiny"]
+    assert "weights do not match its manifest" in problems["shape"] and "fc4.weight_orig (3, 6)" in problems["shape"]
+    assert "missing keys: fc21.bias" in problems["missing"]
+    assert all(str(lib) not in p for p in problems.values())  # no server path in what the pages show
+    # each would have failed at its first prediction: the header check agrees with the full load
+    for name in problems:
+        with pytest.raises(BundleError):
+            load_bundle(lib / name).load_model()
 
 
 def test_distinct_titles_add_the_folder_only_where_titles_collide(small_bundles, tmp_path):
