@@ -197,6 +197,12 @@ else:
                     "Any format the Data page reads; counts are log-normalised, every gene is z-scored.")
     entry = ss.get(TARGET)
     target, target_name = (entry["adata"], entry["name"]) if entry else (None, None)
+    if entry is not None:  # the file in use, as for the bulk data and labels; kept after a failed upload
+        failed, shown = ss.get(TARGET + FAILED), ss.get("upload_train_target")
+        if failed and shown is not None and failed[0] == shown.file_id:
+            st.info(f"Your earlier target ({ui.md(target_name)}) is still used.", icon=":material/info:")
+        st.caption(f":material/scatter_plot: Target: **{ui.md(target_name)}**, {target.n_obs:,} cells × "
+                   f"{target.n_vars:,} genes")
 
 label_column = resistant_value = None
 if target is not None:

@@ -373,6 +373,35 @@ def test_a_bad_upload_is_read_once_its_error_shown_again(monkeypatch):
     assert "cells.csv" in " ".join(first) and "labels.csv" in " ".join(first)
 
 
+def test_a_failed_target_upload_says_the_earlier_target_is_still_used():
+    """QA: after a target upload that failed (NaN values), the uploader showed the new file with its
+    error while the earlier target was silently still used, and trained on. The page now names the
+    target in use, as it names the bulk data and labels, and says the earlier one is still used."""
+    import numpy as np
+    import pandas as pd
+
+    _, _, target = synthetic()
+    frame = pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names)
+    at = _page().run()
+    at.file_uploader(key="upload_train_target").upload("labels_RS.csv", frame.to_csv().encode())
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    caption = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert f"Target: **labels_RS.csv**, {target.n_obs:,} cells × {target.n_vars:,} genes" in caption
+    bad = frame.copy()
+    bad.iloc[0, 0] = np.nan
+    at.file_uploader(key="upload_train_target").upload("with_nan.csv", bad.to_csv().encode())
+    at.run()
+    assert not at.exception, at.exception
+    assert at.error and "with_nan.csv" in " ".join(e.value for e in at.error).replace("\\", "")
+    said = " ".join(i.value for i in at.info).replace("\\", "")
+    assert "Your earlier target (labels_RS.csv) is still used." in said
+    assert at.session_state["train_target"]["name"] == "labels_RS.csv"
+    assert "Target: **labels_RS.csv**" in " ".join(c.value for c in at.caption).replace("\\", "")
+    at.run()  # shown again on the next run, with the error
+    assert "is still used" in " ".join(i.value for i in at.info)
+
+
 def test_the_datas_warnings_are_said_while_training_and_kept_when_it_fails(monkeypatch):
     """QA: a warning about the data (duplicated bulk IDs, a tiny target) came only with the card at
     the end of a run; it is said as soon as training knows it, and stays when the run fails."""
