@@ -585,8 +585,9 @@ def _check_manifest(m: Any, folder: Path) -> dict:
 def load_bundle(path: str | Path) -> Bundle:
     """Open and validate a bundle folder (manifest, side files; weights are read lazily).
 
-    A folder or file this account may not read is a :class:`BundleError` (no path in its message)."""
-    folder = Path(path)
+    A folder or file this account may not read is a :class:`BundleError` (no path in its message).
+    ``~`` is the user's home folder, as in a shell (``load_bundle("~/.local/share/scatd/models/X")``)."""
+    folder = Path(path).expanduser()
     try:
         return _load_bundle(folder)
     except PermissionError:

@@ -794,7 +794,9 @@ def panel_summary_table(adata: ad.AnnData, group_columns: Sequence[str] = ()) ->
 
     parts = [panel.drug_ranking(adata).drop(columns="rank").assign(grouping="all", group="all")]
     for column in panel_group_columns(adata, group_columns):
-        parts.append(panel.group_summary(adata, column).assign(grouping=column))
+        # the Leiden clusters are named as in every other table (obs['scatd_cluster'] only in the h5ad)
+        parts.append(panel.group_summary(adata, column).assign(
+            grouping=CLUSTER_COLUMN if column == _keys.CLUSTER else column))
     table = pd.concat(parts, ignore_index=True)
     return table[["grouping", "group"] + [c for c in table.columns if c not in ("grouping", "group")]]
 

@@ -753,3 +753,27 @@ def test_explain_output_records_how_many_cells_were_explained_beside_the_ranking
     code, _, err = _run(capsys, *base, "--output", tmp / "b.csv", "--obs", tmp / "b_metrics.csv")
     assert code == 2 and "--output's metrics file" in err and "would overwrite the input file" in err
     assert not (tmp / "b.csv").exists()
+
+
+def test_report_and_explain_take_a_model_by_name_from_library(capsys, dist_setup, monkeypatch):
+    """As predict: --library names the model library that --model's name is looked up in (a lab's
+    own library, not only $SCATD_MODEL_LIBRARY); ~ in a path is the home folder."""
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    lib = tmp / "lablib"
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--library", lib, "--name", "labmodel")
+    x = np.random.default_rng(3).poisson(1.0, size=(12, enc[0])).astype(np.float32)
+    ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(12)]),
+               var=pd.DataFrame(index=genes)).write_h5ad(tmp / "few.h5ad")
+    code, _, err = _run(capsys, "report", "--model", "labmodel", "--library", lib, "--input", tmp / "few.h5ad",
+                        "--out", tmp / "rep_lib", "--no-umap")
+    assert code == 0, err
+    assert (tmp / "rep_lib" / "predictions.csv").is_file()
+    code, _, err = _run(capsys, "explain", "--model", "labmodel", "--library", lib, "--input", tmp / "few.h5ad",
+                        "--output", tmp / "bio_lib.csv", "--steps", "4")
+    assert code == 0, err
+    assert (tmp / "bio_lib.csv").is_file()
+    from scatd_core.bundle import load_bundle
+
+    monkeypatch.setenv("HOME", str(tmp))
+    assert load_bundle("~/lablib/labmodel").name == "labmodel"

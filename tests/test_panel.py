@@ -727,3 +727,16 @@ def test_train_panel_names_only_the_targets_own_columns_when_one_is_missing():
     with pytest.raises(InputError, match="no column 'nosuch' for DRUGA") as info:
         _target_label_columns({"DRUGA": "nosuch"}, table, ["DRUGA"], target)
     assert "response" in info.value.hint and "scatd_all_zero" not in info.value.hint
+
+
+def test_panel_summary_names_the_leiden_clusters_as_every_other_table(library):
+    """panel_summary.csv called the Leiden grouping by its h5ad key scatd_cluster, while
+    predictions.csv, panel.csv and metrics.csv say leiden_cluster."""
+    from scatd_core import _keys
+
+    data = make_dataset(60, seed=11)
+    panel.predict_panel(data, _bundles(library))
+    data.obs[_keys.CLUSTER] = pd.Categorical(np.arange(60) % 3).astype(str)
+    summary = export.panel_summary_table(data)
+    assert set(summary["grouping"]) == {"all", export.CLUSTER_COLUMN}
+    assert _keys.CLUSTER not in set(summary["grouping"])

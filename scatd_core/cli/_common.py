@@ -93,10 +93,10 @@ def resolve_bundle(name_or_path: str, library: str | None = None):
     from scatd_core.bundle import list_library, load_bundle
     from scatd_core.config import model_library_dir
 
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return load_bundle(path)
-    root = Path(library) if library else model_library_dir()
+    root = Path(library).expanduser() if library else model_library_dir()
     candidate = root / name_or_path
     if candidate.is_dir() and "/" not in name_or_path and ".." not in name_or_path:
         return load_bundle(candidate)

@@ -16,6 +16,8 @@ def add(sub) -> None:
                                    "one row per model gene (Dist_VAE) or embedding feature (VAE_sf/VAE_gf), "
                                    "with a Wilcoxon DE test between the predicted groups for comparison.")
     add_data_arguments(p)
+    p.add_argument("--library",
+                   help="model library folder that --model names a model of (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--output", required=True,
                    help="the ranking CSV to write (e.g. biomarkers.csv); beside it, NAME_metrics.csv (e.g. "
                         "biomarkers_metrics.csv) records the run as metrics.csv does: how many cells were explained, "
@@ -191,7 +193,7 @@ def run(args) -> int:
                          "--output's metrics file": metrics})
     if args.calibrate_on_labels and not args.label_column:
         raise ScatdError("--calibrate-on-labels needs --label-column (and --label-resistant for codes like 0/1).")
-    bundle = resolve_bundle(args.model)
+    bundle = resolve_bundle(args.model, args.library)
     if args.engine == "ray":
         from scatd_core.foundation import needs_embedding
 

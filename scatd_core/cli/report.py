@@ -20,6 +20,8 @@ def add(sub) -> None:
                                    "and write predictions.csv, metrics.csv, biomarkers.csv, annotated.h5ad and "
                                    "report.html into --out (the app's downloads).")
     add_data_arguments(p)
+    p.add_argument("--library",
+                   help="model library folder that --model names a model of (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--out", required=True, help="report folder")
     add_prediction_arguments(p)
     add_label_arguments(p)
@@ -30,8 +32,8 @@ def add(sub) -> None:
                         "principal components of log-normalised expression; the Leiden clusters are always of "
                         "the latent space")
     p.add_argument("--explain", action="store_true", help="also rank biomarkers (integrated gradients)")
-    add_explain_arguments(p)
-    add_engine_arguments(p)
+    add_explain_arguments(p, "report")
+    add_engine_arguments(p, "report")
     p.set_defaults(run=run)
 
 
@@ -98,7 +100,7 @@ def run(args) -> int:
     from scatd_core._output import REPORT_FILES
 
     check_output(args.out, "--out", inputs=[args.input, args.biomart, args.obs], folder_files=REPORT_FILES)
-    bundle = resolve_bundle(args.model)
+    bundle = resolve_bundle(args.model, args.library)
     on_ray = args.engine == "ray"
     adata = read_input(args, backed=True if on_ray else "auto")
     check_columns(adata, args)
