@@ -9,9 +9,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from scatd_app import auth, session, state, ui
+from scatd_app import auth, preflight, session, state, ui
 
 st.set_page_config(page_title="scATD Studio", page_icon=":material/biotech:", layout="wide")
+if preflight.page_refuses():  # a login setting that is not understood: fail closed, before anything else
+    st.stop()
 ui.sync_upload_limit()
 ui.start_up()
 user = auth.resolve()

@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m scatd_app [OPTIONS]: loads scATD Studio, then runs `streamlit run app.py [OPTIONS]`, "
               "with these options:\n")
         return cli.main(["run", "--help"], prog_name="streamlit")
+    from scatd_app import preflight
+
+    preflight.report()
+    if refusals := preflight.refusals():
+        for line in refusals:
+            print(f"scATD Studio: {line}", file=sys.stderr)
+        print("scATD Studio will not start until this is fixed (see `scatd doctor`).", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     print("scATD Studio: loading the libraries and compiled kernels before serving…", file=sys.stderr, flush=True)
     from scatd_app import ui, uploads

@@ -58,11 +58,18 @@ published.gene_list_url  ``SCATD_GENE_LIST_URL``           where the scFoundatio
 =======================  ================================  ===========================================  ====================
 
 A value that cannot be used (not a number, not positive, an unknown choice) falls back to its
-default and is listed in :attr:`Settings.problems`, which ``scatd doctor`` shows.
+default and is listed in :attr:`Settings.problems`, which ``scatd doctor`` shows and the app's
+server prints when it starts. An unknown section or key is listed with the nearest known key.
+
+The login fails closed: an ``auth.mode`` (or ``SCATD_AUTH``) that is not one of the modes above,
+or an unknown key that is nearest to an ``[auth]`` key (``[Auth]``, ``mdoe``), is also listed in
+:attr:`Settings.fatal`: the app refuses to start (``python -m scatd_app``) or to serve (``streamlit
+run app.py``) and ``scatd doctor`` fails, rather than run with a login other than the one meant.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -139,6 +146,9 @@ class Settings:
     values: dict
     config_file: Path | None
     problems: tuple[str, ...] = field(default_factory=tuple)
+    #: Problems that must stop the app from serving (a login setting that cannot be read); each is
+    #: also in :attr:`problems`.
+    fatal: tuple[str, ...] = field(default_factory=tuple)
 
     def __getitem__(self, key: str):
         return self.values[key]
@@ -197,7 +207,19 @@ def _parse(raw, kind, name: str, problems: list[str]):
     return value
 
 
-def _read_file(path: Path | None, problems: list[str]) -> dict:
+def _nearest_key(section: str, key: str) -> tuple[str, str] | None:
+    """The known (section, key) nearest to a misspelled one (``[Auth] mdoe`` -> ``auth.mode``)."""
+    names = {f"{s}.{k}": (s, k) for s, k in KEYS}
+    wanted = f"{section}.{key}".lower()
+    close = difflib.get_close_matches(wanted, list(names), n=1, cutoff=0.6)
+    if not close:  # a known key under a misspelled section, or a misspelled key of a known section
+        same_key = [name for name, (_s, k) in names.items() if k == key.lower()]
+        close = same_key[:1] or difflib.get_close_matches(wanted, [n for n in names if n.startswith(
+            section.lower() + ".")], n=1, cutoff=0.0)
+    return names[close[0]] if close else None
+
+
+def _read_file(path: Path | None, problems: list[str], fatal: list[str] | None = None) -> dict:
     if path is None:
         return {}
     try:
@@ -215,7 +237,13 @@ def _read_file(path: Path | None, problems: list[str]) -> dict:
             continue
         for key, value in table.items():
             if (section, key) not in KEYS:
-                problems.append(f"{path.name}: unknown key {section}.{key}; ignored.")
+                near = _nearest_key(section, key)
+                hint = f" (did you mean {near[0]}.{near[1]}?)" if near else ""
+                message = f"{path.name}: unknown key {section}.{key}{hint}; ignored."
+                problems.append(message)
+                if fatal is not None and (section.lower() == "auth" or (near and near[0] == "auth")):
+                    fatal.append(f"{message} A login setting that is not understood could leave the app without "
+                                 f"the login meant; fix it in {path}.")
             else:
                 known[(section, key)] = value
     return known
@@ -224,17 +252,24 @@ def _read_file(path: Path | None, problems: list[str]) -> dict:
 def settings() -> Settings:
     """The current settings: defaults, then the TOML file, then environment variables."""
     problems: list[str] = []
+    fatal: list[str] = []
     path = config_file()
-    from_file = _read_file(path, problems)
+    from_file = _read_file(path, problems, fatal)
     values: dict = {}
     for (section, key), (env, kind, default) in KEYS.items():
         value = None
         if (section, key) in from_file:
             value = _parse(from_file[(section, key)], kind, f"{section}.{key}", problems)
+            if value is None and (section, key) == ("auth", "mode"):
+                fatal.append(f"auth.mode = {from_file[(section, key)]!r} in {path} is not one of "
+                             f"{', '.join(kind)}: the app will not start rather than run without the login meant.")
         raw = os.environ.get(env, "").strip()
         if raw:
             parsed = _parse(raw, kind, env, problems)
             value = parsed if parsed is not None else value
+            if parsed is None and (section, key) == ("auth", "mode"):
+                fatal.append(f"{env} = {raw!r} is not one of {', '.join(kind)}: the app will not start rather "
+                             f"than run without the login meant.")
         values[f"{section}_{key}" if section in PREFIXED_SECTIONS else key] = default if value is None else value
     home = values["home"] or _default_home()
     values["home"] = home
@@ -243,7 +278,10 @@ def settings() -> Settings:
     values["auth_users_file"] = values["auth_users_file"] or home / "users.toml"
     values["geneformer_dir"] = values["geneformer_dir"] or home / "geneformer"
     values["scfoundation_dir"] = values["scfoundation_dir"] or home / "scfoundation"
-    return Settings(values=values, config_file=path, problems=tuple(dict.fromkeys(problems)))
+    if fatal:  # fail closed: whatever asks for the mode anyway gets a password login, never none
+        values["auth_mode"] = "password"
+    return Settings(values=values, config_file=path, problems=tuple(dict.fromkeys(problems)),
+                    fatal=tuple(dict.fromkeys(fatal)))
 
 
 # ----------------------------------------------------------------------------- shortcuts

@@ -168,6 +168,7 @@ def _login(conf) -> list[dict]:
                    {"auto": "password login when the server listens beyond localhost, none on localhost" + proxy,
                     "password": "password login always", "oidc": "Streamlit's OIDC login",
                     "none": "no login (only safe on a single-user machine)" + proxy}[mode])]
+    items = [_item("setting", "problem", line) for line in conf.fatal] + items  # the app will not start
     if mode in ("auto", "password"):
         try:
             users = list_users()

@@ -86,6 +86,20 @@ def test_a_broken_users_file_stops_the_login_without_naming_its_path(tmp_path, m
     assert "secret_place" not in text(at.error) and not at.text_input and not at.exception
 
 
+def test_a_login_setting_that_is_not_understood_shows_only_an_admin_message(tmp_path, monkeypatch):
+    """`streamlit run app.py` with `[auth] mode = "passwd"`: no page, no login form, no user data;
+    an administrator's message without the configuration's path."""
+    secret = tmp_path / "secret_place"
+    secret.mkdir()
+    (secret / "config.toml").write_text('[auth]\nmode = "passwd"\n')
+    monkeypatch.setenv("SCATD_CONFIG", str(secret / "config.toml"))
+    monkeypatch.delenv("SCATD_AUTH", raising=False)
+    at = _app()
+    assert "login setting that is not understood" in text(at.error) and "scatd doctor" in text(at.error)
+    assert "secret_place" not in text(at.error) and "passwd" not in text(at.error)
+    assert not at.text_input and not at.button and not at.sidebar.markdown and not at.exception
+
+
 def test_an_oidc_identity_is_a_verified_email_and_a_display_name_is_never_an_admin():
     from scatd_app.auth import oidc_user
 

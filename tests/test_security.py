@@ -1121,3 +1121,63 @@ def test_an_interrupted_write_another_account_left_is_reported_not_a_failed_star
     assert (shared_library / ".bundle-old-GONE-89abcdef").is_dir()  # left as it was for its owner
     assert sorted(clean_library(shared_library)) == ["removed an incomplete write (.bundle-tmp-0123abcd)",
                                                      "restored GONE (its replacement was interrupted)"]
+
+
+# --------------------------------------------------------------------------- the configuration fails closed
+
+def _config(tmp_path, monkeypatch, text: str) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    monkeypatch.delenv("SCATD_AUTH", raising=False)
+    return config
+
+
+@pytest.mark.parametrize("text", ['[auth]\nmode = "passwd"\n', '[Auth]\nmode = "password"\n',
+                                  '[auth]\nmdoe = "password"\n'])
+def test_a_login_setting_that_is_not_understood_stops_the_server_and_fails_doctor(tmp_path, monkeypatch, capsys,
+                                                                                  text):
+    """A typo in the login's setting never turns the login off: the settings fall back to a password
+    login, `python -m scatd_app` refuses to start (before Streamlit runs) and `scatd doctor` fails."""
+    import streamlit.web.cli
+
+    from scatd_app.__main__ import main as serve
+    from scatd_core.cli import main
+    from scatd_core.config import settings
+
+    _config(tmp_path, monkeypatch, text)
+    conf = settings()
+    assert conf.fatal and conf["auth_mode"] == "password"
+    started = []
+    monkeypatch.setattr(streamlit.web.cli, "main", lambda *a, **k: started.append(a) or 0)
+    assert serve([]) == 2 and not started
+    err = capsys.readouterr().err
+    assert "will not start" in err and "auth.mode" in err
+    assert main(["doctor", "--json"]) != 0
+    login = json.loads(capsys.readouterr().out)["sections"]["login"]
+    assert any(i["status"] == "problem" and "auth." in i["detail"] for i in login)
+    monkeypatch.setenv("SCATD_AUTH", "passwd")  # the environment variable likewise
+    _config(tmp_path, monkeypatch, "")
+    monkeypatch.setenv("SCATD_AUTH", "passwd")
+    assert settings().fatal and settings()["auth_mode"] == "password"
+
+
+def test_unknown_keys_name_the_nearest_known_one_and_are_printed_at_start_up(tmp_path, monkeypatch, capsys):
+    import streamlit.web.cli
+
+    from scatd_app import preflight, ui, uploads
+    from scatd_app.__main__ import main as serve
+    from scatd_core.config import settings
+
+    _config(tmp_path, monkeypatch, '[limits]\nmax_cels = 5\n[server]\nmax_job = 3\n')
+    conf = settings()
+    assert not conf.fatal
+    assert any("limits.max_cels (did you mean limits.max_cells?)" in p for p in conf.problems)
+    assert any("server.max_job (did you mean server.max_jobs?)" in p for p in conf.problems)
+    monkeypatch.setattr(preflight, "_REPORTED", set())
+    monkeypatch.setattr(streamlit.web.cli, "main", lambda *a, **k: 0)
+    monkeypatch.setattr(ui, "start_up", lambda **k: None)
+    monkeypatch.setattr(uploads, "install", lambda: True)
+    assert serve([]) == 0
+    err = capsys.readouterr().err
+    assert "did you mean limits.max_cells?" in err and "did you mean server.max_jobs?" in err

@@ -1,0 +1,54 @@
+"""Checks of the server's configuration before the app serves anyone.
+
+``python -m scatd_app`` prints every configuration problem to its terminal and refuses to start
+when one of them must stop it (:attr:`scatd_core.config.Settings.fatal`: a login setting that is
+not understood). ``streamlit run app.py`` prints the same once per server process, and its page
+then shows only an administrator's message (no page, no user data) until the setting is fixed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from scatd_core.config import settings
+
+_REPORTED: set[str] = set()
+_LOCK = threading.Lock()
+
+
+def report(conf=None, stream=None) -> None:
+    """Print each configuration problem once per server process (to stderr: the server's log)."""
+    conf = conf or settings()
+    stream = stream or sys.stderr
+    with _LOCK:
+        new = [p for p in conf.problems if p not in _REPORTED]
+        _REPORTED.update(new)
+    for problem in new:
+        print(f"scATD Studio: configuration: {problem}", file=stream, flush=True)
+
+
+def refusals(conf=None) -> list[str]:
+    """Why the server must not serve (for the administrator at the server; may name paths)."""
+    conf = conf or settings()
+    return list(conf.fatal)
+
+
+def page_refuses() -> bool:
+    """In ``app.py``: show an administrator's message instead of the app when the server must not
+    serve; ``True`` then (the caller stops). The paths and values stay in the server's log."""
+    conf = settings()
+    report(conf)
+    why = refusals(conf)
+    if not why:
+        return False
+    import streamlit as st
+
+    for line in why:
+        print(f"scATD Studio: will not serve: {line}", file=sys.stderr, flush=True)
+    st.title("scATD Studio")
+    st.error("scATD Studio is not available: the server's configuration has a login setting that is not "
+             "understood, so the app will not open rather than run without the login it should have. The "
+             "administrator can see what to fix with `scatd doctor` on the server (or in the server's log).",
+             icon=":material/lock:")
+    return True
