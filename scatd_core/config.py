@@ -182,25 +182,55 @@ def _default_home() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share") / "scatd"
 
 
+def _shown(raw) -> str:
+    """A value as it was written in the TOML file (``true``, ``1.5``, ``["/a", "/b"]``)."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, (list, tuple)):
+        return "[" + ", ".join(_shown(x) for x in raw) + "]"
+    if isinstance(raw, str):
+        return '"' + raw + '"'
+    return str(raw)
+
+
 def _parse(raw, kind, name: str, problems: list[str]):
+    """``raw`` (a TOML value, or an environment variable's text) as ``kind``; ``None`` (the default
+    is used) with a problem when it is not one: never converted from another type (``5`` is not a
+    folder, ``1.5`` not a whole number, ``true`` not a number)."""
     if kind == "list":  # a TOML list, or comma-separated text in the environment
-        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
-        return tuple(str(x).strip() for x in items if str(x).strip())
+        items = raw if isinstance(raw, (list, tuple)) else [raw]
+        if not all(isinstance(x, str) for x in items):
+            problems.append(f"{name} = {_shown(raw)} should be text or a list of texts "
+                            f'(e.g. ["a@lab.org", "b@lab.org"]); the default is used.')
+            return None
+        items = [x for item in items for x in item.split(",")] if not isinstance(raw, (list, tuple)) else items
+        return tuple(x.strip() for x in items if x.strip())
+    if kind in ("path", "text") and not isinstance(raw, str):
+        expected = ('a folder or file path in quotes (e.g. "/srv/scatd")' if kind == "path" else
+                    'text in quotes')
+        problems.append(f"{name} = {_shown(raw)} should be {expected}; the default is used.")
+        return None
     if kind == "path":
-        return Path(str(raw)).expanduser() if str(raw).strip() else None
+        return Path(raw).expanduser() if raw.strip() else None
     if kind == "text":
-        return str(raw).strip() or None
+        return raw.strip() or None
     if kind == "int":
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            problems.append(f"{name} = {_shown(raw)} should be a whole number (e.g. 2); the default is used.")
+            return None
         try:
             value = int(raw)
-        except (TypeError, ValueError):
+        except ValueError:
             problems.append(f"{name} = {raw!r} is not a whole number; the default is used.")
             return None
         if value <= 0:
             problems.append(f"{name} = {value} must be positive; the default is used.")
             return None
         return value
-    value = str(raw).strip().lower()
+    if not isinstance(raw, str):
+        problems.append(f"{name} = {_shown(raw)} should be one of {', '.join(kind)} in quotes; the default is used.")
+        return None
+    value = raw.strip().lower()
     if value not in kind:
         problems.append(f"{name} = {raw!r} is not one of {', '.join(kind)}; the default is used.")
         return None

@@ -1181,3 +1181,27 @@ def test_unknown_keys_name_the_nearest_known_one_and_are_printed_at_start_up(tmp
     assert serve([]) == 0
     err = capsys.readouterr().err
     assert "did you mean limits.max_cells?" in err and "did you mean server.max_jobs?" in err
+
+
+def test_a_value_of_the_wrong_type_is_a_problem_not_converted(tmp_path, monkeypatch, capsys):
+    """`home = 5`, a list for a folder, `1.5`/`2.9`/`true` for whole numbers: each is named with
+    what is expected and the default is used (never a folder "5" nor 1 job for `true`); every
+    command but doctor prints the problems, one line each, to stderr."""
+    from scatd_core.cli import main
+    from scatd_core.config import settings
+
+    monkeypatch.delenv("SCATD_HOME")
+    _config(tmp_path, monkeypatch, '[paths]\nhome = 5\nlibrary = ["/a", "/b"]\n[limits]\nmax_cells = 1.5\n'
+                                   '[server]\nmax_jobs = true\n[auth]\nmax_failures = 2.9\nmode = "none"\n')
+    conf = settings()
+    assert conf["home"].name == "scatd" and conf["library"] == conf["home"] / "models"
+    assert (conf["max_cells"], conf["max_jobs"], conf["auth_max_failures"]) == (1_000_000, 2, 5)
+    problems = "\n".join(conf.problems)
+    for expected in ('paths.home = 5 should be a folder', 'paths.library = ["/a", "/b"] should be a folder',
+                     "limits.max_cells = 1.5 should be a whole number", "server.max_jobs = true should be a whole",
+                     "auth.max_failures = 2.9 should be a whole number"):
+        assert expected in problems
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    assert main(["users", "list"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: configuration:") == 5 and "max_cells = 1.5" in err

@@ -5,6 +5,8 @@ code); heavy libraries are imported only when a command runs, so ``scatd --help`
 Every expected problem is a :class:`~scatd_core.errors.ScatdError`: it is printed as
 ``error: <what is wrong>`` plus a line saying what to do, and the exit code is 2. Anything
 unexpected prints one line too (exit 1); ``--debug`` shows the traceback for bug reports.
+Every command but ``doctor`` (which lists them itself) first prints each configuration problem
+(a value that was ignored, an unknown key) as one ``warning: configuration: ...`` line to stderr.
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import sys
 
+    if args.command != "doctor":
+        from scatd_core.config import settings
+
+        for problem in settings().problems:
+            say(f"warning: configuration: {problem}")
     if "scatd_core.scaleout._store" in sys.modules:  # only this command's parts are its to remove
         sys.modules["scatd_core.scaleout._store"].OPENED.clear()
     try:
