@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"scATD Studio: {line}", file=sys.stderr)
         print("scATD Studio will not start until this is fixed (see `scatd doctor`).", file=sys.stderr)
         return 2
+    if folders := preflight.folder_refusals():
+        for line in folders:
+            print(f"scATD Studio: {line}", file=sys.stderr)
+        print("scATD Studio will not start: every upload and the demo would fail.", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     print("scATD Studio: loading the libraries and compiled kernels before serving…", file=sys.stderr, flush=True)
     from scatd_app import ui, uploads

@@ -2,8 +2,9 @@
 
 ``python -m scatd_app`` prints every configuration problem to its terminal and refuses to start
 when one of them must stop it (:attr:`scatd_core.config.Settings.fatal`: a login setting that is
-not understood). ``streamlit run app.py`` prints the same once per server process, and its page
-then shows only an administrator's message (no page, no user data) until the setting is fixed.
+not understood) or when a folder it writes in for every user (``paths.home``, ``paths.work_dir``)
+cannot be written. ``streamlit run app.py`` prints the same once per server process, and its page
+then shows only an administrator's message (no page, no user data, no path) until it is fixed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import sys
 import threading
 
-from scatd_core.config import settings
+from scatd_core.config import settings, unwritable_folders
 
 _REPORTED: set[str] = set()
+_FOLDERS_OK = False  # once the folders were writable, they are not checked again in this process
 _LOCK = threading.Lock()
 
 
@@ -30,8 +32,17 @@ def report(conf=None, stream=None) -> None:
 
 def refusals(conf=None) -> list[str]:
     """Why the server must not serve (for the administrator at the server; may name paths)."""
-    conf = conf or settings()
-    return list(conf.fatal)
+    return list((conf or settings()).fatal)
+
+
+def folder_refusals(conf=None) -> list[str]:
+    """The folders the server cannot write in (see :func:`scatd_core.config.unwritable_folders`)."""
+    global _FOLDERS_OK
+    if _FOLDERS_OK:
+        return []
+    lines = unwritable_folders(conf or settings())
+    _FOLDERS_OK = not lines
+    return lines
 
 
 def page_refuses() -> bool:
@@ -40,13 +51,20 @@ def page_refuses() -> bool:
     conf = settings()
     report(conf)
     why = refusals(conf)
-    if not why:
+    folders = [] if why else folder_refusals(conf)
+    if not why and not folders:
         return False
     import streamlit as st
 
-    for line in why:
+    for line in why + folders:
         print(f"scATD Studio: will not serve: {line}", file=sys.stderr, flush=True)
     st.title("scATD Studio")
+    if folders:
+        st.error("scATD Studio is not available: the server cannot store files in its data folder (it is not "
+                 "writable by the account that runs the server), so no data could be uploaded or demo opened. "
+                 "The administrator can see which folder and how to fix it with `scatd doctor` on the server "
+                 "(or in the server's log).", icon=":material/folder_off:")
+        return True
     st.error("scATD Studio is not available: the server's configuration has a login setting that is not "
              "understood, so the app will not open rather than run without the login it should have. The "
              "administrator can see what to fix with `scatd doctor` on the server (or in the server's log).",

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +313,36 @@ def settings() -> Settings:
         values["auth_mode"] = "password"
     return Settings(values=values, config_file=path, problems=tuple(dict.fromkeys(problems)),
                     fatal=tuple(dict.fromkeys(fatal)))
+
+
+#: The folders the app writes in for every user (the demo, drug panels, uploads): they must be writable.
+WRITTEN_FOLDERS = (("home", "paths.home", "SCATD_HOME"), ("work_dir", "paths.work_dir", "SCATD_WORK_DIR"))
+
+
+def unwritable_folders(conf: Settings | None = None) -> list[str]:
+    """What keeps this account from writing in :data:`WRITTEN_FOLDERS` (each made when missing, then
+    a file written and removed in it): one line per folder, naming it and how to fix it (for the
+    administrator at the server: it names paths)."""
+    import getpass
+
+    conf = conf or settings()
+    lines = []
+    for key, toml_key, env in WRITTEN_FOLDERS:
+        folder = Path(conf[key])
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".scatd-write-check-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            try:
+                account = getpass.getuser()
+            except Exception:  # no name for this uid (a container)
+                account = f"uid {os.getuid()}"
+            lines.append(f"The folder {folder} ({toml_key}) cannot be written by this account ({account}): "
+                         f"{exc.strerror or exc}. Give the account write access to it (e.g. `chown -R {account} "
+                         f"{folder}`), or set {toml_key} (or {env}) to a folder it can write.")
+    return lines
 
 
 # ----------------------------------------------------------------------------- shortcuts

@@ -15,6 +15,7 @@ managed with ``scatd users add/remove/list`` and read by the app's login. Only h
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import os
@@ -128,10 +129,19 @@ def remove_user(name: str, path: Path | None = None) -> None:
         _save(users, path)
 
 
+@contextlib.contextmanager
 def _locked(path: Path):
     """The users file's lock: read, change and write it as one step, so concurrent `scatd users`
-    commands never lose each other's change."""
-    return folder_lock(path.parent, f".{path.name}.lock")
+    commands never lose each other's change. A file this account cannot write is an
+    :class:`InputError` naming it and what to do, not a crash."""
+    try:
+        with folder_lock(path.parent, f".{path.name}.lock"):
+            yield
+    except OSError as exc:
+        raise InputError(f"The users file {path} cannot be written by this account: {exc.strerror or exc}; "
+                         f"nothing was changed.",
+                         "Run `scatd users` as the account that runs the server (or as root), or set "
+                         "auth.users_file (SCATD_USERS_FILE) to a file in a folder this account can write.") from None
 
 
 def list_users(path: Path | None = None) -> list[User]:

@@ -100,6 +100,17 @@ def test_a_login_setting_that_is_not_understood_shows_only_an_admin_message(tmp_
     assert not at.text_input and not at.button and not at.sidebar.markdown and not at.exception
 
 
+def test_a_data_folder_the_server_cannot_write_shows_only_an_admin_message(tmp_path, monkeypatch):
+    from scatd_app import preflight
+
+    (tmp_path / "secret_place").write_text("a file, not a folder")
+    monkeypatch.setenv("SCATD_WORK_DIR", str(tmp_path / "secret_place" / "work"))
+    monkeypatch.setattr(preflight, "_FOLDERS_OK", False, raising=False)
+    at = _app()
+    assert "cannot store files" in text(at.error) and "scatd doctor" in text(at.error)
+    assert "secret_place" not in text(at.error) and not at.button and not at.exception
+
+
 def test_an_oidc_identity_is_a_verified_email_and_a_display_name_is_never_an_admin():
     from scatd_app.auth import oidc_user
 

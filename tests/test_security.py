@@ -1205,3 +1205,43 @@ def test_a_value_of_the_wrong_type_is_a_problem_not_converted(tmp_path, monkeypa
     assert main(["users", "list"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: configuration:") == 5 and "max_cells = 1.5" in err
+
+
+def _unwritable(tmp_path) -> Path:
+    """A folder no account can create or write in, root included (its parent is a file)."""
+    (tmp_path / "a_file").write_text("not a folder")
+    return tmp_path / "a_file" / "scatd"
+
+
+@pytest.mark.parametrize("env", ["SCATD_HOME", "SCATD_WORK_DIR"])
+def test_the_server_will_not_start_with_a_folder_it_cannot_write(tmp_path, monkeypatch, capsys, env):
+    """Found at start-up, not by the first user's upload: `python -m scatd_app` names the folder, its
+    setting and the fix, and Streamlit never starts."""
+    import streamlit.web.cli
+
+    from scatd_app import preflight
+    from scatd_app.__main__ import main as serve
+
+    folder = _unwritable(tmp_path)
+    monkeypatch.setenv(env, str(folder))
+    monkeypatch.setattr(preflight, "_FOLDERS_OK", False, raising=False)
+    started = []
+    monkeypatch.setattr(streamlit.web.cli, "main", lambda *a, **k: started.append(a) or 0)
+    assert serve([]) == 2 and not started
+    err = capsys.readouterr().err
+    key = {"SCATD_HOME": "paths.home", "SCATD_WORK_DIR": "paths.work_dir"}[env]
+    assert f"The folder {folder} ({key}) cannot be written" in err and "chown" in err and "will not start" in err
+
+
+def test_users_says_plainly_when_the_users_file_cannot_be_written(tmp_path, monkeypatch, capsys):
+    import io
+
+    from scatd_core.cli import main
+
+    path = _unwritable(tmp_path) / "users.toml"
+    monkeypatch.setenv("SCATD_USERS_FILE", str(path))
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password here\n"))
+    assert main(["users", "add", "alice", "--password-stdin"]) == 2
+    err = capsys.readouterr().err
+    assert f"The users file {path} cannot be written" in err and "nothing was changed" in err
+    assert "bug" not in err
