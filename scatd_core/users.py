@@ -100,6 +100,9 @@ def add_user(name: str, password: str, *, admin: bool | None = None, path: Path 
     the time it was created."""
     path = Path(path) if path else users_file()
     check_name(name)
+    if not (password or "").strip():
+        raise InputError("The password is blank (only spaces or tabs); nothing was changed.",
+                         f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters, not all of them spaces.")
     if len(password or "") < MIN_PASSWORD_LENGTH:
         raise InputError(f"The password is too short (at least {MIN_PASSWORD_LENGTH} characters).")
     hashed = _argon2(_hasher().hash, password)  # before the lock: it takes a while

@@ -1245,3 +1245,23 @@ def test_users_says_plainly_when_the_users_file_cannot_be_written(tmp_path, monk
     err = capsys.readouterr().err
     assert f"The users file {path} cannot be written" in err and "nothing was changed" in err
     assert "bug" not in err
+
+
+def test_a_password_of_only_spaces_is_refused(tmp_path, monkeypatch, capsys):
+    """`printf '          \\n' | scatd users add dave --password-stdin`: ten spaces pass the length
+    rule but are no password; refused, nothing written (the length rule still holds)."""
+    import io
+
+    from scatd_core import users
+    from scatd_core.cli import main
+
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    for blank in (" " * 10, "\t" * 12, " \t " * 5):
+        monkeypatch.setattr("sys.stdin", io.StringIO(blank + "\n"))
+        assert main(["users", "add", "dave", "--password-stdin"]) == 2
+        assert "The password is blank" in capsys.readouterr().err
+    assert not (tmp_path / "users.toml").exists()
+    with pytest.raises(InputError, match="too short"):
+        users.add_user("dave", "  short  ")
+    users.add_user("dave", "  spaces around are fine  ")
+    assert users.verify("dave", "  spaces around are fine  ") == users.User("dave", False)
