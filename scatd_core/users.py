@@ -112,6 +112,8 @@ def add_user(name: str, password: str, *, admin: bool | None = None, path: Path 
         if old is not None and not replace:
             raise InputError(f"User {name} already exists.", "Use --replace to set a new password.")
         old = old or {}
+        if old and _same_password(old, password):  # the same password again: the same hash, so the
+            hashed = old["hash"]                   # user's sessions stay logged in (a role change only)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         entry = {"hash": hashed, "admin": bool(old.get("admin") if admin is None else admin),
                  "created": old.get("created", now)}
@@ -120,6 +122,31 @@ def add_user(name: str, password: str, *, admin: bool | None = None, path: Path 
         users[name] = entry
         _save(users, path)
     return User(name, entry["admin"])
+
+
+def _same_password(entry: dict, password: str) -> bool:
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        return bool(_argon2(_hasher().verify, entry["hash"], password))
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def set_role(name: str, admin: bool, path: Path | None = None) -> User:
+    """Make ``name`` an administrator or not, keeping its password: its sessions stay logged in
+    and have the new role at their next action (:func:`recheck`)."""
+    path = Path(path) if path else users_file()
+    with _locked(path):
+        users = load_users(path)
+        if name not in users:
+            raise InputError(f"There is no user {name}.", f"Users: {', '.join(sorted(users)) or 'none'}.")
+        entry = users[name]
+        if bool(entry.get("admin")) != bool(admin):
+            entry["admin"] = bool(admin)
+            entry["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            _save(users, path)
+    return User(name, bool(admin))
 
 
 def remove_user(name: str, path: Path | None = None) -> None:

@@ -1265,3 +1265,33 @@ def test_a_password_of_only_spaces_is_refused(tmp_path, monkeypatch, capsys):
         users.add_user("dave", "  short  ")
     users.add_user("dave", "  spaces around are fine  ")
     assert users.verify("dave", "  spaces around are fine  ") == users.User("dave", False)
+
+
+def test_users_role_changes_only_the_role_and_keeps_the_session(tmp_path, monkeypatch, capsys):
+    """`scatd users role bob --admin` keeps bob's password and logged-in sessions (they get the new
+    role at once); `add --replace` with the same password does not log bob out either; another
+    password does."""
+    import io
+
+    from scatd_core import users
+    from scatd_core.cli import main
+
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    users.add_user("boss", "the boss's password", admin=True)
+    users.add_user("bob", "bob's long password")
+    session = users.verify("bob", "bob's long password")
+    assert main(["users", "role", "bob", "--admin"]) == 0
+    assert "bob is an admin now (password unchanged)" in capsys.readouterr().out
+    again, why = users.recheck(session)
+    assert why == "" and again == users.User("bob", True)
+    assert users.verify("bob", "bob's long password") == users.User("bob", True)
+    assert main(["users", "role", "nobody", "--admin"]) == 2
+    assert "There is no user nobody" in capsys.readouterr().err
+    assert main(["users", "role", "boss", "--no-admin"]) == 0 and main(["users", "role", "bob", "--no-admin"]) == 0
+    assert "no admin is left" in capsys.readouterr().err and not any(u.admin for u in users.list_users())
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("bob's long password\n"))
+    assert main(["users", "add", "bob", "--replace", "--admin", "--password-stdin"]) == 0
+    assert users.recheck(session) == (users.User("bob", True), "")  # the same password: still logged in
+    users.add_user("bob", "a brand new password", replace=True)
+    assert "your password was changed" in users.recheck(session)[1]

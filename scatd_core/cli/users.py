@@ -10,7 +10,7 @@ from scatd_core.errors import ScatdError
 
 
 def add(sub) -> None:
-    p = sub.add_parser("users", help="manage the app's user accounts (add, remove, list)",
+    p = sub.add_parser("users", help="manage the app's user accounts (add, role, remove, list)",
                        description="Manage who may log in to the app. Passwords are stored as argon2 hashes in the "
                                    "users file (auth.users_file in the configuration).")
     acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -25,6 +25,15 @@ def add(sub) -> None:
                    help="set a new password for an existing user, keeping the role unless --admin/--no-admin is "
                         "given (a user that does not exist yet is added, so scripts can run it either way)")
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    o = acts.add_parser("role", help="make a user an admin or not (keeps the password and the user's sessions)",
+                        description="Change only a user's role: the password stays, the user stays logged in and "
+                                    "has the new role at the next click in the app.")
+    o.add_argument("name")
+    wanted = o.add_mutually_exclusive_group(required=True)
+    wanted.add_argument("--admin", dest="admin", action="store_const", const=True,
+                        help="may replace and delete shared models")
+    wanted.add_argument("--no-admin", dest="admin", action="store_const", const=False,
+                        help="take the admin rights away")
     r = acts.add_parser("remove", help="remove a user")
     r.add_argument("name")
     acts.add_parser("list", help="list the users")
@@ -63,18 +72,22 @@ def _warn_if_no_admin(users, had_admin: bool) -> None:
     or deleted in the app until someone is made admin again."""
     if had_admin and not any(u.admin for u in users.list_users()):
         say("note: no admin is left: nobody can replace or delete shared models in the app until one is made "
-            "admin again (`scatd users add NAME --replace --admin`).")
+            "admin again (`scatd users role NAME --admin`).")
 
 
 def run(args) -> int:
     from scatd_core import users
 
     path = users.users_file()
-    had_admin = any(u.admin for u in users.list_users()) if args.action in ("add", "remove") else False
+    had_admin = any(u.admin for u in users.list_users()) if args.action in ("add", "role", "remove") else False
     if args.action == "add":
         existed = _check_before_asking(args, users, path)
         user = users.add_user(args.name, _password(args), admin=args.admin, replace=args.replace)
         print(f"{'Updated' if existed else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}")
+        _warn_if_no_admin(users, had_admin)
+    elif args.action == "role":
+        user = users.set_role(args.name, args.admin)
+        print(f"{user.name} is {'an admin' if user.admin else 'not an admin'} now (password unchanged) in {path}")
         _warn_if_no_admin(users, had_admin)
     elif args.action == "remove":
         users.remove_user(args.name)
