@@ -3,7 +3,8 @@
 :func:`diagnose` returns sections of ``{"what", "status" (ok | warning | problem), "detail"}``
 items: software versions, the compute device, the configuration (file, problems, folders
 writable), the model library (bundles that load, interrupted writes repaired), login (mode,
-users, admins) and the foundation-model assets when their probe is available.
+users, admins), the caches numba and matplotlib write (a sandboxed server may not let them) and
+the foundation-model assets when their probe is available.
 """
 
 from __future__ import annotations
@@ -72,6 +73,87 @@ def _configuration(conf) -> list[dict]:
                        f" and {conf['kept_sessions_mb']:,} MB"))
     items.append(_memory_item(conf))
     return items
+
+
+#: packages whose numba kernels are compiled with ``cache=True``: scanpy's are at its import, so
+#: without a folder numba can write the server stops at start ("cannot cache function ...: no
+#: locator available for file ...")
+NUMBA_CACHED = ("scanpy", "umap", "pynndescent", "scatd_core")
+_CACHE_FIX = ("e.g. in the systemd unit CacheDirectory=scatd-studio and Environment=NUMBA_CACHE_DIR="
+              "/var/cache/scatd-studio/numba MPLCONFIGDIR=/var/cache/scatd-studio/matplotlib "
+              "(deploy/scatd-studio.service has them)")
+
+
+def _package_dir(name: str) -> Path | None:
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def _numba_user_cache() -> Path:
+    """numba's user-wide cache folder (its fallback when a package's own folder is read-only)."""
+    try:
+        from numba.misc.appdirs import AppDirs
+
+        return Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "numba"
+
+
+def _caches(env=None) -> list[dict]:
+    """Whether numba and matplotlib have folders this account can write: in a sandbox (systemd's
+    ProtectSystem=strict and ProtectHome=true, a container run as another user) they may not."""
+    env = os.environ if env is None else env
+    return [_numba_cache_item(env), _matplotlib_item(env)]
+
+
+def _numba_cache_item(env) -> dict:
+    me = _account()
+    crash = ("numba cannot cache its compiled functions and the server stops at start "
+             "(\"cannot cache function ...: no locator available\")")
+    chosen = env.get("NUMBA_CACHE_DIR", "").strip()
+    if chosen:
+        if _writable(Path(chosen)):
+            return _item("numba cache", "ok", f"NUMBA_CACHE_DIR={chosen}")
+        return _item("numba cache", "problem", f"NUMBA_CACHE_DIR={chosen} cannot be written by this account ({me}): "
+                     f"{crash}. Make it writable, or set NUMBA_CACHE_DIR to a folder that is, {_CACHE_FIX}")
+    dirs = [d for d in map(_package_dir, NUMBA_CACHED) if d is not None]
+    read_only = [d for d in dirs if not _writable(d / "__pycache__")]
+    if not read_only:
+        return _item("numba cache", "ok", "next to the installed packages (NUMBA_CACHE_DIR is not set)")
+    user = _numba_user_cache()
+    if _writable(user):
+        return _item("numba cache", "ok", f"{user} (NUMBA_CACHE_DIR is not set; the package folders are read-only)")
+    return _item("numba cache", "problem", f"NUMBA_CACHE_DIR is not set, and neither the package folders "
+                 f"({', '.join(map(str, read_only))}) nor {user} can be written by this account ({me}): {crash}. "
+                 f"Set NUMBA_CACHE_DIR to a folder this account can write, {_CACHE_FIX}")
+
+
+def _matplotlib_item(env) -> dict:
+    import tempfile
+
+    chosen = env.get("MPLCONFIGDIR", "").strip()
+    home = os.path.expanduser("~")
+    folders = [Path(chosen)] if chosen else [
+        Path(env.get("XDG_CONFIG_HOME") or f"{home}/.config") / "matplotlib",
+        Path(env.get("XDG_CACHE_HOME") or f"{home}/.cache") / "matplotlib"]
+    blocked = [f for f in folders if not _writable(f)]
+    what = f"MPLCONFIGDIR={chosen}" if chosen else " and ".join(map(str, folders))
+    if not blocked:
+        return _item("matplotlib folder", "ok", what)
+    why = (f"{', '.join(map(str, blocked))} cannot be written by this account ({_account()})"
+           + ("" if chosen else " and MPLCONFIGDIR is not set"))
+    if _writable(Path(tempfile.gettempdir())):
+        return _item("matplotlib folder", "warning", f"{why}: matplotlib uses a new temporary folder at every start "
+                     f"(slower starts, a warning in the log). Set MPLCONFIGDIR to a folder this account can write, "
+                     f"{_CACHE_FIX}")
+    return _item("matplotlib folder", "problem", f"{why}, nor the temporary folder {tempfile.gettempdir()}: "
+                 f"matplotlib stops the server at start. Set MPLCONFIGDIR to a folder this account can write, "
+                 f"{_CACHE_FIX}")
 
 
 def _memory_item(conf) -> dict:
@@ -196,7 +278,7 @@ def _foundation() -> list[dict]:
 def diagnose() -> dict:
     conf = settings()
     sections = {"software": _versions(), "device": _device(conf), "configuration": _configuration(conf),
-                "model library": _library(conf), "login": _login(conf)}
+                "model library": _library(conf), "login": _login(conf), "caches": _caches()}
     foundation = _foundation()
     if foundation:
         sections["foundation models"] = foundation

@@ -1,0 +1,85 @@
+"""The deployment files and the checks `scatd doctor` makes for them (a sandboxed server: systemd's
+ProtectSystem=strict / ProtectHome=true, a container)."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _unit() -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for line in (DEPLOY / "scatd-studio.service").read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            keys.setdefault(key.strip(), []).append(value.strip())
+    return keys
+
+
+def test_the_systemd_unit_gives_numba_and_matplotlib_a_folder_its_sandbox_lets_them_write():
+    unit = _unit()
+    assert unit["ProtectSystem"] == ["strict"] and unit["ProtectHome"] == ["true"]
+    env = dict(pair.split("=", 1) for value in unit["Environment"] for pair in value.split())
+    writable = [*" ".join(unit.get("ReadWritePaths", [])).split(), "/tmp"]
+    writable += [f"/var/cache/{d}" for v in unit.get("CacheDirectory", []) for d in v.split()]
+    writable += [f"/var/lib/{d}" for v in unit.get("StateDirectory", []) for d in v.split()]
+    for name in ("NUMBA_CACHE_DIR", "MPLCONFIGDIR"):
+        assert name in env, name
+        assert any(env[name] == w or env[name].startswith(w.rstrip("/") + "/") for w in writable), (name, env[name])
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_the_images_give_numba_and_matplotlib_a_writable_folder(name):
+    text = (DEPLOY / name).read_text()
+    for var in ("NUMBA_CACHE_DIR", "MPLCONFIGDIR"):
+        assert re.search(rf"{var}=/tmp/", text), var
+
+
+def test_doctor_fails_when_numba_cannot_write_its_cache_and_says_how_to_fix_it(tmp_path, monkeypatch):
+    from scatd_core import doctor
+
+    locked, free = tmp_path / "locked", tmp_path / "free"
+    monkeypatch.setattr(doctor, "_writable", lambda p: not str(p).startswith(str(locked)))
+    # NUMBA_CACHE_DIR set to a folder this account cannot write
+    item = doctor._numba_cache_item({"NUMBA_CACHE_DIR": str(locked / "numba")})
+    assert item["status"] == "problem" and "no locator available" in item["detail"]
+    assert "NUMBA_CACHE_DIR" in item["detail"] and "CacheDirectory=" in item["detail"]
+    assert doctor._numba_cache_item({"NUMBA_CACHE_DIR": str(free)})["status"] == "ok"
+    # unset: the packages' folders, else numba's user-wide folder
+    monkeypatch.setattr(doctor, "_package_dir", lambda name: locked / name)
+    monkeypatch.setattr(doctor, "_numba_user_cache", lambda: locked / "home" / ".cache" / "numba")
+    item = doctor._numba_cache_item({})
+    assert item["status"] == "problem" and "NUMBA_CACHE_DIR is not set" in item["detail"]
+    assert str(locked / "scanpy") in item["detail"]
+    monkeypatch.setattr(doctor, "_numba_user_cache", lambda: free / "numba")
+    assert doctor._numba_cache_item({})["status"] == "ok"
+    monkeypatch.setattr(doctor, "_package_dir", lambda name: free / name)
+    assert doctor._numba_cache_item({})["status"] == "ok"
+
+
+def test_doctor_checks_matplotlibs_folder(tmp_path, monkeypatch):
+    from scatd_core import doctor
+
+    locked = tmp_path / "locked"
+    monkeypatch.setattr(doctor, "_writable", lambda p: not str(p).startswith(str(locked)))
+    item = doctor._matplotlib_item({"MPLCONFIGDIR": str(locked / "mpl")})
+    assert item["status"] == "warning" and "MPLCONFIGDIR" in item["detail"]
+    assert doctor._matplotlib_item({"MPLCONFIGDIR": str(tmp_path / "mpl")})["status"] == "ok"
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(locked / "tmp"))  # nor a temporary folder
+    item = doctor._matplotlib_item({"MPLCONFIGDIR": str(locked / "mpl")})
+    assert item["status"] == "problem" and "MPLCONFIGDIR" in item["detail"]
+
+
+def test_doctor_reports_the_caches(monkeypatch):
+    from scatd_core import doctor
+
+    monkeypatch.setattr(doctor, "_writable", lambda p: False)
+    monkeypatch.setattr(doctor, "_numba_user_cache", lambda: Path("/nonexistent/numba"))
+    report = doctor.diagnose()
+    numba = next(i for i in report["sections"]["caches"] if i["what"] == "numba cache")
+    assert numba["status"] == "problem" and report["n_problems"] >= 1
