@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: cgroup files giving a container's memory limit (v2, then v1); "max" or a huge number: none.
-_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+#: where the cgroup file systems are mounted, and where this process's own cgroups are named
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 def _meminfo_bytes(field: str, path: Path = Path("/proc/meminfo")) -> int | None:
@@ -25,20 +26,52 @@ def _meminfo_bytes(field: str, path: Path = Path("/proc/meminfo")) -> int | None
     return None
 
 
-def _cgroup_limit(paths=_CGROUP_LIMITS) -> int | None:
-    for path in paths:
-        try:
-            raw = path.read_text().strip()
-        except OSError:
+def _read_limit(path: Path) -> int | None:
+    try:
+        raw = path.read_text().strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() and int(raw) < 1 << 60 else None  # "max" or v1's ~2**63: no limit
+
+
+def _own_cgroups(proc_cgroup: Path) -> list[tuple[str, str]]:
+    """This process's memory cgroups from ``/proc/self/cgroup``: ``("v2", path)`` for the unified
+    hierarchy (``0::/path``), ``("v1", path)`` for the v1 memory controller (``N:...memory...:/path``)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
             continue
-        if raw.isdigit() and int(raw) < 1 << 60:  # v1 writes ~2**63 for "no limit"
-            return int(raw)
-    return None
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            found.append(("v2", path))
+        elif "memory" in controllers.split(","):
+            found.append(("v1", path))
+    return found
+
+
+def _cgroup_limit(root: Path = _CGROUP_ROOT, proc_cgroup: Path = _PROC_CGROUP) -> int | None:
+    """The smallest memory limit of this process's cgroup and its ancestors (a systemd unit's
+    ``MemoryMax=`` is in ``system.slice/NAME.service/memory.max``, a slice's above it), v2 or v1;
+    the top of the tree as well (a container's own, where ``/proc/self/cgroup`` names a path from
+    outside it). ``None`` where no limit is set or none can be read."""
+    files = {root / "memory.max", root / "memory" / "memory.limit_in_bytes"}
+    for kind, path in _own_cgroups(proc_cgroup):
+        base, name = (root, "memory.max") if kind == "v2" else (root / "memory", "memory.limit_in_bytes")
+        parts = [p for p in path.strip().split("/") if p and p not in (".", "..")]
+        for depth in range(len(parts), -1, -1):
+            files.add(base.joinpath(*parts[:depth], name))
+    limits = [v for v in map(_read_limit, sorted(files)) if v is not None]
+    return min(limits) if limits else None
 
 
 def machine_bytes() -> int | None:
-    """The memory this process can have: the machine's, or its container's (cgroup) limit when
-    lower. ``None`` where neither can be read."""
+    """The memory this process can have: the machine's, or its cgroup's limit when lower (a
+    container's, a systemd unit's ``MemoryMax=``: :func:`_cgroup_limit`). ``None`` where neither can be read."""
     total = _meminfo_bytes("MemTotal")
     if total is None:
         try:
