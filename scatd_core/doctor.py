@@ -54,14 +54,35 @@ def _writable(path: Path) -> bool:
     return os.access(probe, os.W_OK)
 
 
+def _config_file_items(conf) -> list[dict]:
+    """The configuration file, and the problems of the settings in it: a file that is missing or
+    cannot be read is said once, as a warning (not "ok" first)."""
+    path = conf.config_file
+    about_file = [p for p in conf.problems if path is not None and p.startswith(f"The configuration file {path} ")]
+    if path is None:
+        first = _item("configuration file", "ok", "none (defaults and environment variables)")
+    elif about_file:
+        first = _item("configuration file", "warning", " ".join(about_file)
+                      + " The defaults and environment variables are used.")
+    else:
+        first = _item("configuration file", "ok", str(path))
+    return [first] + [_item("configuration", "warning", p) for p in conf.problems if p not in about_file]
+
+
+def _folder_item(key: str, path: Path) -> dict:
+    """A folder scATD Studio writes: a folder (or not yet made), writable by this account."""
+    if path.exists() and not path.is_dir():
+        return _item(key, "problem", f"{path} is not a folder (a file of that name is there): point {key} at a "
+                     "folder, or move the file away")
+    if not _writable(path):
+        return _item(key, "problem", f"{path} is not writable by this user")
+    return _item(key, "ok", str(path))
+
+
 def _configuration(conf) -> list[dict]:
-    items = [_item("configuration file", "ok", str(conf.config_file) if conf.config_file else
-                   "none (defaults and environment variables)")]
-    items += [_item("configuration", "warning", problem) for problem in conf.problems]
+    items = _config_file_items(conf)
     for key in ("home", "library", "work_dir"):
-        path = conf[key]
-        items.append(_item(key, "ok" if _writable(path) else "problem",
-                           f"{path}" + ("" if _writable(path) else " is not writable by this user")))
+        items.append(_folder_item(key, Path(conf[key])))
     folder = conf["import_folder"]
     if folder is not None:
         items.append(_item("import_folder", "ok" if Path(folder).is_dir() else "warning",
@@ -179,7 +200,10 @@ def _library(conf) -> list[dict]:
     from scatd_core.bundle import UNREADABLE_PROBLEM, clean_library, list_library
     from scatd_core.errors import ScatdError
 
-    root = conf["library"]
+    root = Path(conf["library"])
+    if root.exists() and not root.is_dir():
+        return [_item("readable", "problem", f"{root} is not a folder: paths.library (SCATD_MODEL_LIBRARY) must "
+                      "name the model library's folder")]
     try:
         items = [_item("repaired", "warning", done) for done in clean_library(root)]
         entries = list_library(root)
@@ -191,7 +215,8 @@ def _library(conf) -> list[dict]:
     items.append(_item("bundles", "ok" if ok or not entries else "warning",
                        f"{len(ok)} usable model(s) in {root}" + (f" ({sum(e.bundle.is_demo for e in ok)} demo)"
                                                                   if ok else "")))
-    items += [_item(e.path.name, "problem", e.problem) for e in entries if not e.ok]
+    # one damaged or unreadable model is never a failure of the whole library (the others are used)
+    items += [_item(e.path.name, "warning", e.problem) for e in entries if not e.ok]
     items.append(_readability(root, [e for e in entries if e.problem == UNREADABLE_PROBLEM], entries))
     return items
 
@@ -221,7 +246,7 @@ def _readability(root: Path, unreadable: list, entries: list) -> dict:
     me = _account()
     if unreadable:
         names = ", ".join(e.path.name for e in unreadable)
-        return _item("readable", "problem",
+        return _item("readable", "warning",
                      f"{len(unreadable)} model(s) cannot be read by this account ({me}): {names}. Made by another "
                      f"account without read permission for this one: make them readable, e.g. "
                      f"chmod -R go+rX {root}/NAME (as their owner or root)")

@@ -83,3 +83,50 @@ def test_doctor_reports_the_caches(monkeypatch):
     report = doctor.diagnose()
     numba = next(i for i in report["sections"]["caches"] if i["what"] == "numba cache")
     assert numba["status"] == "problem" and report["n_problems"] >= 1
+
+
+# ----------------------------------------------------------------------------- scatd doctor, run
+# by the unit's ExecStartPre: a FAIL keeps the whole service from starting
+
+
+def test_doctor_warns_of_a_damaged_model_without_failing_the_library(tmp_path):
+    from scatd_core.bundle import MANIFEST
+    from scatd_core.doctor import _library
+
+    library = tmp_path / "models"
+    (library / "broken_model").mkdir(parents=True)
+    (library / "broken_model" / MANIFEST).write_text("{ not json")
+    items = _library({"library": library})
+    assert all(i["status"] != "problem" for i in items), items
+    assert next(i for i in items if i["what"] == "broken_model")["status"] == "warning"
+
+
+def test_doctor_fails_when_the_model_library_is_a_file(tmp_path, monkeypatch):
+    from scatd_core import doctor
+
+    not_a_folder = tmp_path / "models.txt"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(not_a_folder))
+    monkeypatch.delenv("SCATD_CONFIG", raising=False)
+    from scatd_core.config import settings
+
+    conf = settings()
+    library = doctor._library(conf)
+    assert library[0]["status"] == "problem" and "not a folder" in library[0]["detail"]
+    item = next(i for i in doctor._configuration(conf) if i["what"] == "library")
+    assert item["status"] == "problem" and "not a folder" in item["detail"]
+
+
+def test_doctor_says_a_missing_configuration_file_once_and_not_as_ok(tmp_path, monkeypatch):
+    from scatd_core.config import settings
+    from scatd_core.doctor import _configuration
+
+    missing = tmp_path / "nowhere" / "config.toml"
+    monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SCATD_CONFIG", str(missing))
+    items = _configuration(settings())
+    about = [i for i in items if str(missing) in i["detail"]]
+    assert len(about) == 1 and about[0]["what"] == "configuration file" and about[0]["status"] == "warning"
+    assert "does not exist" in about[0]["detail"]
+    assert not any(i["status"] == "ok" and i["what"] == "configuration file" for i in items)

@@ -1087,9 +1087,10 @@ def test_doctor_checks_that_this_account_can_read_every_model(tmp_path, shared_l
     assert items["readable"]["status"] == "ok"
     with another_account(theirs.path):
         items = {i["what"]: i for i in _library({"library": shared_library})}
-    assert items["readable"]["status"] == "problem" and theirs.path.name in items["readable"]["detail"]
+    # one model this account cannot read is a warning, never a failure of the whole library
+    assert items["readable"]["status"] == "warning" and theirs.path.name in items["readable"]["detail"]
     assert "chmod -R go+rX" in items["readable"]["detail"]
-    assert items[theirs.path.name]["status"] == "problem" and items["bundles"]["detail"].startswith("1 usable")
+    assert items[theirs.path.name]["status"] == "warning" and items["bundles"]["detail"].startswith("1 usable")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="gives a model to another account (chown): needs root")
