@@ -40,6 +40,13 @@ def test_the_images_give_numba_and_matplotlib_a_writable_folder(name):
         assert re.search(rf"{var}=/tmp/", text), var
 
 
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_the_images_have_a_health_check_and_say_who_must_own_the_mounted_folder(name):
+    text = (DEPLOY / name).read_text()
+    assert re.search(r"^HEALTHCHECK CMD .*_stcore/health", text, re.M)
+    assert "useradd --create-home --uid 1000" in text and "chown 1000:1000 /srv/scatd" in text
+
 def test_doctor_fails_when_numba_cannot_write_its_cache_and_says_how_to_fix_it(tmp_path, monkeypatch):
     from scatd_core import doctor
 
