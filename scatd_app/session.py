@@ -46,12 +46,14 @@ from scatd_core.config import settings, work_dir
 SESSION_ID = "session_id"
 OWNER = "session_owner"
 TOKEN = "session_token"
-RESUMED = "session_resumed"        # "resumed" | "lost": what happened when this browser session began
+RESUMED = "session_resumed"        # "resumed" | "logged_out" | "lost": what happened when this browser session began
 QUERY_KEY = "s"
 #: At most this many idle sessions are kept for resuming (the oldest go first).
 MAX_KEPT = 64
 #: At most this many browser tabs are remembered for asking Streamlit whether they are still open.
 MAX_TABS = 4096
+#: At most this many logged-out sessions are remembered, to tell their owner why the address resumes nothing.
+MAX_LOGGED_OUT = 4096
 #: Session keys kept for a reload besides the widget values (state.KEPT_WIDGET_PREFIXES).
 KEPT_KEYS = (state.ADATA, state.DATA_NAME, state.DATA_TOKEN, state.IS_DEMO, state.LABEL_COLUMN,
              state.SAMPLE_COLUMN, state.BUNDLE_PATH, state.PREDICTION, state.INPUTS, state.EMBEDDING,
@@ -118,6 +120,7 @@ class SessionStore:
         self.budget_bytes = budget_bytes
         self._browsers: dict[str, str] = {}  # Streamlit's session id (one browser tab) -> our session id
         self._work: dict[str, weakref.WeakSet] = {}  # our session id -> its work started in the background
+        self._logged_out: dict[str, str] = {}  # token -> its owner, of the sessions logged out (the latest)
 
     def put(self, token: str, owner: str, values: dict) -> None:
         nbytes = held_bytes(values)
@@ -166,10 +169,23 @@ class SessionStore:
                 gone += 1
             return gone
 
-    def forget(self, token: str) -> None:
-        """Drop the kept copy of one session (logged out): a reload of its address starts afresh."""
+    def forget(self, token: str, owner: str | None = None) -> None:
+        """Drop the kept copy of one session (logged out): a reload of its address starts afresh,
+        and tells its ``owner`` (only them: :meth:`logged_out`) why."""
         with self._lock:
-            self._records.pop(token, None)
+            record = self._records.pop(token, None)
+            owner = owner or (record.owner if record else None)
+            if owner:
+                self._logged_out.pop(token, None)
+                self._logged_out[token] = owner
+                while len(self._logged_out) > MAX_LOGGED_OUT:
+                    del self._logged_out[next(iter(self._logged_out))]
+
+    def logged_out(self, token: str, owner: str) -> bool:
+        """Whether ``owner`` logged out of the session at ``token`` (since this server started).
+        Another login learns nothing: for them this is false, as for a token never seen."""
+        with self._lock:
+            return self._logged_out.get(token) == owner
 
     def live_ids(self) -> set[str]:
         with self._lock:
@@ -307,7 +323,7 @@ def begin(owner: str) -> None:
             ss[RESUMED] = "resumed"
         else:
             if token:
-                ss[RESUMED] = "lost"
+                ss[RESUMED] = "logged_out" if store().logged_out(token, owner) else "lost"
             token = secrets.token_urlsafe(24)
             ss[SESSION_ID] = uuid.uuid4().hex
         ss[TOKEN] = token
@@ -348,16 +364,27 @@ def save_now() -> None:
         save(ss[OWNER])
 
 
+def lost_text(what: str, ttl_minutes: int) -> str:
+    """Why the session at this address was not resumed: after this user's own logout, said so;
+    otherwise every reason in one sentence, another login's address among them, so that nobody
+    learns from it whether another user's session exists."""
+    if what == "logged_out":
+        return ("That session was logged out: its data were removed, so it cannot be restored. "
+                "Upload your data again.")
+    return (f"The session at this address could not be restored: the server was restarted, it was idle for more "
+            f"than {ttl_minutes} minute{'' if ttl_minutes == 1 else 's'}, the server needed the memory its data held for more recent sessions, it "
+            "was logged out, or it belongs to another login (a session opens only with the login that started it). "
+            "Upload your data again.")
+
+
 def notice() -> None:
     """Tell the user, once, that their session was resumed or could not be."""
     what = st.session_state.pop(RESUMED, None)
     ttl = settings()["session_ttl_minutes"]
     if what == "resumed":
         st.toast("Your session was resumed where you left it.", icon=":material/history:")
-    elif what == "lost":
-        st.warning(f"Your previous session could not be restored: the server was restarted, it was idle for more "
-                   f"than {ttl} minute{'' if ttl == 1 else 's'}, or the server needed the memory its data held for more recent sessions. "
-                   "Upload your data again.", icon=":material/history_toggle_off:")
+    elif what in ("lost", "logged_out"):
+        st.warning(lost_text(what, ttl), icon=":material/history_toggle_off:")
 
 
 def forget() -> None:
@@ -368,7 +395,7 @@ def forget() -> None:
     if ss.get(SESSION_ID):
         store().cancel_work(str(ss[SESSION_ID]))
     if ss.get(TOKEN):
-        store().forget(ss[TOKEN])
+        store().forget(ss[TOKEN], ss.get(OWNER))
     if ss.get(SESSION_ID):
         shutil.rmtree(work_dir() / "sessions" / str(ss[SESSION_ID]), ignore_errors=True)
 

@@ -249,8 +249,31 @@ def test_logging_out_forgets_the_session_its_reload_copy_and_its_files(with_libr
     again.get("form_submit_button")[0].click()
     again.run()
     ok(again)
-    assert "could not be restored" in text(again.warning) and state.ADATA not in again.session_state
+    # the same user is told it was their logout, not a restart or an idle timeout
+    assert "That session was logged out: its data were removed" in text(again.warning)
+    assert "server was restarted" not in text(again.warning) and state.ADATA not in again.session_state
 
+
+def test_a_lost_session_says_it_was_logged_out_only_to_its_own_user():
+    """After a logout, its user is told so; anyone else opening that address, or another user's
+    live session's, gets one neutral sentence (nothing says whether another user's session exists)."""
+    from scatd_app import session
+
+    store = session.SessionStore()
+    store.put("alices", "alice", {"x": 1})
+    store.put("bobs", "bob", {"x": 2})
+    store.forget("alices", "alice")  # alice logged out
+    assert store.take("alices", "alice") is None and store.logged_out("alices", "alice")
+    assert not store.logged_out("alices", "bob")  # bob learns nothing of alice's session
+    assert store.take("bobs", "alice") is None and not store.logged_out("bobs", "alice")
+    assert not store.logged_out("never-seen", "alice")
+    neutral = session.lost_text("lost", 60)
+    assert "could not be restored" in neutral and "60 minutes" in neutral
+    assert "logged out" in neutral and "another login" in neutral
+    assert "That session was logged out: its data were removed" in session.lost_text("logged_out", 60)
+    for n in range(session.MAX_LOGGED_OUT + 1):  # bounded: the oldest are forgotten
+        store.forget(f"t{n}", "carol")
+    assert not store.logged_out("alices", "alice") and store.logged_out(f"t{session.MAX_LOGGED_OUT}", "carol")
 
 def test_kept_sessions_are_bounded_by_the_bytes_their_data_hold():
     import anndata as ad
