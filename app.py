@@ -16,9 +16,21 @@ if preflight.page_refuses():  # a login setting that is not understood: fail clo
     st.stop()
 ui.sync_upload_limit()
 ui.start_up()
+
+
+def url_path(path: str) -> str:
+    """A page's address: ``app_pages/1_Data.py`` is ``/data``."""
+    return Path(path).stem.split("_", 1)[1].lower()
+
+
 user = auth.resolve()
-if user is None:  # a login first when the server is reachable from the network: the only page until then
-    st.navigation([st.Page(auth.login_page, title="Log in", icon=":material/lock:")], position="hidden").run()
+if user is None:  # a login first when the server is reachable from the network: the only page until then,
+    # at every page's address (a reload of /data?s=... shows the login, not "Page not found"), which the
+    # address keeps, so that the login leads to the page asked for
+    login = [st.Page(auth.login_page, title="Log in", icon=":material/lock:", default=True)]
+    login += [st.Page(auth.login_page, title="Log in", icon=":material/lock:", url_path=url_path(p[0]))
+              for p in (*ui.ANALYSIS_PAGES, *ui.MODEL_PAGES)]
+    st.navigation(login, position="hidden").run()
     st.stop()
 session.begin(user.name)
 state.keep_widget_state()
@@ -72,7 +84,7 @@ def overview() -> None:
 
 
 def page(path: str, title: str, icon: str) -> st.Page:
-    return st.Page(path, title=title, icon=icon, url_path=Path(path).stem.split("_", 1)[1].lower())
+    return st.Page(path, title=title, icon=icon, url_path=url_path(path))
 
 
 navigation = st.navigation({

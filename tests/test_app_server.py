@@ -135,6 +135,31 @@ def _logged_in(name: str, password: str) -> AppTest:
     return at
 
 
+def test_a_page_asked_for_before_the_login_shows_the_login_then_that_page(tmp_path, monkeypatch):
+    """A reload of /data?s=... before a login: every page's address shows the login form (not
+    "Page not found"), and the login leads to the page asked for, not to the Overview."""
+    from scatd_core import users
+
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    users.add_user("alice", "a long enough password", admin=False)
+    at = _app()
+    before = {info.get("url_pathname") for info in at._registered_pages.values()}
+    assert {Path(p).stem.split("_", 1)[1].lower() for p, *_ in ui.ANALYSIS_PAGES + ui.MODEL_PAGES} <= before
+    # the address /data, as a reload asks for it (AppTest's switch_page matches only script files)
+    at._page_hash = next(h for h, info in at._registered_pages.items() if info.get("url_pathname") == "data")
+    at.run()
+    ok(at)
+    assert [t.label for t in at.text_input] == ["User name", "Password"]
+    at._page_hash = ""  # from now on the page the server settled on, as a browser keeps it
+    at.text_input(key="login_name").set_value("alice")
+    at.text_input(key="login_password").set_value("a long enough password")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    ok(at)
+    assert at.file_uploader, "the Data page (its upload) after the login"
+    assert "Which cells of a tumour" not in "".join(str(m.value) for m in at.markdown)
+
 def test_a_removed_demoted_or_new_password_user_loses_the_live_session(with_library, tmp_path, monkeypatch):
     """The users file is checked on every run: a removed account or a replaced password logs the
     session out (forgetting its data), a changed role takes effect at once."""
