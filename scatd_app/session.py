@@ -371,9 +371,10 @@ def lost_text(what: str, ttl_minutes: int) -> str:
     if what == "logged_out":
         return ("That session was logged out: its data were removed, so it cannot be restored. "
                 "Upload your data again.")
+    minutes = f"{ttl_minutes} minute{'' if ttl_minutes == 1 else 's'}"
     return (f"The session at this address could not be restored: the server was restarted, it was idle for more "
-            f"than {ttl_minutes} minute{'' if ttl_minutes == 1 else 's'}, the server needed the memory its data held for more recent sessions, it "
-            "was logged out, or it belongs to another login (a session opens only with the login that started it). "
+            f"than {minutes}, the server needed the memory its data held for more recent sessions, it was logged "
+            "out, or it belongs to another login (a session opens only with the login that started it). "
             "Upload your data again.")
 
 
