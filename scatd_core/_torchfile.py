@@ -20,6 +20,20 @@ from scatd_core.errors import CheckpointError
 MAX_CHECKPOINT_RECORDS = 100_000
 
 
+def load_safetensors(path) -> dict:
+    """The tensors of a safetensors file, held in this process's memory.
+
+    ``safetensors.torch.load_file`` maps the file and hands back tensors that read it: a file
+    truncated or rewritten in place while its model is in use (an administrator's ``cp`` over a
+    model's weights, a copy still being synced) would then stop the whole server, every user's
+    session with it, with SIGBUS. Each tensor is copied out of the mapping at once, and the mapping
+    is let go; the same values, bit for bit."""
+    from safetensors.torch import load_file
+
+    mapped = load_file(str(path), device="cpu")
+    return {key: tensor.clone() for key, tensor in mapped.items()}
+
+
 def check_checkpoint_size(path: Path, name: str, cap: int) -> None:
     """Refuse ``path`` (a ``torch.save`` zip archive or a legacy pickle; ``name`` in messages)
     when what it unpacks to exceeds ``cap`` bytes: the declared sizes of the archive's members,

@@ -35,11 +35,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from scatd_core import __version__
 from scatd_core._lock import folder_lock
-from scatd_core._torchfile import check_checkpoint_size
+from scatd_core._torchfile import check_checkpoint_size, load_safetensors
 from scatd_core.config import limits, model_library_dir
 from scatd_core.errors import BundleError, CheckpointError, InputError
 from scatd_core.genes import gene_list_sha256, read_gene_list
@@ -444,7 +444,7 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         with open(path, "rb"):  # safetensors says "No such file" for a file it may not read
             pass
-        return load_file(str(path), device="cpu")
+        return load_safetensors(path)  # in memory, not mapped from the file (see load_safetensors)
     except PermissionError:
         raise Unreadable(f"Bundle {path.parent.name}: its {what} file {path.name} is {UNREADABLE_PROBLEM}.",
                           f"It is {path}.",

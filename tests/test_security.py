@@ -1296,3 +1296,28 @@ def test_users_role_changes_only_the_role_and_keeps_the_session(tmp_path, monkey
     assert users.recheck(session) == (users.User("bob", True), "")  # the same password: still logged in
     users.add_user("bob", "a brand new password", replace=True)
     assert "your password was changed" in users.recheck(session)[1]
+
+
+def test_a_weights_file_rewritten_in_place_while_its_model_is_loaded_does_not_stop_the_process(tmp_path):
+    """safetensors maps the file it loads: a model's weights truncated in place while the model was
+    in use (an administrator's cp over weights.safetensors) stopped the whole server with SIGBUS,
+    every user's session with it. The tensors are now held in memory: the loaded model goes on."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from safetensors.torch import save_file
+        from scatd_core._torchfile import load_safetensors
+        path = {str(tmp_path / "weights.safetensors")!r}
+        save_file({{"w": torch.arange(4_000_000, dtype=torch.float32)}}, path)
+        state = load_safetensors(path)
+        with open(path, "r+b") as fh:
+            fh.truncate(64)  # rewritten in place, as cp does
+        print(int(state["w"].double().sum()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert int(done.stdout.strip()) == sum(range(4_000_000))

@@ -358,9 +358,9 @@ def _load_bert(model: ModelFolder, n_used: int, device):
     from transformers import BertConfig, BertModel
 
     if model.weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from scatd_core._torchfile import load_safetensors
 
-        raw = load_file(str(model.weights), device="cpu")
+        raw = load_safetensors(model.weights)  # in memory, not mapped from the file
     else:
         raw = torch_load_tensors(model.weights, "Geneformer weights", SAFETENSORS_NAME_HINT)
     state = {_bert_key(k): v for k, v in raw.items() if _bert_key(k) is not None}

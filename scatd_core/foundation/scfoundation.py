@@ -454,10 +454,10 @@ def load(folder: str | Path | None = None, key: str = DEFAULT_KEY,
     stamp = (str(device), key) + tuple(file_state(Path(p)) for p in state_of.files.values())
     if stamp not in _MODELS:
         if files.converted is not None:
-            from safetensors.torch import load_file
+            from scatd_core._torchfile import load_safetensors
 
             cfg = ScFoundationConfig.from_dict(_read_converted_config(files.config)["config"])
-            state = load_file(str(files.converted), device="cpu")
+            state = load_safetensors(files.converted)  # in memory, not mapped from the file
         else:
             cfg, state = read_checkpoint(files.checkpoint, key)
         with torch.device("meta"):  # no random init, no second copy: the tensors are assigned
