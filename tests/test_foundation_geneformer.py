@@ -273,3 +273,22 @@ def test_real_configs_are_v1_and_give_the_published_sizes(tmp_path):
         folder = G.ModelFolder(tmp_path, json.loads(shared_file("geneformer", name).read_text()), None)
         assert (folder.version, folder.hidden_size, folder.n_layers, folder.input_size) == ("V1", hidden, layers, 2048)
         assert [p.code for p in G.check_model(folder, None)] == ["missing_weights"]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"num_attention_heads": 7}, "7 attention heads for a hidden size of 16"),
+    ({"intermediate_size": 48}, "intermediate.dense.weight is (32, 16) but config.json makes it (48, 16)"),
+])
+def test_a_config_json_that_does_not_fit_the_weights_is_named_before_loading(gf, change, words):
+    import json
+
+    path = gf / "gf-tiny" / "config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), **change)))
+    G._PROBES.clear()
+    G._MODELS.clear()
+    problems = G.probe().problems
+    assert [p.code for p in problems] == ["wrong_shape"]
+    assert words in problems[0].message and "config.json" in problems[0].message
+    # and loading past the probe says the same, not transformers' ValueError / RuntimeError
+    with pytest.raises(CheckpointError, match="does not match gf-tiny/config.json"):
+        G._load_bert(G.model_folders()[0], 2, "cpu")

@@ -241,6 +241,12 @@ def check_model(model: ModelFolder, vocab: Vocabulary | None) -> list[Problem]:
     if layers != set(range(model.n_layers)):
         out.append(Problem("wrong_shape", f"{model.weights.name} holds {len(layers)} encoder layers; config.json "
                            f"says {model.n_layers}.", f"Download {model.path.name} again."))
+    if not out:
+        mismatch = config_mismatch(model, shapes)
+        if mismatch is not None:
+            out.append(Problem("wrong_shape", f"{model.weights.name} does not match {model.path.name}/config.json: "
+                               f"{mismatch}.", f"Download {model.path.name} again (config.json and the weights "
+                               "of one release)."))
     if model.version is None:
         out.append(Problem("unknown_version", f"{model.path.name} takes {model.input_size} tokens; Geneformer V1 "
                            "takes 2048 and V2 4096.", "Give a Geneformer V1 or V2 model."))
@@ -254,6 +260,37 @@ def check_model(model: ModelFolder, vocab: Vocabulary | None) -> list[Problem]:
                                f"{vocab.files['tokens'].name} has {len(vocab.tokens):,}: they are from different "
                                "Geneformer releases.", "Use the dictionaries of the model's release."))
     return out
+
+
+def config_mismatch(model: ModelFolder, shapes: dict[str, tuple]) -> str | None:
+    """How the weight shapes (names as :func:`_bert_key` gives them) contradict ``config.json``,
+    or ``None``: the encoder ``config.json`` describes is built on the meta device (no memory),
+    and every tensor's shape compared."""
+    heads, hidden = model.config.get("num_attention_heads"), model.hidden_size
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or hidden < 1 or hidden % heads:
+        return (f"config.json gives {heads!r} attention heads for a hidden size of {hidden}, but the hidden size "
+                "must be a multiple of the number of heads")
+    try:
+        from transformers import BertConfig, BertModel
+
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in
+                        BertModel(BertConfig.from_dict(model.config), add_pooling_layer=False).state_dict().items()}
+    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+        return f"config.json describes no valid BERT encoder ({exc})"
+    expected = {k: v for k, v in expected.items() if not k.endswith(("position_ids", "token_type_ids"))}
+    missing = [k for k in expected if k not in shapes]
+    if missing:
+        return f"it lacks {len(missing)} tensor{'s' if len(missing) > 1 else ''} the encoder needs (e.g. {missing[0]})"
+    unexpected = [k for k in shapes if k not in expected and not k.endswith(("position_ids", "token_type_ids"))]
+    if unexpected:
+        return f"it holds tensors the encoder does not have (e.g. {unexpected[0]})"
+    wrong = [k for k in expected if tuple(shapes[k]) != expected[k]]
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        return f"{k} is {tuple(shapes[k])} but config.json makes it {expected[k]}{more}"
+    return None
 
 
 # --------------------------------------------------------------------------- probe
@@ -364,9 +401,16 @@ def _load_bert(model: ModelFolder, n_used: int, device):
     else:
         raw = torch_load_tensors(model.weights, "Geneformer weights", SAFETENSORS_NAME_HINT)
     state = {_bert_key(k): v for k, v in raw.items() if _bert_key(k) is not None}
-    config = BertConfig.from_dict(model.config)
-    bert = BertModel(config, add_pooling_layer=False)
-    missing, unexpected = bert.load_state_dict(state, strict=False)
+    try:
+        config = BertConfig.from_dict(model.config)
+        bert = BertModel(config, add_pooling_layer=False)
+        missing, unexpected = bert.load_state_dict(state, strict=False)
+    except (ValueError, RuntimeError, TypeError) as exc:  # a config.json that does not fit the weights
+        mismatch = config_mismatch(model, {k: tuple(v.shape) for k, v in state.items()
+                                           if isinstance(v, torch.Tensor)}) or str(exc).splitlines()[0]
+        raise CheckpointError(f"{model.weights.name} does not match {model.path.name}/config.json: {mismatch}.",
+                              f"Download {model.path.name} again (config.json and the weights of one "
+                              "release).") from None
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
         raise CheckpointError(f"{model.weights.name} does not match its config.json: "
