@@ -297,7 +297,8 @@ def _foundation() -> list[dict]:
         from scatd_core.foundation import probe_all  # the foundation-model backbones, when installed
     except ImportError:
         return []
-    return [_item(p["backbone"], "ok" if p.get("ok") else "warning", p.get("detail", "")) for p in probe_all()]
+    return [_item(p["backbone"], "ok" if p.get("ok") and not p.get("warnings") else "warning", p.get("detail", ""))
+            for p in probe_all()]
 
 
 def diagnose() -> dict:

@@ -292,3 +292,20 @@ def test_a_config_json_that_does_not_fit_the_weights_is_named_before_loading(gf,
     # and loading past the probe says the same, not transformers' ValueError / RuntimeError
     with pytest.raises(CheckpointError, match="does not match gf-tiny/config.json"):
         G._load_bert(G.model_folders()[0], 2, "cpu")
+
+
+def test_a_missing_gene_name_dictionary_is_named_for_symbol_data(gf):
+    (gf / "gene_name_id_dict.pkl").unlink()
+    G._PROBES.clear()
+    p = G.probe()
+    assert p.available and "gene_name_id_dict.pkl" in p.warnings[0] and "gene_name_id_dict.pkl" in p.summary()
+    assert p.to_dict()["warnings"] == p.warnings
+    with pytest.raises(CheckpointError, match="gene_name_id_dict.pkl") as err:
+        G.embed(counts(4), device="cpu")
+    assert "symbol" in err.value.message and err.value.app_hint
+    out, info = G.embed(counts(4, symbols=False), device="cpu")  # Ensembl IDs need no dictionary
+    assert info["n_embedded"] == 4
+    from scatd_core import doctor
+
+    item = next(i for i in doctor._foundation() if i["what"] == "vae_gf")
+    assert item["status"] == "warning" and "Warning: Geneformer's gene-name dictionary (gene_name_id_dict.pkl" in item["detail"]

@@ -51,6 +51,8 @@ class Probe:
     files: dict = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    #: What works but is limited (e.g. an optional file missing): shown, but the backbone is usable.
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, code: str, message: str, hint: str) -> None:
         self.problems.append(Problem(code, message, hint))
@@ -65,9 +67,10 @@ class Probe:
 
     def summary(self) -> str:
         """One line: the version and embedding size, or every problem with what to do."""
+        warnings = "".join(f" Warning: {w}" for w in self.warnings)
         if self.available:
-            return f"{self.version}; {self.embedding_dim:,}-d cell embeddings ({self.location})"
-        return " ".join(f"{p.message} What to do: {p.hint}" for p in self.problems)
+            return f"{self.version}; {self.embedding_dim:,}-d cell embeddings ({self.location}){warnings}"
+        return " ".join(f"{p.message} What to do: {p.hint}" for p in self.problems) + warnings
 
     def to_dict(self) -> dict:
         """JSON-safe form (what ``scatd doctor`` and the Model page show); ``ok`` and ``detail``
@@ -76,6 +79,7 @@ class Probe:
                 "version": self.version, "embedding_dim": self.embedding_dim, "location": self.location,
                 "configured_by": self.configured_by, "files": {k: str(v) for k, v in self.files.items()},
                 "problems": [p.to_dict() for p in self.problems], "details": dict(self.details),
+                "warnings": list(self.warnings),
                 "ok": self.available, "detail": self.summary()}
 
 

@@ -348,6 +348,8 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
     if vocab is not None:
         out.files.update({f"{k}_dictionary": p for k, p in vocab.files.items()})
         out.details["n_genes"] = len(vocab.medians)
+        if "names" not in vocab.files:
+            out.warnings.append(names_missing(vocab, root) + " Data with Ensembl IDs are embedded as usual.")
         if vocab.special_tokens != (version == "V2"):
             out.add("version_mismatch", f"{vocab.files['tokens'].name} {'has' if vocab.special_tokens else 'lacks'} "
                     f"the <cls>/<eos> tokens, so it is not a {version} dictionary.",
@@ -486,6 +488,29 @@ def gene_ids(adata, vocab: Vocabulary) -> list[str]:
     return [g if g in vocab.tokens else "" for g in collapsed]  # as Geneformer: unmapped IDs are dropped
 
 
+def names_missing(vocab: Vocabulary, root: Path) -> str:
+    """What the missing gene-name dictionary of ``vocab`` costs, naming the file."""
+    return (f"Geneformer's gene-name dictionary ({DICTIONARIES[vocab.version]['names'][-1]}, gene symbol -> "
+            f"Ensembl ID) is not in {root}, so gene symbols cannot be matched to Geneformer's genes.")
+
+
+def require_names(adata, vocab: Vocabulary, root: Path) -> None:
+    """:class:`CheckpointError` naming the missing gene-name dictionary when the data's genes are
+    symbols with no Ensembl IDs beside them (else Geneformer would find none of them)."""
+    from scatd_core.genes import detect_id_type, names_for
+
+    if vocab.names is not None or not adata.n_vars:
+        return
+    if detect_id_type(names_for(adata, "ensembl")) not in ("symbol", "mouse_symbol"):
+        return
+    raise CheckpointError(names_missing(vocab, root),
+                          f"Put {DICTIONARIES[vocab.version]['names'][-1]} (shipped with Geneformer, beside "
+                          f"{vocab.files['tokens'].name}) in {vocab.files['tokens'].parent}, or give the data with "
+                          "Ensembl IDs (--biomart: a BioMart table of 'Gene stable ID' and 'Gene name' maps symbols).",
+                          app_hint="Ask the administrator to install Geneformer's gene_name_id_dict.pkl (see "
+                                   "`scatd doctor`), or add a BioMart table on the Data page to map the symbols.")
+
+
 def tokenizer(adata, vocab: Vocabulary, input_size: int) -> Tokenizer:
     """The :class:`Tokenizer` of ``adata``'s genes; :class:`InputError` when none is known or the
     values are not counts."""
@@ -580,6 +605,7 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
     if emb_mode == "cls" and not vocab.special_tokens:
         raise InputError("The <cls> embedding needs a Geneformer V2 model; V1 has no <cls> token.",
                          "Use emb_mode='cell' (the mean over gene tokens, as scATD).")
+    require_names(adata, vocab, Path(folder) if folder else geneformer_dir())
     tok = tokenizer(adata, vocab, model_folder.input_size)
     wanted = np.ones(adata.n_obs, dtype=bool) if wanted is None else np.asarray(wanted, dtype=bool)
     n_tokens = np.concatenate([tok.n_tokens(block) for _, _, block in row_batches(adata.X, 8192)]) \
