@@ -164,6 +164,16 @@ def read_checkpoint(path: str | Path, name: str | None = None,
                             if others else ""))
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{name} does not hold a state_dict (a mapping of names to tensors).")
+    if _is_foundation_checkpoint(obj):
+        raise CheckpointError(
+            f"{name} is scFoundation's own foundation model (its models {', '.join(map(str, obj))}, each with a "
+            "config and weights), not a drug model: it is the backbone the vae_sf drug models read embeddings "
+            "from, and is not imported into the model library.",
+            "Install it with `scatd convert-scfoundation models.ckpt` (or put it in SCATD_SCFOUNDATION_DIR), see "
+            "README, 'Backbone files'; import the drug model (e.g. VAE_sf_<drug>.pth) here.",
+            app_hint="Give the drug model (e.g. VAE_sf_<drug>.pth) here. scFoundation's models.ckpt is the "
+                     "backbone: the administrator installs it on the server (`scatd convert-scfoundation`, see "
+                     "README, 'Backbone files').")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{name}: entries that are not tensors: {', '.join(map(str, bad[:5]))}.",
@@ -174,6 +184,13 @@ def read_checkpoint(path: str | Path, name: str | None = None,
         state = {k[len(_DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
         notes.append("the 'module.' prefix nn.DataParallel puts on every key was removed")
     return state, notes
+
+
+def _is_foundation_checkpoint(obj: Mapping) -> bool:
+    """Whether ``obj`` is scFoundation's ``models.ckpt``: models (``gene``, ``cell``, ``rde`` ...)
+    each a dict with a ``config`` and a ``state_dict``, rather than a drug model's tensors."""
+    models = [v for v in obj.values() if isinstance(v, Mapping) and "config" in v and "state_dict" in v]
+    return bool(models) and len(models) == len(obj)
 
 
 def _float_tensors(state: Mapping[str, torch.Tensor], what: str,

@@ -197,3 +197,14 @@ def test_an_imported_model_has_a_short_card(tmp_path, dist):
     torch.save(orig.pretraining_checkpoint("dist_vae", ENC, Z, SMALL["dist_vae"][2], seed=1), backbone)
     pre = import_checkpoint(backbone, "dist_vae", genes=genes, out=tmp_path / "pre")
     assert pre.summary()["threshold"] is None and pre.summary()["label_mapping"] is None
+
+
+def test_scfoundation_models_ckpt_is_named_as_the_backbone_not_a_drug_model(tmp_path):
+    import _foundation_helpers as H
+
+    ckpt = H.write_sf_checkpoint(tmp_path / "models.ckpt", H.sf_genes(8))
+    with pytest.raises(CheckpointError, match="scFoundation's own foundation model") as err:
+        import_checkpoint(ckpt, "vae_sf", drug="DOCETAXEL", out=tmp_path / "b")
+    assert "not tensors" not in err.value.message and "cell, rde, gene" in err.value.message
+    assert "scatd convert-scfoundation" in err.value.hint and "Backbone files" in err.value.hint
+    assert "VAE_sf_<drug>.pth" in err.value.app_hint and "--" not in err.value.app_hint
