@@ -413,3 +413,22 @@ def test_every_problem_is_told_with_what_to_do_not_by_its_code(tmp_path, monkeyp
     assert "missing_gene_list" not in str(err) and "more problem" not in str(err)
     assert "No scFoundation weights" in err.message and "OS_scRNA_gene_index.19264.tsv not found" in err.message
     assert "models.ckpt" in err.hint and "OS_scRNA_gene_index.19264.tsv" in err.hint
+
+
+@pytest.mark.parametrize("payload, words", [
+    ({"Encoder_resblocks.0.fc.weight": torch.zeros(4, 8), "Decoder_resblocks.0.fc.weight": torch.zeros(8, 4)},
+     "it is a Dist_VAE model"),
+    ({"state_dict": {"module.Encoder_resblocks.0.fc.weight": torch.zeros(4, 8)}, "epoch": 3}, "it is a Dist_VAE model"),
+    ({"fc.weight": torch.zeros(4, 8)}, "it is a model's state dict"),
+    ({"epoch": 3}, "holds no model with a config"),
+])
+def test_a_drug_model_given_to_convert_scfoundation_is_not_a_models_ckpt(sf, tmp_path, capsys, payload, words):
+    from scatd_core.cli import main
+
+    torch.save(payload, tmp_path / "VAE.pth")
+    assert main(["convert-scfoundation", str(tmp_path / "VAE.pth"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "VAE.pth is not an scFoundation models.ckpt" in err and words in err
+    assert "--key" not in err and "unexpected" not in err
+    if "Dist_VAE" in words:
+        assert "scatd import-checkpoint" in err

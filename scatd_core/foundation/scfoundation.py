@@ -234,6 +234,9 @@ def read_checkpoint(path: str | Path, key: str = DEFAULT_KEY) -> tuple[ScFoundat
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not scFoundation's dict of models.",
                               "Give the official models.ckpt.")
+    models = [k for k, v in obj.items() if isinstance(v, Mapping) and "config" in v and "state_dict" in v]
+    if not models:
+        raise _not_models_ckpt(path.name, obj)
     if key not in obj:
         keys = ", ".join(map(str, obj.keys())) or "none"
         raise CheckpointError(f"{path.name} has no model '{key}' (it holds: {keys}).",
@@ -250,6 +253,27 @@ def read_checkpoint(path: str | Path, key: str = DEFAULT_KEY) -> tuple[ScFoundat
         raise CheckpointError(f"{where}: the encoder's weights are not floating-point tensors "
                               f"({'; '.join(odd[:3])}).", "Give the official models.ckpt.")
     return cfg, encoder
+
+
+def _not_models_ckpt(name: str, obj: Mapping) -> CheckpointError:
+    """The error for a dict that is not scFoundation's dict of models (each with a config and a
+    state_dict): a drug or backbone model's state dict (e.g. Dist_VAE or VAE_sf .pth) most often."""
+    state = next((obj[k] for k in ("state_dict", "model_state_dict", "model") if isinstance(obj.get(k), Mapping)),
+                 obj)
+    tensors = [str(k) for k, v in state.items() if isinstance(v, torch.Tensor)]
+    if tensors:
+        first = tensors[0].removeprefix("module.")
+        kind = ("a Dist_VAE model (drug model or Dist_VAE backbone)" if first.startswith(("Encoder_resblocks",
+                                                                                           "Decoder_resblocks"))
+                else "a model's state dict")
+        return CheckpointError(
+            f"{name} is not an scFoundation models.ckpt: it is {kind} ({len(tensors):,} tensors, e.g. {first}), "
+            "not scFoundation's dict of models ('gene', 'cell', 'rde', each with a config and weights).",
+            "Import a drug model with `scatd import-checkpoint` (--backbone dist_vae / vae_sf / vae_gf); "
+            "convert-scfoundation takes scFoundation's own models.ckpt (see README, 'Backbone files').")
+    return CheckpointError(f"{name} is not an scFoundation models.ckpt: it holds no model with a config and "
+                           f"weights (its entries: {', '.join(map(str, list(obj)[:5])) or 'none'}).",
+                           "Give the official models.ckpt (see README, 'Backbone files').")
 
 
 def _tensors_of(state_dict, where: str) -> dict[str, torch.Tensor]:
