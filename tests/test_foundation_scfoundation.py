@@ -432,3 +432,28 @@ def test_a_drug_model_given_to_convert_scfoundation_is_not_a_models_ckpt(sf, tmp
     assert "--key" not in err and "unexpected" not in err
     if "Dist_VAE" in words:
         assert "scatd import-checkpoint" in err
+
+
+def test_convert_names_the_folder_to_configure_and_writes_readable_files(tmp_path, monkeypatch, capsys):
+    """The official layout (gene list in model/, models.ckpt in model/models/): the note names
+    model/ as an absolute path, and the files get the umask's permissions, not 0600."""
+    from scatd_core.cli import main
+
+    root = H.sf_folder(tmp_path / "work" / "sf")
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert main(["convert-scfoundation", "work/sf/models/models.ckpt"]) == 0
+    finally:
+        os.umask(old)
+    err = capsys.readouterr().err
+    assert f"SCATD_SCFOUNDATION_DIR={root.resolve()} or move" in err
+    for name in ("scfoundation_rde.safetensors", "scfoundation_rde.json"):
+        assert (root / "models" / name).stat().st_mode & 0o777 == 0o644
+    S._PROBES.clear()
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(root.resolve()))
+    assert S.probe().available  # the folder named is one the loader finds everything from
+    # already configured there: no note
+    assert main(["convert-scfoundation", str(root / "models" / "models.ckpt")]) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -6,8 +6,6 @@ the cell-embedding path are written, so the app afterwards reads safetensors and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from scatd_core.cli._common import SCFOUNDATION_KEYS, say
 
 
@@ -28,16 +26,23 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from scatd_core.config import scfoundation_dir
-    from scatd_core.foundation.scfoundation import convert
+    from scatd_core.foundation.scfoundation import GENE_LIST, convert, find_files
 
     weights, config = convert(args.checkpoint, args.key, args.out, args.genes)
     print(f"weights: {weights}")
     print(f"config: {config}")
+    here = weights.parent.resolve()
+    # the folder to configure: the one the loader finds both the converted files and the gene list
+    # from (the official layout keeps models.ckpt in model/models/ and the gene list in model/)
+    places = ([here.parent] if here.name == "models" else []) + [here]
+    folder = next((p for p in places if find_files(p, args.key).converted is not None
+                   and find_files(p, args.key).gene_list is not None), None)
     configured = scfoundation_dir().resolve()
-    if weights.parent.resolve() not in (configured, configured / "models"):
-        say(f"note: scATD Studio looks in {configured}; set SCATD_SCFOUNDATION_DIR={weights.parent} (with the gene list "
-            "OS_scRNA_gene_index.19264.tsv beside it) or move the two files there.")
-    if not (Path(weights.parent) / "OS_scRNA_gene_index.19264.tsv").exists() and \
-            not (Path(weights.parent).parent / "OS_scRNA_gene_index.19264.tsv").exists():
-        say("note: put OS_scRNA_gene_index.19264.tsv (scFoundation repository, model/) beside the converted files.")
+    if folder is None:
+        say(f"note: put {GENE_LIST} (scFoundation repository, model/) in {here} beside the converted files.")
+        folder = here
+    found = find_files(configured, args.key)
+    if found.converted is None or found.converted.resolve() != weights.resolve() or found.gene_list is None:
+        say(f"note: scATD Studio looks in {configured}; set SCATD_SCFOUNDATION_DIR={folder} or move the converted "
+            f"files (and {GENE_LIST}) there.")
     return 0

@@ -35,7 +35,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -318,10 +318,10 @@ def convert(checkpoint: str | Path, key: str = DEFAULT_KEY, out: str | Path | No
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
     for target, write in ((weights, lambda p: save_file(tensors, str(p))),
                           (config, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=out)
-        os.close(fd)
+        tmp, mode = _new_file(out, target.name)
         try:
             write(Path(tmp))
+            os.chmod(tmp, mode)  # safetensors and mkstemp would leave 0600: a server under another account reads it
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -329,6 +329,18 @@ def convert(checkpoint: str | Path, key: str = DEFAULT_KEY, out: str | Path | No
     _MODELS.clear()
     _PROBES.clear()
     return weights, config
+
+
+def _new_file(folder: Path, name: str) -> tuple[str, int]:
+    """A new, empty temporary file in ``folder`` and the permissions the umask gives a new file."""
+    while True:
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}")
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp, os.stat(tmp).st_mode & 0o777
 
 
 def _read_converted_config(path: Path) -> dict:
