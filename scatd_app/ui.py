@@ -424,8 +424,11 @@ def show_probe(entry: dict) -> None:
         entry = {**entry, "location": without_server_paths(str(entry["location"]), *folders),
                  "version": without_server_paths(str(entry.get("version") or ""), *folders),
                  "problems": [{k: without_server_paths(str(v), *folders) for k, v in p.items()}
-                              for p in entry["problems"]]}
+                              for p in entry["problems"]],
+                 "warnings": [without_server_paths(str(w), *folders) for w in entry.get("warnings", [])]}
     title = f"**{md(entry['name'])}** (for {BACKBONE_TITLES.get(entry['backbone'], entry['backbone'])})"
+    for warning in entry.get("warnings", []):  # usable, but limited (e.g. an optional dictionary missing)
+        st.warning(f"{title}: {md(warning)}", icon=":material/warning:")
     if entry["available"]:
         st.success(f"{title}: installed. {md(entry['version'])}; {entry['embedding_dim']:,}-d cell embeddings.",
                    icon=":material/check_circle:")

@@ -1489,3 +1489,32 @@ def test_a_bad_upload_says_the_earlier_data_is_still_loaded(with_library):
     assert "Your earlier data (cells.csv) is still loaded" in text(at.info)
     at.run()  # the error again, from the record: the same words
     assert "bad.csv" in text(at.error) and "Your earlier data (cells.csv) is still loaded" in text(at.info)
+
+
+def test_the_model_page_shows_a_missing_gene_name_dictionary(tmp_path, monkeypatch):
+    import _foundation_helpers as H
+
+    root = H.gf_folder(tmp_path / "geneformer")
+    (root / "gene_name_id_dict.pkl").unlink()
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(root))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    monkeypatch.setenv("SCATD_TEST_ADMIN", "")
+    at = AppTest.from_function(_gf_probe_page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "installed" in text(at.success)
+    shown = text(at.warning).replace("\\", "")
+    assert "gene_name_id_dict.pkl" in shown and "not in geneformer," in shown and "pytest-of" not in shown
+
+
+def _gf_probe_page():
+    import os
+
+    import streamlit as st
+
+    from scatd_app import auth, ui
+    from scatd_core import foundation
+    from scatd_core.users import User
+
+    st.session_state[auth.USER] = User("someone", admin=bool(os.environ.get("SCATD_TEST_ADMIN")))
+    ui.show_probe(foundation.probe("vae_gf").to_dict())
