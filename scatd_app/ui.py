@@ -476,6 +476,14 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
         return False
     text = (f"{est['n_cells']:,} cells ({est['n_tokens']:,} gene tokens) to embed: about "
             f"{duration(est['seconds'])} on {est['device']}.")
+    cov = est.get("gene_coverage") or {}
+    if cov:
+        line = (f"Gene coverage: {name} knows {cov['n_matched']:,} of the data's {cov['n_data_genes']:,} genes "
+                f"({cov['fraction_of_data_genes']:.0%}; {cov['n_matched']:,} of its {cov['n_model_genes']:,}).")
+        if cov.get("warning"):
+            st.warning(cov["warning"], icon=":material/warning:")
+        else:
+            st.caption(line)
     long = est["seconds"] > LONG_CPU_SECONDS and not est["device"].startswith("CUDA")
     if long:
         st.warning(text + " That is a long run on a CPU (a GPU server takes a small fraction of it). The page shows "

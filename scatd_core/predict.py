@@ -614,6 +614,11 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
     if (bundle.input_kind == "embedding" or inputs.transform == "standardize") and n < FEW_CELLS_FOR_STATISTICS:
         out.append(f"Only {n} cells were scored: the dataset statistics this model uses (AdaIN or per-gene "
                    "z-scores) are unreliable from so few cells.")
+    if bundle.input_kind == "embedding" and adata is not None:  # VAE_sf/VAE_gf: the foundation model's coverage
+        record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}
+        warning = ((record.get("info") or {}).get("gene_coverage") or {}).get("warning")
+        if warning:
+            out.append(str(warning))
     aln = inputs.source.alignment
     if aln is not None and aln.fraction_matched < LOW_COVERAGE_FRACTION:
         out.append(f"Only {aln.fraction_matched:.0%} of the model's genes are in the data; predictions may be "

@@ -52,6 +52,7 @@ def test_counts_to_vae_sf_predictions_and_gene_biomarkers(sf_app):
     assert "This model reads scFoundation cell embeddings (64-d)" in text(at.markdown)
     assert "scFoundation** (for VAE_sf (scATD-sf)): installed" in text(at.success)
     assert "40 cells" in text(at.info) and "to embed: about" in text(at.info)
+    assert "Gene coverage: scFoundation knows 35 of the data's 37 genes (95%" in text(at.caption)
     # the overview of both backbones says what is missing for Geneformer, and where to put it
     assert "Geneformer** (for VAE_gf (scATD-gf)): not ready" in text(at.warning)
     assert "gf-12L-30M-i2048" in text(at.markdown).replace("\\", "")
@@ -151,3 +152,13 @@ def test_two_models_of_one_drug_and_backbone_can_be_told_apart(tmp_path, monkeyp
     goto(at, "2_Model")
     box = at.selectbox(key="model_bundle")
     assert sorted(box.options) == ["TESTDRUG · VAE_sf (scATD-sf) (sf_16)", "TESTDRUG · VAE_sf (scATD-sf) (sf_24)"]
+
+
+def test_the_model_page_warns_of_low_gene_coverage_before_embedding(sf_app):
+    from test_foundation_product import _with_unknown_genes
+
+    at = start()
+    upload(at, "counts.h5ad", h5ad_bytes(_with_unknown_genes(sf_counts(20), 100)))
+    goto(at, "2_Model")
+    assert "Low gene coverage: scFoundation knows only 35 of the data's 137 genes (26%" in text(at.warning)
+    assert "to embed: about" in text(at.info)

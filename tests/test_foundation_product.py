@@ -352,3 +352,40 @@ def test_cli_choices_match_the_core():
     from scatd_core.cli import _common
 
     assert _common.SCFOUNDATION_KEYS == S.CELL_KEYS
+
+
+# ----------------------------------------------------------------------------- gene coverage
+
+def _with_unknown_genes(a, n_unknown, seed=0):
+    """``a`` with ``n_unknown`` expressed genes no foundation model knows (e.g. unmapped identifiers)."""
+    rng = np.random.default_rng(seed)
+    extra = ad.AnnData(sp.csr_matrix(rng.poisson(1.0, size=(a.n_obs, n_unknown)).astype(np.float32)))
+    extra.var_names, extra.obs_names = [f"UNKNOWN{i}" for i in range(n_unknown)], a.obs_names
+    return ad.concat([a, extra], axis=1)
+
+
+def test_low_gene_coverage_is_warned_before_embedding_and_recorded(assets, sf_bundle, tmp_path, capsys):
+    low = _with_unknown_genes(sf_counts(), 100)  # 35 of the data's 137 genes are scFoundation's
+    csv = write_csv(low, tmp_path / "low.csv")
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(csv), "--output", str(tmp_path / "p.csv"),
+               "--h5ad", str(tmp_path / "a.h5ad"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "the foundation model knows 35 of the data's 137 genes (26%" in err
+    warned = err.index("warning: Low gene coverage: scFoundation knows only 35 of the data's 137 genes")
+    assert warned < err.index("scFoundation embeddings: 40 of 40 cells")  # said before embedding
+    annotated = ad.read_h5ad(tmp_path / "a.h5ad")
+    cov = annotated.uns["scatd_foundation"]["vae_sf"]["info"]["gene_coverage"]
+    assert cov["fraction_of_data_genes"] == pytest.approx(35 / 137, abs=1e-4) and "Low gene coverage" in cov["warning"]
+    assert any(w.startswith("Low gene coverage") for w in annotated.uns["scatd"]["warnings"])
+    # good coverage: the line, no warning
+    ok = sf_counts(5)
+    est = estimate_seconds(ok, "vae_sf", device="cpu")
+    assert est["gene_coverage"]["n_matched"] == 35 and est["gene_coverage"]["warning"] is None
+
+
+def test_low_gene_coverage_of_geneformer(assets):
+    est = estimate_seconds(_with_unknown_genes(gf_counts(5), 60), "vae_gf", device="cpu")
+    cov = est["gene_coverage"]
+    assert (cov["n_matched"], cov["n_data_genes"]) == (30, 90)
+    assert "Geneformer knows only 30 of the data's 90 genes (33%" in cov["warning"]

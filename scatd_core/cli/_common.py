@@ -325,6 +325,21 @@ def say_label_direction(adata, column: str, resistant, option: str) -> None:
         + f"; give {option} VALUE to say otherwise).")
 
 
+def _say_gene_coverage(adata, bundle, options: dict) -> None:
+    """Before embedding: how many of the data's genes the foundation model knows, with the
+    low-coverage warning (nothing when the backbone is not installed: the run says why)."""
+    from scatd_core.foundation import _embed
+
+    if not _embed.probe(bundle.backbone, embedding_dim=bundle.architecture.input_dim).available:
+        return
+    extra = {"embedding_dim": bundle.architecture.input_dim} if bundle.backbone == "vae_gf" else {}
+    cov = _embed.gene_coverage(adata, bundle.backbone, **extra, **{k: v for k, v in options.items() if k == "key"})
+    say(f"Gene coverage: the foundation model knows {cov['n_matched']:,} of the data's {cov['n_data_genes']:,} "
+        f"genes ({cov['fraction_of_data_genes']:.0%}; of its {cov['n_model_genes']:,}).")
+    if cov["warning"]:
+        say(f"warning: {cov['warning']}")
+
+
 def prepare_embeddings(adata, bundle, args) -> None:
     """VAE_sf/VAE_gf on an expression file: compute the foundation-model embeddings first (a no-op
     for Dist_VAE and for embedding files); cached in the AnnData, so an annotated h5ad skips it."""
@@ -337,6 +352,7 @@ def prepare_embeddings(adata, bundle, args) -> None:
         options["key"] = args.scfoundation_key
         if args.max_genes:
             options["max_genes"] = args.max_genes
+    _say_gene_coverage(adata, bundle, options)
     if getattr(args, "engine", "local") == "ray":
         from scatd_core import scaleout
         from scatd_core.config import settings
@@ -360,5 +376,7 @@ def prepare_embeddings(adata, bundle, args) -> None:
         f"{record['seconds']:.0f} s.")
     from scatd_core.foundation._embed import not_embedded_text
 
+    if cov.get("warning"):
+        say(f"warning: {cov['warning']}")
     for reason, count in info["not_embedded"].items():
         say(f"warning: {count:,} cell(s) not embedded: {not_embedded_text(bundle.backbone, reason)}.")

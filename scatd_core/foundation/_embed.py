@@ -25,6 +25,55 @@ OPTIONS = {"vae_sf": {"key": scfoundation.DEFAULT_KEY, "resolution": scfoundatio
 EFFICIENCY = 0.8
 
 
+#: A foundation model's gene coverage is low when it knows fewer than this share of the data's genes
+#: (a whole-transcriptome matrix with symbols or Ensembl IDs matches ~95% or more, an HVG subset as
+#: well; wrong or unmapped identifiers match a few percent) ...
+LOW_DATA_GENE_FRACTION = 0.5
+#: ... or fewer than this many genes in all (each cell then reaches the model through a handful of
+#: tokens, far from the thousands of expressed genes it saw in pre-training); for a model of fewer
+#: than 1,000 genes (a test model), half its genes.
+MIN_MATCHED_GENES = 500
+
+
+def coverage_warning(backbone: str, coverage: dict) -> str | None:
+    """A warning when the foundation model knows few of the data's genes (``coverage``: a
+    :meth:`~scatd_core.genes.GeneAlignment.summary`), else ``None``."""
+    n, n_data, n_model = (int(coverage.get(k) or 0) for k in ("n_matched", "n_data_genes", "n_model_genes"))
+    if not n_data:
+        return None
+    share = n / n_data
+    if share >= LOW_DATA_GENE_FRACTION and n >= min(MIN_MATCHED_GENES, n_model // 2):
+        return None
+    name = _module(backbone).NAME
+    return (f"Low gene coverage: {name} knows only {n:,} of the data's {n_data:,} genes ({share:.0%}; "
+            f"{n:,} of its {n_model:,}). The other genes are ignored, so the embeddings (and the predictions) "
+            "rest on few genes and may be unreliable. Check that the genes are human symbols or Ensembl IDs "
+            "(a BioMart table maps others), and give the full gene matrix if you have it.")
+
+
+def coverage_of(alignment, backbone: str) -> dict:
+    """The gene coverage of an alignment as stored and shown: its summary, the share of the data's
+    genes the model knows, and the warning (``None`` when coverage is fine)."""
+    return coverage_of_summary(alignment.summary(), backbone)
+
+
+def gene_coverage(adata: ad.AnnData, backbone: str, **options) -> dict:
+    """How many of ``adata``'s genes the installed foundation model knows (:func:`coverage_of`),
+    before embedding; reads the model's gene list only (raises as :meth:`Probe.require` when the
+    backbone is not installed)."""
+    from scatd_core.genes import align_genes, names_for
+
+    options = _options(backbone, options)
+    state = probe(backbone, embedding_dim=options.get("embedding_dim"))
+    state.require()
+    if backbone == "vae_sf":
+        genes = scfoundation.read_gene_list(state.files["gene_list"])
+        return coverage_of(align_genes(names_for(adata, "symbol"), genes), backbone)
+    folder = geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"])
+    vocab = geneformer.read_vocabulary(folder.version)
+    return coverage_of(align_genes(geneformer.gene_ids(adata, vocab), vocab.genes), backbone)
+
+
 def _module(backbone: str):
     if backbone not in MODULES:
         raise InputError(f"{backbone!r} has no foundation model; use 'vae_sf' (scFoundation) or 'vae_gf' (Geneformer).")
@@ -310,6 +359,8 @@ def store_embeddings(adata, backbone: str, matrix: np.ndarray, info: dict, ident
     from scatd_core.predict import device_description, resolve_device
 
     adata.obsm[_keys.FOUNDATION_EMBEDDING[backbone]] = matrix
+    if info.get("gene_coverage"):
+        info = {**info, "gene_coverage": coverage_of_summary(info["gene_coverage"], backbone)}
     record = {"backbone": backbone, "info": info, "identity": json.dumps(identity, sort_keys=True),
               "fingerprint": _remembered_fingerprint(adata), "tried": tried,
               "n_embedded": int(np.isfinite(matrix).all(axis=1).sum()),
@@ -318,6 +369,15 @@ def store_embeddings(adata, backbone: str, matrix: np.ndarray, info: dict, ident
     stored[backbone] = record
     adata.uns[_keys.FOUNDATION] = stored
     return record
+
+
+def coverage_of_summary(coverage: dict, backbone: str) -> dict:
+    """An alignment summary with the share of the data's genes and the warning added."""
+    cov = dict(coverage)
+    n_data = int(cov.get("n_data_genes") or 0)
+    cov["fraction_of_data_genes"] = round(int(cov.get("n_matched") or 0) / n_data, 4) if n_data else 0.0
+    cov["warning"] = coverage_warning(backbone, cov)
+    return cov
 
 
 def _is_expression(adata: ad.AnnData) -> bool:
@@ -441,9 +501,11 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
                      **options) -> dict:
     """How much work :func:`embed_cells` has left, before running it.
 
-    Returns ``{"n_cells", "n_tokens", "seconds", "device"}``: the cells still to embed, their
-    tokens, and the expected time from the model's FLOPs over the device's measured GEMM rate
-    (times :data:`EFFICIENCY`). Reads the data once (token counts), loads no weights.
+    Returns ``{"n_cells", "n_tokens", "seconds", "device", "gene_coverage"}``: the cells still to
+    embed, their tokens, and the expected time from the model's FLOPs over the device's measured GEMM rate
+    (times :data:`EFFICIENCY`), and how many of the data's genes the model knows
+    (:func:`coverage_of`, with its low-coverage warning). Reads the data once (token counts),
+    loads no weights.
     """
     from scatd_core._matrix import row_batches
     from scatd_core.predict import _flop_rate, device_description, resolve_device
@@ -462,6 +524,7 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
                               options["resolution"], options["max_genes"])
         tokens = (p.n_expressed + 2)[p.embed]
         flops = scfoundation.flops_per_cell(cfg, tokens).sum()
+        alignment = p.prepared.alignment
     else:
         folder = geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"])
         vocab = geneformer.read_vocabulary(folder.version)
@@ -469,9 +532,10 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
         tokens = np.concatenate([tok.n_tokens(b) for _, _, b in row_batches(adata.X, 8192)])[wanted]
         tokens = tokens[tokens > 0]
         flops = geneformer.flops_per_cell(folder.config, folder.n_layers + options["emb_layer"], tokens).sum()
+        alignment = tok.alignment
     seconds = float(flops) / (_flop_rate(dev) * EFFICIENCY)
     return {"n_cells": int(tokens.size), "n_tokens": int(tokens.sum()), "seconds": seconds,
-            "device": device_description(dev)}
+            "device": device_description(dev), "gene_coverage": coverage_of(alignment, backbone)}
 
 
 def cells_to_embed(adata: ad.AnnData, bundle, mask: np.ndarray | None = None) -> int:
