@@ -476,6 +476,11 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
         return False
     text = (f"{est['n_cells']:,} cells ({est['n_tokens']:,} gene tokens) to embed: about "
             f"{duration(est['seconds'])} on {est['device']}.")
+    given = est.get("expression") or {}
+    if given.get("note"):
+        st.info(given["note"], icon=":material/info:")
+    if given.get("warning"):
+        st.warning(given["warning"], icon=":material/warning:")
     cov = est.get("gene_coverage") or {}
     if cov:
         line = (f"Gene coverage: {name} knows {cov['n_matched']:,} of the data's {cov['n_data_genes']:,} genes "

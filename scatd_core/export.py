@@ -155,6 +155,8 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
              ("summary", "threshold_detail", threshold.get("detail"))]
     rows += [("summary", "note", str(n)) for n in run.get("notes", [])]  # e.g. log-normalised values un-logged
     rows += [("not scored", str(reason), int(n)) for reason, n in (run.get("not_scored") or {}).items()]
+    # VAE_sf/VAE_gf: how the foundation-model embeddings were made (settings, coverage, model files)
+    rows += [("embeddings", str(k), v) for k, v in (run.get("embeddings") or {}).items()]
     evaluation, _, _, problem = _evaluation_or_note(adata, label_column, key_added)
     if evaluation is not None:
         rows += [("evaluation", k, v) for k, v in evaluation.as_dict().items()]
@@ -644,6 +646,24 @@ def _card_section(model: dict) -> list[str]:
     return parts
 
 
+def _embeddings_line(e: dict) -> str:
+    """One sentence on how a VAE_sf/VAE_gf run's cell embeddings were made."""
+    if e.get("model") is None:
+        return f"Embeddings: {e.get('source')}."
+    settings = ", ".join(f"{k} {e[k]}" for k in ("key", "resolution", "max_genes", "emb_mode", "emb_layer")
+                         if k in e)
+    text = (f"Embeddings: {e['model']}{' ' + str(e['version']) if e.get('version') else ''} ({settings}), "
+            f"from {e.get('values_given', 'X')}")
+    if "genes: n_matched" in e:
+        text += (f"; the model knew {e['genes: n_matched']:,} of the data's {e.get('genes: n_data_genes', 0):,} genes "
+                 f"({e.get('genes: n_model_genes', 0):,} in its vocabulary)")
+    text += f"; {int(e.get('cells embedded') or 0):,} cells embedded"
+    missing = sum(int(v) for k, v in e.items() if k.startswith("cells not embedded"))
+    if missing:
+        text += f", {missing:,} not"
+    return text + " (model files and their sha256 under Run parameters)."
+
+
 def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_columns: Sequence[str] = (),
                 data_name: str | None = None, key_added: str | None = None) -> str:
     """A self-contained HTML report of one prediction run (plotly.js embedded once, no network).
@@ -673,6 +693,8 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         parts.append(f"<p class='warn'>{html.escape(str(w))}</p>")
     for n in info.get("notes", []):  # what the model input did with the values (e.g. un-logged them)
         parts.append(f"<p>{html.escape(str(n))}</p>")
+    if info.get("embeddings"):
+        parts.append(f"<p>{html.escape(_embeddings_line(info['embeddings']))}</p>")
     parts.append(_prediction_figures(adata, keys, info))
     tables = group_tables(adata, group_columns, key_added=key_added)
     if tables:
@@ -720,6 +742,7 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("cells scored", info.get("n_scored")), ("not scored, by reason", info.get("not_scored") or None),
         *[(f"gene coverage: {k}", v) for k, v in coverage.items()],
         *[(f"UMAP: {k}", v) for k, v in embed_info.items()],
+        *[(f"embeddings: {k}", v) for k, v in (info.get("embeddings") or {}).items()],
     ]))
     parts.append("<h2>Software</h2>" + _kv_table([
         ("scATD Studio", __version__), ("Python", platform.python_version()),

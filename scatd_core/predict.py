@@ -577,7 +577,9 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
         "positive_label": bundle.positive_label, "negative_label": bundle.negative_label,
         "warnings": _warnings(bundle, inputs, not_scored, adata),
         # what the model input did with the values (log-normalised values un-logged first)
-        **({"notes": list(inputs.notes)} if inputs.notes else {}),
+        **({"notes": list(inputs.notes) + _embedding_notes(adata, bundle)}
+           if inputs.notes or _embedding_notes(adata, bundle) else {}),
+        **({"embeddings": _embeddings(adata, bundle)} if bundle.input_kind == "embedding" else {}),
     }
     thr = float(bundle.threshold if threshold is None else threshold)
     adata.obs[keys.label] = _calls(probs, scored, filtered, thr, bundle.positive_label, bundle.negative_label)
@@ -601,6 +603,21 @@ def _model_record(bundle) -> dict:
     return record
 
 
+def _embedding_notes(adata: ad.AnnData, bundle) -> list[str]:
+    """VAE_sf/VAE_gf: what the foundation model was given when it was not X (the file's raw counts)."""
+    if bundle.input_kind != "embedding":
+        return []
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}
+    note = ((record.get("info") or {}).get("expression") or {}).get("note")
+    return [str(note)] if note else []
+
+
+def _embeddings(adata: ad.AnnData, bundle) -> dict:
+    from scatd_core.foundation._embed import embeddings_summary
+
+    return embeddings_summary(adata, bundle.backbone)
+
+
 def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | None = None) -> list[str]:
     out = _value_warnings(adata, bundle) if adata is not None else []
     n = inputs.n_usable
@@ -616,9 +633,10 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
                    "z-scores) are unreliable from so few cells.")
     if bundle.input_kind == "embedding" and adata is not None:  # VAE_sf/VAE_gf: the foundation model's coverage
         record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}
-        warning = ((record.get("info") or {}).get("gene_coverage") or {}).get("warning")
-        if warning:
-            out.append(str(warning))
+        for part in ("expression", "gene_coverage"):
+            warning = ((record.get("info") or {}).get(part) or {}).get("warning")
+            if warning:
+                out.append(str(warning))
     aln = inputs.source.alignment
     if aln is not None and aln.fraction_matched < LOW_COVERAGE_FRACTION:
         out.append(f"Only {aln.fraction_matched:.0%} of the model's genes are in the data; predictions may be "

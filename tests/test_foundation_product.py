@@ -389,3 +389,66 @@ def test_low_gene_coverage_of_geneformer(assets):
     cov = est["gene_coverage"]
     assert (cov["n_matched"], cov["n_data_genes"]) == (30, 90)
     assert "Geneformer knows only 30 of the data's 90 genes (33%" in cov["warning"]
+
+
+# ----------------------------------------------------------------------------- counts beside a normalised X
+
+def _log_normalised(a):
+    """``a`` with log1p(counts per 10k) in X, as scanpy leaves a file."""
+    x = a.X.toarray()
+    out = a.copy()
+    out.X = sp.csr_matrix(np.log1p(x / np.maximum(x.sum(axis=1, keepdims=True), 1) * 1e4).astype(np.float32))
+    return out
+
+
+def test_vae_sf_uses_the_counts_layer_beside_log_normalised_x(assets, sf_bundle, tmp_path, capsys):
+    counts = sf_counts(20)
+    _predicted(counts, sf_bundle)
+    logged = _log_normalised(counts)
+    logged.layers["counts"] = counts.X.copy()
+    logged.write_h5ad(tmp_path / "logged.h5ad")
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "logged.h5ad"),
+               "--output", str(tmp_path / "p.csv"), "--h5ad", str(tmp_path / "a.h5ad"), "--device", "cpu",
+               "--threshold", "0.5"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "X holds log-normalized values, so scFoundation is given the raw counts in layers['counts'] instead" in err
+    annotated = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert annotated.uns["scatd_foundation"]["vae_sf"]["info"]["expression"]["matrix"] == "layers['counts']"
+    np.testing.assert_allclose(annotated.obsm["X_scfoundation"], counts.obsm["X_scfoundation"], rtol=1e-4, atol=1e-5)
+    assert any("layers['counts']" in n for n in annotated.uns["scatd"]["notes"])
+
+
+def test_vae_sf_on_log_normalised_values_alone_is_warned_and_recorded(assets, sf_bundle):
+    logged = _log_normalised(sf_counts(20))
+    _predicted(logged, sf_bundle)
+    given = logged.uns["scatd_foundation"]["vae_sf"]["info"]["expression"]
+    assert given["matrix"] == "X" and "differ from those made from the cells' counts" in given["warning"]
+    assert any("scFoundation was given log-normalised values" in w for w in logged.uns["scatd"]["warnings"])
+
+
+def test_vae_gf_uses_adata_raw_counts_rather_than_refusing(assets, gf_bundle):
+    counts = gf_counts(12)
+    ensure_embeddings(counts, gf_bundle, device="cpu")
+    logged = _log_normalised(counts)
+    logged.raw = counts.copy()
+    record = ensure_embeddings(logged, gf_bundle, device="cpu")
+    assert record["info"]["expression"]["matrix"] == "adata.raw" and record["n_embedded"] == 12
+    np.testing.assert_allclose(logged.obsm["X_geneformer"], counts.obsm["X_geneformer"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="Geneformer needs raw counts"):  # no counts anywhere: still refused
+        ensure_embeddings(_log_normalised(gf_counts(12)), gf_bundle, device="cpu")
+
+
+def test_report_says_how_the_embeddings_were_made(assets, sf_bundle, tmp_path):
+    from scatd_core.export import html_report, metrics_table
+
+    a = sf_counts(20)
+    _predicted(a, sf_bundle)
+    m = metrics_table(a)
+    e = dict(zip(m.loc[m["section"] == "embeddings", "metric"], m.loc[m["section"] == "embeddings", "value"]))
+    assert (e["model"], e["key"], e["resolution"], e["max_genes"]) == ("scFoundation", "rde", "a5", 8000)
+    assert (e["genes: n_matched"], e["genes: n_data_genes"], e["cells embedded"]) == (35, 37, 20)
+    assert e["values_given"] == "X" and any(k.startswith("file: ") and "sha256" in v for k, v in e.items())
+    page = html_report(a)
+    assert "Embeddings: scFoundation" in page and "(key rde, resolution a5, max_genes 8000), from X" in page
+    assert "the model knew 35 of the data&#x27;s 37 genes (40 in its vocabulary); 20 cells embedded" in page

@@ -326,12 +326,17 @@ def say_label_direction(adata, column: str, resistant, option: str) -> None:
 
 
 def _say_gene_coverage(adata, bundle, options: dict) -> None:
-    """Before embedding: how many of the data's genes the foundation model knows, with the
-    low-coverage warning (nothing when the backbone is not installed: the run says why)."""
+    """Before embedding: the counts the foundation model is given (X, or the file's raw counts
+    when X is normalised), how many of the data's genes it knows, with the low-coverage warning (nothing when the backbone is not installed: the run says why)."""
     from scatd_core.foundation import _embed
 
     if not _embed.probe(bundle.backbone, embedding_dim=bundle.architecture.input_dim).available:
         return
+    given = _embed.counts_source(adata, bundle.backbone)[1]
+    if given.get("note"):
+        say(given["note"])
+    if given.get("warning"):
+        say(f"warning: {given['warning']}")
     extra = {"embedding_dim": bundle.architecture.input_dim} if bundle.backbone == "vae_gf" else {}
     cov = _embed.gene_coverage(adata, bundle.backbone, **extra, **{k: v for k, v in options.items() if k == "key"})
     say(f"Gene coverage: the foundation model knows {cov['n_matched']:,} of the data's {cov['n_data_genes']:,} "

@@ -138,7 +138,9 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
         "group, DE) are not available."]
     head = _Head(model, inputs, target, bundle.positive_index, dev)
     run = _ScFoundationIG if bundle.backbone == "vae_sf" else _GeneformerDeletion
-    part = run(adata, inputs, rows, is_pos, is_neg, head, options, dev, say, should_stop)
+    from scatd_core.foundation._embed import counts_source
+
+    part = run(counts_source(adata, bundle.backbone)[0], inputs, rows, is_pos, is_neg, head, options, dev, say, should_stop)
     part.run(baseline=baseline, n_steps=int(n_steps), seed=seed, n_reference=n_reference_cells, n_genes=int(n_genes))
     rows, is_pos, is_neg = part.rows, part.is_pos, part.is_neg  # cells beyond the memory limit may have been left out
     sums = part.sums

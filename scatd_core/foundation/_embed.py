@@ -57,6 +57,63 @@ def coverage_of(alignment, backbone: str) -> dict:
     return coverage_of_summary(alignment.summary(), backbone)
 
 
+#: Layers that may hold a file's raw counts beside a normalised X, in the order they are tried
+#: (then ``adata.raw``).
+COUNT_LAYERS = ("counts", "raw_counts")
+
+
+def _count_candidates(adata: ad.AnnData):
+    """``(where, matrix, var)`` of each place beside X that may hold the cells' raw counts."""
+    for name in COUNT_LAYERS:
+        if name in adata.layers and adata.layers[name].shape == adata.shape:
+            yield f"layers['{name}']", adata.layers[name], adata.var
+    raw = getattr(adata, "raw", None)
+    if raw is not None and raw.n_obs == adata.n_obs:
+        same = list(map(str, raw.var_names)) == list(map(str, adata.var_names))
+        yield "adata.raw", raw.X, adata.var if same else raw.var
+
+
+def counts_source(adata: ad.AnnData, backbone: str) -> tuple[ad.AnnData, dict]:
+    """The expression a foundation model is given, as scATD made its embeddings: from raw counts.
+
+    When X holds counts: ``adata`` itself. When X holds other values (log-normalised, TPM-like)
+    and the file also has the cells' raw counts (``layers['counts']``, ``layers['raw_counts']``
+    or ``adata.raw``): an AnnData of those counts (same cells, their genes, the foundation
+    embeddings of ``obsm``), with a ``note``
+    saying so. Otherwise ``adata``, with a ``warning`` for scFoundation on log-normalised values
+    (Geneformer refuses them: :func:`~scatd_core.foundation.geneformer.tokenizer`).
+
+    Returns ``(source, info)``; ``info`` (JSON-safe): ``matrix`` (``"X"``, ``"layers['counts']"``,
+    ...), ``value_type`` (of X), and ``note`` / ``warning`` when there is one.
+    """
+    import pandas as pd
+
+    from scatd_core.preprocess import detect_value_type
+
+    report = adata.uns.get(_keys.INPUT_REPORT, {})
+    kind = report.get("value_type") or detect_value_type(adata.X)["kind"]
+    info = {"matrix": "X", "value_type": kind}
+    if kind == "counts":
+        return adata, info
+    name = _module(backbone).NAME
+    for where, matrix, var in _count_candidates(adata):
+        if detect_value_type(matrix)["kind"] != "counts":
+            continue
+        source = ad.AnnData(X=matrix, obs=pd.DataFrame(index=adata.obs_names.copy()), var=var.copy())
+        for key in _keys.FOUNDATION_EMBEDDING.values():  # the embeddings made so far (gene-level explanations)
+            if key in adata.obsm:
+                source.obsm[key] = adata.obsm[key]
+        info.update(matrix=where, note=f"X holds {kind.replace('_', '-')} values, so {name} is given the raw counts in "
+                                       f"{where} instead (scATD made its embeddings from counts).")
+        return source, info
+    if backbone == "vae_sf" and kind == "log_normalized":
+        info["warning"] = ("scFoundation was given log-normalised values (X), and the file has no raw counts "
+                           "(layers['counts'] or adata.raw): its total-count tokens then come from the sum of the log "
+                           "values, so the embeddings, and some calls, differ from those made from the cells' counts, "
+                           "as scATD made them. Give the raw counts for the embeddings scATD's models expect.")
+    return adata, info
+
+
 def gene_coverage(adata: ad.AnnData, backbone: str, **options) -> dict:
     """How many of ``adata``'s genes the installed foundation model knows (:func:`coverage_of`),
     before embedding; reads the model's gene list only (raises as :meth:`Probe.require` when the
@@ -66,6 +123,7 @@ def gene_coverage(adata: ad.AnnData, backbone: str, **options) -> dict:
     options = _options(backbone, options)
     state = probe(backbone, embedding_dim=options.get("embedding_dim"))
     state.require()
+    adata = counts_source(adata, backbone)[0]
     if backbone == "vae_sf":
         genes = scfoundation.read_gene_list(state.files["gene_list"])
         return coverage_of(align_genes(names_for(adata, "symbol"), genes), backbone)
@@ -284,7 +342,9 @@ def embed_cells(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = N
     Parameters
     ----------
     adata
-        Cells x genes: raw counts (scFoundation also takes log-normalised values), genes as
+        Cells x genes: raw counts (scFoundation also takes log-normalised values; with counts in
+        ``layers['counts']`` or ``adata.raw`` beside a normalised X those are used,
+        :func:`counts_source`), genes as
         symbols or Ensembl IDs (matched by name; see :mod:`scatd_core.foundation.scfoundation`
         and :mod:`~scatd_core.foundation.geneformer`).
     backbone
@@ -329,8 +389,10 @@ def embed_cells(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = N
     if record is not None and not todo.any():
         return record
     t0 = time.perf_counter()
-    new, info = module.embed(adata, todo, device=device, batch_tokens=batch_tokens, progress=progress,
+    source, given = counts_source(adata, backbone)
+    new, info = module.embed(source, todo, device=device, batch_tokens=batch_tokens, progress=progress,
                              should_stop=should_stop, **options)
+    info = {**info, "expression": given}
     if record is not None:
         matrix = np.array(adata.obsm[key], dtype=np.float32)
         matrix[todo] = new[todo]
@@ -378,6 +440,34 @@ def coverage_of_summary(coverage: dict, backbone: str) -> dict:
     cov["fraction_of_data_genes"] = round(int(cov.get("n_matched") or 0) / n_data, 4) if n_data else 0.0
     cov["warning"] = coverage_warning(backbone, cov)
     return cov
+
+
+def embeddings_summary(adata: ad.AnnData, backbone: str) -> dict:
+    """How the cells' foundation-model embeddings were made, flat and JSON-safe, for the
+    prediction record, ``metrics.csv`` (section ``embeddings``) and the report: the model and its
+    version, the settings (scFoundation's key, resolution and gene cap; Geneformer's mode and
+    layer), what it was given, the gene coverage, the cells embedded and not embedded (by reason),
+    the device and time, and each model file (name, size, sha256 of samples of it)."""
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(backbone)
+    if not record:
+        return {"source": "given with the data (not computed by scATD Studio)"}
+    info, identity = record.get("info") or {}, json.loads(record.get("identity") or "{}")
+    out = {"source": "computed by scATD Studio", "model": info.get("model"), "version": identity.get("version")}
+    out.update({k: v for k, v in (identity.get("options") or {}).items() if v is not None})
+    given = info.get("expression") or {}
+    out["values_given"] = given.get("matrix", "X")
+    out["values"] = info.get("values")
+    cov = info.get("gene_coverage") or {}
+    for k in ("n_matched", "n_data_genes", "fraction_of_data_genes", "n_model_genes", "fraction_matched"):
+        if k in cov:
+            out[f"genes: {k}"] = cov[k]
+    out["cells embedded"] = record.get("n_embedded")
+    for reason, n in (info.get("not_embedded") or {}).items():
+        out[f"cells not embedded: {reason}"] = int(n)
+    out["device"], out["seconds"] = record.get("device"), record.get("seconds")
+    for k, (name, size, sha) in (identity.get("files") or {}).items():
+        out[f"file: {k}"] = f"{name} ({int(size):,} bytes, sampled sha256 {sha})"
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _is_expression(adata: ad.AnnData) -> bool:
@@ -501,10 +591,11 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
                      **options) -> dict:
     """How much work :func:`embed_cells` has left, before running it.
 
-    Returns ``{"n_cells", "n_tokens", "seconds", "device", "gene_coverage"}``: the cells still to
+    Returns ``{"n_cells", "n_tokens", "seconds", "device", "gene_coverage", "expression"}``: the cells still to
     embed, their tokens, and the expected time from the model's FLOPs over the device's measured GEMM rate
     (times :data:`EFFICIENCY`), and how many of the data's genes the model knows
-    (:func:`coverage_of`, with its low-coverage warning). Reads the data once (token counts),
+    (:func:`coverage_of`, with its low-coverage warning), and what it is given
+    (:func:`counts_source`). Reads the data once (token counts),
     loads no weights.
     """
     from scatd_core._matrix import row_batches
@@ -518,6 +609,7 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
         wanted &= ~np.asarray(record["tried"], dtype=bool)
     state = probe(backbone, embedding_dim=options.get("embedding_dim"))
     state.require()
+    adata, given = counts_source(adata, backbone)
     if backbone == "vae_sf":
         cfg = scfoundation.ScFoundationConfig.from_dict(state.details["config"])
         p = scfoundation.plan(adata, wanted, scfoundation.read_gene_list(state.files["gene_list"]),
@@ -535,7 +627,8 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
         alignment = tok.alignment
     seconds = float(flops) / (_flop_rate(dev) * EFFICIENCY)
     return {"n_cells": int(tokens.size), "n_tokens": int(tokens.sum()), "seconds": seconds,
-            "device": device_description(dev), "gene_coverage": coverage_of(alignment, backbone)}
+            "device": device_description(dev), "gene_coverage": coverage_of(alignment, backbone),
+            "expression": given}
 
 
 def cells_to_embed(adata: ad.AnnData, bundle, mask: np.ndarray | None = None) -> int:
