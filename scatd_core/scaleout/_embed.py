@@ -145,7 +145,14 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     info.update({"n_embedded": embedded, "not_embedded": not_embedded,
                  median_key: int(np.median(all_lengths)) if all_lengths.size else 0})
     seconds = float(record["seconds"]) if record is not None else 0.0
-    from scatd_core.foundation._embed import require_some_finite, store_embeddings
+    from scatd_core.foundation._embed import counts_source, require_some_finite, store_embeddings
+
+    given = counts_source(adata, backbone)[1]
+    if given["matrix"] != "X":  # the workers read X from the file: say that they did not use the counts
+        given = {"matrix": "X", "value_type": given["value_type"],
+                 "warning": f"X holds {given['value_type'].replace('_', '-')} values; the Ray engine embedded them "
+                            f"as they are, not the raw counts in {given['matrix']} (one process uses those)."}
+    info["expression"] = given
 
     return require_some_finite(store_embeddings(adata, backbone, matrix, info, identity, tried | todo, device,
                                                 seconds + time.perf_counter() - t0), backbone)
