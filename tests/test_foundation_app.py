@@ -162,3 +162,15 @@ def test_the_model_page_warns_of_low_gene_coverage_before_embedding(sf_app):
     goto(at, "2_Model")
     assert "Low gene coverage: scFoundation knows only 35 of the data's 137 genes (26%" in text(at.warning)
     assert "to embed: about" in text(at.info)
+
+
+def test_the_model_page_says_it_uses_the_counts_layer(sf_app):
+    from test_foundation_product import _log_normalised
+
+    counts = sf_counts(20)
+    logged = _log_normalised(counts)
+    logged.layers["counts"] = counts.X.copy()
+    at = start()
+    upload(at, "logged.h5ad", h5ad_bytes(logged))
+    goto(at, "2_Model")
+    assert "so scFoundation is given the raw counts in layers['counts'] instead" in text(at.info)
