@@ -327,7 +327,8 @@ def say_label_direction(adata, column: str, resistant, option: str) -> None:
 
 def _say_gene_coverage(adata, bundle, options: dict, ray: bool = False) -> None:
     """Before embedding: the counts the foundation model is given (X, or the file's raw counts
-    when X is normalised), how many of the data's genes it knows, with the low-coverage warning (nothing when the backbone is not installed: the run says why)."""
+    when X is normalised), how many of the data's genes it knows, with the low-coverage warning
+    (nothing when the backbone is not installed: the run says why)."""
     from scatd_core.foundation import _embed
 
     if not _embed.probe(bundle.backbone, embedding_dim=bundle.architecture.input_dim).available:
