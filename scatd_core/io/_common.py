@@ -268,7 +268,33 @@ def not_utf16(name: str, at: int) -> InputError:
                       "Text') and give that file.")
 
 
-class Utf16Text(io.RawIOBase):
+class PendingStream(io.RawIOBase):
+    """A raw binary stream over ``raw`` that hands out ``pending`` bytes, made by :meth:`fill`
+    (which leaves them empty at the end); closing it closes ``raw``."""
+
+    raw = None
+    pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def fill(self) -> None:
+        raise NotImplementedError
+
+    def readinto(self, buffer) -> int:
+        if not self.pending:
+            self.fill()
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class Utf16Text(PendingStream):
     """A binary stream of UTF-16 text (byte-order mark first, little or big endian, as Excel's
     "Unicode text" export writes it) given as UTF-8 bytes, for readers that read UTF-8: decoded
     :data:`UTF16_PIECE_BYTES` of the file at a time, so at most 1.5 times that is held, however
@@ -281,10 +307,7 @@ class Utf16Text(io.RawIOBase):
         self.decoder = codecs.getincrementaldecoder("utf-16")("strict")  # the BOM says the byte order
         self.pending, self.offset, self.ended = b"", 0, False
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
+    def fill(self) -> None:
         while not self.pending and not self.ended:
             data = self.raw.read(UTF16_PIECE_BYTES)
             self.ended = not data
@@ -294,14 +317,6 @@ class Utf16Text(io.RawIOBase):
                 raise not_utf16(self.name, max(0, self.offset + exc.start)) from None
             self.offset += len(data)
             self.pending = text.encode("utf-8")
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
 
 
 def utf8_text(stream, utf16: bool, name: str):

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from scatd_core.errors import InputError
 from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_ROWS, TABLE_CHUNK_VALUES, TABLE_PARSE_BYTES_PER_ROW,
                                    TABLE_PARSE_BYTES_PER_VALUE, Options, check_cells, check_genes, check_memory,
-                                   column_kind, decide_orientation, open_text, text_file_problem)
+                                   column_kind, decide_orientation, open_text, PendingStream, text_file_problem)
 from scatd_core.labels import MISSING_VALUES
 
 def _numeric_fraction(values: pd.Series) -> float:
@@ -74,7 +74,7 @@ def _first_column_is_data(first_header: str, first_fields: list[str]) -> bool:
     return bool(not whole or np.unique(values).size < values.size)
 
 
-class _Numbered(io.RawIOBase):
+class _Numbered(PendingStream):
     """A binary table stream whose data lines start with a row name (``ROW_NAME``) and the
     separator: the header passes unchanged, blank lines stay blank. Read in pieces of at most
     1 MiB, so a long line is never held whole here."""
@@ -83,28 +83,17 @@ class _Numbered(io.RawIOBase):
         self.raw, self.sep = raw, (b" " if sep == r"\s+" else sep.encode())
         self.pending, self.row, self.lines, self.at_start = b"", 0, 0, True
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
+    def fill(self) -> None:
         while not self.pending:
             piece = self.raw.readline(1 << 20)
             if not piece:
-                return 0
+                return
             if self.at_start and self.lines and piece.strip():  # a data line begins
                 self.row += 1
                 piece = ROW_NAME.format(self.row).encode() + self.sep + piece
             self.at_start = piece.endswith(b"\n")
             self.lines += self.at_start
             self.pending = piece
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
 
 
 #: A line of a table may be this long, plus :data:`LINE_BYTES_PER_FIELD` per field of its header:
