@@ -26,8 +26,9 @@ DEFAULT_MAX_CELLS = 2000
 
 ss = st.session_state
 st.title("5 · Biomarkers")
-st.caption("Integrated gradients rank the model's input genes by how much they move each cell's "
-           "prediction, next to a plain differential-expression test between the predicted groups.")
+st.caption("Rank the genes (or embedding features) by how much they move each cell's prediction: integrated "
+           "gradients, or for a Geneformer model deleting each gene from the cell, next to a plain "
+           "differential-expression test between the predicted groups.")
 if not state.has_prediction():
     ui.need("result")
 bundle = ui.current_bundle()
