@@ -101,7 +101,10 @@ def test_cli_predict_vae_sf_from_counts_then_from_its_annotated_h5ad(assets, sf_
     monkeypatch.setattr(S, "embed", no_extraction)
     rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "a.h5ad"),
                "--output", str(tmp_path / "p2.csv"), "--device", "cpu"])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    # said as reused, not as if computed now (the stored record's seconds are those of the first run)
+    assert "reused from those stored with the data" in err and "none computed now" in err
     assert np.allclose(pd.read_csv(tmp_path / "p2.csv")["prob_resistant"], first["prob_resistant"])
     # an embedding file skips extraction too
     np.save(tmp_path / "emb.npy", annotated.obsm["X_scfoundation"])

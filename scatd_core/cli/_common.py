@@ -362,6 +362,10 @@ def prepare_embeddings(adata, bundle, args) -> None:
         if args.max_genes:
             options["max_genes"] = args.max_genes
     _say_gene_coverage(adata, bundle, options, ray=getattr(args, "engine", "local") == "ray")
+    from scatd_core._keys import FOUNDATION
+
+    before = (adata.uns.get(FOUNDATION) or {}).get(bundle.backbone)  # embeddings stored with the data, if any
+    before_seconds = before.get("seconds") if isinstance(before, dict) else None
     if getattr(args, "engine", "local") == "ray":
         from scatd_core import scaleout
         from scatd_core.config import settings
@@ -380,9 +384,13 @@ def prepare_embeddings(adata, bundle, args) -> None:
         return
     info = record["info"]
     cov = info["gene_coverage"]
+    # the seconds are those the stored embeddings took in all: none were computed now when they are unchanged
+    reused = before_seconds is not None and record.get("seconds") == before_seconds
     say(f"{info['model']} embeddings: {record['n_embedded']:,} of {adata.n_obs:,} cells "
-        f"({cov['n_matched']:,} of the model's {cov['n_model_genes']:,} genes in the data) on {record['device']}, "
-        f"{record['seconds']:.0f} s.")
+        f"({cov['n_matched']:,} of the model's {cov['n_model_genes']:,} genes in the data) "
+        + (f"reused from those stored with the data (computed earlier on {record['device']} in "
+           f"{record['seconds']:.0f} s); none computed now." if reused else
+           f"on {record['device']}, {record['seconds']:.0f} s."))
     from scatd_core.foundation._embed import not_embedded_text
 
     if cov.get("warning"):
