@@ -1047,12 +1047,10 @@ def import_checkpoint(
         base = Path(library) if library else model_library_dir()
         out = base / safe_name(name or f"{drug or 'backbone'}_{backbone}")
     if not published:
-        from scatd_core.published import reserved_name_problem
+        from scatd_core.published import refuse_reserved_name
 
-        kept = reserved_name_problem(Path(out).name, name, kind=arch.kind, backbone=backbone, drug=drug)
-        if kept is not None:
-            raise InputError(f"{kept[0][0].upper()}{kept[0][1:]}: {kept[1]}. Nothing was imported.",
-                             "Give another --name (it also names the model's library folder)"
+        refuse_reserved_name(Path(out).name, name, kind=arch.kind, backbone=backbone, drug=drug, nothing="imported",
+                             hint="Give another --name (it also names the model's library folder)"
                              + (", or another --out." if not in_library else "."),
                              app_hint="Give it another display name (it also names the model's folder).")
     try:

@@ -577,8 +577,7 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
         "positive_label": bundle.positive_label, "negative_label": bundle.negative_label,
         "warnings": _warnings(bundle, inputs, not_scored, adata),
         # what the model input did with the values (log-normalised values un-logged first)
-        **({"notes": list(inputs.notes) + _embedding_notes(adata, bundle)}
-           if inputs.notes or _embedding_notes(adata, bundle) else {}),
+        **({"notes": notes} if (notes := list(inputs.notes) + _embedding_notes(adata, bundle)) else {}),
         **({"embeddings": _embeddings(adata, bundle)} if bundle.input_kind == "embedding" else {}),
     }
     thr = float(bundle.threshold if threshold is None else threshold)

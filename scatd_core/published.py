@@ -105,6 +105,16 @@ def reserved_name_problem(folder: str, name: str | None, *, kind: str, backbone:
     return None
 
 
+def refuse_reserved_name(folder: str, name: str | None, *, kind: str, backbone: str, drug: str | None,
+                         nothing: str, hint: str, app_hint: str) -> None:
+    """Raise :class:`InputError` when :func:`reserved_name_problem` finds one (``nothing``: what was
+    not done, e.g. "imported"; ``hint``/``app_hint``: what to give instead, CLI and app)."""
+    kept = reserved_name_problem(folder, name, kind=kind, backbone=backbone, drug=drug)
+    if kept is not None:
+        raise InputError(f"{kept[0][0].upper()}{kept[0][1:]}: {kept[1]}. Nothing was {nothing}.", hint,
+                         app_hint=app_hint)
+
+
 @dataclass(frozen=True)
 class PublishedFile:
     name: str

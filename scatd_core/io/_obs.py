@@ -15,7 +15,6 @@ columns of the earlier one (adding the same table again changes nothing).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import tempfile
@@ -80,16 +79,10 @@ def read_cell_metadata(source, name: str | None = None) -> pd.DataFrame:
                          "column of annotations (e.g. response or sample).", _LAYOUT)
     table.columns = [str(c).strip() for c in table.columns]
     if path.is_file():  # the file's fingerprint, recorded with what it adds (a trained model names it)
-        table.attrs["sha256"] = _sha256_file(path)
+        from scatd_core.bundle import sha256_file  # not at the top: bundle loads torch
+
+        table.attrs["sha256"] = sha256_file(path)
     return table
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _id_column_order(table: pd.DataFrame) -> list[str]:

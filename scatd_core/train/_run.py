@@ -65,14 +65,12 @@ def _refuse_published_names(folder: Path | None, name: str | None, *, backbone: 
     models (:func:`scatd_core.published.reserved_name_problem`) are not given to a trained one."""
     if not name and folder is None:
         return
-    from scatd_core.published import reserved_name_problem
+    from scatd_core.published import refuse_reserved_name
 
-    kept = reserved_name_problem(folder.name if folder is not None else "", name, kind="classifier",
-                                 backbone=backbone, drug=drug)
-    if kept is not None:
-        raise InputError(f"{kept[0][0].upper()}{kept[0][1:]}: {kept[1]}. Nothing was trained.",
-                         "Give another --name (it also names the model's library folder), or leave --name out for a "
-                         "new folder DRUG_BACKBONE_trained.",
+    refuse_reserved_name(folder.name if folder is not None else "", name, kind="classifier", backbone=backbone,
+                         drug=drug, nothing="trained",
+                         hint="Give another --name (it also names the model's library folder), or leave --name out "
+                              "for a new folder DRUG_BACKBONE_trained.",
                          app_hint="Give it another model name, or leave the name empty for a new one.")
 
 
