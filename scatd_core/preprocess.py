@@ -67,6 +67,9 @@ def apply_input_transform(batch: np.ndarray, transform: str) -> np.ndarray:
 #: matrix holds, negative, NaN or infinite ones, for the other cells to decide what the matrix
 #: holds (:func:`detect_value_type`); more, and the whole matrix is judged with them.
 FEW_BAD_CELLS = 0.05
+#: The largest value a log scale holds (log1p of counts per 10k stays below ~10, log2(TPM+1)
+#: below ~20); above it, values are on a linear scale.
+LOG_SCALE_MAX = 30.0
 
 
 def detect_value_type(X, n_cells: int = 2000) -> dict:
@@ -83,7 +86,8 @@ def detect_value_type(X, n_cells: int = 2000) -> dict:
     model that log-normalises the values leaves just those cells unscored
     (:class:`scatd_core.inputs.ModelInput`, reason ``negative_values`` or ``non_finite``), as it
     does with such a cell outside the sample, so where a bad cell sits no longer changes what
-    the other cells get. Per-gene z-scores, centred or batch-corrected values have negative
+    the other cells get. Likewise a few cells with values above :data:`LOG_SCALE_MAX` among
+    log-normalised ones do not make the matrix linear (:func:`_judge`). Per-gene z-scores, centred or batch-corrected values have negative
     values in most cells, far more than 5 %, so they are still judged as a whole (``zscored`` or
     ``unknown``), as is a matrix whose sampled cells are all bad.
 
@@ -109,7 +113,7 @@ def detect_value_type(X, n_cells: int = 2000) -> dict:
     bad = negative | non_finite
     n_bad = int(bad.sum())
     if 0 < n_bad < n_rows and n_bad <= max(1, int(FEW_BAD_CELLS * n_rows)):
-        result = _value_type(block[np.flatnonzero(~bad)])
+        result = _judge(block[np.flatnonzero(~bad)])
         if result["kind"] not in ("zscored", "unknown"):
             ev = result["evidence"]
             ev["n_cells_sampled"] = int(n_rows)
@@ -126,7 +130,41 @@ def detect_value_type(X, n_cells: int = 2000) -> dict:
             ev["reason"] += (f"; of the {n_rows:,} cells sampled, " + " and ".join(parts) + ", which no expression "
                              "values have: a fault of those cells, so the other cells decide the type")
             return result
-    return _value_type(block)
+    return _judge(block)
+
+
+def _judge(block) -> dict:
+    """:func:`_value_type`, except that a few cells with values above 30 do not make log values
+    look linear: a log scale (log1p of counts per 10k, log2 of TPM) stays below ~20, a linear one
+    has values above 30 in nearly every cell. When at most :data:`FEW_BAD_CELLS` (5 %, always
+    one) of the sampled cells reach above 30 and the others are judged log-normalised, the
+    matrix is log-normalised, and the evidence counts those cells (``n_cells_above_log_scale``,
+    ``above_log_scale_max``): an edited or corrupt value in one cell, wherever it sits, no longer
+    decides how every cell is transformed."""
+    result = _value_type(block)
+    if result["kind"] != "tpm_like":
+        return result
+    n_rows = block.shape[0]
+    if sp.issparse(block):
+        csr = sp.csr_matrix(block)
+        row = np.repeat(np.arange(n_rows), np.diff(csr.indptr))
+        high = np.bincount(row[csr.data > LOG_SCALE_MAX], minlength=n_rows) > 0
+    else:
+        high = (np.asarray(block) > LOG_SCALE_MAX).any(axis=1)
+    n_high = int(high.sum())
+    if not 0 < n_high < n_rows or n_high > max(1, int(FEW_BAD_CELLS * n_rows)):
+        return result
+    rest = _value_type(block[np.flatnonzero(~high)])
+    if rest["kind"] != "log_normalized":
+        return result
+    ev = rest["evidence"]
+    ev["n_cells_sampled"] = int(n_rows)
+    ev["n_cells_above_log_scale"] = n_high
+    ev["above_log_scale_max"] = result["evidence"]["max"]
+    ev["reason"] += (f"; of the {n_rows:,} cells sampled, {_cells(n_high)} values above {LOG_SCALE_MAX:g} "
+                     f"(max {ev['above_log_scale_max']:g}), which log values do not reach: a fault of those "
+                     "cells, so the other cells decide the type")
+    return rest
 
 
 def _cells(n: int) -> str:
@@ -197,7 +235,7 @@ def _value_type(block) -> dict:
     if integer >= 0.999:
         ev["reason"] = "non-negative whole numbers"
         return {"kind": "counts", "evidence": ev}
-    if vmax <= 30:
+    if vmax <= LOG_SCALE_MAX:
         if sp.issparse(block):
             expm1_sums = np.asarray(block.expm1().sum(axis=1)).ravel()
         else:
@@ -361,6 +399,11 @@ def value_notes(value_type, input_transform: str | None) -> list[str]:
                 "trained on: check them")
         notes.append(f"Of the {n:,} cells sampled, {_cells(evidence['n_cells_negative'])} negative values (min "
                      f"{evidence.get('negative_min')}), which {what} never have: {then}.")
+    if evidence.get("n_cells_above_log_scale"):
+        notes.append(f"Of the {n:,} cells sampled, {_cells(evidence['n_cells_above_log_scale'])} values above "
+                     f"{LOG_SCALE_MAX:g} (max {evidence.get('above_log_scale_max')}), which log-normalised values do "
+                     "not reach: the matrix was judged from the other cells; such cells are scored on that one "
+                     "value's scale, so check them (a corrupt export or an edited value).")
     return notes
 
 

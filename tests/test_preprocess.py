@@ -263,3 +263,28 @@ def test_qc_scatter_keeps_cells_a_log_axis_would_drop():
     assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.title.text == "total counts"
     counts.X[0] = 0                                 # one empty cell: on a log axis it would vanish
     assert pl.qc_scatter(preprocess.qc_metrics(counts)).layout.xaxis.type == "linear"
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_one_spike_in_log_values_does_not_make_the_matrix_linear(counts, sparse):
+    """QA (session 36, known): one value above 30 among log-normalised values, if it fell among
+    the sampled cells, typed the matrix TPM-like, so a log1p_cp10k model log-transformed log
+    values for every cell; outside the sample it changed nothing. A few such cells (<= 5%) are
+    now faults of those cells, counted and said; more, and the matrix is linear as before."""
+    X = _variants(counts)["log_normalized"]
+    X = X if sparse == sp.issparse(X) else (sp.csr_matrix(X) if sparse else X.toarray())
+    one = preprocess.detect_value_type(_with_bad_cells(X, [7], 41.5))
+    assert one["kind"] == "log_normalized", one
+    ev = one["evidence"]
+    assert ev["n_cells_above_log_scale"] == 1 and ev["above_log_scale_max"] == 41.5 and ev["max"] <= 30
+    assert ev["n_cells_sampled"] == counts.n_obs and "1 cell has values above 30" in ev["reason"]
+    json.dumps(one)
+    assert preprocess.unlogs(one, "log1p_cp10k")
+    notes = preprocess.value_notes(one, "log1p_cp10k")
+    assert notes[0] == preprocess.UNLOG_NOTE and "1 cell has values above 30 (max 41.5)" in notes[1]
+    few = int(preprocess.FEW_BAD_CELLS * counts.n_obs)
+    assert preprocess.detect_value_type(_with_bad_cells(X, np.arange(few), 41.5))["kind"] == "log_normalized"
+    many = preprocess.detect_value_type(_with_bad_cells(X, np.arange(few + 1), 41.5))
+    assert many["kind"] == "tpm_like" and "n_cells_above_log_scale" not in many["evidence"]
+    # a linear matrix (values above 30 in most cells) is judged as before
+    assert preprocess.detect_value_type(_variants(counts)["tpm_like"])["kind"] == "tpm_like"
