@@ -22,7 +22,8 @@ with left:
     # spreadsheets too: refused by the reader with the export to use, not by the widget without a word
     uploaded = st.file_uploader("Data file", type=[*io.UPLOAD_TYPES, *io.REFUSED_UPLOAD_TYPES],
                                 max_upload_size=limit_mb,
-                                help="Cells x genes or genes x cells; counts, normalised, log or z-scored values.")
+                                help="Cells x genes or genes x cells; counts, normalised, log or z-scored values. "
+                                     + io.SPREADSHEET_UPLOAD_HELP)
 with right:
     orientation = st.radio("Table orientation", io.ORIENTATIONS, key="data_orientation",
                            format_func={"auto": "detect", "cells_x_genes": "rows are cells",
@@ -77,7 +78,7 @@ if mapping.get("data_id_type") in ("ensembl", "mixed"):
     biomart = st.file_uploader("BioMart table (columns 'Gene stable ID' and 'Gene name'; CSV or TSV)",
                                type=["csv", "tsv", "txt", *io.REFUSED_UPLOAD_TYPES], key="upload_biomart",
                                help="Export it from Ensembl BioMart (Human genes): attributes Gene stable ID and "
-                                    "Gene name.")
+                                    "Gene name. " + io.SPREADSHEET_UPLOAD_HELP)
     if biomart is not None and ss.get("data_biomart") != biomart.file_id:
         try:
             table = genes.read_biomart_table(biomart.getvalue(), name=biomart.name)
@@ -168,7 +169,7 @@ metadata = st.file_uploader("Cell metadata table (optional; CSV or TSV)",
                                  "matrix files): a header line, the cell IDs in the first column (or in one named "
                                  "cell_id or barcode), then one column per annotation, e.g. cell_id,response,sample. "
                                  "Its columns are added to the data's; another table replaces them, and they go "
-                                 "with the data.",
+                                 "with the data. " + io.SPREADSHEET_UPLOAD_HELP,
                             on_change=ui.remove_cell_metadata_if_cleared, args=(metadata_key,))
 removed = ss.pop(ui.CELL_METADATA_REMOVED, None)
 if removed:

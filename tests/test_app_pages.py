@@ -387,6 +387,9 @@ def test_an_excel_workbook_upload_reaches_the_app_and_is_refused_with_the_export
     at = start()
     goto(at, "1_Data")
     assert {".xlsx", ".xls"} <= {t if t.startswith(".") else "." + t for t in at.file_uploader[0].allowed_type}
+    # listed so that the app can refuse them with advice: every uploader that lists them says they are not read
+    listing = [u for u in at.file_uploader if ".xlsx" in {t if t.startswith(".") else "." + t for t in u.allowed_type}]
+    assert listing and all("they are not read" in u.help for u in listing), [u.help for u in listing]
     upload(at, "table.xlsx", buffer.getvalue())
     shown = text(at.error).replace("\\", "")  # markdown escapes out
     assert "table.xlsx is an Excel workbook" in shown and "CSV UTF-8" in shown and "upload that file" in shown, shown

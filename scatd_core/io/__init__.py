@@ -49,8 +49,8 @@ from scatd_core._keys import INPUT_REPORT as REPORT_KEY
 from scatd_core.config import limits
 from scatd_core.errors import InputError
 from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMAT_OF_SUFFIX, FORMATS_HINT, MIN_CELLS,
-                                   ORIENTATIONS, REFUSED_UPLOAD_TYPES, SUPPORTED_FORMATS, UPLOAD_TYPES, Options,
-                                   check_signature,
+                                   ORIENTATIONS, REFUSED_UPLOAD_TYPES, SPREADSHEET_UPLOAD_HELP, SUPPORTED_FORMATS,
+                                   UPLOAD_TYPES, Options, check_signature,
                                    display_name, make_options, suffix_of, too_large, unsupported)
 from scatd_core.io._hdf5 import read_hdf5
 from scatd_core.io._npy import read_npy
@@ -64,7 +64,7 @@ UPLOAD_FOLDER_PREFIX = "scatd-upload-"
 
 __all__ = ["read", "read_bytes", "store_upload", "read_cell_metadata", "add_cell_metadata", "remove_cell_metadata",
            "cell_metadata_messages", "UPLOAD_FOLDER_PREFIX", "SUPPORTED_FORMATS", "UPLOAD_TYPES",
-           "REFUSED_UPLOAD_TYPES",
+           "REFUSED_UPLOAD_TYPES", "SPREADSHEET_UPLOAD_HELP",
            "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY", "MIN_CELLS", "BACKED_MIN_BYTES", "BACKED_MIN_CELLS"]
 
 

@@ -29,6 +29,10 @@ UPLOAD_TYPES = ("h5ad", "h5", "loom", "csv", "tsv", "txt", "gz", "mtx", "zip", "
 SPREADSHEET_SUFFIXES = {".xlsx": "an Excel workbook", ".xlsm": "an Excel workbook", ".xls": "an Excel workbook",
                         ".ods": "an OpenDocument spreadsheet", ".numbers": "a Numbers spreadsheet"}
 REFUSED_UPLOAD_TYPES = tuple(s.lstrip(".") for s in SPREADSHEET_SUFFIXES)
+#: What an upload widget that lists :data:`REFUSED_UPLOAD_TYPES` says about them (its help text),
+#: so that a biologist does not read the list as "spreadsheets are read".
+SPREADSHEET_UPLOAD_HELP = ("Spreadsheet workbooks (XLSX, XLS, ODS, Numbers) are listed only so that the app can "
+                           "tell you how to save them as CSV: they are not read.")
 #: How to save a sheet as a table the readers take (the CLI's words; the app's: :func:`spreadsheet_error`).
 SPREADSHEET_EXPORT_HINT = ("Export the sheet as CSV (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)'; "
                            "LibreOffice or Numbers: export as CSV, UTF-8) and give that file.")
