@@ -17,10 +17,10 @@ pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install 'scatd-
 
 import _foundation_helpers as H
 from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
-from test_foundation_product import _bundle, gf_counts, sf_counts
+from test_foundation_product import _bundle, _log_normalised, gf_counts, sf_counts
 
 from scatd_core import _keys, io, scaleout
-from scatd_core.foundation import ensure_embeddings
+from scatd_core.foundation import embed_cells, ensure_embeddings
 
 N_CELLS = 4_500  # 3 shards of whole 2,048-cell chunks
 
@@ -163,3 +163,61 @@ def test_cli_report_engine_ray_on_expression_embeds_on_ray_with_its_parts_in_the
     assert (tmp_path / "ray" / "ray" / "predictions.embeddings.parts" / "shard-000001.sha256").exists()
     one, dist = pd.read_csv(tmp_path / "one" / "predictions.csv"), pd.read_csv(tmp_path / "ray" / "predictions.csv")
     pd.testing.assert_frame_equal(one, dist, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- counts beside a normalised X
+
+def _normalised_with_counts(backbone: str, n: int, where: str):
+    """Cells with log1p(CP10k) in X and their raw counts in ``layers['counts']`` or in ``adata.raw``
+    (then with 5 more genes than X, as a file of HVGs keeps them); returns (data, counts alone)."""
+    counts = sf_counts(n, seed=7) if backbone == "vae_sf" else gf_counts(n, seed=7)
+    data = _log_normalised(counts)
+    if where == "layers":
+        data.layers["counts"] = counts.X.copy()
+    else:
+        data.raw = counts
+        data = data[:, :-5].copy()
+    return data, counts
+
+
+@pytest.mark.parametrize("backbone, where", [("vae_sf", "layers"), ("vae_gf", "raw")])
+def test_ray_embeds_the_counts_beside_a_normalised_x_as_one_process(local_ray, assets, tmp_path, backbone, where):
+    """One process gives the backbone the raw counts beside a log-normalised X; the Ray workers read the
+    same matrix from the file (not X), so the embeddings and the record (with its note) are the same."""
+    width = 4 * H.SF_HIDDEN if backbone == "vae_sf" else H.GF_CONFIG["hidden_size"]
+    bundle = _bundle(tmp_path, backbone, width, seed=int(backbone == "vae_gf"))
+    data, counts = _normalised_with_counts(backbone, 2_100, where)  # 2 shards of 2,048 cells
+    path = tmp_path / "logged.h5ad"
+    data.write_h5ad(path)
+    one_adata = io.read(path)
+    one = ensure_embeddings(one_adata, bundle, device="cpu")
+    dist_adata = io.read(path, backed=True)
+    dist = scaleout.embed_ray(dist_adata, bundle, device="cpu", shard_cells=2048, workers=2)
+    given = dist["info"]["expression"]
+    assert given["matrix"] == ("layers['counts']" if where == "layers" else "adata.raw")
+    assert "is given the raw counts in" in given["note"] and "warning" not in given
+    key = _keys.FOUNDATION_EMBEDDING[backbone]
+    assert_same_record(dist, one, dist_adata, one_adata, key)
+    # the embeddings of the counts themselves (X = counts), not of the log values
+    alone = counts.copy()
+    embed_cells(alone, backbone, device="cpu", **({"embedding_dim": width} if backbone == "vae_gf" else {}))
+    np.testing.assert_allclose(np.asarray(dist_adata.obsm[key]), alone.obsm[key], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_predict_engine_ray_on_log_x_with_counts_says_so_and_writes_the_single_process_table(
+        local_ray, assets, tmp_path, capsys):
+    from scatd_core.cli import main
+
+    bundle = _bundle(tmp_path, "vae_sf", 4 * H.SF_HIDDEN)
+    path = tmp_path / "logged.h5ad"
+    _normalised_with_counts("vae_sf", 300, "layers")[0].write_h5ad(path)
+    common = ["predict", "--model", str(bundle.path), "--input", str(path), "--device", "cpu"]
+    assert main(common + ["--output", str(tmp_path / "one.csv")]) == 0
+    capsys.readouterr()
+    assert main(common + ["--output", str(tmp_path / "ray.csv"), "--engine", "ray", "--workers", "2",
+                          "--shard-cells", "64"]) == 0
+    err = capsys.readouterr().err
+    assert "X holds log-normalized values, so scFoundation is given the raw counts in layers['counts'] instead" in err
+    assert "embeds X as it is" not in err and "given log-normalised values" not in err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "ray.csv"), rtol=1e-6)
+

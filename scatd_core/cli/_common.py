@@ -325,19 +325,16 @@ def say_label_direction(adata, column: str, resistant, option: str) -> None:
         + f"; give {option} VALUE to say otherwise).")
 
 
-def _say_gene_coverage(adata, bundle, options: dict, ray: bool = False) -> None:
+def _say_gene_coverage(adata, bundle, options: dict) -> None:
     """Before embedding: the counts the foundation model is given (X, or the file's raw counts
-    when X is normalised), how many of the data's genes it knows, with the low-coverage warning
-    (nothing when the backbone is not installed: the run says why)."""
+    when X is normalised; on either engine), how many of the data's genes it knows, with the
+    low-coverage warning (nothing when the backbone is not installed: the run says why)."""
     from scatd_core.foundation import _embed
 
     if not _embed.probe(bundle.backbone, embedding_dim=bundle.architecture.input_dim).available:
         return
     given = _embed.counts_source(adata, bundle.backbone)[1]
-    if given.get("note") and ray:  # the Ray workers read X from the file
-        say(f"warning: X holds {given['value_type'].replace('_', '-')} values and the file has the raw counts in "
-            f"{given['matrix']}, but the Ray engine embeds X as it is; run without --engine ray to use the counts.")
-    elif given.get("note"):
+    if given.get("note"):
         say(given["note"])
     if given.get("warning"):
         say(f"warning: {given['warning']}")
@@ -361,7 +358,7 @@ def prepare_embeddings(adata, bundle, args) -> None:
         options["key"] = args.scfoundation_key
         if args.max_genes:
             options["max_genes"] = args.max_genes
-    _say_gene_coverage(adata, bundle, options, ray=getattr(args, "engine", "local") == "ray")
+    _say_gene_coverage(adata, bundle, options)
     from scatd_core._keys import FOUNDATION
 
     before = (adata.uns.get(FOUNDATION) or {}).get(bundle.backbone)  # embeddings stored with the data, if any

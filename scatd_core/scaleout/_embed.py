@@ -5,7 +5,8 @@ Geneformer) itself. :func:`embed_ray` cuts the cells to embed into shards of who
 :data:`~scatd_core.foundation._work.CHUNK_CELLS` chunks, runs the backbone module's own ``embed``
 on each in a Ray task (the model loaded once per worker process), and assembles the rows in input
 order into the ``obsm`` entry and the ``uns`` record :func:`~scatd_core.foundation.embed_cells`
-writes: the same cells in the same batches, so the same numbers.
+writes: the same cells of the same matrix (X, or the raw counts beside a normalised X) in the same
+batches, so the same numbers.
 """
 
 from __future__ import annotations
@@ -64,11 +65,14 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     (returns ``None``) when the bundle needs no embeddings from these data, and returns the stored
     record when they are already there for these settings. Otherwise sets
     ``obsm['X_scfoundation' | 'X_geneformer']`` and ``uns['scatd_foundation'][backbone]`` as
-    ``embed_cells`` does, with the same values. With ``output``, each shard's embeddings are kept,
+    ``embed_cells`` does, with the same values: from the same matrix (X, or the raw counts in
+    ``layers['counts']`` / ``layers['raw_counts']`` / ``adata.raw`` beside a normalised X, which the
+    workers read from the file; :func:`~scatd_core.foundation._embed.counts_source`), recorded with
+    the same note. With ``output``, each shard's embeddings are kept,
     checksummed, in ``<output>.embeddings.parts/`` (a run started again skips them).
     """
-    from scatd_core.foundation._embed import (_identity, _options, cached, check_size, needs_embedding,
-                                              stored_without_backbone)
+    from scatd_core.foundation._embed import (_identity, _options, cached, check_size, counts_source,
+                                              needs_embedding, stored_without_backbone)
 
     if not needs_embedding(adata, bundle):
         return None
@@ -97,15 +101,18 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
 
         return embed_cells(adata, backbone, mask=mask, device=device, batch_tokens=batch_tokens, **options)
     environment = {k: v for k, v in os.environ.items() if k.startswith("SCATD_")}
-    job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=None, bundle_path=str(bundle.path),
-              batch_size=1, log_normalise=False, device=device,
-              embed={"backbone": backbone, "options": options, "todo": todo, "report": _value_report(adata),
+    # the matrix one process gives the backbone: X, or the raw counts beside a normalised X
+    source, given = counts_source(adata, backbone)
+    matrix = _matrix_in_file(adata, given["matrix"])
+    job = Job(path=str(adata.filename), var=source.var.copy(), obsm_key=None,
+              bundle_path=str(bundle.path), batch_size=1, log_normalise=False, device=device, matrix=matrix,
+              embed={"backbone": backbone, "options": options, "todo": todo, "report": _value_report(source),
                      "batch_tokens": batch_tokens, "environment": environment})
     stat = stat_data_file(adata.filename)
     fp = {"input": str(Path(adata.filename).resolve()), "input_bytes": stat.st_size,
           "input_mtime_ns": stat.st_mtime_ns, "identity": json.dumps(identity, sort_keys=True),
           "todo_sha256": hashlib.sha256(np.packbits(todo).tobytes()).hexdigest(), "n_shards": len(shards), "device": device,
-          "batch_tokens": batch_tokens or 0, "embedding": True}
+          "batch_tokens": batch_tokens or 0, "embedding": True, **({"matrix": matrix} if matrix else {})}
     tmp = tempfile.TemporaryDirectory(prefix="scatd-embed-") if output is None else None
     folder = Path(tmp.name) / "parts" if tmp is not None else parts_dir(f"{output}.embeddings")
     say = progress or (lambda f, m: None)
@@ -122,15 +129,15 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
                       say, should_stop)
         finally:
             release(started)
-        matrix = np.array(adata.obsm[key], dtype=np.float32) if record is not None else None
+        embeddings = np.array(adata.obsm[key], dtype=np.float32) if record is not None else None
         info, lengths, embedded, not_embedded = None, [], 0, {}
         for i, (start, stop) in enumerate(shards):
             part = store.load(shard_name(i))
             new = part["embedding"]
-            if matrix is None:
-                matrix = np.full((n, new.shape[1]), np.nan, dtype=np.float32)
+            if embeddings is None:
+                embeddings = np.full((n, new.shape[1]), np.nan, dtype=np.float32)
             rows = np.flatnonzero(todo[start:stop]) + start
-            matrix[rows] = new[rows - start]
+            embeddings[rows] = new[rows - start]
             shard_info = json.loads(str(part["info"]))
             info = info or shard_info
             lengths.append(part["lengths"])
@@ -145,17 +152,31 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     info.update({"n_embedded": embedded, "not_embedded": not_embedded,
                  median_key: int(np.median(all_lengths)) if all_lengths.size else 0})
     seconds = float(record["seconds"]) if record is not None else 0.0
-    from scatd_core.foundation._embed import counts_source, require_some_finite, store_embeddings
+    from scatd_core.foundation._embed import require_some_finite, store_embeddings
 
-    given = counts_source(adata, backbone)[1]
-    if given["matrix"] != "X":  # the workers read X from the file: say that they did not use the counts
-        given = {"matrix": "X", "value_type": given["value_type"],
-                 "warning": f"X holds {given['value_type'].replace('_', '-')} values; the Ray engine embedded them "
-                            f"as they are, not the raw counts in {given['matrix']} (one process uses those)."}
-    info["expression"] = given
+    info["expression"] = given  # what the backbone was given, with the same note as one process
 
-    return require_some_finite(store_embeddings(adata, backbone, matrix, info, identity, tried | todo, device,
+    return require_some_finite(store_embeddings(adata, backbone, embeddings, info, identity, tried | todo, device,
                                                 seconds + time.perf_counter() - t0), backbone)
+
+
+def _matrix_in_file(adata: ad.AnnData, where: str) -> str | None:
+    """Where in the h5ad the workers read the matrix :func:`~scatd_core.foundation._embed.counts_source`
+    chose (``"layers['counts']"``: ``"layers/counts"``; ``"adata.raw"``: ``"raw/X"``); ``None`` for X.
+    Raises when the file does not hold it (counts added to the data after they were read)."""
+    from scatd_core.errors import InputError
+    from scatd_core.scaleout._files import open_h5
+
+    if where == "X":
+        return None
+    path = "raw/X" if where == "adata.raw" else "layers/" + where[len("layers['"):-len("']")]
+    with open_h5(adata.filename) as f:
+        if path in f:
+            return path
+    raise InputError(f"The raw counts in {where} are not in the file {Path(adata.filename).name}, from which the Ray "
+                     "workers read the cells (they were added after it was read).",
+                     "Save the data with its counts (adata.write_h5ad) and give that file, or run without the Ray "
+                     "engine.")
 
 
 def write_obsm(adata: ad.AnnData, key: str, folder: Path) -> str:

@@ -58,6 +58,9 @@ class Job:
     embed: dict | None = None
     #: the values are already log-normalised and un-logged before the model's log1p_cp10k (DatasetStatistics)
     unlog: bool = False
+    #: read the rows from this matrix of the h5ad instead of X (``"layers/counts"``, ``"raw/X"``: the raw
+    #: counts a foundation model is given beside a normalised X); ``var`` then holds that matrix's genes
+    matrix: str | None = None
 
     @property
     def statistics(self) -> DatasetStatistics:
@@ -65,7 +68,8 @@ class Job:
 
 
 class ShardReader:
-    """Rows ``[start, stop)`` of a backed h5ad as a small in-memory AnnData (X or one obsm entry)."""
+    """Rows ``[start, stop)`` of a backed h5ad as a small in-memory AnnData (X, the matrix
+    ``job.matrix`` names, or one obsm entry)."""
 
     def __init__(self, job: Job):
         self.job = job
@@ -74,7 +78,7 @@ class ShardReader:
         self.source = job.obsm_path if job.obsm_key is not None and job.obsm_path is not None else job.path
         try:
             if job.obsm_key is None:
-                X = self.file["X"]
+                X = self.file[job.matrix or "X"]
                 self.X = ad.io.sparse_dataset(X) if isinstance(X, h5py.Group) else X
             elif job.obsm_path is not None:
                 self.obsm_file = open_h5(job.obsm_path)
