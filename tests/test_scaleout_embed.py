@@ -21,6 +21,7 @@ from test_foundation_product import _bundle, _log_normalised, gf_counts, sf_coun
 
 from scatd_core import _keys, io, scaleout
 from scatd_core.foundation import embed_cells, ensure_embeddings
+from scatd_core.foundation._embed import cached
 
 N_CELLS = 4_500  # 3 shards of whole 2,048-cell chunks
 
@@ -221,3 +222,43 @@ def test_cli_predict_engine_ray_on_log_x_with_counts_says_so_and_writes_the_sing
     assert "embeds X as it is" not in err and "given log-normalised values" not in err
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "ray.csv"), rtol=1e-6)
 
+
+def test_stored_embeddings_are_keyed_to_the_matrix_embedded_not_to_x_alone(assets):
+    """Embeddings made from a log-normalised X are not reused once the raw counts are there (they are
+    made from the counts), nor those made from the counts once the counts are gone; the same X
+    throughout. Changed counts beside the same X are embedded again too."""
+    data, counts = _normalised_with_counts("vae_sf", 30, "layers")
+    logged = data.copy()
+    del logged.layers["counts"]
+    from_x = embed_cells(logged, "vae_sf", device="cpu")
+    assert from_x["info"]["expression"]["matrix"] == "X"
+    logged.layers["counts"] = counts.X.copy()  # the same X, now with its counts
+    assert cached(logged, "vae_sf") is None
+    from_counts = embed_cells(logged, "vae_sf", device="cpu")
+    assert from_counts["info"]["expression"]["matrix"] == "layers['counts']"
+    assert from_counts["fingerprint"] != from_x["fingerprint"]
+    assert cached(logged, "vae_sf") is from_counts
+    alone = counts.copy()
+    embed_cells(alone, "vae_sf", device="cpu")
+    np.testing.assert_allclose(logged.obsm["X_scfoundation"], alone.obsm["X_scfoundation"], rtol=1e-5, atol=1e-6)
+    edited = logged.copy()
+    edited.layers["counts"] = counts.X.copy() * 2  # other counts, the same X
+    assert cached(edited, "vae_sf") is None
+    del logged.layers["counts"]  # the counts gone: the record made from them is not reused for X
+    assert cached(logged, "vae_sf") is None
+    # X holding counts: keyed as before (records stored by earlier versions stay valid)
+    assert alone.uns[_keys.FOUNDATION]["vae_sf"]["fingerprint"] == _x_only_fingerprint(alone)
+
+
+def _x_only_fingerprint(adata) -> str:
+    """The key earlier versions gave any data: names and a hash of X."""
+    import hashlib
+
+    from scatd_core.foundation._embed import FINGERPRINT_VERSION, _hash_x
+
+    h = hashlib.sha256()
+    for names in (adata.obs_names, adata.var_names):
+        h.update("\x00".join(map(str, names)).encode("utf-8"))
+        h.update(b"\x01")
+    h.update(_hash_x(adata.X).encode())
+    return f"{FINGERPRINT_VERSION}:{h.hexdigest()[:32]}"

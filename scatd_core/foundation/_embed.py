@@ -211,13 +211,19 @@ def _hash_x(X) -> str:
 
 
 def fingerprint(adata: ad.AnnData) -> str:
-    """Identifies a dataset: cell and gene names and a hash of every stored value of X (one
-    pass by row blocks, ~1 GB/s; see :func:`_hash_x`). Starts with :data:`FINGERPRINT_VERSION`."""
+    """Identifies the expression a foundation model is given (:func:`counts_source`): cell and gene
+    names and a hash of every stored value of that matrix (one pass by row blocks, ~1 GB/s; see
+    :func:`_hash_x`). Of X as before; of the raw counts beside a normalised X (``layers['counts']``,
+    ...) with the matrix's name too, so embeddings made from X are never reused for the counts, nor
+    the other way round. Starts with :data:`FINGERPRINT_VERSION`."""
+    source, given = counts_source(adata, "vae_sf")  # which matrix is embedded does not depend on the backbone
     h = hashlib.sha256()
-    for names in (adata.obs_names, adata.var_names):
+    for names in (adata.obs_names, source.var_names):
         h.update("\x00".join(map(str, names)).encode("utf-8"))
         h.update(b"\x01")
-    h.update(_hash_x(adata.X).encode())
+    if given["matrix"] != "X":
+        h.update(f"{given['matrix']}\x01".encode("utf-8"))
+    h.update(_hash_x(source.X).encode())
     value = f"{FINGERPRINT_VERSION}:{h.hexdigest()[:32]}"
     _remember(adata, value)
     return value
@@ -234,6 +240,10 @@ def _guard(adata: ad.AnnData) -> tuple:
     decides reuse, always hashes afresh)."""
     X = adata.X
     parts = [id(X), tuple(X.shape), adata.n_obs, adata.n_vars]
+    # the raw counts beside X, which the fingerprint hashes instead of X when X is normalised
+    parts += [(name, id(adata.layers[name])) for name in COUNT_LAYERS if name in adata.layers]
+    raw = getattr(adata, "raw", None)
+    parts += [None if raw is None else (id(raw), tuple(raw.shape))]
     for name in ("data", "indices", "indptr"):
         arr = getattr(X, name, None)
         if isinstance(arr, np.ndarray):
