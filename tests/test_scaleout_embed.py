@@ -7,6 +7,7 @@ a local Ray instance (2 CPUs, a small object store, no dashboard), started once 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
 from test_foundation_product import _bundle, _log_normalised, gf_counts, sf_counts
 
 from scatd_core import _keys, io, scaleout
-from scatd_core.foundation import embed_cells, ensure_embeddings
+from scatd_core.foundation import cells_to_embed, embed_cells, ensure_embeddings
 from scatd_core.foundation._embed import cached
 
 N_CELLS = 4_500  # 3 shards of whole 2,048-cell chunks
@@ -233,6 +234,8 @@ def test_stored_embeddings_are_keyed_to_the_matrix_embedded_not_to_x_alone(asset
     from_x = embed_cells(logged, "vae_sf", device="cpu")
     assert from_x["info"]["expression"]["matrix"] == "X"
     logged.layers["counts"] = counts.X.copy()  # the same X, now with its counts
+    # the app's check, which remembers the key per AnnData object, sees the counts too
+    assert cells_to_embed(logged, SimpleNamespace(input_kind="embedding", backbone="vae_sf")) == 30
     assert cached(logged, "vae_sf") is None
     from_counts = embed_cells(logged, "vae_sf", device="cpu")
     assert from_counts["info"]["expression"]["matrix"] == "layers['counts']"
