@@ -30,6 +30,10 @@ server.memory_mb         ``SCATD_SERVER_MEMORY_MB``        memory the server may
                                                            h5ad files are then read from disk)          memory
 server.device            ``SCATD_DEVICE``                  ``auto`` (CUDA when present), ``cpu``,       ``auto``
                                                            ``cuda``
+server.service_user      ``SCATD_SERVICE_USER``            the account the server runs as (systemd      the installed unit's
+                                                           ``User=``): ``scatd doctor`` run by another  ``User=``, if any
+                                                           account (root) checks the folders' owner
+                                                           and permissions against it
 auth.mode                ``SCATD_AUTH``                    ``auto`` (a password login when the server   ``auto``
                                                            listens beyond localhost), ``password``,
                                                            ``oidc`` (Streamlit's login), ``none``
@@ -92,6 +96,7 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("server", "kept_sessions_mb"): ("SCATD_KEPT_SESSIONS_MB", "int", 8192),
     ("server", "memory_mb"): ("SCATD_SERVER_MEMORY_MB", "int", None),
     ("server", "device"): ("SCATD_DEVICE", ("auto", "cpu", "cuda"), "auto"),
+    ("server", "service_user"): ("SCATD_SERVICE_USER", "text", None),
     ("auth", "mode"): ("SCATD_AUTH", ("auto", "password", "oidc", "none"), "auto"),
     ("auth", "users_file"): ("SCATD_USERS_FILE", "path", None),
     ("auth", "max_failures"): ("SCATD_AUTH_MAX_FAILURES", "int", 5),

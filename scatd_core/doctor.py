@@ -48,10 +48,93 @@ def _device(conf) -> list[dict]:
 
 
 def _writable(path: Path) -> bool:
+    """Whether this process can write in ``path`` (or, not made yet, in its nearest existing folder):
+    a file is created there and removed, as the effective account. Not ``os.access``: that asks
+    about the real uid (root's, under ``sudo -u`` or a set-uid), and ignores read-only mounts and
+    immutable folders root itself cannot write."""
+    import tempfile
+
     probe = path
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    return os.access(probe, os.W_OK)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".scatd-doctor-", dir=probe)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+    return True
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+#: Where the systemd unit is installed (deploy/scatd-studio.service): its ``User=`` is the service account.
+UNIT_FILES = tuple(Path(d) / "scatd-studio.service" for d in ("/etc/systemd/system", "/lib/systemd/system",
+                                                               "/usr/lib/systemd/system"))
+
+
+def _service_user(conf) -> tuple[str | None, str]:
+    """The account the server runs as, and where that was read: ``server.service_user`` (or
+    ``SCATD_SERVICE_USER``), else the ``User=`` of the installed systemd unit; ``(None, "")`` when
+    neither names one."""
+    name = str(getattr(conf, "values", conf).get("service_user") or "").strip()
+    if name:
+        return name, "server.service_user"
+    for unit in UNIT_FILES:
+        try:
+            lines = unit.read_text().splitlines()
+        except OSError:
+            continue
+        users = [line.split("=", 1)[1].strip() for line in lines if line.strip().startswith("User=")]
+        if users and users[-1]:
+            return users[-1], f"User= in {unit}"
+    return None, ""
+
+
+def _could_write(user: str, path: Path) -> str | None:
+    """Why ``user`` could not make files in ``path`` (or its nearest existing folder), judged from
+    the folders' owner and permission bits (``stat``); ``None`` when they let it. ACLs, read-only
+    mounts and the unit's sandbox (``ReadWritePaths=``) are not read."""
+    import pwd
+    import stat
+
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return f"there is no account {user} on this machine"
+    if account.pw_uid == 0:
+        return None
+    groups = set(os.getgrouplist(user, account.pw_gid))
+
+    def allows(st, bits: int) -> bool:  # bits: 0o2 write, 0o1 search, as for "other"
+        if st.st_uid == account.pw_uid:
+            return st.st_mode & (bits << 6) == bits << 6
+        if st.st_gid in groups:
+            return st.st_mode & (bits << 3) == bits << 3
+        return st.st_mode & bits == bits
+
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        for folder in reversed(probe.parents):  # every folder above must let it through
+            if not allows(folder.stat(), 0o1):
+                return f"{folder} does not let {user} through ({stat.filemode(folder.stat().st_mode)})"
+        st = probe.stat()
+    except OSError as exc:
+        return f"{probe} cannot be examined ({exc.strerror or exc})"
+    if not stat.S_ISDIR(st.st_mode) or not allows(st, 0o3):
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = f"uid {st.st_uid}"
+        return f"{probe} is {owner}'s, {stat.filemode(st.st_mode)}"
+    return None
 
 
 def _config_file_items(conf) -> list[dict]:
@@ -70,19 +153,51 @@ def _config_file_items(conf) -> list[dict]:
 
 
 def _folder_item(key: str, path: Path) -> dict:
-    """A folder scATD Studio writes: a folder (or not yet made), writable by this account."""
+    """A folder scATD Studio writes: a folder (or not yet made), writable by this account (a file
+    made and removed in it)."""
     if path.exists() and not path.is_dir():
         return _item(key, "problem", f"{path} is not a folder (a file of that name is there): point {key} at a "
                      "folder, or move the file away")
     if not _writable(path):
-        return _item(key, "problem", f"{path} is not writable by this user")
-    return _item(key, "ok", str(path))
+        return _item(key, "problem", f"{path} cannot be written by this account ({_account()}): a file could not "
+                     f"be made in it")
+    return _item(key, "ok", str(path) + (" (written as root)" if _running_as_root() else ""))
+
+
+def _service_items(conf, folders: dict[str, Path]) -> list[dict]:
+    """What the folder checks above say of the account the server runs as. Run as root (who may
+    write anywhere) they say nothing of it: said, with the command that checks that account. When
+    the configuration or the installed unit names it and it is not this account, each folder's
+    owner and permissions are checked against it."""
+    user, where = _service_user(conf)
+    me = _account()
+    items = []
+    if _running_as_root():
+        who = user or "SERVICE_USER"
+        named = (f" ({user}: {where})" if user else
+                 " (the User= of its systemd unit: scatd in deploy/scatd-studio.service; set server.service_user "
+                 "to have it checked here)")
+        items.append(_item("checked as", "warning",
+                           f"root: root may write in any folder, so that the folders above could be written says "
+                           f"nothing of the account the server runs as{named}. Check that account's access with "
+                           f"`sudo -u {who} scatd doctor`"))
+    if user and user != me:
+        for key, path in folders.items():
+            why = _could_write(user, path)
+            if why is not None:
+                fix = f"chown -R {user} {path}" if path.exists() else f"mkdir -p {path} && chown -R {user} {path}"
+                items.append(_item(key, "warning", f"{path} cannot be written by {user}, the account the server "
+                                   f"runs as ({where}): {why}. Give it the folder (e.g. `{fix}`), then check with "
+                                   f"`sudo -u {user} scatd doctor`"))
+    return items
 
 
 def _configuration(conf) -> list[dict]:
     items = _config_file_items(conf)
-    for key in ("home", "library", "work_dir"):
-        items.append(_folder_item(key, Path(conf[key])))
+    folders = {key: Path(conf[key]) for key in ("home", "library", "work_dir")}
+    for key, path in folders.items():
+        items.append(_folder_item(key, path))
+    items += _service_items(conf, folders)
     folder = conf["import_folder"]
     if folder is not None:
         items.append(_item("import_folder", "ok" if Path(folder).is_dir() else "warning",

@@ -137,3 +137,105 @@ def test_doctor_says_a_missing_configuration_file_once_and_not_as_ok(tmp_path, m
     assert len(about) == 1 and about[0]["what"] == "configuration file" and about[0]["status"] == "warning"
     assert "does not exist" in about[0]["detail"]
     assert not any(i["status"] == "ok" and i["what"] == "configuration file" for i in items)
+
+
+# ----------------------------------------------------------------------------- scatd doctor run as root
+# (QA: it said folders were writable because it asked os.access, which answers for the real uid)
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def root_owned_folder():
+    """A folder of this account, 0755, that other accounts can reach (pytest's folders are 0700)."""
+    import os
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix="scatd-doctor-"))
+    folder.chmod(0o755)
+    yield folder
+    if os.geteuid() != os.getuid():
+        os.seteuid(os.getuid())
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_doctor_makes_a_file_to_know_a_folder_is_writable(root_owned_folder, monkeypatch):
+    import os
+
+    from scatd_core import doctor
+
+    assert doctor._writable(root_owned_folder) and doctor._writable(root_owned_folder / "not" / "made")
+    assert list(root_owned_folder.iterdir()) == []  # the file made to check is removed
+    (root_owned_folder / "a-file").write_text("x")
+    assert not doctor._writable(root_owned_folder / "a-file" / "below")
+    if os.geteuid() != 0:
+        pytest.skip("the effective account differs from the real one only when the tests run as root")
+    # the effective account is nobody, the real one root: os.access answered for root ("writable")
+    monkeypatch.setenv("SCATD_HOME", str(root_owned_folder))
+    monkeypatch.delenv("SCATD_CONFIG", raising=False)
+    monkeypatch.delenv("SCATD_SERVICE_USER", raising=False)
+    from scatd_core.config import settings
+
+    conf = settings()
+    os.seteuid(NOBODY)
+    try:
+        assert not doctor._writable(root_owned_folder)
+        item = doctor._folder_item("home", root_owned_folder)
+    finally:
+        os.seteuid(0)
+    assert item["status"] == "problem" and "cannot be written by this account (nobody)" in item["detail"], item
+    assert doctor._folder_item("home", conf["home"])["status"] == "ok"
+
+
+def test_doctor_run_as_root_says_so_and_how_to_check_the_service_account(tmp_path, monkeypatch):
+    from scatd_core import doctor
+    from scatd_core.config import settings
+
+    monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SCATD_CONFIG", raising=False)
+    monkeypatch.delenv("SCATD_SERVICE_USER", raising=False)
+    monkeypatch.setattr(doctor, "_running_as_root", lambda: True, raising=False)
+    monkeypatch.setattr(doctor, "UNIT_FILES", (tmp_path / "none.service",), raising=False)
+    items = doctor._configuration(settings())
+    said = [i for i in items if i["what"] == "checked as"]
+    assert len(said) == 1 and said[0]["status"] == "warning", items
+    assert "root may write in any folder" in said[0]["detail"]
+    assert "`sudo -u SERVICE_USER scatd doctor`" in said[0]["detail"]
+    assert "deploy/scatd-studio.service" in said[0]["detail"] and "server.service_user" in said[0]["detail"]
+    # the installed unit names the account
+    unit = tmp_path / "scatd-studio.service"
+    unit.write_text((DEPLOY / "scatd-studio.service").read_text())
+    monkeypatch.setattr(doctor, "UNIT_FILES", (tmp_path / "none.service", unit))
+    said = next(i for i in doctor._configuration(settings()) if i["what"] == "checked as")
+    assert "`sudo -u scatd scatd doctor`" in said["detail"] and f"User= in {unit}" in said["detail"]
+    # not root: nothing to say
+    monkeypatch.setattr(doctor, "_running_as_root", lambda: False)
+    assert not [i for i in doctor._configuration(settings()) if i["what"] == "checked as"]
+
+
+def test_doctor_checks_the_folders_owner_and_mode_against_the_service_account(root_owned_folder, monkeypatch):
+    import os
+
+    from scatd_core import doctor
+    from scatd_core.config import settings
+
+    monkeypatch.setenv("SCATD_HOME", str(root_owned_folder))
+    monkeypatch.delenv("SCATD_CONFIG", raising=False)
+    monkeypatch.setenv("SCATD_SERVICE_USER", "nobody")
+    items = doctor._configuration(settings())
+    warned = {i["what"]: i["detail"] for i in items if i["status"] == "warning" and "cannot be written by nobody"
+              in i["detail"]}
+    assert set(warned) == {"home", "library", "work_dir"}, items
+    assert "drwxr-xr-x" in warned["home"] and "(server.service_user)" in warned["home"]
+    assert f"chown -R nobody {root_owned_folder}`" in warned["home"]
+    assert f"mkdir -p {root_owned_folder / 'models'} && chown" in warned["library"]  # not made yet
+    assert "sudo -u nobody scatd doctor" in warned["home"]
+    root_owned_folder.chmod(0o777)
+    assert not [i for i in doctor._configuration(settings()) if "cannot be written by nobody" in i["detail"]]
+    assert doctor._could_write("nobody", root_owned_folder) is None
+    if os.geteuid() != NOBODY:
+        hidden = root_owned_folder / "hidden"
+        (hidden / "inside").mkdir(parents=True)
+        hidden.chmod(0o700)
+        assert "does not let nobody through" in doctor._could_write("nobody", hidden / "inside")
+    assert "no account" in doctor._could_write("no-such-account-here", root_owned_folder)
