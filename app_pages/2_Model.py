@@ -6,8 +6,8 @@ import streamlit as st
 from scatd_app import state, ui
 from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
-from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, distinct_titles, import_card_lines,
-                               input_transform_words)
+from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, chosen_by_default_for, distinct_titles,
+                               import_card_lines, input_transform_words, who_made)
 from scatd_core.errors import ScatdError
 from scatd_core.inputs import InputSpec, embedding_width_error, value_messages
 from scatd_core.nn import BACKBONES
@@ -71,21 +71,29 @@ if current is not None and current.is_demo and not demo_data:
     ui.set_bundle(None)  # never keep the demo model for real data
     current = None
 backbones = [b for b in BACKBONES if any(m.backbone == b for m in offered)]
-if ss.get("model_backbone") not in backbones:
-    ss["model_backbone"] = current.backbone if current is not None and current.backbone in backbones else backbones[0]
+if ss.get("model_backbone") not in backbones:  # the chosen model's, else one with a model that may be chosen for you
+    first = ui.default_model(offered)
+    ss["model_backbone"] = (current.backbone if current is not None and current.backbone in backbones else
+                            next(m.backbone for m in offered if str(m.path) == first) if first else backbones[0])
 left, right = st.columns(2)
 backbone = left.selectbox("Backbone", backbones, key="model_backbone",
                           format_func=ui.detached(lambda b: BACKBONE_TITLES.get(b, b)))
 choices = {str(m.path): m for m in offered if m.backbone == backbone}
 labels = distinct_titles(list(choices.values()))
-if ss.get("model_bundle") not in choices:
+if ss.get("model_bundle") not in choices:  # never another user's model, unless they chose it
     ss["model_bundle"] = str(current.path) if current is not None and str(current.path) in choices \
-        else next(iter(choices))
+        else ui.default_model(choices.values())
 path = right.selectbox("Drug model", list(choices), key="model_bundle", index=None, placeholder="choose a drug model",
                        format_func=ui.detached(lambda p: labels[p]))
 ui.set_bundle(path)
 if path is None:
-    st.info("Choose the drug model to use.", icon=":material/touch_app:")
+    user = ui.model_user()
+    others = [m for m in choices.values() if not chosen_by_default_for(m, user)]
+    named = "; ".join(f"**{ui.md(labels[str(m.path)])}** ({ui.md(who_made(m))})" for m in others)
+    whose = ("is another user's model", "it") if len(others) == 1 else ("are other users' models", "one")
+    st.info("Choose the drug model to use." + (f" Nothing is chosen for you here: {named} {whose[0]}, offered for "
+                                               f"you to choose if you mean to use {whose[1]}." if others else ""),
+            icon=":material/touch_app:")
     ui.stop()
 bundle = choices[path]
 

@@ -785,16 +785,38 @@ def offered_models(demo_data: bool) -> list:
     return classifiers if demo_data else [b for b in classifiers if not b.is_demo]
 
 
+def model_user() -> str | None:
+    """Whose models are "yours" in the library: the logged-in user's name; ``None`` without a
+    login (one user at the machine: every model is theirs)."""
+    from scatd_app import auth
+
+    if auth.mode() == "none":
+        return None
+    user = auth.current_user()
+    return user.name if user is not None else ""
+
+
+def default_model(bundles) -> str | None:
+    """The path of the model chosen for the user before they choose (the first of ``bundles`` that
+    :func:`scatd_core.bundle.chosen_by_default_for` lets be: a published model, the demo or the
+    user's own; never another user's), or None."""
+    from scatd_core.bundle import chosen_by_default_for
+
+    user = model_user()
+    return next((str(b.path) for b in bundles if chosen_by_default_for(b, user)), None)
+
+
 def settled_model():
     """The model the session's next prediction will use, when no choice is left: the chosen one,
     or, before the user has chosen, the only model the Model page offers for these data (its
-    default). ``None`` when the user still has a choice to make."""
+    default) when it may be chosen for them (not another user's model). ``None`` when the user
+    still has a choice to make."""
     demo_data = bool(st.session_state.get(state.IS_DEMO))
     chosen = current_bundle()
     if chosen is not None:
         return None if chosen.is_demo and not demo_data else chosen  # the Model page drops the demo model for real data
     offered = offered_models(demo_data)
-    return get_bundle(str(offered[0].path)) if len(offered) == 1 else None
+    return get_bundle(str(offered[0].path)) if len(offered) == 1 and default_model(offered) else None
 
 
 def decline_prediction_ahead(token: str) -> None:

@@ -1098,6 +1098,32 @@ def who_made(bundle: Bundle) -> str:
     return verb + (f" by {who}" if who else "") + (f" on {when}" if when else "")
 
 
+def maker(bundle: Bundle) -> str | None:
+    """Who trained or imported ``bundle`` (``provenance['trained_by' | 'imported_by']``), or None
+    where nobody is recorded (the demo, a model installed with the server)."""
+    prov = bundle.manifest.get("provenance") or {}
+    return prov.get("trained_by") or prov.get("imported_by") or None
+
+
+def is_published(bundle: Bundle) -> bool:
+    """One of the scATD authors' published models, as the published install installs them (only it
+    gives the display name saying "published scATD": :func:`scatd_core.published.reserved_name_problem`)."""
+    from scatd_core.published import PUBLISHED_MARK
+
+    return PUBLISHED_MARK.lower() in str(bundle.manifest.get("name") or "").lower()
+
+
+def chosen_by_default_for(bundle: Bundle, user: str | None) -> bool:
+    """Whether ``bundle`` may be chosen for ``user`` before they choose a model (the app's default):
+    a published model, the demo, one nobody is recorded to have made, or one ``user`` trained or
+    imported. Another user's model in the shared library is offered, never chosen for them.
+    ``user`` None: a single-user installation (no login), where every model is the user's."""
+    if user is None or bundle.is_demo or is_published(bundle):
+        return True
+    who = maker(bundle)
+    return who is None or who == user
+
+
 def folder_taken_words(was: str | None, now: Bundle) -> str:
     """What to say of a reference whose model is gone and whose library folder another model holds now."""
     return (f"the model {f'{was!r} ' if was else ''}was removed (or replaced) and another model now has its "

@@ -710,6 +710,65 @@ def test_the_library_table_leaves_by_blank_where_nobody_is_recorded(tmp_path, mo
     assert sorted(table["by"]) == ["", "alice"]  # the demo records nobody: blank, not "None"
 
 
+def _made_by(bundle, **who) -> None:
+    """Record ``trained_by=...`` or ``imported_by=...`` in ``bundle``'s provenance."""
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    manifest["provenance"].update(who)
+    (bundle.path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_which_models_may_be_chosen_for_a_user_before_they_choose(tmp_path):
+    from scatd_core.bundle import Bundle, chosen_by_default_for
+
+    def model(name="TESTDRUG · Dist_VAE", demo=False, **who) -> Bundle:
+        return Bundle(tmp_path / "m", {"name": name, "demo": demo, "provenance": {"source": "test", **who}})
+
+    alices, imported = model(trained_by="alice"), model(imported_by="alice")
+    assert not chosen_by_default_for(alices, "bob") and not chosen_by_default_for(imported, "bob")
+    assert chosen_by_default_for(alices, "alice") and chosen_by_default_for(imported, "alice")
+    published = model("TESTDRUG · Dist_VAE (published scATD)", imported_by="alice")  # whoever installed it
+    assert all(chosen_by_default_for(b, "bob") for b in (model(), model(demo=True), published))
+    assert chosen_by_default_for(alices, None)  # no login: one user, whose every model is
+
+
+def test_another_users_model_is_offered_but_never_chosen_for_you(tmp_path, monkeypatch):
+    """QA: the library's only model, trained by alice, was chosen for bob (and predicted with, in the
+    background) though he chose none. It is offered to him, said to be alice's, and used once he
+    chooses it; without a login (one user) it is chosen as before."""
+    from _app_helpers import make_bundle
+    from scatd_core import users
+
+    library = tmp_path / "library"
+    alices = make_bundle(library / "ALICEDRUG_model", make_dataset(40, seed=2), steps=1, drug="ALICEDRUG")
+    _made_by(alices, trained_by="alice")
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    monkeypatch.setenv("SCATD_WORK_DIR", str(tmp_path / "work"))
+    users.add_user("bob", "a long enough password", admin=False)
+    at = start()
+    at.text_input(key="login_name").set_value("bob")
+    at.text_input(key="login_password").set_value("a long enough password")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=4)))
+    assert at.session_state.get(state.PREDICT_AHEAD) is None  # nothing predicted with alice's model for bob
+    goto(at, "2_Model")
+    assert at.session_state.get(state.BUNDLE_PATH) is None
+    said = text(at.info)
+    assert "Nothing is chosen for you here" in said and "trained by alice" in said and "ALICEDRUG" in said, said
+    goto(at, "3_Predict")
+    assert "Choose a model first" in text(at.info)
+    goto(at, "2_Model")
+    at.selectbox(key="model_bundle").set_value(str(alices.path)).run()
+    ok(at)
+    assert at.session_state[state.BUNDLE_PATH] == str(alices.path)
+    _settled(*filter(None, [at.session_state.get(state.PREDICT_AHEAD)]))
+    # no login: the person at the machine is the only user, whose every model is (chosen as before)
+    monkeypatch.setenv("SCATD_AUTH", "none")
+    assert ui.model_user() is None and ui.default_model([alices]) == str(alices.path)
+
+
 def test_low_and_zero_gene_coverage(with_library):
     adata = make_dataset(N_CELLS, seed=4)
     low = adata[:, :300].copy()  # 300 of the model's 1,900 genes
