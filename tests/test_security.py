@@ -503,8 +503,33 @@ def test_tables_are_parsed_in_chunks_that_stop_at_the_limits(tmp_path, monkeypat
         with gzip.open(dense, "wb", compresslevel=9) as fh:
             fh.write(b"cell,G1,G2\n" + text * 300_000)
         message = _refused(dense).message
-        rows = int(message.split("(after ")[1].split(" rows")[0].replace(",", ""))
+        # what the rows read before stopping take, not the whole file's: said as "at least"
+        assert "its values would take at least 1.0 MB of memory once read (its first " in message, message
+        assert "rows take that already; the rest of the file was not read" in message, message
+        rows = int(message.split("its first ")[1].split(" rows")[0].replace(",", ""))
         assert rows < most, message
+
+
+def test_a_loom_too_large_for_memory_says_what_was_read_and_the_whole_matrix_declared(tmp_path, monkeypatch):
+    """QA: the message gave the memory of the cells read before stopping as if it were the whole
+    file's. It says "at least", which cells that was, and the whole matrix as the file declares it."""
+    from scatd_core.io import _hdf5
+
+    monkeypatch.setattr(_hdf5, "LOOM_BLOCK_VALUES", 100 * 50, raising=False)  # 50 cells at a time
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "1")
+    path = tmp_path / "x.loom"
+    with h5py.File(path, "w") as f:  # every value 1 (the fill value: nothing written), 8 bytes each once read
+        f.create_dataset("matrix", shape=(100, 2000), dtype=np.float32, chunks=(100, 50), fillvalue=1.0)
+        f.create_group("row_attrs")["Gene"] = np.array([f"G{i}".encode() for i in range(100)])
+        f.create_group("col_attrs")["CellID"] = np.array([f"c{i}".encode() for i in range(2000)])
+    message = _refused(path).message
+    assert "its expression matrix would take at least 1.0 MB of memory once read (its first " in message, message
+    cells = int(message.split("its first ")[1].split(" of 2,000 cells")[0].replace(",", ""))
+    assert 1000 < cells < 2000, message
+    assert "the whole matrix is 100 genes x 2,000 cells of float32 values, 781 kB as stored unpacked" in message
+    monkeypatch.setattr(_hdf5, "LOOM_BLOCK_VALUES", 1 << 25)  # read at once: its whole size, not "at least"
+    message = _refused(path).message
+    assert "its expression matrix would take 1.5 MB of memory once read, over" in message, message
 
 
 def _deflated(path: Path) -> Path:

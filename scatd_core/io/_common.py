@@ -172,16 +172,26 @@ def mb(n_bytes: int) -> str:
     return size_text(n_bytes)
 
 
-def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None) -> None:
-    """Refuse ``what`` before it is read when its declared size exceeds the dataset memory budget."""
+def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None, *,
+                 read_so_far: str | None = None, whole: str | None = None) -> None:
+    """Refuse ``what`` before it is read when its declared size exceeds the dataset memory budget.
+
+    ``read_so_far`` (e.g. "its first 5,000 rows"): ``n_bytes`` is what that part, read before
+    stopping, takes, not the whole file's: the message says "at least" and names the part, and
+    ``whole`` (the whole matrix as declared, e.g. its shape and type) where the file declares it,
+    else that the rest was not read."""
+    amount = f"{mb(n_bytes)} of memory once read"
+    if read_so_far:
+        amount = (f"at least {amount} ({read_so_far} take that already; "
+                  + (whole or "the rest of the file was not read, so its whole size is not known") + ")")
     if n_bytes > opts.max_dataset_bytes and opts.limit_reason:
-        raise MemoryShortage(f"{opts.display_name}: {what} would take {mb(n_bytes)} of memory once read, more than "
+        raise MemoryShortage(f"{opts.display_name}: {what} would take {amount}, more than "
                              f"{opts.limit_reason}.",
                              "Your file is kept: try again when other analyses on this server have finished" + (
                                  f"; or: {hint}" if hint else ", or save it as an .h5ad with X in CSR format (read "
                                  "from disk in batches when memory is short)") + ".")
     if n_bytes > opts.max_dataset_bytes:
-        raise InputError(f"{opts.display_name}: {what} would take {mb(n_bytes)} of memory once read, over the "
+        raise InputError(f"{opts.display_name}: {what} would take {amount}, over the "
                          f"server's limit of {mb(opts.max_dataset_bytes)} per dataset.",
                          hint or "Save it as an .h5ad with X in CSR format (read from disk in batches), upload "
                                  "fewer cells, or ask the administrator to raise SCATD_MAX_DATASET_MB.")

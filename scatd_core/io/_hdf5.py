@@ -418,6 +418,10 @@ def _loom_axis(attrs, n: int, name_attr: str | None) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.Index(index, dtype=object))
 
 
+#: A loom matrix is read this many values at a time (~32M: 128 MB of float32).
+LOOM_BLOCK_VALUES = 1 << 25
+
+
 def _read_loom(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     """Read a loom file with h5py: /matrix is genes x cells, dense, stored in chunks.
 
@@ -450,12 +454,16 @@ def _read_loom(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         cell_attr = _loom_name_attr(f.get("col_attrs"), _LOOM_CELL_ATTRS, n_cells)
         var = _loom_axis(f.get("row_attrs"), n_genes, gene_attr)
         obs = _loom_axis(f.get("col_attrs"), n_cells, cell_attr)
-        step = max(1, (1 << 25) // max(n_genes, 1))  # ~32M values in memory at a time
+        step = max(1, LOOM_BLOCK_VALUES // max(n_genes, 1))
         blocks, held = [], 0
         for start in range(0, n_cells, step):
             block = sp.csr_matrix(np.asarray(matrix[:, start:start + step], dtype=np.float32).T)
             held += block.data.nbytes + block.indices.nbytes + block.indptr.nbytes
-            check_memory(held, f"its expression matrix (at cell {start:,} of {n_cells:,})", opts)
+            done = min(start + step, n_cells)  # the whole matrix once done: its size, not "at least"
+            check_memory(held, "its expression matrix", opts,
+                         read_so_far=f"its first {done:,} of {n_cells:,} cells" if done < n_cells else None,
+                         whole=f"the whole matrix is {n_genes:,} genes x {n_cells:,} cells of {matrix.dtype} values, "
+                               f"{mb(unpacked)} as stored unpacked, zeros included")
             blocks.append(block)
         X = sp.vstack(blocks, format="csr")
         opts.report["stored_matrices"] = {"matrix": "dense", "layers": [str(k) for k in f.get("layers", {})]}

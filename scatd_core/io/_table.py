@@ -305,7 +305,7 @@ class _Rows:
             check_cells(len(self.ids), self.opts, final=False)
         else:
             check_genes(len(self.ids), self.opts)
-        check_memory(self.held, f"its values (after {len(self.ids):,} rows)", self.opts)
+        check_memory(self.held, "its values", self.opts, read_so_far=f"its first {len(self.ids):,} rows")
         if meta is not None:
             self.metas.append(meta)
 
