@@ -504,9 +504,10 @@ def test_tables_are_parsed_in_chunks_that_stop_at_the_limits(tmp_path, monkeypat
             fh.write(b"cell,G1,G2\n" + text * 300_000)
         message = _refused(dense).message
         # what the rows read before stopping take, not the whole file's: said as "at least"
-        assert "its values would take at least 1.0 MB of memory once read (its first " in message, message
-        assert "rows take that already; the rest of the file was not read" in message, message
-        rows = int(message.split("its first ")[1].split(" rows")[0].replace(",", ""))
+        assert "its values would take at least 1.0 MB of memory once read, over the server's limit" in message
+        assert "rows take that already; the rest of the file, if any, was not read, so its whole size is not " \
+               "known" in message
+        rows = int(message.split("Its first ")[1].split(" rows")[0].replace(",", ""))
         assert rows < most, message
 
 
@@ -523,8 +524,8 @@ def test_a_loom_too_large_for_memory_says_what_was_read_and_the_whole_matrix_dec
         f.create_group("row_attrs")["Gene"] = np.array([f"G{i}".encode() for i in range(100)])
         f.create_group("col_attrs")["CellID"] = np.array([f"c{i}".encode() for i in range(2000)])
     message = _refused(path).message
-    assert "its expression matrix would take at least 1.0 MB of memory once read (its first " in message, message
-    cells = int(message.split("its first ")[1].split(" of 2,000 cells")[0].replace(",", ""))
+    assert "its expression matrix would take at least 1.0 MB of memory once read, over the server" in message, message
+    cells = int(message.split("Its first ")[1].split(" of 2,000 cells")[0].replace(",", ""))
     assert 1000 < cells < 2000, message
     assert "the whole matrix is 100 genes x 2,000 cells of float32 values, 781 kB as stored unpacked" in message
     monkeypatch.setattr(_hdf5, "LOOM_BLOCK_VALUES", 1 << 25)  # read at once: its whole size, not "at least"

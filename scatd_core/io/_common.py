@@ -177,22 +177,20 @@ def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None
     """Refuse ``what`` before it is read when its declared size exceeds the dataset memory budget.
 
     ``read_so_far`` (e.g. "its first 5,000 rows"): ``n_bytes`` is what that part, read before
-    stopping, takes, not the whole file's: the message says "at least" and names the part, and
-    ``whole`` (the whole matrix as declared, e.g. its shape and type) where the file declares it,
-    else that the rest was not read."""
-    amount = f"{mb(n_bytes)} of memory once read"
-    if read_so_far:
-        amount = (f"at least {amount} ({read_so_far} take that already; "
-                  + (whole or "the rest of the file was not read, so its whole size is not known") + ")")
+    stopping, takes, not the whole file's: the message says "at least", names the part, and gives
+    ``whole`` (the whole matrix as the file declares it: its shape and type) where known, else says
+    that the whole size is not known."""
+    amount = ("at least " if read_so_far else "") + f"{mb(n_bytes)} of memory once read"
+    rest = whole or "the rest of the file, if any, was not read, so its whole size is not known"
+    part = f" {read_so_far[0].upper()}{read_so_far[1:]} take that already; {rest}." if read_so_far else ""
     if n_bytes > opts.max_dataset_bytes and opts.limit_reason:
-        raise MemoryShortage(f"{opts.display_name}: {what} would take {amount}, more than "
-                             f"{opts.limit_reason}.",
+        raise MemoryShortage(f"{opts.display_name}: {what} would take {amount}, more than {opts.limit_reason}.{part}",
                              "Your file is kept: try again when other analyses on this server have finished" + (
                                  f"; or: {hint}" if hint else ", or save it as an .h5ad with X in CSR format (read "
                                  "from disk in batches when memory is short)") + ".")
     if n_bytes > opts.max_dataset_bytes:
-        raise InputError(f"{opts.display_name}: {what} would take {amount}, over the "
-                         f"server's limit of {mb(opts.max_dataset_bytes)} per dataset.",
+        raise InputError(f"{opts.display_name}: {what} would take {amount}, over the server's limit of "
+                         f"{mb(opts.max_dataset_bytes)} per dataset.{part}",
                          hint or "Save it as an .h5ad with X in CSR format (read from disk in batches), upload "
                                  "fewer cells, or ask the administrator to raise SCATD_MAX_DATASET_MB.")
 
