@@ -161,7 +161,7 @@ def _folder_item(key: str, path: Path) -> dict:
     if not _writable(path):
         return _item(key, "problem", f"{path} cannot be written by this account ({_account()}): a file could not "
                      f"be made in it")
-    return _item(key, "ok", str(path) + (" (written as root)" if _running_as_root() else ""))
+    return _item(key, "ok", str(path) + (" (checked as root)" if _running_as_root() else ""))
 
 
 def _service_items(conf, folders: dict[str, Path]) -> list[dict]:
@@ -178,8 +178,8 @@ def _service_items(conf, folders: dict[str, Path]) -> list[dict]:
                  " (the User= of its systemd unit: scatd in deploy/scatd-studio.service; set server.service_user "
                  "to have it checked here)")
         items.append(_item("checked as", "warning",
-                           f"root: root may write in any folder, so that the folders above could be written says "
-                           f"nothing of the account the server runs as{named}. Check that account's access with "
+                           f"root: root may write in any folder, so the folder checks above say nothing of the "
+                           f"account the server runs as{named}. Check that account's access with "
                            f"`sudo -u {who} scatd doctor`"))
     if user and user != me:
         for key, path in folders.items():
