@@ -457,10 +457,11 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
                    "They are kept with the data and in the downloadable h5ad.", icon=":material/check_circle:")
         if not entry["available"]:  # as the CLI: the stored embeddings are used without the backbone
             st.info(foundation.stored_note(record, name), icon=":material/info:")
-        failed = int(record["info"].get("not_embedded", {}).get("non_finite_output", 0))
-        if failed:
-            st.warning(f"{failed:,} cell(s) not embedded: {foundation.not_embedded_text(bundle.backbone, 'non_finite_output')}.",
-                       icon=":material/warning:")
+        for reason in ("non_finite", "negative_values", "non_finite_output"):  # values or weights at fault
+            failed = int(record["info"].get("not_embedded", {}).get(reason, 0))
+            if failed:
+                st.warning(f"{failed:,} cell(s) not embedded: {foundation.not_embedded_text(bundle.backbone, reason)}.",
+                           icon=":material/warning:")
         return True
     st.markdown(f"This model reads {name} cell embeddings ({dim:,}-d). They are computed here from your expression "
                 f"matrix, then aligned to the bulk statistics (AdaIN) as in scATD.")

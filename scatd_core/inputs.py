@@ -64,7 +64,8 @@ MAX_LOG_VALUE = float(np.log(MAX_ABS_VALUE))
 #: The foundation model whose cell embeddings each embedding backbone takes.
 FOUNDATION_MODELS = {"vae_sf": "scFoundation", "vae_gf": "Geneformer"}
 #: Reasons a cell is not scored, in the order they are checked.
-REASONS = ("filtered", "not_embedded", "non_finite", "overflow", "negative_values", "no_expression")
+REASONS = ("filtered", "not_embedded", "missing_values", "non_finite", "overflow", "negative_values",
+           "no_expression")
 #: Sparse batches up to this fraction of non-zero model inputs go to the first layer sparse;
 #: denser ones are made dense. The sparse product's work follows the non-zeros and the GEMM's
 #: the whole matrix; on the development machine (2 AMD EPYC cores, AVX2) the sparse product is
@@ -73,6 +74,7 @@ SPARSE_MAX_DENSITY = 0.25
 REASON_TEXT = {"filtered": "filtered by QC",
                "not_embedded": "no embedding (an all-NaN row: the foundation model found no expressed gene of its "
                                "vocabulary, or a total count of 1 or less)",
+               "missing_values": "the embedding has missing values (NaN in some of its features)",
                "non_finite": "NaN or infinite values",
                "overflow": f"values beyond ±{MAX_ABS_VALUE:.0e}",
                "negative_values": "negative values, which a log transform cannot take",
@@ -83,6 +85,14 @@ REASON_TEXT = {"filtered": "filtered by QC",
                                        "genes, so the fault is in the model, not the data: its weights are likely "
                                        "damaged (check or re-install the backbone files), or, on a GPU in half "
                                        "precision, a value overflowed (try the CPU)"}
+
+#: The words of a reason for an embedding model (VAE_sf/VAE_gf), where they differ from
+#: :data:`REASON_TEXT`: its cells reach it through a foundation model, which does not take them.
+EMBEDDING_REASON_TEXT = {
+    "negative_values": "negative expression values, which counts and log-normalised values never have, so the "
+                       "foundation model was not given them",
+    "non_finite": "NaN or infinite values (in their expression, so the foundation model was not given them, or in "
+                  "the embeddings given)"}
 
 
 @dataclass
@@ -133,6 +143,9 @@ class Source:
     description: str
     columns: np.ndarray | None = field(default=None, repr=False)  # data column of each model feature
     in_order: bool = False  # the data's columns are the model's features, in order: no gather
+    #: embeddings: ``{reason: rows}`` of the cells the foundation model left out for NaN, infinite or
+    #: negative expression values (their rows are all NaN), counted under that reason, not "no embedding"
+    faulty: dict = field(default_factory=dict, repr=False)
 
     def raw(self, start: int, stop: int, totals: np.ndarray | None = None, unlog: bool = False):
         """Rows ``[start, stop)`` in model feature order, before any transform (sparse stays sparse).
@@ -189,7 +202,12 @@ def model_source(adata: ad.AnnData, spec: InputSpec) -> Source:
                       columns, in_order)
     key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone)
     if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] == spec.input_dim:
-        return Source(np.asarray(adata.obsm[key]), None, f"obsm['{key}']")
+        faulty = {}
+        if _keys.FOUNDATION in adata.uns:  # computed here: why some cells have none
+            from scatd_core.foundation._embed import faulty_reasons
+
+            faulty = faulty_reasons(adata, spec.backbone)
+        return Source(np.asarray(adata.obsm[key]), None, f"obsm['{key}']", faulty=faulty)
     if adata.n_vars == spec.input_dim:
         return Source(adata.X, None, f"X ({adata.n_vars} embedding features, by position)")
     raise embedding_width_error(adata, spec)
@@ -429,7 +447,13 @@ class ModelInput:
             x = np.asarray(block)
             with np.errstate(invalid="ignore"):
                 if self.source.alignment is None:  # embeddings: NaN rows are the cells not embedded
-                    drop(np.isnan(x).all(axis=1), "not_embedded")
+                    empty = np.isnan(x).all(axis=1)
+                    for reason, where in self.source.faulty.items():  # left out for their expression values
+                        flagged = np.zeros(n, dtype=bool)
+                        flagged[where[(where >= start) & (where < stop)] - start] = True
+                        drop(empty & flagged, reason)
+                    drop(empty, "not_embedded")
+                    drop(np.isnan(x).any(axis=1), "missing_values")  # a row partly NaN
                 drop(~np.isfinite(x).all(axis=1), "non_finite")
                 drop((np.abs(np.nan_to_num(x)) > MAX_ABS_VALUE).any(axis=1), "overflow")
                 if self.unlog:  # beyond MAX_ABS_VALUE once un-logged

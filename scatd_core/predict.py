@@ -31,7 +31,7 @@ from scatd_core import _threads  # noqa: F401  (reads the process's thread count
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
-from scatd_core.inputs import REASON_TEXT, ModelInput, value_messages
+from scatd_core.inputs import EMBEDDING_REASON_TEXT, REASON_TEXT, ModelInput, value_messages
 from scatd_core.nn.sparse import batch_tensor
 
 __all__ = ["predict", "score", "store", "Scores", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
@@ -640,8 +640,9 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
     if aln is not None and aln.fraction_matched < LOW_COVERAGE_FRACTION:
         out.append(f"Only {aln.fraction_matched:.0%} of the model's genes are in the data; predictions may be "
                    "unreliable.")
+    words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if bundle.input_kind == "embedding" else {})}
     for reason, count in not_scored.items():
-        out.append(f"{count:,} cell(s) were not scored: {REASON_TEXT.get(reason, reason)}.")
+        out.append(f"{count:,} cell(s) were not scored: {words.get(reason, reason)}.")
     if "not_embedded" in not_scored and adata is not None:
         record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}
         failed = int(((record.get("info") or {}).get("not_embedded") or {}).get("non_finite_output", 0))

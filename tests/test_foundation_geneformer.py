@@ -237,6 +237,27 @@ def test_embed_cells_for_geneformer(gf):
     assert record["info"]["not_embedded"] == {"no_expressed_gene": 1} and record["n_embedded"] == 7
 
 
+def test_cells_with_negative_or_non_finite_values_are_left_out_by_reason(gf):
+    """Geneformer ranks values > 0 and divides by the cell's total: a negative value was dropped
+    without a word, an infinite one ranked the cell's genes by dictionary order. Both are left out
+    and named (any gene counts: the total is over all of them); the other cells are as before."""
+    a = counts(40)
+    clean = a.copy()
+    embed_cells(clean, "vae_gf", device="cpu")
+    x = a.X.toarray()
+    x[3, 2], x[5, 1], x[6, 0] = -4, np.nan, np.inf
+    a.X = sp.csr_matrix(x)
+    record = embed_cells(a, "vae_gf", device="cpu")
+    assert record["info"]["not_embedded"] == {"non_finite": 2, "negative_values": 1} and record["n_embedded"] == 37
+    assert {k: v.tolist() for k, v in record["not_embedded_rows"].items()} == {"non_finite": [5, 6],
+                                                                              "negative_values": [3]}
+    emb = a.obsm["X_geneformer"]
+    assert np.isnan(emb[[3, 5, 6]]).all()
+    others = np.setdiff1d(np.arange(40), [3, 5, 6])
+    np.testing.assert_allclose(emb[others], clean.obsm["X_geneformer"][others], rtol=1e-5, atol=1e-5)
+    assert "negative" in G.NOT_EMBEDDED["negative_values"] and "NaN or infinite" in G.NOT_EMBEDDED["non_finite"]
+
+
 # ----------------------------------------------------------------------------- real V1 dictionaries
 
 def test_real_v1_dictionaries_tokenise_a_scanpy_dataset():

@@ -455,3 +455,73 @@ def test_report_says_how_the_embeddings_were_made(assets, sf_bundle, tmp_path):
     page = html_report(a)
     assert "Embeddings: scFoundation" in page and "(key rde, resolution a5, max_genes 8000), from X" in page
     assert "the model knew 35 of the data&#x27;s 37 genes (40 in its vocabulary); 20 cells embedded" in page
+
+
+# ----------------------------------------------------------------------------- values no expression has
+
+def _with_faulty_cells(a):
+    """``a`` (counts) with a negative value in cell 3, NaN in cell 5 and infinity in cell 6."""
+    x = a.X.toarray()
+    x[3, 2], x[5, 1], x[6, 0] = -4, np.nan, np.inf
+    out = a.copy()
+    out.X = sp.csr_matrix(x)
+    return out
+
+
+def test_cells_with_negative_expression_are_not_scored_by_reason(assets, sf_bundle, tmp_path, capsys, monkeypatch):
+    """As the Dist_VAE path: such cells are not embedded and not scored, counted under their reason in
+    the CLI, the record, metrics.csv and the warnings; the reasons travel with the annotated h5ad.
+    (A file with NaN or infinite values is refused when read; through the API those are left out too.)"""
+    from scatd_core.export import metrics_table
+
+    a = sf_counts(100)
+    x = a.X.toarray()
+    x[3, 2], x[7, 0] = -4, -1
+    a.X = sp.csr_matrix(x)
+    a.write_h5ad(tmp_path / "faulty.h5ad")
+    common = ["predict", "--model", str(sf_bundle.path), "--device", "cpu", "--threshold", "0.5"]
+    rc = main(common + ["--input", str(tmp_path / "faulty.h5ad"), "--output", str(tmp_path / "p.csv"),
+                        "--h5ad", str(tmp_path / "a.h5ad")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "warning: 2 cell(s) not embedded: negative values among its genes" in err
+    assert "warning: 2 cell(s) were not scored: negative expression values" in err
+    annotated = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert annotated.uns["scatd"]["not_scored"] == {"negative_values": 2}
+    assert list(annotated.obs["scatd_label"].iloc[[3, 7]]) == ["not scored"] * 2
+    m = metrics_table(annotated)
+    section = dict(zip(m.loc[m["section"] == "not scored", "metric"], m.loc[m["section"] == "not scored", "value"]))
+    assert section == {"negative_values": 2}
+    # the annotated h5ad again: the embeddings are reused, and the cells keep their reason
+    monkeypatch.setattr(S, "embed", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reused")))
+    rc = main(common + ["--input", str(tmp_path / "a.h5ad"), "--output", str(tmp_path / "p2.csv")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "2 cell(s) were not scored: negative expression values" in err and "no embedding" not in err
+
+
+def test_cells_with_non_finite_expression_are_not_scored_by_reason(assets, sf_bundle):
+    a = _with_faulty_cells(sf_counts(100))
+    _predicted(a, sf_bundle)
+    assert a.uns["scatd"]["not_scored"] == {"non_finite": 2, "negative_values": 1}
+    assert a.uns["scatd_foundation"]["vae_sf"]["info"]["not_embedded"] == {"non_finite": 2, "negative_values": 1}
+
+
+def test_geneformer_cells_with_negative_values_are_not_scored_by_reason(assets, gf_bundle):
+    a = _with_faulty_cells(gf_counts(30))
+    _predicted(a, gf_bundle)
+    assert a.uns["scatd"]["not_scored"] == {"non_finite": 2, "negative_values": 1}
+    assert any(w.startswith("1 cell(s) were not scored: negative expression values") for w in a.uns["scatd"]["warnings"])
+
+
+def test_a_partly_missing_stored_embedding_is_not_scored_as_missing_values(assets, sf_bundle):
+    a = sf_counts(30)
+    emb = np.random.default_rng(0).normal(size=(30, 64)).astype(np.float32)
+    emb[2, :5] = np.nan  # partly missing
+    emb[4] = np.nan  # no embedding
+    a.obsm["X_scfoundation"] = emb
+    predict(a, sf_bundle, device="cpu")
+    info = a.uns["scatd"]
+    assert info["not_scored"] == {"not_embedded": 1, "missing_values": 1}
+    assert "1 cell(s) were not scored: the embedding has missing values (NaN in some of its features)." in info["warnings"]
+    assert a.obs["scatd_label"].iloc[2] == "not scored"

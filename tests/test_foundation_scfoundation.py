@@ -331,6 +331,27 @@ def test_scaled_data_and_unknown_genes_are_refused(sf):
         S.embed(b, device="cpu")
 
 
+def test_cells_with_negative_or_non_finite_values_are_left_out_by_reason(sf):
+    """scFoundation keeps only values > 0: a cell with a negative value would be embedded from its
+    other genes without a word, one with NaN was called "no expressed gene". Both are left out and
+    named; a faulty value outside scFoundation's genes changes nothing; the other cells are as before."""
+    a = counts(100, genes=H.sf_genes(40) + ["NOTINLIST"])
+    clean, _ = S.embed(a, device="cpu")
+    x = a.X.toarray()
+    x[3, 2], x[5, 1], x[6, 0] = -4, np.nan, np.inf
+    x[7, 40] = -2  # a gene scFoundation does not read
+    b = ad.AnnData(sp.csr_matrix(x))
+    b.var_names = a.var_names
+    faulty = {}
+    out, info = S.embed(b, device="cpu", faulty=faulty)
+    assert info["not_embedded"] == {"non_finite": 2, "negative_values": 1}
+    assert {k: v.tolist() for k, v in faulty.items()} == {"non_finite": [5, 6], "negative_values": [3]}
+    assert np.isnan(out[[3, 5, 6]]).all()
+    others = np.setdiff1d(np.arange(100), [3, 5, 6])
+    np.testing.assert_allclose(out[others], clean[others], rtol=1e-5, atol=1e-5)
+    assert "NaN or infinite" in S.NOT_EMBEDDED["non_finite"] and "negative" in S.NOT_EMBEDDED["negative_values"]
+
+
 def test_cells_that_cannot_be_embedded_and_the_gene_cap(sf):
     a = counts(6)
     x = a.X.toarray()

@@ -400,17 +400,45 @@ def embed_cells(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = N
         return record
     t0 = time.perf_counter()
     source, given = counts_source(adata, backbone)
+    faulty: dict = {}
     new, info = module.embed(source, todo, device=device, batch_tokens=batch_tokens, progress=progress,
-                             should_stop=should_stop, **options)
+                             should_stop=should_stop, faulty=faulty, **options)
     info = {**info, "expression": given}
     if record is not None:
         matrix = np.array(adata.obsm[key], dtype=np.float32)
         matrix[todo] = new[todo]
         seconds = float(record["seconds"])
+        for reason, rows in faulty_rows_of(record).items():  # the cells embedded before keep their reasons
+            rows = rows[~todo[rows]]
+            faulty[reason] = np.union1d(rows, faulty.get(reason, np.zeros(0, dtype=np.int64)))
     else:
         matrix, seconds = new, 0.0
     return store_embeddings(adata, backbone, matrix, info, _identity(backbone, options), tried | todo, device,
-                            seconds + time.perf_counter() - t0)
+                            seconds + time.perf_counter() - t0, faulty=faulty)
+
+
+#: The key of a record (``uns['scatd_foundation'][backbone]``) holding the rows of the cells not
+#: embedded for values no expression has (NaN, infinite, negative), by reason.
+FAULTY_ROWS = "not_embedded_rows"
+
+
+def faulty_rows_of(record: dict | None) -> dict[str, np.ndarray]:
+    """``{reason: rows}`` of the cells a record left out for NaN, infinite or negative values
+    (:data:`FAULTY_ROWS`; empty for records made before they were kept)."""
+    stored = (record or {}).get(FAULTY_ROWS) or {}
+    return {str(k): np.asarray(v, dtype=np.int64).ravel() for k, v in stored.items()}
+
+
+def faulty_reasons(adata: ad.AnnData, backbone: str) -> dict[str, np.ndarray]:
+    """``{reason: rows}`` of ``adata``'s cells that ``backbone``'s stored embeddings left out for
+    NaN, infinite or negative values (:func:`faulty_rows_of`), when the record was made for as
+    many cells as ``adata`` has (a subset of an annotated file keeps ``uns`` as it was); else
+    empty. :class:`~scatd_core.inputs.ModelInput` counts such cells under these reasons instead
+    of "no embedding"."""
+    record = adata.uns.get(_keys.FOUNDATION, {}).get(backbone)
+    if not isinstance(record, dict) or np.asarray(record.get("tried", ())).shape != (adata.n_obs,):
+        return {}
+    return {k: v[(v >= 0) & (v < adata.n_obs)] for k, v in faulty_rows_of(record).items()}
 
 
 def not_embedded_text(backbone: str, reason: str) -> str:
@@ -425,9 +453,11 @@ def not_embedded_text(backbone: str, reason: str) -> str:
 
 
 def store_embeddings(adata, backbone: str, matrix: np.ndarray, info: dict, identity: dict, tried: set, device: str,
-                     seconds: float) -> dict:
+                     seconds: float, faulty: dict | None = None) -> dict:
     """Put the embeddings in ``obsm`` and their record (what made them, which cells were tried, how
-    long it took) in ``uns['scatd_foundation']``, as one process and the Ray engine both store them."""
+    long it took) in ``uns['scatd_foundation']``, as one process and the Ray engine both store them.
+    ``faulty``: the rows of the cells left out for NaN, infinite or negative values, by reason
+    (kept under :data:`FAULTY_ROWS`, so the prediction names them)."""
     from scatd_core.predict import device_description, resolve_device
 
     adata.obsm[_keys.FOUNDATION_EMBEDDING[backbone]] = matrix
@@ -437,6 +467,9 @@ def store_embeddings(adata, backbone: str, matrix: np.ndarray, info: dict, ident
               "fingerprint": _remembered_fingerprint(adata), "tried": tried,
               "n_embedded": int(np.isfinite(matrix).all(axis=1).sum()),
               "device": device_description(resolve_device(device)), "seconds": round(seconds, 3)}
+    faulty = {k: np.asarray(v, dtype=np.int64) for k, v in (faulty or {}).items() if len(v)}
+    if faulty:
+        record[FAULTY_ROWS] = faulty
     stored = dict(adata.uns.get(_keys.FOUNDATION, {}))
     stored[backbone] = record
     adata.uns[_keys.FOUNDATION] = stored
@@ -608,7 +641,6 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
     (:func:`counts_source`). Reads the data once (token counts),
     loads no weights.
     """
-    from scatd_core._matrix import row_batches
     from scatd_core.predict import _flop_rate, device_description, resolve_device
 
     options = _options(backbone, options)
@@ -631,7 +663,7 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
         folder = geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"])
         vocab = geneformer.read_vocabulary(folder.version)
         tok = geneformer.tokenizer(adata, vocab, folder.input_size)
-        tokens = np.concatenate([tok.n_tokens(b) for _, _, b in row_batches(adata.X, 8192)])[wanted]
+        tokens = geneformer.cell_plan(tok, adata.X, wanted)[0]
         tokens = tokens[tokens > 0]
         flops = geneformer.flops_per_cell(folder.config, folder.n_layers + options["emb_layer"], tokens).sum()
         alignment = tok.alignment

@@ -81,3 +81,38 @@ def finite_rows(values: np.ndarray) -> np.ndarray:
     ok = np.isfinite(values).all(axis=1)
     values[~ok] = np.nan
     return ok
+
+
+#: Why a cell is not given to the backbone although it has expressed genes: its values are no
+#: expression (the keys, and the words, of :data:`scatd_core.inputs.REASONS`, so a prediction
+#: counts these cells as the Dist_VAE path counts them). Checked in this order.
+FAULTY = ("non_finite", "negative_values")
+
+
+def faulty_rows(block, columns: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Which rows of ``block`` (CSR or dense) hold a NaN or infinite value (``non_finite``), and
+    which, of the others, a negative one (``negative_values``): values no expression has, which
+    the backbone would otherwise pass over without a word (scFoundation and Geneformer keep only
+    values > 0, and a NaN or infinite value spoils the cell's total count). ``columns``: a
+    boolean mask of the data columns that reach the model (default: all)."""
+    import scipy.sparse as sp
+
+    n = block.shape[0]
+    if sp.issparse(block):
+        block = sp.csr_matrix(block)
+        values = block.data
+        row = np.repeat(np.arange(n), np.diff(block.indptr))
+        if columns is not None:
+            keep = columns[block.indices]
+            values, row = values[keep], row[keep]
+        with np.errstate(invalid="ignore"):
+            non_finite = np.bincount(row[~np.isfinite(values)], minlength=n) > 0
+            negative = np.bincount(row[values < 0], minlength=n) > 0
+    else:
+        x = np.asarray(block)
+        if columns is not None:
+            x = x[:, columns]
+        with np.errstate(invalid="ignore"):
+            non_finite = ~np.isfinite(x).all(axis=1)
+            negative = (x < 0).any(axis=1)
+    return {"non_finite": non_finite, "negative_values": negative & ~non_finite}

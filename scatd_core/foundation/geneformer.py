@@ -579,13 +579,42 @@ def flops_per_cell(config: dict, n_used: int, n_tokens: np.ndarray) -> np.ndarra
 
 
 #: Why a cell gets no embedding (beyond the caller's mask).
-NOT_EMBEDDED = {"no_expressed_gene": "no expressed gene in Geneformer's vocabulary"}
+NOT_EMBEDDED = {"non_finite": "NaN or infinite values (no count is; an infinite or NaN value also spoils the "
+                              "cell's total count, which Geneformer divides by)",
+                "negative_values": "negative values, which counts never have (Geneformer would drop them without a "
+                                   "word and rank the rest)",
+                "no_expressed_gene": "no expressed gene in Geneformer's vocabulary"}
+
+
+def cell_plan(tok: Tokenizer, X, wanted: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(tokens per cell, {reason: cells not embedded}) ``: one pass over ``X``. A wanted cell
+    with a NaN, infinite or negative value in any gene (its total count is over all genes) is
+    left out (``non_finite``, ``negative_values``), as one without a vocabulary gene
+    (``no_expressed_gene``); the others have tokens."""
+    from scatd_core._matrix import row_batches
+    from scatd_core.foundation._work import FAULTY, faulty_rows
+
+    n = X.shape[0]
+    n_tokens = np.zeros(n, dtype=np.int64)
+    faulty = {reason: np.zeros(n, dtype=bool) for reason in FAULTY}
+    for start, stop, block in row_batches(X, 8192):
+        for reason, rows in faulty_rows(block).items():
+            faulty[reason][start:stop] = rows
+        with np.errstate(invalid="ignore"):
+            n_tokens[start:stop] = tok.n_tokens(block)
+    reasons, left = {}, np.asarray(wanted, dtype=bool).copy()
+    for reason, rows in faulty.items():
+        reasons[reason] = left & rows
+        left &= ~rows
+    reasons["no_expressed_gene"] = left & (n_tokens == 0)
+    n_tokens[~left | reasons["no_expressed_gene"]] = 0
+    return n_tokens, reasons
 
 
 def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None = None,
           embedding_dim: int | None = None, emb_mode: str = "cell", emb_layer: int = -1, device: str = "auto",
           batch_tokens: int | None = None, progress=None, should_stop=None,
-          lengths: list | None = None) -> tuple[np.ndarray, dict]:
+          lengths: list | None = None, faulty: dict | None = None) -> tuple[np.ndarray, dict]:
     """Geneformer cell embeddings of the ``wanted`` cells of ``adata`` (raw counts).
 
     Returns ``(embeddings, info)``: float32 ``(n_obs, hidden)``, NaN rows for the cells not
@@ -593,6 +622,8 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
     (``batch_tokens`` tokens each), with bf16 autocast on CUDA. Use
     :func:`scatd_core.foundation.embed_cells` to store the result. ``lengths``, a list, receives
     the tokens of each embedded cell (the Ray engine merges shards' medians from them).
+    ``faulty``, a dict, receives the rows of the cells left out for NaN, infinite or negative
+    values, by reason (:func:`cell_plan`).
     """
     from scatd_core._matrix import row_batches
     from scatd_core.foundation import _work
@@ -608,10 +639,8 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
     require_names(adata, vocab, Path(folder) if folder else geneformer_dir())
     tok = tokenizer(adata, vocab, model_folder.input_size)
     wanted = np.ones(adata.n_obs, dtype=bool) if wanted is None else np.asarray(wanted, dtype=bool)
-    n_tokens = np.concatenate([tok.n_tokens(block) for _, _, block in row_batches(adata.X, 8192)]) \
-        if adata.n_obs else np.zeros(0, dtype=np.int64)
-    no_gene = wanted & (n_tokens == 0)
-    ok = wanted & ~no_gene
+    n_tokens, reasons = cell_plan(tok, adata.X, wanted)
+    ok = n_tokens > 0
     n_used = bert.config.num_hidden_layers
     work = _work.Work(flops_per_cell(model_folder.config, n_used, n_tokens[ok]).sum(), int(ok.sum()),
                       f"{NAME} embeddings", progress, should_stop)
@@ -632,7 +661,9 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
             work.step(batch.size, flops_per_cell(model_folder.config, n_used, n_tokens[at[batch]]).sum())
     if lengths is not None:
         lengths.append(n_tokens[finite])
-    not_embedded = {"no_expressed_gene": int(no_gene.sum())} if no_gene.any() else {}
+    if faulty is not None:
+        faulty.update({k: np.flatnonzero(v) for k, v in reasons.items() if k != "no_expressed_gene" and v.any()})
+    not_embedded = {k: int(v.sum()) for k, v in reasons.items() if v.any()}
     if (ok & ~finite).any():
         not_embedded[_work.NON_FINITE_OUTPUT] = int((ok & ~finite).sum())
     info = {"model": NAME, "model_folder": model_folder.path.name, "version": model_folder.version,

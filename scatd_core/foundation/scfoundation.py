@@ -623,7 +623,10 @@ def flops_per_cell(cfg: ScFoundationConfig, n_tokens: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- embedding
 
 #: Why a cell gets no embedding (beyond the caller's mask).
-NOT_EMBEDDED = {"no_expressed_gene": "no expressed gene among scFoundation's genes",
+NOT_EMBEDDED = {"non_finite": "NaN or infinite values among its genes (no expression value is)",
+                "negative_values": "negative values among its genes, which counts and log-normalised values never "
+                                   "have (scFoundation would drop them without a word and embed the rest)",
+                "no_expressed_gene": "no expressed gene among scFoundation's genes",
                 "total_at_most_1": "a total count of 1 or less (its S token, log10 of the total, would vanish)"}
 
 
@@ -637,27 +640,43 @@ class Plan:
     s: np.ndarray
     embed: np.ndarray
     not_embedded: dict
+    #: rows of the cells not embedded for values no expression has, by reason (``non_finite``, ``negative_values``)
+    faulty: dict = None
 
 
 def plan(adata, wanted: np.ndarray, genes: list[str], resolution: str = DEFAULT_RESOLUTION,
          max_genes: int = DEFAULT_MAX_GENES) -> Plan:
     """One pass over the data: tokens per cell, T and S, which cells can be embedded; the gene cap.
 
-    Raises :class:`InputError` when a wanted cell expresses more than ``max_genes`` genes.
+    A cell with a NaN, infinite or negative value among the genes scFoundation reads is not
+    embedded (``not_embedded``: ``non_finite``, ``negative_values``), nor is one without an
+    expressed gene or with a total count of 1 or less. Raises :class:`InputError` when a wanted
+    cell expresses more than ``max_genes`` genes.
     """
     from scatd_core._matrix import row_batches
+    from scatd_core.foundation._work import FAULTY, faulty_rows
 
     prepared = prepare(adata, genes, resolution)
     n = adata.n_obs
     n_expressed, totals = np.zeros(n, dtype=np.int64), np.zeros(n)
+    faulty = {reason: np.zeros(n, dtype=bool) for reason in FAULTY}
+    columns = np.diff(sp.csr_matrix(prepared.alignment.matrix).indptr) > 0  # the data's genes scFoundation reads
     for start, stop, block in row_batches(adata.X, 8192):
-        values, totals[start:stop] = prepared.values(block)
+        for reason, rows in faulty_rows(block, columns).items():
+            faulty[reason][start:stop] = rows
+        with np.errstate(invalid="ignore"):
+            values, totals[start:stop] = prepared.values(block)
         n_expressed[start:stop] = expressed_counts(values)
     t, s = total_tokens(totals, resolution)
+    reasons, left = {}, wanted.copy()
+    for reason, rows in faulty.items():
+        reasons[reason] = left & rows
+        left &= ~rows
     with np.errstate(invalid="ignore"):
-        no_gene = wanted & (n_expressed == 0)
-        low = wanted & ~no_gene & ~((s > 0) & (t > 0))  # a token <= 0 would be dropped, as any value <= 0
-    ok = wanted & ~no_gene & ~low
+        reasons["no_expressed_gene"] = no_gene = left & (n_expressed == 0)
+        # a token <= 0 would be dropped, as any value <= 0
+        reasons["total_at_most_1"] = low = left & ~no_gene & ~((s > 0) & (t > 0))
+    ok = left & ~no_gene & ~low
     over = ok & (n_expressed > max_genes)
     if over.any():
         raise InputError(
@@ -666,14 +685,14 @@ def plan(adata, wanted: np.ndarray, genes: list[str], resolution: str = DEFAULT_
             "minutes (the cost grows with the square of the number of genes).",
             "Remove them with the QC filter (Data page: an upper bound on genes detected), or raise the cap "
             "(--max-genes) on a GPU server.")
-    return Plan(prepared, n_expressed, t, s, ok,
-                {k: int(v.sum()) for k, v in (("no_expressed_gene", no_gene), ("total_at_most_1", low)) if v.any()})
+    return Plan(prepared, n_expressed, t, s, ok, {k: int(v.sum()) for k, v in reasons.items() if v.any()},
+                {k: np.flatnonzero(reasons[k]) for k in FAULTY if reasons[k].any()})
 
 
 def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None = None, key: str = DEFAULT_KEY,
           resolution: str = DEFAULT_RESOLUTION, max_genes: int = DEFAULT_MAX_GENES, device: str = "auto",
           batch_tokens: int | None = None, progress=None, should_stop=None,
-          lengths: list | None = None) -> tuple[np.ndarray, dict]:
+          lengths: list | None = None, faulty: dict | None = None) -> tuple[np.ndarray, dict]:
     """scFoundation cell embeddings (``pool_type all``) of the ``wanted`` cells of ``adata``.
 
     Returns ``(embeddings, info)``: a float32 ``(n_obs, 4 x hidden)`` array, NaN rows for the
@@ -681,7 +700,8 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
     encoder in length-sorted, right-padded batches (``batch_tokens`` tokens each), with bf16
     autocast on CUDA. Use :func:`scatd_core.foundation.embed_cells` to store the result.
     ``lengths``, a list, receives the genes expressed by each embedded cell (the Ray engine
-    merges shards' medians from them).
+    merges shards' medians from them). ``faulty``, a dict, receives the rows of the cells left
+    out for NaN, infinite or negative values, by reason (:attr:`Plan.faulty`).
     """
     from scatd_core._matrix import row_batches
     from scatd_core.foundation import _work
@@ -718,6 +738,8 @@ def embed(adata, wanted: np.ndarray | None = None, *, folder: str | Path | None 
         p.not_embedded[_work.NON_FINITE_OUTPUT] = int(failed.sum())
     if lengths is not None:
         lengths.append(p.n_expressed[finite])
+    if faulty is not None:
+        faulty.update(p.faulty)
     info = {"model": NAME, "key": key, "resolution": resolution, "pool_type": "all", "max_genes": int(max_genes),
             "values": "log1p of counts per 10k over the aligned genes" if p.prepared.normalise else
                       "log-normalised values as given (total count = their sum)",
