@@ -446,10 +446,15 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
     from scatd_core import _keys, foundation
     from scatd_core._progress import duration
 
+    from scatd_core.foundation._embed import stored_width_note
+
     dim = bundle.architecture.input_dim
     entry = foundation.probe(bundle.backbone, embedding_dim=dim).to_dict()
     name = entry["name"]
     mask = qc_mask(adata)
+    width_note = stored_width_note(adata, bundle, installed=entry["available"])
+    if width_note:  # embeddings of another width stored in the file: not used
+        (st.info if entry["available"] else st.warning)(width_note, icon=":material/info:")
     if foundation.cells_to_embed(adata, bundle, mask) == 0:
         record = adata.uns[_keys.FOUNDATION][bundle.backbone]
         st.success(f"{name} embeddings of your cells are computed ({record['n_embedded']:,} cells, "

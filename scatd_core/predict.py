@@ -608,7 +608,8 @@ def _embedding_notes(adata: ad.AnnData, bundle) -> list[str]:
         return []
     record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}
     note = ((record.get("info") or {}).get("expression") or {}).get("note")
-    return [str(note)] if note else []
+    # and why embeddings stored in the file were not used (of another width than the model takes)
+    return ([str(note)] if note else []) + [str(n) for n in (record.get("info") or {}).get("notes", [])]
 
 
 def _embeddings(adata: ad.AnnData, bundle) -> dict:

@@ -174,3 +174,14 @@ def test_the_model_page_says_it_uses_the_counts_layer(sf_app):
     upload(at, "logged.h5ad", h5ad_bytes(logged))
     goto(at, "2_Model")
     assert "so scFoundation is given the raw counts in layers['counts'] instead" in text(at.info)
+
+
+def test_the_model_page_computes_anew_stored_embeddings_of_the_wrong_width(sf_app):
+    counts = sf_counts(20)
+    counts.obsm["X_scfoundation"] = np.ones((20, 50), dtype=np.float32)
+    at = start()
+    upload(at, "wrong.h5ad", h5ad_bytes(counts))
+    goto(at, "2_Model")
+    shown = text(at.info)
+    assert "The file's obsm['X_scfoundation'] holds 50-d embeddings" in shown and "so they are not used" in shown
+    assert "to embed: about" in shown and any(b.key == "btn_embed" for b in at.button)

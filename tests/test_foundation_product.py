@@ -525,3 +525,30 @@ def test_a_partly_missing_stored_embedding_is_not_scored_as_missing_values(asset
     assert info["not_scored"] == {"not_embedded": 1, "missing_values": 1}
     assert "1 cell(s) were not scored: the embedding has missing values (NaN in some of its features)." in info["warnings"]
     assert a.obs["scatd_label"].iloc[2] == "not scored"
+
+
+def test_stored_embeddings_of_the_wrong_width_are_computed_anew_from_the_genes(assets, sf_bundle, tmp_path, capsys,
+                                                                               monkeypatch):
+    a = sf_counts(20)
+    a.obsm["X_scfoundation"] = np.ones((20, 50), dtype=np.float32)  # e.g. another scFoundation's, or truncated
+    a.write_h5ad(tmp_path / "wrong.h5ad")
+    assert needs_embedding(a, sf_bundle)
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "wrong.h5ad"),
+               "--output", str(tmp_path / "p.csv"), "--h5ad", str(tmp_path / "a.h5ad"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    said = "The file's obsm['X_scfoundation'] holds 50-d embeddings, but TESTDRUG"
+    assert said in err and "takes 64-d scFoundation embeddings, so they are not used" in err
+    assert err.index(said) < err.index("scFoundation embeddings: 20 of 20 cells")
+    annotated = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert annotated.obsm["X_scfoundation"].shape == (20, 64) and annotated.uns["scatd"]["n_scored"] == 20
+    assert any(n.startswith(said) for n in annotated.uns["scatd"]["notes"])
+    # without scFoundation's weights: the message says both, and how to install them
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(tmp_path / "nowhere"))
+    S._PROBES.clear()
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "wrong.h5ad"),
+               "--output", str(tmp_path / "p2.csv"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"error: {said}" in err and "so they cannot be used; and scFoundation is not ready here" in err
+    assert "No scFoundation weights" in err and "SCATD_SCFOUNDATION_DIR" in err

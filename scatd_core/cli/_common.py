@@ -353,6 +353,12 @@ def prepare_embeddings(adata, bundle, args) -> None:
 
     if not needs_embedding(adata, bundle):
         return
+    from scatd_core.foundation._embed import probe, stored_width_note
+
+    # embeddings of another width stored in the file: not used (without the backbone, the error says so)
+    note = stored_width_note(adata, bundle)
+    if note and probe(bundle.backbone, embedding_dim=bundle.architecture.input_dim).available:
+        say(note)
     options = {}
     if bundle.backbone == "vae_sf":
         options["key"] = args.scfoundation_key

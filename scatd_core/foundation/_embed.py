@@ -526,11 +526,41 @@ def needs_embedding(adata: ad.AnnData, bundle) -> bool:
         return False
     key = _keys.FOUNDATION_EMBEDDING[bundle.backbone]
     record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone)
-    if key in adata.obsm and record is None:
-        return False  # embeddings the user brought
+    if key in adata.obsm and record is None and wrong_width(adata, bundle) is None:
+        return False  # embeddings the user brought (of another width, an expression file's are computed anew)
     if key not in adata.obsm and not _is_expression(adata) and record is None:
         return False  # an embedding file (X by position; of another size, ModelInput says so)
     return True
+
+
+def wrong_width(adata: ad.AnnData, bundle) -> int | None:
+    """The width of the embeddings stored in an expression file (``obsm['X_scfoundation' |
+    'X_geneformer']``, not computed here) when it is not the width ``bundle`` takes, else ``None``:
+    such embeddings are not used, and the file's genes give them anew (:func:`stored_width_note`)."""
+    key = _keys.FOUNDATION_EMBEDDING.get(bundle.backbone)
+    if key not in adata.obsm or adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) is not None:
+        return None
+    width = int(np.shape(adata.obsm[key])[1]) if np.ndim(adata.obsm[key]) == 2 else 0
+    if width == bundle.architecture.input_dim or not _is_expression(adata):
+        return None
+    return width
+
+
+def stored_width_note(adata: ad.AnnData, bundle, installed: bool = True) -> str | None:
+    """What happens to embeddings of the wrong width stored in an expression file
+    (:func:`wrong_width`): not used, computed from the file's genes instead (``installed``: the
+    backbone is installed here; else they cannot be); ``None`` when there are none. Said by the
+    CLI and the app before embedding, and kept with the prediction."""
+    width = wrong_width(adata, bundle)
+    if width is None:
+        return None
+    key, name = _keys.FOUNDATION_EMBEDDING[bundle.backbone], _module(bundle.backbone).NAME
+    dim = bundle.architecture.input_dim
+    said = f"The file's obsm['{key}'] holds {width:,}-d embeddings, but {bundle.name} takes {dim:,}-d {name} embeddings"
+    if not installed:
+        return f"{said}, so they cannot be used; and {name} is not ready here to compute them from the file's genes."
+    return (f"{said}, so they are not used: the {name} embeddings are computed from the file's genes instead "
+            "(and replace them in the annotated h5ad).")
 
 
 def check_size(bundle) -> None:
@@ -609,9 +639,20 @@ def ensure_embeddings(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = No
     stored = stored_without_backbone(adata, bundle, mask=mask, **options)
     if stored is not None:
         return stored
-    check_size(bundle)
-    return require_some_finite(embed_cells(adata, bundle.backbone, mask=mask, device=device, progress=progress,
-                                           should_stop=should_stop, **options), bundle.backbone)
+    note = stored_width_note(adata, bundle)
+    try:
+        check_size(bundle)
+    except CheckpointError as exc:
+        if note is None:
+            raise
+        raise CheckpointError(f"{stored_width_note(adata, bundle, installed=False)[:-1]}: {exc.message}", exc.hint,
+                              app_hint=exc.app_hint) from None
+    record = require_some_finite(embed_cells(adata, bundle.backbone, mask=mask, device=device, progress=progress,
+                                             should_stop=should_stop, **options), bundle.backbone)
+    if note is not None:  # kept with the embeddings' record, so the prediction records it too
+        record["info"] = {**record["info"], "notes": [note]}
+        adata.uns[_keys.FOUNDATION] = {**adata.uns[_keys.FOUNDATION], bundle.backbone: record}
+    return record
 
 
 def require_some_finite(record: dict, backbone: str) -> dict:
