@@ -258,6 +258,27 @@ def test_cells_with_negative_or_non_finite_values_are_left_out_by_reason(gf):
     assert "negative" in G.NOT_EMBEDDED["negative_values"] and "NaN or infinite" in G.NOT_EMBEDDED["non_finite"]
 
 
+def test_swapped_token_and_median_dictionaries_are_named_as_swapped(gf):
+    tokens, medians = gf / "token_dictionary.pkl", gf / "gene_median_dictionary.pkl"
+    t, m = tokens.read_bytes(), medians.read_bytes()
+    tokens.write_bytes(m)
+    medians.write_bytes(t)
+    G._PROBES.clear()
+    with pytest.raises(CheckpointError) as err:
+        G.read_vocabulary("V1", gf)
+    message = err.value.message
+    assert message.startswith("These two files look swapped: token_dictionary.pkl holds gene medians")
+    assert "gene_median_dictionary.pkl holds token ids" in message and "<pad> = 0" in message
+    assert "different" not in message and "gene_median_dictionary.pkl" in err.value.hint
+    problems = G.probe().problems
+    assert [p.code for p in problems] == ["bad_dictionary"] and "look swapped" in problems[0].message
+    # dictionaries of different releases are still said as such
+    tokens.write_bytes(t)
+    medians.write_bytes(pickle.dumps({**pickle.loads(m), "ENSG99999999999": 1.5}))
+    with pytest.raises(CheckpointError, match="different Geneformer releases"):
+        G.read_vocabulary("V1", gf)
+
+
 # ----------------------------------------------------------------------------- real V1 dictionaries
 
 def test_real_v1_dictionaries_tokenise_a_scanpy_dataset():
