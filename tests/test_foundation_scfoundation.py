@@ -352,6 +352,18 @@ def test_cells_with_negative_or_non_finite_values_are_left_out_by_reason(sf):
     assert "NaN or infinite" in S.NOT_EMBEDDED["non_finite"] and "negative" in S.NOT_EMBEDDED["negative_values"]
 
 
+def test_a_z_scored_matrix_is_refused_in_plain_words(sf):
+    a = counts(30)
+    x = a.X.toarray()
+    z = ad.AnnData((x - x.mean(0)) / (x.std(0) + 1e-3))
+    z.var_names = a.var_names
+    with pytest.raises(InputError) as err:
+        S.embed(z, device="cpu")
+    assert "these values look z-scored (centred and scaled per gene)" in err.value.message
+    assert "zscored" not in err.value.message and "drops every value <= 0" in err.value.message
+    assert "raw counts" in err.value.hint
+
+
 def test_cells_that_cannot_be_embedded_and_the_gene_cap(sf):
     a = counts(6)
     x = a.X.toarray()

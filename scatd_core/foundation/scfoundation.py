@@ -568,10 +568,18 @@ def prepare(adata, genes: list[str], resolution: str = DEFAULT_RESOLUTION) -> Pr
                          "'Gene stable ID' and 'Gene name').",
                          app_hint="Give human gene symbols, or Ensembl IDs with their symbols (a BioMart table on the "
                                   "Data page).")
-    kind = adata.uns.get(_keys.INPUT_REPORT, {}).get("value_type") or detect_value_type(adata.X)["kind"]
+    report = adata.uns.get(_keys.INPUT_REPORT, {})
+    found = {"kind": report["value_type"], "evidence": report.get("value_type_evidence") or {}} \
+        if report.get("value_type") else detect_value_type(adata.X)
+    kind = found["kind"]
     if kind not in ("counts", "tpm_like", "log_normalized"):
-        raise InputError(f"scFoundation needs counts or log-normalised expression; these values look {kind} "
-                         "(scFoundation drops every value <= 0, so centred or scaled data lose most of the cell).",
+        look = {"zscored": "z-scored (centred and scaled per gene)"}.get(kind, "like neither")
+        evidence = found.get("evidence") or {}
+        why = f" ({evidence['reason']})" if evidence.get("reason") else ""
+        drops = (" scFoundation drops every value <= 0, so centred or scaled data lose most of each cell."
+                 if kind == "zscored" or evidence.get("has_negative") else "")
+        raise InputError(f"scFoundation needs counts or log-normalised expression; these values look {look}{why}."
+                         + drops,
                          "Give the raw counts (the 10x output, or adata.raw / layers['counts']).",
                          app_hint="Upload the raw counts (the 10x output, or adata.raw / layers['counts']).")
     return Prepared(genes, alignment, kind != "log_normalized", kind, resolution)
