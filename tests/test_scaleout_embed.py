@@ -52,6 +52,7 @@ def test_embeddings_on_two_workers_equal_single_process(local_ray, assets, tmp_p
         bundle, data = _bundle(tmp_path, "vae_gf", H.GF_CONFIG["hidden_size"], seed=1), gf_counts(N_CELLS, seed=2)
     x = data.X.tolil()
     x[5] = 0  # a cell without an expressed gene: not embedded, with the reason
+    x[7, 0] = x[2_100, 1] = -2.0  # cells with a negative value in two shards: not embedded, their rows kept
     data.X = sp.csr_matrix(x)
     path = tmp_path / "counts.h5ad"
     data.write_h5ad(path)
@@ -66,8 +67,9 @@ def test_embeddings_on_two_workers_equal_single_process(local_ray, assets, tmp_p
     assert any("embeddings · 1 of 3 shards" in m for m in seen)
     assert (tmp_path / "o.csv.embeddings.parts" / "shard-000002.sha256").exists()
     key = _keys.FOUNDATION_EMBEDDING[backbone]
-    assert one["info"]["not_embedded"] == {"no_expressed_gene": 1}
-    assert_same_record(dist, one, dist_adata, one_adata, key)
+    assert one["info"]["not_embedded"] == {"no_expressed_gene": 1, "negative_values": 2}
+    assert_same_record(dist, one, dist_adata, one_adata, key)  # with the rows of the faulty cells, by reason
+    assert list(dist["not_embedded_rows"]["negative_values"]) == [7, 2_100]
     # the same call again: already there, nothing recomputed
     assert scaleout.embed_ray(dist_adata, bundle, mask=mask, device="cpu") is dist_adata.uns[_keys.FOUNDATION][backbone]
 

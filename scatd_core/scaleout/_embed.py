@@ -25,7 +25,7 @@ import numpy as np
 from scatd_core import _keys
 from scatd_core.scaleout._files import stat_data_file
 from scatd_core.scaleout._run import _ray, _require_backed, _run_pass, _workers, connect, release
-from scatd_core.scaleout._shard import EmbedWorker, Job
+from scatd_core.scaleout._shard import FAULTY_PREFIX, EmbedWorker, Job
 from scatd_core.scaleout._store import ShardStore, parts_dir, shard_name
 
 #: Chunks of :data:`~scatd_core.foundation._work.CHUNK_CELLS` cells per shard by default.
@@ -131,8 +131,18 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
             release(started)
         embeddings = np.array(adata.obsm[key], dtype=np.float32) if record is not None else None
         info, lengths, embedded, not_embedded = None, [], 0, {}
+        faulty = {}  # as one process keeps them: the rows of the cells left out for NaN, infinite or negative values
+        if record is not None:
+            from scatd_core.foundation._embed import faulty_rows_of
+
+            faulty = {reason: rows[~todo[rows]] for reason, rows in faulty_rows_of(record).items()}
         for i, (start, stop) in enumerate(shards):
             part = store.load(shard_name(i))
+            for name in part:
+                if name.startswith(FAULTY_PREFIX):
+                    reason = name[len(FAULTY_PREFIX):]
+                    faulty[reason] = np.union1d(faulty.get(reason, np.zeros(0, dtype=np.int64)),
+                                                np.asarray(part[name], dtype=np.int64) + start)
             new = part["embedding"]
             if embeddings is None:
                 embeddings = np.full((n, new.shape[1]), np.nan, dtype=np.float32)
@@ -157,7 +167,7 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     info["expression"] = given  # what the backbone was given, with the same note as one process
 
     return require_some_finite(store_embeddings(adata, backbone, embeddings, info, identity, tried | todo, device,
-                                                seconds + time.perf_counter() - t0), backbone)
+                                                seconds + time.perf_counter() - t0, faulty=faulty), backbone)
 
 
 def _matrix_in_file(adata: ad.AnnData, where: str) -> str | None:

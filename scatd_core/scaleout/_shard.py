@@ -354,6 +354,11 @@ def shard_raw(part: dict[str, np.ndarray]):
     return part.get("raw")
 
 
+#: A part's arrays named so hold the rows (in its shard) of the cells an embedding left out for
+#: NaN, infinite or negative values, one array per reason (``faulty_negative_values`` ...).
+FAULTY_PREFIX = "faulty_"
+
+
 class EmbedWorker(_Worker):
     """Foundation-model embeddings of a shard's cells, with the package's own ``embed`` (the
     model is loaded once per process and pass: the backbone modules cache it until its files change).
@@ -374,10 +379,13 @@ class EmbedWorker(_Worker):
         shard.uns[_keys.INPUT_REPORT] = dict(e["report"])
         wanted = e["todo"][start:start + shard.n_obs]
         lengths: list = []
-        new, info = _module(e["backbone"]).embed(shard, wanted, device=self.job.device,
-                                                 batch_tokens=e["batch_tokens"], lengths=lengths, **e["options"])
-        return {"embedding": new, "lengths": np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64),
-                "info": np.asarray(json.dumps(json_safe(info)))}
+        faulty: dict = {}  # rows (in the shard) of the cells left out for NaN, infinite or negative values
+        new, info = _module(e["backbone"]).embed(shard, wanted, device=self.job.device, batch_tokens=e["batch_tokens"],
+                                                 lengths=lengths, faulty=faulty, **e["options"])
+        out = {"embedding": new, "lengths": np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64),
+               "info": np.asarray(json.dumps(json_safe(info)))}
+        out.update({f"{FAULTY_PREFIX}{reason}": np.asarray(rows, dtype=np.int64) for reason, rows in faulty.items()})
+        return out
 
     def release(self) -> None:
         """Idle: the backbone modules' cached models (hundreds of MB) go too."""

@@ -22,7 +22,10 @@ import numpy as np
 from scatd_core.errors import InputError
 from scatd_core.scaleout._files import parts_error
 
-FORMAT = 1
+#: The parts' layout; parts of another format (an earlier version's) are not resumed: the run
+#: says to delete them. 2: the cells' reasons gained ``missing_values``; embedding parts hold the
+#: rows of the cells left out for faulty values.
+FORMAT = 2
 
 
 def remove_opened() -> tuple[int, int]:
