@@ -529,6 +529,19 @@ def few_shot_from_column(adata, column: str, resistant=None, *, option: str = FE
     return labels
 
 
+def refuse_few_shot_as_evaluation(few_shot_column, label_column, drug: str | None = None) -> None:
+    """Refuse one column as both the labelled cells to train with (``--few-shot-column``) and the
+    evaluation labels (``--target-labels``) of the same model (``drug``: which of a panel's), before
+    any training: the cells it labels would train the model and so be left out of its evaluation,
+    leaving none to evaluate on (``scatd train`` and ``scatd train-panel`` alike)."""
+    if few_shot_column is None or label_column is None or str(few_shot_column) != str(label_column):
+        return
+    which = "--target-labels" if drug is None else f"--target-labels {drug}={label_column}"
+    raise InputError(f"--few-shot-column and {which} name the same column {str(label_column)!r}: the cells it labels "
+                     "would train the model and so be left out of its evaluation, leaving none to evaluate on.",
+                     f"Give the evaluation labels in another column, or leave {which} out.")
+
+
 # --------------------------------------------------------------------------- from GDSC IC50
 
 def _strip_note(name: str) -> str:

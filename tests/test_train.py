@@ -1476,9 +1476,133 @@ def test_scatd_train_few_shot_column_takes_the_labelled_cells_as_the_train_page_
     assert (f"12 labelled target cells ({labelled['resistant']} resistant, {labelled['sensitive']} sensitive) "
             "trained it") in err
     prov = load_bundle(out.split("installed in the model library: ")[1].strip()).manifest["provenance"]
-    assert prov["few_shot_labels"] == {"n": 12, "of": "cells of the target"}  # as the Train page's
+    assert prov["few_shot_labels"] == {"n": 12, "of": "cells of the target", "column": "few"}  # as the Train page's
     assert prov["target"]["file"] == "target.csv" and prov["target"]["sha256"] == sha256_file(tmp_path / "target.csv")
     assert prov["target"]["cell_metadata"]["used"] == {"target_labels": "truth", "few_shot_labels": "few"}
+
+
+def _few_table(folder, name="few.csv", n=12, column="few", flip=False):
+    """A cell metadata table giving the first ``n`` cells of the synthetic target a label (1 =
+    sensitive, as SCAD's 'response'; ``flip``: the other way round) and the others a blank."""
+    _, _, target = synthetic()
+    response = target.obs["response"].to_numpy()
+    few = [str(1 - r if flip else r) if i < n else "" for i, r in enumerate(response)]
+    pd.DataFrame({"cell_id": target.obs_names, column: few, "truth": response}).to_csv(folder / name, index=False)
+    return folder / name
+
+
+def test_scatd_train_panel_few_shot_column_is_checked_before_training(tmp_path, capsys, monkeypatch):
+    """Parity: `scatd train-panel` had --obs but no --few-shot-column. It takes --few-shot-column and
+    --few-shot-resistant as `scatd train` does, and --few-shot-drug (the column labels one drug):
+    every wrong combination is refused before any drug is trained, saying what to give."""
+    from scatd_core.cli import main
+
+    monkeypatch.setattr("scatd_core.train._run.train_drug_model", lambda *a, **k: pytest.fail("trained"))
+    args = _cli_train_args(tmp_path)
+    panel = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA,OTHER", *args[args.index("--target"):],
+             "--min-lines", "2", "--library", str(tmp_path / "lib")]
+    with_few = panel + ["--obs", str(_few_table(tmp_path)), "--few-shot-column", "few"]
+    for extra, said in [
+        (["--few-shot-resistant", "0"], "--few-shot-resistant is for the --few-shot-column column, and none was "
+                                        "given."),
+        (["--few-shot-drug", "DRUGA"], "--few-shot-drug names the drug of the --few-shot-column labels, and none was "
+                                       "given."),
+    ]:
+        assert main(panel + extra) == 2
+        err = capsys.readouterr().err
+        assert f"error: {said}" in err and "Add --few-shot-column" in err, err
+    for extra, said in [
+        ([], ("error: Which value of 'few' means resistant is not known", "--few-shot-resistant VALUE")),
+        (["--few-shot-resistant", "0"],
+         ("error: The labelled target cells ('few') are labels for one drug, and the panel has 2 drugs (DRUGA, OTHER).",
+          "--few-shot-drug DRUG")),
+        (["--few-shot-resistant", "0", "--few-shot-drug", "nosuch"], ("error: --few-shot-drug: Drug 'nosuch' is not",)),
+        (["--few-shot-resistant", "0", "--few-shot-drug", "druga", "--drugs", "OTHER"],
+         ("error: The labelled target cells ('few') are for 'druga' (--few-shot-drug), which is not one of the drugs "
+          "to train (OTHER).",)),
+        (["--few-shot-resistant", "0", "--few-shot-drug", "druga", "--head", "scatd"],
+         ("error: Training with labelled target cells needs the default linear head.",)),
+        (["--few-shot-resistant", "0", "--few-shot-drug", "druga", "--target-labels", "DRUGA=few",
+          "--target-resistant-value", "0"],
+         ("error: --few-shot-column and --target-labels DRUGA=few name the same column 'few'",)),
+        (["--few-shot-resistant", "0", "--few-shot-column", "nosuch"],
+         ("error: The target has no obs column 'nosuch' (--few-shot-column).",)),
+    ]:
+        assert main(with_few + extra) == 2
+        err = capsys.readouterr().err
+        assert all(part in err for part in said) and "unexpected" not in err, (extra, err)
+
+
+def test_train_panel_trains_only_the_few_shot_drug_with_the_labelled_cells(monkeypatch):
+    """A panel of several drugs: the labelled cells are the few-shot drug's labels, so only its model
+    trains with them; the other drugs' models are trained without."""
+    from scatd_core.labels import few_shot_from_column
+    from scatd_core.train import train_panel
+
+    bulk, labels, target = synthetic()
+    labels["OTHER"] = labels["DRUGA"].map({"resistant": "sensitive", "sensitive": "resistant"})
+    target.obs["few"] = [("resistant" if r == 0 else "sensitive") if i < 12 else None
+                         for i, r in enumerate(target.obs["response"])]
+    given = {}
+
+    def record(bulk, labels, drug, target, **k):
+        given[drug] = k["few_shot_labels"]
+        raise InputError("recorded")
+
+    monkeypatch.setattr("scatd_core.train._run.train_drug_model", record)
+    summary, _ = train_panel(bulk, labels, "all", target, few_shot_labels=few_shot_from_column(target, "few"),
+                             few_shot_drug="other", min_lines_per_class=2, resume=False)
+    assert list(summary["drug"]) == ["DRUGA", "OTHER"] and given["DRUGA"] is None
+    assert given["OTHER"].name == "few" and len(given["OTHER"]) == 12
+
+
+def test_scatd_train_panel_few_shot_column_trains_its_drug_and_another_column_trains_it_again(tmp_path, capsys):
+    """train-panel --few-shot-column: only the --few-shot-drug's model trains with the labelled cells
+    (a panel of one drug needs no --few-shot-drug); the model records them (how many, the column,
+    the cell metadata table), and the resume state compares them: the same column resumes, another
+    column, other labels or none train the drug again, said, never silently resumed."""
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path)
+    panel = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA", *args[args.index("--target"):],
+             "--min-lines", "2", "--library", str(tmp_path / "lib")]
+    evaluated = ["--target-labels", "DRUGA=truth", "--target-resistant-value", "0"]
+    meta = _few_table(tmp_path)  # and two more columns: the same labels as 'few', and other labels
+    flipped = pd.read_csv(_few_table(tmp_path, "flip.csv", flip=True))["few"]
+    pd.read_csv(meta).assign(other=lambda t: t["few"], flipped=flipped).to_csv(meta, index=False)
+
+    def run(*extra, column=None):
+        few = [] if column is None else ["--few-shot-column", column, "--few-shot-resistant", "0"]
+        code = main(panel + ["--obs", str(meta)] + few + list(extra))
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t")), err
+
+    row, err = run(*evaluated, column="few")
+    assert "--few-shot-column few: 12 labelled cell(s) of 40 will be used for training" in err
+    assert row[1] == "trained" and "trained with 12 labelled target cell(s) of 'few'" in row[8], row
+    [path] = [p for p in (tmp_path / "lib").iterdir() if (p / "manifest.json").is_file()]
+    manifest = load_bundle(path).manifest
+    assert manifest["provenance"]["few_shot_labels"] == {"n": 12, "of": "cells of the target", "column": "few"}
+    assert manifest["provenance"]["target"]["cell_metadata"]["used"] == {"target_labels": "truth",
+                                                                         "few_shot_labels": "few"}
+    assert manifest["metrics"]["target"]["n_few_shot_cells_left_out"] == 12  # evaluated on the other cells
+    again, _ = run(*evaluated, "--few-shot-drug", "druga", column="few")
+    assert again[1] == "resumed" and "trained with 12 labelled target cell(s) of 'few'" in again[8], again
+    other, _ = run(*evaluated, column="other")  # the same labels, another column
+    assert other[1] == "trained" and ("trained again: the earlier run's model was trained with the labelled target "
+                                      "cells of 'few'; this run gives the labelled target cells of 'other'") in other[8]
+    assert run(*evaluated, column="other")[0][1] == "resumed"
+    none, _ = run(*evaluated)
+    assert none[1] == "trained" and "this run gives none" in none[8], none
+    assert run(*evaluated)[0][1] == "resumed"
+    # the same column name with other labels is other labelled cells too (their labels are compared)
+    from scatd_core.train._panel import _few_shot_change, _few_shot_sha256
+
+    few, other = (pd.read_csv(meta, index_col=0)[c].dropna().rename("few") for c in ("few", "flipped"))
+    assert _few_shot_sha256(few) == _few_shot_sha256(few.copy()) != _few_shot_sha256(other)
+    assert _few_shot_change({"few_shot_sha256": _few_shot_sha256(few), "few_shot_column": "few"}, other) == \
+        "the labelled target cells of 'few' are not those the earlier run's model was trained with"
 
 
 def test_a_model_trained_on_a_tables_columns_records_the_table_as_the_app_gives_it(tmp_path):

@@ -49,9 +49,29 @@ def add_target_obs_argument(p) -> None:
     p.add_argument("--obs", metavar="FILE",
                    help="a cell metadata table (CSV/TSV: the target's cell IDs in the first column or in one named "
                         "cell_id or barcode, then columns such as response or sample) whose columns are added to "
-                        "the target's obs before --target-labels and --target-mask are looked up (10x and matrix "
-                        "files carry none); a name the target already has gets _meta appended; the model records "
-                        "the table (its name and sha256)")
+                        "the target's obs before --target-labels, --target-mask and --few-shot-column are looked "
+                        "up (10x and matrix files carry none); a name the target already has gets _meta appended; "
+                        "the model records the table (its name and sha256)")
+
+
+def add_few_shot_arguments(p, group=None, *, panel: bool = False) -> None:
+    """``--few-shot-column`` (in ``group`` when given: ``scatd train``'s, beside ``--few-shot-labels``)
+    and ``--few-shot-resistant`` (both commands, the same words); with ``panel``, ``--few-shot-drug``
+    too: the column holds labels for one drug, which a panel of several drugs must be told."""
+    (group or p).add_argument(
+        "--few-shot-column", metavar="COLUMN",
+        help=("or " if group is not None else "")
+        + "an obs column of the target (or of --obs) with a label for a few cells and blanks for the others "
+             "(the Train page's 'Labelled cells to train with'): those cells train the model "
+             + ("of one drug (--few-shot-drug, or the panel's only drug), as `scatd train --few-shot-column` "
+                "does; the other drugs are trained without them" if panel else "as --few-shot-labels' do"))
+    p.add_argument("--few-shot-resistant", metavar="VALUE",
+                   help="the value of --few-shot-column meaning resistant, unless the values are words like "
+                        "resistant/sensitive (e.g. 0 for a 0/1 column where 1 = sensitive)")
+    if panel:
+        p.add_argument("--few-shot-drug", metavar="DRUG",
+                       help="the drug of --drugs whose response --few-shot-column labels (the cells' own drug); "
+                            "needed when the panel has more than one drug")
 
 
 def read_target(args, *, read: bool = False):
@@ -97,12 +117,15 @@ def refuse_lone_resistant_value(args) -> None:
 
 
 def refuse_lone_few_shot_value(args) -> None:
-    """``--few-shot-resistant`` without ``--few-shot-column`` is refused before anything is read, as
-    a lone ``--target-resistant-value`` is."""
-    if getattr(args, "few_shot_resistant", None) is not None and not getattr(args, "few_shot_column", None):
-        raise ScatdError("--few-shot-resistant is for the --few-shot-column column, and none was given.",
-                         "Add --few-shot-column (the target's column of labelled cells), or leave "
-                         "--few-shot-resistant out.")
+    """``--few-shot-resistant`` (or ``scatd train-panel``'s ``--few-shot-drug``) without
+    ``--few-shot-column`` is refused before anything is read, as a lone ``--target-resistant-value`` is."""
+    if getattr(args, "few_shot_column", None):
+        return
+    for option, says in (("--few-shot-resistant", "is for the --few-shot-column column"),
+                         ("--few-shot-drug", "names the drug of the --few-shot-column labels")):
+        if getattr(args, option[2:].replace("-", "_"), None) is not None:
+            raise ScatdError(f"{option} {says}, and none was given.",
+                             f"Add --few-shot-column (the target's column of labelled cells), or leave {option} out.")
 
 
 def few_shot_of_column(target, args):
@@ -113,16 +136,16 @@ def few_shot_of_column(target, args):
     numbers are never guessed: where the page asks, the error here names the option to give."""
     from scatd_core._keys import RESISTANT, SENSITIVE
     from scatd_core.errors import InputError
-    from scatd_core.labels import few_shot_from_column, label_counts, label_direction
+    from scatd_core.labels import (few_shot_from_column, label_counts, label_direction,
+                                   refuse_few_shot_as_evaluation)
 
     column, resistant = args.few_shot_column, args.few_shot_resistant
     if column not in target.obs:
         raise InputError(f"The target has no obs column {column!r} (--few-shot-column).",
                          target_columns_hint(target.obs.columns))
-    if column == getattr(args, "target_labels", None):
-        raise InputError(f"--few-shot-column and --target-labels name the same column {column!r}: the cells it labels "
-                         "would train the model and so be left out of its evaluation, leaving none to evaluate on.",
-                         "Give the evaluation labels in another column, or leave --target-labels out.")
+    evaluation = getattr(args, "target_labels", None)
+    if isinstance(evaluation, str):  # scatd train's; train-panel's (DRUG=COLUMN) are checked by drug in train_panel
+        refuse_few_shot_as_evaluation(column, evaluation)
     if resistant is None and label_direction(target, column) is None:
         values = ", ".join(map(str, label_counts(target.obs[column]).index[:5])) or "none"
         raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from scatd_core._output import writing
 from scatd_core._train_settings import TrainSettings
-from scatd_core.cli._train_args import (add_recipe_arguments, add_target_obs_argument, few_shot_of_column,
-                                        note_unused, read_target, recipe_settings, refuse_lone_few_shot_value,
-                                        refuse_lone_resistant_value)
+from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
+                                        few_shot_of_column, note_unused, read_target, recipe_settings,
+                                        refuse_lone_few_shot_value, refuse_lone_resistant_value)
 from scatd_core.cli._common import (BACKBONES, DEVICE_HELP, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
@@ -126,13 +126,7 @@ def add(sub) -> None:
     few.add_argument("--few-shot-labels",
                      help="CSV cell_id,label (sensitive/resistant) of a few labelled target cells (at least 2 per "
                           "class) to train with; the other target cells stay unlabelled (semi-supervised)")
-    few.add_argument("--few-shot-column", metavar="COLUMN",
-                     help="or an obs column of the target (or of --obs) with a label for a few cells and blanks for "
-                          "the others (the Train page's 'Labelled cells to train with'): those cells train the model "
-                          "as --few-shot-labels' do")
-    p.add_argument("--few-shot-resistant", metavar="VALUE",
-                   help="the value of --few-shot-column meaning resistant, unless the values are words like "
-                        "resistant/sensitive (e.g. 0 for a 0/1 column where 1 = sensitive)")
+    add_few_shot_arguments(p, few)  # or --few-shot-column (and --few-shot-resistant), as train-panel's
     p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
     p.add_argument("--target-mask", metavar="COLUMN",
                    help="boolean obs column of the target: only its True cells are used (adapted to and evaluated), "

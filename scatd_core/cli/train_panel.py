@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core._train_settings import TrainSettings
-from scatd_core.cli._train_args import (add_recipe_arguments, add_target_obs_argument, note_unused, read_target,
-                                        recipe_settings, refuse_lone_resistant_value)
+from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
+                                        few_shot_of_column, note_unused, read_target, recipe_settings,
+                                        refuse_lone_few_shot_value, refuse_lone_resistant_value)
 from scatd_core.cli._common import BACKBONES, DEVICE_HELP, DEVICES, Progress, check_output, drug_and_column, fmt, positive_int, say
 from scatd_core.errors import ScatdError
 
@@ -49,6 +50,7 @@ def add(sub) -> None:
     p.add_argument("--target-mask", metavar="COLUMN",
                    help="boolean obs column of the target: only its True cells are used for every drug (e.g. "
                         "scatd_qc_pass in an annotated.h5ad from the app)")
+    add_few_shot_arguments(p, panel=True)  # as scatd train's, for one drug of the panel
     add_target_obs_argument(p)
     p.add_argument("--no-resume", action="store_true", help="train every drug again, even those already trained")
     p.add_argument("--save-panel", help="also save the trained models as your panel of this name (checked before "
@@ -90,7 +92,8 @@ def run(args) -> int:
     from scatd_core.cli.predict import os_user
     from scatd_core.train import train_panel
 
-    refuse_lone_resistant_value(args)
+    refuse_lone_resistant_value(args)  # before anything is read
+    refuse_lone_few_shot_value(args)
     if args.include_below_chance and not args.save_panel:
         raise ScatdError("--include-below-chance is for --save-panel, and none was given.")
     if args.save_panel:  # a bad name is refused before any training
@@ -103,9 +106,11 @@ def run(args) -> int:
     settings = recipe_settings(args, TrainSettings(seed=args.seed))
     if args.folds is not None:
         settings = replace(settings, folds=args.folds)
-    note_unused(args, settings)
+    note_unused(args, settings, few_shot=args.few_shot_column is not None)
     labels = _labels(args)
-    target, target_file = read_target(args)  # with --obs, the table's columns added before they are looked up
+    # with --obs, the table's columns added before they are looked up; read here too for --few-shot-column
+    target, target_file = read_target(args, read=args.few_shot_column is not None)
+    few_shot = None if args.few_shot_column is None else few_shot_of_column(target, args)
     summary, bundles = train_panel(
         args.bulk, labels, args.drugs, target, backbone=args.backbone, settings=settings,
         adaptation=not args.no_adaptation,
@@ -114,6 +119,7 @@ def run(args) -> int:
         min_lines_per_class=args.min_lines, device=args.device, library=args.library, trained_by=os_user(),
         resume=not args.no_resume, target_labels=_target_labels(args.target_labels),
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
+        few_shot_labels=few_shot, few_shot_drug=args.few_shot_drug,
         progress=Progress("Training the panel"), notice=lambda message: say(f"note: {message}"))
     print("drug\tstatus\tsensitive\tresistant\tCV AUROC\tbest baseline (CV AUROC)\ttarget AUROC\tbundle\tnote")
     for r in summary.itertuples(index=False):

@@ -9,7 +9,10 @@ other drugs chosen, or a label table made again with other drugs) skips the drug
 on the same labels (as long as their bundles are still installed: the very models, not another model that
 took the folder of a removed one since) and goes on with the others. A cell metadata table
 (``--obs``) whose columns give the target labels or the mask is part of that fingerprint: another
-table trains the drugs again. Drugs with too few sensitive
+table trains the drugs again. Labelled target cells to train with (``--few-shot-column``) are labels
+for one drug of the panel (``--few-shot-drug``): only that drug's model trains with them, and its
+resume check compares them (the column's name and its labels), so another column, other labels or
+none train that drug again. Drugs with too few sensitive
 (or resistant) labelled cell lines are skipped with the reason, never trained on noise.
 """
 
@@ -68,6 +71,42 @@ def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: Tr
 def _labels_sha256(labels: pd.DataFrame, drug: str) -> str:
     """The labels a drug's model is trained on: its column of the table, by cell line."""
     return _frame_sha256(labels[[drug]])
+
+
+def _few_shot_sha256(few_shot: pd.Series | None) -> str | None:
+    """The labelled target cells a drug's model is trained with: the column's name and its labels, by
+    cell (None: none)."""
+    if few_shot is None:
+        return None
+    return hashlib.sha256(f"{few_shot.name}\0{_frame_sha256(few_shot.rename('label').to_frame())}".encode()).hexdigest()
+
+
+def _few_shot_drug(few_shot: pd.Series | None, drug: str | None, table: pd.DataFrame, chosen: list[str]) -> str | None:
+    """The drug of the panel the labelled target cells are for (they are one drug's labels): ``drug``
+    matched to the label table's columns and one of the drugs to train, or the panel's only drug."""
+    if few_shot is None:
+        if drug is not None:
+            raise InputError(f"Labelled target cells were said to be for {drug!r}, and none were given.",
+                             "Add --few-shot-column (the target's column of labelled cells), or leave --few-shot-drug "
+                             "out.")
+        return None
+    column = f" ('{few_shot.name}')" if few_shot.name is not None else ""
+    if drug is None:
+        if len(chosen) == 1:
+            return chosen[0]
+        shown = ", ".join(chosen[:6]) + (", ..." if len(chosen) > 6 else "")
+        raise InputError(f"The labelled target cells{column} are labels for one drug, and the panel has {len(chosen)} "
+                         f"drugs ({shown}).",
+                         "Say which drug they are for: --few-shot-drug DRUG (the other drugs are trained without "
+                         "them).", app_hint="Say which drug of the panel they are for.")
+    try:
+        matched = match_drug(str(drug), [str(c) for c in table.columns])
+    except InputError as exc:
+        raise InputError(f"--few-shot-drug: {exc.message}", exc.hint) from None
+    if matched not in chosen:
+        raise InputError(f"The labelled target cells{column} are for {drug!r} (--few-shot-drug), which is not one of "
+                         f"the drugs to train ({', '.join(chosen)}).", "Name a drug of --drugs, or add it there.")
+    return matched
 
 
 def state_path(fingerprint: str) -> Path:
@@ -185,6 +224,8 @@ def train_panel(
     target_labels: Mapping[str, str] | None = None,
     target_resistant_value=None,
     target_mask: np.ndarray | str | None = None,
+    few_shot_labels: pd.Series | None = None,
+    few_shot_drug: str | None = None,
     input_names: Mapping[str, str] | None = None,
     input_files: Mapping[str, dict] | None = None,
     source: str = "scatd train-panel",
@@ -219,6 +260,14 @@ def train_panel(
     target_mask
         The target cells to use (e.g. ``'scatd_qc_pass'``), for every drug: see
         :func:`~scatd_core.train.train_drug_model`.
+    few_shot_labels, few_shot_drug
+        Labelled target cells to train with (``sensitive``/``resistant`` by cell ID, named by the
+        column that gave them: :func:`scatd_core.labels.few_shot_from_column`) and the drug of the
+        panel they are labels for (matched as ``drugs``; may be left out when the panel has one
+        drug): only that drug's model trains with them, as ``few_shot_labels`` of
+        :func:`~scatd_core.train.train_drug_model`, and records them; the others are trained without.
+        Refused before any training: the cells for a drug not in the panel, a panel of several drugs
+        without ``few_shot_drug``, the scatd head, or that drug's ``target_labels`` being the same column.
     input_names, source
         Display names of the inputs (``{"bulk" | "labels" | "target": name}``; default the file
         names of inputs given as files) and what trained the panel, recorded with each model as
@@ -259,6 +308,13 @@ def train_panel(
     if not isinstance(labels, pd.DataFrame):
         files["labels"] = {"file": Path(labels).name, "sha256": sha256_file(labels)}
     evaluate = _target_label_columns(target_labels, table, chosen, target_ad, target_resistant_value)
+    few_drug = _few_shot_drug(few_shot_labels, few_shot_drug, table, chosen)
+    if few_drug is not None:  # all refused before any drug is trained
+        from scatd_core.labels import refuse_few_shot_as_evaluation
+        from scatd_core.train._run import refuse_few_shot_head
+
+        refuse_few_shot_head(s)
+        refuse_few_shot_as_evaluation(few_shot_labels.name, evaluate.get(few_drug), few_drug)
     mask = target_mask_of(target_ad, target_mask)
     # a cell metadata table (--obs) whose columns give the mask (cells the adaptation uses) or the
     # target labels: another table is another run, never resumed from this one's models
@@ -278,6 +334,11 @@ def train_panel(
             say(0.0, "starting")
         done = state.get(drug)
         taken = ""  # the earlier run's model is gone and another model has its folder: trained again, said
+        few = few_shot_labels if drug == few_drug else None
+        if done and done.get("status") == "trained" and done.get("labels_sha256") == _labels_sha256(table, drug) \
+                and done.get("few_shot_sha256") != _few_shot_sha256(few):  # other labelled cells: trained again
+            taken = "trained again: " + _few_shot_change(done, few)
+            done = None
         if done and done.get("status") == "trained" and done.get("labels_sha256") == _labels_sha256(table, drug):
             try:
                 bundle = load_bundle(done["path"])
@@ -290,7 +351,7 @@ def train_panel(
                          "folder since (that run recorded no model identity)")
                 bundle = None
             if bundle is not None:
-                note = f"trained by an earlier run on {done.get('at', '?')}"
+                note = "; ".join([f"trained by an earlier run on {done.get('at', '?')}", *_few_shot_words(few)])
                 evaluated = ((bundle.manifest.get("metrics") or {}).get("target") or {}).get("label_column")
                 if drug in evaluate and evaluated != evaluate[drug]:
                     note += (f"; not evaluated on '{evaluate[drug]}' (that run had "
@@ -321,18 +382,21 @@ def train_panel(
                 notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),
                 target_resistant_value=target_resistant_value if drug in evaluate else None,
                 target_mask=target_mask if isinstance(target_mask, str) else mask,  # a column: named by its card
-                input_names=names, input_files=files, source=source)
+                few_shot_labels=few, input_names=names, input_files=files, source=source)
         except Cancelled:
             raise
         except InputError as exc:
             rows.append(_card_row(drug, "failed", None, None, n_sens, n_res, time.perf_counter() - t0, exc.message))
             continue
+        said = ([taken] if taken else []) + _few_shot_words(few)
         rows.append(_card_row(drug, "trained", bundle, report, n_sens, n_res, time.perf_counter() - t0,
-                              "; ".join(([taken] if taken else []) + list(report.get("warnings", [])))))
+                              "; ".join(said + list(report.get("warnings", [])))))
         bundles.append(bundle)
         state[drug] = {"status": "trained", "path": str(bundle.path), "labels_sha256": _labels_sha256(table, drug),
                        "identity": model_identity(bundle), "name": bundle.name,
-                       "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                       "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       **({"few_shot_sha256": _few_shot_sha256(few),
+                           "few_shot_column": None if few.name is None else str(few.name)} if few is not None else {})}
         _write_state(state_file, state)
     if orientation_warning:  # a trained drug's note has it from its model's warnings; the others are told here
         for row in rows:
@@ -341,6 +405,31 @@ def train_panel(
     if progress is not None:
         progress(1.0, f"{len(bundles)} of {len(chosen)} drugs have a model")
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), bundles
+
+
+def _few_shot_words(few: pd.Series | None) -> list[str]:
+    """``["trained with N labelled target cell(s) of 'column'"]`` for a summary note, or ``[]``."""
+    if few is None:
+        return []
+    return [f"trained with {len(few):,} labelled target cell(s)"
+            + (f" of '{few.name}'" if few.name is not None else "")]
+
+
+def _few_shot_change(done: dict, few: pd.Series | None) -> str:
+    """Why a drug trained by an earlier run (its state, ``done``) is trained again: its labelled
+    target cells (a column's, or none) differ from this run's."""
+    def named(column) -> str:
+        return "the labelled target cells" + (f" of '{column}'" if column is not None else "")
+
+    then = named(done.get("few_shot_column")) if done.get("few_shot_sha256") else None
+    now = named(few.name) if few is not None else None
+    if then is None:
+        return f"the earlier run's model was trained without labelled target cells; this run gives {now}"
+    if now is None:
+        return f"the earlier run's model was trained with {then}; this run gives none"
+    if then != now:
+        return f"the earlier run's model was trained with {then}; this run gives {now}"
+    return f"{now} are not those the earlier run's model was trained with"
 
 
 def _labels_table(record: dict | None) -> str | None:

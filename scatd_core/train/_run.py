@@ -197,6 +197,16 @@ def _few_shot(few_shot_labels, data: TrainingData, warnings: list[str]) -> FewSh
     return FewShot(np.array([where[c] for c in known]), y, [str(c) for c in known])
 
 
+def refuse_few_shot_head(settings: TrainSettings) -> None:
+    """Labelled target cells train only the default linear head (``scatd train`` and, before any
+    drug is trained, ``scatd train-panel``)."""
+    if settings.head != "linear":
+        raise InputError("Training with labelled target cells needs the default linear head.",
+                         "Leave out --head scatd, or train without the labelled cells (--few-shot-labels or "
+                         "--few-shot-column).",
+                         app_hint="Choose the ensemble of linear heads, or no labelled cells to train with.")
+
+
 def _target_truth(target_ad, column, resistant, data: TrainingData) -> np.ndarray | None:
     if column is None:
         return None
@@ -440,9 +450,8 @@ def train_drug_model(
     if epochs is not None:
         s = replace(s, epochs=int(epochs))
     s.check()
-    if few_shot_labels is not None and s.head != "linear":
-        raise InputError("Training with labelled target cells needs the default linear head.",
-                         "Leave out --head scatd, or train without --few-shot-labels.")
+    if few_shot_labels is not None:
+        refuse_few_shot_head(s)
     dev = resolve_device(device)
     named_out = _named_out(name, library, overwrite) if out is None and name and folder_from_name else None
     _refuse_published_names(named_out, name, backbone=backbone, drug=drug)
@@ -551,7 +560,9 @@ def train_drug_model(
         "bulk": bulk_prov, "labels": labels_prov, "target": target_prov,
         "few_shot_labels": ({"file": Path(few_shot_labels).name, "sha256": sha256_file(few_shot_labels)}
                             if few_shot_labels is not None and not isinstance(few_shot_labels, pd.Series) else
-                            {"n": len(few.rows), "of": "cells of the target"} if few is not None else None),
+                            {"n": len(few.rows), "of": "cells of the target",  # and the column that gave them
+                             **({"column": str(few_shot_labels.name)} if few_shot_labels.name is not None else {})}
+                            if few is not None else None),
         "backbone_bundle": ({"name": bb_bundle.name, "weights_sha256": bb_bundle.manifest.get("weights_sha256"),
                              # the genes it scaled counts over (this model: all genes, ALL_GENES below)
                              "library_size": bb_bundle.manifest.get("library_size", MODEL_GENES)}
