@@ -336,10 +336,21 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                                   key="train_panel_label_drug", placeholder="none of these drugs",
                                   help="That drug's model is evaluated on them (its target AUROC in the summary); "
                                        "they are never used for training.")
+    few_drug = None
+    if few_column is not None and few_resistant is not None and panel_drugs:
+        # the labelled cells are one drug's labels (the cells' own drug): only that drug's model trains with them
+        few_drug = st.selectbox(f"The labelled cells to train with ('{ui.md(few_column)}') are for",
+                                [None] + panel_drugs,
+                                index=panel_drugs.index(drug) + 1 if drug in panel_drugs else 0,
+                                format_func=ui.detached(lambda d: "none of these drugs" if d is None else d),
+                                key="train_panel_few_shot_drug", placeholder="none of these drugs",
+                                help="That drug's model trains with them (as the single model above would); the "
+                                     "other drugs are trained without them.")
     keep_below_chance = st.checkbox("Keep models at or below chance (bulk CV AUROC ≤ 0.5) in the saved panel",
                                     key="train_panel_below_chance",
                                     help="By default they are trained and installed, but left out of the saved panel.")
     if st.button("Train the panel", key="btn_train_panel", disabled=not panel_drugs):
+        from scatd_core.labels import few_shot_from_column
         from scatd_core.panel import MIN_MODELS, check_panel_name, save_panel
         from scatd_core.train import models_to_save, train_panel
 
@@ -357,6 +368,8 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     target_labels={label_drug: label_column} if label_drug is not None else None,
                     target_resistant_value=resistant_value if label_drug is not None else None,
                     target_mask=target_mask, input_names=input_names, source="the Train page's panel",
+                    few_shot_labels=few_shot_from_column(target, few_column) if few_drug is not None else None,
+                    few_shot_drug=few_drug,
                     progress=with_eta(ui.progress_to(bar)), should_stop=lambda: bool(ss.get(STOP)))
             if panel_name.strip():
                 kept, left_out = models_to_save(summary, trained, include_below_chance=keep_below_chance)

@@ -322,6 +322,44 @@ def test_train_panel_name_is_checked_first_and_an_unsaved_panel_is_said(monkeypa
     assert "mine" not in list_panels(at.session_state["user"].name)
 
 
+def test_train_panel_trains_the_chosen_drug_with_the_labelled_cells(monkeypatch):
+    """The panel trained on the Train page ignored the 'Labelled cells to train with' column chosen
+    above; it now asks which drug of the panel those labels are for (the drug chosen above by
+    default), and only that drug's model trains with them."""
+    import pandas as pd
+
+    calls = []
+
+    def fake_train_panel(*a, **k):
+        calls.append(k)
+        return pd.DataFrame(columns=["drug", "status", "below_chance", "bundle", "verdict"]), []
+
+    monkeypatch.setattr("scatd_core.train.train_panel", fake_train_panel)
+    bulk, labels, target = synthetic()
+    target.obs["some_labels"] = [0, 0, 1, 1] + [None] * (target.n_obs - 4)
+    at = _page()
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.session_state[S.DATA_NAME] = "tumour.h5ad"
+    at.run()
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA", "OTHER"]).run()
+    assert "train_panel_few_shot_drug" not in [s.key for s in at.selectbox]  # no labelled cells chosen: not asked
+    at.button(key="btn_train_panel").click().run()
+    assert calls[-1]["few_shot_labels"] is None and calls[-1]["few_shot_drug"] is None
+    at.selectbox(key="train_few_shot_column").set_value("some_labels").run()
+    at.radio(key="train_resistant_some_labels").set_value("0").run()
+    assert at.selectbox(key="train_panel_few_shot_drug").value == "DRUGA"  # the drug chosen above
+    at.selectbox(key="train_panel_few_shot_drug").set_value("OTHER").run()
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    few = calls[-1]["few_shot_labels"]
+    assert calls[-1]["few_shot_drug"] == "OTHER" and few.name == "some_labels" and len(few) == 4
+    at.selectbox(key="train_panel_few_shot_drug").select_index(0).run()  # none of these drugs
+    at.button(key="btn_train_panel").click().run()
+    assert calls[-1]["few_shot_labels"] is None and calls[-1]["few_shot_drug"] is None
+
+
 def test_upload_errors_name_the_users_files_not_the_pages_copies():
     import pandas as pd
 
