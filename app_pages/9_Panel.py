@@ -33,10 +33,9 @@ with st.container(border=True):
                      help="DEMOTINIB, DEMOPLATIN and DEMOLIMUS, trained on a simulated cell-line screen. The two "
                           "extra models are trained once per server on first use (about a minute)."):
             bar = st.progress(0.0, text="Preparing the demo panel…")
-            try:
-                with jobs.computing("the demo panel"):
-                    bundles = ui.demo_module().ensure_panel(
-                        progress=ui.progress_to(bar))
+            try:  # built once per server, in its thread: leaving the page does not stop it
+                bundles = ui.shared_build("demo panel", lambda report: ui.demo_module().ensure_panel(progress=report),
+                                          bar, "the demo panel")
             except ScatdError as exc:
                 ui.show_error(exc)
             else:

@@ -971,11 +971,61 @@ def progress_to(bar):
     return report
 
 
+class _SharedBuild:
+    """One server-wide build (the demo, the demo panel) run in a server thread: see :func:`shared_build`."""
+
+    def __init__(self):
+        self.future: concurrent.futures.Future | None = None
+        self.progress: tuple[float, str] = (0.0, "")
+
+
+_BUILDS: dict[str, _SharedBuild] = {}
+_BUILDS_LOCK = threading.Lock()
+
+
+def shared_build(name: str, work, bar, what: str, poll_seconds: float = 0.5):
+    """Run ``work(progress)`` (e.g. ``demo.ensure``) once for the whole server in a server thread,
+    in the job queue like any computation, and follow it in ``bar``; returns its result.
+
+    The build belongs to the server, not to the page: a user who leaves the page (which stops the
+    page's run, and so this wait) does not stop it, and whoever clicks again, this user or another,
+    follows the same build instead of starting it afresh (before, leaving the Overview page during
+    the demo's first build lost it without a word). A finished build (done or failed) is started
+    again on the next call; ``work`` returns at once when its files are already there."""
+    from scatd_app import jobs, session
+
+    with _BUILDS_LOCK:
+        build = _BUILDS.setdefault(name, _SharedBuild())
+        if build.future is None or build.future.done():
+            build.progress = (0.0, f"Waiting for the server to start {what}…")
+
+            def report(fraction: float, message: str) -> None:
+                build.progress = (fraction, message)
+
+            def run():
+                with jobs.queue().slot():
+                    return work(report)
+
+            build.future = _background().submit(run)
+        future = build.future
+    busy = session.keep_alive()
+    while True:
+        try:
+            return future.result(timeout=poll_seconds)
+        except concurrent.futures.TimeoutError:
+            busy()
+            fraction, message = build.progress
+            bar.progress(min(max(fraction, 0.0), 1.0),
+                         text=md(message) + " (it goes on if you leave this page)")
+
+
 def use_demo(bar) -> None:
-    """Load the demo dataset (building it on first use, with progress) and choose the demo model."""
+    """Load the demo dataset (building it on first use, in the server's thread: :func:`shared_build`)
+    and choose the demo model."""
     from scatd_app import jobs
 
     demo = demo_module()
+    shared_build("demo", lambda report: demo.ensure(progress=report), bar, "the demo")
     with jobs.computing("the demo"):
         adata = demo.load_data(progress=progress_to(bar))
     set_data(adata, "demo (simulated data)", demo=True)

@@ -325,3 +325,44 @@ def test_the_panel_h5ad_whose_file_was_removed_says_so(monkeypatch):
     assert at.button(key="btn_dl_panel_h5ad_gone").disabled
     assert "Upload your data again on the Data page" in text(at.warning)
     assert len(at.get("download_button")) == 3  # panel.csv, the summary and the HTML report: from memory
+
+
+def test_the_demo_build_goes_on_when_its_page_is_left(monkeypatch):
+    """QA: leaving the Overview page during the demo's first build (minutes on a busy server) stopped
+    the build without a word, since it ran in the page's run; it now runs in a server thread, and
+    the next click (this user's or another's) follows the same build instead of starting afresh."""
+    from scatd_app import ui
+
+    release, calls, seen = threading.Event(), [], []
+
+    def work(report):
+        calls.append(1)
+        report(0.5, "Training the demo model: epoch 3")
+        assert release.wait(20)
+        return "built"
+
+    class Left(Exception):
+        """What Streamlit raises in a page's run that was stopped (the user went to another page)."""
+
+    class LeftPage:
+        def progress(self, fraction, text):
+            raise Left
+
+    class Watching:
+        def progress(self, fraction, text):
+            seen.append((fraction, text))
+
+    monkeypatch.setattr(ui, "_BUILDS", {})
+    with pytest.raises(Left):
+        ui.shared_build("test", work, LeftPage(), "a test build", poll_seconds=0.05)
+    timer = threading.Timer(0.5, release.set)
+    timer.start()
+    try:
+        assert ui.shared_build("test", work, Watching(), "a test build", poll_seconds=0.05) == "built"
+    finally:
+        timer.cancel()
+    assert calls == [1]  # one build, followed from two page runs
+    assert any(f == 0.5 and "epoch 3" in t and "goes on if you leave this page" in t for f, t in seen), seen
+    release.clear()  # a finished build is run again on the next call (it returns at once when its files are there)
+    release.set()
+    assert ui.shared_build("test", work, Watching(), "a test build", poll_seconds=0.05) == "built" and calls == [1, 1]
