@@ -234,7 +234,8 @@ if emb_info is not None:
                    f"{emb_info.get('n_clusters', 0)} Leiden clusters on the latent space.")
 
 # ------------------------------------------------------------------ ranking table
-top = export.top_cells(adata, int(top_k), [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c])
+top = export.top_cells(adata, int(top_k), [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c],
+                       label_column=label_column)
 top_area.dataframe(top, hide_index=True, height=250)
 
 # ------------------------------------------------------------------ composition
@@ -260,7 +261,8 @@ with composition_area:
         st.caption("No cluster or sample column to group by.")
 
 # ------------------------------------------------------------------ table
-cells_table = export.predictions_table(adata, [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c])
+cells_table = export.predictions_table(adata, [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c],
+                                        label_column=label_column)
 with table_area:
     st.dataframe(cells_table.head(5000), hide_index=True, height=300)
     if len(cells_table) > 5000:

@@ -46,7 +46,7 @@ if stale:
     ui.link("Biomarkers", "Compute the biomarkers again", ":material/arrow_forward:")
 
 try:
-    table = export.predictions_table(adata, extra)
+    table = export.predictions_table(adata, extra, label_column=label_column)
     metrics_table = export.metrics_table(adata, label_column, groups)
     ranking = export.biomarkers_table(adata)
 except ScatdError as exc:

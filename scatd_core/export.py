@@ -45,6 +45,11 @@ PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label",
 #: The Leiden cluster's name in every table (``obs['scatd_cluster']`` in the h5ad)
 CLUSTER_COLUMN = "leiden_cluster"
 
+#: The column of ``predictions.csv`` that says in words what each cell's known label means
+#: (``resistant``/``sensitive``), next to the label column's own values (e.g. SCAD's ``response``
+#: 1/0, where 1 means sensitive)
+KNOWN_LABEL_COLUMN = "known_label"
+
 
 def _require(adata: ad.AnnData, keys) -> dict:
     if keys.run not in adata.uns or keys.prob not in adata.obs:
@@ -57,19 +62,27 @@ def _require(adata: ad.AnnData, keys) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
-                      key_added: str | None = None) -> pd.DataFrame:
+                      key_added: str | None = None, label_column: str | None = None) -> pd.DataFrame:
     """One row per uploaded cell, in input order.
 
     Columns: ``cell_id, prob_resistant[, prob_resistant_sd], label, calibrated, scored, qc_pass,
-    rank`` (``calibrated``: whether the threshold behind ``label`` was calibrated, see
-    :func:`scatd_core.predict.set_threshold`; ``rank``: 1 for the scored cell most likely
-    resistant, ties in input order, empty where not scored: a ranking needs no threshold), then
-    ``umap_1, umap_2`` and ``leiden_cluster`` when
+    rank`` (``label``: the call at the threshold; ``calibrated``: whether the threshold behind
+    ``label`` was calibrated, see :func:`scatd_core.predict.set_threshold`; ``rank``: 1 for the
+    scored cell most likely resistant, ties in input order, empty where not scored: a ranking
+    needs no threshold), then ``umap_1, umap_2`` and ``leiden_cluster`` when
     computed, then ``extra_columns`` of ``obs`` (e.g. the sample and true-label columns) under
     their own names (``obs_<name>`` where a name is taken, see :func:`with_cell_context`).
+
+    ``label_column`` (the column of known labels; added to the extra columns when not among
+    them): when which of its values means resistant is known (:func:`label_meaning`), the column
+    ``known_label`` right after it says each cell's known label in words, ``resistant`` or
+    ``sensitive`` (empty where the cell has none), so a ``1`` that means sensitive is never read
+    as resistant.
     """
     keys = result_keys(key_added)
     info = _require(adata, keys)
+    if label_column and label_column not in extra_columns:
+        extra_columns = [label_column, *extra_columns]
     table = pd.DataFrame({"cell_id": adata.obs_names.astype(str), "prob_resistant": adata.obs[keys.prob].to_numpy()})
     if keys.prob_sd in adata.obs:
         table["prob_resistant_sd"] = adata.obs[keys.prob_sd].to_numpy()
@@ -79,7 +92,48 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
     table["scored"] = adata.obs[keys.scored].to_numpy(dtype=bool)
     table["qc_pass"] = labels != _keys.FILTERED
     table["rank"] = resistance_rank(table["prob_resistant"].to_numpy(dtype=np.float64))
-    return with_cell_context(table, adata, extra_columns)
+    known = known_labels(adata, label_column)
+    if known is None:
+        return with_cell_context(table, adata, extra_columns)
+    table[KNOWN_LABEL_COLUMN] = known  # before the data's columns: one of them so named becomes obs_known_label
+    names = _add_cell_context(table, adata, extra_columns)
+    columns = [c for c in table.columns if c != KNOWN_LABEL_COLUMN]
+    at = columns.index(names[label_column]) + 1  # right after the label column's own values
+    return table[columns[:at] + [KNOWN_LABEL_COLUMN] + columns[at:]]
+
+
+def label_meaning(adata: ad.AnnData, label_column: str | None) -> tuple[str, str | None, bool] | None:
+    """``(resistant value, sensitive value, recorded)`` of a label column whose direction is known
+    (recorded on the Data page or with ``--label-resistant``, ``recorded`` True; else recognised
+    from words such as resistant/sensitive), the values as text (``"1"``, ``"0"``); the sensitive
+    value is None when every labelled cell has the resistant one. None when the column is not
+    there, which value means resistant is not known, or the direction does not fit its values."""
+    from scatd_core.labels import as_text, label_counts, label_direction
+
+    if not label_column or label_column not in adata.obs:
+        return None
+    resistant = label_direction(adata, label_column)
+    if resistant is None:
+        return None
+    key = as_text([resistant]).iloc[0]
+    distinct = [str(v) for v in label_counts(adata.obs[label_column]).index]
+    if key not in distinct or len(distinct) > 2:
+        return None
+    others = [v for v in distinct if v != key]
+    recorded = str(label_column) in adata.uns.get(_keys.LABEL_DIRECTIONS, {})
+    return key, (others[0] if others else None), recorded
+
+
+def known_labels(adata: ad.AnnData, label_column: str | None) -> np.ndarray | None:
+    """Each cell's known label in words (``resistant``/``sensitive``, None where missing), from the
+    label column's direction (:func:`label_meaning`); None when that is not known."""
+    meaning = label_meaning(adata, label_column)
+    if meaning is None:
+        return None
+    from scatd_core.labels import encode_labels
+
+    y = encode_labels(adata.obs[label_column], meaning[0])
+    return np.where(np.isnan(y), None, np.where(y == 1, _keys.RESISTANT, _keys.SENSITIVE)).astype(object)
 
 
 def with_cell_context(table: pd.DataFrame, adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.DataFrame:
@@ -88,18 +142,26 @@ def with_cell_context(table: pd.DataFrame, adata: ad.AnnData, extra_columns: Seq
     panel tables share them). A chosen column whose name the table already uses (the data's own
     ``cluster`` or ``label``, say) is written as ``obs_<name>``: never dropped, never mistaken for
     the computed one."""
+    _add_cell_context(table, adata, extra_columns)
+    return table
+
+
+def _add_cell_context(table: pd.DataFrame, adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> dict:
+    """:func:`with_cell_context` in place; returns the name each chosen ``obs`` column got in ``table``."""
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
         table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
     if _keys.CLUSTER in adata.obs:
         table[CLUSTER_COLUMN] = adata.obs[_keys.CLUSTER].astype(str).to_numpy()
+    names = {}
     for col in dict.fromkeys(extra_columns):
         if col and col in adata.obs:
             name = str(col)
             while name in table:
                 name = f"obs_{name}"
             table[name] = adata.obs[col].to_numpy()
-    return table
+            names[col] = name
+    return names
 
 
 def resistance_rank(prob: np.ndarray) -> pd.Series:
@@ -110,9 +172,9 @@ def resistance_rank(prob: np.ndarray) -> pd.Series:
 
 
 def top_cells(adata: ad.AnnData, k: int, extra_columns: Sequence[str] = (), *,
-              key_added: str | None = None) -> pd.DataFrame:
+              key_added: str | None = None, label_column: str | None = None) -> pd.DataFrame:
     """The ``k`` scored cells most likely resistant (rows of :func:`predictions_table`, by rank)."""
-    table = predictions_table(adata, extra_columns, key_added=key_added)
+    table = predictions_table(adata, extra_columns, key_added=key_added, label_column=label_column)
     return table[table["rank"].notna()].sort_values("rank").head(int(k)).reset_index(drop=True)
 
 
@@ -161,6 +223,7 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     if evaluation is not None:
         rows += [("evaluation", k, v) for k, v in evaluation.as_dict().items()]
         rows.append(("evaluation", "label_column", label_column))
+        rows += _label_meaning_rows(adata, label_column)
         rows.append(("evaluation", "threshold_fitted_on_these_labels",
                      fitted_on_labels(adata, label_column, key_added=key_added)))
         if evaluation.training_note:  # cells whose labels trained the model (few-shot): left out, or why not
@@ -183,6 +246,21 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
                      (f"{name}={rec.group}", "fraction_resistant",
                       None if pd.isna(rec.fraction_resistant) else round(float(rec.fraction_resistant), 4))]
     return pd.DataFrame(rows, columns=["section", "metric", "value"], dtype=object)
+
+
+def _label_meaning_rows(adata: ad.AnnData, label_column: str) -> list[tuple]:
+    """metrics.csv's evaluation rows saying which value of the label column means resistant and
+    which sensitive (``label_resistant``, ``label_sensitive``), as ``--label-resistant`` takes it."""
+    meaning = label_meaning(adata, label_column)
+    if meaning is None:
+        return []
+    resistant, sensitive, recorded = meaning
+    rows = [("evaluation", "label_resistant", resistant)]
+    if sensitive is not None:
+        rows.append(("evaluation", "label_sensitive", sensitive))
+    rows.append(("evaluation", "label_direction_from",
+                 "chosen (Data page or --label-resistant)" if recorded else "recognised from the words"))
+    return rows
 
 
 def _no_umap_note(adata: ad.AnnData, key_added: str | None) -> str | None:
@@ -345,6 +423,7 @@ def report_context(adata: ad.AnnData, label_column: str | None = None, group_col
     evaluation, _, _, problem = _evaluation_or_note(adata, label_column, key_added)
     if evaluation is not None:
         context["evaluation"] = {k: v for k, v in evaluation.as_dict().items() if v is not None}
+        context.update({k: v for _, k, v in _label_meaning_rows(adata, label_column)})
         context["threshold_fitted_on_these_labels"] = fitted_on_labels(adata, label_column, key_added=key_added)
         if evaluation.training_note:
             context["training_cells"] = evaluation.training_note
@@ -554,14 +633,10 @@ def _evaluation_section(adata, label_column, keys, info) -> list[str]:
     parts = [f"<h2>Evaluation against '{html.escape(label_column)}'</h2>"]
     if evaluation is None:
         return parts + [f"<p class='warn'>{html.escape(problem)}</p>"]
-    from scatd_core.labels import label_counts, label_direction
-
-    recorded = adata.uns.get(_keys.LABEL_DIRECTIONS, {}).get(label_column, {}).get("resistant")
-    resistant = recorded if recorded is not None else label_direction(adata, label_column)
-    others = [str(v) for v in label_counts(adata.obs[label_column]).index if str(v) != str(resistant)]
-    parts.append(f"<p>In '{html.escape(label_column)}', <code>{html.escape(str(resistant))}</code> means resistant"
-                 + (f" and <code>{html.escape(others[0])}</code> sensitive" if len(others) == 1 else "")
-                 + ("" if recorded is not None else " (recognised from the words)")
+    resistant, sensitive, recorded = label_meaning(adata, label_column)  # known: the evaluation needed it
+    parts.append(f"<p>In '{html.escape(label_column)}', <code>{html.escape(resistant)}</code> means resistant"
+                 + (f" and <code>{html.escape(sensitive)}</code> sensitive" if sensitive is not None else "")
+                 + ("" if recorded else " (recognised from the words)")
                  + ". " + " ".join(html.escape(n) for n in evaluation.notes) + "</p>")
     thr = info["threshold"]
     parts.append(f"<p>Resistant is the positive class. AUROC and AUPRC rank the cells and need no threshold; the "
@@ -783,7 +858,8 @@ def _write_report_files(adata, folder: Path, label_column, group_columns, data_n
     predictions, metrics, biomarkers, h5ad, report = (folder / name for name in REPORT_FILES)
     extra = [c for c in (label_column, *group_columns) if c]
     paths = {"predictions": predictions, "metrics": metrics}
-    predictions.write_bytes(to_csv_bytes(predictions_table(adata, extra, key_added=key_added)))
+    predictions.write_bytes(to_csv_bytes(predictions_table(adata, extra, key_added=key_added,
+                                                           label_column=label_column)))
     metrics.write_bytes(to_csv_bytes(metrics_table(adata, label_column, group_columns, key_added=key_added)))
     ranking = biomarkers_table(adata)
     if ranking is not None:

@@ -701,6 +701,9 @@ def test_obs_adds_labels_and_samples_from_a_cell_metadata_table(capsys, cells_an
     assert list(table["cell_id"]) == [f"c{i}" for i in range(15)]
     assert table["response"].iloc[:14].tolist() == [i % 2 for i in range(14)] and np.isnan(table["response"].iloc[14])
     assert table["sample"].tolist() == ["A"] * 7 + ["B"] * 7 + [np.nan] and table["calibrated"].all()
+    # the known labels in words next to the numbers (QA: a 1 beside 'resistant' was read as resistant)
+    assert list(table.columns)[list(table.columns).index("response") + 1] == "known_label"
+    assert table["known_label"].iloc[:14].tolist() == ["resistant" if i % 2 else "sensitive" for i in range(14)]
     code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out",
                         tmp / "rep", "--no-umap", "--obs", tmp / "meta.csv", *columns)
     assert code == 0, err
@@ -710,6 +713,8 @@ def test_obs_adds_labels_and_samples_from_a_cell_metadata_table(capsys, cells_an
     assert "meta.csv: 14 of the data&#x27;s 15 cells matched a row" in (tmp / "rep" / "report.html").read_text() or \
         "meta.csv: 14 of the data's 15 cells matched a row" in (tmp / "rep" / "report.html").read_text()
     rows = pd.read_csv(tmp / "rep" / "metrics.csv")
+    evaluation = rows[rows["section"] == "evaluation"].set_index("metric")["value"]
+    assert (evaluation["label_resistant"], evaluation["label_sensitive"]) == ("1", "0")
     said = rows.loc[rows["metric"] == "cell_metadata_table", "value"].iloc[0]
     assert said.startswith("meta.csv: 14 of the data's 15 cells matched a row") and "response, sample" in said
 

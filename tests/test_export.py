@@ -97,6 +97,39 @@ def test_predictions_table_one_row_per_cell(filtered_result):
     assert len(csv) == adata.n_obs
 
 
+def test_the_known_labels_are_said_in_words_where_the_values_are_numbers(filtered_result):
+    """QA on SCAD data: predictions.csv put the raw `response` (1/0, where 1 means sensitive) beside the
+    predicted `label`, and metrics.csv named the label column but not which value means resistant, so
+    read alone they invited taking 1 as resistant. predictions.csv has `known_label` (resistant/sensitive,
+    right after the label column) and metrics.csv `label_resistant` / `label_sensitive`."""
+    adata = filtered_result[0].copy()
+    adata.obs["scad_response"] = np.where(adata.obs["response"].astype(str) == "resistant", 0, 1)
+    adata.obs.loc[adata.obs_names[:3], "scad_response"] = np.nan  # cells without a label: no known label
+    set_label_direction(adata, "scad_response", 0)
+    table = export.predictions_table(adata, ["scad_response", "sample"], label_column="scad_response")
+    columns = list(table.columns)
+    assert columns[columns.index("scad_response") + 1] == "known_label"
+    assert table["known_label"].iloc[:3].isna().all()
+    rest = table.iloc[3:]
+    assert (rest["known_label"] == np.where(rest["scad_response"] == 0, "resistant", "sensitive")).all()
+    assert (rest["known_label"] == adata.obs["response"].astype(str).to_numpy()[3:]).all()
+    csv = pd.read_csv(pd.io.common.BytesIO(export.to_csv_bytes(table)))
+    assert csv["known_label"].iloc[3:].isin(["resistant", "sensitive"]).all() and csv["known_label"].iloc[:3].isna().all()
+    rows = export.metrics_table(adata, "scad_response").query("section == 'evaluation'").set_index("metric")["value"]
+    assert rows["label_column"] == "scad_response"
+    assert (rows["label_resistant"], rows["label_sensitive"]) == ("0", "1")
+    assert rows["label_direction_from"].startswith("chosen")
+    assert export.report_context(adata, "scad_response")["label_resistant"] == "0"
+    # no label column, or one whose direction is not known: no known_label (never a guess)
+    assert "known_label" not in export.predictions_table(adata, ["scad_response"]).columns
+    adata.obs["unsaid"] = adata.obs["scad_response"]
+    assert "known_label" not in export.predictions_table(adata, label_column="unsaid").columns
+    # a data column already named known_label is kept, as obs_known_label
+    adata.obs["known_label"] = "theirs"
+    table = export.predictions_table(adata, ["known_label"], label_column="scad_response")
+    assert (table["obs_known_label"] == "theirs").all() and table["known_label"].iloc[3:].notna().all()
+
+
 def test_csv_downloads_never_carry_a_spreadsheet_formula(filtered_result):
     """Cell, group and column names come from the user's data: a CSV opened in a spreadsheet must
     not run ``=HYPERLINK(...)`` or ``+cmd|...``. They are prefixed with ``'``; numbers (negative

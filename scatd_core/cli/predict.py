@@ -285,7 +285,7 @@ def run(args) -> int:
     prepare_embeddings(adata, bundle, args)  # on Ray too with --engine ray
     label_column = apply_label_direction(adata, args)
     run_ = predict_from_args(adata, bundle, args, mask=cell_mask(adata, args))
-    table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c])
+    table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c], label_column=label_column)
     out = Path(args.output)
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
