@@ -155,7 +155,14 @@ if bundle.input_kind == "expression":
         st.warning(cov["advice"], icon=":material/warning:")
     else:
         st.success(cov["advice"], icon=":material/check_circle:")
-    if cov.get("top_unmatched_genes"):
+    if cov.get("top_unmatched_genes") and cov.get("unmatched_ranked_by") == "name":
+        shown = len(cov["top_unmatched_genes"])
+        with st.expander("Data genes the model does not use"):
+            st.caption(f"These values are centred per gene (z-scores or similar): every gene's mean is near 0, so "
+                       f"they cannot tell which genes are most expressed. The first {shown:,} of "
+                       f"{cov['n_data_genes_unmatched']:,} by name:")
+            st.dataframe(pd.DataFrame({"gene": cov["top_unmatched_genes"]}), hide_index=True)
+    elif cov.get("top_unmatched_genes"):
         with st.expander("Most expressed data genes the model does not use"):
             st.dataframe(pd.DataFrame({"gene": cov["top_unmatched_genes"], "mean value": cov["top_unmatched_mean"]}),
                          hide_index=True)

@@ -727,10 +727,13 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
     -------
     A JSON-safe dict: ``n_model_genes``, ``n_matched``, ``fraction_matched``, ``n_data_genes``,
     ``n_data_genes_unmatched``, ``data_id_type``, ``model_id_type``, ``low_coverage``,
-    ``advice``; with an AnnData also ``top_unmatched_genes`` / ``top_unmatched_mean`` (the data
-    genes the model ignores, by mean value over up to 2,000 cells) and
-    ``expression_fraction_matched`` (share of the total signal carried by matched genes; only
-    for non-negative data).
+    ``advice``; with an AnnData also ``top_unmatched_genes`` (the data genes the model ignores),
+    ``unmatched_ranked_by`` and, for expression, ``top_unmatched_mean`` and
+    ``expression_fraction_matched`` (share of the total signal carried by matched genes). On
+    expression values the genes are the most expressed (``unmatched_ranked_by`` ``"mean"``: mean
+    value over up to 2,000 cells); on centred values (per-gene z-scores, batch-corrected values:
+    negative values, :func:`values_are_centred`) a gene's mean says nothing of its expression
+    (near 0 for every z-scored gene), so they are the first by name (``"name"``), with no means.
     """
     is_adata = hasattr(adata_or_names, "var_names")
     model_genes = [str(g) for g in model_genes]
@@ -757,8 +760,14 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
     }
     if is_adata:
         block = sample_rows(adata_or_names.X)
+        if values_are_centred(adata_or_names, block):  # a mean z-score is not expression: by name
+            report["unmatched_ranked_by"] = "name"
+            report["top_unmatched_genes"] = sorted((names[i] for i in unmatched_idx), key=str.casefold)[:n_top]
+            report["advice"] = _coverage_advice(report)
+            return report
         means = np.asarray(block.mean(axis=0)).ravel().astype(np.float64)
         order = unmatched_idx[np.argsort(-means[unmatched_idx], kind="stable")][:n_top]
+        report["unmatched_ranked_by"] = "mean"
         report["top_unmatched_genes"] = [names[i] for i in order]
         report["top_unmatched_mean"] = [round(float(means[i]), 4) for i in order]
         if means.min(initial=0.0) >= 0 and means.sum() > 0:
@@ -767,6 +776,26 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
             report["expression_fraction_matched"] = round(float(means[matched_mask].sum() / means.sum()), 4)
     report["advice"] = _coverage_advice(report)
     return report
+
+
+#: Value kinds (:func:`scatd_core.preprocess.detect_value_type`) of expression: a higher mean is a more expressed gene
+EXPRESSION_KINDS = ("counts", "log_normalized", "tpm_like")
+
+
+def values_are_centred(adata, block=None) -> bool:
+    """Whether ``adata.X`` holds centred values (per-gene z-scores, batch-corrected or otherwise
+    centred values), whose per-gene means do not rank genes by expression: judged so when the data
+    were read (``uns['scatd_input']['value_type']`` ``zscored``, or ``unknown`` with negative
+    values), else by :func:`scatd_core.preprocess.detect_value_type` of ``block`` (a sample of its
+    rows). A few cells with negative values among log-normalised ones are not centred data."""
+    report = adata.uns.get(_keys.INPUT_REPORT, {})
+    kind, evidence = report.get("value_type"), report.get("value_type_evidence") or {}
+    if kind is None:
+        from scatd_core.preprocess import detect_value_type  # (it imports this module)
+
+        found = detect_value_type(sample_rows(adata.X) if block is None else block)
+        kind, evidence = found["kind"], found["evidence"]
+    return kind == "zscored" or (kind not in EXPRESSION_KINDS and bool(evidence.get("has_negative")))
 
 
 def _coverage_advice(r: dict) -> str:

@@ -441,6 +441,27 @@ def test_z_scored_data_get_no_qc_metrics_or_filter(with_library):
     assert len(counts.get("plotly_chart")) == 2 and [t for t in counts.toggle if t.key == "qc_enabled"]
 
 
+def test_the_model_page_does_not_rank_z_scored_genes_by_expression(with_library):
+    """QA on SCAD's z-scored CSVs: 'Most expressed data genes the model does not use' ranked them by mean
+    z-score (B4GALT5 0.83, LCN2 0.80), which is not expression. For centred values the page says so and
+    lists the genes by name, without means."""
+    adata = make_dataset(60, seed=2)
+    x = np.log1p(adata.X.toarray())
+    x = np.hstack([x, np.random.default_rng(0).normal(size=(adata.n_obs, 2))])
+    z = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
+    z[:, -2] += 0.83
+    at = start()
+    upload(at, "z.csv", pd.DataFrame(z, index=adata.obs_names,
+                                     columns=list(adata.var_names) + ["ZZ_EXTRA", "B4GALT5"]).to_csv().encode())
+    goto(at, "2_Model")
+    labels = [e.label for e in at.expander]
+    assert "Data genes the model does not use" in labels and "Most expressed data genes the model does not use" \
+        not in labels, labels
+    assert "cannot tell which genes are most expressed" in text(at.caption)
+    shown = next(d.value for d in at.dataframe if "gene" in d.value.columns)
+    assert list(shown.columns) == ["gene"] and shown["gene"].tolist() == ["B4GALT5", "ZZ_EXTRA"]
+
+
 def test_an_upload_is_read_from_the_sessions_folder_and_again_in_another_orientation(with_library, monkeypatch):
     """The server keeps an upload on disk, not in memory: once read, Streamlit's copy is let go
     (the uploader then gives None, as here after ``clear``) and a new orientation reads the file

@@ -199,6 +199,31 @@ def test_duplicated_genes_are_summed_when_aligned(tmp_path):
     assert aln.n_duplicated == 1
 
 
+def test_coverage_report_does_not_rank_z_scores_as_expression():
+    """QA on SCAD's z-scored CSVs: the Model page listed 'most expressed' unused genes by mean z-score
+    (B4GALT5 0.83, LCN2 0.80), which is not expression. Centred values: the genes by name, no means."""
+    rng = np.random.default_rng(0)
+    x = np.log1p(rng.poisson(2.0, size=(60, 6)).astype(np.float64))
+    x[:30, 4] += 3  # LCN2 high in half the cells: a mean z-score near 0 all the same
+    z = (x - x.mean(0)) / x.std(0)
+    z[:, 5] += 0.8  # a centred gene whose mean is off 0: still no expression to rank by
+    names = ["TP53", "EGFR", "myc", "KRAS", "LCN2", "B4GALT5"]
+    adata = ad.AnnData(X=z.astype(np.float32), var=pd.DataFrame(index=names))
+    report = genes.coverage_report(adata, ["TP53", "EGFR"] + [f"G{i}" for i in range(8)])
+    assert report["top_unmatched_genes"] == ["B4GALT5", "KRAS", "LCN2", "myc"]
+    assert report["unmatched_ranked_by"] == "name"
+    assert "top_unmatched_mean" not in report and "expression_fraction_matched" not in report
+    assert report["low_coverage"] is True and "highly variable genes" in report["advice"]
+    json.dumps(report)
+    adata.uns["scatd_input"] = {"value_type": "zscored"}  # as judged when the data were read
+    assert genes.coverage_report(adata, ["TP53"], n_top=2)["top_unmatched_genes"] == ["B4GALT5", "EGFR"]
+    # log-normalised values with one corrupt cell (a negative value): still expression, by mean
+    adata = ad.AnnData(X=x.astype(np.float32), var=pd.DataFrame(index=names))
+    adata.X[0, 0] = -1.0
+    report = genes.coverage_report(adata, ["TP53", "EGFR"])
+    assert report["unmatched_ranked_by"] == "mean" and report["top_unmatched_genes"][0] == "LCN2"
+
+
 def test_coverage_report_names_only():
     report = genes.coverage_report(HUMAN, HUMAN[:8] + ["X1", "X2"])
     assert report["n_matched"] == 8 and report["fraction_matched"] == 0.8
@@ -214,6 +239,7 @@ def test_coverage_report_ranks_unmatched_genes_by_expression():
     assert report["low_coverage"] is True and report["fraction_matched"] == 0.2
     assert report["top_unmatched_genes"] == ["MYC", "CD44", "KRAS"]
     assert report["top_unmatched_mean"] == [10.0, 5.0, 1.0]
+    assert report["unmatched_ranked_by"] == "mean"
     assert report["expression_fraction_matched"] == 0.0
     assert "highly variable genes" in report["advice"]
     json.dumps(report)
