@@ -32,6 +32,7 @@ with st.container(border=True):
     c[0].metric("Cells to predict", f"{n_run:,}",
                 help="Cells marked as filtered on the Data page are not predicted but stay in every output.")
     c[1].metric("Model", ui.md(bundle.drug or bundle.name), help=ui.md(bundle.title))
+    c[1].caption(ui.md(ui.model_title(bundle)))  # which of two models of one drug: in full, wrapped
     c[2].metric("Device", ui.device_text(), help="CUDA when a GPU is present, else the CPU.")
     if mask is not None and (~mask).any():
         st.caption(f"{int((~mask).sum()):,} cell(s) are marked 'filtered (QC)' and will not be predicted.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from scatd_app import auth, jobs, session, ui
+from scatd_app import auth, jobs, session, state, ui
 from scatd_core import published
 from scatd_core.bundle import (BACKBONE_TITLES, BETA_MODES, FIGSHARE_URL, distinct_titles, import_card_lines, import_checkpoint,
                                remove_bundle)
@@ -30,6 +30,12 @@ else:
 carded = {str(e.path): e.bundle for e in entries if e.ok and (e.bundle.manifest.get("card") or e.bundle.is_imported)}
 if carded:
     st.subheader("Model card")
+    # the card of the session's chosen model (Model page) opens first; another card chosen here stays while on
+    # this page, until another model is chosen
+    in_use = next((p for p in carded if ss.get(state.BUNDLE_PATH) and
+                   Path(p).resolve() == Path(ss[state.BUNDLE_PATH]).resolve()), None)
+    if in_use is not None and (ss.get("model_card_choice") not in carded or ss.get("model_card_follows") != in_use):
+        ss["model_card_choice"] = ss["model_card_follows"] = in_use
     chosen = st.selectbox("Model", list(carded), key="model_card_choice",
                           format_func=ui.detached(lambda p: (f"{carded[p].name} · " if carded[p].name != Path(p).name
                                                              else "") + f"{carded[p].title} ({Path(p).name})"))

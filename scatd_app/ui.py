@@ -791,6 +791,20 @@ def offered_models(demo_data: bool) -> list:
     return classifiers if demo_data else [b for b in classifiers if not b.is_demo]
 
 
+def model_title(bundle) -> str:
+    """The model's name as the Model page lists it (:func:`scatd_core.bundle.distinct_titles`):
+    ``DRUG · backbone``, with its folder name added when another installed drug model has the same
+    title (two Sorafenib Dist_VAE models), so the Predict page and the sidebar say which one is used."""
+    from scatd_core.bundle import distinct_titles
+
+    try:
+        others = [e.bundle for e in library_entries() if e.ok and e.bundle.kind == "classifier"
+                  and Path(e.bundle.path).resolve() != Path(bundle.path).resolve()]
+    except (ScatdError, OSError):  # the library cannot be listed: the model's own title
+        others = []
+    return distinct_titles([*others, bundle])[str(bundle.path)]
+
+
 def model_user() -> str | None:
     """Whose models are "yours" in the library: the logged-in user's name; ``None`` without a
     login (one user at the machine: every model is theirs)."""
@@ -1448,7 +1462,7 @@ def sidebar(container, user=None) -> None:
             except ScatdError:
                 bundle = None
         if bundle is not None:
-            st.markdown(f":material/model_training: **{md(bundle.drug or bundle.name)}**  \n{bundle.backbone}")
+            st.markdown(f":material/model_training: **{md(model_title(bundle))}**")
             if bundle.is_demo:
                 st.badge("demo (simulated data)", color="orange")
         else:

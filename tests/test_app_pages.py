@@ -1524,6 +1524,36 @@ def test_a_second_model_of_a_drug_goes_by_its_display_name(empty_library, tmp_pa
     assert str(empty_library) not in shown and "scatd " not in shown and "--" not in shown  # no server path, no CLI
 
 
+def test_the_chosen_one_of_two_models_of_a_drug_is_named_on_the_predict_page_sidebar_and_card(empty_library, tmp_path):
+    """QA: with two models of one drug, the Predict page said "Model: DOCETAXEL" and the sidebar
+    "DOCETAXEL / dist_vae", not which of them; the Model library's card opened on the first model, not on
+    the chosen one. Both name it as the Model page lists it, and the card opens on it."""
+    from scatd_core.bundle import import_checkpoint
+
+    _small_checkpoints(tmp_path / "import")
+    folder = tmp_path / "import"
+    for name in (None, "DOCETAXEL GSE140440"):
+        import_checkpoint(folder / "drug.pth", "dist_vae", drug="DOCETAXEL", genes=folder / "genes.txt",
+                          library=empty_library, name=name)
+    folders = sorted(str(p) for p in empty_library.iterdir() if p.name.startswith("DOCETAXEL_"))
+    first, second = folders  # DOCETAXEL_GSE140440-..., DOCETAXEL_dist_vae: the card list's order
+    counts = np.random.default_rng(0).poisson(2.0, size=(40, 30))
+    at = start()
+    upload(at, "cells.csv", pd.DataFrame(counts, index=[f"c{i}" for i in range(40)],
+                                         columns=[f"G{i}" for i in range(30)]).to_csv().encode())
+    goto(at, "2_Model")
+    at.selectbox(key="model_bundle").set_value(second).run()
+    ok(at)
+    title = f"DOCETAXEL · Dist_VAE (scATD-sf-dist) ({Path(second).name})"
+    goto(at, "3_Predict")
+    assert ui.md(title) in text(at.caption), text(at.caption)
+    assert ui.md(title) in text(at.sidebar.markdown), text(at.sidebar.markdown)
+    goto(at, "8_Models")
+    assert at.selectbox(key="model_card_choice").value == second
+    at.selectbox(key="model_card_choice").set_value(first).run()  # another card chosen here stays
+    assert ok(at).selectbox(key="model_card_choice").value == first
+
+
 def test_the_library_and_the_model_page_tell_imported_models_apart(empty_library, tmp_path):
     from scatd_core.bundle import import_checkpoint, list_library, sha256_file
 
