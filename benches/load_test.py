@@ -62,7 +62,7 @@ def prepare(home: Path, n: int) -> list[tuple[str, str, Path, bytes]]:
         adata.write_h5ad(path)
         expected = io.read(path)
         predict(expected, bundle)
-        csv = export.to_csv_bytes(export.predictions_table(expected, ["response", "sample"]))
+        csv = export.to_csv_bytes(export.predictions_table(expected, ["response", "sample"], label_column="response"))
         out.append((name, password, path, csv))
     return out
 

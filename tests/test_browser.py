@@ -10,6 +10,7 @@ Needs Debian's ``/usr/bin/chromium`` (Playwright's own browser download is not u
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -173,7 +174,7 @@ def _same_as_cli_and_api(app_csv: bytes, data: Path, home: Path, tmp_path: Path)
 
     adata = io.read(data)
     predict(adata, load_bundle(home / "models" / "testdrug_dist_vae"))
-    assert export.to_csv_bytes(export.predictions_table(adata, ["response", "sample"])) == app_csv
+    assert export.to_csv_bytes(export.predictions_table(adata, ["response", "sample"], label_column="response")) == app_csv
 
 
 def test_upload_predict_umap_download(server, tmp_path):
@@ -225,6 +226,10 @@ def test_upload_predict_umap_download(server, tmp_path):
             # one pipeline: the app's predictions.csv is byte-identical to the CLI's and the API's
             _go(page, "Report", "6 · Report")
             _idle(page)
+            # the link to the biomarkers is whole (QA: cut to "Compute biomarkers fi" in a download's column)
+            link = page.get_by_role("link", name=re.compile("Compute the biomarkers first"))
+            assert link.evaluate("e => [e, ...e.querySelectorAll('*')].every("
+                                 "n => n.clientWidth === 0 || n.scrollWidth <= n.clientWidth + 1)")
             with page.expect_download() as info:
                 page.get_by_role("button", name="predictions.csv").click()
             from_app = tmp_path / "app_predictions.csv"
