@@ -77,7 +77,7 @@ with c[2]:
                                                               else ""))
     else:
         st.button("biomarkers.csv", disabled=True, icon=":material/genetics:", key="btn_no_biomarkers")
-        ui.link("Biomarkers", "Compute biomarkers first", ":material/arrow_forward:")
+        st.caption("not computed yet (Biomarkers page, link below)")
 with c[3]:
     with_x = export.h5ad_download_has_x(adata)
     ui.data_download(st, "annotated .h5ad", ui.detached(lambda: export.h5ad_bytes(
@@ -94,6 +94,9 @@ with c[4]:
                        file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                        key="btn_dl_html", on_click="ignore")
     st.caption("self-contained: figures, parameters, provenance")
+if ranking is None:  # full width: in the download's narrow column the link's words were cut ("Compute biomarkers fi…")
+    ui.link("Biomarkers", "Compute the biomarkers first to add biomarkers.csv and the report's gene ranking",
+            ":material/arrow_forward:")
 
 st.subheader("Preview")
 st.dataframe(table.head(200), hide_index=True)

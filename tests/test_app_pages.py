@@ -908,6 +908,22 @@ def test_too_few_cells_for_a_umap_is_said_as_information_not_an_error(with_libra
     assert "no UMAP or clusters: too few cells" in captions and "open the Cells page first" not in captions
 
 
+def test_the_report_pages_link_to_the_biomarkers_is_full_width_not_cut(with_library):
+    """QA at a 1400 px window: the link beside the disabled biomarkers.csv button was cut to "Compute
+    biomarkers fi" in its fifth-of-the-page column. The column says briefly why the button is off; the
+    link is under the downloads, full width."""
+    at = start()
+    upload(at, "cells.h5ad", h5ad_bytes(make_dataset(40, seed=8)))
+    run_prediction(at)
+    goto(at, "6_Report")
+    biomarkers_column = at.columns[2]
+    assert "not computed yet" in text(biomarkers_column.caption)
+    assert not biomarkers_column.get("page_link")  # nothing there to cut
+    links = [link for link in at.get("page_link") if "Compute the biomarkers" in link.label]
+    assert len(links) == 1 and "biomarkers.csv" in links[0].label
+    assert not any("Compute the biomarkers" in link.label for column in at.columns for link in column.get("page_link"))
+
+
 def test_pages_without_data_point_to_the_step(with_library):
     at = start()
     goto(at, "3_Predict")
