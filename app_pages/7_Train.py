@@ -18,8 +18,8 @@ from scatd_app import auth, jobs, session, ui
 from scatd_app import state as S
 from scatd_core import export, pl
 from scatd_core._progress import with_eta
+from scatd_core.card import auroc_interval_words, chance_sentence
 from scatd_core.errors import MemoryShortage, ScatdError
-from scatd_core.metrics import interval_ends
 
 # Session keys of this page only.
 BULK = "train_bulk"          # {"adata", "name"}: bulk cell lines x genes
@@ -453,9 +453,10 @@ st.success(f"Saved to the model library as **{ui.md(result.get('name') or Path(r
 metrics = rep["metrics"]
 tm = metrics.get("target")
 m = st.columns(4)
-m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}",
-            help=f"Out-of-fold over {metrics['cv']['folds']} folds; 95% bootstrap CI "
-                 + " to ".join(interval_ends(*metrics["cv"]["auroc_ci"])))
+m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}", delta=auroc_interval_words(metrics["cv"]), delta_color="off",
+            delta_arrow="off", help=f"Out-of-fold over {metrics['cv']['folds']} folds; below it, its 95% bootstrap "
+                                    "CI: when it includes 0.5, the cell lines do not show the model separating "
+                                    "resistant from sensitive.")
 cv_chance = metrics["cv"].get("auprc_chance")
 if cv_chance is None:  # a result from before the chance level was recorded
     cv_chance = rep["labels"]["resistant"] / max(rep["labels"]["resistant"] + rep["labels"]["sensitive"], 1)
@@ -463,7 +464,7 @@ m[1].metric("Bulk CV AUPRC", f"{metrics['cv']['auprc']:.3f}", delta=f"chance {cv
             delta_arrow="off", help="Positive class: resistant. A ranking by chance scores the share of resistant "
                                     "cell lines; for many drugs most lines are resistant, so read the AUPRC next to it.")
 if tm:
-    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}",
+    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", delta=auroc_interval_words(tm), delta_color="off", delta_arrow="off",
                 help=f"{tm['n_evaluated']} cells with labels in '{ui.md(tm['label_column'])}'"
                 + (f", {tm['n_few_shot_cells_left_out']} cells used for training left out" if
                    tm["n_few_shot_cells_left_out"] else ""))
@@ -474,6 +475,8 @@ if tm:
                      "those evaluated.")
 else:
     m[2].metric("Target cells", f"{rep['target']['n_used']:,}")
+for chance in filter(None, map(chance_sentence, rep["card"].get("evaluations", []))):  # an interval with 0.5 in it
+    st.warning(ui.md(chance), icon=":material/balance:")
 lab, genes = rep["labels"], rep.get("genes")
 st.caption(f"{lab['sensitive']} sensitive / {lab['resistant']} resistant bulk cell lines; "
            f"{lab['n_bulk_without_label']} bulk cell lines without a label for this drug (pretraining only)."

@@ -1602,7 +1602,7 @@ def show_card(card: dict, key: str) -> None:
     """A model card: what the model is and was trained on, its scores next to the baselines'
     (table and figure), the verdicts, and what its default threshold means."""
     from scatd_core import pl
-    from scatd_core.card import card_details, card_table, few_shot_line
+    from scatd_core.card import card_details, card_table, few_shot_line, verdicts
 
     st.markdown(md(card["model"]["description"]))
     st.caption(md(card["data"]["summary"]))
@@ -1618,10 +1618,10 @@ def show_card(card: dict, key: str) -> None:
             st.caption(md(ev["note"]))
     st.plotly_chart(pl.card_figure(card), key=key)
     for ev in card["evaluations"]:
-        for text in ev["verdicts"]:
+        for text in verdicts(ev):  # with the model's own AUROC interval when it includes 0.5
             if text.startswith("This model beats"):
                 st.success(md(text), icon=":material/check_circle:")
-            else:  # a baseline as good or better: said plainly
+            else:  # a baseline not told apart or better, or a model within chance: said plainly
                 st.warning(md(text), icon=":material/balance:")
     st.caption(md(card["calibration"]))
     for w in card.get("warnings", []):

@@ -66,13 +66,16 @@ def evaluation(name: str, title: str, y: np.ndarray, predictions: dict[str, np.n
 
 
 def verdict(ev: dict, row: dict) -> str:
-    """One plain sentence: is the baseline better than, as good as, or worse than the model?"""
+    """One plain sentence: is the baseline better than, worse than, or not told apart from the model?
+
+    "Beats" and "is better than" only when the paired difference's interval excludes 0; an
+    interval that includes 0 says the data cannot tell the two apart (never that they are as good)."""
     model = next(r for r in ev["scores"] if r["model"] == MODEL)
-    diff = row["model_minus_this"]
-    d, (lo, hi) = diff["auroc"], diff["ci"]
+    diff = row.get("model_minus_this") or {}
+    d, (lo, hi) = diff.get("auroc"), (diff.get("ci") or (None, None))
     where = ev["title"][0].lower() + ev["title"][1:]
     name = row["model"][0].upper() + row["model"][1:]
-    if d is None or lo is None:
+    if d is None or lo is None or hi is None or model.get("auroc") is None or row.get("auroc") is None:
         return f"{name}: no comparison possible on {where}."
     numbers = (f"AUROC {model['auroc']:.3f} vs {row['auroc']:.3f}; difference {d:+.3f}, "
                f"95% bootstrap CI {' to '.join(interval_ends(lo, hi, signed=True))}")
@@ -80,7 +83,48 @@ def verdict(ev: dict, row: dict) -> str:
         return f"{name} is better than this model on {where} ({numbers})."
     if lo > 0:
         return f"This model beats {row['model']} on {where} ({numbers})."
-    return f"{name} is as good as this model on {where} ({numbers}): the difference is within chance."
+    return (f"No clear difference between {row['model']} and this model on {where} ({numbers}, includes 0): "
+            "the data cannot tell them apart.")
+
+
+def chance_sentence(ev: dict) -> str | None:
+    """What this model's own AUROC interval says when it includes 0.5 (the samples do not show the
+    model separating resistant from sensitive better than chance) or lies below it (it ranks them
+    the wrong way round), as the Cells page says it; ``None`` when the interval lies above 0.5."""
+    model = next((r for r in ev.get("scores", []) if r["model"] == MODEL), None)
+    if model is None or model.get("auroc") is None:
+        return None
+    lo, hi = model.get("auroc_ci") or (None, None)
+    if lo is None or hi is None or lo > 0.5:
+        return None
+    samples = "cell lines" if ev.get("name") == "bulk_cv" else "cells"
+    where = ev["title"][0].lower() + ev["title"][1:]
+    ends = " to ".join(interval_ends(lo, hi))
+    if hi < 0.5:
+        return (f"On {where}, this model's AUROC {model['auroc']:.3f} is below 0.5 beyond chance ({INTERVAL} {ends}): "
+                f"it ranks these {samples} the wrong way round. Check which label means resistant before "
+                "using it.")
+    return (f"On {where}, this model's AUROC {model['auroc']:.3f} is not distinguishable from chance ({INTERVAL} "
+            f"{ends} includes 0.5): these {samples} do not show the model separating resistant from sensitive, "
+            "whatever it does against the baselines.")
+
+
+def auroc_interval_words(scores: dict) -> str | None:
+    """``"95% CI 0.412 to 0.829"``: the AUROC interval of ``scores`` (``{"auroc_ci": [lo, hi]}``, a
+    metrics entry of a training report) for a tile beside its AUROC; ``None`` when none is recorded."""
+    lo, hi = scores.get("auroc_ci") or (None, None)
+    return None if lo is None or hi is None else "95% CI " + " to ".join(interval_ends(lo, hi))
+
+
+def verdicts(ev: dict) -> list[str]:
+    """What to say under an evaluation: :func:`chance_sentence` (when it applies), then a
+    :func:`verdict` per baseline, worded from the stored scores (so a card saved with the earlier
+    wording reads the same as a new one)."""
+    chance = chance_sentence(ev)
+    said = [verdict(ev, row) for row in ev.get("scores", []) if row["model"] != MODEL and "model_minus_this" in row]
+    if not said:
+        said = list(ev.get("verdicts") or [])
+    return ([chance] if chance else []) + said
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +208,7 @@ def card_lines(card: dict) -> list[str]:
                      f"(chance {_chance(ev)}, the share resistant); in brackets: the {INTERVAL}.")
         if ev.get("note"):
             lines.append(ev["note"])
-        lines += ev["verdicts"]
+        lines += verdicts(ev)
     if card.get("calibration"):
         lines.append(card["calibration"])
     lines += [f"Warning: {w}" for w in card.get("warnings") or []]

@@ -694,7 +694,7 @@ def _card_section(model: dict) -> list[str]:
             return []
         return ["<h2>Model card (imported checkpoint)</h2><ul>"
                 + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
-    from scatd_core.card import INTERVAL, card_details, card_table, few_shot_line
+    from scatd_core.card import INTERVAL, card_details, card_table, few_shot_line, verdicts
 
     card = json.loads(model["card_json"])
     parts = ["<h2>Model card</h2>", f"<p>{html.escape(card['model']['description'])}</p>",
@@ -712,7 +712,7 @@ def _card_section(model: dict) -> list[str]:
                      "differ a little.</p>")
     parts.append(_figure_html(pl.card_figure(card)))
     for ev in card["evaluations"]:
-        for text in ev["verdicts"]:  # a baseline as good as the model, or better, is shown as a warning
+        for text in verdicts(ev):  # a baseline not told apart or better, or a model within chance: a warning
             css = "" if text.startswith("This model beats") else " class='warn'"
             parts.append(f"<p{css}>{html.escape(text)}</p>")
     parts.append(f"<p>{html.escape(card['calibration'])}</p>")

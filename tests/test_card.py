@@ -17,7 +17,7 @@ def _labels(n=200, seed=0):
     return y, rng
 
 
-def test_verdicts_say_plainly_when_a_baseline_is_as_good_better_or_worse():
+def test_verdicts_say_plainly_when_a_baseline_is_not_told_apart_better_or_worse():
     y, rng = _labels()
     good = y + rng.normal(0, 0.6, y.size)
     ev = cards.evaluation("bulk_cv", "Bulk cell lines, 5-fold cross-validation", y, {
@@ -27,8 +27,9 @@ def test_verdicts_say_plainly_when_a_baseline_is_as_good_better_or_worse():
         "oracle": y + rng.normal(0, 0.05, y.size),
     })
     v = dict(zip(["logistic regression", "random guess", "oracle"], ev["verdicts"]))
-    assert v["logistic regression"].startswith("Logistic regression is as good as this model on bulk cell lines")
-    assert "within chance" in v["logistic regression"]
+    assert v["logistic regression"].startswith("No clear difference between logistic regression and this model on "
+                                               "bulk cell lines")
+    assert v["logistic regression"].endswith("includes 0): the data cannot tell them apart.")
     assert v["random guess"].startswith("This model beats random guess")
     assert v["oracle"].startswith("Oracle is better than this model")
     rows = {r["model"]: r for r in ev["scores"]}
@@ -199,6 +200,64 @@ def test_each_auroc_interval_names_its_method():
     assert "95% bootstrap CI" in card["evaluations"][0]["verdicts"][0]
 
 
+def _overlapping(lo, hi, d, name="gradient boosting", where="target"):
+    """An evaluation as stored, whose difference to ``name`` has the interval ``lo`` to ``hi``."""
+    return {"name": where, "title": "Target cells ('response')" if where == "target" else "Bulk cell lines, 5-fold "
+            "cross-validation", "n": 100, "n_resistant": 50, "n_sensitive": 50,
+            "scores": [{"model": cards.MODEL, "auroc": 0.668, "auroc_ci": [0.55, 0.78], "auprc": 0.6,
+                        "auprc_ci": [0.5, 0.7]},
+                       {"model": name, "auroc": round(0.668 - d, 4), "auroc_ci": [0.7, 0.88], "auprc": 0.7,
+                        "auprc_ci": [0.6, 0.8], "model_minus_this": {"auroc": d, "ci": [lo, hi]}}],
+            "verdicts": []}
+
+
+@pytest.mark.parametrize("lo,hi,d", [(-0.261, 0.019, -0.126), (-0.019, 0.261, 0.126)])
+def test_a_difference_whose_interval_includes_0_is_never_called_as_good(lo, hi, d):
+    """QA (CCLE + GDSC -> SCAD): "Gradient boosting (...) is as good as this model on target cells
+    (AUROC 0.794 vs 0.668; difference +0.126, 95% bootstrap CI -0.019 to +0.261): the difference is
+    within chance". An interval including 0 shows no difference, not equality: both directions."""
+    ev = _overlapping(lo, hi, d)
+    text = cards.verdict(ev, ev["scores"][1])
+    assert "as good as" not in text and "within chance" not in text and "beat" not in text
+    assert text.startswith("No clear difference between gradient boosting and this model on target cells")
+    assert "includes 0): the data cannot tell them apart." in text
+    # a card saved with the earlier wording is rendered with the honest one everywhere the card is shown
+    old = {**ev, "verdicts": ["Gradient boosting is as good as this model on target cells (...): the difference is "
+                              "within chance."]}
+    assert cards.verdicts(old) == [text]
+    assert text in cards.card_lines({**_card(), "evaluations": [old]})
+    bulk = _overlapping(lo, hi, d, name="logistic regression", where="bulk_cv")
+    assert cards.verdict(bulk, bulk["scores"][1]).startswith("No clear difference between logistic regression and "
+                                                             "this model on bulk cell lines")
+    # "beats" / "is better than" stay for intervals that exclude 0
+    assert cards.verdict(*(lambda e: (e, e["scores"][1]))(_overlapping(0.01, 0.2, 0.1))).startswith(
+        "This model beats gradient boosting")
+    assert cards.verdict(*(lambda e: (e, e["scores"][1]))(_overlapping(-0.2, -0.01, -0.1))).startswith(
+        "Gradient boosting is better than this model")
+
+
+def test_the_card_says_when_the_model_auroc_interval_includes_chance():
+    """QA: Sorafenib's card showed "this model AUROC 0.622 [0.412, 0.829]" and then "This model beats
+    logistic regression on bulk" without saying that the interval includes 0.5: the cell lines do not
+    show the model separating the labels (the Cells page's rule), in the bulk CV and the target alike."""
+    ev = _overlapping(0.01, 0.2, 0.1, name="logistic regression", where="bulk_cv")
+    ev["scores"][0].update(auroc=0.622, auroc_ci=[0.412, 0.829])
+    said = cards.verdicts(ev)
+    assert said[0] == ("On bulk cell lines, 5-fold cross-validation, this model's AUROC 0.622 is not distinguishable "
+                       "from chance (95% bootstrap CI 0.412 to 0.829 includes 0.5): these cell lines do not show "
+                       "the model separating resistant from sensitive, whatever it does against the baselines.")
+    assert said[1].startswith("This model beats logistic regression")
+    target = _overlapping(-0.1, 0.3, 0.1)
+    target["scores"][0].update(auroc=0.45, auroc_ci=[0.3, 0.6])
+    card = {**_card(), "evaluations": [ev, target]}
+    lines = cards.card_lines(card)
+    assert said[0] in lines and any("these cells do not show the model separating" in line for line in lines)
+    reversed_ = _overlapping(-0.1, 0.3, 0.1)
+    reversed_["scores"][0].update(auroc=0.2, auroc_ci=[0.1, 0.3])
+    assert "ranks these cells the wrong way round" in cards.chance_sentence(reversed_)
+    assert cards.chance_sentence(_overlapping(-0.1, 0.3, 0.1)) is None  # 0.55 to 0.78: above chance, nothing said
+
+
 SMALL_PANEL = ("Bulk and target share only 141 genes, so the model sees a small part of the transcriptome: "
                "its scores may not carry over.")
 
@@ -260,3 +319,24 @@ def test_the_report_of_an_imported_checkpoint_has_its_short_card(tmp_path):
         assert "<h2>Model card (imported checkpoint)</h2>" in text
         assert "Imported from orig.pth (sha256 " in text and "Input transform: none" in text
         assert "Default threshold 0.05: the original scATD inference&#x27;s default" in text and "Swish: " in text
+
+
+def test_train_panel_summary_says_when_a_drug_s_bulk_cv_interval_includes_chance(tmp_path):
+    """QA: `scatd train-panel` flagged only a bulk CV AUROC <= 0.5; Sorafenib's 0.622 [0.412, 0.829]
+    went by as a model that beats logistic regression. Its summary verdict now says so, as the card."""
+    from types import SimpleNamespace
+
+    from scatd_core.train._panel import _card_row
+
+    ev = _overlapping(0.01, 0.2, 0.1, name="logistic regression", where="bulk_cv")
+    ev["scores"][0].update(auroc=0.622, auroc_ci=[0.412, 0.829])
+    ev["verdicts"] = [cards.verdict(ev, ev["scores"][1])]
+    bundle = SimpleNamespace(path=tmp_path / "SORAFENIB", manifest={
+        "metrics": {"cv": {"auroc": 0.622, "auroc_ci": [0.412, 0.829]}}, "card": {"evaluations": [ev]}})
+    row = _card_row("Sorafenib", "trained", bundle, None, 20, 20, 1.0)
+    assert not row["below_chance"]  # the saved panel's rule is unchanged: only <= 0.5 is left out
+    assert row["verdict"].startswith("On bulk cell lines, 5-fold cross-validation, this model's AUROC 0.622 is not "
+                                     "distinguishable from chance (95% bootstrap CI 0.412 to 0.829 includes 0.5)")
+    assert row["verdict"].endswith(ev["verdicts"][0])
+    ev["scores"][0].update(auroc=0.8, auroc_ci=[0.7, 0.9])
+    assert _card_row("Sorafenib", "trained", bundle, None, 20, 20, 1.0)["verdict"] == ev["verdicts"][0]

@@ -504,3 +504,38 @@ def test_the_label_tables_orientation_is_checked_as_soon_as_bulk_and_labels_are_
     assert not at.exception and not at.error, at.exception
     shown = [w.value.replace("\\", "") for w in at.warning]
     assert any("column(s) ACH-000005 were taken as drugs" in w for w in shown), shown
+
+
+def test_the_result_tiles_show_the_auroc_intervals_and_say_when_one_includes_chance(tmp_path):
+    """QA (Sorafenib): the tile said "Bulk CV AUROC 0.621" without its interval [0.41, 0.83], which
+    includes 0.5; the Cells page warns then, and so does the Train page's result now."""
+    import pandas as pd
+
+    from test_card import _card, _overlapping
+
+    from scatd_core.card import verdict
+
+    bulk_cv = _overlapping(0.01, 0.2, 0.1, name="logistic regression", where="bulk_cv")
+    bulk_cv["scores"][0].update(auroc=0.621, auroc_ci=[0.412, 0.829])
+    target = _overlapping(-0.1, 0.3, 0.1)  # 0.668 [0.55, 0.78]: above chance
+    for ev in (bulk_cv, target):
+        ev["verdicts"] = [verdict(ev, ev["scores"][1])]
+    report = {"seconds": 3.0, "labels": {"sensitive": 20, "resistant": 25, "n_bulk_without_label": 0},
+              "metrics": {"cv": {"auroc": 0.621, "auroc_ci": [0.412, 0.829], "auprc": 0.6, "auprc_chance": 0.556,
+                                 "folds": 5},
+                          "target": {"auroc": 0.668, "auroc_ci": [0.55, 0.78], "auprc": 0.6, "auprc_chance": 0.5,
+                                     "n_evaluated": 100, "n_positive": 50, "label_column": "response",
+                                     "n_few_shot_cells_left_out": 0}},
+              "card": {**_card(), "evaluations": [bulk_cv, target]}, "cv": {}, "pretraining": {"loss": []}}
+    at = _page_with_training_data()
+    at.session_state["train_result"] = {"bundle_path": str(tmp_path / "SORAFENIB"), "name": "Sorafenib",
+                                        "report": report, "target": "tumour.h5ad",
+                                        "predictions": pd.DataFrame({"cell_id": ["c1"], "prob_resistant": [0.5]})}
+    at.run()
+    assert not at.exception, at.exception
+    deltas = {m.label: m.delta for m in at.metric}
+    assert deltas["Bulk CV AUROC"] == "95% CI 0.412 to 0.829" and deltas["Target AUROC"] == "95% CI 0.550 to 0.780"
+    warned = [w.value for w in at.warning]
+    assert any(w.startswith("On bulk cell lines, 5-fold cross-validation, this model's AUROC 0.621 is not "
+                            "distinguishable from chance") for w in warned), warned
+    assert not any("AUROC 0.668 is not distinguishable" in w for w in warned)

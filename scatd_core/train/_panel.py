@@ -165,6 +165,8 @@ def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, 
               note: str = "") -> dict:
     """One summary row: the drug's model card in brief (bulk-CV AUROC of the model and of its best
     baseline, the card's verdict on it, the target AUROC when the target had labels)."""
+    from scatd_core.card import chance_sentence
+
     metrics = (bundle.manifest.get("metrics") or {}) if bundle is not None else {}
     cv = metrics.get("cv") or {}
     target = metrics.get("target") or {}
@@ -183,6 +185,8 @@ def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, 
     if below:
         verdict = (f"Below chance: bulk CV AUROC {float(cv_auroc):.3f} <= {CHANCE_AUROC} (no better than guessing); "
                    "left out of a saved panel unless asked for." + (f" {verdict}" if verdict else ""))
+    elif bulk_cv is not None and chance_sentence(bulk_cv):  # above 0.5, but its interval includes 0.5 (the card's rule)
+        verdict = " ".join(v for v in (chance_sentence(bulk_cv), verdict) if v)
     return {"drug": drug, "status": status, "n_sensitive": n_sens, "n_resistant": n_res,
             "cv_auroc": cv_auroc, "cv_auroc_sd": cv.get("auroc_sd"), "below_chance": below,
             "cv_best_baseline": baseline, "cv_best_baseline_auroc": baseline_auroc, "verdict": verdict,
