@@ -227,6 +227,9 @@ def _input(what: str, entry: dict | None) -> str | None:
     sha = entry.get("sha256")
     hashed = ("" if not sha else f"sha256 {sha[:12]}" + (" of its values" if entry.get("of") == "values" else
                                                          " of the table" if entry.get("of") == "table" else ""))
+    values = entry.get("values_sha256")
+    if values and values != sha:  # a file's sha256, and its values' (comparable with data given to the app)
+        hashed += f"; sha256 {values[:12]} of its values"
     ic50 = entry.get("from_ic50")
     if ic50:
         source = (ic50.get("files") or {}).get("ic50")

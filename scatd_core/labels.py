@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +160,9 @@ def read_label_table(source: str | Path | pd.DataFrame, name: str | None = None)
     table.columns = [str(c).strip() for c in table.columns]
     if not isinstance(source, pd.DataFrame):
         _refuse_transposed(table, name or Path(source).name)
+        made, _ = read_ic50_provenance(source)  # built by scatd labels-from-ic50: how, as labels_from_ic50 says
+        if made is not None:
+            table.attrs["report"] = made
     if table.index.duplicated().any():
         dup = table.index[table.index.duplicated()].unique()[:3].tolist()
         raise InputError(f"The label table lists {int(table.index.duplicated().sum())} cell line(s) twice "
@@ -707,8 +712,71 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
         "no_threshold": no_threshold, "ids_not_in_drug_list": unknown_ids,
         "files": {"ic50": Path(ic50_name).name, "thresholds": Path(thr_name).name,
                   "drug_list": Path(dlist_name).name},  # names only: a trained model records them
+        "files_sha256": {key: _sha256_file(path) for key, path in zip(("ic50", "thresholds", "drug_list"), paths)},
     }
     return table
+
+
+def _sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+#: What a label table's provenance file says it is (``scatd labels-from-ic50`` writes one beside the table).
+PROVENANCE_KIND = "scatd labels-from-ic50"
+
+
+def ic50_provenance_path(labels_path: str | Path) -> Path:
+    """The provenance file beside a label table: ``labels.csv`` -> ``labels.provenance.json``."""
+    path = Path(labels_path)
+    return path.with_name(f"{path.stem}.provenance.json")
+
+
+def write_ic50_provenance(table: pd.DataFrame, labels_path: str | Path) -> Path:
+    """Write how :func:`labels_from_ic50` built ``table``, written to ``labels_path``, beside it
+    (:func:`ic50_provenance_path`): the label file's sha256, the ln(IC50), threshold and drug list
+    files' names and sha256, and each drug's GDSC id and threshold. ``scatd train`` and ``scatd
+    train-panel`` find it when the label file is unchanged, and record the drug's threshold as the
+    Train page's "Build labels" does (:func:`read_ic50_provenance`)."""
+    report = table.attrs["report"]
+    out = ic50_provenance_path(labels_path)
+    record = {"kind": PROVENANCE_KIND, "labels_file": Path(labels_path).name,
+              "labels_sha256": _sha256_file(labels_path),
+              "files": report["files"], "files_sha256": report.get("files_sha256") or {},
+              "thresholds": report["thresholds"], "no_threshold": report.get("no_threshold") or []}
+    out.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def read_ic50_provenance(labels_path: str | Path) -> tuple[dict | None, str | None]:
+    """How ``scatd labels-from-ic50`` built the label table at ``labels_path``, from the provenance
+    file beside it (:func:`write_ic50_provenance`), as ``(report, problem)``: ``report`` in the
+    form of :func:`labels_from_ic50`'s ``attrs['report']`` (``thresholds``, ``files``,
+    ``files_sha256``) when the file is there and was written for this very table (its sha256);
+    ``problem``, a sentence, when one is there but does not match or cannot be read (then nothing
+    is recorded from it); ``(None, None)`` when there is none."""
+    labels_path = Path(labels_path)
+    side = ic50_provenance_path(labels_path)
+    if not side.is_file() or not labels_path.is_file():
+        return None, None
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("kind") != PROVENANCE_KIND:
+            raise ValueError("not written by scatd labels-from-ic50")
+        thresholds = {str(k): dict(v) for k, v in record["thresholds"].items()}
+        report = {"thresholds": thresholds, "files": dict(record.get("files") or {}),
+                  "files_sha256": dict(record.get("files_sha256") or {}), "provenance_file": side.name}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, (f"{side.name} beside {labels_path.name} could not be read ({exc}); the labels' ln(IC50) "
+                      "thresholds are not recorded with the model.")
+    if record.get("labels_sha256") != _sha256_file(labels_path):
+        return None, (f"{side.name} was written for another version of {labels_path.name} (its sha256 differs: the "
+                      "table was changed after scatd labels-from-ic50 wrote it), so the labels' ln(IC50) thresholds "
+                      "are not recorded with the model. Run scatd labels-from-ic50 again to record them.")
+    return report, None
 
 
 def write_label_table(table: pd.DataFrame, path: str | Path) -> Path:

@@ -284,3 +284,41 @@ def test_shown_labels_say_what_each_value_means_and_plots_colour_by_it():
     adata.obs["words"] = ["resistant", "sensitive", "sensitive", None, "resistant"]
     assert list(shown_labels(adata, "words").cat.categories) == ["resistant", "sensitive"]  # said already
     assert pl._palette(["S"])["S"] != pl.COLORS["sensitive"]  # a cell-cycle phase is not a response
+
+
+def test_labels_from_ic50_cli_writes_a_provenance_file_that_the_training_reads(tmp_path, capsys):
+    """QA: `scatd labels-from-ic50 --out labels.csv` then `scatd train --bulk-labels labels.csv`
+    recorded only the table's sha256, while the Train page's "Build labels" records the ln(IC50)
+    threshold and the files. The CLI writes labels.provenance.json beside the table; it is read back
+    only while the table is the one it was written for."""
+    import json
+
+    from scatd_core.cli import main
+    from scatd_core.cli.labels import say_ic50_provenance
+    from scatd_core.labels import ic50_provenance_path, read_ic50_provenance
+
+    ic50, thr, dlist = _ic50_files(tmp_path)
+    out = tmp_path / "labels.csv"
+    assert main(["labels-from-ic50", "--ic50", str(ic50), "--thresholds", str(thr), "--drug-list", str(dlist),
+                 "--drugs", "Gefitinib", "--out", str(out)]) == 0
+    assert "Wrote " + str(tmp_path / "labels.provenance.json") in capsys.readouterr().err
+    side = ic50_provenance_path(out)
+    assert side == tmp_path / "labels.provenance.json"
+    record = json.loads(side.read_text())
+    assert record["files"] == {"ic50": "ic50.csv", "thresholds": "thr.txt", "drug_list": "list.csv"}
+    assert set(record["files_sha256"]) == {"ic50", "thresholds", "drug_list"}
+    assert record["thresholds"]["Gefitinib"]["threshold"] == 0.5 and record["thresholds"]["Gefitinib"]["gdsc_id"] == 10
+    built = labels_from_ic50(ic50, thr, dlist, drugs=["Gefitinib"]).attrs["report"]
+    made, problem = read_ic50_provenance(out)
+    assert problem is None and made["thresholds"] == json.loads(json.dumps(built["thresholds"]))
+    assert made["files"] == built["files"] and made["files_sha256"] == built["files_sha256"]
+    assert read_label_table(out).attrs["report"]["thresholds"]["Gefitinib"]["threshold"] == 0.5  # train-panel's way
+    say_ic50_provenance(out)
+    assert "Found labels.provenance.json beside labels.csv: the labels were built by scatd labels-from-ic50 from " \
+           "ic50.csv" in capsys.readouterr().err
+    # the table changed since: nothing recorded from the file, and said
+    out.write_text(out.read_text().replace("resistant", "sensitive"))
+    made, problem = read_ic50_provenance(out)
+    assert made is None and "was written for another version of labels.csv" in problem
+    assert "report" not in read_label_table(out).attrs
+    assert read_ic50_provenance(tmp_path / "list.csv") == (None, None)  # no provenance file: nothing to say

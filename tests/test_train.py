@@ -522,6 +522,9 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
     assert report["cv"]["folds"] == 3 and "target_predictions" not in report
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.manifest["provenance"]["labels"]["file"] == "labels.csv"
+    # labels-from-ic50's provenance file beside the table: found, said, and its threshold recorded
+    assert "Found labels.provenance.json beside labels.csv: the labels were built by scatd labels-from-ic50" in err
+    assert bundle.manifest["provenance"]["labels"]["from_ic50"]["threshold"] == 0.0
 
     code = scatd_main(["predict", "--model", str(tmp_path / "bundle"), "--input", str(tmp_path / "target.csv"),
                        "--output", str(tmp_path / "pred.csv"), "--device", "cpu"])
@@ -1146,6 +1149,47 @@ def test_inputs_given_as_data_keep_their_display_names_and_ic50_labels_their_thr
     assert "40 target cells (tumour.h5ad" in rep["card"]["data"]["summary"]
 
 
+def test_labels_from_ic50s_provenance_file_is_recorded_as_the_train_page_records_built_labels(tmp_path):
+    """QA: a table written by `scatd labels-from-ic50` trained a model that recorded only the file's
+    sha256; the Train page's "Build labels" records the threshold and the files (from_ic50). The
+    provenance file beside the table gives the same record; the bulk's values hash is recorded
+    whether it comes as a file (the CLI) or as data (the app), so two cards of the same data compare."""
+    from scatd_core.labels import labels_from_ic50, write_ic50_provenance, write_label_table
+    from scatd_core.train._data import read_if_path
+    from scatd_core.train._run import _ic50_origin
+
+    bulk, labels, target = synthetic()
+    ic50 = labels["DRUGA"].map({"sensitive": -1.0, "resistant": 1.0})
+    pd.DataFrame([ic50.to_numpy()], index=["GDSC:77"], columns=labels.index).to_csv(tmp_path / "GDSC_IC50.csv")
+    (tmp_path / "IC50_thred.txt").write_text("Druga\n0.0\n")
+    pd.DataFrame({"drug_id": [77], "Name": ["DrugA"], "Synonyms": [""]}).to_csv(tmp_path / "drugs.csv", index=False)
+    table = labels_from_ic50(tmp_path / "GDSC_IC50.csv", tmp_path / "IC50_thred.txt", tmp_path / "drugs.csv")
+    write_label_table(table, tmp_path / "labels.csv")
+    write_ic50_provenance(table, tmp_path / "labels.csv")
+    bulk.write_h5ad(tmp_path / "bulk.h5ad")
+    bundle, rep = _train(tmp_path, tmp_path / "bulk.h5ad", tmp_path / "labels.csv", target,
+                         settings=replace(TINY, members=1, pretrain_epochs=2))
+    prov = bundle.manifest["provenance"]
+    assert prov["labels"].get("from_ic50", {}).get("threshold") == 0.0, prov["labels"]
+    app = _ic50_origin(table.attrs["report"], "DrugA")["from_ic50"]  # what the Train page records
+    assert prov["labels"]["from_ic50"] == app and set(app) >= {"threshold", "gdsc_id", "files", "files_sha256"}
+    assert app["threshold"] == 0.0 and app["files"]["ic50"] == "GDSC_IC50.csv"
+    assert prov["labels"]["provenance_file"] == "labels.provenance.json"
+    assert prov["labels"]["sha256"] == sha256_file(tmp_path / "labels.csv")
+    assert "from ln(IC50) (GDSC_IC50.csv) with threshold 0" in " ".join(card_lines(rep["card"]))
+    # the bulk: its file's sha256 and its values' hash, which the app records for the same data
+    assert prov["bulk"]["sha256"] == sha256_file(tmp_path / "bulk.h5ad")
+    assert prov["bulk"]["values_sha256"] == read_if_path(bulk, "bulk")[1]["sha256"]
+    assert read_if_path(bulk, "bulk")[1]["values_sha256"] == prov["bulk"]["values_sha256"]
+    assert f"sha256 {prov['bulk']['values_sha256'][:12]} of its values" in " ".join(card_lines(rep["card"]))
+    # a table changed after the file was written: nothing recorded from it, and the card says why
+    (tmp_path / "labels.csv").write_text((tmp_path / "labels.csv").read_text() + "\n")
+    bundle, rep = _train(tmp_path, bulk, tmp_path / "labels.csv", target, name="changed",
+                         settings=replace(TINY, members=1, pretrain_epochs=2))
+    assert "from_ic50" not in bundle.manifest["provenance"]["labels"]
+    assert any("was written for another version of labels.csv" in w for w in rep["card"]["warnings"])
+
+
 def test_train_panel_records_its_input_names_and_source(tmp_path):
     from scatd_core.train import train_panel
 
@@ -1161,7 +1205,8 @@ def test_train_panel_records_its_input_names_and_source(tmp_path):
     assert prov["source"] == "trained by scATD Studio (scatd train-panel)"
     # a file records its sha256, as `scatd train` records it (QA: a hash of the values, which no
     # `sha256sum` of the file matches)
-    assert prov["bulk"] == {"file": "bulk.h5ad", "sha256": sha256_file(tmp_path / "bulk.h5ad")}
+    assert {k: prov["bulk"][k] for k in ("file", "sha256")} == {"file": "bulk.h5ad",
+                                                                 "sha256": sha256_file(tmp_path / "bulk.h5ad")}
     labels.to_csv(tmp_path / "labels.csv")
     _, bundles = train_panel(tmp_path / "bulk.h5ad", tmp_path / "labels.csv", ["DRUGA"], target,
                              settings=replace(TINY, members=1), device="cpu", library=tmp_path / "lib2", resume=False,

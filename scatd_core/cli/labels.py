@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from scatd_core.cli._common import check_output, say
 
 
@@ -15,19 +17,26 @@ def add(sub) -> None:
                    help="IC50_thred.txt: two tab-separated rows, drug names then ln(IC50) thresholds")
     p.add_argument("--drug-list", required=True, help="GDSC drug list CSV (drug_id, Name, Synonyms, ...)")
     p.add_argument("--drugs", nargs="+", help="only these drugs (names or GDSC ids; default: all)")
-    p.add_argument("--out", required=True, help="label table CSV to write")
+    p.add_argument("--out", required=True,
+                   help="label table CSV to write; a provenance file goes beside it (labels.csv -> "
+                        "labels.provenance.json: the files' names and sha256, each drug's threshold), which "
+                        "scatd train and train-panel record with the model while the table is unchanged")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from scatd_core._output import writing
-    from scatd_core.labels import labels_from_ic50, write_label_table
+    from scatd_core.labels import ic50_provenance_path, labels_from_ic50, write_ic50_provenance, write_label_table
 
-    check_output(args.out, "--out", inputs=[args.ic50, args.thresholds, args.drug_list])
+    inputs = [args.ic50, args.thresholds, args.drug_list]
+    check_output(args.out, "--out", inputs=inputs)
+    side = check_output(ic50_provenance_path(args.out), "--out's provenance file", inputs=inputs)
     table = labels_from_ic50(args.ic50, args.thresholds, args.drug_list, drugs=args.drugs)
     rep = table.attrs["report"]
     with writing(args.out):
         write_label_table(table, args.out)
+    with writing(side):
+        write_ic50_provenance(table, args.out)
     for drug, info in list(rep["thresholds"].items())[:20]:
         col = table[drug]
         gdsc = f"GDSC:{info['gdsc_id']}"  # a name of several ids already carries it: "Twin (GDSC:40)"
@@ -40,4 +49,23 @@ def run(args) -> int:
         say(f"warning: no threshold found for {len(rep['no_threshold'])} drug(s), left out: "
              f"{', '.join(rep['no_threshold'][:10])}")
     print(f"Wrote {rep['n_drugs']} drugs x {rep['n_cell_lines']} cell lines -> {args.out}")
+    say(f"Wrote {side}: how the labels were built (the files' names and sha256, each drug's threshold); scatd train "
+        f"records it with the model while {Path(args.out).name} is unchanged.")
     return 0
+
+
+def say_ic50_provenance(labels_path) -> None:
+    """Say that the label table ``labels_path`` comes with the provenance file ``scatd
+    labels-from-ic50`` wrote beside it, and so the model records its ln(IC50) thresholds (``scatd
+    train``, ``scatd train-panel``). A file that does not match the table is said by the training
+    (a note, and a warning of the card)."""
+    from scatd_core.labels import read_ic50_provenance
+
+    if not labels_path:
+        return
+    made, _ = read_ic50_provenance(labels_path)
+    if made is not None:
+        source = (made.get("files") or {}).get("ic50")
+        say(f"Found {made['provenance_file']} beside {Path(labels_path).name}: the labels were built by scatd "
+            f"labels-from-ic50{f' from {source}' if source else ''}; the model records the drug's ln(IC50) "
+            "threshold and the files' names and sha256 from it.")

@@ -15,6 +15,7 @@ from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
+from scatd_core.cli.labels import say_ic50_provenance
 from scatd_core.cli._common import (BACKBONES, DEVICE_HELP, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
@@ -175,6 +176,7 @@ def run(args) -> int:
                        few_shot=args.few_shot_labels is not None or args.few_shot_column is not None)
     say(f"Training a {args.backbone} model for {args.drug} ({args.head} head): bulk {Path(args.bulk).name}, "
         f"target {Path(args.target).name}")
+    say_ic50_provenance(args.bulk_labels)  # built by scatd labels-from-ic50: its thresholds are recorded
     # with --obs, the table's columns added before they are looked up; read here too for --few-shot-column
     target, target_file = read_target(args, read=args.few_shot_column is not None)
     few_shot = args.few_shot_labels if args.few_shot_column is None else few_shot_of_column(target, args)

@@ -9,6 +9,7 @@ from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_argum
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
 from scatd_core.cli._common import BACKBONES, DEVICE_HELP, DEVICES, Progress, check_output, drug_and_column, fmt, positive_int, say
+from scatd_core.cli.labels import say_ic50_provenance
 from scatd_core.errors import ScatdError
 
 #: The recipe's defaults, for the help (the training takes them from the same place).
@@ -108,6 +109,7 @@ def run(args) -> int:
         settings = replace(settings, folds=args.folds)
     note_unused(args, settings, few_shot=args.few_shot_column is not None)
     labels = _labels(args)
+    say_ic50_provenance(None if args.ic50 else args.bulk_labels)  # a table from scatd labels-from-ic50: said
     # with --obs, the table's columns added before they are looked up; read here too for --few-shot-column
     target, target_file = read_target(args, read=args.few_shot_column is not None)
     few_shot = None if args.few_shot_column is None else few_shot_of_column(target, args)

@@ -203,15 +203,23 @@ def _renamed_duplicates(bulk: ad.AnnData, report: dict) -> list[str]:
 
 def read_if_path(obj, what: str, record: dict | None = None):
     """An AnnData and a provenance entry for an AnnData or a file path (``record``: the entry of an
-    AnnData the caller read from a file, ``{"file", "sha256"}``, used as given)."""
+    AnnData the caller read from a file, ``{"file", "sha256"}``, used as given). The bulk's entry
+    also has ``values_sha256``, the hash of its sample and gene names and values (float32), the same
+    for the same data read from a file by the CLI or uploaded to the app, so that two models' cards
+    can be compared whatever the file's format. The target's entry has one hash: its file's, or its
+    values' when given as data (hashing a large target's values again would cost time)."""
     if isinstance(obj, ad.AnnData):
-        return obj, (dict(record) if record else {"sha256": _data_sha256(obj), "of": "values"})
-    from scatd_core import io
+        adata, entry = obj, (dict(record) if record else {"sha256": _data_sha256(obj), "of": "values"})
+    else:
+        from scatd_core import io
 
-    path = Path(obj)
-    adata = io.read(path, samples=what == "bulk")  # bulk rows are samples (cell lines) in its messages
-    if adata.isbacked:
-        adata = adata.to_memory()
-    return adata, {"file": path.name, "sha256": sha256_file(path)}
+        path = Path(obj)
+        adata = io.read(path, samples=what == "bulk")  # bulk rows are samples (cell lines) in its messages
+        if adata.isbacked:
+            adata = adata.to_memory()
+        entry = {"file": path.name, "sha256": sha256_file(path)}
+    if what == "bulk" and "values_sha256" not in entry:  # its values too, from a file or given as data
+        entry["values_sha256"] = entry["sha256"] if entry.get("of") == "values" else _data_sha256(adata)
+    return adata, entry
 
 

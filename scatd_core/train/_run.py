@@ -20,7 +20,7 @@ from scatd_core.bundle import (Bundle, NameTaken, load_backbone_from_bundle, loa
                                sha256_file)
 from scatd_core.config import model_library_dir
 from scatd_core.errors import InputError
-from scatd_core.labels import LABEL_MAPPING, encode_column, read_few_shot_labels
+from scatd_core.labels import LABEL_MAPPING, encode_column, read_few_shot_labels, read_ic50_provenance
 from scatd_core.nn import BACKBONES
 from scatd_core.predict import resolve_device
 from scatd_core.preprocess import ALL_GENES, MODEL_GENES
@@ -466,6 +466,13 @@ def train_drug_model(
         labels_prov = {"sha256": _frame_sha256(labels), "of": "table"}
     else:
         labels_prov = {"file": Path(labels).name, "sha256": sha256_file(labels)}
+    made = labels.attrs.get("report") if isinstance(labels, pd.DataFrame) else None
+    if not isinstance(labels, pd.DataFrame):  # a table scatd labels-from-ic50 wrote: its provenance file beside it
+        made, problem = read_ic50_provenance(labels)
+        if problem:
+            warnings.append(problem)
+    if made and made.get("provenance_file"):  # also a table read from such a file (train-panel)
+        labels_prov["provenance_file"] = made["provenance_file"]
     _name_inputs({"bulk": bulk_prov, "labels": labels_prov, "target": target_prov}, input_names)
 
     base_vae = None
@@ -590,8 +597,8 @@ def train_drug_model(
     seconds = time.perf_counter() - t0
     provenance["seconds"] = round(seconds, 1)
     card["data"]["seconds"] = round(seconds, 1)
-    if isinstance(labels, pd.DataFrame):  # labels built from ln(IC50): the drug's threshold
-        labels_prov.update(_ic50_origin(labels, data.report["drug"]) or {})
+    if made:  # labels built from ln(IC50) (here, or by scatd labels-from-ic50): the drug's threshold
+        labels_prov.update(_ic50_origin(made, data.report["drug"]) or {})
     unused = unused_settings(s.head, backbone_given=base_vae is not None, adaptation=adaptation, few_shot=few is not None)
     settings_dict = card["settings"] = {k: v for k, v in card["settings"].items() if k not in unused}  # only those used
     card["settings_not_used"] = unused
@@ -685,9 +692,10 @@ def _name_inputs(provenance: dict[str, dict], names: dict[str, str] | None) -> N
             entry["name"] = shown
 
 
-def _ic50_origin(labels: pd.DataFrame, drug: str) -> dict | None:
-    """How :func:`scatd_core.labels.labels_from_ic50` labelled ``drug`` (its ln(IC50) threshold), or None."""
-    report = labels.attrs.get("report") or {}
+def _ic50_origin(report: dict, drug: str) -> dict | None:
+    """How :func:`scatd_core.labels.labels_from_ic50` labelled ``drug`` (its ln(IC50) threshold, the
+    files' names and sha256), from its ``attrs['report']`` or the provenance file ``scatd
+    labels-from-ic50`` wrote (:func:`scatd_core.labels.read_ic50_provenance`): the same record for both."""
     found = (report.get("thresholds") or {}).get(drug)
     if not found:
         return None
@@ -695,7 +703,8 @@ def _ic50_origin(labels: pd.DataFrame, drug: str) -> dict | None:
     return {"from_ic50": {"threshold": float(found["threshold"]), "gdsc_id": None if gdsc_id is None else int(gdsc_id),
                           "threshold_name": found.get("threshold_name"),
                           "rule": "ln(IC50) below the threshold = sensitive, at or above = resistant",
-                          **({"files": report["files"]} if report.get("files") else {})}}
+                          **({"files": report["files"]} if report.get("files") else {}),
+                          **({"files_sha256": report["files_sha256"]} if report.get("files_sha256") else {})}}
 
 
 def _headline(card: dict, name: str) -> dict:
