@@ -320,5 +320,8 @@ def test_labels_from_ic50_cli_writes_a_provenance_file_that_the_training_reads(t
     out.write_text(out.read_text().replace("resistant", "sensitive"))
     made, problem = read_ic50_provenance(out)
     assert made is None and "was written for another version of labels.csv" in problem
+    say_ic50_provenance(out, mismatch=True)  # train-panel says it (scatd train's training says it itself)
+    assert "warning: labels.provenance.json was written for another version of labels.csv" in \
+        capsys.readouterr().err
     assert "report" not in read_label_table(out).attrs
     assert read_ic50_provenance(tmp_path / "list.csv") == (None, None)  # no provenance file: nothing to say

@@ -54,16 +54,18 @@ def run(args) -> int:
     return 0
 
 
-def say_ic50_provenance(labels_path) -> None:
+def say_ic50_provenance(labels_path, *, mismatch: bool = False) -> None:
     """Say that the label table ``labels_path`` comes with the provenance file ``scatd
     labels-from-ic50`` wrote beside it, and so the model records its ln(IC50) thresholds (``scatd
-    train``, ``scatd train-panel``). A file that does not match the table is said by the training
-    (a note, and a warning of the card)."""
+    train``, ``scatd train-panel``). ``mismatch``: also say when such a file does not match the
+    table (``scatd train``'s training says it itself: a note, and a warning of the card)."""
     from scatd_core.labels import read_ic50_provenance
 
     if not labels_path:
         return
-    made, _ = read_ic50_provenance(labels_path)
+    made, problem = read_ic50_provenance(labels_path)
+    if problem and mismatch:
+        say(f"warning: {problem}")
     if made is not None:
         source = (made.get("files") or {}).get("ic50")
         say(f"Found {made['provenance_file']} beside {Path(labels_path).name}: the labels were built by scatd "

@@ -109,7 +109,7 @@ def run(args) -> int:
         settings = replace(settings, folds=args.folds)
     note_unused(args, settings, few_shot=args.few_shot_column is not None)
     labels = _labels(args)
-    say_ic50_provenance(None if args.ic50 else args.bulk_labels)  # a table from scatd labels-from-ic50: said
+    say_ic50_provenance(None if args.ic50 else args.bulk_labels, mismatch=True)  # from labels-from-ic50: said
     # with --obs, the table's columns added before they are looked up; read here too for --few-shot-column
     target, target_file = read_target(args, read=args.few_shot_column is not None)
     few_shot = None if args.few_shot_column is None else few_shot_of_column(target, args)
