@@ -106,7 +106,7 @@ def chance_sentence(ev: dict) -> str | None:
                 "using it.")
     return (f"On {where}, this model's AUROC {model['auroc']:.3f} is not distinguishable from chance ({INTERVAL} "
             f"{ends} includes 0.5): these {samples} do not show the model separating resistant from sensitive, "
-            "whatever it does against the baselines.")
+            "even where it beats a baseline.")
 
 
 def auroc_interval_words(scores: dict) -> str | None:

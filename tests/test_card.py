@@ -245,7 +245,7 @@ def test_the_card_says_when_the_model_auroc_interval_includes_chance():
     said = cards.verdicts(ev)
     assert said[0] == ("On bulk cell lines, 5-fold cross-validation, this model's AUROC 0.622 is not distinguishable "
                        "from chance (95% bootstrap CI 0.412 to 0.829 includes 0.5): these cell lines do not show "
-                       "the model separating resistant from sensitive, whatever it does against the baselines.")
+                       "the model separating resistant from sensitive, even where it beats a baseline.")
     assert said[1].startswith("This model beats logistic regression")
     target = _overlapping(-0.1, 0.3, 0.1)
     target["scores"][0].update(auroc=0.45, auroc_ci=[0.3, 0.6])
