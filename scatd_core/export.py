@@ -215,6 +215,7 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     threshold = run["threshold"]  # where the threshold came from
     rows += [("summary", "threshold_source", threshold.get("source")),
              ("summary", "threshold_detail", threshold.get("detail"))]
+    rows += _provenance_rows(adata, run)  # which model, how, when, and on which file
     rows += [("summary", "note", str(n)) for n in run.get("notes", [])]  # e.g. log-normalised values un-logged
     rows += [("not scored", str(reason), int(n)) for reason, n in (run.get("not_scored") or {}).items()]
     # VAE_sf/VAE_gf: how the foundation-model embeddings were made (settings, coverage, model files)
@@ -260,6 +261,29 @@ def _label_meaning_rows(adata: ad.AnnData, label_column: str) -> list[tuple]:
         rows.append(("evaluation", "label_sensitive", sensitive))
     rows.append(("evaluation", "label_direction_from",
                  "chosen (Data page or --label-resistant)" if recorded else "recognised from the words"))
+    return rows
+
+
+def _provenance_rows(adata: ad.AnnData, run: dict) -> list[tuple]:
+    """``metrics.csv``'s provenance: the model (name, library folder, drug, weights sha256), the mode
+    and what ``prob_resistant_sd`` is over, when it ran (UTC) with which scATD Studio, and the data
+    file (its name and, when recorded, its sha256)."""
+    model, params = run.get("model") or {}, run.get("params") or {}
+    mode = params.get("mode")
+    rows = [("summary", "model", model.get("name")),
+            ("summary", "model_folder", Path(str(model["path"])).name if model.get("path") else None),
+            ("summary", "drug", model.get("drug")),
+            ("summary", "weights_sha256", model.get("weights_sha256") or None),
+            ("summary", "mode", mode)]
+    if mode == "sample":
+        rows += [("summary", "n_samples", params.get("n_samples")), ("summary", "seed", params.get("seed"))]
+    rows += [("summary", "prob_resistant_sd", params.get("prob_resistant_sd")),
+             ("summary", "run_at", run.get("run_at")),
+             ("summary", "scatd_version", run.get("scatd_version"))]
+    data = adata.uns.get(_keys.INPUT_REPORT) or {}
+    if data.get("file_name"):
+        rows.append(("data", "file", data.get("file_name")))
+        rows.append(("data", "file_sha256", data.get("file_sha256") or "not recorded"))
     return rows
 
 
@@ -789,7 +813,8 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
     data = adata.uns.get(_keys.INPUT_REPORT, {})
     qc = info.get("qc", {})
     parts.append("<h2>Data</h2>" + _kv_table([
-        ("file", data_name), ("cells", adata.n_obs), ("genes", adata.n_vars),
+        ("file", data_name), ("file sha256", data.get("file_sha256")), ("cells", adata.n_obs),
+        ("genes", adata.n_vars),
         ("gene identifiers", data.get("gene_id_type")), ("values", data.get("value_type")),
         ("value evidence", (data.get("value_type_evidence") or {}).get("reason")),
         ("QC filter", f"{qc.get('n_filtered', 0):,} cell(s) filtered" if qc.get("n_filtered") else "none"),

@@ -362,6 +362,32 @@ def test_file_stem():
     assert export.file_stem("demo (simulated data)", "panel") == "demo_simulated_data_panel"  # no "__"
 
 
+def test_metrics_csv_records_the_model_the_mode_and_the_data_file(filtered_result, tmp_path):
+    """QA: metrics.csv carried no provenance: which model (name, weights sha256, drug), the mode
+    and what prob_resistant_sd is over, when and with which version, and which file."""
+    import hashlib
+
+    from scatd_core import io
+
+    adata, bundle, _ = filtered_result
+    adata = adata.copy()
+    path = tmp_path / "cells.h5ad"
+    make_dataset(20, seed=1).write_h5ad(path)
+    adata.uns["scatd_input"] = dict(io.read(path).uns["scatd_input"])  # as read: the file's sha256 recorded
+    summary = export.metrics_table(adata).query("section == 'summary'").set_index("metric")["value"]
+    assert summary["model"] == bundle.name and summary["drug"] == "TESTDRUG"
+    assert summary["weights_sha256"] == bundle.manifest["weights_sha256"] and summary["model_folder"] == BUNDLE_FOLDER
+    assert summary["mode"] == "mean" and summary["prob_resistant_sd"] == adata.uns["scatd"]["params"]["prob_resistant_sd"]
+    assert summary["run_at"] == adata.uns["scatd"]["run_at"] and "T" in summary["run_at"]
+    assert summary["scatd_version"] == adata.uns["scatd"]["scatd_version"]
+    data = export.metrics_table(adata).query("section == 'data'").set_index("metric")["value"]
+    assert data["file"] == "cells.h5ad" and data["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert data["file_sha256"] in export.html_report(adata)
+    sampled = predict(make_dataset(30, seed=4), bundle, mode="sample", n_samples=4, copy=True)
+    summary = export.metrics_table(sampled).query("section == 'summary'").set_index("metric")["value"]
+    assert summary["mode"] == "sample" and summary["n_samples"] == 4 and summary["prob_resistant_sd"] == "over the draws"
+
+
 def test_umap_figure_never_breaks_on_missing_coordinates():
     coords = np.array([[0.0, 1.0], [np.nan, 2.0], [np.inf, 0.0], [1.0, 1.0], [2.0, 0.5]])
     fig = pl.umap_figure(coords, np.array([0.1, 0.2, 0.3, np.nan, 0.9]), name="P")

@@ -36,6 +36,7 @@ Sets the following fields of the returned AnnData:
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import warnings
@@ -111,7 +112,19 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
     """
     shown = display_name(name) if name is not None else Path(path).name
     opts = make_options(orientation, max_bytes, max_cells, backed, shown, max_dataset_bytes, limit_reason, samples)
-    return _read_guarded(Path(path), opts)
+    return _with_sha256(_read_guarded(Path(path), opts), Path(path))
+
+
+def _with_sha256(adata: ad.AnnData, path: Path) -> ad.AnnData:
+    """Record the sha256 of the file read (not of a 10x folder) in the read report, as
+    ``file_sha256``: metrics.csv and report.html name the exact file the results came from."""
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        adata.uns[REPORT_KEY]["file_sha256"] = digest.hexdigest()
+    return adata
 
 
 def store_upload(data, filename: str, folder: str | Path | None = None, *, max_bytes: int | None = None) -> Path:
@@ -158,7 +171,7 @@ def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_byt
                         limit_reason, samples)
     path = store_upload(data, filename, workdir, max_bytes=opts.max_bytes)
     try:
-        adata = _read_guarded(path, opts)
+        adata = _with_sha256(_read_guarded(path, opts), path)
     except BaseException:
         shutil.rmtree(path.parent, ignore_errors=True)
         raise
