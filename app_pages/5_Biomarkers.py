@@ -253,7 +253,8 @@ st.subheader("Downloads")
 st.caption("biomarkers.csv, the per-cell attributions (in the h5ad) and the ranking in report.html are also on the "
            "Report page.")
 d1, d2 = st.columns(2)
-d1.download_button("biomarkers.csv", export.to_csv_bytes(ranking), "biomarkers.csv", "text/csv",
+stem = export.file_stem(ss.get(state.DATA_NAME), run=adata.uns["scatd"])  # the Report page's names
+d1.download_button("biomarkers.csv", export.to_csv_bytes(ranking), f"{stem}_biomarkers.csv", "text/csv",
                    key="btn_dl_biomarkers", on_click="ignore")
 d1.caption(export.explained_cells_text(info))
 label_column, sample_column = ui.report_columns(adata)
@@ -262,7 +263,8 @@ try:  # metrics.csv's rows, 'biomarkers' (the cells explained) included: named a
 except ScatdError as exc:
     d1.warning(ui.md(f"biomarkers_metrics.csv could not be made: {exc}"))
 else:
-    d1.download_button("biomarkers_metrics.csv", export.to_csv_bytes(metrics), "biomarkers_metrics.csv", "text/csv",
+    d1.download_button("biomarkers_metrics.csv", export.to_csv_bytes(metrics), f"{stem}_biomarkers_metrics.csv",
+                       "text/csv",
                        key="btn_dl_biomarker_metrics", on_click="ignore",
                        help="The run as metrics.csv records it: how many cells were explained, of how many scored, "
                             "whether a subsample, and the threshold behind the predicted groups.")
@@ -270,6 +272,6 @@ if expl.features:
     k = d2.number_input("Per-cell attributions: top genes", 1, len(expl.features), min(20, len(expl.features)),
                         key="bio_per_cell_k")
     d2.download_button("per_cell_attributions.csv", export.to_csv_bytes(expl.per_cell(int(k)), index=True),
-                       "per_cell_attributions.csv", "text/csv", key="btn_dl_per_cell", on_click="ignore")
+                       f"{stem}_per_cell_attributions.csv", "text/csv", key="btn_dl_per_cell", on_click="ignore")
 
 ui.link("Report", "Next: the report", ":material/arrow_forward:")

@@ -17,7 +17,7 @@ thr = info["threshold"]
 label_column, sample_column = ui.report_columns(adata)  # no evaluation before the direction is known
 extra = [c for c in (label_column, sample_column) if c]
 groups = [sample_column] if sample_column else []
-stem = export.file_stem(ss.get(state.DATA_NAME), info["model"].get("drug"))
+stem = export.file_stem(ss.get(state.DATA_NAME), run=info)  # the data, the model's folder, the threshold
 explained = export.biomarkers_table(adata) is not None
 stale = explain.out_of_date(adata) if explained else None
 

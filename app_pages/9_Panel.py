@@ -68,6 +68,7 @@ with st.container(border=True):
                 loaded, problems = [], []
                 ui.show_error(exc)
             ss["panel_models"] = [str(b.path) for b in loaded if str(b.path) in classifiers]
+            ss["panel_named"] = [chosen_panel, sorted(ss["panel_models"])]  # its name, while these are the models
             ss[state.PANEL_CHOSEN] = ui.model_identities(loaded)  # the saved panel's models, as checked
             if problems:
                 st.warning("Left out of the panel:\n\n" + "\n".join(f"- {ui.md(p)}" for p in problems),
@@ -100,6 +101,7 @@ with st.container(border=True):
             try:
                 panel.save_panel(name, [classifiers[p].path.name for p in paths], user_name,
                                  replace=name in saved)
+                ss["panel_named"] = [name, sorted(paths)]
                 st.success(f"Saved your panel '{ui.md(name)}'.", icon=":material/check_circle:")
             except ScatdError as exc:
                 ui.show_error(exc)
@@ -285,7 +287,9 @@ if markers is not None and subclone:
 # ------------------------------------------------------------------ downloads
 st.subheader("Downloads")
 data_name = ss.get(state.DATA_NAME)
-stem = export.file_stem(data_name, "panel")
+named = ss.get("panel_named")  # the saved panel's name while its models are the ones scored, else the drugs
+stem = export.panel_stem(data_name, named[0] if named and named[1] == sorted(paths) else None,
+                         [m.drug for m in scored])
 extra = [c for c in (ss.get(state.LABEL_COLUMN), ss.get(state.SAMPLE_COLUMN)) if c and c in adata.obs]
 files = [f"{stem}.csv", f"{stem}_summary.csv", f"{stem}_annotated.h5ad"]
 report_markers = markers[1] if markers is not None and subclone else None

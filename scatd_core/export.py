@@ -339,16 +339,53 @@ def biomarkers_table(adata: ad.AnnData) -> pd.DataFrame | None:
     return None if stored is None else pd.DataFrame(stored["ranking"])
 
 
-def file_stem(data_name: str | None, drug: str | None) -> str:
-    """A safe file-name stem for the downloads, e.g. ``tumour_GEFITINIB``."""
-    from scatd_core.bundle import safe_name
+def _slug(text: str, limit: int) -> str:
+    """``text`` made file-name-safe (ASCII letters, digits, ``-``, ``_``, ``.``) and at most ``limit`` long."""
+    import re
 
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")[:limit].strip("._")
+
+
+def file_stem(data_name: str | None, drug: str | None = None, *, run: dict | None = None) -> str:
+    """A safe, bounded file-name stem for the downloads, e.g. ``tumour_GEFITINIB``.
+
+    ``run`` (``uns['scatd']`` of a prediction) makes it say which prediction: the model's library
+    folder (the drug kept when the folder does not name it) and the threshold of the calls, e.g.
+    ``tumour_gefitinib_vae_sf_thr0.42``, so two models of one drug, or one model before and
+    after calibration, never give files of the same name."""
     base = str(data_name or "data")
     extensions = (".h5ad", ".h5", ".loom", ".csv", ".tsv", ".txt", ".gz", ".zip", ".tgz", ".tar", ".npy", ".mtx")
     while ext := next((e for e in extensions if base.lower().endswith(e)), None):
         base = base[: -len(ext)]
-    base = safe_name(base, "data", distinct=False)  # "demo (simulated data)": no "_" left before the drug
-    return safe_name(f"{base}_{drug}" if drug else base, "scatd", distinct=False)
+    parts = [_slug(base, 48) or "data"]  # "demo (simulated data)": no "_" left before the drug
+    model = (run or {}).get("model") or {}
+    drug = _slug(drug if drug is not None else model.get("drug") or "", 32)
+    folder = _slug(Path(str(model["path"])).name, 48) if model.get("path") else ""
+    if drug and drug.lower() not in folder.lower():
+        parts.append(drug)
+    if folder:
+        parts.append(folder)
+    value = ((run or {}).get("threshold") or {}).get("value")
+    if value is not None:
+        parts.append(f"thr{float(value):.4g}")
+    return "_".join(parts)
+
+
+def panel_stem(data_name: str | None, panel_name: str | None = None, drugs: Sequence[str] = ()) -> str:
+    """The stem of a panel's downloads: the data, then the saved panel's name, else its drugs
+    (each cut to 12 characters, at most about 40 in all, ``+N`` for the N left out), e.g.
+    ``tumour_panel_CISPLATIN-GEFITINIB+2``."""
+    label = _slug(panel_name, 40) if panel_name else ""
+    if not label:
+        names = [n for n in (_slug(d, 12) for d in drugs) if n]
+        kept: list[str] = []
+        for name in names:
+            left = len(names) - len(kept) - 1
+            if kept and len("-".join(kept + [name])) + (len(f"+{left}") if left else 0) > 40:
+                break
+            kept.append(name)
+        label = "-".join(kept) + (f"+{len(names) - len(kept)}" if len(names) > len(kept) else "")
+    return file_stem(data_name, "") + "_panel" + (f"_{label}" if label else "")
 
 
 #: First characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) read a CSV cell as a

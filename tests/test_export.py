@@ -362,6 +362,29 @@ def test_file_stem():
     assert export.file_stem("demo (simulated data)", "panel") == "demo_simulated_data_panel"  # no "__"
 
 
+def test_download_names_say_which_model_and_threshold_made_them():
+    """QA: the app's stem was {data}_{drug}: a run at 0.5 then a calibrated one, or two models of
+    one drug, gave files of the same name with different contents; the panel's named neither the
+    saved panel nor its drugs."""
+    def run(folder, threshold):
+        return {"model": {"path": f"/srv/library/{folder}", "drug": "GEFITINIB"}, "threshold": {"value": threshold}}
+
+    names = {export.file_stem("tumour.h5ad", run=run("gefitinib_vae_sf", 0.5)),
+             export.file_stem("tumour.h5ad", run=run("gefitinib_vae_sf", 0.2731)),
+             export.file_stem("tumour.h5ad", run=run("gefitinib_dist_vae", 0.5)),
+             export.file_stem("tumour.h5ad", run=run("my model", 0.5))}
+    assert len(names) == 4
+    assert export.file_stem("tumour.h5ad", run=run("gefitinib_vae_sf", 0.2731)) == "tumour_gefitinib_vae_sf_thr0.2731"
+    assert export.file_stem("tumour.h5ad", run=run("my model", 0.5)) == "tumour_GEFITINIB_my_model_thr0.5"
+    long = export.file_stem("x" * 300 + ".h5ad", run={"model": {"path": "/a/" + "y" * 300, "drug": "z" * 300},
+                                                       "threshold": {"value": 0.05}})
+    assert len(long) < 160 and long.endswith("_thr0.05") and re.fullmatch(r"[A-Za-z0-9._-]+", long)
+    assert export.panel_stem("tumour.h5ad", "My panel / 2") == "tumour_panel_My_panel_2"
+    assert export.panel_stem("tumour.h5ad", None, ["CISPLATIN", "GEFITINIB"]) == "tumour_panel_CISPLATIN-GEFITINIB"
+    many = export.panel_stem("t", None, ["CISPLATIN", "GEFITINIB", "PACLITAXEL", "DOCETAXEL", "ERLOTINIB", "X" * 40])
+    assert many == "t_panel_CISPLATIN-GEFITINIB-PACLITAXEL+3"
+
+
 def test_metrics_csv_records_the_model_the_mode_and_the_data_file(filtered_result, tmp_path):
     """QA: metrics.csv carried no provenance: which model (name, weights sha256, drug), the mode
     and what prob_resistant_sd is over, when and with which version, and which file."""
