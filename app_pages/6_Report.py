@@ -53,6 +53,9 @@ except ScatdError as exc:
     ui.show_error(exc)
     ui.stop()
 
+# the names the buttons below give the files, as the report's footer names them
+files = [f"{stem}_predictions.csv", f"{stem}_metrics.csv"] + ([f"{stem}_biomarkers.csv"] if ranking is not None
+                                                               else []) + [f"{stem}_annotated.h5ad"]
 c = st.columns(5)
 with c[0]:
     st.download_button("predictions.csv", export.to_csv_bytes(table), file_name=f"{stem}_predictions.csv",
@@ -90,7 +93,7 @@ with c[4]:
     st.download_button("report.html",
                        # deferred: made when clicked, in a thread without the session (read its name now)
                        ui.detached(lambda: export.html_report(adata, label_column=label_column, group_columns=groups,
-                                                              data_name=data_name).encode("utf-8")),
+                                                              data_name=data_name, files=files).encode("utf-8")),
                        file_name=f"{stem}_report.html", mime="text/html", icon=":material/article:",
                        key="btn_dl_html", on_click="ignore")
     st.caption("self-contained: figures, parameters, provenance")

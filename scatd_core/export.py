@@ -800,8 +800,19 @@ def _embeddings_line(e: dict) -> str:
     return text + " (model files and their sha256 under Run parameters)."
 
 
+def _report_file_content(name: str) -> str:
+    """What a file of a prediction's report holds, from its name (the app's carry a stem)."""
+    for end, what in (("predictions.csv", "one row per uploaded cell"),
+                      ("metrics.csv", "the run's summary and provenance, the evaluation, the fraction per group"),
+                      ("biomarkers.csv", "the gene ranking"), (".h5ad", "the annotated AnnData")):
+        if name.endswith(end):
+            return what
+    return ""
+
+
 def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_columns: Sequence[str] = (),
-                data_name: str | None = None, key_added: str | None = None) -> str:
+                data_name: str | None = None, key_added: str | None = None,
+                files: Sequence[str] | None = None) -> str:
     """A self-contained HTML report of one prediction run (plotly.js embedded once, no network).
 
     Holds the data summary and QC, the model and its provenance (labelled *demo (simulated
@@ -809,7 +820,9 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
     current threshold (marked uncalibrated while it is the model's default), UMAPs when computed,
     the resistant fraction per Leiden cluster and ``group_columns``, the evaluation against
     ``label_column`` (its recorded direction) and the biomarker ranking when computed. Problems
-    (e.g. one class only) are reported in the page, not raised.
+    (e.g. one class only) are reported in the page, not raised. ``files``: the names of the files
+    written with it, named in its footer (default: ``scatd report``'s names, biomarkers.csv when
+    computed).
     """
     from plotly.offline import get_plotlyjs
 
@@ -885,9 +898,13 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("scATD Studio", __version__), ("Python", platform.python_version()),
         *[(name, _version(name)) for name in SOFTWARE],
     ]))
+    if files is None:
+        files = [n for n in REPORT_FILES if n != "report.html"
+                 and (n != "biomarkers.csv" or adata.uns.get(_keys.BIOMARKERS) is not None)]
+    listed = ", ".join(html.escape(f) + (f" ({_report_file_content(f)})" if _report_file_content(f) else "")
+                       for f in files)
     parts.append("<footer>scATD method: domain-adaptive transfer of bulk drug-response models to single "
-                 "cells. Files: predictions.csv (one row per uploaded cell), metrics.csv, biomarkers.csv (when "
-                 "computed), annotated.h5ad.</footer>")
+                 "cells." + (f" Files: {listed}." if listed else "") + "</footer>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>"
@@ -933,7 +950,8 @@ def _write_report_files(adata, folder: Path, label_column, group_columns, data_n
                                                                      key_added=key_added))
     paths["html"] = report
     report.write_text(html_report(adata, label_column=label_column, group_columns=group_columns,
-                                  data_name=data_name, key_added=key_added), encoding="utf-8")
+                                  data_name=data_name, key_added=key_added,
+                                  files=[p.name for k, p in paths.items() if k != "html"]), encoding="utf-8")
     return paths
 
 

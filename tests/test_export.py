@@ -411,6 +411,20 @@ def test_metrics_csv_records_the_model_the_mode_and_the_data_file(filtered_resul
     assert summary["mode"] == "sample" and summary["n_samples"] == 4 and summary["prob_resistant_sd"] == "over the draws"
 
 
+def test_the_reports_footer_names_the_files_as_written(filtered_result):
+    """QA: report.html's footer named predictions.csv ... annotated.h5ad while the app's downloads
+    are {stem}_predictions.csv etc."""
+    adata, _, _ = filtered_result
+    names = ["t_x_predictions.csv", "t_x_metrics.csv", "t_x_biomarkers.csv", "t_x_annotated.h5ad"]
+    footer = export.html_report(adata, files=names).split("<footer>")[1]
+    assert "t_x_predictions.csv (one row per uploaded cell)" in footer and "t_x_annotated.h5ad" in footer
+    assert " predictions.csv" not in footer
+    plain = adata.copy()
+    del plain.uns["scatd_biomarkers"]
+    footer = export.html_report(plain).split("<footer>")[1]  # scatd report's names: no biomarkers.csv without them
+    assert "predictions.csv" in footer and "biomarkers.csv" not in footer
+
+
 def test_umap_figure_never_breaks_on_missing_coordinates():
     coords = np.array([[0.0, 1.0], [np.nan, 2.0], [np.inf, 0.0], [1.0, 1.0], [2.0, 0.5]])
     fig = pl.umap_figure(coords, np.array([0.1, 0.2, 0.3, np.nan, 0.9]), name="P")
