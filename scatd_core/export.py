@@ -1049,7 +1049,9 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     caveat = panel.ranking_caveat(adata, app=app)
     parts.append(f"<h2>{html.escape(panel.ranking_title(adata, 'Whole sample'))}</h2>"
                  + (f"<p class='warn'>{html.escape(caveat)}</p>" if caveat else "")
-                 + _figure_html(pl.drug_ranking_figure(ranking)) + _frame_html(ranking))
+                 # uncalibrated, the order does not rank the drugs: no rank column then
+                 + _figure_html(pl.drug_ranking_figure(ranking))
+                 + _frame_html(ranking.drop(columns="rank") if caveat else ranking))
     prob, drugs = panel.probability_matrix(adata)
     for column in panel_group_columns(adata, group_columns):
         name = "Leiden cluster" if column == _keys.CLUSTER else column
