@@ -30,6 +30,9 @@ field                             written by
 ``uns['scatd_biomarkers']``       :func:`scatd_core.explain.explain`: ranking, settings, checks
 ``obsm['scatd_attributions']``    explain: per-cell attributions of the top genes (NaN: not explained)
 ``obsm['scatd_attribution_inputs']``  explain: the model-input values of those genes
+``uns['scatd_columns']``          :func:`scatd_core.export.write_h5ad`: which obs columns hold the
+                                  single-model prediction (its model, threshold) and which the panel's
+                                  per-drug calls (each drug's model, threshold)
 ``uns['scatd_panel']``            :func:`scatd_core.panel.predict_panel`: the panel's models (each
                                   under its own prefix ``scatd_<DRUG>``), status, coverage, times
 ``obs['scatd_panel_n_resisted']`` predict_panel / panel.refresh: drugs the cell is called resistant to
@@ -101,6 +104,8 @@ FILTERED = "filtered (QC)"
 # ----------------------------------------------------------------------------- data and QC
 INPUT_REPORT = "scatd_input"
 REPORT = "scatd_report"  # uns: what a report was made with (label and group columns, the evaluation)
+#: uns of an exported h5ad: which obs columns belong to the single-model prediction and which to the panel
+COLUMNS = "scatd_columns"
 LABEL_DIRECTIONS = "scatd_labels"
 CELL_METADATA = "scatd_cell_metadata"
 ALL_ZERO = "scatd_all_zero"

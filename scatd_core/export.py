@@ -508,14 +508,80 @@ def write_h5ad(adata: ad.AnnData, path: str | Path, *, with_x: bool = True, cont
     uns = dict(adata.uns)
     if context is not None:
         uns[_keys.REPORT] = context
+    obs = _exported_calls(adata, uns)
     if public:
         uns = _without_paths(uns)
-    saved = adata.uns
+    saved, saved_obs = adata.uns, adata.obs
     adata.uns = uns
+    if obs is not saved_obs:
+        adata.obs = obs
     try:
         return _write_h5ad(adata, path, with_x)
     finally:
         adata.uns = saved
+        if obs is not saved_obs:
+            adata.obs = saved_obs
+
+
+def _prediction_record(adata: ad.AnnData, prefix: str, model: str | None = None) -> dict:
+    """The obs columns of one prediction (under ``prefix``) and the model and threshold of its calls."""
+    keys, run = result_keys(prefix), adata.uns[prefix]
+    thr = run.get("threshold") or {}
+    record = {"columns": [c for c in (keys.prob, keys.prob_sd, keys.label, keys.scored) if c in adata.obs],
+              "model": str(model or (run.get("model") or {}).get("name") or ""),
+              "drug": str((run.get("model") or {}).get("drug") or ""),
+              "threshold": float(thr.get("value", float("nan"))), "calibrated": bool(thr.get("calibrated")),
+              "threshold_detail": str(thr.get("detail") or "")}
+    if keys.latent in adata.obsm:
+        record["obsm"] = keys.latent
+    return record
+
+
+def _exported_calls(adata: ad.AnnData, uns: dict) -> pd.DataFrame:
+    """Make an exported h5ad unambiguous (``uns`` is the copy to be written; ``adata`` is left as
+    it is). Every called-label column (``obs['scatd_label']``, a panel's ``obs['scatd_<DRUG>_label']``)
+    keeps only the categories it uses and gets ``uns['<column>_colors']`` as the app draws them,
+    so ``sc.pl.umap(color='scatd_label')`` shows the app's colours and no empty entry;
+    ``uns['scatd_columns']`` says which columns hold the single-model prediction and which the
+    panel's, each with its model and threshold; a biomarker ranking computed at another threshold
+    (or for another model) than the calls is marked ``info['out_of_date']`` (the sentence the app
+    shows). Returns the obs to write (``adata.obs`` itself when nothing changed)."""
+    from scatd_core import panel
+
+    columns: dict = {}
+    prefixes = []
+    if _keys.RUN in adata.uns and _keys.LABEL in adata.obs:
+        columns["prediction"] = _prediction_record(adata, _keys.RUN)
+        prefixes.append(_keys.RUN)
+    if adata.uns.get(_keys.PANEL):
+        ms = panel.members(adata)
+        columns["panel"] = {
+            "columns": [c for c in (_keys.PANEL_N_SCORED, _keys.PANEL_N_RESISTED, _keys.PANEL_RESISTANT_TO_ALL)
+                        if c in adata.obs],
+            "drugs": {m.drug: _prediction_record(adata, m.key, m.model) for m in ms}}
+        prefixes += [m.key for m in ms if result_keys(m.key).label in adata.obs]
+    if "prediction" in columns and "panel" in columns:
+        columns["note"] = ("obs['scatd_label'] holds the single-model prediction's calls (model and threshold under "
+                           "'prediction'); each drug's calls of the panel are in its own columns, at that drug's "
+                           "threshold (under 'panel'). The two can differ for the same drug.")
+    if columns:
+        uns[_keys.COLUMNS] = columns
+    stored = adata.uns.get(_keys.BIOMARKERS)
+    stale = out_of_date(adata) if stored is not None else None
+    if stale:
+        uns[_keys.BIOMARKERS] = {**stored, "info": {**stored.get("info", {}), "out_of_date": stale}}
+    obs = adata.obs
+    for prefix in prefixes:
+        label = result_keys(prefix).label
+        values = obs[label]
+        if not isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        trimmed = values.cat.remove_unused_categories()
+        if len(trimmed.cat.categories) != len(values.cat.categories):
+            obs = adata.obs.copy() if obs is adata.obs else obs
+            obs[label] = trimmed
+        uns[f"{label}_colors"] = pl.label_colors([str(c) for c in trimmed.cat.categories])
+    return obs
 
 
 def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool) -> Path:

@@ -189,6 +189,14 @@ def _palette(categories: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def label_colors(categories: Iterable[str]) -> list[str]:
+    """The colours the app draws these categories in (resistant red, sensitive blue, not scored
+    grey ...), in their order: ``uns['<column>_colors']`` of an exported h5ad, for scanpy."""
+    categories = list(categories)
+    palette = _palette(categories)
+    return [palette[c] for c in categories]
+
+
 def probability_histogram(prob: np.ndarray, threshold: float, title: str | None = None,
                           calibrated: bool | None = None) -> go.Figure:
     """Histogram of P(resistant) over the scored cells, with the threshold marked.

@@ -411,6 +411,32 @@ def test_metrics_csv_records_the_model_the_mode_and_the_data_file(filtered_resul
     assert summary["mode"] == "sample" and summary["n_samples"] == 4 and summary["prob_resistant_sd"] == "over the draws"
 
 
+def test_the_h5ad_says_which_calls_are_which_and_draws_them_in_the_apps_colours(filtered_result, tmp_path):
+    """QA: obs['scatd_label'] kept an unused 'not scored' category and no colours (an empty legend
+    entry in scanpy's default colours); biomarkers computed at an older threshold were exported
+    unmarked."""
+    from scatd_core.predict import set_threshold
+
+    adata, _, _ = filtered_result
+    adata = adata.copy()
+    back = ad.read_h5ad(export.write_h5ad(adata, tmp_path / "a.h5ad"))
+    labels = back.obs["scatd_label"]
+    assert "not scored" not in labels.cat.categories and set(labels.cat.categories) == set(labels.astype(str))
+    colours = dict(zip(labels.cat.categories, back.uns["scatd_label_colors"]))
+    assert colours["resistant"] == pl.COLORS["resistant"] and colours["sensitive"] == pl.COLORS["sensitive"]
+    assert colours[FILTERED] == pl.COLORS[FILTERED]
+    assert "not scored" in adata.obs["scatd_label"].cat.categories  # the session's data left as they were
+    record = back.uns["scatd_columns"]["prediction"]
+    assert "scatd_label" in list(record["columns"]) and record["threshold"] == pytest.approx(
+        adata.uns["scatd"]["threshold"]["value"]) and record["model"] == adata.uns["scatd"]["model"]["name"]
+    assert "out_of_date" not in back.uns["scatd_biomarkers"]["info"]
+    set_threshold(adata, 0.9, "user")  # the biomarkers were computed at the earlier threshold
+    back = ad.read_h5ad(export.write_h5ad(adata, tmp_path / "b.h5ad"))
+    assert "computed at threshold" in back.uns["scatd_biomarkers"]["info"]["out_of_date"]
+    assert back.uns["scatd_columns"]["prediction"]["threshold"] == pytest.approx(0.9)
+    assert "out_of_date" not in adata.uns["scatd_biomarkers"]["info"]
+
+
 def test_the_reports_footer_names_the_files_as_written(filtered_result):
     """QA: report.html's footer named predictions.csv ... annotated.h5ad while the app's downloads
     are {stem}_predictions.csv etc."""

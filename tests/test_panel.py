@@ -740,3 +740,34 @@ def test_panel_summary_names_the_leiden_clusters_as_every_other_table(library):
     summary = export.panel_summary_table(data)
     assert set(summary["grouping"]) == {"all", export.CLUSTER_COLUMN}
     assert _keys.CLUSTER not in set(summary["grouping"])
+
+
+def test_the_uncalibrated_ranking_has_no_rank_and_the_h5ad_says_whose_calls_are_whose(library, tmp_path):
+    """QA: panel_report.html's uncalibrated table carried a rank column while its caption said the
+    order does not rank the drugs; the Panel page's h5ad held the single-model calls (obs
+    scatd_label, at the user's threshold) beside the panel's calls for the same drug at another
+    threshold, with nothing saying which is which."""
+    data = make_dataset(120, seed=11)
+    bundles = _bundles(library)
+    panel.predict_panel(data, bundles)
+    html = export.panel_html_report(data)
+    ranking = html.split("uncalibrated</h2>")[1].split("</table>")[0]
+    assert "does not rank the drugs" in ranking and "<th>rank</th>" not in ranking
+    panel.calibrate_panel(data, 0.3)
+    assert "<th>rank</th>" in export.panel_html_report(data)  # calibrated: a ranking, with its ranks
+    predict(data, bundles[0], threshold=0.8)  # the single-model prediction of DRUGA, at another threshold
+    path = tmp_path / "panel.h5ad"
+    path.write_bytes(export.h5ad_bytes(data))
+    back = ad.read_h5ad(path)
+    columns = back.uns["scatd_columns"]
+    assert columns["prediction"]["threshold"] == pytest.approx(0.8) and columns["prediction"]["drug"] == "DRUGA"
+    assert "scatd_label" in list(columns["prediction"]["columns"])
+    druga = columns["panel"]["drugs"]["DRUGA"]
+    key = panel.members(data)[0].key
+    assert f"{key}_label" in list(druga["columns"]) and "scatd_label" not in list(druga["columns"])
+    assert druga["threshold"] == pytest.approx(data.uns[key]["threshold"]["value"]) and druga["calibrated"]
+    assert "can differ for the same drug" in columns["note"]
+    for drug_key in (m.key for m in panel.members(data)):
+        labels = back.obs[f"{drug_key}_label"]
+        assert len(back.uns[f"{drug_key}_label_colors"]) == len(labels.cat.categories)
+        assert set(labels.cat.categories) == set(labels.astype(str))
