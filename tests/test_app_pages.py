@@ -213,8 +213,12 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     goto(at, "1_Data")
     assert f"{ui.upload_limit_mb():,} MB" in text(at.caption)  # the limit is shown
     adata = make_dataset(N_CELLS, seed=7)
-    upload(at, "tumour.h5ad", h5ad_bytes(adata))
+    uploaded = h5ad_bytes(adata)
+    upload(at, "tumour.h5ad", uploaded)
     assert metric(at, "Cells") == f"{N_CELLS:,}" and metric(at, "Values") == "counts"
+    # the upload's sha256, for metrics.csv and report.html (which file made these results)
+    sha = __import__("hashlib").sha256(uploaded).hexdigest()
+    assert at.session_state[state.ADATA].uns["scatd_input"]["file_sha256"] == sha
     assert at.session_state[state.LABEL_COLUMN] == "response"  # found by the reader
     assert at.session_state["label_resistant_response"] == "resistant"  # recognised from the words
     assert at.session_state[state.ADATA].uns["scatd_labels"]["response"]["resistant"] == "resistant"
