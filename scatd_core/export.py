@@ -283,7 +283,8 @@ def _provenance_rows(adata: ad.AnnData, run: dict) -> list[tuple]:
     data = adata.uns.get(_keys.INPUT_REPORT) or {}
     if data.get("file_name"):
         rows.append(("data", "file", data.get("file_name")))
-        rows.append(("data", "file_sha256", data.get("file_sha256") or "not recorded"))
+        rows.append(("data", "file_sha256", data.get("file_sha256") or data.get("file_sha256_skipped")
+                     or "not recorded"))
     return rows
 
 
@@ -929,8 +930,8 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
     data = adata.uns.get(_keys.INPUT_REPORT, {})
     qc = info.get("qc", {})
     parts.append("<h2>Data</h2>" + _kv_table([
-        ("file", data_name), ("file sha256", data.get("file_sha256")), ("cells", adata.n_obs),
-        ("genes", adata.n_vars),
+        ("file", data_name), ("file sha256", data.get("file_sha256") or data.get("file_sha256_skipped")),
+        ("cells", adata.n_obs), ("genes", adata.n_vars),
         ("gene identifiers", data.get("gene_id_type")), ("values", data.get("value_type")),
         ("value evidence", (data.get("value_type_evidence") or {}).get("reason")),
         ("QC filter", f"{qc.get('n_filtered', 0):,} cell(s) filtered" if qc.get("n_filtered") else "none"),

@@ -385,7 +385,7 @@ def test_download_names_say_which_model_and_threshold_made_them():
     assert many == "t_panel_CISPLATIN-GEFITINIB-PACLITAXEL+3"
 
 
-def test_metrics_csv_records_the_model_the_mode_and_the_data_file(filtered_result, tmp_path):
+def test_metrics_csv_records_the_model_the_mode_and_the_data_file(filtered_result, tmp_path, monkeypatch):
     """QA: metrics.csv carried no provenance: which model (name, weights sha256, drug), the mode
     and what prob_resistant_sd is over, when and with which version, and which file."""
     import hashlib
@@ -406,6 +406,12 @@ def test_metrics_csv_records_the_model_the_mode_and_the_data_file(filtered_resul
     data = export.metrics_table(adata).query("section == 'data'").set_index("metric")["value"]
     assert data["file"] == "cells.h5ad" and data["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert data["file_sha256"] in export.html_report(adata)
+    monkeypatch.setattr(io, "SHA256_MAX_BYTES", path.stat().st_size - 1)  # a file too large to hash when read
+    big = dict(io.read(path).uns["scatd_input"])
+    assert "file_sha256" not in big and "sha256sum" in big["file_sha256_skipped"]
+    adata.uns["scatd_input"] = big
+    data = export.metrics_table(adata).query("section == 'data'").set_index("metric")["value"]
+    assert data["file_sha256"] == big["file_sha256_skipped"]
     sampled = predict(make_dataset(30, seed=4), bundle, mode="sample", n_samples=4, copy=True)
     summary = export.metrics_table(sampled).query("section == 'summary'").set_index("metric")["value"]
     assert summary["mode"] == "sample" and summary["n_samples"] == 4 and summary["prob_resistant_sd"] == "over the draws"
