@@ -24,7 +24,10 @@ field                             written by
 ``var['scatd_original_name']``    io.read: gene names before they were made unique
 ``var['scatd_symbol']``,          :func:`scatd_core.genes.annotate_gene_ids`: every gene as an
 ``var['scatd_ensembl']``          HGNC symbol and as an Ensembl ID (where known)
-``obsm['X_umap']``                :func:`scatd_core.embed.embed`
+``obsm['X_umap']``                :func:`scatd_core.embed.embed`; a UMAP the data brought (no
+                                  ``uns['scatd_embed']``) is never deleted
+``obsm['X_umap_original']``       embed: the data's own UMAP, moved there when embed writes its
+                                  own; back in ``X_umap`` when scATD's is removed (a new prediction)
 ``obs['scatd_cluster']``          embed: Leiden clusters of the latent space
 ``uns['scatd_embed']``            embed: parameters and counts
 ``uns['scatd_biomarkers']``       :func:`scatd_core.explain.explain`: ranking, settings, checks
@@ -118,6 +121,8 @@ QC = "scatd_qc"
 
 # ----------------------------------------------------------------------------- embedding, clusters
 UMAP = "X_umap"
+#: Where :func:`scatd_core.embed.embed` keeps a UMAP the data brought (scanpy: basis ``"umap_original"``)
+UMAP_ORIGINAL = "X_umap_original"
 CLUSTER = "scatd_cluster"
 EMBED = "scatd_embed"
 #: The Leiden "cluster" of the cells without one (no latent: QC-filtered, or not scored), in every

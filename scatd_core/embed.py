@@ -454,13 +454,86 @@ def embed(
 
 def store(adata: ad.AnnData, result: Embedding, *, key_added: str = UMAP_KEY,
           cluster_key: str = CLUSTER_KEY) -> None:
-    """Write an :class:`Embedding` into ``adata`` (the fields listed in :func:`embed`)."""
+    """Write an :class:`Embedding` into ``adata`` (the fields listed in :func:`embed`). A UMAP the
+    data brought in ``obsm['X_umap']`` is kept as ``obsm['X_umap_original']``
+    (:func:`keep_data_umap`), recorded in ``uns['scatd_embed']['original_umap']`` and said in the
+    prediction's notes (:func:`original_umap_note`)."""
     if result.coords.shape[0] != adata.n_obs:
         raise ValueError(f"embedding of {result.coords.shape[0]} cells for {adata.n_obs} cells")
+    kept = keep_data_umap(adata) if key_added == UMAP_KEY else None
     adata.obsm[key_added] = result.coords
     if result.clusters is not None:
         adata.obs[cluster_key] = pd.Categorical(result.clusters, categories=result.clusters.categories)
-    adata.uns[INFO_KEY] = dict(result.info)
+    info = dict(result.info)
+    if kept:
+        info["original_umap"] = kept
+    adata.uns[INFO_KEY] = info
+    if kept:
+        _set_note(adata, original_umap_note(kept), True)
+
+
+#: Where :func:`store` keeps a UMAP the data brought (scanpy plots it with ``basis="umap_original"``)
+ORIGINAL_UMAP_KEY = _keys.UMAP_ORIGINAL
+
+
+def original_umap_note(key: str) -> str:
+    """What the reports, the CLI and the Cells page say when the data's own UMAP was kept as ``key``."""
+    return (f"Your data's own UMAP (obsm['{UMAP_KEY}'] in your file) is kept, unchanged, as "
+            f"obsm['{key}'] in the annotated h5ad; obsm['{UMAP_KEY}'] there is now scATD's UMAP "
+            f"(in scanpy, basis='{key[2:]}' plots yours).")
+
+
+def is_data_umap(adata: ad.AnnData) -> bool:
+    """Whether ``obsm['X_umap']`` is the data's own: scATD records every UMAP it makes in
+    ``uns['scatd_embed']``."""
+    return UMAP_KEY in adata.obsm and INFO_KEY not in adata.uns
+
+
+def keep_data_umap(adata: ad.AnnData) -> str | None:
+    """Before scATD writes its UMAP into ``obsm['X_umap']``: the key the data's own UMAP is kept
+    under, or None when the data brought none. The data's own (:func:`is_data_umap`) is copied
+    to ``obsm['X_umap_original']`` now (``_2``, ``_3``... when that key is taken); over an earlier
+    UMAP of scATD's, where that one's record says the data's is: scATD's own UMAP never goes there."""
+    if is_data_umap(adata):
+        key, n = ORIGINAL_UMAP_KEY, 2
+        while key in adata.obsm:
+            key, n = f"{ORIGINAL_UMAP_KEY}_{n}", n + 1
+        adata.obsm[key] = adata.obsm[UMAP_KEY]
+        return key
+    kept = (adata.uns.get(INFO_KEY) or {}).get("original_umap")
+    return str(kept) if kept is not None and str(kept) in adata.obsm else None
+
+
+def forget_umap(adata: ad.AnnData) -> None:
+    """Remove scATD's UMAP and its record (``uns['scatd_embed']``), and put the data's own UMAP,
+    when :func:`store` kept it aside, back in ``obsm['X_umap']``. A UMAP scATD did not make is
+    never removed."""
+    info = adata.uns.pop(INFO_KEY, None)
+    if info is None:  # no UMAP of scATD's: obsm['X_umap'], if any, is the data's own
+        return
+    kept = info.get("original_umap")
+    adata.obsm.pop(UMAP_KEY, None)
+    if kept is not None and str(kept) in adata.obsm:
+        adata.obsm[UMAP_KEY] = adata.obsm[str(kept)]
+        del adata.obsm[str(kept)]
+        _set_note(adata, original_umap_note(str(kept)), False)
+
+
+def _set_note(adata: ad.AnnData, note: str, present: bool) -> None:
+    """Add ``note`` to (or remove it from) the notes of the prediction (``uns['scatd']['notes']``:
+    metrics.csv, report.html, ``scatd`` on the terminal), when there is one."""
+    run = adata.uns.get(_keys.DEFAULT_PREFIX)
+    if not isinstance(run, dict):
+        return
+    notes = [str(n) for n in run.get("notes", [])]
+    if present and note not in notes:
+        run["notes"] = [*notes, note]
+    elif not present and note in notes:
+        notes.remove(note)
+        if notes:
+            run["notes"] = notes
+        else:
+            run.pop("notes", None)
 
 
 def warm_up() -> None:

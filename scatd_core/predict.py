@@ -837,16 +837,21 @@ def calibrate(adata: ad.AnnData, *, expected_fraction: float | None = None, labe
 
 def clear(adata: ad.AnnData, *, key_added: str | None = None, derived_only: bool = False) -> None:
     """Remove a prediction and what was computed from it (UMAP, clusters, biomarkers) from
-    ``adata``; with ``derived_only``, only what was computed from it."""
+    ``adata``; with ``derived_only``, only what was computed from it. A UMAP the data brought is
+    never removed: it stays in ``obsm['X_umap']``, or goes back there from ``obsm['X_umap_original']``
+    where scATD's own UMAP had taken its place (:func:`scatd_core.embed.forget_umap`)."""
+    from scatd_core.embed import forget_umap
+
     keys = result_keys(key_added)
     own = () if derived_only else (keys.prob, keys.prob_sd, keys.label, keys.scored)
     for col in (*own, _keys.CLUSTER, _keys.EXPLAINED):
         if col in adata.obs:
             del adata.obs[col]
-    for key in (*(() if derived_only else (keys.latent,)), _keys.UMAP, _keys.ATTRIBUTIONS, _keys.ATTRIBUTION_INPUTS):
+    for key in (*(() if derived_only else (keys.latent,)), _keys.ATTRIBUTIONS, _keys.ATTRIBUTION_INPUTS):
         if key in adata.obsm:
             del adata.obsm[key]
-    for key in (*(() if derived_only else (keys.run,)), _keys.EMBED, _keys.BIOMARKERS):
+    forget_umap(adata)
+    for key in (*(() if derived_only else (keys.run,)), _keys.BIOMARKERS):
         adata.uns.pop(key, None)
 
 

@@ -782,3 +782,42 @@ def test_report_and_explain_take_a_model_by_name_from_library(capsys, dist_setup
 
     monkeypatch.setenv("HOME", str(tmp))
     assert load_bundle("~/lablib/labmodel").name == "labmodel"
+
+
+def test_the_datas_own_umap_is_never_deleted_and_kept_aside_when_scatd_makes_its_own(capsys, dist_setup):
+    """QA: `scatd predict --h5ad` deleted the data's own obsm['X_umap'] although it computes no
+    UMAP, and `scatd report` replaced it with scATD's without a word. Now predict leaves it where
+    it is; report keeps it as obsm['X_umap_original'] and says so (terminal, metrics.csv,
+    report.html); a report made again from that annotated h5ad keeps the data's UMAP there, never
+    scATD's."""
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    x = np.random.default_rng(2).poisson(1.0, size=(40, enc[0])).astype(np.float32)
+    theirs = np.random.default_rng(3).normal(size=(40, 2))
+    data = ad.AnnData(x, obs=pd.DataFrame(index=[f"c{i}" for i in range(40)]), var=pd.DataFrame(index=genes))
+    data.obsm["X_umap"] = theirs
+    data.write_h5ad(tmp / "cells.h5ad")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
+                        "--output", tmp / "p.csv", "--h5ad", tmp / "p.h5ad")
+    assert code == 0, err
+    back = ad.read_h5ad(tmp / "p.h5ad")
+    assert np.array_equal(back.obsm["X_umap"], theirs) and "X_umap_original" not in back.obsm
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
+                        "--out", tmp / "rep")
+    assert code == 0, err
+    back = ad.read_h5ad(tmp / "rep" / "annotated.h5ad")
+    assert np.array_equal(back.obsm["X_umap_original"], theirs)
+    assert not np.allclose(back.obsm["X_umap"], theirs) and back.uns["scatd_embed"]["original_umap"] == "X_umap_original"
+    assert "note: Your data's own UMAP (obsm['X_umap'] in your file) is kept, unchanged, as obsm['X_umap_original']" in err
+    notes = pd.read_csv(tmp / "rep" / "metrics.csv").query("metric == 'note'")["value"]
+    assert notes.str.contains("obsm['X_umap_original']", regex=False).any()
+    assert "kept, unchanged, as obsm[&#x27;X_umap_original&#x27;]" in (tmp / "rep" / "report.html").read_text()
+    # again from the annotated file: scATD's UMAP is replaced, the data's own stays where it was kept
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "rep" / "annotated.h5ad",
+                        "--out", tmp / "rep2")
+    assert code == 0, err
+    again = ad.read_h5ad(tmp / "rep2" / "annotated.h5ad")
+    assert np.array_equal(again.obsm["X_umap_original"], theirs) and "X_umap_original_2" not in again.obsm
+    assert np.allclose(again.obsm["X_umap"], back.obsm["X_umap"], equal_nan=True)  # seeded: scATD's own again
+    assert "kept, unchanged" in err

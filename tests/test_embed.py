@@ -191,3 +191,33 @@ def test_too_few_cells_is_said_cheaply_before_any_layout():
     assert embed.not_computed_note(few).endswith(embed.NOT_NEEDED)
     late = _latent_data(n=5000, nan_rows=range(4096))  # the finite rows come after the first block
     assert embed.too_few_cells(late) is None and embed.not_computed_note(late) is None
+
+
+def test_the_datas_own_umap_is_kept_aside_never_overwritten_and_comes_back_when_scatds_goes():
+    """QA: scATD's UMAP replaced the data's own obsm['X_umap'] without a word, and clearing a
+    prediction deleted a UMAP scATD never made. The data's own is kept as obsm['X_umap_original']
+    (said in the prediction's notes); a second UMAP of scATD's never moves there; removing
+    scATD's puts the data's back."""
+    from scatd_core.predict import clear
+
+    adata = _latent_data()
+    theirs = np.random.default_rng(1).normal(size=(adata.n_obs, 2))
+    adata.obsm["X_umap"] = theirs.copy()
+    clear(adata, derived_only=True)  # what a new prediction does: the data's own UMAP is not scATD's to remove
+    assert np.array_equal(adata.obsm["X_umap"], theirs)
+    adata.uns["scatd"] = {"notes": ["values un-logged"]}  # a prediction's record, with a note of its own
+    embed.embed(adata, n_epochs=N_EPOCHS, clusters=False)
+    note = embed.original_umap_note("X_umap_original")
+    assert np.array_equal(adata.obsm["X_umap_original"], theirs) and not np.allclose(adata.obsm["X_umap"], theirs)
+    assert adata.uns["scatd_embed"]["original_umap"] == "X_umap_original"
+    assert list(adata.uns["scatd"]["notes"]) == ["values un-logged", note]
+    ours = adata.obsm["X_umap"].copy()
+    embed.embed(adata, basis="expression", n_epochs=N_EPOCHS, clusters=False)  # scATD's again, another space
+    assert np.array_equal(adata.obsm["X_umap_original"], theirs) and set(adata.obsm) == {"X_scatd", "X_umap",
+                                                                                         "X_umap_original"}
+    assert not np.allclose(adata.obsm["X_umap"], ours, equal_nan=True)
+    assert adata.uns["scatd_embed"]["original_umap"] == "X_umap_original"
+    assert list(adata.uns["scatd"]["notes"]) == ["values un-logged", note]  # said once
+    clear(adata, derived_only=True)
+    assert np.array_equal(adata.obsm["X_umap"], theirs) and "X_umap_original" not in adata.obsm
+    assert "scatd_embed" not in adata.uns and list(adata.uns["scatd"]["notes"]) == ["values un-logged"]

@@ -65,6 +65,8 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
             say(f"note: {note}")
         else:
             embed.embed(adata, basis=args.umap_space, progress=Progress("UMAP"))
+            if kept := adata.uns[embed.INFO_KEY].get("original_umap"):  # the data's own UMAP: kept, said
+                say(f"note: {embed.original_umap_note(kept)}")
     if args.explain:
         explain_from_args(adata, bundle, args, inputs=inputs,
                           output=parts / "biomarkers.csv" if on_ray else None)
