@@ -203,7 +203,7 @@ with left:
     if label_column is not None:
         counts = labels.label_counts(adata.obs[label_column])
         n_missing = int(labels.as_text(adata.obs[label_column]).isna().sum())
-        st.dataframe(pd.DataFrame({"value": counts.index.astype(str), "cells": counts.to_numpy()}), hide_index=True)
+        ui.table(pd.DataFrame({"value": counts.index.astype(str), "cells": counts.to_numpy()}), hide_index=True)
         if n_missing:
             st.caption(f"{n_missing:,} cell(s) without a label are left out of every score.")
         if len(counts) != 2:

@@ -164,8 +164,8 @@ if bundle.input_kind == "expression":
             st.dataframe(pd.DataFrame({"gene": cov["top_unmatched_genes"]}), hide_index=True)
     elif cov.get("top_unmatched_genes"):
         with st.expander("Most expressed data genes the model does not use"):
-            st.dataframe(pd.DataFrame({"gene": cov["top_unmatched_genes"], "mean value": cov["top_unmatched_mean"]}),
-                         hide_index=True)
+            ui.table(pd.DataFrame({"gene": cov["top_unmatched_genes"], "mean value": cov["top_unmatched_mean"]}),
+                     hide_index=True)
     warnings, notes = value_messages(adata, bundle)  # the prediction records the same warnings
     for problem in warnings:
         st.warning(ui.md(problem), icon=":material/warning:")

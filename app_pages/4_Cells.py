@@ -232,11 +232,13 @@ if emb_info is not None:
                     "keep their rows in every download. " if excluded else "")
                    + f"UMAP of {emb_info['n_embedded']:,} cells ({emb_info['input']}); "
                    f"{emb_info.get('n_clusters', 0)} Leiden clusters on the latent space.")
+        if emb_info.get("original_umap"):  # the data brought a UMAP: kept, and said where
+            st.caption(ui.md(embed.original_umap_note(str(emb_info["original_umap"]))))
 
 # ------------------------------------------------------------------ ranking table
 top = export.top_cells(adata, int(top_k), [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c],
                        label_column=label_column)
-top_area.dataframe(top, hide_index=True, height=250)
+ui.table(top, where=top_area, hide_index=True, height=250)
 
 # ------------------------------------------------------------------ composition
 group_options = {CLUSTER: "Leiden cluster"} if CLUSTER in adata.obs else {}
@@ -264,6 +266,6 @@ with composition_area:
 cells_table = export.predictions_table(adata, [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c],
                                         label_column=label_column)
 with table_area:
-    st.dataframe(cells_table.head(5000), hide_index=True, height=300)
+    ui.table(cells_table.head(5000), hide_index=True, height=300)
     if len(cells_table) > 5000:
         st.caption(f"The first 5,000 of {len(cells_table):,} cells; predictions.csv on the Report page has them all.")

@@ -393,7 +393,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
         bar.empty()
     if ss.get(PANEL_RESULT) is not None:
         st.caption("Each drug's model card in brief (run the same panel again to resume an interrupted one):")
-        st.dataframe(ss[PANEL_RESULT], hide_index=True)
+        ui.table(ss[PANEL_RESULT], hide_index=True)
         ui.link("Drug panel", "Score your data against them", ":material/arrow_forward:")
 
 b_train, b_stop = st.columns([1, 1])

@@ -150,7 +150,7 @@ for m in everyone:
     if not m.scored:
         st.warning(f"**{ui.md(m.drug)}** (model {ui.md(m.folder)}) was skipped: "
                    f"{ui.md(m.problem_app or m.problem)}", icon=":material/block:")
-st.dataframe(export.panel_models_table(adata), hide_index=True)
+ui.table(export.panel_models_table(adata), hide_index=True)
 if any(m.demo for m in scored):
     st.badge("demo models (simulated data)", color="orange")
 
@@ -280,7 +280,7 @@ if subclone and st.button("Show their top biomarkers", key="btn_panel_markers",
     except ScatdError as exc:
         ui.show_error(exc)
 if markers is not None and subclone:
-    st.dataframe(markers[1], hide_index=True, column_config={
+    ui.table(markers[1], hide_index=True, column_config={
         "pval_adj": st.column_config.NumberColumn("adjusted p", format="%.2e"),
         "n_panel_models_using": st.column_config.NumberColumn("panel models using it")})
 

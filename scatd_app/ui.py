@@ -118,6 +118,17 @@ def sync_upload_limit() -> None:
         config.set_option("server.maxUploadSize", wanted, "SCATD_MAX_UPLOAD_MB")
 
 
+def hide_table_export() -> None:
+    """Hide Streamlit's own "Download as CSV" and copy of every table shown (``client.disableDataExport``,
+    also in ``.streamlit/config.toml``; set here too for a server started from another folder): it
+    writes the table as shown, without the care of the app's downloads. The tables are shown
+    spreadsheet-safe anyway (:func:`table`)."""
+    from streamlit import config
+
+    if config.get_option("client.disableDataExport") is not True:
+        config.set_option("client.disableDataExport", True, "scatd_app.ui.hide_table_export")
+
+
 # --------------------------------------------------------------------------------------------
 # Shared (process-wide) loaders: models only
 # --------------------------------------------------------------------------------------------
@@ -1280,14 +1291,28 @@ def link(title: str, label: str | None = None, icon: str | None = None) -> None:
     st.page_link(PAGE[title], label=label or title, icon=icon)
 
 
-def group_table(table, **options) -> None:
+def table(data, *, where=None, **options):
+    """Show a table, as ``st.dataframe(data, **options)`` (``where``: ``st``, the default, or a
+    container), with every text a spreadsheet would run as a formula (``= + - @``, e.g. a cell
+    named ``=HYPERLINK(...)`` in the user's data) shown with a leading ``'``
+    (:func:`scatd_core.export.spreadsheet_safe`), as in the app's CSV downloads: whatever copy of
+    the table leaves the page is safe to open in a spreadsheet. Every page shows its tables with
+    this, never with ``st.dataframe`` itself (``tests/test_security.py`` checks); the server also
+    hides Streamlit's own CSV download and copy of a table (:func:`hide_table_export`): the
+    page's download buttons are the way to take a table home."""
+    from scatd_core.export import spreadsheet_safe
+
+    return (st if where is None else where).dataframe(spreadsheet_safe(data, index=True), **options)
+
+
+def group_table(groups, **options) -> None:
     """A per-group table (Cells, Drug panel): words for the counts, and the share called resistant
     as a percentage that always shows whole (a progress bar's number was cut to "10" for 100%
     in the page's narrow column)."""
-    view = table.copy()
+    view = groups.copy()
     if "fraction_resistant" in view:
         view["fraction_resistant"] = view["fraction_resistant"] * 100
-    st.dataframe(view, hide_index=True, column_config={
+    table(view, hide_index=True, column_config={
         "n_cells": st.column_config.NumberColumn("cells"),
         "n_called": st.column_config.NumberColumn("scored", help="cells with a call (not 'not scored' or "
                                                                  "'filtered (QC)')"),
@@ -1612,7 +1637,7 @@ def show_card(card: dict, key: str) -> None:
     if details:
         with st.expander("Data, genes and settings"):
             st.markdown("\n".join(f"- {md(line)}" for line in details))
-    st.dataframe(card_table(card), hide_index=True)
+    table(card_table(card), hide_index=True)
     for ev in card["evaluations"]:
         if ev.get("note"):
             st.caption(md(ev["note"]))
@@ -1632,7 +1657,7 @@ def show_library(entries) -> None:
     frame = library_frame(entries)
     if not frame["problem"].notna().any():
         frame = frame.drop(columns="problem")
-    st.dataframe(frame, hide_index=True, column_config={
+    table(frame, hide_index=True, column_config={
         "demo": st.column_config.CheckboxColumn("demo (simulated data)"),
         "threshold": st.column_config.NumberColumn("threshold", format="%.3g"),
         "genes": st.column_config.NumberColumn("genes", format="%d"),

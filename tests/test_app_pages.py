@@ -589,6 +589,35 @@ def test_pages_hand_streamlit_only_detached_functions():
     assert not found, found
 
 
+def test_every_table_is_shown_through_ui_table_never_st_dataframe():
+    """QA: Streamlit's own "Download as CSV" of an ``st.dataframe`` writes the table as it is, a
+    cell named =HYPERLINK(...) unescaped. Pages and ``scatd_app`` show tables only through
+    ``ui.table`` (spreadsheet-safe), the one place that calls ``dataframe``; and the server hides
+    that download and copy (``client.disableDataExport``, in .streamlit/config.toml and set by app.py)."""
+    import ast
+    import tomllib
+
+    root = Path(APP).parent
+    found = []
+    for path in sorted([root / "app.py", *(root / "app_pages").glob("*.py"), *(root / "scatd_app").glob("*.py")]):
+        tree = ast.parse(path.read_text())
+
+        def visit(node, function: str | None) -> None:
+            for child in ast.iter_child_nodes(node):
+                name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+                if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute):
+                    attr, owner = child.func.attr, getattr(child.func.value, "id", None)
+                    shows = attr in ("dataframe", "data_editor") or (attr == "table" and owner == "st")
+                    if shows and (path.relative_to(root).as_posix(), function) != ("scatd_app/ui.py", "table"):
+                        found.append(f"{path.relative_to(root)}:{child.lineno} .{attr}(")
+                visit(child, name)
+
+        visit(tree, None)
+    assert not found, found
+    config = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["disableDataExport"] is True
+
+
 def test_deferred_downloads_read_nothing_from_the_session():
     """QA: the app's report.html named the demo "demo_tumour.h5ad" where the CLI's says "demo
     (simulated data)": Streamlit makes a download's deferred data when it is clicked, in a thread
@@ -1651,3 +1680,36 @@ def _gf_probe_page():
 
     st.session_state[auth.USER] = User("someone", admin=bool(os.environ.get("SCATD_TEST_ADMIN")))
     ui.show_probe(foundation.probe("vae_gf").to_dict())
+
+
+def test_tables_show_formula_like_names_escaped_and_the_datas_own_umap_is_kept(with_library):
+    """QA: Streamlit's own "Download as CSV" of a shown table wrote a cell named =HYPERLINK(...)
+    as it is (the app's downloads escape it), and the Cells page's UMAP replaced the data's own
+    obsm['X_umap'] in the annotated h5ad without a word. Every table is shown spreadsheet-safe
+    (a leading '), the data's UMAP is kept as obsm['X_umap_original'], and the Cells page says so."""
+    from scatd_core import export
+
+    adata = make_dataset(N_CELLS, seed=7)
+    formula = '=HYPERLINK("http://x","y")'
+    adata.obs_names = [formula, *adata.obs_names[1:]]
+    theirs = np.random.default_rng(0).normal(size=(N_CELLS, 2))
+    adata.obsm["X_umap"] = theirs
+    at = start()
+    from streamlit import config
+
+    assert config.get_option("client.disableDataExport") is True  # no "Download as CSV" on a table (app.py)
+    upload(at, "tumour.h5ad", h5ad_bytes(adata))
+    run_prediction(at)
+    result = at.session_state[state.ADATA]
+    assert np.array_equal(result.obsm["X_umap"], theirs)  # predicting computes no UMAP: the data's stays
+    for page in ("4_Cells", "6_Report"):
+        goto(at, page)
+        shown = [str(v) for d in at.dataframe for v in d.value.astype(str).to_numpy().ravel() if "HYPERLINK" in str(v)]
+        assert shown and all(v == "'" + formula for v in shown), (page, shown)
+        if page == "4_Cells":
+            assert "kept, unchanged, as obsm\\['X\\_umap\\_original'\\]" in text(at.caption)
+    assert np.array_equal(result.obsm["X_umap_original"], theirs) and not np.allclose(result.obsm["X_umap"], theirs)
+    with tempfile.TemporaryDirectory() as tmp:  # the Report page's annotated h5ad
+        (Path(tmp) / "a.h5ad").write_bytes(export.h5ad_bytes(result))
+        back = ad.read_h5ad(Path(tmp) / "a.h5ad")
+    assert np.array_equal(back.obsm["X_umap_original"], theirs) and "X_umap" in back.obsm
