@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from scatd_app import auth, jobs, state, ui
-from scatd_core import export, panel, pl
-from scatd_core._keys import CLUSTER, PANEL_RESISTANT_TO_ALL, UMAP
+from scatd_core import embed, export, panel, pl
+from scatd_core._keys import CLUSTER, EMBED, PANEL_RESISTANT_TO_ALL, UMAP
 from scatd_core._progress import with_eta
 from scatd_core.bundle import distinct_titles
 from scatd_core.errors import ScatdError
@@ -264,6 +264,10 @@ if UMAP in adata.obsm:
                                    cell_ids=adata.obs_names.astype(str)), key="panel_umap")
     if colour == "number of drugs resisted":
         st.caption("Grey: cells no drug scored (QC-filtered, or left out by every model).")
+    if embed.is_data_umap(adata):  # none of scATD's: the UMAP the data brought, drawn as it is
+        st.caption(ui.md("This is your data's own UMAP (obsm['X_umap'] in your file)."))
+    elif kept := adata.uns[EMBED].get("original_umap"):
+        st.caption(ui.md(embed.original_umap_note(str(kept))))
 
 # ------------------------------------------------------------------ multi-drug-resistant cells
 st.subheader("Cells resistant to every drug")

@@ -241,3 +241,20 @@ def test_a_chosen_model_removed_or_replaced_is_said_and_never_scored_in_its_plac
     at.run()
     assert "No longer in the models" not in text(at.warning)
     assert at.session_state[state.PANEL_CHOSEN][paths[1]][0] == model_identity(new)
+
+
+def test_the_panel_draws_the_datas_own_umap_and_says_whose_it_is(with_panel_library):
+    """The data's own obsm['X_umap'] is drawn on the Panel page (no "Compute the UMAP"), and the
+    page says it is the data's, not scATD's."""
+    adata = make_dataset(120, seed=7)
+    adata.obsm["X_umap"] = np.random.default_rng(0).normal(size=(adata.n_obs, 2))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(adata))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / n) for n in DRUGS[:2]]).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert "btn_panel_umap" not in [b.key for b in at.button]
+    captions = text(at.caption).replace("\\", "")  # as typed, without the markdown escapes
+    assert "This is your data's own UMAP (obsm['X_umap'] in your file)." in captions
+    assert np.array_equal(at.session_state[state.ADATA].obsm["X_umap"], adata.obsm["X_umap"])
