@@ -1297,7 +1297,7 @@ def table(data, *, where=None, **options):
     named ``=HYPERLINK(...)`` in the user's data) shown with a leading ``'``
     (:func:`scatd_core.export.spreadsheet_safe`), as in the app's CSV downloads: whatever copy of
     the table leaves the page is safe to open in a spreadsheet. Every page shows its tables with
-    this, never with ``st.dataframe`` itself (``tests/test_security.py`` checks); the server also
+    this, never with ``st.dataframe`` itself (``tests/test_app_pages.py`` checks); the server also
     hides Streamlit's own CSV download and copy of a table (:func:`hide_table_export`): the
     page's download buttons are the way to take a table home."""
     from scatd_core.export import spreadsheet_safe
