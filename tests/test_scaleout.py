@@ -396,14 +396,18 @@ def test_an_ensembles_member_spread_comes_back_from_ray(local_ray, tmp_path):
 
 
 def test_a_ray_prediction_drops_what_an_earlier_one_left(local_ray, small_bundles, tmp_path):
-    """As predict does: an annotated h5ad predicted again on Ray keeps no earlier UMAP or biomarkers."""
+    """As predict does: an annotated h5ad predicted again on Ray keeps no earlier UMAP of scATD's or
+    biomarkers; the data's own UMAP, kept aside by scATD's, is back in obsm['X_umap']."""
     bundle = small_bundles["dist_vae"][0]
     path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
     annotated = ad.read_h5ad(path)
     annotated.obsm["X_umap"] = np.zeros((annotated.n_obs, 2), dtype=np.float32)
+    annotated.obsm["X_umap_original"] = np.ones((annotated.n_obs, 2), dtype=np.float32)
+    annotated.uns["scatd_embed"] = {"basis": "latent", "original_umap": "X_umap_original"}
     annotated.uns["scatd_biomarkers"] = {"info": {"threshold": 0.5}}
     annotated.write_h5ad(tmp_path / "annotated.h5ad")
     run = scaleout.predict_ray(io.read(tmp_path / "annotated.h5ad", backed=True), bundle, tmp_path / "out.csv",
                                batch_size=BATCH, shard_cells=2 * BATCH, workers=1)
-    assert "X_umap" not in run.adata.obsm and "scatd_biomarkers" not in run.adata.uns
+    assert "scatd_embed" not in run.adata.uns and "scatd_biomarkers" not in run.adata.uns
+    assert (np.asarray(run.adata.obsm["X_umap"]) == 1).all() and "X_umap_original" not in run.adata.obsm
     assert run.adata.obs["scatd_scored"].any()
