@@ -15,7 +15,6 @@ st.set_page_config(page_title="scATD Studio", page_icon=":material/biotech:", la
 if preflight.page_refuses():  # a login setting that is not understood: fail closed, before anything else
     st.stop()
 ui.sync_upload_limit()
-ui.hide_table_export()  # tables leave only through the app's own, spreadsheet-safe downloads
 ui.start_up()
 
 

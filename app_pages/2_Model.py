@@ -161,7 +161,7 @@ if bundle.input_kind == "expression":
             st.caption(f"These values are centred per gene (z-scores or similar): every gene's mean is near 0, so "
                        f"they cannot tell which genes are most expressed. The first {shown:,} of "
                        f"{cov['n_data_genes_unmatched']:,} by name:")
-            st.dataframe(pd.DataFrame({"gene": cov["top_unmatched_genes"]}), hide_index=True)
+            ui.table(pd.DataFrame({"gene": cov["top_unmatched_genes"]}), hide_index=True)
     elif cov.get("top_unmatched_genes"):
         with st.expander("Most expressed data genes the model does not use"):
             ui.table(pd.DataFrame({"gene": cov["top_unmatched_genes"], "mean value": cov["top_unmatched_mean"]}),

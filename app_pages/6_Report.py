@@ -34,7 +34,7 @@ with st.container(border=True):
                + ("" if thr["calibrated"] else ", **uncalibrated**") + f") · mode {info['params']['mode']} · "
                f"{info['params']['device']} · labels: {ui.md(label_column or 'none')} · sample column: "
                f"{ui.md(sample_column or 'none')}"
-               + (" · UMAP and clusters included" if "X_umap" in adata.obsm else
+               + (" · UMAP and clusters included" if "X_umap" in adata.obsm and not embed.is_data_umap(adata) else
                   " · no UMAP or clusters: too few cells (the report says why)" if embed.too_few_cells(adata) else
                   " · the UMAP and clusters were stopped: compute them on the Cells page to include them"
                   if ui.embedding_declined(ss.get("cells_basis", "latent")) else

@@ -118,17 +118,6 @@ def sync_upload_limit() -> None:
         config.set_option("server.maxUploadSize", wanted, "SCATD_MAX_UPLOAD_MB")
 
 
-def hide_table_export() -> None:
-    """Hide Streamlit's own "Download as CSV" and copy of every table shown (``client.disableDataExport``,
-    also in ``.streamlit/config.toml``; set here too for a server started from another folder): it
-    writes the table as shown, without the care of the app's downloads. The tables are shown
-    spreadsheet-safe anyway (:func:`table`)."""
-    from streamlit import config
-
-    if config.get_option("client.disableDataExport") is not True:
-        config.set_option("client.disableDataExport", True, "scatd_app.ui.hide_table_export")
-
-
 # --------------------------------------------------------------------------------------------
 # Shared (process-wide) loaders: models only
 # --------------------------------------------------------------------------------------------
@@ -1296,10 +1285,10 @@ def table(data, *, where=None, **options):
     container), with every text a spreadsheet would run as a formula (``= + - @``, e.g. a cell
     named ``=HYPERLINK(...)`` in the user's data) shown with a leading ``'``
     (:func:`scatd_core.export.spreadsheet_safe`), as in the app's CSV downloads: whatever copy of
-    the table leaves the page is safe to open in a spreadsheet. Every page shows its tables with
-    this, never with ``st.dataframe`` itself (``tests/test_app_pages.py`` checks); the server also
-    hides Streamlit's own CSV download and copy of a table (:func:`hide_table_export`): the
-    page's download buttons are the way to take a table home."""
+    the table leaves the page (Streamlit's own "Download as CSV" of the table, a copy of its cells)
+    is safe to open in a spreadsheet. Both are kept: copying a gene list from a table is what a
+    biologist does. Every page shows its tables with this, never with ``st.dataframe`` itself
+    (``tests/test_app_pages.py`` checks)."""
     from scatd_core.export import spreadsheet_safe
 
     return (st if where is None else where).dataframe(spreadsheet_safe(data, index=True), **options)

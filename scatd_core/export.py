@@ -31,7 +31,7 @@ import plotly.graph_objects as go
 from scatd_core import __version__, _keys, pl
 from scatd_core._keys import result_keys
 from scatd_core._output import REPORT_FILES, writing
-from scatd_core.embed import fit_note
+from scatd_core.embed import fit_note, is_data_umap
 from scatd_core.errors import InputError
 from scatd_core.metrics import METRIC_MEANINGS, evaluate_column, fitted_on_labels, group_table, interval_ends
 from scatd_core.predict import summary
@@ -148,7 +148,7 @@ def with_cell_context(table: pd.DataFrame, adata: ad.AnnData, extra_columns: Seq
 
 def _add_cell_context(table: pd.DataFrame, adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> dict:
     """:func:`with_cell_context` in place; returns the name each chosen ``obs`` column got in ``table``."""
-    if _keys.UMAP in adata.obsm:
+    if _keys.UMAP in adata.obsm and not is_data_umap(adata):  # scATD's UMAP, never the data's own under its name
         coords = np.asarray(adata.obsm[_keys.UMAP], dtype=np.float64)
         table["umap_1"], table["umap_2"] = coords[:, 0], coords[:, 1]
     if _keys.CLUSTER in adata.obs:
@@ -292,7 +292,7 @@ def _no_umap_note(adata: ad.AnnData, key_added: str | None) -> str | None:
     """Why the report has no UMAP and clusters when there are too few cells for them, else None."""
     from scatd_core.embed import not_computed_note
 
-    if _keys.UMAP in adata.obsm:
+    if _keys.UMAP in adata.obsm and not is_data_umap(adata):
         return None
     return not_computed_note(adata, latent_key=result_keys(key_added).latent)
 
@@ -744,11 +744,17 @@ def _prediction_figures(adata, keys, info) -> str:
         ids = adata.obs_names.astype(str)
         embed_info = adata.uns.get(_keys.EMBED, {})
         basis, note = embed_info.get("basis", "latent"), fit_note(embed_info)
+        if is_data_umap(adata):  # the data brought it; scATD computed none: said so, not titled as scATD's
+            basis, note = "the data's own obsm['X_umap']", None
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.prob].to_numpy(), name="P(resistant)",
                                                    color_range=(0, 1), cell_ids=ids, note=note,
                                                    title=f"UMAP ({basis}) coloured by P(resistant)")))
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.label], name="called", categorical=True,
-                                                   cell_ids=ids, note=note, title="UMAP coloured by the called label")))
+                                                   cell_ids=ids, note=note,
+                                                   title=f"UMAP ({basis}) coloured by the called label")))
+        umap_note = _no_umap_note(adata, keys.prefix)
+        if umap_note:  # scATD's UMAP not computed
+            figures.append(f"<p class='warn'>{html.escape(umap_note)}</p>")
     else:
         note = _no_umap_note(adata, keys.prefix)
         if note:
@@ -1132,10 +1138,11 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     parts.append(f"<h2>Cells resistant to every drug</h2><p>{html.escape(statement)}</p>")
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP])
+        whose = " (the data's own obsm['X_umap'])" if is_data_umap(adata) else ""
         parts.append(_figure_html(pl.umap_figure(coords, panel.n_resisted_values(adata),
                                                  name="drugs resisted", color_range=(0, len(ms)), colorscale="Reds",
                                                  cell_ids=adata.obs_names.astype(str),
-                                                 title="UMAP coloured by the number of drugs resisted "
+                                                 title=f"UMAP{whose} coloured by the number of drugs resisted "
                                                        "(grey: scored by no drug)")))
     if subclone and markers is not None and len(markers):
         parts.append("<p>Genes most up in these cells against the other scored cells (Wilcoxon):</p>"

@@ -592,10 +592,9 @@ def test_pages_hand_streamlit_only_detached_functions():
 def test_every_table_is_shown_through_ui_table_never_st_dataframe():
     """QA: Streamlit's own "Download as CSV" of an ``st.dataframe`` writes the table as it is, a
     cell named =HYPERLINK(...) unescaped. Pages and ``scatd_app`` show tables only through
-    ``ui.table`` (spreadsheet-safe), the one place that calls ``dataframe``; and the server hides
-    that download and copy (``client.disableDataExport``, in .streamlit/config.toml and set by app.py)."""
+    ``ui.table`` (spreadsheet-safe), the one place that calls ``dataframe``: that download and a
+    copy of the cells are safe to open in a spreadsheet (both kept: a biologist copies gene lists)."""
     import ast
-    import tomllib
 
     root = Path(APP).parent
     found = []
@@ -614,8 +613,6 @@ def test_every_table_is_shown_through_ui_table_never_st_dataframe():
 
         visit(tree, None)
     assert not found, found
-    config = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
-    assert config["client"]["disableDataExport"] is True
 
 
 def test_deferred_downloads_read_nothing_from_the_session():
@@ -1695,9 +1692,6 @@ def test_tables_show_formula_like_names_escaped_and_the_datas_own_umap_is_kept(w
     theirs = np.random.default_rng(0).normal(size=(N_CELLS, 2))
     adata.obsm["X_umap"] = theirs
     at = start()
-    from streamlit import config
-
-    assert config.get_option("client.disableDataExport") is True  # no "Download as CSV" on a table (app.py)
     upload(at, "tumour.h5ad", h5ad_bytes(adata))
     run_prediction(at)
     result = at.session_state[state.ADATA]
