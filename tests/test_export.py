@@ -571,3 +571,14 @@ def test_the_servers_device_policy_is_what_auto_means(data_and_bundle, monkeypat
     assert main(["predict", "--model", str(bundle.path), "--input", str(tmp_path / "cells.h5ad"), "--output",
                  str(tmp_path / "out.csv")]) == 2
     assert "SCATD_DEVICE" in capsys.readouterr().err
+
+
+def test_the_datas_own_umap_is_never_exported_as_scatds(filtered_result):
+    """QA: once the data's own obsm['X_umap'] survived a prediction, predictions.csv wrote it as
+    umap_1/umap_2 and report.html titled it "UMAP (latent)", as if scATD had computed it."""
+    adata = filtered_result[0].copy()
+    adata.uns.pop("scatd_embed", None)
+    adata.obsm["X_umap"] = np.random.default_rng(0).normal(size=(adata.n_obs, 2))  # the data's own
+    assert "umap_1" not in export.predictions_table(adata).columns
+    page = export.html_report(adata)
+    assert "UMAP (the data" in page and "UMAP (latent)" not in page
