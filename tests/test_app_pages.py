@@ -1097,15 +1097,17 @@ def test_upload_limit_comes_from_configuration(with_library, monkeypatch):
 def test_demo_button_loads_the_demo_and_its_model(with_library, monkeypatch):
     from scatd_core import demo
 
-    monkeypatch.setattr(demo, "load_data", lambda progress=None: (progress(0.5, "building"),
-                                                                 make_dataset(50, seed=9))[1])
+    built = []  # the build runs in the server's thread (ui.shared_build), then the page reads the demo
+    monkeypatch.setattr(demo, "ensure", lambda library=None, progress=None: (progress(0.5, "building"),
+                                                                           built.append(1))[1])
+    monkeypatch.setattr(demo, "load_data", lambda progress=None: make_dataset(50, seed=9))
     monkeypatch.setattr(demo, "bundle_path", lambda library=None: with_library / BUNDLE_FOLDER)
     at = start()
     goto(at, "1_Data")
     at.button(key="btn_demo").click().run()
     ok(at)
     assert at.session_state[state.DATA_NAME] == "demo (simulated data)" and metric(at, "Cells") == "50"
-    assert at.session_state[state.BUNDLE_PATH] == str(with_library / BUNDLE_FOLDER)
+    assert at.session_state[state.BUNDLE_PATH] == str(with_library / BUNDLE_FOLDER) and built == [1]
     # the Report page's heading names the demo once, though the data's and the model's names both carry it
     run_prediction(at)
     at.session_state[state.ADATA].uns["scatd"]["model"]["name"] = "DEMOTINIB · demo (simulated data)"
