@@ -219,9 +219,8 @@ st.subheader("Which drug?")
 left, right = st.columns(2)
 left.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata), panel.ranking_title(adata, "Whole sample")),
                   key="panel_rank_all")
-if panel.one_expected_fraction(adata) is not None:
-    left.caption("Equal by construction: every drug is calibrated to the same expected fraction, so this order "
-                 "says nothing (see the note above). Compare the drugs per cluster or sample.")
+if (whole_caveat := panel.whole_sample_caveat(adata)) is not None:
+    left.caption(ui.md(whole_caveat))
 if group is not None:
     values = list(dict.fromkeys(summary["group"]))
     if ss.get("panel_group_value") not in values:

@@ -53,7 +53,8 @@ from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, S
 __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
            "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
            "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
-           "calibration_routes", "ranking_title", "ranking_caveat", "group_values"]
+           "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
+           "whole_sample_caveat", "fractions_given"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -460,10 +461,27 @@ def calibration_routes(app: bool = False) -> str:
     return "--expected-fraction FRACTION for every drug, or --expected-fraction DRUG=FRACTION for a drug's own"
 
 
+def fractions_given(adata: ad.AnnData) -> dict[str, float]:
+    """``{drug: expected fraction}`` of the scored drugs calibrated to an expected resistant fraction:
+    their whole-sample fractions called resistant are the fractions given, not measured."""
+    out = {}
+    for m in members(adata):
+        thr = adata.uns[m.key]["threshold"]
+        if thr.get("source") == "expected fraction" and thr.get("expected_fraction") is not None:
+            out[m.drug] = float(thr["expected_fraction"])
+    return out
+
+
+def _fractions_text(given: Mapping[str, float]) -> str:
+    return ", ".join(f"{drug} {fraction:.0%}" for drug, fraction in given.items())
+
+
 def comparison_notes(adata: ad.AnnData, *, app: bool = False) -> list[str]:
     """What the panel's numbers do and do not compare across drugs, in the words the app, the CLI
-    and the HTML report all use: uncalibrated drugs (each with the threshold its calls use), or
-    every drug calibrated to one fraction (then the whole-sample ranking is equal by construction).
+    and the HTML report all use: uncalibrated drugs (each with the threshold its calls use), and drugs
+    calibrated to expected fractions, whose whole-sample fractions are the fractions given (every drug to
+    one fraction: the whole-sample ranking is equal by construction; each to its own: it repeats them),
+    so only the per-cluster and per-sample comparisons carry information.
     ``app``: name the Panel page's ways to calibrate, else the command line's."""
     notes = []
     loose = uncalibrated(adata)
@@ -477,6 +495,7 @@ def comparison_notes(adata: ad.AnnData, *, app: bool = False) -> list[str]:
             "order of the cells within one drug; across drugs, fractions once every drug is calibrated "
             f"({calibration_routes(app)}).")
     fraction = one_expected_fraction(adata)
+    given = fractions_given(adata)
     if fraction is not None:
         notes.append(
             f"Every drug is calibrated to the same expected fraction ({fraction:.0%}), so the whole sample's "
@@ -484,15 +503,44 @@ def comparison_notes(adata: ad.AnnData, *, app: bool = False) -> list[str]:
             "the drugs (its order only breaks the tie by mean P(resistant), which does not compare across "
             "models). Compare the drugs per cluster or per sample, or give each drug its own expected "
             "fraction (e.g. from a bulk assay of this tumour).")
+    elif given and not loose:  # with uncalibrated drugs, the note above says the fractions do not compare
+        every = len(given) == len(members(adata))
+        notes.append(
+            f"{'Each drug is' if every else 'Some drugs are'} calibrated to an expected resistant fraction given "
+            f"for it ({_fractions_text(given)}), so {'the' if every else 'their'} whole-sample fractions called "
+            "resistant are those fractions as given, not measured from the cells: the whole-sample order "
+            f"{'only repeats them and ranks nothing' if every else 'repeats them for these drugs'}. What the "
+            "cells add is the comparison per cluster or per sample: where each drug's fraction is above or below "
+            "its whole-sample fraction.")
     return notes
 
 
 def ranking_title(adata: ad.AnnData, where: str) -> str:
     """The title of a drug ranking of ``where`` (``"Whole sample"``, ``"sample P1"``): "best drug
-    first" only once every scored drug is calibrated; before that, what the bars are."""
+    first" only once every scored drug is calibrated; before that, what the bars are. The whole
+    sample's ranking (``where`` ``"Whole sample"``) when every drug is calibrated to an expected
+    fraction: the fractions given, not a ranking."""
     if uncalibrated(adata):
         return f"{where}: fraction called resistant per drug, uncalibrated"
+    given = fractions_given(adata)
+    if where.strip().lower() == "whole sample" and given and len(given) == len(members(adata)):
+        if one_expected_fraction(adata) is not None:
+            return f"{where}: every drug at the same expected fraction, so no ranking"
+        return f"{where}: the expected fractions given per drug, not a ranking"
     return f"{where}: best drug first"
+
+
+def whole_sample_caveat(adata: ad.AnnData) -> str | None:
+    """What the whole sample's ranking does not say when drugs are calibrated to expected fractions
+    (their whole-sample fractions are the fractions given); ``None`` otherwise."""
+    given = fractions_given(adata)
+    if not given or len(members(adata)) < MIN_MODELS:
+        return None
+    if one_expected_fraction(adata) is not None:
+        return ("Equal by construction: every drug is calibrated to the same expected fraction, so this order "
+                "says nothing (see the note above). Compare the drugs per cluster or sample.")
+    return (f"Set by the fractions given ({_fractions_text(given)}): these whole-sample fractions are the expected "
+            "fractions typed in, so this order ranks nothing. Compare the drugs per cluster or sample.")
 
 
 def ranking_caveat(adata: ad.AnnData, *, app: bool = False) -> str | None:
@@ -505,11 +553,57 @@ def ranking_caveat(adata: ad.AnnData, *, app: bool = False) -> str | None:
             f"({calibration_routes(app)}) to compare them.")
 
 
+#: Cells resistant to every drug are called a possible multi-drug-resistant subclone only when there are at
+#: least this many of them ...
+SUBCLONE_MIN_CELLS = 10
+#: ... at least this many times the count expected if the drugs' calls were independent ...
+SUBCLONE_MIN_FOLD = 1.5
+#: ... and a one-sided binomial test against that expectation gives p below this.
+SUBCLONE_MAX_P = 0.01
+
+
+def resistant_to_all_enrichment(adata: ad.AnnData) -> dict:
+    """The cells called resistant to every scored drug against the count independent calls would give.
+
+    Counted on the cells every scored drug scored (``n_cells``): ``observed`` of them are called
+    resistant to every drug; if the drugs' calls were independent, each cell would be resistant to
+    all with probability ``p_chance``, the product of each drug's fraction called resistant on these
+    cells, so about ``expected = n_cells * p_chance`` cells would be by chance. ``p_value``: one-sided
+    binomial test, P(at least ``observed`` of ``n_cells`` | ``p_chance``). ``enriched``: at least
+    :data:`SUBCLONE_MIN_CELLS` cells, at least :data:`SUBCLONE_MIN_FOLD` times the expected count, and
+    ``p_value`` below :data:`SUBCLONE_MAX_P` (needs at least two scored drugs)."""
+    from scipy.stats import binom
+
+    scored = members(adata)
+    every = np.ones(adata.n_obs, dtype=bool)
+    calls = []
+    for m in scored:
+        keys = result_keys(m.key)
+        every &= adata.obs[keys.scored].to_numpy(dtype=bool)
+        calls.append((adata.obs[keys.label].astype(str) == adata.uns[m.key]["positive_label"]).to_numpy())
+    n_cells = int(every.sum())
+    observed = int(np.logical_and.reduce([c[every] for c in calls]).sum()) if calls and n_cells else 0
+    p_chance = float(np.prod([c[every].mean() for c in calls])) if calls and n_cells else 0.0
+    expected = n_cells * p_chance
+    p_value = float(binom.sf(observed - 1, n_cells, p_chance)) if n_cells and observed else 1.0
+    enriched = bool(len(scored) >= MIN_MODELS and observed >= SUBCLONE_MIN_CELLS
+                    and observed >= SUBCLONE_MIN_FOLD * expected and p_value < SUBCLONE_MAX_P)
+    return {"n_cells": n_cells, "observed": observed, "expected": expected, "p_chance": p_chance,
+            "p_value": p_value, "enriched": enriched}
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:.1f}"
+
+
 def resistant_to_all_statement(adata: ad.AnnData, *, app: bool = False) -> tuple[str, bool]:
     """The sentence about the cells called resistant to every scored drug, and whether they may be
     called a possible multi-drug-resistant subclone (and their biomarkers looked up): only with at
-    least two scored drugs, every one calibrated. At uncalibrated thresholds (the original Dist_VAE
-    default of 0.05 can call most cells resistant) the count is given with that caveat and nothing more.
+    least two scored drugs, every one calibrated, and clearly more such cells than the drugs' calls
+    would give by chance if they were independent (:func:`resistant_to_all_enrichment`: at least
+    :data:`SUBCLONE_MIN_CELLS` cells, :data:`SUBCLONE_MIN_FOLD` times the expected count, one-sided
+    binomial p < :data:`SUBCLONE_MAX_P`). At uncalibrated thresholds (the original Dist_VAE default of
+    0.05 can call most cells resistant) the count is given with that caveat and nothing more.
     ``app``: as for :func:`comparison_notes`."""
     scored = members(adata)
     if len(scored) < MIN_MODELS:
@@ -523,9 +617,25 @@ def resistant_to_all_statement(adata: ad.AnnData, *, app: bool = False) -> tuple
         return (f"{counted}, at uncalibrated thresholds ({', '.join(loose)}): a model's default threshold can "
                 "call most cells resistant, so this is not yet evidence of a multi-drug-resistant subclone. "
                 f"Calibrate every drug ({calibration_routes(app)}), then look again.", False)
+    e = resistant_to_all_enrichment(adata)
+    chance = (f"about {_count(e['expected'])} would be by chance if the drugs' calls were independent (each drug's "
+              f"fraction called resistant multiplied together, times the {e['n_cells']:,} cells every drug scored)")
+    if e["enriched"]:
+        return (f"{counted}, where {chance}: clearly more (one-sided binomial p = {e['p_value']:.1e}), "
+                "a possible multi-drug-resistant subclone.", True)
     if n_all == 0:
-        return f"{counted}.", False
-    return f"{counted}: a possible multi-drug-resistant subclone.", True
+        return f"{counted}; {chance}.", False
+    if e["observed"] <= e["expected"]:
+        why = "no more than chance would give"
+    elif e["p_value"] >= SUBCLONE_MAX_P:
+        why = "about what chance would give"
+    elif e["observed"] < SUBCLONE_MIN_CELLS:
+        why = f"more than chance would give, but under {SUBCLONE_MIN_CELLS} cells: too few to call a subclone"
+    else:
+        why = (f"only {e['observed'] / e['expected']:.1f} times what chance would give (a subclone is called at "
+               f"{SUBCLONE_MIN_FOLD:g} times or more)")
+    return (f"{counted}; {chance}. That is {why}, so it is not evidence of a multi-drug-resistant subclone.",
+            False)
 
 
 # --------------------------------------------------------------------------- tables

@@ -253,7 +253,9 @@ def test_cli_predict_with_several_models_writes_one_column_set_per_drug(lib_env,
     s = pd.read_csv(summ)
     assert set(s["grouping"]) == {"all", "sample"}
     html = rep.read_text()
-    assert "Whole sample: best drug first" in html and "DRUGD" in html  # every drug calibrated: a ranking
+    # every drug calibrated to one fraction: the whole-sample chart is a tie, titled so (QA: "best drug first")
+    assert "Whole sample: every drug at the same expected fraction, so no ranking" in html and "DRUGD" in html
+    assert "Whole sample: best drug first" not in html
     assert "https://" not in html.split("</script>")[-1]
     assert "DRUGD: Genes: 1,200 of 1,200" in err and "called resistant to all 3 scored drugs" in err
     assert "equal by construction" in err  # one --expected-fraction for every drug: the ranking is a tie
@@ -467,7 +469,19 @@ def test_comparisons_say_what_compares_and_each_drug_gets_its_own_fraction(libra
     ranking = panel.drug_ranking(data).set_index("drug")
     for drug, fraction in done.items():
         assert ranking.loc[drug, "fraction_resistant"] == pytest.approx(fraction, abs=0.01)
-    assert panel.comparison_notes(data) == [] and panel.one_expected_fraction(data) is None
+    assert panel.one_expected_fraction(data) is None
+    # QA: the whole-sample "best drug first" only repeated the fractions typed; the per-sample comparison is
+    # what the cells add
+    notes = " ".join(panel.comparison_notes(data))
+    assert "(DRUGA 10%, DRUGB 30%, DRUGC 50%)" in notes and "ranks nothing" in notes and "per sample" in notes
+    title = panel.ranking_title(data, "Whole sample")
+    assert "best drug first" not in title and "expected fractions given" in title
+    assert "ranks nothing" in panel.whole_sample_caveat(data)
+    assert panel.ranking_title(data, "sample P1") == "sample P1: best drug first"
+    panel.calibrate_panel(data, 0.3)  # one fraction for every drug: the whole-sample chart is retitled too
+    assert panel.ranking_title(data, "Whole sample") == "Whole sample: every drug at the same expected fraction, " \
+                                                        "so no ranking"
+    assert "Equal by construction" in panel.whole_sample_caveat(data)
     with pytest.raises(InputError, match="No scored drug of the panel is called 'NOPE'"):
         panel.calibrate_panel(data, per_drug={"NOPE": 0.2})
 
@@ -504,6 +518,44 @@ def test_resistant_to_all_is_a_subclone_only_when_calibrated_and_two_drugs_score
     text, subclone = panel.resistant_to_all_statement(lone)
     assert "needs at least 2 scored drugs" in text and "resistant to all" not in text and not subclone
     assert "at least 2 scored drugs" in " ".join(panel.comparison_notes(lone))
+
+
+def _set_calls(data, members, resistant_rows):
+    """Each calibrated drug's calls set by hand: the rows given are resistant, the others sensitive."""
+    from scatd_core._keys import result_keys
+
+    for m, rows in zip(members, resistant_rows):
+        calls = np.full(data.n_obs, "sensitive", dtype=object)
+        calls[list(rows)] = "resistant"
+        data.obs[result_keys(m.key).label] = pd.Categorical(calls)
+    panel.refresh(data)
+
+
+def test_cells_resistant_to_all_are_a_subclone_only_when_clearly_more_than_chance(library):
+    """QA: "1 of 90 scored cells are called resistant to all 3 scored drugs: a possible multi-drug-resistant
+    subclone", though three drugs each calling 30% resistant give 0.3^3 x 90 = 2.4 such cells by chance."""
+    data = make_dataset(90, seed=15)
+    members = panel.predict_panel(data, _bundles(library))
+    panel.calibrate_panel(data, 0.3)
+    # 27 cells (30%) resistant per drug, one cell (row 26) resistant to all three
+    _set_calls(data, members, [range(0, 27), range(26, 53), [26, *range(53, 79)]])
+    for app in (False, True):
+        text, subclone = panel.resistant_to_all_statement(data, app=app)
+        assert not subclone and "subclone." not in text.replace("not evidence of a multi-drug-resistant subclone.", "")
+        assert text.startswith("1 of 90 scored cells are called resistant to all 3 scored drugs; about 2.4 would "
+                               "be by chance if the drugs' calls were independent")
+        assert "no more than chance would give, so it is not evidence of a multi-drug-resistant subclone." in text
+    e = panel.resistant_to_all_enrichment(data)
+    assert e["observed"] == 1 and e["n_cells"] == 90 and e["expected"] == pytest.approx(90 * 0.3 ** 3)
+    # 8 of them: more than chance (p < 0.01), but too few cells to call a subclone
+    _set_calls(data, members, [range(0, 27), [*range(19, 27), *range(27, 46)], [*range(19, 27), *range(46, 65)]])
+    text, subclone = panel.resistant_to_all_statement(data)
+    assert panel.resistant_to_all_enrichment(data)["p_value"] < 0.01 and not subclone and "under 10 cells" in text
+    # 20 of them: clearly enriched, a possible subclone (and its biomarkers may be looked up)
+    _set_calls(data, members, [range(0, 27), [*range(7, 27), *range(27, 34)], [*range(7, 27), *range(34, 41)]])
+    text, subclone = panel.resistant_to_all_statement(data)
+    assert subclone and text.startswith("20 of 90 scored cells") and "about 2.4 would be by chance" in text
+    assert text.endswith("a possible multi-drug-resistant subclone.") and "binomial p = " in text
 
 
 def test_cells_no_drug_scored_have_no_count_of_drugs_resisted(library, tmp_path):

@@ -80,7 +80,10 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
         assert adata.uns[f"scatd_{drug}"]["threshold"]["source"] == "expected fraction"
         assert (adata.obs[f"scatd_{drug}_label"] == "resistant").mean() == pytest.approx(0.4, abs=0.02)
     assert "Uncalibrated" not in text(at.warning)
-    assert "Whole sample: best drug first" in " ".join(str(c.proto) for c in at.get("plotly_chart"))
+    # one fraction for every drug: the whole-sample chart says it ranks nothing (QA: "best drug first")
+    charts = " ".join(str(c.proto) for c in at.get("plotly_chart"))
+    assert "Whole sample: every drug at the same expected fraction, so no ranking" in charts
+    assert "Whole sample: best drug first" not in charts and "Equal by construction" in text(at.caption)
     assert "does not rank the drugs" not in text(at.caption)
     assert "equal by construction" in text(at.warning)  # one fraction for every drug: the ranking is a tie
     resisted = np.column_stack([(adata.obs[f"scatd_{d}_label"] == "resistant") for d in DRUGS]).sum(1)
@@ -98,6 +101,10 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     # the others at the per-drug inputs' starting value, the common fraction when the expander first showed
     assert (adata.obs["scatd_DRUGB_label"] == "resistant").mean() == pytest.approx(0.3, abs=0.02)
     assert "equal by construction" not in text(at.warning)
+    # each drug its own fraction: the whole-sample order repeats the fractions given (QA: it was not said)
+    assert "ranks nothing" in text(at.warning) and "ranks nothing" in text(at.caption)
+    assert "Whole sample: the expected fractions given per drug, not a ranking" in \
+        " ".join(str(c.proto) for c in at.get("plotly_chart"))
     at.button(key="btn_panel_calibrate").click().run()
     assert "possible multi-drug-resistant subclone" in text(at.markdown)
     at.selectbox(key="panel_group").set_value("cluster").run()
