@@ -1253,6 +1253,26 @@ def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder
     assert old["status"] == "trained" and "recorded no model identity" in old["note"]
 
 
+def test_a_resumed_panel_drug_keeps_the_warnings_of_its_training(tmp_path):
+    """QA: a resumed drug's row in panel_models.csv dropped the warning it had when trained ("Bulk and
+    target share only 141 genes ...")."""
+    from scatd_core.train import train_panel
+
+    bulk, labels, target = synthetic()
+
+    def run():
+        summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, members=1), device="cpu",
+                                 library=tmp_path / "lib", min_lines_per_class=2)
+        return summary.iloc[0]
+
+    first = run()
+    assert first["status"] == "trained" and "Bulk and target share only" in first["note"]
+    again = run()
+    assert again["status"] == "resumed" and again["note"].startswith("trained by an earlier run on ")
+    warnings = [w for w in first["note"].split("; ") if w]
+    assert warnings and all(w in again["note"] for w in warnings)
+
+
 def test_the_card_names_a_mask_column_that_is_no_qc_filter(tmp_path):
     """QA: the card called the cells any --target-mask column left out "filtered (QC)", also for a
     column such as a cell type from a cell metadata table. It names the column; "filtered (QC)" stays

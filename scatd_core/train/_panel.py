@@ -355,7 +355,8 @@ def train_panel(
                          "folder since (that run recorded no model identity)")
                 bundle = None
             if bundle is not None:
-                note = "; ".join([f"trained by an earlier run on {done.get('at', '?')}", *_few_shot_words(few)])
+                note = "; ".join([f"trained by an earlier run on {done.get('at', '?')}", *_few_shot_words(few),
+                                  *_trained_warnings(bundle)])
                 evaluated = ((bundle.manifest.get("metrics") or {}).get("target") or {}).get("label_column")
                 if drug in evaluate and evaluated != evaluate[drug]:
                     note += (f"; not evaluated on '{evaluate[drug]}' (that run had "
@@ -404,11 +405,20 @@ def train_panel(
         _write_state(state_file, state)
     if orientation_warning:  # a trained drug's note has it from its model's warnings; the others are told here
         for row in rows:
-            if row["status"] != "trained":
+            if row["status"] != "trained" and orientation_warning not in row["note"]:
                 row["note"] = "; ".join(n for n in (row["note"], orientation_warning) if n)
     if progress is not None:
         progress(1.0, f"{len(bundles)} of {len(chosen)} drugs have a model")
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), bundles
+
+
+def _trained_warnings(bundle) -> list[str]:
+    """The warnings a model's training gave (its summary row's note when it was trained), kept in its
+    bundle: a resumed drug's row says them again (they were lost on resuming)."""
+    manifest = bundle.manifest
+    warnings = ((manifest.get("training") or {}).get("warnings")
+                or (manifest.get("card") or {}).get("warnings") or [])
+    return [str(w) for w in warnings]
 
 
 def _few_shot_words(few: pd.Series | None) -> list[str]:
