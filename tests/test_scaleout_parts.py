@@ -251,6 +251,44 @@ def test_a_data_file_removed_after_it_was_read_is_named_before_ray_starts(small_
     assert str(tmp_path) not in str(err.value) and "Load the data again on the Data page" in err.value.hint
 
 
+def test_the_advice_for_a_data_file_gone_is_what_keeps_the_finished_shards(small_bundles, tmp_path):
+    """QA: "Put the file back at that path ... the shards already finished are kept", but a copy put back
+    was refused ("holds the parts of a different run (changed: input_mtime_ns)") and every shard lost.
+    The advice names what the resume check accepts: the very same file, moved back or copied with cp -p."""
+    import os
+    import shutil
+
+    from scatd_core.scaleout import _files, _run
+
+    path = tmp_path / "cells.h5ad"
+    adata = _backed_cells(path)
+    adata.file.close()
+    bundle, shards = small_bundles["dist_vae"][0], [(0, 16), (16, 40)]
+    parts = tmp_path / "o.csv.parts"
+    ShardStore(parts, _run._fingerprint(adata, bundle, None, {}, shards)).save("shard-000000", pack({"a": np.arange(3)}))
+    shutil.move(path, tmp_path / "away.h5ad")
+    hint = _files.data_file_error(path, FileNotFoundError(2, "gone")).hint
+    assert "mv" in hint and "cp -p" in hint and "give its new location" not in hint
+    assert "a copy that does not keep the modification time (cp without -p)" in hint and "another path" in hint
+
+    def resumes() -> bool:
+        return ShardStore(parts, _run._fingerprint(adata, bundle, None, {}, shards)).done("shard-000000")
+
+    shutil.move(tmp_path / "away.h5ad", path)  # mv back: kept
+    assert resumes()
+    shutil.copy2(path, tmp_path / "copy.h5ad")
+    path.unlink()
+    shutil.copy2(tmp_path / "copy.h5ad", path)  # cp -p back: kept
+    assert resumes()
+    path.unlink()
+    shutil.copyfile(tmp_path / "copy.h5ad", path)  # a copy with a new modification time: another run, as said
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(InputError, match="holds the parts of a different run"):
+        resumes()
+    unreadable = _files.data_file_error(tmp_path / "copy.h5ad", OSError("truncated")).hint
+    assert "cp -p" in unreadable and "write it again" not in unreadable
+
+
 def test_the_biomarkers_page_says_a_removed_working_folder_in_its_words(small_bundles, tmp_path, monkeypatch):
     """explain_in_folder: the worker's error about the session's copy of the data, in the app's words."""
     import anndata as ad

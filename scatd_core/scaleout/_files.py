@@ -4,7 +4,9 @@ The driver reads the dataset backed, but every Ray worker opens the h5ad anew by
 the driver opens it again for a look at its keys): when the file was moved, deleted or made
 unreadable after it was read (in the app: the session's working folder removed), the run stops
 with :func:`data_file_error`, which names the file, says what happened and what to do, instead of
-an HDF5/OS error or Ray's traceback. Plain Python (no Ray), used on both sides.
+an HDF5/OS error or Ray's traceback. What to do is true to the resume check: a run's parts record
+the file's path, size and modification time, so only the very same file put back at its path
+(``mv``, or ``cp -p``, which keeps the time) keeps the shards already finished. Plain Python (no Ray), used on both sides.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ def data_file_error(path, exc: BaseException | None = None) -> InputError:
     :data:`NOT_ALLOWED`, :data:`UNREADABLE` (so the app can say it in its own words)."""
     path = str(path)
     resume = "run the same command again: the shards already finished are kept"
+    # A run resumes only on the very file it started on: its parts record the file's path, size and
+    # modification time (to the nanosecond), so a file copied back without its time, written again or
+    # given at another path is another run, and its finished shards cannot be used.
+    same = ("The finished shards are kept only for the very same file at the same path: a file changed or written "
+            "again, a copy that does not keep the modification time (cp without -p) or the file given at another "
+            "path is another run, started from the first shard.")
     if isinstance(exc, FileNotFoundError) or not os.path.exists(path):
         problem = MISSING
         err = InputError(f"The data file {path} is gone: the Ray workers open it by this path, and no file is there "
                          "any more (it was moved, renamed or deleted after it was read).",
-                         f"Put the file back at that path, or give its new location, and {resume}. On a Ray cluster "
-                         "the file must be at the same path on every node (e.g. a shared disk).")
+                         f"Put the same file back at that path unchanged (move it back with mv, or copy it with cp -p, "
+                         f"which keeps its modification time) and {resume}. {same} On a Ray cluster the file must be "
+                         "at the same path on every node (e.g. a shared disk).")
     elif isinstance(exc, PermissionError) or not os.access(path, os.R_OK):
         problem = NOT_ALLOWED
         err = InputError(f"The Ray workers may not read the data file {path} (permission denied).",
@@ -42,7 +51,7 @@ def data_file_error(path, exc: BaseException | None = None) -> InputError:
         err = InputError(f"The Ray workers could not read the data file {path} as an h5ad"
                          + (f" ({detail[:200]})" if detail else "") + ": it was changed or overwritten after it was "
                          "read, or is damaged.",
-                         f"Restore the file (or write it again) and {resume}.")
+                         f"Restore the very same file (mv it back, or cp -p from a copy of it) and {resume}. {same}")
     err.data_file, err.problem = path, problem  # kept when Ray sends the error back (pickled with its __dict__)
     return err
 
