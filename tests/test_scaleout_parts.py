@@ -186,6 +186,30 @@ def test_a_commands_passes_share_one_ray_instance(monkeypatch):
     assert fake.up and fake.shutdowns == 2
 
 
+def test_ray_out_of_reach_in_the_app_says_to_ask_the_administrator(monkeypatch):
+    """QA: in the app, an administrator's Ray address (SCATD_RAY_ADDRESS) nothing listens at gave the
+    command line's advice ("... or leave it out to start a local instance"); the app says to tell the
+    administrator. A local instance that cannot start is not told to leave out an address it has not."""
+    from types import SimpleNamespace
+
+    from scatd_core.errors import ScatdError
+    from scatd_core.scaleout import _run
+
+    with pytest.raises(ScatdError, match="Could not connect to the Ray cluster at 127.0.0.1:1") as err:
+        _run._check_reachable("127.0.0.1:1")
+    assert "leave it out to start a local instance" in err.value.hint  # the command line's --address
+    app = err.value.app_hint
+    assert app and "administrator" in app and "leave it out" not in app and "--" not in app and "ray start" not in app
+
+    def init(**kwargs):
+        raise RuntimeError("Failed to start the raylet")
+
+    monkeypatch.setattr(_run, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    with pytest.raises(ScatdError, match="Could not connect to a local Ray instance: Failed to start") as err:
+        _run.connect(None)
+    assert "leave it out" not in err.value.hint and "administrator" in err.value.app_hint
+
+
 def _backed_cells(path, n_cells: int = 40):
     import anndata as ad
     import pandas as pd

@@ -72,10 +72,19 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
                      runtime_env=env, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise ScatdError(f"Could not connect to {where}: {str(exc).splitlines()[0][:300]}",
-                         "Check the address (`ray status` on the head node shows it, e.g. 10.0.0.5:6379), "
-                         "or leave it out to start a local instance.") from None
+        hint = ("Check the address (`ray status` on the head node shows it, e.g. 10.0.0.5:6379), or leave it out "
+                "to start a local instance." if address else
+                "Check that this computer has memory and space in its temporary folder free for Ray, or give the "
+                "address of a running Ray cluster (--address), or use --engine local.")
+        raise ScatdError(f"Could not connect to {where}: {str(exc).splitlines()[0][:300]}", hint,
+                         app_hint=_ADMIN_HINT) from None
     return True
+
+
+#: The next step in the app, where the Ray cluster (``SCATD_RAY_ADDRESS``, ``[scaleout] address``) or
+#: the local instance is the server's, set up by its administrator: not the command line's options.
+_ADMIN_HINT = ("Tell the server's administrator: the Ray engine this server uses for large datasets could not be "
+               "reached or started. Nothing was changed; try again later.")
 
 
 _app_connection = threading.Lock()
@@ -103,8 +112,8 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise ScatdError(f"Could not connect to the Ray cluster at {address}: {exc.strerror or exc}.",
                          "Check the address (`ray status` on the head node shows it, e.g. 10.0.0.5:6379) and that "
-                         "the cluster is running (`ray start --head`), or leave it out to start a local instance.") \
-            from None
+                         "the cluster is running (`ray start --head`), or leave it out to start a local instance.",
+                         app_hint=_ADMIN_HINT) from None
 
 
 def disconnect() -> None:
