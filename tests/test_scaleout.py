@@ -128,17 +128,24 @@ def test_killed_worker_still_gives_identical_results(local_ray, small_bundles, c
     killed, stop = [], threading.Event()
     killer = threading.Thread(target=_kill_a_running_predict_task, args=(killed, stop), daemon=True)
 
-    def progress(fraction, message):
-        if "predicting" in message and killer.ident is None:
-            killer.start()
+    notes = []
+
+    class Progress:  # as the command line's: the retry is said on a line of its own (QA: only Ray's raylet text)
+        def __call__(self, fraction, message):
+            if "predicting" in message and killer.ident is None:
+                killer.start()
+
+        note = notes.append
 
     try:
         run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, tmp_path / "out.csv",
-                                   batch_size=BATCH, shard_cells=SHARD, workers=2, progress=progress)
+                                   batch_size=BATCH, shard_cells=SHARD, workers=2, progress=Progress())
     finally:
         stop.set()
     assert killed and killed[0] > 0, "no Ray worker process was seen running a shard"
     assert run.computed == 13
+    assert len(notes) == 1 and notes[0].endswith(": its worker process stopped (killed, or out of memory); running "
+                                                 "the shard again (retry 1 of 3)"), notes
     assert_same(run.adata, single_process(cells_50k, bundle))
 
 

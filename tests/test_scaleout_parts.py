@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -208,6 +210,72 @@ def test_ray_out_of_reach_in_the_app_says_to_ask_the_administrator(monkeypatch):
     with pytest.raises(ScatdError, match="Could not connect to a local Ray instance: Failed to start") as err:
         _run.connect(None)
     assert "leave it out" not in err.value.hint and "administrator" in err.value.app_hint
+
+
+class _FlakyRay:
+    """Just enough of Ray for _run_pass: each shard a task; the worker process of the shards in
+    ``crashes`` is lost that many times before it returns."""
+
+    def __init__(self, crashes: dict[int, int]):
+        self.crashes, self.options_given = dict(crashes), {}
+        self.exceptions = SimpleNamespace(WorkerCrashedError=type("WorkerCrashedError", (Exception,), {}))
+
+    def put(self, x):
+        return x
+
+    def cluster_resources(self):
+        return {"CPU": 1}
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **kwargs):
+                fake.options_given = kwargs
+                return self
+
+            def remote(self, worker, job, token, i, start, stop):
+                return ("ref", i, object())
+
+        return Task()
+
+    def wait(self, refs, num_returns=1):
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        i = ref[1]
+        if self.crashes.get(i, 0) > 0:
+            self.crashes[i] -= 1
+            raise self.exceptions.WorkerCrashedError("The worker died unexpectedly")
+        return f"part {i}".encode()
+
+
+def test_a_shard_whose_worker_stopped_is_run_again_and_said_in_scatds_words(capsys):
+    """QA: a killed Ray worker printed only Ray's raylet text (ANSI codes, OOM-killer advice), though
+    the shard was retried and succeeded: the pass says so in its own line, on the command line's
+    progress, and runs the shard again itself; a shard lost more than MAX_RETRIES times ends the run."""
+    from scatd_core.cli._common import Progress
+    from scatd_core.errors import ScatdError
+    from scatd_core.scaleout import MAX_RETRIES
+    from scatd_core.scaleout._run import _run_pass
+    from scatd_core.scaleout._shard import PredictWorker
+
+    shards, got = [(0, 10), (10, 20), (20, 30)], {}
+    fake = _FlakyRay({1: 1})
+    _run_pass(fake, PredictWorker, None, shards, [0, 1, 2], 1, "cpu", lambda i, payload: got.update({i: payload}),
+              "predicting", 0, Progress("Predicting on Ray"), None)
+    assert got == {0: b"part 0", 1: b"part 1", 2: b"part 2"} and fake.options_given["max_retries"] == 0
+    err = capsys.readouterr().err
+    assert ("Predicting on Ray: shard 2 of 3: its worker process stopped (killed, or out of memory); running the "
+            "shard again (retry 1 of 3)") in err.splitlines()
+    seen = []
+    _run_pass(_FlakyRay({0: MAX_RETRIES}), PredictWorker, None, shards[:1], [0], 1, "cpu", lambda i, p: None,
+              "predicting", 0, lambda f, m: seen.append(m), None)  # no note: said on the progress message
+    assert seen[-2] == f"predicting · shard 1 of 1: its worker process stopped (killed, or out of memory); running " \
+                       f"the shard again (retry {MAX_RETRIES} of {MAX_RETRIES})"
+    with pytest.raises(ScatdError, match="The Ray job failed: The worker died unexpectedly"):
+        _run_pass(_FlakyRay({0: MAX_RETRIES + 1}), PredictWorker, None, shards[:1], [0], 1, "cpu",
+                  lambda i, p: None, "predicting", 0, None, None)
 
 
 def _backed_cells(path, n_cells: int = 40):

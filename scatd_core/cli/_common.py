@@ -54,6 +54,12 @@ class Progress:
             say(f"{self.label}{pct}% {message}")
         self.phase, self.decile = phase, decile
 
+    def note(self, message: str) -> None:
+        """A line of its own (a shard run again on Ray, say), not overwritten by the progress line."""
+        if self.tty:
+            print(f"\r{' ' * 120}\r", end="", file=sys.stderr)
+        say(f"{self.label}{message}")
+
 
 def whole_number(minimum: int):
     """An argparse type: a whole number of at least ``minimum`` (argparse names the option)."""

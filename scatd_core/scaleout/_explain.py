@@ -136,7 +136,7 @@ def explain_ray(
                 _run_pass(ray, ExplainWorker, job, shards, todo, n_workers, device,
                           lambda i, payload: store.save(shard_name(i), payload), "integrated gradients",
                           len(shards) - len(todo),
-                          lambda f, m: say(0.02 + 0.88 * f, m), stop)
+                          lambda f, m: say(0.02 + 0.88 * f, m), stop, note=getattr(progress, "note", None))
             finally:
                 release(started)
             sums, raw_parts = _Sums(base.size, rows.size), []

@@ -323,8 +323,23 @@ def _remote_args(device: str, ray) -> dict:
     return {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
 
 
+def _lost_process_errors(ray) -> tuple:
+    """Ray's errors for a shard whose worker process (or node, or result) was lost: the shard is run
+    again. An error our code raised (Ray's ``RayTaskError`` wrapping it) is not among them."""
+    e = ray.exceptions
+    return tuple(getattr(e, n) for n in ("WorkerCrashedError", "OutOfMemoryError", "NodeDiedError", "RayActorError",
+                                         "ObjectLostError", "LocalRayletDiedError") if hasattr(e, n))
+
+
+def retried_words(shard: int, total: int, attempt: int) -> str:
+    """scATD's line for a shard run again after its worker process stopped (``shard`` counted from 0)."""
+    return (f"shard {shard + 1} of {total}: its worker process stopped (killed, or out of memory); running the shard "
+            f"again (retry {attempt} of {MAX_RETRIES})")
+
+
 def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, device: str,
-              on_result: Callable[[int, bytes], None], phase: str, done_before: int, progress, should_stop) -> None:
+              on_result: Callable[[int, bytes], None], phase: str, done_before: int, progress, should_stop,
+              note: Callable[[str], None] | None = None) -> None:
     """Run ``worker`` over the shards ``todo``, ``n_workers`` shards at a time, each result handed
     to ``on_result`` as it arrives (shards finish out of order).
 
@@ -333,8 +348,11 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
     each of them, so a pass on a running Ray instance starts no process and loads the model once
     per process. On GPUs each worker is an actor on one GPU for the pass
     (:class:`~scatd_core.scaleout._shard.ShardActor`), ended with the pass. A shard whose process
-    was lost is run again (:data:`MAX_RETRIES` times); an error raised by our code is not retried
-    (it would recur) and ends the pass with its message. When the pass stops (cancelled or
+    was lost is run again (:data:`MAX_RETRIES` times), here rather than by Ray, so that it is said:
+    :func:`retried_words` goes to ``note`` (by default ``progress.note``, the command line's own line,
+    else the progress message), since Ray's own report of the lost worker (raylet text on the
+    driver's stdout, which ``log_to_driver=False`` does not silence) says nothing of the retry. An
+    error raised by our code is not retried (it would recur) and ends the pass with its message. When the pass stops (cancelled or
     failed), shards still running on tasks finish on their own and are dropped; GPU actors are
     ended."""
     total = len(shards)
@@ -363,7 +381,7 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
             for actor in actors:
                 ray.kill(actor)
     else:
-        task = _shard_task(ray).options(name=worker.__name__, max_retries=MAX_RETRIES, retry_exceptions=False,
+        task = _shard_task(ray).options(name=worker.__name__, max_retries=0, retry_exceptions=False,  # retried here
                                         **resources)
         token = uuid.uuid4().hex
 
@@ -376,8 +394,10 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
         def close():
             pass
 
-    waiting, running = list(todo), {}
+    waiting, running, tries = list(todo), {}, {}
     done = done_before
+    lost = _lost_process_errors(ray)
+    note = note or getattr(progress, "note", None)
     try:
         while waiting or running:
             while waiting and len(running) < n_workers:
@@ -387,7 +407,20 @@ def _run_pass(ray, worker, job: Job, shards, todo: list[int], n_workers: int, de
             ready, _ = ray.wait(list(running), num_returns=1)
             i, actor = running.pop(ready[0])
             release(actor)
-            on_result(i, ray.get(ready[0]))
+            try:
+                payload = ray.get(ready[0])
+            except lost:
+                tries[i] = tries.get(i, 0) + 1
+                if tries[i] > MAX_RETRIES:
+                    raise
+                waiting.insert(0, i)
+                words = retried_words(i, total, tries[i])
+                if note is not None:
+                    note(words)
+                elif progress is not None:
+                    progress(done / total, f"{phase} · {words}")
+                continue
+            on_result(i, payload)
             done += 1
             if progress is not None:
                 cells = sum(b - a for a, b in shards[:done])  # approximate: shards finish out of order
