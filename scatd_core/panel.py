@@ -532,9 +532,10 @@ def ranking_title(adata: ad.AnnData, where: str) -> str:
 
 def whole_sample_caveat(adata: ad.AnnData) -> str | None:
     """What the whole sample's ranking does not say when drugs are calibrated to expected fractions
-    (their whole-sample fractions are the fractions given); ``None`` otherwise."""
+    (their whole-sample fractions are the fractions given); ``None`` otherwise (some drugs calibrated
+    another way: :func:`comparison_notes` names those whose fractions were given)."""
     given = fractions_given(adata)
-    if not given or len(members(adata)) < MIN_MODELS:
+    if not given or len(given) != len(members(adata)) or len(given) < MIN_MODELS:
         return None
     if one_expected_fraction(adata) is not None:
         return ("Equal by construction: every drug is calibrated to the same expected fraction, so this order "
