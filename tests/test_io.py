@@ -515,6 +515,19 @@ def test_limits_come_from_the_environment(formats, monkeypatch):
     assert "over the limit" in _read_error(formats["csv"]).message
 
 
+def test_limit_refusals_name_the_configuration_key_and_the_variable(formats, tmp_path, monkeypatch):
+    """An administrator may have set a limit in config.toml or in the environment: the advice names both."""
+    hint = _read_error(formats["h5ad"], max_cells=10).hint
+    assert "limits.max_cells in the configuration file" in hint and "SCATD_MAX_CELLS" in hint
+    hint = _read_error(formats["h5ad"], max_bytes=100).hint
+    assert "limits.max_upload_mb in the configuration file" in hint and "SCATD_MAX_UPLOAD_MB" in hint
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.csv", "cell,TP53\n" + "c,0\n" * 300_000)
+    hint = _read_error(tmp_path / "bomb.zip").hint
+    assert "limits.max_decompressed_mb in the configuration file" in hint and "SCATD_MAX_DECOMPRESSED_MB" in hint
+
+
 def test_npy_must_be_plain_2d_numbers(tmp_path):
     np.save(tmp_path / "three.npy", np.zeros((2, 3, 4)))
     assert "3-D" in _read_error(tmp_path / "three.npy").message

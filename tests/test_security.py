@@ -268,6 +268,30 @@ def test_a_compressed_h5ad_x_is_limited_by_its_unpacked_size(tmp_path, monkeypat
     assert io.read(path).shape == (6000, 5000)
 
 
+def test_a_compressed_sparse_x_refusal_does_not_advise_saving_it_as_sparse(tmp_path, monkeypatch):
+    """The hint follows X's format: a gzip-compressed CSR X over the decompression limit is told to be
+    saved without compression (it is already sparse); a dense one is also told to save it as sparse.
+    Both name the configuration key as well as the environment variable."""
+    monkeypatch.setenv("SCATD_MAX_DECOMPRESSED_MB", "1")
+    rng = np.random.default_rng(0)
+    X = sp.random(3000, 2000, density=0.05, format="csr", dtype=np.float32, random_state=rng)
+    X.data[:] = 1.0
+    adata = ad.AnnData(X, obs=pd.DataFrame(index=[f"c{i}" for i in range(3000)]),
+                       var=pd.DataFrame(index=[f"G{i}" for i in range(2000)]))
+    path = tmp_path / "sparse.h5ad"
+    adata.write_h5ad(path, compression="gzip")
+    error = _refused(path)
+    assert "compressed X" in error.message
+    assert "as a sparse matrix" not in error.hint and "already a sparse matrix" in error.hint
+    assert "limits.max_decompressed_mb in the configuration file" in error.hint
+    assert "SCATD_MAX_DECOMPRESSED_MB" in error.hint
+    dense = tmp_path / "dense.h5ad"
+    ad.AnnData(X.toarray(), obs=adata.obs, var=adata.var).write_h5ad(dense, compression="gzip")
+    error = _refused(dense)
+    assert "as a sparse matrix" in error.hint and "already" not in error.hint
+    assert "limits.max_decompressed_mb in the configuration file" in error.hint
+
+
 def test_an_h5ad_x_that_was_never_written_is_limited_like_a_compressed_one(tmp_path, monkeypatch):
     """A dense X declared 6,000 x 5,000 (114 MB) in chunks never written: a file of a few kB whose
     every value (the fill value) would be read, and scanned, as if stored. Refused under a 50 MB

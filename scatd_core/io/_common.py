@@ -15,7 +15,7 @@ import h5py
 
 from scatd_core import genes
 from scatd_core._memory import size_text
-from scatd_core.config import limits
+from scatd_core.config import KEYS, limits
 from scatd_core.errors import InputError, MemoryShortage
 
 #: File name endings accepted by :func:`read` / :func:`read_bytes` (a 10x folder is also accepted).
@@ -140,17 +140,23 @@ def unsupported(name: str) -> InputError:
     return spreadsheet_problem(name) or InputError(f"{name}: this file type is not supported.", FORMATS_HINT)
 
 
+def raise_limit(key: str) -> str:
+    """How to ask for a higher limit ``key`` (e.g. ``"max_cells"``): the administrator may have set it
+    in the configuration file or in the environment, so both are named."""
+    return (f"ask the administrator to raise limits.{key} in the configuration file (config.toml), "
+            f"or {KEYS[('limits', key)][0]}")
+
+
 def too_large(name: str, size: int, limit: int) -> InputError:
     return InputError(f"{name} is {size / 2**20:,.0f} MB, over the limit of {limit / 2**20:,.0f} MB.",
-                      "Subsample the cells first, or ask the administrator to raise SCATD_MAX_UPLOAD_MB.")
+                      f"Subsample the cells first, or {raise_limit('max_upload_mb')}.")
 
 
 def check_cells(n_cells: int, opts: Options, *, final: bool = True) -> None:
     """At most ``max_cells`` cells; with ``final`` (the whole dataset is known) also at least 2."""
     if n_cells > opts.max_cells:
         raise InputError(f"{opts.display_name} has {n_cells:,} cells, over the limit of {opts.max_cells:,}.",
-                         "Subsample the cells (e.g. scanpy.pp.subsample) or ask the administrator "
-                         "to raise SCATD_MAX_CELLS.")
+                         f"Subsample the cells (e.g. scanpy.pp.subsample) or {raise_limit('max_cells')}.")
     if final and n_cells == 1:
         other = "rows are cells" if opts.report.get("orientation") == "genes_x_cells" else "rows are genes"
         flag = "cells_x_genes" if other == "rows are cells" else "genes_x_cells"
@@ -165,7 +171,7 @@ def check_genes(n_genes: int, opts: Options) -> None:
         raise InputError(f"{opts.display_name} declares {n_genes:,} genes (features), over the limit of "
                          f"{opts.max_genes:,}.",
                          "A genome has tens of thousands of genes: the file is probably in the other orientation or "
-                         "damaged. Otherwise ask the administrator to raise SCATD_MAX_GENES.")
+                         f"damaged. Otherwise {raise_limit('max_genes')}.")
 
 
 def mb(n_bytes: int) -> str:
@@ -192,7 +198,7 @@ def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None
         raise InputError(f"{opts.display_name}: {what} would take {amount}, over the server's limit of "
                          f"{mb(opts.max_dataset_bytes)} per dataset.{part}",
                          hint or "Save it as an .h5ad with X in CSR format (read from disk in batches), upload "
-                                 "fewer cells, or ask the administrator to raise SCATD_MAX_DATASET_MB.")
+                                 f"fewer cells, or {raise_limit('max_dataset_mb')}.")
 
 
 class LimitedReader(io.RawIOBase):
@@ -209,8 +215,7 @@ class LimitedReader(io.RawIOBase):
         self.count += len(data)
         if self.count > self.cap:
             raise InputError(f"{self.name} expands to more than {mb(self.cap)} when decompressed, over the server's "
-                             "limit.", self.hint or "Upload a smaller file, or ask the administrator to raise "
-                                                    "SCATD_MAX_DECOMPRESSED_MB.")
+                             "limit.", self.hint or f"Upload a smaller file, or {raise_limit('max_decompressed_mb')}.")
         buffer[:len(data)] = data
         return len(data)
 

@@ -15,7 +15,8 @@ import scipy.sparse as sp
 
 from scatd_core.errors import InputError
 from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMATS_HINT, Options, attr_str, check_cells,
-                                   check_genes, check_memory, decide_orientation, decode, keep_gene_expression, mb)
+                                   check_genes, check_memory, decide_orientation, decode, keep_gene_expression, mb,
+                                   raise_limit)
 
 def _open_h5(path: Path, name: str) -> h5py.File:
     try:
@@ -229,9 +230,10 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
                     "them (the rest were never written, or are packed by a filter)")
         raise InputError(f"{opts.display_name}: {what}, over the server's limit of {mb(opts.max_decompressed_bytes)} "
                          "for compressed data.",
-                         "Save it with anndata (adata.write_h5ad), without compression or as a sparse matrix (most "
-                         "single-cell data are mostly zeros), or ask the administrator to raise "
-                         "SCATD_MAX_DECOMPRESSED_MB.")
+                         ("Save it again with anndata (adata.write_h5ad) without compression (X is already a "
+                          "sparse matrix), upload fewer cells, or " if encoding in ("csr_matrix", "csc_matrix") else
+                          "Save it with anndata (adata.write_h5ad), without compression or as a sparse matrix (most "
+                          "single-cell data are mostly zeros), or ") + f"{raise_limit('max_decompressed_mb')}.")
     # annotations (obs, var, layers, raw, uns, obsm) are read into memory even when X stays on disk
     check_memory(_declared(sizes, "/", exclude=("/X",)), "its annotations (obs, var, layers, raw, obsm, uns)", opts,
                  "Remove the layers, raw and embeddings the prediction does not need, or upload fewer cells.")
@@ -444,8 +446,8 @@ def _read_loom(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
                              f"unpacked, over the server's limit of {mb(opts.max_decompressed_bytes)} for compressed "
                              "data (every value of a loom matrix is read, zeros included).",
                              "Convert it to an .h5ad with a sparse X on your own machine (in Python: "
-                             "anndata.io.read_loom(path).write_h5ad('cells.h5ad')) and upload that, or ask the "
-                             "administrator to raise SCATD_MAX_DECOMPRESSED_MB.")
+                             "anndata.io.read_loom(path).write_h5ad('cells.h5ad')) and upload that, or "
+                             f"{raise_limit('max_decompressed_mb')}.")
         # sized from the attributes the reader takes, as read (whatever names link to them)
         check_memory(sum(_nbytes(d) for group, n in (("row_attrs", n_genes), ("col_attrs", n_cells))
                          for _key, d in _loom_columns(f.get(group), n)),

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from scatd_core.errors import InputError
 from scatd_core.io._common import (FORMAT_OF_SUFFIX, FORMATS_HINT, LimitedReader, Options, check_cells, check_genes,
                                    check_memory, encoding_problem, first_bytes, is_utf16, keep_gene_expression, mb,
-                                   open_limited, suffix_of, too_large, utf8_text)
+                                   open_limited, raise_limit, suffix_of, too_large, utf8_text)
 
 def data_files(root: Path) -> list[Path]:
     """Files under ``root``, without hidden files and macOS archive metadata."""
@@ -299,7 +299,8 @@ def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str) -> None:
             declared = sum(info.file_size for info in infos)
             if declared > cap:  # refused before anything is written; the copy below checks the truth
                 raise InputError(f"{name} declares {mb(declared)} of content, over the server's limit of {mb(cap)} "
-                                 "decompressed.", "Upload the data file itself, or a smaller archive.")
+                                 "decompressed.", "Upload the data file itself, or a smaller archive, or "
+                                 f"{raise_limit('max_decompressed_mb')}.")
             for info in infos:
                 if not info.is_dir():
                     with zf.open(info) as src:
