@@ -92,6 +92,19 @@ def check_name(name: str) -> None:
         raise InputError(f"{name!r} is not a valid user name.", "Use 1-64 letters, digits, '.', '_', '-' or '@'.")
 
 
+def check_distinct(name: str, users: dict[str, dict]) -> None:
+    """Refuse a new ``name`` that differs from an existing user's only by upper/lower case (``ALICE``
+    beside ``alice``): colleagues could not tell the two accounts apart. Logins still match names exactly."""
+    if name in users:
+        return
+    same = sorted(other for other in users if other.casefold() == name.casefold())
+    if same:
+        raise InputError(f"There is already a user {same[0]}: {name} differs from it only by upper/lower case, "
+                         "so the two accounts could not be told apart; nothing was changed.",
+                         f"Choose another name, or to set a new password for {same[0]} use "
+                         f"`scatd users add {same[0]} --replace` (names are matched exactly at login).")
+
+
 def add_user(name: str, password: str, *, admin: bool | None = None, path: Path | None = None,
              replace: bool = False) -> User:
     """Add (or with ``replace`` update) a user with an argon2 hash of ``password``.
@@ -105,9 +118,11 @@ def add_user(name: str, password: str, *, admin: bool | None = None, path: Path 
                          f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters, not all of them spaces.")
     if len(password or "") < MIN_PASSWORD_LENGTH:
         raise InputError(f"The password is too short (at least {MIN_PASSWORD_LENGTH} characters).")
+    check_distinct(name, load_users(path))  # before the slow hash; checked again under the lock
     hashed = _argon2(_hasher().hash, password)  # before the lock: it takes a while
     with _locked(path):
         users = load_users(path)
+        check_distinct(name, users)
         old = users.get(name)
         if old is not None and not replace:
             raise InputError(f"User {name} already exists.", "Use --replace to set a new password.")

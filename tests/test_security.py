@@ -844,6 +844,28 @@ def test_users_command(tmp_path, monkeypatch, capsys):
     assert "no admin is left" in capsys.readouterr().err
 
 
+def test_a_user_name_differing_only_by_case_is_refused(tmp_path, monkeypatch, capsys):
+    """`scatd users add ALICE` beside alice made two accounts colleagues could not tell apart: refused,
+    before the password prompt, naming the existing account; existing names keep matching exactly."""
+    import io
+
+    from scatd_core import users
+    from scatd_core.cli import main
+
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    users.add_user("alice", "a long password here")
+    for name, replace in (("ALICE", False), ("Alice", True)):
+        with pytest.raises(InputError, match="already a user alice: .* only by upper/lower case") as err:
+            users.add_user(name, "a long password here", replace=replace)
+        assert "scatd users add alice --replace" in err.value.hint
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # refused before asking for a password
+    assert main(["users", "add", "ALICE", "--password-stdin"]) == 2
+    assert "only by upper/lower case" in capsys.readouterr().err
+    assert [u.name for u in users.list_users()] == ["alice"]
+    assert users.verify("ALICE", "a long password here") is None  # logins match the name exactly
+    assert users.verify("alice", "a long password here") == users.User("alice", False)
+
+
 def test_users_add_replace_keeps_the_role_and_creation_time(tmp_path, monkeypatch, capsys):
     """--replace sets a new password only: an admin stays admin and keeps its created time unless
     --admin/--no-admin says otherwise; replacing a user that does not exist says it was added."""

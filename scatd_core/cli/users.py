@@ -61,7 +61,9 @@ def _password(args) -> str:
 def _check_before_asking(args, users, path) -> bool:
     """Whether the user exists; a bad name or an existing user without --replace fails before the prompt."""
     users.check_name(args.name)
-    existed = args.name in users.load_users(path)
+    known = users.load_users(path)
+    users.check_distinct(args.name, known)
+    existed = args.name in known
     if existed and not args.replace:
         raise ScatdError(f"User {args.name} already exists.", "Use --replace to set a new password.")
     return existed
