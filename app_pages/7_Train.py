@@ -350,6 +350,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                                     key="train_panel_below_chance",
                                     help="By default they are trained and installed, but left out of the saved panel.")
     if st.button("Train the panel", key="btn_train_panel", disabled=not panel_drugs):
+        from scatd_core.demo.simulate import is_simulated
         from scatd_core.labels import few_shot_from_column
         from scatd_core.panel import MIN_MODELS, check_panel_name, save_panel
         from scatd_core.train import models_to_save, train_panel
@@ -369,7 +370,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     target_resistant_value=resistant_value if label_drug is not None else None,
                     target_mask=target_mask, input_names=input_names, source="the Train page's panel",
                     few_shot_labels=few_shot_from_column(target, few_column) if few_drug is not None else None,
-                    few_shot_drug=few_drug,
+                    few_shot_drug=few_drug, demo=is_simulated(bulk["adata"]),  # the simulated panel: demo models
                     progress=with_eta(ui.progress_to(bar)), should_stop=lambda: bool(ss.get(STOP)))
             if panel_name.strip():
                 kept, left_out = models_to_save(summary, trained, include_below_chance=keep_below_chance)
@@ -402,6 +403,7 @@ b_stop.button("Stop", key="btn_train_stop", on_click=ui.detached(lambda: ss.__se
               help="Stops the run after the current epoch; nothing is saved.")
 
 if start:
+    from scatd_core.demo.simulate import is_simulated
     from scatd_core.train import train_drug_model
 
     ss[STOP], ss[RUNNING] = False, True
@@ -419,6 +421,7 @@ if start:
                 adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
                 target_resistant_value=resistant_value, target_mask=target_mask, few_shot_labels=few_shot,
                 name=model_name.strip() or None, input_names=input_names, source="the Train page",
+                demo=is_simulated(bulk["adata"]),  # the simulated demo panel: a demo model, marked so everywhere
                 trained_by=(auth.current_user().name if auth.current_user() else None),
                 progress=with_eta(ui.progress_to(bar)),
                 notice=ui.detached(lambda message: said.warning(ui.md(message), icon=":material/warning:")),

@@ -1115,10 +1115,11 @@ def is_published(bundle: Bundle) -> bool:
 
 def chosen_by_default_for(bundle: Bundle, user: str | None) -> bool:
     """Whether ``bundle`` may be chosen for ``user`` before they choose a model (the app's default):
-    a published model, the demo, one nobody is recorded to have made, or one ``user`` trained or
-    imported. Another user's model in the shared library is offered, never chosen for them.
+    a published model, the library's demo (nobody is recorded to have made it), one nobody is
+    recorded to have made, or one ``user`` trained or imported. Another user's model in the shared
+    library is offered, never chosen for them, a demo model they trained on simulated data too.
     ``user`` None: a single-user installation (no login), where every model is the user's."""
-    if user is None or bundle.is_demo or is_published(bundle):
+    if user is None or is_published(bundle):
         return True
     who = maker(bundle)
     return who is None or who == user

@@ -779,6 +779,9 @@ def test_which_models_may_be_chosen_for_a_user_before_they_choose(tmp_path):
     assert chosen_by_default_for(alices, "alice") and chosen_by_default_for(imported, "alice")
     published = model("TESTDRUG · Dist_VAE (published scATD)", imported_by="alice")  # whoever installed it
     assert all(chosen_by_default_for(b, "bob") for b in (model(), model(demo=True), published))
+    # a demo model alice trained on the simulated panel is hers, as any model she trained: not chosen for bob
+    assert not chosen_by_default_for(model(demo=True, trained_by="alice"), "bob")
+    assert chosen_by_default_for(model(demo=True, trained_by="alice"), "alice")
     assert chosen_by_default_for(alices, None)  # no login: one user, whose every model is
 
 

@@ -320,6 +320,9 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     assert "3 sensitive" in first.loc[1, "note"]
     assert first.loc[0, "cv_auroc"] > 0 and first.loc[0, "n_sensitive"] > 5
     assert 0.5 < first.loc[0, "target_auroc"] <= 1 and first["target_auroc"].iloc[1:].isna().all()
+    from scatd_core.bundle import list_library  # simulated cell lines (an h5ad written from them): demo models
+
+    assert sorted(e.bundle.drug for e in list_library() if e.ok and e.bundle.is_demo) == ["DEMOPLATIN", "DEMOTINIB"]
     # each drug's model card in brief: its best baseline on the same bulk CV, and the card's verdict on it
     assert first.loc[0, "cv_best_baseline"].startswith(("logistic regression", "gradient boosting"))
     assert 0 < first.loc[0, "cv_best_baseline_auroc"] <= 1

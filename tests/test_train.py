@@ -400,6 +400,30 @@ def test_cancel_saves_nothing(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_model_trained_on_simulated_cell_lines_is_a_demo_model(tmp_path, capsys):
+    """QA: the Train page's simulated demo panel trained a model saved as real ("demo": false),
+    offered for real data. Cell lines made by the simulator (its uns['simulation'] record, kept in
+    an h5ad written from them, here given to `scatd train`) make a demo model, labelled so; the
+    record, not the values, says so."""
+    from scatd_core.cli import main as scatd_main
+    from scatd_core.demo import simulate
+
+    bulk, labels, target = synthetic()
+    bulk.uns["simulation"] = simulate._provenance("simulate_bulk", 0, {})
+    assert simulate.is_simulated(bulk) and not simulate.is_simulated(target)
+    bulk.write_h5ad(tmp_path / "bulk.h5ad")
+    target.write_h5ad(tmp_path / "target.h5ad")
+    labels.to_csv(tmp_path / "labels.csv")
+    assert scatd_main(["train", "--bulk", str(tmp_path / "bulk.h5ad"), "--bulk-labels", str(tmp_path / "labels.csv"),
+                       "--drug", "DRUGA", "--target", str(tmp_path / "target.h5ad"), "--out", str(tmp_path / "sim"),
+                       "--folds", "2", "--members", "2", "--pretrain-epochs", "2", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    model = load_bundle(tmp_path / "sim")
+    assert model.is_demo and model.title.endswith("· demo (simulated data)")
+    del bulk.uns["simulation"]
+    assert not simulate.is_simulated(bulk)
+
+
 def test_clear_errors(tmp_path):
     bulk, labels, target = synthetic()
     other_ids = labels.set_axis([f"DATA.{i}" for i in range(len(labels))])

@@ -152,6 +152,36 @@ def test_demo_panel_offers_its_drugs_and_upload_target_needed():
     assert any("Give the bulk data" in i.value for i in at.info)
 
 
+def test_the_simulated_demo_panel_trains_demo_models(monkeypatch):
+    """QA: a model trained on the simulated demo panel was saved as a real model ("demo": false) and
+    offered for real data. The page asks for demo models, for one drug and for a panel alike."""
+    import scatd_core.train as training
+    from scatd_core.errors import ScatdError
+
+    asked = {}
+
+    def fake(which):
+        def train(*args, **kwargs):
+            asked[which] = kwargs.get("demo")
+            raise ScatdError("stopped by the test")
+        return train
+
+    monkeypatch.setattr(training, "train_drug_model", fake("model"))
+    monkeypatch.setattr(training, "train_panel", fake("panel"))
+    _, _, target = synthetic()
+    at = _page()
+    at.session_state[S.ADATA] = target
+    at.session_state[S.DATA_NAME] = "tumour.h5ad"
+    at.run()
+    at.radio[0].set_value("Simulated demo panel").run()
+    assert not at.exception, at.exception
+    at.button(key="btn_train_start").click().run()
+    at.multiselect(key="train_panel_drugs").set_value(["DEMOTINIB", "DEMOPLATIN"]).run()
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    assert asked == {"model": True, "panel": True}
+
+
 def test_uploads_are_read_once_and_streamlits_copy_let_go(monkeypatch):
     import pandas as pd
 

@@ -281,6 +281,14 @@ def _check_fraction(**values) -> None:
             raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
 
 
+def is_simulated(adata) -> bool:
+    """Whether ``adata`` was made by this module (its ``uns['simulation']`` record, kept in an h5ad
+    written from it): a model trained on such cell lines is a demo model, says nothing about real
+    cells, and is marked so (:func:`scatd_core.train.train_drug_model`)."""
+    record = getattr(adata, "uns", {}).get("simulation") if adata is not None else None
+    return isinstance(record, dict) and str(record.get("simulator", "")).startswith("scatd_core.demo.simulate.")
+
+
 def _provenance(function: str, seed: int, parameters: dict) -> dict:
     from scatd_core import __version__
 

@@ -34,6 +34,7 @@ import pandas as pd
 from scatd_core._progress import step
 from scatd_core.bundle import folder_taken_words, load_bundle, model_identity, sha256_file
 from scatd_core.config import scatd_home
+from scatd_core.demo.simulate import is_simulated
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.labels import check_orientation, drug_labels, encode_column, match_drug, read_label_table
 from scatd_core.train._data import _frame_sha256, read_if_path, target_mask_of
@@ -50,7 +51,7 @@ CHANCE_AUROC = 0.5
 
 
 def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: TrainSettings, adaptation: bool,
-                 target_mask: np.ndarray | None = None, cell_metadata: str | None = None) -> str:
+                 target_mask: np.ndarray | None = None, cell_metadata: str | None = None, demo: bool = False) -> str:
     """The state file's name: the inputs and settings every drug shares (the target's cell mask
     too, when one is given, and ``cell_metadata``, the sha256 of the cell metadata table whose
     columns gave the target labels or the mask: another table trains, or evaluates, the drugs
@@ -62,7 +63,8 @@ def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: Tr
     for part in (bulk_prov.get("sha256"), target_prov.get("sha256"), backbone,
                  json.dumps(asdict(settings), sort_keys=True, default=str), str(bool(adaptation)),
                  *(() if mask is None else (mask,)),
-                 *(() if cell_metadata is None else (f"cell_metadata {cell_metadata}",))):
+                 *(() if cell_metadata is None else (f"cell_metadata {cell_metadata}",)),
+                 *(("demo",) if demo else ())):  # demo models are never resumed as real ones, nor the reverse
         h.update(str(part).encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
@@ -233,6 +235,7 @@ def train_panel(
     input_names: Mapping[str, str] | None = None,
     input_files: Mapping[str, dict] | None = None,
     source: str = "scatd train-panel",
+    demo: bool = False,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     notice: Callable[[str], None] | None = None,
@@ -280,6 +283,10 @@ def train_panel(
         ``{"bulk" | "target": {"file": name, "sha256": of the file}}`` for a bulk or target given as
         data that the caller read from a file (``scatd train-panel --obs`` reads the target to add
         the cell metadata table): recorded, and fingerprinted for resuming, as that file.
+    demo
+        Mark every model as a demo model, trained on simulated data, as ``demo`` of
+        :func:`~scatd_core.train.train_drug_model` (a bulk made by :mod:`scatd_core.demo.simulate`
+        marks them whatever it says); such a run never resumes an unmarked one's models.
     notice
         Called at once, with the drug's name, when a drug's training changes a setting to fit its data
         (fewer folds), as ``notice`` of :func:`~scatd_core.train.train_drug_model`.
@@ -298,6 +305,7 @@ def train_panel(
     table = read_label_table(labels)
     given = {k: v for k, v in (input_files or {}).items() if v and v.get("file") and v.get("sha256")}
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk", record=given.get("bulk"))
+    demo = bool(demo) or is_simulated(bulk_ad)
     # the bulk's IDs say which way round the table is, before its drugs are looked for (as for one drug)
     shown = "The label table" if isinstance(labels, pd.DataFrame) else f"The label table {Path(labels).name}"
     orientation_warning = check_orientation(table, list(bulk_ad.obs_names), shown)
@@ -326,7 +334,7 @@ def train_panel(
         **{f"target_labels {drug}": column for drug, column in evaluate.items()},
         "target_mask": target_mask if isinstance(target_mask, str) else None})
     metadata_id = (metadata.get("sha256") or f"file {metadata.get('file')}") if metadata and metadata["used"] else None
-    state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation, mask, metadata_id))
+    state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation, mask, metadata_id, demo))
     state = _read_state(state_file) if resume else {}
     bulk_ids = set(map(str, bulk_ad.obs_names))
     rows, bundles = [], []
@@ -387,7 +395,7 @@ def train_panel(
                 notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),
                 target_resistant_value=target_resistant_value if drug in evaluate else None,
                 target_mask=target_mask if isinstance(target_mask, str) else mask,  # a column: named by its card
-                few_shot_labels=few, input_names=names, input_files=files, source=source)
+                few_shot_labels=few, input_names=names, input_files=files, source=source, demo=demo)
         except Cancelled:
             raise
         except InputError as exc:

@@ -19,6 +19,7 @@ from scatd_core._train_settings import unused_settings
 from scatd_core.bundle import (Bundle, NameTaken, load_backbone_from_bundle, load_bundle, safe_name, save_bundle,
                                sha256_file)
 from scatd_core.config import model_library_dir
+from scatd_core.demo.simulate import is_simulated
 from scatd_core.errors import InputError
 from scatd_core.labels import LABEL_MAPPING, encode_column, read_few_shot_labels, read_ic50_provenance
 from scatd_core.nn import BACKBONES
@@ -398,7 +399,10 @@ def train_drug_model(
         cells, next to the bulk-only floor and a logistic regression on the labelled cells alone.
         Needs the default (linear) head.
     demo
-        Mark the bundle as the built-in demo (trained on simulated data).
+        Mark the bundle as a demo model, trained on simulated data (as the built-in demo): the
+        library, the Model page (which offers it only for the demo data) and every report label it
+        so. A bulk made by :mod:`scatd_core.demo.simulate` (the Train page's simulated demo panel,
+        or an h5ad written from it) marks it whatever ``demo`` says.
     out, library, name, overwrite
         Bundle folder (default: in the library, named after ``name`` when one is given, as
         :func:`scatd_core.bundle.import_checkpoint` names it, so the name is what ``scatd predict
@@ -459,6 +463,7 @@ def train_drug_model(
 
     files = {k: dict(v) for k, v in (input_files or {}).items() if v and v.get("file") and v.get("sha256")}
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk", record=files.get("bulk"))
+    demo = bool(demo) or is_simulated(bulk_ad)  # simulated cell lines (the demo panel): a demo model, marked so
     target_ad, target_prov = read_if_path(target, "target", record=files.get("target"))
     if "labels" in files:
         labels_prov = files["labels"]
