@@ -93,6 +93,7 @@ navigation = st.navigation({
     "Models": [page(*p) for p in ui.MODEL_PAGES],
 })
 sidebar = st.sidebar.container()  # placed first, filled after the page ran (so it shows the page's changes)
+ui.account(st.sidebar.container(), user)  # below it, drawn now: Log out stays usable while the page computes
 session.notice()
 in_app = ui.IN_APP.set(True)
 try:
@@ -104,5 +105,5 @@ except Exception as exc:  # a bug, not a user error (st.stop/st.rerun are BaseEx
     ui.show_error(exc)
 finally:
     ui.IN_APP.reset(in_app)
-    ui.sidebar(sidebar, user)
+    ui.sidebar(sidebar)
     session.save(user.name)

@@ -371,7 +371,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     target_mask=target_mask, input_names=input_names, source="the Train page's panel",
                     few_shot_labels=few_shot_from_column(target, few_column) if few_drug is not None else None,
                     few_shot_drug=few_drug, demo=is_simulated(bulk["adata"]),  # the simulated panel: demo models
-                    progress=with_eta(ui.progress_to(bar)), should_stop=lambda: bool(ss.get(STOP)))
+                    progress=with_eta(ui.progress_to(bar)), should_stop=ui.stop_when(STOP))
             if panel_name.strip():
                 kept, left_out = models_to_save(summary, trained, include_below_chance=keep_below_chance)
                 if left_out:
@@ -425,7 +425,7 @@ if start:
                 trained_by=(auth.current_user().name if auth.current_user() else None),
                 progress=with_eta(ui.progress_to(bar)),
                 notice=ui.detached(lambda message: said.warning(ui.md(message), icon=":material/warning:")),
-                should_stop=lambda: bool(ss.get(STOP)))
+                should_stop=ui.stop_when(STOP))
     except ScatdError as exc:
         ss[RUNNING] = False
         bar.empty()

@@ -132,11 +132,18 @@ def queue() -> JobQueue:
 def computing(what: str, *, cancel_button: bool = True):
     """Run the block when a slot is free; meanwhile show the place in the queue and a Cancel button
     (pressing it reruns the page, which interrupts the wait and leaves the queue). Inside
-    :func:`scatd_app.ui.long_run`, whose own Cancel does the same, ``cancel_button=False``."""
+    :func:`scatd_app.ui.long_run`, whose own Cancel does the same, ``cancel_button=False``. A
+    session logged out (in another of its tabs) or expired meanwhile leaves the queue too."""
+    from scatd_app import session
+    from scatd_core.errors import Cancelled
+
     note, cancel = st.empty(), st.empty()
     drawn = []
+    logged_out = session.stop_on_logout()
 
     def waiting(position: int, running: int) -> None:
+        if logged_out():
+            raise Cancelled(session.LOGGED_OUT_STOP)
         note.info(f"Waiting for the server: {what} starts when one of the {running} running computation(s) "
                   f"finishes. You are number {position} in the queue.", icon=":material/hourglass_top:")
         if cancel_button and not drawn:

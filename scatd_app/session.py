@@ -21,7 +21,8 @@
   (:func:`keep_alive`). So an open tab left alone, or a training longer than the TTL, keeps its
   working folder and its reload copy.
 - **Work started ahead ends with the session**: a prediction or UMAP computing in the background
-  for a session (:func:`own`) is stopped when the user logs out and when the session expires.
+  for a session (:func:`own`) is stopped when the user logs out and when the session expires; so
+  is a training or prediction running in the page, at its next progress report (:func:`stop_on_logout`).
 """
 
 from __future__ import annotations
@@ -407,6 +408,34 @@ def own(work) -> None:
     session_id = st.session_state.get(SESSION_ID)
     if session_id:
         store().own(str(session_id), work)
+
+
+#: What a computation stopped by a logout or a session expiry says (in a tab of the session still open).
+LOGGED_OUT_STOP = ("Stopped: this session was logged out (or closed after being idle), so its computation was "
+                   "ended and nothing was saved.")
+
+
+class LogoutStop:
+    """A computation running in a page's own run, stopped with the session: :func:`stop_on_logout`."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
+def stop_on_logout() -> LogoutStop:
+    """A flag (call it) that turns true when this session is logged out (in any of its tabs) or
+    expires: a training or prediction run in the page polls it (its ``should_stop``, its progress
+    reports) and stops. Session state cannot say it: a logout clears it, and another tab's logout
+    or the clean-up never sees this tab's. Held weakly by the session, as :func:`own` holds work."""
+    flag = LogoutStop()
+    own(flag)
+    return flag
 
 
 def keep_alive(every_seconds: float = 10.0):

@@ -969,16 +969,33 @@ def demo_module():
     return demo
 
 
+def stop_when(flag: str):
+    """A ``should_stop`` for scatd_core: true once the page's Stop set session ``flag``, or once
+    this session was logged out (in any of its tabs) or expired, which session state cannot say
+    (a logout clears it): :func:`scatd_app.session.stop_on_logout`."""
+    from scatd_app import session
+
+    logged_out = session.stop_on_logout()
+    ss = st.session_state
+    return lambda: bool(ss.get(flag)) or logged_out()
+
+
 def progress_to(bar):
     """A ``progress(fraction, message)`` callback for scatd_core that moves ``bar`` (an
     ``st.progress``); the messages can name drugs, models and files, so they are escaped. Each
     report also tells the idle-session clean-up that the session is busy (a computation longer
-    than ``server.session_ttl_minutes`` keeps the session's files)."""
+    than ``server.session_ttl_minutes`` keeps the session's files). A report after this session was
+    logged out (in any of its tabs) or expired raises :class:`~scatd_core.errors.Cancelled`: the
+    computation stops there and frees its place in the server's queue."""
     from scatd_app import session
+    from scatd_core.errors import Cancelled
 
     busy = session.keep_alive()
+    logged_out = session.stop_on_logout()
 
     def report(fraction: float, message: str) -> None:
+        if logged_out():
+            raise Cancelled(session.LOGGED_OUT_STOP)
         busy()
         bar.progress(min(max(fraction, 0.0), 1.0), text=md(message))
 
@@ -1455,7 +1472,7 @@ def _drop_chosen_model() -> None:
         ahead.cancel()
 
 
-def sidebar(container, user=None) -> None:
+def sidebar(container) -> None:
     """Current data, model, device and progress along the path (every page, drawn after it ran)."""
     from scatd_core._keys import BIOMARKERS, UMAP
 
@@ -1489,12 +1506,21 @@ def sidebar(container, user=None) -> None:
         st.caption("PROGRESS")
         st.markdown(steps + " → Report")
         st.caption(f"scATD Studio {__version__}")
-        from scatd_app import auth
+        preload_elements()
 
-        if user is not None and auth.mode() != "none":
+
+def account(container, user=None) -> None:
+    """Who is logged in, and the Log out button: drawn before the page runs (below :func:`sidebar`'s
+    part), so that it stays usable during a long computation or a wait in the server's queue. Drawn
+    after the page, as the rest of the sidebar, it was the previous run's button meanwhile, which
+    Streamlit shows faded, as if it could not be used. A logout stops the session's computations
+    (:func:`scatd_app.session.stop_on_logout`)."""
+    from scatd_app import auth
+
+    if user is not None and auth.mode() != "none":
+        with container:
             st.caption(f"Logged in as {md(user.name)}" + (" (admin)" if user.admin else ""))
             st.button("Log out", key="btn_logout", on_click=auth.logout)
-        preload_elements()
 
 
 #: Streamlit's page elements that the browser loads only when a page first shows one (each a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -180,6 +181,85 @@ def test_the_simulated_demo_panel_trains_demo_models(monkeypatch):
     at.button(key="btn_train_panel").click().run()
     assert not at.exception, at.exception
     assert asked == {"model": True, "panel": True}
+
+
+def test_a_logout_stops_the_training_and_log_out_is_usable_meanwhile(tmp_path, monkeypatch):
+    """QA: a user logged out during a training, which ran on, holding a place in the server's queue
+    (its Stop was read from session state, which the logout cleared); and while a training waited
+    in the queue, Log out was greyed out (the sidebar is drawn after the page: until then it was the
+    previous run's button, which Streamlit shows faded). Log out is drawn before the page runs now,
+    and a logout in any tab of the session, or its expiry (both stop the session's owned work),
+    stops the training at its next progress report."""
+    import streamlit as st
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    import scatd_core.train as training
+    from scatd_app import session
+    from scatd_core import users
+    from scatd_core.errors import ScatdError
+
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    monkeypatch.setenv("SCATD_WORK_DIR", str(tmp_path / "work"))
+    users.add_user("alice", "a long enough password", admin=False)
+    drawn = []
+
+    def fake(*args, progress, should_stop, **kwargs):
+        drawn.append("btn_logout" in get_script_run_ctx().shared.widget_user_keys_this_run)  # in this run, so far
+        progress(0.1, "epoch 1")
+        drawn.append(should_stop())
+        session.store().cancel_work(str(st.session_state[session.SESSION_ID]))  # what a logout or expiry does
+        drawn.append(should_stop())
+        progress(0.2, "epoch 2")  # stops here
+        drawn.append("ran on")
+        raise ScatdError("ran on past the logout")
+
+    monkeypatch.setattr(training, "train_drug_model", fake)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.text_input(key="login_name").set_value("alice")
+    at.text_input(key="login_password").set_value("a long enough password")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    at.switch_page("app_pages/7_Train.py")
+    bulk, labels, target = synthetic()
+    at.session_state["train_bulk"] = {"adata": bulk, "name": "bulk.csv"}
+    at.session_state["train_labels"] = {"table": labels, "name": "labels.csv"}
+    at.session_state[S.ADATA] = target
+    at.session_state[S.DATA_NAME] = "tumour.h5ad"
+    at.run()
+    at.button(key="btn_train_start").click().run()
+    assert not at.exception, at.exception
+    assert drawn == [True, False, True]
+    said = [e.value.replace("\\", "") for e in at.error]
+    assert any("Stopped: this session was logged out" in m for m in said), said
+    assert [b.label for b in at.sidebar.button] == ["Log out"]
+
+
+def test_a_session_logged_out_while_its_training_waits_leaves_the_queue(monkeypatch):
+    """A training waiting for a slot of the server's queue when its session is logged out in another
+    tab (or expires) leaves the queue at once, not when a slot frees only to stop at its first report."""
+    import contextlib
+    import threading
+
+    import scatd_core.train as training
+    from scatd_app import jobs, session
+
+    monkeypatch.setattr(training, "train_drug_model", lambda *a, **k: pytest.fail("started after the logout"))
+    at = _page_with_training_data()
+    at.run()
+    sid = str(at.session_state[session.SESSION_ID])
+    queue = jobs.queue()
+    with contextlib.ExitStack() as held:
+        for _ in range(queue.slots):  # the server busy: the training waits
+            held.enter_context(queue.slot())
+        logout = threading.Timer(1.0, lambda: session.store().cancel_work(sid))  # what a logout or expiry does
+        logout.start()
+        at.button(key="btn_train_start").click().run()
+        logout.join()
+        assert not queue.waiting
+    said = [e.value.replace("\\", "") for e in at.error]
+    assert any("Stopped: this session was logged out" in m for m in said), said
 
 
 def test_uploads_are_read_once_and_streamlits_copy_let_go(monkeypatch):
