@@ -437,7 +437,7 @@ if start:
     from scatd_core.train import report_to_json
 
     ss[RESULT] = {"bundle_path": str(bundle.path), "name": bundle.name, "report": report_to_json(report),
-                  "predictions": report["target_predictions"], "target": target_name}
+                  "predictions": report["target_predictions"], "target": target_name, "demo": bundle.is_demo}
     ui.clear_library_cache()
 elif ss.get(STOP):  # a click on Stop ended the run it interrupted; on its own, it says nothing
     if ss.pop(RUNNING, False):
@@ -453,6 +453,10 @@ st.divider()
 st.subheader(f"Result: {ui.md(result['name'])}")
 st.success(f"Saved to the model library as **{ui.md(result.get('name') or Path(result['bundle_path']).name)}** "
            f"(its folder there: {ui.md(Path(result['bundle_path']).name)}; {rep['seconds']:.0f} s).")
+if result.get("demo"):
+    st.info("Trained on the simulated demo panel, so it is a demo model: labelled demo (simulated data) "
+            "everywhere and offered only with the demo data. It says nothing about real cells.",
+            icon=":material/science:")
 metrics = rep["metrics"]
 tm = metrics.get("target")
 m = st.columns(4)
