@@ -225,8 +225,7 @@ if emb_info is not None:
     with umap_area:
         st.plotly_chart(fig, key="cells_umap")
         if colour == "uncertainty (sd of P)":
-            st.caption(f"Uncertainty: the sd of P(resistant) {info['params'].get('prob_resistant_sd', 'over the draws')} "
-                       "(0: they agree).")
+            st.caption(ui.md(export.spread_note(info['params'].get('prob_resistant_sd', 'over the draws'))))
         excluded = emb_info.get("n_excluded", 0)
         st.caption((f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not shown; they "
                     "keep their rows in every download. " if excluded else "")
@@ -238,7 +237,7 @@ if emb_info is not None:
 # ------------------------------------------------------------------ ranking table
 top = export.top_cells(adata, int(top_k), [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c],
                        label_column=label_column)
-ui.table(top, where=top_area, hide_index=True, height=250)
+ui.cells_table(top, label_column, where=top_area, hide_index=True, height=250)
 
 # ------------------------------------------------------------------ composition
 group_options = {CLUSTER: "Leiden cluster"} if CLUSTER in adata.obs else {}
@@ -266,6 +265,6 @@ with composition_area:
 cells_table = export.predictions_table(adata, [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c],
                                         label_column=label_column)
 with table_area:
-    ui.table(cells_table.head(5000), hide_index=True, height=300)
+    ui.cells_table(cells_table.head(5000), label_column, hide_index=True, height=300)
     if len(cells_table) > 5000:
         st.caption(f"The first 5,000 of {len(cells_table):,} cells; predictions.csv on the Report page has them all.")

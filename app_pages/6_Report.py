@@ -102,7 +102,7 @@ if ranking is None:  # full width: in the download's narrow column the link's wo
             ":material/arrow_forward:")
 
 st.subheader("Preview")
-ui.table(table.head(200), hide_index=True)
+ui.cells_table(table.head(200), label_column, hide_index=True)
 ui.table(metrics_table.astype({"value": str}), hide_index=True)  # mixed numbers and text: shown as text
 if ranking is not None:
     ui.table(ranking.head(50), hide_index=True)

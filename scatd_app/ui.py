@@ -1311,6 +1311,24 @@ def table(data, *, where=None, **options):
     return (st if where is None else where).dataframe(spreadsheet_safe(data, index=True), **options)
 
 
+def cells_table(cells, label_column=None, *, where=None, **options):
+    """A per-cell table of the results (Cells, Report): the model's call shown as ``called`` with
+    the known response right after it (:func:`scatd_core.export.shown_calls`); "label" on the
+    Data page means the known response, so the call is never shown under that word."""
+    from scatd_core.export import CALLED_COLUMN, KNOWN_LABEL_COLUMN, shown_calls
+
+    config = {CALLED_COLUMN: st.column_config.TextColumn(
+                  CALLED_COLUMN, help="The model's call at the decision threshold (the column 'label' in "
+                                      "predictions.csv)."),
+              KNOWN_LABEL_COLUMN: st.column_config.TextColumn(
+                  "known response", help="What the cell's known label means: resistant or sensitive."),
+              "prob_resistant_sd": st.column_config.NumberColumn(
+                  "prob_resistant_sd", help="Spread of P(resistant) between the ensemble members (or the draws "
+                                            "in sample mode): how much they agree, not how sure the call is.")}
+    config.update(options.pop("column_config", {}))
+    return table(shown_calls(cells, label_column), where=where, column_config=config, **options)
+
+
 def group_table(groups, **options) -> None:
     """A per-group table (Cells, Drug panel): words for the counts, and the share called resistant
     as a percentage that always shows whole (a progress bar's number was cut to "10" for 100%
@@ -1642,9 +1660,9 @@ def show_card(card: dict, key: str) -> None:
     """A model card: what the model is and was trained on, its scores next to the baselines'
     (table and figure), the verdicts, and what its default threshold means."""
     from scatd_core import pl
-    from scatd_core.card import card_details, card_table, few_shot_line, verdicts
+    from scatd_core.card import card_details, card_table, description, few_shot_line, verdicts
 
-    st.markdown(md(card["model"]["description"]))
+    st.markdown(md(description(card)))
     st.caption(md(card["data"]["summary"]))
     if few_shot_line(card):
         st.caption(md(few_shot_line(card)))

@@ -192,9 +192,22 @@ def few_shot_line(card: dict) -> str | None:
             "cells, or train it again.")
 
 
+#: How models trained before 2026-12-02 described an ensemble's spread, and what it is: how much
+#: the members agree on a cell (prob_resistant_sd), not the confidence of the call.
+_OLD_SPREAD = "and their spread is the per-cell uncertainty."
+SPREAD = ("and their spread (prob_resistant_sd) shows how much the members agree on each cell, not how confident "
+          "the call is.")
+
+
+def description(card: dict) -> str:
+    """The model's description, said as the current version says it (an older ensemble's "their
+    spread is the per-cell uncertainty" read as the confidence of each call)."""
+    return str(card["model"]["description"]).replace(_OLD_SPREAD, SPREAD)
+
+
 def card_lines(card: dict) -> list[str]:
     """The card as plain sentences: what the model is, what it was trained on, the verdicts."""
-    lines = [card["model"]["description"]]
+    lines = [description(card)]
     data = card.get("data", {})
     if data:
         lines.append(data["summary"])

@@ -269,6 +269,12 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     # the ranking view needs no threshold: the most likely resistant cells, and how many truly are
     top = next(d.value for d in at.dataframe if "rank" in d.value.columns)
     assert list(top["rank"]) == list(range(1, 51))
+    # QA: the call was shown as "label", the Data page's word for the known response: shown as
+    # "called", the known response right beside it (the CSV keeps "label")
+    for shown in [d.value for d in at.dataframe if "rank" in d.value.columns]:
+        columns = list(shown.columns)
+        assert "label" not in columns and columns[columns.index("called"):][:3] == ["called", "response",
+                                                                                    "known_label"]
     assert metric(at, "Resistant among the top 50 labelled cells").endswith("%")
     # the per-group table: the share called resistant in percent (a progress bar's number was cut off)
     groups = next(d.value for d in at.dataframe if "fraction_resistant" in d.value.columns)
@@ -279,6 +285,8 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     goto(at, "6_Report")
     assert len(at.get("download_button")) == 4  # predictions, metrics, h5ad, html (biomarkers: not computed)
     assert f"{N_CELLS:,} rows: one per uploaded cell" in text(at.caption)
+    preview = next(d.value for d in at.dataframe if "rank" in d.value.columns)
+    assert "label" not in preview and list(preview.columns)[2:5] == ["called", "response", "known_label"]
 
     goto(at, "3_Predict")  # coming back: nothing recomputed
     assert "nothing needs recomputing" in text(at.caption)

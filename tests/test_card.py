@@ -340,3 +340,14 @@ def test_train_panel_summary_says_when_a_drug_s_bulk_cv_interval_includes_chance
     assert row["verdict"].endswith(ev["verdicts"][0])
     ev["scores"][0].update(auroc=0.8, auroc_ci=[0.7, 0.9])
     assert _card_row("Sorafenib", "trained", bundle, None, 20, 20, 1.0)["verdict"] == ev["verdicts"][0]
+
+
+def test_an_ensembles_spread_is_never_called_the_confidence_of_its_calls():
+    """QA: "their spread is the per-cell uncertainty" read as "every call is certain" where the sd
+    was 0.001. An older model's card says it as the new ones do: how much the members agree."""
+    card = _card()
+    card["model"]["description"] = ("An ensemble of 3 backbones; it predicts with the mean of the members' logits, "
+                                    "and their spread is the per-cell uncertainty.")
+    said = cards.card_lines(card)[0]
+    assert "per-cell uncertainty" not in said and said.endswith("not how confident the call is.")
+    assert "how much the members agree" in said and said == cards.description(card)

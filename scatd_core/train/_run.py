@@ -133,8 +133,7 @@ def _fit_ensemble(data: TrainingData, s: TrainSettings, dev, splits, *, base_vae
                    + (f", trained on the bulk and {few.n_labelled} labelled target cells "
                       f"({few.n_resistant} resistant, {few.n_sensitive} sensitive) with the unlabelled target cells "
                       "(semi-supervised)" if few is not None else ", trained on the bulk")
-                   + "; it predicts with the mean of the members' logits, and their spread is the per-cell "
-                     "uncertainty.")
+                   + "; it predicts with the mean of the members' logits, " + cards.SPREAD)
     return Fitted(model, model.stacked_state_dict(), model.arch, target_prob, oof,
                   {"folds": len(splits), "selection": "none: fixed L2 penalty, heads fitted to convergence"},
                   losses, {"members": len(backbones), "head_c": s.head_c, "head_inputs": s.head_inputs},
