@@ -258,11 +258,16 @@ if UMAP in adata.obsm:
         ss["panel_colour"] = "number of drugs resisted"
     colour = st.selectbox("Colour by", list(options), key="panel_colour")
     values, categorical, crange, scale = options[colour]
-    st.plotly_chart(pl.umap_figure(np.asarray(adata.obsm[UMAP]), values, name=colour, categorical=categorical,
-                                   color_range=crange, colorscale=scale or pl.PROB_SCALE,
-                                   cell_ids=adata.obs_names.astype(str)), key="panel_umap")
+    if colour == "number of drugs resisted":  # a whole count: one colour per number, not a colour bar
+        fig = pl.count_umap_figure(np.asarray(adata.obsm[UMAP]), values, len(scored), name="drugs resisted",
+                                   cell_ids=adata.obs_names.astype(str))
+    else:
+        fig = pl.umap_figure(np.asarray(adata.obsm[UMAP]), values, name=colour, categorical=categorical,
+                             color_range=crange, colorscale=scale or pl.PROB_SCALE,
+                             cell_ids=adata.obs_names.astype(str))
+    st.plotly_chart(fig, key="panel_umap")
     if colour == "number of drugs resisted":
-        st.caption("Grey: cells no drug scored (QC-filtered, or left out by every model).")
+        st.caption(f"Grey, '{pl.NO_COUNT}': cells QC-filtered or left out by every model.")
     if embed.is_data_umap(adata):  # none of scATD's: the UMAP the data brought, drawn as it is
         st.caption(ui.md("This is your data's own UMAP (obsm['X_umap'] in your file)."))
     elif kept := adata.uns[EMBED].get("original_umap"):

@@ -1178,11 +1178,10 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP])
         whose = " (the data's own obsm['X_umap'])" if is_data_umap(adata) else ""
-        parts.append(_figure_html(pl.umap_figure(coords, panel.n_resisted_values(adata),
-                                                 name="drugs resisted", color_range=(0, len(ms)), colorscale="Reds",
-                                                 cell_ids=adata.obs_names.astype(str),
-                                                 title=f"UMAP{whose} coloured by the number of drugs resisted "
-                                                       "(grey: scored by no drug)")))
+        parts.append(_figure_html(pl.count_umap_figure(coords, panel.n_resisted_values(adata), len(ms),
+                                                       name="drugs resisted", cell_ids=adata.obs_names.astype(str),
+                                                       title=f"UMAP{whose} coloured by the number of drugs resisted "
+                                                             "(grey: scored by no drug)")))
     if subclone and markers is not None and len(markers):
         parts.append("<p>Genes most up in these cells against the other scored cells (Wilcoxon):</p>"
                      + _frame_html(markers))

@@ -95,8 +95,10 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                 categorical: bool | None = None, cell_ids: Sequence[str] | None = None,
                 color_range: tuple[float, float] | None = None, colorscale: str = PROB_SCALE,
                 title: str | None = None, point_size: float | None = None,
-                max_points: int = MAX_PLOT_POINTS, note: str | None = None) -> go.Figure:
-    """UMAP scatter coloured by ``values`` (numbers: a colour scale; text: one trace per value).
+                max_points: int = MAX_PLOT_POINTS, note: str | None = None,
+                colors: dict[str, str] | None = None) -> go.Figure:
+    """UMAP scatter coloured by ``values`` (numbers: a colour scale; text: one trace per value,
+    coloured by ``colors`` where it names the value).
 
     ``note`` is written under the plot (how the layout was made, e.g.
     :func:`scatd_core.embed.fit_note`). Points with non-finite coordinates are left out and
@@ -144,7 +146,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
             cats = pd.Series(values).astype("category").cat.categories if hasattr(values, "cat") else None
             order = [str(c) for c in cats if str(c) in set(text)] if cats is not None else sorted(set(text))
             order += sorted(set(text) - set(order))
-            palette = _palette(order)
+            palette = {**_palette(order), **(colors or {})}
             for cat in order:
                 m = (text == cat).to_numpy()
                 fig.add_trace(Trace(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"{cat} ({int(m.sum()):,})",
@@ -161,6 +163,29 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
         fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=-0.08,
                            font=dict(size=11, color="#666"))
     return layout(fig, title, height=520)
+
+
+#: The category of :func:`count_umap_figure` for cells with no count (scored by no drug).
+NO_COUNT = "scored by no drug"
+
+
+def count_umap_figure(coords: np.ndarray, counts: Sequence, n_max: int, *, name: str,
+                      cell_ids: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
+    """UMAP coloured by a small whole count (the number of drugs a cell resists, 0..``n_max``):
+    one colour per count, light to dark red, listed 0, 1, 2 ... in the legend (a continuous colour
+    bar read 0, 0.5, 1 ... for a count); a missing count (NaN) is :data:`NO_COUNT`, grey."""
+    from plotly.colors import sample_colorscale
+
+    n_max = max(int(n_max), 1)
+    values = pd.to_numeric(pd.Series(np.asarray(counts, dtype=object)), errors="coerce")
+    text = values.map(lambda v: NO_COUNT if pd.isna(v) else str(int(v)))
+    order = [str(i) for i in range(n_max + 1)]
+    order += sorted(set(text) - set(order) - {NO_COUNT}, key=lambda v: float(v)) + [NO_COUNT]
+    shades = sample_colorscale("Reds", [0.12 + 0.88 * i / n_max for i in range(n_max + 1)])
+    colors = {**dict(zip(order, shades)), NO_COUNT: COLORS[NOT_SCORED]}
+    fig = umap_figure(coords, pd.Series(pd.Categorical(text, categories=order)), name=name, categorical=True,
+                      cell_ids=cell_ids, title=title, colors=colors)
+    return fig.update_layout(legend=dict(title=dict(text=name)))
 
 
 #: Colours of other categories: never the resistant red or the sensitive blue, which mean a response
@@ -273,7 +298,9 @@ def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",
     cm = np.asarray(confusion)
     names = [negative_label, positive_label]
     fig = go.Figure(go.Heatmap(z=cm, x=[f"called {n}" for n in names], y=[f"true {n}" for n in names],
-                               colorscale="Blues", showscale=False, text=cm, texttemplate="%{text:,}",
+                               # greys: blue means sensitive in every other figure
+                               colorscale=[[0.0, "#f7f7f7"], [1.0, "#9a9a9a"]], showscale=False, text=cm,
+                               texttemplate="%{text:,}",
                                hovertemplate="%{y}, %{x}: %{z:,} cells<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     return layout(fig, title or "Confusion matrix", height=320)

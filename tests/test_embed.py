@@ -221,3 +221,23 @@ def test_the_datas_own_umap_is_kept_aside_never_overwritten_and_comes_back_when_
     clear(adata, derived_only=True)
     assert np.array_equal(adata.obsm["X_umap"], theirs) and "X_umap_original" not in adata.obsm
     assert "scatd_embed" not in adata.uns and list(adata.uns["scatd"]["notes"]) == ["values un-logged"]
+
+
+def test_a_count_of_drugs_resisted_is_drawn_as_whole_numbers_not_a_colour_bar():
+    """QA: the Panel UMAP's "number of drugs resisted" had a colour bar reading 0, 0.5, 1 ...;
+    one colour per count (0..n, light to dark red) and grey for cells no drug scored."""
+    coords = np.random.default_rng(0).normal(size=(12, 2))
+    counts = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, np.nan, np.nan])
+    fig = pl.count_umap_figure(coords, counts, 3, name="drugs resisted")
+    assert [t.name for t in fig.data] == ["0 (2)", "1 (3)", "2 (2)", "3 (3)", f"{pl.NO_COUNT} (2)"]
+    assert not any(getattr(t.marker, "colorbar", None) and t.marker.colorbar.title.text for t in fig.data)
+    colours = [t.marker.color for t in fig.data]
+    assert len(set(colours)) == 5 and colours[-1] == pl.COLORS[pl.NOT_SCORED]
+    assert fig.layout.legend.title.text == "drugs resisted"
+
+
+def test_the_confusion_matrix_is_grey_never_the_sensitive_blue():
+    """QA: the confusion matrix's darkest blue was 'called resistant' while blue means sensitive."""
+    fig = pl.confusion_figure(np.array([[5, 1], [2, 7]]))
+    scale = [c for _, c in fig.data[0].colorscale]
+    assert all(len({c[1:3], c[3:5], c[5:7]}) == 1 for c in scale)  # greys only
