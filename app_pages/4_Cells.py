@@ -49,8 +49,7 @@ with left:
     if thr["calibrated"]:
         st.success(f"Calibrated: {ui.md(thr['detail'])}.", icon=":material/check_circle:")
     else:
-        where = (ui.md(thr.get("detail") or f"the model's default ({default_threshold:.3g})")
-                 if thr["source"] == "model default" else f"{ui.md(thr['detail'])} ({float(thr['value']):.3g})")
+        where = f"{ui.md(thr.get('detail') or thr['source'])} ({float(thr['value']):.3g})"
         st.warning(f"**Uncalibrated**: {where}. The share called resistant may be far from the truth; calibrate "
                    "with an expected fraction or labelled cells →", icon=":material/tune:")
 with right:

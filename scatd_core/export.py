@@ -807,10 +807,13 @@ def _evaluation_section(adata, label_column, keys, info) -> list[str]:
     if evaluation is None:
         return parts + [f"<p class='warn'>{html.escape(problem)}</p>"]
     resistant, sensitive, recorded = label_meaning(adata, label_column)  # known: the evaluation needed it
-    parts.append(f"<p>In '{html.escape(label_column)}', <code>{html.escape(resistant)}</code> means resistant"
-                 + (f" and <code>{html.escape(sensitive)}</code> sensitive" if sensitive is not None else "")
-                 + ("" if recorded else " (recognised from the words)")
-                 + ". " + " ".join(html.escape(n) for n in evaluation.notes) + "</p>")
+    said = (resistant.strip().lower() == "resistant"
+            and (sensitive is None or sensitive.strip().lower() == "sensitive"))  # the words say it already
+    meaning = "" if said else (
+        f"In '{html.escape(label_column)}', <code>{html.escape(resistant)}</code> means resistant"
+        + (f" and <code>{html.escape(sensitive)}</code> sensitive" if sensitive is not None else "")
+        + ("" if recorded else " (recognised from the words)") + ". ")
+    parts.append(f"<p>{meaning}" + " ".join(html.escape(n) for n in evaluation.notes) + "</p>")
     thr = info["threshold"]
     parts.append(f"<p>Resistant is the positive class. AUROC and AUPRC rank the cells and need no threshold; the "
                  f"other scores use the calls at P(resistant) &gt; {thr['value']:.4g}"

@@ -698,10 +698,9 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
         raise InputError(f"The threshold must be between 0 and 1; got {threshold}.")
     keys = result_keys(key_added)
     adata.obs[keys.label] = labels_at(adata, float(threshold), key_added=key_added)
-    default = float(adata.uns[keys.run]["model"].get("default_threshold", threshold))
     adata.uns[keys.run]["threshold"] = {
         "value": float(threshold), "source": source, "calibrated": source in CALIBRATING_SOURCES,
-        "detail": detail or (f"the model's default ({default:g})" if source == "model default" else source)}
+        "detail": detail or ("the model's default" if source == "model default" else source)}
     if label_column is not None:
         adata.uns[keys.run]["threshold"]["label_column"] = str(label_column)
 
@@ -720,7 +719,7 @@ def forget_label_calibrations(adata: ad.AnnData, column: str, why: str = "its la
             continue
         default = float(run["model"]["default_threshold"])
         set_threshold(adata, default, "model default", key_added=key,
-                      detail=f"the model's default ({default:g}); the threshold fitted on '{column}' was dropped when "
+                      detail=f"the model's default; the threshold fitted on '{column}' was dropped when "
                              f"{why}")
         reset.append(str(key))
     return reset

@@ -253,6 +253,20 @@ def test_metrics_table_sections(filtered_result):
     assert table.query("metric == 'threshold_fitted_on_these_labels'")["value"].iloc[0] is False
 
 
+def test_the_report_says_no_label_meaning_its_words_say_and_no_brackets_in_brackets(filtered_result):
+    """QA: report.html said "In 'response', resistant means resistant and sensitive sensitive." and
+    "(the model's default (0.5))". The meaning is said only where the values are not the words
+    themselves (test_cli: 0/1 still are), and the default threshold's detail holds no number."""
+    from scatd_core.predict import set_threshold
+
+    adata = filtered_result[0].copy()
+    set_threshold(adata, 0.5, "model default")
+    assert adata.uns["scatd"]["threshold"]["detail"] == "the model's default"
+    text = export.html_report(adata, label_column="response")
+    assert "<code>resistant</code> means resistant" not in text
+    assert "(the model&#x27;s default)." in text and "default (0.5)" not in text
+
+
 def test_scores_at_a_threshold_fitted_on_the_same_labels_are_flagged(filtered_result):
     from scatd_core.predict import calibrate
 
