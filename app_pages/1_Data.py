@@ -7,7 +7,9 @@ from scatd_app import state, ui
 from scatd_core import genes, io, labels, pl
 from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
-from scatd_core.preprocess import QC_KEY, QC_METRICS, apply_qc_filter, suggest_qc_thresholds
+from scatd_core.genes import id_evidence_text
+from scatd_core.preprocess import (QC_KEY, QC_METRICS, apply_qc_filter, orientation_text, suggest_qc_thresholds,
+                                   value_evidence_text, value_kind_words)
 
 ss = st.session_state
 st.title("1 · Data")
@@ -54,14 +56,15 @@ with st.container(border=True):
         c[3].metric("Values", "embedding features", help="Cell embeddings (for VAE_sf / VAE_gf models).")
     else:
         c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
-        c[3].metric("Values", str(info.get("value_type", "unknown")).replace("_", " "),
+        c[3].metric("Values", value_kind_words(info.get("value_type", "unknown")),
                     help="Detected from the values; see the evidence below.")
-    st.caption(f"Format: {ui.md(info.get('format', '?'))} · orientation: {ui.md(info.get('orientation', '?'))} "
-               f"({ui.md(info.get('orientation_reason', ''))})"
+    st.caption(f"Format: {ui.md(info.get('format', '?'))} · layout: {ui.md(orientation_text(info))}"
                + (" · read from disk (backed)" if info.get("backed") else ""))
     with st.expander("Evidence for the value type and gene identifiers"):
-        st.markdown(f"**Values: {ui.md(info.get('value_type'))}** because {ui.md(evidence.get('reason', 'n/a'))}.")
-        st.json({"values": evidence, "gene identifiers": info.get("gene_id_evidence", {})}, expanded=2)
+        st.markdown(f"**Values: {ui.md(value_kind_words(info.get('value_type')))}**, because "
+                    f"{ui.md(evidence.get('reason', 'nothing was measured'))}. "
+                    + ui.md(value_evidence_text(evidence)))
+        st.markdown(ui.md(id_evidence_text(info.get("gene_id_evidence", {}))))
     for warning in info.get("warnings", []):
         st.warning(ui.md(warning), icon=":material/warning:")
 

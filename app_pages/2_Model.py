@@ -23,9 +23,9 @@ real = [b for b in classifiers if not b.is_demo]
 def how_to_get_a_model() -> None:
     st.markdown(
         "A drug model is needed for your data. Get one in any of these ways:\n\n"
-        f"1. **The published scATD models** ([figshare]({FIGSHARE_URL})): *Get published scATD models* on the "
-        "model library page downloads and imports them.\n"
-        "2. **Import a checkpoint** you have (a `.pth` file) on the model library page.\n"
+        f"1. **The published scATD models** ([figshare]({FIGSHARE_URL})): *Get the published scATD models* "
+        "on the Model library page downloads and imports them.\n"
+        "2. **Import a checkpoint** you have (a `.pth` file) on the Model library page.\n"
         "3. **Train a model** for your drug from bulk cell-line data on the Train page.")
     c = st.columns(2)
     with c[0]:
@@ -54,8 +54,11 @@ if cannot:
                  "the Model library page (replacing the installed one is for an administrator).",
                icon=":material/block:")
 if not demo_data and not real:
-    st.warning("**Only the demo model is installed**, and it was trained on simulated data: it says nothing about "
-               "real cells. Use it with the demo data only.", icon=":material/warning:")
+    n_demo = sum(b.is_demo for b in classifiers)
+    st.warning(("**Only the demo model is installed**, and it was trained on simulated data: it says nothing about "
+                "real cells. Use it with the demo data only." if n_demo == 1 else
+                f"**Only the {n_demo} demo models are installed**, trained on simulated data: they say nothing "
+                "about real cells. Use them with the demo data only."), icon=":material/warning:")
     how_to_get_a_model()
     ui.stop()
 if not demo_data and any(b.is_demo for b in classifiers):
@@ -100,7 +103,8 @@ bundle = choices[path]
 with st.container(border=True):
     st.subheader(ui.md(bundle.title))
     if bundle.is_demo:
-        st.badge("demo (simulated data): trained on simulated cell lines; for trying the app only", color="orange")
+        st.badge("demo model (simulated data): trained on simulated cell lines; for trying the app only",
+                 color="orange")
     s = bundle.summary()
     c = st.columns(4)
     c[0].metric("Drug", ui.md(s["drug"] or "—"))

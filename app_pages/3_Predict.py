@@ -37,7 +37,7 @@ with st.container(border=True):
     if mask is not None and (~mask).any():
         st.caption(f"{int((~mask).sum()):,} cell(s) are marked 'filtered (QC)' and will not be predicted.")
     if bundle.is_demo:
-        st.badge("demo (simulated data)", color="orange")
+        st.badge("demo model (simulated data)", color="orange")
 
 # ------------------------------------------------------------------ settings
 for key, value in ui.PREDICT_DEFAULTS.items():

@@ -197,16 +197,7 @@ query = t1.text_input("Search", placeholder=f"{level} name, e.g. {ranking['featu
 top_n = t2.number_input("Show top", min_value=1, max_value=len(ranking), value=min(50, len(ranking)), step=5,
                         key="bio_top_n")
 view = ranking[ranking["feature"].str.contains(query.strip(), case=False, regex=False)] if query.strip() else ranking
-ui.table(view.head(int(top_n)), hide_index=True,
-         column_config={"mean_abs_attribution": st.column_config.NumberColumn("mean |attribution|", format="%.4g"),
-                        "mean_attribution": st.column_config.NumberColumn(
-                            "mean attribution", format="%.3g",
-                            help="Signed mean over the explained cells. Against the mean-cell baseline it is "
-                                 "small when the model is nearly linear in the feature (cells above and below "
-                                 "the average cancel out), not in general: read mean |attribution| for "
-                                 "importance and 'direction' for the sign."),
-                        "de_pval_adj": st.column_config.NumberColumn("DE p (adj.)", format="%.2e"),
-                        "de_pval": st.column_config.NumberColumn("DE p", format="%.2e")})
+ui.biomarker_table(view.head(int(top_n)), hide_index=True)
 st.caption(f"Click a column header to sort. direction: {ex.direction_meaning(info['target'], level)}; DE: Wilcoxon "
            f"rank-sum between the predicted groups ({info['differential_expression'].get('data_scale', 'not computed')}).")
 

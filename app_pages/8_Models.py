@@ -12,8 +12,8 @@ import streamlit as st
 
 from scatd_app import auth, jobs, session, state, ui
 from scatd_core import published
-from scatd_core.bundle import (BACKBONE_TITLES, BETA_MODES, FIGSHARE_URL, distinct_titles, import_card_lines, import_checkpoint,
-                               remove_bundle)
+from scatd_core.bundle import (BACKBONE_TITLES, BETA_MODES, FIGSHARE_URL, distinct_named_titles, distinct_titles,
+                               import_card_lines, import_checkpoint, remove_bundle)
 from scatd_core.config import import_folder, limits
 from scatd_core.errors import ScatdError
 from scatd_core.nn import BACKBONES
@@ -36,9 +36,9 @@ if carded:
                    Path(p).resolve() == Path(ss[state.BUNDLE_PATH]).resolve()), None)
     if in_use is not None and (ss.get("model_card_choice") not in carded or ss.get("model_card_follows") != in_use):
         ss["model_card_choice"] = ss["model_card_follows"] = in_use
+    card_titles = distinct_named_titles(list(carded.values()))  # one title each, the folder where two read alike
     chosen = st.selectbox("Model", list(carded), key="model_card_choice",
-                          format_func=ui.detached(lambda p: (f"{carded[p].name} · " if carded[p].name != Path(p).name
-                                                             else "") + f"{carded[p].title} ({Path(p).name})"))
+                          format_func=ui.detached(lambda p: card_titles[p]))
     if carded[chosen].manifest.get("card"):
         ui.show_card(carded[chosen].manifest["card"], key="model_card_figure")
     else:  # an imported checkpoint: no training data to compare with, so a short card

@@ -82,7 +82,10 @@ with st.container(border=True):
         st.warning("No longer in the models you had chosen (left out):\n\n"
                    + "\n".join(f"- {ui.md(p)}" for p in problems), icon=":material/inventory_2:")
     if not classifiers:
-        st.warning("No drug model is installed yet.", icon=":material/inventory_2:")
+        n_demo = sum(e.ok and e.bundle.kind == "classifier" and e.bundle.is_demo for e in ui.library_entries())
+        st.warning("No drug model for your own data is installed yet: the demo models (simulated data) are offered "
+                   "with the demo data only." if n_demo else "No drug model is installed yet.",
+                   icon=":material/inventory_2:")
         ui.link("Model library", "Get or import models", ":material/inventory_2:")
         ui.stop()
     ss["panel_models"] = [p for p in kept if p in classifiers]

@@ -1329,6 +1329,35 @@ def cells_table(cells, label_column=None, *, where=None, **options):
     return table(shown_calls(cells, label_column), where=where, column_config=config, **options)
 
 
+#: The biomarker ranking's columns the app shows first (the rest follow, as in biomarkers.csv):
+#: at 1280 px the key ones were pushed off the table's right edge by 20 columns.
+BIOMARKER_KEY_COLUMNS = ("rank", "feature", "mean_abs_attribution", "direction", "de_score", "logfoldchange",
+                         "de_pval_adj")
+
+
+def biomarker_table(ranking, **options):
+    """A biomarker ranking (Biomarkers, Report): the key columns first and narrow, named as the
+    figures name them (``mean |attribution|``); biomarkers.csv keeps its own names and order."""
+    first = [c for c in BIOMARKER_KEY_COLUMNS if c in ranking]
+    view = ranking[first + [c for c in ranking.columns if c not in first]]
+    number = st.column_config.NumberColumn
+    config = {"rank": number("rank", width=60),
+              "mean_abs_attribution": number("mean |attribution|", format="%.4g", width="small"),
+              "direction": st.column_config.TextColumn("direction", width="small"),
+              "de_score": number("DE score", format="%.3g", width="small"),
+              "logfoldchange": number("log fold change", format="%.3g", width="small"),
+              "mean_attribution": number(
+                  "mean attribution", format="%.3g",
+                  help="Signed mean over the explained cells. Against the mean-cell baseline it is "
+                       "small when the model is nearly linear in the feature (cells above and below "
+                       "the average cancel out), not in general: read mean |attribution| for "
+                       "importance and 'direction' for the sign."),
+              "de_pval_adj": number("DE p (adj.)", format="%.2e", width="small"),
+              "de_pval": number("DE p", format="%.2e")}
+    config.update(options.pop("column_config", {}))
+    return table(view, column_config=config, **options)
+
+
 def group_table(groups, **options) -> None:
     """A per-group table (Cells, Drug panel): words for the counts, and the share called resistant
     as a percentage that always shows whole (a progress bar's number was cut to "10" for 100%
@@ -1513,7 +1542,7 @@ def sidebar(container) -> None:
         if bundle is not None:
             st.markdown(f":material/model_training: **{md(model_title(bundle))}**")
             if bundle.is_demo:
-                st.badge("demo (simulated data)", color="orange")
+                st.badge("demo model (simulated data)", color="orange")
         else:
             st.markdown(":material/model_training: no model chosen")
         st.markdown(f":material/memory: {device_text()}")

@@ -1139,6 +1139,24 @@ def distinct_titles(bundles: Sequence[Bundle]) -> dict[str, str]:
     return {str(b.path): b.title if shared[b.title] == 1 else f"{b.title} ({b.path.name})" for b in bundles}
 
 
+def named_title(bundle: Bundle) -> str:
+    """The display name (``--name``) and, when it does not say it already, the drug and backbone
+    (a name made of the title's parts, as the demo's "DEMOTINIB · demo (simulated data)": the
+    title alone, never "DEMOTINIB · demo (simulated data) · DEMOTINIB · Dist_VAE ...")."""
+    name, title = bundle.name, bundle.title
+    if not name or name == bundle.path.name or set(name.split(" · ")) <= set(title.split(" · ")):
+        return title
+    return f"{name} · {title}"
+
+
+def distinct_named_titles(bundles: Sequence[Bundle]) -> dict[str, str]:
+    """:func:`named_title` of each bundle, keyed by ``str(bundle.path)``, with the folder name added
+    where several bundles would read the same (a list to choose a model card from)."""
+    titles = {str(b.path): named_title(b) for b in bundles}
+    shared = Counter(titles.values())
+    return {str(b.path): t if shared[t] == 1 else f"{t} ({b.path.name})" for b, t in zip(bundles, titles.values())}
+
+
 # --------------------------------------------------------------------------- library
 
 @dataclass

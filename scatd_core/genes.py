@@ -265,6 +265,24 @@ def id_type_evidence(names: Sequence) -> dict:
     return dict(_evidence_of_sample(tuple(_sample(names))))
 
 
+_ID_EVIDENCE_WORDS = (("human_symbol", "human gene symbols"), ("ensembl", "Ensembl IDs"),
+                      ("ensembl_versioned", "versioned Ensembl IDs (ENSG...{dot}1)"),
+                      ("mouse_symbol", "mouse gene symbols"), ("ensembl_mouse", "mouse Ensembl IDs"),
+                      ("barcode", "cell barcodes"), ("cell_name", "cell names"), ("numeric", "plain numbers"))
+
+
+def id_evidence_text(evidence: dict) -> str:
+    """:func:`id_type_evidence` as a sentence: how many names were looked at and the share that
+    look like each kind of identifier (kinds no name looks like are left out)."""
+    ev = evidence or {}
+    if not ev.get("n"):
+        return ""
+    parts = [f"{float(ev[key]):.0%} look like {words.format(dot='.')}" for key, words in _ID_EVIDENCE_WORDS
+             if float(ev.get(key) or 0) > 0]
+    return (f"Of {int(ev['n']):,} gene names looked at, " + (", ".join(parts) if parts else
+                                                            "none looks like a gene symbol or Ensembl ID") + ".")
+
+
 @functools.lru_cache(maxsize=64)
 def _evidence_of_sample(sample: tuple[str, ...]) -> dict:
     """:func:`id_type_evidence` of a sample; cached, as the same names are asked about several

@@ -25,6 +25,8 @@ WEBGL_MIN_POINTS = 3000
 MAX_PLOT_POINTS = 200_000
 COLORS = {"resistant": "#d62728", "sensitive": "#1f77b4", NOT_SCORED: "#9e9e9e", FILTERED: "#cfcfcf"}
 DIRECTION_COLORS = {"resistance": COLORS["resistant"], "sensitivity": COLORS["sensitive"], "none": "#999999"}
+#: The legends' words for biomarkers.csv's ``direction`` values: the words every other figure uses
+DIRECTION_NAMES = {"resistance": "resistant", "sensitivity": "sensitive", "none": "neither"}
 PROB_SCALE = "RdBu_r"
 #: Bins of the P(resistant) histogram over [0, 1], both ends included.
 HISTOGRAM_BINS = 50
@@ -388,7 +390,7 @@ def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str |
         part = bars[bars["direction"] == direction]
         if part.empty:
             continue
-        fig.add_trace(go.Bar(x=part["mean_abs_attribution"], y=part["feature"], orientation="h", name=direction,
+        fig.add_trace(go.Bar(x=part["mean_abs_attribution"], y=part["feature"], orientation="h", name=DIRECTION_NAMES[direction],
                              marker_color=colour, customdata=part[["rank", "de_score"]].to_numpy(dtype=object),
                              hovertemplate="%{y}: %{x:.4g}<br>rank %{customdata[0]}, DE score %{customdata[1]}"
                                            "<extra></extra>"))
@@ -444,9 +446,10 @@ def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go
         if d.empty:
             continue
         fig.add_trace(_scatter_trace(len(d))(
-            x=d["de_score"], y=d["mean_abs_attribution"], mode="markers", name=direction,
+            x=d["de_score"], y=d["mean_abs_attribution"], mode="markers", name=DIRECTION_NAMES[direction],
             marker=dict(size=5, color=colour), text=d["feature"],
             hovertemplate="%{text}<br>DE score %{x:.3g}, mean |attribution| %{y:.3g}<extra></extra>"))
+    fig.update_layout(legend_title_text="direction")  # biomarkers.csv's direction, in the legends' words
     log_y = bool(len(part) and (part["mean_abs_attribution"] > 0).all())
     fig.update_xaxes(title=f"Wilcoxon score ({positive} vs {negative})")
     fig.update_yaxes(title="mean |attribution|", type="log" if log_y else "linear",

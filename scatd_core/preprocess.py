@@ -40,6 +40,48 @@ BACKBONE_DEFAULT_TRANSFORM = {"dist_vae": "log1p_cp10k", "vae_sf": "log1p_cp10k"
 _BACKBONE_ALIASES = {"geneformer": "vae_gf", "scatd-gf": "vae_gf", "scfoundation": "vae_sf",
                      "scatd-sf": "vae_sf", "scatd-sf-dist": "dist_vae"}
 VALUE_KINDS = ("counts", "log_normalized", "zscored", "tpm_like", "unknown")
+#: Each value kind in words, as the app shows it (the report keeps the names above)
+VALUE_KIND_WORDS = {"counts": "counts", "log_normalized": "log-normalised", "zscored": "z-scored",
+                    "tpm_like": "TPM-like", "unknown": "unknown"}
+#: The layout of the file read, in words
+ORIENTATION_WORDS = {"cells_x_genes": "one row per cell (cells x genes)",
+                     "genes_x_cells": "one row per gene (genes x cells), turned round on reading"}
+
+
+def value_kind_words(kind) -> str:
+    """A value kind (:data:`VALUE_KINDS`) in words: ``z-scored``, ``log-normalised``, ``TPM-like``."""
+    return VALUE_KIND_WORDS.get(str(kind), str(kind).replace("_", " "))
+
+
+def orientation_text(report: dict) -> str:
+    """How the file's rows and columns were read, e.g. "one row per cell (cells x genes), as
+    stored in the file": no internal name, no brackets in brackets."""
+    kind = str(report.get("orientation", "?"))
+    reason = str(report.get("orientation_reason") or "").removesuffix(" (cells x genes)").strip()
+    return ORIENTATION_WORDS.get(kind, kind.replace("_x_", " x ")) + (f", {reason}" if reason else "")
+
+
+def value_evidence_text(evidence: dict) -> str:
+    """The value-type evidence of :func:`detect_value_type` as a sentence for a biologist (the
+    report's ``value_type_evidence`` keeps the numbers)."""
+    ev = evidence or {}
+    said = []
+    if ev.get("n_cells_sampled") is not None:
+        said.append(f"{int(ev['n_cells_sampled']):,} cells sampled")
+    if ev.get("min") is not None and ev.get("max") is not None:
+        said.append(f"values from {ev['min']:g} to {ev['max']:g}")
+    if ev.get("fraction_zero") is not None:
+        said.append(f"{ev['fraction_zero']:.0%} zeros")
+    if ev.get("fraction_integer") is not None:
+        said.append(f"{ev['fraction_integer']:.0%} of the non-zero values whole numbers")
+    if ev.get("row_sum_median") is not None:
+        said.append(f"median total per cell {ev['row_sum_median']:,.4g}")
+    if ev.get("gene_mean_median_abs") is not None and ev.get("gene_std_median") is not None:
+        said.append(f"a typical gene's mean {ev['gene_mean_median_abs']:.3g} (absolute) and sd "
+                    f"{ev['gene_std_median']:.3g}")
+    if ev.get("n_non_finite"):
+        said.append(f"{int(ev['n_non_finite']):,} NaN or infinite values")
+    return ("; ".join(said) + ".") if said else ""
 
 QC_KEY = QC_PASS
 

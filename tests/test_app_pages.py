@@ -287,6 +287,9 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert f"{N_CELLS:,} rows: one per uploaded cell" in text(at.caption)
     preview = next(d.value for d in at.dataframe if "rank" in d.value.columns)
     assert "label" not in preview and list(preview.columns)[2:5] == ["called", "response", "known_label"]
+    # QA: the preview's tables were stacked untitled: each is headed by its file's name
+    headings = [m.value.split("**")[1] for m in at.markdown if m.value.startswith("**") and ".csv**" in m.value]
+    assert [h.rsplit("_", 1)[1] for h in headings] == ["predictions.csv", "metrics.csv"] and "tumour" in headings[0]
 
     goto(at, "3_Predict")  # coming back: nothing recomputed
     assert "nothing needs recomputing" in text(at.caption)
@@ -427,7 +430,7 @@ def test_model_and_predict_pages_say_what_the_model_does_with_log_normalised_val
     adata.X = np.log1p(x * 1e4 / x.sum(axis=1, keepdims=True)).astype(np.float32)
     at = start()
     upload(at, "lognorm.h5ad", h5ad_bytes(adata))
-    assert metric(at, "Values") == "log normalized"
+    assert metric(at, "Values") == "log-normalised"
     goto(at, "2_Model")
     assert "twice" not in text(at.warning), text(at.warning)
     from scatd_core.preprocess import UNLOG_NOTE
@@ -445,7 +448,7 @@ def test_z_scored_data_get_no_qc_metrics_or_filter(with_library):
     z = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
     at = start()
     upload(at, "z.csv", pd.DataFrame(z, index=adata.obs_names, columns=adata.var_names).to_csv().encode())
-    assert metric(at, "Values") == "zscored"
+    assert metric(at, "Values") == "z-scored"  # in words, not the internal "zscored"
     assert "per-gene z-scores" in text(at.info) and "no QC metrics or filter" in text(at.info)
     assert not at.get("plotly_chart") and not [t for t in at.toggle if t.key == "qc_enabled"]
     counts = start()
@@ -717,6 +720,8 @@ def test_the_demo_model_is_never_chosen_for_real_data(empty_library):
     goto(at, "2_Model")
     assert "Only the demo model is installed" in text(at.warning)
     assert at.session_state.get(state.BUNDLE_PATH) is None
+    goto(at, "9_Panel")  # QA: said "No drug model is installed yet" with the demo model installed
+    assert "No drug model for your own data is installed yet: the demo models" in text(at.warning)
     goto(at, "3_Predict")
     assert "Choose a model first" in text(at.info)
     # the demo model chosen with the demo data is let go as soon as real data replace them, so the

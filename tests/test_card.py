@@ -351,3 +351,23 @@ def test_an_ensembles_spread_is_never_called_the_confidence_of_its_calls():
     said = cards.card_lines(card)[0]
     assert "per-cell uncertainty" not in said and said.endswith("not how confident the call is.")
     assert "how much the members agree" in said and said == cards.description(card)
+
+
+def test_the_model_card_picker_names_each_model_once(tmp_path):
+    """QA: the Model library's card picker read "DEMOTINIB · demo (simulated data) · DEMOTINIB ·
+    Dist_VAE ... (DEMOTINIB_demo)". One title each; the folder only where two would read alike."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from scatd_core.bundle import distinct_named_titles
+
+    def bundle(folder, name, title):
+        return SimpleNamespace(path=Path(tmp_path / folder), name=name, title=title)
+
+    demo = bundle("DEMOTINIB_demo", "DEMOTINIB · demo (simulated data)",
+                  "DEMOTINIB · Dist_VAE (scATD-sf-dist) · demo (simulated data)")
+    lab, lab2 = (bundle(f, "Lab model", "DRUGX · Dist_VAE (scATD-sf-dist)") for f in ("lab_a", "lab_b"))
+    titles = distinct_named_titles([demo, lab, lab2])
+    assert titles[str(demo.path)] == "DEMOTINIB · Dist_VAE (scATD-sf-dist) · demo (simulated data)"
+    assert titles[str(lab.path)] == "Lab model · DRUGX · Dist_VAE (scATD-sf-dist) (lab_a)"
+    assert titles[str(lab2.path)].endswith("(lab_b)")

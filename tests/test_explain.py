@@ -113,7 +113,7 @@ def test_planted_program_tops_the_ranking(planted, planted_result):
     from scatd_core import pl
 
     fig = pl.attribution_vs_de(r, "resistant", "sensitive")
-    assert {t.name for t in fig.data} == {"resistance", "sensitivity"}
+    assert {t.name for t in fig.data} == {"resistant", "sensitive"}  # the words of every other legend
     assert sum(len(t.x) for t in fig.data) == int((r["in_data"] & np.isfinite(r["de_score"])).sum())
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.exponentformat == "power"
 

@@ -109,11 +109,10 @@ def card(args) -> int:
 
 def _named(bundle) -> str:
     """The display name (``--name``) and, when it does not say it already, the drug and backbone
-    (a name made of the title's parts, as the demo's "DEMOTINIB · demo (simulated data)": the title)."""
-    name, title = bundle.name, bundle.title
-    if not name or name == bundle.path.name or set(name.split(" · ")) <= set(title.split(" · ")):
-        return title
-    return f"{name} · {title}"
+    (:func:`scatd_core.bundle.named_title`)."""
+    from scatd_core.bundle import named_title
+
+    return named_title(bundle)
 
 
 def show(args) -> int:
