@@ -288,3 +288,21 @@ def test_one_spike_in_log_values_does_not_make_the_matrix_linear(counts, sparse)
     assert many["kind"] == "tpm_like" and "n_cells_above_log_scale" not in many["evidence"]
     # a linear matrix (values above 30 in most cells) is judged as before
     assert preprocess.detect_value_type(_variants(counts)["tpm_like"])["kind"] == "tpm_like"
+
+
+def test_the_data_card_says_value_kinds_layout_and_evidence_in_words():
+    """QA: the Data card showed "Values: zscored", "orientation: cells_x_genes (as stored in the file
+    (cells x genes))" and the evidence as a raw JSON dump."""
+    from scatd_core.genes import id_evidence_text
+    from scatd_core.preprocess import orientation_text, value_evidence_text, value_kind_words
+
+    assert [value_kind_words(k) for k in ("zscored", "log_normalized", "tpm_like", "counts")] == [
+        "z-scored", "log-normalised", "TPM-like", "counts"]
+    said = orientation_text({"orientation": "cells_x_genes", "orientation_reason": "as stored in the file (cells x genes)"})
+    assert said == "one row per cell (cells x genes), as stored in the file" and "_" not in said
+    text = value_evidence_text({"n_cells_sampled": 500, "min": 0.0, "max": 812.0, "fraction_zero": 0.91,
+                                "fraction_integer": 1.0, "row_sum_median": 2345.0})
+    assert text == ("500 cells sampled; values from 0 to 812; 91% zeros; 100% of the non-zero values whole numbers; "
+                    "median total per cell 2,345.")
+    genes = id_evidence_text({"n": 2000, "human_symbol": 0.97, "ensembl": 0.0, "numeric": 0.01})
+    assert genes == "Of 2,000 gene names looked at, 97% look like human gene symbols, 1% look like plain numbers."
