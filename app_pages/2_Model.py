@@ -78,7 +78,7 @@ if ss.get("model_backbone") not in backbones:  # the chosen model's, else one wi
     first = ui.default_model(offered)
     ss["model_backbone"] = (current.backbone if current is not None and current.backbone in backbones else
                             next(m.backbone for m in offered if str(m.path) == first) if first else backbones[0])
-left, right = st.columns(2)
+left, right = st.columns([0.3, 0.7])  # a drug model's title is long: at 1280 px half the width cut it
 backbone = left.selectbox("Backbone", backbones, key="model_backbone",
                           format_func=ui.detached(lambda b: BACKBONE_TITLES.get(b, b)))
 choices = {str(m.path): m for m in offered if m.backbone == backbone}

@@ -1715,12 +1715,45 @@ def show_card(card: dict, key: str) -> None:
         st.warning(md(w))
 
 
+#: The library table's columns shown first (at 1280 px the rest scroll): what tells models apart
+LIBRARY_KEY_COLUMNS = ("name", "drug", "backbone", "threshold", "bulk CV AUROC (model / LR / GB)",
+                       "target AUROC (model / LR / GB)", "demo", "problem")
+#: The library's kinds of model in words
+KIND_WORDS = {"classifier": "drug model", "backbone": "backbone only (no drug)", "unusable": "cannot be used"}
+
+
+def library_view(frame):
+    """The library table as the pages show it (:func:`library_frame` keeps the stored values):
+    backbones by their titles and kinds in words (not ``dist_vae``, ``classifier``), nothing shown
+    as "None", and the columns that tell models apart first."""
+    from scatd_core.bundle import BACKBONE_TITLES
+
+    view = frame.copy()
+    if "backbone" in view:
+        view["backbone"] = view["backbone"].map(lambda b: BACKBONE_TITLES.get(b, b) if isinstance(b, str) else "")
+    if "kind" in view:
+        view["kind"] = view["kind"].map(lambda k: KIND_WORDS.get(k, k))
+    for column in view.columns:
+        if view[column].dtype == object:
+            view[column] = view[column].map(lambda v: "" if v is None or v == "None" else v)
+    first = [c for c in LIBRARY_KEY_COLUMNS if c in view]
+    return view[first + [c for c in view.columns if c not in first]]
+
+
 def show_library(entries) -> None:
     frame = library_frame(entries)
     if not frame["problem"].notna().any():
         frame = frame.drop(columns="problem")
-    table(frame, hide_index=True, column_config={
-        "demo": st.column_config.CheckboxColumn("demo (simulated data)"),
+    table(library_view(frame), hide_index=True, column_config={
+        "name": st.column_config.TextColumn("name", width="medium"),
+        "backbone": st.column_config.TextColumn("backbone", width="small"),
+        "bulk CV AUROC (model / LR / GB)": st.column_config.TextColumn(
+            "bulk CV AUROC", help="This model / logistic regression / gradient boosting, on the bulk "
+                                  "cross-validation (the model card has the intervals)"),
+        "target AUROC (model / LR / GB)": st.column_config.TextColumn(
+            "target AUROC", help="This model / logistic regression / gradient boosting, on the labelled target "
+                                 "cells (when the training data had labels)"),
+        "demo": st.column_config.CheckboxColumn("demo", help="A demo model, trained on simulated data"),
         "threshold": st.column_config.NumberColumn("threshold", format="%.3g"),
         "genes": st.column_config.NumberColumn("genes", format="%d"),
         "sha256": st.column_config.TextColumn("sha256", help="The first 12 characters of the source file's sha256"),

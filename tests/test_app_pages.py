@@ -1725,3 +1725,16 @@ def test_tables_show_formula_like_names_escaped_and_the_datas_own_umap_is_kept(w
         (Path(tmp) / "a.h5ad").write_bytes(export.h5ad_bytes(result))
         back = ad.read_h5ad(Path(tmp) / "a.h5ad")
     assert np.array_equal(back.obsm["X_umap_original"], theirs) and "X_umap" in back.obsm
+
+
+def test_the_library_table_shows_titles_and_words_not_internal_values():
+    """QA: the Model and Model library tables showed "dist_vae", "classifier" and "None", and the
+    columns that tell models apart were past the right edge at 1280 px."""
+    frame = pd.DataFrame({"name": ["DEMOTINIB · demo (simulated data)", None], "drug": ["DEMOTINIB", None],
+                          "backbone": ["dist_vae", None], "kind": ["classifier", "unusable"], "members": [3, None],
+                          "source": ["trained", None], "threshold": [0.5, None], "folder": ["a", "b"],
+                          "problem": [None, "damaged"]})
+    view = ui.library_view(frame)
+    assert list(view.columns[:4]) == ["name", "drug", "backbone", "threshold"]
+    assert list(view["backbone"]) == ["Dist_VAE (scATD-sf-dist)", ""] and view["kind"][0] == "drug model"
+    assert "None" not in view.astype(str).to_numpy().ravel().tolist() and list(frame["backbone"])[0] == "dist_vae"
