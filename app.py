@@ -57,12 +57,17 @@ def overview() -> None:
         ("Predict", "Score every cell, then explore the cells, rank biomarkers and download the report."),
     ]
     ss = st.session_state
-    done = [ss.get(state.ADATA) is not None, bool(ss.get(state.BUNDLE_PATH)), state.has_prediction()]
+    # the steps of *your own* data: the demo's data, model and prediction tick none of them
+    own = not ss.get(state.IS_DEMO)
+    done = [own and ss.get(state.ADATA) is not None, own and bool(ss.get(state.BUNDLE_PATH)),
+            own and state.has_prediction()]
     for i, ((title, text), ok) in enumerate(zip(steps, done), start=1):
         cols = st.columns([0.25, 0.75], vertical_alignment="center")
         with cols[0]:
             ui.link(title, f"{i}. {title}", ":material/check_circle:" if ok else ":material/radio_button_unchecked:")
         cols[1].markdown(text)
+    if not own:
+        st.caption("The demo is loaded: these steps are ticked once your own data are.")
     cols = st.columns([0.25, 0.75], vertical_alignment="center")
     with cols[0]:
         ui.link("Drug panel", "Several drugs?", ":material/grid_view:")

@@ -62,15 +62,19 @@ with right:
     c[1].button("Use this fraction", key="btn_fraction",
                 on_click=ui.detached(use),
                 args=(ui.detached(lambda: calibrate(adata, expected_fraction=float(ss["cells_expected_fraction"]))),))
-    if label_column and direction is not None:
+    if label_column and direction is not None:  # short labels: at 1280 px "From labels: Youden's J" was cut
+        st.caption(f"Or from the labelled cells of '{ui.md(label_column)}':")
         c = st.columns(2)
-        c[0].button("From labels: Youden's J", key="btn_youden",
+        c[0].button("Youden's J", key="btn_youden",
                     on_click=ui.detached(use),
                     args=(ui.detached(lambda: calibrate(adata, label_column=label_column, method="youden")),),
-                    help=f"Uses the labelled cells of '{ui.md(label_column)}' (at least 2 per class).")
-        c[1].button("From labels: best MCC", key="btn_mcc",
+                    help=f"From the labelled cells of '{ui.md(label_column)}' (at least 2 per class): the "
+                         "threshold with the best sensitivity + specificity.")
+        c[1].button("Best MCC", key="btn_mcc",
                     on_click=ui.detached(use),
-                    args=(ui.detached(lambda: calibrate(adata, label_column=label_column, method="mcc")),))
+                    args=(ui.detached(lambda: calibrate(adata, label_column=label_column, method="mcc")),),
+                    help=f"From the labelled cells of '{ui.md(label_column)}' (at least 2 per class): the "
+                         "threshold with the best Matthews correlation.")
     st.button(f"Back to the model default ({default_threshold:.3g})", key="btn_threshold_default",
               on_click=ui.detached(use),
               args=(ui.detached(lambda: set_threshold(adata, default_threshold, "model default")),))

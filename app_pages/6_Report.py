@@ -12,6 +12,7 @@ st.title("6 · Report")
 if not state.has_prediction():
     ui.need("result")
 adata = ss[state.ADATA]
+ss[state.REPORT_SEEN] = ss.get(state.PREDICTION)  # the sidebar ticks "Report" for these results
 info = adata.uns["scatd"]
 thr = info["threshold"]
 label_column, sample_column = ui.report_columns(adata)  # no evaluation before the direction is known

@@ -153,7 +153,7 @@ for m in everyone:
     if not m.scored:
         st.warning(f"**{ui.md(m.drug)}** (model {ui.md(m.folder)}) was skipped: "
                    f"{ui.md(m.problem_app or m.problem)}", icon=":material/block:")
-ui.table(export.panel_models_table(adata), hide_index=True)
+ui.panel_models_table(export.panel_models_table(adata))
 if any(m.demo for m in scored):
     st.badge("demo models (simulated data)", color="orange")
 

@@ -23,6 +23,8 @@ BUNDLE_PATH         path (str) of the chosen model bundle
 BUNDLE_IDENTITY     ``(path, identity, name)`` of the model chosen there (:func:`scatd_core.bundle.model_identity`):
                     another model that takes the folder later is never used in its place
 PREDICTION          token of (data, QC mask, model, settings) of the prediction in ADATA, or None
+REPORT_SEEN         the PREDICTION token of the results the Report page was last opened with (the
+                    sidebar's progress ticks "Report" for them)
 INPUTS              ``(token, ModelInput)``: the model input of ADATA for the chosen model (its token
                     names the data, QC mask and model, so it is rebuilt when any changes)
 EMBEDDING           settings token of the UMAP stored in ADATA
@@ -58,6 +60,7 @@ CELL_METADATA = "cell_metadata"
 BUNDLE_PATH = "bundle_path"
 BUNDLE_IDENTITY = "model_chosen_identity"  # kept for a reload with BUNDLE_PATH (its "model_" prefix)
 PREDICTION = "prediction_token"
+REPORT_SEEN = "report_seen"
 INPUTS = "model_inputs"
 EMBEDDING = "embedding_token"
 EMBEDDING_PENDING = "embedding_pending"
@@ -93,7 +96,7 @@ KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_
 _CHAIN = {
     "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE,
              PANEL, PANEL_MARKERS, PREDICT_RUNNING, EMBED_RUNNING, PANEL_RUNNING, PANEL_UMAP_RUNNING),
-    "prediction": (PREDICTION, PREDICT_AHEAD, EMBEDDING, EMBEDDING_PENDING, UMAP_DECLINED, BIOMARKERS,
+    "prediction": (PREDICTION, REPORT_SEEN, PREDICT_AHEAD, EMBEDDING, EMBEDDING_PENDING, UMAP_DECLINED, BIOMARKERS,
                    EXPLAIN_RUNNING, UMAP_RUNNING),
 }
 

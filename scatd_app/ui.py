@@ -1547,11 +1547,14 @@ def sidebar(container) -> None:
             st.markdown(":material/model_training: no model chosen")
         st.markdown(f":material/memory: {device_text()}")
         done = [adata is not None, bundle is not None, predicted, predicted and UMAP in adata.obsm,
-                predicted and BIOMARKERS in adata.uns]
-        names = ["Data", "Model", "Predict", "Cells", "Biomarkers"]
+                predicted and BIOMARKERS in adata.uns,
+                # the Report page opened with these results (its downloads do not rerun the page)
+                predicted and ss.get(state.REPORT_SEEN) is not None and ss.get(state.REPORT_SEEN) == ss.get(
+                    state.PREDICTION)]
+        names = ["Data", "Model", "Predict", "Cells", "Biomarkers", "Report"]
         steps = " → ".join(f"**{n} ✓**" if d else n for n, d in zip(names, done))
         st.caption("PROGRESS")
-        st.markdown(steps + " → Report")
+        st.markdown(steps)
         st.caption(f"scATD Studio {__version__}")
         preload_elements()
 
@@ -1738,6 +1741,23 @@ def library_view(frame):
             view[column] = view[column].map(lambda v: "" if v is None or v == "None" else v)
     first = [c for c in LIBRARY_KEY_COLUMNS if c in view]
     return view[first + [c for c in view.columns if c not in first]]
+
+
+def panel_models_table(models) -> None:
+    """The Drug panel's models (:func:`scatd_core.export.panel_models_table`) as the page shows them:
+    what each drug's calls rest on first (status, threshold, calibrated, cells, coverage), then
+    which model it was; backbones by their titles."""
+    from scatd_core.bundle import BACKBONE_TITLES
+
+    first = ["drug", "status", "threshold", "calibrated", "cells scored", "gene coverage"]
+    view = models[[c for c in first if c in models] + [c for c in models.columns if c not in first]].copy()
+    if "backbone" in view:
+        view["backbone"] = view["backbone"].map(lambda b: BACKBONE_TITLES.get(b, b) if isinstance(b, str) else "")
+    table(view, hide_index=True, column_config={
+        "threshold": st.column_config.NumberColumn("threshold", format="%.3g", width="small"),
+        "calibrated": st.column_config.CheckboxColumn("calibrated", width="small"),
+        "cells scored": st.column_config.NumberColumn("cells scored", format="%d", width="small"),
+        "seconds": st.column_config.NumberColumn("seconds", format="%.1f", width="small")})
 
 
 def show_library(entries) -> None:

@@ -572,7 +572,20 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.F
     note = "" if ranking["calibrated"].all() else " (* uncalibrated)"
     fig.update_xaxes(title=f"fraction called resistant{note}", range=[0, 1.1], tickformat=".0%")
     fig.update_yaxes(autorange="reversed", type="category")
-    return layout(fig, title, height=max(220, 90 + 34 * len(ranking)))
+    fig = layout(fig, wrap_title(title), height=max(220, 90 + 34 * len(ranking)))
+    if title and "<br>" in fig.layout.title.text:
+        fig.update_layout(margin=dict(t=70))  # room for the title's second line
+    return fig
+
+
+def wrap_title(title: str | None, width: int = 42) -> str | None:
+    """``title`` in lines of at most ``width`` characters (words kept whole), joined by ``<br>``:
+    a half-width chart at 1280 px cut a long title mid-word ("... per drug, uncalib")."""
+    import textwrap
+
+    if not title or len(title) <= width:
+        return title
+    return "<br>".join(textwrap.wrap(title, width, break_long_words=False, break_on_hyphens=False))
 
 
 def card_figure(card: dict, title: str | None = "AUROC of the model and the baselines (95% bootstrap CI)") -> go.Figure:

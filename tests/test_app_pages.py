@@ -1130,6 +1130,22 @@ def test_demo_button_loads_the_demo_and_its_model(with_library, monkeypatch):
     goto(at, "6_Report")
     heading = next(m.value for m in at.markdown if "· model" in m.value).replace("\\", "")  # markdown escapes
     assert heading.count("demo (simulated data)") == 1 and "DEMOTINIB" in heading
+    # QA: the sidebar's progress never ticked "Report": it does once the page is opened with these results
+    progress = next(m.value for m in at.sidebar.markdown if "Biomarkers" in m.value)
+    assert "**Report ✓**" in progress and "**Predict ✓**" in progress
+
+
+def test_the_overview_ticks_your_own_datas_steps_never_the_demos(with_library):
+    """QA: the overview's "Your own data, in three steps" ticked its steps for the demo data."""
+    for demo in (True, False):
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.session_state[state.ADATA] = make_dataset(20, seed=1)
+        at.session_state[state.IS_DEMO] = demo
+        at.run()
+        ok(at)
+        ticked = [p for p in at.get("page_link") if "check_circle" in str(p.proto)]
+        assert ("The demo is loaded: these steps are ticked once your own data are." in text(at.caption)) is demo
+        assert len(ticked) == (0 if demo else 1)  # the data step, for your own data
 
 
 def test_a_bug_in_a_page_is_a_message_not_a_traceback(with_library, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 
 from _app_helpers import make_bundle, make_dataset
 from scatd_app import state
-from scatd_core import panel
+from scatd_core import panel, pl
 from test_app_pages import _no_component_scan, goto, h5ad_bytes, ok, start, text, upload  # noqa: F401 (fixture)
 
 DRUGS = ("DRUGA", "DRUGB", "DRUGC")
@@ -59,7 +59,11 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     assert "labelled cells" not in notes and "--" not in notes
     # uncalibrated fractions are not a ranking of the drugs: the charts and their caption say so
     charts = " ".join(str(c.proto) for c in at.get("plotly_chart"))
-    assert "best drug first" not in charts and "Whole sample: fraction called resistant per drug, uncalibrated" in charts
+    assert "best drug first" not in charts and "Whole sample: fraction called resistant" in charts
+    assert "per drug, uncalibrated" in charts
+    # QA: at 1280 px the half-width chart cut its title mid-word: wrapped, each line short enough
+    assert all(len(line) <= 42 for line in pl.wrap_title("Whole sample: fraction called resistant per drug, "
+                                                         "uncalibrated").split("<br>"))
     assert "does not rank the drugs" in text(at.caption)
     # the x-axis title fits a half-width chart; what "*" means is in the caption
     assert "fraction called resistant (* uncalibrated)" in charts and "not comparable across drugs" not in charts
