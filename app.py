@@ -78,7 +78,7 @@ def overview() -> None:
     if usable:
         st.markdown(f"**{len(usable)}** drug model(s) installed in the model library.")
     else:
-        st.info("No real drug model is installed yet (the demo model only works on the demo data). Get the "
+        st.info("No real drug model is installed yet (demo models work only on the demo data). Get the "
                 "published scATD models or import your own on the Model library page, or train one.",
                 icon=":material/inventory_2:")
     c = st.columns(2)

@@ -1366,10 +1366,11 @@ def group_table(groups, **options) -> None:
     if "fraction_resistant" in view:
         view["fraction_resistant"] = view["fraction_resistant"] * 100
     table(view, hide_index=True, column_config={
-        "n_cells": st.column_config.NumberColumn("cells"),
-        "n_called": st.column_config.NumberColumn("scored", help="cells with a call (not 'not scored' or "
-                                                                 "'filtered (QC)')"),
-        "n_resistant": st.column_config.NumberColumn("resistant", help="cells called resistant"),
+        # narrow counts: in the Drug panel's half-width column "% resistant" was past the right edge
+        "n_cells": st.column_config.NumberColumn("cells", width="small"),
+        "n_called": st.column_config.NumberColumn("scored", width="small", help="cells with a call (not 'not scored' "
+                                                                                "or 'filtered (QC)')"),
+        "n_resistant": st.column_config.NumberColumn("resistant", width="small", help="cells called resistant"),
         "fraction_resistant": st.column_config.NumberColumn("% resistant", format="%.1f%%",
                                                             help="share of the scored cells called resistant"),
         "mean_prob_resistant": st.column_config.NumberColumn("mean P", format="%.3f",
@@ -1732,8 +1733,9 @@ def library_view(frame):
     from scatd_core.bundle import BACKBONE_TITLES
 
     view = frame.copy()
-    if "backbone" in view:
-        view["backbone"] = view["backbone"].map(lambda b: BACKBONE_TITLES.get(b, b) if isinstance(b, str) else "")
+    if "backbone" in view:  # its short title (Dist_VAE): the table's narrow column cut the whole one
+        view["backbone"] = view["backbone"].map(lambda b: BACKBONE_TITLES.get(b, b).split(" (")[0]
+                                                if isinstance(b, str) else "")
     if "kind" in view:
         view["kind"] = view["kind"].map(lambda k: KIND_WORDS.get(k, k))
     for column in view.columns:
@@ -1766,7 +1768,8 @@ def show_library(entries) -> None:
         frame = frame.drop(columns="problem")
     table(library_view(frame), hide_index=True, column_config={
         "name": st.column_config.TextColumn("name", width="medium"),
-        "backbone": st.column_config.TextColumn("backbone", width="small"),
+        "backbone": st.column_config.TextColumn("backbone", width="small",
+                                                help="Dist_VAE (scATD-sf-dist), VAE_sf (scATD-sf) or VAE_gf (scATD-gf)"),
         "bulk CV AUROC (model / LR / GB)": st.column_config.TextColumn(
             "bulk CV AUROC", help="This model / logistic regression / gradient boosting, on the bulk "
                                   "cross-validation (the model card has the intervals)"),

@@ -1752,5 +1752,5 @@ def test_the_library_table_shows_titles_and_words_not_internal_values():
                           "problem": [None, "damaged"]})
     view = ui.library_view(frame)
     assert list(view.columns[:4]) == ["name", "drug", "backbone", "threshold"]
-    assert list(view["backbone"]) == ["Dist_VAE (scATD-sf-dist)", ""] and view["kind"][0] == "drug model"
+    assert list(view["backbone"]) == ["Dist_VAE", ""] and view["kind"][0] == "drug model"
     assert "None" not in view.astype(str).to_numpy().ravel().tolist() and list(frame["backbone"])[0] == "dist_vae"
