@@ -1365,8 +1365,11 @@ def group_table(groups, **options) -> None:
     view = groups.copy()
     if "fraction_resistant" in view:
         view["fraction_resistant"] = view["fraction_resistant"] * 100
+    # the share resistant first, then the counts: in the Drug panel's half-width column "% resistant"
+    # was past the right edge
+    counts = [c for c in ("n_cells", "n_called", "n_resistant") if c in view]
+    view = view[[c for c in view.columns if c not in counts] + counts]
     table(view, hide_index=True, column_config={
-        # narrow counts: in the Drug panel's half-width column "% resistant" was past the right edge
         "n_cells": st.column_config.NumberColumn("cells", width="small"),
         "n_called": st.column_config.NumberColumn("scored", width="small", help="cells with a call (not 'not scored' "
                                                                                 "or 'filtered (QC)')"),
