@@ -42,6 +42,9 @@ def test_password_login_gates_every_page_and_throttles(with_library, tmp_path, m
     monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
     monkeypatch.setenv("SCATD_AUTH_MAX_FAILURES", "3")
     monkeypatch.setenv("SCATD_AUTH_LOCKOUT_MINUTES", "1")
+    from scatd_app import auth
+
+    auth._throttle.clear()  # one per server, made with the settings of its first login (an earlier test's)
     at = _app()
     assert "no user account exists" in text(at.warning) and not at.exception
     users.add_user("alice", "a long enough password", admin=False)
@@ -58,8 +61,6 @@ def test_password_login_gates_every_page_and_throttles(with_library, tmp_path, m
     at.get("form_submit_button")[0].click()
     at.run()
     assert "Too many failed attempts" in text(at.error)  # even the right password, while locked out
-
-    from scatd_app import auth
 
     auth._throttle.clear()  # the lock-out lasts auth.lockout_minutes; a new server starts afresh
     at = AppTest.from_file(APP, default_timeout=300)

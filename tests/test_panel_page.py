@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from _app_helpers import make_bundle, make_dataset
 from scatd_app import state
 from scatd_core import panel, pl
+
+
+def _chart_text(at) -> str:
+    """The page's charts as text, long titles unwrapped (pl.wrap_title; plotly writes < and > escaped)."""
+    return re.sub(r"(<|\\+u003c)br(>|\\+u003e)", " ", " ".join(str(c.proto) for c in at.get("plotly_chart")))
 from test_app_pages import _no_component_scan, goto, h5ad_bytes, ok, start, text, upload  # noqa: F401 (fixture)
 
 DRUGS = ("DRUGA", "DRUGB", "DRUGC")
@@ -85,7 +92,7 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
         assert (adata.obs[f"scatd_{drug}_label"] == "resistant").mean() == pytest.approx(0.4, abs=0.02)
     assert "Uncalibrated" not in text(at.warning)
     # one fraction for every drug: the whole-sample chart says it ranks nothing (QA: "best drug first")
-    charts = " ".join(str(c.proto) for c in at.get("plotly_chart"))
+    charts = _chart_text(at)
     assert "Whole sample: every drug at the same expected fraction, so no ranking" in charts
     assert "Whole sample: best drug first" not in charts and "Equal by construction" in text(at.caption)
     assert "does not rank the drugs" not in text(at.caption)
@@ -107,8 +114,7 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     assert "equal by construction" not in text(at.warning)
     # each drug its own fraction: the whole-sample order repeats the fractions given (QA: it was not said)
     assert "ranks nothing" in text(at.warning) and "ranks nothing" in text(at.caption)
-    assert "Whole sample: the expected fractions given per drug, not a ranking" in \
-        " ".join(str(c.proto) for c in at.get("plotly_chart"))
+    assert "Whole sample: the expected fractions given per drug, not a ranking" in _chart_text(at)
     at.button(key="btn_panel_calibrate").click().run()
     assert "possible multi-drug-resistant subclone" in text(at.markdown)
     at.selectbox(key="panel_group").set_value("cluster").run()
