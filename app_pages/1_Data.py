@@ -225,8 +225,12 @@ with left:
             if choice is None:
                 st.warning("Say which value means resistant: numbers like 0/1 are never guessed, and the "
                            "evaluation stays off until you do.", icon=":material/help:")
-            elif adata.uns.get("scatd_labels", {}).get(label_column, {}).get("resistant") != choice:
-                labels.set_label_direction(adata, label_column, choice)
+            else:  # recorded, and how: a guess left as it was is "recognised from the words", not a choice
+                guessed = labels.guess_label_direction(adata.obs[label_column]) == choice
+                how = labels.DIRECTION_RECOGNISED if guessed else labels.DIRECTION_CHOSEN
+                stored = adata.uns.get("scatd_labels", {}).get(label_column, {})
+                if stored.get("resistant") != choice or stored.get("how", labels.DIRECTION_CHOSEN) != how:
+                    labels.set_label_direction(adata, label_column, choice, how=how)
             if choice is not None and labels.guess_label_direction(adata.obs[label_column]) == choice:
                 st.caption(f"'{ui.md(choice)}' was recognised from the words; change it if that is wrong.")
 group_options = [None] + candidates

@@ -105,7 +105,7 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
 
 def label_meaning(adata: ad.AnnData, label_column: str | None) -> tuple[str, str | None, bool] | None:
     """``(resistant value, sensitive value, recorded)`` of a label column whose direction is known
-    (recorded on the Data page or with ``--label-resistant``, ``recorded`` True; else recognised
+    (chosen on the Data page or with ``--label-resistant``, ``recorded`` True; else recognised
     from words such as resistant/sensitive), the values as text (``"1"``, ``"0"``); the sensitive
     value is None when every labelled cell has the resistant one. None when the column is not
     there, which value means resistant is not known, or the direction does not fit its values."""
@@ -121,7 +121,8 @@ def label_meaning(adata: ad.AnnData, label_column: str | None) -> tuple[str, str
     if key not in distinct or len(distinct) > 2:
         return None
     others = [v for v in distinct if v != key]
-    recorded = str(label_column) in adata.uns.get(_keys.LABEL_DIRECTIONS, {})
+    entry = adata.uns.get(_keys.LABEL_DIRECTIONS, {}).get(str(label_column))
+    recorded = isinstance(entry, dict) and entry.get("how", "chosen") == "chosen"  # a recognised guess is not a choice
     return key, (others[0] if others else None), recorded
 
 

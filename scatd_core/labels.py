@@ -319,11 +319,18 @@ def encode_labels(values, resistant) -> np.ndarray:
     return out
 
 
-def set_label_direction(adata, column: str, resistant) -> dict:
+#: How a label column's direction was settled (``uns['scatd_labels'][column]['how']``): said by the
+#: user (the Data page's answer changed from any guess, ``--label-resistant``), or recognised from
+#: its words (resistant/sensitive ...) and left as it was. metrics.csv says which.
+DIRECTION_CHOSEN, DIRECTION_RECOGNISED = "chosen", "recognised from the words"
+
+
+def set_label_direction(adata, column: str, resistant, how: str = DIRECTION_CHOSEN) -> dict:
     """Record which value of ``adata.obs[column]`` means resistant (the answer to the one question).
 
     Sets ``adata.uns['scatd_labels'][column]`` to ``{"resistant": value, "sensitive": other,
-    "counts": {...}}`` and returns it. Raises :class:`InputError` as :func:`encode_labels`.
+    "counts": {...}, "how": how}`` and returns it; ``how``: :data:`DIRECTION_CHOSEN` (the user said
+    it) or :data:`DIRECTION_RECOGNISED` (the words were taken as they read). Raises :class:`InputError` as :func:`encode_labels`.
     A threshold calibrated on this column under another direction is put back to its model's
     default (:func:`scatd_core.predict.forget_label_calibrations`).
     """
@@ -336,7 +343,7 @@ def set_label_direction(adata, column: str, resistant) -> dict:
     others = [v for v in counts.index if v != key]
     entry = {"resistant": key, "sensitive": others[0] if others else None,
              "counts": {str(k): int(v) for k, v in counts.items()},
-             "n_missing": int(as_text(adata.obs[column]).isna().sum())}
+             "n_missing": int(as_text(adata.obs[column]).isna().sum()), "how": str(how)}
     directions = dict(adata.uns.get(LABEL_DIRECTIONS, {}))
     directions[str(column)] = entry
     adata.uns[LABEL_DIRECTIONS] = directions

@@ -222,6 +222,8 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert at.session_state[state.LABEL_COLUMN] == "response"  # found by the reader
     assert at.session_state["label_resistant_response"] == "resistant"  # recognised from the words
     assert at.session_state[state.ADATA].uns["scatd_labels"]["response"]["resistant"] == "resistant"
+    # a guess left as it was is recorded as recognised, not as the user's choice (metrics.csv says which)
+    assert at.session_state[state.ADATA].uns["scatd_labels"]["response"]["how"] == "recognised from the words"
     assert at.session_state[state.SAMPLE_COLUMN] == "sample"
     assert len(at.get("plotly_chart")) == 2  # QC violins and scatter
 

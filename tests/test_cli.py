@@ -717,6 +717,18 @@ def test_obs_adds_labels_and_samples_from_a_cell_metadata_table(capsys, cells_an
     assert (evaluation["label_resistant"], evaluation["label_sensitive"]) == ("1", "0")
     said = rows.loc[rows["metric"] == "cell_metadata_table", "value"].iloc[0]
     assert said.startswith("meta.csv: 14 of the data's 15 cells matched a row") and "response, sample" in said
+    assert evaluation["label_direction_from"].startswith("chosen")  # --label-resistant 1
+    # QA: a direction recognised from the words was recorded as "chosen (Data page or --label-resistant)"
+    meta.assign(response=np.where(meta["response"] == 1, "resistant", "sensitive")).to_csv(tmp / "words.csv",
+                                                                                           index=False)
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out",
+                        tmp / "rep2", "--no-umap", "--obs", tmp / "words.csv", "--label-column", "response")
+    assert code == 0, err
+    rows = pd.read_csv(tmp / "rep2" / "metrics.csv")
+    evaluation = rows[rows["section"] == "evaluation"].set_index("metric")["value"]
+    assert evaluation["label_direction_from"] == "recognised from the words"
+    labelled = ad.read_h5ad(tmp / "rep2" / "annotated.h5ad")
+    assert labelled.uns["scatd_labels"]["response"]["how"] == "recognised from the words"
 
 
 def test_obs_that_matches_no_cell_or_is_an_output_is_refused_first(capsys, cells_and_bundle):

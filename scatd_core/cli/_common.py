@@ -311,9 +311,14 @@ def apply_label_direction(adata, args) -> str | None:
         values = ", ".join(f"{k} ({v})" for k, v in label_counts(adata.obs[column]).items())
         raise ScatdError(f"Which value of {column!r} means resistant? Its values: {values}.",
                          "Say it with --label-resistant VALUE.")
+    how = "chosen"
     if args.label_resistant is None:
         say_label_direction(adata, column, resistant, "--label-resistant")
-    set_label_direction(adata, column, resistant)
+        from scatd_core._keys import LABEL_DIRECTIONS
+
+        stored = adata.uns.get(LABEL_DIRECTIONS, {}).get(str(column))  # recorded with the data (the app)
+        how = stored.get("how", "chosen") if isinstance(stored, dict) else "recognised from the words"
+    set_label_direction(adata, column, resistant, how=how)
     return column
 
 
