@@ -1277,6 +1277,34 @@ def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder
     assert old["status"] == "trained" and "recorded no model identity" in old["note"]
 
 
+def test_train_panel_into_another_library_trains_the_drug_there(tmp_path, monkeypatch):
+    """QA: a run with --library lib_B "resumed" a drug that the same panel's earlier run had installed
+    in lib_A, and said "2 of 2 drugs have a model in the library" while lib_B had one. The resumed
+    model must be in this run's library; the state file records its folder absolutely."""
+    from pathlib import Path
+
+    from scatd_core.train import train_panel
+    from scatd_core.train._panel import state_path
+
+    bulk, labels, target = synthetic()
+    monkeypatch.chdir(tmp_path)
+
+    def run(library):
+        summary, bundles = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, members=1),
+                                       device="cpu", library=library, min_lines_per_class=2)
+        return summary.iloc[0], bundles[0]
+
+    first, in_a = run("lib_A")  # relative, as typed on the command line
+    assert first["status"] == "trained"
+    [state_file] = list(state_path("x").parent.glob("*.json"))
+    assert Path(json.loads(state_file.read_text())["drugs"]["DRUGA"]["path"]).is_absolute()
+    assert run("lib_A")[0]["status"] == "resumed"
+    other, in_b = run(tmp_path / "lib_B")
+    assert other["status"] == "trained" and "installed it in another model library" in other["note"]
+    assert Path(in_b.path).parent == tmp_path / "lib_B" and (tmp_path / "lib_B" / Path(in_b.path).name).is_dir()
+    assert Path(in_a.path).resolve().parent == (tmp_path / "lib_A").resolve()
+
+
 def test_a_resumed_panel_drug_keeps_the_warnings_of_its_training(tmp_path):
     """QA: a resumed drug's row in panel_models.csv dropped the warning it had when trained ("Bulk and
     target share only 141 genes ...")."""

@@ -33,7 +33,7 @@ import pandas as pd
 
 from scatd_core._progress import step
 from scatd_core.bundle import folder_taken_words, load_bundle, model_identity, sha256_file
-from scatd_core.config import scatd_home
+from scatd_core.config import model_library_dir, scatd_home
 from scatd_core.demo.simulate import is_simulated
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.labels import check_orientation, drug_labels, encode_column, match_drug, read_label_table
@@ -356,6 +356,12 @@ def train_panel(
                 bundle = load_bundle(done["path"])
             except ScatdError:
                 bundle = None
+            here = Path(library) if library else model_library_dir()
+            if bundle is not None and Path(bundle.path).resolve().parent != here.resolve():
+                # QA: a run into another --library "resumed" this drug from the first one, and said it was there
+                taken = (f"trained again: the earlier run installed it in another model library "
+                         f"({Path(bundle.path).resolve().parent}), not in this one")
+                bundle = None
             if bundle is not None and model_identity(bundle) != done.get("identity"):
                 taken = (f"trained again: {folder_taken_words(done.get('name'), bundle)}"
                          if done.get("identity") else
@@ -405,7 +411,7 @@ def train_panel(
         rows.append(_card_row(drug, "trained", bundle, report, n_sens, n_res, time.perf_counter() - t0,
                               "; ".join(said + list(report.get("warnings", [])))))
         bundles.append(bundle)
-        state[drug] = {"status": "trained", "path": str(bundle.path), "labels_sha256": _labels_sha256(table, drug),
+        state[drug] = {"status": "trained", "path": str(Path(bundle.path).resolve()), "labels_sha256": _labels_sha256(table, drug),
                        "identity": model_identity(bundle), "name": bundle.name,
                        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        **({"few_shot_sha256": _few_shot_sha256(few),
