@@ -1050,6 +1050,14 @@ def shared_build(name: str, work, bar, what: str, poll_seconds: float = 0.5):
                          text=md(message) + " (it goes on if you leave this page)")
 
 
+def building(name: str) -> bool:
+    """Whether the server-wide build ``name`` (:func:`shared_build`: ``"demo"``, ``"demo panel"``)
+    is running now."""
+    with _BUILDS_LOCK:
+        build = _BUILDS.get(name)
+        return build is not None and build.future is not None and not build.future.done()
+
+
 def use_demo(bar) -> None:
     """Load the demo dataset (building it on first use, in the server's thread: :func:`shared_build`)
     and choose the demo model."""

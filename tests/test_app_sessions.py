@@ -353,15 +353,17 @@ def test_the_demo_build_goes_on_when_its_page_is_left(monkeypatch):
             seen.append((fraction, text))
 
     monkeypatch.setattr(ui, "_BUILDS", {})
+    assert not ui.building("test")
     with pytest.raises(Left):
         ui.shared_build("test", work, LeftPage(), "a test build", poll_seconds=0.05)
+    assert ui.building("test")  # the Model page says the demo is being built meanwhile
     timer = threading.Timer(0.5, release.set)
     timer.start()
     try:
         assert ui.shared_build("test", work, Watching(), "a test build", poll_seconds=0.05) == "built"
     finally:
         timer.cancel()
-    assert calls == [1]  # one build, followed from two page runs
+    assert calls == [1] and not ui.building("test")  # one build, followed from two page runs
     assert any(f == 0.5 and "epoch 3" in t and "goes on if you leave this page" in t for f, t in seen), seen
     release.clear()  # a finished build is run again on the next call (it returns at once when its files are there)
     release.set()
