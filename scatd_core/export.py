@@ -250,7 +250,8 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     calibrated included; the cells not scored by reason, section ``not scored``; what the model
     input did with the values, metric ``note``), the evaluation against ``label_column`` (when
     given and possible) and the resistant fraction per group."""
-    rows = [("summary", k, v) for k, v in summary(adata, key_added=key_added).items()]
+    rows = [("summary", k, v) for k, v in summary(adata, key_added=key_added).items()
+            if not (k == "batch_size_lowered_to" and v is None)]  # a row only when the batch was lowered
     run = adata.uns[result_keys(key_added).run]
     threshold = run["threshold"]  # where the threshold came from
     rows += [("summary", "threshold_source", threshold.get("source")),

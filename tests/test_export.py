@@ -539,6 +539,9 @@ def test_device_out_of_memory_lowers_the_batch_and_says_so(data_and_bundle, monk
     assert out.uns["scatd"]["params"]["batch_size_lowered_to"] == 12
     counts = summary(out)
     assert counts["batch_size_lowered_to"] == 12 and "lowered to 12 cells" in lowered_batch_message(counts)
+    rows = export.metrics_table(out).set_index("metric")["value"]
+    assert rows["batch_size_lowered_to"] == 12  # metrics.csv has the row only when the batch was lowered
+    assert "batch_size_lowered_to" not in set(export.metrics_table(reference)["metric"])
     assert out.obs["scatd_scored"].sum() == reference.obs["scatd_scored"].sum() > 0
     if mode == "mean":  # deterministic: the same probabilities whatever the batching
         np.testing.assert_allclose(out.obs["scatd_prob_resistant"], reference.obs["scatd_prob_resistant"],
