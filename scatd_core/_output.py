@@ -3,10 +3,20 @@ them as :class:`~scatd_core.errors.ScatdError` (light: no science imports)."""
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 
 from scatd_core.errors import ScatdError
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file, read 1 MiB at a time (a model's weights, a data or label file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 #: What :func:`scatd_core.export.write_report` writes into its folder.
 REPORT_FILES = ("predictions.csv", "metrics.csv", "biomarkers.csv", "annotated.h5ad", "report.html")

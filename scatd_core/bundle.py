@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 
 from scatd_core import __version__
 from scatd_core._lock import folder_lock
+from scatd_core._output import sha256_file  # also scatd_core.bundle.sha256_file, as before
 from scatd_core._torchfile import check_checkpoint_size, load_safetensors
 from scatd_core.config import limits, model_library_dir
 from scatd_core.errors import BundleError, CheckpointError, InputError
@@ -73,13 +74,6 @@ INPUT_KINDS = {"dist_vae": "expression", "vae_sf": "embedding", "vae_gf": "embed
 BACKBONE_TITLES = {"dist_vae": "Dist_VAE (scATD-sf-dist)", "vae_sf": "VAE_sf (scATD-sf)",
                    "vae_gf": "VAE_gf (scATD-gf)"}
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def safe_name(text: str, fallback: str = "model", *, distinct: bool = True) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import difflib
 import gzip
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from scatd_core._keys import LABEL_DIRECTIONS, RESISTANT, SENSITIVE
+from scatd_core._output import sha256_file
 from scatd_core.config import limits
 from scatd_core.errors import InputError
 
@@ -719,17 +719,9 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
         "no_threshold": no_threshold, "ids_not_in_drug_list": unknown_ids,
         "files": {"ic50": Path(ic50_name).name, "thresholds": Path(thr_name).name,
                   "drug_list": Path(dlist_name).name},  # names only: a trained model records them
-        "files_sha256": {key: _sha256_file(path) for key, path in zip(("ic50", "thresholds", "drug_list"), paths)},
+        "files_sha256": {key: sha256_file(path) for key, path in zip(("ic50", "thresholds", "drug_list"), paths)},
     }
     return table
-
-
-def _sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 #: What a label table's provenance file says it is (``scatd labels-from-ic50`` writes one beside the table).
@@ -751,7 +743,7 @@ def write_ic50_provenance(table: pd.DataFrame, labels_path: str | Path) -> Path:
     report = table.attrs["report"]
     out = ic50_provenance_path(labels_path)
     record = {"kind": PROVENANCE_KIND, "labels_file": Path(labels_path).name,
-              "labels_sha256": _sha256_file(labels_path),
+              "labels_sha256": sha256_file(labels_path),
               "files": report["files"], "files_sha256": report.get("files_sha256") or {},
               "thresholds": report["thresholds"], "no_threshold": report.get("no_threshold") or []}
     out.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
@@ -779,7 +771,7 @@ def read_ic50_provenance(labels_path: str | Path) -> tuple[dict | None, str | No
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return None, (f"{side.name} beside {labels_path.name} could not be read ({exc}); the labels' ln(IC50) "
                       "thresholds are not recorded with the model.")
-    if record.get("labels_sha256") != _sha256_file(labels_path):
+    if record.get("labels_sha256") != sha256_file(labels_path):
         return None, (f"{side.name} was written for another version of {labels_path.name} (its sha256 differs: the "
                       "table was changed after scatd labels-from-ic50 wrote it), so the labels' ln(IC50) thresholds "
                       "are not recorded with the model. Run scatd labels-from-ic50 again to record them.")

@@ -36,7 +36,6 @@ Sets the following fields of the returned AnnData:
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import warnings
@@ -47,6 +46,7 @@ import anndata as ad
 
 from scatd_core._keys import ALL_ZERO as ZERO_CELL_KEY
 from scatd_core._keys import INPUT_REPORT as REPORT_KEY
+from scatd_core._output import sha256_file
 from scatd_core.config import limits
 from scatd_core.errors import InputError
 from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMAT_OF_SUFFIX, FORMATS_HINT, MIN_CELLS,
@@ -128,11 +128,7 @@ def _with_sha256(adata: ad.AnnData, path: Path) -> ad.AnnData:
         adata.uns[REPORT_KEY]["file_sha256_skipped"] = (f"not computed: the file is over {SHA256_MAX_BYTES >> 30} GB "
                                                         "(sha256sum gives it)")
     elif path.is_file():
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        adata.uns[REPORT_KEY]["file_sha256"] = digest.hexdigest()
+        adata.uns[REPORT_KEY]["file_sha256"] = sha256_file(path)
     return adata
 
 
