@@ -553,16 +553,7 @@ def write_h5ad(adata: ad.AnnData, path: str | Path, *, with_x: bool = True, cont
     obs = _exported_calls(adata, uns)
     if public:
         uns = _without_paths(uns)
-    saved, saved_obs = adata.uns, adata.obs
-    adata.uns = uns
-    if obs is not saved_obs:
-        adata.obs = obs
-    try:
-        return _write_h5ad(adata, path, with_x)
-    finally:
-        adata.uns = saved
-        if obs is not saved_obs:
-            adata.obs = saved_obs
+    return _write_h5ad(adata, path, with_x, obs, uns)
 
 
 def _prediction_record(adata: ad.AnnData, prefix: str, model: str | None = None) -> dict:
@@ -626,30 +617,36 @@ def _exported_calls(adata: ad.AnnData, uns: dict) -> pd.DataFrame:
     return obs
 
 
-def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool) -> Path:
+def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool, obs: pd.DataFrame, uns: dict) -> Path:
+    """``adata`` with ``obs`` and ``uns`` in their place, written to ``path``; ``adata`` itself is
+    never changed, not even for a moment (a download is made in another thread while the page may
+    write to the session's data: a swapped obs would have taken, then lost, that write)."""
+    import h5py
+    from anndata.io import write_elem
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     if not with_x:
-        ad.AnnData(obs=adata.obs, var=adata.var, obsm=dict(adata.obsm), uns=dict(adata.uns)).write_h5ad(
-            tmp, compression="gzip")
+        ad.AnnData(obs=obs, var=adata.var, obsm=dict(adata.obsm), uns=uns).write_h5ad(tmp, compression="gzip")
     elif adata.isbacked:
-        import h5py
         import shutil
-
-        from anndata.io import write_elem
 
         if source_missing(adata):
             raise InputError(f"The data file {Path(adata.filename).name} these data are read from is gone, so the "
                              "annotated h5ad (which copies its matrix) cannot be written. Read the data again.")
         shutil.copyfile(adata.filename, tmp)
         with h5py.File(tmp, "r+") as f:
-            for elem in ("obs", "var", "obsm", "uns"):
+            for elem, value in (("obs", obs), ("var", adata.var), ("obsm", dict(adata.obsm)), ("uns", uns)):
                 if elem in f:
                     del f[elem]
-                write_elem(f, elem, getattr(adata, elem) if elem in ("obs", "var") else dict(getattr(adata, elem)))
+                write_elem(f, elem, value)
     else:
         adata.write_h5ad(tmp, compression="gzip")
+        with h5py.File(tmp, "r+") as f:  # the exported obs and uns over the session's
+            for elem, value in (("obs", obs), ("uns", uns)):
+                del f[elem]
+                write_elem(f, elem, value)
     tmp.replace(path)
     return path
 

@@ -620,3 +620,23 @@ def test_the_datas_own_umap_is_never_exported_as_scatds(filtered_result):
     assert "umap_1" not in export.predictions_table(adata).columns
     page = export.html_report(adata)
     assert "UMAP (the data" in page and "UMAP (latent)" not in page
+
+
+def test_writing_the_h5ad_never_swaps_the_sessions_obs_or_uns(filtered_result, tmp_path, monkeypatch):
+    """A download is made in another thread while the page may write to the session's data: the
+    export swapped adata.obs (and uns) for its trimmed copy while it wrote, so a threshold moved
+    meanwhile went into the copy and was lost. The session's objects stay in place throughout."""
+    adata = filtered_result[0].copy()
+    obs, uns = adata.obs, adata.uns
+    seen = []
+    real = ad.AnnData.write_h5ad
+
+    def watching(self, *args, **kwargs):
+        seen.append(self.obs is obs and self.uns is uns)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", watching)
+    back = ad.read_h5ad(export.write_h5ad(adata, tmp_path / "a.h5ad", context={"x": 1}))
+    assert seen == [True] and adata.obs is obs and adata.uns is uns
+    assert "not scored" not in back.obs["scatd_label"].cat.categories and back.uns["scatd_report"] == {"x": 1}
+    assert "scatd_report" not in adata.uns and "not scored" in adata.obs["scatd_label"].cat.categories
