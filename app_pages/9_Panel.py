@@ -269,7 +269,7 @@ if UMAP in adata.obsm:
                              color_range=crange, colorscale=scale or pl.PROB_SCALE,
                              cell_ids=adata.obs_names.astype(str))
     st.plotly_chart(fig, key="panel_umap")
-    if colour == "number of drugs resisted":
+    if colour == "number of drugs resisted" and np.isnan(values).any():  # only when some cell is grey
         st.caption(f"Grey, '{pl.NO_COUNT}': cells QC-filtered or left out by every model.")
     if embed.is_data_umap(adata):  # none of scATD's: the UMAP the data brought, drawn as it is
         st.caption(ui.md("This is your data's own UMAP (obsm['X_umap'] in your file)."))

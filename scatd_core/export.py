@@ -1180,10 +1180,12 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP])
         whose = " (the data's own obsm['X_umap'])" if is_data_umap(adata) else ""
-        parts.append(_figure_html(pl.count_umap_figure(coords, panel.n_resisted_values(adata), len(ms),
+        resisted = panel.n_resisted_values(adata)
+        grey = " (grey: scored by no drug)" if np.isnan(resisted).any() else ""  # only when some cell is grey
+        parts.append(_figure_html(pl.count_umap_figure(coords, resisted, len(ms),
                                                        name="drugs resisted", cell_ids=adata.obs_names.astype(str),
-                                                       title=f"UMAP{whose} coloured by the number of drugs resisted "
-                                                             "(grey: scored by no drug)")))
+                                                       title=f"UMAP{whose} coloured by the number of drugs "
+                                                             f"resisted{grey}")))
     if subclone and markers is not None and len(markers):
         parts.append("<p>Genes most up in these cells against the other scored cells (Wilcoxon):</p>"
                      + _frame_html(markers))

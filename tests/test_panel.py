@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from _app_helpers import make_bundle, make_dataset
-from scatd_core import export, panel
+from scatd_core import _keys, export, panel
 from scatd_core.bundle import load_bundle
 from scatd_core.cli import main
 from scatd_core.errors import InputError
@@ -366,6 +366,13 @@ def test_panel_report_html_has_the_figures(library):
     named = export.panel_html_report(data, files=["t_panel.csv", "t_panel_summary.csv", "t_panel_annotated.h5ad"])
     assert ("t_panel.csv (cells x drugs), t_panel_summary.csv (per cluster / sample and drug), "
             "t_panel_annotated.h5ad (one column set per drug)") in named
+    # the drug-count UMAP names its grey only when a cell is grey (scored by no drug)
+    data.obsm["X_umap"] = np.random.default_rng(0).normal(size=(data.n_obs, 2))
+    assert "coloured by the number of drugs resisted" in export.panel_html_report(data)
+    assert "grey: scored by no drug" not in export.panel_html_report(data)
+    data.obs[_keys.PANEL_N_RESISTED] = data.obs[_keys.PANEL_N_RESISTED].astype("Int64")
+    data.obs.loc[data.obs_names[0], _keys.PANEL_N_RESISTED] = pd.NA
+    assert "grey: scored by no drug" in export.panel_html_report(data)
 
 
 def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch, capsys):
