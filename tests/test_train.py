@@ -1622,8 +1622,8 @@ def test_scatd_train_panel_few_shot_column_is_checked_before_training(tmp_path, 
     for extra, said in [
         (["--few-shot-resistant", "0"], "--few-shot-resistant is for the --few-shot-column column, and none was "
                                         "given."),
-        (["--few-shot-drug", "DRUGA"], "--few-shot-drug names the drug of the --few-shot-column labels, and none was "
-                                       "given."),
+        (["--few-shot-drug", "DRUGA"], "--few-shot-drug names the drug of the --few-shot-column or --few-shot-labels "
+                                       "labels, and none was given."),
     ]:
         assert main(panel + extra) == 2
         err = capsys.readouterr().err
@@ -1720,6 +1720,97 @@ def test_scatd_train_panel_few_shot_column_trains_its_drug_and_another_column_tr
     assert _few_shot_sha256(few) == _few_shot_sha256(few.copy()) != _few_shot_sha256(other)
     assert _few_shot_change({"few_shot_sha256": _few_shot_sha256(few), "few_shot_column": "few"}, other) == \
         "the labelled target cells of 'few' are not those the earlier run's model was trained with"
+
+
+def _few_file(folder, name="few.csv", n=3, offset=0):
+    """A `--few-shot-labels` file: ``n`` resistant and ``n`` sensitive cells of the synthetic target
+    (the ``offset``-th on), as cell_id,label."""
+    _, _, target = synthetic()
+    cells = list(target.obs_names)
+    resistant = [c for c, r in zip(cells, target.obs["response"]) if r == 0][offset:offset + n]
+    sensitive = [c for c, r in zip(cells, target.obs["response"]) if r == 1][offset:offset + n]
+    pd.DataFrame({"cell_id": resistant + sensitive, "label": ["resistant"] * n + ["sensitive"] * n}).to_csv(
+        folder / name, index=False)
+    return folder / name
+
+
+def test_scatd_train_panel_few_shot_labels_is_checked_before_training_with_scatd_trains_messages(
+        tmp_path, capsys, monkeypatch):
+    """`scatd train` takes labelled target cells as a cell_id,label file (--few-shot-labels) or as a
+    column; `scatd train-panel` had only the column. It takes the file too, for one drug: refused
+    with --few-shot-column, and a wrong label word or cells not in the target give `scatd train`'s
+    own messages, before any drug is trained."""
+    from scatd_core.cli import main
+
+    args = _cli_train_args(tmp_path)
+    panel = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA,OTHER", *args[args.index("--target"):],
+             "--min-lines", "2", "--library", str(tmp_path / "lib")]
+    (tmp_path / "word.csv").write_text("cell_id,label\ncell1,resistant\ncell2,maybe\ncell3,sensitive\n")
+    (tmp_path / "unknown.csv").write_text("cell_id,label\nx1,resistant\nx2,resistant\nx3,sensitive\nx4,sensitive\n")
+
+    def error(argv) -> str:
+        assert main(argv) == 2
+        return "\n".join(line for line in capsys.readouterr().err.splitlines() if not line.startswith("Training"))
+
+    # scatd train's messages (it gets as far as matching the cells to the target, then stops)
+    said = {name: error(args + ["--few-shot-labels", str(tmp_path / name), "--library", str(tmp_path / "lib")])
+            for name in ("word.csv", "unknown.csv")}
+    assert "error: word.csv: labels other than sensitive/resistant: 'maybe'." in said["word.csv"]
+    assert "error: None of the 4 labelled cells (e.g. x1, x2, x3) is a usable cell of the target" in said["unknown.csv"]
+    monkeypatch.setattr("scatd_core.train._run.train_drug_model", lambda *a, **k: pytest.fail("trained"))
+    for name in ("word.csv", "unknown.csv"):
+        err = error(panel + ["--few-shot-labels", str(tmp_path / name), "--few-shot-drug", "DRUGA"])
+        assert said[name].splitlines()[-2:] == err.splitlines()[-2:], (name, err)  # the error and its hint
+    few = str(_few_file(tmp_path))
+    with pytest.raises(SystemExit):  # one way to give them
+        main(panel + ["--few-shot-labels", few, "--few-shot-column", "few", "--few-shot-drug", "DRUGA"])
+    assert "argument --few-shot-column: not allowed with argument --few-shot-labels" in capsys.readouterr().err
+    for extra, said_here in [
+        ([], "error: The labelled target cells (few.csv) are labels for one drug, and the panel has 2 drugs"),
+        (["--few-shot-drug", "OTHER", "--drugs", "DRUGA"],
+         "error: The labelled target cells (few.csv) are for 'OTHER' (--few-shot-drug), which is not one of the drugs "
+         "to train (DRUGA)."),
+        (["--few-shot-drug", "DRUGA", "--head", "scatd"],
+         "error: Training with labelled target cells needs the default linear head."),
+        (["--few-shot-drug", "DRUGA", "--few-shot-resistant", "0"],
+         "error: --few-shot-resistant is for the --few-shot-column column, and none was given."),
+    ]:
+        err = error(panel + ["--few-shot-labels", few] + extra)
+        assert said_here in err and "unexpected" not in err, (extra, err)
+
+
+def test_scatd_train_panel_few_shot_labels_trains_its_drug_and_a_changed_file_trains_it_again(tmp_path, capsys):
+    """train-panel --few-shot-labels FILE: the panel's drug trains with the file's cells, its model
+    records the file as `scatd train --few-shot-labels` records it (name and sha256), and resuming
+    compares the file: the same file resumes, the file changed trains the drug again, said."""
+    from scatd_core.cli import main
+    from scatd_core.train._panel import _few_shot_change
+
+    args = _cli_train_args(tmp_path)
+    panel = ["train-panel", *args[1:args.index("--drug")], "--drugs", "DRUGA", *args[args.index("--target"):],
+             "--min-lines", "2", "--library", str(tmp_path / "lib"), "--few-shot-labels", str(_few_file(tmp_path))]
+
+    def run():
+        code = main(panel)
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t"))
+
+    row = run()
+    assert row[1] == "trained" and "trained with 6 labelled target cell(s) of few.csv" in row[8], row
+    [path] = [p for p in (tmp_path / "lib").iterdir() if (p / "manifest.json").is_file()]
+    manifest = load_bundle(path).manifest
+    assert manifest["provenance"]["few_shot_labels"] == {"file": "few.csv", "sha256": sha256_file(tmp_path / "few.csv")}
+    assert manifest["card"]["data"]["few_shot"]["n"] == 6 and manifest["few_shot"]  # trained with them
+    assert run()[1] == "resumed"
+    _few_file(tmp_path, offset=3)  # the same file, other cells labelled
+    again = run()
+    assert again[1] == "trained" and ("trained again: the labelled target cells of few.csv are not those the earlier "
+                                      "run's model was trained with") in again[8], again
+    assert run()[1] == "resumed"
+    assert _few_shot_change({"few_shot_sha256": "x", "few_shot_file": "few.csv"}, pd.Series(dtype=str, name="few")) \
+        == "the earlier run's model was trained with the labelled target cells of few.csv; this run gives the " \
+           "labelled target cells of 'few'"
 
 
 def test_a_model_trained_on_a_tables_columns_records_the_table_as_the_app_gives_it(tmp_path):

@@ -54,14 +54,20 @@ def add_target_obs_argument(p) -> None:
                         "the model records the table (its name and sha256)")
 
 
-def add_few_shot_arguments(p, group=None, *, panel: bool = False) -> None:
-    """``--few-shot-column`` (in ``group`` when given: ``scatd train``'s, beside ``--few-shot-labels``)
-    and ``--few-shot-resistant`` (both commands, the same words); with ``panel``, ``--few-shot-drug``
-    too: the column holds labels for one drug, which a panel of several drugs must be told."""
-    (group or p).add_argument(
+def add_few_shot_arguments(p, *, panel: bool = False) -> None:
+    """``--few-shot-labels FILE`` or ``--few-shot-column COLUMN`` (one of them), and
+    ``--few-shot-resistant`` (both commands, the same words); with ``panel``, ``--few-shot-drug``
+    too: the labelled cells are labels for one drug, which a panel of several drugs must be told."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--few-shot-labels", metavar="FILE",
+        help="CSV cell_id,label (sensitive/resistant) of a few labelled target cells (at least 2 per class) to train "
+             + ("the model of one drug with (--few-shot-drug, or the panel's only drug), as `scatd train "
+                "--few-shot-labels` does; the other drugs are trained without them"
+                if panel else "with; the other target cells stay unlabelled (semi-supervised)"))
+    group.add_argument(
         "--few-shot-column", metavar="COLUMN",
-        help=("or " if group is not None else "")
-        + "an obs column of the target (or of --obs) with a label for a few cells and blanks for the others "
+        help="or an obs column of the target (or of --obs) with a label for a few cells and blanks for the others "
              "(the Train page's 'Labelled cells to train with'): those cells train the model "
              + ("of one drug (--few-shot-drug, or the panel's only drug), as `scatd train --few-shot-column` "
                 "does; the other drugs are trained without them" if panel else "as --few-shot-labels' do"))
@@ -70,8 +76,8 @@ def add_few_shot_arguments(p, group=None, *, panel: bool = False) -> None:
                         "resistant/sensitive (e.g. 0 for a 0/1 column where 1 = sensitive)")
     if panel:
         p.add_argument("--few-shot-drug", metavar="DRUG",
-                       help="the drug of --drugs whose response --few-shot-column labels (the cells' own drug); "
-                            "needed when the panel has more than one drug")
+                       help="the drug of --drugs whose response --few-shot-labels or --few-shot-column labels (the "
+                            "cells' own drug); needed when the panel has more than one drug")
 
 
 def read_target(args, *, read: bool = False):
@@ -117,15 +123,21 @@ def refuse_lone_resistant_value(args) -> None:
 
 
 def refuse_lone_few_shot_value(args) -> None:
-    """``--few-shot-resistant`` (or ``scatd train-panel``'s ``--few-shot-drug``) without
-    ``--few-shot-column`` is refused before anything is read, as a lone ``--target-resistant-value`` is."""
+    """``--few-shot-resistant`` without ``--few-shot-column`` (or ``scatd train-panel``'s
+    ``--few-shot-drug`` without ``--few-shot-column`` or ``--few-shot-labels``) is refused before
+    anything is read, as a lone ``--target-resistant-value`` is."""
     if getattr(args, "few_shot_column", None):
         return
-    for option, says in (("--few-shot-resistant", "is for the --few-shot-column column"),
-                         ("--few-shot-drug", "names the drug of the --few-shot-column labels")):
-        if getattr(args, option[2:].replace("-", "_"), None) is not None:
-            raise ScatdError(f"{option} {says}, and none was given.",
-                             f"Add --few-shot-column (the target's column of labelled cells), or leave {option} out.")
+    if getattr(args, "few_shot_resistant", None) is not None:
+        raise ScatdError("--few-shot-resistant is for the --few-shot-column column, and none was given.",
+                         "Add --few-shot-column (the target's column of labelled cells), or leave --few-shot-resistant "
+                         "out" + (" (a --few-shot-labels file says sensitive or resistant in words)."
+                                  if getattr(args, "few_shot_labels", None) else "."))
+    if getattr(args, "few_shot_drug", None) is not None and not getattr(args, "few_shot_labels", None):
+        raise ScatdError("--few-shot-drug names the drug of the --few-shot-column or --few-shot-labels labels, and "
+                         "none was given.",
+                         "Add --few-shot-column (the target's column of labelled cells) or --few-shot-labels (a "
+                         "cell_id,label file), or leave --few-shot-drug out.")
 
 
 def few_shot_of_column(target, args):

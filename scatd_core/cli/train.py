@@ -123,11 +123,7 @@ def add(sub) -> None:
     p.add_argument("--folds", type=positive_int, default=DEFAULTS.folds,
                    help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
     add_recipe_arguments(p)
-    few = p.add_mutually_exclusive_group()
-    few.add_argument("--few-shot-labels",
-                     help="CSV cell_id,label (sensitive/resistant) of a few labelled target cells (at least 2 per "
-                          "class) to train with; the other target cells stay unlabelled (semi-supervised)")
-    add_few_shot_arguments(p, few)  # or --few-shot-column (and --few-shot-resistant), as train-panel's
+    add_few_shot_arguments(p)  # --few-shot-labels or --few-shot-column (and --few-shot-resistant), as train-panel's
     p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
     p.add_argument("--target-mask", metavar="COLUMN",
                    help="boolean obs column of the target: only its True cells are used (adapted to and evaluated), "

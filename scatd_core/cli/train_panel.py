@@ -51,7 +51,7 @@ def add(sub) -> None:
     p.add_argument("--target-mask", metavar="COLUMN",
                    help="boolean obs column of the target: only its True cells are used for every drug (e.g. "
                         "scatd_qc_pass in an annotated.h5ad from the app)")
-    add_few_shot_arguments(p, panel=True)  # as scatd train's, for one drug of the panel
+    add_few_shot_arguments(p, panel=True)  # as scatd train's (--few-shot-labels or --few-shot-column), for one drug
     add_target_obs_argument(p)
     p.add_argument("--no-resume", action="store_true", help="train every drug again, even those already trained")
     p.add_argument("--save-panel", help="also save the trained models as your panel of this name (checked before "
@@ -103,16 +103,17 @@ def run(args) -> int:
         args.save_panel = check_panel_name(args.save_panel)
     if args.summary:  # before training: never an input, always writable
         check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
-                                                        args.drug_list, args.target, args.obs])
+                                                        args.drug_list, args.target, args.obs, args.few_shot_labels])
     settings = recipe_settings(args, TrainSettings(seed=args.seed))
     if args.folds is not None:
         settings = replace(settings, folds=args.folds)
-    note_unused(args, settings, few_shot=args.few_shot_column is not None)
+    note_unused(args, settings, few_shot=args.few_shot_labels is not None or args.few_shot_column is not None)
     labels = _labels(args)
     say_ic50_provenance(None if args.ic50 else args.bulk_labels, mismatch=True)  # from labels-from-ic50: said
     # with --obs, the table's columns added before they are looked up; read here too for --few-shot-column
     target, target_file = read_target(args, read=args.few_shot_column is not None)
-    few_shot = None if args.few_shot_column is None else few_shot_of_column(target, args)
+    # --few-shot-labels: the file, read and checked by train_panel before any drug is trained, as scatd train's
+    few_shot = args.few_shot_labels if args.few_shot_column is None else few_shot_of_column(target, args)
     summary, bundles = train_panel(
         args.bulk, labels, args.drugs, target, backbone=args.backbone, settings=settings,
         adaptation=not args.no_adaptation,

@@ -9,10 +9,11 @@ other drugs chosen, or a label table made again with other drugs) skips the drug
 on the same labels (as long as their bundles are still installed: the very models, not another model that
 took the folder of a removed one since) and goes on with the others. A cell metadata table
 (``--obs``) whose columns give the target labels or the mask is part of that fingerprint: another
-table trains the drugs again. Labelled target cells to train with (``--few-shot-column``) are labels
-for one drug of the panel (``--few-shot-drug``): only that drug's model trains with them, and its
-resume check compares them (the column's name and its labels), so another column, other labels or
-none train that drug again. Drugs with too few sensitive
+table trains the drugs again. Labelled target cells to train with (``--few-shot-column``, or
+``--few-shot-labels``' file) are labels for one drug of the panel (``--few-shot-drug``): only that
+drug's model trains with them, and its resume check compares them (the column's name and its labels,
+or the file's name and contents), so another column or file, other labels or none train that drug
+again. Drugs with too few sensitive
 (or resistant) labelled cell lines are skipped with the reason, never trained on noise.
 """
 
@@ -75,24 +76,36 @@ def _labels_sha256(labels: pd.DataFrame, drug: str) -> str:
     return _frame_sha256(labels[[drug]])
 
 
-def _few_shot_sha256(few_shot: pd.Series | None) -> str | None:
+def _few_shot_sha256(few_shot: pd.Series | None, file: str | Path | None = None) -> str | None:
     """The labelled target cells a drug's model is trained with: the column's name and its labels, by
-    cell (None: none)."""
+    cell, or the ``file`` they were read from (``--few-shot-labels``): its name and its contents, as
+    the model records it (None: none)."""
     if few_shot is None:
         return None
+    if file is not None:
+        return hashlib.sha256(f"file {Path(file).name}\0{sha256_file(file)}".encode()).hexdigest()
     return hashlib.sha256(f"{few_shot.name}\0{_frame_sha256(few_shot.rename('label').to_frame())}".encode()).hexdigest()
 
 
-def _few_shot_drug(few_shot: pd.Series | None, drug: str | None, table: pd.DataFrame, chosen: list[str]) -> str | None:
+def _few_shot_source(few_shot: pd.Series | None, file: str | Path | None = None) -> str | None:
+    """Where the labelled target cells came from, for messages: ``'COLUMN'``, the file's name, or None."""
+    if file is not None:
+        return Path(file).name
+    return None if few_shot is None or few_shot.name is None else f"'{few_shot.name}'"
+
+
+def _few_shot_drug(few_shot: pd.Series | None, drug: str | None, table: pd.DataFrame, chosen: list[str],
+                   file: str | Path | None = None) -> str | None:
     """The drug of the panel the labelled target cells are for (they are one drug's labels): ``drug``
     matched to the label table's columns and one of the drugs to train, or the panel's only drug."""
     if few_shot is None:
         if drug is not None:
             raise InputError(f"Labelled target cells were said to be for {drug!r}, and none were given.",
-                             "Add --few-shot-column (the target's column of labelled cells), or leave --few-shot-drug "
-                             "out.")
+                             "Add --few-shot-column (the target's column of labelled cells) or --few-shot-labels "
+                             "(a cell_id,label file), or leave --few-shot-drug out.")
         return None
-    column = f" ('{few_shot.name}')" if few_shot.name is not None else ""
+    source = _few_shot_source(few_shot, file)
+    column = f" ({source})" if source is not None else ""
     if drug is None:
         if len(chosen) == 1:
             return chosen[0]
@@ -230,7 +243,7 @@ def train_panel(
     target_labels: Mapping[str, str] | None = None,
     target_resistant_value=None,
     target_mask: np.ndarray | str | None = None,
-    few_shot_labels: pd.Series | None = None,
+    few_shot_labels: pd.Series | str | Path | None = None,
     few_shot_drug: str | None = None,
     input_names: Mapping[str, str] | None = None,
     input_files: Mapping[str, dict] | None = None,
@@ -269,12 +282,16 @@ def train_panel(
         :func:`~scatd_core.train.train_drug_model`.
     few_shot_labels, few_shot_drug
         Labelled target cells to train with (``sensitive``/``resistant`` by cell ID, named by the
-        column that gave them: :func:`scatd_core.labels.few_shot_from_column`) and the drug of the
+        column that gave them: :func:`scatd_core.labels.few_shot_from_column`; or a CSV ``cell_id,label``,
+        read with :func:`scatd_core.labels.read_few_shot_labels` and recorded as its file, as
+        ``scatd train --few-shot-labels`` records it) and the drug of the
         panel they are labels for (matched as ``drugs``; may be left out when the panel has one
         drug): only that drug's model trains with them, as ``few_shot_labels`` of
         :func:`~scatd_core.train.train_drug_model`, and records them; the others are trained without.
         Refused before any training: the cells for a drug not in the panel, a panel of several drugs
-        without ``few_shot_drug``, the scatd head, or that drug's ``target_labels`` being the same column.
+        without ``few_shot_drug``, the scatd head, that drug's ``target_labels`` being the same column,
+        a file's label other than sensitive/resistant, or cells none of which (or fewer than 2 of a
+        class) are cells of the target that may be used.
     input_names, source
         Display names of the inputs (``{"bulk" | "labels" | "target": name}``; default the file
         names of inputs given as files) and what trained the panel, recorded with each model as
@@ -320,14 +337,24 @@ def train_panel(
     if not isinstance(labels, pd.DataFrame):
         files["labels"] = {"file": Path(labels).name, "sha256": sha256_file(labels)}
     evaluate = _target_label_columns(target_labels, table, chosen, target_ad, target_resistant_value)
-    few_drug = _few_shot_drug(few_shot_labels, few_shot_drug, table, chosen)
+    few_file = None  # --few-shot-labels: the file, which that drug's model reads and records, as scatd train's
+    if few_shot_labels is not None and not isinstance(few_shot_labels, pd.Series):
+        from scatd_core.labels import read_few_shot_labels
+
+        few_file = Path(few_shot_labels)
+        few_shot_labels = read_few_shot_labels(few_file)  # its labels checked before any drug is trained
+    few_drug = _few_shot_drug(few_shot_labels, few_shot_drug, table, chosen, few_file)
+    mask = target_mask_of(target_ad, target_mask)
     if few_drug is not None:  # all refused before any drug is trained
         from scatd_core.labels import refuse_few_shot_as_evaluation
-        from scatd_core.train._run import refuse_few_shot_head
+        from scatd_core.train._run import few_shot_rows, refuse_few_shot_head
 
         refuse_few_shot_head(s)
-        refuse_few_shot_as_evaluation(few_shot_labels.name, evaluate.get(few_drug), few_drug)
-    mask = target_mask_of(target_ad, target_mask)
+        if few_file is None:
+            refuse_few_shot_as_evaluation(few_shot_labels.name, evaluate.get(few_drug), few_drug)
+        # cells of the target (those the mask keeps), with scatd train's words; its model checks them again
+        few_shot_rows(few_shot_labels, [str(c) for c in (target_ad.obs_names if mask is None
+                                                         else target_ad.obs_names[mask])], [])
     # a cell metadata table (--obs) whose columns give the mask (cells the adaptation uses) or the
     # target labels: another table is another run, never resumed from this one's models
     metadata = _cell_metadata_origin(target_ad, {
@@ -347,9 +374,10 @@ def train_panel(
         done = state.get(drug)
         taken = ""  # the earlier run's model is gone and another model has its folder: trained again, said
         few = few_shot_labels if drug == few_drug else None
+        file = few_file if drug == few_drug else None
         if done and done.get("status") == "trained" and done.get("labels_sha256") == _labels_sha256(table, drug) \
-                and done.get("few_shot_sha256") != _few_shot_sha256(few):  # other labelled cells: trained again
-            taken = "trained again: " + _few_shot_change(done, few)
+                and done.get("few_shot_sha256") != _few_shot_sha256(few, file):  # other labelled cells: trained again
+            taken = "trained again: " + _few_shot_change(done, few, file)
             done = None
         if done and done.get("status") == "trained" and done.get("labels_sha256") == _labels_sha256(table, drug):
             try:
@@ -369,7 +397,7 @@ def train_panel(
                          "folder since (that run recorded no model identity)")
                 bundle = None
             if bundle is not None:
-                note = "; ".join([f"trained by an earlier run on {done.get('at', '?')}", *_few_shot_words(few),
+                note = "; ".join([f"trained by an earlier run on {done.get('at', '?')}", *_few_shot_words(few, file),
                                   *_trained_warnings(bundle)])
                 evaluated = ((bundle.manifest.get("metrics") or {}).get("target") or {}).get("label_column")
                 if drug in evaluate and evaluated != evaluate[drug]:
@@ -401,21 +429,23 @@ def train_panel(
                 notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),
                 target_resistant_value=target_resistant_value if drug in evaluate else None,
                 target_mask=target_mask if isinstance(target_mask, str) else mask,  # a column: named by its card
-                few_shot_labels=few, input_names=names, input_files=files, source=source, demo=demo)
+                few_shot_labels=few if file is None else file, input_names=names, input_files=files, source=source, demo=demo)
         except Cancelled:
             raise
         except InputError as exc:
             rows.append(_card_row(drug, "failed", None, None, n_sens, n_res, time.perf_counter() - t0, exc.message))
             continue
-        said = ([taken] if taken else []) + _few_shot_words(few)
+        said = ([taken] if taken else []) + _few_shot_words(few, file)
         rows.append(_card_row(drug, "trained", bundle, report, n_sens, n_res, time.perf_counter() - t0,
                               "; ".join(said + list(report.get("warnings", [])))))
         bundles.append(bundle)
         state[drug] = {"status": "trained", "path": str(Path(bundle.path).resolve()), "labels_sha256": _labels_sha256(table, drug),
                        "identity": model_identity(bundle), "name": bundle.name,
                        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                       **({"few_shot_sha256": _few_shot_sha256(few),
-                           "few_shot_column": None if few.name is None else str(few.name)} if few is not None else {})}
+                       **({"few_shot_sha256": _few_shot_sha256(few, file),
+                           **({"few_shot_file": file.name} if file is not None else
+                              {"few_shot_column": None if few.name is None else str(few.name)})}
+                          if few is not None else {})}
         _write_state(state_file, state)
     if orientation_warning:  # a trained drug's note has it from its model's warnings; the others are told here
         for row in rows:
@@ -435,22 +465,27 @@ def _trained_warnings(bundle) -> list[str]:
     return [str(w) for w in warnings]
 
 
-def _few_shot_words(few: pd.Series | None) -> list[str]:
-    """``["trained with N labelled target cell(s) of 'column'"]`` for a summary note, or ``[]``."""
+def _few_shot_words(few: pd.Series | None, file: str | Path | None = None) -> list[str]:
+    """``["trained with N labelled target cell(s) of 'column'"]`` (or ``of FILE``) for a summary
+    note, or ``[]``."""
     if few is None:
         return []
-    return [f"trained with {len(few):,} labelled target cell(s)"
-            + (f" of '{few.name}'" if few.name is not None else "")]
+    source = _few_shot_source(few, file)
+    return [f"trained with {len(few):,} labelled target cell(s)" + (f" of {source}" if source is not None else "")]
 
 
-def _few_shot_change(done: dict, few: pd.Series | None) -> str:
+def _few_shot_change(done: dict, few: pd.Series | None, file: str | Path | None = None) -> str:
     """Why a drug trained by an earlier run (its state, ``done``) is trained again: its labelled
-    target cells (a column's, or none) differ from this run's."""
-    def named(column) -> str:
-        return "the labelled target cells" + (f" of '{column}'" if column is not None else "")
+    target cells (a column's, a file's, or none) differ from this run's."""
+    def named(source) -> str:
+        return "the labelled target cells" + (f" of {source}" if source is not None else "")
 
-    then = named(done.get("few_shot_column")) if done.get("few_shot_sha256") else None
-    now = named(few.name) if few is not None else None
+    if done.get("few_shot_file") is not None:
+        earlier = str(done["few_shot_file"])
+    else:
+        earlier = None if done.get("few_shot_column") is None else f"'{done['few_shot_column']}'"
+    then = named(earlier) if done.get("few_shot_sha256") else None
+    now = named(_few_shot_source(few, file)) if few is not None else None
     if then is None:
         return f"the earlier run's model was trained without labelled target cells; this run gives {now}"
     if now is None:

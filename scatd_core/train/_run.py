@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -180,11 +180,20 @@ def _few_shot(few_shot_labels, data: TrainingData, warnings: list[str]) -> FewSh
     if few_shot_labels is None:
         return None
     labels = few_shot_labels if isinstance(few_shot_labels, pd.Series) else read_few_shot_labels(few_shot_labels)
-    where = {cell: i for i, cell in enumerate(data.target_ids)}
+    return few_shot_rows(labels, data.target_ids, warnings)
+
+
+def few_shot_rows(labels: pd.Series, target_ids: Sequence[str], warnings: list[str]) -> FewShot:
+    """The labelled cells (``sensitive``/``resistant`` by cell ID) as rows of ``target_ids``, the
+    target's usable cells: refused when none of them is one, or when fewer than 2 of a class are
+    (``scatd train-panel`` checks the target's cells with it before any drug is trained); the
+    labelled cells that are not usable are left out, said in ``warnings``."""
+    target_ids = list(target_ids)
+    where = {cell: i for i, cell in enumerate(target_ids)}
     known = [c for c in labels.index if c in where]
     if not known:
         raise InputError(f"None of the {len(labels)} labelled cells (e.g. {', '.join(map(str, labels.index[:3]))}) "
-                         f"is a usable cell of the target (e.g. {', '.join(data.target_ids[:3])}).",
+                         f"is a usable cell of the target (e.g. {', '.join(target_ids[:3])}).",
                          "The first column must hold the target's cell IDs.")
     if len(known) < len(labels):
         warnings.append(f"{len(labels) - len(known)} labelled cell(s) are not usable cells of the target and were "
