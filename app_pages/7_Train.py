@@ -18,7 +18,7 @@ from scatd_app import auth, jobs, session, ui
 from scatd_app import state as S
 from scatd_core import export, pl
 from scatd_core._progress import with_eta
-from scatd_core.card import auroc_interval_words, chance_sentence
+from scatd_core.card import auroc_interval_words
 from scatd_core.errors import MemoryShortage, ScatdError
 
 # Session keys of this page only.
@@ -482,8 +482,7 @@ if tm:
                      "those evaluated.")
 else:
     m[2].metric("Target cells", f"{rep['target']['n_used']:,}")
-for chance in filter(None, map(chance_sentence, rep["card"].get("evaluations", []))):  # an interval with 0.5 in it
-    st.warning(ui.md(chance), icon=":material/balance:")
+# an AUROC interval with 0.5 in it is said once, in the model card's verdicts below (the tiles show the interval)
 lab, genes = rep["labels"], rep.get("genes")
 st.caption(f"{lab['sensitive']} sensitive / {lab['resistant']} resistant bulk cell lines; "
            f"{lab['n_bulk_without_label']} bulk cell lines without a label for this drug (pretraining only)."
