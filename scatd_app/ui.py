@@ -1773,12 +1773,22 @@ def panel_models_table(models) -> None:
         "seconds": st.column_config.NumberColumn("seconds", format="%.1f", width="small")})
 
 
+def name_column_width(names) -> int:
+    """Pixels for the library table's name column: wide enough for the longest name (trained models'
+    names such as ``GEFITINIB_dist_vae_scad_fewshot_20261202_173355_seed0`` were cut at 1280 px in a
+    "medium" column), within 160 to 480 px; the column is pinned, so the other columns scroll past it."""
+    longest = max((len(str(n)) for n in names), default=0)
+    return int(min(max(7.5 * longest + 24, 160), 480))
+
+
 def show_library(entries) -> None:
     frame = library_frame(entries)
     if not frame["problem"].notna().any():
         frame = frame.drop(columns="problem")
-    table(library_view(frame), hide_index=True, column_config={
-        "name": st.column_config.TextColumn("name", width="medium"),
+    view = library_view(frame)
+    table(view, hide_index=True, column_config={
+        "name": st.column_config.TextColumn("name", width=name_column_width(view.get("name", [])), pinned=True,
+                                            help="The model's name in the library (its folder there)"),
         "backbone": st.column_config.TextColumn("backbone", width="small",
                                                 help="Dist_VAE (scATD-sf-dist), VAE_sf (scATD-sf) or VAE_gf (scATD-gf)"),
         "bulk CV AUROC (model / LR / GB)": st.column_config.TextColumn(

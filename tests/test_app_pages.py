@@ -1188,6 +1188,37 @@ def test_model_library_shows_each_trained_models_card(empty_library):
     assert len(at.get("plotly_chart")) == 1
 
 
+LONG_NAME = "GEFITINIB_dist_vae_scad_fewshot_20261202_173355_seed0"
+
+
+def _long_named_carded_model(library: Path) -> None:
+    """A trained model with a long name (as the Train page names them) and a card with a bulk CV
+    (against logistic regression) and a target evaluation (against gradient boosting)."""
+    from test_card import _full_card, _overlapping
+    from test_ensemble import _ensemble
+
+    from scatd_core.bundle import save_bundle
+
+    card = _full_card()
+    card["evaluations"].insert(0, _overlapping(0.01, 0.2, 0.1, name="logistic regression (C=0.1, balanced)",
+                                               where="bulk_cv"))
+    model = _ensemble()
+    save_bundle(library / LONG_NAME, model.stacked_state_dict(), model.arch, drug="GEFITINIB",
+                genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize", threshold=0.5,
+                name=LONG_NAME, extra={"card": card})
+
+
+def test_the_library_tables_name_column_shows_a_long_name_whole(empty_library):
+    """QA at 1280 px: the library's "medium" name column cut trained models' long names."""
+    _long_named_carded_model(empty_library)
+    at = start()
+    for page in ("8_Models", "2_Model"):
+        goto(at, page)
+        name = json.loads(at.dataframe[0].proto.columns)["name"]
+        assert name["width"] >= 7 * len(LONG_NAME) and name["pinned"], (page, name)  # whole, and kept in view
+    assert ui.name_column_width([LONG_NAME]) <= 480 and ui.name_column_width(["short"]) == 160
+
+
 def test_ensemble_spread_is_the_cells_uncertainty(empty_library):
     """A trained ensemble predicts in mean mode with a per-cell sd over its members, shown on the Cells page."""
     from test_ensemble import _bundle, _cells, _ensemble
