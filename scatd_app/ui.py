@@ -1704,7 +1704,8 @@ def show_card(card: dict, key: str) -> None:
     """A model card: what the model is and was trained on, its scores next to the baselines'
     (table and figure), the verdicts, and what its default threshold means."""
     from scatd_core import pl
-    from scatd_core.card import card_details, card_table, description, few_shot_line, verdicts
+    from scatd_core.card import (INTERVAL, baseline_settings, card_details, description, evaluation_heading,
+                                 evaluation_table, few_shot_line, verdicts)
 
     st.markdown(md(description(card)))
     st.caption(md(card["data"]["summary"]))
@@ -1714,10 +1715,23 @@ def show_card(card: dict, key: str) -> None:
     if details:
         with st.expander("Data, genes and settings"):
             st.markdown("\n".join(f"- {md(line)}" for line in details))
-    table(card_table(card), hide_index=True)
+    # a table per evaluation under a line saying it (one table with them all as columns was cut at 1280 px)
+    settings = baseline_settings(card)
+    config = {"model": st.column_config.TextColumn("model", help=("Baselines: " + "; ".join(settings))
+                                                   if settings else None),
+              "AUROC (95% CI)": st.column_config.TextColumn("AUROC (95% CI)", help=f"In brackets: the {INTERVAL}"),
+              "AUPRC (95% CI)": st.column_config.TextColumn(
+                  "AUPRC (95% CI)", help=f"Positive class: resistant. In brackets: the {INTERVAL}"),
+              "this model minus it (AUROC)": st.column_config.TextColumn(
+                  "this model minus it (AUROC)", help=f"This model's AUROC minus the baseline's, with its {INTERVAL}: "
+                                                      "above 0 where this model is better")}
     for ev in card["evaluations"]:
+        st.markdown(md(evaluation_heading(ev)))
+        table(evaluation_table(ev), hide_index=True, column_config=config)
         if ev.get("note"):
             st.caption(md(ev["note"]))
+    if settings:
+        st.caption(md("Baselines: " + "; ".join(settings) + "."))
     st.plotly_chart(pl.card_figure(card), key=key)
     for ev in card["evaluations"]:
         for text in verdicts(ev):  # with the model's own AUROC interval when it includes 0.5

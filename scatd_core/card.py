@@ -174,6 +174,42 @@ def card_table(card: dict) -> pd.DataFrame:
                                        "this model minus baseline (AUROC)"])
 
 
+#: The columns of :func:`evaluation_table`, short enough that a card's score table fits a 1280 px window
+EVALUATION_COLUMNS = ("model", "AUROC (95% CI)", "AUPRC (95% CI)", "this model minus it (AUROC)")
+
+
+def evaluation_heading(ev: dict) -> str:
+    """What :func:`evaluation_table` leaves out, said once above it: the evaluation, its samples and
+    the AUPRC of a ranking by chance (the same for every model on it)."""
+    samples = "cell lines" if ev.get("name") == "bulk_cv" else "cells"
+    return (f"{ev['title']}: {ev['n']} {samples} ({ev['n_resistant']} resistant); AUPRC by chance "
+            f"{_chance(ev)} (the share resistant)")
+
+
+def evaluation_table(ev: dict) -> pd.DataFrame:
+    """One evaluation of :func:`card_table`, as the app shows it under :func:`evaluation_heading`: a
+    row per model, the baselines by their short names (``logistic regression``; the settings in
+    brackets are in :func:`baseline_settings`), and short column headers."""
+    short = {r["model"]: r["model"].split(" (")[0] for r in ev.get("scores", [])}
+    if len(set(short.values())) < len(short):  # two baselines alike without their brackets: their whole names
+        short = {name: name for name in short}
+    rows = []
+    for r in ev.get("scores", []):
+        diff = r.get("model_minus_this")
+        rows.append(dict(zip(EVALUATION_COLUMNS, (short[r["model"]], _ci(r["auroc"], r["auroc_ci"]),
+                                                  _ci(r["auprc"], r["auprc_ci"]),
+                                                  "" if diff is None else _ci(diff["auroc"], diff["ci"])))))
+    return pd.DataFrame(rows, columns=list(EVALUATION_COLUMNS))
+
+
+def baseline_settings(card: dict) -> list[str]:
+    """The baselines' whole names where :func:`evaluation_table` shortens them (``logistic
+    regression (C=0.1, balanced)``), in the order they first appear."""
+    names = [r["model"] for ev in card.get("evaluations", []) for r in ev.get("scores", [])
+             if r["model"] != MODEL and " (" in r["model"]]
+    return list(dict.fromkeys(names))
+
+
 def few_shot_line(card: dict) -> str | None:
     """What the card says about the labelled target cells that trained the model (few-shot), if any:
     whether their cell IDs are recorded, so that evaluations leave them out

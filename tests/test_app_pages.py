@@ -1219,6 +1219,23 @@ def test_the_library_tables_name_column_shows_a_long_name_whole(empty_library):
     assert ui.name_column_width([LONG_NAME]) <= 480 and ui.name_column_width(["short"]) == 160
 
 
+def test_the_card_shows_a_short_score_table_per_evaluation(empty_library):
+    """QA at 1280 px: the card's score table (seven columns, the evaluation's title in each row) was cut
+    on the right. Now a table per evaluation under a line saying it, with four short columns."""
+    _long_named_carded_model(empty_library)
+    at = start()
+    goto(at, "8_Models")
+    bulk, target = at.dataframe[1].value, at.dataframe[2].value
+    assert list(bulk.columns) == ["model", "AUROC (95% CI)", "AUPRC (95% CI)", "this model minus it (AUROC)"]
+    assert list(bulk["model"]) == ["this model", "logistic regression"] and bulk.iloc[0, 3] == ""
+    assert bulk.iloc[1, 3] == "0.100 [0.010, 0.200]"
+    assert list(target["model"]) == ["this model", "gradient boosting"]
+    said = text(at.markdown).replace("\\", "")
+    assert ("Bulk cell lines, 5-fold cross-validation: 100 cell lines (50 resistant); AUPRC by chance 0.500 "
+            "(the share resistant)") in said
+    assert "Baselines: logistic regression (C=0.1, balanced)." in text(at.caption).replace("\\", "")
+
+
 def test_ensemble_spread_is_the_cells_uncertainty(empty_library):
     """A trained ensemble predicts in mean mode with a per-cell sd over its members, shown on the Cells page."""
     from test_ensemble import _bundle, _cells, _ensemble

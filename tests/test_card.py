@@ -371,3 +371,18 @@ def test_the_model_card_picker_names_each_model_once(tmp_path):
     assert titles[str(demo.path)] == "DEMOTINIB · Dist_VAE (scATD-sf-dist) · demo (simulated data)"
     assert titles[str(lab.path)] == "Lab model · DRUGX · Dist_VAE (scATD-sf-dist) (lab_a)"
     assert titles[str(lab2.path)].endswith("(lab_b)")
+
+
+def test_the_apps_score_table_per_evaluation_is_short_and_says_the_rest_once():
+    """The app's card shows a table per evaluation (a 1280 px window cut the one wide table):
+    baselines by short names unless two would read alike, the chance AUPRC in the heading."""
+    ev = _overlapping(0.01, 0.2, 0.1, name="logistic regression (C=0.1, balanced)", where="bulk_cv")
+    table = cards.evaluation_table(ev)
+    assert list(table.columns) == list(cards.EVALUATION_COLUMNS)
+    assert list(table["model"]) == ["this model", "logistic regression"]
+    assert cards.evaluation_heading(ev) == ("Bulk cell lines, 5-fold cross-validation: 100 cell lines (50 resistant); "
+                                            "AUPRC by chance 0.500 (the share resistant)")
+    assert cards.baseline_settings({"evaluations": [ev]}) == ["logistic regression (C=0.1, balanced)"]
+    twin = {**ev, "scores": ev["scores"] + [{**ev["scores"][1], "model": "logistic regression (C=1)"}]}
+    assert list(cards.evaluation_table(twin)["model"])[1:] == ["logistic regression (C=0.1, balanced)",
+                                                                "logistic regression (C=1)"]

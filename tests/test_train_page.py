@@ -91,9 +91,10 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert "bulk bulk.csv" in details.markdown[0].value and "head linear" in details.markdown[0].value
     assert len(at.get("plotly_chart")) == 2  # the model card's AUROCs, pretraining losses
     # the model card: the baselines next to the model, and a verdict for each
-    shown = at.dataframe[0].value
-    assert list(shown["model"][:3]) == ["this model", "logistic regression (C=0.1, balanced)",
-                                        "gradient boosting (HistGradientBoosting, balanced)"]
+    shown = at.dataframe[0].value  # the bulk CV's table; the baselines by short names, their settings said below
+    assert list(shown["model"][:3]) == ["this model", "logistic regression", "gradient boosting"]
+    assert ("Baselines: logistic regression (C=0.1, balanced); gradient boosting (HistGradientBoosting, balanced)."
+            in [c.value.replace("\\", "") for c in at.caption])
     verdicts = [m.value for m in at.success] + [m.value for m in at.warning]
     assert sum("logistic regression" in v.lower() for v in verdicts) == 2  # bulk CV and target
     library = [e.bundle.path for e in list_library() if e.ok]
