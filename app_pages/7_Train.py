@@ -408,7 +408,10 @@ if start:
 
     ss[STOP], ss[RUNNING] = False, True
     bar = st.progress(0.0, text="Starting…")
-    said = st.container()  # what the data show, said as soon as it is known, not only on the card at the end
+    # what the data show, said as soon as it is known, not only on the card at the end; cleared when the card
+    # says them (a container's .empty() would only add an empty element to it, leaving them said twice)
+    said_slot = st.empty()
+    said = said_slot.container()
     try:
         few_shot = None
         if few_column is not None and few_resistant is not None:
@@ -433,7 +436,7 @@ if start:
         ui.stop()
     ss[RUNNING] = False
     bar.empty()
-    said.empty()  # the card below says them again
+    said_slot.empty()  # the card below says them again
     from scatd_core.train import report_to_json
 
     ss[RESULT] = {"bundle_path": str(bundle.path), "name": bundle.name, "report": report_to_json(report),

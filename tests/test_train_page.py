@@ -572,6 +572,40 @@ def test_the_datas_warnings_are_said_while_training_and_kept_when_it_fails(monke
     assert any("The run failed for this test" in e.value for e in at.error)
 
 
+def test_a_warning_said_while_training_is_said_once_when_the_card_says_it(tmp_path, monkeypatch):
+    """QA at 1280 px: a data warning said during the run (bulk and target sharing few genes) stayed
+    above the result after the run, and the card said it again."""
+    import pandas as pd
+
+    from test_card import _card
+
+    from scatd_core import train
+
+    few = "Bulk and target share only 28 genes, so the model sees a small part of the transcriptome."
+    report = {"seconds": 3.0, "labels": {"sensitive": 20, "resistant": 25, "n_bulk_without_label": 0},
+              "metrics": {"cv": {"auroc": 0.8, "auroc_ci": [0.7, 0.9], "auprc": 0.8, "auprc_chance": 0.556,
+                                 "folds": 5}},
+              "target": {"n_used": 40}, "card": {**_card(), "warnings": [few]}, "cv": {},
+              "pretraining": {"loss": []}, "target_predictions": pd.DataFrame({"cell_id": ["c1"],
+                                                                               "prob_resistant": [0.5]})}
+
+    class Saved:
+        path, name, is_demo = tmp_path / "M", "M", False
+
+    def trained(*args, notice=None, **kwargs):
+        notice(few)
+        return Saved(), report
+
+    monkeypatch.setattr(train, "train_drug_model", trained)
+    at = _page_with_training_data()
+    at.run()
+    at.radio(key="train_resistant_response").set_value("0")
+    at.button(key="btn_train_start").click().run()
+    assert not at.exception, at.exception
+    shown = [w.value.replace("\\", "") for w in at.warning]
+    assert sum(few in w for w in shown) == 1, shown
+
+
 def test_on_a_lab_server_the_page_says_what_other_users_will_see_of_the_model(tmp_path, monkeypatch):
     from scatd_core import users
 
