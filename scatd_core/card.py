@@ -152,6 +152,15 @@ def _ci(value, ci) -> str:
     return f"{value:.3f}" + (" [{}, {}]".format(*interval_ends(lo, hi)) if lo is not None and hi is not None else "")
 
 
+def _signed_ci(value, ci) -> str:
+    """A difference with its sign (``+0.041 [-0.068, +0.159]``), as the verdicts write it."""
+    if value is None:
+        return "—"
+    lo, hi = ci or (None, None)
+    return f"{value:+.3f}" + (" [{}, {}]".format(*interval_ends(lo, hi, signed=True))
+                              if lo is not None and hi is not None else "")
+
+
 #: The card's intervals, named where they are shown: the evaluation of a prediction against labels
 #: uses another (Hanley-McNeil's, :func:`scatd_core.metrics.auroc_interval`), so the two can differ a little.
 INTERVAL = "95% bootstrap CI"
@@ -198,7 +207,7 @@ def evaluation_table(ev: dict) -> pd.DataFrame:
         diff = r.get("model_minus_this")
         rows.append(dict(zip(EVALUATION_COLUMNS, (short[r["model"]], _ci(r["auroc"], r["auroc_ci"]),
                                                   _ci(r["auprc"], r["auprc_ci"]),
-                                                  "" if diff is None else _ci(diff["auroc"], diff["ci"])))))
+                                                  "" if diff is None else _signed_ci(diff["auroc"], diff["ci"])))))
     return pd.DataFrame(rows, columns=list(EVALUATION_COLUMNS))
 
 

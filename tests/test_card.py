@@ -380,6 +380,9 @@ def test_the_apps_score_table_per_evaluation_is_short_and_says_the_rest_once():
     table = cards.evaluation_table(ev)
     assert list(table.columns) == list(cards.EVALUATION_COLUMNS)
     assert list(table["model"]) == ["this model", "logistic regression"]
+    diff = ev["scores"][1]["model_minus_this"]
+    assert table["this model minus it (AUROC)"].iloc[1].startswith(f"{diff['auroc']:+.3f} [")  # signed, as the verdicts
+    assert table["this model minus it (AUROC)"].iloc[1].count("+") + table.iloc[1, 3].count("-") >= 3
     assert cards.evaluation_heading(ev) == ("Bulk cell lines, 5-fold cross-validation: 100 cell lines (50 resistant); "
                                             "AUPRC by chance 0.500 (the share resistant)")
     assert cards.baseline_settings({"evaluations": [ev]}) == ["logistic regression (C=0.1, balanced)"]
