@@ -1089,7 +1089,8 @@ def who_made(bundle: Bundle) -> str:
                  ("imported", prov["imported_by"]) if prov.get("imported_by") else
                  ("installed", None))
     when = (prov.get("created") or "")[:10]
-    return verb + (f" by {who}" if who else "") + (f" on {when}" if when else "")
+    where = " with the server's command line" if made_on_command_line(bundle) else ""
+    return verb + where + (f" by {who}" if who else "") + (f" on {when}" if when else "")
 
 
 def maker(bundle: Bundle) -> str | None:
@@ -1113,10 +1114,24 @@ def chosen_by_default_for(bundle: Bundle, user: str | None) -> bool:
     recorded to have made, or one ``user`` trained or imported. Another user's model in the shared
     library is offered, never chosen for them, a demo model they trained on simulated data too.
     ``user`` None: a single-user installation (no login), where every model is the user's."""
-    if user is None or is_published(bundle):
+    if user is None or is_published(bundle) or made_on_command_line(bundle):
         return True
     who = maker(bundle)
     return who is None or who == user
+
+
+#: ``provenance['via']`` of a model the ``scatd`` command line made on the server (imported or
+#: trained there by an account of the server, typically its administrator), not an app login.
+COMMAND_LINE = "command line"
+
+
+def made_on_command_line(bundle: Bundle) -> bool:
+    """Whether ``bundle`` was imported or trained with the ``scatd`` command line on the server
+    (``provenance['via']``; models trained before it was recorded: their ``source`` names the
+    command): its maker is an account of the server, such as the administrator installing the lab's
+    models, not one of the app's users, so it is the lab's model, chosen as a published one is."""
+    prov = bundle.manifest.get("provenance") or {}
+    return prov.get("via") == COMMAND_LINE or str(prov.get("source") or "").startswith("trained by scATD Studio (scatd ")
 
 
 def folder_taken_words(was: str | None, now: Bundle) -> str:

@@ -798,6 +798,17 @@ def test_which_models_may_be_chosen_for_a_user_before_they_choose(tmp_path):
     assert not chosen_by_default_for(model(demo=True, trained_by="alice"), "bob")
     assert chosen_by_default_for(model(demo=True, trained_by="alice"), "alice")
     assert chosen_by_default_for(alices, None)  # no login: one user, whose every model is
+    # QA: a model the administrator installed with `scatd import-checkpoint` (as root) or trained with
+    # `scatd train` was "another user's model" to every user: it is the lab's, made on the server's shell
+    from scatd_core.bundle import who_made
+    rooted = model(imported_by="root", via="command line")
+    assert chosen_by_default_for(rooted, "bob") and who_made(rooted) == "imported with the server's command line by root"
+    shell = Bundle(tmp_path / "m", {"name": "X", "provenance": {"source": "trained by scATD Studio (scatd train)",
+                                                                 "trained_by": "root"}})
+    assert chosen_by_default_for(shell, "bob")
+    app_made = Bundle(tmp_path / "m", {"name": "X", "provenance": {"source": "trained by scATD Studio (the Train page)",
+                                                                    "trained_by": "alice"}})
+    assert not chosen_by_default_for(app_made, "bob")
 
 
 def test_another_users_model_is_offered_but_never_chosen_for_you(tmp_path, monkeypatch):

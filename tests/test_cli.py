@@ -45,7 +45,8 @@ def test_import_then_predict_csv_and_h5ad_agree_with_original(capsys, dist_setup
     assert code == 0 and "Imported classifier" in out
     import getpass  # who imported it, as the app and `scatd train` record it
 
-    assert json.loads((tmp / "bundle" / "manifest.json").read_text())["provenance"]["imported_by"] == getpass.getuser()
+    prov = json.loads((tmp / "bundle" / "manifest.json").read_text())["provenance"]
+    assert prov["imported_by"] == getpass.getuser() and prov["via"] == "command line"  # the server's account
     # CSV with shuffled columns, 3 model genes missing, 2 extra genes
     order = np.random.default_rng(1).permutation(enc[0])[3:]
     df = pd.DataFrame(x[:, order], index=cells, columns=[genes[j] for j in order])

@@ -52,7 +52,7 @@ def _mapping(text: str | None) -> dict | None:
 
 
 def run(args) -> int:
-    from scatd_core.bundle import import_checkpoint
+    from scatd_core.bundle import COMMAND_LINE, import_checkpoint
     from scatd_core.cli.predict import os_user
 
     bundle = import_checkpoint(
@@ -60,7 +60,8 @@ def run(args) -> int:
         style_reference=args.style_reference, input_transform=args.input_transform,
         label_mapping=_mapping(args.label_mapping), threshold=args.threshold, beta_mode=args.beta_mode,
         name=args.name, library=args.library,
-        provenance={"imported_by": os_user()})  # as the app, `scatd train` and `models fetch` record who
+        # as the app, `scatd train` and `models fetch` record who; an account of the server, not an app login
+        provenance={"imported_by": os_user(), "via": COMMAND_LINE})
     arch = bundle.architecture
     print(f"Imported {bundle.kind} '{bundle.name}' ({args.backbone}, encoder {arch.encoder_dims}, "
           f"z {arch.z_dim}) -> {bundle.path}")
