@@ -620,6 +620,13 @@ def _embeddings(adata: ad.AnnData, bundle) -> dict:
 
 def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | None = None) -> list[str]:
     out = _value_warnings(adata, bundle) if adata is not None else []
+    if getattr(bundle, "is_demo", False) and adata is not None:
+        from scatd_core.demo.simulate import is_simulated
+
+        if not is_simulated(adata):  # the app offers a demo model with the demo data only; the CLI says it
+            out.insert(0, "This is a demo model, trained on simulated cell lines: its P(resistant) says "
+                          "nothing about these cells, which are not the demo's simulated data. Use a real drug model "
+                          "(scatd models lists them).")
     n = inputs.n_usable
     if bundle.input_kind == "embedding":
         out.append("VAE_sf/VAE_gf predictions use AdaIN with the statistics of the uploaded cells, so they "

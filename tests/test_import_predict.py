@@ -564,3 +564,25 @@ def test_threshold_is_part_of_the_result_and_calibration_is_marked(small_bundles
     assert not summary(adata)["calibrated"] and not predictions_table(adata)["calibrated"].any()
     set_threshold(adata, 1.0, "model default")
     assert summary(adata)["n_resistant"] == 0 and not summary(adata)["calibrated"]
+
+
+def test_a_demo_model_on_real_data_is_said_to_mean_nothing_there(tmp_path):
+    """QA: the app offers the demo model with the demo data only, while `scatd predict --model
+    DEMOTINIB_demo --input real.csv` scored real cells without a word. The prediction's warnings
+    (printed by the CLI, written to metrics.csv) say so unless the data are the simulated ones."""
+    from _app_helpers import make_bundle, make_dataset
+    from scatd_core.predict import predict
+
+    simulated = make_dataset(60, seed=1)  # the tests' cells are simulated by the demo's simulator
+    demo = make_bundle(tmp_path / "demo", simulated, steps=1, demo=True)
+    data = simulated.copy()
+    del data.uns["simulation"]  # the same values, as real data would come: no simulation record
+
+    def warnings(adata, bundle) -> list[str]:
+        return list(predict(adata, bundle, copy=True).uns["scatd"]["warnings"])
+
+    said = warnings(data, demo)
+    assert "is a demo model, trained on simulated cell lines" in said[0], said
+    real = make_bundle(tmp_path / "real", data, steps=1)
+    assert not any("demo model" in w for w in warnings(data, real))
+    assert not any("demo model" in w for w in warnings(simulated, demo))
