@@ -137,6 +137,56 @@ def _could_write(user: str, path: Path) -> str | None:
     return None
 
 
+def _could_read(user: str, path: Path) -> str | None:
+    """Why ``user`` could not read the file ``path``, judged as :func:`_could_write` judges folders
+    (owner, group and permission bits); ``None`` when it could, or ``path`` does not exist."""
+    import pwd
+    import stat
+
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return f"there is no account {user} on this machine"
+    if account.pw_uid == 0 or not path.exists():
+        return None
+    groups = set(os.getgrouplist(user, account.pw_gid))
+
+    def allows(st, bits: int) -> bool:
+        if st.st_uid == account.pw_uid:
+            return st.st_mode & (bits << 6) == bits << 6
+        if st.st_gid in groups:
+            return st.st_mode & (bits << 3) == bits << 3
+        return st.st_mode & bits == bits
+
+    try:
+        for folder in reversed(path.parents):
+            if not allows(folder.stat(), 0o1):
+                return f"{folder} does not let {user} through ({stat.filemode(folder.stat().st_mode)})"
+        st = path.stat()
+    except OSError as exc:
+        return f"{path} cannot be examined ({exc.strerror or exc})"
+    if allows(st, 0o4):
+        return None
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    return f"it is {owner}'s, {stat.filemode(st.st_mode)}"
+
+
+def _readable_by_service(conf, what: str, path: Path | None, fix: str) -> list[dict]:
+    """A problem when the account the server runs as (named, and not this one) cannot read the file
+    ``path``: checked from its owner and mode, so root's ``scatd doctor`` sees it too."""
+    user, where = _service_user(conf)
+    if path is None or not user or user == _account():
+        return []
+    why = _could_read(user, Path(path))
+    if why is None:
+        return []
+    return [_item(what, "problem", f"{path} cannot be read by {user}, the account the server runs as ({where}): "
+                  f"{why}. {fix.format(user=user, path=path)}, then check with `sudo -u {user} scatd doctor`")]
+
+
 def _config_file_items(conf) -> list[dict]:
     """The configuration file, and the problems of the settings in it: a file that is missing or
     cannot be read is said once, as a warning (not "ok" first)."""
@@ -149,7 +199,9 @@ def _config_file_items(conf) -> list[dict]:
                       + " The defaults and environment variables are used.")
     else:
         first = _item("configuration file", "ok", str(path))
-    return [first] + [_item("configuration", "warning", p) for p in conf.problems if p not in about_file]
+    return ([first] + _readable_by_service(conf, "configuration file", path,
+                                           "Let it read the file: `chmod o+r {path}` or `chgrp {user} {path}`")
+            + [_item("configuration", "warning", p) for p in conf.problems if p not in about_file])
 
 
 def _folder_item(key: str, path: Path) -> dict:
@@ -392,15 +444,24 @@ def _login(conf) -> list[dict]:
                     "none": "no login (only safe on a single-user machine)" + proxy}[mode])]
     items = [_item("setting", "problem", line) for line in conf.fatal] + items  # the app will not start
     if mode in ("auto", "password"):
+        from scatd_core.users import ownership_note
+
+        path = Path(conf["auth_users_file"])
+        # the server's account must read the file: root (who reads anything) would say "ok" below
+        access = _readable_by_service(conf, "users file", path, "Give it to that account: `chown {user} {path}` "
+                                      "(its mode 0600 stays; later changes by root keep its owner)")
+        if not access and (note := ownership_note(path)):
+            access = [_item("users file", "warning", note)]
         try:
             users = list_users()
         except Exception as exc:  # a broken users file is a problem to report, not a crash
-            return items + [_item("users", "problem", str(exc))]
+            return items + access + [_item("users", "problem", str(exc).replace("\n", " "))]
         admins = [u.name for u in users if u.admin]
         status = "ok" if admins else ("problem" if mode == "password" else "warning")
         items.append(_item("users", status, f"{len(users)} user(s), admins: {', '.join(admins) or 'none'} "
                            f"({conf['auth_users_file']})" + ("" if admins else
                                                              "; add one with `scatd users add NAME --admin`")))
+        items += access
     if mode == "oidc":
         items.append(_item("admins", "ok" if conf["auth_admins"] else "warning",
                            ", ".join(conf["auth_admins"]) or "no auth.admins: nobody can replace shared models"))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from scatd_core._lock import folder_lock
 from scatd_core.config import settings
-from scatd_core.errors import InputError
+from scatd_core.errors import InputError, ScatdError
 
 #: User names: letters, digits, '.', '_', '-', '@' (e-mail addresses work), 1-64 characters.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
@@ -61,18 +61,100 @@ def load_users(path: Path | None = None) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"The users file {path} cannot be read ({exc}).",
-                         "Fix or remove it, then add users again with `scatd users add`.") from None
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"The users file {path} cannot be read by this account ({_account()}): "
+                         f"{exc.strerror or exc}.",
+                         f"It holds the accounts: keep it. Give it to the account that runs the server, e.g. "
+                         f"`chown {_service_account() or 'SERVICE_USER'} {path}` (mode 0600 stays), and run "
+                         f"`scatd users` and `scatd doctor` as that account (`sudo -u ACCOUNT scatd ...`).") from None
+    try:
+        data = tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"The users file {path} is not valid TOML ({exc}).",
+                         "It holds the accounts: keep it. Correct the line named above with a text editor, or "
+                         "put back a copy from a backup; `scatd doctor` says when it can be read again.") from None
     users = data.get("users", {})
     return {str(k): dict(v) for k, v in users.items() if isinstance(v, dict) and "hash" in v}
 
 
+def _account() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _service_account() -> str | None:
+    """The account the server runs as (``server.service_user``, else the installed unit's ``User=``)."""
+    from scatd_core.doctor import _service_user
+
+    return _service_user(settings())[0]
+
+
+def _new_owner(path: Path) -> tuple[int, int] | None:
+    """Whom the users file is given to when root writes it: its present owner and group (a write
+    by root never takes the file from the server's account), or for a new file the service account
+    (:func:`_service_account`); ``None`` when not root, or neither is known."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = path.stat()
+        return st.st_uid, st.st_gid
+    except FileNotFoundError:
+        pass
+    name = _service_account()
+    if not name:
+        return None
+    import pwd
+
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return account.pw_uid, account.pw_gid
+
+
+def ownership_note(path: Path | None = None) -> str | None:
+    """What to tell root after writing the users file: a root-owned file (mode 0600) only root can
+    read, so a server running as another account cannot log anyone in. ``None`` otherwise."""
+    path = Path(path) if path else users_file()
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if os.geteuid() != 0 or st.st_uid != 0 or st.st_mode & 0o044:
+        return None
+    service = _service_account()
+    if service == "root":
+        return None
+    import pwd
+
+    who = service or "SERVICE_USER"
+    if not service:
+        why = ("no service account is named (server.service_user / SCATD_SERVICE_USER, or an installed "
+               "scatd-studio.service)")
+    else:
+        try:
+            pwd.getpwnam(service)
+            why = f"it was root's already, and root's changes keep the file's owner; the server runs as {service}"
+        except KeyError:
+            why = f"there is no account {service} on this machine"
+    return (f"{path} belongs to root and only root can read it; {why}: a server running as another account "
+            f"cannot read it, so nobody can log in. Give it to that account: `chown {who} {path}` (later changes "
+            f"by root keep its owner), or run `sudo -u {who} scatd users ...`.")
+
+
 def _save(users: dict[str, dict], path: Path) -> None:
+    """Write the users file whole (mode 0600; a temporary file renamed over it). Run as root, the
+    file keeps its owner and group, and a new one is given to the service account when one is
+    named: root's `scatd users add` must not leave a file the server cannot read."""
     import tomli_w
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    owner = _new_owner(path)
     fd, tmp = tempfile.mkstemp(prefix=".users-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -80,6 +162,8 @@ def _save(users: dict[str, dict], path: Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -172,6 +256,102 @@ def remove_user(name: str, path: Path | None = None) -> None:
             raise InputError(f"There is no user {name}.", f"Users: {', '.join(sorted(users)) or 'none'}.")
         del users[name]
         _save(users, path)
+
+
+@dataclass
+class UserData:
+    """What a user leaves behind when the account is removed (nothing of it is removed with it): their
+    saved panels (``<home>/panels/<name>.json``, private to the name), the records of panel training
+    that resume their models (``<home>/train-panel/*.json``) and the models of the shared library
+    recorded as trained or imported by them. A new account given the same name would get the saved
+    panels, and be recorded as these models' maker."""
+
+    name: str
+    panels_file: Path | None = None  # None: there is none
+    panels: list[str] = field(default_factory=list)
+    states: dict[Path, list[str]] = field(default_factory=dict)  # state file: its drugs resuming their models
+    models: list[Path] = field(default_factory=list)  # library folders
+
+    def __bool__(self) -> bool:
+        return bool(self.panels_file or self.states or self.models)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.panels_file:
+            out.append(f"saved panels: {len(self.panels)} ({', '.join(self.panels) or 'none readable'}) in "
+                       f"{self.panels_file}")
+        if self.states:
+            out.append(f"panel training records that resume their models: {sum(map(len, self.states.values()))} "
+                       f"drug(s) in {', '.join(map(str, sorted(self.states)))}")
+        if self.models:
+            out.append(f"models in the shared library trained or imported by {self.name}: {len(self.models)}: "
+                       + ", ".join(p.name for p in self.models))
+        return out
+
+
+def user_data(name: str, library: Path | None = None) -> UserData:
+    """What of ``name`` is kept on the server beside the account (:class:`UserData`)."""
+    import json
+
+    from scatd_core.bundle import list_library, maker
+    from scatd_core.panel import list_panels, panels_file
+    from scatd_core.train._panel import state_path
+
+    found = UserData(name)
+    path = panels_file(name)
+    if path.is_file():
+        found.panels_file = path
+        with contextlib.suppress(InputError):
+            found.panels = sorted(list_panels(name))
+    try:
+        entries = list_library(library)
+    except (OSError, ScatdError):
+        entries = []
+    found.models = sorted(Path(e.path) for e in entries if e.ok and maker(e.bundle) == name)
+    theirs = {str(p.resolve()) for p in found.models}
+    folder = state_path("x").parent
+    for state in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            drugs = json.loads(state.read_text(encoding="utf-8")).get("drugs", {})
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            continue
+        mine = [d for d, e in drugs.items() if isinstance(e, dict) and str(e.get("path")) in theirs]
+        if mine:
+            found.states[state] = mine
+    return found
+
+
+def delete_user_data(found: UserData, *, models: bool = False) -> list[str]:
+    """Delete ``found``'s saved panels and panel training records, and with ``models`` the models too
+    (other users may be using them: only when asked). Returns what was deleted, in words."""
+    import json
+
+    from scatd_core.bundle import remove_bundle
+    from scatd_core.panel import _locked as panels_locked
+    from scatd_core.train._panel import _write_state
+
+    done = []
+    if found.panels_file:
+        with panels_locked(found.panels_file):
+            found.panels_file.unlink(missing_ok=True)
+        done.append(f"deleted the saved panels {found.panels_file}")
+    for state, drugs in found.states.items():
+        try:
+            left = json.loads(state.read_text(encoding="utf-8")).get("drugs", {})
+        except (OSError, ValueError):
+            continue
+        for drug in drugs:
+            left.pop(drug, None)
+        if left:
+            _write_state(state, left)
+        else:
+            state.unlink(missing_ok=True)
+        done.append(f"deleted the panel training records of {', '.join(drugs)} in {state}")
+    if models:
+        for folder in found.models:
+            remove_bundle(folder)
+            done.append(f"deleted the model {folder}")
+    return done
 
 
 @contextlib.contextmanager

@@ -34,8 +34,18 @@ def add(sub) -> None:
                         help="may replace and delete shared models")
     wanted.add_argument("--no-admin", dest="admin", action="store_const", const=False,
                         help="take the admin rights away")
-    r = acts.add_parser("remove", help="remove a user")
+    r = acts.add_parser("remove", help="remove a user (says what of theirs stays on the server)",
+                        description="Remove a user's account. Their saved panels, panel training records and "
+                                    "the models they trained or imported stay unless asked for (listed after the "
+                                    "removal): a new account given the same name would get those saved panels and "
+                                    "be recorded as those models' maker. Run it again with --delete-data for a "
+                                    "name already removed.")
     r.add_argument("name")
+    r.add_argument("--delete-data", action="store_true",
+                   help="also delete the user's saved panels and their panel training records (private to the name)")
+    r.add_argument("--delete-models", action="store_true",
+                   help="with --delete-data: also delete the models they trained or imported from the shared "
+                        "library (other users may be using them)")
     acts.add_parser("list", help="list the users")
     p.set_defaults(run=run)
 
@@ -77,6 +87,36 @@ def _warn_if_no_admin(users, had_admin: bool) -> None:
             "admin again (`scatd users role NAME --admin`).")
 
 
+def _remove(args, users, path, had_admin: bool) -> None:
+    """Remove the account, then say what of the user's stays (or with --delete-data delete it). A name
+    already removed may be given again with --delete-data, to delete what it left."""
+    if args.delete_models and not args.delete_data:
+        raise ScatdError("--delete-models deletes models from the shared library: give it with --delete-data; "
+                         "nothing was changed.", f"`scatd users remove {args.name} --delete-data --delete-models`.")
+    left = users.user_data(args.name)
+    try:
+        users.remove_user(args.name)
+        print(f"Removed {args.name} from {path}")
+        _warn_if_no_admin(users, had_admin)
+    except ScatdError:
+        if not (args.delete_data and left):
+            raise
+        print(f"There is no user {args.name} in {path} (removed before); deleting the data left by that name.")
+    if args.delete_data:
+        for line in users.delete_user_data(left, models=args.delete_models):
+            print(line[0].upper() + line[1:])
+        if left.models and not args.delete_models:
+            say(f"note: the models {args.name} trained or imported stay in the shared library (others may use "
+                f"them): {', '.join(p.name for p in left.models)}. Delete them with --delete-models, or one by one "
+                f"with `scatd models remove NAME --yes`.")
+    elif left:
+        inherits = " and ".join(what for what, there in (("get these saved panels", left.panels_file),
+                                                         ("be recorded as these models' maker", left.models)) if there)
+        say(f"note: what {args.name} made stays on the server: " + "; ".join(left.lines()) + ". A new account "
+            f"named {args.name} would {inherits or 'take over these records'}. Delete it with `scatd users remove "
+            f"{args.name} --delete-data`" + (" (and --delete-models for the models)." if left.models else "."))
+
+
 def run(args) -> int:
     from scatd_core import users
 
@@ -87,18 +127,22 @@ def run(args) -> int:
         user = users.add_user(args.name, _password(args), admin=args.admin, replace=args.replace)
         print(f"{'Updated' if existed else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}")
         _warn_if_no_admin(users, had_admin)
+        if not existed and (left := users.user_data(user.name)):
+            say(f"note: data of an earlier account named {user.name} is still here and is now {user.name}'s: "
+                + "; ".join(left.lines()) + f". To start afresh: `scatd users remove {user.name} --delete-data`, "
+                "then add the user again.")
     elif args.action == "role":
         user = users.set_role(args.name, args.admin)
         print(f"{user.name} is {'an admin' if user.admin else 'not an admin'} now (password unchanged) in {path}")
         _warn_if_no_admin(users, had_admin)
     elif args.action == "remove":
-        users.remove_user(args.name)
-        print(f"Removed {args.name} from {path}")
-        _warn_if_no_admin(users, had_admin)
+        _remove(args, users, path, had_admin)
     else:
         listed = users.list_users()
         if not listed:
             say(f"No users in {path}. Add one with `scatd users add NAME --admin`.")
         for user in listed:
             print(f"{user.name}\t{'admin' if user.admin else 'user'}")
+    if note := users.ownership_note(path):
+        say(f"note: {note}")
     return 0

@@ -1,0 +1,236 @@
+"""The users of a lab server as its administrator meets them (QA as a new admin): root's `scatd users`
+leaves a file the server's account can read, `scatd doctor` checks it as that account, a removed
+user's data is said (and deleted when asked), and logins are logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from scatd_core.errors import InputError
+
+NOBODY = 65534
+PASSWORD = "a long password here"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="gives files to another account (chown): needs root")
+
+
+@pytest.fixture
+def server_home(monkeypatch):
+    """A 0755 home (pytest's folders are 0700: no other account gets through) with the users file in
+    it, no service account named and no systemd unit installed."""
+    from scatd_core import doctor
+
+    folder = Path(tempfile.mkdtemp(prefix="scatd-users-"))
+    folder.chmod(0o755)
+    monkeypatch.setenv("SCATD_HOME", str(folder))
+    monkeypatch.setenv("SCATD_USERS_FILE", str(folder / "users.toml"))
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(folder / "models"))
+    monkeypatch.delenv("SCATD_SERVICE_USER", raising=False)
+    monkeypatch.delenv("SCATD_CONFIG", raising=False)
+    monkeypatch.setattr(doctor, "UNIT_FILES", (folder / "none.service",))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class FastHasher:  # argon2's interface without its cost
+    def hash(self, password):
+        return f"fake${password}"
+
+    def verify(self, stored, password):
+        from argon2.exceptions import VerificationError
+
+        if stored != f"fake${password}":
+            raise VerificationError("wrong")
+        return True
+
+
+@pytest.fixture
+def fast_hash(monkeypatch):
+    from scatd_core import users
+
+    monkeypatch.setattr(users, "_hasher", FastHasher)
+
+
+# ----------------------------------------------------------------------------- 1. who owns the users file
+
+@needs_root
+def test_root_writing_the_users_file_keeps_its_owner_or_gives_it_to_the_service_account(server_home, monkeypatch,
+                                                                                        fast_hash):
+    """`scatd users add` as root made a root-owned 0600 file the server (as scatd) could not read, and
+    every later change by root took it back from scatd."""
+    from scatd_core import users
+
+    path = server_home / "users.toml"
+    monkeypatch.setenv("SCATD_SERVICE_USER", "nobody")
+    users.add_user("alice", PASSWORD, admin=True)  # a new file: the service account's
+    assert (path.stat().st_uid, oct(path.stat().st_mode & 0o777)) == (NOBODY, "0o600")
+    assert users.ownership_note(path) is None
+    monkeypatch.delenv("SCATD_SERVICE_USER")
+    users.add_user("bob", PASSWORD)
+    users.set_role("bob", True)
+    users.remove_user("bob")  # root's changes keep the file the service account's
+    assert (path.stat().st_uid, oct(path.stat().st_mode & 0o777)) == (NOBODY, "0o600")
+
+    path.unlink()  # no service account known: root's file, and said
+    users.add_user("alice", PASSWORD, admin=True)
+    assert path.stat().st_uid == 0
+    note = users.ownership_note(path)
+    assert "only root can read it" in note and f"chown SERVICE_USER {path}" in note
+
+
+@needs_root
+def test_users_command_as_root_says_when_the_server_could_not_read_the_file(server_home, monkeypatch, capsys,
+                                                                            fast_hash):
+    import io
+
+    from scatd_core.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["users", "add", "alice", "--admin", "--password-stdin"]) == 0
+    err = capsys.readouterr().err
+    assert "belongs to root and only root can read it" in err and "sudo -u SERVICE_USER scatd users" in err
+
+
+def test_a_users_file_that_cannot_be_parsed_is_never_said_to_be_removed(server_home):
+    """The hint was "Fix or remove it, then add users again": removing it deletes every account."""
+    from scatd_core import users
+
+    (server_home / "users.toml").write_text('[users.alice]\nhash = "$argon2id$..."\nadmin = tru\n')
+    with pytest.raises(InputError) as err:
+        users.load_users()
+    said = err.value.message + " " + err.value.hint
+    assert "remove" not in said.lower() and "holds the accounts: keep it" in said and "not valid TOML" in said
+
+
+@needs_root
+def test_a_users_file_this_account_cannot_read_says_how_to_fix_its_permissions(server_home, fast_hash):
+    from scatd_core import users
+
+    path = server_home / "users.toml"
+    users.add_user("alice", PASSWORD)  # root's, 0600
+    os.seteuid(NOBODY)
+    try:
+        with pytest.raises(InputError) as err:
+            users.load_users(path)
+    finally:
+        os.seteuid(0)
+    said = err.value.message + " " + err.value.hint
+    assert "cannot be read by this account (nobody)" in said and f"chown SERVICE_USER {path}" in said
+    assert "remove" not in said.lower()
+
+
+# ----------------------------------------------------------------------------- 1. scatd doctor as root
+
+def test_doctor_fails_when_the_service_account_cannot_read_the_users_file(server_home, monkeypatch, fast_hash):
+    """Run as root, `scatd doctor` said "ok users: 1 user(s)" of a file only root could read."""
+    from scatd_core import doctor, users
+    from scatd_core.config import settings
+
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    path = server_home / "users.toml"
+    users.add_user("alice", PASSWORD, admin=True)  # this account's, 0600
+    monkeypatch.setenv("SCATD_SERVICE_USER", "nobody")
+    items = doctor._login(settings())
+    failed = [i for i in items if i["status"] == "problem"]
+    assert [i["what"] for i in failed] == ["users file"], items
+    assert "cannot be read by nobody, the account the server runs as (server.service_user)" in failed[0]["detail"]
+    assert f"`chown nobody {path}`" in failed[0]["detail"] and "-rw-------" in failed[0]["detail"]
+    if os.geteuid() == 0:
+        os.chown(path, NOBODY, -1)
+        assert not [i for i in doctor._login(settings()) if i["status"] != "ok"]
+        os.chown(path, 0, -1)
+        monkeypatch.delenv("SCATD_SERVICE_USER")  # nobody named: root's private file is a warning
+        warned = [i for i in doctor._login(settings()) if i["what"] == "users file"]
+        assert warned and warned[0]["status"] == "warning" and "only root can read it" in warned[0]["detail"]
+
+
+def test_doctor_fails_when_the_service_account_cannot_read_the_configuration_file(server_home, monkeypatch):
+    from scatd_core import doctor
+    from scatd_core.config import settings
+
+    config = server_home / "config.toml"
+    config.write_text('[server]\nservice_user = "nobody"\n')
+    config.chmod(0o600)
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    items = doctor._config_file_items(settings())
+    failed = [i for i in items if i["status"] == "problem"]
+    assert failed and failed[0]["what"] == "configuration file" and "cannot be read by nobody" in failed[0]["detail"]
+    config.chmod(0o644)
+    assert not [i for i in doctor._config_file_items(settings()) if i["status"] == "problem"]
+
+
+# ----------------------------------------------------------------------------- 2. what a removed user leaves
+
+@pytest.fixture
+def alices_things(server_home, fast_hash):
+    """alice with a saved panel, a model she trained, one bob trained and a panel-training record of hers."""
+    from _app_helpers import make_bundle, make_dataset
+    from scatd_core import users
+
+    users.add_user("alice", PASSWORD)
+    cells = make_dataset(40, seed=6)
+    made = {}
+    for who in ("alice", "bob"):
+        bundle = make_bundle(server_home / "models" / f"{who}_model", cells, steps=1, drug=who.upper())
+        manifest = json.loads((bundle.path / "manifest.json").read_text())
+        manifest["provenance"]["trained_by"] = who
+        (bundle.path / "manifest.json").write_text(json.dumps(manifest))
+        made[who] = bundle.path
+    (server_home / "panels").mkdir()
+    (server_home / "panels" / "alice.json").write_text(json.dumps({"panels": {"my panel": {"models": ["a", "b"]}}}))
+    (server_home / "train-panel").mkdir()
+    state = server_home / "train-panel" / "0123456789abcdef0123.json"
+    state.write_text(json.dumps({"drugs": {"ALICE": {"status": "trained", "path": str(made["alice"].resolve())},
+                                           "BOB": {"status": "trained", "path": str(made["bob"].resolve())}}}))
+    return made, state
+
+
+def test_users_remove_says_what_of_the_user_stays_and_where(server_home, alices_things, capsys):
+    from scatd_core.cli import main
+
+    made, state = alices_things
+    assert main(["users", "remove", "alice"]) == 0
+    err = capsys.readouterr().err
+    assert f"saved panels: 1 (my panel) in {server_home / 'panels' / 'alice.json'}" in err
+    assert f"1 drug(s) in {state}" in err and "trained or imported by alice: 1: alice_model" in err
+    assert "A new account named alice would get these saved panels" in err and "--delete-data" in err
+    assert (server_home / "panels" / "alice.json").exists() and made["alice"].exists()  # nothing deleted
+
+
+def test_users_remove_delete_data_deletes_the_users_data_and_models_only_when_asked(server_home, alices_things,
+                                                                                   capsys):
+    from scatd_core import users
+    from scatd_core.cli import main
+
+    made, state = alices_things
+    assert main(["users", "remove", "alice", "--delete-models"]) == 2  # alone: refused, nothing changed
+    assert "give it with --delete-data" in capsys.readouterr().err and users.list_users()
+    assert main(["users", "remove", "alice", "--delete-data"]) == 0
+    captured = capsys.readouterr()
+    assert not (server_home / "panels" / "alice.json").exists() and not users.list_users()
+    assert json.loads(state.read_text())["drugs"].keys() == {"BOB"}  # bob's record stays
+    assert made["alice"].exists() and "alice_model" in captured.err and "--delete-models" in captured.err
+    # the name already removed: --delete-data still deletes what it left
+    assert main(["users", "remove", "alice", "--delete-data", "--delete-models"]) == 0
+    assert "removed before" in capsys.readouterr().out
+    assert not made["alice"].exists() and made["bob"].exists()
+    assert main(["users", "remove", "alice", "--delete-data"]) == 2  # nothing left, no user: the usual error
+    assert "There is no user alice" in capsys.readouterr().err
+
+
+def test_adding_a_name_whose_earlier_account_left_data_says_so(server_home, alices_things, monkeypatch, capsys):
+    import io
+
+    from scatd_core.cli import main
+
+    assert main(["users", "remove", "alice"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["users", "add", "alice", "--password-stdin"]) == 0
+    err = capsys.readouterr().err
+    assert "data of an earlier account named alice is still here" in err and "my panel" in err
