@@ -53,6 +53,37 @@ def _client() -> str:
         return "unknown"
 
 
+def _log() -> logging.Logger:
+    """The logger of logins (``scatd.auth``): INFO and above to standard error, which the shipped
+    systemd unit sends to the journal (``journalctl -u scatd-studio``). A handler is added only
+    where none would receive its records (Streamlit configures its own loggers only)."""
+    log = logging.getLogger("scatd.auth")
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    if not log.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    return log
+
+
+def attempt_login(name: str, password: str, throttle: LoginThrottle, client: str) -> tuple[User | None, float]:
+    """:func:`scatd_core.users.log_in`, logged: the user name as typed (quoted, cut at 80 characters:
+    it cannot forge a log line), the outcome and the client address; never the password."""
+    user, wait = log_in(name, password, throttle, client)
+    shown = repr(str(name or "")[:80])
+    if user is not None:
+        _log().info("login: user %s logged in from %s", shown, client)
+    elif wait > 0:
+        _log().warning("login refused: user %s from %s is locked out for %d more second(s) (too many failed "
+                       "attempts); the password was not checked", shown, client, round(wait))
+    else:
+        locked = throttle.locked(f"user:{name}", f"ip:{client}")
+        _log().warning("login failed: user %s from %s: wrong user name or password%s", shown, client,
+                       f"; now locked out for {round(locked)} second(s) (too many failed attempts)" if locked else "")
+    return user, wait
+
+
 def current_user() -> User | None:
     return st.session_state.get(USER)
 
@@ -79,7 +110,7 @@ def _password_form() -> None:
         password = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
-        user, wait = log_in(name, password, _throttle(), _client())
+        user, wait = attempt_login(name, password, _throttle(), _client())
         if wait > 0:
             st.error(f"Too many failed attempts. Try again in {max(1, round(wait / 60))} minute(s).",
                      icon=":material/lock_clock:")
@@ -144,8 +175,10 @@ def _resolve() -> User | None:
         user = current_user()
         if user is None:
             return None
+        was = user.name
         user, why = recheck(user)  # removed, password replaced or role changed since the login
         if user is None:
+            _log().info("logout: user %r's session ended: %s", was, why)
             _forget_session(why)
             return None
     st.session_state[USER] = user
@@ -167,6 +200,9 @@ def _forget_session(why: str = "") -> None:
 
 
 def logout() -> None:
+    user = current_user()
+    if user is not None:
+        _log().info("logout: user %r logged out from %s", user.name, _client())
     _forget_session()
     if mode() == "oidc":
         st.logout()

@@ -516,6 +516,14 @@ class LoginThrottle:
             self._prune(now)
         return 0.0
 
+    def locked(self, *keys: str) -> float:
+        """The seconds until these keys may try again (0: not locked out), counting nothing."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [self._recent(key, now) for key in keys]
+            return max([self.window - (now - times[0]) for times in recent if len(times) >= self.max_failures],
+                       default=0.0)
+
     def succeeded(self, *keys: str) -> None:
         with self._lock:
             for key in keys:

@@ -5,6 +5,7 @@ user's data is said (and deleted when asked), and logins are logged."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -234,3 +235,54 @@ def test_adding_a_name_whose_earlier_account_left_data_says_so(server_home, alic
     assert main(["users", "add", "alice", "--password-stdin"]) == 0
     err = capsys.readouterr().err
     assert "data of an earlier account named alice is still here" in err and "my panel" in err
+
+
+# ----------------------------------------------------------------------------- 3. logins are logged
+
+def test_logins_failures_and_lock_outs_are_logged_without_the_password(server_home, fast_hash, caplog):
+    from scatd_app import auth
+    from scatd_core import users
+
+    users.add_user("alice", PASSWORD)
+    throttle = users.LoginThrottle(max_failures=2, window_seconds=60)
+    caplog.set_level(logging.INFO, logger="scatd.auth")
+    assert auth.attempt_login("alice", "wrong password 1", throttle, "10.0.0.7") == (None, 0.0)
+    assert auth.attempt_login("alice\nforged line", "wrong password 2", throttle, "10.0.0.7") == (None, 0.0)
+    user, wait = auth.attempt_login("alice", PASSWORD, throttle, "10.0.0.7")
+    assert user is None and wait > 0  # the address is locked out
+    throttle.succeeded("ip:10.0.0.7")
+    assert auth.attempt_login("alice", PASSWORD, throttle, "10.0.0.8")[0] == users.User("alice", False)
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "scatd.auth"]
+    text = "\n".join(m for _, m in records)
+    assert records[0] == (logging.WARNING, "login failed: user 'alice' from 10.0.0.7: wrong user name or password")
+    assert "user 'alice\\nforged line' from 10.0.0.7" in records[1][1] and "now locked out for 60" in records[1][1]
+    assert records[2][0] == logging.WARNING and "login refused: user 'alice' from 10.0.0.7 is locked out" in text
+    assert records[3] == (logging.INFO, "login: user 'alice' logged in from 10.0.0.8")
+    assert "wrong password" not in text and PASSWORD not in text
+
+
+def test_the_login_form_logs_each_attempt(server_home, fast_hash, monkeypatch, caplog):
+    """Six wrong passwords left the server's log empty: the form's attempts are logged."""
+    from streamlit.testing.v1 import AppTest
+
+    from scatd_app import auth
+    from scatd_core import users
+    from test_app_pages import APP
+
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_AUTH_MAX_FAILURES", "1")
+    users.add_user("alice", PASSWORD)
+    auth._throttle.clear()
+    caplog.set_level(logging.INFO, logger="scatd.auth")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    for password in ("wrong password!", PASSWORD):
+        at.text_input(key="login_name").set_value("alice")
+        at.text_input(key="login_password").set_value(password)
+        at.get("form_submit_button")[0].click()
+        at.run()
+    auth._throttle.clear()
+    said = [r.getMessage() for r in caplog.records if r.name == "scatd.auth"]
+    assert len(said) == 2 and said[0].startswith("login failed: user 'alice' from ") and "locked out" in said[0]
+    assert said[1].startswith("login refused: user 'alice' from ") and "wrong password" not in " ".join(said)
