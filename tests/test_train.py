@@ -1265,8 +1265,8 @@ def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder
     assert again["status"] == "trained" and bundle.path != theirs.path
     assert bundle.manifest["provenance"]["trained_by"] == "alice"
     assert again["note"].startswith("trained again: the model 'DRUGA (dist_vae, panel)' was removed (or replaced) "
-                                    "and another model now has its folder ('DRUGA (dist_vae, trained)', trained by "
-                                    "bob on ")
+                                    "and another model now has its folder ('DRUGA (dist_vae, trained)', trained with "
+                                    "the server's command line by bob on ")
     assert load_bundle(theirs.path).manifest["provenance"]["trained_by"] == "bob"  # left as it was
     # a state file of an earlier version (no model identity): trained again rather than trusted
     [state_file] = list(state_path("x").parent.glob("*.json"))
@@ -1879,3 +1879,22 @@ def test_training_from_a_backbone_that_scales_counts_over_its_own_genes_says_the
             assert note[0] in said  # said before the training, as the data's warnings
             assert f"over its own {N_GENES:,} genes" in note[0] and "library_size 'all genes'" in note[0]
             assert "(it is not fine-tuned" in note[0]
+
+
+def test_one_users_panel_run_never_resumes_another_users_models(tmp_path, monkeypatch):
+    """QA: the panel-training records were named from the inputs and settings only, so bob training a
+    panel on exactly alice's inputs got her models back as his results ("resumed"). Who trains is
+    part of the record's name: alice resumes her own, bob trains his."""
+    from scatd_core.train import train_panel
+
+    monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
+    bulk, labels, target = synthetic()
+
+    def run(user):
+        summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, members=1), device="cpu",
+                                 library=tmp_path / "lib", min_lines_per_class=2, trained_by=user)
+        return summary.iloc[0]["status"]
+
+    assert run("alice") == "trained"
+    assert run("bob") == "trained"  # not alice's model as his
+    assert run("alice") == "resumed"
