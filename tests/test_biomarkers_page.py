@@ -385,3 +385,41 @@ def test_identical_cells_show_nothing_to_attribute_not_a_ranking(small_bundles):
     assert not at.dataframe and not at.get("plotly_chart")
     assert all(m.label != "Completeness error" for m in at.metric)
 
+
+
+def test_cancel_during_the_de_test_keeps_the_earlier_ranking(predicted, monkeypatch):
+    """Cancel pressed while the DE test runs (the bar at 'differential expression'): Streamlit
+    raises StopException at the run's next progress report, which comes before the result is
+    stored, so the cancelled run stores nothing and the ranking shown before stays (8 steps, not 12)."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from scatd_core import explain as ex
+
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    at.number_input(key="bio_steps").set_value(8)
+    _button(at, "Compute gene ranking").click().run()
+    first = ex.from_adata(adata).ranking.copy()
+    real = ex.explain
+
+    def cancelled_at_de(*args, progress=None, **kwargs):
+        stage = []
+
+        def report(fraction, message):
+            if stage:
+                raise StopException()  # the click on Cancel, seen at the first report after it
+            progress(fraction, message)
+            if message.startswith("differential expression"):
+                stage.append(fraction)
+
+        return real(*args, progress=report, **kwargs)
+
+    monkeypatch.setattr(ex, "explain", cancelled_at_de)
+    at.number_input(key="bio_steps").set_value(12)
+    _button(at, "Compute gene ranking").click().run()
+    at.run()  # the rerun the click on Cancel asks for
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("stopped before it finished" in i.value for i in at.info)
+    assert ex.from_adata(adata).info["n_steps"] == 8
+    pd.testing.assert_frame_equal(ex.from_adata(adata).ranking, first)
+

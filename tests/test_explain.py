@@ -550,3 +550,35 @@ def test_direction_is_worded_by_the_explained_output_and_the_feature_level():
     assert "raw resistant logit" in raw and "need not be the direction of P(resistant)" in raw
     assert "expression" not in direction_meaning("logit", "embedding feature")
     assert "P(resistant)" in direction_meaning("logit", "gene")
+
+
+class _StopNow(BaseException):
+    """What the app's progress report raises once Cancel was pressed (Streamlit's StopException)."""
+
+
+def test_a_run_cancelled_during_the_de_test_keeps_the_ranking_stored_before(small_bundles):
+    """Cancel pressed while the DE test runs (the last stage): the app's next progress report
+    stops the run, and it must come before the result is stored, so the ranking shown before
+    (here: 4 steps) is kept, not overwritten by the cancelled run's (8 steps)."""
+    adata, bundle = _small(small_bundles)
+    explain(adata, bundle, n_steps=4)
+    before = adata.uns["scatd_biomarkers"]["info"]["n_steps"], adata.obsm["scatd_attributions"].copy()
+    stage = []
+
+    def report(fraction, message):  # Cancel pressed as the DE stage begins: any later report stops
+        if stage:
+            raise _StopNow
+        if message.startswith("differential expression"):
+            stage.append(fraction)
+
+    with pytest.raises(_StopNow):
+        explain(adata, bundle, n_steps=8, progress=report)
+    assert stage and adata.uns["scatd_biomarkers"]["info"]["n_steps"] == before[0] == 4
+    pd.testing.assert_frame_equal(adata.obsm["scatd_attributions"], before[1])
+    # should_stop turning true during the test: Cancelled, nothing stored either
+    stop = []
+    with pytest.raises(Cancelled, match="nothing was changed"):
+        explain(adata, bundle, n_steps=8, should_stop=lambda: bool(stop),
+                progress=lambda f, m: stop.append(1) if m.startswith("differential") else None)
+    assert adata.uns["scatd_biomarkers"]["info"]["n_steps"] == 4
+

@@ -785,10 +785,21 @@ def explain(
                          + groups_text(info_pred["threshold"], pos, neg))
     result = Explanation(ranking=ranking, cells=cells, features=[names[j] for j in kept],
                          attributions=attributions, inputs=kept_inputs, baseline=base_vec, info=info)
+    last_stop_check(say, should_stop, store_result)
     if store_result:
         store(adata, result)
     say(1.0, f"done in {info['seconds']['total']:.0f} s")
     return result
+
+
+def last_stop_check(say, should_stop, store_result: bool) -> None:
+    """The stop check after the differential-expression test, before the result is stored: a
+    progress report (the app's stops there when the run was cancelled meanwhile) and a poll of
+    ``should_stop``. A run stopped during the test (or any time after the last attribution
+    batch) thus leaves the AnnData as it was, the ranking shown before included."""
+    say(0.98, "storing the ranking" if store_result else "finishing")
+    if should_stop is not None and should_stop():
+        raise Cancelled("The gene ranking was cancelled; nothing was changed.")
 
 
 # --------------------------------------------------------------------------- in the AnnData

@@ -40,7 +40,7 @@ from scatd_core.errors import InputError
 from scatd_core.explain._attribution import BASELINE_TITLES, MIX_ALPHA, N_REFERENCE_CELLS, TARGET_TITLES, TargetOutput
 from scatd_core.explain._explain import (RANKING_COLUMNS, Explanation, _check, _choose_cells, _completeness, _de_rank,
                                          _nothing_to_attribute, _without_ranking,
-                                         _ranking, _Sums, de_table, groups_text, prediction_context, store,
+                                         _ranking, last_stop_check, _Sums, de_table, groups_text, prediction_context, store,
                                          with_threshold)
 from scatd_core.explain._ranking import agreement
 from scatd_core.foundation import _work, geneformer, scfoundation
@@ -200,6 +200,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     result = Explanation(ranking=ranking, cells=cells, features=[part.names[j] for j in kept],
                          attributions=sums.kept_attributions(kept, None),  # attributions staged in float16
                          inputs=part.x[:, kept].astype(np.float32), baseline=part.base, info=info)
+    last_stop_check(say, should_stop, store_result)
     if store_result:
         store(adata, result)
     say(1.0, f"done in {info['seconds']['total']:.0f} s")
