@@ -1349,7 +1349,8 @@ def biomarker_table(ranking, **options):
     first = [c for c in BIOMARKER_KEY_COLUMNS if c in ranking]
     view = ranking[first + [c for c in ranking.columns if c not in first]]
     number = st.column_config.NumberColumn
-    config = {"rank": number("rank", width=60),
+    config = {"rank": number("rank", width=60,
+                             help="1 = the largest mean |attribution|; empty for genes absent from the data"),
               "mean_abs_attribution": number("mean |attribution|", format="%.4g", width="small"),
               "direction": st.column_config.TextColumn("direction", width="small"),
               "de_score": number("DE score", format="%.3g", width="small"),

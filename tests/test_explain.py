@@ -582,3 +582,26 @@ def test_a_run_cancelled_during_the_de_test_keeps_the_ranking_stored_before(smal
                 progress=lambda f, m: stop.append(1) if m.startswith("differential") else None)
     assert adata.uns["scatd_biomarkers"]["info"]["n_steps"] == 4
 
+
+def test_genes_absent_from_the_data_have_no_rank_and_come_last(small_bundles):
+    """A model gene the data lack is 0 in every cell: attribution 0 by construction, so no rank
+    (empty in biomarkers.csv), listed after every gene in the data; present genes ranked 1..n."""
+    bundle, _sd, enc, _z, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(5).normal(size=(30, enc[0]))).astype(np.float32)
+    x[:, 7] = 2.5  # in the data, constant: attribution 0 against the mean, ranked like the absent ones were
+    absent = {"GENE0", "GENE11"}
+    keep = [g for g in genes if g not in absent]
+    adata = ad.AnnData(x[:, [genes.index(g) for g in keep]], var=pd.DataFrame(index=keep))
+    _predict_two_groups(adata, bundle)
+    e = explain(adata, bundle, n_steps=4, keep_top=None, differential_expression=False)
+    r = e.ranking
+    assert list(r["feature"].tail(2)) == ["GENE0", "GENE11"] and not r["in_data"].tail(2).any()
+    assert r["rank"].tail(2).isna().all()
+    assert list(r["rank"].head(len(keep))) == list(range(1, len(keep) + 1))
+    assert r.set_index("feature").loc["GENE7", "rank"] == len(keep)  # a tie at 0: in the model's gene order
+    assert "GENE0" not in e.features[:len(keep)]
+    from scatd_core.export import to_csv_bytes
+
+    lines = to_csv_bytes(r).decode().splitlines()
+    assert lines[-1].startswith(",GENE11,") and lines[1].startswith("1,")
+

@@ -478,13 +478,19 @@ def completeness_text(completeness: dict) -> str:
 
 
 def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int, base: np.ndarray,
-             population: tuple[int, int] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+             population: tuple[int, int] | None = None,
+             in_data: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """The ranking table (feature order) and the order of the features by mean |attribution|.
 
     ``population``: the scored cells of each group ``(resistant, sensitive)`` when the explained
     cells over-represent one (:func:`_choose_cells`): the overall means (mean |attribution|,
     mean attribution, input gradient) then weight each group's mean by its share of them; the
-    per-group columns are each group's own means either way."""
+    per-group columns are each group's own means either way.
+
+    Ties (equal mean |attribution|, e.g. features whose attribution is 0 in every cell) are
+    ordered as the model lists its features, each with its own rank. ``in_data``: which features
+    are in the data; the others (0 in every cell, so attribution 0 by construction) come last
+    and have no rank (``<NA>``: empty in biomarkers.csv)."""
     n = len(names)
     with np.errstate(invalid="ignore", divide="ignore"):
         if population is not None and n_pos and n_neg:
@@ -511,10 +517,12 @@ def _ranking(names: list[str], sums: _Sums, n_pos: int, n_neg: int, base: np.nda
             "mean_input_resistant": sums.x[True] / n_pos if n_pos else np.nan,
             "mean_input_sensitive": sums.x[False] / n_neg if n_neg else np.nan,
         })
-    order = np.lexsort((np.arange(n), -ranking["mean_abs_attribution"].to_numpy()))
-    rank = np.empty(n, dtype=int)
-    rank[order] = np.arange(1, n + 1)
-    ranking.insert(0, "rank", rank)
+    present = np.ones(n, dtype=bool) if in_data is None else np.asarray(in_data, dtype=bool)
+    order = np.lexsort((np.arange(n), -ranking["mean_abs_attribution"].to_numpy(), ~present))
+    rank = np.full(n, np.nan)
+    ranked = order[present[order]]  # the features in the data, best first
+    rank[ranked] = np.arange(1, ranked.size + 1)
+    ranking.insert(0, "rank", pd.array(rank, dtype="Int64"))  # <NA> for features absent from the data
     return ranking, order
 
 
@@ -526,15 +534,21 @@ def _kept_inputs(inputs: ModelInput, raw, kept: np.ndarray, rows: np.ndarray, ch
     return np.vstack(parts) if parts else np.zeros((0, kept.size), dtype=np.float32)
 
 
-def _de_columns(inputs: ModelInput, bundle, raw, rows: np.ndarray, is_pos, is_neg, pos: str, neg: str,
-                run_de: bool) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Group means of the data as given (``raw``: the explained cells' (``rows``) data aligned to
-    the model's features), the Wilcoxon test, and which features are in the data."""
-    n_features = inputs.spec.input_dim
+def features_in_data(inputs: ModelInput, bundle) -> np.ndarray:
+    """Which model input features are in the data (genes the data lack are 0 in every cell)."""
     if bundle.input_kind == "expression":
-        in_data = np.asarray(np.abs(inputs.source.alignment.matrix).sum(axis=0)).ravel() > 0
-    else:
-        in_data = np.ones(n_features, dtype=bool)
+        return np.asarray(np.abs(inputs.source.alignment.matrix).sum(axis=0)).ravel() > 0
+    return np.ones(inputs.spec.input_dim, dtype=bool)
+
+
+def _de_columns(inputs: ModelInput, bundle, raw, rows: np.ndarray, is_pos, is_neg, pos: str, neg: str,
+                run_de: bool, in_data: np.ndarray | None = None) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """Group means of the data as given (``raw``: the explained cells' (``rows``) data aligned to
+    the model's features), the Wilcoxon test, and which features are in the data
+    (:func:`features_in_data`, when not given)."""
+    n_features = inputs.spec.input_dim
+    if in_data is None:
+        in_data = features_in_data(inputs, bundle)
     present = np.flatnonzero(in_data)
     if present.size < n_features:  # the columns first, then float64: one float64 copy, this one's own
         raw = raw[:, present]
@@ -726,8 +740,9 @@ def explain(
         warn.insert(0, nothing)
     completeness, rel = _completeness(sums, attributor.f_base, n_steps, warn, nothing)
     n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
+    in_data = features_in_data(inputs, bundle)
     ranking, order = _ranking(names, sums, n_pos, n_neg, base_vec,
-                              None if population is None else (population[pos], population[neg]))
+                              None if population is None else (population[pos], population[neg]), in_data)
     kept = order if keep_top is None else order[: int(keep_top)]
     kept_inputs = _kept_inputs(inputs, raw, kept, rows)
     attributions = sums.kept_attributions(kept, kept_inputs, attributor)
@@ -735,7 +750,7 @@ def explain(
     say(0.92, "differential expression between the predicted groups")
     t_de = time.perf_counter()
     de_cols, de_info, in_data = _de_columns(inputs, bundle, raw, rows, is_pos, is_neg, pos, neg,
-                                            differential_expression)
+                                            differential_expression, in_data)
     seconds_de = time.perf_counter() - t_de
     del raw
     ranking = pd.concat([ranking, de_cols], axis=1)
@@ -745,7 +760,7 @@ def explain(
     if bundle.input_kind == "expression" and not in_data.all():
         notes.append(f"{int((~in_data).sum()):,} of the model's {len(names):,} genes are absent from the data: "
                      "they are 0 in every cell and in a data-derived baseline, so their attribution is 0 "
-                     "(listed with in_data = False).")
+                     "(listed last, with in_data = False and no rank).")
     ranking = ranking.iloc[order].reset_index(drop=True)[list(RANKING_COLUMNS)]
     if nothing:
         ranking = _without_ranking(ranking)

@@ -146,7 +146,7 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
     sums = part.sums
     n_pos, n_neg = int(is_pos.sum()), int(is_neg.sum())
     ranking, order = _ranking(part.names, sums, n_pos, n_neg, part.base,
-                              None if population is None else (population[pos], population[neg]))
+                              None if population is None else (population[pos], population[neg]), part.in_data)
     kept = order if keep_top is None else order[: int(keep_top)]
     nothing = _nothing_to_attribute(sums, part.f_base, part.base, part.baseline_title,
                                     TARGET_TITLES[target]) if part.complete else None
