@@ -197,9 +197,12 @@ query = t1.text_input("Search", placeholder=f"{level} name, e.g. {ranking['featu
 top_n = t2.number_input("Show top", min_value=1, max_value=len(ranking), value=min(50, len(ranking)), step=5,
                         key="bio_top_n")
 view = ranking[ranking["feature"].str.contains(query.strip(), case=False, regex=False)] if query.strip() else ranking
-ui.biomarker_table(view.head(int(top_n)), hide_index=True)
+hide_signed_mean = ex.signed_mean_near_zero(info)  # ~0 for every gene by construction: said why below
+ui.biomarker_table(view.head(int(top_n)), hide_signed_mean=hide_signed_mean, hide_index=True)
 st.caption(f"Click a column header to sort. direction: {ex.direction_meaning(info['target'], level)}; DE: Wilcoxon "
            f"rank-sum between the predicted groups ({info['differential_expression'].get('data_scale', 'not computed')}).")
+if hide_signed_mean:
+    st.caption(ui.MEAN_BASELINE_SIGNED_MEAN)
 
 n_bar = st.slider("Genes in the bar chart", 1, min(50, len(ranking)), min(20, len(ranking)), key="bio_n_bar")
 st.plotly_chart(pl.biomarker_bar(ranking, n_bar, info["target_title"], target=info["target"], level=level),

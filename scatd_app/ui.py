@@ -1343,9 +1343,23 @@ BIOMARKER_KEY_COLUMNS = ("rank", "feature", "mean_abs_attribution", "direction",
                          "de_pval_adj")
 
 
-def biomarker_table(ranking, **options):
+#: Why the signed mean attribution is hidden against the mean-cell baseline (Biomarkers page).
+MEAN_BASELINE_SIGNED_MEAN = (
+    "**mean attribution** (signed) is not shown: against a baseline at the average cell (as this one is) it is "
+    "close to 0 for every gene by construction (cells above and below the average cancel out), which does not "
+    "mean the gene has no net effect. Read **direction** for what more of the gene does, and the per-group "
+    "columns (**mean attribution, resistant / sensitive**) for how it pushes each predicted group; "
+    "biomarkers.csv keeps the column.")
+
+
+def biomarker_table(ranking, hide_signed_mean: bool = False, **options):
     """A biomarker ranking (Biomarkers, Report): the key columns first and narrow, named as the
-    figures name them (``mean |attribution|``); biomarkers.csv keeps its own names and order."""
+    figures name them (``mean |attribution|``); biomarkers.csv keeps its own names and order.
+    ``hide_signed_mean``: leave out the signed ``mean_attribution``, ~0 for every feature against
+    a baseline at the average cell (:func:`scatd_core.explain.signed_mean_near_zero`; say
+    :data:`MEAN_BASELINE_SIGNED_MEAN` with the table)."""
+    if hide_signed_mean:
+        ranking = ranking.drop(columns="mean_attribution", errors="ignore")
     first = [c for c in BIOMARKER_KEY_COLUMNS if c in ranking]
     view = ranking[first + [c for c in ranking.columns if c not in first]]
     number = st.column_config.NumberColumn
@@ -1357,10 +1371,15 @@ def biomarker_table(ranking, **options):
               "logfoldchange": number("log fold change", format="%.3g", width="small"),
               "mean_attribution": number(
                   "mean attribution", format="%.3g",
-                  help="Signed mean over the explained cells. Against the mean-cell baseline it is "
-                       "small when the model is nearly linear in the feature (cells above and below "
-                       "the average cancel out), not in general: read mean |attribution| for "
-                       "importance and 'direction' for the sign."),
+                  help="Signed mean over the explained cells. Against a baseline at the average cell it is "
+                       "close to 0 for every gene by construction (cells above and below the average cancel "
+                       "out), so ~0 does not mean 'no net effect'. Read mean |attribution| for importance, "
+                       "'direction' for the sign and the per-group means (resistant / sensitive) for each "
+                       "group."),
+              "mean_attribution_resistant": number("mean attribution, resistant", format="%.3g",
+                                                   help="Signed mean over the explained cells predicted resistant."),
+              "mean_attribution_sensitive": number("mean attribution, sensitive", format="%.3g",
+                                                   help="Signed mean over the explained cells predicted sensitive."),
               "de_pval_adj": number("DE p (adj.)", format="%.2e", width="small"),
               "de_pval": number("DE p", format="%.2e")}
     config.update(options.pop("column_config", {}))

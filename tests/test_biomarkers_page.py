@@ -423,3 +423,26 @@ def test_cancel_during_the_de_test_keeps_the_earlier_ranking(predicted, monkeypa
     assert ex.from_adata(adata).info["n_steps"] == 8
     pd.testing.assert_frame_equal(ex.from_adata(adata).ranking, first)
 
+
+@pytest.mark.parametrize("baseline", ["mean", "zero"])
+def test_the_signed_mean_attribution_is_hidden_against_the_mean_baseline(predicted, baseline):
+    """Against the mean baseline the signed mean attribution is ~0 for every gene by construction:
+    the table leaves it out and says why (pointing to direction and the per-group means);
+    against another baseline it is shown. biomarkers.csv keeps it either way."""
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    at.number_input(key="bio_steps").set_value(4)
+    at.selectbox(key="bio_baseline").set_value(baseline)
+    _button(at, "Compute gene ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    columns = list(at.dataframe[0].value.columns)
+    said = [c.value for c in at.caption if "is not shown" in c.value]
+    assert "mean_attribution_resistant" in columns and "mean_attribution_sensitive" in columns
+    if baseline == "mean":
+        assert "mean_attribution" not in columns
+        assert said and "direction" in said[0] and "resistant / sensitive" in said[0]
+    else:
+        assert "mean_attribution" in columns and not said
+    from scatd_core import explain as ex
+
+    assert "mean_attribution" in ex.from_adata(adata).ranking.columns

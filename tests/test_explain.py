@@ -605,3 +605,22 @@ def test_genes_absent_from_the_data_have_no_rank_and_come_last(small_bundles):
     lines = to_csv_bytes(r).decode().splitlines()
     assert lines[-1].startswith(",GENE11,") and lines[1].startswith("1,")
 
+
+def test_the_signed_mean_is_flagged_near_zero_against_a_baseline_at_the_average_cell(small_bundles):
+    """Against the mean baseline each cell's attribution is its distance from the average times the
+    path gradient: the distances cancel, so the signed mean is ~0 for every gene (the app hides it
+    and says why); not against 'no expression'. A z-scoring model's zero is its mean too."""
+    from types import SimpleNamespace
+
+    from scatd_core.explain import signed_mean_near_zero
+    from scatd_core.explain._attribution import zero_is_mean
+
+    adata, bundle = _small(small_bundles)
+    mean = explain(adata, bundle, n_steps=8, keep_top=None, differential_expression=False)
+    zero = explain(adata, bundle, baseline="zero", n_steps=8, keep_top=None, differential_expression=False)
+    top = mean.ranking.head(10)
+    assert (top["mean_attribution"].abs() < 0.2 * top["mean_abs_attribution"]).all()
+    assert signed_mean_near_zero(mean.info) and not signed_mean_near_zero(zero.info)
+    assert signed_mean_near_zero({"baseline": "mean"}) and not signed_mean_near_zero({"baseline": "deletion"})
+    z_scoring = SimpleNamespace(input_kind="expression", manifest={"input_transform": "standardize"})
+    assert zero_is_mean(z_scoring) and not zero_is_mean(bundle)

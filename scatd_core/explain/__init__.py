@@ -119,8 +119,8 @@ from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMO
                                              direction_meaning, zero_baseline_meaning)
 from scatd_core.explain._estimate import estimate
 from scatd_core.explain._explain import (COMPLETENESS_TOLERANCE, RANKING_COLUMNS, Explanation, completeness_text,
-                                         explain, feature_names, from_adata, out_of_date, store,
-                                         stratified_subsample)
+                                         explain, feature_names, from_adata, out_of_date,
+                                         signed_mean_near_zero, store, stratified_subsample)
 
 
 def warm_up() -> None:
@@ -139,7 +139,7 @@ def warm_up() -> None:
 
 
 __all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "out_of_date", "store", "feature_names",
-           "stratified_subsample", "completeness_text",
+           "stratified_subsample", "completeness_text", "signed_mean_near_zero",
            "BASELINES", "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
            "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size", "direction_meaning",
            "zero_baseline_meaning"]

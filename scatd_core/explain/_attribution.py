@@ -19,6 +19,12 @@ BASELINE_TITLES = {"zero": "zero (no expression)", "mean": "mean model input of 
                    "mix": "0.5 x mean + 0.5 x mean of {k} random scored cells (seed {seed})"}
 
 
+def zero_is_mean(bundle) -> bool:
+    """Whether a zero model input is every gene at its mean (a model that z-scores its genes)."""
+    return getattr(bundle, "input_kind", "expression") == "expression" and \
+        bundle.manifest.get("input_transform") == "standardize"
+
+
 def zero_baseline_meaning(bundle) -> str:
     """What the ``zero`` baseline is for this model: a zero model input is "no expression" only for
     models that take expression as it is or log-normalise it; a model that z-scores its genes
@@ -26,7 +32,7 @@ def zero_baseline_meaning(bundle) -> str:
     an embedding model as an all-zero aligned embedding."""
     if getattr(bundle, "input_kind", "expression") != "expression":
         return "an all-zero cell embedding (after AdaIN), not an absence of expression"
-    if bundle.manifest.get("input_transform") == "standardize":
+    if zero_is_mean(bundle):
         return ("every gene at its mean over the dataset (this model z-scores its genes), practically the "
                 "'mean' baseline; not an absence of expression")
     return "no expression at all"

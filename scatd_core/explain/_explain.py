@@ -18,7 +18,7 @@ from scatd_core._keys import FILTERED, result_keys
 from scatd_core._progress import Eta
 from scatd_core.errors import Cancelled, InputError
 from scatd_core.explain._attribution import (BASELINES, N_REFERENCE_CELLS, TARGET_TITLES, TARGETS, Attributor,
-                                             baseline_title, baseline_vector)
+                                             baseline_title, baseline_vector, zero_is_mean)
 from scatd_core.explain._ranking import agreement, differential_expression, log_scale, round_or_none
 from scatd_core.explain._sums import column_sums
 from scatd_core.inputs import ModelInput
@@ -95,6 +95,14 @@ class Explanation:
         matrix = self.attributions if values == "attribution" else self.inputs
         table = pd.DataFrame(matrix[:, :k], index=self.cells.index, columns=self.features[:k])
         return pd.concat([self.cells[["label", "prob_resistant"]], table], axis=1)
+
+
+def signed_mean_near_zero(info: dict) -> bool:
+    """Whether the ranking's signed ``mean_attribution`` is close to 0 for every feature by
+    construction: against a baseline at the average cell (``mean``, or ``zero`` for a model that
+    z-scores its genes), each cell's attribution is its distance from the average times the path
+    gradient, and the distances cancel over the cells. ``info``: an :class:`Explanation`'s."""
+    return bool(info.get("signed_mean_near_zero", info.get("baseline") == "mean"))
 
 
 def groups_text(threshold: dict, pos: str, neg: str) -> str:
@@ -776,6 +784,7 @@ def explain(
         "method": f"Integrated gradients (captum {captum.__version__}, Gauss-Legendre, {int(n_steps)} steps)",
         "target": target, "target_title": TARGET_TITLES[target], "baseline": baseline, "baseline_title": base_title,
         "baseline_cells": [str(adata.obs_names[i]) for i in reference_cells], "baseline_target": attributor.f_base,
+        "signed_mean_near_zero": baseline == "mean" or (baseline == "zero" and zero_is_mean(bundle)),
         "n_steps": int(n_steps), "seed": int(seed), "threshold": info_pred["threshold"]["value"],
         "threshold_calibrated": bool(info_pred["threshold"].get("calibrated")),
         "threshold_detail": info_pred["threshold"].get("detail", ""),
