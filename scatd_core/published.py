@@ -136,12 +136,27 @@ def _get(url: str, timeout: float = TIMEOUT_SECONDS):
     return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (an https URL from the configuration)
 
 
+def manual_command(name: str, what: Recognised) -> str:
+    """The ``scatd import-checkpoint`` command that imports the published file ``name`` by hand, as
+    :func:`install` does: its backbone, its drug (a drug model only; a pretrained backbone has
+    none) and, for Dist_VAE, the gene list."""
+    parts = ["scatd import-checkpoint", name, "--backbone", what.backbone]
+    if what.kind == "classifier" and what.drug:
+        parts += ["--drug", what.drug]
+    if what.backbone == "dist_vae":
+        parts += ["--genes", GENE_LIST]
+    return " ".join(parts)
+
+
 def manual_instructions() -> str:
-    names = ", ".join(n for n, r in KNOWN.items() if r.kind in ("classifier", "backbone"))
-    return (f"Download the checkpoints by hand from {FIGSHARE_URL} ({names}) and, for Dist_VAE models, the gene "
-            f"list {GENE_LIST} (from the scFoundation repository, model/ folder); then import them on the Model "
-            "library page (upload) or with `scatd import-checkpoint FILE --backbone dist_vae --drug DRUG --genes "
-            f"{GENE_LIST}`.")
+    """What to download by hand and how to import each file, when figshare cannot be reached."""
+    commands = "; ".join(f"{what.title}: `{manual_command(name, what)}`"
+                         for name, what in KNOWN.items() if what.kind in ("classifier", "backbone"))
+    return (f"Download the checkpoints you need by hand from {FIGSHARE_URL} and, for the Dist_VAE ones, the gene "
+            f"list {GENE_LIST} ({settings()['gene_list_url']}); then import each on the Model library page "
+            f"(upload) or with the command given for it, from the folder holding the files. {commands}. Only the "
+            "first is a drug model that predicts; the pretrained backbones are for training drug models "
+            "(scatd train --backbone-bundle).")
 
 
 def list_files(article: int = FIGSHARE_ARTICLE, api: str | None = None) -> list[PublishedFile]:

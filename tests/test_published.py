@@ -109,6 +109,36 @@ def test_offline_says_what_to_download_by_hand(monkeypatch):
     assert DAL in err.value.hint and published.GENE_LIST in err.value.hint and "scatd import-checkpoint" in err.value.hint
 
 
+def test_offline_instructions_give_each_file_its_own_import_command(tmp_path, monkeypatch, capsys):
+    """QA: the offline instructions imported all four files with `--backbone dist_vae --drug DRUG`: three are
+    pretrained backbones (dist_vae, vae_sf, vae_gf) and the drug model's drug, DOCETAXEL, was not named. Each
+    command given is run here on a stand-in of that file and imports it as the published install would."""
+    import re
+    import shlex
+
+    from scatd_core.cli import main
+
+    hint = published.manual_instructions()
+    commands = re.findall(r"`(scatd import-checkpoint [^`]+)`", hint)
+    assert len(commands) == 4 and "--drug DRUG" not in hint
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / published.GENE_LIST).write_text("gene_name\tindex\n" + "".join(
+        f"{g}\t{i}\n" for i, g in enumerate(small_gene_names(SMALL["dist_vae"][0][0]))))
+    for command in commands:
+        args = shlex.split(command)[1:]
+        what = published.KNOWN[args[1]]
+        enc, z, dec = SMALL[what.backbone]
+        state = (orig.dal_checkpoint(what.backbone, enc, z, seed=1) if what.kind == "classifier" else
+                 orig.pretraining_checkpoint(what.backbone, enc, z, dec, seed=1))
+        torch.save(state, tmp_path / args[1])
+        assert main(args) == 0, capsys.readouterr().err
+        assert ("--drug" in args) == (what.kind == "classifier")
+    bundles = {e.bundle.path.name: e.bundle for e in list_library()}
+    assert {(b.kind, b.backbone, b.drug or None) for b in bundles.values()} == {
+        (w.kind, w.backbone, w.drug) for w in published.KNOWN.values() if w.kind in ("classifier", "backbone")}
+    assert bundles["DOCETAXEL_dist_vae"].kind == "classifier"
+
+
 def test_cli_models_fetch(figshare, capsys):
     from scatd_core.cli import main
 
