@@ -31,8 +31,9 @@ from scatd_core import _threads  # noqa: F401  (reads the process's thread count
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
-from scatd_core.inputs import EMBEDDING_REASON_TEXT, REASON_TEXT, ModelInput, value_messages
+from scatd_core.inputs import EMBEDDING_REASON_TEXT, REASON_TEXT, ModelInput, value_messages, value_type
 from scatd_core.nn.sparse import batch_tensor
+from scatd_core.preprocess import AS_GIVEN_COUNTS_NOTE, as_given_counts
 
 __all__ = ["predict", "score", "store", "Scores", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
            "auto_batch_size", "estimate_seconds", "Cancelled", "THRESHOLD_SOURCES"]
@@ -577,7 +578,8 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
         "positive_label": bundle.positive_label, "negative_label": bundle.negative_label,
         "warnings": _warnings(bundle, inputs, not_scored, adata),
         # what the model input did with the values (log-normalised values un-logged first)
-        **({"notes": notes} if (notes := list(inputs.notes) + _embedding_notes(adata, bundle)) else {}),
+        **({"notes": notes} if (notes := list(inputs.notes) + _as_given_notes(adata, bundle, inputs)
+                                 + _embedding_notes(adata, bundle)) else {}),
         **({"embeddings": _embeddings(adata, bundle)} if bundle.input_kind == "embedding" else {}),
     }
     thr = float(bundle.threshold if threshold is None else threshold)
@@ -600,6 +602,14 @@ def _model_record(bundle) -> dict:
     if bundle.manifest.get("few_shot"):  # the target cells whose labels trained it: left out of evaluations
         record["few_shot"] = bundle.manifest["few_shot"]
     return record
+
+
+def _as_given_notes(adata: ad.AnnData, bundle, inputs: ModelInput) -> list[str]:
+    """A Dist_VAE model imported with input transform 'none' given raw counts: they went in as they
+    are (:data:`scatd_core.preprocess.AS_GIVEN_COUNTS_NOTE`)."""
+    if bundle.input_kind != "expression" or inputs.transform != "none":
+        return []
+    return [AS_GIVEN_COUNTS_NOTE] if as_given_counts(value_type(adata), inputs.transform) else []
 
 
 def _embedding_notes(adata: ad.AnnData, bundle) -> list[str]:

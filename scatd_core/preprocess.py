@@ -28,7 +28,7 @@ from scatd_core.genes import mito_mask
 # dataset-level statistics, so it is applied by scatd_core.inputs.ModelInput, not here.
 INPUT_TRANSFORMS = ("none", "log1p_cp10k", "standardize")
 #: Over which genes a cell's counts are summed to scale them to 10,000 (its library size), the
-#: manifest's ``library_size``: the model's genes only (the published ``log1p_cp10k`` models, as
+#: manifest's ``library_size``: the model's genes only (checkpoints imported with ``log1p_cp10k``, as
 #: scFoundation's preprocessing, and models trained here before it was recorded: a manifest
 #: without the key), or every gene of the data (models trained here now), so that counts and
 #: their log1p(CP10k) over the whole transcriptome reach the model alike.
@@ -391,14 +391,33 @@ def check_backbone_compatibility(value_type, backbone: str, input_transform: str
     return []  # log-normalised values: un-logged first (Dist_VAE), taken as normalised (scFoundation)
 
 
-#: What a ``log1p_cp10k`` expression model (the published scATD-sf-dist models, imported
-#: checkpoints) does with values already log-normalised (:class:`scatd_core.inputs.ModelInput`):
+#: What a ``log1p_cp10k`` expression model (a scATD-sf-dist checkpoint imported with
+#: ``--input-transform log1p_cp10k``) does with values already log-normalised (:class:`scatd_core.inputs.ModelInput`):
 #: the Model page, the prediction's record and the CLI say it in these words.
 UNLOG_NOTE = ("These values are already log-normalised (log1p of normalised counts), so the model un-logs them "
               "(expm1) and scales each cell to 10,000 over its own genes before log1p, as it does with counts, "
               "instead of log-transforming them a second time: the cells get the input their counts would give, "
               "whatever total they were normalised to. Natural-log values are assumed (log1p, as scanpy and "
               "Seurat write them); for log2 values (e.g. scran's logcounts) upload the counts instead.")
+
+
+#: What a Dist_VAE model imported with input transform ``none`` (the default of ``scatd
+#: import-checkpoint`` and of the published models' install, as the original inference script)
+#: does with raw counts: the Model page, the prediction's record and the CLI say it in these words.
+AS_GIVEN_COUNTS_NOTE = (
+    "These values are raw counts, and this model takes values as they are (it was imported with input transform "
+    "'none', as the original scATD inference script reads them): each cell's counts go in without being scaled to "
+    "its total or log-transformed, so a cell sequenced more deeply gets larger inputs. The scATD reference does not "
+    "say whether its Dist_VAE models were trained on counts or on log-normalised values. If the model's authors say "
+    "it takes log-normalised values, upload log1p(CP10k) values instead (scanpy's normalize_total to 10,000, then "
+    "log1p), or have the checkpoint imported again with --input-transform log1p_cp10k.")
+
+
+def as_given_counts(value_type, input_transform: str | None) -> bool:
+    """Whether an expression model with ``input_transform`` takes these values, raw counts, as they
+    are (:data:`AS_GIVEN_COUNTS_NOTE`)."""
+    kind, _ = _kind_and_evidence(value_type)
+    return input_transform == "none" and kind == "counts"
 
 
 def unlogs(value_type, input_transform: str | None) -> bool:
@@ -422,12 +441,15 @@ def unlogs(value_type, input_transform: str | None) -> bool:
 def value_notes(value_type, input_transform: str | None) -> list[str]:
     """What an expression model with ``input_transform`` does with these values that the user
     should know and that is not a problem (those are :func:`check_backbone_compatibility`'s):
-    log-normalised values un-logged first (:data:`UNLOG_NOTE`), and the sampled cells with
+    log-normalised values un-logged first (:data:`UNLOG_NOTE`), raw counts taken as they are by a
+    model imported with input transform ``none`` (:data:`AS_GIVEN_COUNTS_NOTE`), and the sampled cells with
     negative, NaN or infinite values among values that have none (:func:`detect_value_type`),
     which the model leaves unscored or, taking the values as they are, scores as they are. The
     prediction records what it did itself (``uns['scatd']['notes']``, ``not_scored``)."""
     kind, evidence = _kind_and_evidence(value_type)
     notes = [UNLOG_NOTE] if unlogs(value_type, input_transform) else []
+    if as_given_counts(value_type, input_transform):
+        notes.append(AS_GIVEN_COUNTS_NOTE)
     n = evidence.get("n_cells_sampled") or 0
     if evidence.get("n_cells_non_finite"):
         notes.append(f"Of the {n:,} cells sampled, {_cells(evidence['n_cells_non_finite'])} NaN or infinite values: "

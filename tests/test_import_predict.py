@@ -400,6 +400,25 @@ def test_values_a_transform_cannot_take_are_not_scored_never_labelled(small_bund
     assert any("negative values" in w for w in adata.uns["scatd"]["warnings"])
 
 
+def test_raw_counts_given_to_a_model_that_takes_values_as_they_are_are_said_to_go_in_unscaled(small_bundles):
+    """QA: a Dist_VAE checkpoint imported with input transform 'none' (the import's and the published install's
+    default) took raw counts without a word on the Model page, in the prediction's record or in the CLI."""
+    from scatd_core.inputs import value_messages
+    from scatd_core.preprocess import AS_GIVEN_COUNTS_NOTE
+
+    bundle, _sd, _enc, _z, genes = small_bundles["dist_vae"]
+    assert bundle.manifest["input_transform"] == "none"
+    x = np.random.default_rng(4).poisson(3.0, size=(40, len(genes))).astype(np.float32)
+    counts = ad.AnnData(x, var=pd.DataFrame(index=genes))
+    assert AS_GIVEN_COUNTS_NOTE in value_messages(counts, bundle)[1]  # the Model page, before the run
+    predict(counts, bundle)
+    assert AS_GIVEN_COUNTS_NOTE in counts.uns["scatd"]["notes"]  # the record: CLI, report, metrics.csv
+    lognorm = ad.AnnData(np.log1p(x / x.sum(1, keepdims=True) * 1e4), var=pd.DataFrame(index=genes))
+    assert AS_GIVEN_COUNTS_NOTE not in value_messages(lognorm, bundle)[1]
+    predict(lognorm, bundle)
+    assert AS_GIVEN_COUNTS_NOTE not in lognorm.uns["scatd"].get("notes", [])
+
+
 def test_qc_mask_filters_cells_and_keeps_their_rows(small_bundles):
     bundle, _, enc, _, genes = small_bundles["dist_vae"]
     x = np.abs(np.random.default_rng(4).normal(size=(12, enc[0]))).astype(np.float32)

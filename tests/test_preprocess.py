@@ -171,12 +171,14 @@ def test_notes_say_what_a_model_does_with_faulty_cells_and_log_normalised_values
         (note,) = preprocess.value_notes(bad, transform)
         assert note.startswith("Of the 300 cells sampled, 1 cell has negative values (min -1.0), which counts never "
                                "have") and "such cells are not scored; the others are" in note
-    assert "scored on values unlike any it was trained on" in preprocess.value_notes(bad, "none")[0]
+    assert "scored on values unlike any it was trained on" in preprocess.value_notes(bad, "none")[-1]
     lognorm = preprocess.detect_value_type(_variants(counts)["log_normalized"])
     assert preprocess.value_notes(lognorm, "log1p_cp10k") == [preprocess.UNLOG_NOTE]
     assert preprocess.unlogs(lognorm, "log1p_cp10k") and not preprocess.unlogs(lognorm, "standardize")
     assert preprocess.value_notes(lognorm, "standardize") == []
     assert preprocess.value_notes(preprocess.detect_value_type(counts.X), "log1p_cp10k") == []
+    assert preprocess.value_notes(preprocess.detect_value_type(counts.X), "none") == [preprocess.AS_GIVEN_COUNTS_NOTE]
+    assert preprocess.value_notes(lognorm, "none") == []
 
 
 def test_backbone_compatibility_accepts_a_kind_or_a_read_report():
