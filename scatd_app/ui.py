@@ -86,7 +86,15 @@ def md(text) -> str:
 # --------------------------------------------------------------------------------------------
 
 def show_error(exc: BaseException) -> None:
-    """A friendly ``st.error``: what is wrong and what to do; never a traceback."""
+    """A friendly ``st.error``: what is wrong and what to do; never a traceback. An unexpected
+    error (not a :class:`ScatdError`) goes to the server's log with its traceback, once (a copy
+    kept to show again, :func:`error_copy`, has none), so the administrator can find what a user
+    reports."""
+    if not isinstance(exc, ScatdError) and exc.__traceback__ is not None:
+        import logging
+
+        logging.getLogger("scatd").error("unexpected error shown to a user: %s: %s", type(exc).__name__, exc,
+                                         exc_info=exc)
     if isinstance(exc, ScatdError):
         hint = exc.app_hint or exc.hint
         st.error(f"**{md(exc.message)}**" + (f"\n\n{md(hint)}" if hint else ""), icon=":material/error:")

@@ -1110,6 +1110,34 @@ def _errors_page():
     ui.show_error(KeyError("x"))
 
 
+def test_an_unexpected_error_shown_to_a_user_is_in_the_server_log_with_its_traceback(caplog):
+    """QA (admin): "Something unexpected went wrong" reached the user, and nothing of it the server's log
+    (journalctl), so the administrator had no traceback to find. A user's own mistake (ScatdError) and a
+    kept copy shown again (no traceback) are not logged."""
+    import logging
+
+    from scatd_app import ui
+    from scatd_core.errors import InputError
+
+    def fail():
+        return {}["missing key"]
+
+    try:
+        fail()
+    except KeyError as exc:
+        caught = exc
+    with caplog.at_level(logging.ERROR, logger="scatd"):
+        ui.show_error(caught)
+        ui.show_error(ui.error_copy(caught))
+        try:
+            raise InputError("Bad thing.", "Do this.")
+        except InputError as exc:
+            ui.show_error(exc)
+    (record,) = [r for r in caplog.records if r.name == "scatd"]
+    assert "unexpected error shown to a user: KeyError" in record.getMessage()
+    assert "in fail" in caplog.text and "Traceback" in caplog.text
+
+
 def test_upload_limit_comes_from_configuration(with_library, monkeypatch):
     from streamlit import config
 
