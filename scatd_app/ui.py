@@ -1140,6 +1140,7 @@ def read_upload(uploaded, orientation: str) -> None:
     try:
         with st.spinner(f"Reading {md(source['name'])}…"):
             adata = io.read(source["path"], name=source["name"], orientation=orientation,
+                            max_bytes=limits().max_upload_bytes,  # an upload: the upload limit applies
                             **session.room_for_a_dataset(ss.get(session.TOKEN)))
     except Exception as exc:  # io promises InputError only; still never show a traceback
         show_error(exc)

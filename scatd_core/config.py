@@ -11,7 +11,9 @@ paths.library            ``SCATD_MODEL_LIBRARY``           installed model bundl
 paths.work_dir           ``SCATD_WORK_DIR``                per-session working folders (uploads)        ``<home>/work``
 paths.import_folder      ``SCATD_IMPORT_FOLDER``           checkpoints an admin offers for import in    not set
                                                            the app (listed, never a typed path)
-limits.max_upload_mb     ``SCATD_MAX_UPLOAD_MB``           largest file accepted                        2048
+limits.max_upload_mb     ``SCATD_MAX_UPLOAD_MB``           largest file uploaded in the app (a file     2048
+                                                           the CLI or Ray reads on the server is
+                                                           bounded by memory, not by this)
 limits.max_decompressed_mb ``SCATD_MAX_DECOMPRESSED_MB``   most bytes out of a .gz/.zip/.tar upload     4096
                                                            or a .pth checkpoint (uploaded in the app:
                                                            also at most the upload limit), and the

@@ -528,6 +528,28 @@ def test_limit_refusals_name_the_configuration_key_and_the_variable(formats, tmp
     assert "limits.max_decompressed_mb in the configuration file" in hint and "SCATD_MAX_DECOMPRESSED_MB" in hint
 
 
+def test_the_upload_limit_caps_uploads_only_not_files_read_from_disk(tmp_path, monkeypatch):
+    """limits.max_upload_mb is the web upload's limit: the CLI, Ray and the demo read a file on the
+    server's disk whatever its size (bounded by memory and what the file declares), while an upload
+    over it is still refused, with the same message."""
+    monkeypatch.setenv("SCATD_MAX_UPLOAD_MB", "1")
+    big = make_counts(n_cells=500, n_genes=1000, density=0.5, seed=3)
+    paths = {"h5ad": tmp_path / "atlas.h5ad", "csv": write_table(big, tmp_path / "atlas.csv"),
+             "mtx": write_10x_mtx(big, tmp_path / "mtx", compressed=False)}
+    big.write_h5ad(paths["h5ad"])
+    for label, path in paths.items():
+        size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+        assert size > 1 << 20, label
+        assert io.read(path).shape == (500, 1000), label  # refused on old code: "over the limit of 1 MB"
+    with pytest.raises(InputError, match=r"atlas\.h5ad is 2 MB, over the limit of 1 MB") as info:
+        io.read_bytes(paths["h5ad"].read_bytes(), "atlas.h5ad")  # an upload
+    assert "limits.max_upload_mb" in info.value.hint and "SCATD_MAX_UPLOAD_MB" in info.value.hint
+    with pytest.raises(InputError, match=r"over the limit of 1 MB"):
+        io.store_upload(paths["csv"].read_bytes(), "atlas.csv", tmp_path)
+    # the app reads an upload it stored with the upload limit (the Data page's read_upload)
+    assert "over the limit of 1 MB" in _read_error(paths["h5ad"], max_bytes=1 << 20).message
+
+
 def test_npy_must_be_plain_2d_numbers(tmp_path):
     np.save(tmp_path / "three.npy", np.zeros((2, 3, 4)))
     assert "3-D" in _read_error(tmp_path / "three.npy").message

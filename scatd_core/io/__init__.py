@@ -82,8 +82,13 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         ``"auto"`` (tables and h5ad: decided from the names, see the report),
         ``"cells_x_genes"`` or ``"genes_x_cells"`` (rows are genes). Ignored by 10x and loom
         files, whose layout is fixed.
-    max_bytes, max_cells, max_dataset_bytes
-        Limits (file size, cells, memory of the dataset once read); default
+    max_bytes
+        The largest file (or 10x folder) accepted; default none. The upload limit
+        (``limits.max_upload_mb``) is for uploads (:func:`store_upload`, :func:`read_bytes`;
+        the app passes it when it reads an upload it stored): a file on the server's disk (the
+        CLI, ``--engine ray``, the demo) is bounded by memory and by what it declares instead.
+    max_cells, max_dataset_bytes
+        Limits (cells, memory of the dataset once read); default
         :func:`scatd_core.config.limits`. Declared sizes are checked before anything is
         allocated; an h5ad too large for memory is read from disk (backed) instead.
     backed
@@ -169,10 +174,11 @@ def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_byt
 
     The name is never used as a path: the bytes go to a fresh temporary folder (inside ``workdir``,
     e.g. the app session's own working folder; default the system's) as a fixed stem plus the
-    recognised extension. Other parameters as :func:`read`. When the result is backed, the
+    recognised extension. ``max_bytes``: the largest upload accepted, default the upload limit
+    (``limits.max_upload_mb``). Other parameters as :func:`read`. When the result is backed, the
     temporary file lives as long as the AnnData.
     """
-    opts = make_options(orientation, max_bytes, max_cells, backed, display_name(filename), max_dataset_bytes,
+    opts = make_options(orientation, max_bytes or limits().max_upload_bytes, max_cells, backed, display_name(filename), max_dataset_bytes,
                         limit_reason, samples)
     path = store_upload(data, filename, workdir, max_bytes=opts.max_bytes)
     try:
@@ -219,7 +225,7 @@ def read_any(path: Path, opts: Options) -> ad.AnnData:
         raise InputError(f"{name} is empty (0 bytes).",
                          "Check that the right file was given and that it was saved or copied completely.",
                          app_hint="Upload the file again; the transfer may have failed.")
-    if size > opts.max_bytes:
+    if opts.max_bytes is not None and size > opts.max_bytes:
         raise too_large(name, size, opts.max_bytes)
     suffix = suffix_of(path.name)
     if suffix is None:

@@ -80,7 +80,10 @@ class Options:
     """What the caller asked for, and what the readers found (``report``, ``warnings``)."""
 
     orientation: str
-    max_bytes: int
+    #: The largest file (or 10x folder) accepted, or None: no cap on the file's size. Uploads are
+    #: capped (limits.max_upload_mb); a file on the server's disk (the CLI, Ray, the demo) is bounded
+    #: by memory (backed reading, :func:`check_memory`) and by what it declares, not by its size.
+    max_bytes: int | None
     max_cells: int
     backed: object
     display_name: str
@@ -102,7 +105,7 @@ def make_options(orientation, max_bytes, max_cells, backed, display_name, max_da
     if backed not in ("auto", True, False):
         raise ValueError(f"backed must be 'auto', True or False, not {backed!r}")
     lim = limits()
-    return Options(orientation=orientation, max_bytes=max_bytes or lim.max_upload_bytes,
+    return Options(orientation=orientation, max_bytes=max_bytes or None,
                    max_cells=max_cells or lim.max_cells, backed=backed, display_name=display_name,
                    max_dataset_bytes=max_dataset_bytes or lim.max_dataset_bytes,
                    max_decompressed_bytes=lim.max_decompressed_bytes, max_genes=lim.max_genes,
@@ -148,6 +151,7 @@ def raise_limit(key: str) -> str:
 
 
 def too_large(name: str, size: int, limit: int) -> InputError:
+    """An upload (or a file read with an explicit ``max_bytes``) over the upload size limit."""
     return InputError(f"{name} is {size / 2**20:,.0f} MB, over the limit of {limit / 2**20:,.0f} MB.",
                       f"Subsample the cells first, or {raise_limit('max_upload_mb')}.")
 

@@ -136,7 +136,7 @@ def read_mtx(matrix: Path, opts: Options) -> ad.AnnData:
                          f"genes.tsv) and {prefix}barcodes.tsv(.gz), with the same prefix; upload the "
                          "whole folder as a .zip or .tar.gz.")
     total = sum(p.stat().st_size for p in (matrix, barcodes_file, features_file))
-    if total > opts.max_bytes:
+    if opts.max_bytes is not None and total > opts.max_bytes:
         raise too_large(name, total, opts.max_bytes)
     n_rows, n_cols, nnz = _mtx_shape(matrix, opts)
     # which side holds the cells is known once the names are read; the header already bounds both
