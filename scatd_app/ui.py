@@ -1072,6 +1072,9 @@ def use_demo(bar) -> None:
     from scatd_app import jobs
 
     demo = demo_module()
+    problem = demo.cell_limit_problem()  # said before the (long) build, not after it
+    if problem is not None:
+        raise problem
     shared_build("demo", lambda report: demo.ensure(progress=report), bar, "the demo")
     with jobs.computing("the demo"):
         adata = demo.load_data(progress=progress_to(bar))
@@ -1262,7 +1265,13 @@ def add_cell_metadata(adata: ad.AnnData, uploaded, source: str) -> None:
 
 def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
     """The "Try the demo" button; on a click, loads the demo (progress in ``progress_area``).
-    Returns whether the demo is now the session's data."""
+    Returns whether the demo is now the session's data. Where the server's cell limit is below the
+    demo's cells, the button is disabled and says so (before any build)."""
+    problem = demo_module().cell_limit_problem()
+    if problem is not None:
+        st.button("Try the demo", key=key, icon=":material/science:", disabled=True, help=problem.message)
+        st.caption(f"{problem.message} {problem.app_hint}")
+        return False
     if not st.button("Try the demo", key=key, icon=":material/science:", type="primary" if primary else "secondary",
                      help="A simulated tumour and a model trained on simulated cell lines, labelled demo (simulated "
                           "data). Built once per server on first use (1-2 minutes on 2 idle CPU cores, longer on a busy "

@@ -20,7 +20,8 @@ limits.max_decompressed_mb ``SCATD_MAX_DECOMPRESSED_MB``   most bytes out of a .
                                                            largest compressed loom matrix or h5ad X
 limits.max_dataset_mb    ``SCATD_MAX_DATASET_MB``          most memory one dataset may take once read   4096
                                                            (larger h5ad files are read from disk)
-limits.max_cells         ``SCATD_MAX_CELLS``               most cells in one dataset                    1,000,000
+limits.max_cells         ``SCATD_MAX_CELLS``               most cells in one dataset (the demo has      1,000,000
+                                                           2,000)
 limits.max_genes         ``SCATD_MAX_GENES``               most genes (features) in one dataset         100,000
 server.max_jobs          ``SCATD_MAX_JOBS``                computations run at once (others queue)      2
 server.session_ttl_minutes ``SCATD_SESSION_TTL_MINUTES``   idle sessions (and their files) kept for     240

@@ -259,6 +259,10 @@ def _configuration(conf) -> list[dict]:
                        f"dataset memory {lim.max_dataset_mb:,} MB, {lim.max_cells:,} cells, {lim.max_genes:,} genes; "
                        f"{conf['max_jobs']} computation(s) at once; idle sessions kept {conf['session_ttl_minutes']} min"
                        f" and {conf['kept_sessions_mb']:,} MB"))
+    from scatd_core.demo import cell_limit_warning
+
+    if (demo_warning := cell_limit_warning(lim.max_cells)) is not None:
+        items.append(_item("demo", "warning", demo_warning))
     items.append(_memory_item(conf))
     return items
 

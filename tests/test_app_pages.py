@@ -1176,6 +1176,18 @@ def test_demo_button_loads_the_demo_and_its_model(with_library, monkeypatch):
     assert "**Report ✓**" in progress and "**Predict ✓**" in progress
 
 
+def test_the_demo_button_says_a_cell_limit_below_the_demo_before_any_build(with_library, monkeypatch):
+    """QA: with limits.max_cells = 1,500 the demo (2,000 cells) was refused only after its long build:
+    the button is disabled and says why, naming the setting, before anything is built."""
+    monkeypatch.setenv("SCATD_MAX_CELLS", "1500")
+    at = start()
+    goto(at, "1_Data")
+    button = at.button(key="btn_demo")
+    assert button.disabled and "limits.max_cells = 1,500" in button.help
+    said = text(at.caption)
+    assert "below the demo's 2,000 simulated cells" in said and "SCATD_MAX_CELLS" in said
+
+
 def test_the_overview_ticks_your_own_datas_steps_never_the_demos(with_library):
     """QA: the overview's "Your own data, in three steps" ticked its steps for the demo data."""
     for demo in (True, False):

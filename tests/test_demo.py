@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _data_helpers import make_counts
 from scatd_core import demo, explain
 from scatd_core.demo.simulate import RESISTANCE_PROGRAM
+from scatd_core.errors import InputError
 from scatd_core.predict import predict
 
 
@@ -67,3 +69,30 @@ def test_scatd_demo_command_writes_the_report(tmp_path, monkeypatch, capsys):
     ranking = pd.read_csv(out / "biomarkers.csv")
     assert len(ranking) == demo.ensure(library=tmp_path / "library")[1].architecture.input_dim
     assert "demo (simulated data)" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_cell_limit_below_the_demo_is_said_before_the_build(tmp_path, monkeypatch, capsys):
+    """QA: with limits.max_cells = 1,500 the demo (2,000 cells) was refused after its long build; now
+    before it, naming the setting, in the app's loader and in `scatd demo`."""
+    from scatd_core.cli import main
+
+    monkeypatch.setenv("SCATD_MAX_CELLS", "1500")
+    monkeypatch.setattr(demo, "build", lambda **k: pytest.fail("built although the server cannot load the demo"))
+    with pytest.raises(InputError) as info:
+        demo.load_data()
+    assert "limits.max_cells = 1,500) is below the demo's 2,000 simulated cells" in info.value.message
+    assert "SCATD_MAX_CELLS" in info.value.hint and "at least 2,000" in info.value.hint
+    assert main(["demo", "--out", str(tmp_path / "report"), "--library", str(tmp_path / "library")]) != 0
+    assert "below the demo's 2,000 simulated cells" in capsys.readouterr().err
+    monkeypatch.setenv("SCATD_MAX_CELLS", "2000")
+    assert demo.cell_limit_problem() is None and demo.cell_limit_warning(2000) is None
+
+
+def test_the_demo_is_not_an_upload_so_the_upload_limit_does_not_refuse_it(tmp_path, monkeypatch):
+    """QA: with limits.max_upload_mb = 3 the demo's 10 MB tumour was refused as an upload."""
+    monkeypatch.setenv("SCATD_MAX_UPLOAD_MB", "1")
+    path = tmp_path / demo.DEMO_DATA
+    make_counts(n_cells=500, n_genes=1000, density=0.5, seed=4).write_h5ad(path)
+    assert path.stat().st_size > 1 << 20
+    monkeypatch.setattr(demo, "ensure", lambda library=None, progress=None: (path, None))  # the demo, as built
+    assert demo.load_data().n_obs == 500

@@ -974,6 +974,21 @@ def test_doctor_reports_configuration_problems(tmp_path, monkeypatch, capsys):
         assert mode["status"] == "warning" and 'reverse proxy' in mode["detail"] and 'password' in mode["detail"]
 
 
+def test_doctor_warns_when_the_cell_limit_is_below_the_demo(tmp_path, monkeypatch, capsys):
+    """QA: with limits.max_cells = 1,500 the demo (2,000 cells) cannot load: doctor says so."""
+    from scatd_core.cli import main
+
+    def demo_items():
+        main(["doctor", "--json"])
+        return [i for i in json.loads(capsys.readouterr().out)["sections"]["configuration"] if i["what"] == "demo"]
+
+    monkeypatch.setenv("SCATD_MAX_CELLS", "1500")
+    [item] = demo_items()
+    assert item["status"] == "warning" and "limits.max_cells = 1,500 is below the demo's 2,000" in item["detail"]
+    monkeypatch.setenv("SCATD_MAX_CELLS", "2000")
+    assert demo_items() == []
+
+
 def test_a_table_line_that_never_ends_is_refused_before_a_parser_holds_it(tmp_path, monkeypatch):
     """A .csv.gz whose second line is megabytes long (a few kB compressed) is refused by the line
     guard under the parsers (pandas would hold it several times over); ordinary long rows pass."""

@@ -34,6 +34,9 @@ def run(args) -> int:
     from scatd_core.metrics import evaluate_column
 
     check_output(args.out, "--out", folder_files=REPORT_FILES + (PANEL_FILES if args.panel else ()))
+    problem = demo.cell_limit_problem()  # said before the (long) build, not after it
+    if problem is not None:
+        raise problem
     if args.rebuild and demo.bundle_path(args.library).exists():
         shutil.rmtree(demo.bundle_path(args.library))
     path, bundle = demo.ensure(library=args.library, progress=Progress("Building the demo"))

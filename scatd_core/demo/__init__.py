@@ -47,6 +47,37 @@ PANEL_DRUGS = ("DEMOPLATIN", "DEMOLIMUS")
 
 #: Sizes of the demo (``full``) and of a quick copy for tests (``tiny``): cell lines, cells.
 SIZES = {"full": (300, 2000), "tiny": (60, 200)}
+#: Cells in the demo tumour: a server whose ``limits.max_cells`` is lower cannot load it.
+DEMO_CELLS = SIZES["full"][1]
+
+
+def cell_limit_problem(max_cells: int | None = None):
+    """Why this server cannot load the demo, said before anything is built: its cell limit
+    (``max_cells``, default ``limits.max_cells``) is below the demo's :data:`DEMO_CELLS` cells. An
+    :class:`~scatd_core.errors.InputError` naming the setting, or None when the demo fits.
+
+    The demo is not an upload: the upload size limit (``limits.max_upload_mb``) does not apply to it."""
+    from scatd_core.config import limits
+    from scatd_core.errors import InputError
+    from scatd_core.io._common import raise_limit
+
+    cap = limits().max_cells if max_cells is None else max_cells
+    if cap >= DEMO_CELLS:
+        return None
+    return InputError(f"This server's cell limit (limits.max_cells = {cap:,}) is below the demo's {DEMO_CELLS:,} "
+                      "simulated cells, so the demo cannot be loaded here.",
+                      f"To use the demo, {raise_limit('max_cells')}, to at least {DEMO_CELLS:,}.",
+                      app_hint=f"To use the demo, {raise_limit('max_cells')}, to at least {DEMO_CELLS:,}. "
+                               "Your own data can still be uploaded, up to this limit.")
+
+
+def cell_limit_warning(max_cells: int) -> str | None:
+    """What ``scatd doctor`` says when ``max_cells`` is below the demo's cells; else None."""
+    if max_cells >= DEMO_CELLS:
+        return None
+    return (f"limits.max_cells = {max_cells:,} is below the demo's {DEMO_CELLS:,} simulated cells: the app's "
+            "'Try the demo' button is disabled (it says why) and `scatd demo` stops before building it. Raise "
+            f"limits.max_cells (or SCATD_MAX_CELLS) to at least {DEMO_CELLS:,} to offer the demo.")
 
 
 def demo_settings(size: str = "full"):
@@ -146,9 +177,15 @@ def ensure(*, library: str | Path | None = None,
 
 def load_data(*, library: str | Path | None = None,
               progress: Callable[[float, str], None] | None = None) -> ad.AnnData:
-    """The demo tumour as an AnnData (raw counts; ``obs['response']`` holds the truth)."""
+    """The demo tumour as an AnnData (raw counts; ``obs['response']`` holds the truth).
+
+    Refused before anything is built when the server's cell limit is below the demo's cells
+    (:func:`cell_limit_problem`); never by the upload size limit: the demo is not an upload."""
     from scatd_core import io
 
+    problem = cell_limit_problem()
+    if problem is not None:
+        raise problem
     path, _ = ensure(library=library, progress=progress)
     return io.read(path)
 
