@@ -64,9 +64,12 @@ published.gene_list_url  ``SCATD_GENE_LIST_URL``           where the scFoundatio
                                                            from when the article lacks it
 =======================  ================================  ===========================================  ====================
 
-A value that cannot be used (not a number, not positive, an unknown choice) falls back to its
-default and is listed in :attr:`Settings.problems`, which ``scatd doctor`` shows and the app's
-server prints when it starts. An unknown section or key is listed with the nearest known key.
+A value that cannot be used (not a number, not positive, an unknown choice) is listed in
+:attr:`Settings.problems`, which ``scatd doctor`` shows and the app's server prints when it starts,
+with what is used instead: a bad environment variable falls back to the configuration file's
+value when that one is good, else to the default; a bad value in the file gives way to a good
+environment variable, else to the default. An unknown section or key is listed with the nearest
+known key.
 
 The login fails closed: an ``auth.mode`` (or ``SCATD_AUTH``) that is not one of the modes above,
 or an unknown key that is nearest to an ``[auth]`` key (``[Auth]``, ``mdoe``), is also listed in
@@ -203,21 +206,22 @@ def _shown(raw) -> str:
 
 
 def _parse(raw, kind, name: str, problems: list[str]):
-    """``raw`` (a TOML value, or an environment variable's text) as ``kind``; ``None`` (the default
-    is used) with a problem when it is not one: never converted from another type (``5`` is not a
-    folder, ``1.5`` not a whole number, ``true`` not a number)."""
+    """``raw`` (a TOML value, or an environment variable's text) as ``kind``; ``None`` with a problem
+    when it is not one: never converted from another type (``5`` is not a folder, ``1.5`` not a
+    whole number, ``true`` not a number). The problem says what is wrong; :func:`settings` adds
+    what is used instead (:func:`_used_instead`)."""
     if kind == "list":  # a TOML list, or comma-separated text in the environment
         items = raw if isinstance(raw, (list, tuple)) else [raw]
         if not all(isinstance(x, str) for x in items):
             problems.append(f"{name} = {_shown(raw)} should be text or a list of texts "
-                            f'(e.g. ["a@lab.org", "b@lab.org"]); the default is used.')
+                            f'(e.g. ["a@lab.org", "b@lab.org"])')
             return None
         items = [x for item in items for x in item.split(",")] if not isinstance(raw, (list, tuple)) else items
         return tuple(x.strip() for x in items if x.strip())
     if kind in ("path", "text") and not isinstance(raw, str):
         expected = ('a folder or file path in quotes (e.g. "/srv/scatd")' if kind == "path" else
                     'text in quotes')
-        problems.append(f"{name} = {_shown(raw)} should be {expected}; the default is used.")
+        problems.append(f"{name} = {_shown(raw)} should be {expected}")
         return None
     if kind == "path":
         return Path(raw).expanduser() if raw.strip() else None
@@ -225,25 +229,38 @@ def _parse(raw, kind, name: str, problems: list[str]):
         return raw.strip() or None
     if kind == "int":
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-            problems.append(f"{name} = {_shown(raw)} should be a whole number (e.g. 2); the default is used.")
+            problems.append(f"{name} = {_shown(raw)} should be a whole number (e.g. 2)")
             return None
         try:
             value = int(raw)
         except ValueError:
-            problems.append(f"{name} = {raw!r} is not a whole number; the default is used.")
+            problems.append(f"{name} = {raw!r} is not a whole number")
             return None
         if value <= 0:
-            problems.append(f"{name} = {value} must be positive; the default is used.")
+            problems.append(f"{name} = {value} must be positive")
             return None
         return value
     if not isinstance(raw, str):
-        problems.append(f"{name} = {_shown(raw)} should be one of {', '.join(kind)} in quotes; the default is used.")
+        problems.append(f"{name} = {_shown(raw)} should be one of {', '.join(kind)} in quotes")
         return None
     value = raw.strip().lower()
     if value not in kind:
-        problems.append(f"{name} = {raw!r} is not one of {', '.join(kind)}; the default is used.")
+        problems.append(f"{name} = {raw!r} is not one of {', '.join(kind)}")
         return None
     return value
+
+
+def _used_instead(source: str, value, env: str) -> str:
+    """What a setting whose value could not be used falls back to, as said after its problem:
+    ``source`` is "env" (its valid environment variable), "file" (the configuration file's
+    valid value) or "default" (``value`` ``None``: a default derived from other settings)."""
+    shown = (f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else
+             "none" if value == () else _shown(value if not isinstance(value, Path) else str(value)))
+    if source == "env":
+        return f"{env} ({shown}) is used instead"
+    if source == "file":
+        return f"the configuration file's value ({shown}) is used instead"
+    return "the default is used" if value is None else f"the default ({shown}) is used"
 
 
 def _nearest_key(section: str, key: str) -> tuple[str, str] | None:
@@ -296,19 +313,25 @@ def settings() -> Settings:
     from_file = _read_file(path, problems, fatal)
     values: dict = {}
     for (section, key), (env, kind, default) in KEYS.items():
-        value = None
+        wrong: list[str] = []  # this setting's values that cannot be used (the file's, the environment's)
+        value = source = None
         if (section, key) in from_file:
-            value = _parse(from_file[(section, key)], kind, f"{section}.{key}", problems)
-            if value is None and (section, key) == ("auth", "mode"):
-                fatal.append(f"auth.mode = {from_file[(section, key)]!r} in {path} is not one of "
-                             f"{', '.join(kind)}: the app will not start rather than run without the login meant.")
+            value = _parse(from_file[(section, key)], kind, f"{section}.{key}", wrong)
+            source = "file" if value is not None else None
         raw = os.environ.get(env, "").strip()
         if raw:
-            parsed = _parse(raw, kind, env, problems)
-            value = parsed if parsed is not None else value
-            if parsed is None and (section, key) == ("auth", "mode"):
-                fatal.append(f"{env} = {raw!r} is not one of {', '.join(kind)}: the app will not start rather "
-                             f"than run without the login meant.")
+            parsed = _parse(raw, kind, env, wrong)
+            if parsed is not None:
+                value, source = parsed, "env"
+        if wrong and (section, key) == ("auth", "mode"):
+            # one message, said wherever it is shown: the login fails closed, the server does not start
+            for line in wrong:
+                message = f"{line}: the app will not start rather than run without the login meant."
+                problems.append(message)
+                fatal.append(message)
+        else:
+            used = _used_instead(source or "default", value if source else default, env)
+            problems += [f"{line}; {used}." for line in wrong]
         values[f"{section}_{key}" if section in PREFIXED_SECTIONS else key] = default if value is None else value
     home = values["home"] or _default_home()
     values["home"] = home

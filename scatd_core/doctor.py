@@ -201,7 +201,8 @@ def _config_file_items(conf) -> list[dict]:
         first = _item("configuration file", "ok", str(path))
     return ([first] + _readable_by_service(conf, "configuration file", path,
                                            "Let it read the file: `chmod o+r {path}` or `chgrp {user} {path}`")
-            + [_item("configuration", "warning", p) for p in conf.problems if p not in about_file])
+            + [_item("configuration", "warning", p) for p in conf.problems
+               if p not in about_file and p not in conf.fatal])  # those: problems of the login section
 
 
 def _folder_item(key: str, path: Path) -> dict:

@@ -1271,6 +1271,59 @@ def test_unknown_keys_name_the_nearest_known_one_and_are_printed_at_start_up(tmp
     assert "did you mean limits.max_cells?" in err and "did you mean server.max_jobs?" in err
 
 
+def test_a_value_that_cannot_be_used_says_what_is_used_instead(tmp_path, monkeypatch):
+    """QA: SCATD_MAX_JOBS=abc said "the default is used" while the configuration file's 1 was used:
+    each problem now names the value used (the file's, the environment's, or the default)."""
+    from scatd_core.config import settings
+
+    def said(conf):
+        return [p for p in conf.problems if "max_jobs" in p.lower()]
+
+    _config(tmp_path, monkeypatch, "[server]\nmax_jobs = 1\n")
+    monkeypatch.setenv("SCATD_MAX_JOBS", "abc")
+    conf = settings()
+    assert conf["max_jobs"] == 1
+    assert said(conf) == ["SCATD_MAX_JOBS = 'abc' is not a whole number; the configuration file's value (1) is "
+                          "used instead."]
+    _config(tmp_path, monkeypatch, "")
+    conf = settings()
+    assert conf["max_jobs"] == 2 and said(conf) == ["SCATD_MAX_JOBS = 'abc' is not a whole number; the default (2) "
+                                                    "is used."]
+    _config(tmp_path, monkeypatch, '[server]\nmax_jobs = "many"\n')
+    monkeypatch.setenv("SCATD_MAX_JOBS", "3")
+    conf = settings()
+    assert conf["max_jobs"] == 3 and said(conf) == ["server.max_jobs = 'many' is not a whole number; SCATD_MAX_JOBS "
+                                                    "(3) is used instead."]
+
+
+def test_a_login_mode_not_understood_is_one_message_that_says_the_server_will_not_start(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """QA: SCATD_AUTH=pasword printed "the default is used", then that the server "will not start":
+    one message, the same wherever it is shown, said once at start-up and once by doctor."""
+    import streamlit.web.cli
+
+    from scatd_app import preflight
+    from scatd_app.__main__ import main as serve
+    from scatd_core.cli import main
+    from scatd_core.config import settings
+
+    _config(tmp_path, monkeypatch, "")
+    monkeypatch.setenv("SCATD_AUTH", "pasword")
+    conf = settings()
+    about = [p for p in conf.problems if "SCATD_AUTH" in p]
+    assert about == list(conf.fatal) == ["SCATD_AUTH = 'pasword' is not one of auto, password, oidc, none: the app "
+                                         "will not start rather than run without the login meant."]
+    monkeypatch.setattr(preflight, "_REPORTED", set())
+    monkeypatch.setattr(streamlit.web.cli, "main", lambda *a, **k: 0)
+    assert serve([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("pasword") == 1 and "default is used" not in err
+    assert main(["doctor", "--json"]) != 0
+    items = [i for section in json.loads(capsys.readouterr().out)["sections"].values() for i in section
+             if "pasword" in i["detail"]]
+    assert [i["status"] for i in items] == ["problem"]
+
+
 def test_a_value_of_the_wrong_type_is_a_problem_not_converted(tmp_path, monkeypatch, capsys):
     """`home = 5`, a list for a folder, `1.5`/`2.9`/`true` for whole numbers: each is named with
     what is expected and the default is used (never a folder "5" nor 1 job for `true`); every
