@@ -10,6 +10,21 @@ anything else is answered 403 and nothing is stored. A session that logs out is
 :func:`disallow`-ed and its files dropped. ``python -m scatd_app`` installs the guard before the
 server listens; ``streamlit run app.py`` in its first page run, dropping whatever was kept before.
 
+The refusal comes before the body is read: Streamlit (1.67, Starlette) parses an upload's whole
+body, and reads the file into memory, before ``add_file`` runs, so :func:`install` also wraps
+Starlette's route dispatch (``Route.handle``, a class attribute: the server already listening under
+``streamlit run`` is covered too) for Streamlit's own upload route: once the headers are in, a
+session that may not keep uploads is answered 403 before any of the body is read (the connection
+is closed with the body unsent), and a ``Content-Length`` beyond what the session may still hold
+is answered 403 after its body is read and thrown away as it comes (nothing kept, so that the
+browser shows why); an allowed upload without a length is cut off (403) as soon as it passes
+that. Streamlit's own handler then reads and parses an allowed body as before.
+
+Download links (``/media/<id>.csv``, made by ``st.download_button``) are served only while a
+session that holds the file is allowed: the same wrapper answers 404 for any other, and
+:func:`disallow` (logout, an expired or removed account) deletes the session's files from
+Streamlit's media store at once, so a link copied before the logout is dead.
+
 Without Streamlit's in-memory store (another Streamlit layout) nothing is wrapped and
 :func:`install` returns False; ``tests/test_app_server.py`` and the browser test check that it
 wraps the installed Streamlit (1.67 here).
@@ -17,6 +32,7 @@ wraps the installed Streamlit (1.67 here).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -62,6 +78,7 @@ def disallow(session_id: str | None) -> None:
     manager = _manager()
     if manager is not None:
         manager.remove_session_files(str(session_id))
+    drop_media(str(session_id))
 
 
 def is_allowed(session_id: str) -> bool:
@@ -122,6 +139,8 @@ def install() -> bool:
         return False
     original = MemoryUploadedFileManager.add_file
     if getattr(original, "_scatd_guard", False):
+        _install_media_owners()
+        _install_route_guard()
         return True
 
     def add_file(self, session_id, file):
@@ -136,6 +155,8 @@ def install() -> bool:
     add_file._scatd_guard = True
     add_file.__wrapped__ = original
     MemoryUploadedFileManager.add_file = add_file
+    _install_media_owners()
+    _install_route_guard()
     # Under ``streamlit run app.py`` this runs in the first page run, after the server started
     # listening: a file kept before then cannot be a signed-in user's (none has run a page yet).
     manager = _manager()
@@ -143,4 +164,252 @@ def install() -> bool:
         for session_id in list(manager.file_storage):
             if not is_allowed(session_id):
                 manager.remove_session_files(session_id)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# Before the body: Streamlit's upload route, and its download links (/media)
+# ------------------------------------------------------------------------------------------------
+
+#: What a multipart body may add to the file it carries (boundaries, the part's headers and its
+#: file name): a Content-Length is compared with what the session may still hold less this.
+MULTIPART_MARGIN = 64 << 10
+_STREAMLIT_ROUTES = "streamlit.web.server.starlette.starlette_routes"
+
+
+def _held(session_id: str, file_id: str) -> dict[str, int]:
+    """The session's uploads kept now (file id -> bytes), without ``file_id`` (being replaced)."""
+    manager = _manager()
+    if manager is None:
+        return {}
+    with manager._lock:
+        mine = manager.file_storage.get(session_id, {})
+        return {k: len(f.data) for k, f in mine.items() if k != file_id}
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # Streamlit answers 400 for it
+    return None
+
+
+def upload_refusal_before_body(scope) -> tuple[str | None, int]:
+    """For a PUT to Streamlit's upload route, from its headers alone: why it is refused (or None),
+    and how many body bytes may then arrive before it is (what the session may still hold)."""
+    params = scope.get("path_params") or {}
+    session_id, file_id = str(params.get("session_id", "")), str(params.get("file_id", ""))
+    held = _held(session_id, file_id)
+    length = _content_length(scope)
+    why = refusal(session_id, max(0, (length or 0) - MULTIPART_MARGIN), held)
+    return why, max(0, session_budget_bytes() - sum(held.values())) + MULTIPART_MARGIN
+
+
+def _bounded(receive, limit: int):
+    """``receive`` that refuses (403) a body growing past ``limit`` bytes (one sent without a
+    Content-Length, or longer than it said), chunk by chunk, before the whole body is in memory."""
+    from starlette.exceptions import HTTPException
+
+    got = 0
+
+    async def bounded_receive():
+        nonlocal got
+        message = await receive()
+        if message.get("type") == "http.request":
+            got += len(message.get("body", b""))
+            if got > limit:
+                raise HTTPException(status_code=403, detail=(
+                    "This session's uploads would take more memory than one session may hold; remove an upload "
+                    "you no longer need (the x next to it) and try again."))
+        return message
+
+    return bounded_receive
+
+
+async def _drain(receive) -> None:
+    """Read a refused upload's body and keep none of it, up to Streamlit's own cap on one upload's
+    body: a signed-in user's browser, which sends the whole file before it reads the answer, then
+    shows why (over the session's budget) rather than a connection closed under it. A session
+    without a user gets no such courtesy: the connection is closed with its body unread."""
+    from streamlit import config
+
+    cap, got = (int(config.get_option("server.maxUploadSize")) + 1) << 20, 0
+    while got <= cap:
+        message = await receive()
+        if message.get("type") != "http.request" or not message.get("more_body", False):
+            return
+        got += len(message.get("body", b""))
+
+
+def _streamlit_route(route) -> str | None:
+    """``"upload"`` or ``"media"`` for Streamlit's own upload and media routes, else None."""
+    endpoint = getattr(route, "endpoint", None)
+    if getattr(endpoint, "__module__", None) != _STREAMLIT_ROUTES:
+        return None
+    name = getattr(endpoint, "__qualname__", "")
+    if name.endswith("._upload_put"):
+        return "upload"
+    if name.endswith("._media_endpoint"):
+        return "media"
+    return None
+
+
+def _install_route_guard() -> bool:
+    """Wrap Starlette's ``Route.handle`` (once per process) so that Streamlit's upload route refuses
+    before reading the body and its media route serves only files an allowed session holds."""
+    try:
+        from starlette.exceptions import HTTPException
+        from starlette.routing import Route
+    except ImportError:
+        return False
+    original = Route.handle
+    if getattr(original, "_scatd_guard", False):
+        return True
+
+    async def handle(self, scope, receive, send):
+        kind = _streamlit_route(self)
+        method = scope.get("method")
+        if kind == "upload" and method == "PUT":
+            why, limit = upload_refusal_before_body(scope)
+            if why is not None:
+                if is_allowed(str((scope.get("path_params") or {}).get("session_id", ""))):
+                    await _drain(receive)  # so that the browser reads why (not a reset connection)
+                raise HTTPException(status_code=403, detail=why)
+            receive = _bounded(receive, limit)
+        elif kind == "media" and method in ("GET", "HEAD"):
+            if not media_servable(str((scope.get("path_params") or {}).get("file_id", ""))):
+                raise HTTPException(status_code=404, detail="File not found")
+        await original(self, scope, receive, send)
+
+    handle._scatd_guard = True
+    handle.__wrapped__ = original
+    Route.handle = handle
+    return True
+
+
+def _media_manager():
+    try:
+        from streamlit.runtime import Runtime
+    except ImportError:
+        return None
+    if not Runtime.exists():
+        return None
+    return getattr(Runtime.instance(), "media_file_mgr", None)
+
+
+def _owners() -> tuple[dict[str, set[str]], threading.Lock]:
+    """Session id -> the media file ids it made (download buttons' files), with their lock: one per
+    process, kept on Streamlit's media manager class (as :func:`_shared`). Streamlit forgets a
+    session's references at the start of each of its runs, before drawing the button again; a
+    download clicked meanwhile must still find whose the file is."""
+    try:
+        from streamlit.runtime.media_file_manager import MediaFileManager as holder
+    except ImportError:
+        holder = sys.modules[__name__]
+    shared = getattr(holder, "_scatd_media_owners", None)
+    if shared is None:
+        shared = ({}, threading.Lock())
+        holder._scatd_media_owners = shared
+    return shared
+
+
+def _file_id(name_or_url: str) -> str:
+    """``/media/<id>.csv`` or ``<id>.csv`` -> ``<id>``."""
+    return os.path.splitext(str(name_or_url).rsplit("/", 1)[-1])[0]
+
+
+def _own(session_id: str | None, url: str) -> None:
+    if session_id and isinstance(url, str):
+        owners, lock = _owners()
+        with lock:
+            owners.setdefault(str(session_id), set()).add(_file_id(url))
+
+
+def _holders(file_id: str) -> set[str]:
+    """The sessions holding a media file: those that made it, and those Streamlit has it drawn for."""
+    owners, lock = _owners()
+    with lock:
+        holders = {sid for sid, ids in owners.items() if file_id in ids}
+    manager = _media_manager()
+    refs = getattr(manager, "_files_by_session_and_coord", None)
+    if refs is not None:
+        with manager._lock:
+            holders |= {sid for sid, by_coord in refs.items() if file_id in by_coord.values()}
+    return holders
+
+
+def media_servable(name: str) -> bool:
+    """Whether ``/media/<name>`` may be served: a session holding the file is allowed (signed in,
+    or every session on a server without a login)."""
+    return any(is_allowed(sid) for sid in _holders(_file_id(name)))
+
+
+def drop_media(session_id: str) -> None:
+    """Delete the media files (download links) this session made from Streamlit's store, at once,
+    unless another session allowed now holds the same file (the same bytes and name)."""
+    owners, lock = _owners()
+    with lock:
+        mine = owners.pop(session_id, set())
+    manager = _media_manager()
+    if manager is None:
+        return
+    manager.clear_session_refs(session_id)
+    refs = getattr(manager, "_files_by_session_and_coord", None)
+    metadata = getattr(manager, "_file_metadata", None)
+    if not mine or refs is None or metadata is None or not hasattr(manager, "_delete_file"):
+        manager.remove_orphaned_files()  # another Streamlit layout: its own clean-up (links 404 all the same)
+        return
+    with lock:
+        others = {sid: set(ids) for sid, ids in owners.items()}
+    kept = {fid for sid, ids in others.items() if is_allowed(sid) for fid in ids}
+    with manager._lock:
+        kept |= {fid for by_coord in refs.values() for fid in by_coord.values()}
+        for fid in mine - kept:
+            if fid in metadata:
+                manager._delete_file(fid)
+
+
+def _install_media_owners() -> bool:
+    """Record which session made each media file (``MediaFileManager.add`` and a deferred
+    download's ``execute_deferred``), and forget a file's owners when Streamlit deletes it."""
+    try:
+        from streamlit.runtime.media_file_manager import MediaFileManager
+        from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    except ImportError:
+        return False
+    if getattr(MediaFileManager.add, "_scatd_guard", False):
+        return True
+    add, execute_deferred = MediaFileManager.add, MediaFileManager.execute_deferred
+    delete_file = MemoryMediaFileStorage.delete_file
+
+    def add_owned(self, *args, **kwargs):
+        url = add(self, *args, **kwargs)
+        _own(current_session_id(), url)
+        return url
+
+    def execute_deferred_owned(self, file_id):
+        with self._lock:
+            entry = getattr(self, "_deferred_callables", {}).get(file_id) or {}
+        url = execute_deferred(self, file_id)
+        _own(entry.get("session_id"), url)
+        return url
+
+    def delete_file_unowned(self, file_id):
+        delete_file(self, file_id)
+        owners, lock = _owners()
+        with lock:
+            for sid in [sid for sid, ids in owners.items() if file_id in ids]:
+                owners[sid].discard(file_id)
+                if not owners[sid]:
+                    del owners[sid]
+
+    for new, old in ((add_owned, add), (execute_deferred_owned, execute_deferred), (delete_file_unowned, delete_file)):
+        new._scatd_guard = True
+        new.__wrapped__ = old
+    MemoryMediaFileStorage.delete_file = delete_file_unowned
+    MediaFileManager.execute_deferred = execute_deferred_owned
+    MediaFileManager.add = add_owned
     return True

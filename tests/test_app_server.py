@@ -805,3 +805,131 @@ def test_a_process_that_ends_during_the_start_up_warm_up_exits_cleanly(tmp_path)
                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stderr[-2000:]
     assert "terminate called" not in res.stderr
+
+
+def _asgi(route, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None):
+    """Drive one Starlette route as the server would: (status, body read by then, sent body)."""
+    import asyncio
+
+    from starlette.exceptions import HTTPException
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    _, child = route.matches(scope)
+    scope.update(child)
+    chunks, sent, read = [body[i:i + 65536] for i in range(0, len(body), 65536)] or [b""], [], []
+
+    async def receive():
+        chunk = chunks.pop(0) if chunks else b""
+        read.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    try:
+        asyncio.run(route.handle(scope, receive, send))
+    except HTTPException as exc:  # what Starlette's exception middleware answers
+        return exc.status_code, sum(read), exc.detail.encode()
+    return sent[0]["status"], sum(read), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_an_upload_is_refused_from_its_headers_before_any_of_its_body_is_read(monkeypatch):
+    """QA: a 300 MB PUT from the login page's session was read wholly into the server's memory
+    before its 403. Streamlit's upload route now refuses a session without a user from the
+    headers, reading nothing; a Content-Length beyond what the session may still hold is refused
+    by its length (its body thrown away, so the browser reads why); a body without a length is cut
+    off once past it; a signed-in session's upload is kept as before."""
+    from types import SimpleNamespace
+
+    from streamlit import config
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.web.server.starlette.starlette_routes import create_upload_routes
+
+    from scatd_app import uploads
+
+    assert uploads.install()
+    manager = MemoryUploadedFileManager("/_stcore/upload_file")
+    monkeypatch.setattr(uploads, "_manager", lambda: manager)
+    monkeypatch.setattr(config, "get_option", lambda key: 1 if key == "server.maxUploadSize" else None)
+    monkeypatch.setattr("streamlit.web.server.starlette.starlette_routes.is_xsrf_enabled", lambda: False)
+    put = next(r for r in create_upload_routes(SimpleNamespace(is_active_session=lambda sid: True), manager, None)
+               if "PUT" in r.methods)
+    boundary = "b0undary"
+
+    def form(nbytes: int) -> bytes:
+        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.h5ad\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * nbytes + \
+            f"\r\n--{boundary}--\r\n".encode()
+
+    def upload(sid: str, fid: str, body: bytes, length: bool = True):
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        if length:
+            headers["content-length"] = str(len(body))
+        return _asgi(put, "PUT", f"/_stcore/upload_file/{sid}/{fid}", body, headers)
+
+    status, read, detail = upload("anonymous", "junk", form(900_000))
+    assert (status, read) == (403, 0) and b"Log in before uploading" in detail
+    uploads.allow("alice")
+    try:
+        for fid in ("data", "bulk", "target", "ckpt"):  # 4 x 1 MiB may be held together
+            assert upload("alice", fid, form(1_000_000))[:2] == (204, len(form(1_000_000)))
+        status, read, detail = upload("alice", "labels", form(1_000_000))
+        assert status == 403 and b"more memory" in detail  # said by its length; the body thrown away
+        status, read, detail = upload("alice", "labels", form(1_000_000), length=False)
+        assert status == 403 and read < 500_000 and b"more memory" in detail  # cut off as it streams
+        assert set(manager.file_storage["alice"]) == {"data", "bulk", "target", "ckpt"}
+    finally:
+        uploads.disallow("alice")
+
+
+def test_a_download_link_is_served_only_while_a_session_holding_it_is_signed_in(monkeypatch):
+    """QA: /media/<id>.csv (a download button's file) answered 200 with no cookie, to anyone, and
+    after its user logged out. It is now served while a session that made it is signed in (also
+    while Streamlit redraws the button, between its runs); a logout deletes the session's files at
+    once, unless a session still signed in holds the same file (the same bytes and name)."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.web.server.starlette.starlette_routes import create_media_routes
+
+    from scatd_app import uploads
+
+    assert uploads.install()
+    storage = MemoryMediaFileStorage("/media")
+    manager = MediaFileManager(storage)
+    monkeypatch.setattr(uploads, "_media_manager", lambda: manager, raising=False)  # (none before the fix)
+    get = next(r for r in create_media_routes(storage, None) if "GET" in r.methods)
+    who = {"sid": "alice-tab"}
+    monkeypatch.setattr(uploads, "current_session_id", lambda: who["sid"])
+    monkeypatch.setattr("streamlit.runtime.media_file_manager._get_session_id", lambda: who["sid"])
+
+    def download(name: str, data: bytes, coordinates: str = "1.2") -> str:
+        return manager.add(data, "text/csv", coordinates, file_name=name, is_for_static_download=True)
+
+    def fetch(url: str) -> int:
+        return _asgi(get, "GET", url)[0]
+
+    uploads.allow("alice-tab")
+    try:
+        mine = download("alice_predictions.csv", b"cell,prob\nc1,0.9\n")
+        status, _, body = _asgi(get, "GET", mine)
+        assert status == 200 and body == b"cell,prob\nc1,0.9\n"
+        manager.clear_session_refs("alice-tab")  # Streamlit's next run starts: the click still downloads
+        assert fetch(mine) == 200
+        assert fetch("/media/" + "0" * 32 + ".csv") == 404
+        uploads.disallow("alice-tab")  # she logs out
+        assert fetch(mine) == 404 and manager.read_file(mine.rsplit("/", 1)[-1]) is None  # deleted, not hidden
+
+        uploads.allow("alice-tab")
+        uploads.allow("bob-tab")
+        shared = download("demo_predictions.csv", b"the demo's table")
+        who["sid"] = "bob-tab"
+        assert download("demo_predictions.csv", b"the demo's table") == shared  # the same file for both
+        uploads.disallow("alice-tab")
+        assert fetch(shared) == 200  # bob is still signed in and holds it
+        uploads.disallow("bob-tab")
+        assert fetch(shared) == 404
+        assert not any(s in uploads._owners()[0] for s in ("alice-tab", "bob-tab"))
+    finally:
+        uploads.disallow("alice-tab")
+        uploads.disallow("bob-tab")

@@ -38,6 +38,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 
 
+SERVER_PIDS: dict[str, int] = {}  # a running server's URL -> its process id
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,6 +86,7 @@ def _streamlit(home: Path, *, launcher: str = "streamlit", **env_extra):
     log = open(home / "streamlit.log", "w")
     proc = subprocess.Popen(app_command(launcher, port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    SERVER_PIDS[url] = proc.pid
     try:
         _wait_healthy(url, proc)
         yield url
@@ -376,6 +380,9 @@ def test_scad_style_labels_are_asked_once_and_evaluated_the_right_way(server, tm
             browser.close()
 
 
+CUT_OFF = -1  # an upload whose connection the server closed before the client had sent the body
+
+
 def _anonymous_upload(url: str, nbytes: int) -> int:
     """What anyone on the network can do without an account: open the login page's session (its
     websocket) and PUT a file into Streamlit's upload store for it. Returns the HTTP status."""
@@ -417,11 +424,40 @@ def _anonymous_upload(url: str, nbytes: int) -> int:
                 return opener.open(request).status
             except urllib.error.HTTPError as exc:
                 return exc.code
+            except urllib.error.URLError as exc:  # answered (403) and closed while the body was still sent
+                if isinstance(exc.reason, (ConnectionResetError, BrokenPipeError)):
+                    return CUT_OFF
+                raise
 
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:  # its own event loop, beside Playwright's
         return pool.submit(lambda: asyncio.run(put())).result()
+
+
+def _peak_memory_growth(pid: int, action) -> tuple[object, int]:
+    """``action()``'s result, and how far the process's peak resident memory rose above its
+    resident memory before it (bytes; Linux: the peak is reset through /proc/PID/clear_refs)."""
+    def status(field: str) -> int:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = status("VmRSS")
+    result = action()
+    return result, status("VmHWM") - before
+
+
+def _status(url: str) -> int:
+    """The HTTP status of a GET of ``url`` with no cookie (anyone on the network)."""
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
@@ -462,6 +498,9 @@ def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
             # without an account nothing is kept in the server's memory (Streamlit alone keeps it: 204)
             assert _anonymous_upload(url, 1 << 20) == 403
             assert _uploads_held_in_memory(url, wait_s=0) == 0
+            # nor read into it first: refused from its headers (QA: 300 MB in memory before the 403)
+            status, grew = _peak_memory_growth(SERVER_PIDS[url], lambda: _anonymous_upload(url, 50 << 20))
+            assert status in (403, CUT_OFF) and grew < 20 << 20, (status, grew)
             for who, page in pages.items():
                 _go(page, "Data", "1 · Data")
                 page.locator("input[type='file']").first.set_input_files(str(home / f"patient_{who}.h5ad"))
@@ -481,8 +520,13 @@ def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
             with alice.expect_download() as info:
                 alice.get_by_role("button", name="predictions.csv").click()
             assert info.value.suggested_filename.startswith("patient_alice")
+            link = info.value.url  # /media/<id>.csv: served while alice is signed in...
+            assert "/media/" in link and _status(link) == 200
             sessions = sorted((home / "work" / "sessions").iterdir())
             assert len(sessions) == 2  # one working folder per session
+            alice.get_by_role("button", name="Log out").click()
+            alice.get_by_label("User name").wait_for()
+            assert _status(link) == 404  # ...and dead once she logged out (QA: 200 to anyone, after it)
             log = (home / "streamlit.log").read_text()
             assert "Traceback" not in log, log[-3000:]
         except Exception:
