@@ -357,9 +357,11 @@ def drop_media(session_id: str) -> None:
     if manager is None:
         return
     manager.clear_session_refs(session_id)
+    if not mine:  # the login page's runs: nothing made, nothing to delete
+        return
     refs = getattr(manager, "_files_by_session_and_coord", None)
     metadata = getattr(manager, "_file_metadata", None)
-    if not mine or refs is None or metadata is None or not hasattr(manager, "_delete_file"):
+    if refs is None or metadata is None or not hasattr(manager, "_delete_file"):
         manager.remove_orphaned_files()  # another Streamlit layout: its own clean-up (links 404 all the same)
         return
     with lock:
