@@ -435,11 +435,17 @@ def panel_stem(data_name: str | None, panel_name: str | None = None, drugs: Sequ
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+#: A signed number with its interval, as the model card writes a difference ("+0.041 [-0.068, +0.159]"):
+#: no function, no reference, nothing a spreadsheet could run.
+_SIGNED_INTERVAL = r"[+-]\d+(?:\.\d+)?(?: \[[+-]?\d+(?:\.\d+)?, [+-]?\d+(?:\.\d+)?\])?"
+
+
 def _formula_mask(values: pd.Series) -> np.ndarray:
     text = values.astype(str)
     risky = text.str[:1].isin(FORMULA_STARTS).to_numpy() & ~text.isin(["-", "+"]).to_numpy()
-    if risky.any():  # a signed number ("-1.5", "+3") is a number, not a formula
-        numeric = pd.to_numeric(text[risky], errors="coerce").notna().to_numpy()
+    if risky.any():  # a signed number ("-1.5", "+3"), or one with its interval, is a number, not a formula
+        numeric = (pd.to_numeric(text[risky], errors="coerce").notna()
+                   | text[risky].str.fullmatch(_SIGNED_INTERVAL)).to_numpy()
         risky[np.flatnonzero(risky)[numeric]] = False
     return risky
 

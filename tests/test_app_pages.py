@@ -1279,7 +1279,7 @@ def test_the_card_shows_a_short_score_table_per_evaluation(empty_library):
     bulk, target = at.dataframe[1].value, at.dataframe[2].value
     assert list(bulk.columns) == ["model", "AUROC (95% CI)", "AUPRC (95% CI)", "this model minus it (AUROC)"]
     assert list(bulk["model"]) == ["this model", "logistic regression"] and bulk.iloc[0, 3] == ""
-    assert bulk.iloc[1, 3] == "0.100 [0.010, 0.200]"
+    assert bulk.iloc[1, 3] == "+0.100 [+0.010, +0.200]"  # signed, and no spreadsheet quote before it
     assert list(target["model"]) == ["this model", "gradient boosting"]
     said = text(at.markdown).replace("\\", "")
     assert ("Bulk cell lines, 5-fold cross-validation: 100 cell lines (50 resistant); AUPRC by chance 0.500 "

@@ -169,6 +169,9 @@ def test_csv_downloads_never_carry_a_spreadsheet_formula(filtered_result):
     np.testing.assert_allclose(csv["umap_1"].to_numpy(float), table["umap_1"].to_numpy(float), rtol=1e-6)  # numbers untouched
     assert (csv["umap_1"] < 0).any()
     assert table["cell_id"].tolist() == names  # the table itself is not changed
+    # a signed difference with its interval (the model card's) is shown as it is; one with a name is not
+    assert export._formula_mask(pd.Series(["+0.041 [-0.068, +0.159]", "-0.1 [-0.2, +0.3] x", "+1+A1"])).tolist() == \
+        [False, True, True]
     plain = pd.DataFrame({"gene": ["-", "+", "-1.5", "GAPDH"], "v": [-1.0, 2.0, 3.0, 4.0]}, index=["=i", "a", "b", "c"])
     assert export.to_csv_bytes(plain) == plain.to_csv(index=False).encode()
     assert export.to_csv_bytes(plain, index=True).decode().splitlines()[1].startswith("'=i,")
