@@ -380,6 +380,40 @@ def test_truncated_files(formats, tmp_path, label):
     _read_error(tmp_path / src.name)
 
 
+def test_cut_short_gzip_and_h5ad_say_so_in_plain_words(formats, tmp_path):
+    for label in ("csv.gz", "h5ad"):
+        data = formats[label].read_bytes()
+        (tmp_path / formats[label].name).write_bytes(data[: len(data) - 40 if label == "csv.gz" else len(data) // 2])
+        err = _read_error(tmp_path / formats[label].name)
+        assert "is cut short" in err.message and "again" in err.hint
+        assert "EOFError" not in err.message and "eof =" not in err.message
+
+
+def test_h5ad_that_is_really_a_csv_says_rename_it(tmp_path):
+    (tmp_path / "cells.h5ad").write_text("cell,TP53,EGFR\nc1,1,2\nc2,0,3\n")
+    err = _read_error(tmp_path / "cells.h5ad")
+    assert "is a text table (comma-separated text), not an HDF5 file" in err.message
+    assert "rename it to end in .csv" in err.hint
+
+
+def test_h5ad_with_an_unknown_top_level_item_names_it(formats, tmp_path):
+    path = tmp_path / "extra.h5ad"
+    path.write_bytes(formats["h5ad"].read_bytes())
+    with h5py.File(path, "a") as f:
+        f["realX"] = np.zeros((3, 3))
+    err = _read_error(path)
+    assert "/realX (a dataset)" in err.message and "unexpected keyword" not in err.message
+    assert "del f['realX']" in err.hint
+
+
+def test_a_lone_matrix_upload_is_called_by_its_own_name(counts, tmp_path):
+    folder = write_10x_mtx(counts, tmp_path / "m")
+    with pytest.raises(InputError) as info:
+        io.read_bytes((folder / "matrix.mtx.gz").read_bytes(), "matrix.mtx.gz")
+    assert info.value.message.startswith("matrix.mtx.gz has no barcodes and features/genes file")
+    assert "upload." not in info.value.message
+
+
 def test_hdf5_of_unknown_layout(tmp_path):
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["something"] = np.arange(3)

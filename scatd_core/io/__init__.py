@@ -202,6 +202,12 @@ def _read_guarded(path: Path, opts: Options) -> ad.AnnData:
             return finish(read_any(path, opts), opts)
     except InputError:
         raise
+    except EOFError:  # gzip, bzip2, xz: "Compressed file ended before the end-of-stream marker was reached"
+        raise InputError(f"{opts.display_name} is cut short: its compressed data stop before their end (the "
+                         "file was not copied or downloaded completely).",
+                         "Copy or download the file again (compare its size with the original) and give the new copy.",
+                         app_hint="Copy or download the file again (compare its size with the original) and upload "
+                                  "the new copy.") from None
     except MemoryError:
         raise InputError(f"Not enough memory to read {opts.display_name}.",
                          "Use an .h5ad file (read in batches from disk) or fewer cells.") from None
@@ -238,7 +244,7 @@ def read_any(path: Path, opts: Options) -> ad.AnnData:
         return read_table(path, opts)
     if kind == "mtx":
         opts.report["format"] = "10x_mtx"
-        return read_mtx(path, opts)
+        return read_mtx(path, opts, alone=True)
     if kind == "npy":
         return read_npy(path, opts)
     return read_archive(path, opts, kind)

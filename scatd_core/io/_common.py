@@ -393,6 +393,24 @@ def text_file_problem(path: Path, head: bytes, name: str, what: str = "table") -
     return None
 
 
+def _text_table_kind(head: bytes) -> str | None:
+    """'comma-separated text' or 'tab-separated text' when ``head`` (a file's first bytes) reads as
+    a delimited text table; else None."""
+    if not head or b"\x00" in head:
+        return None
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = head[:-4].decode("utf-8-sig", "ignore")  # a character cut at the end of the sample
+    lines = [line for line in text.splitlines()[:-1] or text.splitlines() if line.strip()]
+    if not lines or any(not ch.isprintable() for line in lines for ch in line.replace("\t", " ")):
+        return None
+    for sep, what in (("\t", "tab-separated text"), (",", "comma-separated text")):
+        if all(sep in line for line in lines[:20]):
+            return what
+    return None
+
+
 def check_signature(path: Path, kind: str, suffix: str, name: str) -> None:
     """Refuse a file whose first bytes contradict its extension, before any parser sees it."""
     with path.open("rb") as fh:
@@ -413,6 +431,12 @@ def check_signature(path: Path, kind: str, suffix: str, name: str) -> None:
         raise InputError(f"{name} is not {what}, although its name says so.",
                          "The file is corrupt or has the wrong extension; export it again.")
     if kind == "hdf5" and not h5py.is_hdf5(path):
+        table = _text_table_kind(head)
+        if table is not None:
+            raise InputError(f"{name} is a text table ({table}), not an HDF5 file, although its name ends in "
+                             f"{suffix}.", f"If it is your expression table, rename it to end in "
+                             f"{'.tsv' if table.startswith('tab') else '.csv'} and give it again; a real {suffix} "
+                             "file is written by software (e.g. adata.write_h5ad).")
         raise InputError(f"{name} is not an HDF5 file, so it cannot be {suffix}.",
                          "The file is truncated, corrupt, or has the wrong extension; export it again.")
     if kind == "table" and expected is None and head.startswith(UTF32_BOMS):

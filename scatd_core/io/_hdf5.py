@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,27 @@ from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMATS_H
                                    check_genes, check_memory, decide_orientation, decode, keep_gene_expression, mb,
                                    raise_limit)
 
+def _cut_short(name: str, detail: str, size: int) -> InputError | None:
+    """HDF5's "truncated file: eof = 18096, ..., stored_eof = 36192" in plain words; else None."""
+    m = re.search(r"truncated file: eof = (\d+).*?stored_eof = (\d+)", detail)
+    if m is None and "truncated file" not in detail:
+        return None
+    whole = f" of the {int(m.group(2)):,} it should have" if m else ""
+    return InputError(f"{name} is cut short: the file holds {size:,} bytes{whole} (it was not copied or saved "
+                      "completely).",
+                      "Copy the complete file again (compare its size with the original), or save it again "
+                      "(e.g. adata.write_h5ad), and give the new copy.",
+                      app_hint="Upload the complete file again (compare its size with the original), or save it "
+                               "again (e.g. adata.write_h5ad) and upload the new copy.")
+
+
 def _open_h5(path: Path, name: str) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
+        short = _cut_short(name, str(exc), path.stat().st_size)
+        if short is not None:
+            raise short from None
         raise InputError(f"{name} could not be opened as HDF5 ({exc}); it is probably truncated or corrupt.",
                          "Upload it again, or export it again (e.g. adata.write_h5ad).") from None
 
@@ -139,6 +157,9 @@ def _check_hdf5_structure(path: Path, name: str) -> dict[str, tuple[list[int], i
         raise InputError(f"{name} is corrupt: its HDF5 structure could not be read.", hint) from None
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:200]
+        short = _cut_short(name, detail, path.stat().st_size)
+        if short is not None:
+            raise short
         raise InputError(f"{name} is a damaged HDF5 file ({detail}).", hint)
     try:
         walked = json.loads(proc.stdout)
@@ -193,6 +214,11 @@ def read_hdf5(path: Path, opts: Options) -> ad.AnnData:
     return _read_h5ad(path, opts, sizes)
 
 
+#: What AnnData reads at the top level of an .h5ad (older files also have raw.X, raw.var ...);
+#: anything else stops anndata ("AnnData.__init__() got an unexpected keyword argument").
+H5AD_TOP_LEVEL = ("X", "obs", "var", "obsm", "varm", "obsp", "varp", "layers", "uns", "raw")
+
+
 def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     with _open_h5(path, opts.display_name) as f:
         if "X" not in f:
@@ -203,6 +229,17 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
                              + (f" (it holds {', '.join(elsewhere)})." if elsewhere else "."),
                              f"Store the expression in X before saving (e.g. adata.X = "
                              f"{elsewhere[0] if elsewhere else 'adata.layers[' + repr('counts') + ']'}).")
+        extra = [k for k in f if k not in H5AD_TOP_LEVEL and not k.startswith("raw.")]
+        if extra:
+            what = ", ".join(f"/{k} (a {'group' if isinstance(f.get(k), h5py.Group) else 'dataset'})"
+                             for k in extra[:3]) + (" ..." if len(extra) > 3 else "")
+            raise InputError(f"{opts.display_name} holds {'an item' if len(extra) == 1 else 'items'} that AnnData "
+                             f"does not know at its top level: {what}. An .h5ad holds only "
+                             f"{', '.join(H5AD_TOP_LEVEL)}.",
+                             f"Move {'it' if len(extra) == 1 else 'them'} where AnnData keeps such data (a matrix of "
+                             "cells x genes into adata.layers, anything else into adata.uns) or delete "
+                             f"{'it' if len(extra) == 1 else 'them'} (in Python: import h5py; with h5py.File(path, "
+                             f"'a') as f: del f[{extra[0]!r}]), then give the file again.")
         X = f["X"]
         if isinstance(X, h5py.Group):
             shape = tuple(int(s) for s in X.attrs["shape"])

@@ -93,17 +93,19 @@ def _read_text_table(path: Path, opts: Options, max_rows: int) -> pd.DataFrame:
 MAX_MTX_HEADER_BYTES = 1 << 20
 
 
-def _mtx_shape(path: Path, opts: Options) -> tuple[int, int, int]:
+def _mtx_shape(path: Path, opts: Options, given: str) -> tuple[int, int, int]:
     """``(rows, columns, stored entries)`` from the Matrix Market header, read through the
-    decompression limit and never more than :data:`MAX_MTX_HEADER_BYTES` of it."""
-    name, left = opts.display_name, MAX_MTX_HEADER_BYTES
+    decompression limit and never more than :data:`MAX_MTX_HEADER_BYTES` of it. ``given``: what
+    messages call the matrix file."""
+    left = MAX_MTX_HEADER_BYTES
+    name = opts.display_name if given == opts.display_name else f"{opts.display_name}: {given}"
 
     def next_line() -> str:
         nonlocal left
         raw = fh.readline(left + 1)
         left -= len(raw)
         if left < 0:
-            raise InputError(f"{name}: {path.name} has more than {mb(MAX_MTX_HEADER_BYTES)} of header and comment "
+            raise InputError(f"{name} has more than {mb(MAX_MTX_HEADER_BYTES)} of header and comment "
                              "lines before its size line (or a line that never ends); a Matrix Market header is a "
                              "few short lines.", "The matrix file is corrupt or not a Matrix Market file; export it "
                                                  "again with Cell Ranger or scipy.io.mmwrite.")
@@ -112,33 +114,38 @@ def _mtx_shape(path: Path, opts: Options) -> tuple[int, int, int]:
     with open_limited(path, opts) as fh:  # a .gz is never decompressed beyond the limit
         banner = next_line()
         if not banner.startswith("%%MatrixMarket"):
-            raise InputError(f"{name}: {path.name} is not a Matrix Market file (no %%MatrixMarket line).",
+            raise InputError(f"{name} is not a Matrix Market file (no %%MatrixMarket line).",
                              "Export the matrix again with Cell Ranger or scipy.io.mmwrite.")
         line = next_line()
         while line.startswith("%"):
             line = next_line()
     fields = line.split()
     if len(fields) < 3 or not all(x.isdigit() for x in fields):
-        raise InputError(f"{name}: {path.name} has no valid size line.", "The matrix file is truncated or corrupt.")
+        raise InputError(f"{name} has no valid size line.", "The matrix file is truncated or corrupt.")
     return int(fields[0]), int(fields[1]), int(fields[2])
 
 
-def read_mtx(matrix: Path, opts: Options) -> ad.AnnData:
+def read_mtx(matrix: Path, opts: Options, *, alone: bool = False) -> ad.AnnData:
+    """A Matrix Market file with its barcodes and features files beside it. ``alone``: the matrix
+    file itself was given (not a folder or archive): messages call it by the name it was given
+    (an upload is stored under a fixed name, which means nothing to its user)."""
     name, folder = opts.display_name, matrix.parent
-    lower = matrix.name.lower()
-    prefix = matrix.name[:lower.index("matrix.mtx")] if "matrix.mtx" in lower else ""
-    barcodes_file = _companion(folder, prefix, ("barcodes.tsv", "barcodes.txt"))
-    features_file = _companion(folder, prefix, ("features.tsv", "genes.tsv", "features.txt", "genes.txt"))
+    given = name if alone else matrix.name
+    lower = given.lower()
+    prefix = given[:lower.index("matrix.mtx")] if "matrix.mtx" in lower else ""
+    stored_prefix = matrix.name[:matrix.name.lower().index("matrix.mtx")] if "matrix.mtx" in matrix.name.lower() else ""
+    barcodes_file = _companion(folder, stored_prefix, ("barcodes.tsv", "barcodes.txt"))
+    features_file = _companion(folder, stored_prefix, ("features.tsv", "genes.tsv", "features.txt", "genes.txt"))
     if barcodes_file is None or features_file is None:
         missing = " and ".join(n for n, p in (("barcodes", barcodes_file), ("features/genes", features_file)) if p is None)
-        raise InputError(f"{name}: {matrix.name} has no {missing} file beside it.",
+        raise InputError(f"{name if alone else f'{name}: {matrix.name}'} has no {missing} file beside it.",
                          f"A 10x folder holds {prefix}matrix.mtx(.gz), {prefix}features.tsv(.gz) (or "
                          f"genes.tsv) and {prefix}barcodes.tsv(.gz), with the same prefix; upload the "
                          "whole folder as a .zip or .tar.gz.")
     total = sum(p.stat().st_size for p in (matrix, barcodes_file, features_file))
     if opts.max_bytes is not None and total > opts.max_bytes:
         raise too_large(name, total, opts.max_bytes)
-    n_rows, n_cols, nnz = _mtx_shape(matrix, opts)
+    n_rows, n_cols, nnz = _mtx_shape(matrix, opts, given)
     # which side holds the cells is known once the names are read; the header already bounds both
     check_cells(max(n_rows, n_cols), opts)
     check_genes(min(n_rows, n_cols), opts)
