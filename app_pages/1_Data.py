@@ -30,9 +30,10 @@ with right:
     orientation = st.radio("Table orientation", io.ORIENTATIONS, key="data_orientation",
                            format_func={"auto": "detect", "cells_x_genes": "rows are cells",
                                         "genes_x_cells": "rows are genes"}.get,
-                           help="For CSV/TSV tables, .npy arrays and h5ad files stored genes x cells (detected from the "
-                                "names); 10x and loom files fix it themselves. Changing it reads the file again "
-                                "and starts over from the new data.")
+                           help="For CSV/TSV tables and .npy arrays (detected from the names). An h5ad is read "
+                                "cells x genes, as AnnData stores it, unless you choose 'rows are genes'; 10x and "
+                                "loom files fix it themselves. Changing it reads the file again and starts over from "
+                                "the new data.")
     ui.demo_button("btn_demo", left)
 
 ui.read_upload(uploaded, orientation)

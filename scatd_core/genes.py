@@ -218,7 +218,10 @@ _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
 _ENSEMBL_WITH_NAME = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?[_|].+$")
 _HUMAN_SYMBOL = re.compile(r"^(?=[A-Z0-9._-]*[A-Z])[A-Z0-9][A-Z0-9._-]*$|^C[0-9XY]+orf\d+")
 _MOUSE_SYMBOL = re.compile(r"^[A-Z][a-z0-9]*[a-z][a-z0-9]*(?:[-.][A-Za-z0-9]+)*$|^mt-[A-Z][a-z0-9]*|^\d+[A-Z]\d+Rik$")
-_BARCODE = re.compile(r"(?:^|[_:#-])[ACGTN]{10,}(?:[-_.]\d+)?$")
+_BARCODE = re.compile(r"(?:^|[_:#-])[ACGTN]{10,}(?:[-_.]\d+)?$"
+                      # shortened or padded barcodes (AAACCTG000000-1, ACGTAC0001): no symbol among the ~60,000
+                      # human ones (scFoundation's, Geneformer's) has 6 or more A/C/G/T/N letters then digits
+                      r"|(?:^|[_:#-])[ACGTN]{6,}(?:\d{4,}|\d*[-_.]\d+)$")
 _NUMERIC = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
 # Cell (sample) names that the symbol pattern would take for genes: archive accessions (a prefix
 # and >= 5 digits: SRR7000000, GSM4762001, SAMN12345678) and plate wells (P1_A01, plate1_B12,

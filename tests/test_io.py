@@ -273,9 +273,14 @@ def test_backed_csc_h5ad_is_loaded_into_memory(counts, tmp_path):
     assert any("CSC" in w for w in out.uns[io.REPORT_KEY]["warnings"])
 
 
-def test_transposed_h5ad_is_detected(counts, tmp_path):
+def test_an_h5ad_stored_genes_x_cells_is_said_never_transposed_unless_asked(counts, tmp_path):
+    # AnnData's convention (obs are cells) decides an h5ad's layout; names that look swapped are said
     counts.T.write_h5ad(tmp_path / "t.h5ad")
     out = io.read(tmp_path / "t.h5ad")
+    assert out.shape == counts.T.shape and out.uns[io.REPORT_KEY]["orientation"] == "cells_x_genes"
+    assert any("The names look swapped" in w and "--orientation genes_x_cells" in w
+               for w in out.uns[io.REPORT_KEY]["warnings"])
+    out = io.read(tmp_path / "t.h5ad", orientation="genes_x_cells")
     assert out.shape == counts.shape
     np.testing.assert_array_equal(dense(out), dense(counts))
 

@@ -291,6 +291,27 @@ def test_lower_case_human_symbols_are_explained_not_upper_cased(tmp_path):
     assert "adata.var_names = adata.var_names.str.upper()" in e.hint and "human" in e.hint
 
 
+@pytest.mark.parametrize("cells", [[f"AAACCTG{i:06d}-1" for i in range(30)], [f"P1_{r}{c}" for r in "ABC" for c in
+                                                                              range(1, 11)]])
+def test_an_h5ad_with_lower_case_genes_is_read_as_stored_and_the_lower_case_hint_is_given(tmp_path, cells):
+    from anndata import AnnData
+
+    AnnData(X=_counts(30, 20).astype(np.float32), obs=pd.DataFrame(index=cells),
+            var=pd.DataFrame(index=[g.lower() for g in SYMBOLS])).write_h5ad(tmp_path / "lower.h5ad")
+    a = io.read(tmp_path / "lower.h5ad")
+    assert list(a.obs_names) == cells and a.uns[io.REPORT_KEY]["orientation"] == "cells_x_genes"
+    assert not any("transposed" in w for w in a.uns[io.REPORT_KEY]["warnings"])
+    with pytest.raises(InputError) as err:
+        model_source(a, _spec(SYMBOLS))
+    assert "lower-case (e.g. tp53)" in err.value.message
+
+
+def test_barcode_like_cell_names_are_not_symbols():
+    ev = genes.id_type_evidence([f"AAACCTG{i:06d}-1" for i in range(30)] + ["ACGTACG0001"])
+    assert ev["human_symbol"] == 0 and ev["barcode"] == 1
+    assert genes.id_type_evidence(["CACNG7", "CACNA1C", "GGACT", "GATA1", "TACC3"])["barcode"] == 0
+
+
 def test_embeddings_with_an_expression_model_say_so(tmp_path):
     np.save(tmp_path / "emb.npy", np.random.default_rng(0).normal(size=(30, 20)).astype(np.float32))
     a = io.read(tmp_path / "emb.npy")

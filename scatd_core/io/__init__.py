@@ -79,9 +79,10 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
     path
         File or 10x folder; see the module docstring for the formats.
     orientation
-        ``"auto"`` (tables and h5ad: decided from the names, see the report),
-        ``"cells_x_genes"`` or ``"genes_x_cells"`` (rows are genes). Ignored by 10x and loom
-        files, whose layout is fixed.
+        ``"auto"`` (tables: decided from the names, see the report; an h5ad is read
+        as stored, cells x genes by AnnData's convention, with a warning when its names look
+        swapped), ``"cells_x_genes"`` or ``"genes_x_cells"`` (rows are genes; an h5ad is then
+        transposed). Ignored by 10x and loom files, whose layout is fixed.
     max_bytes
         The largest file (or 10x folder) accepted; default none. The upload limit
         (``limits.max_upload_mb``) is for uploads (:func:`store_upload`, :func:`read_bytes`;

@@ -292,15 +292,26 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
     opts.report["backed"] = bool(backed)
     opts.report["stored_matrices"] = {"X": encoding, "raw": adata.raw is not None,
                                       "layers": [str(k) for k in adata.layers.keys()]}
-    decided, how = decide_orientation(adata.obs_names, adata.var_names, [])
-    if opts.orientation == "genes_x_cells" or (opts.orientation == "auto" and decided == "genes_x_cells"):
+    if opts.orientation == "genes_x_cells":
         if adata.isbacked:
             adata = adata.to_memory()
             opts.report["backed"] = False
         adata = adata.T.copy()
-        opts.warnings.append("The file was stored genes x cells and has been transposed.")
-        opts.report.update(orientation="genes_x_cells",
-                           orientation_reason="given by the user" if opts.orientation != "auto" else how)
+        opts.warnings.append("The file was read as genes x cells, as asked, and has been transposed.")
+        opts.report.update(orientation="genes_x_cells", orientation_reason="given by the user")
+        return adata
+    # An h5ad is cells x genes by AnnData's convention (obs are cells, var genes): it is read as
+    # stored, never transposed on a guess from the names (lower-case genes and short cell names
+    # fooled it); names that look swapped are only said.
+    opts.report.update(orientation="cells_x_genes", orientation_reason="as stored in the h5ad (AnnData's convention: "
+                                                                       "obs are cells, var are genes)")
+    decided, how = decide_orientation(adata.obs_names, adata.var_names, [])
+    if opts.orientation == "auto" and decided == "genes_x_cells":
+        opts.warnings.append(
+            f"The names look swapped ({how}: e.g. cells {', '.join(map(str, adata.obs_names[:2]))} and genes "
+            f"{', '.join(map(str, adata.var_names[:2]))}). An h5ad holds cells x genes (AnnData's convention), so it "
+            "was read as stored; if this file really holds genes x cells, read it again with 'rows are genes' "
+            "(--orientation genes_x_cells), or save it with adata.T.write_h5ad(...).")
     return adata
 
 
