@@ -636,6 +636,26 @@ def test_archive_size_cap(tmp_path, monkeypatch):
     assert "declares 1.1 MB of content, over the server's limit of 1.0 MB" in _read_error(tmp_path / "bomb.zip").message
 
 
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_an_archive_member_over_the_size_limit_is_refused_before_it_is_unpacked(tmp_path, monkeypatch, kind):
+    import tarfile
+
+    content = ("cell,TP53\n" + "c,0\n" * 800_000).encode()  # 3.1 MB, a few kB compressed
+    if kind == "zip":
+        with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("big.csv", content)
+        # refused from the declared size: not one byte of the member is read
+        monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **k: pytest.fail("the member was read"))
+    else:
+        (tmp_path / "big.csv").write_bytes(content)
+        with tarfile.open(tmp_path / "bomb.tar.gz", "w:gz") as tf:
+            tf.add(tmp_path / "big.csv", arcname="big.csv")
+        unread = type("Unread", (), {"read": lambda self, n=-1: pytest.fail("the member was read")})
+        monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, member: unread())
+    err = _read_error(tmp_path / f"bomb.{kind}", max_bytes=1 << 20)
+    assert err.message == f"bomb.{kind}:big.csv is 3 MB, over the limit of 1 MB."
+
+
 def test_mtx_files_that_do_not_belong_together(counts, tmp_path):
     folder = write_10x_mtx(counts, tmp_path / "m")
     with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:

@@ -276,25 +276,33 @@ def _check_zip_directory(archive: Path, name: str) -> None:
         raise _too_many_members(name, entries if entries > MAX_ARCHIVE_MEMBERS else None)
 
 
-def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str) -> None:
+def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str, member_cap: int) -> None:
     """Extract regular files only (no links, devices), stopping past ``cap`` bytes (of content,
     and for a tar of the whole decompressed stream, headers included) or
-    :data:`MAX_ARCHIVE_MEMBERS` entries."""
+    :data:`MAX_ARCHIVE_MEMBERS` entries. A member over ``member_cap`` (the size limit the reader
+    applies to the file once extracted) is refused from its declared size, before any of it is
+    written, and while it is written should it hold more than it declares."""
     written = 0
 
-    def copy(member_name: str, src) -> None:
+    def copy(member_name: str, src, declared: int) -> None:
         nonlocal written
         rel = _safe_member(member_name)
         if rel is None:
             return
+        if declared > member_cap:
+            raise too_large(f"{name}:{rel.as_posix()}", declared, member_cap)
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
+        own = 0
         with target.open("wb") as out:
             while chunk := src.read(1 << 20):
                 written += len(chunk)
+                own += len(chunk)
                 if written > cap:
                     raise InputError(f"{name} expands to more than {mb(cap)}, over the server's limit.",
                                      "Upload the data file itself, or a smaller archive.")
+                if own > member_cap:
+                    raise too_large(f"{name}:{rel.as_posix()}", own, member_cap)
                 out.write(chunk)
 
     if kind == "zip":
@@ -303,6 +311,9 @@ def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str) -> None:
             infos = zf.infolist()
             if len(infos) > MAX_ARCHIVE_MEMBERS:
                 raise _too_many_members(name, len(infos))
+            for info in infos:  # each member's declared size, before anything is written
+                if not info.is_dir() and info.file_size > member_cap and _safe_member(info.filename) is not None:
+                    raise too_large(f"{name}:{info.filename}", info.file_size, member_cap)
             declared = sum(info.file_size for info in infos)
             if declared > cap:  # refused before anything is written; the copy below checks the truth
                 raise InputError(f"{name} declares {mb(declared)} of content, over the server's limit of {mb(cap)} "
@@ -311,7 +322,7 @@ def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str) -> None:
             for info in infos:
                 if not info.is_dir():
                     with zf.open(info) as src:
-                        copy(info.filename, src)
+                        copy(info.filename, src, info.file_size)
         return
     # streamed ('r|'): one pass, the decompressed stream itself capped (headers count too)
     try:
@@ -321,7 +332,7 @@ def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str) -> None:
                 if count > MAX_ARCHIVE_MEMBERS:
                     raise _too_many_members(name)
                 if member.isfile():
-                    copy(member.name, tf.extractfile(member))
+                    copy(member.name, tf.extractfile(member), member.size)
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, RecursionError) as exc:
         raise InputError(f"{name} is not a readable tar archive ({str(exc)[:200] or type(exc).__name__}).",
                          "The file is truncated or corrupt; " + _REMAKE_HINT[0].lower() + _REMAKE_HINT[1:]) from None
@@ -331,7 +342,7 @@ def read_archive(path: Path, opts: Options, kind: str) -> ad.AnnData:
     name = opts.display_name
     with tempfile.TemporaryDirectory(prefix="scatd-archive-") as tmp:
         root = Path(tmp)
-        _extract(path, root, kind, opts.max_decompressed_bytes, name)
+        _extract(path, root, kind, opts.max_decompressed_bytes, name, opts.max_bytes)
         files = data_files(root)
         if any(p.name.lower().endswith((".mtx", ".mtx.gz")) for p in files):
             target = choose_matrix(files, name)
