@@ -23,6 +23,9 @@ limits.max_dataset_mb    ``SCATD_MAX_DATASET_MB``          most memory one datas
 limits.max_cells         ``SCATD_MAX_CELLS``               most cells in one dataset (the demo has      1,000,000
                                                            2,000)
 limits.max_genes         ``SCATD_MAX_GENES``               most genes (features) in one dataset         100,000
+limits.max_annotation_columns ``SCATD_MAX_ANNOTATION_COLUMNS`` most annotation columns of an h5ad's    1,000
+                                                           obs (per cell) or var (per gene), checked
+                                                           before they are read
 server.max_jobs          ``SCATD_MAX_JOBS``                computations run at once (others queue)      2
 server.session_ttl_minutes ``SCATD_SESSION_TTL_MINUTES``   idle sessions (and their files) kept for     240
 server.kept_sessions_mb  ``SCATD_KEPT_SESSIONS_MB``        memory the sessions kept for a reload may    8192
@@ -97,6 +100,7 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("limits", "max_dataset_mb"): ("SCATD_MAX_DATASET_MB", "int", 4096),
     ("limits", "max_cells"): ("SCATD_MAX_CELLS", "int", 1_000_000),
     ("limits", "max_genes"): ("SCATD_MAX_GENES", "int", 100_000),
+    ("limits", "max_annotation_columns"): ("SCATD_MAX_ANNOTATION_COLUMNS", "int", 1000),
     ("server", "max_jobs"): ("SCATD_MAX_JOBS", "int", 2),
     ("server", "session_ttl_minutes"): ("SCATD_SESSION_TTL_MINUTES", "int", 240),
     ("server", "kept_sessions_mb"): ("SCATD_KEPT_SESSIONS_MB", "int", 8192),
@@ -133,6 +137,7 @@ class Limits:
     max_decompressed_mb: int = 4096
     max_dataset_mb: int = 4096
     max_genes: int = 100_000
+    max_annotation_columns: int = 1000
 
     @property
     def max_upload_bytes(self) -> int:
@@ -174,7 +179,7 @@ class Settings:
         v = self.values
         return Limits(max_upload_mb=v["max_upload_mb"], max_cells=v["max_cells"],
                       max_decompressed_mb=v["max_decompressed_mb"], max_dataset_mb=v["max_dataset_mb"],
-                      max_genes=v["max_genes"])
+                      max_genes=v["max_genes"], max_annotation_columns=v["max_annotation_columns"])
 
 
 def config_file() -> Path | None:

@@ -90,6 +90,8 @@ class Options:
     max_dataset_bytes: int = 4096 << 20
     max_decompressed_bytes: int = 4096 << 20
     max_genes: int = 100_000
+    #: The most obs (per-cell) or var (per-gene) columns of an h5ad.
+    max_annotation_columns: int = 1000
     #: Why ``max_dataset_bytes`` is below the per-dataset limit (the server's free memory now), or None.
     limit_reason: str | None = None
     #: The rows are bulk samples (cell lines), not cells: what messages about a row call it.
@@ -109,6 +111,7 @@ def make_options(orientation, max_bytes, max_cells, backed, display_name, max_da
                    max_cells=max_cells or lim.max_cells, backed=backed, display_name=display_name,
                    max_dataset_bytes=max_dataset_bytes or lim.max_dataset_bytes,
                    max_decompressed_bytes=lim.max_decompressed_bytes, max_genes=lim.max_genes,
+                   max_annotation_columns=lim.max_annotation_columns,
                    limit_reason=limit_reason if max_dataset_bytes else None, samples=bool(samples))
 
 

@@ -252,6 +252,7 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
             raise InputError(f"X in {opts.display_name} has {len(shape)} dimensions; a cells x genes matrix is "
                              "needed.", "Export a 2-D expression matrix.")
         _check_h5ad_axes(f, X, shape, encoding, opts.display_name)
+        _check_annotation_columns(f, opts)
     check_cells(shape[0], opts)
     check_genes(shape[1], opts)
     x_bytes = _declared(sizes, "/X")
@@ -326,6 +327,34 @@ def _axis_length(f: h5py.File, key: str) -> int | None:
         if isinstance(index, h5py.Dataset) and index.shape:
             return len(index)
     return None
+
+
+def _annotation_columns(obj) -> list[str]:
+    """The columns an h5ad's obs (or var) declares, from its structure, before any is read."""
+    if isinstance(obj, h5py.Dataset):  # old files: one table (a compound dataset)
+        return list(obj.dtype.names or ())
+    if not isinstance(obj, h5py.Group):
+        return []
+    index = attr_str(obj.attrs.get("_index", "_index"))
+    order = obj.attrs.get("column-order")
+    listed = decode(order) if order is not None and getattr(order, "ndim", 0) == 1 else []
+    stored = [k for k in obj if k not in (index, "__categories")]
+    # the order anndata lists (examples read as the user knows them), or what is stored if more
+    return listed + [k for k in stored if k not in set(listed)] if len(stored) > len(listed) else listed
+
+
+def _check_annotation_columns(f: h5py.File, opts: Options) -> None:
+    """At most ``max_annotation_columns`` obs and var columns: each column is read on its own, so
+    thousands of them take minutes for a file of a few MB (20,000 obs columns: 48 s of CPU)."""
+    for key, what in (("obs", "per-cell"), ("var", "per-gene")):
+        columns = _annotation_columns(f.get(key))
+        if len(columns) > opts.max_annotation_columns:
+            shown = ", ".join(map(str, columns[:3]))
+            raise InputError(f"{opts.display_name}: its {key} declares {len(columns):,} {what} annotation columns "
+                             f"(e.g. {shown}), over the limit of {opts.max_annotation_columns:,}.",
+                             f"Keep only the annotation columns you need (in Python: adata.{key} = "
+                             f"adata.{key}[['column1', 'column2']], then adata.write_h5ad(...); values per cell and "
+                             f"gene belong in X or adata.layers), or {raise_limit('max_annotation_columns')}.")
 
 
 def _check_h5ad_axes(f: h5py.File, X, shape: tuple, encoding: str, name: str) -> None:
