@@ -690,6 +690,9 @@ def test_negative_counts_are_refused_where_counts_are_required(tmp_path):
     (tmp_path / "one.csv").write_text("cell,TP53,EGFR,MYC\n" + rows + "\nc99,-4,2,1\n")
     report = io.read(tmp_path / "one.csv").uns[io.REPORT_KEY]
     assert report["value_type"] == "counts" and report["value_type_evidence"]["n_cells_negative"] == 1
+    # ... and said on reading (the Data page showed "Values: counts" and nothing else), naming cell and gene
+    assert "1 cell has negative values, which counts never have (e.g. cell 'c99', gene TP53: -4)" in \
+        " ".join(report["warnings"])
     # negative values in more than a few cells: not counts, refused where counts are required
     (tmp_path / "neg.csv").write_text("cell,TP53,EGFR,MYC\n" + rows + "\nc98,-3,2,1\nc99,-4,2,1\n")
     report = io.read(tmp_path / "neg.csv").uns[io.REPORT_KEY]

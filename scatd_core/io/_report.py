@@ -211,6 +211,8 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
                              f"in obs['{_keys.ALL_ZERO}'], and cannot be scored meaningfully.")
 
     value_type = preprocess.detect_value_type(adata.X)
+    if value_type["evidence"].get("n_cells_negative"):  # a few sampled cells negative among non-negative values
+        opts.warnings.append(_negative_cells_warning(adata, value_type["kind"], opts))
     names = genes.original_gene_names(adata)
     id_type = genes.detect_id_type(names)
     id_evidence = genes.id_type_evidence(names)
@@ -237,6 +239,34 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
     adata.uns[_keys.INPUT_REPORT] = json_safe(report)
     genes.annotate_gene_ids(adata)  # symbols and Ensembl IDs from the file's own columns (and its warning)
     return adata
+
+
+def _negative_cells_warning(adata: ad.AnnData, kind: str, opts: Options, n_examples: int = 3) -> str:
+    """Negative values in a few cells of otherwise non-negative data (counts, log-normalised,
+    TPM-like): which cells, which genes, and what becomes of them. Found by one pass over the rows
+    (only in this case: value-type detection saw negatives in a few of the cells it sampled)."""
+    n_cells, examples = 0, []
+    for start, _stop, block in row_batches(adata.X):
+        if sp.issparse(block):
+            neg = block.data < 0
+            if not neg.any():
+                continue
+            rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[neg]
+            cols, vals = block.indices[neg], block.data[neg]
+        else:
+            rows, cols = np.nonzero(np.asarray(block) < 0)
+            vals = np.asarray(block)[rows, cols]
+        n_cells += int(np.unique(rows).size)
+        for r, c, v in zip(rows, cols, vals):
+            if len(examples) < n_examples and all(e[0] != start + r for e in examples):
+                examples.append((start + int(r), int(c), float(v)))
+    row, rows_word = ("sample", "samples") if opts.samples else ("cell", "cells")
+    shown = "; ".join(f"{row} '{adata.obs_names[r]}', gene {adata.var_names[c]}: {v:g}" for r, c, v in examples)
+    what = {"counts": "counts", "log_normalized": "log-normalised values", "tpm_like": "TPM-like values"}.get(
+        kind, "expression values")
+    return (f"{n_cells:,} {row if n_cells == 1 else rows_word} {'has' if n_cells == 1 else 'have'} negative values, "
+            f"which {what} never have (e.g. {shown}). Models that log-normalise the values leave "
+            f"{'it' if n_cells == 1 else 'them'} unscored; check the export, or set the values to 0.")
 
 
 def _all_zero(adata: ad.AnnData, name: str, report: dict) -> InputError:
