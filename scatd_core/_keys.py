@@ -78,6 +78,11 @@ class ResultKeys:
         return f"{self.prefix}_scored"
 
     @property
+    def not_scored_reason(self) -> str:
+        """Why a cell got no probability, in words ("" where it got one)."""
+        return f"{self.prefix}_not_scored_reason"
+
+    @property
     def latent(self) -> str:
         return f"X_{self.prefix}"
 

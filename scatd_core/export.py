@@ -39,8 +39,8 @@ from scatd_core.predict import summary
 from scatd_core.explain import completeness_text, out_of_date
 
 #: Columns of ``predictions.csv`` before the optional ones (UMAP, Leiden cluster, the user's columns).
-PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored", "qc_pass",
-                      "rank")
+PREDICTION_COLUMNS = ("cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored",
+                      "not_scored_reason", "qc_pass", "rank")
 
 
 #: The Leiden cluster's name in every table (``obs['scatd_cluster']`` in the h5ad)
@@ -91,6 +91,12 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
     table["label"] = labels
     table["calibrated"] = bool(info["threshold"]["calibrated"])
     table["scored"] = adata.obs[keys.scored].to_numpy(dtype=bool)
+    # why a cell got no probability ("" where it got one); a prediction stored before the column
+    # existed says only its label (not scored, filtered (QC))
+    table["not_scored_reason"] = (adata.obs[keys.not_scored_reason].astype(str).to_numpy()
+                                  if keys.not_scored_reason in adata.obs else
+                                  np.where(table["scored"], "", np.where(labels == _keys.FILTERED, "filtered by QC",
+                                                                         "not scored")))
     table["qc_pass"] = labels != _keys.FILTERED
     table["rank"] = resistance_rank(table["prob_resistant"].to_numpy(dtype=np.float64))
     known = known_labels(adata, label_column)
@@ -566,7 +572,8 @@ def _prediction_record(adata: ad.AnnData, prefix: str, model: str | None = None)
     """The obs columns of one prediction (under ``prefix``) and the model and threshold of its calls."""
     keys, run = result_keys(prefix), adata.uns[prefix]
     thr = run.get("threshold") or {}
-    record = {"columns": [c for c in (keys.prob, keys.prob_sd, keys.label, keys.scored) if c in adata.obs],
+    record = {"columns": [c for c in (keys.prob, keys.prob_sd, keys.label, keys.scored, keys.not_scored_reason)
+                          if c in adata.obs],
               "model": str(model or (run.get("model") or {}).get("name") or ""),
               "drug": str((run.get("model") or {}).get("drug") or ""),
               "threshold": float(thr.get("value", float("nan"))), "calibrated": bool(thr.get("calibrated")),

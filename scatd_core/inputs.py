@@ -71,6 +71,8 @@ REASONS = ("filtered", "not_embedded", "missing_values", "non_finite", "overflow
 #: the whole matrix; on the development machine (2 AMD EPYC cores, AVX2) the sparse product is
 #: as fast as the GEMM at about 30 % non-zero (``benches/bench_predict.py --densities``).
 SPARSE_MAX_DENSITY = 0.25
+#: Cells named per reason a cell is not scored (the first ones, in the data's order).
+EXAMPLES_PER_REASON = 3
 REASON_TEXT = {"filtered": "filtered by QC",
                "not_embedded": "no embedding (an all-NaN row: the foundation model found no expressed gene of its "
                                "vocabulary, or a total count of 1 or less)",
@@ -359,6 +361,11 @@ class ModelInput:
         self._totals = np.zeros(self.n_obs) if self.log_normalise and self.spec.library_size == ALL_GENES and \
             self.source.alignment is not None and not self.source.in_order else None
         self.reasons = dict.fromkeys(REASONS, 0)
+        #: per cell, why it gets no model input: 1 + its reason's index in REASONS (0: it gets one)
+        self.why = np.zeros(self.n_obs, dtype=np.uint8)
+        #: per reason, the first cells (row indices) left out for it; for negative values, with the
+        #: model's gene that was negative: ``{reason: [(row, gene or None), ...]}``
+        self.examples: dict[str, list[tuple[int, str | None]]] = {}
         self._usable = np.zeros(self.n_obs, dtype=bool)
         self._seen = np.zeros(self.n_obs, dtype=bool)
         # column sums of the model input over the usable cells, per batch the passes have seen
@@ -415,12 +422,20 @@ class ModelInput:
         ok = np.ones(n, dtype=bool) if self.mask is None else self.mask[start:stop].copy()
         seen = self._seen[start:stop]
 
-        def drop(bad: np.ndarray, reason: str) -> None:
+        def drop(bad: np.ndarray, reason: str, gene_of=None) -> None:
             bad = bad & ok
-            self.reasons[reason] += int((bad & ~seen).sum())
+            new = bad & ~seen
+            self.reasons[reason] += int(new.sum())
+            if new.any():
+                self.why[start:stop][new] = REASONS.index(reason) + 1
+                said = self.examples.setdefault(reason, [])
+                for r in np.flatnonzero(new)[:max(0, EXAMPLES_PER_REASON - len(said))]:
+                    said.append((start + int(r), gene_of(int(r)) if gene_of is not None else None))
             ok[bad] = False
 
-        self.reasons["filtered"] += int((~ok & ~seen).sum())
+        filtered = ~ok & ~seen
+        self.reasons["filtered"] += int(filtered.sum())
+        self.why[start:stop][filtered] = REASONS.index("filtered") + 1
         if sp.issparse(block):
             values = block.data
             counts = np.diff(block.indptr)
@@ -440,7 +455,9 @@ class ModelInput:
             if self.log_normalise:
                 negative = values < 0
                 if negative.any():
-                    drop(rows_with(negative), "negative_values")
+                    drop(rows_with(negative), "negative_values", lambda r: self._gene(
+                        block.indices[block.indptr[r]:block.indptr[r + 1]][values[block.indptr[r]:block.indptr[r + 1]]
+                                                                           < 0]))
             zero = values == 0
             nonzero = rows_with(~zero) if zero.any() else counts > 0
         else:
@@ -459,7 +476,7 @@ class ModelInput:
                 if self.unlog:  # beyond MAX_ABS_VALUE once un-logged
                     drop((np.nan_to_num(x) > MAX_LOG_VALUE).any(axis=1), "overflow")
                 if self.log_normalise:
-                    drop((x < 0).any(axis=1), "negative_values")
+                    drop((x < 0).any(axis=1), "negative_values", lambda r: self._gene(np.flatnonzero(x[r] < 0)))
                 nonzero = (np.nan_to_num(x) != 0).any(axis=1)
         if totals is not None:  # a value outside the model's genes that spoils the cell's library size
             drop(~np.isfinite(totals), "non_finite")
@@ -469,6 +486,19 @@ class ModelInput:
         self._usable[start:stop] = ok
         self._seen[start:stop] = True
         return ok
+
+    def _gene(self, columns: np.ndarray) -> str | None:
+        """The model's gene at the first of ``columns`` (of a block aligned to the model's genes)."""
+        genes_ = self.spec.genes
+        return str(genes_[int(columns[0])]) if len(columns) and genes_ is not None and \
+            int(columns[0]) < len(genes_) else None
+
+    def reason_text(self, embedding: bool = False) -> np.ndarray:
+        """Per cell, why it gets no model input, in words (:data:`REASON_TEXT`); "" where it gets one."""
+        words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if embedding else {})}
+        table = np.array(["", *(words[r] for r in REASONS)], dtype=object)
+        _ = self.usable  # every batch seen
+        return table[self.why]
 
     # ---------------------------------------------------------------- values
     def _read(self, start: int, stop: int):

@@ -187,7 +187,7 @@ def _clear_panel(adata: ad.AnnData) -> None:
 def clear_one(adata: ad.AnnData, prefix: str) -> None:
     """Remove one model's result fields (not the shared UMAP/clusters)."""
     keys = result_keys(prefix)
-    for col in (keys.prob, keys.prob_sd, keys.label, keys.scored):
+    for col in (keys.prob, keys.prob_sd, keys.label, keys.scored, keys.not_scored_reason):
         if col in adata.obs:
             del adata.obs[col]
     adata.obsm.pop(keys.latent, None)

@@ -540,6 +540,7 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
     elif keys.prob_sd in adata.obs:
         del adata.obs[keys.prob_sd]
     adata.obs[keys.scored] = scored
+    adata.obs[keys.not_scored_reason] = not_scored_reasons(inputs, scored, bundle.input_kind == "embedding")
     adata.obsm[keys.latent] = scores.latent  # not copied: n x latent-dim values, only ever read
     not_scored = inputs.not_scored()
     not_scored.pop("filtered", None)
@@ -628,6 +629,24 @@ def _embeddings(adata: ad.AnnData, bundle) -> dict:
     return embeddings_summary(adata, bundle.backbone)
 
 
+def not_scored_reasons(inputs: ModelInput, scored: np.ndarray, embedding: bool = False) -> pd.Categorical:
+    """Per cell, why it got no probability, in words ("" where it got one): the reasons of
+    :class:`~scatd_core.inputs.ModelInput`, or a model output that was not a finite number."""
+    words = inputs.reason_text(embedding)
+    words[~scored & (words == "")] = REASON_TEXT["non_finite_output"]
+    words[scored] = ""
+    return pd.Categorical(words)
+
+
+def _examples_text(adata: ad.AnnData | None, inputs, reason: str) -> str:
+    """" (e.g. cell 'c98', gene TP53; cell 'c99')": the first cells left out for ``reason``."""
+    said = (getattr(inputs, "examples", None) or {}).get(reason) or []
+    if adata is None or not said:
+        return ""
+    return " (e.g. " + "; ".join(f"cell '{adata.obs_names[row]}'" + (f", gene {gene}" if gene else "")
+                                 for row, gene in said) + ")"
+
+
 def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | None = None) -> list[str]:
     out = _value_warnings(adata, bundle) if adata is not None else []
     if getattr(bundle, "is_demo", False) and adata is not None:
@@ -660,7 +679,8 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
                    "unreliable.")
     words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if bundle.input_kind == "embedding" else {})}
     for reason, count in not_scored.items():
-        out.append(f"{count:,} cell(s) were not scored: {words.get(reason, reason)}.")
+        out.append(f"{count:,} cell(s) were not scored: {words.get(reason, reason)}"
+                   f"{_examples_text(adata, inputs, reason)}.")
     if "not_embedded" in not_scored and adata is not None:
         record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}
         failed = int(((record.get("info") or {}).get("not_embedded") or {}).get("non_finite_output", 0))
@@ -859,7 +879,7 @@ def clear(adata: ad.AnnData, *, key_added: str | None = None, derived_only: bool
     from scatd_core.embed import forget_umap
 
     keys = result_keys(key_added)
-    own = () if derived_only else (keys.prob, keys.prob_sd, keys.label, keys.scored)
+    own = () if derived_only else (keys.prob, keys.prob_sd, keys.label, keys.scored, keys.not_scored_reason)
     for col in (*own, _keys.CLUSTER, _keys.EXPLAINED):
         if col in adata.obs:
             del adata.obs[col]

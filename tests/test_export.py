@@ -86,7 +86,11 @@ def test_predictions_table_one_row_per_cell(filtered_result):
     adata, _, passed = filtered_result
     table = export.predictions_table(adata, ["response", "sample", "missing_column"])
     assert len(table) == adata.n_obs and table["cell_id"].tolist() == list(adata.obs_names)
-    assert list(table.columns[:6]) == ["cell_id", "prob_resistant", "label", "calibrated", "scored", "qc_pass"]
+    assert list(table.columns[:7]) == ["cell_id", "prob_resistant", "label", "calibrated", "scored", "not_scored_reason",
+                                       "qc_pass"]
+    # why each cell was not scored, in words; empty where it was
+    assert (table["not_scored_reason"][~passed] == "filtered by QC").all() and \
+        (table["not_scored_reason"][table["scored"]] == "").all()
     assert {"umap_1", "umap_2", "leiden_cluster", "response", "sample"} <= set(table.columns)
     assert (table["qc_pass"] == passed).all()
     scored = table["scored"]

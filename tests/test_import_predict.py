@@ -135,7 +135,7 @@ def test_sample_mode_seeded(small_bundles):
     assert (sd > 0).all() and np.isfinite(sd).all()
     table = predictions_table(runs[0])
     assert list(table.columns) == ["cell_id", "prob_resistant", "prob_resistant_sd", "label", "calibrated", "scored",
-                                   "qc_pass", "rank"]
+                                   "not_scored_reason", "qc_pass", "rank"]
 
 
 def test_every_cell_gets_a_row_and_bad_cells_are_flagged(small_bundles):

@@ -54,7 +54,8 @@ def single_process(path, bundle, **kw):
 
 
 def assert_same(ray_adata, one_adata, latent=True):
-    for col in ("scatd_prob_resistant", "scatd_prob_resistant_sd", "scatd_scored", "scatd_label"):
+    for col in ("scatd_prob_resistant", "scatd_prob_resistant_sd", "scatd_scored", "scatd_not_scored_reason",
+                "scatd_label"):
         assert (col in ray_adata.obs) == (col in one_adata.obs)
         if col in one_adata.obs:
             a, b = ray_adata.obs[col], one_adata.obs[col]

@@ -17,13 +17,14 @@ from typing import Callable
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 import scatd_core
 from scatd_core import __version__, _keys
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core._matrix import MeanVar
 from scatd_core.errors import Cancelled, InputError, ScatdError
-from scatd_core.inputs import REASON_TEXT, InputSpec, log_normalises, model_source, needs_moments, unlogs_values
+from scatd_core.inputs import EXAMPLES_PER_REASON, REASON_TEXT, InputSpec, log_normalises, model_source, needs_moments, unlogs_values
 from scatd_core.scaleout._files import in_app_words, is_data_file_error, open_h5, stat_data_file
 from scatd_core.scaleout._shard import REASON_ORDER, Job, PredictWorker, StatisticsWorker
 from scatd_core.scaleout._store import ShardStore, pack, parts_dir, shard_name, unpack
@@ -506,11 +507,17 @@ def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, loa
     keys = result_keys()
     clear(adata)  # as predict: what an earlier prediction left does not describe this one
     prob, scored = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    why = np.full(n, "", dtype=object)
+    examples: dict[str, list] = {}  # the first cells not scored, per reason, as one process names them
     sd = latent = None
     usable, non_finite, reasons, record, lowered = 0, 0, np.zeros(len(REASON_ORDER), dtype=np.int64), None, []
     for i, (start, stop) in enumerate(run.shards):
         part = run.store.load(shard_name(i))
         prob[start:stop], scored[start:stop] = part["prob"], part["scored"]
+        if "why" in part:
+            why[start:stop] = part["why"]
+        for reason, said in (json.loads(str(part["examples"])) if "examples" in part else {}).items():
+            examples.setdefault(reason, []).extend((start + int(row), gene) for row, gene in said)
         if "prob_sd" in part:
             sd = np.full(n, np.nan) if sd is None else sd
             sd[start:stop] = part["prob_sd"]
@@ -538,10 +545,12 @@ def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, loa
     elif keys.prob_sd in adata.obs:
         del adata.obs[keys.prob_sd]
     adata.obs[keys.scored] = scored
+    adata.obs[keys.not_scored_reason] = pd.Categorical(why)
     if latent is not None:
         adata.obsm[keys.latent] = latent
     record["params"]["batch_size_lowered_to"] = min(lowered) if lowered else None
-    inputs = SimpleNamespace(n_usable=usable, transform=record["params"]["input_transform"], source=source)
+    examples = {reason: said[:EXAMPLES_PER_REASON] for reason, said in examples.items()}
+    inputs = SimpleNamespace(examples=examples, n_usable=usable, transform=record["params"]["input_transform"], source=source)
     record.update({
         "scatd_version": __version__,
         "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -655,7 +664,7 @@ def predict_in_folder(adata: ad.AnnData, bundle, folder: str | Path, token: str,
                           workers=choice.workers, **kwargs)
     if source is not adata:
         keys = result_keys()
-        for col in (keys.prob, keys.prob_sd, keys.scored, keys.label):
+        for col in (keys.prob, keys.prob_sd, keys.scored, keys.not_scored_reason, keys.label):
             if col in source.obs:
                 adata.obs[col] = source.obs[col].values
             elif col in adata.obs:

@@ -25,7 +25,7 @@ import pandas as pd
 from scatd_core._json import json_safe
 from scatd_core._keys import result_keys
 from scatd_core.errors import InputError, ScatdError
-from scatd_core.inputs import REASONS, DatasetStatistics, ModelInput
+from scatd_core.inputs import REASON_TEXT, REASONS, DatasetStatistics, ModelInput
 from scatd_core.scaleout._files import data_file_error, open_h5
 from scatd_core.scaleout._store import pack
 
@@ -236,7 +236,7 @@ def shard_moments(inputs: ModelInput) -> dict[str, np.ndarray]:
 def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> dict[str, np.ndarray]:
     """Predict one shard; the arrays the driver assembles (a shard without a usable cell, which
     :func:`~scatd_core.predict.predict` refuses, gets its rows unscored with the reasons)."""
-    from scatd_core.predict import predict
+    from scatd_core.predict import not_scored_reasons, predict
 
     n = shard.n_obs
     keys = result_keys()
@@ -247,6 +247,7 @@ def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> di
         prob, scored = np.full(n, np.nan), np.zeros(n, dtype=bool)
         latent = np.full((n, bundle.architecture.latent_dim), np.nan, dtype=np.float32)
         sd = np.full(n, np.nan) if job.mode == "sample" or bundle.architecture.n_members > 1 else None
+        why = np.full(n, REASON_TEXT["filtered"])
     else:
         try:
             predict(shard, bundle, mask=mask, inputs=inputs, mode=job.mode, n_samples=job.n_samples, seed=job.seed,
@@ -266,7 +267,10 @@ def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> di
         scored = shard.obs[keys.scored].to_numpy(dtype=bool)
         latent = np.asarray(shard.obsm[keys.latent], dtype=np.float32)
         sd = shard.obs[keys.prob_sd].to_numpy(dtype=np.float64) if keys.prob_sd in shard.obs else None
-    out = {"prob": prob, "scored": scored, "latent": latent, "usable": np.asarray(usable),
+        why = (shard.obs[keys.not_scored_reason].astype(str).to_numpy() if keys.not_scored_reason in shard.obs else
+               np.asarray(not_scored_reasons(inputs, scored, bundle.input_kind == "embedding")).astype(str))
+    examples = {} if mask is not None and not mask.any() else inputs.examples  # rows of this shard
+    out = {"why": np.asarray(why, dtype=str), "examples": np.asarray(json.dumps(examples)), "prob": prob, "scored": scored, "latent": latent, "usable": np.asarray(usable),
            "reasons": np.asarray([reasons[r] for r in REASON_ORDER], dtype=np.int64),
            "non_finite_output": np.asarray(int(record.get("not_scored", {}).get("non_finite_output", 0))),
            "record": np.asarray(json.dumps(record))}
