@@ -639,12 +639,12 @@ def not_scored_reasons(inputs: ModelInput, scored: np.ndarray, embedding: bool =
 
 
 def _examples_text(adata: ad.AnnData | None, inputs, reason: str) -> str:
-    """" (e.g. cell 'c98', gene TP53; cell 'c99')": the first cells left out for ``reason``."""
+    """"; e.g. cell 'c98' (gene TP53), cell 'c99'": the first cells left out for ``reason``."""
     said = (getattr(inputs, "examples", None) or {}).get(reason) or []
     if adata is None or not said:
         return ""
-    return " (e.g. " + "; ".join(f"cell '{adata.obs_names[row]}'" + (f", gene {gene}" if gene else "")
-                                 for row, gene in said) + ")"
+    return "; e.g. " + ", ".join(f"cell '{adata.obs_names[row]}'" + (f" (gene {gene})" if gene else "")
+                                 for row, gene in said)
 
 
 def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | None = None) -> list[str]:

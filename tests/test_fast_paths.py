@@ -626,8 +626,8 @@ def test_one_negative_value_leaves_out_its_cell_wherever_it_sits(whole_library_b
         assert info["not_scored"] == {"negative_values": 1} and info["params"]["log_normalised"]
         assert not adata.obs["scatd_scored"].iloc[row] and adata.obs["scatd_scored"].sum() == 2099
         # the warning names the cell and its negative gene (it said only how many cells)
-        said = f"1 cell(s) were not scored: negative values, which a log transform cannot take (e.g. cell 'c{row}', " \
-               "gene G3)."
+        said = f"1 cell(s) were not scored: negative values, which a log transform cannot take; e.g. cell 'c{row}' " \
+               "(gene G3)."
         assert said in info["warnings"]
         table = export.metrics_table(adata).set_index(["section", "metric"])["value"]
         assert table[("not scored", "negative_values")] == 1  # metrics.csv says how many and why
@@ -637,8 +637,8 @@ def test_one_negative_value_leaves_out_its_cell_wherever_it_sits(whole_library_b
         assert (reasons.drop(index=row) == "").all()
         runs[name] = adata
     a, b = runs["sampled"], runs["unsampled"]
-    assert [w for w in a.uns["scatd"]["warnings"] if "(e.g. cell" not in w] == \
-        [w for w in b.uns["scatd"]["warnings"] if "(e.g. cell" not in w]
+    assert [w for w in a.uns["scatd"]["warnings"] if "; e.g. cell" not in w] == \
+        [w for w in b.uns["scatd"]["warnings"] if "; e.g. cell" not in w]
     others = np.setdiff1d(np.arange(2100), [sampled, unsampled])
     np.testing.assert_allclose(a.obs["scatd_prob_resistant"].to_numpy()[others],
                                b.obs["scatd_prob_resistant"].to_numpy()[others], atol=1e-6)

@@ -523,7 +523,8 @@ def test_a_partly_missing_stored_embedding_is_not_scored_as_missing_values(asset
     predict(a, sf_bundle, device="cpu")
     info = a.uns["scatd"]
     assert info["not_scored"] == {"not_embedded": 1, "missing_values": 1}
-    assert "1 cell(s) were not scored: the embedding has missing values (NaN in some of its features)." in info["warnings"]
+    assert "1 cell(s) were not scored: the embedding has missing values (NaN in some of its features); e.g. cell " \
+        "'cell2'." in info["warnings"]
     assert a.obs["scatd_label"].iloc[2] == "not scored"
 
 
