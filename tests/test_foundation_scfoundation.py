@@ -254,6 +254,55 @@ def test_gene_list_must_match_the_model(sf):
         S.read_gene_list(sf / "OS_scRNA_gene_index.19264.tsv")
 
 
+def _full_size_folder(root, genes):
+    """A tiny model (16 wide, 2 layers) that takes the published list's 19,264 genes, with ``genes``."""
+    root.mkdir(parents=True)
+    H.write_sf_gene_list(root / "OS_scRNA_gene_index.19264.tsv", genes)
+    H.write_sf_checkpoint(root / "models.ckpt", sorted(genes), keys=("rde",))
+    S._PROBES.clear()
+    return root
+
+
+def test_a_reordered_published_gene_list_is_refused_and_another_list_warned(tmp_path, monkeypatch):
+    official = S.read_gene_list(shared_file("scfoundation", "OS_scRNA_gene_index.19264.tsv"))
+    # the published genes sorted A-Z and renumbered: each gene's row no longer the model's position for it
+    folder = _full_size_folder(tmp_path / "sorted", sorted(official))
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(folder))
+    p = S.probe()
+    assert not p.available and [x.code for x in p.problems] == ["gene_list_reordered"]
+    assert "another order than the published list" in p.problems[0].message
+    assert "unmodified OS_scRNA_gene_index.19264.tsv" in p.problems[0].hint
+    with pytest.raises(CheckpointError, match="another order"):
+        S.convert(folder / "models.ckpt")  # nor is its sha256 recorded as the right one
+    # other genes of the same number: usable (weights trained on that list), but said
+    other = official[:-1] + ["NOT_A_SCFOUNDATION_GENE"]
+    folder = _full_size_folder(tmp_path / "other", other)
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(folder))
+    p = S.probe()
+    assert p.available and len(p.warnings) == 1 and "not the published scFoundation gene list" in p.warnings[0]
+    assert "Warning: " in p.summary()
+    # the published list as published: nothing said
+    folder = _full_size_folder(tmp_path / "official", official)
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(folder))
+    p = S.probe()
+    assert p.available and not p.warnings
+    assert S.gene_list_sha256(official) == S.OFFICIAL_GENES_SHA256 and S.official_list_problem(official) is None
+
+
+def test_an_encoder_other_than_the_published_one_is_said(sf, tmp_path):
+    p = S.probe()  # 2 layers x 16: its 64-d embeddings fit no published VAE_sf model, which says so
+    assert "(2 layers x 16" in p.version and "the published scFoundation model has 12 layers x 768" in p.version
+    assert not p.warnings
+    cfg = ScFoundationConfig(seq_len=42, hidden_dim=768, depth=1, heads=12)  # the published width, one layer
+    out = S.Probe("vae_sf", S.NAME, str(sf), "test", version="scFoundation 'rde' model (1 layer x 768)")
+    S._check_architecture(out, cfg)
+    assert len(out.warnings) == 1 and "1 layer x 768" in out.warnings[0]
+    assert "the published one has 12 layers x 768, 12 attention heads" in out.warnings[0]
+    out = S.Probe("vae_sf", S.NAME, str(sf), "test", version="v")
+    S._check_architecture(out, ScFoundationConfig(seq_len=42, hidden_dim=768, depth=12, heads=12))
+    assert out.version == "v" and not out.warnings
+
+
 def test_convert_writes_safetensors_and_config_that_give_the_same_embeddings(sf):
     a = counts(12)
     before, _ = S.embed(a, device="cpu")

@@ -70,6 +70,14 @@ DOWNLOAD_HINT = ("Download models.ckpt via the link in the scFoundation README (
                  "{folder}/models.ckpt` once.")
 GENES_HINT = ("Put OS_scRNA_gene_index.19264.tsv (scFoundation repository, model/) in {folder}: its row order is "
               "the model's gene order.")
+#: The published gene list (``OS_scRNA_gene_index.19264.tsv``, file sha256 ``bb337ea195d94e7b...``):
+#: its number of genes, :func:`gene_list_sha256` of its names in file order, and of its names sorted
+#: (the same genes in any order).
+OFFICIAL_N_GENES = 19_264
+OFFICIAL_GENES_SHA256 = "6037e1bc9b3b48a5112ffdc29261383f747a3c3f8b568a8899b0c69d13565df8"
+OFFICIAL_GENE_SET_SHA256 = "e5322ead657fa5ac90d431e2d04e94edb56a1ecde3f4f94988404631ab436df1"
+#: The published encoder (both ``cell`` and ``rde``): layers, width, attention heads (backbones.md A.3).
+PUBLISHED_ENCODER = {"depth": 12, "hidden_dim": 768, "heads": 12}
 
 
 # --------------------------------------------------------------------------- files
@@ -134,6 +142,32 @@ def read_gene_list(path: Path) -> list[str]:
 
 def gene_list_sha256(genes: list[str]) -> str:
     return hashlib.sha256("\n".join(genes).encode("utf-8")).hexdigest()
+
+
+def official_list_problem(genes: list[str], name: str = GENE_LIST) -> Problem | None:
+    """How a gene list of the published list's size differs from it (``None``: it is the published
+    list, or a list of another size, which the model's own size check judges).
+
+    ``gene_list_reordered``: the published genes in another order (e.g. sorted A-Z and renumbered);
+    the model reads each gene at its row, so genes would be read as other genes: refused.
+    ``gene_list_differs``: other genes; usable only with weights trained on that list: warned.
+    """
+    if len(genes) != OFFICIAL_N_GENES or gene_list_sha256(genes) == OFFICIAL_GENES_SHA256:
+        return None
+    if gene_list_sha256(sorted(genes)) == OFFICIAL_GENE_SET_SHA256:
+        return Problem("gene_list_reordered",
+                       f"{name} holds scFoundation's {OFFICIAL_N_GENES:,} genes, but in another order than the "
+                       "published list (re-sorted, e.g. A-Z): the model reads each gene at its row, so many genes "
+                       "would be read as other genes and the predictions would be wrong.",
+                       "Put back the unmodified OS_scRNA_gene_index.19264.tsv from the scFoundation repository "
+                       "(model/; file sha256 bb337ea195d94e7b...): its row order is the model's gene order.")
+    return Problem("gene_list_differs",
+                   f"{name} lists {OFFICIAL_N_GENES:,} genes but is not the published scFoundation gene list (other "
+                   "gene names): with the published weights, genes would be read at positions the model learnt for "
+                   "other genes.",
+                   "Unless these weights were trained with this list, put back the unmodified "
+                   "OS_scRNA_gene_index.19264.tsv from the scFoundation repository (model/; file sha256 "
+                   "bb337ea195d94e7b...).")
 
 
 # --------------------------------------------------------------------------- checkpoint layout
@@ -308,6 +342,9 @@ def convert(checkpoint: str | Path, key: str = DEFAULT_KEY, out: str | Path | No
     if genes is not None and len(genes) != cfg.n_genes:
         raise CheckpointError(f"{genes_path.name} lists {len(genes):,} genes but the model takes {cfg.n_genes:,}.",
                               "Give the gene list of this checkpoint.")
+    problem = official_list_problem(genes, genes_path.name) if genes is not None else None
+    if problem is not None and problem.code == "gene_list_reordered":  # its sha256 would be recorded as right
+        raise problem.error()
     weights, config = converted_paths(out, key)
     record = {"format": FORMAT, "format_version": 1, "key": key, "config": cfg.to_dict(),
               "n_tensors": len(state), "n_parameters": int(sum(v.numel() for v in state.values())),
@@ -417,6 +454,7 @@ def _probe(files: Files) -> Probe:
     if cfg is not None:
         out.embedding_dim = cfg.embedding_dim
         out.details["config"] = cfg.to_dict()
+        _check_architecture(out, cfg)
     out.available = not out.problems
     return out
 
@@ -429,6 +467,32 @@ def _check_genes(out: Probe, cfg: ScFoundationConfig | None, genes: list[str], g
     elif genes_sha is not None and genes_sha != gene_list_sha256(genes):
         out.add("gene_list_mismatch", f"{GENE_LIST} differs from the gene list the weights were converted with.",
                 "Put back the original gene list (its row order is the model's gene order).")
+    else:
+        problem = official_list_problem(genes)
+        if problem is not None and problem.code == "gene_list_reordered":
+            out.problems.append(problem)
+        elif problem is not None:
+            out.warnings.append(f"{problem.message} {problem.hint}")
+
+
+def _check_architecture(out: Probe, cfg: ScFoundationConfig) -> None:
+    """Say when the encoder is not the published one (12 layers x 768, 12 heads): its version
+    text names both; a warning when its embeddings still have the published size (3,072), so a
+    VAE_sf model would take them without a word."""
+    mine = {"depth": cfg.depth, "hidden_dim": cfg.hidden_dim, "heads": cfg.heads}
+    if mine == PUBLISHED_ENCODER:
+        return
+    pub = PUBLISHED_ENCODER
+    published = f"{pub['depth']} layers x {pub['hidden_dim']}, {pub['heads']} attention heads"
+    if cfg.hidden_dim != pub["hidden_dim"]:  # a VAE_sf model of the published size refuses its embeddings
+        out.version = f"{out.version}; the published scFoundation model has {published}"
+    else:
+        out.warnings.append(
+            f"This scFoundation model has {_layers(cfg.depth)} x {cfg.hidden_dim} "
+            f"with {cfg.heads} attention head{'s' if cfg.heads != 1 else ''}; the published one has {published}. Its "
+            f"{cfg.embedding_dim:,}-d embeddings fit scATD's VAE_sf models, but those were trained on the published "
+            "model's embeddings, so their predictions from this one mean little. Install the published models.ckpt "
+            "unless this model is the one your drug models were trained on.")
 
 
 def _probe_converted(files: Files, out: Probe) -> tuple[ScFoundationConfig | None, str | None]:
@@ -449,7 +513,7 @@ def _probe_converted(files: Files, out: Probe) -> tuple[ScFoundationConfig | Non
         return None, None
     for text in problems:
         out.add("wrong_shape", f"{files.converted.name}: {text}", "Run `scatd convert-scfoundation` again.")
-    out.version = (f"scFoundation '{record.get('key', files.key)}' model ({cfg.depth} layers x {cfg.hidden_dim}, "
+    out.version = (f"scFoundation '{record.get('key', files.key)}' model ({_layers(cfg.depth)} x {cfg.hidden_dim}, "
                    f"{_millions(record.get('n_parameters') or 0)} parameters), converted from {record.get('source_file')}")
     return cfg, record.get("gene_list_sha256")
 
@@ -462,10 +526,14 @@ def _probe_checkpoint(files: Files, out: Probe) -> ScFoundationConfig | None:
         out.problems.append(lfs_problem(files.checkpoint, size) if size is not None else
                             Problem("bad_checkpoint", exc.message, exc.hint or ""))
         return None
-    out.version = (f"scFoundation '{files.key}' model ({cfg.depth} layers x {cfg.hidden_dim}, "
+    out.version = (f"scFoundation '{files.key}' model ({_layers(cfg.depth)} x {cfg.hidden_dim}, "
                    f"{_millions(sum(v.numel() for v in state.values()))} parameters) in {files.checkpoint.name}; "
                    "convert it once with `scatd convert-scfoundation` so the app reads safetensors")
     return cfg
+
+
+def _layers(n: int) -> str:
+    return f"{n} layer{'s' if n != 1 else ''}"
 
 
 def _millions(n: int) -> str:
