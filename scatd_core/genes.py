@@ -417,17 +417,36 @@ def mito_mask(adata) -> np.ndarray:
 # Symbol <-> Ensembl
 # --------------------------------------------------------------------------------------------
 
+def _numeric_dtype(*args):
+    """``numpy.dtype`` as a pickle may call it, for plain numbers only (bool, integers, floats)."""
+    dtype = np.dtype(*args[:1])  # the other arguments (align, copy) change nothing for such a dtype
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"refused to load a numpy value of type {dtype} (only plain numbers are allowed)")
+    return dtype
+
+
+def _numeric_scalar(dtype, data=None):
+    """numpy's scalar constructor as a pickle calls it, for a plain number given by its bytes only:
+    built here from the bytes (no numpy constructor called on the pickle's arguments)."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or dtype.fields is not None \
+            or dtype.hasobject or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError("refused to load a numpy value that is not a plain number")
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
-    """Unpickler that builds only dicts, lists, str, int, float (and, on request, numpy scalars).
+    """Unpickler that builds only dicts, lists, str, int, float (and, on request, numpy numbers).
 
     Plain containers and numbers are made by pickle opcodes, never through ``find_class``; so
     refusing every global refuses every callable, and a crafted pickle cannot run code.
-    Geneformer's token dictionary stores its ids as numpy int16, which need exactly two
-    globals (``numpy.dtype`` and the scalar constructor); both only build numbers.
+    Geneformer's token and median dictionaries store their values as numpy int16 / float64,
+    which need two globals (``numpy.dtype`` and the scalar constructor): both are replaced by
+    functions that accept plain number types only (bool, integers, floats; never object or
+    structured types) and build the number from its bytes.
     """
 
-    _NUMPY_SCALAR_GLOBALS = {("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                             ("numpy._core.multiarray", "scalar")}
+    _NUMPY_SCALAR_GLOBALS = {("numpy", "dtype"): _numeric_dtype, ("numpy.core.multiarray", "scalar"): _numeric_scalar,
+                             ("numpy._core.multiarray", "scalar"): _numeric_scalar}
 
     def __init__(self, file, allow_numpy_scalars: bool):
         super().__init__(file)
@@ -435,7 +454,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if self.allow_numpy_scalars and (module, name) in self._NUMPY_SCALAR_GLOBALS:
-            return super().find_class(module, name)
+            return self._NUMPY_SCALAR_GLOBALS[module, name]
         raise pickle.UnpicklingError(f"refused to load '{module}.{name}' (only plain data is allowed)")
 
 
@@ -600,7 +619,7 @@ def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=No
 
     lookups = []
     if geneformer_dict is not None:
-        gf = geneformer_dict if isinstance(geneformer_dict, dict) else load_pickled_dict(geneformer_dict)
+        gf = geneformer_dict if isinstance(geneformer_dict, dict) else load_name_dictionary(geneformer_dict)
         gf = {k: strip_ensembl_version(str(v)) for k, v in gf.items()}
         lookups.append(("geneformer_dict", gf if to == "ensembl" else {v: k for k, v in gf.items()}))
     if biomart is not None:
@@ -641,8 +660,27 @@ def _cached_dictionary(path: str) -> dict:
     key = (path, st.st_mtime_ns, st.st_size)
     if key not in _DICTIONARIES:
         _DICTIONARIES.clear()  # one installed dictionary at a time
-        _DICTIONARIES[key] = load_pickled_dict(path)
+        _DICTIONARIES[key] = load_name_dictionary(path)
     return _DICTIONARIES[key]
+
+
+def load_name_dictionary(path: str | Path) -> dict:
+    """Geneformer's ``gene_name_id_dict`` (symbol -> Ensembl ID) at ``path``, read as
+    :func:`load_pickled_dict` (numpy numbers allowed, so that another dictionary put in its place,
+    e.g. the token dictionary after a swap, is named by what it holds rather than refused for its
+    number types); :class:`~scatd_core.errors.InputError` when it holds no symbols -> Ensembl IDs."""
+    from scatd_core.foundation._dictionaries import CONTENT_SHORT, CONTENT_WORDS, DICTIONARIES, content_kind
+
+    path = Path(path)
+    d = load_pickled_dict(path, allow_numpy_scalars=True)
+    kind = content_kind(d)
+    if kind in (None, "names"):
+        return d
+    belongs = next((names[-1] for names in (v[kind] for v in DICTIONARIES.values() if kind in v)), kind)
+    raise InputError(f"{path.name} holds {CONTENT_WORDS[kind]}, not gene symbols mapped to Ensembl IDs: it looks "
+                     f"swapped with (or copied from) {belongs}.",
+                     f"Put Geneformer's gene-name dictionary (gene symbol -> Ensembl ID) in {path.name}, and "
+                     f"the {CONTENT_SHORT[kind]} in {belongs}.")
 
 
 _DICTIONARIES: dict[tuple, dict] = {}

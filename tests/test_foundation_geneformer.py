@@ -279,6 +279,61 @@ def test_swapped_token_and_median_dictionaries_are_named_as_swapped(gf):
         G.read_vocabulary("V1", gf)
 
 
+@pytest.mark.parametrize("first, second, held_by_first, held_by_second", [
+    ("token_dictionary.pkl", "gene_name_id_dict.pkl", "gene symbols mapped to Ensembl IDs", "token ids"),
+    ("gene_median_dictionary.pkl", "gene_name_id_dict.pkl", "gene symbols mapped to Ensembl IDs", "gene medians"),
+    ("token_dictionary.pkl", "gene_median_dictionary.pkl", "gene medians", "token ids"),
+])
+def test_every_pair_of_swapped_dictionaries_is_named_as_swapped(gf, first, second, held_by_first, held_by_second):
+    a, b = (gf / first).read_bytes(), (gf / second).read_bytes()
+    (gf / first).write_bytes(b)
+    (gf / second).write_bytes(a)
+    G._PROBES.clear()
+    with pytest.raises(CheckpointError) as err:
+        G.read_vocabulary("V1", gf)
+    message = err.value.message
+    assert message.startswith("These two files look swapped: ") and "different" not in message
+    assert f"{first} holds {held_by_first}" in message and f"{second} holds {held_by_second}" in message
+    assert first in err.value.hint and second in err.value.hint and "refused" not in message
+    assert [p.code for p in G.probe().problems] == ["bad_dictionary"]
+    # the gene-name route of every upload says the same of gene_name_id_dict.pkl, not "refused to load numpy"
+    from scatd_core import genes
+
+    problems = []
+    names = genes.default_symbol_dictionary(problems)
+    if "gene_name_id_dict.pkl" in (first, second):
+        assert names is None and len(problems) == 1 and "refused" not in problems[0]
+        assert f"gene_name_id_dict.pkl holds {held_by_second}" in problems[0] and "looks swapped" in problems[0]
+    else:
+        assert names is not None and not problems
+
+
+def test_a_dictionary_copied_over_another_is_named(gf):
+    (gf / "gene_name_id_dict.pkl").write_bytes((gf / "token_dictionary.pkl").read_bytes())
+    with pytest.raises(CheckpointError) as err:
+        G.read_vocabulary("V1", gf)
+    assert err.value.message.startswith("A dictionary file holds another dictionary's content: gene_name_id_dict.pkl "
+                                        "holds token ids") and "(what token_dictionary.pkl holds)" in err.value.message
+
+
+def test_numpy_values_in_dictionaries_are_plain_numbers_only(tmp_path):
+    from scatd_core import genes
+
+    path = tmp_path / "d.pkl"
+    path.write_bytes(pickle.dumps({"A": np.int16(3), "B": np.float64(1.5), "C": np.bool_(True)}))
+    assert genes.load_pickled_dict(path, allow_numpy_scalars=True) == {"A": 3, "B": 1.5, "C": True}
+    for value in (np.array([(1, 2.0)], dtype=[("x", "i4"), ("y", "f8")])[0], np.str_("TP53"), np.void(b"ab")):
+        path.write_bytes(pickle.dumps({"A": value}))
+        with pytest.raises(InputError, match="refused"):
+            genes.load_pickled_dict(path, allow_numpy_scalars=True)
+    # an object-typed numpy scalar, as a crafted pickle would build one (numpy.dtype('O') then scalar(dtype, obj))
+    crafted = (b"\x80\x04}\x94\x8c\x01A\x94\x8c\x15numpy.core.multiarray\x94\x8c\x06scalar\x94\x93\x94\x8c\x05numpy"
+               b"\x94\x8c\x05dtype\x94\x93\x94\x8c\x02O8\x94\x89\x88\x87\x94R\x94\x8c\x01x\x94\x86\x94R\x94s.")
+    path.write_bytes(crafted)
+    with pytest.raises(InputError, match="refused"):
+        genes.load_pickled_dict(path, allow_numpy_scalars=True)
+
+
 # ----------------------------------------------------------------------------- real V1 dictionaries
 
 def test_real_v1_dictionaries_tokenise_a_scanpy_dataset():

@@ -40,7 +40,7 @@ from scatd_core.config import geneformer_dir, geneformer_model_dir
 from scatd_core.errors import CheckpointError, InputError
 from scatd_core.foundation._assets import Probe, Problem, check_file, file_state, lfs_pointer_size, lfs_problem, \
     torch_load_tensors
-from scatd_core.foundation._dictionaries import DICTIONARIES, find_dictionary
+from scatd_core.foundation._dictionaries import DICTIONARIES, content_kind, find_dictionary, misplaced_text
 
 NAME = "Geneformer"
 #: The model's input size tells its generation (2048: V1, no special tokens; 4096: V2).
@@ -113,13 +113,12 @@ def read_vocabulary(version: str = "V1", folder: str | Path | None = None) -> Vo
         except InputError as exc:
             raise CheckpointError(exc.message, "Use the dictionary files shipped with Geneformer.") from None
         files[kind] = path
+    # a file holding another dictionary's content (two swapped, or one copied over another): named as such,
+    # before the checks below would call them dictionaries of different releases
+    misplaced = misplaced_text({kind: content_kind(d) for kind, d in loaded.items()}, files, version)
+    if misplaced is not None:
+        raise CheckpointError(*misplaced)
     vocab = Vocabulary(version, loaded["tokens"], loaded["medians"], loaded.get("names"), loaded.get("mapping"), files)
-    if _holds_token_ids(vocab.medians) and not _holds_token_ids(vocab.tokens) and _holds_medians(vocab.tokens):
-        raise CheckpointError(f"These two files look swapped: {files['tokens'].name} holds gene medians (decimal "
-                              f"numbers, no <pad> or <mask> token), and {files['medians'].name} holds token ids "
-                              "(whole numbers, with <pad> = 0 and <mask> = 1).",
-                              f"Swap their contents (or names): the token ids belong in {files['tokens'].name}, the "
-                              f"gene medians in {files['medians'].name}.")
     if not set(vocab.medians) <= set(vocab.tokens):
         raise CheckpointError(f"{files['medians'].name} has genes missing from {files['tokens'].name}: the two "
                               "dictionaries come from different Geneformer releases.",
@@ -128,23 +127,6 @@ def read_vocabulary(version: str = "V1", folder: str | Path | None = None) -> Vo
         raise CheckpointError(f"{files['tokens'].name} has no <pad> token; it is not a Geneformer token dictionary.",
                               "Use the dictionary files shipped with Geneformer.")
     return vocab
-
-
-def _holds_token_ids(d: dict) -> bool:
-    """Whether a dictionary looks like Geneformer's token dictionary: ``<pad>`` and ``<mask>``
-    (0 and 1), and whole-number values."""
-    values = list(d.values())
-    return "<pad>" in d and "<mask>" in d and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                                  for v in values)
-
-
-def _holds_medians(d: dict) -> bool:
-    """Whether a dictionary looks like Geneformer's gene medians: no special token, numbers with
-    some decimal ones (medians of normalised counts)."""
-    values = list(d.values())
-    numbers = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
-    return bool(values) and numbers and not any(str(k).startswith("<") for k in d) and \
-        any(isinstance(v, (float, np.floating)) for v in values)
 
 
 # --------------------------------------------------------------------------- model folders
