@@ -372,6 +372,27 @@ def test_real_configs_are_v1_and_give_the_published_sizes(tmp_path):
         assert [p.code for p in G.check_model(folder, None)] == ["missing_weights"]
 
 
+def test_a_config_json_with_other_heads_than_the_published_model_is_warned(gf, tmp_path, monkeypatch):
+    import json
+
+    for name in ("gf-12L-30M-config.json", "gf-6L-30M-config.json"):  # the known configs are the published ones
+        config = json.loads(shared_file("geneformer", name).read_text())
+        assert G.published_config_note(G.ModelFolder(tmp_path / "m", config, None)) is None
+        sizes = (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"],
+                 config["max_position_embeddings"])
+        assert G.PUBLISHED_CONFIGS[sizes][1] == config["num_attention_heads"]
+    config = json.loads(shared_file("geneformer", "gf-12L-30M-config.json").read_text())
+    note = G.published_config_note(G.ModelFolder(tmp_path / "gf-12L-30M-i2048", {**config, "num_attention_heads": 4},
+                                                 None))
+    assert "gives 4 attention heads where gf-12L-30M-i2048 has 8" in note and "VAE_gf" in note
+    # the probe says it (the tiny model's sizes taken as published, with 4 heads where its config.json gives 2)
+    monkeypatch.setitem(G.PUBLISHED_CONFIGS, (3, 16, 32, 2048), ("gf-tiny-published", 4))
+    G._PROBES.clear()
+    p = G.probe()
+    assert p.available and len(p.warnings) == 1 and "gives 2 attention heads where gf-tiny-published has 4" in p.warnings[0]
+    assert "Warning: gf-tiny/config.json describes the published gf-tiny-published" in p.summary()
+
+
 @pytest.mark.parametrize("change, words", [
     ({"num_attention_heads": 7}, "7 attention heads for a hidden size of 16"),
     ({"intermediate_size": 48}, "intermediate.dense.weight is (32, 16) but config.json makes it (48, 16)"),

@@ -49,6 +49,14 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 #: A safetensors file given the name of PyTorch weights: the folder reads it under its own name.
 SAFETENSORS_NAME_HINT = ("Geneformer's model folder reads safetensors weights too: name the file model.safetensors "
                          "(next to config.json).")
+#: The published Geneformer models (backbones.md B.1), by what their weights show (layers, hidden
+#: size, feed-forward size, input size): name and attention heads. All use ReLU. The weights do not
+#: show the number of heads nor the activation, so config.json is compared with these.
+PUBLISHED_CONFIGS = {(6, 256, 512, 2048): ("gf-6L-30M-i2048", 4), (12, 512, 1024, 2048): ("gf-12L-30M-i2048", 8),
+                     (12, 512, 1024, 4096): ("gf-12L-95M-i4096", 8), (20, 896, 1792, 4096): ("gf-20L-95M-i4096", 14),
+                     (12, 768, 3072, 4096): ("Geneformer-V2-104M", 12),
+                     (18, 1152, 4608, 4096): ("Geneformer-V2-316M", 18)}
+PUBLISHED_ACTIVATION = "relu"
 EMB_MODES = ("cell", "cls")
 TARGET_SUM = 10_000
 VAE_GF_MODEL = "gf-12L-30M-i2048"
@@ -298,6 +306,32 @@ def config_mismatch(model: ModelFolder, shapes: dict[str, tuple]) -> str | None:
     return None
 
 
+def published_config_note(model: ModelFolder) -> str | None:
+    """A warning when ``config.json`` describes a published Geneformer model by its sizes (those the
+    weights show) but gives it other attention heads or another activation, which the weights do
+    not show: the model would run, with embeddings other than the published model's."""
+    try:
+        sizes = (model.n_layers, model.hidden_size, int(model.config.get("intermediate_size", 0)), model.input_size)
+    except (TypeError, ValueError):
+        return None
+    if sizes not in PUBLISHED_CONFIGS:
+        return None
+    name, heads = PUBLISHED_CONFIGS[sizes]
+    act = model.config.get("hidden_act", PUBLISHED_ACTIVATION)
+    said = []
+    if model.config.get("num_attention_heads") != heads:
+        said.append(f"{model.config.get('num_attention_heads')!r} attention heads where {name} has {heads}")
+    if act != PUBLISHED_ACTIVATION:
+        said.append(f"the activation {act!r} where {name} uses {PUBLISHED_ACTIVATION!r}")
+    if not said:
+        return None
+    return (f"{model.path.name}/config.json describes the published {name} ({model.n_layers} layers x "
+            f"{model.hidden_size}) but gives {' and '.join(said)}. The weights do not show this, so the model "
+            f"runs as config.json says and its embeddings differ from {name}'s"
+            + (", which scATD's VAE_gf models were trained on" if name == VAE_GF_MODEL else "")
+            + ". Put back the config.json that came with the weights.")
+
+
 # --------------------------------------------------------------------------- probe
 
 _PROBES: dict[tuple, Probe] = {}
@@ -362,6 +396,9 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
     if model is not None and not model.config_error:
         out.files["weights"] = model.weights or "missing"
         out.problems.extend(check_model(model, vocab))
+        note = published_config_note(model)
+        if note is not None:
+            out.warnings.append(note)
         out.version = model.describe() + (f"; {vocab.version} dictionaries ({len(vocab.medians):,} genes)"
                                           if vocab is not None else "")
     out.available = not out.problems
