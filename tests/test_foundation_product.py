@@ -125,6 +125,34 @@ def test_cli_without_the_foundation_model_says_what_to_install(tmp_path, sf_bund
     assert "64-d scFoundation embeddings computed elsewhere: a .npy (cells x features) as --input" in err
 
 
+def test_cli_without_the_gene_name_dictionary_gives_that_error_and_no_coverage_first(assets, gf_bundle, tmp_path,
+                                                                                        capsys):
+    (assets["gf"] / "gene_name_id_dict.pkl").unlink()
+    G._PROBES.clear()
+    csv = write_csv(gf_counts(8), tmp_path / "symbols.csv")  # gene symbols: they need the name dictionary
+    rc = main(["predict", "--model", str(gf_bundle.path), "--input", str(csv), "--output", str(tmp_path / "p.csv"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: Geneformer's gene-name dictionary (gene_name_id_dict.pkl" in err
+    assert "Gene coverage" not in err and "Low gene coverage" not in err and "knows 0" not in err
+    with pytest.raises(CheckpointError, match="gene_name_id_dict.pkl"):  # the app's estimate says the same
+        estimate_seconds(gf_counts(4), "vae_gf", device="cpu")
+
+
+def test_cli_says_the_backbone_probe_warnings_before_embedding(assets, gf_bundle, tmp_path, capsys, monkeypatch):
+    # the tiny model's sizes taken as a published model's, with other heads: usable, but said (as `scatd doctor`)
+    monkeypatch.setitem(G.PUBLISHED_CONFIGS, (3, 16, 32, 2048), ("gf-tiny-published", 4))
+    G._PROBES.clear()
+    csv = write_csv(gf_counts(8), tmp_path / "symbols.csv")
+    rc = main(["predict", "--model", str(gf_bundle.path), "--input", str(csv), "--output", str(tmp_path / "p.csv"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    warned = err.index("warning: gf-tiny/config.json describes the published gf-tiny-published (3 layers x 16) but "
+                       "gives 2 attention heads where gf-tiny-published has 4")
+    assert err.index("Gene coverage") < warned < err.index("Geneformer embeddings: 8 of 8 cells")
+
+
 def test_cli_convert_scfoundation(assets, tmp_path, capsys):
     ckpt = assets["sf"] / "models" / "models.ckpt"
     rc = main(["convert-scfoundation", str(ckpt), "--out", str(tmp_path / "converted")])

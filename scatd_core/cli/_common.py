@@ -342,7 +342,8 @@ def _say_gene_coverage(adata, bundle, options: dict) -> None:
     low-coverage warning (nothing when the backbone is not installed: the run says why)."""
     from scatd_core.foundation import _embed
 
-    if not _embed.probe(bundle.backbone, embedding_dim=bundle.architecture.input_dim).available:
+    state = _embed.probe(bundle.backbone, embedding_dim=bundle.architecture.input_dim)
+    if not state.available:
         return
     given = _embed.counts_source(adata, bundle.backbone)[1]
     if given.get("note"):
@@ -355,6 +356,8 @@ def _say_gene_coverage(adata, bundle, options: dict) -> None:
         f"genes ({cov['fraction_of_data_genes']:.0%}; of its {cov['n_model_genes']:,}).")
     if cov["warning"]:
         say(f"warning: {cov['warning']}")
+    for warning in state.warnings:  # usable files, but not all as published (as `scatd doctor` and the Model page say)
+        say(f"warning: {warning}")
 
 
 def prepare_embeddings(adata, bundle, args) -> None:

@@ -129,6 +129,8 @@ def gene_coverage(adata: ad.AnnData, backbone: str, **options) -> dict:
         return coverage_of(align_genes(names_for(adata, "symbol"), genes), backbone)
     folder = geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"])
     vocab = geneformer.read_vocabulary(folder.version)
+    # symbols without the name dictionary: that file is what to fix, not a coverage of 0 genes
+    geneformer.require_names(adata, vocab, geneformer.geneformer_dir())
     return coverage_of(align_genes(geneformer.gene_ids(adata, vocab), vocab.genes), backbone)
 
 
@@ -703,6 +705,7 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
     else:
         folder = geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"])
         vocab = geneformer.read_vocabulary(folder.version)
+        geneformer.require_names(adata, vocab, geneformer.geneformer_dir())  # as embed: the missing file, not "no gene known"
         tok = geneformer.tokenizer(adata, vocab, folder.input_size)
         tokens = geneformer.cell_plan(tok, adata.X, wanted)[0]
         tokens = tokens[tokens > 0]
