@@ -1571,16 +1571,17 @@ def _drop_chosen_model() -> None:
 
 def sidebar(container) -> None:
     """Current data, model, device and progress along the path (every page, drawn after it ran)."""
-    from scatd_core._keys import BIOMARKERS, UMAP
+    from scatd_core._keys import BIOMARKERS, INPUT_REPORT, UMAP
 
     ss = st.session_state
     adata = ss.get(state.ADATA)
     predicted = state.has_prediction()
     with container:
         st.caption("SESSION")
-        if adata is not None:
+        if adata is not None:  # an embedding file's columns are features, not genes (as the Data card says)
+            embedding_file = adata.uns.get(INPUT_REPORT, {}).get("format") == "npy"
             st.markdown(f":material/dataset: **{md(ss.get(state.DATA_NAME))}**  \n"
-                        f"{adata.n_obs:,} cells × {adata.n_vars:,} genes")
+                        f"{adata.n_obs:,} cells × {adata.n_vars:,} {'embedding features' if embedding_file else 'genes'}")
         else:
             st.markdown(":material/dataset: no data yet")
         bundle = None

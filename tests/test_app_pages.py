@@ -1771,6 +1771,7 @@ def test_data_page_calls_npy_values_embedding_features_not_z_scored():
     values = {m.label: m.value for m in at.metric}
     assert values["Values"] == "embedding features" and values["Gene IDs"] == "none"
     assert values["Embedding features"] == "40"
+    assert "30 cells × 40 embedding features" in text(at.sidebar.markdown)  # not "genes", as the card
 
 
 def test_a_bad_upload_says_the_earlier_data_is_still_loaded(with_library):

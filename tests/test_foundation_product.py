@@ -88,6 +88,7 @@ def test_cli_predict_vae_sf_from_counts_then_from_its_annotated_h5ad(assets, sf_
                "--h5ad", str(tmp_path / "a.h5ad"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 0, err
+    assert "Read 40 cells x 37 genes from counts.csv" in err  # genes of a gene matrix, features of an embedding
     assert "scFoundation embeddings: 40 of 40 cells (35 of the model's 40 genes in the data)" in err
     first = pd.read_csv(tmp_path / "p.csv")
     assert len(first) == 40 and first["prob_resistant"].notna().all()
@@ -110,7 +111,9 @@ def test_cli_predict_vae_sf_from_counts_then_from_its_annotated_h5ad(assets, sf_
     np.save(tmp_path / "emb.npy", annotated.obsm["X_scfoundation"])
     rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(tmp_path / "emb.npy"),
                "--output", str(tmp_path / "p3.csv"), "--device", "cpu"])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "Read 40 cells x 64 embedding features from emb.npy" in err
     assert np.allclose(pd.read_csv(tmp_path / "p3.csv")["prob_resistant"], first["prob_resistant"])
 
 

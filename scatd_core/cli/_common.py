@@ -213,7 +213,8 @@ def read_input(args, backed="auto"):
     adata = io.read(args.input, orientation=args.orientation, backed=backed)
     if args.biomart:  # its warning on unmapped Ensembl IDs goes when the table maps them
         genes.annotate_gene_ids(adata, biomart=args.biomart)
-    say(f"Read {adata.n_obs:,} cells x {adata.n_vars:,} features from {Path(args.input).name}")
+    features = "embedding features" if adata.uns[io.REPORT_KEY].get("format") == "npy" else "genes"
+    say(f"Read {adata.n_obs:,} cells x {adata.n_vars:,} {features} from {Path(args.input).name}")
     for w in adata.uns[io.REPORT_KEY].get("warnings", []):
         say(f"warning: {w}")
     if getattr(args, "obs", None):  # before --label-column, --sample-column and --mask are checked
