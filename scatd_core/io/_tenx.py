@@ -8,6 +8,7 @@ import gzip
 import io
 import lzma
 import re
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -276,12 +277,14 @@ def _check_zip_directory(archive: Path, name: str) -> None:
         raise _too_many_members(name, entries if entries > MAX_ARCHIVE_MEMBERS else None)
 
 
-def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str, member_cap: int) -> None:
+def _extract(archive: Path, dest: Path, kind: str, cap: int, name: str, member_cap: int | None) -> None:
     """Extract regular files only (no links, devices), stopping past ``cap`` bytes (of content,
     and for a tar of the whole decompressed stream, headers included) or
     :data:`MAX_ARCHIVE_MEMBERS` entries. A member over ``member_cap`` (the size limit the reader
     applies to the file once extracted) is refused from its declared size, before any of it is
     written, and while it is written should it hold more than it declares."""
+    if member_cap is None:  # a file on the server's disk: no upload limit, the decompressed cap bounds it
+        member_cap = sys.maxsize
     written = 0
 
     def copy(member_name: str, src, declared: int) -> None:
