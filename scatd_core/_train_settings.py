@@ -11,6 +11,20 @@ from scatd_core.errors import InputError
 HEADS = ("linear", "scatd")
 #: What a linear head sees: the latent mean and the model input, or the latent mean only.
 HEAD_INPUTS = ("latent+input", "latent")
+#: Backbone pretraining learning rate by backbone (``TrainSettings.pretrain_lr`` None). VAE_sf has
+#: no spectral norm anywhere (reference §2.2), and at the others' 2e-3 it diverged on real
+#: scFoundation embeddings (SCAD sorafenib, standardised as training does: loss 1e14 and more
+#: within epochs; at 5e-4 too, at 3e-4 it jumped 100-fold before falling; at 1e-4 it falls from
+#: the first epoch for every seed tried). The original used 2e-5 (reference §2.9) over far more
+#: batches (Panglao cells) than 100 epochs of a few hundred samples give.
+PRETRAIN_LR = {"dist_vae": 2e-3, "vae_gf": 2e-3, "vae_sf": 1e-4}
+
+
+def pretrain_lr(settings: "TrainSettings", backbone: str) -> float:
+    """The pretraining learning rate of ``backbone`` under ``settings`` (its own, unless set)."""
+    return float(settings.pretrain_lr) if settings.pretrain_lr is not None else PRETRAIN_LR.get(backbone, 2e-3)
+
+
 #: Most members of an ensemble (member seeds are ``seed * 1000 + k``).
 MAX_MEMBERS = 999
 
@@ -29,7 +43,12 @@ class TrainSettings:
       clearly worse).
     - ``pretrain_epochs`` with AdamW at ``pretrain_lr``, batches of ``batch_size``: 100 epochs of
       batches of 128 at 2e-3 gave the linear heads the same target AUROC as 200 epochs of 64 at
-      1e-3, in a third of the time (benches/results_transfer.md).
+      1e-3, in a third of the time (benches/results_transfer.md). ``pretrain_lr`` ``None`` (the
+      default) is the backbone's own rate, :data:`PRETRAIN_LR`: 2e-3, but 1e-4 for ``vae_sf``,
+      whose layers have no spectral norm (reference §2.2): at 2e-3 its loss on real scFoundation
+      embeddings (3,072 values per cell) rose to 1e14 and NaN within a few epochs, at 1e-4 it falls
+      smoothly. The original trained VAE_sf at 2e-5 over many batches of Panglao cells; 100 epochs
+      of one to a few batches need a larger step.
 
     Default head, ``head="linear"`` (:mod:`scatd_core.train._ensemble`): ``members`` backbones
     from different seeds, each with a class-balanced logistic regression (L2, ``head_c``) on the
@@ -50,7 +69,7 @@ class TrainSettings:
     hidden_dims: tuple[int, ...] = (256, 128)
     z_dim: int = 64
     pretrain_epochs: int = 100
-    pretrain_lr: float = 2e-3
+    pretrain_lr: float | None = None  # None: PRETRAIN_LR of the backbone
     rec_beta: float = 1000.0
     head: str = "linear"
     members: int = 10

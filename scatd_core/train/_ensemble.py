@@ -45,7 +45,8 @@ def pretrain_members(data, s: TrainSettings, dev: torch.device, *, adaptation: b
         sk = replace(s, seed=seed)
         vae = _new_backbone(data.backbone, data.bulk_x.shape[1], sk)
         losses.append(pretrain_backbone(vae, data.bulk_all, data.target_x if adaptation else None, sk, dev,
-                                        tick=tick(k) if tick else None, should_stop=should_stop))
+                                        tick=tick(k) if tick else None, should_stop=should_stop,
+                                        member=f"backbone {k + 1} of {s.members}, seed {seed}"))
         backbones.append(vae.eval())
     return backbones, losses
 

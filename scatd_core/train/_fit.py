@@ -18,6 +18,7 @@ from scatd_core.labels import LABEL_MAPPING
 from scatd_core.metrics import auroc
 from scatd_core.nn import Architecture, DrugClassifier, ResVAE
 from scatd_core.nn.layers import SpectralLinear
+from scatd_core._train_settings import pretrain_lr
 from scatd_core.train._settings import TrainSettings
 
 _INIT_LOCK = threading.Lock()  # module init draws from torch's global RNG
@@ -157,19 +158,36 @@ def _new_backbone(backbone: str, n_inputs: int, s: TrainSettings) -> ResVAE:
     return vae
 
 
+def _refuse_non_finite(loss: torch.Tensor, what: str, epoch: int, epochs: int, hint: str) -> None:
+    """Stop with a clear message when a training loss is no longer a finite number (the weights
+    have diverged: every later step and every prediction would be NaN)."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise InputError(f"Training stopped: {what} diverged in epoch {epoch}/{epochs} (its loss became "
+                         f"{float(loss.detach()):g}), so no model was saved.", hint)
+
+
 def pretrain_backbone(vae: ResVAE, bulk_x: np.ndarray, target_x: np.ndarray | None, s: TrainSettings,
                       device: torch.device, *, tick: Callable[[str], None] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> list[float]:
+                      should_stop: Callable[[], bool] | None = None, member: str = "") -> list[float]:
     """Pretrain ``vae`` in place with ``rec_beta * MSE + KLD`` (reference §3.2); returns the loss per epoch.
 
     Each epoch holds every bulk sample plus ``min(n_target, n_bulk)`` target cells drawn anew,
-    so a large target neither swamps the bulk nor makes epochs long.
+    so a large target neither swamps the bulk nor makes epochs long. The learning rate is the
+    backbone's own unless ``s.pretrain_lr`` sets one (:data:`scatd_core._train_settings.PRETRAIN_LR`).
+    A loss that is not finite stops the training with an :class:`InputError` naming the backbone
+    (``member``: which member of an ensemble, e.g. "backbone 3 of 10").
     """
+    backbone = vae.arch.backbone
+    what = f"pretraining the {backbone} backbone" + (f" ({member})" if member else "")
+    hint = ("Check that the inputs are what this backbone expects (finite values of the size it was made for: "
+            + ("scFoundation cell embeddings" if backbone == "vae_sf" else
+               "Geneformer cell embeddings" if backbone == "vae_gf" else "expression") + "), "
+            "try another --seed, or train without pretraining (--pretrain-epochs 0).")
     gen = _generator(s.seed * 7919 + 1)
     xb = torch.from_numpy(bulk_x).to(device)
     xt = torch.from_numpy(target_x).to(device) if target_x is not None and len(target_x) else None
     vae.to(device).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=s.pretrain_lr, weight_decay=s.weight_decay)
+    opt = torch.optim.AdamW(vae.parameters(), lr=pretrain_lr(s, backbone), weight_decay=s.weight_decay)
     history = []
     for epoch in range(s.pretrain_epochs):
         parts = [xb]
@@ -184,6 +202,7 @@ def pretrain_backbone(vae: ResVAE, bulk_x: np.ndarray, target_x: np.ndarray | No
             recon = vae.decode(mu + eps * torch.exp(0.5 * logvar))
             kld = -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
             loss = s.rec_beta * F.mse_loss(recon, x) + kld
+            _refuse_non_finite(loss, what, epoch + 1, s.pretrain_epochs, hint)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -278,6 +297,10 @@ def fit_head(vae: ResVAE, x: np.ndarray, y: np.ndarray, target_x: np.ndarray | N
                 mmd = mmd_rbf(mu, model.encode(tgt[pick])[0])
                 loss = loss + s.mmd_weight * mmd
                 mmd_total += float(mmd.detach())
+            _refuse_non_finite(loss, f"training the {model.arch.backbone} drug head"
+                               + (" (fine-tuning the encoder)" if finetune else ""), epoch + 1, epochs,
+                               "Check that the inputs are finite values; try another --seed, fewer "
+                               "--finetune-epochs, or the default linear heads (--head linear).")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -25,7 +25,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -320,7 +320,12 @@ def train_panel(
     """
     from scatd_core.train._run import _cell_metadata_origin, train_drug_model
 
+    from scatd_core._train_settings import pretrain_lr
+
     s = settings or TrainSettings()
+    # the backbone's own pretraining rate as a number: the state file's fingerprint is the same as
+    # before it depended on the backbone (2e-3 for Dist_VAE), so earlier runs still resume
+    s = replace(s, pretrain_lr=pretrain_lr(s, backbone))
     s.check()
     table = read_label_table(labels)
     given = {k: v for k, v in (input_files or {}).items() if v and v.get("file") and v.get("sha256")}

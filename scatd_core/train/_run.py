@@ -15,7 +15,7 @@ from scatd_core import card as cards
 from scatd_core import training_cells
 from scatd_core._keys import target_columns_hint
 from scatd_core._threads import threads
-from scatd_core._train_settings import unused_settings
+from scatd_core._train_settings import pretrain_lr, unused_settings
 from scatd_core.bundle import (Bundle, NameTaken, load_backbone_from_bundle, load_bundle, safe_name, save_bundle,
                                sha256_file)
 from scatd_core.config import model_library_dir
@@ -457,6 +457,7 @@ def train_drug_model(
     if backbone not in BACKBONES:
         raise InputError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
     s = replace(settings or TrainSettings(), seed=int(seed))
+    s = replace(s, pretrain_lr=pretrain_lr(s, backbone))  # the backbone's own unless set: recorded as a number
     if folds is not None:
         s = replace(s, folds=int(folds))
     if epochs is not None:
