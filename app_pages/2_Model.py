@@ -7,7 +7,7 @@ from scatd_app import state, ui
 from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
 from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, chosen_by_default_for, distinct_titles,
-                               import_card_lines, input_transform_words, who_made)
+                               import_card_lines, input_transform_words, named_title, who_made)
 from scatd_core.errors import ScatdError
 from scatd_core.inputs import InputSpec, embedding_width_error, value_messages
 from scatd_core.nn import BACKBONES
@@ -104,7 +104,7 @@ if path is None:
 bundle = choices[path]
 
 with st.container(border=True):
-    st.subheader(ui.md(bundle.title))
+    st.subheader(ui.md(named_title(bundle)))  # the model's name (--name) first, as the Models page titles it
     if bundle.is_demo:
         st.badge("demo model (simulated data): trained on simulated cell lines; for trying the app only",
                  color="orange")

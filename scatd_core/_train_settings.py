@@ -124,7 +124,7 @@ _PRETRAINING = ("pretrain_epochs", "pretrain_lr", "rec_beta", "hidden_dims", "z_
 
 
 def unused_settings(head: str, *, backbone_given: bool = False, adaptation: bool = True,
-                    few_shot: bool = False) -> dict[str, str]:
+                    few_shot: bool = False, pretrain_epochs: int | None = None) -> dict[str, str]:
     """The settings a run with these choices does not use, each with the reason (a phrase).
 
     A run records only the settings it used (the others are listed as not used), and the
@@ -141,6 +141,9 @@ def unused_settings(head: str, *, backbone_given: bool = False, adaptation: bool
                     for k in _LINEAR_ONLY})
         if not adaptation:
             out["mmd_weight"] = "without adaptation the fine-tuning uses no MMD to the target"
+    if pretrain_epochs == 0 and not backbone_given:
+        out.update({k: "no pretraining epochs were run (--pretrain-epochs 0): the backbones keep their random "
+                       "initial weights" for k in ("pretrain_lr", "rec_beta")})
     if backbone_given:
         out.update({k: "the given pretrained backbone is used as it is, not pretrained" for k in _PRETRAINING})
         if head == "linear":

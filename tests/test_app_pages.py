@@ -1856,3 +1856,23 @@ def test_the_library_table_shows_titles_and_words_not_internal_values():
     assert list(view.columns[:4]) == ["name", "drug", "backbone", "threshold"]
     assert list(view["backbone"]) == ["Dist_VAE", ""] and view["kind"][0] == "drug model"
     assert "None" not in view.astype(str).to_numpy().ravel().tolist() and list(frame["backbone"])[0] == "dist_vae"
+
+
+def test_the_model_page_titles_the_card_with_the_models_name(empty_library):
+    """QA: the Model page titled a model trained as SF_emb_p0 "Sorafenib · VAE_sf (scATD-sf)",
+    without its name; it now uses the name first, as the Models page does."""
+    import json
+
+    from _app_helpers import make_bundle
+
+    folder = empty_library / "TESTDRUG_model"
+    make_bundle(folder, make_dataset(40, seed=2), steps=1)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["name"] = "SF_emb_p0"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    at = start()
+    upload(at, "cells.h5ad", h5ad_bytes(make_dataset(40, seed=3)))
+    goto(at, "2_Model")
+    at.session_state[state.BUNDLE_PATH] = str(folder)
+    goto(at, "2_Model")
+    assert any(str(s.value).startswith("SF\\_emb\\_p0 · ") for s in at.subheader), [s.value for s in at.subheader]

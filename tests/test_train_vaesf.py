@@ -59,3 +59,52 @@ def test_non_finite_head_loss_stops_with_a_clear_message():
     x[0, 0] = np.inf
     with pytest.raises(InputError, match="training the dist_vae drug head diverged in epoch 1/2"):
         fit_head(vae, x, y, None, s, torch.device("cpu"), head_epochs=2, finetune_epochs=0, seed=0, adaptation=False)
+
+
+def _record(**options) -> dict:
+    """An ``uns['scatd_foundation']['vae_sf']`` record as embed_cells writes it (the parts read here)."""
+    import json
+
+    return {"backbone": "vae_sf", "info": {"model": "scFoundation"},
+            "identity": json.dumps({"options": options, "version": "test", "files": {}}, sort_keys=True)}
+
+
+@pytest.fixture(scope="module")
+def embedding_model(tmp_path_factory):
+    """A tiny VAE_sf model on 12-d embeddings, without pretraining (--pretrain-epochs 0), on a target
+    of 25 cells whose embeddings scATD computed (scFoundation key cell, resolution t4); the bulk's
+    were brought by the user. Trained once for the tests below."""
+    import anndata as ad
+    import pandas as pd
+
+    from scatd_core.train import train_drug_model
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    ids = [f"ACH-{i:06d}" for i in range(40)]
+    y = np.array([0, 1] * 20)
+    bulk = ad.AnnData((rng.normal(0, 1, (40, 12)) + y[:, None]).astype(np.float32), obs=pd.DataFrame(index=ids))
+    labels = pd.DataFrame({"DRUGA": np.where(y == 1, "resistant", "sensitive")}, index=ids)
+    target = ad.AnnData(rng.normal(2.0, 3.0, (25, 12)).astype(np.float32),
+                        obs=pd.DataFrame(index=[f"c{i}" for i in range(25)]))
+    target.uns["scatd_foundation"] = {"vae_sf": _record(key="cell", resolution="t4", max_genes=8000)}
+    s = TrainSettings(hidden_dims=(16, 8), z_dim=4, pretrain_epochs=0, folds=3, batch_size=16, members=2)
+    bundle, rep = train_drug_model(bulk, labels, "DRUGA", target, backbone="vae_sf", settings=s,
+                                   out=tmp_path_factory.mktemp("sf") / "sf", device="cpu")
+    return bundle.path, rep, target
+
+
+def test_card_of_a_model_without_pretraining_on_embeddings(embedding_model):
+    from scatd_core.bundle import load_bundle
+    from scatd_core.card import card_lines
+
+    path, rep, _ = embedding_model
+    card = load_bundle(path).manifest["card"]
+    first = card_lines(card)[0]
+    # --pretrain-epochs 0: not "pretrained", and its learning rate and rec_beta are not listed as used
+    assert "not pretrained (--pretrain-epochs 0" in first and "pretrained from different seeds" not in first
+    assert "pretrain_lr" not in card["settings"] and "rec_beta" not in card["settings"]
+    assert "--pretrain-epochs 0" in card["settings_not_used"]["pretrain_lr"]
+    # 25 target cells of embeddings: there are no genes to standardise
+    assert not any("per-gene standardisation" in w for w in rep["warnings"])
+    assert any("The target has only 25 cells" in w for w in rep["warnings"])

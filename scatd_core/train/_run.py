@@ -128,7 +128,9 @@ def _fit_ensemble(data: TrainingData, s: TrainSettings, dev, splits, *, base_vae
     inputs = "the latent mean and the standardised genes" if with_inputs and data.features else \
         "the latent mean and the model input" if with_inputs else "the latent mean"
     description = (f"An ensemble of {len(backbones)} scATD {data.backbone} backbone(s) "
-                   + ("pretrained from different seeds" if base_vae is None else "(the given pretrained backbone)")
+                   + ("(the given pretrained backbone)" if base_vae is not None else
+                      "from different seeds, not pretrained (--pretrain-epochs 0: each keeps its random initial "
+                      "weights)" if s.pretrain_epochs == 0 else "pretrained from different seeds")
                    + f", each with a class-balanced logistic-regression head (L2, C={s.head_c:g}) on {inputs}"
                    + (f", trained on the bulk and {few.n_labelled} labelled target cells "
                       f"({few.n_resistant} resistant, {few.n_sensitive} sensitive) with the unlabelled target cells "
@@ -507,7 +509,10 @@ def train_drug_model(
     few = _few_shot(few_shot_labels, data, warnings)
     truth = _target_truth(target_ad, target_label_column, target_resistant_value, data)
     if target_ad.n_obs < 50:
-        warnings.append(f"The target has only {target_ad.n_obs} cells; its per-gene standardisation is unreliable.")
+        warnings.append(f"The target has only {target_ad.n_obs} cells; its per-gene standardisation is unreliable."
+                        if data.features is not None else
+                        f"The target has only {target_ad.n_obs} cells; the adaptation to it (and any score on it) "
+                        "rests on few cells.")
     if data.features is not None and len(data.features) < SMALL_PANEL_GENES:
         warnings.append(f"Bulk and target share only {len(data.features):,} genes, so the model sees a small part of "
                         "the transcriptome and its calls rest on those genes alone (the published models read "
@@ -613,7 +618,8 @@ def train_drug_model(
     card["data"]["seconds"] = round(seconds, 1)
     if made:  # labels built from ln(IC50) (here, or by scatd labels-from-ic50): the drug's threshold
         labels_prov.update(_ic50_origin(made, data.report["drug"]) or {})
-    unused = unused_settings(s.head, backbone_given=base_vae is not None, adaptation=adaptation, few_shot=few is not None)
+    unused = unused_settings(s.head, backbone_given=base_vae is not None, adaptation=adaptation, few_shot=few is not None,
+                             pretrain_epochs=s.pretrain_epochs)
     settings_dict = card["settings"] = {k: v for k, v in card["settings"].items() if k not in unused}  # only those used
     card["settings_not_used"] = unused
     training = {"settings": settings_dict, "settings_not_used": unused, "drug_column": data.report["drug"],
