@@ -313,6 +313,21 @@ def _cell_metadata_words(table: dict | None) -> str:
     return f" with the cell metadata table {table.get('file')}" + (f" ({'; '.join(details)})" if details else "")
 
 
+#: How a model trained on cell embeddings says they were made when the data did not record it.
+UNKNOWN_EMBEDDINGS = "unknown, brought by the user"
+
+
+def embedding_origin_words(origin: dict | None) -> str:
+    """How cell embeddings were made (:func:`scatd_core.train._data.embedding_origin`), in words:
+    "computed by scATD Studio (scFoundation; key rde, resolution a5, max_genes 8000)", or
+    :data:`UNKNOWN_EMBEDDINGS`."""
+    if not origin or origin.get("computed_by") != "scATD Studio":
+        return UNKNOWN_EMBEDDINGS
+    settings = ", ".join(f"{k} {v}" for k, v in (origin.get("settings") or {}).items())
+    parts = "; ".join(p for p in (origin.get("model"), settings) if p)
+    return "computed by scATD Studio" + (f" ({parts})" if parts else "")
+
+
 def card_details(card: dict) -> list[str]:
     """What the card records besides its scores: the data files with their hashes, the genes and
     the settings used (and those the recipe did not use). Empty for cards that record none."""
@@ -321,6 +336,10 @@ def card_details(card: dict) -> list[str]:
                                                               ("target", "target"))]
     if any(inputs):
         lines.append("Data: " + ", ".join(i for i in inputs if i) + ".")
+    embeddings = data.get("embeddings")
+    if embeddings:  # a VAE_sf/VAE_gf model: how its training embeddings were made
+        lines.append("Cell embeddings: " + "; ".join(f"{what} {embedding_origin_words(embeddings.get(what))}"
+                                                     for what in ("bulk", "target") if what in embeddings) + ".")
     genes = data.get("genes")
     if genes and genes.get("n"):
         first = list(genes.get("first") or [])[:10]

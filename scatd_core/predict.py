@@ -31,7 +31,8 @@ from scatd_core import _threads  # noqa: F401  (reads the process's thread count
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
-from scatd_core.inputs import EMBEDDING_REASON_TEXT, REASON_TEXT, ModelInput, value_messages, value_type
+from scatd_core.inputs import (EMBEDDING_REASON_TEXT, FOUNDATION_MODELS, REASON_TEXT, ModelInput, value_messages,
+                                 value_type)
 from scatd_core.nn.sparse import batch_tensor
 from scatd_core.preprocess import AS_GIVEN_COUNTS_NOTE, as_given_counts
 
@@ -667,6 +668,10 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
     if (bundle.input_kind == "embedding" or inputs.transform == "standardize") and n < FEW_CELLS_FOR_STATISTICS:
         out.append(f"Only {n} cells were scored: the dataset statistics this model uses (AdaIN or per-gene "
                    "z-scores) are unreliable from so few cells.")
+    if bundle.input_kind == "embedding" and adata is not None:  # VAE_sf/VAE_gf: made as the training's?
+        differs = _embedding_settings_warning(adata, bundle)
+        if differs:
+            out.append(differs)
     if bundle.input_kind == "embedding" and adata is not None:  # VAE_sf/VAE_gf: the foundation model's coverage
         record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}
         for part in ("expression", "gene_coverage"):
@@ -688,6 +693,42 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
             out.append(f"{failed:,} of the cells without an embedding went through the foundation model and came out "
                        f"non-finite: {REASON_TEXT['non_finite_embedding']}.")
     return out
+
+
+def _embedding_settings_warning(adata: ad.AnnData, bundle) -> str | None:
+    """VAE_sf/VAE_gf: a warning when the cells' embeddings were computed here with settings that
+    differ from those of the embeddings the model was trained on, or that the model does not know
+    (embeddings the user brought to training). ``None`` when they match, when the cells' embeddings
+    were brought by the user (nothing says how they were made), or for models that record nothing
+    (imported, or trained before it was recorded)."""
+    from scatd_core.card import embedding_origin_words
+    from scatd_core.train._data import embedding_origin
+
+    trained = (bundle.manifest.get("provenance") or {}).get("embeddings")
+    if not isinstance(trained, dict) or not trained:
+        return None
+    now = embedding_origin(adata, bundle.backbone)
+    if now.get("computed_by") != "scATD Studio":
+        return None
+    model = FOUNDATION_MODELS.get(bundle.backbone, "the foundation model")
+    here = embedding_origin_words(now).replace("computed by scATD Studio", "computed here", 1)
+    unknown = [what for what, origin in trained.items() if (origin or {}).get("computed_by") != "scATD Studio"]
+    if unknown:
+        return (f"These cells' {model} embeddings were {here}, but the model was trained on {' and '.join(unknown)} "
+                f"embeddings brought by the user, whose settings it does not know"
+                + (" (scFoundation: which output, rde or cell, and the resolution token T)"
+                   if bundle.backbone == "vae_sf" else " (Geneformer: the layer and the pooling)")
+                + ". If they were made otherwise, the calls may be off: embed these cells the way the training "
+                  "cells were embedded and bring the embeddings, or train the model on embeddings computed here.")
+    settings = now.get("settings") or {}
+    differing = sorted({k for origin in trained.values() for k, v in ((origin or {}).get("settings") or {}).items()
+                        if k in settings and settings[k] != v})
+    if not differing:
+        return None
+    was = "; ".join(f"{what} {embedding_origin_words(origin)}" for what, origin in trained.items())
+    return (f"These cells' {model} embeddings were {here}, with other settings ({', '.join(differing)}) than the "
+            f"embeddings the model was trained on ({was}); the calls may be off. Embed these cells with the "
+            "training's settings.")
 
 
 def _value_warnings(adata: ad.AnnData, bundle) -> list[str]:

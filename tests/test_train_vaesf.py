@@ -94,6 +94,20 @@ def embedding_model(tmp_path_factory):
     return bundle.path, rep, target
 
 
+def test_embedding_model_records_how_its_embeddings_were_made(embedding_model):
+    from scatd_core.bundle import load_bundle
+    from scatd_core.card import card_lines
+
+    path, _, _ = embedding_model
+    manifest = load_bundle(path).manifest
+    made = manifest["provenance"]["embeddings"]
+    assert made["bulk"] == {"computed_by": "unknown, brought by the user"}
+    assert made["target"]["computed_by"] == "scATD Studio"
+    assert made["target"]["settings"] == {"key": "cell", "resolution": "t4", "max_genes": 8000}
+    assert ("Cell embeddings: bulk unknown, brought by the user; target computed by scATD Studio (scFoundation; key "
+            "cell, max_genes 8000, resolution t4).") in card_lines(manifest["card"])
+
+
 def test_card_of_a_model_without_pretraining_on_embeddings(embedding_model):
     from scatd_core.bundle import load_bundle
     from scatd_core.card import card_lines
@@ -108,3 +122,25 @@ def test_card_of_a_model_without_pretraining_on_embeddings(embedding_model):
     # 25 target cells of embeddings: there are no genes to standardise
     assert not any("per-gene standardisation" in w for w in rep["warnings"])
     assert any("The target has only 25 cells" in w for w in rep["warnings"])
+
+
+def test_predicting_with_other_or_unknown_embedding_settings_warns(embedding_model):
+    from scatd_core.bundle import load_bundle
+    from scatd_core.predict import _embedding_settings_warning, predict, result_keys
+
+    path, _, target = embedding_model
+    bundle = load_bundle(path)
+    # the cells' embeddings computed here with the defaults (rde, a5); the bulk's were brought by the user
+    cells = target.copy()
+    cells.uns["scatd_foundation"] = {"vae_sf": _record(key="rde", resolution="a5", max_genes=8000)}
+    predict(cells, bundle, device="cpu")
+    said = [w for w in cells.uns[result_keys(None).run]["warnings"] if "embeddings were computed here" in w]
+    assert len(said) == 1 and "bulk embeddings brought by the user" in said[0] and "rde or cell" in said[0]
+    # both known: the settings that differ are named; the same settings, or embeddings the user brought: silent
+    bundle.manifest["provenance"]["embeddings"]["bulk"] = bundle.manifest["provenance"]["embeddings"]["target"]
+    warning = _embedding_settings_warning(cells, bundle)
+    assert warning is not None and "other settings (key, resolution)" in warning
+    cells.uns["scatd_foundation"] = {"vae_sf": _record(key="cell", resolution="t4", max_genes=8000)}
+    assert _embedding_settings_warning(cells, bundle) is None
+    del cells.uns["scatd_foundation"]
+    assert _embedding_settings_warning(cells, bundle) is None

@@ -223,3 +223,31 @@ def read_if_path(obj, what: str, record: dict | None = None):
     return adata, entry
 
 
+
+
+def embedding_origin(adata: ad.AnnData, backbone: str) -> dict:
+    """How the cell embeddings an embedding backbone (VAE_sf/VAE_gf) reads were made: ``computed_by``
+    "scATD Studio" with the foundation model's settings (scFoundation: ``key`` rde/cell, ``resolution``
+    (the T token), ``max_genes``; Geneformer: ``emb_mode``, ``emb_layer``, ``embedding_dim``) from
+    ``uns['scatd_foundation']``, or ``computed_by`` :data:`scatd_core.card.UNKNOWN_EMBEDDINGS` (embeddings the user
+    brought: nothing says how)."""
+    import json
+
+    from scatd_core._keys import FOUNDATION
+    from scatd_core.card import UNKNOWN_EMBEDDINGS
+
+    record = (adata.uns.get(FOUNDATION) or {}).get(backbone)
+    if not isinstance(record, dict) or not record.get("identity"):
+        return {"computed_by": UNKNOWN_EMBEDDINGS}
+    try:
+        identity = json.loads(record["identity"])
+    except (TypeError, ValueError):
+        return {"computed_by": UNKNOWN_EMBEDDINGS}
+    options = {str(k): v for k, v in (identity.get("options") or {}).items() if v is not None}
+    out = {"computed_by": "scATD Studio", "settings": options}
+    model = (record.get("info") or {}).get("model")
+    if model:
+        out["model"] = str(model)
+    if identity.get("version"):
+        out["version"] = str(identity["version"])
+    return out

@@ -27,7 +27,9 @@ from scatd_core.predict import resolve_device
 from scatd_core.preprocess import ALL_GENES, MODEL_GENES
 from scatd_core.train import _baselines as baselines
 from scatd_core.train._cv import cross_validate, cv_splits
-from scatd_core.train._data import TrainingData, _frame_sha256, prepare_training_data, read_if_path, target_mask_of
+from scatd_core.bundle import INPUT_KINDS
+from scatd_core.train._data import (TrainingData, _frame_sha256, embedding_origin, prepare_training_data, read_if_path,
+                                    target_mask_of)
 from scatd_core.train._ensemble import (FewShot, build_ensemble, ensemble_logit, fit_heads, latent_means,
                                         pretrain_members)
 from scatd_core.train._fit import (_deterministic, _new_backbone, _probabilities, _restrict_backbone, fit_head,
@@ -311,6 +313,7 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
         "model": {"recipe": s.head, "description": fit.description, "backbone": data.backbone},
         "data": {"summary": summary, "bulk": provenance["bulk"], "labels": provenance["labels"],
                  "target": provenance["target"], "drug": data.report["drug"], "label_counts": lab,
+                 **({"embeddings": provenance["embeddings"]} if provenance.get("embeddings") else {}),
                  "genes": {"n": len(data.features), "first": data.features[:20]} if data.features else None,
                  "few_shot": ({"n": len(few.rows), "n_resistant": int(few.y.sum()),
                                "n_sensitive": int((1 - few.y).sum()), "cell_ids_recorded": True}
@@ -595,6 +598,9 @@ def train_drug_model(
                             if bb_bundle is not None else None),
         "seed": s.seed, "adaptation": bool(adaptation), "device": str(dev), "threads": s.threads,
     }
+    if INPUT_KINDS[backbone] == "embedding":  # how the embeddings were made (prediction from counts compares)
+        provenance["embeddings"] = {"bulk": embedding_origin(bulk_ad, backbone),
+                                    "target": embedding_origin(target_ad, backbone)}
     card = _card(data, s, fit, splits, truth, target_label_column, few, provenance, warnings, advance)
     metrics = {"cv": {**{k: v for k, v in fit.cv.items() if k not in ("head_curve", "per_fold_head", "per_fold")},
                       **_headline(card, "bulk_cv")}, **fit.extra}
