@@ -257,7 +257,8 @@ def _configuration(conf) -> list[dict]:
                            f"{folder}" + ("" if Path(folder).is_dir() else " does not exist")))
     lim = conf.limits
     items.append(_item("limits", "ok", f"uploads {lim.max_upload_mb:,} MB, decompressed {lim.max_decompressed_mb:,} MB, "
-                       f"dataset memory {lim.max_dataset_mb:,} MB, {lim.max_cells:,} cells, {lim.max_genes:,} genes; "
+                       f"dataset memory {lim.max_dataset_mb:,} MB, {lim.max_cells:,} cells, {lim.max_genes:,} genes, "
+                       f"{lim.max_annotation_columns:,} annotation columns; "
                        f"{conf['max_jobs']} computation(s) at once; idle sessions kept {conf['session_ttl_minutes']} min"
                        f" and {conf['kept_sessions_mb']:,} MB"))
     from scatd_core.demo import cell_limit_warning
