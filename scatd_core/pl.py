@@ -81,6 +81,12 @@ def plain_text(fig: go.Figure) -> go.Figure:
     for axis in [k for k in lay.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]:
         if isinstance(lay[axis].title.text, str):
             lay[axis].title.text = _plain(lay[axis].title.text)
+        for prop in ("categoryarray", "ticktext"):  # the order of categories written as the categories are:
+            values = lay[axis][prop]  # a raw "<b>X" here and "&lt;b>X" on the bar drew that bar twice, out of order
+            if values is not None:
+                cleaned = _plain(values)
+                if cleaned is not values:
+                    lay[axis][prop] = cleaned
     if isinstance(lay.legend.title.text, str):
         lay.legend.title.text = _plain(lay.legend.title.text)
     for note in lay.annotations:

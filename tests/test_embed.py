@@ -241,3 +241,15 @@ def test_the_confusion_matrix_is_grey_never_the_sensitive_blue():
     fig = pl.confusion_figure(np.array([[5, 1], [2, 7]]))
     scale = [c for _, c in fig.data[0].colorscale]
     assert all(len({c[1:3], c[3:5], c[5:7]}) == 1 for c in scale)  # greys only
+
+
+def test_a_category_order_is_written_as_its_categories_are():
+    """QA: a gene named '<img src=x ...>' was escaped on its bar but not in the axis's category order,
+    so Plotly drew an empty row at its rank and its bar again above the best gene: the chart's top
+    genes were wrong. The order list is escaped as the bars are: each gene once, in rank order."""
+    ranking = pd.DataFrame({"feature": ["VIM", "<b>X", "SOX2"], "mean_abs_attribution": [0.3, 0.2, 0.1],
+                            "direction": ["resistance"] * 3, "rank": [1, 2, 3], "de_score": [1.0, 1.0, 1.0]})
+    fig = pl.biomarker_bar(ranking, 3, "P(resistant)")
+    order = list(fig.layout.yaxis.categoryarray)
+    assert order == ["SOX2", "&lt;b>X", "VIM"]  # the best gene on top, each name as drawn on its bar
+    assert set(order) == {str(y) for t in fig.data for y in t.y}
