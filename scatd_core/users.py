@@ -201,7 +201,10 @@ def add_user(name: str, password: str, *, admin: bool | None = None, path: Path 
         raise InputError("The password is blank (only spaces or tabs); nothing was changed.",
                          f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters, not all of them spaces.")
     if len(password or "") < MIN_PASSWORD_LENGTH:
-        raise InputError(f"The password is too short (at least {MIN_PASSWORD_LENGTH} characters).")
+        raise InputError(f"The password is too short ({len(password)} characters; at least {MIN_PASSWORD_LENGTH} are "
+                         "needed); nothing was changed.",
+                         f"Choose one of at least {MIN_PASSWORD_LENGTH} characters: a few words in a row are long and "
+                         "easy to remember.")
     check_distinct(name, load_users(path))  # before the slow hash; checked again under the lock
     hashed = _argon2(_hasher().hash, password)  # before the lock: it takes a while
     with _locked(path):

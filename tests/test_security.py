@@ -1402,8 +1402,9 @@ def test_a_password_of_only_spaces_is_refused(tmp_path, monkeypatch, capsys):
         assert main(["users", "add", "dave", "--password-stdin"]) == 2
         assert "The password is blank" in capsys.readouterr().err
     assert not (tmp_path / "users.toml").exists()
-    with pytest.raises(InputError, match="too short"):
+    with pytest.raises(InputError, match="too short") as short:
         users.add_user("dave", "  short  ")
+    assert "nothing was changed" in short.value.message and "at least 10 characters" in short.value.hint  # what to do
     users.add_user("dave", "  spaces around are fine  ")
     assert users.verify("dave", "  spaces around are fine  ") == users.User("dave", False)
 
