@@ -141,10 +141,11 @@ elif submitted:
                 else:
                     ex.explain(adata, bundle, inputs=ui.model_inputs(adata, bundle), progress=report,  # says the time left
                                **settings)
+                # stored: finished (and for these settings), whatever interrupts this run's next Streamlit call
+                ss[state.EXPLAIN_RUNNING], ss[state.BIOMARKERS] = False, token
     except ScatdError as exc:
         ui.show_error(exc)
         ui.stop()
-    ss[state.BIOMARKERS] = token
 
 expl = ex.from_adata(adata)
 if expl is None:

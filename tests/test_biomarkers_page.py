@@ -424,6 +424,54 @@ def test_cancel_during_the_de_test_keeps_the_earlier_ranking(predicted, monkeypa
     pd.testing.assert_frame_equal(ex.from_adata(adata).ranking, first)
 
 
+@pytest.mark.parametrize("when", ["at the last report", "after the store"])
+def test_a_cancel_at_the_end_never_says_kept_over_the_new_ranking(predicted, monkeypatch, when):
+    """QA: Cancel clicked as the run ended landed on its "done" report, after the ranking was stored:
+    the page said "stopped ... the ranking shown before is kept" above the new ranking (500 steps).
+    A stop at the last report keeps the earlier ranking; one after the store (the page's next
+    Streamlit call) shows the new ranking without saying it was kept."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from scatd_core import explain as ex
+
+    adata, bundle = predicted
+    at = _open(adata, bundle)
+    at.number_input(key="bio_steps").set_value(8)
+    _button(at, "Compute gene ranking").click().run()
+    real = ex.explain
+
+    def cancelled_late(*args, progress=None, **kwargs):
+        def report(fraction, message):
+            if when == "at the last report" and fraction >= 1.0:
+                raise StopException()
+            progress(fraction, message)
+
+        return real(*args, progress=report, **kwargs)
+
+    monkeypatch.setattr(ex, "explain", cancelled_late)
+    if when == "after the store":  # the page's next Streamlit call after explain returned raises
+        import contextlib
+
+        from scatd_app import jobs
+
+        computing = jobs.computing
+
+        @contextlib.contextmanager
+        def stopped_on_exit(*args, **kwargs):
+            with computing(*args, **kwargs):
+                yield
+            raise StopException()
+
+        monkeypatch.setattr(jobs, "computing", stopped_on_exit)
+    at.number_input(key="bio_steps").set_value(12)
+    _button(at, "Compute gene ranking").click().run()
+    at.run()  # the rerun the click on Cancel asks for
+    assert not at.exception, [e.value for e in at.exception]
+    said_kept = any("stopped before it finished" in i.value for i in at.info)
+    steps = ex.from_adata(adata).info["n_steps"]
+    assert (steps, said_kept) == ((8, True) if when == "at the last report" else (12, False)), (steps, said_kept)
+
+
 @pytest.mark.parametrize("baseline", ["mean", "zero"])
 def test_the_signed_mean_attribution_is_hidden_against_the_mean_baseline(predicted, baseline):
     """Against the mean baseline the signed mean attribution is ~0 for every gene by construction:

@@ -810,9 +810,11 @@ def explain(
     result = Explanation(ranking=ranking, cells=cells, features=[names[j] for j in kept],
                          attributions=attributions, inputs=kept_inputs, baseline=base_vec, info=info)
     last_stop_check(say, should_stop, store_result)
+    # the last report, before the store: a stop that lands on it leaves the AnnData as it was, and
+    # none can land after the store (the app said "stopped, the ranking shown before is kept" then)
+    say(1.0, f"done in {info['seconds']['total']:.0f} s")
     if store_result:
         store(adata, result)
-    say(1.0, f"done in {info['seconds']['total']:.0f} s")
     return result
 
 

@@ -201,9 +201,11 @@ def explain_genes(adata, bundle, *, inputs: ModelInput | None = None, baseline: 
                          attributions=sums.kept_attributions(kept, None),  # attributions staged in float16
                          inputs=part.x[:, kept].astype(np.float32), baseline=part.base, info=info)
     last_stop_check(say, should_stop, store_result)
+    # the last report, before the store: a stop that lands on it leaves the AnnData as it was, and
+    # none can land after the store (the app said "stopped, the ranking shown before is kept" then)
+    say(1.0, f"done in {info['seconds']['total']:.0f} s")
     if store_result:
         store(adata, result)
-    say(1.0, f"done in {info['seconds']['total']:.0f} s")
     return result
 
 
