@@ -296,7 +296,7 @@ def user_data(name: str, library: Path | None = None) -> UserData:
     """What of ``name`` is kept on the server beside the account (:class:`UserData`)."""
     import json
 
-    from scatd_core.bundle import list_library, maker
+    from scatd_core.bundle import list_library, made_on_command_line, maker
     from scatd_core.panel import list_panels, panels_file
     from scatd_core.train._panel import state_path
 
@@ -310,7 +310,10 @@ def user_data(name: str, library: Path | None = None) -> UserData:
         entries = list_library(library)
     except (OSError, ScatdError):
         entries = []
-    found.models = sorted(Path(e.path) for e in entries if e.ok and maker(e.bundle) == name)
+    # a model made with the server's command line is the lab's, whichever system account made it: never
+    # an app login's, even one of the same name (its removal with --delete-models would delete lab models)
+    found.models = sorted(Path(e.path) for e in entries
+                          if e.ok and maker(e.bundle) == name and not made_on_command_line(e.bundle))
     theirs = {str(p.resolve()) for p in found.models}
     folder = state_path("x").parent
     for state in sorted(folder.glob("*.json")) if folder.is_dir() else ():

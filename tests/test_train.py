@@ -1890,11 +1890,13 @@ def test_one_users_panel_run_never_resumes_another_users_models(tmp_path, monkey
     monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
     bulk, labels, target = synthetic()
 
-    def run(user):
+    def run(user, **how):
         summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, members=1), device="cpu",
-                                 library=tmp_path / "lib", min_lines_per_class=2, trained_by=user)
+                                 library=tmp_path / "lib", min_lines_per_class=2, trained_by=user, **how)
         return summary.iloc[0]["status"]
 
     assert run("alice") == "trained"
     assert run("bob") == "trained"  # not alice's model as his
     assert run("alice") == "resumed"
+    # the command line's system user 'alice' is not the app's login 'alice' (another namespace)
+    assert run("alice", source="the Train page's panel") == "trained"

@@ -286,3 +286,20 @@ def test_the_login_form_logs_each_attempt(server_home, fast_hash, monkeypatch, c
     said = [r.getMessage() for r in caplog.records if r.name == "scatd.auth"]
     assert len(said) == 2 and said[0].startswith("login failed: user 'alice' from ") and "locked out" in said[0]
     assert said[1].startswith("login refused: user 'alice' from ") and "wrong password" not in " ".join(said)
+
+
+def test_a_login_never_owns_the_models_made_with_the_servers_command_line(server_home, alices_things):
+    """QA: `scatd train` run as root, then a login named root: `users add root` said the lab's models
+    were an earlier account's, and `users remove root --delete-data --delete-models` deleted them. A
+    model made with the command line (recorded via 'command line', or trained by `scatd train`) is
+    the lab's, whichever system account made it: never a login's data."""
+    from scatd_core import users
+
+    made, state = alices_things
+    for how in ({"via": "command line"}, {"source": "trained by scATD Studio (scatd train-panel)"}):
+        manifest = json.loads((made["alice"] / "manifest.json").read_text())
+        manifest["provenance"].update(how)
+        (made["alice"] / "manifest.json").write_text(json.dumps(manifest))
+        found = users.user_data("alice")
+        assert found.models == [] and found.states == {}, how  # the record pointing at it is not hers either
+        assert found.panels_file is not None  # her saved panels still are

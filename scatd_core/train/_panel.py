@@ -53,13 +53,14 @@ CHANCE_AUROC = 0.5
 
 def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: TrainSettings, adaptation: bool,
                  target_mask: np.ndarray | None = None, cell_metadata: str | None = None, demo: bool = False,
-                 trained_by: str | None = None) -> str:
+                 trained_by: str | None = None, via: str = "") -> str:
     """The state file's name: the inputs and settings every drug shares (the target's cell mask
     too, when one is given, and ``cell_metadata``, the sha256 of the cell metadata table whose
     columns gave the target labels or the mask: another table trains, or evaluates, the drugs
     again). Each drug's own labels are checked per drug (:func:`_labels_sha256`), so a label table
     with other drugs added or removed (e.g. made again for another --drugs) keeps the drugs already
     trained. ``trained_by`` (who trains: the app's login, the system user of the CLI) is part of it,
+    with ``via`` (what trains: the command line or the app, whose names are not the same accounts),
     so one user's run never resumes another's models as its own results."""
     h = hashlib.sha256()
     mask = None if target_mask is None else hashlib.sha256(np.packbits(target_mask).tobytes()).hexdigest()
@@ -68,7 +69,7 @@ def _fingerprint(bulk_prov: dict, target_prov: dict, backbone: str, settings: Tr
                  *(() if mask is None else (mask,)),
                  *(() if cell_metadata is None else (f"cell_metadata {cell_metadata}",)),
                  *(("demo",) if demo else ()),  # demo models are never resumed as real ones, nor the reverse
-                 *(() if trained_by is None else (f"trained_by {trained_by}",))):
+                 *(() if trained_by is None else (f"trained_by {trained_by} ({via})",))):
         h.update(str(part).encode())
         h.update(b"\0")
     return h.hexdigest()[:20]
@@ -370,7 +371,7 @@ def train_panel(
         "target_mask": target_mask if isinstance(target_mask, str) else None})
     metadata_id = (metadata.get("sha256") or f"file {metadata.get('file')}") if metadata and metadata["used"] else None
     state_file = state_path(_fingerprint(bulk_prov, target_prov, backbone, s, adaptation, mask, metadata_id, demo,
-                                         trained_by))
+                                         trained_by, source))
     state = _read_state(state_file) if resume else {}
     bulk_ids = set(map(str, bulk_ad.obs_names))
     rows, bundles = [], []
