@@ -43,9 +43,12 @@ def overview() -> None:
         "the scATD models (drug-response models trained on bulk cell-line screens, GDSC/CCLE, and transferred "
         "to single cells), maps them, and ranks the genes behind the calls.")
     with st.container(border=True):
-        st.subheader("New here? Try the demo")
+        demo_off = ui.demo_module().cell_limit_problem() is not None  # the button says why
+        st.subheader("The demo" if demo_off else "New here? Try the demo")
         st.markdown("A simulated 2,000-cell tumour and a model trained on simulated cell lines, labelled "
-                    "**demo (simulated data)** everywhere. One click, then follow the pages on the left.")
+                    "**demo (simulated data)** everywhere. "
+                    + ("This server's cell limit is below the demo's cells, so it is not offered here."
+                       if demo_off else "One click, then follow the pages on the left."))
         if ui.demo_button("btn_landing_demo", st, primary=True):
             st.switch_page(ui.PAGE["Predict"])
     st.subheader("Your own data, in three steps")

@@ -40,7 +40,8 @@ ui.read_upload(uploaded, orientation)
 
 adata = ss.get(state.ADATA)
 if adata is None:
-    st.info("No data yet. Upload a file above, or try the demo.", icon=":material/upload_file:")
+    st.info("No data yet. Upload a file above" + ("." if ui.demo_module().cell_limit_problem() is not None
+                                                   else ", or try the demo."), icon=":material/upload_file:")
     ui.stop()
 
 # ------------------------------------------------------------------ summary card

@@ -1186,6 +1186,9 @@ def test_the_demo_button_says_a_cell_limit_below_the_demo_before_any_build(with_
     assert button.disabled and "limits.max_cells = 1,500" in button.help
     said = text(at.caption)
     assert "below the demo's 2,000 simulated cells" in said and "SCATD_MAX_CELLS" in said
+    assert "try the demo" not in text(at.info)  # QA: "Upload a file above, or try the demo." under it
+    landing = AppTest.from_file(APP, default_timeout=120).run()
+    assert "Try the demo" not in " ".join(h.value for h in landing.subheader)  # nor the overview's heading
 
 
 def test_the_overview_ticks_your_own_datas_steps_never_the_demos(with_library):
