@@ -649,6 +649,12 @@ def _drug_columns(adata: ad.AnnData, m: PanelMember) -> dict[str, np.ndarray]:
         cols[f"{m.drug}_prob_resistant_sd"] = adata.obs[keys.prob_sd].to_numpy()
     cols[f"{m.drug}_label"] = adata.obs[keys.label].astype(str).to_numpy()
     cols[f"{m.drug}_calibrated"] = np.full(adata.n_obs, bool(info["threshold"]["calibrated"]))
+    scored = adata.obs[keys.scored].to_numpy(dtype=bool)
+    cols[f"{m.drug}_scored"] = scored
+    # why this drug's model gave the cell no probability ("" where it did), as predictions.csv says it
+    cols[f"{m.drug}_not_scored_reason"] = (adata.obs[keys.not_scored_reason].astype(str).to_numpy()
+                                           if keys.not_scored_reason in adata.obs else
+                                           np.where(scored, "", "not scored"))
     return cols
 
 
@@ -656,7 +662,8 @@ def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.Data
     """Cells x drugs: one row per uploaded cell, in input order.
 
     Columns: ``cell_id``; per scored drug ``<DRUG>_prob_resistant`` (``_sd`` in sample mode),
-    ``<DRUG>_label``, ``<DRUG>_calibrated``; ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
+    ``<DRUG>_label``, ``<DRUG>_calibrated``, ``<DRUG>_scored``, ``<DRUG>_not_scored_reason`` (why that
+    drug's model gave the cell no probability, "" where it did); ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
     drug scored the cell), ``resistant_to_all``; then
     ``umap_1, umap_2``, ``cluster`` when computed and ``extra_columns`` of ``obs``.
     """

@@ -580,6 +580,9 @@ def test_cells_no_drug_scored_have_no_count_of_drugs_resisted(library, tmp_path)
     assert np.isnan(panel.n_resisted_values(data)[:10]).all()
     table = panel.panel_table(data)
     assert table["n_drugs_resisted"].isna().sum() == 10 and (table["n_drugs_scored"].iloc[:10] == 0).all()
+    for drug in DRUGS:  # per drug, whether it scored each cell and why not, as predictions.csv and the h5ad say
+        assert list(table[f"{drug}_scored"]) == list(qc)
+        assert list(table[f"{drug}_not_scored_reason"]) == ["filtered by QC"] * 10 + [""] * 110
     csv = pd.read_csv(__import__("io").BytesIO(export.to_csv_bytes(table)))
     assert csv["n_drugs_resisted"].isna().sum() == 10
     export.write_h5ad(data, tmp_path / "p.h5ad")
