@@ -259,6 +259,10 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     rows = [("summary", k, v) for k, v in summary(adata, key_added=key_added).items()
             if not (k == "batch_size_lowered_to" and v is None)]  # a row only when the batch was lowered
     run = adata.uns[result_keys(key_added).run]
+    left_out = filtered_text(run)  # what left the n_filtered cells out: the QC filter or the user's mask column
+    if left_out:
+        at = next((i + 1 for i, r in enumerate(rows) if r[1] == "n_filtered"), len(rows))
+        rows.insert(at, ("summary", "filtered_by", left_out))
     threshold = run["threshold"]  # where the threshold came from
     rows += [("summary", "threshold_source", threshold.get("source")),
              ("summary", "threshold_detail", threshold.get("detail"))]
@@ -294,6 +298,18 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
                      (f"{name}={rec.group}", "fraction_resistant",
                       None if pd.isna(rec.fraction_resistant) else round(float(rec.fraction_resistant), 4))]
     return pd.DataFrame(rows, columns=["section", "metric", "value"], dtype=object)
+
+
+def filtered_text(run: dict) -> str | None:
+    """What left a run's masked cells out, in words (``filtered by QC``, or ``left out by the mask
+    column 'keep'``); ``None`` where the mask left none out."""
+    from scatd_core.inputs import mask_reason_text
+
+    qc = run.get("qc") or {}
+    if not qc.get("n_filtered"):
+        return None
+    column = qc.get("mask")
+    return mask_reason_text(None if column in (None, "array", "none") else str(column))
 
 
 def _label_meaning_rows(adata: ad.AnnData, label_column: str) -> list[tuple]:
@@ -994,7 +1010,7 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("cells", adata.n_obs), ("genes", adata.n_vars),
         ("gene identifiers", data.get("gene_id_type")), ("values", data.get("value_type")),
         ("value evidence", (data.get("value_type_evidence") or {}).get("reason")),
-        ("QC filter", f"{qc.get('n_filtered', 0):,} cell(s) filtered" if qc.get("n_filtered") else "none"),
+        ("QC filter", f"{qc.get('n_filtered', 0):,} cell(s) {filtered_text(info)}" if qc.get("n_filtered") else "none"),
         ("QC thresholds", qc.get("thresholds") or None),
         ("input warnings", data.get("warnings") or None),
         ("cell metadata table", _cell_metadata_text(adata)),

@@ -88,6 +88,44 @@ REASON_TEXT = {"filtered": "filtered by QC",
                                        "damaged (check or re-install the backbone files), or, on a GPU in half "
                                        "precision, a value overflowed (try the CPU)"}
 
+
+class ColumnMask(np.ndarray):
+    """A boolean array over the cells that remembers the obs column it came from (``column``), so
+    the cells it leaves out are said to be left out by that column, not by the QC filter."""
+    column: str | None = None
+
+
+def column_mask(values, column: str | None) -> np.ndarray:
+    """``values`` as a boolean array; a :class:`ColumnMask` naming ``column`` when one is given."""
+    out = np.asarray(values, dtype=bool)
+    if column is None:
+        return out
+    out = out.view(ColumnMask)
+    out.column = str(column)
+    return out
+
+
+def mask_column(mask) -> str | None:
+    """The obs column a mask came from: its name when given as one, or the ``column`` a command
+    line's ``--mask`` array carries; ``None`` for a plain array (the app's QC filter)."""
+    if isinstance(mask, str):
+        return mask
+    column = getattr(mask, "column", None)
+    return str(column) if column else None
+
+
+def mask_reason_text(mask) -> str:
+    """Why a mask's cells were left out, in words: ``filtered by QC`` for the app's QC filter
+    (``obs['scatd_qc_pass']`` or a plain array), ``left out by the mask column 'keep'`` for the
+    user's own column. The reason's code stays ``filtered`` either way."""
+    from scatd_core._keys import QC_PASS
+
+    column = mask_column(mask)
+    if column is None or column == QC_PASS:
+        return REASON_TEXT["filtered"]
+    return f"left out by the mask column '{column}'"
+
+
 #: The words of a reason for an embedding model (VAE_sf/VAE_gf), where they differ from
 #: :data:`REASON_TEXT`: its cells reach it through a foundation model, which does not take them.
 EMBEDDING_REASON_TEXT = {
@@ -336,6 +374,8 @@ class ModelInput:
         self.adata = adata
         self.batch_size = int(batch_size)
         self.n_obs = adata.n_obs
+        #: the words for the cells the mask leaves out: the app's QC filter, or the user's own column
+        self.filtered_text = mask_reason_text(mask)
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != (self.n_obs,):
@@ -495,7 +535,7 @@ class ModelInput:
 
     def reason_text(self, embedding: bool = False) -> np.ndarray:
         """Per cell, why it gets no model input, in words (:data:`REASON_TEXT`); "" where it gets one."""
-        words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if embedding else {})}
+        words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if embedding else {}), "filtered": self.filtered_text}
         table = np.array(["", *(words[r] for r in REASONS)], dtype=object)
         _ = self.usable  # every batch seen
         return table[self.why]
@@ -636,7 +676,8 @@ class ModelInput:
 
     def _require_some(self) -> None:
         if not self._usable.any():
-            detail = "; ".join(f"{REASON_TEXT[k]}: {v:,}" for k, v in self.reasons.items() if v)
+            words = {**REASON_TEXT, "filtered": self.filtered_text}
+            detail = "; ".join(f"{words[k]}: {v:,}" for k, v in self.reasons.items() if v)
             raise InputError(f"No cell can be scored ({detail}).",
                              "Check the data's values and gene names, and the QC filter.")
 

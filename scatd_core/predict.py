@@ -31,8 +31,8 @@ from scatd_core import _threads  # noqa: F401  (reads the process's thread count
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
-from scatd_core.inputs import (EMBEDDING_REASON_TEXT, FOUNDATION_MODELS, REASON_TEXT, ModelInput, value_messages,
-                                 value_type)
+from scatd_core.inputs import (EMBEDDING_REASON_TEXT, FOUNDATION_MODELS, REASON_TEXT, ModelInput, mask_reason_text,
+                               value_messages, value_type)
 from scatd_core.nn.sparse import batch_tensor
 from scatd_core.preprocess import AS_GIVEN_COUNTS_NOTE, as_given_counts
 
@@ -505,6 +505,8 @@ def score(
         inputs = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size or auto_batch_size(bundle, dev))
     elif inputs.n_obs != adata.n_obs:
         raise ValueError("inputs were built for another dataset")
+    if mask is not None:
+        inputs.filtered_text = mask_reason_text(mask)  # the QC filter's cells, or the user's mask column's
     probs, sds, latent, precision, lowered_to = _score(model, inputs, bundle.positive_index, mode, n_samples,
                                                        seed, dev, progress, should_stop)
     inputs._require_some()

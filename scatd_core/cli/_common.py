@@ -236,27 +236,11 @@ def cell_mask(adata, args):
                                  "or leave out --mask.",
                     nothing_left=f"obs['{args.mask}'] is False for every cell, so --mask leaves nothing to score.",
                     nothing_left_hint="Name another column, or leave out --mask.")
+    from scatd_core.inputs import column_mask, mask_reason_text
+
     say(f"--mask {args.mask}: scoring {int(mask.sum()):,} of {adata.n_obs:,} cells; the others keep their row, "
-        "marked filtered.")
-    mask = mask.view(_column_mask_type())
-    mask.column = str(args.mask)  # recorded by the run as the mask's name (uns['scatd']['qc']['mask'])
-    return mask
-
-
-_COLUMN_MASK = []
-
-
-def _column_mask_type():
-    """A boolean array type that remembers the obs column it came from (``column``); made on first
-    use, so that ``scatd --help`` does not import numpy."""
-    if not _COLUMN_MASK:
-        import numpy as np
-
-        class ColumnMask(np.ndarray):
-            column: str | None = None
-
-        _COLUMN_MASK.append(ColumnMask)
-    return _COLUMN_MASK[0]
+        f'marked "{mask_reason_text(args.mask)}".')
+    return column_mask(mask, args.mask)  # recorded by the run as the mask's name (uns['scatd']['qc']['mask'])
 
 
 def add_label_arguments(p: argparse.ArgumentParser, use: str = "for evaluation") -> None:
