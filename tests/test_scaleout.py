@@ -220,6 +220,27 @@ def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, smal
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
 
 
+def test_cli_engine_ray_says_a_mask_column_left_its_cells_out(local_ray, small_bundles, tmp_path, capsys):
+    """--mask keep on Ray: the cells it leaves out say 'left out by the mask column 'keep'' (not
+    'filtered by QC'), byte for byte as the single-process table, and the run records the column."""
+    from scatd_core.cli import main
+
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
+    data = ad.read_h5ad(path)
+    data.obs["keep"] = np.arange(3_000) % 7 != 0
+    data.write_h5ad(path)
+    common = ["predict", "--model", str(bundle.path), "--input", str(path), "--batch-size", "1024", "--mask", "keep"]
+    assert main(common + ["--output", str(tmp_path / "one.csv")]) == 0
+    assert main(common + ["--output", str(tmp_path / "ray.csv"), "--h5ad", str(tmp_path / "ray.h5ad"),
+                          "--engine", "ray", "--shard-cells", "2048", "--workers", "2"]) == 0
+    capsys.readouterr()
+    table = pd.read_csv(tmp_path / "ray.csv", keep_default_na=False)
+    assert set(table["not_scored_reason"][~data.obs["keep"].to_numpy()]) == {"left out by the mask column 'keep'"}
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert ad.read_h5ad(tmp_path / "ray.h5ad").uns["scatd"]["qc"]["mask"] == "keep"
+
+
 def test_cli_report_engine_ray_writes_the_single_process_report(local_ray, small_bundles, tmp_path, capsys):
     """`scatd report --engine ray`: prediction and attributions on Ray, the same files as one process."""
     from scatd_core.cli import main

@@ -24,7 +24,8 @@ from scatd_core import __version__, _keys
 from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
 from scatd_core._matrix import MeanVar
 from scatd_core.errors import Cancelled, InputError, ScatdError
-from scatd_core.inputs import EXAMPLES_PER_REASON, REASON_TEXT, InputSpec, log_normalises, model_source, needs_moments, unlogs_values
+from scatd_core.inputs import (EXAMPLES_PER_REASON, REASON_TEXT, InputSpec, log_normalises, mask_reason_text, model_source,
+                               needs_moments, unlogs_values)
 from scatd_core.scaleout._files import in_app_words, is_data_file_error, open_h5, stat_data_file
 from scatd_core.scaleout._shard import REASON_ORDER, Job, PredictWorker, StatisticsWorker
 from scatd_core.scaleout._store import ShardStore, pack, parts_dir, shard_name, unpack
@@ -532,8 +533,12 @@ def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, loa
             record = record or shard_record
             if shard_record["params"].get("batch_size_lowered_to"):
                 lowered.append(int(shard_record["params"]["batch_size_lowered_to"]))
+    left_out = mask_reason_text(mask)  # the QC filter's cells, or the user's mask column's
+    if left_out != REASON_TEXT["filtered"]:
+        why[why == REASON_TEXT["filtered"]] = left_out
     if record is None:
-        detail = "; ".join(f"{REASON_TEXT[k]}: {v:,}" for k, v in zip(REASON_ORDER, reasons) if v)
+        words = {**REASON_TEXT, "filtered": left_out}
+        detail = "; ".join(f"{words[k]}: {v:,}" for k, v in zip(REASON_ORDER, reasons) if v)
         raise InputError(f"No cell can be scored ({detail}).", "Check the data's values and gene names, and the QC filter.")
     not_scored = {k: int(v) for k, v in zip(REASON_ORDER, reasons) if v and k != "filtered"}
     if non_finite:
@@ -556,7 +561,7 @@ def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, loa
         "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "n_cells": int(n), "n_scored": int(scored.sum()), "not_scored": not_scored,
         "qc": {"n_filtered": int(filtered.sum()), "mask": mask if isinstance(mask, str) else
-               ("array" if mask is not None else "none"),
+               (getattr(mask, "column", None) or ("array" if mask is not None else "none")),
                "thresholds": dict(adata.uns.get(_keys.QC, {}).get("thresholds", {})) if filtered.any() else {}},
         "warnings": _warnings(bundle, inputs, not_scored, adata),
         "engine": {"name": "ray", "address": address or "local", "workers": run.workers,
