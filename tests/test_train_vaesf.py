@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from _foundation_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 from conftest import shared_file
 from scatd_core.errors import InputError
 from scatd_core.train import TrainSettings, fit_head
 from scatd_core.train._fit import _new_backbone, pretrain_backbone
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _real_embeddings() -> np.ndarray:
