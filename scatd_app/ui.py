@@ -435,16 +435,16 @@ def show_probe(entry: dict) -> None:
                               for p in entry["problems"]],
                  "warnings": [without_server_paths(str(w), *folders) for w in entry.get("warnings", [])]}
     title = f"**{md(entry['name'])}** (for {BACKBONE_TITLES.get(entry['backbone'], entry['backbone'])})"
-    for warning in entry.get("warnings", []):  # usable, but limited (e.g. an optional dictionary missing)
-        st.warning(f"{title}: {md(warning)}", icon=":material/warning:")
     if entry["available"]:
         st.success(f"{title}: installed. {md(entry['version'])}; {entry['embedding_dim']:,}-d cell embeddings.",
                    icon=":material/check_circle:")
-        return
-    st.warning(f"{title}: not ready. Looked in {md(entry['location'])} (set by {md(entry['configured_by'])}).",
-               icon=":material/warning:")
-    for problem in entry["problems"]:
-        st.markdown(f"- {md(problem['message'])}  \n  **What to do:** {md(problem['hint'])}")
+    else:  # the errors first, then the warnings: all there is to fix, in one go
+        st.warning(f"{title}: not ready. Looked in {md(entry['location'])} (set by {md(entry['configured_by'])}).",
+                   icon=":material/warning:")
+        for problem in entry["problems"]:
+            st.markdown(f"- {md(problem['message'])}  \n  **What to do:** {md(problem['hint'])}")
+    for warning in entry.get("warnings", []):  # usable, but limited (e.g. an optional dictionary missing)
+        st.warning(f"{title}: {md(warning)}", icon=":material/warning:")
 
 
 def embedding_step(adata: ad.AnnData, bundle) -> bool:

@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 import _foundation_helpers as H
 from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
@@ -16,7 +17,7 @@ from scatd_app import state
 from scatd_core.bundle import import_checkpoint
 from scatd_core.foundation import geneformer as G
 from scatd_core.foundation import scfoundation as S
-from test_app_pages import _no_component_scan, goto, h5ad_bytes, ok, start, text, upload  # noqa: F401 (fixture)
+from test_app_pages import _gf_probe_page, _no_component_scan, goto, h5ad_bytes, ok, start, text, upload  # noqa: F401 (fixture)
 from test_foundation_product import gf_counts, sf_counts
 
 
@@ -95,6 +96,23 @@ def test_the_model_page_says_what_to_install(tmp_path, monkeypatch):
     assert "Or upload Geneformer embeddings computed elsewhere" in text(at.info)
     assert not any(b.key == "btn_embed" for b in at.button)
     assert "Next: run the prediction" not in str([link.label for link in at.get("page_link")])
+
+
+def test_the_probe_shows_its_errors_first_then_its_warnings(tmp_path, monkeypatch):
+    """QA: a backbone not ready showed its warnings above "not ready" and its errors; the errors
+    come first, the warnings after them, all on one screen."""
+    folder = tmp_path / "geneformer"
+    H.write_gf_dictionaries(folder)  # no model folder: an error; no gene-name dictionary: a warning
+    (folder / "gene_name_id_dict.pkl").unlink()
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(folder))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    G._PROBES.clear()
+    at = AppTest.from_function(_gf_probe_page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [str(e.value).replace("\\", "") for e in at.main if e.type in ("warning", "markdown")]
+    first = lambda words: next(i for i, t in enumerate(shown) if words in t)  # noqa: E731
+    assert first("not ready") < first("No Geneformer model folder") < first("so gene symbols cannot be matched"), shown
 
 
 def test_counts_to_vae_gf_predictions_and_deletion_biomarkers(tmp_path, monkeypatch):

@@ -142,6 +142,24 @@ def test_cli_without_the_gene_name_dictionary_gives_that_error_and_no_coverage_f
         estimate_seconds(gf_counts(4), "vae_gf", device="cpu")
 
 
+def test_cli_says_the_probe_warnings_with_its_errors_errors_first(gf_bundle, tmp_path, monkeypatch, capsys):
+    """QA: when the foundation model was not ready, `scatd predict` gave its errors only: its
+    warnings (here the missing gene-name dictionary) came to light on the next try."""
+    folder = tmp_path / "geneformer"
+    H.write_gf_dictionaries(folder)  # the dictionaries, but no model folder (an error) ...
+    (folder / "gene_name_id_dict.pkl").unlink()  # ... nor the gene-name dictionary (a warning)
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(folder))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    G._PROBES.clear()
+    csv = write_csv(gf_counts(6), tmp_path / "symbols.csv")
+    rc = main(["predict", "--model", str(gf_bundle.path), "--input", str(csv), "--output", str(tmp_path / "p.csv"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    error = err.index("error: Geneformer: No Geneformer model folder (with config.json)")
+    assert error < err.index("Warning: Geneformer's gene-name dictionary (gene_name_id_dict.pkl")
+
+
 def test_cli_says_the_backbone_probe_warnings_before_embedding(assets, gf_bundle, tmp_path, capsys, monkeypatch):
     # the tiny model's sizes taken as a published model's, with other heads: usable, but said (as `scatd doctor`)
     monkeypatch.setitem(G.PUBLISHED_CONFIGS, (3, 16, 32, 2048), ("gf-tiny-published", 4))

@@ -59,9 +59,10 @@ class Probe:
 
     def require(self) -> None:
         """Raise every problem as one :class:`~scatd_core.errors.CheckpointError`: the messages
-        one after the other, and what to do about each (each hint once)."""
+        one after the other, then the warnings (each "Warning: ..."), so that fixing the errors
+        brings no surprise on the next try; and what to do about each error (each hint once)."""
         if self.problems:
-            message = " ".join(p.message for p in self.problems)
+            message = " ".join(p.message for p in self.problems) + "".join(f" Warning: {w}" for w in self.warnings)
             hints = list(dict.fromkeys(p.hint for p in self.problems if p.hint))
             raise CheckpointError(f"{self.name}: {message}", " ".join(hints) or None)
 
