@@ -279,7 +279,8 @@ def test_a_reordered_published_gene_list_is_refused_and_another_list_warned(tmp_
     folder = _full_size_folder(tmp_path / "other", other)
     monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(folder))
     p = S.probe()
-    assert p.available and len(p.warnings) == 1 and "not the published scFoundation gene list" in p.warnings[0]
+    assert p.available and len(p.warnings) == 1 and "1 of its rows holds another gene than the published" in p.warnings[0]
+    assert "(index 19,263: expected a gene this list lacks, found NOT_A_SCFOUNDATION_GENE)" in p.warnings[0]
     assert "Warning: " in p.summary()
     # the published list as published: nothing said
     folder = _full_size_folder(tmp_path / "official", official)
@@ -287,6 +288,69 @@ def test_a_reordered_published_gene_list_is_refused_and_another_list_warned(tmp_
     p = S.probe()
     assert p.available and not p.warnings
     assert S.gene_list_sha256(official) == S.OFFICIAL_GENES_SHA256 and S.official_list_problem(official) is None
+
+
+def test_the_packaged_fingerprint_is_that_of_the_published_gene_list():
+    official = S.read_gene_list(shared_file("scfoundation", "OS_scRNA_gene_index.19264.tsv"))
+    assert S.published_fingerprint().tobytes() == S.gene_fingerprint(official).tobytes()
+    assert len(set(S.published_fingerprint().tolist())) == S.OFFICIAL_N_GENES  # one number per gene, no two alike
+
+
+def test_a_gene_list_with_other_genes_says_how_many_rows_differ_and_which(tmp_path):
+    """QA: a 19,264-gene list with other genes was only warned about ("not the published list"),
+    without saying how many rows or which. Now: the count and the first 5 rows, expected vs found;
+    warned up to 5% of the rows (e.g. symbols renamed), refused above (another or shifted list)."""
+    official = S.read_gene_list(shared_file("scfoundation", "OS_scRNA_gene_index.19264.tsv"))
+    edited = list(official)
+    edited[3] = "RENAMED3"  # a newer symbol at the same row
+    edited[10], edited[20] = official[20], official[10]  # two rows swapped
+    edited[100:103] = ["RENAMED100", "RENAMED101", "RENAMED102"]
+    p = S.official_list_problem(edited)
+    assert p.code == "gene_list_differs" and "but 6 of its rows hold another gene" in p.message
+    assert (f"(the first 5: index 3: expected a gene this list lacks, found RENAMED3; index 10: expected "
+            f"{official[10]}, found {official[20]}, published at index 20; index 20: expected {official[20]}, found "
+            f"{official[10]}, published at index 10; index 100: expected a gene this list lacks, found RENAMED100; "
+            "index 101: ") in p.message
+    assert "RENAMED102" not in p.message and "2 of these rows hold a published gene of another row" in p.message
+    assert "renamed genes to newer symbols" in p.hint
+    # a row removed near the top and a gene added at the end: every later row holds its neighbour's gene
+    shifted = official[:50] + official[51:] + ["ADDED"]
+    p = S.official_list_problem(shifted)
+    assert p.code == "gene_list_too_different" and p.code in S.REFUSED_LIST_PROBLEMS
+    assert "but 19,214 of its rows hold another gene" in p.message
+    assert f"index 50: expected a gene this list lacks, found {official[51]}, published at index 51" in p.message
+    assert "19,213 of these rows hold a published gene of another row" in p.message
+    assert "more than 963 rows (5%)" in p.message and "unmodified OS_scRNA_gene_index.19264.tsv" in p.hint
+    # the threshold: 963 rows differing is warned, 964 refused
+    at_most = official[:-963] + [f"NEW{i}" for i in range(963)]
+    assert S.official_list_problem(at_most).code == "gene_list_differs"
+    assert S.official_list_problem(official[:-964] + [f"NEW{i}" for i in range(964)]).code == "gene_list_too_different"
+    # the probe refuses it, and convert does not record it as the right list
+    folder = _full_size_folder(tmp_path / "shifted", shifted)
+    p = S.probe(folder)
+    assert not p.available and [x.code for x in p.problems] == ["gene_list_too_different"] and not p.warnings
+    with pytest.raises(CheckpointError, match="19,214 of its rows hold another gene"):
+        S.convert(folder / "models.ckpt")
+
+
+def test_a_probe_with_errors_says_its_warnings_too_errors_first(tmp_path, monkeypatch):
+    """QA: with an error, the probe's warnings were not said: the user fixed the error and only then
+    learnt of the warning. The error raised names every problem, then every warning."""
+    official = S.read_gene_list(shared_file("scfoundation", "OS_scRNA_gene_index.19264.tsv"))
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    H.write_sf_gene_list(folder / S.GENE_LIST, official[:-1] + ["RENAMED"])  # warned; and no models.ckpt
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(folder))
+    S._PROBES.clear()
+    p = S.probe()
+    assert [x.code for x in p.problems] == ["missing_weights"] and len(p.warnings) == 1
+    with pytest.raises(CheckpointError) as caught:
+        p.require()
+    message = caught.value.message
+    assert message.index("No scFoundation weights") < message.index("Warning: OS_scRNA_gene_index.19264.tsv lists "
+                                                                     "19,264 genes but 1 of its rows holds")
+    assert "found RENAMED" in message and "models.ckpt" in caught.value.hint
+    assert p.summary().index("No scFoundation weights") < p.summary().index("Warning: ")
 
 
 def test_an_encoder_other_than_the_published_one_is_said(sf, tmp_path):

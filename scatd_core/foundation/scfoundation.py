@@ -76,6 +76,20 @@ GENES_HINT = ("Put OS_scRNA_gene_index.19264.tsv (scFoundation repository, model
 OFFICIAL_N_GENES = 19_264
 OFFICIAL_GENES_SHA256 = "6037e1bc9b3b48a5112ffdc29261383f747a3c3f8b568a8899b0c69d13565df8"
 OFFICIAL_GENE_SET_SHA256 = "e5322ead657fa5ac90d431e2d04e94edb56a1ecde3f4f94988404631ab436df1"
+#: The published list's fingerprint (``scatd_core/data/scfoundation_gene_fingerprint.bin``, 77 kB):
+#: :func:`gene_fingerprint` of its names in row order, so that a list that differs can be compared
+#: row by row without shipping the list itself (regenerate with ``gene_fingerprint(genes).tobytes()``).
+FINGERPRINT_FILE = "scfoundation_gene_fingerprint.bin"
+#: A 19,264-gene list in which more than this share of the rows hold another gene than the
+#: published list is refused (up to it: warned, naming the first rows). Symbols renamed since the
+#: list was made touch well under 1% of it (0.6% of its names are missing from Geneformer's 2023
+#: symbol table), while a list with a row added or removed, or another list of the same size,
+#: differs on most rows. At 5% (963 rows) a twentieth of every cell's genes would already be read
+#: as other genes: that is another list, not the published one with a few symbols updated.
+MAX_DIFFERING_FRACTION = 0.05
+MAX_DIFFERING_ROWS = int(OFFICIAL_N_GENES * MAX_DIFFERING_FRACTION)
+#: Differing rows named in the message.
+N_ROWS_NAMED = 5
 #: The published encoder (both ``cell`` and ``rde``): layers, width, attention heads (backbones.md A.3).
 PUBLISHED_ENCODER = {"depth": 12, "hidden_dim": 768, "heads": 12}
 
@@ -144,13 +158,52 @@ def gene_list_sha256(genes: list[str]) -> str:
     return hashlib.sha256("\n".join(genes).encode("utf-8")).hexdigest()
 
 
+def gene_fingerprint(genes: list[str]) -> np.ndarray:
+    """One number per gene: the first 4 bytes of the sha256 of its name (UTF-8), big-endian."""
+    return np.frombuffer(b"".join(hashlib.sha256(g.encode("utf-8")).digest()[:4] for g in genes), dtype=">u4")
+
+
+_PUBLISHED_FINGERPRINT: list[np.ndarray] = []
+
+
+def published_fingerprint() -> np.ndarray:
+    """:func:`gene_fingerprint` of the published list, row by row (:data:`FINGERPRINT_FILE`)."""
+    if not _PUBLISHED_FINGERPRINT:
+        from importlib import resources
+
+        data = resources.files("scatd_core").joinpath("data", FINGERPRINT_FILE).read_bytes()
+        _PUBLISHED_FINGERPRINT.append(np.frombuffer(data, dtype=">u4"))
+    return _PUBLISHED_FINGERPRINT[0]
+
+
+def differing_rows(genes: list[str]) -> tuple[np.ndarray, list[str], int]:
+    """The rows of a 19,264-gene list that hold another gene than the published list, the first
+    :data:`N_ROWS_NAMED` of them in words, and how many hold a published gene of another row."""
+    mine, published = gene_fingerprint(genes), published_fingerprint()
+    rows = np.flatnonzero(mine != published)
+    published_row = {int(h): i for i, h in enumerate(published)}
+    my_row = {int(h): i for i, h in enumerate(mine)}
+    moved = sum(int(mine[r]) in published_row for r in rows)
+    named = []
+    for r in rows[:N_ROWS_NAMED]:
+        at = published_row.get(int(mine[r]))
+        there = my_row.get(int(published[r]))
+        expected = genes[there] if there is not None else "a gene this list lacks"
+        named.append(f"index {int(r):,}: expected {expected}, found {genes[r]}"
+                     + (f", published at index {at:,}" if at is not None else ""))
+    return rows, named, moved
+
+
 def official_list_problem(genes: list[str], name: str = GENE_LIST) -> Problem | None:
     """How a gene list of the published list's size differs from it (``None``: it is the published
     list, or a list of another size, which the model's own size check judges).
 
     ``gene_list_reordered``: the published genes in another order (e.g. sorted A-Z and renumbered);
     the model reads each gene at its row, so genes would be read as other genes: refused.
-    ``gene_list_differs``: other genes; usable only with weights trained on that list: warned.
+    ``gene_list_too_different``: more than :data:`MAX_DIFFERING_ROWS` rows hold another gene than
+    the published list (another list, or one with rows added or removed): refused.
+    ``gene_list_differs``: up to that many (e.g. symbols renamed): warned. Both name how many rows
+    differ and the first few, with the gene found and the one expected there.
     """
     if len(genes) != OFFICIAL_N_GENES or gene_list_sha256(genes) == OFFICIAL_GENES_SHA256:
         return None
@@ -161,13 +214,37 @@ def official_list_problem(genes: list[str], name: str = GENE_LIST) -> Problem | 
                        "would be read as other genes and the predictions would be wrong.",
                        "Put back the unmodified OS_scRNA_gene_index.19264.tsv from the scFoundation repository "
                        "(model/; file sha256 bb337ea195d94e7b...): its row order is the model's gene order.")
+    put_back = ("put back the unmodified OS_scRNA_gene_index.19264.tsv from the scFoundation repository (model/; "
+                "file sha256 bb337ea195d94e7b...)")
+    rows, named, moved = differing_rows(genes)
+    if rows.size == 0:  # names that differ but share their fingerprint (one chance in 4 billion per gene)
+        return Problem("gene_list_differs",
+                       f"{name} lists {OFFICIAL_N_GENES:,} genes but is not the published scFoundation gene list.",
+                       f"Unless these weights were trained with this list, {put_back}.")
+    first = "" if rows.size <= len(named) else f"the first {len(named)}: "
+    shifted = (f" {moved:,} of these rows {'holds' if moved == 1 else 'hold'} a published gene of another row, "
+               "as when rows are added, removed or moved." if moved else "")
+    differ = (f"{name} lists {OFFICIAL_N_GENES:,} genes but {rows.size:,} of its rows "
+              f"{'holds' if rows.size == 1 else 'hold'} another gene than the "
+              f"published scFoundation gene list ({first}{'; '.join(named)}).{shifted}")
+    if rows.size > MAX_DIFFERING_ROWS:
+        return Problem("gene_list_too_different",
+                       f"{differ} That is more than {MAX_DIFFERING_ROWS:,} rows ({MAX_DIFFERING_FRACTION:.0%}), so "
+                       "this is not the published list with a few symbols updated: the model reads the values given "
+                       "at each row as the gene it learnt there, so it would read that many of each cell's genes as "
+                       "other genes and the embeddings and predictions would be wrong.",
+                       f"{put_back[0].upper()}{put_back[1:]}: its row order is the model's gene order. scATD Studio "
+                       f"refuses a {OFFICIAL_N_GENES:,}-gene list in which more than {MAX_DIFFERING_ROWS:,} rows differ "
+                       "from it.")
     return Problem("gene_list_differs",
-                   f"{name} lists {OFFICIAL_N_GENES:,} genes but is not the published scFoundation gene list (other "
-                   "gene names): with the published weights, genes would be read at positions the model learnt for "
-                   "other genes.",
-                   "Unless these weights were trained with this list, put back the unmodified "
-                   "OS_scRNA_gene_index.19264.tsv from the scFoundation repository (model/; file sha256 "
-                   "bb337ea195d94e7b...).")
+                   f"{differ} The model reads the values given at each row as the gene it learnt there, so with the "
+                   "published weights each of these genes is read as the published one of its row.",
+                   "If you only renamed genes to newer symbols (the same gene at the same row), nothing is wrong; "
+                   f"otherwise {put_back}.")
+
+
+#: The problems of :func:`official_list_problem` that refuse the list (the others are warnings).
+REFUSED_LIST_PROBLEMS = ("gene_list_reordered", "gene_list_too_different")
 
 
 # --------------------------------------------------------------------------- checkpoint layout
@@ -343,7 +420,7 @@ def convert(checkpoint: str | Path, key: str = DEFAULT_KEY, out: str | Path | No
         raise CheckpointError(f"{genes_path.name} lists {len(genes):,} genes but the model takes {cfg.n_genes:,}.",
                               "Give the gene list of this checkpoint.")
     problem = official_list_problem(genes, genes_path.name) if genes is not None else None
-    if problem is not None and problem.code == "gene_list_reordered":  # its sha256 would be recorded as right
+    if problem is not None and problem.code in REFUSED_LIST_PROBLEMS:  # its sha256 would be recorded as right
         raise problem.error()
     weights, config = converted_paths(out, key)
     record = {"format": FORMAT, "format_version": 1, "key": key, "config": cfg.to_dict(),
@@ -469,7 +546,7 @@ def _check_genes(out: Probe, cfg: ScFoundationConfig | None, genes: list[str], g
                 "Put back the original gene list (its row order is the model's gene order).")
     else:
         problem = official_list_problem(genes)
-        if problem is not None and problem.code == "gene_list_reordered":
+        if problem is not None and problem.code in REFUSED_LIST_PROBLEMS:
             out.problems.append(problem)
         elif problem is not None:
             out.warnings.append(f"{problem.message} {problem.hint}")
