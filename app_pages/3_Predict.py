@@ -6,6 +6,7 @@ from scatd_app import jobs, session, state, ui
 from scatd_core import foundation, pl, scaleout
 from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
+from scatd_core.inputs import left_out_label
 from scatd_core.predict import estimate_seconds, lowered_batch_message, score, store, summary
 
 ss = st.session_state
@@ -128,7 +129,7 @@ c[0].metric("Called resistant", f"{counts['n_resistant']:,}",
 c[1].metric("Called sensitive", f"{counts['n_sensitive']:,}")
 c[2].metric("Not scored", f"{counts['n_not_scored']:,}", help="Cells with no expression in the model's genes, or "
             "values the model cannot take. They keep their row in every output, with the reason.")
-c[3].metric("Filtered (QC)", f"{counts['n_filtered']:,}")
+c[3].metric(left_out_label(info).capitalize(), f"{counts['n_filtered']:,}")  # "Filtered (QC)"
 if lowered_batch_message(counts):
     st.info(lowered_batch_message(counts), icon=":material/memory:")
 if not thr["calibrated"]:

@@ -8,6 +8,7 @@ from scatd_app import state, ui
 from scatd_core import embed, export, metrics, pl
 from scatd_core._keys import CLUSTER, PROB, PROB_SD, SCORED
 from scatd_core.errors import ScatdError
+from scatd_core.inputs import left_out_label
 from scatd_core.labels import label_counts, label_direction, shown_labels
 from scatd_core.predict import calibrate, set_threshold, summary
 
@@ -88,7 +89,7 @@ c[1].metric("Sensitive", f"{counts['n_sensitive']:,}")
 c[2].metric("Fraction resistant", "—" if counts["fraction_resistant"] is None else f"{counts['fraction_resistant']:.1%}",
             delta=None if counts["calibrated"] else "uncalibrated", delta_color="off", delta_arrow="off")
 c[3].metric("Not scored", f"{counts['n_not_scored']:,}")
-c[4].metric("Filtered (QC)", f"{counts['n_filtered']:,}")
+c[4].metric(left_out_label(info).capitalize(), f"{counts['n_filtered']:,}")  # "Filtered (QC)"
 
 # ------------------------------------------------------------------ page layout
 # The UMAP may still be computing (it follows the prediction in the background, or starts here):

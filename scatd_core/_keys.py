@@ -8,7 +8,8 @@ field                             written by
 ================================  ==============================================================
 ``obs['<p>_prob_resistant']``     :func:`scatd_core.predict.predict`: P(resistant), NaN if not scored
 ``obs['<p>_prob_resistant_sd']``  predict, Monte-Carlo mode (sd over draws, or over ensemble members)
-``obs['<p>_label']``              predict: resistant / sensitive / not scored / filtered (QC)
+``obs['<p>_label']``              predict: resistant / sensitive / not scored / filtered (QC) (the
+                                  app's QC filter) / left out (mask) (a mask column of the user's own)
 ``obs['<p>_scored']``             predict: whether the cell got a probability
 ``obsm['X_<p>']``                 predict: the latent mean (NaN rows where not scored)
 ``uns['<p>']``                    predict: run parameters, model provenance, coverage, warnings
@@ -107,7 +108,14 @@ RUN = DEFAULT.run
 RESISTANT = "resistant"
 SENSITIVE = "sensitive"
 NOT_SCORED = "not scored"
+#: The cells the app's QC filter left out (``--mask scatd_qc_pass``, or the Data page's filter)
 FILTERED = "filtered (QC)"
+#: The cells a True/False column of the user's own left out (``scatd predict --mask keep``): no QC ran
+MASKED = "left out (mask)"
+#: The labels of the cells a mask left out: every count, colour, legend and exclusion treats them alike
+LEFT_OUT = (FILTERED, MASKED)
+#: The labels of the cells without a call (no probability): left out of fractions, groups and counts of calls
+NOT_CALLED = (NOT_SCORED, FILTERED, MASKED)
 
 # ----------------------------------------------------------------------------- data and QC
 INPUT_REPORT = "scatd_input"

@@ -34,6 +34,7 @@ from scatd_core._keys import result_keys
 from scatd_core._output import REPORT_FILES, writing
 from scatd_core.embed import fit_note, is_data_umap
 from scatd_core.errors import InputError
+from scatd_core.inputs import left_out_label, mask_reason_text, run_mask
 from scatd_core.metrics import METRIC_MEANINGS, evaluate_column, fitted_on_labels, group_table, interval_ends
 from scatd_core.predict import summary
 from scatd_core.explain import completeness_text, out_of_date
@@ -92,11 +93,13 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
     table["calibrated"] = bool(info["threshold"]["calibrated"])
     table["scored"] = adata.obs[keys.scored].to_numpy(dtype=bool)
     # why a cell got no probability ("" where it got one); a prediction stored before the column
-    # existed says only its label (not scored, filtered (QC))
+    # existed says only its label (not scored, filtered (QC), left out (mask))
     table["not_scored_reason"] = (adata.obs[keys.not_scored_reason].astype(str).to_numpy()
                                   if keys.not_scored_reason in adata.obs else
-                                  np.where(table["scored"], "", np.where(labels == _keys.FILTERED, "filtered by QC",
+                                  np.where(table["scored"], "", np.where(np.isin(labels, _keys.LEFT_OUT),
+                                                                         filtered_text(info) or "filtered by QC",
                                                                          "not scored")))
+    # only the QC filter's cells fail QC: those a mask column of one's own left out ('left out (mask)') ran no QC
     table["qc_pass"] = labels != _keys.FILTERED
     table["rank"] = resistance_rank(table["prob_resistant"].to_numpy(dtype=np.float64))
     known = known_labels(adata, label_column)
@@ -303,13 +306,9 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
 def filtered_text(run: dict) -> str | None:
     """What left a run's masked cells out, in words (``filtered by QC``, or ``left out by the mask
     column 'keep'``); ``None`` where the mask left none out."""
-    from scatd_core.inputs import mask_reason_text
-
-    qc = run.get("qc") or {}
-    if not qc.get("n_filtered"):
+    if not (run.get("qc") or {}).get("n_filtered"):
         return None
-    column = qc.get("mask")
-    return mask_reason_text(None if column in (None, "array", "none") else str(column))
+    return mask_reason_text(run_mask(run))
 
 
 def _label_meaning_rows(adata: ad.AnnData, label_column: str) -> list[tuple]:
@@ -785,7 +784,7 @@ def _summary_section(adata, keys, info) -> list[str]:
     pos = info["positive_label"]
     cards = [("cells uploaded", counts["n_cells"]), ("called resistant", counts["n_resistant"]),
              ("called sensitive", counts["n_sensitive"]), ("not scored", counts["n_not_scored"]),
-             ("filtered (QC)", counts["n_filtered"]),
+             (left_out_label(info), counts["n_filtered"]),  # 'filtered (QC)', or 'left out (mask)' for a mask column
              ("of the scored cells called resistant", "—" if counts["fraction_resistant"] is None
               else f"{counts['fraction_resistant']:.1%}" + ("" if thr["calibrated"] else " (uncalibrated)"))]
     parts = ["<h2>Summary</h2><div class='cards'>" + "".join(
@@ -991,8 +990,8 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
     tables = group_tables(adata, group_columns, key_added=key_added)
     if tables:
         parts.append("<h2>Resistant fraction per group</h2><p><i>cells</i>: cells of the group; <i>scored</i>: "
-                     "those with a call (not QC-filtered, not left unscored); <i>resistant</i>: those called "
-                     "resistant; <i>fraction resistant</i> = resistant / scored.</p>")
+                     "those with a call (not left out by the QC filter or a mask column, not left unscored); "
+                     "<i>resistant</i>: those called resistant; <i>fraction resistant</i> = resistant / scored.</p>")
         for col, table in tables.items():
             name = "Leiden cluster" if col == _keys.CLUSTER else col
             parts.append(_figure_html(pl.composition_figure(table, name, f"Fraction resistant per {name}")))
@@ -1010,7 +1009,8 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("cells", adata.n_obs), ("genes", adata.n_vars),
         ("gene identifiers", data.get("gene_id_type")), ("values", data.get("value_type")),
         ("value evidence", (data.get("value_type_evidence") or {}).get("reason")),
-        ("QC filter", f"{qc.get('n_filtered', 0):,} cell(s) {filtered_text(info)}" if qc.get("n_filtered") else "none"),
+        ("QC filter" if left_out_label(info) == _keys.FILTERED else "mask",
+         f"{qc.get('n_filtered', 0):,} cell(s) {filtered_text(info)}" if qc.get("n_filtered") else "none"),
         ("QC thresholds", qc.get("thresholds") or None),
         ("input warnings", data.get("warnings") or None),
         ("cell metadata table", _cell_metadata_text(adata)),

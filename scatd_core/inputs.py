@@ -9,7 +9,8 @@
 2. **Usable cells.** A cell is scored only if its values can go through the model's transform:
    finite, not absurdly large (:data:`MAX_ABS_VALUE`), non-negative for a log transform, with
    some expression in the model's genes, and inside the caller's mask (QC). Every other cell
-   is counted under its reason and keeps its row, flagged "not scored" or "filtered (QC)".
+   is counted under its reason and keeps its row, flagged "not scored", or "filtered (QC)" /
+   "left out (mask)" when the QC filter / a mask column of the user's own left it out.
    What the matrix holds (:func:`value_type`) is decided once for the whole dataset, from the
    read report or a sample of rows that sets a few faulty cells aside
    (:func:`scatd_core.preprocess.detect_value_type`), so a faulty cell, sampled or not, is
@@ -43,6 +44,7 @@ its model input is sparse (``log1p_cp10k`` or ``none`` of sparse data) and at mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anndata as ad
@@ -124,6 +126,38 @@ def mask_reason_text(mask) -> str:
     if column is None or column == QC_PASS:
         return REASON_TEXT["filtered"]
     return f"left out by the mask column '{column}'"
+
+
+def mask_label(mask) -> str:
+    """The called label of the cells a mask leaves out (``obs['<p>_label']``): ``filtered (QC)``
+    for the app's QC filter (``obs['scatd_qc_pass']`` or a plain array), ``left out (mask)`` for
+    the user's own column (no QC ran); as :func:`mask_reason_text` tells them apart."""
+    column = mask_column(mask)
+    return _keys.FILTERED if column is None or column == _keys.QC_PASS else _keys.MASKED
+
+
+def run_mask(run: Mapping) -> str | None:
+    """The mask column a prediction's record (``uns['<p>']``) names, ``None`` for the app's QC
+    filter given as an array (recorded ``array``) or no mask (``none``)."""
+    column = (run.get("qc") or {}).get("mask")
+    return None if column in (None, "array", "none") else str(column)
+
+
+def left_out_label(run: Mapping) -> str:
+    """The label of the cells a prediction's mask left out (:func:`mask_label` of its record):
+    what the counts of those cells are called on the Predict and Cells pages and in the report."""
+    return mask_label(run_mask(run))
+
+
+def no_cell_scored_error(reasons: Mapping[str, int], filtered_text: str) -> InputError:
+    """The error of a run that can score no cell, with the count per reason; the cells a mask left
+    out are said as it left them out (``filtered_text``: the QC filter, or the user's mask column),
+    and so is where to look."""
+    words = {**REASON_TEXT, "filtered": filtered_text}
+    detail = "; ".join(f"{words.get(k, k)}: {int(v):,}" for k, v in reasons.items() if v)
+    where = "the QC filter" if filtered_text == REASON_TEXT["filtered"] else \
+        "the mask column, whose True cells are the only ones scored"
+    return InputError(f"No cell can be scored ({detail}).", f"Check the data's values and gene names, and {where}.")
 
 
 #: The words of a reason for an embedding model (VAE_sf/VAE_gf), where they differ from
@@ -352,7 +386,8 @@ class ModelInput:
     model
         A :class:`~scatd_core.bundle.Bundle` or an :class:`InputSpec`.
     mask
-        Cells to score (boolean array over cells); the others are "filtered (QC)".
+        Cells to score (boolean array over cells); the others are "filtered (QC)", or "left out
+        (mask)" for a :class:`ColumnMask` of the user's own column (:func:`mask_label`).
     batch_size
         Cells per batch.
 
@@ -676,10 +711,7 @@ class ModelInput:
 
     def _require_some(self) -> None:
         if not self._usable.any():
-            words = {**REASON_TEXT, "filtered": self.filtered_text}
-            detail = "; ".join(f"{words[k]}: {v:,}" for k, v in self.reasons.items() if v)
-            raise InputError(f"No cell can be scored ({detail}).",
-                             "Check the data's values and gene names, and the QC filter.")
+            raise no_cell_scored_error(self.reasons, self.filtered_text)
 
     def input_mean(self) -> np.ndarray:
         """Mean model input over the usable cells (the ``mean`` attribution baseline).

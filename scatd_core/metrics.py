@@ -541,7 +541,7 @@ def fitted_on_labels(adata, column: str, *, key_added: str | None = None) -> boo
 
 def group_table(adata, column: str, *, key_added: str | None = None) -> pd.DataFrame:
     """Fraction called resistant per value of ``obs[column]`` (cluster, sample ...), at the current calls."""
-    from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+    from scatd_core._keys import NOT_CALLED, result_keys
 
     from scatd_core._keys import CLUSTER, OLD_NOT_EMBEDDED
 
@@ -549,7 +549,7 @@ def group_table(adata, column: str, *, key_added: str | None = None) -> pd.DataF
     if column not in adata.obs:
         raise InputError(f"'{column}' is not a column of the data.")
     table = group_fractions(adata.obs[keys.label].astype(str), adata.obs[column],
-                            adata.uns[keys.run]["positive_label"], excluded=(NOT_SCORED, FILTERED))
+                            adata.uns[keys.run]["positive_label"], excluded=NOT_CALLED)
     if column == CLUSTER:  # an annotated h5ad of an earlier version: its name for the cells without a cluster
         table["group"] = table["group"].replace(OLD_NOT_EMBEDDED, NO_CLUSTER)
     return table

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from scatd_core import _keys
-from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+from scatd_core._keys import NOT_CALLED, result_keys
 from scatd_core._lock import folder_lock
 from scatd_core._progress import step
 from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, ScatdError
@@ -685,7 +685,7 @@ def _drug_stats(adata: ad.AnnData, m: PanelMember, rows: np.ndarray) -> dict:
     keys = result_keys(m.key)
     labels = adata.obs[keys.label].astype(str).to_numpy()[rows]
     prob = adata.obs[keys.prob].to_numpy(dtype=np.float64)[rows]
-    called = ~np.isin(labels, [NOT_SCORED, FILTERED])
+    called = ~np.isin(labels, NOT_CALLED)
     n_res = int((labels == adata.uns[m.key]["positive_label"]).sum())
     return {"drug": m.drug, "n_cells": int(len(rows)), "n_called": int(called.sum()), "n_resistant": n_res,
             "fraction_resistant": n_res / called.sum() if called.any() else np.nan,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from scatd_core._keys import FILTERED, NOT_EMBEDDED, NOT_SCORED, OLD_NOT_EMBEDDED
+from scatd_core._keys import FILTERED, MASKED, NOT_EMBEDDED, NOT_SCORED, OLD_NOT_EMBEDDED
 from scatd_core.embed import finite_rows
 
 #: Above this many points, scatter plots use WebGL (``Scattergl``) so the browser stays fluid.
@@ -23,7 +23,9 @@ WEBGL_MIN_POINTS = 3000
 #: At most this many points are drawn in one scatter plot (a seeded random subsample above it,
 #: stated under the plot): more would make the page slow to load without showing more.
 MAX_PLOT_POINTS = 200_000
-COLORS = {"resistant": "#d62728", "sensitive": "#1f77b4", NOT_SCORED: "#9e9e9e", FILTERED: "#cfcfcf"}
+#: The cells a mask left out (the QC filter's, or a mask column's of one's own) share one light grey
+COLORS = {"resistant": "#d62728", "sensitive": "#1f77b4", NOT_SCORED: "#9e9e9e", FILTERED: "#cfcfcf",
+          MASKED: "#cfcfcf"}
 DIRECTION_COLORS = {"resistance": COLORS["resistant"], "sensitivity": COLORS["sensitive"], "none": "#999999"}
 #: The legends' words for biomarkers.csv's ``direction`` values: the words every other figure uses
 DIRECTION_NAMES = {"resistance": "resistant", "sensitivity": "sensitive", "none": "neither"}

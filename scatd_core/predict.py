@@ -28,11 +28,11 @@ import torch
 
 from scatd_core import __version__, _keys
 from scatd_core import _threads  # noqa: F401  (reads the process's thread count before anything can change it)
-from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+from scatd_core._keys import LEFT_OUT, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
-from scatd_core.inputs import (EMBEDDING_REASON_TEXT, FOUNDATION_MODELS, REASON_TEXT, ModelInput, mask_reason_text,
-                               value_messages, value_type)
+from scatd_core.inputs import (EMBEDDING_REASON_TEXT, FOUNDATION_MODELS, REASON_TEXT, ModelInput, mask_label,
+                               mask_reason_text, value_messages, value_type)
 from scatd_core.nn.sparse import batch_tensor
 from scatd_core.preprocess import AS_GIVEN_COUNTS_NOTE, as_given_counts
 
@@ -398,7 +398,8 @@ def predict(
         An installed model (:func:`scatd_core.bundle.load_bundle`).
     mask
         Cells to score (boolean array, or the name of a boolean obs column such as
-        ``'scatd_qc_pass'``); the others are labelled ``filtered (QC)``. Dataset statistics
+        ``'scatd_qc_pass'``); the others are labelled ``filtered (QC)`` (the app's QC filter: a
+        plain array or ``'scatd_qc_pass'``) or ``left out (mask)`` (a column of one's own). Dataset statistics
         (AdaIN, per-gene z-scores) are computed over the scored cells only.
     inputs
         A :class:`~scatd_core.inputs.ModelInput` of this data and model to reuse (it is built
@@ -439,7 +440,7 @@ def predict(
     - ``adata.obs['<p>_prob_resistant']``: P(resistant) (NaN where not scored);
     - ``adata.obs['<p>_prob_resistant_sd']``: its sd over the draws (sample mode only);
     - ``adata.obs['<p>_label']``: ``resistant`` / ``sensitive`` / ``not scored`` /
-      ``filtered (QC)``;
+      ``filtered (QC)`` / ``left out (mask)`` (:func:`~scatd_core.inputs.mask_label`);
     - ``adata.obs['<p>_scored']``: whether the cell got a probability;
     - ``adata.obsm['X_<p>']``: the latent mean (NaN rows where not scored);
     - ``adata.uns['<p>']``: parameters, threshold and whether it is calibrated, model
@@ -587,7 +588,8 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
         **({"embeddings": _embeddings(adata, bundle)} if bundle.input_kind == "embedding" else {}),
     }
     thr = float(bundle.threshold if threshold is None else threshold)
-    adata.obs[keys.label] = _calls(probs, scored, filtered, thr, bundle.positive_label, bundle.negative_label)
+    left_out = np.where(filtered, mask_label(scores.mask), "")  # the QC filter's, or the user's mask column's
+    adata.obs[keys.label] = _calls(probs, scored, left_out, thr, bundle.positive_label, bundle.negative_label)
     set_threshold(adata, thr, threshold_source or ("model default" if threshold is None else "user"),
                   key_added=key_added)
 
@@ -741,26 +743,30 @@ def _value_warnings(adata: ad.AnnData, bundle) -> list[str]:
 
 # --------------------------------------------------------------------------- threshold and calls
 
-def _calls(p: np.ndarray, scored: np.ndarray, filtered: np.ndarray, threshold: float, pos: str,
+def _calls(p: np.ndarray, scored: np.ndarray, left_out: np.ndarray, threshold: float, pos: str,
            neg: str) -> pd.Categorical:
+    """The calls at ``threshold``; ``left_out``: per cell, the label of a cell a mask left out
+    (:data:`~scatd_core._keys.LEFT_OUT`: ``filtered (QC)`` or ``left out (mask)``), "" for the others."""
     with np.errstate(invalid="ignore"):
         called = np.where(p > threshold, pos, neg)
-    values = np.where(scored, called, np.where(filtered, FILTERED, NOT_SCORED))
-    return pd.Categorical(values, categories=[neg, pos, NOT_SCORED] + ([FILTERED] if filtered.any() else []))
+    left_out = np.asarray(left_out, dtype=object)
+    values = np.where(scored, called, np.where(left_out != "", left_out, NOT_SCORED))
+    return pd.Categorical(values, categories=[neg, pos, NOT_SCORED] + [x for x in LEFT_OUT if (left_out == x).any()])
 
 
 def labels_at(adata: ad.AnnData, threshold: float, *, key_added: str | None = None) -> pd.Categorical:
     """The calls at ``threshold`` (``P > threshold``: resistant), without recomputing anything.
 
-    Cells without a probability keep ``not scored`` / ``filtered (QC)``.
+    Cells without a probability keep ``not scored`` / ``filtered (QC)`` / ``left out (mask)``.
     """
     keys = result_keys(key_added)
     info = adata.uns.get(keys.run)
     if info is None or keys.prob not in adata.obs or keys.label not in adata.obs:
         raise InputError("No predictions in this dataset.", "Run `scatd_core.predict.predict` first.")
-    filtered = (adata.obs[keys.label].astype(str) == FILTERED).to_numpy()
+    labels = adata.obs[keys.label].astype(str).to_numpy()
+    left_out = np.where(np.isin(labels, LEFT_OUT), labels, "")
     return _calls(adata.obs[keys.prob].to_numpy(dtype=np.float64), adata.obs[keys.scored].to_numpy(dtype=bool),
-                  filtered, threshold, info["positive_label"], info["negative_label"])
+                  left_out, threshold, info["positive_label"], info["negative_label"])
 
 
 def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, key_added: str | None = None,
@@ -811,7 +817,9 @@ def threshold_info(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
 
 
 def summary(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
-    """Counts of cells by called label at the current threshold."""
+    """Counts of cells by called label at the current threshold; ``n_filtered``: the cells the
+    prediction's mask left out, labelled ``filtered (QC)`` (the QC filter) or ``left out (mask)``
+    (a mask column of the user's own; :func:`~scatd_core.inputs.left_out_label` says which)."""
     keys = result_keys(key_added)
     info = adata.uns[keys.run]
     pos = info["positive_label"]
@@ -820,7 +828,7 @@ def summary(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
     thr = info["threshold"]
     return {"threshold": thr["value"], "calibrated": bool(thr["calibrated"]), "n_cells": int(adata.n_obs),
             "n_resistant": int(counts.get(pos, 0)), "n_sensitive": int(counts.get(info["negative_label"], 0)),
-            "n_not_scored": int(counts.get(NOT_SCORED, 0)), "n_filtered": int(counts.get(FILTERED, 0)),
+            "n_not_scored": int(counts.get(NOT_SCORED, 0)), "n_filtered": int(sum(counts.get(x, 0) for x in LEFT_OUT)),
             "fraction_resistant": round(counts.get(pos, 0) / n_called, 4) if n_called else None,
             "batch_size_lowered_to": info["params"].get("batch_size_lowered_to")}
 

@@ -434,6 +434,53 @@ def test_qc_mask_filters_cells_and_keeps_their_rows(small_bundles):
     assert labels_at(adata, 0.0)[0] == "filtered (QC)"
 
 
+def test_a_mask_column_of_ones_own_labels_its_cells_left_out_mask_not_filtered_qc(small_bundles):
+    """--mask keep (a True/False column of the user's own; no QC ran): the cells it leaves out are
+    labelled 'left out (mask)', not 'filtered (QC)' (obs, predictions.csv, a new threshold, the
+    report's counts, the colours); every path that sets unscored cells aside treats them as it treats
+    the QC filter's (counts, groups, evaluation, colours, explain's input). The QC filter's cells
+    (scatd_qc_pass, or a plain array as the app gives) keep 'filtered (QC)'."""
+    from scatd_core import pl
+    from scatd_core._keys import FILTERED, MASKED, QC_PASS, result_keys
+    from scatd_core.explain._explain import prediction_context
+    from scatd_core.export import html_report, metrics_table
+    from scatd_core.metrics import evaluate_column, group_table
+
+    bundle, _, enc, _, genes = small_bundles["dist_vae"]
+    x = np.abs(np.random.default_rng(4).normal(size=(12, enc[0]))).astype(np.float32)
+    keep = np.array([i % 3 != 0 for i in range(12)])
+    obs = pd.DataFrame({"keep": keep, QC_PASS: keep, "response": np.where(np.arange(12) % 2, "resistant", "sensitive"),
+                        "sample": np.where(np.arange(12) < 6, "p1", "p2")}, index=[f"c{i}" for i in range(12)])
+    adata = ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes))
+    predict(adata, bundle, mask="keep")
+    labels = adata.obs["scatd_label"]
+    assert (labels[~keep] == MASKED).all() and list(labels.cat.categories)[-1] == MASKED
+    assert FILTERED not in labels.cat.categories
+    table = predictions_table(adata)
+    assert table.loc[~keep, "label"].eq(MASKED).all() and table.loc[~keep, "prob_resistant"].isna().all()
+    assert table["qc_pass"].all()  # no QC ran
+    assert summary(adata)["n_filtered"] == 4 and summary(adata)["n_not_scored"] == 0
+    assert labels_at(adata, 0.0)[0] == MASKED
+    set_threshold(adata, 0.2)
+    assert (adata.obs["scatd_label"][~keep] == MASKED).all() and summary(adata)["n_filtered"] == 4
+    assert group_table(adata, "sample")["n_called"].sum() == 8  # left out of the groups' calls
+    assert evaluate_column(adata, "response", resistant="resistant")[0].n_evaluated == 8
+    metrics = metrics_table(adata).set_index("metric")["value"]
+    assert metrics["n_filtered"] == 4 and metrics["filtered_by"] == "left out by the mask column 'keep'"
+    # the same light grey as the QC filter's cells, never a colour of its own
+    assert pl.label_colors([MASKED, FILTERED]) == [pl.COLORS[FILTERED]] * 2
+    page = html_report(adata)
+    assert "left out (mask)" in page and "filtered (QC)" not in page
+    # explain without the prediction's input rebuilds it from the labels: the same cells left out, said as the column did
+    inputs = prediction_context(adata, bundle, result_keys(), "cpu", None)[3]
+    assert list(inputs.mask) == list(keep) and inputs.filtered_text == "left out by the mask column 'keep'"
+    for qc in (QC_PASS, keep):  # the QC filter's cells keep their label
+        predict(adata, bundle, mask=qc)
+        assert (adata.obs["scatd_label"][~keep] == FILTERED).all() and MASKED not in adata.obs["scatd_label"].cat.categories
+        assert list(predictions_table(adata)["qc_pass"]) == list(keep) and summary(adata)["n_filtered"] == 4
+        assert "filtered (QC)" in html_report(adata)
+
+
 def test_labels_that_no_threshold_separates_give_no_calibration(small_bundles):
     """Youden's J and the MCC are 0 at the threshold that calls every cell (or none) resistant;
     when nothing beats that, the labels do not calibrate the model: refused, not marked

@@ -636,16 +636,19 @@ def test_cli_mask_scores_only_the_qc_passing_cells(lib_env, tmp_path, capsys):
 def test_a_mask_column_of_ones_own_says_so_and_the_panel_csv_says_why_per_drug(lib_env, tmp_path, capsys):
     """--mask keep (the user's column, no QC ran): the cells it leaves out are 'left out by the mask
     column 'keep'', not 'filtered by QC', in predictions.csv, panel.csv (per drug: <DRUG>_scored,
-    <DRUG>_not_scored_reason, as the h5ad's scatd_<DRUG>_* columns), metrics.csv and the messages."""
+    <DRUG>_not_scored_reason, as the h5ad's scatd_<DRUG>_* columns), metrics.csv and the messages;
+    labelled 'left out (mask)', not 'filtered (QC)' (label columns, the h5ad's colours), and left out
+    of the panel's calls as the QC filter's cells are."""
     data = make_dataset(80, seed=21)
     data.obs["keep"] = np.arange(80) >= 10
     data.write_h5ad(tmp_path / "cells.h5ad")
     cells, said = str(tmp_path / "cells.h5ad"), "left out by the mask column 'keep'"
     assert main(["predict", "--input", cells, "--model", "DRUGA", "--output", str(tmp_path / "one.csv"),
                  "--mask", "keep", "--h5ad", str(tmp_path / "one.h5ad")]) == 0
-    assert f'marked "{said}"' in capsys.readouterr().err
+    assert f'labelled "left out (mask)", marked "{said}"' in capsys.readouterr().err
     one = pd.read_csv(tmp_path / "one.csv", keep_default_na=False)
     assert (one["not_scored_reason"].iloc[:10] == said).all() and (one["not_scored_reason"].iloc[10:] == "").all()
+    assert set(one["label"].iloc[:10]) == {_keys.MASKED} and _keys.FILTERED not in set(one["label"])
     metrics = export.metrics_table(ad.read_h5ad(tmp_path / "one.h5ad"))
     assert metrics.set_index("metric").loc["filtered_by", "value"] == said
     assert "filtered by QC" not in metrics["value"].astype(str).str.cat()
@@ -657,11 +660,17 @@ def test_a_mask_column_of_ones_own_says_so_and_the_panel_csv_says_why_per_drug(l
         assert list(table[f"{drug}_scored"]) == list(np.arange(80) >= 10)
         assert list(table[f"{drug}_not_scored_reason"]) == [said] * 10 + [""] * 70
         assert list(back.obs[f"scatd_{drug}_not_scored_reason"].astype(str)) == [said] * 10 + [""] * 70
+        assert list(table[f"{drug}_label"].iloc[:10]) == [_keys.MASKED] * 10
+        labels = back.obs[f"scatd_{drug}_label"]
+        colours = dict(zip(labels.cat.categories, back.uns[f"scatd_{drug}_label_colors"]))
+        assert colours[_keys.MASKED] == "#cfcfcf"  # the QC filter's light grey
+    assert set(panel.drug_ranking(back)["n_called"]) == {70}  # the 10 left out are not calls
     # the app's QC filter (a plain mask, or its column) keeps its words
     qc = make_dataset(40, seed=22)
     qc.obs[_keys.QC_PASS] = np.arange(40) >= 5
     panel.predict_panel(qc, _bundles(lib_env, DRUGS[:1]), mask=qc.obs[_keys.QC_PASS].to_numpy())
     assert set(panel.panel_table(qc)["DRUGA_not_scored_reason"].iloc[:5]) == {"filtered by QC"}
+    assert set(panel.panel_table(qc)["DRUGA_label"].iloc[:5]) == {_keys.FILTERED}
     predict(qc, load_bundle(lib_env / "DRUGA"), mask=_keys.QC_PASS)
     assert set(export.predictions_table(qc)["not_scored_reason"].iloc[:5]) == {"filtered by QC"}
     assert export.metrics_table(qc).set_index("metric").loc["filtered_by", "value"] == "filtered by QC"

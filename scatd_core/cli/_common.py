@@ -197,7 +197,7 @@ def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several:
     p.add_argument("--mask", metavar="COLUMN",
                    help="True/False obs column of the input: score only its True cells (e.g. scatd_qc_pass in an "
                         "annotated.h5ad from the app, whose QC filter it records); the others keep their row, "
-                        "marked filtered")
+                        "labelled 'filtered (QC)' for scatd_qc_pass, 'left out (mask)' for a column of your own")
     g = p.add_argument_group("VAE_sf / VAE_gf models on an expression file (the embeddings are computed first)")
     g.add_argument("--max-genes", type=positive_int,
                    help="scFoundation: most expressed genes per cell (default 8000; a cell with more is refused)")
@@ -236,10 +236,10 @@ def cell_mask(adata, args):
                                  "or leave out --mask.",
                     nothing_left=f"obs['{args.mask}'] is False for every cell, so --mask leaves nothing to score.",
                     nothing_left_hint="Name another column, or leave out --mask.")
-    from scatd_core.inputs import column_mask, mask_reason_text
+    from scatd_core.inputs import column_mask, mask_label, mask_reason_text
 
     say(f"--mask {args.mask}: scoring {int(mask.sum()):,} of {adata.n_obs:,} cells; the others keep their row, "
-        f'marked "{mask_reason_text(args.mask)}".')
+        f'labelled "{mask_label(args.mask)}", marked "{mask_reason_text(args.mask)}".')
     return column_mask(mask, args.mask)  # recorded by the run as the mask's name (uns['scatd']['qc']['mask'])
 
 

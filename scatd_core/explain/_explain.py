@@ -14,14 +14,14 @@ import torch
 
 from scatd_core import _keys
 from scatd_core._json import json_safe
-from scatd_core._keys import FILTERED, result_keys
+from scatd_core._keys import LEFT_OUT, result_keys
 from scatd_core._progress import Eta
 from scatd_core.errors import Cancelled, InputError
 from scatd_core.explain._attribution import (BASELINES, N_REFERENCE_CELLS, TARGET_TITLES, TARGETS, Attributor,
                                              baseline_title, baseline_vector, zero_is_mean)
 from scatd_core.explain._ranking import agreement, differential_expression, log_scale, round_or_none
 from scatd_core.explain._sums import column_sums
-from scatd_core.inputs import ModelInput
+from scatd_core.inputs import ModelInput, column_mask, run_mask
 from scatd_core.predict import device_description, resolve_device
 
 COMPLETENESS_TOLERANCE = 0.05
@@ -247,13 +247,14 @@ def prediction_context(adata: ad.AnnData, bundle, keys, device: str, inputs: Mod
                        batch_size: int = 1024):
     """What explaining a prediction starts from: ``(device, model, labels, inputs, positive label,
     negative label)``; the model loaded as the prediction ran it, the prediction's ``ModelInput``
-    (built with its QC mask when not given)."""
+    (built with its mask when not given: the QC filter's, or the user's mask column's)."""
     dev = resolve_device(device)
     model = bundle.load_model(dev, adata.uns[keys.run]["params"].get("beta_mode"))
     labels = adata.obs[keys.label].astype(str).to_numpy()
-    if inputs is None:
-        filtered = labels == FILTERED
-        inputs = ModelInput(adata, bundle, mask=~filtered if filtered.any() else None, batch_size=batch_size)
+    if inputs is None:  # the cells the prediction's mask left out: the QC filter's, or the user's mask column's
+        filtered = np.isin(labels, LEFT_OUT)
+        mask = column_mask(~filtered, run_mask(adata.uns[keys.run])) if filtered.any() else None
+        inputs = ModelInput(adata, bundle, mask=mask, batch_size=batch_size)
     run = adata.uns[keys.run]
     return dev, model, labels, inputs, run["positive_label"], run["negative_label"]
 
