@@ -235,7 +235,7 @@ def predict_panel(
     - ``uns['scatd_panel']``: the members (status, problem, coverage, time), the input groups and
       the time spent aligning.
     """
-    from scatd_core.inputs import mask_column
+    from scatd_core.inputs import column_mask, mask_column
     from scatd_core.predict import _mask_of
 
     if not bundles:
@@ -248,7 +248,9 @@ def predict_panel(
     taken: set[str] = set()
     team = [PanelMember(drug_prefix(b.drug or b.name, taken), drug, b.name, str(b.path), b.backbone, b.is_demo)
             for b, drug in zip(bundles, distinct_drugs([b.drug or b.name for b in bundles]))]
-    shared = _SharedInputs(adata, mask_array, batch_size, device)
+    # the mask named by its column: a model input that finds no cell to score says what left them out
+    shared = _SharedInputs(adata, None if mask_array is None else column_mask(mask_array, mask_column(mask)),
+                           batch_size, device)
     # a mask column (its name, or a command line's --mask array naming it) is passed on as given, so each
     # model's run records it and says its cells were left out by that column, not by the QC filter
     options = dict(mask=mask if mask_column(mask) else mask_array, mode=mode, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size,

@@ -31,8 +31,8 @@ from scatd_core import _threads  # noqa: F401  (reads the process's thread count
 from scatd_core._keys import LEFT_OUT, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
 from scatd_core.genes import LOW_COVERAGE_FRACTION
-from scatd_core.inputs import (EMBEDDING_REASON_TEXT, FOUNDATION_MODELS, REASON_TEXT, ModelInput, mask_label,
-                               mask_reason_text, value_messages, value_type)
+from scatd_core.inputs import (EMBEDDING_REASON_TEXT, FOUNDATION_MODELS, REASON_TEXT, ModelInput, column_mask,
+                               mask_column, mask_label, mask_reason_text, value_messages, value_type)
 from scatd_core.nn.sparse import batch_tensor
 from scatd_core.preprocess import AS_GIVEN_COUNTS_NOTE, as_given_counts
 
@@ -502,8 +502,9 @@ def score(
     t0 = time.perf_counter()
     dev = resolve_device(device)
     model = bundle.load_model(dev, beta_mode)
-    if inputs is None:
-        inputs = ModelInput(adata, bundle, mask=mask_array, batch_size=batch_size or auto_batch_size(bundle, dev))
+    if inputs is None:  # the mask named by its column, so a statistics pass that finds no cell says what left them out
+        inputs = ModelInput(adata, bundle, mask=None if mask_array is None else column_mask(mask_array, mask_column(mask)),
+                            batch_size=batch_size or auto_batch_size(bundle, dev))
     elif inputs.n_obs != adata.n_obs:
         raise ValueError("inputs were built for another dataset")
     if mask is not None:

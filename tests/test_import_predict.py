@@ -481,6 +481,28 @@ def test_a_mask_column_of_ones_own_labels_its_cells_left_out_mask_not_filtered_q
         assert "filtered (QC)" in html_report(adata)
 
 
+def test_no_cell_left_to_score_says_what_the_mask_left_out(small_bundles):
+    """A model that needs the dataset's statistics (AdaIN) finds no cell to score: the cells a mask
+    column of one's own left out are said as that column left them out, not 'filtered by QC' (no QC
+    ran), and so is where to look; alone and in a panel. The QC filter's cells stay 'filtered by QC'."""
+    from scatd_core import panel
+
+    bundle = small_bundles["vae_sf"][0]
+    x = np.full((30, 40), 1e31, dtype=np.float32)  # the kept cells' values are beyond what a model takes
+    x[:10] = 1.0
+    keep = np.arange(30) >= 10
+    adata = ad.AnnData(x, obs=pd.DataFrame({"keep": keep, "scatd_qc_pass": keep}, index=[f"c{i}" for i in range(30)]))
+    for mask, said, where in (("keep", "left out by the mask column 'keep': 10", "the mask column"),
+                              ("scatd_qc_pass", "filtered by QC: 10", "the QC filter")):
+        with pytest.raises(InputError) as alone:
+            predict(adata, bundle, mask=mask)
+        with pytest.raises(InputError) as in_panel:
+            panel.predict_panel(adata, [bundle], mask=mask)
+        assert str(alone.value).startswith("No cell can be scored (") and said in str(alone.value)
+        assert where in alone.value.hint and said in str(in_panel.value)
+        assert ("filtered by QC" in str(in_panel.value)) == (mask == "scatd_qc_pass")
+
+
 def test_labels_that_no_threshold_separates_give_no_calibration(small_bundles):
     """Youden's J and the MCC are 0 at the threshold that calls every cell (or none) resistant;
     when nothing beats that, the labels do not calibrate the model: refused, not marked

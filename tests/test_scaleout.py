@@ -222,7 +222,8 @@ def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, smal
 
 def test_cli_engine_ray_says_a_mask_column_left_its_cells_out(local_ray, small_bundles, tmp_path, capsys):
     """--mask keep on Ray: the cells it leaves out say 'left out by the mask column 'keep'' (not
-    'filtered by QC'), byte for byte as the single-process table, and the run records the column."""
+    'filtered by QC') and are labelled 'left out (mask)' (not 'filtered (QC)'), byte for byte as the
+    single-process table, and the run records the column."""
     from scatd_core.cli import main
 
     bundle = small_bundles["dist_vae"][0]
@@ -236,9 +237,36 @@ def test_cli_engine_ray_says_a_mask_column_left_its_cells_out(local_ray, small_b
                           "--engine", "ray", "--shard-cells", "2048", "--workers", "2"]) == 0
     capsys.readouterr()
     table = pd.read_csv(tmp_path / "ray.csv", keep_default_na=False)
-    assert set(table["not_scored_reason"][~data.obs["keep"].to_numpy()]) == {"left out by the mask column 'keep'"}
+    left_out = ~data.obs["keep"].to_numpy()
+    assert set(table["not_scored_reason"][left_out]) == {"left out by the mask column 'keep'"}
+    assert set(table["label"][left_out]) == {"left out (mask)"} and "filtered (QC)" not in set(table["label"])
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
-    assert ad.read_h5ad(tmp_path / "ray.h5ad").uns["scatd"]["qc"]["mask"] == "keep"
+    back = ad.read_h5ad(tmp_path / "ray.h5ad")
+    assert back.uns["scatd"]["qc"]["mask"] == "keep" and set(back.obs["scatd_label"][left_out]) == {"left out (mask)"}
+
+
+def test_no_cell_left_to_score_on_ray_says_what_left_them_out(local_ray, small_bundles, tmp_path):
+    """AdaIN's statistics pass finds no cell to score: the cells --mask keep left out are said as the
+    column left them out (not 'filtered by QC': no QC ran), and so is where to look, as one process
+    says it; the QC filter's cells are still 'filtered by QC'."""
+    bundle = small_bundles["vae_sf"][0]
+    x = np.full((300, 40), 1e31, dtype=np.float32)  # the kept cells' values are beyond what a model takes
+    x[:100] = np.random.default_rng(5).normal(size=(100, 40))
+    keep = np.arange(300) >= 100
+    path = tmp_path / "emb.h5ad"
+    ad.AnnData(x, obs=pd.DataFrame({"keep": keep, "scatd_qc_pass": keep}, index=[f"c{i}" for i in range(300)]),
+               var=pd.DataFrame(index=[f"f{i}" for i in range(40)])).write_h5ad(path)
+    for mask, said, where in (("keep", "left out by the mask column 'keep': 100", "the mask column"),
+                              ("scatd_qc_pass", "filtered by QC: 100", "the QC filter")):
+        with pytest.raises(InputError) as ray_err:
+            scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / f"{mask}.csv", mask=mask,
+                                 batch_size=BATCH, shard_cells=2048, workers=2)
+        with pytest.raises(InputError) as one_err:
+            single_process(path, bundle, mask=mask)
+        for err in (ray_err.value, one_err.value):
+            assert str(err).startswith("No cell can be scored (") and said in str(err), str(err)
+            assert where in err.hint, err.hint
+        assert ("filtered by QC" in str(ray_err.value)) == (mask == "scatd_qc_pass")
 
 
 def test_cli_report_engine_ray_writes_the_single_process_report(local_ray, small_bundles, tmp_path, capsys):

@@ -21,11 +21,11 @@ import pandas as pd
 
 import scatd_core
 from scatd_core import __version__, _keys
-from scatd_core._keys import FILTERED, NOT_SCORED, result_keys
+from scatd_core._keys import NOT_SCORED, result_keys
 from scatd_core._matrix import MeanVar
 from scatd_core.errors import Cancelled, InputError, ScatdError
-from scatd_core.inputs import (EXAMPLES_PER_REASON, REASON_TEXT, InputSpec, log_normalises, mask_reason_text, model_source,
-                               needs_moments, unlogs_values)
+from scatd_core.inputs import (EXAMPLES_PER_REASON, REASON_TEXT, InputSpec, log_normalises, mask_label, mask_reason_text,
+                               model_source, needs_moments, no_cell_scored_error, unlogs_values)
 from scatd_core.scaleout._files import in_app_words, is_data_file_error, open_h5, stat_data_file
 from scatd_core.scaleout._shard import REASON_ORDER, Job, PredictWorker, StatisticsWorker
 from scatd_core.scaleout._store import ShardStore, pack, parts_dir, shard_name, unpack
@@ -294,7 +294,8 @@ def predict_ray(
     try:
         n_workers = _workers(ray, workers, device)
         if needs_moments(spec):
-            job = replace(job, moments=_statistics(ray, job, store, shards, n_workers, progress, should_stop))
+            job = replace(job, moments=_statistics(ray, job, store, shards, n_workers, progress, should_stop,
+                                                   mask_reason_text(mask)))
         todo = [i for i in range(len(shards)) if not store.done(shard_name(i))]
         resumed = len(shards) - len(todo)
         _run_pass(ray, PredictWorker, job, shards, todo, n_workers, device,
@@ -472,8 +473,10 @@ def _worker_error(exc: BaseException) -> ScatdError:
                       "for the cause. The finished shards are kept: run the same command again to resume.")
 
 
-def _statistics(ray, job: Job, store: ShardStore, shards, n_workers, progress, should_stop):
-    """First pass: the moments of the pre-scaling values, merged in input order (as one pass does)."""
+def _statistics(ray, job: Job, store: ShardStore, shards, n_workers, progress, should_stop,
+                filtered_text: str = REASON_TEXT["filtered"]):
+    """First pass: the moments of the pre-scaling values, merged in input order (as one pass does);
+    ``filtered_text``: what left the masked cells out (:func:`~scatd_core.inputs.mask_reason_text`)."""
     if store.done("statistics"):
         saved = store.load("statistics")
         return saved["mean"], saved["sd"]
@@ -492,9 +495,8 @@ def _statistics(ray, job: Job, store: ShardStore, shards, n_workers, progress, s
 
     _run_pass(ray, StatisticsWorker, job, shards, list(range(len(shards))), n_workers, job.device, merge,
               "dataset statistics", 0, progress, should_stop)
-    if acc.n == 0:
-        detail = "; ".join(f"{REASON_TEXT[k]}: {v:,}" for k, v in zip(REASON_ORDER, reasons) if v)
-        raise InputError(f"No cell can be scored ({detail}).", "Check the data's values and gene names, and the QC filter.")
+    if acc.n == 0:  # the cells the mask left out said as it left them out: the QC filter, or the user's column
+        raise no_cell_scored_error(dict(zip(REASON_ORDER, reasons)), filtered_text)
     mean, sd = acc.mean, acc.std(correction=0)
     store.save("statistics", pack({"mean": mean, "sd": sd}))
     return mean, sd
@@ -537,9 +539,7 @@ def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, loa
     if left_out != REASON_TEXT["filtered"]:
         why[why == REASON_TEXT["filtered"]] = left_out
     if record is None:
-        words = {**REASON_TEXT, "filtered": left_out}
-        detail = "; ".join(f"{words[k]}: {v:,}" for k, v in zip(REASON_ORDER, reasons) if v)
-        raise InputError(f"No cell can be scored ({detail}).", "Check the data's values and gene names, and the QC filter.")
+        raise no_cell_scored_error(dict(zip(REASON_ORDER, reasons)), left_out)
     not_scored = {k: int(v) for k, v in zip(REASON_ORDER, reasons) if v and k != "filtered"}
     if non_finite:
         not_scored["non_finite_output"] = non_finite
@@ -570,7 +570,7 @@ def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, loa
     })
     record.pop("threshold", None)
     adata.uns[keys.run] = record
-    adata.obs[keys.label] = np.where(filtered, FILTERED, NOT_SCORED)
+    adata.obs[keys.label] = np.where(filtered, mask_label(mask), NOT_SCORED)  # 'filtered (QC)' or 'left out (mask)'
     thr = float(bundle.threshold if threshold is None else threshold)
     set_threshold(adata, thr, "model default" if threshold is None else "user")
 
