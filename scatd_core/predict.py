@@ -503,8 +503,8 @@ def score(
     dev = resolve_device(device)
     model = bundle.load_model(dev, beta_mode)
     if inputs is None:  # the mask named by its column, so a statistics pass that finds no cell says what left them out
-        inputs = ModelInput(adata, bundle, mask=None if mask_array is None else column_mask(mask_array, mask_column(mask)),
-                            batch_size=batch_size or auto_batch_size(bundle, dev))
+        named = None if mask_array is None else column_mask(mask_array, mask_column(mask))
+        inputs = ModelInput(adata, bundle, mask=named, batch_size=batch_size or auto_batch_size(bundle, dev))
     elif inputs.n_obs != adata.n_obs:
         raise ValueError("inputs were built for another dataset")
     if mask is not None:

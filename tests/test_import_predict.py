@@ -476,7 +476,8 @@ def test_a_mask_column_of_ones_own_labels_its_cells_left_out_mask_not_filtered_q
     assert list(inputs.mask) == list(keep) and inputs.filtered_text == "left out by the mask column 'keep'"
     for qc in (QC_PASS, keep):  # the QC filter's cells keep their label
         predict(adata, bundle, mask=qc)
-        assert (adata.obs["scatd_label"][~keep] == FILTERED).all() and MASKED not in adata.obs["scatd_label"].cat.categories
+        labels = adata.obs["scatd_label"]
+        assert (labels[~keep] == FILTERED).all() and MASKED not in labels.cat.categories
         assert list(predictions_table(adata)["qc_pass"]) == list(keep) and summary(adata)["n_filtered"] == 4
         assert "filtered (QC)" in html_report(adata)
 
