@@ -12,13 +12,73 @@ from scatd_core.errors import InputError
 from scatd_core.predict import predict
 
 
-def test_demo_build_is_deterministic(tmp_path):
-    # a tiny copy: the same code path as the full demo, in seconds
-    (t1, b1, _), (t2, b2, _) = [demo.build(out_bundle=tmp_path / f"bundle{i}", out_data=tmp_path / f"tumour{i}.h5ad",
-                                           size="tiny") for i in (1, 2)]
+@pytest.fixture(scope="module")
+def tiny_builds(tmp_path_factory):
+    """Two tiny demos built from scratch: the same code path as the full demo, in seconds."""
+    folder = tmp_path_factory.mktemp("tiny_demo")
+    return [demo.build(out_bundle=folder / f"bundle{i}", out_data=folder / f"tumour{i}.h5ad", size="tiny")
+            for i in (1, 2)]
+
+
+def test_demo_build_is_deterministic(tiny_builds):
+    (t1, b1, _), (t2, b2, _) = tiny_builds
     assert b1.manifest["weights_sha256"] == b2.manifest["weights_sha256"]
+    assert b1.threshold == b2.threshold
     assert (t1.X != t2.X).nnz == 0 and list(t1.obs_names) == list(t2.obs_names)
     assert b1.is_demo and "demo (simulated data)" in b1.title
+
+
+def _called_and_balanced_accuracy(cells, bundle):
+    from sklearn.metrics import balanced_accuracy_score
+
+    predict(cells, bundle, device="cpu")
+    called = (cells.obs["scatd_label"].astype(str) == "resistant").to_numpy()
+    truth = (cells.obs["response"].astype(str) == "resistant").to_numpy()
+    return called.mean(), truth.mean(), balanced_accuracy_score(truth, called)
+
+
+def test_demo_threshold_is_chosen_on_a_separate_simulated_tumour_and_calls_near_the_truth(tiny_builds):
+    """QA: at the demo model's threshold 0.5 (balanced heads fitted on cell lines, most of them resistant)
+    ~85% of the demo tumour's cells were called resistant where ~27% are. The threshold is now chosen on
+    another simulated tumour with known labels (never the demo tumour's labels), and transfers."""
+    from scatd_core import metrics
+    from scatd_core.demo.simulate import simulate_tumour
+
+    tumour, bundle, report = tiny_builds[0]
+    called, resistant, balanced = _called_and_balanced_accuracy(tumour.copy(), bundle)
+    assert abs(called - resistant) < 0.1 and balanced > 0.75, (called, resistant, balanced)
+    record = bundle.manifest["provenance"]["threshold_reference"]
+    assert record["seed"] == demo.REFERENCE_SEED != demo.DEMO_SEED and record["n_cells"] == demo.SIZES["tiny"][1]
+    reference = simulate_tumour(demo.SIZES["tiny"][1], seed=demo.REFERENCE_SEED)
+    assert not set(reference.obs_names) & set(tumour.obs_names)  # other cells, not the demo's
+    predict(reference, bundle, device="cpu")
+    truth = (reference.obs["response"].astype(str) == "resistant").to_numpy(dtype=float)
+    assert bundle.threshold == pytest.approx(metrics.youden_threshold(truth, reference.obs["scatd_prob_resistant"]))
+    target = bundle.manifest["metrics"]["target"]  # the card's figures are at the threshold the calls use
+    assert target["threshold"] == bundle.threshold and target["fraction_called_resistant"] == pytest.approx(called)
+    assert "separate simulated tumour" in bundle.manifest["provenance"]["threshold_origin"]
+    assert f"The default threshold, {bundle.threshold:.3g}, was chosen on a separate simulated tumour" \
+        in bundle.manifest["card"]["calibration"]
+    assert report["metrics"]["target"]["threshold"] == bundle.threshold
+
+
+def test_a_demo_built_with_the_old_threshold_is_built_again(tiny_builds, tmp_path):
+    """A demo cached by an older version (threshold 0.5, no reference record) is not reused."""
+    import json
+    import shutil
+
+    tumour, bundle, _ = tiny_builds[0]
+    library = tmp_path / "library"
+    shutil.copytree(bundle.path, demo.bundle_path(library))
+    demo.data_path().parent.mkdir(parents=True, exist_ok=True)
+    tumour.write_h5ad(demo.data_path())
+    assert demo.is_built(library)
+    manifest = demo.bundle_path(library) / "manifest.json"
+    old = json.loads(manifest.read_text())
+    old["threshold"] = 0.5
+    del old["provenance"]["threshold_reference"], old["provenance"]["threshold_origin"]
+    manifest.write_text(json.dumps(old))
+    assert not demo.is_built(library)
 
 
 @pytest.mark.slow
@@ -27,7 +87,8 @@ def test_full_demo_is_labelled_simulated_and_recovers_the_program(tmp_path):
     assert bundle.is_demo and "demo (simulated data)" in bundle.title
     assert report["metrics"]["target"]["auroc"] > 0.8  # against the simulated truth, never trained on
     cells = tumour.copy()
-    predict(cells, bundle, device="cpu")
+    called, resistant, balanced = _called_and_balanced_accuracy(cells, bundle)  # the first calls a user sees
+    assert abs(called - resistant) < 0.1 and balanced > 0.75, (called, resistant, balanced)
     result = explain.explain(cells, bundle, max_cells=400, differential_expression=False, device="cpu")
     top = list(result.ranking["feature"][:20])
     assert sum(g in RESISTANCE_PROGRAM for g in top) >= 15
