@@ -123,7 +123,8 @@ def test_scatd_demo_command_writes_the_report(tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"
     assert main(["demo", "--out", str(out), "--library", str(tmp_path / "library")]) == 0
     printed = capsys.readouterr()
-    assert "AUROC against the simulated truth" in printed.out 
+    assert "AUROC against the simulated truth" in printed.out
+    assert "At the demo model's default threshold (" in printed.out and "truly are (balanced accuracy" in printed.out
     assert not [line for line in printed.err.splitlines() if line.startswith("error")]
     for name in ("predictions.csv", "metrics.csv", "biomarkers.csv", "annotated.h5ad", "report.html"):
         assert (out / name).stat().st_size > 0, name
