@@ -398,15 +398,35 @@ def test_a_worker_error_is_one_clear_message(local_ray, small_bundles, tmp_path,
 def test_the_app_keeps_its_ray_connection_from_run_to_run(local_ray, small_bundles, tmp_path):
     """The app's runs share one connection, kept after each run: one user's run ending must not
     disconnect another's still going, and the worker processes serve the next run."""
+    import psutil
     import ray
+
 
     ray.shutdown()  # as on a server before its first large dataset (the session's instance is gone)
     bundle = small_bundles["dist_vae"][0]
     path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
     choice = scaleout.EngineChoice(True, None, 2, "test")
+
+    def ray_processes_alive() -> bool:
+        mine = [p for p in psutil.Process().children() if p.name() in ("gcs_server", "raylet")]
+        return len(mine) == 2 and all(p.status() != psutil.STATUS_ZOMBIE for p in mine)
+
     for token in ("first", "second"):
-        run = scaleout.predict_in_folder(ad.read_h5ad(path), bundle, tmp_path / "runs", token, choice,
-                                         batch_size=BATCH, shard_cells=1024)
+        # as in the app: each run in a thread of its own, which ends with the run; the local instance
+        # the first run starts must outlive it (its GCS was killed with the thread, and 60 s later
+        # Ray's client ended the whole server)
+        out = {}
+        thread = threading.Thread(target=lambda: out.update(run=scaleout.predict_in_folder(
+            ad.read_h5ad(path), bundle, tmp_path / "runs", token, choice, batch_size=BATCH, shard_cells=1024)))
+        thread.start()
+        thread.join()
+        run = out["run"]
+        time.sleep(1.0)
+        try:
+            assert ray_processes_alive(), "the local Ray instance died with the run's thread"
+        except AssertionError:
+            ray.shutdown()  # before Ray's client ends this process for the lost GCS
+            raise
         assert ray.is_initialized(), "the app's Ray connection was closed after a run"
         assert run.computed == 3
         assert_same(run.adata, single_process(path, bundle))

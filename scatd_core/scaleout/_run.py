@@ -92,13 +92,53 @@ _ADMIN_HINT = ("Tell the server's administrator: the Ray engine this server uses
 _app_connection = threading.Lock()
 
 
+class _Keeper:
+    """One thread of the server process that lives as long as the process and makes every
+    connection the app keeps (:func:`stay_connected`). A local Ray instance's processes (its GCS,
+    raylet) are started by ``ray.init`` tied to the *thread* that started them (Linux's parent-death
+    signal follows the thread, not the process): started from a run's thread, which ends with the
+    run, they were killed a moment later, and 60 s after that Ray's client ended the whole web
+    server ("Failed to connect to GCS ... The program will terminate"), for every user."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.requests: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+
+    def _serve(self) -> None:
+        while True:
+            address, done = self.requests.get()
+            try:
+                done["result"] = connect(address)
+            except BaseException as exc:  # given back to the caller's thread
+                done["error"] = exc
+            done["event"].set()
+
+    def connect(self, address: str | None) -> bool:
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._serve, name="scatd-ray-connection", daemon=True)
+            self.thread.start()
+        done = {"event": threading.Event()}
+        self.requests.put((address, done))
+        done["event"].wait()
+        if "error" in done:
+            raise done["error"]
+        return done["result"]
+
+
+_KEEPER = _Keeper()
+
+
 def stay_connected(address: str | None) -> None:
     """The app's connection to Ray: made by the first run of the server process (a local
     instance, or the administrator's cluster) and kept until the server stops. Runs of several
     users then share it (one run ending never disconnects another still going), and Ray's worker
-    processes, each already holding torch, serve run after run instead of starting anew."""
+    processes, each already holding torch, serve run after run instead of starting anew. The
+    connection is made in a thread that lives as long as the server (:class:`_Keeper`), so that a
+    local instance outlives the run that started it."""
     with _app_connection:
-        connect(address)
+        _KEEPER.connect(address)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
