@@ -401,7 +401,6 @@ def test_the_app_keeps_its_ray_connection_from_run_to_run(local_ray, small_bundl
     import psutil
     import ray
 
-
     ray.shutdown()  # as on a server before its first large dataset (the session's instance is gone)
     bundle = small_bundles["dist_vae"][0]
     path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
