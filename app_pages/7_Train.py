@@ -204,9 +204,45 @@ else:
         st.caption(f":material/scatter_plot: Target: **{ui.md(target_name)}**, {target.n_obs:,} cells × "
                    f"{target.n_vars:,} genes")
 
+ANSWERED = "train_resistant_answered"  # {column: value} answered on this page (the caption says where it was)
+CLICKED = "train_resistant_clicked"    # [column, value] of a radio just clicked, recorded on the data this run
+
+
+def _clicked(key: str, column: str) -> None:
+    ss[CLICKED] = [column, ss.get(key)]
+
+
+def _resistant_radio(target, column: str, key: str, *, shared: bool, uses: str, help_text: str | None = None):
+    """Which value of ``column`` means resistant: one radio, kept on the page with the current answer
+    (recorded on the data, recognised from the words, or none yet) so that a mis-click can be undone;
+    a click records the new answer on the data. ``shared``: the Data page's dataset, whose answer it is."""
+    from scatd_core.labels import (DIRECTION_RECOGNISED, answer_direction, direction_how, label_counts,
+                                   label_direction)
+
+    values = [str(v) for v in label_counts(target.obs[column]).index]
+    clicked = ss.get(CLICKED)
+    if clicked and clicked[0] == column and ss.pop(CLICKED) and clicked[1] in values:
+        answer_direction(target, column, clicked[1])
+        ss.setdefault(ANSWERED, {})[column] = clicked[1]
+    recorded = label_direction(target, column)
+    ss[key] = recorded if recorded in values else None  # the answer on the data (the Data page may have changed it)
+    choice = st.radio(f"Which value of '{ui.md(column)}' means **resistant**?", values, key=key, horizontal=True,
+                      format_func=ui.md, on_change=ui.detached(_clicked), args=(key, column), help=help_text)
+    if choice is None:
+        return None
+    if direction_how(target, column) == DIRECTION_RECOGNISED:
+        where = "was recognised from the words"  # resistant / sensitive, R / S...: never numbers
+    elif ss.get(ANSWERED, {}).get(column) == choice or not shared:
+        where = "is your answer on this page" + (" (the Data page's dataset: so it is there too)" if shared else "")
+    else:
+        where = "is your answer on the Data page"
+    st.caption(f"Resistant = '{ui.md(choice)}': it {where}. Change it above if that is wrong: it decides {uses}.")
+    return choice
+
+
 label_column = resistant_value = None
 if target is not None:
-    from scatd_core.labels import label_counts, label_direction, set_label_direction
+    from scatd_core.labels import label_counts
 
     candidates = [c for c in target.obs.columns if target.obs[c].nunique(dropna=True) == 2]
     default = ss.get(S.LABEL_COLUMN) if target_source == "Current dataset" else None
@@ -215,21 +251,14 @@ if target is not None:
                                 index=choices.index(default) if default in choices else 0,
                                 format_func=ui.detached(lambda c: "none" if c is None else c), key="train_label_column",
                                 placeholder="none")
-    if label_column is not None:
-        resistant_value = label_direction(target, label_column)
-        values = [str(v) for v in label_counts(target.obs[label_column]).index]
-        if resistant_value is None:  # the same one question as on the Data page, never a silent default
-            resistant_value = st.radio(f"Which value of '{ui.md(label_column)}' means **resistant**?", values,
-                                       index=None, horizontal=True, format_func=ui.md,
-                                       key=f"train_resistant_{label_column}",
-                                       help="SCAD's 'response' column: 1 = sensitive, so 0 = resistant.")
-            if resistant_value is not None:
-                set_label_direction(target, label_column, resistant_value)
-        else:
-            st.caption(f"Resistant = '{ui.md(resistant_value)}' (as said on the Data page or recognised from the "
-                       "words).")
+    shared = target_source == "Current dataset"
+    if label_column is not None:  # the same one question as on the Data page, never a silent default
+        resistant_value = _resistant_radio(target, label_column, f"train_resistant_{label_column}", shared=shared,
+                                           uses="which cells count as resistant in the evaluation saved on the model's card",
+                                           help_text="SCAD's 'response' column: 1 = sensitive, so 0 = resistant.")
         if resistant_value is None:
-            st.warning("Say which value means resistant, or choose no label column.", icon=":material/help:")
+            st.warning("Say which value means resistant (numbers such as 0/1 are never guessed), or choose no label "
+                       "column.", icon=":material/help:")
 
     # a few labelled cells to train with: a column holding labels for some cells and blanks for the others
     few_choices = [None] + [c for c in candidates if c != label_column]
@@ -241,14 +270,8 @@ if target is not None:
                                    "evaluation.")
     few_resistant = None
     if few_column is not None:
-        few_resistant = label_direction(target, few_column)
-        if few_resistant is None:
-            values = [str(v) for v in label_counts(target.obs[few_column]).index]
-            few_resistant = st.radio(f"Which value of '{ui.md(few_column)}' means **resistant**?", values,
-                                     index=None, horizontal=True, format_func=ui.md,
-                                     key=f"train_resistant_{few_column}")
-            if few_resistant is not None:
-                set_label_direction(target, few_column, few_resistant)
+        few_resistant = _resistant_radio(target, few_column, f"train_resistant_{few_column}", shared=shared,
+                                         uses="which labelled cells the model trains on as resistant")
         if few_resistant is not None:
             n_known = int(label_counts(target.obs[few_column]).sum())
             st.caption(f"{n_known:,} labelled cell(s) of {target.n_obs:,} in '{ui.md(few_column)}' will be used for "

@@ -363,6 +363,26 @@ def label_direction(adata, column: str) -> str | None:
     return guess_label_direction(adata.obs[column]) if column in adata.obs else None
 
 
+def answer_direction(adata, column: str, resistant) -> dict:
+    """Record the user's answer to "which value means resistant" for ``column`` (a radio clicked),
+    as the Data page records it: :data:`DIRECTION_RECOGNISED` when it is what the words say (a guess
+    left as it was), else :data:`DIRECTION_CHOSEN`. Raises :class:`InputError` as
+    :func:`set_label_direction`."""
+    guessed = guess_label_direction(adata.obs[column]) if column in adata.obs else None
+    how = DIRECTION_RECOGNISED if guessed is not None and guessed == as_text([resistant]).iloc[0] else DIRECTION_CHOSEN
+    return set_label_direction(adata, column, resistant, how=how)
+
+
+def direction_how(adata, column: str) -> str | None:
+    """How the value meaning resistant in ``column`` (:func:`label_direction`) was settled:
+    :data:`DIRECTION_CHOSEN` (a user said it), :data:`DIRECTION_RECOGNISED` (the words say it), or
+    ``None`` when it is not settled (numbers such as 0/1 are never guessed)."""
+    entry = adata.uns.get(LABEL_DIRECTIONS, {}).get(str(column))
+    if entry:
+        return str(entry.get("how") or DIRECTION_CHOSEN)
+    return DIRECTION_RECOGNISED if label_direction(adata, column) is not None else None
+
+
 def shown_labels(adata, column: str) -> pd.Series:
     """``adata.obs[column]`` as categories to colour a plot by, with their meaning when the column's
     direction is known (recorded on the Data page, or recognised from words): ``0 (resistant)`` and

@@ -685,3 +685,43 @@ def test_the_result_tiles_show_the_auroc_intervals_and_say_when_one_includes_cha
     assert sum(w.startswith("On bulk cell lines, 5-fold cross-validation, this model's AUROC 0.621 is not "
                             "distinguishable from chance") for w in warned) == 1, warned
     assert not any("AUROC 0.668 is not distinguishable" in w for w in warned)
+
+
+def test_the_resistant_answer_stays_changeable_and_the_caption_says_where_it_came_from():
+    """QA: once 0 was clicked as resistant, the radio disappeared and the caption said "as said on the
+    Data page or recognised from the words" (neither true): a mis-click flipped the card's evaluation
+    with no way back but a new upload. The radio stays, with the current answer, and says whose it is."""
+    from scatd_core.labels import label_direction, set_label_direction
+
+    at = _page_with_training_data()
+    at.run()
+    assert not at.exception, at.exception
+    radio = at.radio(key="train_resistant_response")
+    assert radio.value is None
+    radio.set_value("1").run()  # the mis-click
+    target = at.session_state[S.ADATA]
+    assert label_direction(target, "response") == "1"
+    assert at.radio(key="train_resistant_response").value == "1"  # still there, to be changed
+    at.radio(key="train_resistant_response").set_value("0").run()
+    assert not at.exception, at.exception
+    assert label_direction(target, "response") == "0" and at.radio(key="train_resistant_response").value == "0"
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Resistant = '0': it is your answer on this page") for c in captions), captions
+    assert not any("recognised from the" in c for c in captions), captions
+    # answered on the Data page (the same dataset): said so, and shown in the radio
+    set_label_direction(target, "response", "1")
+    at.run()
+    assert at.radio(key="train_resistant_response").value == "1"
+    assert any(c.startswith("Resistant = '1': it is your answer on the Data page") for c in
+               [c.value for c in at.caption]), [c.value for c in at.caption]
+
+
+def test_a_resistant_value_recognised_from_the_words_is_said_so_and_can_be_changed():
+    at = _page_with_training_data()
+    target = at.session_state[S.ADATA]
+    target.obs["call"] = target.obs["response"].map({0: "resistant", 1: "sensitive"}).astype(str)
+    at.session_state[S.LABEL_COLUMN] = "call"
+    at.run()
+    assert not at.exception, at.exception
+    assert at.radio(key="train_resistant_call").value == "resistant"
+    assert any(c.value.startswith("Resistant = 'resistant': it was recognised from the words") for c in at.caption)
