@@ -389,3 +389,21 @@ def test_the_apps_score_table_per_evaluation_is_short_and_says_the_rest_once():
     twin = {**ev, "scores": ev["scores"] + [{**ev["scores"][1], "model": "logistic regression (C=1)"}]}
     assert list(cards.evaluation_table(twin)["model"])[1:] == ["logistic regression (C=0.1, balanced)",
                                                                 "logistic regression (C=1)"]
+
+
+def test_a_score_is_stored_whole_and_rounded_once_where_it_is_shown(monkeypatch):
+    """QA: an AUPRC of 0.81948 read 0.819 on the Train page's tile, the report and metrics.csv (the full
+    value) but 0.820 on the card and the CLI's card line (stored rounded to 0.8195, then rounded again)."""
+    def fake_ci(y, p, metric, **kw):
+        return (0.81948, 0.70001, 0.90004) if metric == "auprc" else (0.7, 0.6, 0.8)
+
+    monkeypatch.setattr(cards, "bootstrap_ci", fake_ci)
+    y, rng = _labels(40)
+    ev = cards.evaluation("bulk_cv", "Bulk cell lines, 3-fold cross-validation", y, {cards.MODEL: rng.random(y.size)})
+    model = ev["scores"][0]
+    assert model["auprc"] == 0.81948  # the whole value, as the tile and metrics.csv take it
+    assert f"{model['auprc']:.3f}" == "0.819"
+    line = next(li for li in cards.card_lines({"model": {"description": "A model."}, "evaluations": [ev]})
+                if "AUPRC" in li)
+    assert "AUPRC 0.819 [" in line, line
+    assert cards.card_table({"evaluations": [ev]})["AUPRC [95% bootstrap CI]"][0].startswith("0.819 ")
