@@ -1714,7 +1714,8 @@ def library_frame(entries):
             continue
         s = e.bundle.summary()
         prov = e.bundle.manifest.get("provenance", {})
-        rows.append({"name": s["name"], "drug": s["drug"], "backbone": s["backbone"], "kind": s["kind"],
+        rows.append({"name": s["name"], "drug": s["drug"], "backbone": s["backbone"],
+                     "backbone title": e.bundle.backbone_title, "kind": s["kind"],
                      "members": s["members"], "demo": s["demo"], "genes": s["n_genes"],
                      "AdaIN stats": None if s["style"] is None or s["kind"] != "classifier" else
                      ("yes" if s["style"] else "no"),
@@ -1797,9 +1798,12 @@ def library_view(frame):
     from scatd_core.bundle import BACKBONE_TITLES
 
     view = frame.copy()
-    if "backbone" in view:  # its short title (Dist_VAE): the table's narrow column cut the whole one
-        view["backbone"] = view["backbone"].map(lambda b: BACKBONE_TITLES.get(b, b).split(" (")[0]
-                                                if isinstance(b, str) else "")
+    if "backbone" in view:  # its short title (Dist_VAE; VAE on genes: trained here): the narrow column cut it
+        titles = view.pop("backbone title") if "backbone title" in view else view["backbone"].map(BACKBONE_TITLES.get)
+        view["backbone"] = [(t if isinstance(t, str) else BACKBONE_TITLES.get(b, b)).split(" (")[0]
+                            if isinstance(b, str) else "" for b, t in zip(view["backbone"], titles)]
+    elif "backbone title" in view:
+        view = view.drop(columns=["backbone title"])
     if "kind" in view:
         view["kind"] = view["kind"].map(lambda k: KIND_WORDS.get(k, k))
     for column in view.columns:
@@ -1843,7 +1847,9 @@ def show_library(entries) -> None:
         "name": st.column_config.TextColumn("name", width=name_column_width(view.get("name", [])), pinned=True,
                                             help="The model's name in the library (its folder there)"),
         "backbone": st.column_config.TextColumn("backbone", width="small",
-                                                help="Dist_VAE (scATD-sf-dist), VAE_sf (scATD-sf) or VAE_gf (scATD-gf)"),
+                                                help="Dist_VAE (scATD-sf-dist), VAE_sf (scATD-sf) or VAE_gf "
+                                                     "(scATD-gf): a published or imported model; 'VAE on genes' "
+                                                     "(or on embeddings): a VAE trained here on your data"),
         "bulk CV AUROC (model / LR / GB)": st.column_config.TextColumn(
             "bulk CV AUROC", help="This model / logistic regression / gradient boosting, on the bulk "
                                   "cross-validation (the model card has the intervals)"),

@@ -71,8 +71,30 @@ class Unreadable(BundleError):
     """A bundle (or one of its files) this account may not read: its permissions, not its contents
     (:data:`UNREADABLE_PROBLEM`)."""
 INPUT_KINDS = {"dist_vae": "expression", "vae_sf": "embedding", "vae_gf": "embedding"}
+#: The published scATD backbones (and the imported checkpoints of their layout), by name.
 BACKBONE_TITLES = {"dist_vae": "Dist_VAE (scATD-sf-dist)", "vae_sf": "VAE_sf (scATD-sf)",
                    "vae_gf": "VAE_gf (scATD-gf)"}
+#: A model scATD Studio trained from scratch (Train page, ``scatd train``, the demo): a VAE of that
+#: backbone's layout trained here on the user's data; not the published one (Dist_VAE is distilled from
+#: scFoundation's latent on Panglao cells, VAE_sf / VAE_gf pretrained on Panglao), so not named as it.
+TRAINED_TITLES = {"dist_vae": "VAE on genes (trained in scATD Studio)",
+                  "vae_sf": "VAE on scFoundation embeddings (trained in scATD Studio)",
+                  "vae_gf": "VAE on Geneformer embeddings (trained in scATD Studio)"}
+TRAINED_SOURCE = "trained by scATD Studio"  # the start of provenance['source'] of a model trained here
+
+
+def backbone_title(backbone: str | None, provenance: Mapping[str, Any] | None = None) -> str:
+    """What a model's backbone is, in words: the published name (:data:`BACKBONE_TITLES`) for an
+    imported or published checkpoint; for a model trained here (``provenance['source']``), a VAE
+    trained here (:data:`TRAINED_TITLES`), or the imported backbone it was trained from."""
+    prov = provenance or {}
+    if backbone not in BACKBONE_TITLES:
+        return str(backbone)
+    if not str(prov.get("source") or "").startswith(TRAINED_SOURCE):
+        return BACKBONE_TITLES[backbone]
+    if prov.get("backbone_bundle"):  # an imported pretrained backbone (scatd train --backbone-bundle)
+        return f"{BACKBONE_TITLES[backbone]} backbone (drug model trained in scATD Studio)"
+    return TRAINED_TITLES[backbone]
 
 
 
@@ -305,9 +327,15 @@ class Bundle:
         return None
 
     @property
+    def backbone_title(self) -> str:
+        """:func:`backbone_title` of this model: its published name, or that it was trained here."""
+        return backbone_title(self.backbone, self.manifest.get("provenance"))
+
+    @property
     def title(self) -> str:
-        """What the library and reports show, e.g. ``GEFITINIB · Dist_VAE (scATD-sf-dist)``."""
-        base = f"{self.drug or 'backbone'} · {BACKBONE_TITLES.get(self.backbone, self.backbone)}"
+        """What the library and reports show, e.g. ``GEFITINIB · Dist_VAE (scATD-sf-dist)`` (a published
+        or imported model), ``GEFITINIB · VAE on genes (trained in scATD Studio)`` (one trained here)."""
+        base = f"{self.drug or 'backbone'} · {self.backbone_title}"
         return base + (" · demo (simulated data)" if self.is_demo else "")
 
     # -- model

@@ -1016,12 +1016,12 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("cell metadata table", _cell_metadata_text(adata)),
     ]))
     parts += _card_section(model)
-    from scatd_core.bundle import BACKBONE_TITLES
+    from scatd_core.bundle import backbone_title
 
     prov = model.get("provenance", {})
     parts.append("<h2>Model</h2>" + _kv_table([
         ("name", model.get("name")), ("drug", model.get("drug")),
-        ("backbone", BACKBONE_TITLES.get(model.get("backbone"), model.get("backbone"))),
+        ("backbone", backbone_title(model.get("backbone"), prov)),
         ("demo model (simulated data)", bool(model.get("demo"))),
         ("library folder", Path(str(model["path"])).name if model.get("path") else None),
         ("weights sha256", model.get("weights_sha256")),

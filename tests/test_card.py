@@ -407,3 +407,34 @@ def test_a_score_is_stored_whole_and_rounded_once_where_it_is_shown(monkeypatch)
                 if "AUPRC" in li)
     assert "AUPRC 0.819 [" in line, line
     assert cards.card_table({"evaluations": [ev]})["AUPRC [95% bootstrap CI]"][0].startswith("0.819 ")
+
+
+def test_a_model_trained_here_is_not_named_as_the_published_distilled_backbone(tmp_path):
+    """QA: models trained on the Train page read "Gefitinib · Dist_VAE (scATD-sf-dist)" in the Model
+    picker, sidebar and library, though scATD-sf-dist is the published Dist_VAE distilled from
+    scFoundation's latent on Panglao cells, and these are a VAE trained here on the user's genes.
+    Imported and published checkpoints keep their names."""
+    from test_ensemble import _ensemble
+
+    from scatd_app.ui import library_frame, library_view
+    from scatd_core.bundle import distinct_titles, list_library, load_bundle, save_bundle
+
+    model, lib = _ensemble(), tmp_path / "lib"
+    sources = {"trained": {"source": "trained by scATD Studio (the Train page)"},
+               "imported": {"source": "imported original scATD checkpoint"},
+               "from_backbone": {"source": "trained by scATD Studio (scatd train)",
+                                 "backbone_bundle": {"name": "Dist_VAE pretrained backbone (published scATD)"}}}
+    for folder, prov in sources.items():
+        save_bundle(lib / folder, model.stacked_state_dict(), model.arch, drug="Gefitinib",
+                    genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize",
+                    threshold=0.5, provenance=prov)
+    titles = {folder: load_bundle(lib / folder).title for folder in sources}
+    assert titles == {"trained": "Gefitinib · VAE on genes (trained in scATD Studio)",
+                      "imported": "Gefitinib · Dist_VAE (scATD-sf-dist)",
+                      "from_backbone": "Gefitinib · Dist_VAE (scATD-sf-dist) backbone (drug model trained in "
+                                       "scATD Studio)"}
+    entries = list_library(lib)
+    assert sorted(distinct_titles([e.bundle for e in entries]).values()) == sorted(titles.values())
+    view = library_view(library_frame(entries)).set_index("folder")
+    assert view.loc["trained", "backbone"] == "VAE on genes" and view.loc["imported", "backbone"] == "Dist_VAE"
+    assert "backbone title" not in view
