@@ -6,8 +6,8 @@ import streamlit as st
 from scatd_app import state, ui
 from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
-from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, chosen_by_default_for, distinct_titles,
-                               import_card_lines, input_transform_words, named_title, who_made)
+from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, backbone_group_titles, chosen_by_default_for,
+                               distinct_titles, import_card_lines, input_transform_words, named_title, who_made)
 from scatd_core.errors import ScatdError
 from scatd_core.inputs import InputSpec, embedding_width_error, value_messages
 from scatd_core.nn import BACKBONES
@@ -82,8 +82,9 @@ if ss.get("model_backbone") not in backbones:  # the chosen model's, else one wi
     ss["model_backbone"] = (current.backbone if current is not None and current.backbone in backbones else
                             next(m.backbone for m in offered if str(m.path) == first) if first else backbones[0])
 left, right = st.columns([0.3, 0.7])  # a drug model's title is long: at 1280 px half the width cut it
+group_titles = backbone_group_titles(offered)  # a model trained here is not the published backbone: said so
 backbone = left.selectbox("Backbone", backbones, key="model_backbone",
-                          format_func=ui.detached(lambda b: BACKBONE_TITLES.get(b, b)))
+                          format_func=ui.detached(lambda b: group_titles.get(b, BACKBONE_TITLES.get(b, b))))
 choices = {str(m.path): m for m in offered if m.backbone == backbone}
 labels = distinct_titles(list(choices.values()))
 if ss.get("model_bundle") not in choices:  # never another user's model, unless they chose it

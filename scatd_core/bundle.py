@@ -1176,6 +1176,19 @@ def distinct_titles(bundles: Sequence[Bundle]) -> dict[str, str]:
     return {str(b.path): b.title if shared[b.title] == 1 else f"{b.title} ({b.path.name})" for b in bundles}
 
 
+def backbone_group_titles(bundles: Sequence[Bundle]) -> dict[str, str]:
+    """For a choice of backbone before a model (the Model page): each backbone's name as its models
+    read, e.g. ``Dist_VAE (scATD-sf-dist) / VAE on genes (trained in scATD Studio)`` when both an
+    imported and a model trained here are offered; a backbone with none, its published name."""
+    found: dict[str, list[str]] = {}
+    for b in bundles:
+        found.setdefault(b.backbone, [])
+        if b.backbone_title not in found[b.backbone]:
+            found[b.backbone].append(b.backbone_title)
+    return {b: " / ".join(sorted(found.get(b) or [title], key=lambda t: t != title))
+            for b, title in BACKBONE_TITLES.items()}
+
+
 def named_title(bundle: Bundle) -> str:
     """The display name (``--name``) and, when it does not say it already, the drug and backbone
     (a name made of the title's parts, as the demo's "DEMOTINIB · demo (simulated data)": the

@@ -417,7 +417,7 @@ def test_a_model_trained_here_is_not_named_as_the_published_distilled_backbone(t
     from test_ensemble import _ensemble
 
     from scatd_app.ui import library_frame, library_view
-    from scatd_core.bundle import distinct_titles, list_library, load_bundle, save_bundle
+    from scatd_core.bundle import backbone_group_titles, distinct_titles, list_library, load_bundle, save_bundle
 
     model, lib = _ensemble(), tmp_path / "lib"
     sources = {"trained": {"source": "trained by scATD Studio (the Train page)"},
@@ -435,6 +435,10 @@ def test_a_model_trained_here_is_not_named_as_the_published_distilled_backbone(t
                                        "scATD Studio)"}
     entries = list_library(lib)
     assert sorted(distinct_titles([e.bundle for e in entries]).values()) == sorted(titles.values())
+    groups = backbone_group_titles([e.bundle for e in entries])  # the Model page's choice of backbone
+    assert groups["dist_vae"].startswith("Dist_VAE (scATD-sf-dist) / ")  # the published name first
+    assert sorted(groups["dist_vae"].split(" / ")) == sorted(t.split(" · ")[1] for t in titles.values())
+    assert backbone_group_titles([load_bundle(lib / "trained")])["dist_vae"] == "VAE on genes (trained in scATD Studio)"
     view = library_view(library_frame(entries)).set_index("folder")
     assert view.loc["trained", "backbone"] == "VAE on genes" and view.loc["imported", "backbone"] == "Dist_VAE"
     assert "backbone title" not in view
