@@ -6,6 +6,7 @@ cancel, and the CV / target metrics of the run. The new bundle goes to the model
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -91,6 +92,35 @@ def _failed(slot: str, upload, exc: BaseException) -> None:
         st.session_state[slot + FAILED] = [upload.file_id, ui.error_copy(exc)]  # no traceback kept
 
 
+def _use_provenance(entry: dict | None, upload) -> None:
+    """Attach how scatd labels-from-ic50 made the uploaded label table (its provenance file, checked
+    strictly against the table's sha256) to the table, so the model's card says its threshold; a file
+    taken away, or another table, takes it off again."""
+    from scatd_core.labels import read_ic50_provenance_bytes
+
+    if entry is None or not entry.get("sha256"):  # a table built here or the demo's: its own record
+        return
+    wanted = [entry["id"], upload.file_id] if upload is not None else None
+    if entry.get("provenance_for") == wanted:
+        if entry.get("provenance_error"):
+            show_error(entry["provenance_error"])
+        return
+    entry["table"].attrs.pop("report", None)
+    entry.update(provenance_for=wanted, provenance=None, provenance_error=None)
+    if upload is None:
+        return
+    try:
+        made = read_ic50_provenance_bytes(upload.getvalue(), entry["sha256"], name=upload.name,
+                                          table_name=entry["name"])
+    except ScatdError as exc:
+        entry["provenance_error"] = ui.error_copy(exc)
+        show_error(exc)
+    else:
+        entry["table"].attrs["report"] = made
+        entry["provenance"] = upload.name
+    session.release_upload(upload.file_id)
+
+
 st.title("Train a drug model")
 st.caption("Train a drug-response model on bulk cancer cell lines with known responses, adapted to your "
            "single cells (scATD domain-adaptive learning). The target's own labels, if any, are only used "
@@ -119,11 +149,19 @@ if bulk_source == "Upload":
             try:
                 with _temp_copies(labels_upload) as (path,):
                     ss[LABELS] = {"table": read_label_table(path, name=labels_upload.name),
-                                  "name": labels_upload.name, "id": labels_upload.file_id}
+                                  "name": labels_upload.name, "id": labels_upload.file_id,
+                                  "sha256": hashlib.sha256(labels_upload.getvalue()).hexdigest()}
                 ss.pop(LABELS + FAILED, None)
                 session.release_upload(labels_upload.file_id)
             except ScatdError as exc:
                 _failed(LABELS, labels_upload, exc)
+        provenance_upload = st.file_uploader(
+            "How the labels were made (optional): the .provenance.json beside a table of scatd labels-from-ic50",
+            type=["json"], key="upload_train_labels_provenance",
+            help="scatd labels-from-ic50 --out labels.csv also writes labels.provenance.json (the ln(IC50) files and "
+                 "each drug's threshold). Given with that very table, the model's card says which threshold made "
+                 "its labels; without it, the card names only the table.")
+        _use_provenance(ss.get(LABELS), provenance_upload)
     with st.expander("No label table? Build one from GDSC ln(IC50) values"):
         u1, u2, u3 = st.columns(3)
         ic50 = u1.file_uploader("GDSC_IC50.csv", type=["csv", "gz"], key="upload_train_ic50")
@@ -161,8 +199,13 @@ if bulk is not None:
     st.caption(f":material/dataset: Bulk: **{ui.md(bulk['name'])}**, {bulk['adata'].n_obs:,} samples × "
                f"{bulk['adata'].n_vars:,} genes")
 if labels is not None:
+    made_by = ""
+    if labels.get("provenance"):  # its provenance file was given, and fits it
+        source = (labels["table"].attrs.get("report") or {}).get("files", {}).get("ic50") or "ln(IC50) values"
+        made_by = (f"; made by scatd labels-from-ic50 from {ui.md(source)}, as {ui.md(labels['provenance'])} says "
+                   "(the model's card records the drug's threshold)")
     st.caption(f":material/label: Labels: **{ui.md(labels['name'])}**, {labels['table'].shape[0]:,} cell lines × "
-               f"{labels['table'].shape[1]:,} drugs")
+               f"{labels['table'].shape[1]:,} drugs{made_by}")
 orientation_error = None
 if bulk is not None and labels is not None:  # the bulk's IDs say which way round the table is, before a drug is chosen
     from scatd_core.labels import check_orientation

@@ -798,6 +798,69 @@ def read_ic50_provenance(labels_path: str | Path) -> tuple[dict | None, str | No
     return report, None
 
 
+#: The most bytes of a provenance file the Train page reads (GDSC's ~300 drugs take ~60 kB).
+MAX_PROVENANCE_BYTES = 4 << 20
+_PROVENANCE_KEYS = {"kind", "labels_file", "labels_sha256", "files", "files_sha256", "thresholds", "no_threshold"}
+_THRESHOLD_KEYS = {"gdsc_id", "threshold", "matched_by", "threshold_name"}
+_FILE_KEYS = {"ic50", "thresholds", "drug_list"}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def read_ic50_provenance_bytes(data: bytes, table_sha256: str, *, name: str, table_name: str) -> dict:
+    """How ``scatd labels-from-ic50`` built a label table, from its provenance file given as bytes (an
+    upload beside the table's), checked strictly: at most :data:`MAX_PROVENANCE_BYTES`, plain JSON
+    written by :func:`write_ic50_provenance` (its keys only, each of its type), and written for this
+    very table (``labels_sha256`` equal to ``table_sha256``, the sha256 of the table's bytes). Returns
+    the report in the form of :func:`read_ic50_provenance`'s; raises :class:`InputError` saying what
+    is wrong, and then nothing of it is used."""
+    hint = (f"Give the {Path(table_name).stem}.provenance.json that scatd labels-from-ic50 wrote beside "
+            f"{table_name}, unchanged, or leave it out (the model then records no ln(IC50) threshold).")
+
+    def refuse(why: str):
+        raise InputError(f"{name} is not used: {why}", hint)
+
+    if len(data) > MAX_PROVENANCE_BYTES:
+        refuse(f"it holds {len(data) / 2**20:,.1f} MB, more than a provenance file's "
+               f"{MAX_PROVENANCE_BYTES >> 20} MB.")
+
+    def no_constant(word):  # NaN, Infinity: not plain JSON
+        raise ValueError(f"{word} is not a JSON number")
+
+    try:
+        record = json.loads(data.decode("utf-8"), parse_constant=no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        refuse(f"it is not plain JSON text ({str(exc)[:120]}).")
+    if not isinstance(record, dict) or record.get("kind") != PROVENANCE_KIND:
+        refuse(f"it was not written by scatd labels-from-ic50 (no \"kind\": \"{PROVENANCE_KIND}\").")
+    unknown = sorted(set(record) - _PROVENANCE_KEYS)
+    if unknown:
+        refuse(f"it holds keys a provenance file does not ({', '.join(map(str, unknown[:5]))}).")
+    if record.get("labels_sha256") != table_sha256:
+        refuse(f"it was written for another label table, or another version of {table_name} (its labels_sha256 "
+               f"differs from the sha256 of {table_name}).")
+    thresholds, files, hashes = record.get("thresholds"), record.get("files") or {}, record.get("files_sha256") or {}
+    if not isinstance(thresholds, dict) or not thresholds:
+        refuse("it lists no drug's threshold.")
+    report_thresholds = {}
+    for drug, entry in thresholds.items():
+        if (not isinstance(entry, dict) or set(entry) - _THRESHOLD_KEYS
+                or isinstance(entry.get("threshold"), bool) or not isinstance(entry.get("threshold"), (int, float))
+                or not np.isfinite(entry["threshold"])
+                or not (entry.get("gdsc_id") is None or (isinstance(entry["gdsc_id"], int)
+                                                          and not isinstance(entry["gdsc_id"], bool)))
+                or not all(isinstance(entry.get(k), str) for k in ("matched_by", "threshold_name") if k in entry)):
+            refuse(f"its entry for drug {str(drug)[:60]!r} is not a threshold record (gdsc_id, threshold, "
+                   "matched_by, threshold_name).")
+        report_thresholds[str(drug)] = dict(entry)
+    if (not isinstance(files, dict) or set(files) - _FILE_KEYS or not all(isinstance(v, str) for v in files.values())
+            or not isinstance(hashes, dict) or set(hashes) - _FILE_KEYS
+            or not all(isinstance(v, str) and _SHA256.match(v) for v in hashes.values())):
+        refuse("its files or files_sha256 are not the ln(IC50), threshold and drug list files' names and sha256.")
+    names = {k: v.replace("\\", "/").rsplit("/", 1)[-1][:200] for k, v in files.items()}  # names, never folders
+    return {"thresholds": report_thresholds, "files": names, "files_sha256": dict(hashes),
+            "provenance_file": Path(str(name).replace("\\", "/")).name[:200]}
+
+
 def write_label_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write a label table as ``ALL_label_binary_wf.csv`` does (unnamed ID column, NA empty)."""
     path = Path(path)

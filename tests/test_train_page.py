@@ -725,3 +725,67 @@ def test_a_resistant_value_recognised_from_the_words_is_said_so_and_can_be_chang
     assert not at.exception, at.exception
     assert at.radio(key="train_resistant_call").value == "resistant"
     assert any(c.value.startswith("Resistant = 'resistant': it was recognised from the words") for c in at.caption)
+
+
+def _labels_with_provenance(tmp_path, labels):
+    """``labels`` written as scatd labels-from-ic50 writes them: labels.csv and labels.provenance.json."""
+    from scatd_core.labels import write_ic50_provenance, write_label_table
+
+    labels = labels.copy()
+    labels.attrs["report"] = {
+        "files": {"ic50": "GDSC_IC50.csv", "thresholds": "IC50_thred.txt", "drug_list": "drug_list.csv"},
+        "files_sha256": {"ic50": "a" * 64, "thresholds": "b" * 64, "drug_list": "c" * 64},
+        "thresholds": {"DRUGA": {"gdsc_id": 1, "threshold": -0.05346, "matched_by": "name",
+                                 "threshold_name": "DrugA"}}, "no_threshold": ["OTHER"]}
+    path = write_label_table(labels, tmp_path / "labels.csv")
+    return path.read_bytes(), write_ic50_provenance(labels, path).read_bytes()
+
+
+def test_an_uploaded_label_tables_provenance_file_gives_the_card_its_ic50_threshold(tmp_path, monkeypatch):
+    """QA: a table of scatd labels-from-ic50 uploaded here gave a card saying only "labels labels.csv
+    (sha256 ... of the table)", where the CLI's said "(from ln(IC50) (GDSC_IC50.csv) with threshold
+    -0.05346: below it sensitive)". Its provenance file may be uploaded too: checked strictly (plain
+    JSON, its keys, written for this very table), then the model records the threshold."""
+    import json
+
+    import scatd_core.train as train
+    from scatd_core import card as cards
+    from scatd_core.errors import ScatdError
+    from scatd_core.train._run import _ic50_origin
+
+    at = _page_with_training_data()
+    labels = at.session_state["train_labels"]["table"]
+    del at.session_state["train_labels"]
+    table_bytes, provenance_bytes = _labels_with_provenance(tmp_path, labels)
+    at.run()
+    at.file_uploader(key="upload_train_labels").upload("labels.csv", table_bytes)
+    # refused, with what is wrong, and nothing used: another table's, an unknown key, not JSON, too big
+    record = json.loads(provenance_bytes)
+    for bad, said in ((dict(record, labels_sha256="0" * 64), "written for another label table"),
+                      (dict(record, command="rm -rf /"), "keys a provenance file does not (command)"),
+                      (b"{'kind': 1}", "not plain JSON"), (b" " * (5 << 20), "more than a provenance file's")):
+        data = bad if isinstance(bad, bytes) else json.dumps(bad).encode()
+        at.file_uploader(key="upload_train_labels_provenance").upload("labels.provenance.json", data)
+        at.run()
+        assert not at.exception, at.exception
+        errors = [e.value.replace("\\", "") for e in at.error]  # as said, without markdown's escapes
+        assert any(said in e for e in errors), (said, errors)
+        assert "report" not in at.session_state["train_labels"]["table"].attrs
+    at.file_uploader(key="upload_train_labels_provenance").upload("labels.provenance.json", provenance_bytes)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("made by scatd labels-from-ic50 from GDSC_IC50.csv" in c.value.replace("\\", "") for c in at.caption), \
+        [c.value for c in at.caption]
+    given = {}
+
+    def train_drug_model(bulk, table, drug, *args, **kw):  # what the training is given; no training
+        given.update(report=table.attrs.get("report"), drug=drug)
+        raise ScatdError("stopped here")
+
+    monkeypatch.setattr(train, "train_drug_model", train_drug_model)
+    at.radio(key="train_resistant_response").set_value("0")
+    at.button(key="btn_train_start").click().run()
+    assert given["drug"] == "DRUGA"
+    entry = {"name": "labels.csv", "sha256": "d" * 64, "of": "table", **_ic50_origin(given["report"], "DRUGA")}
+    assert cards._input("labels", entry) == ("labels labels.csv (sha256 dddddddddddd of the table; from ln(IC50) "
+                                             "(GDSC_IC50.csv) with threshold -0.05346: below it sensitive)")
