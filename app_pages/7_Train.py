@@ -267,6 +267,8 @@ def _resistant_radio(target, column: str, key: str, *, shared: bool, uses: str, 
     if clicked and clicked[0] == column and ss.pop(CLICKED) and clicked[1] in values:
         answer_direction(target, column, clicked[1])
         ss.setdefault(ANSWERED, {})[column] = clicked[1]
+        if shared:  # the Data page's radio shows the answer on the data again (its kept value would put it back)
+            ss.pop(f"label_resistant_{column}", None)
     recorded = label_direction(target, column)
     ss[key] = recorded if recorded in values else None  # the answer on the data (the Data page may have changed it)
     choice = st.radio(f"Which value of '{ui.md(column)}' means **resistant**?", values, key=key, horizontal=True,

@@ -716,6 +716,26 @@ def test_the_resistant_answer_stays_changeable_and_the_caption_says_where_it_cam
                [c.value for c in at.caption]), [c.value for c in at.caption]
 
 
+def test_an_answer_changed_here_is_the_data_pages_answer_too():
+    """The current dataset's answer is one: changed on this page, the Data page shows it (its kept radio
+    value put the old answer back on the data before)."""
+    from scatd_core.labels import label_direction
+
+    at = _page_with_training_data()
+    at.switch_page("app_pages/1_Data.py").run()
+    assert not at.exception, at.exception
+    at.radio(key="label_resistant_response").set_value("1").run()
+    target = at.session_state[S.ADATA]
+    assert label_direction(target, "response") == "1"
+    at.switch_page("app_pages/7_Train.py").run()
+    assert at.radio(key="train_resistant_response").value == "1"
+    assert any(c.value.startswith("Resistant = '1': it is your answer on the Data page") for c in at.caption)
+    at.radio(key="train_resistant_response").set_value("0").run()
+    at.switch_page("app_pages/1_Data.py").run()
+    assert not at.exception, at.exception
+    assert label_direction(target, "response") == "0" and at.radio(key="label_resistant_response").value == "0"
+
+
 def test_a_resistant_value_recognised_from_the_words_is_said_so_and_can_be_changed():
     at = _page_with_training_data()
     target = at.session_state[S.ADATA]
