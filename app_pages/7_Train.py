@@ -278,7 +278,7 @@ def _resistant_radio(target, column: str, key: str, *, shared: bool, uses: str, 
     if direction_how(target, column) == DIRECTION_RECOGNISED:
         where = "was recognised from the words"  # resistant / sensitive, R / S...: never numbers
     elif ss.get(ANSWERED, {}).get(column) == choice or not shared:
-        where = "is your answer on this page" + (" (the Data page's dataset: so it is there too)" if shared else "")
+        where = "is your answer on this page" + (" (the Data page's too: it is the same dataset)" if shared else "")
     else:
         where = "is your answer on the Data page"
     st.caption(f"Resistant = '{ui.md(choice)}': it {where}. Change it above if that is wrong: it decides {uses}.")
