@@ -85,6 +85,10 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     prov = load_bundle(result["bundle_path"]).manifest["provenance"]
     assert (prov["bulk"]["name"], prov["labels"]["name"], prov["target"]["name"]) == ("bulk.csv", "labels.csv",
                                                                                        "tumour.h5ad")
+    # named as what it is (not the published, distilled scATD-sf-dist), and each score rounded once alike
+    assert load_bundle(result["bundle_path"]).title == "DRUGA · VAE on genes (trained in scATD Studio)"
+    target_ev = next(e for e in result["report"]["card"]["evaluations"] if e["name"] == "target")
+    assert target_ev["scores"][0]["auprc"] == pytest.approx(metrics["target"]["auprc"], abs=1e-12)
     assert prov["source"] == "trained by scATD Studio (the Train page)"
     assert "target cells (tumour.h5ad" in result["report"]["card"]["data"]["summary"]
     details = next(e for e in at.expander if e.label == "Data, genes and settings")
