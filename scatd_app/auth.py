@@ -3,7 +3,8 @@
 ``auth.mode`` (see :mod:`scatd_core.config`): ``auto`` asks for a password when Streamlit listens
 beyond localhost (``server.address`` other than localhost/127.0.0.1/::1), ``password`` always,
 ``oidc`` uses Streamlit's built-in OpenID Connect login (``st.login``, configured in
-``.streamlit/secrets.toml``), ``none`` never. Passwords are checked against the argon2 hashes of
+``.streamlit/secrets.toml``; who may sign in, and as whom: :mod:`scatd_core.oidc_access`),
+``none`` never. Passwords are checked against the argon2 hashes of
 the users file; failed attempts are counted per user name and per client address, and too many
 lock both out for ``auth.lockout_minutes`` (shared by every session of the server).
 """
@@ -23,6 +24,7 @@ from scatd_core.users import LoginThrottle, User, list_users, log_in, recheck
 
 USER = "user"  # session key: the logged-in scatd_core.users.User
 LOGGED_OUT = "logged_out"  # session key: why this session was logged out (shown by the login form)
+OIDC_REFUSED = "oidc_refused"  # session key: why this OIDC identity may not come in (shown by the login page)
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -129,24 +131,78 @@ def _password_form() -> None:
 def login_page() -> None:
     """The only page registered before a login (so no other page can be reached by its address)."""
     if mode() == "oidc":
-        st.title("scATD Studio")
-        st.button("Log in", type="primary", on_click=st.login)
+        _oidc_page()
     else:
         _password_form()
 
 
-def oidc_user(claims, admins) -> User:
-    """The user an OpenID Connect login names: its e-mail address when the identity provider
-    vouches for it (``email_verified`` absent or true), the only name ``auth.admins`` can match;
-    otherwise the provider's subject id (``sub``), never an administrator. A display name is never
-    the identity: anyone can give themselves an administrator's address as their name, and the
-    session owner (who may resume a session) is this identity."""
-    email = claims.get("email")
-    verified = claims.get("email_verified", True)
-    if email and verified not in (False, "false", "False", 0):
-        return User(str(email), str(email) in admins)
-    subject = claims.get("sub") or claims.get("name") or "user"
-    return User(f"oidc:{subject}", False)
+def _metadata_url() -> str | None:
+    """The identity provider's metadata address (``[auth] server_metadata_url`` of the secrets), or
+    ``None``; only its host is ever shown."""
+    try:
+        from streamlit.auth_util import get_secrets_auth_section
+
+        return get_secrets_auth_section().get("server_metadata_url")
+    except Exception:  # no secrets file, or another Streamlit: the page names no host then
+        return None
+
+
+def _oidc_page() -> None:
+    """The login page with OIDC: which provider, who may sign in; an identity this server refuses
+    sees why and whom to ask, and logs out from there (to sign in with another account)."""
+    from scatd_core.oidc_access import contact, policy, provider_name, who_may_sign_in
+
+    conf = settings()
+    provider = md(provider_name(conf, _metadata_url()))
+    st.title("scATD Studio")
+    if refused := st.session_state.get(OIDC_REFUSED):
+        st.error(md(refused), icon=":material/block:")
+        st.button("Log out", type="primary", on_click=st.logout, key="btn_oidc_refused_logout")
+        st.caption(f"Logging out here ends this sign-in, so that you can log in with another {provider} account.")
+        return
+    if why := st.session_state.pop(LOGGED_OUT, None):
+        st.warning(md(why), icon=":material/logout:")
+    if policy(conf).empty:
+        st.warning(md(f"{who_may_sign_in(conf)} Ask {contact(conf)} to allow your e-mail address."),
+                   icon=":material/lock:")
+        return
+    st.markdown(f"Log in with your **{provider}** account.")
+    st.button("Log in", type="primary", on_click=st.login)
+    st.caption(md(who_may_sign_in(conf)))
+
+
+def oidc_user(claims, conf=None) -> User | None:
+    """The user an OpenID Connect login names, when this server admits it, else ``None``
+    (:func:`scatd_core.oidc_access.decide`: a verified e-mail address in lower case, or the
+    provider's subject id; a display name is never the identity)."""
+    from scatd_core.oidc_access import decide
+
+    return decide(claims, conf or settings()).user
+
+
+def _oidc_resolve() -> User | None:
+    """The user of this OIDC session, or ``None`` when this server refuses the identity (said on the
+    login page, logged once per session; a session admitted before, e.g. until the allow-list
+    changed, is logged out and forgets its data). Each new sign-in is logged, never a token."""
+    from scatd_core.oidc_access import decide
+
+    decision = decide(st.user, settings())
+    ss = st.session_state
+    shown = repr(decision.identity[:80] or "(no identity)")
+    if decision.user is None:
+        if ss.get(USER) is not None:
+            _log().info("logout: user %s's session ended: no longer allowed to sign in", shown)
+            _forget_session()
+        if ss.get(OIDC_REFUSED) != decision.message:
+            _log().warning("login refused: OIDC identity %s from %s: %s", shown, _client(), decision.reason)
+        ss[OIDC_REFUSED] = decision.message
+        return None
+    ss.pop(OIDC_REFUSED, None)
+    before = ss.get(USER)
+    if before is None or before.name != decision.user.name:
+        _log().info("login: user %s logged in with OIDC from %s%s", shown, _client(),
+                    " (admin)" if decision.user.admin else "")
+    return decision.user
 
 
 def resolve() -> User | None:
@@ -169,8 +225,11 @@ def _resolve() -> User | None:
         user = User(getpass.getuser() or "local", admin=True)
     elif how == "oidc":
         if not st.user.is_logged_in:
+            st.session_state.pop(OIDC_REFUSED, None)
             return None
-        user = oidc_user(st.user, settings()["auth_admins"])
+        user = _oidc_resolve()
+        if user is None:
+            return None
     else:
         user = current_user()
         if user is None:

@@ -48,7 +48,17 @@ auth.users_file          ``SCATD_USERS_FILE``              users and argon2 pass
 auth.max_failures        ``SCATD_AUTH_MAX_FAILURES``       failed logins before a lock-out              5
 auth.lockout_minutes     ``SCATD_AUTH_LOCKOUT_MINUTES``    lock-out after too many failures             15
 auth.admins              ``SCATD_AUTH_ADMINS``             with ``oidc``: e-mail addresses of the       none
-                                                           administrators (comma-separated in the env)
+                                                           administrators (comma-separated in the env;
+                                                           upper/lower case does not matter)
+auth.allowed_emails      ``SCATD_AUTH_ALLOWED_EMAILS``     with ``oidc``: e-mail addresses that may     none (with neither
+                                                           sign in; ``"oidc:<sub>"`` admits an account  this nor
+                                                           without a confirmed address by the           allowed_domains,
+                                                           provider's subject id                        nobody may sign in)
+auth.allowed_domains     ``SCATD_AUTH_ALLOWED_DOMAINS``    with ``oidc``: domains whose confirmed       none
+                                                           addresses may sign in (``lab.org``);
+                                                           ``"*"``: anyone the provider accepts
+auth.provider_name       ``SCATD_AUTH_PROVIDER_NAME``      with ``oidc``: the identity provider's name  the host of its
+                                                           on the login page                            metadata URL
 scaleout.address         ``SCATD_RAY_ADDRESS``             a Ray cluster (``host:port``): the app runs  not set
                                                            every prediction there, the CLI's
                                                            ``--engine ray`` uses it
@@ -112,6 +122,9 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("auth", "max_failures"): ("SCATD_AUTH_MAX_FAILURES", "int", 5),
     ("auth", "lockout_minutes"): ("SCATD_AUTH_LOCKOUT_MINUTES", "int", 15),
     ("auth", "admins"): ("SCATD_AUTH_ADMINS", "list", ()),
+    ("auth", "allowed_emails"): ("SCATD_AUTH_ALLOWED_EMAILS", "list", ()),
+    ("auth", "allowed_domains"): ("SCATD_AUTH_ALLOWED_DOMAINS", "list", ()),
+    ("auth", "provider_name"): ("SCATD_AUTH_PROVIDER_NAME", "text", None),
     ("scaleout", "address"): ("SCATD_RAY_ADDRESS", "text", None),
     ("scaleout", "min_cells"): ("SCATD_SCALEOUT_MIN_CELLS", "int", 500_000),
     ("scaleout", "workers"): ("SCATD_SCALEOUT_WORKERS", "int", None),

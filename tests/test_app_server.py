@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 from _app_helpers import BUNDLE_FOLDER, make_bundle, make_dataset, trained_library  # noqa: F401 (fixture)
 from test_app_pages import APP, goto, h5ad_bytes, ok, run_prediction, text, upload
 from scatd_app import state, ui
+from scatd_core.users import User
 
 
 @pytest.fixture(autouse=True)
@@ -112,18 +113,117 @@ def test_a_data_folder_the_server_cannot_write_shows_only_an_admin_message(tmp_p
     assert "secret_place" not in text(at.error) and not at.button and not at.exception
 
 
-def test_an_oidc_identity_is_a_verified_email_and_a_display_name_is_never_an_admin():
-    from scatd_app.auth import oidc_user
+@pytest.fixture
+def oidc(monkeypatch):
+    """``auth.mode = "oidc"`` with admin@lab.org as administrator and no allow-list (each test sets
+    its own), no configuration file."""
+    monkeypatch.setenv("SCATD_AUTH", "oidc")
+    monkeypatch.setenv("SCATD_AUTH_ADMINS", "admin@lab.org")
+    for name in ("SCATD_CONFIG", "SCATD_AUTH_ALLOWED_EMAILS", "SCATD_AUTH_ALLOWED_DOMAINS", "SCATD_AUTH_PROVIDER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
 
-    admins = ["boss@lab.org"]
-    assert oidc_user({"email": "boss@lab.org", "email_verified": True}, admins) == oidc_user(
-        {"email": "boss@lab.org"}, admins)
-    assert oidc_user({"email": "boss@lab.org"}, admins).admin
-    assert oidc_user({"email": "amy@lab.org", "name": "boss@lab.org"}, admins).admin is False
-    unverified = oidc_user({"email": "boss@lab.org", "email_verified": False, "sub": "abc123"}, admins)
-    assert unverified.name == "oidc:abc123" and not unverified.admin
-    named = oidc_user({"name": "boss@lab.org", "sub": "xyz"}, admins)  # no e-mail: the subject, not the name
-    assert named.name == "oidc:xyz" and not named.admin
+
+def _read(elements) -> str:
+    """The elements' text as the person reads it (without :func:`scatd_app.ui.md`'s escapes)."""
+    return text(elements).replace("\\", "").replace(ui.LINK_BREAK, "")
+
+
+def _oidc_app(**claims) -> AppTest:
+    """The app as a browser signed in at the identity provider with these ID-token claims sees it
+    (``is_logged_in=False``: not signed in)."""
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.user = {"is_logged_in": True, **claims}
+    at.run()
+    return ok(at)
+
+
+def test_an_oidc_identity_is_a_verified_email_and_a_display_name_is_never_an_admin(oidc):
+    from scatd_app.auth import oidc_user
+    from scatd_core.config import settings
+
+    oidc.setenv("SCATD_AUTH_ALLOWED_DOMAINS", "lab.org")
+    conf = settings()
+    assert oidc_user({"email": "admin@lab.org", "email_verified": True}, conf) == User("admin@lab.org", True)
+    assert oidc_user({"email": "amy@lab.org", "email_verified": True, "name": "admin@lab.org"}, conf).admin is False
+    for claim in ({}, {"email_verified": False}, {"email_verified": "FALSE"}, {"email_verified": "false"},
+                  {"email_verified": 1}, {"email_verified": "yes"}, {"email_verified": None}):
+        # an address the provider does not vouch for is no identity: refused, never admin@lab.org
+        assert oidc_user({"email": "admin@lab.org", "sub": "abc123", **claim}, conf) is None, claim
+    assert oidc_user({"email": "admin@lab.org", "email_verified": "True", "sub": "abc123"}, conf).admin
+    assert oidc_user({"name": "admin@lab.org", "sub": "xyz"}, conf) is None  # no e-mail: never the display name
+    oidc.setenv("SCATD_AUTH_ALLOWED_EMAILS", "oidc:xyz")  # a subject id is admitted only by name
+    assert oidc_user({"name": "admin@lab.org", "sub": "xyz"}, settings()) == User("oidc:xyz", False)
+    assert oidc_user({"sub": "XYZ"}, settings()) is None  # subject ids are compared exactly
+
+
+def test_oidc_sign_in_fails_closed_without_an_allow_list(oidc, caplog):
+    """QA: with auth.mode = "oidc" and no allow-list, anyone the identity provider accepted had the
+    whole app (against Google: anyone in the world). Now nobody gets in until the administrator says
+    who may; allowed_domains = ["*"] is how to let everyone in, and it has to be written."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="scatd.auth")
+    at = _oidc_app(email="alice@lab.org", email_verified=True, sub="a1")
+    assert "Nobody can sign in to this server yet" in _read(at.error) and "admin@lab.org" in _read(at.error)
+    assert "Logged in as" not in _read(at.caption) and [b.label for b in at.button] == ["Log out"]
+    refused = [r.getMessage() for r in caplog.records if r.name == "scatd.auth"]
+    assert len(refused) == 1 and refused[0].startswith("login refused: OIDC identity 'alice@lab.org' from ")
+    assert "neither auth.allowed_emails nor auth.allowed_domains is set" in refused[0]
+
+    oidc.setenv("SCATD_AUTH_ALLOWED_DOMAINS", "lab.org")
+    at = _oidc_app(email="mallory@evil.org", email_verified=True, sub="m1")
+    assert "This account (mallory@evil.org) is not allowed on this server" in _read(at.error)
+    assert "Ask an administrator of this server (admin@lab.org)" in _read(at.error)
+    assert "Logged in as" not in _read(at.caption) and not at.file_uploader
+    alice = _oidc_app(email="alice@lab.org", email_verified=True, sub="a1")
+    assert "Logged in as alice@lab.org" in _read(alice.caption) and "(admin)" not in _read(alice.caption)
+    said = [r.getMessage() for r in caplog.records if r.name == "scatd.auth"]
+    assert "not in auth.allowed_emails and its domain not in auth.allowed_domains" in said[-2]
+    assert said[-1].startswith("login: user 'alice@lab.org' logged in with OIDC from ")
+    alice.run()
+    assert len([r for r in caplog.records if r.name == "scatd.auth"]) == len(said)  # once per sign-in, not per click
+
+    oidc.setenv("SCATD_AUTH_ALLOWED_DOMAINS", "*")
+    at = _oidc_app(email="mallory@evil.org", email_verified=True, sub="m1")
+    assert "Logged in as mallory@evil.org" in _read(at.caption)
+
+    oidc.setenv("SCATD_AUTH_ALLOWED_DOMAINS", "uni.edu")  # taken off the list while signed in: out at the next click
+    alice.session_state[state.DATA_NAME] = "alice_patient.h5ad"
+    alice.run()
+    assert "This account (alice@lab.org) is not allowed" in _read(alice.error) and "Logged in as" not in _read(
+        alice.caption)
+    assert state.DATA_NAME not in alice.session_state
+
+
+def test_an_unconfirmed_email_never_signs_in_and_case_does_not_make_another_user(oidc):
+    """QA (nOAuth): an account claiming admin@lab.org without email_verified, or with "FALSE", came
+    in as the administrator; ADMIN@lab.org was not the admin and Alice@ and alice@ were two users."""
+    oidc.setenv("SCATD_AUTH_ALLOWED_DOMAINS", "lab.org")
+    for claim in ({}, {"email_verified": "FALSE"}):
+        at = _oidc_app(email="admin@lab.org", sub="evil", **claim)
+        assert "did not confirm that the e-mail address admin@lab.org belongs to you" in _read(at.error)
+        assert "Logged in as" not in _read(at.caption)
+    at = _oidc_app(email="ADMIN@Lab.org", email_verified="TRUE", sub="boss")
+    assert "Logged in as admin@lab.org (admin)" in _read(at.caption)
+    at = _oidc_app(email="Alice@LAB.org", email_verified=True, sub="a1")
+    assert "Logged in as alice@lab.org" in _read(at.caption)  # one user, alice@lab.org's saved data
+
+
+def test_the_oidc_login_page_names_the_provider_and_who_may_sign_in(oidc):
+    oidc.setenv("SCATD_AUTH_PROVIDER_NAME", "Lab Sign-In")
+    oidc.setenv("SCATD_AUTH_ALLOWED_DOMAINS", "lab.org,uni.edu")
+    oidc.setenv("SCATD_AUTH_ALLOWED_EMAILS", "guest@gmail.com")
+    at = _oidc_app(is_logged_in=False)
+    assert "Log in with your **Lab Sign-In** account." in _read(at.markdown)
+    assert [b.label for b in at.button] == ["Log in"]
+    assert ("confirmed e-mail address ending in @lab.org, @uni.edu may sign in, and a few others"
+            in _read(at.caption))
+    assert "guest@gmail.com" not in _read(at.caption)  # single addresses are never shown to strangers
+    oidc.delenv("SCATD_AUTH_ALLOWED_DOMAINS")
+    oidc.delenv("SCATD_AUTH_ALLOWED_EMAILS")
+    at = _oidc_app(is_logged_in=False)
+    assert "Nobody can sign in yet" in _read(at.warning) and not at.button
 
 
 def _logged_in(name: str, password: str) -> AppTest:
