@@ -22,10 +22,12 @@ _LOCK = threading.Lock()
 def report(conf=None, stream=None) -> None:
     """Print each configuration problem once per server process (to stderr: the server's log); one
     that stops the server (:func:`refusals`) is said by the refusal, not twice."""
+    from scatd_core.oidc_access import startup_lines
+
     conf = conf or settings()
     stream = stream or sys.stderr
-    with _LOCK:
-        new = [p for p in conf.problems if p not in _REPORTED and p not in conf.fatal]
+    with _LOCK:  # with OIDC also who may sign in, when nobody (or everyone) may
+        new = [p for p in [*conf.problems, *startup_lines(conf)] if p not in _REPORTED and p not in conf.fatal]
         _REPORTED.update(new)
     for problem in new:
         print(f"scATD Studio: configuration: {problem}", file=stream, flush=True)

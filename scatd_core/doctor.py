@@ -468,9 +468,17 @@ def _login(conf) -> list[dict]:
                            f"({conf['auth_users_file']})" + ("" if admins else
                                                              "; add one with `scatd users add NAME --admin`")))
         items += access
-    if mode == "oidc":
-        items.append(_item("admins", "ok" if conf["auth_admins"] else "warning",
-                           ", ".join(conf["auth_admins"]) or "no auth.admins: nobody can replace shared models"))
+    if mode == "oidc":  # who may sign in and who is admin: the [auth] keys, never the users file
+        from scatd_core.oidc_access import setup_problems
+
+        items += [_item(what, status, detail) for what, status, detail in setup_problems(conf)]
+        try:
+            listed = list_users()
+        except Exception:  # a broken users file does not matter for an OIDC login
+            listed = []
+        if listed:
+            items.append(_item("users file", "ok", f"{len(listed)} user(s) in {conf['auth_users_file']}: not used "
+                               "for sign-in while auth.mode is oidc"))
     return items
 
 

@@ -303,3 +303,95 @@ def test_a_login_never_owns_the_models_made_with_the_servers_command_line(server
         found = users.user_data("alice")
         assert found.models == [] and found.states == {}, how  # the record pointing at it is not hers either
         assert found.panels_file is not None  # her saved panels still are
+
+
+# ----------------------------------------------------------------------------- 4. OIDC: who may sign in
+
+@pytest.fixture
+def oidc_server(server_home, monkeypatch):
+    """An OIDC server whose [auth] section is in its configuration file (no allow-list yet)."""
+    config = server_home / "config.toml"
+    config.write_text('[auth]\nmode = "oidc"\nadmins = ["Admin@Lab.org"]\n')
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    for name in ("SCATD_AUTH", "SCATD_AUTH_ADMINS", "SCATD_AUTH_ALLOWED_EMAILS", "SCATD_AUTH_ALLOWED_DOMAINS"):
+        monkeypatch.delenv(name, raising=False)
+    return config
+
+
+def test_doctor_says_who_may_sign_in_with_oidc_and_fails_when_nobody_may(oidc_server):
+    """QA: `scatd doctor` said only the admins in OIDC mode; nothing said that anyone the identity
+    provider accepts got in. Now the allow-list is listed, and its absence fails."""
+    from scatd_core import doctor
+    from scatd_core.config import settings
+
+    def login(text):
+        oidc_server.write_text('[auth]\nmode = "oidc"\nadmins = ["Admin@Lab.org"]\n' + text)
+        return {(i["what"], i["status"]): i["detail"] for i in doctor._login(settings())}
+
+    items = login("")
+    assert items[("admins", "ok")] == "admin@lab.org"
+    assert "neither auth.allowed_emails nor auth.allowed_domains is set: every sign-in is refused" in items[
+        ("allowed", "problem")] and str(oidc_server) in items[("allowed", "problem")]
+    import io
+
+    from scatd_app import preflight
+
+    said = io.StringIO()  # the server's log says so as it starts (it serves: the page says why nobody gets in)
+    preflight.report(settings(), said)
+    assert "scATD Studio: configuration: login: allowed: neither auth.allowed_emails nor" in said.getvalue()
+    items = login('allowed_domains = ["LAB.org"]\nallowed_emails = ["guest@gmail.com"]\n')
+    assert items[("allowed", "ok")] == "addresses: guest@gmail.com; domains: lab.org"
+    assert not [k for k in items if k[1] != "ok"], items
+    items = login('allowed_domains = ["*"]\n')
+    assert "anyone in the world" in items[("allowed", "warning")]
+    items = login('allowed_emails = ["alice@lab.org", "uni.edu"]\n')
+    assert "admin@lab.org cannot sign in" in items[("admins", "warning")]
+    assert "not e-mail addresses: uni.edu" in items[("allowed", "warning")]
+
+
+def test_users_commands_say_the_users_file_is_unused_with_oidc(oidc_server, fast_hash, monkeypatch, capsys):
+    """QA: `scatd users add bob@lab.org --admin` said "Added (admin)" and `users remove` warned that
+    no admin was left, while the OIDC server ignores the users file and auth.admins has one."""
+    import io
+
+    from scatd_core.cli import main
+
+    oidc_server.write_text('[auth]\nmode = "oidc"\nadmins = ["Admin@Lab.org"]\nallowed_domains = ["lab.org"]\n')
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["users", "add", "bob@lab.org", "--admin", "--password-stdin"]) == 0
+    out, err = capsys.readouterr()
+    assert "(not used for sign-in: this server signs in with OIDC)" in out
+    assert 'This server signs in with OIDC (auth.mode = "oidc"): the users file is not used for sign-in' in err
+    assert "Who may sign in (auth.allowed_emails, auth.allowed_domains): domains lab.org." in err
+    assert "Administrators (auth.admins): admin@lab.org." in err and str(oidc_server) in err
+    assert main(["users", "remove", "bob@lab.org"]) == 0
+    out, err = capsys.readouterr()
+    assert "no admin is left" not in err and "not used for sign-in with OIDC" in out
+    assert "bob@lab.org can still sign in with OIDC" in err and "auth.allowed_domains" in err
+    assert main(["users", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "signs in with OIDC" in err and "Add one with" not in err
+
+
+def test_the_oidc_allow_list_matches_whole_addresses_and_domains_in_any_case():
+    from scatd_core.oidc_access import decide
+
+    def who(claims, emails=(), domains=(), admins=("admin@lab.org",)):
+        conf = {"auth_allowed_emails": emails, "auth_allowed_domains": domains, "auth_admins": admins}
+        user = decide({"email_verified": True, "sub": "s1", **claims}, conf).user
+        return user and (user.name, user.admin)
+
+    assert who({"email": "Bob@LAB.org"}, domains=("@Lab.Org",)) == ("bob@lab.org", False)
+    assert who({"email": "admin@lab.org"}, emails=("ADMIN@lab.org",)) == ("admin@lab.org", True)
+    for stranger in ("bob@sub.lab.org", "bob@evil-lab.org", "bob@lab.org.evil.com", "lab.org@evil.com"):
+        assert who({"email": stranger}, domains=("lab.org",)) is None, stranger
+    assert who({"email": "bob@lab.org"}, emails=("alice@lab.org",)) is None
+    assert who({"email": "anyone@gmail.com"}, domains=("*",)) == ("anyone@gmail.com", False)
+    assert who({"email": "anyone@gmail.com"}, emails=("*",)) is None  # "*" is a domain entry only
+    assert who({"email": "x@lab.org", "email_verified": "FALSE"}, domains=("*",)) is None  # "*" needs a confirmed one
+    assert who({"email": "x@lab.org", "email_verified": "false"}, emails=("oidc:s1",)) == ("oidc:s1", False)
+    assert who({"email": "admin@lab.org"}, domains=()) is None  # nothing set: nobody, not even an admin
+    refused = decide({"email": "x@lab.org", "sub": "s1"}, {"auth_allowed_emails": (), "auth_allowed_domains": ("lab.org",),
+                                                            "auth_admins": ()})
+    assert refused.reason == "the identity provider did not confirm the e-mail address 'x@lab.org' (email_verified is absent)"
+    assert "identifier oidc:s1" in refused.message and "the person who runs this server" in refused.message

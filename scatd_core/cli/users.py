@@ -79,9 +79,36 @@ def _check_before_asking(args, users, path) -> bool:
     return existed
 
 
+def _oidc_settings():
+    """The settings when the server signs in with OIDC (the users file then unused), else ``None``."""
+    from scatd_core.config import settings
+
+    conf = settings()
+    return conf if conf["auth_mode"] == "oidc" else None
+
+
+def _oidc_notes(args, conf) -> None:
+    """With OIDC: say that the users file is not what lets anyone in, who may sign in and who is
+    admin instead, and where that is set; for ``remove``, whether that person may still sign in."""
+    from scatd_core.oidc_access import normal_email, policy, summary_lines
+
+    for line in summary_lines(conf):
+        say(f"note: {line}")
+    if args.action == "remove":
+        rules = policy(conf)
+        email = normal_email(args.name)
+        if email is not None and rules.admits(email):
+            say(f"note: {email} can still sign in with OIDC: take the address out of auth.allowed_emails (or its "
+                "domain out of auth.allowed_domains)" + (" and out of auth.admins" if email in rules.admins else "")
+                + " to stop that.")
+
+
 def _warn_if_no_admin(users, had_admin: bool) -> None:
     """Say so when the last admin was just removed or demoted: shared models then cannot be replaced
-    or deleted in the app until someone is made admin again."""
+    or deleted in the app until someone is made admin again (with OIDC the users file's roles do not
+    count: :func:`_oidc_notes` names the administrators instead)."""
+    if _oidc_settings() is not None:
+        return
     if had_admin and not any(u.admin for u in users.list_users()):
         say("note: no admin is left: nobody can replace or delete shared models in the app until one is made "
             "admin again (`scatd users role NAME --admin`).")
@@ -96,7 +123,8 @@ def _remove(args, users, path, had_admin: bool) -> None:
     left = users.user_data(args.name)
     try:
         users.remove_user(args.name)
-        print(f"Removed {args.name} from {path}")
+        print(f"Removed {args.name} from {path}" + (" (the users file, not used for sign-in with OIDC)"
+                                                      if _oidc_settings() is not None else ""))
         _warn_if_no_admin(users, had_admin)
     except ScatdError:
         if not (args.delete_data and left):
@@ -121,11 +149,15 @@ def run(args) -> int:
     from scatd_core import users
 
     path = users.users_file()
+    oidc = _oidc_settings()
+    unused = " (not used for sign-in: this server signs in with OIDC)" if oidc is not None else ""
     had_admin = any(u.admin for u in users.list_users()) if args.action in ("add", "role", "remove") else False
+    if oidc is not None:  # first: before a password is asked for, an OIDC server's admin reads what counts
+        _oidc_notes(args, oidc)
     if args.action == "add":
         existed = _check_before_asking(args, users, path)
         user = users.add_user(args.name, _password(args), admin=args.admin, replace=args.replace)
-        print(f"{'Updated' if existed else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}")
+        print(f"{'Updated' if existed else 'Added'} {user.name}{' (admin)' if user.admin else ''} in {path}{unused}")
         _warn_if_no_admin(users, had_admin)
         if not existed and (left := users.user_data(user.name)):
             say(f"note: data of an earlier account named {user.name} is still here and is now {user.name}'s: "
@@ -133,16 +165,17 @@ def run(args) -> int:
                 "then add the user again.")
     elif args.action == "role":
         user = users.set_role(args.name, args.admin)
-        print(f"{user.name} is {'an admin' if user.admin else 'not an admin'} now (password unchanged) in {path}")
+        print(f"{user.name} is {'an admin' if user.admin else 'not an admin'} now (password unchanged) in {path}"
+              f"{unused}")
         _warn_if_no_admin(users, had_admin)
     elif args.action == "remove":
         _remove(args, users, path, had_admin)
     else:
         listed = users.list_users()
         if not listed:
-            say(f"No users in {path}. Add one with `scatd users add NAME --admin`.")
+            say(f"No users in {path}." + ("" if oidc is not None else " Add one with `scatd users add NAME --admin`."))
         for user in listed:
             print(f"{user.name}\t{'admin' if user.admin else 'user'}")
-    if note := users.ownership_note(path):
+    if oidc is None and (note := users.ownership_note(path)):  # with OIDC the server does not read it
         say(f"note: {note}")
     return 0
