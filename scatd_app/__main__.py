@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from scatd_app import preflight
 
     preflight.report()
-    if refusals := preflight.refusals():
+    if refusals := preflight.refusals(secrets_files=preflight.secrets_files(args)):
         for line in refusals:
             print(f"scATD Studio: {line}", file=sys.stderr)
         print("scATD Studio will not start until this is fixed (see `scatd doctor`).", file=sys.stderr)
