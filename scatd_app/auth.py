@@ -4,7 +4,9 @@
 beyond localhost (``server.address`` other than localhost/127.0.0.1/::1), ``password`` always,
 ``oidc`` uses Streamlit's built-in OpenID Connect login (``st.login``, configured in
 ``.streamlit/secrets.toml``; who may sign in, and as whom: :mod:`scatd_core.oidc_access`),
-``none`` never. Passwords are checked against the argon2 hashes of
+``none`` never. An OIDC sign-in lasts at most ``auth.max_login_hours``
+and ends at "Log out" on the server's side too (:mod:`scatd_core.logins`): Streamlit's own cookie
+would last 30 days and survive a logout. Passwords are checked against the argon2 hashes of
 the users file; failed attempts are counted per user name and per client address, and too many
 lock both out for ``auth.lockout_minutes`` (shared by every session of the server).
 """
@@ -19,12 +21,14 @@ import streamlit as st
 from scatd_app import uploads
 from scatd_app.session import QUERY_KEY
 from scatd_app.ui import md
+from scatd_core import logins
 from scatd_core.config import settings
 from scatd_core.users import LoginThrottle, User, list_users, log_in, recheck
 
 USER = "user"  # session key: the logged-in scatd_core.users.User
 LOGGED_OUT = "logged_out"  # session key: why this session was logged out (shown by the login form)
 OIDC_REFUSED = "oidc_refused"  # session key: why this OIDC identity may not come in (shown by the login page)
+_REFUSED = "oidc_ended_logged"  # session key: the ended OIDC sign-in already logged as refused in this session
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -160,7 +164,7 @@ def _oidc_page() -> None:
         st.button("Log out", type="primary", on_click=st.logout, key="btn_oidc_refused_logout")
         st.caption(f"Logging out here ends this sign-in, so that you can log in with another {provider} account.")
         return
-    if why := st.session_state.pop(LOGGED_OUT, None):
+    if why := st.session_state.get(LOGGED_OUT):  # kept: each run of an ended sign-in says it again
         st.warning(md(why), icon=":material/logout:")
     if policy(conf).empty:
         st.warning(md(f"{who_may_sign_in(conf)} Ask {contact(conf)} to allow your e-mail address."),
@@ -215,7 +219,7 @@ def resolve() -> User | None:
     if user is None:
         uploads.disallow(uploads.current_session_id())
     else:
-        uploads.allow(uploads.current_session_id())
+        uploads.allow(uploads.current_session_id(), user.name)
     return user
 
 
@@ -230,6 +234,8 @@ def _resolve() -> User | None:
         user = _oidc_resolve()
         if user is None:
             return None
+        if _oidc_login_ended(user):
+            return None
     else:
         user = current_user()
         if user is None:
@@ -242,6 +248,33 @@ def _resolve() -> User | None:
             return None
     st.session_state[USER] = user
     return user
+
+
+def _claims() -> dict:
+    """The claims of this session's OIDC sign-in (``st.user``, as Streamlit read them from its cookie)."""
+    try:
+        return dict(st.user.to_dict())
+    except AttributeError:  # a plain mapping (tests)
+        return dict(st.user)
+
+
+def _oidc_login_ended(user: User) -> bool:
+    """Whether this session's OIDC sign-in no longer counts (:func:`scatd_core.logins.refusal`: older
+    than ``auth.max_login_hours``, logged out in another tab, a copied cookie of a logged-out
+    sign-in, signed out by an administrator); the session is then forgotten and the login page says
+    why. The browser keeps Streamlit's cookie until the next "Log in" replaces it: it is refused at
+    every request meanwhile. Logged once per session."""
+    claims = _claims()
+    found = logins.refusal(claims, user.name, settings()["auth_max_login_hours"])
+    if found is None:
+        return False
+    kind, why = found
+    lid = logins.login_id(claims)
+    if st.session_state.get(_REFUSED) != lid:
+        _log().warning("login refused: user %r from %s: the sign-in is %s", user.name, _client(), kind)
+    _forget_session(why)
+    st.session_state[_REFUSED] = lid
+    return True
 
 
 def _forget_session(why: str = "") -> None:
@@ -259,9 +292,21 @@ def _forget_session(why: str = "") -> None:
 
 
 def logout() -> None:
+    """Log this session out; its user's other sessions lose their download links and uploads at once
+    (:func:`scatd_app.uploads.disallow_login`). With OIDC the sign-in itself ends on the server
+    (:func:`scatd_core.logins.revoke`): its cookie, in another tab or copied, no longer opens the app."""
     user = current_user()
+    oidc = mode() == "oidc"
     if user is not None:
         _log().info("logout: user %r logged out from %s", user.name, _client())
+    if oidc and st.user.is_logged_in:
+        try:
+            logins.revoke(_claims())
+        except logins.RecordError as exc:
+            _log().error("logout: the sign-in of %r could not be recorded as ended (%s): a copy of its cookie "
+                         "still opens the app until auth.max_login_hours", getattr(user, "name", "?"), exc)
     _forget_session()
-    if mode() == "oidc":
+    if user is not None:
+        uploads.disallow_login(user.name)
+    if oidc:
         st.logout()

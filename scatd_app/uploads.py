@@ -7,7 +7,8 @@ lab network anyone could fill the server's memory without an account, one file a
 only for a session :func:`allow`-ed by :mod:`scatd_app.auth` (signed in, or a server without a
 login), and only while the session's files stay within :func:`session_budget_bytes` together;
 anything else is answered 403 and nothing is stored. A session that logs out is
-:func:`disallow`-ed and its files dropped. ``python -m scatd_app`` installs the guard before the
+:func:`disallow`-ed and its files dropped, and so is every other session of the same login name
+(:func:`disallow_login`: other tabs, another browser signed in as the same person). ``python -m scatd_app`` installs the guard before the
 server listens; ``streamlit run app.py`` in its first page run, dropping whatever was kept before.
 
 The refusal comes before the body is read: Streamlit (1.67, Starlette) parses an upload's whole
@@ -60,25 +61,75 @@ def _shared() -> tuple[set[str], threading.Lock]:
     return shared
 
 
-def allow(session_id: str | None) -> None:
-    """Let this Streamlit session keep uploads (it is signed in, or the server needs no login)."""
+def _logins() -> dict[str, str]:
+    """Session id -> the login name it is signed in as (guarded by :func:`_shared`'s lock; kept on
+    the same class, for the same reason)."""
+    try:
+        from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager as holder
+    except ImportError:
+        holder = sys.modules[__name__]
+    names = getattr(holder, "_scatd_session_logins", None)
+    if names is None:
+        names = {}
+        holder._scatd_session_logins = names
+    return names
+
+
+def allow(session_id: str | None, login: str | None = None) -> None:
+    """Let this Streamlit session keep uploads (it is signed in, as ``login``, or the server needs no
+    login)."""
     if session_id:
         allowed, lock = _shared()
+        names = _logins()
         with lock:
             allowed.add(str(session_id))
+            if login is not None:
+                names[str(session_id)] = str(login)
 
 
 def disallow(session_id: str | None) -> None:
     """This session may no longer keep uploads (logged out), and what it holds is dropped."""
-    if not session_id:
-        return
+    if session_id:
+        _disallow_all([str(session_id)])
+
+
+def sessions_of(login: str) -> set[str]:
+    """The sessions signed in as ``login`` now."""
     allowed, lock = _shared()
+    names = _logins()
     with lock:
-        allowed.discard(str(session_id))
+        return {sid for sid, name in names.items() if name == str(login)}
+
+
+def disallow_login(login: str) -> set[str]:
+    """A logout: every session signed in as ``login`` (its other tabs, another browser of the same
+    person) may no longer keep uploads, and their uploads and download links are dropped at once,
+    so no link made before the logout is served. A session still signed in that way is allowed again
+    at its next run (:func:`scatd_app.auth.resolve`); its links are made again as it draws them.
+    Returns the sessions dropped."""
+    sessions = sessions_of(login)
+    _disallow_all(sorted(sessions))
+    return sessions
+
+
+def _disallow_all(session_ids: list[str]) -> None:
+    """Disallow these sessions first, all of them, then drop what each holds: a download file only
+    they hold goes, even if one of them drew it for another."""
+    allowed, lock = _shared()
+    names = _logins()
+    with lock:
+        for sid in session_ids:
+            allowed.discard(sid)
+            names.pop(sid, None)
+    media = _media_manager()
+    if media is not None:
+        for sid in session_ids:
+            media.clear_session_refs(sid)
     manager = _manager()
-    if manager is not None:
-        manager.remove_session_files(str(session_id))
-    drop_media(str(session_id))
+    for sid in session_ids:
+        if manager is not None:
+            manager.remove_session_files(sid)
+        drop_media(sid)
 
 
 def is_allowed(session_id: str) -> bool:

@@ -59,6 +59,9 @@ auth.allowed_domains     ``SCATD_AUTH_ALLOWED_DOMAINS``    with ``oidc``: domain
                                                            ``"*"``: anyone the provider accepts
 auth.provider_name       ``SCATD_AUTH_PROVIDER_NAME``      with ``oidc``: the identity provider's name  the host of its
                                                            on the login page                            metadata URL
+auth.max_login_hours     ``SCATD_AUTH_MAX_LOGIN_HOURS``    with ``oidc``: hours a sign-in lasts before  12
+                                                           the server asks for a new one (Streamlit's
+                                                           own cookie lasts 30 days)
 scaleout.address         ``SCATD_RAY_ADDRESS``             a Ray cluster (``host:port``): the app runs  not set
                                                            every prediction there, the CLI's
                                                            ``--engine ray`` uses it
@@ -125,6 +128,7 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("auth", "allowed_emails"): ("SCATD_AUTH_ALLOWED_EMAILS", "list", ()),
     ("auth", "allowed_domains"): ("SCATD_AUTH_ALLOWED_DOMAINS", "list", ()),
     ("auth", "provider_name"): ("SCATD_AUTH_PROVIDER_NAME", "text", None),
+    ("auth", "max_login_hours"): ("SCATD_AUTH_MAX_LOGIN_HOURS", "int", 12),
     ("scaleout", "address"): ("SCATD_RAY_ADDRESS", "text", None),
     ("scaleout", "min_cells"): ("SCATD_SCALEOUT_MIN_CELLS", "int", 500_000),
     ("scaleout", "workers"): ("SCATD_SCALEOUT_WORKERS", "int", None),

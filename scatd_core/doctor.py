@@ -479,6 +479,36 @@ def _login(conf) -> list[dict]:
         if listed:
             items.append(_item("users file", "ok", f"{len(listed)} user(s) in {conf['auth_users_file']}: not used "
                                "for sign-in while auth.mode is oidc"))
+        items += _oidc_setup(conf)
+    return items
+
+
+def _oidc_setup(conf, files=None) -> list[dict]:
+    """With ``auth.mode = "oidc"``: Authlib, the ``[auth]`` keys of Streamlit's secrets (their names,
+    never their values), whether the server's account can read that file, how long a sign-in lasts
+    and the record of ended sign-ins (:mod:`scatd_core.oidc_setup`, :mod:`scatd_core.logins`)."""
+    from scatd_core import logins, oidc_setup
+
+    files = oidc_setup.default_secrets_files() if files is None else files
+    items = []
+    if why := oidc_setup.authlib_problem():
+        items.append(_item("Authlib", "problem", why))
+    else:
+        try:
+            items.append(_item("Authlib", "ok", version("Authlib")))
+        except PackageNotFoundError:
+            items.append(_item("Authlib", "ok", "importable"))
+    found = oidc_setup.secrets_check(files)
+    _auth, source, _ = oidc_setup.read_auth(files)
+    if not any(status == "problem" for status, _ in found):
+        items.append(_item("secrets", "ok", f"[auth] in {source}: {', '.join(oidc_setup.REQUIRED_KEYS)} set"))
+    items += [_item("secrets", status, line) for status, line in found]
+    items += _readable_by_service(conf, "secrets", source, "Give it to that account: `chown {user} {path}` and "
+                                  "`chmod 600 {path}`")
+    hours = conf["auth_max_login_hours"]
+    items.append(_item("sign-in length", "ok", f"a sign-in lasts at most {hours} hour(s) (auth.max_login_hours); "
+                       "Streamlit's own cookie would last 30 days"))
+    items.append(logins.doctor_item(Path(conf["home"])))
     return items
 
 

@@ -10,7 +10,7 @@ from scatd_core.errors import ScatdError
 
 
 def add(sub) -> None:
-    p = sub.add_parser("users", help="manage the app's user accounts (add, role, remove, list)",
+    p = sub.add_parser("users", help="manage the app's user accounts (add, role, remove, list; signout with OIDC)",
                        description="Manage who may log in to the app. Passwords are stored as argon2 hashes in the "
                                    "users file (auth.users_file in the configuration).")
     acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -47,6 +47,13 @@ def add(sub) -> None:
                    help="with --delete-data: also delete the models they trained or imported from the shared "
                         "library (other users may be using them)")
     acts.add_parser("list", help="list the users")
+    so = acts.add_parser("signout", help="with OIDC sign-in: end every sign-in of a person, in every browser",
+                         description="With auth.mode = \"oidc\": every sign-in of NAME (the e-mail address the "
+                                     "identity provider gives, any case) made before now is refused at its next "
+                                     "click in the app, in every browser and tab, and a copy of its cookie opens "
+                                     "nothing. A new sign-in is accepted: to keep someone out, also remove them "
+                                     "from the identity provider (or the allowed users).")
+    so.add_argument("name", help="the person's e-mail address as the identity provider gives it")
     p.set_defaults(run=run)
 
 
@@ -145,9 +152,41 @@ def _remove(args, users, path, had_admin: bool) -> None:
             f"{args.name} --delete-data`" + (" (and --delete-models for the models)." if left.models else "."))
 
 
+def _signout(name: str) -> int:
+    """``scatd users signout NAME``: a not-before time for NAME's OIDC sign-ins (:mod:`scatd_core.logins`)."""
+    import datetime as dt
+
+    from scatd_core import logins
+    from scatd_core.config import settings
+
+    conf = settings()
+    if conf["auth_mode"] != "oidc":
+        raise ScatdError(f"This server does not sign in with OIDC (auth.mode = \"{conf['auth_mode']}\"): `scatd "
+                         f"users signout` ends OIDC sign-ins; nothing was changed.",
+                         f"To end a password user's sessions, give them a new password (`scatd users add {name} "
+                         f"--replace`) or remove the account (`scatd users remove {name}`): their sessions end at "
+                         f"their next click.")
+    if not name.strip():
+        raise ScatdError("No name given: give the person's e-mail address; nothing was changed.")
+    try:
+        when = logins.sign_out_everywhere(name)
+    except logins.RecordError as exc:
+        raise ScatdError(f"The record of ended sign-ins could not be written: {exc}; nothing was changed.",
+                         "Run it as the account the server runs as (`sudo -u scatd scatd users signout NAME`), "
+                         "or give that account the file.") from None
+    stamp = dt.datetime.fromtimestamp(when, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"Signed {name.strip()} out everywhere: every sign-in of theirs made before {stamp} is refused at its next "
+          f"click in the app ({logins.records_file()}).")
+    say("note: they can sign in again at once; to keep them out, also remove them from the identity provider "
+        "(or from the allowed users).")
+    return 0
+
+
 def run(args) -> int:
     from scatd_core import users
 
+    if args.action == "signout":
+        return _signout(args.name)
     path = users.users_file()
     oidc = _oidc_settings()
     unused = " (not used for sign-in: this server signs in with OIDC)" if oidc is not None else ""
