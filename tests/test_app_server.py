@@ -754,7 +754,8 @@ def test_deploy_files_copy_what_exists_and_start_the_app_loaded():
         text = (repo / "deploy" / name).read_text()
         sources = [part for line in re.findall(r"^COPY\s+(.+)\s+\S+\s*$", text, flags=re.M) for part in line.split()]
         assert sources and all((repo / part).exists() for part in sources), (name, sources)
-        assert {"app.py", "app_pages", "scatd_app", "scatd_core", ".streamlit", "pyproject.toml"} <= set(sources)
+        assert {"app.py", "app_pages", "scatd_app", "scatd_core", ".streamlit/config.toml", "pyproject.toml"} <= set(
+            sources)  # the settings, never .streamlit/secrets.toml (tests/test_oidc_deploy.py)
         assert re.search(r'^CMD \["python", "-m", "scatd_app"', text, flags=re.M), name
     assert re.search(r"^ExecStart=\S+/python -m scatd_app ", (repo / "deploy" / "scatd-studio.service").read_text(),
                      flags=re.M)
