@@ -224,11 +224,12 @@ def revoke(claims: Mapping, *, now: float | None = None, home: Path | None = Non
 
 
 def sign_out_everywhere(name: str, *, now: float | None = None, home: Path | None = None) -> float:
-    """Refuse every sign-in of ``name`` (an e-mail address: any case) issued before now; returns that time."""
+    """Refuse every sign-in of ``name`` (an e-mail address: any case) issued before now; returns that
+    time, in whole seconds as ``iat`` is (a sign-in issued in the same second counts as after it)."""
     now = time.time() if now is None else now
-    key = _name_key(name)
-    _update(records_file(home), lambda r: r["not_before"].__setitem__(key, now), now)
-    return now
+    key, since = _name_key(name), float(int(now))
+    _update(records_file(home), lambda r: r["not_before"].__setitem__(key, since), now)
+    return since
 
 
 def doctor_item(home: Path) -> dict:
