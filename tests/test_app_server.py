@@ -121,6 +121,9 @@ def oidc(monkeypatch):
     monkeypatch.setenv("SCATD_AUTH_ADMINS", "admin@lab.org")
     for name in ("SCATD_CONFIG", "SCATD_AUTH_ALLOWED_EMAILS", "SCATD_AUTH_ALLOWED_DOMAINS", "SCATD_AUTH_PROVIDER_NAME"):
         monkeypatch.delenv(name, raising=False)
+    from scatd_app import preflight
+
+    monkeypatch.setattr(preflight, "_OIDC_OK", True)  # Authlib and the [auth] secrets: tests/test_oidc_deploy.py
     return monkeypatch
 
 
