@@ -68,11 +68,18 @@ def evaluation(name: str, title: str, y: np.ndarray, predictions: dict[str, np.n
     return out
 
 
+#: The logistic-regression baseline of models trained before 2026-12-02: C fixed at 0.1, not tuned
+#: (``scatd_core.train._baselines.OLD_LOGISTIC_TITLE``; no import of the training code here)
+OLD_LOGISTIC_TITLE = "logistic regression (C=0.1, balanced)"
+
+
 def verdict(ev: dict, row: dict) -> str:
     """One plain sentence: is the baseline better than, worse than, or not told apart from the model?
 
     "Beats" and "is better than" only when the paired difference's interval excludes 0; an
-    interval that includes 0 says the data cannot tell the two apart (never that they are as good)."""
+    interval that includes 0 says this model does not beat the baseline and the data cannot tell
+    the two apart (never that they are as good). A model trained before the logistic regression's
+    C was tuned (:data:`OLD_LOGISTIC_TITLE`) "scored above" it, not "beats" it: said with why."""
     model = next(r for r in ev["scores"] if r["model"] == MODEL)
     diff = row.get("model_minus_this") or {}
     d, (lo, hi) = diff.get("auroc"), (diff.get("ci") or (None, None))
@@ -84,9 +91,13 @@ def verdict(ev: dict, row: dict) -> str:
                f"95% bootstrap CI {' to '.join(interval_ends(lo, hi, signed=True))}")
     if hi < 0:
         return f"{name} is better than this model on {where} ({numbers})."
+    if lo > 0 and row["model"] == OLD_LOGISTIC_TITLE:  # a model trained before the baseline's C was tuned
+        return (f"This model scored above {row['model']} on {where} ({numbers}), but that baseline's C was fixed at "
+                "0.1, not tuned, a weaker penalty than the model's own heads (C=0.01 by default): a logistic "
+                "regression with a tuned C may do as well. Train the model again to compare it with a tuned one.")
     if lo > 0:
         return f"This model beats {row['model']} on {where} ({numbers})."
-    return (f"No clear difference between {row['model']} and this model on {where} ({numbers}, includes 0): "
+    return (f"This model does not beat {row['model']} on {where}: no clear difference ({numbers}, includes 0); "
             "the data cannot tell them apart.")
 
 
@@ -113,10 +124,10 @@ def chance_sentence(ev: dict) -> str | None:
 
 
 def auroc_interval_words(scores: dict) -> str | None:
-    """``"95% CI 0.412 to 0.829"``: the AUROC interval of ``scores`` (``{"auroc_ci": [lo, hi]}``, a
+    """``"95% bootstrap CI 0.412 to 0.829"``: the (bootstrap) AUROC interval of ``scores`` (``{"auroc_ci": [lo, hi]}``, a
     metrics entry of a training report) for a tile beside its AUROC; ``None`` when none is recorded."""
     lo, hi = scores.get("auroc_ci") or (None, None)
-    return None if lo is None or hi is None else "95% CI " + " to ".join(interval_ends(lo, hi))
+    return None if lo is None or hi is None else f"{INTERVAL} " + " to ".join(interval_ends(lo, hi))
 
 
 def verdicts(ev: dict) -> list[str]:
@@ -216,10 +227,41 @@ def evaluation_table(ev: dict) -> pd.DataFrame:
 
 def baseline_settings(card: dict) -> list[str]:
     """The baselines' whole names where :func:`evaluation_table` shortens them (``logistic
-    regression (C=0.1, balanced)``), in the order they first appear."""
+    regression (C tuned by inner CV, balanced)``), in the order they first appear; the logistic
+    regression's with the C values chosen (:func:`logistic_tuning_words`) when the card records them."""
     names = [r["model"] for ev in card.get("evaluations", []) for r in ev.get("scores", [])
              if r["model"] != MODEL and " (" in r["model"]]
-    return list(dict.fromkeys(names))
+    tuning = logistic_tuning_words(card)
+    return [f"{name} [{tuning}]" if tuning and name.startswith("logistic regression (C tuned") else name
+            for name in dict.fromkeys(names)]
+
+
+def _c(value) -> str:
+    return f"{float(value):g}"
+
+
+def logistic_tuning_words(card: dict) -> str | None:
+    """How the logistic-regression baseline's C was chosen and which values were chosen, from the
+    card's ``baselines`` record (``None`` for cards without one: models trained before it was tuned,
+    whose C was fixed at 0.1, as their baseline's name says)."""
+    record = (card.get("baselines") or {}).get("logistic_regression")
+    if not record:
+        return None
+    head_c = record.get("head_c")
+    grid = ", ".join(_c(c) + (" (the heads' C)" if head_c is not None and float(c) == float(head_c) else "")
+                     for c in record.get("c_grid") or [])
+    folds = [f for f in record.get("bulk_cv_folds") or [] if f]
+    inner = sorted({f["inner_folds"] for f in folds + [record.get("all_bulk") or {}] if f.get("inner_folds")})
+    words = (f"C chosen from {grid} by {'/'.join(map(str, inner))}-fold inner cross-validation (mean AUROC) on the "
+             "training samples only, never the test fold or the target's labels" if inner else
+             f"C could not be tuned (too few samples of a class for an inner cross-validation), grid {grid}")
+    if folds:
+        words += "; chosen C in the bulk CV folds " + ", ".join(_c(f["c"]) for f in folds)
+    if record.get("all_bulk"):
+        words += f"; on all the bulk (the baseline scored on the target cells) {_c(record['all_bulk']['c'])}"
+    if record.get("target_only"):
+        words += f"; on the labelled target cells alone {_c(record['target_only']['c'])}"
+    return words
 
 
 def few_shot_line(card: dict) -> str | None:
@@ -356,4 +398,7 @@ def card_details(card: dict) -> list[str]:
         shown = ", ".join(f"{k} {settings[k]}" for k in order)
         unused = card.get("settings_not_used") or {}
         lines.append(f"Settings: {shown}." + (f" Not used by this recipe: {', '.join(unused)}." if unused else ""))
+    tuning = logistic_tuning_words(card)
+    if tuning:
+        lines.append(f"Logistic-regression baseline: {tuning}.")
     return lines

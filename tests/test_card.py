@@ -27,9 +27,9 @@ def test_verdicts_say_plainly_when_a_baseline_is_not_told_apart_better_or_worse(
         "oracle": y + rng.normal(0, 0.05, y.size),
     })
     v = dict(zip(["logistic regression", "random guess", "oracle"], ev["verdicts"]))
-    assert v["logistic regression"].startswith("No clear difference between logistic regression and this model on "
-                                               "bulk cell lines")
-    assert v["logistic regression"].endswith("includes 0): the data cannot tell them apart.")
+    assert v["logistic regression"].startswith("This model does not beat logistic regression on bulk cell lines")
+    assert ": no clear difference (AUROC " in v["logistic regression"]
+    assert v["logistic regression"].endswith("includes 0); the data cannot tell them apart.")
     assert v["random guess"].startswith("This model beats random guess")
     assert v["oracle"].startswith("Oracle is better than this model")
     rows = {r["model"]: r for r in ev["scores"]}
@@ -218,17 +218,17 @@ def test_a_difference_whose_interval_includes_0_is_never_called_as_good(lo, hi, 
     within chance". An interval including 0 shows no difference, not equality: both directions."""
     ev = _overlapping(lo, hi, d)
     text = cards.verdict(ev, ev["scores"][1])
-    assert "as good as" not in text and "within chance" not in text and "beat" not in text
-    assert text.startswith("No clear difference between gradient boosting and this model on target cells")
-    assert "includes 0): the data cannot tell them apart." in text
+    assert "as good as" not in text and "within chance" not in text and "This model beats" not in text
+    assert text.startswith("This model does not beat gradient boosting on target cells")
+    assert "includes 0); the data cannot tell them apart." in text
     # a card saved with the earlier wording is rendered with the honest one everywhere the card is shown
     old = {**ev, "verdicts": ["Gradient boosting is as good as this model on target cells (...): the difference is "
                               "within chance."]}
     assert cards.verdicts(old) == [text]
     assert text in cards.card_lines({**_card(), "evaluations": [old]})
     bulk = _overlapping(lo, hi, d, name="logistic regression", where="bulk_cv")
-    assert cards.verdict(bulk, bulk["scores"][1]).startswith("No clear difference between logistic regression and "
-                                                             "this model on bulk cell lines")
+    assert cards.verdict(bulk, bulk["scores"][1]).startswith("This model does not beat logistic regression on bulk "
+                                                             "cell lines")
     # "beats" / "is better than" stay for intervals that exclude 0
     assert cards.verdict(*(lambda e: (e, e["scores"][1]))(_overlapping(0.01, 0.2, 0.1))).startswith(
         "This model beats gradient boosting")
@@ -442,3 +442,45 @@ def test_a_model_trained_here_is_not_named_as_the_published_distilled_backbone(t
     view = library_view(library_frame(entries)).set_index("folder")
     assert view.loc["trained", "backbone"] == "VAE on genes" and view.loc["imported", "backbone"] == "Dist_VAE"
     assert "backbone title" not in view
+
+
+TUNED = "logistic regression (C tuned by inner CV, balanced)"
+TUNING = {"logistic_regression": {"c_grid": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0], "head_c": 0.01,
+                                  "bulk_cv_folds": [{"c": 0.01, "inner_folds": 5}, {"c": 0.003, "inner_folds": 5}],
+                                  "all_bulk": {"c": 0.01, "inner_folds": 5}}}
+
+
+def test_the_verdicts_against_a_tuned_logistic_regression_and_an_old_untuned_one():
+    """QA (Gefitinib): "This model beats logistic regression (C=0.1, balanced) ... +0.065" rested on the
+    baseline's fixed C (the heads' is 0.01); tuned, the baseline did as well. Every outcome is said
+    plainly against the tuned baseline, and an old card's untuned "beats" is said with why it may not hold."""
+    same = _overlapping(-0.03, 0.05, 0.01, name=TUNED)
+    assert cards.verdict(same, same["scores"][1]) == (
+        "This model does not beat logistic regression (C tuned by inner CV, balanced) on target cells ('response'): "
+        "no clear difference (AUROC 0.668 vs 0.658; difference +0.010, 95% bootstrap CI -0.030 to +0.050, includes "
+        "0); the data cannot tell them apart.")
+    better = _overlapping(0.015, 0.124, 0.065, name=TUNED)
+    assert cards.verdict(better, better["scores"][1]).startswith(f"This model beats {TUNED} on target cells")
+    worse = _overlapping(-0.2, -0.01, -0.1, name=TUNED)
+    assert cards.verdict(worse, worse["scores"][1]).startswith(
+        "Logistic regression (C tuned by inner CV, balanced) is better than this model on target cells")
+    old = _overlapping(0.015, 0.124, 0.065, name="logistic regression (C=0.1, balanced)")
+    said = cards.verdicts(old)[0]
+    assert not said.startswith("This model beats")  # the app shows it as a caution, not a success
+    assert said.startswith("This model scored above logistic regression (C=0.1, balanced) on target cells ('response') (AUROC")
+    assert "C was fixed at 0.1, not tuned" in said and "a logistic regression with a tuned C may do as well" in said
+    old_same = _overlapping(-0.03, 0.05, 0.01, name="logistic regression (C=0.1, balanced)")
+    assert cards.verdicts(old_same)[0].startswith("This model does not beat logistic regression (C=0.1, balanced)")
+
+
+def test_the_card_says_which_c_the_logistic_regression_chose():
+    card = {**_card(), "evaluations": [_overlapping(-0.03, 0.05, 0.01, name=TUNED, where="bulk_cv")],
+            "baselines": TUNING}
+    words = ("C chosen from 0.001, 0.003, 0.01 (the heads' C), 0.03, 0.1, 0.3, 1 by 5-fold inner cross-validation "
+             "(mean AUROC) on the training samples only, never the test fold or the target's labels; chosen C in "
+             "the bulk CV folds 0.01, 0.003; on all the bulk (the baseline scored on the target cells) 0.01")
+    assert cards.logistic_tuning_words(card) == words
+    assert f"Logistic-regression baseline: {words}." in cards.card_lines(card)  # CLI and HTML report (card_details)
+    assert cards.baseline_settings(card) == [f"{TUNED} [{words}]"]  # the app's "Baselines:" caption
+    assert cards.logistic_tuning_words(_card()) is None  # an old card: its baseline's name says C=0.1
+    assert cards.auroc_interval_words({"auroc_ci": [0.412, 0.829]}) == "95% bootstrap CI 0.412 to 0.829"

@@ -172,12 +172,13 @@ def test_model_card_scores_model_and_baselines_on_the_same_samples(tmp_path):
     assert by_name["bulk_cv"]["n"] == 45 and by_name["target"]["n"] == 40
     for ev in by_name.values():
         models = [r["model"] for r in ev["scores"]]
-        assert models == ["this model", "logistic regression (C=0.1, balanced)",
-                          "gradient boosting (HistGradientBoosting, balanced)"]
+        assert models == ["this model", "logistic regression (C tuned by inner CV, balanced)",
+                          "gradient boosting (HistGradientBoosting, balanced)",
+                          "logistic regression, heads' C (C=0.01, balanced)"]
         for row in ev["scores"]:
             lo, hi = row["auroc_ci"]
             assert lo <= row["auroc"] <= hi
-        assert len(ev["verdicts"]) == 2
+        assert len(ev["verdicts"]) == 3
     # the card's target AUROC is the one of the predictions `scatd predict` reproduces
     truth = 1 - target.obs["response"].to_numpy()
     from sklearn.metrics import roc_auc_score
@@ -186,6 +187,66 @@ def test_model_card_scores_model_and_baselines_on_the_same_samples(tmp_path):
         roc_auc_score(truth, rep["target_predictions"]["prob_resistant"]), abs=1e-4)
     assert bundle.manifest["metrics"]["cv"]["auroc"] == by_name["bulk_cv"]["scores"][0]["auroc"]
     assert any("logistic regression" in line.lower() for line in card_lines(card))
+    # QA: the baseline's C was fixed at 0.1 while the heads' is 0.01; it is now chosen by inner CV on each
+    # training set from a grid with the heads' C, and the card records and says which C was chosen
+    tuned = card["baselines"]["logistic_regression"]
+    assert 0.01 in tuned["c_grid"] and tuned["head_c"] == 0.01
+    assert len(tuned["bulk_cv_folds"]) == 3 and all(f["c"] in tuned["c_grid"] for f in tuned["bulk_cv_folds"])
+    assert tuned["all_bulk"]["c"] in tuned["c_grid"] and tuned["all_bulk"]["inner_folds"] >= 2
+    assert any(line.startswith("Logistic-regression baseline: C chosen from 0.001, 0.003, 0.01 (the heads' C)")
+               for line in card_lines(card))
+    # the two AUROC intervals of the metrics say how they were made
+    target = bundle.manifest["metrics"]["target"]
+    assert "bootstrap" in target["auroc_ci_method"] and "Hanley-McNeil" in target["auroc_ci_low_high_method"]
+    assert "bootstrap" in bundle.manifest["metrics"]["cv"]["auroc_ci_method"]
+
+
+def _nuisance(seed=0, n=60):
+    """Two genes sharing a large nuisance signal, one of them shifted in the resistant samples: only a
+    weakly penalised logistic regression (large C) takes their difference, so the best C is 1, not 0.1."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    rng.shuffle(y)
+    shared, x = rng.normal(size=n), rng.normal(0, 0.3, (n, 6))
+    x[:, 0] += shared + y
+    x[:, 1] += shared
+    return (x - x.mean(0)) / x.std(0), y
+
+
+def test_the_logistic_regression_baseline_chooses_its_c_by_inner_cv_on_the_training_samples_only():
+    """QA (Gefitinib): the card's "This model beats logistic regression (C=0.1)" was a penalty difference: the
+    model's head is a balanced LR with C=0.01, and an LR with C=0.01 on the genes alone scored as well. The
+    baseline's C is now chosen by inner CV in each training fold (nested) from a grid with the heads' C."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    from scatd_core.train import _baselines as baselines
+
+    assert baselines.c_grid(0.05) == (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.3, 1.0)  # the heads' C is in it
+    x, y = _nuisance()
+    choice = baselines.choose_c(x, y, seed=0)
+    assert choice["c"] == 1.0 and choice["inner_folds"] == 5
+    assert choice["inner_auroc"][1.0] > choice["inner_auroc"][0.1] + 0.05
+    splits = list(StratifiedKFold(3, shuffle=True, random_state=0).split(x, y))
+    chosen: list[dict] = []
+    oof = baselines.out_of_fold(baselines.LOGISTIC, x, y, splits, 0, grid=baselines.c_grid(0.01), chosen=chosen)
+    assert [c["c"] for c in chosen] == [1.0, 1.0, 1.0]
+    fixed = np.zeros(len(y))  # the earlier baseline, C fixed at 0.1
+    for train, val in splits:
+        fixed[val] = baselines.logistic(0, 0.1).fit(x[train], y[train]).predict_proba(x[val])[:, 1]
+    assert roc_auc_score(y, oof) > roc_auc_score(y, fixed) + 0.1
+    # nested: a fold's C never depends on its test samples (here scrambled)
+    scrambled, again = x.copy(), []
+    scrambled[splits[0][1]] = np.random.default_rng(1).normal(size=scrambled[splits[0][1]].shape)
+    baselines.out_of_fold(baselines.LOGISTIC, scrambled, y, splits[:1], 0, chosen=again)
+    assert again[0] == chosen[0]
+    # pooled over folds that chose different C, its scores are logits on their training samples' scale
+    # (C=0.001 keeps every probability near 0.5: pooled as they were, Gefitinib's AUROC fell 0.789 -> 0.715)
+    scaled = baselines.fit_predict(baselines.LOGISTIC, x, y, x, 0, on_training_scale=True)
+    assert abs(scaled.mean()) < 1e-6 and scaled.std() == pytest.approx(1, abs=1e-6)
+    assert roc_auc_score(y, scaled) == pytest.approx(roc_auc_score(y, baselines.fit_predict(baselines.LOGISTIC, x, y, x, 0)))
+    # too few samples of a class for an inner CV: the heads' C, said as not tuned
+    assert baselines.choose_c(x[:3], np.array([0, 1, 1]), 0) == {"c": 0.01, "inner_folds": 0, "inner_auroc": {}}
 
 
 def test_original_head_is_still_available(tmp_path):
@@ -241,8 +302,9 @@ def test_few_labelled_cells_train_semi_supervised_and_are_left_out_of_the_evalua
     ev = next(e for e in rep["card"]["evaluations"] if e["name"] == "target")
     assert ev0["n"] == 60 and ev["n"] == 50 and "not used for training" in ev["title"]
     scores = {r["model"]: r["auroc"] for r in ev["scores"]}
-    assert set(scores) == {"this model", "logistic regression (C=0.1, balanced)",
+    assert set(scores) == {"this model", "logistic regression (C tuned by inner CV, balanced)",
                            "gradient boosting (HistGradientBoosting, balanced)",
+                           "logistic regression, heads' C (C=0.01, balanced)",
                            "logistic regression on the labelled target cells alone (10 cells)",
                            "the same recipe without the labelled cells"}
     assert scores["the same recipe without the labelled cells"] < 0.7  # the bulk cannot rank these cells
@@ -820,9 +882,9 @@ def test_progress_advances_through_the_baseline_fits(tmp_path):
     fractions = [f for f, _m in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     scoring = [(f, m) for f, m in seen if m.startswith("Scoring the baselines") and m.endswith(" done")]
-    # 2 baselines x (3 folds + the target cells)
-    assert len(scoring) == 8 and sum("bulk CV fold 3/3" in m for _f, m in scoring) == 2
-    assert sum(m.endswith("target cells done") for _f, m in scoring) == 2
+    # 3 baselines (logistic regression tuned and at the heads' C, gradient boosting) x (3 folds + the target cells)
+    assert len(scoring) == 12 and sum("bulk CV fold 3/3" in m for _f, m in scoring) == 3
+    assert sum(m.endswith("target cells done") for _f, m in scoring) == 3
     start = next(f for f, m in seen if m.startswith("Scoring the model and the baselines"))
     assert start < 0.9 and all(a < b for a, b in zip([start] + [f for f, _m in scoring], [f for f, _m in scoring]))
     # each fit is announced before it runs, so a long one (gradient boosting) shows what runs now
@@ -831,7 +893,7 @@ def test_progress_advances_through_the_baseline_fits(tmp_path):
         before = next(i for i, m in enumerate(messages) if name in m and "fitting on the bulk to score the target" in m)
         after = next(i for i, m in enumerate(messages) if name in m and m.endswith("target cells done"))
         assert before < after and not any(m.endswith(" done") for m in messages[before + 1:after])
-    assert sum("bulk CV fold" in m and not m.endswith(" done") for m in messages) == 6
+    assert sum("bulk CV fold" in m and not m.endswith(" done") for m in messages) == 9
 
 
 # --------------------------------------------------------------------------- scatd train: where its outputs go

@@ -97,10 +97,14 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     # the model card: the baselines next to the model, and a verdict for each
     shown = at.dataframe[0].value  # the bulk CV's table; the baselines by short names, their settings said below
     assert list(shown["model"][:3]) == ["this model", "logistic regression", "gradient boosting"]
-    assert ("Baselines: logistic regression (C=0.1, balanced); gradient boosting (HistGradientBoosting, balanced)."
-            in [c.value.replace("\\", "") for c in at.caption])
+    captions = [c.value.replace("\\", "") for c in at.caption]  # markdown escapes taken off
+    baselines = next(c for c in captions if c.startswith("Baselines: "))
+    assert baselines.startswith("Baselines: logistic regression (C tuned by inner CV, balanced) [C chosen from 0.001, "
+                                "0.003, 0.01 (the heads' C), 0.03, 0.1, 0.3, 1 by ")  # and the C chosen, said
+    assert baselines.endswith("]; gradient boosting (HistGradientBoosting, balanced); logistic regression, heads' C "
+                              "(C=0.01, balanced).")  # the model's head without the latent
     verdicts = [m.value for m in at.success] + [m.value for m in at.warning]
-    assert sum("logistic regression" in v.lower() for v in verdicts) == 2  # bulk CV and target
+    assert sum("logistic regression" in v.lower() for v in verdicts) == 4  # tuned and heads' C; bulk CV and target
     library = [e.bundle.path for e in list_library() if e.ok]
     assert [str(p) for p in library] == [result["bundle_path"]]
     at.button(key="btn_train_use_model").click().run()
@@ -683,7 +687,8 @@ def test_the_result_tiles_show_the_auroc_intervals_and_say_when_one_includes_cha
     at.run()
     assert not at.exception, at.exception
     deltas = {m.label: m.delta for m in at.metric}
-    assert deltas["Bulk CV AUROC"] == "95% CI 0.412 to 0.829" and deltas["Target AUROC"] == "95% CI 0.550 to 0.780"
+    assert deltas["Bulk CV AUROC"] == "95% bootstrap CI 0.412 to 0.829"
+    assert deltas["Target AUROC"] == "95% bootstrap CI 0.550 to 0.780"
     warned = [w.value for w in at.warning]
     # said once, among the model card's verdicts (QA at 1280 px: the page said it under the tiles as well)
     assert sum(w.startswith("On bulk cell lines, 5-fold cross-validation, this model's AUROC 0.621 is not "

@@ -233,7 +233,8 @@ def _target_truth(target_ad, column, resistant, data: TrainingData) -> np.ndarra
 
 def _scoring_units(n_features: int, n_folds: int, truth, few: FewShot | None) -> int:
     """The baseline fits of :func:`_card` in training epochs (:func:`baselines.fit_units`)."""
-    per_set = sum(baselines.fit_units(key, n_features) for key in (baselines.LOGISTIC, baselines.BOOSTING))
+    per_set = sum(baselines.fit_units(key, n_features) for key in (baselines.LOGISTIC, baselines.BOOSTING,
+                                                                   baselines.HEADS_C))
     return per_set * n_folds + (per_set if truth is not None else 0) + (
         baselines.fit_units(baselines.LOGISTIC, n_features) if truth is not None and few is not None else 0)
 
@@ -254,8 +255,12 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
     """The model card; ``advance(units, message)`` after each baseline fit (progress)."""
     seed = s.seed
     x, y, xt = data.bulk_x, data.bulk_y, data.target_x
+    # the logistic regression's C is chosen by inner CV on each training set, from a grid with the heads' C
+    head_c = s.head_c if s.head == "linear" else None
     names = {baselines.LOGISTIC: baselines.BASELINE_TITLES[baselines.LOGISTIC],
-             baselines.BOOSTING: baselines.BASELINE_TITLES[baselines.BOOSTING]}
+             baselines.BOOSTING: baselines.BASELINE_TITLES[baselines.BOOSTING],
+             # the model's own linear head without the latent: what the backbones add
+             **({baselines.HEADS_C: baselines.heads_c_title(head_c)} if head_c is not None else {})}
 
     def done(key: str, what: str) -> None:
         if advance is not None:
@@ -265,6 +270,11 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
         if advance is not None:
             advance(0, f"Scoring the baselines · {names[key]}, {what}")
 
+    grid = baselines.c_grid(head_c)
+    chosen_cv: list[dict] = []
+    chosen_bulk: list[dict] = []
+    chosen_few: list[dict] = []
+
     def out_of_fold(key: str) -> np.ndarray:
         def fitted(k: int) -> None:
             done(key, f"bulk CV fold {k + 1}/{len(splits)} done")
@@ -272,7 +282,8 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
                 starting(key, f"bulk CV fold {k + 2}/{len(splits)}")
 
         starting(key, f"bulk CV fold 1/{len(splits)}")
-        return baselines.out_of_fold(key, x, y, splits, seed, on_fit=fitted)
+        return baselines.out_of_fold(key, x, y, splits, seed, on_fit=fitted, grid=grid,
+                                     chosen=chosen_cv if key == baselines.LOGISTIC else None, c=head_c)
 
     bulk_preds = {cards.MODEL: fit.oof, **{title: out_of_fold(key) for key, title in names.items()}}
     evaluations = [cards.evaluation("bulk_cv", f"Bulk cell lines, {len(splits)}-fold cross-validation", y,
@@ -285,12 +296,14 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
             preds = {cards.MODEL: fit.target_prob[held]}
             for key, title in names.items():
                 starting(key, "fitting on the bulk to score the target cells")
-                preds[title] = baselines.fit_predict(key, x, y, xt, seed)[held]
+                preds[title] = baselines.fit_predict(key, x, y, xt, seed, grid=grid, c=head_c,
+                                                     chosen=chosen_bulk if key == baselines.LOGISTIC else None)[held]
                 done(key, "target cells done")
             if few is not None:
                 title = f"{baselines.BASELINE_TITLES[baselines.TARGET_ONLY]} ({len(few.rows)} cells)"
                 starting(baselines.LOGISTIC, "on the labelled target cells")
-                preds[title] = baselines.fit_predict(baselines.LOGISTIC, xt[few.rows], few.y, xt, seed)[held]
+                preds[title] = baselines.fit_predict(baselines.LOGISTIC, xt[few.rows], few.y, xt, seed, grid=grid,
+                                                     chosen=chosen_few)[held]
                 done(baselines.LOGISTIC, "on the labelled target cells")
                 preds["the same recipe without the labelled cells"] = fit.without_few_shot[held]
             what = (f"Target cells whose labels were not used for training ('{column}')" if few is not None
@@ -319,6 +332,9 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
                                "n_sensitive": int((1 - few.y).sum()), "cell_ids_recorded": True}
                               if few is not None else None)},
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
+        "baselines": {baselines.LOGISTIC: baselines.tuning_record(
+            grid, head_c, chosen_cv, chosen_bulk[0] if chosen_bulk else None,
+            chosen_few[0] if chosen_few else None)},
         "evaluations": evaluations,
         "calibration": (f"P(resistant) is a score from heads trained with balanced class weights, not a calibrated "
                         f"probability: at the default threshold ({s.threshold:g}) this model calls "
@@ -618,6 +634,7 @@ def train_drug_model(
                              "n_few_shot_cells_left_out":
                              len(few.rows) if few is not None else 0,  # the card's scores are rounded:
                              **target_scores, **evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict(),
+                             "auroc_ci_low_high_method": AUROC_CI_LOW_HIGH_METHOD,
                              "n_training_cells_left_out": len(few.rows) if few is not None else 0}
     seconds = time.perf_counter() - t0
     provenance["seconds"] = round(seconds, 1)
@@ -740,7 +757,18 @@ def _headline(card: dict, name: str) -> dict:
         return {}
     model = next(r for r in ev["scores"] if r["model"] == cards.MODEL)
     return {"auroc": model["auroc"], "auroc_ci": model["auroc_ci"], "auprc": model["auprc"],
-            "auprc_ci": model["auprc_ci"], "auprc_chance": cards.auprc_chance(ev)}
+            "auprc_ci": model["auprc_ci"], "auprc_chance": cards.auprc_chance(ev),
+            "auroc_ci_method": AUROC_CI_METHOD}
+
+
+#: How the intervals of a training's metrics were made (``metrics.cv`` / ``metrics.target`` of the
+#: manifest and report; docs/outputs.md): ``auroc_ci`` and ``auprc_ci`` are the model card's
+#: bootstrap intervals; ``auroc_ci_low`` / ``auroc_ci_high`` of ``metrics.target`` are Hanley-McNeil's,
+#: as ``scatd evaluate``, metrics.csv and the Cells page compute them.
+AUROC_CI_METHOD = (f"{cards.INTERVAL}: stratified bootstrap of the cells or cell lines, {cards.N_BOOT} resamples "
+                   "(the model card's)")
+AUROC_CI_LOW_HIGH_METHOD = ("95% Hanley-McNeil interval from the AUROC's standard error (as scatd evaluate and "
+                            "the Cells page)")
 
 
 def _rounded(losses: list) -> list:
