@@ -23,7 +23,8 @@ Both see exactly the model's input: each domain standardised on its own as ``sca
 does, so the target's genes are re-z-scored over its own cells. That makes the comparison on the
 model card fair (same inputs, same run), but it is **not** the published floor, which applies
 the regression to the target values as given (SCAD's z-scores): on Gefitinib the published
-recipe scores 0.766 on the single cells, this baseline 0.738. The published floor itself is
+recipe scores 0.766 on the single cells, this baseline 0.738 at C=0.1 and 0.761 tuned (C=0.03
+chosen on the bulk). The published floor itself is
 rerun and compared with the model in ``benches/eval_transfer.py`` ("logistic regression,
 published recipe (the floor)"; ``benches/README.md``, ``benches/results_transfer.md``).
 """
