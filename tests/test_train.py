@@ -603,7 +603,7 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "Trained 'DrugA (dist_vae, trained)'" in out and "Gene panel: 28 genes" in err
     assert "Model card:" in err and "Target cells ('response', labels used for evaluation only)" in err
-    assert "logistic regression (c=0.1, balanced)" in err.lower()
+    assert "logistic regression (c tuned by inner cv, balanced)" in err.lower()
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["cv"]["folds"] == 3 and "target_predictions" not in report
     bundle = load_bundle(tmp_path / "bundle")
