@@ -225,7 +225,8 @@ if emb_info is not None:
     values, categorical, crange, scale = colour_options[colour]
     fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,
                          color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str),
-                         note=embed.fit_note(emb_info))
+                         note=embed.fit_note(emb_info),  # blue/red: the calls at the threshold in use
+                         threshold=float(info["threshold"]["value"]) if colour == "P(resistant)" else None)
     with umap_area:
         st.plotly_chart(fig, key="cells_umap")
         if colour == "uncertainty (sd of P)":

@@ -217,7 +217,8 @@ if expl.features:
     values, attributions = expl.feature_values(gene)
     st.plotly_chart(pl.dependence_figure(gene, values, attributions, expl.cells["prob_resistant"].to_numpy(),
                                          expl.cells["label"].to_numpy(), expl.cells.index.to_numpy(),
-                                         expl.baseline_of(gene)), key="bio_dependence")
+                                         expl.baseline_of(gene), threshold=info.get("threshold")),
+                    key="bio_dependence")
     coords, how = plot_coordinates(adata)
     if how != "UMAP":
         c1, c2 = st.columns([3, 1])

@@ -814,6 +814,7 @@ def _prediction_figures(adata, keys, info) -> str:
             basis, note = "the data's own obsm['X_umap']", None
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.prob].to_numpy(), name="P(resistant)",
                                                    color_range=(0, 1), cell_ids=ids, note=note,
+                                                   threshold=thr["value"],  # blue/red: the calls
                                                    title=f"UMAP ({basis}) coloured by P(resistant)")))
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.label], name="called", categorical=True,
                                                    cell_ids=ids, note=note,

@@ -29,14 +29,64 @@ COLORS = {"resistant": "#d62728", "sensitive": "#1f77b4", NOT_SCORED: "#9e9e9e",
 DIRECTION_COLORS = {"resistance": COLORS["resistant"], "sensitivity": COLORS["sensitive"], "none": "#999999"}
 #: The legends' words for biomarkers.csv's ``direction`` values: the words every other figure uses
 DIRECTION_NAMES = {"resistance": "resistant", "sensitivity": "sensitive", "none": "neither"}
-PROB_SCALE = "RdBu_r"
+#: The colour of P(resistant) at the threshold: a light grey, visible on white (RdBu's centre was
+#: near-white, so the cells hardest to call vanished into the background).
+PROB_NEUTRAL = "#c8c8c8"
+#: P(resistant)'s colours from 0 up to the threshold (dark to light blue: called sensitive) and from
+#: the threshold up to 1 (light to dark red: called resistant): RdBu's, without its near-white centre.
+_PROB_BLUES = ("#053061", "#2166ac", "#4393c3", "#92c5de")
+_PROB_REDS = ("#f4a582", "#d6604d", "#b2182b", "#67001f")
+
+
+def prob_colorscale(threshold: float = 0.5) -> list[list]:
+    """The colour scale of P(resistant) over [0, 1]: blue below ``threshold`` (called sensitive), red
+    above it (called resistant), :data:`PROB_NEUTRAL` grey at it. A fixed scale centred on 0.5 drew
+    cells that a threshold of 0.72 calls sensitive in orange and red."""
+    t = float(np.clip(threshold, 0.0, 1.0))
+    stops = [[t * i / len(_PROB_BLUES), c] for i, c in enumerate(_PROB_BLUES)] if t > 0 else []
+    stops.append([t, PROB_NEUTRAL])
+    if t < 1:
+        stops += [[t + (1 - t) * i / len(_PROB_REDS), c] for i, c in enumerate(_PROB_REDS, start=1)]
+    return stops
+
+
+#: P(resistant) drawn without a threshold in use (a panel's several drugs): neutral grey at 0.5.
+PROB_SCALE = prob_colorscale(0.5)
+
+
+def prob_colorbar(threshold: float | None, title: str = "P(resistant)", thickness: int = 14) -> dict:
+    """A P(resistant) colour bar that marks the ``threshold`` (a tick "threshold 0.72" at the grey)
+    and says in its title what red and blue mean; without a threshold, 0 to 1 and the title."""
+    bar = dict(thickness=thickness, tickformat="~g", tickmode="array")
+    if threshold is None:
+        return {**bar, "title": dict(text=title, side="top"), "tickvals": [0, 0.25, 0.5, 0.75, 1]}
+    t = float(np.clip(threshold, 0.0, 1.0))
+    ticks = [v for v in (0.0, 0.25, 0.5, 0.75, 1.0) if abs(v - t) >= 0.08]  # no label over the threshold's
+    vals = sorted(ticks + [t])
+    text = [f"threshold {t:.3g}" if v == t else f"{v:g}" for v in vals]
+    return {**bar, "tickvals": vals, "ticktext": text,
+            "title": dict(text=f"{title}<br>red: called resistant<br>blue: called sensitive", side="top")}
+
+
+#: Text of every figure (ticks, axis and colour-bar titles, legends): 9.7:1 on white. Streamlit's own
+#: chart theme drew it rgb(128,132,149), 3.7:1, under WCAG AA's 4.5:1 for 12 px text.
+FONT_COLOR = "#444444"
 #: Bins of the P(resistant) histogram over [0, 1], both ends included.
 HISTOGRAM_BINS = 50
 
 
 def layout(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Figure:
+    """The figures' shared look: white, dark grey text, light grid. Set on the figure itself (not only
+    through the template), so that Streamlit's chart theme, which rewrites the template, keeps it
+    (and a figure in the app's dark theme stays readable: white, as in report.html)."""
+    text = dict(color=FONT_COLOR)
     fig.update_layout(title=title, height=height, margin=dict(l=40, r=20, t=50 if title else 20, b=40),
-                      template="plotly_white", legend=dict(itemsizing="constant"))
+                      template="plotly_white", legend=dict(itemsizing="constant", font=text, title_font=text),
+                      font=text, title_font=text, paper_bgcolor="white", plot_bgcolor="white",
+                      hoverlabel=dict(bgcolor="white", font=text))
+    lines = dict(gridcolor="#e5e5e5", zerolinecolor="#e5e5e5", tickcolor="#e5e5e5")  # Streamlit's dark theme drew black
+    fig.update_xaxes(tickfont=text, title_font=text, **lines)
+    fig.update_yaxes(tickfont=text, title_font=text, **lines)
     return plain_text(fig)
 
 
@@ -103,12 +153,15 @@ def _scatter_trace(n_points: int):
 
 def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str = "",
                 categorical: bool | None = None, cell_ids: Sequence[str] | None = None,
-                color_range: tuple[float, float] | None = None, colorscale: str = PROB_SCALE,
+                color_range: tuple[float, float] | None = None, colorscale: str | list = PROB_SCALE,
                 title: str | None = None, point_size: float | None = None,
                 max_points: int = MAX_PLOT_POINTS, note: str | None = None,
-                colors: dict[str, str] | None = None) -> go.Figure:
+                colors: dict[str, str] | None = None, threshold: float | None = None) -> go.Figure:
     """UMAP scatter coloured by ``values`` (numbers: a colour scale; text: one trace per value,
     coloured by ``colors`` where it names the value).
+
+    ``threshold``: the values are P(resistant) called at it: blue below, red above, grey at it,
+    with the threshold marked on the colour bar (:func:`prob_colorscale`, :func:`prob_colorbar`).
 
     ``note`` is written under the plot (how the layout was made, e.g.
     :func:`scatd_core.embed.fit_note`). Points with non-finite coordinates are left out and
@@ -145,10 +198,14 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                                     hovertemplate="%{text}: no value<extra></extra>"))
             lo, hi = color_range or (float(np.nanmin(v)) if has.any() else 0.0,
                                      float(np.nanmax(v)) if has.any() else 1.0)
+            if threshold is not None:
+                colorscale, lo, hi = prob_colorscale(threshold), 0.0, 1.0
+                colorbar = prob_colorbar(threshold, name)
+            else:  # 0.0006, not plotly's "600µ"
+                colorbar = dict(title=dict(text=name, side="top"), thickness=14, tickformat="~g")
             fig.add_trace(Trace(x=xy[has, 0], y=xy[has, 1], mode="markers", name=name, showlegend=False,
                                 marker=dict(size=size, color=v[has], colorscale=colorscale, cmin=lo, cmax=hi,
-                                            colorbar=dict(title=dict(text=name, side="top"), thickness=14,
-                                                          tickformat="~g")),  # 0.0006, not plotly's "600µ"
+                                            colorbar=colorbar),
                                 text=ids[has], customdata=v[has],
                                 hovertemplate="%{text}<br>" + html.escape(name) + ": %{customdata:.3f}<extra></extra>"))
         else:
@@ -160,7 +217,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
             for cat in order:
                 m = (text == cat).to_numpy()
                 fig.add_trace(Trace(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"{cat} ({int(m.sum()):,})",
-                                    marker=dict(size=size, color=palette[cat]), text=ids[m],
+                                    marker=dict(size=size, color=palette[cat]), text=ids[m], showlegend=True,
                                     hovertemplate="%{text}<br>" + html.escape(f"{name}: {cat}") + "<extra></extra>"))
     fig.update_xaxes(title="UMAP 1", showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(title="UMAP 2", showticklabels=False, zeroline=False, showgrid=False, scaleanchor=None)
@@ -198,10 +255,16 @@ def count_umap_figure(coords: np.ndarray, counts: Sequence, n_max: int, *, name:
     return fig.update_layout(legend=dict(title=dict(text=name)))
 
 
-#: Colours of other categories: never the resistant red or the sensitive blue, which mean a response
-_QUALITATIVE = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-                "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5",
-                "#dbdb8d", "#393b79", "#637939", "#8c6d31")
+#: Colours of other categories (Leiden clusters, samples ...), in this order. Never the resistant red,
+#: the sensitive blue (which mean a response) or a grey (no value). The first 8 stay apart for
+#: readers with red-green colour blindness (protanopia, deuteranopia): Okabe & Ito's palette
+#: (2008) without its blue and vermillion, then Paul Tol's indigo and wine, with Okabe-Ito's yellow
+#: 8th (faint on white). Then 6 more of Tol's "muted" colours, which may resemble one of the first 8
+#: for such readers; above 14 categories the colours repeat (hover a cell to read its category).
+_QUALITATIVE = ("#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#000000", "#332288", "#882255", "#F0E442",
+                "#117733", "#999933", "#AA4499", "#88CCEE", "#44AA99", "#DDCC77")
+#: How many of :data:`_QUALITATIVE`'s colours stay apart under red-green colour blindness.
+N_COLOURBLIND_SAFE = 8
 
 
 def _palette(categories: Iterable[str]) -> dict[str, str]:
@@ -237,16 +300,24 @@ def probability_histogram(prob: np.ndarray, threshold: float, title: str | None 
     """Histogram of P(resistant) over the scored cells, with the threshold marked.
 
     :data:`HISTOGRAM_BINS` equal bins over [0, 1]; the last bin is closed, so probabilities of
-    exactly 0 and 1 are counted like any other (numpy's binning, drawn as bars).
+    exactly 0 and 1 are counted like any other (numpy's binning, drawn as bars). Two stacked
+    traces: the cells called sensitive (P <= threshold) in blue, those called resistant
+    (P > threshold) in red, so a bin that the threshold cuts is split by its cells' calls.
     """
     p = np.asarray(prob, dtype=np.float64)
-    p = p[np.isfinite(p)]
-    counts, edges = np.histogram(np.clip(p, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+    p = np.clip(p[np.isfinite(p)], 0.0, 1.0)
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
     centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-    labels = [f"[{a:.2f}, {b:.2f}{']' if i == len(counts) - 1 else ')'}" for i, (a, b) in
+    labels = [f"[{a:.2f}, {b:.2f}{']' if i == HISTOGRAM_BINS - 1 else ')'}" for i, (a, b) in
               enumerate(zip(edges[:-1], edges[1:]))]
-    fig = go.Figure(go.Bar(x=centres, y=counts, width=width, marker_color="#6c8ebf", customdata=labels,
-                           hovertemplate="P in %{customdata}: %{y:,} cells<extra></extra>"))
+    fig = go.Figure()
+    resistant = p > threshold  # the calls' own rule (predict.relabel)
+    for called, cells in (("sensitive", p[~resistant]), ("resistant", p[resistant])):
+        counts, _ = np.histogram(cells, bins=edges)
+        rule = "≤" if called == "sensitive" else ">"
+        fig.add_trace(go.Bar(x=centres, y=counts, width=width, marker_color=COLORS[called], customdata=labels,
+                             name=f"called {called} (P {rule} {threshold:.3g})", showlegend=True,
+                             hovertemplate=f"P in %{{customdata}}: %{{y:,}} cells called {called}<extra></extra>"))
     note = "" if calibrated is None else (" (calibrated)" if calibrated else " (model default, uncalibrated)")
     fig.add_vline(x=threshold, line=dict(color=COLORS["resistant"], dash="dash"),
                   annotation_text=f"threshold {threshold:.3g}{note}",
@@ -254,8 +325,8 @@ def probability_histogram(prob: np.ndarray, threshold: float, title: str | None 
                   annotation_position=threshold_label_side(threshold))
     fig.update_xaxes(title="P(resistant)", range=[0, 1])
     fig.update_yaxes(title="cells")
-    fig.update_layout(bargap=0.02)
-    return layout(fig, title, height=320)
+    fig.update_layout(bargap=0.02, barmode="stack", legend=dict(orientation="h", x=0, y=-0.3, yanchor="top"))
+    return layout(fig, title, height=340)
 
 
 def threshold_label_side(threshold: float) -> str:
@@ -398,8 +469,10 @@ def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str |
         part = bars[bars["direction"] == direction]
         if part.empty:
             continue
+        # in the legend even when every gene has one direction: what red (or blue) means is always said
         fig.add_trace(go.Bar(x=part["mean_abs_attribution"], y=part["feature"], orientation="h", name=DIRECTION_NAMES[direction],
-                             marker_color=colour, customdata=part[["rank", "de_score"]].to_numpy(dtype=object),
+                             marker_color=colour, showlegend=True,
+                             customdata=part[["rank", "de_score"]].to_numpy(dtype=object),
                              hovertemplate="%{y}: %{x:.4g}<br>rank %{customdata[0]}, DE score %{customdata[1]}"
                                            "<extra></extra>"))
     fig.update_xaxes(title=f"mean |attribution| ({target_title})")
@@ -411,12 +484,15 @@ def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str |
 
 
 def dependence_figure(feature: str, values: np.ndarray, attributions: np.ndarray, prob: np.ndarray,
-                      labels: Sequence[str], cell_ids: Sequence[str], baseline: float | None = None) -> go.Figure:
-    """One feature across the explained cells: model input vs attribution, coloured by P(resistant)."""
+                      labels: Sequence[str], cell_ids: Sequence[str], baseline: float | None = None,
+                      threshold: float | None = None) -> go.Figure:
+    """One feature across the explained cells: model input vs attribution, coloured by P(resistant)
+    (blue below ``threshold``, the one behind the explained cells' calls, red above it)."""
     Trace = _scatter_trace(len(values))
     fig = go.Figure(Trace(x=values, y=attributions, mode="markers",
-                          marker=dict(size=5, color=prob, colorscale=PROB_SCALE, cmin=0, cmax=1,
-                                      colorbar=dict(title=dict(text="P(resistant)", side="top"), thickness=12)),
+                          marker=dict(size=5, color=prob, cmin=0, cmax=1,
+                                      colorscale=prob_colorscale(0.5 if threshold is None else threshold),
+                                      colorbar=prob_colorbar(threshold, thickness=12)),
                           text=[f"{c} ({lab})" for c, lab in zip(cell_ids, labels)],
                           hovertemplate="%{text}<br>input %{x:.3g}, attribution %{y:.3g}<extra></extra>"))
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
@@ -435,8 +511,9 @@ def feature_map(coords: np.ndarray, values: np.ndarray, feature: str, what: str,
     symmetric = what == "attribution"
     lim = float(np.nanmax(np.abs(v))) if symmetric and v.size and np.isfinite(v).any() else None
     Trace = _scatter_trace(int(ok.sum()))
+    scale = PROB_SCALE if symmetric else "Viridis"  # an attribution of 0 in grey, not white on white
     fig = go.Figure(Trace(x=coords[ok, 0], y=coords[ok, 1], mode="markers",
-                          marker=dict(size=5, color=v[ok], colorscale="RdBu_r" if symmetric else "Viridis",
+                          marker=dict(size=5, color=v[ok], colorscale=scale,
                                       cmin=-lim if lim else None, cmax=lim if lim else None,
                                       colorbar=dict(title=dict(text=what, side="top"), thickness=12)),
                           text=np.asarray(cell_ids)[ok], hovertemplate="%{text}: %{marker.color:.3g}<extra></extra>"))
@@ -455,7 +532,7 @@ def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go
             continue
         fig.add_trace(_scatter_trace(len(d))(
             x=d["de_score"], y=d["mean_abs_attribution"], mode="markers", name=DIRECTION_NAMES[direction],
-            marker=dict(size=5, color=colour), text=d["feature"],
+            marker=dict(size=5, color=colour), text=d["feature"], showlegend=True,
             hovertemplate="%{text}<br>DE score %{x:.3g}, mean |attribution| %{y:.3g}<extra></extra>"))
     fig.update_layout(legend_title_text="direction")  # biomarkers.csv's direction, in the legends' words
     log_y = bool(len(part) and (part["mean_abs_attribution"] > 0).all())

@@ -253,3 +253,143 @@ def test_a_category_order_is_written_as_its_categories_are():
     order = list(fig.layout.yaxis.categoryarray)
     assert order == ["SOX2", "&lt;b>X", "VIM"]  # the best gene on top, each name as drawn on its bar
     assert set(order) == {str(y) for t in fig.data for y in t.y}
+
+
+# ---------------------------------------------------------------- colours and text of the figures
+
+def _rgb(colour: str) -> np.ndarray:
+    """A plotly colour ('#rrggbb' or 'rgb(r, g, b)') as 0..1 floats."""
+    if colour.startswith("#"):
+        return np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+    return np.array([float(v) for v in colour[colour.index("(") + 1:-1].split(",")[:3]]) / 255
+
+
+def _luminance(colour: str) -> float:
+    c = _rgb(colour)
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ [0.2126, 0.7152, 0.0722])
+
+
+def _contrast_on_white(colour: str) -> float:
+    return 1.05 / (_luminance(colour) + 0.05)  # WCAG 2 contrast ratio against #ffffff
+
+
+def _scale_colour(scale, at: float) -> str:
+    from plotly.colors import sample_colorscale
+
+    return sample_colorscale([[float(p), c] for p, c in scale], [at])[0]
+
+
+def test_p_resistant_turns_from_blue_to_red_at_the_threshold_in_use():
+    """QA: P(resistant) was drawn with RdBu_r from 0 to 1 (white at 0.5) whatever the threshold, so at a
+    calibrated 0.72 cells called sensitive were orange and red, and cells near 0.5 white on white.
+    Now blue below the threshold, red above, a visible grey at it, and the colour bar marks it."""
+    coords = np.random.default_rng(0).normal(size=(40, 2))
+    prob = np.linspace(0.0, 1.0, 40)
+    figures = {"UMAP": pl.umap_figure(coords, prob, name="P(resistant)", color_range=(0, 1), threshold=0.72),
+               "one gene": pl.dependence_figure("VIM", prob, prob, prob, ["x"] * 40, [str(i) for i in range(40)],
+                                                threshold=0.72)}
+    for where, fig in figures.items():
+        marker = [t for t in fig.data if t.marker.colorscale][0].marker
+        assert (marker.cmin, marker.cmax) == (0, 1), where
+        below, at, above = (_rgb(_scale_colour(marker.colorscale, v)) for v in (0.65, 0.72, 0.8))
+        assert below[2] > below[0] and above[0] > above[2], where  # 0.65 is blue (sensitive), 0.8 red
+        assert np.ptp(at) < 0.02 and _contrast_on_white(_scale_colour(marker.colorscale, 0.72)) > 1.5, where
+        bar = marker.colorbar
+        assert 0.72 in bar.tickvals and bar.ticktext[list(bar.tickvals).index(0.72)] == "threshold 0.72", where
+        assert "red: called resistant" in bar.title.text and "blue: called sensitive" in bar.title.text, where
+
+
+def test_the_reports_umap_of_p_resistant_marks_the_threshold_of_its_calls(monkeypatch):
+    from scatd_core import export
+    from scatd_core._keys import result_keys
+
+    n = 30
+    adata = ad.AnnData(np.zeros((n, 1), dtype=np.float32), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
+    keys = result_keys(None)
+    adata.obs[keys.prob] = np.linspace(0, 1, n)
+    adata.obs[keys.label] = pd.Categorical(np.where(adata.obs[keys.prob] > 0.72, "resistant", "sensitive"))
+    adata.obsm["X_umap"] = np.random.default_rng(0).normal(size=(n, 2))
+    drawn = []
+    monkeypatch.setattr(export, "_figure_html", lambda fig: drawn.append(fig) or "")
+    export._prediction_figures(adata, keys, {"threshold": {"value": 0.72, "calibrated": True}})
+    umap = [f for f in drawn if "P(resistant)" in (f.layout.title.text or "") and "UMAP" in f.layout.title.text][0]
+    assert "threshold 0.72" in umap.data[0].marker.colorbar.ticktext
+
+
+def test_the_histogram_of_p_resistant_is_blue_below_the_threshold_and_red_above():
+    """QA: every bar was blue (#6c8ebf) while blue means sensitive in every other figure. The cells
+    called sensitive (P <= threshold) are stacked in blue, those called resistant in red; a bin the
+    threshold cuts holds both, each bin's height is still all of its cells."""
+    p = np.array([0.10, 0.30, 0.721, 0.722, 0.728, 0.729, 0.90, 0.95, 1.0])
+    fig = pl.probability_histogram(p, 0.725)
+    colours = {t.marker.color for t in fig.data}
+    assert colours == {pl.COLORS["sensitive"], pl.COLORS["resistant"]}
+    sensitive, resistant = ([t for t in fig.data if t.marker.color == pl.COLORS[c]][0] for c in ("sensitive", "resistant"))
+    assert fig.layout.barmode == "stack" and sum(sensitive.y) == 4 and sum(resistant.y) == 5
+    cut = int(np.argmin(np.abs(np.asarray(sensitive.x) - 0.73)))  # the bin [0.72, 0.74)
+    assert sensitive.y[cut] == 2 and resistant.y[cut] == 2  # split by the cells' calls
+    assert not any(np.asarray(resistant.y)[np.asarray(resistant.x) < 0.72]) and not any(
+        np.asarray(sensitive.y)[np.asarray(sensitive.x) > 0.74])
+    assert fig.layout.shapes[0].x0 == 0.725  # the threshold line is kept
+    assert "called resistant (P > 0.725)" in {t.name for t in fig.data}
+
+
+def _cvd(colour: str, kind: str) -> np.ndarray:
+    """``colour`` in CIELAB as a reader with ``kind`` sees it (Machado et al. 2009, severity 1)."""
+    m = {"protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                        [-0.003882, -0.048116, 1.051998]],
+         "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                          [-0.011820, 0.042940, 0.968881]]}[kind]
+    c = _rgb(colour)
+    lin = np.clip(np.asarray(m) @ np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4), 0, 1)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ lin
+    t = xyz / [0.95047, 1.0, 1.08883]
+    f = np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_cluster_colours_stay_apart_for_red_green_colour_blind_readers():
+    """QA: clusters 0 and 1 were tab10's orange and green, one colour under protanopia (ΔE 4.6).
+    The first 8 categories stay clearly apart (CIELAB ΔE >= 15) under simulated protanopia and
+    deuteranopia, and none takes the resistant red, the sensitive blue or a no-value grey."""
+    from itertools import combinations
+
+    colours = list(pl._palette([str(i) for i in range(8)]).values())
+    assert len(set(colours)) == 8
+    assert not {pl.COLORS["resistant"], pl.COLORS["sensitive"], pl.COLORS[pl.NOT_SCORED]} & set(colours)
+    for kind in ("protanopia", "deuteranopia"):
+        for a, b in combinations(colours, 2):
+            assert np.linalg.norm(_cvd(a, kind) - _cvd(b, kind)) >= 15, (kind, a, b)
+    palette = pl._palette(["resistant", "sensitive", "0"])  # responses keep their red and blue
+    assert palette["resistant"] == pl.COLORS["resistant"] and palette["sensitive"] == pl.COLORS["sensitive"]
+
+
+def test_figure_text_is_dark_enough_to_read_in_the_app_and_the_report():
+    """QA: in the app, tick, axis and colour-bar text came out rgb(128,132,149) (Streamlit's chart
+    theme rewrites the template): 3.7:1 on white, under WCAG AA's 4.5:1. The colour is set on the
+    figure itself (which Streamlit keeps), on a white background."""
+    coords = np.random.default_rng(0).normal(size=(20, 2))
+    ranking = pd.DataFrame({"feature": ["VIM"], "mean_abs_attribution": [0.3], "direction": ["resistance"],
+                            "rank": [1], "de_score": [1.0]})
+    for fig in (pl.umap_figure(coords, np.linspace(0, 1, 20), name="P"),
+                pl.probability_histogram(np.linspace(0, 1, 20), 0.5), pl.biomarker_bar(ranking, 1, "P(resistant)"),
+                pl.panel_heatmap(np.random.default_rng(0).random((20, 2)), ["A", "B"], ["g"] * 20, "group")):
+        lay = fig.layout
+        for colour in (lay.font.color, lay.xaxis.tickfont.color, lay.yaxis.tickfont.color,
+                       lay.xaxis.title.font.color, lay.yaxis.title.font.color, lay.legend.font.color):
+            assert colour is not None and _contrast_on_white(colour) >= 4.5
+        assert lay.paper_bgcolor == "white" and lay.plot_bgcolor == "white"  # the app's dark theme too
+
+
+def test_the_biomarker_chart_says_what_its_colour_means_when_every_gene_has_one_direction():
+    """QA: with every gene pushing toward resistant there was one trace, and Plotly shows no legend for
+    one trace: nothing said what red meant. Each direction drawn is in the legend, under its title."""
+    ranking = pd.DataFrame({"feature": ["VIM", "CD44"], "mean_abs_attribution": [0.3, 0.2],
+                            "direction": ["resistance"] * 2, "rank": [1, 2], "de_score": [1.0, 2.0],
+                            "in_data": [True, True]})
+    for fig in (pl.biomarker_bar(ranking, 2, "P(resistant)"), pl.attribution_vs_de(ranking, "resistant", "sensitive")):
+        assert [t.name for t in fig.data] == ["resistant"] and fig.data[0].showlegend is True
+        assert fig.layout.showlegend is not False and fig.layout.legend.title.text
+    one = pl.umap_figure(np.zeros((3, 2)), ["resistant"] * 3, name="called", categorical=True)
+    assert one.data[0].showlegend is True  # every cell called resistant: the legend still says so

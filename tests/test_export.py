@@ -515,8 +515,9 @@ def test_probability_histogram_counts_every_cell_including_exact_0_and_1():
     p = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.999, np.nan])
     fig = pl.probability_histogram(p, 0.5)
     bars = fig.data[0]
-    assert sum(bars.y) == 7  # every scored cell, none outside the axis
-    assert bars.y[0] == 2 and bars.y[-1] == 4  # exact 0 in the first bin, exact 1 (and 0.999) in the last
+    counts = np.sum([t.y for t in fig.data], axis=0)  # called sensitive + called resistant, stacked
+    assert counts.sum() == 7  # every scored cell, none outside the axis
+    assert counts[0] == 2 and counts[-1] == 4  # exact 0 in the first bin, exact 1 (and 0.999) in the last
     assert max(bars.x) + bars.width / 2 == pytest.approx(1.0) and min(bars.x) - bars.width / 2 == pytest.approx(0.0)
 
 
