@@ -834,3 +834,22 @@ def test_the_datas_own_umap_is_never_deleted_and_kept_aside_when_scatd_makes_its
     assert np.array_equal(again.obsm["X_umap_original"], theirs) and "X_umap_original_2" not in again.obsm
     assert np.allclose(again.obsm["X_umap"], back.obsm["X_umap"], equal_nan=True)  # seeded: scATD's own again
     assert "kept, unchanged" in err
+
+
+def test_predict_and_report_take_both_out_and_output(capsys):
+    """QA: `scatd predict` took --output and `scatd report` --out; a biologist types either. Both
+    commands take both spellings; the help lists the command's own and names the other."""
+    from scatd_core.cli import build_parser
+
+    parser = build_parser()
+    given = ["--model", "M", "--input", "cells.h5ad"]
+    for command, dest, main in (("predict", "output", "--output"), ("report", "out", "--out")):
+        for spelling in ("--out", "--output"):
+            args = parser.parse_args([command, *given, spelling, "result"])
+            assert getattr(args, dest) == "result", (command, spelling)
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        said = capsys.readouterr().out
+        other = "--out" if main == "--output" else "--output"
+        assert re.search(rf"^  {main} [A-Z]+ +", said, re.M) and f"(or {other})" in " ".join(said.split())
+        assert not re.search(rf"^  {main} [A-Z]+, {other}", said, re.M)  # one name listed

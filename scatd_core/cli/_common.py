@@ -61,6 +61,32 @@ class Progress:
         say(f"{self.label}{message}")
 
 
+class _MainNameFormatter(argparse.HelpFormatter):
+    """Help that lists an option with a second spelling (:func:`add_spelled_both_ways`) under its
+    main name only; the help text says the other."""
+
+    def _format_action_invocation(self, action):
+        main = getattr(action, "main_name", None)
+        if main is None:
+            return super()._format_action_invocation(action)
+        names, action.option_strings = action.option_strings, [main]
+        try:
+            return super()._format_action_invocation(action)
+        finally:
+            action.option_strings = names
+
+
+def add_spelled_both_ways(p: argparse.ArgumentParser, main: str, other: str, *, help: str, **kwargs):
+    """An option that takes two spellings (``--output`` and ``--out``: ``scatd predict`` and
+    ``scatd report`` once took one each, and a biologist types either): ``main`` in the help,
+    with "(or ``other``)" after its text; both set the same value."""
+    action = p.add_argument(main, other, dest=main.lstrip("-").replace("-", "_"), help=f"{help} (or {other})",
+                            **kwargs)
+    action.main_name = main
+    p.formatter_class = _MainNameFormatter
+    return action
+
+
 def whole_number(minimum: int):
     """An argparse type: a whole number of at least ``minimum`` (argparse names the option)."""
     def parse(text: str) -> int:

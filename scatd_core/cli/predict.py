@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
-                                    apply_label_direction, cell_mask, check_columns, check_outputs, positive_int,
-                                    prepare_embeddings, probability, read_input, resolve_bundle, say)
+                                    add_spelled_both_ways, apply_label_direction, cell_mask, check_columns,
+                                    check_outputs, positive_int, prepare_embeddings, probability, read_input, resolve_bundle, say)
 
 
 def add(sub) -> None:
@@ -23,7 +23,8 @@ def add(sub) -> None:
     add_data_arguments(p, several=True)
     p.add_argument("--panel", help="a panel you saved (`scatd panel save`), instead of --model")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
-    p.add_argument("--output", required=True, help="output CSV (one row per input cell, in input order)")
+    add_spelled_both_ways(p, "--output", "--out", required=True,
+                          help="output CSV (one row per input cell, in input order)")
     p.add_argument("--h5ad", help="also write the annotated AnnData here")
     p.add_argument("--group-summary", help="panel: also write the per-cluster/per-sample summary CSV here")
     p.add_argument("--html", help="panel: also write the HTML panel report here")

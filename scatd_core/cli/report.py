@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, apply_label_direction, \
-    cell_mask, check_columns, check_output, prepare_embeddings, read_input, resolve_bundle, say
+from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, add_spelled_both_ways, \
+    apply_label_direction, cell_mask, check_columns, check_output, prepare_embeddings, read_input, resolve_bundle, say
 from scatd_core.cli.explain import add_explain_arguments, explain_from_args, gene_level
 from scatd_core.cli.predict import add_engine_arguments, add_prediction_arguments, predict_from_args
 from scatd_core.errors import ScatdError
@@ -22,7 +22,7 @@ def add(sub) -> None:
     add_data_arguments(p)
     p.add_argument("--library",
                    help="model library folder that --model names a model of (default: $SCATD_MODEL_LIBRARY)")
-    p.add_argument("--out", required=True, help="report folder")
+    add_spelled_both_ways(p, "--out", "--output", required=True, help="report folder")
     add_prediction_arguments(p)
     add_label_arguments(p)
     p.add_argument("--sample-column", help="obs column with the sample / batch (resistant fraction per sample)")
