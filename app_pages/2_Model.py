@@ -78,7 +78,7 @@ if current is not None and current.is_demo and not demo_data:
     current = None
 backbones = [b for b in BACKBONES if any(m.backbone == b for m in offered)]
 if ss.get("model_backbone") not in backbones:  # the chosen model's, else one with a model that may be chosen for you
-    first = ui.default_model(offered)
+    first = ui.default_model(offered, ss.get(state.ADATA))
     ss["model_backbone"] = (current.backbone if current is not None and current.backbone in backbones else
                             next(m.backbone for m in offered if str(m.path) == first) if first else backbones[0])
 left, right = st.columns([0.3, 0.7])  # a drug model's title is long: at 1280 px half the width cut it
@@ -89,7 +89,7 @@ choices = {str(m.path): m for m in offered if m.backbone == backbone}
 labels = distinct_titles(list(choices.values()))
 if ss.get("model_bundle") not in choices:  # never another user's model, unless they chose it
     ss["model_bundle"] = str(current.path) if current is not None and str(current.path) in choices \
-        else ui.default_model(choices.values())
+        else ui.default_model(choices.values(), ss.get(state.ADATA))
 path = right.selectbox("Drug model", list(choices), key="model_bundle", index=None, placeholder="choose a drug model",
                        format_func=ui.detached(lambda p: labels[p]))
 ui.set_bundle(path)

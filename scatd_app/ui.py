@@ -824,14 +824,30 @@ def model_user() -> str | None:
     return user.name if user is not None else ""
 
 
-def default_model(bundles) -> str | None:
-    """The path of the model chosen for the user before they choose (the first of ``bundles`` that
-    :func:`scatd_core.bundle.chosen_by_default_for` lets be: a published model, the demo or the
-    user's own; never another user's), or None."""
+def default_model(bundles, adata=None) -> str | None:
+    """The path of the model chosen for the user before they choose, or None: of ``bundles``, those
+    :func:`scatd_core.bundle.chosen_by_default_for` lets be (a published model, the demo or the
+    user's own; never another user's), and of them, with data (``adata``), the one that can best
+    score them (:func:`scatd_core.inputs.fit_for_data`: values its input transform takes, then
+    gene coverage; with the demo data the demo model first); ties: the first listed."""
     from scatd_core.bundle import chosen_by_default_for
 
     user = model_user()
-    return next((str(b.path) for b in bundles if chosen_by_default_for(b, user)), None)
+    allowed = [b for b in bundles if chosen_by_default_for(b, user)]
+    if adata is not None and len(allowed) > 1:
+        from scatd_core.inputs import fit_for_data
+
+        demo_data = bool(st.session_state.get(state.IS_DEMO))
+        allowed.sort(key=lambda b: (b.is_demo == demo_data, *_fit_for_data(adata, b, fit_for_data)), reverse=True)
+    return str(allowed[0].path) if allowed else None
+
+
+def _fit_for_data(adata, bundle, fit) -> tuple[int, float]:
+    """``fit(adata, bundle)``; a model whose fit cannot be judged ranks last, its problem said when chosen."""
+    try:
+        return fit(adata, bundle)
+    except (ScatdError, ValueError):
+        return -1, 0.0
 
 
 def settled_model():

@@ -785,6 +785,31 @@ def value_messages(adata: ad.AnnData, bundle) -> tuple[list[str], list[str]]:
     return warnings, value_notes(found, transform)
 
 
+def fit_for_data(adata: ad.AnnData, bundle) -> tuple[int, float]:
+    """How well ``bundle`` can score ``adata``, as a sort key (larger is better): ``(values,
+    coverage)``. ``values``: 2 when the kind of values the data hold suits the model's input
+    transform (:func:`scatd_core.preprocess.check_backbone_compatibility` says nothing), 1 when the
+    model scores them with a warning (z-scored values given to a model that takes values as they
+    are), 0 when its transform cannot take them (negative values for a log transform: no cell
+    would be scored; values Geneformer refuses). ``coverage``: the share of the model's genes in
+    the data (1.0 for a model without a gene list). The app chooses a model before the user does
+    by it (``scatd_app.ui.default_model``): a model that can score the data before one with more
+    of its genes that cannot. From the read report or ~500 sampled cells; gene names only."""
+    from scatd_core.preprocess import BACKBONE_DEFAULT_TRANSFORM, check_backbone_compatibility
+
+    report = adata.uns.get(_keys.INPUT_REPORT, {})
+    found = report if "value_type" in report else detect_value_type(adata.X, n_cells=500)
+    transform = bundle.manifest.get("input_transform") or BACKBONE_DEFAULT_TRANSFORM.get(bundle.backbone)
+    values = 2
+    if check_backbone_compatibility(found, bundle.backbone, transform):
+        values = 1 if transform in ("none", "standardize") else 0  # these take any value; a log or ranking cannot
+    genes = bundle.genes
+    if not genes:
+        return values, 1.0
+    matched = align_genes(names_for(adata, detect_id_type(genes)), genes)
+    return values, matched.n_matched / max(matched.n_model, 1)
+
+
 def density(block) -> float:
     """Fraction of stored values of a sparse matrix (1.0 for an empty shape)."""
     size = block.shape[0] * block.shape[1]

@@ -849,6 +849,62 @@ def test_another_users_model_is_offered_but_never_chosen_for_you(tmp_path, monke
     assert ui.model_user() is None and ui.default_model([alices]) == str(alices.path)
 
 
+def _z_scored(adata: ad.AnnData) -> ad.AnnData:
+    """``adata`` with X log-normalised and z-scored per gene (as SCAD's CSVs hold it)."""
+    x = np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X, dtype=np.float64)
+    x = np.log1p(x / np.maximum(x.sum(axis=1, keepdims=True), 1) * 1e4)
+    sd = x.std(axis=0)
+    out = adata.copy()
+    out.X = ((x - x.mean(axis=0)) / np.where(sd > 0, sd, 1)).astype(np.float32)
+    return out
+
+
+def _as_is_bundle(folder: Path, genes, drug: str = "ASIS"):
+    """An untrained Dist_VAE bundle over ``genes`` that takes the values as they are (input transform none)."""
+    from scatd_core.bundle import save_bundle
+    from scatd_core.nn import build_model
+    from scatd_core.nn.models import Architecture
+
+    arch = Architecture("dist_vae", [len(genes), 16], 8, None, 4, 2)
+    torch.manual_seed(0)
+    return save_bundle(folder, build_model(arch).state_dict(), arch, drug=drug, genes=[str(g) for g in genes],
+                       input_transform="none", threshold=0.5, provenance={"source": "tests (untrained)"})
+
+
+def test_the_model_chosen_by_default_can_score_the_data(tmp_path, monkeypatch):
+    """QA (first hour): with z-scored data the Model page chose a model whose input is log1p of counts
+    (no cell can be scored: negative values) over one that takes the values as they are. The default
+    is now the model that can score the data, then the one with more of its genes in the data."""
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp_path / "library"))
+    data = _z_scored(make_dataset(120, seed=3))
+    make_bundle(tmp_path / "library" / "a_log1p", make_dataset(120, seed=3), steps=1, drug="LOGDRUG")  # listed first
+    _as_is_bundle(tmp_path / "library" / "b_as_is", data.var_names)
+    at = start()
+    upload(at, "scad.h5ad", h5ad_bytes(data))
+    goto(at, "2_Model")
+    assert Path(at.session_state[state.BUNDLE_PATH]).name == "b_as_is"
+
+
+def test_models_are_ranked_by_whether_they_can_score_the_data_then_by_coverage(tmp_path):
+    from scatd_core.bundle import load_bundle
+    from scatd_core.inputs import fit_for_data
+
+    counts = make_dataset(60, seed=1)
+    genes = list(counts.var_names)
+    log_model = load_bundle(make_bundle(tmp_path / "log", counts, steps=1).path)
+    absent = [f"NOTINDATA{i}" for i in range(len(genes) // 2)]  # half its genes are not in the data
+    half, whole = (load_bundle(_as_is_bundle(tmp_path / n, g).path)
+                   for n, g in (("half", genes[:len(absent)] + absent), ("all", genes)))
+    z = _z_scored(counts)
+    assert fit_for_data(z, log_model) == (0, 1.0)  # log1p of negative values: nothing scored
+    assert fit_for_data(z, whole) == (1, 1.0) and fit_for_data(z, half) == (1, pytest.approx(0.5, abs=0.01))
+    assert fit_for_data(counts, log_model) == (2, 1.0)  # counts: what it takes
+    assert ui.default_model([log_model, half, whole], z) == str(whole.path)
+    assert ui.default_model([log_model, half], z) == str(half.path)  # less coverage, but it scores
+    assert ui.default_model([half, log_model], counts) == str(log_model.path)
+    assert ui.default_model([log_model, half, whole]) == str(log_model.path)  # no data: the first, as before
+
+
 def test_low_and_zero_gene_coverage(with_library):
     adata = make_dataset(N_CELLS, seed=4)
     low = adata[:, :300].copy()  # 300 of the model's 1,900 genes
