@@ -54,8 +54,9 @@ NOT_NEEDED = "The predictions, the ranking and the downloads do not need them."
 #: Inputs wider than this are reduced to this many principal components before the neighbour
 #: search (the latent space has 421 dimensions; 50 components keep its neighbourhoods).
 PCA_COMPONENTS = 50
-#: Up to this many cells UMAP is fitted on all of them with exact neighbours; above, on a seeded
-#: random subsample of this many (approximate neighbours), the rest placed by ``transform``.
+#: Up to this many cells UMAP is fitted on all of them; above, on a seeded random subsample of
+#: this many, the rest placed by ``transform``. Neighbours are exact (brute force) either way: within
+#: the subsample, and from each other cell to its nearest subsample cells.
 UMAP_FIT_MAX_CELLS = 30_000
 _SPECTRAL_MIN_CELLS = 50  # spectral initialisation is unstable on tiny graphs
 #: Default UMAP epochs: umap-learn's 500 up to this many cells, 200 above (umap-learn switches at
