@@ -165,9 +165,12 @@ else:
         c[1].metric("AUPRC", f"{evaluation.auprc:.3f}", delta=f"chance {evaluation.auprc_chance:.2f}",
                     delta_color="off", delta_arrow="off", help="A ranking by chance scores the share of resistant "
                     "cells among those evaluated.")
-        for col, (name, value) in zip(c[2:], [("F1", evaluation.f1), ("MCC", evaluation.mcc),
-                                              ("Precision", evaluation.precision), ("Recall", evaluation.recall)]):
-            col.metric(name, f"{value:.3f}")
+        undefined = evaluation.undefined  # e.g. precision with no cell called resistant: 0 of 0, not 0
+        for col, (name, key) in zip(c[2:], [("F1", "f1"), ("MCC", "mcc"), ("Precision", "precision"),
+                                            ("Recall", "recall")]):
+            value = getattr(evaluation, key)
+            col.metric(name, "—" if key in undefined else f"{value:.3f}",
+                       help=f"Undefined: {undefined[key]}." if key in undefined else None)
         c = st.columns(3)
         c[0].plotly_chart(pl.roc_figure(roc, evaluation.auroc), key="cells_roc")
         c[1].plotly_chart(pl.pr_figure(pr, evaluation.auprc, evaluation.n_positive / evaluation.n_evaluated),

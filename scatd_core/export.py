@@ -277,6 +277,9 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     evaluation, _, _, problem = _evaluation_or_note(adata, label_column, key_added)
     if evaluation is not None:
         rows += [("evaluation", k, v) for k, v in evaluation.as_dict().items()]
+        if evaluation.undefined:  # their values are left empty (NaN), never 0: say why
+            rows.append(("evaluation", "note", f"{' and '.join(evaluation.undefined)} are empty (undefined): "
+                                               + next(iter(evaluation.undefined.values()))))
         rows.append(("evaluation", "label_column", label_column))
         rows += _label_meaning_rows(adata, label_column)
         rows.append(("evaluation", "threshold_fitted_on_these_labels",
@@ -849,8 +852,10 @@ def _evaluation_section(adata, label_column, keys, info) -> list[str]:
                     "they can be poor even when the ranking is good") + ".</p>")
     values = evaluation.as_dict()  # the interval's ends as every place prints them (never rounded onto 0.5)
     values["auroc_ci_low"], values["auroc_ci_high"] = interval_ends(*evaluation.auroc_ci)
+    undefined = evaluation.undefined  # shown "—" with why, never 0
     parts.append(_frame_html(pd.DataFrame(
-        [(k, v, METRIC_MEANINGS.get(k, "")) for k, v in values.items()], columns=["metric", "value", "meaning"])))
+        [(k, v, f"undefined: {undefined[k]}" if k in undefined else METRIC_MEANINGS.get(k, ""))
+         for k, v in values.items()], columns=["metric", "value", "meaning"])))
     prevalence = evaluation.n_positive / evaluation.n_evaluated
     parts.append("<div class='grid'>" + _figure_html(pl.roc_figure(roc, evaluation.auroc))
                  + _figure_html(pl.pr_figure(pr, evaluation.auprc, prevalence)) + "</div>")

@@ -65,6 +65,17 @@ class Evaluation:
     training_note: str = ""
 
     @property
+    def undefined(self) -> dict[str, str]:
+        """``{metric: why}`` for the scores these calls leave undefined (NaN, never shown as 0):
+        precision, and F1 with it, when no evaluated cell is called resistant (0 of 0)."""
+        tn, fp, fn, tp = (int(v) for v in self.confusion.ravel())
+        if tp + fp:
+            return {}
+        why = (f"no labelled cell is called resistant at the threshold {self.threshold:.4g}, so precision (the share "
+               "of the cells called resistant that are labelled resistant) is 0 of 0, and F1 needs it")
+        return {"precision": why, "f1": why}
+
+    @property
     def auprc_chance(self) -> float:
         """The AUPRC of a ranking by chance: the share of resistant cells among those evaluated."""
         return self.n_positive / self.n_evaluated if self.n_evaluated else float("nan")
@@ -154,15 +165,19 @@ def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant
     if min(n_pos, n_neg) < FEW_LABELLED:
         notes.append(f"Only {n_pos:,} resistant and {n_neg:,} sensitive labelled cells: every score here is very "
                      "uncertain (see the AUROC's interval).")
+    if not tp + fp:
+        notes.append(f"No labelled cell is called resistant at the threshold {float(threshold):.4g}: precision and "
+                     "F1 are undefined (0 of 0 called resistant), not 0.")
     roc_auc = float(skm.roc_auc_score(y, p))
     return Evaluation(
         threshold=float(threshold), n_cells=int(np.asarray(prob).size), n_evaluated=int(y.size),
         n_positive=int(y.sum()), n_negative=int((1 - y).sum()), n_missing_label=n_missing,
         n_not_scored=n_not_scored,
         auroc=roc_auc, auprc=float(skm.average_precision_score(y, p)),
-        f1=float(skm.f1_score(y, called, zero_division=0)),
+        # no cell called resistant: precision is 0 of 0 and F1 needs it; undefined (NaN), never 0
+        f1=float(skm.f1_score(y, called)) if tp + fp else float("nan"),
         mcc=float(skm.matthews_corrcoef(y, called)),
-        precision=float(tp / (tp + fp)) if tp + fp else 0.0,
+        precision=float(tp / (tp + fp)) if tp + fp else float("nan"),
         recall=float(tp / (tp + fn)) if tp + fn else 0.0,
         specificity=float(tn / (tn + fp)) if tn + fp else 0.0,
         accuracy=float((tp + tn) / y.size),

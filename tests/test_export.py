@@ -648,3 +648,21 @@ def test_writing_the_h5ad_never_swaps_the_sessions_obs_or_uns(filtered_result, t
     assert seen == [True] and adata.obs is obs and adata.uns is uns
     assert "not scored" not in back.obs["scatd_label"].cat.categories and back.uns["scatd_report"] == {"x": 1}
     assert "scatd_report" not in adata.uns and "not scored" in adata.obs["scatd_label"].cat.categories
+
+
+def test_undefined_precision_is_empty_in_metrics_csv_and_a_dash_in_the_report(filtered_result):
+    """QA: with no cell called resistant (threshold 1.0) metrics.csv and the report said precision
+    0 and F1 0. Now their values are empty (—) and a note says why."""
+    from scatd_core.predict import set_threshold
+
+    adata = filtered_result[0].copy()
+    set_threshold(adata, 1.0, "user")
+    table = export.metrics_table(adata, "response")
+    evaluation = table[table["section"] == "evaluation"].set_index("metric")["value"]
+    assert pd.isna(evaluation["precision"]) and pd.isna(evaluation["f1"]) and evaluation["recall"] == 0.0
+    assert "precision and f1 are empty (undefined)" in evaluation["note"] and "0 of 0" in evaluation["note"]
+    rows = export.to_csv_bytes(table).decode().splitlines()
+    assert "evaluation,precision," in rows and "evaluation,f1," in rows
+    page = export.html_report(adata, label_column="response")
+    assert "<td>precision</td><td>—</td><td>undefined: no labelled cell is called resistant" in page
+    assert "precision and F1 are undefined" in page

@@ -224,3 +224,20 @@ def test_a_printed_interval_touches_0_5_only_when_it_does(monkeypatch):
     evaluation, _, _ = metrics.evaluate_column(adata, "truth", resistant="resistant")
     note = next(n for n in evaluation.notes if n.startswith("AUROC is below 0.5 beyond chance"))
     assert "(95% interval 0.453-0.4999)" in note
+
+
+def test_precision_and_f1_are_undefined_not_0_when_no_cell_is_called_resistant():
+    """QA: at threshold 1.0 no cell is called resistant, and precision (0 of 0) and F1 read 0.000
+    with no note. They are NaN (empty in metrics.csv, "—" in the app and the report), with why;
+    recall, specificity and the rest keep their values."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(20), np.zeros(20)]
+    p = np.clip(0.5 * y + rng.uniform(0, 0.5, 40), 0, 0.99)
+    none = metrics.evaluate(y, p, 1.0)
+    assert np.isnan(none.precision) and np.isnan(none.f1)
+    assert set(none.undefined) == {"precision", "f1"} and "0 of 0" in none.undefined["precision"]
+    assert none.recall == 0.0 and none.specificity == 1.0 and none.fraction_called_resistant == 0.0
+    assert any("precision and F1 are undefined" in n for n in none.notes)
+    some = metrics.evaluate(y, p, 0.5)  # cells called resistant: defined as before
+    assert some.precision == pytest.approx(skm.precision_score(y, p > 0.5)) and not some.undefined
+    assert some.f1 == pytest.approx(skm.f1_score(y, p > 0.5))
