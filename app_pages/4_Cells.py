@@ -245,7 +245,7 @@ if emb_info is not None:
 # ------------------------------------------------------------------ ranking table
 top = export.top_cells(adata, int(top_k), [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c],
                        label_column=label_column)
-ui.cells_table(top, label_column, where=top_area, hide_index=True, height=250)
+ui.cells_table(top, where=top_area, hide_index=True, height=250)
 
 # ------------------------------------------------------------------ composition
 group_options = {CLUSTER: "Leiden cluster"} if CLUSTER in adata.obs else {}
@@ -273,6 +273,6 @@ with composition_area:
 cells_table = export.predictions_table(adata, [c for c in (label_column, ss.get(state.SAMPLE_COLUMN)) if c],
                                         label_column=label_column)
 with table_area:
-    ui.cells_table(cells_table.head(5000), label_column, hide_index=True, height=300)
+    ui.cells_table(cells_table.head(5000), hide_index=True, height=300)
     if len(cells_table) > 5000:
         st.caption(f"The first 5,000 of {len(cells_table):,} cells; predictions.csv on the Report page has them all.")

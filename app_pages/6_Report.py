@@ -104,7 +104,7 @@ if ranking is None:  # full width: in the download's narrow column the link's wo
 
 st.subheader("Preview")
 st.markdown(f"**{ui.md(files[0])}** (the first {min(len(table), 200):,} of {len(table):,} rows)")
-ui.cells_table(table.head(200), label_column, hide_index=True)
+ui.cells_table(table.head(200), hide_index=True)
 st.markdown(f"**{ui.md(files[1])}**")
 ui.table(metrics_table.astype({"value": str}), hide_index=True)  # mixed numbers and text: shown as text
 if ranking is not None:

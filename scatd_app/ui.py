@@ -1353,22 +1353,25 @@ def table(data, *, where=None, **options):
     return (st if where is None else where).dataframe(spreadsheet_safe(data, index=True), **options)
 
 
-def cells_table(cells, label_column=None, *, where=None, **options):
-    """A per-cell table of the results (Cells, Report): the model's call shown as ``called`` with
-    the known response right after it (:func:`scatd_core.export.shown_calls`); "label" on the
-    Data page means the known response, so the call is never shown under that word."""
-    from scatd_core.export import CALLED_COLUMN, KNOWN_LABEL_COLUMN, shown_calls
+def cells_table(cells, *, where=None, **options):
+    """A per-cell table of the results (Cells, Report): the rows of ``predictions.csv``
+    (:func:`scatd_core.export.predictions_table`) with its column names and order, so the table's
+    own "Download as CSV" gives the same columns as predictions.csv. Only the headers shown differ:
+    the model's call ``label`` is headed "called" ("label" on the Data page means the known
+    response) and ``known_label`` "known response"."""
+    from scatd_core.export import KNOWN_LABEL_COLUMN
 
-    config = {CALLED_COLUMN: st.column_config.TextColumn(
-                  CALLED_COLUMN, help="The model's call at the decision threshold (the column 'label' in "
-                                      "predictions.csv)."),
+    config = {"label": st.column_config.TextColumn(
+                  "called", help="The model's call at the decision threshold: the column 'label' of "
+                                 "predictions.csv (and of this table's CSV)."),
               KNOWN_LABEL_COLUMN: st.column_config.TextColumn(
-                  "known response", help="What the cell's known label means: resistant or sensitive."),
+                  "known response", help="What the cell's known label means: resistant or sensitive (the column "
+                                         "'known_label' of predictions.csv)."),
               "prob_resistant_sd": st.column_config.NumberColumn(
                   "prob_resistant_sd", help="Spread of P(resistant) between the ensemble members (or the draws "
                                             "in sample mode): how much they agree, not how sure the call is.")}
     config.update(options.pop("column_config", {}))
-    return table(shown_calls(cells, label_column), where=where, column_config=config, **options)
+    return table(cells, where=where, column_config=config, **options)
 
 
 #: The biomarker ranking's columns the app shows first (the rest follow, as in biomarkers.csv):
@@ -1422,11 +1425,10 @@ def biomarker_table(ranking, hide_signed_mean: bool = False, **options):
 
 def group_table(groups, **options) -> None:
     """A per-group table (Cells, Drug panel): words for the counts, and the share called resistant
-    as a percentage that always shows whole (a progress bar's number was cut to "10" for 100%
-    in the page's narrow column)."""
+    shown as a percentage that always shows whole (a progress bar's number was cut to "10" for
+    100% in the page's narrow column). Only the display is a percentage: the data, and so the
+    table's own "Download as CSV", keep ``fraction_resistant`` a fraction (0.75), as metrics.csv."""
     view = groups.copy()
-    if "fraction_resistant" in view:
-        view["fraction_resistant"] = view["fraction_resistant"] * 100
     # the share resistant first, then the counts: in the Drug panel's half-width column "% resistant"
     # was past the right edge
     counts = [c for c in ("n_cells", "n_called", "n_resistant") if c in view]
@@ -1436,8 +1438,9 @@ def group_table(groups, **options) -> None:
         "n_called": st.column_config.NumberColumn("scored", width="small", help="cells with a call (not 'not scored' "
                                                                                 "or 'filtered (QC)')"),
         "n_resistant": st.column_config.NumberColumn("resistant", width="small", help="cells called resistant"),
-        "fraction_resistant": st.column_config.NumberColumn("% resistant", format="%.1f%%",
-                                                            help="share of the scored cells called resistant"),
+        "fraction_resistant": st.column_config.NumberColumn("% resistant", format="percent",
+                                                            help="share of the scored cells called resistant "
+                                                                 "(a fraction, 0-1, in the CSV)"),
         "mean_prob_resistant": st.column_config.NumberColumn("mean P", format="%.3f",
                                                              help="mean P(resistant) of the scored cells"),
     }, **options)

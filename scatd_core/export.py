@@ -19,7 +19,6 @@ import datetime as _dt
 import html
 import json
 import platform
-import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -180,34 +179,6 @@ def resistance_rank(prob: np.ndarray) -> pd.Series:
     the cell has no probability."""
     ranks = pd.Series(prob).rank(method="first", ascending=False)
     return ranks.astype("Int64")
-
-
-#: What the app's tables call ``predictions.csv``'s ``label`` column (the model's call at the
-#: threshold): "label" on the Data page means the known response, so the app never shows the call
-#: under that word. The CSV keeps ``label`` (docs/outputs.md).
-CALLED_COLUMN = "called"
-
-
-def shown_calls(table: pd.DataFrame, label_column: str | None = None) -> pd.DataFrame:
-    """A per-cell table (:func:`predictions_table`, :func:`top_cells`) as the app shows it: the
-    model's call ``label`` named ``called`` and, right after it, the known response (the label
-    column's own values, under the name the table gave it, then ``known_label``), so the call and
-    the truth sit side by side. The table itself is left as it is (its CSV keeps ``label``)."""
-    if "label" not in table:
-        return table
-    known = []
-    if label_column:
-        # the table's name for the label column: its own, or obs_<name> where that name was taken
-        computed = {*PREDICTION_COLUMNS, "umap_1", "umap_2", CLUSTER_COLUMN, KNOWN_LABEL_COLUMN}
-        own = [c for c in table.columns if c not in computed
-               and re.fullmatch(r"(obs_)*" + re.escape(str(label_column)), str(c))]
-        if own:
-            known.append(min(own, key=len))
-    if KNOWN_LABEL_COLUMN in table:
-        known.append(KNOWN_LABEL_COLUMN)
-    columns = [c for c in table.columns if c not in known]
-    at = columns.index("label") + 1
-    return table[columns[:at] + known + columns[at:]].rename(columns={"label": CALLED_COLUMN})
 
 
 def spread_note(over: str) -> str:

@@ -271,24 +271,33 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     # the ranking view needs no threshold: the most likely resistant cells, and how many truly are
     top = next(d.value for d in at.dataframe if "rank" in d.value.columns)
     assert list(top["rank"]) == list(range(1, 51))
-    # QA: the call was shown as "label", the Data page's word for the known response: shown as
-    # "called", the known response right beside it (the CSV keeps "label")
-    for shown in [d.value for d in at.dataframe if "rank" in d.value.columns]:
-        columns = list(shown.columns)
-        assert "label" not in columns and columns[columns.index("called"):][:3] == ["called", "response",
-                                                                                    "known_label"]
+    # QA: the call was shown as "label", the Data page's word for the known response: headed "called"
+    # (the column stays predictions.csv's "label", below), the known response headed in words
+    for shown in [d for d in at.dataframe if "rank" in d.value.columns]:
+        headers = json.loads(shown.proto.columns)
+        assert headers["label"]["label"] == "called" and headers["known_label"]["label"] == "known response"
     assert metric(at, "Resistant among the top 50 labelled cells").endswith("%")
-    # the per-group table: the share called resistant in percent (a progress bar's number was cut off)
-    groups = next(d.value for d in at.dataframe if "fraction_resistant" in d.value.columns)
-    expected = groups["n_resistant"] / groups["n_called"] * 100
-    assert np.allclose(groups["fraction_resistant"], expected) and groups["fraction_resistant"].max() > 1
+    # the per-group table: the share called resistant shown in percent (a progress bar's number was
+    # cut off); QA: its "Download as CSV" said 75.000000 for 75%: the data stay a fraction (0.75)
+    groups = next(d for d in at.dataframe if "fraction_resistant" in d.value.columns)
+    expected = groups.value["n_resistant"] / groups.value["n_called"]
+    assert np.allclose(groups.value["fraction_resistant"], expected) and groups.value["fraction_resistant"].max() <= 1
+    shown = json.loads(groups.proto.columns)["fraction_resistant"]
+    assert shown["label"] == "% resistant" and shown["type_config"]["format"] == "percent"
+    # QA: the cells table's CSV said `called` where predictions.csv says `label`, in another order:
+    # the same columns as predictions.csv, the call only headed "called"
+    cells = [d for d in at.dataframe if "cell_id" in d.value.columns]
+    assert len(cells) == 2 and all(json.loads(d.proto.columns)["label"]["label"] == "called" for d in cells)
+    cells_columns = list(cells[1].value.columns)
+    assert "called" not in cells_columns and cells_columns[:3] == ["cell_id", "prob_resistant", "label"]
+    assert list(cells[0].value.columns) == cells_columns  # the ranking: the same columns
     threshold = result.uns["scatd"]["threshold"]["value"]
 
     goto(at, "6_Report")
     assert len(at.get("download_button")) == 4  # predictions, metrics, h5ad, html (biomarkers: not computed)
     assert f"{N_CELLS:,} rows: one per uploaded cell" in text(at.caption)
     preview = next(d.value for d in at.dataframe if "rank" in d.value.columns)
-    assert "label" not in preview and list(preview.columns)[2:5] == ["called", "response", "known_label"]
+    assert list(preview.columns) == cells_columns  # predictions.csv's columns, as on the Cells page
     # QA: the preview's tables were stacked untitled: each is headed by its file's name
     headings = [m.value.split("**")[1] for m in at.markdown if m.value.startswith("**") and ".csv**" in m.value]
     assert [h.rsplit("_", 1)[1] for h in headings] == ["predictions.csv", "metrics.csv"] and "tumour" in headings[0]

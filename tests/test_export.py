@@ -134,22 +134,9 @@ def test_the_known_labels_are_said_in_words_where_the_values_are_numbers(filtere
     assert (table["obs_known_label"] == "theirs").all() and table["known_label"].iloc[3:].notna().all()
 
 
-def test_the_app_shows_the_call_as_called_beside_the_known_response(filtered_result):
-    """QA: the app's tables showed the model's call as ``label``, the Data page's word for the known
-    response. Shown as ``called``, the label column and ``known_label`` right after it; the table
-    (and its CSV) keeps ``label``. A data column named ``label`` (``obs_label``) is the one moved."""
-    adata = filtered_result[0].copy()
-    table = export.predictions_table(adata, ["response", "sample"], label_column="response")
-    shown = export.shown_calls(table, "response")
-    columns = list(shown.columns)
-    assert "label" not in columns and columns[columns.index("called"):][:3] == ["called", "response", "known_label"]
-    assert (shown["called"] == table["label"]).all() and "label" in table and len(columns) == len(table.columns)
-    adata.obs["label"] = adata.obs["response"]
-    set_label_direction(adata, "label", "resistant")
-    shown = export.shown_calls(export.predictions_table(adata, ["sample"], label_column="label"), "label")
-    assert list(shown.columns[2:5]) == ["called", "obs_label", "known_label"]
-    assert list(export.shown_calls(export.predictions_table(adata), None).columns[:3]) == ["cell_id", "prob_resistant",
-                                                                                         "called"]
+def test_the_spread_note_says_what_the_sd_is_over():
+    """``prob_resistant_sd`` is the members' (or draws') spread, not the call's confidence. (The app's
+    tables show predictions.csv's own columns: tests/test_app_pages.py checks them.)"""
     said = export.spread_note("over the 3 ensemble members")
     assert "spread between the ensemble members, not the confidence of the call" in said
     assert "between the draws" in export.spread_note("over the draws")
