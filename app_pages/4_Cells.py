@@ -9,7 +9,7 @@ from scatd_core import embed, export, metrics, pl
 from scatd_core._keys import CLUSTER, PROB, PROB_SD, SCORED
 from scatd_core.errors import ScatdError
 from scatd_core.inputs import left_out_label
-from scatd_core.labels import label_counts, label_direction, shown_labels
+from scatd_core.labels import label_counts, label_direction, shown_labels, shown_meanings
 from scatd_core.predict import calibrate, set_threshold, summary
 
 ss = st.session_state
@@ -191,8 +191,11 @@ colour_options = {"P(resistant)": (adata.obs[PROB].to_numpy(), False, (0.0, 1.0)
 if PROB_SD in adata.obs:
     colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
 colour_options["Leiden cluster"] = None  # computed with the UMAP, just below
+legend_colours = {}  # per colouring: the colour of each category that means resistant or sensitive
 if label_column and label_column in adata.obs:  # coloured by what its values mean (its declared direction)
     colour_options[label_column] = (shown_labels(adata, label_column), True, None, None)
+    legend_colours[label_column] = {name: pl.COLORS[meaning]
+                                    for name, meaning in shown_meanings(adata, label_column).items()}
 for col in [ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
     if not col or col in colour_options or str(col).startswith("scatd_"):
         continue
@@ -228,7 +231,8 @@ if emb_info is not None:
     values, categorical, crange, scale = colour_options[colour]
     fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,
                          color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str),
-                         note=embed.fit_note(emb_info),  # blue/red: the calls at the threshold in use
+                         note=embed.fit_note(emb_info), colors=legend_colours.get(colour),
+                         # blue/red: the calls at the threshold in use
                          threshold=float(info["threshold"]["value"]) if colour == "P(resistant)" else None)
     with umap_area:
         st.plotly_chart(fig, key="cells_umap")
@@ -237,8 +241,7 @@ if emb_info is not None:
         excluded = emb_info.get("n_excluded", 0)
         st.caption((f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not shown; they "
                     "keep their rows in every download. " if excluded else "")
-                   + f"UMAP of {emb_info['n_embedded']:,} cells ({emb_info['input']}); "
-                   f"{emb_info.get('n_clusters', 0)} Leiden clusters on the latent space.")
+                   + embed.umap_caption(emb_info))
         if emb_info.get("original_umap"):  # the data brought a UMAP: kept, and said where
             st.caption(ui.md(embed.original_umap_note(str(emb_info["original_umap"]))))
 

@@ -556,6 +556,19 @@ def fit_note(info: dict) -> str | None:
     return f"UMAP fitted on a random {fit['n_fitted']:,} of {n:,} cells; the others placed into that layout"
 
 
+def umap_caption(info: dict) -> str:
+    """The sentence under the Cells page's UMAP (``info``: ``uns['scatd_embed']``): how many cells,
+    from which input, and, when the layout was fitted on a subsample (above
+    :data:`UMAP_FIT_MAX_CELLS` cells), that it was: a random share of the cells made the layout and
+    the others were placed into it, so where they sit is less exact."""
+    text = f"UMAP of {int(info['n_embedded']):,} cells ({info['input']})"
+    fit = info.get("fit") or {}
+    if fit.get("subsampled"):
+        text += (f": fitted on a random {int(fit['n_fitted']):,} of them, the other {int(fit['n_transformed']):,} "
+                 "placed into that layout next to their nearest fitted cells")
+    return text + f"; {info.get('n_clusters', 0)} Leiden clusters on the latent space."
+
+
 def plot_coordinates(adata: ad.AnnData, latent_key: str = LATENT_KEY) -> tuple[np.ndarray, str]:
     """2-D coordinates of every cell for plots: ``obsm['X_umap']`` when computed, else the first
     two principal components of the latent space ``obsm['X_scatd']`` (NaN rows stay NaN)."""

@@ -385,27 +385,47 @@ def direction_how(adata, column: str) -> str | None:
 
 def shown_labels(adata, column: str) -> pd.Series:
     """``adata.obs[column]`` as categories to colour a plot by, with their meaning when the column's
-    direction is known (recorded on the Data page, or recognised from words): ``0 (resistant)`` and
-    ``1 (sensitive)`` for a column whose resistant value is ``0``, so a plot colours them by what
-    they mean, never by what the values look like (a ``1`` is not resistant unless declared so).
-    Missing labels stay missing; a column whose direction is not known is shown as it is, as text."""
+    direction is known (recorded on the Data page, or recognised from words): ``0 = resistant`` and
+    ``1 = sensitive`` for a column whose resistant value is ``0``, resistant first (as the calls are
+    listed), so a plot colours them by what they mean, never by what the values look like (a ``1``
+    is not resistant unless declared so); :func:`shown_meanings` says which is which. Missing
+    labels stay missing; a column whose direction is not known is shown as it is, as text."""
     values = adata.obs[column]
     text = as_text(values)  # (a fresh index)
     as_they_are = pd.Series(text.where(text.notna(), None).to_numpy(dtype=object), index=values.index)
+    names = _shown_names(adata, column, text)
+    if names is None:
+        return as_they_are
+    order = list(dict.fromkeys(names.values()))
+    return pd.Series(pd.Categorical(text.map(names).to_numpy(dtype=object), categories=order), index=values.index)
+
+
+def shown_meanings(adata, column: str) -> dict[str, str]:
+    """What each category of :func:`shown_labels` means, ``{"0 = resistant": "resistant",
+    "1 = sensitive": "sensitive"}``, resistant first, to colour them by it; empty when the
+    column's direction is not known (its values are then shown as they are)."""
+    names = _shown_names(adata, column, as_text(adata.obs[column])) if column in adata.obs else None
+    if names is None:
+        return {}
+    meanings = list(names.values())
+    return {name: RESISTANT if i == 0 else SENSITIVE for i, name in enumerate(meanings)}
+
+
+def _shown_names(adata, column: str, text: pd.Series) -> dict[str, str] | None:
+    """``{value: shown name}`` of a label column whose direction is known, the resistant value first;
+    None when it is not known or does not fit the values."""
     resistant = label_direction(adata, column)
     if resistant is None:
-        return as_they_are
+        return None
     key = as_text([resistant]).iloc[0]
     distinct = list(text.value_counts(dropna=True).index)
     if key not in distinct or len(distinct) > 2:  # not a direction of these values
-        return as_they_are
+        return None
 
     def name(v: str) -> str:
         meaning = RESISTANT if v == key else SENSITIVE
-        return v if v.lower() == meaning else f"{v} ({meaning})"
-    names = {v: name(v) for v in distinct}
-    order = [names[key]] + [names[v] for v in distinct if v != key]
-    return pd.Series(pd.Categorical(text.map(names).to_numpy(dtype=object), categories=order), index=values.index)
+        return v if v.lower() == meaning else f"{v} = {meaning}"
+    return {v: name(v) for v in [key] + [v for v in distinct if v != key]}
 
 
 def encode_column(adata, column: str, resistant=None, *, option: str = "--label-resistant") -> np.ndarray:

@@ -752,7 +752,9 @@ def _calls(p: np.ndarray, scored: np.ndarray, left_out: np.ndarray, threshold: f
         called = np.where(p > threshold, pos, neg)
     left_out = np.asarray(left_out, dtype=object)
     values = np.where(scored, called, np.where(left_out != "", left_out, NOT_SCORED))
-    return pd.Categorical(values, categories=[neg, pos, NOT_SCORED] + [x for x in LEFT_OUT if (left_out == x).any()])
+    # resistant first, then sensitive, then the cells without a call: the order of every legend and
+    # table of the calls, as the known labels are listed (labels.shown_labels)
+    return pd.Categorical(values, categories=[pos, neg, NOT_SCORED] + [x for x in LEFT_OUT if (left_out == x).any()])
 
 
 def labels_at(adata: ad.AnnData, threshold: float, *, key_added: str | None = None) -> pd.Categorical:

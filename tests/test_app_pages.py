@@ -348,7 +348,9 @@ def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
     at.selectbox(key="cells_colour").set_value("response").run()
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
     colours = {t["name"].rsplit(" (", 1)[0]: t["marker"]["color"] for t in umap["data"]}
-    assert colours == {"0 (resistant)": pl.COLORS["resistant"], "1 (sensitive)": pl.COLORS["sensitive"]}
+    # QA: the legend read "0 (resistant) (60)": "0 = resistant (60)", resistant first
+    assert colours == {"0 = resistant": pl.COLORS["resistant"], "1 = sensitive": pl.COLORS["sensitive"]}
+    assert list(colours) == ["0 = resistant", "1 = sensitive"]
     at.button(key="btn_youden").click().run()  # fitted on these labels...
     assert at.session_state[state.ADATA].uns["scatd"]["threshold"]["source"] == "labelled cells"
     goto(at, "1_Data")
@@ -356,6 +358,32 @@ def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
     goto(at, "4_Cells")
     assert "**Uncalibrated**" in text(at.warning) and "label direction changed" in text(at.warning)
     assert at.session_state[state.ADATA].uns["scatd"]["threshold"]["source"] == "model default"
+
+
+def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_subsampled_umap(with_library,
+                                                                                                 monkeypatch):
+    """QA (Cells page): at threshold 1.0 (no cell called resistant) precision and F1 read 0.000; the
+    called-label legend listed sensitive before resistant (the known labels: resistant first); on
+    100k cells the caption did not say the UMAP was fitted on a random 30,000 of them."""
+    from scatd_core import embed
+
+    monkeypatch.setattr(embed, "UMAP_FIT_MAX_CELLS", 120)  # 180 cells: fitted on 120, 60 placed
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    run_prediction(at)
+    goto(at, "4_Cells")
+    assert "UMAP of 180 cells (" in text(at.caption)
+    assert "fitted on a random 120 of them, the other 60 placed into that layout" in text(at.caption)
+    at.selectbox(key="cells_colour").set_value("called label").run()
+    umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
+    assert [t["name"].rsplit(" (", 1)[0] for t in umap["data"]] == ["resistant", "sensitive"]
+    assert float(metric(at, "Precision")) > 0  # cells called resistant: defined
+    at.slider(key="cells_threshold").set_value(1.0).run()
+    ok(at)
+    for name in ("Precision", "F1"):
+        shown = next(m for m in at.metric if m.label == name)
+        assert shown.value == "—" and "Undefined: no labelled cell is called resistant" in shown.proto.help
+    assert metric(at, "Recall") == "0.000" and "precision and F1 are undefined" in text(at.caption)
 
 
 def test_the_cells_page_groups_by_the_sample_column_chosen_last(with_library):

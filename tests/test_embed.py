@@ -109,6 +109,10 @@ def test_large_data_fit_on_a_subsample_and_the_rest_transformed(monkeypatch):
 
     fig = pl.umap_figure(coords, adata.obs["group"], name="group", note=note)
     assert any(note in a.text for a in fig.layout.annotations)
+    # QA: on 100,000 cells the caption under the Cells page's plot said "UMAP of 100,000 cells" only
+    caption = embed.umap_caption(info)
+    assert caption.startswith("UMAP of 299 cells (") and "Leiden clusters" in caption
+    assert "fitted on a random 120 of them, the other 179 placed into that layout" in caption
 
 
 def test_wide_inputs_are_reduced_to_principal_components():
@@ -119,6 +123,7 @@ def test_wide_inputs_are_reduced_to_principal_components():
     embed.embed(adata, n_epochs=N_EPOCHS)
     info = adata.uns["scatd_embed"]
     assert f"{embed.PCA_COMPONENTS} principal components" in info["input"] and not info["fit"]["subsampled"]
+    assert "fitted on" not in embed.umap_caption(info) and "UMAP of 200 cells" in embed.umap_caption(info)
     assert pd.crosstab(adata.obs["scatd_cluster"], group).gt(0).sum(axis=1).eq(1).all()
 
 

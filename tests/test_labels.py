@@ -265,7 +265,7 @@ def test_shown_labels_say_what_each_value_means_and_plots_colour_by_it():
     import anndata as ad
 
     from scatd_core import pl
-    from scatd_core.labels import set_label_direction, shown_labels
+    from scatd_core.labels import set_label_direction, shown_labels, shown_meanings
 
     adata = ad.AnnData(np.zeros((5, 1), dtype=np.float32))
     adata.obs["response"] = [0, 1, 0, np.nan, 1]
@@ -277,12 +277,16 @@ def test_shown_labels_say_what_each_value_means_and_plots_colour_by_it():
     assert not {pl.COLORS["resistant"], pl.COLORS["sensitive"]} & set(palette.values())
     set_label_direction(adata, "response", "0")  # SCAD's coding
     shown = shown_labels(adata, "response")
-    assert list(shown.cat.categories) == ["0 (resistant)", "1 (sensitive)"] and shown.index.equals(adata.obs_names)
-    assert list(shown.iloc[[0, 1]]) == ["0 (resistant)", "1 (sensitive)"] and shown.isna().iloc[3]
-    palette = pl._palette(list(shown.cat.categories))
-    assert palette == {"0 (resistant)": pl.COLORS["resistant"], "1 (sensitive)": pl.COLORS["sensitive"]}
+    # QA: "0 (resistant) (60)" in the legend (the count in parentheses too): "0 = resistant (60)"
+    assert list(shown.cat.categories) == ["0 = resistant", "1 = sensitive"] and shown.index.equals(adata.obs_names)
+    assert list(shown.iloc[[0, 1]]) == ["0 = resistant", "1 = sensitive"] and shown.isna().iloc[3]
+    assert shown_meanings(adata, "response") == {"0 = resistant": "resistant", "1 = sensitive": "sensitive"}
+    set_label_direction(adata, "response", "1")  # resistant first whichever value it is
+    assert list(shown_labels(adata, "response").cat.categories) == ["1 = resistant", "0 = sensitive"]
+    assert list(shown_meanings(adata, "response").values()) == ["resistant", "sensitive"]
     adata.obs["words"] = ["resistant", "sensitive", "sensitive", None, "resistant"]
     assert list(shown_labels(adata, "words").cat.categories) == ["resistant", "sensitive"]  # said already
+    assert shown_meanings(adata, "phase") == {}  # no direction: no meaning, no response colours
     assert pl._palette(["S"])["S"] != pl.COLORS["sensitive"]  # a cell-cycle phase is not a response
 
 
