@@ -843,13 +843,13 @@ def test_predict_and_report_take_both_out_and_output(capsys):
 
     parser = build_parser()
     given = ["--model", "M", "--input", "cells.h5ad"]
-    for command, dest, main in (("predict", "output", "--output"), ("report", "out", "--out")):
+    for command, dest, listed in (("predict", "output", "--output"), ("report", "out", "--out")):
         for spelling in ("--out", "--output"):
             args = parser.parse_args([command, *given, spelling, "result"])
             assert getattr(args, dest) == "result", (command, spelling)
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
         said = capsys.readouterr().out
-        other = "--out" if main == "--output" else "--output"
-        assert re.search(rf"^  {main} [A-Z]+ +", said, re.M) and f"(or {other})" in " ".join(said.split())
-        assert not re.search(rf"^  {main} [A-Z]+, {other}", said, re.M)  # one name listed
+        other = "--out" if listed == "--output" else "--output"
+        assert re.search(rf"^  {listed} [A-Z]+ +", said, re.M) and f"(or {other})" in " ".join(said.split())
+        assert not re.search(rf"^  {listed} [A-Z]+, {other}", said, re.M)  # one name listed
