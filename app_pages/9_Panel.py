@@ -310,11 +310,14 @@ c[0].download_button("panel.csv", export.to_csv_bytes(panel.panel_table(adata, e
                      file_name=files[0], mime="text/csv", icon=":material/table:", type="primary",
                      key="btn_dl_panel", on_click="ignore")
 c[0].caption("cells x drugs: P(resistant), label, calibrated")
-c[1].download_button("panel_summary.csv", export.to_csv_bytes(export.panel_summary_table(adata, groups)),
+# the summary's groupings: the Leiden clusters, the Data page's sample column and the grouping chosen above,
+# never a column of the data nobody chose (the selectbox offers them all)
+summary_groups = [c for c in (ss.get(state.SAMPLE_COLUMN), group) if c]
+c[1].download_button("panel_summary.csv", export.to_csv_bytes(export.panel_summary_table(adata, summary_groups)),
                      file_name=files[1], mime="text/csv", icon=":material/analytics:",
                      key="btn_dl_panel_summary", on_click="ignore")
 c[1].caption("per drug: whole sample" + "".join(f", per {ui.md(names.get(g, g))}"
-                                               for g in export.panel_group_columns(adata, groups)))
+                                               for g in export.panel_group_columns(adata, summary_groups)))
 c[2].download_button("panel_report.html",
                      ui.detached(lambda: export.panel_html_report(adata, group_columns=groups, data_name=data_name,
                                                                   markers=report_markers, files=files, app=True)

@@ -111,6 +111,36 @@ def predictions_table(adata: ad.AnnData, extra_columns: Sequence[str] = (), *,
     return table[columns[:at] + [KNOWN_LABEL_COLUMN] + columns[at:]]
 
 
+def training_predictions_table(cell_ids: Sequence[str], prob: np.ndarray, threshold: float,
+                               truth: np.ndarray | None = None, training_rows: Sequence[int] = ()) -> pd.DataFrame:
+    """The target predictions of a training (the Train page's "Target predictions (CSV)",
+    ``scatd train --target-predictions``): one row per target cell the model was adapted to.
+
+    Columns ``cell_id, prob_resistant, threshold, label, calibrated`` (``label``: the call at the
+    model's default ``threshold``, resistant where P(resistant) > threshold, as predictions.csv
+    calls it; ``calibrated`` False: that threshold is not fitted to these cells), then, when the
+    target had labels (``truth``: 1 resistant, 0 sensitive, NaN none), ``known_label``
+    (resistant/sensitive, empty where the cell has none); with labelled target cells to train on,
+    ``used_for_training`` (True for those, ``training_rows``: leave them out of any evaluation)."""
+    prob = np.asarray(prob, dtype=np.float64)
+    scored = np.isfinite(prob)
+    table = pd.DataFrame({"cell_id": [str(c) for c in cell_ids], "prob_resistant": prob,
+                          "threshold": float(threshold)})
+    table["label"] = np.where(~scored, _keys.NOT_SCORED,
+                              np.where(prob > threshold, _keys.RESISTANT, _keys.SENSITIVE))
+    table["calibrated"] = False
+    if truth is not None:
+        truth = np.asarray(truth, dtype=np.float64)
+        table[KNOWN_LABEL_COLUMN] = np.where(np.isnan(truth), None,
+                                             np.where(truth == 1, _keys.RESISTANT, _keys.SENSITIVE)).astype(object)
+    rows = np.asarray(list(training_rows), dtype=np.int64)
+    if rows.size:
+        used = np.zeros(len(table), dtype=bool)
+        used[rows] = True
+        table["used_for_training"] = used
+    return table
+
+
 def label_meaning(adata: ad.AnnData, label_column: str | None) -> tuple[str, str | None, bool] | None:
     """``(resistant value, sensitive value, recorded)`` of a label column whose direction is known
     (chosen on the Data page or with ``--label-resistant``, ``recorded`` True; else recognised
@@ -241,7 +271,9 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     rows += [("summary", "threshold_source", threshold.get("source")),
              ("summary", "threshold_detail", threshold.get("detail"))]
     rows += _provenance_rows(adata, run)  # which model, how, when, and on which file
-    rows += [("summary", "note", str(n)) for n in run.get("notes", [])]  # e.g. log-normalised values un-logged
+    umap_note = _original_umap_note(adata)  # the data's own UMAP kept aside: said in the umap section
+    notes = [str(n) for n in run.get("notes", [])]
+    rows += [("summary", "note", n) for n in notes if n != umap_note]  # e.g. log-normalised values un-logged
     rows += [("not scored", str(reason), int(n)) for reason, n in (run.get("not_scored") or {}).items()]
     # VAE_sf/VAE_gf: how the foundation-model embeddings were made (settings, coverage, model files)
     rows += [("embeddings", str(k), v) for k, v in (run.get("embeddings") or {}).items()]
@@ -263,6 +295,8 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     note = _no_umap_note(adata, key_added)
     if note:
         rows.append(("umap", "not computed", note))
+    if umap_note in notes:
+        rows.append(("umap", "note", umap_note))
     metadata = _cell_metadata_text(adata)  # where label or sample columns came from, when a table added them
     if metadata:
         rows.append(("data", "cell_metadata_table", metadata))
@@ -322,6 +356,15 @@ def _provenance_rows(adata: ad.AnnData, run: dict) -> list[tuple]:
         rows.append(("data", "file_sha256", data.get("file_sha256") or data.get("file_sha256_skipped")
                      or "not recorded"))
     return rows
+
+
+def _original_umap_note(adata: ad.AnnData) -> str | None:
+    """The note that the data's own UMAP was kept aside (:func:`scatd_core.embed.original_umap_note`),
+    when it was; else None."""
+    from scatd_core.embed import INFO_KEY, original_umap_note
+
+    kept = (adata.uns.get(INFO_KEY) or {}).get("original_umap")
+    return original_umap_note(str(kept)) if kept else None
 
 
 def _no_umap_note(adata: ad.AnnData, key_added: str | None) -> str | None:
@@ -1088,10 +1131,12 @@ def panel_group_columns(adata: ad.AnnData, group_columns: Sequence[str] = ()) ->
 def panel_summary_table(adata: ad.AnnData, group_columns: Sequence[str] = ()) -> pd.DataFrame:
     """The panel's per-group summary in one long table: ``grouping, group, drug, n_cells, n_called,
     n_resistant, fraction_resistant, mean_prob_resistant, calibrated``; ``grouping`` is ``all``
-    for the whole sample (its drug ranking), else the cluster or sample column."""
+    for the whole sample, else ``leiden_cluster`` (when computed) or one of ``group_columns``
+    (:func:`panel_group_columns`). The drugs are in panel order in every group, ``all`` included
+    (the drug ranking is the report's and the page's)."""
     from scatd_core import panel
 
-    parts = [panel.drug_ranking(adata).drop(columns="rank").assign(grouping="all", group="all")]
+    parts = [panel.drug_summary(adata).assign(grouping="all", group="all")]
     for column in panel_group_columns(adata, group_columns):
         # the Leiden clusters are named as in every other table (obs['scatd_cluster'] only in the h5ad)
         parts.append(panel.group_summary(adata, column).assign(

@@ -666,11 +666,12 @@ def _drug_columns(adata: ad.AnnData, m: PanelMember) -> dict[str, np.ndarray]:
 def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Cells x drugs: one row per uploaded cell, in input order.
 
-    Columns: ``cell_id``; per scored drug ``<DRUG>_prob_resistant`` (``_sd`` in sample mode),
+    Columns: ``cell_id``; per scored drug ``<DRUG>_prob_resistant`` (and ``<DRUG>_prob_resistant_sd``
+    when there is a spread: over an ensemble's members in mean mode, over the draws in sample mode),
     ``<DRUG>_label``, ``<DRUG>_calibrated``, ``<DRUG>_scored``, ``<DRUG>_not_scored_reason`` (why that
     drug's model gave the cell no probability, "" where it did); ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
     drug scored the cell), ``resistant_to_all``; then
-    ``umap_1, umap_2``, ``cluster`` when computed and ``extra_columns`` of ``obs``.
+    ``umap_1, umap_2``, ``leiden_cluster`` when computed and ``extra_columns`` of ``obs``.
     """
     cols: dict[str, np.ndarray] = {"cell_id": adata.obs_names.astype(str).to_numpy()}
     for m in members(adata):
@@ -733,6 +734,18 @@ def group_summary(adata: ad.AnnData, column: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def drug_summary(adata: ad.AnnData, cells: np.ndarray | None = None) -> pd.DataFrame:
+    """Per drug, in panel order (as :func:`group_summary` lists them), for a set of cells (all by
+    default; a boolean mask or row numbers): ``drug, n_cells, n_called, n_resistant,
+    fraction_resistant, mean_prob_resistant, calibrated``."""
+    if cells is None:
+        rows = np.arange(adata.n_obs)
+    else:
+        cells = np.asarray(cells)
+        rows = np.flatnonzero(cells) if cells.dtype == bool else cells.astype(np.int64)
+    return pd.DataFrame([_drug_stats(adata, m, rows) for m in members(adata)])
+
+
 def drug_ranking(adata: ad.AnnData, cells: np.ndarray | None = None) -> pd.DataFrame:
     """The drugs ranked for a set of cells (all by default): lowest fraction called resistant first
     (the drug most likely to work), then lowest mean P(resistant).
@@ -741,12 +754,7 @@ def drug_ranking(adata: ad.AnnData, cells: np.ndarray | None = None) -> pd.DataF
     calibrated``. Fractions at uncalibrated thresholds compare poorly across drugs; the
     ``calibrated`` column says which are.
     """
-    if cells is None:
-        rows = np.arange(adata.n_obs)
-    else:
-        cells = np.asarray(cells)
-        rows = np.flatnonzero(cells) if cells.dtype == bool else cells.astype(np.int64)
-    table = pd.DataFrame([_drug_stats(adata, m, rows) for m in members(adata)])
+    table = drug_summary(adata, cells)
     table = table.sort_values(["fraction_resistant", "mean_prob_resistant"], na_position="last", kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -653,3 +654,40 @@ def test_undefined_precision_is_empty_in_metrics_csv_and_a_dash_in_the_report(fi
     page = export.html_report(adata, label_column="response")
     assert "<td>precision</td><td>—</td><td>undefined: no labelled cell is called resistant" in page
     assert "precision and F1 are undefined" in page
+
+
+OUTPUTS_MD = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
+
+
+def _doc_section(title: str) -> str:
+    """The text of docs/outputs.md's section whose heading starts with ``title``."""
+    text = OUTPUTS_MD.read_text(encoding="utf-8")
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 3)
+    return text[start:end if end > 0 else None]
+
+
+def test_every_column_and_metric_of_the_downloads_is_in_docs_outputs(filtered_result):
+    """QA: docs/outputs.md's "every column" of predictions.csv lacked known_label, and metrics.csv's
+    evaluation rows (specificity, the confusion matrix, auprc_chance ...) were not documented. Each
+    column and each metric a real download holds is named in its section (a group's section, e.g.
+    sample=P1, and the reasons cells were not scored are documented by pattern)."""
+    adata = filtered_result[0].copy()
+    table = export.predictions_table(adata, ["sample"], label_column="response")
+    first_cells = re.findall(r"^\| ([^|]+) \|", _doc_section("predictions.csv"), re.M)  # the table's column names
+    documented = {name for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+    assert set(table.columns) - {"response", "sample"} <= documented, set(table.columns) - documented
+    metrics_doc = _doc_section("metrics.csv")
+    named = set(re.findall(r"`([^`]+)`", metrics_doc))
+    rows = export.metrics_table(adata, "response", ["sample"])
+    for section, metric in rows[["section", "metric"]].itertuples(index=False):
+        if "=" in section or section == "not scored":
+            continue
+        assert section in named and metric in named, (section, metric)
+    # the data's own UMAP kept aside is said in the umap section, where the doc puts it
+    note = embed.original_umap_note("X_umap_original")
+    adata.uns["scatd_embed"] = {**adata.uns["scatd_embed"], "original_umap": "X_umap_original"}
+    adata.uns["scatd"]["notes"] = [*adata.uns["scatd"].get("notes", []), note]
+    rows = export.metrics_table(adata, "response")
+    said = rows[rows["value"].astype(str) == note]
+    assert list(zip(said["section"], said["metric"])) == [("umap", "note")]

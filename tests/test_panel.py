@@ -850,6 +850,24 @@ def test_panel_summary_names_the_leiden_clusters_as_every_other_table(library):
     assert _keys.CLUSTER not in set(summary["grouping"])
 
 
+def test_panel_summary_lists_the_drugs_in_panel_order_in_every_group(library):
+    """QA: panel_summary.csv's `all` rows were in the ranking's order (lowest fraction resistant
+    first), the per-sample rows in panel order: every group now lists the drugs in panel order."""
+    data = make_dataset(200, seed=5)
+    members = panel.predict_panel(data, _bundles(library))
+    set_threshold(data, 0.0, "user", key_added=members[0].key)  # DRUGA: every cell resistant, ranked last
+    panel.refresh(data)
+    assert panel.drug_ranking(data)["drug"].iloc[-1] == "DRUGA"
+    summary = export.panel_summary_table(data, ["sample"])
+    order = [m.drug for m in members]
+    for _, rows in summary.groupby(["grouping", "group"], sort=False):
+        assert list(rows["drug"]) == order
+    whole = summary[summary["grouping"] == "all"].set_index("drug")
+    ranking = panel.drug_ranking(data).set_index("drug")
+    pd.testing.assert_frame_equal(whole[ranking.columns.drop("rank")], ranking.drop(columns="rank").loc[order])
+    assert list(summary["grouping"].unique()) == ["all", "sample"]  # only the columns asked for
+
+
 def test_the_uncalibrated_ranking_has_no_rank_and_the_h5ad_says_whose_calls_are_whose(library, tmp_path):
     """QA: panel_report.html's uncalibrated table carried a rank column while its caption said the
     order does not rank the drugs; the Panel page's h5ad held the single-model calls (obs

@@ -76,6 +76,10 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     assert "fraction called resistant (* uncalibrated)" in charts and "not comparable across drugs" not in charts
     assert "* uncalibrated: called at the model's own threshold" in text(at.caption).replace("\\", "")
     assert len(at.get("download_button")) == 4
+    # QA: panel_summary.csv held every grouping the page could offer (the data's own 'cluster' too, never
+    # chosen): now the Leiden clusters, the sample column and the grouping chosen to order by
+    assert "per drug: whole sample, per sample" in text(at.caption)
+    assert "per cluster" not in text(at.caption)
     # at uncalibrated thresholds: a count with its caveat, no subclone and no biomarker action
     assert "at uncalibrated thresholds" in text(at.markdown)
     assert "possible multi-drug-resistant subclone" not in text(at.markdown)
@@ -120,6 +124,7 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     at.selectbox(key="panel_group").set_value("cluster").run()
     at.selectbox(key="panel_group_value").set_value("hypoxic").run()
     ok(at)
+    assert "per drug: whole sample, per sample, per cluster" in text(at.caption)  # chosen: in the summary
     at.button(key="btn_panel_umap").click().run()
     ok(at)
     assert "X_umap" in adata.obsm

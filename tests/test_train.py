@@ -106,6 +106,14 @@ def test_train_saves_bundle_that_predict_reproduces(tmp_path):
     np.testing.assert_allclose(got, rep["target_predictions"]["prob_resistant"].to_numpy(), atol=1e-6)
     assert (target.obs["scatd_prob_resistant_sd"] > 0).all()
     assert target.uns["scatd"]["params"]["log_normalised"]  # counts detected, as at training
+    # QA: the Train page's "Target predictions (CSV)" held only cell_id and prob_resistant; it now says the
+    # threshold, the call at it and the known label the target had (docs/outputs.md)
+    pred = rep["target_predictions"]
+    assert list(pred.columns) == ["cell_id", "prob_resistant", "threshold", "label", "calibrated", "known_label"]
+    assert (pred["threshold"] == 0.5).all() and not pred["calibrated"].any()
+    assert (pred["label"] == np.where(pred["prob_resistant"] > 0.5, "resistant", "sensitive")).all()
+    known = np.where(target.obs["response"].to_numpy() == 0, "resistant", "sensitive")  # 0 = resistant here
+    assert (pred["known_label"].to_numpy() == known).all()
 
 
 def test_a_trained_model_scores_counts_and_their_lognorm_over_all_genes_alike(tmp_path):
@@ -312,6 +320,9 @@ def test_few_labelled_cells_train_semi_supervised_and_are_left_out_of_the_evalua
     assert rep["card"]["data"]["few_shot"] == {"n": 10, "n_resistant": 5, "n_sensitive": 5, "cell_ids_recorded": True}
     assert rep["metrics"]["target"]["n_few_shot_cells_left_out"] == 10
     assert rep["metrics"]["target"]["n_training_cells_left_out"] == 10
+    # the target predictions mark the labelled cells the model was trained on (to leave out of any evaluation)
+    pred = rep["target_predictions"]
+    assert sorted(pred.loc[pred["used_for_training"], "cell_id"]) == sorted(few.index)
     assert any("Their cell IDs are recorded with the model (as hashes keyed" in line for line in card_lines(rep["card"]))
     # the model records which cells trained it, and on which target
     from scatd_core import training_cells

@@ -144,7 +144,9 @@ def add(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a bundle exported to --out earlier (only a bundle folder, never other files)")
     p.add_argument("--report", help="also write the training report (JSON) here")
-    p.add_argument("--target-predictions", help="also write the target's per-cell P(resistant) (CSV) here")
+    p.add_argument("--target-predictions",
+                   help="also write the target's per-cell P(resistant), the call at the model's default threshold "
+                        "and the known label (CSV) here (docs/outputs.md)")
     p.set_defaults(run=run)
 
 

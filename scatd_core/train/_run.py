@@ -667,7 +667,10 @@ def train_drug_model(
                   if few is not None else {})},
         overwrite=overwrite, demo=demo,
         unique=unique and not overwrite)
-    target_pred = pd.DataFrame({"cell_id": data.target_ids, "prob_resistant": fit.target_prob})
+    from scatd_core.export import training_predictions_table  # with the threshold, the call and the known label
+
+    target_pred = training_predictions_table(data.target_ids, fit.target_prob, s.threshold, truth,
+                                             few.rows if few is not None else ())
     report.update(settings=settings_dict, pretraining={"loss": fit.pretraining_loss}, cv=fit.cv, metrics=metrics,
                   refit=fit.refit, card=card, warnings=warnings, seconds=seconds, bundle_path=str(bundle.path),
                   target_predictions=target_pred)
