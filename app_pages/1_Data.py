@@ -220,7 +220,8 @@ with left:
             key = f"label_resistant_{label_column}"
             if ss.get(key) not in values:
                 ss[key] = recorded if recorded in values else None
-            choice = st.radio(f"Which value of '{ui.md(label_column)}' means **resistant**?", values, key=key,
+            # plain words: markdown in a label is read out with its asterisks by a screen reader
+            choice = st.radio(f"Which value of '{ui.md(label_column)}' means resistant?", values, key=key,
                               horizontal=True, format_func=ui.md,
                               help="Datasets disagree: SCAD's 'response' column is 1 = sensitive. The other value "
                                    "means sensitive. The answer is used on every page and in every report.")

@@ -60,7 +60,8 @@ with right:
     c[0].number_input("Expected resistant fraction", 0.01, 0.99, step=0.05, key="cells_expected_fraction",
                                  help="From another assay or prior knowledge: the threshold then calls that share "
                                       "of the cells resistant.")
-    c[1].button("Use this fraction", key="btn_fraction",
+    c[1].button("Apply", key="btn_fraction",  # short: at 200% zoom "Use this fraction" was cut to "Use this fract…"
+                help="Set the threshold so that this fraction of the scored cells is called resistant.",
                 on_click=ui.detached(use),
                 args=(ui.detached(lambda: calibrate(adata, expected_fraction=float(ss["cells_expected_fraction"]))),))
     if label_column and direction is not None:  # short labels: at 1280 px "From labels: Youden's J" was cut

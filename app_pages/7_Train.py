@@ -579,7 +579,10 @@ if losses:
         st.plotly_chart(pl.curve_figure(curves, "Backbone pretraining loss", "epoch", "loss"),
                         key="train_pretrain_loss")
 st.download_button("Target predictions (CSV)", export.to_csv_bytes(result["predictions"]),
-                   file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv")
+                   file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv",
+                   help="One row per target cell: P(resistant), the model's default threshold (not calibrated), "
+                        "the call at it and, where the target had labels, the known label (docs/outputs.md).")
 if st.button("Use this model for prediction", key="btn_train_use_model"):
     ui.set_bundle(result["bundle_path"])
-    st.success("Selected. Go to the Predict page to run it on your data.")
+    st.success("Selected: it is the model the Predict page runs on your data.")
+    ui.link("Predict", "Go to the Predict page", ":material/arrow_forward:")

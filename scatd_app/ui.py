@@ -23,6 +23,7 @@ import html
 import json
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -1031,7 +1032,7 @@ class _SharedBuild:
 
     def __init__(self):
         self.future: concurrent.futures.Future | None = None
-        self.progress: tuple[float, str] = (0.0, "")
+        self.progress: tuple[float, str, float] = (0.0, "", time.monotonic())  # fraction, message, when
 
 
 _BUILDS: dict[str, _SharedBuild] = {}
@@ -1048,14 +1049,15 @@ def shared_build(name: str, work, bar, what: str, poll_seconds: float = 0.5):
     the demo's first build lost it without a word). A finished build (done or failed) is started
     again on the next call; ``work`` returns at once when its files are already there."""
     from scatd_app import jobs, session
+    from scatd_core._progress import ticking
 
     with _BUILDS_LOCK:
         build = _BUILDS.setdefault(name, _SharedBuild())
         if build.future is None or build.future.done():
-            build.progress = (0.0, f"Waiting for the server to start {what}…")
+            build.progress = (0.0, f"Waiting for the server to start {what}…", time.monotonic())
 
             def report(fraction: float, message: str) -> None:
-                build.progress = (fraction, message)
+                build.progress = (fraction, message, time.monotonic())
 
             def run():
                 with jobs.queue().slot():
@@ -1069,7 +1071,9 @@ def shared_build(name: str, work, bar, what: str, poll_seconds: float = 0.5):
             return future.result(timeout=poll_seconds)
         except concurrent.futures.TimeoutError:
             busy()
-            fraction, message = build.progress
+            fraction, message, at = build.progress
+            # a long step reports seldom: its elapsed time keeps ticking between reports (QA: it froze for minutes)
+            message = ticking(message, fraction, time.monotonic() - at)
             bar.progress(min(max(fraction, 0.0), 1.0),
                          text=md(message) + " (it goes on if you leave this page)")
 
@@ -1358,15 +1362,15 @@ def cells_table(cells, *, where=None, **options):
     (:func:`scatd_core.export.predictions_table`) with its column names and order, so the table's
     own "Download as CSV" gives the same columns as predictions.csv. Only the headers shown differ:
     the model's call ``label`` is headed "called" ("label" on the Data page means the known
-    response) and ``known_label`` "known response"."""
+    response); ``known_label`` keeps its name."""
     from scatd_core.export import KNOWN_LABEL_COLUMN
 
     config = {"label": st.column_config.TextColumn(
                   "called", help="The model's call at the decision threshold: the column 'label' of "
                                  "predictions.csv (and of this table's CSV)."),
               KNOWN_LABEL_COLUMN: st.column_config.TextColumn(
-                  "known response", help="What the cell's known label means: resistant or sensitive (the column "
-                                         "'known_label' of predictions.csv)."),
+                  KNOWN_LABEL_COLUMN, help="The known response: what the cell's label means, resistant or "
+                                           "sensitive (the column 'known_label' of predictions.csv and of this table's CSV)."),
               "prob_resistant_sd": st.column_config.NumberColumn(
                   "prob_resistant_sd", help="Spread of P(resistant) between the ensemble members (or the draws "
                                             "in sample mode): how much they agree, not how sure the call is.")}
@@ -1389,6 +1393,16 @@ MEAN_BASELINE_SIGNED_MEAN = (
     "biomarkers.csv keeps the column.")
 
 
+#: What a table shows where a column has no value for any row (Streamlit writes an empty number as "None").
+NO_VALUE = "—"
+
+#: The biomarker table's help for the log fold change (empty, "—", where it is not computed).
+LOG_FOLD_CHANGE_HELP = ("log2 fold change of the expression, predicted resistant vs sensitive, on a log-expression "
+                        "scale (counts: log1p of counts per 10k). '—' (empty in biomarkers.csv) where it is not "
+                        "computed: z-scored values or embedding features are not on such a scale, so a fold change "
+                        "would mean nothing; the DE score still compares the groups.")
+
+
 def biomarker_table(ranking, hide_signed_mean: bool = False, **options):
     """A biomarker ranking (Biomarkers, Report): the key columns first and narrow, named as the
     figures name them (``mean |attribution|``); biomarkers.csv keeps its own names and order.
@@ -1400,12 +1414,16 @@ def biomarker_table(ranking, hide_signed_mean: bool = False, **options):
     first = [c for c in BIOMARKER_KEY_COLUMNS if c in ranking]
     view = ranking[first + [c for c in ranking.columns if c not in first]]
     number = st.column_config.NumberColumn
+    lfc = number("log fold change", format="%.3g", width="small", help=LOG_FOLD_CHANGE_HELP)
+    if "logfoldchange" in view and view["logfoldchange"].isna().all():  # not on a log scale: a dash, not "None"
+        view = view.assign(logfoldchange=NO_VALUE)
+        lfc = st.column_config.TextColumn("log fold change", width="small", help=LOG_FOLD_CHANGE_HELP)
     config = {"rank": number("rank", width=60,
                              help="1 = the largest mean |attribution|; empty for genes absent from the data"),
               "mean_abs_attribution": number("mean |attribution|", format="%.4g", width="small"),
               "direction": st.column_config.TextColumn("direction", width="small"),
               "de_score": number("DE score", format="%.3g", width="small"),
-              "logfoldchange": number("log fold change", format="%.3g", width="small"),
+              "logfoldchange": lfc,
               "mean_attribution": number(
                   "mean attribution", format="%.3g",
                   help="Signed mean over the explained cells. Against a baseline at the average cell it is "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
@@ -42,6 +43,26 @@ class Eta:
         if left is not None and fraction < 1.0:
             out += f" · about {duration(left)} left"
         return out
+
+
+_ETA_TAIL = re.compile(r"(?P<elapsed>\d+(?:\.\d+)?) (?P<unit>s|min|h) elapsed(?: · about \S+ (?:s|min|h) left)?$")
+_UNIT_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def ticking(message: str, fraction: float, since: float) -> str:
+    """``message`` (a report of :func:`with_eta`, ending ``6.1 min elapsed · about 1.8 min left``)
+    as it reads ``since`` seconds after it was reported: the elapsed time moved on by ``since`` and
+    the time left estimated again from it and ``fraction`` (the fraction done when it was reported),
+    so the line of a long step that reports seldom keeps ticking instead of freezing (the estimate
+    grows while nothing is reported). A message without that ending is returned as it is."""
+    found = _ETA_TAIL.search(message)
+    if found is None or since <= 0:
+        return message
+    elapsed = float(found["elapsed"]) * _UNIT_SECONDS[found["unit"]] + since
+    text = f"{duration(elapsed)} elapsed"
+    if 0.0 < fraction < 1.0:
+        text += f" · about {duration(elapsed * (1.0 - fraction) / fraction)} left"
+    return message[:found.start()] + text
 
 
 def with_eta(progress: ProgressFn | None) -> ProgressFn | None:

@@ -264,6 +264,8 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert result.uns["scatd"]["threshold"]["source"] == "labelled cells" and "Matthews" in text(at.success)
     at.button(key="btn_threshold_default").click().run()
     assert result.uns["scatd"]["threshold"]["source"] == "model default" and "Uncalibrated" in text(at.warning)
+    # QA at 200% zoom: "Use this fraction" was cut to "Use this fract…" beside the fraction's input
+    assert at.button(key="btn_fraction").label == "Apply" and "this fraction" in at.button(key="btn_fraction").help
     at.button(key="btn_fraction").click().run()
     assert result.uns["scatd"]["threshold"]["source"] == "expected fraction"
     at.selectbox(key="cells_colour").set_value("Leiden cluster").run()
@@ -1972,3 +1974,34 @@ def test_the_model_page_titles_the_card_with_the_models_name(empty_library):
     at.session_state[state.BUNDLE_PATH] = str(folder)
     goto(at, "2_Model")
     assert any(str(s.value).startswith("SF\\_emb\\_p0 · ") for s in at.subheader), [s.value for s in at.subheader]
+
+
+def _cells_table_script():
+    import pandas as pd
+
+    from scatd_app import ui
+
+    cells = pd.DataFrame({"cell_id": ["c1", "c2"], "prob_resistant": [0.8, 0.2], "label": ["resistant", "sensitive"],
+                          "response": [0, 1], "known_label": ["resistant", "sensitive"]})
+    ui.cells_table(cells, "response", hide_index=True)
+
+
+def test_the_cells_tables_known_response_column_is_named_as_in_predictions_csv():
+    """QA: the Cells table and the Report preview, under a heading naming the predictions CSV, showed
+    its column known_label as "known response": the file's name now, the help saying what it holds."""
+    at = AppTest.from_function(_cells_table_script, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    config = json.loads(at.dataframe[0].proto.columns)
+    assert config["known_label"]["label"] == "known_label" and "known response" in config["known_label"]["help"]
+    assert config["called"]["label"] == "called" and "'label' in predictions.csv" in config["called"]["help"]
+
+
+def test_the_data_pages_label_direction_question_is_plain_words(with_library):
+    """Accessibility: the radio's label "Which value of 'response' means **resistant**?" put the
+    asterisks into its accessible name; plain words now."""
+    adata = make_dataset(60, seed=11)
+    adata.obs["response"] = (adata.obs["response"] == "sensitive").astype(int)
+    at = start()
+    upload(at, "scad.h5ad", h5ad_bytes(adata))
+    radio = at.radio(key="label_resistant_response")
+    assert radio.label == "Which value of 'response' means resistant?" and "*" not in radio.label

@@ -368,3 +368,33 @@ def test_the_demo_build_goes_on_when_its_page_is_left(monkeypatch):
     release.clear()  # a finished build is run again on the next call (it returns at once when its files are there)
     release.set()
     assert ui.shared_build("test", work, Watching(), "a test build", poll_seconds=0.05) == "built" and calls == [1, 1]
+
+
+def test_the_demo_builds_elapsed_time_keeps_ticking_while_a_long_step_runs(monkeypatch):
+    """QA: under load the demo build's line read "... 6.1 min elapsed · about 1.8 min left" unchanged for
+    4 minutes (a long step reports seldom); the wait now moves the elapsed time on between reports and
+    estimates the time left again from it."""
+    from scatd_app import ui
+
+    seen = []
+
+    def work(report):
+        report(0.5, "Training the demo model: epoch 3 · 10 s elapsed · about 10 s left")
+        time.sleep(1.4)  # a step that reports nothing for a while
+        return "built"
+
+    class Watching:
+        def progress(self, fraction, text):
+            seen.append(text)
+
+    monkeypatch.setattr(ui, "_BUILDS", {})
+    assert ui.shared_build("test", work, Watching(), "a test build", poll_seconds=0.05) == "built"
+    assert any("epoch 3 · 11 s elapsed · about 11 s left" in t for t in seen), seen
+    assert not any("10 s elapsed" in t for t in seen[-3:]), seen  # the last lines are not the report's
+    # the elapsed time keeps its unit's precision; a message without one is left alone
+    from scatd_core._progress import ticking
+
+    assert ticking("Step · 6.1 min elapsed · about 1.8 min left", 0.77, 240) == \
+        "Step · 10.1 min elapsed · about 3.0 min left"
+    assert ticking("Step · 5 s elapsed", 0.0, 3) == "Step · 8 s elapsed"
+    assert ticking("Waiting for the server", 0.0, 30) == "Waiting for the server"

@@ -494,3 +494,31 @@ def test_the_signed_mean_attribution_is_hidden_against_the_mean_baseline(predict
     from scatd_core import explain as ex
 
     assert "mean_attribution" in ex.from_adata(adata).ranking.columns
+
+
+def _tables_script():
+    import numpy as np
+    import pandas as pd
+
+    from scatd_app import ui
+
+    ranking = pd.DataFrame({"rank": [1, 2], "feature": ["G1", "G2"], "mean_abs_attribution": [0.2, 0.1],
+                            "direction": ["resistance", "sensitivity"], "de_score": [2.0, -1.0],
+                            "logfoldchange": [np.nan, np.nan], "de_pval_adj": [0.01, 0.2]})
+    ui.biomarker_table(ranking, hide_index=True)  # z-scored data: no log fold change
+    ui.biomarker_table(ranking.assign(logfoldchange=[1.5, np.nan]), hide_index=True)  # counts: one gene not in data
+
+
+def test_a_log_fold_change_not_computed_shows_a_dash_and_says_why():
+    """QA: for z-scored data the table's "log fold change" read Python's "None" in every row: a dash now,
+    the column's help saying why (the data are not on a log-expression scale); numbers stay numbers."""
+    import json
+
+    at = AppTest.from_function(_tables_script, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    none, some = at.dataframe[0], at.dataframe[1]
+    assert list(none.value["logfoldchange"]) == ["—", "—"]
+    config = json.loads(none.proto.columns)["logfoldchange"]
+    assert config["label"] == "log fold change" and "not on such a scale" in config["help"]
+    assert some.value["logfoldchange"].iloc[0] == 1.5 and "z-scored" in json.loads(some.proto.columns)[
+        "logfoldchange"]["help"]

@@ -107,8 +107,16 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert sum("logistic regression" in v.lower() for v in verdicts) == 4  # tuned and heads' C; bulk CV and target
     library = [e.bundle.path for e in list_library() if e.ok]
     assert [str(p) for p in library] == [result["bundle_path"]]
+    # QA: the target predictions' download held only cell_id and prob_resistant: now the threshold, the call
+    # and the known label too
+    download = next(b for b in at.get("download_button") if b.proto.label == "Target predictions (CSV)")
+    assert "threshold" in download.proto.help and "known label" in download.proto.help
+    assert {"threshold", "label", "known_label"} <= set(result["predictions"].columns)
     at.button(key="btn_train_use_model").click().run()
     assert at.session_state[S.BUNDLE_PATH] == result["bundle_path"]
+    # QA: "Go to the Predict page" was said with no link to it
+    link = next(p for p in at.get("page_link") if "Predict" in p.proto.label)
+    assert link.proto.page == "predict"
     at.button(key="btn_train_stop").click().run()  # nothing runs: nothing to say, nothing lost
     assert not at.exception and at.session_state["train_result"] is result
     assert not any("stopped" in i.value for i in at.info) and at.session_state["train_stop"] is False
