@@ -100,12 +100,18 @@ with st.container(border=True):
     with st.expander("Save these models as a panel (only you see your panels)"):
         c = st.columns([0.7, 0.3], vertical_alignment="bottom")
         name = c[0].text_input("Panel name", key="panel_name", max_chars=64)
+        existing = saved.get(name.strip()) if name else None
+        # a saved panel of this name is replaced only when asked, saying which models it holds (QA: a CLI-saved
+        # 9-drug panel was replaced by 3 demo drugs, unasked)
+        replace = existing is not None and st.checkbox(
+            f"Replace it: your saved panel '{ui.md(name.strip())}' ({ui.md(panel.saved_panel_drugs(existing))}) "
+            "becomes these models", key=f"panel_replace_{name.strip()}")
         if c[1].button("Save panel", key="btn_panel_save", disabled=len(paths) < panel.MIN_MODELS or not name):
             try:
-                panel.save_panel(name, [classifiers[p].path.name for p in paths], user_name,
-                                 replace=name in saved)
+                panel.save_panel(name, [classifiers[p].path.name for p in paths], user_name, replace=replace)
                 ss["panel_named"] = [name, sorted(paths)]
-                st.success(f"Saved your panel '{ui.md(name)}'.", icon=":material/check_circle:")
+                st.success(f"{'Replaced' if replace else 'Saved'} your panel '{ui.md(name.strip())}'.",
+                           icon=":material/check_circle:")
             except ScatdError as exc:
                 ui.show_error(exc)
 

@@ -54,7 +54,7 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
            "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
            "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
-           "whole_sample_caveat", "fractions_given"]
+           "whole_sample_caveat", "fractions_given", "saved_panel_drugs"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -903,14 +903,25 @@ def save_panel(name: str, models: Sequence[str], user: str | None, *, library: s
     with _locked(path):
         panels = list_panels(user)
         if name in panels and not replace:
-            raise InputError(f"You already have a panel named {name!r}.", "Choose another name, or replace it.")
+            raise InputError(f"You already have a panel named {name!r} ({saved_panel_drugs(panels[name])}); it was "
+                             "not replaced.", "Choose another name, or replace it: `scatd panel save NAME --model "
+                             "... --replace`.", app_hint="Choose another name, or tick 'Replace it' to replace it.")
         panels[name] = {"models": models,
+                        "drugs": {m: installed[m].bundle.drug or installed[m].bundle.name for m in models},
                         # which model each folder held, so that another model taking a folder later is noticed
                         "identities": {m: model_identity(installed[m].bundle) for m in models},
                         "names": {m: installed[m].bundle.name for m in models},
                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         _write(path, panels)
     return panels[name]
+
+
+def saved_panel_drugs(record: Mapping) -> str:
+    """A saved panel's models as a biologist reads them, e.g. ``3 models: DRUGA, DRUGB, DRUGC``: each
+    model's drug (its name, or its folder, for a panel saved before drugs were recorded)."""
+    models = [str(m) for m in record.get("models", [])]
+    drugs, names = record.get("drugs") or {}, record.get("names") or {}
+    return f"{len(models)} models: " + ", ".join(str(drugs.get(m) or names.get(m) or m) for m in models)
 
 
 def delete_panel(name: str, user: str | None) -> None:

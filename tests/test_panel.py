@@ -897,3 +897,21 @@ def test_the_uncalibrated_ranking_has_no_rank_and_the_h5ad_says_whose_calls_are_
         labels = back.obs[f"{drug_key}_label"]
         assert len(back.uns[f"{drug_key}_label_colors"]) == len(labels.cat.categories)
         assert set(labels.cat.categories) == set(labels.astype(str))
+
+
+
+def test_a_saved_panel_is_replaced_only_when_asked_and_the_refusal_names_its_drugs(lib_env):
+    """QA: the app replaced a saved 9-drug panel by 3 demo drugs unasked; the refusal says which
+    models the saved panel holds, and how to replace it where the reader is."""
+    panel.save_panel("real10", ["DRUGA", "DRUGB", "DRUGC"], "carol")
+    with pytest.raises(InputError) as refused:
+        panel.save_panel("real10", ["DRUGA", "SUBSET"], "carol")
+    assert "You already have a panel named 'real10' (3 models: DRUGA, DRUGB, DRUGC); it was not replaced" \
+        in refused.value.message
+    assert "--replace" in refused.value.hint and "Replace it" in refused.value.app_hint
+    assert panel.list_panels("carol")["real10"]["models"] == ["DRUGA", "DRUGB", "DRUGC"]
+    record = panel.save_panel("real10", ["DRUGA", "SUBSET"], "carol", replace=True)
+    assert panel.saved_panel_drugs(record) == "2 models: DRUGA, DRUGD"  # the drug, not the folder
+    # a panel saved before drugs were recorded: its models' names, else their folders
+    assert panel.saved_panel_drugs({"models": ["A", "B"], "names": {"A": "Drug A model"}}) == \
+        "2 models: Drug A model, B"

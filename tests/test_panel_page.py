@@ -280,3 +280,28 @@ def test_the_panel_draws_the_datas_own_umap_and_says_whose_it_is(with_panel_libr
     captions = text(at.caption).replace("\\", "")  # as typed, without the markdown escapes
     assert "This is your data's own UMAP (obsm['X_umap'] in your file)." in captions
     assert np.array_equal(at.session_state[state.ADATA].obsm["X_umap"], adata.obsm["X_umap"])
+
+
+def test_saving_over_a_saved_panel_asks_first_and_names_its_drugs(with_panel_library):
+    """QA: "Save panel" replaced a CLI-saved 9-drug panel 'real10' by 3 demo drugs, unasked."""
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=5)))
+    user = at.session_state["user"].name
+    panel.save_panel("real10", list(DRUGS), user)
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS[:2]]).run()
+    at.text_input(key="panel_name").input("real10").run()
+    at.button(key="btn_panel_save").click().run()
+    ok(at)
+    assert panel.list_panels(user)["real10"]["models"] == list(DRUGS)  # kept
+    assert not at.success
+    assert "You already have a panel named 'real10' (3 models: DRUGA, DRUGB, DRUGC); it was not replaced" \
+        in text(at.error).replace("\\", "") and "tick 'Replace it'" in text(at.error)
+    box = at.checkbox(key="panel_replace_real10")
+    assert "your saved panel 'real10' (3 models: DRUGA, DRUGB, DRUGC) becomes these models" \
+        in box.label.replace("\\", "")
+    at.checkbox(key="panel_replace_real10").check().run()
+    at.button(key="btn_panel_save").click().run()
+    ok(at)
+    assert "Replaced your panel 'real10'." in text(at.success)
+    assert panel.list_panels(user)["real10"]["models"] == list(DRUGS[:2])
