@@ -153,8 +153,14 @@ if not current:
 info = adata.uns["scatd_panel"]
 everyone = panel.members(adata, scored_only=False)
 scored = [m for m in everyone if m.scored]
-st.success(f"{len(scored)} of {len(everyone)} models scored {adata.n_obs:,} cells in {info['seconds']:.1f} s "
-           f"({info['n_input_groups']} alignment(s) for {len(everyone)} models).", icon=":material/check_circle:")
+done = (f"{len(scored)} of {len(everyone)} models scored {adata.n_obs:,} cells in {info['seconds']:.1f} s "
+        f"({info['n_input_groups']} alignment(s) for {len(everyone)} models).")
+warned = panel.model_warnings(adata)
+if warned:  # each model's own warnings (few of its genes in the data ...), next to its drug: not a green tick
+    st.warning(ui.md(f"{done} {panel.warnings_summary(adata)}") + "\n\n"
+               + "\n".join(f"- **{ui.md(drug)}**: {ui.md(w)}" for drug, w in warned), icon=":material/warning:")
+else:
+    st.success(done, icon=":material/check_circle:")
 for m in everyone:
     if not m.scored:
         st.warning(f"**{ui.md(m.drug)}** (model {ui.md(m.folder)}) was skipped: "

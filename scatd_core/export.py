@@ -1156,6 +1156,9 @@ def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
     from scatd_core import panel
 
     rows = []
+    warned: dict[str, list[str]] = {}
+    for drug, warning in panel.model_warnings(adata):
+        warned.setdefault(drug, []).append(warning)
     for m in panel.members(adata, scored_only=False):
         cov = m.coverage or {}
         thr = adata.uns[m.key]["threshold"] if m.scored else {}
@@ -1164,7 +1167,9 @@ def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
                      "gene coverage": f"{cov['n_matched']:,}/{cov['n_model_genes']:,} ({cov['fraction_matched']:.0%})"
                      if cov.get("n_model_genes") else ("embeddings" if m.scored else "—"),
                      "cells scored": m.n_scored, "threshold": thr.get("value"),
-                     "calibrated": thr.get("calibrated"), "seconds": m.seconds, "problem": m.problem or ""})
+                     "calibrated": thr.get("calibrated"), "seconds": m.seconds, "problem": m.problem or "",
+                     # what its prediction warned of (few of its genes in the data ...), next to its drug
+                     "warnings": " ".join(warned.get(m.drug, []))})
     return pd.DataFrame(rows)
 
 
@@ -1210,6 +1215,11 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
         parts.append("<p class='warn'>Some calls use a threshold <b>not calibrated</b> to this dataset.</p>")
     parts += [f"<p class='warn'>{html.escape(note)}</p>" for note in panel.comparison_notes(adata, app=app)]
     parts.append("<h2>Models</h2>" + _frame_html(panel_models_table(adata)))
+    warned = panel.model_warnings(adata)
+    if warned:  # each model's own warnings (few of its genes in the data ...), as the CLI prints them per drug
+        parts.append(f"<div class='warn'><b>{html.escape(panel.warnings_summary(adata) or '')}</b><ul>"
+                     + "".join(f"<li><b>{html.escape(drug)}</b>: {html.escape(w)}</li>" for drug, w in warned)
+                     + "</ul></div>")
     ranking = panel.drug_ranking(adata)
     caveat = panel.ranking_caveat(adata, app=app)
     parts.append(f"<h2>{html.escape(panel.ranking_title(adata, 'Whole sample'))}</h2>"

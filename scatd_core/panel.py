@@ -54,7 +54,7 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
            "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
            "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
-           "whole_sample_caveat", "fractions_given", "saved_panel_drugs"]
+           "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "saved_panel_drugs"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -399,6 +399,27 @@ def refresh(adata: ad.AnnData) -> None:
 def n_resisted_values(adata: ad.AnnData) -> np.ndarray:
     """``obs['scatd_panel_n_resisted']`` as floats, NaN where no drug scored the cell (for plots)."""
     return adata.obs[_keys.PANEL_N_RESISTED].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def model_warnings(adata: ad.AnnData) -> list[tuple[str, str]]:
+    """``(drug, warning)`` for every warning a scored model's prediction gave (few of its genes in
+    the data, z-scores over the scored cells, cells not scored ...), in panel order: what
+    ``uns['scatd_<DRUG>']['warnings']`` holds, said next to the drug wherever the panel is shown."""
+    out = []
+    for m in members(adata):
+        for w in (adata.uns.get(m.key) or {}).get("warnings", []) or []:
+            out.append((m.drug, str(w)))
+    return out
+
+
+def warnings_summary(adata: ad.AnnData) -> str | None:
+    """One sentence naming the scored drugs whose model warned (``None`` when none did)."""
+    warned = list(dict.fromkeys(drug for drug, _ in model_warnings(adata)))
+    if not warned:
+        return None
+    n = len(members(adata))
+    return (f"{len(warned)} of the {n} scored models warn about their predictions ({', '.join(warned)}): "
+            "read each warning before trusting or comparing their calls.")
 
 
 # --------------------------------------------------------------------------- calibration and what compares

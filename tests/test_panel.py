@@ -899,6 +899,41 @@ def test_the_uncalibrated_ranking_has_no_rank_and_the_h5ad_says_whose_calls_are_
         assert set(labels.cat.categories) == set(labels.astype(str))
 
 
+def _few_genes(n_cells: int = 60, n_genes: int = 300, seed: int = 11):
+    """Cells holding only the first ``n_genes`` of the models' genes (QA's scad_fewgenes.h5ad in small):
+    every model scores them, warning that few of its genes are in the data."""
+    return make_dataset(n_cells, seed=seed)[:, :n_genes].copy()
+
+
+def test_each_models_warnings_are_said_next_to_its_drug_in_the_tables_and_the_report(library):
+    """QA: models covering 3/141 genes called 80-100% resistant under a green "9 of 9 models scored",
+    their "Only 2% of the model's genes are in the data" warnings shown nowhere but the CLI's terminal."""
+    data = _few_genes()
+    panel.predict_panel(data, _bundles(library, DRUGS[:2]))
+    warned = panel.model_warnings(data)
+    coverage = [(d, w) for d, w in warned if "of the model's genes are in the data" in w]
+    assert [d for d, _ in coverage] == ["DRUGA", "DRUGB"] and coverage[0][1].startswith("Only 16%")
+    assert "2 of the 2 scored models warn about their predictions (DRUGA, DRUGB)" in panel.warnings_summary(data)
+    table = export.panel_models_table(data)
+    assert all("Only 16% of the model's genes are in the data" in w for w in table["warnings"])
+    page = export.panel_html_report(data, app=True)  # the app's download (the CLI's --html: the test below)
+    assert "<li><b>DRUGA</b>: Only 16% of the model&#x27;s genes are in the data" in page
+    assert "2 of the 2 scored models warn" in page
+    # a model with all its genes: nothing to warn of, no warnings block
+    full = make_dataset(60, seed=11)
+    panel.predict_panel(full, _bundles(library, DRUGS[:2]))
+    assert panel.model_warnings(full) == [] and panel.warnings_summary(full) is None
+    assert "warn about their predictions" not in export.panel_html_report(full)
+
+
+def test_cli_panel_html_report_has_each_models_warnings(lib_env, tmp_path, capsys):
+    _few_genes().write_h5ad(tmp_path / "few.h5ad")
+    rep = tmp_path / "few.html"
+    assert main(["predict", "--input", str(tmp_path / "few.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
+                 "--output", str(tmp_path / "few.csv"), "--html", str(rep)]) == 0
+    assert "DRUGA: warning: Only 16% of the model's genes" in capsys.readouterr().err
+    assert "<li><b>DRUGB</b>: Only 16% of the model&#x27;s genes are in the data" in rep.read_text()
+
 
 def test_a_saved_panel_is_replaced_only_when_asked_and_the_refusal_names_its_drugs(lib_env):
     """QA: the app replaced a saved 9-drug panel by 3 demo drugs unasked; the refusal says which

@@ -305,3 +305,20 @@ def test_saving_over_a_saved_panel_asks_first_and_names_its_drugs(with_panel_lib
     ok(at)
     assert "Replaced your panel 'real10'." in text(at.success)
     assert panel.list_panels(user)["real10"]["models"] == list(DRUGS[:2])
+
+
+def test_each_models_warnings_are_next_to_its_drug_not_under_a_green_tick(with_panel_library):
+    """QA: models with 3 of 141 genes in the data calling 80-100% resistant under a green
+    "9 of 9 models scored"; their warnings were in uns['scatd_<DRUG>']['warnings'] only."""
+    data = make_dataset(60, seed=11)[:, :300].copy()
+    at = start()
+    upload(at, "few.h5ad", h5ad_bytes(data))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS[:2]]).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert not at.success
+    shown = text(at.warning).replace("\\", "")
+    assert "2 of 2 models scored 60 cells" in shown and "2 of the 2 scored models warn" in shown
+    assert "DRUGA**: Only 16% of the model's genes are in the data" in shown
+    assert "Only 16%" in str(at.dataframe[0].value["warnings"].iloc[1])
