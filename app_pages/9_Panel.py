@@ -124,8 +124,8 @@ mask = ui.qc_mask(adata)
 bundles, notes = panel.check_models([classifiers[p] for p in paths])
 for note in notes:
     st.warning(ui.md(note), icon=":material/content_copy:")
-token = ui.token_of(ui.prediction_token(bundles[0], {}), [str(b.path) for b in bundles],
-                    [b.manifest.get("weights_sha256", "") for b in bundles])
+# the same models in another order give the same results (shown in the order they were scored)
+token = ui.token_of(ui.prediction_token(min(bundles, key=lambda b: str(b.path)), {}), panel.run_signature(bundles))
 current = ss.get(state.PANEL) == token and "scatd_panel" in adata.uns
 ui.say_if_stopped(state.PANEL_RUNNING, "The panel was stopped before it finished; no partial results were kept.")
 if not current and st.button(f"Score {len(bundles)} models", type="primary", icon=":material/play_arrow:",

@@ -54,7 +54,8 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
            "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
            "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
-           "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "saved_panel_drugs"]
+           "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "run_signature",
+           "saved_panel_drugs"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -420,6 +421,15 @@ def warnings_summary(adata: ad.AnnData) -> str | None:
     n = len(members(adata))
     return (f"{len(warned)} of the {n} scored models warn about their predictions ({', '.join(warned)}): "
             "read each warning before trusting or comparing their calls.")
+
+
+def run_signature(bundles: Sequence) -> list[list[str]]:
+    """What a panel's results depend on among its models, whatever order they were chosen in: each
+    model's folder, weights and the drug name it is scored under (``DRUG``, ``DRUG_2`` ... depend on
+    the order only when a drug has several models), sorted. Two choices with the same signature
+    give the same results (shown in the order they were scored)."""
+    names = distinct_drugs([b.drug or b.name for b in bundles])
+    return sorted([str(b.path), str(b.manifest.get("weights_sha256", "")), name] for b, name in zip(bundles, names))
 
 
 # --------------------------------------------------------------------------- calibration and what compares

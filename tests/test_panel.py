@@ -950,3 +950,9 @@ def test_a_saved_panel_is_replaced_only_when_asked_and_the_refusal_names_its_dru
     # a panel saved before drugs were recorded: its models' names, else their folders
     assert panel.saved_panel_drugs({"models": ["A", "B"], "names": {"A": "Drug A model"}}) == \
         "2 models: Drug A model, B"
+
+
+def test_the_run_signature_does_not_depend_on_the_order_of_the_models(library):
+    forward, backward = _bundles(library), _bundles(library)[::-1]
+    assert panel.run_signature(forward) == panel.run_signature(backward)
+    assert panel.run_signature(forward) != panel.run_signature(forward[:2])

@@ -322,3 +322,22 @@ def test_each_models_warnings_are_next_to_its_drug_not_under_a_green_tick(with_p
     assert "2 of 2 models scored 60 cells" in shown and "2 of the 2 scored models warn" in shown
     assert "DRUGA**: Only 16% of the model's genes are in the data" in shown
     assert "Only 16%" in str(at.dataframe[0].value["warnings"].iloc[1])
+
+
+def test_the_same_models_in_another_order_keep_their_results(with_panel_library):
+    """QA: loading a saved panel with the same models in another order hid the results ("scored
+    earlier with other models")."""
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=5)))
+    goto(at, "9_Panel")
+    paths = [str(with_panel_library / d) for d in DRUGS]
+    at.multiselect(key="panel_models").set_value(paths).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    at.multiselect(key="panel_models").set_value(paths[::-1]).run()
+    ok(at)
+    assert "btn_panel_run" not in [b.key for b in at.button]
+    assert "hidden until you score" not in text(at.caption)
+    assert "3 of 3 models scored" in text(at.success)
+    at.multiselect(key="panel_models").set_value(paths[:2]).run()  # other models: hidden, as before
+    assert "hidden until you score the models chosen above" in text(at.caption)
