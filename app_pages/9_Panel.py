@@ -127,6 +127,8 @@ for note in notes:
 # the same models in another order give the same results (shown in the order they were scored)
 token = ui.token_of(ui.prediction_token(min(bundles, key=lambda b: str(b.path)), {}), panel.run_signature(bundles))
 current = ss.get(state.PANEL) == token and "scatd_panel" in adata.uns
+if not current and (ray_note := panel.scaleout_note(adata.n_obs)):
+    st.caption(ui.md(ray_note))
 ui.say_if_stopped(state.PANEL_RUNNING, "The panel was stopped before it finished; no partial results were kept.")
 if not current and st.button(f"Score {len(bundles)} models", type="primary", icon=":material/play_arrow:",
                              key="btn_panel_run"):

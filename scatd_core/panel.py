@@ -55,7 +55,7 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
            "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
            "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "run_signature",
-           "saved_panel_drugs"]
+           "saved_panel_drugs", "scaleout_note"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -430,6 +430,19 @@ def run_signature(bundles: Sequence) -> list[list[str]]:
     give the same results (shown in the order they were scored)."""
     names = distinct_drugs([b.drug or b.name for b in bundles])
     return sorted([str(b.path), str(b.manifest.get("weights_sha256", "")), name] for b, name in zip(bundles, names))
+
+
+def scaleout_note(n_cells: int) -> str | None:
+    """What the Drug panel says when a single-model prediction of these data would run on Ray
+    (:func:`scatd_core.scaleout.engine_for`): the panel never does, it runs in the server process,
+    one model after another. ``None`` when Ray would not be used anyway."""
+    from scatd_core.scaleout import engine_for
+
+    if not engine_for(n_cells).use_ray:
+        return None
+    return (f"The panel runs in the server process, one model after another, not on Ray (the Predict page would "
+            f"send these {n_cells:,} cells to Ray). For a very large dataset, predict drug by drug on the Predict "
+            "page instead.")
 
 
 # --------------------------------------------------------------------------- calibration and what compares

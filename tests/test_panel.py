@@ -956,3 +956,16 @@ def test_the_run_signature_does_not_depend_on_the_order_of_the_models(library):
     forward, backward = _bundles(library), _bundles(library)[::-1]
     assert panel.run_signature(forward) == panel.run_signature(backward)
     assert panel.run_signature(forward) != panel.run_signature(forward[:2])
+
+
+def test_the_panel_says_it_does_not_run_on_ray_where_a_prediction_would(monkeypatch):
+    from scatd_core.scaleout import _run
+
+    monkeypatch.setenv("SCATD_SCALEOUT_MIN_CELLS", "100")
+    monkeypatch.delenv("SCATD_RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(_run, "ray_available", lambda: True)
+    assert panel.scaleout_note(100) is None
+    note = panel.scaleout_note(150)
+    assert "runs in the server process, one model after another, not on Ray" in note and "150 cells" in note
+    monkeypatch.setattr(_run, "ray_available", lambda: False)  # Ray not installed: one process anyway
+    assert panel.scaleout_note(150) is None

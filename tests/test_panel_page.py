@@ -341,3 +341,18 @@ def test_the_same_models_in_another_order_keep_their_results(with_panel_library)
     assert "3 of 3 models scored" in text(at.success)
     at.multiselect(key="panel_models").set_value(paths[:2]).run()  # other models: hidden, as before
     assert "hidden until you score the models chosen above" in text(at.caption)
+
+
+def test_where_a_prediction_would_run_on_ray_the_page_says_the_panel_does_not(with_panel_library, monkeypatch):
+    """QA: the Drug panel never uses Ray and said nothing of it (the README says the app predicts
+    large datasets on Ray)."""
+    from scatd_core.scaleout import _run
+
+    monkeypatch.setenv("SCATD_SCALEOUT_MIN_CELLS", "50")
+    monkeypatch.setattr(_run, "ray_available", lambda: True)
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=5)))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS[:2]]).run()
+    ok(at)
+    assert "not on Ray (the Predict page would send these 60 cells to Ray)" in text(at.caption).replace("\\", "")
