@@ -324,6 +324,21 @@ def test_each_models_warnings_are_next_to_its_drug_not_under_a_green_tick(with_p
     assert "Only 16%" in str(at.dataframe[0].value["warnings"].iloc[1])
 
 
+def test_without_a_grouping_column_the_heatmap_says_how_the_cells_are_ordered(with_panel_library):
+    """QA: with no cluster or sample column the heatmap's axis read "cells, ordered by all cells"."""
+    data = make_dataset(60, seed=11)
+    data.obs = data.obs[[]]  # no grouping column to order the heatmap by
+    at = start()
+    upload(at, "nogroups.h5ad", h5ad_bytes(data))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS[:2]]).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert "panel_group" not in [s.key for s in at.selectbox]
+    charts = _chart_text(at)
+    assert "ordered by their mean P(resistant) over the drugs" in charts and "ordered by all cells" not in charts
+
+
 def test_the_same_models_in_another_order_keep_their_results(with_panel_library):
     """QA: loading a saved panel with the same models in another order hid the results ("scored
     earlier with other models")."""
