@@ -274,10 +274,10 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     top = next(d.value for d in at.dataframe if "rank" in d.value.columns)
     assert list(top["rank"]) == list(range(1, 51))
     # QA: the call was shown as "label", the Data page's word for the known response: headed "called"
-    # (the column stays predictions.csv's "label", below), the known response headed in words
+    # (the column stays predictions.csv's "label", below); known_label keeps the file's name
     for shown in [d for d in at.dataframe if "rank" in d.value.columns]:
         headers = json.loads(shown.proto.columns)
-        assert headers["label"]["label"] == "called" and headers["known_label"]["label"] == "known response"
+        assert headers["label"]["label"] == "called" and headers["known_label"]["label"] == "known_label"
     assert metric(at, "Resistant among the top 50 labelled cells").endswith("%")
     # the per-group table: the share called resistant shown in percent (a progress bar's number was
     # cut off); QA: its "Download as CSV" said 75.000000 for 75%: the data stay a fraction (0.75)
@@ -1983,7 +1983,7 @@ def _cells_table_script():
 
     cells = pd.DataFrame({"cell_id": ["c1", "c2"], "prob_resistant": [0.8, 0.2], "label": ["resistant", "sensitive"],
                           "response": [0, 1], "known_label": ["resistant", "sensitive"]})
-    ui.cells_table(cells, "response", hide_index=True)
+    ui.cells_table(cells, hide_index=True)
 
 
 def test_the_cells_tables_known_response_column_is_named_as_in_predictions_csv():
@@ -1993,7 +1993,7 @@ def test_the_cells_tables_known_response_column_is_named_as_in_predictions_csv()
     assert not at.exception, [e.value for e in at.exception]
     config = json.loads(at.dataframe[0].proto.columns)
     assert config["known_label"]["label"] == "known_label" and "known response" in config["known_label"]["help"]
-    assert config["called"]["label"] == "called" and "'label' in predictions.csv" in config["called"]["help"]
+    assert config["label"]["label"] == "called" and "'label' of predictions.csv" in config["label"]["help"]
 
 
 def test_the_data_pages_label_direction_question_is_plain_words(with_library):
