@@ -273,11 +273,11 @@ def _palette(categories: Iterable[str]) -> dict[str, str]:
         word = cat.lower()
         if cat in COLORS:
             out[cat] = COLORS[cat]
-        # the meaning said in words (labels.shown_labels: "0 (resistant)"), never guessed from values
-        # such as 1/0, true/false or R/S (a cell-cycle phase "S" is not sensitive)
-        elif word in ("resistant", "non-responder") or word.endswith("(resistant)"):
+        # the meaning said in words (labels.shown_labels: "0 = resistant"; earlier "0 (resistant)"),
+        # never guessed from values such as 1/0, true/false or R/S (a cell-cycle phase "S" is not sensitive)
+        elif word in ("resistant", "non-responder") or word.endswith(("(resistant)", "= resistant")):
             out[cat] = COLORS["resistant"]
-        elif word in ("sensitive", "responder") or word.endswith("(sensitive)"):
+        elif word in ("sensitive", "responder") or word.endswith(("(sensitive)", "= sensitive")):
             out[cat] = COLORS["sensitive"]
         elif cat in ("NA", NOT_EMBEDDED, OLD_NOT_EMBEDDED):
             out[cat] = COLORS[NOT_SCORED]

@@ -281,6 +281,9 @@ def test_shown_labels_say_what_each_value_means_and_plots_colour_by_it():
     assert list(shown.cat.categories) == ["0 = resistant", "1 = sensitive"] and shown.index.equals(adata.obs_names)
     assert list(shown.iloc[[0, 1]]) == ["0 = resistant", "1 = sensitive"] and shown.isna().iloc[3]
     assert shown_meanings(adata, "response") == {"0 = resistant": "resistant", "1 = sensitive": "sensitive"}
+    # drawn in the responses' red and blue by any figure given these categories (the report's too)
+    assert pl._palette(["0 = resistant", "1 = sensitive"]) == {"0 = resistant": pl.COLORS["resistant"],
+                                                               "1 = sensitive": pl.COLORS["sensitive"]}
     set_label_direction(adata, "response", "1")  # resistant first whichever value it is
     assert list(shown_labels(adata, "response").cat.categories) == ["1 = resistant", "0 = sensitive"]
     assert list(shown_meanings(adata, "response").values()) == ["resistant", "sensitive"]
