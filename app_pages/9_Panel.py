@@ -227,10 +227,7 @@ if groups:
         ui.group_table(summary, height=360)
 else:
     group = None
-    heatmap = pl.panel_heatmap(prob, drugs, np.full(adata.n_obs, "all cells"), "cells")
-    # one group: the cells are ordered by their mean P(resistant) only (pl's axis would read "ordered by all cells")
-    heatmap.update_xaxes(title="cells, ordered by their mean P(resistant) over the drugs")
-    st.plotly_chart(heatmap, key="panel_heatmap")
+    st.plotly_chart(pl.panel_heatmap(prob, drugs, None, None), key="panel_heatmap")  # by mean P(resistant)
     st.caption("No cluster or sample column to order the cells by.")
 
 # ------------------------------------------------------------------ ranking

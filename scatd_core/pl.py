@@ -584,13 +584,17 @@ def _heatmap_rows(groups: np.ndarray, prob: np.ndarray, max_cells: int) -> np.nd
     return keep[np.lexsort((-mean, groups[keep]))]
 
 
-def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence, group_name: str,
+def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | None, group_name: str | None,
                   group_order: Sequence[str] | None = None, title: str | None = None,
                   max_cells: int = MAX_HEATMAP_CELLS) -> go.Figure:
     """Cells x drugs heatmap of P(resistant): cells ordered by ``groups`` (cluster / sample), then by
-    their mean P within each group; group boundaries marked and named. Above ``max_cells`` a seeded
-    random subsample is drawn (stated under the plot). Grey: not scored."""
+    their mean P within each group; group boundaries marked and named. ``groups=None``: one group,
+    the cells ordered by their mean P only (said so on the axis, no group in the hover). Above
+    ``max_cells`` a seeded random subsample is drawn (stated under the plot). Grey: not scored."""
     prob = np.asarray(prob, dtype=np.float64)
+    grouped = groups is not None
+    if not grouped:
+        groups, group_name = np.full(prob.shape[0], "all cells", dtype=object), ""
     labels = pd.Series(np.asarray(groups, dtype=object)).astype(str).to_numpy()
     order = list(group_order) if group_order is not None else sorted(set(labels))
     rank = {g: i for i, g in enumerate(order)}
@@ -600,8 +604,9 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence, grou
     fig = go.Figure(go.Heatmap(z=z, y=list(drugs), x=np.arange(len(rows)), zmin=0, zmax=1, colorscale=PROB_SCALE,
                                colorbar=dict(title=dict(text="P(resistant)", side="top"), thickness=14),
                                customdata=np.tile(labels[rows], (len(drugs), 1)),
-                               hovertemplate="%{y}<br>" + html.escape(group_name) +
-                                             " %{customdata}<br>P(resistant) %{z:.3f}<extra></extra>"))
+                               hovertemplate="%{y}<br>" + (html.escape(group_name) + " %{customdata}<br>"
+                                                           if grouped else "") +
+                                             "P(resistant) %{z:.3f}<extra></extra>"))
     drawn = codes[rows]
     starts = np.flatnonzero(np.r_[True, drawn[1:] != drawn[:-1]])
     ends = np.r_[starts[1:], len(rows)]
@@ -610,7 +615,8 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence, grou
             fig.add_vline(x=s - 0.5, line=dict(color="#222", width=1))
         fig.add_annotation(x=(s + e - 1) / 2, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
                            text=html.escape(labels[rows][s]), font=dict(size=11))
-    fig.update_xaxes(title=f"cells, ordered by {group_name}", showticklabels=False, showgrid=False)
+    fig.update_xaxes(title=f"cells, ordered by {group_name}" if grouped else
+                     "cells, ordered by their mean P(resistant) over the drugs", showticklabels=False, showgrid=False)
     fig.update_yaxes(title="", autorange="reversed", type="category")
     if len(rows) < len(labels):
         fig.add_annotation(text=f"showing a random {len(rows):,} of {len(labels):,} cells", showarrow=False,

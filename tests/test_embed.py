@@ -398,3 +398,15 @@ def test_the_biomarker_chart_says_what_its_colour_means_when_every_gene_has_one_
         assert fig.layout.showlegend is not False and fig.layout.legend.title.text
     one = pl.umap_figure(np.zeros((3, 2)), ["resistant"] * 3, name="called", categorical=True)
     assert one.data[0].showlegend is True  # every cell called resistant: the legend still says so
+
+
+def test_a_panel_heatmap_without_groups_says_how_its_cells_are_ordered_axis_and_hover():
+    """The Drug panel page without a cluster or sample column: its axis read "cells, ordered by all
+    cells" and each cell's hover "cells all cells"; no group is said where there is none."""
+    prob = np.random.default_rng(0).random((30, 2))
+    fig = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], None, None)
+    assert fig.layout.xaxis.title.text == "cells, ordered by their mean P(resistant) over the drugs"
+    assert "all cells" not in fig.data[0].hovertemplate and "P(resistant)" in fig.data[0].hovertemplate
+    grouped = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], ["P1"] * 15 + ["P2"] * 15, "sample")
+    assert grouped.layout.xaxis.title.text == "cells, ordered by sample"
+    assert "sample %{customdata}" in grouped.data[0].hovertemplate
