@@ -105,11 +105,12 @@ with st.container(border=True):
         # 9-drug panel was replaced by 3 demo drugs, unasked)
         replace = existing is not None and st.checkbox(
             f"Replace it: your saved panel '{ui.md(name.strip())}' ({ui.md(panel.saved_panel_drugs(existing))}) "
-            "becomes these models", key=f"panel_replace_{name.strip()}")
+            "becomes these models", key=f"panel_replace_{name.strip()}_{ss.get('panel_saves', 0)}")
         if c[1].button("Save panel", key="btn_panel_save", disabled=len(paths) < panel.MIN_MODELS or not name):
             try:
                 panel.save_panel(name, [classifiers[p].path.name for p in paths], user_name, replace=replace)
                 ss["panel_named"] = [name, sorted(paths)]
+                ss["panel_saves"] = ss.get("panel_saves", 0) + 1  # a new, unticked "Replace it" box: asked again
                 st.success(f"{'Replaced' if replace else 'Saved'} your panel '{ui.md(name.strip())}'.",
                            icon=":material/check_circle:")
             except ScatdError as exc:
