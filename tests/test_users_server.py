@@ -372,6 +372,15 @@ def test_users_commands_say_the_users_file_is_unused_with_oidc(oidc_server, fast
     assert main(["users", "list"]) == 0
     out, err = capsys.readouterr()
     assert out == "" and "signs in with OIDC" in err and "Add one with" not in err
+    # the address as typed in any case finds the data of the user, kept under the lower-case address
+    from scatd_core.panel import panels_file
+
+    saved = panels_file("carol@lab.org")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text('{"panels": {"mine": {"models": ["A", "B"]}}}')
+    assert main(["users", "remove", "Carol@Lab.org", "--delete-data"]) == 0
+    out, err = capsys.readouterr()
+    assert "the user is the address in lower case: carol@lab.org" in err and not saved.exists()
 
 
 def test_the_oidc_allow_list_matches_whole_addresses_and_domains_in_any_case():

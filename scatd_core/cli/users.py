@@ -208,6 +208,14 @@ def run(args) -> int:
               f"{unused}")
         _warn_if_no_admin(users, had_admin)
     elif args.action == "remove":
+        if oidc is not None:  # an OIDC user is the address in lower case: its data are kept under that name
+            from scatd_core.oidc_access import normal_email
+
+            email = normal_email(args.name)
+            if (email and email != args.name and not users.user_data(args.name)
+                    and args.name not in {u.name for u in users.list_users()}):
+                say(f"note: with OIDC the user is the address in lower case: {email}")
+                args.name = email
         _remove(args, users, path, had_admin)
     else:
         listed = users.list_users()
