@@ -190,7 +190,8 @@ labels = adata.obs["scatd_label"]
 colour_options = {"P(resistant)": (adata.obs[PROB].to_numpy(), False, (0.0, 1.0), pl.PROB_SCALE),
                   "called label": (labels, True, None, None)}
 if PROB_SD in adata.obs:
-    colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False, None, "Viridis")
+    colour_options["uncertainty (sd of P)"] = (adata.obs[PROB_SD].to_numpy(), False,
+                                               pl.sd_colour_range(adata.obs[PROB_SD]), "Viridis")
 colour_options["Leiden cluster"] = None  # computed with the UMAP, just below
 legend_colours = {}  # per colouring: the colour of each category that means resistant or sensitive
 if label_column and label_column in adata.obs:  # coloured by what its values mean (its declared direction)

@@ -151,6 +151,19 @@ def _scatter_trace(n_points: int):
     return go.Scattergl if n_points >= WEBGL_MIN_POINTS else go.Scatter
 
 
+#: The top of the colour scale of an ensemble's spread of P(resistant) at least: the members of a model
+#: agreeing to within 0.0016 were drawn bright yellow when the scale stretched to the largest spread.
+SD_COLOUR_FLOOR = 0.05
+
+
+def sd_colour_range(sd) -> tuple[float, float]:
+    """The colour range of a spread of P(resistant) (the sd between ensemble members or draws): from
+    0 to the largest spread, and at least to :data:`SD_COLOUR_FLOOR`, so that tiny spreads look tiny."""
+    sd = np.asarray(sd, dtype=np.float64)
+    top = float(np.nanmax(sd)) if np.isfinite(sd).any() else 0.0
+    return 0.0, max(SD_COLOUR_FLOOR, top)
+
+
 def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str = "",
                 categorical: bool | None = None, cell_ids: Sequence[str] | None = None,
                 color_range: tuple[float, float] | None = None, colorscale: str | list = PROB_SCALE,
@@ -207,7 +220,8 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                                 marker=dict(size=size, color=v[has], colorscale=colorscale, cmin=lo, cmax=hi,
                                             colorbar=colorbar),
                                 text=ids[has], customdata=v[has],
-                                hovertemplate="%{text}<br>" + html.escape(name) + ": %{customdata:.3f}<extra></extra>"))
+                                # 3 significant digits: a spread of 0.0004 read 0.000 with .3f
+                                hovertemplate="%{text}<br>" + html.escape(name) + ": %{customdata:.3~g}<extra></extra>"))
         else:
             text = vals.astype(str).where(vals.notna(), "NA")
             cats = pd.Series(values).astype("category").cat.categories if hasattr(values, "cat") else None

@@ -410,3 +410,15 @@ def test_a_panel_heatmap_without_groups_says_how_its_cells_are_ordered_axis_and_
     grouped = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], ["P1"] * 15 + ["P2"] * 15, "sample")
     assert grouped.layout.xaxis.title.text == "cells, ordered by sample"
     assert "sample %{customdata}" in grouped.data[0].hovertemplate
+
+
+def test_an_ensembles_tiny_spread_is_drawn_tiny_and_its_hover_keeps_its_digits():
+    """QA: the demo's uncertainty (sd of P) colour bar stretched to 0-0.0016, so a spread of 0.0016
+    was bright yellow, and the hover read 0.001 (0.0004 would read 0.000)."""
+    sd = np.array([0.0004, 0.0016, 0.001])
+    assert pl.sd_colour_range(sd) == (0.0, pl.SD_COLOUR_FLOOR)
+    assert pl.sd_colour_range(np.array([0.01, 0.2, np.nan])) == (0.0, 0.2)
+    assert pl.sd_colour_range(np.array([np.nan])) == (0.0, pl.SD_COLOUR_FLOOR)
+    fig = pl.umap_figure(np.random.default_rng(0).random((3, 2)), sd, name="uncertainty (sd of P)",
+                         categorical=False, color_range=pl.sd_colour_range(sd), colorscale="Viridis")
+    assert fig.data[0].marker.cmax == pl.SD_COLOUR_FLOOR and ":.3~g}" in fig.data[0].hovertemplate
