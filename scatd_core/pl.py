@@ -668,7 +668,11 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.F
     names = [f"{d}{'' if c else ' *'}" for d, c in zip(ranking["drug"].astype(str), ranking["calibrated"])]
     fig = go.Figure(go.Bar(
         y=names, x=ranking["fraction_resistant"].astype(float), orientation="h",
-        marker=dict(color=ranking["mean_prob_resistant"].astype(float), cmin=0, cmax=1, colorscale=PROB_SCALE),
+        # the colour is the drug's mean P(resistant), said on its colour bar (QA: with no legend, a lighter
+        # bar for a longer one read as a contradiction)
+        marker=dict(color=ranking["mean_prob_resistant"].astype(float), cmin=0, cmax=1, colorscale=PROB_SCALE,
+                    showscale=True, colorbar=dict(title=dict(text="mean<br>P(resistant)", side="top"),
+                                                  thickness=12, len=0.8)),
         text=[f"{f:.0%}" if f == f else "n/a" for f in ranking["fraction_resistant"].astype(float)],
         textposition="outside", customdata=ranking["mean_prob_resistant"].astype(float),
         hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata:.3f}<extra></extra>"))

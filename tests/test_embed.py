@@ -422,3 +422,12 @@ def test_an_ensembles_tiny_spread_is_drawn_tiny_and_its_hover_keeps_its_digits()
     fig = pl.umap_figure(np.random.default_rng(0).random((3, 2)), sd, name="uncertainty (sd of P)",
                          categorical=False, color_range=pl.sd_colour_range(sd), colorscale="Viridis")
     assert fig.data[0].marker.cmax == pl.SD_COLOUR_FLOOR and ":.3~g}" in fig.data[0].hovertemplate
+
+
+def test_the_drug_ranking_says_what_its_bar_colour_means():
+    """QA: the ranking's bars were shaded by mean P(resistant) with no colour bar, so a lighter bar
+    for a longer one (92% called resistant, lighter than 85%) looked like a contradiction."""
+    ranking = pd.DataFrame({"drug": ["A", "B"], "fraction_resistant": [0.85, 0.92], "mean_prob_resistant": [0.7, 0.6],
+                            "calibrated": [True, True]})
+    bar = pl.drug_ranking_figure(ranking).data[0]
+    assert bar.marker.showscale and "mean<br>P(resistant)" == bar.marker.colorbar.title.text
