@@ -178,6 +178,8 @@ def test_model_card_scores_model_and_baselines_on_the_same_samples(tmp_path):
     by_name = {ev["name"]: ev for ev in card["evaluations"]}
     assert set(by_name) == {"bulk_cv", "target"}
     assert by_name["bulk_cv"]["n"] == 45 and by_name["target"]["n"] == 40
+    # how the folds were made, so the split can be made again (QA: only "5-fold cross-validation")
+    assert "folds are stratified" in by_name["bulk_cv"]["note"] and "shuffled with seed 0" in by_name["bulk_cv"]["note"]
     for ev in by_name.values():
         models = [r["model"] for r in ev["scores"]]
         assert models == ["this model", "logistic regression (C tuned by inner CV, balanced)",

@@ -287,7 +287,7 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
 
     bulk_preds = {cards.MODEL: fit.oof, **{title: out_of_fold(key) for key, title in names.items()}}
     evaluations = [cards.evaluation("bulk_cv", f"Bulk cell lines, {len(splits)}-fold cross-validation", y,
-                                    bulk_preds, seed=seed, note=_bulk_cv_note(fit, few))]
+                                    bulk_preds, seed=seed, note=_bulk_cv_note(fit, few, len(splits), seed))]
     if truth is not None:
         held = np.isfinite(truth)
         if few is not None:
@@ -717,9 +717,16 @@ def _library_size_note(backbone: Bundle, *, finetuned: bool) -> str | None:
                " (it is not fine-tuned: the heads are fitted on what it makes of these inputs)."))
 
 
-def _bulk_cv_note(fit: Fitted, few: FewShot | None) -> str | None:
-    """The bulk cross-validation's note; with labelled target cells, what its 'this model' row scores."""
+def _bulk_cv_note(fit: Fitted, few: FewShot | None, n_folds: int | None = None, seed: int | None = None
+                  ) -> str | None:
+    """The bulk cross-validation's note: how the folds were made (so the split can be made again);
+    with labelled target cells, what its 'this model' row scores."""
     parts = [fit.cv.get("note")]
+    if n_folds:
+        parts.append(f"The {n_folds} folds are stratified (each keeps the labelled lines' resistant share) and "
+                     f"shuffled with seed {seed} (scikit-learn's StratifiedKFold); each cell line is one row, so no "
+                     "line is in both a fold's training and its test set; the model and the baselines are scored "
+                     "on the same folds.")
     if few is not None:
         parts.append(f"With {len(few.rows)} labelled target cells, the bulk cross-validation's '{cards.MODEL}' is "
                      "the recipe fitted on the bulk folds alone (the same recipe without the labelled cells): the "
