@@ -1430,7 +1430,7 @@ def test_with_labelled_target_cells_the_card_says_what_its_bulk_cv_row_scores(tm
     assert "With 10 labelled target cells" in bulk_cv["note"] and "bulk folds alone" in bulk_cv["note"]
     assert bulk_cv["note"] in card_lines(rep["card"])
     _, plain = _train(tmp_path, bulk, labels, target, "plain", settings=replace(TINY, members=1))
-    assert "note" not in next(e for e in plain["card"]["evaluations"] if e["name"] == "bulk_cv")
+    assert "labelled target cells" not in next(e for e in plain["card"]["evaluations"] if e["name"] == "bulk_cv")["note"]
 
 
 def test_label_table_orientation_is_checked_against_the_bulk_ids(tmp_path):
