@@ -118,7 +118,8 @@ def _use_provenance(entry: dict | None, upload) -> None:
     else:
         entry["table"].attrs["report"] = made
         entry["provenance"] = upload.name
-    session.release_upload(upload.file_id)
+    # the upload is kept (at most 4 MB), not released as the tables are: this check runs on every run of
+    # the page, and a released file reads as taken away (the card then lost its threshold)
 
 
 st.title("Train a drug model")

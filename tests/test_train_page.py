@@ -808,9 +808,15 @@ def test_an_uploaded_label_tables_provenance_file_gives_the_card_its_ic50_thresh
         errors = [e.value.replace("\\", "") for e in at.error]  # as said, without markdown's escapes
         assert any(said in e for e in errors), (said, errors)
         assert "report" not in at.session_state["train_labels"]["table"].attrs
+    from scatd_app import session as app_session
+
+    released = []  # QA (a browser): the accepted file was released, so the next run's uploader gave None and the
+    # page took the provenance off again; the card never had the threshold. It stays (it is small)
+    monkeypatch.setattr(app_session, "release_upload", lambda file_id: released.append(file_id) or True)
     at.file_uploader(key="upload_train_labels_provenance").upload("labels.provenance.json", provenance_bytes)
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    assert released == [], "the labels' provenance upload was released: the next run would take it off again"
     assert any("made by scatd labels-from-ic50 from GDSC_IC50.csv" in c.value.replace("\\", "") for c in at.caption), \
         [c.value for c in at.caption]
     given = {}
