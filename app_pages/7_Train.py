@@ -342,7 +342,7 @@ st.caption(f"{ui.md(drug)}: {n_sensitive} sensitive and {n_resistant} resistant 
            "pretraining only).")
 
 with st.expander("Settings"):
-    from scatd_core.train import TrainSettings
+    from scatd_core.train import TrainSettings, default_model_name
 
     d = TrainSettings()
     a1, a2, a3, a4 = st.columns(4)
@@ -378,7 +378,7 @@ with st.expander("Settings"):
                                           key="train_finetune_epochs",
                                           help="Then the encoder is trained too (with MMD to the target when adapting).")
         mmd_weight = b3.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5, key="train_mmd_weight")
-    model_name = st.text_input("Model name", value="", placeholder=f"{drug} (dist_vae, trained)")
+    model_name = st.text_input("Model name", value="", placeholder=default_model_name(drug, "dist_vae"))
     if auth.mode() != "none":  # a lab server with logins: say what the other users will see of it
         st.caption("The model goes into this server's shared model library: every user of the server can use it "
                    "and read its card, which names you, the files that trained it, its genes and the label "

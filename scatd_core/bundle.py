@@ -80,6 +80,9 @@ BACKBONE_TITLES = {"dist_vae": "Dist_VAE (scATD-sf-dist)", "vae_sf": "VAE_sf (sc
 TRAINED_TITLES = {"dist_vae": "VAE on genes (trained in scATD Studio)",
                   "vae_sf": "VAE on scFoundation embeddings (trained in scATD Studio)",
                   "vae_gf": "VAE on Geneformer embeddings (trained in scATD Studio)"}
+#: The short form in a default model name: ``Gefitinib (VAE on genes, trained)``.
+TRAINED_SHORT = {"dist_vae": "VAE on genes", "vae_sf": "VAE on scFoundation embeddings",
+                 "vae_gf": "VAE on Geneformer embeddings"}
 TRAINED_SOURCE = "trained by scATD Studio"  # the start of provenance['source'] of a model trained here
 
 

@@ -614,7 +614,7 @@ def test_cli_labels_from_ic50_then_train_then_predict(tmp_path, capsys):
                          "--target-predictions", str(tmp_path / "train_pred.csv")])
     assert args.run(args) == 0
     out, err = capsys.readouterr()
-    assert "Trained 'DrugA (dist_vae, trained)'" in out and "Gene panel: 28 genes" in err
+    assert "Trained 'DrugA (VAE on genes, trained)'" in out and "Gene panel: 28 genes" in err
     assert "Model card:" in err and "Target cells ('response', labels used for evaluation only)" in err
     assert "logistic regression (c tuned by inner cv, balanced)" in err.lower()
     report = json.loads((tmp_path / "report.json").read_text())
@@ -1340,7 +1340,7 @@ def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder
     assert again["status"] == "trained" and bundle.path != theirs.path
     assert bundle.manifest["provenance"]["trained_by"] == "alice"
     assert again["note"].startswith("trained again: the model 'DRUGA (dist_vae, panel)' was removed (or replaced) "
-                                    "and another model now has its folder ('DRUGA (dist_vae, trained)', trained with "
+                                    "and another model now has its folder ('DRUGA (VAE on genes, trained)', trained with "
                                     "the server's command line by bob on ")
     assert load_bundle(theirs.path).manifest["provenance"]["trained_by"] == "bob"  # left as it was
     # a state file of an earlier version (no model identity): trained again rather than trusted

@@ -27,7 +27,7 @@ from scatd_core.predict import resolve_device
 from scatd_core.preprocess import ALL_GENES, MODEL_GENES
 from scatd_core.train import _baselines as baselines
 from scatd_core.train._cv import cross_validate, cv_splits
-from scatd_core.bundle import INPUT_KINDS
+from scatd_core.bundle import INPUT_KINDS, TRAINED_SHORT
 from scatd_core.train._data import (TrainingData, _frame_sha256, embedding_origin, prepare_training_data, read_if_path,
                                     target_mask_of)
 from scatd_core.train._ensemble import (FewShot, build_ensemble, ensemble_logit, fit_heads, latent_means,
@@ -129,7 +129,10 @@ def _fit_ensemble(data: TrainingData, s: TrainSettings, dev, splits, *, base_vae
     model = model.cpu()
     inputs = "the latent mean and the standardised genes" if with_inputs and data.features else \
         "the latent mean and the model input" if with_inputs else "the latent mean"
-    description = (f"An ensemble of {len(backbones)} scATD {data.backbone} backbone(s) "
+    layout = {"dist_vae": "Dist_VAE", "vae_sf": "VAE_sf", "vae_gf": "VAE_gf"}.get(data.backbone, data.backbone)
+    made = (f"scATD {data.backbone} backbone(s) " if base_vae is not None else
+            f"{TRAINED_SHORT.get(data.backbone, data.backbone)} backbone(s) (scATD's {layout} layout, trained here) ")
+    description = (f"An ensemble of {len(backbones)} {made}"
                    + ("(the given pretrained backbone)" if base_vae is not None else
                       "from different seeds, not pretrained (--pretrain-epochs 0: each keeps its random initial "
                       "weights)" if s.pretrain_epochs == 0 else "pretrained from different seeds")
@@ -660,7 +663,7 @@ def train_drug_model(
         input_transform="standardize" if data.features is not None else "none",
         library_size=ALL_GENES if data.features is not None else None,  # as _data's ModelInput scaled the counts
         label_mapping=LABEL_MAPPING, threshold=s.threshold, beta_mode="separate", provenance=provenance,
-        metrics=metrics, name=name or f"{data.report['drug']} ({backbone}, trained)",
+        metrics=metrics, name=name or default_model_name(data.report["drug"], backbone),
         extra={"training": training, "card": card,
                # the labelled target cells and the target's identity, so evaluations leave them out
                **({training_cells.MANIFEST_KEY: training_cells.manifest_record(few.ids, target_ad.obs_names)}
@@ -715,6 +718,12 @@ def _library_size_note(backbone: Bundle, *, finetuned: bool) -> str | None:
             "counts scaled over its own genes"
             + (", and the fine-tuning phase adapts it to the new scaling." if finetuned else
                " (it is not fine-tuned: the heads are fitted on what it makes of these inputs)."))
+
+
+def default_model_name(drug: str, backbone: str) -> str:
+    """A model's name when none is given: ``Gefitinib (VAE on genes, trained)`` (not the published
+    backbone's name: it is trained here, on the user's data)."""
+    return f"{drug} ({TRAINED_SHORT.get(backbone, backbone)}, trained)"
 
 
 def _bulk_cv_note(fit: Fitted, few: FewShot | None, n_folds: int | None = None, seed: int | None = None
