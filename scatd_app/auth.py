@@ -202,6 +202,8 @@ def _oidc_resolve() -> User | None:
         ss[OIDC_REFUSED] = decision.message
         return None
     ss.pop(OIDC_REFUSED, None)
+    if _oidc_login_ended(decision.user):  # before "logged in" is logged: a logged-out cookie never reads as a login
+        return None
     before = ss.get(USER)
     if before is None or before.name != decision.user.name:
         _log().info("login: user %s logged in with OIDC from %s%s", shown, _client(),
@@ -233,8 +235,6 @@ def _resolve() -> User | None:
             return None
         user = _oidc_resolve()
         if user is None:
-            return None
-        if _oidc_login_ended(user):
             return None
     else:
         user = current_user()

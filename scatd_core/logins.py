@@ -183,7 +183,7 @@ def refusal(claims: Mapping, name: str, max_hours: int, *, now: float | None = N
     """Why this sign-in no longer counts, as ``(kind, sentence for the user)``, or ``None`` when it
     does. ``kind`` is :data:`EXPIRED`, :data:`LOGGED_OUT`, :data:`SIGNED_OUT` or
     :data:`UNCHECKABLE` (the record cannot be read: refused, fail closed). A sign-in without an
-    ``iat`` claim is recorded as seen now, the first time."""
+    ``iat`` claim, or with one later than now, is recorded as seen now, the first time."""
     now = time.time() if now is None else now
     path = records_file(home)
     try:
@@ -197,7 +197,8 @@ def refusal(claims: Mapping, name: str, max_hours: int, *, now: float | None = N
         return LOGGED_OUT, ("This sign-in was logged out (in this tab or another), so it no longer opens the app. "
                             "Log in again to go on.")
     started = issued_at(claims)
-    if started is None:
+    if started is None or started > now:  # no iat, or one in the future (the provider's clock ahead): from when
+        # this server first saw the sign-in (a future iat would outlast a sign-out made after it was issued)
         started = record["seen"].get(lid)
         if started is None:
             started = now

@@ -248,10 +248,15 @@ def test_a_sign_in_without_iat_lasts_from_when_the_server_first_saw_it(oidc_serv
     assert logins.refusal(claims, "alice@lab.org", 1, now=later)[0] == logins.EXPIRED
 
 
-def test_log_out_ends_the_sign_in_in_every_tab_and_for_a_copied_cookie(oidc_server, monkeypatch):
+def test_log_out_ends_the_sign_in_in_every_tab_and_for_a_copied_cookie(oidc_server, monkeypatch, caplog):
     """QA: after Log out, a copy of the `_streamlit_user` cookie (or another tab) still opened the
-    app as that user. A new sign-in of the same person is accepted."""
+    app as that user. A new sign-in of the same person is accepted. The replayed cookie is logged as
+    refused only, never first as a login (QA: the journal showed a login, then the refusal)."""
+    import logging
+
     from scatd_app import auth
+
+    caplog.set_level(logging.INFO, logger="scatd.auth")
 
     claims = _claims()
     first = _browser_tab(monkeypatch, claims, "tab-1").enter()
@@ -263,8 +268,11 @@ def test_log_out_ends_the_sign_in_in_every_tab_and_for_a_copied_cookie(oidc_serv
     assert first.logouts == [1] and auth.USER not in first.session_state
     other.enter()
     assert auth._resolve() is None and "logged out" in other.session_state[auth.LOGGED_OUT]
+    caplog.clear()
     copied = _browser_tab(monkeypatch, dict(claims), "tab-3").enter()  # the cookie, replayed elsewhere
     assert auth._resolve() is None and auth.LOGGED_OUT in copied.session_state
+    said = [r.getMessage() for r in caplog.records if r.name == "scatd.auth"]
+    assert said and all("logged in" not in m for m in said) and any("login refused" in m for m in said), said
     again = _browser_tab(monkeypatch, _claims(nonce="n2", iat=int(time.time())), "tab-4").enter()
     assert auth._resolve() is not None and again.session_state[auth.USER].name == "alice@lab.org"
     from scatd_core import logins
@@ -372,3 +380,17 @@ def test_the_secrets_file_stays_out_of_git_and_of_the_docker_images():
     for said in ("/opt/scatd-studio/.streamlit/secrets.toml", "chmod 600", "/oauth2callback", "Authlib",
                  "30 days", "max_login_hours", "scatd users signout"):
         assert said in admin, said
+
+
+def test_a_sign_in_issued_in_the_future_still_ends_at_a_sign_out(oidc_server):
+    """QA: an ID token whose iat was ahead of the server's clock (the provider's clock fast) outlasted
+    `scatd users signout`: it counts from when the server first saw it instead."""
+    from scatd_core import logins
+
+    now = time.time()
+    ahead = _claims(email="zed@lab.org", iat=int(now + 600), nonce="z1")
+    assert logins.refusal(ahead, "zed@lab.org", 12, now=now) is None  # first seen now
+    logins.sign_out_everywhere("zed@lab.org", now=now + 5)
+    assert logins.refusal(ahead, "zed@lab.org", 12, now=now + 10)[0] == logins.SIGNED_OUT
+    later = _claims(email="zed@lab.org", iat=int(now + 900), nonce="z2")  # a new sign-in after the sign-out
+    assert logins.refusal(later, "zed@lab.org", 12, now=now + 20) is None
