@@ -128,11 +128,14 @@ for note in notes:
 # the same models in another order give the same results (shown in the order they were scored)
 token = ui.token_of(ui.prediction_token(min(bundles, key=lambda b: str(b.path)), {}), panel.run_signature(bundles))
 current = ss.get(state.PANEL) == token and "scatd_panel" in adata.uns
-if not current and (ray_note := panel.scaleout_note(adata.n_obs)):
-    st.caption(ui.md(ray_note))
 ui.say_if_stopped(state.PANEL_RUNNING, "The panel was stopped before it finished; no partial results were kept.")
-if not current and st.button(f"Score {len(bundles)} models", type="primary", icon=":material/play_arrow:",
-                             key="btn_panel_run"):
+before_run = st.empty()  # the run button and what it is about to do: gone once the results shown are current
+with before_run.container():
+    if not current and (ray_note := panel.scaleout_note(adata.n_obs)):
+        st.caption(ui.md(ray_note))
+    clicked = not current and st.button(f"Score {len(bundles)} models", type="primary", icon=":material/play_arrow:",
+                                        key="btn_panel_run")
+if clicked:
     try:
         with ui.long_run(state.PANEL_RUNNING, "Aligning the data…", "btn_cancel_panel",
                          "Stops the run; no partial results are kept.") as bar:
@@ -146,6 +149,7 @@ if not current and st.button(f"Score {len(bundles)} models", type="primary", ico
     ss[state.PANEL] = token
     ss.pop(state.PANEL_MARKERS, None)
     current = True
+    before_run.empty()
 if not current:
     if "scatd_panel" in adata.uns:
         st.caption("A panel was scored earlier with other models or settings; its results are hidden until you "
