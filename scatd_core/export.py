@@ -862,8 +862,10 @@ def _evaluation_section(adata, label_column, keys, info) -> list[str]:
     thr = info["threshold"]
     parts.append(f"<p>Resistant is the positive class. AUROC and AUPRC rank the cells and need no threshold; the "
                  f"other scores use the calls at P(resistant) &gt; {thr['value']:.4g}"
-                 + ("" if thr["calibrated"] else ", the model's threshold, <b>not calibrated</b> to these cells, so "
-                    "they can be poor even when the ranking is good") + ".</p>")
+                 + ("" if thr["calibrated"] else
+                    (", the model's default threshold" if thr["source"] == "model default" else
+                     ", a threshold set by hand") + ", <b>not calibrated</b> to these cells, so they can be poor even "
+                    "when the ranking is good") + ".</p>")
     values = evaluation.as_dict()  # the interval's ends as every place prints them (never rounded onto 0.5)
     values["auroc_ci_low"], values["auroc_ci_high"] = interval_ends(*evaluation.auroc_ci)
     undefined = evaluation.undefined  # shown "—" with why, never 0

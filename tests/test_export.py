@@ -654,6 +654,8 @@ def test_undefined_precision_is_empty_in_metrics_csv_and_a_dash_in_the_report(fi
     page = export.html_report(adata, label_column="response")
     assert "<td>precision</td><td>—</td><td>undefined: no labelled cell is called resistant" in page
     assert "precision and F1 are undefined" in page
+    # a threshold moved by hand is said as such, not "the model's threshold" (QA)
+    assert "a threshold set by hand, <b>not calibrated</b>" in page and "the model's threshold" not in page
 
 
 OUTPUTS_MD = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
