@@ -532,8 +532,8 @@ if result.get("demo"):
 metrics = rep["metrics"]
 tm = metrics.get("target")
 m = st.columns(4)
-m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}", delta=auroc_interval_words(metrics["cv"]), delta_color="off",
-            delta_arrow="off", help=f"Out-of-fold over {metrics['cv']['folds']} folds; below it, its 95% bootstrap "
+m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}", delta=auroc_interval_words(metrics["cv"], short=True),
+            delta_color="off", delta_arrow="off", help=f"Out-of-fold over {metrics['cv']['folds']} folds; below it, its 95% bootstrap "
                                     "CI: when it includes 0.5, the cell lines do not show the model separating "
                                     "resistant from sensitive.")
 cv_chance = metrics["cv"].get("auprc_chance")
@@ -543,10 +543,10 @@ m[1].metric("Bulk CV AUPRC", f"{metrics['cv']['auprc']:.3f}", delta=f"chance {cv
             delta_arrow="off", help="Positive class: resistant. A ranking by chance scores the share of resistant "
                                     "cell lines; for many drugs most lines are resistant, so read the AUPRC next to it.")
 if tm:
-    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", delta=auroc_interval_words(tm), delta_color="off", delta_arrow="off",
-                help=f"{tm['n_evaluated']} cells with labels in '{ui.md(tm['label_column'])}'"
+    m[2].metric("Target AUROC", f"{tm['auroc']:.3f}", delta=auroc_interval_words(tm, short=True), delta_color="off",
+                delta_arrow="off", help=f"{tm['n_evaluated']} cells with labels in '{ui.md(tm['label_column'])}'"
                 + (f", {tm['n_few_shot_cells_left_out']} cells used for training left out" if
-                   tm["n_few_shot_cells_left_out"] else ""))
+                   tm["n_few_shot_cells_left_out"] else "") + "; below it, its 95% bootstrap CI.")
     t_chance = tm.get("auprc_chance", tm["n_positive"] / max(tm["n_evaluated"], 1))
     m[3].metric("Target AUPRC", f"{tm['auprc']:.3f}", delta=f"chance {t_chance:.2f}",
                 delta_color="off", delta_arrow="off",

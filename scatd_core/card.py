@@ -123,11 +123,17 @@ def chance_sentence(ev: dict) -> str | None:
             "even where it beats a baseline.")
 
 
-def auroc_interval_words(scores: dict) -> str | None:
+def auroc_interval_words(scores: dict, *, short: bool = False) -> str | None:
     """``"95% bootstrap CI 0.412 to 0.829"``: the (bootstrap) AUROC interval of ``scores`` (``{"auroc_ci": [lo, hi]}``, a
-    metrics entry of a training report) for a tile beside its AUROC; ``None`` when none is recorded."""
+    metrics entry of a training report); ``None`` when none is recorded. ``short``: ``"95% CI 0.41-0.83"``, for a
+    tile beside its AUROC (the long form was cut at 1280 px; the tile's help names the method), as the Cells
+    page's tile."""
     lo, hi = scores.get("auroc_ci") or (None, None)
-    return None if lo is None or hi is None else f"{INTERVAL} " + " to ".join(interval_ends(lo, hi))
+    if lo is None or hi is None:
+        return None
+    if short:
+        return "95% CI " + "-".join(interval_ends(lo, hi, 2))
+    return f"{INTERVAL} " + " to ".join(interval_ends(lo, hi))
 
 
 def verdicts(ev: dict) -> list[str]:
