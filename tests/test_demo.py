@@ -59,6 +59,8 @@ def test_demo_threshold_is_chosen_on_a_separate_simulated_tumour_and_calls_near_
     assert "separate simulated tumour" in bundle.manifest["provenance"]["threshold_origin"]
     assert f"The default threshold, {bundle.threshold:.3g}, was chosen on a separate simulated tumour" \
         in bundle.manifest["card"]["calibration"]
+    # the share called next to the share truly resistant (QA: the card said only "this one calls 32%")
+    assert f"(in the simulation, {resistant:.0%} of them are resistant)" in bundle.manifest["card"]["calibration"]
     assert report["metrics"]["target"]["threshold"] == bundle.threshold
 
 

@@ -237,13 +237,15 @@ def _set_default_threshold(bundle: Bundle, threshold: float, record: dict, repor
         target.update({k: v for k, v in evaluate(truth.to_numpy(dtype=float), prob, threshold).as_dict().items()
                        if k in target})
         report["metrics"] = m["metrics"]
+    truly = float((tumour.obs[DEMO_LABEL_COLUMN].astype(str) == "resistant").mean())  # the simulation's truth
     card = m.get("card")
     if card is not None:
         card["calibration"] = (
             f"P(resistant) is a score from heads trained with balanced class weights on cell lines, not a calibrated "
             f"probability. The default threshold, {threshold:.3g}, was {words}: the threshold 0.5 of the training "
             f"would call {float((prob > 0.5).mean()):.0%} of the {len(prob):,} demo cells resistant, this one calls "
-            f"{float((prob > threshold).mean()):.0%}. It is not calibrated to any other data, so calls made with it are "
+            f"{float((prob > threshold).mean()):.0%} (in the simulation, {truly:.0%} of them are resistant). It is "
+            "not calibrated to any other data, so calls made with it are "
             "marked uncalibrated. Calibrate it with an expected resistant fraction or labelled cells, or use the "
             "ranking (AUROC does not depend on the threshold).")
         report["card"] = card
