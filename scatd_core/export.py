@@ -281,8 +281,7 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
     if evaluation is not None:
         rows += [("evaluation", k, v) for k, v in evaluation.as_dict().items()]
         if evaluation.undefined:  # their values are left empty (NaN), never 0: say why
-            rows.append(("evaluation", "note", f"{' and '.join(evaluation.undefined)} are empty (undefined): "
-                                               + next(iter(evaluation.undefined.values()))))
+            rows.append(("evaluation", "note", evaluation.undefined_note()))
         rows.append(("evaluation", "label_column", label_column))
         rows += _label_meaning_rows(adata, label_column)
         rows.append(("evaluation", "threshold_fitted_on_these_labels",

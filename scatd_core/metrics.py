@@ -67,13 +67,29 @@ class Evaluation:
     @property
     def undefined(self) -> dict[str, str]:
         """``{metric: why}`` for the scores these calls leave undefined (NaN, never shown as 0):
-        precision, and F1 with it, when no evaluated cell is called resistant (0 of 0)."""
+        precision, and F1 with it, when no evaluated cell is called resistant (0 of 0); MCC when every
+        evaluated cell is called the same way (either way: calls that never vary correlate with nothing,
+        and scikit-learn's 0 would read as a measured "chance")."""
         tn, fp, fn, tp = (int(v) for v in self.confusion.ravel())
-        if tp + fp:
-            return {}
-        why = (f"no labelled cell is called resistant at the threshold {self.threshold:.4g}, so precision (the share "
-               "of the cells called resistant that are labelled resistant) is 0 of 0, and F1 needs it")
-        return {"precision": why, "f1": why}
+        out = {}
+        if not tp + fp:
+            why = (f"no labelled cell is called resistant at the threshold {self.threshold:.4g}, so precision (the "
+                   "share of the cells called resistant that are labelled resistant) is 0 of 0, and F1 needs it")
+            out.update(precision=why, f1=why)
+        if not tp + fp or not tn + fn:
+            called = "sensitive" if not tp + fp else "resistant"
+            out["mcc"] = (f"every labelled cell is called {called} at the threshold {self.threshold:.4g}, so MCC (the "
+                          "correlation of calls and labels) is 0 of 0: calls that are all the same correlate with "
+                          "nothing, which is not the same as 0 (chance)")
+        return out
+
+    def undefined_note(self) -> str:
+        """The scores left empty (undefined) and why, one sentence per reason (metrics.csv's note); "" when none."""
+        by_why: dict[str, list[str]] = {}
+        for metric, why in self.undefined.items():
+            by_why.setdefault(why, []).append(metric)
+        return " ".join(f"{' and '.join(names)} {'are' if len(names) > 1 else 'is'} empty (undefined): {why}."
+                        for why, names in by_why.items())
 
     @property
     def auprc_chance(self) -> float:
@@ -166,8 +182,11 @@ def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant
         notes.append(f"Only {n_pos:,} resistant and {n_neg:,} sensitive labelled cells: every score here is very "
                      "uncertain (see the AUROC's interval).")
     if not tp + fp:
-        notes.append(f"No labelled cell is called resistant at the threshold {float(threshold):.4g}: precision and "
-                     "F1 are undefined (0 of 0 called resistant), not 0.")
+        notes.append(f"No labelled cell is called resistant at the threshold {float(threshold):.4g}: precision, "
+                     "F1 and MCC are undefined (0 of 0 called resistant; MCC needs calls of both kinds), not 0.")
+    elif not tn + fn:
+        notes.append(f"Every labelled cell is called resistant at the threshold {float(threshold):.4g}: MCC is "
+                     "undefined (it needs calls of both kinds), not 0.")
     roc_auc = float(skm.roc_auc_score(y, p))
     return Evaluation(
         threshold=float(threshold), n_cells=int(np.asarray(prob).size), n_evaluated=int(y.size),
@@ -176,7 +195,8 @@ def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant
         auroc=roc_auc, auprc=float(skm.average_precision_score(y, p)),
         # no cell called resistant: precision is 0 of 0 and F1 needs it; undefined (NaN), never 0
         f1=float(skm.f1_score(y, called)) if tp + fp else float("nan"),
-        mcc=float(skm.matthews_corrcoef(y, called)),
+        # every cell called the same way: MCC is 0 of 0 (scikit-learn says 0, which reads as "chance"); undefined
+        mcc=float(skm.matthews_corrcoef(y, called)) if tp + fp and tn + fn else float("nan"),
         precision=float(tp / (tp + fp)) if tp + fp else float("nan"),
         recall=float(tp / (tp + fn)) if tp + fn else 0.0,
         specificity=float(tn / (tn + fp)) if tn + fp else 0.0,

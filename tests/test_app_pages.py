@@ -385,7 +385,9 @@ def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_s
     for name in ("Precision", "F1"):
         shown = next(m for m in at.metric if m.label == name)
         assert shown.value == "—" and "Undefined: no labelled cell is called resistant" in shown.proto.help
-    assert metric(at, "Recall") == "0.000" and "precision and F1 are undefined" in text(at.caption)
+    shown = next(m for m in at.metric if m.label == "MCC")  # not scikit-learn's 0, read as a measured chance
+    assert shown.value == "—" and "Undefined: every labelled cell is called sensitive" in shown.proto.help
+    assert metric(at, "Recall") == "0.000" and "precision, F1 and MCC are undefined" in text(at.caption)
 
 
 def test_the_cells_page_groups_by_the_sample_column_chosen_last(with_library):

@@ -649,11 +649,15 @@ def test_undefined_precision_is_empty_in_metrics_csv_and_a_dash_in_the_report(fi
     evaluation = table[table["section"] == "evaluation"].set_index("metric")["value"]
     assert pd.isna(evaluation["precision"]) and pd.isna(evaluation["f1"]) and evaluation["recall"] == 0.0
     assert "precision and f1 are empty (undefined)" in evaluation["note"] and "0 of 0" in evaluation["note"]
+    # MCC too (QA: it read 0, scikit-learn's convention, as if a measured chance)
+    assert pd.isna(evaluation["mcc"]) and "mcc is empty (undefined): every labelled cell is called sensitive" \
+        in evaluation["note"]
     rows = export.to_csv_bytes(table).decode().splitlines()
-    assert "evaluation,precision," in rows and "evaluation,f1," in rows
+    assert "evaluation,precision," in rows and "evaluation,f1," in rows and "evaluation,mcc," in rows
     page = export.html_report(adata, label_column="response")
     assert "<td>precision</td><td>—</td><td>undefined: no labelled cell is called resistant" in page
-    assert "precision and F1 are undefined" in page
+    assert "<td>mcc</td><td>—</td><td>undefined: every labelled cell is called sensitive" in page
+    assert "precision, F1 and MCC are undefined" in page
     # a threshold moved by hand is said as such, not "the model's threshold" (QA)
     assert "a threshold set by hand, <b>not calibrated</b>" in page and "the model's threshold" not in page
 

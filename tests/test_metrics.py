@@ -235,9 +235,27 @@ def test_precision_and_f1_are_undefined_not_0_when_no_cell_is_called_resistant()
     p = np.clip(0.5 * y + rng.uniform(0, 0.5, 40), 0, 0.99)
     none = metrics.evaluate(y, p, 1.0)
     assert np.isnan(none.precision) and np.isnan(none.f1)
-    assert set(none.undefined) == {"precision", "f1"} and "0 of 0" in none.undefined["precision"]
+    assert set(none.undefined) == {"precision", "f1", "mcc"} and "0 of 0" in none.undefined["precision"]
     assert none.recall == 0.0 and none.specificity == 1.0 and none.fraction_called_resistant == 0.0
-    assert any("precision and F1 are undefined" in n for n in none.notes)
+    assert any("precision, F1 and MCC are undefined" in n for n in none.notes)
     some = metrics.evaluate(y, p, 0.5)  # cells called resistant: defined as before
     assert some.precision == pytest.approx(skm.precision_score(y, p > 0.5)) and not some.undefined
     assert some.f1 == pytest.approx(skm.f1_score(y, p > 0.5))
+
+
+def test_mcc_is_undefined_not_0_when_every_cell_is_called_the_same_way():
+    """QA: with every cell called one way MCC read 0 (scikit-learn's convention), as if a measured
+    "chance". Calls that never vary correlate with nothing: MCC is NaN with why, either way round,
+    and precision/F1 stay defined when every cell is called resistant."""
+    y = np.r_[np.ones(20), np.zeros(20)]
+    p = np.linspace(0.05, 0.95, 40)
+    for threshold, called in ((1.0, "sensitive"), (0.0, "resistant")):
+        ev = metrics.evaluate(y, p, threshold)
+        assert np.isnan(ev.mcc) and np.isnan(ev.as_dict()["mcc"])
+        assert f"every labelled cell is called {called}" in ev.undefined["mcc"]
+        assert "not the same as 0 (chance)" in ev.undefined["mcc"] and "mcc" in ev.undefined_note()
+        assert any("MCC" in n and "undefined" in n for n in ev.notes)
+    every = metrics.evaluate(y, p, 0.0)
+    assert set(every.undefined) == {"mcc"} and every.precision == 0.5 and every.recall == 1.0
+    assert every.undefined_note().startswith("mcc is empty (undefined): every labelled cell is called resistant")
+    assert not np.isnan(metrics.evaluate(y, p, 0.5).mcc)  # calls of both kinds: defined
