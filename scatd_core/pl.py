@@ -390,8 +390,11 @@ def pr_figure(pr: pd.DataFrame, auprc: float, prevalence: float, title: str | No
 
 def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",
                      negative_label: str = "sensitive", title: str | None = None) -> go.Figure:
-    cm = np.asarray(confusion)
-    names = [negative_label, positive_label]
+    """The confusion matrix of :class:`scatd_core.metrics.Evaluation` (rows: true sensitive, true resistant;
+    columns: called sensitive, called resistant), drawn resistant first (top row, left column) as every
+    other figure and table lists them."""
+    cm = np.asarray(confusion)[::-1, ::-1]
+    names = [positive_label, negative_label]
     fig = go.Figure(go.Heatmap(z=cm, x=[f"called {n}" for n in names], y=[f"true {n}" for n in names],
                                # greys: blue means sensitive in every other figure
                                colorscale=[[0.0, "#f7f7f7"], [1.0, "#9a9a9a"]], showscale=False, text=cm,

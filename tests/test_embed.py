@@ -248,6 +248,19 @@ def test_the_confusion_matrix_is_grey_never_the_sensitive_blue():
     assert all(len({c[1:3], c[3:5], c[5:7]}) == 1 for c in scale)  # greys only
 
 
+def test_the_confusion_matrix_lists_resistant_first():
+    """QA: the confusion matrix listed sensitive first (top row, left column) while every other figure
+    and table lists resistant first. Rows and columns are now resistant, then sensitive, and each count
+    stays in its cell (given as sklearn's [[tn, fp], [fn, tp]])."""
+    fig = pl.confusion_figure(np.array([[5, 1], [2, 7]]), "resistant", "sensitive")
+    heat = fig.data[0]
+    assert list(heat.x) == ["called resistant", "called sensitive"]
+    assert list(heat.y) == ["true resistant", "true sensitive"]
+    assert np.asarray(heat.z).tolist() == [[7, 2], [1, 5]]  # tp, fn / fp, tn
+    assert np.asarray(heat.text).tolist() == np.asarray(heat.z).tolist()
+    assert fig.layout.yaxis.autorange == "reversed"  # the first row (true resistant) drawn on top
+
+
 def test_a_category_order_is_written_as_its_categories_are():
     """QA: a gene named '<img src=x ...>' was escaped on its bar but not in the axis's category order,
     so Plotly drew an empty row at its rank and its bar again above the best gene: the chart's top
