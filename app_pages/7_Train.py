@@ -19,7 +19,7 @@ from scatd_app import auth, jobs, session, ui
 from scatd_app import state as S
 from scatd_core import export, pl
 from scatd_core._progress import with_eta
-from scatd_core.card import auroc_interval_words
+from scatd_core.card import LABEL_RULE_UNKNOWN, auroc_interval_words
 from scatd_core.errors import MemoryShortage, ScatdError
 
 # Session keys of this page only.
@@ -205,6 +205,9 @@ if labels is not None:
         source = (labels["table"].attrs.get("report") or {}).get("files", {}).get("ic50") or "ln(IC50) values"
         made_by = (f"; made by scatd labels-from-ic50 from {ui.md(source)}, as {ui.md(labels['provenance'])} says "
                    "(the model's card records the drug's threshold)")
+    elif labels.get("sha256"):  # an uploaded table without its provenance file: nothing says how it was made
+        made_by = (f"; {LABEL_RULE_UNKNOWN}: the model's card says so. Give its .provenance.json above to record "
+                   "the drug's ln(IC50) threshold")
     st.caption(f":material/label: Labels: **{ui.md(labels['name'])}**, {labels['table'].shape[0]:,} cell lines × "
                f"{labels['table'].shape[1]:,} drugs{made_by}")
 orientation_error = None

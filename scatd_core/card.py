@@ -329,6 +329,10 @@ _FIRST_SETTINGS = ("head", "folds", "seed", "members", "head_c", "head_inputs", 
                    "finetune_epochs", "mmd_weight")
 
 
+#: What the card says of a label table that came without its provenance file (labels.provenance.json).
+LABEL_RULE_UNKNOWN = "the rule that turned IC50s into these labels is unknown (labels as uploaded)"
+
+
 def _input(what: str, entry: dict | None) -> str | None:
     if not entry:
         return None
@@ -344,6 +348,8 @@ def _input(what: str, entry: dict | None) -> str | None:
         source = (ic50.get("files") or {}).get("ic50")
         hashed += ("; " if hashed else "") + (f"from ln(IC50){f' ({source})' if source else ''} with threshold "
                                               f"{ic50['threshold']:g}: below it sensitive")
+    elif entry.get("ic50_rule") == "unknown":  # a label table without the provenance file of scatd labels-from-ic50
+        hashed += ("; " if hashed else "") + LABEL_RULE_UNKNOWN
     return f"{what} {name}" + (f" ({hashed})" if hashed else "") + _cell_metadata_words(entry.get("cell_metadata"))
 
 

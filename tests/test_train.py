@@ -1273,7 +1273,7 @@ def test_labels_from_ic50s_provenance_file_is_recorded_as_the_train_page_records
     app = _ic50_origin(table.attrs["report"], "DrugA")["from_ic50"]  # what the Train page records
     assert prov["labels"]["from_ic50"] == app and set(app) >= {"threshold", "gdsc_id", "files", "files_sha256"}
     assert app["threshold"] == 0.0 and app["files"]["ic50"] == "GDSC_IC50.csv"
-    assert prov["labels"]["provenance_file"] == "labels.provenance.json"
+    assert prov["labels"]["provenance_file"] == "labels.provenance.json" and "ic50_rule" not in prov["labels"]
     assert prov["labels"]["sha256"] == sha256_file(tmp_path / "labels.csv")
     assert "from ln(IC50) (GDSC_IC50.csv) with threshold 0" in " ".join(card_lines(rep["card"]))
     # the bulk: its file's sha256 and its values' hash, which the app records for the same data
@@ -1287,6 +1287,10 @@ def test_labels_from_ic50s_provenance_file_is_recorded_as_the_train_page_records
                          settings=replace(TINY, members=1, pretrain_epochs=2))
     assert "from_ic50" not in bundle.manifest["provenance"]["labels"]
     assert any("was written for another version of labels.csv" in w for w in rep["card"]["warnings"])
+    # QA: the card then said nothing of how IC50s became these labels; it says the rule is unknown
+    assert bundle.manifest["provenance"]["labels"]["ic50_rule"] == "unknown"
+    assert "the rule that turned IC50s into these labels is unknown (labels as uploaded)" in " ".join(
+        card_lines(rep["card"]))
 
 
 def test_train_panel_records_its_input_names_and_source(tmp_path):
@@ -1310,8 +1314,9 @@ def test_train_panel_records_its_input_names_and_source(tmp_path):
     _, bundles = train_panel(tmp_path / "bulk.h5ad", tmp_path / "labels.csv", ["DRUGA"], target,
                              settings=replace(TINY, members=1), device="cpu", library=tmp_path / "lib2", resume=False,
                              min_lines_per_class=2)
-    assert bundles[0].manifest["provenance"]["labels"] == {"file": "labels.csv",
-                                                           "sha256": sha256_file(tmp_path / "labels.csv")}
+    assert bundles[0].manifest["provenance"]["labels"] == {"file": "labels.csv",  # no provenance file beside it:
+                                                           "sha256": sha256_file(tmp_path / "labels.csv"),
+                                                           "ic50_rule": "unknown"}  # the card says so
 
 
 def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder(tmp_path):

@@ -779,6 +779,34 @@ def _labels_with_provenance(tmp_path, labels):
     return path.read_bytes(), write_ic50_provenance(labels, path).read_bytes()
 
 
+def test_an_uploaded_label_table_without_its_provenance_file_says_its_ic50_rule_is_unknown(tmp_path):
+    """QA: a label table uploaded without its labels.provenance.json trained a model whose card had no
+    IC50 rule and said nothing about it; the page's caption named only the table. Both say the rule that
+    turned IC50s into the labels is unknown (labels as uploaded); with the provenance file, neither does."""
+    from scatd_core import card as cards
+
+    at = _page_with_training_data()
+    labels = at.session_state["train_labels"]["table"]
+    at.run()  # a table with its own record (built here, or the demo's): nothing said
+    assert not any("is unknown (labels as uploaded)" in c.value for c in at.caption)
+    del at.session_state["train_labels"]
+    table_bytes, provenance_bytes = _labels_with_provenance(tmp_path, labels)
+    at.file_uploader(key="upload_train_labels").upload("labels.csv", table_bytes)
+    at.run()
+    assert not at.exception, at.exception
+    caption = next(c.value for c in at.caption if "Labels: **labels.csv**" in c.value)
+    assert "the rule that turned IC50s into these labels is unknown (labels as uploaded)" in caption
+    assert "Give its .provenance.json above" in caption
+    at.file_uploader(key="upload_train_labels_provenance").upload("labels.provenance.json", provenance_bytes)
+    at.run()
+    caption = next(c.value for c in at.caption if "Labels: **labels.csv**" in c.value)
+    assert "is unknown" not in caption and "made by scatd labels-from-ic50" in caption.replace("\\", "")
+    # the card of a model trained on such a table
+    entry = {"name": "labels.csv", "sha256": "d" * 64, "of": "table", "ic50_rule": "unknown"}
+    assert cards._input("labels", entry) == ("labels labels.csv (sha256 dddddddddddd of the table; the rule that "
+                                             "turned IC50s into these labels is unknown (labels as uploaded))")
+
+
 def test_an_uploaded_label_tables_provenance_file_gives_the_card_its_ic50_threshold(tmp_path, monkeypatch):
     """QA: a table of scatd labels-from-ic50 uploaded here gave a card saying only "labels labels.csv
     (sha256 ... of the table)", where the CLI's said "(from ln(IC50) (GDSC_IC50.csv) with threshold

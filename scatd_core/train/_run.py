@@ -644,6 +644,8 @@ def train_drug_model(
     card["data"]["seconds"] = round(seconds, 1)
     if made:  # labels built from ln(IC50) (here, or by scatd labels-from-ic50): the drug's threshold
         labels_prov.update(_ic50_origin(made, data.report["drug"]) or {})
+    if "from_ic50" not in labels_prov and not demo:  # a table without its provenance file: the card says so
+        labels_prov["ic50_rule"] = IC50_RULE_UNKNOWN
     unused = unused_settings(s.head, backbone_given=base_vae is not None, adaptation=adaptation, few_shot=few is not None,
                              pretrain_epochs=s.pretrain_epochs)
     settings_dict = card["settings"] = {k: v for k, v in card["settings"].items() if k not in unused}  # only those used
@@ -752,6 +754,11 @@ def _name_inputs(provenance: dict[str, dict], names: dict[str, str] | None) -> N
         shown = str(name).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].strip()[:200]
         if shown:
             entry["name"] = shown
+
+
+#: What a model records when its label table came without the provenance file of scatd labels-from-ic50:
+#: nothing says which ln(IC50) threshold made its labels (the card says so, :func:`scatd_core.card.card_details`).
+IC50_RULE_UNKNOWN = "unknown"
 
 
 def _ic50_origin(report: dict, drug: str) -> dict | None:
