@@ -39,6 +39,9 @@ PANEL_CHOSEN        ``{path: (identity, name)}``: which model each folder chosen
                     in its folder since, is said and left out, never used in its place
 PANEL_MARKERS       ``(panel token, table)``: top genes of the cells resistant to every drug
 EMBED_ESTIMATE      ``(token, estimate)``: the time foundation-model embeddings of ADATA would take
+MODEL_FITS          ``(token, {path: fit})``: how well each model can score ADATA
+                    (:func:`scatd_core.inputs.fit_for_data`), by which the Model page chooses its default;
+                    the token names the upload, its gene-ID mapping and the model library as it stands
 ==================  ==========================================================================
 
 The chain (:func:`invalidate`): new data forgets everything; a new QC mask, model or gene-ID
@@ -73,6 +76,7 @@ PANEL = "panel_token"
 PANEL_CHOSEN = "panel_models_identity"  # kept for a reload with the chosen models (its "panel_" prefix)
 PANEL_MARKERS = "panel_markers"
 EMBED_ESTIMATE = "embed_estimate"
+MODEL_FITS = "fits_for_data"  # (data and library token, {bundle path: fit_for_data}): the default model's ranking
 QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)
 PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set after an interrupted run
 # the same for the other long runs (ui.long_run sets and clears them)
@@ -95,7 +99,7 @@ KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_
 #: own flag only with the data: the Predict page forgets the prediction while its run holds the flag.)
 _CHAIN = {
     "data": (ADATA, DATA_NAME, DATA_TOKEN, IS_DEMO, LABEL_COLUMN, SAMPLE_COLUMN, QC_METRICS, INPUTS, EMBED_ESTIMATE,
-             PANEL, PANEL_MARKERS, PREDICT_RUNNING, EMBED_RUNNING, PANEL_RUNNING, PANEL_UMAP_RUNNING),
+             MODEL_FITS, PANEL, PANEL_MARKERS, PREDICT_RUNNING, EMBED_RUNNING, PANEL_RUNNING, PANEL_UMAP_RUNNING),
     "prediction": (PREDICTION, REPORT_SEEN, PREDICT_AHEAD, EMBEDDING, EMBEDDING_PENDING, UMAP_DECLINED, BIOMARKERS,
                    EXPLAIN_RUNNING, UMAP_RUNNING),
 }

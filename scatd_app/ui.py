@@ -839,8 +839,32 @@ def default_model(bundles, adata=None) -> str | None:
         from scatd_core.inputs import fit_for_data
 
         demo_data = bool(st.session_state.get(state.IS_DEMO))
-        allowed.sort(key=lambda b: (b.is_demo == demo_data, *_fit_for_data(adata, b, fit_for_data)), reverse=True)
+        fits = _fits_for_data(adata, allowed, fit_for_data)
+        allowed.sort(key=lambda b: (b.is_demo == demo_data, *fits[str(b.path)]), reverse=True)
     return str(allowed[0].path) if allowed else None
+
+
+def _fits_for_data(adata, bundles, fit) -> dict[str, tuple[int, float]]:
+    """``{path: fit(adata, bundle)}`` of ``bundles``. For the session's dataset they are kept in the
+    session (:data:`state.MODEL_FITS`) per upload, gene-ID mapping and model library as it stands: a
+    rerun of the Model page (each click) does not judge every model again; a new upload, another
+    gene-ID mapping, or a model added to or changed in the library does."""
+    from scatd_core._keys import INPUT_REPORT
+
+    ss = st.session_state
+    if adata is not ss.get(state.ADATA) or ss.get(state.DATA_TOKEN) is None:  # other data: judged each time
+        return {str(b.path): _fit_for_data(adata, b, fit) for b in bundles}
+    report = adata.uns.get(INPUT_REPORT, {})
+    token = token_of(ss.get(state.DATA_TOKEN), report.get("gene_ids", {}), report.get("value_type"),
+                     _library_signature())
+    cached = ss.get(state.MODEL_FITS)
+    if cached is None or cached[0] != token:
+        cached = ss[state.MODEL_FITS] = (token, {})
+    fits = cached[1]
+    for b in bundles:
+        if str(b.path) not in fits:
+            fits[str(b.path)] = _fit_for_data(adata, b, fit)
+    return {str(b.path): fits[str(b.path)] for b in bundles}
 
 
 def _fit_for_data(adata, bundle, fit) -> tuple[int, float]:

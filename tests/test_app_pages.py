@@ -926,6 +926,65 @@ def test_the_model_chosen_by_default_can_score_the_data(tmp_path, monkeypatch):
     assert Path(at.session_state[state.BUNDLE_PATH]).name == "b_as_is"
 
 
+def test_the_model_page_judges_each_model_once_for_its_default(tmp_path, monkeypatch):
+    """QA: the Model page judged every model against the data (inputs.fit_for_data: value type, gene
+    matching) each time it chose a default: twice on a visit (for the backbone, then for the model). It
+    is kept in the session (see the next test): each model is judged once."""
+    from scatd_core import inputs
+
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp_path / "library"))
+    data = _z_scored(make_dataset(120, seed=3))
+    make_bundle(tmp_path / "library" / "a_log1p", make_dataset(120, seed=3), steps=1, drug="LOGDRUG")
+    _as_is_bundle(tmp_path / "library" / "b_as_is", data.var_names)
+    judged = []
+    real = inputs.fit_for_data
+    monkeypatch.setattr(inputs, "fit_for_data", lambda adata, bundle: judged.append(bundle.path.name)
+                        or real(adata, bundle))
+    at = start()
+    upload(at, "scad.h5ad", h5ad_bytes(data))
+    goto(at, "2_Model")
+    assert sorted(judged) == ["a_log1p", "b_as_is"]  # each model once
+    assert Path(at.session_state[state.BUNDLE_PATH]).name == "b_as_is"
+    at.run()  # a rerun (a click)
+    ok(at)
+    assert len(judged) == 2
+
+
+def test_the_default_models_ranking_is_kept_per_upload_and_library(tmp_path, monkeypatch):
+    """The fit of each model to the session's data is kept per (upload, library as it stands): asked
+    again, the default is not judged again; a new upload, or a model added to the library, is (and a
+    better model added becomes the default). Data other than the session's are judged each time."""
+    import streamlit as st
+
+    from scatd_core import inputs
+    from scatd_core.bundle import load_bundle
+
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp_path / "library"))
+    counts = make_dataset(60, seed=1)
+    genes = list(counts.var_names)
+    data = _z_scored(counts)
+    half_genes = genes[: len(genes) // 2] + [f"NOTINDATA{i}" for i in range(len(genes) // 2)]
+    log_model = load_bundle(make_bundle(tmp_path / "library" / "log", counts, steps=1).path)
+    half = load_bundle(_as_is_bundle(tmp_path / "library" / "half", half_genes).path)
+    judged = []
+    real = inputs.fit_for_data
+    monkeypatch.setattr(inputs, "fit_for_data", lambda adata, bundle: judged.append(bundle.path.name)
+                        or real(adata, bundle))
+    session = {state.ADATA: data, state.DATA_TOKEN: "upload-1"}
+    monkeypatch.setattr(st, "session_state", session)
+    assert ui.default_model([log_model, half], data) == str(half.path)
+    assert ui.default_model([log_model, half], data) == str(half.path)  # asked again (a rerun)
+    assert sorted(judged) == ["half", "log"]  # judged once
+    whole = load_bundle(_as_is_bundle(tmp_path / "library" / "whole", genes).path)  # a better model, added
+    assert ui.default_model([log_model, half, whole], data) == str(whole.path)
+    assert sorted(judged[2:]) == ["half", "log", "whole"]  # the library changed: all judged again
+    session[state.DATA_TOKEN] = "upload-2"  # a new upload
+    ui.default_model([log_model, half, whole], data)
+    assert len(judged) == 8
+    assert ui.default_model([half, log_model], counts) == str(log_model.path)  # not the session's data
+    assert len(judged) == 10
+
+
 def test_models_are_ranked_by_whether_they_can_score_the_data_then_by_coverage(tmp_path):
     from scatd_core.bundle import load_bundle
     from scatd_core.inputs import fit_for_data
