@@ -160,9 +160,9 @@ if qc is not None:
     if changed:
         state.invalidate("prediction")
     left, right = st.columns([0.55, 0.45])
-    left.plotly_chart(pl.qc_violin(qc, QC_METRICS, passed), key="qc_violin")
+    ui.chart(pl.qc_violin(qc, QC_METRICS, passed), key="qc_violin", where=left)
     if {"total_counts", "n_genes_by_counts"} <= set(qc.columns):
-        right.plotly_chart(pl.qc_scatter(qc, passed), key="qc_scatter")
+        ui.chart(pl.qc_scatter(qc, passed), key="qc_scatter", where=right)
 
 # ------------------------------------------------------------------ label and sample columns
 st.subheader("Columns for evaluation and grouping")

@@ -141,7 +141,7 @@ for warning in info.get("warnings", []):
     st.warning(ui.md(warning), icon=":material/warning:")
 for note in info.get("notes", []):  # what the model input did with the values (e.g. un-logged them)
     st.info(ui.md(note), icon=":material/info:")
-st.plotly_chart(pl.probability_histogram(adata.obs["scatd_prob_resistant"].to_numpy(), thr["value"],
-                                         "Distribution of P(resistant)", thr["calibrated"]), key="predict_hist")
+ui.chart(pl.probability_histogram(adata.obs["scatd_prob_resistant"].to_numpy(), thr["value"],
+                                   "Distribution of P(resistant)", thr["calibrated"]), key="predict_hist")
 st.divider()
 ui.link("Cells", "Next: explore the cells", ":material/arrow_forward:")

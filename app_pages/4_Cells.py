@@ -173,11 +173,11 @@ else:
             col.metric(name, "—" if key in undefined else f"{value:.3f}",
                        help=f"Undefined: {undefined[key]}." if key in undefined else None)
         c = st.columns(3)
-        c[0].plotly_chart(pl.roc_figure(roc, evaluation.auroc), key="cells_roc")
-        c[1].plotly_chart(pl.pr_figure(pr, evaluation.auprc, evaluation.n_positive / evaluation.n_evaluated),
-                          key="cells_pr")
-        c[2].plotly_chart(pl.confusion_figure(evaluation.confusion, evaluation.positive_label,
-                                              evaluation.negative_label), key="cells_confusion")
+        ui.chart(pl.roc_figure(roc, evaluation.auroc), key="cells_roc", where=c[0])
+        ui.chart(pl.pr_figure(pr, evaluation.auprc, evaluation.n_positive / evaluation.n_evaluated),
+                 key="cells_pr", where=c[1])
+        ui.chart(pl.confusion_figure(evaluation.confusion, evaluation.positive_label,
+                                     evaluation.negative_label), key="cells_confusion", where=c[2])
 
 st.subheader("Cells")
 table_area = st.container()  # each cell's cluster is one of its columns
@@ -237,7 +237,7 @@ if emb_info is not None:
                          # blue/red: the calls at the threshold in use
                          threshold=float(info["threshold"]["value"]) if colour == "P(resistant)" else None)
     with umap_area:
-        st.plotly_chart(fig, key="cells_umap")
+        ui.chart(fig, key="cells_umap")
         if colour == "uncertainty (sd of P)":
             st.caption(ui.md(export.spread_note(info['params'].get('prob_resistant_sd', 'over the draws'))))
         excluded = emb_info.get("n_excluded", 0)
@@ -268,7 +268,7 @@ with composition_area:
         group = st.selectbox("Group by", list(group_options), key="cells_group", format_func=group_options.get)
         table = metrics.group_table(adata, group)
         left, right = st.columns([0.55, 0.45])
-        left.plotly_chart(pl.composition_figure(table, group_options[group]), key="cells_groups")
+        ui.chart(pl.composition_figure(table, group_options[group]), key="cells_groups", where=left)
         with right:
             ui.group_table(table)
     else:

@@ -206,8 +206,8 @@ if hide_signed_mean:
     st.caption(ui.MEAN_BASELINE_SIGNED_MEAN)
 
 n_bar = st.slider("Genes in the bar chart", 1, min(50, len(ranking)), min(20, len(ranking)), key="bio_n_bar")
-st.plotly_chart(pl.biomarker_bar(ranking, n_bar, info["target_title"], target=info["target"], level=level),
-                key="bio_bar")
+ui.chart(pl.biomarker_bar(ranking, n_bar, info["target_title"], target=info["target"], level=level),
+         key="bio_bar")
 
 # ------------------------------------------------------------------ per-gene views
 if expl.features:
@@ -215,10 +215,10 @@ if expl.features:
     gene = st.selectbox(level.capitalize(), expl.features, key="bio_gene",
                         help=f"The top {len(expl.features)} by rank (per-cell values are kept for these).")
     values, attributions = expl.feature_values(gene)
-    st.plotly_chart(pl.dependence_figure(gene, values, attributions, expl.cells["prob_resistant"].to_numpy(),
-                                         expl.cells["label"].to_numpy(), expl.cells.index.to_numpy(),
-                                         expl.baseline_of(gene), threshold=info.get("threshold")),
-                    key="bio_dependence")
+    ui.chart(pl.dependence_figure(gene, values, attributions, expl.cells["prob_resistant"].to_numpy(),
+                                  expl.cells["label"].to_numpy(), expl.cells.index.to_numpy(),
+                                  expl.baseline_of(gene), threshold=info.get("threshold")),
+             key="bio_dependence")
     coords, how = plot_coordinates(adata)
     if how != "UMAP":
         c1, c2 = st.columns([3, 1])
@@ -232,15 +232,15 @@ if expl.features:
                 st.rerun()  # the map on the UMAP, its caption, and no button: drawn afresh
     what = st.radio("Colour the map by", ["attribution", "model input"], horizontal=True, key="bio_colour")
     rows = expl.cells["row"].to_numpy()
-    st.plotly_chart(pl.feature_map(coords[rows], attributions if what == "attribution" else values, gene, what,
-                                   "UMAP" if how == "UMAP" else "PC", expl.cells.index.to_numpy()), key="bio_map")
+    ui.chart(pl.feature_map(coords[rows], attributions if what == "attribution" else values, gene, what,
+                            "UMAP" if how == "UMAP" else "PC", expl.cells.index.to_numpy()), key="bio_map")
     if cells_info["subsampled"]:
         st.caption(f"Only the explained cells are shown ({cells_info['how']}).")
 
 # ------------------------------------------------------------------ attribution vs DE
 if info["differential_expression"]["method"] != "none":
     st.subheader("Attribution and differential expression")
-    st.plotly_chart(pl.attribution_vs_de(ranking, info["positive_label"], info["negative_label"]), key="bio_de")
+    ui.chart(pl.attribution_vs_de(ranking, info["positive_label"], info["negative_label"]), key="bio_de")
     st.caption("Genes far right/left are differentially expressed; genes high up drive the model. "
                "Both at once: the model uses a gene that also differs between the predicted groups.")
 

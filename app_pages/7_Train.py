@@ -569,8 +569,8 @@ cv = rep["cv"]
 if cv.get("per_fold_head"):  # the original head: the final model's epochs were chosen on this curve
     curves = {f"fold {fold['fold']}": fold["val_auroc"] for fold in cv["per_fold_head"]}
     curves["mean"] = cv["head_curve"]
-    st.plotly_chart(pl.curve_figure(curves, "Validation AUROC per head epoch (bulk CV, frozen encoder)", "epoch",
-                                    "AUROC", highlight="mean", mark_x=cv["head_epochs"]), key="train_cv_curve")
+    ui.chart(pl.curve_figure(curves, "Validation AUROC per head epoch (bulk CV, frozen encoder)", "epoch",
+                             "AUROC", highlight="mean", mark_x=cv["head_epochs"]), key="train_cv_curve")
     if cv.get("fold_head_epochs"):
         st.caption(f"Marked: the final model's {cv['head_epochs']} head epochs (the mean over all folds). The bulk "
                    "CV scores take each fold's epochs from the other folds' mean curve, not its own labels: "
@@ -580,8 +580,7 @@ if losses:
     curves = ({f"member {k + 1}": c for k, c in enumerate(losses) if c} if isinstance(losses[0], list)
               else {"loss": losses})
     if curves:
-        st.plotly_chart(pl.curve_figure(curves, "Backbone pretraining loss", "epoch", "loss"),
-                        key="train_pretrain_loss")
+        ui.chart(pl.curve_figure(curves, "Backbone pretraining loss", "epoch", "loss"), key="train_pretrain_loss")
 st.download_button("Target predictions (CSV)", export.to_csv_bytes(result["predictions"]),
                    file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv",
                    help="One row per target cell: P(resistant), the model's default threshold (not calibrated), "

@@ -223,23 +223,23 @@ if groups:
                          format_func=ui.detached(lambda g: names.get(g, g)))
     summary = panel.group_summary(adata, group)
     order = list(dict.fromkeys(summary["group"]))
-    st.plotly_chart(pl.panel_heatmap(prob, drugs, panel.group_values(adata, group), names.get(group, group), order),
-                    key="panel_heatmap")
+    ui.chart(pl.panel_heatmap(prob, drugs, panel.group_values(adata, group), names.get(group, group), order),
+             key="panel_heatmap")
     left, right = st.columns([0.55, 0.45])
-    left.plotly_chart(pl.panel_dotplot(summary, names.get(group, group),
-                                       f"Fraction resistant per {names.get(group, group)}"), key="panel_dots")
+    ui.chart(pl.panel_dotplot(summary, names.get(group, group), f"Fraction resistant per {names.get(group, group)}"),
+             key="panel_dots", where=left)
     with right:
         ui.group_table(summary, height=360)
 else:
     group = None
-    st.plotly_chart(pl.panel_heatmap(prob, drugs, None, None), key="panel_heatmap")  # by mean P(resistant)
+    ui.chart(pl.panel_heatmap(prob, drugs, None, None), key="panel_heatmap")  # by mean P(resistant)
     st.caption("No cluster or sample column to order the cells by.")
 
 # ------------------------------------------------------------------ ranking
 st.subheader("Which drug?")
 left, right = st.columns(2)
-left.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata), panel.ranking_title(adata, "Whole sample")),
-                  key="panel_rank_all")
+ui.chart(pl.drug_ranking_figure(panel.drug_ranking(adata), panel.ranking_title(adata, "Whole sample")),
+         key="panel_rank_all", where=left)
 if (whole_caveat := panel.whole_sample_caveat(adata)) is not None:
     left.caption(ui.md(whole_caveat))
 if group is not None:
@@ -248,9 +248,9 @@ if group is not None:
         ss["panel_group_value"] = values[0]
     chosen = right.selectbox(f"For one {ui.md(names.get(group, group))}", values, key="panel_group_value")
     in_group = (panel.group_values(adata, group).astype(str) == chosen).to_numpy()
-    right.plotly_chart(pl.drug_ranking_figure(panel.drug_ranking(adata, in_group),
-                                              panel.ranking_title(adata, f"{names.get(group, group)} {chosen}")),
-                       key="panel_rank_group")
+    ui.chart(pl.drug_ranking_figure(panel.drug_ranking(adata, in_group),
+                                    panel.ranking_title(adata, f"{names.get(group, group)} {chosen}")),
+             key="panel_rank_group", where=right)
 caveat = panel.ranking_caveat(adata, app=True)
 if caveat:
     st.caption(ui.md(f"{pl.UNCALIBRATED_MARK} {caveat}"))
@@ -287,7 +287,7 @@ if UMAP in adata.obsm:
         fig = pl.umap_figure(np.asarray(adata.obsm[UMAP]), values, name=colour, categorical=categorical,
                              color_range=crange, colorscale=scale or pl.PROB_SCALE,
                              cell_ids=adata.obs_names.astype(str), threshold=drug_thr.get(colour))
-    st.plotly_chart(fig, key="panel_umap")
+    ui.chart(fig, key="panel_umap")
     if colour == "number of drugs resisted" and np.isnan(values).any():  # only when some cell is grey
         st.caption(f"Grey, '{pl.NO_COUNT}': cells QC-filtered or left out by every model.")
     if embed.is_data_umap(adata):  # none of scATD's: the UMAP the data brought, drawn as it is

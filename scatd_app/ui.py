@@ -1367,6 +1367,18 @@ def link(title: str, label: str | None = None, icon: str | None = None) -> None:
     st.page_link(PAGE[title], label=label or title, icon=icon)
 
 
+def chart(fig, *, key: str, where=None, alt: str | None = None, filename: str | None = None):
+    """A plotly figure, as every page shows one: with its text alternative (``alt``, else the one
+    its builder in :mod:`scatd_core.pl` attached), which Streamlit gives the chart as its
+    accessible name (``role="figure"``, ``aria-label``) for a screen reader, and a toolbar of
+    the buttons of use only (:func:`scatd_core.pl.chart_config`: download as PNG, named
+    ``filename`` or as the builder named it; reset axes; zoom and pan where they show more)."""
+    from scatd_core import pl
+
+    return (where or st).plotly_chart(fig, key=key, alt=alt or pl.alt_text(fig),
+                                      config=pl.chart_config(fig, filename))
+
+
 def table(data, *, where=None, **options):
     """Show a table, as ``st.dataframe(data, **options)`` (``where``: ``st``, the default, or a
     container), with every text a spreadsheet would run as a formula (``= + - @``, e.g. a cell
@@ -1833,7 +1845,7 @@ def show_card(card: dict, key: str) -> None:
             st.caption(md(ev["note"]))
     if settings:
         st.caption(md("Baselines: " + "; ".join(settings) + "."))
-    st.plotly_chart(pl.card_figure(card), key=key)
+    chart(pl.card_figure(card), key=key)
     for ev in card["evaluations"]:
         for text in verdicts(ev):  # with the model's own AUROC interval when it includes 0.5
             if text.startswith("This model beats"):

@@ -147,6 +147,87 @@ def plain_text(fig: go.Figure) -> go.Figure:
     return fig
 
 
+# --------------------------------------------------------------------------------------------
+# Text alternatives and the chart toolbar
+# --------------------------------------------------------------------------------------------
+
+#: Plotly's toolbar buttons the app leaves out (each one is a stop in the keyboard's tab order):
+#: zoom in / out steps, autoscale (reset axes does it), box and lasso selection (nothing is
+#: selected), spike lines and the hover-mode switches.
+DROPPED_BUTTONS = ("zoomIn2d", "zoomOut2d", "autoScale2d", "select2d", "lasso2d", "toggleSpikelines",
+                   "hoverClosestCartesian", "hoverCompareCartesian", "sendDataToCloud")
+#: Also left out of charts where zooming shows nothing more (bars, violins, a 2 x 2 matrix).
+ZOOM_BUTTONS = ("zoom2d", "pan2d")
+#: Categories (genes, groups, drugs ...) named one by one in a text alternative, at most.
+ALT_MAX_NAMED = 10
+
+
+def describe(fig: go.Figure, alt: str, filename: str, zoom: bool = True) -> go.Figure:
+    """Attach to ``fig`` (in ``layout.meta``) its text alternative ``alt`` (what the chart shows,
+    with its key numbers, for a screen reader), the stem of its PNG download's file name, and
+    whether zooming and panning are of use on it (:func:`chart_config`)."""
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    fig.update_layout(meta={**meta, "alt": " ".join(str(alt).split()), "filename": file_stem(filename),
+                            "zoom": bool(zoom)})
+    return fig
+
+
+def alt_text(fig: go.Figure) -> str:
+    """The text alternative of ``fig`` (set by its builder, :func:`describe`); never empty: a
+    figure without one is named by its title."""
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    if str(meta.get("alt") or "").strip():
+        return str(meta["alt"])
+    title = fig.layout.title.text
+    return f"Chart: {html.unescape(str(title)).replace('<br>', ' ')}" if title else "Chart"
+
+
+def file_stem(text: str | None) -> str:
+    """``text`` as a file name's stem: letters, digits and ``_`` only, ``scatd_`` first, at most 80
+    characters ("P(resistant): DRUG A" -> ``scatd_p_resistant_drug_a``)."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", str(text or "")).strip("_").lower()
+    stem = stem if stem.startswith("scatd") else f"scatd_{stem}".rstrip("_")
+    return stem[:80].rstrip("_")
+
+
+def chart_config(fig: go.Figure, filename: str | None = None) -> dict:
+    """Plotly's ``config`` for ``fig`` in the app: the toolbar keeps download as PNG (named
+    ``filename``, else the builder's name for it), reset axes and, where of use, zoom and pan
+    (:data:`DROPPED_BUTTONS`, :data:`ZOOM_BUTTONS`)."""
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    drop = list(DROPPED_BUTTONS) + ([] if meta.get("zoom", True) else list(ZOOM_BUTTONS))
+    return {"displaylogo": False, "modeBarButtonsToRemove": drop,
+            "toImageButtonOptions": {"format": "png", "scale": 2,
+                                     "filename": file_stem(filename or meta.get("filename") or "chart")}}
+
+
+def _n(count) -> str:
+    return f"{int(count):,}"
+
+
+def _share(part, whole) -> str:
+    return f"{int(part):,} ({100 * part / whole:.1f}%)" if whole else f"{int(part):,}"
+
+
+def _named(items: Sequence[str], max_named: int = ALT_MAX_NAMED) -> str:
+    """``a, b, c`` or ``a, b, ... and 12 more``."""
+    items = [str(i) for i in items]
+    more = len(items) - max_named
+    return ", ".join(items[:max_named]) + (f" and {more:,} more" if more > 0 else "")
+
+
+def _g(value) -> str:
+    """A number in 3 significant digits, a large one whole with thousands separators (1,510, not
+    1.51e+03); ``n/a`` when missing."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
 def _scatter_trace(n_points: int):
     return go.Scattergl if n_points >= WEBGL_MIN_POINTS else go.Scatter
 
@@ -184,6 +265,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     """
     coords = np.asarray(coords, dtype=np.float64)
     ok = finite_rows(coords)
+    drawable = ok.copy()  # before any subsample: what the text alternative counts
     n_out = int((~ok).sum())
     n_drawable = int(ok.sum())
     if n_drawable > max_points:
@@ -243,7 +325,38 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     if notes:
         fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=-0.08,
                            font=dict(size=11, color="#666"))
-    return layout(fig, title, height=520)
+    alt = _umap_alt(values, drawable, name, categorical, threshold)
+    alt += "".join(f" {n[0].upper()}{n[1:]}." for n in notes[1 if note else 0:])
+    return describe(layout(fig, title, height=520), alt, f"umap_{name or 'cells'}")
+
+
+def _umap_alt(values, drawable: np.ndarray, name: str, categorical: bool | None, threshold: float | None) -> str:
+    """What :func:`umap_figure` shows, in words: the cells drawn and how they are coloured."""
+    alt = f"UMAP of {int(drawable.sum()):,} cells"
+    if values is None:
+        return alt + "."
+    every = pd.Series(values)
+    numeric = pd.api.types.is_numeric_dtype(every) and not pd.api.types.is_bool_dtype(every) \
+        if categorical is None else not categorical
+    vals = pd.Series(np.asarray(values, dtype=object)[drawable])
+    if numeric:
+        v = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=np.float64)
+        has = np.isfinite(v)
+        if threshold is not None:
+            alt += (f", coloured by {name}: {_share((v[has] > threshold).sum(), has.sum())} above the threshold "
+                    f"{threshold:.3g}, called resistant (red), the others sensitive (blue)")
+        elif has.any():
+            alt += (f", coloured by {name} from {_g(v[has].min())} to {_g(v[has].max())} "
+                    f"(median {_g(np.median(v[has]))})")
+        if (~has).any():
+            alt += f"; {int((~has).sum()):,} without a value (grey)"
+        return alt + "."
+    text = vals.astype(str).where(vals.notna(), "NA")
+    counts = text.value_counts()
+    cats = every.astype("category").cat.categories if hasattr(values, "cat") else sorted(counts.index)
+    order = [str(c) for c in cats if str(c) in counts.index]
+    order += sorted(set(counts.index) - set(order))
+    return alt + f", coloured by {name}: " + _named([f"{c} {int(counts[c]):,}" for c in order]) + "."
 
 
 #: The category of :func:`count_umap_figure` for cells with no count (scored by no drug).
@@ -340,7 +453,12 @@ def probability_histogram(prob: np.ndarray, threshold: float, title: str | None 
     fig.update_xaxes(title="P(resistant)", range=[0, 1])
     fig.update_yaxes(title="cells")
     fig.update_layout(bargap=0.02, barmode="stack", legend=dict(orientation="h", x=0, y=-0.3, yanchor="top"))
-    return layout(fig, title, height=340)
+    if p.size:
+        alt = (f"Histogram of P(resistant) for {p.size:,} scored cells: {_share(resistant.sum(), p.size)} above the "
+               f"threshold {threshold:.3g}{note}, called resistant; median P(resistant) {_g(np.median(p))}.")
+    else:
+        alt = "Histogram of P(resistant): no scored cells."
+    return describe(layout(fig, title, height=340), alt, "p_resistant_histogram", zoom=False)
 
 
 def threshold_label_side(threshold: float) -> str:
@@ -356,7 +474,11 @@ def composition_figure(table: pd.DataFrame, group_name: str, title: str | None =
                            hovertemplate="%{x}: %{y:.1%} resistant (%{text})<extra></extra>"))
     fig.update_yaxes(title="fraction resistant", range=[0, 1.1], tickformat=".0%")
     fig.update_xaxes(title=group_name, type="category")
-    return layout(fig, title, height=360)
+    alt = f"Bar chart of the fraction of cells called resistant per {group_name}: " + _named(
+        [f"{g} {f:.0%} ({r:,} of {c:,})" if f == f else f"{g} n/a" for g, f, r, c in
+         zip(table["group"].astype(str), table["fraction_resistant"].astype(float), table["n_resistant"],
+             table["n_called"])]) + "."
+    return describe(layout(fig, title, height=360), alt, f"fraction_resistant_by_{group_name}", zoom=False)
 
 
 def roc_figure(roc: pd.DataFrame, auroc: float, title: str | None = None) -> go.Figure:
@@ -370,7 +492,9 @@ def roc_figure(roc: pd.DataFrame, auroc: float, title: str | None = None) -> go.
     fig.update_xaxes(title="false positive rate", range=[0, 1])
     fig.update_yaxes(title="true positive rate", range=[0, 1.02])
     fig.update_layout(legend=dict(x=0.55, y=0.08))
-    return layout(fig, title or "ROC curve", height=380)
+    alt = (f"ROC curve: true positive rate against false positive rate over {len(roc):,} thresholds; "
+           f"AUROC {auroc:.3f} (0.5 is chance, the dotted diagonal).")
+    return describe(layout(fig, title or "ROC curve", height=380), alt, "roc_curve")
 
 
 def pr_figure(pr: pd.DataFrame, auprc: float, prevalence: float, title: str | None = None) -> go.Figure:
@@ -385,7 +509,9 @@ def pr_figure(pr: pd.DataFrame, auprc: float, prevalence: float, title: str | No
     fig.update_xaxes(title="recall", range=[0, 1])
     fig.update_yaxes(title="precision", range=[0, 1.02])
     fig.update_layout(legend=dict(x=0.98, y=0.98, xanchor="right", yanchor="top"))
-    return layout(fig, title or "Precision-recall curve", height=380)
+    alt = (f"Precision-recall curve: precision against recall over {len(pr):,} thresholds; AUPRC {auprc:.3f}, "
+           f"against {prevalence:.2f} by chance (the share of resistant cells, the dotted line).")
+    return describe(layout(fig, title or "Precision-recall curve", height=380), alt, "precision_recall_curve")
 
 
 def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",
@@ -401,7 +527,12 @@ def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",
                                texttemplate="%{text:,}",
                                hovertemplate="%{y}, %{x}: %{z:,} cells<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
-    return layout(fig, title or "Confusion matrix", height=320)
+    alt = f"Confusion matrix of {int(cm.sum()):,} cells"
+    if cm.shape == (2, 2):
+        alt += (f": of {int(cm[1].sum()):,} truly {positive_label}, {int(cm[1, 1]):,} called {positive_label} and "
+                f"{int(cm[1, 0]):,} called {negative_label}; of {int(cm[0].sum()):,} truly {negative_label}, "
+                f"{int(cm[0, 0]):,} called {negative_label} and {int(cm[0, 1]):,} called {positive_label}")
+    return describe(layout(fig, title or "Confusion matrix", height=320), alt + ".", "confusion_matrix", zoom=False)
 
 
 def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray | None = None,
@@ -425,7 +556,14 @@ def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray 
                                      marker=dict(size=3, color=COLORS["resistant"], opacity=0.5),
                                      hovertemplate="filtered: %{y}<extra></extra>"), row=1, col=i)
         fig.update_xaxes(showticklabels=False, row=1, col=i)
-    return layout(fig, title, height=340)
+    medians = [f"{titles.get(c, c.replace('_', ' '))} {_g(np.nanmedian(metrics[c].to_numpy(dtype=np.float64)))}"
+               for c in cols]
+    alt = (f"Violin plots of {', '.join(titles.get(c, c.replace('_', ' ')) for c in cols) or 'no QC metric'} "
+           f"over {len(metrics):,} cells" + (f"; medians: {', '.join(medians)}" if medians else ""))
+    if passed is not None:
+        failed = int((~np.asarray(passed, dtype=bool)).sum())
+        alt += f"; {_share(failed, len(metrics))} cells fail the QC filter" + (" (red points)" if failed else "")
+    return describe(layout(fig, title, height=340), alt + ".", "qc_violins", zoom=False)
 
 
 def _log_ticks(values: np.ndarray) -> dict:
@@ -468,7 +606,14 @@ def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: s
     fig.update_xaxes(**_count_axis(x, "total counts", "sum of values"))
     fig.update_yaxes(**_count_axis(y, "genes detected", "genes detected"))
     fig.update_layout(legend=dict(orientation="h", y=1.08))
-    return layout(fig, title, height=380)
+    alt = f"Scatter plot of genes detected against total counts for {x.size:,} cells"
+    if x.size:
+        alt += f" (medians {_g(np.nanmedian(x))} counts, {_g(np.nanmedian(y))} genes)"
+    if has_mt:
+        alt += ", coloured by the share of mitochondrial counts"
+    if (~keep).any():
+        alt += f"; {_share((~keep).sum(), x.size)} fail the QC filter (red crosses)"
+    return describe(layout(fig, title, height=380), alt + ".", "qc_counts_and_genes")
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,7 +642,12 @@ def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str |
     higher = "higher expression" if level == "gene" else "a higher feature value"
     moved = "the raw resistant logit" if target == "raw_logit" else "P(resistant)"
     fig.update_layout(legend_title_text=f"{higher} pushes {moved} toward", barmode="overlay")
-    return layout(fig, title, height=max(300, 22 * n))
+    top = ranking.head(n)
+    pushes = ", ".join(f"{int((top['direction'] == d).sum()):,} toward {DIRECTION_NAMES[d]}"
+                       for d in DIRECTION_COLORS if (top["direction"] == d).any())
+    alt = (f"Bar chart of the top {len(top):,} {level}s by mean |attribution| ({target_title}): "
+           f"{_named(top['feature'].astype(str))}. {higher.capitalize()} pushes {moved}: {pushes}.")
+    return describe(layout(fig, title, height=max(300, 22 * n)), alt, f"top_{len(top)}_{level}s", zoom=False)
 
 
 def dependence_figure(feature: str, values: np.ndarray, attributions: np.ndarray, prob: np.ndarray,
@@ -517,7 +667,15 @@ def dependence_figure(feature: str, values: np.ndarray, attributions: np.ndarray
         fig.add_vline(x=float(baseline), line_dash="dot", line_color="grey", annotation_text="baseline")
     fig.update_xaxes(title=f"{feature}: model input")
     fig.update_yaxes(title=f"{feature}: attribution")
-    return layout(fig, None, height=420)
+    x, a = np.asarray(values, dtype=np.float64), np.asarray(attributions, dtype=np.float64)
+    alt = (f"Scatter plot of {feature}'s attribution against its model input for {x.size:,} explained cells, "
+           "coloured by P(resistant)")
+    both = np.isfinite(x) & np.isfinite(a)
+    if both.any():
+        alt += f"; attributions from {_g(a[both].min())} to {_g(a[both].max())}"
+    if both.sum() > 2 and np.ptp(x[both]) > 0 and np.ptp(a[both]) > 0:
+        alt += f"; Spearman correlation of input and attribution {pd.Series(x[both]).corr(pd.Series(a[both]), method='spearman'):.2f}"
+    return describe(layout(fig, None, height=420), alt + ".", f"{feature}_dependence")
 
 
 def feature_map(coords: np.ndarray, values: np.ndarray, feature: str, what: str, axis: str,
@@ -536,7 +694,11 @@ def feature_map(coords: np.ndarray, values: np.ndarray, feature: str, what: str,
                           text=np.asarray(cell_ids)[ok], hovertemplate="%{text}: %{marker.color:.3g}<extra></extra>"))
     fig.update_xaxes(title=f"{axis} 1", showticklabels=False)
     fig.update_yaxes(title=f"{axis} 2", showticklabels=False)
-    return layout(fig, f"{feature}: {what}", height=460)
+    where = "UMAP" if axis == "UMAP" else f"Map ({axis} 1 and 2)"
+    alt = f"{where} of {int(ok.sum()):,} explained cells coloured by {feature}'s {what}"
+    if np.isfinite(v[ok]).any():
+        alt += f", from {_g(np.nanmin(v[ok]))} to {_g(np.nanmax(v[ok]))}"
+    return describe(layout(fig, f"{feature}: {what}", height=460), alt + ".", f"{feature}_{what}_map")
 
 
 def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go.Figure:
@@ -556,7 +718,14 @@ def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go
     fig.update_xaxes(title=f"Wilcoxon score ({positive} vs {negative})")
     fig.update_yaxes(title="mean |attribution|", type="log" if log_y else "linear",
                      **(dict(dtick=1, exponentformat="power") if log_y else {}))  # 10^-3, not "1m" or "100µ"
-    return layout(fig, None, height=420)
+    counts = ", ".join(f"{int((part['direction'] == d).sum()):,} {DIRECTION_NAMES[d]}"
+                       for d in DIRECTION_COLORS if (part["direction"] == d).any())
+    alt = (f"Scatter plot of mean |attribution| against the Wilcoxon score ({positive} vs {negative}) "
+           f"for {len(part):,} features" + (f": {counts}" if counts else ""))
+    if len(part):
+        best = part.loc[part["mean_abs_attribution"].astype(float).idxmax()]
+        alt += f"; the highest attribution: {best['feature']} (DE score {_g(best['de_score'])})"
+    return describe(layout(fig, None, height=420), alt + ".", "attribution_vs_de")
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,7 +745,31 @@ def curve_figure(curves: dict[str, Sequence[float]], title: str, x_title: str, y
         fig.add_vline(x=mark_x, line_dash="dot", annotation_text="chosen")
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title=y_title)
-    return layout(fig, title, height=350)
+    return describe(layout(fig, title, height=350), _curve_alt(curves, title, x_title, y_title, highlight, mark_x),
+                    title)
+
+
+def _curve_alt(curves: dict, title: str, x_title: str, y_title: str, highlight: str | None,
+               mark_x: float | None) -> str:
+    """:func:`curve_figure` in words: its lines, each from its first to its last value, and the
+    best value (the lowest of a loss, else the highest) and where."""
+    names = sorted(curves, key=lambda k: k != highlight)  # the highlighted line first
+    longest = max((len(ys) for ys in curves.values()), default=0)
+    alt = f"Line chart, {title}: {len(curves):,} line(s) of {y_title} over {longest:,} {x_title}s"
+    low = "loss" in y_title.lower()
+    parts = []
+    for name in names[:4]:
+        ys = np.asarray(curves[name], dtype=np.float64)
+        if not np.isfinite(ys).any():
+            continue
+        best = int(np.nanargmin(ys) if low else np.nanargmax(ys))
+        parts.append(f"{name} from {_g(ys[0])} to {_g(ys[-1])}, {'lowest' if low else 'highest'} {_g(ys[best])} "
+                     f"at {x_title} {best + 1}")
+    if parts:
+        alt += "; " + "; ".join(parts) + ("; and more lines" if len(names) > 4 else "")
+    if mark_x is not None:
+        alt += f"; {x_title} {_g(mark_x)} is marked as chosen"
+    return alt + "."
 
 
 
@@ -638,7 +831,15 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     if len(rows) < len(labels):
         fig.add_annotation(text=f"showing a random {len(rows):,} of {len(labels):,} cells", showarrow=False,
                            xref="paper", yref="paper", x=0, y=-0.12, font=dict(size=11, color="#666"))
-    return layout(fig, title, height=max(260, 90 + 34 * len(drugs)))
+    scored = np.isfinite(prob)
+    means = [f"{d} {_g(np.nanmean(prob[scored[:, j], j]))}" if scored[:, j].any() else f"{d} not scored"
+             for j, d in enumerate(drugs)]
+    alt = (f"Heatmap of P(resistant) for {len(labels):,} cells by {len(drugs):,} drugs, the cells ordered by "
+           + (f"{group_name} ({len(starts):,} groups)" if grouped else "their mean P(resistant)")
+           + f"; mean P(resistant) per drug: {_named(means)}")
+    if len(rows) < len(labels):
+        alt += f"; a random {len(rows):,} of the cells are drawn"
+    return describe(layout(fig, title, height=max(260, 90 + 34 * len(drugs))), alt + ".", "panel_heatmap")
 
 
 def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = None) -> go.Figure:
@@ -657,7 +858,17 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
     fig.update_xaxes(title="drug (dot size: fraction called resistant)", type="category")
     fig.update_yaxes(title=group_name, type="category", autorange="reversed")
     n_groups = summary["group"].nunique()
-    return layout(fig, title, height=max(300, 120 + 36 * n_groups))
+    alt = (f"Dot plot of {summary['drug'].nunique():,} drugs in {n_groups:,} groups by {group_name}: the dot's "
+           "size is the fraction of cells called resistant, its colour the mean P(resistant)")
+    known = summary[summary["fraction_resistant"].astype(float).notna()]
+    if len(known):
+        def said(row) -> str:
+            return (f"{row['group']} with {row['drug']}, {float(row['fraction_resistant']):.0%} of "
+                    f"{int(row['n_called']):,} cells")
+        order = known["fraction_resistant"].astype(float)
+        alt += f"; most resistant: {said(known.loc[order.idxmax()])}; least: {said(known.loc[order.idxmin()])}"
+    return describe(layout(fig, title, height=max(300, 120 + 36 * n_groups)), alt + ".",
+                    f"panel_dotplot_{group_name}", zoom=False)
 
 
 #: What a "*" after a drug in :func:`drug_ranking_figure` means (said beside the chart).
@@ -687,7 +898,12 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.F
     fig = layout(fig, wrap_title(title), height=max(220, 90 + 34 * len(ranking)))
     if title and "<br>" in fig.layout.title.text:
         fig.update_layout(margin=dict(t=70))  # room for the title's second line
-    return fig
+    said = [f"{d} {f:.0%}" if f == f else f"{d} n/a" for d, f in
+            zip(ranking["drug"].astype(str), ranking["fraction_resistant"].astype(float))]
+    said = [t + ("" if c else " (uncalibrated)") for t, c in zip(said, ranking["calibrated"])]
+    alt = (f"{title + ': b' if title else 'B'}ar chart of the fraction of cells called resistant per drug, "
+           f"lowest first: {_named(said)}.")
+    return describe(fig, alt, f"drug_ranking_{title or ''}", zoom=False)
 
 
 def wrap_title(title: str | None, width: int = 42) -> str | None:
@@ -725,4 +941,12 @@ def card_figure(card: dict, title: str | None = "AUROC of the model and the base
     lowest = min([r[1] - r[3] for r in rows], default=0.3)  # a model ranking the wrong way round stays in view
     fig.update_xaxes(title="AUROC", range=[min(0.3, max(0.0, lowest - 0.05)), 1.0])
     fig.update_yaxes(categoryorder="array", categoryarray=[r[0] for r in reversed(rows)], automargin=True)
-    return layout(fig, title, height=120 + 45 * max(len(rows), 1))
+    said = []
+    for ev in card.get("evaluations", []):
+        scores = [f"{r['model']} {r['auroc']:.2f} ({r['auroc_ci'][0]:.2f} to {r['auroc_ci'][1]:.2f})"
+                  for r in ev["scores"] if r["auroc"] is not None]
+        if scores:
+            said.append(f"{ev['title']}: " + ", ".join(scores))
+    alt = ("AUROC of the model and the baselines with 95% bootstrap intervals (0.5 is chance). "
+           + ("; ".join(said) if said else "No AUROC to show") + ".")
+    return describe(layout(fig, title, height=120 + 45 * max(len(rows), 1)), alt, "model_card_auroc", zoom=False)

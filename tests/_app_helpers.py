@@ -6,6 +6,7 @@ predictions carry signal (AUROC well above 0.5) and the pages show meaningful nu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -19,6 +20,21 @@ from scatd_core.nn.models import Architecture
 from scatd_core.demo.simulate import simulate_tumour
 
 DRUG = "TESTDRUG"
+#: Plotly's toolbar buttons that do nothing useful on the app's charts: never offered (keyboard stops).
+USELESS_BUTTONS = {"lasso2d", "select2d", "autoScale2d", "zoomIn2d", "zoomOut2d"}
+
+
+def assert_charts_described(at) -> list[str]:
+    """Every plotly chart of the page ``at`` shows has a text alternative (its accessible name)
+    and the app's short toolbar with a named PNG download; returns the text alternatives."""
+    alts = []
+    for chart in at.get("plotly_chart"):
+        assert chart.proto.alt.strip(), f"a chart without a text alternative: {chart.proto.spec[:300]}"
+        config = json.loads(chart.proto.config or "{}")
+        assert USELESS_BUTTONS <= set(config.get("modeBarButtonsToRemove", [])), config
+        assert config["toImageButtonOptions"]["filename"].startswith("scatd_"), config
+        alts.append(chart.proto.alt)
+    return alts
 BUNDLE_FOLDER = "testdrug_dist_vae"
 
 
