@@ -19,7 +19,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import original_scatd as orig
-from _app_helpers import BUNDLE_FOLDER, make_bundle, make_dataset, trained_library  # noqa: F401 (fixture)
+from _app_helpers import (BUNDLE_FOLDER, assert_charts_described, make_bundle, make_dataset,  # noqa: F401
+                          trained_library)  # (fixture)
 from scatd_app import state, ui
 from scatd_core import pl
 
@@ -226,6 +227,8 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert at.session_state[state.ADATA].uns["scatd_labels"]["response"]["how"] == "recognised from the words"
     assert at.session_state[state.SAMPLE_COLUMN] == "sample"
     assert len(at.get("plotly_chart")) == 2  # QC violins and scatter
+    # each chart says what it shows to a screen reader, and offers only the buttons of use
+    assert [a.split(" of ")[0] for a in assert_charts_described(at)] == ["Violin plots", "Scatter plot"]
 
     goto(at, "2_Model")
     assert "Coverage is good" in text(at.success)
@@ -238,6 +241,7 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     ok(at)
     assert f"Predicted {N_CELLS:,} of {N_CELLS:,} cells" in text(at.success)
     assert "not calibrated" in text(at.warning)
+    assert assert_charts_described(at)[0].startswith(f"Histogram of P(resistant) for {N_CELLS:,} scored cells")
     result = at.session_state[state.ADATA]
     assert result.n_obs == N_CELLS and "X_scatd" in result.obsm
     # the Cells page's UMAP is under way in the background (here it followed the prediction made
@@ -250,6 +254,8 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     assert "X_umap" in result.obsm
     assert float(metric(at, "AUROC")) > 0.6  # the test model transfers to a new tumour
     assert len(at.get("plotly_chart")) >= 5  # UMAP, groups, ROC, PR, confusion
+    alts = assert_charts_described(at)
+    assert any(a.startswith("ROC curve") and f"AUROC {float(metric(at, 'AUROC')):.3f}" in a for a in alts), alts
     assert "Uncalibrated" in text(at.warning)
     resistant = int(metric(at, "Resistant").replace(",", ""))
     at.slider(key="cells_threshold").set_value(0.99).run()  # relabel without recomputing

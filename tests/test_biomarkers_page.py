@@ -11,6 +11,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from _app_helpers import assert_charts_described
 from scatd_app import state as S
 from scatd_core.predict import predict
 
@@ -78,6 +79,8 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
     assert table.shape[0] == 50 and list(table["rank"]) == list(range(1, 51))
     assert any("Integrated gradients" in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) >= 3  # bar chart, dependence plot, map (+ DE comparison)
+    top = list(expl.ranking["feature"][:3])
+    assert all(g in assert_charts_described(at)[0] for g in top)  # the bar chart's text names the top genes
     assert len(at.get("download_button")) == 3  # the ranking, its metrics file, the per-cell values
     assert {"Cells explained", "Completeness error"} <= {m.label for m in at.metric}
     rho = next((m.value for m in at.metric if m.label == "Spearman |attr| vs |DE|"), None)

@@ -224,6 +224,14 @@ def test_upload_predict_umap_download(server, tmp_path):
             page.get_by_text(f"Predicted {N_CELLS:,} of {N_CELLS:,} cells").wait_for(timeout=120_000)
             _plots(page, 1)
             _idle(page)
+            # the chart's text alternative reaches the page as its accessible name, and its toolbar keeps
+            # only the buttons of use (each one is a stop in the keyboard's tab order)
+            hist = page.get_by_role("figure", name=re.compile(
+                rf"^Histogram of P\(resistant\) for {N_CELLS:,} scored cells: [\d,]+ \([\d.]+%\) above the threshold"))
+            assert hist.count() == 1
+            buttons = hist.locator(".modebar-btn").evaluate_all("bs => bs.map(b => b.getAttribute('data-title'))")
+            assert "Download plot as a PNG" in buttons and "Reset axes" in buttons, buttons
+            assert not {"Autoscale", "Zoom in", "Zoom out", "Box Select", "Lasso Select"} & set(buttons), buttons
             _no_exception(page)
             _shot(page, "3_predict")
 

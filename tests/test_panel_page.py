@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from _app_helpers import make_bundle, make_dataset
+from _app_helpers import assert_charts_described, make_bundle, make_dataset
 from scatd_app import state
 from scatd_core import panel, pl
 
@@ -62,6 +62,8 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     # heatmap, dot plot, two rankings (sample is the grouping: the reader found it)
     assert at.selectbox(key="panel_group").value == "sample"
     assert len(at.get("plotly_chart")) == 4
+    alts = assert_charts_described(at)  # what each chart shows, for a screen reader
+    assert alts[0].startswith("Heatmap of P(resistant)") and alts[1].startswith("Dot plot") and "DRUGA" in alts[2]
     assert "Uncalibrated" in text(at.warning) and "compare mean P" not in text(at.warning)
     # the notes name each model's own threshold and only the ways this page offers to calibrate
     notes = text(at.warning).replace("\\", "")  # as typed, without the markdown escapes

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from scatd_app import state as S
 from scatd_core.bundle import list_library
 
+from _app_helpers import assert_charts_described
 from test_train import synthetic
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -94,6 +95,7 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     details = next(e for e in at.expander if e.label == "Data, genes and settings")
     assert "bulk bulk.csv" in details.markdown[0].value and "head linear" in details.markdown[0].value
     assert len(at.get("plotly_chart")) == 2  # the model card's AUROCs, pretraining losses
+    assert [a.split(" ")[0] for a in assert_charts_described(at)] == ["AUROC", "Line"]
     # the model card: the baselines next to the model, and a verdict for each
     shown = at.dataframe[0].value  # the bulk CV's table; the baselines by short names, their settings said below
     assert list(shown["model"][:3]) == ["this model", "logistic regression", "gradient boosting"]
