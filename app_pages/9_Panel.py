@@ -215,6 +215,7 @@ groups = ([CLUSTER] if CLUSTER in adata.obs else []) + [
 groups = list(dict.fromkeys(groups))
 names = {CLUSTER: "Leiden cluster"}
 prob, drugs = panel.probability_matrix(adata)
+drug_thresholds = panel.thresholds(adata)  # each drug's colours are relative to the threshold its calls use
 st.subheader("Cells x drugs")
 if groups:
     if ss.get("panel_group") not in groups:
@@ -223,23 +224,24 @@ if groups:
                          format_func=ui.detached(lambda g: names.get(g, g)))
     summary = panel.group_summary(adata, group)
     order = list(dict.fromkeys(summary["group"]))
-    ui.chart(pl.panel_heatmap(prob, drugs, panel.group_values(adata, group), names.get(group, group), order),
-             key="panel_heatmap")
+    ui.chart(pl.panel_heatmap(prob, drugs, panel.group_values(adata, group), names.get(group, group), order,
+                              thresholds=drug_thresholds), key="panel_heatmap")
     left, right = st.columns([0.55, 0.45])
-    ui.chart(pl.panel_dotplot(summary, names.get(group, group), f"Fraction resistant per {names.get(group, group)}"),
-             key="panel_dots", where=left)
+    ui.chart(pl.panel_dotplot(summary, names.get(group, group), f"Fraction resistant per {names.get(group, group)}",
+                              thresholds=drug_thresholds), key="panel_dots", where=left)
     with right:
         ui.group_table(summary, height=360)
 else:
     group = None
-    ui.chart(pl.panel_heatmap(prob, drugs, None, None), key="panel_heatmap")  # by mean P(resistant)
+    ui.chart(pl.panel_heatmap(prob, drugs, None, None, thresholds=drug_thresholds),
+             key="panel_heatmap")  # by mean P(resistant)
     st.caption("No cluster or sample column to order the cells by.")
 
 # ------------------------------------------------------------------ ranking
 st.subheader("Which drug?")
 left, right = st.columns(2)
-ui.chart(pl.drug_ranking_figure(panel.drug_ranking(adata), panel.ranking_title(adata, "Whole sample")),
-         key="panel_rank_all", where=left)
+ui.chart(pl.drug_ranking_figure(panel.drug_ranking(adata), panel.ranking_title(adata, "Whole sample"),
+                                thresholds=drug_thresholds), key="panel_rank_all", where=left)
 if (whole_caveat := panel.whole_sample_caveat(adata)) is not None:
     left.caption(ui.md(whole_caveat))
 if group is not None:
@@ -249,8 +251,8 @@ if group is not None:
     chosen = right.selectbox(f"For one {ui.md(names.get(group, group))}", values, key="panel_group_value")
     in_group = (panel.group_values(adata, group).astype(str) == chosen).to_numpy()
     ui.chart(pl.drug_ranking_figure(panel.drug_ranking(adata, in_group),
-                                    panel.ranking_title(adata, f"{names.get(group, group)} {chosen}")),
-             key="panel_rank_group", where=right)
+                                    panel.ranking_title(adata, f"{names.get(group, group)} {chosen}"),
+                                    thresholds=drug_thresholds), key="panel_rank_group", where=right)
 caveat = panel.ranking_caveat(adata, app=True)
 if caveat:
     st.caption(ui.md(f"{pl.UNCALIBRATED_MARK} {caveat}"))

@@ -1226,7 +1226,7 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     parts.append(f"<h2>{html.escape(panel.ranking_title(adata, 'Whole sample'))}</h2>"
                  + (f"<p class='warn'>{html.escape(caveat)}</p>" if caveat else "")
                  # uncalibrated, the order does not rank the drugs: no rank column then
-                 + _figure_html(pl.drug_ranking_figure(ranking))
+                 + _figure_html(pl.drug_ranking_figure(ranking, thresholds=panel.thresholds(adata)))
                  + _frame_html(ranking.drop(columns="rank") if caveat else ranking))
     prob, drugs = panel.probability_matrix(adata)
     for column in panel_group_columns(adata, group_columns):
@@ -1235,8 +1235,10 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
         order = list(dict.fromkeys(summary_["group"]))
         parts.append(f"<h2>Per {html.escape(name)}</h2>")
         parts.append(_figure_html(pl.panel_heatmap(prob, drugs, panel.group_values(adata, column), name, order,
-                                                   f"P(resistant), cells x drugs, by {name}")))
-        parts.append(_figure_html(pl.panel_dotplot(summary_, name, f"Fraction resistant per {name} and drug")))
+                                                   f"P(resistant), cells x drugs, by {name}",
+                                                   thresholds=panel.thresholds(adata))))
+        parts.append(_figure_html(pl.panel_dotplot(summary_, name, f"Fraction resistant per {name} and drug",
+                                                   thresholds=panel.thresholds(adata))))
     statement, subclone = panel.resistant_to_all_statement(adata, app=app)
     parts.append(f"<h2>Cells resistant to every drug</h2><p>{html.escape(statement)}</p>")
     if _keys.UMAP in adata.obsm:

@@ -804,6 +804,12 @@ def drug_ranking(adata: ad.AnnData, cells: np.ndarray | None = None) -> pd.DataF
     return table.reset_index(drop=True)
 
 
+def thresholds(adata: ad.AnnData) -> dict[str, float]:
+    """Each scored drug's current threshold (the one its calls use), in panel order: the panel's figures
+    colour each drug's P(resistant) relative to it (:func:`scatd_core.pl.relative_to_threshold`)."""
+    return {m.drug: float(adata.uns[m.key]["threshold"]["value"]) for m in members(adata)}
+
+
 def probability_matrix(adata: ad.AnnData) -> tuple[np.ndarray, list[str]]:
     """Cells x scored drugs of P(resistant) (NaN where not scored), and the drug names."""
     ms = members(adata)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,8 +50,40 @@ def prob_colorscale(threshold: float = 0.5) -> list[list]:
     return stops
 
 
-#: P(resistant) drawn without a threshold in use (a panel's several drugs): neutral grey at 0.5.
+#: P(resistant) drawn without a threshold in use: neutral grey at 0.5. A panel's several drugs, each
+#: with its own threshold, are drawn relative to their thresholds instead (:func:`relative_to_threshold`).
 PROB_SCALE = prob_colorscale(0.5)
+
+
+def relative_to_threshold(prob, threshold) -> np.ndarray:
+    """P(resistant) on a scale whose midpoint 0.5 is ``threshold`` (one value, or one per column of
+    ``prob``): ``0.5 * P / t`` below it, ``0.5 + 0.5 * (P - t) / (1 - t)`` from it up, so 0 stays 0, 1
+    stays 1 and every drug's threshold falls on the grey of :data:`PROB_SCALE`. A panel drawn on one
+    scale centred on 0.5 showed a cell with P = 0.6, which a threshold of 0.72 calls sensitive, in red.
+    NaN (not scored) stays NaN."""
+    p = np.asarray(prob, dtype=np.float64)
+    t = np.broadcast_to(np.clip(np.asarray(threshold, dtype=np.float64), 0.0, 1.0), p.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = np.where(t > 0, 0.5 * p / t, 0.5)
+        above = np.where(t < 1, 0.5 + 0.5 * (p - t) / (1 - t), 1.0)
+    return np.where(np.isnan(p), np.nan, np.clip(np.where(p < t, below, above), 0.0, 1.0))
+
+
+def relative_colorbar(title: str = "P(resistant)", meaning: str = "red: called resistant<br>blue: called sensitive",
+                      thickness: int = 14) -> dict:
+    """The colour bar of values drawn by :func:`relative_to_threshold`: 0, each drug's threshold (the
+    grey midpoint) and 1, with what red and blue mean in its title."""
+    return dict(thickness=thickness, tickmode="array", tickvals=[0.0, 0.5, 1.0],
+                ticktext=["0", "each drug's<br>threshold", "1"], title=dict(text=f"{title}<br>{meaning}", side="top"))
+
+
+def _drug_thresholds(drugs: Sequence[str], thresholds) -> np.ndarray:
+    """``thresholds`` (a mapping drug -> threshold) in the order of ``drugs``."""
+    missing = [d for d in drugs if d not in thresholds]
+    if missing:
+        raise ValueError(f"No threshold given for {', '.join(map(str, missing))}: each drug's P(resistant) is drawn "
+                         "relative to the threshold its calls use.")
+    return np.array([float(thresholds[d]) for d in drugs], dtype=np.float64)
 
 
 def prob_colorbar(threshold: float | None, title: str = "P(resistant)", thickness: int = 14) -> dict:
@@ -796,12 +828,18 @@ def _heatmap_rows(groups: np.ndarray, prob: np.ndarray, max_cells: int) -> np.nd
 
 def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | None, group_name: str | None,
                   group_order: Sequence[str] | None = None, title: str | None = None,
-                  max_cells: int = MAX_HEATMAP_CELLS) -> go.Figure:
+                  max_cells: int = MAX_HEATMAP_CELLS, *, thresholds: Mapping[str, float]) -> go.Figure:
     """Cells x drugs heatmap of P(resistant): cells ordered by ``groups`` (cluster / sample), then by
     their mean P within each group; group boundaries marked and named. ``groups=None``: one group,
     the cells ordered by their mean P only (said so on the axis, no group in the hover). Above
-    ``max_cells`` a seeded random subsample is drawn (stated under the plot). Grey: not scored."""
+    ``max_cells`` a seeded random subsample is drawn (stated under the plot).
+
+    Each drug's row is coloured relative to the threshold its calls use (``thresholds``: drug ->
+    threshold; :func:`relative_to_threshold`): blue, called sensitive; red, called resistant; light
+    grey at the threshold. The hover gives the cell's P, the drug's threshold and the call. Cells a
+    drug's model did not score are a darker grey (:data:`COLORS`), said under the plot."""
     prob = np.asarray(prob, dtype=np.float64)
+    thr = _drug_thresholds(drugs, thresholds)
     grouped = groups is not None
     if not grouped:
         groups, group_name = np.full(prob.shape[0], "all cells", dtype=object), ""
@@ -810,13 +848,23 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     rank = {g: i for i, g in enumerate(order)}
     codes = np.array([rank.get(g, len(rank)) for g in labels])
     rows = _heatmap_rows(codes, prob, max_cells)
-    z = prob[rows].T
+    raw = prob[rows].T  # drugs x cells
+    z = relative_to_threshold(raw, thr[:, None])
+    called = np.where(raw > thr[:, None], "called resistant", "called sensitive")
+    shape = raw.shape
+    custom = np.stack([np.broadcast_to(labels[rows], shape).astype(object), raw.astype(object),
+                       np.broadcast_to(thr[:, None], shape).astype(object), called.astype(object)], axis=-1)
+    where = (html.escape(group_name) + " %{customdata[0]}<br>") if grouped else ""
     fig = go.Figure(go.Heatmap(z=z, y=list(drugs), x=np.arange(len(rows)), zmin=0, zmax=1, colorscale=PROB_SCALE,
-                               colorbar=dict(title=dict(text="P(resistant)", side="top"), thickness=14),
-                               customdata=np.tile(labels[rows], (len(drugs), 1)),
-                               hovertemplate="%{y}<br>" + (html.escape(group_name) + " %{customdata}<br>"
-                                                           if grouped else "") +
-                                             "P(resistant) %{z:.3f}<extra></extra>"))
+                               colorbar=relative_colorbar(), customdata=custom, hoverongaps=False,
+                               hovertemplate="%{y}<br>" + where + "P(resistant) %{customdata[1]:.3f}<br>"
+                                             "threshold %{customdata[2]:.3g}: %{customdata[3]}<extra></extra>"))
+    missing = np.isnan(raw)
+    if missing.any():  # not scored: a darker grey than the threshold's, with its own hover
+        fig.add_trace(go.Heatmap(z=np.where(missing, 0.0, np.nan), y=list(drugs), x=np.arange(len(rows)),
+                                 colorscale=[[0, COLORS[NOT_SCORED]], [1, COLORS[NOT_SCORED]]], showscale=False,
+                                 zmin=0, zmax=1, hoverongaps=False, customdata=custom,
+                                 hovertemplate="%{y}<br>" + where + "not scored by this drug's model<extra></extra>"))
     drawn = codes[rows]
     starts = np.flatnonzero(np.r_[True, drawn[1:] != drawn[:-1]])
     ends = np.r_[starts[1:], len(rows)]
@@ -828,8 +876,11 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     fig.update_xaxes(title=f"cells, ordered by {group_name}" if grouped else
                      "cells, ordered by their mean P(resistant) over the drugs", showticklabels=False, showgrid=False)
     fig.update_yaxes(title="", autorange="reversed", type="category")
+    notes = ["dark grey: not scored by that drug's model"] if missing.any() else []
     if len(rows) < len(labels):
-        fig.add_annotation(text=f"showing a random {len(rows):,} of {len(labels):,} cells", showarrow=False,
+        notes.append(f"showing a random {len(rows):,} of {len(labels):,} cells")
+    if notes:
+        fig.add_annotation(text="; ".join(notes), showarrow=False,
                            xref="paper", yref="paper", x=0, y=-0.12, font=dict(size=11, color="#666"))
     scored = np.isfinite(prob)
     means = [f"{d} {_g(np.nanmean(prob[scored[:, j], j]))}" if scored[:, j].any() else f"{d} not scored"
@@ -842,19 +893,24 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     return describe(layout(fig, title, height=max(260, 90 + 34 * len(drugs))), alt + ".", "panel_heatmap")
 
 
-def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = None) -> go.Figure:
-    """Per group and drug: dot size = fraction called resistant, colour = mean P(resistant)
-    (from :func:`scatd_core.panel.group_summary`)."""
+def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = None, *,
+                  thresholds: Mapping[str, float]) -> go.Figure:
+    """Per group and drug: dot size = fraction called resistant, colour = mean P(resistant) relative to
+    that drug's threshold (``thresholds``: drug -> threshold; :func:`relative_to_threshold`): red, the
+    mean above the threshold its calls use, blue, below it (from :func:`scatd_core.panel.group_summary`)."""
     frac = summary["fraction_resistant"].astype(float).fillna(0.0)
+    drugs = summary["drug"].astype(str)
+    thr = _drug_thresholds(list(drugs), {str(k): v for k, v in thresholds.items()})
+    mean = summary["mean_prob_resistant"].astype(float).to_numpy()
     fig = go.Figure(go.Scatter(
-        x=summary["drug"].astype(str), y=summary["group"].astype(str), mode="markers",
-        marker=dict(size=6 + 34 * frac, color=summary["mean_prob_resistant"].astype(float), cmin=0, cmax=1,
+        x=drugs, y=summary["group"].astype(str), mode="markers",
+        marker=dict(size=6 + 34 * frac, color=relative_to_threshold(mean, thr), cmin=0, cmax=1,
                     colorscale=PROB_SCALE, line=dict(color="#444", width=0.5),
-                    colorbar=dict(title=dict(text="mean P(resistant)", side="top"), thickness=14)),
-        customdata=np.c_[summary["fraction_resistant"].astype(float), summary["n_called"],
-                         summary["mean_prob_resistant"].astype(float)],
+                    colorbar=relative_colorbar("mean P(resistant)",
+                                               "red: above the drug's threshold<br>blue: below it")),
+        customdata=np.c_[summary["fraction_resistant"].astype(float), summary["n_called"], mean, thr],
         hovertemplate="%{x} · %{y}<br>%{customdata[0]:.1%} of %{customdata[1]} cells resistant"
-                      "<br>mean P %{customdata[2]:.3f}<extra></extra>"))
+                      "<br>mean P %{customdata[2]:.3f} (threshold %{customdata[3]:.3g})<extra></extra>"))
     fig.update_xaxes(title="drug (dot size: fraction called resistant)", type="category")
     fig.update_yaxes(title=group_name, type="category", autorange="reversed")
     n_groups = summary["group"].nunique()
@@ -876,20 +932,26 @@ UNCALIBRATED_MARK = ("* uncalibrated: called at the model's own threshold, so it
                      "the other drugs'.")
 
 
-def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Fraction called resistant per drug, best (lowest) first, coloured by mean P(resistant)
-    (from :func:`scatd_core.panel.drug_ranking`); uncalibrated calls are marked."""
+def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None, *,
+                        thresholds: Mapping[str, float]) -> go.Figure:
+    """Fraction called resistant per drug, best (lowest) first, coloured by mean P(resistant) relative
+    to the drug's threshold (``thresholds``: drug -> threshold; :func:`relative_to_threshold`), from
+    :func:`scatd_core.panel.drug_ranking`; uncalibrated calls are marked."""
     names = [f"{d}{'' if c else ' *'}" for d, c in zip(ranking["drug"].astype(str), ranking["calibrated"])]
+    thr = _drug_thresholds(list(ranking["drug"].astype(str)), {str(k): v for k, v in thresholds.items()})
+    mean = ranking["mean_prob_resistant"].astype(float).to_numpy()
     fig = go.Figure(go.Bar(
         y=names, x=ranking["fraction_resistant"].astype(float), orientation="h",
-        # the colour is the drug's mean P(resistant), said on its colour bar (QA: with no legend, a lighter
-        # bar for a longer one read as a contradiction)
-        marker=dict(color=ranking["mean_prob_resistant"].astype(float), cmin=0, cmax=1, colorscale=PROB_SCALE,
-                    showscale=True, colorbar=dict(title=dict(text="mean<br>P(resistant)", side="top"),
-                                                  thickness=12, len=0.8)),
+        # the colour is the drug's mean P(resistant) against its threshold, said on its colour bar (QA: with
+        # no legend, a lighter bar for a longer one read as a contradiction)
+        marker=dict(color=relative_to_threshold(mean, thr), cmin=0, cmax=1, colorscale=PROB_SCALE,
+                    showscale=True, colorbar={**relative_colorbar("mean<br>P(resistant)",
+                                                                  "red: above the<br>drug's threshold<br>"
+                                                                  "blue: below it", thickness=12), "len": 0.8}),
         text=[f"{f:.0%}" if f == f else "n/a" for f in ranking["fraction_resistant"].astype(float)],
-        textposition="outside", customdata=ranking["mean_prob_resistant"].astype(float),
-        hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata:.3f}<extra></extra>"))
+        textposition="outside", customdata=np.c_[mean, thr],
+        hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata[0]:.3f} (threshold %{customdata[1]:.3g})"
+                      "<extra></extra>"))
     # short enough for a half-width chart (the Drug panel page); what "*" means is in its caption
     # (UNCALIBRATED_MARK) and in the report's note above the chart
     note = "" if ranking["calibrated"].all() else " (* uncalibrated)"

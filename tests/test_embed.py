@@ -155,7 +155,7 @@ def test_names_from_the_data_are_text_in_figures():
     assert all("<br>" in t.hovertemplate for t in fig.data)  # the hover's own line break is kept
     summary = pd.DataFrame({"drug": ["D<b>1</b>", "D2"], "group": [link, "g2"], "fraction_resistant": [0.5, 0.2],
                             "n_called": [10, 10], "mean_prob_resistant": [0.4, 0.3]})
-    dots = pl.panel_dotplot(summary, group_name="<a href='x'>g</a>")
+    dots = pl.panel_dotplot(summary, group_name="<a href='x'>g</a>", thresholds={"D<b>1</b>": 0.5, "D2": 0.5})
     texts = [str(v) for v in dots.data[0].x] + [str(v) for v in dots.data[0].y] + [dots.layout.yaxis.title.text]
     assert not [s for s in texts if "<a" in s or "<b>" in s]
 
@@ -392,7 +392,8 @@ def test_figure_text_is_dark_enough_to_read_in_the_app_and_the_report():
                             "rank": [1], "de_score": [1.0]})
     for fig in (pl.umap_figure(coords, np.linspace(0, 1, 20), name="P"),
                 pl.probability_histogram(np.linspace(0, 1, 20), 0.5), pl.biomarker_bar(ranking, 1, "P(resistant)"),
-                pl.panel_heatmap(np.random.default_rng(0).random((20, 2)), ["A", "B"], ["g"] * 20, "group")):
+                pl.panel_heatmap(np.random.default_rng(0).random((20, 2)), ["A", "B"], ["g"] * 20, "group",
+                                 thresholds={"A": 0.5, "B": 0.5})):
         lay = fig.layout
         for colour in (lay.font.color, lay.xaxis.tickfont.color, lay.yaxis.tickfont.color,
                        lay.xaxis.title.font.color, lay.yaxis.title.font.color, lay.legend.font.color):
@@ -417,12 +418,13 @@ def test_a_panel_heatmap_without_groups_says_how_its_cells_are_ordered_axis_and_
     """The Drug panel page without a cluster or sample column: its axis read "cells, ordered by all
     cells" and each cell's hover "cells all cells"; no group is said where there is none."""
     prob = np.random.default_rng(0).random((30, 2))
-    fig = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], None, None)
+    thresholds = {"DRUGA": 0.5, "DRUGB": 0.5}
+    fig = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], None, None, thresholds=thresholds)
     assert fig.layout.xaxis.title.text == "cells, ordered by their mean P(resistant) over the drugs"
     assert "all cells" not in fig.data[0].hovertemplate and "P(resistant)" in fig.data[0].hovertemplate
-    grouped = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], ["P1"] * 15 + ["P2"] * 15, "sample")
+    grouped = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], ["P1"] * 15 + ["P2"] * 15, "sample", thresholds=thresholds)
     assert grouped.layout.xaxis.title.text == "cells, ordered by sample"
-    assert "sample %{customdata}" in grouped.data[0].hovertemplate
+    assert "sample %{customdata[0]}" in grouped.data[0].hovertemplate
 
 
 def test_an_ensembles_tiny_spread_is_drawn_tiny_and_its_hover_keeps_its_digits():
@@ -442,5 +444,40 @@ def test_the_drug_ranking_says_what_its_bar_colour_means():
     for a longer one (92% called resistant, lighter than 85%) looked like a contradiction."""
     ranking = pd.DataFrame({"drug": ["A", "B"], "fraction_resistant": [0.85, 0.92], "mean_prob_resistant": [0.7, 0.6],
                             "calibrated": [True, True]})
-    bar = pl.drug_ranking_figure(ranking).data[0]
-    assert bar.marker.showscale and "mean<br>P(resistant)" == bar.marker.colorbar.title.text
+    bar = pl.drug_ranking_figure(ranking, thresholds={"A": 0.5, "B": 0.5}).data[0]
+    assert bar.marker.showscale and bar.marker.colorbar.title.text.startswith("mean<br>P(resistant)")
+
+
+def test_panel_figures_colour_each_drug_relative_to_the_threshold_its_calls_use():
+    """QA: the panel's heatmap, dot plot and ranking coloured P(resistant) on one scale whose grey was 0.5,
+    while each drug is called at its own threshold: a cell with P = 0.6, which DRUGA's threshold 0.72 calls
+    sensitive, was drawn red. Each drug's values are now drawn relative to its threshold (the grey)."""
+    thresholds = {"DRUGA": 0.72, "DRUGB": 0.3}
+    prob = np.array([[0.6, 0.4], [0.9, 0.1], [np.nan, 0.3]])  # cells x drugs; DRUGA did not score the third
+    assert pl.relative_to_threshold(np.array([0.0, 0.36, 0.72, 0.86, 1.0, np.nan]), 0.72) == pytest.approx(
+        [0.0, 0.25, 0.5, 0.75, 1.0, np.nan], nan_ok=True)
+    fig = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], ["g"] * 3, "sample", thresholds=thresholds)
+    z = np.asarray(fig.data[0].z, dtype=float)  # drugs x cells, cells in the order drawn
+    custom = np.asarray(fig.data[0].customdata, dtype=object)
+    a_06 = [j for j in range(3) if custom[0, j, 1] == 0.6][0]
+    assert z[0, a_06] < 0.5 and custom[0, a_06, 2] == 0.72 and custom[0, a_06, 3] == "called sensitive"
+    b_04 = [j for j in range(3) if custom[1, j, 1] == 0.4][0]
+    assert z[1, b_04] > 0.5 and custom[1, b_04, 3] == "called resistant"  # P 0.4 above DRUGB's 0.3: red side
+    assert "threshold %{customdata[2]" in fig.data[0].hovertemplate and "%{customdata[1]" in fig.data[0].hovertemplate
+    bar = fig.data[0].colorbar
+    assert list(bar.tickvals) == [0, 0.5, 1] and "each drug's<br>threshold" in bar.ticktext
+    assert "red: called resistant" in bar.title.text and "blue: called sensitive" in bar.title.text
+    # not scored: its own darker grey, not the threshold's light grey (nor white)
+    assert len(fig.data) == 2 and fig.data[1].colorscale[0][1] == pl.COLORS["not scored"] != pl.PROB_NEUTRAL
+    assert np.isfinite(np.asarray(fig.data[1].z, dtype=float)).sum() == 1
+    assert any("not scored" in a.text for a in fig.layout.annotations)
+    with pytest.raises(ValueError, match="No threshold given for DRUGB"):
+        pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], None, None, thresholds={"DRUGA": 0.72})
+    summary = pd.DataFrame({"group": ["g", "g"], "drug": ["DRUGA", "DRUGB"], "fraction_resistant": [0.1, 0.9],
+                            "n_called": [10, 10], "mean_prob_resistant": [0.6, 0.4]})
+    dots = pl.panel_dotplot(summary, "sample", thresholds=thresholds).data[0]
+    assert dots.marker.color[0] < 0.5 < dots.marker.color[1]
+    assert "threshold" in dots.marker.colorbar.title.text and "threshold %{customdata[3]" in dots.hovertemplate
+    ranking = summary.drop(columns="group").assign(calibrated=True)
+    bars = pl.drug_ranking_figure(ranking, thresholds=thresholds).data[0]
+    assert bars.marker.color[0] < 0.5 < bars.marker.color[1]

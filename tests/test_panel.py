@@ -969,3 +969,24 @@ def test_the_panel_says_it_does_not_run_on_ray_where_a_prediction_would(monkeypa
     assert "runs in the server process, one model after another, not on Ray" in note and "150 cells" in note
     monkeypatch.setattr(_run, "ray_available", lambda: False)  # Ray not installed: one process anyway
     assert panel.scaleout_note(150) is None
+
+
+def test_the_panel_report_draws_each_drug_relative_to_the_threshold_its_calls_use(library, monkeypatch):
+    """The heatmap, dot plot and ranking of the HTML report get each drug's current threshold (a
+    threshold of 0.72 set on DRUGA), so that their colours say the calls (blue: sensitive, red: resistant)."""
+    from scatd_core import pl
+
+    data = make_dataset(150, seed=9)
+    members = panel.predict_panel(data, _bundles(library))
+    set_threshold(data, 0.72, "user", key_added=members[0].key)
+    panel.refresh(data)
+    expected = {"DRUGA": 0.72, **{m.drug: data.uns[m.key]["threshold"]["value"] for m in members[1:]}}
+    assert panel.thresholds(data) == pytest.approx(expected) and list(panel.thresholds(data)) == list(DRUGS)
+    seen = {}
+    for name in ("panel_heatmap", "panel_dotplot", "drug_ranking_figure"):
+        real = getattr(pl, name)
+        monkeypatch.setattr(pl, name, lambda *a, _real=real, _name=name, **k: seen.setdefault(_name, k["thresholds"])
+                            and _real(*a, **k))
+    html = export.panel_html_report(data, group_columns=["sample"])
+    assert seen == {name: pytest.approx(expected) for name in ("panel_heatmap", "panel_dotplot", "drug_ranking_figure")}
+    assert "each drug" in html and "red: called resistant" in html
