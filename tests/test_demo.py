@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,42 @@ def test_demo_panel_builds_three_simulated_drug_models(tmp_path, monkeypatch):
     cells = simulate_tumour(n_cells=120, seed=2)
     members = panel.predict_panel(cells, first, device="cpu")
     assert [m.status for m in members] == ["scored", "scored"] and members[0].input_group == 0
+    _thresholds_chosen_on_the_reference_tumour(first)
+    # a panel cached by an older version (threshold 0.5, no reference record) is built again, once
+    library = tmp_path / "a"
+    assert demo.panel_is_built(library)
+    manifest = demo.panel_bundle_path(demo.PANEL_DRUGS[1], library) / "manifest.json"
+    old = json.loads(manifest.read_text())
+    old["threshold"] = 0.5
+    del old["provenance"]["threshold_reference"], old["provenance"]["threshold_origin"]
+    manifest.write_text(json.dumps(old))
+    assert not demo.panel_is_built(library)
+    built = []
+    monkeypatch.setattr(demo, "ensure", lambda library=None, progress=None: None)
+    monkeypatch.setattr(demo, "build_panel", lambda library=None, progress=None: built.append(library))
+    monkeypatch.setattr(demo, "bundle_path", lambda library=None: demo.panel_bundle_path(demo.PANEL_DRUGS[0], library))
+    assert len(demo.ensure_panel(library=library)) == 3 and built == [library]
+
+
+def _thresholds_chosen_on_the_reference_tumour(bundles):
+    """QA: the demo panel's DEMOPLATIN and DEMOLIMUS models kept threshold 0.5 and called most demo cells one way.
+    Their thresholds are chosen as the demo model's: Youden's J on the reference tumour (seed 1), with each
+    drug's simulated truth, never on the demo tumour; their cards say so."""
+    from scatd_core import metrics
+    from scatd_core.demo.simulate import panel_response_column, simulate_tumour
+
+    reference = simulate_tumour(demo.SIZES["tiny"][1], seed=demo.REFERENCE_SEED, panel_responses=True)
+    for bundle in bundles:
+        record = bundle.manifest["provenance"]["threshold_reference"]
+        assert record["seed"] == demo.REFERENCE_SEED != demo.DEMO_SEED and record["drug"] == bundle.drug
+        assert bundle.threshold != 0.5
+        cells = reference.copy()
+        predict(cells, bundle, device="cpu")
+        truth = (cells.obs[panel_response_column(bundle.drug)].astype(str) == "resistant").to_numpy(dtype=float)
+        assert bundle.threshold == pytest.approx(metrics.youden_threshold(truth, cells.obs["scatd_prob_resistant"]))
+        assert f"The default threshold, {bundle.threshold:.3g}, was chosen on a separate simulated tumour (seed 1" \
+            in bundle.manifest["card"]["calibration"]
+        assert "separate simulated tumour" in bundle.manifest["provenance"]["threshold_origin"]
 
 
 def test_scatd_demo_command_writes_the_report(tmp_path, monkeypatch, capsys):

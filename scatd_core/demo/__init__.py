@@ -26,7 +26,10 @@ A file lock makes concurrent first starts (several users of one server) build it
 The **demo panel** (:func:`ensure_panel`) adds models for the two other simulated drugs of the
 same screen, ``DEMOPLATIN`` and ``DEMOLIMUS`` (bundles ``DEMOPLATIN_demo``, ``DEMOLIMUS_demo``),
 trained the same way with a cheaper recipe (:func:`panel_settings`), so the panel view works
-offline with three drugs. It is built on first use of the panel, not with the demo itself.
+offline with three drugs; their thresholds are chosen as the demo model's, on the reference
+tumour, whose cells the simulator also gives a true response to each of these drugs
+(:func:`scatd_core.demo.simulate.panel_truth`). It is built on first use of the panel, not with
+the demo itself; one built before its thresholds were chosen so is built again (:func:`panel_is_built`).
 """
 
 from __future__ import annotations
@@ -181,25 +184,27 @@ def build(*, library: str | Path | None = None, out_bundle: str | Path | None = 
 
 
 def reference_threshold(bundle: Bundle, size: str = "full") -> tuple[float, dict]:
-    """The demo model's default threshold, chosen on the reference tumour (:data:`REFERENCE_SEED`).
+    """The default threshold of a demo model (the demo's, or one of the demo panel's), chosen on the
+    reference tumour (:data:`REFERENCE_SEED`).
 
     A tumour simulated as the demo's (same size) but from another seed, so other cells and
     patients, is scored by ``bundle``; the threshold is the one that best separates its known
-    resistant and sensitive cells (Youden's J = sensitivity + specificity - 1, the highest balanced
-    accuracy). Returns ``(threshold, record)``, the record saying how it was chosen (kept in the
-    bundle's provenance as ``threshold_reference``)."""
+    resistant and sensitive cells to the bundle's drug (Youden's J = sensitivity + specificity - 1,
+    the highest balanced accuracy; the truth of the panel's other drugs:
+    :func:`scatd_core.demo.simulate.panel_truth`). Returns ``(threshold, record)``, the record saying
+    how it was chosen (kept in the bundle's provenance as ``threshold_reference``)."""
     from scatd_core import metrics
-    from scatd_core.demo.simulate import simulate_tumour
+    from scatd_core.demo.simulate import panel_response_column, simulate_tumour
     from scatd_core.predict import predict
 
     n_cells = SIZES[size][1]
-    reference = simulate_tumour(n_cells, seed=REFERENCE_SEED)
+    reference = simulate_tumour(n_cells, seed=REFERENCE_SEED, panel_responses=True)
     predict(reference, bundle, device="cpu")
     prob = reference.obs["scatd_prob_resistant"].to_numpy(dtype=float)
-    truth = (reference.obs[DEMO_LABEL_COLUMN].astype(str) == "resistant").to_numpy(dtype=float)
+    truth = (reference.obs[panel_response_column(bundle.drug)].astype(str) == "resistant").to_numpy(dtype=float)
     threshold = metrics.youden_threshold(truth, prob)
     called = prob[np.isfinite(prob)] > threshold
-    record = {"data": "a separate simulated tumour (not the demo tumour)", "seed": REFERENCE_SEED,
+    record = {"data": "a separate simulated tumour (not the demo tumour)", "seed": REFERENCE_SEED, "drug": bundle.drug,
               "n_cells": int(n_cells), "n_resistant": int(truth.sum()), "n_sensitive": int((1 - truth).sum()),
               "rule": "Youden's J (the highest balanced accuracy)",
               "auroc": round(float(metrics.auroc(truth, prob)), 4),
@@ -208,11 +213,19 @@ def reference_threshold(bundle: Bundle, size: str = "full") -> tuple[float, dict
     return float(threshold), record
 
 
+#: Below this AUROC on the reference tumour, a demo model's card says that its threshold separates little.
+WEAK_REFERENCE_AUROC = 0.6
+
+
 def _threshold_words(threshold: float, record: dict) -> str:
-    return (f"chosen on a separate simulated tumour (seed {record['seed']}: {record['n_cells']:,} other cells whose "
-            f"true responses the simulation knows, {record['fraction_resistant']:.0%} resistant; not the demo "
-            f"tumour) as the cut that best separates its resistant from its sensitive cells (Youden's J, the highest "
-            f"balanced accuracy); it calls {record['fraction_called_resistant']:.0%} of those cells resistant")
+    words = (f"chosen on a separate simulated tumour (seed {record['seed']}: {record['n_cells']:,} other cells whose "
+             f"true responses the simulation knows, {record['fraction_resistant']:.0%} resistant; not the demo "
+             f"tumour) as the cut that best separates its resistant from its sensitive cells (Youden's J, the highest "
+             f"balanced accuracy); it calls {record['fraction_called_resistant']:.0%} of those cells resistant")
+    if record.get("auroc") is not None and record["auroc"] < WEAK_REFERENCE_AUROC:
+        words += (f", but the model barely tells those cells apart (AUROC {record['auroc']:.2f}), so its calls say "
+                  "little about single cells")
+    return words
 
 
 def _set_default_threshold(bundle: Bundle, threshold: float, record: dict, report: dict,
@@ -224,7 +237,10 @@ def _set_default_threshold(bundle: Bundle, threshold: float, record: dict, repor
 
     from scatd_core.metrics import evaluate
 
+    from scatd_core.demo.simulate import panel_response_column
+
     m = bundle.manifest
+    column = panel_response_column(bundle.drug)  # the simulation's truth of this drug (evaluation only)
     words = _threshold_words(threshold, record)
     m["threshold"] = float(threshold)
     m["provenance"]["threshold_origin"] = words
@@ -232,19 +248,20 @@ def _set_default_threshold(bundle: Bundle, threshold: float, record: dict, repor
     predictions = report["target_predictions"]
     prob = predictions["prob_resistant"].to_numpy(dtype=float)
     target = m.get("metrics", {}).get("target")
-    if target:  # evaluation only: the demo tumour's labels, scored at the new threshold
-        truth = (tumour.obs[DEMO_LABEL_COLUMN].astype(str).reindex(predictions["cell_id"]) == "resistant")
+    if target and column in tumour.obs:  # evaluation only: the demo tumour's labels, scored at the new threshold
+        truth = (tumour.obs[column].astype(str).reindex(predictions["cell_id"]) == "resistant")
         target.update({k: v for k, v in evaluate(truth.to_numpy(dtype=float), prob, threshold).as_dict().items()
                        if k in target})
         report["metrics"] = m["metrics"]
-    truly = float((tumour.obs[DEMO_LABEL_COLUMN].astype(str) == "resistant").mean())  # the simulation's truth
+    truly = (f" (in the simulation, {float((tumour.obs[column].astype(str) == 'resistant').mean()):.0%} of them are "
+             "resistant)" if column in tumour.obs else "")  # the simulation's truth
     card = m.get("card")
     if card is not None:
         card["calibration"] = (
             f"P(resistant) is a score from heads trained with balanced class weights on cell lines, not a calibrated "
             f"probability. The default threshold, {threshold:.3g}, was {words}: the threshold 0.5 of the training "
             f"would call {float((prob > 0.5).mean()):.0%} of the {len(prob):,} demo cells resistant, this one calls "
-            f"{float((prob > threshold).mean()):.0%} (in the simulation, {truly:.0%} of them are resistant). It is "
+            f"{float((prob > threshold).mean()):.0%}{truly}. It is "
             "not calibrated to any other data, so calls made with it are "
             "marked uncalibrated. Calibrate it with an expected resistant fraction or labelled cells, or use the "
             "ranking (AUROC does not depend on the threshold).")
@@ -288,22 +305,40 @@ def panel_bundle_path(drug: str, library: str | Path | None = None) -> Path:
 def build_panel(*, library: str | Path | None = None, size: str = "full",
                 progress: Callable[[float, str], None] | None = None) -> list[Bundle]:
     """Train the demo panel's extra models (:data:`PANEL_DRUGS`) on the demo's simulated screen,
-    adapted to the demo tumour (deterministic; existing ones are replaced)."""
-    from scatd_core.demo.simulate import simulate_demo
+    adapted to the demo tumour (deterministic; existing ones are replaced). Each model's default
+    threshold is chosen on the reference tumour, as the demo model's (:func:`reference_threshold`):
+    0.5 called most demo cells resistant."""
+    from scatd_core.demo.simulate import panel_response_column, simulate_bulk, simulate_tumour
     from scatd_core.train import train_drug_model
 
     n_cell_lines, n_cells = SIZES[size]
-    bulk, labels, tumour = simulate_demo(seed=DEMO_SEED, n_cell_lines=n_cell_lines, n_cells=n_cells)
+    bulk, labels = simulate_bulk(n_cell_lines, seed=DEMO_SEED)
+    # the demo tumour (as simulate_demo draws it), with each drug's truth for the cards only: the models
+    # adapt to it without its labels
+    tumour = simulate_tumour(n_cells, seed=DEMO_SEED, panel_responses=True)
+    unlabelled = tumour.copy()
+    unlabelled.obs = unlabelled.obs.drop(columns=[panel_response_column(d) for d in PANEL_DRUGS])
     out = []
     for i, drug in enumerate(PANEL_DRUGS):
         step = (lambda f, m, i=i, drug=drug: progress((i + f) / len(PANEL_DRUGS), f"Training the demo {drug} model: {m}")
                 ) if progress else None
-        bundle, _ = train_drug_model(
-            bulk, labels, drug, tumour, backbone="dist_vae", settings=panel_settings(size), device="cpu",
+        bundle, report = train_drug_model(
+            bulk, labels, drug, unlabelled, backbone="dist_vae", settings=panel_settings(size), device="cpu",
             target_label_column=None, out=panel_bundle_path(drug, library), overwrite=True, demo=True,
             name=f"{drug} · demo (simulated data)", progress=step)
-        out.append(bundle)
+        threshold, record = reference_threshold(bundle, size)
+        out.append(_set_default_threshold(bundle, threshold, record, report, tumour))
     return out
+
+
+def panel_is_built(library: str | Path | None = None) -> bool:
+    """The demo panel's extra models are in the library, with thresholds chosen on the reference tumour
+    (those of an older version kept 0.5, which called most demo cells resistant, and are built again)."""
+    try:
+        extra = [load_bundle(panel_bundle_path(d, library)) for d in PANEL_DRUGS]
+    except BundleError:
+        return False
+    return all("threshold_reference" in b.manifest["provenance"] for b in extra)
 
 
 def ensure_panel(*, library: str | Path | None = None,
@@ -311,8 +346,6 @@ def ensure_panel(*, library: str | Path | None = None,
     """The demo panel's three bundles (DEMOTINIB, DEMOPLATIN, DEMOLIMUS), building what is missing."""
     ensure(library=library, progress=progress)
     with _lock():
-        try:
-            extra = [load_bundle(panel_bundle_path(d, library)) for d in PANEL_DRUGS]
-        except BundleError:
-            extra = build_panel(library=library, progress=progress)
-    return [load_bundle(bundle_path(library))] + extra
+        if not panel_is_built(library):
+            build_panel(library=library, progress=progress)
+    return [load_bundle(bundle_path(library))] + [load_bundle(panel_bundle_path(d, library)) for d in PANEL_DRUGS]

@@ -55,6 +55,12 @@ the counts and 15-45% mitochondrial reads, as quality control should find them. 
 counts) about 65% of the entries are zero, a cell detects ~650 genes, and the program score
 separates resistant from sensitive cells with AUROC ~0.95.
 
+*The other drugs' truth in a tumour* (``simulate_tumour(panel_responses=True)``, :func:`panel_truth`):
+the bulk label rules applied to each cell, a cycling cell counting as proliferating. DEMOPLATIN
+spares cycling cells (the program adds some resistance); DEMOLIMUS spares haematopoietic cells,
+which the tumour lacks, so its truth is mostly "resistant" and unrelated to any cell's expression.
+The demo uses them only on the reference tumour that chooses the demo panel's thresholds.
+
 Example
 -------
 >>> from scatd_core.demo.simulate import simulate_demo, DEMO_DRUG
@@ -394,7 +400,7 @@ def _barcodes(rng: np.random.Generator, sample_index: np.ndarray) -> list[str]:
 def simulate_tumour(n_cells: int = 2000, seed: int = 0, *, n_samples: int = 3,
                     resistant_fraction: float = 0.3, median_counts: float = 3000.0,
                     program_strength: float = 1.0, batch_strength: float = 0.15,
-                    low_quality_fraction: float = 0.03) -> ad.AnnData:
+                    low_quality_fraction: float = 0.03, panel_responses: bool = False) -> ad.AnnData:
     """Simulate single-cell RNA-seq counts of a tumour with sensitive and resistant cells.
 
     Parameters
@@ -417,6 +423,10 @@ def simulate_tumour(n_cells: int = 2000, seed: int = 0, *, n_samples: int = 3,
         Standard deviation of the per-sample, per-gene log expression shift (0 = no batch).
     low_quality_fraction
         Fraction of damaged cells (low counts, 15-45% mitochondrial reads).
+    panel_responses
+        Also give each cell its true response to the screen's two other drugs
+        (``obs['response_DEMOPLATIN']``, ``obs['response_DEMOLIMUS']``; :func:`panel_truth`), drawn
+        from a random stream of their own, so every other field is the same with or without them.
 
     Returns
     -------
@@ -427,6 +437,7 @@ def simulate_tumour(n_cells: int = 2000, seed: int = 0, *, n_samples: int = 3,
         - ``obs['sample']``: patient / sample (categorical)
         - ``obs['cluster']``: cell state, one of :data:`CELL_STATES` (categorical)
         - ``obs['response']``: ground truth, ``"sensitive"`` / ``"resistant"`` (categorical)
+        - with ``panel_responses``: ``obs['response_DEMOPLATIN']``, ``obs['response_DEMOLIMUS']``, likewise
         - ``var['resistance_program']``: whether the gene is in :data:`RESISTANCE_PROGRAM`
         - ``uns['simulation']``: provenance (label, seed, parameters, program, demo drug)
     """
@@ -485,6 +496,10 @@ def simulate_tumour(n_cells: int = 2000, seed: int = 0, *, n_samples: int = 3,
         "response": pd.Categorical(np.where(resistant, "resistant", "sensitive"),
                                    categories=["sensitive", "resistant"]),
     }, index=pd.Index(barcodes))
+    if panel_responses:
+        for drug, truth in panel_truth(state, activity, seed).items():
+            obs[panel_response_column(drug)] = pd.Categorical(np.where(truth, "resistant", "sensitive"),
+                                                              categories=["sensitive", "resistant"])
     tumour = ad.AnnData(
         X=counts, obs=obs,
         var=pd.DataFrame({"resistance_program": np.isin(genes, RESISTANCE_PROGRAM)},
@@ -496,6 +511,33 @@ def simulate_tumour(n_cells: int = 2000, seed: int = 0, *, n_samples: int = 3,
         "batch_strength": float(batch_strength),
         "low_quality_fraction": float(low_quality_fraction), "values": "raw UMI counts"})
     return tumour
+
+
+#: Units of the bulk panel's proliferation axis a cycling tumour cell carries: the cycling markers are
+#: up 1.2-2.4 (natural log; ~1.8) in cycling cells, and 0.6 per unit of proliferation in the bulk.
+_CYCLING_PROLIFERATION = 3.0
+_PANEL_TRUTH_STREAM = 3
+
+
+def panel_response_column(drug: str) -> str:
+    """The column of a tumour's true response to ``drug``: ``response`` for :data:`DEMO_DRUG`,
+    ``response_<DRUG>`` for the others (made only with ``simulate_tumour(panel_responses=True)``)."""
+    return "response" if drug == DEMO_DRUG else f"response_{drug}"
+
+
+def panel_truth(state: np.ndarray, activity: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Each tumour cell's true resistance to DEMOPLATIN and DEMOLIMUS, by the logistic rules of the bulk
+    labels (:func:`simulate_bulk`) applied to the cell: DEMOPLATIN ``logit = 1.1 - 1.4 p + 0.7 a + N(0, 1)``
+    with ``p`` the proliferation of a cycling cell (:data:`_CYCLING_PROLIFERATION`, 0 otherwise) and ``a``
+    its program activity; DEMOLIMUS ``logit = 1.8 + N(0, 1.2)``: it spares haematopoietic cells, and the
+    tumour has none, so nothing in a cell's expression tells its response. Drawn from a stream of their
+    own (``seed``), so they change nothing else of the tumour."""
+    rng = np.random.default_rng([_TUMOUR_STREAM, seed, _PANEL_TRUTH_STREAM])
+    n = len(state)
+    proliferation = np.where(np.asarray(state) == CELL_STATES.index("cycling"), _CYCLING_PROLIFERATION, 0.0)
+    logits = {"DEMOPLATIN": 1.1 - 1.4 * proliferation + 0.7 * np.asarray(activity) + rng.normal(0.0, 1.0, n),
+              "DEMOLIMUS": 1.8 + rng.normal(0.0, 1.2, n)}
+    return {drug: rng.random(n) < 1.0 / (1.0 + np.exp(-logit)) for drug, logit in logits.items()}
 
 
 def simulate_demo(seed: int = 0, *, n_cell_lines: int = 300,
