@@ -879,9 +879,11 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     notes = ["dark grey: not scored by that drug's model"] if missing.any() else []
     if len(rows) < len(labels):
         notes.append(f"showing a random {len(rows):,} of {len(labels):,} cells")
-    if notes:
-        fig.add_annotation(text="; ".join(notes), showarrow=False,
-                           xref="paper", yref="paper", x=0, y=-0.12, font=dict(size=11, color="#666"))
+    fig = layout(fig, title, height=max(300, 90 + 34 * len(drugs)))  # room for the colour bar's title
+    if notes:  # under the axis title, in a margin of its own (at y=-0.12 a short figure drew it over the title)
+        fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=0,
+                           yanchor="top", yshift=-38, font=dict(size=11, color="#666"))
+        fig.update_layout(margin=dict(b=64))
     scored = np.isfinite(prob)
     means = [f"{d} {_g(np.nanmean(prob[scored[:, j], j]))}" if scored[:, j].any() else f"{d} not scored"
              for j, d in enumerate(drugs)]
@@ -890,7 +892,7 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
            + f"; mean P(resistant) per drug: {_named(means)}")
     if len(rows) < len(labels):
         alt += f"; a random {len(rows):,} of the cells are drawn"
-    return describe(layout(fig, title, height=max(260, 90 + 34 * len(drugs))), alt + ".", "panel_heatmap")
+    return describe(fig, alt + ".", "panel_heatmap")
 
 
 def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = None, *,
@@ -945,9 +947,9 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None, *,
         # the colour is the drug's mean P(resistant) against its threshold, said on its colour bar (QA: with
         # no legend, a lighter bar for a longer one read as a contradiction)
         marker=dict(color=relative_to_threshold(mean, thr), cmin=0, cmax=1, colorscale=PROB_SCALE,
-                    showscale=True, colorbar={**relative_colorbar("mean<br>P(resistant)",
-                                                                  "red: above the<br>drug's threshold<br>"
-                                                                  "blue: below it", thickness=12), "len": 0.8}),
+                    showscale=True, colorbar={**relative_colorbar("mean<br>P(resistant)", "red: above<br>blue: below",
+                                                                  thickness=12),
+                                              "ticktext": ["0", "drug's<br>threshold", "1"]}),
         text=[f"{f:.0%}" if f == f else "n/a" for f in ranking["fraction_resistant"].astype(float)],
         textposition="outside", customdata=np.c_[mean, thr],
         hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata[0]:.3f} (threshold %{customdata[1]:.3g})"
@@ -957,7 +959,7 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None, *,
     note = "" if ranking["calibrated"].all() else " (* uncalibrated)"
     fig.update_xaxes(title=f"fraction called resistant{note}", range=[0, 1.1], tickformat=".0%")
     fig.update_yaxes(autorange="reversed", type="category")
-    fig = layout(fig, wrap_title(title), height=max(220, 90 + 34 * len(ranking)))
+    fig = layout(fig, wrap_title(title), height=max(260, 90 + 34 * len(ranking)))  # room for the colour bar
     if title and "<br>" in fig.layout.title.text:
         fig.update_layout(margin=dict(t=70))  # room for the title's second line
     said = [f"{d} {f:.0%}" if f == f else f"{d} n/a" for d, f in
