@@ -560,7 +560,8 @@ def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",
                                hovertemplate="%{y}, %{x}: %{z:,} cells<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     alt = f"Confusion matrix of {int(cm.sum()):,} cells"
-    if cm.shape == (2, 2):
+    if cm.shape == (2, 2):  # the matrix as given (sensitive first), whatever order it is drawn in
+        cm = np.asarray(confusion)
         alt += (f": of {int(cm[1].sum()):,} truly {positive_label}, {int(cm[1, 1]):,} called {positive_label} and "
                 f"{int(cm[1, 0]):,} called {negative_label}; of {int(cm[0].sum()):,} truly {negative_label}, "
                 f"{int(cm[0, 0]):,} called {negative_label} and {int(cm[0, 1]):,} called {positive_label}")

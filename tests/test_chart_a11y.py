@@ -66,9 +66,11 @@ def test_evaluation_figures_give_their_numbers():
 def test_panel_figures_and_model_card_name_drugs_and_scores():
     ranking = pd.DataFrame({"drug": ["DA", "DB"], "fraction_resistant": [0.1, 0.5], "mean_prob_resistant": [0.2, 0.5],
                             "calibrated": [True, False]})
-    assert "lowest first: DA 10%, DB 50% (uncalibrated)." in pl.alt_text(pl.drug_ranking_figure(ranking, "Whole"))
+    assert "lowest first: DA 10%, DB 50% (uncalibrated)." in pl.alt_text(pl.drug_ranking_figure(ranking, "Whole",
+                                                                      thresholds={"DA": 0.5, "DB": 0.4}))
     prob = np.c_[np.full(10, 0.2), np.full(10, 0.6)]
-    assert "mean P(resistant) per drug: DA 0.2, DB 0.6" in pl.alt_text(pl.panel_heatmap(prob, ["DA", "DB"], None, None))
+    assert "mean P(resistant) per drug: DA 0.2, DB 0.6" in pl.alt_text(pl.panel_heatmap(
+        prob, ["DA", "DB"], None, None, thresholds={"DA": 0.5, "DB": 0.4}))
     card = {"evaluations": [{"title": "Bulk CV", "scores": [
         {"model": "this model", "auroc": 0.81, "auroc_ci": [0.75, 0.86]},
         {"model": "logistic regression", "auroc": None, "auroc_ci": None}]}]}
