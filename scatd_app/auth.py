@@ -221,7 +221,7 @@ def resolve() -> User | None:
     if user is None:
         uploads.disallow(uploads.current_session_id())
     else:
-        uploads.allow(uploads.current_session_id(), user.name)
+        uploads.allow(uploads.current_session_id(), user.name, user.login_stamp)
     return user
 
 

@@ -24,7 +24,10 @@ that. Streamlit's own handler then reads and parses an allowed body as before.
 Download links (``/media/<id>.csv``, made by ``st.download_button``) are served only while a
 session that holds the file is allowed: the same wrapper answers 404 for any other, and
 :func:`disallow` (logout, an expired or removed account) deletes the session's files from
-Streamlit's media store at once, so a link copied before the logout is dead.
+Streamlit's media store at once, so a link copied before the logout is dead. A session signed in
+with a password is checked against the users file at every upload and download (:func:`is_allowed`):
+``scatd users remove NAME``, or ``scatd users add NAME --replace`` with a new password, ends its
+uploads and links at once, not at its next page run.
 
 Without Streamlit's in-memory store (another Streamlit layout) nothing is wrapped and
 :func:`install` returns False; ``tests/test_app_server.py`` and the browser test check that it
@@ -75,16 +78,36 @@ def _logins() -> dict[str, str]:
     return names
 
 
-def allow(session_id: str | None, login: str | None = None) -> None:
+def _stamps() -> dict[str, str]:
+    """Session id -> which password its login signed in with (``User.login_stamp``), for the sessions
+    signed in with a password (guarded by :func:`_shared`'s lock; kept on the same class)."""
+    try:
+        from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager as holder
+    except ImportError:
+        holder = sys.modules[__name__]
+    stamps = getattr(holder, "_scatd_session_stamps", None)
+    if stamps is None:
+        stamps = {}
+        holder._scatd_session_stamps = stamps
+    return stamps
+
+
+def allow(session_id: str | None, login: str | None = None, stamp: str = "") -> None:
     """Let this Streamlit session keep uploads (it is signed in, as ``login``, or the server needs no
-    login)."""
+    login). ``stamp``, for a password login (``User.login_stamp``): the session is refused at once,
+    without waiting for its next page run, when the users file no longer has that account with that
+    password (:func:`is_allowed`)."""
     if session_id:
         allowed, lock = _shared()
-        names = _logins()
+        names, stamps = _logins(), _stamps()
         with lock:
             allowed.add(str(session_id))
             if login is not None:
                 names[str(session_id)] = str(login)
+            if login is not None and stamp:
+                stamps[str(session_id)] = str(stamp)
+            else:
+                stamps.pop(str(session_id), None)
 
 
 def disallow(session_id: str | None) -> None:
@@ -116,11 +139,12 @@ def _disallow_all(session_ids: list[str]) -> None:
     """Disallow these sessions first, all of them, then drop what each holds: a download file only
     they hold goes, even if one of them drew it for another."""
     allowed, lock = _shared()
-    names = _logins()
+    names, stamps = _logins(), _stamps()
     with lock:
         for sid in session_ids:
             allowed.discard(sid)
             names.pop(sid, None)
+            stamps.pop(sid, None)
     media = _media_manager()
     if media is not None:
         for sid in session_ids:
@@ -133,9 +157,25 @@ def _disallow_all(session_ids: list[str]) -> None:
 
 
 def is_allowed(session_id: str) -> bool:
+    """Whether this session may keep uploads and be served its download links now. A session signed
+    in with a password is checked against the users file each time (read again only when the file
+    changed): once its account is removed or its password replaced (``scatd users remove`` /
+    ``add --replace``), it is refused at once and what it holds is dropped, without waiting for its
+    next page run (which logs it out)."""
+    sid = str(session_id)
     allowed, lock = _shared()
     with lock:
-        return str(session_id) in allowed
+        if sid not in allowed:
+            return False
+        login, stamp = _logins().get(sid), _stamps().get(sid)
+    if not login or not stamp:  # no password login (none needed, or OIDC): nothing to check here
+        return True
+    from scatd_core.users import User, recheck
+
+    if recheck(User(login, login_stamp=stamp))[0] is not None:
+        return True
+    _disallow_all([sid])
+    return False
 
 
 def current_session_id() -> str | None:

@@ -405,3 +405,49 @@ def test_the_oidc_allow_list_matches_whole_addresses_and_domains_in_any_case():
                                                             "auth_admins": ()})
     assert refused.reason == "the identity provider did not confirm the e-mail address 'x@lab.org' (email_verified is absent)"
     assert "identifier oidc:s1" in refused.message and "the person who runs this server" in refused.message
+
+
+# ----------------------------------------------------------------------------- 4. a removed account ends at once
+
+def test_a_removed_account_or_a_new_password_ends_its_links_and_uploads_at_once(server_home, fast_hash, monkeypatch):
+    """QA: after `scatd users remove alice` her download links were still served, and her session could
+    still upload, until her next page action. The serving checks now read the users file (when it
+    changed) and refuse her session at once; a role change, or the same password again, keeps it."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    from scatd_app import uploads
+    from scatd_core import users
+
+    assert uploads.install()
+    manager = MediaFileManager(MemoryMediaFileStorage("/media"))
+    monkeypatch.setattr(uploads, "_media_manager", lambda: manager)
+    who = {"sid": ""}
+    monkeypatch.setattr(uploads, "current_session_id", lambda: who["sid"])
+    monkeypatch.setattr("streamlit.runtime.media_file_manager._get_session_id", lambda: who["sid"])
+    links = {}
+    try:
+        for name in ("alice", "bob"):
+            users.add_user(name, PASSWORD)
+            user = users.verify(name, PASSWORD)
+            who["sid"] = f"{name}-tab"
+            uploads.allow(who["sid"], user.name, user.login_stamp)
+            links[name] = manager.add(f"{name}'s predictions".encode(), "text/csv", "1.2", file_name="p.csv",
+                                      is_for_static_download=True)
+        assert all(uploads.media_servable(url) for url in links.values())
+        assert uploads.refusal("alice-tab", 10, {}) is None
+
+        users.remove_user("alice")  # no page run of alice's in between
+        assert not uploads.media_servable(links["alice"])
+        assert manager.read_file(links["alice"].rsplit("/", 1)[-1]) is None  # deleted, not hidden
+        assert uploads.refusal("alice-tab", 10, {}) == "Log in before uploading."
+        assert uploads.media_servable(links["bob"]) and uploads.is_allowed("bob-tab")
+
+        users.set_role("bob", admin=True)  # a new role, or the same password again: still signed in
+        users.add_user("bob", PASSWORD, replace=True)
+        assert uploads.media_servable(links["bob"])
+        users.add_user("bob", "another long password", replace=True)  # a new password: out at once
+        assert not uploads.media_servable(links["bob"]) and not uploads.is_allowed("bob-tab")
+    finally:
+        uploads.disallow("alice-tab")
+        uploads.disallow("bob-tab")
