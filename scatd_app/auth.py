@@ -90,6 +90,12 @@ def attempt_login(name: str, password: str, throttle: LoginThrottle, client: str
     return user, wait
 
 
+def lockout_text(wait_seconds: float) -> str:
+    """What a locked-out login is told: how many whole minutes to wait (at least one)."""
+    minutes = max(1, round(wait_seconds / 60))
+    return f"Too many failed attempts: try again in {minutes} minute{'' if minutes == 1 else 's'}."
+
+
 def current_user() -> User | None:
     return st.session_state.get(USER)
 
@@ -116,13 +122,15 @@ def _password_form() -> None:
         password = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
-        user, wait = attempt_login(name, password, _throttle(), _client())
+        throttle, client = _throttle(), _client()
+        user, wait = attempt_login(name, password, throttle, client)
         if wait > 0:
-            st.error(f"Too many failed attempts. Try again in {max(1, round(wait / 60))} minute(s).",
-                     icon=":material/lock_clock:")
+            st.error(lockout_text(wait), icon=":material/lock_clock:")
             return
         if user is None:
-            st.error("Wrong user name or password.", icon=":material/error:")
+            locked = throttle.locked(f"user:{name}", f"ip:{client}")  # this failure may have started a lock-out
+            st.error("Wrong user name or password." + (f" {lockout_text(locked)}" if locked else ""),
+                     icon=":material/error:")
             return
         st.session_state[USER] = user
         st.rerun()

@@ -261,8 +261,10 @@ def test_logins_failures_and_lock_outs_are_logged_without_the_password(server_ho
     assert "wrong password" not in text and PASSWORD not in text
 
 
-def test_the_login_form_logs_each_attempt(server_home, fast_hash, monkeypatch, caplog):
-    """Six wrong passwords left the server's log empty: the form's attempts are logged."""
+def test_the_login_form_logs_each_attempt_and_says_when_one_starts_a_lock_out(server_home, fast_hash, monkeypatch,
+                                                                             caplog):
+    """Six wrong passwords left the server's log empty: the form's attempts are logged. QA: the failed
+    attempt that started a lock-out said only "wrong password"; the next one said it was locked out."""
     from streamlit.testing.v1 import AppTest
 
     from scatd_app import auth
@@ -272,17 +274,23 @@ def test_the_login_form_logs_each_attempt(server_home, fast_hash, monkeypatch, c
     monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
     monkeypatch.setenv("SCATD_AUTH", "password")
     monkeypatch.setenv("SCATD_AUTH_MAX_FAILURES", "1")
+    monkeypatch.setenv("SCATD_AUTH_LOCKOUT_MINUTES", "15")
     users.add_user("alice", PASSWORD)
     auth._throttle.clear()
     caplog.set_level(logging.INFO, logger="scatd.auth")
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
+    said_on_page = []
     for password in ("wrong password!", PASSWORD):
         at.text_input(key="login_name").set_value("alice")
         at.text_input(key="login_password").set_value(password)
         at.get("form_submit_button")[0].click()
         at.run()
+        said_on_page.append(" ".join(e.value for e in at.error))
     auth._throttle.clear()
+    assert said_on_page[0] == ("Wrong user name or password. Too many failed attempts: try again in "
+                               "15 minutes.")
+    assert said_on_page[1] == said_on_page[0].removeprefix("Wrong user name or password. ")
     said = [r.getMessage() for r in caplog.records if r.name == "scatd.auth"]
     assert len(said) == 2 and said[0].startswith("login failed: user 'alice' from ") and "locked out" in said[0]
     assert said[1].startswith("login refused: user 'alice' from ") and "wrong password" not in " ".join(said)
