@@ -183,11 +183,17 @@ if ui.demo_button("btn_models_demo", st):
 # ------------------------------------------------------------------ administration
 if user is not None and user.admin:
     st.subheader("Remove a model")
+    # the confirmation is for one model, once: it is cleared when another model is chosen and after a
+    # removal, so the next model is never one click from removal
+    if removed := ss.pop("models_removed", None):  # said after the rerun that drops it from the list
+        ss["models_remove_sure"] = False
+        st.success(f"Removed {ui.md(removed)} from the library.", icon=":material/check_circle:")
     removable = {str(e.path): e for e in entries}
     if removable:
         titles = distinct_titles([e.bundle for e in entries if e.ok])
-        target = st.selectbox("Model", list(removable), key="models_remove_choice",
-                              format_func=ui.detached(lambda p: titles.get(p, f"{Path(p).name} (unusable)")))
+        title_of = ui.detached(lambda p: titles.get(p, f"{Path(p).name} (unusable)"))
+        target = st.selectbox("Model", list(removable), key="models_remove_choice", format_func=title_of,
+                              on_change=ui.detached(lambda: ss.update(models_remove_sure=False)))
         sure = st.checkbox("Yes, remove it for every user of this server", key="models_remove_sure")
         if st.button("Remove", disabled=not sure, key="btn_remove_model", icon=":material/delete:"):
             try:
@@ -198,5 +204,5 @@ if user is not None and user.admin:
                 ui.clear_library_cache()
                 if ss.get("bundle_path") == target:
                     ui.set_bundle(None)
-                st.success("Removed.", icon=":material/check_circle:")
+                ss["models_removed"] = title_of(target)
                 st.rerun()

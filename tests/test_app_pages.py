@@ -782,6 +782,37 @@ def test_the_demo_model_is_never_chosen_for_real_data(empty_library):
     assert "no model chosen" in text(at.sidebar.markdown)
 
 
+def test_removing_a_model_says_so_and_asks_again_for_the_next_one(empty_library):
+    """QA: after "Remove" the success message was lost in the rerun and the confirmation box stayed
+    ticked, so the next model in the list could be removed with one more click. The confirmation is
+    now cleared after a removal and when another model is chosen, and the removal is said."""
+    import shutil
+
+    make_bundle(empty_library / "DRUGA_model", make_dataset(40, seed=2), steps=1)
+    for name in ("DRUGB_model", "DRUGC_model"):
+        shutil.copytree(empty_library / "DRUGA_model", empty_library / name)
+    at = goto(start(), "8_Models")
+    first = at.selectbox(key="models_remove_choice").value
+    second = next(str(p) for p in sorted(empty_library.iterdir()) if p.is_dir() and str(p) != first)
+    at.checkbox(key="models_remove_sure").check()
+    at.run()
+    at.selectbox(key="models_remove_choice").set_value(second)  # another model chosen: asked again
+    at.run()
+    assert at.checkbox(key="models_remove_sure").value is False and at.button(key="btn_remove_model").disabled
+
+    at.checkbox(key="models_remove_sure").check()
+    at.run()
+    at.button(key="btn_remove_model").click()
+    at.run()
+    ok(at)
+    assert not Path(second).exists()
+    assert any(t.startswith("Removed ") and "from the library" in t for t in text(at.success).splitlines())
+    assert at.checkbox(key="models_remove_sure").value is False and at.button(key="btn_remove_model").disabled
+    assert len(at.selectbox(key="models_remove_choice").options) == 2
+    at.run()  # said once
+    assert "Removed " not in text(at.success)
+
+
 def test_a_model_whose_weights_are_damaged_is_listed_as_broken_not_offered(empty_library):
     """QA: a model whose weights.safetensors was truncated (its manifest untouched) stayed on the
     Model library page and in the Model picker as usable ("Coverage is good") and failed only at
