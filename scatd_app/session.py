@@ -277,17 +277,45 @@ def free_memory() -> int | None:
     return None if budget is None or used is None else budget - used
 
 
+def _shortage_reason(free: int, budget: int) -> str:
+    """Why a new dataset may take only ``free`` bytes of the server's ``budget`` now, in numbers: what the
+    server holds for itself when idle (measured at start-up: its libraries, never a session's) and
+    what the sessions' data and computations add to it, so that a budget too small for the server
+    itself is said to be that, not blamed on other users."""
+    from scatd_core._memory import idle_footprint, size_text
+
+    idle = idle_footprint()
+    if idle is None:  # not measured (no app start-up in this process): the whole process, as it is
+        if free <= 0:
+            return (f"the memory this server has free for a new dataset now: none of its {size_text(budget)} "
+                    "(server.memory_mb; the server itself, the sessions' data and computations use it all)")
+        return (f"the {size_text(free)} this server has free for a new dataset now (of its {size_text(budget)}, "
+                "server.memory_mb; the server itself, the sessions' data and computations use the rest)")
+    if budget <= idle:
+        return (f"the memory this server has free for a new dataset: none, whatever the other users do: its "
+                f"budget (server.memory_mb, {size_text(budget)}) is less than the server itself holds when idle "
+                f"({size_text(idle)}: its libraries, measured at start-up). Ask the administrator to raise "
+                "server.memory_mb (`scatd doctor` says what it needs)")
+    sessions = max(0, budget - free - idle)
+    room = (f"server.memory_mb is {size_text(budget)}; the server itself holds {size_text(idle)} of it when idle "
+            f"(its libraries, measured at start-up), which leaves {size_text(budget - idle)} for the users' data, "
+            f"and the data and computations of the sessions open now (yours included) use {size_text(sessions)}")
+    if free <= 0:
+        return f"the memory this server has free for a new dataset now: none ({room})"
+    return f"the {size_text(free)} this server has free for a new dataset now ({room})"
+
+
 def room_for_a_dataset(keep_token: str | None = None) -> dict:
     """What a new dataset of this session may take in memory now, as keyword arguments of
     :func:`scatd_core.io.read`: nothing when the per-dataset limit (``limits.max_dataset_mb``)
     fits in what the server's memory budget (``server.memory_mb``) leaves free; else the bytes
-    left and why. When short, the longest-idle kept sessions of the server are let go first
+    left and why (:func:`_shortage_reason`: the server's own idle footprint apart from what the
+    sessions use). When short, the longest-idle kept sessions of the server are let go first
     (their reload copies; never ``keep_token``'s) and freed heap memory is given back to the
     system, then the process is measured again."""
     import gc
 
     from scatd_app import jobs
-    from scatd_core._memory import size_text
     from scatd_core.config import limits, server_memory_bytes
 
     free, limit = free_memory(), limits().max_dataset_bytes
@@ -299,12 +327,7 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
     free = free_memory()
     if free is None or free >= limit:
         return {}
-    budget = server_memory_bytes()
-    if free <= 0:
-        return {"max_dataset_bytes": 1, "limit_reason": f"the memory this server has free for a new dataset now: none "
-                f"of its {size_text(budget)} (other sessions and computations use it all)"}
-    return {"max_dataset_bytes": free, "limit_reason": f"the {size_text(free)} this server has free for a new dataset "
-            f"now (of its {size_text(budget)}; other sessions and computations use the rest)"}
+    return {"max_dataset_bytes": max(1, free), "limit_reason": _shortage_reason(free, server_memory_bytes())}
 
 
 def _kept(ss) -> dict:

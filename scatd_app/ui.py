@@ -238,6 +238,7 @@ def start_up(wait: bool = False) -> threading.Thread:
 def _begin_start_up(freeze_after_warm_up: bool) -> threading.Thread:
     import logging
 
+    from scatd_core._memory import note_idle_footprint
     from scatd_core.bundle import clean_library
 
     for done in clean_library():
@@ -253,6 +254,7 @@ def _begin_start_up(freeze_after_warm_up: bool) -> threading.Thread:
 
     gc.collect()  # the libraries, imported: frozen before any user's data exists (see start_up)
     gc.freeze()
+    note_idle_footprint()  # what the server holds for itself, before any user's data: not the sessions'
 
     def warm_up() -> None:
         preprocess.qc_metrics(ad.AnnData(np.ones((4, 3), dtype=np.float32)))
@@ -264,6 +266,7 @@ def _begin_start_up(freeze_after_warm_up: bool) -> threading.Thread:
         if freeze_after_warm_up:  # nobody is connected yet (python -m scatd_app)
             gc.collect()  # the warm-up's own garbage first
             gc.freeze()
+            note_idle_footprint()  # the compiled kernels are the server's too
 
     thread = threading.Thread(target=warm_up, name="scatd-warm-up", daemon=True)
     thread.start()

@@ -351,8 +351,9 @@ def _matplotlib_item(env) -> dict:
 
 
 def _memory_item(conf) -> dict:
-    from scatd_core._memory import machine_bytes
+    from scatd_core._memory import TYPICAL_IDLE_BYTES, machine_bytes
     from scatd_core.config import DEFAULT_MEMORY_SHARE, server_memory_bytes
+    from scatd_core.demo import DEMO_MEMORY_BYTES
 
     budget, machine = server_memory_bytes(), machine_bytes()
     if budget is None:
@@ -363,6 +364,16 @@ def _memory_item(conf) -> dict:
     if machine and budget > machine:
         return _item("server memory", "warning",
                      text + ": more than the machine has, so it cannot keep the server within its memory")
+    needed = TYPICAL_IDLE_BYTES + DEMO_MEMORY_BYTES
+    if budget < needed:
+        left = ("nothing is left for the users' data: every dataset read into memory is refused, even the demo's"
+                if budget <= TYPICAL_IDLE_BYTES else
+                f"only about {(budget - TYPICAL_IDLE_BYTES) >> 20:,} MB is left for the users' data, less than "
+                f"one demo session takes (about {DEMO_MEMORY_BYTES >> 20:,} MB)")
+        return _item("server memory", "warning",
+                     text + f": the server itself holds about {TYPICAL_IDLE_BYTES >> 20:,} MB of it when idle (its "
+                     f"libraries), so {left}. Set server.memory_mb to at least {needed >> 20:,} MB, or leave it "
+                     "unset")
     if budget < conf.limits.max_dataset_bytes:
         return _item("server memory", "warning",
                      text + f": less than one dataset's limit ({conf.limits.max_dataset_mb:,} MB)")

@@ -487,6 +487,7 @@ def test_a_new_dataset_may_take_what_the_servers_memory_budget_leaves(monkeypatc
         time.sleep(0.01)
     trims = []
     monkeypatch.setattr(jobs, "release_free_memory", lambda: trims.append(1) or True)
+    monkeypatch.setattr(_memory, "_IDLE_BYTES", None)  # no start-up measured (an AppTest's would be)
     monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "100")
     monkeypatch.setenv("SCATD_MAX_DATASET_MB", "40")
     measured = iter([62 * mb, 58 * mb])  # 38 MB free, 2 short; then 42 MB free
@@ -500,7 +501,7 @@ def test_a_new_dataset_may_take_what_the_servers_memory_budget_leaves(monkeypatc
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 99 * mb)  # still short: what is free, and why
     room = session.room_for_a_dataset("mine")
     assert room["max_dataset_bytes"] == mb and kept.take("mine", "u")
-    assert room["limit_reason"].startswith("the 1.0 MB this server has free for a new dataset now (of its 100 MB;")
+    assert room["limit_reason"].startswith("the 1.0 MB this server has free for a new dataset now (of its 100 MB,")
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 150 * mb)  # over its budget: nothing fits
     room = session.room_for_a_dataset()
     assert room["max_dataset_bytes"] == 1 and "free for a new dataset now: none of its 100 MB" in room["limit_reason"]
@@ -516,6 +517,43 @@ def test_a_new_dataset_may_take_what_the_servers_memory_budget_leaves(monkeypatc
     assert 0 < real_rss() < _memory.machine_bytes()
 
 
+def test_the_memory_message_tells_the_servers_own_footprint_from_what_the_sessions_use(monkeypatch):
+    """QA: with a small ``server.memory_mb`` every dataset was refused, forever, "other sessions and
+    computations use it all", though the server's own libraries (~0.8 GB, there before any user)
+    took it. The idle footprint is measured once at start-up and the message counts the sessions'
+    use above it, and says when the budget is below what the idle server needs."""
+    from scatd_app import jobs, session
+    from scatd_core import _memory
+
+    mb = 1 << 20
+    monkeypatch.setattr(session, "store", lambda: session.SessionStore())
+    monkeypatch.setattr(jobs, "release_free_memory", lambda: True)
+    monkeypatch.setattr(_memory, "_IDLE_BYTES", None)
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "400")
+    rss = {"now": 800 * mb}
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: rss["now"])
+    assert _memory.note_idle_footprint() == 800 * mb  # at start-up: the libraries, no user's data yet
+    rss["now"] = 700 * mb
+    assert _memory.note_idle_footprint() == 800 * mb and _memory.idle_footprint() == 800 * mb  # the larger kept
+
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "500")  # below the idle server itself: nobody's fault but the setting
+    why = session.room_for_a_dataset()["limit_reason"]
+    assert "whatever the other users do" in why and "less than the server itself holds when idle (800 MB" in why
+    assert "raise server.memory_mb" in why and "sessions" not in why
+
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    rss["now"] = 900 * mb  # the sessions hold 100 MB above the idle 800 MB
+    room = session.room_for_a_dataset()
+    assert room["max_dataset_bytes"] == 100 * mb
+    assert room["limit_reason"] == (
+        "the 100 MB this server has free for a new dataset now (server.memory_mb is 1,000 MB; the server itself "
+        "holds 800 MB of it when idle (its libraries, measured at start-up), which leaves 200 MB for the users' "
+        "data, and the data and computations of the sessions open now (yours included) use 100 MB)")
+    rss["now"] = 1100 * mb
+    assert session.room_for_a_dataset()["limit_reason"].startswith(
+        "the memory this server has free for a new dataset now: none (server.memory_mb is 1,000 MB;")
+
+
 def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_library, monkeypatch):
     """The Data page: an upload that does not fit in the server's free memory is kept and said
     so, with a button to try again; an h5ad is read from disk instead, and says why."""
@@ -528,13 +566,15 @@ def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_lib
     table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
     monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)  # the server's own, measured at start-up
     at = _app()
     goto(at, "1_Data")
     at.file_uploader[0].upload("cells.csv", table)
     at.run()
     assert not at.exception and state.ADATA not in at.session_state
     assert "kB of memory once read, more than the memory this server has free for a new dataset now" in text(at.error)
-    assert "none of its 1,000 MB (other sessions and computations use it all)" in text(at.error).replace("\\", "")
+    assert ("none (server.memory_mb is 1,000 MB; the server itself holds 600 MB of it when idle"
+            in text(at.error).replace("\\", ""))
     assert "Your file is kept" in text(at.error)
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 100 << 20)  # memory freed: the same upload is read
     at.button(key="data_read_again").click()
@@ -548,7 +588,8 @@ def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_lib
     read = at.session_state[state.ADATA]
     assert read.isbacked and read.n_obs == 60 and np.isfinite(read.X[:5].toarray()).all()
     assert "in memory it would take more than the " in text(at.warning)  # "Read from disk (backed)"
-    assert " kB this server has free for a new dataset now (of its 1,000 MB" in text(at.warning).replace("\\", "")
+    assert " kB this server has free for a new dataset now (server.memory_mb is 1,000 MB" in text(at.warning).replace(
+        "\\", "")
 
 
 def test_an_unreadable_upload_leaves_nothing_on_disk_and_is_read_once(with_library, tmp_path, monkeypatch):

@@ -962,11 +962,12 @@ def test_doctor_reports_configuration_problems(tmp_path, monkeypatch, capsys):
     assert any(i["status"] == "problem" and "scatd users add" in i["detail"] for i in report["sections"]["login"])
     memory = next(i for i in report["sections"]["configuration"] if i["what"] == "server memory")
     assert memory["status"] == "ok" and "80% of the machine's or container's" in memory["detail"]
-    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")  # below one dataset's limit (4,096 MB): said
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "2000")  # below one dataset's limit (4,096 MB): said
     main(["doctor", "--json"])
     memory = next(i for i in json.loads(capsys.readouterr().out)["sections"]["configuration"]
                   if i["what"] == "server memory")
-    assert memory["status"] == "warning" and memory["detail"].startswith("1,000 MB (server.memory_mb;")
+    assert memory["status"] == "warning" and memory["detail"].startswith("2,000 MB (server.memory_mb;")
+    assert "less than one dataset's limit (4,096 MB)" in memory["detail"]
     for how in ("auto", "none"):  # behind a reverse proxy on this machine these mean nobody logs in: said
         monkeypatch.setenv("SCATD_AUTH", how)
         main(["doctor", "--json"])
@@ -987,6 +988,26 @@ def test_doctor_warns_when_the_cell_limit_is_below_the_demo(tmp_path, monkeypatc
     assert item["status"] == "warning" and "limits.max_cells = 1,500 is below the demo's 2,000" in item["detail"]
     monkeypatch.setenv("SCATD_MAX_CELLS", "2000")
     assert demo_items() == []
+
+
+def test_doctor_warns_when_the_memory_budget_leaves_the_idle_server_no_room_for_the_demo(monkeypatch):
+    """QA: server.memory_mb counts the whole server, whose libraries alone hold ~0.8 GB: set to 500 MB
+    every dataset was refused and doctor said the setting was fine but for the dataset limit."""
+    from scatd_core import doctor
+    from scatd_core.config import settings
+
+    def memory(mb: int) -> dict:
+        monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", str(mb))
+        monkeypatch.setenv("SCATD_MAX_DATASET_MB", "100")  # not the warning about one dataset's limit
+        return doctor._memory_item(settings())
+
+    item = memory(500)
+    assert item["status"] == "warning" and "holds about 800 MB of it when idle" in item["detail"]
+    assert "every dataset read into memory is refused, even the demo's" in item["detail"]
+    assert "Set server.memory_mb to at least 1,056 MB" in item["detail"]
+    item = memory(900)
+    assert item["status"] == "warning" and "only about 100 MB is left for the users' data" in item["detail"]
+    assert memory(1056)["status"] == "ok"
 
 
 def test_a_table_line_that_never_ends_is_refused_before_a_parser_holds_it(tmp_path, monkeypatch):

@@ -62,6 +62,9 @@ PANEL_DRUGS = ("DEMOPLATIN", "DEMOLIMUS")
 SIZES = {"full": (300, 2000), "tiny": (60, 200)}
 #: Cells in the demo tumour: a server whose ``limits.max_cells`` is lower cannot load it.
 DEMO_CELLS = SIZES["full"][1]
+#: Memory one demo session adds to the server: its data take ~10 MB, its prediction ~140 MB more of the
+#: process's memory (measured on 2 CPU cores), its UMAP and biomarkers some more: rounded up.
+DEMO_MEMORY_BYTES = 256 << 20
 
 
 def cell_limit_problem(max_cells: int | None = None):
