@@ -16,6 +16,7 @@ from scatd_core._keys import FOUNDATION, SCORED
 from scatd_core._matrix import stored_fraction
 from scatd_core._memory import size_text
 from scatd_core._progress import duration, with_eta
+from scatd_core.config import server_memory_bytes
 from scatd_core.embed import plot_coordinates
 from scatd_core.errors import ScatdError
 
@@ -122,8 +123,8 @@ if submitted and long and not confirmed:
 elif submitted and free is not None and cost["bytes"] > free:
     fits = max(0, free - (cost["bytes"] - settings["max_cells"] * cost["bytes_per_cell"])) // cost["bytes_per_cell"]
     st.error(f"**Explaining {settings['max_cells']:,} cells needs up to {size_text(cost['bytes'])} of memory while it "
-             f"runs; this server has {size_text(max(free, 0))} free now** (other sessions and computations use the "
-             f"rest).\n\n" + (f"Explain at most {fits:,} cells (a subsample stratified by predicted label), or try "
+             f"runs; this server has {size_text(max(free, 0))} free now** "
+             f"({session.memory_use(free, server_memory_bytes())}).\n\n" + (f"Explain at most {fits:,} cells (a subsample stratified by predicted label), or try "
                                "again later." if fits >= 2 else "Try again when other analyses on this server have "
                                                                 "finished."), icon=":material/memory:")
 elif submitted:

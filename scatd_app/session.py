@@ -277,32 +277,35 @@ def free_memory() -> int | None:
     return None if budget is None or used is None else budget - used
 
 
-def _shortage_reason(free: int, budget: int) -> str:
-    """Why a new dataset may take only ``free`` bytes of the server's ``budget`` now, in numbers: what the
-    server holds for itself when idle (measured at start-up: its libraries, never a session's) and
-    what the sessions' data and computations add to it, so that a budget too small for the server
-    itself is said to be that, not blamed on other users."""
+def memory_use(free: int, budget: int) -> str:
+    """Where the server's memory ``budget`` (``server.memory_mb``) went, when ``free`` bytes of it are
+    left: what the server holds for itself when idle (measured at start-up: its libraries, never a
+    session's) and what the open sessions' data and computations add to it, so that a budget too
+    small for the server itself is said to be that, not blamed on other users. For messages, in
+    parentheses after the amount free."""
     from scatd_core._memory import idle_footprint, size_text
 
     idle = idle_footprint()
-    if idle is None:  # not measured (no app start-up in this process): the whole process, as it is
-        if free <= 0:
-            return (f"the memory this server has free for a new dataset now: none of its {size_text(budget)} "
-                    "(server.memory_mb; the server itself, the sessions' data and computations use it all)")
-        return (f"the {size_text(free)} this server has free for a new dataset now (of its {size_text(budget)}, "
-                "server.memory_mb; the server itself, the sessions' data and computations use the rest)")
+    if idle is None:  # not measured (no app start-up in this process): the whole process counts
+        return (f"of its {size_text(budget)}, server.memory_mb; the server itself, the sessions' data and "
+                "computations use the rest")
     if budget <= idle:
-        return (f"the memory this server has free for a new dataset: none, whatever the other users do: its "
-                f"budget (server.memory_mb, {size_text(budget)}) is less than the server itself holds when idle "
-                f"({size_text(idle)}: its libraries, measured at start-up). Ask the administrator to raise "
-                "server.memory_mb (`scatd doctor` says what it needs)")
-    sessions = max(0, budget - free - idle)
-    room = (f"server.memory_mb is {size_text(budget)}; the server itself holds {size_text(idle)} of it when idle "
+        return (f"whatever the other users do: server.memory_mb, {size_text(budget)}, is less than the server "
+                f"itself holds when idle, {size_text(idle)} (its libraries, measured at start-up); ask the "
+                "administrator to raise it (`scatd doctor` says to what)")
+    sessions = max(0, budget - max(free, 0) - idle)
+    return (f"server.memory_mb is {size_text(budget)}; the server itself holds {size_text(idle)} of it when idle "
             f"(its libraries, measured at start-up), which leaves {size_text(budget - idle)} for the users' data, "
             f"and the data and computations of the sessions open now (yours included) use {size_text(sessions)}")
+
+
+def _shortage_reason(free: int, budget: int) -> str:
+    """Why a new dataset may take only ``free`` bytes now (:func:`memory_use`)."""
+    from scatd_core._memory import size_text
+
     if free <= 0:
-        return f"the memory this server has free for a new dataset now: none ({room})"
-    return f"the {size_text(free)} this server has free for a new dataset now ({room})"
+        return f"the memory this server has free for a new dataset now: none ({memory_use(free, budget)})"
+    return f"the {size_text(free)} this server has free for a new dataset now ({memory_use(free, budget)})"
 
 
 def room_for_a_dataset(keep_token: str | None = None) -> dict:

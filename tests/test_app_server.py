@@ -504,7 +504,7 @@ def test_a_new_dataset_may_take_what_the_servers_memory_budget_leaves(monkeypatc
     assert room["limit_reason"].startswith("the 1.0 MB this server has free for a new dataset now (of its 100 MB,")
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 150 * mb)  # over its budget: nothing fits
     room = session.room_for_a_dataset()
-    assert room["max_dataset_bytes"] == 1 and "free for a new dataset now: none of its 100 MB" in room["limit_reason"]
+    assert room["max_dataset_bytes"] == 1 and "free for a new dataset now: none (of its 100 MB" in room["limit_reason"]
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 10 * mb)
     assert session.room_for_a_dataset() == {}  # plenty free: the per-dataset limit as configured
     monkeypatch.setattr(_memory, "rss_bytes", lambda: None)  # not measurable here: the limit as configured
@@ -538,8 +538,9 @@ def test_the_memory_message_tells_the_servers_own_footprint_from_what_the_sessio
 
     monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "500")  # below the idle server itself: nobody's fault but the setting
     why = session.room_for_a_dataset()["limit_reason"]
-    assert "whatever the other users do" in why and "less than the server itself holds when idle (800 MB" in why
-    assert "raise server.memory_mb" in why and "sessions" not in why
+    assert "whatever the other users do: server.memory_mb, 500 MB, is less than the server itself holds when idle, " \
+           "800 MB (its libraries" in why
+    assert "ask the administrator to raise it" in why and "sessions" not in why
 
     monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
     rss["now"] = 900 * mb  # the sessions hold 100 MB above the idle 800 MB

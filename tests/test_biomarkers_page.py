@@ -124,12 +124,16 @@ def test_the_page_says_the_time_and_memory_to_expect_and_waits_when_memory_is_sh
     assert cost["bytes"] > 40 * cost["bytes_per_cell"] > 0 and cost["seconds"] > 0
     monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
     monkeypatch.setattr(_memory, "rss_bytes", lambda: (1000 << 20) - cost["bytes"] + 10 * cost["bytes_per_cell"])
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)  # the server's own, measured at start-up
     at = _open(adata, bundle)
     assert any(c.value.startswith("Expected: about ") and "of memory while it runs" in c.value for c in at.caption)
     _button(at, "Compute gene ranking").click().run()
     assert not at.exception, [e.value for e in at.exception]
     message = " ".join(e.value for e in at.error)
     assert "Explaining 40 cells needs up to" in message and "Explain at most 30 cells" in message
+    # QA: it blamed "other sessions" for memory the idle server itself holds: the numbers say which
+    assert "server.memory_mb is 1,000 MB; the server itself holds 600 MB of it when idle" in message.replace("\\", "")
+    assert "other sessions" not in message
     assert from_adata(adata) is None  # nothing ran
     at.number_input(key="bio_cells").set_value(30)
     at.number_input(key="bio_steps").set_value(8)

@@ -320,7 +320,7 @@ def test_a_training_upload_takes_only_what_the_servers_memory_budget_leaves(monk
     at.run()
     assert not at.exception, at.exception
     assert "train_target" not in at.session_state
-    assert any("free for a new dataset now: none of its 1,000 MB" in e.value.replace("\\", "") for e in at.error)
+    assert any("free for a new dataset now: none (of its 1,000 MB" in e.value.replace("\\", "") for e in at.error)
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 100 << 20)  # memory freed: read on the next run
     at.run()
     assert at.session_state["train_target"]["adata"].n_obs == target.n_obs
