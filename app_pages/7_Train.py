@@ -17,7 +17,7 @@ import streamlit as st
 
 from scatd_app import auth, jobs, session, ui
 from scatd_app import state as S
-from scatd_core import export, pl
+from scatd_core import export, io, pl
 from scatd_core._progress import with_eta
 from scatd_core.card import LABEL_RULE_UNKNOWN, auroc_interval_words
 from scatd_core.errors import MemoryShortage, ScatdError
@@ -46,7 +46,7 @@ def _temp_copies(*uploads):
         for i, upload in enumerate(uploads):
             suffix = "".join(Path(upload.name).suffixes[-2:]) or ".csv"
             path = folder / f"upload{i}{suffix}"
-            path.write_bytes(upload.getvalue())
+            io.write_private(path, upload.getvalue())  # 0600 in a 0700 folder: this user's data
             paths.append(path)
         yield paths
     finally:

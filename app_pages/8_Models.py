@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from scatd_app import auth, jobs, session, state, ui
-from scatd_core import published
+from scatd_core import io, published
 from scatd_core.bundle import (BACKBONE_TITLES, BETA_MODES, FIGSHARE_URL, distinct_named_titles, distinct_titles,
                                import_card_lines, import_checkpoint, remove_bundle)
 from scatd_core.config import import_folder, limits
@@ -133,7 +133,7 @@ if submitted:
     try:
         if upload is not None:
             pth = tmp / "checkpoint.pth"
-            pth.write_bytes(upload.getvalue())
+            io.write_private(pth, upload.getvalue())
         elif from_folder:
             pth = folder / from_folder  # a listed name, never a typed path
         else:
@@ -141,7 +141,7 @@ if submitted:
         extra = None
         if side is not None:
             extra = tmp / (f"genes{Path(side.name).suffix}" if backbone == "dist_vae" else "style.npy")
-            extra.write_bytes(side.getvalue())
+            io.write_private(extra, side.getvalue())
         elif side_from_folder:
             extra = folder / side_from_folder
         with st.spinner("Importing…"):

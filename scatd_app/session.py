@@ -494,9 +494,13 @@ _LAST_KEPT_ALIVE: dict[str, float] = {}
 
 
 def folder() -> Path:
-    """This session's working folder (created on demand, touched on every use)."""
-    path = work_dir() / "sessions" / st.session_state[SESSION_ID]
-    path.mkdir(parents=True, exist_ok=True)
+    """This session's working folder (created on demand, touched on every use), and the folder of
+    all of them: this account's only (0700), whatever the umask, so another account on the server
+    sees neither the sessions nor their uploads."""
+    root = work_dir() / "sessions"
+    if not root.is_dir() or root.stat().st_mode & 0o077:
+        io.private_folder(root)
+    path = io.private_folder(root / st.session_state[SESSION_ID])
     path.touch()
     return path
 

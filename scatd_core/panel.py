@@ -903,7 +903,12 @@ def panels_file(user: str | None) -> Path:
 
 
 def _locked(path: Path):
-    """The panels file's lock: read, change and write it as one step."""
+    """The panels file's lock: read, change and write it as one step. The panels folder is made
+    this account's only (0700: the files in it, 0600, are named after the users)."""
+    if not path.parent.exists():
+        from scatd_core.io import private_folder
+
+        private_folder(path.parent)
     return folder_lock(path.parent, path.with_suffix(".lock").name)
 
 

@@ -543,6 +543,9 @@ def test_an_upload_is_read_from_the_sessions_folder_and_again_in_another_orienta
     folder = work_dir() / "sessions" / at.session_state[session.SESSION_ID]
     files = list(folder.glob("scatd-upload-*/*"))
     assert [f.name for f in files] == ["upload.csv"] and files[0].read_bytes() == frame.to_csv().encode()
+    # QA: the sessions' folders were 0755 (anyone on the server could list them): this account's only
+    assert [oct(p.stat().st_mode & 0o777) for p in (folder.parent, folder, files[0].parent, files[0])] == \
+        ["0o700", "0o700", "0o700", "0o600"]
     kept = at.session_state[state.UPLOAD]
     assert kept["path"] == str(files[0]) and kept["name"] == "cells.csv"
     assert released == [kept["id"]]  # read once, then Streamlit's in-memory copy is let go

@@ -33,6 +33,12 @@ def test_the_systemd_unit_gives_numba_and_matplotlib_a_folder_its_sandbox_lets_t
         assert any(env[name] == w or env[name].startswith(w.rstrip("/") + "/") for w in writable), (name, env[name])
 
 
+def test_the_systemd_unit_keeps_what_the_server_writes_from_other_accounts():
+    """QA: the server ran with the default umask 022: whatever it wrote was readable by every account."""
+    [umask] = _unit()["UMask"]
+    assert int(umask, 8) & 0o007 == 0o007  # nothing for other accounts (the library's group may read models)
+
+
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
 def test_the_images_give_numba_and_matplotlib_a_writable_folder(name):
     text = (DEPLOY / name).read_text()

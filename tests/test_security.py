@@ -330,6 +330,33 @@ def test_over_budget_data_is_refused_with_the_numbers_or_read_from_disk(tmp_path
     assert "MB of memory once read, over the server's limit of 50 MB" in error.message
 
 
+def test_uploads_and_the_users_folders_are_this_accounts_only_whatever_the_umask(tmp_path, monkeypatch):
+    """QA: uploads were written 0644 in 0755 folders (umask 022): any account on the server could read
+    a user's data. They are now 0600 in 0700 folders, made so from the start, whatever the umask."""
+    from scatd_core import panel
+
+    def mode(path) -> str:
+        return oct(Path(path).stat().st_mode & 0o777)
+
+    before = os.umask(0o022)
+    try:
+        path = io.store_upload(b"cell,G1\nc1,1\n", "cells.csv", tmp_path)
+        assert (mode(path), mode(path.parent)) == ("0o600", "0o700")
+        assert mode(io.write_private(tmp_path / "checkpoint.pth", b"weights")) == "0o600"
+        with pytest.raises(FileExistsError):  # never written through a file (or link) already there
+            io.write_private(tmp_path / "checkpoint.pth", b"other")
+        folder = io.private_folder(tmp_path / "work" / "sessions" / "abc")
+        assert [mode(p) for p in (tmp_path / "work", folder.parent, folder)] == ["0o700"] * 3
+        (tmp_path / "open").mkdir(mode=0o755)
+        assert mode(io.private_folder(tmp_path / "open")) == "0o700"  # an existing one narrowed
+        monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
+        with panel._locked(panel.panels_file("alice")):  # the saved panels' folder, named after the users
+            pass
+        assert mode(tmp_path / "home" / "panels") == "0o700"
+    finally:
+        os.umask(before)
+
+
 def test_a_dataset_larger_than_the_servers_free_memory_is_read_from_disk_or_waits(tmp_path):
     """With less memory free on the server than the per-dataset limit (the app passes what is
     free and why), an h5ad is read from disk and says why; a file that must be read into

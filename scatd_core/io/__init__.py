@@ -36,6 +36,7 @@ Sets the following fields of the returned AnnData:
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import warnings
@@ -63,7 +64,7 @@ from scatd_core.io._tenx import choose_matrix, data_files, read_archive, read_mt
 #: The start of the name of each folder :func:`store_upload` makes.
 UPLOAD_FOLDER_PREFIX = "scatd-upload-"
 
-__all__ = ["read", "read_bytes", "store_upload", "read_cell_metadata", "add_cell_metadata", "remove_cell_metadata",
+__all__ = ["read", "read_bytes", "store_upload", "write_private", "private_folder", "read_cell_metadata", "add_cell_metadata", "remove_cell_metadata",
            "cell_metadata_messages", "UPLOAD_FOLDER_PREFIX", "SUPPORTED_FORMATS", "UPLOAD_TYPES",
            "REFUSED_UPLOAD_TYPES", "SPREADSHEET_UPLOAD_HELP",
            "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY", "MIN_CELLS", "BACKED_MIN_BYTES", "BACKED_MIN_CELLS"]
@@ -138,6 +139,31 @@ def _with_sha256(adata: ad.AnnData, path: Path) -> ad.AnnData:
     return adata
 
 
+def private_folder(path: str | Path) -> Path:
+    """``path`` as a folder only this account may open (0700, whatever the umask; made with its
+    missing parents, those 0700 too; an existing one is narrowed): a user's working folder, whose
+    names and files another account on the server must not read."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in [path, *missing]:
+        try:
+            folder.chmod(0o700)  # mkdir's mode is narrowed by the umask only, and parents= ignores it
+        except OSError:  # another account's (a shared parent made meanwhile): not ours to change
+            pass
+    return path
+
+
+def write_private(path: str | Path, data) -> Path:
+    """Write ``data`` (bytes or a buffer) to the new file ``path``, readable by this account only
+    (0600 from its creation, whatever the umask): a user's upload on the server's disk."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
+
+
 def store_upload(data, filename: str, folder: str | Path | None = None, *, max_bytes: int | None = None) -> Path:
     """Write uploaded bytes (``bytes`` or a buffer such as a memoryview) to a fresh folder inside
     ``folder`` (default the system's temporary folder) and return the file's path, for
@@ -147,6 +173,7 @@ def store_upload(data, filename: str, folder: str | Path | None = None, *, max_b
     ``filename`` only tells the format: the file is a fixed stem plus the recognised extension, so
     no name a user typed becomes a path. Checked first: the size limit (``max_bytes``, default the
     upload limit) and a supported extension. Remove the file's folder (``path.parent``) when done.
+    The folder (0700) and the file (0600) are this account's only, whatever the umask.
     """
     shown = display_name(filename)
     size = memoryview(data).nbytes
@@ -159,7 +186,7 @@ def store_upload(data, filename: str, folder: str | Path | None = None, *, max_b
     tmpdir = Path(tempfile.mkdtemp(prefix=UPLOAD_FOLDER_PREFIX, dir=folder))
     path = tmpdir / f"upload{suffix}"
     try:
-        path.write_bytes(data)
+        write_private(path, data)
     except OSError as exc:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise InputError(f"Could not store the upload {shown} ({exc}).",
