@@ -103,7 +103,8 @@ if ranking is None:  # full width: in the download's narrow column the link's wo
             ":material/arrow_forward:")
 
 st.subheader("Preview")
-st.markdown(f"**{ui.md(files[0])}** (the first {min(len(table), 200):,} of {len(table):,} rows)")
+st.markdown(f"**{ui.md(files[0])}** (" + (f"the first 200 of {len(table):,} rows" if len(table) > 200 else
+                                          f"{len(table):,} row{'' if len(table) == 1 else 's'}") + ")")
 ui.cells_table(table.head(200), hide_index=True)
 st.markdown(f"**{ui.md(files[1])}**")
 ui.table(metrics_table.astype({"value": str}), hide_index=True)  # mixed numbers and text: shown as text

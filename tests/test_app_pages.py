@@ -309,6 +309,8 @@ def test_upload_predict_results_report(with_library, monkeypatch):
     # QA: the preview's tables were stacked untitled: each is headed by its file's name
     headings = [m.value.split("**")[1] for m in at.markdown if m.value.startswith("**") and ".csv**" in m.value]
     assert [h.rsplit("_", 1)[1] for h in headings] == ["predictions.csv", "metrics.csv"] and "tumour" in headings[0]
+    # QA: "(the first 180 of 180 rows)" (and "the first 1 of 1 rows"): under 200 rows, all are shown
+    assert f"predictions.csv** ({N_CELLS:,} rows)" in text(at.markdown)
 
     goto(at, "3_Predict")  # coming back: nothing recomputed
     assert "nothing needs recomputing" in text(at.caption)

@@ -556,10 +556,22 @@ def test_tables_are_parsed_in_chunks_that_stop_at_the_limits(tmp_path, monkeypat
         message = _refused(dense).message
         # what the rows read before stopping take, not the whole file's: said as "at least"
         assert "its values would take at least 1.0 MB of memory once read, over the server's limit" in message
-        assert "rows take that already; the rest of the file, if any, was not read, so its whole size is not " \
+        assert "rows took that already; the rest of the file, if any, was not read, so its whole size is not " \
                "known" in message
-        rows = int(message.split("Its first ")[1].split(" rows")[0].replace(",", ""))
+        rows = int(message.split("Reading its first ")[1].split(" rows")[0].replace(",", ""))
         assert rows < most, message
+
+
+def test_a_table_stopped_after_its_first_row_says_row_not_rows(tmp_path, monkeypatch):
+    """QA: "Its first 1 rows take that already": a table so wide that one row fills a parse chunk."""
+    from scatd_core.io import _table
+
+    monkeypatch.setattr(_table, "TABLE_CHUNK_VALUES", 1)  # one row at a time
+    wide = tmp_path / "wide.csv"
+    wide.write_text("cell," + ",".join(f"G{i}" for i in range(400)) + "\n"
+                    + "".join(f"c{r}," + ",".join(["1"] * 400) + "\n" for r in range(3)))
+    message = _refused_table(lambda: io.read(wide, max_dataset_bytes=1000)).message
+    assert "Reading its first row took that already" in message and "1 rows" not in message
 
 
 def test_a_loom_too_large_for_memory_says_what_was_read_and_the_whole_matrix_declared(tmp_path, monkeypatch):
@@ -576,7 +588,7 @@ def test_a_loom_too_large_for_memory_says_what_was_read_and_the_whole_matrix_dec
         f.create_group("col_attrs")["CellID"] = np.array([f"c{i}".encode() for i in range(2000)])
     message = _refused(path).message
     assert "its expression matrix would take at least 1.0 MB of memory once read, over the server" in message, message
-    cells = int(message.split("Its first ")[1].split(" of 2,000 cells")[0].replace(",", ""))
+    cells = int(message.split("Reading its first ")[1].split(" of 2,000 cells")[0].replace(",", ""))
     assert 1000 < cells < 2000, message
     assert "the whole matrix is 100 genes x 2,000 cells of float32 values, 781 kB as stored unpacked" in message
     monkeypatch.setattr(_hdf5, "LOOM_BLOCK_VALUES", 1 << 25)  # read at once: its whole size, not "at least"

@@ -305,7 +305,9 @@ class _Rows:
             check_cells(len(self.ids), self.opts, final=False)
         else:
             check_genes(len(self.ids), self.opts)
-        check_memory(self.held, "its values", self.opts, read_so_far=f"its first {len(self.ids):,} rows")
+        rows = len(self.ids)
+        check_memory(self.held, "its values", self.opts,
+                     read_so_far="its first row" if rows == 1 else f"its first {rows:,} rows")
         if meta is not None:
             self.metas.append(meta)
 
