@@ -172,8 +172,11 @@ def is_allowed(session_id: str) -> bool:
         return True
     from scatd_core.users import User, recheck
 
-    if recheck(User(login, login_stamp=stamp))[0] is not None:
-        return True
+    try:
+        if recheck(User(login, login_stamp=stamp))[0] is not None:
+            return True
+    except OSError:  # the users file's folder cannot be read: refused, as the login itself would be
+        return False
     _disallow_all([sid])
     return False
 
