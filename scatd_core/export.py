@@ -52,6 +52,22 @@ CLUSTER_COLUMN = "leiden_cluster"
 KNOWN_LABEL_COLUMN = "known_label"
 
 
+def _empty(value) -> bool:
+    """Whether a recorded value is None or empty (a string, list, dict, or the numpy array a list in
+    ``uns`` becomes in an h5ad read back, whose truth value is an error). Array-safe, unlike ``value
+    or None``; 0 and False are values, not empty."""
+    if value is None:
+        return True
+    if isinstance(value, np.ndarray):
+        return value.size == 0
+    return isinstance(value, (str, bytes, list, tuple, dict)) and len(value) == 0
+
+
+def _given(value):
+    """``value``, or None when it is empty (:func:`_empty`): an array-safe ``value or None``."""
+    return None if _empty(value) else value
+
+
 def _require(adata: ad.AnnData, keys) -> dict:
     if keys.run not in adata.uns or keys.prob not in adata.obs:
         raise InputError("No predictions in this dataset.", "Run the prediction first (`scatd predict`).")
@@ -764,7 +780,9 @@ def _fmt(v) -> str:
         return "—" if not np.isfinite(v) else f"{v:.4g}"
     if isinstance(v, (int, np.integer)):
         return f"{v:,}"
-    if isinstance(v, (dict, list)):
+    if isinstance(v, np.ndarray):  # a list read back from an h5ad
+        v = v.tolist()
+    if isinstance(v, (dict, list, tuple)):
         return json.dumps(v, default=str)
     return str(v)
 
@@ -1032,8 +1050,8 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("value evidence", (data.get("value_type_evidence") or {}).get("reason")),
         ("QC filter" if left_out_label(info) == _keys.FILTERED else "mask",
          f"{qc.get('n_filtered', 0):,} cell(s) {filtered_text(info)}" if qc.get("n_filtered") else "none"),
-        ("QC thresholds", qc.get("thresholds") or None),
-        ("input warnings", data.get("warnings") or None),
+        ("QC thresholds", _given(qc.get("thresholds"))),
+        ("input warnings", _given(data.get("warnings"))),
         ("cell metadata table", _cell_metadata_text(adata)),
     ]))
     parts += _card_section(model)
@@ -1046,14 +1064,14 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("demo model (simulated data)", bool(model.get("demo"))),
         ("library folder", Path(str(model["path"])).name if model.get("path") else None),
         ("weights sha256", model.get("weights_sha256")),
-        *[(f"provenance: {k}", v) for k, v in prov.items() if v not in (None, "", [], {})],
+        *[(f"provenance: {k}", v) for k, v in prov.items() if not _empty(v)],
     ]))
     coverage = info.get("gene_coverage") or {}
     embed_info = adata.uns.get(_keys.EMBED, {})
     parts.append("<h2>Run parameters</h2>" + _kv_table([
         *[(k, v) for k, v in params.items()], *[(f"threshold: {k}", v) for k, v in info["threshold"].items()],
         ("model input", info.get("input")), ("run at", info.get("run_at")), ("seconds", info.get("seconds")),
-        ("cells scored", info.get("n_scored")), ("not scored, by reason", info.get("not_scored") or None),
+        ("cells scored", info.get("n_scored")), ("not scored, by reason", _given(info.get("not_scored"))),
         *[(f"gene coverage: {k}", v) for k, v in coverage.items()],
         *[(f"UMAP: {k}", v) for k, v in embed_info.items()],
         *[(f"embeddings: {k}", v) for k, v in (info.get("embeddings") or {}).items()],

@@ -332,6 +332,27 @@ def test_html_report_labels_demo_models_and_reports_evaluation_problems(data_and
     assert "is not known" in text or "exactly two" in text or "Every labelled cell" in text  # shown, not raised
 
 
+def test_the_report_builds_from_an_annotated_h5ad_read_back(data_and_bundle, tmp_path):
+    """A demo prediction written with export and read back with anndata: the lists in uns come back as
+    numpy arrays (the input's empty warnings too), whose truth value is an error. The report still builds."""
+    from scatd_core import io
+
+    adata, _ = data_and_bundle
+    adata.write_h5ad(tmp_path / "tumour.h5ad")
+    data = io.read(tmp_path / "tumour.h5ad")  # records its warnings (none) in uns
+    bundle = make_bundle(tmp_path / "demo", data, steps=2, demo=True)
+    predict(data, bundle)
+    data.uns["scatd"]["model"]["provenance"]["files"] = ["bulk.csv", "labels.csv"]  # a list, an array once read
+    back = ad.read_h5ad(export.write_h5ad(data, tmp_path / "annotated.h5ad"))
+    assert isinstance(back.uns["scatd_input"]["warnings"], np.ndarray) and back.uns["scatd_input"]["warnings"].size == 0
+    text = export.html_report(back, label_column="response", group_columns=["sample"])
+    assert "class='demo'" in text and "AUROC" in text
+    data_table = text.split("<h2>Data</h2>")[1].split("</table>")[0]
+    assert "<th>input warnings</th><td>—</td>" in data_table  # none, not an empty array
+    assert "<th>provenance: files</th><td>[&quot;bulk.csv&quot;, &quot;labels.csv&quot;]</td>" in text
+    assert set(export.metrics_table(back, "response", ["sample"])["section"]) >= {"summary", "evaluation"}
+
+
 def test_the_h5ad_holds_what_the_report_was_made_with_and_a_download_no_server_path(filtered_result, tmp_path):
     adata, bundle, _ = filtered_result
     paths = export.write_report(adata, tmp_path / "rep", label_column="response", group_columns=["sample"])
