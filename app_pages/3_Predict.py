@@ -7,7 +7,7 @@ from scatd_core import foundation, pl, scaleout
 from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
 from scatd_core.inputs import left_out_label
-from scatd_core.predict import estimate_seconds, lowered_batch_message, score, store, summary
+from scatd_core.predict import estimate_seconds, lowered_batch_message, score, store, summary, threshold_origin
 
 ss = st.session_state
 st.title("3 · Predict")
@@ -142,6 +142,7 @@ for warning in info.get("warnings", []):
 for note in info.get("notes", []):  # what the model input did with the values (e.g. un-logged them)
     st.info(ui.md(note), icon=":material/info:")
 ui.chart(pl.probability_histogram(adata.obs["scatd_prob_resistant"].to_numpy(), thr["value"],
-                                   "Distribution of P(resistant)", thr["calibrated"]), key="predict_hist")
+                                   "Distribution of P(resistant)", thr["calibrated"], threshold_origin(thr)),
+         key="predict_hist")
 st.divider()
 ui.link("Cells", "Next: explore the cells", ":material/arrow_forward:")

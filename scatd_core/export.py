@@ -35,7 +35,7 @@ from scatd_core.embed import fit_note, is_data_umap
 from scatd_core.errors import InputError
 from scatd_core.inputs import left_out_label, mask_reason_text, run_mask
 from scatd_core.metrics import METRIC_MEANINGS, evaluate_column, fitted_on_labels, group_table, interval_ends
-from scatd_core.predict import summary
+from scatd_core.predict import summary, threshold_origin
 from scatd_core.explain import completeness_text, out_of_date
 
 #: Columns of ``predictions.csv`` before the optional ones (UMAP, Leiden cluster, the user's columns).
@@ -838,7 +838,8 @@ def _summary_section(adata, keys, info) -> list[str]:
 def _prediction_figures(adata, keys, info) -> str:
     thr = info["threshold"]
     figures = [_figure_html(pl.probability_histogram(adata.obs[keys.prob].to_numpy(), thr["value"],
-                                                     "Distribution of P(resistant)", thr["calibrated"]))]
+                                                     "Distribution of P(resistant)", thr["calibrated"],
+                                                     threshold_origin(thr)))]
     if _keys.UMAP in adata.obsm:
         coords = np.asarray(adata.obsm[_keys.UMAP])
         ids = adata.obs_names.astype(str)

@@ -455,8 +455,12 @@ def label_colors(categories: Iterable[str]) -> list[str]:
 
 
 def probability_histogram(prob: np.ndarray, threshold: float, title: str | None = None,
-                          calibrated: bool | None = None) -> go.Figure:
+                          calibrated: bool | None = None, source: str | None = None) -> go.Figure:
     """Histogram of P(resistant) over the scored cells, with the threshold marked.
+
+    The threshold's label says whether it is ``calibrated`` and, when given, where it came from:
+    ``source``, a few words (:func:`scatd_core.predict.threshold_origin`: "model default", "set by
+    hand", "set with --threshold"), e.g. "threshold 0.3 (set by hand, uncalibrated)".
 
     :data:`HISTOGRAM_BINS` equal bins over [0, 1]; the last bin is closed, so probabilities of
     exactly 0 and 1 are counted like any other (numpy's binning, drawn as bars). Two stacked
@@ -477,7 +481,12 @@ def probability_histogram(prob: np.ndarray, threshold: float, title: str | None 
         fig.add_trace(go.Bar(x=centres, y=counts, width=width, marker_color=COLORS[called], customdata=labels,
                              name=f"called {called} (P {rule} {threshold:.3g})", showlegend=True,
                              hovertemplate=f"P in %{{customdata}}: %{{y:,}} cells called {called}<extra></extra>"))
-    note = "" if calibrated is None else (" (calibrated)" if calibrated else " (model default, uncalibrated)")
+    if calibrated:
+        note = " (calibrated)"
+    elif calibrated is None:
+        note = f" ({source})" if source else ""
+    else:
+        note = f" ({source}, uncalibrated)" if source and source != "calibrated" else " (uncalibrated)"
     fig.add_vline(x=threshold, line=dict(color=COLORS["resistant"], dash="dash"),
                   annotation_text=f"threshold {threshold:.3g}{note}",
                   # near an edge the label goes inwards, else it is cut off by the plot's border

@@ -37,7 +37,8 @@ from scatd_core.nn.sparse import batch_tensor
 from scatd_core.preprocess import AS_GIVEN_COUNTS_NOTE, as_given_counts
 
 __all__ = ["predict", "score", "store", "Scores", "set_threshold", "labels_at", "summary", "resolve_device", "device_description",
-           "auto_batch_size", "estimate_seconds", "Cancelled", "THRESHOLD_SOURCES"]
+           "auto_batch_size", "estimate_seconds", "Cancelled", "THRESHOLD_SOURCES", "threshold_origin",
+           "SET_WITH_OPTION"]
 
 #: Fewer usable cells than this make dataset statistics (AdaIN, per-gene z-scores) unreliable.
 FEW_CELLS_FOR_STATISTICS = 50
@@ -45,6 +46,8 @@ FEW_CELLS_FOR_STATISTICS = 50
 #: the calls: the model's default and a threshold set by hand leave them *uncalibrated*.
 THRESHOLD_SOURCES = ("model default", "expected fraction", "labelled cells", "user")
 CALIBRATING_SOURCES = ("expected fraction", "labelled cells")
+#: The detail of a threshold given on the command line (``scatd predict --threshold``), source "user"
+SET_WITH_OPTION = "set with --threshold"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -789,7 +792,7 @@ def set_threshold(adata: ad.AnnData, threshold: float, source: str = "user", *, 
     adata.obs[keys.label] = labels_at(adata, float(threshold), key_added=key_added)
     adata.uns[keys.run]["threshold"] = {
         "value": float(threshold), "source": source, "calibrated": source in CALIBRATING_SOURCES,
-        "detail": detail or ("the model's default" if source == "model default" else source)}
+        "detail": detail or {"model default": "the model's default", "user": "set by hand"}.get(source, source)}
     if label_column is not None:
         adata.uns[keys.run]["threshold"]["label_column"] = str(label_column)
 
@@ -812,6 +815,17 @@ def forget_label_calibrations(adata: ad.AnnData, column: str, why: str = "its la
                              f"{why}")
         reset.append(str(key))
     return reset
+
+
+def threshold_origin(threshold: Mapping) -> str:
+    """Where a threshold (a prediction's ``uns`` record) came from, in a few words for a figure:
+    ``"calibrated"``, ``"model default"``, ``"set with --threshold"`` (``scatd predict``) or
+    ``"set by hand"`` (the app's slider, or any other threshold given by hand)."""
+    if threshold.get("calibrated"):
+        return "calibrated"
+    if threshold.get("source") == "model default":
+        return "model default"
+    return SET_WITH_OPTION if threshold.get("detail") == SET_WITH_OPTION else "set by hand"
 
 
 def threshold_info(adata: ad.AnnData, *, key_added: str | None = None) -> dict:

@@ -544,6 +544,20 @@ def test_report_again_without_explain_removes_the_earlier_biomarkers_and_says_so
     assert code == 0 and "Removed" not in err
 
 
+def test_a_threshold_given_with_the_option_is_said_so_in_the_terminal_and_the_reports_histogram(capsys,
+                                                                                                   cells_and_bundle):
+    """QA: `--threshold 0.3` was printed "Threshold 0.3: user" and the report's histogram labelled it
+    "model default, uncalibrated"."""
+    tmp = cells_and_bundle
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
+                        "--out", tmp / "rep", "--no-umap", "--threshold", "0.3")
+    assert code == 0, err
+    assert "Threshold 0.3: set with --threshold — UNCALIBRATED" in err and ": user" not in err
+    page = (tmp / "rep" / "report.html").read_text()
+    assert "threshold 0.3 (set with --threshold, uncalibrated)" in page and "model default" not in page
+    assert ad.read_h5ad(tmp / "rep" / "annotated.h5ad").uns["scatd"]["threshold"]["detail"] == "set with --threshold"
+
+
 def test_report_of_too_few_cells_for_a_umap_is_written_without_it_and_says_why(capsys, cells_and_bundle):
     """QA: `scatd report` on 2-4 cells predicted, then exited 2 ("a UMAP and clusters need at least
     5 ... the downloads do not need them") and wrote nothing. Now the report is written without the

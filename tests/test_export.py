@@ -530,6 +530,26 @@ def test_probability_histogram_counts_every_cell_including_exact_0_and_1():
     assert max(bars.x) + bars.width / 2 == pytest.approx(1.0) and min(bars.x) - bars.width / 2 == pytest.approx(0.0)
 
 
+def test_the_histograms_threshold_says_where_it_came_from():
+    """QA: a threshold set by hand (or with --threshold) was labelled "model default, uncalibrated"."""
+    from scatd_core.predict import threshold_origin
+
+    p = np.linspace(0, 1, 21)
+
+    def label(record):
+        fig = pl.probability_histogram(p, record["value"], calibrated=record["calibrated"],
+                                       source=threshold_origin(record))
+        return fig.layout.annotations[0].text
+
+    by_hand = {"value": 0.3, "source": "user", "calibrated": False, "detail": "set by hand on the Cells page"}
+    assert label(by_hand) == "threshold 0.3 (set by hand, uncalibrated)"
+    assert label({**by_hand, "detail": "set with --threshold"}) == "threshold 0.3 (set with --threshold, uncalibrated)"
+    assert label({**by_hand, "source": "model default"}) == "threshold 0.3 (model default, uncalibrated)"
+    assert label({**by_hand, "source": "expected fraction", "calibrated": True}) == "threshold 0.3 (calibrated)"
+    alt = pl.alt_text(pl.probability_histogram(p, 0.3, calibrated=False, source="set by hand"))
+    assert "threshold 0.3 (set by hand, uncalibrated)" in alt
+
+
 @pytest.mark.parametrize("mode", ["mean", "sample"])
 def test_device_out_of_memory_lowers_the_batch_and_says_so(data_and_bundle, monkeypatch, mode):
     """A forward pass over more than 16 cells raises OutOfMemoryError (as a full GPU would):

@@ -188,8 +188,12 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
 
 
 def calibrate_from_args(adata, args, key_added: str | None = None) -> None:
-    """``--expected-fraction`` / ``--calibrate-on-labels`` (``--threshold`` is set by predict)."""
-    from scatd_core.predict import calibrate
+    """``--expected-fraction`` / ``--calibrate-on-labels``; ``--threshold`` (the calls made at it by
+    predict) recorded as "set with --threshold", as the terminal, the report and its histogram say."""
+    from scatd_core.predict import SET_WITH_OPTION, calibrate, set_threshold
+
+    if args.threshold is not None:
+        set_threshold(adata, args.threshold, "user", key_added=key_added, detail=SET_WITH_OPTION)
 
     fraction, per_drug = expected_fractions(args)
     if per_drug:
@@ -314,7 +318,7 @@ def run_panel(args, bundles) -> int:
     from scatd_core import export, panel
     from scatd_core._output import writing
     from scatd_core.errors import ScatdError
-    from scatd_core.predict import set_threshold
+    from scatd_core.predict import SET_WITH_OPTION, set_threshold
 
     if getattr(args, "engine", "local") == "ray":
         raise ScatdError("--engine ray scores one model at a time; a panel runs in this process.",
@@ -344,7 +348,7 @@ def run_panel(args, bundles) -> int:
         if not m.scored:
             say(f"warning: {m.drug} (model {m.folder}) skipped: {m.problem}")
         elif args.threshold is not None:
-            set_threshold(adata, args.threshold, "user", key_added=m.key)
+            set_threshold(adata, args.threshold, "user", key_added=m.key, detail=SET_WITH_OPTION)
     if args.calibrate_on_labels:
         calibrate_panel_on_labels(adata, args, scored, label_drug)
     if fraction is not None or per_drug:
