@@ -123,18 +123,31 @@ def layout(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Fi
 
 
 #: Plotly renders a few HTML tags in every text it draws (legends, titles, tick labels, hover
-#: labels, annotations), links included: a "<" that does not start one of the figures' own line
-#: breaks is written as an entity, so names from the data show as typed.
+#: labels, annotations), links included, and decodes entities (``&amp;``, ``&lt;``, ``&#39;`` ...):
+#: every "&" and every "<" that does not start one of the figures' own line breaks is written as an
+#: entity, so names from the data show as typed ("A&B", "A&amp;B", "<b>x" and "a > b" alike).
 _TAG = re.compile(r"<(?!br>)")
 _TRACE_TEXT = ("name", "legendgroup", "x", "y", "text", "hovertext", "customdata")
 
 
+def _escape(text: str) -> str:
+    """``text`` as Plotly shows it literally, the figures' own ``<br>`` kept (see :data:`_TAG`)."""
+    return _TAG.sub("&lt;", text.replace("&", "&amp;"))
+
+
+def text_for_plotly(text) -> str:
+    """``text`` (a name from the data) for a Plotly string that :func:`plain_text` does not see, e.g.
+    a hover template: "&" and "<" as the entities Plotly decodes (``html.escape`` also writes
+    ``&quot;``, which Plotly shows as such), and "%" of a template field kept from being one."""
+    return _escape(str(text)).replace("%{", "%&#123;")
+
+
 def _plain(value):
     if isinstance(value, str):
-        return _TAG.sub("&lt;", value)
+        return _escape(value)
     if isinstance(value, (list, tuple, np.ndarray, pd.Series, pd.Index)):
         arr = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
-        if arr.dtype.kind in "OU" and any(isinstance(v, str) and "<" in v for v in arr.ravel()):
+        if arr.dtype.kind in "OU" and any(isinstance(v, str) and ("<" in v or "&" in v) for v in arr.ravel()):
             out = np.empty(arr.shape, dtype=object)
             out.ravel()[:] = [_plain(v) for v in arr.ravel()]
             return out
@@ -143,7 +156,7 @@ def _plain(value):
 
 def plain_text(fig: go.Figure) -> go.Figure:
     """Every text of ``fig`` that can come from the data (trace names, categories, hover texts,
-    axis, legend and colour-bar titles, annotations) with its "<" written as an entity (the
+    axis, legend and colour-bar titles, annotations) with its "&" and "<" written as entities (the
     figures' own ``<br>`` kept): a cell, gene, group or column name holding ``<a href=...>`` or
     ``<b>`` is shown as typed, never as a link or markup. Applied by :func:`layout`."""
     for trace in fig.data:
@@ -157,7 +170,7 @@ def plain_text(fig: go.Figure) -> go.Figure:
                 title = trace[f"{bar}.title.text"]
             except (KeyError, ValueError):
                 continue
-            if isinstance(title, str) and "<" in title:
+            if isinstance(title, str) and ("<" in title or "&" in title):
                 trace[f"{bar}.title.text"] = _plain(title)
     lay = fig.layout
     if isinstance(lay.title.text, str):
@@ -335,7 +348,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                                             colorbar=colorbar),
                                 text=ids[has], customdata=v[has],
                                 # 3 significant digits: a spread of 0.0004 read 0.000 with .3f
-                                hovertemplate="%{text}<br>" + html.escape(name) + ": %{customdata:.3~g}<extra></extra>"))
+                                hovertemplate="%{text}<br>" + text_for_plotly(name) + ": %{customdata:.3~g}<extra></extra>"))
         else:
             text = vals.astype(str).where(vals.notna(), "NA")
             cats = pd.Series(values).astype("category").cat.categories if hasattr(values, "cat") else None
@@ -346,7 +359,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                 m = (text == cat).to_numpy()
                 fig.add_trace(Trace(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"{cat} ({int(m.sum()):,})",
                                     marker=dict(size=size, color=palette[cat]), text=ids[m], showlegend=True,
-                                    hovertemplate="%{text}<br>" + html.escape(f"{name}: {cat}") + "<extra></extra>"))
+                                    hovertemplate="%{text}<br>" + text_for_plotly(f"{name}: {cat}") + "<extra></extra>"))
     fig.update_xaxes(title="UMAP 1", showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(title="UMAP 2", showticklabels=False, zeroline=False, showgrid=False, scaleanchor=None)
     notes = [note] if note else []
@@ -864,7 +877,7 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     shape = raw.shape
     custom = np.stack([np.broadcast_to(labels[rows], shape).astype(object), raw.astype(object),
                        np.broadcast_to(thr[:, None], shape).astype(object), called.astype(object)], axis=-1)
-    where = (html.escape(group_name) + " %{customdata[0]}<br>") if grouped else ""
+    where = (text_for_plotly(group_name) + " %{customdata[0]}<br>") if grouped else ""
     fig = go.Figure(go.Heatmap(z=z, y=list(drugs), x=np.arange(len(rows)), zmin=0, zmax=1, colorscale=PROB_SCALE,
                                colorbar=relative_colorbar(), customdata=custom, hoverongaps=False,
                                hovertemplate="%{y}<br>" + where + "P(resistant) %{customdata[1]:.3f}<br>"
@@ -882,7 +895,7 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
         if s:
             fig.add_vline(x=s - 0.5, line=dict(color="#222", width=1))
         fig.add_annotation(x=(s + e - 1) / 2, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
-                           text=html.escape(labels[rows][s]), font=dict(size=11))
+                           text=str(labels[rows][s]), font=dict(size=11))  # escaped by layout
     fig.update_xaxes(title=f"cells, ordered by {group_name}" if grouped else
                      "cells, ordered by their mean P(resistant) over the drugs", showticklabels=False, showgrid=False)
     fig.update_yaxes(title="", autorange="reversed", type="category")

@@ -160,6 +160,39 @@ def test_names_from_the_data_are_text_in_figures():
     assert not [s for s in texts if "<a" in s or "<b>" in s]
 
 
+def _as_plotly_shows(text: str) -> str:
+    """What Plotly draws for ``text``: its entities decoded (plotly.js svg_text_utils.convertEntities)."""
+    import html
+    import re
+
+    named = {"mu": "\u03bc", "amp": "&", "lt": "<", "gt": ">", "nbsp": "\xa0", "times": "\xd7", "plusmn": "\xb1",
+             "deg": "\xb0"}
+    return re.sub(r"&(#\d+|#x[\da-fA-F]+|[a-z]+);",
+                  lambda m: html.unescape(m[0]) if m[1][0] == "#" else named.get(m[1], m[0]), text)
+
+
+def test_names_with_ampersands_and_angle_brackets_show_as_typed():
+    """QA: names were escaped for "<" but not "&", and Plotly decodes entities: a gene "A&amp;B" showed
+    as "A&B", "x&lt;y" as "x<y"; html.escape's "&quot;" in a hover showed as such."""
+    import json
+
+    names = ["A&B", "A&amp;B", "x&lt;y", "<b>x</b>", "a > b"]
+    ranking = pd.DataFrame({"feature": names, "mean_abs_attribution": [0.5, 0.4, 0.3, 0.2, 0.1],
+                            "direction": ["resistance"] * 5, "rank": [1, 2, 3, 4, 5], "de_score": [1.0] * 5})
+    fig = json.loads(pl.biomarker_bar(ranking, 5, "P(resistant)", title="Top of A&amp;B").to_json())
+    assert sorted(_as_plotly_shows(y) for t in fig["data"] for y in t["y"]) == sorted(names)  # ticks, hovers
+    assert sorted(map(_as_plotly_shows, fig["layout"]["yaxis"]["categoryarray"])) == sorted(names)
+    assert _as_plotly_shows(fig["layout"]["title"]["text"]) == "Top of A&amp;B"
+    coords = np.random.default_rng(0).normal(size=(4, 2))
+    umap = json.loads(pl.umap_figure(coords, ["A&amp;B", "say \"hi\"", "A&amp;B", "x"], name='R&D "col" %{x}',
+                                     categorical=True, title="A&amp;B").to_json())
+    assert _as_plotly_shows(umap["layout"]["title"]["text"]) == "A&amp;B"
+    assert {_as_plotly_shows(t["name"]) for t in umap["data"]} == {"A&amp;B (2)", 'say "hi" (1)', "x (1)"}
+    hover = next(t["hovertemplate"] for t in umap["data"] if t["name"] == "x (1)")
+    assert _as_plotly_shows(hover) == '%{text}<br>R&D "col" %{x}: x<extra></extra>'
+    assert "%{x}" not in hover  # the name's "%{x}" is text, never a template field
+
+
 def test_clusters_are_the_same_whichever_space_the_umap_is_drawn_in():
     """Leiden runs on the latent space's whole neighbour graph in both bases: the clusters (their
     colours, the per-cluster table, leiden_cluster in every download) do not change when the user
