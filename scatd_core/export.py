@@ -766,6 +766,9 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}.cards{display:flex;gap
 .card{border:1px solid #e3e3e3;border-radius:8px;padding:10px 16px;min-width:130px}.card b{font-size:22px;
 display:block}.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}footer{color:#888;font-size:12px;
 margin-top:40px}code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
+.table-scroll{overflow-x:auto;max-width:100%}.table-scroll table{margin:0}.table-scroll{margin:8px 0}
+p,li{overflow-wrap:anywhere}
+@media (max-width:640px){main{padding:12px}.grid{grid-template-columns:1fr}}
 """
 #: Rows of the biomarker ranking shown in the HTML report (biomarkers.csv has them all).
 REPORT_TOP_FEATURES = 30
@@ -789,14 +792,19 @@ def _fmt(v) -> str:
 
 def _kv_table(pairs: Iterable[tuple[str, object]]) -> str:
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in pairs)
-    return f"<table>{rows}</table>"
+    return _scrolling(f"<table>{rows}</table>")
 
 
 def _frame_html(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return _scrolling(f"<table><tr>{head}</tr>{body}</table>")
+
+
+def _scrolling(table: str) -> str:
+    """A table in its own horizontally scrolling box: a wide table scrolls on a phone, not the page."""
+    return f"<div class='table-scroll'>{table}</div>"
 
 
 def _figure_html(fig: go.Figure) -> str:

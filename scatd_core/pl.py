@@ -675,6 +675,12 @@ def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: s
 # Biomarkers
 # --------------------------------------------------------------------------------------------
 
+#: The biomarker chart's legend sits under the plot, from its left edge: this far (pixels)
+#: below the plot, under the x axis's ticks and two-line title, in a bottom margin this high, the
+#: chart this much taller for it.
+BIOMARKER_AXIS_PX, BIOMARKER_BOTTOM_PX, BIOMARKER_LEGEND_PX = 68, 125, 85
+
+
 def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str | None = None, *,
                   target: str = "logit", level: str = "gene") -> go.Figure:
     """The ``n`` best features by mean |attribution|, coloured by ``direction``: what a higher
@@ -692,17 +698,24 @@ def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str |
                              customdata=part[["rank", "de_score"]].to_numpy(dtype=object),
                              hovertemplate="%{y}: %{x:.4g}<br>rank %{customdata[0]}, DE score %{customdata[1]}"
                                            "<extra></extra>"))
-    fig.update_xaxes(title=f"mean |attribution| ({target_title})")
-    fig.update_yaxes(categoryorder="array", categoryarray=list(bars["feature"]))
+    fig.update_xaxes(title=f"mean |attribution|<br>({target_title})")  # two lines: fits a phone's narrow plot
+    fig.update_yaxes(categoryorder="array", categoryarray=list(bars["feature"]), automargin=True)  # whole names
+    fig.update_xaxes(automargin=True)
     higher = "higher expression" if level == "gene" else "a higher feature value"
     moved = "the raw resistant logit" if target == "raw_logit" else "P(resistant)"
-    fig.update_layout(legend_title_text=f"{higher} pushes {moved} toward", barmode="overlay")
+    # the legend under the plot, its title above its entries: at the top right it covered the best bars on a phone
+    fig.update_layout(legend=dict(title=dict(text=f"{higher} pushes {moved} toward", side="top"), orientation="h",
+                                  x=0, xanchor="left", yanchor="top"), barmode="overlay")
     top = ranking.head(n)
     pushes = ", ".join(f"{int((top['direction'] == d).sum()):,} toward {DIRECTION_NAMES[d]}"
                        for d in DIRECTION_COLORS if (top["direction"] == d).any())
     alt = (f"Bar chart of the top {len(top):,} {level}s by mean |attribution| ({target_title}): "
            f"{_named(top['feature'].astype(str))}. {higher.capitalize()} pushes {moved}: {pushes}.")
-    return describe(layout(fig, title, height=max(300, 22 * n)), alt, f"top_{len(top)}_{level}s", zoom=False)
+    height, top_margin = max(300, 22 * n) + BIOMARKER_LEGEND_PX, 50 if title else 20
+    fig = layout(fig, title, height=height)
+    plot_height = height - top_margin - BIOMARKER_BOTTOM_PX
+    fig.update_layout(margin=dict(b=BIOMARKER_BOTTOM_PX), legend_y=-BIOMARKER_AXIS_PX / plot_height)
+    return describe(fig, alt, f"top_{len(top)}_{level}s", zoom=False)
 
 
 def dependence_figure(feature: str, values: np.ndarray, attributions: np.ndarray, prob: np.ndarray,

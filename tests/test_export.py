@@ -322,6 +322,19 @@ def test_html_report_is_self_contained(filtered_result):
         assert f"<th>{library}</th>" in software, library
 
 
+def test_the_report_fits_a_phone_tables_scroll_and_the_biomarker_legend_is_under_the_bars(filtered_result):
+    """QA at 390 px: the tables made the page ~712 px wide, the biomarker chart's legend covered its top
+    bars and long gene names were cut. Each table scrolls in its own box; the legend is under the plot."""
+    adata, _, _ = filtered_result
+    text = export.html_report(adata, label_column="response", group_columns=["sample"])
+    assert text.count("<table") == text.count("<div class='table-scroll'><table") > 5
+    assert re.search(r"\.table-scroll\{[^}]*overflow-x:auto", text)
+    ranking = pd.DataFrame(adata.uns["scatd_biomarkers"]["ranking"])
+    fig = pl.biomarker_bar(ranking, 10, "P(resistant)").to_plotly_json()["layout"]
+    assert fig["legend"]["orientation"] == "h" and fig["legend"]["y"] < 0 and fig["legend"]["yanchor"] == "top"
+    assert fig["yaxis"]["automargin"] is True  # whole gene names
+
+
 def test_html_report_labels_demo_models_and_reports_evaluation_problems(data_and_bundle, tmp_path):
     adata, _ = data_and_bundle
     demo_bundle = make_bundle(tmp_path / "demo", adata, steps=2, demo=True)
