@@ -251,7 +251,8 @@ st.caption("biomarkers.csv, the per-cell attributions (in the h5ad) and the rank
            "Report page.")
 d1, d2 = st.columns(2)
 stem = export.file_stem(ss.get(state.DATA_NAME), run=adata.uns["scatd"])  # the Report page's names
-d1.download_button("biomarkers.csv", export.to_csv_bytes(ranking), f"{stem}_biomarkers.csv", "text/csv",
+ranked = export.biomarkers_stem(ss.get(state.DATA_NAME), adata)  # at the threshold the ranking was computed at
+d1.download_button("biomarkers.csv", export.to_csv_bytes(ranking), f"{ranked}_biomarkers.csv", "text/csv",
                    key="btn_dl_biomarkers", on_click="ignore")
 d1.caption(export.explained_cells_text(info))
 label_column, sample_column = ui.report_columns(adata)
@@ -269,6 +270,7 @@ if expl.features:
     k = d2.number_input("Per-cell attributions: top genes", 1, len(expl.features), min(20, len(expl.features)),
                         key="bio_per_cell_k")
     d2.download_button("per_cell_attributions.csv", export.to_csv_bytes(expl.per_cell(int(k)), index=True),
-                       f"{stem}_per_cell_attributions.csv", "text/csv", key="btn_dl_per_cell", on_click="ignore")
+                       f"{ranked}_per_cell_attributions.csv", "text/csv", key="btn_dl_per_cell",
+                       on_click="ignore")
 
 ui.link("Report", "Next: the report", ":material/arrow_forward:")

@@ -55,7 +55,8 @@ except ScatdError as exc:
     ui.stop()
 
 # the names the buttons below give the files, as the report's footer names them
-files = [f"{stem}_predictions.csv", f"{stem}_metrics.csv"] + ([f"{stem}_biomarkers.csv"] if ranking is not None
+ranked = export.biomarkers_stem(ss.get(state.DATA_NAME), adata)  # at the threshold the ranking was computed at
+files = [f"{stem}_predictions.csv", f"{stem}_metrics.csv"] + ([f"{ranked}_biomarkers.csv"] if ranking is not None
                                                                else []) + [f"{stem}_annotated.h5ad"]
 c = st.columns(5)
 with c[0]:
@@ -69,7 +70,7 @@ with c[1]:
     st.caption("summary, evaluation, per-group fractions")
 with c[2]:
     if ranking is not None:
-        st.download_button("biomarkers.csv", export.to_csv_bytes(ranking), file_name=f"{stem}_biomarkers.csv",
+        st.download_button("biomarkers.csv", export.to_csv_bytes(ranking), file_name=f"{ranked}_biomarkers.csv",
                            mime="text/csv", icon=":material/genetics:", key="btn_dl_report_biomarkers",
                            on_click="ignore")
         cells_text = export.explained_cells_text(adata.uns[BIOMARKERS].get("info", {}), short=True)

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from scatd_core import _keys
 from scatd_core._matrix import MeanVar, log1p_cp10k, row_batches
+from scatd_core._words import counted
 from scatd_core.errors import InputError
 from scatd_core.preprocess import detect_value_type
 
@@ -553,7 +554,7 @@ def fit_note(info: dict) -> str | None:
     if not fit.get("subsampled"):
         return None
     n = fit["n_fitted"] + fit["n_transformed"]
-    return f"UMAP fitted on a random {fit['n_fitted']:,} of {n:,} cells; the others placed into that layout"
+    return f"UMAP fitted on a random {fit['n_fitted']:,} of {counted(n)}; the others placed into that layout"
 
 
 def umap_caption(info: dict) -> str:
@@ -561,7 +562,7 @@ def umap_caption(info: dict) -> str:
     from which input, and, when the layout was fitted on a subsample (above
     :data:`UMAP_FIT_MAX_CELLS` cells), that it was: a random share of the cells made the layout and
     the others were placed into it, so where they sit is less exact."""
-    text = f"UMAP of {int(info['n_embedded']):,} cells ({info['input']})"
+    text = f"UMAP of {counted(info['n_embedded'])} ({info['input']})"
     fit = info.get("fit") or {}
     if fit.get("subsampled"):
         text += (f": fitted on a random {int(fit['n_fitted']):,} of them, the other {int(fit['n_transformed']):,} "

@@ -31,6 +31,7 @@ import plotly.graph_objects as go
 from scatd_core import __version__, _keys, pl
 from scatd_core._keys import result_keys
 from scatd_core._output import REPORT_FILES, writing
+from scatd_core._words import counted
 from scatd_core.embed import fit_note, is_data_umap
 from scatd_core.errors import InputError
 from scatd_core.inputs import left_out_label, mask_reason_text, run_mask
@@ -464,6 +465,18 @@ def file_stem(data_name: str | None, drug: str | None = None, *, run: dict | Non
     if value is not None:
         parts.append(f"thr{float(value):.4g}")
     return "_".join(parts)
+
+
+def biomarkers_stem(data_name: str | None, adata: ad.AnnData) -> str:
+    """:func:`file_stem` for the downloads of the stored biomarker ranking (biomarkers.csv, the per-cell
+    attributions): with the threshold its predicted groups were called at, which the ranking keeps
+    when the threshold changes afterwards (a ranking computed at 0.5 is never named ``thr0.3``)."""
+    stored = adata.uns.get(_keys.BIOMARKERS) or {}
+    info = stored.get("info") or {}
+    run = dict(adata.uns.get(result_keys(info.get("prediction_key")).run) or {})
+    if info.get("threshold") is not None:
+        run["threshold"] = {**(run.get("threshold") or {}), "value": float(info["threshold"])}
+    return file_stem(data_name, run=run)
 
 
 def panel_stem(data_name: str | None, panel_name: str | None = None, drugs: Sequence[str] = ()) -> str:
@@ -983,7 +996,7 @@ def _embeddings_line(e: dict) -> str:
     if "genes: n_matched" in e:
         text += (f"; the model knew {e['genes: n_matched']:,} of the data's {e.get('genes: n_data_genes', 0):,} genes "
                  f"({e.get('genes: n_model_genes', 0):,} in its vocabulary)")
-    text += f"; {int(e.get('cells embedded') or 0):,} cells embedded"
+    text += f"; {counted(e.get('cells embedded') or 0)} embedded"
     missing = sum(int(v) for k, v in e.items() if k.startswith("cells not embedded"))
     if missing:
         text += f", {missing:,} not"
@@ -1053,7 +1066,9 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
     data = adata.uns.get(_keys.INPUT_REPORT, {})
     qc = info.get("qc", {})
     parts.append("<h2>Data</h2>" + _kv_table([
-        ("file", data_name), ("file sha256", data.get("file_sha256") or data.get("file_sha256_skipped")),
+        # the file's name as metrics.csv records it (the title may name the data otherwise, e.g. the demo's)
+        ("file", data.get("file_name") or data_name),
+        ("file sha256", data.get("file_sha256") or data.get("file_sha256_skipped")),
         ("cells", adata.n_obs), ("genes", adata.n_vars),
         ("gene identifiers", data.get("gene_id_type")), ("values", data.get("value_type")),
         ("value evidence", (data.get("value_type_evidence") or {}).get("reason")),
@@ -1234,7 +1249,7 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     title = f"scATD drug panel ({len(ms)} drugs) on {data_name}"
     parts = [f"<h1>{html.escape(title)}</h1><p class='sub'>Generated "
              f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by scATD Studio "
-             f"{html.escape(__version__)}; {adata.n_obs:,} cells, {info['n_scored_models']} of {info['n_models']} "
+             f"{html.escape(__version__)}; {counted(adata.n_obs)}, {info['n_scored_models']} of {info['n_models']} "
              f"models scored them in {info['seconds']:.1f} s.</p>"]
     if any(m.demo for m in ms):
         parts.append("<p class='demo'>Demo models: demo (simulated data). These predictions illustrate the "

@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from scatd_core._keys import FILTERED, MASKED, NOT_EMBEDDED, NOT_SCORED, OLD_NOT_EMBEDDED
+from scatd_core._words import counted
 from scatd_core.embed import finite_rows
 
 #: Above this many points, scatter plots use WebGL (``Scattergl``) so the browser stays fluid.
@@ -377,7 +378,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
 
 def _umap_alt(values, drawable: np.ndarray, name: str, categorical: bool | None, threshold: float | None) -> str:
     """What :func:`umap_figure` shows, in words: the cells drawn and how they are coloured."""
-    alt = f"UMAP of {int(drawable.sum()):,} cells"
+    alt = f"UMAP of {counted(drawable.sum())}"
     if values is None:
         return alt + "."
     every = pd.Series(values)
@@ -493,7 +494,8 @@ def probability_histogram(prob: np.ndarray, threshold: float, title: str | None 
         rule = "≤" if called == "sensitive" else ">"
         fig.add_trace(go.Bar(x=centres, y=counts, width=width, marker_color=COLORS[called], customdata=labels,
                              name=f"called {called} (P {rule} {threshold:.3g})", showlegend=True,
-                             hovertemplate=f"P in %{{customdata}}: %{{y:,}} cells called {called}<extra></extra>"))
+                             hovertext=[f"{counted(c)} called {called}" for c in counts],  # 1 cell, 2 cells
+                             hovertemplate="P in %{customdata}: %{hovertext}<extra></extra>"))
     if calibrated:
         note = " (calibrated)"
     elif calibrated is None:
@@ -508,7 +510,7 @@ def probability_histogram(prob: np.ndarray, threshold: float, title: str | None 
     fig.update_yaxes(title="cells")
     fig.update_layout(bargap=0.02, barmode="stack", legend=dict(orientation="h", x=0, y=-0.3, yanchor="top"))
     if p.size:
-        alt = (f"Histogram of P(resistant) for {p.size:,} scored cells: {_share(resistant.sum(), p.size)} above the "
+        alt = (f"Histogram of P(resistant) for {counted(p.size, 'scored cell')}: {_share(resistant.sum(), p.size)} above the "
                f"threshold {threshold:.3g}{note}, called resistant; median P(resistant) {_g(np.median(p))}.")
     else:
         alt = "Histogram of P(resistant): no scored cells."
@@ -578,10 +580,10 @@ def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",
     fig = go.Figure(go.Heatmap(z=cm, x=[f"called {n}" for n in names], y=[f"true {n}" for n in names],
                                # greys: blue means sensitive in every other figure
                                colorscale=[[0.0, "#f7f7f7"], [1.0, "#9a9a9a"]], showscale=False, text=cm,
-                               texttemplate="%{text:,}",
-                               hovertemplate="%{y}, %{x}: %{z:,} cells<extra></extra>"))
+                               texttemplate="%{text:,}", customdata=np.vectorize(counted, otypes=[object])(cm),
+                               hovertemplate="%{y}, %{x}: %{customdata}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
-    alt = f"Confusion matrix of {int(cm.sum()):,} cells"
+    alt = f"Confusion matrix of {counted(cm.sum())}"
     if cm.shape == (2, 2):  # the matrix as given (sensitive first), whatever order it is drawn in
         cm = np.asarray(confusion)
         alt += (f": of {int(cm[1].sum()):,} truly {positive_label}, {int(cm[1, 1]):,} called {positive_label} and "
@@ -614,10 +616,11 @@ def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray 
     medians = [f"{titles.get(c, c.replace('_', ' '))} {_g(np.nanmedian(metrics[c].to_numpy(dtype=np.float64)))}"
                for c in cols]
     alt = (f"Violin plots of {', '.join(titles.get(c, c.replace('_', ' ')) for c in cols) or 'no QC metric'} "
-           f"over {len(metrics):,} cells" + (f"; medians: {', '.join(medians)}" if medians else ""))
+           f"over {counted(len(metrics))}" + (f"; medians: {', '.join(medians)}" if medians else ""))
     if passed is not None:
         failed = int((~np.asarray(passed, dtype=bool)).sum())
-        alt += f"; {_share(failed, len(metrics))} cells fail the QC filter" + (" (red points)" if failed else "")
+        fails = "cell fails" if failed == 1 else "cells fail"
+        alt += f"; {_share(failed, len(metrics))} {fails} the QC filter" + (" (red points)" if failed else "")
     return describe(layout(fig, title, height=340), alt + ".", "qc_violins", zoom=False)
 
 
@@ -661,7 +664,7 @@ def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: s
     fig.update_xaxes(**_count_axis(x, "total counts", "sum of values"))
     fig.update_yaxes(**_count_axis(y, "genes detected", "genes detected"))
     fig.update_layout(legend=dict(orientation="h", y=1.08))
-    alt = f"Scatter plot of genes detected against total counts for {x.size:,} cells"
+    alt = f"Scatter plot of genes detected against total counts for {counted(x.size)}"
     if x.size:
         alt += f" (medians {_g(np.nanmedian(x))} counts, {_g(np.nanmedian(y))} genes)"
     if has_mt:
@@ -695,7 +698,9 @@ def biomarker_bar(ranking: pd.DataFrame, n: int, target_title: str, title: str |
         # in the legend even when every gene has one direction: what red (or blue) means is always said
         fig.add_trace(go.Bar(x=part["mean_abs_attribution"], y=part["feature"], orientation="h", name=DIRECTION_NAMES[direction],
                              marker_color=colour, showlegend=True,
-                             customdata=part[["rank", "de_score"]].to_numpy(dtype=object),
+                             # the DE score in 3 significant digits (it printed 11.938429832458496)
+                             customdata=np.column_stack([part["rank"].to_numpy(dtype=object),
+                                                         [_g(v) for v in part["de_score"]]]),
                              hovertemplate="%{y}: %{x:.4g}<br>rank %{customdata[0]}, DE score %{customdata[1]}"
                                            "<extra></extra>"))
     fig.update_xaxes(title=f"mean |attribution|<br>({target_title})")  # two lines: fits a phone's narrow plot
@@ -736,7 +741,7 @@ def dependence_figure(feature: str, values: np.ndarray, attributions: np.ndarray
     fig.update_xaxes(title=f"{feature}: model input")
     fig.update_yaxes(title=f"{feature}: attribution")
     x, a = np.asarray(values, dtype=np.float64), np.asarray(attributions, dtype=np.float64)
-    alt = (f"Scatter plot of {feature}'s attribution against its model input for {x.size:,} explained cells, "
+    alt = (f"Scatter plot of {feature}'s attribution against its model input for {counted(x.size, 'explained cell')}, "
            "coloured by P(resistant)")
     both = np.isfinite(x) & np.isfinite(a)
     if both.any():
@@ -763,7 +768,7 @@ def feature_map(coords: np.ndarray, values: np.ndarray, feature: str, what: str,
     fig.update_xaxes(title=f"{axis} 1", showticklabels=False)
     fig.update_yaxes(title=f"{axis} 2", showticklabels=False)
     where = "UMAP" if axis == "UMAP" else f"Map ({axis} 1 and 2)"
-    alt = f"{where} of {int(ok.sum()):,} explained cells coloured by {feature}'s {what}"
+    alt = f"{where} of {counted(ok.sum(), 'explained cell')} coloured by {feature}'s {what}"
     if np.isfinite(v[ok]).any():
         alt += f", from {_g(np.nanmin(v[ok]))} to {_g(np.nanmax(v[ok]))}"
     return describe(layout(fig, f"{feature}: {what}", height=460), alt + ".", f"{feature}_{what}_map")
@@ -923,7 +928,7 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     scored = np.isfinite(prob)
     means = [f"{d} {_g(np.nanmean(prob[scored[:, j], j]))}" if scored[:, j].any() else f"{d} not scored"
              for j, d in enumerate(drugs)]
-    alt = (f"Heatmap of P(resistant) for {len(labels):,} cells by {len(drugs):,} drugs, the cells ordered by "
+    alt = (f"Heatmap of P(resistant) for {counted(len(labels))} by {counted(len(drugs), 'drug')}, the cells ordered by "
            + (f"{group_name} ({len(starts):,} groups)" if grouped else "their mean P(resistant)")
            + f"; mean P(resistant) per drug: {_named(means)}")
     if len(rows) < len(labels):
@@ -946,8 +951,9 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
                     colorscale=PROB_SCALE, line=dict(color="#444", width=0.5),
                     colorbar=relative_colorbar("mean P(resistant)",
                                                "red: above the drug's threshold<br>blue: below it")),
-        customdata=np.c_[summary["fraction_resistant"].astype(float), summary["n_called"], mean, thr],
-        hovertemplate="%{x} · %{y}<br>%{customdata[0]:.1%} of %{customdata[1]} cells resistant"
+        customdata=np.c_[summary["fraction_resistant"].astype(float).to_numpy(dtype=object),
+                         [counted(n) for n in summary["n_called"]], mean.astype(object), thr.astype(object)],
+        hovertemplate="%{x} · %{y}<br>%{customdata[0]:.1%} of %{customdata[1]} resistant"
                       "<br>mean P %{customdata[2]:.3f} (threshold %{customdata[3]:.3g})<extra></extra>"))
     fig.update_xaxes(title="drug (dot size: fraction called resistant)", type="category")
     fig.update_yaxes(title=group_name, type="category", autorange="reversed")
@@ -958,7 +964,7 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
     if len(known):
         def said(row) -> str:
             return (f"{row['group']} with {row['drug']}, {float(row['fraction_resistant']):.0%} of "
-                    f"{int(row['n_called']):,} cells")
+                    f"{counted(row['n_called'])}")
         order = known["fraction_resistant"].astype(float)
         alt += f"; most resistant: {said(known.loc[order.idxmax()])}; least: {said(known.loc[order.idxmin()])}"
     return describe(layout(fig, title, height=max(300, 120 + 36 * n_groups)), alt + ".",

@@ -83,7 +83,7 @@ def test_qc_text_gives_whole_counts_not_exponents():
     alt = pl.alt_text(pl.qc_violin(qc, ["n_genes_by_counts", "total_counts", "pct_counts_mt"],
                                    np.array([True, False])))
     assert "genes detected 1,510, total counts 4,490, % mitochondrial 3" in alt and "e+03" not in alt
-    assert "1 (50.0%) cells fail the QC filter" in alt
+    assert "1 (50.0%) cell fails the QC filter" in alt  # one cell: "cell fails", not "cells fail"
 
 
 def test_a_figure_without_a_text_is_named_by_its_title():

@@ -563,6 +563,50 @@ def test_the_histograms_threshold_says_where_it_came_from():
     assert "threshold 0.3 (set by hand, uncalibrated)" in alt
 
 
+def test_counts_of_one_say_cell_and_de_scores_have_three_significant_figures():
+    """QA: hovers read "1 cells called resistant" and "DE score 11.938429832458496"."""
+    hist = pl.probability_histogram(np.array([0.01, 0.011, 0.9]), 0.5)
+    hovers = [str(h) for t in hist.data for h in t.hovertext]
+    assert "1 cell called resistant" in hovers and "2 cells called sensitive" in hovers and "0 cells called resistant" in hovers
+    assert not [h for h in hovers if h.startswith("1 cells")] and "%{hovertext}" in hist.data[0].hovertemplate
+    confusion = pl.confusion_figure(np.array([[5, 1], [0, 3]]), "resistant", "sensitive")
+    assert {"1 cell", "0 cells", "3 cells", "5 cells"} == {str(v) for row in confusion.data[0].customdata for v in row}
+    summary = pd.DataFrame({"drug": ["D1", "D2"], "group": ["g", "g"], "fraction_resistant": [1.0, 0.5],
+                            "n_called": [1, 4], "mean_prob_resistant": [0.7, 0.4]})
+    dots = pl.panel_dotplot(summary, group_name="sample", thresholds={"D1": 0.5, "D2": 0.5})
+    assert [row[1] for row in dots.data[0].customdata] == ["1 cell", "4 cells"]
+    assert "most resistant: g with D1, 100% of 1 cell;" in pl.alt_text(dots)
+    ranking = pd.DataFrame({"feature": ["A", "B"], "mean_abs_attribution": [0.3, 0.2], "direction": ["resistance"] * 2,
+                            "rank": [1, 2], "de_score": [11.938429832458496, np.nan]})
+    bars = pl.biomarker_bar(ranking, 2, "P(resistant)")
+    assert sorted(str(row[1]) for row in bars.data[0].customdata) == ["11.9", "n/a"]
+
+
+def test_the_reports_data_table_names_the_file_as_metrics_csv_does(filtered_result):
+    """QA: the demo's report named its file "demo (simulated data)" where metrics.csv says demo_tumour.h5ad."""
+    adata, _, _ = filtered_result
+    adata = adata.copy()
+    adata.uns["scatd_input"] = {"file_name": "demo_tumour.h5ad", "file_sha256": "ab" * 32}
+    text = export.html_report(adata, data_name="demo (simulated data)")
+    assert "<th>file</th><td>demo_tumour.h5ad</td>" in text.split("<h2>Data</h2>")[1]
+    assert "on demo (simulated data)</h1>" in text  # the title names the data as given
+    rows = export.metrics_table(adata)
+    assert rows[(rows["section"] == "data") & (rows["metric"] == "file")]["value"].tolist() == ["demo_tumour.h5ad"]
+
+
+def test_a_rankings_downloads_are_named_with_the_threshold_it_was_computed_at(filtered_result):
+    """QA: a ranking computed at 0.5 was downloaded as ..._thr0.3_biomarkers.csv once the threshold moved to 0.3."""
+    from scatd_core.predict import set_threshold
+
+    adata, _, _ = filtered_result
+    adata = adata.copy()
+    computed_at = float(adata.uns["scatd_biomarkers"]["info"]["threshold"])
+    assert export.biomarkers_stem("t.h5ad", adata) == export.file_stem("t.h5ad", run=adata.uns["scatd"])
+    set_threshold(adata, 0.3, "user")
+    assert export.file_stem("t.h5ad", run=adata.uns["scatd"]).endswith("_thr0.3")
+    assert export.biomarkers_stem("t.h5ad", adata).endswith(f"_thr{computed_at:.4g}") and computed_at != 0.3
+
+
 @pytest.mark.parametrize("mode", ["mean", "sample"])
 def test_device_out_of_memory_lowers_the_batch_and_says_so(data_and_bundle, monkeypatch, mode):
     """A forward pass over more than 16 cells raises OutOfMemoryError (as a full GPU would):
