@@ -408,7 +408,8 @@ def model_warnings(adata: ad.AnnData) -> list[tuple[str, str]]:
     ``uns['scatd_<DRUG>']['warnings']`` holds, said next to the drug wherever the panel is shown."""
     out = []
     for m in members(adata):
-        for w in (adata.uns.get(m.key) or {}).get("warnings", []) or []:
+        warnings = (adata.uns.get(m.key) or {}).get("warnings")
+        for w in [] if warnings is None else warnings:  # a list, or the numpy array it is in an h5ad read back
             out.append((m.drug, str(w)))
     return out
 

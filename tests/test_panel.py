@@ -349,6 +349,17 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     assert "NOTADRUG" in capsys.readouterr().err
 
 
+def test_the_panel_report_builds_from_an_annotated_h5ad_read_back(library, tmp_path):
+    """Each drug's warnings (none here) come back from an h5ad as a numpy array, whose truth value is an error."""
+
+    data = make_dataset(120, seed=9)
+    panel.predict_panel(data, _bundles(library, DRUGS[:2]))
+    back = ad.read_h5ad(export.write_h5ad(data, tmp_path / "annotated.h5ad"))
+    assert isinstance(back.uns[panel.members(back)[0].key]["warnings"], np.ndarray)
+    assert panel.model_warnings(back) == []
+    assert "<h2>Models</h2>" in export.panel_html_report(back, group_columns=["sample"])
+
+
 def test_panel_report_html_has_the_figures(library):
     data = make_dataset(150, seed=9)
     panel.predict_panel(data, _bundles(library))
