@@ -780,7 +780,7 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}.cards{display:flex;gap
 display:block}.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}footer{color:#888;font-size:12px;
 margin-top:40px}code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
 .table-scroll{overflow-x:auto;max-width:100%}.table-scroll table{margin:0}.table-scroll{margin:8px 0}
-p,li{overflow-wrap:anywhere}
+p,li{overflow-wrap:anywhere}figure.chart{margin:0;min-width:0}
 @media (max-width:640px){main{padding:12px}.grid{grid-template-columns:1fr}}
 """
 #: Rows of the biomarker ranking shown in the HTML report (biomarkers.csv has them all).
@@ -821,7 +821,11 @@ def _scrolling(table: str) -> str:
 
 
 def _figure_html(fig: go.Figure) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+    """``fig`` for report.html: in a ``<figure>`` named by its text alternative (:func:`scatd_core.pl.alt_text`,
+    read by screen readers as the app's charts are), with the app's short toolbar and PNG file name."""
+    config = {**pl.chart_config(fig), "responsive": True}
+    plot = fig.to_html(full_html=False, include_plotlyjs=False, config=config)
+    return f"<figure class='chart' role='figure' aria-label='{html.escape(pl.alt_text(fig), quote=True)}'>{plot}</figure>"
 
 
 def _version(dist: str) -> str:

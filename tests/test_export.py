@@ -305,6 +305,11 @@ def test_html_report_is_self_contained(filtered_result):
     assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)" in text
     assert not re.search(r"<script[^>]+src=", text)  # nothing fetched from the network
     assert text.count("plotly.js v") <= 2 and "Plotly.newPlot" in text  # library inlined once
+    # each figure is named by its text alternative, as in the app (a screen reader says what it shows)
+    named = re.findall(r"<figure class='chart' role='figure' aria-label='([^']+)'>", text)
+    assert len(named) == text.count("Plotly.newPlot") >= 3
+    assert any(label.startswith("Histogram of P(resistant)") for label in named), named
+    assert '"modeBarButtonsToRemove"' in text and '"displaylogo": false' in text
     for needle in ("TESTDRUG", "weights sha256", "mode", "seed", "scATD Studio", "AUROC", "Leiden cluster",
                    "filtered", bundle.manifest["weights_sha256"], "Biomarkers", "not calibrated",
                    str(adata.uns["scatd_biomarkers"]["ranking"]["feature"][0])):
