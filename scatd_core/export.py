@@ -36,7 +36,7 @@ from scatd_core.embed import fit_note, is_data_umap
 from scatd_core.errors import InputError
 from scatd_core.inputs import left_out_label, mask_reason_text, run_mask
 from scatd_core.metrics import METRIC_MEANINGS, evaluate_column, fitted_on_labels, group_table, interval_ends
-from scatd_core.predict import summary, threshold_origin
+from scatd_core.predict import summary, threshold_origin, uncalibrated_threshold_words
 from scatd_core.explain import completeness_text, out_of_date
 
 #: Columns of ``predictions.csv`` before the optional ones (UMAP, Leiden cluster, the user's columns).
@@ -851,7 +851,7 @@ def _summary_section(adata, keys, info) -> list[str]:
         f"<p>A cell is called <b>{html.escape(pos)}</b> when P({html.escape(pos)}) &gt; {thr['value']:.4g} "
         f"({html.escape(thr['detail'])}).</p>"]
     if not thr["calibrated"]:
-        used = "the model's default threshold" if thr["source"] == "model default" else "a threshold set by hand"
+        used = uncalibrated_threshold_words(thr)
         parts.append(f"<p class='warn'>These calls use {used}, which is <b>not calibrated</b> "
                      "to this dataset: the fraction called resistant can be far from the truth even when the "
                      "ranking of the cells is good. Calibrate the threshold with an expected resistant fraction or "
@@ -906,8 +906,7 @@ def _evaluation_section(adata, label_column, keys, info) -> list[str]:
     parts.append(f"<p>Resistant is the positive class. AUROC and AUPRC rank the cells and need no threshold; the "
                  f"other scores use the calls at P(resistant) &gt; {thr['value']:.4g}"
                  + ("" if thr["calibrated"] else
-                    (", the model's default threshold" if thr["source"] == "model default" else
-                     ", a threshold set by hand") + ", <b>not calibrated</b> to these cells, so they can be poor even "
+                    ", " + uncalibrated_threshold_words(thr) + ", <b>not calibrated</b> to these cells, so they can be poor even "
                     "when the ranking is good") + ".</p>")
     values = evaluation.as_dict()  # the interval's ends as every place prints them (never rounded onto 0.5)
     values["auroc_ci_low"], values["auroc_ci_high"] = interval_ends(*evaluation.auroc_ci)

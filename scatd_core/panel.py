@@ -493,11 +493,13 @@ def one_expected_fraction(adata: ad.AnnData) -> float | None:
 
 def _uncalibrated_thresholds(adata: ad.AnnData) -> str:
     """Each uncalibrated drug with the threshold its calls use, e.g. ``DRUGA (its model's default, 0.5)``."""
+    from scatd_core.predict import uncalibrated_threshold_words
+
     out = []
     for m in members(adata):
         thr = adata.uns[m.key]["threshold"]
         if not thr["calibrated"]:
-            how = "its model's default" if thr["source"] == "model default" else "a threshold set by hand"
+            how = "its model's default" if thr["source"] == "model default" else uncalibrated_threshold_words(thr)
             out.append(f"{m.drug} ({how}, {float(thr['value']):.4g})")
     return ", ".join(out)
 

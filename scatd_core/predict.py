@@ -828,6 +828,13 @@ def threshold_origin(threshold: Mapping) -> str:
     return SET_WITH_OPTION if threshold.get("detail") == SET_WITH_OPTION else "set by hand"
 
 
+def uncalibrated_threshold_words(threshold: Mapping) -> str:
+    """An uncalibrated threshold (a prediction's ``uns`` record) in a sentence: "the model's default
+    threshold", "a threshold set with --threshold" or "a threshold set by hand"."""
+    origin = threshold_origin(threshold)
+    return "the model's default threshold" if origin == "model default" else f"a threshold {origin}"
+
+
 def threshold_info(adata: ad.AnnData, *, key_added: str | None = None) -> dict:
     """``{"value", "source", "calibrated", "detail"}`` of the current threshold."""
     return dict(adata.uns[result_keys(key_added).run]["threshold"])

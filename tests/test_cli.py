@@ -555,6 +555,8 @@ def test_a_threshold_given_with_the_option_is_said_so_in_the_terminal_and_the_re
     assert "Threshold 0.3: set with --threshold — UNCALIBRATED" in err and ": user" not in err
     page = (tmp / "rep" / "report.html").read_text()
     assert "threshold 0.3 (set with --threshold, uncalibrated)" in page and "model default" not in page
+    assert "These calls use a threshold set with --threshold, which is <b>not calibrated</b>" in page
+    assert "set by hand" not in page
     assert ad.read_h5ad(tmp / "rep" / "annotated.h5ad").uns["scatd"]["threshold"]["detail"] == "set with --threshold"
 
 
