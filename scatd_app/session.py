@@ -330,7 +330,21 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
     free = free_memory()
     if free is None or free >= limit:
         return {}
-    return {"max_dataset_bytes": max(1, free), "limit_reason": _shortage_reason(free, server_memory_bytes())}
+    budget = server_memory_bytes()
+    room = {"max_dataset_bytes": max(1, free), "limit_reason": _shortage_reason(free, budget)}
+    if not _waiting_helps(budget):  # a setting problem: no one's analysis finishing will make room
+        room["limit_advice"] = ("try again once the administrator has raised server.memory_mb (waiting for other "
+                                "analyses to finish will not make room)")
+    return room
+
+
+def _waiting_helps(budget: int) -> bool:
+    """Whether a dataset refused for memory could fit once the other sessions are gone: not when the
+    budget (``server.memory_mb``) leaves no room above the server's idle footprint (measured at start-up)."""
+    from scatd_core._memory import idle_footprint
+
+    idle = idle_footprint()
+    return idle is None or budget > idle
 
 
 def _kept(ss) -> dict:

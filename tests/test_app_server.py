@@ -541,6 +541,17 @@ def test_the_memory_message_tells_the_servers_own_footprint_from_what_the_sessio
     assert "whatever the other users do: server.memory_mb, 500 MB, is less than the server itself holds when idle, " \
            "800 MB (its libraries" in why
     assert "ask the administrator to raise it" in why and "sessions" not in why
+    # and what to do says the same, not "try again when other analyses on this server have finished"
+    from scatd_core.errors import MemoryShortage
+    from scatd_core.io import _common
+
+    room = session.room_for_a_dataset()
+    opts = _common.make_options("auto", None, None, "auto", "big.h5ad", room["max_dataset_bytes"],
+                                room["limit_reason"], False, room.get("limit_advice"))
+    with pytest.raises(MemoryShortage) as refused:
+        _common.check_memory(300 * mb, "its matrix", opts)
+    said = str(refused.value)
+    assert "once the administrator has raised server.memory_mb" in said and "have finished" not in said, said
 
     monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
     rss["now"] = 900 * mb  # the sessions hold 100 MB above the idle 800 MB

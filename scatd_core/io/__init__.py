@@ -72,7 +72,7 @@ __all__ = ["read", "read_bytes", "store_upload", "write_private", "private_folde
 
 def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_cells: int | None = None,
          backed="auto", max_dataset_bytes: int | None = None, name: str | None = None,
-         limit_reason: str | None = None, samples: bool = False) -> ad.AnnData:
+         limit_reason: str | None = None, samples: bool = False, limit_advice: str | None = None) -> ad.AnnData:
     """Read a single-cell data file (or 10x folder) into an AnnData of cells x genes.
 
     Parameters
@@ -104,6 +104,9 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         Why ``max_dataset_bytes`` is lower than the configured limit, for the messages (e.g. "the
         1,200 MB this server has free for a new dataset now"); with it, an h5ad read from disk
         because of it says so in the report's warnings.
+    limit_advice
+        What the user can do about ``limit_reason`` (default: try again when other analyses on the
+        server have finished; a server whose budget is too small for itself says to ask its administrator).
     samples
         The rows are bulk samples (cell lines), not cells (bulk expression for training): messages
         about a row call it a sample.
@@ -118,7 +121,8 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         For anything that makes the file unusable (and nothing else).
     """
     shown = display_name(name) if name is not None else Path(path).name
-    opts = make_options(orientation, max_bytes, max_cells, backed, shown, max_dataset_bytes, limit_reason, samples)
+    opts = make_options(orientation, max_bytes, max_cells, backed, shown, max_dataset_bytes, limit_reason, samples,
+                        limit_advice)
     return _with_sha256(_read_guarded(Path(path), opts), Path(path))
 
 
@@ -197,7 +201,7 @@ def store_upload(data, filename: str, folder: str | Path | None = None, *, max_b
 def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_bytes: int | None = None,
                max_cells: int | None = None, backed="auto", workdir: str | Path | None = None,
                max_dataset_bytes: int | None = None, limit_reason: str | None = None,
-               samples: bool = False) -> ad.AnnData:
+               samples: bool = False, limit_advice: str | None = None) -> ad.AnnData:
     """Read uploaded bytes; ``filename`` only tells the format and names the data in messages.
 
     The name is never used as a path: the bytes go to a fresh temporary folder (inside ``workdir``,
@@ -207,7 +211,7 @@ def read_bytes(data: bytes, filename: str, *, orientation: str = "auto", max_byt
     temporary file lives as long as the AnnData.
     """
     opts = make_options(orientation, max_bytes or limits().max_upload_bytes, max_cells, backed, display_name(filename), max_dataset_bytes,
-                        limit_reason, samples)
+                        limit_reason, samples, limit_advice)
     path = store_upload(data, filename, workdir, max_bytes=opts.max_bytes)
     try:
         adata = _with_sha256(_read_guarded(path, opts), path)

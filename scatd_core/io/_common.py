@@ -94,6 +94,8 @@ class Options:
     max_annotation_columns: int = 1000
     #: Why ``max_dataset_bytes`` is below the per-dataset limit (the server's free memory now), or None.
     limit_reason: str | None = None
+    #: What to do about :attr:`limit_reason` (default: wait for other analyses on the server to finish)
+    limit_advice: str | None = None
     #: The rows are bulk samples (cell lines), not cells: what messages about a row call it.
     samples: bool = False
     report: dict = field(default_factory=dict)
@@ -101,7 +103,7 @@ class Options:
 
 
 def make_options(orientation, max_bytes, max_cells, backed, display_name, max_dataset_bytes=None,
-                 limit_reason=None, samples=False) -> Options:
+                 limit_reason=None, samples=False, limit_advice=None) -> Options:
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, not {orientation!r}")
     if backed not in ("auto", True, False):
@@ -112,7 +114,8 @@ def make_options(orientation, max_bytes, max_cells, backed, display_name, max_da
                    max_dataset_bytes=max_dataset_bytes or lim.max_dataset_bytes,
                    max_decompressed_bytes=lim.max_decompressed_bytes, max_genes=lim.max_genes,
                    max_annotation_columns=lim.max_annotation_columns,
-                   limit_reason=limit_reason if max_dataset_bytes else None, samples=bool(samples))
+                   limit_reason=limit_reason if max_dataset_bytes else None, samples=bool(samples),
+                   limit_advice=limit_advice if max_dataset_bytes else None)
 
 
 def display_name(filename) -> str:
@@ -198,7 +201,8 @@ def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None
     part = f" Reading {read_so_far} took that already; {rest}." if read_so_far else ""
     if n_bytes > opts.max_dataset_bytes and opts.limit_reason:
         raise MemoryShortage(f"{opts.display_name}: {what} would take {amount}, more than {opts.limit_reason}.{part}",
-                             "Your file is kept: try again when other analyses on this server have finished" + (
+                             "Your file is kept: "
+                             + (opts.limit_advice or "try again when other analyses on this server have finished") + (
                                  f"; or: {hint}" if hint else ", or save it as an .h5ad with X in CSR format (read "
                                  "from disk in batches when memory is short)") + ".")
     if n_bytes > opts.max_dataset_bytes:
