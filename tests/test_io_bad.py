@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -364,3 +366,93 @@ def test_excel_date_gene_names_are_warned_in_the_data_and_at_import(tmp_path):
                                library=tmp_path / "lib")
     notes = bundle.manifest["provenance"]["notes"]
     assert any("genes.txt" in n and "1-Mar, 2-Sep" in n and "Excel" in n for n in notes)
+
+
+# -------------------------------------------------------------------------- cut-short and damaged files
+
+@pytest.mark.parametrize("sep, name", [(",", "t.csv"), ("\t", "t.tsv")])
+def test_a_table_whose_last_row_is_cut_short_is_called_truncated(tmp_path, sep, name):
+    """A download cut short leaves a last row with fewer fields than the header: pandas read the
+    missing ones as NaN, and the message advised filling them with zeros. Now it says the file
+    looks truncated, which row, how many fields, and to download it again."""
+    rows = ["cell" + sep + sep.join(SYMBOLS[:4])] + [f"c{i}" + sep + sep.join(["3"] * 4) for i in range(3)]
+    (tmp_path / name).write_text("\n".join(rows) + "\n" + "c3" + sep + "7" + sep + "1")  # cut in the 4th row
+    with pytest.raises(InputError) as err:
+        io.read(tmp_path / name)
+    msg = err.value.message
+    assert msg.startswith(f"{name} looks truncated: its last row, row 4 (line 5 of the file), has 3 of 5 fields")
+    assert "NaN" not in msg and "again" in err.value.hint
+
+
+def test_a_short_row_in_the_middle_of_a_table_is_named(tmp_path):
+    (tmp_path / "t.csv").write_text("cell,TP53,EGFR,GAPDH\nc1,1,2,3\nc2,4\nc3,7,8,9\n")
+    with pytest.raises(InputError, match=r"^t.csv: row 2 \(line 3 of the file\) has 2 of 4 fields; every row needs"):
+        io.read(tmp_path / "t.csv")
+    (tmp_path / "na.csv").write_text("cell,TP53,EGFR,GAPDH\nc1,1,NA,3\nc2,4,5,6\n")  # a real missing value
+    with pytest.raises(InputError, match=r"holds 1 missing \(NaN\) value"):
+        io.read(tmp_path / "na.csv")
+
+
+def _loom(path, gene_names):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["matrix"] = np.arange(12, dtype=np.float32).reshape(3, 4) + 1  # 3 genes x 4 cells
+        rows, cols = f.create_group("row_attrs"), f.create_group("col_attrs")
+        if isinstance(gene_names, str):
+            rows.create_group(gene_names)
+        else:
+            rows["Gene"] = np.array(gene_names, dtype="S")
+        cols["CellID"] = np.array([b"a", b"b", b"c", b"d"])
+    return path
+
+
+@pytest.mark.parametrize("genes_, match", [(["TP53", "EGFR"], "holds 2 value\\(s\\), but the matrix has 3 genes"),
+                                          ([["TP53"], ["EGFR"], ["KRAS"]], "holds 3 x 1 value\\(s\\)"),
+                                          ("Gene", "is a group, not a list of the matrix's 3 genes")])
+def test_a_loom_whose_gene_attribute_does_not_fit_is_refused_by_name(tmp_path, genes_, match):
+    """KeyError: 'Gene' ("Could not read x.loom: KeyError ...") when the Gene row attribute is not
+    one name per gene: now the file, the attribute and what is wrong."""
+    with pytest.raises(InputError) as err:
+        io.read(_loom(tmp_path / "x.loom", genes_))
+    assert err.value.message.startswith("x.loom: its row attribute 'Gene' (the genes' names) ")
+    assert "KeyError" not in err.value.message and re.search(match, err.value.message)
+
+
+def _mtx_with_size_line(folder, change: int):
+    mtx = folder / "matrix.mtx"
+    lines = mtx.read_text().splitlines(True)
+    at = next(i for i, ln in enumerate(lines) if not ln.startswith("%"))
+    rows, cols, nnz = lines[at].split()
+    lines[at] = f"{rows} {cols} {int(nnz) + change}\n"
+    mtx.write_text("".join(lines))
+    return int(nnz) + change
+
+
+@pytest.mark.parametrize("change, match", [(3, "holds fewer entries than the {} its size line declares: the file "
+                                                "looks truncated"),
+                                           (-2, "holds more entries than the {} its size line declares")])
+def test_a_10x_matrix_whose_entries_disagree_with_its_size_line_says_so(tmp_path, change, match):
+    from _data_helpers import make_counts, write_10x_mtx
+
+    folder = write_10x_mtx(make_counts(8, 12), tmp_path / "tenx", compressed=False)
+    nnz = _mtx_with_size_line(folder, change)
+    with pytest.raises(InputError) as err:
+        io.read(folder)
+    assert err.value.message.startswith(f"tenx: matrix.mtx {match.format(f'{nnz:,}')}"), err.value.message
+    assert "ValueError" not in err.value.message and "Could not read" not in err.value.message
+
+
+@pytest.mark.parametrize("which", ["matrix.mtx", "barcodes.tsv", "features.tsv"])
+def test_a_10x_file_named_gz_that_is_not_gzip_is_refused_by_name(tmp_path, which):
+    from _data_helpers import make_counts, write_10x_mtx
+
+    folder = write_10x_mtx(make_counts(8, 12), tmp_path / "tenx", compressed=True)
+    import gzip
+
+    path = folder / f"{which}.gz"
+    path.write_bytes(gzip.decompress(path.read_bytes()))  # plain text under a .gz name
+    with pytest.raises(InputError) as err:
+        io.read(folder)
+    assert err.value.message == f"tenx: {which}.gz is not gzip-compressed, although its name ends in .gz."
+    assert f"rename it without .gz ({which})" in err.value.hint

@@ -84,7 +84,8 @@ def test_h5ad_that_points_at_other_files_is_refused(tmp_path, secret, attack):
             del f["obs/_index"]
             f.create_virtual_dataset("obs/_index", layout)
     error = _refused(path)
-    assert "refers to data outside itself" in error.message and "self-contained copy" in error.hint
+    assert "links to other files" in error.message and "scATD reads only self-contained files" in error.message
+    assert "self-contained copy" in error.hint and "upload" not in error.message + error.hint  # the CLI's words
 
 
 def test_10x_h5_and_loom_that_point_at_other_files_are_refused(tmp_path, secret):
@@ -93,14 +94,14 @@ def test_10x_h5_and_loom_that_point_at_other_files_are_refused(tmp_path, secret)
     with h5py.File(tenx, "r+") as f:
         del f["matrix/barcodes"]
         f.create_dataset("matrix/barcodes", shape=(20,), dtype="S20", external=[(str(text), 0, 400)])
-    assert "outside itself" in _refused(tenx).message
+    assert "links to other files" in _refused(tenx).message
     loom = tmp_path / "x.loom"
     with h5py.File(loom, "w") as f:
         f["matrix"] = np.ones((30, 20), dtype=np.float32)
         f.create_group("row_attrs")["Gene"] = h5py.ExternalLink(str(other), "/names")
         f.create_group("col_attrs")["CellID"] = np.array([f"c{i}".encode() for i in range(20)])
         f.create_group("layers")
-    assert "outside itself" in _refused(loom).message
+    assert "links to other files" in _refused(loom).message
 
 
 def test_the_upload_path_refuses_them_too(tmp_path, secret):
@@ -109,7 +110,7 @@ def test_the_upload_path_refuses_them_too(tmp_path, secret):
     with h5py.File(path, "r+") as f:
         del f["obs/_index"]
         f.create_dataset("obs/_index", shape=(20,), dtype="S20", external=[(str(text), 0, 400)])
-    with pytest.raises(InputError, match="outside itself"):
+    with pytest.raises(InputError, match="links to other files"):
         io.read_bytes(path.read_bytes(), "cells.h5ad")
 
 

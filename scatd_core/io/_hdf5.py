@@ -169,10 +169,12 @@ def _check_hdf5_structure(path: Path, name: str) -> dict[str, tuple[list[int], i
     def shown(items: list[str]) -> str:
         return "; ".join(items[:3]) + (" ..." if len(items) > 3 else "")
     if walked["problems"]:
-        raise InputError(f"{name} refers to data outside itself ({shown(walked['problems'])}), so it was refused: an "
-                         "upload may only use its own bytes.",
+        raise InputError(f"{name} links to other files ({shown(walked['problems'])}); scATD reads only "
+                         "self-contained files, so it was refused.",
                          "Save a self-contained copy (in Python: adata = anndata.read_h5ad(path); adata.write_h5ad("
-                         "'copy.h5ad')) on your own machine and upload that.")
+                         "'copy.h5ad')) and give that.",
+                         app_hint="Save a self-contained copy (in Python: adata = anndata.read_h5ad(path); "
+                                  "adata.write_h5ad('copy.h5ad')) on your own machine and upload that.")
     if walked["too_many"]:
         raise InputError(f"{name} holds more than {HDF5_MAX_OBJECTS:,} HDF5 objects and links, so it was refused: "
                          "single-cell data needs far fewer (the file may name the same data over and over).",
@@ -467,12 +469,25 @@ _LOOM_GENE_ATTRS = ("Gene", "var_names", "gene_name", "Gene_name", "GeneName", "
 _LOOM_CELL_ATTRS = ("CellID", "obs_names", "cell_id", "CellId", "cell_names", "barcode", "Barcode", "barcodes")
 
 
-def _loom_name_attr(attrs, known: tuple[str, ...], n: int) -> str | None:
-    """The attribute naming genes (or cells): a conventional name, else the first unique text one."""
+def _loom_name_attr(attrs, known: tuple[str, ...], n: int, name: str = "The loom file",
+                    axis: str = "row") -> str | None:
+    """The attribute naming genes (or cells): a conventional name, else the first unique text one.
+    A conventional one that is not one value per gene (cell) is refused, by ``name`` and ``axis``
+    (row: genes, col: cells), rather than read wrongly."""
     if attrs is None:
         return None
     hit = next((a for a in known if a in attrs), None)
     if hit is not None:
+        values = attrs[hit]
+        if not isinstance(values, h5py.Dataset) or values.shape != (n,):
+            what = "genes" if axis == "row" else "cells"
+            holds = (f"holds {' x '.join(f'{k:,}' for k in values.shape) or 'a single'} value(s), but the matrix "
+                     f"has {n:,} {what}" if isinstance(values, h5py.Dataset) else
+                     f"is a group, not a list of the matrix's {n:,} {what}")
+            raise InputError(f"{name}: its {axis} attribute '{hit}' (the {what}' names) {holds}; the loom file is "
+                             "damaged or was not written as loompy writes it.",
+                             "Export the loom file again (loompy, or anndata's write_loom), or convert it to .h5ad "
+                             "(anndata.io.read_loom(path).write_h5ad('cells.h5ad')) and give that.")
         return hit
     for key, values in attrs.items():
         if isinstance(values, h5py.Dataset) and values.dtype.kind in "SOU" and values.shape == (n,) \
@@ -529,8 +544,8 @@ def _read_loom(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         check_memory(sum(_nbytes(d) for group, n in (("row_attrs", n_genes), ("col_attrs", n_cells))
                          for _key, d in _loom_columns(f.get(group), n)),
                      "its row and column attributes", opts)
-        gene_attr = _loom_name_attr(f.get("row_attrs"), _LOOM_GENE_ATTRS, n_genes)
-        cell_attr = _loom_name_attr(f.get("col_attrs"), _LOOM_CELL_ATTRS, n_cells)
+        gene_attr = _loom_name_attr(f.get("row_attrs"), _LOOM_GENE_ATTRS, n_genes, opts.display_name, "row")
+        cell_attr = _loom_name_attr(f.get("col_attrs"), _LOOM_CELL_ATTRS, n_cells, opts.display_name, "col")
         var = _loom_axis(f.get("row_attrs"), n_genes, gene_attr)
         obs = _loom_axis(f.get("col_attrs"), n_cells, cell_attr)
         step = max(1, LOOM_BLOCK_VALUES // max(n_genes, 1))

@@ -254,6 +254,11 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
         layout = _read_general(path, opts, sep, encoding, labels, rows_per_chunk, acc, numbered)
     orientation, reason, meta, data_pos, _text = layout
     blocks, ids, metas = acc.blocks, acc.ids, acc.metas
+    if any(np.isnan(b.data if sp.issparse(b) else b).any() for b in blocks):
+        # pandas reads a row with too few fields as missing values: say so (a cut download) rather than "NaN"
+        short = _short_row(path, opts, sep, encoding, len(labels) + (0 if numbered else 1))
+        if short is not None:
+            raise short
     X = sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
     meta_frame = (pd.concat(metas, ignore_index=True) if metas else pd.DataFrame(index=range(len(ids)))).set_axis(ids)
     data_labels = [labels[p - 1] for p in data_pos]
@@ -268,6 +273,52 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
     if meta:
         _say_set_aside(meta, labels, layout, orientation, opts)
     return adata
+
+
+def _short_row(path: Path, opts: Options, sep: str, encoding: str, n_fields: int) -> InputError | None:
+    """The first data row with fewer fields than the header (``n_fields``) as an error, or ``None``.
+
+    Only called when the values hold NaN (the file is refused then anyway), so the second pass
+    over the file costs nothing on a good table. A short last row is what a download or copy cut
+    short leaves: the file looks truncated. A short row elsewhere is named by its row and line."""
+    name = opts.display_name
+    found = None  # (row, line, fields) of the first short row
+    row = 0
+    with _open_rows(path, opts, sep, False, n_fields) as raw, \
+            io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="") as text:
+        lines = enumerate(text, start=1)
+        reader = ((i, ln.split()) for i, ln in lines) if sep == r"\s+" else _numbered_csv(text, sep)
+        try:
+            next(reader, None)  # the header
+            for line, fields in reader:
+                if not any(f.strip() for f in fields):
+                    continue  # a blank line: skipped by the reader too
+                row += 1
+                if found is not None:  # a row after the short one: it is not the last
+                    break
+                if len(fields) < n_fields:
+                    found = (f"row {row:,} (line {line:,} of the file)", len(fields))
+            else:
+                if found is not None:
+                    return InputError(
+                        f"{name} looks truncated: its last row, {found[0]}, has {found[1]:,} of "
+                        f"{n_fields:,} fields, as when a download or copy stops before the end of the file.",
+                        "Download (or copy) the file again, completely, and read the new copy.",
+                        app_hint="Download the file again, completely, and upload the new copy.")
+                return None
+        except csv.Error:  # a field beyond the csv module's limit: the other messages say what is wrong
+            return None
+    return InputError(f"{name}: {found[0]} has {found[1]:,} of {n_fields:,} fields; every row needs as many "
+                      "fields as the header.",
+                      "Fix that row (a missing value is written NA, or 0 for not expressed), or export the table "
+                      "again.")
+
+
+def _numbered_csv(text, sep: str):
+    """``(line number, fields)`` of each record of a CSV/TSV text stream."""
+    reader = csv.reader(text, delimiter=sep)
+    for fields in reader:
+        yield reader.line_num, fields
 
 
 def _rows_per_chunk(n_values: int, opts: Options) -> int:

@@ -146,6 +146,8 @@ def read_mtx(matrix: Path, opts: Options, *, alone: bool = False) -> ad.AnnData:
     total = sum(p.stat().st_size for p in (matrix, barcodes_file, features_file))
     if opts.max_bytes is not None and total > opts.max_bytes:
         raise too_large(name, total, opts.max_bytes)
+    for path, shown in ((matrix, given), (barcodes_file, barcodes_file.name), (features_file, features_file.name)):
+        _check_gzip(path, name if shown == name else f"{name}: {shown}")
     n_rows, n_cols, nnz = _mtx_shape(matrix, opts, given)
     # which side holds the cells is known once the names are read; the header already bounds both
     check_cells(max(n_rows, n_cols), opts)
@@ -171,7 +173,10 @@ def read_mtx(matrix: Path, opts: Options, *, alone: bool = False) -> ad.AnnData:
     check_cells(len(barcodes), opts)
     check_genes(len(features), opts)
     with open_limited(matrix, opts) as fh:  # a .gz is never decompressed beyond the limit
-        m = scipy.io.mmread(fh)
+        try:
+            m = scipy.io.mmread(fh)
+        except ValueError as exc:  # the entries disagree with the size line (or do not parse)
+            raise _mtx_entries_problem(name if given == name else f"{name}: {given}", nnz, exc) from None
     X = sp.csr_matrix(m.T if genes_by_cells else m, dtype=np.float32)
     ids = features.iloc[:, 0].astype(str).tolist()
     names = features.iloc[:, 1].astype(str).tolist() if features.shape[1] > 1 else ids
@@ -185,6 +190,35 @@ def read_mtx(matrix: Path, opts: Options, *, alone: bool = False) -> ad.AnnData:
                        if genes_by_cells else "the matrix is cells x genes (matched by the feature and barcode counts)")
     adata = ad.AnnData(X=X, obs=pd.DataFrame(index=[str(b) for b in barcodes]), var=var)
     return keep_gene_expression(adata, opts)
+
+
+def _check_gzip(path: Path, shown: str) -> None:
+    """A file of a 10x folder whose name ends in .gz is gzip-compressed (else gzip's own error,
+    "Not a gzipped file", would be all the user saw)."""
+    if not path.name.lower().endswith(".gz"):
+        return
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    if head != b"\x1f\x8b":
+        raise InputError(f"{shown} is not gzip-compressed, although its name ends in .gz.",
+                         f"If it is plain text, rename it without .gz ({path.name[:-3]}); otherwise take the file from "
+                         "the 10x folder again (it may be damaged).")
+
+
+def _mtx_entries_problem(shown: str, nnz: int, exc: ValueError) -> InputError:
+    """scipy's complaint about a Matrix Market file's entries, in words: fewer or more entries than
+    its size line declares (a file cut short, or files mixed up), or a line that is not an entry."""
+    text = str(exc)
+    redo = "Take the matrix from the 10x folder again, or write it again with scipy.io.mmwrite or R's Matrix::writeMM."
+    if "truncat" in text.lower() or "expected another" in text.lower():
+        return InputError(f"{shown} holds fewer entries than the {nnz:,} its size line declares: the file looks "
+                          "truncated (cut short while it was downloaded or copied).",
+                          "Download (or copy) it again, completely, or write it again with scipy.io.mmwrite or R's "
+                          "Matrix::writeMM.")
+    if "too many" in text.lower() or "too long" in text.lower():
+        return InputError(f"{shown} holds more entries than the {nnz:,} its size line declares: the size line and "
+                          "the entries do not belong together.", redo)
+    return InputError(f"{shown}: its entries cannot be read as a Matrix Market matrix ({text.strip()[:160]}).", redo)
 
 
 def _safe_member(name: str) -> Path | None:
