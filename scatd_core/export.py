@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 
 from scatd_core import __version__, _keys, pl
 from scatd_core._keys import result_keys
-from scatd_core._output import REPORT_FILES, writing
+from scatd_core._output import REPORT_FILES, replacing, write_file, writing
 from scatd_core._words import counted
 from scatd_core.embed import fit_note, is_data_umap
 from scatd_core.errors import InputError
@@ -699,28 +699,27 @@ def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool, obs: pd.DataF
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    if not with_x:
-        ad.AnnData(obs=obs, var=adata.var, obsm=dict(adata.obsm), uns=uns).write_h5ad(tmp, compression="gzip")
-    elif adata.isbacked:
-        import shutil
+    with replacing(path) as tmp:  # a stopped run leaves no half-written file under the user's name
+        if not with_x:
+            ad.AnnData(obs=obs, var=adata.var, obsm=dict(adata.obsm), uns=uns).write_h5ad(tmp, compression="gzip")
+        elif adata.isbacked:
+            import shutil
 
-        if source_missing(adata):
-            raise InputError(f"The data file {Path(adata.filename).name} these data are read from is gone, so the "
-                             "annotated h5ad (which copies its matrix) cannot be written. Read the data again.")
-        shutil.copyfile(adata.filename, tmp)
-        with h5py.File(tmp, "r+") as f:
-            for elem, value in (("obs", obs), ("var", adata.var), ("obsm", dict(adata.obsm)), ("uns", uns)):
-                if elem in f:
+            if source_missing(adata):
+                raise InputError(f"The data file {Path(adata.filename).name} these data are read from is gone, so the "
+                                 "annotated h5ad (which copies its matrix) cannot be written. Read the data again.")
+            shutil.copyfile(adata.filename, tmp)
+            with h5py.File(tmp, "r+") as f:
+                for elem, value in (("obs", obs), ("var", adata.var), ("obsm", dict(adata.obsm)), ("uns", uns)):
+                    if elem in f:
+                        del f[elem]
+                    write_elem(f, elem, value)
+        else:
+            adata.write_h5ad(tmp, compression="gzip")
+            with h5py.File(tmp, "r+") as f:  # the exported obs and uns over the session's
+                for elem, value in (("obs", obs), ("uns", uns)):
                     del f[elem]
-                write_elem(f, elem, value)
-    else:
-        adata.write_h5ad(tmp, compression="gzip")
-        with h5py.File(tmp, "r+") as f:  # the exported obs and uns over the session's
-            for elem, value in (("obs", obs), ("uns", uns)):
-                del f[elem]
-                write_elem(f, elem, value)
-    tmp.replace(path)
+                    write_elem(f, elem, value)
     return path
 
 
@@ -1146,21 +1145,22 @@ def _write_report_files(adata, folder: Path, label_column, group_columns, data_n
     predictions, metrics, biomarkers, h5ad, report = (folder / name for name in REPORT_FILES)
     extra = [c for c in (label_column, *group_columns) if c]
     paths = {"predictions": predictions, "metrics": metrics}
-    predictions.write_bytes(to_csv_bytes(predictions_table(adata, extra, key_added=key_added,
+    # each file through a temporary one beside it: a stopped run leaves no half-written file
+    write_file(predictions, to_csv_bytes(predictions_table(adata, extra, key_added=key_added,
                                                            label_column=label_column)))
-    metrics.write_bytes(to_csv_bytes(metrics_table(adata, label_column, group_columns, key_added=key_added)))
+    write_file(metrics, to_csv_bytes(metrics_table(adata, label_column, group_columns, key_added=key_added)))
     ranking = biomarkers_table(adata)
     if ranking is not None:
         paths["biomarkers"] = biomarkers
-        biomarkers.write_bytes(to_csv_bytes(ranking))
+        write_file(biomarkers, to_csv_bytes(ranking))
     elif biomarkers.is_file() and not biomarkers.is_symlink():
         biomarkers.unlink()  # an earlier report's ranking in this folder: not this run's
     paths["h5ad"] = write_h5ad(adata, h5ad, context=report_context(adata, label_column, group_columns,
                                                                      key_added=key_added))
     paths["html"] = report
-    report.write_text(html_report(adata, label_column=label_column, group_columns=group_columns,
-                                  data_name=data_name, key_added=key_added,
-                                  files=[p.name for k, p in paths.items() if k != "html"]), encoding="utf-8")
+    write_file(report, html_report(adata, label_column=label_column, group_columns=group_columns,
+                                   data_name=data_name, key_added=key_added,
+                                   files=[p.name for k, p in paths.items() if k != "html"]))
     return paths
 
 
@@ -1192,10 +1192,7 @@ def panel_summary_table(adata: ad.AnnData, group_columns: Sequence[str] = ()) ->
 
 
 def write_panel_summary(adata: ad.AnnData, path: str | Path, group_columns: Sequence[str] = ()) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(to_csv_bytes(panel_summary_table(adata, group_columns)))
-    return path
+    return write_file(path, to_csv_bytes(panel_summary_table(adata, group_columns)))
 
 
 def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from scatd_core._keys import LABEL_DIRECTIONS, RESISTANT, SENSITIVE
-from scatd_core._output import sha256_file
+from scatd_core._output import replacing, sha256_file, write_file
 from scatd_core.config import limits
 from scatd_core.errors import InputError
 
@@ -786,8 +786,7 @@ def write_ic50_provenance(table: pd.DataFrame, labels_path: str | Path) -> Path:
               "labels_sha256": sha256_file(labels_path),
               "files": report["files"], "files_sha256": report.get("files_sha256") or {},
               "thresholds": report["thresholds"], "no_threshold": report.get("no_threshold") or []}
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-    return out
+    return write_file(out, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def read_ic50_provenance(labels_path: str | Path) -> tuple[dict | None, str | None]:
@@ -885,5 +884,6 @@ def write_label_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write a label table as ``ALL_label_binary_wf.csv`` does (unnamed ID column, NA empty)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, na_rep="")
+    with replacing(path) as tmp:  # a stopped run leaves no half-written table under the user's name
+        table.to_csv(tmp, na_rep="")
     return path

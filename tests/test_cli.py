@@ -536,11 +536,11 @@ def test_report_again_without_explain_removes_the_earlier_biomarkers_and_says_so
     base = ["report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out", tmp / "rep", "--no-umap"]
     code, _, err = _run(capsys, *base, "--explain", "--steps", "4")
     assert code == 0 and (tmp / "rep" / "biomarkers.csv").is_file(), err
-    code, out, err = _run(capsys, *base, "--threshold", "0.9")
+    code, out, err = _run(capsys, *base, "--threshold", "0.9", "--overwrite")  # the earlier report replaced
     assert code == 0, err
     assert not (tmp / "rep" / "biomarkers.csv").exists() and "biomarkers" not in out
     assert "Removed the biomarkers.csv an earlier report left" in err
-    code, _, err = _run(capsys, *base)  # nothing left to remove: nothing said
+    code, _, err = _run(capsys, *base, "--overwrite")  # nothing left to remove: nothing said
     assert code == 0 and "Removed" not in err
 
 
@@ -869,3 +869,69 @@ def test_predict_and_report_take_both_out_and_output(capsys):
         other = "--out" if listed == "--output" else "--output"
         assert re.search(rf"^  {listed} [A-Z]+ +", said, re.M) and f"(or {other})" in " ".join(said.split())
         assert not re.search(rf"^  {listed} [A-Z]+, {other}", said, re.M)  # one name listed
+
+
+def test_an_existing_output_is_refused_before_any_work_unless_overwrite(capsys, cells_and_bundle, monkeypatch):
+    """QA (data loss): predict --output, report --out, explain --output and labels-from-ic50 --out
+    silently replaced an existing file. Now: refused by name before anything is read or run, the
+    file as it was; --overwrite replaces it."""
+    tmp = cells_and_bundle
+    (tmp / "rep").mkdir()
+    for path in (tmp / "o.csv", tmp / "o.h5ad", tmp / "rep" / "report.html", tmp / "b.csv", tmp / "labels.csv"):
+        path.write_text("my own file\n")
+
+    def no_reading(*a, **k):
+        raise AssertionError("read the data before checking the outputs")
+
+    monkeypatch.setattr("scatd_core.io.read", no_reading)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    gdsc = ["--ic50", tmp / "ic50.csv", "--thresholds", tmp / "thr.txt", "--drug-list", tmp / "drugs.csv"]
+    cases = [(["predict", *data, "--output", tmp / "o.csv"], tmp / "o.csv"),
+             (["predict", *data, "--output", tmp / "new.csv", "--h5ad", tmp / "o.h5ad"], tmp / "o.h5ad"),
+             (["report", *data, "--out", tmp / "rep", "--no-umap"], tmp / "rep"),
+             (["explain", *data, "--output", tmp / "b.csv"], tmp / "b.csv"),
+             (["labels-from-ic50", *gdsc, "--out", tmp / "labels.csv"], tmp / "labels.csv")]
+    for argv, named in cases:
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and f"error: {named} already" in err and "add --overwrite." in err, (argv, err)
+        assert "nothing was run" in err
+    assert "error: {} already holds report.html (from an earlier run); choose another folder or add --overwrite." \
+        .format(tmp / "rep") in _run(capsys, "report", *data, "--out", tmp / "rep")[2]
+    assert f"error: {tmp / 'o.csv'} already exists; choose another name or add --overwrite." in \
+        _run(capsys, "predict", *data, "--output", tmp / "o.csv")[2]
+    for path in (tmp / "o.csv", tmp / "o.h5ad", tmp / "rep" / "report.html", tmp / "b.csv", tmp / "labels.csv"):
+        assert path.read_text() == "my own file\n"
+    assert not (tmp / "new.csv").exists()
+    monkeypatch.undo()
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "o.csv", "--overwrite")
+    assert code == 0, err
+    assert len(pd.read_csv(tmp / "o.csv")) == 15
+    code, _, err = _run(capsys, "report", *data, "--out", tmp / "rep", "--no-umap", "--overwrite")
+    assert code == 0 and "<html" in (tmp / "rep" / "report.html").read_text().lower(), err
+    assert not [p.name for p in tmp.rglob("*.part")]  # no temporary file left behind
+
+
+def test_a_write_that_stops_half_way_leaves_no_half_written_file(capsys, cells_and_bundle, monkeypatch):
+    """A run stopped while writing (disk full, Ctrl+C) left a half-written predictions.csv under
+    the user's name. Now each file is written beside it under a temporary name and renamed only
+    when complete: nothing under the name, no temporary file left, an earlier file kept."""
+    import errno
+    from pathlib import Path
+
+    tmp = cells_and_bundle
+    real = Path.write_bytes
+
+    def half_then_full(self, data):
+        real(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "out" / "p.csv")
+    assert code == 2 and f"Cannot write {tmp / 'out' / 'p.csv'}: No space left on device." in err, err
+    assert list((tmp / "out").iterdir()) == []
+    (tmp / "out" / "p.csv").write_text("earlier\n")
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "out" / "p.csv", "--overwrite")
+    assert code == 2 and (tmp / "out" / "p.csv").read_text() == "earlier\n"
+    assert [p.name for p in (tmp / "out").iterdir()] == ["p.csv"]
+

@@ -300,7 +300,7 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     args = ["train-panel", "--bulk", str(tmp_path / "bulk.h5ad"), "--bulk-labels", str(tmp_path / "labels.csv"),
             "--target", str(tmp_path / "tumour.h5ad"), "--drugs", "demotinib,RARE,DEMOPLATIN", "--min-lines", "5",
             "--pretrain-epochs", "2", "--epochs", "3", "--finetune-epochs", "1", "--folds", "2", "--threads", "1",
-            "--summary", str(tmp_path / "summary.csv"), "--save-panel", "starter"]
+            "--summary", str(tmp_path / "summary.csv"), "--overwrite", "--save-panel", "starter"]  # run again below
     threads = __import__("torch").get_num_threads()
     # true labels of the target cells for one drug: checked before any training, then its target AUROC
     for bad, said in ((["--target-labels", "demotinib"], "not DRUG=COLUMN"),
@@ -701,7 +701,7 @@ def test_cli_messages_name_the_model_folder_and_no_app_page(lib_env, tmp_path, c
     data.var_names = [f"X{i}" for i in range(data.n_vars)]
     data.write_h5ad(tmp_path / "nogenes.h5ad")
     assert main(["predict", "--input", str(tmp_path / "nogenes.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
-                 "--output", str(tmp_path / "p.csv")]) == 2
+                 "--output", str(tmp_path / "p2.csv")]) == 2
     err = capsys.readouterr().err
     assert "No model of the panel could score" in err and "Model page" not in err and "`scatd models`" in err
 

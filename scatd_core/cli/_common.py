@@ -170,9 +170,21 @@ def _check_writable(folder: Path, option: str, path) -> None:
                          f"({exc.strerror or exc}).", "Give a path in a folder you can write to.") from None
 
 
-def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] | None = None) -> Path:
+OVERWRITE_HELP = "replace output files that already exist (without it, an existing file is never replaced)"
+
+
+def add_overwrite_argument(p: argparse.ArgumentParser, help: str = OVERWRITE_HELP) -> None:
+    """``--overwrite``: the only way a command replaces a file of the user's (:func:`check_output`)."""
+    p.add_argument("--overwrite", action="store_true", help=help)
+
+
+def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] | None = None,
+                 overwrite: bool = False, existing: bool = True) -> Path:
     """Refuse an output that would overwrite an input file or cannot be written, before anything
-    is computed. ``folder_files``: the output is a folder these files are written into."""
+    is computed. ``folder_files``: the output is a folder these files are written into. An output
+    file that exists already (or, for a folder, any of ``folder_files`` in it) is refused unless
+    ``overwrite`` (``--overwrite``): a run never silently replaces a file of the user's
+    (``existing=False``: not checked here; :func:`refuse_existing` does it later)."""
     out = Path(path)
     targets = [out / name for name in folder_files] if folder_files is not None else [out]
     for source in (Path(p) for p in inputs if p):
@@ -185,18 +197,35 @@ def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] 
     for target in targets:
         if target.is_dir():
             raise ScatdError(f"{option}: {target} is a folder, not a file.", "Give a file name.")
+    there = [t for t in targets if t.exists() or t.is_symlink()] if existing else []
+    if there and not overwrite:
+        if folder_files is None:
+            raise ScatdError(f"{path} already exists; choose another name or add --overwrite.",
+                             f"{option} names it; nothing was run, so it is as it was.")
+        names = ", ".join(t.name for t in there)
+        raise ScatdError(f"{path} already holds {names} (from an earlier run); choose another folder or add "
+                         "--overwrite.", f"{option} names that folder; nothing was run, so its files are as they were.")
     _check_writable(out if folder_files is not None else out.parent, option, path)
     return out
 
 
-def check_outputs(args, outputs: dict[str, object], inputs=None) -> None:
+def refuse_existing(args, outputs: dict[str, object]) -> None:
+    """An output file of ``{option: path}`` that exists already is refused unless ``args.overwrite``
+    (:func:`check_output`'s check alone: a command checks its arguments first, then this, then works)."""
+    for option, path in outputs.items():
+        if path:
+            check_output(path, option, overwrite=getattr(args, "overwrite", False))
+
+
+def check_outputs(args, outputs: dict[str, object], inputs=None, *, existing: bool = True) -> None:
     """:func:`check_output` for each ``{option: path}`` given (files, not folders), against
-    ``inputs`` (default ``--input``, ``--biomart`` and ``--obs``); two options may not name the same file."""
+    ``inputs`` (default ``--input``, ``--biomart`` and ``--obs``); two options may not name the same file.
+    An existing file is replaced only with ``args.overwrite`` (``--overwrite``)."""
     if inputs is None:
         inputs = [getattr(args, "input", None), getattr(args, "biomart", None), getattr(args, "obs", None)]
     given = {option: Path(path) for option, path in outputs.items() if path}
     for option, path in given.items():
-        check_output(path, option, inputs=inputs)
+        check_output(path, option, inputs=inputs, overwrite=getattr(args, "overwrite", False), existing=existing)
     options = list(given)
     for i, first in enumerate(options):
         for second in options[i + 1:]:

@@ -6,7 +6,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from scatd_core.cli._common import Progress, check_output, say
+from scatd_core.cli._common import Progress, add_overwrite_argument, check_output, say
 
 #: What ``--panel`` adds to the report folder.
 PANEL_FILES = ("panel.csv", "panel_summary.csv", "panel_report.html")
@@ -18,6 +18,8 @@ def add(sub) -> None:
                                    "built once, then cached), then predict, embed, rank biomarkers and write "
                                    "predictions.csv, metrics.csv, biomarkers.csv, annotated.h5ad and report.html.")
     p.add_argument("--out", default="scatd-demo-report", help="report folder (default: ./scatd-demo-report)")
+    add_overwrite_argument(p, "replace the files of an earlier demo report in --out (without it, a folder that "
+                              "already holds any of them is refused before anything is run)")
     p.add_argument("--rebuild", action="store_true", help="simulate and train the demo again from scratch")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--panel", action="store_true",
@@ -33,7 +35,8 @@ def run(args) -> int:
     from scatd_core.demo.simulate import RESISTANCE_PROGRAM
     from scatd_core.metrics import evaluate_column
 
-    check_output(args.out, "--out", folder_files=REPORT_FILES + (PANEL_FILES if args.panel else ()))
+    check_output(args.out, "--out", folder_files=REPORT_FILES + (PANEL_FILES if args.panel else ()),
+                 overwrite=args.overwrite)
     problem = demo.cell_limit_problem()  # said before the (long) build, not after it
     if problem is not None:
         raise problem
@@ -72,22 +75,22 @@ def report_options(data: Path, model: Path, out: str) -> argparse.Namespace:
 def demo_panel(adata, args) -> None:
     """The demo's 3-drug panel on the same cells, written next to the single-drug report."""
     from scatd_core import demo, export, panel
+    from scatd_core._output import write_file
     from scatd_core.cli.predict import say_panel_comparison
 
     bundles = demo.ensure_panel(library=args.library, progress=Progress("Building the demo panel"))
     panel.predict_panel(adata, bundles, device="auto", progress=Progress("Panel"))
     groups = [demo.DEMO_SAMPLE_COLUMN, "cluster"]
     out = Path(args.out)
-    (out / "panel.csv").write_bytes(export.to_csv_bytes(panel.panel_table(adata, [demo.DEMO_LABEL_COLUMN, *groups])))
+    write_file(out / "panel.csv", export.to_csv_bytes(panel.panel_table(adata, [demo.DEMO_LABEL_COLUMN, *groups])))
     export.write_panel_summary(adata, out / "panel_summary.csv", groups)
     markers = (panel.multi_resistant_markers(adata)
                if panel.resistant_to_all_statement(adata)[1] and adata.obs["scatd_panel_resistant_to_all"].sum() >= 3
                else None)
     export.write_h5ad(adata, out / "annotated.h5ad")  # again, with the panel's columns next to the single drug's
-    (out / "panel_report.html").write_text(export.panel_html_report(adata, group_columns=groups, markers=markers,
-                                                                    data_name="demo (simulated data)",
-                                                                    files=export.PANEL_DOWNLOADS),
-                                           encoding="utf-8")
+    write_file(out / "panel_report.html", export.panel_html_report(adata, group_columns=groups, markers=markers,
+                                                                   data_name="demo (simulated data)",
+                                                                   files=export.PANEL_DOWNLOADS))
     say_panel_comparison(adata, print)
     for name in PANEL_FILES:
         print(f"{name}: {out / name}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, add_label_arguments, \
-    apply_label_direction, at_least_two, cell_mask, check_columns, check_outputs, positive_int, prepare_embeddings, \
-    read_input, resolve_bundle, say, whole_number
+    add_overwrite_argument, apply_label_direction, at_least_two, cell_mask, check_columns, check_outputs, \
+    positive_int, prepare_embeddings, \
+    read_input, refuse_existing, resolve_bundle, say, whole_number
 from scatd_core.errors import ScatdError
 
 
@@ -25,6 +26,8 @@ def add(sub) -> None:
     add_explain_arguments(p, "explain")
     p.add_argument("--per-cell-top", nargs=2, metavar=("K", "CSV"),
                    help="also write the per-cell attributions of the top K genes to CSV")
+    add_overwrite_argument(p, "replace --output, its metrics file or --per-cell-top's CSV when they already exist "
+                              "(without it, an existing file is refused before anything is run)")
     from scatd_core.cli.predict import add_engine_arguments, add_threshold_arguments
 
     add_threshold_arguments(p, panel=False)  # the threshold that defines the predicted groups (DE, per-group columns)
@@ -181,7 +184,7 @@ def metrics_path(output) -> Path:
 
 
 def run(args) -> int:
-    from scatd_core._output import writing
+    from scatd_core._output import write_file, writing
     from scatd_core.export import metrics_table, to_csv_bytes
     from scatd_core.inputs import ModelInput
     from scatd_core.cli.predict import calibrate_from_args, report_prediction
@@ -189,11 +192,13 @@ def run(args) -> int:
 
     per_cell = _per_cell_arg(args.per_cell_top)
     metrics = metrics_path(args.output)
-    check_outputs(args, {"--output": args.output, "--per-cell-top": per_cell[1] if per_cell else None,
-                         "--output's metrics file": metrics})
+    outputs = {"--output": args.output, "--per-cell-top": per_cell[1] if per_cell else None,
+               "--output's metrics file": metrics}
+    check_outputs(args, outputs, existing=False)  # an existing one: refused once the model is known
     if args.calibrate_on_labels and not args.label_column:
         raise ScatdError("--calibrate-on-labels needs --label-column (and --label-resistant for codes like 0/1).")
     bundle = resolve_bundle(args.model, args.library)
+    refuse_existing(args, outputs)  # before the data are read: nothing run, nothing replaced
     if args.engine == "ray":
         from scatd_core.foundation import needs_embedding
 
@@ -221,11 +226,10 @@ def run(args) -> int:
     result = explain_from_args(adata, bundle, args, inputs=inputs, keep_top=per_cell[0] if per_cell else None)
     out = Path(args.output)
     with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(to_csv_bytes(result.ranking))
+        write_file(out, to_csv_bytes(result.ranking))
     say(f"Wrote {out}")
     with writing(metrics):  # the cells explained (of how many scored) and the threshold, not only said above
-        metrics.write_bytes(to_csv_bytes(metrics_table(adata, args.label_column)))
+        write_file(metrics, to_csv_bytes(metrics_table(adata, args.label_column)))
     cells = result.info.get("cells") or {}
     counted = (f"{int(cells['n_explained']):,} of {int(cells['n_scored']):,} scored cells explained, "
                if cells.get("n_explained") is not None and cells.get("n_scored") is not None else "")
@@ -234,8 +238,7 @@ def run(args) -> int:
         k, path = per_cell
         table = result.per_cell(k)
         with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(to_csv_bytes(table, index=True))
+            write_file(path, to_csv_bytes(table, index=True))
         say(f"Wrote per-cell attributions of the top {min(k, len(result.features))} to {path}")
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import check_output, say
+from scatd_core.cli._common import add_overwrite_argument, check_output, say
 
 
 def add(sub) -> None:
@@ -21,6 +21,8 @@ def add(sub) -> None:
                    help="label table CSV to write; a provenance file goes beside it (labels.csv -> "
                         "labels.provenance.json: the files' names and sha256, each drug's threshold), which "
                         "scatd train and train-panel record with the model while the table is unchanged")
+    add_overwrite_argument(p, "replace --out and its provenance file when they already exist (without it, an "
+                              "existing file is refused before anything is read)")
     p.set_defaults(run=run)
 
 
@@ -29,8 +31,9 @@ def run(args) -> int:
     from scatd_core.labels import ic50_provenance_path, labels_from_ic50, write_ic50_provenance, write_label_table
 
     inputs = [args.ic50, args.thresholds, args.drug_list]
-    check_output(args.out, "--out", inputs=inputs)
-    side = check_output(ic50_provenance_path(args.out), "--out's provenance file", inputs=inputs)
+    check_output(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
+    side = check_output(ic50_provenance_path(args.out), "--out's provenance file", inputs=inputs,
+                        overwrite=args.overwrite)
     table = labels_from_ic50(args.ic50, args.thresholds, args.drug_list, drugs=args.drugs)
     rep = table.attrs["report"]
     with writing(args.out):

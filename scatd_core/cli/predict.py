@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
-                                    add_spelled_both_ways, apply_label_direction, cell_mask, check_columns,
-                                    check_outputs, positive_int, prepare_embeddings, probability, read_input, resolve_bundle, say)
+                                    add_overwrite_argument, add_spelled_both_ways, apply_label_direction, cell_mask,
+                                    check_columns,
+                                    check_outputs, positive_int, prepare_embeddings, probability, read_input,
+                                    refuse_existing, resolve_bundle, say)
 
 
 def add(sub) -> None:
@@ -28,6 +30,8 @@ def add(sub) -> None:
     p.add_argument("--h5ad", help="also write the annotated AnnData here")
     p.add_argument("--group-summary", help="panel: also write the per-cluster/per-sample summary CSV here")
     p.add_argument("--html", help="panel: also write the HTML panel report here")
+    add_overwrite_argument(p, "replace --output, --h5ad, --group-summary or --html files that already exist "
+                              "(without it, an existing file is refused before anything is run)")
     add_prediction_arguments(p)
     add_label_arguments(p, "for --calibrate-on-labels (`scatd report` evaluates the calls against it); for a "
                            "panel, DRUG=COLUMN: the drug whose response it records, the only one calibrated on it")
@@ -267,9 +271,12 @@ def panel_bundles(args) -> list:
     return bundles
 
 
+def _outputs(args) -> dict:
+    return {"--output": args.output, "--h5ad": args.h5ad, "--group-summary": args.group_summary, "--html": args.html}
+
+
 def run(args) -> int:
-    check_outputs(args, {"--output": args.output, "--h5ad": args.h5ad, "--group-summary": args.group_summary,
-                         "--html": args.html})
+    check_outputs(args, _outputs(args), existing=False)  # an existing one: refused once the models are known
     bundles = panel_bundles(args)
     if bundles:
         return run_panel(args, bundles)
@@ -280,11 +287,12 @@ def run(args) -> int:
         raise ScatdError(f"{' and '.join(panel_only)} {'are' if len(panel_only) > 1 else 'is'} for a panel of "
                          "models (several --model); this run has one.",
                          "For one model's report (per-sample fractions, figures), use `scatd report --out DIR`.")
-    from scatd_core._output import writing
+    from scatd_core._output import write_file, writing
     from scatd_core.export import predictions_table, to_csv_bytes, write_h5ad
     from scatd_core.predict import lowered_batch_message, summary
 
     bundle = resolve_bundle(args.model[0], args.library)
+    refuse_existing(args, _outputs(args))  # before the data are read: nothing run, nothing replaced
     adata = read_input(args, backed=True if args.engine == "ray" else "auto")
     check_columns(adata, args)
     prepare_embeddings(adata, bundle, args)  # on Ray too with --engine ray
@@ -293,8 +301,7 @@ def run(args) -> int:
     table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c], label_column=label_column)
     out = Path(args.output)
     with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(to_csv_bytes(table))
+        write_file(out, to_csv_bytes(table))
     counts = summary(adata)
     info = adata.uns["scatd"]
     say(f"Scored {info['n_scored']:,} of {info['n_cells']:,} cells on {info['params']['device']}: "
@@ -316,7 +323,7 @@ def run(args) -> int:
 def run_panel(args, bundles) -> int:
     """Score every model of the panel; one column set per drug in the table and the h5ad."""
     from scatd_core import export, panel
-    from scatd_core._output import writing
+    from scatd_core._output import write_file, writing
     from scatd_core.errors import ScatdError
     from scatd_core.predict import SET_WITH_OPTION, set_threshold
 
@@ -330,6 +337,7 @@ def run_panel(args, bundles) -> int:
         raise ScatdError(f"--expected-fraction names {', '.join(unknown)}, not a drug of the panel.",
                          f"The panel's drugs: {', '.join(names)}.")
     label_drug = panel_label_drug(args, names)  # before any work; args.label_column is then the column
+    refuse_existing(args, _outputs(args))  # before the data are read: nothing run, nothing replaced
     adata = read_input(args)
     check_columns(adata, args)
     mask = cell_mask(adata, args)
@@ -362,8 +370,7 @@ def run_panel(args, bundles) -> int:
     extra = [c for c in (label_column, args.sample_column) if c]
     out = Path(args.output)
     with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(export.to_csv_bytes(panel.panel_table(adata, extra)))
+        write_file(out, export.to_csv_bytes(panel.panel_table(adata, extra)))
     say_panel_comparison(adata, say)
     say(f"Wrote {out}")
     if args.group_summary:
@@ -375,8 +382,7 @@ def run_panel(args, bundles) -> int:
                                         data_name=Path(args.input).name,
                                         files=[Path(f).name for f in (args.output, args.group_summary, args.h5ad) if f])
         with writing(args.html):
-            Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.html).write_text(page, encoding="utf-8")
+            write_file(args.html, page)
         say(f"Wrote {args.html}")
     if args.h5ad:
         with writing(args.h5ad):

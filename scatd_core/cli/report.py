@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, add_spelled_both_ways, \
-    apply_label_direction, cell_mask, check_columns, check_output, prepare_embeddings, read_input, resolve_bundle, say
+from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, add_overwrite_argument, \
+    add_spelled_both_ways, apply_label_direction, cell_mask, check_columns, check_output, prepare_embeddings, \
+    read_input, resolve_bundle, say
 from scatd_core.cli.explain import add_explain_arguments, explain_from_args, gene_level
 from scatd_core.cli.predict import add_engine_arguments, add_prediction_arguments, predict_from_args
 from scatd_core.errors import ScatdError
@@ -23,6 +24,8 @@ def add(sub) -> None:
     p.add_argument("--library",
                    help="model library folder that --model names a model of (default: $SCATD_MODEL_LIBRARY)")
     add_spelled_both_ways(p, "--out", "--output", required=True, help="report folder")
+    add_overwrite_argument(p, "replace the files of an earlier report in --out (without it, a folder that already "
+                              "holds any of them is refused before anything is run)")
     add_prediction_arguments(p)
     add_label_arguments(p)
     p.add_argument("--sample-column", help="obs column with the sample / batch (resistant fraction per sample)")
@@ -101,8 +104,10 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
 def run(args) -> int:
     from scatd_core._output import REPORT_FILES
 
-    check_output(args.out, "--out", inputs=[args.input, args.biomart, args.obs], folder_files=REPORT_FILES)
+    check_output(args.out, "--out", inputs=[args.input, args.biomart, args.obs], folder_files=REPORT_FILES,
+                 existing=False)  # an earlier report there: refused once the model is known
     bundle = resolve_bundle(args.model, args.library)
+    check_output(args.out, "--out", folder_files=REPORT_FILES, overwrite=args.overwrite)  # before any work
     on_ray = args.engine == "ray"
     adata = read_input(args, backed=True if on_ray else "auto")
     check_columns(adata, args)

@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from scatd_core._output import writing
+from scatd_core._output import write_file, writing
 from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
@@ -142,7 +142,9 @@ def add(sub) -> None:
                                    "(default folder: DRUG_BACKBONE_trained)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a bundle exported to --out earlier (only a bundle folder, never other files)")
+                   help="replace a bundle exported to --out earlier (only a bundle folder, never other files), and "
+                        "--report or --target-predictions files that already exist (without it, an existing one is "
+                        "refused before training)")
     p.add_argument("--report", help="also write the training report (JSON) here")
     p.add_argument("--target-predictions",
                    help="also write the target's per-cell P(resistant), the call at the model's default threshold "
@@ -208,15 +210,13 @@ def run(args) -> int:
             say(f"warning: {w}")
     if args.report:
         with writing(args.report):
-            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.report).write_text(json.dumps(report_to_json(report), indent=2) + "\n", encoding="utf-8")
+            write_file(args.report, json.dumps(report_to_json(report), indent=2) + "\n")
         say(f"Wrote {args.report}")
     if args.target_predictions:
         with writing(args.target_predictions):
-            Path(args.target_predictions).parent.mkdir(parents=True, exist_ok=True)
             from scatd_core.export import to_csv_bytes
 
-            Path(args.target_predictions).write_bytes(to_csv_bytes(report["target_predictions"]))
+            write_file(args.target_predictions, to_csv_bytes(report["target_predictions"]))
         say(f"Wrote {args.target_predictions}")
     print(f"Trained '{bundle.name}' in {report['seconds']:.0f} s; installed in the model library: {bundle.path}")
     say(f"Use it with --model {bundle.path.name} (scatd predict, report, explain).")

@@ -8,7 +8,8 @@ from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
-from scatd_core.cli._common import BACKBONES, DEVICE_HELP, DEVICES, Progress, check_output, drug_and_column, fmt, positive_int, say
+from scatd_core.cli._common import BACKBONES, DEVICE_HELP, DEVICES, Progress, add_overwrite_argument, check_output, \
+    drug_and_column, fmt, positive_int, say
 from scatd_core.cli.labels import say_ic50_provenance
 from scatd_core.errors import ScatdError
 
@@ -59,6 +60,8 @@ def add(sub) -> None:
     p.add_argument("--include-below-chance", action="store_true",
                    help="with --save-panel: keep models whose bulk CV AUROC is at most 0.5 in the saved panel")
     p.add_argument("--summary", help="write the summary table (CSV) here")
+    add_overwrite_argument(p, "replace a --summary file that already exists (without it, it is refused before "
+                              "training)")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads while training (default 1, as for scatd train)")
@@ -103,7 +106,8 @@ def run(args) -> int:
         args.save_panel = check_panel_name(args.save_panel)
     if args.summary:  # before training: never an input, always writable
         check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
-                                                        args.drug_list, args.target, args.obs, args.few_shot_labels])
+                                                        args.drug_list, args.target, args.obs, args.few_shot_labels],
+                     overwrite=args.overwrite)
     settings = recipe_settings(args, TrainSettings(seed=args.seed))
     if args.folds is not None:
         settings = replace(settings, folds=args.folds)
@@ -133,13 +137,11 @@ def run(args) -> int:
         if r.verdict:
             print(f"{r.drug}: {r.verdict}")
     if args.summary:
-        from scatd_core._output import writing
+        from scatd_core._output import write_file, writing
+        from scatd_core.export import to_csv_bytes
 
         with writing(args.summary):
-            Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-            from scatd_core.export import to_csv_bytes
-
-            Path(args.summary).write_bytes(to_csv_bytes(summary))
+            write_file(args.summary, to_csv_bytes(summary))
         say(f"Wrote {args.summary}")
     if args.save_panel:
         from scatd_core.panel import MIN_MODELS, save_panel
