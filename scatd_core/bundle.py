@@ -974,6 +974,20 @@ def _read_style_reference(path: Path, name: str | None = None) -> np.ndarray:
                          "Give the bulk embedding .npy the original used for AdaIN (samples x features).") from None
 
 
+def _refuse_non_bundle_out(out: Path) -> None:
+    """``out`` (import-checkpoint's ``--out``) is new, or a model folder (which is then refused as
+    taken, or replaced, as the import says): an existing file or folder that is not a scATD model
+    folder is refused before anything is read or written."""
+    if not (out.exists() or out.is_symlink()) or (out.is_dir() and (out / MANIFEST).is_file()):
+        return
+    what = ("a folder that is not a scATD model folder (it has no " + MANIFEST + ")" if out.is_dir()
+            else "a file, not a scATD model folder")
+    raise NameTaken(f"{out} already exists and is {what}; nothing was written.",
+                    "Give --out a new folder (it is created), or leave out --out to install the model in the model "
+                    "library.",
+                    app_hint="Choose a new folder for the model.")
+
+
 def import_checkpoint(
     pth: str | Path,
     backbone: str,
@@ -1026,6 +1040,8 @@ def import_checkpoint(
         raise CheckpointError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
     if label_mapping is not None:
         check_label_mapping(label_mapping)  # before reading the checkpoint
+    if out is not None:  # a folder of the user's that is not a model is never written into, nor replaced
+        _refuse_non_bundle_out(Path(out))
     pth = Path(pth)
     shown = source_name or pth.name
     state, notes = read_checkpoint(pth, source_name, max_checkpoint_bytes)

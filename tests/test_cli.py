@@ -935,3 +935,20 @@ def test_a_write_that_stops_half_way_leaves_no_half_written_file(capsys, cells_a
     assert code == 2 and (tmp / "out" / "p.csv").read_text() == "earlier\n"
     assert [p.name for p in (tmp / "out").iterdir()] == ["p.csv"]
 
+
+def test_import_into_an_existing_folder_that_is_not_a_model_says_so(capsys, dist_setup):
+    """QA: --out naming a folder of the user's said "A model named 'D (dist_vae)' already exists",
+    and left the library's lock file beside it. Now: the folder exists and is not a scATD model
+    folder; nothing was written (nor in the folder around it)."""
+    tmp, *_ = dist_setup
+    (tmp / "mine" / "folder").mkdir(parents=True)
+    (tmp / "mine" / "folder" / "notes.txt").write_text("keep")
+    (tmp / "mine" / "a_file").write_text("keep")
+    args = ["import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D", "--genes", tmp / "genes.tsv"]
+    code, _, err = _run(capsys, *args, "--out", tmp / "mine" / "folder")
+    assert code == 2 and "already exists and is a folder that is not a scATD model folder (it has no manifest.json)" \
+        "; nothing was written." in err and "A model named" not in err, err
+    code, _, err = _run(capsys, *args, "--out", tmp / "mine" / "a_file")
+    assert code == 2 and "already exists and is a file, not a scATD model folder; nothing was written." in err
+    assert sorted(p.name for p in (tmp / "mine").rglob("*")) == ["a_file", "folder", "notes.txt"]
+
