@@ -953,10 +953,18 @@ def save_panel(name: str, models: Sequence[str], user: str | None, *, library: s
     if len(models) < MIN_MODELS:
         raise InputError(f"A panel needs at least {MIN_MODELS} models; got {len(models)}.")
     installed = {e.path.name: e for e in list_library(library)}
-    unknown = [m for m in models if m not in installed or not installed[m].ok]
+    unknown = [m for m in models if m not in installed]
     if unknown:
-        raise InputError(f"Not usable models of the library: {', '.join(unknown)}.",
+        raise InputError(f"Not in the model library: {', '.join(unknown)}; the panel was not saved.",
                          f"Installed: {', '.join(sorted(installed)) or 'none'} (`scatd models`).")
+    broken = [m for m in models if not installed[m].ok]
+    if broken:  # each with its reason (e.g. a weights file cut short), which names the file
+        reasons = "; ".join(f"{m}: {installed[m].problem}" for m in broken)
+        raise InputError(f"{'This model' if len(broken) == 1 else 'These models'} of the library cannot be used, so "
+                         f"the panel was not saved. {reasons}",
+                         "Import or train the model again (a damaged or truncated weights file cannot be repaired), "
+                         "or leave it out of the panel.",
+                         app_hint="Leave it out of the panel, or ask an administrator to import it again.")
     path = panels_file(user)
     with _locked(path):
         panels = list_panels(user)
@@ -996,7 +1004,7 @@ def load_panel(name: str, user: str | None, *, library: str | Path | None = None
     """The bundles of ``user``'s panel ``name``, and the problems of those that cannot be loaded
     any more (removed from the library, broken, or another model in the folder of one that was
     removed: left out, never used in its place): reported, not fatal. No problem names a path."""
-    from scatd_core.bundle import MANIFEST, folder_taken_words, load_bundle, model_identity
+    from scatd_core.bundle import MANIFEST, check_weights, folder_taken_words, load_bundle, model_identity
     from scatd_core.config import model_library_dir
 
     panels = list_panels(user)
@@ -1013,6 +1021,7 @@ def load_panel(name: str, user: str | None, *, library: str | Path | None = None
                 problems.append(f"{folder}: not in the model library any more (removed)")
                 continue
             bundle = load_bundle(root / folder)
+            check_weights(bundle)  # a weights file cut short or damaged: said, naming it (a header read only)
         except ScatdError as exc:
             problems.append(f"{folder}: {exc.message}")
             continue

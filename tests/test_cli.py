@@ -952,3 +952,21 @@ def test_import_into_an_existing_folder_that_is_not_a_model_says_so(capsys, dist
     assert code == 2 and "already exists and is a file, not a scATD model folder; nothing was written." in err
     assert sorted(p.name for p in (tmp / "mine").rglob("*")) == ["a_file", "folder", "notes.txt"]
 
+
+def test_panel_save_and_a_saved_panel_name_a_truncated_weights_file(capsys, dist_setup, monkeypatch):
+    """QA: `scatd panel save` with a model whose weights file is cut short said only "Not usable
+    models of the library: B_dist_vae"; a saved panel with such a member listed nothing wrong.
+    Now both name the file and say it is truncated."""
+    tmp, *_ = dist_setup
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp / "lib"))
+    for drug in ("A", "B"):
+        assert _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", drug,
+                    "--genes", tmp / "genes.tsv")[0] == 0
+    assert _run(capsys, "panel", "save", "two", "--model", "A_dist_vae", "--model", "B_dist_vae")[0] == 0
+    weights = tmp / "lib" / "B_dist_vae" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, _, err = _run(capsys, "panel", "save", "again", "--model", "A_dist_vae", "--model", "B_dist_vae")
+    assert code == 2 and "the panel was not saved" in err
+    assert "B_dist_vae: Bundle B_dist_vae: weights file weights.safetensors is truncated" in err, err
+    code, _, err = _run(capsys, "panel", "list")
+    assert code == 0 and "two: B_dist_vae: Bundle B_dist_vae: weights file weights.safetensors is truncated" in err

@@ -148,7 +148,7 @@ def test_saved_panels_are_per_user(lib_env):
         panel.save_panel("My lab panel", list(DRUGS), "alice")
     with pytest.raises(InputError, match="not a valid panel name"):
         panel.save_panel("../../etc", list(DRUGS), "alice")
-    with pytest.raises(InputError, match="Not usable models"):
+    with pytest.raises(InputError, match="Not in the model library: NOPE; the panel was not saved"):
         panel.save_panel("x", ["DRUGA", "NOPE"], "alice")
     with pytest.raises(InputError, match="at least 2"):
         panel.save_panel("x", ["DRUGA"], "alice")
