@@ -297,10 +297,11 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     bulk.write_h5ad(tmp_path / "bulk.h5ad")
     tumour.write_h5ad(tmp_path / "tumour.h5ad")
     labels.to_csv(tmp_path / "labels.csv")
-    args = ["train-panel", "--bulk", str(tmp_path / "bulk.h5ad"), "--bulk-labels", str(tmp_path / "labels.csv"),
+    args = ["train-panel", "--overwrite",  # run again below: its --summary replaced
+            "--bulk", str(tmp_path / "bulk.h5ad"), "--bulk-labels", str(tmp_path / "labels.csv"),
             "--target", str(tmp_path / "tumour.h5ad"), "--drugs", "demotinib,RARE,DEMOPLATIN", "--min-lines", "5",
             "--pretrain-epochs", "2", "--epochs", "3", "--finetune-epochs", "1", "--folds", "2", "--threads", "1",
-            "--summary", str(tmp_path / "summary.csv"), "--overwrite", "--save-panel", "starter"]  # run again below
+            "--summary", str(tmp_path / "summary.csv"), "--save-panel", "starter"]
     threads = __import__("torch").get_num_threads()
     # true labels of the target cells for one drug: checked before any training, then its target AUROC
     for bad, said in ((["--target-labels", "demotinib"], "not DRUG=COLUMN"),
