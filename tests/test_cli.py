@@ -890,7 +890,11 @@ def test_an_existing_output_is_refused_before_any_work_unless_overwrite(capsys, 
              (["predict", *data, "--output", tmp / "new.csv", "--h5ad", tmp / "o.h5ad"], tmp / "o.h5ad"),
              (["report", *data, "--out", tmp / "rep", "--no-umap"], tmp / "rep"),
              (["explain", *data, "--output", tmp / "b.csv"], tmp / "b.csv"),
-             (["labels-from-ic50", *gdsc, "--out", tmp / "labels.csv"], tmp / "labels.csv")]
+             (["labels-from-ic50", *gdsc, "--out", tmp / "labels.csv"], tmp / "labels.csv"),
+             (["train", "--backbone", "dist_vae", "--bulk", tmp / "bulk.csv", "--bulk-labels", tmp / "l.csv",
+               "--drug", "D", "--target", tmp / "cells.h5ad", "--report", tmp / "b.csv"], tmp / "b.csv"),
+             (["train-panel", "--bulk", tmp / "bulk.csv", "--bulk-labels", tmp / "l.csv", "--target",
+               tmp / "cells.h5ad", "--drugs", "D", "--summary", tmp / "o.csv"], tmp / "o.csv")]
     for argv, named in cases:
         code, _, err = _run(capsys, *argv)
         assert code == 2 and f"error: {named} already" in err and "add --overwrite." in err, (argv, err)
