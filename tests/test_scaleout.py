@@ -213,7 +213,7 @@ def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, smal
     one, dist = ad.read_h5ad(tmp_path / "one.h5ad"), ad.read_h5ad(tmp_path / "ray.h5ad")
     np.testing.assert_array_equal(dist.obsm["X_scatd"], one.obsm["X_scatd"])
     assert_same(dist, one)
-    assert main(ray_args) == 0  # run again: every shard is already there; then the parts are removed
+    assert main(ray_args + ["--overwrite"]) == 0  # run again: every shard is already there; then the parts are removed
     err = capsys.readouterr().err
     assert "3 shards (3 already done" in err and "Removed the Ray shard parts (1 folder(s)" in err
     assert not (tmp_path / "ray.csv.parts").exists()

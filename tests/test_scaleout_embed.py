@@ -128,18 +128,18 @@ def test_predictions_made_from_other_embeddings_are_not_resumed(local_ray, asset
               "--keep-parts"]
     assert main(common) == 0, capsys.readouterr().err
     capsys.readouterr()
-    assert main(common + ["--scfoundation-key", "cell"]) == 2
+    assert main(common + ["--scfoundation-key", "cell", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "ray.csv.embeddings.parts holds the parts of a different run" in err
     assert "ray.csv.parts (made from its results)" in err
     import shutil
 
     shutil.rmtree(tmp_path / "ray.csv.embeddings.parts")
-    assert main(common + ["--scfoundation-key", "cell"]) == 2
+    assert main(common + ["--scfoundation-key", "cell", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "ray.csv.parts holds the parts of a different run (changed: embeddings)" in err
     shutil.rmtree(tmp_path / "ray.csv.parts")
-    assert main(common + ["--scfoundation-key", "cell"]) == 0
+    assert main(common + ["--scfoundation-key", "cell", "--overwrite"]) == 0
     err = capsys.readouterr().err
     assert "0 already done" not in err and "resumed" not in err.split("Ray:")[-1].splitlines()[0]
     one = tmp_path / "one.csv"
