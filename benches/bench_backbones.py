@@ -66,7 +66,11 @@ def write_geneformer(folder: Path) -> list[str]:
     import shutil
 
     import torch
-    from transformers import BertConfig, BertForMaskedLM
+
+    from scatd_core.foundation.geneformer import transformers_module
+
+    tf = transformers_module()
+    BertConfig, BertForMaskedLM = tf.BertConfig, tf.BertForMaskedLM
 
     folder.mkdir(parents=True)
     real = SHARED / "geneformer"

@@ -207,7 +207,7 @@ WARM_UP_EXIT_WAIT_S = 120.0
 def start_up(wait: bool = False) -> threading.Thread:
     """Once per server process: finish interrupted library writes, then compile (or load from
     numba's disk cache) the numba kernels of the QC metrics (scanpy), the sparse first layer and
-    umap-learn, build a tiny model the way a model is loaded (torch's one-off imports) and time
+    umap-learn, import transformers (Geneformer; once, under its lock), build a tiny model the way a model is loaded (torch's one-off imports) and time
     the rates of the prediction's time estimate, in the background, so the first upload,
     prediction and UMAP do not wait for them. ``app.py`` calls it on every run (only the first
     starts anything); ``python -m scatd_app`` calls it with ``wait=True`` before the server
@@ -250,6 +250,7 @@ def _begin_start_up(freeze_after_warm_up: bool) -> threading.Thread:
     import umap  # noqa: F401
 
     from scatd_core import embed, explain, predict, preprocess
+    from scatd_core.foundation import geneformer
     from scatd_core.nn import models, sparse
 
     gc.collect()  # the libraries, imported: frozen before any user's data exists (see start_up)
@@ -258,6 +259,7 @@ def _begin_start_up(freeze_after_warm_up: bool) -> threading.Thread:
 
     def warm_up() -> None:
         preprocess.qc_metrics(ad.AnnData(np.ones((4, 3), dtype=np.float32)))
+        geneformer.warm_up()  # transformers, imported once: the Model page's Geneformer check needs it
         models.warm_up()
         sparse.warm_up()
         embed.warm_up()

@@ -149,12 +149,13 @@ def write_gf_model(folder: Path, vocab_size: int, v2: bool = False, seed: int = 
     test process and copied: transformers' saving is slow)."""
     key = (vocab_size, v2, seed, tuple(sorted(overrides.items())))
     if key not in _SAVED_MODELS:
-        from transformers import BertConfig, BertForMaskedLM
+        from scatd_core.foundation.geneformer import transformers_module
 
+        tf = transformers_module()
         torch.manual_seed(seed)
         cfg = dict(GF_CONFIG, vocab_size=vocab_size, max_position_embeddings=4096 if v2 else 2048, **overrides)
         _SAVED_MODELS[key] = Path(_SAVED.name) / f"model{len(_SAVED_MODELS)}"
-        BertForMaskedLM(BertConfig(**cfg)).eval().save_pretrained(_SAVED_MODELS[key])
+        tf.BertForMaskedLM(tf.BertConfig(**cfg)).eval().save_pretrained(_SAVED_MODELS[key])
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(_SAVED_MODELS[key], folder)

@@ -1802,9 +1802,13 @@ def test_start_up_runs_once_per_process_and_can_be_waited_for():
     server listens: one warm-up per process, which both see."""
     from scatd_app import ui
 
+    from scatd_core.foundation import geneformer
+
     first = ui.start_up(wait=True)
     assert not first.is_alive()
     assert ui.start_up() is first and ui.start_up(wait=True) is first
+    # transformers was imported by the warm-up (through its one locked helper), not by a page
+    assert getattr(geneformer, "_TRANSFORMERS", None) is not None
 
 
 def _small_checkpoints(folder: Path) -> None:

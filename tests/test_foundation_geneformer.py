@@ -19,7 +19,7 @@ import torch
 import _foundation_helpers as H
 from _foundation_helpers import one_thread  # noqa: F401 (autouse fixture)
 from conftest import SHARED_DATA, shared_file
-from scatd_core.errors import CheckpointError, InputError
+from scatd_core.errors import CheckpointError, InputError, ScatdError
 from scatd_core.foundation import embed_cells
 from scatd_core.foundation import geneformer as G
 
@@ -66,9 +66,7 @@ def reference_embedding(model, tokens, mode="cell", special=False):
 
 def mlm(folder):
     """The saved model as Geneformer's EmbExtractor loads it."""
-    from transformers import BertForMaskedLM
-
-    return BertForMaskedLM.from_pretrained(folder, output_hidden_states=True).eval()
+    return G.transformers_module().BertForMaskedLM.from_pretrained(folder, output_hidden_states=True).eval()
 
 
 def test_embedding_matches_the_original_extraction(gf):
@@ -146,11 +144,9 @@ def test_values_that_are_not_counts_are_refused(gf):
 
 
 def test_pytorch_model_bin_loads_with_weights_only_and_matches(gf, tmp_path):
-    from transformers import BertForMaskedLM
-
     a = counts(6)
     want, _ = G.embed(a, device="cpu")
-    model = BertForMaskedLM.from_pretrained(gf / "gf-tiny")
+    model = G.transformers_module().BertForMaskedLM.from_pretrained(gf / "gf-tiny")
     (gf / "gf-tiny" / "model.safetensors").unlink()
     torch.save(model.state_dict(), gf / "gf-tiny" / "pytorch_model.bin")
     G._PROBES.clear()
@@ -427,3 +423,98 @@ def test_a_missing_gene_name_dictionary_is_named_for_symbol_data(gf):
 
     item = next(i for i in doctor._foundation() if i["what"] == "vae_gf")
     assert item["status"] == "warning" and "Warning: Geneformer's gene-name dictionary (gene_name_id_dict.pkl" in item["detail"]
+
+
+def _without_transformers():
+    """Take ``transformers`` out of sys.modules (as in a fresh server process); returns what to put back."""
+    import sys
+
+    saved = {k: m for k, m in sys.modules.items() if k == "transformers" or k.startswith("transformers.")}
+    for k in saved:
+        del sys.modules[k]
+    return saved
+
+
+def _put_back(saved):
+    import sys
+
+    for k in [k for k in sys.modules if k == "transformers" or k.startswith("transformers.")]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def test_two_sessions_importing_transformers_at_once_both_succeed(gf, monkeypatch):
+    """Two sessions opening the Model page at once both checked Geneformer's config.json, each
+    importing transformers for the first time: one failed with "cannot import name 'BertConfig'"."""
+    import threading
+
+    model = G.model_folders()[0]
+    shapes = {G._bert_key(k): v for k, v in G._weight_shapes(model.weights).items() if G._bert_key(k) is not None}
+    saved = _without_transformers()
+    monkeypatch.setattr(G, "_TRANSFORMERS", None, raising=False)
+    try:
+        n = 4
+        barrier, results, errors = threading.Barrier(n), [], []
+
+        def session(check):
+            barrier.wait()
+            try:
+                results.append(check())
+            except Exception as exc:  # noqa: BLE001 (what the test looks for)
+                errors.append(repr(exc))
+
+        checks = [lambda: G.config_mismatch(model, shapes)] * (n - 2) + [lambda: G.transformers_module().BertModel] * 2
+        threads = [threading.Thread(target=session, args=(c,)) for c in checks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, "\n".join(errors)
+        assert results.count(None) == n - 2  # config.json checked: it fits the weights
+        assert [r.__name__ for r in results if r is not None] == ["BertModel"] * 2
+    finally:
+        _put_back(saved)
+
+
+def test_a_missing_transformers_package_is_named(gf, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_transformers(name, *args, **kwargs):
+        if name == "transformers" or name.startswith("transformers."):
+            raise ImportError("No module named 'transformers'")
+        return real_import(name, *args, **kwargs)
+
+    saved = _without_transformers()
+    monkeypatch.setattr(G, "_TRANSFORMERS", None)
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    try:
+        with pytest.raises(ScatdError, match="Geneformer needs the transformers package") as info:
+            G.transformers_module()
+        assert "pip install" in info.value.hint
+        G._PROBES.clear()
+        problems = G.probe().problems
+        assert [p.code for p in problems] == ["missing_package"] and "transformers" in problems[0].message
+        G.warm_up()  # the app's start-up: no error of its own
+    finally:
+        monkeypatch.undo()
+        _put_back(saved)
+        G._PROBES.clear()
+
+
+def test_transformers_is_imported_in_one_place_only():
+    """The helper is the only way scATD imports transformers (so the lock covers every first import)."""
+    import re
+
+    from conftest import REPO
+
+    found = []
+    for folder in ("scatd_core", "scatd_app", "app_pages", "tests", "benches"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if re.match(r"\s*(from\s+transformers[\s.]|import\s+transformers\b)", line):
+                    found.append(f"{path.relative_to(REPO)}:{i}")
+    assert found == ["scatd_core/foundation/geneformer.py:" + str(
+        next(i for i, line in enumerate((REPO / "scatd_core/foundation/geneformer.py").read_text().splitlines(), 1)
+             if line.strip() == "import transformers"))]

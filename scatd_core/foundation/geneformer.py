@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ import scipy.sparse as sp
 import torch
 
 from scatd_core.config import geneformer_dir, geneformer_model_dir
-from scatd_core.errors import CheckpointError, InputError
+from scatd_core.errors import CheckpointError, InputError, ScatdError
 from scatd_core.foundation._assets import Probe, Problem, check_file, file_state, lfs_pointer_size, lfs_problem, \
     torch_load_tensors
 from scatd_core.foundation._dictionaries import DICTIONARIES, content_kind, find_dictionary, misplaced_text
@@ -65,6 +66,49 @@ INSTALL_HINT = ("Put the Geneformer model folder ({model}: config.json and model
                 "{folder}/, and its dictionaries (token_dictionary.pkl, gene_median_dictionary.pkl, "
                 "gene_name_id_dict.pkl) in {folder}; or set SCATD_GENEFORMER_DIR (and SCATD_GENEFORMER_MODEL) to "
                 "where they are.")
+
+
+# --------------------------------------------------------------------------- transformers
+
+#: The BERT classes read from ``transformers`` (resolved once, under the lock).
+BERT_CLASSES = ("BertConfig", "BertModel", "BertForMaskedLM")
+_TRANSFORMERS_LOCK = threading.Lock()
+_TRANSFORMERS = None
+
+
+def transformers_module():
+    """The ``transformers`` module, its BERT classes (:data:`BERT_CLASSES`) resolved: the only
+    place scATD imports it. Two threads importing it for the first time at once (two sessions
+    opening the Model page) made one of them fail with "cannot import name 'BertConfig'":
+    ``transformers`` fills in its names lazily and a second import sees the module half done. The
+    first import and the lazy names are therefore resolved once per process, under a lock; later
+    calls return the module at once. Raises :class:`ScatdError` when the package is missing."""
+    global _TRANSFORMERS
+    if _TRANSFORMERS is not None:
+        return _TRANSFORMERS
+    with _TRANSFORMERS_LOCK:
+        if _TRANSFORMERS is None:
+            try:
+                import transformers
+
+                for name in BERT_CLASSES:
+                    getattr(transformers, name)
+            except (ImportError, AttributeError) as exc:
+                raise ScatdError(f"Geneformer needs the transformers package, which cannot be imported here "
+                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).",
+                                 "Install it on the server: pip install 'transformers>=4.46' (see "
+                                 "requirements.txt), then restart scATD Studio.") from None
+            _TRANSFORMERS = transformers
+    return _TRANSFORMERS
+
+
+def warm_up() -> None:
+    """Import ``transformers`` once (the app's start-up), so that no page waits for it; a missing
+    package is said by the Geneformer probe, not here."""
+    try:
+        transformers_module()
+    except ScatdError:
+        pass
 
 
 # --------------------------------------------------------------------------- dictionaries
@@ -255,7 +299,10 @@ def check_model(model: ModelFolder, vocab: Vocabulary | None) -> list[Problem]:
         out.append(Problem("wrong_shape", f"{model.weights.name} holds {len(layers)} encoder layers; config.json "
                            f"says {model.n_layers}.", f"Download {model.path.name} again."))
     if not out:
-        mismatch = config_mismatch(model, shapes)
+        try:
+            mismatch = config_mismatch(model, shapes)
+        except ScatdError as exc:  # transformers missing: the model cannot be built
+            return [Problem("missing_package", exc.message, exc.hint or "")]
         if mismatch is not None:
             out.append(Problem("wrong_shape", f"{model.weights.name} does not match {model.path.name}/config.json: "
                                f"{mismatch}.", f"Download {model.path.name} again (config.json and the weights "
@@ -283,12 +330,11 @@ def config_mismatch(model: ModelFolder, shapes: dict[str, tuple]) -> str | None:
     if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or hidden < 1 or hidden % heads:
         return (f"config.json gives {heads!r} attention heads for a hidden size of {hidden}, but the hidden size "
                 "must be a multiple of the number of heads")
+    tf = transformers_module()
     try:
-        from transformers import BertConfig, BertModel
-
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in
-                        BertModel(BertConfig.from_dict(model.config), add_pooling_layer=False).state_dict().items()}
+            expected = {k: tuple(v.shape) for k, v in tf.BertModel(tf.BertConfig.from_dict(model.config),
+                                                                   add_pooling_layer=False).state_dict().items()}
     except (ValueError, TypeError, RuntimeError, KeyError) as exc:
         return f"config.json describes no valid BERT encoder ({exc})"
     expected = {k: v for k, v in expected.items() if not k.endswith(("position_ids", "token_type_ids"))}
@@ -436,8 +482,7 @@ def load(folder: str | Path | None = None, embedding_dim: int | None = None, dev
 
 
 def _load_bert(model: ModelFolder, n_used: int, device):
-    from transformers import BertConfig, BertModel
-
+    tf = transformers_module()
     if model.weights.suffix == ".safetensors":
         from scatd_core._torchfile import load_safetensors
 
@@ -446,8 +491,8 @@ def _load_bert(model: ModelFolder, n_used: int, device):
         raw = torch_load_tensors(model.weights, "Geneformer weights", SAFETENSORS_NAME_HINT)
     state = {_bert_key(k): v for k, v in raw.items() if _bert_key(k) is not None}
     try:
-        config = BertConfig.from_dict(model.config)
-        bert = BertModel(config, add_pooling_layer=False)
+        config = tf.BertConfig.from_dict(model.config)
+        bert = tf.BertModel(config, add_pooling_layer=False)
         missing, unexpected = bert.load_state_dict(state, strict=False)
     except (ValueError, RuntimeError, TypeError) as exc:  # a config.json that does not fit the weights
         mismatch = config_mismatch(model, {k: tuple(v.shape) for k, v in state.items()
