@@ -19,10 +19,9 @@ MODULES = {"vae_sf": scfoundation, "vae_gf": geneformer}
 OPTIONS = {"vae_sf": {"key": scfoundation.DEFAULT_KEY, "resolution": scfoundation.DEFAULT_RESOLUTION,
                       "max_genes": scfoundation.DEFAULT_MAX_GENES},
            "vae_gf": {"embedding_dim": None, "emb_mode": "cell", "emb_layer": -1}}
-#: Throughput of a transformer forward pass relative to the dense GEMM rate ``predict`` measures
-#: (attention and layer norms run below GEMM speed). With 0.8 the estimate was 1.0-1.4x the measured
-#: time for cells of ~1,000 genes and up to 2x for short ones (benches/README.md): it errs long.
-EFFICIENCY = 0.8
+#: Seconds an embedding run costs besides the layers (finding the files, the model already loaded,
+#: reading and tokenising the cells, storing the result): a floor that matters only for tiny runs.
+RUN_OVERHEAD_S = 0.01
 
 
 #: A foundation model's gene coverage is low when it knows fewer than this share of the data's genes
@@ -678,13 +677,19 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
     """How much work :func:`embed_cells` has left, before running it.
 
     Returns ``{"n_cells", "n_tokens", "seconds", "device", "gene_coverage", "expression"}``: the cells still to
-    embed, their tokens, and the expected time from the model's FLOPs over the device's measured GEMM rate
-    (times :data:`EFFICIENCY`), and how many of the data's genes the model knows
-    (:func:`coverage_of`, with its low-coverage warning), and what it is given
-    (:func:`counts_source`). Reads the data once (token counts),
-    loads no weights.
+    embed, their tokens, the expected time, how many of the data's genes the model knows
+    (:func:`coverage_of`, with its low-coverage warning), and what it is given (:func:`counts_source`).
+    Reads the data once (token counts), loads no weights.
+
+    The time: the cells are grouped into the batches the embedding will run (length-sorted, padded
+    to the longest), and one layer of the backbone's real shape (hidden size, heads, feed-forward
+    size; random weights) is timed on this device on the costliest of them, cut to a small batch
+    (:func:`scatd_core.foundation._work.layer_time_model`: cached per process and shape, well under
+    0.5 s). An estimate from a generic matrix-product rate was 4-15x off: attention, layer norms and
+    the layer's own calls run far below that rate.
     """
-    from scatd_core.predict import _flop_rate, device_description, resolve_device
+    from scatd_core.foundation import _work
+    from scatd_core.predict import device_description, resolve_device
 
     options = _options(backbone, options)
     dev = resolve_device(device)
@@ -700,8 +705,25 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
         p = scfoundation.plan(adata, wanted, scfoundation.read_gene_list(state.files["gene_list"]),
                               options["resolution"], options["max_genes"])
         tokens = (p.n_expressed + 2)[p.embed]
-        flops = scfoundation.flops_per_cell(cfg, tokens).sum()
         alignment = p.prepared.alignment
+        n_layers, hidden = cfg.depth, cfg.hidden_dim
+        key = ("scfoundation", cfg.hidden_dim, cfg.heads, cfg.ff_mult, cfg.norm_first)
+
+        def make_layer():
+            import torch
+
+            return torch.nn.TransformerEncoderLayer(cfg.hidden_dim, cfg.heads, cfg.hidden_dim * cfg.ff_mult,
+                                                    dropout=0.0, batch_first=True, norm_first=cfg.norm_first)
+
+        def layer_flops(cells, length):
+            return cells * float(scfoundation.flops_per_cell(cfg, np.array([length]))[0]) / cfg.depth
+
+        def no_padding(cells, length):
+            import torch
+
+            return torch.zeros(cells, length, dtype=torch.bool)
+
+        call = {"src_key_padding_mask": no_padding}
     else:
         folder = geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"])
         vocab = geneformer.read_vocabulary(folder.version)
@@ -709,9 +731,26 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
         tok = geneformer.tokenizer(adata, vocab, folder.input_size)
         tokens = geneformer.cell_plan(tok, adata.X, wanted)[0]
         tokens = tokens[tokens > 0]
-        flops = geneformer.flops_per_cell(folder.config, folder.n_layers + options["emb_layer"], tokens).sum()
         alignment = tok.alignment
-    seconds = float(flops) / (_flop_rate(dev) * EFFICIENCY)
+        n_layers, hidden, config = folder.n_layers + options["emb_layer"], folder.hidden_size, folder.config
+        key = ("geneformer", hidden, config.get("num_attention_heads"), config.get("intermediate_size"),
+               config.get("hidden_act"))
+
+        def make_layer():
+            import sys
+
+            tf = geneformer.transformers_module()
+            bert_config = tf.BertConfig.from_dict(config)
+            bert_config._attn_implementation = "sdpa"  # as BertModel picks on its own (a lone layer does not)
+            return sys.modules[tf.BertModel.__module__].BertLayer(bert_config)
+
+        def layer_flops(cells, length):
+            return cells * float(geneformer.flops_per_cell(config, 1, np.array([length]))[0])
+
+        call = {}
+    shapes = _work.batch_shapes(tokens, _work.batch_tokens(dev))
+    seconds = (n_layers * _work.layer_time_model(make_layer, key, layer_flops, shapes, hidden, dev, **call)
+               + (RUN_OVERHEAD_S if tokens.size else 0.0))
     return {"n_cells": int(tokens.size), "n_tokens": int(tokens.sum()), "seconds": seconds,
             "device": device_description(dev), "gene_coverage": coverage_of(alignment, backbone),
             "expression": given}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable, Iterator
 
 import numpy as np
@@ -36,6 +37,81 @@ def length_batches(lengths: np.ndarray, max_tokens: int) -> Iterator[np.ndarray]
             stop += 1
         yield order[start:stop]
         start = stop
+
+
+def batch_shapes(lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """``(cells, padded length)`` of each forward pass an embedding of cells of ``lengths`` tokens
+    makes: length-sorted batches within chunks of :data:`CHUNK_CELLS` cells, as the backbones run."""
+    lengths = np.asarray(lengths)
+    return [(int(b.size), int(chunk[b].max())) for start in range(0, lengths.size, CHUNK_CELLS)
+            for chunk in (lengths[start:start + CHUNK_CELLS],) for b in length_batches(chunk, max_tokens)]
+
+
+#: The largest forward pass of one layer timed to calibrate an estimate (FLOPs): ~10-50 ms on two
+#: CPU cores. A longer batch is timed with fewer cells, then shorter, and the rate carried over.
+CALIBRATION_FLOPS = 1.5e9
+_LAYER_TIMES: dict[tuple, float] = {}
+
+
+def layer_seconds(make_layer: Callable[[], torch.nn.Module], key: tuple, cells: int, length: int, hidden: int,
+                  device: torch.device, **call) -> float:
+    """Seconds of one forward pass of one backbone layer (``make_layer()``, random weights) over
+    ``cells`` x ``length`` tokens on ``device``: the best of two timed passes after a warm-up one.
+    Cached per process, layer shape (``key``) and batch shape."""
+    stamp = (str(device), *key, int(cells), int(length))
+    if stamp not in _LAYER_TIMES:
+        from scatd_core.predict import _sync
+
+        layer = _LAYER_CACHE.get((str(device), *key))
+        if layer is None:
+            _LAYER_CACHE.clear()
+            with torch.device("meta"):
+                layer = make_layer()
+            layer = layer.to_empty(device=device).eval()
+            g = torch.Generator().manual_seed(0)  # weights of no importance; torch's global RNG untouched
+            with torch.no_grad():
+                for p in layer.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                for b in layer.buffers():
+                    b.zero_()
+            _LAYER_CACHE[(str(device), *key)] = layer
+        x = (torch.randn(int(cells), int(length), int(hidden), generator=torch.Generator().manual_seed(1)) * 0.5
+             ).to(device)
+        extra = {k: v(int(cells), int(length)).to(device) if callable(v) else v for k, v in call.items()}
+        best = float("inf")
+        with torch.inference_mode(), autocast(device):
+            for i in range(3):
+                _sync(device)
+                t0 = time.perf_counter()
+                layer(x, **extra)
+                _sync(device)
+                if i:
+                    best = min(best, time.perf_counter() - t0)
+        _LAYER_TIMES[stamp] = best
+    return _LAYER_TIMES[stamp]
+
+
+_LAYER_CACHE: dict[tuple, torch.nn.Module] = {}
+
+
+def layer_time_model(make_layer, key: tuple, flops: Callable[[int, int], float], shapes: list[tuple[int, int]],
+                     hidden: int, device: torch.device, **call) -> float:
+    """Seconds of one layer over all the batches ``shapes`` (``(cells, padded length)`` each), from
+    the layer timed on this machine: once on a tiny batch (what each call costs whatever its size)
+    and once on the costliest batch, scaled down to :data:`CALIBRATION_FLOPS` (fewer cells, then
+    fewer tokens); the rate of the second carries over to the others by their FLOPs (``flops(cells,
+    length)``, one layer)."""
+    if not shapes:
+        return 0.0
+    cells, length = max(shapes, key=lambda s: flops(*s))
+    if flops(cells, length) > CALIBRATION_FLOPS:
+        cells = max(1, int(cells * CALIBRATION_FLOPS / flops(cells, length)))
+        while length > 8 and flops(cells, length) > CALIBRATION_FLOPS:
+            length = max(8, int(length * 0.8))
+    fixed = layer_seconds(make_layer, key, 1, 4, hidden, device, **call)
+    timed = layer_seconds(make_layer, key, cells, length, hidden, device, **call)
+    rate = flops(cells, length) / max(timed - fixed, timed * 0.05, 1e-9)
+    return sum(fixed + flops(c, n) / rate for c, n in shapes)
 
 
 def autocast(device: torch.device):
