@@ -174,6 +174,34 @@ def test_cli_says_the_backbone_probe_warnings_before_embedding(assets, gf_bundle
     assert err.index("Gene coverage") < warned < err.index("Geneformer embeddings: 8 of 8 cells")
 
 
+def test_a_non_published_scfoundation_is_warned_after_embedding_too(assets, sf_bundle, tmp_path, capsys,
+                                                                    monkeypatch):
+    """The warning for an scFoundation model other than the published one was said before embedding
+    only: the prediction's warnings (Predict page, report, CLI) now carry it."""
+    # the tiny model (2 layers x 16, 2 heads) taken as of the published width, with 12 layers published
+    published = S.PUBLISHED_ENCODER
+    monkeypatch.setattr(S, "PUBLISHED_ENCODER", {"depth": 12, "hidden_dim": 16, "heads": 2})
+    S._PROBES.clear()
+    csv = write_csv(sf_counts(8), tmp_path / "counts.csv")
+    rc = main(["predict", "--model", str(sf_bundle.path), "--input", str(csv), "--output", str(tmp_path / "p.csv"),
+               "--h5ad", str(tmp_path / "a.h5ad"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    words = "This scFoundation model has 2 layers x 16 with 2 attention heads; the published one has 12 layers"
+    embedded = err.index("scFoundation embeddings: 8 of 8 cells")
+    assert words in err[:embedded]  # before, as before
+    assert f"warning: {words}" in err[embedded:]  # and with the prediction's warnings
+    annotated = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert any(w.startswith(words) for w in annotated.uns["scatd"]["warnings"])  # the Predict page and the report
+    # the published model (its sizes: 2 layers x 16, 2 heads): no such warning
+    monkeypatch.setattr(S, "PUBLISHED_ENCODER", {**published, "depth": 2, "hidden_dim": 16, "heads": 2})
+    S._PROBES.clear()
+    again = sf_counts(8)
+    ensure_embeddings(again, sf_bundle, device="cpu")
+    predict(again, sf_bundle, device="cpu")
+    assert not any("scFoundation model has" in w for w in again.uns["scatd"]["warnings"])
+
+
 def test_cli_convert_scfoundation(assets, tmp_path, capsys):
     ckpt = assets["sf"] / "models" / "models.ckpt"
     rc = main(["convert-scfoundation", str(ckpt), "--out", str(tmp_path / "converted")])

@@ -53,6 +53,14 @@ class Probe:
     details: dict = field(default_factory=dict)
     #: What works but is limited (e.g. an optional file missing): shown, but the backbone is usable.
     warnings: list[str] = field(default_factory=list)
+    #: Those of ``warnings`` that concern the embeddings made (a model or gene list other than the
+    #: published one): recorded with them, so each prediction made from them repeats the warning.
+    embedding_warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str, about_embeddings: bool = False) -> None:
+        self.warnings.append(message)
+        if about_embeddings:
+            self.embedding_warnings.append(message)
 
     def add(self, code: str, message: str, hint: str) -> None:
         self.problems.append(Problem(code, message, hint))

@@ -404,7 +404,9 @@ def embed_cells(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = N
     faulty: dict = {}
     new, info = module.embed(source, todo, device=device, batch_tokens=batch_tokens, progress=progress,
                              should_stop=should_stop, faulty=faulty, **options)
-    info = {**info, "expression": given}
+    # a model other than the published one (said before embedding): kept with the embeddings, for each prediction
+    info = {**info, "expression": given,
+            "model_warnings": list(probe(backbone, embedding_dim=options.get("embedding_dim")).embedding_warnings)}
     if record is not None:
         matrix = np.array(adata.obsm[key], dtype=np.float32)
         matrix[todo] = new[todo]

@@ -444,7 +444,7 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
         out.problems.extend(check_model(model, vocab))
         note = published_config_note(model)
         if note is not None:
-            out.warnings.append(note)
+            out.warn(note, about_embeddings=True)
         out.version = model.describe() + (f"; {vocab.version} dictionaries ({len(vocab.medians):,} genes)"
                                           if vocab is not None else "")
     out.available = not out.problems

@@ -549,7 +549,7 @@ def _check_genes(out: Probe, cfg: ScFoundationConfig | None, genes: list[str], g
         if problem is not None and problem.code in REFUSED_LIST_PROBLEMS:
             out.problems.append(problem)
         elif problem is not None:
-            out.warnings.append(f"{problem.message} {problem.hint}")
+            out.warn(f"{problem.message} {problem.hint}", about_embeddings=True)
 
 
 def _check_architecture(out: Probe, cfg: ScFoundationConfig) -> None:
@@ -564,12 +564,12 @@ def _check_architecture(out: Probe, cfg: ScFoundationConfig) -> None:
     if cfg.hidden_dim != pub["hidden_dim"]:  # a VAE_sf model of the published size refuses its embeddings
         out.version = f"{out.version}; the published scFoundation model has {published}"
     else:
-        out.warnings.append(
+        out.warn(
             f"This scFoundation model has {_layers(cfg.depth)} x {cfg.hidden_dim} "
             f"with {cfg.heads} attention head{'s' if cfg.heads != 1 else ''}; the published one has {published}. Its "
             f"{cfg.embedding_dim:,}-d embeddings fit scATD's VAE_sf models, but those were trained on the published "
             "model's embeddings, so their predictions from this one mean little. Install the published models.ckpt "
-            "unless this model is the one your drug models were trained on.")
+            "unless this model is the one your drug models were trained on.", about_embeddings=True)
 
 
 def _probe_converted(files: Files, out: Probe) -> tuple[ScFoundationConfig | None, str | None]:

@@ -165,6 +165,10 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     from scatd_core.foundation._embed import require_some_finite, store_embeddings
 
     info["expression"] = given  # what the backbone was given, with the same note as one process
+    from scatd_core.foundation._embed import probe
+
+    # a model other than the published one: kept with the embeddings, as one process keeps it
+    info["model_warnings"] = list(probe(backbone, embedding_dim=options.get("embedding_dim")).embedding_warnings)
 
     return require_some_finite(store_embeddings(adata, backbone, embeddings, info, identity, tried | todo, device,
                                                 seconds + time.perf_counter() - t0, faulty=faulty), backbone)
