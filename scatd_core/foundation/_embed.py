@@ -717,8 +717,9 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
             return torch.nn.TransformerEncoderLayer(cfg.hidden_dim, cfg.heads, cfg.hidden_dim * cfg.ff_mult,
                                                     dropout=0.0, batch_first=True, norm_first=cfg.norm_first)
 
-        def layer_flops(cells, length):
-            return cells * float(scfoundation.flops_per_cell(cfg, np.array([length]))[0]) / cfg.depth
+        def layer_flops(cells, length):  # as scfoundation.flops_per_cell, one layer: (linear, attention)
+            h = cfg.hidden_dim
+            return cells * 2.0 * (4 * h * h + 2 * cfg.ff_mult * h * h) * length, cells * 4.0 * h * length * length
 
         def no_padding(cells, length):
             import torch
@@ -746,8 +747,9 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
             bert_config._attn_implementation = "sdpa"  # as BertModel picks on its own (a lone layer does not)
             return sys.modules[tf.BertModel.__module__].BertLayer(bert_config)
 
-        def layer_flops(cells, length):
-            return cells * float(geneformer.flops_per_cell(config, 1, np.array([length]))[0])
+        def layer_flops(cells, length):  # as geneformer.flops_per_cell, one layer: (linear, attention)
+            h, inner = hidden, int(config["intermediate_size"])
+            return cells * 2.0 * (4 * h * h + 2 * h * inner) * length, cells * 4.0 * h * length * length
 
         call = {}
     shapes = _work.batch_shapes(tokens, _work.batch_tokens(dev))

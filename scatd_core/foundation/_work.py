@@ -47,16 +47,18 @@ def batch_shapes(lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
             for chunk in (lengths[start:start + CHUNK_CELLS],) for b in length_batches(chunk, max_tokens)]
 
 
-#: The largest forward pass of one layer timed to calibrate an estimate (FLOPs): ~10-50 ms on two
-#: CPU cores. A longer batch is timed with fewer cells, then shorter, and the rate carried over.
-CALIBRATION_FLOPS = 1.5e9
+#: The largest forward pass of one layer timed to calibrate an estimate (FLOPs): ~30-100 ms on two
+#: CPU cores. A costlier batch is timed with fewer cells, then fewer tokens, and the rate carried
+#: over (a smaller batch runs at a lower rate: the estimate errs long rather than short).
+CALIBRATION_FLOPS = 2.5e9
 _LAYER_TIMES: dict[tuple, float] = {}
 
 
 def layer_seconds(make_layer: Callable[[], torch.nn.Module], key: tuple, cells: int, length: int, hidden: int,
                   device: torch.device, **call) -> float:
     """Seconds of one forward pass of one backbone layer (``make_layer()``, random weights) over
-    ``cells`` x ``length`` tokens on ``device``: the best of two timed passes after a warm-up one.
+    ``cells`` x ``length`` tokens on ``device``: one timed pass after a warm-up one (the best of two
+    for a pass under a millisecond).
     Cached per process, layer shape (``key``) and batch shape."""
     stamp = (str(device), *key, int(cells), int(length))
     if stamp not in _LAYER_TIMES:
@@ -80,7 +82,7 @@ def layer_seconds(make_layer: Callable[[], torch.nn.Module], key: tuple, cells: 
         extra = {k: v(int(cells), int(length)).to(device) if callable(v) else v for k, v in call.items()}
         best = float("inf")
         with torch.inference_mode(), autocast(device):
-            for i in range(3):
+            for i in range(3 if int(cells) * int(length) < 64 else 2):
                 _sync(device)
                 t0 = time.perf_counter()
                 layer(x, **extra)
@@ -94,24 +96,31 @@ def layer_seconds(make_layer: Callable[[], torch.nn.Module], key: tuple, cells: 
 _LAYER_CACHE: dict[tuple, torch.nn.Module] = {}
 
 
-def layer_time_model(make_layer, key: tuple, flops: Callable[[int, int], float], shapes: list[tuple[int, int]],
-                     hidden: int, device: torch.device, **call) -> float:
+def layer_time_model(make_layer, key: tuple, flops: Callable[[int, int], tuple[float, float]],
+                     shapes: list[tuple[int, int]], hidden: int, device: torch.device, **call) -> float:
     """Seconds of one layer over all the batches ``shapes`` (``(cells, padded length)`` each), from
-    the layer timed on this machine: once on a tiny batch (what each call costs whatever its size)
-    and once on the costliest batch, scaled down to :data:`CALIBRATION_FLOPS` (fewer cells, then
-    fewer tokens); the rate of the second carries over to the others by their FLOPs (``flops(cells,
-    length)``, one layer)."""
+    the layer timed on this machine. ``flops(cells, length)``: one layer's FLOPs as ``(linear,
+    attention)``.
+
+    Timed: a tiny batch (what each call costs whatever its size), and the costliest batch cut to
+    :data:`CALIBRATION_FLOPS` (fewer cells, then fewer tokens); the rate of the second carries over
+    to each batch by its FLOPs. (Fitting the attention's own rate from a second, shorter batch was
+    tried: on a busy machine the fit was noise, and sent long cells' estimates off by 5-10x.)"""
     if not shapes:
         return 0.0
-    cells, length = max(shapes, key=lambda s: flops(*s))
-    if flops(cells, length) > CALIBRATION_FLOPS:
-        cells = max(1, int(cells * CALIBRATION_FLOPS / flops(cells, length)))
-        while length > 8 and flops(cells, length) > CALIBRATION_FLOPS:
-            length = max(8, int(length * 0.8))
+
+    def total(c, n):
+        return sum(flops(c, n))
+
+    cells, length = max(shapes, key=lambda s: total(*s))
+    if total(cells, length) > CALIBRATION_FLOPS:
+        cells = max(1, int(cells * CALIBRATION_FLOPS / total(cells, length)))
+        while length > 16 and total(cells, length) > CALIBRATION_FLOPS:
+            length = max(16, int(length * 0.8))
     fixed = layer_seconds(make_layer, key, 1, 4, hidden, device, **call)
     timed = layer_seconds(make_layer, key, cells, length, hidden, device, **call)
-    rate = flops(cells, length) / max(timed - fixed, timed * 0.05, 1e-9)
-    return sum(fixed + flops(c, n) / rate for c, n in shapes)
+    per_flop = max(timed - fixed, timed * 0.05, 1e-9) / max(total(cells, length), 1.0)
+    return sum(fixed + total(c, n) * per_flop for c, n in shapes)
 
 
 def autocast(device: torch.device):
