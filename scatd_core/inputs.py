@@ -329,6 +329,41 @@ def _no_gene_matched(adata: ad.AnnData, spec: InputSpec, alignment: GeneAlignmen
     return InputError(message, hint)
 
 
+def embedding_width_source(width: int) -> str | None:
+    """Which published foundation model gives cell embeddings ``width`` wide, in words (``None``:
+    none): scFoundation's 3,072 (pool 'all', 4 x 768), each Geneformer's hidden size (e.g. 768:
+    Geneformer V2-104M, 12 layers)."""
+    from scatd_core.nn.models import PUBLISHED_SIZES
+
+    if width == PUBLISHED_SIZES["vae_sf"][0][0]:
+        return "scFoundation cell embeddings (4 x 768: S, T, max and mean)"
+    from scatd_core.foundation.geneformer import PUBLISHED_CONFIGS
+
+    names = [f"{name} ({layers} layers)" for (layers, hidden, _, _), (name, _) in PUBLISHED_CONFIGS.items()
+             if hidden == width]
+    if not names:
+        return None
+    return "Geneformer cell embeddings of " + " or ".join(names)
+
+
+def embedding_fits(adata: ad.AnnData, bundle) -> bool | None:
+    """Whether the embeddings ``adata`` carries fit ``bundle`` (VAE_sf/VAE_gf), when that decides
+    whether it can score them: ``None`` when the data hold expression (the embeddings are computed
+    from it) or for a model that reads genes; else whether its input width is that of the user's
+    embeddings (``obsm['X_scfoundation' | 'X_geneformer']``, or X by position for a .npy)."""
+    if bundle.input_kind != "embedding":
+        return None
+    dim = bundle.architecture.input_dim
+    key = _keys.FOUNDATION_EMBEDDING.get(bundle.backbone)
+    if key in adata.obsm and np.ndim(adata.obsm[key]) == 2 and np.shape(adata.obsm[key])[1] == dim:
+        return True
+    from scatd_core.foundation._embed import _is_expression
+
+    if _is_expression(adata):
+        return None
+    return adata.n_vars == dim
+
+
 def embedding_width_error(adata: ad.AnnData, spec: InputSpec) -> InputError:
     """Why ``adata`` holds no embeddings of the width ``spec`` (VAE_sf/VAE_gf) takes, and what to
     do, in the CLI (``hint``) and in the app (``app_hint``): the other backbone's embeddings and
@@ -356,6 +391,21 @@ def embedding_width_error(adata: ad.AnnData, spec: InputSpec) -> InputError:
         cli.append(f"For these embeddings, use a {BACKBONE_TITLES[other]} model (`scatd models` lists the installed "
                    "ones).")
         app.append(f"For these embeddings, choose a {BACKBONE_TITLES[other]} model above.")
+    else:  # another backbone's width (e.g. 768: Geneformer V2): say which, and that no published model takes it
+        width = stored if stored is not None and stored != dim else adata.n_vars
+        source = embedding_width_source(width)
+        if source is not None and width != dim and width == PUBLISHED_SIZES[spec.backbone][0][0]:
+            message += f" {width:,} is the width of {source}, which the published {title} models take."
+            cli.append(f"For these embeddings, use a published {title} model (`scatd models` lists the installed "
+                       "ones).")
+            app.append(f"For these embeddings, choose a published {title} model above.")
+        elif source is not None and width != dim:
+            message += (f" {width:,} is the width of {source}; scATD's published models take 3,072-d scFoundation "
+                        f"embeddings (VAE_sf) or 512-d ones of Geneformer gf-12L-30M-i2048 (VAE_gf).")
+            family = "vae_sf" if source.startswith("scFoundation") else "vae_gf"
+            cli.append(f"Only a model trained on {width:,}-d embeddings takes these (`scatd train --backbone {family}` "
+                       "with embeddings of that model).")
+            app.append(f"Only a model trained on {width:,}-d embeddings takes these.")
     cli.append(f"For this model, give the cells' expression as --input (an h5ad, 10x or CSV file of counts): the "
                f"{model} embeddings are then computed first, when {model} is installed (`scatd doctor` checks it); "
                f"or a .npy of their {dim:,}-d {model} embeddings (cells x features).")
@@ -792,11 +842,15 @@ def fit_for_data(adata: ad.AnnData, bundle) -> tuple[int, float]:
     model scores them with a warning (z-scored values given to a model that takes values as they
     are), 0 when its transform cannot take them (negative values for a log transform: no cell
     would be scored; values Geneformer refuses). ``coverage``: the share of the model's genes in
-    the data (1.0 for a model without a gene list). The app chooses a model before the user does
+    the data (1.0 for a model without a gene list). A VAE_sf/VAE_gf model whose input width is not
+    that of the embeddings the data carry (a .npy, or the user's own ``obsm``; :func:`embedding_fits`)
+    cannot score them: ``(0, 0.0)``. The app chooses a model before the user does
     by it (``scatd_app.ui.default_model``): a model that can score the data before one with more
     of its genes that cannot. From the read report or ~500 sampled cells; gene names only."""
     from scatd_core.preprocess import BACKBONE_DEFAULT_TRANSFORM, check_backbone_compatibility
 
+    if embedding_fits(adata, bundle) is False:  # the user's embeddings are of another width: it cannot score them
+        return 0, 0.0
     report = adata.uns.get(_keys.INPUT_REPORT, {})
     found = report if "value_type" in report else detect_value_type(adata.X, n_cells=500)
     transform = bundle.manifest.get("input_transform") or BACKBONE_DEFAULT_TRANSFORM.get(bundle.backbone)

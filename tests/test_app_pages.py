@@ -1047,6 +1047,38 @@ def test_models_are_ranked_by_whether_they_can_score_the_data_then_by_coverage(t
     assert ui.default_model([log_model, half, whole]) == str(log_model.path)  # no data: the first, as before
 
 
+def test_a_foundation_model_is_chosen_by_default_only_when_it_takes_the_embeddings_width(tmp_path):
+    """QA: with a 3,072-wide .npy (scFoundation) the Model page chose a VAE_gf model (512-d): every
+    VAE_sf/VAE_gf model ranked alike. A model whose input width is not the embeddings' now ranks
+    below one that takes them; a width no model takes is named by the foundation model that gives it."""
+    from scatd_core.bundle import import_checkpoint, load_bundle
+    from scatd_core.inputs import InputSpec, embedding_width_error, fit_for_data
+    from scatd_core.io import read
+
+    def vae(backbone, width, seed):
+        enc = {"vae_sf": [width, 40, 24], "vae_gf": [width, 30, 20, 14]}[backbone]
+        torch.save(orig.dal_checkpoint(backbone, enc, 10, seed=seed), tmp_path / f"{backbone}.pth")
+        np.save(tmp_path / f"{backbone}_ref.npy", np.random.default_rng(seed).normal(size=(40, width)))
+        return load_bundle(import_checkpoint(tmp_path / f"{backbone}.pth", backbone, drug="TESTDRUG",
+                                             out=tmp_path / f"b_{backbone}",
+                                             style_reference=tmp_path / f"{backbone}_ref.npy").path)
+
+    sf, gf = vae("vae_sf", 96, 0), vae("vae_gf", 48, 1)
+    rng = np.random.default_rng(0)
+    for width, fits in ((96, sf), (48, gf)):
+        np.save(tmp_path / f"emb{width}.npy", rng.normal(size=(30, width)).astype(np.float32))
+        data = read(tmp_path / f"emb{width}.npy")
+        other = gf if fits is sf else sf
+        assert fit_for_data(data, other) == (0, 0.0) and fit_for_data(data, fits)[0] > 0
+        assert ui.default_model([other, fits], data) == str(fits.path)  # whichever is listed first
+    # 768-d embeddings, which no model here takes: the message says which foundation model gives them
+    np.save(tmp_path / "emb768.npy", rng.normal(size=(30, 768)).astype(np.float32))
+    error = embedding_width_error(read(tmp_path / "emb768.npy"), InputSpec.of(gf))
+    assert "768 is the width of Geneformer cell embeddings of Geneformer-V2-104M (12 layers)" in error.message
+    assert "takes 48-d Geneformer cell embeddings, but the data has 768 features" in error.message
+    assert "Only a model trained on 768-d embeddings takes these" in error.app_hint
+
+
 def test_low_and_zero_gene_coverage(with_library):
     adata = make_dataset(N_CELLS, seed=4)
     low = adata[:, :300].copy()  # 300 of the model's 1,900 genes
