@@ -687,7 +687,8 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
             if warning:
                 out.append(str(warning))
         # the foundation model itself: not the published one (its files' warning when the embeddings were made)
-        out.extend(str(w) for w in (record.get("info") or {}).get("model_warnings") or [])
+        said = (record.get("info") or {}).get("model_warnings")  # a list; an array once read back from an h5ad
+        out.extend(str(w) for w in (list(said) if said is not None else []))
     aln = inputs.source.alignment
     if aln is not None and aln.fraction_matched < LOW_COVERAGE_FRACTION:
         out.append(f"Only {aln.fraction_matched:.0%} of the model's genes are in the data; predictions may be "
