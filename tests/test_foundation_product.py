@@ -90,6 +90,10 @@ def test_cli_predict_vae_sf_from_counts_then_from_its_annotated_h5ad(assets, sf_
     assert rc == 0, err
     assert "Read 40 cells x 37 genes from counts.csv" in err  # genes of a gene matrix, features of an embedding
     assert "scFoundation embeddings: 40 of 40 cells (35 of the model's 40 genes in the data)" in err
+    # the time estimate before embedding, as the Model page gives it
+    estimated = err.index("Estimated embedding time: about ")
+    assert estimated < err.index("scFoundation embeddings: 40 of 40 cells")
+    assert "for 40 cells (" in err[estimated:].splitlines()[0] and "on CPU" in err[estimated:].splitlines()[0]
     first = pd.read_csv(tmp_path / "p.csv")
     assert len(first) == 40 and first["prob_resistant"].notna().all()
     annotated = ad.read_h5ad(tmp_path / "a.h5ad")
@@ -106,6 +110,7 @@ def test_cli_predict_vae_sf_from_counts_then_from_its_annotated_h5ad(assets, sf_
     assert rc == 0, err
     # said as reused, not as if computed now (the stored record's seconds are those of the first run)
     assert "reused from those stored with the data" in err and "none computed now" in err
+    assert "Estimated embedding time" not in err  # nothing to embed
     assert np.allclose(pd.read_csv(tmp_path / "p2.csv")["prob_resistant"], first["prob_resistant"])
     # an embedding file skips extraction too
     np.save(tmp_path / "emb.npy", annotated.obsm["X_scfoundation"])
@@ -193,6 +198,8 @@ def test_a_non_published_scfoundation_is_warned_after_embedding_too(assets, sf_b
     assert f"warning: {words}" in err[embedded:]  # and with the prediction's warnings
     annotated = ad.read_h5ad(tmp_path / "a.h5ad")
     assert any(w.startswith(words) for w in annotated.uns["scatd"]["warnings"])  # the Predict page and the report
+    predict(annotated, sf_bundle, device="cpu")  # again, from the h5ad (the record read back: arrays, not lists)
+    assert any(w.startswith(words) for w in annotated.uns["scatd"]["warnings"])
     # the published model (its sizes: 2 layers x 16, 2 heads): no such warning
     monkeypatch.setattr(S, "PUBLISHED_ENCODER", {**published, "depth": 2, "hidden_dim": 16, "heads": 2})
     S._PROBES.clear()

@@ -400,6 +400,23 @@ def _say_gene_coverage(adata, bundle, options: dict) -> None:
         say(f"warning: {warning}")
 
 
+def _say_embedding_estimate(adata, bundle, device: str, options: dict) -> None:
+    """Before embedding: how long it should take (the Model page's estimate,
+    :func:`scatd_core.foundation.estimate_seconds`); nothing when nothing is left to embed or the
+    backbone cannot run (the run says why)."""
+    from scatd_core._progress import duration
+    from scatd_core.foundation import estimate_seconds
+
+    extra = {"embedding_dim": bundle.architecture.input_dim} if bundle.backbone == "vae_gf" else {}
+    try:
+        est = estimate_seconds(adata, bundle.backbone, device=device, **extra, **options)
+    except ScatdError:
+        return
+    if est["n_cells"]:
+        say(f"Estimated embedding time: about {duration(est['seconds'])} for {est['n_cells']:,} cells "
+            f"({est['n_tokens']:,} gene tokens) on {est['device']} (nothing run yet).")
+
+
 def prepare_embeddings(adata, bundle, args) -> None:
     """VAE_sf/VAE_gf on an expression file: compute the foundation-model embeddings first (a no-op
     for Dist_VAE and for embedding files); cached in the AnnData, so an annotated h5ad skips it."""
@@ -435,6 +452,7 @@ def prepare_embeddings(adata, bundle, args) -> None:
                                     address=args.address or settings()["scaleout_address"],
                                     progress=Progress("Embedding on Ray"), **options)
     else:
+        _say_embedding_estimate(adata, bundle, args.device, options)
         record = ensure_embeddings(adata, bundle, device=args.device, progress=Progress("Embedding"), **options)
     if record.get("note"):  # the backbone is not installed here: the embeddings stored with the data
         say(record["note"])
