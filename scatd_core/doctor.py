@@ -523,13 +523,26 @@ def _oidc_setup(conf, files=None) -> list[dict]:
     return items
 
 
+#: A foundation model's problems that leave it merely not installed (it is optional: a warning) or
+#: installed for other drug models than the published ones (another embedding size: a warning).
+#: Any other (its files there but unusable: dictionaries of the other Geneformer generation,
+#: damaged weights, a missing package) is an error, with what to do.
+FOUNDATION_WARNINGS = {"missing_model", "missing_weights", "missing_gene_list", "missing_dictionaries",
+                       "wrong_model"}
+
+
 def _foundation() -> list[dict]:
     try:
         from scatd_core.foundation import probe_all  # the foundation-model backbones, when installed
     except ImportError:
         return []
-    return [_item(p["backbone"], "ok" if p.get("ok") and not p.get("warnings") else "warning", p.get("detail", ""))
-            for p in probe_all()]
+    items = []
+    for p in probe_all():
+        codes = {x["code"] for x in p.get("problems", [])}
+        status = ("ok" if p.get("ok") and not p.get("warnings") else
+                  "problem" if codes - FOUNDATION_WARNINGS else "warning")
+        items.append(_item(p["backbone"], status, p.get("detail", "")))
+    return items
 
 
 def diagnose() -> dict:

@@ -518,3 +518,22 @@ def test_transformers_is_imported_in_one_place_only():
     assert found == ["scatd_core/foundation/geneformer.py:" + str(
         next(i for i, line in enumerate((REPO / "scatd_core/foundation/geneformer.py").read_text().splitlines(), 1)
              if line.strip() == "import transformers"))]
+
+
+def test_doctor_calls_a_geneformer_with_the_other_generations_dictionaries_an_error(gf):
+    """`scatd doctor` called a Geneformer that cannot run (a V2 model beside V1 dictionaries, or the
+    reverse) a warning; it is an error now, which says what to do. Not installed stays a warning."""
+    from scatd_core.doctor import _foundation
+
+    H.write_gf_model(gf / "gf-tiny", 32, v2=True)  # a V2 model (4096 positions) beside V1 dictionaries
+    G._PROBES.clear()
+    item = next(i for i in _foundation() if i["what"] == "vae_gf")
+    assert item["status"] == "problem", item
+    assert "is Geneformer V2 but only V1 dictionaries" in item["detail"]
+    assert "What to do: Put the Geneformer V2 dictionaries (token_dictionary_gc104M.pkl" in item["detail"]
+    assert "or replace the model with a Geneformer V1 model" in item["detail"]
+    for path in (gf / "gf-tiny").iterdir():  # no model at all: not installed, a warning
+        path.unlink()
+    (gf / "gf-tiny").rmdir()
+    G._PROBES.clear()
+    assert next(i for i in _foundation() if i["what"] == "vae_gf")["status"] == "warning"

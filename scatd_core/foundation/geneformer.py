@@ -113,6 +113,16 @@ def warm_up() -> None:
 
 # --------------------------------------------------------------------------- dictionaries
 
+def version_hint(version: str, folder: Path) -> str:
+    """What to do when the model is Geneformer ``version`` and the dictionaries are not."""
+    other = "V2" if version == "V1" else "V1"
+    files = ", ".join(DICTIONARIES[version][k][0] for k in ("tokens", "medians", "names"))
+    return (f"Put the Geneformer {version} dictionaries ({files}) in {folder}, or replace the model with a Geneformer "
+            f"{other} model that matches the dictionaries there (scATD's published VAE_gf models take the V1 model "
+            f"{VAE_GF_MODEL}); see README, 'Backbone files'.")
+
+
+
 @dataclass
 class Vocabulary:
     """Geneformer's dictionaries of one generation.
@@ -313,8 +323,8 @@ def check_model(model: ModelFolder, vocab: Vocabulary | None) -> list[Problem]:
     elif vocab is not None:
         if vocab.version != model.version:
             out.append(Problem("version_mismatch", f"The model {model.path.name} is Geneformer {model.version} but the "
-                               f"dictionaries are {vocab.version}.",
-                               f"Put the {model.version} dictionaries beside it (see README, 'Backbone files')."))
+                               f"dictionaries are {vocab.version}: it cannot embed cells with them.",
+                               version_hint(model.version, model.path.parent)))
         elif len(vocab.tokens) != want[0]:
             out.append(Problem("version_mismatch", f"{model.path.name} has a vocabulary of {want[0]:,} tokens but "
                                f"{vocab.files['tokens'].name} has {len(vocab.tokens):,}: they are from different "
@@ -425,8 +435,8 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
     except CheckpointError as exc:
         other = "V2" if version == "V1" else "V1"
         if find_dictionary("tokens", other, root) is not None and find_dictionary("tokens", version, root) is None:
-            out.add("version_mismatch", f"The model is Geneformer {version} but only {other} dictionaries are in {root}.",
-                    f"Put the {version} dictionaries there (see README, 'Backbone files').")
+            out.add("version_mismatch", f"The model is Geneformer {version} but only {other} dictionaries are in "
+                    f"{root}: it cannot embed cells with them.", version_hint(version, root))
         else:
             out.add("missing_dictionaries" if "not found" in exc.message else "bad_dictionary", exc.message,
                     exc.hint or hint)
