@@ -562,9 +562,14 @@ def test_every_problem_is_told_with_what_to_do_not_by_its_code(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("payload, words", [
+    # plain fc layers, no swish: the VAE_sf layout (it was called a Dist_VAE model)
     ({"Encoder_resblocks.0.fc.weight": torch.zeros(4, 8), "Decoder_resblocks.0.fc.weight": torch.zeros(8, 4)},
+     "it is a VAE_sf model (a drug model or backbone that reads scFoundation embeddings)"),
+    ({"state_dict": {"module.Encoder_resblocks.0.fc.weight": torch.zeros(4, 8)}, "epoch": 3}, "it is a VAE_sf model"),
+    ({"Encoder_resblocks.0.fc.weight": torch.zeros(4, 8), "Encoder_resblocks.0.swish.beta": torch.ones(1)},
      "it is a Dist_VAE model"),
-    ({"state_dict": {"module.Encoder_resblocks.0.fc.weight": torch.zeros(4, 8)}, "epoch": 3}, "it is a Dist_VAE model"),
+    ({"Encoder_resblocks.0.fc.weight_orig": torch.zeros(4, 8), "Encoder_resblocks.0.swish.beta": torch.ones(1)},
+     "it is a VAE_gf model (a drug model or backbone that reads Geneformer embeddings)"),
     ({"fc.weight": torch.zeros(4, 8)}, "it is a model's state dict"),
     ({"epoch": 3}, "holds no model with a config"),
 ])
@@ -576,8 +581,10 @@ def test_a_drug_model_given_to_convert_scfoundation_is_not_a_models_ckpt(sf, tmp
     err = capsys.readouterr().err
     assert "VAE.pth is not an scFoundation models.ckpt" in err and words in err
     assert "--key" not in err and "unexpected" not in err
-    if "Dist_VAE" in words:
+    if "VAE" in words:
         assert "scatd import-checkpoint" in err
+        backbone = {"VAE_sf": "vae_sf", "Dist_VAE": "dist_vae", "VAE_gf": "vae_gf"}[words.split()[3]]
+        assert f"--backbone {backbone})" in err
 
 
 def test_convert_names_the_folder_to_configure_and_writes_readable_files(tmp_path, monkeypatch, capsys):

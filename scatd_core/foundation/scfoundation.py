@@ -374,13 +374,19 @@ def _not_models_ckpt(name: str, obj: Mapping) -> CheckpointError:
     tensors = [str(k) for k, v in state.items() if isinstance(v, torch.Tensor)]
     if tensors:
         first = tensors[0].removeprefix("module.")
-        kind = ("a Dist_VAE model (drug model or Dist_VAE backbone)" if first.startswith(("Encoder_resblocks",
-                                                                                           "Decoder_resblocks"))
-                else "a model's state dict")
+        kind, found = "a model's state dict", None
+        if first.startswith(("Encoder_resblocks", "Decoder_resblocks")):  # an scATD VAE: which one, by its layout
+            from scatd_core.nn.state import detect_backbone
+
+            found = detect_backbone({str(k).removeprefix("module."): v for k, v in state.items()})
+            kind = {"dist_vae": "a Dist_VAE model (a drug model or the Dist_VAE backbone)",
+                    "vae_sf": "a VAE_sf model (a drug model or backbone that reads scFoundation embeddings)",
+                    "vae_gf": "a VAE_gf model (a drug model or backbone that reads Geneformer embeddings)",
+                    }.get(found, "an scATD drug or backbone model")
         return CheckpointError(
             f"{name} is not an scFoundation models.ckpt: it is {kind} ({len(tensors):,} tensors, e.g. {first}), "
             "not scFoundation's dict of models ('gene', 'cell', 'rde', each with a config and weights).",
-            "Import a drug model with `scatd import-checkpoint` (--backbone dist_vae / vae_sf / vae_gf); "
+            f"Import a drug model with `scatd import-checkpoint` (--backbone {found or 'dist_vae / vae_sf / vae_gf'}); "
             "convert-scfoundation takes scFoundation's own models.ckpt (see README, 'Backbone files').")
     return CheckpointError(f"{name} is not an scFoundation models.ckpt: it holds no model with a config and "
                            f"weights (its entries: {', '.join(map(str, list(obj)[:5])) or 'none'}).",
