@@ -484,6 +484,9 @@ def test_low_gene_coverage_is_warned_before_embedding_and_recorded(assets, sf_bu
     annotated = ad.read_h5ad(tmp_path / "a.h5ad")
     cov = annotated.uns["scatd_foundation"]["vae_sf"]["info"]["gene_coverage"]
     assert cov["fraction_of_data_genes"] == pytest.approx(35 / 137, abs=1e-4) and "Low gene coverage" in cov["warning"]
+    # which identifiers scFoundation reads, and what Ensembl IDs need (not "symbols or Ensembl IDs")
+    assert "human gene symbols (scFoundation reads symbols): Ensembl IDs match only once mapped" in cov["warning"]
+    assert "gene_name_id_dict.pkl" in cov["warning"] and "symbols or Ensembl IDs" not in cov["warning"]
     assert any(w.startswith("Low gene coverage") for w in annotated.uns["scatd"]["warnings"])
     # good coverage: the line, no warning
     ok = sf_counts(5)
@@ -496,6 +499,8 @@ def test_low_gene_coverage_of_geneformer(assets):
     cov = est["gene_coverage"]
     assert (cov["n_matched"], cov["n_data_genes"]) == (30, 90)
     assert "Geneformer knows only 30 of the data's 90 genes (33%" in cov["warning"]
+    assert ("human Ensembl IDs (Geneformer reads Ensembl IDs): symbols match only through Geneformer's gene-name "
+            "dictionary (gene_name_id_dict.pkl)") in cov["warning"]
 
 
 # ----------------------------------------------------------------------------- counts beside a normalised X

@@ -46,8 +46,19 @@ def coverage_warning(backbone: str, coverage: dict) -> str | None:
     name = _module(backbone).NAME
     return (f"Low gene coverage: {name} knows only {n:,} of the data's {n_data:,} genes ({share:.0%}; "
             f"{n:,} of its {n_model:,}). The other genes are ignored, so the embeddings (and the predictions) "
-            "rest on few genes and may be unreliable. Check that the genes are human symbols or Ensembl IDs "
-            "(a BioMart table maps others), and give the full gene matrix if you have it.")
+            f"rest on few genes and may be unreliable. {IDENTIFIER_ADVICE[backbone]} Give the full gene matrix if "
+            "you have it.")
+
+
+#: What gene identifiers each foundation model reads, and how others reach it (the low-coverage warning).
+IDENTIFIER_ADVICE = {
+    "vae_sf": ("Check that the genes are human gene symbols (scFoundation reads symbols): Ensembl IDs match only "
+               "once mapped to symbols, by the file's own symbol column, Geneformer's gene-name dictionary "
+               "(gene_name_id_dict.pkl) on the server, or a BioMart table of 'Gene stable ID' and 'Gene name'."),
+    "vae_gf": ("Check that the genes are human Ensembl IDs (Geneformer reads Ensembl IDs): symbols match only through "
+               "Geneformer's gene-name dictionary (gene_name_id_dict.pkl) on the server, or a BioMart table of "
+               "'Gene stable ID' and 'Gene name'."),
+}
 
 
 def coverage_of(alignment, backbone: str) -> dict:
