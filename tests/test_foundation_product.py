@@ -209,6 +209,23 @@ def test_a_non_published_scfoundation_is_warned_after_embedding_too(assets, sf_b
     assert not any("scFoundation model has" in w for w in again.uns["scatd"]["warnings"])
 
 
+def test_explain_help_says_what_explain_does_for_foundation_models(capsys):
+    """`scatd explain --help` said one row per embedding feature for VAE_sf/VAE_gf: it ranks genes through the
+    foundation model (scFoundation: integrated gradients; Geneformer: in-silico deletion) on 50 cells by default."""
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "genes ranked through the foundation model (integrated gradients through scFoundation; in-silico " \
+           "deletion through Geneformer" in out
+    assert "on at most 50 cells by default" in out and "50 for genes ranked through a foundation model" in out
+    assert "not used by Geneformer's in-silico deletion" in out and "Wilcoxon rank-sum DE test" in out
+    from scatd_core.foundation._biomarkers import DEFAULT_MAX_CELLS
+
+    assert DEFAULT_MAX_CELLS == 50  # the number the help gives
+
+
 def test_cli_convert_scfoundation(assets, tmp_path, capsys):
     ckpt = assets["sf"] / "models" / "models.ckpt"
     rc = main(["convert-scfoundation", str(ckpt), "--out", str(tmp_path / "converted")])

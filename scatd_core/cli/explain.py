@@ -12,10 +12,16 @@ from scatd_core.errors import ScatdError
 
 
 def add(sub) -> None:
-    p = sub.add_parser("explain", help="rank genes by integrated-gradients attribution (biomarkers)",
-                       description="Predict, then explain the predictions with integrated gradients (captum): "
-                                   "one row per model gene (Dist_VAE) or embedding feature (VAE_sf/VAE_gf), "
-                                   "with a Wilcoxon DE test between the predicted groups for comparison.")
+    p = sub.add_parser("explain", help="rank the genes that drive the predictions (biomarkers)",
+                       description="Predict, then rank what drives the predictions, one row per gene or feature, "
+                                   "with a Wilcoxon rank-sum DE test between the predicted groups for comparison. "
+                                   "Dist_VAE: integrated gradients (captum) over the model's genes. VAE_sf/VAE_gf "
+                                   "(see --level): when the embeddings are computed from the data's expression, genes "
+                                   "ranked through the foundation model (integrated gradients through scFoundation; "
+                                   "in-silico deletion through Geneformer, each of --deletion-genes candidate genes "
+                                   "removed from each cell), on at most 50 cells by default (each is costly); when "
+                                   "the input already holds embeddings, integrated gradients over the embedding "
+                                   "features.")
     add_data_arguments(p)
     p.add_argument("--library",
                    help="model library folder that --model names a model of (default: $SCATD_MODEL_LIBRARY)")
@@ -51,12 +57,15 @@ def add_explain_arguments(p, command: str | None = None) -> None:
     ``command``: explain or report (default: the parser's own name, its ``prog``'s last word)."""
     command = command or p.prog.split()[-1]
     p.add_argument("--baseline", default="mean", choices=BASELINES,
-                   help="IG baseline: dataset mean (default), zero, mean of random cells, or a mix")
-    p.add_argument("--steps", type=at_least_two, default=50, help="integration steps (default 50; at least 2)")
+                   help="IG baseline: dataset mean (default), zero, mean of random cells, or a mix (VAE_gf genes, "
+                        "ranked by deletion: the cell without the gene; only the default)")
+    p.add_argument("--steps", type=at_least_two, default=50,
+                   help="integration steps (default 50; at least 2; not used by Geneformer's in-silico deletion)")
     p.add_argument("--target", default="logit", choices=TARGETS,
                    help="logit P(resistant) (default), the raw resistant logit (as the original), or P(resistant)")
-    p.add_argument("--max-cells", type=at_least_two, help="explain a subsample of at most N cells (at least 2), "
-                                                          "stratified by predicted label (default: all scored cells)")
+    p.add_argument("--max-cells", type=at_least_two,
+                   help="explain a subsample of at most N cells (at least 2), stratified by predicted label (default: "
+                        "all scored cells; 50 for genes ranked through a foundation model)")
     p.add_argument("--keep-top", type=positive_int, default=100, help=KEEP_TOP_HELP[command])
     p.add_argument("--explain-seed", type=whole_number(0), default=0,
                    help="seed of the subsample and random baselines (0 or more; default 0)")
