@@ -57,8 +57,8 @@ _LAYER_TIMES: dict[tuple, float] = {}
 def layer_seconds(make_layer: Callable[[], torch.nn.Module], key: tuple, cells: int, length: int, hidden: int,
                   device: torch.device, **call) -> float:
     """Seconds of one forward pass of one backbone layer (``make_layer()``, random weights) over
-    ``cells`` x ``length`` tokens on ``device``: one timed pass after a warm-up one (the best of two
-    for a pass under a millisecond).
+    ``cells`` x ``length`` tokens on ``device``: one timed pass after a warm-up one (the best of five
+    for a tiny batch, whose pass takes well under a millisecond when the machine is not busy).
     Cached per process, layer shape (``key``) and batch shape."""
     stamp = (str(device), *key, int(cells), int(length))
     if stamp not in _LAYER_TIMES:
@@ -82,7 +82,7 @@ def layer_seconds(make_layer: Callable[[], torch.nn.Module], key: tuple, cells: 
         extra = {k: v(int(cells), int(length)).to(device) if callable(v) else v for k, v in call.items()}
         best = float("inf")
         with torch.inference_mode(), autocast(device):
-            for i in range(3 if int(cells) * int(length) < 64 else 2):
+            for i in range(6 if int(cells) * int(length) < 64 else 2):
                 _sync(device)
                 t0 = time.perf_counter()
                 layer(x, **extra)
@@ -117,9 +117,10 @@ def layer_time_model(make_layer, key: tuple, flops: Callable[[int, int], tuple[f
         cells = max(1, int(cells * CALIBRATION_FLOPS / total(cells, length)))
         while length > 16 and total(cells, length) > CALIBRATION_FLOPS:
             length = max(16, int(length * 0.8))
-    fixed = layer_seconds(make_layer, key, 1, 4, hidden, device, **call)
     timed = layer_seconds(make_layer, key, cells, length, hidden, device, **call)
-    per_flop = max(timed - fixed, timed * 0.05, 1e-9) / max(total(cells, length), 1.0)
+    # a tiny pass slowed by a busy machine must not eat the timed one (that made the rate 20x too high)
+    fixed = min(layer_seconds(make_layer, key, 1, 4, hidden, device, **call), 0.5 * timed)
+    per_flop = max(timed - fixed, 1e-9) / max(total(cells, length), 1.0)
     return sum(fixed + total(c, n) * per_flop for c, n in shapes)
 
 
