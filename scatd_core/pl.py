@@ -201,7 +201,10 @@ def plain_text(fig: go.Figure) -> go.Figure:
 #: zoom in / out steps, autoscale (reset axes does it), box and lasso selection (nothing is
 #: selected), spike lines and the hover-mode switches.
 DROPPED_BUTTONS = ("zoomIn2d", "zoomOut2d", "autoScale2d", "select2d", "lasso2d", "toggleSpikelines",
-                   "hoverClosestCartesian", "hoverCompareCartesian", "sendDataToCloud")
+                   "hoverClosestCartesian", "hoverCompareCartesian",
+                   # never a way to send the data to a third party: the names of the "Share chart" button
+                   # in older and newer plotly.js
+                   "sendDataToCloud", "sendChartToCloud", "editInChartStudio")
 #: Also left out of charts where zooming shows nothing more (bars, violins, a 2 x 2 matrix).
 ZOOM_BUTTONS = ("zoom2d", "pan2d")
 #: Categories (genes, groups, drugs ...) named one by one in a text alternative, at most.
@@ -242,7 +245,7 @@ def chart_config(fig: go.Figure, filename: str | None = None) -> dict:
     (:data:`DROPPED_BUTTONS`, :data:`ZOOM_BUTTONS`)."""
     meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
     drop = list(DROPPED_BUTTONS) + ([] if meta.get("zoom", True) else list(ZOOM_BUTTONS))
-    return {"displaylogo": False, "modeBarButtonsToRemove": drop,
+    return {"displaylogo": False, "modeBarButtonsToRemove": drop, "showSendToCloud": False,
             "toImageButtonOptions": {"format": "png", "scale": 2,
                                      "filename": file_stem(filename or meta.get("filename") or "chart")}}
 

@@ -310,6 +310,9 @@ def test_html_report_is_self_contained(filtered_result):
     assert len(named) == text.count("Plotly.newPlot") >= 3
     assert any(label.startswith("Histogram of P(resistant)") for label in named), named
     assert '"modeBarButtonsToRemove"' in text and '"displaylogo": false' in text
+    # QA: the report's toolbar had plotly.js's "Share chart..." (uploads the chart to Plotly Cloud)
+    removed = re.findall(r'"modeBarButtonsToRemove": \[[^\]]*\]', text)
+    assert len(removed) == len(named) and all('"sendChartToCloud"' in r for r in removed)
     for needle in ("TESTDRUG", "weights sha256", "mode", "seed", "scATD Studio", "AUROC", "Leiden cluster",
                    "filtered", bundle.manifest["weights_sha256"], "Biomarkers", "not calibrated",
                    str(adata.uns["scatd_biomarkers"]["ranking"]["feature"][0])):
