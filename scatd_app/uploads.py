@@ -64,32 +64,29 @@ def _shared() -> tuple[set[str], threading.Lock]:
     return shared
 
 
-def _logins() -> dict[str, str]:
-    """Session id -> the login name it is signed in as (guarded by :func:`_shared`'s lock; kept on
-    the same class, for the same reason)."""
+def _session_map(attr: str) -> dict[str, str]:
+    """A dict kept on Streamlit's upload manager class under ``attr`` (guarded by :func:`_shared`'s
+    lock; kept on the same class, for the same reason), made empty on first use."""
     try:
         from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager as holder
     except ImportError:
         holder = sys.modules[__name__]
-    names = getattr(holder, "_scatd_session_logins", None)
-    if names is None:
-        names = {}
-        holder._scatd_session_logins = names
-    return names
+    held = getattr(holder, attr, None)
+    if held is None:
+        held = {}
+        setattr(holder, attr, held)
+    return held
+
+
+def _logins() -> dict[str, str]:
+    """Session id -> the login name it is signed in as."""
+    return _session_map("_scatd_session_logins")
 
 
 def _stamps() -> dict[str, str]:
     """Session id -> which password its login signed in with (``User.login_stamp``), for the sessions
-    signed in with a password (guarded by :func:`_shared`'s lock; kept on the same class)."""
-    try:
-        from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager as holder
-    except ImportError:
-        holder = sys.modules[__name__]
-    stamps = getattr(holder, "_scatd_session_stamps", None)
-    if stamps is None:
-        stamps = {}
-        holder._scatd_session_stamps = stamps
-    return stamps
+    signed in with a password."""
+    return _session_map("_scatd_session_stamps")
 
 
 def allow(session_id: str | None, login: str | None = None, stamp: str = "") -> None:
