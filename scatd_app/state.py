@@ -117,8 +117,37 @@ def keep_widget_state() -> None:
         config.set_option("global.disableWidgetStateDuplicationWarning", True, "scatd_app.state")
     ss = st.session_state
     for key in list(ss.keys()):
-        if key in KEPT_WIDGET_KEYS or str(key).startswith(KEPT_WIDGET_PREFIXES):
+        if (key in KEPT_WIDGET_KEYS or str(key).startswith(KEPT_WIDGET_PREFIXES)) and not _value_cannot_be_set(key):
             ss[key] = ss[key]
+
+
+#: Streamlit's value types of the widgets whose value a script may not set (buttons, download and
+#: form submit buttons, file uploaders, camera and audio inputs, chat inputs): setting one's key and
+#: drawing it raises StreamlitValueAssignmentNotAllowedError.
+_UNSETTABLE_VALUE_TYPES = frozenset({"trigger_value", "string_trigger_value", "json_trigger_value",
+                                     "file_uploader_state_value", "chat_input_value"})
+#: ... and their value converters' classes (an empty uploader's value has no value type)
+_UNSETTABLE_SERDES = frozenset({"ButtonSerde", "FileUploaderSerde", "CameraInputSerde", "AudioInputSerde",
+                                "ChatInputSerde"})
+
+
+def _value_cannot_be_set(key: str) -> bool:
+    """Whether ``key`` is a button-like widget's (see :data:`_UNSETTABLE_VALUE_TYPES`).
+
+    A second line of defence: such widgets' keys start with ``btn_`` / ``upload_``, never with a
+    kept prefix (tests/test_app_server.py checks the source). Streamlit has no public way to ask a
+    widget's kind, so this asks its session state; where that fails, the key is kept as before."""
+    try:
+        from streamlit.runtime.state import get_session_state
+
+        inner = get_session_state()._state
+        metadata = inner.get_widget_metadata(inner.get_widget_id_from_key(key))
+    except Exception:
+        return False
+    if metadata is None:
+        return False
+    serde = type(getattr(metadata.deserializer, "__self__", None)).__name__
+    return metadata.value_type in _UNSETTABLE_VALUE_TYPES or serde in _UNSETTABLE_SERDES
 
 
 def invalidate(level: str, *, keep_result: bool = False) -> None:

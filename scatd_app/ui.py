@@ -1197,7 +1197,7 @@ def read_upload(uploaded, orientation: str) -> None:
     except Exception as exc:  # io promises InputError only; still never show a traceback
         show_error(exc)
         if isinstance(exc, MemoryShortage):  # the file is kept; a rerun reads it again
-            st.button("Try again", key="data_read_again", icon=":material/refresh:")
+            st.button("Try again", key="btn_data_read_again", icon=":material/refresh:")
         elif source is not kept:  # a new file that cannot be read: nothing of it stays on the server's disk
             session.drop_upload(source, previous=kept)
             if uploaded is not None:

@@ -589,7 +589,7 @@ def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_lib
             in text(at.error).replace("\\", ""))
     assert "Your file is kept" in text(at.error)
     monkeypatch.setattr(_memory, "rss_bytes", lambda: 100 << 20)  # memory freed: the same upload is read
-    at.button(key="data_read_again").click()
+    at.button(key="btn_data_read_again").click()
     at.run()
     ok(at)
     assert at.session_state[state.ADATA].n_obs == 60 and not at.session_state[state.ADATA].isbacked
@@ -602,6 +602,104 @@ def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_lib
     assert "in memory it would take more than the " in text(at.warning)  # "Read from disk (backed)"
     assert " kB this server has free for a new dataset now (server.memory_mb is 1,000 MB" in text(at.warning).replace(
         "\\", "")
+
+
+def test_try_again_while_memory_is_still_short_says_so_again_without_crashing(with_library, monkeypatch):
+    """QA: after a memory refusal, "Try again" clicked while the memory was still short crashed the
+    Data page (StreamlitValueAssignmentNotAllowedError): its key started with "data_", a kept prefix,
+    so the button's value was set again each run, which Streamlit forbids for buttons."""
+    import pandas as pd
+
+    from scatd_core import _memory
+
+    adata = make_dataset(60, seed=3)
+    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
+    at = _app()
+    goto(at, "1_Data")
+    at.file_uploader[0].upload("cells.csv", table)
+    at.run()
+    again = [b for b in at.button if b.label == "Try again"]
+    for _ in range(2):  # still no memory: refused again, the button drawn again
+        again[0].click()
+        at.run()
+        assert not at.exception, at.exception
+        assert "read-only" not in text(at.error) and "Your file is kept" in text(at.error)
+        assert state.ADATA not in at.session_state
+        again = [b for b in at.button if b.label == "Try again"]
+        assert again, text(at.error)
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 100 << 20)  # memory freed: read
+    again[0].click()
+    at.run()
+    ok(at)
+    assert at.session_state[state.ADATA].n_obs == 60
+
+
+def _kept_button_page():
+    import streamlit as st
+
+    from scatd_app import state
+
+    state.keep_widget_state()
+    st.checkbox("kept", key="data_kept_box")
+    st.button("Again", key="data_button")
+    st.file_uploader("File", key="data_uploader")
+
+
+def test_kept_widget_state_leaves_buttons_and_uploaders_alone():
+    """A button or uploader whose key has a kept prefix is not set again (Streamlit forbids it);
+    a checkbox's value is still kept."""
+    at = AppTest.from_function(_kept_button_page)
+    at.run()
+    at.checkbox(key="data_kept_box").check()
+    at.run()
+    for _ in range(2):
+        at.button(key="data_button").click()
+        at.run()
+        assert not at.exception, at.exception
+    assert at.checkbox(key="data_kept_box").value is True
+
+
+_BUTTON_LIKE = {"button", "download_button", "form_submit_button", "file_uploader", "camera_input",
+                "audio_input", "chat_input"}
+#: the app's helpers that pass a key on to a button: (function, positional index of the key, keyword)
+_KEY_HELPERS = {"demo_button": (0, "key"), "long_run": (2, "cancel_key"), "data_download": (None, "key")}
+
+
+def test_no_button_or_uploader_key_starts_with_a_kept_prefix():
+    """Static: every key given to a button-like widget (directly or through a helper) starts with
+    ``btn_`` / ``upload_``, never with a prefix that state.keep_widget_state() sets each run."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "app.py", *sorted((root / "app_pages").glob("*.py")), *sorted((root / "scatd_app").glob("*.py"))]
+    keys, bad = [], []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", None))
+            if name in _BUTTON_LIKE:
+                where = [kw.value for kw in node.keywords if kw.arg == "key"]
+            elif name in _KEY_HELPERS:
+                index, keyword = _KEY_HELPERS[name]
+                where = [kw.value for kw in node.keywords if kw.arg == keyword]
+                if index is not None and len(node.args) > index:
+                    where.append(node.args[index])
+            else:
+                continue
+            for value in where:
+                if isinstance(value, ast.JoinedStr) and value.values:
+                    value = value.values[0]  # an f-string: its fixed start
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    keys.append(value.value)
+                    if value.value.startswith(state.KEPT_WIDGET_PREFIXES) or value.value in state.KEPT_WIDGET_KEYS:
+                        bad.append(f"{path.name}:{node.lineno} {value.value}")
+    assert "btn_demo" in keys and "btn_cancel_predict" in keys and "btn_dl_h5ad" in keys  # the scan sees them
+    assert not bad, bad
+    assert 'return f"upload_cell_metadata_' in Path(ui.__file__).read_text()  # the Data page's one computed key
 
 
 def test_an_unreadable_upload_leaves_nothing_on_disk_and_is_read_once(with_library, tmp_path, monkeypatch):
