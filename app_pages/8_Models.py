@@ -184,18 +184,48 @@ if ui.demo_button("btn_models_demo", st):
 if user is not None and user.admin:
     st.subheader("Remove a model")
     # the confirmation is for one model, once: it is cleared when another model is chosen and after a
-    # removal, so the next model is never one click from removal
+    # removal, so the next model is never one click from removal. It remembers the model it was given
+    # for (models_remove_for: [path, title]): a model removed by someone else meanwhile drops out of
+    # the list, the choice falls back to another model, and that one is never removed in its place.
     if removed := ss.pop("models_removed", None):  # said after the rerun that drops it from the list
         ss["models_remove_sure"] = False
         st.success(f"Removed {ui.md(removed)} from the library.", icon=":material/check_circle:")
     removable = {str(e.path): e for e in entries}
+    sure_for = ss.get("models_remove_for")
+    if ss.get("models_remove_sure") and (not sure_for or sure_for[0] not in removable):
+        ss["models_remove_sure"] = False  # (before the checkbox is drawn)
+        ss.pop("models_remove_for", None)
+        if sure_for:
+            ss["models_remove_gone"] = sure_for[1]
+    if gone := ss.pop("models_remove_gone", None):
+        st.warning(f"{ui.md(gone)} is no longer in the library (removed by someone else); nothing was removed.",
+                   icon=":material/info:")
     if removable:
         titles = distinct_titles([e.bundle for e in entries if e.ok])
         title_of = ui.detached(lambda p: titles.get(p, f"{Path(p).name} (unusable)"))
+
+        def forget_sure():
+            ss["models_remove_sure"] = False
+            ss.pop("models_remove_for", None)
+
+        def remember_sure():  # the model shown when the box was ticked
+            choice = ss.get("models_remove_choice")
+            if ss.get("models_remove_sure") and choice in removable:
+                ss["models_remove_for"] = [choice, title_of(choice)]
+            else:
+                ss.pop("models_remove_for", None)
+
         target = st.selectbox("Model", list(removable), key="models_remove_choice", format_func=title_of,
-                              on_change=ui.detached(lambda: ss.update(models_remove_sure=False)))
-        sure = st.checkbox("Yes, remove it for every user of this server", key="models_remove_sure")
-        if st.button("Remove", disabled=not sure, key="btn_remove_model", icon=":material/delete:"):
+                              on_change=ui.detached(forget_sure))
+        sure = st.checkbox("Yes, remove it for every user of this server", key="models_remove_sure",
+                           on_change=ui.detached(remember_sure))
+        if st.button("Remove", disabled=not sure, key="btn_remove_model", icon=":material/delete:") and sure:
+            sure_for = ss.get("models_remove_for")
+            if not sure_for or sure_for[0] != target or not Path(target).is_dir():
+                # removed by someone else between this page's last run and the click
+                ss["models_remove_gone"] = sure_for[1] if sure_for else title_of(target)
+                ss.pop("models_remove_for", None)  # the next run clears the tick (before drawing it)
+                st.rerun()
             try:
                 remove_bundle(target)
             except ScatdError as exc:
@@ -205,4 +235,5 @@ if user is not None and user.admin:
                 if ss.get("bundle_path") == target:
                     ui.set_bundle(None)
                 ss["models_removed"] = title_of(target)
+                ss.pop("models_remove_for", None)
                 st.rerun()

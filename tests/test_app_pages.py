@@ -818,6 +818,38 @@ def test_removing_a_model_says_so_and_asks_again_for_the_next_one(empty_library)
     assert "Removed " not in text(at.success)
 
 
+def test_a_model_removed_by_someone_else_is_never_replaced_by_another_in_the_removal(empty_library):
+    """QA (data loss): an admin chose model A and ticked the confirmation; another admin removed A
+    before the click; the choice fell back to the first model B with the box still ticked, and
+    "Remove" deleted B, never chosen. The tick is now for A only: nothing is removed and it is said."""
+    import shutil
+
+    make_bundle(empty_library / "DRUGA_model", make_dataset(40, seed=2), steps=1)
+    for name in ("DRUGB_model", "DRUGC_model"):
+        shutil.copytree(empty_library / "DRUGA_model", empty_library / name)
+    at = goto(start(), "8_Models")
+    options = at.selectbox(key="models_remove_choice").options
+    first = at.selectbox(key="models_remove_choice").value
+    chosen = next(str(p) for p in sorted(empty_library.iterdir()) if p.is_dir() and str(p) != first)
+    at.selectbox(key="models_remove_choice").set_value(chosen)
+    at.run()
+    at.checkbox(key="models_remove_sure").check()
+    at.run()
+    assert not at.button(key="btn_remove_model").disabled
+    shutil.rmtree(chosen)  # another admin removes it (`scatd models remove`, or the app)
+    at.button(key="btn_remove_model").click()
+    at.run()
+    ok(at)
+    left = sorted(str(p) for p in empty_library.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(left) == 2 and first in left  # nothing else removed
+    said = text(at.warning).replace("\\", "")
+    assert f"({Path(chosen).name}) is no longer in the library (removed by someone else); nothing was removed." in said
+    assert len(options) == 3 and "Removed " not in text(at.success)
+    assert at.checkbox(key="models_remove_sure").value is False and at.button(key="btn_remove_model").disabled
+    at.run()  # said once
+    assert "no longer in the library" not in text(at.warning)
+
+
 def test_a_model_whose_weights_are_damaged_is_listed_as_broken_not_offered(empty_library):
     """QA: a model whose weights.safetensors was truncated (its manifest untouched) stayed on the
     Model library page and in the Model picker as usable ("Coverage is good") and failed only at
