@@ -906,13 +906,19 @@ def panels_file(user: str | None) -> Path:
 
 
 def _locked(path: Path):
-    """The panels file's lock: read, change and write it as one step. The panels folder is made
-    this account's only (0700: the files in it, 0600, are named after the users)."""
-    if not path.parent.exists():
-        from scatd_core.io import private_folder
+    """The panels file's lock: read, change and write it as one step. The panels folder is this
+    account's only (0700, an existing one narrowed: the files in it, 0600, are named after the
+    users), and so is the lock file (0600, an existing one narrowed)."""
+    from scatd_core.io import private_folder
 
-        private_folder(path.parent)
-    return folder_lock(path.parent, path.with_suffix(".lock").name)
+    private_folder(path.parent)
+    lock = path.with_suffix(".lock")
+    try:
+        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # 0600 from its creation
+        os.chmod(lock, 0o600)  # one made before (0644 then)
+    except OSError:  # another account's: folder_lock says what it can
+        pass
+    return folder_lock(path.parent, lock.name)
 
 
 def list_panels(user: str | None) -> dict[str, dict]:

@@ -159,6 +159,29 @@ def test_saved_panels_are_per_user(lib_env):
     assert panel.list_panels("alice") == {}
 
 
+def test_the_saved_panels_folder_and_its_lock_are_this_accounts_only(lib_env, tmp_path, monkeypatch):
+    """QA: an existing panels folder (made before, or by hand, 0755) was left readable by every
+    account (only a new one was made 0700), and the lock file was 0644."""
+    import os
+    import stat
+
+    monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
+    old_umask = os.umask(0o022)
+    try:
+        folder = panel.panels_file("alice").parent
+        folder.mkdir(parents=True, mode=0o755)
+        (folder / "bob.lock").write_text("")  # a lock made by an earlier version: 0644
+        panel.save_panel("mine", list(DRUGS), "alice")
+        panel.list_panels("bob")
+        panel.save_panel("his", list(DRUGS), "bob")
+    finally:
+        os.umask(old_umask)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(folder) == 0o700
+    assert mode(folder / "alice.lock") == 0o600 and mode(folder / "bob.lock") == 0o600
+    assert mode(panel.panels_file("alice")) == 0o600
+
+
 def test_a_saved_panel_never_scores_with_another_model_that_took_a_removed_members_folder(library, tmp_path,
                                                                                         monkeypatch, capsys):
     """An administrator removes a panel member; another model (someone else's, trained on other data)
