@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
 
 import streamlit as st
 
@@ -91,8 +92,9 @@ def attempt_login(name: str, password: str, throttle: LoginThrottle, client: str
 
 
 def lockout_text(wait_seconds: float) -> str:
-    """What a locked-out login is told: how many whole minutes to wait (at least one)."""
-    minutes = max(1, round(wait_seconds / 60))
+    """What a locked-out login is told: how many whole minutes to wait, rounded up (at least one):
+    89 s left is "2 minutes", never a minute that ends before the lockout does."""
+    minutes = max(1, math.ceil(wait_seconds / 60))
     return f"Too many failed attempts: try again in {minutes} minute{'' if minutes == 1 else 's'}."
 
 

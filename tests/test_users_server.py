@@ -239,6 +239,17 @@ def test_adding_a_name_whose_earlier_account_left_data_says_so(server_home, alic
 
 # ----------------------------------------------------------------------------- 3. logins are logged
 
+def test_the_lockout_wait_is_rounded_up_to_whole_minutes():
+    """QA: 89 s left was said as "1 minute" (rounded down), so a user trying again then was refused."""
+    from scatd_app.auth import lockout_text
+
+    said = {s: lockout_text(s).removeprefix("Too many failed attempts: try again in ") for s in
+            (0, 1, 59, 60, 61, 89, 119.5, 120, 899.9, 900)}
+    assert said == {0: "1 minute.", 1: "1 minute.", 59: "1 minute.", 60: "1 minute.", 61: "2 minutes.",
+                    89: "2 minutes.", 119.5: "2 minutes.", 120: "2 minutes.", 899.9: "15 minutes.",
+                    900: "15 minutes."}
+
+
 def test_logins_failures_and_lock_outs_are_logged_without_the_password(server_home, fast_hash, caplog):
     from scatd_app import auth
     from scatd_core import users
