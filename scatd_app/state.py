@@ -88,7 +88,8 @@ PANEL_UMAP_RUNNING = "running_panel_umap"
 
 #: Widget values that must survive a visit to another page (Streamlit forgets the state of
 #: widgets that are not drawn). Buttons and uploaders never use these prefixes (their values
-#: cannot be set): their keys start with ``btn_`` / ``upload_``.
+#: cannot be set): their keys start with ``btn_`` / ``upload_`` (tests/test_app_server.py checks the
+#: source; :func:`keep_widget_state` skips them anyway).
 KEPT_WIDGET_KEYS = (LABEL_COLUMN, SAMPLE_COLUMN)
 KEPT_WIDGET_PREFIXES = ("qc_", "data_", "model_", "predict_", "cells_", "report_", "bio_", "train_", "label_",
                          "panel_")
