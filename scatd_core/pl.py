@@ -70,12 +70,35 @@ def relative_to_threshold(prob, threshold) -> np.ndarray:
     return np.where(np.isnan(p), np.nan, np.clip(np.where(p < t, below, above), 0.0, 1.0))
 
 
-def relative_colorbar(title: str = "P(resistant)", meaning: str = "red: called resistant<br>blue: called sensitive",
-                      thickness: int = 14) -> dict:
+def relative_colorbar(title: str = "P(resistant): blue sensitive, red resistant",
+                      thickness: int = 10) -> dict:
     """The colour bar of values drawn by :func:`relative_to_threshold`: 0, each drug's threshold (the
-    grey midpoint) and 1, with what red and blue mean in its title."""
-    return dict(thickness=thickness, tickmode="array", tickvals=[0.0, 0.5, 1.0],
-                ticktext=["0", "each drug's<br>threshold", "1"], title=dict(text=f"{title}<br>{meaning}", side="top"))
+    grey midpoint) and 1, with what red and blue mean in its one-line title. Horizontal, under the
+    plot (in the margin :data:`COLORBAR_ROOM` the figure keeps for it at the bottom), across the
+    plot's width: a vertical bar beside the plot took its width in a narrow column (at 390 px a dot
+    plot was 50 px wide) and its tick labels overprinted its four-line title. Placed by
+    :func:`colorbar_below` once the figure's height and margins are set."""
+    return dict(orientation="h", thickness=thickness, len=1, lenmode="fraction", x=0.5, xanchor="center",
+                y=-0.3, yanchor="top", ypad=0, tickmode="array", tickvals=[0.0, 0.5, 1.0],
+                ticktext=["0", "each drug's threshold", "1"], title=dict(text=title, side="top"))
+
+
+#: Pixels kept under the x axis for a horizontal :func:`relative_colorbar` (its title, bar and ticks).
+COLORBAR_ROOM = 70
+
+
+def colorbar_below(fig: go.Figure, under_px: int) -> go.Figure:
+    """Put the first trace's horizontal colour bar (:func:`relative_colorbar`) ``under_px`` pixels
+    under the plot (below the x axis's labels and title), in a bottom margin grown by
+    :data:`COLORBAR_ROOM` for it. Plotly places a colour bar in fractions of the plot's height
+    (its pixel placement, ``yref="container"``, drew the title over the bar), so the figure's height and
+    top margin are set first."""
+    bottom = int(under_px) + COLORBAR_ROOM
+    fig.update_layout(margin=dict(b=bottom))
+    plot_height = max(float(fig.layout.height) - float(fig.layout.margin.t) - bottom, 1.0)
+    bar = "colorbar" if fig.data[0].type == "heatmap" else "marker.colorbar"
+    fig.data[0][f"{bar}.y"] = -float(under_px) / plot_height
+    return fig
 
 
 def _drug_thresholds(drugs: Sequence[str], thresholds) -> np.ndarray:
@@ -258,11 +281,11 @@ def _share(part, whole) -> str:
     return f"{int(part):,} ({100 * part / whole:.1f}%)" if whole else f"{int(part):,}"
 
 
-def _named(items: Sequence[str], max_named: int = ALT_MAX_NAMED) -> str:
-    """``a, b, c`` or ``a, b, ... and 12 more``."""
+def _named(items: Sequence[str], max_named: int = ALT_MAX_NAMED, sep: str = ", ") -> str:
+    """``a, b, c`` or ``a, b, ... and 12 more`` (``sep`` between the items)."""
     items = [str(i) for i in items]
     more = len(items) - max_named
-    return ", ".join(items[:max_named]) + (f" and {more:,} more" if more > 0 else "")
+    return sep.join(items[:max_named]) + (f" and {more:,} more" if more > 0 else "")
 
 
 def _g(value) -> str:
@@ -794,10 +817,17 @@ def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go
     fig.update_xaxes(title=f"Wilcoxon score ({positive} vs {negative})")
     fig.update_yaxes(title="mean |attribution|", type="log" if log_y else "linear",
                      **(dict(dtick=1, exponentformat="power") if log_y else {}))  # 10^-3, not "1m" or "100µ"
-    counts = ", ".join(f"{int((part['direction'] == d).sum()):,} {DIRECTION_NAMES[d]}"
+    # the colour is biomarkers.csv's direction, the sign of the model's input gradient (where a higher value
+    # pushes P(resistant)), not where the feature is higher: that is the Wilcoxon score's sign (QA: "842
+    # resistant, 858 sensitive" read as counts of cells)
+    pushes = ", ".join(f"toward {DIRECTION_NAMES[d]} for {int((part['direction'] == d).sum()):,}"
                        for d in DIRECTION_COLORS if (part["direction"] == d).any())
+    score = part["de_score"].astype(float)
+    higher = [f"{int(n):,} higher in {name} cells" for n, name in ((score.gt(0).sum(), positive),
+                                                                   (score.lt(0).sum(), negative)) if n]
     alt = (f"Scatter plot of mean |attribution| against the Wilcoxon score ({positive} vs {negative}) "
-           f"for {len(part):,} features" + (f": {counts}" if counts else ""))
+           f"for {counted(len(part), 'feature')}" + (f" ({' and '.join(higher)})" if higher else "")
+           + (f"; coloured by where a higher value pushes P(resistant): {pushes}" if pushes else ""))
     if len(part):
         best = part.loc[part["mean_abs_attribution"].astype(float).idxmax()]
         alt += f"; the highest attribution: {best['feature']} (DE score {_g(best['de_score'])})"
@@ -923,20 +953,29 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     notes = ["dark grey: not scored by that drug's model"] if missing.any() else []
     if len(rows) < len(labels):
         notes.append(f"showing a random {len(rows):,} of {len(labels):,} cells")
-    fig = layout(fig, title, height=max(300, 90 + 34 * len(drugs)))  # room for the colour bar's title
+    fig = layout(fig, title, height=max(220, 50 + 34 * len(drugs)) + COLORBAR_ROOM)
     if notes:  # under the axis title, in a margin of its own (at y=-0.12 a short figure drew it over the title)
         fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=0,
                            yanchor="top", yshift=-38, font=dict(size=11, color="#666"))
-        fig.update_layout(margin=dict(b=64))
+    colorbar_below(fig, 66 if notes else 44)  # under the axis title and the notes
     scored = np.isfinite(prob)
-    means = [f"{d} {_g(np.nanmean(prob[scored[:, j], j]))}" if scored[:, j].any() else f"{d} not scored"
-             for j, d in enumerate(drugs)]
+
+    def per_drug(j: int, drug: str) -> str:
+        p = prob[scored[:, j], j]
+        if not len(p):
+            return f"{drug} not scored (threshold {thr[j]:.3f})"
+        return (f"{drug} mean {p.mean():.3f}, threshold {thr[j]:.3f}, "
+                f"{100 * (p > thr[j]).mean():.1f}% of {counted(len(p))} called resistant")
+
     alt = (f"Heatmap of P(resistant) for {counted(len(labels))} by {counted(len(drugs), 'drug')}, the cells ordered by "
            + (f"{group_name} ({len(starts):,} groups)" if grouped else "their mean P(resistant)")
-           + f"; mean P(resistant) per drug: {_named(means)}")
+           + "; each drug's colours are relative to its own threshold: blue below it (called sensitive), red above "
+             f"it (called resistant); per drug, P(resistant): {_named([per_drug(j, d) for j, d in enumerate(drugs)], sep='; ')}")
     if len(rows) < len(labels):
         alt += f"; a random {len(rows):,} of the cells are drawn"
-    return describe(fig, alt + ".", "panel_heatmap")
+    # one file name per grouping: the panel report's heatmaps by sample and by cluster were both
+    # scatd_panel_heatmap.png, so saving the second overwrote the first
+    return describe(fig, alt + ".", f"panel_heatmap_{group_name}" if grouped else "panel_heatmap")
 
 
 def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = None, *,
@@ -952,8 +991,7 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
         x=drugs, y=summary["group"].astype(str), mode="markers",
         marker=dict(size=6 + 34 * frac, color=relative_to_threshold(mean, thr), cmin=0, cmax=1,
                     colorscale=PROB_SCALE, line=dict(color="#444", width=0.5),
-                    colorbar=relative_colorbar("mean P(resistant)",
-                                               "red: above the drug's threshold<br>blue: below it")),
+                    colorbar=relative_colorbar("mean P(resistant): blue below, red above")),
         customdata=np.c_[summary["fraction_resistant"].astype(float).to_numpy(dtype=object),
                          [counted(n) for n in summary["n_called"]], mean.astype(object), thr.astype(object)],
         hovertemplate="%{x} · %{y}<br>%{customdata[0]:.1%} of %{customdata[1]} resistant"
@@ -962,7 +1000,9 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
     fig.update_yaxes(title=group_name, type="category", autorange="reversed")
     n_groups = summary["group"].nunique()
     alt = (f"Dot plot of {summary['drug'].nunique():,} drugs in {n_groups:,} groups by {group_name}: the dot's "
-           "size is the fraction of cells called resistant, its colour the mean P(resistant)")
+           "size is the fraction of cells called resistant, its colour the mean P(resistant) relative to each "
+           "drug's threshold (blue below it, red above it); thresholds: "
+           + _named([f"{d} {t:.3f}" for d, t in dict(zip(drugs, thr)).items()]))
     known = summary[summary["fraction_resistant"].astype(float).notna()]
     if len(known):
         def said(row) -> str:
@@ -970,8 +1010,13 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
                     f"{counted(row['n_called'])}")
         order = known["fraction_resistant"].astype(float)
         alt += f"; most resistant: {said(known.loc[order.idxmax()])}; least: {said(known.loc[order.idxmin()])}"
-    return describe(layout(fig, title, height=max(300, 120 + 36 * n_groups)), alt + ".",
-                    f"panel_dotplot_{group_name}", zoom=False)
+    # the drug names under the plot at 45 degrees (Plotly turned them upright, or not, with the width; a
+    # colour bar under them needs their height known): room for them, their axis title and the colour bar
+    fig.update_xaxes(tickangle=-45)
+    names_px = int(0.72 * 7 * min(max((len(d) for d in drugs), default=1), 30)) + 24
+    fig = colorbar_below(layout(fig, title, height=max(180, 80 + 36 * n_groups) + names_px + COLORBAR_ROOM),
+                         44 + names_px)
+    return describe(fig, alt + ".", f"panel_dotplot_{group_name}", zoom=False)
 
 
 #: What a "*" after a drug in :func:`drug_ranking_figure` means (said beside the chart).
@@ -992,9 +1037,7 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None, *,
         # the colour is the drug's mean P(resistant) against its threshold, said on its colour bar (QA: with
         # no legend, a lighter bar for a longer one read as a contradiction)
         marker=dict(color=relative_to_threshold(mean, thr), cmin=0, cmax=1, colorscale=PROB_SCALE,
-                    showscale=True, colorbar={**relative_colorbar("mean<br>P(resistant)", "red: above<br>blue: below",
-                                                                  thickness=12),
-                                              "ticktext": ["0", "drug's<br>threshold", "1"]}),
+                    showscale=True, colorbar=relative_colorbar("mean P(resistant): blue below, red above")),
         text=[f"{f:.0%}" if f == f else "n/a" for f in ranking["fraction_resistant"].astype(float)],
         textposition="outside", customdata=np.c_[mean, thr],
         hovertemplate="%{y}: %{x:.1%} resistant, mean P %{customdata[0]:.3f} (threshold %{customdata[1]:.3g})"
@@ -1004,9 +1047,10 @@ def drug_ranking_figure(ranking: pd.DataFrame, title: str | None = None, *,
     note = "" if ranking["calibrated"].all() else " (* uncalibrated)"
     fig.update_xaxes(title=f"fraction called resistant{note}", range=[0, 1.1], tickformat=".0%")
     fig.update_yaxes(autorange="reversed", type="category")
-    fig = layout(fig, wrap_title(title), height=max(260, 90 + 34 * len(ranking)))  # room for the colour bar
+    fig = layout(fig, wrap_title(title), height=max(180, 90 + 34 * len(ranking)) + COLORBAR_ROOM)
     if title and "<br>" in fig.layout.title.text:
         fig.update_layout(margin=dict(t=70))  # room for the title's second line
+    colorbar_below(fig, 60)  # under the x axis's labels and title
     said = [f"{d} {f:.0%}" if f == f else f"{d} n/a" for d, f in
             zip(ranking["drug"].astype(str), ranking["fraction_resistant"].astype(float))]
     said = [t + ("" if c else " (uncalibrated)") for t, c in zip(said, ranking["calibrated"])]
@@ -1025,6 +1069,10 @@ def wrap_title(title: str | None, width: int = 42) -> str | None:
     return "<br>".join(textwrap.wrap(title, width, break_long_words=False, break_on_hyphens=False))
 
 
+#: Characters per line of the model card chart's row labels (:func:`card_figure`).
+CARD_LABEL_WIDTH = 24
+
+
 def card_figure(card: dict, title: str | None = "AUROC of the model and the baselines (95% bootstrap CI)") -> go.Figure:
     """A model card's AUROCs with their bootstrap intervals: one row per model, grouped by
     evaluation (bulk cross-validation, target cells), this model in black."""
@@ -1035,7 +1083,10 @@ def card_figure(card: dict, title: str | None = "AUROC of the model and the base
             if r["auroc"] is None:
                 continue
             lo, hi = r["auroc_ci"]
-            rows.append((f"{ev['title']}<br>{r['model']}", r["auroc"], hi - r["auroc"], r["auroc"] - lo,
+            # long labels wrapped (at 390 px "Target cells (2,000 cells, GSE117872 HN120)" took the plot's width
+            # and was cut): the evaluation, then the model, each in lines of CARD_LABEL_WIDTH characters
+            label = f"{wrap_title(str(ev['title']), CARD_LABEL_WIDTH)}<br>{wrap_title(str(r['model']), CARD_LABEL_WIDTH)}"
+            rows.append((label, r["auroc"], hi - r["auroc"], r["auroc"] - lo,
                          r["model"] == "this model"))
     for mine in (False, True):
         sel = [r for r in rows if r[4] == mine]
@@ -1048,7 +1099,7 @@ def card_figure(card: dict, title: str | None = "AUROC of the model and the base
             hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>"))
     fig.add_vline(x=0.5, line=dict(color="#bbb", dash="dot"))
     lowest = min([r[1] - r[3] for r in rows], default=0.3)  # a model ranking the wrong way round stays in view
-    fig.update_xaxes(title="AUROC", range=[min(0.3, max(0.0, lowest - 0.05)), 1.0])
+    fig.update_xaxes(title="AUROC", range=[min(0.3, max(0.0, lowest - 0.05)), 1.0], nticks=5, automargin=True)
     fig.update_yaxes(categoryorder="array", categoryarray=[r[0] for r in reversed(rows)], automargin=True)
     said = []
     for ev in card.get("evaluations", []):
@@ -1058,4 +1109,10 @@ def card_figure(card: dict, title: str | None = "AUROC of the model and the base
             said.append(f"{ev['title']}: " + ", ".join(scores))
     alt = ("AUROC of the model and the baselines with 95% bootstrap intervals (0.5 is chance). "
            + ("; ".join(said) if said else "No AUROC to show") + ".")
-    return describe(layout(fig, title, height=120 + 45 * max(len(rows), 1)), alt, "model_card_auroc", zoom=False)
+    lines = max([r[0].count("<br>") + 1 for r in rows], default=2)
+    title = wrap_title(title, 36)
+    fig = layout(fig, title, height=150 + (15 * lines + 15) * max(len(rows), 1))
+    # the legend under the plot, not beside it (at 390 px it took a third of the width); the title's lines
+    fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", yref="container", y=0, yanchor="bottom"),
+                      margin=dict(b=80, t=30 + 22 * (title.count("<br>") + 1) if title else 20))
+    return describe(fig, alt, "model_card_auroc", zoom=False)

@@ -68,8 +68,9 @@ def test_panel_figures_and_model_card_name_drugs_and_scores():
                             "calibrated": [True, False]})
     assert "lowest first: DA 10%, DB 50% (uncalibrated)." in pl.alt_text(pl.drug_ranking_figure(ranking, "Whole",
                                                                       thresholds={"DA": 0.5, "DB": 0.4}))
-    prob = np.c_[np.full(10, 0.2), np.full(10, 0.6)]
-    assert "mean P(resistant) per drug: DA 0.2, DB 0.6" in pl.alt_text(pl.panel_heatmap(
+    prob = np.c_[np.full(10, 0.2), np.full(10, 0.64)]
+    assert ("per drug, P(resistant): DA mean 0.200, threshold 0.500, 0.0% of 10 cells called resistant; "
+            "DB mean 0.640, threshold 0.400, 100.0% of 10 cells called resistant.") in pl.alt_text(pl.panel_heatmap(
         prob, ["DA", "DB"], None, None, thresholds={"DA": 0.5, "DB": 0.4}))
     card = {"evaluations": [{"title": "Bulk CV", "scores": [
         {"model": "this model", "auroc": 0.81, "auroc_ci": [0.75, 0.86]},
@@ -130,3 +131,90 @@ def test_every_page_shows_its_charts_through_ui_chart():
               if "plotly_chart(" in line and not (p.name == "ui.py" and "(where or st).plotly_chart(" in line)]
     assert direct == []
     assert sum(p.read_text().count("ui.chart(") for p in sources) >= 20
+
+
+def _panel_inputs():
+    prob = np.r_[np.c_[np.full(6, 0.3), np.full(6, 0.8)], np.c_[np.full(4, 0.7), np.full(4, 0.5)]]  # 10 cells
+    summary = pd.DataFrame({"group": ["s1", "s1", "s2", "s2"], "drug": ["DA", "DB", "DA", "DB"],
+                            "fraction_resistant": [0.0, 1.0, 1.0, 0.0], "n_called": [6, 6, 4, 4],
+                            "mean_prob_resistant": [0.3, 0.8, 0.7, 0.5]})
+    ranking = pd.DataFrame({"drug": ["DA", "DB"], "fraction_resistant": [0.4, 0.6], "mean_prob_resistant": [0.46, 0.68],
+                            "calibrated": [True, True]})
+    return prob, summary, ranking, {"DA": 0.64, "DB": 0.72}
+
+
+def test_panel_colour_bars_lie_under_the_plot_with_a_one_line_title():
+    """QA: the drug ranking's colour bar, beside the plot with a four-line title, was a 20 px bar whose
+    tick labels overprinted the title, and the dot plot's and the heatmap's left the plot 50-75 px wide
+    at 390 px. Each is now horizontal, across the plot's width, under the x axis (in a bottom margin of its
+    own), its title one line above it; grey is still each drug's threshold."""
+    prob, summary, ranking, thr = _panel_inputs()
+    figs = {"heatmap": pl.panel_heatmap(prob, ["DA", "DB"], ["s1"] * 6 + ["s2"] * 4, "sample", thresholds=thr),
+            "dots": pl.panel_dotplot(summary, "sample", "Fraction resistant per sample", thresholds=thr),
+            "ranking": pl.drug_ranking_figure(ranking, "Whole sample: fraction called resistant per drug",
+                                              thresholds=thr)}
+    for name, fig in figs.items():
+        trace = fig.data[0]
+        bar = trace.colorbar if trace.type == "heatmap" else trace.marker.colorbar
+        assert bar.orientation == "h" and bar.len == 1 and bar.yanchor == "top", name
+        assert "<br>" not in bar.title.text and bar.title.side == "top", name
+        assert list(bar.ticktext) == ["0", "each drug's threshold", "1"] and list(bar.tickvals) == [0, 0.5, 1]
+        margin, height = fig.layout.margin, fig.layout.height
+        plot_height = height - margin.t - margin.b
+        below = -bar.y * plot_height  # pixels between the plot's bottom and the bar's title
+        assert below >= 40, name  # under the x axis's title
+        assert margin.b - below >= pl.COLORBAR_ROOM, name  # and all of it inside the figure
+    assert "blue sensitive, red resistant" in figs["heatmap"].data[0].colorbar.title.text
+    assert figs["dots"].data[0].marker.colorbar.title.text == "mean P(resistant): blue below, red above"
+    # the drug names under the dot plot at a set angle, so the bar under them is placed for their height
+    assert figs["dots"].layout.xaxis.tickangle == -45
+
+
+def test_panel_text_alternatives_give_each_drugs_threshold_and_its_share_called_resistant():
+    """QA: the dot plot's alt said "its colour the mean P(resistant)", with no threshold, though the colour
+    is relative to each drug's; the heatmap's gave a mean per drug only ("0.64": 3 decimals now)."""
+    prob, summary, _, thr = _panel_inputs()
+    dots = pl.alt_text(pl.panel_dotplot(summary, "sample", thresholds=thr))
+    assert ("its colour the mean P(resistant) relative to each drug's threshold (blue below it, red above it); "
+            "thresholds: DA 0.640, DB 0.720;") in dots
+    heat = pl.alt_text(pl.panel_heatmap(prob, ["DA", "DB"], ["s1"] * 6 + ["s2"] * 4, "sample", thresholds=thr))
+    assert ("DA mean 0.460, threshold 0.640, 40.0% of 10 cells called resistant; "
+            "DB mean 0.680, threshold 0.720, 60.0% of 10 cells called resistant.") in heat
+    assert "blue below it (called sensitive), red above it (called resistant)" in heat
+
+
+def test_the_panel_heatmaps_png_is_named_by_its_grouping():
+    """QA: the panel report's heatmaps by sample and by cluster both downloaded as scatd_panel_heatmap.png."""
+    prob, _, _, thr = _panel_inputs()
+    groups = ["s1"] * 6 + ["s2"] * 4
+    names = {pl.chart_config(pl.panel_heatmap(prob, ["DA", "DB"], groups, g, thresholds=thr))
+             ["toImageButtonOptions"]["filename"] for g in ("sample", "Leiden cluster")}
+    assert names == {"scatd_panel_heatmap_sample", "scatd_panel_heatmap_leiden_cluster"}
+    assert pl.chart_config(pl.panel_heatmap(prob, ["DA", "DB"], None, None, thresholds=thr))[
+        "toImageButtonOptions"]["filename"] == "scatd_panel_heatmap"
+
+
+def test_the_attribution_vs_de_alt_counts_features_by_where_they_are_higher_not_as_cells():
+    """QA: "for 1,700 features: 842 resistant, 858 sensitive" read as counts of cells. The colour is the
+    direction a higher value pushes P(resistant) (the input gradient's sign); where a feature is higher is
+    the Wilcoxon score's sign. Both are said as what they are."""
+    ranking = pd.DataFrame({"feature": ["G1", "G2", "G3"], "in_data": [True, True, True],
+                            "de_score": [2.5, -1.0, 0.5], "mean_abs_attribution": [0.3, 0.2, 0.1],
+                            "direction": ["resistance", "sensitivity", "sensitivity"]})
+    alt = pl.alt_text(pl.attribution_vs_de(ranking, "resistant", "sensitive"))
+    assert ("for 3 features (2 higher in resistant cells and 1 higher in sensitive cells); coloured by where a "
+            "higher value pushes P(resistant): toward resistant for 1, toward sensitive for 2;") in alt
+
+
+def test_the_model_card_chart_wraps_its_labels_and_title_for_a_phone():
+    """QA: at 390 px "Target cells (2,000 cells, GSE117872 HN120) / logistic regression ..." and the title
+    were cut, and the legend beside the plot took a third of its width."""
+    card = {"evaluations": [{"title": "Target cells (2,000 cells, GSE117872 HN120)", "scores": [
+        {"model": "this model", "auroc": 0.77, "auroc_ci": [0.7, 0.83]},
+        {"model": "logistic regression on highly variable genes", "auroc": 0.62, "auroc_ci": [0.55, 0.7]}]}]}
+    fig = pl.card_figure(card)
+    labels = [y for trace in fig.data for y in trace.y]
+    assert "Target cells (2,000<br>cells, GSE117872 HN120)<br>logistic regression on<br>highly variable genes" in labels
+    assert all(len(line) <= pl.CARD_LABEL_WIDTH for label in labels for line in label.split("<br>"))
+    assert fig.layout.title.text == "AUROC of the model and the baselines<br>(95% bootstrap CI)"
+    assert fig.layout.margin.t >= 70 and fig.layout.xaxis.nticks == 5 and fig.layout.legend.orientation == "h"

@@ -478,7 +478,8 @@ def test_the_drug_ranking_says_what_its_bar_colour_means():
     ranking = pd.DataFrame({"drug": ["A", "B"], "fraction_resistant": [0.85, 0.92], "mean_prob_resistant": [0.7, 0.6],
                             "calibrated": [True, True]})
     bar = pl.drug_ranking_figure(ranking, thresholds={"A": 0.5, "B": 0.5}).data[0]
-    assert bar.marker.showscale and bar.marker.colorbar.title.text.startswith("mean<br>P(resistant)")
+    assert bar.marker.showscale and bar.marker.colorbar.title.text == "mean P(resistant): blue below, red above"
+    assert "each drug's threshold" in bar.marker.colorbar.ticktext  # the grey in the middle
 
 
 def test_panel_figures_colour_each_drug_relative_to_the_threshold_its_calls_use():
@@ -498,8 +499,8 @@ def test_panel_figures_colour_each_drug_relative_to_the_threshold_its_calls_use(
     assert z[1, b_04] > 0.5 and custom[1, b_04, 3] == "called resistant"  # P 0.4 above DRUGB's 0.3: red side
     assert "threshold %{customdata[2]" in fig.data[0].hovertemplate and "%{customdata[1]" in fig.data[0].hovertemplate
     bar = fig.data[0].colorbar
-    assert list(bar.tickvals) == [0, 0.5, 1] and "each drug's<br>threshold" in bar.ticktext
-    assert "red: called resistant" in bar.title.text and "blue: called sensitive" in bar.title.text
+    assert list(bar.tickvals) == [0, 0.5, 1] and "each drug's threshold" in bar.ticktext
+    assert bar.title.text == "P(resistant): blue sensitive, red resistant"
     # not scored: its own darker grey, not the threshold's light grey (nor white)
     assert len(fig.data) == 2 and fig.data[1].colorscale[0][1] == pl.COLORS["not scored"] != pl.PROB_NEUTRAL
     assert np.isfinite(np.asarray(fig.data[1].z, dtype=float)).sum() == 1
@@ -510,7 +511,7 @@ def test_panel_figures_colour_each_drug_relative_to_the_threshold_its_calls_use(
                             "n_called": [10, 10], "mean_prob_resistant": [0.6, 0.4]})
     dots = pl.panel_dotplot(summary, "sample", thresholds=thresholds).data[0]
     assert dots.marker.color[0] < 0.5 < dots.marker.color[1]
-    assert "threshold" in dots.marker.colorbar.title.text and "threshold %{customdata[3]" in dots.hovertemplate
+    assert "each drug's threshold" in dots.marker.colorbar.ticktext and "threshold %{customdata[3]" in dots.hovertemplate
     ranking = summary.drop(columns="group").assign(calibrated=True)
     bars = pl.drug_ranking_figure(ranking, thresholds=thresholds).data[0]
     assert bars.marker.color[0] < 0.5 < bars.marker.color[1]

@@ -1024,4 +1024,4 @@ def test_the_panel_report_draws_each_drug_relative_to_the_threshold_its_calls_us
                             and _real(*a, **k))
     html = export.panel_html_report(data, group_columns=["sample"])
     assert seen == {name: pytest.approx(expected) for name in ("panel_heatmap", "panel_dotplot", "drug_ranking_figure")}
-    assert "each drug" in html and "red: called resistant" in html
+    assert "each drug's threshold" in html and "blue sensitive, red resistant" in html
