@@ -157,11 +157,9 @@ if not current:
     ui.stop()
 
 # ------------------------------------------------------------------ models and thresholds
-info = adata.uns["scatd_panel"]
 everyone = panel.members(adata, scored_only=False)
 scored = [m for m in everyone if m.scored]
-done = (f"{len(scored)} of {len(everyone)} models scored {adata.n_obs:,} cells in {info['seconds']:.1f} s "
-        f"({info['n_input_groups']} alignment(s) for {len(everyone)} models).")
+done = panel.run_statement(adata)
 warned = panel.model_warnings(adata)
 if warned:  # each model's own warnings (few of its genes in the data ...), next to its drug: not a green tick
     st.warning(ui.md(f"{done} {panel.warnings_summary(adata)}") + "\n\n"

@@ -48,6 +48,7 @@ from scatd_core import _keys
 from scatd_core._keys import NOT_CALLED, result_keys
 from scatd_core._lock import folder_lock
 from scatd_core._progress import step
+from scatd_core._words import counted
 from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, ScatdError
 
 __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
@@ -412,6 +413,17 @@ def model_warnings(adata: ad.AnnData) -> list[tuple[str, str]]:
         for w in [] if warnings is None else warnings:  # a list, or the numpy array it is in an h5ad read back
             out.append((m.drug, str(w)))
     return out
+
+
+def run_statement(adata: ad.AnnData) -> str:
+    """What the panel run did, as the Panel page says it: "2 of 3 models scored 2,000 cells in 4.2 s
+    (1 alignment for 3 models)." (it said "1 alignment(s)")."""
+    info = adata.uns[_keys.PANEL]
+    everyone = members(adata, scored_only=False)
+    n_scored = sum(m.scored for m in everyone)
+    return (f"{n_scored:,} of {counted(len(everyone), 'model')} scored {counted(adata.n_obs)} in "
+            f"{float(info['seconds']):.1f} s ({counted(int(info['n_input_groups']), 'alignment')} for "
+            f"{counted(len(everyone), 'model')}).")
 
 
 def warnings_summary(adata: ad.AnnData) -> str | None:

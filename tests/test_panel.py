@@ -1025,3 +1025,15 @@ def test_the_panel_report_draws_each_drug_relative_to_the_threshold_its_calls_us
     html = export.panel_html_report(data, group_columns=["sample"])
     assert seen == {name: pytest.approx(expected) for name in ("panel_heatmap", "panel_dotplot", "drug_ranking_figure")}
     assert "each drug's threshold" in html and "blue sensitive, red resistant" in html
+
+
+def test_the_run_statement_counts_alignments_and_models_in_words():
+    """QA: the Panel page said "(1 alignment(s) for 3 models)"."""
+    adata = ad.AnnData(np.zeros((2000, 1), dtype=np.float32))
+    member = {"key": "scatd_D", "drug": "D", "model": "m", "path": "/x/m", "backbone": "b", "status": "scored"}
+    adata.uns[_keys.PANEL] = {"seconds": 4.25, "n_input_groups": 1, "members": {
+        f"{i}": {**member, "key": f"scatd_D{i}", "drug": f"D{i}", "status": "skipped" if i == 2 else "scored"}
+        for i in range(3)}}
+    assert panel.run_statement(adata) == "2 of 3 models scored 2,000 cells in 4.2 s (1 alignment for 3 models)."
+    adata.uns[_keys.PANEL]["n_input_groups"] = 2
+    assert "(2 alignments for 3 models)" in panel.run_statement(adata)
