@@ -193,7 +193,7 @@ def card_table(card: dict) -> pd.DataFrame:
     for ev in card.get("evaluations", []):
         for r in ev["scores"]:
             diff = r.get("model_minus_this")
-            rows.append({"evaluation": ev["title"], "cells / lines": f"{ev['n']} ({ev['n_resistant']} resistant)",
+            rows.append({"evaluation": ev["title"], "cells / lines": f"{ev['n']:,} ({ev['n_resistant']:,} resistant)",
                          "model": r["model"], f"AUROC [{INTERVAL}]": _ci(r["auroc"], r["auroc_ci"]),
                          f"AUPRC [{INTERVAL}]": _ci(r["auprc"], r["auprc_ci"]),
                          "AUPRC by chance (share resistant)": _chance(ev),
@@ -211,7 +211,7 @@ def evaluation_heading(ev: dict) -> str:
     """What :func:`evaluation_table` leaves out, said once above it: the evaluation, its samples and
     the AUPRC of a ranking by chance (the same for every model on it)."""
     samples = "cell lines" if ev.get("name") == "bulk_cv" else "cells"
-    return (f"{ev['title']}: {ev['n']} {samples} ({ev['n_resistant']} resistant); AUPRC by chance "
+    return (f"{ev['title']}: {ev['n']:,} {samples} ({ev['n_resistant']:,} resistant); AUPRC by chance "
             f"{_chance(ev)} (the share resistant)")
 
 
@@ -277,7 +277,7 @@ def few_shot_line(card: dict) -> str | None:
     few = (card.get("data") or {}).get("few_shot")
     if not few:
         return None
-    cells = (f"{few['n']} labelled target cells ({few['n_resistant']} resistant, {few['n_sensitive']} sensitive) "
+    cells = (f"{few['n']:,} labelled target cells ({few['n_resistant']:,} resistant, {few['n_sensitive']:,} sensitive) "
              "trained it with the bulk (few-shot).")
     if few.get("cell_ids_recorded"):
         return (cells + " Their cell IDs are recorded with the model (as hashes keyed by the whole training "
@@ -312,7 +312,7 @@ def card_lines(card: dict) -> list[str]:
     lines += card_details(card)
     for ev in card.get("evaluations", []):
         model = next(r for r in ev["scores"] if r["model"] == MODEL)
-        lines.append(f"{ev['title']} ({ev['n']} samples, {ev['n_resistant']} resistant): this model AUROC "
+        lines.append(f"{ev['title']} ({ev['n']:,} samples, {ev['n_resistant']:,} resistant): this model AUROC "
                      f"{_ci(model['auroc'], model['auroc_ci'])}, AUPRC {_ci(model['auprc'], model['auprc_ci'])} "
                      f"(chance {_chance(ev)}, the share resistant); in brackets: the {INTERVAL}.")
         if ev.get("note"):

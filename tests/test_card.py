@@ -484,3 +484,16 @@ def test_the_card_says_which_c_the_logistic_regression_chose():
     assert cards.baseline_settings(card) == [f"{TUNED} [{words}]"]  # the app's "Baselines:" caption
     assert cards.logistic_tuning_words(_card()) is None  # an old card: its baseline's name says C=0.1
     assert cards.auroc_interval_words({"auroc_ci": [0.412, 0.829]}) == "95% bootstrap CI 0.412 to 0.829"
+
+
+def test_card_counts_have_thousands_separators():
+    """QA: the card and report.html said "2000 (549 resistant)" and "2000 target cells"."""
+    ev = {"name": "target", "title": "Target cells", "n": 2000, "n_resistant": 549, "auprc_chance": 0.2745,
+          "scores": [{"model": cards.MODEL, "auroc": 0.8, "auroc_ci": [0.75, 0.85], "auprc": 0.6,
+                      "auprc_ci": [0.5, 0.7]}], "verdicts": []}
+    card = {"model": {"description": "d"}, "data": {"summary": "s", "few_shot": {
+        "n": 1200, "n_resistant": 600, "n_sensitive": 600}}, "evaluations": [ev], "warnings": []}
+    assert cards.card_table(card)["cells / lines"].iloc[0] == "2,000 (549 resistant)"
+    assert cards.evaluation_heading(ev).startswith("Target cells: 2,000 cells (549 resistant)")
+    assert cards.few_shot_line(card).startswith("1,200 labelled target cells (600 resistant, 600 sensitive)")
+    assert any(line.startswith("Target cells (2,000 samples, 549 resistant)") for line in cards.card_lines(card))

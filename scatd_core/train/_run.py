@@ -137,8 +137,8 @@ def _fit_ensemble(data: TrainingData, s: TrainSettings, dev, splits, *, base_vae
                       "from different seeds, not pretrained (--pretrain-epochs 0: each keeps its random initial "
                       "weights)" if s.pretrain_epochs == 0 else "pretrained from different seeds")
                    + f", each with a class-balanced logistic-regression head (L2, C={s.head_c:g}) on {inputs}"
-                   + (f", trained on the bulk and {few.n_labelled} labelled target cells "
-                      f"({few.n_resistant} resistant, {few.n_sensitive} sensitive) with the unlabelled target cells "
+                   + (f", trained on the bulk and {few.n_labelled:,} labelled target cells "
+                      f"({few.n_resistant:,} resistant, {few.n_sensitive:,} sensitive) with the unlabelled target cells "
                       "(semi-supervised)" if few is not None else ", trained on the bulk")
                    + "; it predicts with the mean of the members' logits, " + cards.SPREAD)
     return Fitted(model, model.stacked_state_dict(), model.arch, target_prob, oof,
@@ -303,7 +303,7 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
                                                      chosen=chosen_bulk if key == baselines.LOGISTIC else None)[held]
                 done(key, "target cells done")
             if few is not None:
-                title = f"{baselines.BASELINE_TITLES[baselines.TARGET_ONLY]} ({len(few.rows)} cells)"
+                title = f"{baselines.BASELINE_TITLES[baselines.TARGET_ONLY]} ({len(few.rows):,} cells)"
                 starting(baselines.LOGISTIC, "on the labelled target cells")
                 preds[title] = baselines.fit_predict(baselines.LOGISTIC, xt[few.rows], few.y, xt, seed, grid=grid,
                                                      chosen=chosen_few)[held]
@@ -317,10 +317,10 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
                             "training; no target metrics.")
     lab, genes = data.report["labels"], data.report.get("genes")
     target_desc = provenance["target"].get("file") or provenance["target"].get("name") or "the target given as data"
-    summary = (f"Trained for {data.report['drug']} on {len(y)} labelled bulk cell lines ({lab['sensitive']} sensitive, "
-               f"{lab['resistant']} resistant; {lab['n_bulk_without_label']} bulk samples without a label for it, used for "
-               f"pretraining only) and "
-               f"{len(data.target_ids)} target cells ({target_desc}"
+    summary = (f"Trained for {data.report['drug']} on {len(y):,} labelled bulk cell lines ({lab['sensitive']:,} sensitive, "
+               f"{lab['resistant']:,} resistant; {lab['n_bulk_without_label']:,} bulk samples without a label for it, "
+               f"used for pretraining only) and "
+               f"{len(data.target_ids):,} target cells ({target_desc}"
                + (f"; {data.report['target']['filtered']:,} cells "
                   f"{_mask_words(data.report['target'].get('mask_column'))}"
                   if data.report["target"].get("filtered") else "") + ")"
@@ -739,7 +739,7 @@ def _bulk_cv_note(fit: Fitted, few: FewShot | None, n_folds: int | None = None, 
                      "line is in both a fold's training and its test set; the model and the baselines are scored "
                      "on the same folds.")
     if few is not None:
-        parts.append(f"With {len(few.rows)} labelled target cells, the bulk cross-validation's '{cards.MODEL}' is "
+        parts.append(f"With {len(few.rows):,} labelled target cells, the bulk cross-validation's '{cards.MODEL}' is "
                      "the recipe fitted on the bulk folds alone (the same recipe without the labelled cells): the "
                      "labelled cells are target cells, so it cannot score them; the target rows show what they add.")
     return " ".join(p for p in parts if p) or None
