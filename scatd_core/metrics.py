@@ -78,9 +78,9 @@ class Evaluation:
             out.update(precision=why, f1=why)
         if not tp + fp or not tn + fn:
             called = "sensitive" if not tp + fp else "resistant"
-            out["mcc"] = (f"every labelled cell is called {called} at the threshold {self.threshold:.4g}, so MCC (the "
-                          "correlation of calls and labels) is 0 of 0: calls that are all the same correlate with "
-                          "nothing, which is not the same as 0 (chance)")
+            out["mcc"] = (f"every labelled cell is called {called} at the threshold {self.threshold:.4g}, so MCC is "
+                          "undefined: it is the correlation of calls and labels, and calls that are all the same "
+                          "correlate with nothing, which is not the same as 0 (chance)")
         return out
 
     def undefined_note(self) -> str:
@@ -195,7 +195,7 @@ def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant
         auroc=roc_auc, auprc=float(skm.average_precision_score(y, p)),
         # no cell called resistant: precision is 0 of 0 and F1 needs it; undefined (NaN), never 0
         f1=float(skm.f1_score(y, called)) if tp + fp else float("nan"),
-        # every cell called the same way: MCC is 0 of 0 (scikit-learn says 0, which reads as "chance"); undefined
+        # every cell called the same way: MCC is undefined (scikit-learn says 0, which reads as "chance")
         mcc=float(skm.matthews_corrcoef(y, called)) if tp + fp and tn + fn else float("nan"),
         precision=float(tp / (tp + fp)) if tp + fp else float("nan"),
         recall=float(tp / (tp + fn)) if tp + fn else 0.0,

@@ -254,6 +254,8 @@ def test_mcc_is_undefined_not_0_when_every_cell_is_called_the_same_way():
         assert np.isnan(ev.mcc) and np.isnan(ev.as_dict()["mcc"])
         assert f"every labelled cell is called {called}" in ev.undefined["mcc"]
         assert "not the same as 0 (chance)" in ev.undefined["mcc"] and "mcc" in ev.undefined_note()
+        # QA: "MCC (...) is 0 of 0" read as a count; MCC is a correlation, undefined here
+        assert "so MCC is undefined: it is the correlation" in ev.undefined["mcc"] and "0 of 0" not in ev.undefined["mcc"]
         assert any("MCC" in n and "undefined" in n for n in ev.notes)
     every = metrics.evaluate(y, p, 0.0)
     assert set(every.undefined) == {"mcc"} and every.precision == 0.5 and every.recall == 1.0
