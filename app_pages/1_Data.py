@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from scatd_app import state, ui
+from scatd_core._words import counted
 from scatd_core import genes, io, labels, pl
 from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
@@ -210,7 +211,8 @@ with left:
         n_missing = int(labels.as_text(adata.obs[label_column]).isna().sum())
         ui.table(pd.DataFrame({"value": counts.index.astype(str), "cells": counts.to_numpy()}), hide_index=True)
         if n_missing:
-            st.caption(f"{n_missing:,} cell(s) without a label are left out of every score.")
+            st.caption(f"{counted(n_missing)} without a label {'is' if n_missing == 1 else 'are'} left out of every "
+                       "score.")
         if len(counts) != 2:
             st.warning(f"'{ui.md(label_column)}' holds {len(counts)} values; resistant vs sensitive needs exactly "
                        "two. Choose another column.", icon=":material/warning:")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from scatd_app import jobs, session, state, ui
+from scatd_core._words import counted
 from scatd_core import foundation, pl, scaleout
 from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
@@ -36,7 +37,9 @@ with st.container(border=True):
     c[1].caption(ui.md(ui.model_title(bundle)))  # which of two models of one drug: in full, wrapped
     c[2].metric("Device", ui.device_text(), help="CUDA when a GPU is present, else the CPU.")
     if mask is not None and (~mask).any():
-        st.caption(f"{int((~mask).sum()):,} cell(s) are marked 'filtered (QC)' and will not be predicted.")
+        n_masked = int((~mask).sum())
+        st.caption(f"{counted(n_masked)} {'is' if n_masked == 1 else 'are'} marked 'filtered (QC)' and will not be "
+                   "predicted.")
     if bundle.is_demo:
         st.badge("demo model (simulated data)", color="orange")
 

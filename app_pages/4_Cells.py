@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from scatd_app import state, ui
+from scatd_core._words import counted
 from scatd_core import embed, export, metrics, pl
 from scatd_core._keys import CLUSTER, PROB, PROB_SD, SCORED
 from scatd_core.errors import ScatdError
@@ -135,7 +136,7 @@ if not label_column:
             icon=":material/info:")
 elif len(label_counts(adata.obs[label_column])) != 2:
     values = ", ".join(f"'{ui.md(v)}'" for v in label_counts(adata.obs[label_column]).index[:5])
-    st.info(f"'{ui.md(label_column)}' holds {len(label_counts(adata.obs[label_column]))} value(s) ({values}); AUROC, "
+    st.info(f"'{ui.md(label_column)}' holds {counted(len(label_counts(adata.obs[label_column])), 'value')} ({values}); AUROC, "
             "AUPRC, MCC and the curves need cells of exactly two classes, resistant and sensitive.",
             icon=":material/info:")
 elif direction is None:
@@ -241,8 +242,10 @@ if emb_info is not None:
         if colour == "uncertainty (sd of P)":
             st.caption(ui.md(export.spread_note(info['params'].get('prob_resistant_sd', 'over the draws'))))
         excluded = emb_info.get("n_excluded", 0)
-        st.caption((f"{excluded:,} cell(s) have no {basis} coordinates (not scored or filtered) and are not shown; they "
-                    "keep their rows in every download. " if excluded else "")
+        one = excluded == 1
+        st.caption((f"{counted(excluded)} {'has' if one else 'have'} no {basis} coordinates (not scored or filtered) "
+                    f"and {'is' if one else 'are'} not shown; {'it keeps its row' if one else 'they keep their rows'} "
+                    "in every download. " if excluded else "")
                    + embed.umap_caption(emb_info))
         if emb_info.get("original_umap"):  # the data brought a UMAP: kept, and said where
             st.caption(ui.md(embed.original_umap_note(str(emb_info["original_umap"]))))

@@ -17,6 +17,7 @@ import streamlit as st
 
 from scatd_app import auth, jobs, session, ui
 from scatd_app import state as S
+from scatd_core._words import counted
 from scatd_core import export, io, pl
 from scatd_core._progress import with_eta
 from scatd_core.card import LABEL_RULE_UNKNOWN, auroc_interval_words
@@ -179,7 +180,7 @@ if bulk_source == "Upload":
                 st.success(f"{rep['n_drugs']} drugs × {rep['n_cell_lines']} cell lines (ln IC50 below the "
                            "drug's threshold = sensitive).")
                 if rep["no_threshold"]:
-                    st.warning(f"No threshold for {len(rep['no_threshold'])} drug(s): "
+                    st.warning(f"No threshold for {counted(len(rep['no_threshold']), 'drug')}: "
                                f"{ui.md(', '.join(rep['no_threshold'][:10]))}.")
             except ScatdError as exc:
                 show_error(exc)
@@ -323,7 +324,7 @@ if target is not None:
                                          uses="which labelled cells the model trains on as resistant")
         if few_resistant is not None:
             n_known = int(label_counts(target.obs[few_column]).sum())
-            st.caption(f"{n_known:,} labelled cell(s) of {target.n_obs:,} in '{ui.md(few_column)}' will be used for "
+            st.caption(f"{counted(n_known, 'labelled cell')} of {target.n_obs:,} in '{ui.md(few_column)}' will be used for "
                        "training.")
 
 # ------------------------------------------------------------------ 3. drug and settings
@@ -454,8 +455,8 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     save_panel(panel_name.strip(), [b.path.name for b in kept], user_name, replace=True)
                     st.success(f"Saved your panel '{ui.md(panel_name.strip())}'.", icon=":material/check_circle:")
                 else:
-                    st.warning(f"Panel '{ui.md(panel_name.strip())}' was not saved: only {len(kept)} drug(s) have a "
-                               f"model for it, and a panel needs at least {MIN_MODELS}. The trained models are in the "
+                    st.warning(f"Panel '{ui.md(panel_name.strip())}' was not saved: only "
+                               f"{counted(len(kept), 'drug')} {'has' if len(kept) == 1 else 'have'} a model for it, and a panel needs at least {MIN_MODELS}. The trained models are in the "
                                "library.", icon=":material/warning:")
         except ScatdError as exc:
             show_error(exc)

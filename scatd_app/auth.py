@@ -22,6 +22,7 @@ import streamlit as st
 from scatd_app import uploads
 from scatd_app.session import QUERY_KEY
 from scatd_app.ui import md
+from scatd_core._words import counted
 from scatd_core import logins
 from scatd_core.config import settings
 from scatd_core.users import LoginThrottle, User, list_users, log_in, recheck
@@ -82,12 +83,12 @@ def attempt_login(name: str, password: str, throttle: LoginThrottle, client: str
     if user is not None:
         _log().info("login: user %s logged in from %s", shown, client)
     elif wait > 0:
-        _log().warning("login refused: user %s from %s is locked out for %d more second(s) (too many failed "
-                       "attempts); the password was not checked", shown, client, round(wait))
+        _log().warning("login refused: user %s from %s is locked out for %s more (too many failed "
+                       "attempts); the password was not checked", shown, client, counted(round(wait), "second"))
     else:
         locked = throttle.locked(f"user:{name}", f"ip:{client}")
         _log().warning("login failed: user %s from %s: wrong user name or password%s", shown, client,
-                       f"; now locked out for {round(locked)} second(s) (too many failed attempts)" if locked else "")
+                       f"; now locked out for {counted(round(locked), 'second')} (too many failed attempts)" if locked else "")
     return user, wait
 
 

@@ -144,7 +144,8 @@ def computing(what: str, *, cancel_button: bool = True):
     def waiting(position: int, running: int) -> None:
         if logged_out():
             raise Cancelled(session.LOGGED_OUT_STOP)
-        note.info(f"Waiting for the server: {what} starts when one of the {running} running computation(s) "
+        now = "the running computation" if running == 1 else f"one of the {running} running computations"
+        note.info(f"Waiting for the server: {what} starts when {now} "
                   f"finishes. You are number {position} in the queue.", icon=":material/hourglass_top:")
         if cancel_button and not drawn:
             drawn.append(cancel.button("Cancel", key="btn_cancel_wait", icon=":material/close:"))

@@ -32,6 +32,7 @@ import numpy as np
 import streamlit as st
 
 from scatd_app import state
+from scatd_core._words import counted
 from scatd_core import __version__
 from scatd_core.config import limits, model_library_dir
 from scatd_core.errors import MemoryShortage, ScatdError
@@ -479,7 +480,7 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
         for reason in ("non_finite", "negative_values", "non_finite_output"):  # values or weights at fault
             failed = int(record["info"].get("not_embedded", {}).get(reason, 0))
             if failed:
-                st.warning(f"{failed:,} cell(s) not embedded: {foundation.not_embedded_text(bundle.backbone, reason)}.",
+                st.warning(f"{counted(failed)} not embedded: {foundation.not_embedded_text(bundle.backbone, reason)}.",
                            icon=":material/warning:")
         return True
     st.markdown(f"This model reads {name} cell embeddings ({dim:,}-d). They are computed here from your expression "

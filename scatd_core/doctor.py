@@ -14,6 +14,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from scatd_core._words import counted
 from scatd_core import __version__
 from scatd_core.config import settings
 
@@ -259,7 +260,7 @@ def _configuration(conf) -> list[dict]:
     items.append(_item("limits", "ok", f"uploads {lim.max_upload_mb:,} MB, decompressed {lim.max_decompressed_mb:,} MB, "
                        f"dataset memory {lim.max_dataset_mb:,} MB, {lim.max_cells:,} cells, {lim.max_genes:,} genes, "
                        f"{lim.max_annotation_columns:,} annotation columns; "
-                       f"{conf['max_jobs']} computation(s) at once; idle sessions kept {conf['session_ttl_minutes']} min"
+                       f"{counted(conf['max_jobs'], 'computation')} at once; idle sessions kept {conf['session_ttl_minutes']} min"
                        f" and {conf['kept_sessions_mb']:,} MB"))
     from scatd_core.demo import cell_limit_warning
 
@@ -397,7 +398,7 @@ def _library(conf) -> list[dict]:
                       "needs to read and write it: check its owner and permissions")]
     ok = [e for e in entries if e.ok]
     items.append(_item("bundles", "ok" if ok or not entries else "warning",
-                       f"{len(ok)} usable model(s) in {root}" + (f" ({sum(e.bundle.is_demo for e in ok)} demo)"
+                       f"{counted(len(ok), 'usable model')} in {root}" + (f" ({sum(e.bundle.is_demo for e in ok)} demo)"
                                                                   if ok else "")))
     # one damaged or unreadable model is never a failure of the whole library (the others are used)
     items += [_item(e.path.name, "warning", e.problem) for e in entries if not e.ok]
@@ -431,8 +432,9 @@ def _readability(root: Path, unreadable: list, entries: list) -> dict:
     if unreadable:
         names = ", ".join(e.path.name for e in unreadable)
         return _item("readable", "warning",
-                     f"{len(unreadable)} model(s) cannot be read by this account ({me}): {names}. Made by another "
-                     f"account without read permission for this one: make them readable, e.g. "
+                     f"{counted(len(unreadable), 'model')} cannot be read by this account ({me}): {names}. Made by "
+                     f"another account without read permission for this one: make "
+                     f"{'it' if len(unreadable) == 1 else 'them'} readable, e.g. "
                      f"chmod -R go+rX {root}/NAME (as their owner or root)")
     owners = set()
     for e in entries:
@@ -443,8 +445,9 @@ def _readability(root: Path, unreadable: list, entries: list) -> dict:
     private = [e.path.name for e in entries if _owner_only(e.path)]
     if private and (len(owners) > 1 or owners - {os.geteuid()}):
         return _item("readable", "warning",
-                     f"{len(private)} model(s) can be read by their owner only: {', '.join(private)}; the other "
-                     f"accounts that use this library cannot use them. Make them readable, e.g. "
+                     f"{counted(len(private), 'model')} can be read by {'its' if len(private) == 1 else 'their'} owner "
+                     f"only: {', '.join(private)}; the other accounts that use this library cannot use "
+                     f"{'it. Make it' if len(private) == 1 else 'them. Make them'} readable, e.g. "
                      f"chmod -R go+rX {root}/NAME (as their owner or root)")
     return _item("readable", "ok", f"every model can be read by this account ({me})")
 
@@ -475,7 +478,7 @@ def _login(conf) -> list[dict]:
             return items + access + [_item("users", "problem", str(exc).replace("\n", " "))]
         admins = [u.name for u in users if u.admin]
         status = "ok" if admins else ("problem" if mode == "password" else "warning")
-        items.append(_item("users", status, f"{len(users)} user(s), admins: {', '.join(admins) or 'none'} "
+        items.append(_item("users", status, f"{counted(len(users), 'user')}, admins: {', '.join(admins) or 'none'} "
                            f"({conf['auth_users_file']})" + ("" if admins else
                                                              "; add one with `scatd users add NAME --admin`")))
         items += access
@@ -488,7 +491,7 @@ def _login(conf) -> list[dict]:
         except Exception:  # a broken users file does not matter for an OIDC login
             listed = []
         if listed:
-            items.append(_item("users file", "ok", f"{len(listed)} user(s) in {conf['auth_users_file']}: not used "
+            items.append(_item("users file", "ok", f"{counted(len(listed), 'user')} in {conf['auth_users_file']}: not used "
                                "for sign-in while auth.mode is oidc"))
         items += _oidc_setup(conf)
     return items
@@ -517,7 +520,7 @@ def _oidc_setup(conf, files=None) -> list[dict]:
     items += _readable_by_service(conf, "secrets", source, "Give it to that account: `chown {user} {path}` and "
                                   "`chmod 600 {path}`")
     hours = conf["auth_max_login_hours"]
-    items.append(_item("sign-in length", "ok", f"a sign-in lasts at most {hours} hour(s) (auth.max_login_hours); "
+    items.append(_item("sign-in length", "ok", f"a sign-in lasts at most {counted(hours, 'hour')} (auth.max_login_hours); "
                        "Streamlit's own cookie would last 30 days"))
     items.append(logins.doctor_item(Path(conf["home"])))
     return items

@@ -88,7 +88,7 @@ def too_few_cells(adata: ad.AnnData, basis: str = "latent", latent_key: str = LA
     and say so (:func:`not_computed_note`)."""
     n = adata.n_obs
     if n < MIN_CELLS:
-        return f"The data hold {n} cell(s); a UMAP and clusters need at least {MIN_CELLS}."
+        return f"The data hold {counted(n)}; a UMAP and clusters need at least {MIN_CELLS}."
     if basis == "latent" and latent_key in adata.obsm:
         latent, n_keep = adata.obsm[latent_key], 0
         for start in range(0, n, 4096):

@@ -1075,7 +1075,7 @@ def html_report(adata: ad.AnnData, *, label_column: str | None = None, group_col
         ("gene identifiers", data.get("gene_id_type")), ("values", data.get("value_type")),
         ("value evidence", (data.get("value_type_evidence") or {}).get("reason")),
         ("QC filter" if left_out_label(info) == _keys.FILTERED else "mask",
-         f"{qc.get('n_filtered', 0):,} cell(s) {filtered_text(info)}" if qc.get("n_filtered") else "none"),
+         f"{counted(qc.get('n_filtered', 0))} {filtered_text(info)}" if qc.get("n_filtered") else "none"),
         ("QC thresholds", _given(qc.get("thresholds"))),
         ("input warnings", _given(data.get("warnings"))),
         ("cell metadata table", _cell_metadata_text(adata)),

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scatd_core._words import counted
 from scatd_core import _keys
 from scatd_core._matrix import sample_rows
 from scatd_core.errors import InputError
@@ -107,7 +108,7 @@ def read_gene_list(path: str | Path, name: str | None = None) -> list[str]:
         raise InputError(f"Gene list {shown} holds no gene names.", None)
     dupes = len(genes) - len(set(genes))
     if dupes:
-        raise InputError(f"Gene list {shown} names {dupes} gene(s) more than once; a model's "
+        raise InputError(f"Gene list {shown} names {counted(dupes, 'gene')} more than once; a model's "
                          "input genes must be unique.", "Check that the right file was given.")
     return genes
 
@@ -130,7 +131,7 @@ def excel_dates_warning(names: Sequence) -> str | None:
     if not found:
         return None
     shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
-    return (f"{len(found):,} gene name(s) are dates ({shown}): Excel turned gene names such as MARCH1/SEPT2 into "
+    return (f"{counted(len(found), 'gene name')} {'is a date' if len(found) == 1 else 'are dates'} ({shown}): Excel turned gene names such as MARCH1/SEPT2 into "
             "dates, so these genes cannot be matched. Re-export the table without Excel's conversion (import the "
             "column as text, or write the file from R or Python).")
 

@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from scatd_core._words import counted
 from scatd_core._keys import LABEL_DIRECTIONS, RESISTANT, SENSITIVE
 from scatd_core._output import replacing, sha256_file, write_file
 from scatd_core.config import limits
@@ -165,7 +166,7 @@ def read_label_table(source: str | Path | pd.DataFrame, name: str | None = None)
             table.attrs["report"] = made
     if table.index.duplicated().any():
         dup = table.index[table.index.duplicated()].unique()[:3].tolist()
-        raise InputError(f"The label table lists {int(table.index.duplicated().sum())} cell line(s) twice "
+        raise InputError(f"The label table lists {counted(table.index.duplicated().sum(), 'cell line')} twice "
                          f"(e.g. {', '.join(dup)}).", "Keep one row per cell line.")
     return table
 
@@ -455,12 +456,12 @@ def _few_shot_series(ids, names: pd.Series, where: str) -> pd.Series:
     labels = pd.Series(names.to_numpy(), index=pd.Index([str(i).strip() for i in ids], name="cell_id"))
     if labels.index.duplicated().any():
         dup = labels.index[labels.index.duplicated()].unique()[:3].tolist()
-        raise InputError(f"{where} lists {int(labels.index.duplicated().sum())} cell(s) twice (e.g. {', '.join(dup)}).",
+        raise InputError(f"{where} lists {counted(labels.index.duplicated().sum())} twice (e.g. {', '.join(dup)}).",
                          "Keep one label per cell.")
     counts = labels.value_counts()
     n_r, n_s = int(counts.get(RESISTANT, 0)), int(counts.get(SENSITIVE, 0))
     if min(n_r, n_s) < MIN_FEW_SHOT_PER_CLASS:
-        raise InputError(f"{where} labels {n_r} resistant and {n_s} sensitive cell(s); training with labelled "
+        raise InputError(f"{where} labels {n_r} resistant and {counted(n_s, 'sensitive cell')}; training with labelled "
                          f"target cells needs at least {MIN_FEW_SHOT_PER_CLASS} of each.",
                          "Label a few more cells of the missing class, or train without labelled cells.")
     return labels
@@ -514,8 +515,9 @@ def check_orientation(table: pd.DataFrame, sample_ids: Sequence, shown: str = "T
     if len(rows) > len(cols):
         if not cols:
             return None
-        return (f"{shown}: {counts}. It was read with cell lines as rows (they match more), so its column(s) "
-                f"{_some(cols)} were taken as drugs although they are bulk sample IDs too. If the cell lines are its "
+        return (f"{shown}: {counts}. It was read with cell lines as rows (they match more), so its "
+                f"{'column' if len(cols) == 1 else 'columns'} {_some(cols)} {'was' if len(cols) == 1 else 'were'} "
+                f"taken as drugs although they are bulk sample IDs too. If the cell lines are its "
                 f"columns, {_TRANSPOSE}.")
     if cols and len(cols) > len(rows):
         raise InputError(f"{shown} looks transposed (cell lines as columns): {counts}.",
@@ -553,7 +555,7 @@ def read_few_shot_labels(path: str | Path, name: str | None = None) -> pd.Series
     table = _read_table(path, "Labelled-cells file", max_rows=limits().max_cells, name=shown, dtype=str,
                         keep_default_na=False)
     if table.shape[1] < 2:
-        raise InputError(f"{shown} has {table.shape[1]} column(s); it needs two: cell_id and label.",
+        raise InputError(f"{shown} has {counted(table.shape[1], 'column')}; it needs two: cell_id and label.",
                          "Write one row per labelled cell: cell_id,label (sensitive or resistant).")
     ids, values = table.iloc[:, 0], table.iloc[:, 1].str.strip().str.lower()
     missing = values.isin(MISSING_VALUES)
@@ -693,7 +695,7 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
     need = {"drug_id", "Name"}
     if not need <= set(dlist.columns):
         missing = ", ".join(sorted(need - set(dlist.columns)))
-        raise InputError(f"{dlist_name} lacks the column(s) {missing}.",
+        raise InputError(f"{dlist_name} lacks the {'column' if ', ' not in missing else 'columns'} {missing}.",
                          "Give the GDSC drug list (columns drug_id, Name, Synonyms, ...).")
     thresholds = _read_thresholds(paths[1], thr_name)
     row_ids = _drug_ids(ic50.index, ic50_name)

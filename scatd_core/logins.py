@@ -34,6 +34,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from scatd_core._words import counted
 from scatd_core._lock import folder_lock
 
 FILE_NAME = "oidc-logins.json"
@@ -245,5 +246,5 @@ def doctor_item(home: Path) -> dict:
     if not path.exists():
         return {"what": "ended sign-ins", "status": "ok", "detail": f"none recorded yet ({path})"}
     return {"what": "ended sign-ins", "status": "ok",
-            "detail": f"{len(record['revoked'])} logged out, {len(record['not_before'])} name(s) signed out by an "
+            "detail": f"{len(record['revoked'])} logged out, {counted(len(record['not_before']), 'name')} signed out by an "
                       f"administrator, in the last {KEEP_SECONDS // 86400} days ({path})"}

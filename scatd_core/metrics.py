@@ -20,6 +20,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
+from scatd_core._words import counted
 from scatd_core import _keys
 from scatd_core.errors import InputError
 
@@ -174,9 +175,10 @@ def evaluate(y_true, prob, threshold: float, *, positive_label: str = "resistant
     tn, fp, fn, tp = cm.ravel()
     notes = []
     if n_missing:
-        notes.append(f"{n_missing:,} cell(s) without a label were left out.")
+        notes.append(f"{counted(n_missing)} without a label {'was' if n_missing == 1 else 'were'} left out.")
     if n_not_scored:
-        notes.append(f"{n_not_scored:,} labelled cell(s) without a prediction were left out.")
+        notes.append(f"{counted(n_not_scored, 'labelled cell')} without a prediction "
+                     f"{'was' if n_not_scored == 1 else 'were'} left out.")
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     if min(n_pos, n_neg) < FEW_LABELLED:
         notes.append(f"Only {n_pos:,} resistant and {n_neg:,} sensitive labelled cells: every score here is very "
@@ -560,7 +562,8 @@ def _independent_cells(adata, column: str, y: np.ndarray, prob: np.ndarray, key_
     if classes.size == 1:
         only = "resistant" if classes[0] == 1 else "sensitive"
         raise InputError(
-            f"After leaving out the {n_left:,} labelled cell(s) of '{column}' whose labels trained this model "
+            f"After leaving out the {counted(n_left, 'labelled cell')} of '{column}' whose "
+            f"{'label' if n_left == 1 else 'labels'} trained this model "
             f"(few-shot cells), every other labelled cell is '{only}': AUROC, AUPRC, MCC and the curves need cells "
             "of both classes.", "Evaluate against labels of more cells that were not used for training.")
     return kept, prob[~drop], n_left, note

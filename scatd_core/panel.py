@@ -861,7 +861,9 @@ def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: in
         scored_all &= adata.obs[result_keys(m.key).scored].to_numpy(dtype=bool)
     rest = scored_all & ~everywhere
     if everywhere.sum() < 3 or rest.sum() < 3:
-        raise InputError(f"{int(everywhere.sum())} cell(s) are resistant to every drug and {int(rest.sum())} are not; "
+        n_all, n_rest = int(everywhere.sum()), int(rest.sum())
+        raise InputError(f"{counted(n_all)} {'is' if n_all == 1 else 'are'} resistant to every drug and {n_rest} "
+                         f"{'is' if n_rest == 1 else 'are'} not; "
                          "the comparison needs at least 3 of each.",
                          f"Calibrate the drugs to other fractions ({calibration_routes()}), or add or remove drugs.",
                          app_hint=f"Calibrate the drugs to other fractions ({calibration_routes(app=True)}), or add "

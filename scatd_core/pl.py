@@ -391,7 +391,7 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     fig.update_yaxes(title="UMAP 2", showticklabels=False, zeroline=False, showgrid=False, scaleanchor=None)
     notes = [note] if note else []
     if n_out:
-        notes.append(f"{n_out:,} cell(s) without coordinates are not shown")
+        notes.append(f"{counted(n_out)} without coordinates {'is' if n_out == 1 else 'are'} not shown")
     if n_drawable > max_points:
         notes.append(f"showing a random {max_points:,} of {n_drawable:,} cells")
     if notes:
@@ -861,7 +861,7 @@ def _curve_alt(curves: dict, title: str, x_title: str, y_title: str, highlight: 
     best value (the lowest of a loss, else the highest) and where."""
     names = sorted(curves, key=lambda k: k != highlight)  # the highlighted line first
     longest = max((len(ys) for ys in curves.values()), default=0)
-    alt = f"Line chart, {title}: {len(curves):,} line(s) of {y_title} over {longest:,} {x_title}s"
+    alt = f"Line chart, {title}: {counted(len(curves), 'line')} of {y_title} over {counted(longest, x_title)}"
     low = "loss" in y_title.lower()
     parts = []
     for name in names[:4]:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scatd_core._words import counted
 from scatd_core import __version__, _keys
 from scatd_core import _threads  # noqa: F401  (reads the process's thread count before anything can change it)
 from scatd_core._keys import LEFT_OUT, NOT_SCORED, result_keys
@@ -695,7 +696,7 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
                    "unreliable.")
     words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if bundle.input_kind == "embedding" else {})}
     for reason, count in not_scored.items():
-        out.append(f"{count:,} cell(s) were not scored: {words.get(reason, reason)}"
+        out.append(f"{counted(count)} {'was' if count == 1 else 'were'} not scored: {words.get(reason, reason)}"
                    f"{_examples_text(adata, inputs, reason)}.")
     if "not_embedded" in not_scored and adata is not None:
         record = adata.uns.get(_keys.FOUNDATION, {}).get(bundle.backbone) or {}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from scatd_core._words import counted
 from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_ARTICLE, FIGSHARE_URL, NameTaken, import_checkpoint,
                                load_bundle, safe_name, sha256_file, who_made)
 from scatd_core.config import limits, model_library_dir, settings
@@ -255,7 +256,8 @@ def _installed_already(name: str, folder: Path, installed: list) -> NameTaken:
     bundle = load_bundle(folder)
     return NameTaken(f"{name} is installed already: the model library's {folder.name} already exists and holds it "
                      f"({who_made(bundle)}); nothing was changed" + (
-                         f", and {len(installed)} model(s) before it were installed." if installed else "."),
+                         f", and {counted(len(installed), 'model')} before it {'was' if len(installed) == 1 else 'were'} "
+                         "installed." if installed else "."),
                      f"It is {folder}. To install it again, remove that model first (scatd models remove "
                      f"{folder.name} --yes).",
                      app_hint="To install it again, an administrator removes that model first "
@@ -311,7 +313,8 @@ def install(names: list[str], *, files: list[PublishedFile] | None = None, libra
             except NameTaken:  # another install or import took the folder meanwhile
                 raise NameTaken(f"The model library's {out.name} was taken by another model while {name} was being "
                                 "installed; it was not installed" + (
-                                    f" ({len(installed)} model(s) before it were)." if installed else "."),
+                                    f" ({counted(len(installed), 'model')} before it "
+                                    f"{'was' if len(installed) == 1 else 'were'})." if installed else "."),
                                 "Try again: it then goes to a free folder, or says that it is installed already.",
                                 app_hint="Try again.") from None
             installed.append(bundle)
@@ -321,5 +324,5 @@ def install(names: list[str], *, files: list[PublishedFile] | None = None, libra
                                  for f, b in others)
                 notice(f"The published {what.title} was installed as {out.name}, not {base.name}: {held}. "
                        f"Choose it by its folder name {out.name}.")
-    say(1.0, f"Installed {len(installed)} published model(s)")
+    say(1.0, f"Installed {counted(len(installed), 'published model')}")
     return installed

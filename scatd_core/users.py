@@ -27,6 +27,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scatd_core._words import counted
 from scatd_core._lock import folder_lock
 from scatd_core.config import settings
 from scatd_core.errors import InputError, ScatdError
@@ -284,8 +285,9 @@ class UserData:
             out.append(f"saved panels: {len(self.panels)} ({', '.join(self.panels) or 'none readable'}) in "
                        f"{self.panels_file}")
         if self.states:
-            out.append(f"panel training records that resume their models: {sum(map(len, self.states.values()))} "
-                       f"drug(s) in {', '.join(map(str, sorted(self.states)))}")
+            out.append(f"panel training records that resume their models: "
+                       f"{counted(sum(map(len, self.states.values())), 'drug')} in "
+                       f"{', '.join(map(str, sorted(self.states)))}")
         if self.models:
             out.append(f"models in the shared library trained or imported by {self.name}: {len(self.models)}: "
                        + ", ".join(p.name for p in self.models))

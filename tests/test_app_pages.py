@@ -1222,7 +1222,7 @@ def test_too_few_cells_for_a_umap_is_said_as_information_not_an_error(with_libra
     goto(at, "4_Cells")
     assert not at.error, text(at.error)
     said = text(at.info).replace("\\", "")
-    assert "No UMAP or Leiden clusters: The data hold 3 cell(s)" in said and "do not need them" in said
+    assert "No UMAP or Leiden clusters: The data hold 3 cells" in said and "do not need them" in said
     assert state.EMBEDDING_PENDING not in at.session_state or at.session_state[state.EMBEDDING_PENDING] is None
     goto(at, "6_Report")
     captions = text(at.caption)

@@ -40,9 +40,9 @@ def test_rows_are_matched_by_cell_id_and_counted(tmp_path):
     assert "cell_id" not in obs
     said = io.cell_metadata_messages(record)
     assert said[0] == ("meta.csv: 3 of the data's 4 cells matched a row (cell IDs from its column 'cell_id'); "
-                       "added 3 column(s): response, sample, dose.")
-    assert "1 row(s) of the table's 4 match no cell of the data (e.g. 'c9'); they are left out." in said
-    assert "1 cell(s) have no row: their values are missing (left out of label scores and sample fractions)." in said
+                       "added 3 columns: response, sample, dose.")
+    assert "1 row of the table's 4 matches no cell of the data (e.g. 'c9'); it is left out." in said
+    assert "1 cell has no row: its values are missing (left out of label scores and sample fractions)." in said
 
 
 def test_the_columns_are_flagged_in_the_read_report(tmp_path):
@@ -103,7 +103,7 @@ def test_no_match_is_refused_with_examples_and_nothing_changes(tmp_path):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("cell_id,response\nc1,R\nc1,S\n", "lists 1 cell ID(s) more than once (e.g. 'c1')"),
+    ("cell_id,response\nc1,R\nc1,S\n", "lists 1 cell ID more than once (e.g. 'c1')"),
     ("c1,R\nc2,S\n", "has no header line: its first line starts with the cell ID 'c1'"),
     ("cell_id\nc1\nc2\n", "has one column"),
     ("cell_id,response\n", "has a header but no rows"),

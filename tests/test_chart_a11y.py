@@ -45,7 +45,7 @@ def test_umap_text_counts_the_calls_or_the_categories():
     prob = np.r_[np.full(40, 0.9), np.full(60, 0.1)]
     alt = pl.alt_text(pl.umap_figure(coords, prob, name="P(resistant)", threshold=0.5))
     assert alt.startswith("UMAP of 99 cells, coloured by P(resistant): 39 (39.4%) above the threshold 0.5")
-    assert "1 cell(s) without coordinates are not shown" in alt
+    assert "1 cell without coordinates is not shown" in alt
     labels = np.where(prob > 0.5, "resistant", "sensitive")
     assert "coloured by called label: resistant 39, sensitive 60." in pl.alt_text(
         pl.umap_figure(coords, labels, name="called label", categorical=True))

@@ -127,7 +127,7 @@ def test_predict_npy_with_a_cell_not_embedded_keeps_its_row_unscored(capsys, tmp
     code, _, err = _run(capsys, "predict", "--model", tmp_path / "b", "--input", tmp_path / "own.npy",
                         "--output", tmp_path / "p.csv")
     assert code == 0, err
-    assert "1 cell(s) were not scored: no embedding" in err
+    assert "1 cell was not scored: no embedding" in err
     table = pd.read_csv(tmp_path / "p.csv")
     assert len(table) == 30 and not table["scored"][7] and table["label"][7] == "not scored"
     assert table["scored"].sum() == 29
@@ -569,7 +569,7 @@ def test_report_of_too_few_cells_for_a_umap_is_written_without_it_and_says_why(c
     code, out, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "three.h5ad",
                           "--out", tmp / "rep")
     assert code == 0, err
-    said = "No UMAP or Leiden clusters: The data hold 3 cell(s); a UMAP and clusters need at least 5."
+    said = "No UMAP or Leiden clusters: The data hold 3 cells; a UMAP and clusters need at least 5."
     assert said in err and "do not need them" in err
     for name in ("predictions.csv", "metrics.csv", "annotated.h5ad", "report.html"):
         assert (tmp / "rep" / name).is_file() and name.split(".")[0] in out
@@ -711,9 +711,9 @@ def test_obs_adds_labels_and_samples_from_a_cell_metadata_table(capsys, cells_an
                         tmp / "p.csv", "--obs", tmp / "meta.csv", "--expected-fraction", "0.3", *columns)
     assert code == 0, err
     assert ("--obs meta.csv: 14 of the data's 15 cells matched a row (cell IDs from its column 'cell_id'); added 2 "
-            "column(s): response, sample.") in err
-    assert "      1 row(s) of the table's 15 match no cell of the data (e.g. 'stranger')" in err
-    assert "      1 cell(s) have no row" in err
+            "columns: response, sample.") in err
+    assert "      1 row of the table's 15 matches no cell of the data (e.g. 'stranger')" in err
+    assert "      1 cell has no row" in err
     table = pd.read_csv(tmp / "p.csv")
     assert list(table["cell_id"]) == [f"c{i}" for i in range(15)]
     assert table["response"].iloc[:14].tolist() == [i % 2 for i in range(14)] and np.isnan(table["response"].iloc[14])

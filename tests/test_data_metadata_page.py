@@ -56,10 +56,10 @@ def test_10x_data_get_labels_and_samples_from_a_cell_metadata_table(library, tmp
     ok(at)
     shown = said(at.info)
     assert f"meta.csv: {N_CELLS - 1:,} of the data's {N_CELLS:,} cells matched a row" in shown
-    assert "column 'barcode'" in shown and "added 2 column(s): response, sample" in shown
+    assert "column 'barcode'" in shown and "added 2 columns: response, sample" in shown
     assert f"{N_CELLS - 1:,} of them matched only once a barcode suffix was ignored" in shown
-    assert "1 row(s) of the table's" in shown and "'NOTACELL'" in shown
-    assert "1 cell(s) have no row" in shown
+    assert "1 row of the table's" in shown and "'NOTACELL'" in shown
+    assert "1 cell has no row" in shown
     assert "add a cell metadata table above" not in shown
     data = at.session_state[state.ADATA]
     assert data.obs["response"].isna().sum() == 1 and "barcode" not in data.obs

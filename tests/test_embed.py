@@ -222,7 +222,7 @@ def test_too_few_cells_is_said_cheaply_before_any_layout():
     words compute_embedding refuses with, from a count of finite latent rows that stops as soon
     as there are enough."""
     assert embed.too_few_cells(_latent_data(n=4, nan_rows=())) == (
-        "The data hold 4 cell(s); a UMAP and clusters need at least 5.")
+        "The data hold 4 cells; a UMAP and clusters need at least 5.")
     few = _latent_data(n=12, nan_rows=range(9))
     assert embed.too_few_cells(few).startswith("Only 3 of 12 cells were scored")
     assert embed.too_few_cells(few, basis="expression") is None  # expression places every cell

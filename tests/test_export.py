@@ -534,7 +534,7 @@ def test_umap_figure_never_breaks_on_missing_coordinates():
     fig = pl.umap_figure(coords, np.array([0.1, 0.2, 0.3, np.nan, 0.9]), name="P")
     drawn = sum(len(t.x) for t in fig.data)
     assert drawn == 3  # two cells without coordinates left out
-    assert "2 cell(s) without coordinates" in fig.layout.annotations[0].text
+    assert "2 cells without coordinates" in fig.layout.annotations[0].text
     labels = pl.umap_figure(coords, ["a", "b", None, "a", "b"], categorical=True)
     assert sum(len(t.x) for t in labels.data) == 3
     big = pl.umap_figure(np.random.default_rng(0).normal(size=(500, 2)), max_points=100)

@@ -626,7 +626,7 @@ def test_one_negative_value_leaves_out_its_cell_wherever_it_sits(whole_library_b
         assert info["not_scored"] == {"negative_values": 1} and info["params"]["log_normalised"]
         assert not adata.obs["scatd_scored"].iloc[row] and adata.obs["scatd_scored"].sum() == 2099
         # the warning names the cell and its negative gene (it said only how many cells)
-        said = f"1 cell(s) were not scored: negative values, which a log transform cannot take; e.g. cell 'c{row}' " \
+        said = f"1 cell was not scored: negative values, which a log transform cannot take; e.g. cell 'c{row}' " \
                "(gene G3)."
         assert said in info["warnings"]
         table = export.metrics_table(adata).set_index(["section", "metric"])["value"]

@@ -610,8 +610,8 @@ def test_cells_with_negative_expression_are_not_scored_by_reason(assets, sf_bund
                         "--h5ad", str(tmp_path / "a.h5ad")])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "warning: 2 cell(s) not embedded: negative values among its genes" in err
-    assert "warning: 2 cell(s) were not scored: negative expression values" in err
+    assert "warning: 2 cells not embedded: negative values among its genes" in err
+    assert "warning: 2 cells were not scored: negative expression values" in err
     annotated = ad.read_h5ad(tmp_path / "a.h5ad")
     assert annotated.uns["scatd"]["not_scored"] == {"negative_values": 2}
     assert list(annotated.obs["scatd_label"].iloc[[3, 7]]) == ["not scored"] * 2
@@ -623,7 +623,7 @@ def test_cells_with_negative_expression_are_not_scored_by_reason(assets, sf_bund
     rc = main(common + ["--input", str(tmp_path / "a.h5ad"), "--output", str(tmp_path / "p2.csv")])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "2 cell(s) were not scored: negative expression values" in err and "no embedding" not in err
+    assert "2 cells were not scored: negative expression values" in err and "no embedding" not in err
 
 
 def test_cells_with_non_finite_expression_are_not_scored_by_reason(assets, sf_bundle):
@@ -637,7 +637,7 @@ def test_geneformer_cells_with_negative_values_are_not_scored_by_reason(assets, 
     a = _with_faulty_cells(gf_counts(30))
     _predicted(a, gf_bundle)
     assert a.uns["scatd"]["not_scored"] == {"non_finite": 2, "negative_values": 1}
-    assert any(w.startswith("1 cell(s) were not scored: negative expression values") for w in a.uns["scatd"]["warnings"])
+    assert any(w.startswith("1 cell was not scored: negative expression values") for w in a.uns["scatd"]["warnings"])
 
 
 def test_a_partly_missing_stored_embedding_is_not_scored_as_missing_values(assets, sf_bundle):
@@ -649,7 +649,7 @@ def test_a_partly_missing_stored_embedding_is_not_scored_as_missing_values(asset
     predict(a, sf_bundle, device="cpu")
     info = a.uns["scatd"]
     assert info["not_scored"] == {"not_embedded": 1, "missing_values": 1}
-    assert "1 cell(s) were not scored: the embedding has missing values (NaN in some of its features); e.g. cell " \
+    assert "1 cell was not scored: the embedding has missing values (NaN in some of its features); e.g. cell " \
         "'cell2'." in info["warnings"]
     assert a.obs["scatd_label"].iloc[2] == "not scored"
 

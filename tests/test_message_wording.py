@@ -114,9 +114,9 @@ def test_the_columns_offered_leave_out_the_tools_own(case):
 # --------------------------------------------------------------------------- 3: what is there, said accurately
 
 @pytest.mark.parametrize("values, found, advice, not_said", [
-    (("inf", "-inf"), "holds 2 infinite value(s)", "Infinite values come from a calculation", "missing"),
-    (("nan", "3"), "holds 1 missing (NaN) value(s)", "Replace the missing values with 0", "infinite"),
-    (("nan", "inf"), "holds 1 missing (NaN) and 1 infinite value(s)", "Replace the missing values with 0", None),
+    (("inf", "-inf"), "holds 2 infinite values", "Infinite values come from a calculation", "missing"),
+    (("nan", "3"), "holds 1 missing (NaN) value", "Replace the missing values with 0", "infinite"),
+    (("nan", "inf"), "holds 1 missing (NaN) and 1 infinite values", "Replace the missing values with 0", None),
 ])
 def test_non_finite_values_are_named_by_what_they_are(tmp_path, values, found, advice, not_said):
     (tmp_path / "bad.csv").write_text(f"cell,TP53,EGFR\nc1,1,2\nc2,{values[0]},{values[1]}\nc3,0,1\n")

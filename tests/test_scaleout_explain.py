@@ -126,7 +126,7 @@ def test_cli_explain_engine_ray_writes_the_single_process_ranking(local_ray, sma
     assert main(common + ["--output", str(tmp_path / "ray.csv"), "--engine", "ray", "--workers", "2",
                           "--shard-cells", "100"]) == 0
     err = capsys.readouterr().err
-    assert "Explaining on Ray" in err and "Ray: 2 worker(s)" in err
+    assert "Explaining on Ray" in err and "Ray: 2 workers" in err
     one, dist = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "ray.csv")
     assert one["feature"].tolist() == dist["feature"].tolist()
     pd.testing.assert_frame_equal(one, dist, rtol=RTOL)

@@ -1184,7 +1184,7 @@ def test_scatd_train_says_which_options_it_did_not_use(tmp_path, capsys):
     # as train-panel: which value of the labels means resistant, with no labels, is refused before training
     assert main(args + ["--target-resistant-value", "0"]) == 2
     err = capsys.readouterr().err
-    assert "--target-resistant-value is for the --target-labels column(s), and none was given" in err
+    assert "--target-resistant-value goes with --target-labels" in err
     assert "Pretraining" not in err and not (tmp_path / "lib").exists()
     assert main(args) == 0
     err = capsys.readouterr().err
@@ -1466,7 +1466,7 @@ def test_label_table_orientation_is_checked_against_the_bulk_ids(tmp_path):
     extra = labels.assign(**{"ACH-000005": None})  # a drug column named as a bulk sample: read as given, said
     data = prepare_training_data(bulk, extra, "DRUGA", target)
     (warning,) = data.report["warnings"]
-    assert warning.startswith("The label table: 48 of its 48 row IDs") and "column(s) ACH-000005 were taken as drugs" in warning
+    assert warning.startswith("The label table: 48 of its 48 row IDs") and "column ACH-000005 was taken as drugs" in warning
     assert data.report["labels"]["n_labelled_in_bulk"] == 45
     assert prepare_training_data(bulk, labels, "DRUGA", target).report["warnings"] == []
 
@@ -1487,7 +1487,7 @@ def test_train_panel_checks_the_label_tables_orientation_before_choosing_its_dru
     assert list(summary["status"]) == ["skipped"] * 3 and not bundles
     for note in summary["note"]:
         assert note.startswith("too few labelled cell lines") and "The label table: 48 of its 48 row IDs" in note
-        assert "column(s) ACH-000005 were taken as drugs" in note
+        assert "column ACH-000005 was taken as drugs" in note
 
 
 def test_duplicated_bulk_ids_renamed_by_the_reader_are_warned_about(tmp_path):
@@ -1501,7 +1501,7 @@ def test_duplicated_bulk_ids_renamed_by_the_reader_are_warned_about(tmp_path):
     dup = io.read(tmp_path / "bulk_dup.csv")
     data = prepare_training_data(dup, labels, "DRUGA", target)
     (warning,) = data.report["warnings"]
-    assert warning.startswith("4 bulk sample(s) have a duplicated ID, e.g. ACH-000003 (copy renamed "
+    assert warning.startswith("4 bulk samples have a duplicated ID, e.g. ACH-000003 (copy renamed "
                               "ACH-000003-1)") and "count as samples without a label" in warning
     assert data.report["bulk"]["n_renamed_duplicates"] == 4
     assert prepare_training_data(bulk, labels, "DRUGA", target).report["warnings"] == []
@@ -1520,7 +1520,7 @@ def test_scatd_train_says_the_datas_warnings_before_training(tmp_path, capsys):
     pd.concat([bulk, bulk.iloc[3:7]]).to_csv(tmp_path / "bulk.csv")
     assert main(args + ["--library", str(tmp_path / "lib")]) == 0
     err = capsys.readouterr().err
-    said = "note: 4 bulk sample(s) have a duplicated ID"
+    said = "note: 4 bulk samples have a duplicated ID"
     assert said in err and err.count("have a duplicated ID") == 1, err
     assert err.index(said) < err.index("Pretraining") < err.index("Model card:")
 
@@ -1550,7 +1550,7 @@ def test_scatd_train_obs_adds_the_targets_labels_and_the_model_records_the_table
     out, err = capsys.readouterr()
     assert code == 0, err
     assert ("--obs meta.csv: 40 of the data's 40 cells matched a row (cell IDs from its column 'cell_id'); added 2 "
-            "column(s): truth, keep.") in err
+            "columns: truth, keep.") in err
     trained = load_bundle(out.split("installed in the model library: ")[1].strip())
     prov = trained.manifest["provenance"]
     assert prov["target"]["file"] == "target.csv" and prov["target"]["sha256"] == sha256_file(tmp_path / "target.csv")
@@ -1566,7 +1566,7 @@ def test_scatd_train_obs_adds_the_targets_labels_and_the_model_records_the_table
 
 @pytest.mark.parametrize("text, match", [
     ("cell_id,truth\nnobody,1\nstranger,0\n", "None of the 2 cell IDs in bad.csv (its column 'cell_id'"),
-    ("cell_id,truth\ncell0,1\ncell0,0\n", "bad.csv lists 1 cell ID(s) more than once (e.g. 'cell0')"),
+    ("cell_id,truth\ncell0,1\ncell0,0\n", "bad.csv lists 1 cell ID more than once (e.g. 'cell0')"),
     ("cell_id,truth\n", "bad.csv has a header but no rows"),
 ])
 def test_scatd_train_and_train_panel_refuse_a_bad_obs_table_before_training(tmp_path, capsys, monkeypatch, text,
@@ -1668,7 +1668,7 @@ def test_scatd_train_few_shot_column_takes_the_labelled_cells_as_the_train_page_
                               "0"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert (f"--few-shot-column few: 12 labelled cell(s) of 40 will be used for training "
+    assert (f"--few-shot-column few: 12 labelled cells of 40 will be used for training "
             f"({labelled['resistant']} resistant, {labelled['sensitive']} sensitive).") in err
     assert (f"12 labelled target cells ({labelled['resistant']} resistant, {labelled['sensitive']} sensitive) "
             "trained it") in err
@@ -1776,8 +1776,8 @@ def test_scatd_train_panel_few_shot_column_trains_its_drug_and_another_column_tr
         return next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t")), err
 
     row, err = run(*evaluated, column="few")
-    assert "--few-shot-column few: 12 labelled cell(s) of 40 will be used for training" in err
-    assert row[1] == "trained" and "trained with 12 labelled target cell(s) of 'few'" in row[8], row
+    assert "--few-shot-column few: 12 labelled cells of 40 will be used for training" in err
+    assert row[1] == "trained" and "trained with 12 labelled target cells of 'few'" in row[8], row
     [path] = [p for p in (tmp_path / "lib").iterdir() if (p / "manifest.json").is_file()]
     manifest = load_bundle(path).manifest
     assert manifest["provenance"]["few_shot_labels"] == {"n": 12, "of": "cells of the target", "column": "few"}
@@ -1785,7 +1785,7 @@ def test_scatd_train_panel_few_shot_column_trains_its_drug_and_another_column_tr
                                                                          "few_shot_labels": "few"}
     assert manifest["metrics"]["target"]["n_few_shot_cells_left_out"] == 12  # evaluated on the other cells
     again, _ = run(*evaluated, "--few-shot-drug", "druga", column="few")
-    assert again[1] == "resumed" and "trained with 12 labelled target cell(s) of 'few'" in again[8], again
+    assert again[1] == "resumed" and "trained with 12 labelled target cells of 'few'" in again[8], again
     other, _ = run(*evaluated, column="other")  # the same labels, another column
     assert other[1] == "trained" and ("trained again: the earlier run's model was trained with the labelled target "
                                       "cells of 'few'; this run gives the labelled target cells of 'other'") in other[8]
@@ -1877,7 +1877,7 @@ def test_scatd_train_panel_few_shot_labels_trains_its_drug_and_a_changed_file_tr
         return next(line.split("\t") for line in out.splitlines() if line.startswith("DRUGA\t"))
 
     row = run()
-    assert row[1] == "trained" and "trained with 6 labelled target cell(s) of few.csv" in row[8], row
+    assert row[1] == "trained" and "trained with 6 labelled target cells of few.csv" in row[8], row
     [path] = [p for p in (tmp_path / "lib").iterdir() if (p / "manifest.json").is_file()]
     manifest = load_bundle(path).manifest
     assert manifest["provenance"]["few_shot_labels"] == {"file": "few.csv", "sha256": sha256_file(tmp_path / "few.csv")}

@@ -341,7 +341,7 @@ def test_original_head_settings_and_few_labelled_cells_column():
     assert {"train_epochs", "train_finetune_epochs", "train_mmd_weight"} <= {n.key for n in at.number_input}
     at.selectbox(key="train_few_shot_column").set_value("some_labels").run()
     at.radio(key="train_resistant_some_labels").set_value("0").run()
-    assert any("4 labelled cell(s)" in c.value for c in at.caption)
+    assert any("4 labelled cells" in c.value for c in at.caption)
     at.number_input(key="train_pretrain_epochs").set_value(2)
     at.button(key="btn_train_start").click().run()
     assert not at.exception, at.exception
@@ -448,7 +448,7 @@ def test_train_panel_name_is_checked_first_and_an_unsaved_panel_is_said(monkeypa
     assert not at.exception, at.exception
     warnings = " ".join(w.value for w in at.warning)
     assert len(calls) == 1 and "at or below chance on the bulk CV: DRUGA" in warnings
-    assert "was not saved: only 0 drug(s) have a model for it" in warnings
+    assert "was not saved: only 0 drugs have a model for it" in warnings
     assert "mine" not in list_panels(at.session_state["user"].name)
 
 
@@ -577,7 +577,7 @@ def test_the_datas_warnings_are_said_while_training_and_kept_when_it_fails(monke
     from scatd_core.errors import ScatdError
 
     def failing(*args, notice=None, **kwargs):
-        notice("4 bulk sample(s) have a duplicated ID, e.g. ACH-1 (copy renamed ACH-1-1).")
+        notice("4 bulk samples have a duplicated ID, e.g. ACH-1 (copy renamed ACH-1-1).")
         raise ScatdError("The run failed for this test.")
 
     monkeypatch.setattr(train, "train_drug_model", failing)
@@ -587,7 +587,7 @@ def test_the_datas_warnings_are_said_while_training_and_kept_when_it_fails(monke
     at.button(key="btn_train_start").click().run()
     assert not at.exception, at.exception
     shown = [w.value.replace("\\", "") for w in at.warning]  # (as markdown: escaped)
-    assert any("4 bulk sample(s) have a duplicated ID" in w for w in shown), shown
+    assert any("4 bulk samples have a duplicated ID" in w for w in shown), shown
     assert any("The run failed for this test" in e.value for e in at.error)
 
 
@@ -667,7 +667,7 @@ def test_the_label_tables_orientation_is_checked_as_soon_as_bulk_and_labels_are_
     at.run()
     assert not at.exception and not at.error, at.exception
     shown = [w.value.replace("\\", "") for w in at.warning]
-    assert any("column(s) ACH-000005 were taken as drugs" in w for w in shown), shown
+    assert any("column ACH-000005 was taken as drugs" in w for w in shown), shown
 
 
 def test_the_result_tiles_show_the_auroc_intervals_and_say_when_one_includes_chance(tmp_path):

@@ -198,7 +198,7 @@ def test_users_remove_says_what_of_the_user_stays_and_where(server_home, alices_
     assert main(["users", "remove", "alice"]) == 0
     err = capsys.readouterr().err
     assert f"saved panels: 1 (my panel) in {server_home / 'panels' / 'alice.json'}" in err
-    assert f"1 drug(s) in {state}" in err and "trained or imported by alice: 1: alice_model" in err
+    assert f"1 drug in {state}" in err and "trained or imported by alice: 1: alice_model" in err
     assert "A new account named alice would get these saved panels" in err and "--delete-data" in err
     assert (server_home / "panels" / "alice.json").exists() and made["alice"].exists()  # nothing deleted
 

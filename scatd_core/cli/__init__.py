@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from scatd_core._words import counted
 from scatd_core import __version__
 from scatd_core.cli import (convert_scfoundation, demo, doctor, explain, import_checkpoint, labels, models, panel,
                             predict, report, train, train_panel, users)
@@ -58,7 +59,8 @@ def _remove_parts(args) -> None:
     if folders:
         from scatd_core._memory import size_text
 
-        say(f"Removed the Ray shard parts ({folders} folder(s), {size_text(nbytes)}); --keep-parts keeps them.")
+        say(f"Removed the Ray shard parts ({counted(folders, 'folder')}, {size_text(nbytes)}); --keep-parts keeps "
+            "them.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from scatd_core._words import counted
 from scatd_core.errors import ScatdError
 
 #: Choices the parsers offer; the core checks them again (tests keep the two in step).
@@ -471,4 +472,4 @@ def prepare_embeddings(adata, bundle, args) -> None:
     if cov.get("warning"):
         say(f"warning: {cov['warning']}")
     for reason, count in info["not_embedded"].items():
-        say(f"warning: {count:,} cell(s) not embedded: {not_embedded_text(bundle.backbone, reason)}.")
+        say(f"warning: {counted(count)} not embedded: {not_embedded_text(bundle.backbone, reason)}.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from scatd_core._words import counted
 from scatd_core._keys import target_columns_hint
 from scatd_core._train_settings import HEAD_INPUTS, HEADS, TrainSettings, unused_settings
 from scatd_core.cli._common import positive_int, say
@@ -118,7 +119,8 @@ def refuse_lone_resistant_value(args) -> None:
     ``scatd train`` and ``scatd train-panel`` alike): it says which value of those columns means
     resistant, so given alone it is a forgotten option, not one to ignore."""
     if getattr(args, "target_resistant_value", None) is not None and not getattr(args, "target_labels", None):
-        raise ScatdError("--target-resistant-value is for the --target-labels column(s), and none was given.",
+        raise ScatdError("--target-resistant-value goes with --target-labels (it says which label value means "
+                         "resistant), and no --target-labels was given.",
                          "Add --target-labels (the target's label column), or leave --target-resistant-value out.")
 
 
@@ -163,7 +165,8 @@ def few_shot_of_column(target, args):
         raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",
                          "Say which value means resistant: --few-shot-resistant VALUE.")
     labels = few_shot_from_column(target, column, resistant, option="--few-shot-resistant")
-    say(f"--few-shot-column {column}: {len(labels):,} labelled cell(s) of {target.n_obs:,} will be used for training "
+    say(f"--few-shot-column {column}: {counted(len(labels), 'labelled cell')} of {target.n_obs:,} will be used for "
+        "training "
         f"({int((labels == RESISTANT).sum()):,} resistant, {int((labels == SENSITIVE).sum()):,} sensitive).")
     return labels
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from scatd_core._words import counted
+
 
 def add(sub) -> None:
     p = sub.add_parser("doctor", help="check the installation: versions, device, configuration, library, login",
@@ -26,5 +28,5 @@ def run(args) -> int:
             for item in items:
                 mark = {"ok": "ok  ", "warning": "WARN", "problem": "FAIL"}[item["status"]]
                 print(f"  {mark} {item['what']}: {item['detail']}")
-        print(f"\n{report['n_problems']} problem(s), {report['n_warnings']} warning(s).")
+        print(f"\n{counted(report['n_problems'], 'problem')}, {counted(report['n_warnings'], 'warning')}.")
     return 1 if report["n_problems"] else 0

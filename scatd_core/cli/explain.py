@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scatd_core._words import counted
 from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, add_label_arguments, \
     add_overwrite_argument, apply_label_direction, at_least_two, cell_mask, check_columns, check_outputs, \
     positive_int, prepare_embeddings, \
@@ -126,7 +127,7 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
                                       workers=args.workers or settings()["scaleout_workers"],
                                       address=args.address or settings()["scaleout_address"], **common)
         eng = result.info["engine"]
-        say(f"Ray: {eng['workers']} worker(s), {eng['shards']} shards"
+        say(f"Ray: {counted(eng['workers'], 'worker')}, {counted(eng['shards'], 'shard')}"
             + (f" ({eng['shards_resumed']} already done, resumed from {eng['parts']})." if eng["shards_resumed"] else
                f" ({parts_note(args, eng['parts'])})."))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scatd_core._words import counted
 from scatd_core.cli._common import add_overwrite_argument, check_output, say
 
 
@@ -49,7 +50,7 @@ def run(args) -> int:
     if len(rep["thresholds"]) > 20:
         say(f"... and {len(rep['thresholds']) - 20} more drugs")
     if rep["no_threshold"]:
-        say(f"warning: no threshold found for {len(rep['no_threshold'])} drug(s), left out: "
+        say(f"warning: no threshold found for {counted(len(rep['no_threshold']), 'drug')}, left out: "
              f"{', '.join(rep['no_threshold'][:10])}")
     print(f"Wrote {rep['n_drugs']} drugs x {rep['n_cell_lines']} cell lines -> {args.out}")
     say(f"Wrote {side}: how the labels were built (the files' names and sha256, each drug's threshold); scatd train "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scatd_core._words import counted
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
                                     add_overwrite_argument, add_spelled_both_ways, apply_label_direction, cell_mask,
                                     check_columns,
@@ -169,7 +170,7 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
                                    threshold=args.threshold, beta_mode=args.beta_mode, shard_cells=args.shard_cells,
                                    workers=args.workers or settings()["scaleout_workers"], address=address,
                                    load_latent=load_latent, progress=Progress("Predicting on Ray"))
-        say(f"Ray: {run.workers} worker(s), {len(run.shards)} shards"
+        say(f"Ray: {counted(run.workers, 'worker')}, {counted(len(run.shards), 'shard')}"
             + (f" ({run.resumed} already done, resumed from {run.store.folder})." if run.resumed else
                f" ({parts_note(args, run.store.folder)})."))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scatd_core._words import counted
 from scatd_core._train_settings import TrainSettings
 from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
@@ -152,7 +153,8 @@ def run(args) -> int:
             say(f"warning: left out of panel {args.save_panel!r}, at or below chance on the bulk CV: "
                 f"{', '.join(left_out)} (--include-below-chance keeps them).")
         if len(kept) < MIN_MODELS:
-            raise ScatdError(f"Only {len(kept)} drug(s) have a model to save; a panel needs at least {MIN_MODELS}, "
+            raise ScatdError(f"Only {counted(len(kept), 'drug')} {'has' if len(kept) == 1 else 'have'} a model to save; "
+                             f"a panel needs at least {MIN_MODELS}, "
                              f"so panel {args.save_panel!r} was not saved.",
                              "Train more drugs" + (", or add --include-below-chance" if left_out else "") + ".")
         save_panel(args.save_panel, [b.path.name for b in kept], os_user(), library=args.library, replace=True)

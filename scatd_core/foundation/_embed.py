@@ -153,7 +153,8 @@ def _module(backbone: str):
 def _options(backbone: str, options: dict) -> dict:
     unknown = set(options) - set(OPTIONS[backbone])
     if unknown:
-        raise InputError(f"Unknown option(s) for {backbone}: {', '.join(sorted(unknown))}; "
+        raise InputError(f"Unknown {'option' if len(unknown) == 1 else 'options'} for {backbone}: "
+                         f"{', '.join(sorted(unknown))}; "
                          f"known: {', '.join(OPTIONS[backbone])}.")
     return {**OPTIONS[backbone], **options}
 

@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scatd_core._words import counted
 from scatd_core.config import scfoundation_dir
 from scatd_core.errors import CheckpointError, InputError
 from scatd_core.foundation._assets import (Probe, Problem, check_file, file_state, lfs_pointer_size, lfs_problem,
@@ -327,7 +328,8 @@ def shape_problems(cfg: ScFoundationConfig, shapes: Mapping[str, tuple]) -> list
     out = []
     missing = [k for k in expected if k not in shapes]
     if missing:
-        out.append(f"{len(missing)} tensor(s) of the encoder are missing (e.g. {', '.join(missing[:3])}).")
+        out.append(f"{counted(len(missing), 'tensor')} of the encoder {'is' if len(missing) == 1 else 'are'} missing "
+                   f"(e.g. {', '.join(missing[:3])}).")
     wrong = [f"{k} is {tuple(shapes[k])}, expected {v}" for k, v in expected.items()
              if k in shapes and tuple(shapes[k]) != v]
     if wrong:
@@ -839,7 +841,8 @@ def plan(adata, wanted: np.ndarray, genes: list[str], resolution: str = DEFAULT_
     over = ok & (n_expressed > max_genes)
     if over.any():
         raise InputError(
-            f"{int(over.sum()):,} cell(s) express more than {max_genes:,} of scFoundation's genes (up to "
+            f"{counted(over.sum())} {'expresses' if over.sum() == 1 else 'express'} more than {max_genes:,} of "
+            f"scFoundation's genes (up to "
             f"{int(n_expressed[over].max()):,}): these look like bulk samples or doublets, and each would take "
             "minutes (the cost grows with the square of the number of genes).",
             "Remove them with the QC filter (Data page: an upper bound on genes detected), or raise the cap "

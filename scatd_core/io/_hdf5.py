@@ -481,7 +481,8 @@ def _loom_name_attr(attrs, known: tuple[str, ...], n: int, name: str = "The loom
         values = attrs[hit]
         if not isinstance(values, h5py.Dataset) or values.shape != (n,):
             what = "genes" if axis == "row" else "cells"
-            holds = (f"holds {' x '.join(f'{k:,}' for k in values.shape) or 'a single'} value(s), but the matrix "
+            holds = (f"holds {' x '.join(f'{k:,}' for k in values.shape) or 'a single'} "
+                     f"{'value' if values.size == 1 else 'values'}, but the matrix "
                      f"has {n:,} {what}" if isinstance(values, h5py.Dataset) else
                      f"is a group, not a list of the matrix's {n:,} {what}")
             raise InputError(f"{name}: its {axis} attribute '{hit}' (the {what}' names) {holds}; the loom file is "

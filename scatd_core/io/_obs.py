@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from scatd_core._words import counted
 from scatd_core._json import json_safe
 from scatd_core._keys import CELL_METADATA, INPUT_REPORT, LABEL_DIRECTIONS
 from scatd_core.config import limits
@@ -222,7 +223,7 @@ def add_cell_metadata(adata, source, name: str | None = None) -> dict:
     counts = Counter(ids)
     repeated = [i for i, n in counts.items() if n > 1 and i]
     if repeated:
-        raise InputError(f"{shown} lists {len(repeated):,} cell ID(s) more than once (e.g. {_examples(repeated)}).",
+        raise InputError(f"{shown} lists {counted(len(repeated), 'cell ID')} more than once (e.g. {_examples(repeated)}).",
                          "Keep one row per cell.")
 
     kept = [c for c in table.columns if c != id_column and not c.startswith("scatd_")]
@@ -295,18 +296,21 @@ def cell_metadata_messages(record) -> list[str]:
     id_where = "first column" if unnamed else f"column '{record['id_column']}'"
     n_cells, n_matched = int(record["n_cells"]), int(record["n_matched"])
     lines = [f"{record['file']}: {n_matched:,} of the data's {n_cells:,} cells matched a row (cell IDs from its "
-             f"{id_where}); added {len(columns)} column(s): {', '.join(columns) or 'none'}."]
+             f"{id_where}); added {counted(len(columns), 'column')}: {', '.join(columns) or 'none'}."]
     if record.get("n_matched_by_suffix"):
         table_id, cell_id = (str(v) for v in record["suffix_example"])  # a list, or an array once read from h5ad
         lines.append(f"{int(record['n_matched_by_suffix']):,} of them matched only once a barcode suffix was ignored "
                      f"(the table's '{table_id}' is the data's '{cell_id}').")
     if record.get("n_rows_unmatched"):
-        lines.append(f"{int(record['n_rows_unmatched']):,} row(s) of the table's {int(record['n_rows']):,} match no "
-                     "cell of the data "
+        one = int(record['n_rows_unmatched']) == 1
+        lines.append(f"{counted(record['n_rows_unmatched'], 'row')} of the table's {int(record['n_rows']):,} "
+                     f"{'matches' if one else 'match'} no cell of the data "
                      + (f"(e.g. {_examples(record['unmatched_examples'])})" if len(record.get("unmatched_examples", ()))
-                        else "(without a cell ID)") + "; they are left out.")
+                        else "(without a cell ID)") + ("; it is left out." if one else "; they are left out."))
     if record.get("n_cells_without_row"):
-        lines.append(f"{int(record['n_cells_without_row']):,} cell(s) have no row: their values are missing (left out "
+        one = int(record['n_cells_without_row']) == 1
+        lines.append(f"{counted(record['n_cells_without_row'])} {'has no row: its' if one else 'have no row: their'} "
+                     "values are missing (left out "
                      "of label scores and sample fractions).")
     for column, target in ((c, t) for c, t in zip(sources, columns) if c != t):
         lines.append(f"The data already has a column '{column}': the table's is added as '{target}'.")

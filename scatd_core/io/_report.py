@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scatd_core._words import counted
 from scatd_core import _keys, genes, preprocess
 from scatd_core._json import json_safe
 from scatd_core._matrix import row_batches
@@ -138,7 +139,7 @@ def _check_embedding_values(adata: ad.AnnData, opts: Options) -> int:
     partial = ~np.isfinite(X).all(axis=1) & ~not_embedded
     if partial.any():
         rows = np.flatnonzero(partial)
-        raise InputError(f"{opts.display_name} holds {int(partial.sum()):,} cell embedding(s) with some missing "
+        raise InputError(f"{opts.display_name} holds {counted(partial.sum(), 'cell embedding')} with some missing "
                          f"(NaN) or infinite values among the others (first in row {rows[0]:,}).",
                          "An embedding has no value meaning 'missing', so none is filled in: compute these cells' "
                          "embeddings again, or set the whole row to NaN (a cell not embedded: it keeps its row in "
@@ -147,8 +148,10 @@ def _check_embedding_values(adata: ad.AnnData, opts: Options) -> int:
     if n == adata.n_obs:
         raise InputError(f"Every row of {opts.display_name} is NaN: no cell has an embedding to score.",
                          "Check that the right file was saved (numpy.save of the cells x features embeddings).")
-    opts.warnings.append(f"{n:,} cell(s) are all NaN: cells without an embedding (the foundation model found "
-                         "nothing to embed); they are kept, and marked not scored.")
+    one = n == 1
+    opts.warnings.append(f"{counted(n)} {'is' if one else 'are'} all NaN: {'a cell' if one else 'cells'} without an "
+                         f"embedding (the foundation model found nothing to embed); {'it is' if one else 'they are'} "
+                         "kept, and marked not scored.")
     return n
 
 
@@ -165,7 +168,8 @@ def _non_finite(name: str, n_nan: int, n_inf: int, first: str, opts: Options) ->
     remove = f"remove the affected {rows} or genes"
     hint = (f"{nan}. {inf}. Or {remove}." if n_nan and n_inf else
             f"{nan}, or {remove}." if n_nan else f"{inf}; or {remove}.")
-    return InputError(f"{name} holds {found} value(s) (first in {row} '{first}').", hint)
+    return InputError(f"{name} holds {found} {'value' if n_nan + n_inf == 1 else 'values'} "
+                      f"(first in {row} '{first}').", hint)
 
 
 def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
@@ -187,13 +191,15 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
         examples = _examples(adata.var_names)
         adata.var[_keys.ORIGINAL_GENE_NAME] = adata.var_names.tolist()
         adata.var_names_make_unique()
-        opts.warnings.append(f"{dup_genes:,} gene name(s) occur more than once (e.g. {examples}); the copies were "
+        opts.warnings.append(f"{counted(dup_genes, 'gene name')} {'occurs' if dup_genes == 1 else 'occur'} more than "
+                             f"once (e.g. {examples}); the copies were "
                              "renamed (e.g. NAME-1) and are summed when aligned to a model.")
     if dup_cells:
         examples = _examples(adata.obs_names)
         adata.obs[_keys.ORIGINAL_CELL_ID] = adata.obs_names.tolist()
         adata.obs_names_make_unique()
-        opts.warnings.append(f"{dup_cells:,} cell name(s) occur more than once (e.g. {examples}); the copies were "
+        opts.warnings.append(f"{counted(dup_cells, 'cell name')} {'occurs' if dup_cells == 1 else 'occur'} more than "
+                             f"once (e.g. {examples}); the copies were "
                              "renamed (NAME-1, NAME-2 ...).")
 
     nonzero, n_nan, n_inf, first_bad = _scan(adata.X, opts)
@@ -207,7 +213,9 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
         raise _all_zero(adata, name, report)
     adata.obs[_keys.ALL_ZERO] = zero
     if zero.any():
-        opts.warnings.append(f"{int(zero.sum())} cell(s) have no expression at all; they are kept, marked "
+        one = int(zero.sum()) == 1
+        opts.warnings.append(f"{counted(zero.sum())} {'has' if one else 'have'} no expression at all; "
+                             f"{'it is' if one else 'they are'} kept, marked "
                              f"in obs['{_keys.ALL_ZERO}'], and cannot be scored meaningfully.")
 
     value_type = preprocess.detect_value_type(adata.X)

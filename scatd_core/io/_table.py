@@ -14,6 +14,7 @@ import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES
 import scipy.sparse as sp
 
+from scatd_core._words import counted
 from scatd_core.errors import InputError
 from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_ROWS, TABLE_CHUNK_VALUES, TABLE_PARSE_BYTES_PER_ROW,
                                    TABLE_PARSE_BYTES_PER_VALUE, Options, check_cells, check_genes, check_memory,
@@ -469,8 +470,10 @@ def _say_set_aside(meta: set, labels: list[str], layout, orientation: str, opts:
     parts = [f"'{labels[p - 1]}' ({'text' if p in text_cols else 'named like a label or group'})"
              for p in sorted(meta)[:8]]
     more = f" and {len(meta) - 8} more" if len(meta) > 8 else ""
-    opts.warnings.append(f"{len(meta)} column(s) were set aside as {where}, not expression: "
-                         f"{', '.join(parts)}{more}. They are available as labels or groups.")
+    one = len(meta) == 1
+    opts.warnings.append(f"{counted(len(meta), 'column')} {'was' if one else 'were'} set aside as {where}, not "
+                         f"expression: {', '.join(parts)}{more}. {'It is' if one else 'They are'} available as "
+                         f"{'a label or group' if one else 'labels or groups'}.")
 
 
 def _table_layout(chunk: pd.DataFrame, labels: list[str], opts: Options):

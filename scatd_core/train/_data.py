@@ -10,6 +10,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from scatd_core._words import counted
 from scatd_core.bundle import INPUT_KINDS, sha256_file
 from scatd_core.errors import InputError
 from scatd_core.inputs import InputSpec, ModelInput
@@ -196,7 +197,8 @@ def _renamed_duplicates(bulk: ad.AnnData, report: dict) -> list[str]:
         return []
     report["bulk"]["n_renamed_duplicates"] = len(renamed)
     examples = ", ".join(f"{o} (copy renamed {n})" for o, n in renamed[:3])
-    return [f"{len(renamed):,} bulk sample(s) have a duplicated ID, e.g. {examples}. Only the first sample "
+    return [f"{counted(len(renamed), 'bulk sample')} {'has' if len(renamed) == 1 else 'have'} a duplicated ID, "
+            f"e.g. {examples}. Only the first sample "
             "of each ID is matched to its label; the renamed copies count as samples without a label (used for "
             "pretraining only). Keep one row per cell line in the bulk file (or average the copies)."]
 

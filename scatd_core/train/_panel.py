@@ -32,6 +32,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from scatd_core._words import counted
 from scatd_core._progress import step
 from scatd_core.bundle import folder_taken_words, load_bundle, model_identity, sha256_file
 from scatd_core.config import model_library_dir, scatd_home
@@ -481,7 +482,7 @@ def _few_shot_words(few: pd.Series | None, file: str | Path | None = None) -> li
     if few is None:
         return []
     source = _few_shot_source(few, file)
-    return [f"trained with {len(few):,} labelled target cell(s)" + (f" of {source}" if source is not None else "")]
+    return [f"trained with {counted(len(few), 'labelled target cell')}" + (f" of {source}" if source is not None else "")]
 
 
 def _few_shot_change(done: dict, few: pd.Series | None, file: str | Path | None = None) -> str:

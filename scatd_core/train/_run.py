@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scatd_core._words import counted
 from scatd_core import card as cards
 from scatd_core import training_cells
 from scatd_core._keys import target_columns_hint
@@ -130,8 +131,9 @@ def _fit_ensemble(data: TrainingData, s: TrainSettings, dev, splits, *, base_vae
     inputs = "the latent mean and the standardised genes" if with_inputs and data.features else \
         "the latent mean and the model input" if with_inputs else "the latent mean"
     layout = {"dist_vae": "Dist_VAE", "vae_sf": "VAE_sf", "vae_gf": "VAE_gf"}.get(data.backbone, data.backbone)
-    made = (f"scATD {data.backbone} backbone(s) " if base_vae is not None else
-            f"{TRAINED_SHORT.get(data.backbone, data.backbone)} backbone(s) (scATD's {layout} layout, trained here) ")
+    noun = "backbone" if len(backbones) == 1 else "backbones"
+    made = (f"scATD {data.backbone} {noun} " if base_vae is not None else
+            f"{TRAINED_SHORT.get(data.backbone, data.backbone)} {noun} (scATD's {layout} layout, trained here) ")
     description = (f"An ensemble of {len(backbones)} {made}"
                    + ("(the given pretrained backbone)" if base_vae is not None else
                       "from different seeds, not pretrained (--pretrain-epochs 0: each keeps its random initial "
@@ -203,8 +205,10 @@ def few_shot_rows(labels: pd.Series, target_ids: Sequence[str], warnings: list[s
                          f"is a usable cell of the target (e.g. {', '.join(target_ids[:3])}).",
                          "The first column must hold the target's cell IDs.")
     if len(known) < len(labels):
-        warnings.append(f"{len(labels) - len(known)} labelled cell(s) are not usable cells of the target and were "
-                        "left out.")
+        n_unknown = len(labels) - len(known)
+        warnings.append(f"{counted(n_unknown, 'labelled cell')} "
+                        + ("is not a usable cell of the target and was left out." if n_unknown == 1 else
+                           "are not usable cells of the target and were left out."))
     y = labels.loc[known].map(LABEL_MAPPING).to_numpy(dtype=np.int64)
     n_r, n_s = int(y.sum()), int((1 - y).sum())
     if min(n_r, n_s) < 2:
