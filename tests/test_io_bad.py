@@ -407,8 +407,8 @@ def _loom(path, gene_names):
     return path
 
 
-@pytest.mark.parametrize("genes_, match", [(["TP53", "EGFR"], "holds 2 value\\(s\\), but the matrix has 3 genes"),
-                                          ([["TP53"], ["EGFR"], ["KRAS"]], "holds 3 x 1 value\\(s\\)"),
+@pytest.mark.parametrize("genes_, match", [(["TP53", "EGFR"], "holds 2 values, but the matrix has 3 genes"),
+                                          ([["TP53"], ["EGFR"], ["KRAS"]], "holds 3 x 1 values"),
                                           ("Gene", "is a group, not a list of the matrix's 3 genes")])
 def test_a_loom_whose_gene_attribute_does_not_fit_is_refused_by_name(tmp_path, genes_, match):
     """KeyError: 'Gene' ("Could not read x.loom: KeyError ...") when the Gene row attribute is not

@@ -331,7 +331,7 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
                       (["--target-labels", "demotinib=nope"], "no column 'nope'"),
                       (["--target-labels", "OTHERDRUG=response"], "not in the label table"),
                       (["--target-labels", "DEMOLIMUS=response"], "not one of the drugs to train"),
-                      (["--target-resistant-value", "0"], "none was given")):
+                      (["--target-resistant-value", "0"], "no --target-labels was given")):
         labels.assign(DEMOLIMUS=labels["DEMOTINIB"]).to_csv(tmp_path / "labels.csv")
         assert main(args + bad) == 2 and said in capsys.readouterr().err, bad
     labels.to_csv(tmp_path / "labels.csv")
