@@ -199,6 +199,17 @@ if not candidates:
 label_options = [None] + sorted(candidates, key=lambda c: (c not in flagged, str(c)))
 if ss.get(state.LABEL_COLUMN) not in label_options:
     ss[state.LABEL_COLUMN] = None
+
+
+def answered(key: str, column: str) -> None:
+    """The radio's answer, recorded on the data as it is clicked: a click followed at once by
+    another page (before this page's rerun drew it) reaches the server as one rerun of that page,
+    in which this page's code below never runs."""
+    data, choice = ss.get(state.ADATA), ss.get(key)
+    if data is not None and column in data.obs and choice in {str(v) for v in labels.label_counts(data.obs[column]).index}:
+        labels.answer_direction(data, column, choice)
+
+
 left, right = st.columns(2)
 with left:
     label_column = st.selectbox("Label column (known response, for evaluation)", label_options,
@@ -224,7 +235,8 @@ with left:
                 ss[key] = recorded if recorded in values else None
             # plain words: markdown in a label is read out with its asterisks by a screen reader
             choice = st.radio(f"Which value of '{ui.md(label_column)}' means resistant?", values, key=key,
-                              horizontal=True, format_func=ui.md,
+                              horizontal=True, format_func=ui.md, on_change=ui.detached(answered),
+                              args=(key, label_column),
                               help="Datasets disagree: SCAD's 'response' column is 1 = sensitive. The other value "
                                    "means sensitive. The answer is used on every page and in every report.")
             if choice is None:

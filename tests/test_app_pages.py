@@ -370,6 +370,31 @@ def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
     assert at.session_state[state.ADATA].uns["scatd"]["threshold"]["source"] == "model default"
 
 
+def test_a_label_answer_followed_at_once_by_another_page_is_recorded(with_library):
+    """Browser walk under load: '0' clicked, then Model in the sidebar before the Data page's rerun
+    had drawn the answer. The two reached the server as one rerun of the Model page (Streamlit
+    merges a pending rerun into the next), so the Data page never ran with '0' and the answer was
+    never written into the data: the Cells page asked for it again, no AUROC. The radio's own
+    callback records it, whichever page the rerun runs."""
+    from scatd_core.labels import label_direction
+
+    adata = make_dataset(N_CELLS, seed=11)
+    adata.obs["response"] = (adata.obs["response"] == "sensitive").astype(int)  # SCAD: 1 = sensitive
+    at = start()
+    upload(at, "scad.h5ad", h5ad_bytes(adata))
+    assert at.session_state["label_resistant_response"] is None
+    at.radio(key="label_resistant_response").set_value("0")
+    goto(at, "2_Model")  # the click and the page change in one rerun: the Data page does not run
+    assert label_direction(at.session_state[state.ADATA], "response") == "0"
+    goto(at, "3_Predict")
+    at.button(key="btn_run_predict").click().run()
+    goto(at, "4_Cells")
+    assert "means resistant on the Data page" not in text(at.info)
+    assert float(metric(at, "AUROC")) > 0.6
+    goto(at, "1_Data")  # and the Data page shows the answer
+    assert at.radio(key="label_resistant_response").value == "0" and "never guessed" not in text(at.warning)
+
+
 def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_subsampled_umap(with_library,
                                                                                                  monkeypatch):
     """QA (Cells page): at threshold 1.0 (no cell called resistant) precision and F1 read 0.000; the
