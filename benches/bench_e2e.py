@@ -169,7 +169,7 @@ def run_once(home: Path, data: Path, walks: int = 2, launcher: str = "streamlit"
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
-        _wait_healthy(url, proc)
+        _wait_healthy(url, proc, log=home / "streamlit.log")  # the module launcher: as long as it loads
         listening = time.perf_counter() - started
         print(f"server ({launcher}) listening after {listening:.1f} s", file=sys.stderr, flush=True)
         for i in range(walks):
