@@ -27,7 +27,9 @@ session that holds the file is allowed: the same wrapper answers 404 for any oth
 Streamlit's media store at once, so a link copied before the logout is dead. A session signed in
 with a password is checked against the users file at every upload and download (:func:`is_allowed`):
 ``scatd users remove NAME``, or ``scatd users add NAME --replace`` with a new password, ends its
-uploads and links at once, not at its next page run.
+uploads and links at once, not at its next page run, and asks Streamlit to run that session's page
+again (:func:`rerun_session`), so its login form says why at once: Streamlit's uploader itself shows
+a refused upload only as "AxiosError: Request failed with status code 403", whatever the answer says.
 
 Without Streamlit's in-memory store (another Streamlit layout) nothing is wrapped and
 :func:`install` returns False; ``tests/test_app_server.py`` and the browser test check that it
@@ -175,7 +177,47 @@ def is_allowed(session_id: str) -> bool:
     except OSError:  # the users file's folder cannot be read: refused, as the login itself would be
         return False
     _disallow_all([sid])
+    rerun_session(sid)  # its page says why and shows the login form, not the uploader's bare "403"
     return False
+
+
+def rerun_session(session_id: str) -> bool:
+    """Ask Streamlit to run the page of ``session_id`` again now (whether it was asked). Called when
+    that session's password login has just ended (account removed, password replaced) while it
+    uploads a file or fetches a download: Streamlit's uploader shows a refused upload only as
+    "AxiosError: Request failed with status code 403" (its frontend shows the error's own text, never
+    the answer's body), and a refused upload starts no page run. The run asked for here logs the
+    session out (:func:`scatd_app.auth.resolve`) and its login form says why. Nothing happens outside a
+    Streamlit server, or for a session without a browser tab connected."""
+    try:
+        from streamlit.runtime import Runtime
+
+        if not Runtime.exists():
+            return False
+        runtime = Runtime.instance()
+        app_session = runtime.get_app_session(str(session_id))
+        if app_session is None:
+            return False
+        try:  # AppSession's methods belong on the server's event loop
+            loop = runtime._get_async_objs().eventloop
+        except Exception:  # another Streamlit layout, or no loop yet: call it here
+            loop = None
+        import asyncio
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            app_session.request_rerun(None)
+        else:
+            loop.call_soon_threadsafe(app_session.request_rerun, None)
+        return True
+    except Exception:  # never let the courtesy break the refusal itself
+        import logging
+
+        logging.getLogger("scatd").debug("cannot ask session %s to run its page again", session_id, exc_info=True)
+        return False
 
 
 def current_session_id() -> str | None:

@@ -470,3 +470,49 @@ def test_a_removed_account_or_a_new_password_ends_its_links_and_uploads_at_once(
     finally:
         uploads.disallow("alice-tab")
         uploads.disallow("bob-tab")
+
+
+def test_an_upload_refused_because_the_login_ended_runs_that_page_again_to_say_why(server_home, fast_hash,
+                                                                                   monkeypatch):
+    """QA: after `scatd users remove alice` (or a new password), her next upload showed only Streamlit's
+    "AxiosError: Request failed with status code 403" under the uploader: its frontend shows the
+    error's own text, never the answer's body, and a refused upload runs no page. The refusal now asks
+    Streamlit to run her page again, which logs her out with why; nobody else's page is run."""
+    from streamlit.runtime import Runtime
+
+    from scatd_app import uploads
+    from scatd_core import users
+
+    reruns = []
+
+    class Page:
+        def __init__(self, sid):
+            self.sid = sid
+
+        def request_rerun(self, client_state):
+            reruns.append((self.sid, client_state))
+
+    class FakeRuntime:  # Streamlit's public Runtime.get_app_session; no upload or media store
+        uploaded_file_mgr = media_file_mgr = None
+
+        def get_app_session(self, sid):
+            return Page(sid)
+
+    monkeypatch.setattr(Runtime, "_instance", FakeRuntime())
+    assert uploads.install()
+    try:
+        for name in ("alice", "bob"):
+            users.add_user(name, PASSWORD)
+            user = users.verify(name, PASSWORD)
+            uploads.allow(f"{name}-tab", user.name, user.login_stamp)
+        assert uploads.refusal("alice-tab", 10, {}) is None and reruns == []  # still signed in: no rerun
+        users.remove_user("alice")
+        assert uploads.refusal("alice-tab", 10, {}) == "Log in before uploading."
+        assert reruns == [("alice-tab", None)]  # her page runs again now (and says why), once
+        assert uploads.refusal("alice-tab", 10, {}) is not None and len(reruns) == 1
+        users.add_user("bob", "another long password", replace=True)  # a new password: the same
+        assert not uploads.is_allowed("bob-tab") and reruns[-1] == ("bob-tab", None)
+        assert not uploads.is_allowed("nobody-tab") and len(reruns) == 2  # never signed in: nothing to say
+    finally:
+        uploads.disallow("alice-tab")
+        uploads.disallow("bob-tab")
