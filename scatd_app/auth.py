@@ -8,7 +8,8 @@ beyond localhost (``server.address`` other than localhost/127.0.0.1/::1), ``pass
 and ends at "Log out" on the server's side too (:mod:`scatd_core.logins`): Streamlit's own cookie
 would last 30 days and survive a logout. Passwords are checked against the argon2 hashes of
 the users file; failed attempts are counted per user name and per client address, and too many
-lock both out for ``auth.lockout_minutes`` (shared by every session of the server).
+within ``auth.lockout_minutes`` lock both out until ``auth.lockout_minutes`` after the first of them
+(shared by every session of the server).
 """
 
 from __future__ import annotations
@@ -99,6 +100,17 @@ def lockout_text(wait_seconds: float) -> str:
     return f"Too many failed attempts: try again in {minutes} minute{'' if minutes == 1 else 's'}."
 
 
+def lockout_rule(failures: int, minutes: int) -> str:
+    """How the lock-out works, as :class:`scatd_core.users.LoginThrottle` counts: the failed attempts
+    of the last ``minutes`` count, and a lock-out ends ``minutes`` after the first of them, not after
+    the last (the error of a locked-out login says the time actually left)."""
+    span = counted(minutes, "minute")
+    if failures == 1:
+        return f"1 failed attempt locks an account or address for {span}."
+    return (f"{failures} failed attempts within {span} lock an account or address until {span} after the "
+            "first of them.")
+
+
 def current_user() -> User | None:
     return st.session_state.get(USER)
 
@@ -137,10 +149,8 @@ def _password_form() -> None:
             return
         st.session_state[USER] = user
         st.rerun()
-    failures, minutes = conf["auth_max_failures"], conf["auth_lockout_minutes"]
-    st.caption(f"Accounts are managed by the administrator (`scatd users`); {failures} failed "
-               f"attempt{'' if failures == 1 else 's'} lock an account or address for {minutes} "
-               f"minute{'' if minutes == 1 else 's'}.")
+    st.caption(f"Accounts are managed by the administrator (`scatd users`). "
+               f"{lockout_rule(conf['auth_max_failures'], conf['auth_lockout_minutes'])}")
 
 
 def login_page() -> None:

@@ -46,7 +46,8 @@ auth.mode                ``SCATD_AUTH``                    ``auto`` (a password 
 auth.users_file          ``SCATD_USERS_FILE``              users and argon2 password hashes             ``<home>/users.toml``
                                                            (``scatd users add/remove/list``)
 auth.max_failures        ``SCATD_AUTH_MAX_FAILURES``       failed logins before a lock-out              5
-auth.lockout_minutes     ``SCATD_AUTH_LOCKOUT_MINUTES``    lock-out after too many failures             15
+auth.lockout_minutes     ``SCATD_AUTH_LOCKOUT_MINUTES``    failures within this many minutes lock out,  15
+                                                           until this long after the first of them
 auth.admins              ``SCATD_AUTH_ADMINS``             with ``oidc``: e-mail addresses of the       none
                                                            administrators (comma-separated in the env;
                                                            upper/lower case does not matter)

@@ -50,7 +50,8 @@ def test_password_login_gates_every_page_and_throttles(with_library, tmp_path, m
     assert "no user account exists" in text(at.warning) and not at.exception
     users.add_user("alice", "a long enough password", admin=False)
     at = _app()
-    assert "3 failed attempts lock an account or address for 1 minute." in text(at.caption)  # not "1 minutes"
+    assert "3 failed attempts within 1 minute lock an account or address until 1 minute after the first of them." \
+        in text(at.caption)  # not "1 minutes"
     assert [t.label for t in at.text_input] == ["User name", "Password"] and not at.sidebar.markdown
     for _ in range(3):
         at.text_input(key="login_name").set_value("alice")

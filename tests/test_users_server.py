@@ -307,6 +307,61 @@ def test_the_login_form_logs_each_attempt_and_says_when_one_starts_a_lock_out(se
     assert said[1].startswith("login refused: user 'alice' from ") and "wrong password" not in " ".join(said)
 
 
+def test_the_login_page_says_when_a_lock_out_really_ends(server_home, fast_hash, monkeypatch):
+    """QA: the login page said "3 failed attempts lock an account or address for 15 minutes", read as
+    15 minutes from the last failure; the lock-out ends 15 minutes after the FIRST counted failure.
+    The caption states that rule, and the error the time actually left (rounded up to a minute)."""
+    import time as real_time
+
+    from streamlit.testing.v1 import AppTest
+
+    from scatd_app import auth
+    from scatd_core import users
+    from test_app_pages import APP
+
+    class Clock:  # the throttle's clock (time.monotonic), moved by hand; the rest of time as it is
+        now = 10_000.0
+
+        def monotonic(self):
+            return self.now
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+    clock = Clock()
+    monkeypatch.setattr(users, "time", clock)
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_AUTH_MAX_FAILURES", "3")
+    monkeypatch.setenv("SCATD_AUTH_LOCKOUT_MINUTES", "15")
+    users.add_user("alice", PASSWORD)
+    auth._throttle.clear()
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert " ".join(c.value for c in at.caption).endswith(
+        "3 failed attempts within 15 minutes lock an account or address until 15 minutes after the first of them.")
+    said = []
+    try:
+        for after, password in ((0, "wrong password!"), (600, "wrong password!"), (840, "wrong password!"),
+                                (870, PASSWORD)):
+            clock.now = 10_000.0 + after
+            at.text_input(key="login_name").set_value("alice")
+            at.text_input(key="login_password").set_value(password)
+            at.get("form_submit_button")[0].click()
+            at.run()
+            said.append(" ".join(e.value for e in at.error))
+        # locked at 14:00 by failures at 0:00, 10:00 and 14:00: free at 15:00, not at 29:00
+        assert said[2] == "Wrong user name or password. Too many failed attempts: try again in 1 minute."
+        assert said[3] == "Too many failed attempts: try again in 1 minute."  # 30 s left, rounded up
+        clock.now = 10_000.0 + 901
+        at.text_input(key="login_password").set_value(PASSWORD)
+        at.get("form_submit_button")[0].click()
+        at.run()
+        assert not at.error and "Logged in as alice" in " ".join(c.value for c in at.caption)
+    finally:
+        auth._throttle.clear()
+
+
 def test_a_login_never_owns_the_models_made_with_the_servers_command_line(server_home, alices_things):
     """QA: `scatd train` run as root, then a login named root: `users add root` said the lab's models
     were an earlier account's, and `users remove root --delete-data --delete-models` deleted them. A
