@@ -379,7 +379,7 @@ def test_a_dataset_larger_than_the_servers_free_memory_is_read_from_disk_or_wait
     pd.DataFrame(cells.X.toarray(), index=cells.obs_names, columns=cells.var_names).to_csv(table)
     with pytest.raises(MemoryShortage) as caught:
         io.read(table, max_dataset_bytes=100_000, limit_reason=why)
-    assert f"of memory once read, more than {why}." in caught.value.message
+    assert f"of memory once read (its 400 rows of 300 values), more than {why}." in caught.value.message
     assert caught.value.hint.startswith("Your file is kept: try again when other analyses")
     assert io.read(table).n_obs == 400
     with pytest.raises(MemoryShortage):  # annotations are always read into memory: no room for them either
@@ -572,7 +572,39 @@ def test_a_table_stopped_after_its_first_row_says_row_not_rows(tmp_path, monkeyp
     wide.write_text("cell," + ",".join(f"G{i}" for i in range(400)) + "\n"
                     + "".join(f"c{r}," + ",".join(["1"] * 400) + "\n" for r in range(3)))
     message = _refused_table(lambda: io.read(wide, max_dataset_bytes=1000)).message
-    assert "Reading its first row took that already" in message and "1 rows" not in message
+    assert "Reading stopped after its first row, which took" in message and "1 rows" not in message
+
+
+def test_a_table_refused_for_memory_says_what_the_whole_file_needs_not_its_first_row(tmp_path):
+    """QA: a table refused after its first row said its values "would take at least 11 kB": what one
+    row takes, meaningless for the file. A plain table now says what the whole file needs (its rows
+    counted, or estimated from its size); a compressed one, what a row and 10,000 rows take."""
+    rng = np.random.default_rng(0)
+    header = "cell," + ",".join(f"G{i}" for i in range(2000)) + "\n"
+    rows = "".join(f"c{r}," + ",".join(map(str, rng.integers(1, 9, 2000))) + "\n" for r in range(300))
+    big, small, packed = tmp_path / "big.csv", tmp_path / "small.csv", tmp_path / "big.csv.gz"
+    big.write_text(header + rows)  # 1.2 MB: more than the first lines the reader looks at
+    small.write_text(header + rows[: rows.index("c10,")])  # ten rows, wholly in its first lines
+    with gzip.open(packed, "wt") as fh:
+        fh.write(header + rows)
+    why = "the memory this server has free for a new dataset now: none (of its 1 GB)"
+
+    def refusal(path):
+        with pytest.raises(InputError) as err:
+            io.read(path, max_dataset_bytes=1, limit_reason=why)
+        return err.value.message
+
+    said = refusal(big)  # one row (8 kB: 2,000 float32 values) per MB of text, about
+    assert said.startswith("big.csv: its values would take about 2.3 MB of memory once read (about 300 rows of "
+                           "2,000 values, as the file's size, 1.2 MB, and the length of its first lines suggest), "
+                           f"more than {why}. Reading stopped after its first row, which took 8 kB."), said
+    assert "at least" not in said
+    said = refusal(small)
+    assert "would take about 78 kB of memory once read (its 10 rows of 2,000 values), more than" in said, said
+    said = refusal(packed)
+    assert said.startswith("big.csv.gz: its values would take about 8 kB of memory per row once read (2,000 values "
+                           "a row), and its first row alone takes that, more than"), said
+    assert said.endswith("a compressed table does not say how many rows it has: 10,000 rows would take about 76 MB.")
 
 
 def test_a_loom_too_large_for_memory_says_what_was_read_and_the_whole_matrix_declared(tmp_path, monkeypatch):

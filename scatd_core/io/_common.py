@@ -189,16 +189,20 @@ def mb(n_bytes: int) -> str:
 
 
 def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None, *,
-                 read_so_far: str | None = None, whole: str | None = None) -> None:
+                 read_so_far: str | None = None, whole: str | None = None, amount: str | None = None,
+                 after: str | None = None) -> None:
     """Refuse ``what`` before it is read when its declared size exceeds the dataset memory budget.
 
     ``read_so_far`` (e.g. "its first 5,000 rows", "its first row"): ``n_bytes`` is what that part, read before
     stopping, takes, not the whole file's: the message says "at least", names the part, and gives
     ``whole`` (the whole matrix as the file declares it: its shape and type) where known, else says
-    that the whole size is not known."""
-    amount = ("at least " if read_so_far else "") + f"{mb(n_bytes)} of memory once read"
+    that the whole size is not known. ``amount`` (e.g. an estimate of the whole file's) and ``after``
+    (the sentences after the reason) replace what is said of the size when given."""
+    amount = amount or ("at least " if read_so_far else "") + f"{mb(n_bytes)} of memory once read"
     rest = whole or "the rest of the file, if any, was not read, so its whole size is not known"
     part = f" Reading {read_so_far} took that already; {rest}." if read_so_far else ""
+    if after:
+        part = f" {after}"
     if n_bytes > opts.max_dataset_bytes and opts.limit_reason:
         raise MemoryShortage(f"{opts.display_name}: {what} would take {amount}, more than {opts.limit_reason}.{part}",
                              "Your file is kept: "

@@ -18,7 +18,8 @@ from scatd_core._words import counted
 from scatd_core.errors import InputError
 from scatd_core.io._common import (FORMATS_HINT, TABLE_CHUNK_ROWS, TABLE_CHUNK_VALUES, TABLE_PARSE_BYTES_PER_ROW,
                                    TABLE_PARSE_BYTES_PER_VALUE, Options, check_cells, check_genes, check_memory,
-                                   column_kind, decide_orientation, open_text, PendingStream, text_file_problem)
+                                   column_kind, decide_orientation, mb, open_text, PendingStream, text_file_problem,
+                                   UTF16_BOMS, UTF32_BOMS)
 from scatd_core.labels import MISSING_VALUES
 
 def _numeric_fraction(values: pd.Series) -> float:
@@ -245,13 +246,14 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
     if not labels:
         raise _odd_first_line(name, lines[0])
     rows_per_chunk = _rows_per_chunk(len(labels), opts)
-    acc = _Rows(opts)
+    hint = _rows_hint(path, head, lines)
+    acc = _Rows(opts, hint)
     # All-numeric tables (the usual counts matrix) are parsed by NumPy straight into one array
     # per chunk of rows: no per-column objects, so a genes x cells table with a million columns
     # reads in seconds. Anything else (text or label columns, NA, quoting) goes to pandas.
     layout = _read_numeric(path, opts, sep, encoding, labels, rows_per_chunk, acc, numbered)
     if layout is None:
-        acc = _Rows(opts)
+        acc = _Rows(opts, hint)
         layout = _read_general(path, opts, sep, encoding, labels, rows_per_chunk, acc, numbered)
     orientation, reason, meta, data_pos, _text = layout
     blocks, ids, metas = acc.blocks, acc.ids, acc.metas
@@ -332,8 +334,10 @@ def _rows_per_chunk(n_values: int, opts: Options) -> int:
 class _Rows:
     """The rows read so far: value blocks (sparse when mostly zeros), row names and metadata."""
 
-    def __init__(self, opts: Options):
+    def __init__(self, opts: Options, rows_hint: tuple[int, bool, int] | None = None):
         self.opts, self.blocks, self.ids, self.metas, self.held, self.orientation = opts, [], [], [], 0, None
+        #: (rows the file holds, whether counted exactly, its size in bytes), from :func:`_rows_hint`, or None
+        self.rows_hint = rows_hint
 
     def next_rows(self, most: int) -> int:
         """Rows to parse next: at most ``most``, and at most one beyond what the cell (or gene) limit
@@ -358,10 +362,64 @@ class _Rows:
         else:
             check_genes(len(self.ids), self.opts)
         rows = len(self.ids)
-        check_memory(self.held, "its values", self.opts,
-                     read_so_far="its first row" if rows == 1 else f"its first {rows:,} rows")
+        part = "its first row" if rows == 1 else f"its first {rows:,} rows"
+        amount = after = None
+        if self.held > self.opts.max_dataset_bytes:  # refused: say what the whole file would need
+            amount, after = self._whole_need(rows, block.shape[1], part)
+        check_memory(self.held, "its values", self.opts, read_so_far=part, amount=amount, after=after)
         if meta is not None:
             self.metas.append(meta)
+
+    #: Rows of an example the message sizes when a table does not say how many rows it has.
+    EXAMPLE_ROWS = 10_000
+
+    def _whole_need(self, rows: int, n_values: int, part: str) -> tuple[str | None, str | None]:
+        """What a table refused for memory after ``rows`` rows would need whole, as ``check_memory``'s
+        ``amount`` and ``after``: estimated from the rows read so far and the number of rows the file
+        holds (counted, or estimated from its size and the length of its first lines). Where that is
+        not known (a compressed file): after one row, what a row and an example number of rows take;
+        after more, ``(None, None)`` ("at least" what those rows took, which then means something)."""
+        per_row = self.held / rows
+        values = counted(n_values, "value")
+        if self.rows_hint is not None:
+            n_rows, exact, size = self.rows_hint
+            whole = max(self.held, round(per_row * n_rows))
+            how = (f"its {counted(n_rows, 'row')} of {values}" if exact else
+                   f"about {counted(n_rows, 'row')} of {values}, as the file's size, {mb(size)}, and the length of "
+                   "its first lines suggest")
+            return (f"about {mb(whole)} of memory once read ({how})",
+                    f"Reading stopped after {part}, which took {mb(self.held)}.")
+        if rows > 1:
+            return None, None
+        example = self.EXAMPLE_ROWS
+        return (f"about {mb(self.held)} of memory per row once read ({values} a row), and {part} alone takes that",
+                "The rest of the file was not read and a compressed table does not say how many rows it has: "
+                f"{example:,} rows would take about {mb(round(per_row * example))}.")
+
+
+def _rows_hint(path: Path, head: bytes, lines: list[str]) -> tuple[int, bool, int] | None:
+    """How many data rows a plain (not compressed) UTF-8 table holds, for the memory message:
+    ``(rows, True, size)`` when its first lines are the whole file, else ``(rows, False, size)``
+    estimated from its size on disk and the mean length of its first data lines; ``None`` for a
+    compressed file or UTF-16/32 text (their size on disk says nothing simple about their lines)."""
+    if path.name.lower().endswith(".gz"):
+        return None
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            start = fh.read(4)
+    except OSError:
+        return None
+    if start.startswith(UTF16_BOMS) or start.startswith(UTF32_BOMS):
+        return None
+    if len(head) >= size:
+        return max(0, len(lines) - 1), True, size
+    end = head.rfind(b"\n") + 1
+    first = head.find(b"\n") + 1
+    sample = [ln for ln in head[first:end].split(b"\n") if ln.strip()]
+    if not sample or end <= first:
+        return None
+    return max(1, round((size - first) * len(sample) / (end - first))), False, size
 
 
 def _read_general(path: Path, opts: Options, sep: str, encoding: str, labels: list[str], rows_per_chunk: int,
