@@ -125,8 +125,7 @@ elif submitted and free is not None and cost["bytes"] > free:
     st.error(f"**Explaining {settings['max_cells']:,} cells needs up to {size_text(cost['bytes'])} of memory while it "
              f"runs; this server has {size_text(max(free, 0))} free now** "
              f"({session.memory_use(free, server_memory_bytes())}).\n\n" + (f"Explain at most {fits:,} cells (a subsample stratified by predicted label), or try "
-                               "again later." if fits >= 2 else "Try again when other analyses on this server have "
-                                                                "finished."), icon=":material/memory:")
+                               "again later." if fits >= 2 else session.waiting_advice()), icon=":material/memory:")
 elif submitted:
     try:
         with ui.long_run(state.EXPLAIN_RUNNING, "Starting…", "btn_cancel_explain",

@@ -122,6 +122,7 @@ class SessionStore:
         self._browsers: dict[str, str] = {}  # Streamlit's session id (one browser tab) -> our session id
         self._work: dict[str, weakref.WeakSet] = {}  # our session id -> its work started in the background
         self._logged_out: dict[str, str] = {}  # token -> its owner, of the sessions logged out (the latest)
+        self._owners: dict[str, str] = {}  # our session id -> its login (the most recently seen last)
 
     def put(self, token: str, owner: str, values: dict) -> None:
         nbytes = held_bytes(values)
@@ -200,11 +201,16 @@ class SessionStore:
                 if str(record.values.get(SESSION_ID)) == session_id:
                     record.touched = now
 
-    def attach(self, browser_id: str, session_id: str) -> None:
-        """Streamlit's session ``browser_id`` (a browser tab) shows our session ``session_id``."""
+    def attach(self, browser_id: str, session_id: str, owner: str | None = None) -> None:
+        """Streamlit's session ``browser_id`` (a browser tab) shows our session ``session_id`` (of ``owner``)."""
         with self._lock:
             self._browsers.pop(browser_id, None)  # the most recently seen last
             self._browsers[browser_id] = session_id
+            if owner is not None:
+                self._owners.pop(session_id, None)
+                self._owners[session_id] = owner
+                while len(self._owners) > MAX_TABS:
+                    del self._owners[next(iter(self._owners))]
             while len(self._browsers) > MAX_TABS:  # where Streamlit cannot say which tabs closed
                 del self._browsers[next(iter(self._browsers))]
 
@@ -221,6 +227,25 @@ class SessionStore:
                 if self._browsers.get(browser) == browsers[browser]:
                     del self._browsers[browser]  # a tab that comes back attaches again on its next run
         return {browsers[b] for b in connected}
+
+    def memory_of(self, owner: str, token: str | None) -> tuple[bool, int, int]:
+        """Who holds the sessions' memory, for a refusal's advice: ``(others, here, elsewhere)``:
+        whether another login's session may hold data (its kept copy holds some, or a browser tab
+        shows a session of another login, or of a login not known, whose copy holds some or is not
+        kept), and the bytes ``owner``'s session at ``token`` and ``owner``'s other sessions hold."""
+        with self._lock:
+            records = dict(self._records)
+            owners = dict(self._owners)
+        others = any(r.owner != owner and r.nbytes > 0 for r in records.values())
+        here = records[token].nbytes if token in records else 0
+        elsewhere = sum(r.nbytes for t, r in records.items() if r.owner == owner and t != token)
+        if not others:
+            by_id = {str(r.values.get(SESSION_ID)): r for r in records.values()}
+            for sid in self.connected_ids() or ():
+                if owners.get(sid) != owner and (sid not in by_id or by_id[sid].nbytes > 0):
+                    others = True
+                    break
+        return others, here, elsewhere
 
     def own(self, session_id: str, work) -> None:
         """``work`` (with a ``cancel()``: a computation started in the background) belongs to
@@ -324,6 +349,7 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
     free, limit = free_memory(), limits().max_dataset_bytes
     if free is None or free >= limit:
         return {}
+    advice = own_memory_advice(keep_token)  # before the kept copies of other sessions are let go
     if store().let_go(limit - free, keep=keep_token):
         gc.collect()
     jobs.release_free_memory()
@@ -335,7 +361,46 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
     if not _waiting_helps(budget):  # a setting problem: no one's analysis finishing will make room
         room["limit_advice"] = ("try again once the administrator has raised server.memory_mb (waiting for other "
                                 "analyses to finish will not make room)")
+    elif advice:
+        room["limit_advice"] = advice
     return room
+
+
+def waiting_advice() -> str:
+    """The end of a refusal for memory, as a sentence: wait for the other analyses, or, when no other
+    login holds memory (:func:`own_memory_advice`), what this user can do."""
+    own = own_memory_advice()
+    if own is None:
+        return "Try again when other analyses on this server have finished."
+    return own[0].upper() + own[1:] + "."
+
+
+def own_memory_advice(keep_token: str | None = None) -> str | None:
+    """What this session's user can do about a refusal for memory when no other login's session holds
+    any (:meth:`SessionStore.memory_of`) and no computation runs or waits: waiting for "other
+    analyses" would then never make room, so it says what frees the user's own memory, and that the
+    administrator can raise ``server.memory_mb``; ``None`` when others may hold memory (waiting helps)."""
+    from scatd_app import jobs
+    from scatd_core._memory import size_text
+
+    ss = st.session_state
+    owner = ss.get(OWNER)
+    if owner is None:
+        return None
+    token = keep_token if keep_token is not None else ss.get(TOKEN)
+    others, here, elsewhere = store().memory_of(owner, token)
+    line = jobs.queue()
+    if others or line.running or line.waiting:
+        return None
+    ways = []
+    if elsewhere:
+        ways.append(f"log out in your other scATD Studio tabs (that removes their data, {size_text(elsewhere)})")
+    if here:
+        ways.append(f"log out here and back in, which removes this tab's earlier data and results "
+                    f"({size_text(here)}), then upload the file again")
+    ways.append("ask the administrator to raise server.memory_mb")
+    return ("no other user's analysis holds memory on this server now, so waiting will not make room: "
+            + ", or ".join(ways))
 
 
 def _waiting_helps(budget: int) -> bool:
@@ -371,7 +436,7 @@ def begin(owner: str) -> None:
     ss[OWNER] = owner
     browser = _browser_id()
     if browser:
-        store().attach(browser, str(ss[SESSION_ID]))
+        store().attach(browser, str(ss[SESSION_ID]), owner)
     mine = work_dir() / "sessions" / str(ss[SESSION_ID])
     if mine.is_dir():
         mine.touch()  # in use: the sweep keeps it

@@ -567,6 +567,56 @@ def test_the_memory_message_tells_the_servers_own_footprint_from_what_the_sessio
         "the memory this server has free for a new dataset now: none (server.memory_mb is 1,000 MB;")
 
 
+def test_a_memory_refusal_when_only_this_user_holds_memory_says_what_they_can_do(monkeypatch):
+    """QA: with server.memory_mb nearly used by one user's own data (no other session held any), the
+    refusal still ended "try again when other analyses on this server have finished": no analysis
+    would ever finish. It now says what frees the user's own memory, or to ask for a larger
+    server.memory_mb; with another login's data in memory, or a computation running, it says to wait."""
+    import numpy as np
+
+    from scatd_app import jobs, session
+    from scatd_core import _memory
+    from scatd_core.errors import MemoryShortage
+    from scatd_core.io import _common
+
+    mb = 1 << 20
+    store = session.SessionStore()
+    line = jobs.JobQueue(1)
+    monkeypatch.setattr(session, "store", lambda: store)
+    monkeypatch.setattr(jobs, "queue", lambda: line)
+    monkeypatch.setattr(jobs, "release_free_memory", lambda: True)
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 * mb)
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 990 * mb)  # 10 MB free of 1,000
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "400")
+    monkeypatch.setattr(session.st, "session_state", {session.OWNER: "alice", session.TOKEN: "alice-1"})
+    store.put("alice-1", "alice", {session.SESSION_ID: "s1", state.ADATA: np.zeros(3 * mb, dtype=np.uint8)})
+    store.put("alice-2", "alice", {session.SESSION_ID: "s2", state.ADATA: np.zeros(2 * mb, dtype=np.uint8)})
+
+    def refused() -> str:
+        room = session.room_for_a_dataset("alice-1")
+        opts = _common.make_options("auto", None, None, "auto", "big.csv", room["max_dataset_bytes"],
+                                    room["limit_reason"], False, room.get("limit_advice"))
+        with pytest.raises(MemoryShortage) as err:
+            _common.check_memory(300 * mb, "its values", opts)
+        return err.value.hint
+
+    hint = refused()
+    assert hint.startswith("Your file is kept: no other user's analysis holds memory on this server now, so "
+                           "waiting will not make room: log out in your other scATD Studio tabs (that removes their "
+                           "data, 2.0 MB), or log out here and back in, which removes this tab's earlier data and "
+                           "results (3.0 MB), then upload the file again, or ask the administrator to raise "
+                           "server.memory_mb"), hint
+    assert "have finished" not in hint
+    assert session.waiting_advice().startswith("No other user's analysis holds memory")  # the Biomarkers page's
+    line.running = 1  # a computation runs (whoever's): it will end and give its memory back
+    assert refused().startswith("Your file is kept: try again when other analyses on this server have finished")
+    line.running = 0
+    store.put("bob-1", "bob", {session.SESSION_ID: "s3", state.ADATA: np.zeros(mb, dtype=np.uint8)})
+    assert session.waiting_advice() == "Try again when other analyses on this server have finished."
+    assert refused().startswith("Your file is kept: try again when other analyses on this server have finished")
+
+
 def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_library, monkeypatch):
     """The Data page: an upload that does not fit in the server's free memory is kept and said
     so, with a button to try again; an h5ad is read from disk instead, and says why."""
