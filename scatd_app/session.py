@@ -368,14 +368,15 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
 
 def waiting_advice() -> str:
     """The end of a refusal for memory, as a sentence: wait for the other analyses, or, when no other
-    login holds memory (:func:`own_memory_advice`), what this user can do."""
-    own = own_memory_advice()
+    login holds memory (:func:`own_memory_advice`), what this user can do. For a computation on this
+    tab's data (the Biomarkers page): logging out here would remove those data, so it is not offered."""
+    own = own_memory_advice(here=False)
     if own is None:
         return "Try again when other analyses on this server have finished."
     return own[0].upper() + own[1:] + "."
 
 
-def own_memory_advice(keep_token: str | None = None) -> str | None:
+def own_memory_advice(keep_token: str | None = None, *, here: bool = True) -> str | None:
     """What this session's user can do about a refusal for memory when no other login's session holds
     any (:meth:`SessionStore.memory_of`) and no computation runs or waits: waiting for "other
     analyses" would then never make room, so it says what frees the user's own memory, and that the
@@ -388,16 +389,16 @@ def own_memory_advice(keep_token: str | None = None) -> str | None:
     if owner is None:
         return None
     token = keep_token if keep_token is not None else ss.get(TOKEN)
-    others, here, elsewhere = store().memory_of(owner, token)
+    others, held_here, elsewhere = store().memory_of(owner, token)
     line = jobs.queue()
     if others or line.running or line.waiting:
         return None
     ways = []
     if elsewhere:
         ways.append(f"log out in your other scATD Studio tabs (that removes their data, {size_text(elsewhere)})")
-    if here:
+    if here and held_here:  # a new upload: this tab's earlier data can go
         ways.append(f"log out here and back in, which removes this tab's earlier data and results "
-                    f"({size_text(here)}), then upload the file again")
+                    f"({size_text(held_here)}), then upload the file again")
     ways.append("ask the administrator to raise server.memory_mb")
     return ("no other user's analysis holds memory on this server now, so waiting will not make room: "
             + ", or ".join(ways))

@@ -601,6 +601,9 @@ def test_a_memory_refusal_when_only_this_user_holds_memory_says_what_they_can_do
             _common.check_memory(300 * mb, "its values", opts)
         return err.value.hint
 
+    assert session.waiting_advice() == (  # the Biomarkers page's: its data stay (no "log out here")
+        "No other user's analysis holds memory on this server now, so waiting will not make room: log out in your "
+        "other scATD Studio tabs (that removes their data, 2.0 MB), or ask the administrator to raise server.memory_mb.")
     hint = refused()
     assert hint.startswith("Your file is kept: no other user's analysis holds memory on this server now, so "
                            "waiting will not make room: log out in your other scATD Studio tabs (that removes their "
@@ -608,7 +611,6 @@ def test_a_memory_refusal_when_only_this_user_holds_memory_says_what_they_can_do
                            "results (3.0 MB), then upload the file again, or ask the administrator to raise "
                            "server.memory_mb"), hint
     assert "have finished" not in hint
-    assert session.waiting_advice().startswith("No other user's analysis holds memory")  # the Biomarkers page's
     line.running = 1  # a computation runs (whoever's): it will end and give its memory back
     assert refused().startswith("Your file is kept: try again when other analyses on this server have finished")
     line.running = 0
