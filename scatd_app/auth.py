@@ -125,13 +125,13 @@ def _password_form() -> None:
         st.error("The login cannot work: the server's users file cannot be read. The administrator can see why "
                  "with `scatd doctor` on the server.", icon=":material/error:")
         return
+    if why := st.session_state.pop(LOGGED_OUT, None):  # also when the account removed was the last one
+        st.warning(md(why), icon=":material/logout:")
     if not users:
         st.warning("This server is reachable from the network, so it needs a login, but no user account exists "
                    "yet. An administrator creates one on the server with `scatd users add NAME --admin`.",
                    icon=":material/lock:")
         return
-    if why := st.session_state.pop(LOGGED_OUT, None):
-        st.warning(md(why), icon=":material/logout:")
     with st.form("login"):
         name = st.text_input("User name", key="login_name")
         password = st.text_input("Password", type="password", key="login_password")

@@ -307,6 +307,32 @@ def test_the_login_form_logs_each_attempt_and_says_when_one_starts_a_lock_out(se
     assert said[1].startswith("login refused: user 'alice' from ") and "wrong password" not in " ".join(said)
 
 
+def test_removing_the_last_account_still_tells_its_open_session_why_it_was_logged_out(server_home, fast_hash,
+                                                                                     monkeypatch):
+    """Seen in Chromium: with alice the only account, `scatd users remove alice` logged her page out
+    with "no user account exists yet" alone; why she was logged out was dropped."""
+    from streamlit.testing.v1 import AppTest
+
+    from scatd_core import users
+    from test_app_pages import APP
+
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    users.add_user("alice", PASSWORD)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.text_input(key="login_name").set_value("alice")
+    at.text_input(key="login_password").set_value(PASSWORD)
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert "Logged in as alice" in " ".join(c.value for c in at.caption)
+    users.remove_user("alice")
+    at.run()
+    said = [w.value.replace("\\", "") for w in at.warning]  # as markdown: the colon escaped
+    assert said[0] == "You were logged out: your account was removed by an administrator.", said
+    assert "no user account exists yet" in said[1]
+
+
 def test_the_login_page_says_when_a_lock_out_really_ends(server_home, fast_hash, monkeypatch):
     """QA: the login page said "3 failed attempts lock an account or address for 15 minutes", read as
     15 minutes from the last failure; the lock-out ends 15 minutes after the FIRST counted failure.
