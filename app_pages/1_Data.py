@@ -9,7 +9,7 @@ from scatd_core import genes, io, labels, pl
 from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
 from scatd_core.genes import id_evidence_text
-from scatd_core.preprocess import (QC_KEY, QC_METRICS, apply_qc_filter, orientation_text, suggest_qc_thresholds,
+from scatd_core.preprocess import (QC_METRICS, orientation_text, remove_qc_filter, suggest_qc_thresholds,
                                    value_evidence_text, value_kind_words)
 
 ss = st.session_state
@@ -108,9 +108,7 @@ elif info.get("value_type") == "zscored":  # every gene "detected" in every cell
             "gene counts as detected in every cell and their sums say nothing about a cell's quality: no QC "
             "metrics or filter for these data. Filter low-quality cells before z-scoring, or upload the counts.",
             icon=":material/info:")
-    if QC_KEY in adata.obs:  # a filter set before (another reading of the data) does not stay on unseen
-        del adata.obs[QC_KEY]
-        adata.uns.pop("scatd_qc", None)
+    if remove_qc_filter(adata):  # a filter set before (another reading of the data) does not stay on unseen
         state.invalidate("prediction")
 else:
     try:
@@ -124,42 +122,30 @@ if qc is not None:
                     f"These values are {ui.md(kind)}, not counts")
                    + ": 'total counts' is the sum of the values per cell, so judge the thresholds with care.")
     suggested = suggest_qc_thresholds(qc)
-    if "qc_enabled" not in ss:  # new data: start from the suggestions, filter off
-        ss["qc_enabled"] = False
-        for metric in QC_METRICS:
-            for bound in ("min", "max"):
-                ss[f"qc_{metric}_{bound}"] = suggested.get(metric, {}).get(bound)
-    enabled = st.toggle("Mark low-quality cells as filtered", key="qc_enabled",
+    if ui.QC_ENABLED not in ss:  # new data: start from the suggestions, filter off
+        ss[ui.QC_ENABLED] = False
+        for metric, bound, key in ui.qc_bound_keys():
+            ss[key] = suggested.get(metric, {}).get(bound)
+    # each change is applied to the data in its callback too: one followed at once by another page
+    # (one rerun of that page, in which this code does not run) reaches the data all the same
+    enabled = st.toggle("Mark low-quality cells as filtered", key=ui.QC_ENABLED, on_change=ui.apply_qc_choice,
                         help="Filtered cells are not predicted but keep their row, marked 'filtered (QC)', "
                              "in every table and file.")
-    before = ui.qc_mask(adata)
-    passed = None
     if enabled:
         st.caption(f"Suggested bounds: {suggested['method']}. Empty = no bound.")
-        thresholds = {}
+        bound_keys = ui.qc_bound_keys()
         for col, metric in zip(st.columns(len(QC_METRICS)), QC_METRICS):
             with col:
                 st.markdown(f"**{metric.replace('_', ' ')}**")
-                bounds = {}
-                for bound in ("min", "max"):
-                    if metric == "pct_counts_mt" and bound == "min":
-                        continue
+                for _, bound, key in [k for k in bound_keys if k[0] == metric]:
                     disabled = metric not in qc or qc[metric].isna().all()
-                    value = st.number_input(f"{bound} {metric}", key=f"qc_{metric}_{bound}", min_value=0.0,
-                                            format="%.2f", disabled=disabled, label_visibility="collapsed",
-                                            placeholder=f"no {bound}imum")
-                    if value is not None:
-                        bounds[bound] = float(value)
-                thresholds[metric] = bounds
-        passed = apply_qc_filter(adata, thresholds, qc)
+                    st.number_input(f"{bound} {metric}", key=key, min_value=0.0, format="%.2f", disabled=disabled,
+                                    label_visibility="collapsed", placeholder=f"no {bound}imum",
+                                    on_change=ui.apply_qc_choice)
+    passed = ui.apply_qc_choice()  # (as the callbacks left it, unless the data are new)
+    if passed is not None:
         st.info(f"**{int(passed.sum()):,} of {adata.n_obs:,} cells pass**; {int((~passed).sum()):,} will be marked "
                 "'filtered (QC)': not predicted, but kept in every output.", icon=":material/filter_alt:")
-    elif QC_KEY in adata.obs:
-        del adata.obs[QC_KEY]
-        adata.uns.pop("scatd_qc", None)
-    changed = (before is None) != (passed is None) or (before is not None and (before != passed).any())
-    if changed:
-        state.invalidate("prediction")
     left, right = st.columns([0.55, 0.45])
     ui.chart(pl.qc_violin(qc, QC_METRICS, passed), key="qc_violin", where=left)
     if {"total_counts", "n_genes_by_counts"} <= set(qc.columns):

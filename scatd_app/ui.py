@@ -315,6 +315,48 @@ def qc_mask(adata: ad.AnnData) -> np.ndarray | None:
     return adata.obs[QC_PASS].to_numpy(dtype=bool) if QC_PASS in adata.obs else None
 
 
+#: The Data page's QC widgets: the toggle, and a number input per metric and bound (``qc_<metric>_<bound>``;
+#: no minimum for the mitochondrial percentage).
+QC_ENABLED = "qc_enabled"
+
+
+def qc_bound_keys() -> list[tuple[str, str, str]]:
+    """``(metric, bound, widget key)`` of each of the Data page's QC number inputs, in its order."""
+    from scatd_core.preprocess import QC_METRICS
+
+    return [(metric, bound, f"qc_{metric}_{bound}") for metric in QC_METRICS for bound in ("min", "max")
+            if not (metric == "pct_counts_mt" and bound == "min")]
+
+
+def apply_qc_choice() -> np.ndarray | None:
+    """Put the Data page's QC filter, as its toggle and bounds stand in the session, on the session's
+    data (or take it off), and forget a prediction the change makes stale. Returns the mask of the
+    cells that pass, or ``None`` when the filter is off.
+
+    The page runs it, and so do the toggle's and the bounds' ``on_change``: a change followed at once
+    by another page reaches the server as one rerun of that page, in which the Data page's code
+    never runs, and the filter would stay as it was on the page the user goes to."""
+    from scatd_core.preprocess import QC_METRICS, apply_qc_filter, remove_qc_filter
+
+    ss = st.session_state
+    adata = ss.get(state.ADATA)
+    if adata is None or QC_ENABLED not in ss:  # no data, or data without the filter (z-scores, embeddings)
+        return None
+    before = qc_mask(adata)
+    passed = None
+    if ss[QC_ENABLED]:
+        thresholds: dict[str, dict[str, float]] = {metric: {} for metric in QC_METRICS}  # empty = no bound
+        for metric, bound, key in qc_bound_keys():
+            if ss.get(key) is not None:
+                thresholds[metric][bound] = float(ss[key])
+        passed = apply_qc_filter(adata, thresholds, qc_metrics(adata))
+    else:
+        remove_qc_filter(adata)
+    if (before is None) != (passed is None) or (before is not None and (before != passed).any()):
+        state.invalidate("prediction")
+    return passed
+
+
 def prediction_token(bundle, settings: dict) -> str:
     """What a prediction depends on: this upload, its gene-ID mapping and QC mask, the model, the settings."""
     from scatd_core._keys import INPUT_REPORT

@@ -599,3 +599,12 @@ def apply_qc_filter(adata, thresholds: dict, metrics: pd.DataFrame | None = None
     adata.uns[QC] = {"thresholds": used, "n_pass": int(mask.sum()), "n_fail": int((~mask).sum()),
                              "key": key_added}
     return mask
+
+
+def remove_qc_filter(adata, key_added: str = QC_KEY) -> bool:
+    """Undo :func:`apply_qc_filter`: every cell is used again. Returns whether a filter was there."""
+    had = key_added in adata.obs
+    if had:
+        del adata.obs[key_added]
+    adata.uns.pop(QC, None)
+    return had

@@ -395,6 +395,48 @@ def test_a_label_answer_followed_at_once_by_another_page_is_recorded(with_librar
     assert at.radio(key="label_resistant_response").value == "0" and "never guessed" not in text(at.warning)
 
 
+def test_a_qc_change_followed_at_once_by_another_page_is_applied(with_library):
+    """As the label answer above: the QC toggle and bounds reached the data only when the Data page's
+    code ran, so a change followed at once by another page (one rerun of that page) left the filter
+    as it was: the Predict page predicted the cells just filtered (or left out those just let in), and
+    a prediction made before stayed as if current. The widgets' callbacks apply the change on the
+    data, and forget a prediction it makes stale, whichever page the rerun runs."""
+    from scatd_core.preprocess import QC_KEY
+
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    at.toggle(key="qc_enabled").set_value(True).run()
+    at.number_input(key="qc_total_counts_min").set_value(2000.0).run()
+    n_pass = int(at.session_state[state.ADATA].obs[QC_KEY].sum())
+    assert 0 < n_pass < N_CELLS - 30
+
+    at.toggle(key="qc_enabled").set_value(False)
+    goto(at, "3_Predict")  # turned off, then Predict at once: the Data page does not run
+    assert QC_KEY not in at.session_state[state.ADATA].obs
+    assert metric(at, "Cells to predict") == f"{N_CELLS:,}"
+    goto(at, "1_Data")
+    at.toggle(key="qc_enabled").set_value(True)
+    goto(at, "3_Predict")  # on again (the bounds as they were), then Predict at once
+    assert metric(at, "Cells to predict") == f"{n_pass:,}"
+    at.button(key="btn_run_predict").click().run()
+    labels = at.session_state[state.ADATA].obs["scatd_label"]
+    assert int((labels == "filtered (QC)").sum()) == N_CELLS - n_pass
+
+    goto(at, "1_Data")
+    at.number_input(key="qc_total_counts_min").set_value(2500.0)
+    goto(at, "4_Cells")  # a bound changed, then Cells at once: the prediction made before is stale
+    adata = at.session_state[state.ADATA]
+    assert adata.uns["scatd_qc"]["thresholds"]["total_counts"]["min"] == 2500.0
+    n_now = int(adata.obs[QC_KEY].sum())
+    assert n_now < n_pass and "scatd_label" not in adata.obs
+    assert "Run a prediction first" in text(at.info)
+    goto(at, "3_Predict")
+    assert metric(at, "Cells to predict") == f"{n_now:,}"
+    goto(at, "1_Data")  # and the Data page shows the filter as it is
+    assert at.toggle(key="qc_enabled").value and f"{n_now:,} of {N_CELLS:,} cells pass" in text(at.info)
+    assert int(at.session_state[state.ADATA].obs[QC_KEY].sum()) == n_now
+
+
 def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_subsampled_umap(with_library,
                                                                                                  monkeypatch):
     """QA (Cells page): at threshold 1.0 (no cell called resistant) precision and F1 read 0.000; the
