@@ -29,6 +29,7 @@ with left:
                                      + io.SPREADSHEET_UPLOAD_HELP)
 with right:
     orientation = st.radio("Table orientation", io.ORIENTATIONS, key="data_orientation",
+                           on_change=ui.read_again_in_orientation,  # also when another page follows at once
                            format_func={"auto": "detect", "cells_x_genes": "rows are cells",
                                         "genes_x_cells": "rows are genes"}.get,
                            help="For CSV/TSV tables and .npy arrays (detected from the names). An h5ad is read "

@@ -1207,7 +1207,6 @@ def read_upload(uploaded, orientation: str) -> None:
     runs, only in another orientation.
     """
     from scatd_app import session
-    from scatd_core import io
 
     ss = st.session_state
     kept, source = ss.get(state.UPLOAD), None
@@ -1224,19 +1223,12 @@ def read_upload(uploaded, orientation: str) -> None:
             except Exception as exc:  # InputError: too large, unsupported, disk full
                 show_error(exc)
                 stop()
-    elif kept and not ss.get(state.IS_DEMO) and done[0] == kept["id"] and done[1] != orientation:
-        read_with = done[2] if len(done) > 2 else done[1]  # the option the data were read with
-        if _orientation_changes_nothing(ss.get(state.ADATA), orientation, read_with):
-            ss["data_upload"] = [done[0], orientation, read_with]  # kept as they are, with all computed from them
-            return
-        source = kept  # the data now: read again in the orientation now chosen
+    else:
+        source = _kept_upload_to_read_again(orientation)
     if source is None:
         return
     try:
-        with st.spinner(f"Reading {md(source['name'])}…"):
-            adata = io.read(source["path"], name=source["name"], orientation=orientation,
-                            max_bytes=limits().max_upload_bytes,  # an upload: the upload limit applies
-                            **session.room_for_a_dataset(ss.get(session.TOKEN)))
+        adata = _read_source(source, orientation)
     except Exception as exc:  # io promises InputError only; still never show a traceback
         show_error(exc)
         if isinstance(exc, MemoryShortage):  # the file is kept; a rerun reads it again
@@ -1247,12 +1239,66 @@ def read_upload(uploaded, orientation: str) -> None:
                 ss[FAILED_UPLOAD] = [uploaded.file_id, orientation, error_copy(exc)]
         _say_earlier_data_kept()
         stop()
+    _use_reading(adata, source, orientation)
+    if uploaded is not None:
+        session.release_upload(uploaded.file_id)
+
+
+def _kept_upload_to_read_again(orientation: str) -> dict | None:
+    """The session's kept upload when its data were read in another orientation than ``orientation``
+    and reading it again would give other data; else ``None`` (an orientation that changes nothing
+    is recorded as the one shown, and the data stay, with all computed from them)."""
+    ss = st.session_state
+    kept = ss.get(state.UPLOAD)
+    done = ss.get("data_upload") or [None, None]
+    if not kept or ss.get(state.IS_DEMO) or done[0] != kept["id"] or done[1] == orientation:
+        return None
+    read_with = done[2] if len(done) > 2 else done[1]  # the option the data were read with
+    if _orientation_changes_nothing(ss.get(state.ADATA), orientation, read_with):
+        ss["data_upload"] = [done[0], orientation, read_with]
+        return None
+    return kept
+
+
+def _read_source(source: dict, orientation: str) -> ad.AnnData:
+    """Read an upload kept on disk (:func:`scatd_app.session.keep_upload`) in ``orientation``."""
+    from scatd_app import session
+    from scatd_core import io
+
+    with st.spinner(f"Reading {md(source['name'])}…"):
+        return io.read(source["path"], name=source["name"], orientation=orientation,
+                       max_bytes=limits().max_upload_bytes,  # an upload: the upload limit applies
+                       **session.room_for_a_dataset(st.session_state.get(session.TOKEN)))
+
+
+def _use_reading(adata: ad.AnnData, source: dict, orientation: str) -> None:
+    """Make a reading of the kept upload ``source`` the session's data."""
+    from scatd_app import session
+
+    ss = st.session_state
     ss.pop(FAILED_UPLOAD, None)
     set_data(adata, source["name"])
     ss["data_upload"] = [source["id"], orientation, orientation]  # [file, option shown, option read with]
     session.forget_other_uploads()
-    if uploaded is not None:
-        session.release_upload(uploaded.file_id)
+
+
+def read_again_in_orientation(key: str = "data_orientation") -> None:
+    """The Data page's orientation radio's ``on_change``: the kept upload read again in the orientation
+    chosen (radio ``key``), with its cell metadata table added again. A change followed at once by
+    another page reaches the server as one rerun of that page, in which the Data page's code (its
+    :func:`read_upload`) never runs: that page would show the earlier reading. A reading that fails
+    changes nothing here; the Data page reads the file again when it is shown, and says why."""
+    ss = st.session_state
+    orientation = ss.get(key)
+    source = _kept_upload_to_read_again(orientation)
+    if source is None:
+        return
+    try:
+        adata = _read_source(source, orientation)
+    except Exception:  # said on the Data page (read there again)
+        return
+    _use_reading(adata, source, orientation)
+    add_cell_metadata(adata, None, cell_metadata_key(), say=False)
 
 
 def _orientation_changes_nothing(adata, orientation: str, read_with: str | None) -> bool:
@@ -1306,12 +1352,13 @@ def remove_cell_metadata_if_cleared(key: str | None = None) -> None:
             ss[CELL_METADATA_REMOVED] = removed
 
 
-def add_cell_metadata(adata: ad.AnnData, uploaded, source: str) -> None:
+def add_cell_metadata(adata: ad.AnnData, uploaded, source: str, *, say: bool = True) -> None:
     """The Data page's cell metadata table: read once per upload (then Streamlit's copy is let go),
     added to the data's obs, and added again to a new reading of the same upload (another
     orientation); forgotten with the upload it was given for (``source``: :func:`cell_metadata_key`).
     Says what was matched, or why nothing could be; a label or sample column it brings is chosen
-    when none is."""
+    when none is. ``say=False``: a table that does not fit the data is said only on the page's next
+    run (from a callback)."""
     from scatd_app import session
     from scatd_core import io
 
@@ -1351,7 +1398,7 @@ def add_cell_metadata(adata: ad.AnnData, uploaded, source: str) -> None:
                 ss[state.LABEL_COLUMN] = label
             if ss.get(state.SAMPLE_COLUMN) not in adata.obs:
                 ss[state.SAMPLE_COLUMN] = sample
-    if meta["problem"] is not None:
+    if meta["problem"] is not None and say:
         show_error(meta["problem"])
 
 

@@ -116,6 +116,34 @@ def test_a_metadata_table_is_added_again_when_the_upload_is_read_again(library):
     assert at.session_state[state.LABEL_COLUMN] == "response" and "labels.csv: 40 of the data's 40" in said(at.info)
 
 
+def test_an_orientation_change_followed_at_once_by_another_page_reads_the_file_again(library):
+    """As the QC filter and the label answer: the upload was read again in the orientation chosen only
+    when the Data page's code ran, so a change followed at once by another page (one rerun of that
+    page) left that page with the earlier reading. The radio's callback reads it again, and adds the
+    cell metadata table again; the Data page then keeps that reading and says why the table does not
+    fit it."""
+    adata = make_dataset(40, seed=1)
+    frame = pd.DataFrame(adata.X.toarray().T, index=adata.var_names, columns=adata.obs_names)
+    at = upload(start(), "genes_rows.csv", frame.to_csv().encode())
+    assert metric(at, "Cells") == "40"  # detected: rows are genes
+    meta = pd.DataFrame({"cell_id": adata.obs_names, "response": adata.obs["response"].astype(str).to_numpy()})
+    _metadata_uploader(at).upload("labels.csv", meta.to_csv(index=False).encode())
+    at.run()
+    ok(at)
+    at.radio(key="data_orientation").set_value("cells_x_genes")
+    goto(at, "2_Model")  # the click and the page change in one rerun: the Data page does not run
+    reading = at.session_state[state.ADATA]
+    assert reading.n_obs == adata.n_vars and "response" not in reading.obs
+    assert "labels.csv" not in said(at.error)  # (said on the Data page, below)
+    goto(at, "1_Data")  # kept as read, not read again; the table that does not fit is said here
+    assert at.session_state[state.ADATA] is reading and metric(at, "Cells") == f"{adata.n_vars:,}"
+    assert "None of the 40 cell IDs in labels.csv" in said(at.error)
+    at.radio(key="data_orientation").set_value("auto")
+    goto(at, "3_Predict")  # back, and Predict at once: the table is added to that reading again
+    assert at.session_state[state.ADATA].n_obs == 40 and at.session_state[state.ADATA].obs["response"].notna().all()
+    assert at.session_state[state.LABEL_COLUMN] == "response" and metric(at, "Cells to predict") == "40"
+
+
 def test_metadata_never_replaces_a_column_and_a_bad_table_is_said(library):
     adata = make_dataset(60, seed=2)
     at = start()
