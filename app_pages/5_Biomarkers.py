@@ -74,8 +74,8 @@ with st.form("explain_settings"):
                      help="; ".join(f"**{b}**: {zero if b == 'zero' else text}" for b, text in BASELINE_HELP.items()))
     c2.selectbox("Explained output", ex.TARGETS, format_func=ui.detached(lambda t: ex.TARGET_TITLES[t]),
                  key="bio_target")
-    c3.number_input("Integration steps", min_value=2, max_value=500, step=10, key="bio_steps", disabled=deletion,
-                    help="Raise it if the completeness warning appears.")
+    c3.number_input("Integration steps", min_value=ex.MIN_STEPS, max_value=ex.MAX_STEPS, step=10, key="bio_steps",
+                    disabled=deletion, help=f"Raise it if the completeness warning appears (at most {ex.MAX_STEPS}).")
     c4, c5, c6 = st.columns(3)
     c4.number_input("Cells to explain (at most)", min_value=2, max_value=max(n_scored, 2),
                     key="bio_gene_cells" if gene_level else "bio_cells",

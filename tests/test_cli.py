@@ -661,6 +661,27 @@ def test_explain_counts_below_two_are_refused_by_the_option(capsys, option):
     assert caught.value.code == 2 and f"argument {option}: must be at least 2, got 1" in err
 
 
+def test_explain_steps_above_the_maximum_are_refused_by_the_option(capsys):
+    """QA: `scatd explain --steps 1000000` said "about 7 s, up to 259 MB", then crashed with a
+    MemoryError of 7.28 TiB (captum's quadrature); the app capped its field at 500. The same
+    maximum is refused while parsing, before anything runs (scatd report's --steps too)."""
+    from scatd_core.explain import MAX_STEPS
+
+    for command in (["explain", "--output", "b.csv"], ["report", "--out", "rep", "--explain"]):
+        with pytest.raises(SystemExit) as caught:
+            main([*command, "--model", "m", "--input", "x.h5ad", "--steps", "1000000"])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2, err
+        assert f"argument --steps: must be at most {MAX_STEPS:,}, got 1,000,000; the default 50 usually" in err
+    assert f"integration steps (default 50; 2 to {MAX_STEPS};" in _help("explain", capsys)
+
+
+def _help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
 def test_explain_seed_below_zero_is_refused_by_the_option(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["explain", "--model", "m", "--input", "x.h5ad", "--output", "b.csv", "--explain-seed", "-1"])

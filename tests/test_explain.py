@@ -624,3 +624,20 @@ def test_the_signed_mean_is_flagged_near_zero_against_a_baseline_at_the_average_
     assert signed_mean_near_zero({"baseline": "mean"}) and not signed_mean_near_zero({"baseline": "deletion"})
     z_scoring = SimpleNamespace(input_kind="expression", manifest={"input_transform": "standardize"})
     assert zero_is_mean(z_scoring) and not zero_is_mean(bundle)
+
+
+def test_more_steps_than_the_maximum_are_refused_before_anything_runs(small_bundles, monkeypatch):
+    """QA: `scatd explain --steps 1000000` crashed with "MemoryError: Unable to allocate 7.28 TiB" (captum's
+    Gauss-Legendre points come from a steps x steps matrix); the app capped its field at 500, the API
+    nothing. One maximum, in scatd_core, refused with a clear message before the quadrature is built."""
+    from scatd_core.explain import MAX_STEPS, _attribution
+
+    adata, bundle = _small(small_bundles, n=10)
+    built = []
+    monkeypatch.setattr(_attribution, "quadrature", lambda n: built.append(n) or (_ for _ in ()).throw(MemoryError))
+    for steps in (MAX_STEPS + 1, 1_000_000):
+        with pytest.raises(InputError, match=f"at most {MAX_STEPS:,} steps, got {steps:,}") as caught:
+            explain(adata, bundle, n_steps=steps)
+        assert "the default 50 usually suffice" in caught.value.hint
+    assert not built and "scatd_biomarkers" not in adata.uns
+    assert MAX_STEPS == 500  # the app's Integration steps field takes its maximum from here

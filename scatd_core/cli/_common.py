@@ -88,8 +88,9 @@ def add_spelled_both_ways(p: argparse.ArgumentParser, main: str, other: str, *, 
     return action
 
 
-def whole_number(minimum: int):
-    """An argparse type: a whole number of at least ``minimum`` (argparse names the option)."""
+def whole_number(minimum: int, maximum: int | None = None, why: str = ""):
+    """An argparse type: a whole number of at least ``minimum`` and, when given, at most
+    ``maximum`` (argparse names the option; ``why``: words after the refusal of a larger one)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -97,9 +98,11 @@ def whole_number(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got {value:,}" + (f"; {why}" if why else ""))
         return value
 
-    parse.__name__ = f"whole number >= {minimum}"
+    parse.__name__ = f"whole number >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
     return parse
 
 

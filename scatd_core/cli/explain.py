@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scatd_core._explain_settings import MAX_STEPS, MIN_STEPS
 from scatd_core._words import counted
 from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, add_label_arguments, \
     add_overwrite_argument, apply_label_direction, at_least_two, cell_mask, check_columns, check_outputs, \
@@ -53,6 +54,11 @@ KEEP_TOP_HELP = {
 }
 
 
+#: ``--steps``' type: :data:`~scatd_core._explain_settings.MIN_STEPS` to ``MAX_STEPS``, as the app's form.
+STEPS = whole_number(MIN_STEPS, MAX_STEPS, "the default 50 usually suffice; more are only needed when the "
+                     "completeness warning asks for them")
+
+
 def add_explain_arguments(p, command: str | None = None) -> None:
     """The integrated-gradients options of ``scatd explain`` and ``scatd report --explain``;
     ``command``: explain or report (default: the parser's own name, its ``prog``'s last word)."""
@@ -60,8 +66,9 @@ def add_explain_arguments(p, command: str | None = None) -> None:
     p.add_argument("--baseline", default="mean", choices=BASELINES,
                    help="IG baseline: dataset mean (default), zero, mean of random cells, or a mix (VAE_gf genes, "
                         "ranked by deletion: the cell without the gene; only the default)")
-    p.add_argument("--steps", type=at_least_two, default=50,
-                   help="integration steps (default 50; at least 2; not used by Geneformer's in-silico deletion)")
+    p.add_argument("--steps", type=STEPS, default=50,
+                   help=f"integration steps (default 50; {MIN_STEPS} to {MAX_STEPS}; not used by Geneformer's in-silico "
+                        "deletion)")
     p.add_argument("--target", default="logit", choices=TARGETS,
                    help="logit P(resistant) (default), the raw resistant logit (as the original), or P(resistant)")
     p.add_argument("--max-cells", type=at_least_two,
@@ -98,8 +105,8 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
     from scatd_core.explain import explain
     from scatd_core.foundation import explain_genes
 
-    if args.steps < 2:
-        raise ScatdError(f"--steps must be at least 2, got {args.steps}.")
+    if not MIN_STEPS <= args.steps <= MAX_STEPS:
+        raise ScatdError(f"--steps must be from {MIN_STEPS} to {MAX_STEPS}, got {args.steps:,}.")
     common = dict(inputs=inputs, baseline=args.baseline, n_steps=args.steps, target=args.target,
                   max_cells=args.max_cells, seed=args.explain_seed, device=args.device,
                   keep_top=keep_top or args.keep_top, differential_expression=not args.no_de,

@@ -114,6 +114,7 @@ ranking's sums), ``_ranking`` and ``_wilcoxon`` (DE test, agreement), ``_explain
 prediction's calibrated rates). :func:`warm_up` compiles their numba kernels ahead of time.
 """
 
+from scatd_core._explain_settings import MAX_STEPS, MIN_STEPS
 from scatd_core.explain._attribution import (BASELINE_TITLES, BASELINES, IG_MEMORY_BUDGET, N_REFERENCE_CELLS,
                                              TARGET_TITLES, TARGETS, auto_internal_batch_size,
                                              direction_meaning, zero_baseline_meaning)
@@ -142,4 +143,4 @@ __all__ = ["warm_up", "explain", "estimate", "Explanation", "from_adata", "out_o
            "stratified_subsample", "completeness_text", "signed_mean_near_zero",
            "BASELINES", "TARGETS", "TARGET_TITLES", "BASELINE_TITLES", "N_REFERENCE_CELLS", "COMPLETENESS_TOLERANCE",
            "IG_MEMORY_BUDGET", "RANKING_COLUMNS", "auto_internal_batch_size", "direction_meaning",
-           "zero_baseline_meaning"]
+           "zero_baseline_meaning", "MIN_STEPS", "MAX_STEPS"]

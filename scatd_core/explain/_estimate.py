@@ -15,7 +15,10 @@ Memory: what grows with the cells explained (the gradient factors staged per cel
 genes are known, at most float16 attributions of every input; the cells' data as given, read for
 the kept inputs and the DE test, with the DE test's copies, :data:`BYTES_PER_STORED_VALUE`; the
 kept per-cell attributions and inputs) plus what does not (the interpolation buffers,
-:data:`IG_MEMORY_BUDGET`, and the map back's weights).
+:data:`IG_MEMORY_BUDGET`, and the map back's weights). captum's Gauss-Legendre points come from a
+steps x steps matrix (8 * steps^2 bytes, about 0.1 s to solve): at most 2 MB at
+:data:`~scatd_core._explain_settings.MAX_STEPS` (500), immaterial beside the 256 MB buffers, so it
+is not counted; more steps are refused before anything runs.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import torch
 
 from scatd_core import _keys
 from scatd_core._json import json_safe
+from scatd_core._explain_settings import check_steps
 from scatd_core._keys import LEFT_OUT, result_keys
 from scatd_core._progress import Eta
 from scatd_core.errors import Cancelled, InputError
@@ -189,8 +190,7 @@ def _check(adata: ad.AnnData, bundle, keys, baseline: str, target: str, n_steps:
         raise InputError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
     if target not in TARGETS:
         raise InputError(f"Unknown target {target!r}; use one of {', '.join(TARGETS)}.")
-    if int(n_steps) < 2:
-        raise InputError("Integrated gradients need at least 2 steps.", "Use n_steps 50 or more.")
+    check_steps(n_steps)  # at most MAX_STEPS: captum's quadrature alone takes 8 * steps^2 bytes
     if max_cells is not None and int(max_cells) < 2:
         raise InputError(f"max_cells must be at least 2, got {max_cells}.",
                          "Explain 2 cells or more (--max-cells on the command line).")
