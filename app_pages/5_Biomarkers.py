@@ -249,8 +249,9 @@ st.subheader("Downloads")
 st.caption("biomarkers.csv, the per-cell attributions (in the h5ad) and the ranking in report.html are also on the "
            "Report page.")
 d1, d2 = st.columns(2)
-stem = export.file_stem(ss.get(state.DATA_NAME), run=adata.uns["scatd"])  # the Report page's names
-ranked = export.biomarkers_stem(ss.get(state.DATA_NAME), adata)  # at the threshold the ranking was computed at
+# every file of the ranking (its metrics file too) is named at the threshold the ranking was computed at; the
+# metrics file's biomarkers rows say whether the calls now use another (out_of_date)
+ranked = export.biomarkers_stem(ss.get(state.DATA_NAME), adata)
 d1.download_button("biomarkers.csv", export.to_csv_bytes(ranking), f"{ranked}_biomarkers.csv", "text/csv",
                    key="btn_dl_biomarkers", on_click="ignore")
 d1.caption(export.explained_cells_text(info))
@@ -260,11 +261,13 @@ try:  # metrics.csv's rows, 'biomarkers' (the cells explained) included: named a
 except ScatdError as exc:
     d1.warning(ui.md(f"biomarkers_metrics.csv could not be made: {exc}"))
 else:
-    d1.download_button("biomarkers_metrics.csv", export.to_csv_bytes(metrics), f"{stem}_biomarkers_metrics.csv",
+    d1.download_button("biomarkers_metrics.csv", export.to_csv_bytes(metrics), f"{ranked}_biomarkers_metrics.csv",
                        "text/csv",
                        key="btn_dl_biomarker_metrics", on_click="ignore",
-                       help="The run as metrics.csv records it: how many cells were explained, of how many scored, "
-                            "whether a subsample, and the threshold behind the predicted groups.")
+                       help="The run as metrics.csv records it. Its 'biomarkers' rows: how many cells were "
+                            "explained, of how many scored, whether a subsample; the threshold and the predicted "
+                            "groups the ranking was computed at, and whether the calls now use another threshold "
+                            "(out_of_date); the method, explained output, baseline, steps, seed and completeness.")
 if expl.features:
     k = d2.number_input("Per-cell attributions: top genes", 1, len(expl.features), min(20, len(expl.features)),
                         key="bio_per_cell_k")

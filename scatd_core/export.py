@@ -407,7 +407,36 @@ def _biomarker_rows(adata: ad.AnnData, key_added: str | None) -> list[tuple]:
             ("biomarkers", "cells_explained", cells.get("how"))]
     if info.get("nothing_to_attribute"):
         rows.append(("biomarkers", "nothing_to_attribute", info["nothing_to_attribute"]))
+    # the threshold and the predicted groups the ranking was computed at, which the summary rows above
+    # (the calls now) no longer give once the threshold changed afterwards (out_of_date then says so)
+    stale = out_of_date(adata)
+    rows += [("biomarkers", "threshold", info.get("threshold")),
+             ("biomarkers", "threshold_calibrated", info.get("threshold_calibrated")),
+             ("biomarkers", "n_explained_resistant", cells.get("n_resistant")),
+             ("biomarkers", "n_explained_sensitive", cells.get("n_sensitive")),
+             ("biomarkers", "out_of_date", bool(stale))]
+    if stale:
+        rows.append(("biomarkers", "out_of_date_reason", stale))
+    rows += _biomarker_settings_rows(info)
     return rows
+
+
+def _biomarker_settings_rows(info: dict) -> list[tuple]:
+    """How the stored ranking was computed, as the h5ad's ``uns['scatd_biomarkers']['info']`` and
+    report.html record it: the method, the explained output, the baseline, the steps, the seed and
+    the completeness check (integrated gradients only: in-silico deletion has none)."""
+    rows = [("biomarkers", "method", info.get("method")),
+            ("biomarkers", "explained_output", info.get("target")),
+            ("biomarkers", "explained_output_meaning", info.get("target_title")),
+            ("biomarkers", "baseline", info.get("baseline")),
+            ("biomarkers", "baseline_meaning", info.get("baseline_title")),
+            ("biomarkers", "n_steps", info.get("n_steps") or None),  # 0: in-silico deletion, no steps
+            ("biomarkers", "seed", info.get("seed"))]
+    comp = info.get("completeness") or {}
+    if comp and not info.get("nothing_to_attribute"):  # with nothing to attribute it measures nothing
+        rows += [("biomarkers", f"completeness_{k}", comp.get(k)) for k in
+                 ("median_relative_error", "max_relative_error", "tolerance", "ok") if k in comp]
+    return [r for r in rows if r[2] is not None]
 
 
 def explained_cells_text(info: dict, *, short: bool = False) -> str:

@@ -64,8 +64,19 @@ def test_empty_state_asks_for_a_prediction():
     assert any("Run a prediction first" in i.value for i in at.info)
 
 
-def test_compute_shows_ranking_plots_and_downloads(predicted):
+def test_compute_shows_ranking_plots_and_downloads(predicted, monkeypatch):
+    from streamlit.elements.widgets.button import ButtonMixin
+
+    from scatd_core import export
+
     adata, bundle = predicted
+    saved, download = [], ButtonMixin.download_button
+
+    def recorded(self, label, data, file_name=None, *args, **kwargs):
+        saved.append((label, file_name))
+        return download(self, label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(ButtonMixin, "download_button", recorded)  # the file names the page gives
     at = _open(adata, bundle)
     assert any("Compute gene ranking" in i.value for i in at.info)
     at.number_input(key="bio_steps").set_value(8)  # keep the test fast
@@ -96,14 +107,23 @@ def test_compute_shows_ranking_plots_and_downloads(predicted):
     at.run()
     stale = [w.value for w in at.warning if "computed at threshold" in w.value]
     assert stale and "now use 0.010" in stale[0], [w.value for w in at.warning]
+    # QA: biomarkers_metrics.csv was named at the new threshold (thr0.01) beside a ranking named at its own, and
+    # said nothing of it: it is named as the ranking, and its biomarkers rows give the ranking's threshold and
+    # groups and say it is out of date (the Report page's metrics.csv has the same rows)
+    names = {label: name for label, name in saved}
+    ranked = names["biomarkers.csv"].removesuffix("_biomarkers.csv")
+    assert f"_thr{float(expl.info['threshold']):.4g}" in ranked and "thr0.01" not in ranked, names
+    assert names["biomarkers_metrics.csv"] == f"{ranked}_biomarkers_metrics.csv", names
+    rows = export.metrics_table(adata).set_index(["section", "metric"])["value"]
+    assert rows[("summary", "threshold")] == 0.01 and rows[("biomarkers", "threshold")] == expl.info["threshold"]
+    assert rows[("biomarkers", "out_of_date")] is True and rows[("biomarkers", "n_explained_resistant")] == \
+        expl.info["cells"]["n_resistant"]
     # and the Report page says so, as does the HTML report it offers
     at.switch_page("app_pages/6_Report.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("computed at threshold" in w.value for w in at.warning)
     assert any("out of date" in c.value for c in at.caption)
-    from scatd_core import export
-
     assert "Out of date." in export.html_report(adata)
     # at the threshold it was computed at, the ranking is current again
     set_threshold(adata, expl.info["threshold"], "user")

@@ -803,6 +803,14 @@ def test_explain_output_records_how_many_cells_were_explained_beside_the_ranking
                        metrics.loc[metrics["section"] == "summary", "value"]))
     assert summary["threshold_source"] == "expected fraction" and summary["calibrated"] == "True"
     assert "biomarkers_metrics.csv (the run as metrics.csv records it: 10 of 15 scored cells explained" in err
+    # QA: and how the ranking was made, as the h5ad and report.html say (the app's file, from the same writer)
+    assert rows["method"].startswith("Integrated gradients (captum") and rows["n_steps"] == "4"
+    assert (rows["explained_output"], rows["explained_output_meaning"]) == ("logit", "logit P(resistant)")
+    assert (rows["baseline"], rows["baseline_meaning"], rows["seed"]) == ("mean", "mean model input of the scored cells",
+                                                                          "0")
+    assert {"completeness_median_relative_error", "completeness_ok"} <= set(rows)
+    assert rows["threshold"] == summary["threshold"] and rows["out_of_date"] == "False"
+    assert int(rows["n_explained_resistant"]) + int(rows["n_explained_sensitive"]) == 10
     # the file beside it is an output too: never an input written over
     pd.DataFrame({"cell_id": ["c0"], "x": [1]}).to_csv(tmp / "b_metrics.csv", index=False)
     code, _, err = _run(capsys, *base, "--output", tmp / "b.csv", "--obs", tmp / "b_metrics.csv")

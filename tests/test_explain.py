@@ -641,3 +641,43 @@ def test_more_steps_than_the_maximum_are_refused_before_anything_runs(small_bund
         assert "the default 50 usually suffice" in caught.value.hint
     assert not built and "scatd_biomarkers" not in adata.uns
     assert MAX_STEPS == 500  # the app's Integration steps field takes its maximum from here
+
+
+def test_metrics_biomarker_rows_record_the_ranking_threshold_groups_and_settings(small_bundles):
+    """QA: after the threshold changed (Cells page -> Calibrate), biomarkers_metrics.csv gave the new
+    threshold and groups in its summary rows while its biomarkers rows came from the old ones, and
+    nothing said the ranking was out of date; nor did it (app or CLI) say which baseline, explained
+    output, steps, seed, method and completeness made the ranking. The biomarkers rows now do."""
+    from scatd_core.export import metrics_table
+    from scatd_core.predict import set_threshold
+
+    adata, bundle = _small(small_bundles, n=30)
+    result = explain(adata, bundle, n_steps=6, baseline="random", target="prob", seed=4)
+    info = result.info
+
+    def rows():
+        table = metrics_table(adata)
+        part = table[table["section"] == "biomarkers"]
+        return dict(zip(part["metric"], part["value"]))
+
+    now = rows()
+    cells = info["cells"]
+    assert now["threshold"] == info["threshold"] and now["out_of_date"] is False and "out_of_date_reason" not in now
+    assert (now["n_explained_resistant"], now["n_explained_sensitive"]) == (cells["n_resistant"], cells["n_sensitive"])
+    assert now["method"].startswith("Integrated gradients (captum") and "6 steps" in now["method"]
+    assert (now["explained_output"], now["explained_output_meaning"]) == ("prob", "P(resistant)")
+    assert now["baseline"] == "random" and now["baseline_meaning"] == "mean of 10 random scored cells (seed 4)"
+    assert (now["n_steps"], now["seed"]) == (6, 4)
+    comp = info["completeness"]
+    assert now["completeness_median_relative_error"] == comp["median_relative_error"]
+    assert now["completeness_max_relative_error"] == comp["max_relative_error"]
+    assert now["completeness_tolerance"] == comp["tolerance"] and now["completeness_ok"] == comp["ok"]
+    # the threshold moves afterwards: the summary gives the calls now, the biomarkers rows the ranking's own
+    then = float(info["threshold"])
+    set_threshold(adata, float(np.quantile(adata.obs["scatd_prob_resistant"], 0.8)), "user")
+    later = rows()
+    summary = metrics_table(adata).query("section == 'summary'").set_index("metric")["value"]
+    assert float(summary["threshold"]) != then and later["threshold"] == then
+    assert (later["n_explained_resistant"], later["n_explained_sensitive"]) == (cells["n_resistant"],
+                                                                               cells["n_sensitive"])
+    assert later["out_of_date"] is True and f"computed at threshold {then:.3f}" in later["out_of_date_reason"]
