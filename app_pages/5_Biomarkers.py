@@ -183,7 +183,15 @@ if agree:
     m3.metric("Top-20 shared with DE", agree.get("top20_overlap", "–"),
               help="Genes in both the attribution top 20 and the Wilcoxon top 20 (by |score|).")
     rho = agree["spearman_abs_attribution_vs_abs_de_score"]
-    m4.metric("Spearman |attr| vs |DE|", f"{rho:.3f}" if isinstance(rho, (int, float)) else rho)
+    n_compared, what = agree.get("n_features_compared"), f"{info['features']['level']}s"
+    m4.metric("Spearman |attr| vs |DE|", f"{rho:.3f}" if isinstance(rho, (int, float)) else rho,
+              help=f"Rank correlation (Spearman) of each {info['features']['level']}'s mean |attribution| with its "
+                   f"|Wilcoxon score|, over all {f'{n_compared:,} ' if n_compared else ''}{what} in the data, not "
+                   f"only the top ones. Most of them barely move the model and barely differ between the predicted "
+                   f"groups: their order on both sides is noise, which pulls this number towards 0. A low value next "
+                   f"to a large top-20 overlap is therefore expected: the two rankings agree on the strongest "
+                   f"{what}, not on the noise. 1: the same order throughout; 0: no relation; below 0: opposite "
+                   f"orders.")
 
 ranking = expl.ranking
 level = info["features"]["level"]

@@ -96,6 +96,10 @@ def test_compute_shows_ranking_plots_and_downloads(predicted, monkeypatch):
     assert {"Cells explained", "Completeness error"} <= {m.label for m in at.metric}
     rho = next((m.value for m in at.metric if m.label == "Spearman |attr| vs |DE|"), None)
     assert rho is not None and __import__("re").fullmatch(r"-?\d\.\d{3}", rho), rho  # 3 decimals, as the others
+    # QA: the one metric without help; a low value beside a large top-20 overlap looked contradictory
+    spearman = next(m for m in at.metric if m.label == "Spearman |attr| vs |DE|").proto.help
+    assert f"over all {expl.info['agreement']['n_features_compared']:,} genes in the data" in spearman, spearman
+    assert "noise" in spearman and "A low value next to a large top-20 overlap is therefore expected" in spearman
     # search filters the table; the map falls back to PCA of the latent space, labelled so
     at.text_input(key="bio_search").set_value("GENE1").run()
     assert all("GENE1" in f for f in at.dataframe[0].value["feature"])
