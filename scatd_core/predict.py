@@ -120,8 +120,11 @@ def _is_true_false(values: pd.Series) -> bool:
 
 
 def _true_false_columns(adata: ad.AnnData, n: int = 5) -> str:
-    """A few of the obs columns that could be a mask (boolean ones first), for a message."""
-    found = [str(c) for c in adata.obs.columns if _is_true_false(adata.obs[c])]
+    """A few of the obs columns that could be a mask (boolean ones first), for a message: the user's
+    own and the QC filter's (scATD Studio's other ``scatd_*`` flags, e.g. the reader's
+    ``scatd_all_zero``, are not offered)."""
+    offered = set(_keys.user_columns(adata.obs.columns, also=[_keys.QC_PASS]))
+    found = [str(c) for c in adata.obs.columns if str(c) in offered and _is_true_false(adata.obs[c])]
     found.sort(key=lambda c: not pd.api.types.is_bool_dtype(adata.obs[c]))
     return ", ".join(found[:n]) + (", ..." if len(found) > n else "")
 

@@ -224,3 +224,26 @@ def test_a_missing_mask_column_is_called_a_mask_and_the_true_false_columns_named
     assert "Apply the QC filter first" in err.value.hint
     with pytest.raises(InputError, match="; it has no True/False column"):
         _mask_of(_data(["c1"]), "keep")
+
+
+def test_a_missing_mask_column_offers_the_users_columns_not_the_readers_flags(tmp_path):
+    """QA: `scatd explain --mask nosuch` listed "its True/False columns: scatd_all_zero", a flag the
+    reader adds, not a column of the user's: scATD Studio's own scatd_* columns are not offered (but
+    for the QC filter's scatd_qc_pass, a mask the app makes)."""
+    import argparse
+
+    from scatd_core.cli._common import cell_mask
+
+    x = np.ones((4, 3), dtype=np.float32)
+    x[0] = 0  # a cell without expression: the reader marks it in obs['scatd_all_zero']
+    obs = pd.DataFrame({"keep": [True, True, False, True]}, index=[f"c{i}" for i in range(4)])
+    ad.AnnData(x, obs=obs, var=pd.DataFrame(index=["A", "B", "C"])).write_h5ad(tmp_path / "cells.h5ad")
+    adata = io.read(tmp_path / "cells.h5ad")
+    assert adata.obs["scatd_all_zero"].dtype == bool  # a True/False column, of the reader's
+    with pytest.raises(InputError) as err:
+        cell_mask(adata, argparse.Namespace(mask="nosuch"))
+    assert "its True/False columns: keep." in err.value.message and "scatd_all_zero" not in err.value.message
+    assert "scatd_all_zero" not in err.value.hint
+    adata.obs["scatd_qc_pass"] = True
+    with pytest.raises(InputError, match=r"its True/False columns: (keep, scatd_qc_pass|scatd_qc_pass, keep)\."):
+        cell_mask(adata, argparse.Namespace(mask="nosuch"))
