@@ -110,18 +110,26 @@ def _drug_thresholds(drugs: Sequence[str], thresholds) -> np.ndarray:
     return np.array([float(thresholds[d]) for d in drugs], dtype=np.float64)
 
 
-def prob_colorbar(threshold: float | None, title: str = "P(resistant)", thickness: int = 14) -> dict:
+def prob_colorbar(threshold: float | None, title: str = "P(resistant)", thickness: int = 14,
+                  horizontal: bool = False) -> dict:
     """A P(resistant) colour bar that marks the ``threshold`` (a tick "threshold 0.72" at the grey)
-    and says in its title what red and blue mean; without a threshold, 0 to 1 and the title."""
+    and says in its title what red and blue mean; without a threshold, 0 to 1 and the title.
+    ``horizontal``: across the plot's width under it (as :func:`relative_colorbar`; place it with
+    :func:`colorbar_below`), its title on two lines and no other tick label near the threshold's."""
     bar = dict(thickness=thickness, tickformat="~g", tickmode="array")
+    if horizontal:
+        bar.update(orientation="h", len=1, lenmode="fraction", x=0.5, xanchor="center", y=-0.3, yanchor="top",
+                   ypad=0)
     if threshold is None:
         return {**bar, "title": dict(text=title, side="top"), "tickvals": [0, 0.25, 0.5, 0.75, 1]}
     t = float(np.clip(threshold, 0.0, 1.0))
-    ticks = [v for v in (0.0, 0.25, 0.5, 0.75, 1.0) if abs(v - t) >= 0.08]  # no label over the threshold's
+    gap = 0.2 if horizontal else 0.08  # side by side, "threshold 0.72" is wider than a tick's spacing
+    ticks = [v for v in (0.0, 0.25, 0.5, 0.75, 1.0) if abs(v - t) >= gap]  # no label over the threshold's
     vals = sorted(ticks + [t])
     text = [f"threshold {t:.3g}" if v == t else f"{v:g}" for v in vals]
-    return {**bar, "tickvals": vals, "ticktext": text,
-            "title": dict(text=f"{title}<br>red: called resistant<br>blue: called sensitive", side="top")}
+    meaning = ("<br>red: called resistant, blue: called sensitive" if horizontal
+               else "<br>red: called resistant<br>blue: called sensitive")
+    return {**bar, "tickvals": vals, "ticktext": text, "title": dict(text=f"{title}{meaning}", side="top")}
 
 
 #: Text of every figure (ticks, axis and colour-bar titles, legends): 9.7:1 on white. Streamlit's own
@@ -758,7 +766,7 @@ def dependence_figure(feature: str, values: np.ndarray, attributions: np.ndarray
     fig = go.Figure(Trace(x=values, y=attributions, mode="markers",
                           marker=dict(size=5, color=prob, cmin=0, cmax=1,
                                       colorscale=prob_colorscale(0.5 if threshold is None else threshold),
-                                      colorbar=prob_colorbar(threshold, thickness=12)),
+                                      colorbar=prob_colorbar(threshold, thickness=12, horizontal=True)),
                           text=[f"{c} ({lab})" for c, lab in zip(cell_ids, labels)],
                           hovertemplate="%{text}<br>input %{x:.3g}, attribution %{y:.3g}<extra></extra>"))
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
@@ -774,7 +782,9 @@ def dependence_figure(feature: str, values: np.ndarray, attributions: np.ndarray
         alt += f"; attributions from {_g(a[both].min())} to {_g(a[both].max())}"
     if both.sum() > 2 and np.ptp(x[both]) > 0 and np.ptp(a[both]) > 0:
         alt += f"; Spearman correlation of input and attribution {pd.Series(x[both]).corr(pd.Series(a[both]), method='spearman'):.2f}"
-    return describe(layout(fig, None, height=420), alt + ".", f"{feature}_dependence")
+    # the colour bar under the plot, across its width: beside it, it took ~40% of a 390 px column
+    fig = colorbar_below(layout(fig, None, height=490), 64)  # under the x axis and its title, its two-line title too
+    return describe(fig, alt + ".", f"{feature}_dependence")
 
 
 def feature_map(coords: np.ndarray, values: np.ndarray, feature: str, what: str, axis: str,

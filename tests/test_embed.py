@@ -351,6 +351,23 @@ def test_p_resistant_turns_from_blue_to_red_at_the_threshold_in_use():
         assert "red: called resistant" in bar.title.text and "blue: called sensitive" in bar.title.text, where
 
 
+def test_the_gene_across_cells_plot_has_its_colour_bar_under_the_plot():
+    """QA: at 390 px the one-gene plot's vertical colour bar (three-line title) took ~40% of the
+    width; as the panel's figures, it lies under the plot, across its width, and no tick label
+    stands next to the threshold's."""
+    prob = np.linspace(0.0, 1.0, 40)
+    for threshold in (0.728, 0.9, 0.5):
+        fig = pl.dependence_figure("VIM", prob, prob, prob, ["x"] * 40, [str(i) for i in range(40)],
+                                   threshold=threshold)
+        bar = fig.data[0].marker.colorbar
+        assert bar.orientation == "h" and bar.len == 1 and bar.lenmode == "fraction" and bar.y < 0, bar
+        assert fig.layout.margin.b >= pl.COLORBAR_ROOM and fig.layout.margin.r <= 20  # room below, none beside
+        vals = list(bar.tickvals)
+        assert bar.ticktext[vals.index(threshold)] == f"threshold {threshold:g}"
+        assert all(abs(v - threshold) >= 0.2 for v in vals if v != threshold), vals
+        assert "red: called resistant, blue: called sensitive" in bar.title.text
+
+
 def test_the_reports_umap_of_p_resistant_marks_the_threshold_of_its_calls(monkeypatch):
     from scatd_core import export
     from scatd_core._keys import result_keys
