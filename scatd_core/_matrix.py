@@ -173,7 +173,7 @@ def log1p_cp10k(block, totals: np.ndarray | None = None, *, copy: bool = True):
     densifying a batch.
     """
     if totals is None:
-        totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        totals = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()  # float16 sums overflow
     totals = np.asarray(totals, dtype=np.float64).ravel()
     scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
     if sp.issparse(block):

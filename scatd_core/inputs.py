@@ -572,7 +572,7 @@ class ModelInput:
             if not finite.all():
                 drop(rows_with(~finite), "non_finite")
                 values = np.where(finite, values, 0)
-            big = np.abs(values) > MAX_ABS_VALUE
+            big = _beyond(values, MAX_ABS_VALUE)
             if self.unlog:  # beyond MAX_ABS_VALUE once un-logged
                 big |= values > MAX_LOG_VALUE
             if big.any():
@@ -597,7 +597,7 @@ class ModelInput:
                     drop(empty, "not_embedded")
                     drop(np.isnan(x).any(axis=1), "missing_values")  # a row partly NaN
                 drop(~np.isfinite(x).all(axis=1), "non_finite")
-                drop((np.abs(np.nan_to_num(x)) > MAX_ABS_VALUE).any(axis=1), "overflow")
+                drop(_beyond(np.nan_to_num(x), MAX_ABS_VALUE).any(axis=1), "overflow")
                 if self.unlog:  # beyond MAX_ABS_VALUE once un-logged
                     drop((np.nan_to_num(x) > MAX_LOG_VALUE).any(axis=1), "overflow")
                 if self.log_normalise:
@@ -862,6 +862,15 @@ def fit_for_data(adata: ad.AnnData, bundle) -> tuple[int, float]:
         return values, 1.0
     matched = align_genes(names_for(adata, detect_id_type(genes)), genes)
     return values, matched.n_matched / max(matched.n_model, 1)
+
+
+def _beyond(values: np.ndarray, limit: float) -> np.ndarray:
+    """``|values| > limit`` without casting ``limit`` to a type too narrow for it (float16 holds at
+    most 65,504: no finite float16 value is beyond 1e30, and the cast of 1e30 would overflow)."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f" and float(np.finfo(values.dtype).max) <= limit:
+        return np.zeros(values.shape, dtype=bool)
+    return np.abs(values) > limit
 
 
 def density(block) -> float:

@@ -254,7 +254,7 @@ def _value_type(block) -> dict:
     if nonzero.size < n_values:  # zeros are values too
         vmin, vmax = min(vmin, 0.0), max(vmax, 0.0)
     integer = float(np.mean(np.abs(nonzero - np.round(nonzero)) < 1e-3))
-    row_sums = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+    row_sums = np.asarray(block.sum(axis=1, dtype=np.float64)).ravel()  # float16 sums overflow
     positive_sums = row_sums[row_sums > 0]
     ev.update(min=_r(vmin), max=_r(vmax), fraction_integer=_r(integer), has_negative=vmin < 0,
               row_sum_median=_r(np.median(row_sums)),

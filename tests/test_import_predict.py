@@ -675,3 +675,21 @@ def test_a_demo_model_on_real_data_is_said_to_mean_nothing_there(tmp_path):
     real = make_bundle(tmp_path / "real", data, steps=1)
     assert not any("demo model" in w for w in warnings(data, real))
     assert not any("demo model" in w for w in warnings(simulated, demo))
+
+
+def test_float16_values_with_inf_and_the_float16_maximum_are_checked_without_a_cast_warning(small_bundles, tmp_path):
+    """QA: float16 input printed "RuntimeWarning: overflow encountered in cast": 1e30 (the too-large
+    value limit) cast to float16 is inf. An infinite value still leaves its cell unscored; 65,504
+    (float16's largest) is a value like any other."""
+    import warnings
+
+    bundle, genes = _log_model(small_bundles, tmp_path)
+    x = np.random.default_rng(7).poisson(2.0, size=(6, len(genes))).astype(np.float16) + 1
+    x[1, 0] = np.inf
+    x[2, 0] = 65504
+    adata = ad.AnnData(x, var=pd.DataFrame(index=genes))  # (scipy has no float16 sparse matrix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        predict(adata, bundle)
+    assert list(adata.obs["scatd_scored"]) == [True, False, True, True, True, True]
+    assert adata.uns["scatd"]["not_scored"] == {"non_finite": 1}
