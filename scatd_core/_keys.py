@@ -16,6 +16,8 @@ field                             written by
 ``obs['scatd_qc_pass']``          :func:`scatd_core.preprocess.apply_qc_filter`
 ``uns['scatd_qc']``               apply_qc_filter: thresholds and counts
 ``uns['scatd_input']``            :func:`scatd_core.io.read`: the read report
+``uns['scatd_matrix']``           the user's choice of the matrix the models read (``X``, ``raw``,
+                                  ``layer:NAME``; :mod:`scatd_core.matrices`), when not automatic
 ``uns['scatd_labels']``           :func:`scatd_core.labels.set_label_direction`: which value of a
                                   label column means resistant
 ``uns['scatd_cell_metadata']``    :func:`scatd_core.io.add_cell_metadata`: the cell metadata table
@@ -119,6 +121,8 @@ NOT_CALLED = (NOT_SCORED, FILTERED, MASKED)
 
 # ----------------------------------------------------------------------------- data and QC
 INPUT_REPORT = "scatd_input"
+#: uns: the matrix the user chose for the models to read (X, raw, layer:NAME; absent: chosen by scatd_core.matrices)
+MATRIX = "scatd_matrix"
 REPORT = "scatd_report"  # uns: what a report was made with (label and group columns, the evaluation)
 #: uns of an exported h5ad: which obs columns belong to the single-model prediction and which to the panel
 COLUMNS = "scatd_columns"

@@ -466,18 +466,21 @@ class ModelInput:
             if mask.shape != (self.n_obs,):
                 raise ValueError(f"mask of shape {mask.shape} for {self.n_obs} cells")
         self.mask = mask
-        self.source = model_source(adata, self.spec)
+        #: which matrix of the file the model reads (X, adata.raw, a layer: :mod:`scatd_core.matrices`);
+        #: ``data`` is it as an AnnData (``adata`` itself for X), ``adata`` is never changed
+        data, self.matrix = model_data(adata, self.spec)
+        self.source = model_source(data, self.spec)
         self.transform = self.spec.transform
         #: where row 0 of ``adata`` is in the whole dataset (a shard's rows seed sample mode as one pass would)
         self.row_offset = int(row_offset)
         if statistics is not None:
             self.log_normalise, self.unlog = statistics.log_normalise, statistics.unlog
         else:
-            kind = value_type(adata) if self.spec.input_kind == "expression" and \
+            kind = value_type(data) if self.spec.input_kind == "expression" and \
                 self.transform in ("log1p_cp10k", "standardize") else None
-            self.log_normalise = log_normalises(adata, self.spec, kind)
+            self.log_normalise = log_normalises(data, self.spec, kind)
             #: values already log-normalised, un-logged (expm1) before the model's log1p_cp10k
-            self.unlog = unlogs_values(adata, self.spec, kind)
+            self.unlog = unlogs_values(data, self.spec, kind)
         self.counts_detected = self.transform == "standardize" and self.log_normalise
         if self.spec.library_size not in LIBRARY_SIZES:
             raise ValueError(f"unknown library size {self.spec.library_size!r}; known: {', '.join(LIBRARY_SIZES)}")
@@ -515,8 +518,15 @@ class ModelInput:
     @property
     def notes(self) -> list[str]:
         """What this input did with the values that the user should know (recorded with the
-        prediction): values already log-normalised un-logged first (:data:`UNLOG_NOTE`)."""
-        return [UNLOG_NOTE] if self.unlog else []
+        prediction): the matrix read when it is not X (:mod:`scatd_core.matrices`), values already
+        log-normalised un-logged first (:data:`UNLOG_NOTE`)."""
+        said = [self.matrix.note] if self.matrix is not None and self.matrix.note else []
+        return said + ([UNLOG_NOTE] if self.unlog else [])
+
+    @property
+    def value_kind(self) -> str | None:
+        """What the matrix the model reads holds (expression models; ``None`` for embeddings)."""
+        return None if self.matrix is None else self.matrix.candidate.kind
 
     # ---------------------------------------------------------------- which cells
     @property
@@ -782,6 +792,18 @@ class ModelInput:
         return {k: int(v) for k, v in self.reasons.items() if v}
 
 
+def model_data(adata: ad.AnnData, model) -> tuple[ad.AnnData, object]:
+    """``(the data an expression model reads, the matrices.Choice)``: the matrix of ``adata`` that
+    suits its transform and genes best, or the user's (:func:`scatd_core.matrices.choose`); for an
+    embedding model ``(adata, None)``. ``model``: a bundle or an :class:`InputSpec`."""
+    from scatd_core import matrices
+
+    spec = model if isinstance(model, InputSpec) else InputSpec.of(model)
+    if spec.input_kind != "expression":
+        return adata, None
+    return matrices.for_model(adata, spec.transform, spec.genes)
+
+
 def needs_moments(spec: InputSpec) -> bool:
     """Whether ``spec``'s model input depends on dataset moments (AdaIN, ``standardize``)."""
     return spec.input_kind == "embedding" or spec.transform == "standardize"
@@ -820,6 +842,7 @@ def value_messages(adata: ad.AnnData, bundle) -> tuple[list[str], list[str]]:
 
     if bundle.input_kind != "expression":
         return [], []
+    adata = model_data(adata, bundle)[0]  # the matrix it reads
     report = adata.uns.get(_keys.INPUT_REPORT, {})
     found = report if "value_type" in report else detect_value_type(adata.X, n_cells=500)
     transform = bundle.manifest.get("input_transform")
@@ -833,6 +856,33 @@ def value_messages(adata: ad.AnnData, bundle) -> tuple[list[str], list[str]]:
                         "it the kind of values it was trained on, or train it again (models trained now treat both "
                         "alike).")
     return warnings, value_notes(found, transform)
+
+
+def unscorable_error(adata: ad.AnnData, bundle) -> InputError | None:
+    """Why an expression model can score none of ``adata``'s cells, said before any is tried: a model
+    that log-normalises the values given a matrix whose values are negative in most cells
+    (z-scored), in the words of the Model page's warning
+    (:func:`scatd_core.preprocess.check_backbone_compatibility`); ``None`` when it can score some."""
+    from scatd_core.preprocess import _kind_and_evidence, check_backbone_compatibility
+
+    if bundle.input_kind != "expression":
+        return None
+    data, choice = model_data(adata, bundle)
+    spec = InputSpec.of(bundle)
+    report = data.uns.get(_keys.INPUT_REPORT, {})
+    found = report if "value_type" in report else detect_value_type(data.X, n_cells=500)
+    kind, evidence = _kind_and_evidence(found)
+    negative = kind == "zscored" or (kind == "unknown" and evidence.get("has_negative"))
+    if not negative or not log_normalises(data, spec, kind):
+        return None
+    problems = check_backbone_compatibility(found, bundle.backbone, spec.transform)
+    where = "" if choice.name == "X" else f" (the model reads {choice.candidate.where})"
+    return InputError(" ".join(problems) or f"This model log-normalises the values; these are "
+                                           f"{kind.replace('_', '-')}{where}, so no cell can be scored.",
+                      "Or choose a model that takes z-scored values (one trained here, input transform "
+                      "'standardize'), or another matrix of the file with --matrix (X, raw, layer:NAME).",
+                      app_hint="Or choose a model that takes these values, or another matrix of the file on the "
+                               "Data page.")
 
 
 def fit_for_data(adata: ad.AnnData, bundle) -> tuple[int, float]:
@@ -851,6 +901,8 @@ def fit_for_data(adata: ad.AnnData, bundle) -> tuple[int, float]:
 
     if embedding_fits(adata, bundle) is False:  # the user's embeddings are of another width: it cannot score them
         return 0, 0.0
+    if bundle.input_kind == "expression":
+        adata = model_data(adata, bundle)[0]  # the matrix it reads
     report = adata.uns.get(_keys.INPUT_REPORT, {})
     found = report if "value_type" in report else detect_value_type(adata.X, n_cells=500)
     transform = bundle.manifest.get("input_transform") or BACKBONE_DEFAULT_TRANSFORM.get(bundle.backbone)

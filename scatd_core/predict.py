@@ -582,6 +582,8 @@ def store(adata: ad.AnnData, bundle, scores: Scores, *, threshold: float | None 
             "library_size": inputs.spec.library_size if inputs.log_normalise else None,
         },
         "input": inputs.source.description,
+        # which matrix of the file the model read (X, adata.raw, a layer) and why
+        **({"matrix": inputs.matrix.record()} if getattr(inputs, "matrix", None) is not None else {}),
         "gene_coverage": inputs.source.alignment.summary() if inputs.source.alignment is not None else {},
         "n_cells": int(adata.n_obs), "n_scored": int(scored.sum()),
         "not_scored": not_scored,
@@ -623,7 +625,8 @@ def _as_given_notes(adata: ad.AnnData, bundle, inputs: ModelInput) -> list[str]:
     are (:data:`scatd_core.preprocess.AS_GIVEN_COUNTS_NOTE`)."""
     if bundle.input_kind != "expression" or inputs.transform != "none":
         return []
-    return [AS_GIVEN_COUNTS_NOTE] if as_given_counts(value_type(adata), inputs.transform) else []
+    kind = inputs.value_kind or value_type(adata)  # of the matrix it read (X, adata.raw, a layer)
+    return [AS_GIVEN_COUNTS_NOTE] if as_given_counts(kind, inputs.transform) else []
 
 
 def _embedding_notes(adata: ad.AnnData, bundle) -> list[str]:

@@ -677,6 +677,76 @@ def test_a_demo_model_on_real_data_is_said_to_mean_nothing_there(tmp_path):
     assert not any("demo model" in w for w in warnings(simulated, demo))
 
 
+def _scanpy_file(genes, n_cells: int = 30, seed: int = 5):
+    """A usual scanpy tutorial file: X the scaled (z-scored) values of half the genes, adata.raw the
+    log-normalised values of all genes; and the counts they come from."""
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(3.0, size=(n_cells, len(genes))).astype(np.float32) + 1
+    log = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    full = ad.AnnData(log, obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]), var=pd.DataFrame(index=genes))
+    adata = full.copy()
+    adata.raw = full
+    adata = adata[:, : len(genes) // 2].copy()  # the "highly variable" genes
+    adata.X = ((adata.X - adata.X.mean(0)) / adata.X.std(0)).astype(np.float32)
+    return adata, counts
+
+
+def test_a_scanpy_file_with_scaled_x_is_read_from_adata_raw_and_the_file_is_unchanged(small_bundles, tmp_path):
+    """QA: X held scaled values of the highly variable genes and .raw the log-normalised values of all
+    genes; a log1p_cp10k model read X (half its genes, every cell negative: "No cell can be scored")."""
+    bundle, genes = _log_model(small_bundles, tmp_path)
+    adata, counts = _scanpy_file(genes)
+    x_before, raw_before = adata.X.copy(), adata.raw.X.copy()
+    reference = ad.AnnData(counts, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=genes))
+    predict(reference, bundle)
+    predict(adata, bundle)
+    np.testing.assert_allclose(adata.obs["scatd_prob_resistant"], reference.obs["scatd_prob_resistant"], atol=1e-5)
+    record = adata.uns["scatd"]["matrix"]
+    assert record["where"] == "adata.raw" and record["value_type"] == "log_normalized" and record["chosen_by"] == "auto"
+    note = next(n for n in adata.uns["scatd"]["notes"] if "adata.raw" in n)
+    assert "rather than X (z-scored values" in note
+    assert np.array_equal(adata.X, x_before) and np.array_equal(adata.raw.X, raw_before)  # the file as it was
+    assert adata.n_vars == len(genes) // 2 and "scatd_matrix" not in adata.uns
+
+
+def test_count_layer_beside_log_values_is_what_counts_and_as_is_models_read(small_bundles, tmp_path):
+    """QA: layers['counts'] beside a normalised X was ignored by Dist_VAE models (the foundation path
+    used it): a log1p_cp10k model reads the counts; an 'as is' model given z-scored X reads them
+    too instead of warning "Upload the raw count matrix" although the file has it."""
+    log_bundle, genes = _log_model(small_bundles, tmp_path)
+    as_is = small_bundles["dist_vae"][0]
+    rng = np.random.default_rng(6)
+    counts = rng.poisson(3.0, size=(30, len(genes))).astype(np.float32)
+    z = ((counts - counts.mean(0)) / (counts.std(0) + 1)).astype(np.float32)
+    for bundle, x in ((log_bundle, np.log1p(counts / counts.sum(1, keepdims=True).clip(1) * 1e4)), (as_is, z)):
+        adata = ad.AnnData(x.astype(np.float32), var=pd.DataFrame(index=genes))
+        adata.layers["counts"] = counts.copy()
+        reference = ad.AnnData(counts.copy(), var=pd.DataFrame(index=genes))
+        predict(adata, bundle)
+        predict(reference, bundle)
+        assert adata.uns["scatd"]["matrix"]["where"] == "layers['counts']"
+        np.testing.assert_allclose(adata.obs["scatd_prob_resistant"], reference.obs["scatd_prob_resistant"],
+                                   atol=1e-5)
+        assert not any("Upload the raw count matrix" in w for w in adata.uns["scatd"]["warnings"])
+
+
+def test_a_chosen_matrix_is_read_and_a_missing_or_unusable_one_is_said(small_bundles, tmp_path):
+    from scatd_core.errors import InputError
+    from scatd_core.inputs import unscorable_error
+
+    bundle, genes = _log_model(small_bundles, tmp_path)
+    adata, _counts = _scanpy_file(genes)
+    adata.uns["scatd_matrix"] = "X"  # the user's choice: the z-scored X
+    problem = unscorable_error(adata, bundle)
+    assert problem is not None and "this matrix is z-scored" in problem.message
+    adata.uns["scatd_matrix"] = "layer:counts"
+    with pytest.raises(InputError, match=r"no matrix 'layer:counts' \(they have: X, raw\)"):
+        predict(adata, bundle)
+    adata.uns["scatd_matrix"] = "raw"
+    predict(adata, bundle)
+    assert adata.uns["scatd"]["matrix"]["chosen_by"] == "user"
+
+
 def test_float16_values_with_inf_and_the_float16_maximum_are_checked_without_a_cast_warning(small_bundles, tmp_path):
     """QA: float16 input printed "RuntimeWarning: overflow encountered in cast": 1e30 (the too-large
     value limit) cast to float16 is inf. An infinite value still leaves its cell unscored; 65,504

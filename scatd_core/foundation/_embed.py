@@ -9,7 +9,7 @@ import time
 import anndata as ad
 import numpy as np
 
-from scatd_core import _keys
+from scatd_core import _keys, matrices
 from scatd_core.errors import CheckpointError, InputError
 from scatd_core.foundation import geneformer, scfoundation
 
@@ -68,19 +68,8 @@ def coverage_of(alignment, backbone: str) -> dict:
 
 
 #: Layers that may hold a file's raw counts beside a normalised X, in the order they are tried
-#: (then ``adata.raw``).
-COUNT_LAYERS = ("counts", "raw_counts")
-
-
-def _count_candidates(adata: ad.AnnData):
-    """``(where, matrix, var)`` of each place beside X that may hold the cells' raw counts."""
-    for name in COUNT_LAYERS:
-        if name in adata.layers and adata.layers[name].shape == adata.shape:
-            yield f"layers['{name}']", adata.layers[name], adata.var
-    raw = getattr(adata, "raw", None)
-    if raw is not None and raw.n_obs == adata.n_obs:
-        same = list(map(str, raw.var_names)) == list(map(str, adata.var_names))
-        yield "adata.raw", raw.X, adata.var if same else raw.var
+#: (then ``adata.raw``): :data:`scatd_core.matrices.COUNT_LAYERS`, the one rule of every backbone.
+COUNT_LAYERS = matrices.COUNT_LAYERS
 
 
 def counts_source(adata: ad.AnnData, backbone: str) -> tuple[ad.AnnData, dict]:
@@ -103,22 +92,35 @@ def counts_source(adata: ad.AnnData, backbone: str) -> tuple[ad.AnnData, dict]:
     report = adata.uns.get(_keys.INPUT_REPORT, {})
     kind = report.get("value_type") or detect_value_type(adata.X)["kind"]
     info = {"matrix": "X", "value_type": kind}
-    if kind == "counts":
-        return adata, info
-    name = _module(backbone).NAME
-    for where, matrix, var in _count_candidates(adata):
-        if detect_value_type(matrix)["kind"] != "counts":
-            continue
-        source = ad.AnnData(X=matrix, obs=pd.DataFrame(index=adata.obs_names.copy()), var=var.copy())
+    # the matrix the foundation model suits best (the raw counts beside a normalised X), or the
+    # user's choice: the rule of every model (scatd_core.matrices)
+    choice = matrices.choose(adata, "foundation")
+    if choice.name == "X":
+        if kind == "counts":
+            return adata, info
+    else:
+        c = choice.candidate
+        name = _module(backbone).NAME
+        source = ad.AnnData(X=c.matrix, obs=pd.DataFrame(index=adata.obs_names.copy()), var=c.var.copy())
         for key in _keys.FOUNDATION_EMBEDDING.values():  # the embeddings made so far (gene-level explanations)
             if key in adata.obsm:
                 source.obsm[key] = adata.obsm[key]
-        info.update(matrix=where, note=f"X holds {kind.replace('_', '-')} values, so {name} is given the raw counts in "
-                                       f"{where} instead (scATD made its embeddings from counts).")
-        return source, info
+        what = "raw counts" if c.kind == "counts" else f"{c.kind.replace('_', '-')} values"
+        if choice.chosen_by_user:
+            note = f"{name} is given the {what} in {c.where}, as you chose."
+        else:
+            note = (f"X holds {kind.replace('_', '-')} values, so {name} is given the {what} in {c.where} instead"
+                    + (" (scATD made its embeddings from counts)." if c.kind == "counts" else "."))
+        info.update(matrix=c.where, note=note)
+        if c.kind == "counts":
+            return source, info
+        adata, kind = source, c.kind
     if backbone == "vae_sf" and kind == "log_normalized":
-        info["warning"] = ("scFoundation was given log-normalised values (X), and the file has no raw counts "
-                           "(layers['counts'] or adata.raw): its total-count tokens then come from the sum of the log "
+        given = f"{info['matrix']}, as you chose" if choice.chosen_by_user else info["matrix"]
+        info["warning"] = (f"scFoundation was given log-normalised values ({given}), and "
+                           + ("the file has no raw counts (layers['counts'] or adata.raw)" if not choice.chosen_by_user
+                              else "not the raw counts")
+                           + ": its total-count tokens then come from the sum of the log "
                            "values, so the embeddings, and some calls, differ from those made from the cells' counts, "
                            "as scATD made them. Give the raw counts for the embeddings scATD's models expect.")
     return adata, info
@@ -255,6 +257,7 @@ def _guard(adata: ad.AnnData) -> tuple:
     parts = [id(X), tuple(X.shape), adata.n_obs, adata.n_vars]
     # the raw counts beside X, which the fingerprint hashes instead of X when X is normalised
     parts += [(name, id(adata.layers[name])) for name in COUNT_LAYERS if name in adata.layers]
+    parts += [str(adata.uns.get(_keys.MATRIX, "auto"))]  # the user's choice of matrix
     raw = getattr(adata, "raw", None)
     parts += [None if raw is None else (id(raw), tuple(raw.shape))]
     for name in ("data", "indices", "indptr"):

@@ -1,0 +1,241 @@
+"""Which matrix of a file the models read: X, ``adata.raw`` or a layer (one rule for every backbone).
+
+A usual scanpy file holds several matrices of the same cells: X often holds scaled (z-scored)
+values of the highly variable genes only, ``adata.raw`` the log-normalised values of all genes,
+``layers['counts']`` the raw counts. A model reads the one that suits its input transform best
+(:func:`choose`): counts or log-normalised values for a model that log-normalises them
+(``log1p_cp10k``, ``standardize``, the foundation models), non-negative expression for a model
+that takes values as they are (``none``); among equally suited ones, the one with most of the
+model's genes; X when it is as good as any (nothing changes for a file with one matrix).
+
+The user may force one (:data:`~scatd_core._keys.MATRIX` in ``uns``: ``X``, ``raw`` or
+``layer:NAME``; the command line's ``--matrix``, the Data page's choice). The file itself is
+never changed: the model reads an AnnData *view* of the chosen matrix (:func:`matrix_data`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import anndata as ad
+import pandas as pd
+
+from scatd_core import _keys
+from scatd_core.errors import InputError
+
+#: Layers that may hold a file's raw counts beside a normalised X, in the order they are tried
+#: (then ``adata.raw``); other layers are read only when chosen by name (``layer:NAME``).
+COUNT_LAYERS = ("counts", "raw_counts")
+#: How the user names a matrix (``--matrix``), in words.
+CHOICE_HELP = "X, raw (adata.raw) or layer:NAME (e.g. layer:counts)"
+
+#: How well each kind of values suits a transform (larger is better; 0: the transform cannot take them).
+_SUIT = {
+    # counts first: log-normalised values are un-logged to them, which assumes natural-log values
+    "log1p_cp10k": {"counts": 4, "log_normalized": 3, "tpm_like": 2},
+    "standardize": {"counts": 4, "log_normalized": 3, "zscored": 2, "tpm_like": 1},
+    "none": {"counts": 2, "log_normalized": 2, "tpm_like": 1},
+    "foundation": {"counts": 3, "log_normalized": 1, "tpm_like": 1},  # scATD embedded counts
+}
+_WHY = {
+    "log1p_cp10k": "this model log-normalises each cell's raw counts (log-normalised values are un-logged "
+                   "back to them first)",
+    "standardize": "this model log-normalises each cell's raw counts and z-scores each gene itself",
+    "none": "this model takes the values as they are, and was trained on expression values, which are never "
+            "negative",
+    "foundation": "the foundation model was made to read raw counts",
+}
+
+
+@dataclass
+class Candidate:
+    """One matrix of the file: ``name`` as the user gives it (``X``, ``raw``, ``layer:counts``),
+    ``where`` as it is written in the file (``adata.raw``, ``layers['counts']``)."""
+
+    name: str
+    where: str
+    matrix: object
+    var: pd.DataFrame
+    kind: str = "unknown"
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.matrix.shape[1])
+
+
+def _words(kind: str) -> str:
+    from scatd_core.preprocess import value_kind_words
+
+    return value_kind_words(kind)
+
+
+_KINDS: dict[int, tuple] = {}  # id(matrix) -> (weakref, kind): a matrix is judged once
+
+
+def _kind_of(adata: ad.AnnData, name: str, matrix) -> str:
+    from scatd_core.preprocess import detect_value_type
+
+    if name == "X":
+        kind = adata.uns.get(_keys.INPUT_REPORT, {}).get("value_type")
+        if kind is not None:
+            return str(kind)
+    hit = _KINDS.get(id(matrix))
+    if hit is not None and hit[0]() is matrix and hit[2] == tuple(matrix.shape):
+        return hit[1]
+    kind = detect_value_type(matrix, n_cells=500)["kind"]
+    try:
+        if len(_KINDS) > 256:
+            _KINDS.clear()
+        _KINDS[id(matrix)] = (weakref.ref(matrix), kind, tuple(matrix.shape))
+    except TypeError:  # no weak reference to it: judged again next time
+        pass
+    return kind
+
+
+def candidates(adata: ad.AnnData, *, all_layers: bool = False) -> list[Candidate]:
+    """The matrices of ``adata`` a model may read: X, the count layers (:data:`COUNT_LAYERS`; every
+    layer with ``all_layers``), ``adata.raw``. Data read from disk in parts (backed): X only."""
+    out = [Candidate("X", "X", adata.X, adata.var)]
+    if adata.isbacked:
+        return out
+    names = list(adata.layers.keys()) if all_layers else [n for n in COUNT_LAYERS if n in adata.layers]
+    for name in names:
+        if adata.layers[name].shape == adata.shape:
+            out.append(Candidate(f"layer:{name}", f"layers['{name}']", adata.layers[name], adata.var))
+    raw = getattr(adata, "raw", None)
+    if raw is not None and raw.n_obs == adata.n_obs:
+        same = list(map(str, raw.var_names)) == list(map(str, adata.var_names))
+        out.append(Candidate("raw", "adata.raw", raw.X, adata.var if same else raw.var))
+    for c in out:
+        c.kind = _kind_of(adata, c.name, c.matrix)
+    return out
+
+
+def parse_choice(text: str | None) -> str | None:
+    """A user's matrix choice as :func:`candidates` names it (``None``/``auto``: no choice);
+    :class:`InputError` for anything else."""
+    if text is None or str(text).strip().lower() in ("", "auto"):
+        return None
+    t = str(text).strip()
+    if t.lower() == "x":
+        return "X"
+    if t.lower() in ("raw", "adata.raw"):
+        return "raw"
+    if t.lower().startswith("layer:") and t[6:].strip():
+        return "layer:" + t[6:].strip()
+    if t.startswith("layers[") and t.endswith("]"):
+        return "layer:" + t[7:-1].strip("'\"")
+    raise InputError(f"Unknown matrix '{text}'.", f"Give {CHOICE_HELP}, or auto.")
+
+
+def forced(adata: ad.AnnData) -> str | None:
+    """The matrix the user chose for this data (``uns['scatd_matrix']``), or ``None``."""
+    value = adata.uns.get(_keys.MATRIX)
+    return parse_choice(str(value)) if value is not None else None
+
+
+def _coverage(adata: ad.AnnData, c: Candidate, genes) -> float:
+    from scatd_core.genes import align_genes, detect_id_type, names_for
+
+    if not genes:
+        return 1.0
+    view = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(0).astype(str)), var=c.var)
+    matched = align_genes(names_for(view, detect_id_type(genes)), genes)
+    return matched.n_matched / max(matched.n_model, 1)
+
+
+@dataclass
+class Choice:
+    """The matrix a model reads and why (``note``: ``None`` when it is X, chosen as the only one or as
+    good as any)."""
+
+    candidate: Candidate
+    note: str | None
+    chosen_by_user: bool
+    usable: list[Candidate]
+
+    @property
+    def name(self) -> str:
+        return self.candidate.name
+
+    def record(self) -> dict:
+        """JSON-safe: what is recorded with a prediction and shown."""
+        c = self.candidate
+        return {"matrix": c.name, "where": c.where, "value_type": c.kind, "n_genes": c.n_genes,
+                "chosen_by": "user" if self.chosen_by_user else "auto", **({"note": self.note} if self.note else {})}
+
+
+def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None = None) -> Choice:
+    """The matrix of ``adata`` a model with ``transform`` (``log1p_cp10k``, ``standardize``,
+    ``none``; ``foundation`` for the foundation models) and input ``genes`` reads.
+
+    ``choice`` (else the data's own, :func:`forced`): the user's; :class:`InputError` when the file
+    has no such matrix. Otherwise the best suited (:data:`_SUIT`), then the one with most of the
+    model's genes, X first on a tie."""
+    choice = parse_choice(choice) if choice is not None else forced(adata)
+    every = candidates(adata, all_layers=choice is not None and choice.startswith("layer:"))
+    suit = _SUIT.get(transform, _SUIT["none"])
+    if choice is not None:
+        found = [c for c in every if c.name == choice]
+        if not found:
+            have = ", ".join(c.name for c in every)
+            raise InputError(f"The data have no matrix '{choice}' (they have: {have}).",
+                             f"Choose one of them ({CHOICE_HELP}), or auto.")
+        c = found[0]
+        note = None if c.name == "X" else (f"The model input is taken from {c.where} ({_words(c.kind)} values, "
+                                           f"{c.n_genes:,} genes), as chosen.")
+        return Choice(c, note, True, [c])
+    scored = [(suit.get(c.kind, 0), _coverage(adata, c, genes), -i, c) for i, c in enumerate(every)]
+    best = max(scored, key=lambda s: s[:3])
+    usable = [s[3] for s in scored if s[0] > 0]
+    x = scored[0]
+    c = best[3]
+    if c.name == "X":
+        return Choice(c, None, False, usable)
+    why = _WHY.get(transform, _WHY["none"])
+    if best[0] > x[0]:
+        reason = f"{why}; X holds {_words(x[3].kind)} values"
+    else:
+        reason = f"it has more of the model's genes ({best[1]:.0%}, against {x[1]:.0%} in X)"
+    note = (f"The model input is taken from {c.where} ({_words(c.kind)} values, {c.n_genes:,} genes) rather than "
+            f"X ({_words(x[3].kind)} values, {x[3].n_genes:,} genes): {reason}. The file itself is not changed.")
+    return Choice(c, note, False, usable)
+
+
+def matrix_data(adata: ad.AnnData, choice: Choice) -> ad.AnnData:
+    """An AnnData of the chosen matrix (same cells, its genes, the read report saying what it holds);
+    ``adata`` itself for X. ``adata`` is not changed."""
+    c = choice.candidate
+    if c.name == "X":
+        return adata
+    report = dict(adata.uns.get(_keys.INPUT_REPORT, {}))
+    report.pop("value_type_evidence", None)
+    report["value_type"] = c.kind
+    report["matrix"] = c.where
+    return ad.AnnData(X=c.matrix, obs=pd.DataFrame(index=adata.obs_names.copy()), var=c.var.copy(),
+                      uns={_keys.INPUT_REPORT: report})
+
+
+def for_model(adata: ad.AnnData, transform: str, genes=None) -> tuple[ad.AnnData, Choice]:
+    """``(data the model reads, the choice)``: :func:`choose` then :func:`matrix_data`."""
+    choice = choose(adata, transform, genes)
+    return matrix_data(adata, choice), choice
+
+
+def counts_candidate(adata: ad.AnnData) -> Candidate | None:
+    """The file's raw counts: X when it holds counts, else the first count layer or ``adata.raw``
+    that does (what QC counts per cell and genes per cell are computed from); ``None``: none."""
+    for c in candidates(adata):
+        if c.kind == "counts" and (c.name == "X" or c.var is adata.var or c.n_genes >= adata.n_vars):
+            return c
+    return None
+
+
+def describe(c: Candidate) -> str:
+    """``adata.raw (log-normalised, 2,932 genes)``."""
+    return f"{c.where} ({_words(c.kind)}, {c.n_genes:,} genes)"
+
+
+__all__ = ["COUNT_LAYERS", "CHOICE_HELP", "Candidate", "Choice", "candidates", "choose", "counts_candidate",
+           "describe", "for_model", "forced", "matrix_data", "parse_choice"]
