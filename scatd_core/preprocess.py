@@ -503,15 +503,26 @@ def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:
     A frame indexed by ``obs_names`` with ``n_genes_by_counts`` (genes detected),
     ``total_counts`` and ``pct_counts_mt`` (share of counts in ``MT-``/``mt-`` genes, see
     :func:`scatd_core.genes.mito_mask`; NaN when the file has no mitochondrial genes).
-    ``adata`` is not modified; it may be backed.
+    ``adata`` is not modified; it may be backed. They are computed from the file's raw counts when it
+    has them: X when it holds counts, else ``layers['counts']`` / ``layers['raw_counts']`` /
+    ``adata.raw`` when one of those does (:func:`scatd_core.matrices.counts_candidate`), else X;
+    ``metrics.attrs["matrix"]`` says which (``"X"``, ``"layers['counts']"``, ``"adata.raw"``) and
+    ``metrics.attrs["value_type"]`` what it holds.
     """
     import anndata as ad
     import scanpy as sc  # imported here: slow to import, and only QC needs it
 
-    mt = mito_mask(adata)
-    var = pd.DataFrame({"mt": mt}, index=pd.RangeIndex(adata.n_vars).astype(str))
+    from scatd_core import matrices
+
+    counts = matrices.counts_candidate(adata)
+    matrix, where = (counts.matrix, counts.where) if counts is not None else (adata.X, "X")
+    kind = counts.kind if counts is not None else adata.uns.get("scatd_input", {}).get("value_type")
+    genes = adata if counts is None else ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(0).astype(str)),
+                                                    var=counts.var)
+    mt = mito_mask(genes)
+    var = pd.DataFrame({"mt": mt}, index=pd.RangeIndex(mt.size).astype(str))
     parts = []
-    for _, _, block in row_batches(adata.X, batch_size):
+    for _, _, block in row_batches(matrix, batch_size):
         part, _ = sc.pp.calculate_qc_metrics(ad.AnnData(X=block, var=var), qc_vars=["mt"] if mt.any() else [],
                                              percent_top=None, log1p=False, inplace=False)
         parts.append(part)
@@ -519,7 +530,9 @@ def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:
     if not mt.any():
         metrics["pct_counts_mt"] = np.nan
     metrics.index = adata.obs_names
-    return metrics[list(QC_METRICS)]
+    metrics = metrics[list(QC_METRICS)]
+    metrics.attrs.update(matrix=where, value_type=kind)
+    return metrics
 
 
 def suggest_qc_thresholds(metrics: pd.DataFrame, k: float = 3.0) -> dict:
