@@ -1003,3 +1003,40 @@ def test_panel_save_and_a_saved_panel_name_a_truncated_weights_file(capsys, dist
     assert "B_dist_vae: Bundle B_dist_vae: weights file weights.safetensors is truncated" in err, err
     code, _, err = _run(capsys, "panel", "list")
     assert code == 0 and "two: B_dist_vae: Bundle B_dist_vae: weights file weights.safetensors is truncated" in err
+
+
+def test_z_scored_values_for_a_log_model_are_refused_before_predicting_and_raw_is_read(capsys, dist_setup):
+    """QA: the CLI printed the estimate and "Predicting: 100%", then "No cell can be scored (negative
+    values ...)"; the app's Model page says why (the model needs counts, the matrix is z-scored).
+    The CLI says what X holds, refuses before predicting in the Model page's words, and reads the
+    log-normalised values of adata.raw by itself (or the matrix --matrix names)."""
+    tmp, _sd, _enc, _z, genes, x, cells = dist_setup
+    code, _, _ = _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Docetaxel",
+                      "--genes", tmp / "genes.tsv", "--input-transform", "log1p_cp10k", "--out", tmp / "bundle")
+    assert code == 0
+    x = x + 1
+    log = np.log1p(x / x.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    z = ((log - log.mean(0)) / log.std(0)).astype(np.float32)
+    scaled = ad.AnnData(z, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes))
+    scaled.write_h5ad(tmp / "z.h5ad")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "z.h5ad",
+                        "--output", tmp / "pred.csv")
+    assert code != 0 and "Values: z-scored (X)." in err
+    assert "needs non-negative counts" in err and "this matrix is z-scored" in err
+    assert "Predicting" not in err and "Estimated time" not in err and "No cell can be scored" not in err
+    scaled.raw = ad.AnnData(log, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes))
+    scaled.write_h5ad(tmp / "z_raw.h5ad")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "z_raw.h5ad",
+                        "--output", tmp / "pred.csv", "--h5ad", tmp / "out.h5ad")
+    assert code == 0, err
+    assert "Values: z-scored (X); also adata.raw (log-normalised, " in err
+    assert "note: The model input is taken from adata.raw (log-normalised values" in err
+    out = ad.read_h5ad(tmp / "out.h5ad")
+    assert np.array_equal(out.X, z) and np.array_equal(out.raw.X, log)  # X and .raw as given
+    assert out.uns["scatd"]["matrix"]["where"] == "adata.raw"
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "z_raw.h5ad",
+                        "--output", tmp / "pred.csv", "--overwrite", "--matrix", "layer:counts")
+    assert code != 0 and "--matrix layer:counts: the file has no such matrix (it has: X, raw)" in err
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "z_raw.h5ad",
+                        "--output", tmp / "pred.csv", "--overwrite", "--matrix", "X")
+    assert code != 0 and "--matrix X: the models read X (z-scored" in err and "this matrix is z-scored" in err

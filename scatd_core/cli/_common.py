@@ -252,6 +252,10 @@ def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several:
     p.add_argument("--orientation", default="auto", choices=ORIENTATIONS,
                    help="CSV/TSV orientation (default: detected)")
     p.add_argument("--biomart", help="a BioMart table (Gene stable ID, Gene name) to map Ensembl IDs to symbols")
+    p.add_argument("--matrix", default="auto", metavar="X|raw|layer:NAME",
+                   help="which matrix of an h5ad the models read: X, raw (adata.raw) or layer:NAME (e.g. "
+                        "layer:counts); default auto: the one that suits the model best (the raw counts in "
+                        "layers['counts'] or adata.raw when X holds scaled or z-scored values), said when it is not X")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--mask", metavar="COLUMN",
                    help="True/False obs column of the input: score only its True cells (e.g. scatd_qc_pass in an "
@@ -276,10 +280,35 @@ def read_input(args, backed="auto"):
     say(f"Read {adata.n_obs:,} cells x {adata.n_vars:,} {features} from {Path(args.input).name}")
     for w in adata.uns[io.REPORT_KEY].get("warnings", []):
         say(f"warning: {w}")
+    if features == "genes":
+        say_matrices(adata, getattr(args, "matrix", None))
     if getattr(args, "obs", None):  # before --label-column, --sample-column and --mask are checked
         for i, line in enumerate(io.cell_metadata_messages(io.add_cell_metadata(adata, args.obs))):
             say(("--obs " if i == 0 else "      ") + line)  # the first names the table
     return adata
+
+
+def say_matrices(adata, choice: str | None) -> None:
+    """Say what X holds (as the app's Data page) and the file's other matrices (adata.raw, count
+    layers); record ``--matrix`` (checked: the file must have it) for the models to read."""
+    from scatd_core import _keys, matrices
+    from scatd_core.errors import InputError
+    from scatd_core.preprocess import value_kind_words
+
+    found = matrices.candidates(adata, all_layers=True)
+    x = found[0]
+    others = [c for c in found[1:] if c.name != "X"]
+    say(f"Values: {value_kind_words(x.kind)} (X)" + ("; also " + ", ".join(matrices.describe(c) for c in others)
+                                                      if others else "") + ".")
+    name = matrices.parse_choice(choice)
+    if name is not None:
+        if name not in [c.name for c in found]:
+            have = ", ".join(c.name for c in found)
+            raise InputError(f"--matrix {choice}: the file has no such matrix (it has: {have}).",
+                             f"Give one of them ({matrices.CHOICE_HELP}), or leave out --matrix.")
+        adata.uns[_keys.MATRIX] = name
+        c = next(c for c in found if c.name == name)
+        say(f"--matrix {choice}: the models read {matrices.describe(c)}.")
 
 
 def cell_mask(adata, args):

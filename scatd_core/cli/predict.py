@@ -176,9 +176,12 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
     else:
         resolve_device(args.device)  # a device that is not there is said first, whatever the data
         if inputs is None:  # refuse data the model cannot read (e.g. a .npy of another width) before estimating
-            from scatd_core.inputs import InputSpec, model_source
+            from scatd_core.inputs import InputSpec, model_data, model_source, unscorable_error
 
-            model_source(adata, InputSpec.of(bundle))
+            model_source(model_data(adata, bundle)[0], InputSpec.of(bundle))
+            problem = unscorable_error(adata, bundle)  # e.g. z-scored values for a model that log-normalises
+            if problem is not None:
+                raise problem
         n_run = adata.n_obs if mask is None else int(mask.sum())  # the cells --mask leaves to score, as the app
         estimate = estimate_seconds(bundle, n_run, mode=args.mode, n_samples=max(2, args.samples),
                                     device=args.device, density=stored_fraction(adata.X))
