@@ -71,6 +71,8 @@ with st.container(border=True):
         st.markdown(ui.md(id_evidence_text(info.get("gene_id_evidence", {}))))
     for warning in info.get("warnings", []):
         st.warning(ui.md(warning), icon=":material/warning:")
+    if not embedding_file:
+        ui.matrix_choice(adata)  # X, adata.raw, layers: which the models read
 
 # ------------------------------------------------------------------ gene identifiers
 mapping = info.get("gene_ids") or {}
@@ -104,7 +106,7 @@ if embedding_file:
     st.info("These are cell embeddings (a .npy file), not gene expression: there are no QC metrics for them. "
             "They are the input of scFoundation (3,072 features) and Geneformer (512) models; filter "
             "low-quality cells before embedding them.", icon=":material/info:")
-elif info.get("value_type") == "zscored":  # every gene "detected" in every cell, sums of z-scores: no QC meaning
+elif info.get("value_type") == "zscored" and not ui.has_counts(adata):  # every gene "detected" in every cell, sums of z-scores: no QC meaning
     st.info("Quality control needs counts or normalised values. These values are per-gene z-scores, so every "
             "gene counts as detected in every cell and their sums say nothing about a cell's quality: no QC "
             "metrics or filter for these data. Filter low-quality cells before z-scoring, or upload the counts.",
@@ -117,8 +119,12 @@ else:
     except ScatdError as exc:
         ui.show_error(exc)
 if qc is not None:
-    if info.get("value_type") not in ("counts", None):
-        kind = str(info.get("value_type")).replace("_", " ")
+    qc_matrix, qc_kind = qc.attrs.get("matrix", "X"), qc.attrs.get("value_type", info.get("value_type"))
+    if qc_matrix != "X":  # X holds normalised or scaled values; the file's counts are beside it
+        st.caption(f"Computed from the raw counts in {ui.md(qc_matrix)} (X holds "
+                   f"{ui.md(value_kind_words(info.get('value_type')))} values).")
+    elif qc_kind not in ("counts", None):
+        kind = str(qc_kind).replace("_", " ")
         st.caption(("These values are not recognisable as counts" if kind == "unknown" else
                     f"These values are {ui.md(kind)}, not counts")
                    + ": 'total counts' is the sum of the values per cell, so judge the thresholds with care.")

@@ -153,8 +153,13 @@ if bundle.input_kind == "expression":
         ui.show_error(exc)
         ui.stop()
     from scatd_core.genes import coverage_report
+    from scatd_core.inputs import model_data
 
-    cov = coverage_report(adata, bundle.genes)
+    data, matrix = model_data(adata, bundle)  # the matrix of the file the model reads (X, adata.raw, a layer)
+    st.caption(ui.md(ui.matrix_words(matrix)))
+    if matrix.note:
+        st.info(ui.md(matrix.note), icon=":material/info:")
+    cov = coverage_report(data, bundle.genes)
     c = st.columns(3)
     c[0].metric("Model genes found", f"{cov['n_matched']:,} / {cov['n_model_genes']:,}")
     c[1].metric("Coverage", f"{cov['fraction_matched']:.1%}")
@@ -178,7 +183,8 @@ if bundle.input_kind == "expression":
     for problem in warnings:
         st.warning(ui.md(problem), icon=":material/warning:")
     for note in notes:
-        st.info(ui.md(note), icon=":material/info:")
+        if note != matrix.note:  # said above
+            st.info(ui.md(note), icon=":material/info:")
 else:
     key = FOUNDATION_EMBEDDING[backbone]
     dim = bundle.architecture.input_dim

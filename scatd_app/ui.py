@@ -367,7 +367,56 @@ def prediction_token(bundle, settings: dict) -> str:
     mask_token = "all" if mask is None else token_of(np.packbits(mask).tobytes().hex())
     mapping = adata.uns.get(INPUT_REPORT, {}).get("gene_ids", {})
     return token_of(ss.get(state.DATA_TOKEN), mask_token, mapping, str(bundle.path),
-                    bundle.manifest.get("weights_sha256", ""), settings)
+                    bundle.manifest.get("weights_sha256", ""), settings, str(adata.uns.get("scatd_matrix", "auto")))
+
+
+def has_counts(adata: ad.AnnData) -> bool:
+    """Whether the data hold raw counts, in X or beside it (``layers['counts']``, ``adata.raw``)."""
+    from scatd_core.matrices import counts_candidate
+
+    return counts_candidate(adata) is not None
+
+
+def matrix_words(choice) -> str:
+    """"The model reads adata.raw (log-normalised, 2,932 genes), chosen automatically" for the Model page."""
+    from scatd_core.matrices import describe
+
+    how = "as you chose on the Data page" if choice.chosen_by_user else "chosen automatically"
+    return f"The model reads {describe(choice.candidate)}, {how}."
+
+
+#: What the Data page's matrix choice offers first: every model reads the matrix that suits it best
+AUTO_MATRIX = "auto: the best suited for each model"
+
+
+def matrix_choice(adata: ad.AnnData) -> None:
+    """The Data page's card line on the file's matrices (X, adata.raw, layers) and, when it has
+    more than one, the choice of the one the models read (``uns['scatd_matrix']``; automatic by
+    default). A new choice clears the prediction made on another matrix."""
+    from scatd_core import matrices
+    from scatd_core._keys import MATRIX
+
+    found = matrices.candidates(adata)
+    if len(found) < 2:
+        return
+    st.markdown("**Matrices in the file:** " + md("; ".join(matrices.describe(c) for c in found)) + ". "
+                "A model that log-normalises counts reads the raw counts when X holds scaled or z-scored values; "
+                "the Model page says which matrix each model reads, and why.")
+    options = [AUTO_MATRIX, *(c.name for c in found)]
+    now = adata.uns.get(MATRIX)
+    picked = st.selectbox("Matrix for the models", options, index=options.index(now) if now in options else 0,
+                          format_func=lambda o: o if o == AUTO_MATRIX else
+                          matrices.describe(next(c for c in found if c.name == o)),
+                          help="X, adata.raw or a layer of the file. The file itself is not changed.")
+    chosen = None if picked == AUTO_MATRIX else picked
+    if chosen != now:
+        if chosen is None:
+            adata.uns.pop(MATRIX, None)
+        else:
+            adata.uns[MATRIX] = chosen
+        st.session_state.pop(state.INPUTS, None)
+        state.invalidate("prediction")
+        st.rerun()
 
 
 def model_inputs(adata: ad.AnnData, bundle):

@@ -574,6 +574,39 @@ def test_z_scored_data_get_no_qc_metrics_or_filter(with_library):
     assert len(counts.get("plotly_chart")) == 2 and [t for t in counts.toggle if t.key == "qc_enabled"]
 
 
+def test_counts_beside_a_log_normalised_x_are_used_for_qc_and_the_model_and_the_matrix_can_be_chosen(with_library):
+    """QA: the Data page's QC of a file with log-normalised X and layers['counts'] summed the log
+    values ("not counts ... judge with care"), and Dist_VAE models ignored the counts. The page now
+    computes QC from the counts and says so, lists the file's matrices and offers the choice; the
+    Model page says which matrix the model reads, and why."""
+    adata = make_dataset(60, seed=2)
+    logged = adata.copy()
+    x = adata.X.toarray()
+    logged.X = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4).astype(np.float32)
+    logged.layers["counts"] = adata.X.copy()
+
+    def plain(elements):  # without the markdown escapes of brackets
+        return text(elements).replace("\\", "")
+
+    at = start()
+    upload(at, "layer_counts.h5ad", h5ad_bytes(logged))
+    assert metric(at, "Values") == "log-normalised"
+    assert "Computed from the raw counts in layers['counts']" in plain(at.caption)
+    assert "judge the thresholds with care" not in plain(at.caption)
+    assert "layers['counts'] (counts, " in plain(at.markdown)
+    choice = next(s for s in at.selectbox if s.label == "Matrix for the models")
+    assert choice.options[0].startswith("auto") and len(choice.options) == 3
+    goto(at, "2_Model")
+    said = plain(at.caption)
+    assert "The model reads layers['counts'] (counts, " in said and "chosen automatically" in said
+    assert "taken from layers['counts']" in plain(at.info)
+    goto(at, "1_Data")
+    next(s for s in at.selectbox if s.label == "Matrix for the models").set_value("X").run()
+    ok(at)
+    goto(at, "2_Model")
+    assert "The model reads X (log-normalised, " in plain(at.caption) and "as you chose" in plain(at.caption)
+
+
 def test_the_model_page_does_not_rank_z_scored_genes_by_expression(with_library):
     """QA on SCAD's z-scored CSVs: 'Most expressed data genes the model does not use' ranked them by mean
     z-score (B4GALT5 0.83, LCN2 0.80), which is not expression. For centred values the page says so and
