@@ -186,6 +186,8 @@ def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None 
         note = None if c.name == "X" else (f"The model input is taken from {c.where} ({_words(c.kind)} values, "
                                            f"{c.n_genes:,} genes), as chosen.")
         return Choice(c, note, True, [c])
+    if len(every) == 1:  # X alone: nothing to choose
+        return Choice(every[0], None, False, [every[0]] if suit.get(every[0].kind, 0) > 0 else [])
     scored = [(suit.get(c.kind, 0), _coverage(adata, c, genes), -i, c) for i, c in enumerate(every)]
     best = max(scored, key=lambda s: s[:3])
     usable = [s[3] for s in scored if s[0] > 0]

@@ -709,6 +709,22 @@ def test_a_scanpy_file_with_scaled_x_is_read_from_adata_raw_and_the_file_is_unch
     assert adata.n_vars == len(genes) // 2 and "scatd_matrix" not in adata.uns
 
 
+def test_a_gene_subset_in_x_gives_way_to_the_fuller_matrix_in_raw_and_one_matrix_reads_as_before(small_bundles,
+                                                                                                    tmp_path):
+    """X holds log-normalised values of the highly variable genes only (not scaled), .raw those of all
+    genes: the model reads .raw, having more of its genes; a file with X alone is read as before."""
+    from scatd_core import matrices
+
+    bundle, genes = _log_model(small_bundles, tmp_path)
+    adata, counts = _scanpy_file(genes)
+    adata.X = adata.raw[:, adata.var_names].X.copy()  # log-normalised, half the genes
+    choice = matrices.choose(adata, "log1p_cp10k", genes)
+    assert choice.name == "raw" and "it has more of the model's genes (100%, against 50% in X)" in choice.note
+    alone = ad.AnnData(counts, var=pd.DataFrame(index=genes))
+    choice = matrices.choose(alone, "log1p_cp10k", genes)
+    assert choice.name == "X" and choice.note is None and matrices.matrix_data(alone, choice) is alone
+
+
 def test_count_layer_beside_log_values_is_what_counts_and_as_is_models_read(small_bundles, tmp_path):
     """QA: layers['counts'] beside a normalised X was ignored by Dist_VAE models (the foundation path
     used it): a log1p_cp10k model reads the counts; an 'as is' model given z-scored X reads them
