@@ -39,8 +39,8 @@ _SUIT = {
     "foundation": {"counts": 3, "log_normalized": 1, "tpm_like": 1},  # scATD embedded counts
 }
 _WHY = {
-    "log1p_cp10k": "this model log-normalises each cell's raw counts (log-normalised values are un-logged "
-                   "back to them first)",
+    "log1p_cp10k": "this model log-normalises each cell's raw counts, which needs counts or log-normalised "
+                   "values (never negative)",
     "standardize": "this model log-normalises each cell's raw counts and z-scores each gene itself",
     "none": "this model takes the values as they are, and was trained on expression values, which are never "
             "negative",
@@ -68,6 +68,11 @@ def _words(kind: str) -> str:
     from scatd_core.preprocess import value_kind_words
 
     return value_kind_words(kind)
+
+
+def _values(kind: str) -> str:
+    """``raw counts``, ``z-scored values``: what a matrix holds, in a sentence."""
+    return "raw counts" if kind == "counts" else f"{_words(kind)} values"
 
 
 _KINDS: dict[int, tuple] = {}  # id(matrix) -> (weakref, kind): a matrix is judged once
@@ -183,7 +188,7 @@ def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None 
             raise InputError(f"The data have no matrix '{choice}' (they have: {have}).",
                              f"Choose one of them ({CHOICE_HELP}), or auto.")
         c = found[0]
-        note = None if c.name == "X" else (f"The model input is taken from {c.where} ({_words(c.kind)} values, "
+        note = None if c.name == "X" else (f"The model input is taken from {c.where} ({_values(c.kind)}, "
                                            f"{c.n_genes:,} genes), as chosen.")
         return Choice(c, note, True, [c])
     if len(every) == 1:  # X alone: nothing to choose
@@ -196,12 +201,15 @@ def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None 
     if c.name == "X":
         return Choice(c, None, False, usable)
     why = _WHY.get(transform, _WHY["none"])
-    if best[0] > x[0]:
-        reason = f"{why}; X holds {_words(x[3].kind)} values"
+    if best[0] > x[0] and c.kind == "counts" and x[3].kind == "log_normalized":
+        reason = ("this model log-normalises each cell's raw counts itself; X's log-normalised values would have "
+                  "to be un-logged back to counts first, which assumes natural-log values")
+    elif best[0] > x[0]:
+        reason = f"{why}; X holds {_values(x[3].kind)}"
     else:
         reason = f"it has more of the model's genes ({best[1]:.0%}, against {x[1]:.0%} in X)"
-    note = (f"The model input is taken from {c.where} ({_words(c.kind)} values, {c.n_genes:,} genes) rather than "
-            f"X ({_words(x[3].kind)} values, {x[3].n_genes:,} genes): {reason}. The file itself is not changed.")
+    note = (f"The model input is taken from {c.where} ({_values(c.kind)}, {c.n_genes:,} genes) rather than "
+            f"X ({_values(x[3].kind)}, {x[3].n_genes:,} genes): {reason}. The file itself is not changed.")
     return Choice(c, note, False, usable)
 
 
