@@ -7,3 +7,14 @@ def counted(n, word: str = "cell", plural: str | None = None) -> str:
     """``n`` with its noun, singular for exactly one: ``1 cell``, ``0 cells``, ``2,000 cells``."""
     n = int(n)
     return f"{n:,} {word if n == 1 else (plural or word + 's')}"
+
+
+def percent(fraction) -> str:
+    """A share as a percentage with one decimal (``52.5%``), never rounded to 0% or 100% when it is
+    not: ``<0.1%`` for 1 of 2,932, ``>99.9%`` for all but 1 of them."""
+    f = float(fraction)
+    if 0 < f < 0.001:
+        return "<0.1%"
+    if 0.999 < f < 1:
+        return ">99.9%"
+    return f"{f:.1%}"

@@ -26,6 +26,12 @@ limits.max_genes         ``SCATD_MAX_GENES``               most genes (features)
 limits.max_annotation_columns ``SCATD_MAX_ANNOTATION_COLUMNS`` most annotation columns of an h5ad's    1,000
                                                            obs (per cell) or var (per gene), checked
                                                            before they are read
+limits.min_gene_coverage ``SCATD_MIN_GENE_COVERAGE``      least share of a drug model's genes the      0.1
+                                                           data must have to be predicted (a number
+                                                           from 0 to 1; 0 never refuses); below it the
+                                                           prediction is refused, not run with a
+                                                           warning (the CLI's --min-gene-coverage
+                                                           sets it for one run)
 server.max_jobs          ``SCATD_MAX_JOBS``                computations run at once (others queue)      2
 server.session_ttl_minutes ``SCATD_SESSION_TTL_MINUTES``   idle sessions (and their files) kept for     240
 server.kept_sessions_mb  ``SCATD_KEPT_SESSIONS_MB``        memory the sessions kept for a reload may    8192
@@ -115,6 +121,7 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("limits", "max_cells"): ("SCATD_MAX_CELLS", "int", 1_000_000),
     ("limits", "max_genes"): ("SCATD_MAX_GENES", "int", 100_000),
     ("limits", "max_annotation_columns"): ("SCATD_MAX_ANNOTATION_COLUMNS", "int", 1000),
+    ("limits", "min_gene_coverage"): ("SCATD_MIN_GENE_COVERAGE", "fraction", 0.1),
     ("server", "max_jobs"): ("SCATD_MAX_JOBS", "int", 2),
     ("server", "session_ttl_minutes"): ("SCATD_SESSION_TTL_MINUTES", "int", 240),
     ("server", "kept_sessions_mb"): ("SCATD_KEPT_SESSIONS_MB", "int", 8192),
@@ -261,6 +268,19 @@ def _parse(raw, kind, name: str, problems: list[str]):
             return None
         if value <= 0:
             problems.append(f"{name} = {value} must be positive")
+            return None
+        return value
+    if kind == "fraction":
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            problems.append(f"{name} = {_shown(raw)} should be a number from 0 to 1 (e.g. 0.1)")
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(f"{name} = {raw!r} is not a number")
+            return None
+        if not 0 <= value <= 1:
+            problems.append(f"{name} = {value:g} is not between 0 and 1 (a share: 0.1 is 10%)")
             return None
         return value
     if not isinstance(raw, str):

@@ -31,7 +31,7 @@ import plotly.graph_objects as go
 from scatd_core import __version__, _keys, pl
 from scatd_core._keys import result_keys
 from scatd_core._output import REPORT_FILES, replacing, write_file, writing
-from scatd_core._words import counted
+from scatd_core._words import counted, percent
 from scatd_core.embed import fit_note, is_data_umap
 from scatd_core.errors import InputError
 from scatd_core.inputs import left_out_label, mask_reason_text, run_mask
@@ -1236,7 +1236,7 @@ def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
         thr = adata.uns[m.key]["threshold"] if m.scored else {}
         rows.append({"drug": m.drug, "model": m.model, "folder": m.folder, "backbone": m.backbone,
                      "status": m.status,
-                     "gene coverage": f"{cov['n_matched']:,}/{cov['n_model_genes']:,} ({cov['fraction_matched']:.0%})"
+                     "gene coverage": f"{cov['n_matched']:,}/{cov['n_model_genes']:,} ({percent(cov['n_matched'] / cov['n_model_genes'])})"
                      if cov.get("n_model_genes") else ("embeddings" if m.scored else "—"),
                      "cells scored": m.n_scored, "threshold": thr.get("value"),
                      "calibrated": thr.get("calibrated"), "seconds": m.seconds, "problem": m.problem or "",

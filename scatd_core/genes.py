@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scatd_core._words import counted
+from scatd_core._words import counted, percent
 from scatd_core import _keys
 from scatd_core._matrix import sample_rows
 from scatd_core.errors import InputError
@@ -213,6 +213,16 @@ def align_genes(data_genes: Sequence[str], model_genes: Sequence[str]) -> GeneAl
 #: between "whole transcriptome" and "subset or wrong identifiers", so ordinary data never
 #: triggers the warning and subsets always do.
 LOW_COVERAGE_FRACTION = 0.5
+
+#: Fraction of the model's genes below which a prediction is refused, not merely warned about
+#: (this server's ``limits.min_gene_coverage`` may change it; the CLI's ``--min-gene-coverage``
+#: for one run). On the same measurements: the SCAD files restricted to ~2,900 variable genes
+#: still cover 15% of scFoundation's 19,264 genes, a model trained on such a subset is covered
+#: fully by its own kind of data, while mouse symbols (Actb) or unmapped Ensembl IDs cover ~0.1%.
+#: Below a tenth of its input the model sees mostly the zeros put in place of missing genes, so
+#: its calls describe the missing genes rather than the cells; 0.1 refuses those cases and lets a
+#: variable-gene subset run, with the low-coverage warning.
+MIN_GENE_COVERAGE = 0.1
 
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
 # "ENSG00000141510_TP53" (scATD's ENS..._Symbol) or "ENSG00000141510|TP53"
@@ -407,7 +417,7 @@ def mito_mask(adata) -> np.ndarray:
     and most h5ad carry one).
     """
     names = pd.Index(adata.var_names.astype(str))
-    if detect_id_type(names) in ("ensembl", "mixed"):
+    if detect_id_type(names) in ("ensembl", "mixed", "unknown"):
         col = var_id_columns(adata.var)["symbol"]
         if col is not None:
             names = pd.Index(adata.var[col].astype(str))
@@ -577,10 +587,13 @@ class GeneIdMapping:
     names: list[str]
     mapped: np.ndarray
     routes: dict
+    #: the ``var`` column whose symbols replaced gene names that are neither symbols nor Ensembl IDs
+    symbol_column: str | None = None
 
     def summary(self) -> dict:
         return {"target": self.target, "n_genes": len(self.names),
-                "n_mapped": int(self.mapped.sum()), **{f"n_{k}": v for k, v in self.routes.items()}}
+                "n_mapped": int(self.mapped.sum()), **{f"n_{k}": v for k, v in self.routes.items()},
+                **({"symbol_column": self.symbol_column} if self.symbol_column else {})}
 
 
 def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=None) -> GeneIdMapping:
@@ -607,14 +620,22 @@ def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=No
     -------
     :class:`GeneIdMapping`; ``routes`` has the counts ``already`` (already the target type),
     ``file_columns``, ``geneformer_dict``, ``biomart`` and ``unmapped``.
+
+    Gene names that are neither symbols nor Ensembl IDs (``gene0``, ``feature_12``: detected as
+    ``unknown``) are no symbols: with ``to="symbol"`` a symbol column of ``var`` (e.g.
+    ``var['gene_symbols']``) gives every gene its symbol (route ``file_columns``; the column is
+    ``symbol_column``), and a gene without a value there is ``unmapped``.
     """
     if to not in ("symbol", "ensembl"):
         raise ValueError(f"to must be 'symbol' or 'ensembl', not {to!r}")
+    symbol_column = None
     if hasattr(source, "var_names"):
         names = original_gene_names(source)
         cols = var_id_columns(source.var)
         other = cols["ensembl" if to == "ensembl" else "symbol"]
         file_values = [str(x) for x in source.var[other]] if other else None
+        if to == "symbol" and other and detect_id_type(names) == "unknown":
+            symbol_column = other  # the names match no model: the column's symbols are the genes' names
     else:
         names, file_values = [str(x) for x in source], None
 
@@ -635,6 +656,13 @@ def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=No
     out, mapped = [], np.zeros(len(names), dtype=bool)
     for i, name in enumerate(names):
         core = _ensembl_core(name)
+        if symbol_column is not None:
+            value = file_values[i]
+            found = _present(value) and _ensembl_core(value) is None
+            routes["file_columns" if found else "unmapped"] += 1
+            mapped[i] = found
+            out.append(value if found else name)
+            continue
         if (to == "ensembl") == (core is not None):
             out.append(core if to == "ensembl" else name)
             routes["already"] += 1
@@ -652,7 +680,7 @@ def map_gene_ids(source, to: str = "symbol", *, geneformer_dict=None, biomart=No
         routes[route] += 1
         mapped[i] = result is not None
         out.append(result if result is not None else name)
-    return GeneIdMapping(target=to, names=out, mapped=mapped, routes=routes)
+    return GeneIdMapping(target=to, names=out, mapped=mapped, routes=routes, symbol_column=symbol_column)
 
 
 def _cached_dictionary(path: str) -> dict:
@@ -711,25 +739,41 @@ def default_symbol_dictionary(problems: list[str] | None = None):
         return None
 
 
-#: The data's warning while most of its Ensembl IDs have no symbol (:func:`annotate_gene_ids`).
-NO_SYMBOLS_HINT = ("Most genes are Ensembl IDs without a symbol in the file. Give a BioMart table with 'Gene stable "
-                   "ID' and 'Gene name' (Data page), upload a file that carries the symbols (e.g. the 10x "
-                   "features.tsv), or ask the administrator to configure the Geneformer dictionaries "
-                   "(SCATD_GENEFORMER_DIR).")
+#: How to give Ensembl IDs their symbols, on either surface (the app's Data page, the command line).
+MAP_IDS_HINT = ("Give a BioMart table with 'Gene stable ID' and 'Gene name' (on the Data page; on the command line "
+                "--biomart FILE), upload a file that carries the symbols (e.g. the 10x features.tsv), or ask the "
+                "administrator to install Geneformer's gene dictionary (gene_name_id_dict.pkl in "
+                "SCATD_GENEFORMER_DIR; `scatd doctor` checks it).")
+#: The end of the data's warning while most of its Ensembl IDs have no symbol (:func:`annotate_gene_ids`).
+NO_SYMBOLS_HINT = ("The drug models use gene symbols, so these genes cannot be matched. " + MAP_IDS_HINT)
+
+
+def _unmapped_ids_problem(n_unmapped: int, n_other: int, n_genes: int) -> bool:
+    """Whether identifiers of the other kind than the model's are unmapped as a whole: most of them
+    (over half) are, and they are at least 5% of the data's genes (a few unnamed genes are not)."""
+    return n_unmapped > 0 and n_unmapped > 0.5 * n_other and n_unmapped >= 0.05 * max(n_genes, 1)
+
+
+def no_symbols_warning(n_unmapped: int) -> str:
+    """The data's warning for ``n_unmapped`` Ensembl IDs without a symbol (ends with :data:`NO_SYMBOLS_HINT`)."""
+    return (f"{counted(n_unmapped, 'Ensembl ID')} could not be mapped to {'a symbol' if n_unmapped == 1 else 'symbols'}. "
+            + NO_SYMBOLS_HINT)
 
 
 def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
     """Give every gene both identifiers a model may need: an HGNC symbol and an Ensembl ID.
 
     Routes as :func:`map_gene_ids`: the file's own columns (10x ``gene_ids``, cellxgene
-    ``feature_name`` ...), then Geneformer's dictionary (``geneformer_dict``, default
+    ``feature_name`` ...; a symbol column also replaces gene names that are neither symbols nor
+    Ensembl IDs), then Geneformer's dictionary (``geneformer_dict``, default
     :func:`default_symbol_dictionary`), then a BioMart table (``biomart``). Genes no route knows
     keep their own name, so they simply match no model gene and show up in the coverage.
 
     Sets ``adata.var['scatd_symbol']`` and ``adata.var['scatd_ensembl']`` and records the counts in
     ``adata.uns['scatd_input']['gene_ids']``, which it also returns: per target the numbers
-    mapped by each route, plus ``data_id_type`` and ``hint`` (what to do when many are unmapped),
-    which is also among ``adata.uns['scatd_input']['warnings']`` while it holds.
+    mapped by each route, plus ``data_id_type`` and, while most of the data's Ensembl IDs have no
+    symbol, ``n_ensembl_unmapped`` and ``hint`` (:func:`no_symbols_warning`), which is also among
+    ``adata.uns['scatd_input']['warnings']`` while it holds. :func:`id_mapping_text` says it in words.
     """
     problems: list[str] = []
     if geneformer_dict is None:
@@ -741,17 +785,51 @@ def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
         mapping = map_gene_ids(adata, target, geneformer_dict=geneformer_dict, biomart=biomart)
         adata.var[key] = mapping.names
         summary[target] = mapping.summary()
-    need = "symbol" if data_type in ("ensembl", "mixed") else None
-    if need and summary[need]["n_mapped"] < 0.5 * max(summary[need]["n_genes"], 1):
-        summary["hint"] = NO_SYMBOLS_HINT
+    if data_type in ("ensembl", "mixed"):
+        sym = summary["symbol"]
+        n_ensembl = sym["n_genes"] - sym["n_already"]
+        if _unmapped_ids_problem(sym["n_unmapped"], n_ensembl, sym["n_genes"]):
+            summary["n_ensembl_unmapped"] = sym["n_unmapped"]
+            summary["hint"] = no_symbols_warning(sym["n_unmapped"])
     report = dict(adata.uns.get(_keys.INPUT_REPORT, {}))
     report["gene_ids"] = summary
     if "warnings" in report or "hint" in summary or problems:  # said while it holds, not after a mapping
-        warnings = [str(w) for w in report.get("warnings", []) if str(w) != NO_SYMBOLS_HINT
+        warnings = [str(w) for w in report.get("warnings", []) if not str(w).endswith(NO_SYMBOLS_HINT)
                     and not str(w).startswith(_DICTIONARY_UNREADABLE)]
-        report["warnings"] = warnings + problems + ([NO_SYMBOLS_HINT] if "hint" in summary else [])
+        report["warnings"] = warnings + problems + ([summary["hint"]] if "hint" in summary else [])
     adata.uns[_keys.INPUT_REPORT] = report
     return summary
+
+
+def id_mapping_text(summary: dict) -> str:
+    """:func:`annotate_gene_ids`'s counts in words (the Data page and the command line say the same),
+    or "" when the data's gene names are symbols the models take as they are."""
+    sym = (summary or {}).get("symbol") or {}
+    data_type = summary.get("data_id_type") if summary else None
+    n = int(sym.get("n_genes", 0))
+    if not n:
+        return ""
+    if sym.get("symbol_column"):
+        return (f"The gene names are neither gene symbols nor Ensembl IDs: gene symbols taken from "
+                f"var['{sym['symbol_column']}'] for {int(sym.get('n_file_columns', 0)):,} of {counted(n, 'gene')}.")
+    if data_type not in ("ensembl", "mixed"):
+        return ""
+    n_already = int(sym.get("n_already", 0))
+    n_ensembl = n - n_already
+    n_new = n_ensembl - int(sym.get("n_unmapped", 0))
+    routes = (f"{int(sym.get('n_file_columns', 0)):,} from the file's own columns, "
+              f"{int(sym.get('n_geneformer_dict', 0)):,} from the Geneformer dictionary, "
+              f"{int(sym.get('n_biomart', 0)):,} from a BioMart table")
+    if data_type == "ensembl" and not n_already:
+        text = (f"The genes are Ensembl IDs; the drug models use gene symbols. {n_new:,} of {n:,} "
+                f"({percent(n_new / n)}) have a symbol: {routes}.")
+    else:
+        text = (f"The genes are a mix of gene symbols and Ensembl IDs; the drug models use gene symbols. "
+                f"{n_already:,} of {n:,} are already symbols; {n_new:,} of the {counted(n_ensembl, 'Ensembl ID')} "
+                f"have a symbol: {routes}.")
+    if summary.get("hint"):
+        text += " " + summary["hint"]
+    return text
 
 
 def names_for(adata, id_type: str) -> list[str]:
@@ -767,8 +845,16 @@ def names_for(adata, id_type: str) -> list[str]:
 # Coverage of a model's genes
 # --------------------------------------------------------------------------------------------
 
+def min_gene_coverage() -> float:
+    """The least share of a model's genes the data must have to be predicted: this server's
+    ``limits.min_gene_coverage`` (``SCATD_MIN_GENE_COVERAGE``), default :data:`MIN_GENE_COVERAGE`."""
+    from scatd_core.config import settings
+
+    return float(settings()["min_gene_coverage"])
+
+
 def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 20,
-                    low_threshold: float = LOW_COVERAGE_FRACTION) -> dict:
+                    low_threshold: float = LOW_COVERAGE_FRACTION, min_coverage: float | None = None) -> dict:
     """How well a dataset covers a model's input genes, with advice when it does not.
 
     Parameters
@@ -782,11 +868,18 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
     low_threshold
         Coverage fraction below which ``low_coverage`` is True; see
         :data:`LOW_COVERAGE_FRACTION` for why 0.5.
+    min_coverage
+        Coverage fraction below which the prediction is refused (``status`` ``"refused"``);
+        default :func:`min_gene_coverage` (see :data:`MIN_GENE_COVERAGE` for why 0.1).
 
     Returns
     -------
     A JSON-safe dict: ``n_model_genes``, ``n_matched``, ``fraction_matched``, ``n_data_genes``,
     ``n_data_genes_unmatched``, ``data_id_type``, ``model_id_type``, ``low_coverage``,
+    ``min_coverage``, ``n_ids_unmapped`` (the data's genes still of the other kind of identifier
+    than the model's: Ensembl IDs no route gave a symbol), ``status`` (``"good"``, ``"low"``: low
+    coverage or a whole kind of identifier unmapped, or ``"refused"``: below ``min_coverage``),
+    ``unmatched_examples`` (the first data genes the model does not know, in file order) and
     ``advice``; with an AnnData also ``top_unmatched_genes`` (the data genes the model ignores),
     ``unmatched_ranked_by`` and, for expression, ``top_unmatched_mean`` and
     ``expression_fraction_matched`` (share of the total signal carried by matched genes). On
@@ -796,28 +889,7 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
     (near 0 for every z-scored gene), so they are the first by name (``"name"``), with no means.
     """
     is_adata = hasattr(adata_or_names, "var_names")
-    model_genes = [str(g) for g in model_genes]
-    model_type = detect_id_type(model_genes)
-    names = names_for(adata_or_names, model_type) if is_adata else [str(x) for x in adata_or_names]
-    aln = align_genes(names, model_genes)
-    model_set = set(model_genes)
-    unmatched_idx = np.array([i for i, g in enumerate(names) if g not in model_set], dtype=int)
-    data_type = detect_id_type(original_gene_names(adata_or_names) if is_adata else names)
-    ids = adata_or_names.uns.get(_keys.INPUT_REPORT, {}).get("gene_ids", {}) if is_adata else {}
-    mapped = ids.get(model_type) if data_type != model_type else None
-    report = {
-        "n_model_genes": aln.n_model,
-        "n_matched": aln.n_matched,
-        "fraction_matched": round(aln.fraction_matched, 4),
-        "n_data_genes": len(names),
-        "n_data_genes_unmatched": int(unmatched_idx.size),
-        "data_id_type": data_type,
-        "model_id_type": model_type,
-        "low_coverage": bool(aln.fraction_matched < low_threshold),
-        "threshold": low_threshold,
-        # share of the data's genes given the model's kind of identifier (annotate_gene_ids), where the kinds differ
-        "fraction_ids_mapped": (round(mapped["n_mapped"] / max(mapped["n_genes"], 1), 4) if mapped else None),
-    }
+    report, names, unmatched_idx = _coverage_numbers(adata_or_names, model_genes, low_threshold, min_coverage)
     if is_adata:
         block = sample_rows(adata_or_names.X)
         if values_are_centred(adata_or_names, block):  # a mean z-score is not expression: by name
@@ -836,6 +908,76 @@ def coverage_report(adata_or_names, model_genes: Sequence[str], *, n_top: int = 
             report["expression_fraction_matched"] = round(float(means[matched_mask].sum() / means.sum()), 4)
     report["advice"] = _coverage_advice(report)
     return report
+
+
+def _coverage_numbers(adata_or_names, model_genes: Sequence[str], low_threshold: float = LOW_COVERAGE_FRACTION,
+                      min_coverage: float | None = None) -> tuple[dict, list[str], np.ndarray]:
+    """:func:`coverage_report`'s fields from the gene names alone (no values read), the data's
+    names in the model's kind of identifier, and the positions of those the model does not know."""
+    is_adata = hasattr(adata_or_names, "var_names")
+    model_genes = [str(g) for g in model_genes]
+    model_type = detect_id_type(model_genes)
+    names = names_for(adata_or_names, model_type) if is_adata else [str(x) for x in adata_or_names]
+    aln = align_genes(names, model_genes)
+    model_set = set(model_genes)
+    unmatched_idx = np.array([i for i, g in enumerate(names) if g not in model_set], dtype=int)
+    ids = adata_or_names.uns.get(_keys.INPUT_REPORT, {}).get("gene_ids", {}) if is_adata else {}
+    column = (ids.get("symbol") or {}).get("symbol_column") if model_type == "symbol" else None
+    # with a symbol column in place of names that are no identifiers, those symbols are the data's genes
+    data_type = detect_id_type(original_gene_names(adata_or_names) if is_adata and not column else names)
+    mapped = ids.get(model_type) if data_type != model_type and not column else None
+    minimum = min_gene_coverage() if min_coverage is None else float(min_coverage)
+    other_kind = (lambda g: _ensembl_core(g) is not None) if model_type != "ensembl" else \
+        (lambda g: _ensembl_core(g) is None)
+    n_unmapped = sum(map(other_kind, names)) if model_type in ("symbol", "ensembl") else 0
+    originals = original_gene_names(adata_or_names) if is_adata else names
+    n_other = sum(map(other_kind, originals)) if model_type in ("symbol", "ensembl") else 0
+    ids_unmapped = _unmapped_ids_problem(n_unmapped, n_other, len(names))
+    fraction = aln.fraction_matched
+    report = {
+        "n_model_genes": aln.n_model,
+        "n_matched": aln.n_matched,
+        "fraction_matched": round(fraction, 4),
+        "n_data_genes": len(names),
+        "n_data_genes_unmatched": int(unmatched_idx.size),
+        "data_id_type": data_type,
+        "model_id_type": model_type,
+        "low_coverage": bool(fraction < low_threshold),
+        "threshold": low_threshold,
+        "min_coverage": minimum,
+        "n_ids_unmapped": int(n_unmapped) if ids_unmapped else 0,
+        "status": "refused" if fraction < minimum else "low" if fraction < low_threshold or ids_unmapped else "good",
+        "unmatched_examples": [names[i] for i in unmatched_idx[:5]],
+        # share of the data's genes given the model's kind of identifier (annotate_gene_ids), where the kinds differ
+        "fraction_ids_mapped": (round(mapped["n_mapped"] / max(mapped["n_genes"], 1), 4) if mapped else None),
+        **({"symbol_column": column} if column else {}),
+    }
+    return report, names, unmatched_idx
+
+
+def coverage_refusal(adata_or_names, model_genes: Sequence[str], *, min_coverage: float | None = None,
+                     model_name: str | None = None) -> InputError | None:
+    """The error that refuses a prediction with too few of the model's genes in the data (fewer
+    than ``min_coverage`` of them, default :func:`min_gene_coverage`), or ``None``: how many
+    matched, examples of the data's genes the model does not know, the likely cause and what to
+    do; the command line's hint names ``--min-gene-coverage``, the app's the server setting."""
+    report, _names, _idx = _coverage_numbers(adata_or_names, model_genes, min_coverage=min_coverage)
+    if report["status"] != "refused":
+        return None
+    examples = report["unmatched_examples"]
+    cause = _coverage_cause(report)
+    model = f" with {model_name}" if model_name else ""
+    message = (f"Too few of the model's genes are in the data to predict{model}: only {_matched_text(report)} are, and at "
+               f"least {percent(report['min_coverage'])} are needed (the missing genes would be filled with 0, "
+               "which the model never saw in training, so its calls would be meaningless)."
+               + (f" The data's genes the model does not know include {', '.join(examples)}." if examples else "")
+               + f" {cause}")
+    expert = "lower the minimum with --min-gene-coverage (e.g. --min-gene-coverage 0.01)"
+    return InputError(message, f"If you are sure the calls mean something anyway, {expert}.",
+                      app_hint="Choose a model whose genes your data have, or upload data that fit this model. The "
+                               f"minimum ({percent(report['min_coverage'])} of the model's genes) is this server's "
+                               "setting: its administrator sets it with limits.min_gene_coverage in the configuration "
+                               f"file (or SCATD_MIN_GENE_COVERAGE); an expert can {expert} on the command line.")
 
 
 #: Value kinds (:func:`scatd_core.preprocess.detect_value_type`) of expression: a higher mean is a more expressed gene
@@ -858,24 +1000,67 @@ def values_are_centred(adata, block=None) -> bool:
     return kind == "zscored" or (kind not in EXPRESSION_KINDS and bool(evidence.get("has_negative")))
 
 
-def _coverage_advice(r: dict) -> str:
-    matched = f"{r['n_matched']:,} of the model's {r['n_model_genes']:,} genes ({r['fraction_matched']:.0%})"
-    if not r["low_coverage"]:
-        return f"Coverage is good: {matched} are in the data."
-    base = (f"Low gene coverage: only {matched} are in the data. The missing genes are filled "
-            "with 0, which the model never saw in training, so predictions may be unreliable. ")
-    kinds = {r["data_id_type"], r["model_id_type"]}
+def _matched_text(r: dict) -> str:
+    return f"{r['n_matched']:,} of the model's {r['n_model_genes']:,} genes ({percent(r['n_matched'] / max(r['n_model_genes'], 1))})"
+
+
+#: What to do about a file restricted to some genes (the usual cause of low coverage with the right identifiers).
+SUBSET_ADVICE = ("This is typical of a file restricted to highly variable genes or a targeted panel: upload the full "
+                 "gene matrix (all genes, before feature selection) if you have it, or use a model trained on these "
+                 "genes.")
+
+
+def _coverage_cause(r: dict) -> str:
+    """The likely cause of low coverage and what to do: mouse genes, identifiers of another kind
+    (unmapped), names that are no identifiers, or a subset of the genes."""
     if r["data_id_type"] == "mouse_symbol":
-        return base + ("The data has mouse gene symbols and the models are human: convert to "
-                       "human orthologues (e.g. with BioMart) before uploading.")
+        return ("The data has mouse gene symbols and the models are human: convert them to human orthologues "
+                "(e.g. with BioMart) before uploading.")
+    if r.get("n_ids_unmapped"):
+        if r["model_id_type"] == "ensembl":
+            return (f"{counted(r['n_ids_unmapped'], 'gene symbol')} of the data could not be mapped to Ensembl IDs, "
+                    "which this model uses: " + MAP_IDS_HINT)
+        return (f"{counted(r['n_ids_unmapped'], 'Ensembl ID')} of the data could not be mapped to "
+                f"{'a symbol' if r['n_ids_unmapped'] == 1 else 'symbols'}, so the model's genes among them are "
+                "missing. " + MAP_IDS_HINT)
+    kinds = {r["data_id_type"], r["model_id_type"]}
     if r.get("fraction_ids_mapped") is not None and r["fraction_ids_mapped"] >= 0.5:
-        base += (f"The data's {r['data_id_type']} identifiers were mapped to the model's "
-                 f"({r['fraction_ids_mapped']:.0%} of them), so identifiers are not the cause. ")
-    elif kinds == {"symbol", "ensembl"} or "mixed" in kinds:
-        return base + (f"The data uses {r['data_id_type']} identifiers and the model "
-                       f"{r['model_id_type']}: map them (the file's own gene_ids/gene_symbols "
-                       "columns, the Geneformer dictionary, or a BioMart table with 'Gene stable "
-                       "ID' and 'Gene name').")
-    return base + ("This is typical of a file restricted to highly variable genes or a targeted "
-                   "panel: upload the full gene matrix (all genes, before feature selection) if "
-                   "you have it, or use a model trained on these genes.")
+        return (f"The data's {r['data_id_type']} identifiers were mapped to the model's "
+                f"({percent(r['fraction_ids_mapped'])} of them), so identifiers are not the cause. " + SUBSET_ADVICE)
+    if kinds == {"symbol", "ensembl"} or "mixed" in kinds:
+        return (f"The data uses {r['data_id_type']} identifiers and the model {r['model_id_type']}: map them (the "
+                "file's own gene_ids/gene_symbols columns, the Geneformer dictionary, or a BioMart table with 'Gene "
+                "stable ID' and 'Gene name').")
+    if r["data_id_type"] == "unknown":
+        return ("The data's gene names look like neither gene symbols nor Ensembl IDs: give the genes as human gene "
+                "symbols (the var_names, or a column of them such as var['gene_symbols']).")
+    if r.get("symbol_column"):
+        return f"Gene symbols were taken from var['{r['symbol_column']}']. " + SUBSET_ADVICE
+    return SUBSET_ADVICE
+
+
+def _coverage_advice(r: dict) -> str:
+    matched = _matched_text(r)
+    taken = f" (gene symbols taken from var['{r['symbol_column']}'])" if r.get("symbol_column") else ""
+    if r.get("status") == "refused":
+        return (f"Too few genes to predict: only {matched} are in the data{taken}, below the minimum of "
+                f"{percent(r['min_coverage'])}, so this model will not score these data. " + _coverage_cause(r))
+    if r.get("status", "low" if r["low_coverage"] else "good") == "good":
+        return f"Coverage is good: {matched} are in the data{taken}."
+    if not r["low_coverage"]:  # enough genes, but a whole kind of identifier unmapped: some of the model's are among them
+        return f"{matched} are in the data, but some may be missing. " + _coverage_cause(r)
+    return (f"Low gene coverage: only {matched} are in the data{taken}. The missing genes are filled with 0, which "
+            "the model never saw in training, so predictions may be unreliable. " + _coverage_cause(r))
+
+
+def coverage_warning(adata_or_names, model_genes: Sequence[str]) -> str | None:
+    """The prediction's warning on gene coverage, as the Model page's advice says it (``None`` when
+    coverage is good): low coverage, or a whole kind of identifier left unmapped, with the cause."""
+    r, _names, _idx = _coverage_numbers(adata_or_names, model_genes, min_coverage=0.0)
+    if r["status"] == "good":
+        return None
+    if not r["low_coverage"]:  # enough genes, but a whole kind of identifier unmapped
+        return _coverage_advice(r)
+    return (f"Only {percent(r['n_matched'] / max(r['n_model_genes'], 1))} of the model's genes are in the data "
+            f"({r['n_matched']:,} of {r['n_model_genes']:,}); predictions may be unreliable, as the missing genes are "
+            "filled with 0, which the model never saw in training. " + _coverage_cause(r))

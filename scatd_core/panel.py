@@ -209,6 +209,7 @@ def predict_panel(
     beta_mode: str | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    min_gene_coverage: float | None = None,
 ) -> list[PanelMember]:
     """Predict P(resistant) for every cell of ``adata`` with every model of a panel.
 
@@ -218,7 +219,7 @@ def predict_panel(
         The cells (may be backed), as for :func:`scatd_core.predict.predict`.
     bundles
         The panel's models (:class:`~scatd_core.bundle.Bundle`), any backbones and gene sets.
-    mask, mode, n_samples, seed, device, batch_size, beta_mode, should_stop
+    mask, mode, n_samples, seed, device, batch_size, beta_mode, should_stop, min_gene_coverage
         As for :func:`~scatd_core.predict.predict`, the same for every model (``beta_mode``
         overrides each model's Swish mode; models without that choice ignore ``None`` only).
     progress
@@ -256,7 +257,7 @@ def predict_panel(
     # a mask column (its name, or a command line's --mask array naming it) is passed on as given, so each
     # model's run records it and says its cells were left out by that column, not by the QC filter
     options = dict(mask=mask if mask_column(mask) else mask_array, mode=mode, n_samples=n_samples, seed=seed, device=device, batch_size=batch_size,
-                   beta_mode=beta_mode, should_stop=should_stop)
+                   beta_mode=beta_mode, should_stop=should_stop, min_gene_coverage=min_gene_coverage)
     n = len(bundles)
     try:
         for i, (member, bundle) in enumerate(zip(team, bundles)):

@@ -31,7 +31,7 @@ from scatd_core import __version__, _keys
 from scatd_core import _threads  # noqa: F401  (reads the process's thread count before anything can change it)
 from scatd_core._keys import LEFT_OUT, NOT_SCORED, result_keys
 from scatd_core.errors import Cancelled, DeviceError, InputError
-from scatd_core.genes import LOW_COVERAGE_FRACTION
+from scatd_core.genes import coverage_refusal, coverage_warning
 from scatd_core.inputs import (EMBEDDING_REASON_TEXT, FOUNDATION_MODELS, REASON_TEXT, ModelInput, column_mask,
                                mask_column, mask_label, mask_reason_text, value_messages, value_type)
 from scatd_core.nn.sparse import batch_tensor
@@ -391,6 +391,7 @@ def predict(
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     copy: bool = False,
+    min_gene_coverage: float | None = None,
 ) -> ad.AnnData | None:
     """Predict P(resistant) for every cell of ``adata`` with a model bundle.
 
@@ -438,6 +439,11 @@ def predict(
         Polled between batches; returning True raises :class:`~scatd_core.errors.Cancelled`.
     copy
         Return an annotated copy instead of writing into ``adata``.
+    min_gene_coverage
+        The least share of the model's genes the data must have (Dist_VAE): below it the
+        prediction is refused with an :class:`~scatd_core.errors.InputError` saying how many
+        matched and why (:func:`scatd_core.genes.coverage_refusal`). Default: this server's
+        ``limits.min_gene_coverage`` (:func:`scatd_core.genes.min_gene_coverage`, 0.1); 0 never refuses.
 
     Returns
     -------
@@ -461,7 +467,7 @@ def predict(
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     scores = score(adata, bundle, mask=mask, inputs=inputs, mode=mode, n_samples=n_samples, seed=seed,
                    device=device, batch_size=batch_size, beta_mode=beta_mode, progress=progress,
-                   should_stop=should_stop)
+                   should_stop=should_stop, min_gene_coverage=min_gene_coverage)
     store(adata, bundle, scores, threshold=threshold, threshold_source=threshold_source, key_added=key_added)
     return adata if copy else None
 
@@ -501,6 +507,7 @@ def score(
     beta_mode: str | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    min_gene_coverage: float | None = None,
 ) -> Scores:
     """The computation of :func:`predict` (same parameters), without writing anything into
     ``adata``; :func:`store` writes the result."""
@@ -514,6 +521,10 @@ def score(
         inputs = ModelInput(adata, bundle, mask=named, batch_size=batch_size or auto_batch_size(bundle, dev))
     elif inputs.n_obs != adata.n_obs:
         raise ValueError("inputs were built for another dataset")
+    if inputs.source.alignment is not None:  # too few of the model's genes: refused, not scored with a warning
+        refusal = coverage_refusal(adata, inputs.spec.genes, min_coverage=min_gene_coverage, model_name=bundle.name)
+        if refusal is not None:
+            raise refusal
     if mask is not None:
         inputs.filtered_text = mask_reason_text(mask)  # the QC filter's cells, or the user's mask column's
     probs, sds, latent, precision, lowered_to = _score(model, inputs, bundle.positive_index, mode, n_samples,
@@ -696,10 +707,10 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
         # the foundation model itself: not the published one (its files' warning when the embeddings were made)
         said = (record.get("info") or {}).get("model_warnings")  # a list; an array once read back from an h5ad
         out.extend(str(w) for w in (list(said) if said is not None else []))
-    aln = inputs.source.alignment
-    if aln is not None and aln.fraction_matched < LOW_COVERAGE_FRACTION:
-        out.append(f"Only {aln.fraction_matched:.0%} of the model's genes are in the data; predictions may be "
-                   "unreliable.")
+    if inputs.source.alignment is not None:  # low coverage, or Ensembl IDs left unmapped: as the Model page says it
+        warning = coverage_warning(inputs.adata, inputs.spec.genes)
+        if warning:
+            out.append(warning)
     words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if bundle.input_kind == "embedding" else {})}
     for reason, count in not_scored.items():
         out.append(f"{counted(count)} {'was' if count == 1 else 'were'} not scored: {words.get(reason, reason)}"

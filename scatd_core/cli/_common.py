@@ -256,6 +256,11 @@ def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several:
                    help="which matrix of an h5ad the models read: X, raw (adata.raw) or layer:NAME (e.g. "
                         "layer:counts); default auto: the one that suits the model best (the raw counts in "
                         "layers['counts'] or adata.raw when X holds scaled or z-scored values), said when it is not X")
+    p.add_argument("--min-gene-coverage", type=probability, metavar="FRACTION",
+                   help="least share of the model's genes the data must have, from 0 to 1 (default: the server's "
+                        "limits.min_gene_coverage, 0.1 unless set); below it the prediction is refused. Lower it only "
+                        "if you know the calls mean something with so many genes missing (filled with 0); 0 never "
+                        "refuses")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--mask", metavar="COLUMN",
                    help="True/False obs column of the input: score only its True cells (e.g. scatd_qc_pass in an "
@@ -278,6 +283,10 @@ def read_input(args, backed="auto"):
         genes.annotate_gene_ids(adata, biomart=args.biomart)
     features = "embedding features" if adata.uns[io.REPORT_KEY].get("format") == "npy" else "genes"
     say(f"Read {adata.n_obs:,} cells x {adata.n_vars:,} {features} from {Path(args.input).name}")
+    ids = adata.uns[io.REPORT_KEY].get("gene_ids") or {}
+    mapping = genes.id_mapping_text({k: v for k, v in ids.items() if k != "hint"})  # the hint: a warning below
+    if mapping:  # as the Data page counts them: symbols by route (file columns, dictionary, --biomart)
+        say(f"Gene identifiers: {mapping}")
     for w in adata.uns[io.REPORT_KEY].get("warnings", []):
         say(f"warning: {w}")
     if features == "genes":

@@ -237,7 +237,7 @@ def run(args) -> int:
         prepare_embeddings(adata, bundle, args)
         inputs = ModelInput(adata, bundle, mask=mask)
         predict(adata, bundle, inputs=inputs, mask=mask, device=args.device, threshold=args.threshold,
-                progress=Progress("Predicting"))
+                progress=Progress("Predicting"), min_gene_coverage=getattr(args, "min_gene_coverage", None))
     calibrate_from_args(adata, args)
     report_prediction(adata)  # the threshold that defines the predicted groups, and whether it is calibrated
     result = explain_from_args(adata, bundle, args, inputs=inputs, keep_top=per_cell[0] if per_cell else None)
@@ -269,4 +269,5 @@ def _predict_on_ray(adata, bundle, args, mask=None) -> None:
     scaleout.predict_ray(adata, bundle, f"{args.output}.predictions", mask=mask, device=args.device, batch_size=1024,
                          threshold=args.threshold, shard_cells=args.shard_cells, address=args.address or
                          settings()["scaleout_address"], workers=args.workers or settings()["scaleout_workers"],
-                         load_latent=False, progress=Progress("Predicting on Ray"))
+                         load_latent=False, progress=Progress("Predicting on Ray"),
+                         min_gene_coverage=getattr(args, "min_gene_coverage", None))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core._words import counted
+from scatd_core._words import counted, percent
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
                                     add_overwrite_argument, add_spelled_both_ways, apply_label_direction, cell_mask,
                                     check_columns,
@@ -169,7 +169,8 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
                                    seed=args.seed, device=args.device, batch_size=args.batch_size,
                                    threshold=args.threshold, beta_mode=args.beta_mode, shard_cells=args.shard_cells,
                                    workers=args.workers or settings()["scaleout_workers"], address=address,
-                                   load_latent=load_latent, progress=Progress("Predicting on Ray"))
+                                   load_latent=load_latent, progress=Progress("Predicting on Ray"),
+                                   min_gene_coverage=getattr(args, "min_gene_coverage", None))
         say(f"Ray: {counted(run.workers, 'worker')}, {counted(len(run.shards), 'shard')}"
             + (f" ({run.resumed} already done, resumed from {run.store.folder})." if run.resumed else
                f" ({parts_note(args, run.store.folder)})."))
@@ -178,7 +179,15 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
         if inputs is None:  # refuse data the model cannot read (e.g. a .npy of another width) before estimating
             from scatd_core.inputs import InputSpec, model_data, model_source, unscorable_error
 
-            model_source(model_data(adata, bundle)[0], InputSpec.of(bundle))
+            data = model_data(adata, bundle)[0]
+            source = model_source(data, InputSpec.of(bundle))
+            if source.alignment is not None:  # too few of the model's genes: refused before the estimate, as predict
+                from scatd_core.genes import coverage_refusal
+
+                refusal = coverage_refusal(data, bundle.genes, min_coverage=getattr(args, "min_gene_coverage", None),
+                                           model_name=bundle.name)
+                if refusal is not None:
+                    raise refusal
             problem = unscorable_error(adata, bundle)  # e.g. z-scored values for a model that log-normalises
             if problem is not None:
                 raise problem
@@ -189,7 +198,7 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
             f"{device_description(resolve_device(args.device))} (from per-cell costs; nothing run yet).")
         predict(adata, bundle, inputs=inputs, mask=mask, mode=args.mode, n_samples=args.samples, seed=args.seed,
                 device=args.device, batch_size=args.batch_size, threshold=args.threshold, beta_mode=args.beta_mode,
-                progress=Progress("Predicting"))
+                progress=Progress("Predicting"), min_gene_coverage=getattr(args, "min_gene_coverage", None))
     calibrate_from_args(adata, args)
     report_prediction(adata)
     return run
@@ -227,7 +236,7 @@ def report_prediction(adata, key_added: str | None = None, label: str = "") -> N
     cov = info.get("gene_coverage") or {}
     if cov:
         say(f"{label}Genes: {cov['n_matched']:,} of {cov['n_model_genes']:,} model genes present "
-            f"({cov['fraction_matched']:.1%}); {cov['n_model_genes'] - cov['n_matched']:,} missing (filled with 0); "
+            f"({percent(cov['n_matched'] / max(cov['n_model_genes'], 1))}); {cov['n_model_genes'] - cov['n_matched']:,} missing (filled with 0); "
             f"{cov['n_extra_ignored']:,} extra genes ignored; {cov['n_duplicated_summed']:,} duplicated names summed.")
     for w in info["warnings"]:
         say(f"{label}warning: {w}")
@@ -354,7 +363,7 @@ def run_panel(args, bundles) -> int:
     say(f"Panel of {len(bundles)} models: {', '.join(names)}")
     members = panel.predict_panel(adata, bundles, mask=mask, mode=args.mode, n_samples=args.samples, seed=args.seed,
                                   device=args.device, batch_size=args.batch_size, beta_mode=args.beta_mode,
-                                  progress=Progress("Panel"))
+                                  progress=Progress("Panel"), min_gene_coverage=getattr(args, "min_gene_coverage", None))
     scored = [m for m in members if m.scored]
     for m in members:
         if not m.scored:

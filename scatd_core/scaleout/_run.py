@@ -274,6 +274,7 @@ def predict_ray(
     load_latent: bool = True,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    min_gene_coverage: float | None = None,
 ) -> ScaleoutRun:
     """:func:`scatd_core.predict.predict` over the shards of a backed h5ad, on Ray.
 
@@ -288,7 +289,9 @@ def predict_ray(
 
     Sets the fields :func:`~scatd_core.predict.predict` sets, with the same values (the latent
     ``obsm`` only if ``load_latent``; :meth:`ScaleoutRun.latent_blocks` streams it otherwise),
-    and ``uns['scatd']['engine']``: Ray's address, workers, shards, shards resumed.
+    and ``uns['scatd']['engine']``: Ray's address, workers, shards, shards resumed. Data with
+    fewer than ``min_gene_coverage`` of the model's genes are refused before any worker starts,
+    as :func:`~scatd_core.predict.predict` refuses them.
     """
     from scatd_core.predict import _check_args, _mask_of
 
@@ -305,6 +308,12 @@ def predict_ray(
     t0 = time.perf_counter()
     spec = InputSpec.of(bundle)
     source = model_source(adata, spec)  # refuses data the model cannot read, before any worker starts
+    if source.alignment is not None:  # and too few of the model's genes (predict's own check, once for all shards)
+        from scatd_core.genes import coverage_refusal
+
+        refusal = coverage_refusal(adata, spec.genes, min_coverage=min_gene_coverage, model_name=bundle.name)
+        if refusal is not None:
+            raise refusal
     obsm_key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone) if source.alignment is None and \
         source.description.startswith("obsm") else None
     shards = shards_of(adata.n_obs, batch_size, shard_cells)

@@ -251,7 +251,8 @@ def predict_shard(shard: ad.AnnData, bundle, inputs: ModelInput, job: Job) -> di
     else:
         try:
             predict(shard, bundle, mask=mask, inputs=inputs, mode=job.mode, n_samples=job.n_samples, seed=job.seed,
-                    device=job.device, batch_size=job.batch_size, beta_mode=job.beta_mode)
+                    device=job.device, batch_size=job.batch_size, beta_mode=job.beta_mode,
+                    min_gene_coverage=0.0)  # the gene coverage was judged by predict_ray, on the whole dataset
         except InputError:
             if not inputs.scanned or inputs.usable.any():
                 raise
