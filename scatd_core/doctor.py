@@ -548,10 +548,30 @@ def _foundation() -> list[dict]:
     return items
 
 
+def _gene_ids(conf) -> list[dict]:
+    """Whether users' Ensembl IDs can be mapped to the symbols the drug models use: Geneformer's
+    gene-name dictionary (gene_name_id_dict.pkl) in foundation.geneformer_dir, readable."""
+    from scatd_core.genes import default_symbol_dictionary
+
+    problems: list[str] = []
+    found = default_symbol_dictionary(problems)
+    if found is not None:
+        return [_item("Ensembl IDs -> symbols", "ok", f"Geneformer's gene dictionary ({len(found):,} symbols) maps "
+                      "the Ensembl IDs of users' data to the symbols the drug models use")]
+    if problems:
+        return [_item("Ensembl IDs -> symbols", "warning", " ".join(problems))]
+    return [_item("Ensembl IDs -> symbols", "warning",
+                  f"not configured: mapping the Ensembl IDs of users' data (files without a symbol column) to the "
+                  f"symbols the drug models use needs Geneformer's gene_name_id_dict.pkl in {conf['geneformer_dir']} "
+                  "(foundation.geneformer_dir, SCATD_GENEFORMER_DIR); without it users must give a BioMart table "
+                  "(the Data page, or --biomart on the command line)")]
+
+
 def diagnose() -> dict:
     conf = settings()
     sections = {"software": _versions(), "device": _device(conf), "configuration": _configuration(conf),
-                "model library": _library(conf), "login": _login(conf), "caches": _caches()}
+                "model library": _library(conf), "login": _login(conf), "caches": _caches(),
+                "gene identifiers": _gene_ids(conf)}
     foundation = _foundation()
     if foundation:
         sections["foundation models"] = foundation

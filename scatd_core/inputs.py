@@ -323,10 +323,13 @@ def _no_gene_matched(adata: ad.AnnData, spec: InputSpec, alignment: GeneAlignmen
                           "If your data are human, upper-case the names (in Python: adata.var_names = "
                           "adata.var_names.str.upper(), then save the data again). Mouse data need human orthologues "
                           "instead, not upper-casing.")
-    hint = ("The data's genes look like Ensembl IDs: give the symbols (a file that carries them, or a "
-            "BioMart table on the Data page) so they can be matched." if data_type in ("ensembl", "mixed")
-            else "Check that the data uses human gene symbols, like the model.")
-    return InputError(message, hint)
+    if data_type in ("ensembl", "mixed"):
+        return InputError(message, "The data's genes look like Ensembl IDs: give the symbols so they can be matched "
+                                   "(--biomart with a BioMart table of 'Gene stable ID' and 'Gene name', or a file "
+                                   "that carries them).",
+                          app_hint="The data's genes look like Ensembl IDs: give the symbols so they can be matched "
+                                   "(a BioMart table on the Data page, or a file that carries them).")
+    return InputError(message, "Check that the data uses human gene symbols, like the model.")
 
 
 def embedding_width_source(width: int) -> str | None:
