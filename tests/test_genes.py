@@ -245,8 +245,156 @@ def test_coverage_report_ranks_unmatched_genes_by_expression():
     json.dumps(report)
 
 
+def _mouse_like(symbols, keep: int):
+    """The symbols as mouse-style names (Tp53), but the first ``keep`` left human (they still match)."""
+    return list(symbols[:keep]) + [s[0] + s[1:].lower() for s in symbols[keep:]]
+
+
+def test_prediction_is_refused_below_the_minimum_gene_coverage(tmp_path, capsys):
+    """QA: mouse symbols matched 2 of a 2,932-gene model (0.1%, shown as "0%") and the prediction still ran
+    and called 14 cells resistant. Below the minimum (10%) it is refused, saying how many matched, which
+    names did not and why; --min-gene-coverage (or min_gene_coverage=) lets an expert run it anyway."""
+    from scatd_core.cli import main
+    from scatd_core.predict import predict
+
+    counts = make_counts(n_cells=30, n_genes=40, seed=5)
+    bundle = _symbol_model(tmp_path, list(counts.var_names))
+    mouse = ad.AnnData(counts.X.copy(), obs=counts.obs.copy(),
+                       var=pd.DataFrame(index=_mouse_like(list(counts.var_names), 2)))
+    assert genes.detect_id_type(mouse.var_names) == "mouse_symbol"
+    with pytest.raises(InputError) as err:
+        predict(mouse, bundle, copy=True)
+    cov = genes.coverage_report(mouse, bundle.genes)
+    assert cov["status"] == "refused" and cov["min_coverage"] == genes.MIN_GENE_COVERAGE == 0.1
+    assert cov["advice"].startswith("Too few genes to predict: only 2 of the model's 40 genes (5.0%)")
+    message = err.value.message
+    assert "only 2 of the model's 40 genes (5.0%) are, and at least 10.0% are needed" in message
+    assert f"include {mouse.var_names[2]}, {mouse.var_names[3]}" in message and "mouse gene symbols" in message
+    assert "--min-gene-coverage" in err.value.hint and "limits.min_gene_coverage" in err.value.app_hint
+    done = predict(mouse, bundle, copy=True, min_gene_coverage=0.01)  # an expert's explicit override
+    assert any(w.startswith("Only 5.0% of the model's genes are in the data (2 of 40)") and "mouse" in w
+               for w in done.uns["scatd"]["warnings"])
+    # the command line: refused before anything runs, and run with the override
+    mouse.write_h5ad(tmp_path / "mouse.h5ad")
+    common = ["predict", "--model", str(bundle.path), "--input", str(tmp_path / "mouse.h5ad")]
+    assert main(common + ["--output", str(tmp_path / "a.csv")]) == 2
+    out = capsys.readouterr().err
+    assert "Too few of the model's genes are in the data to predict" in out and "--min-gene-coverage" in out
+    assert "Estimated time" not in out and not (tmp_path / "a.csv").exists()
+    assert main(common + ["--output", str(tmp_path / "b.csv"), "--min-gene-coverage", "0"]) == 0
+    assert "model genes present (5.0%)" in capsys.readouterr().err
+
+
+def test_small_shares_are_never_rounded_to_zero():
+    """QA: "(0%)" for 2 of 2,932 genes, where the Coverage tile said 0.1%: one way of writing a share,
+    never 0% (nor 100%) when it is not."""
+    from scatd_core._words import percent
+
+    assert [percent(1 / 2932), percent(2 / 2932), percent(0), percent(0.525), percent(2931 / 2932)] == \
+        ["<0.1%", "<0.1%", "0.0%", "52.5%", ">99.9%"]
+
+
+def test_the_minimum_gene_coverage_is_a_server_setting(monkeypatch, tmp_path):
+    from scatd_core.config import settings
+
+    monkeypatch.setenv("SCATD_MIN_GENE_COVERAGE", "0.5")
+    assert genes.min_gene_coverage() == 0.5
+    assert genes.coverage_report(HUMAN, HUMAN[:4] + ["X1"] * 0 + [f"G{i}" for i in range(6)])["status"] == "refused"
+    monkeypatch.setenv("SCATD_MIN_GENE_COVERAGE", "10")  # a percentage, not a share: refused, the default used
+    conf = settings()
+    assert conf["min_gene_coverage"] == 0.1
+    assert any("SCATD_MIN_GENE_COVERAGE = 10 is not between 0 and 1" in p for p in conf.problems)
+
+
+def test_unmapped_ensembl_ids_among_symbols_are_never_good_coverage():
+    """QA: half symbols, half Ensembl IDs and no dictionary: "Coverage is good: 74 of 141 genes (52%)", and the
+    Data page counted "0 from the file's own columns, 0 from the Geneformer dictionary, 0 from a BioMart
+    table" for the 1,466 genes that were symbols already. The unmapped IDs are named, with what to do."""
+    counts = make_counts(n_cells=10, n_genes=40, seed=6)
+    symbols, ids = list(counts.var_names), list(counts.var["gene_ids"])
+    mixed = ad.AnnData(counts.X.copy(), var=pd.DataFrame(index=[ids[i] if i % 2 else s for i, s in enumerate(symbols)]))
+    summary = genes.annotate_gene_ids(mixed, geneformer_dict={})
+    assert not genes.coverage_report(mixed, symbols)["advice"].startswith("Coverage is good")
+    assert summary["data_id_type"] == "mixed" and summary["n_ensembl_unmapped"] == 20
+    assert summary["hint"].startswith("20 Ensembl IDs could not be mapped to symbols.")
+    assert "--biomart" in summary["hint"] and "gene_name_id_dict.pkl" in summary["hint"]
+    assert summary["hint"] in mixed.uns["scatd_input"]["warnings"]
+    text = genes.id_mapping_text(summary)
+    assert "20 of 40 are already symbols; 0 of the 20 Ensembl IDs have a symbol: 0 from the file's own columns" in text
+    cov = genes.coverage_report(mixed, symbols)
+    assert cov["fraction_matched"] == 0.5 and cov["status"] == "low" and cov["n_ids_unmapped"] == 20
+    assert not cov["advice"].startswith("Coverage is good")
+    assert "20 Ensembl IDs of the data could not be mapped to symbols" in cov["advice"]
+    assert genes.coverage_warning(mixed, symbols) == cov["advice"]  # the prediction's warning says the same
+    # mapped with a BioMart table: good, and counted by route
+    mart = pd.DataFrame({"ensembl": ids, "symbol": symbols})
+    summary = genes.annotate_gene_ids(mixed, geneformer_dict={}, biomart=mart)
+    assert "hint" not in summary and not any("could not be mapped" in w for w in mixed.uns["scatd_input"]["warnings"])
+    assert "20 of the 20 Ensembl IDs have a symbol: 0 from the file's own columns, 0 from the Geneformer " \
+        "dictionary, 20 from a BioMart table" in genes.id_mapping_text(summary)
+    assert genes.coverage_report(mixed, symbols)["status"] == "good"
+
+
+def test_a_symbol_column_names_genes_whose_var_names_are_no_identifiers(tmp_path):
+    """QA: var_names gene0, gene1 ... with the symbols in var['gene_symbols']: "None of the 2,932 genes ...
+    Check that the data uses human gene symbols". The column is used, and said to be."""
+    counts = make_counts(n_cells=30, n_genes=40, seed=7)
+    bundle = _symbol_model(tmp_path, list(counts.var_names))
+    expected = _probabilities(counts, bundle)
+    generic = ad.AnnData(counts.X.copy(), obs=counts.obs.copy(),
+                         var=pd.DataFrame({"gene_symbols": list(counts.var_names)},
+                                          index=[f"gene{i}" for i in range(40)]))
+    generic.write_h5ad(tmp_path / "generic.h5ad")
+    read = io.read(tmp_path / "generic.h5ad")
+    np.testing.assert_allclose(_probabilities(read, bundle), expected, atol=1e-6)
+    sym = read.uns["scatd_input"]["gene_ids"]["symbol"]
+    assert sym["symbol_column"] == "gene_symbols" and sym["n_file_columns"] == 40
+    assert "gene symbols taken from var['gene_symbols'] for 40 of 40 genes" in \
+        genes.id_mapping_text(read.uns["scatd_input"]["gene_ids"])
+    cov = genes.coverage_report(read, bundle.genes)
+    assert cov["status"] == "good" and "(gene symbols taken from var['gene_symbols'])" in cov["advice"]
+    assert genes.mito_mask(read).sum() == 3  # the MT- genes, by the column's symbols
+    # var_names that are symbols keep precedence over such a column
+    named = counts.copy()
+    named.var["gene_symbols"] = [f"OTHER{i}" for i in range(40)]
+    assert "symbol_column" not in genes.map_gene_ids(named, "symbol").summary()
+
+
+def test_cli_names_biomart_and_says_the_mapping_counts(tmp_path, capsys):
+    """QA: the command line's Ensembl hints said "(Data page)", and a mapping made with --biomart printed
+    nothing while the Data page counted it: both say the same, naming --biomart."""
+    from scatd_core.cli import main
+
+    counts = make_counts(n_cells=30, n_genes=40, seed=8)
+    bundle = _symbol_model(tmp_path, list(counts.var_names))
+    only = ad.AnnData(counts.X.copy(), obs=counts.obs.copy(), var=pd.DataFrame(index=list(counts.var["gene_ids"])))
+    only.write_h5ad(tmp_path / "ensembl_only.h5ad")
+    (tmp_path / "mart.csv").write_text("Gene stable ID,Gene name\n" + "".join(
+        f"{e},{s}\n" for e, s in zip(counts.var["gene_ids"], counts.var_names)))
+    common = ["predict", "--model", str(bundle.path), "--input", str(tmp_path / "ensembl_only.h5ad")]
+    assert main(common + ["--output", str(tmp_path / "a.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "on the command line --biomart FILE" in err and "BioMart table on the Data page" not in err
+    assert main(common + ["--biomart", str(tmp_path / "mart.csv"), "--output", str(tmp_path / "b.csv")]) == 0
+    assert ("Gene identifiers: The genes are Ensembl IDs; the drug models use gene symbols. 40 of 40 (100.0%) have "
+            "a symbol: 0 from the file's own columns, 0 from the Geneformer dictionary, 40 from a BioMart table."
+            ) in capsys.readouterr().err
+
+
+def test_doctor_says_how_ensembl_ids_get_their_symbols(monkeypatch, tmp_path):
+    from scatd_core.doctor import diagnose
+
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(tmp_path))
+    item, = diagnose()["sections"]["gene identifiers"]
+    assert item["status"] == "warning" and "gene_name_id_dict.pkl" in item["detail"] and "--biomart" in item["detail"]
+    with open(tmp_path / "gene_name_id_dict.pkl", "wb") as fh:
+        pickle.dump({"TP53": "ENSG00000141510", "EGFR": "ENSG00000146648"}, fh)
+    item, = diagnose()["sections"]["gene identifiers"]
+    assert item["status"] == "ok" and "2 symbols" in item["detail"]
+
+
 def test_coverage_advice_for_identifier_and_species_mismatch():
-    assert "uses ensembl identifiers and the model symbol" in genes.coverage_report(ENSEMBL, HUMAN)["advice"]
+    assert "10 Ensembl IDs of the data could not be mapped to symbols" in genes.coverage_report(ENSEMBL, HUMAN)["advice"]
     assert "mouse" in genes.coverage_report(MOUSE, HUMAN)["advice"]
 
 
@@ -339,8 +487,8 @@ def test_ensembl_only_file_says_what_to_do_and_maps_with_biomart(tmp_path, capsy
     assert main(common + ["--biomart", str(tmp_path / "mart.csv"), "--output", str(tmp_path / "b.csv")]) == 0
     assert "Give a BioMart table" not in capsys.readouterr().err
     unmapped = io.read(tmp_path / "ensembl_only.h5ad")
-    assert "map them" in genes.coverage_report(unmapped, [f"OTHER{i}" for i in range(30)] + list(bundle.genes[:3]))[
-        "advice"]
+    assert "40 Ensembl IDs of the data could not be mapped to symbols" in genes.coverage_report(
+        unmapped, [f"OTHER{i}" for i in range(30)] + list(bundle.genes[:3]))["advice"]
 
 
 @needs_shared

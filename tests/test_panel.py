@@ -947,12 +947,12 @@ def test_each_models_warnings_are_said_next_to_its_drug_in_the_tables_and_the_re
     panel.predict_panel(data, _bundles(library, DRUGS[:2]))
     warned = panel.model_warnings(data)
     coverage = [(d, w) for d, w in warned if "of the model's genes are in the data" in w]
-    assert [d for d, _ in coverage] == ["DRUGA", "DRUGB"] and coverage[0][1].startswith("Only 16%")
+    assert [d for d, _ in coverage] == ["DRUGA", "DRUGB"] and coverage[0][1].startswith("Only 15.8%")
     assert "2 of the 2 scored models warn about their predictions (DRUGA, DRUGB)" in panel.warnings_summary(data)
     table = export.panel_models_table(data)
-    assert all("Only 16% of the model's genes are in the data" in w for w in table["warnings"])
+    assert all("Only 15.8% of the model's genes are in the data" in w for w in table["warnings"])
     page = export.panel_html_report(data, app=True)  # the app's download (the CLI's --html: the test below)
-    assert "<li><b>DRUGA</b>: Only 16% of the model&#x27;s genes are in the data" in page
+    assert "<li><b>DRUGA</b>: Only 15.8% of the model&#x27;s genes are in the data" in page
     assert "2 of the 2 scored models warn" in page
     # a model with all its genes: nothing to warn of, no warnings block
     full = make_dataset(60, seed=11)
@@ -966,8 +966,8 @@ def test_cli_panel_html_report_has_each_models_warnings(lib_env, tmp_path, capsy
     rep = tmp_path / "few.html"
     assert main(["predict", "--input", str(tmp_path / "few.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
                  "--output", str(tmp_path / "few.csv"), "--html", str(rep)]) == 0
-    assert "DRUGA: warning: Only 16% of the model's genes" in capsys.readouterr().err
-    assert "<li><b>DRUGB</b>: Only 16% of the model&#x27;s genes are in the data" in rep.read_text()
+    assert "DRUGA: warning: Only 15.8% of the model's genes" in capsys.readouterr().err
+    assert "<li><b>DRUGB</b>: Only 15.8% of the model&#x27;s genes are in the data" in rep.read_text()
 
 
 def test_a_saved_panel_is_replaced_only_when_asked_and_the_refusal_names_its_drugs(lib_env):

@@ -330,8 +330,8 @@ def test_each_models_warnings_are_next_to_its_drug_not_under_a_green_tick(with_p
     assert not at.success
     shown = text(at.warning).replace("\\", "")
     assert "2 of 2 models scored 60 cells" in shown and "2 of the 2 scored models warn" in shown
-    assert "DRUGA**: Only 16% of the model's genes are in the data" in shown
-    assert "Only 16%" in str(at.dataframe[0].value["warnings"].iloc[1])
+    assert "DRUGA**: Only 15.8% of the model's genes are in the data" in shown
+    assert "Only 15.8%" in str(at.dataframe[0].value["warnings"].iloc[1])
 
 
 def test_without_a_grouping_column_the_heatmap_says_how_the_cells_are_ordered(with_panel_library):
