@@ -76,14 +76,11 @@ with st.container(border=True):
 
 # ------------------------------------------------------------------ gene identifiers
 mapping = info.get("gene_ids") or {}
-if mapping.get("data_id_type") in ("ensembl", "mixed"):
+if mapping.get("data_id_type") in ("ensembl", "mixed") or (mapping.get("symbol") or {}).get("symbol_column"):
     st.subheader("Gene identifiers")
-    sym = mapping.get("symbol", {})
-    n, n_mapped = sym.get("n_genes", adata.n_vars), sym.get("n_mapped", 0)
-    st.markdown(f"The genes are **Ensembl IDs**; the drug models use gene symbols. **{n_mapped:,} of {n:,}** "
-                f"({n_mapped / max(n, 1):.0%}) have a symbol: {sym.get('n_file_columns', 0):,} from the file's own "
-                f"columns, {sym.get('n_geneformer_dict', 0):,} from the Geneformer dictionary, "
-                f"{sym.get('n_biomart', 0):,} from a BioMart table.")
+    # the counts by route, as the command line says them; the hint (unmapped IDs) is among the warnings above
+    st.markdown(ui.md(genes.id_mapping_text({k: v for k, v in mapping.items() if k != "hint"})))
+if mapping.get("data_id_type") in ("ensembl", "mixed"):
     biomart = st.file_uploader("BioMart table (columns 'Gene stable ID' and 'Gene name'; CSV or TSV)",
                                type=["csv", "tsv", "txt", *io.REFUSED_UPLOAD_TYPES], key="upload_biomart",
                                help="Export it from Ensembl BioMart (Human genes): attributes Gene stable ID and "

@@ -152,7 +152,8 @@ if bundle.input_kind == "expression":
     except ScatdError as exc:
         ui.show_error(exc)
         ui.stop()
-    from scatd_core.genes import coverage_report
+    from scatd_core._words import percent
+    from scatd_core.genes import coverage_refusal, coverage_report
     from scatd_core.inputs import model_data
 
     data, matrix = model_data(adata, bundle)  # the matrix of the file the model reads (X, adata.raw, a layer)
@@ -162,12 +163,17 @@ if bundle.input_kind == "expression":
     cov = coverage_report(data, bundle.genes)
     c = st.columns(3)
     c[0].metric("Model genes found", f"{cov['n_matched']:,} / {cov['n_model_genes']:,}")
-    c[1].metric("Coverage", f"{cov['fraction_matched']:.1%}")
+    c[1].metric("Coverage", percent(cov["n_matched"] / max(cov["n_model_genes"], 1)),
+                help=f"Predictions need at least {percent(cov['min_coverage'])} of the model's genes (this server's "
+                     "limits.min_gene_coverage); below half of them they run with a warning.")
     c[2].metric("Data genes the model ignores", f"{cov['n_data_genes_unmatched']:,}")
-    if cov["low_coverage"]:
-        st.warning(cov["advice"], icon=":material/warning:")
+    if cov["status"] == "refused":  # the prediction would be refused: said here, never started ahead
+        ui.show_error(coverage_refusal(data, bundle.genes))
+        ready = False
+    elif cov["status"] == "low":
+        st.warning(ui.md(cov["advice"]), icon=":material/warning:")
     else:
-        st.success(cov["advice"], icon=":material/check_circle:")
+        st.success(ui.md(cov["advice"]), icon=":material/check_circle:")
     if cov.get("top_unmatched_genes") and cov.get("unmatched_ranked_by") == "name":
         shown = len(cov["top_unmatched_genes"])
         with st.expander("Data genes the model does not use"):

@@ -815,8 +815,9 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
     settings) in the background, so that "Run prediction" finds it done or under way. Called by
     the Data page (with :func:`settled_model`), the Model page and the Predict page.
 
-    Only when it costs nobody anything: the session has no prediction yet, the model reads the data
-    as they are (no foundation-model embeddings to compute first), the data are predicted in this
+    Only when it costs nobody anything and the data fit: the session has no prediction yet, the data
+    have enough of the model's genes (:func:`scatd_core.genes.coverage_refusal` says nothing), the
+    model reads the data as they are (no foundation-model embeddings to compute first), the data are predicted in this
     process (not on Ray), and the server's job queue has a free slot with nobody waiting. The run
     stops between two batches as soon as another computation waits for a slot, or when the data,
     QC mask, model or settings change; nothing is written into the data until the user asks
@@ -848,6 +849,11 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
         inputs = model_inputs(adata, bundle)
     except ScatdError:
         return  # the pages show the problem; nothing to start
+    if inputs.source.alignment is not None:
+        from scatd_core.genes import coverage_refusal
+
+        if coverage_refusal(adata, bundle.genes) is not None:
+            return  # too few of the model's genes: refused, as the Model page says; never run on the user's behalf
     ahead = Ahead(token, str(bundle.path))
     executor = _background()
 
@@ -927,16 +933,21 @@ def default_model(bundles, adata=None) -> str | None:
     :func:`scatd_core.bundle.chosen_by_default_for` lets be (a published model, the demo or the
     user's own; never another user's), and of them, with data (``adata``), the one that can best
     score them (:func:`scatd_core.inputs.fit_for_data`: values its input transform takes, then
-    gene coverage; with the demo data the demo model first); ties: the first listed."""
+    gene coverage; with the demo data the demo model first); ties: the first listed. Never a model
+    with fewer of its genes in the data than the prediction needs
+    (:func:`scatd_core.genes.min_gene_coverage`): it would be refused, so the user chooses."""
     from scatd_core.bundle import chosen_by_default_for
 
     user = model_user()
     allowed = [b for b in bundles if chosen_by_default_for(b, user)]
-    if adata is not None and len(allowed) > 1:
+    if adata is not None and allowed:
+        from scatd_core.genes import min_gene_coverage
         from scatd_core.inputs import fit_for_data
 
         demo_data = bool(st.session_state.get(state.IS_DEMO))
         fits = _fits_for_data(adata, allowed, fit_for_data)
+        minimum = min_gene_coverage()
+        allowed = [b for b in allowed if fits[str(b.path)][0] < 0 or fits[str(b.path)][1] >= minimum]
         allowed.sort(key=lambda b: (b.is_demo == demo_data, *fits[str(b.path)]), reverse=True)
     return str(allowed[0].path) if allowed else None
 
@@ -982,7 +993,8 @@ def settled_model():
     if chosen is not None:
         return None if chosen.is_demo and not demo_data else chosen  # the Model page drops the demo model for real data
     offered = offered_models(demo_data)
-    return get_bundle(str(offered[0].path)) if len(offered) == 1 and default_model(offered) else None
+    return get_bundle(str(offered[0].path)) if len(offered) == 1 and \
+        default_model(offered, st.session_state.get(state.ADATA)) else None
 
 
 def decline_prediction_ahead(token: str) -> None:

@@ -1188,6 +1188,19 @@ def test_models_are_ranked_by_whether_they_can_score_the_data_then_by_coverage(t
     assert ui.default_model([log_model, half, whole]) == str(log_model.path)  # no data: the first, as before
 
 
+def test_a_model_below_the_minimum_gene_coverage_is_never_chosen_by_default(tmp_path, monkeypatch):
+    from scatd_core.bundle import load_bundle
+
+    counts = make_dataset(60, seed=1)
+    genes = list(counts.var_names)
+    few = load_bundle(_as_is_bundle(tmp_path / "few", genes[:5] + [f"NOTINDATA{i}" for i in range(95)]).path)
+    whole = load_bundle(_as_is_bundle(tmp_path / "all", genes).path)
+    assert ui.default_model([few], counts) is None  # 5% of its genes: refused, so the user chooses
+    assert ui.default_model([few, whole], counts) == str(whole.path)
+    monkeypatch.setenv("SCATD_MIN_GENE_COVERAGE", "0.01")  # the server's setting
+    assert ui.default_model([few], counts) == str(few.path)
+
+
 def test_a_foundation_model_is_chosen_by_default_only_when_it_takes_the_embeddings_width(tmp_path):
     """QA: with a 3,072-wide .npy (scFoundation) the Model page chose a VAE_gf model (512-d): every
     VAE_sf/VAE_gf model ranked alike. A model whose input width is not the embeddings' now ranks
@@ -1235,10 +1248,34 @@ def test_low_and_zero_gene_coverage(with_library):
     at = start()
     upload(at, "ensembl.h5ad", h5ad_bytes(renamed))
     goto(at, "2_Model")
+    assert at.selectbox(key="model_bundle").value is None  # no gene matches: not chosen for the user
+    at.selectbox(key="model_bundle").set_value(at.selectbox(key="model_bundle").options[0]).run()
     assert "None of the" in text(at.error) and "Ensembl" in text(at.error)
     goto(at, "3_Predict")
     at.button(key="btn_run_predict").click().run()
     assert "None of the" in text(at.error) and not at.exception  # no traceback
+
+
+def test_too_few_model_genes_are_refused_never_chosen_nor_run_ahead(with_library):
+    """QA: mouse symbols matched 2 of a model's 2,932 genes; the Model page chose that model (most genes
+    matched), showed Coverage 0.1%, and the prediction had already been computed in the background. Below
+    the minimum the model is not chosen for the user, nothing runs ahead, and the page and Predict refuse."""
+    few = make_dataset(N_CELLS, seed=4)[:, :50].copy()  # 50 of the model's 1,900 genes (2.6%)
+    at = start()
+    upload(at, "few.h5ad", h5ad_bytes(few))
+    assert at.session_state.get(state.PREDICT_AHEAD) is None  # the only model: not settled, not run ahead
+    goto(at, "2_Model")
+    assert at.selectbox(key="model_bundle").value is None and "Choose the drug model" in text(at.info)
+    at.selectbox(key="model_bundle").set_value(at.selectbox(key="model_bundle").options[0]).run()
+    ok(at)
+    shown = text(at.error).replace("\\", "")
+    assert "Too few of the model's genes are in the data to predict: only 50 of the model's 1,900 genes (2.6%)" \
+        in shown and "limits.min_gene_coverage" in shown
+    assert metric(at, "Coverage") == "2.6%" and not at.success
+    assert at.session_state.get(state.PREDICT_AHEAD) is None
+    goto(at, "3_Predict")
+    at.button(key="btn_run_predict").click().run()
+    assert "Too few of the model's genes" in text(at.error) and not at.exception
 
 
 def test_unlabelled_and_single_class_data(with_library):
