@@ -1048,7 +1048,7 @@ def _coverage_advice(r: dict) -> str:
     if r.get("status", "low" if r["low_coverage"] else "good") == "good":
         return f"Coverage is good: {matched} are in the data{taken}."
     if not r["low_coverage"]:  # enough genes, but a whole kind of identifier unmapped: some of the model's are among them
-        return f"{matched} are in the data, but some may be missing. " + _coverage_cause(r)
+        return f"Coverage is incomplete: {matched} are in the data. " + _coverage_cause(r)
     return (f"Low gene coverage: only {matched} are in the data{taken}. The missing genes are filled with 0, which "
             "the model never saw in training, so predictions may be unreliable. " + _coverage_cause(r))
 
