@@ -708,7 +708,7 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
         said = (record.get("info") or {}).get("model_warnings")  # a list; an array once read back from an h5ad
         out.extend(str(w) for w in (list(said) if said is not None else []))
     if inputs.source.alignment is not None:  # low coverage, or Ensembl IDs left unmapped: as the Model page says it
-        warning = coverage_warning(inputs.adata, inputs.spec.genes)
+        warning = coverage_warning(adata if adata is not None else inputs.adata, bundle.genes)
         if warning:
             out.append(warning)
     words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if bundle.input_kind == "embedding" else {})}

@@ -196,6 +196,19 @@ def test_in_memory_data_and_bad_address_are_refused_with_a_reason(small_bundles,
         scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "o.csv", address="127.0.0.1:1")
 
 
+def test_too_few_model_genes_are_refused_before_any_worker_starts(small_bundles, tmp_path):
+    """As predict refuses data with under 10% of the model's genes (genes.coverage_refusal), so does a Ray
+    run, before it connects (the address here is unreachable), unless the minimum is lowered."""
+    bundle = small_bundles["dist_vae"][0]
+    genes = small_gene_names(60)
+    path = write_cells(tmp_path / "c.h5ad", 100, genes[:3] + [f"OTHER{i}" for i in range(57)])  # 3 of 60: 5%
+    with pytest.raises(InputError, match=r"Too few of the model's genes .* only 3 of the model's 60 genes \(5.0%\)"):
+        scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "o.csv", address="127.0.0.1:1")
+    with pytest.raises(ScatdError, match="Could not connect to the Ray cluster"):  # past the check with the override
+        scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "o.csv", address="127.0.0.1:1",
+                             min_gene_coverage=0.01)
+
+
 def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, small_bundles, tmp_path, capsys):
     from scatd_core.cli import main
 
