@@ -947,7 +947,10 @@ def default_model(bundles, adata=None) -> str | None:
         demo_data = bool(st.session_state.get(state.IS_DEMO))
         fits = _fits_for_data(adata, allowed, fit_for_data)
         minimum = min_gene_coverage()
-        allowed = [b for b in allowed if fits[str(b.path)][0] < 0 or fits[str(b.path)][1] >= minimum]
+        # a gene-expression model below the minimum coverage would be refused (an embedding model's 0.0 is
+        # another width: still chosen when it is the only one, so the page says why it cannot score)
+        allowed = [b for b in allowed if b.input_kind != "expression" or not b.genes or fits[str(b.path)][0] < 0
+                   or fits[str(b.path)][1] >= minimum]
         allowed.sort(key=lambda b: (b.is_demo == demo_data, *fits[str(b.path)]), reverse=True)
     return str(allowed[0].path) if allowed else None
 
