@@ -852,7 +852,7 @@ def start_prediction_ahead(adata: ad.AnnData | None, bundle) -> None:
     if inputs.source.alignment is not None:
         from scatd_core.genes import coverage_refusal
 
-        if coverage_refusal(adata, bundle.genes) is not None:
+        if coverage_refusal(inputs.data, bundle.genes) is not None:  # on the matrix the model reads
             return  # too few of the model's genes: refused, as the Model page says; never run on the user's behalf
     ahead = Ahead(token, str(bundle.path))
     executor = _background()

@@ -472,6 +472,7 @@ class ModelInput:
         #: which matrix of the file the model reads (X, adata.raw, a layer: :mod:`scatd_core.matrices`);
         #: ``data`` is it as an AnnData (``adata`` itself for X), ``adata`` is never changed
         data, self.matrix = model_data(adata, self.spec)
+        self.data = data  # the matrix the model reads (X, adata.raw, a layer): its genes are the ones judged
         self.source = model_source(data, self.spec)
         self.transform = self.spec.transform
         #: where row 0 of ``adata`` is in the whole dataset (a shard's rows seed sample mode as one pass would)

@@ -779,3 +779,27 @@ def test_float16_values_with_inf_and_the_float16_maximum_are_checked_without_a_c
         predict(adata, bundle)
     assert list(adata.obs["scatd_scored"]) == [True, False, True, True, True, True]
     assert adata.uns["scatd"]["not_scored"] == {"non_finite": 1}
+
+
+def test_the_minimum_gene_coverage_is_judged_on_the_matrix_the_model_reads(small_bundles, tmp_path):
+    """X holds a few highly variable genes (below the minimum share of the model's genes), adata.raw
+    all of them: the model reads .raw, so the prediction runs (the check once looked at X and
+    refused), in the API and in the app's run-ahead check alike; X alone is still refused."""
+    from scatd_core.errors import InputError
+    from scatd_core.inputs import ModelInput
+    from scatd_core.predict import score
+
+    bundle, genes = _log_model(small_bundles, tmp_path)
+    adata, counts = _scanpy_file(genes)
+    adata = adata[:, :2].copy()  # 2 genes in X: far below 10 % of the model's
+    assert 2 / len(genes) < 0.1
+    inputs = ModelInput(adata, bundle)
+    assert inputs.matrix.name == "raw" and inputs.data.n_vars == len(genes)
+    reference = ad.AnnData(counts, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=genes))
+    predict(reference, bundle)
+    predict(adata, bundle)
+    np.testing.assert_allclose(adata.obs["scatd_prob_resistant"], reference.obs["scatd_prob_resistant"], atol=1e-5)
+    alone = ad.AnnData(adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names), var=adata.var.copy())
+    alone.X = np.abs(alone.X)
+    with pytest.raises(InputError, match="Too few of the model's genes"):
+        score(alone, bundle)
