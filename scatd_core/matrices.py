@@ -103,6 +103,7 @@ def candidates(adata: ad.AnnData, *, all_layers: bool = False) -> list[Candidate
     layer with ``all_layers``), ``adata.raw``. Data read from disk in parts (backed): X only."""
     out = [Candidate("X", "X", adata.X, adata.var)]
     if adata.isbacked:
+        out[0].kind = _kind_of(adata, "X", adata.X)  # what X holds, as for data in memory
         return out
     names = list(adata.layers.keys()) if all_layers else [n for n in COUNT_LAYERS if n in adata.layers]
     for name in names:
