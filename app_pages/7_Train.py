@@ -428,7 +428,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
         from scatd_core.panel import MIN_MODELS, check_panel_name, save_panel
         from scatd_core.train import models_to_save, train_panel
 
-        ss[STOP], ss[RUNNING] = False, True
+        ss[STOP], ss[RUNNING] = False, "panel"
         bar = st.progress(0.0, text="Starting…")
         user_name = auth.current_user().name if auth.current_user() else None
         try:
@@ -515,9 +515,14 @@ if start:
     ss[RESULT] = {"bundle_path": str(bundle.path), "name": bundle.name, "report": report_to_json(report),
                   "predictions": report["target_predictions"], "target": target_name, "demo": bundle.is_demo}
     ui.clear_library_cache()
-elif ss.get(STOP):  # a click on Stop ended the run it interrupted; on its own, it says nothing
-    if ss.pop(RUNNING, False):
-        st.info("Training was stopped; no model was saved.")
+elif (stopped := ss.pop(RUNNING, False)):  # a run began and never ended: stopped by this page's Stop, by
+    # Streamlit's own Stop beside "Running..." (which ends the run without a rerun: the first click after it
+    # lands here), by another click, or by a reload; its progress bar is not drawn again
+    st.info("The panel training was stopped; the drugs' models finished before it are in the model library (train "
+            "the same panel again to resume)." if stopped == "panel" else
+            "Training was stopped; no model was saved.", icon=":material/block:")
+    ss[STOP] = False
+elif ss.get(STOP):  # a click on Stop with nothing running says nothing
     ss[STOP] = False
 
 # ------------------------------------------------------------------ results

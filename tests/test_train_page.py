@@ -128,6 +128,25 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert at.session_state["train_result"] is result and "train_running" not in at.session_state
 
 
+def test_a_run_ended_by_streamlits_own_stop_is_said_stopped_on_the_next_run():
+    """QA: Streamlit's own Stop (beside "Running...", the first "Stop" on the page) ends the run without a
+    rerun, so the page's Stop flag was never set: the page kept a frozen progress bar and never said the
+    training was stopped. Any run that began and did not end is said stopped on the next run, once."""
+    at = _page_with_training_data()
+    at.run()
+    at.session_state["train_running"] = True  # as a run ended by Streamlit's Stop left it (train_stop not set)
+    at.run()
+    assert not at.exception, at.exception
+    assert "Training was stopped; no model was saved." in [i.value for i in at.info]
+    assert "train_running" not in at.session_state
+    at.run()  # said once
+    assert not any("stopped" in i.value for i in at.info)
+    at.session_state["train_running"] = "panel"  # a panel training: the models finished before it were saved
+    at.run()
+    assert any(i.value.startswith("The panel training was stopped; the drugs' models finished before it are in the "
+                                  "model library") for i in at.info)
+
+
 def test_the_data_pages_qc_filter_applies_to_training_on_the_current_dataset():
     """With the QC filter on, the filtered cells are left out of training and evaluation, as the
     Predict page leaves them out, and the page says so."""
