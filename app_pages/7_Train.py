@@ -344,9 +344,11 @@ n_sensitive, n_resistant = int(((col == "sensitive") & in_bulk).sum()), int(((co
 st.caption(f"{ui.md(drug)}: {n_sensitive} sensitive and {n_resistant} resistant of the {bulk['adata'].n_obs:,} bulk "
            f"cell lines; {bulk['adata'].n_obs - n_sensitive - n_resistant:,} without a label for this drug (used for "
            "pretraining only).")
+too_few_slot = st.empty()  # the refusal of a drug with too few lines of a class, said under its counts
 
 with st.expander("Settings"):
-    from scatd_core.train import TrainSettings, default_model_name
+    from scatd_core.train import TrainSettings, default_model_name, free_model_name
+    from scatd_core._train_settings import MIN_LINES_PER_CLASS
 
     d = TrainSettings()
     a1, a2, a3, a4 = st.columns(4)
@@ -382,11 +384,27 @@ with st.expander("Settings"):
                                           key="train_finetune_epochs",
                                           help="Then the encoder is trained too (with MMD to the target when adapting).")
         mmd_weight = b3.number_input("MMD weight", min_value=0.0, value=d.mmd_weight, step=0.5, key="train_mmd_weight")
-    model_name = st.text_input("Model name", value="", placeholder=default_model_name(drug, "dist_vae"))
+    min_lines_single = st.number_input(
+        "Fewest labelled cell lines per class", min_value=2, max_value=200, value=MIN_LINES_PER_CLASS,
+        key="train_min_lines",
+        help=f"A drug with fewer labelled cell lines than this in either class is refused before training (default "
+             f"{MIN_LINES_PER_CLASS}, as for a panel). Below {MIN_LINES_PER_CLASS} the model is trained, but its card "
+             "says that its bulk scores cannot be trusted.")
+    model_name = st.text_input("Model name", value="",
+                               # the name an empty field gives: a number added when a model has it already
+                               placeholder=free_model_name(default_model_name(drug, "dist_vae")),
+                               help="Empty: the name shown. A name a model of the library has already is refused "
+                                    "before training.")
     if auth.mode() != "none":  # a lab server with logins: say what the other users will see of it
         st.caption("The model goes into this server's shared model library: every user of the server can use it "
                    "and read its card, which names you, the files that trained it, its genes and the label "
                    "column, and its scores. Your data themselves stay in your session.")
+from scatd_core.labels import too_few_lines  # noqa: E402
+
+too_few = too_few_lines(drug, n_sensitive, n_resistant, int(min_lines_single))
+if too_few is not None:
+    with too_few_slot.container():
+        show_error(too_few)
 # what the model records of its inputs: the uploads' own names (never a server path)
 input_names = {"bulk": bulk["name"], "labels": labels["name"], "target": target_name}
 settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), head=head, members=int(members),
@@ -399,7 +417,7 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                                       "together on the Drug panel page.")
     p1, p2 = st.columns(2)
     min_lines = p1.number_input("Skip drugs with fewer labelled cell lines per class than", min_value=2,
-                                max_value=200, value=10, key="train_panel_min_lines")
+                                max_value=200, value=MIN_LINES_PER_CLASS, key="train_panel_min_lines")
     panel_name = p2.text_input("Save them as your panel named (optional)", key="train_panel_name", max_chars=64)
     label_drug = None
     if label_column is not None and resistant_value is not None and panel_drugs:
@@ -471,7 +489,8 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
         ui.link("Drug panel", "Score your data against them", ":material/arrow_forward:")
 
 b_train, b_stop = st.columns([1, 1])
-start = b_train.button("Train", type="primary", key="btn_train_start")
+start = b_train.button("Train", type="primary", key="btn_train_start", disabled=too_few is not None,
+                       help="This drug has too few labelled cell lines of a class (see above)." if too_few else None)
 b_stop.button("Stop", key="btn_train_stop", on_click=ui.detached(lambda: ss.__setitem__(STOP, True)),
               help="Stops the run after the current epoch; nothing is saved.")
 
@@ -499,7 +518,7 @@ if start:
                 name=model_name.strip() or None, input_names=input_names, source="the Train page",
                 demo=is_simulated(bulk["adata"]),  # the simulated demo panel: a demo model, marked so everywhere
                 trained_by=(auth.current_user().name if auth.current_user() else None),
-                progress=with_eta(ui.progress_to(bar)),
+                min_lines_per_class=int(min_lines_single), progress=with_eta(ui.progress_to(bar)),
                 notice=ui.detached(lambda message: said.warning(ui.md(message), icon=":material/warning:")),
                 should_stop=ui.stop_when(STOP))
     except ScatdError as exc:
@@ -540,6 +559,11 @@ if result.get("demo"):
             icon=":material/science:")
 metrics = rep["metrics"]
 tm = metrics.get("target")
+from scatd_core.card import few_lines_sentence  # noqa: E402
+
+untrusted = next((few_lines_sentence(ev) for ev in rep["card"]["evaluations"] if few_lines_sentence(ev)), None)
+if untrusted:  # a lower minimum of cell lines per class: the bulk scores below cannot be trusted
+    st.warning(untrusted, icon=":material/warning:")
 m = st.columns(4)
 m[0].metric("Bulk CV AUROC", f"{metrics['cv']['auroc']:.3f}", delta=auroc_interval_words(metrics["cv"], short=True),
             delta_color="off", delta_arrow="off", help=f"Out-of-fold over {metrics['cv']['folds']} folds; below it, its 95% bootstrap "
@@ -566,7 +590,7 @@ else:
 # an AUROC interval with 0.5 in it is said once, in the model card's verdicts below (the tiles show the interval)
 lab, genes = rep["labels"], rep.get("genes")
 st.caption(f"{lab['sensitive']} sensitive / {lab['resistant']} resistant bulk cell lines; "
-           f"{lab['n_bulk_without_label']} bulk cell lines without a label for this drug (pretraining only)."
+           f"{counted(lab['n_bulk_without_label'], 'bulk cell line')} without a label for this drug (pretraining only)."
            + (f" Gene panel: {genes['n_panel']:,} genes shared by bulk and target." if genes else ""))
 st.markdown("**Model card**")
 ui.show_card(rep["card"], key="train_card_figure")

@@ -25,6 +25,12 @@ def pretrain_lr(settings: "TrainSettings", backbone: str) -> float:
     return float(settings.pretrain_lr) if settings.pretrain_lr is not None else PRETRAIN_LR.get(backbone, 2e-3)
 
 
+#: Fewest labelled cell lines of the smaller class (usually the sensitive ones) a drug needs before a model is
+#: trained on it: ``scatd train`` and ``scatd train-panel`` (``--min-lines``, this default) and the Train page.
+#: With fewer, the bulk cross-validation's AUROC and its interval rest on a handful of lines and cannot be
+#: trusted (2 sensitive lines scored a bulk AUROC of 0.95 for a model at chance on the cells).
+MIN_LINES_PER_CLASS = 10
+
 #: Most members of an ensemble (member seeds are ``seed * 1000 + k``).
 MAX_MEMBERS = 999
 

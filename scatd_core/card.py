@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scatd_core._words import counted
+from scatd_core._train_settings import MIN_LINES_PER_CLASS
 from scatd_core.metrics import bootstrap_ci, interval_ends, paired_bootstrap
 
 MODEL = "this model"
@@ -89,6 +91,10 @@ def verdict(ev: dict, row: dict) -> str:
         return f"{name}: no comparison possible on {where}."
     numbers = (f"AUROC {model['auroc']:.3f} vs {row['auroc']:.3f}; difference {d:+.3f}, "
                f"95% bootstrap CI {' to '.join(interval_ends(lo, hi, signed=True))}")
+    if few_lines(ev) is not None:  # a handful of lines: no "beats", no "better than"
+        return (f"{name} is not compared with this model on {where}: with only "
+                f"{counted(few_lines(ev), 'cell line')} in the smaller class, the difference cannot be trusted "
+                f"({numbers}).")
     if hi < 0:
         return f"{name} is better than this model on {where} ({numbers})."
     if lo > 0 and row["model"] == OLD_LOGISTIC_TITLE:  # a model trained before the baseline's C was tuned
@@ -99,6 +105,27 @@ def verdict(ev: dict, row: dict) -> str:
         return f"This model beats {row['model']} on {where} ({numbers})."
     return (f"This model does not beat {row['model']} on {where}: no clear difference ({numbers}, includes 0); "
             "the data cannot tell them apart.")
+
+
+def few_lines(ev: dict) -> int | None:
+    """The number of cell lines in the smaller class of a bulk cross-validation with fewer than
+    :data:`scatd_core.labels.MIN_LINES_PER_CLASS` of them (a run given a lower ``--min-lines``, or a model
+    trained before single training refused such drugs), whose scores cannot be trusted; ``None`` otherwise."""
+    if ev.get("name") != "bulk_cv" or ev.get("n_resistant") is None or ev.get("n_sensitive") is None:
+        return None
+    n = min(int(ev["n_resistant"]), int(ev["n_sensitive"]))
+    return n if n < MIN_LINES_PER_CLASS else None
+
+
+def few_lines_sentence(ev: dict) -> str | None:
+    """What a bulk cross-validation on too few cell lines of a class (:func:`few_lines`) says first."""
+    n = few_lines(ev)
+    if n is None:
+        return None
+    return (f"With only {counted(n, 'cell line')} in the smaller class ({ev['n_sensitive']:,} sensitive, "
+            f"{ev['n_resistant']:,} resistant), this model's bulk cross-validation AUROC and its interval cannot be "
+            f"trusted, nor any comparison with the baselines on them (at least {MIN_LINES_PER_CLASS} of each are "
+            "needed). Judge the model on labelled target cells instead.")
 
 
 def chance_sentence(ev: dict) -> str | None:
@@ -140,11 +167,11 @@ def verdicts(ev: dict) -> list[str]:
     """What to say under an evaluation: :func:`chance_sentence` (when it applies), then a
     :func:`verdict` per baseline, worded from the stored scores (so a card saved with the earlier
     wording reads the same as a new one)."""
-    chance = chance_sentence(ev)
+    chance, few = chance_sentence(ev), few_lines_sentence(ev)
     said = [verdict(ev, row) for row in ev.get("scores", []) if row["model"] != MODEL and "model_minus_this" in row]
     if not said:
         said = list(ev.get("verdicts") or [])
-    return ([chance] if chance else []) + said
+    return ([few] if few else []) + ([chance] if chance else []) + said
 
 
 # --------------------------------------------------------------------------------------------

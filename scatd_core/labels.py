@@ -39,11 +39,30 @@ import pandas as pd
 from scatd_core._words import counted
 from scatd_core._keys import LABEL_DIRECTIONS, RESISTANT, SENSITIVE
 from scatd_core._output import replacing, sha256_file, write_file
+from scatd_core._train_settings import MIN_LINES_PER_CLASS
 from scatd_core.config import limits
 from scatd_core.errors import InputError
 
 #: Class indices of the models (``label_mapping`` of every bundle scATD Studio trains).
 LABEL_MAPPING = {SENSITIVE: 0, RESISTANT: 1}
+
+
+def too_few_lines(drug: str, n_sensitive: int, n_resistant: int, min_lines: int = MIN_LINES_PER_CLASS
+                  ) -> InputError | None:
+    """The refusal of a drug with fewer than ``min_lines`` labelled cell lines in either class (or ``None``):
+    raised by :func:`scatd_core.train.train_drug_model` before any training, shown by the Train page as soon as
+    the drug is chosen."""
+    if min(int(n_sensitive), int(n_resistant)) >= int(min_lines):
+        return None
+    return InputError(
+        f"{drug}: only {n_sensitive:,} sensitive and {n_resistant:,} resistant labelled cell lines in the bulk data; "
+        f"a model needs at least {int(min_lines)} of each. With fewer, the bulk "
+        "cross-validation's AUROC and its interval rest on a handful of cell lines and cannot be trusted.",
+        "Choose a drug with more labelled cell lines of both classes, or give a lower --min-lines (at least 2) to "
+        "train it anyway: its model card then says that its bulk scores cannot be trusted.",
+        app_hint="Choose a drug with more labelled cell lines of both classes, or lower 'Fewest labelled cell lines "
+                 "per class' in Settings to train it anyway: its model card then says that its bulk scores cannot be "
+                 "trusted.")
 #: Text that means "no value" in any table or label column (compared lower-case, stripped).
 MISSING_VALUES = frozenset({"", "na", "nan", "n/a", "none", "null", "-", "?", ".", "unknown"})
 #: Words recognised as naming a class (lower case, ``-``/``_``/space removed).

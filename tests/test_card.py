@@ -497,3 +497,23 @@ def test_card_counts_have_thousands_separators():
     assert cards.evaluation_heading(ev).startswith("Target cells: 2,000 cells (549 resistant)")
     assert cards.few_shot_line(card).startswith("1,200 labelled target cells (600 resistant, 600 sensitive)")
     assert any(line.startswith("Target cells (2,000 samples, 549 resistant)") for line in cards.card_lines(card))
+
+
+def test_a_bulk_cv_on_too_few_lines_of_a_class_claims_no_win():
+    """QA: a model of a drug with 2 sensitive cell lines "beat gradient boosting" on its bulk CV (AUROC 0.953)
+    and was at chance on the cells: with fewer than 10 lines of a class, the card says the bulk scores cannot
+    be trusted and no verdict says "beats" (also for a card saved before)."""
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 3 + [1] * 40)
+    model = y + rng.normal(0, 0.1, len(y))  # separates them perfectly
+    ev = cards.evaluation("bulk_cv", "Bulk cell lines, 3-fold cross-validation", y,
+                          {cards.MODEL: model, "gradient boosting": 1 - y + rng.normal(0, 0.1, len(y))})
+    said = cards.verdicts(ev)
+    assert said[0].startswith("With only 3 cell lines in the smaller class (3 sensitive, 40 resistant), this model's "
+                              "bulk cross-validation AUROC and its interval cannot be trusted")
+    assert said[1].startswith("Gradient boosting is not compared with this model on bulk cell lines, 3-fold "
+                              "cross-validation: with only 3 cell lines in the smaller class, the difference "
+                              "cannot be trusted (AUROC 1.000 vs 0.000")
+    assert not any(v.startswith("This model beats") or "better than" in v for v in said + ev["verdicts"])
+    target = dict(ev, name="target")  # cells: the same counts are no bulk CV, judged as before
+    assert cards.verdicts(target)[0].startswith("This model beats gradient boosting")

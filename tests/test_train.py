@@ -437,9 +437,39 @@ def test_encoder_frozen_in_eval_mode_and_bn_frozen_while_finetuning():
     assert all(not m.training for m in model.modules())  # returned in eval mode
 
 
-def test_target_smaller_than_batch_and_imbalanced(tmp_path):
+def test_a_drug_with_too_few_lines_of_a_class_is_refused_before_training(tmp_path):
+    """QA: `scatd train --drug Daporinad` (2 sensitive lines) trained, scored a bulk AUROC of 0.95 and ticked
+    "beats gradient boosting"; train-panel skipped it (--min-lines 10). Single training now refuses such a
+    drug before training, with the same minimum, naming the counts."""
+    from scatd_core._train_settings import MIN_LINES_PER_CLASS
+    from scatd_core.train import MIN_LINES_PER_CLASS as panel_minimum
+
+    assert MIN_LINES_PER_CLASS == panel_minimum == 10  # one constant
     bulk, labels, target = synthetic(n_bulk=40, n_cells=5, n_resistant=36)
-    bundle, rep = _train(tmp_path, bulk, labels, target, settings=replace(TINY, batch_size=64, folds=5))
+    steps = []
+    with pytest.raises(InputError, match=r"DRUGA: only 4 sensitive and 33 resistant labelled cell lines in the bulk "
+                                         r"data; a model needs at least 10 of each") as caught:
+        _train(tmp_path, bulk, labels, target, progress=lambda f, m: steps.append(m))
+    assert "--min-lines" in caught.value.hint and "Fewest labelled cell lines per class" in caught.value.app_hint
+    assert not steps and not (tmp_path / "m").exists()  # nothing trained, nothing saved
+    with pytest.raises(InputError, match="at least 5 of each"):
+        _train(tmp_path, bulk, labels, target, min_lines_per_class=5)
+
+
+def test_target_smaller_than_batch_and_imbalanced(tmp_path):
+    """With a lower minimum (4 sensitive lines), the run is allowed, but its card and result say that its bulk
+    scores cannot be trusted, and no verdict says "beats" on them."""
+    bulk, labels, target = synthetic(n_bulk=40, n_cells=5, n_resistant=36)
+    bundle, rep = _train(tmp_path, bulk, labels, target, settings=replace(TINY, batch_size=64, folds=5),
+                         min_lines_per_class=2)
+    assert rep["metrics"]["cv"]["too_few_lines"] == 4
+    assert any(w.startswith("Only 4 cell lines in the smaller class (4 sensitive, 33 resistant)") and
+               "cannot be trusted" in w for w in rep["warnings"])
+    lines = card_lines(rep["card"])
+    first = next(i for i, line in enumerate(lines) if line.startswith("Bulk cell lines, "))
+    assert lines[first + 2].startswith("With only 4 cell lines in the smaller class (4 sensitive, 33 resistant), "
+                                       "this model's bulk cross-validation AUROC and its interval cannot be trusted")
+    assert not any(line.startswith("This model beats") or " is better than this model" in line for line in lines)
     assert rep["labels"]["sensitive"] < 5  # 3 or 4 sensitive after the NA rows
     assert rep["cv"]["folds"] == rep["labels"]["sensitive"]
     assert any("folds instead of 5" in w for w in rep["warnings"])
@@ -711,6 +741,48 @@ def test_default_folder_is_unique_when_two_trainings_race(tmp_path, monkeypatch)
     assert (taken / "theirs.txt").read_text() == "another user's model"  # untouched
 
 
+def test_a_taken_default_name_gets_a_number_and_a_taken_display_name_is_refused(tmp_path):
+    """QA: an empty Model name, with the default name taken, made a second model of the very same name (in
+    folder ..._trained-3). The default name now gets a number; a name given that another folder's model has
+    is refused before training, as documented."""
+    from scatd_core.bundle import NameTaken
+
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    labels.iloc[1:3, 0] = ["resistant", "sensitive"]  # one bulk sample without a label: said in the singular
+    lib = tmp_path / "lib"
+    (lib / "an_earlier_one").mkdir(parents=True)  # a model of the default name, in another folder
+    (lib / "an_earlier_one" / "manifest.json").write_text(json.dumps({"name": "DRUGA (VAE on genes, trained)"}))
+    steps = []
+    with pytest.raises(NameTaken, match=r"A model named 'druga \(VAE on genes, trained\)' already exists"):
+        train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, settings=TINY,
+                         name="druga (VAE on genes, trained)", progress=lambda f, m: steps.append(m))
+    assert not steps  # refused before any training
+    bundle, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib,
+                                 settings=replace(TINY, members=1, pretrain_epochs=1))
+    assert bundle.name == "DRUGA (VAE on genes, trained) 2" and bundle.path.name == "DRUGA_dist_vae_trained"
+    assert "; 1 bulk sample without a label for it, used for pretraining only" in \
+        bundle.manifest["card"]["data"]["summary"]
+
+
+def test_ctrl_c_says_what_it_left(tmp_path, monkeypatch, capsys):
+    """QA: Ctrl-C on `scatd train` said only "interrupted": it says that no model was saved."""
+    from scatd_core.cli import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("scatd_core.train.train_drug_model", interrupted)
+    assert main(_cli_train_args(tmp_path) + ["--library", str(tmp_path / "lib")]) == 130
+    assert capsys.readouterr().err.rstrip().endswith("interrupted: no model was saved.")
+    monkeypatch.setattr("scatd_core.train.train_panel", interrupted)
+    panel = ["train-panel", "--bulk", str(tmp_path / "bulk.csv"), "--bulk-labels", str(tmp_path / "labels.csv"),
+             "--drugs", "DRUGA", "--target", str(tmp_path / "target.csv"), "--library", str(tmp_path / "lib")]
+    assert main(panel) == 130
+    assert capsys.readouterr().err.rstrip().endswith("interrupted: the drugs' models finished before it are in the "
+                                                     "model library; run the same command again to resume (they are "
+                                                     "kept).")
+
+
 def test_a_display_name_names_the_library_folder_and_a_taken_one_is_refused_before_training(tmp_path, capsys):
     """As `scatd import-checkpoint`: the folder follows --name, so the name is what --model takes."""
     from scatd_core.bundle import NameTaken
@@ -732,7 +804,7 @@ def test_a_display_name_names_the_library_folder_and_a_taken_one_is_refused_befo
     assert not steps and "another --name" in info.value.hint  # refused before any training
     # the panel trainer's made-up names keep the default folders
     panel, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, settings=quick,
-                                name="DRUGA (dist_vae, panel)", folder_from_name=False)
+                                name="DRUGA (VAE on genes, panel)", folder_from_name=False)
     assert panel.path.name == "DRUGA_dist_vae_trained"
 
     # the CLI: what `scatd train --name` says is what `scatd predict --model` and `scatd models` take
@@ -1108,8 +1180,13 @@ def test_train_says_at_once_when_the_folds_asked_for_are_lowered(tmp_path, capsy
     labels.loc[resistant[4:], "DRUGA"] = "sensitive"  # 4 resistant cell lines
     labels.to_csv(tmp_path / "labels.csv")
     args[args.index("--folds") + 1] = "10"
-    assert main(args + ["--library", str(tmp_path / "lib")]) == 0
+    assert main(args + ["--library", str(tmp_path / "lib")]) == 2  # refused before training: too few lines
     err = capsys.readouterr().err
+    assert "DRUGA: only 41 sensitive and 4 resistant labelled cell lines in the bulk data; a model needs at least 10 " \
+           "of each." in err and "Pretraining" not in err and "give a lower --min-lines" in err
+    assert main(args + ["--library", str(tmp_path / "lib"), "--min-lines", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.rstrip().splitlines()[-1].startswith("warning: With only 4 cell lines in the smaller class")
     said = "note: Only 4 cell lines in the smaller class: 4 folds instead of 10."
     assert said in err and err.count("folds instead of 10") == 1, err
     assert err.index(said) < err.index("Pretraining") < err.index("Model card:")
@@ -1344,7 +1421,7 @@ def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder
     again, bundle = run()
     assert again["status"] == "trained" and bundle.path != theirs.path
     assert bundle.manifest["provenance"]["trained_by"] == "alice"
-    assert again["note"].startswith("trained again: the model 'DRUGA (dist_vae, panel)' was removed (or replaced) "
+    assert again["note"].startswith("trained again: the model 'DRUGA (VAE on genes, panel)' was removed (or replaced) "
                                     "and another model now has its folder ('DRUGA (VAE on genes, trained)', trained with "
                                     "the server's command line by bob on ")
     assert load_bundle(theirs.path).manifest["provenance"]["trained_by"] == "bob"  # left as it was

@@ -128,6 +128,44 @@ def test_train_on_current_dataset_reports_metrics_and_adds_to_library():
     assert at.session_state["train_result"] is result and "train_running" not in at.session_state
 
 
+def test_a_drug_with_too_few_lines_of_a_class_is_refused_as_soon_as_it_is_chosen():
+    """QA: a drug with 2 sensitive cell lines trained from the page like any other. The page now refuses it
+    under its counts as soon as it is chosen (Train disabled), with the minimum the panel uses."""
+    at = _page_with_training_data()
+    at.run()
+    assert not at.error and not at.button(key="btn_train_start").disabled
+    assert at.number_input(key="train_min_lines").value == 10 == at.number_input(key="train_panel_min_lines").value
+    labels = at.session_state["train_labels"]["table"]
+    labels.loc[labels.index[3:40], "DRUGA"] = "resistant"  # 5 sensitive lines left of the 45 labelled
+    at.run()
+    assert not at.exception, at.exception
+    errors = [e.value.replace("\\", "") for e in at.error]  # markdown escapes taken off
+    assert any(e.startswith("**DRUGA: only 5 sensitive and 40 resistant labelled cell lines in the bulk data; a "
+                            "model needs at least 10 of each.") and "Fewest labelled cell lines per class" in e
+               for e in errors), errors
+    assert at.button(key="btn_train_start").disabled
+    at.number_input(key="train_min_lines").set_value(5).run()  # a lower minimum, asked for: allowed
+    assert not at.error and not at.button(key="btn_train_start").disabled
+
+
+def test_the_model_names_placeholder_is_the_name_an_empty_field_gives():
+    """QA: with the default name taken, an empty Model name made a second model of the very same name; the
+    placeholder now shows the name it will get, with a number added when it is taken."""
+    import json
+
+    from scatd_core.config import model_library_dir
+
+    at = _page_with_training_data()
+    at.run()
+    field = next(t for t in at.text_input if t.label == "Model name")
+    assert field.placeholder == "DRUGA (VAE on genes, trained)"
+    folder = model_library_dir() / "an_earlier_one"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"name": "DRUGA (VAE on genes, trained)"}))
+    at.run()
+    assert next(t for t in at.text_input if t.label == "Model name").placeholder == "DRUGA (VAE on genes, trained) 2"
+
+
 def test_a_run_ended_by_streamlits_own_stop_is_said_stopped_on_the_next_run():
     """QA: Streamlit's own Stop (beside "Running...", the first "Stop" on the page) ends the run without a
     rerun, so the page's Stop flag was never set: the page kept a frozen progress bar and never said the

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             say(exc.hint)
         return 2
     except KeyboardInterrupt:
-        say("interrupted")
+        words = getattr(args, "interrupted", None)  # what a command's interruption leaves, said with it
+        say(f"interrupted: {words(args)}" if callable(words) else "interrupted")
         return 130
     except BrokenPipeError:  # the output went to a reader that stopped (| head): as other Unix tools, quietly
         import os

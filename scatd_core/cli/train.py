@@ -11,7 +11,8 @@ import uuid
 from pathlib import Path
 
 from scatd_core._output import write_file, writing
-from scatd_core._train_settings import TrainSettings
+from scatd_core._words import counted
+from scatd_core._train_settings import MIN_LINES_PER_CLASS, TrainSettings
 from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
@@ -122,6 +123,10 @@ def add(sub) -> None:
                         "--threads give the same model (default 0)")
     p.add_argument("--folds", type=positive_int, default=DEFAULTS.folds,
                    help=f"stratified CV folds on the bulk (default {DEFAULTS.folds})")
+    p.add_argument("--min-lines", type=positive_int, default=MIN_LINES_PER_CLASS,
+                   help="refuse a drug with fewer labelled cell lines than this in either class, before training "
+                        f"(default {MIN_LINES_PER_CLASS}, as train-panel); below {MIN_LINES_PER_CLASS} the model card "
+                        "says that the bulk scores cannot be trusted")
     add_recipe_arguments(p)
     add_few_shot_arguments(p)  # --few-shot-labels or --few-shot-column (and --few-shot-resistant), as train-panel's
     p.add_argument("--target-labels", help="obs column of the target with true labels, for evaluation only")
@@ -149,11 +154,11 @@ def add(sub) -> None:
     p.add_argument("--target-predictions",
                    help="also write the target's per-cell P(resistant), the call at the model's default threshold "
                         "and the known label (CSV) here (docs/outputs.md)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, interrupted=_interrupted)
 
 
 def run(args) -> int:
-    from scatd_core.card import card_lines
+    from scatd_core.card import card_lines, few_lines_sentence
     from scatd_core.train import report_to_json, train_drug_model
 
     refuse_lone_resistant_value(args)  # before anything is read
@@ -186,16 +191,18 @@ def run(args) -> int:
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
         few_shot_labels=few_shot, input_files={"target": target_file} if target_file else None,
-        library=args.library, name=args.name, trained_by=_os_user(), progress=Progress(),
+        library=args.library, name=args.name, trained_by=_os_user(), min_lines_per_class=args.min_lines,
+        progress=Progress(),
         notice=lambda message: (said.append(message), say(f"note: {message}")))
+    args.saved = bundle.path  # (an interruption from here on says so)
     target_metrics = report["metrics"].get("target") or {}
     if target_metrics and not target_metrics.get("resistant_value_given"):
         say(f"Target labels {target_metrics['label_column']!r}: {target_metrics['resistant_value']!r} taken to mean "
             "resistant (from the words; give --target-resistant-value VALUE to say otherwise).")
     lab = report["labels"]
-    say(f"Labels ({report['drug']}): {lab['sensitive']} sensitive, {lab['resistant']} resistant bulk samples; "
-        f"{lab['n_bulk_without_label']} bulk samples without a label for it (pretraining only); "
-        f"{lab['n_missing_label']} rows of the label table without one.")
+    say(f"Labels ({report['drug']}): {lab['sensitive']:,} sensitive, {lab['resistant']:,} resistant bulk samples; "
+        f"{counted(lab['n_bulk_without_label'], 'bulk sample')} without a label for it (pretraining only); "
+        f"{counted(lab['n_missing_label'], 'row')} of the label table without one.")
     if report.get("genes"):
         g = report["genes"]
         say(f"Gene panel: {g['n_panel']:,} genes shared by bulk ({g['n_bulk']:,}) and target ({g['n_target']:,})"
@@ -220,11 +227,22 @@ def run(args) -> int:
         say(f"Wrote {args.target_predictions}")
     print(f"Trained '{bundle.name}' in {report['seconds']:.0f} s; installed in the model library: {bundle.path}")
     say(f"Use it with --model {bundle.path.name} (scatd predict, report, explain).")
+    untrusted = next((few_lines_sentence(ev) for ev in report["card"]["evaluations"] if few_lines_sentence(ev)), None)
+    if untrusted:  # a lower --min-lines: said again last, where it is read
+        say(f"warning: {untrusted}")
     if args.out:
         check_export(args.out, overwrite=args.overwrite, inputs=inputs, library=args.library)  # still so
         export_bundle(bundle.path, Path(args.out))
         print(f"Exported a copy to {args.out}")
     return 0
+
+
+def _interrupted(args) -> str:
+    """What Ctrl-C left: nothing before the model is saved (it is written at the end, in one piece)."""
+    saved = getattr(args, "saved", None)
+    if saved is None:
+        return "no model was saved."
+    return f"the model was saved already ({saved}); what was to follow it (--out, the files asked for) may be missing."
 
 
 def _os_user() -> str | None:

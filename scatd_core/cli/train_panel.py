@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core._words import counted
-from scatd_core._train_settings import TrainSettings
+from scatd_core._train_settings import MIN_LINES_PER_CLASS, TrainSettings
 from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
@@ -36,8 +36,9 @@ def add(sub) -> None:
     p.add_argument("--drug-list", help="with --ic50: the GDSC drug list CSV (drug_id, Name, ...)")
     p.add_argument("--drugs", required=True, help="'all', or a comma-separated list of drugs")
     p.add_argument("--target", required=True, help="the single cells to adapt to (any format `scatd predict` reads)")
-    p.add_argument("--min-lines", type=positive_int, default=10,
-                   help="skip drugs with fewer labelled cell lines than this in either class (default 10)")
+    p.add_argument("--min-lines", type=positive_int, default=MIN_LINES_PER_CLASS,
+                   help="skip drugs with fewer labelled cell lines than this in either class (default "
+                        f"{MIN_LINES_PER_CLASS}, as scatd train)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the whole run: the networks' initial weights and batch order, the CV folds, the "
                         "baselines and the bootstrap intervals; the same data, settings, seed, device and "
@@ -67,7 +68,8 @@ def add(sub) -> None:
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads while training (default 1, as for scatd train)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, interrupted=lambda args: "the drugs' models finished before it are in the model library; "
+                                                     "run the same command again to resume (they are kept).")
 
 
 def _labels(args):

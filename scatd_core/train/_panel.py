@@ -34,6 +34,7 @@ import pandas as pd
 
 from scatd_core._words import counted
 from scatd_core._progress import step
+from scatd_core._train_settings import MIN_LINES_PER_CLASS  # the one minimum, as scatd train's
 from scatd_core.bundle import folder_taken_words, load_bundle, model_identity, sha256_file
 from scatd_core.config import model_library_dir, scatd_home
 from scatd_core.demo.simulate import is_simulated
@@ -42,8 +43,6 @@ from scatd_core.labels import check_orientation, drug_labels, encode_column, mat
 from scatd_core.train._data import _frame_sha256, read_if_path, target_mask_of
 from scatd_core.train._settings import TrainSettings
 
-#: Fewest labelled cell lines of the smaller class (usually the sensitive ones) a drug needs.
-MIN_LINES_PER_CLASS = 10
 #: Columns of the summary table (one row per drug: its model card in brief).
 SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_auroc_sd", "below_chance",
                    "cv_best_baseline", "cv_best_baseline_auroc", "verdict", "target_auroc", "n_panel_genes", "seconds",
@@ -320,7 +319,7 @@ def train_panel(
     target has labels, the bundle folder, the reason for a skip or failure) and the installed
     bundles of the trained or resumed drugs.
     """
-    from scatd_core.train._run import _cell_metadata_origin, train_drug_model
+    from scatd_core.train._run import _cell_metadata_origin, default_model_name, train_drug_model
 
     from scatd_core._train_settings import pretrain_lr
 
@@ -434,7 +433,8 @@ def train_panel(
         try:
             bundle, report = train_drug_model(
                 bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, seed=s.seed, folds=s.folds, adaptation=adaptation, device=device,
-                library=library, name=f"{drug} ({backbone}, panel)", folder_from_name=False, trained_by=trained_by,
+                library=library, name=default_model_name(drug, backbone, "panel"), folder_from_name=False, trained_by=trained_by,
+                min_lines_per_class=min_lines_per_class,
                 progress=say,
                 should_stop=should_stop, target_label_column=evaluate.get(drug),
                 notice=None if notice is None else (lambda message, drug=drug: notice(f"{drug}: {message}")),

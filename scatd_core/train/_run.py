@@ -22,7 +22,8 @@ from scatd_core.bundle import (Bundle, NameTaken, load_backbone_from_bundle, loa
 from scatd_core.config import model_library_dir
 from scatd_core.demo.simulate import is_simulated
 from scatd_core.errors import InputError
-from scatd_core.labels import LABEL_MAPPING, encode_column, read_few_shot_labels, read_ic50_provenance
+from scatd_core.labels import (LABEL_MAPPING, MIN_LINES_PER_CLASS, encode_column, read_few_shot_labels,
+                               read_ic50_provenance, too_few_lines)
 from scatd_core.nn import BACKBONES
 from scatd_core.predict import resolve_device
 from scatd_core.preprocess import ALL_GENES, MODEL_GENES
@@ -49,12 +50,51 @@ def _default_out(drug: str, backbone: str, library) -> Path:
     return out
 
 
+def library_names(library=None, *, but: Path | None = None) -> set[str]:
+    """The display names of the models in the library (case-folded; a model without one by its folder's name),
+    read from their manifests only (no weights), leaving out the folder ``but``."""
+    import json
+
+    from scatd_core.bundle import MANIFEST
+
+    root = Path(library) if library else model_library_dir()
+    names: set[str] = set()
+    if not root.is_dir():
+        return names
+    for folder in root.iterdir():
+        if folder.name.startswith(".") or (but is not None and folder.name == but.name):
+            continue
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # no model, or one the library lists as broken
+            continue
+        if isinstance(manifest, dict):
+            names.add(str(manifest.get("name") or folder.name).casefold())
+    return names
+
+
+def free_model_name(name: str, library=None) -> str:
+    """``name``, or when a model of the library has it already, ``name 2``, ``name 3``...: the name a
+    model trained without a name given gets (the Train page shows it as the Model name's placeholder),
+    so that two models never share a name in the library."""
+    taken = library_names(library)
+    free, k = name, 2
+    while free.casefold() in taken:
+        free, k = f"{name} {k}", k + 1
+    return free
+
+
 def _named_out(name: str, library, overwrite: bool) -> Path:
     """The library folder of a model given a display name: named after it, as `scatd import-checkpoint`
     names it, so the name is what ``--model`` takes. Refused before training when a model (or folder)
     of that name is there already, unless ``overwrite``."""
     root = Path(library) if library else model_library_dir()
     out = root / safe_name(name)
+    if name.casefold() in library_names(library, but=out):  # another folder's model has this display name
+        raise NameTaken(f"A model named '{name}' already exists in the model library; nothing was trained.",
+                        "Give another --name, or leave --name out for a new name (DRUG (BACKBONE, trained), with a "
+                        "number added when that is taken).",
+                        app_hint="Give it another model name, or leave the name empty for the one shown there.")
     if out.exists() and not overwrite:
         raise NameTaken(f"A model named '{name}' already exists in the model library (folder {out.name}); nothing "
                         "was trained.",
@@ -322,7 +362,7 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
     lab, genes = data.report["labels"], data.report.get("genes")
     target_desc = provenance["target"].get("file") or provenance["target"].get("name") or "the target given as data"
     summary = (f"Trained for {data.report['drug']} on {len(y):,} labelled bulk cell lines ({lab['sensitive']:,} sensitive, "
-               f"{lab['resistant']:,} resistant; {lab['n_bulk_without_label']:,} bulk samples without a label for it, "
+               f"{lab['resistant']:,} resistant; {counted(lab['n_bulk_without_label'], 'bulk sample')} without a label for it, "
                f"used for pretraining only) and "
                f"{len(data.target_ids):,} target cells ({target_desc}"
                + (f"; {data.report['target']['filtered']:,} cells "
@@ -381,6 +421,7 @@ def train_drug_model(
     folder_from_name: bool = True,
     demo: bool = False,
     trained_by: str | None = None,
+    min_lines_per_class: int = MIN_LINES_PER_CLASS,
     input_names: dict[str, str] | None = None,
     input_files: dict[str, dict] | None = None,
     source: str = "scatd train",
@@ -463,6 +504,12 @@ def train_drug_model(
     per-epoch histories, CV and target metrics, the model card (also in the manifest,
     ``manifest['card']``) and ``target_predictions`` (a DataFrame: cell, prob_resistant), the
     numbers ``scatd predict`` gives on the target.
+    min_lines_per_class
+        Fewest labelled cell lines of each class the drug needs (as ``scatd train-panel``'s
+        ``--min-lines``; default :data:`scatd_core._train_settings.MIN_LINES_PER_CLASS`, at least 2): a drug with
+        fewer is refused before any training. Below the default (a lower value given), the run is
+        allowed, but its warnings and card say that its bulk scores cannot be trusted and the card
+        claims no win over a baseline on them (:func:`scatd_core.card.few_lines`).
     trained_by
         Who trained it (the app's login name, or the operating-system user for the CLI),
         recorded in the model's provenance and shown in the model library.
@@ -491,6 +538,9 @@ def train_drug_model(
     if epochs is not None:
         s = replace(s, epochs=int(epochs))
     s.check()
+    if int(min_lines_per_class) < 2:
+        raise InputError(f"The fewest labelled cell lines per class must be at least 2, not {min_lines_per_class}.",
+                         "Give --min-lines 2 or more.")
     if few_shot_labels is not None:
         refuse_few_shot_head(s)
     dev = resolve_device(device)
@@ -530,8 +580,17 @@ def train_drug_model(
                                  target_mask=target_mask_of(target_ad, target_mask))
     if isinstance(target_mask, str):  # the column that left cells out, named by the card (QC or not)
         data.report["target"]["mask_column"] = target_mask
+    n_sensitive, n_resistant = int((data.bulk_y == 0).sum()), int((data.bulk_y == 1).sum())
+    refused = too_few_lines(data.report["drug"], n_sensitive, n_resistant, min_lines_per_class)
+    if refused is not None:  # before any training, as train-panel skips the drug
+        raise refused
     report = dict(data.report)
     warnings += report.pop("warnings", [])  # from the data (e.g. duplicated bulk IDs)
+    if min(n_sensitive, n_resistant) < MIN_LINES_PER_CLASS:  # allowed by a lower min_lines_per_class
+        warnings.append(f"Only {counted(min(n_sensitive, n_resistant), 'cell line')} in the smaller class "
+                        f"({n_sensitive:,} sensitive, {n_resistant:,} resistant), fewer than the "
+                        f"{MIN_LINES_PER_CLASS} of each normally required: this model's bulk cross-validation AUROC "
+                        "and its interval cannot be trusted, and its card claims no win over a baseline on them.")
     few = _few_shot(few_shot_labels, data, warnings)
     truth = _target_truth(target_ad, target_label_column, target_resistant_value, data)
     if target_ad.n_obs < 50:
@@ -627,6 +686,8 @@ def train_drug_model(
     card = _card(data, s, fit, splits, truth, target_label_column, few, provenance, warnings, advance)
     metrics = {"cv": {**{k: v for k, v in fit.cv.items() if k not in ("head_curve", "per_fold_head", "per_fold")},
                       **_headline(card, "bulk_cv")}, **fit.extra}
+    if min(n_sensitive, n_resistant) < MIN_LINES_PER_CLASS:  # its bulk scores cannot be trusted (the card says so)
+        metrics["cv"]["too_few_lines"] = min(n_sensitive, n_resistant)
     target_scores = _headline(card, "target")
     if target_scores:
         held = np.isfinite(truth) & (~np.isin(np.arange(len(truth)), few.rows) if few is not None else True)
@@ -669,7 +730,8 @@ def train_drug_model(
         input_transform="standardize" if data.features is not None else "none",
         library_size=ALL_GENES if data.features is not None else None,  # as _data's ModelInput scaled the counts
         label_mapping=LABEL_MAPPING, threshold=s.threshold, beta_mode="separate", provenance=provenance,
-        metrics=metrics, name=name or default_model_name(data.report["drug"], backbone),
+        metrics=metrics, name=name if name and folder_from_name else
+        free_model_name(name or default_model_name(data.report["drug"], backbone), library),
         extra={"training": training, "card": card,
                # the labelled target cells and the target's identity, so evaluations leave them out
                **({training_cells.MANIFEST_KEY: training_cells.manifest_record(few.ids, target_ad.obs_names)}
@@ -726,10 +788,11 @@ def _library_size_note(backbone: Bundle, *, finetuned: bool) -> str | None:
                " (it is not fine-tuned: the heads are fitted on what it makes of these inputs)."))
 
 
-def default_model_name(drug: str, backbone: str) -> str:
+def default_model_name(drug: str, backbone: str, made: str = "trained") -> str:
     """A model's name when none is given: ``Gefitinib (VAE on genes, trained)`` (not the published
-    backbone's name: it is trained here, on the user's data)."""
-    return f"{drug} ({TRAINED_SHORT.get(backbone, backbone)}, trained)"
+    backbone's name: it is trained here, on the user's data); ``made`` "panel": a panel's model,
+    ``Gefitinib (VAE on genes, panel)``. :func:`free_model_name` adds a number when it is taken."""
+    return f"{drug} ({TRAINED_SHORT.get(backbone, backbone)}, {made})"
 
 
 def _bulk_cv_note(fit: Fitted, few: FewShot | None, n_folds: int | None = None, seed: int | None = None
