@@ -170,7 +170,7 @@ if bulk_source == "Upload":
         thred = u2.file_uploader("IC50_thred.txt", type=["txt", "tsv"], key="upload_train_thred")
         dlist = u3.file_uploader("GDSC drug list", type=["csv"], key="upload_train_druglist")
         if st.button("Build labels", disabled=not (ic50 and thred and dlist)):
-            from scatd_core.labels import labels_from_ic50
+            from scatd_core.labels import labels_from_ic50, unreadable_ic50_words
 
             try:
                 with _temp_copies(ic50, thred, dlist) as paths:
@@ -179,6 +179,8 @@ if bulk_source == "Upload":
                 rep = table.attrs["report"]
                 st.success(f"{rep['n_drugs']} drugs × {rep['n_cell_lines']} cell lines (ln IC50 below the "
                            "drug's threshold = sensitive).")
+                if unreadable_ic50_words(rep):
+                    st.warning(ui.md(unreadable_ic50_words(rep)), icon=":material/warning:")
                 if rep["no_threshold"]:
                     st.warning(f"No threshold for {counted(len(rep['no_threshold']), 'drug')}: "
                                f"{ui.md(', '.join(rep['no_threshold'][:10]))}.")

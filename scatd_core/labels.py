@@ -758,10 +758,17 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
     no_threshold = [column_of[i] for i in ids if i not in chosen]
     by_id = {i: k for k, i in row_ids.items()}
     columns = {}
+    unreadable: dict[str, int] = {}  # per drug: values given that are not numbers ('-', 'n.d.'...), not screened
+    examples: list[str] = []
     for i in ids:
         if i not in chosen:
             continue
-        values = pd.to_numeric(ic50.loc[by_id[i]], errors="coerce")
+        raw = ic50.loc[by_id[i]]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+        if bad.any():
+            unreadable[column_of[i]] = int(bad.sum())
+            examples += [v for v in dict.fromkeys(map(str, raw[bad])) if v not in examples][:3 - len(examples)]
         thr = thresholds[chosen[i][0]][1]
         columns[column_of[i]] = pd.Series(np.where(values.isna(), None,
                                                    np.where(values < thr, SENSITIVE, RESISTANT)),
@@ -778,11 +785,26 @@ def labels_from_ic50(ic50_csv: str | Path, thresholds_txt: str | Path, drug_list
                                       "threshold_name": thresholds[chosen[i][0]][0]}
                        for i in ids if i in chosen},
         "no_threshold": no_threshold, "ids_not_in_drug_list": unknown_ids,
+        "unreadable": {"n": sum(unreadable.values()), "examples": examples, "by_drug": unreadable},
         "files": {"ic50": Path(ic50_name).name, "thresholds": Path(thr_name).name,
                   "drug_list": Path(dlist_name).name},  # names only: a trained model records them
         "files_sha256": {key: sha256_file(path) for key, path in zip(("ic50", "thresholds", "drug_list"), paths)},
     }
     return table
+
+
+def unreadable_ic50_words(report: dict) -> str | None:
+    """What :func:`labels_from_ic50` said of the ln(IC50) values it could not read as numbers (its
+    ``report['unreadable']``): "50 values could not be read as numbers, e.g. '-': treated as not
+    screened (3 drugs)"; ``None`` when there were none."""
+    found = report.get("unreadable") or {}
+    if not found.get("n"):
+        return None
+    examples = ", ".join(repr(v) for v in found.get("examples") or [])
+    return (f"{counted(found['n'], 'ln(IC50) value')} could not be read as "
+            f"{'a number' if found['n'] == 1 else 'numbers'}" + (f", e.g. {examples}" if examples else "")
+            + f": treated as not screened ({counted(len(found.get('by_drug') or {}), 'drug')}, e.g. "
+            + ", ".join(f"{d}: {n:,}" for d, n in list((found.get("by_drug") or {}).items())[:3]) + ").")
 
 
 #: What a label table's provenance file says it is (``scatd labels-from-ic50`` writes one beside the table).

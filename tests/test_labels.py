@@ -332,3 +332,28 @@ def test_labels_from_ic50_cli_writes_a_provenance_file_that_the_training_reads(t
         capsys.readouterr().err
     assert "report" not in read_label_table(out).attrs
     assert read_ic50_provenance(tmp_path / "list.csv") == (None, None)  # no provenance file: nothing to say
+
+
+def test_ic50_values_that_are_not_numbers_are_counted_and_said(tmp_path, capsys):
+    """QA: ln(IC50) values such as '-' silently counted as not screened; they are counted apart and said
+    (with examples), as blanks and NA are not."""
+    from scatd_core.cli import main
+
+    ic50_path, thr, dlist = _ic50_files(tmp_path)
+    ic50 = pd.read_csv(ic50_path, index_col=0).astype(object)
+    ic50.loc["GDSC:10", "ACH-1"] = "-"
+    ic50.loc["GDSC:20", ["ACH-1", "ACH-2"]] = ["n.d.", "-"]
+    ic50.to_csv(ic50_path)
+    table = labels_from_ic50(ic50_path, thr, dlist)
+    assert table["Gefitinib"].tolist() == [None, "sensitive", None, "resistant"]  # still not screened
+    rep = table.attrs["report"]
+    assert rep["unreadable"] == {"n": 3, "examples": ["-", "n.d."], "by_drug": {"Gefitinib": 1, "Refametinib": 2}}
+    from scatd_core.labels import unreadable_ic50_words
+
+    said = ("3 ln(IC50) values could not be read as numbers, e.g. '-', 'n.d.': treated as not screened (2 drugs, "
+            "e.g. Gefitinib: 1, Refametinib: 2).")
+    assert unreadable_ic50_words(rep) == said
+    assert main(["labels-from-ic50", "--ic50", str(ic50_path), "--thresholds", str(thr), "--drug-list", str(dlist),
+                 "--out", str(tmp_path / "labels.csv")]) == 0
+    assert f"warning: {said}" in capsys.readouterr().err
+    assert unreadable_ic50_words(labels_from_ic50(*_ic50_files(tmp_path)).attrs["report"]) is None  # NA only

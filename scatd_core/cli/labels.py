@@ -29,7 +29,8 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from scatd_core._output import writing
-    from scatd_core.labels import ic50_provenance_path, labels_from_ic50, write_ic50_provenance, write_label_table
+    from scatd_core.labels import (ic50_provenance_path, labels_from_ic50, unreadable_ic50_words,
+                                   write_ic50_provenance, write_label_table)
 
     inputs = [args.ic50, args.thresholds, args.drug_list]
     check_output(args.out, "--out", inputs=inputs, overwrite=args.overwrite)
@@ -49,6 +50,9 @@ def run(args) -> int:
              f"{int((col == 'resistant').sum())} resistant, {int(col.isna().sum())} not screened")
     if len(rep["thresholds"]) > 20:
         say(f"... and {len(rep['thresholds']) - 20} more drugs")
+    unreadable = unreadable_ic50_words(rep)
+    if unreadable:
+        say(f"warning: {unreadable}")
     if rep["no_threshold"]:
         say(f"warning: no threshold found for {counted(len(rep['no_threshold']), 'drug')}, left out: "
              f"{', '.join(rep['no_threshold'][:10])}")
