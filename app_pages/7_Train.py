@@ -215,11 +215,11 @@ if labels is not None:
                f"{labels['table'].shape[1]:,} drugs{made_by}")
 orientation_error = None
 if bulk is not None and labels is not None:  # the bulk's IDs say which way round the table is, before a drug is chosen
-    from scatd_core.labels import check_orientation
+    from scatd_core.labels import check_bulk_orientation
 
     try:
-        orientation_warning = check_orientation(labels["table"], bulk["adata"].obs_names,
-                                                f"The label table {labels['name']}")
+        orientation_warning = check_bulk_orientation(labels["table"], bulk["adata"],
+                                                     f"The label table {labels['name']}")
     except ScatdError as exc:
         orientation_error = exc
         show_error(exc)

@@ -238,6 +238,8 @@ _NUMERIC = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
 # and >= 5 digits: SRR7000000, GSM4762001, SAMN12345678) and plate wells (P1_A01, plate1_B12,
 # A01). A bare well must be zero-padded (A01-P09): C3, F8, F10, H19 are genes (and G10 a made-up one).
 _CELL_NAME = re.compile(r"^(?:(?:SRR|ERR|DRR|SRX|ERX|DRX|SRS|ERS|DRS|GSM|SAMN|SAMEA|SAMD|SAME)\d{5,}(?:[_.:-]\w+)*"
+                        # cell lines: DepMap IDs (ACH-000001) and Cellosaurus accessions (CVCL_0023), never genes
+                        r"|ACH-\d{6}|CVCL_[A-Z0-9]{4}"
                         r"|(?:p|pl|plate)\d+[_.-]?[A-P](?:0?[1-9]|1\d|2[0-4])|[A-P]0[1-9])$", re.IGNORECASE)
 
 SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name",

@@ -563,6 +563,37 @@ def check_orientation(table: pd.DataFrame, sample_ids: Sequence, shown: str = "T
                      "ACH- IDs, or both COSMIC IDs).")
 
 
+def check_bulk_orientation(table: pd.DataFrame, bulk, shown: str = "The label table") -> str | None:
+    """:func:`check_orientation` against the sample IDs of ``bulk`` (an AnnData); a table that matches
+    them neither way round is told how the bulk data were read (:func:`_bulk_reading`). Training and the
+    Train page check with it."""
+    try:
+        return check_orientation(table, bulk.obs_names, shown)
+    except InputError as exc:
+        if "neither way round" not in exc.message:
+            raise
+        raise InputError(exc.message + " " + _bulk_reading(bulk, table), exc.hint, app_hint=exc.app_hint) from None
+
+
+def _bulk_reading(bulk, table: pd.DataFrame) -> str:
+    """How the bulk data were read (which side holds the samples, and why), for a label table that matches
+    its sample IDs neither way round: when the table's IDs are the bulk's gene names instead, the bulk was
+    read the wrong way round, and this says so."""
+    from scatd_core._keys import INPUT_REPORT
+
+    reason = (bulk.uns.get(INPUT_REPORT) or {}).get("orientation_reason")
+    read = (f"The bulk data were read with its {bulk.n_obs:,} rows as samples (e.g. "
+            f"{', '.join(map(str, bulk.obs_names[:3]))}) and its {bulk.n_vars:,} columns as genes (e.g. "
+            f"{', '.join(map(str, bulk.var_names[:3]))})" + (f": {reason}." if reason else "."))
+    genes = set(map(str, bulk.var_names))
+    as_genes = [str(r) for r in table.index if str(r) in genes] or [str(c) for c in table.columns if str(c) in genes]
+    if as_genes:
+        return (read + f" The label table's cell-line IDs are among its genes instead (e.g. {', '.join(as_genes[:3])}):"
+                " the bulk file holds the samples as columns. Give it with one row per cell line (the IDs in the "
+                "first column) and one column per gene.")
+    return read + " If that is the wrong way round, give it with one row per cell line and one column per gene."
+
+
 def read_few_shot_labels(path: str | Path, name: str | None = None) -> pd.Series:
     """The labelled target cells of a CSV/TSV ``cell_id,label`` (only the labelled cells).
 

@@ -741,6 +741,32 @@ def test_default_folder_is_unique_when_two_trainings_race(tmp_path, monkeypatch)
     assert (taken / "theirs.txt").read_text() == "another user's model"  # untouched
 
 
+def test_a_bulk_with_lowercase_gene_symbols_is_read_with_its_cell_lines_as_rows(tmp_path):
+    """QA: a bulk CSV with DepMap ACH- rows and lowercase gene symbols (lasp1, hoxa11...) was read as genes x
+    samples, and the error blamed the label table. ACH- IDs are cell lines and symbols are recognised in any
+    case; a label table that still matches neither way is told how the bulk was read, and when its IDs are the
+    bulk's gene names, that the bulk file holds its samples as columns."""
+    from scatd_core import io
+
+    bulk, labels, target = synthetic()
+    symbols = ("lasp1 hoxa11 crebbp etv1 gas7 cd79b pax7 btk brca1 wwtr1 cd74 birc3 fas bclaf1 ank1 rabep1 cul3 flt4 "
+               "cdh1 cdh10 tnc epha3 prex2 tpr gopc ros1 eln arid1b polq pik3cb").split()
+    lower = pd.DataFrame(bulk.X, index=bulk.obs_names, columns=symbols)
+    lower.to_csv(tmp_path / "bulk_lower.csv")
+    read = io.read(tmp_path / "bulk_lower.csv", samples=True)
+    assert list(read.obs_names[:2]) == ["ACH-000000", "ACH-000001"] and read.var_names[0] == "lasp1"
+    assert "cell-line IDs" in read.uns["scatd_input"]["orientation_reason"]
+    lower.index = [f"line_{chr(97 + i % 26)}{i}" for i in range(len(lower))]  # no cell-line IDs: by the symbols
+    lower.to_csv(tmp_path / "bulk_lower2.csv")
+    assert io.read(tmp_path / "bulk_lower2.csv", samples=True).var_names[0] == "lasp1"
+    flipped = ad.AnnData(bulk.X.T.copy(), obs=pd.DataFrame(index=bulk.var_names), var=pd.DataFrame(index=bulk.obs_names))
+    with pytest.raises(InputError, match="neither way round") as caught:
+        prepare_training_data(flipped, labels, "DRUGA", target)
+    assert ("The bulk data were read with its 30 rows as samples (e.g. G0, G1, G2) and its 48 columns as genes (e.g. "
+            "ACH-000000, ACH-000001, ACH-000002). The label table's cell-line IDs are among its genes instead (e.g. "
+            "ACH-000000, ACH-000001, ACH-000002): the bulk file holds the samples as columns.") in caught.value.message
+
+
 def test_a_taken_default_name_gets_a_number_and_a_taken_display_name_is_refused(tmp_path):
     """QA: an empty Model name, with the default name taken, made a second model of the very same name (in
     folder ..._trained-3). The default name now gets a number; a name given that another folder's model has

@@ -472,15 +472,19 @@ def decide_orientation(row_names, col_names, per_cell_columns: list[str]) -> tup
     r, c = genes.id_type_evidence(row_names), genes.id_type_evidence(col_names)
     if not r["n"] or not c["n"]:
         return "cells_x_genes", "assumed (the AnnData convention)"
-    for ev in (r, c):
+    for ev, names in ((r, row_names), (c, col_names)):
         ev["symbol"] = ev["human_symbol"] + ev["mouse_symbol"]
+        # gene symbols in any case (lasp1, Lasp1, LASP1): for the side that holds them, while the other
+        # side's names are judged as written (cell names such as cell1 are no symbols there)
+        upper = genes.id_type_evidence([n.upper() for n in genes._sample(names)])
+        ev["symbol_any_case"] = max(ev["symbol"], upper["human_symbol"])
     rules = (("ensembl", 0.5, 0.1, True, "Ensembl gene IDs"), ("barcode", 0.5, 0.1, False, "cell barcodes"),
-             ("cell_name", 0.5, 0.1, False, "cell names (sequencing-run accessions or plate wells)"),
+             ("cell_name", 0.5, 0.1, False, "cell names (sequencing-run accessions, plate wells or cell-line IDs)"),
              ("symbol", 0.7, 0.3, True, "gene symbols"),
              ("top_shape_fraction", 0.8, 0.5, False, "identically patterned cell names"))
     for metric, high, low, gene_like, what in rules:
         for side, this, other in (("columns", c, r), ("rows", r, c)):
-            if this[metric] >= high and other[metric] < low:
+            if this["symbol_any_case" if metric == "symbol" else metric] >= high and other[metric] < low:
                 genes_on_columns = (side == "columns") == gene_like
                 return ("cells_x_genes" if genes_on_columns else "genes_x_cells"), f"the {side} hold {what}"
     return "cells_x_genes", ("undecided from the names; assumed cells x genes (the AnnData convention). "

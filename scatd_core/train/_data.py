@@ -14,7 +14,7 @@ from scatd_core._words import counted
 from scatd_core.bundle import INPUT_KINDS, sha256_file
 from scatd_core.errors import InputError
 from scatd_core.inputs import InputSpec, ModelInput
-from scatd_core.labels import LABEL_MAPPING, check_orientation, drug_labels, read_label_table
+from scatd_core.labels import LABEL_MAPPING, check_bulk_orientation, drug_labels, read_label_table
 from scatd_core.preprocess import ALL_GENES
 
 MIN_PANEL_GENES = 10
@@ -116,7 +116,7 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
     table = read_label_table(labels)
     # the bulk's IDs say which way round the table is, before its drug is looked for
     shown = "The label table" if isinstance(labels, pd.DataFrame) else f"The label table {Path(labels).name}"
-    orientation_warning = check_orientation(table, bulk_names, shown)
+    orientation_warning = check_bulk_orientation(table, bulk, shown)
     dl = drug_labels(table, drug)
     labelled = dl.labels.reindex([n for n in bulk_names if n in dl.labels.index])
     if labelled.empty:
