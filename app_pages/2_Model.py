@@ -134,7 +134,9 @@ with st.container(border=True):
             st.markdown("\n".join(f"- {ui.md(line)}" for line in import_card_lines(bundle)))
     if s["metrics"]:
         with st.expander("Metrics recorded with the model"):
-            st.json(s["metrics"])
+            from scatd_core.metrics import metrics_table
+
+            ui.table(metrics_table(s["metrics"]), hide_index=True)
 
 # ------------------------------------------------------------------ coverage of the current data
 st.subheader("Does your data fit this model?")

@@ -466,6 +466,71 @@ METRIC_MEANINGS = {
 }
 
 
+#: What a trained model's recorded metrics (``manifest['metrics']``, :func:`metrics_table`) hold besides
+#: :data:`METRIC_MEANINGS`: the training's own entries, in words.
+TRAINING_METRIC_MEANINGS = {
+    "folds": "cross-validation folds (stratified, shuffled with the training's seed)",
+    "selection": "how the heads' settings were chosen",
+    "head_epochs": "head epochs of the final model, chosen by the bulk cross-validation",
+    "fold_head_epochs": "each fold's head epochs, taken from the other folds",
+    "too_few_lines": "cell lines in the smaller class: too few to trust the bulk scores",
+    "label_column": "the target's label column (evaluation only)",
+    "resistant_value": "its value meaning resistant",
+    "resistant_value_given": "whether that value was given (else recognised from the words)",
+    "n_few_shot_cells_left_out": "labelled cells left out because their labels trained the model",
+    "latent_mmd_bulk_vs_target": "MMD between the bulk's and the target's latent means (lower: closer)",
+}
+_SECTION_TITLES = {"cv": "Bulk cell lines, cross-validation", "target": "Target cells"}
+
+
+def _metric_value(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        return "—" if not np.isfinite(value) else f"{float(value):.3f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_metric_value(v) for v in value)
+    return str(value)
+
+
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    """The metrics recorded with a model (``manifest['metrics']``) as one readable table, one row per
+    measure: ``evaluation`` (bulk cross-validation, target cells, the training), ``measure``, ``value``
+    and what it means. An AUROC or AUPRC is shown with its interval, named by its method; of a manifest
+    that records two intervals for one AUROC (the card's bootstrap one and a Hanley-McNeil one, written
+    before 2026-12-03), the bootstrap one (the model card's) is shown. Method notes and per-fold curves
+    are left out."""
+    rows = []
+    sections = [(k, v) for k, v in (metrics or {}).items() if isinstance(v, dict)]
+    loose = {k: v for k, v in (metrics or {}).items() if not isinstance(v, dict)}
+    if loose:
+        sections.append(("training", loose))
+    for key, entries in sections:
+        title = _SECTION_TITLES.get(key, key.replace("_", " ").capitalize())
+        if key == "target" and entries.get("label_column"):
+            title += f" (labels '{entries['label_column']}')"
+        for name, value in entries.items():
+            if name.endswith("_method") or name.endswith("_ci") or name in ("auroc_ci_low", "auroc_ci_high") \
+                    or isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], list)):
+                continue
+            shown = _metric_value(value)
+            if name in ("auroc", "auprc"):
+                ci = entries.get(f"{name}_ci")
+                method = "95% bootstrap CI"
+                if not ci and name == "auroc" and entries.get("auroc_ci_low") is not None:
+                    ci, method = [entries["auroc_ci_low"], entries["auroc_ci_high"]], "95% Hanley-McNeil CI"
+                if ci and ci[0] is not None and ci[1] is not None and np.isfinite(ci[0]) and np.isfinite(ci[1]):
+                    shown += f" ({method} {' to '.join(interval_ends(ci[0], ci[1]))})"
+            meaning = TRAINING_METRIC_MEANINGS.get(name) or METRIC_MEANINGS.get(name, "")
+            if key == "cv":
+                meaning = meaning.replace("cells", "cell lines").replace("cell", "cell line")
+            rows.append({"evaluation": title, "measure": name.replace("_", " "), "value": shown,
+                         "what it means": meaning})
+    return pd.DataFrame(rows, columns=["evaluation", "measure", "value", "what it means"])
+
+
 def group_fractions(labels: Sequence, groups: Sequence, positive_label: str = "resistant",
                     excluded: Iterable[str] = ()) -> pd.DataFrame:
     """Fraction called resistant per group (cluster or sample).

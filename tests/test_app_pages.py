@@ -2322,3 +2322,31 @@ def test_the_data_pages_label_direction_question_is_plain_words(with_library):
     upload(at, "scad.h5ad", h5ad_bytes(adata))
     radio = at.radio(key="label_resistant_response")
     assert radio.label == "Which value of 'response' means resistant?" and "*" not in radio.label
+
+
+def test_the_model_pages_metrics_are_a_readable_table_with_one_interval_per_score(empty_library):
+    """QA: "Metrics recorded with the model" was a raw JSON tree, with two intervals for one AUROC (the card's
+    bootstrap auroc_ci and a Hanley-McNeil auroc_ci_low/high): now a table, each score with one interval."""
+    import json
+
+    from _app_helpers import make_bundle
+
+    folder = empty_library / "GEF_trained"
+    make_bundle(folder, make_dataset(60, seed=2), steps=2)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["metrics"] = {  # as a model trained before 2026-12-03 recorded them
+        "cv": {"folds": 5, "auroc": 0.8123, "auroc_ci": [0.7011, 0.9042], "auroc_ci_method": "95% bootstrap CI: ..."},
+        "target": {"label_column": "response", "auroc": 0.7861, "auroc_ci": [0.6777, 0.8944],
+                   "auroc_ci_low": 0.6763, "auroc_ci_high": 0.8976, "auroc_ci_low_high_method": "Hanley-McNeil",
+                   "n_evaluated": 120, "resistant_value_given": True}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    at = start()
+    upload(at, "patients.h5ad", h5ad_bytes(make_dataset(40, seed=3)))
+    goto(at, "2_Model")
+    assert not at.get("json")
+    shown = next(d.value for d in at.dataframe if "measure" in d.value.columns)
+    rows = {(r.evaluation, r.measure): r.value for r in shown.itertuples()}
+    assert rows[("Target cells (labels 'response')", "auroc")] == "0.786 (95% bootstrap CI 0.677 to 0.895)"
+    assert rows[("Bulk cell lines, cross-validation", "auroc")] == "0.812 (95% bootstrap CI 0.701 to 0.905)"
+    assert rows[("Target cells (labels 'response')", "n evaluated")] == "120"
+    assert not any("ci low" in m or "method" in m for _, m in rows)

@@ -205,9 +205,12 @@ def test_model_card_scores_model_and_baselines_on_the_same_samples(tmp_path):
     assert tuned["all_bulk"]["c"] in tuned["c_grid"] and tuned["all_bulk"]["inner_folds"] >= 2
     assert any(line.startswith("Logistic-regression baseline: C chosen from 0.001, 0.003, 0.01 (the heads' C)")
                for line in card_lines(card))
-    # the two AUROC intervals of the metrics say how they were made
+    # QA: the target's AUROC was recorded with two intervals (bootstrap and Hanley-McNeil); one now, the card's
     target = bundle.manifest["metrics"]["target"]
-    assert "bootstrap" in target["auroc_ci_method"] and "Hanley-McNeil" in target["auroc_ci_low_high_method"]
+    assert "bootstrap" in target["auroc_ci_method"] and "auroc_ci_low" not in target
+    assert not any(k.startswith("auroc_ci_low") for k in target) and target["auroc_ci"] == [
+        r for r in next(e for e in card["evaluations"] if e["name"] == "target")["scores"]
+        if r["model"] == "this model"][0]["auroc_ci"]
     assert "bootstrap" in bundle.manifest["metrics"]["cv"]["auroc_ci_method"]
 
 

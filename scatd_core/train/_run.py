@@ -701,8 +701,9 @@ def train_drug_model(
                              "resistant_value_given": target_resistant_value is not None,
                              "n_few_shot_cells_left_out":
                              len(few.rows) if few is not None else 0,  # the card's scores are rounded:
-                             **target_scores, **evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict(),
-                             "auroc_ci_low_high_method": AUROC_CI_LOW_HIGH_METHOD,
+                             **target_scores,  # one AUROC interval: the card's (bootstrap), not also Hanley-McNeil's
+                             **{k: v for k, v in evaluate(truth[held], fit.target_prob[held], s.threshold).as_dict()
+                                .items() if k not in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc")},
                              "n_training_cells_left_out": len(few.rows) if few is not None else 0}
     seconds = time.perf_counter() - t0
     provenance["seconds"] = round(seconds, 1)
@@ -856,12 +857,10 @@ def _headline(card: dict, name: str) -> dict:
 
 #: How the intervals of a training's metrics were made (``metrics.cv`` / ``metrics.target`` of the
 #: manifest and report; docs/outputs.md): ``auroc_ci`` and ``auprc_ci`` are the model card's
-#: bootstrap intervals; ``auroc_ci_low`` / ``auroc_ci_high`` of ``metrics.target`` are Hanley-McNeil's,
-#: as ``scatd evaluate``, metrics.csv and the Cells page compute them.
+#: bootstrap intervals, the only ones recorded (models trained before 2026-12-03 also recorded a
+#: Hanley-McNeil ``auroc_ci_low`` / ``auroc_ci_high`` in ``metrics.target``: two intervals for one AUROC).
 AUROC_CI_METHOD = (f"{cards.INTERVAL}: stratified bootstrap of the cells or cell lines, {cards.N_BOOT} resamples "
                    "(the model card's)")
-AUROC_CI_LOW_HIGH_METHOD = ("95% Hanley-McNeil interval from the AUROC's standard error (as scatd evaluate and "
-                            "the Cells page)")
 
 
 def _rounded(losses: list) -> list:
