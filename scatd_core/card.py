@@ -164,8 +164,8 @@ def auroc_interval_words(scores: dict, *, short: bool = False) -> str | None:
 
 
 def verdicts(ev: dict) -> list[str]:
-    """What to say under an evaluation: :func:`chance_sentence` (when it applies), then a
-    :func:`verdict` per baseline, worded from the stored scores (so a card saved with the earlier
+    """What to say under an evaluation: :func:`few_lines_sentence` and :func:`chance_sentence` (when they
+    apply), then a :func:`verdict` per baseline, worded from the stored scores (so a card saved with the earlier
     wording reads the same as a new one)."""
     chance, few = chance_sentence(ev), few_lines_sentence(ev)
     said = [verdict(ev, row) for row in ev.get("scores", []) if row["model"] != MODEL and "model_minus_this" in row]
