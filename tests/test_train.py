@@ -762,6 +762,11 @@ def test_a_bulk_with_lowercase_gene_symbols_is_read_with_its_cell_lines_as_rows(
     lower.index = [f"line_{chr(97 + i % 26)}{i}" for i in range(len(lower))]  # no cell-line IDs: by the symbols
     lower.to_csv(tmp_path / "bulk_lower2.csv")
     assert io.read(tmp_path / "bulk_lower2.csv", samples=True).var_names[0] == "lasp1"
+    cased = target[:, :12].copy()
+    cased.var_names = [g.upper() for g in symbols[:12]]
+    with pytest.raises(InputError, match=r"share only 0 genes .*; ignoring case they would share 12\.") as caught:
+        prepare_training_data(read, labels, "DRUGA", cased)
+    assert "in the target's case" in caught.value.hint
     flipped = ad.AnnData(bulk.X.T.copy(), obs=pd.DataFrame(index=bulk.var_names), var=pd.DataFrame(index=bulk.obs_names))
     with pytest.raises(InputError, match="neither way round") as caught:
         prepare_training_data(flipped, labels, "DRUGA", target)

@@ -143,12 +143,17 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
                            "n_panel": len(panel), "examples_bulk_only": sorted(set(bulk_genes) - target_genes)[:10],
                            "examples_target_only": sorted(target_genes - set(bulk_genes))[:10]}
         if len(panel) < MIN_PANEL_GENES:
+            upper = {g.upper() for g in target_genes}
+            n_any_case = sum(g.upper() in upper for g in set(bulk_genes))  # lasp1 in the bulk, LASP1 in the target
             raise InputError(
                 f"Bulk and target share only {len(panel)} genes"
                 + (" that the backbone knows" if backbone_genes is not None else "")
                 + f" (bulk e.g. {', '.join(bulk_genes[:3])}; target e.g. "
-                f"{', '.join(map(str, target.var_names[:3]))}).",
-                "Both need the same gene identifiers (HGNC symbols); convert Ensembl IDs first.")
+                f"{', '.join(map(str, target.var_names[:3]))})"
+                + (f"; ignoring case they would share {n_any_case:,}." if n_any_case > len(panel) else "."),
+                "Both need the same gene identifiers (HGNC symbols)"
+                + ("; write the bulk's gene symbols in the target's case (HGNC symbols are upper case)."
+                   if n_any_case > len(panel) else "; convert Ensembl IDs first."))
         spec = _input_spec(backbone, len(panel), panel)
     else:
         n_feat = bulk.n_vars
