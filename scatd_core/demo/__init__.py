@@ -171,7 +171,7 @@ def build(*, library: str | Path | None = None, out_bundle: str | Path | None = 
     bundle, report = train_drug_model(
         bulk, labels, DEMO_DRUG, tumour, backbone="dist_vae", settings=demo_settings(size), device="cpu",
         target_label_column=DEMO_LABEL_COLUMN, out=out_bundle, overwrite=True, demo=True,
-        name=f"{DEMO_DRUG} · demo (simulated data)",
+        name=f"{DEMO_DRUG} · demo (simulated data)", min_lines_per_class=2,  # (the tiny demo: 14 sensitive lines)
         progress=(lambda f, m: progress(0.02 + 0.92 * f, f"Training the demo model: {m}")) if progress else None)
     if progress:
         progress(0.95, "Choosing the demo model's threshold on a separate simulated tumour")
@@ -328,7 +328,8 @@ def build_panel(*, library: str | Path | None = None, size: str = "full",
         bundle, report = train_drug_model(
             bulk, labels, drug, unlabelled, backbone="dist_vae", settings=panel_settings(size), device="cpu",
             target_label_column=None, out=panel_bundle_path(drug, library), overwrite=True, demo=True,
-            name=f"{drug} · demo (simulated data)", progress=step)
+            name=f"{drug} · demo (simulated data)", progress=step,
+            min_lines_per_class=2)  # the tiny panel (tests) has 8 sensitive lines of one drug; the full one 74+
         threshold, record = reference_threshold(bundle, size)
         out.append(_set_default_threshold(bundle, threshold, record, report, tumour))
     return out
