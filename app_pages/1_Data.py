@@ -40,6 +40,8 @@ with right:
 
 ui.read_upload(uploaded, orientation)
 
+if ss.get(state.ADATA) is None:  # "Try the demo" clicked, then another page at once: its build goes on
+    ui.resume_demo(left)
 adata = ss.get(state.ADATA)
 if adata is None:
     st.info("No data yet. Upload a file above" + ("." if ui.demo_module().cell_limit_problem() is not None

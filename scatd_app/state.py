@@ -14,6 +14,8 @@ DATA_TOKEN          identifies this upload in this session (never shared between
 UPLOAD              the Data page's last upload, on disk: ``{"id", "name", "path"}``
                     (:func:`scatd_app.session.keep_upload`; kept for a reload)
 IS_DEMO             whether the dataset is the built-in demo
+DEMO_WANTED         set when *Try the demo* is clicked, until the demo is loaded (or fails): the Data page
+                    follows a build the click started, also after the user left the page meanwhile
 LABEL_COLUMN        obs column holding true labels, for evaluation (or None)
 SAMPLE_COLUMN       obs column holding the sample / batch (or None)
 CELL_METADATA       the Data page's cell metadata table: ``{"id", "name", "table", "source", "token",
@@ -57,6 +59,7 @@ DATA_NAME = "data_name"
 DATA_TOKEN = "data_token"
 UPLOAD = "data_kept_upload"
 IS_DEMO = "is_demo"
+DEMO_WANTED = "demo_wanted"
 LABEL_COLUMN = "label_column"
 SAMPLE_COLUMN = "sample_column"
 CELL_METADATA = "cell_metadata"

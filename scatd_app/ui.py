@@ -1071,6 +1071,8 @@ def set_data(adata: ad.AnnData, name: str, *, demo: bool = False) -> None:
     ss = st.session_state
     ss[state.ADATA], ss[state.DATA_NAME], ss[state.DATA_TOKEN] = adata, name, uuid.uuid4().hex
     ss[state.IS_DEMO] = demo
+    if not demo:  # own data loaded: a demo asked for before is not loaded over them
+        ss.pop(state.DEMO_WANTED, None)
     if not demo and ss.get(state.BUNDLE_PATH):  # the demo model is never kept for real data (the Model page
         try:                                     # drops it too): not shown beside them in the sidebar either
             chosen = get_bundle(ss[state.BUNDLE_PATH])
@@ -1476,19 +1478,42 @@ def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
         st.caption(f"{problem.message} {problem.app_hint}")
         return False
     if not st.button("Try the demo", key=key, icon=":material/science:", type="primary" if primary else "secondary",
+                     on_click=_want_demo,  # also when another page follows at once: the Data page then goes on
                      help="A simulated tumour and a model trained on simulated cell lines, labelled demo (simulated "
                           "data). Built once per server on first use (1-2 minutes on 2 idle CPU cores, longer on a busy "
                           "server; a progress bar shows each step), then instant."):
         return False
-    bar = progress_area.progress(0.0, text="Preparing the demo…")
+    return _load_demo(progress_area, "Preparing the demo…")
+
+
+def _want_demo() -> None:
+    st.session_state[state.DEMO_WANTED] = True
+
+
+def _load_demo(progress_area, first_text: str) -> bool:
+    """Load the demo (:func:`use_demo`, progress in ``progress_area``); whether it is now the session's data.
+    The wish (:data:`state.DEMO_WANTED`) ends either way: loaded, or its error shown."""
+    bar = progress_area.progress(0.0, text=first_text)
     try:
         use_demo(bar)
     except ScatdError as exc:
+        st.session_state.pop(state.DEMO_WANTED, None)
         bar.empty()
         show_error(exc)
         return False
+    st.session_state.pop(state.DEMO_WANTED, None)
     bar.empty()
     return True
+
+
+def resume_demo(progress_area) -> bool:
+    """The Data page without data: when *Try the demo* was clicked and its run was left (another page
+    opened at once), follow the demo's build from here (progress in ``progress_area``) and load the
+    demo when it is done, as the click would have. Whether the demo is now the session's data."""
+    ss = st.session_state
+    if not ss.get(state.DEMO_WANTED) or ss.get(state.ADATA) is not None:
+        return False
+    return _load_demo(progress_area, "The demo you asked for is being prepared…")
 
 
 # --------------------------------------------------------------------------------------------

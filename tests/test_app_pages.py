@@ -1584,6 +1584,36 @@ def test_demo_button_loads_the_demo_and_its_model(with_library, monkeypatch):
     assert "**Report ✓**" in progress and "**Predict ✓**" in progress
 
 
+def test_the_data_page_follows_a_demo_build_left_at_once_and_loads_the_demo(with_library, monkeypatch):
+    """QA: "Try the demo" then another page at once: the Data page said only "No data yet" while the
+    demo's build went on, and did not load the demo when it finished (until the button was clicked
+    again). The click's wish is kept: the Data page follows the build and loads the demo."""
+    import threading
+
+    from scatd_core import demo
+
+    release = threading.Event()
+    monkeypatch.setattr(ui, "_BUILDS", {})
+    monkeypatch.setattr(demo, "ensure", lambda library=None, progress=None: release.wait(30))
+    monkeypatch.setattr(demo, "load_data", lambda progress=None: make_dataset(50, seed=9))
+    monkeypatch.setattr(demo, "bundle_path", lambda library=None: with_library / BUNDLE_FOLDER)
+
+    class Left:  # the click's page run, stopped by the page change at its first progress report
+        def progress(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ui.shared_build("demo", lambda report: demo.ensure(progress=report), Left(), "the demo", poll_seconds=0.05)
+    assert ui.building("demo")
+    at = start()
+    at.session_state[state.DEMO_WANTED] = True  # as the click's callback left it
+    threading.Timer(1.0, release.set).start()  # the build ends while the Data page shows it
+    goto(at, "1_Data")
+    assert at.session_state[state.DATA_NAME] == "demo (simulated data)" and metric(at, "Cells") == "50"
+    assert "No data yet" not in text(at.info) and state.DEMO_WANTED not in at.session_state
+    assert at.session_state[state.BUNDLE_PATH] == str(with_library / BUNDLE_FOLDER)
+
+
 def test_the_demo_button_says_a_cell_limit_below_the_demo_before_any_build(with_library, monkeypatch):
     """QA: with limits.max_cells = 1,500 the demo (2,000 cells) was refused only after its long build:
     the button is disabled and says why, naming the setting, before anything is built."""
