@@ -9,8 +9,8 @@ from scatd_core import genes, io, labels, pl
 from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
 from scatd_core.genes import id_evidence_text
-from scatd_core.preprocess import (QC_METRICS, orientation_text, remove_qc_filter, suggest_qc_thresholds,
-                                   value_evidence_text, value_kind_words)
+from scatd_core.preprocess import (QC_METRICS, orientation_text, qc_metric_name, remove_qc_filter,
+                                   suggest_qc_thresholds, value_evidence_text, value_kind_words)
 
 ss = st.session_state
 st.title("1 · Data")
@@ -142,10 +142,10 @@ if qc is not None:
         bound_keys = ui.qc_bound_keys()
         for col, metric in zip(st.columns(len(QC_METRICS)), QC_METRICS):
             with col:
-                st.markdown(f"**{metric.replace('_', ' ')}**")
+                st.markdown(f"**{ui.md(qc_metric_name(metric))}**")  # as the plots below name it
                 for _, bound, key in [k for k in bound_keys if k[0] == metric]:
                     disabled = metric not in qc or qc[metric].isna().all()
-                    st.number_input(f"{bound} {metric}", key=key, min_value=0.0, format="%.2f", disabled=disabled,
+                    st.number_input(f"{bound} {qc_metric_name(metric)}", key=key, min_value=0.0, format="%.2f", disabled=disabled,
                                     label_visibility="collapsed", placeholder=f"no {bound}imum",
                                     on_change=ui.apply_qc_choice)
     passed = ui.apply_qc_choice()  # (as the callbacks left it, unless the data are new)

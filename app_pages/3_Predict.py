@@ -3,7 +3,7 @@
 import streamlit as st
 
 from scatd_app import jobs, session, state, ui
-from scatd_core._words import counted
+from scatd_core._words import counted, sentence_start
 from scatd_core import foundation, pl, scaleout
 from scatd_core._matrix import stored_fraction
 from scatd_core._progress import with_eta
@@ -132,7 +132,7 @@ c[0].metric("Called resistant", f"{counts['n_resistant']:,}",
 c[1].metric("Called sensitive", f"{counts['n_sensitive']:,}")
 c[2].metric("Not scored", f"{counts['n_not_scored']:,}", help="Cells with no expression in the model's genes, or "
             "values the model cannot take. They keep their row in every output, with the reason.")
-c[3].metric(left_out_label(info).capitalize(), f"{counts['n_filtered']:,}")  # "Filtered (QC)"
+c[3].metric(sentence_start(left_out_label(info)), f"{counts['n_filtered']:,}")  # "Filtered (QC)"
 if lowered_batch_message(counts):
     st.info(lowered_batch_message(counts), icon=":material/memory:")
 if not thr["calibrated"]:

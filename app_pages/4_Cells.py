@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from scatd_app import state, ui
-from scatd_core._words import counted
+from scatd_core._words import counted, sentence_start
 from scatd_core import embed, export, metrics, pl
 from scatd_core._keys import CLUSTER, PROB, PROB_SD, SCORED
 from scatd_core.errors import ScatdError
@@ -53,7 +53,7 @@ with left:
     else:
         where = f"{ui.md(thr.get('detail') or thr['source'])} ({float(thr['value']):.3g})"
         st.warning(f"**Uncalibrated**: {where}. The share called resistant may be far from the truth; calibrate "
-                   "with an expected fraction or labelled cells →", icon=":material/tune:")
+                   "it with an expected fraction or labelled cells under **Calibrate**.", icon=":material/tune:")
 with right:
     st.markdown("**Calibrate**")
     ss.setdefault("cells_expected_fraction", 0.3)
@@ -91,7 +91,7 @@ c[1].metric("Sensitive", f"{counts['n_sensitive']:,}")
 c[2].metric("Fraction resistant", "—" if counts["fraction_resistant"] is None else f"{counts['fraction_resistant']:.1%}",
             delta=None if counts["calibrated"] else "uncalibrated", delta_color="off", delta_arrow="off")
 c[3].metric("Not scored", f"{counts['n_not_scored']:,}")
-c[4].metric(left_out_label(info).capitalize(), f"{counts['n_filtered']:,}")  # "Filtered (QC)"
+c[4].metric(sentence_start(left_out_label(info)), f"{counts['n_filtered']:,}")  # "Filtered (QC)"
 
 # ------------------------------------------------------------------ page layout
 # The UMAP may still be computing (it follows the prediction in the background, or starts here):

@@ -18,3 +18,9 @@ def percent(fraction) -> str:
     if 0.999 < f < 1:
         return ">99.9%"
     return f"{f:.1%}"
+
+
+def sentence_start(text: str) -> str:
+    """``text`` with its first letter upper case and the rest as written: "Filtered (QC)" from
+    "filtered (QC)" (``str.capitalize`` lowers the rest: "Filtered (qc)")."""
+    return text[:1].upper() + text[1:]

@@ -632,10 +632,9 @@ def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray 
     from plotly.subplots import make_subplots
 
     cols = [c for c in columns if c in metrics and metrics[c].notna().any()]
-    titles = {"n_genes_by_counts": "genes detected", "total_counts": "total counts",
-              "pct_counts_mt": "% mitochondrial"}
-    fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[titles.get(c, c.replace("_", " "))
-                                                                        for c in cols])
+    from scatd_core.preprocess import qc_metric_name
+
+    fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[qc_metric_name(c) for c in cols])
     for i, col in enumerate(cols, start=1):
         values = metrics[col].to_numpy(dtype=np.float64)
         fig.add_trace(go.Violin(y=values, name=col, box_visible=True, meanline_visible=False, points=False,
@@ -647,9 +646,9 @@ def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray 
                                      marker=dict(size=3, color=COLORS["resistant"], opacity=0.5),
                                      hovertemplate="filtered: %{y}<extra></extra>"), row=1, col=i)
         fig.update_xaxes(showticklabels=False, row=1, col=i)
-    medians = [f"{titles.get(c, c.replace('_', ' '))} {_g(np.nanmedian(metrics[c].to_numpy(dtype=np.float64)))}"
+    medians = [f"{qc_metric_name(c)} {_g(np.nanmedian(metrics[c].to_numpy(dtype=np.float64)))}"
                for c in cols]
-    alt = (f"Violin plots of {', '.join(titles.get(c, c.replace('_', ' ')) for c in cols) or 'no QC metric'} "
+    alt = (f"Violin plots of {', '.join(qc_metric_name(c) for c in cols) or 'no QC metric'} "
            f"over {counted(len(metrics))}" + (f"; medians: {', '.join(medians)}" if medians else ""))
     if passed is not None:
         failed = int((~np.asarray(passed, dtype=bool)).sum())

@@ -493,6 +493,14 @@ def require_backbone_compatibility(value_type, backbone: str, input_transform: s
 # --------------------------------------------------------------------------------------------
 
 QC_METRICS = ("n_genes_by_counts", "total_counts", "pct_counts_mt")
+#: What the QC metrics are called for people (the Data page's plots and bounds alike).
+QC_METRIC_NAMES = {"n_genes_by_counts": "genes detected", "total_counts": "total counts",
+                   "pct_counts_mt": "% mitochondrial"}
+
+
+def qc_metric_name(metric: str) -> str:
+    """A QC metric's name for people: "genes detected" for ``n_genes_by_counts`` (:data:`QC_METRIC_NAMES`)."""
+    return QC_METRIC_NAMES.get(metric, str(metric).replace("_", " "))
 
 
 def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:

@@ -491,10 +491,20 @@ def test_qc_filter_marks_cells_and_keeps_them(with_library):
     at.number_input(key="qc_total_counts_min").set_value(2000.0).run()
     info = text(at.info)
     assert "cells pass" in info and "filtered (QC)" in info
+    # QA: the bounds' headings said "n genes by counts", "pct counts mt" above plots titled otherwise
+    headings = text(at.markdown)
+    assert "**genes detected**" in headings and "**% mitochondrial**" in headings, headings
+    assert "n genes by counts" not in headings and "pct counts mt" not in headings
+    assert "min genes detected" in [n.label for n in at.number_input]
     run_prediction(at)
     result = at.session_state[state.ADATA]
     n_filtered = int((result.obs["scatd_label"] == "filtered (QC)").sum())
     assert n_filtered > 0 and result.n_obs == N_CELLS
+    assert metric(at, "Filtered (QC)") == f"{n_filtered:,}"  # QA: the tile said "Filtered (qc)"
+    goto(at, "4_Cells")
+    assert metric(at, "Filtered (QC)") == f"{n_filtered:,}"
+    # QA: "calibrate with ... labelled cells →" while the controls sit below it on a phone
+    assert "→" not in text(at.warning) and "labelled cells under **Calibrate**" in text(at.warning)
     goto(at, "6_Report")
     assert f"{N_CELLS:,} rows" in text(at.caption)
 
