@@ -37,6 +37,7 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import streamlit as st
 
@@ -109,6 +110,15 @@ def held_bytes(value, seen: set | None = None) -> int:
     return 0
 
 
+class Holders(NamedTuple):
+    """Who holds the sessions' memory (:meth:`SessionStore.memory_of`), for a refusal's advice."""
+    others: bool        # another login's session may hold data
+    here: int           # bytes the asking session's own data hold
+    open: int           # bytes the owner's other sessions hold that a browser tab shows (or may: not known)
+    closed: int         # bytes the owner's copies kept only for a reload of a tab that was closed hold
+    tabs_known: bool    # whether Streamlit said which tabs are open (else every session counts as open)
+
+
 class SessionStore:
     """Resumable sessions by token, in this process's memory: bounded in number (``MAX_KEPT``),
     idle time (the TTL sweep) and the bytes their data hold together (``budget_bytes``; the
@@ -158,18 +168,35 @@ class SessionStore:
             self._last_sweep = now
         return ids
 
-    def let_go(self, nbytes: int, keep: str | None = None) -> int:
+    def let_go(self, nbytes: int, keep: str | None = None) -> list[_Record]:
         """Forget the longest-idle kept sessions (never ``keep``) until those forgotten held at
-        least ``nbytes`` together; returns how many were forgotten. Their open pages keep their
-        data; only a reload of them is lost (and says why)."""
+        least ``nbytes`` together; returns those forgotten. Only the copies of sessions no browser
+        tab shows free memory: where Streamlit says which tabs are open (:meth:`connected_ids`),
+        the copies of open tabs are kept (their pages hold the same data, and a reload of them
+        would be lost for nothing); where it cannot say, any copy may go (an open page keeps its
+        data; only a reload of it is lost, and says why)."""
+        shown = self.connected_ids() or set()
         with self._lock:
-            gone, freed = 0, 0
+            gone, freed = [], 0
             for token in sorted((t for t in self._records if t != keep), key=lambda t: self._records[t].touched):
                 if freed >= nbytes:
                     break
-                freed += self._records.pop(token).nbytes
-                gone += 1
+                if str(self._records[token].values.get(SESSION_ID)) in shown:
+                    continue
+                gone.append(self._records.pop(token))
+                freed += gone[-1].nbytes
             return gone
+
+    def let_go_closed(self, owner: str, keep: str | None = None) -> int:
+        """Forget ``owner``'s copies kept only for a reload of a tab that was closed (never ``keep``;
+        none where Streamlit cannot say which tabs are open); the bytes they held."""
+        shown = self.connected_ids()
+        if shown is None:
+            return 0
+        with self._lock:
+            gone = [t for t, r in self._records.items()
+                    if t != keep and r.owner == owner and str(r.values.get(SESSION_ID)) not in shown]
+            return sum(self._records.pop(t).nbytes for t in gone)
 
     def forget(self, token: str, owner: str | None = None) -> None:
         """Drop the kept copy of one session (logged out): a reload of its address starts afresh,
@@ -228,24 +255,29 @@ class SessionStore:
                     del self._browsers[browser]  # a tab that comes back attaches again on its next run
         return {browsers[b] for b in connected}
 
-    def memory_of(self, owner: str, token: str | None) -> tuple[bool, int, int]:
-        """Who holds the sessions' memory, for a refusal's advice: ``(others, here, elsewhere)``:
-        whether another login's session may hold data (its kept copy holds some, or a browser tab
-        shows a session of another login, or of a login not known, whose copy holds some or is not
-        kept), and the bytes ``owner``'s session at ``token`` and ``owner``'s other sessions hold."""
+    def memory_of(self, owner: str, token: str | None) -> Holders:
+        """Who holds the sessions' memory, for a refusal's advice (:class:`Holders`): whether another
+        login's session may hold data (its kept copy holds some, or a browser tab shows a session of
+        another login, or of a login not known, whose copy holds some or is not kept), the bytes
+        ``owner``'s session at ``token`` holds, and those ``owner``'s other sessions hold, told apart:
+        shown in a browser tab (a tab to log out of), or kept only for a reload of a tab that was
+        closed (no tab to log out of). Where Streamlit cannot say which tabs are open, all count as open."""
+        connected = self.connected_ids()
         with self._lock:
             records = dict(self._records)
             owners = dict(self._owners)
         others = any(r.owner != owner and r.nbytes > 0 for r in records.values())
         here = records[token].nbytes if token in records else 0
-        elsewhere = sum(r.nbytes for t, r in records.items() if r.owner == owner and t != token)
+        mine = [r for t, r in records.items() if r.owner == owner and t != token]
+        closed = 0 if connected is None else sum(r.nbytes for r in mine
+                                                 if str(r.values.get(SESSION_ID)) not in connected)
         if not others:
             by_id = {str(r.values.get(SESSION_ID)): r for r in records.values()}
-            for sid in self.connected_ids() or ():
+            for sid in connected or ():
                 if owners.get(sid) != owner and (sid not in by_id or by_id[sid].nbytes > 0):
                     others = True
                     break
-        return others, here, elsewhere
+        return Holders(others, here, sum(r.nbytes for r in mine) - closed, closed, connected is not None)
 
     def own(self, session_id: str, work) -> None:
         """``work`` (with a ``cancel()``: a computation started in the background) belongs to
@@ -305,9 +337,10 @@ def free_memory() -> int | None:
 def memory_use(free: int, budget: int) -> str:
     """Where the server's memory ``budget`` (``server.memory_mb``) went, when ``free`` bytes of it are
     left: what the server holds for itself when idle (measured at start-up: its libraries, never a
-    session's) and what the open sessions' data and computations add to it, so that a budget too
-    small for the server itself is said to be that, not blamed on other users. For messages, in
-    parentheses after the amount free."""
+    session's), what the users' data hold (:meth:`SessionStore.held`: open tabs' and those kept for a
+    reload) and what the process holds besides (computations running, memory freed but not given back
+    to the system: never counted as a session's), so that a budget too small for the server itself is
+    said to be that, not blamed on other users. For messages, in parentheses after the amount free."""
     from scatd_core._memory import idle_footprint, size_text
 
     idle = idle_footprint()
@@ -318,10 +351,22 @@ def memory_use(free: int, budget: int) -> str:
         return (f"whatever the other users do: server.memory_mb, {size_text(budget)}, is less than the server "
                 f"itself holds when idle, {size_text(idle)} (its libraries, measured at start-up); ask the "
                 "administrator to raise it (`scatd doctor` says to what)")
-    sessions = max(0, budget - max(free, 0) - idle)
-    return (f"server.memory_mb is {size_text(budget)}; the server itself holds {size_text(idle)} of it when idle "
+    from scatd_app import jobs
+
+    above_idle = max(0, budget - max(free, 0) - idle)
+    data = min(store().held(), above_idle)  # what the sessions' data hold (open tabs' and those kept for a reload)
+    said = (f"server.memory_mb is {size_text(budget)}; the server itself holds {size_text(idle)} of it when idle "
             f"(its libraries, measured at start-up), which leaves {size_text(budget - idle)} for the users' data, "
-            f"and the data and computations of the sessions open now (yours included) use {size_text(sessions)}")
+            f"and the users' data (in open tabs, and kept for a reload of closed ones; yours included) hold "
+            f"{size_text(data)}")
+    rest = above_idle - data
+    if rest < 1 << 20:
+        return said
+    line = jobs.queue()
+    why = ("used by the computations running now, or freed earlier and not given back to the system yet"
+           if line.running or line.waiting else
+           "memory freed earlier (data let go, computations ended) that it has not given back to the system yet")
+    return f"{said}; the server program holds {size_text(rest)} more that no user's data use: {why}"
 
 
 def _shortage_reason(free: int, budget: int) -> str:
@@ -339,8 +384,10 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
     fits in what the server's memory budget (``server.memory_mb``) leaves free; else the bytes
     left and why (:func:`_shortage_reason`: the server's own idle footprint apart from what the
     sessions use). When short, the longest-idle kept sessions of the server are let go first
-    (their reload copies; never ``keep_token``'s) and freed heap memory is given back to the
-    system, then the process is measured again."""
+    (their reload copies; never ``keep_token``'s, nor where Streamlit says which tabs are open,
+    those of open tabs: :meth:`SessionStore.let_go`), and so are all of this user's copies kept
+    for a reload of a tab they closed; freed heap memory is given back to the system, then the
+    process is measured again."""
     import gc
 
     from scatd_app import jobs
@@ -349,8 +396,12 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
     free, limit = free_memory(), limits().max_dataset_bytes
     if free is None or free >= limit:
         return {}
-    advice = own_memory_advice(keep_token)  # before the kept copies of other sessions are let go
-    if store().let_go(limit - free, keep=keep_token):
+    owner = st.session_state.get(OWNER)
+    before = store().memory_of(owner, keep_token) if owner is not None else None
+    released = bool(store().let_go(limit - free, keep=keep_token))
+    if owner is not None and store().let_go_closed(owner, keep=keep_token):
+        released = True
+    if released:
         gc.collect()
     jobs.release_free_memory()
     free = free_memory()
@@ -358,6 +409,13 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
         return {}
     budget = server_memory_bytes()
     room = {"max_dataset_bytes": max(1, free), "limit_reason": _shortage_reason(free, budget)}
+    advice = None
+    if before is not None:
+        after = store().memory_of(owner, keep_token)
+        # where Streamlit cannot say which tabs are open, another login's open page still holds what its
+        # let-go copy held: whether others hold memory is asked before the copies went
+        others = after.others if after.tabs_known else before.others
+        advice = own_memory_advice(keep_token, holders=before._replace(others=others), released=before.closed)
     if not _waiting_helps(budget):  # a setting problem: no one's analysis finishing will make room
         room["limit_advice"] = ("try again once the administrator has raised server.memory_mb (waiting for other "
                                 "analyses to finish will not make room)")
@@ -369,18 +427,35 @@ def room_for_a_dataset(keep_token: str | None = None) -> dict:
 def waiting_advice() -> str:
     """The end of a refusal for memory, as a sentence: wait for the other analyses, or, when no other
     login holds memory (:func:`own_memory_advice`), what this user can do. For a computation on this
-    tab's data (the Biomarkers page): logging out here would remove those data, so it is not offered."""
+    tab's data (the Biomarkers page): logging out here would remove those data, so it is not offered.
+    This user's copies kept for a reload of a tab they closed are let go first (they make room)."""
+    import gc
+
+    from scatd_app import jobs
+    from scatd_core._memory import size_text
+
+    ss = st.session_state
+    released = store().let_go_closed(ss[OWNER], keep=ss.get(TOKEN)) if ss.get(OWNER) is not None else 0
+    if released:
+        gc.collect()
+        jobs.release_free_memory()
+        return (f"The data kept for a reload of a tab of yours that was closed ({size_text(released)}) were let go "
+                "to make room (that tab can no longer be restored by a reload): try again.")
     own = own_memory_advice(here=False)
     if own is None:
         return "Try again when other analyses on this server have finished."
     return own[0].upper() + own[1:] + "."
 
 
-def own_memory_advice(keep_token: str | None = None, *, here: bool = True) -> str | None:
+def own_memory_advice(keep_token: str | None = None, *, here: bool = True, holders: Holders | None = None,
+                      released: int = 0) -> str | None:
     """What this session's user can do about a refusal for memory when no other login's session holds
-    any (:meth:`SessionStore.memory_of`) and no computation runs or waits: waiting for "other
-    analyses" would then never make room, so it says what frees the user's own memory, and that the
-    administrator can raise ``server.memory_mb``; ``None`` when others may hold memory (waiting helps)."""
+    any (``holders``, :meth:`SessionStore.memory_of`, asked now when not given) and no computation
+    runs or waits: waiting for "other analyses" would then never make room, so it says what frees the
+    user's own memory: logging out in their other open tabs, and (``here``) in this one; the data
+    kept for a reload of a tab they closed are no tab to log out of: ``released``, the bytes of them
+    let go to make room, is said as that; and that the administrator can raise ``server.memory_mb``.
+    ``None`` when others may hold memory (waiting helps)."""
     from scatd_app import jobs
     from scatd_core._memory import size_text
 
@@ -389,18 +464,22 @@ def own_memory_advice(keep_token: str | None = None, *, here: bool = True) -> st
     if owner is None:
         return None
     token = keep_token if keep_token is not None else ss.get(TOKEN)
-    others, held_here, elsewhere = store().memory_of(owner, token)
+    holders = holders if holders is not None else store().memory_of(owner, token)
     line = jobs.queue()
-    if others or line.running or line.waiting:
+    if holders.others or line.running or line.waiting:
         return None
     ways = []
-    if elsewhere:
-        ways.append(f"log out in your other scATD Studio tabs (that removes their data, {size_text(elsewhere)})")
-    if here and held_here:  # a new upload: this tab's earlier data can go
+    if holders.open:
+        ways.append(f"log out in your other scATD Studio tabs (that removes their data, {size_text(holders.open)})")
+    if here and holders.here:  # a new upload: this tab's earlier data can go
         ways.append(f"log out here and back in, which removes this tab's earlier data and results "
-                    f"({size_text(held_here)}), then upload the file again")
+                    f"({size_text(holders.here)}), then upload the file again")
     ways.append("ask the administrator to raise server.memory_mb")
-    return ("no other user's analysis holds memory on this server now, so waiting will not make room: "
+    done = ""
+    if released:
+        done = (f"the data kept for a reload of a tab of yours that was closed ({size_text(released)}) were let go "
+                "to make room (that tab can no longer be restored by a reload), and that was not enough; ")
+    return ("no other user's analysis holds memory on this server now, so waiting will not make room: " + done
             + ", or ".join(ways))
 
 

@@ -523,6 +523,8 @@ def test_the_memory_message_tells_the_servers_own_footprint_from_what_the_sessio
     computations use it all", though the server's own libraries (~0.8 GB, there before any user)
     took it. The idle footprint is measured once at start-up and the message counts the sessions'
     use above it, and says when the budget is below what the idle server needs."""
+    import numpy as np
+
     from scatd_app import jobs, session
     from scatd_core import _memory
 
@@ -555,13 +557,17 @@ def test_the_memory_message_tells_the_servers_own_footprint_from_what_the_sessio
     assert "once the administrator has raised server.memory_mb" in said and "have finished" not in said, said
 
     monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
-    rss["now"] = 900 * mb  # the sessions hold 100 MB above the idle 800 MB
-    room = session.room_for_a_dataset()
+    rss["now"] = 900 * mb  # the process holds 100 MB above the idle 800 MB, the sessions' data 100 MB of it
+    kept = session.SessionStore()
+    kept.put("t", "u", {"x": np.zeros(100 * mb, dtype=np.uint8)})
+    monkeypatch.setattr(session, "store", lambda: kept)
+    monkeypatch.setattr(jobs, "queue", lambda: jobs.JobQueue(1))  # no computation runs
+    room = session.room_for_a_dataset("t")
     assert room["max_dataset_bytes"] == 100 * mb
     assert room["limit_reason"] == (
         "the 100 MB this server has free for a new dataset now (server.memory_mb is 1,000 MB; the server itself "
         "holds 800 MB of it when idle (its libraries, measured at start-up), which leaves 200 MB for the users' "
-        "data, and the data and computations of the sessions open now (yours included) use 100 MB)")
+        "data, and the users' data (in open tabs, and kept for a reload of closed ones; yours included) hold 100 MB)")
     rss["now"] = 1100 * mb
     assert session.room_for_a_dataset()["limit_reason"].startswith(
         "the memory this server has free for a new dataset now: none (server.memory_mb is 1,000 MB;")
@@ -617,6 +623,73 @@ def test_a_memory_refusal_when_only_this_user_holds_memory_says_what_they_can_do
     store.put("bob-1", "bob", {session.SESSION_ID: "s3", state.ADATA: np.zeros(mb, dtype=np.uint8)})
     assert session.waiting_advice() == "Try again when other analyses on this server have finished."
     assert refused().startswith("Your file is kept: try again when other analyses on this server have finished")
+
+
+def test_a_memory_refusal_tells_a_closed_tabs_reload_copy_from_a_tab_to_log_out_of(monkeypatch):
+    """QA: alice uploaded a file, closed her browser, logged in again and uploaded it again: refused,
+    "log out in your other scATD Studio tabs (that removes their data, 37 MB)" though no other tab was
+    open (the 37 MB were the closed tab's copy kept for a reload, let go by that very refusal); the
+    next refusal said "the sessions open now (yours included) use 268 MB" though no session held
+    those. A closed tab's copy is said as that, let go for her, and memory no user's data hold is
+    said to be the server program's, not blamed on the sessions."""
+    import numpy as np
+
+    from scatd_app import jobs, session
+    from scatd_core import _memory
+    from scatd_core.errors import MemoryShortage
+    from scatd_core.io import _common
+
+    mb = 1 << 20
+    store = session.SessionStore()
+    monkeypatch.setattr(session, "store", lambda: store)
+    monkeypatch.setattr(jobs, "queue", lambda: jobs.JobQueue(1))
+    monkeypatch.setattr(jobs, "release_free_memory", lambda: True)
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 * mb)
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 990 * mb)  # 10 MB free of 1,000; the data hold little
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "400")
+    open_tabs = {"tab-new"}  # as Streamlit answers: the first browser was closed
+    monkeypatch.setattr(session, "_connected", lambda browsers: {b for b in browsers if b in open_tabs})
+    monkeypatch.setattr(session.st, "session_state", {session.OWNER: "alice", session.TOKEN: "alice-new"})
+    store.put("alice-old", "alice", {session.SESSION_ID: "s-old", state.ADATA: np.zeros(3 * mb, dtype=np.uint8)})
+    store.attach("tab-old", "s-old", "alice")
+    store.put("alice-new", "alice", {session.SESSION_ID: "s-new"})
+    store.attach("tab-new", "s-new", "alice")
+
+    def refused() -> MemoryShortage:
+        room = session.room_for_a_dataset("alice-new")
+        opts = _common.make_options("auto", None, None, "auto", "big.csv", room["max_dataset_bytes"],
+                                    room["limit_reason"], False, room.get("limit_advice"))
+        with pytest.raises(MemoryShortage) as err:
+            _common.check_memory(300 * mb, "its values", opts)
+        return err.value
+
+    first = refused()
+    assert "log out in your other" not in first.hint, first.hint
+    assert ("waiting will not make room: the data kept for a reload of a tab of yours that was closed (3.0 MB) "
+            "were let go to make room (that tab can no longer be restored by a reload), and that was not enough; "
+            "ask the administrator to raise server.memory_mb") in first.hint, first.hint
+    assert store.take("alice-old", "alice") is None and store.take("alice-new", "alice") is not None
+    said = str(first)
+    assert "the users' data (in open tabs, and kept for a reload of closed ones; yours included) hold 0 kB; the " \
+           "server program holds 390 MB more that no user's data use: memory freed earlier (data let go, " \
+           "computations ended) that it has not given back to the system yet" in said, said
+    assert "sessions open now" not in said
+    second = refused()  # nothing of hers left to let go: said no more
+    assert "closed" not in second.hint and "log out" not in second.hint and "390 MB more" in str(second)
+
+    # another tab of hers still open: a tab to log out of, and its copy is not let go (its page holds the data)
+    store.put("alice-2", "alice", {session.SESSION_ID: "s-2", state.ADATA: np.zeros(2 * mb, dtype=np.uint8)})
+    store.attach("tab-2", "s-2", "alice")
+    open_tabs.add("tab-2")
+    assert "log out in your other scATD Studio tabs (that removes their data, 2.0 MB)" in refused().hint
+    assert store.take("alice-2", "alice") is not None
+    # the Biomarkers page's advice: a closed tab's copy is let go there too, and said so
+    open_tabs.discard("tab-2")
+    assert session.waiting_advice() == (
+        "The data kept for a reload of a tab of yours that was closed (2.0 MB) were let go to make room (that tab "
+        "can no longer be restored by a reload): try again.")
+    assert store.take("alice-2", "alice") is None
 
 
 def test_an_upload_the_server_has_no_memory_for_waits_and_is_read_later(with_library, monkeypatch):
