@@ -61,7 +61,13 @@ with st.container(border=True):
         c[2].metric("Gene IDs", "none", help="Embedding features are taken by position, not by name.")
         c[3].metric("Values", "embedding features", help="Cell embeddings (for VAE_sf / VAE_gf models).")
     else:
-        c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
+        column = ((info.get("gene_ids") or {}).get("symbol") or {}).get("symbol_column")
+        if column and info.get("gene_id_type", "unknown") in ("unknown", "numeric", "barcode", "cell_name"):
+            # names that are no identifiers (gene0 ...): the symbols come from a var column, said below
+            c[2].metric("Gene IDs", "symbol", help=f"Gene symbols taken from var['{column}']: the gene names "
+                                                  "themselves are not identifiers.")
+        else:
+            c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
         c[3].metric("Values", value_kind_words(info.get("value_type", "unknown")),
                     help="Detected from the values; see the evidence below.")
     st.caption(f"Format: {ui.md(info.get('format', '?'))} · layout: {ui.md(orientation_text(info))}"

@@ -400,8 +400,9 @@ def matrix_choice(adata: ad.AnnData) -> None:
     if len(found) < 2:
         return
     st.markdown("**Matrices in the file:** " + md("; ".join(matrices.describe(c) for c in found)) + ". "
-                "A model that log-normalises counts reads the raw counts when X holds scaled or z-scored values; "
-                "the Model page says which matrix each model reads, and why.")
+                "Each model reads the matrix that suits it (raw counts first, then log-normalised values; scaled "
+                "or z-scored values only when nothing else is there); the Model page says which matrix each model "
+                "reads, and why.")
     options = [AUTO_MATRIX, *(c.name for c in found)]
     now = adata.uns.get(MATRIX)
     picked = st.selectbox("Matrix for the models", options, index=options.index(now) if now in options else 0,

@@ -709,7 +709,11 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
         said = (record.get("info") or {}).get("model_warnings")  # a list; an array once read back from an h5ad
         out.extend(str(w) for w in (list(said) if said is not None else []))
     if inputs.source.alignment is not None:  # low coverage, or Ensembl IDs left unmapped: as the Model page says it
-        warning = coverage_warning(adata if adata is not None else inputs.adata, bundle.genes)
+        data = adata if adata is not None else inputs.adata
+        matrix = getattr(inputs, "matrix", None)
+        if matrix is not None and matrix.name != "X":  # judged on the matrix the model read (e.g. adata.raw), as
+            data = inputs.data  # the refusal and the Model page judge it, not on X's genes
+        warning = coverage_warning(data, bundle.genes)
         if warning:
             out.append(warning)
     words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if bundle.input_kind == "embedding" else {})}

@@ -2390,3 +2390,16 @@ def test_the_model_pages_metrics_are_a_readable_table_with_one_interval_per_scor
     assert rows[("Bulk cell lines, cross-validation", "auroc")] == "0.812 (95% bootstrap CI 0.701 to 0.905)"
     assert rows[("Target cells (labels 'response')", "n evaluated")] == "120"
     assert not any("ci low" in m or "method" in m for _, m in rows)
+
+
+def test_the_gene_ids_tile_says_symbols_taken_from_a_var_column(with_library):
+    """QA: var_names gene0, gene1 ... with the symbols in var['gene_symbols']: the tile said 'unknown'
+    while the text below said every symbol was taken from that column and the model found its genes."""
+    data = make_dataset(n_cells=60, seed=4)
+    generic = ad.AnnData(data.X.copy(), obs=data.obs.copy(),
+                         var=pd.DataFrame({"gene_symbols": list(data.var_names)},
+                                          index=[f"gene{i}" for i in range(data.n_vars)]))
+    at = upload(start(), "generic.h5ad", h5ad_bytes(generic))
+    assert metric(at, "Gene IDs") == "symbol"
+    tile = next(m for m in at.metric if m.label == "Gene IDs")
+    assert "var['gene_symbols']" in tile.help

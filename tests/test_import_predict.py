@@ -799,6 +799,9 @@ def test_the_minimum_gene_coverage_is_judged_on_the_matrix_the_model_reads(small
     predict(reference, bundle)
     predict(adata, bundle)
     np.testing.assert_allclose(adata.obs["scatd_prob_resistant"], reference.obs["scatd_prob_resistant"], atol=1e-5)
+    # nor is the low-coverage warning judged on X's 2 genes (QA: "Only 3.5% ... upload the full gene matrix")
+    assert not any("of the model's genes are in the data" in w for w in adata.uns["scatd"]["warnings"])
+    assert adata.uns["scatd"]["gene_coverage"]["fraction_matched"] == 1.0
     alone = ad.AnnData(adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names), var=adata.var.copy())
     alone.X = np.abs(alone.X)
     with pytest.raises(InputError, match="Too few of the model's genes"):

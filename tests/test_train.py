@@ -766,7 +766,13 @@ def test_a_bulk_with_lowercase_gene_symbols_is_read_with_its_cell_lines_as_rows(
     cased.var_names = [g.upper() for g in symbols[:12]]
     with pytest.raises(InputError, match=r"share only 0 genes .*; ignoring case they would share 12\.") as caught:
         prepare_training_data(read, labels, "DRUGA", cased)
-    assert "in the target's case" in caught.value.hint
+    assert "write both sides' gene symbols in upper case" in caught.value.hint and "mouse" not in caught.value.hint
+    mouse = target[:, :12].copy()  # QA: mouse-style symbols (Lasp1) in the target: orthologues, never "the target's case"
+    mouse.var_names = [g.capitalize() for g in symbols[:12]]
+    with pytest.raises(InputError, match=r"ignoring case they would share 12\.") as caught:
+        prepare_training_data(read, labels, "DRUGA", mouse)
+    assert "look like mouse symbols (e.g. Lasp1, Hoxa11, Crebbp)" in caught.value.hint
+    assert "human orthologues" in caught.value.hint
     flipped = ad.AnnData(bulk.X.T.copy(), obs=pd.DataFrame(index=bulk.var_names), var=pd.DataFrame(index=bulk.obs_names))
     with pytest.raises(InputError, match="neither way round") as caught:
         prepare_training_data(flipped, labels, "DRUGA", target)

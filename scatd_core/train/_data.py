@@ -152,8 +152,8 @@ def prepare_training_data(bulk: ad.AnnData, labels, drug: str, target: ad.AnnDat
                 f"{', '.join(map(str, target.var_names[:3]))})"
                 + (f"; ignoring case they would share {n_any_case:,}." if n_any_case > len(panel) else "."),
                 "Both need the same gene identifiers (HGNC symbols)"
-                + ("; write the bulk's gene symbols in the target's case (HGNC symbols are upper case)."
-                   if n_any_case > len(panel) else "; convert Ensembl IDs first."))
+                + (_case_hint(bulk_genes, list(map(str, target.var_names))) if n_any_case > len(panel)
+                   else "; convert Ensembl IDs first."))
         spec = _input_spec(backbone, len(panel), panel)
     else:
         n_feat = bulk.n_vars
@@ -258,3 +258,16 @@ def embedding_origin(adata: ad.AnnData, backbone: str) -> dict:
     if identity.get("version"):
         out["version"] = str(identity["version"])
     return out
+
+
+def _case_hint(bulk_genes, target_genes) -> str:
+    """What to do when bulk and target symbols match only ignoring case: mouse symbols (``Actb``)
+    need human orthologues, not upper-casing, as ``scatd predict`` says; else the case to write."""
+    from scatd_core.genes import detect_id_type
+
+    for side, names in (("target", target_genes), ("bulk", bulk_genes)):
+        if detect_id_type(names) == "mouse_symbol":
+            return (f"; the {side}'s genes look like mouse symbols (e.g. {', '.join(map(str, names[:3]))}) and the "
+                    "models are human: convert them to human orthologues (e.g. with BioMart), not to upper case. "
+                    "If they are human genes written in lower case, write them in upper case (HGNC symbols).")
+    return "; write both sides' gene symbols in upper case, as HGNC symbols are."
