@@ -170,7 +170,9 @@ if bundle.input_kind == "expression":
                      "limits.min_gene_coverage); below half of them they run with a warning.")
     c[2].metric("Data genes the model ignores", f"{cov['n_data_genes_unmatched']:,}")
     if cov["status"] == "refused":  # the prediction would be refused: said here, never started ahead
-        ui.show_error(coverage_refusal(data, bundle.genes))
+        from scatd_core.matrices import fuller_elsewhere
+
+        ui.show_error(coverage_refusal(data, bundle.genes, also=fuller_elsewhere(adata, matrix, bundle.genes)))
         ready = False
     elif cov["status"] == "low":
         st.warning(ui.md(cov["advice"]), icon=":material/warning:")

@@ -958,7 +958,7 @@ def _coverage_numbers(adata_or_names, model_genes: Sequence[str], low_threshold:
 
 
 def coverage_refusal(adata_or_names, model_genes: Sequence[str], *, min_coverage: float | None = None,
-                     model_name: str | None = None) -> InputError | None:
+                     model_name: str | None = None, also: str | None = None) -> InputError | None:
     """The error that refuses a prediction with too few of the model's genes in the data (fewer
     than ``min_coverage`` of them, default :func:`min_gene_coverage`), or ``None``: how many
     matched, examples of the data's genes the model does not know, the likely cause and what to
@@ -973,7 +973,7 @@ def coverage_refusal(adata_or_names, model_genes: Sequence[str], *, min_coverage
                f"least {percent(report['min_coverage'])} are needed (the missing genes would be filled with 0, "
                "which the model never saw in training, so its calls would be meaningless)."
                + (f" The data's genes the model does not know include {', '.join(examples)}." if examples else "")
-               + f" {cause}")
+               + f" {cause}" + (f" {also}" if also else ""))
     expert = "lower the minimum with --min-gene-coverage (e.g. --min-gene-coverage 0.01)"
     return InputError(message, f"If you are sure the calls mean something anyway, {expert}.",
                       app_hint="Choose a model whose genes your data have, or upload data that fit this model. The "

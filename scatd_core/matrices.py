@@ -245,10 +245,30 @@ def counts_candidate(adata: ad.AnnData) -> Candidate | None:
     return None
 
 
+def fuller_elsewhere(adata: ad.AnnData, choice: Choice | None, genes) -> str | None:
+    """When the user chose a matrix (``uns['scatd_matrix']``, ``--matrix``) and another matrix of the
+    same file holds more of the model's ``genes``: a sentence saying so, for a refusal on too few
+    genes (the user's choice, not the file, is then the cause); else ``None``."""
+    if choice is None or not choice.chosen_by_user or not genes:
+        return None
+    wanted = {str(g) for g in genes}
+    here = len(wanted & set(map(str, choice.candidate.var.index)))
+    best, most = None, here
+    for c in candidates(adata, all_layers=True):
+        n = len(wanted & set(map(str, c.var.index)))
+        if c.name != choice.name and n > most:
+            best, most = c, n
+    if best is None:
+        return None
+    return (f"This file's {best.where} has {most:,} of the model's {len(wanted):,} genes, but {choice.candidate.where} "
+            "was chosen for the models (the Data page's 'Matrix for the models', or --matrix): choose auto or "
+            f"{best.where} there.")
+
+
 def describe(c: Candidate) -> str:
     """``adata.raw (log-normalised, 2,932 genes)``."""
     return f"{c.where} ({_words(c.kind)}, {c.n_genes:,} genes)"
 
 
 __all__ = ["COUNT_LAYERS", "CHOICE_HELP", "Candidate", "Choice", "candidates", "choose", "counts_candidate",
-           "describe", "for_model", "forced", "matrix_data", "parse_choice"]
+           "describe", "for_model", "forced", "fuller_elsewhere", "matrix_data", "parse_choice"]

@@ -522,8 +522,11 @@ def score(
     elif inputs.n_obs != adata.n_obs:
         raise ValueError("inputs were built for another dataset")
     if inputs.source.alignment is not None:  # too few of the model's genes: refused, not scored with a warning
+        from scatd_core.matrices import fuller_elsewhere
+
         refusal = coverage_refusal(getattr(inputs, "data", adata), inputs.spec.genes, min_coverage=min_gene_coverage,
-                                   model_name=bundle.name)  # judged on the matrix the model reads (e.g. adata.raw)
+                                   model_name=bundle.name,  # judged on the matrix the model reads (e.g. adata.raw)
+                                   also=fuller_elsewhere(adata, getattr(inputs, "matrix", None), inputs.spec.genes))
         if refusal is not None:
             raise refusal
     if mask is not None:

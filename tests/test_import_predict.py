@@ -804,5 +804,13 @@ def test_the_minimum_gene_coverage_is_judged_on_the_matrix_the_model_reads(small
     assert adata.uns["scatd"]["gene_coverage"]["fraction_matched"] == 1.0
     alone = ad.AnnData(adata.X.copy(), obs=pd.DataFrame(index=adata.obs_names), var=adata.var.copy())
     alone.X = np.abs(alone.X)
-    with pytest.raises(InputError, match="Too few of the model's genes"):
+    with pytest.raises(InputError, match="Too few of the model's genes") as caught:
         score(alone, bundle)
+    assert "was chosen for the models" not in caught.value.message
+    forced = adata.copy()  # QA r2: X chosen by hand, .raw of the same file has every gene: the refusal says so
+    forced.uns["scatd_matrix"] = "X"
+    forced.X = np.abs(forced.X)
+    with pytest.raises(InputError, match="Too few of the model's genes") as caught:
+        score(forced, bundle)
+    assert (f"This file's adata.raw has {len(genes)} of the model's {len(genes)} genes, but X was chosen for the "
+            "models") in caught.value.message

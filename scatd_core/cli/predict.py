@@ -179,13 +179,15 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
         if inputs is None:  # refuse data the model cannot read (e.g. a .npy of another width) before estimating
             from scatd_core.inputs import InputSpec, model_data, model_source, unscorable_error
 
-            data = model_data(adata, bundle)[0]
+            data, choice = model_data(adata, bundle)
             source = model_source(data, InputSpec.of(bundle))
             if source.alignment is not None:  # too few of the model's genes: refused before the estimate, as predict
                 from scatd_core.genes import coverage_refusal
 
+                from scatd_core.matrices import fuller_elsewhere
+
                 refusal = coverage_refusal(data, bundle.genes, min_coverage=getattr(args, "min_gene_coverage", None),
-                                           model_name=bundle.name)
+                                           model_name=bundle.name, also=fuller_elsewhere(adata, choice, bundle.genes))
                 if refusal is not None:
                     raise refusal
             problem = unscorable_error(adata, bundle)  # e.g. z-scored values for a model that log-normalises
