@@ -359,7 +359,7 @@ def apply_qc_choice() -> np.ndarray | None:
 
 def prediction_token(bundle, settings: dict) -> str:
     """What a prediction depends on: this upload, its gene-ID mapping and QC mask, the model, the settings."""
-    from scatd_core._keys import INPUT_REPORT
+    from scatd_core._keys import INPUT_REPORT, MATRIX
 
     ss = st.session_state
     adata = ss[state.ADATA]
@@ -367,7 +367,7 @@ def prediction_token(bundle, settings: dict) -> str:
     mask_token = "all" if mask is None else token_of(np.packbits(mask).tobytes().hex())
     mapping = adata.uns.get(INPUT_REPORT, {}).get("gene_ids", {})
     return token_of(ss.get(state.DATA_TOKEN), mask_token, mapping, str(bundle.path),
-                    bundle.manifest.get("weights_sha256", ""), settings, str(adata.uns.get("scatd_matrix", "auto")))
+                    bundle.manifest.get("weights_sha256", ""), settings, str(adata.uns.get(MATRIX, "auto")))
 
 
 def has_counts(adata: ad.AnnData) -> bool:
@@ -950,7 +950,7 @@ def default_model(bundles, adata=None) -> str | None:
         minimum = min_gene_coverage()
         # a gene-expression model below the minimum coverage would be refused (an embedding model's 0.0 is
         # another width: still chosen when it is the only one, so the page says why it cannot score)
-        allowed = [b for b in allowed if b.input_kind != "expression" or not b.genes or fits[str(b.path)][0] < 0
+        allowed = [b for b in allowed if b.input_kind != "expression" or not b.genes
                    or fits[str(b.path)][1] >= minimum]
         allowed.sort(key=lambda b: (b.is_demo == demo_data, *fits[str(b.path)]), reverse=True)
     return str(allowed[0].path) if allowed else None

@@ -251,16 +251,16 @@ def fuller_elsewhere(adata: ad.AnnData, choice: Choice | None, genes) -> str | N
     genes (the user's choice, not the file, is then the cause); else ``None``."""
     if choice is None or not choice.chosen_by_user or not genes:
         return None
-    wanted = {str(g) for g in genes}
-    here = len(wanted & set(map(str, choice.candidate.var.index)))
-    best, most = None, here
+    genes = [str(g) for g in genes]
+    best, most = None, _coverage(adata, choice.candidate, genes)
     for c in candidates(adata, all_layers=True):
-        n = len(wanted & set(map(str, c.var.index)))
-        if c.name != choice.name and n > most:
-            best, most = c, n
+        share = _coverage(adata, c, genes)
+        if c.name != choice.name and share > most:
+            best, most = c, share
     if best is None:
         return None
-    return (f"This file's {best.where} has {most:,} of the model's {len(wanted):,} genes, but {choice.candidate.where} "
+    return (f"This file's {best.where} has {round(most * len(genes)):,} of the model's {len(genes):,} genes, but "
+            f"{choice.candidate.where} "
             "was chosen for the models (the Data page's 'Matrix for the models', or --matrix): choose auto or "
             f"{best.where} there.")
 
