@@ -273,7 +273,8 @@ def _cell_metadata_text(adata: ad.AnnData) -> str | None:
 
 def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_columns: Sequence[str] = (), *,
                   key_added: str | None = None) -> pd.DataFrame:
-    """Long table ``section, metric, value``: the run summary (threshold and whether it is
+    """Long table ``section, metric, value, id`` (``id``: ``section:metric``, unique in the table,
+    :func:`_with_ids`): the run summary (threshold and whether it is
     calibrated included; the cells not scored by reason, section ``not scored``; what the model
     input did with the values, metric ``note``), the evaluation against ``label_column`` (when
     given and possible) and the resistant fraction per group."""
@@ -324,7 +325,29 @@ def metrics_table(adata: ad.AnnData, label_column: str | None = None, group_colu
                      (f"{name}={rec.group}", "n_resistant", int(rec.n_resistant)),
                      (f"{name}={rec.group}", "fraction_resistant",
                       None if pd.isna(rec.fraction_resistant) else round(float(rec.fraction_resistant), 4))]
-    return pd.DataFrame(rows, columns=["section", "metric", "value"], dtype=object)
+    return _with_ids(rows)
+
+
+#: metrics.csv's columns: the row's parts, then ``id`` (``section:metric``, unique in the file; last, so
+#: that the columns a script read before keep their places).
+METRICS_COLUMNS = ["section", "metric", "value", "id"]
+
+
+def _with_ids(rows: Sequence[tuple]) -> pd.DataFrame:
+    """metrics.csv's rows, each with an ``id`` unique in the file (``section:metric``, e.g.
+    ``summary:threshold`` and ``biomarkers:threshold``), so that a table keyed by it (R's ``setNames``,
+    Excel's lookups) never finds two rows under one name. A metric said twice in a section (two
+    ``note`` rows) is numbered from its second: ``note``, ``note_2``, ``note_3``."""
+    out, taken = [], set()
+    for section, metric, value in rows:
+        section, base = str(section), str(metric)
+        metric, n = base, 1
+        while f"{section}:{metric}" in taken:
+            n += 1
+            metric = f"{base}_{n}"
+        taken.add(f"{section}:{metric}")
+        out.append((section, metric, value, f"{section}:{metric}"))
+    return pd.DataFrame(out, columns=METRICS_COLUMNS, dtype=object)
 
 
 def filtered_text(run: dict) -> str | None:

@@ -248,6 +248,27 @@ def test_metrics_table_sections(filtered_result):
     assert table.query("metric == 'threshold_fitted_on_these_labels'")["value"].iloc[0] is False
 
 
+def test_every_metrics_csv_row_has_an_id_unique_in_the_file(filtered_result):
+    """QA: metrics.csv named `threshold` in its summary, evaluation and biomarkers sections (three
+    thresholds: the calls now, the scores', the ranking's) and `note` twice in the summary, so a table
+    keyed by the metric's name (R's setNames, Excel's lookups) had duplicates. Each row has an `id`,
+    `section:metric`, unique in the file; a metric said twice in a section is numbered from its second."""
+    import io
+
+    adata = filtered_result[0].copy()
+    adata.uns["scatd"] = {**adata.uns["scatd"], "notes": ["first note", "second note"]}
+    table = export.metrics_table(adata, "response", ["sample"])
+    assert list(table.columns) == ["section", "metric", "value", "id"]
+    assert table["id"].is_unique and not table.duplicated(["section", "metric"]).any()
+    assert (table["id"] == table["section"] + ":" + table["metric"]).all()
+    by_id = table.set_index("id")["value"]
+    assert {"summary:threshold", "evaluation:threshold", "biomarkers:threshold"} <= set(by_id.index)
+    assert by_id["summary:note"] == "first note" and by_id["summary:note_2"] == "second note"
+    assert any(i.startswith("sample=") and i.endswith(":n_cells") for i in by_id.index)
+    back = pd.read_csv(io.BytesIO(export.to_csv_bytes(table)), index_col="id")  # as a biologist reads it back
+    assert back.index.is_unique and back.loc["summary:n_cells", "value"] == str(adata.n_obs)
+
+
 def test_the_report_says_no_label_meaning_its_words_say_and_no_brackets_in_brackets(filtered_result):
     """QA: report.html said "In 'response', resistant means resistant and sensitive sensitive." and
     "(the model's default (0.5))". The meaning is said only where the values are not the words
@@ -759,7 +780,7 @@ def test_undefined_precision_is_empty_in_metrics_csv_and_a_dash_in_the_report(fi
     assert pd.isna(evaluation["mcc"]) and "mcc is empty (undefined): every labelled cell is called sensitive" \
         in evaluation["note"]
     rows = export.to_csv_bytes(table).decode().splitlines()
-    assert "evaluation,precision," in rows and "evaluation,f1," in rows and "evaluation,mcc," in rows
+    assert all(f"evaluation,{m},,evaluation:{m}" in rows for m in ("precision", "f1", "mcc"))  # empty, never 0
     page = export.html_report(adata, label_column="response")
     assert "<td>precision</td><td>—</td><td>undefined: no labelled cell is called resistant" in page
     assert "<td>mcc</td><td>—</td><td>undefined: every labelled cell is called sensitive" in page
