@@ -24,7 +24,11 @@ fractions equal by construction; :func:`comparison_notes` and :func:`resistant_t
 say so in the same words for the app, the CLI and the HTML report.
 
 Saved panels (:func:`save_panel`, :func:`list_panels`, :func:`load_panel`) are named lists of
-library models, stored per user in ``<home>/panels/<user>.json``: one user never sees another's.
+library models, stored per user: an app login's in ``<home>/panels/<login>.json``, the command
+line's (``scatd panel``, ``scatd predict --panel``, ``scatd train-panel --save-panel``: the
+operating-system user) apart from them, in ``<home>/panels/cli/<user>.json`` (``cli=True``), so that
+an app login and an account of the same name never see or overwrite each other's panels. One user
+never sees another's.
 """
 
 from __future__ import annotations
@@ -912,12 +916,36 @@ def check_panel_name(name: str) -> str:
     return name
 
 
-def panels_file(user: str | None) -> Path:
-    """``<home>/panels/<user>.json`` (the user name made file-system-safe, distinct per name)."""
+#: The command line's saved panels: a folder of their own in ``<home>/panels`` (an app login's file is
+#: ``<login>.json`` there, never a folder, so no login's panels are in it).
+CLI_PANELS = "cli"
+
+
+def panels_file(user: str | None, *, cli: bool = False) -> Path:
+    """``<home>/panels/<user>.json`` for an app login; ``<home>/panels/cli/<user>.json`` for the
+    command line's user (``cli``: the operating-system account), so that the two never share a
+    file. The user name is made file-system-safe, distinct per name."""
     from scatd_core.bundle import safe_name
     from scatd_core.config import scatd_home
 
-    return scatd_home() / "panels" / f"{safe_name(user or 'local', 'local')}.json"
+    folder = scatd_home() / "panels"
+    return (folder / CLI_PANELS if cli else folder) / f"{safe_name(user or 'local', 'local')}.json"
+
+
+def _panels_path(user: str | None, cli: bool) -> Path:
+    """:func:`panels_file`; for the command line, its file made first, when missing, from the one both
+    shared before they were kept apart (``<home>/panels/<user>.json``): a copy, so that neither side
+    loses a panel saved then; from then on each changes its own."""
+    path = panels_file(user, cli=cli)
+    if not cli or path.exists():
+        return path
+    shared = panels_file(user)
+    if not shared.is_file():
+        return path
+    with _locked(path):
+        if not path.exists():
+            _write(path, _read(shared))
+    return path
 
 
 def _locked(path: Path):
@@ -936,9 +964,13 @@ def _locked(path: Path):
     return folder_lock(path.parent, lock.name)
 
 
-def list_panels(user: str | None) -> dict[str, dict]:
-    """``{name: {"models": [library folder names], "created": ...}}`` of ``user``'s saved panels."""
-    path = panels_file(user)
+def list_panels(user: str | None, *, cli: bool = False) -> dict[str, dict]:
+    """``{name: {"models": [library folder names], "created": ...}}`` of ``user``'s saved panels (an app
+    login's; with ``cli``, the command line's user's, :func:`panels_file`)."""
+    return _read(_panels_path(user, cli))
+
+
+def _read(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
@@ -964,9 +996,10 @@ def _write(path: Path, panels: dict) -> None:
 
 
 def save_panel(name: str, models: Sequence[str], user: str | None, *, library: str | Path | None = None,
-               replace: bool = False) -> dict:
-    """Save a named panel of library models (folder names) for ``user``; returns its record (with
-    each model's identity, :func:`scatd_core.bundle.model_identity`, checked by :func:`load_panel`)."""
+               replace: bool = False, cli: bool = False) -> dict:
+    """Save a named panel of library models (folder names) for ``user`` (an app login; with ``cli``, the
+    command line's user); returns its record (with each model's identity,
+    :func:`scatd_core.bundle.model_identity`, checked by :func:`load_panel`)."""
     from scatd_core.bundle import list_library, model_identity
 
     name = check_panel_name(name)
@@ -986,9 +1019,9 @@ def save_panel(name: str, models: Sequence[str], user: str | None, *, library: s
                          "Import or train the model again (a damaged or truncated weights file cannot be repaired), "
                          "or leave it out of the panel.",
                          app_hint="Leave it out of the panel, or ask an administrator to import it again.")
-    path = panels_file(user)
+    path = _panels_path(user, cli)
     with _locked(path):
-        panels = list_panels(user)
+        panels = _read(path)
         if name in panels and not replace:
             raise InputError(f"You already have a panel named {name!r} ({saved_panel_drugs(panels[name])}); it was "
                              "not replaced.", "Choose another name, or replace it: `scatd panel save NAME --model "
@@ -1011,24 +1044,26 @@ def saved_panel_drugs(record: Mapping) -> str:
     return f"{len(models)} models: " + ", ".join(str(drugs.get(m) or names.get(m) or m) for m in models)
 
 
-def delete_panel(name: str, user: str | None) -> None:
-    path = panels_file(user)
+def delete_panel(name: str, user: str | None, *, cli: bool = False) -> None:
+    path = _panels_path(user, cli)
     with _locked(path):
-        panels = list_panels(user)
+        panels = _read(path)
         if name not in panels:
             raise InputError(f"You have no panel named {name!r}.", f"Yours: {', '.join(panels) or 'none'}.")
         del panels[name]
         _write(path, panels)
 
 
-def load_panel(name: str, user: str | None, *, library: str | Path | None = None) -> tuple[list, list[str]]:
-    """The bundles of ``user``'s panel ``name``, and the problems of those that cannot be loaded
+def load_panel(name: str, user: str | None, *, library: str | Path | None = None,
+               cli: bool = False) -> tuple[list, list[str]]:
+    """The bundles of ``user``'s panel ``name`` (an app login's; with ``cli``, the command line's
+    user's), and the problems of those that cannot be loaded
     any more (removed from the library, broken, or another model in the folder of one that was
     removed: left out, never used in its place): reported, not fatal. No problem names a path."""
     from scatd_core.bundle import MANIFEST, check_weights, folder_taken_words, load_bundle, model_identity
     from scatd_core.config import model_library_dir
 
-    panels = list_panels(user)
+    panels = list_panels(user, cli=cli)
     if name not in panels:
         raise InputError(f"You have no panel named {name!r}.",
                          f"Yours: {', '.join(panels) or 'none'}. Save one with `scatd panel save`.")

@@ -159,6 +159,38 @@ def test_saved_panels_are_per_user(lib_env):
     assert panel.list_panels("alice") == {}
 
 
+def test_the_command_line_and_an_app_login_of_the_same_name_keep_their_own_saved_panels(lib_env, tmp_path, capsys):
+    """QA: `scatd panel save` (the operating-system account alice) and the app's login alice shared
+    <home>/panels/alice.json: each saw, replaced and removed the other's panels. The command line's are
+    its own (<home>/panels/cli/); the panels of the shared file from before are copied for it on its
+    first use, and stay the login's too: neither side loses one."""
+    from scatd_core.cli.predict import os_user
+
+    user = os_user()  # the command line's user; an app login of the very same name below
+    panel.save_panel("old", list(DRUGS), user)  # the shared file, as an earlier version wrote it for both
+    assert main(["panel", "list"]) == 0
+    assert "old\tDRUGA, DRUGB, DRUGC" in capsys.readouterr().out  # the command line still has it
+    assert main(["panel", "save", "mine", "--model", "DRUGA", "--model", "DRUGB"]) == 0
+    panel.save_panel("theirs", ["DRUGB", "DRUGC"], user)  # the app's login
+    assert set(panel.list_panels(user)) == {"old", "theirs"}
+    assert set(panel.list_panels(user, cli=True)) == {"old", "mine"}
+    # one name on both sides: neither is refused as taken, nor replaces the other's
+    panel.save_panel("same", ["DRUGA", "DRUGB"], user)
+    assert main(["panel", "save", "same", "--model", "DRUGB", "--model", "DRUGC"]) == 0
+    assert panel.list_panels(user)["same"]["models"] == ["DRUGA", "DRUGB"]
+    assert panel.list_panels(user, cli=True)["same"]["models"] == ["DRUGB", "DRUGC"]
+    # removed on one side, kept on the other
+    assert main(["panel", "remove", "old"]) == 0
+    panel.delete_panel("same", user)
+    assert set(panel.list_panels(user)) == {"old", "theirs"}
+    assert set(panel.list_panels(user, cli=True)) == {"mine", "same"}
+    capsys.readouterr()
+    assert main(["predict", "--panel", "theirs", "--input", str(_h5ad(tmp_path)), "--output",
+                 str(tmp_path / "p.csv")]) == 2  # the login's panel is not the command line's
+    assert "You have no panel named 'theirs'" in capsys.readouterr().err
+    assert panel.panels_file(user, cli=True).parent == panel.panels_file(user).parent / "cli"
+
+
 def test_the_saved_panels_folder_and_its_lock_are_this_accounts_only(lib_env, tmp_path, monkeypatch):
     """QA: an existing panels folder (made before, or by hand, 0755) was left readable by every
     account (only a new one was made 0700), and the lock file was 0644."""
@@ -198,10 +230,10 @@ def test_a_saved_panel_never_scores_with_another_model_that_took_a_removed_membe
     for name in DRUGS:
         shutil.copytree(library / name, mine / name)
     monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(mine))
-    panel.save_panel("mine", list(DRUGS), user)
+    panel.save_panel("mine", list(DRUGS), user, cli=True)
     remove_bundle(mine / "DRUGA")
     shutil.copytree(library / "SUBSET", mine / "DRUGA")  # another model, now in DRUGA's folder
-    bundles, problems = panel.load_panel("mine", user)
+    bundles, problems = panel.load_panel("mine", user, cli=True)
     assert [b.drug for b in bundles] == ["DRUGB", "DRUGC"]
     [problem] = problems
     assert problem.startswith("DRUGA: the model 'DRUGA (dist_vae)' was removed (or replaced) and another model "
@@ -214,15 +246,15 @@ def test_a_saved_panel_never_scores_with_another_model_that_took_a_removed_membe
     listed = capsys.readouterr()
     assert "mine\tDRUGA, DRUGB, DRUGC" in listed.out and "mine: DRUGA: the model 'DRUGA (dist_vae)' was removed" in listed.err
     shutil.rmtree(mine / "DRUGA")
-    assert panel.load_panel("mine", user)[1] == ["DRUGA: not in the model library any more (removed)"]
+    assert panel.load_panel("mine", user, cli=True)[1] == ["DRUGA: not in the model library any more (removed)"]
     # a panel saved before identities were recorded: its members are taken as they are
-    path = panel.panels_file(user)
+    path = panel.panels_file(user, cli=True)
     record = json.loads(path.read_text())
     for key in ("identities", "names"):
         del record["panels"]["mine"][key]
     path.write_text(json.dumps(record))
     shutil.copytree(library / "SUBSET", mine / "DRUGA")
-    assert [b.drug for b in panel.load_panel("mine", user)[0]] == ["DRUGD", "DRUGB", "DRUGC"]
+    assert [b.drug for b in panel.load_panel("mine", user, cli=True)[0]] == ["DRUGD", "DRUGB", "DRUGC"]
 
 
 def test_models_chosen_in_a_session_are_rechecked_by_identity(library):
@@ -351,7 +383,7 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     assert first.loc[0, "cv_best_baseline"].startswith(("logistic regression", "gradient boosting"))
     assert 0 < first.loc[0, "cv_best_baseline_auroc"] <= 1
     assert first.loc[0, "cv_best_baseline"].split(" (")[0] in first.loc[0, "verdict"].lower()
-    assert list(panel.list_panels(__import__("getpass").getuser())["starter"]["models"]) == list(
+    assert list(panel.list_panels(__import__("getpass").getuser(), cli=True)["starter"]["models"]) == list(
         first.loc[[0, 2], "bundle"])
     assert main(args + ["--target-labels", "demoplatin=response"]) == 0
     again = pd.read_csv(tmp_path / "summary.csv")
@@ -760,9 +792,9 @@ def test_train_panel_leaves_below_chance_models_out_of_the_saved_panel(tmp_path,
     assert "left out of panel 'starter', at or below chance on the bulk CV: BAD" in err.err
     assert "BAD: Below chance" in err.out
     user = __import__("getpass").getuser()
-    assert panel.list_panels(user)["starter"]["models"] == ["GOOD", "OKAY"]
+    assert panel.list_panels(user, cli=True)["starter"]["models"] == ["GOOD", "OKAY"]
     assert main(args + ["--save-panel", "starter", "--include-below-chance"]) == 0
-    assert panel.list_panels(user)["starter"]["models"] == ["GOOD", "OKAY", "BAD"]
+    assert panel.list_panels(user, cli=True)["starter"]["models"] == ["GOOD", "OKAY", "BAD"]
 
 
 def test_cli_panel_calibrates_on_labels_only_the_drug_they_record(lib_env, tmp_path, capsys):

@@ -7,8 +7,9 @@ from scatd_core.cli._common import say
 
 def add(sub) -> None:
     p = sub.add_parser("panel", help="save, list or remove your panels of drug models",
-                       description="A panel is a named list of models of the library, saved for you only. Score "
-                                   "data against it with `scatd predict --panel NAME`.")
+                       description="A panel is a named list of models of the library, saved for you only (your "
+                                   "account on this computer; the app's saved panels are kept apart, per login). "
+                                   "Score data against it with `scatd predict --panel NAME`.")
     acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = acts.add_parser("save", help="save a panel: scatd panel save NAME --model A --model B ...")
     s.add_argument("name")
@@ -27,17 +28,19 @@ def run(args) -> int:
 
     user = os_user()
     if args.action == "save":
-        record = panel.save_panel(args.name, args.model, user, library=args.library, replace=args.replace)
+        record = panel.save_panel(args.name, args.model, user, library=args.library, replace=args.replace, cli=True)
         print(f"Saved panel {args.name!r}: {', '.join(record['models'])}")
     elif args.action == "remove":
-        panel.delete_panel(args.name, user)
+        panel.delete_panel(args.name, user, cli=True)
         print(f"Removed panel {args.name!r}")
     else:
-        panels = panel.list_panels(user)
+        panels = panel.list_panels(user, cli=True)
         if not panels:
-            say("You have no saved panel. Save one with `scatd panel save NAME --model A --model B`.")
+            say("You have no saved panel on the command line (the app's saved panels are kept apart, per login). "
+                "Save one with `scatd panel save NAME --model A --model B`.")
         for name, record in panels.items():
-            _, problems = panel.load_panel(name, user, library=getattr(args, "library", None))  # as predict finds it
+            # as predict finds it
+            _, problems = panel.load_panel(name, user, library=getattr(args, "library", None), cli=True)
             print(f"{name}\t{', '.join(record['models'])}")
             for problem in problems:  # e.g. a member removed, or another model in its folder now
                 say(f"  {name}: {problem}")

@@ -261,7 +261,7 @@ def panel_bundles(args) -> list:
     if args.panel:
         from scatd_core.panel import load_panel
 
-        bundles, problems = load_panel(args.panel, os_user(), library=args.library)
+        bundles, problems = load_panel(args.panel, os_user(), library=args.library, cli=True)
         for problem in problems:
             say(f"warning: panel {args.panel}: skipped {problem}")
         if not bundles:
@@ -474,7 +474,7 @@ def say_panel_comparison(adata, emit=say) -> None:
 
 
 def os_user() -> str | None:
-    """The operating-system user: whose saved panels the CLI uses (the app uses the login name)."""
+    """The operating-system user: whose saved panels the CLI uses (kept apart from the app's, per login)."""
     import getpass
 
     try:

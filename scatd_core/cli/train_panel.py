@@ -159,7 +159,8 @@ def run(args) -> int:
                              f"a panel needs at least {MIN_MODELS}, "
                              f"so panel {args.save_panel!r} was not saved.",
                              "Train more drugs" + (", or add --include-below-chance" if left_out else "") + ".")
-        save_panel(args.save_panel, [b.path.name for b in kept], os_user(), library=args.library, replace=True)
+        save_panel(args.save_panel, [b.path.name for b in kept], os_user(), library=args.library, replace=True,
+                   cli=True)
         say(f"Saved your panel {args.save_panel!r}: {', '.join(b.drug for b in kept)}")
     say(f"{len(bundles)} of {len(summary)} drugs have a model in the library.")
     return 0 if bundles else 2
