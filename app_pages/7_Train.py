@@ -409,6 +409,9 @@ if too_few is not None:
         show_error(too_few)
 # what the model records of its inputs: the uploads' own names (never a server path)
 input_names = {"bulk": bulk["name"], "labels": labels["name"], "target": target_name}
+# an uploaded label table is recorded as its file: its name and the sha256 of the uploaded bytes, as scatd train
+# records the same file (a table built here, or the demo's, has no file: a hash of its values)
+input_files = {"labels": {"file": labels["name"], "sha256": labels["sha256"]}} if labels.get("sha256") else None
 settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), head=head, members=int(members),
                          head_c=float(head_c), head_inputs=head_inputs, epochs=int(epochs),
                          finetune_epochs=int(finetune_epochs), mmd_weight=float(mmd_weight))
@@ -461,7 +464,8 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     adaptation=adaptation, min_lines_per_class=int(min_lines), trained_by=user_name,
                     target_labels={label_drug: label_column} if label_drug is not None else None,
                     target_resistant_value=resistant_value if label_drug is not None else None,
-                    target_mask=target_mask, input_names=input_names, source="the Train page's panel",
+                    target_mask=target_mask, input_names=input_names, input_files=input_files,
+                    source="the Train page's panel",
                     few_shot_labels=few_shot_from_column(target, few_column) if few_drug is not None else None,
                     few_shot_drug=few_drug, demo=is_simulated(bulk["adata"]),  # the simulated panel: demo models
                     progress=with_eta(ui.progress_to(bar)), should_stop=ui.stop_when(STOP))
@@ -517,7 +521,8 @@ if start:
                 bulk["adata"], table, drug, target, seed=int(seed), folds=int(folds), settings=settings,
                 adaptation=adaptation, target_label_column=label_column if resistant_value is not None else None,
                 target_resistant_value=resistant_value, target_mask=target_mask, few_shot_labels=few_shot,
-                name=model_name.strip() or None, input_names=input_names, source="the Train page",
+                name=model_name.strip() or None, input_names=input_names, input_files=input_files,
+                source="the Train page",
                 demo=is_simulated(bulk["adata"]),  # the simulated demo panel: a demo model, marked so everywhere
                 trained_by=(auth.current_user().name if auth.current_user() else None),
                 min_lines_per_class=int(min_lines_single), progress=with_eta(ui.progress_to(bar)),

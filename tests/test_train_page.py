@@ -921,3 +921,47 @@ def test_an_uploaded_label_tables_provenance_file_gives_the_card_its_ic50_thresh
     entry = {"name": "labels.csv", "sha256": "d" * 64, "of": "table", **_ic50_origin(given["report"], "DRUGA")}
     assert cards._input("labels", entry) == ("labels labels.csv (sha256 dddddddddddd of the table; from ln(IC50) "
                                              "(GDSC_IC50.csv) with threshold -0.05346: below it sensitive)")
+
+
+def test_an_uploaded_label_table_is_recorded_as_scatd_train_records_the_same_file(tmp_path, monkeypatch, capsys):
+    """QA: one label table, two ids: scatd train recorded the file's sha256, the Train page a hash of the
+    table it had parsed ("of the table"), so the cards (and uns) of two models trained on the same file
+    named two different tables. The page records the file, by the sha256 of the uploaded bytes: the
+    same record as the command line's, for one model and for a panel."""
+    import scatd_core.train._run as run
+    from scatd_core.bundle import sha256_file
+    from scatd_core.cli import main
+    from scatd_core.errors import InputError
+
+    recorded = []
+
+    def name_inputs(provenance, names):  # what a model would record of its inputs; no training after it
+        real(provenance, names)
+        recorded.append(dict(provenance["labels"]))
+        raise InputError("stopped here")
+
+    real = run._name_inputs
+    monkeypatch.setattr(run, "_name_inputs", name_inputs)
+    at = _page_with_training_data()
+    bulk, labels = at.session_state["train_bulk"]["adata"], at.session_state["train_labels"]["table"]
+    path = tmp_path / "labels.tsv"  # as a lab may keep it: tab-separated, NA for not screened
+    labels.to_csv(path, sep="\t", na_rep="NA")
+    bulk.write_h5ad(tmp_path / "bulk.h5ad")
+    at.session_state[S.ADATA].write_h5ad(tmp_path / "cells.h5ad")
+    assert main(["train", "--bulk", str(tmp_path / "bulk.h5ad"), "--bulk-labels", str(path), "--drug", "DRUGA",
+                 "--target", str(tmp_path / "cells.h5ad")]) == 2
+    assert "stopped here" in capsys.readouterr().err
+    cli = recorded.pop()
+    assert cli == {"file": "labels.tsv", "sha256": sha256_file(path)}
+    del at.session_state["train_labels"]
+    at.run()
+    at.file_uploader(key="upload_train_labels").upload("labels.tsv", path.read_bytes())
+    at.run()
+    at.radio(key="train_resistant_response").set_value("0")
+    at.button(key="btn_train_start").click().run()
+    assert not at.exception, at.exception
+    assert recorded.pop() == cli  # not a hash of the parsed table ("of the table")
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA"]).run()
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    assert recorded.pop() == cli

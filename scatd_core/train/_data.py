@@ -208,6 +208,19 @@ def _renamed_duplicates(bulk: ad.AnnData, report: dict) -> list[str]:
             "pretraining only). Keep one row per cell line in the bulk file (or average the copies)."]
 
 
+def labels_record(labels, given: dict | None = None) -> dict:
+    """What a model records of its label table: for a file (a path), its name and its sha256; for a
+    table the caller read from a file (``given``: ``{"file": name, "sha256": of the file}``; the app's
+    upload, the sha256 of its bytes), that record, so that the same file gives the same record from
+    the app and the command line; for a table with no file (built from ln(IC50) values in the app,
+    the demo's), a hash of its values (``of``: ``table``)."""
+    if given and given.get("file") and given.get("sha256"):  # the file's own name, never a folder
+        return {"file": Path(str(given["file"]).replace("\\", "/")).name, "sha256": str(given["sha256"])}
+    if isinstance(labels, pd.DataFrame):
+        return {"sha256": _frame_sha256(labels), "of": "table"}
+    return {"file": Path(labels).name, "sha256": sha256_file(labels)}
+
+
 def read_if_path(obj, what: str, record: dict | None = None):
     """An AnnData and a provenance entry for an AnnData or a file path (``record``: the entry of an
     AnnData the caller read from a file, ``{"file", "sha256"}``, used as given). The bulk's entry

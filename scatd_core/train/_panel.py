@@ -40,7 +40,7 @@ from scatd_core.config import model_library_dir, scatd_home
 from scatd_core.demo.simulate import is_simulated
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.labels import check_orientation, drug_labels, encode_column, match_drug, read_label_table
-from scatd_core.train._data import _frame_sha256, read_if_path, target_mask_of
+from scatd_core.train._data import _frame_sha256, labels_record, read_if_path, target_mask_of
 from scatd_core.train._settings import TrainSettings
 
 #: Columns of the summary table (one row per drug: its model card in brief).
@@ -303,7 +303,9 @@ def train_panel(
     input_files
         ``{"bulk" | "target": {"file": name, "sha256": of the file}}`` for a bulk or target given as
         data that the caller read from a file (``scatd train-panel --obs`` reads the target to add
-        the cell metadata table): recorded, and fingerprinted for resuming, as that file.
+        the cell metadata table): recorded, and fingerprinted for resuming, as that file. And
+        ``"labels"`` for a label table read from a file (the app's upload: the sha256 of its bytes),
+        which each model records as ``scatd train-panel`` records that file.
     demo
         Mark every model as a demo model, trained on simulated data, as ``demo`` of
         :func:`~scatd_core.train.train_drug_model` (a bulk made by :mod:`scatd_core.demo.simulate`
@@ -343,8 +345,9 @@ def train_panel(
     names.update({k: v for k, v in (input_names or {}).items() if v})
     # each drug's model records the files that trained it (their sha256), not a hash of their values
     files = {key: prov for key, prov in (("bulk", bulk_prov), ("target", target_prov)) if prov.get("file")}
-    if not isinstance(labels, pd.DataFrame):
-        files["labels"] = {"file": Path(labels).name, "sha256": sha256_file(labels)}
+    if not isinstance(labels, pd.DataFrame) or "labels" in given:  # a file's, or an upload's (the app): its sha256
+        files["labels"] = labels_record(labels, given.get("labels"))
+        names.setdefault("labels", files["labels"]["file"])
     evaluate = _target_label_columns(target_labels, table, chosen, target_ad, target_resistant_value)
     few_file = None  # --few-shot-labels: the file, which that drug's model reads and records, as scatd train's
     if few_shot_labels is not None and not isinstance(few_shot_labels, pd.Series):

@@ -30,8 +30,8 @@ from scatd_core.preprocess import ALL_GENES, MODEL_GENES
 from scatd_core.train import _baselines as baselines
 from scatd_core.train._cv import cross_validate, cv_splits
 from scatd_core.bundle import INPUT_KINDS, TRAINED_SHORT
-from scatd_core.train._data import (TrainingData, _frame_sha256, embedding_origin, prepare_training_data, read_if_path,
-                                    target_mask_of)
+from scatd_core.train._data import (TrainingData, embedding_origin, labels_record, prepare_training_data,
+                                    read_if_path, target_mask_of)
 from scatd_core.train._ensemble import (FewShot, build_ensemble, ensemble_logit, fit_heads, latent_means,
                                         pretrain_members)
 from scatd_core.train._fit import (_deterministic, _new_backbone, _probabilities, _restrict_backbone, fit_head,
@@ -552,12 +552,7 @@ def train_drug_model(
     bulk_ad, bulk_prov = read_if_path(bulk, "bulk", record=files.get("bulk"))
     demo = bool(demo) or is_simulated(bulk_ad)  # simulated cell lines (the demo panel): a demo model, marked so
     target_ad, target_prov = read_if_path(target, "target", record=files.get("target"))
-    if "labels" in files:
-        labels_prov = files["labels"]
-    elif isinstance(labels, pd.DataFrame):
-        labels_prov = {"sha256": _frame_sha256(labels), "of": "table"}
-    else:
-        labels_prov = {"file": Path(labels).name, "sha256": sha256_file(labels)}
+    labels_prov = labels_record(labels, files.get("labels"))
     made = labels.attrs.get("report") if isinstance(labels, pd.DataFrame) else None
     if not isinstance(labels, pd.DataFrame):  # a table scatd labels-from-ic50 wrote: its provenance file beside it
         made, problem = read_ic50_provenance(labels)
