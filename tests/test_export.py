@@ -404,6 +404,9 @@ def test_the_h5ad_holds_what_the_report_was_made_with_and_a_download_no_server_p
     metrics_csv = pd.read_csv(paths["metrics"])
     auroc = float(metrics_csv.query("section == 'evaluation' and metric == 'auroc'")["value"].iloc[0])
     assert context["evaluation"]["auroc"] == pytest.approx(auroc)
+    # scatd report's metrics.csv is the Report page's download (its id column included), byte for byte
+    assert paths["metrics"].read_bytes() == export.to_csv_bytes(export.metrics_table(adata, "response", ["sample"]))
+    assert metrics_csv["id"].is_unique
     assert "scatd_report" not in adata.uns  # the session's data are left as they were
     assert written.uns["scatd"]["model"]["path"] == str(bundle.path)  # the CLI's own file: the full path
     download = tmp_path / "download.h5ad"
