@@ -32,7 +32,7 @@ import numpy as np
 import streamlit as st
 
 from scatd_app import state
-from scatd_core._words import counted
+from scatd_core._words import counted, percent
 from scatd_core import __version__
 from scatd_core.config import limits, model_library_dir
 from scatd_core.errors import MemoryShortage, ScatdError
@@ -597,7 +597,7 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
     cov = est.get("gene_coverage") or {}
     if cov:
         line = (f"Gene coverage: {name} knows {cov['n_matched']:,} of the data's {cov['n_data_genes']:,} genes "
-                f"({cov['fraction_of_data_genes']:.0%}; {cov['n_matched']:,} of its {cov['n_model_genes']:,}).")
+                f"({percent(cov['n_matched'] / max(cov['n_data_genes'], 1))}; {cov['n_matched']:,} of its {cov['n_model_genes']:,}).")
         if cov.get("warning"):
             st.warning(cov["warning"], icon=":material/warning:")
         else:

@@ -293,7 +293,7 @@ def id_evidence_text(evidence: dict) -> str:
     ev = evidence or {}
     if not ev.get("n"):
         return ""
-    parts = [f"{float(ev[key]):.0%} look like {words.format(dot='.')}" for key, words in _ID_EVIDENCE_WORDS
+    parts = [f"{percent(ev[key])} look like {words.format(dot='.')}" for key, words in _ID_EVIDENCE_WORDS
              if float(ev.get(key) or 0) > 0]
     return (f"Of {int(ev['n']):,} gene names looked at, " + (", ".join(parts) if parts else
                                                             "none looks like a gene symbol or Ensembl ID") + ".")

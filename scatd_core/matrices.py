@@ -22,6 +22,7 @@ import anndata as ad
 import pandas as pd
 
 from scatd_core import _keys
+from scatd_core._words import percent
 from scatd_core.errors import InputError
 
 #: Layers that may hold a file's raw counts beside a normalised X, in the order they are tried
@@ -210,7 +211,7 @@ def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None 
     elif best[0] > x[0]:
         reason = f"{why}; X holds {_values(x[3].kind)}"
     else:
-        reason = f"it has more of the model's genes ({best[1]:.0%}, against {x[1]:.0%} in X)"
+        reason = f"it has more of the model's genes ({percent(best[1])}, against {percent(x[1])} in X)"
     note = (f"The model input is taken from {c.where} ({_values(c.kind)}, {c.n_genes:,} genes) rather than "
             f"X ({_values(x[3].kind)}, {x[3].n_genes:,} genes): {reason}. The file itself is not changed.")
     return Choice(c, note, False, usable)

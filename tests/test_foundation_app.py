@@ -178,7 +178,7 @@ def test_the_model_page_warns_of_low_gene_coverage_before_embedding(sf_app):
     at = start()
     upload(at, "counts.h5ad", h5ad_bytes(_with_unknown_genes(sf_counts(20), 100)))
     goto(at, "2_Model")
-    assert "Low gene coverage: scFoundation knows only 35 of the data's 137 genes (26%" in text(at.warning)
+    assert "Low gene coverage: scFoundation knows only 35 of the data's 137 genes (25.5%" in text(at.warning)
     assert "to embed: about" in text(at.info)
 
 

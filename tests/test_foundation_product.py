@@ -495,7 +495,7 @@ def test_low_gene_coverage_is_warned_before_embedding_and_recorded(assets, sf_bu
                "--h5ad", str(tmp_path / "a.h5ad"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "the foundation model knows 35 of the data's 137 genes (26%" in err
+    assert "the foundation model knows 35 of the data's 137 genes (25.5%" in err
     warned = err.index("warning: Low gene coverage: scFoundation knows only 35 of the data's 137 genes")
     assert warned < err.index("scFoundation embeddings: 40 of 40 cells")  # said before embedding
     annotated = ad.read_h5ad(tmp_path / "a.h5ad")
@@ -515,7 +515,7 @@ def test_low_gene_coverage_of_geneformer(assets):
     est = estimate_seconds(_with_unknown_genes(gf_counts(5), 60), "vae_gf", device="cpu")
     cov = est["gene_coverage"]
     assert (cov["n_matched"], cov["n_data_genes"]) == (30, 90)
-    assert "Geneformer knows only 30 of the data's 90 genes (33%" in cov["warning"]
+    assert "Geneformer knows only 30 of the data's 90 genes (33.3%" in cov["warning"]
     assert ("human Ensembl IDs (Geneformer reads Ensembl IDs): symbols match only through Geneformer's gene-name "
             "dictionary (gene_name_id_dict.pkl)") in cov["warning"]
 

@@ -709,6 +709,18 @@ def test_a_scanpy_file_with_scaled_x_is_read_from_adata_raw_and_the_file_is_unch
     assert adata.n_vars == len(genes) // 2 and "scatd_matrix" not in adata.uns
 
 
+def test_the_matrix_choice_note_never_rounds_a_small_gene_share_to_0_percent():
+    """QA: X with 2 of a model's 2,500 genes, adata.raw with all: the note said "(100%, against 0% in X)"."""
+    from scatd_core import matrices
+
+    genes = small_gene_names(2500)
+    adata, _counts = _scanpy_file(genes, n_cells=12)
+    adata = adata[:, :2].copy()
+    adata.X = adata.raw[:, adata.var_names].X.copy()  # log-normalised, 2 of the genes
+    choice = matrices.choose(adata, "log1p_cp10k", genes)
+    assert choice.name == "raw" and "(100.0%, against <0.1% in X)" in choice.note, choice.note
+
+
 def test_a_gene_subset_in_x_gives_way_to_the_fuller_matrix_in_raw_and_one_matrix_reads_as_before(small_bundles,
                                                                                                     tmp_path):
     """X holds log-normalised values of the highly variable genes only (not scaled), .raw those of all
@@ -719,7 +731,7 @@ def test_a_gene_subset_in_x_gives_way_to_the_fuller_matrix_in_raw_and_one_matrix
     adata, counts = _scanpy_file(genes)
     adata.X = adata.raw[:, adata.var_names].X.copy()  # log-normalised, half the genes
     choice = matrices.choose(adata, "log1p_cp10k", genes)
-    assert choice.name == "raw" and "it has more of the model's genes (100%, against 50% in X)" in choice.note
+    assert choice.name == "raw" and "it has more of the model's genes (100.0%, against 50.0% in X)" in choice.note
     alone = ad.AnnData(counts, var=pd.DataFrame(index=genes))
     choice = matrices.choose(alone, "log1p_cp10k", genes)
     assert choice.name == "X" and choice.note is None and matrices.matrix_data(alone, choice) is alone

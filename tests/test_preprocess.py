@@ -328,4 +328,8 @@ def test_the_data_card_says_value_kinds_layout_and_evidence_in_words():
     assert text == ("500 cells sampled; values from 0 to 812; 91% zeros; 100% of the non-zero values whole numbers; "
                     "median total per cell 2,345.")
     genes = id_evidence_text({"n": 2000, "human_symbol": 0.97, "ensembl": 0.0, "numeric": 0.01})
-    assert genes == "Of 2,000 gene names looked at, 97% look like human gene symbols, 1% look like plain numbers."
+    assert genes == ("Of 2,000 gene names looked at, 97.0% look like human gene symbols, 1.0% look like plain "
+                     "numbers.")
+    # QA: a small non-zero share read "0%" (and nearly all "100%"): never rounded to either
+    few = id_evidence_text({"n": 4000, "human_symbol": 0.99975, "numeric": 0.00025})
+    assert few == "Of 4,000 gene names looked at, >99.9% look like human gene symbols, <0.1% look like plain numbers."

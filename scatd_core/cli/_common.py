@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scatd_core._words import counted
+from scatd_core._words import counted, percent
 from scatd_core.errors import ScatdError
 
 #: Choices the parsers offer; the core checks them again (tests keep the two in step).
@@ -435,7 +435,7 @@ def _say_gene_coverage(adata, bundle, options: dict) -> None:
     extra = {"embedding_dim": bundle.architecture.input_dim} if bundle.backbone == "vae_gf" else {}
     cov = _embed.gene_coverage(adata, bundle.backbone, **extra, **{k: v for k, v in options.items() if k == "key"})
     say(f"Gene coverage: the foundation model knows {cov['n_matched']:,} of the data's {cov['n_data_genes']:,} "
-        f"genes ({cov['fraction_of_data_genes']:.0%}; of its {cov['n_model_genes']:,}).")
+        f"genes ({percent(cov['n_matched'] / max(cov['n_data_genes'], 1))}; of its {cov['n_model_genes']:,}).")
     if cov["warning"]:
         say(f"warning: {cov['warning']}")
     for warning in state.warnings:  # usable files, but not all as published (as `scatd doctor` and the Model page say)

@@ -10,6 +10,7 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys, matrices
+from scatd_core._words import percent
 from scatd_core.errors import CheckpointError, InputError
 from scatd_core.foundation import geneformer, scfoundation
 
@@ -44,7 +45,7 @@ def coverage_warning(backbone: str, coverage: dict) -> str | None:
     if share >= LOW_DATA_GENE_FRACTION and n >= min(MIN_MATCHED_GENES, n_model // 2):
         return None
     name = _module(backbone).NAME
-    return (f"Low gene coverage: {name} knows only {n:,} of the data's {n_data:,} genes ({share:.0%}; "
+    return (f"Low gene coverage: {name} knows only {n:,} of the data's {n_data:,} genes ({percent(share)}; "
             f"{n:,} of its {n_model:,}). The other genes are ignored, so the embeddings (and the predictions) "
             f"rest on few genes and may be unreliable. {IDENTIFIER_ADVICE[backbone]} Give the full gene matrix if "
             "you have it.")
