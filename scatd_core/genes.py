@@ -968,12 +968,14 @@ def coverage_refusal(adata_or_names, model_genes: Sequence[str], *, min_coverage
         return None
     examples = report["unmatched_examples"]
     cause = _coverage_cause(report)
+    if also:  # another matrix of the same file has the genes: said first, and no generic "upload the full matrix"
+        cause = f"{also} {cause.replace(SUBSET_ADVICE, '').strip()}".strip()
     model = f" with {model_name}" if model_name else ""
     message = (f"Too few of the model's genes are in the data to predict{model}: only {_matched_text(report)} are, and at "
                f"least {percent(report['min_coverage'])} are needed (the missing genes would be filled with 0, "
                "which the model never saw in training, so its calls would be meaningless)."
                + (f" The data's genes the model does not know include {', '.join(examples)}." if examples else "")
-               + f" {cause}" + (f" {also}" if also else ""))
+               + f" {cause}")
     expert = "lower the minimum with --min-gene-coverage (e.g. --min-gene-coverage 0.01)"
     return InputError(message, f"If you are sure the calls mean something anyway, {expert}.",
                       app_hint="Choose a model whose genes your data have, or upload data that fit this model. The "

@@ -819,10 +819,14 @@ def test_the_minimum_gene_coverage_is_judged_on_the_matrix_the_model_reads(small
     with pytest.raises(InputError, match="Too few of the model's genes") as caught:
         score(alone, bundle)
     assert "was chosen for the models" not in caught.value.message
+    assert "upload the full gene matrix" in caught.value.message  # no other matrix: the generic advice stays
     forced = adata.copy()  # QA r2: X chosen by hand, .raw of the same file has every gene: the refusal says so
     forced.uns["scatd_matrix"] = "X"
     forced.X = np.abs(forced.X)
     with pytest.raises(InputError, match="Too few of the model's genes") as caught:
         score(forced, bundle)
+    said = caught.value.message
     assert (f"This file's adata.raw has {len(genes)} of the model's {len(genes)} genes, but X was chosen for the "
-            "models") in caught.value.message
+            "models") in said
+    # QA: the generic "upload the full gene matrix" came first; the file's own fuller matrix is the advice
+    assert "upload the full gene matrix" not in said and said.rstrip().endswith("choose auto or adata.raw there.")
