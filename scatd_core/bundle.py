@@ -1111,12 +1111,34 @@ def import_checkpoint(
         )
     except NameTaken as exc:
         called = name or f"{drug or 'backbone'} ({backbone})"
+        held = _held_name(Path(out))
+        if held is not None and held.casefold() != called.casefold():  # the folder's model has another name
+            folder = Path(out).name
+            made = ("--out names it" if not in_library else f"the name '{name}' names it" if name else
+                    "without --name, the model's library folder is named after its drug and backbone")
+            raise NameTaken(
+                f"The {'model library ' if in_library else ''}folder {folder} already holds another model, named "
+                f"'{held}'; nothing was changed.",
+                f"It is {out} ({made}). {exc.hint}",
+                app_hint=f"The model's folder is named after its display name, and that folder ({folder}) already "
+                         f"holds the model '{held}': give this one another display name (e.g. with its target "
+                         "dataset), or ask an administrator to replace the existing model.") from None
         raise NameTaken(
             f"A model named '{called}' already exists{' in the model library' if in_library else ''} "
             f"(folder {Path(out).name}); nothing was changed.",
             f"It is {out}. {exc.hint}",
             app_hint="Give it another display name (a second model of one drug and backbone, e.g. for another "
                      "target dataset, needs its own), or ask an administrator to replace the existing one.") from None
+
+
+def _held_name(folder: Path) -> str | None:
+    """The display name of the model in ``folder`` (its folder name when it has none), or ``None``
+    when the folder holds no readable model manifest."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(manifest.get("name") or folder.name) if isinstance(manifest, dict) else None
 
 
 def model_identity(bundle: Bundle) -> str:

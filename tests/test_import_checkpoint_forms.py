@@ -158,6 +158,23 @@ def test_a_second_model_of_one_drug_and_backbone_goes_by_its_display_name(tmp_pa
     assert str(library) in exc.hint and "--name NAME" in exc.hint  # the CLI still says where and how
 
 
+def test_an_import_into_a_folder_holding_a_model_of_another_name_says_what_is_there(tmp_path, dist):
+    """QA: `scatd import-checkpoint --name B --out F`, F holding the model 'A', said "A model named 'B'
+    already exists": it says the folder holds the model 'A', and how to choose another name or folder."""
+    sd, genes, _ = dist
+    pth = tmp_path / "a.pth"
+    torch.save(sd, pth)
+    import_checkpoint(pth, "dist_vae", drug="DOCETAXEL", genes=genes, out=tmp_path / "mine", name="Lab model")
+    with pytest.raises(BundleError) as taken:
+        import_checkpoint(pth, "dist_vae", drug="DOCETAXEL", genes=genes, out=tmp_path / "mine", name="Other model")
+    exc = taken.value
+    assert exc.message == "The folder mine already holds another model, named 'Lab model'; nothing was changed."
+    assert "--name NAME" in exc.hint and "--out FOLDER" in exc.hint
+    assert "'Lab model'" in exc.app_hint and "another display name" in exc.app_hint
+    with pytest.raises(BundleError, match="A model named 'Lab model' already exists"):  # the same name: as before
+        import_checkpoint(pth, "dist_vae", drug="DOCETAXEL", genes=genes, out=tmp_path / "mine", name="Lab model")
+
+
 # --------------------------------------------------------------------------- AdaIN statistics (finding 3)
 
 def test_an_embedding_classifier_without_bulk_embeddings(tmp_path):
