@@ -1237,7 +1237,24 @@ def named_title(bundle: Bundle) -> str:
     name, title = bundle.name, bundle.title
     if not name or name == bundle.path.name or set(name.split(" · ")) <= set(title.split(" · ")):
         return title
+    default = _default_name_number(bundle)
+    if default is not None:  # "Gefitinib (VAE on genes, trained)" says the title's drug, backbone and origin
+        if getattr(bundle, "backbone_title", None) == TRAINED_TITLES.get(getattr(bundle, "backbone", None)):
+            return name  # not "Gefitinib (VAE on genes, trained) · Gefitinib · VAE on genes (trained in scATD Studio)"
+        return title + (f" {default}" if default else "")  # trained on an imported backbone: the title says which
     return f"{name} · {title}"
+
+
+def _default_name_number(bundle) -> str | None:
+    """When ``bundle``'s name is the one a model trained without a name gets (``Gefitinib (VAE on
+    genes, trained)``, ``... panel)``, with the number :func:`~scatd_core.train.free_model_name`
+    adds when taken): that number ("" without one); else ``None``."""
+    drug, short = getattr(bundle, "drug", None), TRAINED_SHORT.get(getattr(bundle, "backbone", None))
+    if not drug or not short:
+        return None
+    found = re.fullmatch(rf"{re.escape(str(drug))} \({re.escape(short)}, (?:trained|panel)\)(?: (\d+))?",
+                         str(bundle.name), flags=re.IGNORECASE)
+    return None if found is None else (found.group(1) or "")
 
 
 def distinct_named_titles(bundles: Sequence[Bundle]) -> dict[str, str]:

@@ -373,6 +373,31 @@ def test_the_model_card_picker_names_each_model_once(tmp_path):
     assert titles[str(lab2.path)].endswith("(lab_b)")
 
 
+def test_a_model_with_its_default_trained_name_is_titled_once():
+    """QA: a model trained without --name was titled "Gefitinib (VAE on genes, trained) · Gefitinib · VAE
+    on genes (trained in scATD Studio)" (card picker, Model page, `scatd models`): the drug, backbone and
+    "trained" twice. The default name says it all once (its number kept); a chosen name keeps the title."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from scatd_core.bundle import TRAINED_TITLES, distinct_named_titles, named_title
+
+    def trained(name, folder, backbone_title=TRAINED_TITLES["dist_vae"]):
+        return SimpleNamespace(path=Path("/library") / folder, name=name, drug="Gefitinib", backbone="dist_vae",
+                               backbone_title=backbone_title, title=f"Gefitinib · {backbone_title}")
+
+    first, second = trained("Gefitinib (VAE on genes, trained)", "a"), trained("Gefitinib (VAE on genes, trained) 2", "b")
+    titles = distinct_named_titles([first, second])
+    assert titles == {str(first.path): "Gefitinib (VAE on genes, trained)",
+                      str(second.path): "Gefitinib (VAE on genes, trained) 2"}
+    assert named_title(trained("Gefitinib (VAE on genes, panel)", "c")) == "Gefitinib (VAE on genes, panel)"
+    on_imported = trained("Gefitinib (VAE on genes, trained)", "d", "Dist_VAE (scATD-sf-dist) backbone (drug model "
+                          "trained in scATD Studio)")
+    assert named_title(on_imported) == on_imported.title  # the title names the imported backbone; said once
+    mine = trained("My gefitinib model", "e")
+    assert named_title(mine) == "My gefitinib model · Gefitinib · VAE on genes (trained in scATD Studio)"
+
+
 def test_the_apps_score_table_per_evaluation_is_short_and_says_the_rest_once():
     """The app's card shows a table per evaluation (a 1280 px window cut the one wide table):
     baselines by short names unless two would read alike, the chance AUPRC in the heading."""
