@@ -798,7 +798,9 @@ def feature_map(coords: np.ndarray, values: np.ndarray, feature: str, what: str,
     fig = go.Figure(Trace(x=coords[ok, 0], y=coords[ok, 1], mode="markers",
                           marker=dict(size=5, color=v[ok], colorscale=scale,
                                       cmin=-lim if lim else None, cmax=lim if lim else None,
-                                      colorbar=dict(title=dict(text=what, side="top"), thickness=12)),
+                                      colorbar=dict(title=dict(text=what, side="top"), thickness=12,
+                                                    orientation="h", len=1, lenmode="fraction", x=0.5,
+                                                    xanchor="center", y=-0.3, yanchor="top", ypad=0)),
                           text=np.asarray(cell_ids)[ok], hovertemplate="%{text}: %{marker.color:.3g}<extra></extra>"))
     fig.update_xaxes(title=f"{axis} 1", showticklabels=False)
     fig.update_yaxes(title=f"{axis} 2", showticklabels=False)
@@ -806,7 +808,10 @@ def feature_map(coords: np.ndarray, values: np.ndarray, feature: str, what: str,
     alt = f"{where} of {counted(ok.sum(), 'explained cell')} coloured by {feature}'s {what}"
     if np.isfinite(v[ok]).any():
         alt += f", from {_g(np.nanmin(v[ok]))} to {_g(np.nanmax(v[ok]))}"
-    return describe(layout(fig, f"{feature}: {what}", height=460), alt + ".", f"{feature}_{what}_map")
+    # the colour bar under the plot, across its width, as the gene-across-cells plot's: beside it, it squeezed
+    # the map in a 390 px column
+    fig = colorbar_below(layout(fig, f"{feature}: {what}", height=530), 40)  # under the axis title; the map as tall
+    return describe(fig, alt + ".", f"{feature}_{what}_map")
 
 
 def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go.Figure:
@@ -894,6 +899,33 @@ def _curve_alt(curves: dict, title: str, x_title: str, y_title: str, highlight: 
 
 #: Cells drawn in the panel heatmap at most (a seeded subsample, stratified by group, above it).
 MAX_HEATMAP_CELLS = 3000
+#: The plot's width in a 390 px phone column (the page's padding and the figure's margins taken off):
+#: the panel heatmap's group names are laid out to be readable there (:func:`_group_name_layout`).
+NARROW_PLOT_PX = 300
+#: Pixels per character of an 11 px group name (a generous average) and of one line of it.
+_NAME_CHAR_PX, _NAME_LINE_PX = 6.5, 15
+#: Characters of a group name written upright on the heatmap (longer ones end in "…"; the hover has it all).
+MAX_UPRIGHT_NAME_CHARS = 24
+
+
+def _group_name_layout(names: Sequence[str], starts: np.ndarray, ends: np.ndarray, n: int) -> tuple[bool, list[bool]]:
+    """How the panel heatmap names its groups: ``(upright, named)``. Across, as before, when every name fits
+    over its group at :data:`NARROW_PLOT_PX`; else written upright (a line's height each), naming a group
+    only when its middle is a line's height from the last named one's there (at 390 px the names of
+    narrow groups overprinted each other). Upright names are also read on wide screens."""
+    px = NARROW_PLOT_PX / max(n, 1)
+    if all(len(name) * _NAME_CHAR_PX + 6 <= (e - s) * px for name, s, e in zip(names, starts, ends)):
+        return False, [True] * len(names)
+    named, last = [], None
+    for s, e in zip(starts, ends):
+        middle = (s + e - 1) / 2 * px
+        named.append(last is None or middle - last >= _NAME_LINE_PX)
+        last = middle if named[-1] else last
+    return True, named
+
+
+def _short_name(name: str, limit: int = MAX_UPRIGHT_NAME_CHARS) -> str:
+    return name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
 
 
 def _heatmap_rows(groups: np.ndarray, prob: np.ndarray, max_cells: int) -> np.ndarray:
@@ -951,18 +983,29 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     drawn = codes[rows]
     starts = np.flatnonzero(np.r_[True, drawn[1:] != drawn[:-1]])
     ends = np.r_[starts[1:], len(rows)]
-    for s, e in zip(starts, ends):
+    names = [str(labels[rows][s]) for s in starts]
+    upright, named = _group_name_layout(names, starts, ends, len(rows))
+    for s, e, name, shown in zip(starts, ends, names, named):
         if s:
             fig.add_vline(x=s - 0.5, line=dict(color="#222", width=1))
-        fig.add_annotation(x=(s + e - 1) / 2, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
-                           text=str(labels[rows][s]), font=dict(size=11))  # escaped by layout
+        if not shown:  # too narrow to name at 390 px beside its neighbour's name: its cells' hover names it
+            continue
+        text = _short_name(name) if upright else name
+        fig.add_annotation(x=(s + e - 1) / 2, y=1.0, yref="paper", yanchor="bottom", showarrow=False, text=text,
+                           textangle=-90 if upright else 0, font=dict(size=11),  # escaped by layout
+                           hovertext=name if text != name else None)
+    names_px = int(max(len(_short_name(n)) for n in names) * _NAME_CHAR_PX) + 4 if upright else 0
     fig.update_xaxes(title=f"cells, ordered by {group_name}" if grouped else
                      "cells, ordered by their mean P(resistant) over the drugs", showticklabels=False, showgrid=False)
     fig.update_yaxes(title="", autorange="reversed", type="category")
     notes = ["dark grey: not scored by that drug's model"] if missing.any() else []
     if len(rows) < len(labels):
         notes.append(f"showing a random {len(rows):,} of {len(labels):,} cells")
-    fig = layout(fig, title, height=max(220, 50 + 34 * len(drugs)) + COLORBAR_ROOM)
+    if not all(named):
+        notes.append(f"{counted(named.count(False), 'narrow group')} unnamed: hover a cell for its {group_name}")
+    fig = layout(fig, title, height=max(220, 50 + 34 * len(drugs)) + COLORBAR_ROOM + names_px)
+    if names_px:  # the upright names above the plot, in a top margin of their own
+        fig.update_layout(margin=dict(t=int(fig.layout.margin.t) + names_px))
     if notes:  # under the axis title, in a margin of its own (at y=-0.12 a short figure drew it over the title)
         fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=0,
                            yanchor="top", yshift=-38, font=dict(size=11, color="#666"))

@@ -368,6 +368,19 @@ def test_the_gene_across_cells_plot_has_its_colour_bar_under_the_plot():
         assert "red: called resistant, blue: called sensitive" in bar.title.text
 
 
+def test_the_gene_map_has_its_colour_bar_under_the_plot():
+    """QA: at 390 px the Biomarkers page's gene map kept a vertical colour bar beside it, which squeezed
+    the map; as the gene-across-cells plot's, it lies under the plot, across its width."""
+    coords = np.random.default_rng(0).normal(size=(40, 2))
+    values = np.linspace(-1.0, 1.0, 40)
+    for what in ("attribution", "model input"):
+        fig = pl.feature_map(coords, values, "VIM", what, "UMAP", [str(i) for i in range(40)])
+        bar = fig.data[0].marker.colorbar
+        assert bar.orientation == "h" and bar.len == 1 and bar.lenmode == "fraction" and bar.y < 0, what
+        assert fig.layout.margin.b >= pl.COLORBAR_ROOM and fig.layout.margin.r <= 20, what  # room below, none beside
+        assert bar.title.text == what
+
+
 def test_the_reports_umap_of_p_resistant_marks_the_threshold_of_its_calls(monkeypatch):
     from scatd_core import export
     from scatd_core._keys import result_keys
@@ -475,6 +488,40 @@ def test_a_panel_heatmap_without_groups_says_how_its_cells_are_ordered_axis_and_
     grouped = pl.panel_heatmap(prob, ["DRUGA", "DRUGB"], ["P1"] * 15 + ["P2"] * 15, "sample", thresholds=thresholds)
     assert grouped.layout.xaxis.title.text == "cells, ordered by sample"
     assert "sample %{customdata[0]}" in grouped.data[0].hovertemplate
+
+
+def _names_over_the_heatmap(fig, n_cells: int) -> list[tuple[float, float, str]]:
+    """(middle, width along the axis, text) of each group name at the plot width of a 390 px column
+    (~300 px), 11 px text: 6.5 px a character across, a 15 px line upright."""
+    px = 300 / n_cells
+    return [(a.x * px, (15 if a.textangle == -90 else len(a.text) * 6.5 + 6), a.text)
+            for a in fig.layout.annotations if a.yref == "paper" and a.y == 1.0]
+
+
+def test_the_panel_heatmaps_group_names_do_not_overprint_at_390_px_and_stay_across_when_they_fit():
+    """QA: at 390 px the Drug panel heatmap's cluster names overprinted each other ("1" over "10" ...).
+    Where a name does not fit over its group, the names are written upright, a line's height apart at
+    least (a narrow group beside a named one unnamed, said under the plot; its cells' hover names it),
+    long names shortened with the whole name in their hover; names that fit stay across, as before."""
+    rng = np.random.default_rng(0)
+    sizes = [300, 40, 25, 200, 10, 10, 80, 150, 60, 5, 120, 30]
+    groups = sum(([f"{i}" for _ in range(k)] for i, k in enumerate(sizes)), [])
+    thresholds = {"DRUGA": 0.5, "DRUGB": 0.5}
+    fig = pl.panel_heatmap(rng.random((len(groups), 2)), list(thresholds), groups, "leiden", thresholds=thresholds)
+    names = _names_over_the_heatmap(fig, len(groups))
+    assert len(names) >= 8  # most groups named
+    for (m1, w1, t1), (m2, w2, t2) in zip(names, names[1:]):
+        assert m2 - m1 >= (w1 + w2) / 2, (t1, t2)  # no two names over each other at 390 px
+    notes = [a.text for a in fig.layout.annotations if a.yref == "paper" and a.y == 0]
+    assert any(f"{len(sizes) - len(names)} narrow groups unnamed: hover a cell for its leiden" in n for n in notes)
+    assert fig.layout.margin.t >= 20 + 2 * 6.5  # room above the plot for the upright names
+    long = ["patient_01_post_treatment_biopsy"] * 20 + ["P2"] * 80
+    fig = pl.panel_heatmap(rng.random((100, 2)), list(thresholds), long, "sample", thresholds=thresholds)
+    cut = [a for a in fig.layout.annotations if a.hovertext]
+    assert [a.text for a in cut] == ["patient_01_post_treatme…"] and cut[0].hovertext == long[0]
+    wide = pl.panel_heatmap(rng.random((100, 2)), list(thresholds), ["A"] * 50 + ["B"] * 50, "sample",
+                            thresholds=thresholds)  # names that fit: across, as before
+    assert [(a.text, a.textangle) for a in wide.layout.annotations if a.y == 1.0] == [("A", 0), ("B", 0)]
 
 
 def test_an_ensembles_tiny_spread_is_drawn_tiny_and_its_hover_keeps_its_digits():
