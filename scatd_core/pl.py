@@ -221,6 +221,8 @@ def plain_text(fig: go.Figure) -> go.Figure:
     for note in lay.annotations:
         if isinstance(note.text, str):
             note.text = _plain(note.text)
+        if isinstance(note.hovertext, str):  # (a group name shortened on the panel heatmap: whole in its hover)
+            note.hovertext = _plain(note.hovertext)
     return fig
 
 

@@ -515,10 +515,11 @@ def test_the_panel_heatmaps_group_names_do_not_overprint_at_390_px_and_stay_acro
     notes = [a.text for a in fig.layout.annotations if a.yref == "paper" and a.y == 0]
     assert any(f"{len(sizes) - len(names)} narrow groups unnamed: hover a cell for its leiden" in n for n in notes)
     assert fig.layout.margin.t >= 20 + 2 * 6.5  # room above the plot for the upright names
-    long = ["patient_01_post_treatment_biopsy"] * 20 + ["P2"] * 80
+    long = ["patient_01_post_treatment_<b>biopsy"] * 20 + ["P2"] * 80
     fig = pl.panel_heatmap(rng.random((100, 2)), list(thresholds), long, "sample", thresholds=thresholds)
     cut = [a for a in fig.layout.annotations if a.hovertext]
-    assert [a.text for a in cut] == ["patient_01_post_treatme…"] and cut[0].hovertext == long[0]
+    assert [a.text for a in cut] == ["patient_01_post_treatme…"]
+    assert cut[0].hovertext == "patient_01_post_treatment_&lt;b>biopsy"  # the whole name, shown as typed
     wide = pl.panel_heatmap(rng.random((100, 2)), list(thresholds), ["A"] * 50 + ["B"] * 50, "sample",
                             thresholds=thresholds)  # names that fit: across, as before
     assert [(a.text, a.textangle) for a in wide.layout.annotations if a.y == 1.0] == [("A", 0), ("B", 0)]
