@@ -10,7 +10,8 @@ from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
 from scatd_core.genes import id_evidence_text
 from scatd_core.preprocess import (QC_METRICS, orientation_text, qc_metric_name, remove_qc_filter,
-                                   suggest_qc_thresholds, value_evidence_text, value_kind_words)
+                                   suggest_qc_thresholds, value_evidence_text, value_kind_tile,
+                                   value_kind_words)
 
 ss = st.session_state
 st.title("1 · Data")
@@ -59,7 +60,8 @@ with st.container(border=True):
     c[1].metric("Embedding features" if embedding_file else "Genes", f"{adata.n_vars:,}")
     if embedding_file:  # no gene identifiers, and no value type (z-scored, counts ...) to detect
         c[2].metric("Gene IDs", "none", help="Embedding features are taken by position, not by name.")
-        c[3].metric("Values", "embedding features", help="Cell embeddings (for VAE_sf / VAE_gf models).")
+        c[3].metric("Values", "embedded", delta="cell embeddings", delta_color="off", delta_arrow="off",
+                    help="Cell embeddings (for VAE_sf / VAE_gf models).")  # a short value: st.metric cuts a long one
     else:
         column = ((info.get("gene_ids") or {}).get("symbol") or {}).get("symbol_column")
         if column and info.get("gene_id_type", "unknown") in ("unknown", "numeric", "barcode", "cell_name"):
@@ -68,7 +70,8 @@ with st.container(border=True):
                                                   "themselves are not identifiers.")
         else:
             c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
-        c[3].metric("Values", value_kind_words(info.get("value_type", "unknown")),
+        tile, whole = value_kind_tile(info.get("value_type", "unknown"))  # short: st.metric cuts a long value
+        c[3].metric("Values", tile, delta=whole, delta_color="off", delta_arrow="off",
                     help="Detected from the values; see the evidence below.")
     st.caption(f"Format: {ui.md(info.get('format', '?'))} · layout: {ui.md(orientation_text(info))}"
                + (" · read from disk (backed)" if info.get("backed") else ""))

@@ -48,6 +48,24 @@ ORIENTATION_WORDS = {"cells_x_genes": "one row per cell (cells x genes)",
                      "genes_x_cells": "one row per gene (genes x cells), turned round on reading"}
 
 
+#: Characters a value of the Data page's four tiles shows whole at 1280 px: st.metric cuts a wider value
+#: ("log-normalised", 229 px in its 36 px Source Sans, read "log-norm…", 174 px: a quarter of the wide
+#: page's content). The values kept to it measure 163 px at most ("embedded"; "log" 47, "TPM-like" 130).
+TILE_MAX_CHARS = 8
+#: The value kinds whose words are longer, in the tile (their whole words under it).
+VALUE_KIND_TILE = {"log_normalized": "log"}
+
+
+def value_kind_tile(kind) -> tuple[str, str | None]:
+    """The Data page's Values tile: ``(value, the whole words under it or None)``, e.g. ``("log",
+    "log-normalised")``: a value of at most :data:`TILE_MAX_CHARS` characters, never cut."""
+    words = value_kind_words(kind)
+    short = VALUE_KIND_TILE.get(str(kind), words)
+    if len(short) > TILE_MAX_CHARS:  # a kind without short words (an unknown one from an older file)
+        short = "other"
+    return short, (words if short != words else None)
+
+
 def value_kind_words(kind) -> str:
     """A value kind (:data:`VALUE_KINDS`) in words: ``z-scored``, ``log-normalised``, ``TPM-like``."""
     return VALUE_KIND_WORDS.get(str(kind), str(kind).replace("_", " "))

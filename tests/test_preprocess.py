@@ -321,6 +321,12 @@ def test_the_data_card_says_value_kinds_layout_and_evidence_in_words():
 
     assert [value_kind_words(k) for k in ("zscored", "log_normalized", "tpm_like", "counts")] == [
         "z-scored", "log-normalised", "TPM-like", "counts"]
+    from scatd_core.preprocess import TILE_MAX_CHARS, VALUE_KINDS, value_kind_tile
+
+    # the Data page's tile: never cut ("log-norm…" at 1280 px), the whole words under a shortened value
+    assert value_kind_tile("log_normalized") == ("log", "log-normalised")
+    assert value_kind_tile("zscored") == ("z-scored", None)
+    assert all(len(value_kind_tile(k)[0]) <= TILE_MAX_CHARS for k in (*VALUE_KINDS, "some_new_kind"))
     said = orientation_text({"orientation": "cells_x_genes", "orientation_reason": "as stored in the file (cells x genes)"})
     assert said == "one row per cell (cells x genes), as stored in the file" and "_" not in said
     text = value_evidence_text({"n_cells_sampled": 500, "min": 0.0, "max": 812.0, "fraction_zero": 0.91,
