@@ -53,7 +53,7 @@ def test_counts_to_vae_sf_predictions_and_gene_biomarkers(sf_app):
     assert "This model reads scFoundation cell embeddings (64-d)" in text(at.markdown)
     assert "scFoundation** (for VAE_sf (scATD-sf)): installed" in text(at.success)
     assert "40 cells" in text(at.info) and "to embed: about" in text(at.info)
-    assert "Gene coverage: scFoundation knows 35 of the data's 37 genes (95%" in text(at.caption)
+    assert "Gene coverage: scFoundation knows 35 of the data's 37 genes (94.6%" in text(at.caption)
     # the overview of both backbones says what is missing for Geneformer, and where to put it
     assert "Geneformer** (for VAE_gf (scATD-gf)): not ready" in text(at.warning)
     assert "gf-12L-30M-i2048" in text(at.markdown).replace("\\", "")
