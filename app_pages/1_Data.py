@@ -8,7 +8,7 @@ from scatd_core._words import counted
 from scatd_core import genes, io, labels, pl
 from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
-from scatd_core.genes import id_evidence_text
+from scatd_core.genes import id_evidence_text, id_type_tile
 from scatd_core.preprocess import (QC_METRICS, orientation_text, qc_metric_name, remove_qc_filter,
                                    suggest_qc_thresholds, value_evidence_text, value_kind_tile,
                                    value_kind_words)
@@ -69,7 +69,8 @@ with st.container(border=True):
             c[2].metric("Gene IDs", "symbol", help=f"Gene symbols taken from var['{column}']: the gene names "
                                                   "themselves are not identifiers.")
         else:
-            c[2].metric("Gene IDs", str(info.get("gene_id_type", "unknown")).replace("_", " "))
+            tile, whole = id_type_tile(info.get("gene_id_type", "unknown"))  # short: st.metric cuts a long value
+            c[2].metric("Gene IDs", tile, delta=whole, delta_color="off", delta_arrow="off")
         tile, whole = value_kind_tile(info.get("value_type", "unknown"))  # short: st.metric cuts a long value
         c[3].metric("Values", tile, delta=whole, delta_color="off", delta_arrow="off",
                     help="Detected from the values; see the evidence below.")

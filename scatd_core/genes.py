@@ -281,6 +281,19 @@ def id_type_evidence(names: Sequence) -> dict:
     return dict(_evidence_of_sample(tuple(_sample(names))))
 
 
+#: The Data page's Gene IDs tile for the identifier kinds whose name is longer than its tile shows
+#: whole (``scatd_core.preprocess.TILE_MAX_CHARS``): ``(tile, the whole words under it)``.
+_ID_TYPE_TILES = {"mouse_symbol": ("mouse", "mouse gene symbols")}
+
+
+def id_type_tile(kind) -> tuple[str, str | None]:
+    """The Data page's Gene IDs tile for :func:`detect_id_type`'s ``kind``: ``(value, the whole words
+    under it or None)``; ``("mouse", "mouse gene symbols")``, ``("symbol", None)``."""
+    if str(kind) in _ID_TYPE_TILES:
+        return _ID_TYPE_TILES[str(kind)]
+    return str(kind).replace("_", " "), None
+
+
 _ID_EVIDENCE_WORDS = (("human_symbol", "human gene symbols"), ("ensembl", "Ensembl IDs"),
                       ("ensembl_versioned", "versioned Ensembl IDs (ENSG...{dot}1)"),
                       ("mouse_symbol", "mouse gene symbols"), ("ensembl_mouse", "mouse Ensembl IDs"),

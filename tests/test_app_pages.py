@@ -2406,3 +2406,17 @@ def test_the_gene_ids_tile_says_symbols_taken_from_a_var_column(with_library):
     assert metric(at, "Gene IDs") == "symbol"
     tile = next(m for m in at.metric if m.label == "Gene IDs")
     assert "var['gene_symbols']" in tile.help
+
+
+def test_the_gene_ids_tile_shows_mouse_symbols_whole():
+    """QA: the Gene IDs tile read 'mouse sym…' (st.metric cuts a value wider than its tile); the tile
+    says 'mouse', with 'mouse gene symbols' whole under it."""
+    from scatd_core.preprocess import TILE_MAX_CHARS
+
+    data = make_dataset(n_cells=60, seed=4)
+    mouse = ad.AnnData(data.X.copy(), obs=data.obs.copy(),
+                       var=pd.DataFrame(index=[g.capitalize() for g in data.var_names]))
+    at = upload(start(), "mouse.h5ad", h5ad_bytes(mouse))
+    tile = next(m for m in at.metric if m.label == "Gene IDs")
+    assert tile.value == "mouse" and len(tile.value) <= TILE_MAX_CHARS
+    assert "mouse gene symbols" in str(tile.proto.delta)
