@@ -1070,14 +1070,20 @@ def _coverage_advice(r: dict) -> str:
             "the model never saw in training, so predictions may be unreliable. " + _coverage_cause(r))
 
 
-def coverage_warning(adata_or_names, model_genes: Sequence[str]) -> str | None:
+def coverage_warning(adata_or_names, model_genes: Sequence[str], *, also: str | None = None) -> str | None:
     """The prediction's warning on gene coverage, as the Model page's advice says it (``None`` when
-    coverage is good): low coverage, or a whole kind of identifier left unmapped, with the cause."""
+    coverage is good): low coverage, or a whole kind of identifier left unmapped, with the cause.
+    ``also``: another matrix of the same file has more of the genes
+    (:func:`scatd_core.matrices.fuller_elsewhere`): said first, without the generic advice, as the
+    refusal says it."""
     r, _names, _idx = _coverage_numbers(adata_or_names, model_genes, min_coverage=0.0)
     if r["status"] == "good":
         return None
     if not r["low_coverage"]:  # enough genes, but a whole kind of identifier unmapped
         return _coverage_advice(r)
+    cause = _coverage_cause(r)
+    if also:
+        cause = f"{also} {cause.replace(SUBSET_ADVICE, '').strip()}".strip()
     return (f"Only {percent(r['n_matched'] / max(r['n_model_genes'], 1))} of the model's genes are in the data "
             f"({r['n_matched']:,} of {r['n_model_genes']:,}); predictions may be unreliable, as the missing genes are "
-            "filled with 0, which the model never saw in training. " + _coverage_cause(r))
+            "filled with 0, which the model never saw in training. " + cause)

@@ -716,7 +716,9 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
         matrix = getattr(inputs, "matrix", None)
         if matrix is not None and matrix.name != "X":  # judged on the matrix the model read (e.g. adata.raw), as
             data = inputs.data  # the refusal and the Model page judge it, not on X's genes
-        warning = coverage_warning(data, bundle.genes)
+        from scatd_core.matrices import fuller_elsewhere
+
+        warning = coverage_warning(data, bundle.genes, also=fuller_elsewhere(inputs.adata, matrix, bundle.genes))
         if warning:
             out.append(warning)
     words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if bundle.input_kind == "embedding" else {})}

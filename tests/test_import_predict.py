@@ -830,3 +830,21 @@ def test_the_minimum_gene_coverage_is_judged_on_the_matrix_the_model_reads(small
             "models") in said
     # QA: the generic "upload the full gene matrix" came first; the file's own fuller matrix is the advice
     assert "upload the full gene matrix" not in said and said.rstrip().endswith("choose auto or adata.raw there.")
+
+
+def test_a_low_coverage_warning_after_choosing_x_names_the_files_fuller_matrix(small_bundles, tmp_path):
+    """QA: X chosen by hand holds a third of the model's genes (enough to score, a warning), adata.raw
+    of the same file all of them: the warning gave only the generic "upload the full gene matrix";
+    it now says first, as the refusal does, that adata.raw has them and to choose auto or it."""
+    bundle, genes = _log_model(small_bundles, tmp_path)
+    adata, _counts = _scanpy_file(genes)
+    adata = adata[:, : len(genes) // 3].copy()
+    assert 0.1 < adata.n_vars / len(genes) < 0.5
+    adata.X = np.abs(adata.X)
+    adata.uns["scatd_matrix"] = "X"
+    predict(adata, bundle)
+    said = [w for w in adata.uns["scatd"]["warnings"] if "of the model's genes are in the data" in w]
+    assert len(said) == 1
+    assert (f"This file's adata.raw has {len(genes)} of the model's {len(genes)} genes, but X was chosen for the "
+            "models") in said[0]
+    assert "upload the full gene matrix" not in said[0]
