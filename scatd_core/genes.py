@@ -800,6 +800,7 @@ def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
         mapping = map_gene_ids(adata, target, geneformer_dict=geneformer_dict, biomart=biomart)
         adata.var[key] = mapping.names
         summary[target] = mapping.summary()
+    annotate_raw_gene_ids(adata, geneformer_dict=geneformer_dict, biomart=biomart)
     if data_type in ("ensembl", "mixed"):
         sym = summary["symbol"]
         n_ensembl = sym["n_genes"] - sym["n_already"]
@@ -814,6 +815,40 @@ def annotate_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> dict:
         report["warnings"] = warnings + problems + ([summary["hint"]] if "hint" in summary else [])
     adata.uns[_keys.INPUT_REPORT] = report
     return summary
+
+
+def raw_has_own_genes(adata) -> bool:
+    """Whether ``adata.raw`` holds other genes than X (its own ``raw.var``, e.g. all genes beside X's
+    highly variable ones, or Ensembl IDs beside X's symbols)."""
+    raw = getattr(adata, "raw", None)
+    return raw is not None and list(map(str, raw.var_names)) != list(map(str, adata.var_names))
+
+
+def annotate_raw_gene_ids(adata, *, geneformer_dict=None, biomart=None) -> None:
+    """``adata.raw``'s own genes (:func:`raw_has_own_genes`) mapped as X's are by :func:`annotate_gene_ids`
+    (the same routes: raw.var's own columns such as ``gene_symbols`` or ``feature_name``, Geneformer's
+    dictionary, the BioMart table): sets ``adata.raw.var['scatd_symbol']`` and ``['scatd_ensembl']``, so
+    that a model reading adata.raw matches its genes as it would X's. Nothing to do when raw shares X's
+    genes (it then reads X's ``var``)."""
+    if not raw_has_own_genes(adata):
+        return
+    raw_var = adata.raw.var
+    for target, key in (("symbol", _keys.SYMBOL), ("ensembl", _keys.ENSEMBL)):
+        raw_var[key] = map_gene_ids(adata.raw, target, geneformer_dict=geneformer_dict, biomart=biomart).names
+
+
+def mapped_raw_var(adata) -> pd.DataFrame:
+    """``adata.raw.var`` with the model identifiers X's genes have (:func:`annotate_raw_gene_ids`): as it is
+    when mapped already or when X's were never mapped (names as in the file, as for X), else a mapped copy
+    (the file's own columns and the server's dictionary; the data are not changed)."""
+    raw_var = adata.raw.var
+    if _keys.SYMBOL in raw_var or _keys.SYMBOL not in adata.var:
+        return raw_var
+    out = raw_var.copy()
+    dictionary = default_symbol_dictionary()
+    for target, key in (("symbol", _keys.SYMBOL), ("ensembl", _keys.ENSEMBL)):
+        out[key] = map_gene_ids(adata.raw, target, geneformer_dict=dictionary).names
+    return out
 
 
 def id_mapping_text(summary: dict) -> str:

@@ -113,8 +113,11 @@ def candidates(adata: ad.AnnData, *, all_layers: bool = False, backed_others: bo
             out.append(Candidate(f"layer:{name}", f"layers['{name}']", adata.layers[name], adata.var))
     raw = getattr(adata, "raw", None)
     if raw is not None and raw.n_obs == adata.n_obs:
-        same = list(map(str, raw.var_names)) == list(map(str, adata.var_names))
-        out.append(Candidate("raw", "adata.raw", raw.X, adata.var if same else raw.var))
+        from scatd_core.genes import mapped_raw_var, raw_has_own_genes
+
+        # raw's own genes (other genes, or Ensembl IDs beside X's symbols) mapped to symbols as X's are
+        out.append(Candidate("raw", "adata.raw", raw.X, mapped_raw_var(adata) if raw_has_own_genes(adata)
+                             else adata.var))
     for c in out:
         c.kind = _kind_of(adata, c.name, c.matrix)
     return out

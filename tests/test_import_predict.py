@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import unittest.mock as mock
 from pathlib import Path
 
 import anndata as ad
@@ -16,6 +17,7 @@ import torch
 
 import original_scatd as orig
 from conftest import small_gene_names
+from scatd_core import _keys
 from scatd_core.bundle import distinct_titles, import_checkpoint, list_library, load_bundle
 from scatd_core.errors import BundleError, CheckpointError, InputError
 from scatd_core.export import predictions_table
@@ -735,6 +737,65 @@ def test_a_gene_subset_in_x_gives_way_to_the_fuller_matrix_in_raw_and_one_matrix
     alone = ad.AnnData(counts, var=pd.DataFrame(index=genes))
     choice = matrices.choose(alone, "log1p_cp10k", genes)
     assert choice.name == "X" and choice.note is None and matrices.matrix_data(alone, choice) is alone
+
+
+def _ensembl_raw(adata, genes, column: str | None = "gene_symbols"):
+    """``adata`` with its .raw's genes named by Ensembl IDs (X keeps its symbols), the symbols in
+    raw.var[column] (none when ``column`` is None)."""
+    ids = [f"ENSG{i:011d}" for i in range(len(genes))]
+    var = pd.DataFrame({column: list(genes)} if column else {}, index=ids)
+    raw = ad.AnnData(adata.raw.X.copy(), obs=pd.DataFrame(index=adata.obs_names), var=var)
+    out = adata.copy()
+    out.raw = raw
+    return out, ids
+
+
+@pytest.mark.parametrize("column", ["gene_symbols", "feature_name"])
+def test_ensembl_ids_in_adata_raw_are_mapped_to_symbols_as_xs_are(small_bundles, tmp_path, column):
+    """X's genes are symbols, adata.raw's Ensembl IDs with the symbols in a raw.var column: the model
+    reads .raw with its genes mapped to symbols (they once stayed Ensembl IDs, so none matched)."""
+    from scatd_core import genes as gene_ids
+    from scatd_core import matrices
+
+    bundle, genes = _log_model(small_bundles, tmp_path)
+    adata, counts = _scanpy_file(genes)
+    adata, _ids = _ensembl_raw(adata, genes, column)
+    gene_ids.annotate_gene_ids(adata, geneformer_dict={})
+    choice = matrices.choose(adata, "log1p_cp10k", genes)
+    assert choice.name == "raw"
+    assert gene_ids.names_for(matrices.matrix_data(adata, choice), "symbol") == list(genes)
+    reference = ad.AnnData(counts, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=genes))
+    predict(reference, bundle)
+    predict(adata, bundle)
+    assert adata.uns["scatd"]["gene_coverage"]["fraction_matched"] == 1.0
+    np.testing.assert_allclose(adata.obs["scatd_prob_resistant"], reference.obs["scatd_prob_resistant"], atol=1e-5)
+
+
+def test_ensembl_ids_in_adata_raw_use_the_biomart_table_and_dictionary_xs_ids_use(small_bundles, tmp_path):
+    """The BioMart table given for the data (Data page, --biomart) maps .raw's own Ensembl IDs as it maps
+    X's; raw.var, not a mapped copy, carries them; without annotation the server's dictionary is used
+    on a copy, leaving the file's raw.var as it was."""
+    from scatd_core import genes as gene_ids
+    from scatd_core import matrices
+
+    _bundle, genes = _log_model(small_bundles, tmp_path)
+    adata, _counts = _scanpy_file(genes)
+    adata, ids = _ensembl_raw(adata, genes, None)
+    table = pd.DataFrame({"ensembl": ids, "symbol": list(genes)})
+    gene_ids.annotate_gene_ids(adata, geneformer_dict={}, biomart=table)
+    assert list(adata.raw.var[_keys.SYMBOL]) == list(genes)
+    choice = matrices.choose(adata, "log1p_cp10k", genes)
+    assert choice.name == "raw" and choice.record()["n_genes"] == len(genes)
+    assert gene_ids.names_for(matrices.matrix_data(adata, choice), "symbol") == list(genes)
+    # mapped by the dictionary the server has, when X's were mapped without touching .raw
+    bare, _counts = _scanpy_file(genes)
+    bare, ids = _ensembl_raw(bare, genes, None)
+    gene_ids.annotate_gene_ids(bare, geneformer_dict={})
+    del bare.raw.var[_keys.SYMBOL], bare.raw.var["scatd_ensembl"]
+    with mock.patch.object(gene_ids, "default_symbol_dictionary", lambda *a: dict(zip(genes, ids))):
+        choice = matrices.choose(bare, "log1p_cp10k", genes)
+    assert gene_ids.names_for(matrices.matrix_data(bare, choice), "symbol") == list(genes)
+    assert _keys.SYMBOL not in bare.raw.var
 
 
 def test_count_layer_beside_log_values_is_what_counts_and_as_is_models_read(small_bundles, tmp_path):
