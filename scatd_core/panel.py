@@ -251,6 +251,7 @@ def predict_panel(
         raise InputError("The dataset has no cells.", "Check the file and the filters applied.")
     t0 = time.perf_counter()
     mask_array = _mask_of(adata, mask)
+    refused = refuse_unscorable(adata, bundles)  # before any model runs (and before the old panel is cleared)
     _clear_panel(adata)
     taken: set[str] = set()
     team = [PanelMember(drug_prefix(b.drug or b.name, taken), drug, b.name, str(b.path), b.backbone, b.is_demo)
@@ -267,6 +268,10 @@ def predict_panel(
         for i, (member, bundle) in enumerate(zip(team, bundles)):
             if should_stop is not None and should_stop():
                 raise Cancelled("Panel prediction cancelled; nothing was kept.")
+            if i in refused:  # it could score no cell (e.g. z-scored values for a log model): not run
+                member.status, member.problem = "skipped", _problem(refused[i])
+                member.problem_app = _problem(refused[i], app=True) if refused[i].app_hint else None
+                continue
             say = step(progress, i, n, member.drug)
             if say is not None:
                 say(0.0, "aligning the data to the model")
@@ -289,6 +294,42 @@ def predict_panel(
     if progress is not None:
         progress(1.0, f"{sum(m.scored for m in team)} of {n} models scored the data")
     return members(adata, scored_only=False)
+
+
+def unscorable(adata: ad.AnnData, bundles: Sequence) -> dict[int, InputError]:
+    """The panel's models that can score none of ``adata``'s cells for the values they would read (e.g. a
+    model that log-normalises values given z-scored ones), by position, with the refusal a single
+    prediction gives (:func:`scatd_core.inputs.unscorable_error`; each model reads the matrix the matrix rule
+    chooses for it, so an unscaled adata.raw beside a z-scored X is read as by one prediction). Judged
+    before any model runs, once per input signature and backbone."""
+    from scatd_core.inputs import unscorable_error
+
+    seen: dict[tuple, InputError | None] = {}
+    out: dict[int, InputError] = {}
+    for i, bundle in enumerate(bundles):
+        if getattr(bundle, "kind", "classifier") != "classifier":
+            continue
+        key = (input_signature(bundle), bundle.backbone)
+        if key not in seen:
+            seen[key] = unscorable_error(adata, bundle)
+        if seen[key] is not None:
+            out[i] = seen[key]
+    return out
+
+
+def refuse_unscorable(adata: ad.AnnData, bundles: Sequence) -> dict[int, InputError]:
+    """:func:`unscorable`, raising the single prediction's refusal when it holds for every model of the
+    panel (nothing is then run: a z-scored matrix is refused up front, not after every drug failed)."""
+    problems = unscorable(adata, bundles)
+    if bundles and len(problems) == len(bundles):
+        first = problems[0]
+        alike = all(p.message == first.message for p in problems.values())
+        names = distinct_drugs([b.drug or b.name for b in bundles])
+        message = (f"No model of the panel can score these data: {first.message}" if alike else
+                   "No model of the panel can score these data: " + " ".join(
+                       f"{names[i]}: {p.message}" for i, p in problems.items()))
+        raise InputError(message, first.hint, app_hint=first.app_hint)
+    return problems
 
 
 class _SharedInputs:

@@ -95,6 +95,53 @@ def test_a_model_that_cannot_score_is_skipped_with_its_reason(library, small_bun
         panel.predict_panel(make_dataset(50, seed=4), [vae_sf])
 
 
+def _z_scored(n_cells: int, seed: int, raw: bool = False) -> ad.AnnData:
+    """Cells whose X holds z-scored values (negative in every cell); with ``raw`` their log-normalised
+    values in adata.raw, as a usual scanpy file holds them."""
+    data = make_dataset(n_cells, seed=seed)
+    x = np.asarray(data.X.toarray() if hasattr(data.X, "toarray") else data.X, dtype=np.float32)
+    scaled = data.copy()
+    scaled.X = ((x - x.mean(0)) / (x.std(0) + 1e-3)).astype(np.float32)
+    if raw:
+        scaled.raw = ad.AnnData(np.log1p(x / x.sum(1, keepdims=True).clip(1) * 1e4).astype(np.float32),
+                                obs=pd.DataFrame(index=data.obs_names), var=pd.DataFrame(index=data.var_names))
+    return scaled
+
+
+def test_a_z_scored_matrix_is_refused_before_any_model_runs_as_one_prediction_refuses_it(library):
+    """QA: a z-scored input was refused by a single prediction at once, but a panel ran every drug and
+    failed late, per drug ("No cell can be scored"). It is refused up front in the same words; an
+    unscaled adata.raw beside it is read instead, as one prediction reads it."""
+    from scatd_core.inputs import unscorable_error
+
+    bundles = _bundles(library, DRUGS[:2])
+    scaled = _z_scored(40, seed=3)
+    single = unscorable_error(scaled, bundles[0])
+    assert single is not None and "this matrix is z-scored" in single.message
+    seen = []
+    with pytest.raises(InputError) as caught:
+        panel.predict_panel(scaled, bundles, progress=lambda f, m: seen.append(m))
+    assert caught.value.message == f"No model of the panel can score these data: {single.message}"
+    assert caught.value.hint == single.hint and caught.value.app_hint == single.app_hint
+    assert seen == [] and "scatd_panel" not in scaled.uns  # no model was run
+    with_raw = _z_scored(40, seed=3, raw=True)
+    members = panel.predict_panel(with_raw, bundles)
+    assert [m.status for m in members] == ["scored", "scored"]
+    assert with_raw.uns[members[0].key]["matrix"]["where"] == "adata.raw"
+    alone = with_raw.copy()
+    predict(alone, bundles[0])
+    np.testing.assert_allclose(with_raw.obs[f"{members[0].key}_prob_resistant"], alone.obs["scatd_prob_resistant"])
+
+
+def test_the_cli_refuses_a_z_scored_panel_input_before_any_model_runs(lib_env, tmp_path, capsys):
+    _z_scored(40, seed=3).write_h5ad(tmp_path / "scaled.h5ad")
+    code = main(["predict", "--input", str(tmp_path / "scaled.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
+                 "--output", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert code != 0 and "No model of the panel can score these data" in err and "this matrix is z-scored" in err
+    assert "Panel of 2 models" not in err and "skipped" not in err and not (tmp_path / "p.csv").exists()
+
+
 def test_thresholds_refresh_the_panel_summary_and_the_ranking(library):
     data = make_dataset(200, seed=5)
     members = panel.predict_panel(data, _bundles(library))

@@ -356,6 +356,7 @@ def run_panel(args, bundles) -> int:
     adata = read_input(args)
     check_columns(adata, args)
     mask = cell_mask(adata, args)
+    panel.refuse_unscorable(adata, bundles)  # e.g. z-scored values for log models: refused before any work
     for bundle in bundles:  # VAE_sf/VAE_gf on expression: embeddings once per backbone (cached in the data)
         try:
             prepare_embeddings(adata, bundle, args)
