@@ -99,14 +99,12 @@ def _kind_of(adata: ad.AnnData, name: str, matrix) -> str:
     return kind
 
 
-def candidates(adata: ad.AnnData, *, all_layers: bool = False, backed_others: bool = False) -> list[Candidate]:
+def candidates(adata: ad.AnnData, *, all_layers: bool = False) -> list[Candidate]:
     """The matrices of ``adata`` a model may read: X, the count layers (:data:`COUNT_LAYERS`; every
-    layer with ``all_layers``), ``adata.raw``. Data read from disk in parts (backed): X only, unless
-    ``backed_others`` (the foundation models, whose Ray workers read the chosen matrix from the file)."""
+    layer with ``all_layers``), ``adata.raw``. Data read from disk in parts (backed) have them all
+    too: ``adata.raw``'s values are read from the file in row blocks as X's are (the layers are in
+    memory), and the Ray workers read the chosen matrix from the file (:mod:`scatd_core.scaleout`)."""
     out = [Candidate("X", "X", adata.X, adata.var)]
-    if adata.isbacked and not backed_others:
-        out[0].kind = _kind_of(adata, "X", adata.X)  # what X holds, as for data in memory
-        return out
     names = list(adata.layers.keys()) if all_layers else [n for n in COUNT_LAYERS if n in adata.layers]
     for name in names:
         if adata.layers[name].shape == adata.shape:
@@ -185,8 +183,7 @@ def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None 
     has no such matrix. Otherwise the best suited (:data:`_SUIT`), then the one with most of the
     model's genes, X first on a tie."""
     choice = parse_choice(choice) if choice is not None else forced(adata)
-    every = candidates(adata, all_layers=choice is not None and choice.startswith("layer:"),
-                       backed_others=transform == "foundation")
+    every = candidates(adata, all_layers=choice is not None and choice.startswith("layer:"))
     suit = _SUIT.get(transform, _SUIT["none"])
     if choice is not None:
         found = [c for c in every if c.name == choice]

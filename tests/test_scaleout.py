@@ -186,6 +186,67 @@ def test_streamed_h5ad_equals_the_single_process_one(local_ray, small_bundles, t
     assert_same(written, ad.read_h5ad(write_h5ad(one, tmp_path / "one.h5ad")))  # as one process writes it
 
 
+def write_scanpy_cells(path, n_cells: int, genes: list[str], where: str, seed: int = 3):
+    """A large-file layout of a usual scanpy file: X z-scored; beside it the log-normalised values in
+    adata.raw (``where="raw"``) or the raw counts in layers['counts'] (``"layer"``). Returns the counts."""
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(3.0, size=(n_cells, len(genes))).astype(np.float32) + 1
+    obs = pd.DataFrame({"sample": pd.Categorical(rng.choice(["p1", "p2"], n_cells))},
+                       index=[f"c{i}" for i in range(n_cells)])
+    adata = ad.AnnData(((counts - counts.mean(0)) / counts.std(0)).astype(np.float32), obs=obs,
+                       var=pd.DataFrame(index=genes))
+    if where == "raw":
+        log = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).astype(np.float32)
+        adata.raw = ad.AnnData(sp.csr_matrix(log), obs=obs[[]], var=pd.DataFrame(index=genes))
+    else:
+        adata.layers["counts"] = sp.csr_matrix(counts)
+    adata.write_h5ad(path)
+    return counts
+
+
+def _log_model(small_bundles, tmp_path):
+    from scatd_core.bundle import save_bundle
+
+    bundle, sd, _enc, _z, genes = small_bundles["dist_vae"]
+    return save_bundle(tmp_path / "log_model", sd, bundle.architecture, drug="TESTDRUG", genes=genes,
+                       input_transform="log1p_cp10k", beta_mode="separate")
+
+
+@pytest.mark.parametrize("where", ["raw", "layer"])
+def test_a_backed_file_is_read_from_the_matrix_the_rule_chooses_in_one_process(small_bundles, tmp_path, where):
+    """QA: a file read in parts (backed) gave the models X only: z-scored X beside log-normalised
+    adata.raw (or layers['counts']) was refused ("No cell can be scored") where the same file in memory
+    was read from .raw. Backed, one process reads the same matrix (.raw in row blocks), with the same note."""
+    bundle = _log_model(small_bundles, tmp_path)
+    counts = write_scanpy_cells(tmp_path / "c.h5ad", 300, small_gene_names(60), where)
+    backed, memory = io.read(tmp_path / "c.h5ad", backed=True), io.read(tmp_path / "c.h5ad", backed=False)
+    assert backed.isbacked
+    predict(backed, bundle, batch_size=128)
+    predict(memory, bundle, batch_size=128)
+    assert backed.uns["scatd"]["matrix"] == memory.uns["scatd"]["matrix"]
+    assert backed.uns["scatd"]["matrix"]["where"] == ("adata.raw" if where == "raw" else "layers['counts']")
+    assert list(backed.uns["scatd"]["notes"]) == list(memory.uns["scatd"]["notes"])
+    np.testing.assert_array_equal(backed.obs["scatd_prob_resistant"], memory.obs["scatd_prob_resistant"])
+    reference = ad.AnnData(counts, var=pd.DataFrame(index=small_gene_names(60)))
+    predict(reference, bundle)
+    np.testing.assert_allclose(backed.obs["scatd_prob_resistant"], reference.obs["scatd_prob_resistant"], atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["raw", "layer"])
+def test_ray_reads_the_matrix_one_process_reads_from_the_file(local_ray, small_bundles, tmp_path, where):
+    """Ray workers read X only: the same file gave Ray "No cell can be scored" while one process read
+    adata.raw / layers['counts']. They read the chosen matrix's rows from the file: the same results,
+    record, notes and warnings as one process."""
+    bundle = _log_model(small_bundles, tmp_path)
+    write_scanpy_cells(tmp_path / "c.h5ad", 3000, small_gene_names(60), where)
+    run = scaleout.predict_ray(io.read(tmp_path / "c.h5ad", backed=True), bundle, tmp_path / "o.csv",
+                               batch_size=BATCH, shard_cells=2048, workers=2)
+    one = single_process(tmp_path / "c.h5ad", bundle)
+    assert run.adata.uns["scatd"]["matrix"]["where"] == ("adata.raw" if where == "raw" else "layers['counts']")
+    assert any("The model input is taken from" in n for n in run.adata.uns["scatd"]["notes"])
+    assert_same(run.adata, one)
+
+
 def test_in_memory_data_and_bad_address_are_refused_with_a_reason(small_bundles, tmp_path):
     bundle = small_bundles["dist_vae"][0]
     adata = ad.AnnData(X=np.ones((4, 60), dtype=np.float32), var=pd.DataFrame(index=small_gene_names(60)))
@@ -207,6 +268,19 @@ def test_too_few_model_genes_are_refused_before_any_worker_starts(small_bundles,
     with pytest.raises(ScatdError, match="Could not connect to the Ray cluster"):  # past the check with the override
         scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "o.csv", address="127.0.0.1:1",
                              min_gene_coverage=0.01)
+
+
+def test_z_scored_values_alone_are_refused_before_any_worker_starts(small_bundles, tmp_path):
+    """As one process refuses z-scored values for a model that log-normalises them (inputs.unscorable_error),
+    so does a Ray run, before it connects (the address is unreachable), instead of failing after every shard."""
+    bundle = _log_model(small_bundles, tmp_path)
+    write_scanpy_cells(tmp_path / "c.h5ad", 200, small_gene_names(60), "layer")
+    scaled = ad.read_h5ad(tmp_path / "c.h5ad")
+    del scaled.layers["counts"]
+    scaled.write_h5ad(tmp_path / "scaled.h5ad")
+    with pytest.raises(InputError, match="this matrix is z-scored"):
+        scaleout.predict_ray(io.read(tmp_path / "scaled.h5ad", backed=True), bundle, tmp_path / "o.csv",
+                             address="127.0.0.1:1")
 
 
 def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, small_bundles, tmp_path, capsys):

@@ -271,13 +271,13 @@ def _x_only_fingerprint(adata) -> str:
 
 def test_counts_not_in_the_file_the_ray_workers_read_are_refused_with_a_reason(tmp_path):
     from scatd_core.errors import InputError
-    from scatd_core.scaleout._embed import _matrix_in_file
+    from scatd_core.scaleout._files import matrix_in_file
 
     data, counts = _normalised_with_counts("vae_sf", 10, "layers")
     data.write_h5ad(tmp_path / "with.h5ad")
     del data.layers["counts"]
     data.write_h5ad(tmp_path / "without.h5ad")
-    assert _matrix_in_file(io.read(tmp_path / "with.h5ad", backed=True), "layers['counts']") == "layers/counts"
-    assert _matrix_in_file(io.read(tmp_path / "with.h5ad", backed=True), "X") is None
-    with pytest.raises(InputError, match=r"raw counts in layers\['counts'\] are not in the file without.h5ad"):
-        _matrix_in_file(io.read(tmp_path / "without.h5ad", backed=True), "layers['counts']")
+    assert matrix_in_file(io.read(tmp_path / "with.h5ad", backed=True), "layers['counts']") == "layers/counts"
+    assert matrix_in_file(io.read(tmp_path / "with.h5ad", backed=True), "X") is None
+    with pytest.raises(InputError, match=r"The matrix layers\['counts'\] is not in the file without.h5ad"):
+        matrix_in_file(io.read(tmp_path / "without.h5ad", backed=True), "layers['counts']")

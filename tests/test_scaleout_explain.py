@@ -81,6 +81,23 @@ def test_subsample_on_two_workers_equals_single_process(local_ray, small_bundles
     assert_same_explanation(dist, one, dist_adata, one_adata)
 
 
+def test_ray_explains_the_matrix_one_process_reads(local_ray, small_bundles, tmp_path):
+    """z-scored X beside log-normalised adata.raw in a large file: the workers integrate the rows of
+    adata.raw, as one process does (they read X, so no cell had a model input)."""
+    from test_scaleout import _log_model, write_scanpy_cells
+
+    bundle = _log_model(small_bundles, tmp_path)
+    path = tmp_path / "c.h5ad"
+    write_scanpy_cells(path, 1_000, small_gene_names(60), "raw")
+    kw = dict(max_cells=120, seed=3, n_steps=8, keep_top=20, batch_size=BATCH)
+    one_adata = predicted(path, bundle)
+    one = explain(one_adata, bundle, **kw)
+    dist_adata = predicted(path, bundle)
+    dist = scaleout.explain_ray(dist_adata, bundle, shard_cells=100, workers=2, **kw)
+    assert one_adata.uns["scatd"]["matrix"]["where"] == "adata.raw"
+    assert_same_explanation(dist, one, dist_adata, one_adata)
+
+
 def test_dataset_statistics_random_baseline_and_a_mask_equal_single_process(local_ray, small_bundles, tmp_path):
     """VAE_sf (AdaIN moments of the whole dataset), QC-filtered cells, the captum path (not factorised)."""
     bundle = small_bundles["vae_sf"][0]

@@ -23,7 +23,7 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys
-from scatd_core.scaleout._files import stat_data_file
+from scatd_core.scaleout._files import matrix_in_file, stat_data_file
 from scatd_core.scaleout._run import _ray, _require_backed, _run_pass, _workers, connect, release
 from scatd_core.scaleout._shard import FAULTY_PREFIX, EmbedWorker, Job
 from scatd_core.scaleout._store import ShardStore, parts_dir, shard_name
@@ -103,7 +103,7 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
     environment = {k: v for k, v in os.environ.items() if k.startswith("SCATD_")}
     # the matrix one process gives the backbone: X, or the raw counts beside a normalised X
     source, given = counts_source(adata, backbone)
-    matrix = _matrix_in_file(adata, given["matrix"])
+    matrix = matrix_in_file(adata, given["matrix"])
     job = Job(path=str(adata.filename), var=source.var.copy(), obsm_key=None,
               bundle_path=str(bundle.path), batch_size=1, log_normalise=False, device=device, matrix=matrix,
               embed={"backbone": backbone, "options": options, "todo": todo, "report": _value_report(source),
@@ -172,25 +172,6 @@ def embed_ray(adata: ad.AnnData, bundle, *, mask: np.ndarray | None = None, devi
 
     return require_some_finite(store_embeddings(adata, backbone, embeddings, info, identity, tried | todo, device,
                                                 seconds + time.perf_counter() - t0, faulty=faulty), backbone)
-
-
-def _matrix_in_file(adata: ad.AnnData, where: str) -> str | None:
-    """Where in the h5ad the workers read the matrix :func:`~scatd_core.foundation._embed.counts_source`
-    chose (``"layers['counts']"``: ``"layers/counts"``; ``"adata.raw"``: ``"raw/X"``); ``None`` for X.
-    Raises when the file does not hold it (counts added to the data after they were read)."""
-    from scatd_core.errors import InputError
-    from scatd_core.scaleout._files import open_h5
-
-    if where == "X":
-        return None
-    path = "raw/X" if where == "adata.raw" else "layers/" + where[len("layers['"):-len("']")]
-    with open_h5(adata.filename) as f:
-        if path in f:
-            return path
-    raise InputError(f"The raw counts in {where} are not in the file {Path(adata.filename).name}, from which the Ray "
-                     "workers read the cells (they were added after it was read).",
-                     "Save the data with its counts (adata.write_h5ad) and give that file, or run without the Ray "
-                     "engine.")
 
 
 def write_obsm(adata: ad.AnnData, key: str, folder: Path) -> str:

@@ -22,7 +22,7 @@ import anndata as ad
 import numpy as np
 
 from scatd_core import _keys
-from scatd_core.scaleout._files import open_h5, stat_data_file
+from scatd_core.scaleout._files import matrix_in_file, open_h5, stat_data_file
 from scatd_core.scaleout._run import (_ray, _require_backed, _run_pass, _workers, connect, in_app, release,
                                       stay_connected)
 from scatd_core.scaleout._shard import CALL_KEYS, ExplainWorker, Job, shard_calls, shard_raw
@@ -100,8 +100,11 @@ def explain_ray(
             from scatd_core.scaleout._embed import write_obsm
 
             obsm_path = write_obsm(adata, obsm_key, Path(tmp_obsm.name))  # computed after the file was written
-        job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, obsm_path=obsm_path,
-                  bundle_path=str(bundle.path),
+        # the workers read the rows of the matrix the model reads (X, adata.raw, a layer), as one process
+        chosen = getattr(inputs, "matrix", None)
+        matrix = None if chosen is None or chosen.name == "X" else matrix_in_file(adata, chosen.candidate.where)
+        job = Job(path=str(adata.filename), var=inputs.data.var.copy(), obsm_key=obsm_key, obsm_path=obsm_path,
+                  bundle_path=str(bundle.path), matrix=matrix,
                   batch_size=int(inputs.batch_size), log_normalise=bool(inputs.log_normalise), mask=inputs.mask,
                   unlog=bool(inputs.unlog),
                   moments=inputs.moments, device=device,
@@ -116,7 +119,8 @@ def explain_ray(
             "baseline_sha256": hashlib.sha256(np.asarray(base, dtype=np.float32).tobytes()).hexdigest(),
             "mask_sha256": "" if inputs.mask is None else hashlib.sha256(np.packbits(inputs.mask).tobytes()).hexdigest(),
             "batch_size": int(inputs.batch_size), "n_shards": len(shards), "device": device, **settings,
-            "explain": True, "sums": ",".join(CALL_KEYS)}  # parts with other sums are not mixed in
+            "explain": True, "sums": ",".join(CALL_KEYS),  # parts with other sums are not mixed in
+            **({"matrix": matrix} if matrix else {})}
         tmp = None
         if output is None:
             tmp = tempfile.TemporaryDirectory(prefix="scatd-explain-")

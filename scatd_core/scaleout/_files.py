@@ -136,3 +136,19 @@ def in_app_words(exc: InputError, task: str, copy: bool) -> InputError:
 
 __all__ = ["data_file_error", "parts_error", "open_h5", "stat_data_file", "is_data_file_error", "in_app_words", "MISSING",
            "NOT_ALLOWED", "UNREADABLE"]
+
+
+def matrix_in_file(adata, where: str) -> str | None:
+    """Where in the h5ad the workers read the matrix a model reads (:mod:`scatd_core.matrices`, e.g. the
+    raw counts :func:`~scatd_core.foundation._embed.counts_source` chose): ``"layers['counts']"`` is
+    ``"layers/counts"``, ``"adata.raw"`` is ``"raw/X"``; ``None`` for X. Raises when the file does not hold
+    it (a matrix added to the data after they were read)."""
+    if where == "X":
+        return None
+    path = "raw/X" if where == "adata.raw" else "layers/" + where[len("layers['"):-len("']")]
+    with open_h5(adata.filename) as f:
+        if path in f:
+            return path
+    raise InputError(f"The matrix {where} is not in the file {Path(adata.filename).name}, from which the Ray "
+                     "workers read the cells (it was added after the file was read).",
+                     "Save the data with it (adata.write_h5ad) and give that file, or run without the Ray engine.")

@@ -25,8 +25,9 @@ from scatd_core._keys import NOT_SCORED, result_keys
 from scatd_core._matrix import MeanVar
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.inputs import (EXAMPLES_PER_REASON, REASON_TEXT, InputSpec, log_normalises, mask_label, mask_reason_text,
-                               model_source, needs_moments, no_cell_scored_error, unlogs_values)
-from scatd_core.scaleout._files import in_app_words, is_data_file_error, open_h5, stat_data_file
+                               model_data, model_source, needs_moments, no_cell_scored_error, unlogs_values,
+                               unscorable_error)
+from scatd_core.scaleout._files import in_app_words, is_data_file_error, matrix_in_file, open_h5, stat_data_file
 from scatd_core.scaleout._shard import REASON_ORDER, Job, PredictWorker, StatisticsWorker
 from scatd_core.scaleout._store import ShardStore, pack, parts_dir, shard_name, unpack
 
@@ -291,7 +292,8 @@ def predict_ray(
     ``obsm`` only if ``load_latent``; :meth:`ScaleoutRun.latent_blocks` streams it otherwise),
     and ``uns['scatd']['engine']``: Ray's address, workers, shards, shards resumed. Data with
     fewer than ``min_gene_coverage`` of the model's genes are refused before any worker starts,
-    as :func:`~scatd_core.predict.predict` refuses them.
+    as :func:`~scatd_core.predict.predict` refuses them, and so are values the model can score in no cell
+    (:func:`~scatd_core.inputs.unscorable_error`).
     """
     from scatd_core.predict import _check_args, _mask_of
 
@@ -307,13 +309,21 @@ def predict_ray(
     mask_array = _mask_of(adata, mask)
     t0 = time.perf_counter()
     spec = InputSpec.of(bundle)
-    source = model_source(adata, spec)  # refuses data the model cannot read, before any worker starts
+    # the matrix one process reads (X, adata.raw, a layer: scatd_core.matrices), which the workers read from the file
+    data, choice = model_data(adata, spec)
+    matrix = None if choice is None or choice.name == "X" else matrix_in_file(adata, choice.candidate.where)
+    source = model_source(data, spec)  # refuses data the model cannot read, before any worker starts
     if source.alignment is not None:  # and too few of the model's genes (predict's own check, once for all shards)
         from scatd_core.genes import coverage_refusal
+        from scatd_core.matrices import fuller_elsewhere
 
-        refusal = coverage_refusal(adata, spec.genes, min_coverage=min_gene_coverage, model_name=bundle.name)
+        refusal = coverage_refusal(data, spec.genes, min_coverage=min_gene_coverage, model_name=bundle.name,
+                                   also=fuller_elsewhere(adata, choice, spec.genes))
         if refusal is not None:
             raise refusal
+    problem = unscorable_error(adata, bundle)  # e.g. z-scored values for a model that log-normalises them
+    if problem is not None:
+        raise problem
     obsm_key = _keys.FOUNDATION_EMBEDDING.get(spec.backbone) if source.alignment is None and \
         source.description.startswith("obsm") else None
     shards = shards_of(adata.n_obs, batch_size, shard_cells)
@@ -322,9 +332,11 @@ def predict_ray(
     in_file = obsm_key is None or _in_file(adata.filename, f"obsm/{obsm_key}")
     if obsm_key is not None:  # the parts are made from these embeddings: a run on others is a different run
         params["embeddings"] = _embeddings_identity(adata, spec.backbone, obsm_key, in_file)
-    unlog = unlogs_values(adata, spec)
+    unlog = unlogs_values(data, spec)
     if unlog:  # log-normalised values un-logged first: parts made before that was done are another run's
         params["unlog"] = True
+    if matrix is not None:  # parts made from another matrix of the file are another run's
+        params["matrix"] = matrix
     store = ShardStore(parts_dir(output), _fingerprint(adata, bundle, mask_array, params, shards))
     obsm_path = None
     if not in_file:
@@ -333,9 +345,9 @@ def predict_ray(
         from scatd_core.scaleout._embed import write_obsm
 
         obsm_path = write_obsm(adata, obsm_key, store.folder)
-    job = Job(path=str(adata.filename), var=adata.var.copy(), obsm_key=obsm_key, obsm_path=obsm_path,
-              bundle_path=str(bundle.path),
-              batch_size=int(batch_size), log_normalise=log_normalises(adata, spec), mask=mask_array, mode=mode,
+    job = Job(path=str(adata.filename), var=data.var.copy(), obsm_key=obsm_key, obsm_path=obsm_path,
+              bundle_path=str(bundle.path), matrix=matrix,
+              batch_size=int(batch_size), log_normalise=log_normalises(data, spec), mask=mask_array, mode=mode,
               unlog=unlog,
               n_samples=int(n_samples), seed=int(seed), device=device, beta_mode=beta_mode)
     ray = _ray()
@@ -353,7 +365,7 @@ def predict_ray(
     finally:
         release(started)
     run = ScaleoutRun(adata, store, shards, resumed=resumed, computed=len(todo), workers=n_workers)
-    _assemble(run, bundle, source, mask, mask_array, threshold, load_latent, address)
+    _assemble(run, bundle, source, mask, mask_array, threshold, load_latent, address, data, choice)
     run.seconds = round(time.perf_counter() - t0, 3)
     adata.uns[result_keys().run]["seconds"] = run.seconds
     if progress is not None:
@@ -551,8 +563,10 @@ def _statistics(ray, job: Job, store: ShardStore, shards, n_workers, progress, s
     return mean, sd
 
 
-def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, load_latent: bool, address) -> None:
-    """Write the shards' results into ``run.adata`` as :func:`~scatd_core.predict.predict` does."""
+def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, load_latent: bool, address,
+              data: ad.AnnData | None = None, choice=None) -> None:
+    """Write the shards' results into ``run.adata`` as :func:`~scatd_core.predict.predict` does (``data``,
+    ``choice``: the matrix the model read and why, :func:`scatd_core.inputs.model_data`)."""
     from scatd_core.predict import _warnings, clear, set_threshold
 
     adata, n = run.adata, run.adata.n_obs
@@ -604,7 +618,14 @@ def _assemble(run: ScaleoutRun, bundle, source, mask, mask_array, threshold, loa
         adata.obsm[keys.latent] = latent
     record["params"]["batch_size_lowered_to"] = min(lowered) if lowered else None
     examples = {reason: said[:EXAMPLES_PER_REASON] for reason, said in examples.items()}
-    inputs = SimpleNamespace(examples=examples, n_usable=usable, transform=record["params"]["input_transform"], source=source)
+    inputs = SimpleNamespace(examples=examples, n_usable=usable, transform=record["params"]["input_transform"],
+                             source=source, matrix=choice, data=data if data is not None else adata)
+    if choice is not None:  # the shards read their rows of the chosen matrix as their X: said as one process says it
+        record["matrix"] = choice.record()
+        notes = ([choice.note] if choice.note else []) + [str(n) for n in record.get("notes", [])]
+        record.pop("notes", None)
+        if notes:
+            record["notes"] = notes
     record.update({
         "scatd_version": __version__,
         "run_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
