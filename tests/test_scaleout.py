@@ -6,6 +6,7 @@ and shut down after it. Skipped, with the reason, where Ray is not installed.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -290,10 +291,17 @@ def test_cli_engine_ray_writes_the_single_process_table_and_h5ad(local_ray, smal
     path = write_cells(tmp_path / "c.h5ad", 6_000, small_gene_names(60), seed=2)
     common = ["predict", "--model", str(bundle.path), "--input", str(path), "--batch-size", "1024"]
     assert main(common + ["--output", str(tmp_path / "one.csv"), "--h5ad", str(tmp_path / "one.h5ad")]) == 0
+    one_estimate = re.search(r"Estimated time: about ([\d,]+) s for 6,000 cells on (CPU \(\d+ threads?\))",
+                             capsys.readouterr().err)
+    assert one_estimate is not None
     ray_args = common + ["--output", str(tmp_path / "ray.csv"), "--h5ad", str(tmp_path / "ray.h5ad"),
                          "--engine", "ray", "--shard-cells", "2048", "--workers", "2"]
     assert main(ray_args + ["--keep-parts"]) == 0
     err = capsys.readouterr().err
+    # QA: a Ray run printed no estimate; it prints one process's, shared among the workers, before any shard runs
+    said = (f"for 6,000 cells on 2 Ray workers (about {one_estimate[1]} s in one process on {one_estimate[2]}, "
+            "shared among them; an estimate from per-cell costs, nothing run yet")
+    assert said in err and err.index(said) < err.index("Predicting on Ray"), err
     assert "Ray: 2 workers, 3 shards (parts kept in" in err and "0 already done" not in err and "Predicting on Ray: 100%" in err
     assert "Removed the Ray shard parts" not in err and (tmp_path / "ray.csv.parts" / "run.json").is_file()
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()

@@ -170,7 +170,7 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
                                    threshold=args.threshold, beta_mode=args.beta_mode, shard_cells=args.shard_cells,
                                    workers=args.workers or settings()["scaleout_workers"], address=address,
                                    load_latent=load_latent, progress=Progress("Predicting on Ray"),
-                                   min_gene_coverage=getattr(args, "min_gene_coverage", None))
+                                   min_gene_coverage=getattr(args, "min_gene_coverage", None), on_estimate=say)
         say(f"Ray: {counted(run.workers, 'worker')}, {counted(len(run.shards), 'shard')}"
             + (f" ({run.resumed} already done, resumed from {run.store.folder})." if run.resumed else
                f" ({parts_note(args, run.store.folder)})."))
@@ -194,8 +194,9 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
             if problem is not None:
                 raise problem
         n_run = adata.n_obs if mask is None else int(mask.sum())  # the cells --mask leaves to score, as the app
+        read = inputs.data if inputs is not None else data  # the matrix the model reads (X, adata.raw, a layer)
         estimate = estimate_seconds(bundle, n_run, mode=args.mode, n_samples=max(2, args.samples),
-                                    device=args.device, density=stored_fraction(adata.X))
+                                    device=args.device, density=stored_fraction(read.X))
         say(f"Estimated time: about {max(1, round(estimate)):,} s for {n_run:,} cells on "
             f"{device_description(resolve_device(args.device))} (from per-cell costs; nothing run yet).")
         predict(adata, bundle, inputs=inputs, mask=mask, mode=args.mode, n_samples=args.samples, seed=args.seed,

@@ -22,7 +22,8 @@ import pandas as pd
 import scatd_core
 from scatd_core import __version__, _keys
 from scatd_core._keys import NOT_SCORED, result_keys
-from scatd_core._matrix import MeanVar
+from scatd_core._matrix import MeanVar, stored_fraction
+from scatd_core._words import counted
 from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.inputs import (EXAMPLES_PER_REASON, REASON_TEXT, InputSpec, log_normalises, mask_label, mask_reason_text,
                                model_data, model_source, needs_moments, no_cell_scored_error, unlogs_values,
@@ -276,6 +277,7 @@ def predict_ray(
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     min_gene_coverage: float | None = None,
+    on_estimate: Callable[[str], None] | None = None,
 ) -> ScaleoutRun:
     """:func:`scatd_core.predict.predict` over the shards of a backed h5ad, on Ray.
 
@@ -293,7 +295,8 @@ def predict_ray(
     and ``uns['scatd']['engine']``: Ray's address, workers, shards, shards resumed. Data with
     fewer than ``min_gene_coverage`` of the model's genes are refused before any worker starts,
     as :func:`~scatd_core.predict.predict` refuses them, and so are values the model can score in no cell
-    (:func:`~scatd_core.inputs.unscorable_error`).
+    (:func:`~scatd_core.inputs.unscorable_error`). ``on_estimate`` is given the time estimate in words
+    (:func:`estimate_text`) once the workers are counted, before any shard runs.
     """
     from scatd_core.predict import _check_args, _mask_of
 
@@ -354,10 +357,16 @@ def predict_ray(
     started = connect(address)
     try:
         n_workers = _workers(ray, workers, device)
+        todo = [i for i in range(len(shards)) if not store.done(shard_name(i))]
+        if on_estimate is not None:
+            n_run = sum(stop - start if mask_array is None else int(mask_array[start:stop].sum())
+                        for start, stop in (shards[i] for i in todo))
+            on_estimate(estimate_text(bundle, n_run, n_workers, len(todo), mode=mode, n_samples=n_samples,
+                                      device=device, density=stored_fraction(data.X)))
         if needs_moments(spec):
             job = replace(job, moments=_statistics(ray, job, store, shards, n_workers, progress, should_stop,
                                                    mask_reason_text(mask)))
-        todo = [i for i in range(len(shards)) if not store.done(shard_name(i))]
+        todo = [i for i in range(len(shards)) if not store.done(shard_name(i))]  # after the statistics pass
         resumed = len(shards) - len(todo)
         _run_pass(ray, PredictWorker, job, shards, todo, n_workers, device,
                   lambda i, payload: store.save(shard_name(i), payload), "predicting", resumed, progress,
@@ -371,6 +380,23 @@ def predict_ray(
     if progress is not None:
         progress(1.0, f"done · {adata.n_obs:,} cells in {len(shards)} shards ({resumed} resumed)")
     return run
+
+
+def estimate_text(bundle, n_cells: int, n_workers: int, n_shards: int, *, mode: str = "mean", n_samples: int = 50,
+                  device: str = "auto", density: float | None = None) -> str:
+    """The time estimate of a Ray prediction, in words: one process's calibrated per-cell cost
+    (:func:`~scatd_core.predict.estimate_seconds`, on this machine's device) for ``n_cells`` cells,
+    shared by the workers that run at once (``n_workers``, at most one per shard of ``n_shards``)."""
+    from scatd_core.predict import device_description, estimate_seconds, resolve_device
+
+    if not n_shards:
+        return "Estimated time: nothing left to predict (every shard is already done)."
+    one = estimate_seconds(bundle, n_cells, mode=mode, n_samples=max(2, n_samples), device=device, density=density)
+    at_once = max(1, min(n_workers, n_shards))
+    return (f"Estimated time: about {max(1, round(one / at_once)):,} s for {n_cells:,} cells on "
+            f"{counted(at_once, 'Ray worker')} (about {max(1, round(one)):,} s in one process on "
+            f"{device_description(resolve_device(device))}, shared among them; an estimate from per-cell costs, "
+            "nothing run yet; starting the workers and reading the file add to it).")
 
 
 def _workers(ray, workers: int | None, device: str) -> int:
