@@ -2097,3 +2097,18 @@ def test_one_users_panel_run_never_resumes_another_users_models(tmp_path, monkey
     assert run("alice") == "resumed"
     # the command line's system user 'alice' is not the app's login 'alice' (another namespace)
     assert run("alice", source="the Train page's panel") == "trained"
+
+
+def test_a_file_record_given_with_data_keeps_only_the_files_own_name():
+    """The record of data read from a file (the Train page's upload: its name as the browser gave it,
+    and the sha256 of its bytes) names the file, never a folder, as a label table's record does; the
+    bulk's values hash is added, the same as for the data given without a record."""
+    from scatd_core.train._data import labels_record, read_if_path
+
+    bulk, labels, target = synthetic()
+    given = {"file": "C:\\Users\\me\\bulk.csv", "sha256": "a" * 64}
+    _, entry = read_if_path(bulk, "bulk", record=given)
+    assert entry == {"file": "bulk.csv", "sha256": "a" * 64, "values_sha256": read_if_path(bulk, "bulk")[1]["sha256"]}
+    assert read_if_path(target, "target", record={"file": "/srv/x/cells.h5ad", "sha256": "b" * 64})[1] == {
+        "file": "cells.h5ad", "sha256": "b" * 64}
+    assert labels_record(labels, {"file": "C:\\Users\\me\\labels.csv", "sha256": "c" * 64})["file"] == "labels.csv"

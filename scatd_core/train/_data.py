@@ -223,13 +223,16 @@ def labels_record(labels, given: dict | None = None) -> dict:
 
 def read_if_path(obj, what: str, record: dict | None = None):
     """An AnnData and a provenance entry for an AnnData or a file path (``record``: the entry of an
-    AnnData the caller read from a file, ``{"file", "sha256"}``, used as given). The bulk's entry
+    AnnData the caller read from a file, ``{"file", "sha256"}``, used as given, its file name without
+    any folder; the app's upload: the sha256 of the uploaded bytes, as for that file). The bulk's entry
     also has ``values_sha256``, the hash of its sample and gene names and values (float32), the same
     for the same data read from a file by the CLI or uploaded to the app, so that two models' cards
     can be compared whatever the file's format. The target's entry has one hash: its file's, or its
     values' when given as data (hashing a large target's values again would cost time)."""
     if isinstance(obj, ad.AnnData):
         adata, entry = obj, (dict(record) if record else {"sha256": _data_sha256(obj), "of": "values"})
+        if record and entry.get("file"):  # the file's own name (an upload's, as a browser gave it), never a folder
+            entry["file"] = Path(str(entry["file"]).replace("\\", "/")).name
     else:
         from scatd_core import io
 
