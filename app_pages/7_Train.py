@@ -24,9 +24,9 @@ from scatd_core.card import LABEL_RULE_UNKNOWN, auroc_interval_words
 from scatd_core.errors import MemoryShortage, ScatdError
 
 # Session keys of this page only.
-BULK = "train_bulk"          # {"adata", "name"}: bulk cell lines x genes
-LABELS = "train_labels"      # {"table", "name"}: cell lines x drugs label table
-TARGET = "train_target"      # {"adata", "name"}: an uploaded target (when not the current dataset)
+BULK = "train_bulk"          # {"adata", "name"[, "id", "sha256"]}: bulk cell lines x genes
+LABELS = "train_labels"      # {"table", "name"[, "id", "sha256"]}: cell lines x drugs label table
+TARGET = "train_target"      # {"adata", "name", "id", "sha256"}: an uploaded target (when not the current dataset)
 RESULT = "train_result"      # {"bundle_path", "report"}: the last finished run
 STOP = "train_stop"          # set by the Stop button
 RUNNING = "train_running"    # a run began in this session and has not ended (a Stop click interrupts it)
@@ -64,10 +64,14 @@ def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
         if _failed_before(slot, upload):
             return
         try:
+            data = upload.getvalue()
             with st.spinner(f"Reading {ui.md(upload.name)}…"):
-                adata = read_bytes(upload.getvalue(), upload.name, backed=False, workdir=session.folder(),
+                adata = read_bytes(data, upload.name, backed=False, workdir=session.folder(),
                                    **session.room_for_a_dataset(st.session_state.get(session.TOKEN)))
-            st.session_state[slot] = {"adata": adata, "name": upload.name, "id": upload.file_id}
+            # the sha256 of the uploaded bytes (the reader's, when it hashed the file): the model records the
+            # file as scatd train records the same file
+            sha256 = (adata.uns.get(io.REPORT_KEY) or {}).get("file_sha256") or hashlib.sha256(data).hexdigest()
+            st.session_state[slot] = {"adata": adata, "name": upload.name, "id": upload.file_id, "sha256": sha256}
             st.session_state.pop(slot + FAILED, None)
             session.release_upload(upload.file_id)  # read into the session: Streamlit's copy is not needed
         except ScatdError as exc:
@@ -235,6 +239,7 @@ if current is not None:
     titles = {"Current dataset": f"Current dataset: {ui.md(ss.get(S.DATA_NAME))} ({current.n_obs:,} cells)", **titles}
 target_source = st.radio("Target", list(titles), horizontal=True, format_func=titles.get, key="train_target_source")
 target_mask = None
+target_upload = None  # the uploaded target's entry (its file's sha256), None for the current dataset
 if target_source == "Current dataset":
     target, target_name = current, ss.get(S.DATA_NAME) or "current dataset"
     target_mask = ui.qc_mask(current)
@@ -245,7 +250,7 @@ if target_source == "Current dataset":
 else:
     _upload_anndata("Single cells (cells × genes)", "upload_train_target", TARGET,
                     "Any format the Data page reads; counts are log-normalised, every gene is z-scored.")
-    entry = ss.get(TARGET)
+    entry = target_upload = ss.get(TARGET)
     target, target_name = (entry["adata"], entry["name"]) if entry else (None, None)
     if entry is not None:  # the file in use, as for the bulk data and labels; kept after a failed upload
         failed, shown = ss.get(TARGET + FAILED), ss.get("upload_train_target")
@@ -409,9 +414,12 @@ if too_few is not None:
         show_error(too_few)
 # what the model records of its inputs: the uploads' own names (never a server path)
 input_names = {"bulk": bulk["name"], "labels": labels["name"], "target": target_name}
-# an uploaded label table is recorded as its file: its name and the sha256 of the uploaded bytes, as scatd train
-# records the same file (a table built here, or the demo's, has no file: a hash of its values)
-input_files = {"labels": {"file": labels["name"], "sha256": labels["sha256"]}} if labels.get("sha256") else None
+# an uploaded file (bulk, label table, target) is recorded as its file: its name and the sha256 of the uploaded
+# bytes, as scatd train records the same file; data with no file of their own (the demo panel, a label table built
+# here, the Data page's current dataset) are recorded by a hash of their values
+input_files = {key: {"file": kept["name"], "sha256": kept["sha256"]}
+               for key, kept in (("bulk", bulk), ("labels", labels), ("target", target_upload))
+               if kept is not None and kept.get("sha256")} or None
 settings = TrainSettings(pretrain_epochs=int(pretrain_epochs), head=head, members=int(members),
                          head_c=float(head_c), head_inputs=head_inputs, epochs=int(epochs),
                          finetune_epochs=int(finetune_epochs), mmd_weight=float(mmd_weight))

@@ -965,3 +965,59 @@ def test_an_uploaded_label_table_is_recorded_as_scatd_train_records_the_same_fil
     at.button(key="btn_train_panel").click().run()
     assert not at.exception, at.exception
     assert recorded.pop() == cli
+
+
+def test_uploaded_bulk_and_target_files_are_recorded_as_scatd_train_records_the_same_files(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """QA: one bulk file, two ids: scatd train recorded the bulk and target files' sha256, the Train page
+    a hash of the values it had read ("of its values"), so the cards of two models trained on the same
+    files named other data (only the bulk's values_sha256 agreed). The page records each uploaded file
+    by the sha256 of its bytes: the same record as scatd train's and scatd train-panel's, for one model
+    and for a panel, the bulk's values_sha256 kept."""
+    import pandas as pd
+
+    import scatd_core.train._run as run
+    from scatd_core.bundle import sha256_file
+    from scatd_core.cli import main
+    from scatd_core.errors import InputError
+
+    recorded = []
+
+    def name_inputs(provenance, names):  # what a model would record of its inputs; no training after it
+        real(provenance, names)
+        recorded.append({key: dict(provenance[key]) for key in ("bulk", "target")})
+        raise InputError("stopped here")
+
+    real = run._name_inputs
+    monkeypatch.setattr(run, "_name_inputs", name_inputs)
+    at = _page_with_training_data()
+    bulk, labels = at.session_state["train_bulk"]["adata"], at.session_state["train_labels"]["table"]
+    bulk_path, cells_path, labels_path = tmp_path / "bulk.csv", tmp_path / "cells.h5ad", tmp_path / "labels.csv"
+    pd.DataFrame(bulk.X, index=bulk.obs_names, columns=bulk.var_names).to_csv(bulk_path)
+    at.session_state[S.ADATA].write_h5ad(cells_path)
+    labels.to_csv(labels_path)
+    files = ["--bulk", str(bulk_path), "--bulk-labels", str(labels_path), "--target", str(cells_path)]
+    assert main(["train", *files, "--drug", "DRUGA"]) == 2
+    assert "stopped here" in capsys.readouterr().err
+    cli = recorded.pop()
+    assert cli["bulk"]["file"] == "bulk.csv" and cli["bulk"]["sha256"] == sha256_file(bulk_path)
+    assert cli["bulk"]["values_sha256"] != cli["bulk"]["sha256"]
+    assert cli["target"] == {"file": "cells.h5ad", "sha256": sha256_file(cells_path)}
+    main(["train-panel", *files, "--drugs", "DRUGA"])  # the drug's model stops: the panel says it failed
+    capsys.readouterr()
+    assert recorded.pop() == cli
+    del at.session_state["train_bulk"]
+    at.run()
+    at.file_uploader(key="upload_train_bulk").upload("bulk.csv", bulk_path.read_bytes())
+    at.radio(key="train_target_source").set_value("Upload")
+    at.run()
+    at.file_uploader(key="upload_train_target").upload("cells.h5ad", cells_path.read_bytes())
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.button(key="btn_train_start").click().run()
+    assert not at.exception, at.exception
+    assert recorded.pop() == cli  # not hashes of the values read ("of its values")
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA"]).run()
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    assert recorded.pop() == cli
