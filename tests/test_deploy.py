@@ -245,3 +245,26 @@ def test_doctor_checks_the_folders_owner_and_mode_against_the_service_account(ro
         hidden.chmod(0o700)
         assert "does not let nobody through" in doctor._could_write("nobody", hidden / "inside")
     assert "no account" in doctor._could_write("no-such-account-here", root_owned_folder)
+
+
+def test_pages_are_compiled_without_streamlit_magic_and_none_needs_it():
+    """Streamlit's "magic" parses each page into Python AST objects, which Python 3.11.7 cannot do in two
+    threads at once (a page compiled while another thread formats a traceback failed a test with
+    "SystemError: AST constructor recursion depth mismatch"): it is off in the app's config, and no
+    page has a bare expression that magic would have written."""
+    import ast
+    import tomllib
+
+    root = DEPLOY.parent
+    config = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["magicEnabled"] is False
+    for page in [root / "app.py", *sorted((root / "app_pages").glob("*.py"))]:
+        tree = ast.parse(page.read_text())
+        for parent in ast.walk(tree):
+            body = getattr(parent, "body", None)
+            for i, node in enumerate(body if isinstance(body, list) else []):
+                if not isinstance(node, ast.Expr) or isinstance(node.value, (ast.Call, ast.Await, ast.Yield)):
+                    continue
+                docstring = (i == 0 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                             and isinstance(parent, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)))
+                assert docstring, f"{page.name}:{node.lineno} relies on magic: {ast.unparse(node)[:60]}"
