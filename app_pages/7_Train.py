@@ -432,6 +432,19 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
     min_lines = p1.number_input("Skip drugs with fewer labelled cell lines per class than", min_value=2,
                                 max_value=200, value=MIN_LINES_PER_CLASS, key="train_panel_min_lines")
     panel_name = p2.text_input("Save them as your panel named (optional)", key="train_panel_name", max_chars=64)
+    replace_saved = False  # a saved panel of this name (whatever its case) is replaced only when asked
+    if panel_name.strip():
+        from scatd_core.panel import find_saved, list_panels, saved_panel_drugs
+
+        try:
+            your_panels = list_panels(auth.current_user().name if auth.current_user() else None)
+        except ScatdError:
+            your_panels = {}
+        if (taken_name := find_saved(your_panels, panel_name)) is not None:
+            replace_saved = st.checkbox(
+                f"Replace it: your saved panel '{ui.md(taken_name)}' "
+                f"({ui.md(saved_panel_drugs(your_panels[taken_name]))}) becomes the trained models",
+                key=f"train_panel_replace_{taken_name}_{ss.get('train_panel_saves', 0)}")
     label_drug = None
     if label_column is not None and resistant_value is not None and panel_drugs:
         label_drug = st.selectbox(f"The cells' true labels ('{ui.md(label_column)}') are for", [None] + panel_drugs,
@@ -456,15 +469,16 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
     if st.button("Train the panel", key="btn_train_panel", disabled=not panel_drugs):
         from scatd_core.demo.simulate import is_simulated
         from scatd_core.labels import few_shot_from_column
-        from scatd_core.panel import MIN_MODELS, check_panel_name, save_panel
+        from scatd_core.panel import MIN_MODELS, check_panel_free, save_panel
         from scatd_core.train import models_to_save, train_panel
 
         ss[STOP], ss[RUNNING] = False, "panel"
         bar = st.progress(0.0, text="Starting…")
         user_name = auth.current_user().name if auth.current_user() else None
         try:
-            if panel_name.strip():  # a bad name is refused before any training
-                check_panel_name(panel_name)
+            if panel_name.strip():  # a bad name, or a saved panel's unless 'Replace it', refused before any training
+                check_panel_free(panel_name, user_name, replace=replace_saved,
+                                 hint="Choose another name, or tick 'Replace it' to replace it.")
             with jobs.computing("the panel training"):
                 summary, trained = train_panel(
                     bulk["adata"], table, panel_drugs, target,
@@ -484,8 +498,14 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                                f"{ui.md(', '.join(left_out))} (tick *Keep models at or below chance* to keep them).",
                                icon=":material/warning:")
                 if len(kept) >= MIN_MODELS:
-                    save_panel(panel_name.strip(), [b.path.name for b in kept], user_name, replace=True)
-                    st.success(f"Saved your panel '{ui.md(panel_name.strip())}'.", icon=":material/check_circle:")
+                    try:  # the summary is shown whatever happens here
+                        save_panel(panel_name.strip(), [b.path.name for b in kept], user_name, replace=replace_saved)
+                    except ScatdError as exc:
+                        show_error(exc)
+                    else:
+                        ss["train_panel_saves"] = ss.get("train_panel_saves", 0) + 1  # a new 'Replace it' box
+                        st.success(f"{'Replaced' if replace_saved else 'Saved'} your panel "
+                                   f"'{ui.md(panel_name.strip())}'.", icon=":material/check_circle:")
                 else:
                     st.warning(f"Panel '{ui.md(panel_name.strip())}' was not saved: only "
                                f"{counted(len(kept), 'drug')} {'has' if len(kept) == 1 else 'have'} a model for it, and a panel needs at least {MIN_MODELS}. The trained models are in the "
@@ -498,8 +518,12 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
         ss[RUNNING] = False
         bar.empty()
     if ss.get(PANEL_RESULT) is not None:
+        from scatd_core.train import summary_for_reading, verdict_lines
+
         st.caption("Each drug's model card in brief (run the same panel again to resume an interrupted one):")
-        ui.table(ss[PANEL_RESULT], hide_index=True)
+        if lines := verdict_lines(ss[PANEL_RESULT]):  # each drug's verdict, as a sentence, as scatd train-panel says it
+            st.markdown("\n".join(f"- {ui.md(line)}" for line in lines))
+        ui.table(summary_for_reading(ss[PANEL_RESULT]), hide_index=True)
         ui.link("Drug panel", "Score your data against them", ":material/arrow_forward:")
 
 b_train, b_stop = st.columns([1, 1])

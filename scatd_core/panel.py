@@ -57,6 +57,7 @@ from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, S
 
 __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
            "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
+           "find_saved", "check_panel_free",
            "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
            "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
            "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "run_signature",
@@ -1036,6 +1037,38 @@ def _write(path: Path, panels: dict) -> None:
             os.unlink(tmp)
 
 
+def find_saved(panels: Mapping[str, dict], name: str | None) -> str | None:
+    """The name under which ``panels`` (:func:`list_panels`) hold the panel ``name``, as it was spelt
+    when saved: names are compared without regard to case ("keepme" is "Keepme"), the very spelling
+    first; None when there is none."""
+    name = str(name or "").strip()
+    if not name:
+        return None
+    if name in panels:
+        return name
+    return next((k for k in panels if k.casefold() == name.casefold()), None)
+
+
+def _taken(name: str, found: str, record: Mapping) -> str:
+    """``You already have a panel named 'keepme' (3 models: ...)``, with its spelling when it differs."""
+    spelt = "" if found == name else f" (as {found!r}: names are the same whatever their case)"
+    return f"You already have a panel named {name!r}{spelt} ({saved_panel_drugs(record)})"
+
+
+def check_panel_free(name: str, user: str | None, *, replace: bool = False, cli: bool = False,
+                     hint: str | None = None, app_hint: str | None = None) -> str:
+    """The checked panel name (:func:`check_panel_name`), before any work (e.g. a panel training):
+    :class:`InputError`, naming the saved panel's drugs, when ``user`` already has a panel of that
+    name (whatever its case), unless ``replace``."""
+    name = check_panel_name(name)
+    panels = list_panels(user, cli=cli)
+    found = find_saved(panels, name)
+    if found is not None and not replace:
+        raise InputError(f"{_taken(name, found, panels[found])}; nothing was trained or replaced.",
+                         hint or "Choose another name, or say to replace it.", app_hint=app_hint)
+    return name
+
+
 def save_panel(name: str, models: Sequence[str], user: str | None, *, library: str | Path | None = None,
                replace: bool = False, cli: bool = False) -> dict:
     """Save a named panel of library models (folder names) for ``user`` (an app login; with ``cli``, the
@@ -1063,10 +1096,13 @@ def save_panel(name: str, models: Sequence[str], user: str | None, *, library: s
     path = _panels_path(user, cli)
     with _locked(path):
         panels = _read(path)
-        if name in panels and not replace:
-            raise InputError(f"You already have a panel named {name!r} ({saved_panel_drugs(panels[name])}); it was "
+        found = find_saved(panels, name)
+        if found is not None and not replace:
+            raise InputError(f"{_taken(name, found, panels[found])}; it was "
                              "not replaced.", "Choose another name, or replace it: `scatd panel save NAME --model "
                              "... --replace`.", app_hint="Choose another name, or tick 'Replace it' to replace it.")
+        if found is not None and found != name:  # replaced in its place, under the spelling given now
+            panels = {(name if k == found else k): v for k, v in panels.items()}
         panels[name] = {"models": models,
                         "drugs": {m: installed[m].bundle.drug or installed[m].bundle.name for m in models},
                         # which model each folder held, so that another model taking a folder later is noticed
@@ -1085,14 +1121,18 @@ def saved_panel_drugs(record: Mapping) -> str:
     return f"{len(models)} models: " + ", ".join(str(drugs.get(m) or names.get(m) or m) for m in models)
 
 
-def delete_panel(name: str, user: str | None, *, cli: bool = False) -> None:
+def delete_panel(name: str, user: str | None, *, cli: bool = False) -> tuple[str, dict]:
+    """Remove ``user``'s saved panel ``name`` (whatever its case); returns its name as saved and its
+    record, for saying what was removed (:func:`saved_panel_drugs`)."""
     path = _panels_path(user, cli)
     with _locked(path):
         panels = _read(path)
-        if name not in panels:
-            raise InputError(f"You have no panel named {name!r}.", f"Yours: {', '.join(panels) or 'none'}.")
-        del panels[name]
+        found = find_saved(panels, name)
+        if found is None:
+            raise InputError(f"You have no panel named {str(name).strip()!r}.", f"Yours: {', '.join(panels) or 'none'}.")
+        record = panels.pop(found)
         _write(path, panels)
+    return found, record
 
 
 def load_panel(name: str, user: str | None, *, library: str | Path | None = None,
@@ -1105,10 +1145,11 @@ def load_panel(name: str, user: str | None, *, library: str | Path | None = None
     from scatd_core.config import model_library_dir
 
     panels = list_panels(user, cli=cli)
-    if name not in panels:
-        raise InputError(f"You have no panel named {name!r}.",
+    found = find_saved(panels, name)
+    if found is None:
+        raise InputError(f"You have no panel named {str(name).strip()!r}.",
                          f"Yours: {', '.join(panels) or 'none'}. Save one with `scatd panel save`.")
-    record = panels[name]
+    record = panels[found]
     identities, names = record.get("identities") or {}, record.get("names") or {}
     root = Path(library) if library else model_library_dir()
     bundles, problems = [], []

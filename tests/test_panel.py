@@ -432,12 +432,23 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     assert first.loc[0, "cv_best_baseline"].split(" (")[0] in first.loc[0, "verdict"].lower()
     assert list(panel.list_panels(__import__("getpass").getuser(), cli=True)["starter"]["models"]) == list(
         first.loc[[0, 2], "bundle"])
-    assert main(args + ["--target-labels", "demoplatin=response"]) == 0
+    assert "cv_auroc_sd" not in first.columns  # empty for the linear heads: their interval instead
+    assert 0 <= first.loc[0, "cv_auroc_ci_low"] <= first.loc[0, "cv_auroc_ci_high"] <= 1
+    assert main(args + ["--target-labels", "demoplatin=response", "--replace-panel"]) == 0
     again = pd.read_csv(tmp_path / "summary.csv")
     assert list(again["status"]) == ["resumed", "skipped", "resumed"]
     assert "not evaluated on 'response' (that run had no target labels" in again.loc[2, "note"]
     assert again.loc[0, "target_auroc"] == first.loc[0, "target_auroc"]  # from its card
     assert list(again["bundle"].fillna("")) == list(first["bundle"].fillna(""))
+    # QA: a raised --min-lines was ignored on resuming (Sorafenib, 12 sensitive lines, "resumed" with 13)
+    fewest = int(min(first.loc[2, "n_sensitive"], first.loc[2, "n_resistant"]))
+    raised = args[:args.index("--min-lines")] + ["--min-lines", str(fewest + 1)] + args[args.index("--min-lines") + 2:-2]
+    capsys.readouterr()
+    assert main(raised) in (0, 2)
+    higher = pd.read_csv(tmp_path / "summary.csv").set_index("drug")
+    assert higher.loc["DEMOPLATIN", "status"] == "skipped" and pd.isna(higher.loc["DEMOPLATIN", "bundle"])
+    assert (f"too few labelled cell lines: {first.loc[2, 'n_sensitive']} sensitive, {first.loc[2, 'n_resistant']} "
+            f"resistant in the bulk (at least {fewest + 1} of each needed)") == higher.loc["DEMOPLATIN", "note"]
     # a label table made again with a drug less: the trained drug on the same labels is kept, not trained again
     labels.drop(columns=["DEMOPLATIN"]).to_csv(tmp_path / "labels.csv")
     assert main(args[:args.index("--drugs")] + ["--drugs", "demotinib"] + args[args.index("--drugs") + 2:-2]) == 0
@@ -820,10 +831,20 @@ def test_train_panel_leaves_below_chance_models_out_of_the_saved_panel(tmp_path,
     bundles = [make_bundle(lib / d, data, drug=d, seed=i, steps=2) for i, d in enumerate(("GOOD", "OKAY", "BAD"))]
     for b, auroc in zip(bundles, (0.8, 0.7, 0.45)):
         b.manifest["metrics"] = {"cv": {"auroc": auroc}}
+    # the card's interval of the bulk CV AUROC, not an sd the linear heads never record (QA: "None" on every row)
+    bundles[0].manifest["card"] = {"evaluations": [{"name": "bulk_cv", "verdicts": [], "scores": [
+        {"model": "this model", "auroc": 0.8, "auroc_ci": [0.71, 0.88]}]}]}
     rows = [_card_row(b.drug, "trained", b, None, 20, 20, 1.0) for b in bundles]
+    assert "cv_auroc_sd" not in rows[0] and (rows[0]["cv_auroc_ci_low"], rows[0]["cv_auroc_ci_high"]) == (0.71, 0.88)
+    assert rows[1]["cv_auroc_ci_low"] is None  # no card: no interval, said as empty
     assert [r["below_chance"] for r in rows] == [False, False, True]
     assert rows[2]["verdict"].startswith("Below chance: bulk CV AUROC 0.450 <= 0.5")
     summary = pd.DataFrame(rows)
+    from scatd_core.train import summary_for_reading, verdict_lines
+
+    assert verdict_lines(summary) == [f"BAD: {rows[2]['verdict']}"]  # the CLI's lines, the Train page's sentences
+    shown = summary_for_reading(summary)
+    assert "verdict" not in shown and list(shown["below_chance"]) == ["no", "no", "yes"]
     calls = []
 
     def fake_train_panel(*a, **k):
@@ -840,7 +861,14 @@ def test_train_panel_leaves_below_chance_models_out_of_the_saved_panel(tmp_path,
     assert "BAD: Below chance" in err.out
     user = __import__("getpass").getuser()
     assert panel.list_panels(user, cli=True)["starter"]["models"] == ["GOOD", "OKAY"]
-    assert main(args + ["--save-panel", "starter", "--include-below-chance"]) == 0
+    # QA: --save-panel replaced a saved panel of that name (whatever its case) unasked: refused before training
+    capsys.readouterr()
+    assert main(args + ["--save-panel", "STARTER", "--include-below-chance"]) == 2 and len(calls) == 1
+    err = capsys.readouterr().err
+    assert "You already have a panel named 'STARTER' (as 'starter': names are the same whatever their case) " \
+           "(2 models: GOOD, OKAY); nothing was trained or replaced" in err and "--replace-panel" in err
+    assert main(args + ["--replace-panel"]) == 2 and "--replace-panel is for --save-panel" in capsys.readouterr().err
+    assert main(args + ["--save-panel", "starter", "--include-below-chance", "--replace-panel"]) == 0
     assert panel.list_panels(user, cli=True)["starter"]["models"] == ["GOOD", "OKAY", "BAD"]
 
 
@@ -1064,6 +1092,27 @@ def test_a_saved_panel_is_replaced_only_when_asked_and_the_refusal_names_its_dru
     # a panel saved before drugs were recorded: its models' names, else their folders
     assert panel.saved_panel_drugs({"models": ["A", "B"], "names": {"A": "Drug A model"}}) == \
         "2 models: Drug A model, B"
+
+
+def test_panel_names_are_one_name_whatever_their_case(lib_env, capsys):
+    """QA: "keepme" and "Keepme" saved as two panels. A name is taken whatever its case (the user's
+    spelling kept); load and delete find it so; `scatd panel remove` says what it removed."""
+    panel.save_panel("keepme", ["DRUGA", "DRUGB", "DRUGC"], "dora")
+    with pytest.raises(InputError, match=r"already have a panel named 'Keepme' \(as 'keepme'.*3 models: DRUGA"):
+        panel.save_panel("Keepme", ["DRUGA", "DRUGB"], "dora")
+    with pytest.raises(InputError, match="nothing was trained or replaced"):
+        panel.check_panel_free(" KEEPME ", "dora")
+    assert panel.check_panel_free("KEEPME", "dora", replace=True) == "KEEPME"
+    assert [b.drug for b in panel.load_panel("KEEPME", "dora")[0]] == list(DRUGS)
+    panel.save_panel("Keepme", ["DRUGA", "DRUGB"], "dora", replace=True)
+    assert list(panel.list_panels("dora")) == ["Keepme"]  # replaced, not a second panel
+    assert panel.delete_panel("keepME", "dora")[0] == "Keepme" and panel.list_panels("dora") == {}
+    assert main(["panel", "save", "Mine", "--model", "DRUGA", "--model", "DRUGB"]) == 0
+    assert main(["panel", "save", "mine", "--model", "DRUGC", "--model", "DRUGB"]) == 2
+    capsys.readouterr()
+    assert main(["panel", "remove", "MINE"]) == 0
+    assert "Removed your panel 'Mine' (2 models: DRUGA, DRUGB); the models stay in the library." \
+        in capsys.readouterr().out
 
 
 def test_the_run_signature_does_not_depend_on_the_order_of_the_models(library):

@@ -509,6 +509,57 @@ def test_train_panel_name_is_checked_first_and_an_unsaved_panel_is_said(monkeypa
     assert "mine" not in list_panels(at.session_state["user"].name)
 
 
+def test_train_panel_asks_before_replacing_a_saved_panel_and_says_each_verdict(monkeypatch):
+    """QA: "Save them as your panel named" replaced a saved panel of that name unasked (whatever the
+    case of the name); it is refused before any training unless 'Replace it' is ticked. The summary
+    says each drug's verdict as a sentence (the column was off-screen), below_chance as words, and
+    has no empty cv_auroc_sd column."""
+    import json
+
+    import pandas as pd
+
+    from scatd_core import panel
+
+    calls, saves = [], []
+    bundles = [type("B", (), {"drug": d, "path": Path(f"/nowhere/{d.lower()}_model")})() for d in ("DRUGA", "OTHER")]
+
+    def fake_train_panel(*a, **k):
+        calls.append(k)
+        summary = pd.DataFrame([{"drug": "DRUGA", "status": "trained", "below_chance": False,
+                                 "bundle": "druga_model", "verdict": "Better than logistic regression."},
+                                {"drug": "OTHER", "status": "trained", "below_chance": False,
+                                 "bundle": "other_model", "verdict": ""}])
+        return summary, bundles
+
+    monkeypatch.setattr("scatd_core.train.train_panel", fake_train_panel)
+    monkeypatch.setattr("scatd_core.panel.save_panel", lambda *a, **k: saves.append((a, k)))
+    at = _page_with_training_data()
+    at.run()
+    user = at.session_state["user"].name
+    path = panel.panels_file(user)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"panels": {"keepme": {"models": ["a", "b"], "drugs": {"a": "DRUGA", "b": "DRUGB"}}}}))
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA", "OTHER"])
+    at.text_input(key="train_panel_name").input("Keepme").run()
+    box = at.checkbox(key="train_panel_replace_keepme_0")
+    assert "your saved panel 'keepme' (2 models: DRUGA, DRUGB) becomes the trained models" in box.label.replace("\\", "")
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    error = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "You already have a panel named 'Keepme'" in error and "2 models: DRUGA, DRUGB" in error
+    assert "tick 'Replace it'" in error and calls == [] and saves == []  # refused before any training
+    at.checkbox(key="train_panel_replace_keepme_0").check().run()
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    assert len(calls) == 1 and saves[0][0][0] == "Keepme" and saves[0][1]["replace"] is True
+    assert "Replaced your panel 'Keepme'." in " ".join(s.value for s in at.success)
+    assert "- DRUGA: Better than logistic regression." in " ".join(m.value for m in at.markdown).replace("\\", "")
+    shown = at.dataframe[-1].value
+    assert "verdict" not in shown.columns and list(shown["below_chance"]) == ["no", "no"]
+    at.run()
+    assert at.checkbox(key="train_panel_replace_keepme_1").value is False  # asked again next time
+
+
 def test_train_panel_trains_the_chosen_drug_with_the_labelled_cells(monkeypatch):
     """The panel trained on the Train page ignored the 'Labelled cells to train with' column chosen
     above; it now asks which drug of the panel those labels are for (the drug chosen above by

@@ -31,8 +31,8 @@ def run(args) -> int:
         record = panel.save_panel(args.name, args.model, user, library=args.library, replace=args.replace, cli=True)
         print(f"Saved panel {args.name!r}: {', '.join(record['models'])}")
     elif args.action == "remove":
-        panel.delete_panel(args.name, user, cli=True)
-        print(f"Removed panel {args.name!r}")
+        name, record = panel.delete_panel(args.name, user, cli=True)
+        print(f"Removed your panel {name!r} ({panel.saved_panel_drugs(record)}); the models stay in the library.")
     else:
         panels = panel.list_panels(user, cli=True)
         if not panels:

@@ -59,6 +59,9 @@ def add(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="train every drug again, even those already trained")
     p.add_argument("--save-panel", help="also save the trained models as your panel of this name (checked before "
                                         "training; models at or below chance on the bulk CV are left out)")
+    p.add_argument("--replace-panel", action="store_true",
+                   help="with --save-panel: replace your saved panel of that name (without it, a name you already "
+                        "use, whatever its case, is refused before training)")
     p.add_argument("--include-below-chance", action="store_true",
                    help="with --save-panel: keep models whose bulk CV AUROC is at most 0.5 in the saved panel")
     p.add_argument("--summary", help="write the summary table (CSV) here")
@@ -97,16 +100,20 @@ def run(args) -> int:
     from dataclasses import replace
 
     from scatd_core.cli.predict import os_user
-    from scatd_core.train import train_panel
+    from scatd_core.train import train_panel, verdict_lines
 
     refuse_lone_resistant_value(args)  # before anything is read
     refuse_lone_few_shot_value(args)
     if args.include_below_chance and not args.save_panel:
         raise ScatdError("--include-below-chance is for --save-panel, and none was given.")
-    if args.save_panel:  # a bad name is refused before any training
-        from scatd_core.panel import check_panel_name
+    if args.replace_panel and not args.save_panel:
+        raise ScatdError("--replace-panel is for --save-panel, and none was given.")
+    if args.save_panel:  # a bad name, or one of your saved panels unless --replace-panel, refused before any training
+        from scatd_core.panel import check_panel_free
 
-        args.save_panel = check_panel_name(args.save_panel)
+        args.save_panel = check_panel_free(args.save_panel, os_user(), replace=args.replace_panel, cli=True,
+                                           hint="Choose another name for --save-panel, or add --replace-panel to "
+                                                "replace it.")
     if args.summary:  # before training: never an input, always writable
         check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
                                                         args.drug_list, args.target, args.obs, args.few_shot_labels],
@@ -136,9 +143,8 @@ def run(args) -> int:
         baseline = f"{r.cv_best_baseline} ({fmt(r.cv_best_baseline_auroc)})" if r.cv_best_baseline else "-"
         print(f"{r.drug}\t{r.status}\t{r.n_sensitive}\t{r.n_resistant}\t{fmt(r.cv_auroc)}\t{baseline}\t"
               f"{fmt(r.target_auroc)}\t{r.bundle}\t{r.note}")
-    for r in summary.itertuples(index=False):
-        if r.verdict:
-            print(f"{r.drug}: {r.verdict}")
+    for line in verdict_lines(summary):
+        print(line)
     if args.summary:
         from scatd_core._output import write_file, writing
         from scatd_core.export import to_csv_bytes
@@ -159,8 +165,8 @@ def run(args) -> int:
                              f"a panel needs at least {MIN_MODELS}, "
                              f"so panel {args.save_panel!r} was not saved.",
                              "Train more drugs" + (", or add --include-below-chance" if left_out else "") + ".")
-        save_panel(args.save_panel, [b.path.name for b in kept], os_user(), library=args.library, replace=True,
-                   cli=True)
+        save_panel(args.save_panel, [b.path.name for b in kept], os_user(), library=args.library,
+                   replace=args.replace_panel, cli=True)
         say(f"Saved your panel {args.save_panel!r}: {', '.join(b.drug for b in kept)}")
     say(f"{len(bundles)} of {len(summary)} drugs have a model in the library.")
     return 0 if bundles else 2

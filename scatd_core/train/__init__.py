@@ -57,7 +57,7 @@ from __future__ import annotations
 from scatd_core.train._cv import cross_validate, cv_splits
 from scatd_core.train._data import TrainingData, prepare_training_data
 from scatd_core.train._fit import fit_head, mmd_rbf, pretrain_backbone
-from scatd_core.train._panel import models_to_save, train_panel
+from scatd_core.train._panel import models_to_save, train_panel, summary_for_reading, verdict_lines
 from scatd_core.train._run import default_model_name, free_model_name, train_drug_model
 from scatd_core._train_settings import MIN_LINES_PER_CLASS
 from scatd_core.train._settings import HEAD_INPUTS, HEADS, TrainSettings
@@ -65,4 +65,4 @@ from scatd_core.train.report import report_to_json
 
 __all__ = ["train_drug_model", "TrainSettings", "HEADS", "HEAD_INPUTS", "TrainingData", "prepare_training_data",
            "cross_validate", "cv_splits", "fit_head", "pretrain_backbone", "mmd_rbf", "report_to_json", "train_panel",
-           "models_to_save", "default_model_name", "free_model_name", "MIN_LINES_PER_CLASS"]
+           "models_to_save", "verdict_lines", "summary_for_reading", "default_model_name", "free_model_name", "MIN_LINES_PER_CLASS"]

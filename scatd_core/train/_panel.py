@@ -44,7 +44,8 @@ from scatd_core.train._data import _frame_sha256, labels_record, read_if_path, t
 from scatd_core.train._settings import TrainSettings
 
 #: Columns of the summary table (one row per drug: its model card in brief).
-SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_auroc_sd", "below_chance",
+SUMMARY_COLUMNS = ("drug", "status", "n_sensitive", "n_resistant", "cv_auroc", "cv_auroc_ci_low", "cv_auroc_ci_high",
+                   "below_chance",
                    "cv_best_baseline", "cv_best_baseline_auroc", "verdict", "target_auroc", "n_panel_genes", "seconds",
                    "bundle", "note")
 #: A model whose bulk cross-validated AUROC is at most this ranks cell lines no better than chance.
@@ -200,6 +201,9 @@ def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, 
             baseline, baseline_auroc = best["model"], best["auroc"]
             verdict = next((v for v in bulk_cv.get("verdicts", []) if best["model"].lower() in v.lower()), "")
     cv_auroc = cv.get("auroc", cv.get("auroc_mean"))
+    # the card's 95% interval of this model's bulk CV AUROC (every head records one; an sd only some)
+    mine = next((r for r in bulk_cv["scores"] if r["model"] == "this model"), {}) if bulk_cv is not None else {}
+    ci_low, ci_high = mine.get("auroc_ci") or (None, None)
     below = cv_auroc is not None and float(cv_auroc) <= CHANCE_AUROC
     if below:
         verdict = (f"Below chance: bulk CV AUROC {float(cv_auroc):.3f} <= {CHANCE_AUROC} (no better than guessing); "
@@ -207,10 +211,27 @@ def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, 
     elif bulk_cv is not None and chance_sentence(bulk_cv):  # above 0.5, but its interval includes 0.5 (the card's rule)
         verdict = " ".join(v for v in (chance_sentence(bulk_cv), verdict) if v)
     return {"drug": drug, "status": status, "n_sensitive": n_sens, "n_resistant": n_res,
-            "cv_auroc": cv_auroc, "cv_auroc_sd": cv.get("auroc_sd"), "below_chance": below,
+            "cv_auroc": cv_auroc, "cv_auroc_ci_low": ci_low, "cv_auroc_ci_high": ci_high,
+            "below_chance": below,
             "cv_best_baseline": baseline, "cv_best_baseline_auroc": baseline_auroc, "verdict": verdict,
             "target_auroc": target.get("auroc"), "n_panel_genes": genes.get("n_panel"), "seconds": round(seconds, 1),
             "bundle": bundle.path.name if bundle is not None else "", "note": note}
+
+
+def verdict_lines(summary: pd.DataFrame) -> list[str]:
+    """Each drug's verdict on its model as a sentence, ``"DRUG: verdict"`` (the drugs with one), as
+    ``scatd train-panel`` prints them and the Train page shows them under its summary."""
+    return [f"{r['drug']}: {r['verdict']}" for _, r in summary.iterrows()
+            if isinstance(r.get("verdict"), str) and r["verdict"]]
+
+
+def summary_for_reading(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary table as a page shows it under :func:`verdict_lines`: the verdicts, said as sentences,
+    not again as a wide column; ``below_chance`` as words ("yes", "no"), not ticks."""
+    out = summary.drop(columns=[c for c in ("verdict",) if c in summary.columns])
+    if "below_chance" in out.columns:
+        out["below_chance"] = ["yes" if bool(v) else "no" for v in out["below_chance"]]
+    return out
 
 
 def _target_label_columns(target_labels: Mapping[str, str] | None, table: pd.DataFrame, chosen: list[str],
@@ -384,6 +405,12 @@ def train_panel(
         say = step(progress, i, len(chosen), drug)
         if say is not None:
             say(0.0, "starting")
+        # before resuming: a drug trained by an earlier run with a lower --min-lines is skipped as a fresh run skips it
+        if min(n_sens, n_res) < min_lines_per_class:
+            rows.append(_card_row(drug, "skipped", None, None, n_sens, n_res, 0.0,
+                                  f"too few labelled cell lines: {n_sens} sensitive, {n_res} resistant in the bulk "
+                                  f"(at least {min_lines_per_class} of each needed)"))
+            continue
         done = state.get(drug)
         taken = ""  # the earlier run's model is gone and another model has its folder: trained again, said
         few = few_shot_labels if drug == few_drug else None
@@ -428,11 +455,6 @@ def train_panel(
                 rows.append(_card_row(drug, "resumed", bundle, None, n_sens, n_res, 0.0, note))
                 bundles.append(bundle)
                 continue
-        if min(n_sens, n_res) < min_lines_per_class:
-            rows.append(_card_row(drug, "skipped", None, None, n_sens, n_res, 0.0,
-                                  f"too few labelled cell lines: {n_sens} sensitive, {n_res} resistant in the bulk "
-                                  f"(at least {min_lines_per_class} of each needed)"))
-            continue
         try:
             bundle, report = train_drug_model(
                 bulk_ad, table, drug, target_ad, backbone=backbone, settings=s, seed=s.seed, folds=s.folds, adaptation=adaptation, device=device,
