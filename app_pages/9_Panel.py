@@ -49,17 +49,40 @@ with st.container(border=True):
         saved = panel.list_panels(user_name)
     except ScatdError as exc:
         ui.show_error(exc)
+    # the messages above the list and the models are drawn in slots of their own, there on every run (empty or
+    # not): the elements below keep their places, so the "Save these models" expander stays open (QA: pressing
+    # Enter in its name box, once a "Left out" warning had gone, collapsed it and hid "Save panel")
+    said_slot = st.empty()
+    if said := ss.pop("panel_saved_said", None):  # a save or a delete, said after the rerun that shows it
+        said_slot.success(said, icon=":material/check_circle:")
     if saved:
         c = st.columns([0.6, 0.2, 0.2], vertical_alignment="bottom")
+        if ss.get("panel_saved") is not None and ss["panel_saved"] not in saved:
+            ss.pop("panel_saved")  # deleted meanwhile (another tab): not offered (before the selectbox is drawn)
         chosen_panel = c[0].selectbox("Your saved panels", list(saved), key="panel_saved", index=None,
                                       placeholder="choose a saved panel")
-        if c[2].button("Delete it", key="btn_panel_delete", disabled=chosen_panel is None):
+        # deleting asks first, for this panel only (a tick for another panel, or left from before, is not kept)
+        sure = chosen_panel is not None and st.checkbox(
+            f"Yes, delete my saved panel '{ui.md(chosen_panel)}' ({ui.md(panel.saved_panel_drugs(saved[chosen_panel]))})"
+            " (the models stay in the library)", key=f"panel_delete_sure_{chosen_panel}_{ss.get('panel_deletes', 0)}")
+        if c[2].button("Delete it", key="btn_panel_delete", disabled=not sure,
+                       help="Tick the box below the list first.") and sure:
             try:
-                panel.delete_panel(chosen_panel, user_name)
+                deleted, record = panel.delete_panel(chosen_panel, user_name)
             except ScatdError as exc:
                 ui.show_error(exc)
             else:
                 ss.pop("panel_saved", None)
+                ss["panel_deletes"] = ss.get("panel_deletes", 0) + 1
+                named = ss.get("panel_named")
+                cleared = bool(named) and str(named[0]).casefold() == deleted.casefold()
+                if cleared:  # its models, as loaded: no longer chosen
+                    ss["panel_models"] = []
+                    ss.pop(state.PANEL_CHOSEN, None)
+                    ss.pop("panel_named", None)
+                ss["panel_saved_said"] = (f"Deleted your saved panel '{ui.md(deleted)}' "
+                                          f"({ui.md(panel.saved_panel_drugs(record))}); the models stay in the library"
+                                          + ("; they are no longer chosen below." if cleared else "."))
                 st.rerun()
         if c[1].button("Load it", key="btn_panel_load", disabled=chosen_panel is None):
             try:  # each member checked: a model removed, or another model in its folder since, is left out
@@ -70,17 +93,21 @@ with st.container(border=True):
             ss["panel_models"] = [str(b.path) for b in loaded if str(b.path) in classifiers]
             ss["panel_named"] = [chosen_panel, sorted(ss["panel_models"])]  # its name, while these are the models
             ss[state.PANEL_CHOSEN] = ui.model_identities(loaded)  # the saved panel's models, as checked
-            if problems:
-                st.warning("Left out of the panel:\n\n" + "\n".join(f"- {ui.md(p)}" for p in problems),
-                           icon=":material/warning:")
+            ss["panel_left_out"] = [chosen_panel, problems] if problems else None
+    # what a load left out stays said while that panel is the one chosen
+    left_out, left_out_slot = ss.get("panel_left_out"), st.empty()
+    if left_out and ss.get("panel_named") and ss["panel_named"][0] == left_out[0]:
+        left_out_slot.warning(f"Left out of your panel '{ui.md(left_out[0])}' when it was loaded:\n\n"
+                              + "\n".join(f"- {ui.md(p)}" for p in left_out[1]), icon=":material/warning:")
     # each model chosen carries which model its folder held then: one removed since, or another model in its
     # folder (removed, and another took its name), is said and left out, never scored in its place
     recorded = ss.get(state.PANEL_CHOSEN) or {}
     kept, problems = panel.recheck_chosen({p: recorded.get(p) for p in ss.get("panel_models", [])},
                                           ui.library_entries())
+    gone_slot = st.empty()
     if problems:
-        st.warning("No longer in the models you had chosen (left out):\n\n"
-                   + "\n".join(f"- {ui.md(p)}" for p in problems), icon=":material/inventory_2:")
+        gone_slot.warning("No longer in the models you had chosen (left out):\n\n"
+                          + "\n".join(f"- {ui.md(p)}" for p in problems), icon=":material/inventory_2:")
     if not classifiers:
         n_demo = sum(e.ok and e.bundle.kind == "classifier" and e.bundle.is_demo for e in ui.library_entries())
         st.warning("No drug model for your own data is installed yet: the demo models (simulated data) are offered "
@@ -100,21 +127,22 @@ with st.container(border=True):
     with st.expander("Save these models as a panel (only you see your panels)"):
         c = st.columns([0.7, 0.3], vertical_alignment="bottom")
         name = c[0].text_input("Panel name", key="panel_name", max_chars=64)
-        existing = saved.get(name.strip()) if name else None
+        existing = panel.find_saved(saved, name)  # whatever its case: "Keepme" is "keepme"
         # a saved panel of this name is replaced only when asked, saying which models it holds (QA: a CLI-saved
         # 9-drug panel was replaced by 3 demo drugs, unasked)
         replace = existing is not None and st.checkbox(
-            f"Replace it: your saved panel '{ui.md(name.strip())}' ({ui.md(panel.saved_panel_drugs(existing))}) "
-            "becomes these models", key=f"panel_replace_{name.strip()}_{ss.get('panel_saves', 0)}")
+            f"Replace it: your saved panel '{ui.md(existing)}' ({ui.md(panel.saved_panel_drugs(saved[existing]))}) "
+            "becomes these models", key=f"panel_replace_{existing}_{ss.get('panel_saves', 0)}")
         if c[1].button("Save panel", key="btn_panel_save", disabled=len(paths) < panel.MIN_MODELS or not name):
             try:
                 panel.save_panel(name, [classifiers[p].path.name for p in paths], user_name, replace=replace)
-                ss["panel_named"] = [name, sorted(paths)]
-                ss["panel_saves"] = ss.get("panel_saves", 0) + 1  # a new, unticked "Replace it" box: asked again
-                st.success(f"{'Replaced' if replace else 'Saved'} your panel '{ui.md(name.strip())}'.",
-                           icon=":material/check_circle:")
             except ScatdError as exc:
                 ui.show_error(exc)
+            else:
+                ss["panel_named"] = [name.strip(), sorted(paths)]
+                ss["panel_saves"] = ss.get("panel_saves", 0) + 1  # a new, unticked "Replace it" box: asked again
+                ss["panel_saved_said"] = f"{'Replaced' if replace else 'Saved'} your panel '{ui.md(name.strip())}'."
+                st.rerun()  # "Your saved panels" above lists it now (it was read before the save)
 
 if len(paths) < panel.MIN_MODELS:
     st.info("Choose at least two drug models (three or more make a useful panel).", icon=":material/touch_app:")
@@ -258,16 +286,21 @@ if caveat:
 # ------------------------------------------------------------------ UMAP
 st.subheader("UMAP")
 if UMAP not in adata.obsm:
-    st.caption("No UMAP yet: compute one from the expression (or open the Cells page after a single-model "
-               "prediction, whose latent UMAP is used here too).")
-    ui.say_if_stopped(state.PANEL_UMAP_RUNNING, "The UMAP was stopped before it finished.")
-    if st.button("Compute the UMAP", key="btn_panel_umap"):
+    before_umap = st.empty()  # what there is to do before a UMAP: gone once it is drawn
+    with before_umap.container():
+        st.caption("No UMAP yet: compute one from the expression (or open the Cells page after a single-model "
+                   "prediction, whose latent UMAP is used here too).")
+        ui.say_if_stopped(state.PANEL_UMAP_RUNNING, "The UMAP was stopped before it finished.")
+        umap_clicked = st.button("Compute the UMAP", key="btn_panel_umap")
+    if umap_clicked:
         try:
             with ui.long_run(state.PANEL_UMAP_RUNNING, f"UMAP of {adata.n_obs:,} cells…", "btn_cancel_panel_umap") \
                     as bar, jobs.computing("the UMAP", cancel_button=False):
                 panel.embed_expression(adata, progress=ui.progress_to(bar))
         except ScatdError as exc:
             ui.show_error(exc)
+        else:
+            before_umap.empty()
 if UMAP in adata.obsm:
     options = {"number of drugs resisted": (panel.n_resisted_values(adata), False, (0, len(scored)), "Reds"),
                "resistant to every drug": (np.where(adata.obs[PANEL_RESISTANT_TO_ALL], "resistant to every drug",

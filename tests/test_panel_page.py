@@ -133,6 +133,8 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     at.button(key="btn_panel_umap").click().run()
     ok(at)
     assert "X_umap" in adata.obsm
+    # QA: "No UMAP yet ... / Compute the UMAP" stayed above the UMAP drawn in that very run
+    assert "btn_panel_umap" not in [b.key for b in at.button] and "No UMAP yet" not in text(at.caption)
     at.selectbox(key="panel_colour").set_value("P(resistant): DRUGB").run()
     ok(at)
     assert len(at.get("plotly_chart")) == 5
@@ -199,10 +201,17 @@ def test_saved_panel_loads_and_a_bad_name_is_refused(with_panel_library):
     assert "DRUGB: the model 'DRUGB (dist_vae)' was removed (or replaced) and another model now has its folder" \
         in text(at.warning).replace("\\", "")
     assert str(with_panel_library) not in text(at.warning)
-    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in ("DRUGA", "DRUGB")]).run()
+    assert "Left out of your panel 'mine' when it was loaded" in text(at.warning)
+    # QA: "Delete it" deleted in one click, said nothing, and left the panel's models chosen: it asks first now
+    assert at.button(key="btn_panel_delete").disabled
+    at.checkbox(key="panel_delete_sure_mine_0").check().run()
     at.button(key="btn_panel_delete").click().run()
     ok(at)
     assert panel.list_panels(user) == {}
+    assert "Deleted your saved panel 'mine' (2 models: DRUGA, DRUGB); the models stay in the library; they are no " \
+           "longer chosen below." in text(at.success).replace("\\", "")
+    assert at.multiselect(key="panel_models").value == [] and "Left out" not in text(at.warning)
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in ("DRUGA", "DRUGB")]).run()
     at.text_input(key="panel_name").input("<b>bad/name").run()
     at.button(key="btn_panel_save").click().run()
     ok(at)
@@ -381,3 +390,46 @@ def test_where_a_prediction_would_run_on_ray_the_page_says_the_panel_does_not(wi
     at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS[:2]]).run()
     ok(at)
     assert "not on Ray (the Predict page would send these 60 cells to Ray)" in text(at.caption).replace("\\", "")
+
+
+def _path_of(node, label: str, path=()):
+    """Where the expander labelled ``label`` is in the page's element tree: the browser keeps an
+    expander open only while it stays in the same place."""
+    for i, child in (getattr(node, "children", None) or {}).items():
+        if getattr(child, "type", None) == "expander" and str(getattr(child, "label", "")).startswith(label):
+            return path + (i,)
+        found = _path_of(child, label, path + (i,))
+        if found:
+            return found
+    return None
+
+
+def test_saving_lists_the_panel_at_once_and_the_save_expander_keeps_its_place(with_panel_library):
+    """QA: a just-saved panel was missing from "Your saved panels" until the next click; and pressing
+    Enter in the name box while a "Left out of the panel" warning showed collapsed the expander (the
+    warning went, and the expander moved up a place: a new one to the browser, closed)."""
+    import json
+
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=5)))
+    goto(at, "9_Panel")
+    user = at.session_state["user"].name
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS[:2]]).run()
+    at.text_input(key="panel_name").input("first").run()
+    at.button(key="btn_panel_save").click().run()
+    ok(at)
+    assert "Saved your panel 'first'." in text(at.success)
+    assert at.selectbox(key="panel_saved").options == ["first"]  # listed in the run that saved it
+    path = panel.panels_file(user)
+    record = json.loads(path.read_text())
+    record["panels"]["first"]["identities"]["DRUGB"] = "the model that was removed"
+    path.write_text(json.dumps(record))
+    at.selectbox(key="panel_saved").set_value("first").run()
+    at.button(key="btn_panel_load").click().run()
+    ok(at)
+    assert "Left out of your panel 'first'" in text(at.warning)
+    where = _path_of(at._tree, "Save these models")
+    assert where is not None
+    at.text_input(key="panel_name").input("second").run()  # Enter in the name box: a rerun
+    ok(at)
+    assert _path_of(at._tree, "Save these models") == where and "btn_panel_save" in [b.key for b in at.button]
