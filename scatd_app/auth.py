@@ -55,11 +55,33 @@ def _throttle() -> LoginThrottle:
     return LoginThrottle(conf["auth_max_failures"], conf["auth_lockout_minutes"] * 60)
 
 
-def _client() -> str:
+def _peer() -> str | None:
+    """The address of this session's connection, loopback included (``st.context.ip_address`` says
+    ``None`` for ``127.0.0.1``: the address of a reverse proxy on this machine)."""
     try:
-        return str(st.context.ip_address or "unknown")
-    except Exception:  # older Streamlit, or no request context (tests)
-        return "unknown"
+        from streamlit.runtime.context import _get_client_context
+
+        found = _get_client_context()
+        if found is not None and found.remote_ip:
+            return str(found.remote_ip)
+    except Exception:  # another Streamlit: its public field
+        pass
+    try:
+        return st.context.ip_address
+    except Exception:  # no request context (tests)
+        return None
+
+
+def _client() -> str:
+    """The client's address (:func:`scatd_core.client_address.client_address`): a trusted reverse
+    proxy's ``X-Forwarded-For`` / ``X-Real-IP`` (``server.trusted_proxies``), else the connection's."""
+    from scatd_core.client_address import client_address
+
+    try:
+        headers = st.context.headers
+    except Exception:  # no request context (tests)
+        headers = {}
+    return client_address(_peer(), headers, settings()["trusted_proxies"])
 
 
 def _log() -> logging.Logger:

@@ -46,6 +46,10 @@ server.service_user      ``SCATD_SERVICE_USER``            the account the serve
                                                            ``User=``): ``scatd doctor`` run by another  ``User=``, if any
                                                            account (root) checks the folders' owner
                                                            and permissions against it
+server.trusted_proxies   ``SCATD_TRUSTED_PROXIES``         reverse proxies (addresses or networks,      none
+                                                           ``["127.0.0.1"]``) whose ``X-Forwarded-For``
+                                                           / ``X-Real-IP`` give the client's address
+                                                           for failed-login counts and the login log
 auth.mode                ``SCATD_AUTH``                    ``auto`` (a password login when the server   ``auto``
                                                            listens beyond localhost), ``password``,
                                                            ``oidc`` (Streamlit's login), ``none``
@@ -128,6 +132,7 @@ KEYS: dict[tuple[str, str], tuple[str, str, object]] = {
     ("server", "memory_mb"): ("SCATD_SERVER_MEMORY_MB", "int", None),
     ("server", "device"): ("SCATD_DEVICE", ("auto", "cpu", "cuda"), "auto"),
     ("server", "service_user"): ("SCATD_SERVICE_USER", "text", None),
+    ("server", "trusted_proxies"): ("SCATD_TRUSTED_PROXIES", "list", ()),
     ("auth", "mode"): ("SCATD_AUTH", ("auto", "password", "oidc", "none"), "auto"),
     ("auth", "users_file"): ("SCATD_USERS_FILE", "path", None),
     ("auth", "max_failures"): ("SCATD_AUTH_MAX_FAILURES", "int", 5),
@@ -376,6 +381,11 @@ def settings() -> Settings:
             used = _used_instead(source or "default", value if source else default, env)
             problems += [f"{line}; {used}." for line in wrong]
         values[f"{section}_{key}" if section in PREFIXED_SECTIONS else key] = default if value is None else value
+    from scatd_core.client_address import networks
+
+    if bad := networks(values["trusted_proxies"])[1]:
+        problems.append(f"server.trusted_proxies has entries that are not addresses or networks ({', '.join(bad)}): "
+                        "they are ignored (write e.g. \"127.0.0.1\" or \"10.0.0.0/24\")")
     home = values["home"] or _default_home()
     values["home"] = home
     values["library"] = values["library"] or home / "models"

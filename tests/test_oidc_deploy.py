@@ -394,3 +394,44 @@ def test_a_sign_in_issued_in_the_future_still_ends_at_a_sign_out(oidc_server):
     assert logins.refusal(ahead, "zed@lab.org", 12, now=now + 10)[0] == logins.SIGNED_OUT
     later = _claims(email="zed@lab.org", iat=int(now + 900), nonce="z2")  # a new sign-in after the sign-out
     assert logins.refusal(later, "zed@lab.org", 12, now=now + 20) is None
+
+
+# ------------------------------------------------------------------------------ behind a reverse proxy
+
+
+def test_the_login_log_names_the_client_a_trusted_proxy_forwards_never_an_untrusted_header(
+        oidc_server, monkeypatch, caplog):
+    """QA: behind nginx on 127.0.0.1 the log said "logged in with OIDC from unknown" (Streamlit's
+    ip_address is None for a loopback peer). The proxy's X-Forwarded-For / X-Real-IP is used only
+    when server.trusted_proxies names the connection's address."""
+    import logging
+
+    import streamlit.runtime.context as st_context
+
+    from scatd_app import auth
+    from scatd_core.client_address import client_address
+
+    caplog.set_level(logging.INFO, logger="scatd.auth")
+    peer = {"ip": "127.0.0.1"}
+    monkeypatch.setattr(st_context, "_get_client_context", lambda: types.SimpleNamespace(remote_ip=peer["ip"]))
+    monkeypatch.setenv("SCATD_TRUSTED_PROXIES", "127.0.0.1")
+
+    def sign_in(email, headers):
+        tab = _browser_tab(monkeypatch, _claims(email=email), email).enter()
+        tab.context = types.SimpleNamespace(ip_address=None, headers=headers)
+        caplog.clear()
+        assert auth._resolve() is not None
+        return " ".join(r.getMessage() for r in caplog.records if r.name == "scatd.auth")
+
+    assert "from 10.0.0.9" in sign_in("alice@lab.org", {"X-Forwarded-For": "10.0.0.9"})
+    assert "from 10.0.0.8" in sign_in("bob@lab.org", {"X-Real-IP": "10.0.0.8"})
+    # a client's own X-Forwarded-For comes before the address nginx appends: never believed
+    assert "from 10.0.0.5" in sign_in("carol@lab.org", {"X-Forwarded-For": "6.6.6.6, 10.0.0.5"})
+    peer["ip"] = "10.0.0.4"  # a direct connection, not from the proxy: its header is not believed
+    assert "from 10.0.0.4" in sign_in("dan@lab.org", {"X-Forwarded-For": "6.6.6.6"})
+    monkeypatch.delenv("SCATD_TRUSTED_PROXIES")
+    peer["ip"] = "127.0.0.1"  # no trusted proxy set: the connection's address, even on loopback
+    assert "from 127.0.0.1" in sign_in("erin@lab.org", {"X-Forwarded-For": "10.0.0.9"})
+    assert client_address("10.0.0.4", {"X-Forwarded-For": "1.2.3.4"}, ["10.0.0.0/24"]) == "1.2.3.4"
+    assert client_address("127.0.0.1", {"X-Forwarded-For": "not-an-address"}, ["127.0.0.1"]) == "127.0.0.1"
+    assert client_address(None, {}, ["127.0.0.1"]) == "unknown"
