@@ -30,7 +30,9 @@ if user is None:  # a login first when the server is reachable from the network:
     login = [st.Page(auth.login_page, title="Log in", icon=":material/lock:", default=True)]
     login += [st.Page(auth.login_page, title="Log in", icon=":material/lock:", url_path=url_path(p[0]))
               for p in (*ui.ANALYSIS_PAGES, *ui.MODEL_PAGES)]
-    st.navigation(login, position="hidden").run()
+    asked = st.navigation(login, position="hidden")
+    auth.asked_for(asked.url_path)  # with OIDC, the sign-in comes back to the home page: it goes on to this one
+    asked.run()
     st.stop()
 session.begin(user.name)
 state.keep_widget_state()
@@ -100,6 +102,8 @@ navigation = st.navigation({
     "Analysis": [page(*p) for p in ui.ANALYSIS_PAGES],
     "Models": [page(*p) for p in ui.MODEL_PAGES],
 })
+if back_to := auth.page_after_sign_in():  # the page asked for before an OIDC sign-in (one of the app's)
+    st.switch_page(back_to)
 sidebar = st.sidebar.container()  # placed first, filled after the page ran (so it shows the page's changes)
 ui.account(st.sidebar.container(), user)  # below it, drawn now: Log out stays usable while the page computes
 session.notice()

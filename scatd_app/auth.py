@@ -6,7 +6,9 @@ beyond localhost (``server.address`` other than localhost/127.0.0.1/::1), ``pass
 ``.streamlit/secrets.toml``; who may sign in, and as whom: :mod:`scatd_core.oidc_access`),
 ``none`` never. An OIDC sign-in lasts at most ``auth.max_login_hours``
 and ends at "Log out" on the server's side too (:mod:`scatd_core.logins`): Streamlit's own cookie
-would last 30 days and survive a logout. Passwords are checked against the argon2 hashes of
+would last 30 days and survive a logout. Its redirects come back to the home page in a new session:
+the page asked for and "You have logged out." cross them as notes to the browser
+(:mod:`scatd_core.browser_notes`). Passwords are checked against the argon2 hashes of
 the users file; failed attempts are counted per user name and per client address, and too many
 within ``auth.lockout_minutes`` lock both out until ``auth.lockout_minutes`` after the first of them
 (shared by every session of the server).
@@ -15,14 +17,16 @@ within ``auth.lockout_minutes`` lock both out until ``auth.lockout_minutes`` aft
 from __future__ import annotations
 
 import getpass
+import hashlib
 import logging
 import math
+from pathlib import Path
 
 import streamlit as st
 
 from scatd_app import uploads
 from scatd_app.session import QUERY_KEY
-from scatd_app.ui import md
+from scatd_app.ui import ANALYSIS_PAGES, MODEL_PAGES, md
 from scatd_core._words import counted
 from scatd_core import logins
 from scatd_core.config import settings
@@ -32,6 +36,11 @@ USER = "user"  # session key: the logged-in scatd_core.users.User
 LOGGED_OUT = "logged_out"  # session key: why this session was logged out (shown by the login form)
 OIDC_REFUSED = "oidc_refused"  # session key: why this OIDC identity may not come in (shown by the login page)
 _REFUSED = "oidc_ended_logged"  # session key: the ended OIDC sign-in already logged as refused in this session
+ASKED_PAGE = "login_asked_page"  # session key: the address (url path) of the page asked for before a login
+_LEAVING = "oidc_leaving"  # session key: this session logged out and is being sent to Streamlit's logout
+YOU_LOGGED_OUT = "You have logged out."
+#: The app's pages by address (``/cells``): the only pages a sign-in returns to.
+PAGES = {Path(path).stem.split("_", 1)[1].lower(): path for path, _, _ in (*ANALYSIS_PAGES, *MODEL_PAGES)}
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -53,6 +62,64 @@ def mode() -> str:
 def _throttle() -> LoginThrottle:
     conf = settings()
     return LoginThrottle(conf["auth_max_failures"], conf["auth_lockout_minutes"] * 60)
+
+
+@st.cache_resource(show_spinner=False)
+def _notes():
+    """Notes to a browser across the OIDC redirects (:mod:`scatd_core.browser_notes`), one per server."""
+    from scatd_core.browser_notes import BrowserNotes
+
+    return BrowserNotes()
+
+
+def _browser() -> str | None:
+    """This browser's key for :func:`_notes`: a hash of the token in Streamlit's XSRF cookie (the
+    same before and after the sign-in's redirects), or ``None`` without one (no note is kept then)."""
+    try:
+        raw = st.context.cookies.get("_streamlit_xsrf")
+    except Exception:  # no request context
+        return None
+    if not raw:
+        return None
+    token = None
+    try:
+        from streamlit.web.server.starlette.starlette_app_utils import decode_xsrf_token_string
+
+        token, _ = decode_xsrf_token_string(str(raw))  # the token, without the mask that changes
+    except Exception:  # another Streamlit: the cookie as it is
+        pass
+    return hashlib.sha256(b"scatd-browser\0" + (token or str(raw).encode())).hexdigest()
+
+
+def asked_for(url_path: str) -> None:
+    """Remember the page this session's address names before an OIDC login (``cells`` for ``/cells``)."""
+    if mode() == "oidc":
+        st.session_state[ASKED_PAGE] = url_path
+
+
+def _log_in() -> None:
+    """"Log in" with OIDC: the page asked for is kept for this browser (the sign-in comes back to the
+    home page, in a new session), then Streamlit sends the browser to the identity provider."""
+    if (asked := st.session_state.get(ASKED_PAGE)) in PAGES:
+        _notes().put(_browser(), "page", asked)
+    st.login()
+
+
+def page_after_sign_in() -> str | None:
+    """The page (its file, for ``st.switch_page``) the person asked for before signing in with
+    OIDC, once, and only one of the app's own pages; else ``None``."""
+    if mode() != "oidc":
+        return None
+    asked = _notes().take(_browser(), "page")
+    return PAGES.get(asked) if asked else None
+
+
+def logout_notice() -> str | None:
+    """"You have logged out." on the login page after an OIDC "Log out", once: in the session that
+    logged out (until the browser leaves) and in the new one Streamlit's logout comes back to."""
+    if st.session_state.get(_LEAVING):
+        return YOU_LOGGED_OUT
+    return _notes().take(_browser(), "logged_out")
 
 
 def _peer() -> str | None:
@@ -209,12 +276,14 @@ def _oidc_page() -> None:
         return
     if why := st.session_state.get(LOGGED_OUT):  # kept: each run of an ended sign-in says it again
         st.warning(md(why), icon=":material/logout:")
+    elif notice := logout_notice():
+        st.warning(notice, icon=":material/logout:")
     if policy(conf).empty:
         st.warning(md(f"{who_may_sign_in(conf)} Ask {contact(conf)} to allow your e-mail address."),
                    icon=":material/lock:")
         return
     st.markdown(f"Log in with your **{provider}** account.")
-    st.button("Log in", type="primary", on_click=st.login)
+    st.button("Log in", type="primary", on_click=_log_in)
     st.caption(md(who_may_sign_in(conf)))
 
 
@@ -352,4 +421,8 @@ def logout() -> None:
     if user is not None:
         uploads.disallow_login(user.name)
     if oidc:
+        _notes().put(_browser(), "logged_out", YOU_LOGGED_OUT)  # said by the page Streamlit's logout returns to
+        st.session_state[_LEAVING] = True
         st.logout()
+    else:
+        st.session_state[LOGGED_OUT] = YOU_LOGGED_OUT

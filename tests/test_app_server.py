@@ -301,6 +301,7 @@ def test_a_removed_demoted_or_new_password_user_loses_the_live_session(with_libr
     carol.session_state[state.DATA_NAME] = "carol_patient.h5ad"
     carol.button(key="btn_logout").click().run()
     assert [t.label for t in carol.text_input] == ["User name", "Password"]
+    assert "You have logged out." in text(carol.warning)  # said, as after an OIDC log-out
     assert state.DATA_NAME not in carol.session_state  # logging out forgets the session's data too
 
 

@@ -435,3 +435,94 @@ def test_the_login_log_names_the_client_a_trusted_proxy_forwards_never_an_untrus
     assert client_address("10.0.0.4", {"X-Forwarded-For": "1.2.3.4"}, ["10.0.0.0/24"]) == "1.2.3.4"
     assert client_address("127.0.0.1", {"X-Forwarded-For": "not-an-address"}, ["127.0.0.1"]) == "127.0.0.1"
     assert client_address(None, {}, ["127.0.0.1"]) == "unknown"
+
+
+# ------------------------------------------------------------------------------ across the sign-in's redirects
+
+
+def _in_browser(tab, cookie: str):
+    """``tab`` in one browser: Streamlit's XSRF cookie, which its login and logout redirects keep."""
+    tab.context = types.SimpleNamespace(ip_address="10.0.0.7", headers={}, cookies={"_streamlit_xsrf": cookie})
+    return tab
+
+
+def _login_page_text(tab) -> tuple[str, dict]:
+    """What the login page draws in ``tab`` (the texts) and its buttons' callbacks by label."""
+    from scatd_app import auth
+
+    shown, clicks = [], {}
+    for name in ("title", "error", "warning", "info", "markdown", "caption", "success"):
+        setattr(tab, name, lambda body="", *a, **k: shown.append(str(body)))
+
+    def button(label, *a, on_click=None, **k):
+        clicks[label] = on_click
+        return False
+
+    tab.button = button
+    auth.login_page()
+    return " ".join(shown), clicks
+
+
+def test_after_an_oidc_log_out_the_login_page_says_you_have_logged_out_once(oidc_server, monkeypatch):
+    """QA: after "Log out" with OIDC the login page said nothing (Streamlit's logout sends the
+    browser to its logout address and back, in a new session)."""
+    from scatd_app import auth
+
+    getattr(auth, "_notes", types.SimpleNamespace(clear=lambda: None)).clear()  # one per server
+    said = "You have logged out."
+    tab = _in_browser(_browser_tab(monkeypatch, _claims(), "tab-1"), "browser-1").enter()
+    assert auth._resolve() is not None
+    auth.logout()
+    assert tab.logouts == [1]
+    tab.user = _FakeUser()  # st.logout() empties st.user; this session draws once more before the browser leaves
+    assert auth._resolve() is None and said in _login_page_text(tab)[0]
+    elsewhere = _in_browser(_browser_tab(monkeypatch, {}, "tab-x"), "browser-2").enter()  # another browser
+    assert auth._resolve() is None and said not in _login_page_text(elsewhere)[0]
+    back = _in_browser(_browser_tab(monkeypatch, {}, "tab-2"), "browser-1").enter()  # where the logout returns
+    assert auth._resolve() is None
+    assert said in _login_page_text(back)[0]
+    assert said not in _login_page_text(back)[0]  # once
+
+
+def test_the_page_asked_for_before_an_oidc_sign_in_is_opened_after_it_and_only_an_app_page(oidc_server,
+                                                                                            monkeypatch):
+    """QA: a bookmarked /cells led to the sign-in, which came back to the Data page (Streamlit's
+    callback returns every browser to the home page, in a new session)."""
+    from scatd_app import auth
+
+    auth._notes.clear()
+
+    def sign_in(asked: str, cookie: str, back_in: str = ""):
+        before = _in_browser(_browser_tab(monkeypatch, {}, f"{cookie}-before"), cookie).enter()
+        auth.asked_for(asked)  # app.py: the address of the page asked for
+        assert auth._resolve() is None
+        logins = []
+        before.login = lambda *a: logins.append(a)
+        _login_page_text(before)[1]["Log in"]()  # the button's callback
+        assert logins == [()]
+        _in_browser(_browser_tab(monkeypatch, _claims(nonce=cookie), f"{cookie}-after"), back_in or cookie).enter()
+        assert auth._resolve() is not None
+        return auth.page_after_sign_in()
+
+    assert sign_in("cells", "browser-3") == "app_pages/4_Cells.py"
+    assert auth.page_after_sign_in() is None  # once: later clicks stay where they are
+    assert sign_in("train", "browser-4") == "app_pages/7_Train.py"
+    assert sign_in("cells", "browser-6", back_in="browser-7") is None  # another browser's page is not its own
+    for asked in ("https://evil.example.org/", "//evil.example.org", "../etc", "", "Cells "):  # no open redirect
+        assert sign_in(asked, "browser-5") is None, asked
+
+
+def test_a_note_to_a_browser_is_read_once_within_its_time_and_the_notes_stay_bounded():
+    from scatd_core.browser_notes import BrowserNotes
+
+    notes = BrowserNotes(ttl=60, max_browsers=3)
+    notes.put("b1", "page", "cells", now=1000)
+    assert notes.take("b1", "page", now=1061) is None  # too late: a sign-in of another day goes home
+    notes.put("b1", "page", "cells", now=1000)
+    assert notes.take("b2", "page", now=1001) is None and notes.take("b1", "page", now=1001) == "cells"
+    assert notes.take("b1", "page", now=1002) is None  # once
+    for i in range(5):
+        notes.put(f"x{i}", "page", "data", now=2000 + i)
+    assert len(notes._notes) == 3 and notes.take("x0", "page", now=2005) is None  # the oldest went first
+    notes.put(None, "page", "data")  # no browser key (no XSRF cookie): nothing kept
+    assert notes.take(None, "page") is None
