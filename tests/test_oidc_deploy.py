@@ -322,6 +322,29 @@ def test_old_records_are_pruned(tmp_path):
     assert list(record["revoked"]) == [logins.login_id(_claims(nonce="new"))]
 
 
+def test_records_are_kept_as_long_as_streamlit_accepts_a_cookie_and_every_section_is_pruned(tmp_path):
+    """Guard: <home>/oidc-logins.json is pruned on each write (under its lock), but never of an entry
+    whose cookie Streamlit would still accept (30 days, and a day's grace when it decodes it): a
+    pruned "logged out" would let a copied cookie in again."""
+    from streamlit.web.server.starlette import starlette_app_utils
+
+    from scatd_core import logins
+
+    accepted = starlette_app_utils._DEFAULT_SIGNED_VALUE_MAX_AGE_DAYS * 86400
+    assert logins.KEEP_SECONDS >= accepted
+    now = time.time()
+    old = now - logins.KEEP_SECONDS - 10
+    logins.revoke(_claims(nonce="kept"), now=now - accepted, home=tmp_path)
+    logins.sign_out_everywhere("old@lab.org", now=old, home=tmp_path)
+    logins.refusal({"sub": "no-iat", "nonce": "x"}, "someone@lab.org", 12, now=old, home=tmp_path)  # "seen" then
+    before = json.loads(logins.records_file(tmp_path).read_text())
+    assert len(before["seen"]) == 1 and len(before["not_before"]) == 1
+    logins.revoke(_claims(nonce="new"), now=now, home=tmp_path)
+    record = json.loads(logins.records_file(tmp_path).read_text())
+    assert sorted(record["revoked"]) == sorted(logins.login_id(_claims(nonce=n)) for n in ("kept", "new"))
+    assert record["not_before"] == {} and record["seen"] == {}
+
+
 # ------------------------------------------------------------------------------ logout and download links
 
 
