@@ -254,6 +254,7 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
             raise InputError(f"X in {opts.display_name} has {len(shape)} dimensions; a cells x genes matrix is "
                              "needed.", "Export a 2-D expression matrix.")
         _check_h5ad_axes(f, X, shape, encoding, opts.display_name)
+        _check_other_matrices(f, shape, opts.display_name)
         _check_annotation_columns(f, opts)
     check_cells(shape[0], opts)
     check_genes(shape[1], opts)
@@ -387,6 +388,120 @@ def _check_h5ad_axes(f: h5py.File, X, shape: tuple, encoding: str, name: str) ->
     if last > parts["data"].shape[0]:  # fewer is allowed (unused storage at the end, as scipy allows)
         raise InputError(f"{name}: X's pointers end at value {last:,} but it stores {parts['data'].shape[0]:,} "
                          "values: the file is damaged.", hint)
+
+
+#: The layers (and obsm, obsp entries) whose structure is checked one by one before the file is read;
+#: more than this many is not single-cell data (each is read as a matrix of its own).
+MAX_LAYERS = 1000
+
+
+def _other_matrices(f: h5py.File, shape: tuple) -> list[tuple[str, str, object, tuple]]:
+    """``(where, how, item, expected shape)`` of every matrix of an h5ad besides X that anndata reads:
+    adata.raw's X, each layer, each entry of obsm and obsp (``None`` in the shape: any length)."""
+    out = []
+    raw = f.get("raw")
+    if isinstance(raw, h5py.Group) and "X" in raw:
+        n_raw = _axis_length(raw, "var")
+        out.append(("adata.raw", "raw", raw.get("X"), (shape[0], n_raw)))
+    for key, where, expected in (("layers", "layers['{}']", shape), ("obsm", "obsm['{}']", (shape[0], None)),
+                                 ("obsp", "obsp['{}']", (shape[0], shape[0]))):
+        group = f.get(key)
+        if not isinstance(group, h5py.Group):
+            continue
+        for k in group:
+            out.append((where.format(k), key, group.get(k), expected))
+    return out
+
+
+def _check_other_matrices(f: h5py.File, shape: tuple, name: str) -> None:
+    """Before anndata reads them: adata.raw's X, the layers and the obsm / obsp entries are matrices of
+    real numbers whose declared shape agrees with the cells (and genes), and a sparse one's pointers
+    start at 0 and end within its values; else an :class:`InputError` naming the part of the file
+    (anndata's and scipy's own words, e.g. "X has 1000000000 rows, but n_obs is 300" for adata.raw,
+    or "'dict' object has no attribute 'shape'", name none). Its indices are checked once read
+    (:func:`scatd_core.io._report.check_other_matrices`), as X's are."""
+    hint = ("The file is damaged or was written by other software than anndata: save it again from the original "
+            "data (adata.write_h5ad), or copy the complete file again.")
+    items = _other_matrices(f, shape)
+    if len(items) > MAX_LAYERS:
+        raise InputError(f"{name} holds {len(items):,} layers and other matrices besides X (e.g. "
+                         f"{', '.join(w for w, *_ in items[:3])}), over the limit of {MAX_LAYERS:,}: each is read as a "
+                         "matrix of its own.",
+                         "Keep only the layers you need (in Python: del adata.layers['NAME'], then "
+                         "adata.write_h5ad(...)) and give the file again.")
+    for where, key, item, expected in items:
+        axes = "cells x genes" if key in ("raw", "layers") else "cells x values" if key == "obsm" else "cells x cells"
+        if isinstance(item, h5py.Dataset) and key in ("obsm", "obsp"):
+            continue  # dense: anndata checks its shape itself; only a sparse one's indices could crash C code
+        if isinstance(item, h5py.Dataset):
+            dims, dtype, encoding = tuple(int(d) for d in item.shape or ()), item.dtype, "array"
+        elif isinstance(item, h5py.Group):
+            encoding = attr_str(item.attrs.get("encoding-type", ""))
+            if key in ("obsm", "obsp") and encoding not in ("csr_matrix", "csc_matrix"):
+                continue  # a per-cell table (or other encoded item) in obsm: anndata reads it as such
+            if encoding not in ("csr_matrix", "csc_matrix"):
+                inner = ", ".join(repr(str(k)) for k in list(item)[:3])
+                what = (f"a table ({encoding}), not a matrix of {axes}" if encoding else
+                        "a group of other items" + (f" ({inner})" if inner else "") +
+                        f", not a matrix of {axes}" + (" (a name with '/' in it makes such groups)"
+                                                        if key == "layers" else ""))
+                raise InputError(f"{name}: {where} is {what}, so the file cannot be read.",
+                                 f"Store a matrix of {axes} there, or delete it (in Python: h5py.File(path, 'a'): "
+                                 f"del f[{item.name!r}]), then give the file again." if key != "layers" else
+                                 "Store only matrices of cells x genes in adata.layers, named without '/' (in "
+                                 "Python: del adata.layers['NAME'], then adata.write_h5ad(...)), then give the "
+                                 "file again.")
+            try:
+                dims = tuple(int(d) for d in item.attrs["shape"])
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"{name}: {where} is a sparse matrix without a valid shape: the file is damaged.",
+                                 hint) from None
+            data = item.get("data")
+            dtype = data.dtype if isinstance(data, h5py.Dataset) else None
+        else:
+            raise InputError(f"{name}: {where} is not a matrix of {axes}: the file is damaged.", hint)
+        if len(dims) != 2:
+            raise InputError(f"{name}: {where} has {len(dims)} dimensions; a matrix of {axes} is needed.", hint)
+        for axis, what in ((0, "rows (cells)"), (1, "columns (genes)" if key != "obsp" else "columns (cells)")):
+            if expected[axis] is not None and dims[axis] != expected[axis]:
+                against = ("obs has" if axis == 0 else "its var has" if key == "raw" else
+                           "X has" if key == "layers" else "obs has")
+                raise InputError(f"{name}: {where} declares {dims[axis]:,} {what} but {against} "
+                                 f"{expected[axis]:,}: the file is damaged.", hint)
+        if key in ("raw", "layers") and dtype is not None and (dtype.kind not in "biufc" or (dtype.kind in "fc" and dtype.itemsize < 4)):
+            kind = ("text, not numbers" if dtype.kind in "OSU" else
+                    "records of several fields, not single numbers" if dtype.names else
+                    "16-bit floating-point numbers, which scATD does not read" if dtype.kind in "fc" else
+                    f"{dtype} values, not numbers")
+            raise InputError(f"{name}: the values of {where} are {kind}.",
+                             f"Convert {where} to real numbers (float32, float64 or integers) or delete it, then "
+                             "save the file again (adata.write_h5ad).")
+        if encoding in ("csr_matrix", "csc_matrix"):
+            _check_sparse_header(item, dims, encoding, where, name, hint)
+
+
+def _check_sparse_header(group: h5py.Group, dims: tuple, encoding: str, where: str, name: str, hint: str) -> None:
+    """A sparse matrix's parts agree with one another (read: its pointers' first and last values)."""
+    parts = {k: group.get(k) for k in ("data", "indices", "indptr")}
+    if not all(isinstance(d, h5py.Dataset) and len(d.shape) == 1 for d in parts.values()):
+        raise InputError(f"{name}: {where} is a sparse matrix whose parts (data, indices, indptr) are missing or "
+                         "not lists of numbers: the file is damaged.", hint)
+    if parts["indices"].dtype.kind not in "iu" or parts["indptr"].dtype.kind not in "iu":
+        raise InputError(f"{name}: {where} is a sparse matrix whose positions are not whole numbers: the file is "
+                         "damaged.", hint)
+    axis, along = (0, "row") if encoding == "csr_matrix" else (1, "column")
+    n_ptr = parts["indptr"].shape[0]
+    if n_ptr != dims[axis] + 1:
+        raise InputError(f"{name}: {where} declares {dims[axis]:,} {along}s but its sparse {along} pointers cover "
+                         f"{max(n_ptr - 1, 0):,}: the file is damaged.", hint)
+    n_values = parts["data"].shape[0]
+    if n_values != parts["indices"].shape[0]:
+        raise InputError(f"{name}: {where} stores {n_values:,} values but {parts['indices'].shape[0]:,} positions "
+                         "for them: the file is damaged.", hint)
+    first, last = (int(parts["indptr"][0]), int(parts["indptr"][-1])) if n_ptr else (0, 0)
+    if first != 0 or last > n_values or last < 0:
+        raise InputError(f"{name}: {where}'s pointers run from value {first:,} to {last:,} but it stores "
+                         f"{n_values:,} values (from 0): the file is damaged.", hint)
 
 
 def _dataset(group: h5py.Group, key: str, opts: Options) -> h5py.Dataset:

@@ -43,6 +43,73 @@ def _check_sparse(X, opts: Options | None) -> None:
         raise InputError(f"{opts.display_name}: {matrix}'s {problem}: the file is damaged.", DAMAGED_HINT) from None
 
 
+#: Sparse positions are checked this many at a time (a backed matrix's are read from the file in such parts).
+_CHECK_CHUNK = 1 << 24
+
+
+def _sparse_parts(matrix):
+    """``(indptr, indices, n_values, format)`` of a sparse matrix in memory or on disk (backed), else ``None``."""
+    if sp.issparse(matrix):
+        return matrix.indptr, matrix.indices, matrix.data.shape[0], matrix.format
+    group = getattr(matrix, "group", None)  # anndata's backed sparse dataset
+    if group is not None and getattr(matrix, "format", None) in ("csr", "csc"):
+        return group["indptr"], group["indices"], group["data"].shape[0], matrix.format
+    return None
+
+
+def sparse_problem(matrix, n_genes_word: str = "genes", n_rows_word: str = "cells") -> str | None:
+    """What is wrong with a sparse matrix's structure, in words (``None``: sound): pointers that start
+    past 0, go backwards or end past its values; positions (indices) negative or past its size. Vectorised,
+    on the arrays as they are (a backed matrix's read from the file a part at a time)."""
+    parts = _sparse_parts(matrix)
+    if parts is None:
+        return None
+    indptr, indices, n_values, fmt = parts
+    along, n, what = ("column", matrix.shape[1], n_genes_word) if fmt == "csr" else ("row", matrix.shape[0],
+                                                                                     n_rows_word)
+    ptr = np.asarray(indptr[()] if not isinstance(indptr, np.ndarray) else indptr)
+    n_ptr = matrix.shape[0 if fmt == "csr" else 1] + 1
+    if ptr.shape[0] != n_ptr or indices.shape[0] != n_values:
+        return "sparse structure is inconsistent (its parts have different lengths)"
+    if ptr.shape[0] and (ptr[0] != 0 or ptr[-1] > n_values):
+        return f"pointers run from value {int(ptr[0]):,} to {int(ptr[-1]):,} but it stores {n_values:,} values"
+    if ptr.shape[0] > 1 and (np.diff(ptr) < 0).any():
+        return "pointers go backwards"
+    end = int(ptr[-1]) if ptr.shape[0] else 0
+    for a in range(0, end, _CHECK_CHUNK):
+        part = np.asarray(indices[a:min(a + _CHECK_CHUNK, end)])
+        if part.size and int(part.min()) < 0:
+            return f"{along} indices include negative ones"
+        if part.size and int(part.max()) >= n:
+            return f"{along} indices go past its {n:,} {what}"
+    return None
+
+
+def other_matrices(adata: ad.AnnData) -> list[tuple[str, object]]:
+    """``(where, matrix)``: adata.raw's X, each layer, each sparse obsm and obsp entry."""
+    out = []
+    raw = getattr(adata, "raw", None)
+    if raw is not None:
+        out.append(("adata.raw", raw.X))
+    out += [(f"layers['{k}']", v) for k, v in adata.layers.items()]
+    for attr in ("obsm", "obsp"):
+        for k, v in getattr(adata, attr).items():
+            if sp.issparse(v):
+                out.append((f"{attr}['{k}']", v))
+    return out
+
+
+def check_other_matrices(adata: ad.AnnData, opts: Options) -> None:
+    """The structure of every sparse matrix besides X (adata.raw, layers, sparse obsm / obsp) is sound
+    before anything computes on it (scipy's C code trusts the indices: a position past the genes
+    crashes the server); else an :class:`InputError` naming the matrix, as X's check does."""
+    for where, matrix in other_matrices(adata):
+        problem = sparse_problem(matrix, "cells" if where.startswith("obsp") else
+                                 "values" if where.startswith("obsm") else "genes")
+        if problem is not None:
+            raise InputError(f"{opts.display_name}: {where}'s {problem}: the file is damaged.", DAMAGED_HINT)
+
+
 def _scan(X, opts: Options | None = None) -> tuple[np.ndarray, int, int, int | None]:
     """One pass over the rows: non-zeros per cell, NaN and inf counts, first bad row."""
     if sp.issparse(X):
@@ -203,6 +270,7 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
                              "renamed (NAME-1, NAME-2 ...).")
 
     nonzero, n_nan, n_inf, first_bad = _scan(adata.X, opts)
+    check_other_matrices(adata, opts)
     n_not_embedded = 0
     if (n_nan or n_inf) and report.get("format") == "npy":
         n_not_embedded = _check_embedding_values(adata, opts)
