@@ -59,44 +59,85 @@ class Candidate:
     matrix: object
     var: pd.DataFrame
     kind: str = "unknown"
+    #: What is wrong with its values, for a matrix besides X (X's are checked on read): cells with
+    #: negative values (``n_cells_negative``), missing or infinite values (``n_non_finite``).
+    faults: dict | None = None
 
     @property
     def n_genes(self) -> int:
         return int(self.matrix.shape[1])
 
 
+#: Kinds of values no model reads (never chosen automatically, refused when chosen).
+UNREADABLE = {"not_real": "complex or other non-real numbers", "boolean": "True/False values"}
+
+
 def _words(kind: str) -> str:
     from scatd_core.preprocess import value_kind_words
 
-    return value_kind_words(kind)
+    return UNREADABLE.get(kind) or value_kind_words(kind)
 
 
 def _values(kind: str) -> str:
     """``raw counts``, ``z-scored values``: what a matrix holds, in a sentence."""
-    return "raw counts" if kind == "counts" else f"{_words(kind)} values"
+    return "raw counts" if kind == "counts" else UNREADABLE.get(kind) or f"{_words(kind)} values"
 
 
-_KINDS: dict[int, tuple] = {}  # id(matrix) -> (weakref, kind): a matrix is judged once
+_KINDS: dict[int, tuple] = {}  # id(matrix) -> (weakref, kind, shape, faults): a matrix is judged once
 
 
-def _kind_of(adata: ad.AnnData, name: str, matrix) -> str:
+def _faults(matrix, evidence: dict) -> dict:
+    """Negative and non-finite values of a matrix besides X: counted over all its values when it is in
+    memory (one vectorised pass over the stored values), else from the sampled cells' evidence."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    values = matrix.data if sp.issparse(matrix) else matrix if isinstance(matrix, np.ndarray) else None
+    if values is None:  # on disk (backed): the cells value-type detection sampled
+        return {k: int(evidence.get(k) or 0) for k in ("n_cells_negative", "n_cells_non_finite") if evidence.get(k)}
+    out = {}
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values)
+        if bad.any():
+            out["n_non_finite"] = int(bad.sum())
+    negative = values < 0
+    if negative.any():
+        rows = (np.searchsorted(matrix.indptr, np.flatnonzero(negative), side="right") - 1) \
+            if sp.issparse(matrix) and matrix.format == "csr" else \
+            (np.nonzero(negative)[0] if not sp.issparse(matrix) else None)
+        out["n_cells_negative"] = int(np.unique(rows).size) if rows is not None else int(negative.sum())
+    return out
+
+
+def _kind_of(adata: ad.AnnData, name: str, matrix) -> tuple[str, dict]:
+    """``(kind of values, faults)``; a matrix of complex or boolean values is ``not_real`` or
+    ``boolean``, which no model reads (:data:`UNREADABLE`)."""
+    import numpy as np
+
     from scatd_core.preprocess import detect_value_type
 
     if name == "X":
         kind = adata.uns.get(_keys.INPUT_REPORT, {}).get("value_type")
         if kind is not None:
-            return str(kind)
+            return str(kind), {}
+    dtype = np.dtype(getattr(matrix, "dtype", np.float64))
+    if dtype.kind == "b":
+        return "boolean", {}
+    if dtype.kind not in "iuf":
+        return "not_real", {}
     hit = _KINDS.get(id(matrix))
     if hit is not None and hit[0]() is matrix and hit[2] == tuple(matrix.shape):
-        return hit[1]
-    kind = detect_value_type(matrix, n_cells=500)["kind"]
+        return hit[1], hit[3]
+    judged = detect_value_type(matrix, n_cells=500)
+    kind = judged["kind"]
+    faults = _faults(matrix, judged.get("evidence") or {}) if name != "X" else {}
     try:
         if len(_KINDS) > 256:
             _KINDS.clear()
-        _KINDS[id(matrix)] = (weakref.ref(matrix), kind, tuple(matrix.shape))
+        _KINDS[id(matrix)] = (weakref.ref(matrix), kind, tuple(matrix.shape), faults)
     except TypeError:  # no weak reference to it: judged again next time
         pass
-    return kind
+    return kind, faults
 
 
 def candidates(adata: ad.AnnData, *, all_layers: bool = False) -> list[Candidate]:
@@ -117,7 +158,7 @@ def candidates(adata: ad.AnnData, *, all_layers: bool = False) -> list[Candidate
         out.append(Candidate("raw", "adata.raw", raw.X, mapped_raw_var(adata) if raw_has_own_genes(adata)
                              else adata.var))
     for c in out:
-        c.kind = _kind_of(adata, c.name, c.matrix)
+        c.kind, c.faults = _kind_of(adata, c.name, c.matrix)
     return out
 
 
@@ -175,6 +216,26 @@ class Choice:
                 "chosen_by": "user" if self.chosen_by_user else "auto", **({"note": self.note} if self.note else {})}
 
 
+def _unreadable(c: Candidate) -> str | None:
+    """Why no model may read ``c`` (non-real or True/False values, missing or infinite ones), or ``None``."""
+    if c.kind in UNREADABLE:
+        return f"{c.where} holds {UNREADABLE[c.kind]}, not expression values"
+    n = (c.faults or {}).get("n_non_finite") or (c.faults or {}).get("n_cells_non_finite")
+    if n:
+        return f"{c.where} holds missing (NaN) or infinite values ({n:,} found)"
+    return None
+
+
+def _negative_words(c: Candidate) -> str:
+    """A sentence on the negative values of a matrix besides X (empty when it has none)."""
+    n = (c.faults or {}).get("n_cells_negative")
+    if not n or c.kind in ("zscored", "unknown"):
+        return ""
+    return (f" {c.where} has negative values in {n:,} {'cell' if n == 1 else 'cells'}, which {_values(c.kind)} never "
+            f"have: models that log-normalise the values leave {'it' if n == 1 else 'them'} unscored; check the "
+            "export, or set the values to 0.")
+
+
 def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None = None) -> Choice:
     """The matrix of ``adata`` a model with ``transform`` (``log1p_cp10k``, ``standardize``,
     ``none``; ``foundation`` for the foundation models) and input ``genes`` reads.
@@ -192,12 +253,16 @@ def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None 
             raise InputError(f"The data have no matrix '{choice}' (they have: {have}).",
                              f"Choose one of them ({CHOICE_HELP}), or auto.")
         c = found[0]
+        bad = _unreadable(c)
+        if bad is not None:
+            raise InputError(f"The matrix chosen for the models cannot be read by them: {bad}.",
+                             f"Choose another one ({CHOICE_HELP}), or auto.")
         note = None if c.name == "X" else (f"The model input is taken from {c.where} ({_values(c.kind)}, "
-                                           f"{c.n_genes:,} genes), as chosen.")
+                                           f"{c.n_genes:,} genes), as chosen." + _negative_words(c))
         return Choice(c, note, True, [c])
     if len(every) == 1:  # X alone: nothing to choose
         return Choice(every[0], None, False, [every[0]] if suit.get(every[0].kind, 0) > 0 else [])
-    scored = [(suit.get(c.kind, 0), _coverage(adata, c, genes), -i, c) for i, c in enumerate(every)]
+    scored = [(suit.get(c.kind, 0) if _unreadable(c) is None else 0, _coverage(adata, c, genes), -i, c) for i, c in enumerate(every)]
     best = max(scored, key=lambda s: s[:3])
     usable = [s[3] for s in scored if s[0] > 0]
     x = scored[0]
@@ -213,7 +278,8 @@ def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None 
     else:
         reason = f"it has more of the model's genes ({percent(best[1])}, against {percent(x[1])} in X)"
     note = (f"The model input is taken from {c.where} ({_values(c.kind)}, {c.n_genes:,} genes) rather than "
-            f"X ({_values(x[3].kind)}, {x[3].n_genes:,} genes): {reason}. The file itself is not changed.")
+            f"X ({_values(x[3].kind)}, {x[3].n_genes:,} genes): {reason}. The file itself is not changed."
+            + _negative_words(c))
     return Choice(c, note, False, usable)
 
 

@@ -141,3 +141,43 @@ def test_a_raw_or_layer_of_the_wrong_shape_or_kind_is_named_when_refused(tmp_pat
     path = _edit(_write(tmp_path / "d.h5ad"), fn)
     with pytest.raises(InputError, match=match):
         io.read(path)
+
+
+# --- what a matrix besides X holds is judged before a model reads it --------------------------------
+
+
+def test_a_complex_count_layer_is_never_chosen_and_refused_when_asked_for(tmp_path):
+    path = _edit(_write(tmp_path / "d.h5ad", raw=False),
+                 _set("layers/counts", "data", lambda v: (v + 1j * v).astype(np.complex64)))
+    adata = io.read(path)
+    layer = next(c for c in matrices.candidates(adata) if c.name == "layer:counts")
+    assert layer.kind == "not_real"
+    assert matrices.choose(adata, "log1p_cp10k").name == "X"  # it was chosen as "raw counts", imaginary part dropped
+    with pytest.raises(InputError, match=r"layers\['counts'\] holds complex or other non-real numbers"):
+        matrices.choose(adata, "log1p_cp10k", choice="layer:counts")
+
+
+def test_a_true_false_raw_is_not_judged_raw_counts(tmp_path):
+    path = _edit(_write(tmp_path / "d.h5ad", layers=()), _set("raw/X", "data", lambda v: v > 0))
+    adata = io.read(path)
+    raw = next(c for c in matrices.candidates(adata) if c.name == "raw")
+    assert raw.kind == "boolean"
+    assert matrices.counts_candidate(adata) is None
+    assert matrices.choose(adata, "log1p_cp10k").name == "X"
+
+
+def test_negative_values_in_a_chosen_raw_are_said(tmp_path):
+    path = _edit(_write(tmp_path / "d.h5ad", layers=()), _set("raw/X", "data", lambda v: np.where(
+        np.arange(v.size) == 4, -2.5, v).astype(np.float32)))
+    adata = io.read(path)
+    choice = matrices.choose(adata, "log1p_cp10k", choice="raw")
+    assert "adata.raw has negative values in 1 cell" in choice.note
+
+
+def test_missing_values_in_a_raw_keep_it_from_the_models(tmp_path):
+    path = _edit(_write(tmp_path / "d.h5ad", layers=()), _set("raw/X", "data", lambda v: np.where(
+        np.arange(v.size) == 4, np.nan, v).astype(np.float32)))
+    adata = io.read(path)
+    assert matrices.choose(adata, "none").name == "X"
+    with pytest.raises(InputError, match=r"adata\.raw holds missing \(NaN\) or infinite values \(1 found\)"):
+        matrices.choose(adata, "none", choice="raw")
