@@ -181,3 +181,33 @@ def test_missing_values_in_a_raw_keep_it_from_the_models(tmp_path):
     assert matrices.choose(adata, "none").name == "X"
     with pytest.raises(InputError, match=r"adata\.raw holds missing \(NaN\) or infinite values \(1 found\)"):
         matrices.choose(adata, "none", choice="raw")
+
+
+# --- a matrix choice stored in the file never forces the matrix ------------------------------------
+
+
+@pytest.mark.parametrize("stored, said", [
+    ("layer:counts", "chosen in an earlier scATD run"),
+    ("garbage", "names no matrix (X, raw or layer:NAME); it was ignored"),
+])
+def test_a_matrix_choice_stored_in_the_file_is_said_and_not_applied(tmp_path, stored, said):
+    adata = io.read(_write(tmp_path / "d.h5ad", uns={"scatd_matrix": stored}))
+    assert "scatd_matrix" not in adata.uns and adata.uns["scatd_input"]["matrix_in_file"] == stored
+    assert any(said in w for w in adata.uns["scatd_input"]["warnings"])
+    choice = matrices.choose(adata, "log1p_cp10k")  # "garbage" made even --matrix auto fail
+    assert not choice.chosen_by_user and "as chosen" not in (choice.note or "")
+
+
+def test_say_matrices_judges_only_the_count_layers_and_a_named_one(tmp_path, capsys, monkeypatch):
+    from scatd_core.cli._common import say_matrices
+
+    adata = io.read(_write(tmp_path / "d.h5ad", raw=False, layers=("counts", "spliced", "unspliced")))
+    judged = []
+    real = matrices._kind_of
+    monkeypatch.setattr(matrices, "_kind_of", lambda a, name, m: judged.append(name) or real(a, name, m))
+    say_matrices(adata, "auto")  # every layer was judged (10,000 layers: 15 minutes)
+    assert judged == ["X", "layer:counts"]
+    assert "2 other layers are not looked at unless named with --matrix layer:NAME" in capsys.readouterr().err
+    judged.clear()
+    say_matrices(adata, "layer:spliced")
+    assert "layer:spliced" in judged and "layer:unspliced" not in judged

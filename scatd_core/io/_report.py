@@ -110,6 +110,29 @@ def check_other_matrices(adata: ad.AnnData, opts: Options) -> None:
             raise InputError(f"{opts.display_name}: {where}'s {problem}: the file is damaged.", DAMAGED_HINT)
 
 
+def _stored_matrix_choice(adata: ad.AnnData, opts: Options) -> None:
+    """A matrix choice stored in the file (``uns['scatd_matrix']``, e.g. by an earlier scATD session's
+    download) is taken out and never applied: the user chooses for this data (``--matrix``, the Data
+    page), else the models read the best-suited matrix. It is kept in the read report
+    (``matrix_in_file``) and said, a value that names no matrix included (never fatal)."""
+    if _keys.MATRIX not in adata.uns:
+        return
+    value = adata.uns.pop(_keys.MATRIX)
+    text = str(value)[:80]
+    opts.report["matrix_in_file"] = text
+    from scatd_core.matrices import parse_choice
+
+    try:
+        parse_choice(text)
+    except InputError:
+        opts.warnings.append(f"The file's uns['{_keys.MATRIX}'] ({text!r}) names no matrix (X, raw or layer:NAME); "
+                             "it was ignored.")
+        return
+    opts.warnings.append(f"The file records a matrix chosen in an earlier scATD run (uns['{_keys.MATRIX}'] = "
+                         f"{text!r}); it is not applied: each model reads the matrix that suits it best unless you "
+                         "choose one (--matrix, or 'Matrix for the models' on the Data page).")
+
+
 def _scan(X, opts: Options | None = None) -> tuple[np.ndarray, int, int, int | None]:
     """One pass over the rows: non-zeros per cell, NaN and inf counts, first bad row."""
     if sp.issparse(X):
@@ -271,6 +294,7 @@ def finish(adata: ad.AnnData, opts: Options) -> ad.AnnData:
 
     nonzero, n_nan, n_inf, first_bad = _scan(adata.X, opts)
     check_other_matrices(adata, opts)
+    _stored_matrix_choice(adata, opts)
     n_not_embedded = 0
     if (n_nan or n_inf) and report.get("format") == "npy":
         n_not_embedded = _check_embedding_values(adata, opts)
