@@ -396,7 +396,8 @@ def matrix_choice(adata: ad.AnnData) -> None:
     from scatd_core import matrices
     from scatd_core._keys import MATRIX
 
-    found = matrices.candidates(adata)
+    now = adata.uns.get(MATRIX)
+    found = matrices.candidates(adata, also=str(now) if now is not None else None)  # a chosen layer is listed too
     if len(found) < 2:
         return
     st.markdown("**Matrices in the file:** " + md("; ".join(matrices.describe(c) for c in found)) + ". "
@@ -404,7 +405,6 @@ def matrix_choice(adata: ad.AnnData) -> None:
                 "or z-scored values only when nothing else is there); the Model page says which matrix each model "
                 "reads, and why.")
     options = [AUTO_MATRIX, *(c.name for c in found)]
-    now = adata.uns.get(MATRIX)
     picked = st.selectbox("Matrix for the models", options, index=options.index(now) if now in options else 0,
                           format_func=lambda o: o if o == AUTO_MATRIX else
                           matrices.describe(next(c for c in found if c.name == o)),

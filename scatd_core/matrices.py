@@ -140,13 +140,22 @@ def _kind_of(adata: ad.AnnData, name: str, matrix) -> tuple[str, dict]:
     return kind, faults
 
 
-def candidates(adata: ad.AnnData, *, all_layers: bool = False) -> list[Candidate]:
+#: At most this many layers are judged for ``all_layers`` (each costs a pass over sampled cells).
+MAX_JUDGED_LAYERS = 20
+
+
+def candidates(adata: ad.AnnData, *, all_layers: bool = False, also: str | None = None) -> list[Candidate]:
     """The matrices of ``adata`` a model may read: X, the count layers (:data:`COUNT_LAYERS`; every
     layer with ``all_layers``), ``adata.raw``. Data read from disk in parts (backed) have them all
     too: ``adata.raw``'s values are read from the file in row blocks as X's are (the layers are in
     memory), and the Ray workers read the chosen matrix from the file (:mod:`scatd_core.scaleout`)."""
     out = [Candidate("X", "X", adata.X, adata.var)]
-    names = list(adata.layers.keys()) if all_layers else [n for n in COUNT_LAYERS if n in adata.layers]
+    names = [n for n in COUNT_LAYERS if n in adata.layers]
+    if all_layers:  # the first MAX_JUDGED_LAYERS others (see :func:`layers_not_judged`)
+        names += [str(n) for n in list(adata.layers.keys())[:MAX_JUDGED_LAYERS + len(names)] if n not in names]
+        names = names[:max(MAX_JUDGED_LAYERS, len(COUNT_LAYERS))]
+    if also and also.startswith("layer:") and also[6:] in adata.layers and also[6:] not in names:
+        names.append(also[6:])
     for name in names:
         if adata.layers[name].shape == adata.shape:
             out.append(Candidate(f"layer:{name}", f"layers['{name}']", adata.layers[name], adata.var))
@@ -160,6 +169,11 @@ def candidates(adata: ad.AnnData, *, all_layers: bool = False) -> list[Candidate
     for c in out:
         c.kind, c.faults = _kind_of(adata, c.name, c.matrix)
     return out
+
+
+def layers_not_judged(adata: ad.AnnData) -> int:
+    """How many layers :func:`candidates` with ``all_layers`` leaves out (over :data:`MAX_JUDGED_LAYERS`)."""
+    return max(len(adata.layers) - MAX_JUDGED_LAYERS, 0)
 
 
 def parse_choice(text: str | None) -> str | None:
@@ -244,7 +258,7 @@ def choose(adata: ad.AnnData, transform: str, genes=None, *, choice: str | None 
     has no such matrix. Otherwise the best suited (:data:`_SUIT`), then the one with most of the
     model's genes, X first on a tie."""
     choice = parse_choice(choice) if choice is not None else forced(adata)
-    every = candidates(adata, all_layers=choice is not None and choice.startswith("layer:"))
+    every = candidates(adata, also=choice)
     suit = _SUIT.get(transform, _SUIT["none"])
     if choice is not None:
         found = [c for c in every if c.name == choice]

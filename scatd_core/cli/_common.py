@@ -304,12 +304,18 @@ def say_matrices(adata, choice: str | None) -> None:
     from scatd_core.errors import InputError
     from scatd_core.preprocess import value_kind_words
 
-    found = matrices.candidates(adata, all_layers=True)
+    name = matrices.parse_choice(choice)
+    found = matrices.candidates(adata, also=name)  # the count layers, adata.raw and a layer named by --matrix
     x = found[0]
     others = [c for c in found[1:] if c.name != "X"]
     say(f"Values: {value_kind_words(x.kind)} (X)" + ("; also " + ", ".join(matrices.describe(c) for c in others)
                                                       if others else "") + ".")
-    name = matrices.parse_choice(choice)
+    rest = [str(k) for k in adata.layers.keys() if f"layer:{k}" not in {c.name for c in found}]
+    if rest:
+        say(f"note: {len(rest):,} other {'layer is' if len(rest) == 1 else 'layers are'} not looked at unless named "
+            f"with --matrix layer:NAME (e.g. {', '.join(rest[:3])}).")
+    if name is None:
+        adata.uns.pop(_keys.MATRIX, None)  # --matrix auto: no choice, whatever the data held
     if name is not None:
         if name not in [c.name for c in found]:
             have = ", ".join(c.name for c in found)
