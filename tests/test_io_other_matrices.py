@@ -211,3 +211,29 @@ def test_say_matrices_judges_only_the_count_layers_and_a_named_one(tmp_path, cap
     judged.clear()
     say_matrices(adata, "layer:spliced")
     assert "layer:spliced" in judged and "layer:unspliced" not in judged
+
+
+# --- sizes: packed annotations and the number of layers ---------------------------------------------
+
+
+@pytest.mark.parametrize("group", ["obsm", "uns"])
+def test_annotations_packed_far_beyond_the_file_are_refused_before_they_are_read(tmp_path, monkeypatch, group):
+    from scatd_core.io import _hdf5
+
+    monkeypatch.setattr(_hdf5, "PACKED_ANNOTATIONS_FLOOR", 1 << 20, raising=False)  # a 3.6 GB obsm of gzipped zeros, in small
+    def fn(f):
+        g = f.require_group(group)
+        g.create_dataset("X_big", shape=(N_CELLS, N_GENES * 1000), dtype="f4", compression="gzip",
+                         chunks=(N_CELLS, 1000), fillvalue=0).write_direct(np.zeros((N_CELLS, N_GENES * 1000), "f4"))
+    path = _edit(_write(tmp_path / "d.h5ad"), fn)
+    with pytest.raises(InputError, match=rf"stored packed .* \(e\.g\. /{group}/X_big: 9\.2 MB"):
+        io.read(path)
+
+
+def test_thousands_of_layers_are_refused_by_count(tmp_path, monkeypatch):
+    from scatd_core.io import _hdf5
+
+    monkeypatch.setattr(_hdf5, "MAX_LAYERS", 3, raising=False)
+    path = _write(tmp_path / "d.h5ad", layers=("counts", "a", "b", "c"))
+    with pytest.raises(InputError, match=r"holds 5 layers and other matrices besides X .* over the limit of 3"):
+        io.read(path)
