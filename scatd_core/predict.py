@@ -718,7 +718,9 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
             data = inputs.data  # the refusal and the Model page judge it, not on X's genes
         from scatd_core.matrices import fuller_elsewhere
 
-        warning = coverage_warning(data, bundle.genes, also=fuller_elsewhere(inputs.adata, matrix, bundle.genes))
+        whole = adata if adata is not None else getattr(inputs, "adata", None)  # a Ray run's inputs hold no data
+        also = fuller_elsewhere(whole, matrix, bundle.genes) if whole is not None else None
+        warning = coverage_warning(data, bundle.genes, also=also)
         if warning:
             out.append(warning)
     words = {**REASON_TEXT, **(EMBEDDING_REASON_TEXT if bundle.input_kind == "embedding" else {})}
