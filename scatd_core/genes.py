@@ -998,6 +998,9 @@ def _coverage_numbers(adata_or_names, model_genes: Sequence[str], low_threshold:
         "n_ids_unmapped": int(n_unmapped) if ids_unmapped else 0,
         "status": "refused" if fraction < minimum else "low" if fraction < low_threshold or ids_unmapped else "good",
         "unmatched_examples": [names[i] for i in unmatched_idx[:5]],
+        # the model's genes the data lack, in the model's order: what a refusal names (the data's extra genes
+        # are ignored and say nothing of what is missing)
+        "missing_examples": list(aln.missing[:5]),
         # share of the data's genes given the model's kind of identifier (annotate_gene_ids), where the kinds differ
         "fraction_ids_mapped": (round(mapped["n_mapped"] / max(mapped["n_genes"], 1), 4) if mapped else None),
         **({"symbol_column": column} if column else {}),
@@ -1009,12 +1012,13 @@ def coverage_refusal(adata_or_names, model_genes: Sequence[str], *, min_coverage
                      model_name: str | None = None, also: str | None = None) -> InputError | None:
     """The error that refuses a prediction with too few of the model's genes in the data (fewer
     than ``min_coverage`` of them, default :func:`min_gene_coverage`), or ``None``: how many
-    matched, examples of the data's genes the model does not know, the likely cause and what to
+    matched, examples of the model's genes missing from the data, the likely cause and what to
     do; the command line's hint names ``--min-gene-coverage``, the app's the server setting."""
     report, _names, _idx = _coverage_numbers(adata_or_names, model_genes, min_coverage=min_coverage)
     if report["status"] != "refused":
         return None
-    examples = report["unmatched_examples"]
+    examples = report["missing_examples"]
+    n_missing = report["n_model_genes"] - report["n_matched"]
     cause = _coverage_cause(report)
     if also:  # another matrix of the same file has the genes: said first, and no generic "upload the full matrix"
         cause = f"{also} {cause.replace(SUBSET_ADVICE, '').strip()}".strip()
@@ -1022,7 +1026,8 @@ def coverage_refusal(adata_or_names, model_genes: Sequence[str], *, min_coverage
     message = (f"Too few of the model's genes are in the data to predict{model}: only {_matched_text(report)} are, and at "
                f"least {percent(report['min_coverage'])} are needed (the missing genes would be filled with 0, "
                "which the model never saw in training, so its calls would be meaningless)."
-               + (f" The data's genes the model does not know include {', '.join(examples)}." if examples else "")
+               + (f" The model's genes missing from the data ({n_missing:,}) include {', '.join(examples)}."
+                  if examples else "")
                + f" {cause}")
     expert = "lower the minimum with --min-gene-coverage (e.g. --min-gene-coverage 0.01)"
     return InputError(message, f"If you are sure the calls mean something anyway, {expert}.",

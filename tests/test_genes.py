@@ -269,7 +269,9 @@ def test_prediction_is_refused_below_the_minimum_gene_coverage(tmp_path, capsys)
     assert cov["advice"].startswith("Too few genes to predict: only 2 of the model's 40 genes (5.0%)")
     message = err.value.message
     assert "only 2 of the model's 40 genes (5.0%) are, and at least 10.0% are needed" in message
-    assert f"include {mouse.var_names[2]}, {mouse.var_names[3]}" in message and "mouse gene symbols" in message
+    # the model's genes the data lack (QA: the data's genes the model does not know were listed instead)
+    assert (f"The model's genes missing from the data (38) include {counts.var_names[2]}, {counts.var_names[3]}"
+            in message and "mouse gene symbols" in message)
     assert "--min-gene-coverage" in err.value.hint and "limits.min_gene_coverage" in err.value.app_hint
     done = predict(mouse, bundle, copy=True, min_gene_coverage=0.01)  # an expert's explicit override
     assert any(w.startswith("Only 5.0% of the model's genes are in the data (2 of 40)") and "mouse" in w
