@@ -997,8 +997,9 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
                            textangle=-90 if upright else 0, font=dict(size=11),  # escaped by layout
                            hovertext=name if text != name else None)
     names_px = int(max(len(_short_name(n)) for n in names) * _NAME_CHAR_PX) + 4 if upright else 0
-    fig.update_xaxes(title=f"cells, ordered by {group_name}" if grouped else
-                     "cells, ordered by their mean P(resistant) over the drugs", showticklabels=False, showgrid=False)
+    # short enough for a 390 px screen ("cells, ordered by their mean P(resistant) over the drugs" was cut there)
+    fig.update_xaxes(title=f"cells, by {group_name}" if grouped else "cells, by mean P(resistant)",
+                     showticklabels=False, showgrid=False)
     fig.update_yaxes(title="", autorange="reversed", type="category")
     notes = ["dark grey: not scored by that drug's model"] if missing.any() else []
     if len(rows) < len(labels):

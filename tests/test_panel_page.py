@@ -355,7 +355,7 @@ def test_without_a_grouping_column_the_heatmap_says_how_the_cells_are_ordered(wi
     ok(at)
     assert "panel_group" not in [s.key for s in at.selectbox]
     charts = _chart_text(at)
-    assert "ordered by their mean P(resistant) over the drugs" in charts and "ordered by all cells" not in charts
+    assert "cells, by mean P(resistant)" in charts and "by all cells" not in charts
 
 
 def test_the_same_models_in_another_order_keep_their_results(with_panel_library):
