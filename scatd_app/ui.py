@@ -99,7 +99,11 @@ def show_error(exc: BaseException) -> None:
                                          exc_info=exc)
     if isinstance(exc, ScatdError):
         hint = exc.app_hint or exc.hint
-        st.error(f"**{md(exc.message)}**" + (f"\n\n{md(hint)}" if hint else ""), icon=":material/error:")
+        # a message of several lines (one per drug of a panel, "- DRUG: why"): its first line, then one item a line
+        first, *rest = str(getattr(exc, "app_message", None) or exc.message).split("\n")
+        items = "".join(f"\n- {md(line.removeprefix('- '))}" for line in rest if line.strip())
+        st.error(f"**{md(first)}**" + (f"\n{items}" if items else "") + (f"\n\n{md(hint)}" if hint else ""),
+                 icon=":material/error:")
     else:
         st.error(f"**Something unexpected went wrong** ({type(exc).__name__}: {md(str(exc)[:300])}).\n\n"
                  "Nothing was changed. Try again; if it happens again, report it with the file type and "
@@ -2077,7 +2081,7 @@ def panel_models_table(models) -> None:
     which model it was; backbones by their titles."""
     from scatd_core.bundle import BACKBONE_TITLES
 
-    first = ["drug", "status", "threshold", "calibrated", "cells scored", "gene coverage"]
+    first = ["drug", "status", "threshold", "calibrated", "threshold set by", "cells scored", "gene coverage"]
     view = models[[c for c in first if c in models] + [c for c in models.columns if c not in first]].copy()
     if "backbone" in view:
         view["backbone"] = view["backbone"].map(lambda b: BACKBONE_TITLES.get(b, b) if isinstance(b, str) else "")

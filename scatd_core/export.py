@@ -822,7 +822,7 @@ _CSS = """
 body{font-family:-apple-system,BlinkMacSystemFont,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;
 color:#222;background:#fafafa}
 main{max-width:1100px;margin:0 auto;padding:24px 32px;background:#fff}
-h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+h1{margin-bottom:0;overflow-wrap:anywhere}h2{overflow-wrap:anywhere;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 .sub{color:#666;margin-top:4px}.demo{background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px;
 border-radius:6px;font-weight:600}.warn{background:#fdecea;border:1px solid #f5c2c0;padding:8px 12px;border-radius:6px}
 table{border-collapse:collapse;margin:8px 0;font-size:14px}td,th{border:1px solid #e3e3e3;padding:4px 10px;
@@ -1247,7 +1247,9 @@ def write_panel_summary(adata: ad.AnnData, path: str | Path, group_columns: Sequ
     return write_file(path, to_csv_bytes(panel_summary_table(adata, group_columns)))
 
 
-def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
+def panel_models_table(adata: ad.AnnData, *, app: bool = False) -> pd.DataFrame:
+    """The panel's drugs requested, one row each: scored, refused by its model, or not loaded; each
+    threshold with how it was set. ``app``: the reasons as the app says them."""
     from scatd_core import panel
 
     rows = []
@@ -1258,13 +1260,20 @@ def panel_models_table(adata: ad.AnnData) -> pd.DataFrame:
         cov = m.coverage or {}
         thr = adata.uns[m.key]["threshold"] if m.scored else {}
         rows.append({"drug": m.drug, "model": m.model, "folder": m.folder, "backbone": m.backbone,
-                     "status": m.status,
+                     "status": m.status if m.scored else "refused (not scored)",
                      "gene coverage": f"{cov['n_matched']:,}/{cov['n_model_genes']:,} ({percent(cov['n_matched'] / cov['n_model_genes'])})"
                      if cov.get("n_model_genes") else ("embeddings" if m.scored else "—"),
                      "cells scored": m.n_scored, "threshold": thr.get("value"),
-                     "calibrated": thr.get("calibrated"), "seconds": m.seconds, "problem": m.problem or "",
+                     # how it was set, as a single prediction's report says it (Youden's J on 'response' ...)
+                     "calibrated": thr.get("calibrated"), "threshold set by": thr.get("detail") or "",
+                     "seconds": m.seconds, "problem": (app and m.problem_app) or m.problem or "",
                      # what its prediction warned of (few of its genes in the data ...), next to its drug
                      "warnings": " ".join(warned.get(m.drug, []))})
+    for drug, why in panel.not_scored(adata, app=app)[sum(not m.scored for m in panel.members(
+            adata, scored_only=False)):]:  # requested, but its model could not be loaded (removed ...)
+        rows.append({"drug": drug, "model": "—", "folder": "—", "backbone": "—", "status": "not loaded (not scored)",
+                     "gene coverage": "—", "cells scored": 0, "threshold": None, "calibrated": None,
+                     "threshold set by": "", "seconds": 0.0, "problem": why, "warnings": ""})
     return pd.DataFrame(rows)
 
 
@@ -1298,18 +1307,31 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
     info = adata.uns[_keys.PANEL]
     ms = panel.members(adata)
     data_name = data_name or adata.uns.get(_keys.INPUT_REPORT, {}).get("file_name") or "uploaded data"
-    title = f"scATD drug panel ({len(ms)} drugs) on {data_name}"
+    lost = panel.not_scored(adata, app=app)
+    n_requested = len(ms) + len(lost)
+    drugs_said = (f"{n_requested} drugs requested, {len(ms)} scored" if lost else counted(len(ms), "drug"))
+    title = f"scATD drug panel ({drugs_said}) on {data_name}"
     parts = [f"<h1>{html.escape(title)}</h1><p class='sub'>Generated "
              f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by scATD Studio "
-             f"{html.escape(__version__)}; {counted(adata.n_obs)}, {info['n_scored_models']} of {info['n_models']} "
+             f"{html.escape(__version__)}; {counted(adata.n_obs)}, {info['n_scored_models']} of {n_requested} "
              f"models scored them in {info['seconds']:.1f} s.</p>"]
+    if lost:  # every drug requested is named, with why it was not scored: one line each
+        parts.append(f"<div class='warn'><b>{html.escape(panel.requested_statement(adata) or '')}</b><ul>"
+                     + "".join(f"<li><b>{html.escape(drug)}</b>: {html.escape(why)}</li>" for drug, why in lost)
+                     + "</ul></div>")
     if any(m.demo for m in ms):
         parts.append("<p class='demo'>Demo models: demo (simulated data). These predictions illustrate the "
                      "workflow and say nothing about real cells.</p>")
     if panel.uncalibrated(adata):
         parts.append("<p class='warn'>Some calls use a threshold <b>not calibrated</b> to this dataset.</p>")
     parts += [f"<p class='warn'>{html.escape(note)}</p>" for note in panel.comparison_notes(adata, app=app)]
-    parts.append("<h2>Models</h2>" + _frame_html(panel_models_table(adata)))
+    parts.append("<h2>Models</h2>" + _frame_html(panel_models_table(adata, app=app)))
+    found = panel.label_evaluation(adata)
+    if found:  # the drug whose response the label column records, scored as a single prediction scores it
+        parts.append(f"<h2>{html.escape(found['drug'])} against the labels of '{html.escape(found['column'])}'</h2>"
+                     f"<p>{html.escape(panel.label_statement(found) or '')}</p>"
+                     + "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in ([found["notes"]] if isinstance(
+                         found.get("notes"), str) and found.get("notes") else found.get("notes") or [])))
     warned = panel.model_warnings(adata)
     if warned:  # each model's own warnings (few of its genes in the data ...), as the CLI prints them per drug
         parts.append(f"<div class='warn'><b>{html.escape(panel.warnings_summary(adata) or '')}</b><ul>"
@@ -1321,7 +1343,8 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
                  + (f"<p class='warn'>{html.escape(caveat)}</p>" if caveat else "")
                  # uncalibrated, the order does not rank the drugs: no rank column then
                  + _figure_html(pl.drug_ranking_figure(ranking, thresholds=panel.thresholds(adata)))
-                 + _frame_html(ranking.drop(columns="rank") if caveat else ranking))
+                 # nor when every drug is calibrated to an expected fraction: the fractions given, no ranking
+                 + _frame_html(ranking if panel.is_ranking(adata, "Whole sample") else ranking.drop(columns="rank")))
     prob, drugs = panel.probability_matrix(adata)
     for column in panel_group_columns(adata, group_columns):
         name = "Leiden cluster" if column == _keys.CLUSTER else column

@@ -61,7 +61,8 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "check_models", "calibrate_panel", "comparison_notes", "resistant_to_all_statement", "check_panel_name",
            "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
            "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "run_signature",
-           "saved_panel_drugs", "scaleout_note"]
+           "saved_panel_drugs", "scaleout_note", "not_scored", "requested_statement", "not_scored_lines",
+           "is_ranking", "set_label_drug", "label_evaluation", "label_statement", "lost_from_saved_panel", "all_refused_error"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -215,6 +216,7 @@ def predict_panel(
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     min_gene_coverage: float | None = None,
+    not_loaded: Sequence[tuple[str, str]] = (),
 ) -> list[PanelMember]:
     """Predict P(resistant) for every cell of ``adata`` with every model of a panel.
 
@@ -227,6 +229,10 @@ def predict_panel(
     mask, mode, n_samples, seed, device, batch_size, beta_mode, should_stop, min_gene_coverage
         As for :func:`~scatd_core.predict.predict`, the same for every model (``beta_mode``
         overrides each model's Swish mode; models without that choice ignore ``None`` only).
+    not_loaded
+        ``(drug, reason)`` of each drug requested (e.g. a saved panel's member) whose model could not
+        even be loaded (removed from the library ...): recorded with the run, so that every table,
+        report and summary names every drug requested, scored or not (:func:`not_scored`).
     progress
         Called with (fraction done, message naming the model and its place in the panel).
 
@@ -280,12 +286,13 @@ def predict_panel(
     except BaseException:  # cancelled, or interrupted (a caller's progress callback, Ctrl+C): no partial panel
         _clear_members(adata, team)
         raise
+    lost = _lost_records(not_loaded, {m.drug for m in team})
     if not any(m.scored for m in team):
-        raise InputError("No model of the panel could score these data: " + "; ".join(
-            f"{m.drug}: {m.problem}" for m in team), "Check each model's reason; `scatd models` lists the installed "
-            "models and their backbones.", app_hint="Check the data against each model on the Model page.")
+        raise all_refused_error([(m.drug, m.problem or "", m.problem_app) for m in team]
+                                + [(r["drug"], r["problem"], None) for r in lost])
     adata.uns[_keys.PANEL] = {
         "members": _stored(team), "n_models": n, "n_scored_models": sum(m.scored for m in team),
+        "not_loaded": {f"{i:02d}": r for i, r in enumerate(lost)}, "n_requested": n + len(lost),
         "n_input_groups": len(shared.groups), "align_seconds": round(shared.seconds, 3),
         "seconds": round(time.perf_counter() - t0, 3), "params": {"mode": mode, "seed": int(seed),
                                                                   "batch_size": batch_size or "auto",
@@ -331,6 +338,46 @@ def refuse_unscorable(adata: ad.AnnData, bundles: Sequence) -> dict[int, InputEr
                        f"{names[i]}: {p.message}" for i, p in problems.items()))
         raise InputError(message, first.hint, app_hint=first.app_hint)
     return problems
+
+
+def all_refused_error(problems: Sequence[tuple[str, str, str | None]]) -> InputError:
+    """The error when no drug of a panel could score the data: one line per drug with its reason
+    (``(drug, problem, problem as the app says it or None)``), never one long line joined by "; "."""
+    def lines(app: bool) -> str:
+        return "\n".join(f"- {drug}: {(app and app_problem) or problem}" for drug, problem, app_problem in problems)
+
+    head = f"No model of the panel could score these data ({counted(len(problems), 'drug')} requested, none scored):\n"
+    exc = InputError(head + lines(False), "Check each model's reason; `scatd models` lists the installed "
+                     "models and their backbones.", app_hint="Check the data against each model on the Model page.")
+    exc.app_message = head + lines(True)
+    return exc
+
+
+def _lost_records(not_loaded: Sequence[tuple[str, str]], taken: set[str]) -> list[dict]:
+    """The drugs requested but not loaded, each under a name no scored drug's columns use."""
+    out = []
+    for drug, reason in not_loaded:
+        name, k = str(drug), 2
+        while name in taken:
+            name, k = f"{drug}_{k}", k + 1
+        taken.add(name)
+        out.append({"drug": name, "problem": str(reason)})
+    return out
+
+
+def lost_from_saved_panel(record: Mapping, bundles: Sequence, problems: Sequence[str]) -> list[tuple[str, str]]:
+    """``(drug, reason)`` of each model of a saved panel's ``record`` that :func:`load_panel` left out
+    (``problems``, each ``"<folder>: <reason>"``), its drug as the panel recorded it."""
+    loaded = {Path(b.path).name for b in bundles}
+    drugs, names = record.get("drugs") or {}, record.get("names") or {}
+    out = []
+    for folder in record.get("models", []):
+        if folder in loaded:
+            continue
+        reason = next((p[len(folder) + 2:] for p in problems if p.startswith(f"{folder}: ")), "could not be loaded")
+        out.append((str(drugs.get(folder) or names.get(folder) or folder), f"model {folder} {reason}"
+                    if reason.startswith("not in") else f"model {folder}: {reason}"))
+    return out
 
 
 class _SharedInputs:
@@ -443,6 +490,87 @@ def refresh(adata: ad.AnnData) -> None:
     for rec in _records(adata.uns[_keys.PANEL]):
         if rec["key"] in by_key:
             rec["n_resistant"] = by_key[rec["key"]].n_resistant
+
+
+def not_scored(adata: ad.AnnData, *, app: bool = False) -> list[tuple[str, str]]:
+    """``(drug, why)`` of every drug requested that did not score the data, in panel order: the models
+    that refused them (too few of their genes, no embeddings ...), then those that could not be
+    loaded (removed from the library ...). ``app``: the reasons as the app says them."""
+    out = [(m.drug, (app and m.problem_app) or m.problem or "not scored") for m in members(adata, scored_only=False)
+           if not m.scored]
+    return out + [(r["drug"], str(r["problem"])) for r in _records({"members": adata.uns[_keys.PANEL].get("not_loaded")
+                                                                                  or {}})]
+
+
+def requested_statement(adata: ad.AnnData) -> str | None:
+    """"3 drugs requested, 1 scored; not scored: DRUGB, DRUGC (reasons below)." or ``None`` when every
+    drug requested scored the data."""
+    lost = not_scored(adata)
+    if not lost:
+        return None
+    n_scored = len(members(adata))
+    return (f"{counted(n_scored + len(lost), 'drug')} requested, {n_scored:,} scored; not scored: "
+            f"{', '.join(d for d, _ in lost)}.")
+
+
+def not_scored_lines(adata: ad.AnnData, *, app: bool = False) -> list[str]:
+    """One line per drug not scored: ``"DRUGB: <why>"``."""
+    return [f"{drug}: {why}" for drug, why in not_scored(adata, app=app)]
+
+
+def set_label_drug(adata: ad.AnnData, drug: str | None, column: str | None) -> dict | None:
+    """Record that ``obs[column]`` labels the response to the panel's ``drug`` (a label column records
+    one drug's response) and evaluate that drug's calls against it (:func:`label_evaluation`, stored
+    in ``uns['scatd_panel']['label_evaluation']`` for the report and the h5ad); ``None`` clears it."""
+    info = adata.uns[_keys.PANEL]
+    info.pop("label_evaluation", None)
+    if not drug or not column:
+        return None
+    found = label_evaluation(adata, drug, column)
+    info["label_evaluation"] = {k: (" ".join(v) if isinstance(v, list) else v) for k, v in found.items()}
+    return found
+
+
+def label_evaluation(adata: ad.AnnData, drug: str | None = None, column: str | None = None) -> dict | None:
+    """One drug's calls against the labels of ``obs[column]`` (default: those recorded by
+    :func:`set_label_drug`), as a single-drug prediction of the same model on the same cells gives
+    them (:func:`scatd_core.metrics.evaluate_column`, its label direction and its Hanley-McNeil 95%
+    AUROC interval): ``drug, column, auroc, auroc_ci_low, auroc_ci_high, auprc, auprc_chance,
+    n_evaluated, n_positive, n_negative, notes`` or, when the labels cannot evaluate it, ``problem``.
+    ``None`` when no label column is recorded for a drug."""
+    from scatd_core.metrics import evaluate_column, interval_ends
+
+    if drug is None or column is None:
+        stored = adata.uns.get(_keys.PANEL, {}).get("label_evaluation")
+        if not stored:
+            return None
+        drug, column = str(stored["drug"]), str(stored["column"])
+    member = next((m for m in members(adata, scored_only=False) if m.drug == drug), None)
+    out = {"drug": drug, "column": column}
+    if member is None or not member.scored:
+        return {**out, "problem": f"{drug} was not scored, so it has no AUROC against '{column}'."}
+    try:
+        ev = evaluate_column(adata, column, key_added=member.key)[0]
+    except InputError as exc:
+        return {**out, "problem": exc.message}
+    low, high = interval_ends(*ev.auroc_ci)
+    return {**out, "auroc": float(ev.auroc), "auroc_ci_low": low, "auroc_ci_high": high, "auprc": float(ev.auprc),
+            "auprc_chance": float(ev.auprc_chance), "n_evaluated": int(ev.n_evaluated),
+            "n_positive": int(ev.n_positive), "n_negative": int(ev.n_negative), "notes": list(ev.notes)}
+
+
+def label_statement(found: Mapping | None) -> str | None:
+    """:func:`label_evaluation` in the words of a single prediction's report: "DRUGA against 'response'
+    (120 cells): AUROC 0.812 (95% interval 0.730-0.880, Hanley-McNeil), AUPRC 0.790 (chance 0.500, the
+    share resistant)." or why there is none."""
+    if not found:
+        return None
+    if found.get("problem"):
+        return f"No AUROC of {found['drug']} against '{found['column']}': {found['problem']}"
+    return (f"{found['drug']} against '{found['column']}' ({int(found['n_evaluated']):,} cells): AUROC "
+            f"{float(found['auroc']):.3f} (95% interval {found['auroc_ci_low']}-{found['auroc_ci_high']}, "
+            f"Hanley-McNeil), AUPRC {float(found['auprc']):.3f} (chance {float(found['auprc_chance']):.3f}, the share "
+            "resistant).")
 
 
 def n_resisted_values(adata: ad.AnnData) -> np.ndarray:
@@ -641,6 +769,13 @@ def ranking_title(adata: ad.AnnData, where: str) -> str:
     return f"{where}: best drug first"
 
 
+def is_ranking(adata: ad.AnnData, where: str = "Whole sample") -> bool:
+    """Whether the order of :func:`drug_ranking` for ``where`` ranks the drugs (and so carries rank
+    numbers): not with an uncalibrated drug, nor for the whole sample when every drug is calibrated
+    to an expected fraction (the fractions given, :func:`ranking_title`)."""
+    return ranking_title(adata, where).endswith("best drug first")
+
+
 def whole_sample_caveat(adata: ad.AnnData) -> str | None:
     """What the whole sample's ranking does not say when drugs are calibrated to expected fractions
     (their whole-sample fractions are the fractions given); ``None`` otherwise (some drugs calibrated
@@ -726,8 +861,9 @@ def resistant_to_all_statement(adata: ad.AnnData, *, app: bool = False) -> tuple
     counted = f"{n_all:,} of {n_cells:,} scored cells are called resistant to all {len(scored)} scored drugs"
     loose = uncalibrated(adata)
     if loose:
-        return (f"{counted}, at uncalibrated thresholds ({', '.join(loose)}): a model's default threshold can "
-                "call most cells resistant, so this is not yet evidence of a multi-drug-resistant subclone. "
+        return (f"{counted}, at uncalibrated thresholds ({', '.join(loose)}): a threshold not "
+                "calibrated to these cells (a model's default, or one set by hand) can call most cells resistant, "
+                "so this is not yet evidence of a multi-drug-resistant subclone. "
                 f"Calibrate every drug ({calibration_routes(app)}), then look again.", False)
     e = resistant_to_all_enrichment(adata)
     chance = (f"about {_count(e['expected'])} would be by chance if the drugs' calls were independent (each drug's "
@@ -769,19 +905,37 @@ def _drug_columns(adata: ad.AnnData, m: PanelMember) -> dict[str, np.ndarray]:
     return cols
 
 
+def _short_reason(why: str, limit: int = 200) -> str:
+    """The first sentence of a drug's reason for not scoring, cut to ``limit`` characters."""
+    first = re.split(r"(?<=[.:])\s+(?=[A-Z])", why.strip(), maxsplit=1)[0]
+    return first if len(first) <= limit else first[:limit - 1].rstrip() + "…"
+
+
+def _lost_columns(n: int, drug: str, why: str) -> dict[str, np.ndarray]:
+    """A drug requested but not scored: its columns as a scored drug's, empty (NA), and why in every row."""
+    return {f"{drug}_prob_resistant": np.full(n, np.nan), f"{drug}_label": np.full(n, "", dtype=object),
+            f"{drug}_calibrated": pd.array([pd.NA] * n, dtype="boolean"), f"{drug}_scored": np.zeros(n, dtype=bool),
+            f"{drug}_not_scored_reason": np.full(n, f"drug not scored: {_short_reason(why)}", dtype=object)}
+
+
 def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Cells x drugs: one row per uploaded cell, in input order.
 
     Columns: ``cell_id``; per scored drug ``<DRUG>_prob_resistant`` (and ``<DRUG>_prob_resistant_sd``
     when there is a spread: over an ensemble's members in mean mode, over the draws in sample mode),
     ``<DRUG>_label``, ``<DRUG>_calibrated``, ``<DRUG>_scored``, ``<DRUG>_not_scored_reason`` (why that
-    drug's model gave the cell no probability, "" where it did); ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
+    drug's model gave the cell no probability, "" where it did); every drug requested that did not score the
+    data (refused by its model, or not loaded) has the same columns, empty (NA) but for ``<DRUG>_scored``
+    False and ``<DRUG>_not_scored_reason`` "drug not scored: <why>"; ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
     drug scored the cell), ``resistant_to_all``; then
     ``umap_1, umap_2``, ``leiden_cluster`` when computed and ``extra_columns`` of ``obs``.
     """
     cols: dict[str, np.ndarray] = {"cell_id": adata.obs_names.astype(str).to_numpy()}
-    for m in members(adata):
-        cols.update(_drug_columns(adata, m))
+    lost = dict(not_scored(adata))
+    for m in members(adata, scored_only=False):
+        cols.update(_drug_columns(adata, m) if m.scored else _lost_columns(adata.n_obs, m.drug, lost[m.drug]))
+    for drug, why in list(lost.items())[sum(not m.scored for m in members(adata, scored_only=False)):]:
+        cols.update(_lost_columns(adata.n_obs, drug, why))
     cols["n_drugs_scored"] = adata.obs[_keys.PANEL_N_SCORED].to_numpy()
     cols["n_drugs_resisted"] = adata.obs[_keys.PANEL_N_RESISTED].array
     cols["resistant_to_all"] = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ from _app_helpers import make_bundle, make_dataset
 from scatd_core import _keys, export, panel
 from scatd_core.bundle import load_bundle
 from scatd_core.cli import main
+from scatd_core.cli.predict import say_panel_comparison
 from scatd_core.errors import InputError
 from scatd_core.predict import predict, set_threshold
 
@@ -90,7 +93,13 @@ def test_a_model_that_cannot_score_is_skipped_with_its_reason(library, small_bun
     assert "scatd_TESTDRUG_prob_resistant" not in data.obs
     table = panel.panel_table(data)
     assert {"DRUGA_prob_resistant", "DRUGA_label", "DRUGA_calibrated", "DRUGB_label"} <= set(table.columns)
-    assert not any(c.startswith("TESTDRUG") for c in table.columns)
+    # QA: a refused drug vanished from panel.csv; now its columns are there, empty, each row saying why
+    back = pd.read_csv(io.BytesIO(export.to_csv_bytes(table)))
+    assert back["TESTDRUG_prob_resistant"].isna().all() and back["TESTDRUG_label"].isna().all()
+    assert back["TESTDRUG_calibrated"].isna().all() and not back["TESTDRUG_scored"].any()
+    assert back["TESTDRUG_not_scored_reason"].str.startswith("drug not scored: ").all()
+    assert "embeddings" in back["TESTDRUG_not_scored_reason"][0]
+    assert panel.requested_statement(data) == "3 drugs requested, 2 scored; not scored: TESTDRUG."
     with pytest.raises(InputError, match="No model of the panel could score"):
         panel.predict_panel(make_dataset(50, seed=4), [vae_sf])
 
@@ -286,9 +295,20 @@ def test_a_saved_panel_never_scores_with_another_model_that_took_a_removed_membe
     assert problem.startswith("DRUGA: the model 'DRUGA (dist_vae)' was removed (or replaced) and another model "
                               "now has its folder ('DRUGD (dist_vae)'") and "save the panel again" in problem
     assert str(mine) not in problem
-    assert main(["predict", "--panel", "mine", "--input", str(_h5ad(tmp_path)), "--output", str(tmp_path / "p.csv")]) == 0
-    assert "another model now has its folder" in capsys.readouterr().err
-    assert not any(c.startswith("DRUGD") or c.startswith("DRUGA") for c in pd.read_csv(tmp_path / "p.csv").columns)
+    assert main(["predict", "--panel", "mine", "--input", str(_h5ad(tmp_path)), "--output", str(tmp_path / "p.csv"),
+                 "--html", str(tmp_path / "p.html")]) == 0
+    err = capsys.readouterr().err
+    assert "another model now has its folder" in err
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert not any(c.startswith("DRUGD") for c in table.columns)  # never scored in its place
+    # QA: the drug left out vanished from every output; now it is named, empty, with why, and said last
+    assert table["DRUGA_prob_resistant"].isna().all() and not table["DRUGA_scored"].any()
+    assert table["DRUGA_not_scored_reason"].str.contains("another model now has its folder").all()
+    assert "Panel of 2 models: DRUGB, DRUGC (3 drugs requested; not loaded: DRUGA)" in err
+    assert "warning: 3 drugs requested, 2 scored; not scored: DRUGA." in err.splitlines()[-2]
+    assert err.splitlines()[-1].startswith("  - DRUGA: model DRUGA: the model 'DRUGA (dist_vae)' was removed")
+    html = (tmp_path / "p.html").read_text()
+    assert "scATD drug panel (3 drugs requested, 2 scored)" in html and "not loaded (not scored)" in html
     assert main(["panel", "list"]) == 0  # the list says it too (QA: it showed the member as if it were fine)
     listed = capsys.readouterr()
     assert "mine\tDRUGA, DRUGB, DRUGC" in listed.out and "mine: DRUGA: the model 'DRUGA (dist_vae)' was removed" in listed.err
@@ -511,7 +531,7 @@ def test_scatd_demo_panel_writes_the_panel_files(library, tmp_path, monkeypatch,
     cells = make_dataset(150, seed=10)
     demo_panel(cells, argparse.Namespace(out=str(tmp_path), library=None))
     out = capsys.readouterr().out
-    assert "1. DRUG" in out and "panel_report.html" in out
+    assert "  - DRUG" in out and "1. DRUG" not in out and "panel_report.html" in out  # uncalibrated: no ranks
     assert "(uncalibrated)" in out and "at uncalibrated thresholds" in out  # the demo panel is not calibrated
     table = pd.read_csv(tmp_path / "panel.csv")
     assert {"DRUGA_label", "response", "sample", "cluster"} <= set(table.columns)
@@ -1022,7 +1042,23 @@ def test_the_uncalibrated_ranking_has_no_rank_and_the_h5ad_says_whose_calls_are_
     ranking = html.split("uncalibrated</h2>")[1].split("</table>")[0]
     assert "does not rank the drugs" in ranking and "<th>rank</th>" not in ranking
     panel.calibrate_panel(data, 0.3)
-    assert "<th>rank</th>" in export.panel_html_report(data)  # calibrated: a ranking, with its ranks
+    # QA: every drug at one expected fraction is titled "no ranking" but still carried ranks 1, 2, 3
+    html = export.panel_html_report(data)
+    tie = html.split("so no ranking</h2>")[1].split("</table>")[0]
+    assert "<th>rank</th>" not in tie and "<th>drug</th>" in tie
+    lines = []
+    say_panel_comparison(data, lines.append)
+    assert lines[0] == "Whole sample: every drug at the same expected fraction, so no ranking:"
+    assert all(line.startswith("  - DRUG") for line in lines[1:4]), lines
+    from scatd_core.predict import calibrate
+
+    calibrate(data, label_column="response", method="youden", key_added=panel.members(data)[0].key)
+    panel.refresh(data)  # one drug calibrated on labels: the whole sample's order ranks the drugs, with ranks
+    assert "best drug first" in panel.ranking_title(data, "Whole sample")
+    assert "<th>rank</th>" in export.panel_html_report(data)
+    lines = []
+    say_panel_comparison(data, lines.append)
+    assert lines[1].startswith("  1. DRUG")
     predict(data, bundles[0], threshold=0.8)  # the single-model prediction of DRUGA, at another threshold
     path = tmp_path / "panel.h5ad"
     path.write_bytes(export.h5ad_bytes(data))
@@ -1165,3 +1201,87 @@ def test_the_run_statement_counts_alignments_and_models_in_words():
     assert panel.run_statement(adata) == "2 of 3 models scored 2,000 cells in 4.2 s (1 alignment for 3 models)."
     adata.uns[_keys.PANEL]["n_input_groups"] = 2
     assert "(2 alignments for 3 models)" in panel.run_statement(adata)
+
+
+def test_a_drug_refused_for_its_genes_is_named_with_the_model_genes_the_data_lack(library):
+    """QA: a 3-drug panel with a drug refused for low gene coverage wrote only the others' columns, the
+    report said "(2 drugs)", and the refusal listed the data's genes the model does not know
+    ("A1BG ...") instead of the model's genes missing from the data."""
+    data = make_dataset(80, seed=12)[:, 1100:].copy()  # 8% of SUBSET's (DRUGD's) genes, 42% of the others'
+    subset_genes = list(load_bundle(library / "SUBSET").genes)
+    members = panel.predict_panel(data, _bundles(library, ("DRUGA", "SUBSET", "DRUGB")))
+    assert [m.status for m in members] == ["scored", "skipped", "scored"]
+    refusal = members[1].problem
+    assert f"The model's genes missing from the data (1,100) include {', '.join(subset_genes[:5])}." in refusal
+    assert "genes the model does not know" not in refusal
+    table = panel.panel_table(data)
+    assert [c for c in table.columns if c.endswith("_prob_resistant")] == \
+        ["DRUGA_prob_resistant", "DRUGD_prob_resistant", "DRUGB_prob_resistant"]  # every drug, in panel order
+    assert table["DRUGD_not_scored_reason"].str.startswith("drug not scored: Too few of the model's genes").all()
+    html = export.panel_html_report(data, data_name="x" * 120)
+    assert "scATD drug panel (3 drugs requested, 2 scored) on " in html
+    assert "<b>3 drugs requested, 2 scored; not scored: DRUGD.</b><ul><li><b>DRUGD</b>: Too few" in html
+    assert "refused (not scored)" in html
+    assert "h1{margin-bottom:0;overflow-wrap:anywhere}" in html  # a long file name wraps at 390 px
+
+
+def test_when_every_drug_is_refused_the_error_gives_one_line_per_drug(library):
+    """QA: every reason joined by "; " into one very long line."""
+    with pytest.raises(InputError) as caught:
+        panel.predict_panel(make_dataset(40, seed=12)[:, :100].copy(), _bundles(library, ("DRUGA", "SUBSET")))
+    lines = caught.value.message.split("\n")
+    assert lines[0] == "No model of the panel could score these data (2 drugs requested, none scored):"
+    assert [line.split(":")[0] for line in lines[1:]] == ["- DRUGA", "- DRUGD"]
+    assert all("Too few of the model's genes" in line for line in lines[1:])
+
+
+def test_cli_panel_threshold_is_per_drug_and_a_bare_value_is_refused(lib_env, tmp_path, capsys):
+    """QA: --threshold 0.5 applied one raw value to every drug (each model has its own scale), and the
+    resistant-to-every-drug note still blamed "a model's default threshold"."""
+    path = _h5ad(tmp_path)
+    out = tmp_path / "p.csv"
+    base = ["predict", "--input", str(path), "--model", "DRUGA", "--model", "DRUGB", "--output", str(out)]
+    assert main(base + ["--threshold", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--threshold 0.5 would apply one raw value to all 2 drugs of the panel" in err
+    assert "--threshold DRUGA=0.5 --threshold DRUGB=0.5" in err and not out.exists()
+    assert main(base + ["--threshold", "NOPE=0.5"]) == 2 and "names NOPE, not a drug" in capsys.readouterr().err
+    assert main(base + ["--threshold", "druga=0.9", "--h5ad", str(tmp_path / "p.h5ad")]) == 0
+    err = capsys.readouterr().err
+    back = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert back.uns["scatd_DRUGA"]["threshold"]["value"] == pytest.approx(0.9)
+    assert back.uns["scatd_DRUGB"]["threshold"]["value"] == pytest.approx(
+        back.uns["scatd_DRUGB"]["model"]["default_threshold"])
+    assert "DRUGA: Threshold 0.9: set with --threshold" in err
+    assert "a model's default threshold can call" not in err
+    assert "a threshold not calibrated to these cells (a model's default, or one set by hand)" in err
+    # the panel's form given to one model: told to give the value alone
+    assert main(["predict", "--input", str(path), "--model", "DRUGA", "--output", str(tmp_path / "one.csv"),
+                 "--threshold", "DRUGA=0.4"]) == 2
+    assert "Give the threshold alone: --threshold 0.4." in capsys.readouterr().err
+
+
+def test_a_drugs_auroc_against_its_labels_is_the_single_predictions(lib_env, tmp_path, capsys):
+    """QA: the panel gave no AUROC for the drug whose response a label column records; and its report
+    said "0.7653, calibrated yes" without how the threshold was set."""
+    from scatd_core.metrics import evaluate_column, interval_ends
+
+    data = make_dataset(150, seed=23)
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    alone = data.copy()
+    predict(alone, load_bundle(lib_env / "DRUGB"))
+    ev = evaluate_column(alone, "response")[0]
+    low, high = interval_ends(*ev.auroc_ci)
+    rep = tmp_path / "p.html"
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
+                 "--output", str(tmp_path / "p.csv"), "--html", str(rep), "--h5ad", str(tmp_path / "p.h5ad"),
+                 "--label-column", "DRUGB=response", "--calibrate-on-labels", "youden"]) == 0
+    err = capsys.readouterr().err
+    said = (f"DRUGB against 'response' ({ev.n_evaluated:,} cells): AUROC {ev.auroc:.3f} (95% interval {low}-{high}, "
+            "Hanley-McNeil)")
+    assert said in err
+    html = rep.read_text()
+    assert said in html.replace("&#x27;", "'")
+    assert "maximises Youden" in html.replace("&#x27;", "'") and "threshold set by" in html
+    stored = ad.read_h5ad(tmp_path / "p.h5ad").uns["scatd_panel"]["label_evaluation"]
+    assert stored["drug"] == "DRUGB" and float(stored["auroc"]) == pytest.approx(ev.auroc)

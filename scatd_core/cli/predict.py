@@ -111,8 +111,15 @@ def add_threshold_arguments(p, panel: bool = True) -> None:
     applied by :func:`predict_from_args` or :func:`calibrate_from_args`). ``panel``: say what
     ``DRUG=FRACTION`` does for a panel."""
     thr = p.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's); "
-                     "either is marked uncalibrated in the outputs")
+    if panel:
+        thr.add_argument("--threshold", type=threshold_value, action=_ThresholdAction, metavar="[DRUG=]THRESHOLD",
+                         help="decision threshold (default: the bundle's); either is marked uncalibrated in the "
+                              "outputs; for a panel, DRUG=THRESHOLD sets one drug's (repeat it; each model has its "
+                              "own scale of P(resistant), so a bare value is refused for a panel; drugs not named "
+                              "keep their model's default)")
+    else:
+        thr.add_argument("--threshold", type=probability, help="decision threshold (default: the bundle's); "
+                         "either is marked uncalibrated in the outputs")
     thr.add_argument("--expected-fraction", type=expected_fraction, action="append",
                      metavar="[DRUG=]FRACTION" if panel else "FRACTION",
                      help="calibrate the threshold so this share of the cells is called resistant" + (
@@ -122,6 +129,42 @@ def add_threshold_arguments(p, panel: bool = True) -> None:
                      help="calibrate the threshold on the labelled cells of --label-column" + (
                          "; for a panel, --label-column DRUG=COLUMN: a label column records one drug's response, "
                          "so only that drug is calibrated on it (the others keep their threshold)" if panel else ""))
+
+
+def threshold_value(text: str):
+    """``THRESHOLD`` or ``DRUG=THRESHOLD`` (``(drug, threshold)``)."""
+    drug, sep, value = text.rpartition("=")
+    if not sep:
+        return probability(text)
+    if not drug.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r} is not DRUG=THRESHOLD (e.g. CISPLATIN=0.4)")
+    return drug.strip(), probability(value)
+
+
+class _ThresholdAction(__import__("argparse").Action):
+    """``--threshold``: a plain value sets ``args.threshold``; each ``DRUG=THRESHOLD`` goes into
+    ``args.threshold_per_drug`` (``{drug: threshold}``), so ``args.threshold`` stays one number."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if isinstance(values, tuple):
+            per = dict(getattr(namespace, "threshold_per_drug", None) or {})
+            per[values[0]] = values[1]
+            namespace.threshold_per_drug = per
+        else:
+            setattr(namespace, self.dest, values)
+
+
+def refuse_threshold_per_drug(args) -> None:
+    """``--threshold DRUG=THRESHOLD`` given to a run of one model: refused, saying to give the value alone."""
+    per = getattr(args, "threshold_per_drug", None)
+    if per:
+        from scatd_core.errors import ScatdError
+
+        drug, value = next(iter(per.items()))
+        raise ScatdError(f"--threshold {drug}={value:g} gives one drug of a panel its own threshold; this run has one "
+                         "model.", f"Give the threshold alone: --threshold {value:g}.")
 
 
 def expected_fraction(text: str):
@@ -159,6 +202,7 @@ def predict_from_args(adata, bundle, args, inputs=None, *, output=None, load_lat
     from scatd_core._matrix import stored_fraction
     from scatd_core.predict import device_description, estimate_seconds, predict, resolve_device
 
+    refuse_threshold_per_drug(args)  # DRUG=THRESHOLD is a panel's: said before any work
     run = None
     if getattr(args, "engine", "local") == "ray":
         from scatd_core import scaleout
@@ -212,6 +256,7 @@ def calibrate_from_args(adata, args, key_added: str | None = None) -> None:
     predict) recorded as "set with --threshold", as the terminal, the report and its histogram say."""
     from scatd_core.predict import SET_WITH_OPTION, calibrate, set_threshold
 
+    refuse_threshold_per_drug(args)
     if args.threshold is not None:
         set_threshold(adata, args.threshold, "user", key_added=key_added, detail=SET_WITH_OPTION)
 
@@ -262,6 +307,8 @@ def panel_bundles(args) -> list:
     if args.panel:
         from scatd_core.panel import load_panel
 
+        from scatd_core.panel import list_panels, lost_from_saved_panel
+
         bundles, problems = load_panel(args.panel, os_user(), library=args.library, cli=True)
         for problem in problems:
             say(f"warning: panel {args.panel}: skipped {problem}")
@@ -270,6 +317,8 @@ def panel_bundles(args) -> list:
                              "Check the library with `scatd models`, and save the panel again.")
         from scatd_core.panel import check_models
 
+        # the drugs requested but not loaded: named in every output with why (not silently dropped)
+        args.panel_lost = lost_from_saved_panel(list_panels(os_user(), cli=True)[args.panel], bundles, problems)
         bundles, notes = check_models(bundles)
         for note in notes:
             say(f"warning: {note}")
@@ -296,6 +345,7 @@ def run(args) -> int:
     bundles = panel_bundles(args)
     if bundles:
         return run_panel(args, bundles)
+    refuse_threshold_per_drug(args)  # before the data are read
     from scatd_core.errors import ScatdError
 
     panel_only = [flag for flag, value in (("--group-summary", args.group_summary), ("--html", args.html)) if value]
@@ -352,6 +402,7 @@ def run_panel(args, bundles) -> int:
     if unknown:
         raise ScatdError(f"--expected-fraction names {', '.join(unknown)}, not a drug of the panel.",
                          f"The panel's drugs: {', '.join(names)}.")
+    thresholds = panel_thresholds(args, names)  # before any work: a bare --threshold is refused for a panel
     label_drug = panel_label_drug(args, names)  # before any work; args.label_column is then the column
     refuse_existing(args, _outputs(args))  # before the data are read: nothing run, nothing replaced
     adata = read_input(args)
@@ -364,16 +415,22 @@ def run_panel(args, bundles) -> int:
         except ScatdError as exc:
             say(f"warning: {bundle.drug or bundle.name}: no cell embeddings ({exc.message}); it will be skipped")
     label_column = apply_label_direction(adata, args)
-    say(f"Panel of {len(bundles)} models: {', '.join(names)}")
+    lost = list(getattr(args, "panel_lost", None) or [])
+    say(f"Panel of {len(bundles)} models: {', '.join(names)}" + (
+        f" ({len(bundles) + len(lost)} drugs requested; not loaded: {', '.join(d for d, _ in lost)})" if lost else ""))
     members = panel.predict_panel(adata, bundles, mask=mask, mode=args.mode, n_samples=args.samples, seed=args.seed,
                                   device=args.device, batch_size=args.batch_size, beta_mode=args.beta_mode,
-                                  progress=Progress("Panel"), min_gene_coverage=getattr(args, "min_gene_coverage", None))
+                                  progress=Progress("Panel"), min_gene_coverage=getattr(args, "min_gene_coverage", None),
+                                  not_loaded=lost)
     scored = [m for m in members if m.scored]
     for m in members:
         if not m.scored:
             say(f"warning: {m.drug} (model {m.folder}) skipped: {m.problem}")
-        elif args.threshold is not None:
-            set_threshold(adata, args.threshold, "user", key_added=m.key, detail=SET_WITH_OPTION)
+        elif m.drug in thresholds:
+            set_threshold(adata, thresholds[m.drug], "user", key_added=m.key, detail=SET_WITH_OPTION)
+    lost_thresholds = [d for d in thresholds if d not in {m.drug for m in scored}]
+    if lost_thresholds:
+        say(f"warning: --threshold {', '.join(lost_thresholds)}: not scored, so no threshold set.")
     if args.calibrate_on_labels:
         calibrate_panel_on_labels(adata, args, scored, label_drug)
     if fraction is not None or per_drug:
@@ -384,6 +441,11 @@ def run_panel(args, bundles) -> int:
     for m in scored:
         report_prediction(adata, m.key, label=f"{m.drug}: ")
     panel.refresh(adata)
+    if label_drug and label_column:  # the labels are that drug's: its AUROC, as a single prediction gives it
+        found = panel.set_label_drug(adata, label_drug, label_column)
+        say(panel.label_statement(found) if not found.get("problem") else f"warning: {panel.label_statement(found)}")
+        for note in [] if found.get("problem") else found["notes"]:
+            say(f"note: {note}")
     extra = [c for c in (label_column, args.sample_column) if c]
     out = Path(args.output)
     with writing(out):
@@ -405,7 +467,38 @@ def run_panel(args, bundles) -> int:
         with writing(args.h5ad):
             export.write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")
+    if panel.requested_statement(adata):  # last, where it is seen: not every drug requested was scored
+        say(f"warning: {panel.requested_statement(adata)} The files name them (empty columns, "
+            "<DRUG>_not_scored_reason in the CSV):")
+        for line in panel.not_scored_lines(adata):
+            say(f"  - {line}")
     return 0
+
+
+def panel_thresholds(args, drugs: list[str]) -> dict[str, float]:
+    """``{drug: threshold}`` of ``--threshold DRUG=THRESHOLD`` (drug names as the panel names them,
+    matched case-insensitively). A bare ``--threshold`` is refused for a panel of several drugs,
+    before any work: each model has its own scale of P(resistant), so one raw value means a
+    different thing for each drug."""
+    from scatd_core.errors import ScatdError
+
+    per = dict(getattr(args, "threshold_per_drug", None) or {})
+    if args.threshold is not None and len(drugs) > 1:
+        example = " ".join(f"--threshold {d}={args.threshold:g}" for d in drugs[:2])
+        raise ScatdError(f"--threshold {args.threshold:g} would apply one raw value to all {len(drugs)} drugs of the "
+                         "panel, but each model has its own scale of P(resistant), so the same number means a "
+                         "different thing for each drug.",
+                         f"Give each drug its own: {example} (drugs not named keep their model's default), or "
+                         "calibrate them: --expected-fraction FRACTION, or --calibrate-on-labels with "
+                         "--label-column DRUG=COLUMN.")
+    if args.threshold is not None:
+        per.setdefault(drugs[0], args.threshold)
+    by_name = {d.lower(): d for d in drugs}
+    unknown = [d for d in per if d.lower() not in by_name]
+    if unknown:
+        raise ScatdError(f"--threshold names {', '.join(unknown)}, not a drug of the panel.",
+                         f"The panel's drugs: {', '.join(drugs)}.")
+    return {by_name[d.lower()]: v for d, v in per.items()}
 
 
 def panel_label_drug(args, drugs: list[str]) -> str | None:
@@ -466,9 +559,10 @@ def say_panel_comparison(adata, emit=say) -> None:
     from scatd_core import panel
 
     emit(f"{panel.ranking_title(adata, 'Whole sample')}:")
+    ranks = panel.is_ranking(adata, "Whole sample")  # no rank numbers where the order ranks nothing
     for rec in panel.drug_ranking(adata).itertuples(index=False):
         frac = "n/a" if rec.fraction_resistant != rec.fraction_resistant else f"{rec.fraction_resistant:.1%}"
-        emit(f"  {rec.rank}. {rec.drug}: {frac} of {rec.n_called:,} cells called resistant, mean P "
+        emit(f"  {f'{rec.rank}.' if ranks else '-'} {rec.drug}: {frac} of {rec.n_called:,} cells called resistant, mean P "
              f"{rec.mean_prob_resistant:.3f}" + ("" if rec.calibrated else " (uncalibrated)"))
     for note in panel.comparison_notes(adata):
         emit(f"note: {note}")
