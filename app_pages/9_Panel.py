@@ -198,7 +198,7 @@ for m in everyone:
     if not m.scored:
         st.warning(f"**{ui.md(m.drug)}** (model {ui.md(m.folder)}) was skipped: "
                    f"{ui.md(m.problem_app or m.problem)}", icon=":material/block:")
-ui.panel_models_table(export.panel_models_table(adata))
+ui.panel_models_table(export.panel_models_table(adata, app=True))
 if any(m.demo for m in scored):
     st.badge("demo models (simulated data)", color="orange")
 
@@ -232,6 +232,25 @@ with st.expander("Or one expected resistant fraction per drug (e.g. from a bulk 
               on_click=ui.detached(calibrate_all), args=(True,))
 for note in panel.comparison_notes(adata, app=True):
     st.warning(ui.md(note), icon=":material/tune:")
+
+# ------------------------------------------------------------------ one drug against the labels
+label_column = ss.get(state.LABEL_COLUMN)
+if label_column and label_column in adata.obs:
+    # a label column records the response to one drug: its AUROC, as a single prediction of that model gives it
+    no_drug = "none of them"
+    label_drug = st.selectbox(f"Which drug's response do the labels of '{ui.md(label_column)}' record?",
+                              [no_drug] + [m.drug for m in scored], key="panel_label_drug",
+                              help="Its calls are scored against these labels (AUROC with its 95% interval), as on "
+                                   "the Cells page for a single prediction of that model; the other drugs are not.")
+    found = panel.set_label_drug(adata, None if label_drug == no_drug else label_drug, label_column)
+    if found and found.get("problem"):
+        st.warning(ui.md(panel.label_statement(found)), icon=":material/warning:")
+    elif found:
+        st.metric(f"AUROC of {ui.md(label_drug)} against '{ui.md(label_column)}'", f"{found['auroc']:.3f}",
+                  help=f"95% interval {found['auroc_ci_low']}-{found['auroc_ci_high']} (Hanley-McNeil)")
+        st.caption(ui.md(panel.label_statement(found)))
+        for note in found["notes"]:
+            st.caption(ui.md(note))
 
 # ------------------------------------------------------------------ groups, heatmap, dot plot
 groups = ([CLUSTER] if CLUSTER in adata.obs else []) + [

@@ -433,3 +433,28 @@ def test_saving_lists_the_panel_at_once_and_the_save_expander_keeps_its_place(wi
     at.text_input(key="panel_name").input("second").run()  # Enter in the name box: a rerun
     ok(at)
     assert _path_of(at._tree, "Save these models") == where and "btn_panel_save" in [b.key for b in at.button]
+
+
+def test_the_panel_page_gives_the_auroc_of_the_drug_whose_labels_were_chosen(with_panel_library):
+    """QA: the page gave no per-drug AUROC against the data's label column; it must be the number a
+    single-drug prediction of that model on the same cells gives (the Cells page's)."""
+    from scatd_core.bundle import load_bundle
+    from scatd_core.metrics import evaluate_column
+    from scatd_core.predict import predict
+
+    data = make_dataset(120, seed=6)
+    alone = data.copy()
+    predict(alone, load_bundle(with_panel_library / "DRUGB"))
+    expected = evaluate_column(alone, "response")[0].auroc
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(data))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS[:2]]).run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    assert at.session_state[state.LABEL_COLUMN] == "response"
+    at.selectbox(key="panel_label_drug").set_value("DRUGB").run()
+    ok(at)
+    [auroc] = [m for m in at.metric if "AUROC of DRUGB" in m.label]
+    assert auroc.value == f"{expected:.3f}"
+    assert panel.label_evaluation(at.session_state[state.ADATA])["auroc"] == pytest.approx(expected)
