@@ -92,6 +92,8 @@ with st.container(border=True):
                 ui.show_error(exc)
             ss["panel_models"] = [str(b.path) for b in loaded if str(b.path) in classifiers]
             ss["panel_named"] = [chosen_panel, sorted(ss["panel_models"])]  # its name, while these are the models
+            # its drugs that could not be loaded: named in the results and files, not silently dropped
+            ss["panel_lost"] = panel.lost_from_saved_panel(saved[chosen_panel], loaded, problems) if loaded else []
             ss[state.PANEL_CHOSEN] = ui.model_identities(loaded)  # the saved panel's models, as checked
             ss["panel_left_out"] = [chosen_panel, problems] if problems else None
     # what a load left out stays said while that panel is the one chosen
@@ -140,6 +142,7 @@ with st.container(border=True):
                 ui.show_error(exc)
             else:
                 ss["panel_named"] = [name.strip(), sorted(paths)]
+                ss["panel_lost"] = []  # these models, all of them loaded: no drug of the panel was lost
                 ss["panel_saves"] = ss.get("panel_saves", 0) + 1  # a new, unticked "Replace it" box: asked again
                 ss["panel_saved_said"] = f"{'Replaced' if replace else 'Saved'} your panel '{ui.md(name.strip())}'."
                 st.rerun()  # "Your saved panels" above lists it now (it was read before the save)
@@ -168,8 +171,10 @@ if clicked:
         with ui.long_run(state.PANEL_RUNNING, "Aligning the data…", "btn_cancel_panel",
                          "Stops the run; no partial results are kept.") as bar:
             with jobs.computing("the panel", cancel_button=False):
-                panel.predict_panel(adata, bundles, mask=mask,
-                                    progress=with_eta(ui.progress_to(bar)))
+                named = ss.get("panel_named")  # a saved panel's drugs not loaded, while its models are these
+                panel.predict_panel(adata, bundles, mask=mask, progress=with_eta(ui.progress_to(bar)),
+                                    not_loaded=ss.get("panel_lost") or [] if named and named[1] == sorted(paths)
+                                    else [])
     except ScatdError as exc:
         ss.pop(state.PANEL, None)
         ui.show_error(exc)
@@ -198,6 +203,11 @@ for m in everyone:
     if not m.scored:
         st.warning(f"**{ui.md(m.drug)}** (model {ui.md(m.folder)}) was skipped: "
                    f"{ui.md(m.problem_app or m.problem)}", icon=":material/block:")
+for drug, why in panel.not_scored(adata, app=True)[sum(not m.scored for m in everyone):]:
+    st.warning(f"**{ui.md(drug)}** of your saved panel was not loaded, so not scored: {ui.md(why)}",
+               icon=":material/block:")
+if requested := panel.requested_statement(adata):  # every drug requested, scored or not, is in the files
+    st.caption(ui.md(f"{requested} Each is in the downloads, its columns empty, with why."))
 ui.panel_models_table(export.panel_models_table(adata, app=True))
 if any(m.demo for m in scored):
     st.badge("demo models (simulated data)", color="orange")

@@ -458,3 +458,47 @@ def test_the_panel_page_gives_the_auroc_of_the_drug_whose_labels_were_chosen(wit
     [auroc] = [m for m in at.metric if "AUROC of DRUGB" in m.label]
     assert auroc.value == f"{expected:.3f}"
     assert panel.label_evaluation(at.session_state[state.ADATA])["auroc"] == pytest.approx(expected)
+
+
+def test_a_saved_panels_drug_not_loaded_is_named_in_the_results_and_the_csv(with_panel_library):
+    """QA: a saved panel's drug whose model is gone vanished from the results and panel.csv."""
+    import json
+
+    import pandas as pd
+
+    from scatd_core import export
+
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(100, seed=7)))
+    goto(at, "9_Panel")
+    user = at.session_state["user"].name
+    panel.save_panel("three", list(DRUGS), user)
+    path = panel.panels_file(user)
+    record = json.loads(path.read_text())
+    record["panels"]["three"]["identities"]["DRUGC"] = "the model that was removed"
+    path.write_text(json.dumps(record))
+    goto(at, "9_Panel")
+    at.selectbox(key="panel_saved").set_value("three").run()
+    at.button(key="btn_panel_load").click().run()
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    said = text(at.warning).replace("\\", "")
+    assert "DRUGC** of your saved panel was not loaded, so not scored: model DRUGC: the model" in said
+    assert "3 drugs requested, 2 scored; not scored: DRUGC." in text(at.caption).replace("\\", "")
+    table = pd.read_csv(__import__("io").BytesIO(export.to_csv_bytes(panel.panel_table(at.session_state[state.ADATA]))))
+    assert table["DRUGC_prob_resistant"].isna().all() and not table["DRUGC_scored"].any()
+
+
+def test_when_every_drug_is_refused_the_page_lists_one_drug_a_line(with_panel_library):
+    """QA: every reason joined by "; " into one very long line."""
+    data = make_dataset(60, seed=8)[:, :100].copy()  # 5% of the models' genes: each refuses them
+    at = start()
+    upload(at, "few.h5ad", h5ad_bytes(data))
+    goto(at, "9_Panel")
+    at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS[:2]]).run()
+    at.button(key="btn_panel_run").click().run()
+    [error] = [e.value for e in at.error]
+    lines = error.split("\n")
+    assert lines[0] == "**No model of the panel could score these data \\(2 drugs requested, none scored\\)\\:**"
+    assert lines[1] == "" and [line[:10] for line in lines[2:4]] == ["- DRUGA\\: ", "- DRUGB\\: "]  # a list
+    assert "this server" in lines[2]  # each reason as the app says it (the server's setting)
