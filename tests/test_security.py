@@ -154,7 +154,7 @@ def test_data_behind_links_is_sized_where_it_is_read(tmp_path, monkeypatch, link
         for i in range(10):
             f["layers"][f"copy{i}"] = h5py.SoftLink("/X") if link == "soft" else f["X"]
     error = _refused(h5ad)
-    assert "its annotations (obs, var, layers, raw, obsm, uns) would take 38 MB of memory once read" in error.message
+    assert "its annotations (obs, var, layers, obsm, uns; adata.raw's matrix stays on disk) would take 38 MB of memory once read" in error.message
 
 
 def test_links_that_loop_or_lead_nowhere_and_link_mazes_are_refused(tmp_path, monkeypatch):
@@ -1555,3 +1555,34 @@ def test_a_weights_file_rewritten_in_place_while_its_model_is_loaded_does_not_st
                           cwd=str(Path(__file__).resolve().parents[1]))
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert int(done.stdout.strip()) == sum(range(4_000_000))
+
+
+def test_a_backed_h5ads_raw_matrix_stays_on_disk_and_is_not_counted_as_read_into_memory(tmp_path):
+    """QA at 100k cells: the memory check counted adata.raw.X as read into memory ("its annotations
+    (obs, var, layers, raw, obsm, uns) would take 662 MB ... Remove the layers, raw and embeddings")
+    though a file read from disk leaves raw.X there (read in row blocks). Only what is read counts,
+    and the advice does not tell the user to delete raw then."""
+    from scatd_core.errors import MemoryShortage
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(1.0, size=(400, 300)).astype(np.float32)  # raw: 480 kB dense
+    cells = ad.AnnData(sp.csr_matrix(counts[:, :200]), obs=pd.DataFrame(index=[f"c{i}" for i in range(400)]),
+                       var=pd.DataFrame(index=[f"G{i}" for i in range(200)]))
+    cells.raw = ad.AnnData(counts, obs=cells.obs, var=pd.DataFrame(index=[f"G{i}" for i in range(300)]))
+    path = tmp_path / "with_raw.h5ad"
+    cells.write_h5ad(path)
+    why = "the 100 kB this server has free for a new dataset now (of its 100 MB; other sessions use the rest)"
+    adata = io.read(path, max_dataset_bytes=100_000, limit_reason=why)
+    assert adata.isbacked and adata.raw is not None and adata.raw.shape == (400, 300)
+    adata.file.close()
+
+    cells.layers["counts"] = sp.csr_matrix(counts[:, :200])  # a layer is read into memory: it still counts
+    cells.obsm["X_big"] = rng.normal(size=(400, 100)).astype(np.float32)
+    path = tmp_path / "with_raw_and_layers.h5ad"
+    cells.write_h5ad(path)
+    with pytest.raises(MemoryShortage) as refused:
+        io.read(path, max_dataset_bytes=100_000, limit_reason=why)
+    said = str(refused.value)
+    assert "its annotations (obs, var, layers, obsm, uns; adata.raw's matrix stays on disk) would take" in said, said
+    assert "Remove the layers and embeddings the prediction does not need, or upload fewer cells." in said, said
+    assert "raw and" not in said and ".." not in said, said

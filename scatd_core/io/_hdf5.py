@@ -277,9 +277,6 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
                           "Save it with anndata (adata.write_h5ad), without compression or as a sparse matrix (most "
                           "single-cell data are mostly zeros), or ") + f"{raise_limit('max_decompressed_mb')}.")
     _check_packed_annotations(packed, path.stat().st_size, opts)
-    # annotations (obs, var, layers, raw, uns, obsm) are read into memory even when X stays on disk
-    check_memory(_declared(sizes, "/", exclude=("/X",)), "its annotations (obs, var, layers, raw, obsm, uns)", opts,
-                 "Remove the layers, raw and embeddings the prediction does not need, or upload fewer cells.")
     large = path.stat().st_size >= BACKED_MIN_BYTES or shape[0] >= BACKED_MIN_CELLS or \
         x_bytes + _declared(sizes, "/", exclude=("/X",)) > opts.max_dataset_bytes
     backed = opts.backed is True or (opts.backed == "auto" and large)
@@ -287,10 +284,18 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         backed = False  # rows of a column-compressed matrix cannot be read in batches
         opts.warnings.append("X is stored column-wise (CSC), so it was loaded into memory; save it as "
                              "CSR (adata.X = adata.X.tocsr()) to let large files stay on disk.")
+    transpose = opts.orientation == "genes_x_cells"
+    # annotations (obs, var, layers, uns, obsm) are read into memory even when X stays on disk; a file read
+    # from disk (backed) leaves adata.raw's matrix there too (read in row blocks), so only the rest counts
+    on_disk = backed and not transpose
+    check_memory(_declared(sizes, "/", exclude=("/X", "/raw/X", "/raw.X") if on_disk else ("/X",)),
+                 "its annotations (obs, var, layers, obsm, uns; adata.raw's matrix stays on disk)" if on_disk
+                 else "its annotations (obs, var, layers, raw, obsm, uns)", opts,
+                 ("Remove the layers and embeddings the prediction does not need, or upload fewer cells" if on_disk
+                  else "Remove the layers, raw and embeddings the prediction does not need, or upload fewer cells"))
     if backed and opts.limit_reason and x_bytes + _declared(sizes, "/", exclude=("/X",)) > opts.max_dataset_bytes:
         opts.warnings.append(f"Read from disk (backed): in memory it would take more than {opts.limit_reason}. "
                              "Prediction reads it in batches: slower, with the same results.")
-    transpose = opts.orientation == "genes_x_cells"
     if not backed or transpose:
         check_memory(x_bytes + _declared(sizes, "/", exclude=("/X",)), f"its {shape[0]:,} x {shape[1]:,} matrix "
                      f"({encoding.replace('_matrix', '').upper()})", opts)
