@@ -1283,12 +1283,15 @@ def read_upload(uploaded, orientation: str) -> None:
     kept, source = ss.get(state.UPLOAD), None
     done = ss.get("data_upload") or [None, None]
     failed = ss.get(FAILED_UPLOAD)
+    waiting = _waiting_upload()
     if uploaded is not None:
         if failed and failed[:2] == [uploaded.file_id, orientation]:
             show_error(failed[2])  # read once: the same file gives the same error
             _say_earlier_data_kept()
             stop()
         if done[:2] != [uploaded.file_id, orientation]:
+            if waiting and waiting["id"] != uploaded.file_id:  # replaced by another file: the kept one goes
+                kept = forget_waiting_upload()
             try:
                 source = session.keep_upload(uploaded)
             except Exception as exc:  # InputError: too large, unsupported, disk full
@@ -1296,6 +1299,8 @@ def read_upload(uploaded, orientation: str) -> None:
                 stop()
     else:
         source = _kept_upload_to_read_again(orientation)
+        if source is None and waiting:
+            source = _offer_waiting_upload(waiting)
     if source is None:
         return
     try:
@@ -1303,7 +1308,10 @@ def read_upload(uploaded, orientation: str) -> None:
     except Exception as exc:  # io promises InputError only; still never show a traceback
         show_error(exc)
         if isinstance(exc, MemoryShortage):  # the file is kept; a rerun reads it again
-            st.button("Try again", key="btn_data_read_again", icon=":material/refresh:")
+            if not waiting or waiting["id"] != source["id"]:
+                ss[WAITING_UPLOAD] = {"id": source["id"], "previous": kept if source is not kept else None}
+            if uploaded is not None:  # else drawn with the kept file's offer (_offer_waiting_upload)
+                st.button("Try again", key="btn_data_read_again", icon=":material/refresh:")
         elif source is not kept:  # a new file that cannot be read: nothing of it stays on the server's disk
             session.drop_upload(source, previous=kept)
             if uploaded is not None:
@@ -1313,6 +1321,58 @@ def read_upload(uploaded, orientation: str) -> None:
     _use_reading(adata, source, orientation)
     if uploaded is not None:
         session.release_upload(uploaded.file_id)
+
+
+#: Session key: ``{"id", "previous"}`` of the kept upload (``state.UPLOAD``) that was refused for lack of
+#: memory: offered again (its name and size, Try again, Forget it) when the Data page is shown again
+#: with an empty uploader; ``previous`` is the upload the session's data came from before, if any.
+WAITING_UPLOAD = "waiting_upload"
+
+
+def _waiting_upload() -> dict | None:
+    """The kept upload refused for lack of memory, while its copy is still on the server's disk."""
+    ss = st.session_state
+    waiting, kept = ss.get(WAITING_UPLOAD), ss.get(state.UPLOAD)
+    if not waiting:
+        return None
+    if not kept or kept["id"] != waiting["id"] or not Path(kept["path"]).is_file():
+        ss.pop(WAITING_UPLOAD, None)
+        return None
+    return waiting
+
+
+def forget_waiting_upload() -> dict | None:
+    """Delete the kept copy of the upload refused for lack of memory (forgotten, or replaced by
+    another file); the upload the session's data came from is the kept one again. Returns it."""
+    from scatd_app import session
+
+    ss = st.session_state
+    waiting, kept = ss.pop(WAITING_UPLOAD, None), ss.get(state.UPLOAD)
+    if not waiting or not kept or kept["id"] != waiting["id"] or (ss.get("data_upload") or [None])[0] == kept["id"]:
+        return kept  # (the session's data were read from that very file: it stays)
+    session.drop_upload(kept, previous=waiting.get("previous"))
+    return ss.get(state.UPLOAD)
+
+
+def _offer_waiting_upload(waiting: dict) -> dict | None:
+    """On a return to the Data page (its uploader empty): the file refused for lack of memory is
+    still kept; offer to read it again or to forget it. The kept upload when Try again is clicked."""
+    from scatd_core._memory import size_text
+
+    kept = st.session_state[state.UPLOAD]
+    size = size_text(Path(kept["path"]).stat().st_size)
+    said = st.empty()
+    left, right = st.columns(2)
+    again = left.button("Try again", key="btn_data_read_again", icon=":material/refresh:")
+    if right.button("Forget it", key="btn_data_forget_waiting", icon=":material/delete:"):
+        forget_waiting_upload()
+        said.info(f"{md(kept['name'])} was forgotten: its copy on the server was deleted.", icon=":material/check:")
+        return None
+    if again:
+        return kept
+    said.warning(f"Your file {md(kept['name'])} ({size}) is kept: there was not enough free memory to read it. "
+                 "Try again to read it now, or Forget it to delete the server's copy.", icon=":material/info:")
+    return None
 
 
 def _kept_upload_to_read_again(orientation: str) -> dict | None:
@@ -1348,6 +1408,7 @@ def _use_reading(adata: ad.AnnData, source: dict, orientation: str) -> None:
 
     ss = st.session_state
     ss.pop(FAILED_UPLOAD, None)
+    ss.pop(WAITING_UPLOAD, None)
     set_data(adata, source["name"])
     ss["data_upload"] = [source["id"], orientation, orientation]  # [file, option shown, option read with]
     session.forget_other_uploads()

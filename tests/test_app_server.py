@@ -1318,3 +1318,62 @@ def test_a_download_link_is_served_only_while_a_session_holding_it_is_signed_in(
     finally:
         uploads.disallow("alice-tab")
         uploads.disallow("bob-tab")
+
+
+def test_a_file_kept_after_a_memory_refusal_is_offered_again_on_return_and_deleted_when_forgotten(
+        with_library, monkeypatch):
+    """QA at 100k cells: "Your file is kept ... Try again" went once the user left the Data page and
+    came back (the uploader empty, no Try again), and the kept copy sat unreachable in the session
+    folder. It is offered again (its name and size, Try again, Forget it); Forget it deletes it."""
+    import pandas as pd
+
+    from scatd_core import _memory
+
+    adata = make_dataset(40, seed=3)
+    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
+    at = _app()
+    goto(at, "1_Data")
+    at.file_uploader[0].upload("cells.csv", table)
+    at.run()
+    assert "Your file is kept" in text(at.error)
+    copy = Path(at.session_state[state.UPLOAD]["path"])
+    assert copy.is_file()
+    goto(at, "2_Model")
+    goto(at, "1_Data")
+    said = text(at.warning).replace("\\", "")
+    assert "Your file cells.csv (" in said and "is kept: there was not enough free memory to read it" in said, said
+    assert at.button(key="btn_data_read_again") and at.button(key="btn_data_forget_waiting")
+    at.button(key="btn_data_read_again").click()  # still no memory: refused again, still offered
+    at.run()
+    ok(at)
+    assert "Your file is kept" in text(at.error) and copy.is_file() and state.ADATA not in at.session_state
+    goto(at, "2_Model")
+    goto(at, "1_Data")
+    at.button(key="btn_data_forget_waiting").click()
+    at.run()
+    ok(at)
+    assert not copy.exists() and state.UPLOAD not in at.session_state
+    assert "cells.csv was forgotten" in text(at.info).replace("\\", "")
+    goto(at, "1_Data")
+    assert "is kept" not in text(at.warning) and not [b for b in at.button if b.label in ("Try again", "Forget it")]
+
+    # refused, then replaced by another file (still refused): the first copy goes
+    at.file_uploader[0].upload("cells2.csv", table)
+    at.run()
+    assert "Your file is kept" in text(at.error)
+    first = Path(at.session_state[state.UPLOAD]["path"])
+    at.file_uploader[0].upload("cells3.csv", table)
+    at.run()
+    assert "Your file is kept" in text(at.error) and not first.exists()
+    assert Path(at.session_state[state.UPLOAD]["path"]).is_file()
+    # left, and read on return once memory is free
+    goto(at, "2_Model")
+    goto(at, "1_Data")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 100 << 20)
+    at.button(key="btn_data_read_again").click()
+    at.run()
+    ok(at)
+    assert at.session_state[state.ADATA].n_obs == 40 and ui.WAITING_UPLOAD not in at.session_state
