@@ -45,6 +45,7 @@ class JobQueue:
     def __init__(self, slots: int):
         self.slots = max(1, int(slots))
         self.running = 0
+        self.ended = 0  # computations that held a slot and ended (their memory freed since)
         self.waiting: list[object] = []
         self._cond = threading.Condition()
 
@@ -80,6 +81,7 @@ class JobQueue:
             with self._cond:
                 if acquired:
                     self.running -= 1
+                    self.ended += 1
                 elif ticket in self.waiting:
                     self.waiting.remove(ticket)
                 idle = acquired and self._idle()
@@ -113,6 +115,7 @@ class JobQueue:
             if held:
                 with self._cond:
                     self.running -= 1
+                    self.ended += 1
                     idle = self._idle()
                     self._cond.notify_all()
                 if idle:

@@ -133,6 +133,7 @@ class SessionStore:
         self._work: dict[str, weakref.WeakSet] = {}  # our session id -> its work started in the background
         self._logged_out: dict[str, str] = {}  # token -> its owner, of the sessions logged out (the latest)
         self._owners: dict[str, str] = {}  # our session id -> its login (the most recently seen last)
+        self.most_held = 0  # the most the kept sessions' data held together: more than now = some were freed
 
     def put(self, token: str, owner: str, values: dict) -> None:
         nbytes = held_bytes(values)
@@ -143,6 +144,11 @@ class SessionStore:
                     and sum(r.nbytes for r in self._records.values()) > self.budget_bytes):
                 oldest = min((t for t in self._records if t != token), key=lambda t: self._records[t].touched)
                 self._records.pop(oldest)
+            self.most_held = max(self.most_held, sum(r.nbytes for r in self._records.values()))
+
+    def freed_some(self) -> bool:
+        """Whether the sessions' data ever held more than they hold now (some were let go or replaced)."""
+        return self.most_held > self.held() + (1 << 20)
 
     def held(self) -> int:
         """Bytes the kept sessions' data hold together (as :func:`held_bytes` counts them)."""
@@ -363,10 +369,36 @@ def memory_use(free: int, budget: int) -> str:
     if rest < 1 << 20:
         return said
     line = jobs.queue()
-    why = ("used by the computations running now, or freed earlier and not given back to the system yet"
-           if line.running or line.waiting else
-           "memory freed earlier (data let go, computations ended) that it has not given back to the system yet")
+    freed = store().freed_some() or line.ended > 0
+    mine = own_background()
+    if line.running or line.waiting:
+        if mine and line.running <= 1 and not line.waiting:  # the only computation is this session's own
+            why = f"used by your {mine} running in the background (the app started it by itself on your data)"
+        else:
+            why = "used by the computations running now" + (f" (your {mine} in the background among them)"
+                                                             if mine else "")
+        why += ", or freed earlier and not given back to the system yet" if freed else ""
+    elif freed:
+        why = "memory freed earlier (data let go, computations ended) that it has not given back to the system yet"
+    else:  # nothing was loaded or computed yet: not memory freed
+        why = "libraries it loaded since start-up, and files being uploaded or read"
     return f"{said}; the server program holds {size_text(rest)} more that no user's data use: {why}"
+
+
+def own_background() -> str | None:
+    """What of this session's own work the app started by itself runs in the background now (the
+    prediction computed ahead, :func:`scatd_app.ui.start_prediction_ahead`, or its UMAP), as words;
+    ``None`` when none runs."""
+    ahead = st.session_state.get(state.PREDICT_AHEAD)
+    if ahead is None:
+        return None
+    future = getattr(ahead, "future", None)
+    if future is not None and future.running():
+        return "prediction"
+    umap = getattr(ahead, "embedding", None)
+    if umap is not None and umap.future is not None and umap.future.running():
+        return "prediction's UMAP"
+    return None
 
 
 def _shortage_reason(free: int, budget: int) -> str:
@@ -466,6 +498,11 @@ def own_memory_advice(keep_token: str | None = None, *, here: bool = True, holde
     token = keep_token if keep_token is not None else ss.get(TOKEN)
     holders = holders if holders is not None else store().memory_of(owner, token)
     line = jobs.queue()
+    mine = own_background()
+    if mine and not holders.others and line.running <= 1 and not line.waiting:  # the only computation is its own
+        return (f"your {mine} is running in the background (the app started it by itself on your data) and holds "
+                "memory: wait for it to finish (the Predict page shows how far it is) or stop it (Run prediction "
+                "there, then Cancel), then try again")
     if holders.others or line.running or line.waiting:
         return None
     ways = []

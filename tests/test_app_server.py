@@ -1377,3 +1377,61 @@ def test_a_file_kept_after_a_memory_refusal_is_offered_again_on_return_and_delet
     at.run()
     ok(at)
     assert at.session_state[state.ADATA].n_obs == 40 and ui.WAITING_UPLOAD not in at.session_state
+
+
+def test_a_memory_refusal_names_this_sessions_own_background_prediction_and_only_freed_memory_freed(monkeypatch):
+    """QA at 100k cells: a refusal said "try again when other analyses on this server have finished" and
+    "522 MB used by the computations running now" when the only computation was this session's own
+    prediction, started by the app in the background; on a fresh server it blamed "memory freed
+    earlier (data let go, computations ended)" though nothing had been loaded; and "cells.." ended it."""
+    import concurrent.futures
+    import types
+
+    from scatd_app import jobs, session
+    from scatd_core import _memory
+    from scatd_core.errors import MemoryShortage
+    from scatd_core.io import _common
+
+    mb = 1 << 20
+    store = session.SessionStore()
+    line = jobs.JobQueue(1)
+    monkeypatch.setattr(session, "store", lambda: store)
+    monkeypatch.setattr(jobs, "queue", lambda: line)
+    monkeypatch.setattr(jobs, "release_free_memory", lambda: True)
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 * mb)
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 990 * mb)  # 10 MB free of 1,000; no user's data hold any
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setenv("SCATD_MAX_DATASET_MB", "400")
+    ss = {session.OWNER: "alice", session.TOKEN: "alice-1"}
+    monkeypatch.setattr(session.st, "session_state", ss)
+    store.put("alice-1", "alice", {session.SESSION_ID: "s1"})
+
+    def refused(hint: str | None = None) -> MemoryShortage:
+        room = session.room_for_a_dataset("alice-1")
+        opts = _common.make_options("auto", None, None, "auto", "big.h5ad", room["max_dataset_bytes"],
+                                    room["limit_reason"], False, room.get("limit_advice"))
+        with pytest.raises(MemoryShortage) as err:
+            _common.check_memory(300 * mb, "its values", opts, hint)
+        return err.value
+
+    fresh = str(refused())
+    assert "390 MB more that no user's data use: libraries it loaded since start-up" in fresh, fresh
+    assert "freed earlier" not in fresh
+    line.ended = 1  # a computation has ended since: its memory may not have been given back
+    assert "memory freed earlier (data let go, computations ended)" in str(refused())
+
+    running = concurrent.futures.Future()
+    assert running.set_running_or_notify_cancel()
+    ss[state.PREDICT_AHEAD] = types.SimpleNamespace(future=running, embedding=None)
+    line.running = 1  # the only computation: this session's own, started by the app
+    own = refused("Remove the layers, or upload fewer cells.")
+    said = str(own)
+    assert "used by your prediction running in the background (the app started it by itself on your data)" in said
+    assert "computations running now" not in said and "other analyses" not in said, said
+    assert own.hint.startswith("Your file is kept: your prediction is running in the background (the app started "
+                               "it by itself on your data) and holds memory: wait for it to finish"), own.hint
+    assert own.hint.endswith("then try again; or: remove the layers, or upload fewer cells."), own.hint
+    assert ".." not in said
+    line.running = 2  # another user's computation too: waiting for it helps
+    assert refused().hint.startswith("Your file is kept: try again when other analyses on this server have finished")
+    assert "used by the computations running now (your prediction in the background among them)" in str(refused())

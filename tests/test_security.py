@@ -1584,5 +1584,5 @@ def test_a_backed_h5ads_raw_matrix_stays_on_disk_and_is_not_counted_as_read_into
         io.read(path, max_dataset_bytes=100_000, limit_reason=why)
     said = str(refused.value)
     assert "its annotations (obs, var, layers, obsm, uns; adata.raw's matrix stays on disk) would take" in said, said
-    assert "Remove the layers and embeddings the prediction does not need, or upload fewer cells." in said, said
+    assert "; or: remove the layers and embeddings the prediction does not need, or upload fewer cells." in said, said
     assert "raw and" not in said and ".." not in said, said

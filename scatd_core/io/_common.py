@@ -203,6 +203,9 @@ def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None
     part = f" Reading {read_so_far} took that already; {rest}." if read_so_far else ""
     if after:
         part = f" {after}"
+    if hint:  # after "; or:" it goes on the sentence (no full stop of its own, no capital)
+        hint = hint.rstrip(". ")
+        hint = hint[0].lower() + hint[1:] if hint[1:2].islower() else hint
     if n_bytes > opts.max_dataset_bytes and opts.limit_reason:
         raise MemoryShortage(f"{opts.display_name}: {what} would take {amount}, more than {opts.limit_reason}.{part}",
                              "Your file is kept: "
@@ -212,7 +215,7 @@ def check_memory(n_bytes: int, what: str, opts: Options, hint: str | None = None
     if n_bytes > opts.max_dataset_bytes:
         raise InputError(f"{opts.display_name}: {what} would take {amount}, over the server's limit of "
                          f"{mb(opts.max_dataset_bytes)} per dataset.{part}",
-                         hint or "Save it as an .h5ad with X in CSR format (read from disk in batches), upload "
+                         (hint[0].upper() + hint[1:] + ".") if hint else "Save it as an .h5ad with X in CSR format (read from disk in batches), upload "
                                  f"fewer cells, or {raise_limit('max_dataset_mb')}.")
 
 
