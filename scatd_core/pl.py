@@ -392,10 +392,14 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
             order = [str(c) for c in cats if str(c) in set(text)] if cats is not None else sorted(set(text))
             order += sorted(set(text) - set(order))
             palette = {**_palette(order), **(colors or {})}
-            for cat in order:
+            sizes = text.value_counts()
+            # the largest group drawn first, the smallest last, on top: a minority (e.g. the cells called
+            # resistant) is not hidden under the majority's points; the legend keeps ``order`` (legendrank)
+            for rank, cat in sorted(enumerate(order), key=lambda rc: (-int(sizes.get(rc[1], 0)), rc[0])):
                 m = (text == cat).to_numpy()
                 fig.add_trace(Trace(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"{cat} ({int(m.sum()):,})",
                                     marker=dict(size=size, color=palette[cat]), text=ids[m], showlegend=True,
+                                    legendrank=1000 + rank,
                                     hovertemplate="%{text}<br>" + text_for_plotly(f"{name}: {cat}") + "<extra></extra>"))
     fig.update_xaxes(title="UMAP 1", showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(title="UMAP 2", showticklabels=False, zeroline=False, showgrid=False, scaleanchor=None)

@@ -357,7 +357,8 @@ def test_numeric_labels_ask_once_and_a_wrong_direction_is_flagged(with_library):
     # the UMAP coloured by the labels: by what they mean (0 = resistant here), not by what they look like
     at.selectbox(key="cells_colour").set_value("response").run()
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
-    colours = {t["name"].rsplit(" (", 1)[0]: t["marker"]["color"] for t in umap["data"]}
+    colours = {t["name"].rsplit(" (", 1)[0]: t["marker"]["color"]  # in the legend's order (the largest drawn first)
+               for t in sorted(umap["data"], key=lambda t: t.get("legendrank", 0))}
     # QA: the legend read "0 (resistant) (60)": "0 = resistant (60)", resistant first
     assert colours == {"0 = resistant": pl.COLORS["resistant"], "1 = sensitive": pl.COLORS["sensitive"]}
     assert list(colours) == ["0 = resistant", "1 = sensitive"]
@@ -453,7 +454,8 @@ def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_s
     assert "fitted on a random 120 of them, the other 60 placed into that layout" in text(at.caption)
     at.selectbox(key="cells_colour").set_value("called label").run()
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
-    assert [t["name"].rsplit(" (", 1)[0] for t in umap["data"]] == ["resistant", "sensitive"]
+    assert [t["name"].rsplit(" (", 1)[0] for t in sorted(umap["data"], key=lambda t: t.get("legendrank", 0))] == \
+        ["resistant", "sensitive"]  # the legend's order
     assert float(metric(at, "Precision")) > 0  # cells called resistant: defined
     at.slider(key="cells_threshold").set_value(1.0).run()
     ok(at)

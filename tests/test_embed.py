@@ -267,9 +267,10 @@ def test_a_count_of_drugs_resisted_is_drawn_as_whole_numbers_not_a_colour_bar():
     coords = np.random.default_rng(0).normal(size=(12, 2))
     counts = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, np.nan, np.nan])
     fig = pl.count_umap_figure(coords, counts, 3, name="drugs resisted")
-    assert [t.name for t in fig.data] == ["0 (2)", "1 (3)", "2 (2)", "3 (3)", f"{pl.NO_COUNT} (2)"]
+    listed = sorted(fig.data, key=lambda t: t.legendrank)  # the legend's order (the largest drawn first)
+    assert [t.name for t in listed] == ["0 (2)", "1 (3)", "2 (2)", "3 (3)", f"{pl.NO_COUNT} (2)"]
     assert not any(getattr(t.marker, "colorbar", None) and t.marker.colorbar.title.text for t in fig.data)
-    colours = [t.marker.color for t in fig.data]
+    colours = [t.marker.color for t in listed]
     assert len(set(colours)) == 5 and colours[-1] == pl.COLORS[pl.NOT_SCORED]
     assert fig.layout.legend.title.text == "drugs resisted"
 
@@ -581,3 +582,19 @@ def test_panel_figures_colour_each_drug_relative_to_the_threshold_its_calls_use(
     ranking = summary.drop(columns="group").assign(calibrated=True)
     bars = pl.drug_ranking_figure(ranking, thresholds=thresholds).data[0]
     assert bars.marker.color[0] < 0.5 < bars.marker.color[1]
+
+
+def test_the_smaller_called_group_is_drawn_on_top_and_the_legend_keeps_its_order():
+    """QA at 100k cells: "Colour by: called label" drew the sensitive cells last, on top of the
+    resistant ones (legend: resistant 31,867; the map looked all blue). The largest group is drawn
+    first and the smaller ones over it; the legend and the hover stay one trace per group."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["resistant"] * 30 + ["sensitive"] * 70 + ["not scored"] * 5, dtype=object)
+    rng.shuffle(labels)
+    fig = pl.umap_figure(rng.normal(size=(labels.size, 2)), pd.Series(labels), name="called", categorical=True,
+                         colors={"resistant": "red", "sensitive": "blue"})
+    assert [t.name for t in fig.data] == ["sensitive (70)", "resistant (30)", "not scored (5)"]  # drawing order
+    listed = [t.name for t in sorted(fig.data, key=lambda t: t.legendrank)]
+    assert listed == ["not scored (5)", "resistant (30)", "sensitive (70)"]  # the legend: as before, by name
+    assert all(len(t.text) == int(t.name.split("(")[1][:-1]) and "called: " in t.hovertemplate for t in fig.data)
+
