@@ -408,12 +408,20 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
         notes.append(f"{counted(n_out)} without coordinates {'is' if n_out == 1 else 'are'} not shown")
     if n_drawable > max_points:
         notes.append(f"showing a random {max_points:,} of {n_drawable:,} cells")
-    if notes:
-        fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=-0.08,
-                           font=dict(size=11, color="#666"))
+    if notes:  # under the axis title "UMAP 1" (NOTE_SHIFT pixels below the plot), in a margin made for it
+        fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=0,
+                           xanchor="left", yanchor="top", yshift=-NOTE_SHIFT, font=dict(size=11, color="#666"))
     alt = _umap_alt(values, drawable, name, categorical, threshold)
     alt += "".join(f" {n[0].upper()}{n[1:]}." for n in notes[1 if note else 0:])
-    return describe(layout(fig, title, height=520), alt, f"umap_{name or 'cells'}")
+    fig = layout(fig, title, height=520)
+    if notes:
+        fig.update_layout(margin=dict(b=NOTE_SHIFT + 24))
+    return describe(fig, alt, f"umap_{name or 'cells'}")
+
+
+#: How far (pixels) below a UMAP's plot area its note starts: clear of the x-axis title "UMAP 1"
+#: (about 30 pixels tall there, the axis without tick labels).
+NOTE_SHIFT = 38
 
 
 def _umap_alt(values, drawable: np.ndarray, name: str, categorical: bool | None, threshold: float | None) -> str:

@@ -598,3 +598,16 @@ def test_the_smaller_called_group_is_drawn_on_top_and_the_legend_keeps_its_order
     assert listed == ["not scored (5)", "resistant (30)", "sensitive (70)"]  # the legend: as before, by name
     assert all(len(t.text) == int(t.name.split("(")[1][:-1]) and "called: " in t.hovertemplate for t in fig.data)
 
+
+def test_the_umaps_note_is_under_the_axis_title_not_over_it():
+    """QA at 100k cells: "UMAP fitted on a random 30,000 of 100,000 cells; ..." overprinted the x-axis
+    title "UMAP 1" (the note sat 8% of the plot's height below it, where the title is). It starts
+    below the title, in a bottom margin made for it."""
+    fig = pl.umap_figure(np.random.default_rng(0).normal(size=(40, 2)), np.linspace(0, 1, 40), name="P",
+                         note="UMAP fitted on a random 30 of 40 cells; the others placed into that layout")
+    note = next(a for a in fig.layout.annotations if "fitted on" in a.text)
+    assert (note.yref, note.y, note.yanchor) == ("paper", 0, "top") and note.yshift <= -pl.NOTE_SHIFT
+    assert pl.NOTE_SHIFT >= 34  # the axis title without tick labels takes about 30 pixels below the plot
+    assert fig.layout.margin.b >= pl.NOTE_SHIFT + 14  # the note's 11-pixel line fits in the margin
+    plain = pl.umap_figure(np.random.default_rng(0).normal(size=(40, 2)), np.linspace(0, 1, 40), name="P")
+    assert not plain.layout.annotations and plain.layout.margin.b == 40  # no note: the margin as elsewhere
