@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
 
 def counted(n, word: str = "cell", plural: str | None = None) -> str:
     """``n`` with its noun, singular for exactly one: ``1 cell``, ``0 cells``, ``2,000 cells``."""
@@ -24,3 +28,15 @@ def sentence_start(text: str) -> str:
     """``text`` with its first letter upper case and the rest as written: "Filtered (QC)" from
     "filtered (QC)" (``str.capitalize`` lowers the rest: "Filtered (qc)")."""
     return text[:1].upper() + text[1:]
+
+
+def natural_key(text: str) -> tuple:
+    """A sort key that puts group names in their natural order: numbers numerically (Leiden
+    clusters 1, 2, ..., 10, 11, not 1, 10, 11, 2), before text, which is sorted as written."""
+    text = str(text)
+    return (0, float(text), text) if _NUMBER.fullmatch(text) else (1, 0.0, text)
+
+
+def natural_order(names) -> list[str]:
+    """``names`` (each once) in :func:`natural_key` order."""
+    return sorted({str(n) for n in names}, key=natural_key)

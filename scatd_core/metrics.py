@@ -11,7 +11,6 @@ when ``P(resistant) > threshold``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -20,7 +19,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
-from scatd_core._words import counted
+from scatd_core._words import counted, natural_key
 from scatd_core import _keys
 from scatd_core.errors import InputError
 
@@ -550,7 +549,7 @@ def group_fractions(labels: Sequence, groups: Sequence, positive_label: str = "r
         rank = {str(c): i for i, c in enumerate(groups.cat.categories)}
         key = out["group"].map(lambda g: (rank.get(g, len(rank)), 0.0, g))
     else:
-        key = out["group"].map(lambda g: (0, float(g), g) if re.fullmatch(r"-?\d+(\.\d+)?", g) else (1, 0.0, g))
+        key = out["group"].map(natural_key)
     out = out.iloc[sorted(range(len(out)), key=lambda i: key.iloc[i])].reset_index(drop=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["fraction_resistant"] = np.where(out["n_called"] > 0, out["n_resistant"] / out["n_called"], np.nan)

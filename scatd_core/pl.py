@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from scatd_core._keys import FILTERED, MASKED, NOT_EMBEDDED, NOT_SCORED, OLD_NOT_EMBEDDED
-from scatd_core._words import counted
+from scatd_core._words import counted, natural_order
 from scatd_core.embed import finite_rows
 
 #: Above this many points, scatter plots use WebGL (``Scattergl``) so the browser stays fluid.
@@ -389,8 +389,8 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
         else:
             text = vals.astype(str).where(vals.notna(), "NA")
             cats = pd.Series(values).astype("category").cat.categories if hasattr(values, "cat") else None
-            order = [str(c) for c in cats if str(c) in set(text)] if cats is not None else sorted(set(text))
-            order += sorted(set(text) - set(order))
+            order = [str(c) for c in cats if str(c) in set(text)] if cats is not None else natural_order(text)
+            order += natural_order(set(text) - set(order))
             palette = {**_palette(order), **(colors or {})}
             sizes = text.value_counts()
             # the largest group drawn first, the smallest last, on top: a minority (e.g. the cells called
@@ -447,9 +447,9 @@ def _umap_alt(values, drawable: np.ndarray, name: str, categorical: bool | None,
         return alt + "."
     text = vals.astype(str).where(vals.notna(), "NA")
     counts = text.value_counts()
-    cats = every.astype("category").cat.categories if hasattr(values, "cat") else sorted(counts.index)
+    cats = every.astype("category").cat.categories if hasattr(values, "cat") else natural_order(counts.index)
     order = [str(c) for c in cats if str(c) in counts.index]
-    order += sorted(set(counts.index) - set(order))
+    order += natural_order(set(counts.index) - set(order))
     return alt + f", coloured by {name}: " + _named([f"{c} {int(counts[c]):,}" for c in order]) + "."
 
 
@@ -973,7 +973,7 @@ def panel_heatmap(prob: np.ndarray, drugs: Sequence[str], groups: Sequence | Non
     if not grouped:
         groups, group_name = np.full(prob.shape[0], "all cells", dtype=object), ""
     labels = pd.Series(np.asarray(groups, dtype=object)).astype(str).to_numpy()
-    order = list(group_order) if group_order is not None else sorted(set(labels))
+    order = list(group_order) if group_order is not None else natural_order(labels)
     rank = {g: i for i, g in enumerate(order)}
     codes = np.array([rank.get(g, len(rank)) for g in labels])
     rows = _heatmap_rows(codes, prob, max_cells)

@@ -599,6 +599,23 @@ def test_the_smaller_called_group_is_drawn_on_top_and_the_legend_keeps_its_order
     assert all(len(t.text) == int(t.name.split("(")[1][:-1]) and "called: " in t.hovertemplate for t in fig.data)
 
 
+def test_numbered_groups_are_listed_in_number_order_in_the_umap_legend_and_the_bar_chart():
+    """QA: Leiden clusters were listed 1, 10, 11, 12, 2, 3 ... in the UMAP legend (sorted as text)
+    while the per-group bar chart listed them 1, 2, 3 ...: one natural order for both."""
+    from scatd_core._words import natural_order
+    from scatd_core.metrics import group_fractions
+
+    clusters = np.array([str(i % 13) for i in range(130)], dtype=object)
+    fig = pl.umap_figure(np.random.default_rng(1).normal(size=(130, 2)), clusters, name="Leiden cluster",
+                         categorical=True)
+    legend = [t.name.split(" ")[0] for t in sorted(fig.data, key=lambda t: t.legendrank or 0)]  # as listed
+    assert legend == [str(i) for i in range(13)]
+    bars = list(group_fractions(np.zeros(130), clusters)["group"])
+    assert bars == legend == natural_order(clusters)
+    assert natural_order(["b", "10", "2", "a", "-1", "2.5"]) == ["-1", "2", "2.5", "10", "a", "b"]
+    assert "coloured by Leiden cluster: 0 10, 1 10, 2 10, 3 10" in pl.alt_text(fig)  # the text alternative too
+
+
 def test_the_umaps_note_is_under_the_axis_title_not_over_it():
     """QA at 100k cells: "UMAP fitted on a random 30,000 of 100,000 cells; ..." overprinted the x-axis
     title "UMAP 1" (the note sat 8% of the plot's height below it, where the title is). It starts
