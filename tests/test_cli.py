@@ -1040,3 +1040,34 @@ def test_z_scored_values_for_a_log_model_are_refused_before_predicting_and_raw_i
     code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "z_raw.h5ad",
                         "--output", tmp / "pred.csv", "--overwrite", "--matrix", "X")
     assert code != 0 and "--matrix X: the models read X (z-scored" in err and "this matrix is z-scored" in err
+
+
+def test_progress_in_a_log_file_prints_a_line_per_ten_percent_not_one_per_batch(capsys, monkeypatch):
+    """QA at 100k cells: `scatd predict ... 2> log` wrote 98 lines "Predicting: N% 1,024 of 100,000
+    cells" (the count in the message made every report a new phase). Off a terminal: a line per
+    10 %, one when the step changes, one at least every 30 s of a slow step, and the last line."""
+    import time
+
+    from scatd_core.cli import _common
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
+    progress = _common.Progress("Predicting")
+    assert not progress.tty  # pytest captures stderr: not a terminal
+    n = 100_000
+    for done in range(1024, n, 1024):
+        progress(done / n, f"{done:,} of {n:,} cells")
+    progress(1.0, f"{n:,} of {n:,} cells")
+    lines = capsys.readouterr().err.splitlines()
+    assert 10 <= len(lines) <= 12, lines
+    assert lines[-1] == "Predicting: 100% 100,000 of 100,000 cells"
+    assert [line.split("%")[0] for line in lines[:3]] == ["Predicting: 1", "Predicting: 10", "Predicting: 20"]
+
+    slow = _common.Progress("UMAP")  # a slow step: still a line every 30 s within one 10 %
+    slow(0.01, "fitting · 1 s elapsed")
+    clock["now"] += 10
+    slow(0.02, "fitting · 11 s elapsed")
+    clock["now"] += 25
+    slow(0.03, "fitting · 36 s elapsed")
+    slow(0.04, "placing the other cells")  # another step
+    assert [line.split("%")[0] for line in capsys.readouterr().err.splitlines()] == ["UMAP: 1", "UMAP: 3", "UMAP: 4"]

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from scatd_core._words import counted, percent
@@ -33,15 +35,24 @@ def say(msg: str = "") -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+_NUMBERS = re.compile(r"\d[\d,.]*")
+
+
 class Progress:
     """``progress(fraction, message)`` for the terminal: one rewritten line on a terminal; in a
-    log, a line per 10 % and whenever the phase (the message before its first " · ") changes."""
+    log (stderr not a terminal), a line per 10 %, whenever the phase (the message before its first
+    " · ", its numbers aside: "1,024 of 100,000 cells" and "2,048 of 100,000 cells" are one phase)
+    changes, at least every :attr:`QUIET_SECONDS` while it runs, and the last line."""
+
+    #: In a log: a line at least this often (seconds) while a slow step stays within one 10 %.
+    QUIET_SECONDS = 30.0
 
     def __init__(self, label: str = ""):
         self.label = f"{label}: " if label else ""
         self.tty = sys.stderr.isatty()
         self.phase = None
         self.decile = -1
+        self.said_at = time.monotonic()
 
     def __call__(self, fraction: float, message: str = "") -> None:
         pct = int(min(max(fraction, 0.0), 1.0) * 100)
@@ -50,9 +61,11 @@ class Progress:
             if fraction >= 1:
                 print(file=sys.stderr)
             return
-        phase, decile = message.split(" · ")[0], pct // 10
-        if phase != self.phase or decile != self.decile or fraction >= 1:
+        phase, decile = _NUMBERS.sub("#", message.split(" · ")[0]), pct // 10
+        now = time.monotonic()
+        if phase != self.phase or decile != self.decile or fraction >= 1 or now - self.said_at >= self.QUIET_SECONDS:
             say(f"{self.label}{pct}% {message}")
+            self.said_at = now
         self.phase, self.decile = phase, decile
 
     def note(self, message: str) -> None:
