@@ -29,6 +29,14 @@ class InputError(ScatdError):
     """The user's data file cannot be used as it is (format, content, size)."""
 
 
+class DataNotScorable(InputError):
+    """The input was read, but the model (or every model of a panel) cannot score it: too few of
+    the model's genes, values of a kind it cannot take (z-scored), no cell scorable, none of its
+    genes in the data, every drug of a panel refused. The command line exits with code 3 for it
+    (2 for a usage error or a file that cannot be read), so a pipeline can tell "this sample
+    cannot be scored" from "the command was wrong"."""
+
+
 class MemoryShortage(InputError):
     """The server has too little memory free for this input now (other sessions hold it); the
     same input can be tried again later."""

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from scatd_core._words import counted, percent
 from scatd_core import _keys
 from scatd_core._matrix import sample_rows
-from scatd_core.errors import InputError
+from scatd_core.errors import DataNotScorable, InputError
 
 
 #: A gene list is one short line per gene (scFoundation's 19,264 genes take 230 kB, twice that as
@@ -1030,7 +1030,7 @@ def coverage_refusal(adata_or_names, model_genes: Sequence[str], *, min_coverage
                   if examples else "")
                + f" {cause}")
     expert = "lower the minimum with --min-gene-coverage (e.g. --min-gene-coverage 0.01)"
-    return InputError(message, f"If you are sure the calls mean something anyway, {expert}.",
+    return DataNotScorable(message, f"If you are sure the calls mean something anyway, {expert}.",
                       app_hint="Choose a model whose genes your data have, or upload data that fit this model. The "
                                f"minimum ({percent(report['min_coverage'])} of the model's genes) is this server's "
                                "setting: its administrator sets it with limits.min_gene_coverage in the configuration "

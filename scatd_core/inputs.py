@@ -53,7 +53,7 @@ import scipy.sparse as sp
 
 from scatd_core import _keys
 from scatd_core._matrix import MeanVar, block_moments, log1p_cp10k
-from scatd_core.errors import InputError
+from scatd_core.errors import DataNotScorable, InputError
 from scatd_core.genes import GeneAlignment, align_genes, detect_id_type, id_type_evidence, names_for
 from scatd_core.preprocess import ALL_GENES, LIBRARY_SIZES, MODEL_GENES, UNLOG_NOTE, detect_value_type, unlogs
 
@@ -157,7 +157,7 @@ def no_cell_scored_error(reasons: Mapping[str, int], filtered_text: str) -> Inpu
     detail = "; ".join(f"{words.get(k, k)}: {int(v):,}" for k, v in reasons.items() if v)
     where = "the QC filter" if filtered_text == REASON_TEXT["filtered"] else \
         "the mask column, whose True cells are the only ones scored"
-    return InputError(f"No cell can be scored ({detail}).", f"Check the data's values and gene names, and {where}.")
+    return DataNotScorable(f"No cell can be scored ({detail}).", f"Check the data's values and gene names, and {where}.")
 
 
 #: The words of a reason for an embedding model (VAE_sf/VAE_gf), where they differ from
@@ -318,18 +318,18 @@ def _no_gene_matched(adata: ad.AnnData, spec: InputSpec, alignment: GeneAlignmen
     lower_hits = [n for n in var_sample if n != n.upper() and n.upper() in model_upper]
     if len(lower_hits) >= max(1, min(len(var_sample), alignment.n_model) // 10):
         ex = lower_hits[0]
-        return InputError(message + f" Your gene names are lower-case (e.g. {ex}); the model's are upper-case "
+        return DataNotScorable(message + f" Your gene names are lower-case (e.g. {ex}); the model's are upper-case "
                           f"human symbols ({ex.upper()}), and {len(lower_hits):,} would match upper-cased.",
                           "If your data are human, upper-case the names (in Python: adata.var_names = "
                           "adata.var_names.str.upper(), then save the data again). Mouse data need human orthologues "
                           "instead, not upper-casing.")
     if data_type in ("ensembl", "mixed"):
-        return InputError(message, "The data's genes look like Ensembl IDs: give the symbols so they can be matched "
+        return DataNotScorable(message, "The data's genes look like Ensembl IDs: give the symbols so they can be matched "
                                    "(--biomart with a BioMart table of 'Gene stable ID' and 'Gene name', or a file "
                                    "that carries them).",
                           app_hint="The data's genes look like Ensembl IDs: give the symbols so they can be matched "
                                    "(a BioMart table on the Data page, or a file that carries them).")
-    return InputError(message, "Check that the data uses human gene symbols, like the model.")
+    return DataNotScorable(message, "Check that the data uses human gene symbols, like the model.")
 
 
 def embedding_width_source(width: int) -> str | None:
@@ -881,7 +881,7 @@ def unscorable_error(adata: ad.AnnData, bundle) -> InputError | None:
         return None
     problems = check_backbone_compatibility(found, bundle.backbone, spec.transform)
     where = "" if choice.name == "X" else f" (the model reads {choice.candidate.where})"
-    return InputError(" ".join(problems) or f"This model log-normalises the values; these are "
+    return DataNotScorable(" ".join(problems) or f"This model log-normalises the values; these are "
                                            f"{kind.replace('_', '-')}{where}, so no cell can be scored.",
                       "Or choose a model that takes z-scored values (one trained here, input transform "
                       "'standardize'), or another matrix of the file with --matrix (X, raw, layer:NAME).",

@@ -53,7 +53,7 @@ from scatd_core._keys import NOT_CALLED, result_keys
 from scatd_core._lock import folder_lock
 from scatd_core._progress import step
 from scatd_core._words import counted
-from scatd_core.errors import BundleError, Cancelled, DeviceError, InputError, ScatdError
+from scatd_core.errors import BundleError, Cancelled, DataNotScorable, DeviceError, InputError, ScatdError
 
 __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary", "drug_ranking",
            "multi_resistant_markers", "save_panel", "list_panels", "load_panel", "delete_panel", "PanelMember",
@@ -336,7 +336,7 @@ def refuse_unscorable(adata: ad.AnnData, bundles: Sequence) -> dict[int, InputEr
         message = (f"No model of the panel can score these data: {first.message}" if alike else
                    "No model of the panel can score these data: " + " ".join(
                        f"{names[i]}: {p.message}" for i, p in problems.items()))
-        raise InputError(message, first.hint, app_hint=first.app_hint)
+        raise DataNotScorable(message, first.hint, app_hint=first.app_hint)
     return problems
 
 
@@ -347,7 +347,7 @@ def all_refused_error(problems: Sequence[tuple[str, str, str | None]]) -> InputE
         return "\n".join(f"- {drug}: {(app and app_problem) or problem}" for drug, problem, app_problem in problems)
 
     head = f"No model of the panel could score these data ({counted(len(problems), 'drug')} requested, none scored):\n"
-    exc = InputError(head + lines(False), "Check each model's reason; `scatd models` lists the installed "
+    exc = DataNotScorable(head + lines(False), "Check each model's reason; `scatd models` lists the installed "
                      "models and their backbones.", app_hint="Check the data against each model on the Model page.")
     exc.app_message = head + lines(True)
     return exc

@@ -155,7 +155,7 @@ def test_predict_errors(capsys, dist_setup):
          "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
     pd.DataFrame(np.ones((3, 4)), index=["a", "b", "c"], columns=["ENSG1", "ENSG2", "ENSG3", "ENSG4"]).to_csv(tmp / "w.csv")
     code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "w.csv", "--output", tmp / "o.csv")
-    assert code == 2 and "is among the model's" in err
+    assert code == 3 and "is among the model's" in err  # read, but the model cannot score it: not a usage error
     code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "w.csv", "--output",
                         tmp / "o.csv", "--device", "cuda")
     if not torch.cuda.is_available():
@@ -1021,7 +1021,7 @@ def test_z_scored_values_for_a_log_model_are_refused_before_predicting_and_raw_i
     scaled.write_h5ad(tmp / "z.h5ad")
     code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "z.h5ad",
                         "--output", tmp / "pred.csv")
-    assert code != 0 and "Values: z-scored (X)." in err
+    assert code == 3 and "Values: z-scored (X)." in err
     assert "needs non-negative counts" in err and "this matrix is z-scored" in err
     assert "Predicting" not in err and "Estimated time" not in err and "No cell can be scored" not in err
     scaled.raw = ad.AnnData(log, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes))
@@ -1071,3 +1071,42 @@ def test_progress_in_a_log_file_prints_a_line_per_ten_percent_not_one_per_batch(
     slow(0.03, "fitting · 36 s elapsed")
     slow(0.04, "placing the other cells")  # another step
     assert [line.split("%")[0] for line in capsys.readouterr().err.splitlines()] == ["UMAP: 1", "UMAP: 3", "UMAP: 4"]
+
+
+def test_exit_codes_tell_a_pipeline_what_went_wrong_and_strict_json_quiet(capsys, dist_setup, tmp_path):
+    """QA (Snakemake/Nextflow): a bad path, an unknown model and "this sample cannot be scored" all
+    exited 2. Now 2 is a usage error or bad input, 3 data the model cannot score, 4 with --strict
+    when some cells were not scored; --json writes a summary (also on failure); --quiet keeps only
+    warnings and errors; `scatd --help` lists the codes."""
+    from scatd_core.cli import EXIT_CODES, build_parser
+
+    epilog = build_parser().format_help()
+    assert all(f"  {code:<4} " in epilog for code in (0, 1, 2, 3, 4, 130)) and "cannot score" in epilog
+    tmp, _sd, enc, _z, genes, x, cells = dist_setup
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 130}
+    code, _, _ = _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+                      "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    assert code == 0
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "nope.h5ad", "--output",
+                        tmp / "o.csv", "--json", tmp / "bad.json")
+    assert code == 2 and err.startswith("error: ")
+    bad = json.loads((tmp / "bad.json").read_text())
+    assert bad["exit_code"] == 2 and bad["command"] == "predict" and bad["error"]
+    x = x.copy()
+    x[0, :] = 0  # one cell that cannot be scored: no expression in the model's genes
+    ad.AnnData(x, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes)).write_h5ad(tmp / "c.h5ad")
+    base = ["predict", "--model", tmp / "bundle", "--input", tmp / "c.h5ad"]
+    code, _, err = _run(capsys, *base, "--output", tmp / "a.csv")
+    assert code == 0 and "Scored 14 of 15 cells" in err, err  # partial success stays 0
+    code, _, err = _run(capsys, *base, "--output", tmp / "b.csv", "--strict", "--json", tmp / "s.json", "--quiet")
+    assert code == 4 and (tmp / "b.csv").exists()
+    assert "error: --strict" in err and "1 of 15 cells not scored: no expression in the model's genes" in err
+    assert "Scored" not in err and "Estimated time" not in err and "Threshold" not in err  # --quiet
+    assert all(line.startswith(("warning", "error", "  ")) for line in err.splitlines())
+    doc = json.loads((tmp / "s.json").read_text())
+    assert doc["exit_code"] == 4 and doc["n_cells_read"] == 15 and doc["n_scored"] == 14
+    assert doc["not_scored"] == {"no_expression": 1} and doc["outputs"] == [str(tmp / "b.csv")]
+    assert doc["threshold"]["calibrated"] is False and doc["threshold"]["value"] is not None
+    assert isinstance(doc["n_called_resistant"], int) and isinstance(doc["warnings"], list)
+    assert doc["scatd_version"] and doc["models"] == [str(tmp / "bundle")]
+    assert not list(tmp.glob("*.part")) and not list(tmp.glob(".*.part"))  # written atomically

@@ -502,6 +502,7 @@ def test_no_cell_left_to_score_says_what_the_mask_left_out(small_bundles):
         with pytest.raises(InputError) as in_panel:
             panel.predict_panel(adata, [bundle], mask=mask)
         assert str(alone.value).startswith("No cell can be scored (") and said in str(alone.value)
+        assert type(alone.value).__name__ == type(in_panel.value).__name__ == "DataNotScorable"  # exit code 3
         assert where in alone.value.hint and said in str(in_panel.value)
         assert ("filtered by QC" in str(in_panel.value)) == (mask == "scatd_qc_pass")
 

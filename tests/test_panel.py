@@ -147,7 +147,7 @@ def test_the_cli_refuses_a_z_scored_panel_input_before_any_model_runs(lib_env, t
     code = main(["predict", "--input", str(tmp_path / "scaled.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
                  "--output", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
-    assert code != 0 and "No model of the panel can score these data" in err and "this matrix is z-scored" in err
+    assert code == 3 and "No model of the panel can score these data" in err and "this matrix is z-scored" in err
     assert "Panel of 2 models" not in err and "skipped" not in err and not (tmp_path / "p.csv").exists()
 
 
@@ -832,10 +832,14 @@ def test_cli_messages_name_the_model_folder_and_no_app_page(lib_env, tmp_path, c
     err = capsys.readouterr().err
     assert "warning: DRUGX (model OTHERGENES) skipped" in err and "DRUGX (DRUGX" not in err
     assert "Only 1 drug scored the cells" in err and "resistant to all 1" not in err
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--model",
+                 str(tmp_path / "OTHERGENES"), "--output", str(tmp_path / "p3.csv"), "--strict"]) == 4
+    err = capsys.readouterr().err  # --strict: a skipped drug makes a pipeline stop, with the reason
+    assert "error: --strict" in err and "  - drug skipped: DRUGX" in err and (tmp_path / "p3.csv").exists()
     data.var_names = [f"X{i}" for i in range(data.n_vars)]
     data.write_h5ad(tmp_path / "nogenes.h5ad")
     assert main(["predict", "--input", str(tmp_path / "nogenes.h5ad"), "--model", "DRUGA", "--model", "DRUGB",
-                 "--output", str(tmp_path / "p2.csv")]) == 2
+                 "--output", str(tmp_path / "p2.csv")]) == 3
     err = capsys.readouterr().err
     assert "No model of the panel could score" in err and "Model page" not in err and "`scatd models`" in err
 

@@ -3,8 +3,10 @@
 One module per sub-command (``add(sub)`` registers it, ``run(args)`` runs it and returns the exit
 code); heavy libraries are imported only when a command runs, so ``scatd --help`` is instant.
 Every expected problem is a :class:`~scatd_core.errors.ScatdError`: it is printed as
-``error: <what is wrong>`` plus a line saying what to do, and the exit code is 2. Anything
-unexpected prints one line too (exit 1); ``--debug`` shows the traceback for bug reports.
+``error: <what is wrong>`` plus a line saying what to do, and the exit code says which kind it
+was (:data:`EXIT_CODES`, in ``scatd --help``): 2 for a usage error or an input that cannot be
+read, 3 when the input was read but the model(s) cannot score it. Anything unexpected prints
+one line too (exit 1); ``--debug`` shows the traceback for bug reports.
 Every command but ``doctor`` (which lists them itself) first prints each configuration problem
 (a value that was ignored, an unknown key) as one ``warning: configuration: ...`` line to stderr.
 """
@@ -17,17 +19,39 @@ from scatd_core._words import counted
 from scatd_core import __version__
 from scatd_core.cli import (convert_scfoundation, demo, doctor, explain, import_checkpoint, labels, models, panel,
                             predict, report, train, train_panel, users)
-from scatd_core.cli._common import say
-from scatd_core.errors import ScatdError
+from scatd_core.cli._common import quiet, say, write_summary
+from scatd_core.errors import DataNotScorable, ScatdError
 
 #: The sub-commands, in the order ``scatd --help`` lists them.
 COMMANDS = (predict, report, explain, import_checkpoint, convert_scfoundation, models, panel, train, train_panel,
             labels, demo, users, doctor)
 
 
+#: The exit codes, for scripts and pipelines (Snakemake, Nextflow): ``scatd --help`` and the README list them.
+EXIT_CODES = {
+    0: "success (some cells or panel drugs may be unscored: said on stderr; --strict makes that 4)",
+    1: "unexpected error (a bug: run again with --debug and report it)",
+    2: "usage error or bad input: a wrong option, a missing or unreadable file, an unknown model, "
+       "an output that would be overwritten",
+    3: "the input was read but the model(s) cannot score it: too few of the model's genes, z-scored values, "
+       "no cell scorable, every drug of a panel refused",
+    4: "--strict: the run finished and wrote its files, but some cells were not scored or some panel drugs "
+       "were skipped (the reason is printed)",
+    130: "interrupted (Ctrl-C)",
+}
+
+
+def exit_code(exc: ScatdError) -> int:
+    """The exit code of an expected problem: 3 when the data were read but cannot be scored, else 2."""
+    return 3 if isinstance(exc, DataNotScorable) else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scatd", description="scATD Studio: single-cell drug-resistance "
-                                     "prediction with the scATD models.")
+                                     "prediction with the scATD models.",
+                                     epilog="exit codes:\n" + "\n".join(f"  {code:<4} {words}"
+                                                                          for code, words in EXIT_CODES.items()),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"scatd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -71,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import sys
 
+    quiet(getattr(args, "quiet", False))
     if args.command != "doctor":
         from scatd_core.config import settings
 
@@ -83,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             code = int(args.run(args) or 0)
         if code == 0:
             _remove_parts(args)
-        return code
+        return write_summary(args, code)
     except ScatdError as exc:
         say(f"error: {exc.message}")
         if exc.hint:
             say(exc.hint)
-        return 2
+        return write_summary(args, exit_code(exc), exc)
     except KeyboardInterrupt:
         words = getattr(args, "interrupted", None)  # what a command's interruption leaves, said with it
         say(f"interrupted: {words(args)}" if callable(words) else "interrupted")

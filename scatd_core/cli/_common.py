@@ -30,9 +30,134 @@ SCFOUNDATION_KEYS = ("rde", "cell")
 LEVELS = ("auto", "genes", "features")
 
 
+_QUIET = {"on": False, "last_shown": False}
+#: what ``--quiet`` still prints: warnings and errors (also a panel drug's "DRUG: warning: ..."), and interruptions
+_LOUD = re.compile(r"^(?:[^:\n]{1,80}: )?(?:warning|error|interrupted)\b")
+
+
+def quiet(on: bool) -> None:
+    """``--quiet``: from now on :func:`say` prints only warnings and errors (and the indented lines
+    that continue them)."""
+    _QUIET.update(on=bool(on), last_shown=False)
+
+
 def say(msg: str = "") -> None:
-    """A message for the person at the terminal (stderr; stdout is kept for results)."""
+    """A message for the person at the terminal (stderr; stdout is kept for results); with
+    ``--quiet`` (:func:`quiet`), only warnings and errors."""
+    if _QUIET["on"]:
+        loud = bool(_LOUD.match(msg)) or (_QUIET["last_shown"] and msg.startswith("  "))
+        _QUIET["last_shown"] = loud
+        if not loud:
+            return
     print(msg, file=sys.stderr, flush=True)
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """``--strict``, ``--json`` and ``--quiet``: for scripts and pipelines (Snakemake, Nextflow)."""
+    g = p.add_argument_group("pipelines")
+    g.add_argument("--strict", action="store_true",
+                   help="exit with code 4, not 0, when the run finished but some cells were not scored or some "
+                        "drugs of a panel were skipped (the reason is printed; the files are still written)")
+    g.add_argument("--json", "--summary-json", dest="summary_json", metavar="FILE",
+                   help="also write a small JSON summary of the run here (version, command, input, model(s), "
+                        "threshold and how it was set, cells read / scored / not scored and why, cells called "
+                        "resistant, warnings, files written, exit code), also when the run fails")
+    g.add_argument("--quiet", action="store_true", help="print only warnings and errors on stderr")
+
+
+def unscored_reasons(adata, key: str | None = None, label: str = "") -> list[str]:
+    """Why some cells of a finished prediction were not scored (the QC filter and ``--mask`` aside:
+    cells the user chose to leave out), one line per reason; ``[]`` when every usable cell was scored."""
+    from scatd_core._keys import result_keys
+    from scatd_core.inputs import REASON_TEXT
+
+    info = adata.uns.get(result_keys(key).run) or {}
+    n_cells = int(info.get("n_cells", 0))
+    return [f"{label}{int(n):,} of {n_cells:,} cells not scored: {REASON_TEXT.get(k, k)}"
+            for k, n in (info.get("not_scored") or {}).items() if int(n)]
+
+
+def strict_problems(args, adata) -> list[str]:
+    """What ``--strict`` refuses in a finished run: unscored cells, and a panel's skipped drugs."""
+    from scatd_core import _keys
+
+    if _keys.PANEL in adata.uns:
+        from scatd_core import panel
+
+        lines = [f"drug skipped: {line}" for line in panel.not_scored_lines(adata)]
+        for m in panel.members(adata):
+            lines += unscored_reasons(adata, m.key, label=f"{m.drug}: ")
+        return lines
+    return unscored_reasons(adata)
+
+
+def finish_run(args, adata, outputs=()) -> int:
+    """The end of a predict / report / explain run: its summary recorded for ``--json``, and 0, or 4
+    with ``--strict`` when some cells were not scored or some drugs of a panel were skipped."""
+    problems = strict_problems(args, adata)
+    record_run(args, adata, outputs, problems)
+    if problems and getattr(args, "strict", False):
+        say("error: --strict: the run finished and its files are written, but not everything was scored:")
+        for line in problems:
+            say(f"  - {line}")
+        return 4
+    return 0
+
+
+def record_run(args, adata, outputs, problems) -> None:
+    """What ``--json`` reports of a finished prediction (kept on ``args`` until the exit code is known)."""
+    from scatd_core import _keys
+    from scatd_core._keys import result_keys
+
+    from scatd_core.predict import summary as counts_of
+
+    def one(key=None):
+        info = adata.uns.get(result_keys(key).run) or {}
+        thr = info.get("threshold") or {}
+        try:
+            n_resistant = counts_of(adata, key_added=key)["n_resistant"]
+        except (KeyError, TypeError):  # a backed run whose labels are not in memory
+            n_resistant = None
+        return {"n_scored": info.get("n_scored"), "not_scored": {k: int(v) for k, v in
+                                                                 (info.get("not_scored") or {}).items() if int(v)},
+                "n_filtered": (info.get("qc") or {}).get("n_filtered"),
+                "n_called_resistant": n_resistant,
+                "threshold": {k: thr.get(k) for k in ("value", "source", "detail", "calibrated")},
+                "warnings": list(info.get("warnings") or [])}
+
+    summary = {"n_cells_read": int(adata.n_obs), "problems": list(problems)}
+    if _keys.PANEL in adata.uns:
+        from scatd_core import panel
+
+        summary["drugs"] = {m.drug: {"model": m.folder, **one(m.key)} for m in panel.members(adata)}
+        summary["drugs_skipped"] = panel.not_scored_lines(adata)
+    else:
+        summary.update(one())
+    summary["outputs"] = [str(p) for p in outputs if p]
+    args.run_summary = summary
+
+
+def write_summary(args, code: int, exc: Exception | None = None) -> int:
+    """``--json FILE``: the run's summary, written atomically (also when it failed); returns ``code``."""
+    path = getattr(args, "summary_json", None)
+    if not path:
+        return code
+    import json
+
+    from scatd_core import __version__
+    from scatd_core._output import write_file
+
+    models = getattr(args, "model", None)
+    doc = {"scatd_version": __version__, "command": args.command, "argv": sys.argv[1:],
+           "input": getattr(args, "input", None), "models": models if isinstance(models, list) else [models],
+           **({"panel": args.panel} if getattr(args, "panel", None) else {}),
+           **getattr(args, "run_summary", {}), "exit_code": int(code),
+           **({"error": getattr(exc, "message", str(exc)), "hint": getattr(exc, "hint", None)} if exc else {})}
+    try:
+        write_file(path, json.dumps(doc, indent=2, default=str) + "\n")
+    except OSError as err:
+        say(f"warning: --json {path}: not written ({err})")
+    return code
 
 
 _NUMBERS = re.compile(r"\d[\d,.]*")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from scatd_core._explain_settings import MAX_STEPS, MIN_STEPS
 from scatd_core._words import counted
-from scatd_core.cli._common import BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, add_label_arguments, \
+from scatd_core.cli._common import add_pipeline_arguments, finish_run, BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, add_label_arguments, \
     add_overwrite_argument, apply_label_direction, at_least_two, cell_mask, check_columns, check_outputs, \
     positive_int, prepare_embeddings, \
     read_input, refuse_existing, resolve_bundle, say, whole_number
@@ -41,6 +41,7 @@ def add(sub) -> None:
     add_threshold_arguments(p, panel=False)  # the threshold that defines the predicted groups (DE, per-group columns)
     add_label_arguments(p, "for --calibrate-on-labels")
     add_engine_arguments(p, "explain")
+    add_pipeline_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -257,7 +258,7 @@ def run(args) -> int:
         with writing(path):
             write_file(path, to_csv_bytes(table, index=True))
         say(f"Wrote per-cell attributions of the top {min(k, len(result.features))} to {path}")
-    return 0
+    return finish_run(args, adata, outputs.values())
 
 
 def _predict_on_ray(adata, bundle, args, mask=None) -> None:

@@ -12,7 +12,7 @@ from scatd_core._words import counted, percent
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
                                     add_overwrite_argument, add_spelled_both_ways, apply_label_direction, cell_mask,
                                     check_columns,
-                                    check_outputs, positive_int, prepare_embeddings, probability, read_input,
+                                    add_pipeline_arguments, check_outputs, finish_run, positive_int, prepare_embeddings, probability, read_input,
                                     refuse_existing, resolve_bundle, say)
 
 
@@ -38,6 +38,7 @@ def add(sub) -> None:
                            "panel, DRUG=COLUMN: the drug whose response it records, the only one calibrated on it")
     p.add_argument("--sample-column", help="obs column with the sample / batch, copied into the table")
     add_engine_arguments(p, "predict")
+    add_pipeline_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -383,7 +384,7 @@ def run(args) -> int:
             else:
                 write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")
-    return 0
+    return finish_run(args, adata, _outputs(args).values())
 
 
 def run_panel(args, bundles) -> int:
@@ -472,7 +473,7 @@ def run_panel(args, bundles) -> int:
             "<DRUG>_not_scored_reason in the CSV):")
         for line in panel.not_scored_lines(adata):
             say(f"  - {line}")
-    return 0
+    return finish_run(args, adata, _outputs(args).values())
 
 
 def panel_thresholds(args, drugs: list[str]) -> dict[str, float]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scatd_core.cli._common import Progress, add_data_arguments, add_label_arguments, add_overwrite_argument, \
+from scatd_core.cli._common import add_pipeline_arguments, finish_run, Progress, add_data_arguments, add_label_arguments, add_overwrite_argument, \
     add_spelled_both_ways, apply_label_direction, cell_mask, check_columns, check_output, prepare_embeddings, \
     read_input, resolve_bundle, say
 from scatd_core.cli.explain import add_explain_arguments, explain_from_args, gene_level
@@ -37,6 +37,7 @@ def add(sub) -> None:
     p.add_argument("--explain", action="store_true", help="also rank biomarkers (integrated gradients)")
     add_explain_arguments(p, "report")
     add_engine_arguments(p, "report")
+    add_pipeline_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -115,5 +116,5 @@ def run(args) -> int:
         raise ScatdError("Gene-level biomarkers through a foundation model do not run on Ray.",
                          "Use --level features (the embedding features), or leave out --engine ray.")
     prepare_embeddings(adata, bundle, args)  # on Ray too with --engine ray
-    report_pipeline(adata, bundle, args, data_name=Path(args.input).name)
-    return 0
+    paths = report_pipeline(adata, bundle, args, data_name=Path(args.input).name)
+    return finish_run(args, adata, paths.values())
