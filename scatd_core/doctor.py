@@ -389,17 +389,30 @@ def _library(conf) -> list[dict]:
     if root.exists() and not root.is_dir():
         return [_item("readable", "problem", f"{root} is not a folder: paths.library (SCATD_MODEL_LIBRARY) must "
                       "name the model library's folder")]
-    try:
+    unwritable = None
+    try:  # repairing interrupted writes takes the library's lock: it writes
         items = [_item("repaired", "warning", done) for done in clean_library(root)]
+    except (OSError, ScatdError) as exc:  # e.g. a read-only folder: said as "writable", reading is checked next
+        unwritable = exc.message if isinstance(exc, ScatdError) else f"{exc.strerror or exc or type(exc).__name__}"
+        items = []
+    try:
         entries = list_library(root)
     except (OSError, ScatdError) as exc:
         why = exc.message if isinstance(exc, ScatdError) else f"{exc.strerror or type(exc).__name__}"
         return [_item("readable", "problem", f"{root}: {why}; the account running scATD Studio ({_account()}) "
                       "needs to read and write it: check its owner and permissions")]
+    if unwritable is not None:
+        items.append(_item("writable", "warning", f"{root} cannot be written by this account ({_account()}): "
+                           f"{unwritable}. Predictions work; the app, training and imports need to write here "
+                           "(and interrupted writes cannot be repaired): check its owner and permissions, or mount "
+                           "it writable"))
     ok = [e for e in entries if e.ok]
-    items.append(_item("bundles", "ok" if ok or not entries else "warning",
-                       f"{counted(len(ok), 'usable model')} in {root}" + (f" ({sum(e.bundle.is_demo for e in ok)} demo)"
-                                                                  if ok else "")))
+    demo = f" ({sum(e.bundle.is_demo for e in ok)} demo)" if ok else ""
+    items.append(_item("bundles", "ok" if ok else "warning",
+                       f"{counted(len(ok), 'usable model')} in {root}{demo}" + ("" if ok else
+                       ": nothing can be predicted. Get the published ones with `scatd models fetch`, import a "
+                       "checkpoint with `scatd import-checkpoint`, train one with `scatd train`, or build the demo "
+                       "with `scatd demo`")))
     # one damaged or unreadable model is never a failure of the whole library (the others are used)
     items += [_item(e.path.name, "warning", e.problem) for e in entries if not e.ok]
     items.append(_readability(root, [e for e in entries if e.problem == UNREADABLE_PROBLEM], entries))

@@ -268,3 +268,26 @@ def test_pages_are_compiled_without_streamlit_magic_and_none_needs_it():
                 docstring = (i == 0 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
                              and isinstance(parent, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)))
                 assert docstring, f"{page.name}:{node.lineno} relies on magic: {ast.unparse(node)[:60]}"
+
+
+def test_doctor_warns_of_an_empty_library_and_a_read_only_one_is_readable_but_not_writable(tmp_path, monkeypatch):
+    """QA (pipelines): 0 usable models was "ok"; a read-only library made the "readable" check FAIL
+    (its lock file could not be made), although predictions read it fine. Now an empty library is a
+    warning with what to do, and a read-only one is readable (ok) and not writable (a warning)."""
+    from scatd_core import bundle, doctor
+
+    library = tmp_path / "models"
+    library.mkdir()
+    items = {i["what"]: i for i in doctor._library({"library": library})}
+    assert items["bundles"]["status"] == "warning" and "0 usable models" in items["bundles"]["detail"]
+    assert "`scatd models fetch`" in items["bundles"]["detail"] and "`scatd demo`" in items["bundles"]["detail"]
+
+    def read_only(root):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(bundle, "clean_library", read_only)
+    items = {i["what"]: i for i in doctor._library({"library": library})}
+    assert items["readable"]["status"] == "ok" and items["writable"]["status"] == "warning"
+    assert "Read-only file system" in items["writable"]["detail"]
+    assert "Predictions work; the app, training and imports need to write here" in items["writable"]["detail"]
+    assert all(i["status"] != "problem" for i in items.values()), items
