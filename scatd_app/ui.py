@@ -1255,7 +1255,7 @@ def error_copy(exc: BaseException) -> BaseException:
     """``exc`` without its traceback, to keep in the session and show again: a kept exception's
     frames would keep the page and the upload alive (see :data:`FAILED_UPLOAD`)."""
     if isinstance(exc, ScatdError):
-        return ScatdError(exc.message, exc.hint, app_hint=exc.app_hint)
+        return ScatdError(exc.message, exc.hint, app_hint=exc.app_hint, app_message=exc.app_message)
     return RuntimeError(f"{type(exc).__name__}: {str(exc)[:300]}")
 
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 class ScatdError(Exception):
     """Base class: a user-facing problem with a message and an optional next step."""
 
-    def __init__(self, message: str, hint: str | None = None, *, app_hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, app_hint: str | None = None,
+                 app_message: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
         #: the next step as the app's pages take it, when it differs from ``hint``
         self.app_hint = app_hint
+        #: the message as the app says it, when it differs (e.g. "upload" where the CLI says "give")
+        self.app_message = app_message
 
     def __str__(self) -> str:  # what the CLI and the app print
         return self.message if not self.hint else f"{self.message}\n{self.hint}"

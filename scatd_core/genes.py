@@ -1030,7 +1030,8 @@ def coverage_refusal(adata_or_names, model_genes: Sequence[str], *, min_coverage
                   if examples else "")
                + f" {cause}")
     expert = "lower the minimum with --min-gene-coverage (e.g. --min-gene-coverage 0.01)"
-    return DataNotScorable(message, f"If you are sure the calls mean something anyway, {expert}.",
+    return DataNotScorable(cli_words(message), f"If you are sure the calls mean something anyway, {expert}.",
+                      app_message=message,
                       app_hint="Choose a model whose genes your data have, or upload data that fit this model. The "
                                f"minimum ({percent(report['min_coverage'])} of the model's genes) is this server's "
                                "setting: its administrator sets it with limits.min_gene_coverage in the configuration "
@@ -1065,6 +1066,17 @@ def _matched_text(r: dict) -> str:
 SUBSET_ADVICE = ("This is typical of a file restricted to highly variable genes or a targeted panel: upload the full "
                  "gene matrix (all genes, before feature selection) if you have it, or use a model trained on these "
                  "genes.")
+
+
+#: :data:`SUBSET_ADVICE` as the command line says it: a file is given (--input), not uploaded.
+SUBSET_ADVICE_CLI = SUBSET_ADVICE.replace("upload the full gene matrix", "give the full gene matrix")
+
+
+def cli_words(text: str) -> str:
+    """A coverage message (:func:`_coverage_cause`'s words) as the command line says it: the full
+    gene matrix is given (--input), and mouse genes converted first, not uploaded."""
+    return text.replace(SUBSET_ADVICE, SUBSET_ADVICE_CLI).replace(
+        "to human orthologues (e.g. with BioMart) before uploading.", "to human orthologues (e.g. with BioMart) first.")
 
 
 def _coverage_cause(r: dict) -> str:

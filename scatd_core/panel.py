@@ -178,7 +178,7 @@ _SKIPPABLE = (InputError, BundleError, DeviceError, RuntimeError, ValueError)
 def _problem(exc: BaseException, app: bool = False) -> str:
     if isinstance(exc, ScatdError):
         hint = (exc.app_hint or exc.hint) if app else exc.hint
-        return exc.message + (f" {hint}" if hint else "")
+        return ((app and exc.app_message) or exc.message) + (f" {hint}" if hint else "")
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 

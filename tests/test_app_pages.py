@@ -1285,6 +1285,7 @@ def test_too_few_model_genes_are_refused_never_chosen_nor_run_ahead(with_library
     shown = text(at.error).replace("\\", "")
     assert "Too few of the model's genes are in the data to predict: only 50 of the model's 1,900 genes (2.6%)" \
         in shown and "limits.min_gene_coverage" in shown
+    assert "give the full gene matrix" not in shown  # the app's words ("upload"), not the command line's
     assert metric(at, "Coverage") == "2.6%" and not at.success
     assert at.session_state.get(state.PREDICT_AHEAD) is None
     goto(at, "3_Predict")

@@ -881,7 +881,9 @@ def test_the_minimum_gene_coverage_is_judged_on_the_matrix_the_model_reads(small
     with pytest.raises(InputError, match="Too few of the model's genes") as caught:
         score(alone, bundle)
     assert "was chosen for the models" not in caught.value.message
-    assert "upload the full gene matrix" in caught.value.message  # no other matrix: the generic advice stays
+    # no other matrix: the generic advice stays, in the command line's words ("give", not "upload": QA) and the app's
+    assert "give the full gene matrix" in caught.value.message and "upload" not in caught.value.message
+    assert "upload the full gene matrix" in caught.value.app_message
     forced = adata.copy()  # QA r2: X chosen by hand, .raw of the same file has every gene: the refusal says so
     forced.uns["scatd_matrix"] = "X"
     forced.X = np.abs(forced.X)
