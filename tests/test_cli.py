@@ -1073,12 +1073,14 @@ def test_progress_in_a_log_file_prints_a_line_per_ten_percent_not_one_per_batch(
     assert [line.split("%")[0] for line in capsys.readouterr().err.splitlines()] == ["UMAP: 1", "UMAP: 3", "UMAP: 4"]
 
 
-def test_exit_codes_tell_a_pipeline_what_went_wrong_and_strict_json_quiet(capsys, dist_setup, tmp_path):
+def test_exit_codes_tell_a_pipeline_what_went_wrong_and_strict_json_quiet(capsys, dist_setup, tmp_path, monkeypatch):
     """QA (Snakemake/Nextflow): a bad path, an unknown model and "this sample cannot be scored" all
     exited 2. Now 2 is a usage error or bad input, 3 data the model cannot score, 4 with --strict
     when some cells were not scored; --json writes a summary (also on failure); --quiet keeps only
     warnings and errors; `scatd --help` lists the codes."""
-    from scatd_core.cli import EXIT_CODES, build_parser
+    from scatd_core.cli import EXIT_CODES, _common, build_parser
+
+    monkeypatch.setitem(_common._QUIET, "on", False)  # --quiet below: said again after the test
 
     epilog = build_parser().format_help()
     assert all(f"  {code:<4} " in epilog for code in (0, 1, 2, 3, 4, 130)) and "cannot score" in epilog
@@ -1110,3 +1112,13 @@ def test_exit_codes_tell_a_pipeline_what_went_wrong_and_strict_json_quiet(capsys
     assert isinstance(doc["n_called_resistant"], int) and isinstance(doc["warnings"], list)
     assert doc["scatd_version"] and doc["models"] == [str(tmp / "bundle")]
     assert not list(tmp.glob("*.part")) and not list(tmp.glob(".*.part"))  # written atomically
+    code, _, err = _run(capsys, "explain", "--model", tmp / "bundle", "--input", tmp / "c.h5ad", "--output",
+                        tmp / "bio.csv", "--json", tmp / "e.json", "--strict")
+    doc = json.loads((tmp / "e.json").read_text())
+    assert code == 4 and doc["command"] == "explain" and doc["exit_code"] == 4 and doc["n_scored"] == 14, err
+    assert str(tmp / "bio.csv") in doc["outputs"]
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "c.h5ad", "--out", tmp / "rep",
+                        "--no-umap", "--json", tmp / "r.json", "--quiet")
+    doc = json.loads((tmp / "r.json").read_text())
+    assert code == 0 and doc["exit_code"] == 0 and doc["problems"] and str(tmp / "rep" / "predictions.csv") in \
+        doc["outputs"], err

@@ -46,11 +46,19 @@ def exit_code(exc: ScatdError) -> int:
     return 3 if isinstance(exc, DataNotScorable) else 2
 
 
+def _exit_codes_text() -> str:
+    """:data:`EXIT_CODES` as ``scatd --help`` ends: one wrapped item per code."""
+    import textwrap
+
+    return "exit codes:\n" + "\n".join(textwrap.fill(words, 96, initial_indent=f"  {code:<4} ",
+                                                       subsequent_indent=" " * 7)
+                                        for code, words in EXIT_CODES.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scatd", description="scATD Studio: single-cell drug-resistance "
                                      "prediction with the scATD models.",
-                                     epilog="exit codes:\n" + "\n".join(f"  {code:<4} {words}"
-                                                                          for code, words in EXIT_CODES.items()),
+                                     epilog=_exit_codes_text(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"scatd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")

@@ -181,6 +181,8 @@ class Progress:
 
     def __call__(self, fraction: float, message: str = "") -> None:
         pct = int(min(max(fraction, 0.0), 1.0) * 100)
+        if _QUIET["on"]:  # --quiet: no progress, on a terminal either
+            return
         if self.tty:
             print(f"\r{self.label}{pct:3d}% {message[:110]:<110}", end="", file=sys.stderr, flush=True)
             if fraction >= 1:
