@@ -7,6 +7,7 @@ import hashlib
 import os
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from scatd_core.errors import ScatdError
@@ -42,17 +43,92 @@ def _part_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
 
 
+#: The files a command of the ``scatd`` CLI was given to write, ``{absolute path: overwrite}``
+#: (:func:`user_outputs`, :func:`claim`); ``None`` outside such a command (the app, the library).
+_CLAIMED: ContextVar[dict | None] = ContextVar("scatd_claimed_outputs", default=None)
+
+
+@contextmanager
+def user_outputs():
+    """The block (one CLI command) records the output files it was given (:func:`claim`): one of
+    them claimed without ``overwrite`` is never replaced, not even by a file that appeared while
+    the command was computing (another run writing the same name): see :func:`put_in_place`."""
+    token = _CLAIMED.set({})
+    try:
+        yield
+    finally:
+        _CLAIMED.reset(token)
+
+
+def _key(path: str | Path) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def claim(path: str | Path, overwrite: bool) -> None:
+    """Within :func:`user_outputs`: ``path`` is an output the user named; without ``overwrite``
+    (``--overwrite``) a file there is never replaced. Outside it: nothing."""
+    claimed = _CLAIMED.get()
+    if claimed is not None:
+        claimed[_key(path)] = bool(overwrite)  # the last check of it decides
+
+
+def keeps_existing(path: str | Path) -> bool:
+    """Whether a file at ``path`` must be kept: an output claimed without ``--overwrite``."""
+    claimed = _CLAIMED.get()
+    return claimed is not None and claimed.get(_key(path)) is False
+
+
+def _kept_name(path: Path) -> Path:
+    """A visible name beside ``path`` for results that were not put under it (``p.csv``: ``p.new-1a2b3c.csv``)."""
+    return path.with_name(f"{path.stem}.new-{uuid.uuid4().hex[:6]}{path.suffix}")
+
+
+def appeared_error(path: Path, kept: Path) -> ScatdError:
+    return ScatdError(f"{path} appeared while this run was writing (another run?); nothing was replaced.",
+                      f"Your results are in {kept}; rename it, or rerun with --overwrite to replace {path}.")
+
+
+def _link_exclusive(tmp: Path, path: Path) -> None:
+    """``tmp`` under the name ``path`` only if nothing is there (``FileExistsError`` otherwise), atomically."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: reserve the name, then rename over the reservation
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(fd)
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def put_in_place(tmp: Path, path: Path) -> None:
+    """Rename the finished ``tmp`` to ``path``. For an output claimed without ``--overwrite``
+    (:func:`keeps_existing`) a file that appeared there meanwhile is kept as it is: the results
+    are renamed to a visible name beside it and the error says where they are."""
+    if not keeps_existing(path):
+        os.replace(tmp, path)
+        return
+    try:
+        _link_exclusive(tmp, path)
+    except FileExistsError:
+        kept = _kept_name(path)
+        os.replace(tmp, kept)
+        raise appeared_error(path, kept) from None
+
+
 @contextmanager
 def replacing(path: str | Path):
     """Write ``path`` through a temporary file beside it: the block writes the yielded path, which
-    is renamed to ``path`` only once the block has finished. A run that fails or is stopped half
-    way leaves no half-written file under the user's name (and an earlier file there as it was);
-    the temporary file is removed. An OS error names ``path``, not the temporary file."""
+    is renamed to ``path`` only once the block has finished (:func:`put_in_place`). A run that
+    fails or is stopped half way leaves no half-written file under the user's name (and an
+    earlier file there as it was); the temporary file is removed. An OS error names ``path``, not
+    the temporary file."""
     path = Path(path)
     tmp = _part_path(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        put_in_place(tmp, path)
     except OSError as exc:
         if exc.filename is not None and str(exc.filename) == str(tmp):
             exc.filename = str(path)

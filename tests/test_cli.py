@@ -1122,3 +1122,41 @@ def test_exit_codes_tell_a_pipeline_what_went_wrong_and_strict_json_quiet(capsys
     doc = json.loads((tmp / "r.json").read_text())
     assert code == 0 and doc["exit_code"] == 0 and doc["problems"] and str(tmp / "rep" / "predictions.csv") in \
         doc["outputs"], err
+
+
+def test_an_output_that_appears_while_the_run_writes_is_not_replaced(capsys, cells_and_bundle, monkeypatch):
+    """QA (two `scatd predict --output same.csv` at once): both said "Wrote same.csv", exit 0, and the
+    file held one run's results. Now a file that appears under an output's name while the run
+    computes (here made just before the results are written) is kept as it is; the run says where
+    its own results are and exits 2. With --overwrite it is replaced, as asked."""
+    from scatd_core import export
+
+    tmp = cells_and_bundle
+    real_csv, real_calls = export.to_csv_bytes, export._exported_calls
+
+    def other_run_csv(*a, **k):
+        (tmp / "same.csv").write_text("the other run's results\n")
+        return real_csv(*a, **k)
+
+    monkeypatch.setattr(export, "to_csv_bytes", other_run_csv)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    code, out, err = _run(capsys, "predict", *data, "--output", tmp / "same.csv")
+    assert code == 2 and f"error: {tmp / 'same.csv'} appeared while this run was writing (another run?); nothing " \
+                          "was replaced." in err, err
+    assert "Wrote" not in out + err and (tmp / "same.csv").read_text() == "the other run's results\n"
+    kept = re.search(r"Your results are in (\S+);", err).group(1)
+    assert len(pd.read_csv(kept)) == 15 and "rerun with --overwrite" in err
+    assert not [p.name for p in tmp.rglob("*.part")]
+    monkeypatch.setattr(export, "to_csv_bytes", real_csv)
+
+    def other_run_h5ad(*a, **k):
+        (tmp / "same.h5ad").write_text("the other run's h5ad\n")
+        return real_calls(*a, **k)
+
+    monkeypatch.setattr(export, "_exported_calls", other_run_h5ad)
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "p2.csv", "--h5ad", tmp / "same.h5ad")
+    assert code == 2 and f"{tmp / 'same.h5ad'} appeared while this run was writing" in err, err
+    assert (tmp / "same.h5ad").read_text() == "the other run's h5ad\n"
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "p3.csv", "--h5ad", tmp / "same.h5ad",
+                        "--overwrite")
+    assert code == 0 and ad.read_h5ad(tmp / "same.h5ad").n_obs == 15, err

@@ -111,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"warning: configuration: {problem}")
     if "scatd_core.scaleout._store" in sys.modules:  # only this command's parts are its to remove
         sys.modules["scatd_core.scaleout._store"].OPENED.clear()
+    from scatd_core._output import user_outputs
+
     try:
-        with _one_ray_connection(args):
+        with user_outputs(), _one_ray_connection(args):  # an output named without --overwrite: never replaced
             code = int(args.run(args) or 0)
         if code == 0:
             _remove_parts(args)

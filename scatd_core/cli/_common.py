@@ -350,6 +350,10 @@ def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] 
         raise ScatdError(f"{path} already holds {names} (from an earlier run); choose another folder or add "
                          "--overwrite.", f"{option} names that folder; nothing was run, so its files are as they were.")
     _check_writable(out if folder_files is not None else out.parent, option, path)
+    from scatd_core._output import claim
+
+    for target in targets:  # never replaced without --overwrite, not even by a file that appears meanwhile
+        claim(target, overwrite)
     return out
 
 
