@@ -140,6 +140,70 @@ def replacing(path: str | Path):
             pass  # renamed into place (or never written)
 
 
+@contextmanager
+def staged_folder(folder: str | Path, names: tuple[str, ...] = REPORT_FILES):
+    """Write a set of files (``names``, e.g. a report) into ``folder`` as a whole: the block writes
+    them into the yielded temporary folder (inside ``folder``, hidden), and they are moved in
+    together once the block has finished (:func:`move_in`). A run that fails or is stopped half
+    way leaves none of them (an earlier report there as it was) and no temporary folder; a
+    ``folder`` this call made is removed again when it stays empty."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".scatd-writing-", suffix=".part", dir=folder))
+    done = False
+    try:
+        yield stage
+        move_in(stage, folder, names)
+        done = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if made and not done:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+
+
+def move_in(stage: Path, folder: Path, names: tuple[str, ...]) -> None:
+    """The files of ``names`` written in ``stage`` into ``folder``; one of ``names`` there that
+    this run did not write is removed (an earlier run's, e.g. a ranking this run did not make).
+    Claimed without ``--overwrite`` (:func:`keeps_existing`): only into a folder holding none of
+    ``names``; one that appeared meanwhile (another run) leaves the folder as it was and this
+    run's files in a visible folder beside it, said by the error."""
+    written = [n for n in names if (stage / n).exists()]
+    if not any(keeps_existing(folder / n) for n in names):
+        for n in written:
+            os.replace(stage / n, folder / n)
+        for n in names:
+            old = folder / n
+            if n not in written and old.is_file() and not old.is_symlink():
+                old.unlink()
+        return
+    linked: list[Path] = []
+    there = [folder / n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
+    try:
+        if there:
+            raise FileExistsError
+        for n in written:
+            there = [folder / n]
+            _link_exclusive(stage / n, folder / n)
+            linked.append(folder / n)
+    except FileExistsError:
+        for path in linked:  # this run's files out again: the folder holds the other run's only
+            path.unlink()
+        kept = _kept_name(folder)
+        try:
+            os.rename(stage, kept)
+        except OSError:  # e.g. the folder is a mount point: its own results stay inside it
+            kept = folder / kept.name
+            os.rename(stage, kept)
+        raise appeared_error(there[0], kept) from None
+
+
 def write_file(path: str | Path, content: bytes | str) -> Path:
     """``content`` (text as UTF-8) into ``path`` through :func:`replacing`; the folder is made if needed."""
     path = Path(path)

@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 
 from scatd_core import __version__, _keys, pl
 from scatd_core._keys import result_keys
-from scatd_core._output import REPORT_FILES, replacing, write_file, writing
+from scatd_core._output import REPORT_FILES, replacing, staged_folder, write_file, writing
 from scatd_core._words import counted, percent
 from scatd_core.embed import fit_note, is_data_umap
 from scatd_core.errors import InputError
@@ -1188,16 +1188,16 @@ def write_report(adata: ad.AnnData, folder: str | Path, *, label_column: str | N
     Without a ranking, a ``biomarkers.csv`` an earlier report left in ``folder`` is removed, so
     the folder holds only this run's results."""
     folder = Path(folder)
-    with writing(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        return _write_report_files(adata, folder, label_column, group_columns, data_name, key_added)
+    with writing(folder), staged_folder(folder) as stage:  # the files appear together, or none of them
+        paths = _write_report_files(adata, stage, label_column, group_columns, data_name, key_added)
+    return {name: folder / path.name for name, path in paths.items()}
 
 
 def _write_report_files(adata, folder: Path, label_column, group_columns, data_name, key_added) -> dict[str, Path]:
     predictions, metrics, biomarkers, h5ad, report = (folder / name for name in REPORT_FILES)
     extra = [c for c in (label_column, *group_columns) if c]
     paths = {"predictions": predictions, "metrics": metrics}
-    # each file through a temporary one beside it: a stopped run leaves no half-written file
+    # into the temporary folder of write_report (an earlier report's ranking is removed when they are moved in)
     write_file(predictions, to_csv_bytes(predictions_table(adata, extra, key_added=key_added,
                                                            label_column=label_column)))
     write_file(metrics, to_csv_bytes(metrics_table(adata, label_column, group_columns, key_added=key_added)))
@@ -1205,8 +1205,6 @@ def _write_report_files(adata, folder: Path, label_column, group_columns, data_n
     if ranking is not None:
         paths["biomarkers"] = biomarkers
         write_file(biomarkers, to_csv_bytes(ranking))
-    elif biomarkers.is_file() and not biomarkers.is_symlink():
-        biomarkers.unlink()  # an earlier report's ranking in this folder: not this run's
     paths["h5ad"] = write_h5ad(adata, h5ad, context=report_context(adata, label_column, group_columns,
                                                                      key_added=key_added))
     paths["html"] = report

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 import original_scatd as orig
 from conftest import SMALL, small_gene_names
+from scatd_core._output import REPORT_FILES
 from scatd_core.cli import main
 
 
@@ -1160,3 +1162,44 @@ def test_an_output_that_appears_while_the_run_writes_is_not_replaced(capsys, cel
     code, _, err = _run(capsys, "predict", *data, "--output", tmp / "p3.csv", "--h5ad", tmp / "same.h5ad",
                         "--overwrite")
     assert code == 0 and ad.read_h5ad(tmp / "same.h5ad").n_obs == 15, err
+
+
+def test_a_report_folder_is_written_whole_or_not_at_all(capsys, cells_and_bundle, monkeypatch):
+    """QA: two `scatd report --out same` at once left a mixed folder (one sample's CSV, the other's
+    h5ad), both exit 0; a report stopped while writing left predictions.csv and metrics.csv without
+    the h5ad and the HTML, and the rerun was then refused ("already holds predictions.csv"). Now the
+    files are written in a temporary folder and moved in together: a report file that appeared
+    meanwhile keeps the folder as the other run left it (this run's files beside it, exit 2), and
+    a stopped report leaves nothing."""
+    from scatd_core import export
+
+    tmp = cells_and_bundle
+    real_html, real_h5ad = export.html_report, export.write_h5ad
+
+    def other_run(*a, **k):
+        (tmp / "rep").mkdir(exist_ok=True)
+        (tmp / "rep" / "annotated.h5ad").write_text("the other run's h5ad\n")
+        return real_html(*a, **k)
+
+    monkeypatch.setattr(export, "html_report", other_run)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--no-umap"]
+    code, out, err = _run(capsys, "report", *data, "--out", tmp / "rep")
+    assert code == 2 and f"error: {tmp / 'rep' / 'annotated.h5ad'} appeared while this run was writing" in err, err
+    assert [p.name for p in (tmp / "rep").iterdir()] == ["annotated.h5ad"]  # the other run's, alone
+    kept = re.search(r"Your results are in (\S+);", err).group(1)
+    assert sorted(p.name for p in Path(kept).iterdir()) == sorted(n for n in REPORT_FILES if n != "biomarkers.csv")
+    monkeypatch.setattr(export, "html_report", real_html)
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_h5ad", stopped)
+    code, _, err = _run(capsys, "report", *data, "--out", tmp / "rep2")
+    assert code == 130 and not (tmp / "rep2").exists(), err  # nothing left: no folder, no half report
+    (tmp / "rep2").mkdir()
+    code, _, err = _run(capsys, "report", *data, "--out", tmp / "rep2")
+    assert code == 130 and list((tmp / "rep2").iterdir()) == [], err
+    monkeypatch.setattr(export, "write_h5ad", real_h5ad)
+    code, _, err = _run(capsys, "report", *data, "--out", tmp / "rep2")  # the rerun is not refused
+    assert code == 0 and sorted(p.name for p in (tmp / "rep2").iterdir()) == sorted(
+        n for n in REPORT_FILES if n != "biomarkers.csv"), err
