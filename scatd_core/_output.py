@@ -78,6 +78,14 @@ def keeps_existing(path: str | Path) -> bool:
     return claimed is not None and claimed.get(_key(path)) is False
 
 
+def _own(path: Path) -> None:
+    """``path`` now holds this run's file: the run may replace it (e.g. ``scatd demo --panel`` writes
+    its annotated.h5ad again with the panel's columns)."""
+    claimed = _CLAIMED.get()
+    if claimed is not None and _key(path) in claimed:
+        claimed[_key(path)] = True
+
+
 def _kept_name(path: Path) -> Path:
     """A visible name beside ``path`` for results that were not put under it (``p.csv``: ``p.new-1a2b3c.csv``)."""
     return path.with_name(f"{path.stem}.new-{uuid.uuid4().hex[:6]}{path.suffix}")
@@ -115,6 +123,7 @@ def put_in_place(tmp: Path, path: Path) -> None:
         kept = _kept_name(path)
         os.replace(tmp, kept)
         raise appeared_error(path, kept) from None
+    _own(path)
 
 
 @contextmanager
@@ -202,6 +211,8 @@ def move_in(stage: Path, folder: Path, names: tuple[str, ...]) -> None:
             kept = folder / kept.name
             os.rename(stage, kept)
         raise appeared_error(there[0], kept) from None
+    for n in written:
+        _own(folder / n)
 
 
 def write_file(path: str | Path, content: bytes | str) -> Path:

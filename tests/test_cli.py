@@ -1203,3 +1203,20 @@ def test_a_report_folder_is_written_whole_or_not_at_all(capsys, cells_and_bundle
     code, _, err = _run(capsys, "report", *data, "--out", tmp / "rep2")  # the rerun is not refused
     assert code == 0 and sorted(p.name for p in (tmp / "rep2").iterdir()) == sorted(
         n for n in REPORT_FILES if n != "biomarkers.csv"), err
+
+
+def test_a_file_the_run_wrote_itself_it_may_write_again(tmp_path):
+    """`scatd demo --panel` writes its annotated.h5ad a second time (with the panel's columns): that
+    file is this run's own, not one that appeared from another run, so it is replaced."""
+    from scatd_core._output import claim, staged_folder, user_outputs, write_file
+
+    with user_outputs():
+        claim(tmp_path / "p.csv", False)
+        write_file(tmp_path / "p.csv", "first\n")
+        write_file(tmp_path / "p.csv", "second\n")
+        for name in REPORT_FILES:
+            claim(tmp_path / "rep" / name, False)
+        with staged_folder(tmp_path / "rep") as stage:
+            (stage / "report.html").write_text("first\n")
+        write_file(tmp_path / "rep" / "report.html", "second\n")
+    assert (tmp_path / "p.csv").read_text() == "second\n" == (tmp_path / "rep" / "report.html").read_text()
