@@ -33,7 +33,10 @@ def writing(path: str | Path):
         yield
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        where = f" ({exc.filename})" if exc.filename and Path(str(exc.filename)) != Path(path) else ""
+        named = Path(str(exc.filename)) if exc.filename else None
+        if named is not None and Path(path) in named.parents:  # a file of the folder ``path``: that file
+            path, named = named, None
+        where = f" ({named})" if named is not None and named != Path(path) else ""
         raise ScatdError(f"Cannot write {path}: {reason}{where}.",
                          "Check the path, the free disk space and the permissions, then run again.") from None
 
@@ -168,6 +171,10 @@ def staged_folder(folder: str | Path, names: tuple[str, ...] = REPORT_FILES):
         yield stage
         move_in(stage, folder, names)
         done = True
+    except OSError as exc:  # named as the file of the folder, not the temporary one
+        if exc.filename is not None and stage in Path(str(exc.filename)).parents:
+            exc.filename = str(folder / Path(str(exc.filename)).relative_to(stage))
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if made and not done:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import io
 import json
+import os
 import platform
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -742,18 +745,111 @@ def _exported_calls(adata: ad.AnnData, uns: dict) -> pd.DataFrame:
     return obs
 
 
+class _KeepFirstError(io.RawIOBase):
+    """The file HDF5 writes through (h5py's ``fileobj`` driver): the first OS error (no space left,
+    a file size limit) is kept and every later write, truncation and flush is taken as done, so
+    HDF5 finishes and closes its objects as after a good write. A failed write inside HDF5 left its
+    objects half closed: ~1,900 lines of h5py tracebacks, then a crash of Python at exit (SIGSEGV).
+    The caller discards the file and raises :attr:`error` (:func:`_hdf5_file`)."""
+
+    def __init__(self, path: Path, mode: str):
+        super().__init__()
+        self._fh = open(path, mode, buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        return self._fh.readinto(b)
+
+    def write(self, b) -> int:
+        data = memoryview(b).cast("B")
+        done = 0
+        if self.error is None:
+            try:
+                while done < len(data):
+                    done += self._fh.write(data[done:]) or 0
+            except OSError as exc:
+                self.error = exc
+        if done < len(data):
+            self._fh.seek(len(data) - done, os.SEEK_CUR)  # as if written: HDF5 goes on
+            self._end = max(self._end, self._fh.tell())
+        return len(data)
+
+    _end = 0  # after an error: the end of the file as HDF5 wrote it (the file on disk is shorter)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END and self.error is not None:
+            end = max(self._end, os.fstat(self._fh.fileno()).st_size)
+            return self._fh.seek(end + offset)
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self._fh.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._fh.close()
+            except OSError as exc:
+                self.error = self.error or exc
+        super().close()
+
+
+@contextmanager
+def _hdf5_file(path: Path, mode: str):
+    """``h5py.File`` on ``path`` (``"w"``: made anew, ``"r+"``: changed) written through
+    :class:`_KeepFirstError`: an OS error while writing (a full disk) is raised once HDF5 has
+    closed the file, as one ``OSError`` naming ``path``, not from inside HDF5."""
+    import h5py
+
+    guard = _KeepFirstError(path, "w+b" if mode == "w" else "r+b")
+    try:
+        with h5py.File(guard, mode) as f:
+            yield f
+    except Exception:
+        if guard.error is None:
+            raise  # else HDF5's complaint is about the write that failed: that error is raised below
+    finally:
+        guard.close()
+    if guard.error is not None:
+        exc = guard.error
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
 def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool, obs: pd.DataFrame, uns: dict) -> Path:
     """``adata`` with ``obs`` and ``uns`` in their place, written to ``path``; ``adata`` itself is
     never changed, not even for a moment (a download is made in another thread while the page may
-    write to the session's data: a swapped obs would have taken, then lost, that write)."""
-    import h5py
+    write to the session's data: a swapped obs would have taken, then lost, that write). An OS
+    error while writing (no space left) is one ``OSError`` naming ``path`` (:func:`_hdf5_file`)."""
     from anndata.io import write_elem
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    gzip = {"compression": "gzip"}
     with replacing(path) as tmp:  # a stopped run leaves no half-written file under the user's name
         if not with_x:
-            ad.AnnData(obs=obs, var=adata.var, obsm=dict(adata.obsm), uns=uns).write_h5ad(tmp, compression="gzip")
+            with _hdf5_file(tmp, "w") as f:
+                write_elem(f, "/", ad.AnnData(obs=_categorical_strings(obs), var=_categorical_strings(adata.var),
+                                              obsm=dict(adata.obsm), uns=uns), dataset_kwargs=gzip)
         elif adata.isbacked:
             import shutil
 
@@ -761,18 +857,32 @@ def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool, obs: pd.DataF
                 raise InputError(f"The data file {Path(adata.filename).name} these data are read from is gone, so the "
                                  "annotated h5ad (which copies its matrix) cannot be written. Read the data again.")
             shutil.copyfile(adata.filename, tmp)
-            with h5py.File(tmp, "r+") as f:
+            with _hdf5_file(tmp, "r+") as f:
                 for elem, value in (("obs", obs), ("var", adata.var), ("obsm", dict(adata.obsm)), ("uns", uns)):
                     if elem in f:
                         del f[elem]
                     write_elem(f, elem, value)
         else:
-            adata.write_h5ad(tmp, compression="gzip")
-            with h5py.File(tmp, "r+") as f:  # the exported obs and uns over the session's
-                for elem, value in (("obs", obs), ("uns", uns)):
+            with _hdf5_file(tmp, "w") as f:  # the exported obs and uns in place of the session's
+                write_elem(f, "/", adata, dataset_kwargs=gzip)
+                for elem, value in (("obs", _categorical_strings(obs)), ("var", _categorical_strings(adata.var)),
+                                    ("uns", uns)):
                     del f[elem]
                     write_elem(f, elem, value)
     return path
+
+
+def _categorical_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its text columns as categories, as ``AnnData.write_h5ad`` stores them (a copy
+    when any changes; ``df`` itself is left as it is)."""
+    text = [c for c in df.columns if pd.api.types.infer_dtype(df[c], skipna=True) == "string"
+            and not isinstance(df[c].dtype, pd.CategoricalDtype)]
+    if not text:
+        return df
+    df = df.copy()
+    for c in text:
+        df[c] = pd.Categorical(df[c])
+    return df
 
 
 def source_missing(adata: ad.AnnData) -> bool:

@@ -651,7 +651,7 @@ def test_an_os_error_while_writing_the_results_is_an_error_not_a_bug(capsys, cel
     assert code == 2 and f"Cannot write {tmp / 'o.csv'}: No space left on device" in err
     code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
                         "--out", tmp / "rep", "--no-umap")
-    assert code == 2 and f"Cannot write {tmp / 'rep'}: No space left on device" in err
+    assert code == 2 and f"Cannot write {tmp / 'rep' / 'predictions.csv'}: No space left on device." in err
 
 
 @pytest.mark.parametrize("option", ["--max-cells", "--steps"])
@@ -1203,6 +1203,37 @@ def test_a_report_folder_is_written_whole_or_not_at_all(capsys, cells_and_bundle
     code, _, err = _run(capsys, "report", *data, "--out", tmp / "rep2")  # the rerun is not refused
     assert code == 0 and sorted(p.name for p in (tmp / "rep2").iterdir()) == sorted(
         n for n in REPORT_FILES if n != "biomarkers.csv"), err
+
+
+def _file_size_limit(nbytes: int):
+    """For a child process: no file above ``nbytes`` (a write beyond it fails as on a full disk)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, resource.RLIM_INFINITY))
+    return limit
+
+
+@pytest.mark.parametrize("nbytes", [6000, 20000])
+def test_a_full_disk_while_writing_the_h5ad_is_one_line_and_exit_2_not_a_crash(capsys, cells_and_bundle, nbytes):
+    """QA (a full disk under --h5ad and report's annotated.h5ad): ~1,900 lines of h5py tracebacks,
+    then SIGSEGV/SIGBUS (exit 139/135) and no message. Now HDF5 never meets the failed write (it is
+    kept and raised once the file is closed): one line "Cannot write FILE: ...", exit 2, nothing
+    left. A file size limit stands in for the full disk (same failed write, no mount needed)."""
+    tmp = cells_and_bundle
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    for argv, named in ((["predict", *data, "--output", tmp / "p.csv", "--h5ad", tmp / "o" / "p.h5ad"],
+                         tmp / "o" / "p.h5ad"),
+                        (["report", *data, "--no-umap", "--out", tmp / "rep"], tmp / "rep" / "annotated.h5ad")):
+        proc = subprocess.run([sys.executable, "-m", "scatd_core.cli", *map(str, argv)], capture_output=True,
+                              text=True, timeout=120, preexec_fn=_file_size_limit(nbytes), cwd=tmp)
+        assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+        assert f"error: Cannot write {named}: File too large." in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) < 15, proc.stderr[-2000:]
+        assert not [p.name for p in tmp.rglob("*.part")] and not (tmp / "rep").exists()
+        assert not (tmp / "o").exists() or list((tmp / "o").iterdir()) == []
 
 
 def test_a_file_the_run_wrote_itself_it_may_write_again(tmp_path):
