@@ -49,18 +49,30 @@ def _part_path(path: Path) -> Path:
 #: The files a command of the ``scatd`` CLI was given to write, ``{absolute path: overwrite}``
 #: (:func:`user_outputs`, :func:`claim`); ``None`` outside such a command (the app, the library).
 _CLAIMED: ContextVar[dict | None] = ContextVar("scatd_claimed_outputs", default=None)
+#: The files a CLI command has put in place so far, in order (:func:`user_outputs`).
+_WRITTEN: ContextVar[list | None] = ContextVar("scatd_written_outputs", default=None)
 
 
 @contextmanager
 def user_outputs():
     """The block (one CLI command) records the output files it was given (:func:`claim`): one of
     them claimed without ``overwrite`` is never replaced, not even by a file that appeared while
-    the command was computing (another run writing the same name): see :func:`put_in_place`."""
-    token = _CLAIMED.set({})
+    the command was computing (another run writing the same name): see :func:`put_in_place`.
+    Yields the list of the files put in place so far (what an interrupted command leaves)."""
+    written: list[Path] = []
+    token, token_written = _CLAIMED.set({}), _WRITTEN.set(written)
     try:
-        yield
+        yield written
     finally:
         _CLAIMED.reset(token)
+        _WRITTEN.reset(token_written)
+
+
+def _record(path: Path) -> None:
+    """``path``, an output the user named (:func:`claim`), now holds this run's file."""
+    written, claimed = _WRITTEN.get(), _CLAIMED.get()
+    if written is not None and claimed and _key(path) in claimed and path not in written:
+        written.append(path)
 
 
 def _key(path: str | Path) -> str:
@@ -119,6 +131,7 @@ def put_in_place(tmp: Path, path: Path) -> None:
     are renamed to a visible name beside it and the error says where they are."""
     if not keeps_existing(path):
         os.replace(tmp, path)
+        _record(path)
         return
     try:
         _link_exclusive(tmp, path)
@@ -127,6 +140,7 @@ def put_in_place(tmp: Path, path: Path) -> None:
         os.replace(tmp, kept)
         raise appeared_error(path, kept) from None
     _own(path)
+    _record(path)
 
 
 @contextmanager
@@ -194,6 +208,7 @@ def move_in(stage: Path, folder: Path, names: tuple[str, ...]) -> None:
     if not any(keeps_existing(folder / n) for n in names):
         for n in written:
             os.replace(stage / n, folder / n)
+            _record(folder / n)
         for n in names:
             old = folder / n
             if n not in written and old.is_file() and not old.is_symlink():
@@ -220,6 +235,7 @@ def move_in(stage: Path, folder: Path, names: tuple[str, ...]) -> None:
         raise appeared_error(there[0], kept) from None
     for n in written:
         _own(folder / n)
+        _record(folder / n)
 
 
 def write_file(path: str | Path, content: bytes | str) -> Path:

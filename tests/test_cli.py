@@ -1251,3 +1251,44 @@ def test_a_file_the_run_wrote_itself_it_may_write_again(tmp_path):
             (stage / "report.html").write_text("first\n")
         write_file(tmp_path / "rep" / "report.html", "second\n")
     assert (tmp_path / "p.csv").read_text() == "second\n" == (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_with_exit_143(capsys, cells_and_bundle, monkeypatch):
+    """QA (a cancelled Slurm/Nextflow job): SIGTERM killed the command outright, exit 143 with no
+    word, and hidden .NAME.part files stayed for ever. Now SIGTERM takes Ctrl+C's way: the
+    temporary files are removed, one line says what was written, exit 143 (Ctrl+C: 130)."""
+    import os
+    import signal
+
+    from scatd_core import export
+
+    tmp = cells_and_bundle
+    real_calls = export._exported_calls
+
+    def cancelled(*a, **k):  # the job is cancelled while the h5ad is written, the CSV already there
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_calls(*a, **k)
+
+    def not_handled(signum, frame):  # if the command does not handle SIGTERM: a failure, not pytest killed
+        raise RuntimeError("SIGTERM not handled by the command")
+
+    monkeypatch.setattr(export, "_exported_calls", cancelled)
+    restore = signal.signal(signal.SIGTERM, not_handled)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    try:
+        code, _, err = _run(capsys, "predict", *data, "--output", tmp / "p.csv", "--h5ad", tmp / "p.h5ad")
+    finally:
+        after = signal.signal(signal.SIGTERM, restore)
+    assert code == 143, err
+    assert err.splitlines()[-1] == f"interrupted (SIGTERM: the job was stopped): written before the stop: " \
+                                   f"{tmp / 'p.csv'}; the others were not written"
+    assert not (tmp / "p.h5ad").exists() and not [p.name for p in tmp.rglob("*.part")]
+    assert after is not_handled  # as it was, after the command
+    monkeypatch.setattr(export, "_exported_calls", real_calls)
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "predictions_table", stopped)
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "q.csv")
+    assert code == 130 and err.splitlines()[-1] == "interrupted: nothing was written", err

@@ -37,7 +37,8 @@ EXIT_CODES = {
        "no cell scorable, every drug of a panel refused",
     4: "--strict: the run finished and wrote its files, but some cells were not scored or some panel drugs "
        "were skipped (the reason is printed)",
-    130: "interrupted (Ctrl-C)",
+    130: "interrupted (Ctrl-C): temporary files removed, what was written before the stop said",
+    143: "stopped by SIGTERM (a cancelled Slurm/Nextflow/Snakemake job): the same clean-up as Ctrl-C",
 }
 
 
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.modules["scatd_core.scaleout._store"].OPENED.clear()
     from scatd_core._output import user_outputs
 
+    written: list = []
+    previous = _stop_on_sigterm()
     try:
-        with user_outputs(), _one_ray_connection(args):  # an output named without --overwrite: never replaced
+        with user_outputs() as written, _one_ray_connection(args):  # a file named without --overwrite: kept
             code = int(args.run(args) or 0)
         if code == 0:
             _remove_parts(args)
@@ -124,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             say(exc.hint)
         return write_summary(args, exit_code(exc), exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (a cancelled Slurm/Nextflow job): the same clean-up
         words = getattr(args, "interrupted", None)  # what a command's interruption leaves, said with it
-        say(f"interrupted: {words(args)}" if callable(words) else "interrupted")
-        return 130
+        left = (f"written before the stop: {', '.join(str(p) for p in written)}; the others were not written"
+                if written else "nothing was written")
+        how = " (SIGTERM: the job was stopped)" if isinstance(exc, Terminated) else ""
+        say(f"interrupted{how}: {words(args) if callable(words) else left}")
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # the output went to a reader that stopped (| head): as other Unix tools, quietly
         import os
 
@@ -142,3 +148,34 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: unexpected {type(exc).__name__}: {exc}")
         say("This is a bug in scATD Studio; run again with --debug and report the output.")
         return 1
+    finally:
+        _restore_sigterm(previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``scancel``, a Nextflow or Slurm time limit): stopped as by Ctrl+C, so the
+    same clean-up runs (no temporary file left, what was written said), exit code 143 (128 + 15)."""
+
+
+def _on_sigterm(signum, frame):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one does not stop the clean-up half way
+    raise Terminated
+
+
+def _stop_on_sigterm():
+    """SIGTERM raises :class:`Terminated` in the command (only in the main thread, where signals go)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
