@@ -1292,3 +1292,30 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_with_exit_143(capsys, cells_and_
     monkeypatch.setattr(export, "predictions_table", stopped)
     code, _, err = _run(capsys, "predict", *data, "--output", tmp / "q.csv")
     assert code == 130 and err.splitlines()[-1] == "interrupted: nothing was written", err
+
+
+def test_a_dash_for_standard_input_or_output_is_refused_by_name(capsys, cells_and_bundle):
+    """QA: `--output -` silently wrote a file named "-" and `--input -` said "- was not found". Now
+    both are refused clearly before anything runs: results go into files, data come from one."""
+    tmp = cells_and_bundle
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    for argv, said in ((["predict", *data, "--output", "-"], "error: --output -: writing to standard output ('-') "
+                                                             "is not supported; give a file name."),
+                       (["predict", *data, "--output", tmp / "p.csv", "--h5ad", "-"], "error: --h5ad -: writing"),
+                       (["report", *data, "--out", "-"], "error: --out -: writing to standard output ('-') is not "
+                                                         "supported; give a folder name.")):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and said in err, err
+    assert not (tmp / "-").exists() and not (Path.cwd() / "-").exists() and not (tmp / "p.csv").exists()
+    for option in ("--input", "--biomart", "--obs"):
+        argv = ["report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out", tmp / "r", option, "-"]
+        with pytest.raises(SystemExit) as caught:
+            main([str(a) for a in argv])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {option}: reading from standard input ('-') is not supported; give a file name" in err, err
+    from scatd_core import io
+    from scatd_core.errors import InputError
+
+    with pytest.raises(InputError, match=r"Reading data from standard input \('-'\) is not supported"):
+        io.read("-")  # any other command reading data (train's --target)

@@ -329,6 +329,14 @@ def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] 
     file that exists already (or, for a folder, any of ``folder_files`` in it) is refused unless
     ``overwrite`` (``--overwrite``): a run never silently replaces a file of the user's
     (``existing=False``: not checked here; :func:`refuse_existing` does it later)."""
+    if str(path).strip() == "-":
+        what = "a folder name" if folder_files is not None else "a file name"
+        raise ScatdError(f"{option} -: writing to standard output ('-') is not supported; give {what}.",
+                         f"The results go into files (nothing was run), e.g. {option} "
+                         f"{'results' if folder_files is not None else 'predictions.csv'}.")
+    for source in inputs:
+        if source and str(source).strip() == "-":
+            raise ScatdError(f"- as an input: {STDIN_WORDS}.", "Nothing was run.")
     out = Path(path)
     targets = [out / name for name in folder_files] if folder_files is not None else [out]
     for source in (Path(p) for p in inputs if p):
@@ -382,6 +390,18 @@ def check_outputs(args, outputs: dict[str, object], inputs=None, *, existing: bo
                                  "Give each output its own file name.")
 
 
+STDIN_WORDS = ("reading from standard input ('-') is not supported; give a file name (a pipe or process "
+               "substitution can be saved to a file first)")
+
+
+def input_file(text: str) -> str:
+    """An input file option's value: ``-`` (standard input) is refused by the option, not read as a
+    file named "-" ("- was not found")."""
+    if text.strip() == "-":
+        raise argparse.ArgumentTypeError(STDIN_WORDS)
+    return text
+
+
 def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several: bool = False) -> None:
     """``--model``, ``--input`` and the reading options shared by predict, explain and report
     (``several``: ``--model`` may be repeated, for a panel of models)."""
@@ -391,11 +411,11 @@ def add_data_arguments(p: argparse.ArgumentParser, output: bool = True, several:
     else:
         p.add_argument("--model", required=True, help="bundle folder, or the name of its folder in the model library "
                                                                  "(`scatd models` lists it first)")
-    p.add_argument("--input", required=True, help="single-cell data: h5ad, 10x h5/mtx/zip, CSV/TSV(.gz), "
+    p.add_argument("--input", required=True, type=input_file, help="single-cell data: h5ad, 10x h5/mtx/zip, CSV/TSV(.gz), "
                                                   "loom, or .npy embeddings")
     p.add_argument("--orientation", default="auto", choices=ORIENTATIONS,
                    help="CSV/TSV orientation (default: detected)")
-    p.add_argument("--biomart", help="a BioMart table (Gene stable ID, Gene name) to map Ensembl IDs to symbols")
+    p.add_argument("--biomart", type=input_file, help="a BioMart table (Gene stable ID, Gene name) to map Ensembl IDs to symbols")
     p.add_argument("--matrix", default="auto", metavar="X|raw|layer:NAME",
                    help="which matrix of an h5ad the models read: X, raw (adata.raw) or layer:NAME (e.g. "
                         "layer:counts); default auto: the one that suits the model best (the raw counts in "
@@ -491,7 +511,7 @@ def cell_mask(adata, args):
 
 
 def add_label_arguments(p: argparse.ArgumentParser, use: str = "for evaluation") -> None:
-    p.add_argument("--obs", metavar="FILE",
+    p.add_argument("--obs", metavar="FILE", type=input_file,
                    help="a cell metadata table (CSV/TSV: the cell IDs in the first column or in one named cell_id or "
                         "barcode, then columns such as response or sample) whose columns are added to the data's "
                         "obs, for --label-column, --sample-column and --mask (10x and matrix files carry none); "

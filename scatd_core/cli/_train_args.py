@@ -9,7 +9,7 @@ from dataclasses import replace
 from scatd_core._words import counted
 from scatd_core._keys import target_columns_hint
 from scatd_core._train_settings import HEAD_INPUTS, HEADS, TrainSettings, unused_settings
-from scatd_core.cli._common import positive_int, say
+from scatd_core.cli._common import input_file, positive_int, say
 from scatd_core.errors import ScatdError
 
 #: The recipe's defaults, for the help (the training takes them from the same place).
@@ -47,7 +47,7 @@ def add_recipe_arguments(p) -> None:
 
 def add_target_obs_argument(p) -> None:
     """``--obs FILE``: a cell metadata table for the target (both commands, the same words)."""
-    p.add_argument("--obs", metavar="FILE",
+    p.add_argument("--obs", metavar="FILE", type=input_file,
                    help="a cell metadata table (CSV/TSV: the target's cell IDs in the first column or in one named "
                         "cell_id or barcode, then columns such as response or sample) whose columns are added to "
                         "the target's obs before --target-labels, --target-mask and --few-shot-column are looked "

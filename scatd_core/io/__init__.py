@@ -252,6 +252,9 @@ def _read_guarded(path: Path, opts: Options) -> ad.AnnData:
 
 def read_any(path: Path, opts: Options) -> ad.AnnData:
     name = opts.display_name
+    if str(path) == "-" and not path.exists():  # a command line's "standard input": not a file name here
+        raise InputError("Reading data from standard input ('-') is not supported; give the data file's name.",
+                         "A pipe or process substitution can be saved to a file first.")
     if not path.exists():
         raise InputError(f"{name} was not found.", "Check the path.")
     if path.is_dir():
