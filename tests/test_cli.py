@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -1087,7 +1088,7 @@ def test_exit_codes_tell_a_pipeline_what_went_wrong_and_strict_json_quiet(capsys
     epilog = build_parser().format_help()
     assert all(f"  {code:<4} " in epilog for code in (0, 1, 2, 3, 4, 130)) and "cannot score" in epilog
     tmp, _sd, enc, _z, genes, x, cells = dist_setup
-    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 130}
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 130, 143}
     code, _, _ = _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
                       "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
     assert code == 0
@@ -1227,8 +1228,10 @@ def test_a_full_disk_while_writing_the_h5ad_is_one_line_and_exit_2_not_a_crash(c
     for argv, named in ((["predict", *data, "--output", tmp / "p.csv", "--h5ad", tmp / "o" / "p.h5ad"],
                          tmp / "o" / "p.h5ad"),
                         (["report", *data, "--no-umap", "--out", tmp / "rep"], tmp / "rep" / "annotated.h5ad")):
+        root = str(Path(__file__).resolve().parents[1])  # the checkout, installed or not (the child runs in tmp)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         proc = subprocess.run([sys.executable, "-m", "scatd_core.cli", *map(str, argv)], capture_output=True,
-                              text=True, timeout=120, preexec_fn=_file_size_limit(nbytes), cwd=tmp)
+                              text=True, timeout=120, preexec_fn=_file_size_limit(nbytes), cwd=tmp, env=env)
         assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
         assert f"error: Cannot write {named}: File too large." in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) < 15, proc.stderr[-2000:]
