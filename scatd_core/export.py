@@ -1336,17 +1336,36 @@ def panel_group_columns(adata: ad.AnnData, group_columns: Sequence[str] = ()) ->
 
 def panel_summary_table(adata: ad.AnnData, group_columns: Sequence[str] = ()) -> pd.DataFrame:
     """The panel's per-group summary in one long table: ``grouping, group, drug, n_cells, n_called,
-    n_resistant, fraction_resistant, mean_prob_resistant, calibrated``; ``grouping`` is ``all``
+    n_resistant, fraction_resistant, mean_prob_resistant, calibrated, not_scored_reason``; ``grouping`` is ``all``
     for the whole sample, else ``leiden_cluster`` (when computed) or one of ``group_columns``
     (:func:`panel_group_columns`). The drugs are in panel order in every group, ``all`` included
-    (the drug ranking is the report's and the page's)."""
+    (the drug ranking is the report's and the page's). Every drug requested that did not score the
+    data (refused by its model, or not loaded) has a row in every group after the scored drugs, with
+    ``n_called`` 0, the rest empty and why in ``not_scored_reason`` (empty for a scored drug)."""
     from scatd_core import panel
 
-    parts = [panel.drug_summary(adata).assign(grouping="all", group="all")]
+    lost = [(drug, f"drug not scored: {panel._short_reason(why)}") for drug, why in panel.not_scored(adata)]
+
+    def with_lost(part: pd.DataFrame, sizes: dict[str, int]) -> pd.DataFrame:
+        if not lost:
+            return part.assign(not_scored_reason="")
+        rows = []
+        for group, size in sizes.items():
+            rows += [r for r in part[part["group"] == group].to_dict("records")]
+            rows += [{"group": group, "drug": drug, "n_cells": size, "n_called": 0, "n_resistant": np.nan,
+                      "fraction_resistant": np.nan, "mean_prob_resistant": np.nan, "calibrated": pd.NA,
+                      "not_scored_reason": why} for drug, why in lost]
+        out = pd.DataFrame(rows, columns=[*part.columns, "not_scored_reason"])
+        out["not_scored_reason"] = out["not_scored_reason"].fillna("")
+        return out
+
+    parts = [with_lost(panel.drug_summary(adata).assign(group="all"), {"all": adata.n_obs}).assign(grouping="all")]
     for column in panel_group_columns(adata, group_columns):
+        values = panel.group_values(adata, column).astype(str)
+        summary_ = panel.group_summary(adata, column)
+        sizes = {g: int((values == g).sum()) for g in dict.fromkeys(summary_["group"])}
         # the Leiden clusters are named as in every other table (obs['scatd_cluster'] only in the h5ad)
-        parts.append(panel.group_summary(adata, column).assign(
-            grouping=CLUSTER_COLUMN if column == _keys.CLUSTER else column))
+        parts.append(with_lost(summary_, sizes).assign(grouping=CLUSTER_COLUMN if column == _keys.CLUSTER else column))
     table = pd.concat(parts, ignore_index=True)
     return table[["grouping", "group"] + [c for c in table.columns if c not in ("grouping", "group")]]
 

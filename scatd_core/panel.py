@@ -911,9 +911,11 @@ def _short_reason(why: str, limit: int = 200) -> str:
     return first if len(first) <= limit else first[:limit - 1].rstrip() + "…"
 
 
-def _lost_columns(n: int, drug: str, why: str) -> dict[str, np.ndarray]:
-    """A drug requested but not scored: its columns as a scored drug's, empty (NA), and why in every row."""
-    return {f"{drug}_prob_resistant": np.full(n, np.nan), f"{drug}_label": np.full(n, "", dtype=object),
+def _lost_columns(n: int, drug: str, why: str, spread: bool = False) -> dict[str, np.ndarray]:
+    """A drug requested but not scored: its columns as a scored drug's, empty (NA), and why in every row;
+    ``spread``: the scored drugs have ``<DRUG>_prob_resistant_sd``, so it has one too (empty)."""
+    sd = {f"{drug}_prob_resistant_sd": np.full(n, np.nan)} if spread else {}
+    return {f"{drug}_prob_resistant": np.full(n, np.nan), **sd, f"{drug}_label": np.full(n, "", dtype=object),
             f"{drug}_calibrated": pd.array([pd.NA] * n, dtype="boolean"), f"{drug}_scored": np.zeros(n, dtype=bool),
             f"{drug}_not_scored_reason": np.full(n, f"drug not scored: {_short_reason(why)}", dtype=object)}
 
@@ -927,18 +929,23 @@ def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.Data
     drug's model gave the cell no probability, "" where it did); every drug requested that did not score the
     data (refused by its model, or not loaded) has the same columns, empty (NA) but for ``<DRUG>_scored``
     False and ``<DRUG>_not_scored_reason`` "drug not scored: <why>"; ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
-    drug scored the cell), ``resistant_to_all``; then
+    drug scored the cell), ``resistant_to_all`` (``resistant_to_all_scored`` when a drug requested did
+    not score the data: resistant to every drug that did, as the report says it); then
     ``umap_1, umap_2``, ``leiden_cluster`` when computed and ``extra_columns`` of ``obs``.
     """
     cols: dict[str, np.ndarray] = {"cell_id": adata.obs_names.astype(str).to_numpy()}
     lost = dict(not_scored(adata))
+    spread = any(result_keys(m.key).prob_sd in adata.obs for m in members(adata))
     for m in members(adata, scored_only=False):
-        cols.update(_drug_columns(adata, m) if m.scored else _lost_columns(adata.n_obs, m.drug, lost[m.drug]))
+        cols.update(_drug_columns(adata, m) if m.scored else
+                    _lost_columns(adata.n_obs, m.drug, lost[m.drug], spread))
     for drug, why in list(lost.items())[sum(not m.scored for m in members(adata, scored_only=False)):]:
-        cols.update(_lost_columns(adata.n_obs, drug, why))
+        cols.update(_lost_columns(adata.n_obs, drug, why, spread))
     cols["n_drugs_scored"] = adata.obs[_keys.PANEL_N_SCORED].to_numpy()
     cols["n_drugs_resisted"] = adata.obs[_keys.PANEL_N_RESISTED].array
-    cols["resistant_to_all"] = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)
+    # never "resistant to all" of a panel one of whose drugs never scored: to all the scored ones
+    cols["resistant_to_all_scored" if lost else "resistant_to_all"] = (
+        adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool))
     from scatd_core.export import with_cell_context
 
     return with_cell_context(pd.DataFrame(cols), adata, extra_columns)

@@ -1289,3 +1289,30 @@ def test_a_drugs_auroc_against_its_labels_is_the_single_predictions(lib_env, tmp
     assert "maximises Youden" in html.replace("&#x27;", "'") and "threshold set by" in html
     stored = ad.read_h5ad(tmp_path / "p.h5ad").uns["scatd_panel"]["label_evaluation"]
     assert stored["drug"] == "DRUGB" and float(stored["auroc"]) == pytest.approx(ev.auroc)
+
+
+def test_a_drug_not_loaded_has_its_summary_rows_its_sd_column_and_no_resistant_to_all(library):
+    """QA r1: a saved panel's drug that could not be loaded (removed) had no row in panel_summary.csv, no
+    `_prob_resistant_sd` where the scored drugs had one, and panel.csv's `resistant_to_all` was True for
+    cells resistant to the 2 scored drugs though the third never scored."""
+    data = make_dataset(40, seed=3)
+    panel.predict_panel(data, _bundles(library, DRUGS[:2]), mode="sample", n_samples=4,
+                        not_loaded=[("DRUGC", "model DRUGC not in the model library any more (removed)")])
+    table = panel.panel_table(data)
+    assert "resistant_to_all" not in table.columns
+    np.testing.assert_array_equal(table["resistant_to_all_scored"].to_numpy(),
+                                  data.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy())
+    assert "DRUGA_prob_resistant_sd" in table and table["DRUGC_prob_resistant_sd"].isna().all()
+    summary = export.panel_summary_table(data, ["sample"])
+    for _, rows in summary.groupby(["grouping", "group"], sort=False):
+        assert list(rows["drug"]) == ["DRUGA", "DRUGB", "DRUGC"]
+    lost = summary[summary["drug"] == "DRUGC"]
+    assert (lost["n_called"] == 0).all() and lost["fraction_resistant"].isna().all()
+    assert lost["not_scored_reason"].str.startswith("drug not scored: model DRUGC not in the model library").all()
+    assert (summary.loc[summary["drug"] != "DRUGC", "not_scored_reason"] == "").all()
+    assert int(lost.loc[lost["grouping"] == "all", "n_cells"].iloc[0]) == 40
+    assert "resistant to all 2 scored drugs" in export.panel_html_report(data)
+    # every drug scored: the column keeps its name
+    full = make_dataset(40, seed=3)
+    panel.predict_panel(full, _bundles(library, DRUGS[:2]))
+    assert "resistant_to_all" in panel.panel_table(full).columns
