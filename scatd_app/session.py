@@ -510,7 +510,7 @@ def own_memory_advice(keep_token: str | None = None, *, here: bool = True, holde
         ways.append(f"log out in your other scATD Studio tabs (that removes their data, {size_text(holders.open)})")
     if here and holders.here:  # a new upload: this tab's earlier data can go
         ways.append(f"log out here and back in, which removes this tab's earlier data and results "
-                    f"({size_text(holders.here)}), then upload the file again")
+                    f"({size_text(holders.here)}) and this kept file too, then upload the file again")
     ways.append("ask the administrator to raise server.memory_mb")
     done = ""
     if released:

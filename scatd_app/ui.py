@@ -1284,6 +1284,15 @@ def read_upload(uploaded, orientation: str) -> None:
     done = ss.get("data_upload") or [None, None]
     failed = ss.get(FAILED_UPLOAD)
     waiting = _waiting_upload()
+    forgotten = ss.get(FORGOTTEN_UPLOAD)
+    if forgotten and (uploaded is None or uploaded.file_id == forgotten[0]):
+        # "Forget it" on a first refusal: said once the uploader lets the file go, else while it shows it
+        st.info(f"{md(forgotten[1])} was forgotten: its copy on the server was deleted.", icon=":material/check:")
+        if uploaded is None:
+            ss.pop(FORGOTTEN_UPLOAD, None)
+        return
+    if forgotten:  # another file since
+        ss.pop(FORGOTTEN_UPLOAD, None)
     if uploaded is not None:
         if failed and failed[:2] == [uploaded.file_id, orientation]:
             show_error(failed[2])  # read once: the same file gives the same error
@@ -1306,12 +1315,18 @@ def read_upload(uploaded, orientation: str) -> None:
     try:
         adata = _read_source(source, orientation)
     except Exception as exc:  # io promises InputError only; still never show a traceback
+        if isinstance(exc, MemoryShortage) and (exc.hint or "").startswith(KEPT):  # the buttons below, named
+            exc.app_hint = (KEPT + "click Try again once memory is free, or Forget it to delete the server's copy. "
+                            "Meanwhile: " + exc.hint[len(KEPT):])
         show_error(exc)
         if isinstance(exc, MemoryShortage):  # the file is kept; a rerun reads it again
             if not waiting or waiting["id"] != source["id"]:
                 ss[WAITING_UPLOAD] = {"id": source["id"], "previous": kept if source is not kept else None}
             if uploaded is not None:  # else drawn with the kept file's offer (_offer_waiting_upload)
-                st.button("Try again", key="btn_data_read_again", icon=":material/refresh:")
+                left, right = st.columns(2)
+                left.button("Try again", key="btn_data_read_again", icon=":material/refresh:")
+                right.button("Forget it", key="btn_data_forget_upload", icon=":material/delete:",
+                             on_click=_forget_refused_upload, args=(uploaded.file_id, source["name"]))
         elif source is not kept:  # a new file that cannot be read: nothing of it stays on the server's disk
             session.drop_upload(source, previous=kept)
             if uploaded is not None:
@@ -1321,6 +1336,23 @@ def read_upload(uploaded, orientation: str) -> None:
     _use_reading(adata, source, orientation)
     if uploaded is not None:
         session.release_upload(uploaded.file_id)
+
+
+#: How a refusal for memory of a kept upload begins (scatd_core.io's ``check_memory``).
+KEPT = "Your file is kept: "
+
+#: Session key: ``[file id, name]`` of an upload forgotten at its first refusal for memory (its uploader
+#: may still hold it: it is not read again).
+FORGOTTEN_UPLOAD = "forgotten_upload"
+
+
+def _forget_refused_upload(file_id: str, name: str) -> None:
+    """"Forget it" under a first refusal for memory: the kept copy is deleted and the uploader's copy let go."""
+    from scatd_app import session
+
+    forget_waiting_upload()
+    session.release_upload(file_id)
+    st.session_state[FORGOTTEN_UPLOAD] = [file_id, name]
 
 
 #: Session key: ``{"id", "previous"}`` of the kept upload (``state.UPLOAD``) that was refused for lack of
@@ -1362,10 +1394,12 @@ def _offer_waiting_upload(waiting: dict) -> dict | None:
     kept = st.session_state[state.UPLOAD]
     size = size_text(Path(kept["path"]).stat().st_size)
     said = st.empty()
-    left, right = st.columns(2)
+    slot = st.empty()  # the buttons: cleared once the file is forgotten (nothing left to try again)
+    left, right = slot.container().columns(2)
     again = left.button("Try again", key="btn_data_read_again", icon=":material/refresh:")
     if right.button("Forget it", key="btn_data_forget_waiting", icon=":material/delete:"):
         forget_waiting_upload()
+        slot.empty()
         said.info(f"{md(kept['name'])} was forgotten: its copy on the server was deleted.", icon=":material/check:")
         return None
     if again:

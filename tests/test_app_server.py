@@ -615,8 +615,8 @@ def test_a_memory_refusal_when_only_this_user_holds_memory_says_what_they_can_do
     assert hint.startswith("Your file is kept: no other user's analysis holds memory on this server now, so "
                            "waiting will not make room: log out in your other scATD Studio tabs (that removes their "
                            "data, 2.0 MB), or log out here and back in, which removes this tab's earlier data and "
-                           "results (3.0 MB), then upload the file again, or ask the administrator to raise "
-                           "server.memory_mb"), hint
+                           "results (3.0 MB) and this kept file too, then upload the file again, or ask the "
+                           "administrator to raise server.memory_mb"), hint
     assert "have finished" not in hint
     line.running = 1  # a computation runs (whoever's): it will end and give its memory back
     assert refused().startswith("Your file is kept: try again when other analyses on this server have finished")
@@ -765,6 +765,39 @@ def test_try_again_while_memory_is_still_short_says_so_again_without_crashing(wi
     at.run()
     ok(at)
     assert at.session_state[state.ADATA].n_obs == 60
+
+
+def test_the_first_memory_refusal_offers_forget_it_too_and_its_advice_keeps_the_file(with_library, monkeypatch):
+    """QA r1: the first refusal for memory offered only "Try again" (Forget it only on a return to the
+    page), and its advice said the file is kept yet told the user to upload it again. Forget it is
+    offered at once: it deletes the kept copy, says so, and the file is not read again."""
+    import pandas as pd
+
+    from scatd_core import _memory
+
+    adata = make_dataset(40, seed=3)
+    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
+    at = _app()
+    goto(at, "1_Data")
+    at.file_uploader[0].upload("cells.csv", table)
+    at.run()
+    said = text(at.error).replace("\\", "")
+    assert "Your file is kept: click Try again once memory is free, or Forget it to delete the server's copy. " \
+           "Meanwhile: " in said, said
+    copy = Path(at.session_state[state.UPLOAD]["path"])
+    assert copy.is_file() and at.button(key="btn_data_read_again")
+    at.button(key="btn_data_forget_upload").click()
+    at.run()
+    ok(at)
+    assert not copy.exists() and state.UPLOAD not in at.session_state and state.ADATA not in at.session_state
+    assert "cells.csv was forgotten" in text(at.info).replace("\\", "")
+    assert not [b for b in at.button if b.label in ("Try again", "Forget it")] and "is kept" not in text(at.error)
+    at.run()  # not read again on the next run
+    ok(at)
+    assert state.UPLOAD not in at.session_state and "Your file is kept" not in text(at.error)
 
 
 def _kept_button_page():
@@ -1357,6 +1390,8 @@ def test_a_file_kept_after_a_memory_refusal_is_offered_again_on_return_and_delet
     ok(at)
     assert not copy.exists() and state.UPLOAD not in at.session_state
     assert "cells.csv was forgotten" in text(at.info).replace("\\", "")
+    # QA r1: the buttons stayed on screen for the deleted file
+    assert not [b for b in at.button if b.label in ("Try again", "Forget it")]
     goto(at, "1_Data")
     assert "is kept" not in text(at.warning) and not [b for b in at.button if b.label in ("Try again", "Forget it")]
 
