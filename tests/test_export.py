@@ -153,6 +153,8 @@ def test_csv_downloads_never_carry_a_spreadsheet_formula(filtered_result):
     names[0], names[1], names[2] = '=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(A1)"
     adata.obs_names = names
     adata.obs["=evil"] = pd.Categorical(["-2+3"] * 5 + ["ok"] * (adata.n_obs - 5))
+    from scatd_core import _keys  # centred, so negative coordinates are there whatever UMAP's layout
+    adata.obsm[_keys.UMAP] = adata.obsm[_keys.UMAP] - np.nanmedian(adata.obsm[_keys.UMAP], axis=0)
     table = export.predictions_table(adata, ["sample", "=evil"])
     csv = pd.read_csv(pd.io.common.BytesIO(export.to_csv_bytes(table)))
     assert csv["cell_id"].tolist()[:3] == ["'" + n for n in names[:3]]
