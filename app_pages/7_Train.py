@@ -431,20 +431,30 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
     p1, p2 = st.columns(2)
     min_lines = p1.number_input("Skip drugs with fewer labelled cell lines per class than", min_value=2,
                                 max_value=200, value=MIN_LINES_PER_CLASS, key="train_panel_min_lines")
-    panel_name = p2.text_input("Save them as your panel named (optional)", key="train_panel_name", max_chars=64)
-    replace_saved = False  # a saved panel of this name (whatever its case) is replaced only when asked
+    # the 'Replace it' box's key ends with this count, raised at each save and each change of the name: a new,
+    # unticked box, so each replace is asked for itself (QA r1: it stayed ticked after a replace)
+    panel_name = p2.text_input("Save them as your panel named (optional)", key="train_panel_name", max_chars=64,
+                               on_change=ui.detached(lambda: ss.__setitem__(
+                                   "train_panel_replace_asked", ss.get("train_panel_replace_asked", 0) + 1)))
+    replace_saved, replace_slot = False, None  # a saved panel of this name (whatever its case) replaced only if asked
     if panel_name.strip():
         from scatd_core.panel import find_saved, list_panels, saved_panel_drugs
 
-        try:
-            your_panels = list_panels(auth.current_user().name if auth.current_user() else None)
-        except ScatdError:
-            your_panels = {}
-        if (taken_name := find_saved(your_panels, panel_name)) is not None:
-            replace_saved = st.checkbox(
+        def ask_replace(slot) -> bool:
+            """The 'Replace it' box for ``panel_name``'s saved panel, drawn in ``slot``; False when none."""
+            try:
+                your_panels = list_panels(auth.current_user().name if auth.current_user() else None)
+            except ScatdError:
+                your_panels = {}
+            if (taken_name := find_saved(your_panels, panel_name)) is None:
+                return False
+            return slot.checkbox(
                 f"Replace it: your saved panel '{ui.md(taken_name)}' "
                 f"({ui.md(saved_panel_drugs(your_panels[taken_name]))}) becomes the trained models",
-                key=f"train_panel_replace_{taken_name}_{ss.get('train_panel_saves', 0)}")
+                key=f"train_panel_replace_{taken_name}_{ss.get('train_panel_replace_asked', 0)}")
+
+        replace_slot = st.empty()
+        replace_saved = ask_replace(replace_slot)
     label_drug = None
     if label_column is not None and resistant_value is not None and panel_drugs:
         label_drug = st.selectbox(f"The cells' true labels ('{ui.md(label_column)}') are for", [None] + panel_drugs,
@@ -503,7 +513,9 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                     except ScatdError as exc:
                         show_error(exc)
                     else:
-                        ss["train_panel_saves"] = ss.get("train_panel_saves", 0) + 1  # a new 'Replace it' box
+                        # a new, unticked 'Replace it' box, drawn now in place of the ticked one
+                        ss["train_panel_replace_asked"] = ss.get("train_panel_replace_asked", 0) + 1
+                        ask_replace(replace_slot)
                         st.success(f"{'Replaced' if replace_saved else 'Saved'} your panel "
                                    f"'{ui.md(panel_name.strip())}'.", icon=":material/check_circle:")
                 else:

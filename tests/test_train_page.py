@@ -541,14 +541,14 @@ def test_train_panel_asks_before_replacing_a_saved_panel_and_says_each_verdict(m
     path.write_text(json.dumps({"panels": {"keepme": {"models": ["a", "b"], "drugs": {"a": "DRUGA", "b": "DRUGB"}}}}))
     at.multiselect(key="train_panel_drugs").set_value(["DRUGA", "OTHER"])
     at.text_input(key="train_panel_name").input("Keepme").run()
-    box = at.checkbox(key="train_panel_replace_keepme_0")
+    box = at.checkbox(key="train_panel_replace_keepme_1")
     assert "your saved panel 'keepme' (2 models: DRUGA, DRUGB) becomes the trained models" in box.label.replace("\\", "")
     at.button(key="btn_train_panel").click().run()
     assert not at.exception, at.exception
     error = " ".join(e.value for e in at.error).replace("\\", "")
     assert "You already have a panel named 'Keepme'" in error and "2 models: DRUGA, DRUGB" in error
     assert "tick 'Replace it'" in error and calls == [] and saves == []  # refused before any training
-    at.checkbox(key="train_panel_replace_keepme_0").check().run()
+    at.checkbox(key="train_panel_replace_keepme_1").check().run()
     at.button(key="btn_train_panel").click().run()
     assert not at.exception, at.exception
     assert len(calls) == 1 and saves[0][0][0] == "Keepme" and saves[0][1]["replace"] is True
@@ -557,7 +557,56 @@ def test_train_panel_asks_before_replacing_a_saved_panel_and_says_each_verdict(m
     shown = at.dataframe[-1].value
     assert "verdict" not in shown.columns and list(shown["below_chance"]) == ["no", "no"]
     at.run()
-    assert at.checkbox(key="train_panel_replace_keepme_1").value is False  # asked again next time
+    assert at.checkbox(key="train_panel_replace_keepme_2").value is False  # asked again next time
+
+
+def test_train_panel_replace_box_is_unticked_after_a_replace_and_when_the_name_changes(monkeypatch):
+    """QA r1: after a panel training replaced a saved panel, the 'Replace it' box stayed ticked on
+    the page (and stayed ticked when the name was retyped in another case), so the next training
+    looked set to replace again unasked. It is unticked as soon as the replace is done, and
+    whenever the panel name is changed: each replace is ticked for itself."""
+    import json
+
+    import pandas as pd
+
+    from scatd_core import panel
+
+    calls, saves = [], []
+    bundles = [type("B", (), {"drug": d, "path": Path(f"/nowhere/{d.lower()}_model")})() for d in ("DRUGA", "OTHER")]
+
+    def fake_train_panel(*a, **k):
+        calls.append(k)
+        return pd.DataFrame([{"drug": d, "status": "trained", "below_chance": False, "bundle": b.path.name,
+                              "verdict": ""} for d, b in zip(("DRUGA", "OTHER"), bundles)]), bundles
+
+    def replace_boxes():
+        return [c for c in at.checkbox if (c.key or "").startswith("train_panel_replace_")]
+
+    monkeypatch.setattr("scatd_core.train.train_panel", fake_train_panel)
+    monkeypatch.setattr("scatd_core.panel.save_panel", lambda *a, **k: saves.append((a, k)))
+    at = _page_with_training_data()
+    at.run()
+    path = panel.panels_file(at.session_state["user"].name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"panels": {name: {"models": ["a", "b"], "drugs": {"a": "DRUGA", "b": "DRUGB"}}
+                                           for name in ("keepme", "other")}}))
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA", "OTHER"])
+    at.text_input(key="train_panel_name").input("keepme").run()
+    replace_boxes()[0].check().run()
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    assert len(saves) == 1 and saves[0][1]["replace"] is True
+    assert "Replaced your panel 'keepme'." in " ".join(s.value for s in at.success)
+    assert [b.value for b in replace_boxes()] == [False]  # unticked on the page the replace is said on
+    at.button(key="btn_train_panel").click().run()  # the same name again, not ticked again: refused
+    assert "tick 'Replace it'" in " ".join(e.value for e in at.error) and len(calls) == 1 and len(saves) == 1
+    at.text_input(key="train_panel_name").input("other").run()  # another saved panel: asked afresh
+    assert [b.value for b in replace_boxes()] == [False]
+    replace_boxes()[0].check().run()
+    at.text_input(key="train_panel_name").input("OTHER").run()  # the name changed (its case only): unticked
+    assert [b.value for b in replace_boxes()] == [False]
+    at.button(key="btn_train_panel").click().run()
+    assert "tick 'Replace it'" in " ".join(e.value for e in at.error) and len(calls) == 1 and len(saves) == 1
 
 
 def test_train_panel_trains_the_chosen_drug_with_the_labelled_cells(monkeypatch):
