@@ -40,3 +40,35 @@ def natural_key(text: str) -> tuple:
 def natural_order(names) -> list[str]:
     """``names`` (each once) in :func:`natural_key` order."""
     return sorted({str(n) for n in names}, key=natural_key)
+
+
+#: What to do about a file restricted to some genes (the usual cause of low coverage with the right identifiers).
+SUBSET_ADVICE = ("This is typical of a file restricted to highly variable genes or a targeted panel: upload the full "
+                 "gene matrix (all genes, before feature selection) if you have it, or use a model trained on these "
+                 "genes.")
+
+
+#: :data:`SUBSET_ADVICE` as the command line says it: a file is given (--input), not uploaded.
+SUBSET_ADVICE_CLI = SUBSET_ADVICE.replace("upload the full gene matrix", "give the full gene matrix")
+
+
+#: Advice written for the app ("upload ...") and how the command line says it: a file is given there
+#: (--input), not uploaded. Whole phrases, so words about the app's uploads (e.g. the upload limit) stay.
+_CLI_PHRASES = (
+    (SUBSET_ADVICE, SUBSET_ADVICE_CLI),
+    ("to human orthologues (e.g. with BioMart) before uploading.", "to human orthologues (e.g. with BioMart) first."),
+    ("upload log1p(CP10k) values instead", "give log1p(CP10k) values instead"),
+    ("upload the counts instead", "give the counts instead"),
+    ("and upload counts if you can", "and give counts if you can"),
+    ("or upload the data file itself", "or give the data file itself"),
+    ("upload a file that carries the symbols", "give a file that carries the symbols"),
+    ("or upload an h5ad.", "or give an h5ad file."),
+)
+
+
+def cli_words(text: str) -> str:
+    """A message as the command line says it (every line it prints goes through here): the data
+    file is given (--input), and mouse genes converted first, not uploaded."""
+    for app, cli in _CLI_PHRASES:
+        text = text.replace(app, cli)
+    return text

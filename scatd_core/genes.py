@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scatd_core._words import counted, percent
+from scatd_core._words import SUBSET_ADVICE, SUBSET_ADVICE_CLI, cli_words, counted, percent  # noqa: F401
 from scatd_core import _keys
 from scatd_core._matrix import sample_rows
 from scatd_core.errors import DataNotScorable, InputError
@@ -1060,23 +1060,6 @@ def values_are_centred(adata, block=None) -> bool:
 
 def _matched_text(r: dict) -> str:
     return f"{r['n_matched']:,} of the model's {r['n_model_genes']:,} genes ({percent(r['n_matched'] / max(r['n_model_genes'], 1))})"
-
-
-#: What to do about a file restricted to some genes (the usual cause of low coverage with the right identifiers).
-SUBSET_ADVICE = ("This is typical of a file restricted to highly variable genes or a targeted panel: upload the full "
-                 "gene matrix (all genes, before feature selection) if you have it, or use a model trained on these "
-                 "genes.")
-
-
-#: :data:`SUBSET_ADVICE` as the command line says it: a file is given (--input), not uploaded.
-SUBSET_ADVICE_CLI = SUBSET_ADVICE.replace("upload the full gene matrix", "give the full gene matrix")
-
-
-def cli_words(text: str) -> str:
-    """A coverage message (:func:`_coverage_cause`'s words) as the command line says it: the full
-    gene matrix is given (--input), and mouse genes converted first, not uploaded."""
-    return text.replace(SUBSET_ADVICE, SUBSET_ADVICE_CLI).replace(
-        "to human orthologues (e.g. with BioMart) before uploading.", "to human orthologues (e.g. with BioMart) first.")
 
 
 def _coverage_cause(r: dict) -> str:

@@ -78,6 +78,34 @@ def test_import_then_predict_csv_and_h5ad_agree_with_original(capsys, dist_setup
     assert annotated.uns["scatd"]["model"]["drug"] == "Docetaxel" and "X_scatd" in annotated.obsm
 
 
+def test_the_low_coverage_warning_is_said_in_the_command_lines_words(capsys, dist_setup):
+    """QA: `scatd predict` warned 'upload the full gene matrix': a file is given on the command line
+    (--input), not uploaded. The warning gives the command line's advice; the app keeps its own."""
+    tmp, sd, enc, z, genes, x, cells = dist_setup
+    code, _, _ = _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Docetaxel",
+                      "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    assert code == 0
+    keep = len(genes) * 2 // 5  # 40 %: low coverage, above the refusal's minimum
+    pd.DataFrame(x[:, :keep], index=pd.Index(cells, name="cell"), columns=genes[:keep]).to_csv(tmp / "few.csv")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "few.csv",
+                        "--output", tmp / "few_pred.csv")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "warning:" in line and "of the model's genes are in the data" in line]
+    assert warned and "give the full gene matrix" in warned[0] and "upload" not in warned[0], err
+    noted = [line for line in err.splitlines() if line.startswith("note:") and "log1p(CP10k)" in line]
+    assert noted and "give log1p(CP10k) values instead" in noted[0] and "upload" not in noted[0], err
+    code, out, _ = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "few.csv",
+                        "--output", tmp / "few_pred2.csv", "--json", tmp / "summary.json")
+    said = (tmp / "summary.json").read_text()  # the --json summary says it in the same words
+    assert code == 0 and "give the full gene matrix" in said and "upload the full gene matrix" not in said, said
+    assert json.loads(said)["argv"][:2] == ["predict", "--model"]  # this command's arguments (not pytest's)
+    # --json - was written as a file called '-' in the working folder: refused like --output -
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "few.csv",
+                        "--output", tmp / "few_pred3.csv", "--json", "-")
+    assert code == 2 and "--json -: writing the summary to standard output ('-') is not supported" in err
+    assert not Path("-").exists() and not (tmp / "few_pred3.csv").exists()
+
+
 def test_predict_sample_mode_writes_sd(capsys, dist_setup):
     tmp, sd, enc, z, genes, x, cells = dist_setup
     _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",

@@ -374,7 +374,7 @@ def test_cli_names_biomart_and_says_the_mapping_counts(tmp_path, capsys):
     (tmp_path / "mart.csv").write_text("Gene stable ID,Gene name\n" + "".join(
         f"{e},{s}\n" for e, s in zip(counts.var["gene_ids"], counts.var_names)))
     common = ["predict", "--model", str(bundle.path), "--input", str(tmp_path / "ensembl_only.h5ad")]
-    assert main(common + ["--output", str(tmp_path / "a.csv")]) == 2
+    assert main(common + ["--output", str(tmp_path / "a.csv")]) == 3  # read, but too few of the model's genes: exit 3 (README)
     err = capsys.readouterr().err
     assert "on the command line --biomart FILE" in err and "BioMart table on the Data page" not in err
     assert main(common + ["--biomart", str(tmp_path / "mart.csv"), "--output", str(tmp_path / "b.csv")]) == 0
@@ -484,7 +484,7 @@ def test_ensembl_only_file_says_what_to_do_and_maps_with_biomart(tmp_path, capsy
 
     (tmp_path / "mart.csv").write_text(mart)
     common = ["predict", "--model", str(bundle.path), "--input", str(tmp_path / "ensembl_only.h5ad")]
-    assert main(common + ["--output", str(tmp_path / "a.csv")]) == 2  # nothing matches without symbols
+    assert main(common + ["--output", str(tmp_path / "a.csv")]) == 3  # nothing matches without symbols: read, not scorable (exit 3)
     assert capsys.readouterr().err.count("Give a BioMart table") == 1
     assert main(common + ["--biomart", str(tmp_path / "mart.csv"), "--output", str(tmp_path / "b.csv")]) == 0
     assert "Give a BioMart table" not in capsys.readouterr().err

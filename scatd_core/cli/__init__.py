@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import sys
 
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --json records: this command's own arguments
+    if str(getattr(args, "summary_json", None) or "").strip() == "-":  # not a file called '-' (nor stdout)
+        say("error: --json -: writing the summary to standard output ('-') is not supported; give a file name.")
+        say("Nothing was run: e.g. --json summary.json.")
+        return 2
     quiet(getattr(args, "quiet", False))
     if args.command != "doctor":
         from scatd_core.config import settings

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scatd_core._words import counted, percent
+from scatd_core._words import cli_words, counted, percent
 from scatd_core.errors import ScatdError
 
 #: Choices the parsers offer; the core checks them again (tests keep the two in step).
@@ -49,7 +49,7 @@ def say(msg: str = "") -> None:
         _QUIET["last_shown"] = loud
         if not loud:
             return
-    print(msg, file=sys.stderr, flush=True)
+    print(cli_words(msg), file=sys.stderr, flush=True)
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,7 +123,7 @@ def record_run(args, adata, outputs, problems) -> None:
                 "n_filtered": (info.get("qc") or {}).get("n_filtered"),
                 "n_called_resistant": n_resistant,
                 "threshold": {k: thr.get(k) for k in ("value", "source", "detail", "calibrated")},
-                "warnings": list(info.get("warnings") or [])}
+                "warnings": [cli_words(w) for w in info.get("warnings") or []]}
 
     summary = {"n_cells_read": int(adata.n_obs), "problems": list(problems)}
     if _keys.PANEL in adata.uns:
@@ -148,7 +148,7 @@ def write_summary(args, code: int, exc: Exception | None = None) -> int:
     from scatd_core._output import write_file
 
     models = getattr(args, "model", None)
-    doc = {"scatd_version": __version__, "command": args.command, "argv": sys.argv[1:],
+    doc = {"scatd_version": __version__, "command": args.command, "argv": getattr(args, "argv", sys.argv[1:]),
            "input": getattr(args, "input", None), "models": models if isinstance(models, list) else [models],
            **({"panel": args.panel} if getattr(args, "panel", None) else {}),
            **getattr(args, "run_summary", {}), "exit_code": int(code),
