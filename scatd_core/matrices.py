@@ -326,6 +326,54 @@ def counts_candidate(adata: ad.AnnData) -> Candidate | None:
     return None
 
 
+#: The values QC metrics mean something for (larger is better; z-scored values never: every gene is
+#: "detected" in every cell and their sums say nothing of a cell's quality), as :func:`qc_candidate` ranks them.
+_QC_SUIT = {"counts": 3, "log_normalized": 2, "tpm_like": 1}
+
+
+def qc_candidate(adata: ad.AnnData) -> tuple[Candidate, bool]:
+    """``(the matrix the QC metrics are computed from, whether the user chose it)``: the models' matrix.
+
+    The matrix chosen for the models (``uns['scatd_matrix']``: the Data page's 'Matrix for the models',
+    ``--matrix``) when it holds expression values (counts, log-normalised, TPM-like); else the file's
+    raw counts (:func:`counts_candidate`), which a model that log-normalises values reads first; else
+    the log-normalised (then TPM-like) values a model reads beside a scaled X (X first on a tie); else
+    X (z-scored values with nothing else: no QC means anything, the caller says so). A backed file's
+    ``adata.raw`` stays on disk: the metrics read it in row blocks."""
+    every = None
+    try:
+        choice = forced(adata)
+    except InputError:  # a choice no matrix answers to: refused when a model reads it, ignored here
+        choice = None
+    if choice is not None:
+        every = candidates(adata, also=choice)
+        found = [c for c in every if c.name == choice and _unreadable(c) is None and c.kind in _QC_SUIT]
+        if found:
+            return found[0], True
+    counts = counts_candidate(adata)
+    if counts is not None:
+        return counts, False
+    every = every if every is not None else candidates(adata)
+    scored = [(_QC_SUIT.get(c.kind, 0) if _unreadable(c) is None else 0, -i, c) for i, c in enumerate(every)]
+    best = max(scored, key=lambda s: s[:2])
+    return (best[2] if best[0] > 0 else every[0]), False
+
+
+def qc_words(c: Candidate, chosen_by_user: bool, x_kind=None) -> str | None:
+    """What the QC metrics were computed from, in a sentence for the Data page
+    (``None`` for X: nothing to say), e.g. "Computed from the raw counts in adata.raw (X holds z-scored
+    values)." ``x_kind``: what X holds, when known."""
+    if c.name == "X":
+        return None
+    x = f"X holds {_values(str(x_kind))}" if x_kind and x_kind != "unknown" else ""
+    why = "the matrix chosen for the models" if chosen_by_user else ""
+    said = "; ".join(part for part in (why, x) if part)
+    out = f"Computed from the {_values(c.kind)} in {c.where}" + (f" ({said})" if said else "") + "."
+    if c.kind != "counts":
+        out += " 'Total counts' is then the sum of these values per cell, so judge its thresholds with care."
+    return out
+
+
 def fuller_elsewhere(adata: ad.AnnData, choice: Choice | None, genes) -> str | None:
     """When the user chose a matrix (``uns['scatd_matrix']``, ``--matrix``) and another matrix of the
     same file holds more of the model's ``genes``: a sentence saying so, for a refusal on too few
@@ -352,4 +400,5 @@ def describe(c: Candidate) -> str:
 
 
 __all__ = ["COUNT_LAYERS", "CHOICE_HELP", "Candidate", "Choice", "candidates", "choose", "counts_candidate",
-           "describe", "for_model", "forced", "fuller_elsewhere", "matrix_data", "parse_choice"]
+           "describe", "for_model", "forced", "fuller_elsewhere", "matrix_data", "parse_choice", "qc_candidate",
+           "qc_words"]

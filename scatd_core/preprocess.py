@@ -529,22 +529,23 @@ def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:
     A frame indexed by ``obs_names`` with ``n_genes_by_counts`` (genes detected),
     ``total_counts`` and ``pct_counts_mt`` (share of counts in ``MT-``/``mt-`` genes, see
     :func:`scatd_core.genes.mito_mask`; NaN when the file has no mitochondrial genes).
-    ``adata`` is not modified; it may be backed. They are computed from the file's raw counts when it
-    has them: X when it holds counts, else ``layers['counts']`` / ``layers['raw_counts']`` /
-    ``adata.raw`` when one of those does (:func:`scatd_core.matrices.counts_candidate`), else X;
-    ``metrics.attrs["matrix"]`` says which (``"X"``, ``"layers['counts']"``, ``"adata.raw"``) and
-    ``metrics.attrs["value_type"]`` what it holds.
+    ``adata`` is not modified; it may be backed (every matrix is read in row blocks, never whole). They
+    are computed from the matrix the models read (:func:`scatd_core.matrices.qc_candidate`): the one
+    chosen for them (``uns['scatd_matrix']``) when it holds expression values, else the file's raw
+    counts (X, ``layers['counts']`` / ``layers['raw_counts']``, ``adata.raw``), else the log-normalised
+    values beside a scaled X, else X; ``metrics.attrs["matrix"]`` says which (``"X"``,
+    ``"layers['counts']"``, ``"adata.raw"``), ``metrics.attrs["value_type"]`` what it holds and
+    ``metrics.attrs["chosen_by_user"]`` whether it was chosen for the models.
     """
     import anndata as ad
     import scanpy as sc  # imported here: slow to import, and only QC needs it
 
     from scatd_core import matrices
 
-    counts = matrices.counts_candidate(adata)
-    matrix, where = (counts.matrix, counts.where) if counts is not None else (adata.X, "X")
-    kind = counts.kind if counts is not None else adata.uns.get("scatd_input", {}).get("value_type")
-    genes = adata if counts is None else ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(0).astype(str)),
-                                                    var=counts.var)
+    source, chosen = matrices.qc_candidate(adata)
+    matrix, where, kind = source.matrix, source.where, source.kind
+    genes = adata if source.name == "X" else ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(0).astype(str)),
+                                                        var=source.var)
     mt = mito_mask(genes)
     var = pd.DataFrame({"mt": mt}, index=pd.RangeIndex(mt.size).astype(str))
     parts = []
@@ -557,7 +558,7 @@ def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:
         metrics["pct_counts_mt"] = np.nan
     metrics.index = adata.obs_names
     metrics = metrics[list(QC_METRICS)]
-    metrics.attrs.update(matrix=where, value_type=kind)
+    metrics.attrs.update(matrix=where, value_type=kind, chosen_by_user=chosen)
     return metrics
 
 

@@ -233,6 +233,43 @@ def test_qc_metrics_use_the_raw_counts_beside_a_normalised_or_scaled_x(counts):
     assert preprocess.qc_metrics(counts).attrs["matrix"] == "X"
 
 
+def test_qc_metrics_read_the_models_matrix_also_backed_and_chosen(counts, tmp_path):
+    """QA r1: QC must read the matrix the models read. A z-scored X beside log-normalised values in
+    adata.raw (scanpy's usual file, no counts) had no QC at all, though the models read raw; a matrix
+    chosen for the models (uns['scatd_matrix']) was ignored. A backed file's raw is read in row blocks."""
+    from scatd_core import matrices
+
+    logged = _log_normalized(counts)
+    x = np.asarray(logged.X.todense()) if hasattr(logged.X, "todense") else np.asarray(logged.X)
+    scaled = ad.AnnData(X=((x - x.mean(0)) / np.maximum(x.std(0), 1e-6)).astype(np.float32),
+                        obs=counts.obs.copy(), var=counts.var.copy())
+    scaled.raw = logged.copy()
+    metrics = preprocess.qc_metrics(scaled)
+    pd.testing.assert_frame_equal(metrics, preprocess.qc_metrics(logged))
+    assert metrics.attrs["matrix"] == "adata.raw" and metrics.attrs["value_type"] == "log_normalized"
+    assert matrices.choose(scaled, "log1p_cp10k").name == "raw"  # the same matrix as the models'
+    source, chosen = matrices.qc_candidate(scaled)
+    said = matrices.qc_words(source, chosen, "zscored")
+    assert said.startswith("Computed from the log-normalised values in adata.raw (X holds z-scored values).")
+    assert "judge its thresholds with care" in said
+
+    scaled.layers["counts"] = counts.X.copy()  # counts first, unless another matrix is chosen for the models
+    assert preprocess.qc_metrics(scaled).attrs["matrix"] == "layers['counts']"
+    scaled.uns["scatd_matrix"] = "raw"
+    metrics = preprocess.qc_metrics(scaled)
+    assert metrics.attrs["matrix"] == "adata.raw" and metrics.attrs["chosen_by_user"]
+    assert "(the matrix chosen for the models; X holds z-scored values)" in matrices.qc_words(
+        *matrices.qc_candidate(scaled), "zscored")
+    scaled.uns["scatd_matrix"] = "X"  # z-scores chosen: no QC meaning, the counts still
+    assert preprocess.qc_metrics(scaled).attrs["matrix"] == "layers['counts']"
+
+    del scaled.layers["counts"], scaled.uns["scatd_matrix"]
+    scaled.write_h5ad(tmp_path / "s.h5ad")
+    backed = ad.read_h5ad(tmp_path / "s.h5ad", backed="r")
+    pd.testing.assert_frame_equal(preprocess.qc_metrics(backed, batch_size=70), preprocess.qc_metrics(logged),
+                                  check_dtype=False)
+
+
 def test_suggest_qc_thresholds_median_k_mad():
     values = np.array([100, 110, 120, 130, 140, 150, 10_000], dtype=float)
     metrics = pd.DataFrame({"total_counts": values, "n_genes_by_counts": values / 2,
