@@ -9,6 +9,7 @@ from scatd_core import genes, io, labels, pl
 from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
 from scatd_core.genes import id_evidence_text, id_type_tile
+from scatd_core.matrices import qc_words
 from scatd_core.preprocess import (QC_METRICS, orientation_text, qc_metric_name, remove_qc_filter,
                                    suggest_qc_thresholds, value_evidence_text, value_kind_tile,
                                    value_kind_words)
@@ -110,12 +111,12 @@ if mapping.get("data_id_type") in ("ensembl", "mixed"):
 
 # ------------------------------------------------------------------ QC
 st.subheader("Quality control")
-qc = None
+qc = source = None
 if embedding_file:
     st.info("These are cell embeddings (a .npy file), not gene expression: there are no QC metrics for them. "
             "They are the input of scFoundation (3,072 features) and Geneformer (512) models; filter "
             "low-quality cells before embedding them.", icon=":material/info:")
-elif info.get("value_type") == "zscored" and not ui.has_counts(adata):  # every gene "detected" in every cell, sums of z-scores: no QC meaning
+elif (source := ui.qc_source(adata))[0].kind == "zscored":  # every gene "detected" in every cell, sums of z-scores: no QC meaning
     st.info("Quality control needs counts or normalised values. These values are per-gene z-scores, so every "
             "gene counts as detected in every cell and their sums say nothing about a cell's quality: no QC "
             "metrics or filter for these data. Filter low-quality cells before z-scoring, or upload the counts.",
@@ -129,9 +130,8 @@ else:
         ui.show_error(exc)
 if qc is not None:
     qc_matrix, qc_kind = qc.attrs.get("matrix", "X"), qc.attrs.get("value_type", info.get("value_type"))
-    if qc_matrix != "X":  # X holds normalised or scaled values; the file's counts are beside it
-        st.caption(f"Computed from the raw counts in {ui.md(qc_matrix)} (X holds "
-                   f"{ui.md(value_kind_words(info.get('value_type')))} values).")
+    if qc_matrix != "X":  # the models' matrix beside X (the raw counts, or log-normalised values beside a scaled X)
+        st.caption(ui.md(qc_words(*source, info.get("value_type"))))
     elif qc_kind not in ("counts", None):
         kind = str(qc_kind).replace("_", " ")
         st.caption(("These values are not recognisable as counts" if kind == "unknown" else

@@ -80,7 +80,7 @@ PANEL_CHOSEN = "panel_models_identity"  # kept for a reload with the chosen mode
 PANEL_MARKERS = "panel_markers"
 EMBED_ESTIMATE = "embed_estimate"
 MODEL_FITS = "fits_for_data"  # (data and library token, {bundle path: fit_for_data}): the default model's ranking
-QC_METRICS = "qc_metrics"            # (data token, per-cell QC metrics)
+QC_METRICS = "qc_metrics"            # ((data token, matrix choice), per-cell QC metrics)
 PREDICT_RUNNING = "predict_running"  # set while a prediction runs; still set after an interrupted run
 # the same for the other long runs (ui.long_run sets and clears them)
 EXPLAIN_RUNNING = "running_explain"

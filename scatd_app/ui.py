@@ -300,11 +300,13 @@ def token_of(*parts) -> str:
 
 
 def qc_metrics(adata: ad.AnnData):
-    """Per-cell QC metrics of the session's dataset (computed once per upload)."""
+    """Per-cell QC metrics of the session's dataset, from the matrix the models read (computed once per
+    upload and matrix choice)."""
+    from scatd_core._keys import MATRIX
     from scatd_core.preprocess import qc_metrics as compute
 
     ss = st.session_state
-    token = ss.get(state.DATA_TOKEN)
+    token = (ss.get(state.DATA_TOKEN), str(adata.uns.get(MATRIX, "auto")))
     cached = ss.get(state.QC_METRICS)
     if cached is None or cached[0] != token:
         with st.spinner("Computing QC metrics…"):
@@ -374,11 +376,12 @@ def prediction_token(bundle, settings: dict) -> str:
                     bundle.manifest.get("weights_sha256", ""), settings, str(adata.uns.get(MATRIX, "auto")))
 
 
-def has_counts(adata: ad.AnnData) -> bool:
-    """Whether the data hold raw counts, in X or beside it (``layers['counts']``, ``adata.raw``)."""
-    from scatd_core.matrices import counts_candidate
+def qc_source(adata: ad.AnnData):
+    """``(matrix, chosen by the user)`` the Data page's QC is computed from: the models' matrix
+    (:func:`scatd_core.matrices.qc_candidate`)."""
+    from scatd_core.matrices import qc_candidate
 
-    return counts_candidate(adata) is not None
+    return qc_candidate(adata)
 
 
 def matrix_words(choice) -> str:
@@ -396,7 +399,8 @@ AUTO_MATRIX = "auto: the best suited for each model"
 def matrix_choice(adata: ad.AnnData) -> None:
     """The Data page's card line on the file's matrices (X, adata.raw, layers) and, when it has
     more than one, the choice of the one the models read (``uns['scatd_matrix']``; automatic by
-    default). A new choice clears the prediction made on another matrix."""
+    default). A new choice clears the prediction made on another matrix; when QC then reads another
+    matrix (:func:`qc_source`), its bounds are suggested again and its filter is off."""
     from scatd_core import matrices
     from scatd_core._keys import MATRIX
 
@@ -415,10 +419,17 @@ def matrix_choice(adata: ad.AnnData) -> None:
                           help="X, adata.raw or a layer of the file. The file itself is not changed.")
     chosen = None if picked == AUTO_MATRIX else picked
     if chosen != now:
+        qc_before = matrices.qc_candidate(adata)[0].name
         if chosen is None:
             adata.uns.pop(MATRIX, None)
         else:
             adata.uns[MATRIX] = chosen
+        if matrices.qc_candidate(adata)[0].name != qc_before:  # QC now reads other values: its bounds are
+            from scatd_core.preprocess import remove_qc_filter  # suggested again for them, the filter off
+
+            for key in [k for k in st.session_state.keys() if str(k).startswith("qc_")]:
+                del st.session_state[key]
+            remove_qc_filter(adata)
         st.session_state.pop(state.INPUTS, None)
         state.invalidate("prediction")
         st.rerun()

@@ -621,6 +621,58 @@ def test_counts_beside_a_log_normalised_x_are_used_for_qc_and_the_model_and_the_
     assert "The model reads X (log-normalised, " in plain(at.caption) and "as you chose" in plain(at.caption)
 
 
+def test_qc_of_a_z_scored_x_reads_the_models_matrix_also_backed_and_chosen(with_library, monkeypatch):
+    """QA r1: the Data page's QC must read the matrix the models read, not X's z-scores. Counts in
+    adata.raw (also of a file read from disk in parts, backed): QC numbers are those of the counts. A
+    z-scored X beside log-normalised values in adata.raw (no counts) had no QC at all, though the models
+    read raw; a matrix chosen for the models was ignored by QC. The caption says which matrix."""
+    from scatd_core.preprocess import qc_metrics
+
+    adata = make_dataset(60, seed=2)
+    x = adata.X.toarray()
+    logged = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4).astype(np.float32)
+    z = ((logged - logged.mean(0)) / np.where(logged.std(0) > 0, logged.std(0), 1)).astype(np.float32)
+    scaled = ad.AnnData(X=z, obs=adata.obs.copy(), var=adata.var.copy())
+    scaled.raw = adata.copy()  # the counts
+    expected = qc_metrics(adata)
+    assert expected["total_counts"].to_numpy() == pytest.approx(x.sum(1))
+
+    def plain(elements):  # without the markdown escapes of brackets
+        return text(elements).replace("\\", "")
+
+    def shown(at):
+        return at.session_state[state.QC_METRICS][1]
+
+    monkeypatch.setattr("scatd_core.io._hdf5.BACKED_MIN_CELLS", 10)  # read from disk in parts
+    at = start()
+    upload(at, "scaled.h5ad", h5ad_bytes(scaled))
+    assert at.session_state[state.ADATA].isbacked
+    pd.testing.assert_frame_equal(shown(at), expected, check_dtype=False)
+    assert "Computed from the raw counts in adata.raw (X holds z-scored values)." in plain(at.caption)
+    assert len(at.get("plotly_chart")) == 2 and [t for t in at.toggle if t.key == "qc_enabled"]
+    monkeypatch.undo()
+
+    scaled.raw = ad.AnnData(X=logged, obs=adata.obs.copy(), var=adata.var.copy())  # log-normalised, no counts
+    at = start()
+    upload(at, "scaled_log.h5ad", h5ad_bytes(scaled))
+    assert "no QC metrics or filter" not in text(at.info)
+    of_logs = qc_metrics(ad.AnnData(X=logged, obs=adata.obs, var=adata.var))
+    pd.testing.assert_frame_equal(shown(at), of_logs, check_dtype=False)
+    assert "Computed from the log-normalised values in adata.raw (X holds z-scored values)." in plain(at.caption)
+
+    scaled.layers["counts"] = adata.X.copy()  # counts too: QC reads them, until raw is chosen for the models
+    at = start()
+    upload(at, "scaled_both.h5ad", h5ad_bytes(scaled))
+    pd.testing.assert_frame_equal(shown(at), expected, check_dtype=False)
+    at.toggle(key="qc_enabled").set_value(True).run()
+    next(s for s in at.selectbox if s.label == "Matrix for the models").set_value("raw").run()
+    ok(at)
+    pd.testing.assert_frame_equal(shown(at), of_logs, check_dtype=False)
+    assert "adata.raw (the matrix chosen for the models; X holds z-scored values)" in plain(at.caption)
+    assert not at.toggle(key="qc_enabled").value  # bounds in counts mean nothing for log values: suggested again
+    assert "scatd_qc_pass" not in at.session_state[state.ADATA].obs
+
+
 def test_the_model_page_does_not_rank_z_scored_genes_by_expression(with_library):
     """QA on SCAD's z-scored CSVs: 'Most expressed data genes the model does not use' ranked them by mean
     z-score (B4GALT5 0.83, LCN2 0.80), which is not expression. For centred values the page says so and
