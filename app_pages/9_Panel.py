@@ -128,7 +128,10 @@ with st.container(border=True):
     ss[state.PANEL_CHOSEN] = {p: recorded.get(p) or ui.model_identities([classifiers[p]])[p] for p in paths}
     with st.expander("Save these models as a panel (only you see your panels)"):
         c = st.columns([0.7, 0.3], vertical_alignment="bottom")
-        name = c[0].text_input("Panel name", key="panel_name", max_chars=64)
+        # a change of the name (even of its case) gives a new, unticked "Replace it" box: each replace is ticked for
+        # the name it replaces (QA r1: ticked for 'real10', it stayed ticked when 'REAL10' was typed)
+        name = c[0].text_input("Panel name", key="panel_name", max_chars=64, on_change=ui.detached(
+            lambda: ss.__setitem__("panel_saves", ss.get("panel_saves", 0) + 1)))
         existing = panel.find_saved(saved, name)  # whatever its case: "Keepme" is "keepme"
         # a saved panel of this name is replaced only when asked, saying which models it holds (QA: a CLI-saved
         # 9-drug panel was replaced by 3 demo drugs, unasked)

@@ -311,17 +311,23 @@ def test_saving_over_a_saved_panel_asks_first_and_names_its_drugs(with_panel_lib
     assert not at.success
     assert "You already have a panel named 'real10' (3 models: DRUGA, DRUGB, DRUGC); it was not replaced" \
         in text(at.error).replace("\\", "") and "tick 'Replace it'" in text(at.error)
-    box = at.checkbox(key="panel_replace_real10_0")
+    box = at.checkbox(key="panel_replace_real10_1")
     assert "your saved panel 'real10' (3 models: DRUGA, DRUGB, DRUGC) becomes these models" \
         in box.label.replace("\\", "")
-    at.checkbox(key="panel_replace_real10_0").check().run()
+    at.checkbox(key="panel_replace_real10_1").check().run()
     at.button(key="btn_panel_save").click().run()
     ok(at)
     assert "Replaced your panel 'real10'." in text(at.success)
     assert panel.list_panels(user)["real10"]["models"] == list(DRUGS[:2])
     # the next save under that name asks again: the box is a new one, not left ticked
     at.multiselect(key="panel_models").set_value([str(with_panel_library / d) for d in DRUGS]).run()
-    assert at.checkbox(key="panel_replace_real10_1").value is False
+    assert at.checkbox(key="panel_replace_real10_2").value is False
+    at.button(key="btn_panel_save").click().run()
+    assert panel.list_panels(user)["real10"]["models"] == list(DRUGS[:2]) and not at.success
+    # ticked, then the name retyped (another case: the same saved panel): a new, unticked box, nothing replaced
+    at.checkbox(key="panel_replace_real10_2").check().run()
+    at.text_input(key="panel_name").input("REAL10").run()
+    assert [c.value for c in at.checkbox if (c.key or "").startswith("panel_replace_")] == [False]
     at.button(key="btn_panel_save").click().run()
     assert panel.list_panels(user)["real10"]["models"] == list(DRUGS[:2]) and not at.success
 
