@@ -1321,8 +1321,18 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_with_exit_143(capsys, cells_and_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(export, "predictions_table", stopped)
-    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "q.csv")
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "q.csv", "--json", tmp / "q.json")
     assert code == 130 and err.splitlines()[-1] == "interrupted: nothing was written", err
+    said = json.loads((tmp / "q.json").read_text())  # --json is written on a stop too (it was not: QA pipe)
+    assert said["exit_code"] == 130 and said["error"] == "interrupted: nothing was written", said
+
+    def bug(*a, **k):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(export, "predictions_table", bug)  # exit 1 (a bug): the summary says so as well
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "r.csv", "--json", tmp / "r.json")
+    said = json.loads((tmp / "r.json").read_text())
+    assert code == 1 and said["exit_code"] == 1 and said["error"] == "unexpected ValueError: a bug", said
 
 
 def test_a_dash_for_standard_input_or_output_is_refused_by_name(capsys, cells_and_bundle):

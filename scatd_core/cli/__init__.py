@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         left = (f"written before the stop: {', '.join(str(p) for p in written)}; the others were not written"
                 if written else "nothing was written")
         how = " (SIGTERM: the job was stopped)" if isinstance(exc, Terminated) else ""
-        say(f"interrupted{how}: {words(args) if callable(words) else left}")
-        return 143 if isinstance(exc, Terminated) else 130
+        said = f"interrupted{how}: {words(args) if callable(words) else left}"
+        say(said)
+        return write_summary(args, 143 if isinstance(exc, Terminated) else 130, ScatdError(said))  # --json: why too
     except BrokenPipeError:  # the output went to a reader that stopped (| head): as other Unix tools, quietly
         import os
 
@@ -150,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line for the user, the traceback with --debug
         if args.debug:
             raise
-        say(f"error: unexpected {type(exc).__name__}: {exc}")
+        said = f"unexpected {type(exc).__name__}: {exc}"
+        say(f"error: {said}")
         say("This is a bug in scATD Studio; run again with --debug and report the output.")
-        return 1
+        return write_summary(args, 1, ScatdError(said, "a bug in scATD Studio: run again with --debug and report it"))
     finally:
         _restore_sigterm(previous)
 
