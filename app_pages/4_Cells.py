@@ -234,7 +234,10 @@ if emb_info is not None:
     values, categorical, crange, scale = colour_options[colour]
     fig = pl.umap_figure(np.asarray(adata.obsm["X_umap"]), values, name=colour, categorical=categorical,
                          color_range=crange, colorscale=scale or pl.PROB_SCALE, cell_ids=adata.obs_names.astype(str),
-                         note=embed.fit_note(emb_info), colors=legend_colours.get(colour),
+                         colors=legend_colours.get(colour),
+                         # the notes as text under the chart (they wrap on a phone); the fit on a
+                         # subsample and the cells without coordinates: in the page's own caption below
+                         notes_below=True, missing_note=False,
                          # blue/red: the calls at the threshold in use
                          threshold=float(info["threshold"]["value"]) if colour == "P(resistant)" else None)
     with umap_area:

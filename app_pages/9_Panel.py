@@ -346,12 +346,13 @@ if UMAP in adata.obsm:
     values, categorical, crange, scale = options[colour]
     if colour == "number of drugs resisted":  # a whole count: one colour per number, not a colour bar
         fig = pl.count_umap_figure(np.asarray(adata.obsm[UMAP]), values, len(scored), name="drugs resisted",
-                                   cell_ids=adata.obs_names.astype(str))
+                                   cell_ids=adata.obs_names.astype(str), notes_below=True)
     else:
         drug_thr = {f"P(resistant): {m.drug}": float(adata.uns[m.key]["threshold"]["value"]) for m in scored}
         fig = pl.umap_figure(np.asarray(adata.obsm[UMAP]), values, name=colour, categorical=categorical,
                              color_range=crange, colorscale=scale or pl.PROB_SCALE,
-                             cell_ids=adata.obs_names.astype(str), threshold=drug_thr.get(colour))
+                             cell_ids=adata.obs_names.astype(str), threshold=drug_thr.get(colour),
+                             notes_below=True)  # under the chart as text: wraps on a phone
     ui.chart(fig, key="panel_umap")
     if colour == "number of drugs resisted" and np.isnan(values).any():  # only when some cell is grey
         st.caption(f"Grey, '{pl.NO_COUNT}': cells QC-filtered or left out by every model.")

@@ -1667,11 +1667,17 @@ def chart(fig, *, key: str, where=None, alt: str | None = None, filename: str | 
     its builder in :mod:`scatd_core.pl` attached), which Streamlit gives the chart as its
     accessible name (``role="figure"``, ``aria-label``) for a screen reader, and a toolbar of
     the buttons of use only (:func:`scatd_core.pl.chart_config`: download as PNG, named
-    ``filename`` or as the builder named it; reset axes; zoom and pan where they show more)."""
+    ``filename`` or as the builder named it; reset axes; zoom and pan where they show more).
+    The notes its builder left to be written under it (:func:`scatd_core.pl.figure_notes`, e.g.
+    "Showing a random 200,000 of 250,000 cells.") follow it as a caption, which wraps at any width
+    (a note drawn in the figure is one line, cut off on a phone)."""
     from scatd_core import pl
 
-    return (where or st).plotly_chart(fig, key=key, alt=alt or pl.alt_text(fig),
-                                      config=pl.chart_config(fig, filename))
+    shown = (where or st).plotly_chart(fig, key=key, alt=alt or pl.alt_text(fig),
+                                       config=pl.chart_config(fig, filename))
+    if notes := pl.figure_notes(fig):
+        (where or st).caption(md(" ".join(notes)))
+    return shown
 
 
 def table(data, *, where=None, **options):

@@ -331,8 +331,9 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                 categorical: bool | None = None, cell_ids: Sequence[str] | None = None,
                 color_range: tuple[float, float] | None = None, colorscale: str | list = PROB_SCALE,
                 title: str | None = None, point_size: float | None = None,
-                max_points: int = MAX_PLOT_POINTS, note: str | None = None,
-                colors: dict[str, str] | None = None, threshold: float | None = None) -> go.Figure:
+                max_points: int | None = None, note: str | None = None,
+                colors: dict[str, str] | None = None, threshold: float | None = None,
+                notes_below: bool = False, missing_note: bool = True) -> go.Figure:
     """UMAP scatter coloured by ``values`` (numbers: a colour scale; text: one trace per value,
     coloured by ``colors`` where it names the value).
 
@@ -343,8 +344,16 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     :func:`scatd_core.embed.fit_note`). Points with non-finite coordinates are left out and
     counted in a note under the plot;
     cells with a non-finite colour value are drawn in grey. WebGL above
-    :data:`WEBGL_MIN_POINTS` points; a seeded random subsample of ``max_points`` above that.
+    :data:`WEBGL_MIN_POINTS` points; a seeded random subsample of ``max_points`` (default
+    :data:`MAX_PLOT_POINTS`) above that, said in the note.
+
+    ``notes_below``: the notes are not drawn in the figure (a Plotly annotation is one line that
+    never wraps: cut off on a phone) but kept in ``layout.meta`` for the page to write under the
+    chart as text, which wraps (:func:`figure_notes`; the app's ``ui.chart`` does).
+    ``missing_note=False``: the cells without coordinates are not counted in the notes (the page
+    says so itself).
     """
+    max_points = MAX_PLOT_POINTS if max_points is None else int(max_points)
     coords = np.asarray(coords, dtype=np.float64)
     ok = finite_rows(coords)
     drawable = ok.copy()  # before any subsample: what the text alternative counts
@@ -404,19 +413,29 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     fig.update_xaxes(title="UMAP 1", showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(title="UMAP 2", showticklabels=False, zeroline=False, showgrid=False, scaleanchor=None)
     notes = [note] if note else []
-    if n_out:
+    if n_out and missing_note:
         notes.append(f"{counted(n_out)} without coordinates {'is' if n_out == 1 else 'are'} not shown")
     if n_drawable > max_points:
         notes.append(f"showing a random {max_points:,} of {n_drawable:,} cells")
-    if notes:  # under the axis title "UMAP 1" (NOTE_SHIFT pixels below the plot), in a margin made for it
+    if notes and not notes_below:  # under the axis title "UMAP 1" (NOTE_SHIFT pixels below the plot), in a margin
         fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=0,
                            xanchor="left", yanchor="top", yshift=-NOTE_SHIFT, font=dict(size=11, color="#666"))
     alt = _umap_alt(values, drawable, name, categorical, threshold)
     alt += "".join(f" {n[0].upper()}{n[1:]}." for n in notes[1 if note else 0:])
     fig = layout(fig, title, height=520)
-    if notes:
+    if notes and not notes_below:
         fig.update_layout(margin=dict(b=NOTE_SHIFT + 24))
-    return describe(fig, alt, f"umap_{name or 'cells'}")
+    fig = describe(fig, alt, f"umap_{name or 'cells'}")
+    if notes and notes_below:
+        fig.update_layout(meta={**fig.layout.meta, "notes": [f"{n[0].upper()}{n[1:]}." for n in notes]})
+    return fig
+
+
+def figure_notes(fig: go.Figure) -> list[str]:
+    """The notes a figure built with ``notes_below`` (:func:`umap_figure`) leaves to be written under
+    it, as sentences (e.g. "Showing a random 200,000 of 250,000 cells."); none for any other figure."""
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    return [str(n) for n in meta.get("notes") or []]
 
 
 #: How far (pixels) below a UMAP's plot area its note starts: clear of the x-axis title "UMAP 1"
@@ -458,7 +477,8 @@ NO_COUNT = "scored by no drug"
 
 
 def count_umap_figure(coords: np.ndarray, counts: Sequence, n_max: int, *, name: str,
-                      cell_ids: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
+                      cell_ids: Sequence[str] | None = None, title: str | None = None,
+                      notes_below: bool = False) -> go.Figure:
     """UMAP coloured by a small whole count (the number of drugs a cell resists, 0..``n_max``):
     one colour per count, light to dark red, listed 0, 1, 2 ... in the legend (a continuous colour
     bar read 0, 0.5, 1 ... for a count); a missing count (NaN) is :data:`NO_COUNT`, grey."""
@@ -472,7 +492,7 @@ def count_umap_figure(coords: np.ndarray, counts: Sequence, n_max: int, *, name:
     shades = sample_colorscale("Reds", [0.12 + 0.88 * i / n_max for i in range(n_max + 1)])
     colors = {**dict(zip(order, shades)), NO_COUNT: COLORS[NOT_SCORED]}
     fig = umap_figure(coords, pd.Series(pd.Categorical(text, categories=order)), name=name, categorical=True,
-                      cell_ids=cell_ids, title=title, colors=colors)
+                      cell_ids=cell_ids, title=title, colors=colors, notes_below=notes_below)
     return fig.update_layout(legend=dict(title=dict(text=name)))
 
 

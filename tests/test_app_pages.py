@@ -442,16 +442,23 @@ def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_s
                                                                                                  monkeypatch):
     """QA (Cells page): at threshold 1.0 (no cell called resistant) precision and F1 read 0.000; the
     called-label legend listed sensitive before resistant (the known labels: resistant first); on
-    100k cells the caption did not say the UMAP was fitted on a random 30,000 of them."""
+    100k cells the caption did not say the UMAP was fitted on a random 30,000 of them.
+    QA r1: above pl.MAX_PLOT_POINTS cells the plot draws a random share of them, and said so in a
+    note drawn inside the figure (a Plotly annotation: one line that never wraps), cut off at a
+    phone's width (390 px): now a caption of its own under the chart, which wraps."""
     from scatd_core import embed
 
     monkeypatch.setattr(embed, "UMAP_FIT_MAX_CELLS", 120)  # 180 cells: fitted on 120, 60 placed
+    monkeypatch.setattr(pl, "MAX_PLOT_POINTS", 100)  # and a random 100 of them drawn
     at = start()
     upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
     run_prediction(at)
     goto(at, "4_Cells")
     assert "UMAP of 180 cells (" in text(at.caption)
     assert "fitted on a random 120 of them, the other 60 placed into that layout" in text(at.caption)
+    assert "Showing a random 100 of 180 cells." in [str(c.value).replace("\\", "") for c in at.caption]
+    umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
+    assert not umap["layout"].get("annotations")  # nothing written inside the figure, to be cut off
     at.selectbox(key="cells_colour").set_value("called label").run()
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
     assert [t["name"].rsplit(" (", 1)[0] for t in sorted(umap["data"], key=lambda t: t.get("legendrank", 0))] == \

@@ -53,6 +53,25 @@ def test_umap_text_counts_the_calls_or_the_categories():
     assert "Showing a random 50 of 99 cells." in pl.alt_text(pl.umap_figure(coords, prob, name="p", max_points=50))
 
 
+def test_umap_notes_can_be_left_to_the_page_as_text_that_wraps():
+    """QA r1: the note under a UMAP ("showing a random N of M cells") was a Plotly annotation, one
+    line that never wraps: cut off on a phone. With ``notes_below`` nothing is written in the figure
+    and the notes are kept, as sentences, for the page to write under it (the app's ui.chart does)."""
+    coords = np.random.default_rng(0).normal(size=(99, 2))
+    coords[0] = np.nan
+    inside = pl.umap_figure(coords, None, max_points=50, note="UMAP fitted on a random 40 of 98 cells")
+    assert "showing a random 50 of 98 cells" in inside.layout.annotations[0].text and not pl.figure_notes(inside)
+    below = pl.umap_figure(coords, None, max_points=50, note="UMAP fitted on a random 40 of 98 cells",
+                           notes_below=True)
+    assert not below.layout.annotations and below.layout.margin.b < inside.layout.margin.b  # no room made for it
+    assert pl.figure_notes(below) == ["UMAP fitted on a random 40 of 98 cells.", "1 cell without coordinates is not "
+                                      "shown.", "Showing a random 50 of 98 cells."]
+    assert pl.figure_notes(pl.umap_figure(coords, None, max_points=50, notes_below=True, missing_note=False)) == \
+        ["Showing a random 50 of 98 cells."]
+    assert pl.figure_notes(pl.umap_figure(coords[1:], None, notes_below=True)) == []  # nothing to say
+    assert pl.alt_text(below).startswith("UMAP of 98 cells.")  # the text alternative is kept
+
+
 def test_evaluation_figures_give_their_numbers():
     roc = pd.DataFrame({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1], "threshold": [1, 0.5, 0]})
     assert "AUROC 0.812" in pl.alt_text(pl.roc_figure(roc, 0.8123))
