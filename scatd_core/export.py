@@ -941,7 +941,7 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}.cards{display:flex;gap
 display:block}.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}footer{color:#888;font-size:12px;
 margin-top:40px}code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
 .table-scroll{overflow-x:auto;max-width:100%}.table-scroll table{margin:0}.table-scroll{margin:8px 0}
-p,li{overflow-wrap:anywhere}figure.chart{margin:0;min-width:0}
+p,li{overflow-wrap:anywhere}figure.chart{margin:0;min-width:0}figure.chart figcaption{color:#666;font-size:13px;margin-bottom:12px}
 @media (max-width:640px){main{padding:12px}.grid{grid-template-columns:1fr}}
 """
 #: Rows of the biomarker ranking shown in the HTML report (biomarkers.csv has them all).
@@ -983,10 +983,15 @@ def _scrolling(table: str) -> str:
 
 def _figure_html(fig: go.Figure) -> str:
     """``fig`` for report.html: in a ``<figure>`` named by its text alternative (:func:`scatd_core.pl.alt_text`,
-    read by screen readers as the app's charts are), with the app's short toolbar and PNG file name."""
+    read by screen readers as the app's charts are), with the app's short toolbar and PNG file name, and
+    the notes its builder left to be written under it (:func:`scatd_core.pl.figure_notes`) as its
+    ``<figcaption>``: text that wraps on a phone, as under the app's charts."""
     config = {**pl.chart_config(fig), "responsive": True}
     plot = fig.to_html(full_html=False, include_plotlyjs=False, config=config)
-    return f"<figure class='chart' role='figure' aria-label='{html.escape(pl.alt_text(fig), quote=True)}'>{plot}</figure>"
+    notes = pl.figure_notes(fig)
+    caption = f"<figcaption>{html.escape(' '.join(notes))}</figcaption>" if notes else ""
+    return (f"<figure class='chart' role='figure' aria-label='{html.escape(pl.alt_text(fig), quote=True)}'>"
+            f"{plot}{caption}</figure>")
 
 
 def _version(dist: str) -> str:
@@ -1035,10 +1040,11 @@ def _prediction_figures(adata, keys, info) -> str:
             basis, note = "the data's own obsm['X_umap']", None
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.prob].to_numpy(), name="P(resistant)",
                                                    color_range=(0, 1), cell_ids=ids, note=note,
+                                                   notes_below=True,  # as text under it: wraps on a phone
                                                    threshold=thr["value"],  # blue/red: the calls
                                                    title=f"UMAP ({basis}) coloured by P(resistant)")))
         figures.append(_figure_html(pl.umap_figure(coords, adata.obs[keys.label], name="called", categorical=True,
-                                                   cell_ids=ids, note=note,
+                                                   cell_ids=ids, note=note, notes_below=True,
                                                    title=f"UMAP ({basis}) coloured by the called label")))
         umap_note = _no_umap_note(adata, keys.prefix)
         if umap_note:  # scATD's UMAP not computed
@@ -1492,6 +1498,7 @@ def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), d
         grey = " (grey: scored by no drug)" if np.isnan(resisted).any() else ""  # only when some cell is grey
         parts.append(_figure_html(pl.count_umap_figure(coords, resisted, len(ms),
                                                        name="drugs resisted", cell_ids=adata.obs_names.astype(str),
+                                                       notes_below=True,
                                                        title=f"UMAP{whose} coloured by the number of drugs "
                                                              f"resisted{grey}")))
     if subclone and markers is not None and len(markers):

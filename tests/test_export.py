@@ -366,6 +366,21 @@ def test_the_report_fits_a_phone_tables_scroll_and_the_biomarker_legend_is_under
     assert fig["yaxis"]["automargin"] is True  # whole gene names
 
 
+def test_the_reports_umap_notes_are_text_under_the_plot_that_wraps(filtered_result, monkeypatch):
+    """QA r1: a UMAP's note ("N cells without coordinates are not shown; showing a random N of M
+    cells") was a Plotly annotation, one line that never wraps: cut off on a phone. report.html
+    writes it as the figure's caption, under the plot, and draws nothing in the figure."""
+    adata, _, passed = filtered_result
+    monkeypatch.setattr(pl, "MAX_PLOT_POINTS", 50)
+    text = export.html_report(adata, label_column="response", group_columns=["sample"])
+    n_out, n_in = int((~passed).sum()), int(passed.sum())
+    caption = (f"<figcaption>{n_out} cells without coordinates are not shown. "
+               f"Showing a random 50 of {n_in} cells.</figcaption></figure>")
+    assert text.count(caption) == 2  # under both UMAPs
+    assert "showing a random 50" not in text  # the figure's own note, drawn in it ("...; showing a random ...")
+    assert re.search(r"figure\.chart figcaption\{", text)
+
+
 def test_html_report_labels_demo_models_and_reports_evaluation_problems(data_and_bundle, tmp_path):
     adata, _ = data_and_bundle
     demo_bundle = make_bundle(tmp_path / "demo", adata, steps=2, demo=True)
