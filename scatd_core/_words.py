@@ -60,6 +60,7 @@ _CLI_PHRASES = (
     ("upload log1p(CP10k) values instead", "give log1p(CP10k) values instead"),
     ("upload the counts instead", "give the counts instead"),
     ("and upload counts if you can", "and give counts if you can"),
+    ("would dominate. Upload raw counts, or log1p-transform", "would dominate. Give raw counts, or log1p-transform"),
     ("or upload the data file itself", "or give the data file itself"),
     ("upload a file that carries the symbols", "give a file that carries the symbols"),
     ("or upload an h5ad.", "or give an h5ad file."),

@@ -150,8 +150,11 @@ def _read_table(path: Path, what: str, max_rows: int = MAX_TABLE_ROWS, *, name: 
         raise InputError(f"{name} ({what}) is not UTF-8 text.",
                          "Save it as CSV UTF-8 (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)') and give it "
                          "again.") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{name} is not a readable CSV/TSV table ({exc}).",
+    except pd.errors.EmptyDataError:  # which of the command's files is empty, by what it is (QA: --bulk-labels)
+        raise InputError(f"{name} ({what}) is empty: it has no header line and no rows.",
+                         f"Give the {what.lower()} as a CSV or TSV file with a header line.") from None
+    except (pd.errors.ParserError, ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{name} ({what}) is not a readable CSV/TSV table ({exc}).",
                          f"Give the {what.lower()} as a CSV or TSV file.") from None
     if len(table) > allowed:
         limit = (f"{max_rows:,} rows" if allowed == max_rows

@@ -1114,9 +1114,9 @@ def test_exit_codes_tell_a_pipeline_what_went_wrong_and_strict_json_quiet(capsys
     monkeypatch.setitem(_common._QUIET, "on", False)  # --quiet below: said again after the test
 
     epilog = build_parser().format_help()
-    assert all(f"  {code:<4} " in epilog for code in (0, 1, 2, 3, 4, 130)) and "cannot score" in epilog
+    assert all(f"  {code:<4} " in epilog for code in (0, 1, 2, 3, 4, 130, 141, 143)) and "cannot score" in epilog
     tmp, _sd, enc, _z, genes, x, cells = dist_setup
-    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 130, 143}
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 130, 141, 143}
     code, _, _ = _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
                       "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
     assert code == 0

@@ -67,6 +67,9 @@ def test_duplicate_cell_lines_and_empty_table(tmp_path):
         read_label_table(path)
     with pytest.raises(InputError, match="no labelled"):
         drug_labels(pd.DataFrame({"D": [None, "NA"]}, index=["a", "b"]), "D")
+    (tmp_path / "empty.csv").write_text("")  # which file it is, by what it is (QA: "empty.csv is not a readable ...")
+    with pytest.raises(InputError, match=r"empty\.csv \(Label table\) is empty: it has no header line and no rows"):
+        read_label_table(tmp_path / "empty.csv")
 
 
 def test_encode_labels_strings_numbers_and_missing():

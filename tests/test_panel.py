@@ -397,6 +397,10 @@ def test_cli_panel_save_then_predict_with_it_and_errors(lib_env, tmp_path, capsy
     out = tmp_path / "p.csv"
     assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--panel", "three", "--output", str(out)]) == 0
     assert {"DRUGA_label", "DRUGB_label", "DRUGC_label"} <= set(pd.read_csv(out).columns)
+    # its name in other capitals is the same panel (QA: KeyError 'THREE', exit 1)
+    cased = tmp_path / "cased.csv"
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--panel", "THREE", "--output", str(cased)]) == 0
+    assert pd.read_csv(cased).equals(pd.read_csv(out))
     capsys.readouterr()
     assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--panel", "three", "--model", "DRUGA",
                  "--output", str(out)]) == 2

@@ -41,3 +41,14 @@ def test_evaluate_notes_counted(n, said):
 def test_too_few_cells_counted(n, said):
     why = too_few_cells(ad.AnnData(np.zeros((n, 2), dtype=np.float32)), basis="expression")
     assert why.startswith(said)
+
+
+def test_the_command_line_gives_files_where_the_app_uploads_them():
+    """QA: the CLI printed the app's advice ('Upload raw counts', 'upload the full gene matrix');
+    every line it prints goes through cli_words, whole phrases only (the upload limit stays)."""
+    from scatd_core._words import SUBSET_ADVICE, cli_words
+
+    tpm = "would dominate. Upload raw counts, or log1p-transform the values first."
+    assert cli_words(tpm) == "would dominate. Give raw counts, or log1p-transform the values first."
+    assert "give the full gene matrix" in cli_words(SUBSET_ADVICE) and "upload" not in cli_words(SUBSET_ADVICE)
+    assert cli_words("over the upload limit of 500 MB") == "over the upload limit of 500 MB"

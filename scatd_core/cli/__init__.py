@@ -38,6 +38,7 @@ EXIT_CODES = {
     4: "--strict: the run finished and wrote its files, but some cells were not scored or some panel drugs "
        "were skipped (the reason is printed)",
     130: "interrupted (Ctrl-C): temporary files removed, what was written before the stop said",
+    141: "the output went to a reader that stopped (| head)",
     143: "stopped by SIGTERM (a cancelled Slurm/Nextflow/Snakemake job): the same clean-up as Ctrl-C",
 }
 

@@ -308,7 +308,7 @@ def panel_bundles(args) -> list:
     if args.panel:
         from scatd_core.panel import load_panel
 
-        from scatd_core.panel import list_panels, lost_from_saved_panel
+        from scatd_core.panel import find_saved, list_panels, lost_from_saved_panel
 
         bundles, problems = load_panel(args.panel, os_user(), library=args.library, cli=True)
         for problem in problems:
@@ -319,7 +319,8 @@ def panel_bundles(args) -> list:
         from scatd_core.panel import check_models
 
         # the drugs requested but not loaded: named in every output with why (not silently dropped)
-        args.panel_lost = lost_from_saved_panel(list_panels(os_user(), cli=True)[args.panel], bundles, problems)
+        saved = list_panels(os_user(), cli=True)  # 'LUNG' is the panel saved as 'Lung' (QA: KeyError, exit 1)
+        args.panel_lost = lost_from_saved_panel(saved[find_saved(saved, args.panel)], bundles, problems)
         bundles, notes = check_models(bundles)
         for note in notes:
             say(f"warning: {note}")
