@@ -680,6 +680,7 @@ def test_log_normalised_values_get_the_input_of_their_counts(log_bundle, layout,
         mi = ModelInput(adata, log_bundle, batch_size=64)
         assert mi.unlog and mi.log_normalise
         np.testing.assert_allclose(_all_rows(mi), expected, atol=2e-5)
+        from scatd_core._words import cli_words
         from scatd_core.preprocess import UNLOG_NOTE
 
         info = adata.uns["scatd"]
@@ -688,7 +689,7 @@ def test_log_normalised_values_get_the_input_of_their_counts(log_bundle, layout,
     table = export.metrics_table(median)
     assert UNLOG_NOTE in table.query("section == 'summary' and metric == 'note'")["value"].tolist()
     report_prediction(median)
-    assert f"note: {UNLOG_NOTE}" in capsys.readouterr().err
+    assert f"note: {cli_words(UNLOG_NOTE)}" in capsys.readouterr().err  # in the command line's words ("give")
     # a value beyond 1e30 once un-logged: that cell is left out, not scored on an infinity
     x = lognorm.X.toarray() if sp.issparse(lognorm.X) else np.array(lognorm.X)
     x[4, list(lognorm.var_names).index("G0")] = 80.0
