@@ -1155,6 +1155,112 @@ def test_exit_codes_tell_a_pipeline_what_went_wrong_and_strict_json_quiet(capsys
         doc["outputs"], err
 
 
+def test_json_never_replaces_an_input_another_output_or_an_existing_file(capsys, cells_and_bundle):
+    """QA r1 (data loss): `--json FILE` replaced whatever FILE was: the input matrix (--input
+    victim.csv --json victim.csv), the run's own predictions (--output same.csv --json same.csv), an
+    earlier run's file. Now --json is checked before anything runs, as every other output: never an
+    input, a model's file or another output of the run (even with --overwrite), an existing file only
+    with --overwrite; a refused --json is left as it was (the refusal writes no summary into it)."""
+    tmp = cells_and_bundle
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    pd.DataFrame({"cell": ["c0"], "response": ["resistant"]}).to_csv(tmp / "obs.csv", index=False)
+    (tmp / "old.csv").write_text("an earlier run's predictions\n")
+    kept = {p: p.read_bytes() for p in (tmp / "cells.h5ad", tmp / "obs.csv", tmp / "old.csv",
+                                        tmp / "bundle" / "manifest.json")}
+    names = sorted(p.name for p in tmp.iterdir())
+    for argv, said in (
+            (["predict", *data, "--output", tmp / "p1.csv", "--json", tmp / "cells.h5ad", "--overwrite"],
+             f"error: --json {tmp / 'cells.h5ad'} would overwrite the input file {tmp / 'cells.h5ad'}."),
+            (["predict", *data, "--obs", tmp / "obs.csv", "--output", tmp / "p2.csv", "--json", tmp / "obs.csv"],
+             "would overwrite the input file"),
+            (["predict", *data, "--output", tmp / "same.csv", "--json", tmp / "same.csv"],
+             f"error: --json and --output name the same file {tmp / 'same.csv'}."),
+            (["predict", *data, "--output", tmp / "p3.csv", "--h5ad", tmp / "a.h5ad", "--json", tmp / "a.h5ad"],
+             "error: --json and --h5ad name the same file"),
+            (["predict", *data, "--output", tmp / "p4.csv", "--json", tmp / "old.csv"],
+             f"error: {tmp / 'old.csv'} already exists; choose another name or add --overwrite."),
+            (["predict", *data, "--output", tmp / "p5.csv", "--json", tmp / "bundle" / "manifest.json", "--overwrite"],
+             "is inside the model folder"),
+            (["report", *data, "--out", tmp / "rep", "--json", tmp / "rep" / "report.html"],
+             f"error: --json and --out name the same file {tmp / 'rep' / 'report.html'}."),
+            (["explain", *data, "--output", tmp / "bio.csv", "--json", tmp / "bio_metrics.csv"],
+             "error: --json and --output's metrics file name the same file"),
+            (["explain", *data, "--output", tmp / "bio.csv", "--json", tmp / "old.csv"], "already exists")):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and said in err and "Read " not in err, (argv, err)  # refused before anything is read
+    assert {p: p.read_bytes() for p in kept} == kept  # every file as it was
+    assert sorted(p.name for p in tmp.iterdir()) == names  # nothing written, no folder made
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "p6.csv", "--json", tmp / "old.csv", "--overwrite")
+    assert code == 0 and json.loads((tmp / "old.csv").read_text())["exit_code"] == 0, err  # replaced, as asked
+
+
+def test_json_says_a_panels_models_and_the_cells_read_before_a_refusal(capsys, cells_and_bundle):
+    """QA r1: a --panel run's summary said "models": [null], and one refused after the input was read
+    (exit 3: not the model's genes) said "n_cells_read": null although the terminal said "Read 15 cells"."""
+    import shutil
+
+    tmp = cells_and_bundle
+    for name in ("A", "B"):
+        shutil.copytree(tmp / "bundle", tmp / "lib" / name)
+    assert _run(capsys, "panel", "save", "two", "--model", "A", "--model", "B", "--library", tmp / "lib")[0] == 0
+    code, _, err = _run(capsys, "predict", "--panel", "two", "--library", tmp / "lib", "--input", tmp / "cells.h5ad",
+                        "--output", tmp / "panel.csv", "--json", tmp / "panel.json")
+    doc = json.loads((tmp / "panel.json").read_text())
+    assert code == 0 and doc["panel"] == "two", err
+    assert doc["models"] == [str(tmp / "lib" / "A"), str(tmp / "lib" / "B")], doc["models"]
+    cells = ad.read_h5ad(tmp / "cells.h5ad")
+    cells.var_names = [f"mouse{i}" for i in range(cells.n_vars)]  # none of the model's genes
+    cells.write_h5ad(tmp / "mouse.h5ad")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "mouse.h5ad", "--output",
+                        tmp / "m.csv", "--json", tmp / "m.json")
+    doc = json.loads((tmp / "m.json").read_text())
+    assert code == 3 and "Read 15 cells" in err and doc["exit_code"] == 3 and doc["n_cells_read"] == 15, (err, doc)
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "none.h5ad", "--output",
+                        tmp / "n.csv", "--json", tmp / "n.json")
+    assert code == 2 and json.loads((tmp / "n.json").read_text())["n_cells_read"] is None  # nothing read
+
+
+def test_a_stop_while_the_command_loads_is_one_line_not_a_traceback(capsys, cells_and_bundle, monkeypatch):
+    """QA r1: Ctrl+C or SIGTERM in the first second (`timeout -s INT 0.3 scatd predict ...`) printed a
+    KeyboardInterrupt traceback from the imports, before main's clean-up, and wrote no --json. Now
+    `import scatd_core.cli` (what `scatd` and `python -m scatd_core.cli` run before main) loads no
+    sub-command, and a stop while main loads them or reads the arguments is one line, exit 130/143;
+    once the arguments are read and --json checked, the summary is written too."""
+    import signal
+
+    import scatd_core.cli as cli
+    from scatd_core.cli import predict as cli_predict
+
+    res = subprocess.run([sys.executable, "-c", "import sys, scatd_core.cli; print(sorted(m for m in sys.modules if "
+                          "m.startswith('scatd_core.cli.')), 'argparse' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.split() == ["[]", "False"], res.stdout + res.stderr
+    tmp = cells_and_bundle
+    argv = ["predict", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--output", tmp / "p.csv",
+            "--json", tmp / "s.json"]
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    def sigterm():  # a real SIGTERM while the sub-commands load: main's handler is in place already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    for stop, code, said in ((ctrl_c, 130, "interrupted: nothing was written"),
+                             (sigterm, 143, "interrupted (SIGTERM: the job was stopped): nothing was written")):
+        monkeypatch.setattr(cli, "commands", stop)
+        assert _run(capsys, *argv) == (code, "", said + "\n")
+    monkeypatch.undo()
+    assert not (tmp / "s.json").exists() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_predict, "run", stopped)  # the arguments read: --json says it too
+    code, _, err = _run(capsys, *argv)
+    assert code == 130 and err.splitlines()[-1] == "interrupted: nothing was written", err
+    assert json.loads((tmp / "s.json").read_text())["exit_code"] == 130
+
+
 def test_an_output_that_appears_while_the_run_writes_is_not_replaced(capsys, cells_and_bundle, monkeypatch):
     """QA (two `scatd predict --output same.csv` at once): both said "Wrote same.csv", exit 0, and the
     file held one run's results. Now a file that appears under an output's name while the run

@@ -61,7 +61,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", "--summary-json", dest="summary_json", metavar="FILE",
                    help="also write a small JSON summary of the run here (version, command, input, model(s), "
                         "threshold and how it was set, cells read / scored / not scored and why, cells called "
-                        "resistant, warnings, files written, exit code), also when the run fails")
+                        "resistant, warnings, files written, exit code), also when the run fails; never one of the run's "
+                        "input or output files, and an existing file only with --overwrite")
     g.add_argument("--quiet", action="store_true", help="print only warnings and errors on stderr")
 
 
@@ -137,9 +138,62 @@ def record_run(args, adata, outputs, problems) -> None:
     args.run_summary = summary
 
 
+def check_summary(args, path) -> None:
+    """``--json FILE``, checked before anything runs as every other output is: refused (whatever
+    ``--overwrite`` says) when it is one of the run's inputs (``--input``, ``--biomart``, ``--obs``),
+    a file in a model's folder, or a file the run writes itself (the command's ``outputs(args)``:
+    ``--output``, ``--h5ad``, the report's files ...); an existing file only with ``--overwrite``.
+    Only a path that passed is written (:func:`write_summary` writes ``args.summary_file``): a
+    refused one is left as it was, also by the refusal's own summary."""
+    args.summary_file = None
+    if not path:
+        return
+    inputs = [getattr(args, "input", None), getattr(args, "biomart", None), getattr(args, "obs", None)]
+    check_output(path, "--json", inputs=inputs, existing=False)
+    target = Path(path)
+    for folder in _model_folders(args):
+        if _inside(target, folder):
+            raise ScatdError(f"--json {path} is inside the model folder {folder}; a model's files are never replaced.",
+                             "Write the summary somewhere else, e.g. --json summary.json; nothing was run.")
+    outputs = getattr(args, "outputs", None)
+    for option, paths in (outputs(args) if callable(outputs) else {}).items():
+        for other in (paths if isinstance(paths, (list, tuple)) else [paths]):
+            if other and _same_file(target, Path(other)):
+                raise ScatdError(f"--json and {option} name the same file {other}.",
+                                 "Give the summary its own file name, e.g. --json summary.json; nothing was run.")
+    check_output(path, "--json", overwrite=getattr(args, "overwrite", False))
+    args.summary_file = str(path)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.expanduser().resolve().relative_to(folder.expanduser().resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _model_folders(args) -> list[Path]:
+    """The folders of the run's ``--model`` (a folder or a name in the library) and, for ``--panel``,
+    every model folder of the library (never written into by a run)."""
+    from scatd_core.config import model_library_dir
+
+    library = getattr(args, "library", None)
+    root = Path(library).expanduser() if library else model_library_dir()
+    models = getattr(args, "model", None)
+    folders = []
+    for model in (models if isinstance(models, list) else [models]):
+        if model:
+            folders.append(Path(model).expanduser() if Path(model).expanduser().is_dir() else root / str(model))
+    if getattr(args, "panel", None) and root.is_dir():
+        folders += [p for p in root.iterdir() if p.is_dir()]
+    return folders
+
+
 def write_summary(args, code: int, exc: Exception | None = None) -> int:
-    """``--json FILE``: the run's summary, written atomically (also when it failed); returns ``code``."""
-    path = getattr(args, "summary_json", None)
+    """``--json FILE``: the run's summary, written atomically (also when it failed); returns ``code``.
+    Only a file :func:`check_summary` passed is written."""
+    path = getattr(args, "summary_file", None)
     if not path:
         return code
     import json
@@ -148,15 +202,19 @@ def write_summary(args, code: int, exc: Exception | None = None) -> int:
     from scatd_core._output import write_file
 
     models = getattr(args, "model", None)
+    models = models if isinstance(models, list) else [models] if models else []
     doc = {"scatd_version": __version__, "command": args.command, "argv": getattr(args, "argv", sys.argv[1:]),
-           "input": getattr(args, "input", None), "models": models if isinstance(models, list) else [models],
+           "input": getattr(args, "input", None), "models": getattr(args, "panel_models", None) or models,
            **({"panel": args.panel} if getattr(args, "panel", None) else {}),
+           "n_cells_read": getattr(args, "n_cells_read", None),  # said once the input is read, also if refused then
            **getattr(args, "run_summary", {}), "exit_code": int(code),
            **({"error": getattr(exc, "message", str(exc)), "hint": getattr(exc, "hint", None)} if exc else {})}
     try:
         write_file(path, json.dumps(doc, indent=2, default=str) + "\n")
     except OSError as err:
         say(f"warning: --json {path}: not written ({err})")
+    except ScatdError as err:  # a file that appeared under its name meanwhile (another run): kept as it was
+        say(f"warning: --json {path}: not written: {err.message} {err.hint or ''}".rstrip())
     return code
 
 
@@ -443,6 +501,7 @@ def read_input(args, backed="auto"):
     from scatd_core import genes, io
 
     adata = io.read(args.input, orientation=args.orientation, backed=backed)
+    args.n_cells_read = int(adata.n_obs)  # --json: also when the data are refused after this
     if args.biomart:  # its warning on unmapped Ensembl IDs goes when the table maps them
         genes.annotate_gene_ids(adata, biomart=args.biomart)
     features = "embedding features" if adata.uns[io.REPORT_KEY].get("format") == "npy" else "genes"

@@ -34,7 +34,7 @@ def add(sub) -> None:
     add_explain_arguments(p, "explain")
     p.add_argument("--per-cell-top", nargs=2, metavar=("K", "CSV"),
                    help="also write the per-cell attributions of the top K genes to CSV")
-    add_overwrite_argument(p, "replace --output, its metrics file or --per-cell-top's CSV when they already exist "
+    add_overwrite_argument(p, "replace --output, its metrics file, --per-cell-top's CSV or --json when they already exist "
                               "(without it, an existing file is refused before anything is run)")
     from scatd_core.cli.predict import add_engine_arguments, add_threshold_arguments
 
@@ -42,7 +42,7 @@ def add(sub) -> None:
     add_label_arguments(p, "for --calibrate-on-labels")
     add_engine_arguments(p, "explain")
     add_pipeline_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, outputs=outputs)  # outputs: what --json may not name
 
 
 #: ``--keep-top``'s help: scatd report keeps the per-cell attributions in annotated.h5ad; scatd explain
@@ -178,6 +178,12 @@ def explain_from_args(adata, bundle, args, inputs=None, keep_top=None, output=No
     else:
         say(f"Top features: {', '.join(result.ranking['feature'].head(10))}.")
     return result
+
+
+def outputs(args) -> dict:
+    """The files ``scatd explain`` writes, by option (``--per-cell-top``'s file also when its number is wrong)."""
+    return {"--output": args.output, "--per-cell-top": args.per_cell_top[1] if args.per_cell_top else None,
+            "--output's metrics file": metrics_path(args.output)}
 
 
 def _per_cell_arg(values) -> tuple[int, Path] | None:

@@ -31,7 +31,7 @@ def add(sub) -> None:
     p.add_argument("--h5ad", help="also write the annotated AnnData here")
     p.add_argument("--group-summary", help="panel: also write the per-cluster/per-sample summary CSV here")
     p.add_argument("--html", help="panel: also write the HTML panel report here")
-    add_overwrite_argument(p, "replace --output, --h5ad, --group-summary or --html files that already exist "
+    add_overwrite_argument(p, "replace --output, --h5ad, --group-summary, --html or --json files that already exist "
                               "(without it, an existing file is refused before anything is run)")
     add_prediction_arguments(p)
     add_label_arguments(p, "for --calibrate-on-labels (`scatd report` evaluates the calls against it); for a "
@@ -39,7 +39,7 @@ def add(sub) -> None:
     p.add_argument("--sample-column", help="obs column with the sample / batch, copied into the table")
     add_engine_arguments(p, "predict")
     add_pipeline_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, outputs=_outputs)  # outputs: what --json may not name
 
 
 #: What ``--shard-cells`` does in each command, and where its parts go (``--engine ray``). The numbers are
@@ -324,6 +324,7 @@ def panel_bundles(args) -> list:
         bundles, notes = check_models(bundles)
         for note in notes:
             say(f"warning: {note}")
+        args.panel_models = [str(b.path) for b in bundles]  # --json's "models": the panel's model folders
         return bundles
     if not models:
         raise ScatdError("Say which model to use: --model NAME (repeat it for a panel), or --panel NAME.",

@@ -24,8 +24,8 @@ def add(sub) -> None:
     p.add_argument("--library",
                    help="model library folder that --model names a model of (default: $SCATD_MODEL_LIBRARY)")
     add_spelled_both_ways(p, "--out", "--output", required=True, help="report folder")
-    add_overwrite_argument(p, "replace the files of an earlier report in --out (without it, a folder that already "
-                              "holds any of them is refused before anything is run)")
+    add_overwrite_argument(p, "replace the files of an earlier report in --out, and an existing --json file (without it, a "
+                              "folder that already holds any of them is refused before anything is run)")
     add_prediction_arguments(p)
     add_label_arguments(p)
     p.add_argument("--sample-column", help="obs column with the sample / batch (resistant fraction per sample)")
@@ -38,7 +38,7 @@ def add(sub) -> None:
     add_explain_arguments(p, "report")
     add_engine_arguments(p, "report")
     add_pipeline_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, outputs=outputs)  # outputs: what --json may not name
 
 
 def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
@@ -100,6 +100,13 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
     for name, path in paths.items():
         print(f"{name}: {path}")
     return paths
+
+
+def outputs(args) -> dict:
+    """The files ``scatd report`` writes into ``--out``."""
+    from scatd_core._output import REPORT_FILES
+
+    return {"--out": [Path(args.out) / name for name in REPORT_FILES]}
 
 
 def run(args) -> int:
