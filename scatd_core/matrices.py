@@ -369,9 +369,18 @@ def qc_words(c: Candidate, chosen_by_user: bool, x_kind=None) -> str | None:
     why = "the matrix chosen for the models" if chosen_by_user else ""
     said = "; ".join(part for part in (why, x) if part)
     out = f"Computed from the {_values(c.kind)} in {c.where}" + (f" ({said})" if said else "") + "."
-    if c.kind != "counts":
+    if c.kind == "log_normalized":
+        out += " " + UNLOGGED_QC
+    elif c.kind != "counts":
         out += " 'Total counts' is then the sum of these values per cell, so judge its thresholds with care."
     return out
+
+
+#: What QC does with log-normalised values (:func:`scatd_core.preprocess.qc_metrics`), in words.
+UNLOGGED_QC = ("% mitochondrial is computed on the un-logged normalised values, so it is the same share as in "
+               "the raw counts, and genes detected are those of the counts. 'Total counts' is then about the same "
+               "in every cell (the total each cell was normalised to, e.g. 10,000): it says nothing about a "
+               "cell's quality here, so no bound is suggested for it.")
 
 
 def fuller_elsewhere(adata: ad.AnnData, choice: Choice | None, genes) -> str | None:
@@ -401,4 +410,4 @@ def describe(c: Candidate) -> str:
 
 __all__ = ["COUNT_LAYERS", "CHOICE_HELP", "Candidate", "Choice", "candidates", "choose", "counts_candidate",
            "describe", "for_model", "forced", "fuller_elsewhere", "matrix_data", "parse_choice", "qc_candidate",
-           "qc_words"]
+           "qc_words", "UNLOGGED_QC"]

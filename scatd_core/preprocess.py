@@ -536,6 +536,12 @@ def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:
     values beside a scaled X, else X; ``metrics.attrs["matrix"]`` says which (``"X"``,
     ``"layers['counts']"``, ``"adata.raw"``), ``metrics.attrs["value_type"]`` what it holds and
     ``metrics.attrs["chosen_by_user"]`` whether it was chosen for the models.
+
+    Log-normalised values (log1p of each cell's counts scaled to a total, scanpy's ``normalize_total``
+    then ``log1p``) are un-logged first (``expm1``, one row block at a time; ``attrs["unlogged"]``):
+    each cell's counts were scaled by one factor, so the mitochondrial share of the un-logged values is
+    that of the counts, and the genes detected are the counts' too; their total is then about the same
+    in every cell (the total they were scaled to, e.g. 10,000) and says nothing about a cell's quality.
     """
     import anndata as ad
     import scanpy as sc  # imported here: slow to import, and only QC needs it
@@ -548,8 +554,11 @@ def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:
                                                         var=source.var)
     mt = mito_mask(genes)
     var = pd.DataFrame({"mt": mt}, index=pd.RangeIndex(mt.size).astype(str))
+    unlog = kind == "log_normalized"
     parts = []
     for _, _, block in row_batches(matrix, batch_size):
+        if unlog:  # one block at a time: never the whole matrix un-logged (or densified) at once
+            block = _expm1_block(block)
         part, _ = sc.pp.calculate_qc_metrics(ad.AnnData(X=block, var=var), qc_vars=["mt"] if mt.any() else [],
                                              percent_top=None, log1p=False, inplace=False)
         parts.append(part)
@@ -558,8 +567,18 @@ def qc_metrics(adata, batch_size: int = 10_000) -> pd.DataFrame:
         metrics["pct_counts_mt"] = np.nan
     metrics.index = adata.obs_names
     metrics = metrics[list(QC_METRICS)]
-    metrics.attrs.update(matrix=where, value_type=kind, chosen_by_user=chosen)
+    metrics.attrs.update(matrix=where, value_type=kind, chosen_by_user=chosen, unlogged=unlog)
     return metrics
+
+
+def _expm1_block(block):
+    """``expm1`` of a row block (CSR: of its stored values, zeros stay zero), in float64: a new array,
+    the file's values are never changed."""
+    if sp.issparse(block):
+        out = sp.csr_matrix(block, dtype=np.float64, copy=True)
+        np.expm1(out.data, out=out.data)
+        return out
+    return np.expm1(np.asarray(block, dtype=np.float64))
 
 
 def suggest_qc_thresholds(metrics: pd.DataFrame, k: float = 3.0) -> dict:
@@ -568,8 +587,9 @@ def suggest_qc_thresholds(metrics: pd.DataFrame, k: float = 3.0) -> dict:
     The MAD is scaled to the standard deviation of a normal distribution (x1.4826), so k=3 is
     the usual "3 standard deviations, robustly". ``total_counts`` and ``n_genes_by_counts`` are
     judged on a log1p scale (their distributions are right-skewed) and get both bounds;
-    ``pct_counts_mt`` gets only an upper bound. A metric with no spread (MAD 0, e.g. a
-    normalised matrix's totals) or no values gets no bound.
+    ``pct_counts_mt`` gets only an upper bound. A metric with no spread (MAD 0, or under 0.1 % on
+    the log1p scale, e.g. a normalised matrix's totals, equal but for rounding) or no values gets no
+    bound.
 
     Returns
     -------
@@ -590,7 +610,7 @@ def suggest_qc_thresholds(metrics: pd.DataFrame, k: float = 3.0) -> dict:
             continue
         scaled = np.log1p(np.maximum(values, 0)) if log else values
         med, mad = np.median(scaled), median_abs_deviation(scaled, scale="normal")
-        if mad == 0:
+        if mad == 0 or (log and mad < 1e-3):  # (the totals of normalised values differ only by rounding)
             continue
         lo, hi = (np.expm1(med - k * mad), np.expm1(med + k * mad)) if log else (med - k * mad, med + k * mad)
         bounds = {"max": round(float(min(hi, 100.0) if metric == "pct_counts_mt" else hi), 4)}

@@ -666,6 +666,7 @@ def test_qc_of_a_z_scored_x_reads_the_models_matrix_also_backed_and_chosen(with_
     of_logs = qc_metrics(ad.AnnData(X=logged, obs=adata.obs, var=adata.var))
     pd.testing.assert_frame_equal(shown(at), of_logs, check_dtype=False)
     assert "Computed from the log-normalised values in adata.raw (X holds z-scored values)." in plain(at.caption)
+    assert "% mitochondrial is computed on the un-logged normalised values" in plain(at.caption)  # QA r1
 
     scaled.layers["counts"] = adata.X.copy()  # counts too: QC reads them, until raw is chosen for the models
     at = start()

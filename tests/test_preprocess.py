@@ -251,7 +251,7 @@ def test_qc_metrics_read_the_models_matrix_also_backed_and_chosen(counts, tmp_pa
     source, chosen = matrices.qc_candidate(scaled)
     said = matrices.qc_words(source, chosen, "zscored")
     assert said.startswith("Computed from the log-normalised values in adata.raw (X holds z-scored values).")
-    assert "judge its thresholds with care" in said
+    assert "un-logged" in said and "judge its thresholds with care" not in said
 
     scaled.layers["counts"] = counts.X.copy()  # counts first, unless another matrix is chosen for the models
     assert preprocess.qc_metrics(scaled).attrs["matrix"] == "layers['counts']"
@@ -268,6 +268,39 @@ def test_qc_metrics_read_the_models_matrix_also_backed_and_chosen(counts, tmp_pa
     backed = ad.read_h5ad(tmp_path / "s.h5ad", backed="r")
     pd.testing.assert_frame_equal(preprocess.qc_metrics(backed, batch_size=70), preprocess.qc_metrics(logged),
                                   check_dtype=False)
+
+
+def test_qc_of_log_normalised_values_gives_the_counts_mito_share_and_genes(counts, tmp_path):
+    """QA r1: on the scanpy tutorial's file (normalize_total, log1p, raw = the log values, scale) QC read
+    the log values of adata.raw: '% mitochondrial' was the share of the log values (8.89 % for a cell
+    with 47.8 % mitochondrial counts; suggested max 4.74). The values are un-logged first, block by
+    block: each cell's counts were scaled by one factor, so the share is the counts' and the genes
+    detected too; the totals are then all 10,000 (no suggested bound for them)."""
+    from scatd_core import matrices
+
+    adata = counts.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    adata.raw = adata
+    sc.pp.highly_variable_genes(adata, n_top_genes=40)
+    adata = adata[:, adata.var["highly_variable"]].copy()
+    sc.pp.scale(adata)
+    adata.write_h5ad(tmp_path / "tutorial.h5ad")
+    expected = preprocess.qc_metrics(counts)
+    assert expected["pct_counts_mt"].max() > 5
+    for read in (ad.read_h5ad(tmp_path / "tutorial.h5ad"), ad.read_h5ad(tmp_path / "tutorial.h5ad", backed="r")):
+        metrics = preprocess.qc_metrics(read, batch_size=70)
+        assert metrics.attrs["matrix"] == "adata.raw" and metrics.attrs["unlogged"]
+        np.testing.assert_allclose(metrics["pct_counts_mt"], expected["pct_counts_mt"], rtol=1e-5)
+        np.testing.assert_array_equal(metrics["n_genes_by_counts"], expected["n_genes_by_counts"])
+        np.testing.assert_allclose(metrics["total_counts"], 1e4, rtol=1e-4)
+        suggested = preprocess.suggest_qc_thresholds(metrics)
+        assert "total_counts" not in suggested and suggested["pct_counts_mt"]["max"] > 5
+    said = matrices.qc_words(*matrices.qc_candidate(adata), "zscored")
+    assert said.startswith("Computed from the log-normalised values in adata.raw (X holds z-scored values).")
+    assert "% mitochondrial is computed on the un-logged normalised values" in said
+    assert "about the same in every cell" in said
+    assert not preprocess.qc_metrics(counts).attrs["unlogged"]
 
 
 def test_suggest_qc_thresholds_median_k_mad():
