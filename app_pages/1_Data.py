@@ -143,7 +143,7 @@ if qc is not None:
     if ui.QC_ENABLED not in ss:  # new data: start from the suggestions, filter off
         ss[ui.QC_ENABLED] = False
         for metric, bound, key in ui.qc_bound_keys():
-            ss[key] = suggested.get(metric, {}).get(bound)
+            ss[key] = ui.qc_bound_value(metric, bound, suggested.get(metric, {}).get(bound))
     # each change is applied to the data in its callback too: one followed at once by another page
     # (one rerun of that page, in which this code does not run) reaches the data all the same
     enabled = st.toggle("Mark low-quality cells as filtered", key=ui.QC_ENABLED, on_change=ui.apply_qc_choice,
@@ -157,9 +157,10 @@ if qc is not None:
                 st.markdown(f"**{ui.md(qc_metric_name(metric))}**")  # as the plots below name it
                 for _, bound, key in [k for k in bound_keys if k[0] == metric]:
                     disabled = metric not in qc or qc[metric].isna().all()
-                    st.number_input(f"{bound} {qc_metric_name(metric)}", key=key, min_value=0.0, format="%.2f", disabled=disabled,
-                                    label_visibility="collapsed", placeholder=f"no {bound}imum",
-                                    on_change=ui.apply_qc_choice)
+                    # value=None: an emptied field stays empty (no bound), not the minimum, 0
+                    st.number_input(f"{bound} {qc_metric_name(metric)}", key=key, value=None, disabled=disabled,
+                                    **ui.qc_bound_format(metric), label_visibility="collapsed",
+                                    placeholder=f"no {bound}imum", on_change=ui.apply_qc_choice)
     passed = ui.apply_qc_choice()  # (as the callbacks left it, unless the data are new)
     if passed is not None:
         st.info(f"**{int(passed.sum()):,} of {adata.n_obs:,} cells pass**; {int((~passed).sum()):,} will be marked "

@@ -334,6 +334,24 @@ def qc_bound_keys() -> list[tuple[str, str, str]]:
             if not (metric == "pct_counts_mt" and bound == "min")]
 
 
+def qc_bound_format(metric: str) -> dict:
+    """The Data page's number input of a QC bound: whole numbers for genes detected (a cell's count of
+    genes is one), two decimals for the others."""
+    if metric == "n_genes_by_counts":
+        return {"min_value": 0, "step": 1, "format": "%d"}
+    return {"min_value": 0.0, "format": "%.2f"}
+
+
+def qc_bound_value(metric: str, bound: str, value):
+    """A suggested QC bound as its number input shows it: genes detected as a whole number that lets
+    the same cells pass (a minimum rounded up, a maximum down); ``None`` (no bound) stays ``None``."""
+    if value is None:
+        return None
+    if metric == "n_genes_by_counts":
+        return int(np.ceil(value) if bound == "min" else np.floor(value))
+    return float(value)
+
+
 def apply_qc_choice() -> np.ndarray | None:
     """Put the Data page's QC filter, as its toggle and bounds stand in the session, on the session's
     data (or take it off), and forget a prediction the change makes stale. Returns the mask of the

@@ -438,6 +438,39 @@ def test_a_qc_change_followed_at_once_by_another_page_is_applied(with_library):
     assert int(at.session_state[state.ADATA].obs[QC_KEY].sum()) == n_now
 
 
+def test_an_emptied_qc_bound_is_no_bound_and_genes_detected_are_whole_numbers(with_library):
+    """QA r1: with the filter on, clearing an upper bound showed "0.00" and "0 of 800 cells pass",
+    though the page says "Empty = no bound" (the number input fell back to its minimum, 0). An emptied
+    bound is now no bound. Genes detected were shown as 239.58 and 1101.45: they are whole numbers,
+    rounded so that the same cells pass."""
+    from scatd_core.preprocess import QC_KEY, suggest_qc_thresholds
+
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    at.toggle(key="qc_enabled").set_value(True).run()
+    qc = at.session_state[state.QC_METRICS][1]
+    suggested = suggest_qc_thresholds(qc)["n_genes_by_counts"]
+    low, high = (at.number_input(key=f"qc_n_genes_by_counts_{b}") for b in ("min", "max"))
+    assert low.value == int(np.ceil(suggested["min"])) and high.value == int(np.floor(suggested["max"]))
+    assert isinstance(low.value, int) and isinstance(high.value, int) and low.proto.format == "%d"
+    assert at.number_input(key="qc_total_counts_max").proto.format == "%.2f"
+
+    cut = float(np.median(qc["total_counts"]))
+    at.number_input(key="qc_total_counts_min").set_value(cut).run()
+    at.number_input(key="qc_total_counts_max").set_value(None).run()  # emptied: no upper bound
+    ok(at)
+    assert at.number_input(key="qc_total_counts_max").value is None
+    genes = qc["n_genes_by_counts"]
+    expected = (qc["total_counts"] >= cut) & (genes >= low.value) & (genes <= high.value)
+    mito = at.number_input(key="qc_pct_counts_mt_max").value
+    if mito is not None:
+        expected &= ~(qc["pct_counts_mt"] > mito)
+    n_pass = int(at.session_state[state.ADATA].obs[QC_KEY].sum())
+    assert n_pass == int(expected.sum()) >= N_CELLS // 3
+    assert f"{n_pass:,} of {N_CELLS:,} cells pass" in text(at.info)
+    assert "max" not in at.session_state[state.ADATA].uns["scatd_qc"]["thresholds"]["total_counts"]
+
+
 def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_subsampled_umap(with_library,
                                                                                                  monkeypatch):
     """QA (Cells page): at threshold 1.0 (no cell called resistant) precision and F1 read 0.000; the
