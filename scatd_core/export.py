@@ -409,6 +409,18 @@ def _original_umap_note(adata: ad.AnnData) -> str | None:
     return original_umap_note(str(kept)) if kept else None
 
 
+#: report.html without scATD's UMAP and clusters though there are cells enough for them (made before the
+#: app's Cells page computed them, or by ``scatd report --no-umap``): what is missing, and how to include it.
+UMAP_NOT_COMPUTED = ("The UMAP and Leiden clusters were not computed for this report. To include them, open the "
+                     "Cells page in the app before downloading the report, or run scatd report without "
+                     "--no-umap (it computes them by default). The predictions, the ranking and the downloads "
+                     "do not need them.")
+#: The same, under the data's own UMAP (scATD's is not there, nor its clusters).
+DATA_UMAP_ONLY = ("The UMAP above is the file's own; scATD's UMAP and Leiden clusters were not computed for this "
+                  "report. To include them, open the Cells page in the app before downloading the report, or "
+                  "run scatd report without --no-umap.")
+
+
 def _no_umap_note(adata: ad.AnnData, key_added: str | None) -> str | None:
     """Why the report has no UMAP and clusters when there are too few cells for them, else None."""
     from scatd_core.embed import not_computed_note
@@ -1047,12 +1059,13 @@ def _prediction_figures(adata, keys, info) -> str:
                                                    cell_ids=ids, note=note, notes_below=True,
                                                    title=f"UMAP ({basis}) coloured by the called label")))
         umap_note = _no_umap_note(adata, keys.prefix)
-        if umap_note:  # scATD's UMAP not computed
+        if umap_note:  # scATD's UMAP not computed: too few cells
             figures.append(f"<p class='warn'>{html.escape(umap_note)}</p>")
-    else:
-        note = _no_umap_note(adata, keys.prefix)
-        if note:
-            figures.append(f"<p class='warn'>{html.escape(note)}</p>")
+        elif is_data_umap(adata):  # not computed (the app's Cells page not opened, --no-umap): said, QA r1
+            figures.append(f"<p class='warn'>{html.escape(DATA_UMAP_ONLY)}</p>")
+    else:  # too few cells, or not computed: the report says which, never nothing (QA r1)
+        note = _no_umap_note(adata, keys.prefix) or UMAP_NOT_COMPUTED
+        figures.append(f"<p class='warn'>{html.escape(note)}</p>")
     return "<h2>Predictions</h2>" + "".join(figures)
 
 

@@ -595,6 +595,10 @@ def test_report_of_too_few_cells_for_a_umap_is_written_without_it_and_says_why(c
     """QA: `scatd report` on 2-4 cells predicted, then exited 2 ("a UMAP and clusters need at least
     5 ... the downloads do not need them") and wrote nothing. Now the report is written without the
     UMAP and clusters, and the terminal, report.html and metrics.csv say why."""
+    import html
+
+    from scatd_core import export
+
     tmp = cells_and_bundle
     ad.read_h5ad(tmp / "cells.h5ad")[:3].copy().write_h5ad(tmp / "three.h5ad")
     code, out, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "three.h5ad",
@@ -612,7 +616,9 @@ def test_report_of_too_few_cells_for_a_umap_is_written_without_it_and_says_why(c
     # 5 cells and more: no such note anywhere (--no-umap: the layout is not what is tested)
     code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad",
                         "--out", tmp / "rep15", "--no-umap")
-    assert code == 0 and "No UMAP" not in err + (tmp / "rep15" / "report.html").read_text()
+    page = (tmp / "rep15" / "report.html").read_text()
+    assert code == 0 and "No UMAP" not in err + page
+    assert html.escape(export.UMAP_NOT_COMPUTED) in page  # QA r1: not computed, said, with how to include it
     assert "umap" not in set(pd.read_csv(tmp / "rep15" / "metrics.csv")["section"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -389,6 +390,24 @@ def test_html_report_labels_demo_models_and_reports_evaluation_problems(data_and
     text = export.html_report(result, label_column="one_class")
     assert "class='demo'" in text and "demo (simulated data)" in text
     assert "is not known" in text or "exactly two" in text or "Every labelled cell" in text  # shown, not raised
+
+
+def test_a_report_without_the_umap_says_it_was_not_computed_and_how_to_include_it(filtered_result):
+    """QA r1: report.html downloaded from the app before the Cells page was opened had no UMAP or clusters
+    and never said why (the Report page says "open the Cells page first"). The file says it in its own
+    words, and how to include them (the Cells page, or scatd report without --no-umap)."""
+    adata = filtered_result[0].copy()  # (the fixture is shared)
+    assert html.escape(export.UMAP_NOT_COMPUTED) not in export.html_report(adata)  # computed: nothing to say
+    embed.forget_umap(adata)
+    assert "X_umap" not in adata.obsm
+    text = export.html_report(adata)
+    said = f"<p class='warn'>{html.escape(export.UMAP_NOT_COMPUTED)}</p>"
+    assert text.count(said) == 1 and "UMAP (" not in text
+    for needle in ("were not computed for this report", "open the Cells page in the app", "without --no-umap"):
+        assert needle in export.UMAP_NOT_COMPUTED
+    adata.obsm["X_umap"] = np.zeros((adata.n_obs, 2))  # the file's own UMAP only: shown, and scATD's said missing
+    text = export.html_report(adata)
+    assert html.escape(export.DATA_UMAP_ONLY) in text and html.escape(export.UMAP_NOT_COMPUTED) not in text
 
 
 def test_the_report_builds_from_an_annotated_h5ad_read_back(data_and_bundle, tmp_path):
