@@ -8,7 +8,9 @@
    VAE_gf) read ``obsm['X_scfoundation' | 'X_geneformer']`` or ``X`` by position.
 2. **Usable cells.** A cell is scored only if its values can go through the model's transform:
    finite, not absurdly large (:data:`MAX_ABS_VALUE`), non-negative for a log transform, with
-   some expression in the model's genes, and inside the caller's mask (QC). Every other cell
+   some expression in the model's genes, and inside the caller's mask (QC). With a library size
+   over all the data's genes, those checks cover every gene it sums (a negative, NaN or infinite
+   value in a gene the model does not read would give the cell a wrong library size). Every other cell
    is counted under its reason and keeps its row, flagged "not scored", or "filtered (QC)" /
    "left out (mask)" when the QC filter / a mask column of the user's own left it out.
    What the matrix holds (:func:`value_type`) is decided once for the whole dataset, from the
@@ -221,12 +223,16 @@ class Source:
     #: negative expression values (their rows are all NaN), counted under that reason, not "no embedding"
     faulty: dict = field(default_factory=dict, repr=False)
 
-    def raw(self, start: int, stop: int, totals: np.ndarray | None = None, unlog: bool = False):
+    def raw(self, start: int, stop: int, totals: np.ndarray | None = None, unlog: bool = False,
+            negative_at: np.ndarray | None = None):
         """Rows ``[start, stop)`` in model feature order, before any transform (sparse stays sparse).
 
         ``totals``: a float64 array of ``stop - start`` values, filled with each row's sum over
         all the data's columns (the cell's library size), from the block as read, before its
         columns are cut to the model's; of the values un-logged (``expm1``) with ``unlog``.
+        ``negative_at``: an int64 array of ``stop - start`` values, filled (with ``totals``) with
+        the data column of a negative value of each row, among all the data's columns (-1: none),
+        which would make that library size a wrong one.
         """
         block = self.matrix[start:stop]
         if sp.issparse(block):
@@ -236,6 +242,8 @@ class Source:
         if totals is not None:
             summed = _expm1(block, copy=True) if unlog else block
             totals[:] = np.asarray(summed.sum(axis=1, dtype=np.float64)).ravel()
+            if negative_at is not None:
+                negative_at[:] = _first_negative(block)
         if self.alignment is None or self.in_order:
             return block
         if self.columns is not None:  # one data column per model gene: a gather, no product
@@ -246,6 +254,24 @@ class Source:
             out[:, present] = block[:, self.columns[present]]
             return out
         return block @ self.alignment.matrix
+
+
+def _first_negative(block) -> np.ndarray:
+    """Per row of ``block``, the column of one of its negative values (-1 where it has none)."""
+    n = block.shape[0]
+    out = np.full(n, -1, dtype=np.int64)
+    if sp.issparse(block):
+        negative = block.data < 0
+        if negative.any():
+            rows = np.repeat(np.arange(n), np.diff(block.indptr))[negative]
+            first_rows, first = np.unique(rows, return_index=True)
+            out[first_rows] = block.indices[negative][first]
+        return out
+    with np.errstate(invalid="ignore"):
+        negative = np.asarray(block) < 0
+    has = negative.any(axis=1)
+    out[has] = negative[has].argmax(axis=1)
+    return out
 
 
 def _gather_columns(block: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
@@ -492,6 +518,9 @@ class ModelInput:
         #: when they differ from the sums over the model's genes that the transform takes itself)
         self._totals = np.zeros(self.n_obs) if self.log_normalise and self.spec.library_size == ALL_GENES and \
             self.source.alignment is not None and not self.source.in_order else None
+        #: with those sums, the data column of a negative value of each cell, in any gene (-1: none):
+        #: it would give the cell a wrong library size, so the cell is not scored
+        self._negative_at = None if self._totals is None else np.full(self.n_obs, -1, dtype=np.int64)
         self.reasons = dict.fromkeys(REASONS, 0)
         #: per cell, why it gets no model input: 1 + its reason's index in REASONS (0: it gets one)
         self.why = np.zeros(self.n_obs, dtype=np.uint8)
@@ -554,9 +583,11 @@ class ModelInput:
         for start in range(0, self.n_obs, self.batch_size):
             yield start, min(start + self.batch_size, self.n_obs)
 
-    def _check_rows(self, block, start: int, stop: int, totals: np.ndarray | None = None) -> np.ndarray:
+    def _check_rows(self, block, start: int, stop: int, totals: np.ndarray | None = None,
+                    negative_at: np.ndarray | None = None) -> np.ndarray:
         """Which rows of ``block`` can be transformed (``totals``: their library sizes over all
-        the data's genes, which must be finite too); counts the others by reason."""
+        the data's genes, which must be finite too, and ``negative_at``: the data column of a
+        negative value among those genes, -1 where none); counts the others by reason."""
         n = block.shape[0]
         ok = np.ones(n, dtype=bool) if self.mask is None else self.mask[start:stop].copy()
         seen = self._seen[start:stop]
@@ -620,6 +651,9 @@ class ModelInput:
         if totals is not None:  # a value outside the model's genes that spoils the cell's library size
             drop(~np.isfinite(totals), "non_finite")
             drop(np.abs(totals) > MAX_ABS_VALUE, "overflow")
+        if negative_at is not None:  # a negative value in a gene the model does not read, in its library size
+            names = self.data.var_names
+            drop(negative_at >= 0, "negative_values", lambda r: str(names[int(negative_at[r])]))
         if self.source.alignment is not None:
             drop(~nonzero, "no_expression")
         self._usable[start:stop] = ok
@@ -644,11 +678,11 @@ class ModelInput:
         """Usable rows of ``[start, stop)`` (absolute indices) and their data as given, aligned to
         the model's features (sparse stays sparse)."""
         if self._totals is None:
-            block, totals = self.source.raw(start, stop), None
+            block, totals, negative_at = self.source.raw(start, stop), None, None
         else:
-            totals = self._totals[start:stop]
-            block = self.source.raw(start, stop, totals=totals, unlog=self.unlog)
-        ok = self._check_rows(block, start, stop, totals)
+            totals, negative_at = self._totals[start:stop], self._negative_at[start:stop]
+            block = self.source.raw(start, stop, totals=totals, unlog=self.unlog, negative_at=negative_at)
+        ok = self._check_rows(block, start, stop, totals, negative_at)
         keep = np.flatnonzero(ok)
         if keep.size < block.shape[0]:
             block = block[keep]

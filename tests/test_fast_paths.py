@@ -540,6 +540,57 @@ def test_a_cell_whose_library_size_is_not_finite_is_not_scored():
     assert ModelInput(counts, _standardize_spec(None)).usable[3]  # scaled by the model's genes: no NaN in them
 
 
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_a_negative_value_outside_the_models_genes_leaves_its_cell_out_when_its_library_size_sums_it(layout):
+    """QA r1: a negative value in a gene the model does not read shrank the cell's library size
+    (summed over all genes) and the cell was scored on it, without a word. Now the cell is not
+    scored (negative_values, naming that gene); a model whose library size is over its own genes
+    scores it as before."""
+    counts, lognorm = _whole_transcriptome(40, layout)
+    column = list(counts.var_names).index("X7")  # not a model gene
+    for adata in (counts, lognorm):
+        x = adata.X.toarray() if sp.issparse(adata.X) else np.array(adata.X)
+        x[3, column] = -5.0
+        adata.X = sp.csr_matrix(x) if layout == "sparse" else x
+    mi = ModelInput(counts, _standardize_spec("all genes"))
+    assert not mi.usable[3] and mi.usable.sum() == 39 and mi.not_scored() == {"negative_values": 1}
+    assert mi.examples["negative_values"] == [(3, "X7")]
+    assert ModelInput(counts, _standardize_spec(None)).usable[3]  # scaled by the model's genes: as before
+    # log-normalised values un-logged for a log1p_cp10k model scaling by all genes: the same
+    spec = inputs_module.InputSpec(backbone="dist_vae", input_kind="expression", input_dim=N_GENES,
+                                   transform="log1p_cp10k", genes=[f"G{i}" for i in range(N_GENES)],
+                                   library_size="all genes")
+    unlogged = ModelInput(lognorm, spec)
+    assert unlogged.unlog and not unlogged.usable[3] and unlogged.not_scored() == {"negative_values": 1}
+
+
+def test_a_negative_value_outside_the_models_genes_is_said_and_left_out_in_memory_and_backed(whole_library_bundle,
+                                                                                             tmp_path):
+    """QA r1: a -5000 in a gene the model does not read changed its cell's P(resistant) (its
+    library size, over all genes, shrank) while the run said every cell was scored. Now the cell
+    is not scored, the warning names the gene, and the other cells get what they get without it,
+    from memory and from a file read in parts (backed) alike."""
+    from scatd_core import io
+
+    counts, _ = _whole_transcriptome(90, seed=15)
+    x = counts.X.toarray()
+    x[7, list(counts.var_names).index("X3")] = -5000.0
+    bad = ad.AnnData(sp.csr_matrix(x), obs=counts.obs.copy(), var=counts.var.copy())
+    path = tmp_path / "bad.h5ad"
+    bad.write_h5ad(path)
+    clean = ad.AnnData(sp.csr_matrix(np.delete(x, 7, axis=0)), obs=counts.obs.drop(index="c7"),
+                       var=counts.var.copy())
+    predict(clean, whole_library_bundle, device="cpu")
+    for adata in (bad, io.read(path, backed=True)):
+        predict(adata, whole_library_bundle, device="cpu")
+        info = adata.uns["scatd"]
+        assert info["not_scored"] == {"negative_values": 1} and not adata.obs["scatd_scored"].iloc[7]
+        assert "1 cell was not scored: negative values, which a log transform cannot take; e.g. cell 'c7' " \
+               "(gene X3)." in info["warnings"]
+        np.testing.assert_allclose(adata.obs["scatd_prob_resistant"].drop(index="c7"),
+                                   clean.obs["scatd_prob_resistant"], atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def whole_library_bundle(tmp_path_factory):
     arch = Architecture("dist_vae", [N_GENES, 48, 24], 12, None, 6, 2)
