@@ -132,16 +132,21 @@ def add_threshold_arguments(p, panel: bool = True) -> None:
                          "so only that drug is calibrated on it (the others keep their threshold)" if panel else ""))
 
 
-def threshold_value(text: str):
-    """``THRESHOLD`` or ``DRUG=THRESHOLD`` (``(drug, threshold)``)."""
+def _drug_probability(text: str, what: str, example: str):
+    """``VALUE`` (a probability) or ``DRUG=VALUE`` (``(drug, value)``); ``what`` names VALUE in the error."""
     drug, sep, value = text.rpartition("=")
     if not sep:
         return probability(text)
     if not drug.strip():
         import argparse
 
-        raise argparse.ArgumentTypeError(f"{text!r} is not DRUG=THRESHOLD (e.g. CISPLATIN=0.4)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not DRUG={what} (e.g. CISPLATIN={example})")
     return drug.strip(), probability(value)
+
+
+def threshold_value(text: str):
+    """``THRESHOLD`` or ``DRUG=THRESHOLD`` (``(drug, threshold)``)."""
+    return _drug_probability(text, "THRESHOLD", "0.4")
 
 
 class _ThresholdAction(__import__("argparse").Action):
@@ -170,14 +175,7 @@ def refuse_threshold_per_drug(args) -> None:
 
 def expected_fraction(text: str):
     """``FRACTION`` or ``DRUG=FRACTION`` (``(drug, fraction)``)."""
-    drug, sep, value = text.rpartition("=")
-    if not sep:
-        return probability(text)
-    if not drug.strip():
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"{text!r} is not DRUG=FRACTION (e.g. CISPLATIN=0.2)")
-    return drug.strip(), probability(value)
+    return _drug_probability(text, "FRACTION", "0.2")
 
 
 def expected_fractions(args) -> tuple[float | None, dict[str, float]]:
