@@ -881,7 +881,18 @@ def _write_h5ad(adata: ad.AnnData, path: str | Path, with_x: bool, obs: pd.DataF
                                     ("uns", uns)):
                     del f[elem]
                     write_elem(f, elem, value)
+        with _hdf5_file(tmp, "r+") as f:
+            _drop_null_elements(f)
     return path
+
+
+def _drop_null_elements(f) -> None:
+    """Remove the top-level elements ``write_elem`` wrote as 'null' (anndata 0.12 writes a missing
+    ``raw``, or ``X`` of an annotations-only file, so): ``AnnData.write_h5ad`` writes none, and a
+    file holding them is misread when opened backed (its 'raw' taken for an adata.raw without X)."""
+    for name in list(f.keys()):
+        if f[name].attrs.get("encoding-type") == "null":
+            del f[name]
 
 
 def _categorical_strings(df: pd.DataFrame) -> pd.DataFrame:

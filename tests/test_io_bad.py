@@ -113,7 +113,7 @@ def test_label_readers_use_the_given_name(tmp_path):
     from scatd_core import labels
 
     (tmp_path / "upload0.csv").write_text("cell_line,DrugA\nCL1,sensitive,x,y,z\n")
-    with pytest.raises(InputError, match="^my labels.csv is not a readable"):
+    with pytest.raises(InputError, match=r"^my labels\.csv \(Label table\) is not a readable"):
         labels.read_label_table(tmp_path / "upload0.csv", name="my labels.csv")
     (tmp_path / "upload1.txt").write_text("A\tB\n0.5\n")
     (tmp_path / "ic50.csv").write_text(",CL1\nGDSC:1,0.5\n")

@@ -300,6 +300,8 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
         check_memory(x_bytes + _declared(sizes, "/", exclude=("/X",)), f"its {shape[0]:,} x {shape[1]:,} matrix "
                      f"({encoding.replace('_matrix', '').upper()})", opts)
     adata = ad.read_h5ad(path, backed="r" if backed else None)
+    if adata.isbacked and _null_raw(path):  # 'raw' written as null (anndata 0.12's write_elem of raw=None): no raw,
+        adata.raw = None  # as read into memory; backed, anndata took it for a raw without X (the file is untouched)
     opts.report["backed"] = bool(backed)
     opts.report["stored_matrices"] = {"X": encoding, "raw": adata.raw is not None,
                                       "layers": [str(k) for k in adata.layers.keys()]}
@@ -324,6 +326,14 @@ def _read_h5ad(path: Path, opts: Options, sizes: dict) -> ad.AnnData:
             "was read as stored; if this file really holds genes x cells, read it again with 'rows are genes' "
             "(--orientation genes_x_cells), or save it with adata.T.write_h5ad(...).")
     return adata
+
+
+def _null_raw(path: Path) -> bool:
+    """Whether the h5ad's 'raw' is an element encoded as null (no adata.raw)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "raw" in f and f["raw"].attrs.get("encoding-type") == "null"
 
 
 #: Annotations (obs, var, layers, raw, obsm, obsp, uns) stored packed (compressed, or never written)
