@@ -432,22 +432,7 @@ def _check_h5ad_axes(f: h5py.File, X, shape: tuple, encoding: str, name: str) ->
             raise InputError(f"{name}: X declares {shape[axis]:,} {what} but {key} has {n:,}.", hint)
     if not isinstance(X, h5py.Group) or encoding not in ("csr_matrix", "csc_matrix"):
         return
-    parts = {k: X.get(k) for k in ("data", "indices", "indptr")}
-    if not all(isinstance(d, h5py.Dataset) and len(d.shape) == 1 for d in parts.values()):
-        raise InputError(f"{name}: X is a sparse matrix whose parts (data, indices, indptr) are missing or not "
-                         "lists of numbers: the file is damaged.", hint)
-    axis, along = (0, "row") if encoding == "csr_matrix" else (1, "column")
-    n_ptr = parts["indptr"].shape[0]
-    if n_ptr != shape[axis] + 1:
-        raise InputError(f"{name}: X declares {shape[axis]:,} {along}s but its sparse {along} pointers cover "
-                         f"{max(n_ptr - 1, 0):,}: the file is damaged.", hint)
-    if parts["data"].shape[0] != parts["indices"].shape[0]:
-        raise InputError(f"{name}: X stores {parts['data'].shape[0]:,} values but {parts['indices'].shape[0]:,} "
-                         "positions for them: the file is damaged.", hint)
-    last = int(parts["indptr"][-1]) if n_ptr else 0
-    if last > parts["data"].shape[0]:  # fewer is allowed (unused storage at the end, as scipy allows)
-        raise InputError(f"{name}: X's pointers end at value {last:,} but it stores {parts['data'].shape[0]:,} "
-                         "values: the file is damaged.", hint)
+    _check_sparse_header(X, shape, encoding, "X", name, hint)  # as adata.raw's and the layers' are checked
 
 
 #: The layers (and obsm, obsp entries) whose structure is checked one by one before the file is read;
