@@ -48,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     ui.start_up(wait=True)
     print(f"scATD Studio: ready in {time.perf_counter() - started:.1f} s; starting the server.", file=sys.stderr,
           flush=True)
-    return cli.main(["run", str(APP), *args], prog_name="streamlit")
+    try:
+        return cli.main(["run", str(APP), *args], prog_name="streamlit")
+    finally:  # the server stopped (SIGTERM, Ctrl-C): work started ahead for a session must not hold the exit
+        from scatd_app import session
+
+        if stopped := session.cancel_all_work():
+            print(f"scATD Studio: stopped {stopped} computation{'s' if stopped != 1 else ''} started ahead "
+                  "for users' sessions.", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

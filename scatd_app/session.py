@@ -124,7 +124,11 @@ class SessionStore:
     idle time (the TTL sweep) and the bytes their data hold together (``budget_bytes``; the
     longest idle are let go first, never the session being kept)."""
 
+    #: Every store of this process (weakly): :func:`cancel_all_work` reaches them without Streamlit.
+    _all: weakref.WeakSet = weakref.WeakSet()
+
     def __init__(self, budget_bytes: int | None = None) -> None:
+        SessionStore._all.add(self)
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
         self._last_sweep = 0.0
@@ -297,6 +301,15 @@ class SessionStore:
         """Stop the background work of ``session_id``; how many were stopped."""
         with self._lock:
             work = list(self._work.pop(session_id, ()))
+        for item in work:
+            item.cancel()
+        return len(work)
+
+    def cancel_all_work(self) -> int:
+        """Stop the background work of every session (the server is stopping); how many were stopped."""
+        with self._lock:
+            work = [item for items in self._work.values() for item in items]
+            self._work.clear()
         for item in work:
             item.cancel()
         return len(work)
@@ -622,6 +635,13 @@ def forget() -> None:
         store().forget(ss[TOKEN], ss.get(OWNER))
     if ss.get(SESSION_ID):
         shutil.rmtree(work_dir() / "sessions" / str(ss[SESSION_ID]), ignore_errors=True)
+
+
+def cancel_all_work() -> int:
+    """Stop every session's work started in the background (the server is stopping): each stops at
+    its next batch or layout epochs instead of holding the process's exit until it ends (Python
+    joins the worker threads before it exits). Needs no Streamlit runtime; how many were stopped."""
+    return sum(s.cancel_all_work() for s in list(SessionStore._all))
 
 
 def own(work) -> None:
