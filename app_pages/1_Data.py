@@ -26,7 +26,7 @@ left, right = st.columns([0.7, 0.3])
 with left:
     # spreadsheets too: refused by the reader with the export to use, not by the widget without a word
     uploaded = st.file_uploader("Data file", type=[*io.UPLOAD_TYPES, *io.REFUSED_UPLOAD_TYPES],
-                                max_upload_size=limit_mb,
+                                max_upload_size=limit_mb, key=ui.data_uploader_key(),  # emptied by Forget it
                                 help="Cells x genes or genes x cells; counts, normalised, log or z-scored values. "
                                      + io.SPREADSHEET_UPLOAD_HELP)
 with right:

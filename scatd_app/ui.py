@@ -1375,13 +1375,26 @@ KEPT = "Your file is kept: "
 FORGOTTEN_UPLOAD = "forgotten_upload"
 
 
+#: Session key: how many times "Forget it" emptied the Data page's uploader: part of the uploader's key
+#: (:func:`data_uploader_key`), so that a fresh, empty uploader replaces the one showing the forgotten file.
+DATA_UPLOADER_RESETS = "uploader_resets"
+
+
+def data_uploader_key() -> str:
+    """The key of the Data page's data file uploader (a new one, empty, after each "Forget it")."""
+    return f"upload_data_{st.session_state.get(DATA_UPLOADER_RESETS, 0)}"
+
+
 def _forget_refused_upload(file_id: str, name: str) -> None:
-    """"Forget it" under a first refusal for memory: the kept copy is deleted and the uploader's copy let go."""
+    """"Forget it" under a first refusal for memory: the kept copy is deleted, the uploader's copy let
+    go, and the uploader replaced by an empty one (else it still shows the file's name and size)."""
     from scatd_app import session
 
+    ss = st.session_state
     forget_waiting_upload()
     session.release_upload(file_id)
-    st.session_state[FORGOTTEN_UPLOAD] = [file_id, name]
+    ss[FORGOTTEN_UPLOAD] = [file_id, name]
+    ss[DATA_UPLOADER_RESETS] = ss.get(DATA_UPLOADER_RESETS, 0) + 1
 
 
 #: Session key: ``{"id", "previous"}`` of the kept upload (``state.UPLOAD``) that was refused for lack of

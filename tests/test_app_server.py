@@ -800,6 +800,41 @@ def test_the_first_memory_refusal_offers_forget_it_too_and_its_advice_keeps_the_
     assert state.UPLOAD not in at.session_state and "Your file is kept" not in text(at.error)
 
 
+def test_forget_it_at_the_first_memory_refusal_empties_the_uploader(with_library, monkeypatch):
+    """QA: after "Forget it" the server's copy was deleted but the uploader still showed the file's
+    chip (name and size), as if it were still there. Forget it gives a fresh, empty uploader; a new
+    file can then be uploaded and is read."""
+    import pandas as pd
+
+    from scatd_core import _memory
+
+    adata = make_dataset(40, seed=3)
+    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
+    at = _app()
+    goto(at, "1_Data")
+    at.file_uploader[0].upload("cells.csv", table)
+    at.run()
+    assert "Your file is kept" in text(at.error)
+    before = at.file_uploader[0].key
+    at.button(key="btn_data_forget_upload").click()
+    at.run()
+    ok(at)
+    uploader = at.file_uploader[0]
+    assert uploader.key != before and not uploader.value, (before, uploader.key, uploader.value)  # no chip left
+    assert "cells.csv was forgotten" in text(at.info).replace("\\", "")
+    at.run()  # said once, the uploader still empty
+    ok(at)
+    assert not at.file_uploader[0].value and "was forgotten" not in text(at.info)
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 100 << 20)  # memory freed: the same file uploaded again
+    at.file_uploader[0].upload("cells.csv", table)
+    at.run()
+    ok(at)
+    assert at.session_state[state.ADATA].n_obs == 40
+
+
 def _kept_button_page():
     import streamlit as st
 
@@ -862,7 +897,8 @@ def test_no_button_or_uploader_key_starts_with_a_kept_prefix():
                         bad.append(f"{path.name}:{node.lineno} {value.value}")
     assert "btn_demo" in keys and "btn_cancel_predict" in keys and "btn_dl_h5ad" in keys  # the scan sees them
     assert not bad, bad
-    assert 'return f"upload_cell_metadata_' in Path(ui.__file__).read_text()  # the Data page's one computed key
+    source = Path(ui.__file__).read_text()  # the Data page's computed keys
+    assert 'return f"upload_cell_metadata_' in source and 'return f"upload_data_' in source
 
 
 def test_an_unreadable_upload_leaves_nothing_on_disk_and_is_read_once(with_library, tmp_path, monkeypatch):
