@@ -84,6 +84,27 @@ def _values(kind: str) -> str:
 
 
 _KINDS: dict[int, tuple] = {}  # id(matrix) -> (weakref, kind, shape, faults): a matrix is judged once
+#: A matrix on disk (backed: adata.raw's, whose object is made anew at each look) -> (kind, faults), by
+#: :func:`_on_disk_key`: judged once per file, not on every rerun of a page (each a scan of ~500 cells read
+#: from the file); a new upload (another path), or the file written anew (size, time), is judged again.
+_KINDS_ON_DISK: dict[tuple, tuple] = {}
+
+
+def _on_disk_key(matrix) -> tuple | None:
+    """``(file, size, modification time, place in the file, shape)`` of a matrix read from an HDF5 file
+    (an h5py dataset, or anndata's sparse dataset on one), which names the same values however often
+    the matrix object is made again; ``None`` for a matrix in memory (or a file that cannot be seen)."""
+    import os
+
+    node = getattr(matrix, "group", matrix)  # anndata's sparse dataset: its HDF5 group
+    try:
+        filename, where = node.file.filename, node.name
+        if not filename or not isinstance(where, str):
+            return None
+        stat = os.stat(filename)
+        return (os.path.realpath(filename), stat.st_size, stat.st_mtime_ns, where, tuple(matrix.shape))
+    except Exception:  # in memory (no file), a closed file: judged as before
+        return None
 
 
 def _faults(matrix, evidence: dict) -> dict:
@@ -128,9 +149,16 @@ def _kind_of(adata: ad.AnnData, name: str, matrix) -> tuple[str, dict]:
     hit = _KINDS.get(id(matrix))
     if hit is not None and hit[0]() is matrix and hit[2] == tuple(matrix.shape):
         return hit[1], hit[3]
+    on_disk = _on_disk_key(matrix)
+    if on_disk is not None and on_disk in _KINDS_ON_DISK:
+        return _KINDS_ON_DISK[on_disk]
     judged = detect_value_type(matrix, n_cells=500)
     kind = judged["kind"]
     faults = _faults(matrix, judged.get("evidence") or {}) if name != "X" else {}
+    if on_disk is not None:
+        if len(_KINDS_ON_DISK) > 256:
+            _KINDS_ON_DISK.clear()
+        _KINDS_ON_DISK[on_disk] = (kind, faults)
     try:
         if len(_KINDS) > 256:
             _KINDS.clear()

@@ -714,6 +714,35 @@ def test_qc_of_a_z_scored_x_reads_the_models_matrix_also_backed_and_chosen(with_
     assert "scatd_qc_pass" not in at.session_state[state.ADATA].obs
 
 
+def test_a_backed_files_raw_is_not_read_again_to_be_judged_on_each_rerun_of_the_data_page(with_library, monkeypatch):
+    """QA: for a file read from disk (backed) whose adata.raw the models read, every rerun of the Data
+    page judged raw again, reading ~500 cells from the file. Judged once per upload; a new upload is."""
+    from scatd_core import preprocess
+
+    adata = make_dataset(60, seed=2)
+    x = adata.X.toarray()
+    logged = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4).astype(np.float32)
+    scaled = ad.AnnData(X=((logged - logged.mean(0)) / np.where(logged.std(0) > 0, logged.std(0), 1)).astype(
+        np.float32), obs=adata.obs.copy(), var=adata.var.copy())
+    scaled.raw = adata.copy()  # the counts: what the models and QC read
+    judged = []
+    real = preprocess.detect_value_type
+    monkeypatch.setattr(preprocess, "detect_value_type", lambda m, **kw: judged.append(m.shape) or real(m, **kw))
+    monkeypatch.setattr("scatd_core.io._hdf5.BACKED_MIN_CELLS", 10)  # read from disk in parts
+    at = start()
+    upload(at, "scaled.h5ad", h5ad_bytes(scaled))
+    assert at.session_state[state.ADATA].isbacked and judged
+    assert "Computed from the raw counts in adata.raw" in text(at.caption).replace("\\", "")
+    judged.clear()
+    at.run()  # a rerun (any widget)
+    ok(at)
+    goto(at, "1_Data")
+    assert judged == [], judged
+    upload(at, "scaled2.h5ad", h5ad_bytes(scaled))  # another upload is judged
+    assert at.session_state[state.ADATA].isbacked and at.session_state[state.DATA_NAME] == "scaled2.h5ad"
+    assert judged
+
+
 def test_the_model_page_does_not_rank_z_scored_genes_by_expression(with_library):
     """QA on SCAD's z-scored CSVs: 'Most expressed data genes the model does not use' ranked them by mean
     z-score (B4GALT5 0.83, LCN2 0.80), which is not expression. For centred values the page says so and

@@ -218,6 +218,51 @@ def test_say_matrices_judges_only_the_count_layers_and_a_named_one(tmp_path, cap
     assert "layer:spliced" in judged and "layer:unspliced" not in judged
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+def test_a_backed_raw_is_judged_once_per_file_not_on_every_look(tmp_path, monkeypatch, sparse):
+    """QA: every rerun of the Data page judged a backed file's adata.raw again (a scan of ~500 cells read
+    from the file): the judgement was kept per matrix object, and a backed raw gives a new one at each
+    look. It is kept per file (path, size, modification time) and place in it: looked at again, the same
+    file is not read again; another file, or the file written anew, is judged."""
+    from scatd_core import preprocess
+
+    judged = []
+    real = preprocess.detect_value_type
+    monkeypatch.setattr(preprocess, "detect_value_type", lambda m, **kw: judged.append(m.shape) or real(m, **kw))
+
+    def write(path, raw_counts):
+        a = ad.read_h5ad(_write(path, layers=()))
+        values = a.layers["counts"] if "counts" in a.layers else a.raw.X
+        if raw_counts:  # whole numbers in raw
+            values = values.copy()
+            values.data = np.ceil(np.expm1(values.data) * 3)
+        a.raw = ad.AnnData(values if sparse else values.toarray(), obs=a.obs.copy(), var=a.var.copy())
+        a.write_h5ad(path)
+        return path
+
+    adata = io.read(write(tmp_path / "d.h5ad", raw_counts=True), backed=True)
+    assert adata.isbacked
+    judged.clear()  # (reading judged X)
+    kinds = {c.name: (c.kind, c.faults) for c in matrices.candidates(adata)}
+    assert kinds["raw"][0] == "counts" and judged == [(N_CELLS, N_GENES)]
+    for _ in range(3):  # the page's reruns, QC and the model's choice
+        assert {c.name: (c.kind, c.faults) for c in matrices.candidates(adata)} == kinds
+        matrices.qc_candidate(adata)
+        assert matrices.choose(adata, "log1p_cp10k").name == "raw"
+    assert len(judged) == 1, judged
+
+    other = io.read(write(tmp_path / "e.h5ad", raw_counts=True), backed=True)  # another upload: judged
+    judged.clear()
+    matrices.candidates(other)
+    assert len(judged) == 1, judged
+    adata.file.close()
+    other.file.close()
+    adata = io.read(write(tmp_path / "d.h5ad", raw_counts=False), backed=True)  # the same path, new values
+    judged.clear()
+    assert {c.name: c.kind for c in matrices.candidates(adata)}["raw"] == "log_normalized" and len(judged) == 1
+    adata.file.close()
+
+
 # --- sizes: packed annotations and the number of layers ---------------------------------------------
 
 
