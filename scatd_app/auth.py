@@ -117,8 +117,8 @@ def page_after_sign_in() -> str | None:
 def logout_notice() -> str | None:
     """"You have logged out." on the login page after an OIDC "Log out", once: in the session that
     logged out (until the browser leaves) and in the new one Streamlit's logout comes back to."""
-    if st.session_state.get(_LEAVING):
-        return YOU_LOGGED_OUT
+    if leaving := st.session_state.get(_LEAVING):
+        return leaving if isinstance(leaving, str) else YOU_LOGGED_OUT
     return _notes().take(_browser(), "logged_out")
 
 
@@ -271,7 +271,7 @@ def _oidc_page() -> None:
     st.title("scATD Studio")
     if refused := st.session_state.get(OIDC_REFUSED):
         st.error(md(refused), icon=":material/block:")
-        st.button("Log out", type="primary", on_click=st.logout, key="btn_oidc_refused_logout")
+        st.button("Log out", type="primary", on_click=_log_out_refused, key="btn_oidc_refused_logout")
         st.caption(f"Logging out here ends this sign-in, so that you can log in with another {provider} account.")
         return
     if why := st.session_state.get(LOGGED_OUT):  # kept: each run of an ended sign-in says it again
@@ -403,10 +403,11 @@ def _forget_session(why: str = "") -> None:
         st.session_state[LOGGED_OUT] = why
 
 
-def logout() -> None:
+def logout(said: str = YOU_LOGGED_OUT) -> None:
     """Log this session out; its user's other sessions lose their download links and uploads at once
     (:func:`scatd_app.uploads.disallow_login`). With OIDC the sign-in itself ends on the server
-    (:func:`scatd_core.logins.revoke`): its cookie, in another tab or copied, no longer opens the app."""
+    (:func:`scatd_core.logins.revoke`): its cookie, in another tab or copied, no longer opens the app.
+    The login page then says ``said``."""
     user = current_user()
     oidc = mode() == "oidc"
     if user is not None:
@@ -421,8 +422,17 @@ def logout() -> None:
     if user is not None:
         uploads.disallow_login(user.name)
     if oidc:
-        _notes().put(_browser(), "logged_out", YOU_LOGGED_OUT)  # said by the page Streamlit's logout returns to
-        st.session_state[_LEAVING] = True
+        _notes().put(_browser(), "logged_out", said)  # said by the page Streamlit's logout returns to
+        st.session_state[_LEAVING] = said
         st.logout()
     else:
-        st.session_state[LOGGED_OUT] = YOU_LOGGED_OUT
+        st.session_state[LOGGED_OUT] = said
+
+
+def _log_out_refused() -> None:
+    """"Log out" on the login page of an OIDC identity this server refuses: as :func:`logout` (the
+    sign-in ends; the login page says so, also after Streamlit's logout redirect), with what to do next.
+    It used to call ``st.logout`` alone, and the login page said nothing."""
+    from scatd_core.oidc_access import policy
+
+    logout(YOU_LOGGED_OUT + ("" if policy(settings()).empty else " You can now log in with another account."))

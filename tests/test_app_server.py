@@ -200,6 +200,36 @@ def test_oidc_sign_in_fails_closed_without_an_allow_list(oidc, caplog):
     assert state.DATA_NAME not in alice.session_state
 
 
+def test_log_out_on_the_refusal_of_an_oidc_identity_says_you_have_logged_out(oidc, monkeypatch):
+    """QA: "Log out" on the screen of an identity this server refuses led to the bare login page, with
+    no word: the person could not tell whether anything happened. As after the app's own Log out, the
+    login page says so, in that tab and on the page Streamlit's logout returns the browser to (once),
+    and what to do next."""
+    from scatd_app import auth
+
+    auth._notes.clear()  # one per server
+    monkeypatch.setattr(auth, "_browser", lambda: "browser-1")  # one browser (Streamlit's XSRF cookie)
+    oidc.setenv("SCATD_AUTH_ALLOWED_DOMAINS", "lab.org")
+    at = _oidc_app(email="mallory@evil.org", email_verified=True, sub="m1")
+    assert "This account (mallory@evil.org) is not allowed on this server" in _read(at.error)
+    at.button(key="btn_oidc_refused_logout").click().run()
+    ok(at)
+    said = "You have logged out. You can now log in with another account."
+    assert said in _read(at.warning), _read(at.warning)
+    assert "not allowed" not in _read(at.error) and [b.label for b in at.button] == ["Log in"]
+    back = _oidc_app(is_logged_in=False)  # where Streamlit's logout returns the browser: a new session
+    assert said in _read(back.warning), _read(back.warning)
+    back.run()
+    assert "logged out" not in _read(back.warning)  # said once
+
+    oidc.delenv("SCATD_AUTH_ALLOWED_DOMAINS")  # nobody may sign in: another account would not help either
+    at = _oidc_app(email="alice@lab.org", email_verified=True, sub="a1")
+    at.button(key="btn_oidc_refused_logout").click().run()
+    ok(at)
+    assert "You have logged out." in _read(at.warning) and "another account" not in _read(at.warning)
+    assert "Nobody can sign in yet" in _read(at.warning)
+
+
 def test_an_unconfirmed_email_never_signs_in_and_case_does_not_make_another_user(oidc):
     """QA (nOAuth): an account claiming admin@lab.org without email_verified, or with "FALSE", came
     in as the administrator; ADMIN@lab.org was not the admin and Alice@ and alice@ were two users."""
