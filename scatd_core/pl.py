@@ -662,24 +662,38 @@ def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",
 
 def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray | None = None,
               title: str | None = None) -> go.Figure:
-    """Violin per QC metric (one panel each); cells failing the filter drawn as red points."""
+    """Violin per QC metric (one panel each); cells failing the filter drawn as red points. A metric
+    with one value in every cell but for float rounding (:func:`one_value`: the totals of normalised
+    values) is drawn at that value, on an axis of whole numbers around it, and said in a note under
+    the plot (:func:`figure_notes`) and in its hover: its axis zoomed onto the rounding read "10.000001k"."""
     from plotly.subplots import make_subplots
 
     cols = [c for c in columns if c in metrics and metrics[c].notna().any()]
     from scatd_core.preprocess import qc_metric_name
 
     fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[qc_metric_name(c) for c in cols])
+    notes = []
     for i, col in enumerate(cols, start=1):
         values = metrics[col].to_numpy(dtype=np.float64)
+        same = one_value(values)
+        extra = {}
+        if same is not None:
+            values = np.where(np.isfinite(values), same, values)
+            notes.append(_one_value_note(metrics, col, values, same))
+            extra = dict(hovertemplate=text_for_plotly(f"{qc_metric_name(col)}: {_g(same)} in every cell"
+                                                       + (" (normalised values)" if "normalised" in notes[-1] else ""))
+                                       + "<extra></extra>", hoveron="violins")
         fig.add_trace(go.Violin(y=values, name=col, box_visible=True, meanline_visible=False, points=False,
                                 line_color="#4c72b0", fillcolor="rgba(76,114,176,0.25)", showlegend=False,
-                                spanmode="hard"), row=1, col=i)
+                                spanmode="hard", **extra), row=1, col=i)
         if passed is not None and (~passed).any():
             failed = values[~passed]
             fig.add_trace(go.Scatter(x=[col] * failed.size, y=failed, mode="markers", showlegend=False,
                                      marker=dict(size=3, color=COLORS["resistant"], opacity=0.5),
                                      hovertemplate="filtered: %{y}<extra></extra>"), row=1, col=i)
         fig.update_xaxes(showticklabels=False, row=1, col=i)
+        if same is not None:
+            fig.update_yaxes(**_one_value_axis(same), row=1, col=i)
     medians = [f"{qc_metric_name(c)} {_g(np.nanmedian(metrics[c].to_numpy(dtype=np.float64)))}"
                for c in cols]
     alt = (f"Violin plots of {', '.join(qc_metric_name(c) for c in cols) or 'no QC metric'} "
@@ -688,7 +702,59 @@ def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray 
         failed = int((~np.asarray(passed, dtype=bool)).sum())
         fails = "cell fails" if failed == 1 else "cells fail"
         alt += f"; {_share(failed, len(metrics))} {fails} the QC filter" + (" (red points)" if failed else "")
-    return describe(layout(fig, title, height=340), alt + ".", "qc_violins", zoom=False)
+    fig = describe(layout(fig, title, height=340), alt + "." + "".join(f" {n}" for n in notes), "qc_violins",
+                   zoom=False)
+    return _with_notes(fig, notes)
+
+
+#: Values that differ by less than this share of their size differ only by float rounding: the totals
+#: of normalised values (9999.9995 ... 10000.0004 for 10,000), which a plot's axis would zoom onto.
+FLAT_SPREAD = 1e-5
+
+
+def one_value(values) -> float | None:
+    """The one value every finite value of ``values`` has but for float rounding (they differ by at
+    most :data:`FLAT_SPREAD` of it), rounded to 6 significant digits (10,000, not 9999.9995); ``None``
+    when they differ more, are fewer than 2 or are all 0."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return None
+    mid = float(np.median(v))
+    if mid == 0 or float(np.ptp(v)) > FLAT_SPREAD * abs(mid):
+        return None
+    return float(f"{mid:.6g}")
+
+
+def _one_value_note(metrics: pd.DataFrame, col: str, values: np.ndarray, same: float) -> str:
+    """The note under a QC plot for a metric with one value (:func:`one_value`): the totals of
+    normalised values (un-logged, or differing only by rounding) are said to be normalised."""
+    from scatd_core.preprocess import qc_metric_name
+
+    name = qc_metric_name(col)
+    note = f"{name[0].upper()}{name[1:]} is {_g(same)} in every cell"
+    raw = metrics[col].to_numpy(dtype=np.float64)
+    rounded = bool(np.any(raw[np.isfinite(raw)] != same))
+    if col == "total_counts" and (metrics.attrs.get("unlogged") or rounded):
+        return note + (" (the values are normalised to this total), so it says nothing about a cell's quality "
+                       "here.")
+    return note + "."
+
+
+def _one_value_axis(same: float) -> dict:
+    """An axis around ``same`` (±5%) with whole-number ticks where the value is large: an axis fitted to
+    values equal but for rounding read "10.000001k"."""
+    pad = max(abs(same) * 0.05, 1.0)
+    return dict(range=[same - pad, same + pad], tickformat=",.0f" if abs(same) >= 100 else "~g",
+                autorange=False)
+
+
+def _with_notes(fig: go.Figure, notes: Sequence[str]) -> go.Figure:
+    """``fig`` with ``notes`` kept for the page to write under it (:func:`figure_notes`)."""
+    if notes:
+        meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+        fig.update_layout(meta={**meta, "notes": list(notes)})
+    return fig
 
 
 def _log_ticks(values: np.ndarray) -> dict:
@@ -712,9 +778,18 @@ def _count_axis(values: np.ndarray, title: str, signed_title: str) -> dict:
 
 
 def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: str | None = None) -> go.Figure:
-    """Total counts vs genes detected, coloured by mitochondrial share, filtered cells marked."""
-    x = metrics["total_counts"].to_numpy(dtype=np.float64)
-    y = metrics["n_genes_by_counts"].to_numpy(dtype=np.float64)
+    """Total counts vs genes detected, coloured by mitochondrial share, filtered cells marked. A metric
+    with one value in every cell but for rounding (the totals of normalised values) is drawn at that
+    value on a linear axis around it, and said under the plot (as :func:`qc_violin` does)."""
+    x = metrics["total_counts"].to_numpy(dtype=np.float64, copy=True)  # (copies: one value may be set below)
+    y = metrics["n_genes_by_counts"].to_numpy(dtype=np.float64, copy=True)
+    notes, axes = [], []
+    for col, values in (("total_counts", x), ("n_genes_by_counts", y)):
+        same = one_value(values)
+        if same is not None:
+            values[np.isfinite(values)] = same
+            notes.append(_one_value_note(metrics, col, values, same))
+        axes.append(same)
     mt = metrics["pct_counts_mt"].to_numpy(dtype=np.float64) if "pct_counts_mt" in metrics else None
     Trace = _scatter_trace(x.size)
     keep = np.ones(x.size, dtype=bool) if passed is None else np.asarray(passed, dtype=bool)
@@ -728,8 +803,12 @@ def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: s
         fig.add_trace(Trace(x=x[~keep], y=y[~keep], mode="markers", name=f"filtered ({int((~keep).sum()):,})",
                             marker=dict(size=5, color=COLORS["resistant"], symbol="x"),
                             hovertemplate="filtered: " + sums + ", genes %{y:,}<extra></extra>"))
-    fig.update_xaxes(**_count_axis(x, "total counts", "sum of values"))
-    fig.update_yaxes(**_count_axis(y, "genes detected", "genes detected"))
+    for update, values, same, title_, signed in ((fig.update_xaxes, x, axes[0], "total counts", "sum of values"),
+                                                 (fig.update_yaxes, y, axes[1], "genes detected", "genes detected")):
+        if same is not None:
+            update(title=title_ if same >= 0 else signed, type="linear", **_one_value_axis(same))
+        else:
+            update(**_count_axis(values, title_, signed))
     fig.update_layout(legend=dict(orientation="h", y=1.08))
     alt = f"Scatter plot of genes detected against total counts for {counted(x.size)}"
     if x.size:
@@ -738,7 +817,8 @@ def qc_scatter(metrics: pd.DataFrame, passed: np.ndarray | None = None, title: s
         alt += ", coloured by the share of mitochondrial counts"
     if (~keep).any():
         alt += f"; {_share((~keep).sum(), x.size)} fail the QC filter (red crosses)"
-    return describe(layout(fig, title, height=380), alt + ".", "qc_counts_and_genes")
+    fig = describe(layout(fig, title, height=380), alt + "." + "".join(f" {n}" for n in notes), "qc_counts_and_genes")
+    return _with_notes(fig, notes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -603,6 +603,9 @@ def test_model_and_predict_pages_say_what_the_model_does_with_log_normalised_val
     # QA: the tile read "log-norm…" at 1280 px (st.metric cuts a value wider than its quarter of the page)
     tile = next(m for m in at.metric if m.label == "Values")
     assert tile.value == "log" and len(tile.value) <= 8 and tile.delta == "log-normalised"
+    # the totals of the un-logged values are all 10,000 but for float rounding: said under the QC
+    # plots, which draw the one total (their axis read "10.000001k")
+    assert "Total counts is 10,000 in every cell (the values are normalised to this total)" in text(at.caption).replace("\\", "")
     goto(at, "2_Model")
     assert "twice" not in text(at.warning), text(at.warning)
     from scatd_core.preprocess import UNLOG_NOTE

@@ -358,6 +358,40 @@ def test_qc_scatter_keeps_cells_a_log_axis_would_drop():
     assert pl.qc_scatter(preprocess.qc_metrics(counts)).layout.xaxis.type == "linear"
 
 
+def test_qc_plots_of_normalised_totals_read_one_total_not_float_noise(counts):
+    """Log-normalised values are un-logged for QC: every cell's total is then the 10,000 it was
+    normalised to, but for float rounding (9999.9995 ... 10000.0004). The violin's axis zoomed onto
+    that rounding and read "10.000001k"; now the totals are drawn as the one total, on an axis
+    spanning whole numbers around it, and the note under the plot (and the hover) says every cell has
+    that total because the values are normalised. Totals that truly differ are drawn as they are."""
+    from scatd_core import pl
+
+    metrics = preprocess.qc_metrics(_log_normalized(counts))
+    totals = metrics["total_counts"].to_numpy()
+    assert metrics.attrs["unlogged"] and 0 < np.ptp(totals) < 1e-2  # float noise around 10,000
+    violin = pl.qc_violin(metrics, preprocess.QC_METRICS)
+    shown = next(t for t in violin.data if t.type == "violin" and t.name == "total_counts")
+    assert set(np.asarray(shown.y, dtype=float)) == {10_000.0}
+    assert preprocess.QC_METRICS.index("total_counts") == 1
+    axis = violin.layout.yaxis2  # the second panel's
+    assert axis.range is not None and axis.range[0] < 10_000 < axis.range[1] and np.diff(axis.range)[0] >= 100
+    note = "Total counts is 10,000 in every cell (the values are normalised to this total)"
+    assert any(n.startswith(note) for n in pl.figure_notes(violin)), pl.figure_notes(violin)
+    assert "10,000 in every cell" in shown.hovertemplate
+    scatter = pl.qc_scatter(metrics)
+    assert set(np.asarray(scatter.data[0].x, dtype=float)) == {10_000.0}
+    assert scatter.layout.xaxis.type == "linear" and np.diff(scatter.layout.xaxis.range)[0] >= 100
+    assert any(n.startswith(note) for n in pl.figure_notes(scatter))
+
+    raw = preprocess.qc_metrics(counts)  # counts: totals differ, drawn as they are, nothing said
+    violin = pl.qc_violin(raw, preprocess.QC_METRICS)
+    shown = next(t for t in violin.data if t.type == "violin" and t.name == "total_counts")
+    np.testing.assert_array_equal(shown.y, raw["total_counts"].to_numpy())
+    said = pl.figure_notes(violin) + pl.figure_notes(pl.qc_scatter(raw))
+    assert not [n for n in said if "otal counts" in n], said  # (these cells all have 32 genes: said so)
+    np.testing.assert_array_equal(raw["total_counts"], preprocess.qc_metrics(counts)["total_counts"])  # unchanged
+
+
 @pytest.mark.parametrize("sparse", [True, False])
 def test_one_spike_in_log_values_does_not_make_the_matrix_linear(counts, sparse):
     """QA (session 36, known): one value above 30 among log-normalised values, if it fell among
