@@ -349,7 +349,9 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
 
     ``notes_below``: the notes are not drawn in the figure (a Plotly annotation is one line that
     never wraps: cut off on a phone) but kept in ``layout.meta`` for the page to write under the
-    chart as text, which wraps (:func:`figure_notes`; the app's ``ui.chart`` does).
+    chart as text, which wraps (:func:`figure_notes`; the app's ``ui.chart`` does); a subsample
+    is said in the figure all the same, in one short line (:func:`subsample_note`), so that its PNG
+    download and a copy of it say so too.
     ``missing_note=False``: the cells without coordinates are not counted in the notes (the page
     says so itself).
     """
@@ -415,20 +417,33 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     notes = [note] if note else []
     if n_out and missing_note:
         notes.append(f"{counted(n_out)} without coordinates {'is' if n_out == 1 else 'are'} not shown")
-    if n_drawable > max_points:
-        notes.append(f"showing a random {max_points:,} of {n_drawable:,} cells")
-    if notes and not notes_below:  # under the axis title "UMAP 1" (NOTE_SHIFT pixels below the plot), in a margin
-        fig.add_annotation(text="; ".join(notes), showarrow=False, xref="paper", yref="paper", x=0, y=0,
+    subsampled = n_drawable > max_points
+    if subsampled:
+        said = subsample_note(max_points, n_drawable)
+        notes.append(said[0].lower() + said[1:])
+    # under the axis title "UMAP 1" (NOTE_SHIFT pixels below the plot), in a margin. With the notes
+    # below the chart, a subsample is said in the figure all the same, in one short line that fits a
+    # phone: its PNG download (plotly draws the figure as it is) and a copy of report.html's figure
+    # showed a share of the cells as if they were all
+    drawn = "; ".join(notes) if not notes_below else said if subsampled else ""
+    if drawn:
+        fig.add_annotation(text=drawn, showarrow=False, xref="paper", yref="paper", x=0, y=0,
                            xanchor="left", yanchor="top", yshift=-NOTE_SHIFT, font=dict(size=11, color="#666"))
     alt = _umap_alt(values, drawable, name, categorical, threshold)
     alt += "".join(f" {n[0].upper()}{n[1:]}." for n in notes[1 if note else 0:])
     fig = layout(fig, title, height=520)
-    if notes and not notes_below:
+    if drawn:
         fig.update_layout(margin=dict(b=NOTE_SHIFT + 24))
     fig = describe(fig, alt, f"umap_{name or 'cells'}")
     if notes and notes_below:
         fig.update_layout(meta={**fig.layout.meta, "notes": [f"{n[0].upper()}{n[1:]}." for n in notes]})
     return fig
+
+
+def subsample_note(n_shown: int, n_all: int) -> str:
+    """What a scatter plot drawing a random ``n_shown`` of ``n_all`` cells says of it, in the figure
+    and under it: "Showing a random 200,000 of 250,000 cells" (one line at a phone's width)."""
+    return f"Showing a random {int(n_shown):,} of {int(n_all):,} cells"
 
 
 def figure_notes(fig: go.Figure) -> list[str]:

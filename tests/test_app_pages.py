@@ -478,7 +478,8 @@ def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_s
     100k cells the caption did not say the UMAP was fitted on a random 30,000 of them.
     QA r1: above pl.MAX_PLOT_POINTS cells the plot draws a random share of them, and said so in a
     note drawn inside the figure (a Plotly annotation: one line that never wraps), cut off at a
-    phone's width (390 px): now a caption of its own under the chart, which wraps."""
+    phone's width (390 px): now a caption of its own under the chart, which wraps, and the short line
+    "Showing a random N of M cells" in the figure too (its PNG download lacked it)."""
     from scatd_core import embed
 
     monkeypatch.setattr(embed, "UMAP_FIT_MAX_CELLS", 120)  # 180 cells: fitted on 120, 60 placed
@@ -491,7 +492,8 @@ def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_s
     assert "fitted on a random 120 of them, the other 60 placed into that layout" in text(at.caption)
     assert "Showing a random 100 of 180 cells." in [str(c.value).replace("\\", "") for c in at.caption]
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
-    assert not umap["layout"].get("annotations")  # nothing written inside the figure, to be cut off
+    # only the subsample's short line in the figure (its PNG download says it too), nothing to be cut off
+    assert [a["text"] for a in umap["layout"]["annotations"]] == ["Showing a random 100 of 180 cells"]
     at.selectbox(key="cells_colour").set_value("called label").run()
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
     assert [t["name"].rsplit(" (", 1)[0] for t in sorted(umap["data"], key=lambda t: t.get("legendrank", 0))] == \

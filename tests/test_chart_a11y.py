@@ -56,20 +56,44 @@ def test_umap_text_counts_the_calls_or_the_categories():
 def test_umap_notes_can_be_left_to_the_page_as_text_that_wraps():
     """QA r1: the note under a UMAP ("showing a random N of M cells") was a Plotly annotation, one
     line that never wraps: cut off on a phone. With ``notes_below`` nothing is written in the figure
-    and the notes are kept, as sentences, for the page to write under it (the app's ui.chart does)."""
+    and the notes are kept, as sentences, for the page to write under it (the app's ui.chart does),
+    but for a subsample's short note (one line that fits a phone), drawn in the figure too (see
+    test_a_subsampled_umaps_png_and_html_say_it_is_a_subsample)."""
     coords = np.random.default_rng(0).normal(size=(99, 2))
     coords[0] = np.nan
     inside = pl.umap_figure(coords, None, max_points=50, note="UMAP fitted on a random 40 of 98 cells")
     assert "showing a random 50 of 98 cells" in inside.layout.annotations[0].text and not pl.figure_notes(inside)
     below = pl.umap_figure(coords, None, max_points=50, note="UMAP fitted on a random 40 of 98 cells",
                            notes_below=True)
-    assert not below.layout.annotations and below.layout.margin.b < inside.layout.margin.b  # no room made for it
+    # only the subsample's short note is drawn in it, not the others' long line
+    assert [a.text for a in below.layout.annotations] == ["Showing a random 50 of 98 cells"]
+    assert len(inside.layout.annotations[0].text) > 60
     assert pl.figure_notes(below) == ["UMAP fitted on a random 40 of 98 cells.", "1 cell without coordinates is not "
                                       "shown.", "Showing a random 50 of 98 cells."]
     assert pl.figure_notes(pl.umap_figure(coords, None, max_points=50, notes_below=True, missing_note=False)) == \
         ["Showing a random 50 of 98 cells."]
     assert pl.figure_notes(pl.umap_figure(coords[1:], None, notes_below=True)) == []  # nothing to say
     assert pl.alt_text(below).startswith("UMAP of 98 cells.")  # the text alternative is kept
+
+
+def test_a_subsampled_umaps_png_and_html_say_it_is_a_subsample(monkeypatch):
+    """The page's caption "Showing a random N of M cells" is not part of the figure, so the chart's PNG
+    download (plotly draws the figure as it is) and a figure copied from report.html showed a share of
+    the cells as if they were all. A subsample is now said in the figure too, in one short line that
+    fits a phone's width (the longer notes stay under the chart as text); nothing when all are drawn."""
+    coords = np.random.default_rng(0).normal(size=(99, 2))
+    coords[0] = np.nan
+    monkeypatch.setattr(pl, "MAX_PLOT_POINTS", 50)
+    for fig in (pl.umap_figure(coords, None, notes_below=True, note="UMAP fitted on a random 40 of 98 cells"),
+                pl.umap_figure(coords, np.arange(99) % 3, name="leiden", notes_below=True, missing_note=False),
+                pl.count_umap_figure(coords, np.arange(99) % 3, 2, name="drugs resisted", notes_below=True)):
+        assert [a.text for a in fig.layout.annotations] == ["Showing a random 50 of 98 cells"]
+        note = fig.layout.annotations[0]
+        assert note.yref == "paper" and note.y <= 0 and fig.layout.margin.b > 40  # under the plot, room made
+        assert "Showing a random 50 of 98 cells." in pl.figure_notes(fig)  # and still under the chart as text
+    assert len(pl.subsample_note(200_000, 12_345_678)) <= 50  # one line at a phone's width (390 px)
+    whole = pl.umap_figure(coords, None, max_points=200, notes_below=True)  # every cell drawn: nothing in it
+    assert not whole.layout.annotations and whole.layout.margin.b == 40
 
 
 def test_evaluation_figures_give_their_numbers():

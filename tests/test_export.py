@@ -370,7 +370,8 @@ def test_the_report_fits_a_phone_tables_scroll_and_the_biomarker_legend_is_under
 def test_the_reports_umap_notes_are_text_under_the_plot_that_wraps(filtered_result, monkeypatch):
     """QA r1: a UMAP's note ("N cells without coordinates are not shown; showing a random N of M
     cells") was a Plotly annotation, one line that never wraps: cut off on a phone. report.html
-    writes it as the figure's caption, under the plot, and draws nothing in the figure."""
+    writes it as the figure's caption, under the plot, and draws in the figure only the subsample's
+    short line (so that a PNG or copy of it says it)."""
     adata, _, passed = filtered_result
     monkeypatch.setattr(pl, "MAX_PLOT_POINTS", 50)
     text = export.html_report(adata, label_column="response", group_columns=["sample"])
@@ -378,7 +379,8 @@ def test_the_reports_umap_notes_are_text_under_the_plot_that_wraps(filtered_resu
     caption = (f"<figcaption>{n_out} cells without coordinates are not shown. "
                f"Showing a random 50 of {n_in} cells.</figcaption></figure>")
     assert text.count(caption) == 2  # under both UMAPs
-    assert "showing a random 50" not in text  # the figure's own note, drawn in it ("...; showing a random ...")
+    assert "are not shown; showing a random" not in text  # the notes' long line, drawn in the figure
+    assert text.count(f'"text":"Showing a random 50 of {n_in} cells"') == 2  # but the subsample's short one
     assert re.search(r"figure\.chart figcaption\{", text)
 
 
