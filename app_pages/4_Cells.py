@@ -203,9 +203,9 @@ for col in [ss.get(state.SAMPLE_COLUMN)] + list(adata.obs.columns):
     if not col or col in colour_options or str(col).startswith("scatd_"):
         continue
     values = adata.obs[col]
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    if numeric or values.nunique(dropna=True) <= 100:
-        colour_options[col] = (values.to_numpy(), not numeric, None, "Viridis")
+    categories = pl.colour_as_categories(values, str(col))  # whole-number cluster ids too: one colour each
+    if not categories or values.nunique(dropna=True) <= 100:
+        colour_options[col] = (values.to_numpy(), categories, None, "Viridis")
 if ss.get("cells_colour") not in colour_options:
     ss["cells_colour"] = "P(resistant)"
 colour = ctl[1].selectbox("Colour by", list(colour_options), key="cells_colour")  # usable while the UMAP computes

@@ -327,6 +327,59 @@ def sd_colour_range(sd) -> tuple[float, float]:
     return 0.0, max(SD_COLOUR_FLOOR, top)
 
 
+#: A whole-number column with at most this many distinct values (each held by 2 cells or more on
+#: average) is coloured as categories (:func:`colour_as_categories`): cluster numbers, samples 1..8.
+MAX_NUMBER_CATEGORIES = 50
+#: A column named so holds a measurement (counts, genes, shares, scores, P(resistant) ...): on a
+#: colour scale, whatever its values (short words only as whole words: "stage" is no "age").
+_MEASURE_NAME = re.compile(r"(?<![a-z])(n|total|pct|frac|log1p|mean|median|std|sd|age|time|dose|size|area|depth|"
+                           r"auc|ic50|p)(?![a-z])|count|genes|umi|mito|percent|fraction|concentration|score|prob",
+                           re.IGNORECASE)
+#: A column named so (and not as a measurement) holds categories: clusters, cell types, samples ...;
+#: coloured as such when its values are whole numbers, up to 100 of them (as many as the Cells page
+#: offers of a text column).
+_CATEGORY_NAME = re.compile(r"cluster|leiden|louvain|cell.?type|annotation|sample|batch|donor|patient|clone|"
+                            r"phase|group", re.IGNORECASE)
+
+
+def colour_as_categories(values, name: str = "") -> bool:
+    """Whether a column ``values`` (named ``name``) is coloured as categories (one colour each, a
+    legend) rather than on a colour scale. Text, categories and booleans are; numbers are when they
+    are whole, ``name`` does not say a measurement (n_counts, pct_mito, P(resistant) ...), and either
+    ``name`` says categories (cluster, leiden, louvain, cell type, sample ...: up to 100 values) or
+    they take at most :data:`MAX_NUMBER_CATEGORIES` values, each held by 2 cells or more on average.
+    A cluster column saved as integers (leiden 0..7) was drawn on a colour scale, as if cluster 7
+    were more than cluster 3."""
+    series = pd.Series(values) if not isinstance(values, pd.Series) else values
+    if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return True
+    v = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or not np.array_equal(v, np.round(v)):
+        return False
+    k = np.unique(v).size
+    if _MEASURE_NAME.search(str(name)):
+        return False
+    if _CATEGORY_NAME.search(str(name)):
+        return k <= 100
+    return k <= MAX_NUMBER_CATEGORIES and 2 * k <= v.size
+
+
+def _category_values(values):
+    """``values`` as :func:`umap_figure` names its categories: whole numbers written as such
+    ("3", not "3.0"), a missing one as NaN; any other values as they are."""
+    series = pd.Series(values) if not isinstance(values, pd.Series) else values
+    if not pd.api.types.is_float_dtype(series):
+        return values
+    v = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(v)
+    if not np.array_equal(v[finite], np.round(v[finite])):
+        return values
+    out = np.full(v.size, np.nan, dtype=object)
+    out[finite] = [str(int(x)) for x in v[finite]]
+    return out
+
+
 def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str = "",
                 categorical: bool | None = None, cell_ids: Sequence[str] | None = None,
                 color_range: tuple[float, float] | None = None, colorscale: str | list = PROB_SCALE,
@@ -374,9 +427,10 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
         fig.add_trace(Trace(x=xy[:, 0], y=xy[:, 1], mode="markers", marker=dict(size=size, color="#555"),
                             text=ids, hovertemplate="%{text}<extra></extra>", showlegend=False))
     else:
+        numeric = not colour_as_categories(values, name) if categorical is None else not categorical
+        if not numeric:
+            values = _category_values(values)
         vals = pd.Series(np.asarray(values, dtype=object)[ok])
-        numeric = pd.api.types.is_numeric_dtype(pd.Series(values)) and not pd.api.types.is_bool_dtype(
-            pd.Series(values)) if categorical is None else not categorical
         if numeric:
             v = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=np.float64)
             has = np.isfinite(v)
@@ -463,9 +517,10 @@ def _umap_alt(values, drawable: np.ndarray, name: str, categorical: bool | None,
     alt = f"UMAP of {counted(drawable.sum())}"
     if values is None:
         return alt + "."
+    numeric = not colour_as_categories(values, name) if categorical is None else not categorical
+    if not numeric:
+        values = _category_values(values)
     every = pd.Series(values)
-    numeric = pd.api.types.is_numeric_dtype(every) and not pd.api.types.is_bool_dtype(every) \
-        if categorical is None else not categorical
     vals = pd.Series(np.asarray(values, dtype=object)[drawable])
     if numeric:
         v = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=np.float64)

@@ -509,6 +509,32 @@ def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_s
     assert metric(at, "Recall") == "0.000" and "precision, F1 and MCC are undefined" in text(at.caption)
 
 
+def test_the_cells_page_colours_integer_clusters_as_categories_and_measurements_on_a_scale(with_library):
+    """A cluster column saved as integers (leiden 0..5) was coloured on a continuous scale with a colour
+    bar, as if cluster 5 were more than cluster 2: now one colour per cluster with a legend
+    (pl.colour_as_categories); a measurement (n_counts) keeps its colour scale."""
+    adata = make_dataset(N_CELLS, seed=5)
+    adata.obs["leiden"] = np.random.default_rng(0).integers(0, 6, adata.n_obs)  # int64, as tools write it
+    adata.obs["n_counts"] = np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
+    at = start()
+    upload(at, "t.h5ad", h5ad_bytes(adata))
+    run_prediction(at)
+    goto(at, "4_Cells")
+
+    def umap() -> dict:
+        return json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
+
+    at.selectbox(key="cells_colour").set_value("leiden").run()
+    ok(at)
+    traces = sorted(umap()["data"], key=lambda t: t.get("legendrank", 0))
+    assert [t["name"].rsplit(" (", 1)[0] for t in traces] == [str(i) for i in range(6)]
+    assert all(t["showlegend"] and "colorbar" not in t["marker"] for t in traces)
+    at.selectbox(key="cells_colour").set_value("n_counts").run()
+    ok(at)
+    (trace,) = umap()["data"]
+    assert trace["marker"]["colorbar"]["title"]["text"] == "n_counts"
+
+
 def test_the_cells_page_groups_by_the_sample_column_chosen_last(with_library):
     """A new sample column chosen on the Data page is what the Cells page groups by next (it kept
     the earlier one); a grouping chosen on the Cells page itself stays while the column does."""

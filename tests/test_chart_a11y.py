@@ -96,6 +96,39 @@ def test_a_subsampled_umaps_png_and_html_say_it_is_a_subsample(monkeypatch):
     assert not whole.layout.annotations and whole.layout.margin.b == 40
 
 
+def test_whole_number_cluster_columns_are_coloured_as_categories_measurements_on_a_scale():
+    """A cluster column written as integers (leiden 0..7, as many tools save it) was drawn on a
+    continuous colour scale, as if cluster 7 were "more" than cluster 3. Whole numbers with few
+    distinct values, or in a column named as clusters or cell types, are categories: one colour each
+    and a legend (listed 0, 1, 2 ... 10, not 0, 1, 10, 2); real measurements stay on a colour scale."""
+    rng = np.random.default_rng(0)
+    n = 300
+    leiden = rng.integers(0, 12, n)
+    assert pl.colour_as_categories(leiden, "leiden")
+    assert pl.colour_as_categories(leiden.astype(float), "louvain")  # 0.0, 1.0 ... as a float column holds them
+    assert pl.colour_as_categories(pd.Series(leiden, dtype="Int64"), "group")  # few whole values, any name
+    assert pl.colour_as_categories(rng.integers(0, 80, n), "cell_type")  # named as categories: up to 100
+    assert pl.colour_as_categories(np.array(["a", "b"] * 5), "x") and pl.colour_as_categories([True, False], "x")
+    assert not pl.colour_as_categories(rng.poisson(3000, n).astype(float), "n_counts")
+    assert not pl.colour_as_categories(rng.integers(0, 30, n), "n_genes")  # a count, whatever its few values
+    assert not pl.colour_as_categories(rng.uniform(0, 20, n), "pct_mito")
+    assert not pl.colour_as_categories(rng.uniform(0, 1, n), "P(resistant)")
+    assert not pl.colour_as_categories(rng.integers(0, 40, 40), "age")  # as many values as cells: a measurement
+    assert not pl.colour_as_categories(np.r_[leiden, 0.5], "leiden")  # not whole numbers
+    assert not pl.colour_as_categories(np.full(5, np.nan), "leiden")  # no value at all
+
+    coords = rng.normal(size=(n, 2))
+    values = leiden.astype(float)
+    values[0] = np.nan
+    fig = pl.umap_figure(coords, values, name="leiden")  # the choice made when not given
+    names = [t.name.rsplit(" (", 1)[0] for t in sorted(fig.data, key=lambda t: t.legendrank)]
+    assert names == [str(i) for i in range(12)] + ["NA"] and all(t.showlegend for t in fig.data)
+    assert not any(t.marker.colorbar.title.text for t in fig.data)  # no colour bar
+    assert "coloured by leiden: 0 " in pl.alt_text(fig)
+    scale = pl.umap_figure(coords, rng.uniform(0, 20, n), name="pct_mito")
+    assert len(scale.data) == 1 and scale.data[0].marker.colorbar.title.text == "pct_mito"
+
+
 def test_evaluation_figures_give_their_numbers():
     roc = pd.DataFrame({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1], "threshold": [1, 0.5, 0]})
     assert "AUROC 0.812" in pl.alt_text(pl.roc_figure(roc, 0.8123))
