@@ -167,6 +167,61 @@ def replacing(path: str | Path):
 
 
 @contextmanager
+def written_as(tmp: Path, path: str | Path):
+    """:func:`writing` for ``path`` while its temporary file ``tmp`` (:func:`replacing_together`) is
+    written: an OS error names ``path``, not the temporary file."""
+    with writing(path):
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None and str(exc.filename) == str(tmp):
+                exc.filename = str(path)
+            raise
+
+
+@contextmanager
+def replacing_together(paths):
+    """Write several files as a set (``scatd predict``'s --output and --h5ad): the block writes the
+    yielded temporary files (one beside each path); they are renamed to their paths only once the
+    block has written them all. A run that fails or is stopped half way (disk full, Ctrl+C) leaves
+    none of them new (the earlier files as they were) and no temporary file. An output claimed
+    without ``--overwrite`` (:func:`keeps_existing`) that appeared meanwhile is checked before any
+    is renamed: nothing is replaced and this run's files are kept under visible names beside theirs.
+    What remains: the renames themselves are one per file, so a reader looking in the instant
+    between them sees the first new and the second not yet."""
+    paths = [Path(p) for p in paths]
+    tmps = [_part_path(p) for p in paths]
+    try:
+        yield tmps
+        appeared = [p for p in paths if keeps_existing(p) and (p.exists() or p.is_symlink())]
+        if appeared:
+            kept = []
+            for tmp, path in zip(tmps, paths):
+                if tmp.exists():
+                    kept.append(_kept_name(path))
+                    os.replace(tmp, kept[-1])
+            raise ScatdError(f"{appeared[0]} appeared while this run was writing (another run?); nothing was "
+                             "replaced.", f"Your results are in {' and '.join(map(str, kept))}; rename "
+                             f"{'it' if len(kept) == 1 else 'them'}, or rerun with --overwrite to replace "
+                             f"{appeared[0]}.")
+        for tmp, path in zip(tmps, paths):
+            if tmp.exists():
+                with writing(path):
+                    put_in_place(tmp, path)
+    except OSError as exc:  # named as the user's file, not the temporary one
+        for tmp, path in zip(tmps, paths):
+            if exc.filename is not None and str(exc.filename) == str(tmp):
+                exc.filename = str(path)
+        raise
+    finally:
+        for tmp in tmps:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass  # renamed into place (or never written)
+
+
+@contextmanager
 def staged_folder(folder: str | Path, names: tuple[str, ...] = REPORT_FILES):
     """Write a set of files (``names``, e.g. a report) into ``folder`` as a whole: the block writes
     them into the yielded temporary folder (inside ``folder``, hidden), and they are moved in

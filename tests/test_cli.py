@@ -1408,7 +1408,7 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_with_exit_143(capsys, cells_and_
     tmp = cells_and_bundle
     real_calls = export._exported_calls
 
-    def cancelled(*a, **k):  # the job is cancelled while the h5ad is written, the CSV already there
+    def cancelled(*a, **k):  # the job is cancelled while the h5ad is written, the CSV written beside it
         os.kill(os.getpid(), signal.SIGTERM)
         return real_calls(*a, **k)
 
@@ -1423,9 +1423,10 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_with_exit_143(capsys, cells_and_
     finally:
         after = signal.signal(signal.SIGTERM, restore)
     assert code == 143, err
-    assert err.splitlines()[-1] == f"interrupted (SIGTERM: the job was stopped): written before the stop: " \
-                                   f"{tmp / 'p.csv'}; the others were not written"
-    assert not (tmp / "p.h5ad").exists() and not [p.name for p in tmp.rglob("*.part")]
+    # the CSV and the h5ad are a pair: neither put in place without the other
+    assert err.splitlines()[-1] == "interrupted (SIGTERM: the job was stopped): nothing was written"
+    assert not (tmp / "p.h5ad").exists() and not (tmp / "p.csv").exists()
+    assert not [p.name for p in tmp.rglob("*.part")]
     assert after is not_handled  # as it was, after the command
     monkeypatch.setattr(export, "_exported_calls", real_calls)
 
@@ -1472,3 +1473,71 @@ def test_a_dash_for_standard_input_or_output_is_refused_by_name(capsys, cells_an
 
     with pytest.raises(InputError, match=r"Reading data from standard input \('-'\) is not supported"):
         io.read("-")  # any other command reading data (train's --target)
+
+
+def test_predict_refuses_an_unwritable_h5ad_destination_before_predicting(capsys, cells_and_bundle, monkeypatch):
+    """QA: `scatd predict --output X.csv --h5ad Y.h5ad`: a --h5ad where nothing can be written must be
+    refused before anything is predicted, and the CSV neither written nor replaced."""
+    import tempfile
+
+    tmp = cells_and_bundle
+    (tmp / "locked").mkdir()
+    (tmp / "p.csv").write_text("earlier\n")
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):
+        if dir is not None and Path(dir) == tmp / "locked":
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    def no_computing(*a, **k):
+        raise AssertionError("predicted before checking the outputs")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    monkeypatch.setattr("scatd_core.predict.predict", no_computing)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    for csv, extra in ((tmp / "new.csv", []), (tmp / "p.csv", ["--overwrite"])):
+        code, _, err = _run(capsys, "predict", *data, "--output", csv, "--h5ad", tmp / "locked" / "a.h5ad", *extra)
+        assert code == 2 and f"--h5ad {tmp / 'locked' / 'a.h5ad'} cannot be written" in err, err
+        assert "Permission denied" in err and "unexpected" not in err
+    assert not (tmp / "new.csv").exists() and (tmp / "p.csv").read_text() == "earlier\n"
+
+
+@pytest.mark.parametrize("stop", ["disk full", "ctrl-c"])
+def test_predict_writes_the_csv_and_the_h5ad_as_a_pair(capsys, cells_and_bundle, monkeypatch, stop):
+    """QA: a failure while the --h5ad was written (disk full, Ctrl+C) left the new --output CSV beside
+    an old or missing h5ad: a mismatched pair. Now both are written under temporary names and put in
+    place only when both are written: neither is new, an earlier pair is kept, no temporary file."""
+    import errno
+
+    from scatd_core import export
+
+    tmp = cells_and_bundle
+
+    def fails(adata, path, *a, **k):
+        Path(path).write_bytes(b"half an h5ad")
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    real = export.write_h5ad
+    monkeypatch.setattr(export, "write_h5ad", fails)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    (tmp / "out").mkdir()
+    code, out, err = _run(capsys, "predict", *data, "--output", tmp / "out" / "p.csv", "--h5ad", tmp / "out" / "a.h5ad")
+    assert code == (130 if stop == "ctrl-c" else 2), err
+    if stop == "disk full":
+        assert f"Cannot write {tmp / 'out' / 'a.h5ad'}: No space left on device." in err, err
+    assert list((tmp / "out").iterdir()) == [] and "Wrote" not in out + err  # no new CSV alone, no temporary file
+    (tmp / "out" / "p.csv").write_text("earlier csv\n")
+    (tmp / "out" / "a.h5ad").write_text("earlier h5ad\n")
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "out" / "p.csv", "--h5ad", tmp / "out" / "a.h5ad",
+                        "--overwrite")
+    assert code != 0 and (tmp / "out" / "p.csv").read_text() == "earlier csv\n", err  # the earlier pair, as it was
+    assert (tmp / "out" / "a.h5ad").read_text() == "earlier h5ad\n"
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["a.h5ad", "p.csv"]
+    monkeypatch.setattr(export, "write_h5ad", real)
+    code, _, err = _run(capsys, "predict", *data, "--output", tmp / "out" / "p.csv", "--h5ad", tmp / "out" / "a.h5ad",
+                        "--overwrite")
+    assert code == 0 and len(pd.read_csv(tmp / "out" / "p.csv")) == 15 and ad.read_h5ad(tmp / "out" / "a.h5ad").n_obs == 15
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["a.h5ad", "p.csv"]

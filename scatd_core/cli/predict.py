@@ -354,7 +354,7 @@ def run(args) -> int:
         raise ScatdError(f"{' and '.join(panel_only)} {'are' if len(panel_only) > 1 else 'is'} for a panel of "
                          "models (several --model); this run has one.",
                          "For one model's report (per-sample fractions, figures), use `scatd report --out DIR`.")
-    from scatd_core._output import write_file, writing
+    from scatd_core._output import replacing_together, written_as
     from scatd_core.export import predictions_table, to_csv_bytes, write_h5ad
     from scatd_core.predict import lowered_batch_message, summary
 
@@ -367,8 +367,20 @@ def run(args) -> int:
     run_ = predict_from_args(adata, bundle, args, mask=cell_mask(adata, args))
     table = predictions_table(adata, [c for c in (label_column, args.sample_column) if c], label_column=label_column)
     out = Path(args.output)
-    with writing(out):
-        write_file(out, to_csv_bytes(table))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the CSV and the h5ad are one pair: both written under temporary names, then put in place
+    # together, so a run that fails or is stopped while writing the second leaves neither new
+    with replacing_together([out] + ([Path(args.h5ad)] if args.h5ad else [])) as tmps:
+        with written_as(tmps[0], out):
+            tmps[0].write_bytes(to_csv_bytes(table))
+        if args.h5ad:
+            with written_as(tmps[1], args.h5ad):
+                if run_ is not None:
+                    from scatd_core import scaleout
+
+                    scaleout.write_h5ad(run_, tmps[1])
+                else:
+                    write_h5ad(adata, tmps[1])
     counts = summary(adata)
     info = adata.uns["scatd"]
     say(f"Scored {info['n_scored']:,} of {info['n_cells']:,} cells on {info['params']['device']}: "
@@ -376,13 +388,6 @@ def run(args) -> int:
     if lowered_batch_message(counts):
         say("note: " + lowered_batch_message(counts))
     if args.h5ad:
-        with writing(args.h5ad):
-            if run_ is not None:
-                from scatd_core import scaleout
-
-                scaleout.write_h5ad(run_, args.h5ad)
-            else:
-                write_h5ad(adata, args.h5ad)
         say(f"Wrote {args.h5ad}")
     return finish_run(args, adata, _outputs(args).values())
 
@@ -390,7 +395,7 @@ def run(args) -> int:
 def run_panel(args, bundles) -> int:
     """Score every model of the panel; one column set per drug in the table and the h5ad."""
     from scatd_core import export, panel
-    from scatd_core._output import write_file, writing
+    from scatd_core._output import replacing_together, written_as
     from scatd_core.errors import ScatdError
     from scatd_core.predict import SET_WITH_OPTION, set_threshold
 
@@ -449,25 +454,30 @@ def run_panel(args, bundles) -> int:
             say(f"note: {note}")
     extra = [c for c in (label_column, args.sample_column) if c]
     out = Path(args.output)
-    with writing(out):
-        write_file(out, export.to_csv_bytes(panel.panel_table(adata, extra)))
+    groups = [c for c in (args.sample_column,) if c]
+    # one set of files: written under temporary names, put in place together once all are written
+    files = {"output": out, **{k: Path(getattr(args, k)) for k in ("group_summary", "html", "h5ad") if getattr(args, k)}}
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing_together(files.values()) as tmps:
+        tmp = dict(zip(files, tmps))
+        with written_as(tmp["output"], out):
+            tmp["output"].write_bytes(export.to_csv_bytes(panel.panel_table(adata, extra)))
+        if args.group_summary:
+            with written_as(tmp["group_summary"], args.group_summary):
+                tmp["group_summary"].write_bytes(export.to_csv_bytes(export.panel_summary_table(adata, groups)))
+        if args.html:
+            page = export.panel_html_report(adata, group_columns=groups, data_name=Path(args.input).name,
+                                            files=[Path(f).name for f in (args.output, args.group_summary, args.h5ad)
+                                                   if f])
+            with written_as(tmp["html"], args.html):
+                tmp["html"].write_text(page, encoding="utf-8")
+        if args.h5ad:
+            with written_as(tmp["h5ad"], args.h5ad):
+                export.write_h5ad(adata, tmp["h5ad"])
     say_panel_comparison(adata, say)
-    say(f"Wrote {out}")
-    if args.group_summary:
-        with writing(args.group_summary):
-            export.write_panel_summary(adata, args.group_summary, [c for c in (args.sample_column,) if c])
-        say(f"Wrote {args.group_summary}")
-    if args.html:
-        page = export.panel_html_report(adata, group_columns=[c for c in (args.sample_column,) if c],
-                                        data_name=Path(args.input).name,
-                                        files=[Path(f).name for f in (args.output, args.group_summary, args.h5ad) if f])
-        with writing(args.html):
-            write_file(args.html, page)
-        say(f"Wrote {args.html}")
-    if args.h5ad:
-        with writing(args.h5ad):
-            export.write_h5ad(adata, args.h5ad)
-        say(f"Wrote {args.h5ad}")
+    for path in files.values():
+        say(f"Wrote {path}")
     if panel.requested_statement(adata):  # last, where it is seen: not every drug requested was scored
         say(f"warning: {panel.requested_statement(adata)} The files name them (empty columns, "
             "<DRUG>_not_scored_reason in the CSV):")
