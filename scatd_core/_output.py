@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -261,7 +262,11 @@ def move_in(stage: Path, folder: Path, names: tuple[str, ...]) -> None:
     run's files in a visible folder beside it, said by the error."""
     written = [n for n in names if (stage / n).exists()]
     if not any(keeps_existing(folder / n) for n in names):
-        for n in written:
+        if _swap_in(stage, folder, names, written):
+            for n in written:
+                _record(folder / n)
+            return
+        for n in written:  # the folder holds other files too: the report's moved in one by one
             os.replace(stage / n, folder / n)
             _record(folder / n)
         for n in names:
@@ -271,6 +276,11 @@ def move_in(stage: Path, folder: Path, names: tuple[str, ...]) -> None:
         return
     linked: list[Path] = []
     there = [folder / n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
+    if not there and _swap_in(stage, folder, names, written):
+        for n in written:
+            _own(folder / n)
+            _record(folder / n)
+        return
     try:
         if there:
             raise FileExistsError
@@ -291,6 +301,151 @@ def move_in(stage: Path, folder: Path, names: tuple[str, ...]) -> None:
     for n in written:
         _own(folder / n)
         _record(folder / n)
+
+
+#: The note a run holding a report folder (:func:`holding_folder`) leaves in it while it runs.
+RUNNING_NOTE = ".scatd-report.running"
+
+
+def _ours(name: str) -> bool:
+    """An entry of a report folder that scATD Studio made while writing it (a stage, the running note)."""
+    return name == RUNNING_NOTE or (name.startswith(".scatd-writing-") and name.endswith(".part"))
+
+
+def _swap_in(stage: Path, folder: Path, names: tuple[str, ...], written: list[str]) -> bool:
+    """Replace ``folder`` as a whole by a folder holding the report files written in ``stage``, when
+    it holds nothing but report files (``names``) and scATD Studio's own entries: the stage is moved
+    beside it (its permissions made the folder's), the folder renamed away, the new one renamed in
+    and the earlier one removed. A reader sees the earlier report or the new one, never a mix;
+    only for the instant between the two renames is there no folder at all. ``False`` (nothing
+    changed) where that cannot be done: the folder holds other files (the user's, ``ray/``
+    parts), is a link or a mount point, or its parent folder cannot be written; the files are then
+    moved in one by one. A process killed between the renames leaves both folders beside it under
+    hidden names (``.NAME.scatd-new-*``: the new report, ``.NAME.scatd-old-*``: the earlier one)."""
+    import shutil
+    import stat
+
+    try:
+        here = Path.cwd().resolve()
+        if folder.is_symlink() or os.path.ismount(folder) or folder.resolve() in (here, *here.parents):
+            return False  # never the working folder of this process (or one above it)
+        entries = os.listdir(folder)
+    except OSError:
+        return False
+    if any(not (n in names or _ours(n)) for n in entries) or any(
+            n not in written and n not in names for n in os.listdir(stage)):
+        return False
+    tag = uuid.uuid4().hex[:8]
+    new, old = (folder.with_name(f".{folder.name}.scatd-{what}-{tag}") for what in ("new", "old"))
+    try:
+        os.rename(stage, new)
+    except OSError:  # the parent folder cannot be written: file by file
+        return False
+    try:
+        os.chmod(new, stat.S_IMODE(folder.stat().st_mode))
+        os.rename(folder, old)
+    except BaseException:
+        os.rename(new, stage)
+        if isinstance(sys.exc_info()[1], OSError):
+            return False
+        raise
+    try:
+        os.rename(new, folder)
+    except BaseException:  # the earlier report back in place, this run's in its stage
+        os.rename(old, folder)
+        os.rename(new, stage)
+        raise
+    for name in os.listdir(old):  # the earlier report and scATD Studio's own entries; anything else is kept
+        if name in names or _ours(name):
+            shutil.rmtree(old / name) if (old / name).is_dir() and not (old / name).is_symlink() else \
+                (old / name).unlink()
+    try:
+        old.rmdir()
+    except OSError:  # a file that appeared in the instant of the swap: kept, beside the report
+        os.rename(old, folder.with_name(f"{folder.name}.earlier-{tag}"))
+    return True
+
+
+@contextmanager
+def holding_folder(folder: str | Path, option: str = "--out", command: str = "scatd report"):
+    """The block (one run of ``command``) holds ``folder``, the output folder it writes: a second run
+    into the same folder is refused at once (:class:`ScatdError` naming the run that holds it), not
+    after its work. An exclusive ``flock`` on the folder itself (released when the block ends or
+    the process dies), and a note in it (:data:`RUNNING_NOTE`: process, account, machine, start)
+    that names the holder; both gone when the block ends. A folder the block made is removed
+    again when it is left empty. On a file system without ``flock`` (some NFS) nothing is held."""
+    import fcntl
+    import json
+    import socket
+    import time
+
+    folder = Path(folder)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = None
+    try:
+        while True:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                fd = None
+                raise _busy_error(folder, option, command) from None
+            except OSError:  # no flock here: nothing held
+                break
+            try:  # the folder under that name still the one locked (not swapped meanwhile)
+                here, held = os.stat(folder), os.fstat(fd)
+                if (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino):
+                    break
+            except FileNotFoundError:
+                folder.mkdir(parents=True, exist_ok=True)
+            os.close(fd)
+            fd = None
+        note = {"pid": os.getpid(), "account": _account(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            (folder / RUNNING_NOTE).write_text(json.dumps(note), encoding="utf-8")
+        except OSError:
+            pass  # the lock holds without it; a refused run then cannot name this one
+        yield
+    finally:
+        if fd is not None:
+            try:  # the note, unless the folder was swapped (a new run's note may be there)
+                here, held = os.stat(folder), os.fstat(fd)
+                if (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino):
+                    (folder / RUNNING_NOTE).unlink(missing_ok=True)
+            except OSError:
+                pass
+            os.close(fd)  # releases the lock
+        if made:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+
+
+def _account() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for this uid (a container)
+        return f"uid {os.getuid()}"
+
+
+def _busy_error(folder: Path, option: str, command: str) -> ScatdError:
+    import json
+
+    try:
+        note = json.loads((folder / RUNNING_NOTE).read_text(encoding="utf-8"))
+        who = (f" (process {note['pid']} of {note['account']} on {note['host']}, started {note['started']})")
+        stop = f" (or stop it: `kill {note['pid']}` on {note['host']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        who, stop = "", ""
+    return ScatdError(f"{folder} is being written by another `{command}`{who}; nothing was run.",
+                      f"Wait for it to finish{stop}, then run again (with --overwrite to replace its report); "
+                      f"or give another {option} folder.")
 
 
 def write_file(path: str | Path, content: bytes | str) -> Path:

@@ -1541,3 +1541,96 @@ def test_predict_writes_the_csv_and_the_h5ad_as_a_pair(capsys, cells_and_bundle,
                         "--overwrite")
     assert code == 0 and len(pd.read_csv(tmp / "out" / "p.csv")) == 15 and ad.read_h5ad(tmp / "out" / "a.h5ad").n_obs == 15
     assert sorted(p.name for p in (tmp / "out").iterdir()) == ["a.h5ad", "p.csv"]
+
+
+def test_a_second_report_into_the_same_folder_is_refused_at_the_start(capsys, cells_and_bundle, monkeypatch):
+    """QA: two `scatd report --out same` at once: the second computed everything and was refused only
+    at the end ("appeared while this run was writing"). Now a report holds --out while it runs: a
+    second one started meanwhile is refused at once (its data not even read), naming the run that
+    holds the folder and what to do; the first finishes as usual."""
+    import os
+    import time
+
+    from scatd_core.cli import report
+
+    tmp = cells_and_bundle
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--no-umap"]
+    real_predict, real_read = report.predict_from_args, report.read_input
+    reads, second = [], {}
+
+    def counted_read(*a, **k):
+        reads.append(1)
+        return real_read(*a, **k)
+
+    def first_computing(*a, **k):  # while the first report computes, a second one starts
+        if not second:
+            second["reads_before"] = len(reads)
+            started = time.monotonic()
+            second["code"], _, second["err"] = _run(capsys, "report", *data, "--out", tmp / "rep", "--overwrite")
+            second["seconds"] = time.monotonic() - started
+            second["reads_after"] = len(reads)
+            second["folder"] = sorted(p.name for p in (tmp / "rep").iterdir())
+        return real_predict(*a, **k)
+
+    monkeypatch.setattr(report, "read_input", counted_read)
+    monkeypatch.setattr(report, "predict_from_args", first_computing)
+    code, out, err = _run(capsys, "report", *data, "--out", tmp / "rep")
+    assert second["code"] == 2, second
+    assert second["reads_after"] == second["reads_before"], "the second report read its data before refusing"
+    assert second["seconds"] < 5 and second["folder"] == [".scatd-report.running"], second  # the first's note only
+    said = second["err"]
+    assert f"error: {tmp / 'rep'} is being written by another `scatd report` (process {os.getpid()}" in said, said
+    assert "nothing was run" in said and "wait for it to finish" in said.lower(), said
+    assert code == 0, err  # the first is not disturbed
+    assert sorted(p.name for p in (tmp / "rep").iterdir()) == sorted(n for n in REPORT_FILES if n != "biomarkers.csv")
+    # once it has finished, the folder is free again
+    code, _, err = _run(capsys, "report", *data, "--out", tmp / "rep", "--overwrite")
+    assert code == 0, err
+
+
+def test_a_report_replaces_an_earlier_one_whole_so_a_reader_never_sees_a_mix(capsys, cells_and_bundle, monkeypatch):
+    """QA: `scatd report --overwrite` moved its files into --out one by one: a reader (a pipeline's next
+    step, a browser) could see the new predictions.csv beside the earlier metrics.csv. Now the new
+    report folder is swapped in for the earlier one (renames of the whole folder): at every rename the
+    folder holds the earlier report or the new one, never a mix; its permissions are kept and nothing
+    is left beside it."""
+    import os
+    import stat
+
+    from scatd_core import _output
+
+    tmp = cells_and_bundle
+    rep = tmp / "rep"
+    rep.mkdir()
+    rep.chmod(0o750)
+    for name in REPORT_FILES:
+        (rep / name).write_text("earlier\n")
+    seen = []
+    real_replace, real_rename = os.replace, os.rename
+
+    def look(*a, **k):
+        if rep.is_dir():
+            earlier = {n for n in REPORT_FILES if (rep / n).exists() and (rep / n).read_bytes() == b"earlier\n"}
+            new = {n for n in REPORT_FILES if (rep / n).exists()} - earlier
+            seen.append((earlier, new))
+
+    def replace(*a, **k):
+        look()
+        return real_replace(*a, **k)
+
+    def rename(*a, **k):
+        look()
+        return real_rename(*a, **k)
+
+    monkeypatch.setattr(_output.os, "replace", replace)
+    monkeypatch.setattr(_output.os, "rename", rename)
+    code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--no-umap",
+                        "--out", rep, "--overwrite")
+    monkeypatch.undo()
+    assert code == 0, err
+    assert seen and all(not (earlier and new) for earlier, new in seen), seen  # never a mix
+    assert sorted(p.name for p in rep.iterdir()) == sorted(n for n in REPORT_FILES if n != "biomarkers.csv")
+    assert all((rep / n).read_bytes() != b"earlier\n" for n in REPORT_FILES if n != "biomarkers.csv")
+    assert stat.S_IMODE(rep.stat().st_mode) == 0o750
+    assert [p.name for p in tmp.iterdir() if "rep" in p.name and p.name != "rep"] == []  # nothing left beside it
+    assert [p.name for p in rep.iterdir() if p.name.startswith(".")] == []

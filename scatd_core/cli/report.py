@@ -110,10 +110,17 @@ def outputs(args) -> dict:
 
 
 def run(args) -> int:
-    from scatd_core._output import REPORT_FILES
+    from scatd_core._output import REPORT_FILES, holding_folder
 
     check_output(args.out, "--out", inputs=[args.input, args.biomart, args.obs], folder_files=REPORT_FILES,
                  existing=False)  # an earlier report there: refused once the model is known
+    with holding_folder(args.out, "--out", "scatd report"):  # another report into it: refused now, not at the end
+        return _run_holding(args)
+
+
+def _run_holding(args) -> int:
+    from scatd_core._output import REPORT_FILES
+
     bundle = resolve_bundle(args.model, args.library)
     check_output(args.out, "--out", folder_files=REPORT_FILES, overwrite=args.overwrite)  # before any work
     on_ray = args.engine == "ray"
