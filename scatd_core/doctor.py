@@ -97,6 +97,33 @@ def _service_user(conf) -> tuple[str | None, str]:
     return None, ""
 
 
+def _server_environment() -> tuple[dict[str, str], list[str], Path | None]:
+    """The environment the installed systemd unit gives the server (its ``Environment=`` lines),
+    its ``CacheDirectory=`` names (folders systemd makes and gives to ``User=`` at start) and the
+    unit file; empty when no unit is installed."""
+    import shlex
+
+    for unit in UNIT_FILES:
+        try:
+            lines = unit.read_text().splitlines()
+        except OSError:
+            continue
+        env: dict[str, str] = {}
+        caches: list[str] = []
+        for line in (x.strip() for x in lines):
+            key, _, value = line.partition("=")
+            try:
+                words = shlex.split(value)
+            except ValueError:
+                continue
+            if key.strip() == "Environment":
+                env.update(w.split("=", 1) for w in words if "=" in w)
+            elif key.strip() == "CacheDirectory":
+                caches += words
+        return env, caches, unit
+    return {}, [], None
+
+
 def _could_write(user: str, path: Path) -> str | None:
     """Why ``user`` could not make files in ``path`` (or its nearest existing folder), judged from
     the folders' owner and permission bits (``stat``); ``None`` when they let it. ACLs, read-only
@@ -252,6 +279,8 @@ def _configuration(conf) -> list[dict]:
     for key, path in folders.items():
         items.append(_folder_item(key, path))
     items += _service_items(conf, folders)
+    if (home := _home_item(conf, folders)) is not None:
+        items.append(home)
     folder = conf["import_folder"]
     if folder is not None:
         items.append(_item("import_folder", "ok" if Path(folder).is_dir() else "warning",
@@ -268,6 +297,21 @@ def _configuration(conf) -> list[dict]:
         items.append(_item("demo", "warning", demo_warning))
     items.append(_memory_item(conf))
     return items
+
+
+def _home_item(conf, folders: dict[str, Path]) -> dict | None:
+    """This account's home folder when it cannot be written (systemd's ProtectHome=read-only, a
+    service account's home): ok when none of the folders the server writes is in it (said, so a
+    read-only home is not mistaken for a fault); ``None`` when it is writable, or when one of those
+    folders is in it (that folder's own item says what is wrong)."""
+    home = Path(os.path.expanduser("~"))
+    if _writable(home):
+        return None
+    inside = [key for key, path in folders.items() if Path(path) == home or home in Path(path).parents]
+    if inside:
+        return None
+    return _item("home folder", "ok", f"{home} cannot be written by this account ({_account()}): not used; the "
+                 f"folders scATD Studio writes are elsewhere ({', '.join(f'{k} {p}' for k, p in folders.items())})")
 
 
 #: packages whose numba kernels are compiled with ``cache=True``: scanpy's are at its import, so
@@ -301,9 +345,31 @@ def _numba_user_cache() -> Path:
 
 def _caches(env=None) -> list[dict]:
     """Whether numba and matplotlib have folders this account can write: in a sandbox (systemd's
-    ProtectSystem=strict and ProtectHome=true, a container run as another user) they may not."""
-    env = os.environ if env is None else env
-    return [_numba_cache_item(env), _matplotlib_item(env)]
+    ProtectSystem=strict and ProtectHome=true, a container run as another user) they may not.
+    Where this process's environment does not choose their folders but the installed unit gives
+    them to the server (``Environment=NUMBA_CACHE_DIR=...``), the server's folders are checked:
+    the server is what must start (a read-only home it does not use is no failure)."""
+    env = dict(os.environ if env is None else env)
+    server, caches, unit = _server_environment()
+    items = []
+    for var, check in (("NUMBA_CACHE_DIR", _numba_cache_item), ("MPLCONFIGDIR", _matplotlib_item)):
+        chosen = server.get(var, "").strip()
+        if env.get(var, "").strip() or not chosen:
+            items.append(check(env))
+            continue
+        made = [c for c in caches if Path(chosen) == Path("/var/cache", c) or Path("/var/cache", c) in Path(chosen).parents]
+        item = check({**env, var: chosen})
+        if item["status"] != "ok" and made and not Path(chosen).exists():  # systemd makes it, for User=, at start
+            item = _item(item["what"], "ok", f"{var}={chosen}")
+        where = (f" (the server's: Environment= in {unit}" + (f"; CacheDirectory={made[0]} is made by systemd "
+                 "at start" if made else "") + ")")
+        own = check(env)
+        if own["status"] != "ok":
+            where += (f". Not set here: commands run by hand as this account ({_account()}) need it too, e.g. "
+                      f"`export {var}={chosen}`")
+        status = "warning" if item["status"] == "ok" and own["status"] == "problem" else item["status"]
+        items.append({**item, "status": status, "detail": item["detail"] + where})
+    return items
 
 
 def _numba_cache_item(env) -> dict:

@@ -291,3 +291,49 @@ def test_doctor_warns_of_an_empty_library_and_a_read_only_one_is_readable_but_no
     assert "Read-only file system" in items["writable"]["detail"]
     assert "Predictions work; the app, training and imports need to write here" in items["writable"]["detail"]
     assert all(i["status"] != "problem" for i in items.values()), items
+
+
+def test_doctor_on_a_server_checks_the_folders_the_server_writes_not_a_read_only_home(tmp_path, monkeypatch):
+    """QA: with the home folder read-only (systemd's ProtectHome=read-only, or `sudo -u scatd scatd
+    doctor` for an account whose home it cannot write) and every folder the server writes configured
+    elsewhere, `scatd doctor` said FAIL (numba cache: "neither the package folders nor ~/.cache/numba
+    can be written"), though the server's unit gives numba and matplotlib their own folders. Now the
+    caches are judged as the server has them (the installed unit's Environment=), the home is said to
+    be unused (ok), and only an unwritable data, model or work folder fails."""
+    from scatd_core import doctor
+    from scatd_core.config import settings
+
+    home, srv = tmp_path / "home", tmp_path / "srv"
+    home.mkdir()
+    home.chmod(0o555)
+    (tmp_path / "config.toml").write_text(f'[paths]\nhome = "{srv}"\nwork_dir = "{tmp_path / "work"}"\n')
+    unit = tmp_path / "scatd-studio.service"
+    unit.write_text(f"[Service]\nCacheDirectory=scatd-studio\nEnvironment=SCATD_CONFIG={tmp_path}/"
+                    f"config.toml\nEnvironment=NUMBA_CACHE_DIR={tmp_path}/cache/numba MPLCONFIGDIR={tmp_path}"
+                    "/cache/matplotlib\n")
+    for name in ("SCATD_HOME", "SCATD_MODEL_LIBRARY", "SCATD_WORK_DIR", "NUMBA_CACHE_DIR", "MPLCONFIGDIR",
+                 "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "SCATD_SERVICE_USER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SCATD_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setattr(doctor, "UNIT_FILES", (unit,))
+    # as the service account sees them (the tests may run as root, who writes anywhere): the home and
+    # the installed packages read-only
+    monkeypatch.setattr(doctor, "_writable", lambda p: not (str(p).startswith(str(home)) or "site-packages" in str(p)
+                                                           or "scatd_core" in str(p)))
+    monkeypatch.setattr(doctor, "_numba_user_cache", lambda: home / ".cache" / "numba")
+    conf = settings()
+    items = doctor._configuration(conf) + doctor._caches()
+    assert not [i for i in items if i["status"] == "problem"], [i for i in items if i["status"] == "problem"]
+    numba = next(i for i in items if i["what"] == "numba cache")
+    assert f"{tmp_path}/cache/numba" in numba["detail"] and str(unit) in numba["detail"], numba
+    said = next(i for i in items if i["what"] == "home folder")
+    assert said["status"] == "ok" and str(home) in said["detail"] and "not used" in said["detail"], said
+    # a folder the server writes that cannot be written still fails
+    monkeypatch.setattr(doctor, "_writable", lambda p: not (str(p).startswith(str(home)) or str(p).startswith(str(srv))
+                                                           or "site-packages" in str(p) or "scatd_core" in str(p)))
+    items = doctor._configuration(conf)
+    assert next(i for i in items if i["what"] == "home")["status"] == "problem"
+    # without the server's unit, this account's commands have no cache folder numba can write: a problem
+    monkeypatch.setattr(doctor, "UNIT_FILES", (tmp_path / "none.service",))
+    assert next(i for i in doctor._caches() if i["what"] == "numba cache")["status"] == "problem"
