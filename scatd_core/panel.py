@@ -28,7 +28,8 @@ library models, stored per user: an app login's in ``<home>/panels/<login>.json`
 line's (``scatd panel``, ``scatd predict --panel``, ``scatd train-panel --save-panel``: the
 operating-system user) apart from them, in ``<home>/panels/cli/<user>.json`` (``cli=True``), so that
 an app login and an account of the same name never see or overwrite each other's panels. One user
-never sees another's.
+never sees another's: the file both shared before (``<home>/panels/<user>.json``) is the app login's
+and is never copied for the command line (:func:`legacy_panels_note`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
            "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "run_signature",
            "saved_panel_drugs", "scaleout_note", "not_scored", "requested_statement", "not_scored_lines",
-           "is_ranking", "set_label_drug", "label_evaluation", "label_statement", "lost_from_saved_panel", "all_refused_error"]
+           "is_ranking", "set_label_drug", "label_evaluation", "label_statement", "lost_from_saved_panel", "all_refused_error",
+           "legacy_panels_note"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -1136,19 +1138,24 @@ def panels_file(user: str | None, *, cli: bool = False) -> Path:
 
 
 def _panels_path(user: str | None, cli: bool) -> Path:
-    """:func:`panels_file`; for the command line, its file made first, when missing, from the one both
-    shared before they were kept apart (``<home>/panels/<user>.json``): a copy, so that neither side
-    loses a panel saved then; from then on each changes its own."""
-    path = panels_file(user, cli=cli)
-    if not cli or path.exists():
-        return path
-    shared = panels_file(user)
-    if not shared.is_file():
-        return path
-    with _locked(path):
-        if not path.exists():
-            _write(path, _read(shared))
-    return path
+    """:func:`panels_file`. The file the command line and the app login of the same name shared before
+    they were kept apart (``<home>/panels/<user>.json``) is the app login's, who may be another person:
+    it is never copied for the command line (:func:`legacy_panels_note` says where it is and how an
+    administrator moves it)."""
+    return panels_file(user, cli=cli)
+
+
+def legacy_panels_note(user: str | None) -> str | None:
+    """For the command line's ``user`` with no saved panels file of its own: that the file the command
+    line shared with the app login of the same name before they were kept apart is that login's now,
+    not copied, and how an administrator moves it when it is this account's; ``None`` otherwise."""
+    mine, shared = panels_file(user, cli=True), panels_file(user)
+    if mine.exists() or not shared.is_file():
+        return None
+    return (f"panels saved before the command line's were kept apart from the app's may be in {shared}: it is now "
+            f"the app login {user or 'local'}'s (who may be another person), so they were not copied for the "
+            f"command line. If they are yours, an administrator can copy them for you: `cp {shared} {mine}` "
+            "(before you save a panel here).")
 
 
 def _locked(path: Path):
@@ -1308,8 +1315,10 @@ def load_panel(name: str, user: str | None, *, library: str | Path | None = None
     panels = list_panels(user, cli=cli)
     found = find_saved(panels, name)
     if found is None:
+        legacy = legacy_panels_note(user) if cli else None
         raise InputError(f"You have no panel named {str(name).strip()!r}.",
-                         f"Yours: {', '.join(panels) or 'none'}. Save one with `scatd panel save`.")
+                         f"Yours: {', '.join(panels) or 'none'}. Save one with `scatd panel save`."
+                         + (f" Note: {legacy}" if legacy else ""))
     record = panels[found]
     identities, names = record.get("identities") or {}, record.get("names") or {}
     root = Path(library) if library else model_library_dir()

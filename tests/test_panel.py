@@ -218,33 +218,42 @@ def test_saved_panels_are_per_user(lib_env):
 def test_the_command_line_and_an_app_login_of_the_same_name_keep_their_own_saved_panels(lib_env, tmp_path, capsys):
     """QA: `scatd panel save` (the operating-system account alice) and the app's login alice shared
     <home>/panels/alice.json: each saw, replaced and removed the other's panels. The command line's are
-    its own (<home>/panels/cli/); the panels of the shared file from before are copied for it on its
-    first use, and stay the login's too: neither side loses one."""
+    its own (<home>/panels/cli/). The file they shared before is the app login's (it may be another
+    person): it is never copied for the command line (it was, silently, on its first use); the command
+    line says where it is and how an administrator moves it, once it has no panel of its own."""
     from scatd_core.cli.predict import os_user
 
     user = os_user()  # the command line's user; an app login of the very same name below
     panel.save_panel("old", list(DRUGS), user)  # the shared file, as an earlier version wrote it for both
+    shared, mine = panel.panels_file(user), panel.panels_file(user, cli=True)
     assert main(["panel", "list"]) == 0
-    assert "old\tDRUGA, DRUGB, DRUGC" in capsys.readouterr().out  # the command line still has it
+    out, err = capsys.readouterr()
+    assert "old" not in out and not mine.exists()  # nothing of the login's copied for the command line
+    assert f"{shared}" in err and "not copied" in err and f"cp {shared} {mine}" in err  # how to move them
+    assert main(["predict", "--panel", "old", "--input", str(_h5ad(tmp_path)), "--output",
+                 str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "You have no panel named 'old'" in err and f"cp {shared} {mine}" in err
     assert main(["panel", "save", "mine", "--model", "DRUGA", "--model", "DRUGB"]) == 0
     panel.save_panel("theirs", ["DRUGB", "DRUGC"], user)  # the app's login
     assert set(panel.list_panels(user)) == {"old", "theirs"}
-    assert set(panel.list_panels(user, cli=True)) == {"old", "mine"}
+    assert set(panel.list_panels(user, cli=True)) == {"mine"}
+    assert main(["panel", "list"]) == 0
+    assert "not copied" not in capsys.readouterr().err  # said only while the command line has no panels file
     # one name on both sides: neither is refused as taken, nor replaces the other's
     panel.save_panel("same", ["DRUGA", "DRUGB"], user)
     assert main(["panel", "save", "same", "--model", "DRUGB", "--model", "DRUGC"]) == 0
     assert panel.list_panels(user)["same"]["models"] == ["DRUGA", "DRUGB"]
     assert panel.list_panels(user, cli=True)["same"]["models"] == ["DRUGB", "DRUGC"]
     # removed on one side, kept on the other
-    assert main(["panel", "remove", "old"]) == 0
-    panel.delete_panel("same", user)
-    assert set(panel.list_panels(user)) == {"old", "theirs"}
-    assert set(panel.list_panels(user, cli=True)) == {"mine", "same"}
+    assert main(["panel", "remove", "same"]) == 0
+    assert set(panel.list_panels(user)) == {"old", "theirs", "same"}
+    assert set(panel.list_panels(user, cli=True)) == {"mine"}
     capsys.readouterr()
     assert main(["predict", "--panel", "theirs", "--input", str(_h5ad(tmp_path)), "--output",
                  str(tmp_path / "p.csv")]) == 2  # the login's panel is not the command line's
     assert "You have no panel named 'theirs'" in capsys.readouterr().err
-    assert panel.panels_file(user, cli=True).parent == panel.panels_file(user).parent / "cli"
+    assert mine.parent == shared.parent / "cli"
 
 
 def test_the_saved_panels_folder_and_its_lock_are_this_accounts_only(lib_env, tmp_path, monkeypatch):

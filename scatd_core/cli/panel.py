@@ -35,6 +35,8 @@ def run(args) -> int:
         print(f"Removed your panel {name!r} ({panel.saved_panel_drugs(record)}); the models stay in the library.")
     else:
         panels = panel.list_panels(user, cli=True)
+        if legacy := panel.legacy_panels_note(user):
+            say(f"note: {legacy}")
         if not panels:
             say("You have no saved panel on the command line (the app's saved panels are kept apart, per login). "
                 "Save one with `scatd panel save NAME --model A --model B`.")
