@@ -224,6 +224,31 @@ def test_users_remove_delete_data_deletes_the_users_data_and_models_only_when_as
     assert "There is no user alice" in capsys.readouterr().err
 
 
+def test_users_remove_delete_data_leaves_nothing_of_the_user_app_side_or_command_line_side(server_home, alices_things,
+                                                                                          capsys):
+    """QA: `users remove NAME --delete-data` deleted the app login's saved panels only: the command line's
+    saved panels of that name (<home>/panels/cli/NAME.json) and the lock files named after the user stayed.
+    Now nothing named after the user is left in either, and the output lists every file it deleted."""
+    from scatd_core import panel
+    from scatd_core.cli import main
+
+    made, state = alices_things
+    models = [p.name for p in made.values()]
+    panel.save_panel("app panel", models, "alice")
+    panel.save_panel("cli panel", models, "alice", cli=True)
+    panel.save_panel("his", models, "bob", cli=True)
+    folder = server_home / "panels"
+    assert main(["users", "remove", "alice"]) == 0  # without --delete-data: the command line's are named too
+    assert f"the command line's saved panels of alice: 1 (cli panel) in {folder / 'cli' / 'alice.json'}" in \
+        capsys.readouterr().err
+    assert main(["users", "remove", "alice", "--delete-data"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == \
+        ["cli/bob.json", "cli/bob.lock"]  # bob's stay
+    assert f"Deleted the saved panels {folder / 'alice.json'}\n" in out
+    assert f"Deleted the saved panels of the command line {folder / 'cli' / 'alice.json'}\n" in out
+
+
 def test_adding_a_name_whose_earlier_account_left_data_says_so(server_home, alices_things, monkeypatch, capsys):
     import io
 

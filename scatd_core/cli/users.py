@@ -35,14 +35,16 @@ def add(sub) -> None:
     wanted.add_argument("--no-admin", dest="admin", action="store_const", const=False,
                         help="take the admin rights away")
     r = acts.add_parser("remove", help="remove a user (says what of theirs stays on the server)",
-                        description="Remove a user's account. Their saved panels, panel training records and "
+                        description="Remove a user's account. Their saved panels (the app's, and the command "
+                                    "line's of the same name), panel training records and "
                                     "the models they trained or imported stay unless asked for (listed after the "
                                     "removal): a new account given the same name would get those saved panels and "
                                     "be recorded as those models' maker. Run it again with --delete-data for a "
                                     "name already removed.")
     r.add_argument("name")
     r.add_argument("--delete-data", action="store_true",
-                   help="also delete the user's saved panels and their panel training records (private to the name)")
+                   help="also delete the user's saved panels (the app's and the command line's of the same name) "
+                        "and their panel training records (private to the name); lists every file deleted")
     r.add_argument("--delete-models", action="store_true",
                    help="with --delete-data: also delete the models they trained or imported from the shared "
                         "library (other users may be using them)")
