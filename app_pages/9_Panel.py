@@ -387,9 +387,9 @@ named = ss.get("panel_named")  # the saved panel's name while its models are the
 stem = export.panel_stem(data_name, named[0] if named and named[1] == sorted(paths) else None,
                          [m.drug for m in scored])
 extra = [c for c in (ss.get(state.LABEL_COLUMN), ss.get(state.SAMPLE_COLUMN)) if c and c in adata.obs]
-files = [f"{stem}.csv", f"{stem}_summary.csv", f"{stem}_annotated.h5ad"]
+files = [f"{stem}.csv", f"{stem}_summary.csv", f"{stem}_drugs.csv", f"{stem}_annotated.h5ad"]
 report_markers = markers[1] if markers is not None and subclone else None
-c = st.columns(4)
+c = st.columns(5)
 c[0].download_button("panel.csv", export.to_csv_bytes(panel.panel_table(adata, extra)),
                      file_name=files[0], mime="text/csv", icon=":material/table:", type="primary",
                      key="btn_dl_panel", on_click="ignore")
@@ -402,6 +402,10 @@ c[1].download_button("panel_summary.csv", export.to_csv_bytes(export.panel_summa
                      key="btn_dl_panel_summary", on_click="ignore")
 c[1].caption("per drug: whole sample" + "".join(f", per {ui.md(names.get(g, g))}"
                                                for g in export.panel_group_columns(adata, summary_groups)))
+c[4].download_button("panel_drugs.csv", export.to_csv_bytes(export.panel_drug_metrics(adata, app=True)),
+                     file_name=files[2], mime="text/csv", icon=":material/medication:",
+                     key="btn_dl_panel_drugs", on_click="ignore")
+c[4].caption("per drug: status and why not scored, cells called, bulk CV AUROC, label AUROC")
 c[2].download_button("panel_report.html",
                      ui.detached(lambda: export.panel_html_report(adata, group_columns=groups, data_name=data_name,
                                                                   markers=report_markers, files=files, app=True)
@@ -411,6 +415,6 @@ c[2].download_button("panel_report.html",
 c[2].caption("self-contained, with the figures")
 with_x = export.h5ad_download_has_x(adata)
 ui.data_download(c[3], "annotated .h5ad", ui.detached(lambda: export.h5ad_bytes(adata, with_x=with_x)), adata,
-                 file_name=files[2], mime="application/x-hdf5", icon=":material/database:",
+                 file_name=files[3], mime="application/x-hdf5", icon=":material/database:",
                  key="btn_dl_panel_h5ad", on_click="ignore")
 c[3].caption("one column set per drug" + ("" if with_x else ui.WITHOUT_X))

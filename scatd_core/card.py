@@ -441,3 +441,25 @@ def card_details(card: dict) -> list[str]:
     if tuning:
         lines.append(f"Logistic-regression baseline: {tuning}.")
     return lines
+
+
+def bulk_cv_evaluation(manifest) -> dict | None:
+    """The card's bulk cross-validation evaluation of a model's ``manifest`` (None without one)."""
+    card = (manifest or {}).get("card") or {}
+    return next((e for e in card.get("evaluations", []) if e.get("name") == "bulk_cv"), None)
+
+
+def bulk_cv_figures(manifest) -> dict:
+    """A model's bulk CV figures from its ``manifest``, as ``scatd train-panel``'s summary and a panel's
+    per-drug metrics give them: ``cv_auroc`` (with ``cv_auroc_ci_low``/``cv_auroc_ci_high``, the card's
+    95% interval), ``cv_best_baseline`` (the best baseline of the card, "" without one) and
+    ``cv_best_baseline_auroc``; None where the model does not record one (an imported checkpoint)."""
+    cv = ((manifest or {}).get("metrics") or {}).get("cv") or {}
+    bulk_cv = bulk_cv_evaluation(manifest)
+    scores = bulk_cv["scores"] if bulk_cv is not None else []
+    others = [r for r in scores if r["model"] != MODEL and r.get("auroc") is not None]
+    best = max(others, key=lambda r: r["auroc"]) if others else {}
+    # the card's 95% interval of this model's bulk CV AUROC (every head records one; an sd only some)
+    ci_low, ci_high = next((r for r in scores if r["model"] == MODEL), {}).get("auroc_ci") or (None, None)
+    return {"cv_auroc": cv.get("auroc", cv.get("auroc_mean")), "cv_auroc_ci_low": ci_low, "cv_auroc_ci_high": ci_high,
+            "cv_best_baseline": best.get("model", ""), "cv_best_baseline_auroc": best.get("auroc")}

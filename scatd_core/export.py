@@ -1434,17 +1434,96 @@ def panel_models_table(adata: ad.AnnData, *, app: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: The per-drug metrics' columns (:func:`panel_drug_metrics`), in order.
+PANEL_DRUG_COLUMNS = ("drug", "model", "folder", "backbone", "status", "not_scored_reason", "n_cells", "n_scored",
+                      "n_called", "n_resistant", "n_sensitive", "fraction_resistant", "mean_prob_resistant",
+                      "threshold", "calibrated", "threshold_set_by", "bulk_cv_auroc", "bulk_cv_auroc_ci_low",
+                      "bulk_cv_auroc_ci_high", "bulk_best_baseline", "bulk_best_baseline_auroc", "label_column",
+                      "label_auroc", "label_auroc_ci_low", "label_auroc_ci_high", "label_n_evaluated", "warnings")
+
+
+def _manifest_of(folder: str | Path) -> dict:
+    """A panel model's manifest, read again from its folder ({} when it cannot be: removed since ...)."""
+    from scatd_core.bundle import MANIFEST
+
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+
+
+def panel_drug_metrics(adata: ad.AnnData, *, app: bool = False) -> pd.DataFrame:
+    """The panel's per-drug metrics, one row per drug requested, in panel order (the scored and refused
+    drugs, then those not loaded): :data:`PANEL_DRUG_COLUMNS`. ``status`` is ``scored``, ``refused`` (its
+    model could not score the data) or ``not loaded``, and ``not_scored_reason`` says why (empty for a
+    scored drug): the one place a per-cell table's "drug not scored" rows point to. The counts are over
+    all cells (``n_called`` = ``n_resistant`` + ``n_sensitive``, the cells scored and called); the bulk CV
+    figures are the model's card's (:func:`scatd_core.card.bulk_cv_figures`, empty for a model without
+    one); ``label_*`` the AUROC against the label column recorded for that drug
+    (:func:`scatd_core.panel.label_evaluation`), empty for the others. ``app``: the reasons as the
+    app says them. The CLI's ``--drug-metrics`` and the Drug panel page's download are this table."""
+    from scatd_core import panel
+    from scatd_core.card import bulk_cv_figures
+
+    warned: dict[str, list[str]] = {}
+    for drug, warning in panel.model_warnings(adata):
+        warned.setdefault(drug, []).append(warning)
+    found = panel.label_evaluation(adata) or {}
+    label = found if found and not found.get("problem") else {}
+    everyone = panel.members(adata, scored_only=False)
+    reasons = dict(panel.not_scored(adata, app=app))
+    rows = []
+    for m in everyone:
+        row = {"drug": m.drug, "model": m.model, "folder": m.folder, "backbone": m.backbone,
+               "status": "scored" if m.scored else "refused", "not_scored_reason": reasons.get(m.drug, ""),
+               "n_cells": adata.n_obs, "n_scored": m.n_scored, "warnings": " ".join(warned.get(m.drug, []))}
+        bulk = bulk_cv_figures(_manifest_of(m.path))
+        row.update({"bulk_cv_auroc": bulk["cv_auroc"], "bulk_cv_auroc_ci_low": bulk["cv_auroc_ci_low"],
+                    "bulk_cv_auroc_ci_high": bulk["cv_auroc_ci_high"], "bulk_best_baseline": bulk["cv_best_baseline"],
+                    "bulk_best_baseline_auroc": bulk["cv_best_baseline_auroc"]})
+        if m.scored:
+            stats = panel._drug_stats(adata, m, np.arange(adata.n_obs))
+            thr = adata.uns[m.key]["threshold"]
+            row.update({"n_called": stats["n_called"], "n_resistant": stats["n_resistant"],
+                        "n_sensitive": stats["n_called"] - stats["n_resistant"],
+                        "fraction_resistant": stats["fraction_resistant"],
+                        "mean_prob_resistant": stats["mean_prob_resistant"], "threshold": float(thr["value"]),
+                        "calibrated": bool(thr["calibrated"]), "threshold_set_by": thr.get("detail") or ""})
+            if label.get("drug") == m.drug:
+                row.update({"label_column": label["column"], "label_auroc": label["auroc"],
+                            "label_auroc_ci_low": label["auroc_ci_low"], "label_auroc_ci_high": label["auroc_ci_high"],
+                            "label_n_evaluated": label["n_evaluated"]})
+        rows.append(row)
+    for drug, why in panel.not_scored(adata, app=app)[sum(not m.scored for m in everyone):]:
+        rows.append({"drug": drug, "status": "not loaded", "not_scored_reason": why, "n_cells": adata.n_obs,
+                     "n_scored": 0})
+    table = pd.DataFrame(rows, columns=list(PANEL_DRUG_COLUMNS))
+    for column in ("model", "folder", "backbone", "not_scored_reason", "threshold_set_by", "bulk_best_baseline",
+                   "label_column", "warnings"):
+        table[column] = table[column].fillna("")
+    for column in ("n_scored", "n_called", "n_resistant", "n_sensitive", "label_n_evaluated"):
+        table[column] = table[column].astype("Int64")
+    table["calibrated"] = table["calibrated"].astype("boolean")
+    return table
+
+
+def write_panel_drug_metrics(adata: ad.AnnData, path: str | Path) -> Path:
+    return write_file(path, to_csv_bytes(panel_drug_metrics(adata)))
+
+
 def _panel_file_content(name: str) -> str:
     """What a panel file holds, from its name (the app's downloads carry the data's name)."""
     if name.endswith("summary.csv"):
         return "per cluster / sample and drug"
+    if name.endswith("drugs.csv") or "drug_metrics" in name:
+        return "one row per drug: its metrics, why not scored"
     if name.endswith(".h5ad"):
         return "one column set per drug"
     return "cells x drugs"
 
 
 #: The standard names of a panel run's files (named in the report's footer unless others are given).
-PANEL_DOWNLOADS = ("panel.csv", "panel_summary.csv", "annotated.h5ad")
+PANEL_DOWNLOADS = ("panel.csv", "panel_summary.csv", "panel_drugs.csv", "annotated.h5ad")
 
 
 def panel_html_report(adata: ad.AnnData, *, group_columns: Sequence[str] = (), data_name: str | None = None,

@@ -64,7 +64,7 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "run_signature",
            "saved_panel_drugs", "scaleout_note", "not_scored", "requested_statement", "not_scored_lines",
            "is_ranking", "set_label_drug", "label_evaluation", "label_statement", "lost_from_saved_panel", "all_refused_error",
-           "legacy_panels_note"]
+           "legacy_panels_note", "DRUG_NOT_SCORED"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
@@ -913,13 +913,20 @@ def _short_reason(why: str, limit: int = 200) -> str:
     return first if len(first) <= limit else first[:limit - 1].rstrip() + "…"
 
 
-def _lost_columns(n: int, drug: str, why: str, spread: bool = False) -> dict[str, np.ndarray]:
-    """A drug requested but not scored: its columns as a scored drug's, empty (NA), and why in every row;
-    ``spread``: the scored drugs have ``<DRUG>_prob_resistant_sd``, so it has one too (empty)."""
+#: What a per-cell table says in ``<DRUG>_not_scored_reason`` for a drug requested that scored no cell:
+#: why is said once per drug (:func:`scatd_core.export.panel_drug_metrics`, the run's messages), not on
+#: every cell row.
+DRUG_NOT_SCORED = "drug not scored"
+
+
+def _lost_columns(n: int, drug: str, spread: bool = False) -> dict[str, np.ndarray]:
+    """A drug requested but not scored: its columns as a scored drug's, empty (NA), flagged
+    :data:`DRUG_NOT_SCORED` in every row; ``spread``: the scored drugs have
+    ``<DRUG>_prob_resistant_sd``, so it has one too (empty)."""
     sd = {f"{drug}_prob_resistant_sd": np.full(n, np.nan)} if spread else {}
     return {f"{drug}_prob_resistant": np.full(n, np.nan), **sd, f"{drug}_label": np.full(n, "", dtype=object),
             f"{drug}_calibrated": pd.array([pd.NA] * n, dtype="boolean"), f"{drug}_scored": np.zeros(n, dtype=bool),
-            f"{drug}_not_scored_reason": np.full(n, f"drug not scored: {_short_reason(why)}", dtype=object)}
+            f"{drug}_not_scored_reason": np.full(n, DRUG_NOT_SCORED, dtype=object)}
 
 
 def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.DataFrame:
@@ -930,7 +937,8 @@ def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.Data
     ``<DRUG>_label``, ``<DRUG>_calibrated``, ``<DRUG>_scored``, ``<DRUG>_not_scored_reason`` (why that
     drug's model gave the cell no probability, "" where it did); every drug requested that did not score the
     data (refused by its model, or not loaded) has the same columns, empty (NA) but for ``<DRUG>_scored``
-    False and ``<DRUG>_not_scored_reason`` "drug not scored: <why>"; ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
+    False and ``<DRUG>_not_scored_reason`` "drug not scored" (:data:`DRUG_NOT_SCORED`; why, once per
+    drug, is in :func:`scatd_core.export.panel_drug_metrics`); ``n_drugs_scored``, ``n_drugs_resisted`` (empty where no
     drug scored the cell), ``resistant_to_all`` (``resistant_to_all_scored`` when a drug requested did
     not score the data: resistant to every drug that did, as the report says it); then
     ``umap_1, umap_2``, ``leiden_cluster`` when computed and ``extra_columns`` of ``obs``.
@@ -939,10 +947,9 @@ def panel_table(adata: ad.AnnData, extra_columns: Sequence[str] = ()) -> pd.Data
     lost = dict(not_scored(adata))
     spread = any(result_keys(m.key).prob_sd in adata.obs for m in members(adata))
     for m in members(adata, scored_only=False):
-        cols.update(_drug_columns(adata, m) if m.scored else
-                    _lost_columns(adata.n_obs, m.drug, lost[m.drug], spread))
-    for drug, why in list(lost.items())[sum(not m.scored for m in members(adata, scored_only=False)):]:
-        cols.update(_lost_columns(adata.n_obs, drug, why, spread))
+        cols.update(_drug_columns(adata, m) if m.scored else _lost_columns(adata.n_obs, m.drug, spread))
+    for drug in list(lost)[sum(not m.scored for m in members(adata, scored_only=False)):]:
+        cols.update(_lost_columns(adata.n_obs, drug, spread))
     cols["n_drugs_scored"] = adata.obs[_keys.PANEL_N_SCORED].to_numpy()
     cols["n_drugs_resisted"] = adata.obs[_keys.PANEL_N_RESISTED].array
     # never "resistant to all" of a panel one of whose drugs never scored: to all the scored ones

@@ -325,7 +325,7 @@ def test_the_panel_h5ad_whose_file_was_removed_says_so(monkeypatch):
     assert "annotated .h5ad" not in [b.proto.label for b in at.get("download_button")]
     assert at.button(key="btn_dl_panel_h5ad_gone").disabled
     assert "Upload your data again on the Data page" in text(at.warning)
-    assert len(at.get("download_button")) == 3  # panel.csv, the summary and the HTML report: from memory
+    assert len(at.get("download_button")) == 4  # panel.csv, the summary, the per-drug metrics, the report: from memory
 
 
 def test_the_demo_build_goes_on_when_its_page_is_left(monkeypatch):

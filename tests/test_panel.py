@@ -93,12 +93,13 @@ def test_a_model_that_cannot_score_is_skipped_with_its_reason(library, small_bun
     assert "scatd_TESTDRUG_prob_resistant" not in data.obs
     table = panel.panel_table(data)
     assert {"DRUGA_prob_resistant", "DRUGA_label", "DRUGA_calibrated", "DRUGB_label"} <= set(table.columns)
-    # QA: a refused drug vanished from panel.csv; now its columns are there, empty, each row saying why
+    # QA: a refused drug vanished from panel.csv; now its columns are there, empty, flagged, and why is
+    # in the per-drug metrics
     back = pd.read_csv(io.BytesIO(export.to_csv_bytes(table)))
     assert back["TESTDRUG_prob_resistant"].isna().all() and back["TESTDRUG_label"].isna().all()
     assert back["TESTDRUG_calibrated"].isna().all() and not back["TESTDRUG_scored"].any()
-    assert back["TESTDRUG_not_scored_reason"].str.startswith("drug not scored: ").all()
-    assert "embeddings" in back["TESTDRUG_not_scored_reason"][0]
+    assert (back["TESTDRUG_not_scored_reason"] == "drug not scored").all()
+    assert "embeddings" in export.panel_drug_metrics(data).set_index("drug").loc["TESTDRUG", "not_scored_reason"]
     assert panel.requested_statement(data) == "3 drugs requested, 2 scored; not scored: TESTDRUG."
     with pytest.raises(InputError, match="No model of the panel could score"):
         panel.predict_panel(make_dataset(50, seed=4), [vae_sf])
@@ -305,14 +306,18 @@ def test_a_saved_panel_never_scores_with_another_model_that_took_a_removed_membe
                               "now has its folder ('DRUGD (dist_vae)'") and "save the panel again" in problem
     assert str(mine) not in problem
     assert main(["predict", "--panel", "mine", "--input", str(_h5ad(tmp_path)), "--output", str(tmp_path / "p.csv"),
-                 "--html", str(tmp_path / "p.html")]) == 0
+                 "--html", str(tmp_path / "p.html"), "--drug-metrics", str(tmp_path / "drugs.csv")]) == 0
     err = capsys.readouterr().err
     assert "another model now has its folder" in err
     table = pd.read_csv(tmp_path / "p.csv")
     assert not any(c.startswith("DRUGD") for c in table.columns)  # never scored in its place
-    # QA: the drug left out vanished from every output; now it is named, empty, with why, and said last
+    # QA: the drug left out vanished from every output; now it is named, empty, with why (once, per drug), and
+    # said last
     assert table["DRUGA_prob_resistant"].isna().all() and not table["DRUGA_scored"].any()
-    assert table["DRUGA_not_scored_reason"].str.contains("another model now has its folder").all()
+    assert (table["DRUGA_not_scored_reason"] == "drug not scored").all()
+    drugs = pd.read_csv(tmp_path / "drugs.csv").set_index("drug")
+    assert drugs.loc["DRUGA", "status"] == "not loaded"
+    assert "another model now has its folder" in drugs.loc["DRUGA", "not_scored_reason"]
     assert "Panel of 2 models: DRUGB, DRUGC (3 drugs requested; not loaded: DRUGA)" in err
     assert "warning: 3 drugs requested, 2 scored; not scored: DRUGA." in err.splitlines()[-2]
     assert err.splitlines()[-1].startswith("  - DRUGA: model DRUGA: the model 'DRUGA (dist_vae)' was removed")
@@ -1234,7 +1239,7 @@ def test_a_drug_refused_for_its_genes_is_named_with_the_model_genes_the_data_lac
     table = panel.panel_table(data)
     assert [c for c in table.columns if c.endswith("_prob_resistant")] == \
         ["DRUGA_prob_resistant", "DRUGD_prob_resistant", "DRUGB_prob_resistant"]  # every drug, in panel order
-    assert table["DRUGD_not_scored_reason"].str.startswith("drug not scored: Too few of the model's genes").all()
+    assert (table["DRUGD_not_scored_reason"] == "drug not scored").all()
     html = export.panel_html_report(data, data_name="x" * 120)
     assert "scATD drug panel (3 drugs requested, 2 scored) on " in html
     assert "<b>3 drugs requested, 2 scored; not scored: DRUGD.</b><ul><li><b>DRUGD</b>: Too few" in html
@@ -1329,3 +1334,87 @@ def test_a_drug_not_loaded_has_its_summary_rows_its_sd_column_and_no_resistant_t
     full = make_dataset(40, seed=3)
     panel.predict_panel(full, _bundles(library, DRUGS[:2]))
     assert "resistant_to_all" in panel.panel_table(full).columns
+
+
+def _with_bulk_card(library, tmp_path, name="DRUGA"):
+    """A copy of a library model whose manifest records a bulk CV AUROC and its card's baselines."""
+    import json
+    import shutil
+
+    folder = tmp_path / "carded" / name
+    shutil.copytree(library / name, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["cv"] = {"auroc": 0.81}
+    manifest["card"] = {"evaluations": [{"name": "bulk_cv", "scores": [
+        {"model": "this model", "auroc": 0.81, "auroc_ci": [0.72, 0.9]},
+        {"model": "ridge on genes", "auroc": 0.74}, {"model": "majority class", "auroc": 0.5}], "verdicts": []}]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return load_bundle(folder)
+
+
+def test_a_refused_drugs_reason_is_said_once_per_drug_not_on_every_cell_row(library, tmp_path):
+    """QA: panel.csv repeated a refused drug's reason ("drug not scored: Too few of the model's genes ...")
+    on every cell row: a huge, repetitive file. Each cell row now only flags the drug not scored; the
+    reason is in the per-drug metrics (one row per drug) and the run's messages."""
+    data = make_dataset(80, seed=12)[:, 1100:].copy()  # too few of SUBSET's (DRUGD's) genes: refused
+    panel.predict_panel(data, _bundles(library, ("DRUGA", "SUBSET", "DRUGB")),
+                        not_loaded=[("DRUGC", "model DRUGC not in the model library any more (removed)")])
+    csv = export.to_csv_bytes(panel.panel_table(data)).decode()
+    assert "Too few of the model's genes" not in csv and "not in the model library" not in csv
+    back = pd.read_csv(io.StringIO(csv))
+    for drug in ("DRUGD", "DRUGC"):
+        assert (back[f"{drug}_not_scored_reason"] == panel.DRUG_NOT_SCORED).all()
+        assert back[f"{drug}_prob_resistant"].isna().all() and not back[f"{drug}_scored"].any()
+    drugs = export.panel_drug_metrics(data)
+    assert list(drugs["drug"]) == ["DRUGA", "DRUGD", "DRUGB", "DRUGC"]
+    reasons = dict(zip(drugs["drug"], drugs["not_scored_reason"]))
+    assert reasons["DRUGD"].startswith("Too few of the model's genes") and reasons["DRUGA"] == ""
+    assert reasons["DRUGC"] == "model DRUGC not in the model library any more (removed)"
+
+
+def test_the_per_drug_metrics_have_one_row_per_drug_with_its_figures(library, tmp_path):
+    """QA: the per-drug figures a panel knows (the AUROC against a drug's labels, the model's bulk CV AUROC
+    and its best baseline, the cells called resistant and sensitive, why a drug was refused) were in no
+    per-drug CSV."""
+    data = make_dataset(120, seed=5)
+    carded = _with_bulk_card(library, tmp_path)
+    panel.predict_panel(data, [carded, load_bundle(library / "DRUGB"), load_bundle(library / "SUBSET")])
+    panel.calibrate_panel(data, 0.3)
+    data.obs["response"] = np.where(np.arange(120) % 2 == 0, "resistant", "sensitive")
+    found = panel.set_label_drug(data, "DRUGB", "response")
+    drugs = export.panel_drug_metrics(data)
+    assert list(drugs.columns) == list(export.PANEL_DRUG_COLUMNS)
+    assert list(drugs["drug"]) == ["DRUGA", "DRUGB", "DRUGD"] and (drugs["status"] == "scored").all()
+    row = drugs.set_index("drug")
+    assert row.loc["DRUGA", "bulk_cv_auroc"] == pytest.approx(0.81)
+    assert (row.loc["DRUGA", "bulk_cv_auroc_ci_low"], row.loc["DRUGA", "bulk_cv_auroc_ci_high"]) == (0.72, 0.9)
+    assert row.loc["DRUGA", "bulk_best_baseline"] == "ridge on genes"
+    assert row.loc["DRUGA", "bulk_best_baseline_auroc"] == pytest.approx(0.74)
+    assert pd.isna(row.loc["DRUGB", "bulk_cv_auroc"]) and row.loc["DRUGB", "bulk_best_baseline"] == ""
+    for drug in ("DRUGA", "DRUGB", "DRUGD"):
+        labels = data.obs[f"scatd_{drug}_label"].astype(str)
+        assert row.loc[drug, "n_resistant"] == (labels == "resistant").sum()
+        assert row.loc[drug, "n_sensitive"] == (labels == "sensitive").sum()
+        assert row.loc[drug, "n_scored"] == 120 and bool(row.loc[drug, "calibrated"])
+    assert row.loc["DRUGB", "label_column"] == "response"
+    assert row.loc["DRUGB", "label_auroc"] == pytest.approx(found["auroc"])
+    assert pd.isna(row.loc["DRUGA", "label_auroc"]) and row.loc["DRUGA", "label_column"] == ""
+
+
+def test_cli_panel_writes_the_per_drug_metrics_and_says_each_refusal_once(lib_env, tmp_path, capsys):
+    data = make_dataset(80, seed=12)[:, 1100:].copy()
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    out, drugs = tmp_path / "panel.csv", tmp_path / "drugs.csv"
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA", "--model", "SUBSET",
+                 "--model", "DRUGB", "--output", str(out), "--drug-metrics", str(drugs)]) == 0
+    err = capsys.readouterr().err
+    assert f"Wrote {drugs}" in err
+    table = pd.read_csv(drugs, keep_default_na=False)
+    assert list(table["drug"]) == ["DRUGA", "DRUGD", "DRUGB"]
+    reason = table.set_index("drug").loc["DRUGD", "not_scored_reason"]
+    assert reason.startswith("Too few of the model's genes") and reason in err  # in the messages too
+    assert "Too few" not in out.read_text()
+    assert (pd.read_csv(out)["DRUGD_not_scored_reason"] == "drug not scored").all()
+    assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA",
+                 "--output", str(tmp_path / "one.csv"), "--drug-metrics", str(tmp_path / "d2.csv")]) == 2
+    assert "--drug-metrics is for a panel" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     # the x-axis title fits a half-width chart; what "*" means is in the caption
     assert "fraction called resistant (* uncalibrated)" in charts and "not comparable across drugs" not in charts
     assert "* uncalibrated: called at the model's own threshold" in text(at.caption).replace("\\", "")
-    assert len(at.get("download_button")) == 4
+    assert len(at.get("download_button")) == 5  # panel.csv, the summary, the per-drug metrics, the report, the h5ad
     # QA: panel_summary.csv held every grouping the page could offer (the data's own 'cluster' too, never
     # chosen): now the Leiden clusters, the sample column and the grouping chosen to order by
     assert "per drug: whole sample, per sample" in text(at.caption)
@@ -501,6 +501,12 @@ def test_a_saved_panels_drug_not_loaded_is_named_in_the_results_and_the_csv(with
     assert "3 drugs requested, 2 scored; not scored: DRUGC." in text(at.caption).replace("\\", "")
     table = pd.read_csv(__import__("io").BytesIO(export.to_csv_bytes(panel.panel_table(at.session_state[state.ADATA]))))
     assert table["DRUGC_prob_resistant"].isna().all() and not table["DRUGC_scored"].any()
+    assert (table["DRUGC_not_scored_reason"] == "drug not scored").all()  # why: once, in the per-drug metrics
+    # QA: no per-drug metrics download; now panel_drugs.csv, the table `scatd predict --drug-metrics` writes
+    assert "panel_drugs.csv" in [b.proto.label for b in at.get("download_button")]
+    drugs = export.panel_drug_metrics(at.session_state[state.ADATA], app=True).set_index("drug")
+    assert list(drugs.index) == list(DRUGS) and drugs.loc["DRUGC", "status"] == "not loaded"
+    assert drugs.loc["DRUGC", "not_scored_reason"].startswith("model DRUGC: the model")
 
 
 def test_when_every_drug_is_refused_the_page_lists_one_drug_a_line(with_panel_library):

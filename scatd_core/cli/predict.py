@@ -30,8 +30,13 @@ def add(sub) -> None:
                           help="output CSV (one row per input cell, in input order)")
     p.add_argument("--h5ad", help="also write the annotated AnnData here")
     p.add_argument("--group-summary", help="panel: also write the per-cluster/per-sample summary CSV here")
+    p.add_argument("--drug-metrics", help="panel: also write the per-drug metrics CSV here (one row per drug: its "
+                                          "status and why it was not scored, cells called resistant/sensitive, "
+                                          "threshold, the model's bulk CV AUROC and best baseline, the AUROC "
+                                          "against --label-column)")
     p.add_argument("--html", help="panel: also write the HTML panel report here")
-    add_overwrite_argument(p, "replace --output, --h5ad, --group-summary, --html or --json files that already exist "
+    add_overwrite_argument(p, "replace --output, --h5ad, --group-summary, --drug-metrics, --html or --json files that "
+                              "already exist "
                               "(without it, an existing file is refused before anything is run)")
     add_prediction_arguments(p)
     add_label_arguments(p, "for --calibrate-on-labels (`scatd report` evaluates the calls against it); for a "
@@ -338,7 +343,8 @@ def panel_bundles(args) -> list:
 
 
 def _outputs(args) -> dict:
-    return {"--output": args.output, "--h5ad": args.h5ad, "--group-summary": args.group_summary, "--html": args.html}
+    return {"--output": args.output, "--h5ad": args.h5ad, "--group-summary": args.group_summary,
+            "--drug-metrics": args.drug_metrics, "--html": args.html}
 
 
 def run(args) -> int:
@@ -349,7 +355,8 @@ def run(args) -> int:
     refuse_threshold_per_drug(args)  # before the data are read
     from scatd_core.errors import ScatdError
 
-    panel_only = [flag for flag, value in (("--group-summary", args.group_summary), ("--html", args.html)) if value]
+    panel_only = [flag for flag, value in (("--group-summary", args.group_summary),
+                                           ("--drug-metrics", args.drug_metrics), ("--html", args.html)) if value]
     if panel_only:
         raise ScatdError(f"{' and '.join(panel_only)} {'are' if len(panel_only) > 1 else 'is'} for a panel of "
                          "models (several --model); this run has one.",
@@ -456,7 +463,8 @@ def run_panel(args, bundles) -> int:
     out = Path(args.output)
     groups = [c for c in (args.sample_column,) if c]
     # one set of files: written under temporary names, put in place together once all are written
-    files = {"output": out, **{k: Path(getattr(args, k)) for k in ("group_summary", "html", "h5ad") if getattr(args, k)}}
+    files = {"output": out, **{k: Path(getattr(args, k)) for k in ("group_summary", "drug_metrics", "html", "h5ad")
+                               if getattr(args, k)}}
     for path in files.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     with replacing_together(files.values()) as tmps:
@@ -466,10 +474,13 @@ def run_panel(args, bundles) -> int:
         if args.group_summary:
             with written_as(tmp["group_summary"], args.group_summary):
                 tmp["group_summary"].write_bytes(export.to_csv_bytes(export.panel_summary_table(adata, groups)))
+        if args.drug_metrics:
+            with written_as(tmp["drug_metrics"], args.drug_metrics):
+                tmp["drug_metrics"].write_bytes(export.to_csv_bytes(export.panel_drug_metrics(adata)))
         if args.html:
             page = export.panel_html_report(adata, group_columns=groups, data_name=Path(args.input).name,
-                                            files=[Path(f).name for f in (args.output, args.group_summary, args.h5ad)
-                                                   if f])
+                                            files=[Path(f).name for f in (args.output, args.group_summary,
+                                                                         args.drug_metrics, args.h5ad) if f])
             with written_as(tmp["html"], args.html):
                 tmp["html"].write_text(page, encoding="utf-8")
         if args.h5ad:
@@ -480,7 +491,8 @@ def run_panel(args, bundles) -> int:
         say(f"Wrote {path}")
     if panel.requested_statement(adata):  # last, where it is seen: not every drug requested was scored
         say(f"warning: {panel.requested_statement(adata)} The files name them (empty columns, "
-            "<DRUG>_not_scored_reason in the CSV):")
+            f"<DRUG>_not_scored_reason '{panel.DRUG_NOT_SCORED}' in the CSV; why, once per drug, in "
+            + (f"{args.drug_metrics}" if args.drug_metrics else "--drug-metrics") + "):")
         for line in panel.not_scored_lines(adata):
             say(f"  - {line}")
     return finish_run(args, adata, _outputs(args).values())

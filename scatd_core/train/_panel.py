@@ -185,25 +185,17 @@ def _card_row(drug: str, status: str, bundle, report: dict | None, n_sens: int, 
               note: str = "") -> dict:
     """One summary row: the drug's model card in brief (bulk-CV AUROC of the model and of its best
     baseline, the card's verdict on it, the target AUROC when the target had labels)."""
-    from scatd_core.card import chance_sentence
+    from scatd_core.card import bulk_cv_evaluation, bulk_cv_figures, chance_sentence
 
-    metrics = (bundle.manifest.get("metrics") or {}) if bundle is not None else {}
-    cv = metrics.get("cv") or {}
-    target = metrics.get("target") or {}
-    genes = ((bundle.manifest.get("training") or {}).get("genes") or {}) if bundle is not None else {}
-    card = (bundle.manifest.get("card") or {}) if bundle is not None else {}
-    bulk_cv = next((e for e in card.get("evaluations", []) if e.get("name") == "bulk_cv"), None)
-    baseline, baseline_auroc, verdict = "", None, ""
-    if bulk_cv is not None:
-        others = [r for r in bulk_cv["scores"] if r["model"] != "this model" and r.get("auroc") is not None]
-        if others:
-            best = max(others, key=lambda r: r["auroc"])
-            baseline, baseline_auroc = best["model"], best["auroc"]
-            verdict = next((v for v in bulk_cv.get("verdicts", []) if best["model"].lower() in v.lower()), "")
-    cv_auroc = cv.get("auroc", cv.get("auroc_mean"))
-    # the card's 95% interval of this model's bulk CV AUROC (every head records one; an sd only some)
-    mine = next((r for r in bulk_cv["scores"] if r["model"] == "this model"), {}) if bulk_cv is not None else {}
-    ci_low, ci_high = mine.get("auroc_ci") or (None, None)
+    manifest = bundle.manifest if bundle is not None else {}
+    target = (manifest.get("metrics") or {}).get("target") or {}
+    genes = (manifest.get("training") or {}).get("genes") or {}
+    bulk_cv = bulk_cv_evaluation(manifest)
+    figures = bulk_cv_figures(manifest)
+    cv_auroc, ci_low, ci_high = figures["cv_auroc"], figures["cv_auroc_ci_low"], figures["cv_auroc_ci_high"]
+    baseline, baseline_auroc = figures["cv_best_baseline"], figures["cv_best_baseline_auroc"]
+    verdict = next((v for v in bulk_cv.get("verdicts", []) if baseline.lower() in v.lower()), "") \
+        if bulk_cv is not None and baseline else ""
     below = cv_auroc is not None and float(cv_auroc) <= CHANCE_AUROC
     if below:
         verdict = (f"Below chance: bulk CV AUROC {float(cv_auroc):.3f} <= {CHANCE_AUROC} (no better than guessing); "
