@@ -63,8 +63,8 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "calibration_routes", "ranking_title", "ranking_caveat", "group_values", "resistant_to_all_enrichment",
            "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "run_signature",
            "saved_panel_drugs", "scaleout_note", "not_scored", "requested_statement", "not_scored_lines",
-           "is_ranking", "set_label_drug", "label_evaluation", "label_statement", "lost_from_saved_panel", "all_refused_error",
-           "legacy_panels_note", "DRUG_NOT_SCORED"]
+           "is_ranking", "set_label_drug", "label_evaluation", "label_statement", "lost_from_saved_panel",
+           "all_refused_error", "legacy_panels_note", "DRUG_NOT_SCORED"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
