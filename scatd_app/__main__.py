@@ -5,15 +5,32 @@ the first user opens the app, alongside that user's first pages and upload (on a
 ~5 CPU seconds). Here they are loaded before the server listens: the first user finds the server
 as warm as every later one (``benches/bench_e2e.py --launcher module``). The options are
 ``streamlit run``'s, e.g. ``--server.address 0.0.0.0 --server.port 8501`` on a lab server.
+
+The web server under Streamlit (uvicorn) is made to believe ``X-Forwarded-For`` from exactly the
+proxies of ``server.trusted_proxies`` (none by default), not from every connection from
+``127.0.0.1`` (its default): ``FORWARDED_ALLOW_IPS``, unless the administrator set it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def _believe_only_trusted_proxies() -> None:
+    """uvicorn replaces the connection's address by ``X-Forwarded-For``'s for the addresses in
+    ``FORWARDED_ALLOW_IPS`` (default ``127.0.0.1,::1``: anyone on this machine could pick the address
+    its failed logins are counted under). Set it to ``server.trusted_proxies`` (empty: no one),
+    unless the administrator set it (``scatd doctor`` says when it differs)."""
+    from scatd_core.client_address import FORWARDED_ALLOW_IPS, uvicorn_allow_ips
+    from scatd_core.config import settings
+
+    if FORWARDED_ALLOW_IPS not in os.environ:
+        os.environ[FORWARDED_ALLOW_IPS] = uvicorn_allow_ips(settings()["trusted_proxies"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"scATD Studio: {line}", file=sys.stderr)
         print("scATD Studio will not start: every upload and the demo would fail.", file=sys.stderr)
         return 2
+    _believe_only_trusted_proxies()
     started = time.perf_counter()
     print("scATD Studio: loading the libraries and compiled kernels before serving…", file=sys.stderr, flush=True)
     from scatd_app import ui, uploads

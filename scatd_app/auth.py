@@ -141,14 +141,15 @@ def _peer() -> str | None:
 
 def _client() -> str:
     """The client's address (:func:`scatd_core.client_address.client_address`): a trusted reverse
-    proxy's ``X-Forwarded-For`` / ``X-Real-IP`` (``server.trusted_proxies``), else the connection's."""
-    from scatd_core.client_address import client_address
+    proxy's ``X-Forwarded-For`` / ``X-Real-IP`` (``server.trusted_proxies``), else the connection's;
+    never an address uvicorn took from the header for a proxy scATD does not trust."""
+    from scatd_core.client_address import client_address, uvicorn_trust
 
     try:
         headers = st.context.headers
     except Exception:  # no request context (tests)
         headers = {}
-    return client_address(_peer(), headers, settings()["trusted_proxies"])
+    return client_address(_peer(), headers, settings()["trusted_proxies"], forwarded_allow_ips=uvicorn_trust())
 
 
 def _log() -> logging.Logger:

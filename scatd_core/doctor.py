@@ -542,6 +542,7 @@ def _login(conf) -> list[dict]:
                     "password": "password login always", "oidc": "Streamlit's OIDC login",
                     "none": "no login (only safe on a single-user machine)" + proxy}[mode])]
     items = [_item("setting", "problem", line) for line in conf.fatal] + items  # the app will not start
+    items += _forwarded(conf)
     if mode in ("auto", "password"):
         from scatd_core.users import ownership_note
 
@@ -574,6 +575,31 @@ def _login(conf) -> list[dict]:
                                "for sign-in while auth.mode is oidc"))
         items += _oidc_setup(conf)
     return items
+
+
+def _forwarded(conf, environ=None) -> list[dict]:
+    """A warning when the administrator's ``FORWARDED_ALLOW_IPS`` (the proxies the web server under
+    Streamlit, uvicorn, believes ``X-Forwarded-For`` from) is not ``server.trusted_proxies``: the
+    server keeps it, and the address of a failed login is taken from a header scATD would not believe."""
+    from scatd_core.client_address import FORWARDED_ALLOW_IPS, networks, uvicorn_allow_ips
+
+    env = os.environ if environ is None else environ
+    if FORWARDED_ALLOW_IPS not in env:
+        return []  # python -m scatd_app sets it to server.trusted_proxies
+    given = env[FORWARDED_ALLOW_IPS]
+    entries = [e.strip() for e in given.split(",") if e.strip()]
+    nets, literals = networks([e for e in entries if e != "*"])
+    ours = set(networks(conf["trusted_proxies"])[0])
+    if "*" not in entries and not literals and set(nets) == ours:
+        return []
+    wanted = uvicorn_allow_ips(conf["trusted_proxies"])
+    return [_item(FORWARDED_ALLOW_IPS, "warning",
+                  f"the environment sets FORWARDED_ALLOW_IPS={given!r}, but server.trusted_proxies is "
+                  f"{wanted.replace(',', ', ') or 'empty'}: the web server under Streamlit (uvicorn) takes a "
+                  "client's address from X-Forwarded-For sent by those addresses, which counts failed logins "
+                  "and names them in the login log. Set FORWARDED_ALLOW_IPS to the same proxies "
+                  f"(FORWARDED_ALLOW_IPS={wanted!r}), or remove it: `python -m scatd_app` then sets it from "
+                  "server.trusted_proxies")]
 
 
 def _oidc_setup(conf, files=None) -> list[dict]:

@@ -37,6 +37,9 @@ def _seed_and_library(tmp_path_factory, monkeypatch):
     np.random.seed(0)
     monkeypatch.setenv("SCATD_HOME", str(tmp_path_factory.mktemp("scatd_home")))
     monkeypatch.setenv("SCATD_AUTH", "none")  # tests of the login set their own mode
+    # uvicorn's proxies: none from the environment, and `python -m scatd_app` (which sets them) undone after
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "")
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS")
 
 
 @pytest.fixture(scope="session")
