@@ -223,8 +223,9 @@ def _password_form() -> None:
                    icon=":material/lock:")
         return
     with st.form("login"):
-        name = st.text_input("User name", key="login_name")
-        password = st.text_input("Password", type="password", key="login_password")
+        # password managers fill in the saved password ("new-password", Streamlit's default, makes one up)
+        name = st.text_input("User name", key="login_name", autocomplete="username")
+        password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
         throttle, client = _throttle(), _client()

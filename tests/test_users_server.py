@@ -622,3 +622,28 @@ def test_an_upload_refused_because_the_login_ended_runs_that_page_again_to_say_w
     finally:
         uploads.disallow("alice-tab")
         uploads.disallow("bob-tab")
+
+
+def _login_form(monkeypatch, query: dict | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    from scatd_core import users
+    from test_app_pages import APP
+
+    monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    if not users.list_users():
+        users.add_user("alice", PASSWORD)
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def test_the_login_form_asks_password_managers_for_the_saved_password(server_home, fast_hash, monkeypatch):
+    """QA: the password field said autocomplete="new-password" (Streamlit's default for a password),
+    so password managers offered to make up a new password instead of filling in the saved one."""
+    at = _login_form(monkeypatch)
+    assert at.text_input(key="login_name").proto.autocomplete == "username"
+    assert at.text_input(key="login_password").proto.autocomplete == "current-password"
+
