@@ -201,6 +201,11 @@ def lockout_rule(failures: int, minutes: int) -> str:
             "first of them.")
 
 
+#: The login form of an address that names a session (``?s=``: a reload, a bookmark).
+RESUME_HINT = ("Log in to continue where you were: a session kept on the server (its data and results) is "
+               "resumed for its own user after the login.")
+
+
 def current_user() -> User | None:
     return st.session_state.get(USER)
 
@@ -222,6 +227,8 @@ def _password_form() -> None:
                    "yet. An administrator creates one on the server with `scatd users add NAME --admin`.",
                    icon=":material/lock:")
         return
+    if st.query_params.get(QUERY_KEY):  # a reload: whether that session exists, and whose, is not said here
+        st.info(RESUME_HINT, icon=":material/history:")
     with st.form("login"):
         # password managers fill in the saved password ("new-password", Streamlit's default, makes one up)
         name = st.text_input("User name", key="login_name", autocomplete="username")

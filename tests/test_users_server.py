@@ -647,3 +647,15 @@ def test_the_login_form_asks_password_managers_for_the_saved_password(server_hom
     assert at.text_input(key="login_name").proto.autocomplete == "username"
     assert at.text_input(key="login_password").proto.autocomplete == "current-password"
 
+
+def test_the_login_form_says_a_session_kept_on_the_server_is_resumed_after_the_login(server_home, fast_hash,
+                                                                                    monkeypatch):
+    """QA: reloading the page (its ?s= address) showed the login form with no word that the work was
+    kept; a biologist thought it lost. Said whenever the address names a session, whoever's it is
+    (nothing tells a visitor whether another user's session exists)."""
+    said = "Log in to continue where you were"
+    fresh = _login_form(monkeypatch)
+    assert said not in " ".join(e.value for e in fresh.info)
+    reloaded = _login_form(monkeypatch, {"s": "any-token-at-all"})
+    shown = " ".join(e.value for e in reloaded.info)
+    assert said in shown and "kept on the server" in shown and "its own user" in shown
