@@ -55,11 +55,13 @@ if st.button("List the published models", key="btn_list_published", icon=":mater
             ss["models_published"] = published.list_files()
     except ScatdError as exc:
         ui.show_error(exc)
+        ui.show_manual_steps(published.manual_steps())
 files = ss.get("models_published")
 if files is not None:
     usable = {f.name: f for f in files if f.recognised and f.recognised.kind in ("classifier", "backbone")}
     if not usable:
-        st.warning("figshare lists no checkpoint scATD Studio recognises. " + published.manual_instructions())
+        st.warning("figshare lists no checkpoint scATD Studio recognises.", icon=":material/warning:")
+        ui.show_manual_steps(published.manual_steps())
     else:
         chosen = st.multiselect("Checkpoints to install", list(usable), key="models_published_choice",
                                 format_func=ui.detached(lambda n: f"{usable[n].recognised.title} · {n} · "

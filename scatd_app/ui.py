@@ -110,6 +110,28 @@ def show_error(exc: BaseException) -> None:
                  "this message.", icon=":material/error:")
 
 
+def md_link(label, url: str) -> str:
+    """A markdown link to an address of the configuration (never a user's text): ``label`` shown
+    as typed (:func:`md`), the address clean to copy (no word joiner; spaces, brackets and angle
+    brackets percent-encoded so the link stays one)."""
+    from urllib.parse import quote
+
+    return f"[{md(label)}]({quote(str(url), safe=':/?#@!$&*+,;=%~-._')})"
+
+
+def show_manual_steps(steps) -> None:
+    """What to download by hand and how to import it (:func:`scatd_core.published.manual_steps`):
+    the addresses as real links, each command as a code block (with its copy button)."""
+    with st.container(border=True):
+        st.markdown("**Download by hand**\n" + "".join(f"\n- {md_link(label, url)}" for label, url in steps.links)
+                    + "\n\nThen import each file below (**Import an scATD checkpoint**), or on the server, from "
+                      "the folder holding the files, with its command:")
+        for title, command in steps.commands:
+            st.caption(md(title))
+            st.code(command, language="bash", wrap_lines=True)
+        st.caption(md(steps.note))
+
+
 # --------------------------------------------------------------------------------------------
 # Upload limit: the widget shows it, the server enforces it
 # --------------------------------------------------------------------------------------------

@@ -137,6 +137,10 @@ def _get(url: str, timeout: float = TIMEOUT_SECONDS):
     return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (an https URL from the configuration)
 
 
+#: The app's next step when figshare cannot be listed: the page shows :func:`manual_steps` under it.
+APP_BY_HAND = "Download the checkpoints by hand instead, from the addresses below, and import them."
+
+
 def manual_command(name: str, what: Recognised) -> str:
     """The ``scatd import-checkpoint`` command that imports the published file ``name`` by hand, as
     :func:`install` does: its backbone, its drug (a drug model only; a pretrained backbone has
@@ -149,15 +153,35 @@ def manual_command(name: str, what: Recognised) -> str:
     return " ".join(parts)
 
 
+@dataclass(frozen=True)
+class ManualSteps:
+    """What to do by hand when figshare cannot be reached, in parts a page can show as links and code:
+    ``links`` (label, address), ``commands`` (what the file is, its import command), ``note``."""
+    links: tuple[tuple[str, str], ...]
+    commands: tuple[tuple[str, str], ...]
+    note: str
+
+
+def manual_steps() -> ManualSteps:
+    """The parts of :func:`manual_instructions`: the addresses to download from and one import command a file."""
+    return ManualSteps(
+        links=((f"the scATD checkpoints on figshare (article {FIGSHARE_ARTICLE})", FIGSHARE_URL),
+               (f"the gene list {GENE_LIST} (for the Dist_VAE ones)", settings()["gene_list_url"])),
+        commands=tuple((what.title, manual_command(name, what))
+                       for name, what in KNOWN.items() if what.kind in ("classifier", "backbone")),
+        note="Only the first is a drug model that predicts; the pretrained backbones are for training drug "
+             "models (scatd train --backbone-bundle).")
+
+
 def manual_instructions() -> str:
-    """What to download by hand and how to import each file, when figshare cannot be reached."""
-    commands = "; ".join(f"{what.title}: `{manual_command(name, what)}`"
-                         for name, what in KNOWN.items() if what.kind in ("classifier", "backbone"))
+    """What to download by hand and how to import each file, when figshare cannot be reached (the
+    command line's wording; the app shows :func:`manual_steps` as links and code)."""
+    steps = manual_steps()
+    commands = "; ".join(f"{title}: `{command}`" for title, command in steps.commands)
     return (f"Download the checkpoints you need by hand from {FIGSHARE_URL} and, for the Dist_VAE ones, the gene "
             f"list {GENE_LIST} ({settings()['gene_list_url']}); then import each on the Model library page "
-            f"(upload) or with the command given for it, from the folder holding the files. {commands}. Only the "
-            "first is a drug model that predicts; the pretrained backbones are for training drug models "
-            "(scatd train --backbone-bundle).")
+            f"(upload) or with the command given for it, from the folder holding the files. {commands}. "
+            + steps.note)
 
 
 def list_files(article: int = FIGSHARE_ARTICLE, api: str | None = None) -> list[PublishedFile]:
@@ -169,9 +193,10 @@ def list_files(article: int = FIGSHARE_ARTICLE, api: str | None = None) -> list[
         entries = json.loads(raw)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise InputError(f"figshare could not be reached ({getattr(exc, 'reason', exc)}).",
-                         manual_instructions()) from None
+                         manual_instructions(), app_hint=APP_BY_HAND) from None
     if not isinstance(entries, list):
-        raise InputError("figshare answered with something that is not a file list.", manual_instructions())
+        raise InputError("figshare answered with something that is not a file list.", manual_instructions(),
+                         app_hint=APP_BY_HAND)
     files = []
     for e in entries:
         if isinstance(e, dict) and e.get("name") and e.get("download_url"):
@@ -199,7 +224,9 @@ def download(file: PublishedFile, folder: Path, progress: Callable[[float, str],
                 done += len(chunk)
                 if done > cap or (file.size and done > file.size):
                     raise InputError(f"{file.name} is larger than figshare says ({done:,} bytes so far); it was "
-                                     "refused.", "Try again later, or download it by hand: " + FIGSHARE_URL)
+                                     "refused.", "Try again later, or download it by hand: " + FIGSHARE_URL,
+                                     app_hint="Try again later, or download it by hand from figshare (the link "
+                                              "above) and import it under Import an scATD checkpoint.")
                 digest.update(chunk)
                 out.write(chunk)
                 if progress is not None and file.size:

@@ -272,3 +272,24 @@ def test_the_names_the_published_install_uses_are_kept_for_it(figshare, tmp_path
     [bundle] = published.install([DAL], files=published.list_files(), user="alice", notice=said.append)
     assert bundle.path.name == "DOCETAXEL_dist_vae_published"
     assert bundle.name == "Dist_VAE drug model, docetaxel (GSE140440) (published scATD)"
+
+
+def test_models_page_offline_gives_real_links_and_commands_as_code(monkeypatch):
+    """QA (11_fetch.png): with figshare unreachable, the page's addresses were plain text holding an
+    invisible U+2060 after "https" (a copied address did not work), and the commands showed raw
+    backticks. Now the addresses are markdown links, clean to copy, and each command is an st.code block."""
+    from scatd_core.config import settings
+
+    monkeypatch.setenv("SCATD_FIGSHARE_API", f"http://127.0.0.1:{_free_port()}/v2")  # nothing listens there
+    at = _models_page_with_the_list(monkeypatch)
+    assert not at.exception
+    assert "figshare could not be reached" in at.error[0].value
+    shown = [e.value for e in (*at.error, *at.markdown, *at.warning, *at.code)]
+    assert not any("\u2060" in text for text in shown)
+    assert not any("`scatd" in text or "\\`" in text for text in shown)  # no raw backticks
+    links = "".join(shown)
+    for url in (published.FIGSHARE_URL, settings()["gene_list_url"]):
+        assert f"]({url})" in links
+    codes = [c.value for c in at.code]
+    assert codes == [published.manual_command(name, what) for name, what in published.KNOWN.items()
+                     if what.kind in ("classifier", "backbone")]
