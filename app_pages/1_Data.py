@@ -75,7 +75,8 @@ with st.container(border=True):
         tile, whole = value_kind_tile(info.get("value_type", "unknown"))  # short: st.metric cuts a long value
         c[3].metric("Values", tile, delta=whole, delta_color="off", delta_arrow="off",
                     help="Detected from the values; see the evidence below.")
-    st.caption(f"Format: {ui.md(info.get('format', '?'))} · layout: {ui.md(orientation_text(info))}"
+    layout = orientation_text(info, adata.shape, "features" if embedding_file else "genes")
+    st.caption(f"Format: {ui.md(info.get('format', '?'))} · layout: {ui.md(layout)}"
                + (" · read from disk (backed)" if info.get("backed") else ""))
     with st.expander("Evidence for the value type and gene identifiers"):
         st.markdown(f"**Values: {ui.md(value_kind_words(info.get('value_type')))}**, because "

@@ -71,12 +71,20 @@ def value_kind_words(kind) -> str:
     return VALUE_KIND_WORDS.get(str(kind), str(kind).replace("_", " "))
 
 
-def orientation_text(report: dict) -> str:
-    """How the file's rows and columns were read, e.g. "one row per cell (cells x genes), as
-    stored in the file": no internal name, no brackets in brackets."""
+def orientation_text(report: dict, shape: tuple[int, int] | None = None, features: str = "genes") -> str:
+    """How the file's rows and columns were read, in one statement: e.g. "one row per cell (cells x
+    genes), as stored in the file", or a reader's own ("stored genes x cells (10x)"); with ``shape``
+    (cells, genes), "; read as 2,000 cells x 2,000 genes" after it (``features``: what the columns are). No internal name, no brackets in
+    brackets, never two layouts side by side."""
     kind = str(report.get("orientation", "?"))
     reason = str(report.get("orientation_reason") or "").removesuffix(" (cells x genes)").strip()
-    return ORIENTATION_WORDS.get(kind, kind.replace("_x_", " x ")) + (f", {reason}" if reason else "")
+    if reason.startswith("stored "):  # the reader says the stored layout itself (10x): the words below would repeat it
+        said = reason
+    else:
+        said = ORIENTATION_WORDS.get(kind, kind.replace("_x_", " x ")) + (f", {reason}" if reason else "")
+    if shape is not None:
+        said += f"; read as {int(shape[0]):,} cells x {int(shape[1]):,} {features}"
+    return said
 
 
 def value_evidence_text(evidence: dict) -> str:

@@ -179,3 +179,15 @@ def test_removing_the_table_from_its_uploader_removes_its_columns(library, tmp_p
     ok(at)
     assert "response" not in at.session_state[state.ADATA].obs and at.session_state[state.LABEL_COLUMN] is None
     assert "Removed the table's columns from the data: response" in said(at.info)
+
+
+def test_10x_data_card_says_its_layout_in_one_plain_statement(library, tmp_path):
+    """QA (21_zip.png): a 10x zip's card said "layout: one row per cell (cells x genes), 10x layout (genes x
+    cells), matched by the feature and barcode counts": two layouts at once. Now one statement: how it is
+    stored and how it was read."""
+    adata = make_dataset(N_CELLS, seed=5)
+    at = start()
+    upload(at, "filtered_feature_bc_matrix.zip", _tenx_zip(adata, tmp_path))
+    card = said(at.caption)
+    assert (f"layout: stored genes x cells (10x); read as {N_CELLS:,} cells x {adata.n_vars:,} genes") in card
+    assert "one row per cell" not in card and "matched by" not in card

@@ -186,8 +186,8 @@ def read_mtx(matrix: Path, opts: Options, *, alone: bool = False) -> ad.AnnData:
     if features.shape[1] > 2:
         var["feature_types"] = features.iloc[:, 2].astype(str).tolist()
     opts.report.update(orientation="cells_x_genes", orientation_fixed=True,
-                       orientation_reason="10x layout (genes x cells), matched by the feature and barcode counts"
-                       if genes_by_cells else "the matrix is cells x genes (matched by the feature and barcode counts)")
+                       orientation_reason="stored genes x cells (10x)" if genes_by_cells else
+                       "stored cells x genes (not 10x's genes x cells: told by the feature and barcode counts)")
     adata = ad.AnnData(X=X, obs=pd.DataFrame(index=[str(b) for b in barcodes]), var=var)
     return keep_gene_expression(adata, opts)
 
