@@ -18,8 +18,8 @@ ss = st.session_state
 st.title("1 · Data")
 limit_mb = ui.upload_limit_mb()
 st.caption(f"Upload single-cell expression: {', '.join(io.SUPPORTED_FORMATS)} (a 10x folder as .zip or "
-           f".tar.gz). **Up to {limit_mb:,} MB per file** (this server's limit; its administrator sets it "
-           "with limits.max_upload_mb in the configuration file, or SCATD_MAX_UPLOAD_MB).")
+           f".tar.gz); {io.SPREADSHEET_UPLOAD_NOTE}. **Up to {limit_mb:,} MB per file** (this server's limit; "
+           "its administrator sets it with limits.max_upload_mb in the configuration file, or SCATD_MAX_UPLOAD_MB).")
 
 # ------------------------------------------------------------------ input
 left, right = st.columns([0.7, 0.3])
@@ -95,7 +95,8 @@ if mapping.get("data_id_type") in ("ensembl", "mixed") or (mapping.get("symbol")
     # the counts by route, as the command line says them; the hint (unmapped IDs) is among the warnings above
     st.markdown(ui.md(genes.id_mapping_text({k: v for k, v in mapping.items() if k != "hint"})))
 if mapping.get("data_id_type") in ("ensembl", "mixed"):
-    biomart = st.file_uploader("BioMart table (columns 'Gene stable ID' and 'Gene name'; CSV or TSV)",
+    biomart = st.file_uploader("BioMart table (columns 'Gene stable ID' and 'Gene name'; CSV or TSV; "
+                               f"{io.SPREADSHEET_LABEL_NOTE})",
                                type=["csv", "tsv", "txt", *io.REFUSED_UPLOAD_TYPES], key="upload_biomart",
                                help="Export it from Ensembl BioMart (Human genes): attributes Gene stable ID and "
                                     "Gene name. " + io.SPREADSHEET_UPLOAD_HELP)
@@ -174,7 +175,7 @@ if qc is not None:
 # ------------------------------------------------------------------ label and sample columns
 st.subheader("Columns for evaluation and grouping")
 metadata_key = ui.cell_metadata_key()
-metadata = st.file_uploader("Cell metadata table (optional; CSV or TSV)",
+metadata = st.file_uploader(f"Cell metadata table (optional; CSV or TSV; {io.SPREADSHEET_LABEL_NOTE})",
                             type=["csv", "tsv", "txt", "gz", *io.REFUSED_UPLOAD_TYPES],
                             key=metadata_key, max_upload_size=limit_mb,
                             help="Known responses, samples ... per cell, for data that do not carry them (10x output, "

@@ -609,6 +609,23 @@ def test_an_excel_workbook_upload_reaches_the_app_and_is_refused_with_the_export
     assert state.ADATA not in at.session_state
 
 
+def test_the_text_above_each_uploader_says_spreadsheets_are_taken_only_for_the_export_advice(empty_library):
+    """QA (38_xlsx.png): the uploaders' own lists (Streamlit's hint) show "... XLSX, XLSM, XLS, ODS, NUMBERS"
+    while the text above them named only text and binary formats (the data file's caption, "Cell metadata
+    table (optional; CSV or TSV)"). Now the text above each says a spreadsheet is taken only to say how to
+    save it as CSV, so the list and the text agree."""
+    at = start()
+    goto(at, "1_Data")
+    caption = text(at.caption).replace("\\", "")
+    assert "a spreadsheet (XLSX, XLS, ODS, Numbers) is taken only to tell you how to save it as CSV" in caption
+    upload(at, "cells.h5ad", h5ad_bytes(make_dataset(40, seed=1)))
+    listing = [u for u in at.file_uploader if "xlsx" in {t.lstrip(".") for t in u.allowed_type}]
+    assert len(listing) == 2  # the data file's and the cell metadata table's
+    metadata = next(u for u in listing if u.label.startswith("Cell metadata table"))
+    assert metadata.label == ("Cell metadata table (optional; CSV or TSV; a spreadsheet gets only the steps to save "
+                              "it as CSV)")
+
+
 def test_csv_upload_works(with_library):
     adata = make_dataset(40, seed=1)
     frame = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names)

@@ -51,7 +51,8 @@ from scatd_core._output import sha256_file
 from scatd_core.config import limits
 from scatd_core.errors import InputError
 from scatd_core.io._common import (BACKED_MIN_BYTES, BACKED_MIN_CELLS, FORMAT_OF_SUFFIX, FORMATS_HINT, MIN_CELLS,
-                                   ORIENTATIONS, REFUSED_UPLOAD_TYPES, SPREADSHEET_UPLOAD_HELP, SUPPORTED_FORMATS,
+                                   ORIENTATIONS, REFUSED_UPLOAD_TYPES, SPREADSHEET_LABEL_NOTE, SPREADSHEET_UPLOAD_HELP,
+                                   SPREADSHEET_UPLOAD_NOTE, SUPPORTED_FORMATS,
                                    UPLOAD_TYPES, Options, check_signature,
                                    display_name, make_options, suffix_of, too_large, unsupported)
 from scatd_core.io._hdf5 import read_hdf5
@@ -66,7 +67,7 @@ UPLOAD_FOLDER_PREFIX = "scatd-upload-"
 
 __all__ = ["read", "read_bytes", "store_upload", "write_private", "private_folder", "read_cell_metadata", "add_cell_metadata", "remove_cell_metadata",
            "cell_metadata_messages", "UPLOAD_FOLDER_PREFIX", "SUPPORTED_FORMATS", "UPLOAD_TYPES",
-           "REFUSED_UPLOAD_TYPES", "SPREADSHEET_UPLOAD_HELP",
+           "REFUSED_UPLOAD_TYPES", "SPREADSHEET_LABEL_NOTE", "SPREADSHEET_UPLOAD_HELP", "SPREADSHEET_UPLOAD_NOTE",
            "ORIENTATIONS", "REPORT_KEY", "ZERO_CELL_KEY", "MIN_CELLS", "BACKED_MIN_BYTES", "BACKED_MIN_CELLS"]
 
 

@@ -33,6 +33,10 @@ REFUSED_UPLOAD_TYPES = tuple(s.lstrip(".") for s in SPREADSHEET_SUFFIXES)
 #: so that a biologist does not read the list as "spreadsheets are read".
 SPREADSHEET_UPLOAD_HELP = ("Spreadsheet workbooks (XLSX, XLS, ODS, Numbers) are listed only so that the app can "
                            "tell you how to save them as CSV: they are not read.")
+#: The same, in the text above such a widget (a page's caption): the widget's own list names them.
+SPREADSHEET_UPLOAD_NOTE = "a spreadsheet (XLSX, XLS, ODS, Numbers) is taken only to tell you how to save it as CSV"
+#: The same, short, in such a widget's label.
+SPREADSHEET_LABEL_NOTE = "a spreadsheet gets only the steps to save it as CSV"
 #: How to save a sheet as a table the readers take (the CLI's words; the app's: :func:`spreadsheet_error`).
 SPREADSHEET_EXPORT_HINT = ("Export the sheet as CSV (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)'; "
                            "LibreOffice or Numbers: export as CSV, UTF-8) and give that file.")
