@@ -1914,12 +1914,37 @@ def capped_choice(key: str, default: int, cap: int) -> int:
     return value
 
 
+def ahead_text() -> str | None:
+    """What the pages that show a prediction (Cells, Biomarkers, Report) say while none is in place
+    but the one the Predict page would run now is computing in the background, or done there
+    (:func:`start_prediction_ahead`); None when there is none for the data, model and settings now."""
+    ss = st.session_state
+    ahead = ss.get(state.PREDICT_AHEAD)
+    if ahead is None or not ahead.alive() or ss.get(state.ADATA) is None:
+        return None
+    try:  # the chosen model, or before a choice the only one offered, which it was started with
+        bundle = get_bundle(ss.get(state.BUNDLE_PATH) or ahead.bundle_path)
+        if ahead.token != prediction_token(bundle, predict_settings()):
+            return None  # for other data, model or settings: the Predict page stops it
+    except Exception:  # noqa: BLE001 (the model cannot be loaded now: the usual words, and its page says why)
+        return None
+    if ahead.future.done():
+        if ahead.future.exception() is not None:
+            return None  # its error is shown on the click, as the Predict page says
+        return "The prediction was computed in the background: Run prediction on the Predict page shows it at once."
+    done = f" ({ahead.fraction:.0%} done)" if ahead.fraction > 0 else ""
+    return (f"The prediction is computing in the background, started when the data and model were ready{done}: "
+            "Run prediction on the Predict page shows it as soon as it is complete.")
+
+
 def need(what: str) -> None:
     """Stop the page with a pointer to the step that provides ``what`` (data, model, result)."""
     steps = {"data": ("Data", "Upload a dataset first."),
              "model": ("Model", "Choose a model first."),
              "result": ("Predict", "Run a prediction first.")}
     title, text = steps[what]
+    if what == "result":
+        text = ahead_text() or text
     st.info(text, icon=":material/info:")
     link(title, f"Go to {title}", ":material/arrow_forward:")
     stop()

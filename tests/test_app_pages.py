@@ -2023,6 +2023,35 @@ def test_predict_uses_the_only_model_without_a_visit_to_the_model_page(with_libr
     _settled(ahead)
 
 
+def test_cells_report_and_biomarkers_say_a_prediction_computing_in_the_background(with_library, monkeypatch):
+    """QA: the Cells page said "Run a prediction first." while the prediction was computing in the background
+    (started ahead; the Predict page said so). Now Cells, Biomarkers and Report say it is computing, and that
+    Run prediction on the Predict page shows it; once done, that Run prediction shows it at once."""
+    import threading
+
+    from scatd_core import predict as predict_module
+
+    gate = threading.Event()
+    real = predict_module.score
+    monkeypatch.setattr(predict_module, "score", lambda *a, **k: gate.wait(60) and real(*a, **k))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    ahead = at.session_state[state.PREDICT_AHEAD]
+    try:
+        for page in ("4_Cells", "5_Biomarkers", "6_Report"):
+            goto(at, page)
+            shown = text(at.info)
+            assert "Run a prediction first" not in shown, page
+            assert ("The prediction is computing in the background, started when the data and model were ready" in shown
+                    and "Run prediction on the Predict page shows it as soon as it is complete" in shown), (page, shown)
+    finally:
+        gate.set()
+    _settled(ahead)
+    goto(at, "4_Cells")
+    assert ("The prediction was computed in the background: Run prediction on the Predict page shows it at once"
+            in text(at.info))
+
+
 def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monkeypatch):
     """Other settings stop the run and start one for them; a busy server starts none; a
     computation waiting for the server stops a running one, and the click then predicts as usual."""
