@@ -278,6 +278,13 @@ def _target_truth(target_ad, column, resistant, data: TrainingData) -> np.ndarra
 
 # --------------------------------------------------------------------------- the card
 
+#: The progress line while the card's baselines are fitted: plain words (the card names their settings).
+CHECKING = "Checking the model against simple baselines"
+#: Each baseline in the progress line (:data:`baselines.BASELINE_TITLES` on the card).
+PROGRESS_NAMES = {baselines.LOGISTIC: "logistic regression", baselines.BOOSTING: "gradient boosting",
+                  baselines.HEADS_C: "logistic regression at the model's own setting"}
+
+
 def _scoring_units(n_features: int, n_folds: int, truth, few: FewShot | None) -> int:
     """The baseline fits of :func:`_card` in training epochs (:func:`baselines.fit_units`)."""
     per_set = sum(baselines.fit_units(key, n_features) for key in (baselines.LOGISTIC, baselines.BOOSTING,
@@ -309,13 +316,17 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
              # the model's own linear head without the latent: what the backbones add
              **({baselines.HEADS_C: baselines.heads_c_title(head_c)} if head_c is not None else {})}
 
+    # the progress line names them plainly (their settings are on the card): "gradient boosting, bulk cell
+    # lines, round 2 of 3"
+    plain = {key: PROGRESS_NAMES[key] for key in names}
+
     def done(key: str, what: str) -> None:
         if advance is not None:
-            advance(baselines.fit_units(key, x.shape[1]), f"Scoring the baselines · {names[key]}, {what}")
+            advance(baselines.fit_units(key, x.shape[1]), f"{CHECKING} · {plain[key]}, {what}")
 
     def starting(key: str, what: str) -> None:  # said before a fit, so a long one shows what runs now
         if advance is not None:
-            advance(0, f"Scoring the baselines · {names[key]}, {what}")
+            advance(0, f"{CHECKING} · {plain[key]}, {what}")
 
     grid = baselines.c_grid(head_c)
     chosen_cv: list[dict] = []
@@ -324,11 +335,11 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
 
     def out_of_fold(key: str) -> np.ndarray:
         def fitted(k: int) -> None:
-            done(key, f"bulk CV fold {k + 1}/{len(splits)} done")
+            done(key, f"bulk cell lines, round {k + 1} of {len(splits)} done")
             if k + 1 < len(splits):
-                starting(key, f"bulk CV fold {k + 2}/{len(splits)}")
+                starting(key, f"bulk cell lines, round {k + 2} of {len(splits)}")
 
-        starting(key, f"bulk CV fold 1/{len(splits)}")
+        starting(key, f"bulk cell lines, round 1 of {len(splits)}")
         return baselines.out_of_fold(key, x, y, splits, seed, on_fit=fitted, grid=grid,
                                      chosen=chosen_cv if key == baselines.LOGISTIC else None, c=head_c)
 
@@ -342,16 +353,16 @@ def _card(data: TrainingData, s: TrainSettings, fit: Fitted, splits, truth, colu
         if held.any() and len(np.unique(truth[held])) == 2:
             preds = {cards.MODEL: fit.target_prob[held]}
             for key, title in names.items():
-                starting(key, "fitting on the bulk to score the target cells")
+                starting(key, "scoring the target cells")
                 preds[title] = baselines.fit_predict(key, x, y, xt, seed, grid=grid, c=head_c,
                                                      chosen=chosen_bulk if key == baselines.LOGISTIC else None)[held]
                 done(key, "target cells done")
             if few is not None:
                 title = f"{baselines.BASELINE_TITLES[baselines.TARGET_ONLY]} ({len(few.rows):,} cells)"
-                starting(baselines.LOGISTIC, "on the labelled target cells")
+                starting(baselines.LOGISTIC, "on the labelled target cells alone")
                 preds[title] = baselines.fit_predict(baselines.LOGISTIC, xt[few.rows], few.y, xt, seed, grid=grid,
                                                      chosen=chosen_few)[held]
-                done(baselines.LOGISTIC, "on the labelled target cells")
+                done(baselines.LOGISTIC, "on the labelled target cells alone done")
                 preds["the same recipe without the labelled cells"] = fit.without_few_shot[held]
             what = (f"Target cells whose labels were not used for training ('{column}')" if few is not None
                     else f"Target cells ('{column}', labels used for evaluation only)")
@@ -653,7 +664,7 @@ def train_drug_model(
         if progress is not None:
             progress(min(done[0] / max(total_units, 1), 0.99), message)
 
-    advance(0, "Scoring the model and the baselines (bulk cross-validation, target)")
+    advance(0, f"{CHECKING} (how well simpler methods do on the same data)")
 
     table = _cell_metadata_origin(target_ad, {
         "target_labels": target_label_column, "target_mask": target_mask if isinstance(target_mask, str) else None,
