@@ -74,8 +74,8 @@ def value_kind_words(kind) -> str:
 def orientation_text(report: dict, shape: tuple[int, int] | None = None, features: str = "genes") -> str:
     """How the file's rows and columns were read, in one statement: e.g. "one row per cell (cells x
     genes), as stored in the file", or a reader's own ("stored genes x cells (10x)"); with ``shape``
-    (cells, genes), "; read as 2,000 cells x 2,000 genes" after it (``features``: what the columns are). No internal name, no brackets in
-    brackets, never two layouts side by side."""
+    (cells, genes), "; read as 2,000 cells x 2,000 genes" after it (``features``: what the columns
+    are). No internal name, no brackets in brackets, never two layouts side by side."""
     kind = str(report.get("orientation", "?"))
     reason = str(report.get("orientation_reason") or "").removesuffix(" (cells x genes)").strip()
     if reason.startswith("stored "):  # the reader says the stored layout itself (10x): the words below would repeat it
