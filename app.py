@@ -46,11 +46,21 @@ def overview() -> None:
         "to single cells), maps them, and ranks the genes behind the calls.")
     with st.container(border=True):
         demo_off = ui.demo_module().cell_limit_problem() is not None  # the button says why
-        st.subheader("The demo" if demo_off else "New here? Try the demo")
-        st.markdown("A simulated 2,000-cell tumour and a model trained on simulated cell lines, labelled "
-                    "**demo (simulated data)** everywhere. "
-                    + ("This server's cell limit is below the demo's cells, so it is not offered here."
-                       if demo_off else "One click, then follow the pages on the left."))
+        # started by another session (or this one's click, left): say so, not the card of a fresh start
+        built = None if demo_off or st.session_state.get(state.IS_DEMO) else ui.build_status("demo")
+        if built is not None:
+            st.subheader("The demo is being built for this server")
+            st.markdown("A simulated 2,000-cell tumour and a model trained on simulated cell lines, labelled "
+                        "**demo (simulated data)** everywhere, built once for everyone on this server. It opens "
+                        "when it is ready: *Try the demo* follows the build in progress (it does not start "
+                        "another) and opens the demo then; meanwhile you can look around, it goes on.")
+            st.caption(f":material/hourglass_top: {built[0]:.0%}: {ui.md(built[1])}")
+        else:
+            st.subheader("The demo" if demo_off else "New here? Try the demo")
+            st.markdown("A simulated 2,000-cell tumour and a model trained on simulated cell lines, labelled "
+                        "**demo (simulated data)** everywhere. "
+                        + ("This server's cell limit is below the demo's cells, so it is not offered here."
+                           if demo_off else "One click, then follow the pages on the left."))
         if ui.demo_button("btn_landing_demo", st, primary=True):
             st.switch_page(ui.PAGE["Predict"])
     st.subheader("Your own data, in three steps")

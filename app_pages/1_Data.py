@@ -44,6 +44,8 @@ ui.read_upload(uploaded, orientation)
 
 if ss.get(state.ADATA) is None:  # "Try the demo" clicked, then another page at once: its build goes on
     ui.resume_demo(left)
+if ss.get(state.ADATA) is not None or not ss.get(state.DEMO_WANTED):  # not following it above: still in view
+    ui.demo_build_note(left)
 adata = ss.get(state.ADATA)
 if adata is None:
     st.info("No data yet. Upload a file above" + ("." if ui.demo_module().cell_limit_problem() is not None

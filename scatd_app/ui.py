@@ -1280,6 +1280,40 @@ def building(name: str) -> bool:
         return build is not None and build.future is not None and not build.future.done()
 
 
+def build_status(name: str) -> tuple[float, str] | None:
+    """``(fraction, message)`` of the server-wide build ``name`` (:func:`shared_build`) while it runs,
+    its elapsed time moved on since its last report; ``None`` when none runs."""
+    from scatd_core._progress import ticking
+
+    with _BUILDS_LOCK:
+        build = _BUILDS.get(name)
+        if build is None or build.future is None or build.future.done():
+            return None
+        fraction, message, at = build.progress
+    return min(max(fraction, 0.0), 1.0), ticking(message, fraction, time.monotonic() - at)
+
+
+def demo_build_line() -> str | None:
+    """One line saying that the demo is being built for this server and how far it is, while it is
+    (started by any session: it goes on whoever left its page); ``None`` otherwise."""
+    status = build_status("demo")
+    if status is None:
+        return None
+    fraction, message = status
+    return (f"The demo is being built for this server ({fraction:.0%}: {md(message)}). It goes on while you "
+            "work; *Try the demo* opens it when it is ready.")
+
+
+def demo_build_note(where=None) -> bool:
+    """:func:`demo_build_line` as a small status line in ``where`` (the page), unless this session
+    already has the demo. Whether it was drawn."""
+    line = demo_build_line()
+    if line is None or st.session_state.get(state.IS_DEMO):
+        return False
+    (where or st).caption(f":material/hourglass_top: {line}")
+    return True
+
+
 def use_demo(bar) -> None:
     """Load the demo dataset (building it on first use, in the server's thread: :func:`shared_build`)
     and choose the demo model."""
@@ -1494,10 +1528,22 @@ def _read_source(source: dict, orientation: str) -> ad.AnnData:
     from scatd_app import session
     from scatd_core import io
 
-    with st.spinner(f"Reading {md(source['name'])}…"):
+    note = reading_note(source["name"])
+    try:
         return io.read(source["path"], name=source["name"], orientation=orientation,
                        max_bytes=limits().max_upload_bytes,  # an upload: the upload limit applies
                        **session.room_for_a_dataset(st.session_state.get(session.TOKEN)))
+    finally:
+        note.empty()
+
+
+def reading_note(name: str):
+    """Say "Reading NAME…" now, before the file is read (an ``st.empty`` to empty when it is). Not
+    ``st.spinner``: that one is drawn by another thread only after half a second, and during the
+    demo's first build (both cores busy) the page showed nothing for half a minute after an upload."""
+    note = st.empty()
+    note.info(f"Reading {md(name)}…", icon=":material/hourglass_top:")
+    return note
 
 
 def _use_reading(adata: ad.AnnData, source: dict, orientation: str) -> None:
@@ -1641,13 +1687,16 @@ def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
         st.button("Try the demo", key=key, icon=":material/science:", disabled=True, help=problem.message)
         st.caption(f"{problem.message} {problem.app_hint}")
         return False
+    joining = building("demo")  # started by another click (this user's or another's): this one follows it
     if not st.button("Try the demo", key=key, icon=":material/science:", type="primary" if primary else "secondary",
                      on_click=_want_demo,  # also when another page follows at once: the Data page then goes on
-                     help="A simulated tumour and a model trained on simulated cell lines, labelled demo (simulated "
-                          "data). Built once per server on first use (1-2 minutes on 2 idle CPU cores, longer on a busy "
-                          "server; a progress bar shows each step), then instant."):
+                     help=("The demo is being built for this server now: a click joins that build, shows its "
+                           "progress and opens the demo when it is ready." if joining else
+                           "A simulated tumour and a model trained on simulated cell lines, labelled demo (simulated "
+                           "data). Built once per server on first use (1-2 minutes on 2 idle CPU cores, longer on a "
+                           "busy server; a progress bar shows each step), then instant.")):
         return False
-    return _load_demo(progress_area, "Preparing the demo…")
+    return _load_demo(progress_area, "Joining the demo's build in progress…" if joining else "Preparing the demo…")
 
 
 def _want_demo() -> None:
@@ -2049,6 +2098,8 @@ def sidebar(container) -> None:
         else:
             st.markdown(":material/model_training: no model chosen")
         st.markdown(f":material/memory: {device_text()}")
+        if not ss.get(state.IS_DEMO) and (line := demo_build_line()) is not None:  # on every page, while it is
+            st.caption(f":material/hourglass_top: {line}")
         done = [adata is not None, bundle is not None, predicted, predicted and UMAP in adata.obsm,
                 predicted and BIOMARKERS in adata.uns,
                 # the Report page opened with these results (its downloads do not rerun the page)

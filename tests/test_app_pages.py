@@ -2622,3 +2622,105 @@ def test_the_gene_ids_tile_shows_mouse_symbols_whole():
     tile = next(m for m in at.metric if m.label == "Gene IDs")
     assert tile.value == "mouse" and len(tile.value) <= TILE_MAX_CHARS
     assert "mouse gene symbols" in str(tile.proto.delta)
+
+
+def _hold_a_demo_build(monkeypatch, release, calls=None):
+    """A demo build started on another page and held (until ``release``) at a reported step, as
+    ui.shared_build runs it for the server: the page that started it was left at once."""
+    import threading
+
+    from scatd_core import demo
+
+    def ensure(library=None, progress=None):
+        if calls is not None:
+            calls.append(1)
+        progress(0.55, "Training the demo model: Scoring the baselines · 4.5 min elapsed · about 3.9 min left")
+        assert release.wait(30)
+
+    monkeypatch.setattr(ui, "_BUILDS", {})
+    monkeypatch.setattr(demo, "ensure", ensure)
+
+    class Left:  # the click's page run, stopped by the page change at its first progress report
+        def progress(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ui.shared_build("demo", lambda report: demo.ensure(progress=report), Left(), "the demo", poll_seconds=0.05)
+    for _ in range(200):  # the build has reported its step
+        if "Scoring" in ui._BUILDS["demo"].progress[1]:
+            break
+        threading.Event().wait(0.01)
+    assert ui.building("demo")
+
+
+def test_an_upload_during_the_demo_build_is_acknowledged_at_once_and_the_build_stays_in_view(with_library,
+                                                                                                 monkeypatch):
+    """QA: during the demo's first build, an upload on the Data page showed nothing for ~35 s (the old
+    progress line, unchanged), then the file's card, and the demo's progress was gone from the page
+    though the build went on. The page now says "Reading NAME…" before reading the file (not
+    Streamlit's spinner, drawn only after half a second by another thread), and, with the data
+    read, still says that the demo is being built, how far, and how to open it."""
+    import threading
+
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from scatd_core import io
+
+    release = threading.Event()
+    _hold_a_demo_build(monkeypatch, release)
+    drawn_before_reading = []
+    real_read = io.read
+
+    def read(*args, **kwargs):  # what the page had sent to the browser when the reading began
+        runner = get_script_run_ctx()._enqueue.__self__
+        drawn_before_reading.append(" ".join(str(m) for m in runner.forward_msgs()))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(io, "read", read)
+    try:
+        at = start()
+        at.session_state[state.DEMO_WANTED] = False  # (not following the build: the run would wait for it)
+        upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+        assert metric(at, "Cells") == f"{N_CELLS}"
+        assert drawn_before_reading and "Reading tumour.h5ad" in drawn_before_reading[0]
+        said = text(at.caption)
+        assert "The demo is being built for this server" in said and "Scoring the baselines" in said, said
+        assert "55%" in said and "Try the demo" in said  # how far, and how to open it
+        assert "The demo is being built for this server" in text(at.sidebar.caption)  # on every page
+    finally:
+        release.set()
+    for _ in range(500):
+        if not ui.building("demo"):
+            break
+        threading.Event().wait(0.01)
+    at.run()
+    assert "being built" not in text(at.caption) + text(at.sidebar.caption)  # once built, the line goes
+
+
+def test_the_overview_says_the_demo_is_being_built_and_its_button_joins_that_build(with_library, monkeypatch):
+    """QA: while the demo was being built, a new session's Overview showed the ordinary "Try the
+    demo" card; a click then waited 262 s behind "Preparing the demo…" as if it started a build. The
+    Overview now says the demo is being built for this server, with its progress, and that it opens
+    when ready; a click follows the same build (built once) and opens the demo."""
+    import threading
+
+    from scatd_core import demo
+
+    release, calls = threading.Event(), []
+    _hold_a_demo_build(monkeypatch, release, calls)
+    monkeypatch.setattr(demo, "load_data", lambda progress=None: make_dataset(50, seed=9))
+    monkeypatch.setattr(demo, "bundle_path", lambda library=None: with_library / BUNDLE_FOLDER)
+    try:
+        at = start()  # a new session
+        headings = " ".join(h.value for h in at.subheader)
+        assert "The demo is being built for this server" in headings, headings
+        said = text(at.markdown) + text(at.caption)
+        assert "Scoring the baselines" in said and "min elapsed · about" in said and "55%" in said, said
+        assert "opens when it is ready" in said
+        assert "joins" in at.button(key="btn_landing_demo").help
+    finally:
+        threading.Timer(1.0, release.set).start()  # the build ends while the click follows it
+    at.button(key="btn_landing_demo").click().run()
+    ok(at)
+    assert calls == [1]  # joined the build in progress, not a second one
+    assert at.session_state[state.DATA_NAME] == "demo (simulated data)"
