@@ -1365,7 +1365,7 @@ def read_upload(uploaded, orientation: str) -> None:
     from scatd_app import session
 
     ss = st.session_state
-    kept, source = ss.get(state.UPLOAD), None
+    kept, source, note = ss.get(state.UPLOAD), None, None
     done = ss.get("data_upload") or [None, None]
     failed = ss.get(FAILED_UPLOAD)
     waiting = _waiting_upload()
@@ -1386,9 +1386,11 @@ def read_upload(uploaded, orientation: str) -> None:
         if done[:2] != [uploaded.file_id, orientation]:
             if waiting and waiting["id"] != uploaded.file_id:  # replaced by another file: the kept one goes
                 kept = forget_waiting_upload()
+            note = reading_note(uploaded.name)  # at once: copying a large file takes a while too
             try:
                 source = session.keep_upload(uploaded)
             except Exception as exc:  # InputError: too large, unsupported, disk full
+                note.empty()
                 show_error(exc)
                 stop()
     else:
@@ -1398,7 +1400,7 @@ def read_upload(uploaded, orientation: str) -> None:
     if source is None:
         return
     try:
-        adata = _read_source(source, orientation)
+        adata = _read_source(source, orientation, note)
     except Exception as exc:  # io promises InputError only; still never show a traceback
         if isinstance(exc, MemoryShortage) and (exc.hint or "").startswith(KEPT):  # the buttons below, named
             exc.app_hint = (KEPT + "click Try again once memory is free, or Forget it to delete the server's copy. "
@@ -1523,18 +1525,29 @@ def _kept_upload_to_read_again(orientation: str) -> dict | None:
     return kept
 
 
-def _read_source(source: dict, orientation: str) -> ad.AnnData:
-    """Read an upload kept on disk (:func:`scatd_app.session.keep_upload`) in ``orientation``."""
+def _read_source(source: dict, orientation: str, note=None) -> ad.AnnData:
+    """Read an upload kept on disk (:func:`scatd_app.session.keep_upload`) in ``orientation``
+    (``note``: its :func:`reading_note`, when already drawn)."""
     from scatd_app import session
     from scatd_core import io
 
-    note = reading_note(source["name"])
+    note = note or reading_note(source["name"])
     try:
         return io.read(source["path"], name=source["name"], orientation=orientation,
                        max_bytes=limits().max_upload_bytes,  # an upload: the upload limit applies
                        **session.room_for_a_dataset(st.session_state.get(session.TOKEN)))
     finally:
         note.empty()
+
+
+class _NoNote:
+    """A :func:`reading_note` that says nothing (a read in a widget's callback)."""
+
+    def empty(self) -> None:
+        pass
+
+
+_NO_NOTE = _NoNote()
 
 
 def reading_note(name: str):
@@ -1569,8 +1582,8 @@ def read_again_in_orientation(key: str = "data_orientation") -> None:
     source = _kept_upload_to_read_again(orientation)
     if source is None:
         return
-    try:
-        adata = _read_source(source, orientation)
+    try:  # no "Reading…" note: a callback's elements would be drawn above the page
+        adata = _read_source(source, orientation, _NO_NOTE)
     except Exception:  # said on the Data page (read there again)
         return
     _use_reading(adata, source, orientation)

@@ -2664,6 +2664,7 @@ def test_an_upload_during_the_demo_build_is_acknowledged_at_once_and_the_build_s
 
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+    from scatd_app import session
     from scatd_core import io
 
     release = threading.Event()
@@ -2677,12 +2678,20 @@ def test_an_upload_during_the_demo_build_is_acknowledged_at_once_and_the_build_s
         return real_read(*args, **kwargs)
 
     monkeypatch.setattr(io, "read", read)
+    real_keep = session.keep_upload
+
+    def keep_upload(uploaded):  # the file's copy to the session's folder: said already
+        drawn_before_reading.append(" ".join(
+            str(m) for m in get_script_run_ctx()._enqueue.__self__.forward_msgs()))
+        return real_keep(uploaded)
+
+    monkeypatch.setattr(session, "keep_upload", keep_upload)
     try:
         at = start()
         at.session_state[state.DEMO_WANTED] = False  # (not following the build: the run would wait for it)
         upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
         assert metric(at, "Cells") == f"{N_CELLS}"
-        assert drawn_before_reading and "Reading tumour.h5ad" in drawn_before_reading[0]
+        assert len(drawn_before_reading) == 2 and all("Reading tumour.h5ad" in d for d in drawn_before_reading)
         said = text(at.caption)
         assert "The demo is being built for this server" in said and "Scoring the baselines" in said, said
         assert "55%" in said and "Try the demo" in said  # how far, and how to open it
