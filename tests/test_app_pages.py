@@ -2733,3 +2733,4 @@ def test_the_overview_says_the_demo_is_being_built_and_its_button_joins_that_bui
     ok(at)
     assert calls == [1]  # joined the build in progress, not a second one
     assert at.session_state[state.DATA_NAME] == "demo (simulated data)"
+    assert "being built" not in text(at.caption) + text(at.sidebar.caption)
