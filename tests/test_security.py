@@ -168,14 +168,22 @@ def test_links_that_loop_or_lead_nowhere_and_link_mazes_are_refused(tmp_path, mo
         assert ("/uns/here links back to /uns, a group that contains it (a loop)" if attack == "loop" else
                 "/uns/here is a link to /nowhere, which does not exist") in error.message
     monkeypatch.setattr(_hdf5, "HDF5_MAX_OBJECTS", 500)
-    path = _h5ad(tmp_path)
-    with h5py.File(path, "r+") as f:  # no loop, but each group named twice in the one above: 2^12 names
-        below = f["uns"].create_group("m12")
-        for i in range(11, -1, -1):
-            level = f["uns"].create_group(f"m{i}")
-            level["a"] = level["b"] = below
-            below = level
-    assert "holds more than 500 HDF5 objects and links" in _refused(path).message
+    for where in ("varm", "uns"):
+        path = _h5ad(tmp_path)
+        with h5py.File(path, "r+") as f:  # no loop, but each group named twice in the one above: 2^12 names
+            below = f[where].create_group("m12")
+            for i in range(11, -1, -1):
+                level = f[where].create_group(f"m{i}")
+                level["a"] = level["b"] = below
+                below = level
+        if where == "varm":
+            assert "holds more than 500 HDF5 objects (groups and datasets, counted by every name they are reached " \
+                   "by) outside uns, at least" in _refused(path).message
+        else:  # uns is not read past its own limit (1,000 entries): left out, with a note
+            adata = io.read(path)
+            assert [k for k in adata.uns if k != io.REPORT_KEY] == []
+            assert any(w.startswith("The file's uns holds more than 1,000 entries (in its groups)")
+                       for w in adata.uns[io.REPORT_KEY]["warnings"])
 
 
 @pytest.mark.parametrize("fmt", ["h5ad", "10x", "loom"])
