@@ -24,8 +24,9 @@ limits.max_cells         ``SCATD_MAX_CELLS``               most cells in one dat
                                                            2,000)
 limits.max_genes         ``SCATD_MAX_GENES``               most genes (features) in one dataset         100,000
 limits.max_annotation_columns ``SCATD_MAX_ANNOTATION_COLUMNS`` most annotation columns of an h5ad's    1,000
-                                                           obs (per cell) or var (per gene), checked
-                                                           before they are read
+                                                           obs (per cell) or var (per gene), raw's var
+                                                           and each table in obsm/varm, checked before
+                                                           they are read
 limits.min_gene_coverage ``SCATD_MIN_GENE_COVERAGE``      least share of a drug model's genes the      0.1
                                                            data must have to be predicted (a number
                                                            from 0 to 1; 0 never refuses); below it the

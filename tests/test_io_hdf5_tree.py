@@ -156,3 +156,29 @@ def test_loom_and_10x_h5_are_bounded_by_the_same_walk(tmp_path, monkeypatch, fmt
             g = g.create_group("a")
     error = _refused(path)
     assert error.message.startswith(f"{path.name}: its /deep nests groups more than {_hdf5.HDF5_MAX_DEPTH} levels")
+
+
+@pytest.mark.parametrize("where", ["raw/var", "obsm", "varm"])
+def test_wide_tables_beside_obs_and_var_have_the_column_limit(tmp_path, monkeypatch, where):
+    """raw's var and tables in obsm/varm are read column by column like obs and var (19,000 columns
+    in raw's var, within the object bound: 32 s); they get the same ``max_annotation_columns``."""
+    adata = make_counts(n_cells=20, n_genes=30)
+    n = 20 if where == "obsm" else 30
+    table = pd.DataFrame({f"c{i}": np.zeros(n) for i in range(8)},
+                         index=adata.var_names if where != "obsm" else adata.obs_names)
+    if where == "raw/var":
+        raw = adata.copy()
+        raw.var = table
+        adata.raw = raw
+    else:
+        getattr(adata, where)["table"] = table
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    monkeypatch.setenv("SCATD_MAX_ANNOTATION_COLUMNS", "8")
+    io.read(path)  # at the limit: read
+    monkeypatch.setenv("SCATD_MAX_ANNOTATION_COLUMNS", "5")
+    with pytest.raises(InputError) as err:
+        io.read(path)
+    shown = where if where == "raw/var" else f"{where}['table']"
+    assert err.value.message.startswith(f"{path.name}: its {shown} declares 8 ")
+    assert "annotation columns (e.g. c0, c1, c2), over the limit of 5." in err.value.message

@@ -516,17 +516,28 @@ def _annotation_columns(obj) -> list[str]:
 
 
 def _check_annotation_columns(f: h5py.File, opts: Options) -> None:
-    """At most ``max_annotation_columns`` obs and var columns: each column is read on its own, so
-    thousands of them take minutes for a file of a few MB (20,000 obs columns: 48 s of CPU)."""
-    for key, what in (("obs", "per-cell"), ("var", "per-gene")):
+    """At most ``max_annotation_columns`` columns in obs, var, adata.raw's var and each table (a
+    dataframe) in obsm or varm: each column is read on its own, so thousands of them take minutes for
+    a file of a few MB (20,000 obs columns: 48 s of CPU; 19,000 in raw's var: 32 s)."""
+    tables = [("obs", "obs", "per-cell", "adata.obs"), ("var", "var", "per-gene", "adata.var"),
+              ("raw/var", "raw/var", "per-gene", "adata.raw.var")]
+    for key, what in (("obsm", "per-cell"), ("varm", "per-gene")):
+        group = f.get(key)
+        if isinstance(group, h5py.Group):
+            tables += [(f"{key}/{k}", f"{key}[{str(k)!r}]", what, f"adata.{key}[{str(k)!r}]") for k in group
+                       if isinstance(group.get(k), h5py.Group)
+                       and attr_str(group[k].attrs.get("encoding-type", "")) == "dataframe"]
+    for key, shown_as, what, python in tables:
         columns = _annotation_columns(f.get(key))
         if len(columns) > opts.max_annotation_columns:
             shown = ", ".join(map(str, columns[:3]))
-            raise InputError(f"{opts.display_name}: its {key} declares {len(columns):,} {what} annotation columns "
+            keep = ("raw = adata.raw.to_adata(); raw.var = raw.var[['column1', 'column2']]; adata.raw = raw"
+                    if key == "raw/var" else f"{python} = {python}[['column1', 'column2']]")
+            raise InputError(f"{opts.display_name}: its {shown_as} declares {len(columns):,} {what} annotation columns "
                              f"(e.g. {shown}), over the limit of {opts.max_annotation_columns:,}.",
-                             f"Keep only the annotation columns you need (in Python: adata.{key} = "
-                             f"adata.{key}[['column1', 'column2']], then adata.write_h5ad(...); values per cell and "
-                             f"gene belong in X or adata.layers), or {raise_limit('max_annotation_columns')}.")
+                             f"Keep only the annotation columns you need (in Python: {keep}, then "
+                             "adata.write_h5ad(...); values per cell and gene belong in X or adata.layers), or "
+                             f"{raise_limit('max_annotation_columns')}.")
 
 
 def _check_h5ad_axes(f: h5py.File, X, shape: tuple, encoding: str, name: str) -> None:
