@@ -215,12 +215,23 @@ class Settings:
 
 def config_file() -> Path | None:
     """The TOML file in use, or ``None``."""
+    return _config_search()[0]
+
+
+def _config_search() -> tuple[Path | None, list[Path]]:
+    """The TOML file in use (or ``None``), and the places it may be that this process cannot look
+    into: a folder on the way it may not search (a home hidden by systemd's ``ProtectHome=`` from a
+    unit without ``SCATD_CONFIG``) raised a bare PermissionError before."""
     if os.environ.get("SCATD_CONFIG"):
-        return Path(os.environ["SCATD_CONFIG"]).expanduser()
+        return Path(os.environ["SCATD_CONFIG"]).expanduser(), []
+    hidden: list[Path] = []
     for candidate in (_default_home() / "config.toml", Path("/etc/scatd/config.toml")):
-        if candidate.is_file():
-            return candidate
-    return None
+        try:
+            if candidate.is_file():
+                return candidate, hidden
+        except PermissionError:
+            hidden.append(candidate)
+    return None, hidden
 
 
 def _default_home() -> Path:
@@ -358,7 +369,18 @@ def settings() -> Settings:
     """The current settings: defaults, then the TOML file, then environment variables."""
     problems: list[str] = []
     fatal: list[str] = []
-    path = config_file()
+    path, hidden = _config_search()
+    if hidden:
+        where = " or ".join(str(h) for h in hidden)
+        message = (f"Could not look for a configuration file at {where}: permission denied (a folder on the way is "
+                   "hidden from this account, e.g. a home under systemd's ProtectHome=)")
+        if path is not None:
+            problems.append(f"{message}; {path} is used.")
+        else:  # a login configured there cannot be seen: fail closed rather than serve without it
+            message += (": set SCATD_CONFIG to the configuration file (e.g. Environment=SCATD_CONFIG=/etc/scatd/"
+                        "config.toml in the unit), or SCATD_HOME to a folder this account can read.")
+            problems.append(message)
+            fatal.append(message)
     from_file = _read_file(path, problems, fatal)
     values: dict = {}
     for (section, key), (env, kind, default) in KEYS.items():

@@ -337,3 +337,34 @@ def test_doctor_on_a_server_checks_the_folders_the_server_writes_not_a_read_only
     # without the server's unit, this account's commands have no cache folder numba can write: a problem
     monkeypatch.setattr(doctor, "UNIT_FILES", (tmp_path / "none.service",))
     assert next(i for i in doctor._caches() if i["what"] == "numba cache")["status"] == "problem"
+
+
+def test_a_home_hidden_from_the_server_without_scatd_config_stops_the_app_with_what_to_set(tmp_path, monkeypatch):
+    """A unit with ProtectHome= but without SCATD_CONFIG: looking for <home>/config.toml raised a bare
+    PermissionError (Path.is_file does not swallow EACCES). Now the place that cannot be looked into is
+    said, and with no other configuration file found the app does not start (a login configured
+    there cannot be seen: it fails closed), saying what to set."""
+    from scatd_app import preflight
+    from scatd_core.config import settings
+
+    home = tmp_path / "hidden-home"
+    monkeypatch.setenv("SCATD_HOME", str(home))
+    monkeypatch.delenv("SCATD_CONFIG", raising=False)
+    real_is_file = Path.is_file
+
+    def is_file(self):
+        if str(self).startswith(str(home)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    if real_is_file(Path("/etc/scatd/config.toml")):
+        pytest.skip("this machine has /etc/scatd/config.toml, which would be used")
+    conf = settings()
+    assert conf.config_file is None
+    [line] = [p for p in conf.fatal if "permission denied" in p]
+    assert str(home / "config.toml") in line and "SCATD_CONFIG" in line and "ProtectHome" in line
+    assert conf["auth_mode"] == "password"  # fail closed
+    assert line in preflight.refusals()
+    monkeypatch.setenv("SCATD_CONFIG", str(tmp_path / "config.toml"))  # the unit's own setting: not looked for
+    assert not [p for p in settings().problems if "permission denied" in p]
