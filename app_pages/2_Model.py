@@ -37,7 +37,7 @@ def how_to_get_a_model() -> None:
 if not classifiers:
     if ui.building("demo"):  # the demo's first build, started on another page, is running
         st.info("The demo (its data and model) is being built for this server; it goes on while you look "
-                "around. Its progress: *Try the demo* on the Data page.", icon=":material/hourglass_top:")
+                "around, and its progress is shown in the sidebar.", icon=":material/hourglass_top:")
     st.warning("**No drug model is installed yet.**", icon=":material/inventory_2:")
     how_to_get_a_model()
     if entries:

@@ -2706,6 +2706,28 @@ def test_an_upload_during_the_demo_build_is_acknowledged_at_once_and_the_build_s
     assert "being built" not in text(at.caption) + text(at.sidebar.caption)  # once built, the line goes
 
 
+def test_the_model_page_without_a_model_points_to_the_sidebar_for_the_demo_builds_progress(empty_library,
+                                                                                         monkeypatch):
+    """The Model page without a model, during the demo's first build, sent the user to *Try the
+    demo* on the Data page for its progress; every page's sidebar shows it now, and the page says so."""
+    import threading
+
+    release = threading.Event()
+    _hold_a_demo_build(monkeypatch, release)
+    try:
+        at = start()
+        at.session_state[state.DEMO_WANTED] = False  # (not following the build: the run would wait for it)
+        upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))
+        goto(at, "2_Model")
+        said = text(at.info)
+        assert "The demo (its data and model) is being built for this server" in said, said
+        assert "progress is shown in the sidebar" in said and "on the Data page" not in said, said
+        assert "55%" in text(at.sidebar.caption)  # where it points: the build's progress, there
+        assert "No drug model is installed" in text(at.warning)
+    finally:
+        release.set()
+
+
 def test_the_overview_says_the_demo_is_being_built_and_its_button_joins_that_build(with_library, monkeypatch):
     """QA: while the demo was being built, a new session's Overview showed the ordinary "Try the
     demo" card; a click then waited 262 s behind "Preparing the demo…" as if it started a build. The
