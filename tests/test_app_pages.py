@@ -2728,6 +2728,16 @@ def test_the_model_page_without_a_model_points_to_the_sidebar_for_the_demo_build
         release.set()
 
 
+def test_the_demo_buttons_help_gives_no_time_nobody_measured(empty_library):
+    """The demo button's help promised "1-2 minutes on 2 idle CPU cores" (no measurement says so; a
+    QA build on a busy 2-core machine took ~8 minutes): it now says a few minutes, longer on a busy
+    server, with its progress shown."""
+    at = start()
+    help_text = at.button(key="btn_landing_demo").help
+    assert "a few minutes on 2 CPU cores" in help_text and "longer on a busy server" in help_text, help_text
+    assert "1-2 minutes" not in help_text and "progress" in help_text
+
+
 def test_the_overview_says_the_demo_is_being_built_and_its_button_joins_that_build(with_library, monkeypatch):
     """QA: while the demo was being built, a new session's Overview showed the ordinary "Try the
     demo" card; a click then waited 262 s behind "Preparing the demo…" as if it started a build. The

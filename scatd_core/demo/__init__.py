@@ -7,8 +7,8 @@ demo is made locally, deterministically, with the project's own pipeline:
    labels for the made-up drug ``DEMOTINIB`` and a 2,000-cell "tumour" with a planted
    resistance program (see that module's docstring);
 2. :func:`scatd_core.train.train_drug_model` trains a Dist_VAE-style model on the bulk panel,
-   adapted to the tumour *without* its labels, with settings sized to finish in about a
-   minute on 2 CPU cores;
+   adapted to the tumour *without* its labels, with small settings (a few minutes on 2 CPU
+   cores, longer on a busy server);
 3. the model's default threshold is chosen on a **reference tumour**: a second simulated tumour
    (:data:`REFERENCE_SEED`: other cells, other patients, the same simulator) whose known labels
    give the cut that best separates its resistant from its sensitive cells (Youden's J, i.e. the
@@ -97,7 +97,7 @@ def cell_limit_warning(max_cells: int) -> str | None:
 
 
 def demo_settings(size: str = "full"):
-    """Training settings of the demo model: small enough for ~1 minute on 2 CPU cores."""
+    """Training settings of the demo model: small enough for a few minutes on 2 CPU cores."""
     from scatd_core.train import TrainSettings
 
     settings = replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=40, members=3, folds=3,
