@@ -15,10 +15,17 @@ from scatd_core.predict import predict
 
 
 @pytest.fixture(scope="module")
-def tiny_builds(tmp_path_factory):
+def tiny_progress():
+    """The progress reports ``(fraction, message)`` of the first of :func:`tiny_builds`."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def tiny_builds(tmp_path_factory, tiny_progress):
     """Two tiny demos built from scratch: the same code path as the full demo, in seconds."""
     folder = tmp_path_factory.mktemp("tiny_demo")
-    return [demo.build(out_bundle=folder / f"bundle{i}", out_data=folder / f"tumour{i}.h5ad", size="tiny")
+    return [demo.build(out_bundle=folder / f"bundle{i}", out_data=folder / f"tumour{i}.h5ad", size="tiny",
+                       progress=(lambda f, m: tiny_progress.append((f, m))) if i == 1 else None)
             for i in (1, 2)]
 
 
@@ -28,6 +35,39 @@ def test_demo_build_is_deterministic(tiny_builds):
     assert b1.threshold == b2.threshold
     assert (t1.X != t2.X).nnz == 0 and list(t1.obs_names) == list(t2.obs_names)
     assert b1.is_demo and "demo (simulated data)" in b1.title
+
+
+@pytest.mark.parametrize("technical, plain", [
+    # the default recipe's backbones (scatd_core.train._run._fit_ensemble, _fit.pretrain_backbone)
+    ("Backbone 1/3 · Pretraining backbone · epoch 16/40 · loss 0.1234",
+     "Learning from the bulk cell lines and the tumour (part 1 of 3, 40% done)"),
+    # the original head's one backbone (_run._fit_scatd), its CV folds (_cv.cross_validate, _fit.fit_head)
+    ("Pretraining backbone · epoch 10/40 · loss 0.1234", "Learning from the bulk cell lines and the tumour (25% done)"),
+    ("Fold 2/5 (head) · epoch 3/40 · loss 0.5123 · val AUROC 0.712",
+     "Checking the model on held-out cell lines (2 of 5)"),
+    ("Fold 5/5 (head + fine-tuning) · epoch 41/45 · loss 0.5123", "Checking the model on held-out cell lines (5 of 5)"),
+    ("Final model on 300 cell lines · epoch 7/40 · loss 0.4321", "Training the final model on all 300 cell lines"),
+    ("Saved DEMOTINIB · demo (simulated data) to /srv/scatd/models/DEMOTINIB_demo", "Model saved"),
+    # already plain (_run.CHECKING): as it is
+    ("Checking the model against simple baselines · gradient boosting, bulk cell lines, round 2 of 3",
+     "Checking the model against simple baselines · gradient boosting, bulk cell lines, round 2 of 3"),
+])
+def test_the_demo_build_shows_plain_training_steps(technical, plain):
+    """The demo's progress line showed the training's jargon ("Backbone 1/3 · Pretraining backbone ·
+    epoch 5/40 · loss 0.1234"); a biologist trying the demo now reads plain steps (the Train page and
+    `scatd train` keep the technical lines)."""
+    assert demo.plain_step(technical) == plain
+
+
+def test_the_demo_builds_progress_is_plain_and_keeps_its_fractions_and_time_left(tiny_builds, tiny_progress):
+    said = [m for _, m in tiny_progress]
+    training = [m for m in said if m.startswith("Training the demo model: ")]
+    assert any("Learning from the bulk cell lines and the tumour (part 1 of 2, " in m for m in training), said
+    for word in ("epoch", "loss", "Backbone", "Pretraining", "Saved"):
+        assert not any(word in m for m in said), (word, said)
+    assert all(" elapsed" in m for m in said)  # the time elapsed (and left) of every step, as before
+    fractions = [f for f, _ in tiny_progress]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
 
 
 def _called_and_balanced_accuracy(cells, bundle):

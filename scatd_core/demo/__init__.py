@@ -34,6 +34,7 @@ the demo itself; one built before its thresholds were chosen so is built again (
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -147,6 +148,34 @@ def _lock():
     return folder_lock(demo_dir(), ".build.lock")
 
 
+#: The training's progress lines (scatd_core.train: _run, _fit, _cv) as the demo shows them: plain steps
+#: for a biologist trying the demo, not epochs and losses (the Train page and ``scatd train`` keep those).
+_PLAIN_STEPS = (
+    (re.compile(r"^Backbone (\d+)/(\d+) · Pretraining backbone · epoch (\d+)/(\d+)\b"),
+     lambda m: f"Learning from the bulk cell lines and the tumour (part {m[1]} of {m[2]}, "
+               f"{int(m[3]) / max(int(m[4]), 1):.0%} done)"),
+    (re.compile(r"^Pretraining backbone · epoch (\d+)/(\d+)\b"),
+     lambda m: f"Learning from the bulk cell lines and the tumour ({int(m[1]) / max(int(m[2]), 1):.0%} done)"),
+    (re.compile(r"^Fold (\d+)/(\d+) \(head[^)]*\) · "),
+     lambda m: f"Checking the model on held-out cell lines ({m[1]} of {m[2]})"),
+    (re.compile(r"^Final model on (\d[\d,]*) cell lines · "),
+     lambda m: f"Training the final model on all {m[1]} cell lines"),
+    (re.compile(r"^Saved .+ to "), lambda m: "Model saved"),
+)
+
+
+def plain_step(message: str) -> str:
+    """A progress line of :func:`scatd_core.train.train_drug_model` as the demo's build shows it:
+    "Backbone 1/3 · Pretraining backbone · epoch 16/40 · loss 0.1234" -> "Learning from the bulk cell
+    lines and the tumour (part 1 of 3, 40% done)"; a line already in plain words (the baselines'
+    "Checking the model against simple baselines · ...") as it is."""
+    for pattern, words in _PLAIN_STEPS:
+        found = pattern.match(message)
+        if found is not None:
+            return words(found)
+    return message
+
+
 def build(*, library: str | Path | None = None, out_bundle: str | Path | None = None,
           out_data: str | Path | None = None, size: str = "full",
           progress: Callable[[float, str], None] | None = None) -> tuple[ad.AnnData, Bundle, dict]:
@@ -172,7 +201,7 @@ def build(*, library: str | Path | None = None, out_bundle: str | Path | None = 
         bulk, labels, DEMO_DRUG, tumour, backbone="dist_vae", settings=demo_settings(size), device="cpu",
         target_label_column=DEMO_LABEL_COLUMN, out=out_bundle, overwrite=True, demo=True,
         name=f"{DEMO_DRUG} · demo (simulated data)", min_lines_per_class=2,  # (the tiny demo: 14 sensitive lines)
-        progress=(lambda f, m: progress(0.02 + 0.92 * f, f"Training the demo model: {m}")) if progress else None)
+        progress=(lambda f, m: progress(0.02 + 0.92 * f, f"Training the demo model: {plain_step(m)}")) if progress else None)
     if progress:
         progress(0.95, "Choosing the demo model's threshold on a separate simulated tumour")
     threshold, record = reference_threshold(bundle, size)
@@ -323,7 +352,7 @@ def build_panel(*, library: str | Path | None = None, size: str = "full",
     unlabelled.obs = unlabelled.obs.drop(columns=[panel_response_column(d) for d in PANEL_DRUGS])
     out = []
     for i, drug in enumerate(PANEL_DRUGS):
-        step = (lambda f, m, i=i, drug=drug: progress((i + f) / len(PANEL_DRUGS), f"Training the demo {drug} model: {m}")
+        step = (lambda f, m, i=i, drug=drug: progress((i + f) / len(PANEL_DRUGS), f"Training the demo {drug} model: {plain_step(m)}")
                 ) if progress else None
         bundle, report = train_drug_model(
             bulk, labels, drug, unlabelled, backbone="dist_vae", settings=panel_settings(size), device="cpu",
