@@ -109,7 +109,7 @@ def demo_settings(size: str = "full"):
 
 
 def panel_settings(size: str = "full"):
-    """The cheaper recipe of the demo panel's extra models (a few seconds each on 2 CPU cores)."""
+    """The cheaper recipe of the demo panel's extra models (each a fraction of the demo model's training)."""
     return replace(demo_settings(size), pretrain_epochs=8 if size == "full" else 2, epochs=15 if size == "full" else 4,
                    finetune_epochs=3 if size == "full" else 1, folds=2)
 
