@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:  # the server stopped (SIGTERM, Ctrl-C): work started ahead for a session must not hold the exit
         from scatd_app import session
 
+        if builds := ui.stop_shared_builds():
+            print(f"scATD Studio: stopped the build of {' and '.join(f'the {b}' for b in builds)} (started again "
+                  "on the next click).", file=sys.stderr, flush=True)
         if stopped := session.cancel_all_work():
             print(f"scATD Studio: stopped {stopped} computation{'s' if stopped != 1 else ''} started ahead "
                   "for users' sessions.", file=sys.stderr, flush=True)

@@ -1227,6 +1227,16 @@ class _SharedBuild:
     def __init__(self):
         self.future: concurrent.futures.Future | None = None
         self.progress: tuple[float, str, float] = (0.0, "", time.monotonic())  # fraction, message, when
+        self.stop = threading.Event()  # set when the server stops (:func:`stop_shared_builds`)
+
+    def report(self, fraction: float, message: str) -> None:
+        """The build's progress callback; stops the build (raises) once the server is stopping."""
+        from scatd_core.errors import Cancelled
+
+        if self.stop.is_set():
+            raise Cancelled("The server is stopping: the build was stopped before it finished; it is started "
+                            "again on the next click.")
+        self.progress = (fraction, message, time.monotonic())
 
 
 _BUILDS: dict[str, _SharedBuild] = {}
@@ -1249,13 +1259,11 @@ def shared_build(name: str, work, bar, what: str, poll_seconds: float = 0.5):
         build = _BUILDS.setdefault(name, _SharedBuild())
         if build.future is None or build.future.done():
             build.progress = (0.0, f"Waiting for the server to start {what}…", time.monotonic())
-
-            def report(fraction: float, message: str) -> None:
-                build.progress = (fraction, message, time.monotonic())
+            build.stop.clear()
 
             def run():
                 with jobs.queue().slot():
-                    return work(report)
+                    return work(build.report)
 
             build.future = _background().submit(run)
         future = build.future
@@ -1270,6 +1278,17 @@ def shared_build(name: str, work, bar, what: str, poll_seconds: float = 0.5):
             message = ticking(message, fraction, time.monotonic() - at)
             bar.progress(min(max(fraction, 0.0), 1.0),
                          text=md(message) + " (it goes on if you leave this page)")
+
+
+def stop_shared_builds() -> list[str]:
+    """Stop the server-wide builds running now (the server is stopping): each stops at its next
+    progress report instead of holding the process's exit until it ends (Python joins the worker
+    threads before it exits: a SIGTERM during the demo's first build waited minutes). Their names."""
+    with _BUILDS_LOCK:
+        running = {name: b for name, b in _BUILDS.items() if b.future is not None and not b.future.done()}
+    for build in running.values():
+        build.stop.set()
+    return list(running)
 
 
 def building(name: str) -> bool:

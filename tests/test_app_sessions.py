@@ -442,3 +442,44 @@ def test_a_stopping_server_stops_the_work_started_ahead_for_sessions(monkeypatch
     executor.shutdown()
     assert "stopped 1 computation started ahead for users' sessions" in capsys.readouterr().err
     assert kept.cancel_work("s1") == 0  # nothing left to stop
+
+
+def test_a_stopping_server_stops_the_demos_build(monkeypatch, capsys):
+    """QA: a SIGTERM during the demo's first build (a server-wide build, not a session's work) left the
+    server running minutes after 'Stopping...' (Python joined the build's thread). `python -m
+    scatd_app` now stops the running builds too, at their next progress report."""
+    import concurrent.futures
+
+    import streamlit.web.cli
+
+    from scatd_app import preflight, ui, uploads
+    from scatd_app.__main__ import main as serve
+
+    build = ui._SharedBuild()
+    started = threading.Event()
+
+    def work(report):
+        started.set()
+        while True:  # a training reporting its epochs
+            report(0.1, "Learning from the bulk cell lines")
+            time.sleep(0.01)
+
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    build.future = executor.submit(work, build.report)
+    monkeypatch.setitem(ui._BUILDS, "demo", build)
+    started.wait(10)
+    assert ui.build_status("demo") is not None
+
+    def streamlit_main(*args, **kwargs):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(preflight, "_REPORTED", set())
+    monkeypatch.setattr(streamlit.web.cli, "main", streamlit_main)
+    monkeypatch.setattr(ui, "start_up", lambda **k: None)
+    monkeypatch.setattr(uploads, "install", lambda: True)
+    with pytest.raises(SystemExit):
+        serve([])
+    assert isinstance(build.future.exception(timeout=10), Cancelled)
+    executor.shutdown()
+    assert "stopped the build of the demo (started again on the next click)" in capsys.readouterr().err
+    assert ui.build_status("demo") is None and ui.stop_shared_builds() == []
