@@ -211,7 +211,8 @@ for drug, why in panel.not_scored(adata, app=True)[sum(not m.scored for m in eve
     st.warning(f"**{ui.md(drug)}** of your saved panel was not loaded, so not scored: {ui.md(why)}",
                icon=":material/block:")
 if requested := panel.requested_statement(adata):  # every drug requested, scored or not, is in the files
-    st.caption(ui.md(f"{requested} Each is in the downloads, its columns empty, with why."))
+    st.caption(ui.md(f"{requested} Each is in the downloads, its columns empty ('drug not scored' in "
+                     "panel.csv); why, once per drug, in panel_drugs.csv."))
 ui.panel_models_table(export.panel_models_table(adata, app=True))
 if any(m.demo for m in scored):
     st.badge("demo models (simulated data)", color="orange")

@@ -2352,12 +2352,17 @@ def panel_models_table(models) -> None:
     """The Drug panel's models (:func:`scatd_core.export.panel_models_table`) as the page shows them:
     what each drug's calls rest on first (status, threshold, calibrated, cells, coverage), then
     which model it was; backbones by their titles."""
+    import pandas as pd
+
     from scatd_core.bundle import BACKBONE_TITLES
 
     first = ["drug", "status", "threshold", "calibrated", "threshold set by", "cells scored", "gene coverage"]
     view = models[[c for c in first if c in models] + [c for c in models.columns if c not in first]].copy()
     if "backbone" in view:
         view["backbone"] = view["backbone"].map(lambda b: BACKBONE_TITLES.get(b, b) if isinstance(b, str) else "")
+    for column in ("threshold", "cells scored"):  # a drug not scored has none: an empty cell, not "None"
+        if column in view:
+            view[column] = pd.to_numeric(view[column], errors="coerce")
     table(view, hide_index=True, column_config={
         "threshold": st.column_config.NumberColumn("threshold", format="%.3g", width="small"),
         "calibrated": st.column_config.CheckboxColumn("calibrated", width="small"),

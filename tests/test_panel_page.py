@@ -499,6 +499,11 @@ def test_a_saved_panels_drug_not_loaded_is_named_in_the_results_and_the_csv(with
     said = text(at.warning).replace("\\", "")
     assert "DRUGC** of your saved panel was not loaded, so not scored: model DRUGC: the model" in said
     assert "3 drugs requested, 2 scored; not scored: DRUGC." in text(at.caption).replace("\\", "")
+    # QA: the caption said the reason was in every download (panel.csv says only 'drug not scored' now)
+    assert "why, once per drug, in panel_drugs.csv" in text(at.caption).replace("\\", "")
+    # QA: the models table showed a literal "None" for a drug with no threshold
+    shown = [df.value for df in at.dataframe if "threshold" in df.value.columns]
+    assert shown and all(pd.api.types.is_float_dtype(df["threshold"]) for df in shown)
     table = pd.read_csv(__import__("io").BytesIO(export.to_csv_bytes(panel.panel_table(at.session_state[state.ADATA]))))
     assert table["DRUGC_prob_resistant"].isna().all() and not table["DRUGC_scored"].any()
     assert (table["DRUGC_not_scored_reason"] == "drug not scored").all()  # why: once, in the per-drug metrics
