@@ -107,6 +107,36 @@ def verdict(ev: dict, row: dict) -> str:
             "the data cannot tell them apart.")
 
 
+def baseline_note(model: dict) -> str:
+    """What an evaluation of a prediction against labels says of the simple baselines (QA: the Cells page,
+    `scatd report` and metrics.csv gave the AUROC with no baseline and no word of where one is). A saved
+    model does not keep the bulk cell lines its baselines are fitted on, so none is fitted on these cells
+    here: the card's own scores of the model and of each baseline are given (on its bulk lines, and on its
+    target cells when it had labelled ones: these cells, when the data are its target), and how to score
+    the baselines on these cells. ``model``: the run record's model (``uns['scatd']['model']``)."""
+    import json
+
+    try:
+        card = json.loads(str(model.get("card_json"))) if model.get("card_json") else None
+    except ValueError:
+        card = None
+    how = ("To score simple baselines on these cells, train a model with these cells as its target (the Train "
+           "page, or scatd train --target with --target-labels): its card then scores logistic regression and "
+           "gradient boosting on them next to the model.")
+    parts = []
+    for ev in (card or {}).get("evaluations") or []:
+        scores = [r for r in ev.get("scores", []) if r.get("auroc") is not None]
+        if len(scores) > 1:
+            where = ev["title"][0].lower() + ev["title"][1:]
+            parts.append(f"on {where}, " + ", ".join(f"{r['model']} {r['auroc']:.3f}" for r in scores))
+    if not parts:
+        return ("No baseline is scored here: this model's card has no baseline scores (an imported checkpoint keeps "
+                "no training data to fit one on). " + how)
+    return ("No baseline is fitted on these cells: the simple baselines are fitted on the model's bulk cell lines, "
+            "which a saved model does not keep. Its card scored them when it was trained (AUROC "
+            + "; ".join(parts) + "). " + how)
+
+
 def few_lines(ev: dict) -> int | None:
     """The number of cell lines in the smaller class of a bulk cross-validation with fewer than
     :data:`scatd_core.labels.MIN_LINES_PER_CLASS` of them (a run given a lower ``--min-lines``, or a model

@@ -460,10 +460,12 @@ def encode_column(adata, column: str, resistant=None, *, option: str = "--label-
     resistant = resistant if resistant is not None else label_direction(adata, column)
     if resistant is None:
         values = ", ".join(map(str, label_counts(adata.obs[column]).index[:5]))
+        if option.startswith("--"):  # a command line's option; the app's page where the app says it
+            raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",
+                             f"Say which value means resistant: {option} VALUE.",
+                             app_hint="Say which value means resistant on the Data page.")
         raise InputError(f"Which value of '{column}' means resistant is not known (values: {values}).",
-                         "Say which value means resistant ("
-                         + (f"Data page, or {option} on the command line" if option.startswith("--") else option)
-                         + ").")
+                         f"Say which value means resistant ({option}).")
     return encode_labels(adata.obs[column], resistant)
 
 

@@ -582,6 +582,9 @@ def evaluate_column(adata, column: str, *, key_added: str | None = None, resista
     evaluation.n_training_left_out, evaluation.training_note = n_left, training_note
     if training_note:
         evaluation.notes.insert(0, training_note)
+    from scatd_core.card import baseline_note
+
+    evaluation.notes.append(baseline_note(dict(info.get("model") or {})))
     if fitted_on_labels(adata, column, key_added=key_added):
         evaluation.notes.append(
             f"The threshold was fitted on these same labels ('{column}'), so F1, MCC, precision, recall, specificity "

@@ -289,7 +289,7 @@ def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys
     assert "In 'response', <code>0</code> means resistant and <code>1</code> sensitive." in html
     back = ad.read_h5ad(tmp / "rep" / "annotated.h5ad")
     assert back.uns["scatd_labels"]["response"]["resistant"] == "0" and "scatd_attributions" in back.obsm
-    assert "Against 'response' (40 cells): AUROC" in err
+    assert "Against 'response' (40 cells): AUROC" in err and "note: No baseline is" in err
     assert "taken to mean resistant" not in err  # said with --label-resistant: nothing to tell
     # the UMAP of expression, as the Cells page's "Space" offers it
     code, _, err = _run(capsys, "report", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--out",
@@ -311,6 +311,9 @@ def test_report_writes_every_file_with_biomarkers_and_the_label_direction(capsys
                         "--output", tmp / "again.csv", "--label-column", "response")
     assert code == 0, err
     assert "Labels 'response': '0' taken to mean resistant, '1' sensitive (as recorded in the data's" in err
+    # QA: `scatd predict` wrote the labels beside the calls and said nothing of how they agree; now it says
+    # what `scatd report` says, with where the baselines are (a saved model cannot fit them on new cells)
+    assert "Against 'response' (40 cells): AUROC" in err and "note: No baseline is" in err
 
 
 def test_report_says_what_the_app_says(capsys, dist_setup):

@@ -124,9 +124,12 @@ def test_an_unknown_few_shot_direction_names_where_its_caller_asks_it(monkeypatc
                               "train with').")
     with pytest.raises(InputError) as err:
         labels.few_shot_from_column(adata, "few", option="--few-shot-resistant")
-    assert err.value.hint == "Say which value means resistant (Data page, or --few-shot-resistant on the command line)."
-    with pytest.raises(InputError, match="--label-resistant on the command line"):  # the other callers' as before
+    # QA: a terminal was told of the Data page; the command line's hint names its option, the app's its page
+    assert err.value.hint == "Say which value means resistant: --few-shot-resistant VALUE."
+    assert err.value.app_hint == "Say which value means resistant on the Data page."
+    with pytest.raises(InputError) as err:  # the other callers' option as before
         labels.encode_column(adata, "few")
+    assert err.value.hint == "Say which value means resistant: --label-resistant VALUE."
     assert labels.few_shot_from_column(adata, "few", 0).to_dict() == {"1": "resistant", "3": "resistant",
                                                                       "0": "sensitive", "2": "sensitive"}
     from argparse import Namespace

@@ -261,3 +261,37 @@ def test_mcc_is_undefined_not_0_when_every_cell_is_called_the_same_way():
     assert set(every.undefined) == {"mcc"} and every.precision == 0.5 and every.recall == 1.0
     assert every.undefined_note().startswith("mcc is empty (undefined): every labelled cell is called resistant")
     assert not np.isnan(metrics.evaluate(y, p, 0.5).mcc)  # calls of both kinds: defined
+
+
+def test_an_evaluation_against_labels_says_where_the_baselines_are():
+    """QA (real data): the Cells page, `scatd report` and metrics.csv gave the AUROC against the cells' labels
+    with no baseline and no word of one. A saved model does not keep the bulk lines its baselines are fitted
+    on, so the evaluation gives the card's scores of the model and each baseline, and how to score them on
+    these cells; a model without them (an imported checkpoint) says so."""
+    import json
+
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    adata = ad.AnnData(np.zeros((200, 1), dtype=np.float32))
+    adata.obs["scatd_prob_resistant"] = np.clip(rng.random(200) * 0.6 + 0.3 * y, 0, 1)
+    adata.obs["truth"] = np.where(y == 1, "resistant", "sensitive")
+    card = {"evaluations": [
+        {"name": "bulk_cv", "title": "Bulk cell lines (5-fold CV)",
+         "scores": [{"model": "this model", "auroc": 0.622}, {"model": "logistic regression", "auroc": 0.708},
+                    {"model": "gradient boosting", "auroc": 0.654}]},
+        {"name": "target", "title": "Target cells (120 with labels)",
+         "scores": [{"model": "this model", "auroc": 0.777}, {"model": "logistic regression", "auroc": 0.721}]}]}
+    adata.uns["scatd"] = {"threshold": {"value": 0.5, "source": "user", "calibrated": False},
+                          "positive_label": "resistant", "negative_label": "sensitive",
+                          "model": {"name": "m", "card_json": json.dumps(card)}}
+    evaluation, _, _ = metrics.evaluate_column(adata, "truth", resistant="resistant")
+    [note] = [n for n in evaluation.notes if "baseline" in n]
+    assert "No baseline is fitted on these cells" in note
+    assert "on bulk cell lines (5-fold CV), this model 0.622, logistic regression 0.708, gradient boosting 0.654" in note
+    assert "on target cells (120 with labels), this model 0.777, logistic regression 0.721" in note
+    assert "scatd train --target" in note and "Train page" in note
+    adata.uns["scatd"]["model"] = {"name": "imported", "import_card": ["an imported checkpoint"]}
+    [note] = [n for n in metrics.evaluate_column(adata, "truth", resistant="resistant")[0].notes if "baseline" in n]
+    assert note.startswith("No baseline is scored here") and "imported checkpoint" in note

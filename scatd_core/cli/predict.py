@@ -396,6 +396,8 @@ def run(args) -> int:
         say("note: " + lowered_batch_message(counts))
     if args.h5ad:
         say(f"Wrote {args.h5ad}")
+    if label_column:  # QA: the labels were written beside the calls, and nothing said of how they agree
+        say_evaluation(adata, label_column)
     return finish_run(args, adata, _outputs(args).values())
 
 
@@ -574,6 +576,25 @@ def calibrate_panel_on_labels(adata, args, scored, drug: str) -> None:
         say(f"note: the labels of '{column}' are {drug}'s, so no other drug is calibrated on them: "
             f"{', '.join(others)} keep{'s' if len(others) == 1 else ''} {'its' if len(others) == 1 else 'their'} "
             "model's default threshold (uncalibrated; each is printed below).")
+
+
+def say_evaluation(adata, label_column: str) -> None:
+    """The calls against the cells' labels in ``label_column``, as metrics.csv and the report have them:
+    AUROC with its interval, AUPRC with chance, and the evaluation's notes (the baselines among them)."""
+    from scatd_core.errors import InputError
+    from scatd_core.metrics import evaluate_column, interval_ends
+
+    try:
+        ev = evaluate_column(adata, label_column)[0]
+    except InputError as exc:  # also stated in metrics.csv and the HTML report
+        say(f"warning: no evaluation against '{label_column}': {exc.message}")
+        return
+    low, high = interval_ends(*ev.auroc_ci)  # as metrics.csv and the report have them
+    say(f"Against '{label_column}' ({ev.n_evaluated:,} cells): AUROC {ev.auroc:.3f} (95% interval "
+        f"{low}-{high}, Hanley-McNeil), AUPRC {ev.auprc:.3f} (chance {ev.auprc_chance:.3f}, the share "
+        "resistant).")
+    for note in ev.notes:
+        say(f"note: {note}")
 
 
 def say_panel_comparison(adata, emit=say) -> None:

@@ -11,7 +11,7 @@ from scatd_core.cli._common import add_pipeline_arguments, finish_run, Progress,
     add_spelled_both_ways, apply_label_direction, cell_mask, check_columns, check_output, prepare_embeddings, \
     read_input, resolve_bundle, say
 from scatd_core.cli.explain import add_explain_arguments, explain_from_args, gene_level
-from scatd_core.cli.predict import add_engine_arguments, add_prediction_arguments, predict_from_args
+from scatd_core.cli.predict import add_engine_arguments, add_prediction_arguments, predict_from_args, say_evaluation
 from scatd_core.errors import ScatdError
 
 
@@ -82,21 +82,7 @@ def report_pipeline(adata, bundle, args, *, data_name: str) -> dict[str, Path]:
         say(f"Removed the biomarkers.csv an earlier report left in {args.out}: this run ranked no biomarkers "
             "(add --explain to rank them).")
     if label_column:
-        from scatd_core.metrics import evaluate_column, interval_ends
-
-        from scatd_core.errors import InputError
-
-        try:
-            ev = evaluate_column(adata, label_column)[0]
-        except InputError as exc:  # also stated in metrics.csv and the HTML report
-            say(f"warning: no evaluation against '{label_column}': {exc.message}")
-        else:
-            low, high = interval_ends(*ev.auroc_ci)  # as metrics.csv and the report have them
-            say(f"Against '{label_column}' ({ev.n_evaluated:,} cells): AUROC {ev.auroc:.3f} (95% interval "
-                f"{low}-{high}, Hanley-McNeil), AUPRC {ev.auprc:.3f} (chance {ev.auprc_chance:.3f}, the share "
-                "resistant).")
-            for note in ev.notes:
-                say(f"note: {note}")
+        say_evaluation(adata, label_column)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return paths
