@@ -39,8 +39,9 @@ def add(sub) -> None:
                               "already exist "
                               "(without it, an existing file is refused before anything is run)")
     add_prediction_arguments(p)
-    add_label_arguments(p, "for --calibrate-on-labels (`scatd report` evaluates the calls against it); for a "
-                           "panel, DRUG=COLUMN: the drug whose response it records, the only one calibrated on it")
+    add_label_arguments(p, "the calls are evaluated against it (AUROC, AUPRC; `scatd report` adds the curves and "
+                           "metrics.csv) and --calibrate-on-labels uses it; for a panel, DRUG=COLUMN: the drug whose "
+                           "response it records, the only one calibrated on it")
     p.add_argument("--sample-column", help="obs column with the sample / batch, copied into the table")
     add_engine_arguments(p, "predict")
     add_pipeline_arguments(p)
