@@ -35,6 +35,26 @@ def _app() -> AppTest:
     at.run()
     return at
 
+def _upload_refused_for_memory(monkeypatch, n_cells: int = 40) -> tuple[AppTest, bytes]:
+    """A session whose CSV upload of ``n_cells`` cells (the bytes returned too) was refused for memory
+    (nothing free under server.memory_mb): the file kept, Try again and Forget it offered."""
+    import pandas as pd
+
+    from scatd_core import _memory
+
+    adata = make_dataset(n_cells, seed=3)
+    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
+    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
+    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
+    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
+    at = _app()
+    goto(at, "1_Data")
+    at.file_uploader[0].upload("cells.csv", table)
+    at.run()
+    assert "Your file is kept" in text(at.error)
+    return at, table
+
+
 
 def test_password_login_gates_every_page_and_throttles(with_library, tmp_path, monkeypatch):
     from scatd_core import users
@@ -773,19 +793,9 @@ def test_try_again_while_memory_is_still_short_says_so_again_without_crashing(wi
     """QA: after a memory refusal, "Try again" clicked while the memory was still short crashed the
     Data page (StreamlitValueAssignmentNotAllowedError): its key started with "data_", a kept prefix,
     so the button's value was set again each run, which Streamlit forbids for buttons."""
-    import pandas as pd
-
     from scatd_core import _memory
 
-    adata = make_dataset(60, seed=3)
-    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
-    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
-    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
-    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
-    at = _app()
-    goto(at, "1_Data")
-    at.file_uploader[0].upload("cells.csv", table)
-    at.run()
+    at, _ = _upload_refused_for_memory(monkeypatch, n_cells=60)
     again = [b for b in at.button if b.label == "Try again"]
     for _ in range(2):  # still no memory: refused again, the button drawn again
         again[0].click()
@@ -806,19 +816,7 @@ def test_the_first_memory_refusal_offers_forget_it_too_and_its_advice_keeps_the_
     """QA r1: the first refusal for memory offered only "Try again" (Forget it only on a return to the
     page), and its advice said the file is kept yet told the user to upload it again. Forget it is
     offered at once: it deletes the kept copy, says so, and the file is not read again."""
-    import pandas as pd
-
-    from scatd_core import _memory
-
-    adata = make_dataset(40, seed=3)
-    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
-    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
-    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
-    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
-    at = _app()
-    goto(at, "1_Data")
-    at.file_uploader[0].upload("cells.csv", table)
-    at.run()
+    at, _ = _upload_refused_for_memory(monkeypatch)
     said = text(at.error).replace("\\", "")
     assert "Your file is kept: click Try again once memory is free, or Forget it to delete the server's copy. " \
            "Meanwhile: " in said, said
@@ -839,20 +837,9 @@ def test_forget_it_at_the_first_memory_refusal_empties_the_uploader(with_library
     """QA: after "Forget it" the server's copy was deleted but the uploader still showed the file's
     chip (name and size), as if it were still there. Forget it gives a fresh, empty uploader; a new
     file can then be uploaded and is read."""
-    import pandas as pd
-
     from scatd_core import _memory
 
-    adata = make_dataset(40, seed=3)
-    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
-    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
-    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
-    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
-    at = _app()
-    goto(at, "1_Data")
-    at.file_uploader[0].upload("cells.csv", table)
-    at.run()
-    assert "Your file is kept" in text(at.error)
+    at, table = _upload_refused_for_memory(monkeypatch)
     before = at.file_uploader[0].key
     at.button(key="btn_data_forget_upload").click()
     at.run()
@@ -1429,20 +1416,9 @@ def test_a_file_kept_after_a_memory_refusal_is_offered_again_on_return_and_delet
     """QA at 100k cells: "Your file is kept ... Try again" went once the user left the Data page and
     came back (the uploader empty, no Try again), and the kept copy sat unreachable in the session
     folder. It is offered again (its name and size, Try again, Forget it); Forget it deletes it."""
-    import pandas as pd
-
     from scatd_core import _memory
 
-    adata = make_dataset(40, seed=3)
-    table = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names).to_csv().encode()
-    monkeypatch.setenv("SCATD_SERVER_MEMORY_MB", "1000")
-    monkeypatch.setattr(_memory, "rss_bytes", lambda: 1000 << 20)  # nothing free
-    monkeypatch.setattr(_memory, "idle_footprint", lambda: 600 << 20)
-    at = _app()
-    goto(at, "1_Data")
-    at.file_uploader[0].upload("cells.csv", table)
-    at.run()
-    assert "Your file is kept" in text(at.error)
+    at, table = _upload_refused_for_memory(monkeypatch)
     copy = Path(at.session_state[state.UPLOAD]["path"])
     assert copy.is_file()
     goto(at, "2_Model")

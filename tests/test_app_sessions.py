@@ -408,10 +408,7 @@ def test_a_stopping_server_stops_the_work_started_ahead_for_sessions(monkeypatch
     background work when Streamlit's server returns, so each stops at its next batch."""
     import concurrent.futures
 
-    import streamlit.web.cli
-
-    from scatd_app import preflight, ui, uploads
-    from scatd_app.__main__ import main as serve
+    from scatd_app import ui
 
     pending = ui.Pending("token")
     started = threading.Event()
@@ -428,15 +425,7 @@ def test_a_stopping_server_stops_the_work_started_ahead_for_sessions(monkeypatch
     kept.own("s1", pending)
     started.wait(10)
 
-    def streamlit_main(*args, **kwargs):  # click's standalone mode: the server's end is a SystemExit
-        raise SystemExit(0)
-
-    monkeypatch.setattr(preflight, "_REPORTED", set())
-    monkeypatch.setattr(streamlit.web.cli, "main", streamlit_main)
-    monkeypatch.setattr(ui, "start_up", lambda **k: None)
-    monkeypatch.setattr(uploads, "install", lambda: True)
-    with pytest.raises(SystemExit):
-        serve([])
+    _serve_until_stopped(monkeypatch)
     assert pending.stop.is_set()
     assert isinstance(pending.future.exception(timeout=10), Cancelled)
     executor.shutdown()
@@ -450,10 +439,7 @@ def test_a_stopping_server_stops_the_demos_build(monkeypatch, capsys):
     scatd_app` now stops the running builds too, at their next progress report."""
     import concurrent.futures
 
-    import streamlit.web.cli
-
-    from scatd_app import preflight, ui, uploads
-    from scatd_app.__main__ import main as serve
+    from scatd_app import ui
 
     build = ui._SharedBuild()
     started = threading.Event()
@@ -470,6 +456,21 @@ def test_a_stopping_server_stops_the_demos_build(monkeypatch, capsys):
     started.wait(10)
     assert ui.build_status("demo") is not None
 
+    _serve_until_stopped(monkeypatch)
+    assert isinstance(build.future.exception(timeout=10), Cancelled)
+    executor.shutdown()
+    assert "stopped the build of the demo (started again on the next click)" in capsys.readouterr().err
+    assert ui.build_status("demo") is None and ui.stop_shared_builds() == []
+
+
+def _serve_until_stopped(monkeypatch) -> None:
+    """`python -m scatd_app` run to its end, its server (streamlit's cli.main) stopping at once as a
+    SIGTERM ends it: click's standalone mode ends it with a SystemExit."""
+    import streamlit.web.cli
+
+    from scatd_app import preflight, ui, uploads
+    from scatd_app.__main__ import main as serve
+
     def streamlit_main(*args, **kwargs):
         raise SystemExit(0)
 
@@ -479,7 +480,3 @@ def test_a_stopping_server_stops_the_demos_build(monkeypatch, capsys):
     monkeypatch.setattr(uploads, "install", lambda: True)
     with pytest.raises(SystemExit):
         serve([])
-    assert isinstance(build.future.exception(timeout=10), Cancelled)
-    executor.shutdown()
-    assert "stopped the build of the demo (started again on the next click)" in capsys.readouterr().err
-    assert ui.build_status("demo") is None and ui.stop_shared_builds() == []
