@@ -170,9 +170,10 @@ if qc is not None:
         st.info(f"**{int(passed.sum()):,} of {adata.n_obs:,} cells pass**; {int((~passed).sum()):,} will be marked "
                 "'filtered (QC)': not predicted, but kept in every output.", icon=":material/filter_alt:")
     left, right = st.columns([0.55, 0.45])
-    ui.chart(pl.qc_violin(qc, QC_METRICS, passed), key="qc_violin", where=left)
-    if {"total_counts", "n_genes_by_counts"} <= set(qc.columns):
-        ui.chart(pl.qc_scatter(qc, passed), key="qc_scatter", where=right)
+    violin = pl.qc_violin(qc, QC_METRICS, passed)
+    ui.chart(violin, key="qc_violin", where=left)
+    if {"total_counts", "n_genes_by_counts"} <= set(qc.columns):  # (a note said under the violins: not again)
+        ui.chart(pl.qc_scatter(qc, passed), key="qc_scatter", where=right, said=pl.figure_notes(violin))
 
 # ------------------------------------------------------------------ label and sample columns
 st.subheader("Columns for evaluation and grouping")

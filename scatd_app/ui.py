@@ -1796,7 +1796,7 @@ def link(title: str, label: str | None = None, icon: str | None = None) -> None:
     st.page_link(PAGE[title], label=label or title, icon=icon)
 
 
-def chart(fig, *, key: str, where=None, alt: str | None = None, filename: str | None = None):
+def chart(fig, *, key: str, where=None, alt: str | None = None, filename: str | None = None, said=()):
     """A plotly figure, as every page shows one: with its text alternative (``alt``, else the one
     its builder in :mod:`scatd_core.pl` attached), which Streamlit gives the chart as its
     accessible name (``role="figure"``, ``aria-label``) for a screen reader, and a toolbar of
@@ -1804,12 +1804,13 @@ def chart(fig, *, key: str, where=None, alt: str | None = None, filename: str | 
     ``filename`` or as the builder named it; reset axes; zoom and pan where they show more).
     The notes its builder left to be written under it (:func:`scatd_core.pl.figure_notes`, e.g.
     "Showing a random 200,000 of 250,000 cells.") follow it as a caption, which wraps at any width
-    (a note drawn in the figure is one line, cut off on a phone)."""
+    (a note drawn in the figure is one line, cut off on a phone); those in ``said`` (written under the
+    chart beside it already) are not said again."""
     from scatd_core import pl
 
     shown = (where or st).plotly_chart(fig, key=key, alt=alt or pl.alt_text(fig),
                                        config=pl.chart_config(fig, filename))
-    if notes := pl.figure_notes(fig):
+    if notes := [n for n in pl.figure_notes(fig) if n not in said]:
         (where or st).caption(md(" ".join(notes)))
     return shown
 
