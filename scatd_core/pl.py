@@ -443,8 +443,8 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
             if threshold is not None:
                 colorscale, lo, hi = prob_colorscale(threshold), 0.0, 1.0
                 colorbar = prob_colorbar(threshold, name)
-            else:  # 0.0006, not plotly's "600µ"
-                colorbar = dict(title=dict(text=name, side="top"), thickness=14, tickformat="~g")
+            else:  # 0.0006, not plotly's "600µ"; 16,000, not "16000", as the page writes numbers
+                colorbar = dict(title=dict(text=name, side="top"), thickness=14, tickformat=",~g")
             fig.add_trace(Trace(x=xy[has, 0], y=xy[has, 1], mode="markers", name=name, showlegend=False,
                                 marker=dict(size=size, color=v[has], colorscale=colorscale, cmin=lo, cmax=hi,
                                             colorbar=colorbar),
@@ -764,6 +764,8 @@ def qc_violin(metrics: pd.DataFrame, columns: Sequence[str], passed: np.ndarray 
         fig.update_xaxes(showticklabels=False, row=1, col=i)
         if same is not None:
             fig.update_yaxes(**_one_value_axis(same), row=1, col=i)
+        else:  # 1,200 genes, not "1200", as the page writes numbers (QA)
+            fig.update_yaxes(tickformat=",~g", row=1, col=i)
     medians = [f"{qc_metric_name(c)} {_g(np.nanmedian(metrics[c].to_numpy(dtype=np.float64)))}"
                for c in cols]
     alt = (f"Violin plots of {', '.join(qc_metric_name(c) for c in cols) or 'no QC metric'} "

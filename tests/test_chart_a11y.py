@@ -294,3 +294,17 @@ def test_the_model_card_chart_wraps_its_labels_and_title_for_a_phone():
     assert all(len(line) <= pl.CARD_LABEL_WIDTH for label in labels for line in label.split("<br>"))
     assert fig.layout.title.text == "AUROC of the model and the baselines<br>(95% bootstrap CI)"
     assert fig.layout.margin.t >= 70 and fig.layout.xaxis.nticks == 5 and fig.layout.legend.orientation == "h"
+
+
+def test_qc_and_umap_number_ticks_group_thousands():
+    """QA: the genes-detected violin read "1000 | 1200" and an n_counts colour bar "2000 ... 16000" while the
+    page writes 1,000 and 16,000: their ticks group thousands (small values as they are: 0.0006)."""
+    rng = np.random.default_rng(0)
+    qc = pd.DataFrame({"n_genes_by_counts": rng.integers(200, 1300, 50).astype(float),
+                       "total_counts": rng.integers(1000, 16000, 50).astype(float),
+                       "pct_counts_mt": rng.random(50) * 20})
+    fig = pl.qc_violin(qc, ["n_genes_by_counts", "total_counts", "pct_counts_mt"])
+    assert [fig.layout[f"yaxis{i or ''}"].tickformat for i in (0, 2, 3)] == [",~g"] * 3
+    umap = pl.umap_figure(rng.random((50, 2)), qc["total_counts"].to_numpy(), name="n_counts", categorical=False)
+    bars = [t.marker.colorbar for t in umap.data if t.marker is not None and t.marker.colorbar.title.text]
+    assert bars and all(b.tickformat == ",~g" for b in bars)
