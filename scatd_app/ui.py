@@ -2131,8 +2131,7 @@ def sidebar(container) -> None:
         else:
             st.markdown(":material/model_training: no model chosen")
         st.markdown(f":material/memory: {device_text()}")
-        if not ss.get(state.IS_DEMO) and (line := demo_build_line()) is not None:  # on every page, while it is
-            st.caption(f":material/hourglass_top: {line}")
+        demo_build_note()  # on every page, while the demo is being built
         done = [adata is not None, bundle is not None, predicted, predicted and UMAP in adata.obsm,
                 predicted and BIOMARKERS in adata.uns,
                 # the Report page opened with these results (its downloads do not rerun the page)
