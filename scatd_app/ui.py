@@ -285,7 +285,7 @@ def _begin_start_up(freeze_after_warm_up: bool) -> threading.Thread:
     note_idle_footprint()  # what the server holds for itself, before any user's data: not the sessions'
 
     def warm_up() -> None:
-        preprocess.qc_metrics(ad.AnnData(np.ones((4, 3), dtype=np.float32)))
+        preprocess.warm_up()  # QC kernels: the first sparse upload's QC would wait seconds for them
         geneformer.warm_up()  # transformers, imported once: the Model page's Geneformer check needs it
         models.warm_up()
         sparse.warm_up()

@@ -204,6 +204,41 @@ def test_qc_metrics_match_scanpy(counts):
     assert "mt" not in counts.var  # the input is not modified
 
 
+_QC_AFTER_WARM_UP = """
+import anndata as ad, numpy as np, pandas as pd, scipy.sparse as sp
+from numba.core import dispatcher
+from scatd_core import preprocess
+
+preprocess.warm_up()
+compiled = []
+original = dispatcher.Dispatcher.compile
+def compile(self, sig):
+    compiled.append(self.py_func.__qualname__)
+    return original(self, sig)
+dispatcher.Dispatcher.compile = compile
+rng = np.random.default_rng(0)
+counts = sp.random(300, 50, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+counts.data = np.ceil(counts.data * 20)
+var_names = [f"MT-{i}" if i < 3 else f"G{i}" for i in range(50)]
+for X in (counts, counts.astype(np.int32), counts.astype(np.int64), counts.toarray(), counts.log1p()):
+    preprocess.qc_metrics(ad.AnnData(X, var=pd.DataFrame(index=var_names)))
+print(compiled)
+"""
+
+
+def test_qc_warm_up_compiles_what_an_upload_uses():
+    """The server's start-up thread compiles the QC kernels of every common matrix layout: the
+    first user's upload (sparse counts, float or integer, or log-normalised) compiles nothing.
+    Before, the warm-up used a dense matrix only, and the first sparse upload waited 2-3 s of
+    numba compile. Its own process: in this one earlier tests have compiled them already."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _QC_AFTER_WARM_UP], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_qc_metrics_backed_and_without_mito_genes(counts, tmp_path):
     counts.write_h5ad(tmp_path / "c.h5ad")
     backed = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
