@@ -265,31 +265,28 @@ def remove_user(name: str, path: Path | None = None) -> None:
 @dataclass
 class UserData:
     """What a user leaves behind when the account is removed (nothing of it is removed with it): their
-    saved panels (``<home>/panels/<name>.json``, private to the name), the command line's saved panels
-    of the same name (``<home>/panels/cli/<name>.json``), the records of panel training
+    saved panels (``<home>/panels/<name>.json``, private to the name), the records of panel training
     that resume their models (``<home>/train-panel/*.json``) and the models of the shared library
     recorded as trained or imported by them. A new account given the same name would get the saved
-    panels, and be recorded as these models' maker."""
+    panels, and be recorded as these models' maker. The command line's saved panels of the same name
+    (``<home>/panels/cli/<name>.json``) are not the user's: they are the operating-system account's of
+    that name, another identity (``cli_panels_file`` names them only so as to say they are kept)."""
 
     name: str
     panels_file: Path | None = None  # None: there is none
     panels: list[str] = field(default_factory=list)
-    cli_panels_file: Path | None = None  # the command line's of the same name; None: there is none
-    cli_panels: list[str] = field(default_factory=list)
+    cli_panels_file: Path | None = None  # the OS account's of the same name (not the user's); None: none
     states: dict[Path, list[str]] = field(default_factory=dict)  # state file: its drugs resuming their models
     models: list[Path] = field(default_factory=list)  # library folders
 
     def __bool__(self) -> bool:
-        return bool(self.panels_file or self.cli_panels_file or self.states or self.models)
+        return bool(self.panels_file or self.states or self.models)
 
     def lines(self) -> list[str]:
         out = []
         if self.panels_file:
             out.append(f"saved panels: {len(self.panels)} ({', '.join(self.panels) or 'none readable'}) in "
                        f"{self.panels_file}")
-        if self.cli_panels_file:
-            out.append(f"the command line's saved panels of {self.name}: {len(self.cli_panels)} "
-                       f"({', '.join(self.cli_panels) or 'none readable'}) in {self.cli_panels_file}")
         if self.states:
             out.append(f"panel training records that resume their models: "
                        f"{counted(sum(map(len, self.states.values())), 'drug')} in "
@@ -314,11 +311,9 @@ def user_data(name: str, library: Path | None = None) -> UserData:
         found.panels_file = path
         with contextlib.suppress(InputError):
             found.panels = sorted(list_panels(name))
-    path = panels_file(name, cli=True)
+    path = panels_file(name, cli=True)  # the OS account's of that name: never deleted with the user
     if path.is_file():
         found.cli_panels_file = path
-        with contextlib.suppress(InputError):
-            found.cli_panels = sorted(list_panels(name, cli=True))
     try:
         entries = list_library(library)
     except (OSError, ScatdError):
@@ -341,9 +336,10 @@ def user_data(name: str, library: Path | None = None) -> UserData:
 
 
 def delete_user_data(found: UserData, *, models: bool = False) -> list[str]:
-    """Delete ``found``'s saved panels (the app login's and the command line's of the same name, with
-    their lock files) and panel training records, and with ``models`` the models too
-    (other users may be using them: only when asked). Returns what was deleted, in words."""
+    """Delete ``found``'s saved panels (the app login's, with its lock file; never the command line's of
+    the same name, which are the operating-system account's) and panel training records, and with
+    ``models`` the models too (other users may be using them: only when asked). Returns what was
+    deleted, in words."""
     import json
 
     from scatd_core.bundle import remove_bundle
@@ -351,12 +347,11 @@ def delete_user_data(found: UserData, *, models: bool = False) -> list[str]:
     from scatd_core.train._panel import _write_state
 
     done = []
-    for path, whose in ((found.panels_file, ""), (found.cli_panels_file, " of the command line")):
-        if path:
-            with panels_locked(path):
-                path.unlink(missing_ok=True)
-            path.with_suffix(".lock").unlink(missing_ok=True)  # named after the user too
-            done.append(f"deleted the saved panels{whose} {path}")
+    if path := found.panels_file:
+        with panels_locked(path):
+            path.unlink(missing_ok=True)
+        path.with_suffix(".lock").unlink(missing_ok=True)  # named after the user too
+        done.append(f"deleted the saved panels {path}")
     for state, drugs in found.states.items():
         try:
             left = json.loads(state.read_text(encoding="utf-8")).get("drugs", {})

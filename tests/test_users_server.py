@@ -224,11 +224,13 @@ def test_users_remove_delete_data_deletes_the_users_data_and_models_only_when_as
     assert "There is no user alice" in capsys.readouterr().err
 
 
-def test_users_remove_delete_data_leaves_nothing_of_the_user_app_side_or_command_line_side(server_home, alices_things,
-                                                                                          capsys):
-    """QA: `users remove NAME --delete-data` deleted the app login's saved panels only: the command line's
-    saved panels of that name (<home>/panels/cli/NAME.json) and the lock files named after the user stayed.
-    Now nothing named after the user is left in either, and the output lists every file it deleted."""
+def test_users_remove_delete_data_deletes_the_app_users_panels_never_the_os_accounts_of_the_same_name(
+        server_home, alices_things, capsys):
+    """The app login alice and the operating-system account alice are two identities (their saved panels
+    are kept apart: <home>/panels/alice.json and <home>/panels/cli/alice.json). `users remove alice
+    --delete-data` deleted both: removing the app user deleted what the OS account alice saved with
+    `scatd panel`. Now it deletes the app login's panels (and their lock file) only, never lists the
+    command line's among the removed user's data, and says they are kept and whose they are."""
     from scatd_core import panel
     from scatd_core.cli import main
 
@@ -238,15 +240,20 @@ def test_users_remove_delete_data_leaves_nothing_of_the_user_app_side_or_command
     panel.save_panel("cli panel", models, "alice", cli=True)
     panel.save_panel("his", models, "bob", cli=True)
     folder = server_home / "panels"
-    assert main(["users", "remove", "alice"]) == 0  # without --delete-data: the command line's are named too
-    assert f"the command line's saved panels of alice: 1 (cli panel) in {folder / 'cli' / 'alice.json'}" in \
-        capsys.readouterr().err
+    cli_file = folder / "cli" / "alice.json"
+    assert main(["users", "remove", "alice"]) == 0  # without --delete-data: only the login's are listed
+    err = capsys.readouterr().err
+    assert f"saved panels: 2 (app panel, my panel) in {folder / 'alice.json'}" in err
+    assert "cli panel" not in err and str(cli_file) not in err
     assert main(["users", "remove", "alice", "--delete-data"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == \
-        ["cli/bob.json", "cli/bob.lock"]  # bob's stay
-    assert f"Deleted the saved panels {folder / 'alice.json'}\n" in out
-    assert f"Deleted the saved panels of the command line {folder / 'cli' / 'alice.json'}\n" in out
+        ["cli/alice.json", "cli/alice.lock", "cli/bob.json", "cli/bob.lock"]  # the OS accounts' stay
+    assert set(panel.list_panels("alice", cli=True)) == {"cli panel"}
+    assert f"Deleted the saved panels {folder / 'alice.json'}\n" in captured.out
+    assert str(cli_file) not in captured.out
+    assert (f"note: the command line's saved panels in {cli_file} are the operating-system account alice's "
+            "(another identity than the app login alice): kept.") in captured.err
 
 
 def test_adding_a_name_whose_earlier_account_left_data_says_so(server_home, alices_things, monkeypatch, capsys):

@@ -35,16 +35,18 @@ def add(sub) -> None:
     wanted.add_argument("--no-admin", dest="admin", action="store_const", const=False,
                         help="take the admin rights away")
     r = acts.add_parser("remove", help="remove a user (says what of theirs stays on the server)",
-                        description="Remove a user's account. Their saved panels (the app's, and the command "
-                                    "line's of the same name), panel training records and "
+                        description="Remove a user's account. Their saved panels, panel training records and "
                                     "the models they trained or imported stay unless asked for (listed after the "
                                     "removal): a new account given the same name would get those saved panels and "
                                     "be recorded as those models' maker. Run it again with --delete-data for a "
-                                    "name already removed.")
+                                    "name already removed. The command line's saved panels (`scatd panel`) of the "
+                                    "operating-system account of the same name are that account's, not the "
+                                    "user's: they always stay.")
     r.add_argument("name")
     r.add_argument("--delete-data", action="store_true",
-                   help="also delete the user's saved panels (the app's and the command line's of the same name) "
-                        "and their panel training records (private to the name); lists every file deleted")
+                   help="also delete the user's saved panels in the app and their panel training records "
+                        "(private to the name; never the command line's panels of the operating-system account "
+                        "of the same name); lists every file deleted")
     r.add_argument("--delete-models", action="store_true",
                    help="with --delete-data: also delete the models they trained or imported from the shared "
                         "library (other users may be using them)")
@@ -142,6 +144,10 @@ def _remove(args, users, path, had_admin: bool) -> None:
     if args.delete_data:
         for line in users.delete_user_data(left, models=args.delete_models):
             print(line[0].upper() + line[1:])
+        if left.cli_panels_file:
+            say(f"note: the command line's saved panels in {left.cli_panels_file} are the operating-system account "
+                f"{args.name}'s (another identity than the app login {args.name}): kept. If that account is the "
+                f"same person and its panels should go too, delete the file (`rm {left.cli_panels_file}`).")
         if left.models and not args.delete_models:
             say(f"note: the models {args.name} trained or imported stay in the shared library (others may use "
                 f"them): {', '.join(p.name for p in left.models)}. Delete them with --delete-models, or one by one "
