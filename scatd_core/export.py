@@ -22,6 +22,8 @@ import json
 import os
 import platform
 import tempfile
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -1452,6 +1454,44 @@ def _manifest_of(folder: str | Path) -> dict:
         return {}
 
 
+#: The bulk CV figures of the panel models' manifests read last (:func:`_bulk_figures`): ``{manifest path:
+#: (its identity when read, the figures)}``, least recently used first, at most :data:`_MANIFEST_FIGURES_MAX`.
+_MANIFEST_FIGURES: OrderedDict[str, tuple[tuple[int, int, int], dict]] = OrderedDict()
+_MANIFEST_FIGURES_MAX = 256
+_MANIFEST_FIGURES_LOCK = threading.Lock()
+
+
+def _bulk_figures(folder: str | Path) -> dict:
+    """:func:`scatd_core.card.bulk_cv_figures` of the model in ``folder``, its manifest read again only
+    when the file changed: the Panel page builds the per-drug metrics on every rerun (every click).
+    Kept by the file's absolute path and identity (inode, size, mtime_ns), so models of another user or
+    library never share an entry, and each entry holds only what that file gives; a file that cannot be
+    read is never kept (:func:`_manifest_of` gives ``{}``)."""
+    from scatd_core.bundle import MANIFEST
+    from scatd_core.card import bulk_cv_figures
+
+    path = os.path.abspath(Path(folder) / MANIFEST)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return bulk_cv_figures(_manifest_of(folder))
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _MANIFEST_FIGURES_LOCK:
+        kept = _MANIFEST_FIGURES.get(path)
+        if kept is not None and kept[0] == stamp:
+            _MANIFEST_FIGURES.move_to_end(path)
+            return dict(kept[1])
+    manifest = _manifest_of(folder)  # read after the stat: never older than the identity it is kept under
+    figures = bulk_cv_figures(manifest)
+    if manifest:
+        with _MANIFEST_FIGURES_LOCK:
+            _MANIFEST_FIGURES[path] = (stamp, dict(figures))
+            _MANIFEST_FIGURES.move_to_end(path)
+            while len(_MANIFEST_FIGURES) > _MANIFEST_FIGURES_MAX:
+                _MANIFEST_FIGURES.popitem(last=False)
+    return figures
+
+
 def panel_drug_metrics(adata: ad.AnnData, *, app: bool = False) -> pd.DataFrame:
     """The panel's per-drug metrics, one row per drug requested, in panel order (the scored and refused
     drugs, then those not loaded): :data:`PANEL_DRUG_COLUMNS`. ``status`` is ``scored``, ``refused`` (its
@@ -1463,7 +1503,6 @@ def panel_drug_metrics(adata: ad.AnnData, *, app: bool = False) -> pd.DataFrame:
     (:func:`scatd_core.panel.label_evaluation`), empty for the others. ``app``: the reasons as the
     app says them. The CLI's ``--drug-metrics`` and the Drug panel page's download are this table."""
     from scatd_core import panel
-    from scatd_core.card import bulk_cv_figures
 
     warned: dict[str, list[str]] = {}
     for drug, warning in panel.model_warnings(adata):
@@ -1477,7 +1516,7 @@ def panel_drug_metrics(adata: ad.AnnData, *, app: bool = False) -> pd.DataFrame:
         row = {"drug": m.drug, "model": m.model, "folder": m.folder, "backbone": m.backbone,
                "status": "scored" if m.scored else "refused", "not_scored_reason": reasons.get(m.drug, ""),
                "n_cells": adata.n_obs, "n_scored": m.n_scored, "warnings": " ".join(warned.get(m.drug, []))}
-        bulk = bulk_cv_figures(_manifest_of(m.path))
+        bulk = _bulk_figures(m.path)  # read again only when the manifest changed (the page reruns on every click)
         row.update({"bulk_cv_auroc": bulk["cv_auroc"], "bulk_cv_auroc_ci_low": bulk["cv_auroc_ci_low"],
                     "bulk_cv_auroc_ci_high": bulk["cv_auroc_ci_high"], "bulk_best_baseline": bulk["cv_best_baseline"],
                     "bulk_best_baseline_auroc": bulk["cv_best_baseline_auroc"]})

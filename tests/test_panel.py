@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -1418,3 +1419,88 @@ def test_cli_panel_writes_the_per_drug_metrics_and_says_each_refusal_once(lib_en
     assert main(["predict", "--input", str(tmp_path / "cells.h5ad"), "--model", "DRUGA",
                  "--output", str(tmp_path / "one.csv"), "--drug-metrics", str(tmp_path / "d2.csv")]) == 2
     assert "--drug-metrics is for a panel" in capsys.readouterr().err
+
+
+def _manifest_reads(monkeypatch):
+    """Counts the manifests panel_drug_metrics reads from disk, by folder (none kept before: a fresh cache)."""
+    from collections import Counter, OrderedDict
+
+    reads, real = Counter(), export._manifest_of
+    monkeypatch.setattr(export, "_MANIFEST_FIGURES", OrderedDict(), raising=False)
+
+    def counted_read(folder):
+        reads[str(folder)] += 1
+        return real(folder)
+
+    monkeypatch.setattr(export, "_manifest_of", counted_read)
+    return reads
+
+
+def _rewrite_auroc(folder, auroc, mtime_ns):
+    """Write ``auroc`` as the model's bulk CV AUROC into its manifest, and give the file ``mtime_ns``
+    (its own time, so that the change is seen whatever the file system's clock resolution)."""
+    import json
+    import os
+
+    path = Path(folder) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["metrics"]["cv"] = {"auroc": auroc}
+    manifest["card"]["evaluations"][0]["scores"][0]["auroc"] = auroc
+    path.write_text(json.dumps(manifest))
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_the_per_drug_metrics_read_the_models_manifests_again_only_when_they_changed(library, tmp_path, monkeypatch):
+    """The Panel page builds the per-drug metrics (its panel_drugs.csv download) on every rerun, i.e. every
+    click, and each time read every drug's manifest from disk. They are now kept by the file's identity
+    (path, mtime_ns, size): a rerun with the files unchanged reads none, a touched or changed one is read
+    again (and its new figures are given)."""
+    import os
+
+    data = make_dataset(120, seed=5)
+    carded = _with_bulk_card(library, tmp_path)
+    panel.predict_panel(data, [carded, load_bundle(library / "DRUGB")])
+    reads = _manifest_reads(monkeypatch)
+    first = export.panel_drug_metrics(data, app=True)
+    assert sum(reads.values()) == 2 and first.set_index("drug").loc["DRUGA", "bulk_cv_auroc"] == pytest.approx(0.81)
+    reads.clear()
+    again = export.panel_drug_metrics(data, app=True)
+    assert not reads  # nothing read: the files did not change
+    pd.testing.assert_frame_equal(again, first)
+    manifest = Path(carded.path) / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    os.utime(manifest, ns=(stamp + 10**9, stamp + 10**9))  # touched: read again
+    export.panel_drug_metrics(data, app=True)
+    assert list(reads.values()) == [1] and Path(next(iter(reads))).name == "DRUGA"
+    reads.clear()
+    _rewrite_auroc(carded.path, 0.77, stamp + 2 * 10**9)
+    changed = export.panel_drug_metrics(data, app=True).set_index("drug")
+    assert sum(reads.values()) == 1 and changed.loc["DRUGA", "bulk_cv_auroc"] == pytest.approx(0.77)
+    assert changed.loc["DRUGA", "bulk_cv_auroc_ci_low"] == 0.72  # the rest of the file as it is
+
+
+def test_the_kept_per_drug_manifest_figures_are_per_folder_and_bounded(library, tmp_path, monkeypatch):
+    """Two users' (or libraries') models of the same folder name with the very same file times and sizes
+    never share their kept figures: the key is the file's path; and no more than the bound is kept."""
+    import os
+
+    one = _with_bulk_card(library, tmp_path / "alice")
+    other = _with_bulk_card(library, tmp_path / "bob")
+    stamp = 1_700_000_000 * 10**9
+    _rewrite_auroc(one.path, 0.61, stamp)
+    _rewrite_auroc(other.path, 0.62, stamp)  # same size, same time: only the path tells them apart
+    assert os.stat(Path(one.path) / "manifest.json").st_size == os.stat(Path(other.path) / "manifest.json").st_size
+    figures = {}
+    for who, bundle in (("alice", one), ("bob", other)):
+        data = make_dataset(60, seed=7)
+        panel.predict_panel(data, [bundle])
+        figures[who] = export.panel_drug_metrics(data).set_index("drug").loc["DRUGA", "bulk_cv_auroc"]
+    assert figures == {"alice": pytest.approx(0.61), "bob": pytest.approx(0.62)}
+    reads = _manifest_reads(monkeypatch)  # a fresh cache, of one entry at most
+    monkeypatch.setattr(export, "_MANIFEST_FIGURES_MAX", 1)
+    for bundle in (one, other, one):
+        data = make_dataset(60, seed=7)
+        panel.predict_panel(data, [bundle])
+        export.panel_drug_metrics(data)
+        assert list(export._MANIFEST_FIGURES) == [str(Path(bundle.path).absolute() / "manifest.json")]
+    assert sum(reads.values()) == 3  # alice's dropped for bob's: read again
