@@ -1803,7 +1803,7 @@ def chart(fig, *, key: str, where=None, alt: str | None = None, filename: str | 
     the buttons of use only (:func:`scatd_core.pl.chart_config`: download as PNG, named
     ``filename`` or as the builder named it; reset axes; zoom and pan where they show more).
     The notes its builder left to be written under it (:func:`scatd_core.pl.figure_notes`, e.g.
-    "Showing a random 200,000 of 250,000 cells.") follow it as a caption, which wraps at any width
+    "UMAP fitted on a random 30,000 of 250,000 cells ...") follow it as a caption, which wraps at any width
     (a note drawn in the figure is one line, cut off on a phone); those in ``said`` (written under the
     chart beside it already) are not said again."""
     from scatd_core import pl

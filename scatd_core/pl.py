@@ -403,8 +403,9 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     ``notes_below``: the notes are not drawn in the figure (a Plotly annotation is one line that
     never wraps: cut off on a phone) but kept in ``layout.meta`` for the page to write under the
     chart as text, which wraps (:func:`figure_notes`; the app's ``ui.chart`` does); a subsample
-    is said in the figure all the same, in one short line (:func:`subsample_note`), so that its PNG
-    download and a copy of it say so too.
+    is said in the figure instead, in one short line (:func:`subsample_note`), so that its PNG
+    download and a copy of it say so too, and only there: the page said it twice, in the figure and
+    again in the text under it.
     ``missing_note=False``: the cells without coordinates are not counted in the notes (the page
     says so itself).
     """
@@ -489,20 +490,22 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     if drawn:
         fig.update_layout(margin=dict(b=NOTE_SHIFT + 24))
     fig = describe(fig, alt, f"umap_{name or 'cells'}")
-    if notes and notes_below:
-        fig.update_layout(meta={**fig.layout.meta, "notes": [f"{n[0].upper()}{n[1:]}." for n in notes]})
+    below = notes[:-1] if notes_below and subsampled else notes  # the subsample: said in the figure, not again
+    if below and notes_below:
+        fig.update_layout(meta={**fig.layout.meta, "notes": [f"{n[0].upper()}{n[1:]}." for n in below]})
     return fig
 
 
 def subsample_note(n_shown: int, n_all: int) -> str:
     """What a scatter plot drawing a random ``n_shown`` of ``n_all`` cells says of it, in the figure
-    and under it: "Showing a random 200,000 of 250,000 cells" (one line at a phone's width)."""
+    (once: not again under it): "Showing a random 200,000 of 250,000 cells" (one line at a phone's width)."""
     return f"Showing a random {int(n_shown):,} of {int(n_all):,} cells"
 
 
 def figure_notes(fig: go.Figure) -> list[str]:
     """The notes a figure built with ``notes_below`` (:func:`umap_figure`) leaves to be written under
-    it, as sentences (e.g. "Showing a random 200,000 of 250,000 cells."); none for any other figure."""
+    it, as sentences (e.g. "1 cell without coordinates is not shown."; not a subsample, said in the
+    figure itself: :func:`subsample_note`); none for any other figure."""
     meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
     return [str(n) for n in meta.get("notes") or []]
 

@@ -490,10 +490,12 @@ def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_s
     goto(at, "4_Cells")
     assert "UMAP of 180 cells (" in text(at.caption)
     assert "fitted on a random 120 of them, the other 60 placed into that layout" in text(at.caption)
-    assert "Showing a random 100 of 180 cells." in [str(c.value).replace("\\", "") for c in at.caption]
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
-    # only the subsample's short line in the figure (its PNG download says it too), nothing to be cut off
+    # only the subsample's short line in the figure (its PNG download says it too), nothing to be cut off;
+    # and said once on the page: in the figure, not again in a caption under it
     assert [a["text"] for a in umap["layout"]["annotations"]] == ["Showing a random 100 of 180 cells"]
+    page_text = [str(e.value) for kind in ("caption", "markdown", "info", "warning", "text") for e in getattr(at, kind)]
+    assert not [t for t in page_text if "Showing a random" in t], page_text
     at.selectbox(key="cells_colour").set_value("called label").run()
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
     assert [t["name"].rsplit(" (", 1)[0] for t in sorted(umap["data"], key=lambda t: t.get("legendrank", 0))] == \

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import pytest
 
 from _app_helpers import USELESS_BUTTONS
-from scatd_core import pl
+from scatd_core import export, pl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,10 +68,10 @@ def test_umap_notes_can_be_left_to_the_page_as_text_that_wraps():
     # only the subsample's short note is drawn in it, not the others' long line
     assert [a.text for a in below.layout.annotations] == ["Showing a random 50 of 98 cells"]
     assert len(inside.layout.annotations[0].text) > 60
+    # the subsample, said in the figure, is not said again under it (the page said it twice)
     assert pl.figure_notes(below) == ["UMAP fitted on a random 40 of 98 cells.", "1 cell without coordinates is not "
-                                      "shown.", "Showing a random 50 of 98 cells."]
-    assert pl.figure_notes(pl.umap_figure(coords, None, max_points=50, notes_below=True, missing_note=False)) == \
-        ["Showing a random 50 of 98 cells."]
+                                      "shown."]
+    assert pl.figure_notes(pl.umap_figure(coords, None, max_points=50, notes_below=True, missing_note=False)) == []
     assert pl.figure_notes(pl.umap_figure(coords[1:], None, notes_below=True)) == []  # nothing to say
     assert pl.alt_text(below).startswith("UMAP of 98 cells.")  # the text alternative is kept
 
@@ -90,7 +90,10 @@ def test_a_subsampled_umaps_png_and_html_say_it_is_a_subsample(monkeypatch):
         assert [a.text for a in fig.layout.annotations] == ["Showing a random 50 of 98 cells"]
         note = fig.layout.annotations[0]
         assert note.yref == "paper" and note.y <= 0 and fig.layout.margin.b > 40  # under the plot, room made
-        assert "Showing a random 50 of 98 cells." in pl.figure_notes(fig)  # and still under the chart as text
+        # said once: in the figure, not again in the text under the chart (nor in report.html's caption)
+        assert not [n for n in pl.figure_notes(fig) if "Showing a random" in n], pl.figure_notes(fig)
+        caption = re.findall(r"<figcaption>(.*?)</figcaption>", export._figure_html(fig), re.S)
+        assert not [c for c in caption if "Showing a random" in c], caption
     assert len(pl.subsample_note(200_000, 12_345_678)) <= 50  # one line at a phone's width (390 px)
     whole = pl.umap_figure(coords, None, max_points=200, notes_below=True)  # every cell drawn: nothing in it
     assert not whole.layout.annotations and whole.layout.margin.b == 40

@@ -376,8 +376,8 @@ def test_the_reports_umap_notes_are_text_under_the_plot_that_wraps(filtered_resu
     monkeypatch.setattr(pl, "MAX_PLOT_POINTS", 50)
     text = export.html_report(adata, label_column="response", group_columns=["sample"])
     n_out, n_in = int((~passed).sum()), int(passed.sum())
-    caption = (f"<figcaption>{n_out} cells without coordinates are not shown. "
-               f"Showing a random 50 of {n_in} cells.</figcaption></figure>")
+    # the subsample is said once, in the figure (below), not again in the caption
+    caption = f"<figcaption>{n_out} cells without coordinates are not shown.</figcaption></figure>"
     assert text.count(caption) == 2  # under both UMAPs
     assert "are not shown; showing a random" not in text  # the notes' long line, drawn in the figure
     assert text.count(f'"text":"Showing a random 50 of {n_in} cells"') == 2  # but the subsample's short one

@@ -284,7 +284,8 @@ def test_the_panel_draws_the_datas_own_umap_and_says_whose_it_is(with_panel_libr
     """The data's own obsm['X_umap'] is drawn on the Panel page (no "Compute the UMAP"), and the
     page says it is the data's, not scATD's. QA r1: a random share of the cells drawn is said under
     the chart as a caption (it wraps), not in the figure (a line cut off on a phone); the short line
-    "Showing a random N of M cells" is drawn in the figure too, so that its PNG download says it."""
+    "Showing a random N of M cells" is drawn in the figure, so that its PNG download says it, and
+    only there (the page said it twice)."""
     monkeypatch.setattr(pl, "MAX_PLOT_POINTS", 100)  # 120 cells: a random 100 drawn
     adata = make_dataset(120, seed=7)
     adata.obsm["X_umap"] = np.random.default_rng(0).normal(size=(adata.n_obs, 2))
@@ -297,8 +298,8 @@ def test_the_panel_draws_the_datas_own_umap_and_says_whose_it_is(with_panel_libr
     assert "btn_panel_umap" not in [b.key for b in at.button]
     captions = text(at.caption).replace("\\", "")  # as typed, without the markdown escapes
     assert "This is your data's own UMAP (obsm['X_umap'] in your file)." in captions
-    assert "Showing a random 100 of 120 cells." in captions
-    # in the figure too, its PNG's: one short line, not the notes' long one
+    assert "Showing a random" not in captions  # said once: in the figure, not again under it
+    # in the figure, its PNG's: one short line, not the notes' long one
     umap = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "UMAP 1" in c.proto.spec))
     assert [a["text"] for a in umap["layout"]["annotations"]] == ["Showing a random 100 of 120 cells"]
     assert np.array_equal(at.session_state[state.ADATA].obsm["X_umap"], adata.obsm["X_umap"])
