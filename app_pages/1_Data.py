@@ -9,7 +9,7 @@ from scatd_core import genes, io, labels, pl
 from scatd_core._keys import CELL_METADATA
 from scatd_core.errors import ScatdError
 from scatd_core.genes import id_evidence_text, id_type_tile
-from scatd_core.matrices import UNLOGGED_QC, qc_words
+from scatd_core.matrices import qc_words, unlogged_qc
 from scatd_core.preprocess import (QC_METRICS, orientation_text, qc_metric_name, remove_qc_filter,
                                    suggest_qc_thresholds, value_evidence_text, value_kind_tile,
                                    value_kind_words)
@@ -134,10 +134,11 @@ else:
         ui.show_error(exc)
 if qc is not None:
     qc_matrix, qc_kind = qc.attrs.get("matrix", "X"), qc.attrs.get("value_type", info.get("value_type"))
+    totals_said = pl.qc_notes_say_totals(qc)  # by the note under the QC plots: not again in the caption
     if qc_matrix != "X":  # the models' matrix beside X (the raw counts, or log-normalised values beside a scaled X)
-        st.caption(ui.md(qc_words(*source, info.get("value_type"))))
+        st.caption(ui.md(qc_words(*source, info.get("value_type"), totals_said=totals_said)))
     elif qc_kind == "log_normalized":  # un-logged for QC
-        st.caption(ui.md(f"These values are log-normalised. {UNLOGGED_QC}"))
+        st.caption(ui.md(f"These values are log-normalised. {unlogged_qc(totals_said)}"))
     elif qc_kind not in ("counts", None):
         kind = str(qc_kind).replace("_", " ")
         st.caption(("These values are not recognisable as counts" if kind == "unknown" else

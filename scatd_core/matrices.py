@@ -387,10 +387,10 @@ def qc_candidate(adata: ad.AnnData) -> tuple[Candidate, bool]:
     return (best[2] if best[0] > 0 else every[0]), False
 
 
-def qc_words(c: Candidate, chosen_by_user: bool, x_kind=None) -> str | None:
+def qc_words(c: Candidate, chosen_by_user: bool, x_kind=None, totals_said: bool = False) -> str | None:
     """What the QC metrics were computed from, in a sentence for the Data page
     (``None`` for X: nothing to say), e.g. "Computed from the raw counts in adata.raw (X holds z-scored
-    values)." ``x_kind``: what X holds, when known."""
+    values)." ``x_kind``: what X holds, when known. ``totals_said``: as for :func:`unlogged_qc`."""
     if c.name == "X":
         return None
     x = f"X holds {_values(str(x_kind))}" if x_kind and x_kind != "unknown" else ""
@@ -398,17 +398,29 @@ def qc_words(c: Candidate, chosen_by_user: bool, x_kind=None) -> str | None:
     said = "; ".join(part for part in (why, x) if part)
     out = f"Computed from the {_values(c.kind)} in {c.where}" + (f" ({said})" if said else "") + "."
     if c.kind == "log_normalized":
-        out += " " + UNLOGGED_QC
+        out += " " + unlogged_qc(totals_said)
     elif c.kind != "counts":
         out += " 'Total counts' is then the sum of these values per cell, so judge its thresholds with care."
     return out
 
 
-#: What QC does with log-normalised values (:func:`scatd_core.preprocess.qc_metrics`), in words.
-UNLOGGED_QC = ("% mitochondrial is computed on the un-logged normalised values, so it is the same share as in "
-               "the raw counts, and genes detected are those of the counts. 'Total counts' is then about the same "
-               "in every cell (the total each cell was normalised to, e.g. 10,000): it says nothing about a "
-               "cell's quality here, so no bound is suggested for it.")
+#: What QC does with log-normalised values (:func:`scatd_core.preprocess.qc_metrics`), in words: the
+#: shares and genes (:data:`UNLOGGED_QC_SHARES`), then the totals (:data:`UNLOGGED_QC_TOTALS`).
+UNLOGGED_QC_SHARES = ("% mitochondrial is computed on the un-logged normalised values, so it is the same share as "
+                      "in the raw counts, and genes detected are those of the counts.")
+UNLOGGED_QC_TOTALS = ("'Total counts' is then about the same in every cell (the total each cell was normalised to, "
+                      "e.g. 10,000): it says nothing about a cell's quality here, so no bound is suggested for it.")
+UNLOGGED_QC = f"{UNLOGGED_QC_SHARES} {UNLOGGED_QC_TOTALS}"
+#: :data:`UNLOGGED_QC_TOTALS` where the QC plots' note says it already ("Total counts is 10,000 in every
+#: cell (the values are normalised to this total) ...": :func:`scatd_core.pl.qc_violin`).
+UNLOGGED_QC_TOTALS_SAID = "No bound is suggested for total counts: the note under the plots says why."
+
+
+def unlogged_qc(totals_said: bool = False) -> str:
+    """What QC does with log-normalised values, in words (:data:`UNLOGGED_QC`); ``totals_said``: the
+    QC plots' note says what the totals are (:func:`scatd_core.pl.qc_notes_say_totals`), so the words
+    do not say it again (the Data page said it twice)."""
+    return f"{UNLOGGED_QC_SHARES} {UNLOGGED_QC_TOTALS_SAID if totals_said else UNLOGGED_QC_TOTALS}"
 
 
 def fuller_elsewhere(adata: ad.AnnData, choice: Choice | None, genes) -> str | None:
@@ -438,4 +450,4 @@ def describe(c: Candidate) -> str:
 
 __all__ = ["COUNT_LAYERS", "CHOICE_HELP", "Candidate", "Choice", "candidates", "choose", "counts_candidate",
            "describe", "for_model", "forced", "fuller_elsewhere", "matrix_data", "parse_choice", "qc_candidate",
-           "qc_words", "UNLOGGED_QC"]
+           "qc_words", "UNLOGGED_QC", "unlogged_qc"]

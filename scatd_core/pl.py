@@ -801,6 +801,12 @@ def one_value(values) -> float | None:
     return float(f"{mid:.6g}")
 
 
+def qc_notes_say_totals(metrics: pd.DataFrame) -> bool:
+    """Whether the QC plots of ``metrics`` (:func:`qc_violin`, :func:`qc_scatter`) say in their note
+    what the totals are: one value in every cell (the total normalised values were scaled to)."""
+    return "total_counts" in metrics and one_value(metrics["total_counts"]) is not None
+
+
 def _one_value_note(metrics: pd.DataFrame, col: str, values: np.ndarray, same: float) -> str:
     """The note under a QC plot for a metric with one value (:func:`one_value`): the totals of
     normalised values (un-logged, or differing only by rounding) are said to be normalised."""

@@ -664,6 +664,25 @@ def test_model_and_predict_pages_say_what_the_model_does_with_log_normalised_val
     assert ui.md(UNLOG_NOTE) in text(at.info) and "twice" not in text(at.warning)
 
 
+def test_the_qc_of_log_normalised_values_says_once_what_the_totals_mean(empty_library):
+    """A log-normalised X (log1p of CP10k, no raw): the Data page said twice that the un-logged
+    totals are the normalisation total and say nothing about a cell's quality: in the caption
+    above the QC plots and again in the plots' note under the violins. Said once now (the note,
+    with the total read from the data); the caption keeps what QC does with the values."""
+    adata = make_dataset(60, seed=2)
+    x = adata.X.toarray()
+    adata.X = np.log1p(x * 1e4 / x.sum(axis=1, keepdims=True)).astype(np.float32)
+    at = start()
+    upload(at, "lognorm.h5ad", h5ad_bytes(adata))
+    said = [str(e.value).replace("\\", "") for kind in ("caption", "markdown", "info", "warning")
+            for e in getattr(at, kind)]
+    assert len([t for t in said if "nothing about a cell's quality" in t]) == 1, said
+    assert len([t for t in said if "normalised to" in t]) == 1, said
+    assert len([t for t in said if "un-logged normalised values" in t]) == 1, said  # what QC does: kept
+    assert [t for t in said if t.startswith("Total counts is 10,000 in every cell (the values are normalised")]
+    assert [t for t in said if "no bound is suggested for total counts" in t.lower()], said
+
+
 def test_z_scored_data_get_no_qc_metrics_or_filter(with_library):
     """Per-gene z-scores: every gene is 'detected' in every cell and the sums have no QC meaning, so
     the page says so instead of drawing flat violins and offering a filter on them."""
