@@ -331,25 +331,53 @@ def sd_colour_range(sd) -> tuple[float, float]:
 #: average) is coloured as categories (:func:`colour_as_categories`): cluster numbers, samples 1..8.
 MAX_NUMBER_CATEGORIES = 50
 #: A column named so holds a measurement (counts, genes, shares, scores, P(resistant) ...): on a
-#: colour scale, whatever its values (short words only as whole words: "stage" is no "age").
-_MEASURE_NAME = re.compile(r"(?<![a-z])(n|total|pct|frac|log1p|mean|median|std|sd|age|time|dose|size|area|depth|"
-                           r"auc|ic50|p)(?![a-z])|count|genes|umi|mito|percent|fraction|concentration|score|prob",
-                           re.IGNORECASE)
-#: A column named so (and not as a measurement) holds categories: clusters, cell types, samples ...;
-#: coloured as such when its values are whole numbers, up to 100 of them (as many as the Cells page
-#: offers of a text column).
-_CATEGORY_NAME = re.compile(r"cluster|leiden|louvain|cell.?type|annotation|sample|batch|donor|patient|clone|"
-                            r"phase|group", re.IGNORECASE)
+#: colour scale, whatever its values (short words only as whole words: "stage" is no "age"; "per":
+#: cells_per_cluster).
+_MEASURE_NAME = re.compile(r"(?<![a-z])(n|total|pct|frac|log1p|mean|median|std|sd|age|time|dose|sizes?|area|depth|"
+                           r"auc|ic50|p|per|dist|distance|ratio|density|entropy)(?![a-z])|count|genes|umi|mito|percent|"
+                           r"fraction|concentration|score|prob|confidence|nfeature|^(num|nb|number)(?![a-z])", re.IGNORECASE)
+#: A column whose name is, or ends with, one of these words (and not a measurement's) holds categories:
+#: clusters, cell types, samples ...; coloured as such when its values are whole numbers, up to 100 of
+#: them (as many as the Cells page offers of a text column).
+_CATEGORY_WORD = re.compile(r"(sub)?clusters?|leiden|louvain|(cell)?types?|annotations?|labels?|samples?|"
+                            r"batch(es)?|donors?|patients?|clones?|phase|groups?|kmeans", re.IGNORECASE)
+#: Elsewhere in a name, such a word says a measurement about clusters, cell types ... (cells_per_cluster,
+#: cluster_distance, leiden_confidence): not categories, whatever its values.
+_CATEGORY_MENTION = re.compile(r"cluster|leiden|louvain|cell.?type|annotation|label", re.IGNORECASE)
+#: Last words of a category's name after its word: cluster_id, donor_name, batch_no, cluster_number
+#: (first, they say a count: num_clusters, number_of_clusters).
+_ID_WORDS = {"id", "ids", "name", "names", "no", "nr", "num", "number", "code", "key", "idx", "index"}
+#: A clustering's resolution after its name: leiden_res_1.0, RNA_snn_res.0.8 (Seurat), louvain_0.5.
+_RESOLUTION_WORDS = {"res", "resolution", "r"}
+
+
+def _named_as_categories(name: str) -> bool:
+    """Whether ``name`` is, or ends with, a category's word (:data:`_CATEGORY_WORD`): "leiden",
+    "louvain_0.5", "leiden_res_1.0", "RNA_snn_res.0.8", "seurat_clusters", "cell_type", "donor_id";
+    not "cluster_distance" or "cells_per_cluster" (the word not last)."""
+    words = [w for w in re.split(r"[^0-9a-z]+", str(name).lower()) if w]
+    n_words = len(words)
+    while words and words[-1].isdigit():  # louvain_0.5: its resolution
+        words.pop()
+    if words and words[-1] in _RESOLUTION_WORDS and len(words) < n_words:  # leiden_res_1.0, RNA_snn_res.0.8
+        return True
+    while len(words) > 1 and words[-1] in _ID_WORDS:
+        words.pop()
+    return bool(words) and (bool(_CATEGORY_WORD.fullmatch(words[-1]))
+                            or (len(words) > 1 and words[-2] == "cell" and words[-1] in ("type", "types")))
 
 
 def colour_as_categories(values, name: str = "") -> bool:
     """Whether a column ``values`` (named ``name``) is coloured as categories (one colour each, a
     legend) rather than on a colour scale. Text, categories and booleans are; numbers are when they
-    are whole, ``name`` does not say a measurement (n_counts, pct_mito, P(resistant) ...), and either
-    ``name`` says categories (cluster, leiden, louvain, cell type, sample ...: up to 100 values) or
-    they take at most :data:`MAX_NUMBER_CATEGORIES` values, each held by 2 cells or more on average.
-    A cluster column saved as integers (leiden 0..7) was drawn on a colour scale, as if cluster 7
-    were more than cluster 3."""
+    are whole, ``name`` does not say a measurement (n_counts, pct_mito, cluster_size, leiden_score,
+    P(resistant) ...), and either ``name`` says categories (it is, or ends with, cluster, leiden,
+    louvain, cell type, sample ...: up to 100 values; :func:`_named_as_categories`) or, naming no
+    cluster, cell type or label elsewhere (cells_per_cluster, leiden_confidence: a measurement about
+    them), they take at most :data:`MAX_NUMBER_CATEGORIES` values, each held by 2 cells or more on
+    average. A cluster column saved as integers (leiden 0..7) was drawn on a colour scale, as if
+    cluster 7 were more than cluster 3; a measurement whose name merely contained "cluster"
+    (cluster_sizes, clusters_nearby) was drawn as categories."""
     series = pd.Series(values) if not isinstance(values, pd.Series) else values
     if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
         return True
@@ -360,8 +388,10 @@ def colour_as_categories(values, name: str = "") -> bool:
     k = np.unique(v).size
     if _MEASURE_NAME.search(str(name)):
         return False
-    if _CATEGORY_NAME.search(str(name)):
+    if _named_as_categories(str(name)):
         return k <= 100
+    if _CATEGORY_MENTION.search(str(name)):
+        return False
     return k <= MAX_NUMBER_CATEGORIES and 2 * k <= v.size
 
 

@@ -132,6 +132,32 @@ def test_whole_number_cluster_columns_are_coloured_as_categories_measurements_on
     assert len(scale.data) == 1 and scale.data[0].marker.colorbar.title.text == "pct_mito"
 
 
+#: Obs columns named with a cluster-ish word that hold a measurement (a colour scale, whatever their values) ...
+_MEASURED_CLUSTERS = ["cluster_size", "cluster_sizes", "leiden_score", "n_clusters_nearby", "clusters_nearby",
+                      "celltype_fraction", "cells_per_cluster", "cluster_distance", "leiden_confidence",
+                      "label_confidence", "n_cells_in_cluster", "cluster_count", "total_clusters", "mean_cluster",
+                      "louvain_frac", "annotation_pct", "sample_depth", "num_clusters", "number_of_clusters"]
+#: ... and columns named as categories (one colour each, up to 100 whole-number values).
+_NAMED_CATEGORIES = ["cluster", "clusters", "leiden", "louvain", "louvain_0.5", "leiden_res_1.0", "RNA_snn_res.0.8",
+                     "seurat_clusters", "subcluster", "cell_type", "celltype", "major_celltype", "annotation",
+                     "label", "cluster_id", "cluster_number", "sample", "batch", "donor_id", "phase", "group"]
+
+
+@pytest.mark.parametrize("values", ["few", "many"])
+@pytest.mark.parametrize("name", _MEASURED_CLUSTERS + _NAMED_CATEGORIES)
+def test_a_cluster_word_in_a_measurements_name_does_not_make_it_categories(name, values):
+    """A whole-number column whose name merely contained a cluster-ish word (cluster_sizes,
+    cells_per_cluster, leiden_confidence, clusters_nearby) was coloured as categories, as were its
+    few values. The name says categories only when it is, or ends with, such a word (cluster,
+    leiden_res_1.0, cell_type, donor_id ...); a measurement's word (size, score, fraction, n_ ...)
+    wins, and a cluster word elsewhere in a name says a measurement about clusters."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 8, 300) if values == "few" else rng.integers(0, 90, 300)
+    assert pl.colour_as_categories(data, name) == (name in _NAMED_CATEGORIES), (name, values)
+    assert pl.colour_as_categories(data.astype(float), name) == (name in _NAMED_CATEGORIES)  # as floats too
+    assert pl.colour_as_categories(data.astype(str), name)  # text: categories, whatever its name
+
+
 def test_evaluation_figures_give_their_numbers():
     roc = pd.DataFrame({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1], "threshold": [1, 0.5, 0]})
     assert "AUROC 0.812" in pl.alt_text(pl.roc_figure(roc, 0.8123))
