@@ -87,17 +87,17 @@ def relative_colorbar(title: str = "P(resistant): blue sensitive, red resistant"
 COLORBAR_ROOM = 70
 
 
-def colorbar_below(fig: go.Figure, under_px: int) -> go.Figure:
-    """Put the first trace's horizontal colour bar (:func:`relative_colorbar`) ``under_px`` pixels
-    under the plot (below the x axis's labels and title), in a bottom margin grown by
+def colorbar_below(fig: go.Figure, under_px: int, trace: int = 0) -> go.Figure:
+    """Put the horizontal colour bar (:func:`relative_colorbar`) of the first trace (or of ``trace``)
+    ``under_px`` pixels under the plot (below the x axis's labels and title), in a bottom margin grown by
     :data:`COLORBAR_ROOM` for it. Plotly places a colour bar in fractions of the plot's height
     (its pixel placement, ``yref="container"``, drew the title over the bar), so the figure's height and
     top margin are set first."""
     bottom = int(under_px) + COLORBAR_ROOM
     fig.update_layout(margin=dict(b=bottom))
     plot_height = max(float(fig.layout.height) - float(fig.layout.margin.t) - bottom, 1.0)
-    bar = "colorbar" if fig.data[0].type == "heatmap" else "marker.colorbar"
-    fig.data[0][f"{bar}.y"] = -float(under_px) / plot_height
+    bar = "colorbar" if fig.data[trace].type == "heatmap" else "marker.colorbar"
+    fig.data[trace][f"{bar}.y"] = -float(under_px) / plot_height
     return fig
 
 
@@ -471,11 +471,14 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
                                     hovertemplate="%{text}: no value<extra></extra>"))
             lo, hi = color_range or (float(np.nanmin(v)) if has.any() else 0.0,
                                      float(np.nanmax(v)) if has.any() else 1.0)
+            # the colour bar under the plot, across its width, thin (as feature_map's): beside it (with
+            # P(resistant)'s three-line title) it left the map 155 of a phone's 358 px
             if threshold is not None:
                 colorscale, lo, hi = prob_colorscale(threshold), 0.0, 1.0
-                colorbar = prob_colorbar(threshold, name)
+                colorbar = prob_colorbar(threshold, name, thickness=10, horizontal=True)
             else:  # 0.0006, not plotly's "600µ"; 16,000, not "16000", as the page writes numbers
-                colorbar = dict(title=dict(text=name, side="top"), thickness=14, tickformat=",~g")
+                colorbar = dict(title=dict(text=name, side="top"), thickness=10, tickformat=",~g", orientation="h",
+                                len=1, lenmode="fraction", x=0.5, xanchor="center", y=-0.3, yanchor="top", ypad=0)
             fig.add_trace(Trace(x=xy[has, 0], y=xy[has, 1], mode="markers", name=name, showlegend=False,
                                 marker=dict(size=size, color=v[has], colorscale=colorscale, cmin=lo, cmax=hi,
                                             colorbar=colorbar),
@@ -519,10 +522,36 @@ def umap_figure(coords: np.ndarray, values: Sequence | None = None, *, name: str
     fig = layout(fig, title, height=520)
     if drawn:
         fig.update_layout(margin=dict(b=NOTE_SHIFT + 24))
+    under = UMAP_KEY_PX + (NOTE_SHIFT - 14 if drawn else 0)  # under the axis title "UMAP 1" (and the note)
+    bars = [i for i, t in enumerate(fig.data) if t.marker.colorbar.orientation == "h"]
+    if bars:
+        colorbar_below(fig, under, trace=bars[0])
+        # the "no value" cells' one entry above the plot, out of the colour bar's way
+        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1, yanchor="bottom"))
+    elif values is not None and len(fig.data):
+        umap_legend_below(fig, under)
     fig = describe(fig, alt, f"umap_{name or 'cells'}")
     below = notes[:-1] if notes_below and subsampled else notes  # the subsample: said in the figure, not again
     if below and notes_below:
         fig.update_layout(meta={**fig.layout.meta, "notes": [f"{n[0].upper()}{n[1:]}." for n in below]})
+    return fig
+
+
+#: How far (pixels) below a UMAP's plot area its legend or colour bar starts: under the x-axis title
+#: "UMAP 1" (and, where drawn, the subsample's note).
+UMAP_KEY_PX = 44
+
+
+def umap_legend_below(fig: go.Figure, under_px: int) -> go.Figure:
+    """A UMAP's legend of categories across the width under the plot, from its left edge, ``under_px``
+    pixels below it (rows as the width allows; plotly grows the bottom margin for them): beside the plot
+    a legend of 14 clusters left the map 217 of a phone's 358 px. The server does not know the
+    browser's width, so the legend is below at every width."""
+    top = int(fig.layout.margin.t if fig.layout.margin.t is not None else 20)
+    bottom = max(int(fig.layout.margin.b or 0), under_px + 30)
+    plot_height = max(float(fig.layout.height) - top - bottom, 1.0)
+    fig.update_layout(margin=dict(b=bottom), legend=dict(orientation="h", x=0, xanchor="left",
+                                                         y=-under_px / plot_height, yanchor="top"))
     return fig
 
 

@@ -158,6 +158,36 @@ def test_a_cluster_word_in_a_measurements_name_does_not_make_it_categories(name,
     assert pl.colour_as_categories(data.astype(str), name)  # text: categories, whatever its name
 
 
+def test_a_umaps_legend_and_colour_bar_are_under_the_plot_so_it_keeps_its_width_on_a_phone():
+    """At a phone's 390 px the Cells page's UMAP kept about 155 of its 358 px: a vertical colour bar with
+    a three-line title (P(resistant)), or a legend of 12 clusters, beside the plot. The server does not
+    know the browser's width, so at every width the legend runs across under the plot, from its left
+    edge, and a colour bar is thin and horizontal under it (as the feature map's), both under the axis
+    title and under the subsample's note where it is drawn."""
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(300, 2))
+    clusters = pl.umap_figure(coords, rng.integers(0, 12, 300), name="leiden")
+    legend = clusters.layout.legend
+    assert legend.orientation == "h" and legend.x == 0 and legend.xanchor == "left"
+    assert legend.yanchor == "top" and legend.y < 0
+    assert all(t.showlegend for t in clusters.data)
+    for fig in (pl.umap_figure(coords, rng.uniform(0, 1, 300), name="P(resistant)", threshold=0.4),
+                pl.umap_figure(coords, rng.uniform(0, 20, 300), name="pct_mito")):
+        (bar,) = [t.marker.colorbar for t in fig.data if t.marker.colorbar.title.text]
+        assert bar.orientation == "h" and bar.y < 0 and bar.yanchor == "top" and bar.thickness <= 10
+        assert fig.layout.margin.b >= pl.UMAP_KEY_PX + pl.COLORBAR_ROOM  # room made under the plot
+    # with "no value" cells (grey, in the legend) the colour bar is still the one under the plot
+    values = rng.uniform(0, 20, 300)
+    values[:5] = np.nan
+    grey = pl.umap_figure(coords, values, name="pct_mito")
+    (bar,) = [t.marker.colorbar for t in grey.data if t.marker.colorbar.title.text]
+    assert bar.orientation == "h" and bar.y < 0
+    assert grey.layout.legend.orientation == "h" and grey.layout.legend.y >= 1  # "no value": above, out of its way
+    # under the subsample's note (drawn 38 px under the plot) when there is one: further down
+    sub = pl.umap_figure(coords, rng.integers(0, 12, 300), name="leiden", max_points=100)
+    assert sub.layout.annotations and sub.layout.legend.y < legend.y
+
+
 def test_evaluation_figures_give_their_numbers():
     roc = pd.DataFrame({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1], "threshold": [1, 0.5, 0]})
     assert "AUROC 0.812" in pl.alt_text(pl.roc_figure(roc, 0.8123))

@@ -627,4 +627,6 @@ def test_the_umaps_note_is_under_the_axis_title_not_over_it():
     assert pl.NOTE_SHIFT >= 34  # the axis title without tick labels takes about 30 pixels below the plot
     assert fig.layout.margin.b >= pl.NOTE_SHIFT + 14  # the note's 11-pixel line fits in the margin
     plain = pl.umap_figure(np.random.default_rng(0).normal(size=(40, 2)), np.linspace(0, 1, 40), name="P")
-    assert not plain.layout.annotations and plain.layout.margin.b == 40  # no note: the margin as elsewhere
+    # no note: no room made for one, only for the colour bar under the plot (at the top of that room)
+    assert not plain.layout.annotations and plain.layout.margin.b == pl.UMAP_KEY_PX + pl.COLORBAR_ROOM
+    assert fig.layout.margin.b > plain.layout.margin.b  # with the note: the colour bar under it
