@@ -190,16 +190,21 @@ def _thresholds_chosen_on_the_reference_tumour(bundles):
         assert "separate simulated tumour" in bundle.manifest["provenance"]["threshold_origin"]
 
 
-def test_scatd_demo_command_writes_the_report(tmp_path, monkeypatch, capsys):
-    """`scatd demo` end to end through the command line (a tiny demo built by the same code, to stay
-    fast): it runs `scatd report`'s path with that command's own defaults and writes every file."""
-    import functools
+def test_scatd_demo_command_writes_the_report(tiny_builds, tmp_path, monkeypatch, capsys):
+    """`scatd demo` end to end through the command line (the tiny demo :func:`tiny_builds` built by the
+    same code, put where `scatd demo` finds a built demo, to stay fast): it runs `scatd report`'s path
+    with that command's own defaults and writes every file."""
+    import shutil
 
     import pandas as pd
 
     from scatd_core.cli import main
 
-    monkeypatch.setattr(demo, "build", functools.partial(demo.build, size="tiny"))
+    tumour, bundle, _ = tiny_builds[0]
+    shutil.copytree(bundle.path, demo.bundle_path(tmp_path / "library"))
+    demo.data_path().parent.mkdir(parents=True, exist_ok=True)
+    tumour.write_h5ad(demo.data_path())  # what the build wrote
+    monkeypatch.setattr(demo, "build", lambda **k: pytest.fail("built again although the demo is built"))
     out = tmp_path / "report"
     assert main(["demo", "--out", str(out), "--library", str(tmp_path / "library")]) == 0
     printed = capsys.readouterr()
