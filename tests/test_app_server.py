@@ -1258,13 +1258,15 @@ def test_the_start_up_freezes_the_libraries_never_a_users_data(tmp_path):
     objects; what it freezes is never collected again. The libraries are frozen once imported;
     the compiled kernels too when the server loads before it listens; never what a session made
     meanwhile (under ``streamlit run app.py`` the first user works during the warm-up)."""
-    env = {**os.environ, "SCATD_HOME": str(tmp_path / "home")}
     counts = {}
-    for how in ("first-page", "before-listening"):
-        res = subprocess.run([sys.executable, "-c", _FREEZE_PROBE, how], env=env, capture_output=True, text=True,
-                             timeout=300, cwd=Path(__file__).resolve().parents[1])
-        assert res.returncode == 0, res.stderr[-2000:]
-        libraries, after, collected = res.stdout.split()
+    probes = {how: subprocess.Popen([sys.executable, "-c", _FREEZE_PROBE, how],
+                                    env={**os.environ, "SCATD_HOME": str(tmp_path / how)}, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+              for how in ("first-page", "before-listening")}  # side by side: each is mostly one busy thread
+    for how, probe in probes.items():
+        out, err = probe.communicate(timeout=300)
+        assert probe.returncode == 0, err[-2000:]
+        libraries, after, collected = out.split()
         counts[how] = int(libraries), int(after)
         assert collected == "True"  # made during (or after) the warm-up: still collected
     first_page, before_listening = counts["first-page"], counts["before-listening"]
