@@ -6,7 +6,8 @@ import streamlit as st
 from scatd_app import state, ui
 from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
-from scatd_core.bundle import (BACKBONE_TITLES, FIGSHARE_URL, backbone_group_titles, chosen_by_default_for,
+from scatd_core.backbone_setup import backbone_setup, choice_label
+from scatd_core.bundle import (FIGSHARE_URL, backbone_group_titles, chosen_by_default_for,
                                distinct_titles, import_card_lines, input_transform_words, named_title, who_made)
 from scatd_core.errors import ScatdError
 from scatd_core.inputs import InputSpec, embedding_width_error, value_messages
@@ -76,15 +77,22 @@ current = ui.current_bundle()
 if current is not None and current.is_demo and not demo_data:
     ui.set_bundle(None)  # never keep the demo model for real data
     current = None
-backbones = [b for b in BACKBONES if any(m.backbone == b for m in offered)]
-if ss.get("model_backbone") not in backbones:  # the chosen model's, else one with a model that may be chosen for you
+# every backbone is offered; one without a drug model or its foundation model's files says so in its label
+setups = {b: backbone_setup(b, offered, estimate=False) for b in BACKBONES}
+usable = [b for b in BACKBONES if any(m.backbone == b for m in offered)]
+if ss.get("model_backbone") not in BACKBONES:  # the chosen model's, else one with a model that may be chosen for you
     first = ui.default_model(offered, ss.get(state.ADATA))
-    ss["model_backbone"] = (current.backbone if current is not None and current.backbone in backbones else
-                            next(m.backbone for m in offered if str(m.path) == first) if first else backbones[0])
-left, right = st.columns([0.3, 0.7])  # a drug model's title is long: at 1280 px half the width cut it
+    ss["model_backbone"] = (current.backbone if current is not None and current.backbone in usable else
+                            next(m.backbone for m in offered if str(m.path) == first) if first else usable[0])
+left, right = st.columns([0.4, 0.6])  # a drug model's title is long: at 1280 px half the width cut it
 group_titles = backbone_group_titles(offered)  # a model trained here is not the published backbone: said so
-backbone = left.selectbox("Backbone", backbones, key="model_backbone",
-                          format_func=ui.detached(lambda b: group_titles.get(b, BACKBONE_TITLES.get(b, b))))
+backbone = left.selectbox("Backbone", list(BACKBONES), key="model_backbone",
+                          format_func=ui.detached(lambda b: choice_label(b, group_titles.get(b), setups[b])))
+if backbone not in usable:  # what it lacks, in order, and the cost here; nothing is run, no Predict link
+    # (with a drug model but not the foundation model's files, the step below says so: embeddings may be uploaded)
+    ui.set_bundle(None)
+    ui.show_backbone_setup(backbone_setup(backbone, offered, ss.get(state.ADATA)))
+    ui.stop()
 choices = {str(m.path): m for m in offered if m.backbone == backbone}
 labels = distinct_titles(list(choices.values()))
 if ss.get("model_bundle") not in choices:  # never another user's model, unless they chose it

@@ -601,6 +601,63 @@ def show_probe(entry: dict) -> None:
         st.warning(f"{title}: {md(warning)}", icon=":material/warning:")
 
 
+def show_backbone_setup(setup: dict) -> None:
+    """A backbone that cannot be used yet (:func:`scatd_core.backbone_setup.backbone_setup`): in
+    order, its drug model, its foundation model's files and the time its embeddings would take
+    here, each with what is there and what is missing. Only an administrator (or the one user of
+    an app without a login) sees the server's paths."""
+    from pathlib import Path as _Path
+
+    from scatd_core._progress import duration
+    from scatd_core.config import scatd_home
+
+    from scatd_app import auth
+
+    user = auth.current_user()
+    hide = user is None or not user.admin
+    location = (setup["probe"] or {}).get("location")
+    folders = ((location, str(_Path(location).parent)) if location else ()) + (str(scatd_home()),)
+
+    def say(text: str) -> str:
+        return md(without_server_paths(str(text), *folders) if hide else str(text))
+
+    st.warning(f"**{md(setup['title'])} is not set up on this server yet.** Nothing can be run with it until the "
+               "steps below are done; what is already there is ticked.", icon=":material/construction:")
+    for n, step in enumerate(setup["steps"], 1):
+        done = step["status"] == "done"
+        with st.container(border=True):
+            st.markdown(f"**{n} · {md(step['title'])}**: " + (":green[done]" if done else
+                                                               ":orange[to do]" if step["status"] == "missing" else
+                                                               ":blue[estimate]" if step["status"] == "estimate" else
+                                                               ":gray[not known yet]"))
+            if step.get("text") and step["key"] != "cost":
+                st.caption(say(step["text"]))
+            for item in step.get("found", []):
+                st.markdown(f":material/check: {say(item)}")
+            for item in step.get("missing", []):
+                st.markdown(f":material/close: {say(item)}")
+            if step.get("todo"):
+                st.markdown("**What to do:**\n" + "\n".join(f"- {t if step.get('todo_is_markdown') else say(t)}"
+                                                             for t in step["todo"]))
+            if step["key"] == "drug_model" and not done:
+                link("Model library", "Model library: import a checkpoint", ":material/inventory_2:")
+            if step["key"] == "files" and not done:
+                st.caption(f"Looked in {say(step['location'])} (set by {md(step['configured_by'])}); the folder is "
+                           f"{md(step['setting'])}.")
+                for warning in step.get("warnings", []):
+                    st.caption(f"Also: {say(warning)}")
+            if step["key"] == "cost":
+                if step["status"] == "estimate":
+                    per = step["seconds"] / max(step["n_cells"], 1)
+                    st.markdown(f"About **{duration(step['seconds'])}** for {step['n_cells']:,} cells on this machine's "
+                                f"{md(step['device'])} (~{per:.2g} s per cell)."
+                                + (f" Estimated from {md(step['assumed'])}." if step.get("assumed") else ""))
+                    if step.get("coverage_warning"):
+                        st.caption(say(step["coverage_warning"]))
+                else:
+                    st.caption(say(step["text"]))
+
+
 def embedding_step(adata: ad.AnnData, bundle) -> bool:
     """The Model page's step for VAE_sf/VAE_gf on an expression matrix: what the foundation model
     needs, how long the embeddings take, and (after a confirmation for a long CPU run) computing
@@ -634,6 +691,15 @@ def embedding_step(adata: ad.AnnData, bundle) -> bool:
                 f"matrix, then aligned to the bulk statistics (AdaIN) as in scATD.")
     show_probe(entry)
     if not entry["available"]:
+        from scatd_core.backbone_setup import backbone_setup
+
+        cost = backbone_setup(bundle.backbone, [bundle], adata)["steps"][2]  # what it would cost here, once installed
+        if cost["status"] == "estimate":
+            st.caption(f"Once installed: about {duration(cost['seconds'])} for {cost['n_cells']:,} cells on this "
+                       f"machine's {md(cost['device'])}" + (f" (estimated from {md(cost['assumed'])})."
+                                                           if cost.get("assumed") else "."))
+        else:
+            st.caption(md(cost["text"]))
         st.info(f"Or upload {name} embeddings computed elsewhere: a .npy (cells x {dim:,}) or an h5ad with them in "
                 f"obsm['{_keys.FOUNDATION_EMBEDDING[bundle.backbone]}'].", icon=":material/info:")
         return False

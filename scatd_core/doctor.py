@@ -639,17 +639,32 @@ FOUNDATION_WARNINGS = {"missing_model", "missing_weights", "missing_gene_list", 
                        "wrong_model"}
 
 
-def _foundation() -> list[dict]:
+def _foundation(conf=None) -> list[dict]:
+    """Each foundation-model backbone: its files (found, missing, what to do) and its drug models, as the
+    Model page says them (:func:`scatd_core.backbone_setup.backbone_setup`)."""
     try:
-        from scatd_core.foundation import probe_all  # the foundation-model backbones, when installed
+        from scatd_core.backbone_setup import FOUNDATION, backbone_setup  # the foundation-model backbones
     except ImportError:
         return []
+    from scatd_core.bundle import list_library
+
+    conf = conf or settings()
+    try:
+        bundles = [e.bundle for e in list_library(Path(conf["library"])) if e.ok and e.bundle.kind == "classifier"]
+    except Exception:  # the library's own problems are the "model library" section's
+        bundles = []
     items = []
-    for p in probe_all():
+    for backbone in FOUNDATION:
+        setup = backbone_setup(backbone, bundles, estimate=False)
+        p = setup["probe"]
         codes = {x["code"] for x in p.get("problems", [])}
         status = ("ok" if p.get("ok") and not p.get("warnings") else
                   "problem" if codes - FOUNDATION_WARNINGS else "warning")
-        items.append(_item(p["backbone"], status, p.get("detail", "")))
+        models = setup["steps"][0]
+        drug = (f" Drug models of this backbone: {', '.join(models['found'])}." if models["found"] else
+                " No drug model of this backbone is installed (import one with `scatd import-checkpoint "
+                f"--backbone {backbone}`, or train one with `scatd train --backbone {backbone}`).")
+        items.append(_item(backbone, status, p.get("detail", "") + drug))
     return items
 
 
@@ -677,7 +692,7 @@ def diagnose() -> dict:
     sections = {"software": _versions(), "device": _device(conf), "configuration": _configuration(conf),
                 "model library": _library(conf), "login": _login(conf), "caches": _caches(),
                 "gene identifiers": _gene_ids(conf)}
-    foundation = _foundation()
+    foundation = _foundation(conf)
     if foundation:
         sections["foundation models"] = foundation
     flat = [i for items in sections.values() for i in items]

@@ -161,7 +161,7 @@ def test_cli_says_the_probe_warnings_with_its_errors_errors_first(gf_bundle, tmp
                "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    error = err.index("error: Geneformer: No Geneformer model folder (with config.json)")
+    error = err.index("error: Geneformer: No Geneformer model folder in")
     assert error < err.index("Warning: Geneformer's gene-name dictionary (gene_name_id_dict.pkl")
 
 

@@ -690,8 +690,13 @@ def require_some_finite(record: dict, backbone: str) -> dict:
     return record
 
 
+#: The problems that leave only the weights missing: the cost can then be estimated from the
+#: published model's size (:func:`estimate_seconds` ``published_if_absent``).
+ONLY_WEIGHTS_MISSING = {"vae_sf": {"missing_weights"}, "vae_gf": {"missing_model"}}
+
+
 def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | None = None, device: str = "auto",
-                     **options) -> dict:
+                     published_if_absent: bool = False, **options) -> dict:
     """How much work :func:`embed_cells` has left, before running it.
 
     Returns ``{"n_cells", "n_tokens", "seconds", "device", "gene_coverage", "expression"}``: the cells still to
@@ -705,6 +710,12 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
     (:func:`scatd_core.foundation._work.layer_time_model`: cached per process and shape, well under
     0.5 s). An estimate from a generic matrix-product rate was 4-15x off: attention, layer norms and
     the layer's own calls run far below that rate.
+
+    ``published_if_absent``: when only the weights (scFoundation) or the model folder (Geneformer)
+    are missing, the layer timed has the published model's size (scATD's: scFoundation's 12 x 768
+    encoder, Geneformer ``gf-12L-30M-i2048``), and ``assumed`` says so; the cells' tokens still
+    come from the gene list or dictionaries on the server, so without those it raises as
+    :meth:`Probe.require`.
     """
     from scatd_core.foundation import _work
     from scatd_core.predict import device_description, resolve_device
@@ -716,10 +727,17 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
     if record is not None:
         wanted &= ~np.asarray(record["tried"], dtype=bool)
     state = probe(backbone, embedding_dim=options.get("embedding_dim"))
-    state.require()
+    assumed = None
+    if published_if_absent and state.problems and {p.code for p in state.problems} <= ONLY_WEIGHTS_MISSING[backbone]:
+        model = ("scFoundation encoder (12 layers x 768)" if backbone == "vae_sf" else
+                 f"{geneformer.VAE_GF_MODEL} (12 layers x 512)")
+        assumed = f"the published {model}'s size: its weights are not installed"
+    else:
+        state.require()
     adata, given = counts_source(adata, backbone)
     if backbone == "vae_sf":
-        cfg = scfoundation.ScFoundationConfig.from_dict(state.details["config"])
+        cfg = (scfoundation.ScFoundationConfig() if assumed else
+               scfoundation.ScFoundationConfig.from_dict(state.details["config"]))
         p = scfoundation.plan(adata, wanted, scfoundation.read_gene_list(state.files["gene_list"]),
                               options["resolution"], options["max_genes"])
         tokens = (p.n_expressed + 2)[p.embed]
@@ -744,7 +762,8 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
 
         call = {"src_key_padding_mask": no_padding}
     else:
-        folder = geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"])
+        folder = (geneformer.published_folder(geneformer.VAE_GF_MODEL) if assumed else
+                  geneformer.choose_model(geneformer.model_folders(), options["embedding_dim"]))
         vocab = geneformer.read_vocabulary(folder.version)
         geneformer.require_names(adata, vocab, geneformer.geneformer_dir())  # as embed: the missing file, not "no gene known"
         tok = geneformer.tokenizer(adata, vocab, folder.input_size)
@@ -773,7 +792,7 @@ def estimate_seconds(adata: ad.AnnData, backbone: str, *, mask: np.ndarray | Non
                + (RUN_OVERHEAD_S if tokens.size else 0.0))
     return {"n_cells": int(tokens.size), "n_tokens": int(tokens.sum()), "seconds": seconds,
             "device": device_description(dev), "gene_coverage": coverage_of(alignment, backbone),
-            "expression": given}
+            "expression": given, **({"assumed": assumed} if assumed else {})}
 
 
 def cells_to_embed(adata: ad.AnnData, bundle, mask: np.ndarray | None = None) -> int:

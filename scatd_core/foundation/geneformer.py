@@ -223,6 +223,16 @@ class ModelFolder:
                 f"input {self.input_size})")
 
 
+def published_folder(name: str) -> ModelFolder:
+    """A stand-in for a published model not installed (its sizes only, no weights): what the cost
+    of its embeddings is estimated from."""
+    (layers, hidden, inner, size), (_, heads) = next((k, v) for k, v in PUBLISHED_CONFIGS.items() if v[0] == name)
+    config = {"model_type": "bert", "hidden_size": hidden, "num_hidden_layers": layers, "intermediate_size": inner,
+              "num_attention_heads": heads, "max_position_embeddings": size, "hidden_act": PUBLISHED_ACTIVATION,
+              "vocab_size": 25426 if size == 2048 else 20275}
+    return ModelFolder(Path(name), config, None)
+
+
 def model_folders(folder: str | Path | None = None) -> list[ModelFolder]:
     """Model folders in ``$SCATD_GENEFORMER_MODEL`` or the Geneformer folder and its subfolders."""
     explicit = geneformer_model_dir() if folder is None else None
@@ -400,10 +410,63 @@ def probe(folder: str | Path | None = None, embedding_dim: int | None = None) ->
     dictionaries = [find_dictionary(k, v, root) for v in DICTIONARIES for k in DICTIONARIES[v]]
     stamp = (str(root), embedding_dim, str(geneformer_model_dir() if folder is None else "")) + tuple(
         file_state(p) for f in folders for p in (f.path / "config.json", f.weights) if p is not None) + tuple(
-        file_state(p) for p in dictionaries if p is not None)
+        file_state(p) for p in dictionaries if p is not None) + tuple(file_state(p) for p in stray_configs(root))
     if stamp not in _PROBES:
         _PROBES[stamp] = _probe(root, folders, embedding_dim)
     return _PROBES[stamp]
+
+
+def found_dictionaries(root: Path) -> dict[str, Path]:
+    """The V1 dictionaries in ``root`` (else the V2 ones), by kind: what a probe says is already there."""
+    for version in DICTIONARIES:
+        found = {k: p for k in DICTIONARIES[version] if (p := find_dictionary(k, version, root)) is not None}
+        if found:
+            return found
+    return {}
+
+
+def stray_configs(root: Path) -> list[Path]:
+    """JSON files that look like a model's config under another name than config.json (e.g.
+    ``gf-12L-30M-config.json``), in ``root`` and its subfolders: a model folder reads config.json only."""
+    if not root.is_dir():
+        return []
+    places = [root] + sorted(p for p in root.iterdir() if p.is_dir())
+    return [f for place in places for f in sorted(place.glob("*.json"))
+            if f.name != "config.json" and "config" in f.name.lower()]
+
+
+def missing_model_text(root: Path, found: dict[str, Path]) -> str:
+    """No model folder: said with what is there already (the dictionaries, a config under another name)."""
+    text = (f"No Geneformer model folder in {root} or its subfolders (a folder holding config.json and "
+            "model.safetensors or pytorch_model.bin).")
+    if found:
+        text += f" Found: the dictionaries {', '.join(p.name for p in found.values())}."
+    for stray in stray_configs(root):
+        where = stray.parent.name + "/" if stray.parent != root else ""
+        text += (f" {where}{stray.name} looks like a model's config, but a model folder's must be named config.json, "
+                 "beside its weights.")
+    return text
+
+
+def model_hint(root: Path, found: dict[str, Path]) -> str:
+    """What to do without a model folder: the folder only when the dictionaries are there."""
+    if not {"tokens", "medians"} <= set(found):
+        return INSTALL_HINT.format(model=VAE_GF_MODEL, folder=root)
+    strays = stray_configs(root)
+    config = (f" (a config you have, e.g. {strays[0].name}, goes there as config.json, with the weights beside it)"
+              if strays else "")
+    return (f"Put the Geneformer model folder {VAE_GF_MODEL} (config.json and model.safetensors or pytorch_model.bin, "
+            "from the Hugging Face repository ctheodoris/Geneformer via `git lfs`, or scATD's figshare copy) in "
+            f"{root}/, as {root}/{VAE_GF_MODEL}/{config}; the dictionaries are already there. Or set "
+            "SCATD_GENEFORMER_MODEL to the model folder.")
+
+
+def dictionaries_hint(root: Path, version: str, found: dict[str, Path]) -> str:
+    """What to do when the model is there but dictionaries are not: the missing ones only."""
+    missing = [DICTIONARIES[version][k][-1] for k in ("tokens", "medians", "names") if find_dictionary(k, version, root)
+               is None]
+    return (f"Put Geneformer's {version} dictionaries {', '.join(missing)} in {root} (beside the model folder); or "
+            "set SCATD_GENEFORMER_DIR to the folder holding them.")
 
 
 def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) -> Probe:
@@ -413,8 +476,10 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
     hint = INSTALL_HINT.format(model=VAE_GF_MODEL, folder=root)
     out.details["models"] = [f.describe() for f in folders]
     model = choose_model(folders, embedding_dim)
+    found = found_dictionaries(root)
     if model is None:
-        out.add("missing_model", f"No Geneformer model folder (with config.json) in {root} or its subfolders.", hint)
+        out.files.update({f"{k}_dictionary": p for k, p in found.items()})
+        out.add("missing_model", missing_model_text(root, found), model_hint(root, found))
     elif model.config_error:  # its own problem: not "0-d embeddings" nor "not a BERT config"
         out.files["model"] = model.path
         out.add("bad_config", f"config.json in {model.path.name} {model.config_error}.",
@@ -438,8 +503,9 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
             out.add("version_mismatch", f"The model is Geneformer {version} but only {other} dictionaries are in "
                     f"{root}: it cannot embed cells with them.", version_hint(version, root))
         else:
-            out.add("missing_dictionaries" if "not found" in exc.message else "bad_dictionary", exc.message,
-                    exc.hint or hint)
+            missing = "not found" in exc.message
+            out.add("missing_dictionaries" if missing else "bad_dictionary", exc.message,
+                    dictionaries_hint(root, version, found) if missing and model is not None else exc.hint or hint)
     if vocab is not None:
         out.files.update({f"{k}_dictionary": p for k, p in vocab.files.items()})
         out.details["n_genes"] = len(vocab.medians)
