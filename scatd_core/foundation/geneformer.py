@@ -62,7 +62,7 @@ EMB_MODES = ("cell", "cls")
 TARGET_SUM = 10_000
 VAE_GF_MODEL = "gf-12L-30M-i2048"
 INSTALL_HINT = ("Put the Geneformer model folder ({model}: config.json and model.safetensors or pytorch_model.bin, "
-                "from the Hugging Face repository ctheodoris/Geneformer via `git lfs`, or scATD's figshare copy) in "
+                "from the Hugging Face repository ctheodoris/Geneformer with git lfs, or scATD's figshare copy) in "
                 "{folder}/, and its dictionaries (token_dictionary.pkl, gene_median_dictionary.pkl, "
                 "gene_name_id_dict.pkl) in {folder}; or set SCATD_GENEFORMER_DIR (and SCATD_GENEFORMER_MODEL) to "
                 "where they are.")
@@ -456,7 +456,7 @@ def model_hint(root: Path, found: dict[str, Path]) -> str:
     config = (f" (a config you have, e.g. {strays[0].name}, goes there as config.json, with the weights beside it)"
               if strays else "")
     return (f"Put the Geneformer model folder {VAE_GF_MODEL} (config.json and model.safetensors or pytorch_model.bin, "
-            "from the Hugging Face repository ctheodoris/Geneformer via `git lfs`, or scATD's figshare copy) in "
+            "from the Hugging Face repository ctheodoris/Geneformer with git lfs, or scATD's figshare copy) in "
             f"{root}/, as {root}/{VAE_GF_MODEL}/{config}; the dictionaries are already there. Or set "
             "SCATD_GENEFORMER_MODEL to the model folder.")
 
