@@ -345,12 +345,20 @@ if orientation_error is not None:
 
 table = labels["table"]
 drug = st.selectbox("Drug", list(table.columns), help="A column of the label table.", key="train_drug")
-col = table[drug].astype(str).str.strip().str.lower()
+from scatd_core.labels import drug_label_values, other_label_values  # noqa: E402
+
+col = drug_label_values(table, drug)  # lower case, missing markers as ""
 in_bulk = table.index.isin(bulk["adata"].obs_names)
 n_sensitive, n_resistant = int(((col == "sensitive") & in_bulk).sum()), int(((col == "resistant") & in_bulk).sum())
+others = col[in_bulk & (col != "") & ~col.isin(["sensitive", "resistant"])]
+n_without = int((in_bulk & (col == "")).sum()) + bulk["adata"].n_obs - int(in_bulk.sum())
+other_words = (f", {len(others):,} with another value ({ui.md(', '.join(map(repr, sorted(set(others))[:5])))})"
+               if len(others) else "")
 st.caption(f"{ui.md(drug)}: {n_sensitive} sensitive and {n_resistant} resistant of the {bulk['adata'].n_obs:,} bulk "
-           f"cell lines; {bulk['adata'].n_obs - n_sensitive - n_resistant:,} without a label for this drug (used for "
-           "pretraining only).")
+           f"cell lines{other_words}; {n_without:,} without a label for this drug (used for pretraining only).")
+other_values = other_label_values(table, drug)  # refused as training would refuse it, said under its counts
+if other_values is not None:
+    show_error(other_values)
 too_few_slot = st.empty()  # the refusal of a drug with too few lines of a class, said under its counts
 
 with st.expander("Settings"):
@@ -408,8 +416,8 @@ with st.expander("Settings"):
                    "column, and its scores. Your data themselves stay in your session.")
 from scatd_core.labels import too_few_lines  # noqa: E402
 
-too_few = too_few_lines(drug, n_sensitive, n_resistant, int(min_lines_single))
-if too_few is not None:
+too_few = other_values or too_few_lines(drug, n_sensitive, n_resistant, int(min_lines_single))
+if too_few is not None and other_values is None:
     with too_few_slot.container():
         show_error(too_few)
 # what the model records of its inputs: the uploads' own names (never a server path)
@@ -540,7 +548,8 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
 
 b_train, b_stop = st.columns([1, 1])
 start = b_train.button("Train", type="primary", key="btn_train_start", disabled=too_few is not None,
-                       help="This drug has too few labelled cell lines of a class (see above)." if too_few else None)
+                       help=("This drug's labels are not all sensitive/resistant (see above)." if other_values else
+                             "This drug has too few labelled cell lines of a class (see above)." if too_few else None))
 b_stop.button("Stop", key="btn_train_stop", on_click=ui.detached(lambda: ss.__setitem__(STOP, True)),
               help="Stops the run after the current epoch; nothing is saved.")
 

@@ -242,22 +242,44 @@ class DrugLabels:
         return self.labels.map(LABEL_MAPPING).to_numpy(dtype=np.int64)
 
 
+def drug_label_values(table: pd.DataFrame, drug: str) -> pd.Series:
+    """One drug's column of a label table as stripped lower-case text, missing markers
+    (:data:`MISSING_VALUES`, empty cells) as ``""``."""
+    column = match_drug(drug, table.columns)
+    text = table[column].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v))
+                             else str(v).strip().lower())
+    return text.where(~text.isin(MISSING_VALUES), "")
+
+
+def other_label_values(table: pd.DataFrame, drug: str) -> InputError | None:
+    """The refusal of a drug whose column holds values other than sensitive/resistant or a missing
+    marker (or ``None``): raised by :func:`drug_labels` (so by training, app and CLI alike), shown by
+    the Train page as soon as the drug is chosen."""
+    column = match_drug(drug, table.columns)
+    text = drug_label_values(table, column)
+    bad = sorted(set(text[text != ""]) - {SENSITIVE, RESISTANT})
+    if not bad:
+        return None
+    keep = "Label each cell line 'sensitive' or 'resistant' (leave unscreened ones empty or NA)"
+    return InputError(f"Drug {column}: values other than sensitive/resistant: {', '.join(map(repr, bad[:5]))}.",
+                      f"{keep}; to build labels from IC50 values use `scatd labels-from-ic50`.",
+                      app_hint=f"{keep} and upload the table again, or choose another drug; to build labels from "
+                               "GDSC ln(IC50) values use 'No label table? Build one from GDSC ln(IC50) values' "
+                               "above.")
+
+
 def drug_labels(table: pd.DataFrame | str | Path, drug: str) -> DrugLabels:
     """The ``sensitive`` / ``resistant`` labels of one drug; missing ones dropped and counted.
 
     Values are read case-insensitively; anything other than the two classes or a missing
-    marker is an error (it is never silently made a third class).
+    marker is an error (:func:`other_label_values`: it is never silently made a third class).
     """
     table = read_label_table(table)
     column = match_drug(drug, table.columns)
-    raw = table[column]
-    text = raw.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip().lower())
-    missing = text.isin(MISSING_VALUES)
-    bad = sorted(set(text[~missing]) - {SENSITIVE, RESISTANT})
-    if bad:
-        raise InputError(f"Drug {column}: values other than sensitive/resistant: {', '.join(map(repr, bad[:5]))}.",
-                         "Label each cell line 'sensitive' or 'resistant' (leave unscreened ones empty or NA); "
-                         "to build labels from IC50 values use `scatd labels-from-ic50`.")
+    if (refused := other_label_values(table, column)) is not None:
+        raise refused
+    text = drug_label_values(table, column)
+    missing = text == ""
     labels = text[~missing]
     if labels.empty:
         raise InputError(f"Drug {column} has no labelled cell line in the table.")

@@ -363,3 +363,24 @@ def test_ic50_values_that_are_not_numbers_are_counted_and_said(tmp_path, capsys)
                  "--out", str(tmp_path / "labels.csv")]) == 0
     assert f"warning: {said}" in capsys.readouterr().err
     assert unreadable_ic50_words(labels_from_ic50(*_ic50_files(tmp_path)).attrs["report"]) is None  # NA only
+
+
+def test_other_label_values_are_refused_with_the_cli_and_the_app_each_told_their_own_way():
+    """QA: a drug column holding 'intermediate' besides sensitive/resistant was refused only when a training
+    started, and the page's message sent the user to the CLI. The one check (scatd_core) tells the CLI of
+    scatd labels-from-ic50 and the app of its own expander, and counts each kind of value."""
+    from scatd_core.labels import drug_label_values, other_label_values
+
+    table = pd.DataFrame({"WEIRD": ["sensitive", "Resistant", "intermediate", "NA", "", None, "intermediate"]},
+                         index=[f"L{i}" for i in range(7)])
+    err = other_label_values(table, "WEIRD")
+    assert err.message == "Drug WEIRD: values other than sensitive/resistant: 'intermediate'."
+    assert "scatd labels-from-ic50" in err.hint
+    assert "No label table? Build one from GDSC ln(IC50) values" in err.app_hint
+    assert "scatd labels-from-ic50" not in err.app_hint
+    with pytest.raises(InputError) as raised:
+        drug_labels(table, "weird")
+    assert raised.value.message == err.message and raised.value.app_hint == err.app_hint
+    values = drug_label_values(table, "WEIRD")
+    assert values.tolist() == ["sensitive", "resistant", "intermediate", "", "", "", "intermediate"]
+    assert other_label_values(table.iloc[:2], "WEIRD") is None

@@ -1121,3 +1121,28 @@ def test_uploaded_bulk_and_target_files_are_recorded_as_scatd_train_records_the_
     at.button(key="btn_train_panel").click().run()
     assert not at.exception, at.exception
     assert recorded.pop() == cli
+
+
+def test_a_drug_with_values_other_than_sensitive_or_resistant_is_refused_as_soon_as_it_is_chosen():
+    """QA: a drug column holding 'intermediate' was counted as 'without a label' and Train stayed enabled; the
+    refusal came only after clicking Train, and pointed to the CLI. Now it is said under the counts as soon as
+    the drug is chosen (Train disabled), pointing to the page's own expander."""
+    at = _page_with_training_data()
+    labels = at.session_state["train_labels"]["table"]
+    weird = ["sensitive"] * 12 + ["resistant"] * 12 + ["intermediate"] * 5 + ["NA"] * 4 + [""] * 4
+    labels["WEIRD"] = (weird + [None] * len(labels))[:len(labels)]
+    at.run()
+    at.selectbox(key="train_drug").set_value("WEIRD").run()
+    assert not at.exception, at.exception
+    errors = [e.value.replace("\\", "") for e in at.error]
+    assert any(e.startswith("**Drug WEIRD: values other than sensitive/resistant: 'intermediate'.**")
+               and "No label table? Build one from GDSC ln(IC50) values" in e and "scatd labels-from-ic50" not in e
+               for e in errors), errors
+    assert at.button(key="btn_train_start").disabled
+    counts = next(c.value.replace("\\", "") for c in at.caption if c.value.startswith("WEIRD"))
+    n_without = len(labels) - 29
+    assert counts == (f"WEIRD: 12 sensitive and 12 resistant of the {len(labels)} bulk cell lines, 5 with another "
+                      f"value ('intermediate'); {n_without} without a label for this drug (used for pretraining "
+                      "only)."), counts
+    at.selectbox(key="train_drug").set_value("DRUGA").run()
+    assert not at.error and not at.button(key="btn_train_start").disabled
