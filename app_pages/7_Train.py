@@ -54,9 +54,10 @@ def _temp_copies(*uploads):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
+def _upload_anndata(label: str, key: str, slot: str, help_text: str, samples: bool = False) -> None:
     """Read an upload into this session (never a shared cache: one user's data stays theirs), in
-    memory, within what the server's memory budget leaves free (as the Data page's)."""
+    memory, within what the server's memory budget leaves free (as the Data page's). ``samples``: bulk
+    data, whose rows are cell lines (in the messages too, as scatd train reads them)."""
     from scatd_core.io import read_bytes
 
     upload = st.file_uploader(label, type=DATA_TYPES, key=key, help=help_text)
@@ -66,7 +67,7 @@ def _upload_anndata(label: str, key: str, slot: str, help_text: str) -> None:
         try:
             data = upload.getvalue()
             with st.spinner(f"Reading {ui.md(upload.name)}…"):
-                adata = read_bytes(data, upload.name, backed=False, workdir=session.folder(),
+                adata = read_bytes(data, upload.name, backed=False, workdir=session.folder(), samples=samples,
                                    **session.room_for_a_dataset(st.session_state.get(session.TOKEN)))
             # the sha256 of the uploaded bytes (the reader's, when it hashed the file): the model records the
             # file as scatd train records the same file
@@ -142,7 +143,7 @@ if bulk_source == "Upload":
     c1, c2 = st.columns(2)
     with c1:
         _upload_anndata("Bulk expression (cell lines × genes)", "upload_train_bulk", BULK,
-                        "Log TPM or counts; CSV/TSV with cell-line IDs in the first column, or h5ad.")
+                        "Log TPM or counts; CSV/TSV with cell-line IDs in the first column, or h5ad.", samples=True)
     with c2:
         labels_upload = st.file_uploader("Labels (cell lines × drugs)", type=["csv", "tsv", "txt", "gz"],
                                          key="upload_train_labels",
@@ -201,8 +202,20 @@ elif ss.get(BULK, {}).get("name") != "simulated demo panel":
     except ScatdError as exc:
         show_error(exc)
 
+def _still_used(slot: str, key: str, what: str) -> None:
+    """Say that the earlier file is still used after an upload of ``key`` that could not be read (its
+    error shown above), as for the target."""
+    failed, shown = ss.get(slot + FAILED), ss.get(key)
+    if failed and shown is not None and failed[0] == shown.file_id:
+        st.info(f"Your earlier {what}.", icon=":material/info:")
+
+
 bulk = ss.get(BULK)
 labels = ss.get(LABELS)
+if bulk is not None and bulk_source == "Upload":
+    _still_used(BULK, "upload_train_bulk", f"bulk data ({ui.md(bulk['name'])}) are still used")
+if labels is not None and bulk_source == "Upload":
+    _still_used(LABELS, "upload_train_labels", f"label table ({ui.md(labels['name'])}) is still used")
 if bulk is not None:
     st.caption(f":material/dataset: Bulk: **{ui.md(bulk['name'])}**, {bulk['adata'].n_obs:,} samples × "
                f"{bulk['adata'].n_vars:,} genes")

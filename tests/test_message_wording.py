@@ -134,9 +134,24 @@ def test_bulk_rows_are_samples_in_the_messages(tmp_path):
 
     (tmp_path / "bulk.csv").write_text("line,TP53,EGFR\nLINE1,1,2\nLINE2,nan,3\nLINE3,0,1\n")
     err = _error(lambda: read_if_path(tmp_path / "bulk.csv", "bulk"))
-    assert "first in sample 'LINE2'" in err.message and "affected samples" in err.hint, err
+    # QA: a bulk row was called a cell, and log-TPM told to fill its gaps with 0 ("not expressed")
+    assert "first in cell line 'LINE2'" in err.message and "affected cell lines" in err.hint, err
+    assert "with 0" not in err.hint and "your own tool" in err.hint, err.hint
     err = _error(lambda: io.read(tmp_path / "bulk.csv"))  # single cells: cells
     assert "first in cell 'LINE2'" in err.message
+
+
+def test_the_bulk_datas_orientation_reason_speaks_of_cell_lines(tmp_path):
+    """QA: the labels-vs-bulk no-match message said the bulk rows "hold cell names (sequencing-run accessions,
+    plate wells or cell-line IDs)"; for bulk data they are cell-line IDs."""
+    from scatd_core._keys import INPUT_REPORT
+
+    (tmp_path / "bulk.csv").write_text("line,TP53,EGFR,KRAS\nACH-000828,1,2,3\nACH-000568,4,3,1\nACH-000001,0,1,2\n")
+    reason = io.read(tmp_path / "bulk.csv", samples=True).uns[INPUT_REPORT]["orientation_reason"]
+    assert reason == ("the rows hold cell-line IDs (DepMap IDs such as ACH-000828, Cellosaurus accessions) or "
+                      "sequencing-run accessions"), reason
+    cells = io.read(tmp_path / "bulk.csv").uns[INPUT_REPORT]["orientation_reason"]
+    assert "sequencing-run accessions, plate wells or cell-line IDs" in cells
 
 
 @pytest.mark.parametrize("table, said", [

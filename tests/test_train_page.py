@@ -1146,3 +1146,35 @@ def test_a_drug_with_values_other_than_sensitive_or_resistant_is_refused_as_soon
                       "only)."), counts
     at.selectbox(key="train_drug").set_value("DRUGA").run()
     assert not at.error and not at.button(key="btn_train_start").disabled
+
+
+def test_a_failed_bulk_or_labels_upload_says_the_earlier_file_is_still_used():
+    """QA: after a valid bulk table and label table, a bad replacement (bulk with NaN, an empty labels CSV)
+    showed its error while the captions still named the earlier files, without saying they are still used;
+    the NaN message called a bulk row a cell and told log-TPM to be filled with 0."""
+    import numpy as np
+    import pandas as pd
+
+    bulk, labels, _ = synthetic()
+    frame = pd.DataFrame(bulk.X, index=bulk.obs_names, columns=bulk.var_names)
+    at = _page().run()
+    at.file_uploader(key="upload_train_bulk").upload("ccle.csv", frame.to_csv().encode())
+    at.file_uploader(key="upload_train_labels").upload("ALL_label.csv", labels.to_csv().encode())
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert not at.info or not any("still used" in i.value for i in at.info)
+    bad = frame.copy()
+    bad.iloc[2, 0] = np.nan
+    at.file_uploader(key="upload_train_bulk").upload("bulk_nan.csv", bad.to_csv().encode())
+    at.file_uploader(key="upload_train_labels").upload("empty.csv", b"")
+    at.run()
+    assert not at.exception, at.exception
+    errors = " ".join(e.value for e in at.error).replace("\\", "")
+    assert f"first in cell line '{frame.index[2]}'" in errors and "with 0" not in errors, errors
+    said = " ".join(i.value for i in at.info).replace("\\", "")
+    assert "Your earlier bulk data (ccle.csv) are still used." in said, said
+    assert "Your earlier label table (ALL_label.csv) is still used." in said, said
+    captions = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert "Bulk: **ccle.csv**" in captions and "Labels: **ALL_label.csv**" in captions
+    at.run()  # said again on the next run, with the errors
+    assert "still used" in " ".join(i.value for i in at.info)

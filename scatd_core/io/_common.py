@@ -472,8 +472,9 @@ def column_kind(label: str) -> str | None:
         return "group"
     return None
 
-def decide_orientation(row_names, col_names, per_cell_columns: list[str]) -> tuple[str, str]:
-    """Which side holds the cells, from the names alone; returns (orientation, reason)."""
+def decide_orientation(row_names, col_names, per_cell_columns: list[str], samples: bool = False) -> tuple[str, str]:
+    """Which side holds the cells, from the names alone; returns (orientation, reason). ``samples``:
+    bulk data, whose samples are cell lines (the reason speaks of them)."""
     if per_cell_columns:
         return "cells_x_genes", f"the header holds per-cell fields ({', '.join(per_cell_columns[:3])})"
     r, c = genes.id_type_evidence(row_names), genes.id_type_evidence(col_names)
@@ -486,9 +487,12 @@ def decide_orientation(row_names, col_names, per_cell_columns: list[str]) -> tup
         upper = genes.id_type_evidence([n.upper() for n in genes._sample(names)])
         ev["symbol_any_case"] = max(ev["symbol"], upper["human_symbol"])
     rules = (("ensembl", 0.5, 0.1, True, "Ensembl gene IDs"), ("barcode", 0.5, 0.1, False, "cell barcodes"),
-             ("cell_name", 0.5, 0.1, False, "cell names (sequencing-run accessions, plate wells or cell-line IDs)"),
+             ("cell_name", 0.5, 0.1, False,
+              "cell-line IDs (DepMap IDs such as ACH-000828, Cellosaurus accessions) or sequencing-run accessions"
+              if samples else "cell names (sequencing-run accessions, plate wells or cell-line IDs)"),
              ("symbol", 0.7, 0.3, True, "gene symbols"),
-             ("top_shape_fraction", 0.8, 0.5, False, "identically patterned cell names"))
+             ("top_shape_fraction", 0.8, 0.5, False,
+              "identically patterned sample names" if samples else "identically patterned cell names"))
     for metric, high, low, gene_like, what in rules:
         for side, this, other in (("columns", c, r), ("rows", r, c)):
             if this["symbol_any_case" if metric == "symbol" else metric] >= high and other[metric] < low:

@@ -33,7 +33,7 @@ def _check_sparse(X, opts: Options | None) -> None:
         matrix = "X" if opts.report.get("format") == "h5ad" else "the expression matrix"
         # CSR: the indices are columns (genes); CSC: rows (cells, or bulk samples)
         along, n, what = ("column", X.shape[1], "genes") if X.format == "csr" else \
-            ("row", X.shape[0], "samples" if opts.samples else "cells")
+            ("row", X.shape[0], "cell lines" if opts.samples else "cells")
         if "must be <" in text:
             problem = f"{along} indices go past its {n:,} {what}"
         elif ">= 0" in text:
@@ -248,11 +248,13 @@ def _check_embedding_values(adata: ad.AnnData, opts: Options) -> int:
 def _non_finite(name: str, n_nan: int, n_inf: int, first: str, opts: Options) -> InputError:
     """Missing (NaN) and infinite expression values: only the kinds found are named, each with
     its own remedy (a missing value may be "not expressed"; an infinite one comes from a
-    calculation, never from a measurement); a row is a sample in bulk data, else a cell."""
-    row, rows = ("sample", "samples") if opts.samples else ("cell", "cells")
+    calculation, never from a measurement); a row is a cell line in bulk data, else a cell."""
+    row, rows = ("cell line", "cell lines") if opts.samples else ("cell", "cells")
     found = " and ".join(w for w in (f"{n_nan:,} missing (NaN)" if n_nan else "",
                                      f"{n_inf:,} infinite" if n_inf else "") if w)
-    nan = "Replace the missing values with 0 (not expressed)"
+    # a missing count may be "not expressed"; a missing bulk log-TPM value is not known to be 0: the user decides
+    nan = ("Fill the missing values in your own tool (e.g. with the gene's mean over the cell lines) or drop them"
+           if opts.samples else "Replace the missing values with 0 (not expressed)")
     inf = ("Infinite values come from a calculation, never from a measurement (e.g. a log of 0: use log1p; or a "
            "division by 0): redo it, or give the raw counts instead")
     remove = f"remove the affected {rows} or genes"
@@ -360,7 +362,7 @@ def _negative_cells_warning(adata: ad.AnnData, kind: str, opts: Options, n_examp
         for r, c, v in zip(rows, cols, vals):
             if len(examples) < n_examples and all(e[0] != start + r for e in examples):
                 examples.append((start + int(r), int(c), float(v)))
-    row, rows_word = ("sample", "samples") if opts.samples else ("cell", "cells")
+    row, rows_word = ("cell line", "cell lines") if opts.samples else ("cell", "cells")
     shown = "; ".join(f"{row} '{adata.obs_names[r]}', gene {adata.var_names[c]}: {v:g}" for r, c, v in examples)
     what = {"counts": "counts", "log_normalized": "log-normalised values", "tpm_like": "TPM-like values"}.get(
         kind, "expression values")

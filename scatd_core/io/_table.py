@@ -515,7 +515,8 @@ def _numeric_layout(ids: list[str], labels: list[str], opts: Options):
     else:
         named_set = set(named)
         candidates = [labels[p - 1] for p in range(1, len(labels) + 1) if p not in named_set]
-        orientation, reason = decide_orientation(pd.Index(ids), candidates, [labels[p - 1] for p in named])
+        orientation, reason = decide_orientation(pd.Index(ids), candidates, [labels[p - 1] for p in named],
+                                                 opts.samples)
     if orientation == "cells_x_genes" and named:
         return None
     return orientation, reason, set(), list(range(1, len(labels) + 1)), set()
@@ -556,7 +557,7 @@ def _table_layout(chunk: pd.DataFrame, labels: list[str], opts: Options):
     else:
         candidates = [labels[p - 1] for p in chunk.columns if p not in non_numeric and p not in named]
         orientation, reason = decide_orientation(chunk.index.astype(str), candidates,
-                                                  [labels[p - 1] for p in sorted(named)])
+                                                  [labels[p - 1] for p in sorted(named)], opts.samples)
     meta = non_numeric | (named if orientation == "cells_x_genes" else set())
     data_pos = [p for p in chunk.columns if p not in meta]
     if not data_pos:
