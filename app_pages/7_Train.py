@@ -684,6 +684,8 @@ if losses:
               else {"loss": losses})
     if curves:
         ui.chart(pl.curve_figure(curves, "Backbone pretraining loss", "epoch", "loss"), key="train_pretrain_loss")
+        if max(len(c) for c in curves.values()) == 1:  # a point, not a curve: said why
+            st.caption("One pretraining epoch gives one loss value (the point above); more epochs draw its curve.")
 st.download_button("Target predictions (CSV)", export.to_csv_bytes(result["predictions"]),
                    file_name=f"{Path(result['bundle_path']).name}_target_predictions.csv", mime="text/csv",
                    help="One row per target cell: P(resistant), the model's default threshold (not calibrated), "

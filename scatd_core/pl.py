@@ -1106,14 +1106,22 @@ def attribution_vs_de(ranking: pd.DataFrame, positive: str, negative: str) -> go
 # Training
 # --------------------------------------------------------------------------------------------
 
+#: Curves of at most this many values are drawn with their points marked (:func:`curve_figure`).
+SHORT_CURVE = 20
+
+
 def curve_figure(curves: dict[str, Sequence[float]], title: str, x_title: str, y_title: str,
                  highlight: str | None = None, mark_x: float | None = None) -> go.Figure:
     """Lines over epochs (e.g. validation AUROC per fold, or a loss); ``highlight`` drawn bold."""
     fig = go.Figure()
     for name, ys in curves.items():
         bold = name == highlight
-        fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=list(ys), mode="lines", name=name,
+        # a short curve with its points marked: a line of one point draws nothing (QA: 1 pretraining epoch gave
+        # an empty chart)
+        fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=list(ys),
+                                 mode="lines+markers" if len(ys) <= SHORT_CURVE else "lines", name=name,
                                  line=dict(width=3 if bold else 1, color="black" if bold else None),
+                                 marker=dict(size=9 if len(ys) == 1 else 6),
                                  opacity=1.0 if bold else 0.6))
     if mark_x is not None:
         fig.add_vline(x=mark_x, line_dash="dot", annotation_text="chosen")
@@ -1139,6 +1147,9 @@ def _curve_alt(curves: dict, title: str, x_title: str, y_title: str, highlight: 
         best = int(np.nanargmin(ys) if low else np.nanargmax(ys))
         parts.append(f"{name} from {_g(ys[0])} to {_g(ys[-1])}, {'lowest' if low else 'highest'} {_g(ys[best])} "
                      f"at {x_title} {best + 1}")
+    if longest == 1:  # a single point each: its value, and why there is no curve
+        parts = [f"{name} {_g(curves[name][0])}" for name in names[:4] if len(curves[name])]
+        parts.append(f"one {x_title} gives one value")
     if parts:
         alt += "; " + "; ".join(parts) + ("; and more lines" if len(names) > 4 else "")
     if mark_x is not None:

@@ -367,3 +367,16 @@ def test_qc_and_umap_number_ticks_group_thousands():
     umap = pl.umap_figure(rng.random((50, 2)), qc["total_counts"].to_numpy(), name="n_counts", categorical=False)
     bars = [t.marker.colorbar for t in umap.data if t.marker is not None and t.marker.colorbar.title.text]
     assert bars and all(b.tickformat == ",~g" for b in bars)
+
+
+def test_a_curve_of_one_value_is_drawn_as_a_visible_marker():
+    """QA: with Pretraining epochs = 1 the 'Backbone pretraining loss' chart was empty (a line of one point
+    draws nothing). Short curves are drawn with markers, and the description says one epoch gave one value."""
+    fig = pl.curve_figure({"loss": [0.71]}, "Backbone pretraining loss", "epoch", "loss")
+    assert "markers" in fig.data[0].mode and list(fig.data[0].y) == [0.71]
+    assert pl.alt_text(fig) == ("Line chart, Backbone pretraining loss: 1 line of loss over 1 epoch; loss 0.71; one "
+                                "epoch gives one value.")
+    folds = pl.curve_figure({"fold 1": [0.6], "mean": [0.6]}, "Validation AUROC", "epoch", "AUROC", highlight="mean")
+    assert all("markers" in t.mode for t in folds.data)
+    long = pl.curve_figure({"loss": list(np.linspace(1, 0.1, 200))}, "Loss", "epoch", "loss")
+    assert long.data[0].mode == "lines"  # a long curve stays a line
