@@ -2374,6 +2374,9 @@ def show_card(card: dict, key: str) -> None:
     if settings:
         st.caption(md("Baselines: " + "; ".join(settings) + "."))
     chart(pl.card_figure(card), key=key)
+    if len(card["evaluations"]) > 1 or settings:  # what the chart's short rows leave to the tables above
+        st.caption("The chart: one panel per evaluation (as the tables above), the models by their short names"
+                   + ("; the baselines' settings are said above the chart." if settings else "."))
     for ev in card["evaluations"]:
         for text in verdicts(ev):  # with the model's own AUROC interval when it includes 0.5
             if text.startswith("This model beats"):

@@ -272,13 +272,20 @@ def evaluation_heading(ev: dict) -> str:
             f"{_chance(ev)} (the share resistant)")
 
 
+def short_model_names(ev: dict) -> dict[str, str]:
+    """Each model of an evaluation by its short name (``logistic regression``: the settings in brackets
+    left to :func:`baseline_settings`), or by its whole name when two would read alike without them."""
+    short = {r["model"]: r["model"].split(" (")[0] for r in ev.get("scores", [])}
+    if len(set(short.values())) < len(short):  # two baselines alike without their brackets: their whole names
+        short = {name: name for name in short}
+    return short
+
+
 def evaluation_table(ev: dict) -> pd.DataFrame:
     """One evaluation of :func:`card_table`, as the app shows it under :func:`evaluation_heading`: a
     row per model, the baselines by their short names (``logistic regression``; the settings in
     brackets are in :func:`baseline_settings`), and short column headers."""
-    short = {r["model"]: r["model"].split(" (")[0] for r in ev.get("scores", [])}
-    if len(set(short.values())) < len(short):  # two baselines alike without their brackets: their whole names
-        short = {name: name for name in short}
+    short = short_model_names(ev)
     rows = []
     for r in ev.get("scores", []):
         diff = r.get("model_minus_this")

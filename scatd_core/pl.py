@@ -1392,33 +1392,60 @@ CARD_LABEL_WIDTH = 24
 
 
 def card_figure(card: dict, title: str | None = "AUROC of the model and the baselines (95% bootstrap CI)") -> go.Figure:
-    """A model card's AUROCs with their bootstrap intervals: one row per model, grouped by
-    evaluation (bulk cross-validation, target cells), this model in black."""
-    fig = go.Figure()
-    rows = []
+    """A model card's AUROCs with their bootstrap intervals: one panel per evaluation (bulk
+    cross-validation, target cells), titled once, its models by their short names on the rows
+    (:func:`scatd_core.card.short_model_names`; the settings are said beside the chart), this model
+    in black, one AUROC scale for all."""
+    from plotly.subplots import make_subplots
+
+    from scatd_core.card import short_model_names
+
+    panels = []  # (evaluation title, [(label, auroc, plus, minus, mine)])
     for ev in card.get("evaluations", []):
+        short = short_model_names(ev)
+        rows_ev = []
         for r in ev["scores"]:
             if r["auroc"] is None:
                 continue
             lo, hi = r["auroc_ci"]
-            # long labels wrapped (at 390 px "Target cells (2,000 cells, GSE117872 HN120)" took the plot's width
-            # and was cut): the evaluation, then the model, each in lines of CARD_LABEL_WIDTH characters
-            label = f"{wrap_title(str(ev['title']), CARD_LABEL_WIDTH)}<br>{wrap_title(str(r['model']), CARD_LABEL_WIDTH)}"
-            rows.append((label, r["auroc"], hi - r["auroc"], r["auroc"] - lo,
-                         r["model"] == "this model"))
-    for mine in (False, True):
-        sel = [r for r in rows if r[4] == mine]
-        if not sel:
-            continue
-        fig.add_trace(go.Scatter(
-            x=[r[1] for r in sel], y=[r[0] for r in sel], mode="markers", name="this model" if mine else "baselines",
-            marker=dict(size=11 if mine else 9, color="black" if mine else "#6c8ebf"),
-            error_x=dict(type="data", array=[r[2] for r in sel], arrayminus=[r[3] for r in sel], thickness=1.5),
-            hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>"))
-    fig.add_vline(x=0.5, line=dict(color="#bbb", dash="dot"))
+            # QA: the evaluation and the model's whole name on every row took 3-5 lines each; now the evaluation
+            # is the panel's title and the model its short name (wrapped for a phone)
+            rows_ev.append((wrap_title(short[r["model"]], CARD_LABEL_WIDTH), r["auroc"], hi - r["auroc"],
+                            r["auroc"] - lo, r["model"] == "this model"))
+        if rows_ev:
+            panels.append((wrap_title(str(ev["title"]), 40), rows_ev))
+    rows = [r for _, rows_ev in panels for r in rows_ev]
+    lines = [max(r[0].count("<br>") + 1 for r in rows_ev) for _, rows_ev in panels]
+    row_px = [(15 * n + 15) * len(rows_ev) + 10 for n, (_, rows_ev) in zip(lines, panels)]
+    gap = 40 + 14 * max([t.count("<br>") for t, _ in panels], default=0)  # room for the next panel's title
+    if panels:
+        fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, row_heights=row_px,
+                            vertical_spacing=min(gap / max(sum(row_px) + gap * (len(panels) - 1), 1), 0.5),
+                            subplot_titles=[t for t, _ in panels])
+    else:
+        fig = go.Figure()
+    shown = set()
+    for k, (_, rows_ev) in enumerate(panels, start=1):
+        for mine in (False, True):
+            sel = [r for r in rows_ev if r[4] == mine]
+            if not sel:
+                continue
+            name = "this model" if mine else "baselines"
+            fig.add_trace(go.Scatter(
+                x=[r[1] for r in sel], y=[r[0] for r in sel], mode="markers", name=name, legendgroup=name,
+                showlegend=name not in shown,
+                marker=dict(size=11 if mine else 9, color="black" if mine else "#6c8ebf"),
+                error_x=dict(type="data", array=[r[2] for r in sel], arrayminus=[r[3] for r in sel], thickness=1.5),
+                hovertemplate="%{y}: AUROC %{x:.3f}<extra></extra>"), row=k, col=1)
+            shown.add(name)
+        fig.update_yaxes(categoryorder="array", categoryarray=[r[0] for r in reversed(rows_ev)], automargin=True,
+                         row=k, col=1)
+        fig.add_vline(x=0.5, line=dict(color="#bbb", dash="dot"), row=k, col=1)
+    for note in fig.layout.annotations:  # the panels' titles: left, over their rows' labels
+        note.update(x=0, xanchor="left", align="left", font=dict(size=13, color=FONT_COLOR))
     lowest = min([r[1] - r[3] for r in rows], default=0.3)  # a model ranking the wrong way round stays in view
-    fig.update_xaxes(title="AUROC", range=[min(0.3, max(0.0, lowest - 0.05)), 1.0], nticks=5, automargin=True)
-    fig.update_yaxes(categoryorder="array", categoryarray=[r[0] for r in reversed(rows)], automargin=True)
+    fig.update_xaxes(range=[min(0.3, max(0.0, lowest - 0.05)), 1.0], nticks=5, automargin=True)
+    fig.update_xaxes(title="AUROC", row=max(len(panels), 1), col=1)
     said = []
     for ev in card.get("evaluations", []):
         scores = [f"{r['model']} {r['auroc']:.2f} ({r['auroc_ci'][0]:.2f} to {r['auroc_ci'][1]:.2f})"
@@ -1427,10 +1454,11 @@ def card_figure(card: dict, title: str | None = "AUROC of the model and the base
             said.append(f"{ev['title']}: " + ", ".join(scores))
     alt = ("AUROC of the model and the baselines with 95% bootstrap intervals (0.5 is chance). "
            + ("; ".join(said) if said else "No AUROC to show") + ".")
-    lines = max([r[0].count("<br>") + 1 for r in rows], default=2)
     title = wrap_title(title, 36)
-    fig = layout(fig, title, height=150 + (15 * lines + 15) * max(len(rows), 1))
+    fig = layout(fig, title, height=150 + (sum(row_px) or 40) + gap * max(len(panels) - 1, 0))
     # the legend under the plot, not beside it (at 390 px it took a third of the width); the title's lines
+    first = 18 * (panels[0][0].count("<br>") + 1) + 6 if panels else 0  # the first panel's title, under the chart's
     fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", yref="container", y=0, yanchor="bottom"),
-                      margin=dict(b=80, t=30 + 22 * (title.count("<br>") + 1) if title else 20))
+                      margin=dict(b=80, t=(30 + 22 * (title.count("<br>") + 1) if title else 20) + first),
+                      height=fig.layout.height + first)
     return describe(fig, alt, "model_card_auroc", zoom=False)

@@ -1934,6 +1934,9 @@ def test_the_card_shows_a_short_score_table_per_evaluation(empty_library):
     assert ("Bulk cell lines, 5-fold cross-validation: 100 cell lines (50 resistant); AUPRC by chance 0.500 "
             "(the share resistant)") in said
     assert "Baselines: logistic regression (C=0.1, balanced)." in text(at.caption).replace("\\", "")
+    # QA: the chart repeated the evaluation and the whole name on every row; its short rows are said once
+    assert ("The chart: one panel per evaluation (as the tables above), the models by their short names; the "
+            "baselines' settings are said above the chart.") in text(at.caption).replace("\\", "")
 
 
 def test_ensemble_spread_is_the_cells_uncertainty(empty_library):

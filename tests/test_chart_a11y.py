@@ -349,10 +349,32 @@ def test_the_model_card_chart_wraps_its_labels_and_title_for_a_phone():
         {"model": "logistic regression on highly variable genes", "auroc": 0.62, "auroc_ci": [0.55, 0.7]}]}]}
     fig = pl.card_figure(card)
     labels = [y for trace in fig.data for y in trace.y]
-    assert "Target cells (2,000<br>cells, GSE117872 HN120)<br>logistic regression on<br>highly variable genes" in labels
+    assert "logistic regression on<br>highly variable genes" in labels
     assert all(len(line) <= pl.CARD_LABEL_WIDTH for label in labels for line in label.split("<br>"))
+    titles = [a.text for a in fig.layout.annotations]
+    assert "Target cells (2,000 cells, GSE117872<br>HN120)" in titles, titles
     assert fig.layout.title.text == "AUROC of the model and the baselines<br>(95% bootstrap CI)"
     assert fig.layout.margin.t >= 70 and fig.layout.xaxis.nticks == 5 and fig.layout.legend.orientation == "h"
+
+
+def test_the_model_card_chart_groups_its_rows_by_evaluation_with_short_model_names():
+    """QA: every row repeated a 3-5 line label ("Target cells ('response', labels used for evaluation only)
+    logistic regression (C tuned by inner CV, balanced)"). Now one panel per evaluation, titled once, and
+    the models by their short names (their settings are said beside the chart, as the tables say them)."""
+    scores = [{"model": "this model", "auroc": 0.8, "auroc_ci": [0.7, 0.9]},
+              {"model": "logistic regression (C tuned by inner CV, balanced)", "auroc": 0.7, "auroc_ci": [0.6, 0.8]},
+              {"model": "gradient boosting (100 trees, depth 3)", "auroc": 0.6, "auroc_ci": [0.5, 0.7]}]
+    card = {"evaluations": [{"title": "Bulk cross-validation (5 folds)", "scores": scores},
+                            {"title": "Target cells ('response', labels used for evaluation only)", "scores": scores}]}
+    fig = pl.card_figure(card)
+    rows = {y for trace in fig.data for y in trace.y}
+    assert rows == {"this model", "logistic regression", "gradient boosting"}, rows
+    titles = [a.text.replace("<br>", " ") for a in fig.layout.annotations]
+    assert titles[:2] == ["Bulk cross-validation (5 folds)",
+                          "Target cells ('response', labels used for evaluation only)"], titles
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["baselines", "this model"]
+    assert fig.layout.xaxis.range == fig.layout.xaxis2.range  # one AUROC scale for both panels
+    assert "Bulk cross-validation (5 folds): this model 0.80" in pl.alt_text(fig)
 
 
 def test_qc_and_umap_number_ticks_group_thousands():
