@@ -110,7 +110,7 @@ def read(path, *, orientation: str = "auto", max_bytes: int | None = None, max_c
         server have finished; a server whose budget is too small for itself says to ask its administrator).
     samples
         The rows are bulk samples (cell lines), not cells (bulk expression for training): messages
-        about a row call it a sample.
+        about a row call it a cell line.
 
     Returns
     -------
