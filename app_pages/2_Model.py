@@ -7,8 +7,8 @@ from scatd_app import state, ui
 from scatd_core import foundation, io
 from scatd_core._keys import FOUNDATION_EMBEDDING
 from scatd_core.backbone_setup import backbone_setup, choice_label
-from scatd_core.bundle import (FIGSHARE_URL, backbone_group_titles, chosen_by_default_for,
-                               distinct_titles, import_card_lines, input_transform_words, named_title, who_made)
+from scatd_core.bundle import (BACKBONE_HELP, FIGSHARE_URL, backbone_group_titles, chosen_by_default_for,
+                               import_card_lines, input_transform_words, who_made)
 from scatd_core.errors import ScatdError
 from scatd_core.inputs import InputSpec, embedding_width_error, value_messages
 from scatd_core.nn import BACKBONES
@@ -51,7 +51,7 @@ ui.show_library(entries)
 offered = ui.offered_models(demo_data)
 cannot = [b for b in classifiers if b.prediction_problem and (demo_data or not b.is_demo)]
 if cannot:
-    titles = distinct_titles(classifiers)
+    titles = ui.model_names(entries)
     st.warning("Not offered for prediction: " + "; ".join(f"**{ui.md(titles[str(b.path)])}** "
                                                          f"({ui.md(b.prediction_problem)})" for b in cannot)
                + ". It was imported without the bulk embeddings its AdaIN step needs; import it again with them on "
@@ -85,8 +85,9 @@ if ss.get("model_backbone") not in BACKBONES:  # the chosen model's, else one wi
     ss["model_backbone"] = (current.backbone if current is not None and current.backbone in usable else
                             next(m.backbone for m in offered if str(m.path) == first) if first else usable[0])
 left, right = st.columns([0.4, 0.6])  # a drug model's title is long: at 1280 px half the width cut it
-group_titles = backbone_group_titles(offered)  # a model trained here is not the published backbone: said so
-backbone = left.selectbox("Backbone", list(BACKBONES), key="model_backbone",
+# a model trained here is not the published backbone: said so, shortly (the rest in the box's help)
+group_titles = backbone_group_titles(offered, short=True)
+backbone = left.selectbox("Backbone", list(BACKBONES), key="model_backbone", help=BACKBONE_HELP,
                           format_func=ui.detached(lambda b: choice_label(b, group_titles.get(b), setups[b])))
 if backbone not in usable:  # what it lacks, in order, and the cost here; nothing is run, no Predict link
     # (with a drug model but not the foundation model's files, the step below says so: embeddings may be uploaded)
@@ -94,7 +95,7 @@ if backbone not in usable:  # what it lacks, in order, and the cost here; nothin
     ui.show_backbone_setup(backbone_setup(backbone, offered, ss.get(state.ADATA)))
     ui.stop()
 choices = {str(m.path): m for m in offered if m.backbone == backbone}
-labels = distinct_titles(list(choices.values()))
+labels = ui.model_names(entries)  # each model's one name, as the table above and the Models page say it
 if ss.get("model_bundle") not in choices:  # never another user's model, unless they chose it
     ss["model_bundle"] = str(current.path) if current is not None and str(current.path) in choices \
         else ui.default_model(choices.values(), ss.get(state.ADATA))
@@ -113,7 +114,7 @@ if path is None:
 bundle = choices[path]
 
 with st.container(border=True):
-    st.subheader(ui.md(named_title(bundle)))  # the model's name (--name) first, as the Models page titles it
+    st.subheader(ui.md(labels[path]))  # the model's name, as the picker and the Models page say it
     if bundle.is_demo:
         st.badge("demo model (simulated data): trained on simulated cell lines; for trying the app only",
                  color="orange")

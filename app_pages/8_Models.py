@@ -12,8 +12,8 @@ import streamlit as st
 
 from scatd_app import auth, jobs, session, state, ui
 from scatd_core import io, published
-from scatd_core.bundle import (BACKBONE_TITLES, BETA_MODES, FIGSHARE_URL, distinct_named_titles, distinct_titles,
-                               import_card_lines, import_checkpoint, remove_bundle)
+from scatd_core.bundle import (BACKBONE_TITLES, BETA_MODES, FIGSHARE_URL, import_card_lines, import_checkpoint,
+                               remove_bundle)
 from scatd_core.config import import_folder, limits
 from scatd_core.errors import ScatdError
 from scatd_core.nn import BACKBONES
@@ -36,7 +36,7 @@ if carded:
                    Path(p).resolve() == Path(ss[state.BUNDLE_PATH]).resolve()), None)
     if in_use is not None and (ss.get("model_card_choice") not in carded or ss.get("model_card_follows") != in_use):
         ss["model_card_choice"] = ss["model_card_follows"] = in_use
-    card_titles = distinct_named_titles(list(carded.values()))  # one title each, the folder where two read alike
+    card_titles = ui.model_names(entries)  # each model's one name, as the table and the pickers say it
     chosen = st.selectbox("Model", list(carded), key="model_card_choice",
                           format_func=ui.detached(lambda p: card_titles[p]))
     if carded[chosen].manifest.get("card"):
@@ -203,7 +203,7 @@ if user is not None and user.admin:
         st.warning(f"{ui.md(gone)} is no longer in the library (removed by someone else); nothing was removed.",
                    icon=":material/info:")
     if removable:
-        titles = distinct_titles([e.bundle for e in entries if e.ok])
+        titles = ui.model_names(entries)  # as the table above names them
         title_of = ui.detached(lambda p: titles.get(p, f"{Path(p).name} (unusable)"))
 
         def forget_sure():

@@ -8,7 +8,6 @@ from scatd_app import auth, jobs, state, ui
 from scatd_core import embed, export, panel, pl
 from scatd_core._keys import CLUSTER, EMBED, PANEL_RESISTANT_TO_ALL, UMAP
 from scatd_core._progress import with_eta
-from scatd_core.bundle import distinct_titles
 from scatd_core.errors import ScatdError
 from scatd_core.predict import set_threshold
 
@@ -119,9 +118,10 @@ with st.container(border=True):
         ui.link("Model library", "Get or import models", ":material/inventory_2:")
         ui.stop()
     ss["panel_models"] = [p for p in kept if p in classifiers]
-    labels = distinct_titles(list(classifiers.values()))
-    labels = {p: t + (f" ({classifiers[p].prediction_problem}: it would be skipped)"
-                      if classifiers[p].prediction_problem else "") for p, t in labels.items()}
+    names = ui.model_names()  # each model's one name, as the Model and Models pages say it
+    labels = {p: names.get(p, classifiers[p].title) + (f" ({classifiers[p].prediction_problem}: it would be skipped)"
+                                                       if classifiers[p].prediction_problem else "")
+              for p in classifiers}
     paths = st.multiselect("Drug models of the panel (two or more)", list(classifiers), key="panel_models",
                            format_func=ui.detached(lambda p: labels[p]),
                            help="Any backbones and gene sets: each model is aligned to the data separately, and "

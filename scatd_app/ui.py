@@ -1025,18 +1025,28 @@ def offered_models(demo_data: bool) -> list:
     return classifiers if demo_data else [b for b in classifiers if not b.is_demo]
 
 
+def model_names(entries=None) -> dict[str, str]:
+    """The name each model of the library is shown by, keyed by ``str(path)``
+    (:func:`scatd_core.bundle.display_names` over the whole library): the Models page's table, card
+    picker, Remove picker and messages, the Model page's picker and heading, the Drug panel, the
+    Predict page and the sidebar all say it, so one model never has two names."""
+    from scatd_core.bundle import display_names
+
+    return display_names([e.bundle for e in (library_entries() if entries is None else entries) if e.ok])
+
+
 def model_title(bundle) -> str:
-    """The model's name as the Model page lists it (:func:`scatd_core.bundle.distinct_titles`):
-    ``DRUG · backbone``, with its folder name added when another installed drug model has the same
-    title (two Sorafenib Dist_VAE models), so the Predict page and the sidebar say which one is used."""
-    from scatd_core.bundle import distinct_titles
+    """``bundle``'s name as every page shows it (:func:`model_names`), e.g. ``GEFITINIB (VAE on genes,
+    trained) 2``, or ``DRUG · backbone`` with its folder name added when another installed model
+    reads the same, so the Predict page and the sidebar say which one is used."""
+    from scatd_core.bundle import display_names
 
     try:
-        others = [e.bundle for e in library_entries() if e.ok and e.bundle.kind == "classifier"
+        others = [e.bundle for e in library_entries() if e.ok
                   and Path(e.bundle.path).resolve() != Path(bundle.path).resolve()]
-    except (ScatdError, OSError):  # the library cannot be listed: the model's own title
+    except (ScatdError, OSError):  # the library cannot be listed: the model's own name
         others = []
-    return distinct_titles([*others, bundle])[str(bundle.path)]
+    return display_names([*others, bundle])[str(bundle.path)]
 
 
 def model_user() -> str | None:
@@ -2304,7 +2314,7 @@ def library_frame(entries):
     """
     import pandas as pd
 
-    rows = []
+    rows, shown = [], model_names(entries)
     for e in entries:
         if not e.ok:
             rows.append({"name": None, "drug": None, "backbone": None, "kind": "unusable", "members": None,
@@ -2315,7 +2325,8 @@ def library_frame(entries):
             continue
         s = e.bundle.summary()
         prov = e.bundle.manifest.get("provenance", {})
-        rows.append({"name": s["name"], "drug": s["drug"], "backbone": s["backbone"],
+        rows.append({"name": s["name"], "display name": shown[str(e.path)], "drug": s["drug"],
+                     "backbone": s["backbone"],
                      "backbone title": e.bundle.backbone_title, "kind": s["kind"],
                      "members": s["members"], "demo": s["demo"], "genes": s["n_genes"],
                      "AdaIN stats": None if s["style"] is None or s["kind"] != "classifier" else
@@ -2399,12 +2410,14 @@ def library_view(frame):
     """The library table as the pages show it (:func:`library_frame` keeps the stored values):
     backbones by their titles and kinds in words (not ``dist_vae``, ``classifier``), nothing shown
     as "None", and the columns that tell models apart first."""
-    from scatd_core.bundle import BACKBONE_TITLES
+    from scatd_core.bundle import BACKBONE_TITLES, short_backbone_title
 
     view = frame.copy()
+    if "display name" in view:  # the name every picker and message says (model_names), not the stored one
+        view["name"] = view.pop("display name").where(lambda n: n.notna(), view["name"])
     if "backbone" in view:  # its short title (Dist_VAE; VAE on genes: trained here): the narrow column cut it
         titles = view.pop("backbone title") if "backbone title" in view else view["backbone"].map(BACKBONE_TITLES.get)
-        view["backbone"] = [(t if isinstance(t, str) else BACKBONE_TITLES.get(b, b)).split(" (")[0]
+        view["backbone"] = [short_backbone_title(t if isinstance(t, str) else BACKBONE_TITLES.get(b, b))
                             if isinstance(b, str) else "" for b, t in zip(view["backbone"], titles)]
     elif "backbone title" in view:
         view = view.drop(columns=["backbone title"])

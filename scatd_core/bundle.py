@@ -873,11 +873,14 @@ def _write_locked(out: Path, write, overwrite: bool, unique: bool) -> Path:
     with library_lock(parent):
         if unique:
             base, k = out, 2
-            while out.exists():
+            while out.exists() or _case_variant(out) is not None:
                 out, k = base.with_name(f"{base.name}-{k}"), k + 1
-        if out.exists() and not overwrite:
-            what = "A model bundle" if (out / MANIFEST).exists() else "A folder"
-            raise NameTaken(f"{what} named {out.name} already exists in {parent}; nothing was changed.",
+        if not overwrite and (out.exists() or _case_variant(out) is not None):
+            held = out if out.exists() else _case_variant(out)
+            what = "A model bundle" if (held / MANIFEST).exists() else "A folder"
+            named = out.name if held.name == out.name else f"{held.name} (the same name but for its case: one " \
+                                                           "folder on a macOS or Windows disk)"
+            raise NameTaken(f"{what} named {named} already exists in {parent}; nothing was changed.",
                             "To keep both, import it under another name (scatd import-checkpoint ... --name NAME) "
                             "or into another folder (--out FOLDER). Replacing a shared model is for an "
                             "administrator, on the app's Model library page: 'Replace a model of the same name' "
@@ -901,6 +904,17 @@ def _write_locked(out: Path, write, overwrite: bool, unique: bool) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _case_variant(out: Path) -> Path | None:
+    """Another folder beside ``out`` whose name differs from ``out``'s only by case (``Gefitinib_...``,
+    ``GEFITINIB_...``): two folders on Linux, one on a case-insensitive disk (macOS, Windows), where the
+    library may be copied or mounted; a new model never takes such a name."""
+    try:
+        return next((p for p in out.parent.iterdir()
+                     if p.name != out.name and p.name.casefold() == out.name.casefold()), None)
+    except OSError:
+        return None
 
 
 def clean_library(root: str | Path | None = None) -> list[str]:
@@ -1217,16 +1231,32 @@ def distinct_titles(bundles: Sequence[Bundle]) -> dict[str, str]:
     return {str(b.path): b.title if shared[b.title] == 1 else f"{b.title} ({b.path.name})" for b in bundles}
 
 
-def backbone_group_titles(bundles: Sequence[Bundle]) -> dict[str, str]:
+def short_backbone_title(title: str) -> str:
+    """A backbone's title without its explanation in brackets, for a narrow table column or select box:
+    ``Dist_VAE`` (published or imported, also as the backbone a model was trained from), ``VAE on
+    genes`` (trained in scATD Studio); the help beside it says the rest (:data:`BACKBONE_HELP`)."""
+    return str(title).split(" (")[0]
+
+
+#: What the short backbone names mean (the help of the Model page's Backbone box and the library's column).
+BACKBONE_HELP = ("Dist_VAE (scATD-sf-dist), VAE_sf (scATD-sf), VAE_gf (scATD-gf): the published scATD backbones, "
+                 "in a published or imported model (or one trained in scATD Studio from such a backbone); "
+                 "'VAE on genes' (or on scFoundation / Geneformer embeddings): a VAE of that layout trained in "
+                 "scATD Studio on your own data.")
+
+
+def backbone_group_titles(bundles: Sequence[Bundle], *, short: bool = False) -> dict[str, str]:
     """For a choice of backbone before a model (the Model page): each backbone's name as its models
     read, e.g. ``Dist_VAE (scATD-sf-dist) / VAE on genes (trained in scATD Studio)`` when both an
-    imported and a model trained here are offered; a backbone with none, its published name."""
+    imported and a model trained here are offered; a backbone with none, its published name. ``short``:
+    each by :func:`short_backbone_title` (``Dist_VAE / VAE on genes``), for a narrow select box."""
+    cut = short_backbone_title if short else str
     found: dict[str, list[str]] = {}
     for b in bundles:
         found.setdefault(b.backbone, [])
-        if b.backbone_title not in found[b.backbone]:
-            found[b.backbone].append(b.backbone_title)
-    return {b: " / ".join(sorted(found.get(b) or [title], key=lambda t: t != title))
+        if cut(b.backbone_title) not in found[b.backbone]:
+            found[b.backbone].append(cut(b.backbone_title))
+    return {b: " / ".join(sorted(found.get(b) or [cut(title)], key=lambda t: t != cut(title)))
             for b, title in BACKBONE_TITLES.items()}
 
 
@@ -1235,7 +1265,9 @@ def named_title(bundle: Bundle) -> str:
     (a name made of the title's parts, as the demo's "DEMOTINIB · demo (simulated data)": the
     title alone, never "DEMOTINIB · demo (simulated data) · DEMOTINIB · Dist_VAE ...")."""
     name, title = bundle.name, bundle.title
-    if not name or name == bundle.path.name or set(name.split(" · ")) <= set(title.split(" · ")):
+    unnamed = name == bundle.path.name and not (getattr(bundle, "manifest", None) or {}).get("name")
+    if (not name or unnamed or set(name.split(" · ")) <= set(title.split(" · "))
+            or _saved_default_name(bundle)):
         return title
     default = _default_name_number(bundle)
     if default is not None:  # "Gefitinib (VAE on genes, trained)" says the title's drug, backbone and origin
@@ -1243,6 +1275,15 @@ def named_title(bundle: Bundle) -> str:
             return name  # not "Gefitinib (VAE on genes, trained) · Gefitinib · VAE on genes (trained in scATD Studio)"
         return title + (f" {default}" if default else "")  # trained on an imported backbone: the title says which
     return f"{name} · {title}"
+
+
+def _saved_default_name(bundle) -> bool:
+    """Whether ``bundle``'s name is the one :func:`save_bundle` gives a model without one
+    (``DOCETAXEL (dist_vae)``, ``dist_vae backbone``: an import without --name): it says nothing
+    the title does not say better (``DOCETAXEL · Dist_VAE (scATD-sf-dist)``)."""
+    drug, backbone = getattr(bundle, "drug", None), getattr(bundle, "backbone", None)
+    default = f"{drug} ({backbone})" if drug else f"{backbone} backbone"
+    return bool(backbone) and str(bundle.name).casefold() == default.casefold()
 
 
 def _default_name_number(bundle) -> str | None:
@@ -1257,12 +1298,18 @@ def _default_name_number(bundle) -> str | None:
     return None if found is None else (found.group(1) or "")
 
 
-def distinct_named_titles(bundles: Sequence[Bundle]) -> dict[str, str]:
-    """:func:`named_title` of each bundle, keyed by ``str(bundle.path)``, with the folder name added
-    where several bundles would read the same (a list to choose a model card from)."""
-    titles = {str(b.path): named_title(b) for b in bundles}
-    shared = Counter(titles.values())
-    return {str(b.path): t if shared[t] == 1 else f"{t} ({b.path.name})" for b, t in zip(bundles, titles.values())}
+def display_names(bundles: Sequence[Bundle]) -> dict[str, str]:
+    """The one name each model is shown by, keyed by ``str(bundle.path)``: every picker, table,
+    card and message of the app says it (pass the whole library, so a model reads the same on every
+    page). It is :func:`named_title`, with the folder name added where several bundles would read
+    the same, even by case alone, e.g. ``GEFITINIB · Dist_VAE (scATD-sf-dist) (gefitinib_copy)``."""
+    titles = [named_title(b) for b in bundles]
+    shared = Counter(t.casefold() for t in titles)
+    return {str(b.path): t if shared[t.casefold()] == 1 else f"{t} ({b.path.name})" for b, t in zip(bundles, titles)}
+
+
+#: the former name of :func:`display_names`
+distinct_named_titles = display_names
 
 
 # --------------------------------------------------------------------------- library

@@ -2410,7 +2410,10 @@ def test_the_chosen_one_of_two_models_of_a_drug_is_named_on_the_predict_page_sid
     goto(at, "2_Model")
     at.selectbox(key="model_bundle").set_value(second).run()
     ok(at)
-    title = f"DOCETAXEL · Dist_VAE (scATD-sf-dist) ({Path(second).name})"
+    # the other one is called "DOCETAXEL GSE140440 · DOCETAXEL · ...": this one's title tells it apart
+    # (scatd_core.bundle.display_names); its default name "DOCETAXEL (dist_vae)" says nothing more
+    title = "DOCETAXEL · Dist_VAE (scATD-sf-dist)"
+    assert sorted(at.selectbox(key="model_bundle").options) == [f"DOCETAXEL GSE140440 · {title}", title]
     goto(at, "3_Predict")
     assert ui.md(title) in text(at.caption), text(at.caption)
     assert ui.md(title) in text(at.sidebar.markdown), text(at.sidebar.markdown)
@@ -2792,3 +2795,47 @@ def test_the_overview_says_the_demo_is_being_built_and_its_button_joins_that_bui
     assert calls == [1]  # joined the build in progress, not a second one
     assert at.session_state[state.DATA_NAME] == "demo (simulated data)"
     assert "being built" not in text(at.caption) + text(at.sidebar.caption)
+
+
+def test_a_model_has_one_name_in_the_table_the_pickers_the_card_and_the_removal(empty_library):
+    """QA: two GEFITINIB models (one trained in the app, one with `scatd train`) read "GEFITINIB (VAE on
+    genes, trained) 2" in the library table and card, but "GEFITINIB · VAE on genes (trained in scATD
+    Studio)" in the Model page's picker and the Remove picker, two entries alike, and "Removed GEFITINIB ·
+    VAE on genes (trained in scATD Studio) from the library.". One name per model everywhere now
+    (scatd_core.bundle.display_names)."""
+    import shutil
+
+    first = empty_library / "Gefitinib_dist_vae_trained"
+    make_bundle(first, make_dataset(40, seed=2), steps=1, drug="Gefitinib")
+    second = Path(shutil.copytree(first, empty_library / "GEFITINIB_dist_vae_trained-2"))
+    names = {str(first): "Gefitinib (VAE on genes, trained)", str(second): "GEFITINIB (VAE on genes, trained) 2"}
+    for folder, drug, via in ((first, "Gefitinib", "the Train page"), (second, "GEFITINIB", "scatd train")):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest.update(drug=drug, name=names[str(folder)])
+        manifest["provenance"]["source"] = f"trained by scATD Studio ({via})"
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    at = goto(start(), "8_Models")
+    assert sorted(at.dataframe[0].value["name"]) == sorted(names.values())
+    remove = at.selectbox(key="models_remove_choice")
+    assert sorted(remove.options) == sorted(names.values())
+    at.selectbox(key="models_remove_choice").set_value(str(second))
+    at.run()
+    at.checkbox(key="models_remove_sure").check()
+    at.run()
+    at.button(key="btn_remove_model").click()
+    at.run()
+    ok(at)
+    assert "Removed GEFITINIB (VAE on genes, trained) 2 from the library." in text(at.success).replace("\\", "")
+
+    make_bundle(second, make_dataset(40, seed=2), steps=1, drug="GEFITINIB")  # back, for the Model page
+    manifest = json.loads((second / "manifest.json").read_text())
+    manifest.update(name=names[str(second)])
+    manifest["provenance"]["source"] = "trained by scATD Studio (scatd train)"
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    goto(at, "2_Model")
+    assert sorted(at.selectbox(key="model_bundle").options) == sorted(names.values())
+    assert at.selectbox(key="model_backbone").options == ["VAE on genes"]  # short: the help says the rest
+    assert "trained in scATD Studio" in at.selectbox(key="model_backbone").help
+    at.selectbox(key="model_bundle").set_value(str(second))
+    at.run()
+    assert any(str(s.value).replace("\\", "") == "GEFITINIB (VAE on genes, trained) 2" for s in at.subheader)

@@ -542,3 +542,41 @@ def test_a_bulk_cv_on_too_few_lines_of_a_class_claims_no_win():
     assert not any(v.startswith("This model beats") or "better than" in v for v in said + ev["verdicts"])
     target = dict(ev, name="target")  # cells: the same counts are no bulk CV, judged as before
     assert cards.verdicts(target)[0].startswith("This model beats gradient boosting")
+
+
+def test_one_display_name_per_model_and_case_variant_folders_get_their_own(tmp_path):
+    """QA: GEFITINIB trained in the app and again with `scatd train --drug GEFITINIB` read "GEFITINIB (VAE
+    on genes, trained) 2" in the library table and card but "GEFITINIB · VAE on genes (trained in scATD
+    Studio)" (twice, alike) in the Model and Remove pickers and the removal's message; their folders
+    differed only by case (Gefitinib_dist_vae_trained, GEFITINIB_dist_vae_trained: one folder on a
+    macOS/Windows mount). One function names each model (display_names), an import's default name
+    says nothing more than its title, and a folder whose name differs from a taken one only by case
+    gets the next free name (or is refused, as an existing folder is)."""
+    from test_ensemble import _ensemble
+
+    from scatd_core.bundle import NameTaken, display_names, list_library, load_bundle, save_bundle
+
+    model, lib = _ensemble(), tmp_path / "lib"
+    trained = {"source": "trained by scATD Studio (the Train page)"}
+
+    def save(folder, drug, name, **kw):
+        return save_bundle(lib / folder, model.stacked_state_dict(), model.arch, drug=drug,
+                           genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize",
+                           threshold=0.5, provenance=trained, name=name, **kw)
+
+    first = save("Gefitinib_dist_vae_trained", "Gefitinib", "Gefitinib (VAE on genes, trained)")
+    with pytest.raises(NameTaken):  # not a second folder beside it that a case-insensitive disk cannot hold
+        save("GEFITINIB_dist_vae_trained", "GEFITINIB", "GEFITINIB (VAE on genes, trained) 2")
+    second = save("GEFITINIB_dist_vae_trained", "GEFITINIB", "GEFITINIB (VAE on genes, trained) 2", unique=True)
+    assert second.path.name == "GEFITINIB_dist_vae_trained-2"
+    imported = save_bundle(lib / "DOCETAXEL_dist_vae", model.stacked_state_dict(), model.arch, drug="DOCETAXEL",
+                           genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize",
+                           threshold=0.05, provenance={"source": "imported original scATD checkpoint"})
+    assert imported.name == "DOCETAXEL (dist_vae)"  # save_bundle's default name
+    names = display_names([e.bundle for e in list_library(lib)])
+    assert names == {str(first.path): "Gefitinib (VAE on genes, trained)",
+                     str(second.path): "GEFITINIB (VAE on genes, trained) 2",
+                     str(imported.path): "DOCETAXEL · Dist_VAE (scATD-sf-dist)"}  # not "DOCETAXEL (dist_vae) · ..."
+    twin = load_bundle(lib / "DOCETAXEL_dist_vae")
+    twin.path = lib / "docetaxel_copy"
+    assert display_names([imported, twin])[str(twin.path)] == "DOCETAXEL · Dist_VAE (scATD-sf-dist) (docetaxel_copy)"

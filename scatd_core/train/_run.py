@@ -17,8 +17,8 @@ from scatd_core import training_cells
 from scatd_core._keys import target_columns_hint
 from scatd_core._threads import threads
 from scatd_core._train_settings import pretrain_lr, unused_settings
-from scatd_core.bundle import (Bundle, NameTaken, load_backbone_from_bundle, load_bundle, safe_name, save_bundle,
-                               sha256_file)
+from scatd_core.bundle import (Bundle, NameTaken, _case_variant, load_backbone_from_bundle, load_bundle, safe_name,
+                               save_bundle, sha256_file)
 from scatd_core.config import model_library_dir
 from scatd_core.demo.simulate import is_simulated
 from scatd_core.errors import InputError
@@ -45,7 +45,7 @@ def _default_out(drug: str, backbone: str, library) -> Path:
     root = Path(library) if library else model_library_dir()
     base = root / safe_name(f"{drug}_{backbone}_trained")
     out, k = base, 2
-    while out.exists():
+    while out.exists() or _case_variant(out) is not None:  # GEFITINIB after Gefitinib: GEFITINIB_..._trained-2
         out, k = base.with_name(f"{base.name}-{k}"), k + 1
     return out
 
