@@ -33,6 +33,27 @@ def _believe_only_trusted_proxies() -> None:
         os.environ[FORWARDED_ALLOW_IPS] = uvicorn_allow_ips(settings()["trusted_proxies"])
 
 
+def _read_config_as_run_will(args: list[str]) -> None:
+    """Parse Streamlit's configuration as ``streamlit run app.py ARGS`` will: its config.toml files
+    (the app's folder's too), then the options given on the command line. The checks below read it
+    (``secrets.files``, the upload limit) before the server starts; parsed then without the options,
+    ``streamlit run``'s own parse with them (``--server.port 8777``) changed the [server] section, and
+    Streamlit logged at every start "An update to the [server] config option section was detected. To
+    have these changes be reflected, please restart streamlit.", for nothing. Parsed the same way
+    twice, nothing changes. Options click cannot read are left to ``streamlit run`` to refuse."""
+    import click
+    from streamlit import config
+    from streamlit.web import bootstrap, cli
+
+    try:
+        with cli.main_run.make_context("run", [str(APP), *args]) as context:
+            flags = {k: v for k, v in context.params.items() if k not in ("target", "args")}
+    except (click.ClickException, click.exceptions.Exit):
+        return
+    config._main_script_path = str(APP)  # as `streamlit run` sets it before parsing: the app's .streamlit/
+    bootstrap.load_config_options(flag_options=flags)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not APP.is_file():
@@ -44,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m scatd_app [OPTIONS]: loads scATD Studio, then runs `streamlit run app.py [OPTIONS]`, "
               "with these options:\n")
         return cli.main(["run", "--help"], prog_name="streamlit")
+    _read_config_as_run_will(args)
     from scatd_app import preflight
 
     preflight.report()

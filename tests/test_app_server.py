@@ -1519,3 +1519,32 @@ def test_a_memory_refusal_names_this_sessions_own_background_prediction_and_only
     line.running = 2  # another user's computation too: waiting for it helps
     assert refused().hint.startswith("Your file is kept: try again when other analyses on this server have finished")
     assert "used by the computations running now (your prediction in the background among them)" in str(refused())
+
+
+_LAUNCH_TO_THE_SERVER = r"""
+import sys
+import streamlit.web.bootstrap
+from scatd_app import ui, uploads
+from scatd_app.__main__ import main
+
+ui.start_up = lambda **k: None  # the libraries' warm-up: not what is tested
+uploads.install = lambda: True
+streamlit.web.bootstrap.run = lambda *a, **k: print("SERVER WOULD START", file=sys.stderr)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_launcher_never_logs_that_streamlit_must_be_restarted(tmp_path):
+    """QA: every `python -m scatd_app --server.port 8777 ...` logged "An update to the [server] config option
+    section was detected. To have these changes be reflected, please restart streamlit.": the launcher's
+    checks read Streamlit's configuration before `streamlit run` parsed it with the command's options,
+    so the server options seemed to change. The launcher now parses it once as `streamlit run` will."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "SCATD_HOME": str(tmp_path), "SCATD_AUTH": "none", "PYTHONPATH": str(repo)}
+    env.pop("SCATD_MODEL_LIBRARY", None)
+    done = subprocess.run([sys.executable, "-c", _LAUNCH_TO_THE_SERVER, "--server.headless", "true", "--server.port",
+                           "8777", "--server.address", "127.0.0.1", "--server.maxUploadSize", "300"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    said = done.stdout + done.stderr
+    assert "SERVER WOULD START" in said, said
+    assert "config option section was detected" not in said and "restart streamlit" not in said, said
