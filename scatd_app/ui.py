@@ -2279,13 +2279,28 @@ def preload_elements() -> None:
     st.html(script, unsafe_allow_javascript=True)
 
 
+#: The library table's short names of the model card's baselines (its AUROC columns' help says them)
+BASELINE_SHORT = {"logistic regression": "LR", "gradient boosting": "GB"}
+
+
 def _card_cell(bundle, evaluation: str) -> str | None:
-    """``model / LR / GB`` AUROCs of one evaluation of a bundle's model card (None without one)."""
+    """This model's AUROC in one evaluation of a bundle's model card, then each baseline's with its
+    short name, e.g. ``0.832 (LR 0.836, GB 0.684)`` (None without one): every number says whose it is
+    (``0.832 / 0.836 / 0.684`` had no key, and a card with one baseline put GB's where LR's was read)."""
     card = bundle.manifest.get("card") or {}
     ev = next((e for e in card.get("evaluations", []) if e["name"] == evaluation), None)
-    if ev is None:
+    if ev is None or not ev.get("scores"):
         return None
-    return " / ".join("—" if r["auroc"] is None else f"{r['auroc']:.3f}" for r in ev["scores"][:3])
+
+    def auroc(r) -> str:
+        return "—" if r.get("auroc") is None else f"{r['auroc']:.3f}"
+
+    def short(name: str) -> str:
+        return next((v for k, v in BASELINE_SHORT.items() if str(name).startswith(k)), str(name))
+
+    own, *baselines = ev["scores"][:3]
+    named = ", ".join(f"{short(r.get('model'))} {auroc(r)}" for r in baselines)
+    return auroc(own) + (f" ({named})" if named else "")
 
 
 BETA_WORDS = {"shared_with_head": "shared with head", "separate": "separate"}
@@ -2320,7 +2335,7 @@ def library_frame(entries):
             rows.append({"name": None, "drug": None, "backbone": None, "kind": "unusable", "members": None,
                          "demo": False, "genes": None, "AdaIN stats": None, "labels": None, "Swish beta": None,
                          "source": None, "source file": None, "sha256": None, "by": None, "created": None,
-                         "bulk CV AUROC (model / LR / GB)": None, "target AUROC (model / LR / GB)": None,
+                         "bulk CV AUROC": None, "target AUROC": None,
                          "threshold": None, "folder": e.path.name, "problem": e.problem})
             continue
         s = e.bundle.summary()
@@ -2338,13 +2353,15 @@ def library_frame(entries):
                      "sha256": (s["source_sha256"] or "")[:12] or None,
                      "by": prov.get("imported_by") or prov.get("trained_by"),
                      "created": (s["created"] or "")[:10],
-                     "bulk CV AUROC (model / LR / GB)": _card_cell(e.bundle, "bulk_cv"),
-                     "target AUROC (model / LR / GB)": _card_cell(e.bundle, "target"),
+                     "bulk CV AUROC": _card_cell(e.bundle, "bulk_cv"),
+                     "target AUROC": _card_cell(e.bundle, "target"),
                      "threshold": s["threshold"], "folder": e.path.name, "problem": s["problem"]})
     table = pd.DataFrame(rows)
-    for column in ("source file", "sha256", "genes", "AdaIN stats", "Swish beta"):
+    for column in ("source file", "sha256", "genes", "AdaIN stats", "Swish beta", "bulk CV AUROC", "target AUROC"):
         if column in table and table[column].isna().all():
             table = table.drop(columns=[column])  # e.g. no imported model, or no embedding model: nothing to say
+    if "demo" in table and not table["demo"].astype(bool).any():  # no demo model: a column of empty boxes
+        table = table.drop(columns=["demo"])  # (a demo model's name says "demo (simulated data)" too)
     if "by" in table and table["by"].isna().all():
         return table.drop(columns=["by"])  # no logins, nothing recorded
     if "by" in table:  # the demo and imported files record nobody: blank, not "None"
@@ -2400,8 +2417,7 @@ def show_card(card: dict, key: str) -> None:
 
 
 #: The library table's columns shown first (at 1280 px the rest scroll): what tells models apart
-LIBRARY_KEY_COLUMNS = ("name", "drug", "backbone", "threshold", "bulk CV AUROC (model / LR / GB)",
-                       "target AUROC (model / LR / GB)", "demo", "problem")
+LIBRARY_KEY_COLUMNS = ("name", "drug", "backbone", "threshold", "bulk CV AUROC", "target AUROC", "demo", "problem")
 #: The library's kinds of model in words
 KIND_WORDS = {"classifier": "drug model", "backbone": "backbone only (no drug)", "unusable": "cannot be used"}
 
@@ -2457,10 +2473,16 @@ def name_column_width(names) -> int:
     names such as ``GEFITINIB_dist_vae_scad_fewshot_20261202_173355_seed0`` were cut at 1280 px in a
     "medium" column), within 160 to 480 px; the column is pinned, so the other columns scroll past it."""
     longest = max((len(str(n)) for n in names), default=0)
-    return int(min(max(7.5 * longest + 24, 160), 480))
+    return int(min(max(7 * longest + 24, 160), 480))  # 7.5 px a character left 80 px blank after a 35-character name
+
+
+#: The library's AUROC columns' key to the baselines' short names
+AUROC_KEY = "; ".join(f"{v}: {k}" for k, v in BASELINE_SHORT.items())
 
 
 def show_library(entries) -> None:
+    from scatd_core.bundle import BACKBONE_HELP
+
     frame = library_frame(entries)
     if not frame["problem"].notna().any():
         frame = frame.drop(columns="problem")
@@ -2468,16 +2490,14 @@ def show_library(entries) -> None:
     table(view, hide_index=True, column_config={
         "name": st.column_config.TextColumn("name", width=name_column_width(view.get("name", [])), pinned=True,
                                             help="The model's name in the library (its folder there)"),
-        "backbone": st.column_config.TextColumn("backbone", width="small",
-                                                help="Dist_VAE (scATD-sf-dist), VAE_sf (scATD-sf) or VAE_gf "
-                                                     "(scATD-gf): a published or imported model; 'VAE on genes' "
-                                                     "(or on embeddings): a VAE trained here on your data"),
-        "bulk CV AUROC (model / LR / GB)": st.column_config.TextColumn(
-            "bulk CV AUROC", help="This model / logistic regression / gradient boosting, on the bulk "
-                                  "cross-validation (the model card has the intervals)"),
-        "target AUROC (model / LR / GB)": st.column_config.TextColumn(
-            "target AUROC", help="This model / logistic regression / gradient boosting, on the labelled target "
-                                 "cells (when the training data had labels)"),
+        # sized to its short names ('small' cut "VAE on genes" at 1280 px)
+        "backbone": st.column_config.TextColumn("backbone", help=BACKBONE_HELP),
+        "bulk CV AUROC": st.column_config.TextColumn(
+            "bulk CV AUROC", help=f"This model's AUROC in the bulk cross-validation, then the baselines' in brackets "
+                                  f"({AUROC_KEY}); the model card has the intervals"),
+        "target AUROC": st.column_config.TextColumn(
+            "target AUROC", help=f"This model's AUROC on the labelled target cells (when the training data had "
+                                 f"labels), then the baselines' in brackets ({AUROC_KEY})"),
         "demo": st.column_config.CheckboxColumn("demo", help="A demo model, trained on simulated data"),
         "threshold": st.column_config.NumberColumn("threshold", format="%.3g"),
         "genes": st.column_config.NumberColumn("genes", format="%d"),

@@ -7,6 +7,7 @@ The app is run from ``app.py`` (navigation and sidebar) and pages are reached wi
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -1880,7 +1881,12 @@ def test_model_library_shows_each_trained_models_card(empty_library):
     assert "head linear, folds 5, seed 3" in details
     library = at.dataframe[0].value
     assert library["members"].tolist() == [3]
-    assert library["target AUROC (model / LR / GB)"].iloc[0].count("/") == 1  # this card has one baseline
+    # each number says whose it is (QA: "0.832 / 0.836 / 0.684" had no key); this card's target has one baseline
+    assert re.fullmatch(r"\d\.\d{3} \(GB \d\.\d{3}\)", library["target AUROC"].iloc[0]), library["target AUROC"]
+    config = json.loads(at.dataframe[0].proto.columns)
+    assert "LR: logistic regression" in config["bulk CV AUROC"]["help"]
+    assert config["backbone"].get("width") is None  # sized to 'VAE on genes', not cut to 'VAE on gene'
+    assert "(model / LR / GB)" not in " ".join(library.columns)
     assert at.selectbox(key="model_card_choice").value.endswith("carded")
     card_table = at.dataframe[1].value
     assert list(card_table["model"]) == ["this model", "gradient boosting"]
