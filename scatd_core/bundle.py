@@ -1125,9 +1125,11 @@ def import_checkpoint(
         )
     except NameTaken as exc:
         called = name or f"{drug or 'backbone'} ({backbone})"
-        held = _held_name(Path(out))
+        # the folder, or one whose name differs from it only by case (GEFITINIB_dist_vae beside Gefitinib_dist_vae)
+        taken = Path(out) if Path(out).exists() else _case_variant(Path(out)) or Path(out)
+        held = _held_name(taken)
         if held is not None and held.casefold() != called.casefold():  # the folder's model has another name
-            folder = Path(out).name
+            folder = taken.name
             made = ("--out names it" if not in_library else f"the name '{name}' names it" if name else
                     "without --name, the model's library folder is named after its drug and backbone")
             raise NameTaken(
@@ -1139,8 +1141,8 @@ def import_checkpoint(
                          "dataset), or ask an administrator to replace the existing model.") from None
         raise NameTaken(
             f"A model named '{called}' already exists{' in the model library' if in_library else ''} "
-            f"(folder {Path(out).name}); nothing was changed.",
-            f"It is {out}. {exc.hint}",
+            f"(folder {taken.name}); nothing was changed.",
+            f"It is {taken}. {exc.hint}",
             app_hint="Give it another display name (a second model of one drug and backbone, e.g. for another "
                      "target dataset, needs its own), or ask an administrator to replace the existing one.") from None
 

@@ -2845,3 +2845,17 @@ def test_a_model_has_one_name_in_the_table_the_pickers_the_card_and_the_removal(
     at.selectbox(key="model_bundle").set_value(str(second))
     at.run()
     assert any(str(s.value).replace("\\", "") == "GEFITINIB (VAE on genes, trained) 2" for s in at.subheader)
+
+
+def test_an_import_whose_folder_differs_from_a_models_only_by_case_is_refused_naming_that_folder(tmp_path):
+    """GEFITINIB imported without a name beside Gefitinib's (GEFITINIB_dist_vae beside Gefitinib_dist_vae:
+    one folder on a macOS or Windows disk) is refused like a taken folder, naming the folder that holds it."""
+    from scatd_core.bundle import NameTaken, import_checkpoint
+
+    _small_checkpoints(tmp_path / "import")
+    folder, lib = tmp_path / "import", tmp_path / "lib"
+    import_checkpoint(folder / "drug.pth", "dist_vae", drug="Gefitinib", genes=folder / "genes.txt", library=lib)
+    with pytest.raises(NameTaken) as refused:
+        import_checkpoint(folder / "drug.pth", "dist_vae", drug="GEFITINIB", genes=folder / "genes.txt", library=lib)
+    assert "(folder Gefitinib_dist_vae)" in str(refused.value) or "folder Gefitinib_dist_vae " in str(refused.value)
+    assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == ["Gefitinib_dist_vae"]
