@@ -639,6 +639,16 @@ def test_csv_upload_works(with_library):
     assert metric(at, "Cells") == "40" and at.session_state[state.LABEL_COLUMN] == "response"
 
 
+def test_a_csv_over_the_cell_limit_is_refused_with_its_true_count(with_library, monkeypatch):
+    """QA (50_too_many_cells.png): with limits.max_cells = 5,000 'cells6000.csv has 5,001 cells'."""
+    monkeypatch.setenv("SCATD_MAX_CELLS", "100")
+    at = start()
+    upload(at, "cells120.csv", ("cell,TP53,EGFR\n" + "".join(f"c{i},1,{i % 3}\n" for i in range(120))).encode())
+    shown = text(at.error).replace("\\", "")
+    assert "cells120.csv has 120 cells, over the limit of 100." in shown and "SCATD_MAX_CELLS" in shown, shown
+    assert state.ADATA not in at.session_state
+
+
 def test_model_and_predict_pages_say_what_the_model_does_with_log_normalised_values(with_library):
     """QA: log-normalised values given to a log1p_cp10k model were said to be 'transformed twice'
     and were. The model un-logs them first; the Model page says so before, the Predict page

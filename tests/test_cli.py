@@ -118,6 +118,19 @@ def test_predict_sample_mode_writes_sd(capsys, dist_setup):
     assert code == 0 and "prob_resistant_sd" in table and len(table) == 15
 
 
+def test_predict_says_how_many_cells_a_table_over_the_cell_limit_has(capsys, dist_setup, monkeypatch):
+    """QA: with limits.max_cells = 5,000 a 6,000-cell CSV 'has 5,001 cells' (the reader stopped counting)."""
+    tmp, *_ = dist_setup
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D",
+         "--genes", tmp / "genes.tsv", "--out", tmp / "bundle")
+    (tmp / "many.csv").write_text("cell,ENSG1,ENSG2\n" + "".join(f"c{i},1,{i % 5}\n" for i in range(120)))
+    monkeypatch.setenv("SCATD_MAX_CELLS", "100")
+    code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "many.csv", "--output",
+                        tmp / "o.csv")
+    assert code == 2 and "many.csv has 120 cells, over the limit of 100." in err, err
+    assert "SCATD_MAX_CELLS" in err and not (tmp / "o.csv").exists()
+
+
 def test_predict_npy_embeddings_for_vae_sf(capsys, tmp_path):
     enc, z, _ = SMALL["vae_sf"]
     sd = orig.dal_checkpoint("vae_sf", enc, z, seed=4)

@@ -788,3 +788,34 @@ class _RowBlocksOnly:
 
     def __getitem__(self, rows):
         return self.x[rows]
+
+
+def _cells_csv(path: Path, n_cells: int, *, quoted: bool = False) -> Path:
+    q = '"' if quoted else ""
+    rows = "".join(f"{q}c{i}{q},{i % 3},1\n" + ("\n" if i == 10 else "") for i in range(n_cells))  # one blank line
+    path.write_text(f"{q}cell{q},{q}TP53{q},{q}EGFR{q}\n" + rows)
+    return path
+
+
+def test_too_many_cells_in_a_csv_says_the_true_count(tmp_path):
+    """QA: with limits.max_cells = 5,000 a 6,000-cell CSV 'has 5,001 cells' (the reader stops at the
+    limit plus one). The rows of a plain file on disk are counted (blank lines are not rows)."""
+    for quoted in (False, True):  # R's write.csv quotes every name
+        err = _read_error(_cells_csv(tmp_path / f"cells{quoted}.csv", 6_000, quoted=quoted), max_cells=5_000)
+        assert err.message.startswith(f"cells{quoted}.csv has 6,000 cells, over the limit of 5,000."), err.message
+    # a quoted field holding a line break: lines are not rows, so only what is known is said
+    multi = tmp_path / "multi.csv"
+    multi.write_text('cell,note,TP53\n' + "".join(f'c{i},"a\nb",{i}\n' for i in range(60)))
+    assert _read_error(multi, max_cells=50).message.startswith("multi.csv has more than 50 cells, over the limit")
+    # a compressed table is not decompressed again to count them
+    packed = tmp_path / "cells.csv.gz"
+    packed.write_bytes(gzip.compress(_cells_csv(tmp_path / "plain.csv", 6_000).read_bytes()))
+    err = _read_error(packed, max_cells=5_000)
+    assert err.message.startswith("cells.csv.gz has more than 5,000 cells, over the limit of 5,000."), err.message
+
+
+def test_too_many_cells_in_an_h5ad_says_its_count(tmp_path):
+    from tests._app_helpers import make_dataset
+    path = tmp_path / "cells.h5ad"
+    make_dataset(60).write_h5ad(path)
+    assert _read_error(path, max_cells=50).message.startswith("cells.h5ad has 60 cells, over the limit of 50.")

@@ -166,10 +166,16 @@ def too_large(name: str, size: int, limit: int) -> InputError:
                       f"Subsample the cells first, or {raise_limit('max_upload_mb')}.")
 
 
-def check_cells(n_cells: int, opts: Options, *, final: bool = True) -> None:
-    """At most ``max_cells`` cells; with ``final`` (the whole dataset is known) also at least 2."""
+def check_cells(n_cells: int, opts: Options, *, final: bool = True, count=None) -> None:
+    """At most ``max_cells`` cells; with ``final`` (the whole dataset is known) also at least 2.
+
+    ``count``, where ``n_cells`` is only how many were read so far (a reader stops one past the
+    limit), is called once the limit is passed: the file's whole count, or ``None`` when it is not
+    known cheaply (the message then says "more than" the limit)."""
     if n_cells > opts.max_cells:
-        raise InputError(f"{opts.display_name} has {n_cells:,} cells, over the limit of {opts.max_cells:,}.",
+        total = n_cells if count is None else count()
+        has = f"{total:,}" if total is not None and total >= n_cells else f"more than {opts.max_cells:,}"
+        raise InputError(f"{opts.display_name} has {has} cells, over the limit of {opts.max_cells:,}.",
                          f"Subsample the cells (e.g. scanpy.pp.subsample) or {raise_limit('max_cells')}.")
     if final and n_cells == 1:
         other = "rows are cells" if opts.report.get("orientation") == "genes_x_cells" else "rows are genes"

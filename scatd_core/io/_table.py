@@ -247,13 +247,13 @@ def read_table(path: Path, opts: Options) -> ad.AnnData:
         raise _odd_first_line(name, lines[0])
     rows_per_chunk = _rows_per_chunk(len(labels), opts)
     hint = _rows_hint(path, head, lines)
-    acc = _Rows(opts, hint)
+    acc = _Rows(opts, hint, path)
     # All-numeric tables (the usual counts matrix) are parsed by NumPy straight into one array
     # per chunk of rows: no per-column objects, so a genes x cells table with a million columns
     # reads in seconds. Anything else (text or label columns, NA, quoting) goes to pandas.
     layout = _read_numeric(path, opts, sep, encoding, labels, rows_per_chunk, acc, numbered)
     if layout is None:
-        acc = _Rows(opts, hint)
+        acc = _Rows(opts, hint, path)
         layout = _read_general(path, opts, sep, encoding, labels, rows_per_chunk, acc, numbered)
     orientation, reason, meta, data_pos, _text = layout
     blocks, ids, metas = acc.blocks, acc.ids, acc.metas
@@ -334,10 +334,16 @@ def _rows_per_chunk(n_values: int, opts: Options) -> int:
 class _Rows:
     """The rows read so far: value blocks (sparse when mostly zeros), row names and metadata."""
 
-    def __init__(self, opts: Options, rows_hint: tuple[int, bool, int] | None = None):
+    def __init__(self, opts: Options, rows_hint: tuple[int, bool, int] | None = None, path: Path | None = None):
         self.opts, self.blocks, self.ids, self.metas, self.held, self.orientation = opts, [], [], [], 0, None
         #: (rows the file holds, whether counted exactly, its size in bytes), from :func:`_rows_hint`, or None
         self.rows_hint = rows_hint
+        #: the file, for its rows to be counted when there are more cells than the limit
+        self.path = path
+
+    def _all_rows(self) -> int | None:
+        """The data rows of the whole file, for the too-many-cells message: ``None`` where not known cheaply."""
+        return None if self.path is None else _count_rows(self.path)
 
     def next_rows(self, most: int) -> int:
         """Rows to parse next: at most ``most``, and at most one beyond what the cell (or gene) limit
@@ -358,7 +364,7 @@ class _Rows:
         self.ids.extend(ids)
         self.orientation = orientation
         if orientation == "cells_x_genes":
-            check_cells(len(self.ids), self.opts, final=False)
+            check_cells(len(self.ids), self.opts, final=False, count=self._all_rows)
         else:
             check_genes(len(self.ids), self.opts)
         rows = len(self.ids)
@@ -395,6 +401,34 @@ class _Rows:
         return (f"about {mb(self.held)} of memory per row once read ({values} a row), and {part} alone takes that",
                 "The rest of the file was not read and a compressed table does not say how many rows it has: "
                 f"{example:,} rows would take about {mb(round(per_row * example))}.")
+
+
+#: A line holding something else than blanks (its start only: nothing long is copied).
+_FILLED_LINE = re.compile(rb"^[ \t\r\f\v]*[^ \t\r\f\v\n]", re.M)
+
+
+def _count_rows(path: Path) -> int | None:
+    """The data rows (lines holding something, after the header) of a plain UTF-8 table, in one pass
+    over its bytes (bounded by the upload size limit: cheap next to parsing them), for the
+    too-many-cells message; ``None`` where lines are not rows or cannot be told cheaply: a compressed
+    file, UTF-16/32 text, a quoted field that goes on over a line break."""
+    if path.name.lower().endswith(".gz"):
+        return None
+    filled = 0
+    try:
+        with path.open("rb") as fh:
+            if fh.read(4).startswith(UTF16_BOMS + UTF32_BOMS):
+                return None
+            fh.seek(0)
+            while chunk := fh.read(1 << 22):
+                if not chunk.endswith(b"\n"):
+                    chunk += fh.readline()  # whole lines in each chunk
+                if b"\0" in chunk or b'"' in chunk and any(ln.count(b'"') & 1 for ln in chunk.split(b"\n")):
+                    return None
+                filled += len(_FILLED_LINE.findall(chunk))
+    except OSError:
+        return None
+    return max(0, filled - 1)
 
 
 def _rows_hint(path: Path, head: bytes, lines: list[str]) -> tuple[int, bool, int] | None:
