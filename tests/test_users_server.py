@@ -220,8 +220,30 @@ def test_users_remove_delete_data_deletes_the_users_data_and_models_only_when_as
     assert main(["users", "remove", "alice", "--delete-data", "--delete-models"]) == 0
     assert "removed before" in capsys.readouterr().out
     assert not made["alice"].exists() and made["bob"].exists()
-    assert main(["users", "remove", "alice", "--delete-data"]) == 2  # nothing left, no user: the usual error
+    # nothing left by that name: said, and not an error (README: both work on a name already removed)
+    assert main(["users", "remove", "alice", "--delete-data"]) == 0
+    out = capsys.readouterr().out
+    assert "There is no user alice" in out and "nothing is left by that name" in out, out
+    assert main(["users", "remove", "alice"]) == 2  # without --delete-data: the usual error
     assert "There is no user alice" in capsys.readouterr().err
+
+
+def test_users_remove_delete_data_after_removing_a_user_who_left_nothing_says_so_and_succeeds(server_home, fast_hash,
+                                                                                           capsys):
+    """QA: `scatd users remove bob --delete-data` after `scatd users remove bob` (bob had left no data)
+    failed 'error: There is no user bob.' (exit 2), though README and the help say both work on a name
+    already removed."""
+    from scatd_core import users
+    from scatd_core.cli import main
+
+    users.add_user("alice", "a-long-password-1")
+    users.add_user("bob", "a-long-password-2")
+    assert main(["users", "remove", "bob"]) == 0
+    capsys.readouterr()
+    assert main(["users", "remove", "bob", "--delete-data"]) == 0
+    out = capsys.readouterr().out
+    assert "There is no user bob" in out and "nothing is left by that name: nothing was deleted" in out, out
+    assert [u.name for u in users.list_users()] == ["alice"]
 
 
 def test_users_remove_delete_data_deletes_the_app_users_panels_never_the_os_accounts_of_the_same_name(

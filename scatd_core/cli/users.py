@@ -138,9 +138,14 @@ def _remove(args, users, path, had_admin: bool) -> None:
                                                       if _oidc_settings() is not None else ""))
         _warn_if_no_admin(users, had_admin)
     except ScatdError:
-        if not (args.delete_data and left):
+        if not args.delete_data:
             raise
-        print(f"There is no user {args.name} in {path} (removed before); deleting the data left by that name.")
+        if not left:  # removed before (or never added), and nothing of it left: nothing to do
+            others = ", ".join(sorted(u.name for u in users.list_users())) or "none"
+            print(f"There is no user {args.name} in {path} (removed before, or never added; users: {others}), "
+                  "and nothing is left by that name: nothing was deleted.")
+        else:
+            print(f"There is no user {args.name} in {path} (removed before); deleting the data left by that name.")
     if args.delete_data:
         for line in users.delete_user_data(left, models=args.delete_models):
             print(line[0].upper() + line[1:])
