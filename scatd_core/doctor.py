@@ -263,12 +263,19 @@ def _service_items(conf, folders: dict[str, Path]) -> list[dict]:
                            f"account the server runs as{named}. Check that account's access with "
                            f"`sudo -u {who} scatd doctor`"))
     if user and user != me:
+        from scatd_core.config import WRITTEN_FOLDERS
+
+        needed = {key for key, _toml, _env in WRITTEN_FOLDERS}  # without them the server refuses to start
         for key, path in folders.items():
             why = _could_write(user, path)
             if why is not None:
                 fix = f"chown -R {user} {path}" if path.exists() else f"mkdir -p {path} && chown -R {user} {path}"
-                items.append(_item(key, "warning", f"{path} cannot be written by {user}, the account the server "
-                                   f"runs as ({where}): {why}. Give it the folder (e.g. `{fix}`), then check with "
+                then = ("the server does not start (`python -m scatd_app` refuses; `streamlit run app.py` shows only "
+                        "an administrator's message)" if key in needed else
+                        "the server starts, but importing, training and removing models are refused")
+                items.append(_item(key, "problem" if key in needed else "warning",
+                                   f"{path} cannot be written by {user}, the account the server runs as ({where}): "
+                                   f"{why}; {then}. Give it the folder (e.g. `{fix}`), then check with "
                                    f"`sudo -u {user} scatd doctor`"))
     return items
 
