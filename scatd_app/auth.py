@@ -316,7 +316,7 @@ def _oidc_resolve() -> User | None:
     shown = repr(decision.identity[:80] or "(no identity)")
     if decision.user is None:
         if ss.get(USER) is not None:
-            _log().info("logout: user %s's session ended: no longer allowed to sign in", shown)
+            _log().info("logout: the session of user %s ended: no longer allowed to sign in", shown)
             _forget_session()
         if ss.get(OIDC_REFUSED) != decision.message:
             _log().warning("login refused: OIDC identity %s from %s: %s", shown, _client(), decision.reason)
@@ -364,7 +364,7 @@ def _resolve() -> User | None:
         was = user.name
         user, why = recheck(user)  # removed, password replaced or role changed since the login
         if user is None:
-            _log().info("logout: user %r's session ended: %s", was, why)
+            _log().info("logout: the session of user %r ended: %s", was, why)
             _forget_session(why)
             return None
     st.session_state[USER] = user

@@ -362,7 +362,7 @@ def test_the_login_form_logs_each_attempt_and_says_when_one_starts_a_lock_out(se
 
 
 def test_removing_the_last_account_still_tells_its_open_session_why_it_was_logged_out(server_home, fast_hash,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, caplog):
     """Seen in Chromium: with alice the only account, `scatd users remove alice` logged her page out
     with "no user account exists yet" alone; why she was logged out was dropped."""
     from streamlit.testing.v1 import AppTest
@@ -370,6 +370,7 @@ def test_removing_the_last_account_still_tells_its_open_session_why_it_was_logge
     from scatd_core import users
     from test_app_pages import APP
 
+    caplog.set_level(logging.INFO, logger="scatd.auth")
     monkeypatch.setattr("streamlit.components.v2.manifest_scanner.scan_component_manifests", lambda: [])
     monkeypatch.setenv("SCATD_AUTH", "password")
     users.add_user("alice", PASSWORD)
@@ -385,6 +386,10 @@ def test_removing_the_last_account_still_tells_its_open_session_why_it_was_logge
     said = [w.value.replace("\\", "") for w in at.warning]  # as markdown: the colon escaped
     assert said[0] == "You were logged out: your account was removed by an administrator.", said
     assert "no user account exists yet" in said[1]
+    # the server's log line (QA: "logout: user 'alice''s session ended", a doubled quote)
+    logged = [r.getMessage() for r in caplog.records if r.name == "scatd.auth" and "ended" in r.getMessage()]
+    assert logged == ["logout: the session of user 'alice' ended: You were logged out: your account was removed "
+                      "by an administrator."], logged
 
 
 def test_the_login_page_says_when_a_lock_out_really_ends(server_home, fast_hash, monkeypatch):
