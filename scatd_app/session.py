@@ -27,8 +27,10 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -48,8 +50,16 @@ from scatd_core.config import settings, work_dir
 SESSION_ID = "session_id"
 OWNER = "session_owner"
 TOKEN = "session_token"
-RESUMED = "session_resumed"        # "resumed" | "logged_out" | "lost": what happened when this browser session began
+RESUMED = "session_resumed"        # "resumed" | "logged_out" | "restarted" | "lost": what happened as this browser session began
 QUERY_KEY = "s"
+#: This server process's id, random at each start (not a secret): each session token begins with it
+#: (``INSTANCE.<32 random characters>``), so an address from before a restart is told from one that
+#: expired or is another login's (a restart ends every session, whoever's it was).
+INSTANCE = secrets.token_hex(4)
+#: When this server process started (for "the server was restarted since ...").
+STARTED = _dt.datetime.now(_dt.timezone.utc)
+#: A token this app makes: this version's (with the process id) or an earlier version's (32 characters alone).
+_TOKEN_FORM = re.compile(r"(?:([0-9a-f]{8})\.)?[A-Za-z0-9_-]{32}")
 #: At most this many idle sessions are kept for resuming (the oldest go first).
 MAX_KEPT = 64
 #: At most this many browser tabs are remembered for asking Streamlit whether they are still open.
@@ -559,8 +569,9 @@ def begin(owner: str) -> None:
             ss[RESUMED] = "resumed"
         else:
             if token:
-                ss[RESUMED] = "logged_out" if store().logged_out(token, owner) else "lost"
-            token = secrets.token_urlsafe(24)
+                ss[RESUMED] = ("logged_out" if store().logged_out(token, owner) else
+                               "restarted" if made_before_restart(token) else "lost")
+            token = f"{INSTANCE}.{secrets.token_urlsafe(24)}"
             ss[SESSION_ID] = uuid.uuid4().hex
         ss[TOKEN] = token
     ss[OWNER] = owner
@@ -600,13 +611,27 @@ def save_now() -> None:
         save(ss[OWNER])
 
 
+def made_before_restart(token: str) -> bool:
+    """Whether ``token`` was made by an earlier run of this server: one of this app's tokens with
+    another process's id, or an earlier version's (without one: made before an upgrade's restart).
+    That tells nothing of anyone's session: a restart ends them all. A made-up address is not one."""
+    form = _TOKEN_FORM.fullmatch(token)
+    return form is not None and form.group(1) != INSTANCE
+
+
 def lost_text(what: str, ttl_minutes: int) -> str:
-    """Why the session at this address was not resumed: after this user's own logout, said so;
+    """Why the session at this address was not resumed: after this user's own logout, said so; an
+    address from before a server restart, said so (every session ended with it, whoever's it was);
     otherwise every reason in one sentence, another login's address among them, so that nobody
     learns from it whether another user's session exists."""
     if what == "logged_out":
         return ("That session was logged out: its data were removed, so it cannot be restored. "
                 "Upload your data again.")
+    if what == "restarted":
+        now = _dt.datetime.now(_dt.timezone.utc)
+        when = STARTED.strftime("%H:%M UTC" if STARTED.date() == now.date() else "%Y-%m-%d %H:%M UTC")
+        return (f"The session at this address could not be restored: the server was restarted since (at {when}), "
+                "and a restart ends every session. Upload your data again.")
     minutes = f"{ttl_minutes} minute{'' if ttl_minutes == 1 else 's'}"
     return (f"The session at this address could not be restored: the server was restarted, it was idle for more "
             f"than {minutes}, the server needed the memory its data held for more recent sessions, it was logged "
@@ -620,7 +645,7 @@ def notice() -> None:
     ttl = settings()["session_ttl_minutes"]
     if what == "resumed":
         st.toast("Your session was resumed where you left it.", icon=":material/history:")
-    elif what in ("lost", "logged_out"):
+    elif what in ("lost", "logged_out", "restarted"):
         st.warning(lost_text(what, ttl), icon=":material/history_toggle_off:")
 
 

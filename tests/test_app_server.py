@@ -440,6 +440,58 @@ def test_logging_out_forgets_the_session_its_reload_copy_and_its_files(with_libr
     assert "server was restarted" not in text(again.warning) and state.ADATA not in again.session_state
 
 
+def test_an_address_from_before_a_server_restart_says_the_server_was_restarted(tmp_path, monkeypatch):
+    """QA (40_after_restart_login.png): after a restart, a user's old ?s= address and login gave the
+    generic 'could not be restored: the server was restarted, it was idle ..., or it belongs to another
+    login', while README says a restarted server says so. Each token carries the id of the server
+    process that made it (random per start, not a secret): one from an earlier start is said to be
+    from before the restart; any other unknown token still gets the one neutral sentence."""
+    import datetime as dt
+
+    from scatd_app import session
+    from scatd_core import users
+
+    monkeypatch.setenv("SCATD_AUTH", "password")
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    monkeypatch.setenv("SCATD_WORK_DIR", str(tmp_path / "work"))
+    users.add_user("alice", "a long enough password", admin=False)
+    users.add_user("bob", "another long password", admin=False)
+    at = _logged_in("alice", "a long enough password")
+    token = at.query_params["s"][0] if isinstance(at.query_params["s"], list) else at.query_params["s"]
+    assert token.startswith(session.INSTANCE + ".")
+
+    def reopen(address: str, name: str, password: str) -> str:
+        again = _app()
+        again.query_params["s"] = address
+        again.run()
+        again.text_input(key="login_name").set_value(name)
+        again.text_input(key="login_password").set_value(password)
+        again.get("form_submit_button")[0].click()
+        again.run()
+        ok(again)
+        assert state.ADATA not in again.session_state
+        return text(again.warning)
+
+    # the server restarts: a new process, a new id and start time; the kept sessions are gone
+    monkeypatch.setattr(session, "INSTANCE", "0123abcd")
+    monkeypatch.setattr(session, "STARTED", dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=5))
+    session.store.clear()  # Streamlit's cached store: a fresh, empty one, as a new process has
+    said = reopen(token, "alice", "a long enough password")
+    assert "The session at this address could not be restored: the server was restarted since (at 00:05 UTC)" in said
+    assert "idle" not in said and "another login" not in said, said
+    # the same words for any login (a session from before the restart is gone whoever's it was)
+    assert "the server was restarted since (at 00:05 UTC)" in reopen(token, "bob", "another long password")
+    # a token of this server that it does not hold (expired, another login's) or a made-up one: neutral
+    for other in (f"0123abcd.{'x' * 32}", "an-expired-or-unknown-token"):
+        neutral = reopen(other, "alice", "a long enough password")
+        assert "it was idle for more than" in neutral and "the server was restarted since" not in neutral, neutral
+    # an earlier version's token (no process id) is from before the upgrade's restart; a start on
+    # another day is dated
+    assert session.made_before_restart("A" * 32) and not session.made_before_restart("A" * 31)
+    monkeypatch.setattr(session, "STARTED", dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc))
+    assert "restarted since (at 2026-01-02 03:04 UTC)" in session.lost_text("restarted", 60)
+
+
 def test_a_lost_session_says_it_was_logged_out_only_to_its_own_user():
     """After a logout, its user is told so; anyone else opening that address, or another user's
     live session's, gets one neutral sentence (nothing says whether another user's session exists)."""
