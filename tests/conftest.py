@@ -31,6 +31,20 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+#: The files whose tests take longest (a few long tests each: real browsers and servers, demo builds,
+#: training, a local Ray), measured; the two worker processes (pyproject.toml) take them first, so that
+#: neither is left running one long file alone at the end (the 4-test browser file came last when the
+#: files were ordered by their number of tests, xdist's default).
+LONG_FILES = ("test_browser.py", "test_demo.py", "test_train.py", "test_scaleout.py", "test_cli.py",
+              "test_app_server.py", "test_panel.py", "test_app_pages.py", "test_security.py", "test_panel_page.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long files first (:data:`LONG_FILES`), each file's tests in their own order."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_library(tmp_path_factory, monkeypatch):
     torch.manual_seed(0)
