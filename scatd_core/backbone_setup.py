@@ -63,7 +63,9 @@ def _files_step(backbone: str, probe: dict | None) -> dict:
     key, env = SETTINGS[backbone]
     found = [f"{k.replace('_', ' ')}: {v.rsplit('/', 1)[-1]}" for k, v in probe["files"].items() if v != "missing"]
     step = {"key": "files", "title": f"{name}'s files", "status": "done" if probe["available"] else "missing",
-            "found": found, "missing": [p["message"] for p in probe["problems"]],
+            # the files found are ticked: a problem's own sentence about them is not said again
+            "found": found, "missing": [p["message"].removesuffix(f" {p['found']}") if p.get("found") else
+                                        p["message"] for p in probe["problems"]],
             "todo": list(dict.fromkeys(p["hint"] for p in probe["problems"] if p["hint"])),
             "warnings": list(probe.get("warnings", [])), "location": probe["location"],
             "configured_by": probe["configured_by"],

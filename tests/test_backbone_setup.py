@@ -74,6 +74,9 @@ def test_the_setup_of_a_backbone_says_what_is_there_what_is_missing_and_what_it_
     # only what is missing is asked for: the dictionaries are there
     assert "token_dictionary.pkl" not in " ".join(files["todo"]) and "gf-12L-30M-i2048" in " ".join(files["todo"])
     assert "SCATD_GENEFORMER_DIR" in files["setting"] and "foundation.geneformer_dir" in files["setting"]
+    # the dictionaries found are ticked ("found"), not said again in what is missing
+    assert "token_dictionary.pkl" not in missing and "Found:" not in missing
+    assert "gf-12L-30M-config.json looks like a model's config" in missing  # the rest of the message stays
     # the cost, on this machine, from the published model's size (its weights are not here)
     assert cost["status"] == "estimate" and cost["seconds"] > 0 and cost["n_cells"] == 12
     assert "CPU" in cost["device"] and "gf-12L-30M-i2048" in cost["assumed"]
@@ -143,6 +146,7 @@ def test_the_model_page_offers_every_backbone_and_says_what_geneformer_lacks(gf_
     assert first("1 · A drug model") < first("2 · Geneformer's files") < first("3 · Time to compute"), shown
     joined = "\n".join(shown)
     assert "scatd train --backbone vae_gf" in joined and "token_dictionary.pkl" in joined
+    assert joined.count("token_dictionary.pkl") == 1, shown  # the dictionaries found are said once: ticked
     assert "gf-12L-30M-config.json" in joined and "gf-12L-30M-i2048" in joined
     assert "20 cells" in joined and "CPU" in joined
     assert not _predict_link(at) and not any(b.key == "btn_embed" for b in at.button)

@@ -25,9 +25,12 @@ class Problem:
     code: str
     message: str
     hint: str
+    #: The sentence at the end of ``message`` that says which files are already there (``""``:
+    #: none), left out where those files are listed on their own (the Model page ticks them).
+    found: str = ""
 
     def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message, "hint": self.hint}
+        return {"code": self.code, "message": self.message, "hint": self.hint, "found": self.found}
 
     def error(self) -> CheckpointError:
         return CheckpointError(self.message, self.hint)
@@ -62,8 +65,9 @@ class Probe:
         if about_embeddings:
             self.embedding_warnings.append(message)
 
-    def add(self, code: str, message: str, hint: str) -> None:
-        self.problems.append(Problem(code, message, hint))
+    def add(self, code: str, message: str, hint: str, found: str = "") -> None:
+        """A problem; ``found``, when given, is said at the end of ``message`` (see :attr:`Problem.found`)."""
+        self.problems.append(Problem(code, f"{message} {found}" if found else message, hint, found))
 
     def require(self) -> None:
         """Raise every problem as one :class:`~scatd_core.errors.CheckpointError`: the messages

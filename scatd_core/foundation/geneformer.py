@@ -435,12 +435,16 @@ def stray_configs(root: Path) -> list[Path]:
             if f.name != "config.json" and "config" in f.name.lower()]
 
 
-def missing_model_text(root: Path, found: dict[str, Path]) -> str:
-    """No model folder: said with what is there already (the dictionaries, a config under another name)."""
+def found_text(found: dict[str, Path]) -> str:
+    """The dictionaries already there, as a sentence (``""``: none)."""
+    return f"Found: the dictionaries {', '.join(p.name for p in found.values())}." if found else ""
+
+
+def missing_model_text(root: Path) -> str:
+    """No model folder: said with a config under another name when there is one (the dictionaries
+    already there are :func:`found_text`, said after it where they are not ticked on their own)."""
     text = (f"No Geneformer model folder in {root} or its subfolders (a folder holding config.json and "
             "model.safetensors or pytorch_model.bin).")
-    if found:
-        text += f" Found: the dictionaries {', '.join(p.name for p in found.values())}."
     for stray in stray_configs(root):
         where = stray.parent.name + "/" if stray.parent != root else ""
         text += (f" {where}{stray.name} looks like a model's config, but a model folder's must be named config.json, "
@@ -479,7 +483,7 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) ->
     found = found_dictionaries(root)
     if model is None:
         out.files.update({f"{k}_dictionary": p for k, p in found.items()})
-        out.add("missing_model", missing_model_text(root, found), model_hint(root, found))
+        out.add("missing_model", missing_model_text(root), model_hint(root, found), found=found_text(found))
     elif model.config_error:  # its own problem: not "0-d embeddings" nor "not a BERT config"
         out.files["model"] = model.path
         out.add("bad_config", f"config.json in {model.path.name} {model.config_error}.",
