@@ -182,3 +182,34 @@ def test_the_model_page_with_geneformer_ready_offers_it_as_usual(tmp_path, monke
     assert not at.exception
     assert any(s.key == "model_bundle" for s in at.selectbox)
     assert any(b.key == "btn_embed" for b in at.button)  # the usual embedding step
+
+
+def test_the_geneformer_check_sees_files_added_removed_or_renamed_without_a_restart(tmp_path, monkeypatch):
+    """The probe is cached per process (the Model page asks for it on every rerun): a dictionary or
+    model copied in, taken away or renamed is seen at the next look, not after a server restart."""
+    import shutil
+
+    root = H.gf_folder(tmp_path / "gf-full")
+    folder = tmp_path / "geneformer"
+    folder.mkdir()
+    monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(folder))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    G._PROBES.clear()
+
+    def codes():
+        return sorted(p.code for p in G.probe(embedding_dim=H.GF_CONFIG["hidden_size"]).problems)
+
+    assert codes() == ["missing_dictionaries", "missing_model"]
+    shutil.copy(root / "token_dictionary.pkl", folder)
+    shutil.copy(root / "gene_median_dictionary.pkl", folder / "medians.pkl")  # not a name it looks for
+    assert codes() == ["missing_dictionaries", "missing_model"]
+    (folder / "medians.pkl").rename(folder / "gene_median_dictionary.pkl")  # renamed: now found
+    assert codes() == ["missing_model"] and G.probe(embedding_dim=16).warnings  # the name dictionary: a warning
+    shutil.copy(root / "gene_name_id_dict.pkl", folder)
+    assert codes() == ["missing_model"] and not G.probe(embedding_dim=16).warnings
+    shutil.copytree(root / "gf-tiny", folder / "gf-tiny")
+    assert codes() == [] and G.probe(embedding_dim=16).available
+    (folder / "gf-tiny" / "model.safetensors").unlink()
+    assert codes() == ["missing_weights"]
+    (folder / "token_dictionary.pkl").unlink()
+    assert "missing_dictionaries" in codes()
