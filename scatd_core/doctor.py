@@ -125,9 +125,11 @@ def _server_environment() -> tuple[dict[str, str], list[str], Path | None]:
 
 
 def _could_write(user: str, path: Path) -> str | None:
-    """Why ``user`` could not make files in ``path`` (or its nearest existing folder), judged from
-    the folders' owner and permission bits (``stat``); ``None`` when they let it. ACLs, read-only
-    mounts and the unit's sandbox (``ReadWritePaths=``) are not read."""
+    """Why ``user`` could not make files in ``path`` (or its nearest existing folder); ``None`` when
+    it can. Run as root, a file is made there (and removed) as that account, so ACLs, read-only
+    mounts and immutable folders count; otherwise (this account cannot act as another) it is judged
+    from the folders' owner and permission bits (``stat``), which do not show an ACL. The unit's
+    sandbox (``ReadWritePaths=``) is not read either way."""
     import pwd
     import stat
 
@@ -149,6 +151,9 @@ def _could_write(user: str, path: Path) -> str | None:
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    failed = _write_as(account, groups, probe) if _running_as_root() else "not tried"
+    if failed is None:
+        return None
     try:
         for folder in reversed(probe.parents):  # every folder above must let it through
             if not allows(folder.stat(), 0o1):
@@ -156,13 +161,34 @@ def _could_write(user: str, path: Path) -> str | None:
         st = probe.stat()
     except OSError as exc:
         return f"{probe} cannot be examined ({exc.strerror or exc})"
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    said = f"{probe} is {owner}'s, {stat.filemode(st.st_mode)}"
+    if failed != "not tried":  # tried as that account: what stopped it (e.g. a read-only file system)
+        return f"{said}: a file could not be made in it as {user} ({failed})"
     if not stat.S_ISDIR(st.st_mode) or not allows(st, 0o3):
-        try:
-            owner = pwd.getpwuid(st.st_uid).pw_name
-        except KeyError:
-            owner = f"uid {st.st_uid}"
-        return f"{probe} is {owner}'s, {stat.filemode(st.st_mode)}"
+        return said
     return None
+
+
+def _write_as(account, groups: set[int], folder: Path) -> str | None:
+    """Make a file in ``folder`` and remove it as ``account`` (a :mod:`pwd` entry), in a shell run
+    as that account (root only): ``None`` when it could, else why not (e.g. "Permission denied")."""
+    import subprocess
+
+    script = 'set -C; f="$1/.scatd-doctor-$$"; : > "$f" && rm -f "$f"'  # set -C: never over an existing file
+    try:
+        done = subprocess.run(["/bin/sh", "-c", script, "sh", str(folder)], user=account.pw_uid,
+                              group=account.pw_gid, extra_groups=sorted(groups), cwd="/", capture_output=True,
+                              text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"it could not be tried: {getattr(exc, 'strerror', None) or exc}"
+    if done.returncode == 0:
+        return None
+    said = done.stderr.strip().splitlines()
+    return said[-1].rsplit(": ", 1)[-1] if said else f"exit status {done.returncode}"
 
 
 def _could_read(user: str, path: Path) -> str | None:

@@ -253,6 +253,51 @@ def test_doctor_checks_the_folders_owner_and_mode_against_the_service_account(ro
     assert "no account" in doctor._could_write("no-such-account-here", root_owned_folder)
 
 
+def _acl_letting(folder: Path, uid: int) -> bool:
+    """Give the account ``uid`` rwx on ``folder`` by a POSIX ACL (as `setfacl -m u:UID:rwx`, written
+    as the raw xattr: setfacl may not be installed); False where the file system has no ACLs."""
+    import os
+    import struct
+
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 7, undefined), (0x02, 7, uid), (0x04, 5, undefined), (0x10, 7, undefined), (0x20, 5, undefined)]
+    try:  # user::rwx, user:UID:rwx, group::r-x, mask::rwx, other::r-x
+        os.setxattr(folder, "system.posix_acl_access",
+                    struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries))
+    except OSError:
+        return False
+    return True
+
+
+def test_doctor_as_root_tries_to_write_as_the_service_account_the_mode_bits_miss_an_acl(root_owned_folder,
+                                                                                           monkeypatch):
+    """QA: run as root, doctor judged the service account's folders from their owner and mode bits only:
+    a folder root owns that an ACL lets the account write was FAIL (the server would start), and a read-only
+    mount or an immutable folder would be ok. As root it now makes a file there as that account."""
+    import os
+
+    from scatd_core import doctor
+    from scatd_core.config import settings
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can act as the service account; other accounts judge it from the mode bits")
+    if not _acl_letting(root_owned_folder, NOBODY):
+        pytest.skip("this file system has no POSIX ACLs")
+    assert root_owned_folder.stat().st_mode & 0o7 == 0o5  # the bits alone: nobody may not write
+    monkeypatch.setenv("SCATD_HOME", str(root_owned_folder))
+    monkeypatch.delenv("SCATD_CONFIG", raising=False)
+    monkeypatch.setenv("SCATD_SERVICE_USER", "nobody")
+    assert doctor._could_write("nobody", root_owned_folder) is None
+    assert doctor._could_write("nobody", root_owned_folder / "work" / "not-made") is None
+    assert list(root_owned_folder.iterdir()) == []  # the file made as nobody is removed
+    items = doctor._configuration(settings())
+    assert not [i for i in items if "cannot be written by nobody" in i["detail"]], items
+    # the account the ACL does not name is still refused, with the folder's owner and mode, and why
+    why = doctor._could_write("daemon", root_owned_folder)
+    assert why is not None and "a file could not be made in it as daemon" in why and "Permission denied" in why, why
+    assert "drwxrwxr-x" in why and "root's" in why
+
+
 def test_pages_are_compiled_without_streamlit_magic_and_none_needs_it():
     """Streamlit's "magic" parses each page into Python AST objects, which Python 3.11.7 cannot do in two
     threads at once (a page compiled while another thread formats a traceback failed a test with
