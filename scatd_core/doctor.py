@@ -53,6 +53,12 @@ def _writable(path: Path) -> bool:
     a file is created there and removed, as the effective account. Not ``os.access``: that asks
     about the real uid (root's, under ``sudo -u`` or a set-uid), and ignores read-only mounts and
     immutable folders root itself cannot write."""
+    return _write_problem(path) is None
+
+
+def _write_problem(path: Path) -> str | None:
+    """What kept this process from making a file in ``path`` (as :func:`_writable` tries), e.g.
+    "Permission denied" or "Read-only file system"; ``None`` when it could."""
     import tempfile
 
     probe = path
@@ -60,14 +66,14 @@ def _writable(path: Path) -> bool:
         probe = probe.parent
     try:
         fd, name = tempfile.mkstemp(prefix=".scatd-doctor-", dir=probe)
-    except OSError:
-        return False
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
     os.close(fd)
     try:
         os.unlink(name)
     except OSError:
         pass
-    return True
+    return None
 
 
 def _running_as_root() -> bool:
@@ -266,8 +272,9 @@ def _folder_item(key: str, path: Path) -> dict:
         return _item(key, "problem", f"{path} is not a folder (a file of that name is there): point {key} at a "
                      "folder, or move the file away")
     if not _writable(path):
+        why = _write_problem(path)  # what stopped it, e.g. "Permission denied", "Read-only file system"
         return _item(key, "problem", f"{path} cannot be written by this account ({_account()}): a file could not "
-                     f"be made in it")
+                     f"be made in it" + (f" ({why})" if why else ""))
     return _item(key, "ok", str(path) + (" (checked as root)" if _running_as_root() else ""))
 
 

@@ -190,6 +190,7 @@ def test_doctor_makes_a_file_to_know_a_folder_is_writable(root_owned_folder, mon
     finally:
         os.seteuid(0)
     assert item["status"] == "problem" and "cannot be written by this account (nobody)" in item["detail"], item
+    assert "a file could not be made in it (Permission denied)" in item["detail"], item  # what stopped it
     assert doctor._folder_item("home", conf["home"])["status"] == "ok"
 
 
