@@ -55,7 +55,7 @@ def overview() -> None:
                         "when it is ready: *Try the demo* follows the build in progress (it does not start "
                         "another) and opens the demo then; meanwhile you can look around, it goes on.")
             if not st.session_state.get("btn_landing_demo"):  # (after a click, the button's bar follows it)
-                st.caption(f":material/hourglass_top: {built[0]:.0%}: {ui.md(built[1])}")
+                ui.demo_build_progress()  # drawn again as the build goes on: its step, how far, the time left
         else:
             st.subheader("The demo" if demo_off else "New here? Try the demo")
             st.markdown("A simulated 2,000-cell tumour and a model trained on simulated cell lines, labelled "

@@ -1399,14 +1399,43 @@ def demo_build_line() -> str | None:
             "work; *Try the demo* opens it when it is ready.")
 
 
+#: Seconds between two redraws of the demo build's status line (:func:`demo_build_note`).
+DEMO_NOTE_SECONDS = 2.0
+
+
 def demo_build_note(where=None) -> bool:
     """:func:`demo_build_line` as a small status line in ``where`` (the page), unless this session
-    already has the demo. Whether it was drawn."""
-    line = demo_build_line()
-    if line is None or st.session_state.get(state.IS_DEMO):
+    already has the demo. Whether it was drawn.
+
+    The line is drawn again every :data:`DEMO_NOTE_SECONDS` (a fragment on a timer), so it follows
+    the build's steps and time left while the user reads the page; it said the step and percentage
+    of the moment the page was drawn until the user clicked something. Once the build is over it
+    says nothing more."""
+    if demo_build_line() is None or st.session_state.get(state.IS_DEMO):
         return False
-    (where or st).caption(f":material/hourglass_top: {line}")
+    if where is None or where is st:
+        _live_demo_note()
+    else:
+        with where:
+            _live_demo_note()
     return True
+
+
+@st.fragment(run_every=DEMO_NOTE_SECONDS)
+def _live_demo_note() -> None:
+    line = demo_build_line()
+    if line is not None:
+        st.caption(f":material/hourglass_top: {line}")
+
+
+@st.fragment(run_every=DEMO_NOTE_SECONDS)
+def demo_build_progress() -> None:
+    """The Overview's line under "The demo is being built for this server": how far the build is and
+    its current step (``55%: Training the demo model: ... · about 2.1 min left``), drawn again every
+    :data:`DEMO_NOTE_SECONDS` while it runs, as :func:`demo_build_note`."""
+    status = build_status("demo")
+    if status is not None:
+        st.caption(f":material/hourglass_top: {status[0]:.0%}: {md(status[1])}")
 
 
 def use_demo(bar) -> None:

@@ -2813,6 +2813,54 @@ def test_the_overview_says_the_demo_is_being_built_and_its_button_joins_that_bui
     assert "being built" not in text(at.caption) + text(at.sidebar.caption)
 
 
+def _runs_messages(monkeypatch) -> list:
+    """The script runners AppTest starts from now on: their ``forward_msgs()`` are what each run sent
+    to the browser (elements, and the timers of fragments that redraw themselves)."""
+    from streamlit.testing.v1.local_script_runner import LocalScriptRunner
+
+    runners, real = [], LocalScriptRunner.__init__
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        runners.append(self)
+
+    monkeypatch.setattr(LocalScriptRunner, "__init__", init)
+    return runners
+
+
+def _redrawn_lines(runner, words: str) -> list[float]:
+    """For each text element of ``runner``'s last run that contains ``words``: the interval in seconds
+    at which the browser redraws it (its fragment's timer), or 0.0 when it is drawn once (static)."""
+    msgs = runner.forward_msgs()
+    timers = {m.auto_rerun.fragment_id: m.auto_rerun.interval for m in msgs if m.WhichOneof("type") == "auto_rerun"}
+    return [timers.get(m.delta.fragment_id, 0.0) for m in msgs
+            if m.WhichOneof("type") == "delta" and words in str(m.delta.new_element)]
+
+
+def test_the_demo_builds_status_lines_follow_the_build_without_a_click(with_library, monkeypatch):
+    """QA: the demo build's status line (the Overview's card, the sidebar of every page, the Data page)
+    was drawn once with the page: it kept saying the step and percentage of that moment ("55%:
+    Training the demo model: ...") until the user clicked something, while the build went on. Each is
+    now drawn again every few seconds (a fragment on a timer), with the build's current step."""
+    import threading
+
+    runners = _runs_messages(monkeypatch)
+    release = threading.Event()
+    _hold_a_demo_build(monkeypatch, release)
+    try:
+        at = start()  # the Overview, during the build
+        assert "55%: Training the demo model" in text(at.caption) and "Scoring the baselines" in text(at.caption)
+        overview = _redrawn_lines(runners[-1], "55%: Training the demo model")
+        sidebar = _redrawn_lines(runners[-1], "The demo is being built for this server (55%")
+        assert overview and sidebar and all(0 < s <= 5 for s in overview + sidebar), (overview, sidebar)
+        at.session_state[state.DEMO_WANTED] = False  # (not following the build: the run would wait for it)
+        upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))  # the Data page's line, under its card
+        data_page = _redrawn_lines(runners[-1], "The demo is being built for this server (55%")
+        assert len(data_page) == 2 and all(0 < s <= 5 for s in data_page), data_page  # the page's and the sidebar's
+    finally:
+        release.set()
+
+
 def test_a_model_has_one_name_in_the_table_the_pickers_the_card_and_the_removal(empty_library):
     """QA: two GEFITINIB models (one trained in the app, one with `scatd train`) read "GEFITINIB (VAE on
     genes, trained) 2" in the library table and card, but "GEFITINIB · VAE on genes (trained in scATD
