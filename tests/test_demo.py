@@ -70,6 +70,72 @@ def test_the_demo_builds_progress_is_plain_and_keeps_its_fractions_and_time_left
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
 
 
+#: A full demo build on the 2-core machine (2026-12-03): CPU seconds since its start at which the
+#: training reported, the training's own fraction, and its message (the pretraining's epochs: every
+#: tenth). Gradient boosting fitted on all 300 cell lines took 156 of its 297 s.
+FULL_BUILD = [(t, f, m) for t, f, m in (
+    *((3.2 + 13.0 * (40 * (k - 1) + e) / 120, (40 * (k - 1) + e) / 937,
+       f"Backbone {k}/3 · Pretraining backbone · epoch {e}/40 · loss 0.1")
+      for k in (1, 2, 3) for e in (10, 20, 30, 40)),
+    (25.6, 0.1291, "Checking the model against simple baselines (how well simpler methods do on the same data)"),
+    *((t, f, f"Checking the model against simple baselines · {name}, bulk cell lines, round {k} of 3{done}")
+      for t, f, name, k, done in (
+          (25.6, 0.1291, "logistic regression", 1, ""), (34.6, 0.1323, "logistic regression", 1, " done"),
+          (34.6, 0.1323, "logistic regression", 2, ""), (39.8, 0.1355, "logistic regression", 2, " done"),
+          (39.8, 0.1355, "logistic regression", 3, ""), (48.1, 0.1387, "logistic regression", 3, " done"),
+          (48.1, 0.1387, "gradient boosting", 1, ""), (76.4, 0.3522, "gradient boosting", 1, " done"),
+          (76.4, 0.3522, "gradient boosting", 2, ""), (98.5, 0.5656, "gradient boosting", 2, " done"),
+          (98.5, 0.5656, "gradient boosting", 3, ""), (126.7, 0.7791, "gradient boosting", 3, " done"),
+          (127.3, 0.7823, "logistic regression at the model's own setting", 3, " done"))),
+    *((t, f, f"Checking the model against simple baselines · {name}, {what}") for t, f, name, what in (
+        (128.0, 0.7823, "logistic regression", "scoring the target cells"),
+        (133.8, 0.7855, "logistic regression", "target cells done"),
+        (133.8, 0.7855, "gradient boosting", "scoring the target cells"),
+        (289.6, 0.99, "gradient boosting", "target cells done"),
+        (291.2, 0.99, "logistic regression at the model's own setting", "target cells done"))),
+    (295.9, 1.0, "Saved DEMOTINIB · demo (simulated data) to /srv/models/DEMOTINIB_demo"))]
+FULL_BUILD_SECONDS = 297.3
+
+
+def test_the_demo_builds_time_left_falls_steadily_through_its_steps(monkeypatch):
+    """The demo build's time left grew for minutes: the training's fractions counted gradient boosting
+    on all the cell lines (half of the build's time) as one small step, the logistic regression's
+    rounds and the heads as almost nothing, so the bar said "about 2 min left" at 74% and the time left
+    then grew. Replayed on the timeline of a real full build, each report's time left (extrapolated
+    from its fraction, as the line says it) is now within 15% of the build's time of the true time
+    left, and never rises by more than 5% of it from one report to the next."""
+    from types import SimpleNamespace
+
+    from scatd_core import _progress, train
+    from scatd_core.demo import simulate
+
+    clock = [0.0]
+    monkeypatch.setattr(_progress, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(simulate, "simulate_demo", lambda **kw: (None, None, None))
+
+    class Replayed(Exception):
+        pass
+
+    def replay(*args, progress, **kwargs):
+        for t, f, message in FULL_BUILD:
+            clock[0] = t
+            progress(min(f, 0.99), message)
+        raise Replayed
+
+    monkeypatch.setattr(train, "train_drug_model", replay)
+    said = []
+    with pytest.raises(Replayed):
+        demo.build(out_bundle="/nonexistent/b", out_data="/nonexistent/t.h5ad", size="tiny",
+                   progress=lambda f, m: said.append((clock[0], f, m)))
+    lefts = [(t, t * (1 - f) / f, m) for t, f, m in said if f > 0]
+    for t, left, message in lefts:
+        assert abs(left - (FULL_BUILD_SECONDS - t)) < 0.15 * FULL_BUILD_SECONDS, (t, left, message)
+    for (_, before, _), (t, after, message) in zip(lefts, lefts[1:]):
+        assert after <= before + 0.05 * FULL_BUILD_SECONDS, (t, before, after, message)
+    assert len(lefts) == len(FULL_BUILD) + 1, said  # (and the heads' step, said when the pretraining ends)
+    assert any(demo.HEADS_STEP in m for *_, m in said)  # the step after the pretraining, that reports nothing
+
+
 def _called_and_balanced_accuracy(cells, bundle):
     from sklearn.metrics import balanced_accuracy_score
 

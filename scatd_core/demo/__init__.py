@@ -176,6 +176,80 @@ def plain_step(message: str) -> str:
     return message
 
 
+#: The demo build's steps in order, with the CPU seconds each took in a full build on the 2-core
+#: machine (2026-12-03; wall time there varies with the load, the shares little): the progress bar
+#: gives each its share, so the time left (extrapolated from the fraction done) falls steadily. The
+#: training's own fractions count its steps in rough units (a logistic regression: 3 epochs, its heads:
+#: none, gradient boosting's fit on all the cell lines as one of its CV rounds), so the bar said 74%
+#: and "about 2 min left" when gradient boosting was fitted on all the cell lines, half of the build's
+#: time (measured: 156 of 297 CPU s; 4 wall minutes on a busy machine), and the time left grew on.
+#: ``(step, baseline key or None, seconds)``; the baselines' steps are their out-of-fold rounds on
+#: the bulk cell lines (``cv``) and their fit scored on the tumour's cells (``target``).
+BUILD_SECONDS = (
+    ("simulate", None, 3.2),
+    ("pretrain", None, 13.0),  # the members' backbones: 3 x 40 epochs
+    ("heads", None, 9.4),  # their heads (on the latent and the genes), in and out of the cross-validation
+    ("cv", "logistic_regression", 22.5),  # ~8 s a round: its C chosen by an inner CV
+    ("cv", "gradient_boosting", 78.6),
+    ("cv", "logistic_regression_heads_c", 0.6),
+    ("target", "logistic_regression", 6.5),
+    ("target", "gradient_boosting", 155.8),  # on all 300 lines: 6 times a round of the CV
+    ("target", "logistic_regression_heads_c", 1.6),
+    ("save", None, 4.7),
+    ("threshold", None, 2.0),  # the reference tumour simulated and scored, the demo tumour written
+)
+_BASELINE_STEP = re.compile(r"^Checking the model against simple baselines · (?P<name>.+?), (?:bulk cell lines, "
+                            r"round (?P<k>\d+) of (?P<n>\d+)(?P<done> done)?|(?P<target>scoring the target cells|"
+                            r"target cells done))$")
+_PRETRAIN_STEP = re.compile(r"^Backbone (\d+)/(\d+) · Pretraining backbone · epoch (\d+)/(\d+)\b")
+#: What the bar says while the members' heads are fitted (the training reports nothing then)
+HEADS_STEP = "Fitting the model's final layer on the cell lines"
+
+
+def build_fraction(step: str, baseline: str | None = None, done: float = 0.0) -> float:
+    """The fraction of the demo build done ``done`` (0-1) of the way through ``step`` (of
+    :data:`BUILD_SECONDS`; a baseline's step also by its key), from the steps' measured times."""
+    total = sum(sec for *_, sec in BUILD_SECONDS)
+    before = 0.0
+    for name, key, sec in BUILD_SECONDS:
+        if (name, key) == (step, baseline):
+            return (before + sec * min(max(done, 0.0), 1.0)) / total
+        before += sec
+    raise KeyError((step, baseline))
+
+
+def _training_progress(progress: Callable[[float, str], None]) -> Callable[[float, str], None]:
+    """The demo model's training progress as a part of the demo build: each report placed by its
+    step (:func:`build_fraction`), not by the training's own fraction, and said in plain words
+    (:func:`plain_step`). Reports never move the bar back."""
+    from scatd_core.train._run import PROGRESS_NAMES
+
+    keys = {words: key for key, words in PROGRESS_NAMES.items()}
+    at = [build_fraction("pretrain")]
+
+    def report(fraction: float, message: str) -> None:
+        heads = False
+        if (found := _PRETRAIN_STEP.match(message)) is not None:
+            k, n, e, epochs = map(int, found.groups())
+            at[0] = max(at[0], build_fraction("pretrain", done=(k - 1 + e / max(epochs, 1)) / max(n, 1)))
+            heads = k == n and e == epochs  # the heads are fitted next, without a report
+        elif (found := _BASELINE_STEP.match(message)) is not None and found["name"] in keys:
+            key = keys[found["name"]]
+            if found["target"]:
+                at[0] = max(at[0], build_fraction("target", key, done=float(found["target"] == "target cells done")))
+            else:
+                at[0] = max(at[0], build_fraction("cv", key, done=(int(found["k"]) - 1 + bool(found["done"]))
+                                                  / max(int(found["n"]), 1)))
+        elif message.startswith("Checking the model against simple baselines"):  # the heads are done
+            at[0] = max(at[0], build_fraction("heads", done=1.0))
+        elif message.startswith("Saved "):
+            at[0] = max(at[0], build_fraction("save", done=1.0))
+        progress(at[0], f"Training the demo model: {plain_step(message)}")
+        if heads:
+            progress(at[0], f"Training the demo model: {HEADS_STEP}")
+    return report
+
+
 def build(*, library: str | Path | None = None, out_bundle: str | Path | None = None,
           out_data: str | Path | None = None, size: str = "full",
           progress: Callable[[float, str], None] | None = None) -> tuple[ad.AnnData, Bundle, dict]:
@@ -201,9 +275,9 @@ def build(*, library: str | Path | None = None, out_bundle: str | Path | None = 
         bulk, labels, DEMO_DRUG, tumour, backbone="dist_vae", settings=demo_settings(size), device="cpu",
         target_label_column=DEMO_LABEL_COLUMN, out=out_bundle, overwrite=True, demo=True,
         name=f"{DEMO_DRUG} · demo (simulated data)", min_lines_per_class=2,  # (the tiny demo: 14 sensitive lines)
-        progress=(lambda f, m: progress(0.02 + 0.92 * f, f"Training the demo model: {plain_step(m)}")) if progress else None)
+        progress=_training_progress(progress) if progress else None)
     if progress:
-        progress(0.95, "Choosing the demo model's threshold on a separate simulated tumour")
+        progress(build_fraction("threshold"), "Choosing the demo model's threshold on a separate simulated tumour")
     threshold, record = reference_threshold(bundle, size)
     bundle = _set_default_threshold(bundle, threshold, record, report, tumour)
     out_data.parent.mkdir(parents=True, exist_ok=True)
