@@ -45,23 +45,30 @@ class Eta:
         return out
 
 
-_ETA_TAIL = re.compile(r"(?P<elapsed>\d+(?:\.\d+)?) (?P<unit>s|min|h) elapsed(?: · about \S+ (?:s|min|h) left)?$")
+_ETA_TAIL = re.compile(r"(?P<elapsed>\d+(?:\.\d+)?) (?P<unit>s|min|h) elapsed"
+                       r"(?: · about (?P<left>\d+(?:\.\d+)?) (?P<left_unit>s|min|h) left)?$")
 _UNIT_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def ticking(message: str, fraction: float, since: float) -> str:
     """``message`` (a report of :func:`with_eta`, ending ``6.1 min elapsed · about 1.8 min left``)
-    as it reads ``since`` seconds after it was reported: the elapsed time moved on by ``since`` and
-    the time left estimated again from it and ``fraction`` (the fraction done when it was reported),
-    so the line of a long step that reports seldom keeps ticking instead of freezing (the estimate
-    grows while nothing is reported). A message without that ending is returned as it is."""
+    as it reads ``since`` seconds after it was reported, so the line of a long step that reports
+    seldom keeps ticking instead of freezing: the elapsed time moved on by ``since`` and the time
+    left counted down by it. Only once that count is spent (the step runs longer than estimated)
+    is the time left estimated again from the elapsed time and ``fraction`` (the fraction done when
+    it was reported), which grows while nothing is reported: before, it grew from the report on
+    (the demo's gradient boosting on all the cell lines, minutes without a report, read "about 3
+    min left", then 4, 5, 6). A message without that ending is returned as it is."""
     found = _ETA_TAIL.search(message)
     if found is None or since <= 0:
         return message
     elapsed = float(found["elapsed"]) * _UNIT_SECONDS[found["unit"]] + since
     text = f"{duration(elapsed)} elapsed"
     if 0.0 < fraction < 1.0:
-        text += f" · about {duration(elapsed * (1.0 - fraction) / fraction)} left"
+        left = float(found["left"]) * _UNIT_SECONDS[found["left_unit"]] - since if found["left"] else 0.0
+        if left < 1.0:
+            left = elapsed * (1.0 - fraction) / fraction
+        text += f" · about {duration(left)} left"
     return message[:found.start()] + text
 
 

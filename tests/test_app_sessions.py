@@ -390,11 +390,14 @@ def test_the_demo_builds_elapsed_time_keeps_ticking_while_a_long_step_runs(monke
 
     monkeypatch.setattr(ui, "_BUILDS", {})
     assert ui.shared_build("test", work, Watching(), "a test build", poll_seconds=0.05) == "built"
-    assert any("epoch 3 · 11 s elapsed · about 11 s left" in t for t in seen), seen
+    assert any("epoch 3 · 11 s elapsed · about 9 s left" in t for t in seen), seen  # the time left counts down
     assert not any("10 s elapsed" in t for t in seen[-3:]), seen  # the last lines are not the report's
     # the elapsed time keeps its unit's precision; a message without one is left alone
     from scatd_core._progress import ticking
 
+    assert ticking("Step · 6.1 min elapsed · about 1.8 min left", 0.77, 60) == \
+        "Step · 7.1 min elapsed · about 48 s left"  # counted down, not estimated again (it grew: 2.2 min)
+    # once the count is spent (the step runs longer than estimated), estimated again from the elapsed time
     assert ticking("Step · 6.1 min elapsed · about 1.8 min left", 0.77, 240) == \
         "Step · 10.1 min elapsed · about 3.0 min left"
     assert ticking("Step · 5 s elapsed", 0.0, 3) == "Step · 8 s elapsed"
