@@ -169,7 +169,9 @@ if bulk_source == "Upload":
                  "each drug's threshold). Given with that very table, the model's card says which threshold made "
                  "its labels; without it, the card names only the table.")
         _use_provenance(ss.get(LABELS), provenance_upload)
-    with st.expander("No label table? Build one from GDSC ln(IC50) values"):
+    from scatd_core.labels import IC50_BUILDER
+
+    with st.expander(IC50_BUILDER):
         u1, u2, u3 = st.columns(3)
         ic50 = u1.file_uploader("GDSC_IC50.csv", type=["csv", "gz"], key="upload_train_ic50")
         thred = u2.file_uploader("IC50_thred.txt", type=["txt", "tsv"], key="upload_train_thred")
@@ -369,7 +371,9 @@ other_words = (f", {len(others):,} with another value ({ui.md(', '.join(map(repr
                if len(others) else "")
 st.caption(f"{ui.md(drug)}: {n_sensitive} sensitive and {n_resistant} resistant of the {bulk['adata'].n_obs:,} bulk "
            f"cell lines{other_words}; {n_without:,} without a label for this drug (used for pretraining only).")
-other_values = other_label_values(table, drug)  # refused as training would refuse it, said under its counts
+# refused as training would refuse it, said under its counts; its hint says how to reach the label upload and the
+# 'No label table?' builder when the demo panel's mode hides them
+other_values = other_label_values(table, drug, upload_shown=bulk_source == "Upload")
 if other_values is not None:
     show_error(other_values)
 too_few_slot = st.empty()  # the refusal of a drug with too few lines of a class, said under its counts

@@ -251,21 +251,30 @@ def drug_label_values(table: pd.DataFrame, drug: str) -> pd.Series:
     return text.where(~text.isin(MISSING_VALUES), "")
 
 
-def other_label_values(table: pd.DataFrame, drug: str) -> InputError | None:
+#: The Train page's expander (in its Upload mode) that builds a label table from GDSC ln(IC50) values.
+IC50_BUILDER = "No label table? Build one from GDSC ln(IC50) values"
+
+
+def other_label_values(table: pd.DataFrame, drug: str, *, upload_shown: bool = True) -> InputError | None:
     """The refusal of a drug whose column holds values other than sensitive/resistant or a missing
     marker (or ``None``): raised by :func:`drug_labels` (so by training, app and CLI alike), shown by
-    the Train page as soon as the drug is chosen."""
+    the Train page as soon as the drug is chosen. ``upload_shown``: whether the page shows its Upload
+    mode (the label upload and the 'No label table?' builder); else its hint says to choose Upload first."""
     column = match_drug(drug, table.columns)
     text = drug_label_values(table, column)
     bad = sorted(set(text[text != ""]) - {SENSITIVE, RESISTANT})
     if not bad:
         return None
     keep = "Label each cell line 'sensitive' or 'resistant' (leave unscreened ones empty or NA)"
+    if upload_shown:
+        app_hint = (f"{keep} and upload the table again, or choose another drug; to build labels from GDSC ln(IC50) "
+                    f"values use '{IC50_BUILDER}' above.")
+    else:  # the demo panel's mode: the label upload and the builder are in the Upload mode only
+        app_hint = (f"{keep}, then choose 'Upload' under Bulk data and upload the table there, or choose another "
+                    f"drug; to build labels from GDSC ln(IC50) values, choose 'Upload' under Bulk data and use "
+                    f"'{IC50_BUILDER}'.")
     return InputError(f"Drug {column}: values other than sensitive/resistant: {', '.join(map(repr, bad[:5]))}.",
-                      f"{keep}; to build labels from IC50 values use `scatd labels-from-ic50`.",
-                      app_hint=f"{keep} and upload the table again, or choose another drug; to build labels from "
-                               "GDSC ln(IC50) values use 'No label table? Build one from GDSC ln(IC50) values' "
-                               "above.")
+                      f"{keep}; to build labels from IC50 values use `scatd labels-from-ic50`.", app_hint=app_hint)
 
 
 def drug_labels(table: pd.DataFrame | str | Path, drug: str) -> DrugLabels:

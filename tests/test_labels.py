@@ -378,6 +378,8 @@ def test_other_label_values_are_refused_with_the_cli_and_the_app_each_told_their
     assert "scatd labels-from-ic50" in err.hint
     assert "No label table? Build one from GDSC ln(IC50) values" in err.app_hint
     assert "scatd labels-from-ic50" not in err.app_hint
+    hidden = other_label_values(table, "WEIRD", upload_shown=False).app_hint  # the demo panel's mode: no expander
+    assert "choose 'Upload' under Bulk data" in hidden and "above" not in hidden, hidden
     with pytest.raises(InputError) as raised:
         drug_labels(table, "weird")
     assert raised.value.message == err.message and raised.value.app_hint == err.app_hint

@@ -1148,6 +1148,30 @@ def test_a_drug_with_values_other_than_sensitive_or_resistant_is_refused_as_soon
     assert not at.error and not at.button(key="btn_train_start").disabled
 
 
+def test_other_label_values_in_the_demo_panel_mode_say_how_to_reach_the_label_builder():
+    """QA: with *Simulated demo panel* chosen (a label table uploaded before in Upload mode is kept), the
+    refusal of 'intermediate' pointed to the 'No label table?' expander "above", which only Upload mode
+    shows. In that mode it says to choose Upload under Bulk data first; in Upload mode it stays as it was."""
+    at = _page_with_training_data()
+    at.session_state["train_bulk"]["name"] = "simulated demo panel"  # kept: not simulated again
+    labels = at.session_state["train_labels"]["table"]
+    labels["WEIRD"] = (["sensitive"] * 12 + ["resistant"] * 12 + ["intermediate"] * 5 + [None] * len(labels))[
+        :len(labels)]
+    at.run()
+    at.radio[0].set_value("Simulated demo panel").run()
+    assert at.session_state["train_labels"]["table"] is labels  # the uploaded table, not the demo's
+    at.selectbox(key="train_drug").set_value("WEIRD").run()
+    assert not at.exception, at.exception
+    assert not any("GDSC_IC50" in u.label for u in at.get("file_uploader"))  # the builder is not on the page
+    said = next(e.value.replace("\\", "") for e in at.error if "values other than sensitive/resistant" in e.value)
+    assert "choose 'Upload' under Bulk data" in said and "No label table? Build one from GDSC ln(IC50) values" in said \
+        and "above" not in said and "scatd labels-from-ic50" not in said, said
+    assert at.button(key="btn_train_start").disabled
+    at.radio[0].set_value("Upload").run()  # the expander is shown: the message points to it, "above"
+    said = next(e.value.replace("\\", "") for e in at.error if "values other than sensitive/resistant" in e.value)
+    assert "'No label table? Build one from GDSC ln(IC50) values' above" in said and "choose 'Upload'" not in said, said
+
+
 def test_a_failed_bulk_or_labels_upload_says_the_earlier_file_is_still_used():
     """QA: after a valid bulk table and label table, a bad replacement (bulk with NaN, an empty labels CSV)
     showed its error while the captions still named the earlier files, without saying they are still used;
