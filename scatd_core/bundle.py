@@ -875,6 +875,8 @@ def _write_locked(out: Path, write, overwrite: bool, unique: bool) -> Path:
             base, k = out, 2
             while out.exists() or _case_variant(out) is not None:
                 out, k = base.with_name(f"{base.name}-{k}"), k + 1
+        if overwrite and not out.exists() and (variant := _case_variant(out)) is not None:
+            out = variant  # the model the clash names (one folder on a macOS or Windows disk): replaced, not a twin
         if not overwrite and (out.exists() or _case_variant(out) is not None):
             held = out if out.exists() else _case_variant(out)
             what = "A model bundle" if (held / MANIFEST).exists() else "A folder"

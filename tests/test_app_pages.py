@@ -1674,6 +1674,37 @@ def test_import_checkpoint_page(empty_library, tmp_path, monkeypatch):
     assert load_bundle(empty_library / "Other_dist_vae").manifest["provenance"]["source_file"] == "drug.pth"
 
 
+def test_replace_a_model_of_the_same_name_replaces_the_one_that_differs_only_by_case(empty_library, tmp_path,
+                                                                                     monkeypatch):
+    """QA: with Cisplatin_demo in the library, importing 'cisplatin_demo' was refused naming Cisplatin_demo (one
+    folder on a macOS or Windows disk), but 'Replace a model of the same name' then made a second folder
+    cisplatin_demo beside it. Replace replaces the model named in the refusal, in its folder."""
+    _dist_vae_import_folder(tmp_path, monkeypatch)
+    at = start()
+    goto(at, "8_Models")
+    at.selectbox(key="import_from_folder").set_value("drug.pth")
+    at.selectbox(key="import_side_from_folder").set_value("genes.txt")
+    at.text_input(key="import_drug").set_value("Cisplatin")
+    at.text_input(key="import_name").set_value("Cisplatin_demo")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert not at.exception and "Imported" in text(at.success), text(at.error)
+    at.text_input(key="import_drug").set_value("CISPLATIN")
+    at.text_input(key="import_name").set_value("cisplatin_demo")
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert "Cisplatin_demo" in text(at.error).replace("\\", "")  # the clash, by its folder
+    at.checkbox(key="import_replace").check()
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert not at.exception and "Imported" in text(at.success), text(at.error)
+    assert sorted(p.name for p in empty_library.iterdir() if not p.name.startswith(".")) == ["Cisplatin_demo"]
+    from scatd_core.bundle import load_bundle
+
+    replaced = load_bundle(empty_library / "Cisplatin_demo")
+    assert replaced.name == "cisplatin_demo" and replaced.drug == "CISPLATIN"
+
+
 def test_a_checkpoint_of_another_backbone_says_what_to_choose_on_the_form(empty_library, tmp_path, monkeypatch):
     """QA: a VAE_sf checkpoint imported as Dist_VAE said "Import it with --backbone vae_sf" on the
     page, a flag of the CLI; the page names its own Backbone choice."""

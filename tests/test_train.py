@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from scatd_core.bundle import input_transform_words, load_bundle, save_bundle, sha256_file
+from scatd_core.bundle import NameTaken, input_transform_words, load_bundle, save_bundle, sha256_file
 from scatd_core.cli import labels as cli_labels
 from scatd_core.cli import train as cli_train
 from scatd_core.errors import InputError
@@ -866,6 +866,31 @@ def test_a_display_name_names_the_library_folder_and_a_taken_one_is_refused_befo
     assert listing[0].startswith("FOLDER (what --model takes)\tNAME")
     assert any(line.startswith("gef_cli\tgef_cli\t") for line in listing)
     assert any(line.startswith(f"{spaced.path.name}\tGef small\t") for line in listing)
+
+
+def test_a_named_training_replaces_or_is_refused_by_a_folder_that_differs_only_by_case(tmp_path):
+    """QA: with Cisplatin_demo in the library, a training named 'cisplatin_demo' with overwrite was refused, and
+    without it (the model there having another display name) was trained and saved as a second folder
+    cisplatin_demo-2 beside it (one folder on a macOS or Windows disk). Now overwrite replaces that model, in its
+    folder; without it the name is refused before any training, as an existing folder's is."""
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    quick = replace(TINY, members=1, pretrain_epochs=1)
+    lib = tmp_path / "lib"
+    first, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, name="Cisplatin_demo",
+                                settings=quick)
+    manifest = first.path / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "name": "Cisplatin (demo)"}))
+    steps = []
+    with pytest.raises(NameTaken, match="folder Cisplatin_demo already holds a model") as info:
+        train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, name="cisplatin_demo",
+                         settings=quick, progress=lambda f, m: steps.append(m))
+    assert not steps and "another --name" in info.value.hint  # refused before any training
+
+    replaced, _ = train_drug_model(bulk, labels, "druga", target, device="cpu", library=lib, name="cisplatin_demo",
+                                   settings=quick, seed=1, overwrite=True)
+    assert replaced.path == first.path and replaced.name == "cisplatin_demo"
+    assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == ["Cisplatin_demo"]
+    assert load_bundle(first.path).manifest["provenance"]["seed"] == 1
 
 
 def test_a_training_never_takes_the_names_the_published_install_keeps(tmp_path):

@@ -87,14 +87,24 @@ def free_model_name(name: str, library=None) -> str:
 def _named_out(name: str, library, overwrite: bool) -> Path:
     """The library folder of a model given a display name: named after it, as `scatd import-checkpoint`
     names it, so the name is what ``--model`` takes. Refused before training when a model (or folder)
-    of that name is there already, unless ``overwrite``."""
+    of that name, or a folder whose name differs from its folder's only by case, is there already,
+    unless ``overwrite``: then that folder is the one replaced (never a second folder beside it)."""
     root = Path(library) if library else model_library_dir()
     out = root / safe_name(name)
+    if overwrite and not out.exists() and (variant := _case_variant(out)) is not None:
+        out = variant  # the folder differing only by case (one on a macOS or Windows disk): the one replaced
     if name.casefold() in library_names(library, but=out):  # another folder's model has this display name
         raise NameTaken(f"A model named '{name}' already exists in the model library; nothing was trained.",
                         "Give another --name, or leave --name out for a new name (DRUG (BACKBONE, trained), with a "
                         "number added when that is taken).",
                         app_hint="Give it another model name, or leave the name empty for the one shown there.")
+    if not out.exists() and not overwrite and (variant := _case_variant(out)) is not None:
+        raise NameTaken(f"The model library's folder {variant.name} already holds a model, and the folder of the name "
+                        f"'{name}' ({out.name}) differs from it only by case (one folder on a macOS or Windows disk); "
+                        "nothing was trained.",
+                        "Give another --name (it also names the model's library folder), or leave --name out for a "
+                        "new folder DRUG_BACKBONE_trained.",
+                        app_hint="Give it another model name, or leave the name empty for a new one.")
     if out.exists() and not overwrite:
         raise NameTaken(f"A model named '{name}' already exists in the model library (folder {out.name}); nothing "
                         "was trained.",
