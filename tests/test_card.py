@@ -376,7 +376,8 @@ def test_the_model_card_picker_names_each_model_once(tmp_path):
 def test_a_model_with_its_default_trained_name_is_titled_once():
     """QA: a model trained without --name was titled "Gefitinib (VAE on genes, trained) · Gefitinib · VAE
     on genes (trained in scATD Studio)" (card picker, Model page, `scatd models`): the drug, backbone and
-    "trained" twice. The default name says it all once (its number kept); a chosen name keeps the title."""
+    "trained" twice. The default name says it all once (its number kept); a chosen name is shown as given
+    (test_a_name_given_to_a_trained_model_is_shown_as_given)."""
     from pathlib import Path
     from types import SimpleNamespace
 
@@ -395,7 +396,7 @@ def test_a_model_with_its_default_trained_name_is_titled_once():
                           "trained in scATD Studio)")
     assert named_title(on_imported) == on_imported.title  # the title names the imported backbone; said once
     mine = trained("My gefitinib model", "e")
-    assert named_title(mine) == "My gefitinib model · Gefitinib · VAE on genes (trained in scATD Studio)"
+    assert named_title(mine) == "My gefitinib model"
 
 
 def test_the_apps_score_table_per_evaluation_is_short_and_says_the_rest_once():
@@ -542,6 +543,34 @@ def test_a_bulk_cv_on_too_few_lines_of_a_class_claims_no_win():
     assert not any(v.startswith("This model beats") or "better than" in v for v in said + ev["verdicts"])
     target = dict(ev, name="target")  # cells: the same counts are no bulk CV, judged as before
     assert cards.verdicts(target)[0].startswith("This model beats gradient boosting")
+
+
+def test_a_name_given_to_a_trained_model_is_shown_as_given(tmp_path):
+    """QA: `scatd train --name cisplatin_demo` (its folder cisplatin_demo) was shown as "cisplatin_demo · DRUGA ·
+    VAE on genes (trained in scATD Studio)" in the library table, the Model page's picker and the card's heading.
+    A name the user gave a model trained here is shown as given; a demo model still says so, two models that
+    would read alike get their folders, and an import's name keeps its drug and backbone (as before)."""
+    from test_ensemble import _ensemble
+
+    from scatd_core.bundle import display_names, list_library, save_bundle
+
+    model, lib = _ensemble(), tmp_path / "lib"
+
+    def save(folder, name, source="trained by scATD Studio (scatd train)", **kw):
+        return save_bundle(lib / folder, model.stacked_state_dict(), model.arch, drug="DRUGA",
+                           genes=[f"G{i}" for i in range(model.arch.input_dim)], input_transform="standardize",
+                           threshold=0.5, provenance={"source": source}, name=name, **kw)
+
+    named = save("cisplatin_demo", "cisplatin_demo")
+    spaced = save("My_run-1234abcd", "My run")
+    demo = save("demo_run", "demo run", demo=True)
+    twins = [save(f"lab_{k}", "Lab run") for k in "ab"]
+    imported = save("DRUGA_lab", "DRUGA lab", source="imported original scATD checkpoint")
+    names = display_names([e.bundle for e in list_library(lib)])
+    assert names == {str(named.path): "cisplatin_demo", str(spaced.path): "My run",
+                     str(demo.path): "demo run · demo (simulated data)",
+                     str(twins[0].path): "Lab run (lab_a)", str(twins[1].path): "Lab run (lab_b)",
+                     str(imported.path): "DRUGA lab · DRUGA · Dist_VAE (scATD-sf-dist)"}, names
 
 
 def test_one_display_name_per_model_and_case_variant_folders_get_their_own(tmp_path):

@@ -866,6 +866,8 @@ def test_a_display_name_names_the_library_folder_and_a_taken_one_is_refused_befo
     assert listing[0].startswith("FOLDER (what --model takes)\tNAME")
     assert any(line.startswith("gef_cli\tgef_cli\t") for line in listing)
     assert any(line.startswith(f"{spaced.path.name}\tGef small\t") for line in listing)
+    assert scatd_main(["models", "card", "gef_cli", "--library", str(lib)]) == 0  # the name as given, nothing added
+    assert capsys.readouterr().out.splitlines()[0] == "Model card: gef_cli (gef_cli)"
 
 
 def test_a_named_training_replaces_or_is_refused_by_a_folder_that_differs_only_by_case(tmp_path):
