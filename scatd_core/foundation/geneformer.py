@@ -39,8 +39,8 @@ import torch
 
 from scatd_core.config import geneformer_dir, geneformer_model_dir
 from scatd_core.errors import CheckpointError, InputError, ScatdError
-from scatd_core.foundation._assets import Probe, Problem, check_file, file_state, lfs_pointer_size, lfs_problem, \
-    torch_load_tensors
+from scatd_core.foundation._assets import Probe, ProbeCache, Problem, access_state, check_file, file_state, \
+    lfs_pointer_size, lfs_problem, torch_load_tensors
 from scatd_core.foundation._dictionaries import DICTIONARIES, content_kind, find_dictionary, misplaced_text
 
 NAME = "Geneformer"
@@ -400,20 +400,28 @@ def published_config_note(model: ModelFolder) -> str | None:
 
 # --------------------------------------------------------------------------- probe
 
-_PROBES: dict[tuple, Probe] = {}
+#: The probes made last, per folder and settings (:class:`~scatd_core.foundation._assets.ProbeCache`).
+_PROBES = ProbeCache()
+
+
+def configured_by() -> str:
+    """What names the Geneformer files (the Model page's "set by ..."): a variable, or the default."""
+    return "SCATD_GENEFORMER_MODEL" if geneformer_model_dir() else \
+        "SCATD_GENEFORMER_DIR" if os.environ.get("SCATD_GENEFORMER_DIR") else "default ($SCATD_HOME/geneformer)"
 
 
 def probe(folder: str | Path | None = None, embedding_dim: int | None = None) -> Probe:
-    """Check the Geneformer files without loading the weights (cached until a file changes)."""
+    """Check the Geneformer files without loading the weights (cached until a file, its permissions,
+    or the setting that names it changes)."""
     root = Path(folder) if folder is not None else geneformer_dir()
     folders = model_folders(folder)
     dictionaries = [find_dictionary(k, v, root) for v in DICTIONARIES for k in DICTIONARIES[v]]
-    stamp = (str(root), embedding_dim, str(geneformer_model_dir() if folder is None else "")) + tuple(
-        file_state(p) for f in folders for p in (f.path / "config.json", f.weights) if p is not None) + tuple(
-        file_state(p) for p in dictionaries if p is not None) + tuple(file_state(p) for p in stray_configs(root))
-    if stamp not in _PROBES:
-        _PROBES[stamp] = _probe(root, folders, embedding_dim)
-    return _PROBES[stamp]
+    by = configured_by()
+    where = (str(root), embedding_dim, str(geneformer_model_dir() if folder is None else ""), by)
+    state = tuple(access_state(p) for p in [root] + [f.path for f in folders]) + tuple(
+        access_state(p) for f in folders for p in (f.path / "config.json", f.weights) if p is not None) + tuple(
+        access_state(p) for p in dictionaries if p is not None) + tuple(access_state(p) for p in stray_configs(root))
+    return _PROBES.get(where, state, lambda: _probe(root, folders, embedding_dim, by))
 
 
 def found_dictionaries(root: Path) -> dict[str, Path]:
@@ -473,9 +481,7 @@ def dictionaries_hint(root: Path, version: str, found: dict[str, Path]) -> str:
             "set SCATD_GENEFORMER_DIR to the folder holding them.")
 
 
-def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None) -> Probe:
-    by = "SCATD_GENEFORMER_MODEL" if geneformer_model_dir() else \
-        "SCATD_GENEFORMER_DIR" if os.environ.get("SCATD_GENEFORMER_DIR") else "default ($SCATD_HOME/geneformer)"
+def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None, by: str) -> Probe:
     out = Probe("vae_gf", NAME, str(root), by)
     hint = INSTALL_HINT.format(model=VAE_GF_MODEL, folder=root)
     out.details["models"] = [f.describe() for f in folders]

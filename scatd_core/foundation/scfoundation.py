@@ -47,8 +47,8 @@ import torch
 from scatd_core._words import counted
 from scatd_core.config import scfoundation_dir
 from scatd_core.errors import CheckpointError, InputError
-from scatd_core.foundation._assets import (Probe, Problem, check_file, file_state, lfs_pointer_size, lfs_problem,
-                                           torch_load_tensors)
+from scatd_core.foundation._assets import (Probe, ProbeCache, Problem, access_state, check_file, file_state,
+                                           lfs_pointer_size, lfs_problem, torch_load_tensors)
 from scatd_core.genes import gene_list_text
 from scatd_core.nn.scfoundation import ScFoundationConfig, ScFoundationEncoder, encoder_state_keys
 
@@ -495,22 +495,27 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple]:
 
 # --------------------------------------------------------------------------- probe
 
-_PROBES: dict[tuple, Probe] = {}
+#: The probes made last, per folder and settings (:class:`~scatd_core.foundation._assets.ProbeCache`).
+_PROBES = ProbeCache()
+
+
+def configured_by() -> str:
+    """What names the scFoundation folder (the Model page's "set by ..."): the variable, or the default."""
+    return "SCATD_SCFOUNDATION_DIR" if os.environ.get("SCATD_SCFOUNDATION_DIR") else "default ($SCATD_HOME/scfoundation)"
 
 
 def probe(folder: str | Path | None = None, key: str = DEFAULT_KEY) -> Probe:
-    """Check the scFoundation files without loading the weights (cached until a file changes)."""
+    """Check the scFoundation files without loading the weights (cached until a file, its permissions,
+    or the setting that names it changes)."""
     files = find_files(folder, key)
-    stamp = (key,) + tuple(file_state(p) for p in (files.converted, files.config, files.checkpoint, files.gene_list)
-                           if p is not None) + (str(files.folder),)
-    if stamp not in _PROBES:
-        _PROBES[stamp] = _probe(files)
-    return _PROBES[stamp]
+    by = configured_by()
+    state = tuple(access_state(p) for p in (files.folder, files.folder / "models", files.converted, files.config,
+                                            files.checkpoint, files.gene_list) if p is not None)
+    return _PROBES.get((key, str(files.folder), by), state, lambda: _probe(files, by))
 
 
-def _probe(files: Files) -> Probe:
+def _probe(files: Files, by: str) -> Probe:
     folder = files.folder
-    by = "SCATD_SCFOUNDATION_DIR" if os.environ.get("SCATD_SCFOUNDATION_DIR") else "default ($SCATD_HOME/scfoundation)"
     out = Probe("vae_sf", NAME, str(folder), by)
     cfg, genes_sha = None, None
     if files.converted is not None:
