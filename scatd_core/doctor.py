@@ -198,8 +198,10 @@ def _write_as(account, groups: set[int], folder: Path) -> str | None:
 
 
 def _could_read(user: str, path: Path) -> str | None:
-    """Why ``user`` could not read the file ``path``, judged as :func:`_could_write` judges folders
-    (owner, group and permission bits); ``None`` when it could, or ``path`` does not exist."""
+    """Why ``user`` could not read the file ``path``; ``None`` when it could, or ``path`` does not
+    exist. Run as root, the file is opened and a byte read as that account (:func:`_read_as`), so
+    ACLs count; otherwise it is judged from the owner, group and permission bits of the file and
+    the folders above it, as :func:`_could_write` judges folders."""
     import pwd
     import stat
 
@@ -218,6 +220,9 @@ def _could_read(user: str, path: Path) -> str | None:
             return st.st_mode & (bits << 3) == bits << 3
         return st.st_mode & bits == bits
 
+    failed = _read_as(account, groups, path) if _running_as_root() else "not tried"
+    if failed is None:
+        return None
     try:
         for folder in reversed(path.parents):
             if not allows(folder.stat(), 0o1):
@@ -225,18 +230,39 @@ def _could_read(user: str, path: Path) -> str | None:
         st = path.stat()
     except OSError as exc:
         return f"{path} cannot be examined ({exc.strerror or exc})"
-    if allows(st, 0o4):
+    if failed == "not tried" and allows(st, 0o4):
         return None
     try:
         owner = pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
         owner = f"uid {st.st_uid}"
-    return f"it is {owner}'s, {stat.filemode(st.st_mode)}"
+    said = f"it is {owner}'s, {stat.filemode(st.st_mode)}"
+    if failed != "not tried":  # tried as that account: what stopped it (e.g. an ACL)
+        return f"{said}: it could not be read as {user} ({failed})"
+    return said
+
+
+def _read_as(account, groups: set[int], path: Path) -> str | None:
+    """Open the file ``path`` and read one byte of it as ``account`` (a :mod:`pwd` entry), in a shell
+    run as that account (root only): ``None`` when it could, else why not (e.g. "Permission denied")."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["/bin/sh", "-c", 'head -c 1 -- "$1" > /dev/null', "sh", str(path)],
+                              user=account.pw_uid, group=account.pw_gid, extra_groups=sorted(groups), cwd="/",
+                              capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"it could not be tried: {getattr(exc, 'strerror', None) or exc}"
+    if done.returncode == 0:
+        return None
+    said = done.stderr.strip().splitlines()
+    return said[-1].rsplit(": ", 1)[-1] if said else f"exit status {done.returncode}"
 
 
 def _readable_by_service(conf, what: str, path: Path | None, fix: str) -> list[dict]:
     """A problem when the account the server runs as (named, and not this one) cannot read the file
-    ``path``: checked from its owner and mode, so root's ``scatd doctor`` sees it too."""
+    ``path``: read as that account when root runs ``scatd doctor``, else judged from its owner and
+    mode (:func:`_could_read`)."""
     user, where = _service_user(conf)
     if path is None or not user or user == _account():
         return []

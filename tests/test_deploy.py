@@ -299,6 +299,69 @@ def test_doctor_as_root_tries_to_write_as_the_service_account_the_mode_bits_miss
     assert "drwxrwxr-x" in why and "root's" in why
 
 
+def _acl_file(path: Path, uid: int, user_bits: int, other_bits: int) -> bool:
+    """Give the file ``path`` the POSIX ACL user::rw-, user:UID:``user_bits``, group::r--, mask::r--,
+    other::``other_bits`` (raw xattr, as `setfacl`); False where the file system has no ACLs."""
+    import os
+    import struct
+
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 6, undefined), (0x02, user_bits, uid), (0x04, 4, undefined), (0x10, 4, undefined),
+               (0x20, other_bits, undefined)]
+    try:
+        os.setxattr(path, "system.posix_acl_access",
+                    struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries))
+    except OSError:
+        return False
+    return True
+
+
+def test_doctor_as_root_reads_the_files_as_the_service_account_not_from_the_mode_bits(root_owned_folder,
+                                                                                         monkeypatch):
+    """Run as root, doctor judged whether the service account can read the users and configuration
+    files from their mode bits only (as it once judged the folders): a file an ACL lets it read was a
+    problem, one an ACL keeps from it was fine. As root it now opens the file and reads a byte as
+    that account; another account still judges from the mode bits."""
+    import os
+
+    from scatd_core import doctor
+    from scatd_core.config import settings
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can act as the service account; other accounts judge it from the mode bits")
+    config = root_owned_folder / "config.toml"
+    config.write_text('[server]\nservice_user = "nobody"\n')
+    if not _acl_file(config, NOBODY, 4, 0):  # nobody may read by the ACL; "other" (the mode bits) may not
+        pytest.skip("this file system has no POSIX ACLs")
+    assert config.stat().st_mode & 0o7 == 0
+    monkeypatch.setenv("SCATD_HOME", str(root_owned_folder))
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    monkeypatch.delenv("SCATD_SERVICE_USER", raising=False)
+    assert doctor._could_read("nobody", config) is None
+    assert not [i for i in doctor._config_file_items(settings()) if i["status"] == "problem"]
+    # the account the ACL does not name is still refused, with the file's owner and mode, and why
+    why = doctor._could_read("daemon", config)
+    assert why is not None and "root's" in why and "-rw-r-----" in why, why
+    assert "it could not be read as daemon (Permission denied)" in why, why
+    # the reverse: the mode bits let everyone read, the ACL keeps nobody out
+    assert _acl_file(config, NOBODY, 0, 4) and config.stat().st_mode & 0o4
+    why = doctor._could_read("nobody", config)
+    assert why is not None and "it could not be read as nobody (Permission denied)" in why, why
+    failed = [i for i in doctor._config_file_items(settings()) if i["status"] == "problem"]
+    assert failed and "cannot be read by nobody, the account the server runs as (server.service_user)" in \
+        failed[0]["detail"] and "Permission denied" in failed[0]["detail"], failed
+    # a folder above that does not let it through is named, as before
+    hidden = root_owned_folder / "hidden"
+    hidden.mkdir()
+    (hidden / "users.toml").write_text("")
+    (hidden / "users.toml").chmod(0o644)
+    hidden.chmod(0o700)
+    assert f"{hidden} does not let nobody through" in doctor._could_read("nobody", hidden / "users.toml")
+    # not root: judged from the mode bits (the ACL not seen), as before
+    monkeypatch.setattr(doctor, "_running_as_root", lambda: False)
+    assert doctor._could_read("nobody", config) is None
+
+
 def test_pages_are_compiled_without_streamlit_magic_and_none_needs_it():
     """Streamlit's "magic" parses each page into Python AST objects, which Python 3.11.7 cannot do in two
     threads at once (a page compiled while another thread formats a traceback failed a test with
