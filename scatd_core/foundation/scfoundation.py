@@ -501,7 +501,8 @@ _PROBES = ProbeCache()
 
 def configured_by() -> str:
     """What names the scFoundation folder (the Model page's "set by ..."): the variable, or the default."""
-    return "SCATD_SCFOUNDATION_DIR" if os.environ.get("SCATD_SCFOUNDATION_DIR") else "default ($SCATD_HOME/scfoundation)"
+    return ("SCATD_SCFOUNDATION_DIR" if os.environ.get("SCATD_SCFOUNDATION_DIR")
+            else "default ($SCATD_HOME/scfoundation)")
 
 
 def probe(folder: str | Path | None = None, key: str = DEFAULT_KEY) -> Probe:
