@@ -898,14 +898,38 @@ def _with_notes(fig: go.Figure, notes: Sequence[str]) -> go.Figure:
 
 
 def _log_ticks(values: np.ndarray) -> dict:
-    """Readable ticks for a log axis: 1, 2, 5 x 10^k within the data's range."""
+    """A log axis's range (the data's, 5% of it more on each side) and at least three readable ticks
+    within it, whatever the span: 1 x 10^k over more than three decades, 1, 2, 5 x 10^k where they
+    give three, else round numbers a round step apart (560, 580 ... 640). Only 1, 2, 5 x 10^k were
+    offered: totals of 560 to 640 per cell had none in view and the QC scatter's axes read nothing."""
     v = values[np.isfinite(values) & (values > 0)]
     if v.size == 0:
         return {}
-    lo, hi = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
-    ticks = [m * 10 ** k for k in range(int(lo), int(hi) + 1) for m in (1, 2, 5)]
-    ticks = [t for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
-    return {"tickvals": ticks, "ticktext": [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]} if ticks else {}
+    a, b = np.log10(v.min()), np.log10(v.max())
+    pad = max((b - a) * 0.05, 0.01)
+    lo, hi = 10 ** (a - pad), 10 ** (b + pad)
+
+    def inside(ticks):
+        return [t for t in ticks if lo <= t <= hi]
+
+    decades = range(int(np.floor(a - pad)), int(np.ceil(b + pad)) + 1)
+    ticks, step = inside([10.0 ** k for k in decades]), None
+    if len(ticks) < 3:
+        ticks = inside([m * 10.0 ** k for k in decades for m in (1, 2, 5)])
+    if len(ticks) < 3:  # under a decade or so: round numbers, the widest round step that gives three
+        steps = (m * 10.0 ** k for k in range(decades.start - 3, decades.stop) for m in (1, 2, 2.5, 5))
+        for step in sorted(steps, reverse=True):
+            first = np.ceil(lo / step) * step
+            ticks = inside([first + i * step for i in range(int((hi - first) / step) + 1)])
+            if len(ticks) >= 3:
+                break
+    if step is None:
+        text = [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]
+    else:  # as many decimals as the step has: 1.25, 1.5 (2.5 x 10^-1), 0.02
+        digits = max(0, -int(np.floor(np.log10(step) + 1e-9)) + (1 if f"{step:.1e}".startswith("2.5") else 0))
+        ticks = [round(t, digits) for t in ticks]
+        text = [f"{t:,.{digits}f}" for t in ticks]
+    return {"tickvals": ticks, "ticktext": text, "range": [a - pad, b + pad], "autorange": False}
 
 
 def _count_axis(values: np.ndarray, title: str, signed_title: str) -> dict:
