@@ -85,6 +85,10 @@ def relative_colorbar(title: str = "P(resistant): blue sensitive, red resistant"
 
 #: Pixels kept under the x axis for a horizontal :func:`relative_colorbar` (its title, bar and ticks).
 COLORBAR_ROOM = 70
+#: The width of a tick label's character (12 px text, a little over) and of a plot on a phone (its
+#: narrowest): what a colour bar's end label needs beside the plot (:func:`colorbar_below`).
+LABEL_CHAR_PX = 6
+PHONE_PLOT_PX = 300
 
 
 def colorbar_below(fig: go.Figure, under_px: int, trace: int = 0) -> go.Figure:
@@ -98,6 +102,16 @@ def colorbar_below(fig: go.Figure, under_px: int, trace: int = 0) -> go.Figure:
     plot_height = max(float(fig.layout.height) - float(fig.layout.margin.t) - bottom, 1.0)
     bar = "colorbar" if fig.data[trace].type == "heatmap" else "marker.colorbar"
     fig.data[trace][f"{bar}.y"] = -float(under_px) / plot_height
+    # room beside the plot for a tick label near an end ("threshold 0.97"): plotly hides a label that
+    # would run past the figure's edge
+    vals, text = fig.data[trace][f"{bar}.tickvals"], fig.data[trace][f"{bar}.ticktext"]
+    if vals is not None and text is not None:
+        half = [max(map(len, str(s).split("<br>"))) * LABEL_CHAR_PX / 2 + 2 for s in text]
+        right = max([h - (1 - float(v)) * PHONE_PLOT_PX for v, h in zip(vals, half)], default=0)
+        left = max([h - float(v) * PHONE_PLOT_PX for v, h in zip(vals, half)], default=0)
+        margin = fig.layout.margin
+        fig.update_layout(margin=dict(r=max(int(margin.r if margin.r is not None else 20), int(np.ceil(right))),
+                                      l=max(int(margin.l if margin.l is not None else 40), int(np.ceil(left)))))
     return fig
 
 
@@ -118,15 +132,26 @@ def prob_colorbar(threshold: float | None, title: str = "P(resistant)", thicknes
     :func:`colorbar_below`), its title on two lines and no other tick label near the threshold's."""
     bar = dict(thickness=thickness, tickformat="~g", tickmode="array")
     if horizontal:
+        # level labels (a label on a second line does not overlap its neighbour, but plotly, measuring
+        # both lines, slanted every label for it)
         bar.update(orientation="h", len=1, lenmode="fraction", x=0.5, xanchor="center", y=-0.3, yanchor="top",
-                   ypad=0)
+                   ypad=0, tickangle=0)
     if threshold is None:
         return {**bar, "title": dict(text=title, side="top"), "tickvals": [0, 0.25, 0.5, 0.75, 1]}
     t = float(np.clip(threshold, 0.0, 1.0))
     gap = 0.2 if horizontal else 0.08  # side by side, "threshold 0.72" is wider than a tick's spacing
-    ticks = [v for v in (0.0, 0.25, 0.5, 0.75, 1.0) if abs(v - t) >= gap]  # no label over the threshold's
-    vals = sorted(ticks + [t])
-    text = [f"threshold {t:.3g}" if v == t else f"{v:g}" for v in vals]
+    # both ends always labelled (the demo's threshold 0.821 took "1" off the bar, which then read
+    # "0, 0.25, 0.5, threshold 0.821"); a quarter near the threshold is left out, no label over its
+    ticks = [v for v in (0.25, 0.5, 0.75) if abs(v - t) >= gap]
+    said = f"threshold {t:.3g}"
+    if horizontal and min(t, 1.0 - t) < gap:
+        # near an end, on a second line, under the end's label: side by side they overlapped
+        vals = sorted({0.0, 1.0, t, *ticks})
+        text = [f"{v:g}<br>{said}" if v == t and v in (0.0, 1.0) else f"<br>{said}" if v == t else f"{v:g}"
+                for v in vals]
+    else:
+        vals = sorted({0.0, 1.0, *ticks} - {t} | {t})
+        text = [said if v == t else f"{v:g}" for v in vals]
     meaning = ("<br>red: called resistant, blue: called sensitive" if horizontal
                else "<br>red: called resistant<br>blue: called sensitive")
     return {**bar, "tickvals": vals, "ticktext": text, "title": dict(text=f"{title}{meaning}", side="top")}

@@ -39,3 +39,42 @@ def test_the_qa_samples_qc_scatter_reads_round_counts():
     fig = pl.qc_scatter(_qc(np.linspace(560, 640, 50), np.linspace(245, 270, 50).round()))
     assert list(fig.layout.xaxis.ticktext) == ["550", "600", "650"]
     assert list(fig.layout.yaxis.ticktext) == ["240", "250", "260", "270"]
+
+
+def _rows(bar):
+    """The colour bar's tick labels as (value, line, text): a label's lines are stacked under its tick."""
+    return [(float(v), i, line) for v, t in zip(bar.tickvals, bar.ticktext)
+            for i, line in enumerate(str(t).split("<br>")) if line]
+
+
+def _p_resistant_bars(threshold):
+    rng = np.random.default_rng(0)
+    prob = np.linspace(0.0, 1.0, 40)
+    umap = pl.umap_figure(rng.normal(size=(40, 2)), prob, name="P(resistant)", threshold=threshold)
+    dependence = pl.dependence_figure("VIM", prob, prob, prob, ["x"] * 40, [str(i) for i in range(40)],
+                                      threshold=threshold)
+    return {"UMAP": umap, "one gene": dependence}
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.03, 0.1, 0.2, 0.41, 0.5, 0.72, 0.821, 0.9, 0.97, 1.0])
+def test_the_p_resistant_colour_bar_labels_both_ends_and_the_threshold_without_overlap(threshold):
+    """QA: the demo's Cells page UMAP (threshold 0.821) had a colour bar reading "0, 0.25, 0.5, threshold
+    0.821", nothing at 1: every tick within 0.2 of the threshold was left out, the end too. Now 0 and 1
+    are always labelled, with the threshold; near an end the threshold's label is on a second line under
+    it, so that no two labels on one line overlap on a phone's plot, and each fits in the figure."""
+    for where, fig in _p_resistant_bars(threshold).items():
+        bar = next(t.marker.colorbar for t in fig.data if t.marker.colorbar.tickvals is not None)
+        assert bar.tickangle == 0, where  # level labels: plotly slanted them all for a two-line label
+        rows = _rows(bar)
+        texts = [text for _, _, text in rows]
+        assert "0" in texts and "1" in texts and f"threshold {threshold:.3g}" in texts, (where, texts)
+        assert [v for v, _, text in rows if text == "0"] == [0.0] and [v for v, _, text in rows if text == "1"] == [1.0]
+        half = {text: len(text) * pl.LABEL_CHAR_PX / 2 for text in texts}
+        for line in {i for _, i, _ in rows}:
+            on_line = sorted((v * pl.PHONE_PLOT_PX, text) for v, i, text in rows if i == line)
+            for (x0, a), (x1, b) in zip(on_line, on_line[1:]):
+                assert x1 - x0 >= half[a] + half[b] + 4, (where, threshold, a, b)
+        margin = fig.layout.margin
+        for v, _, text in rows:  # within the figure: plotly hides a label that runs past its edge
+            assert v * pl.PHONE_PLOT_PX - half[text] >= -margin.l, (where, text)
+            assert v * pl.PHONE_PLOT_PX + half[text] <= pl.PHONE_PLOT_PX + margin.r, (where, text)
