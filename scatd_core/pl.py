@@ -762,6 +762,24 @@ def composition_figure(table: pd.DataFrame, group_name: str, title: str | None =
     return describe(layout(fig, title, height=360), alt, f"fraction_resistant_by_{group_name}", zoom=False)
 
 
+#: The ROC and precision-recall curves' legends lie under the plot, from its left edge: this far
+#: (pixels) below it, under the x axis's ticks and title, in a bottom margin this high, the figure
+#: this much taller for it (its plot as high as before).
+CURVE_LEGEND_PX = 56
+CURVE_BOTTOM_PX = 80
+CURVE_HEIGHT = 380 + CURVE_BOTTOM_PX - 40
+
+
+def _curve_legend_below(fig: go.Figure) -> go.Figure:
+    """``fig`` (laid out by :func:`layout`) with its legend in one row under the plot: at the top right
+    the precision-recall curve's legend covered the curve, where a good model's curve runs, at every
+    width (and the ROC's, inside at the bottom right, the diagonal of a model no better than chance)."""
+    plot_height = CURVE_HEIGHT - float(fig.layout.margin.t) - CURVE_BOTTOM_PX
+    return fig.update_layout(margin=dict(b=CURVE_BOTTOM_PX),
+                             legend=dict(orientation="h", x=0, xanchor="left", y=-CURVE_LEGEND_PX / plot_height,
+                                         yanchor="top"))
+
+
 def roc_figure(roc: pd.DataFrame, auroc: float, title: str | None = None) -> go.Figure:
     fig = go.Figure([
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dot"), showlegend=False,
@@ -772,10 +790,9 @@ def roc_figure(roc: pd.DataFrame, auroc: float, title: str | None = None) -> go.
     ])
     fig.update_xaxes(title="false positive rate", range=[0, 1])
     fig.update_yaxes(title="true positive rate", range=[0, 1.02])
-    fig.update_layout(legend=dict(x=0.55, y=0.08))
     alt = (f"ROC curve: true positive rate against false positive rate over {len(roc):,} thresholds; "
            f"AUROC {auroc:.3f} (0.5 is chance, the dotted diagonal).")
-    return describe(layout(fig, title or "ROC curve", height=380), alt, "roc_curve")
+    return describe(_curve_legend_below(layout(fig, title or "ROC curve", height=CURVE_HEIGHT)), alt, "roc_curve")
 
 
 def pr_figure(pr: pd.DataFrame, auprc: float, prevalence: float, title: str | None = None) -> go.Figure:
@@ -789,10 +806,10 @@ def pr_figure(pr: pd.DataFrame, auprc: float, prevalence: float, title: str | No
     ])
     fig.update_xaxes(title="recall", range=[0, 1])
     fig.update_yaxes(title="precision", range=[0, 1.02])
-    fig.update_layout(legend=dict(x=0.98, y=0.98, xanchor="right", yanchor="top"))
     alt = (f"Precision-recall curve: precision against recall over {len(pr):,} thresholds; AUPRC {auprc:.3f}, "
            f"against {prevalence:.2f} by chance (the share of resistant cells, the dotted line).")
-    return describe(layout(fig, title or "Precision-recall curve", height=380), alt, "precision_recall_curve")
+    return describe(_curve_legend_below(layout(fig, title or "Precision-recall curve", height=CURVE_HEIGHT)), alt,
+                    "precision_recall_curve")
 
 
 def confusion_figure(confusion: np.ndarray, positive_label: str = "resistant",

@@ -78,3 +78,20 @@ def test_the_p_resistant_colour_bar_labels_both_ends_and_the_threshold_without_o
         for v, _, text in rows:  # within the figure: plotly hides a label that runs past its edge
             assert v * pl.PHONE_PLOT_PX - half[text] >= -margin.l, (where, text)
             assert v * pl.PHONE_PLOT_PX + half[text] <= pl.PHONE_PLOT_PX + margin.r, (where, text)
+
+
+@pytest.mark.parametrize("figure", ["pr", "roc"])
+def test_the_curves_legends_lie_under_the_plot_off_the_curve(figure):
+    """QA: the precision-recall curve's legend sat at the top right, over the curve (where a good
+    model's curve runs), at phone and desktop widths; the ROC's sat inside at the bottom right, on the
+    diagonal of a model no better than chance. Both lie under the plot, below the x axis's title, in
+    one row from its left edge, the plot as high as before."""
+    r = np.linspace(0, 1, 20)
+    fig = (pl.pr_figure(pd.DataFrame({"recall": r, "precision": 1 - 0.6 * r ** 3, "threshold": 1 - r}), 0.81, 0.35)
+           if figure == "pr" else pl.roc_figure(pd.DataFrame({"fpr": r, "tpr": r ** 0.5, "threshold": 1 - r}), 0.66))
+    legend, margin = fig.layout.legend, fig.layout.margin
+    assert legend.orientation == "h" and legend.x == 0 and legend.xanchor == "left" and legend.yanchor == "top"
+    plot_height = fig.layout.height - margin.t - margin.b
+    assert plot_height == 380 - 50 - 40  # as before
+    assert -legend.y * plot_height >= 50  # under the ticks and the axis title "recall"
+    assert margin.b >= -legend.y * plot_height + 20  # its row within the figure
