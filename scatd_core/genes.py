@@ -1062,6 +1062,11 @@ def _matched_text(r: dict) -> str:
     return f"{r['n_matched']:,} of the model's {r['n_model_genes']:,} genes ({percent(r['n_matched'] / max(r['n_model_genes'], 1))})"
 
 
+#: The kinds of gene identifier (:func:`detect_id_type`) as a message names them ("Ensembl IDs", never "ensembl").
+_ID_KIND_WORDS = {"ensembl": "Ensembl IDs", "symbol": "gene symbols", "mouse_symbol": "mouse gene symbols",
+                  "mixed": "mixed identifiers (symbols and Ensembl IDs)", "unknown": "unrecognised gene names"}
+
+
 def _coverage_cause(r: dict) -> str:
     """The likely cause of low coverage and what to do: mouse genes, identifiers of another kind
     (unmapped), names that are no identifiers, or a subset of the genes."""
@@ -1077,10 +1082,12 @@ def _coverage_cause(r: dict) -> str:
                 "missing. " + MAP_IDS_HINT)
     kinds = {r["data_id_type"], r["model_id_type"]}
     if r.get("fraction_ids_mapped") is not None and r["fraction_ids_mapped"] >= 0.5:
-        return (f"The data's {r['data_id_type']} identifiers were mapped to the model's "
+        return (f"The data's {_ID_KIND_WORDS.get(r['data_id_type'], r['data_id_type'])} were mapped to the "
+                f"model's {_ID_KIND_WORDS.get(r['model_id_type'], r['model_id_type'])} "
                 f"({percent(r['fraction_ids_mapped'])} of them), so identifiers are not the cause. " + SUBSET_ADVICE)
     if kinds == {"symbol", "ensembl"} or "mixed" in kinds:
-        return (f"The data uses {r['data_id_type']} identifiers and the model {r['model_id_type']}: map them (the "
+        return (f"The data uses {_ID_KIND_WORDS.get(r['data_id_type'], r['data_id_type'])} and the model "
+                f"{_ID_KIND_WORDS.get(r['model_id_type'], r['model_id_type'])}: map them (the "
                 "file's own gene_ids/gene_symbols columns, the Geneformer dictionary, or a BioMart table with 'Gene "
                 "stable ID' and 'Gene name').")
     if r["data_id_type"] == "unknown":

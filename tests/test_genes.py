@@ -528,3 +528,19 @@ def test_an_unreadable_server_dictionary_is_a_warning_not_a_failed_read(tmp_path
     read = io.read(tmp_path / "d.h5ad")
     assert not [w for w in read.uns["scatd_input"].get("warnings", []) if "Geneformer gene dictionary" in w]
     assert list(read.var["scatd_symbol"]) == ["TP53", "TP53"]
+
+
+def test_the_coverage_cause_names_the_kinds_of_identifier_as_a_biologist_writes_them():
+    """QA: "The data's ensembl identifiers were mapped to the model's": Ensembl is a name (upper case),
+    and "the model symbol" is no kind of identifier a reader knows."""
+    ids = [f"ENSG{i:011d}" for i in range(1, 41)]
+    data = _adata(ids, gene_symbols=[f"SYM{i}" for i in range(1, 41)])
+    genes.annotate_gene_ids(data, geneformer_dict={})
+    model = [f"SYM{i}" for i in range(1, 4)] + [f"OTHER{i}" for i in range(200)]  # 3 of 203 in the data
+    report = genes.coverage_report(data, model)
+    assert report["status"] == "refused" and report["fraction_ids_mapped"] == 1.0
+    assert "The data's Ensembl IDs were mapped to the model's gene symbols (100.0% of them)" in report["advice"]
+    assert "ensembl" not in report["advice"]
+    # unmapped identifiers of the other kind: the two kinds said in words, not the codes
+    cause = genes._coverage_cause({"data_id_type": "ensembl", "model_id_type": "symbol", "n_ids_unmapped": 0})
+    assert cause.startswith("The data uses Ensembl IDs and the model gene symbols: map them")
