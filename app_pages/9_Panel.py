@@ -110,15 +110,19 @@ with st.container(border=True):
     if problems:
         gone_slot.warning("No longer in the models you had chosen (left out):\n\n"
                           + "\n".join(f"- {ui.md(p)}" for p in problems), icon=":material/inventory_2:")
-    if not classifiers:
-        n_demo = sum(e.ok and e.bundle.kind == "classifier" and e.bundle.is_demo for e in ui.library_entries())
-        st.warning("No drug model for your own data is installed yet: the demo models (simulated data) are offered "
-                   "with the demo data only." if n_demo else "No drug model is installed yet.",
-                   icon=":material/inventory_2:")
-        ui.link("Model library", "Get or import models", ":material/inventory_2:")
+    names = ui.model_names()  # each model's one name, as the Model and Models pages say it
+    n_demo = 0 if demo_data else sum(e.ok and e.bundle.kind == "classifier" and e.bundle.is_demo
+                                      for e in ui.library_entries())
+    if too_few := panel.too_few_models([names.get(p, classifiers[p].title) for p in classifiers],
+                                       n_demo_hidden=n_demo, demo_data=demo_data):
+        st.warning(ui.md(too_few), icon=":material/inventory_2:")  # no panel to choose: how to get more models
+        c = st.columns(2)
+        with c[0]:
+            ui.link("Model library", "Model library: get or import models", ":material/inventory_2:")
+        with c[1]:
+            ui.link("Train a model", "Train a model", ":material/school:")
         ui.stop()
     ss["panel_models"] = [p for p in kept if p in classifiers]
-    names = ui.model_names()  # each model's one name, as the Model and Models pages say it
     labels = {p: names.get(p, classifiers[p].title) + (f" ({classifiers[p].prediction_problem}: it would be skipped)"
                                                        if classifiers[p].prediction_problem else "")
               for p in classifiers}

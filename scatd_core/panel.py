@@ -64,10 +64,32 @@ __all__ = ["predict_panel", "refresh", "members", "panel_table", "group_summary"
            "whole_sample_caveat", "fractions_given", "model_warnings", "warnings_summary", "run_signature",
            "saved_panel_drugs", "scaleout_note", "not_scored", "requested_statement", "not_scored_lines",
            "is_ranking", "set_label_drug", "label_evaluation", "label_statement", "lost_from_saved_panel",
-           "all_refused_error", "legacy_panels_note", "DRUG_NOT_SCORED"]
+           "all_refused_error", "legacy_panels_note", "DRUG_NOT_SCORED", "too_few_models"]
 
 #: A panel needs at least this many models to be a panel (three or more make a more useful one).
 MIN_MODELS = 2
+
+
+def too_few_models(names: Sequence[str], *, n_demo_hidden: int = 0, demo_data: bool = False) -> str | None:
+    """What the Drug panel page says when fewer than :data:`MIN_MODELS` drug models can be chosen for
+    the data (``names``: those that can, as the app names them), else ``None``: that a panel cannot be
+    made yet and how to get more models (the page links to the Model library and Train pages).
+    ``n_demo_hidden``: demo models installed but not offered (real data); ``demo_data``: the demo data
+    are loaded (the demo panel's button makes a panel of them)."""
+    if len(names) >= MIN_MODELS:
+        return None
+    demo = (" The demo models (simulated data) are offered with the demo data only." if n_demo_hidden and not demo_data
+            else "")
+    get = ("Get or import more drug models on the Model library page, or train one for another drug on the Train a "
+           "model page.")
+    if demo_data:
+        get = "With the demo data, use the demo panel (the button above), or " + get[0].lower() + get[1:]
+    if not names:
+        said = ("No drug model for your own data is installed yet: the demo models (simulated data) are offered with "
+                "the demo data only." if n_demo_hidden and not demo_data else "No drug model is installed yet.")
+        return f"{said} A panel needs at least {MIN_MODELS} drug models. {get}"
+    return (f"Only one drug model in the library can be chosen for these data: {names[0]}. A panel needs at least "
+            f"{MIN_MODELS} (three or more make a useful panel), so there is nothing to choose yet.{demo} {get}")
 
 
 # --------------------------------------------------------------------------- the members

@@ -528,3 +528,31 @@ def test_when_every_drug_is_refused_the_page_lists_one_drug_a_line(with_panel_li
     assert lines[0] == "**No model of the panel could score these data \\(2 drugs requested, none scored\\)\\:**"
     assert lines[1] == "" and [line[:10] for line in lines[2:4]] == ["- DRUGA\\: ", "- DRUGB\\: "]  # a list
     assert "this server" in lines[2]  # each reason as the app says it (the server's setting)
+
+
+def test_with_one_model_for_these_data_the_page_says_a_panel_needs_two_and_how_to_get_more(tmp_path, monkeypatch):
+    """QA: with one drug model for real data (and the demo's), the picker offered that one and the page said
+    "Choose at least two drug models": a dead end, nothing said a second could not be chosen or how to get one."""
+    library = tmp_path / "library"
+    data = make_dataset(60, seed=1)
+    make_bundle(library / "DRUGA", data, drug="DRUGA", steps=2)
+    make_bundle(library / "DEMOTINIB_demo", data, drug="DEMOTINIB", steps=2, demo=True)
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
+    at = start()
+    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=2)))
+    goto(at, "9_Panel")
+    shown = text(at.warning).replace("\\", "")
+    assert "Only one drug model in the library can be chosen for these data: DRUGA" in shown
+    assert "A panel needs at least 2 (three or more make a useful panel), so there is nothing to choose yet" in shown
+    assert "The demo models (simulated data) are offered with the demo data only" in shown
+    assert "Model library page" in shown and "Train a model page" in shown
+    assert "Choose at least two" not in text(at.info)
+    links = [link.label for link in at.get("page_link")]
+    assert any("Model library" in label for label in links) and any("Train" in label for label in links)
+    # none at all: the same two ways to get one
+    (library / "DRUGA").rename(tmp_path / "away")
+    at.run()
+    ok(at)
+    assert "No drug model for your own data is installed yet" in text(at.warning)
+    links = [link.label for link in at.get("page_link")]
+    assert any("Model library" in label for label in links) and any("Train" in label for label in links)
