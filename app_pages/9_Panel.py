@@ -239,17 +239,17 @@ def defaults_all() -> None:
 
 c = st.columns([0.4, 0.3, 0.3], vertical_alignment="bottom")
 ss.setdefault("panel_expected_fraction", 0.3)
-c[0].number_input("Expected resistant fraction (every drug)", 0.01, 0.99, step=0.05, key="panel_expected_fraction")
-c[1].button("Calibrate every drug to it", key="btn_panel_calibrate", on_click=ui.detached(calibrate_all))
+c[0].number_input(panel.FRACTION_LABEL, 0.01, 0.99, step=0.05, key="panel_expected_fraction")
+c[1].button(panel.CALIBRATE_LABEL, key="btn_panel_calibrate", on_click=ui.detached(calibrate_all))
 c[2].button("Back to the model defaults", key="btn_panel_defaults", on_click=ui.detached(defaults_all))
-with st.expander("Or one expected resistant fraction per drug (e.g. from a bulk assay of this tumour)"):
+with st.expander(f"{panel.PER_DRUG_LABEL} (e.g. from a bulk assay of this tumour)"):
     cols = st.columns(min(len(scored), 4))
     for i, m in enumerate(scored):
         ss.setdefault(f"panel_fraction_{m.key}", float(ss["panel_expected_fraction"]))
         cols[i % len(cols)].number_input(m.drug, 0.01, 0.99, step=0.05, key=f"panel_fraction_{m.key}")
     st.button("Calibrate each drug to its own fraction", key="btn_panel_calibrate_each",
               on_click=ui.detached(calibrate_all), args=(True,))
-for note in panel.comparison_notes(adata, app=True):
+for note in panel.comparison_notes(adata, app=True, on_page=True):
     st.warning(ui.md(note), icon=":material/tune:")
 
 # ------------------------------------------------------------------ one drug against the labels
@@ -317,7 +317,7 @@ if group is not None:
     ui.chart(pl.drug_ranking_figure(panel.drug_ranking(adata, in_group),
                                     panel.ranking_title(adata, f"{names.get(group, group)} {chosen}"),
                                     thresholds=drug_thresholds), key="panel_rank_group", where=right)
-caveat = panel.ranking_caveat(adata, app=True)
+caveat = panel.ranking_caveat(adata, app=True, on_page=True)
 if caveat:
     st.caption(ui.md(f"{pl.UNCALIBRATED_MARK} {caveat}"))
 
@@ -369,7 +369,7 @@ if UMAP in adata.obsm:
 
 # ------------------------------------------------------------------ multi-drug-resistant cells
 st.subheader("Cells resistant to every drug")
-statement, subclone = panel.resistant_to_all_statement(adata, app=True)
+statement, subclone = panel.resistant_to_all_statement(adata, app=True, on_page=True)
 st.markdown(ui.md(statement))
 markers = ss.get(state.PANEL_MARKERS)
 if markers is not None and markers[0] != token:

@@ -715,10 +715,21 @@ def _uncalibrated_thresholds(adata: ad.AnnData) -> str:
     return ", ".join(out)
 
 
-def calibration_routes(app: bool = False) -> str:
+#: The Drug panel page's calibration controls, as it labels them and as its notes point to them.
+FRACTION_LABEL = "Expected resistant fraction (every drug)"
+CALIBRATE_LABEL = "Calibrate every drug to it"
+PER_DRUG_LABEL = "Or one expected resistant fraction per drug"
+
+
+def calibration_routes(app: bool = False, *, on_page: bool = False) -> str:
     """How every drug of a panel gets calibrated where the reader is: expected resistant fractions,
-    on the Drug panel page or with ``--expected-fraction``. (Labelled cells calibrate only the one
-    drug whose response they record, ``--label-column DRUG=COLUMN``, so never every drug.)"""
+    on the Drug panel page or with ``--expected-fraction``. ``on_page``: the reader is on the Drug
+    panel page (below its calibration controls): they are named by their labels, not the page.
+    (Labelled cells calibrate only the one drug whose response they record, ``--label-column
+    DRUG=COLUMN``, so never every drug.)"""
+    if app and on_page:
+        return (f"set '{FRACTION_LABEL}' above and press '{CALIBRATE_LABEL}', or give each drug its own under "
+                f"'{PER_DRUG_LABEL}'")
     if app:
         return "an expected resistant fraction for every drug, or one per drug, on the Drug panel page"
     return "--expected-fraction FRACTION for every drug, or --expected-fraction DRUG=FRACTION for a drug's own"
@@ -739,13 +750,14 @@ def _fractions_text(given: Mapping[str, float]) -> str:
     return ", ".join(f"{drug} {fraction:.0%}" for drug, fraction in given.items())
 
 
-def comparison_notes(adata: ad.AnnData, *, app: bool = False) -> list[str]:
+def comparison_notes(adata: ad.AnnData, *, app: bool = False, on_page: bool = False) -> list[str]:
     """What the panel's numbers do and do not compare across drugs, in the words the app, the CLI
     and the HTML report all use: uncalibrated drugs (each with the threshold its calls use), and drugs
     calibrated to expected fractions, whose whole-sample fractions are the fractions given (every drug to
     one fraction: the whole-sample ranking is equal by construction; each to its own: it repeats them),
     so only the per-cluster and per-sample comparisons carry information.
-    ``app``: name the Panel page's ways to calibrate, else the command line's."""
+    ``app``: name the Panel page's ways to calibrate, else the command line's; ``on_page``: the reader
+    is on that page, so its controls are named (:func:`calibration_routes`)."""
     notes = []
     loose = uncalibrated(adata)
     if len(members(adata)) < MIN_MODELS:
@@ -756,7 +768,7 @@ def comparison_notes(adata: ad.AnnData, *, app: bool = False) -> list[str]:
             "own scale of P(resistant), so neither the fractions called resistant nor the mean P(resistant) "
             "compare across drugs. What does compare: one drug's clusters or samples against each other, and the "
             "order of the cells within one drug; across drugs, fractions once every drug is calibrated "
-            f"({calibration_routes(app)}).")
+            f"({calibration_routes(app, on_page=on_page)}).")
     fraction = one_expected_fraction(adata)
     given = fractions_given(adata)
     if fraction is not None:
@@ -814,14 +826,14 @@ def whole_sample_caveat(adata: ad.AnnData) -> str | None:
             "fractions typed in, so this order ranks nothing. Compare the drugs per cluster or sample.")
 
 
-def ranking_caveat(adata: ad.AnnData, *, app: bool = False) -> str | None:
+def ranking_caveat(adata: ad.AnnData, *, app: bool = False, on_page: bool = False) -> str | None:
     """What an uncalibrated drug ranking does not say (``None`` once every drug is calibrated)."""
     loose = uncalibrated(adata)
     if not loose:
         return None
     return (f"Uncalibrated ({', '.join(loose)}): each fraction is at its model's own threshold, so the fractions do "
             "not compare across drugs and this order does not rank the drugs. Calibrate every drug "
-            f"({calibration_routes(app)}) to compare them.")
+            f"({calibration_routes(app, on_page=on_page)}) to compare them.")
 
 
 #: Cells resistant to every drug are called a possible multi-drug-resistant subclone only when there are at
@@ -867,7 +879,8 @@ def _count(x: float) -> str:
     return f"{x:,.0f}" if x >= 10 else f"{x:.1f}"
 
 
-def resistant_to_all_statement(adata: ad.AnnData, *, app: bool = False) -> tuple[str, bool]:
+def resistant_to_all_statement(adata: ad.AnnData, *, app: bool = False,
+                               on_page: bool = False) -> tuple[str, bool]:
     """The sentence about the cells called resistant to every scored drug, and whether they may be
     called a possible multi-drug-resistant subclone (and their biomarkers looked up): only with at
     least two scored drugs, every one calibrated, and clearly more such cells than the drugs' calls
@@ -875,7 +888,7 @@ def resistant_to_all_statement(adata: ad.AnnData, *, app: bool = False) -> tuple
     :data:`SUBCLONE_MIN_CELLS` cells, :data:`SUBCLONE_MIN_FOLD` times the expected count, one-sided
     binomial p < :data:`SUBCLONE_MAX_P`). At uncalibrated thresholds (the original Dist_VAE default of
     0.05 can call most cells resistant) the count is given with that caveat and nothing more.
-    ``app``: as for :func:`comparison_notes`."""
+    ``app``, ``on_page``: as for :func:`comparison_notes`."""
     scored = members(adata)
     if len(scored) < MIN_MODELS:
         return (f"Only {len(scored)} drug scored the cells: finding cells resistant to every drug needs at least "
@@ -888,7 +901,7 @@ def resistant_to_all_statement(adata: ad.AnnData, *, app: bool = False) -> tuple
         return (f"{counted}, at uncalibrated thresholds ({', '.join(loose)}): a threshold not "
                 "calibrated to these cells (a model's default, or one set by hand) can call most cells resistant, "
                 "so this is not yet evidence of a multi-drug-resistant subclone. "
-                f"Calibrate every drug ({calibration_routes(app)}), then look again.", False)
+                f"Calibrate every drug ({calibration_routes(app, on_page=on_page)}), then look again.", False)
     e = resistant_to_all_enrichment(adata)
     chance = (f"about {_count(e['expected'])} would be by chance if the drugs' calls were independent (each drug's "
               f"fraction called resistant multiplied together, times the {e['n_cells']:,} cells every drug scored)")
@@ -1093,7 +1106,7 @@ def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: in
         raise InputError(f"Not every drug is calibrated ({', '.join(loose)} at an uncalibrated threshold), so the "
                          "cells called resistant to every drug are not yet a subclone worth characterising.",
                          f"Calibrate every drug first ({calibration_routes()}).",
-                         app_hint=f"Calibrate every drug first ({calibration_routes(app=True)}).")
+                         app_hint=f"Calibrate every drug first ({calibration_routes(app=True, on_page=True)}).")
     everywhere = adata.obs[_keys.PANEL_RESISTANT_TO_ALL].to_numpy(dtype=bool)
     scored_all = np.ones(adata.n_obs, dtype=bool)
     for m in members(adata):
@@ -1105,8 +1118,8 @@ def multi_resistant_markers(adata: ad.AnnData, *, n_top: int = 20, max_cells: in
                          f"{'is' if n_rest == 1 else 'are'} not; "
                          "the comparison needs at least 3 of each.",
                          f"Calibrate the drugs to other fractions ({calibration_routes()}), or add or remove drugs.",
-                         app_hint=f"Calibrate the drugs to other fractions ({calibration_routes(app=True)}), or add "
-                                  "or remove drugs.")
+                         app_hint=("Calibrate the drugs to other fractions "
+                                   f"({calibration_routes(app=True, on_page=True)}), or add or remove drugs."))
     rng = np.random.default_rng(seed)
     pick = [np.sort(rng.choice(side, size=min(max_cells, side.size), replace=False))
             for side in (np.flatnonzero(everywhere), np.flatnonzero(rest))]

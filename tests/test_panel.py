@@ -183,7 +183,7 @@ def test_multi_resistant_cells_and_their_markers(library):
         panel.multi_resistant_markers(data)
     # how to calibrate every drug, where the reader is (labelled cells calibrate only the drug they record)
     assert "--expected-fraction" in err.value.hint and "--calibrate-on-labels" not in err.value.hint
-    assert "on the Drug panel page" in err.value.app_hint
+    assert "press 'Calibrate every drug to it'" in err.value.app_hint  # said on the Drug panel page, below it
     panel.calibrate_panel(data, 0.4)
     assert data.obs["scatd_panel_resistant_to_all"].sum() >= 3
     top = panel.multi_resistant_markers(data, n_top=20)
@@ -193,7 +193,7 @@ def test_multi_resistant_cells_and_their_markers(library):
     panel.calibrate_panel(data, 0.01)
     with pytest.raises(InputError, match="at least 3 of each") as err:
         panel.multi_resistant_markers(data)
-    assert "Cells page" not in err.value.hint and "on the Drug panel page" in err.value.app_hint
+    assert "Cells page" not in err.value.hint and "press 'Calibrate every drug to it'" in err.value.app_hint
 
 
 def test_saved_panels_are_per_user(lib_env):
@@ -1504,3 +1504,23 @@ def test_the_kept_per_drug_manifest_figures_are_per_folder_and_bounded(library, 
         export.panel_drug_metrics(data)
         assert list(export._MANIFEST_FIGURES) == [str(Path(bundle.path).absolute() / "manifest.json")]
     assert sum(reads.values()) == 3  # alice's dropped for bob's: read again
+
+
+def test_on_the_drug_panel_page_the_way_to_calibrate_is_its_controls_not_the_page_name(library):
+    """QA: on the Drug panel page the notes said "Calibrate every drug (... on the Drug panel page)", to a reader
+    already there. On the page they point to its controls by their labels; the HTML report (read elsewhere)
+    still names the page, the command line its options."""
+    data = make_dataset(120, seed=22)
+    panel.predict_panel(data, _bundles(library))
+    said = [*panel.comparison_notes(data, app=True, on_page=True), panel.ranking_caveat(data, app=True, on_page=True),
+            panel.resistant_to_all_statement(data, app=True, on_page=True)[0]]
+    with pytest.raises(InputError) as raised:
+        panel.multi_resistant_markers(data)
+    said.append(raised.value.app_hint)
+    for text in said:
+        assert "Drug panel page" not in text and "--" not in text, text
+        assert ("'Expected resistant fraction (every drug)' above and press 'Calibrate every drug to it', or give "
+                "each drug its own under 'Or one expected resistant fraction per drug'") in text, text
+    # elsewhere (the HTML report downloaded from the app) the page is named
+    assert "one per drug, on the Drug panel page" in " ".join(panel.comparison_notes(data, app=True))
+    assert "on the Drug panel page" in panel.resistant_to_all_statement(data, app=True)[0]

@@ -70,6 +70,9 @@ def test_panel_page_scores_three_models_and_skips_one(with_panel_library):
     notes = text(at.warning).replace("\\", "")  # as typed, without the markdown escapes
     assert "DRUGA (its model's default, 0.5)" in notes and "0.05" not in notes
     assert "labelled cells" not in notes and "--" not in notes
+    # the reader is on the Drug panel page: its controls are named, not the page (QA: "... on the Drug panel page")
+    said = notes + text(at.caption) + text(at.markdown)
+    assert "Drug panel page" not in said.replace("\\", "") and "press 'Calibrate every drug to it'" in notes
     # uncalibrated fractions are not a ranking of the drugs: the charts and their caption say so
     charts = " ".join(str(c.proto) for c in at.get("plotly_chart"))
     assert "best drug first" not in charts and "Whole sample: fraction called resistant" in charts
