@@ -10,7 +10,7 @@ from scatd_core.backbone_setup import backbone_setup, choice_label
 from scatd_core.bundle import (BACKBONE_HELP, FIGSHARE_URL, backbone_group_titles, chosen_by_default_for,
                                import_card_lines, input_transform_words, who_made)
 from scatd_core.errors import ScatdError
-from scatd_core.inputs import InputSpec, embedding_width_error, value_messages
+from scatd_core.inputs import InputSpec, embedding_width_error, no_model_fits, value_messages
 from scatd_core.nn import BACKBONES
 
 ss = st.session_state
@@ -103,6 +103,14 @@ path = right.selectbox("Drug model", list(choices), key="model_bundle", index=No
                        format_func=ui.detached(lambda p: labels[p]))
 ui.set_bundle(path)
 if path is None:
+    data_now = ss.get(state.ADATA)
+    # not one model has enough of its genes in the data: said now, with each one's coverage, not model by model
+    if data_now is not None and (unfit := no_model_fits(data_now, offered, ui.model_names(entries),
+                                                        ui.model_fits(data_now, offered))):
+        statement, lines, advice = unfit
+        st.warning(f"**{ui.md(statement)}**\n\n" + "\n".join(f"- {ui.md(line)}" for line in lines)
+                   + f"\n\n{ui.md(advice)}", icon=":material/block:")
+        how_to_get_a_model()
     user = ui.model_user()
     others = [m for m in choices.values() if not chosen_by_default_for(m, user)]
     named = "; ".join(f"**{ui.md(labels[str(m.path)])}** ({ui.md(who_made(m))})" for m in others)

@@ -1087,6 +1087,14 @@ def default_model(bundles, adata=None) -> str | None:
     return str(allowed[0].path) if allowed else None
 
 
+def model_fits(adata, bundles) -> dict[str, tuple[int, float]]:
+    """``{path: scatd_core.inputs.fit_for_data(adata, bundle)}`` of ``bundles``, kept in the session
+    as :func:`default_model` keeps them (each model judged once per upload and library)."""
+    from scatd_core.inputs import fit_for_data
+
+    return _fits_for_data(adata, bundles, fit_for_data)
+
+
 def _fits_for_data(adata, bundles, fit) -> dict[str, tuple[int, float]]:
     """``{path: fit(adata, bundle)}`` of ``bundles``. For the session's dataset they are kept in the
     session (:data:`state.MODEL_FITS`) per upload, gene-ID mapping and model library as it stands: a

@@ -954,6 +954,41 @@ def fit_for_data(adata: ad.AnnData, bundle) -> tuple[int, float]:
     return values, matched.n_matched / max(matched.n_model, 1)
 
 
+def no_model_fits(adata: ad.AnnData, bundles, names: Mapping[str, str],
+                  fits: Mapping[str, tuple[int, float]] | None = None) -> tuple[str, list[str], str] | None:
+    """When not one of ``bundles`` (the drug models offered) has enough of its genes in ``adata`` to
+    predict (fewer than :func:`scatd_core.genes.min_gene_coverage` of them: each would be refused), what
+    the Model page says before a model is chosen: ``(statement, one line per model: its name and coverage,
+    the likely cause and what to do)``; else ``None`` (also when a model's fit cannot be judged from its
+    genes: an embedding model, one without a gene list, one whose fit failed). ``names``: ``{path: the
+    model's name}``; ``fits``: :func:`fit_for_data` per path, when already known."""
+    from scatd_core._words import percent
+    from scatd_core.genes import _coverage_cause, coverage_report, min_gene_coverage
+
+    bundles = list(bundles)
+    if not bundles:
+        return None
+    minimum = min_gene_coverage()
+    for b in bundles:
+        if b.input_kind != "expression" or not b.genes:
+            return None
+        values, coverage = (fits or {}).get(str(b.path)) or fit_for_data(adata, b)
+        if values < 0 or coverage >= minimum:
+            return None
+    lines, causes = [], {}
+    for b in bundles:
+        r = coverage_report(model_data(adata, b)[0], b.genes, n_top=0)
+        share = percent(r["n_matched"] / max(r["n_model_genes"], 1))
+        lines.append(f"{names.get(str(b.path), b.title)}: only {r['n_matched']:,} of the model's "
+                     f"{r['n_model_genes']:,} genes ({share}) are in the data")
+        causes.setdefault(_coverage_cause(r))
+    needed = f"a prediction needs at least {percent(minimum)} of the model's genes"
+    statement = (f"The only drug model in the library does not fit these data: too few of its genes are in them "
+                 f"({needed})." if len(bundles) == 1 else
+                 f"No drug model in the library fits these data: each has too few of its genes in them ({needed}).")
+    return statement, lines, " ".join(causes)
+
+
 def _beyond(values: np.ndarray, limit: float) -> np.ndarray:
     """``|values| > limit`` without casting ``limit`` to a type too narrow for it (float16 holds at
     most 65,504: no finite float16 value is beyond 1e30, and the cast of 1e30 would overflow)."""

@@ -2949,3 +2949,35 @@ def test_an_import_whose_folder_differs_from_a_models_only_by_case_is_refused_na
         import_checkpoint(folder / "drug.pth", "dist_vae", drug="GEFITINIB", genes=folder / "genes.txt", library=lib)
     assert "(folder Gefitinib_dist_vae)" in str(refused.value) or "folder Gefitinib_dist_vae " in str(refused.value)
     assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == ["Gefitinib_dist_vae"]
+
+
+def test_when_no_model_fits_the_data_the_model_page_says_so_before_one_is_chosen(empty_library):
+    """QA: with one model in the library whose genes the data lack, the Model page only said "Choose the drug
+    model to use."; the coverage refusal came only once it was chosen. Now each model's coverage is said up
+    front, when no model in the library fits."""
+    from _app_helpers import make_bundle
+    from scatd_core.inputs import no_model_fits
+
+    one = make_bundle(empty_library / "DRUGA", make_dataset(60, seed=2), drug="DRUGA", steps=1)
+    make_bundle(empty_library / "DRUGB", make_dataset(60, seed=3), drug="DRUGB", steps=1)
+    full = make_dataset(40, seed=4)
+    few = full[:, :100].copy()  # 5.3% of the models' genes
+    at = start()
+    upload(at, "few_genes.h5ad", h5ad_bytes(few))
+    goto(at, "2_Model")
+    assert at.session_state.get(state.BUNDLE_PATH) is None  # nothing chosen
+    shown = text(at.warning).replace("\\", "")
+    assert "No drug model in the library fits these data: each has too few of its genes in them" in shown
+    n = full.n_vars
+    assert [line[:5] for line in shown.split("\n") if line.startswith("- ")] == ["- DRU", "- DRU"]  # a list
+    for drug in ("DRUGA", "DRUGB"):
+        assert f"- {drug}" in shown
+    assert shown.count(f"only 100 of the model's {n:,} genes (5.3%) are in the data") == 2
+    assert shown.count("upload the full gene matrix") == 1  # the likely cause and what to do, once
+    # one model alone: said of it
+    statement, lines, _ = no_model_fits(few, [one], {str(one.path): "DRUGA"})
+    assert statement.startswith("The only drug model in the library does not fit these data")
+    assert lines == [f"DRUGA: only 100 of the model's {n:,} genes (5.3%) are in the data"]
+    upload(at, "all_genes.h5ad", h5ad_bytes(full))
+    goto(at, "2_Model")
+    assert "fits these data" not in text(at.warning) and "does not fit these data" not in text(at.warning)
