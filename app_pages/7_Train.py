@@ -184,7 +184,8 @@ if bulk_source == "Upload":
                     table = labels_from_ic50(*paths, names=[u.name for u in (ic50, thred, dlist)])
                 ss[LABELS] = {"table": table, "name": f"labels from {ic50.name}"}
                 rep = table.attrs["report"]
-                st.success(f"{rep['n_drugs']} drugs × {rep['n_cell_lines']} cell lines (ln IC50 below the "
+                st.success(f"{counted(rep['n_drugs'], 'drug')} × {counted(rep['n_cell_lines'], 'cell line')} "
+                           "(ln IC50 below the "
                            "drug's threshold = sensitive).")
                 if unreadable_ic50_words(rep):
                     st.warning(ui.md(unreadable_ic50_words(rep)), icon=":material/warning:")
@@ -219,8 +220,8 @@ if bulk is not None and bulk_source == "Upload":
 if labels is not None and bulk_source == "Upload":
     _still_used(LABELS, "upload_train_labels", f"label table ({ui.md(labels['name'])}) is still used")
 if bulk is not None:
-    st.caption(f":material/dataset: Bulk: **{ui.md(bulk['name'])}**, {bulk['adata'].n_obs:,} samples × "
-               f"{bulk['adata'].n_vars:,} genes")
+    st.caption(f":material/dataset: Bulk: **{ui.md(bulk['name'])}**, {counted(bulk['adata'].n_obs, 'sample')} × "
+               f"{counted(bulk['adata'].n_vars, 'gene')}")
 if labels is not None:
     made_by = ""
     if labels.get("provenance"):  # its provenance file was given, and fits it
@@ -230,8 +231,8 @@ if labels is not None:
     elif labels.get("sha256"):  # an uploaded table without its provenance file: nothing says how it was made
         made_by = (f"; {LABEL_RULE_UNKNOWN}: the model's card says so. Give its .provenance.json above to record "
                    "the drug's ln(IC50) threshold")
-    st.caption(f":material/label: Labels: **{ui.md(labels['name'])}**, {labels['table'].shape[0]:,} cell lines × "
-               f"{labels['table'].shape[1]:,} drugs{made_by}")
+    st.caption(f":material/label: Labels: **{ui.md(labels['name'])}**, {counted(labels['table'].shape[0], 'cell line')}"
+               f" × {counted(labels['table'].shape[1], 'drug')}{made_by}")
 orientation_error = None
 if bulk is not None and labels is not None:  # the bulk's IDs say which way round the table is, before a drug is chosen
     from scatd_core.labels import check_bulk_orientation

@@ -220,6 +220,7 @@ def match_drug(drug: str, names, where: str = "the label table") -> str:
     close += [loose[k] for k in difflib.get_close_matches(_loose(query), list(loose), n=5, cutoff=0.6)
               if loose[k] not in close]
     hint = (f"Close names: {', '.join(close[:6])}." if close else
+            f"The only drug there is {names[0]}." if len(names) == 1 else
             f"There are {len(names)} drugs, e.g. {', '.join(names[:6])}.")
     raise InputError(f"Drug {query!r} is not in {where}.", hint)
 

@@ -1383,7 +1383,8 @@ def panel_dotplot(summary: pd.DataFrame, group_name: str, title: str | None = No
     fig.update_xaxes(title="drug (dot size: fraction called resistant)", type="category")
     fig.update_yaxes(title=group_name, type="category", autorange="reversed")
     n_groups = summary["group"].nunique()
-    alt = (f"Dot plot of {summary['drug'].nunique():,} drugs in {n_groups:,} groups by {group_name}: the dot's "
+    alt = (f"Dot plot of {counted(summary['drug'].nunique(), 'drug')} in {counted(n_groups, 'group')} by {group_name}: "
+           "the dot's "
            "size is the fraction of cells called resistant, its colour the mean P(resistant) relative to each "
            "drug's threshold (blue below it, red above it); thresholds: "
            + _named([f"{d} {t:.3f}" for d, t in dict(zip(drugs, thr)).items()]))

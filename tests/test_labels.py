@@ -51,6 +51,9 @@ def test_unknown_drug_lists_close_names(tmp_path):
     with pytest.raises(InputError) as err:
         match_drug("zzz", ["A", "B"])
     assert "There are 2 drugs" in err.value.hint
+    with pytest.raises(InputError) as err:  # one drug: not "There are 1 drugs"
+        match_drug("zzz", ["SORAFENIB"])
+    assert err.value.hint == "The only drug there is SORAFENIB."
 
 
 def test_third_class_is_an_error_not_a_class(tmp_path):

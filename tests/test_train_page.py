@@ -1202,3 +1202,14 @@ def test_a_failed_bulk_or_labels_upload_says_the_earlier_file_is_still_used():
     assert "Bulk: **ccle.csv**" in captions and "Labels: **ALL_label.csv**" in captions
     at.run()  # said again on the next run, with the errors
     assert "still used" in " ".join(i.value for i in at.info)
+
+
+def test_a_label_table_of_one_drug_is_counted_in_the_singular():
+    """QA: "Labels: labels_sorafenib.csv, 107 cell lines × 1 drugs"."""
+    at = _page_with_training_data()
+    labels = at.session_state["train_labels"]["table"]
+    at.session_state["train_labels"] = {"table": labels.iloc[:1, :1], "name": "one.csv"}
+    at.run()
+    assert not at.exception, at.exception
+    caption = next(c.value for c in at.caption if "Labels: **one.csv**" in c.value)
+    assert "1 cell line × 1 drug" in caption and "drugs" not in caption and "lines ×" not in caption

@@ -56,7 +56,7 @@ def run(args) -> int:
     if rep["no_threshold"]:
         say(f"warning: no threshold found for {counted(len(rep['no_threshold']), 'drug')}, left out: "
              f"{', '.join(rep['no_threshold'][:10])}")
-    print(f"Wrote {rep['n_drugs']} drugs x {rep['n_cell_lines']} cell lines -> {args.out}")
+    print(f"Wrote {counted(rep['n_drugs'], 'drug')} x {counted(rep['n_cell_lines'], 'cell line')} -> {args.out}")
     say(f"Wrote {side}: how the labels were built (the files' names and sha256, each drug's threshold); scatd train "
         f"records it with the model while {Path(args.out).name} is unchanged.")
     return 0

@@ -168,5 +168,6 @@ def run(args) -> int:
         save_panel(args.save_panel, [b.path.name for b in kept], os_user(), library=args.library,
                    replace=args.replace_panel, cli=True)
         say(f"Saved your panel {args.save_panel!r}: {', '.join(b.drug for b in kept)}")
-    say(f"{len(bundles)} of {len(summary)} drugs have a model in the library.")
+    say(f"{len(bundles)} of {counted(len(summary), 'drug')} {'has' if len(bundles) == 1 else 'have'} a model in the "
+        "library.")
     return 0 if bundles else 2

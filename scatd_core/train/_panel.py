@@ -480,7 +480,7 @@ def train_panel(
             if row["status"] != "trained" and orientation_warning not in row["note"]:
                 row["note"] = "; ".join(n for n in (row["note"], orientation_warning) if n)
     if progress is not None:
-        progress(1.0, f"{len(bundles)} of {len(chosen)} drugs have a model")
+        progress(1.0, f"{len(bundles)} of {counted(len(chosen), 'drug')} {'has' if len(bundles) == 1 else 'have'} a model")
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), bundles
 
 
