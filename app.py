@@ -115,10 +115,11 @@ navigation = st.navigation({
 })
 if back_to := auth.page_after_sign_in():  # the page asked for before an OIDC sign-in (one of the app's)
     st.switch_page(back_to)
-sidebar = st.sidebar.container()  # placed first, filled after the page ran (so it shows the page's changes)
+sidebar = st.sidebar.empty()  # placed first, filled after the page ran (so it shows the page's changes), or
+# also before, when the page waits for the demo's build (ui.sidebar_before_wait)
 ui.account(st.sidebar.container(), user)  # below it, drawn now: Log out stays usable while the page computes
 session.notice()
-in_app = ui.IN_APP.set(True)
+in_app, sidebar_slot = ui.IN_APP.set(True), ui.SIDEBAR.set(sidebar)
 try:
     navigation.run()
 except ui.PageEnd:  # the page ended early (ui.stop); the sidebar is still drawn below
@@ -128,5 +129,6 @@ except Exception as exc:  # a bug, not a user error (st.stop/st.rerun are BaseEx
     ui.show_error(exc)
 finally:
     ui.IN_APP.reset(in_app)
+    ui.SIDEBAR.reset(sidebar_slot)
     ui.sidebar(sidebar)
     session.save(user.name)

@@ -1396,15 +1396,17 @@ def build_status(name: str) -> tuple[float, str] | None:
     return min(max(fraction, 0.0), 1.0), ticking(message, fraction, time.monotonic() - at)
 
 
-def demo_build_line() -> str | None:
+def demo_build_line(*, asked: bool = False) -> str | None:
     """One line saying that the demo is being built for this server and how far it is, while it is
-    (started by any session: it goes on whoever left its page); ``None`` otherwise."""
+    (started by any session: it goes on whoever left its page); ``None`` otherwise. ``asked``: for
+    the page run of the session that asked for it, which waits for it and then opens it."""
     status = build_status("demo")
     if status is None:
         return None
     fraction, message = status
-    return (f"The demo is being built for this server ({fraction:.0%}: {md(message)}). It goes on while you "
-            "work; *Try the demo* opens it when it is ready.")
+    return (f"The demo is being built for this server ({fraction:.0%}: {md(message)}). "
+            + ("It opens on this page when it is ready; if you open another page meanwhile, the Data page "
+               "opens it." if asked else "It goes on while you work; *Try the demo* opens it when it is ready."))
 
 
 #: Seconds between two redraws of the demo build's status line (:func:`demo_build_note`).
@@ -1848,10 +1850,37 @@ def _want_demo() -> None:
     st.session_state[state.DEMO_WANTED] = True
 
 
+class _AlsoInSidebar:
+    """A progress bar that also redraws the sidebar's line about the demo's build
+    (:func:`demo_build_line`) each time it moves (:func:`_load_demo`)."""
+
+    def __init__(self, bar, note):
+        self.bar, self.note = bar, note
+
+    def progress(self, *args, **kwargs):
+        self.bar.progress(*args, **kwargs)
+        line = demo_build_line(asked=True)
+        if line is None:
+            self.note.empty()
+        else:
+            self.note.caption(f":material/hourglass_top: {line}")
+
+    def empty(self):
+        self.bar.empty()
+        self.note.empty()
+
+
 def _load_demo(progress_area, first_text: str) -> bool:
     """Load the demo (:func:`use_demo`, progress in ``progress_area``); whether it is now the session's data.
-    The wish (:data:`state.DEMO_WANTED`) ends either way: loaded, or its error shown."""
+    The wish (:data:`state.DEMO_WANTED`) ends either way: loaded, or its error shown.
+
+    The sidebar is drawn before the wait (:func:`sidebar_before_wait`), with the build's progress:
+    drawn only after the page, it said "no data yet" and nothing of the build in the tab that asked
+    for the demo, for as long as the build took, while other tabs' sidebars showed it."""
+    note = sidebar_before_wait()
     bar = progress_area.progress(0.0, text=first_text)
+    if note is not None:
+        bar = _AlsoInSidebar(bar, note)
     try:
         use_demo(bar)
     except ScatdError as exc:
@@ -2216,14 +2245,31 @@ def _drop_chosen_model() -> None:
         ahead.cancel()
 
 
-def sidebar(container) -> None:
-    """Current data, model, device and progress along the path (every page, drawn after it ran)."""
+#: Set by app.py while it runs the page: the sidebar's slot (an ``st.empty``), filled after the page
+#: (:func:`sidebar`), or before a long wait (:func:`sidebar_before_wait`) and again after the page.
+SIDEBAR = contextvars.ContextVar("scatd_sidebar", default=None)
+
+
+def sidebar_before_wait():
+    """Draw the sidebar now, before the page waits for the demo's build (it is drawn again after the
+    page): the placeholder where the build's line goes, for the wait to redraw; ``None`` when the page
+    runs outside app.py (no sidebar)."""
+    slot = SIDEBAR.get()
+    return None if slot is None else sidebar(slot, waiting=True)
+
+
+def sidebar(container, *, waiting: bool = False):
+    """Current data, model, device and progress along the path (every page, drawn after it ran), in
+    ``container`` (an ``st.empty``: drawn again, it replaces what it showed). ``waiting``: drawn before
+    the page follows the demo's build (:func:`sidebar_before_wait`): returns the placeholder of the
+    build's line, which the wait redraws (a fragment is not rerun while the page runs)."""
     from scatd_core._keys import BIOMARKERS, INPUT_REPORT, UMAP
 
     ss = st.session_state
     adata = ss.get(state.ADATA)
     predicted = state.has_prediction()
-    with container:
+    note = None
+    with container.container():
         st.caption("SESSION")
         if adata is not None:  # an embedding file's columns are features, not genes (as the Data card says)
             embedding_file = adata.uns.get(INPUT_REPORT, {}).get("format") == "npy"
@@ -2244,7 +2290,13 @@ def sidebar(container) -> None:
         else:
             st.markdown(":material/model_training: no model chosen")
         st.markdown(f":material/memory: {device_text()}")
-        demo_build_note()  # on every page, while the demo is being built
+        if waiting:
+            note = st.empty()
+            line = demo_build_line(asked=True)
+            if line is not None:
+                note.caption(f":material/hourglass_top: {line}")
+        else:
+            demo_build_note()  # on every page, while the demo is being built
         done = [adata is not None, bundle is not None, predicted, predicted and UMAP in adata.obsm,
                 predicted and BIOMARKERS in adata.uns,
                 # the Report page opened with these results (its downloads do not rerun the page)
@@ -2256,6 +2308,7 @@ def sidebar(container) -> None:
         st.markdown(steps)
         st.caption(f"scATD Studio {__version__}")
         preload_elements()
+    return note
 
 
 def account(container, user=None) -> None:

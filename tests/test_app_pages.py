@@ -2844,6 +2844,67 @@ def test_the_overview_says_the_demo_is_being_built_and_its_button_joins_that_bui
     assert "being built" not in text(at.caption) + text(at.sidebar.caption)
 
 
+def _sidebar_while_following_the_build(monkeypatch, release) -> list[str]:
+    """Arranges that, while a page run of this session follows the held demo build (its first waits
+    in ui.shared_build), the text the run has sent to the browser's sidebar so far is recorded (then
+    the build is released). Returns the list it is recorded in."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from scatd_app import session
+
+    seen, real_keep_alive = [], session.keep_alive
+
+    def keep_alive(*args, **kwargs):
+        touch = real_keep_alive(*args, **kwargs)
+
+        def busy():
+            ctx = get_script_run_ctx()
+            if ctx is not None and ui.building("demo") and not seen:
+                msgs = ctx._enqueue.__self__.forward_msgs()
+                seen.append(" ".join(str(m.delta.new_element) for m in msgs if m.WhichOneof("type") == "delta"
+                                     and list(m.metadata.delta_path[:1]) == [1]))  # 1: the sidebar
+                release.set()
+            return touch()
+
+        return busy
+
+    monkeypatch.setattr(session, "keep_alive", keep_alive)
+    return seen
+
+
+@pytest.mark.parametrize("where", ["Overview", "Data"])
+def test_the_session_that_asked_for_the_demo_sees_its_build_in_the_sidebar(with_library, monkeypatch, where):
+    """QA: the tab that pressed *Try the demo* never showed the build in its sidebar (other tabs did):
+    the Overview, and the Data page opened meanwhile, follow the build before the sidebar is drawn
+    (after the page), so it kept saying "no data yet / no model chosen" until the demo was loaded. The
+    sidebar is drawn before the wait now, with the build's progress, and once more when it is over."""
+    import threading
+
+    from scatd_core import demo
+
+    release = threading.Event()
+    _hold_a_demo_build(monkeypatch, release)
+    monkeypatch.setattr(demo, "load_data", lambda progress=None: make_dataset(50, seed=9))
+    monkeypatch.setattr(demo, "bundle_path", lambda library=None: with_library / BUNDLE_FOLDER)
+    try:
+        at = start()
+        seen = _sidebar_while_following_the_build(monkeypatch, release)
+        if where == "Overview":
+            at.button(key="btn_landing_demo").click().run()
+        else:
+            at.session_state[state.DEMO_WANTED] = True  # clicked, then the Data page opened at once
+            goto(at, "1_Data")
+        ok(at)
+    finally:
+        release.set()
+    assert len(seen) == 1 and "The demo is being built for this server (55%" in seen[0], seen
+    assert "Scoring the baselines" in seen[0] and "It opens on this page when it is ready" in seen[0], seen
+    assert at.session_state[state.DATA_NAME] == "demo (simulated data)"  # then loaded, and said once
+    sidebar = (text(at.sidebar.markdown) + text(at.sidebar.caption)).replace("\\", "")  # markdown escapes
+    assert "demo (simulated data)" in sidebar and "being built" not in sidebar and "no data yet" not in sidebar
+    assert sidebar.count("SESSION") == 1, sidebar
+
+
 def _runs_messages(monkeypatch) -> list:
     """The script runners AppTest starts from now on: their ``forward_msgs()`` are what each run sent
     to the browser (elements, and the timers of fragments that redraw themselves)."""
