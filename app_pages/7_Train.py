@@ -24,8 +24,9 @@ from scatd_core.card import LABEL_RULE_UNKNOWN, auroc_interval_words
 from scatd_core.errors import MemoryShortage, ScatdError
 
 # Session keys of this page only.
-BULK = "train_bulk"          # {"adata", "name"[, "id", "sha256"]}: bulk cell lines x genes
-LABELS = "train_labels"      # {"table", "name"[, "id", "sha256"]}: cell lines x drugs label table
+BULK = "train_bulk"          # {"adata", "name"[, "id", "sha256"]}: the user's bulk cell lines x genes (Upload mode)
+LABELS = "train_labels"      # {"table", "name"[, "id", "sha256"]}: the user's cell lines x drugs label table (Upload)
+DEMO_PANEL = "train_demo_panel"  # [bulk, labels] entries of the simulated demo panel (its mode): the user's kept apart
 TARGET = "train_target"      # {"adata", "name", "id", "sha256"}: an uploaded target (when not the current dataset)
 RESULT = "train_result"      # {"bundle_path", "report"}: the last finished run
 STOP = "train_stop"          # set by the Stop button
@@ -194,14 +195,14 @@ if bulk_source == "Upload":
                                f"{ui.md(', '.join(rep['no_threshold'][:10]))}.")
             except ScatdError as exc:
                 show_error(exc)
-elif ss.get(BULK, {}).get("name") != "simulated demo panel":
+elif ss.get(DEMO_PANEL) is None:  # its own bulk and labels, never the user's (kept for Upload mode)
     try:
         from scatd_core.demo.simulate import simulate_bulk
 
         with st.spinner("Simulating the demo panel…"):
             demo_bulk, demo_labels = simulate_bulk(seed=0)
-        ss[BULK] = {"adata": demo_bulk, "name": "simulated demo panel"}
-        ss[LABELS] = {"table": demo_labels, "name": "simulated demo labels"}
+        ss[DEMO_PANEL] = [{"adata": demo_bulk, "name": "simulated demo panel"},
+                          {"table": demo_labels, "name": "simulated demo labels"}]
     except ScatdError as exc:
         show_error(exc)
 
@@ -213,8 +214,15 @@ def _still_used(slot: str, key: str, what: str) -> None:
         st.info(f"Your earlier {what}.", icon=":material/info:")
 
 
-bulk = ss.get(BULK)
-labels = ss.get(LABELS)
+if bulk_source == "Upload":
+    bulk, labels = ss.get(BULK), ss.get(LABELS)
+else:  # the demo panel's own labels: the user's would be trained against its simulated cell lines
+    bulk, labels = ss.get(DEMO_PANEL) or [None, None]
+    yours = [f"{what} ({ui.md(ss[slot]['name'])})" for what, slot in (("bulk data", BULK), ("label table", LABELS))
+             if ss.get(slot) is not None]
+    if yours:
+        st.caption(f":material/info: Kept for Upload mode, not used with the demo panel: your {' and '.join(yours)}. "
+                   f"To train on {'them' if ss.get(BULK) is not None else 'it'} again, choose 'Upload' under Bulk data.")
 if bulk is not None and bulk_source == "Upload":
     _still_used(BULK, "upload_train_bulk", f"bulk data ({ui.md(bulk['name'])}) are still used")
 if labels is not None and bulk_source == "Upload":

@@ -223,7 +223,7 @@ def test_demo_panel_offers_its_drugs_and_upload_target_needed():
     at = _page().run()
     at.radio[0].set_value("Simulated demo panel").run()
     assert not at.exception, at.exception
-    assert at.session_state["train_bulk"]["adata"].n_obs == 300
+    assert "Bulk: **simulated demo panel**, 300 samples" in _in_use(at)[0]
     # no current dataset: the target must be uploaded before a drug can be chosen
     assert at.radio(key="train_target_source").options == ["Upload another dataset"]
     assert any("Give the bulk data" in i.value for i in at.info)
@@ -1148,28 +1148,73 @@ def test_a_drug_with_values_other_than_sensitive_or_resistant_is_refused_as_soon
     assert not at.error and not at.button(key="btn_train_start").disabled
 
 
-def test_other_label_values_in_the_demo_panel_mode_say_how_to_reach_the_label_builder():
-    """QA: with *Simulated demo panel* chosen (a label table uploaded before in Upload mode is kept), the
+def test_other_label_values_say_how_to_reach_the_label_builder_and_the_demo_panel_never_uses_them():
+    """QA: with *Simulated demo panel* chosen (a label table uploaded before in Upload mode was kept), the
     refusal of 'intermediate' pointed to the 'No label table?' expander "above", which only Upload mode
-    shows. In that mode it says to choose Upload under Bulk data first; in Upload mode it stays as it was."""
+    shows. The demo panel's mode now uses the demo's own labels (the user's table is kept for Upload
+    mode), so that table is not refused there; in Upload mode the refusal points to the expander above."""
     at = _page_with_training_data()
-    at.session_state["train_bulk"]["name"] = "simulated demo panel"  # kept: not simulated again
     labels = at.session_state["train_labels"]["table"]
     labels["WEIRD"] = (["sensitive"] * 12 + ["resistant"] * 12 + ["intermediate"] * 5 + [None] * len(labels))[
         :len(labels)]
     at.run()
     at.radio[0].set_value("Simulated demo panel").run()
-    assert at.session_state["train_labels"]["table"] is labels  # the uploaded table, not the demo's
+    assert not at.exception, at.exception
+    assert "WEIRD" not in at.selectbox(key="train_drug").options  # the demo's labels, not the uploaded table
+    assert not any("values other than sensitive/resistant" in e.value for e in at.error)
+    assert at.session_state["train_labels"]["table"] is labels  # kept for Upload mode
+    at.radio[0].set_value("Upload").run()  # the expander is shown: the message points to it, "above"
     at.selectbox(key="train_drug").set_value("WEIRD").run()
     assert not at.exception, at.exception
-    assert not any("GDSC_IC50" in u.label for u in at.get("file_uploader"))  # the builder is not on the page
-    said = next(e.value.replace("\\", "") for e in at.error if "values other than sensitive/resistant" in e.value)
-    assert "choose 'Upload' under Bulk data" in said and "No label table? Build one from GDSC ln(IC50) values" in said \
-        and "above" not in said and "scatd labels-from-ic50" not in said, said
-    assert at.button(key="btn_train_start").disabled
-    at.radio[0].set_value("Upload").run()  # the expander is shown: the message points to it, "above"
     said = next(e.value.replace("\\", "") for e in at.error if "values other than sensitive/resistant" in e.value)
     assert "'No label table? Build one from GDSC ln(IC50) values' above" in said and "choose 'Upload'" not in said, said
+    assert at.button(key="btn_train_start").disabled
+
+
+def _in_use(at: AppTest) -> tuple[str, str]:
+    """What the page says it uses: its Bulk and Labels lines (markdown escapes removed)."""
+    said = [c.value.replace("\\", "") for c in at.caption]
+    return (next((c for c in said if c.startswith(":material/dataset: Bulk:")), ""),
+            next((c for c in said if c.startswith(":material/label: Labels:")), ""))
+
+
+@pytest.mark.parametrize("first", ["demo panel", "own bulk"])
+def test_the_demo_panel_mode_uses_the_demos_labels_and_keeps_the_users_uploads(first):
+    """QA: in *Simulated demo panel* mode, a label table uploaded before in Upload mode was kept (only
+    the bulk was the demo's), so the demo's simulated cell lines could be trained with the user's labels;
+    and switching to the demo panel after uploading one's own bulk and labels replaced both, so Upload
+    mode then showed the demo's. The demo panel mode now uses the demo's bulk and labels, and says so;
+    Upload mode uses the user's uploads, kept across the switches."""
+    bulk, labels, target = synthetic()
+    at = _page()
+    at.session_state[S.ADATA], at.session_state[S.DATA_NAME] = target, "tumour.h5ad"  # the target cells
+    at.run()
+    if first == "demo panel":
+        at.radio[0].set_value("Simulated demo panel").run()
+        at.radio[0].set_value("Upload").run()
+    else:
+        frame = bulk.to_df()
+        at.file_uploader(key="upload_train_bulk").upload("my bulk.csv", frame.to_csv().encode()).run()
+    at.file_uploader(key="upload_train_labels").upload("my labels.csv", labels.to_csv().encode()).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "my labels.csv" in _in_use(at)[1]
+    at.radio[0].set_value("Simulated demo panel").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    bulk_line, labels_line = _in_use(at)
+    assert "Bulk: **simulated demo panel**, 300 samples" in bulk_line, bulk_line
+    assert "Labels: **simulated demo labels**" in labels_line and "my labels" not in labels_line, labels_line
+    assert "DEMOTINIB" in at.selectbox(key="train_drug").options and "DRUGA" not in at.selectbox(key="train_drug").options
+    kept = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert "my labels.csv" in kept and "choose 'Upload' under Bulk data" in kept, kept  # not lost, and said so
+    at.radio[0].set_value("Upload").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    bulk_line, labels_line = _in_use(at)
+    assert "Labels: **my labels.csv**" in labels_line, labels_line
+    if first == "demo panel":  # no bulk of the user's yet: the demo's is not used in Upload mode
+        assert bulk_line == "" and any("Give the bulk data" in i.value for i in at.info)
+    else:
+        assert "Bulk: **my bulk.csv**" in bulk_line, bulk_line
+        assert at.selectbox(key="train_drug").options == ["DRUGA", "OTHER"]
 
 
 def test_a_failed_bulk_or_labels_upload_says_the_earlier_file_is_still_used():
