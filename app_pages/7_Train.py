@@ -221,8 +221,9 @@ else:  # the demo panel's own labels: the user's would be trained against its si
     yours = [f"{what} ({ui.md(ss[slot]['name'])})" for what, slot in (("bulk data", BULK), ("label table", LABELS))
              if ss.get(slot) is not None]
     if yours:
+        them = "them" if ss.get(BULK) is not None else "it"
         st.caption(f":material/info: Kept for Upload mode, not used with the demo panel: your {' and '.join(yours)}. "
-                   f"To train on {'them' if ss.get(BULK) is not None else 'it'} again, choose 'Upload' under Bulk data.")
+                   f"To train on {them} again, choose 'Upload' under Bulk data.")
 if bulk is not None and bulk_source == "Upload":
     _still_used(BULK, "upload_train_bulk", f"bulk data ({ui.md(bulk['name'])}) are still used")
 if labels is not None and bulk_source == "Upload":

@@ -1203,7 +1203,8 @@ def test_the_demo_panel_mode_uses_the_demos_labels_and_keeps_the_users_uploads(f
     bulk_line, labels_line = _in_use(at)
     assert "Bulk: **simulated demo panel**, 300 samples" in bulk_line, bulk_line
     assert "Labels: **simulated demo labels**" in labels_line and "my labels" not in labels_line, labels_line
-    assert "DEMOTINIB" in at.selectbox(key="train_drug").options and "DRUGA" not in at.selectbox(key="train_drug").options
+    drugs = at.selectbox(key="train_drug").options
+    assert "DEMOTINIB" in drugs and "DRUGA" not in drugs, drugs
     kept = " ".join(c.value for c in at.caption).replace("\\", "")
     assert "my labels.csv" in kept and "choose 'Upload' under Bulk data" in kept, kept  # not lost, and said so
     at.radio[0].set_value("Upload").run()
