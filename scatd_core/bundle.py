@@ -1268,8 +1268,9 @@ def named_title(bundle: Bundle) -> str:
     """The display name (``--name``) and, when it does not say it already, the drug and backbone
     (a name made of the title's parts, as the demo's "DEMOTINIB · demo (simulated data)": the
     title alone, never "DEMOTINIB · demo (simulated data) · DEMOTINIB · Dist_VAE ..."). A name the
-    user gave a model trained here is shown as given (with " · demo (simulated data)" for a demo
-    model); an imported model's name is followed by its drug and backbone."""
+    user gave a model, trained here or imported (``scatd train --name``, the Train page's Model name,
+    ``scatd import-checkpoint --name``, the import form's Display name), is shown as given (with
+    " · demo (simulated data)" for a demo model)."""
     name, title = bundle.name, bundle.title
     unnamed = name == bundle.path.name and not (getattr(bundle, "manifest", None) or {}).get("name")
     if (not name or unnamed or set(name.split(" · ")) <= set(title.split(" · "))
@@ -1280,16 +1281,13 @@ def named_title(bundle: Bundle) -> str:
         if getattr(bundle, "backbone_title", None) == TRAINED_TITLES.get(getattr(bundle, "backbone", None)):
             return name  # not "Gefitinib (VAE on genes, trained) · Gefitinib · VAE on genes (trained in scATD Studio)"
         return title + (f" {default}" if default else "")  # trained on an imported backbone: the title says which
-    if TRAINED_MARK in str(getattr(bundle, "backbone_title", "")):
-        # a name the user gave a model trained here (scatd train --name, the Train page's Model name): shown as
-        # given, not "cisplatin_demo · Cisplatin · VAE on genes (trained in scATD Studio)"; a demo model says so
-        demo = DEMO_MARK if getattr(bundle, "is_demo", False) and DEMO_MARK not in name else ""
-        return name + demo
-    return f"{name} · {title}"
+    # a name the user gave (scatd train/import-checkpoint --name, the Train page's Model name, the import form's
+    # Display name): shown as given, not "cisplatin_demo · Cisplatin · VAE on genes (trained in scATD Studio)"
+    # nor "DOCETAXEL GSE140440 · DOCETAXEL · Dist_VAE (scATD-sf-dist)"; a demo model says so
+    demo = DEMO_MARK if getattr(bundle, "is_demo", False) and DEMO_MARK not in name else ""
+    return name + demo
 
 
-#: What the title of a model trained here says (:data:`TRAINED_TITLES`, or its imported backbone's)
-TRAINED_MARK = "trained in scATD Studio)"
 #: The end of a demo model's title (:attr:`Bundle.title`)
 DEMO_MARK = " · demo (simulated data)"
 

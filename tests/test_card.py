@@ -174,7 +174,7 @@ def test_models_list_and_card_show_the_display_name(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1].startswith("carded\tLab model for tumour A\tDRUGX")
     assert main(["models", "card", "carded", "--library", str(tmp_path / "lib")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Model card: Lab model for tumour A · DRUGX") and "Settings: head linear" in out
+    assert out.startswith("Model card: Lab model for tumour A (carded)") and "Settings: head linear" in out
     assert "AUPRC by chance" in out
     # the demo's name is its title's drug and label: said once (was "DRUGX · demo (simulated data) · DRUGX ·
     # Dist_VAE (scATD-sf-dist) · demo (simulated data)")
@@ -369,7 +369,7 @@ def test_the_model_card_picker_names_each_model_once(tmp_path):
     lab, lab2 = (bundle(f, "Lab model", "DRUGX · Dist_VAE (scATD-sf-dist)") for f in ("lab_a", "lab_b"))
     titles = distinct_named_titles([demo, lab, lab2])
     assert titles[str(demo.path)] == "DEMOTINIB · Dist_VAE (scATD-sf-dist) · demo (simulated data)"
-    assert titles[str(lab.path)] == "Lab model · DRUGX · Dist_VAE (scATD-sf-dist) (lab_a)"
+    assert titles[str(lab.path)] == "Lab model (lab_a)"  # a given name as given, its folder where two read alike
     assert titles[str(lab2.path)].endswith("(lab_b)")
 
 
@@ -549,7 +549,8 @@ def test_a_name_given_to_a_trained_model_is_shown_as_given(tmp_path):
     """QA: `scatd train --name cisplatin_demo` (its folder cisplatin_demo) was shown as "cisplatin_demo · DRUGA ·
     VAE on genes (trained in scATD Studio)" in the library table, the Model page's picker and the card's heading.
     A name the user gave a model trained here is shown as given; a demo model still says so, two models that
-    would read alike get their folders, and an import's name keeps its drug and backbone (as before)."""
+    would read alike get their folders; an import's name is shown as given too
+    (test_a_name_given_to_an_imported_model_is_shown_as_given)."""
     from test_ensemble import _ensemble
 
     from scatd_core.bundle import display_names, list_library, save_bundle
@@ -570,7 +571,7 @@ def test_a_name_given_to_a_trained_model_is_shown_as_given(tmp_path):
     assert names == {str(named.path): "cisplatin_demo", str(spaced.path): "My run",
                      str(demo.path): "demo run · demo (simulated data)",
                      str(twins[0].path): "Lab run (lab_a)", str(twins[1].path): "Lab run (lab_b)",
-                     str(imported.path): "DRUGA lab · DRUGA · Dist_VAE (scATD-sf-dist)"}, names
+                     str(imported.path): "DRUGA lab"}, names
 
 
 def test_one_display_name_per_model_and_case_variant_folders_get_their_own(tmp_path):
@@ -609,3 +610,28 @@ def test_one_display_name_per_model_and_case_variant_folders_get_their_own(tmp_p
     twin = load_bundle(lib / "DOCETAXEL_dist_vae")
     twin.path = lib / "docetaxel_copy"
     assert display_names([imported, twin])[str(twin.path)] == "DOCETAXEL · Dist_VAE (scATD-sf-dist) (docetaxel_copy)"
+
+
+def test_a_name_given_to_an_imported_model_is_shown_as_given(tmp_path):
+    """QA: a name given to an imported model (the import form's Display name, `scatd import-checkpoint --name`)
+    was shown as "DOCETAXEL GSE140440 · DOCETAXEL · Dist_VAE (scATD-sf-dist)" while a trained model's is shown
+    as given (the form's help: "The name shown in the library"). Shown as given too; an import without a name
+    still reads DRUG · backbone, and two models that would read alike still get their folders."""
+    from test_ensemble import _ensemble
+
+    from scatd_core.bundle import display_names, list_library, save_bundle
+
+    model, lib = _ensemble(), tmp_path / "lib"
+
+    def imported(folder, name):
+        return save_bundle(lib / folder, model.stacked_state_dict(), model.arch, drug="DOCETAXEL",
+                           genes=[f"G{i}" for i in range(model.arch.input_dim)], threshold=0.05,
+                           provenance={"source": "imported original scATD checkpoint"}, name=name)
+
+    named = imported("DOCETAXEL_GSE140440-419881e4", "DOCETAXEL GSE140440")
+    unnamed = imported("DOCETAXEL_dist_vae", None)
+    twins = [imported(f"lab_{k}", "Lab import") for k in "ab"]
+    names = display_names([e.bundle for e in list_library(lib)])
+    assert names == {str(named.path): "DOCETAXEL GSE140440",
+                     str(unnamed.path): "DOCETAXEL · Dist_VAE (scATD-sf-dist)",
+                     str(twins[0].path): "Lab import (lab_a)", str(twins[1].path): "Lab import (lab_b)"}, names
