@@ -168,7 +168,9 @@ if submitted:
         for done in (upload, side):  # in the library now: Streamlit's in-memory copies are not needed
             if done is not None:
                 session.release_upload(done.file_id)
-        st.success(f"Imported **{ui.md(bundle.title)}** as {ui.md(bundle.path.name)}.", icon=":material/check_circle:")
+        replaced = f" It replaced the model {ui.md(bundle.replaced)} there, for every user." if bundle.replaced else ""
+        st.success(f"Imported **{ui.md(bundle.title)}** as {ui.md(bundle.path.name)}.{replaced}",
+                   icon=":material/check_circle:")
         for note in bundle.manifest["provenance"].get("notes") or []:
             st.info(ui.md(f"Note: {note}."), icon=":material/info:")
         ui.link("Model", "Use it: choose the model", ":material/arrow_forward:")

@@ -263,6 +263,9 @@ class Bundle:
     style_mean: np.ndarray | None = None
     style_std: np.ndarray | None = None
     _models: dict = field(default_factory=dict, repr=False)
+    #: the display name of the model this bundle replaced when it was written (``overwrite``: the app's
+    #: 'Replace a model of the same name', ``--replace``), for the message saying so; never saved
+    replaced: str | None = field(default=None, repr=False, compare=False)
 
     # -- descriptive properties
     @property
@@ -787,7 +790,10 @@ def save_bundle(
             save_file(style, str(folder / STYLE))
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
-    return load_bundle(_write_atomically(out, write, overwrite, unique))
+    written, replaced = _write_atomically(out, write, overwrite, unique)
+    bundle = load_bundle(written)
+    bundle.replaced = replaced
+    return bundle
 
 
 # --------------------------------------------------------------------------- atomic, locked writes
@@ -821,14 +827,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomically(out: Path, write, overwrite: bool, unique: bool = False) -> Path:
+def _write_atomically(out: Path, write, overwrite: bool, unique: bool = False) -> tuple[Path, str | None]:
     """Write a bundle folder with ``write(tmp_folder)``, then move it into place atomically.
 
     Under the library lock: refuse an existing bundle unless ``overwrite`` (or, with ``unique``,
     use the first free name ``out``, ``out-2``, ``out-3`` ...); write and fsync a temporary folder
     beside it; rename the old bundle aside, rename the new one into place, and only then delete
     the old one, so a crash at any point leaves either the old or the new bundle
-    (:func:`clean_library` finishes the job at the next start). Returns the folder written.
+    (:func:`clean_library` finishes the job at the next start). Returns the folder written and, when
+    it replaced a model, that model's display name (its folder's name when it has none).
 
     The folder and its files get the permissions the umask gives any new folder and file (not
     ``tempfile``'s 0700/0600), so the other accounts that use the library (the server's service
@@ -868,7 +875,7 @@ def _readable_as_the_umask_allows(folder: Path) -> None:
             path.chmod(mode if path.is_dir() else mode & 0o666)
 
 
-def _write_locked(out: Path, write, overwrite: bool, unique: bool) -> Path:
+def _write_locked(out: Path, write, overwrite: bool, unique: bool) -> tuple[Path, str | None]:
     parent = out.parent
     with library_lock(parent):
         if unique:
@@ -884,10 +891,11 @@ def _write_locked(out: Path, write, overwrite: bool, unique: bool) -> Path:
                                                            "folder on a macOS or Windows disk)"
             raise NameTaken(f"{what} named {named} already exists in {parent}; nothing was changed.",
                             "To keep both, import it under another name (scatd import-checkpoint ... --name NAME) "
-                            "or into another folder (--out FOLDER). Replacing a shared model is for an "
-                            "administrator, on the app's Model library page: 'Replace a model of the same name' "
-                            "when importing, or 'Remove a model' first.",
+                            "or into another folder (--out FOLDER). To replace it, for every user of the library, "
+                            "add --replace (an account that may write the library; in the app, an administrator's "
+                            "'Replace a model of the same name' on the Model library page).",
                             app_hint="Give it another name, or ask an administrator to replace the model.")
+        replaced = _shown_name(out) if out.exists() else None
         tmp = _new_folder(parent)
         try:
             write(tmp)
@@ -905,7 +913,16 @@ def _write_locked(out: Path, write, overwrite: bool, unique: bool) -> Path:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return out, replaced
+
+
+def _shown_name(folder: Path) -> str:
+    """The name the model in ``folder`` is shown by (:func:`named_title`), for a message saying it was replaced;
+    a model that cannot be loaded: its display name, or its folder's."""
+    try:
+        return named_title(_load_bundle(folder))
+    except Exception:  # a damaged or unreadable model: only named, never a reason to fail the replace
+        return _held_name(folder) or folder.name
 
 
 def _case_variant(out: Path) -> Path | None:

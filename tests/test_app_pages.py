@@ -1698,6 +1698,7 @@ def test_replace_a_model_of_the_same_name_replaces_the_one_that_differs_only_by_
     at.get("form_submit_button")[0].click()
     at.run()
     assert not at.exception and "Imported" in text(at.success), text(at.error)
+    assert "It replaced the model Cisplatin_demo there" in text(at.success).replace("\\", "")  # which one it was
     assert sorted(p.name for p in empty_library.iterdir() if not p.name.startswith(".")) == ["Cisplatin_demo"]
     from scatd_core.bundle import load_bundle
 

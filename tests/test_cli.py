@@ -551,7 +551,7 @@ def test_a_reversed_label_mapping_is_accepted(capsys, dist_setup):
 
 def test_import_of_an_installed_name_says_what_works(capsys, dist_setup):
     """The hint named `scatd import-checkpoint --overwrite`, which does not exist: it says what
-    does (another folder with --out; an administrator's Replace or Remove on the app's page)."""
+    does (another folder with --out; --replace, or an administrator's Replace on the app's page)."""
     tmp, *_ = dist_setup
     args = ["import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "D", "--genes",
             tmp / "genes.tsv", "--library", tmp / "lib"]
@@ -559,7 +559,7 @@ def test_import_of_an_installed_name_says_what_works(capsys, dist_setup):
     before = (tmp / "lib" / "D_dist_vae" / "manifest.json").read_bytes()
     code, _, err = _run(capsys, *args)
     assert code == 2 and "already exists" in err and "--overwrite" not in err
-    assert "--out FOLDER" in err and "'Replace a model of the same name'" in err and "'Remove a model'" in err
+    assert "--out FOLDER" in err and "add --replace" in err and "'Replace a model of the same name'" in err
     assert (tmp / "lib" / "D_dist_vae" / "manifest.json").read_bytes() == before
     code, _, err = _run(capsys, *args, "--out", tmp / "elsewhere")  # what the hint says works
     assert code == 0 and (tmp / "elsewhere" / "manifest.json").is_file()
@@ -1650,3 +1650,28 @@ def test_a_report_replaces_an_earlier_one_whole_so_a_reader_never_sees_a_mix(cap
     assert stat.S_IMODE(rep.stat().st_mode) == 0o750
     assert [p.name for p in tmp.iterdir() if "rep" in p.name and p.name != "rep"] == []  # nothing left beside it
     assert [p.name for p in rep.iterdir() if p.name.startswith(".")] == []
+
+
+def test_import_checkpoint_replace_replaces_the_model_of_the_name_and_says_which(capsys, dist_setup):
+    """QA: `scatd import-checkpoint --name X` with X in the library was refused, its hint sending the administrator
+    to the app's Models page: the command line could not replace a model. --replace does, as the page's 'Replace
+    a model of the same name': in its folder, also one whose name differs only by case (one folder on a macOS or
+    Windows disk), never a second folder beside it; it says which model it replaced."""
+    tmp, *_ = dist_setup
+    lib = tmp / "lib"
+    common = ["import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--genes", tmp / "genes.tsv",
+              "--library", lib]
+    code, out, _ = _run(capsys, *common, "--drug", "Cisplatin", "--name", "Cisplatin_demo")
+    assert code == 0 and "Replaced" not in out
+    first = json.loads((lib / "Cisplatin_demo" / "manifest.json").read_text())
+    code, _, err = _run(capsys, *common, "--drug", "CISPLATIN", "--name", "cisplatin_demo")
+    assert code == 2 and "Cisplatin_demo" in err and "--replace" in err, err
+    code, out, err = _run(capsys, *common, "--drug", "CISPLATIN", "--name", "cisplatin_demo", "--replace")
+    assert code == 0, err
+    assert "Replaced the model 'Cisplatin_demo' (folder Cisplatin_demo)" in out + err, out + err
+    assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == ["Cisplatin_demo"]
+    now = json.loads((lib / "Cisplatin_demo" / "manifest.json").read_text())
+    assert now["name"] == "cisplatin_demo" and now["drug"] == "CISPLATIN" and now["model_id"] != first["model_id"]
+    # a new name with --replace: nothing to replace, nothing said about it
+    code, out, err = _run(capsys, *common, "--drug", "CISPLATIN", "--name", "other", "--replace")
+    assert code == 0 and "Replaced" not in out + err and (lib / "other").is_dir()

@@ -895,6 +895,52 @@ def test_a_named_training_replaces_or_is_refused_by_a_folder_that_differs_only_b
     assert load_bundle(first.path).manifest["provenance"]["seed"] == 1
 
 
+def test_scatd_train_replace_replaces_the_named_model_in_its_folder_and_says_which(tmp_path, capsys):
+    """QA: `scatd train --name X` with X in the library was refused and the command line had no way to replace it
+    (only the app's Models page could). --replace replaces it, as the app's 'Replace a model of the same name'
+    does: in its folder, also one whose name differs only by case, and says which model it replaced; the refusal
+    without it says --replace. --replace is for a named model only (without --name the folder is a new one)."""
+    from scatd_core.cli import main as scatd_main
+
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    pd.DataFrame(bulk.X, index=bulk.obs_names, columns=bulk.var_names).to_csv(tmp_path / "bulk.csv")
+    labels.to_csv(tmp_path / "labels.csv")
+    pd.DataFrame(target.X, index=target.obs_names, columns=target.var_names).to_csv(tmp_path / "target.csv")
+    lib = tmp_path / "lib"
+    common = ["train", "--bulk", str(tmp_path / "bulk.csv"), "--bulk-labels", str(tmp_path / "labels.csv"),
+              "--drug", "DRUGA", "--target", str(tmp_path / "target.csv"), "--folds", "3", "--members", "1",
+              "--pretrain-epochs", "1", "--device", "cpu", "--library", str(lib)]
+    assert scatd_main(common + ["--name", "Cisplatin_demo"]) == 0
+    first = load_bundle(lib / "Cisplatin_demo")
+    capsys.readouterr()
+    assert scatd_main(common + ["--name", "cisplatin_demo", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "(folder Cisplatin_demo)" in err and "add --replace" in err and "Model card" not in err, err
+    assert load_bundle(lib / "Cisplatin_demo").manifest["model_id"] == first.manifest["model_id"]
+    assert scatd_main(common + ["--name", "cisplatin_demo", "--seed", "1", "--replace"]) == 0
+    out, err = capsys.readouterr()
+    assert "Replaced the model 'Cisplatin_demo' (folder Cisplatin_demo)" in out + err, out + err
+    assert sorted(p.name for p in lib.iterdir() if not p.name.startswith(".")) == ["Cisplatin_demo"]
+    now = load_bundle(lib / "Cisplatin_demo")
+    assert now.name == "cisplatin_demo" and now.manifest["model_id"] != first.manifest["model_id"]
+    assert scatd_main(common + ["--replace"]) == 2  # no --name: nothing it could replace
+    assert "--replace replaces the model of --name" in capsys.readouterr().err
+    help_text = " ".join(cli_train_help().split())
+    assert "a model of the library is replaced only with --replace" in help_text
+
+
+def cli_train_help() -> str:
+    import contextlib
+    import io
+
+    from scatd_core.cli import main as scatd_main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        scatd_main(["train", "--help"])
+    return buf.getvalue()
+
+
 def test_a_training_never_takes_the_names_the_published_install_keeps(tmp_path):
     """As imports: no trained model gets a DRUG_backbone_published folder, a 'published scATD'
     display name, or the published docetaxel model's own folder for another drug; refused before

@@ -34,6 +34,11 @@ def add(sub) -> None:
                                    "name, with a short hash of the name added ('DOCETAXEL GSE140440' -> "
                                    "DOCETAXEL_GSE140440-419881e4); the import prints the folder, which --model takes")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace the model already in the folder (--name's, DRUG_BACKBONE, or --out's bundle; also "
+                        "a library folder whose name differs only by case, replaced in that folder), for every user "
+                        "of the library, as the app's 'Replace a model of the same name' (without it a taken name "
+                        "is refused). Needs an account that may write the library")
     p.set_defaults(run=run)
 
 
@@ -59,12 +64,15 @@ def run(args) -> int:
         args.pth, args.backbone, drug=args.drug, out=args.out, genes=args.genes,
         style_reference=args.style_reference, input_transform=args.input_transform,
         label_mapping=_mapping(args.label_mapping), threshold=args.threshold, beta_mode=args.beta_mode,
-        name=args.name, library=args.library,
+        name=args.name, library=args.library, overwrite=args.replace,
         # as the app, `scatd train` and `models fetch` record who; an account of the server, not an app login
         provenance={"imported_by": os_user(), "via": COMMAND_LINE})
     arch = bundle.architecture
     print(f"Imported {bundle.kind} '{bundle.name}' ({args.backbone}, encoder {arch.encoder_dims}, "
           f"z {arch.z_dim}) -> {bundle.path}")
+    if bundle.replaced:
+        print(f"Replaced the model '{bundle.replaced}' (folder {bundle.path.name}) with this one, for every user of "
+              "the library.")
     for note in bundle.manifest["provenance"].get("notes") or []:
         say(f"note: {note}")
     if bundle.input_kind == "embedding" and bundle.style_mean is None and bundle.kind == "classifier":

@@ -146,10 +146,17 @@ def add(sub) -> None:
                                    "become '_', with a short hash of the name added), which is what --model takes "
                                    "(default folder: DRUG_BACKBONE_trained)")
     p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace the model of the library that has --name's folder (or a folder whose name differs "
+                        "from it only by case), in that folder, for every user of the library, as the app's 'Replace "
+                        "a model of the same name' (without it a taken name is refused before training; a model of "
+                        "the library is replaced only with --replace, never by --overwrite). Needs --name and an "
+                        "account that may write the library")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a bundle exported to --out earlier (only a bundle folder, never other files), and "
-                        "--report or --target-predictions files that already exist (without it, an existing one is "
-                        "refused before training)")
+                   help="replace your own files: a bundle copy exported to --out earlier (only a bundle folder, never "
+                        "other files), and --report or --target-predictions files that already exist (without it, an "
+                        "existing one is refused before training); a model of the library is replaced only with "
+                        "--replace")
     p.add_argument("--report", help="also write the training report (JSON) here")
     p.add_argument("--target-predictions",
                    help="also write the target's per-cell P(resistant), the call at the model's default threshold "
@@ -162,6 +169,11 @@ def run(args) -> int:
     from scatd_core.train import report_to_json, train_drug_model
 
     refuse_lone_resistant_value(args)  # before anything is read
+    if args.replace and not args.name:
+        raise ScatdError("--replace replaces the model of --name (the library folder it names); without --name the "
+                         "model gets a new folder, so there is nothing to replace.",
+                         "Add --name NAME (the model to replace, as `scatd models` lists its name), or leave out "
+                         "--replace.")
     refuse_lone_few_shot_value(args)
     # a bundle folder, or the name of one in the model library (as predict's --model)
     backbone_bundle = resolve_bundle(args.backbone_bundle, args.library) if args.backbone_bundle else None
@@ -191,7 +203,8 @@ def run(args) -> int:
         adaptation=not args.no_adaptation, device=args.device, target_label_column=args.target_labels,
         target_resistant_value=args.target_resistant_value, target_mask=args.target_mask,
         few_shot_labels=few_shot, input_files={"target": target_file} if target_file else None,
-        library=args.library, name=args.name, trained_by=_os_user(), min_lines_per_class=args.min_lines,
+        library=args.library, name=args.name, overwrite=args.replace, trained_by=_os_user(),
+        min_lines_per_class=args.min_lines,
         progress=Progress(),
         notice=lambda message: (said.append(message), say(f"note: {message}")))
     args.saved = bundle.path  # (an interruption from here on says so)
@@ -226,6 +239,9 @@ def run(args) -> int:
             write_file(args.target_predictions, to_csv_bytes(report["target_predictions"]))
         say(f"Wrote {args.target_predictions}")
     print(f"Trained '{bundle.name}' in {report['seconds']:.0f} s; installed in the model library: {bundle.path}")
+    if bundle.replaced:
+        print(f"Replaced the model '{bundle.replaced}' (folder {bundle.path.name}) with this one, for every user of "
+              "the library.")
     say(f"Use it with --model {bundle.path.name} (scatd predict, report, explain).")
     untrusted = next((few_lines_sentence(ev) for ev in report["card"]["evaluations"] if few_lines_sentence(ev)), None)
     if untrusted:  # a lower --min-lines: said again last, where it is read

@@ -50,17 +50,16 @@ def _default_out(drug: str, backbone: str, library) -> Path:
     return out
 
 
-def library_names(library=None, *, but: Path | None = None) -> set[str]:
-    """The display names of the models in the library (case-folded; a model without one by its folder's name),
+def _library_models(library=None, *, but: Path | None = None):
+    """``(folder, display name)`` of each model of the library (a model without a name: its folder's name),
     read from their manifests only (no weights), leaving out the folder ``but``."""
     import json
 
     from scatd_core.bundle import MANIFEST
 
     root = Path(library) if library else model_library_dir()
-    names: set[str] = set()
     if not root.is_dir():
-        return names
+        return
     for folder in root.iterdir():
         if folder.name.startswith(".") or (but is not None and folder.name == but.name):
             continue
@@ -69,8 +68,13 @@ def library_names(library=None, *, but: Path | None = None) -> set[str]:
         except (OSError, ValueError):  # no model, or one the library lists as broken
             continue
         if isinstance(manifest, dict):
-            names.add(str(manifest.get("name") or folder.name).casefold())
-    return names
+            yield folder, str(manifest.get("name") or folder.name)
+
+
+def library_names(library=None, *, but: Path | None = None) -> set[str]:
+    """The display names of the models in the library (case-folded; a model without one by its folder's name),
+    read from their manifests only (no weights), leaving out the folder ``but``."""
+    return {name.casefold() for _, name in _library_models(library, but=but)}
 
 
 def free_model_name(name: str, library=None) -> str:
@@ -84,32 +88,45 @@ def free_model_name(name: str, library=None) -> str:
     return free
 
 
+#: How the refusals of a taken name end (the command line's hints): a new name or folder instead
+_NEW_NAME = "give another --name (it also names the model's library folder), or leave --name out for a new folder " \
+            "DRUG_BACKBONE_trained."
+
+
 def _named_out(name: str, library, overwrite: bool) -> Path:
     """The library folder of a model given a display name: named after it, as `scatd import-checkpoint`
     names it, so the name is what ``--model`` takes. Refused before training when a model (or folder)
     of that name, or a folder whose name differs from its folder's only by case, is there already,
-    unless ``overwrite``: then that folder is the one replaced (never a second folder beside it)."""
+    unless ``overwrite`` (``scatd train --replace``): then that folder is the one replaced (never a second
+    folder beside it). A model of that display name in another folder (e.g. one trained without a name) is
+    refused even so: ``overwrite`` replaces the name's own folder, never another."""
     root = Path(library) if library else model_library_dir()
     out = root / safe_name(name)
     if overwrite and not out.exists() and (variant := _case_variant(out)) is not None:
         out = variant  # the folder differing only by case (one on a macOS or Windows disk): the one replaced
-    if name.casefold() in library_names(library, but=out):  # another folder's model has this display name
-        raise NameTaken(f"A model named '{name}' already exists in the model library; nothing was trained.",
-                        "Give another --name, or leave --name out for a new name (DRUG (BACKBONE, trained), with a "
-                        "number added when that is taken).",
+    holder = next((folder for folder, held in _library_models(library, but=out) if held.casefold() == name.casefold()),
+                  None)
+    if holder is not None:  # another folder's model has this display name
+        variant = None if out.exists() else _case_variant(out)
+        hint = (f"To replace it, add --replace (in its folder {holder.name}, for every user of the library); or "
+                + _NEW_NAME if variant is not None and variant.name == holder.name else
+                f"--replace would not replace it: it replaces the model in the name's own folder ({out.name}), and "
+                f"this one is in {holder.name}. Remove it first (scatd models remove {holder.name} --yes), or "
+                + _NEW_NAME)
+        raise NameTaken(f"A model named '{name}' already exists in the model library (folder {holder.name}); nothing "
+                        "was trained.", hint,
                         app_hint="Give it another model name, or leave the name empty for the one shown there.")
     if not out.exists() and not overwrite and (variant := _case_variant(out)) is not None:
         raise NameTaken(f"The model library's folder {variant.name} already holds a model, and the folder of the name "
                         f"'{name}' ({out.name}) differs from it only by case (one folder on a macOS or Windows disk); "
                         "nothing was trained.",
-                        "Give another --name (it also names the model's library folder), or leave --name out for a "
-                        "new folder DRUG_BACKBONE_trained.",
+                        f"To replace that model, add --replace (it is replaced in its folder {variant.name}, for every "
+                        "user of the library); or " + _NEW_NAME,
                         app_hint="Give it another model name, or leave the name empty for a new one.")
     if out.exists() and not overwrite:
         raise NameTaken(f"A model named '{name}' already exists in the model library (folder {out.name}); nothing "
                         "was trained.",
-                        "Give another --name (it also names the model's library folder), or leave --name out for a "
-                        "new folder DRUG_BACKBONE_trained.",
+                        "To replace it, add --replace (for every user of the library); or " + _NEW_NAME,
                         app_hint="Give it another model name, or leave the name empty for a new one.")
     return out
 
