@@ -929,6 +929,26 @@ def test_scatd_train_replace_replaces_the_named_model_in_its_folder_and_says_whi
     assert "a model of the library is replaced only with --replace" in help_text
 
 
+def test_replace_says_when_it_cannot_replace_a_model_of_the_name(tmp_path):
+    """--replace replaces the model in the name's own folder (or the one differing only by case); a model of that
+    display name in another folder (one trained without a name, say) is refused even with --replace, and the
+    refusal names its folder and how to remove it, not --replace as a way out."""
+    from scatd_core.train._run import _named_out
+
+    lib = tmp_path / "lib"
+    for folder, name in (("Other_run", "My run"), ("Cisplatin_demo", "Cisplatin_demo")):
+        (lib / folder).mkdir(parents=True)
+        (lib / folder / "manifest.json").write_text(json.dumps({"name": name}))
+    with pytest.raises(NameTaken, match=r"'My run' already exists in the model library \(folder Other_run\)") as info:
+        _named_out("My run", lib, overwrite=True)
+    assert "--replace would not replace it" in info.value.hint
+    assert "scatd models remove Other_run --yes" in info.value.hint
+    with pytest.raises(NameTaken) as info:
+        _named_out("cisplatin_demo", lib, overwrite=False)  # the case-variant folder's own model: --replace does it
+    assert "add --replace (in its folder Cisplatin_demo" in info.value.hint
+    assert _named_out("cisplatin_demo", lib, overwrite=True) == lib / "Cisplatin_demo"
+
+
 def cli_train_help() -> str:
     import contextlib
     import io
