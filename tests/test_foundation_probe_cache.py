@@ -119,8 +119,8 @@ def test_a_server_account_sees_a_file_it_could_not_read_once_chmod_fixed_it(reac
     monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
     G._PROBES.clear()
     assert G.probe().available  # as root; the modules it needs are imported
-    for unreadable, code in ((gf / "gf-tiny" / "config.json", "bad_config"),
-                             (gf / "token_dictionary.pkl", "bad_dictionary")):
+    for unreadable, code in ((gf / "gf-tiny" / "config.json", "unreadable_file"),
+                             (gf / "token_dictionary.pkl", "unreadable_file")):
         unreadable.chmod(0o600)
         os.seteuid(NOBODY)
         try:
@@ -135,6 +135,105 @@ def test_a_server_account_sees_a_file_it_could_not_read_once_chmod_fixed_it(reac
         finally:
             os.seteuid(0)
         assert fixed.available and not fixed.problems, fixed.problems
+
+
+def _all_readable(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # as downloaded (safetensors and torch.save write 0600)
+
+
+def _said(module, problem_code="unreadable_file"):
+    module._PROBES.clear()
+    said = module.probe()
+    return said, [p for p in said.problems if p.code == problem_code]
+
+
+def _check_unreadable_said(said, problems, path: Path, account: str) -> None:
+    """One problem, about the file's permissions, naming the file, the account and the fix; nothing
+    that blames the file's content or asks for it again."""
+    assert not said.available
+    assert len(problems) == 1 and len(said.problems) == 1, said.problems
+    problem = problems[0]
+    assert f"{path} exists, but this server's account ({account}) is not allowed to read it." in problem.message
+    assert f"`chmod a+r {path}`" in problem.hint and f"`chown {account} {path}`" in problem.hint, problem.hint
+    text = f"{problem.message} {problem.hint}".lower()
+    for blame in ("download", "not a readable", "corrupt", "shipped with", "convert-scfoundation", "again."):
+        assert blame not in text, (blame, problem)
+
+
+@pytest.mark.parametrize("module,make,variable,name", [
+    (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "gf-tiny/model.safetensors"),
+    (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "gf-tiny/config.json"),
+    (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "token_dictionary.pkl"),
+    (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "gene_median_dictionary.pkl"),
+    (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "models/models.ckpt"),
+    (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "OS_scRNA_gene_index.19264.tsv"),
+    (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "models/scfoundation_rde.safetensors"),
+    (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "models/scfoundation_rde.json")])
+def test_a_file_the_server_account_may_not_read_is_said_as_such(reachable, monkeypatch, module, make, variable,
+                                                               name):
+    """A backbone file the server's account could not read (mode 0600, owned by root) was blamed on
+    its content: "model.safetensors is not a readable safetensors file (No such file or directory)",
+    "bad_dictionary ... [Errno 13] Permission denied" with "Download again" or "Use the dictionary
+    files shipped with Geneformer"; an unreadable models.ckpt even crashed the probe. It is said to
+    be there but not readable by the account (named), with chmod / chown as the fix."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another account (nobody) that a file's mode refuses; running as a "
+                    "plain user, see test_an_unreadable_file_is_said_as_such_without_root")
+    folder = make(reachable / module.NAME.lower())
+    if name.endswith(("rde.safetensors", "rde.json")):
+        S.convert(folder / "models" / "models.ckpt")
+    _all_readable(folder)
+    monkeypatch.setenv(variable, str(folder))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    assert _said(module)[0].available  # as root; the modules it needs are imported
+    (folder / name).chmod(0o600)
+    os.seteuid(NOBODY)
+    try:
+        said, problems = _said(module)
+    finally:
+        os.seteuid(0)
+    _check_unreadable_said(said, problems, folder / name, "nobody")
+    (folder / name).chmod(0o644)
+    os.seteuid(NOBODY)
+    try:
+        assert _said(module)[0].available
+    finally:
+        os.seteuid(0)
+
+
+@pytest.mark.parametrize("module,make,variable,name", [
+    (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "gf-tiny/model.safetensors"),
+    (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "token_dictionary.pkl"),
+    (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "models/models.ckpt"),
+    (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "OS_scRNA_gene_index.19264.tsv")])
+def test_an_unreadable_file_is_said_as_such_without_root(tmp_path, monkeypatch, module, make, variable, name):
+    """The same, for any account running the tests: the refusal simulated where files are opened."""
+    import builtins
+    import io
+
+    from safetensors import safe_open as real_safe_open
+
+    import pwd
+
+    import safetensors
+
+    folder = make(tmp_path / module.NAME.lower())
+    refused = str(folder / name)
+    monkeypatch.setenv(variable, str(folder))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+
+    def deny(path):
+        if str(path) == refused:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    real_open, real_os_open = builtins.open, os.open
+    for module_with_open in (builtins, io):  # open(), and Path.open / read_bytes
+        monkeypatch.setattr(module_with_open, "open", lambda path, *a, **k: deny(path) or real_open(path, *a, **k))
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: deny(path) or real_os_open(path, *a, **k))
+    monkeypatch.setattr(safetensors, "safe_open", lambda path, *a, **k: deny(path) or real_safe_open(path, *a, **k))
+    said, problems = _said(module)
+    _check_unreadable_said(said, problems, folder / name, pwd.getpwuid(os.geteuid()).pw_name)
 
 
 # ----------------------------------------------------------------------------- 3: the variable

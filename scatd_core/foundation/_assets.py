@@ -7,6 +7,7 @@ JSON configs, safetensors headers and, for pickled checkpoints, the restricted
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -35,7 +36,10 @@ class Problem:
         return {"code": self.code, "message": self.message, "hint": self.hint, "found": self.found}
 
     def error(self) -> CheckpointError:
-        return CheckpointError(self.message, self.hint)
+        """The problem raised; its ``code`` goes with it, so a probe that catches it keeps it."""
+        error = CheckpointError(self.message, self.hint)
+        error.code = self.code
+        return error
 
 
 @dataclass
@@ -124,10 +128,41 @@ def lfs_problem(path: Path, size: int) -> Problem:
                    f"directly, and put it at {path}.")
 
 
+def account() -> str:
+    """The account this process reads files as (its effective user), by name where it has one."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # no name for this uid (a container)
+        return f"uid {os.geteuid()}"
+
+
+def unreadable_problem(path: Path, what: str) -> Problem | None:
+    """The problem with a file that is there but that this account may not read (its permissions,
+    its owner, an ACL), or None: said as such, not as a corrupt file to download again."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except PermissionError:
+        who = account()
+        return Problem("unreadable_file",
+                       f"{what} {path} exists, but this server's account ({who}) is not allowed to read it.",
+                       f"Let that account read it (as the file's owner or root): `chmod a+r {path}`, or give the "
+                       f"file to it: `chown {who} {path}`. The file itself need not be replaced.")
+    except OSError:  # not there, a folder, ...: said by the checks that look at the file
+        return None
+    os.close(fd)
+    return None
+
+
 def check_file(path: Path, what: str, hint: str) -> Problem | None:
-    """The problem with a file that must exist and hold data (missing, empty, LFS pointer), or None."""
+    """The problem with a file that must exist and hold data (missing, unreadable by this account,
+    empty, LFS pointer), or None."""
     if not path.is_file():
         return Problem("missing_file", f"{what} not found: {path}", hint)
+    problem = unreadable_problem(path, what)
+    if problem is not None:
+        return problem
     size = lfs_pointer_size(path)
     if size is not None:
         return lfs_problem(path, size)

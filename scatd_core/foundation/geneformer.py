@@ -40,7 +40,7 @@ import torch
 from scatd_core.config import geneformer_dir, geneformer_model_dir
 from scatd_core.errors import CheckpointError, InputError, ScatdError
 from scatd_core.foundation._assets import Probe, ProbeCache, Problem, access_state, check_file, file_state, \
-    lfs_pointer_size, lfs_problem, torch_load_tensors
+    lfs_pointer_size, lfs_problem, torch_load_tensors, unreadable_problem
 from scatd_core.foundation._dictionaries import DICTIONARIES, content_kind, find_dictionary, misplaced_text
 
 NAME = "Geneformer"
@@ -301,6 +301,9 @@ def check_model(model: ModelFolder, vocab: Vocabulary | None) -> list[Problem]:
     if model.weights is None:
         return [Problem("missing_weights", f"{model.path} has config.json but no model.safetensors or "
                                            "pytorch_model.bin.", hint)]
+    unreadable = unreadable_problem(model.weights, "The weights file")
+    if unreadable is not None:
+        return [unreadable]
     size = lfs_pointer_size(model.weights)
     if size is not None:
         return [lfs_problem(model.weights, size)]
@@ -492,8 +495,12 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None, by
         out.add("missing_model", missing_model_text(root), model_hint(root, found), found=found_text(found))
     elif model.config_error:  # its own problem: not "0-d embeddings" nor "not a BERT config"
         out.files["model"] = model.path
-        out.add("bad_config", f"config.json in {model.path.name} {model.config_error}.",
-                f"Download the model folder {model.path.name} again (or repair its config.json).")
+        unreadable = unreadable_problem(model.path / "config.json", "The model's config")
+        if unreadable is not None:
+            out.problems.append(unreadable)
+        else:
+            out.add("bad_config", f"config.json in {model.path.name} {model.config_error}.",
+                    f"Download the model folder {model.path.name} again (or repair its config.json).")
     else:
         out.files["model"] = model.path
         out.embedding_dim = model.hidden_size or None
@@ -513,8 +520,10 @@ def _probe(root: Path, folders: list[ModelFolder], embedding_dim: int | None, by
             out.add("version_mismatch", f"The model is Geneformer {version} but only {other} dictionaries are in "
                     f"{root}: it cannot embed cells with them.", version_hint(version, root))
         else:
-            missing = "not found" in exc.message
-            out.add("missing_dictionaries" if missing else "bad_dictionary", exc.message,
+            unreadable = getattr(exc, "code", None) == "unreadable_file"
+            missing = not unreadable and "not found" in exc.message
+            out.add("unreadable_file" if unreadable else "missing_dictionaries" if missing else "bad_dictionary",
+                    exc.message,
                     dictionaries_hint(root, version, found) if missing and model is not None else exc.hint or hint)
     if vocab is not None:
         out.files.update({f"{k}_dictionary": p for k, p in vocab.files.items()})

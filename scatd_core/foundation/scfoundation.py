@@ -48,7 +48,7 @@ from scatd_core._words import counted
 from scatd_core.config import scfoundation_dir
 from scatd_core.errors import CheckpointError, InputError
 from scatd_core.foundation._assets import (Probe, ProbeCache, Problem, access_state, check_file, file_state,
-                                           lfs_pointer_size, lfs_problem, torch_load_tensors)
+                                           lfs_pointer_size, lfs_problem, torch_load_tensors, unreadable_problem)
 from scatd_core.genes import gene_list_text
 from scatd_core.nn.scfoundation import ScFoundationConfig, ScFoundationEncoder, encoder_state_keys
 
@@ -587,6 +587,12 @@ def _check_architecture(out: Probe, cfg: ScFoundationConfig) -> None:
 
 
 def _probe_converted(files: Files, out: Probe) -> tuple[ScFoundationConfig | None, str | None]:
+    unreadable = [p for p in (unreadable_problem(files.converted, "The converted weights"),
+                              files.config and unreadable_problem(files.config, "The converted weights' config"))
+                  if p is not None]
+    if unreadable:
+        out.problems.extend(unreadable)
+        return None, None
     size = lfs_pointer_size(files.converted)
     if size is not None:
         out.problems.append(lfs_problem(files.converted, size))
@@ -615,7 +621,8 @@ def _probe_checkpoint(files: Files, out: Probe) -> ScFoundationConfig | None:
     except CheckpointError as exc:
         size = lfs_pointer_size(files.checkpoint)
         out.problems.append(lfs_problem(files.checkpoint, size) if size is not None else
-                            Problem("bad_checkpoint", exc.message, exc.hint or ""))
+                            Problem("unreadable_file" if getattr(exc, "code", None) == "unreadable_file" else
+                                    "bad_checkpoint", exc.message, exc.hint or ""))
         return None
     out.version = (f"scFoundation '{files.key}' model ({_layers(cfg.depth)} x {cfg.hidden_dim}, "
                    f"{_millions(sum(v.numel() for v in state.values()))} parameters) in {files.checkpoint.name}; "
