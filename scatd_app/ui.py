@@ -576,7 +576,7 @@ def show_probe(entry: dict) -> None:
     embedding size, and every problem with what to do. Only an administrator (or the one user of
     an app without a login) sees the server's paths; others see folders and files by name."""
     from scatd_core.bundle import BACKBONE_TITLES
-    from scatd_core.config import scatd_home
+    from scatd_core.config import config_file, scatd_home
 
     from scatd_app import auth
 
@@ -584,6 +584,8 @@ def show_probe(entry: dict) -> None:
     if user is None or not user.admin:
         folders = (entry["location"], str(Path(entry["location"]).parent), str(scatd_home()))
         entry = {**entry, "location": without_server_paths(str(entry["location"]), *folders),
+                 # "set by foundation.geneformer_dir in /etc/scatd/config.toml": the file by its name
+                 "configured_by": without_server_paths(str(entry["configured_by"]), config_file(), *folders),
                  "version": without_server_paths(str(entry.get("version") or ""), *folders),
                  "problems": [{k: without_server_paths(str(v), *folders) for k, v in p.items()}
                               for p in entry["problems"]],
@@ -609,7 +611,7 @@ def show_backbone_setup(setup: dict) -> None:
     from pathlib import Path as _Path
 
     from scatd_core._progress import duration
-    from scatd_core.config import scatd_home
+    from scatd_core.config import config_file, scatd_home
 
     from scatd_app import auth
 
@@ -642,7 +644,9 @@ def show_backbone_setup(setup: dict) -> None:
             if step["key"] == "drug_model" and not done:
                 link("Model library", "Model library: import a checkpoint", ":material/inventory_2:")
             if step["key"] == "files" and not done:
-                st.caption(f"Looked in {say(step['location'])} (set by {md(step['configured_by'])}); the folder is "
+                set_by = without_server_paths(str(step["configured_by"]), config_file()) if hide else \
+                    str(step["configured_by"])  # the configuration file by its name: it is a server path
+                st.caption(f"Looked in {say(step['location'])} (set by {say(set_by)}); the folder is "
                            f"{md(step['setting'])}.")
                 for warning in step.get("warnings", []):
                     st.caption(f"Also: {say(warning)}")

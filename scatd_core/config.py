@@ -197,6 +197,23 @@ class Settings:
     #: Problems that must stop the app from serving (a login setting that cannot be read); each is
     #: also in :attr:`problems`.
     fatal: tuple[str, ...] = field(default_factory=tuple)
+    #: Where each value of :attr:`values` came from (same keys): "env" (its environment variable),
+    #: "file" (:attr:`config_file`) or "default"; see :meth:`set_by`.
+    sources: dict = field(default_factory=dict)
+
+    def set_by(self, key: str) -> str | None:
+        """Where the setting ``key`` (a key of :attr:`values`) was given, as said to an administrator:
+        its environment variable (``SCATD_GENEFORMER_DIR``), the key in the configuration file
+        (``foundation.geneformer_dir in /etc/scatd/config.toml``), or ``None``: its default. The
+        precedence is :func:`settings`'s: a valid environment variable over the file."""
+        source = self.sources.get(key)
+        (section, name), (env, _kind, _default) = next(
+            ((s, k), v) for (s, k), v in KEYS.items() if (f"{s}_{k}" if s in PREFIXED_SECTIONS else k) == key)
+        if source == "env":
+            return env
+        if source == "file":
+            return f"{section}.{name} in {self.config_file}"
+        return None
 
     def __getitem__(self, key: str):
         return self.values[key]
@@ -383,6 +400,7 @@ def settings() -> Settings:
             fatal.append(message)
     from_file = _read_file(path, problems, fatal)
     values: dict = {}
+    sources: dict = {}
     for (section, key), (env, kind, default) in KEYS.items():
         wrong: list[str] = []  # this setting's values that cannot be used (the file's, the environment's)
         value = source = None
@@ -403,7 +421,9 @@ def settings() -> Settings:
         else:
             used = _used_instead(source or "default", value if source else default, env)
             problems += [f"{line}; {used}." for line in wrong]
-        values[f"{section}_{key}" if section in PREFIXED_SECTIONS else key] = default if value is None else value
+        name = f"{section}_{key}" if section in PREFIXED_SECTIONS else key
+        values[name] = default if value is None else value
+        sources[name] = source if value is not None else "default"
     from scatd_core.client_address import networks
 
     if bad := networks(values["trusted_proxies"])[1]:
@@ -419,7 +439,7 @@ def settings() -> Settings:
     if fatal:  # fail closed: whatever asks for the mode anyway gets a password login, never none
         values["auth_mode"] = "password"
     return Settings(values=values, config_file=path, problems=tuple(dict.fromkeys(problems)),
-                    fatal=tuple(dict.fromkeys(fatal)))
+                    fatal=tuple(dict.fromkeys(fatal)), sources=sources)
 
 
 #: The folders the app writes in for every user (the demo, drug panels, uploads): they must be writable.

@@ -153,6 +153,26 @@ def test_the_model_page_offers_every_backbone_and_says_what_geneformer_lacks(gf_
     assert not any(s.key == "model_bundle" for s in at.selectbox)
 
 
+def test_the_model_page_says_the_configuration_file_set_the_geneformer_folder(tmp_path, monkeypatch):
+    """foundation.geneformer_dir set in config.toml: the Model page said the folder was "set by
+    default ($SCATD_HOME/geneformer)". It names the key and the configuration file."""
+    folder = dictionaries_only(tmp_path / "installed" / "geneformer")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[foundation]\ngeneformer_dir = "{folder}"\n')
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    monkeypatch.setenv("SCATD_SCFOUNDATION_DIR", str(tmp_path / "no-scfoundation"))
+    for variable in ("SCATD_GENEFORMER_DIR", "SCATD_GENEFORMER_MODEL"):
+        monkeypatch.delenv(variable, raising=False)
+    G._PROBES.clear()
+    at = _page(tmp_path, monkeypatch)
+    at.selectbox(key="model_backbone").set_value("vae_gf")
+    at.run()
+    assert not at.exception
+    looked = next(t for t in _shown(at) if t.startswith("Looked in"))
+    assert "(set by foundation.geneformer_dir in " in looked and "config.toml)" in looked, looked
+    assert "default" not in looked, looked
+
+
 def test_the_model_page_with_a_drug_model_but_no_weights_says_the_files_are_missing(gf_dicts, tmp_path, monkeypatch):
     at = _page(tmp_path, monkeypatch, gf_model=512)
     picker = at.selectbox(key="model_backbone")

@@ -115,6 +115,33 @@ def test_the_probe_shows_its_errors_first_then_its_warnings(tmp_path, monkeypatc
     assert first("not ready") < first("No Geneformer model folder") < first("so gene symbols cannot be matched"), shown
 
 
+@pytest.mark.parametrize("admin", [False, True])
+def test_the_probe_says_the_configuration_file_set_the_folder(tmp_path, monkeypatch, admin):
+    """A Geneformer folder set in config.toml was said to be "set by default ($SCATD_HOME/geneformer)".
+    It names the key and the file: the file's path to an administrator, its name to other users
+    (the server's paths are not shown to them)."""
+    folder = tmp_path / "installed" / "geneformer"
+    H.write_gf_dictionaries(folder)  # no model folder: not ready, so where it looked is said
+    config = tmp_path / "etc-scatd" / "config.toml"
+    config.parent.mkdir()
+    config.write_text(f'[foundation]\ngeneformer_dir = "{folder}"\n')
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    for variable in ("SCATD_GENEFORMER_DIR", "SCATD_GENEFORMER_MODEL", "SCATD_TEST_ADMIN"):
+        monkeypatch.delenv(variable, raising=False)
+    if admin:
+        monkeypatch.setenv("SCATD_TEST_ADMIN", "1")
+    G._PROBES.clear()
+    at = AppTest.from_function(_gf_probe_page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = text(at.warning).replace("\\", "")
+    shown = str(config) if admin else "config.toml"
+    assert f"(set by foundation.geneformer_dir in {shown})" in said, said
+    assert "default" not in said
+    if not admin:
+        assert str(config.parent) not in said and str(tmp_path) not in said, said
+
+
 def test_counts_to_vae_gf_predictions_and_deletion_biomarkers(tmp_path, monkeypatch):
     monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(_library(tmp_path, "vae_gf", H.GF_CONFIG["hidden_size"])))
     monkeypatch.setenv("SCATD_GENEFORMER_DIR", str(H.gf_folder(tmp_path / "geneformer")))

@@ -256,3 +256,51 @@ def test_set_by_follows_the_variable_even_when_it_names_the_default_folder(tmp_p
     assert module.probe().configured_by == variable
     monkeypatch.delenv(variable)
     assert module.probe().configured_by.startswith("default")
+
+
+@pytest.mark.parametrize("module,key,variable,make", [
+    (G, "geneformer_dir", "SCATD_GENEFORMER_DIR", H.gf_folder),
+    (S, "scfoundation_dir", "SCATD_SCFOUNDATION_DIR", H.sf_folder)])
+def test_set_by_names_the_configuration_file_when_the_folder_is_set_there(tmp_path, monkeypatch, module, key,
+                                                                        variable, make):
+    """A folder set in config.toml (foundation.geneformer_dir / scfoundation_dir) was labelled
+    "default ($SCATD_HOME/...)": only the variable was looked at. It names the key and the file; a
+    variable set as well wins (as the settings do), and one that cannot be used gives way to the file."""
+    config = tmp_path / "etc" / "config.toml"
+    config.parent.mkdir()
+    folder = make(tmp_path / "installed" / key)
+    config.write_text(f'[foundation]\n{key} = "{folder}"\n')
+    monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    monkeypatch.delenv(variable, raising=False)
+    module._PROBES.clear()
+    said = module.probe()
+    assert said.location == str(folder) and said.available, said.problems
+    assert said.configured_by == f"foundation.{key} in {config}"
+    other = make(tmp_path / "elsewhere" / key)
+    monkeypatch.setenv(variable, str(other))  # the variable over the file
+    said = module.probe()
+    assert (said.location, said.configured_by) == (str(other), variable)
+    monkeypatch.setenv(variable, "   ")  # blank: not a setting, the file's value is used
+    said = module.probe()
+    assert (said.location, said.configured_by) == (str(folder), f"foundation.{key} in {config}")
+    monkeypatch.delenv(variable)
+    config.write_text("")
+    said = module.probe()
+    assert said.configured_by.startswith("default ($SCATD_HOME/"), said.configured_by
+
+
+def test_set_by_names_the_model_folder_setting_of_the_configuration_file(tmp_path, monkeypatch):
+    """foundation.geneformer_model in config.toml, which picks the model folder, was labelled by the
+    variable SCATD_GENEFORMER_MODEL that was not set."""
+    folder = H.gf_folder(tmp_path / "geneformer")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[foundation]\ngeneformer_dir = "{folder}"\ngeneformer_model = "{folder / "gf-tiny"}"\n')
+    monkeypatch.setenv("SCATD_CONFIG", str(config))
+    for variable in ("SCATD_GENEFORMER_DIR", "SCATD_GENEFORMER_MODEL"):
+        monkeypatch.delenv(variable, raising=False)
+    G._PROBES.clear()
+    assert G.probe().configured_by == f"foundation.geneformer_model in {config}"
+    monkeypatch.setenv("SCATD_GENEFORMER_MODEL", str(folder / "gf-tiny"))
+    assert G.probe().configured_by == "SCATD_GENEFORMER_MODEL"

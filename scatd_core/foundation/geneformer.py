@@ -28,7 +28,6 @@ takes the ``<cls>`` token instead (V2 only). Layers after the one used are never
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,9 +407,15 @@ _PROBES = ProbeCache()
 
 
 def configured_by() -> str:
-    """What names the Geneformer files (the Model page's "set by ..."): a variable, or the default."""
-    return "SCATD_GENEFORMER_MODEL" if geneformer_model_dir() else \
-        "SCATD_GENEFORMER_DIR" if os.environ.get("SCATD_GENEFORMER_DIR") else "default ($SCATD_HOME/geneformer)"
+    """What names the Geneformer files (the Model page's "set by ..."): the model folder's setting
+    when one is given, else the folder's: its variable, its key in the configuration file (named),
+    or the default (the precedence of :func:`scatd_core.config.settings`: a variable over the file)."""
+    from scatd_core.config import settings
+
+    conf = settings()
+    if conf["geneformer_model"]:
+        return conf.set_by("geneformer_model") or "SCATD_GENEFORMER_MODEL"
+    return conf.set_by("geneformer_dir") or "default ($SCATD_HOME/geneformer)"
 
 
 def probe(folder: str | Path | None = None, embedding_dim: int | None = None) -> Probe:

@@ -500,9 +500,12 @@ _PROBES = ProbeCache()
 
 
 def configured_by() -> str:
-    """What names the scFoundation folder (the Model page's "set by ..."): the variable, or the default."""
-    return ("SCATD_SCFOUNDATION_DIR" if os.environ.get("SCATD_SCFOUNDATION_DIR")
-            else "default ($SCATD_HOME/scfoundation)")
+    """What names the scFoundation folder (the Model page's "set by ..."): its variable, its key in
+    the configuration file (named), or the default (the precedence of
+    :func:`scatd_core.config.settings`: a variable over the file)."""
+    from scatd_core.config import settings
+
+    return settings().set_by("scfoundation_dir") or "default ($SCATD_HOME/scfoundation)"
 
 
 def probe(folder: str | Path | None = None, key: str = DEFAULT_KEY) -> Probe:
