@@ -203,6 +203,39 @@ def test_a_file_the_server_account_may_not_read_is_said_as_such(reachable, monke
 
 
 @pytest.mark.parametrize("module,make,variable,name", [
+    (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "."), (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "gf-tiny"),
+    (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "."), (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "models")])
+def test_a_folder_the_server_account_may_not_open_is_said_as_such(reachable, monkeypatch, module, make, variable,
+                                                                 name):
+    """A backbone folder (or a model folder in it) the server's account could not open (mode 0700,
+    owned by root) made the probe raise PermissionError: a traceback on the Model page. It names the
+    folder and the account, with chmod / chown as the fix."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another account (nobody) that a folder's mode refuses")
+    folder = make(reachable / module.NAME.lower())
+    _all_readable(folder)
+    monkeypatch.setenv(variable, str(folder))
+    monkeypatch.delenv("SCATD_GENEFORMER_MODEL", raising=False)
+    blocked = (folder / name).resolve()
+    blocked.chmod(0o700)
+    os.seteuid(NOBODY)
+    try:
+        said, problems = _said(module, "unreadable_folder")
+    finally:
+        os.seteuid(0)
+    assert not said.available and len(problems) == 1 and len(said.problems) == 1, said.problems
+    assert f"The folder {blocked} exists, but this server's account (nobody) is not allowed to open it" in \
+        problems[0].message
+    assert f"`chmod -R a+rX {blocked}`" in problems[0].hint and f"`chown -R nobody {blocked}`" in problems[0].hint
+    blocked.chmod(0o755)
+    os.seteuid(NOBODY)
+    try:
+        assert _said(module)[0].available
+    finally:
+        os.seteuid(0)
+
+
+@pytest.mark.parametrize("module,make,variable,name", [
     (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "gf-tiny/model.safetensors"),
     (G, H.gf_folder, "SCATD_GENEFORMER_DIR", "token_dictionary.pkl"),
     (S, H.sf_folder, "SCATD_SCFOUNDATION_DIR", "models/models.ckpt"),

@@ -155,6 +155,31 @@ def unreadable_problem(path: Path, what: str) -> Problem | None:
     return None
 
 
+def blocked_folder(path: Path) -> Path:
+    """The folder that kept this account from ``path`` (a :class:`PermissionError`'s file): the
+    folder above the first one on the way that it may not look into, else ``path`` itself (a
+    folder it may enter but not list)."""
+    path = Path(path)
+    for step in [*reversed(path.parents), path]:
+        try:
+            os.stat(step)
+        except PermissionError:
+            return step.parent
+        except OSError:
+            break
+    return path
+
+
+def unreachable_problem(exc: PermissionError, name: str) -> Problem:
+    """A folder of ``name``'s files that this account may not open (a probe stopped by ``exc``)."""
+    folder, who = blocked_folder(Path(exc.filename or ".")), account()
+    return Problem("unreadable_folder",
+                   f"The folder {folder} exists, but this server's account ({who}) is not allowed to open it, so "
+                   f"the {name} files in it cannot be checked.",
+                   f"Let that account open it and read the files in it (as the folder's owner or root): "
+                   f"`chmod -R a+rX {folder}`, or give it to the account: `chown -R {who} {folder}`.")
+
+
 def check_file(path: Path, what: str, hint: str) -> Problem | None:
     """The problem with a file that must exist and hold data (missing, unreadable by this account,
     empty, LFS pointer), or None."""

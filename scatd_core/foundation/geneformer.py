@@ -39,7 +39,7 @@ import torch
 from scatd_core.config import geneformer_dir, geneformer_model_dir
 from scatd_core.errors import CheckpointError, InputError, ScatdError
 from scatd_core.foundation._assets import Probe, ProbeCache, Problem, access_state, check_file, file_state, \
-    lfs_pointer_size, lfs_problem, torch_load_tensors, unreadable_problem
+    lfs_pointer_size, lfs_problem, torch_load_tensors, unreachable_problem, unreadable_problem
 from scatd_core.foundation._dictionaries import DICTIONARIES, content_kind, find_dictionary, misplaced_text
 
 NAME = "Geneformer"
@@ -422,14 +422,20 @@ def probe(folder: str | Path | None = None, embedding_dim: int | None = None) ->
     """Check the Geneformer files without loading the weights (cached until a file, its permissions,
     or the setting that names it changes)."""
     root = Path(folder) if folder is not None else geneformer_dir()
-    folders = model_folders(folder)
-    dictionaries = [find_dictionary(k, v, root) for v in DICTIONARIES for k in DICTIONARIES[v]]
     by = configured_by()
-    where = (str(root), embedding_dim, str(geneformer_model_dir() if folder is None else ""), by)
-    state = tuple(access_state(p) for p in [root] + [f.path for f in folders]) + tuple(
-        access_state(p) for f in folders for p in (f.path / "config.json", f.weights) if p is not None) + tuple(
-        access_state(p) for p in dictionaries if p is not None) + tuple(access_state(p) for p in stray_configs(root))
-    return _PROBES.get(where, state, lambda: _probe(root, folders, embedding_dim, by))
+    try:
+        folders = model_folders(folder)
+        dictionaries = [find_dictionary(k, v, root) for v in DICTIONARIES for k in DICTIONARIES[v]]
+        where = (str(root), embedding_dim, str(geneformer_model_dir() if folder is None else ""), by)
+        state = tuple(access_state(p) for p in [root] + [f.path for f in folders]) + tuple(
+            access_state(p) for f in folders for p in (f.path / "config.json", f.weights) if p is not None) + tuple(
+            access_state(p) for p in dictionaries if p is not None) + tuple(
+            access_state(p) for p in stray_configs(root))
+        return _PROBES.get(where, state, lambda: _probe(root, folders, embedding_dim, by))
+    except PermissionError as exc:  # a folder this account may not open: said, not a traceback (not kept)
+        out = Probe("vae_gf", NAME, str(root), by)
+        out.problems.append(unreachable_problem(exc, NAME))
+        return out
 
 
 def found_dictionaries(root: Path) -> dict[str, Path]:

@@ -48,7 +48,8 @@ from scatd_core._words import counted
 from scatd_core.config import scfoundation_dir
 from scatd_core.errors import CheckpointError, InputError
 from scatd_core.foundation._assets import (Probe, ProbeCache, Problem, access_state, check_file, file_state,
-                                           lfs_pointer_size, lfs_problem, torch_load_tensors, unreadable_problem)
+                                           lfs_pointer_size, lfs_problem, torch_load_tensors, unreachable_problem,
+                                           unreadable_problem)
 from scatd_core.genes import gene_list_text
 from scatd_core.nn.scfoundation import ScFoundationConfig, ScFoundationEncoder, encoder_state_keys
 
@@ -511,11 +512,16 @@ def configured_by() -> str:
 def probe(folder: str | Path | None = None, key: str = DEFAULT_KEY) -> Probe:
     """Check the scFoundation files without loading the weights (cached until a file, its permissions,
     or the setting that names it changes)."""
-    files = find_files(folder, key)
     by = configured_by()
-    state = tuple(access_state(p) for p in (files.folder, files.folder / "models", files.converted, files.config,
-                                            files.checkpoint, files.gene_list) if p is not None)
-    return _PROBES.get((key, str(files.folder), by), state, lambda: _probe(files, by))
+    try:
+        files = find_files(folder, key)
+        state = tuple(access_state(p) for p in (files.folder, files.folder / "models", files.converted, files.config,
+                                                files.checkpoint, files.gene_list) if p is not None)
+        return _PROBES.get((key, str(files.folder), by), state, lambda: _probe(files, by))
+    except PermissionError as exc:  # a folder this account may not open: said, not a traceback (not kept)
+        out = Probe("vae_sf", NAME, str(Path(folder) if folder is not None else scfoundation_dir()), by)
+        out.problems.append(unreachable_problem(exc, NAME))
+        return out
 
 
 def _probe(files: Files, by: str) -> Probe:
