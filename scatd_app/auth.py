@@ -25,7 +25,7 @@ from pathlib import Path
 import streamlit as st
 
 from scatd_app import uploads
-from scatd_app.session import QUERY_KEY
+from scatd_app.session import QUERY_KEY, ended_text
 from scatd_app.ui import ANALYSIS_PAGES, MODEL_PAGES, md
 from scatd_core._words import counted
 from scatd_core import logins
@@ -201,7 +201,8 @@ def lockout_rule(failures: int, minutes: int) -> str:
             "first of them.")
 
 
-#: The login form of an address that names a session (``?s=``: a reload, a bookmark).
+#: The login form of an address that names a session still kept on the server (``?s=``: a reload,
+#: a bookmark); one that has ended says so instead (:func:`scatd_app.session.ended_text`).
 RESUME_HINT = ("Log in to continue where you were: a session kept on the server (its data and results) is "
                "resumed for its own user after the login.")
 
@@ -227,8 +228,11 @@ def _password_form() -> None:
                    "yet. An administrator creates one on the server with `scatd users add NAME --admin`.",
                    icon=":material/lock:")
         return
-    if st.query_params.get(QUERY_KEY):  # a reload: whether that session exists, and whose, is not said here
-        st.info(RESUME_HINT, icon=":material/history:")
+    if token := st.query_params.get(QUERY_KEY):  # a reload, a bookmark: whose session it is is not said here
+        if ended := ended_text(token, conf["session_ttl_minutes"]):  # never promise what no login can resume
+            st.warning(ended, icon=":material/history_toggle_off:")
+        else:
+            st.info(RESUME_HINT, icon=":material/history:")
     with st.form("login"):
         # password managers fill in the saved password ("new-password", Streamlit's default, makes one up)
         name = st.text_input("User name", key="login_name", autocomplete="username")

@@ -230,6 +230,12 @@ class SessionStore:
                 while len(self._logged_out) > MAX_LOGGED_OUT:
                     del self._logged_out[next(iter(self._logged_out))]
 
+    def kept(self, token: str) -> bool:
+        """Whether a copy of the session at ``token`` is kept (whoever's it is): a login can only
+        resume one of these; any other address's session has ended (or never was)."""
+        with self._lock:
+            return token in self._records
+
     def logged_out(self, token: str, owner: str) -> bool:
         """Whether ``owner`` logged out of the session at ``token`` (since this server started).
         Another login learns nothing: for them this is false, as for a token never seen."""
@@ -637,6 +643,27 @@ def lost_text(what: str, ttl_minutes: int) -> str:
             f"than {minutes}, the server needed the memory its data held for more recent sessions, it was logged "
             "out, or it belongs to another login (a session opens only with the login that started it). "
             "Upload your data again.")
+
+
+def ended_text(token: str, ttl_minutes: int) -> str | None:
+    """What the login form of an address naming a session (``?s=``) says when the server already
+    knows that no login can resume it, else ``None`` (a copy is kept: it is resumed for its own
+    user). Nothing about whose session it was or its data: a made-up address and one whose session
+    was logged out, idle too long or let go get the same sentence; an address from before a restart
+    says so (a restart ends every session, whoever's)."""
+    sweep()  # a session idle past the limit is let go now, not resumed by the login
+    if store().kept(token):
+        return None
+    if made_before_restart(token):
+        now = _dt.datetime.now(_dt.timezone.utc)
+        when = STARTED.strftime("%H:%M UTC" if STARTED.date() == now.date() else "%Y-%m-%d %H:%M UTC")
+        return (f"The session at this address has ended: the server was restarted since (at {when}), and a restart "
+                "ends every session. Its data are not kept on the server. Log in to start a new session, then "
+                "upload your data again.")
+    minutes = f"{ttl_minutes} minute{'' if ttl_minutes == 1 else 's'}"
+    return (f"The session at this address has ended (it was logged out, idle for more than {minutes}, or the "
+            "server was restarted or needed its memory for more recent sessions). Its data are not kept on the "
+            "server. Log in to start a new session, then upload your data again.")
 
 
 def notice() -> None:

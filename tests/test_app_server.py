@@ -430,6 +430,9 @@ def test_logging_out_forgets_the_session_its_reload_copy_and_its_files(with_libr
     again = AppTest.from_file(APP, default_timeout=300)
     again.query_params["s"] = token
     again.run()
+    # before the login: said to have ended, never "continue where you were" (QA: promised, then not kept)
+    assert "The session at this address has ended" in text(again.warning)
+    assert "continue where you were" not in text(again.info) and "alice" not in text(again.warning)
     again.text_input(key="login_name").set_value("alice")
     again.text_input(key="login_password").set_value("a long enough password")
     again.get("form_submit_button")[0].click()

@@ -685,11 +685,56 @@ def test_the_login_form_asks_password_managers_for_the_saved_password(server_hom
 def test_the_login_form_says_a_session_kept_on_the_server_is_resumed_after_the_login(server_home, fast_hash,
                                                                                     monkeypatch):
     """QA: reloading the page (its ?s= address) showed the login form with no word that the work was
-    kept; a biologist thought it lost. Said whenever the address names a session, whoever's it is
-    (nothing tells a visitor whether another user's session exists)."""
+    kept; a biologist thought it lost. Said whenever the address names a session still kept, whoever's
+    it is (nothing tells a visitor whose it is)."""
+    from scatd_app import session
+
+    kept = session.SessionStore()
+    monkeypatch.setattr(session, "store", lambda: kept)
+    monkeypatch.setenv("SCATD_WORK_DIR", str(server_home / "work"))
+    kept.put("bobs-token", "bob", {session.SESSION_ID: "s-bob"})  # another user's session, still kept
     said = "Log in to continue where you were"
     fresh = _login_form(monkeypatch)
     assert said not in " ".join(e.value for e in fresh.info)
-    reloaded = _login_form(monkeypatch, {"s": "any-token-at-all"})
+    reloaded = _login_form(monkeypatch, {"s": "bobs-token"})
     shown = " ".join(e.value for e in reloaded.info)
     assert said in shown and "kept on the server" in shown and "its own user" in shown
+    assert "bob" not in shown.replace("bobs-token", "") and not reloaded.warning
+
+
+def _before_login(at) -> str:
+    return " ".join(e.value for e in (*at.info, *at.warning))
+
+
+def test_the_login_form_of_an_ended_session_says_it_ended_and_promises_nothing(server_home, fast_hash,
+                                                                                monkeypatch):
+    """QA: opening the address of a session that was logged out (or expired) showed "Log in to continue
+    where you were: a session kept on the server ... is resumed", and after the login "That session was
+    logged out: its data were removed". The form says it ended before the login, with the same sentence
+    for a logout, an expiry and a made-up address (nothing about whose it was, or whether it ever was)."""
+    from scatd_app import session
+
+    kept = session.SessionStore()
+    monkeypatch.setattr(session, "store", lambda: kept)
+    monkeypatch.setenv("SCATD_WORK_DIR", str(server_home / "work"))
+    monkeypatch.setenv("SCATD_SESSION_TTL_MINUTES", "30")
+    logged_out, idle = f"{session.INSTANCE}.{'a' * 32}", f"{session.INSTANCE}.{'b' * 32}"
+    kept.put(logged_out, "alice", {session.SESSION_ID: "s-out"})
+    kept.forget(logged_out, "alice")  # alice logged out of it
+    kept.put(idle, "alice", {session.SESSION_ID: "s-idle"})
+    kept._records[idle].touched -= 31 * 60  # idle past the limit; not yet swept
+    kept._last_sweep = 0.0
+    shown = {}
+    for name, token in (("logged out", logged_out), ("idle", idle), ("made up", "any-token-at-all")):
+        at = _login_form(monkeypatch, {"s": token})
+        assert not at.exception, [e.value for e in at.exception]
+        shown[name] = _before_login(at)
+        assert "continue where you were" not in shown[name] and "resumed" not in shown[name], shown[name]
+        assert "The session at this address has ended" in shown[name] and "not kept" in shown[name]
+        assert "idle for more than 30 minutes" in shown[name] and "upload your data again" in shown[name]
+        assert "alice" not in shown[name]
+        assert [t.label for t in at.text_input] == ["User name", "Password"]  # the login follows
+    assert len(set(shown.values())) == 1, shown
+    assert not kept.kept(idle)  # let go at once: the login cannot resume it after all
+    restarted = _before_login(_login_form(monkeypatch, {"s": f"0badf00d.{'c' * 32}"}))
+    assert "has ended: the server was restarted since" in restarted and "continue where you were" not in restarted
