@@ -1675,3 +1675,28 @@ def test_import_checkpoint_replace_replaces_the_model_of_the_name_and_says_which
     # a new name with --replace: nothing to replace, nothing said about it
     code, out, err = _run(capsys, *common, "--drug", "CISPLATIN", "--name", "other", "--replace")
     assert code == 0 and "Replaced" not in out + err and (lib / "other").is_dir()
+
+
+def test_the_card_of_a_model_with_a_damaged_weights_file_says_first_it_is_broken(capsys, dist_setup, monkeypatch):
+    """QA: `scatd models card NAME` of a model whose weights file was cut short printed the whole
+    card, exit 0, with no word of the damage, while `scatd models` listed it BROKEN and predict
+    refused it. Now the card opens with the same reason and what to do, and exits 1."""
+    tmp, *_ = dist_setup
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(tmp / "lib"))
+    assert _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Gefitinib",
+                "--genes", tmp / "genes.tsv")[0] == 0
+    code, out, err = _run(capsys, "models", "card", "Gefitinib_dist_vae")
+    assert code == 0 and "BROKEN" not in out + err
+    weights = tmp / "lib" / "Gefitinib_dist_vae" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    _, listed, _ = _run(capsys, "models")
+    reason = listed.split("BROKEN: ", 1)[1].strip()
+    assert "weights.safetensors" in reason
+    code, out, err = _run(capsys, "models", "card", "Gefitinib_dist_vae")
+    assert code == 1, (out, err)
+    assert out.startswith(f"BROKEN: {reason}"), out  # said first, with the reason `scatd models` gives
+    assert "scatd models remove Gefitinib_dist_vae --yes" in out and "re-import" in out.lower()
+    assert "Model card:" in out and "Imported from dal.pth" in out  # the card is still shown after it
+    code, out, _ = _run(capsys, "models", "card", "Gefitinib_dist_vae", "--json")
+    said = json.loads(out)
+    assert code == 1 and said["broken"] == reason and said["lines"]

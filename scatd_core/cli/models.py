@@ -82,29 +82,59 @@ def card(args) -> int:
     if not path.exists():
         raise InputError(f"No model {name!r} in {root}.", "List them with `scatd models`.")
     bundle = load_bundle(path)
+    broken = _broken(bundle)  # the card is still worth reading; the model cannot be used as it is
+    code = 1 if broken else 0
     found = bundle.manifest.get("card")
     if not found and bundle.is_imported:  # no training data to compare with: a short card
         from scatd_core.bundle import import_card_lines
 
         lines = import_card_lines(bundle)
         if args.json:
-            print(json.dumps({"imported": True, "lines": lines}, indent=2))
-            return 0
+            print(json.dumps({"imported": True, "lines": lines, **({"broken": broken} if broken else {})}, indent=2))
+            return code
+        _say_broken(broken, bundle, path, root)
         print(f"Model card: {bundle.title} ({path.name}), an imported checkpoint")
         for line in lines:
             print(f"  {line}")
-        return 0
+        return code
     if not found:
         raise InputError(f"{bundle.title} has no model card: only models trained by `scatd train` carry one "
                          "(an imported checkpoint has no training data to compare with).")
     if args.json:
-        print(json.dumps(found, indent=2))
-        return 0
+        print(json.dumps({**found, "broken": broken} if broken else found, indent=2))
+        return code
+    _say_broken(broken, bundle, path, root)
     print(f"Model card: {_named(bundle)} ({path.name})")
     for line in card_lines(found):
         print(f"  {line}")
     print(card_table(found).to_string(index=False))
-    return 0
+    return code
+
+
+def _broken(bundle) -> str | None:
+    """Why the model cannot be used (its weights file damaged, or not the manifest's model), as
+    `scatd models` lists it BROKEN; None when it is intact."""
+    from scatd_core.bundle import check_weights
+    from scatd_core.errors import BundleError, InputError
+
+    try:
+        check_weights(bundle)
+    except (BundleError, InputError) as exc:
+        return exc.message
+    return None
+
+
+def _say_broken(broken: str | None, bundle, path: Path, root: Path) -> None:
+    """First, before the card: the model is broken, why, and what to do."""
+    if not broken:
+        return
+    in_library = path.parent.resolve() == root.resolve()
+    remove = (f"or remove it with `scatd models remove {path.name} --yes`" if in_library else
+              f"or delete the bundle folder {path}")
+    again = ("re-import its checkpoint (`scatd import-checkpoint ... --replace`)" if bundle.is_imported else
+             "re-train it (`scatd train`)")
+    print(f"BROKEN: {broken}\n  This model cannot be used to predict until it is replaced: {again}, {remove}. "
+          "Its card, as it was saved:\n")
 
 
 def _named(bundle) -> str:
