@@ -991,6 +991,7 @@ def test_users_add_without_a_password_is_an_error_not_a_crash(tmp_path, monkeypa
         raise EOFError
 
     monkeypatch.setattr("getpass.getpass", no_input)
+    monkeypatch.setattr("sys.stdin", type("Terminal", (io.StringIO,), {"isatty": lambda self: True})(""))
     assert main(["users", "add", "carol"]) == 2
     assert "No password given" in capsys.readouterr().err
     assert main(["users", "add", "../etc"]) == 2
@@ -999,6 +1000,36 @@ def test_users_add_without_a_password_is_an_error_not_a_crash(tmp_path, monkeypa
     assert main(["users", "add", "carol", "--password-stdin"]) == 2
     assert "No password given" in capsys.readouterr().err
     assert not (tmp_path / "users.toml").exists()
+
+
+def test_users_add_with_a_piped_password_but_no_password_stdin_is_refused_not_echoed(tmp_path, monkeypatch, capsys):
+    """QA: `printf 'pw\\npw\\n' | scatd users add alice --admin` printed Python's raw GetPassWarning
+    ("Can not control echo on the terminal ... fallback_getpass") and "Warning: Password input may
+    be echoed." twice. Standard input that is not a terminal without --password-stdin is refused
+    with exit 2, before any prompt, saying to use --password-stdin."""
+    import io
+    import subprocess
+
+    from scatd_core.cli import main
+
+    monkeypatch.setenv("SCATD_USERS_FILE", str(tmp_path / "users.toml"))
+    monkeypatch.delenv("SCATD_CONFIG", raising=False)
+    asked = []
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": asked.append(prompt) or "pw-long-enough-1")
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\npw\n"))
+    for argv in (["users", "add", "alice", "--admin"], ["users", "add", "alice", "--replace"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "not a terminal" in err and "--password-stdin" in err and "nothing was changed" in err, err
+    assert asked == [] and not (tmp_path / "users.toml").exists()
+    # the real thing: a pipe, no terminal to control (a new session has none)
+    env = {**os.environ, "SCATD_USERS_FILE": str(tmp_path / "users.toml")}
+    done = subprocess.run([sys.executable, "-m", "scatd_core.cli", "users", "add", "alice", "--admin"],
+                          input="pw\npw\n", capture_output=True, text=True, env=env, timeout=60,
+                          start_new_session=True)
+    assert done.returncode == 2, done.stderr
+    assert "GetPassWarning" not in done.stderr and "may be echoed" not in done.stderr, done.stderr
+    assert "--password-stdin" in done.stderr and not (tmp_path / "users.toml").exists()
 
 
 def test_the_example_configuration_lists_every_key_and_reads_cleanly(tmp_path, monkeypatch):

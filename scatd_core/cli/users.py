@@ -68,6 +68,14 @@ def _password(args) -> str:
             raise ScatdError("No password given: standard input was empty; nothing was changed.",
                              "Pipe the password in, e.g. `printf '%s\\n' \"$PW\" | scatd users add NAME --password-stdin`.")
         return password
+    if not sys.stdin.isatty():  # piped or redirected: getpass would warn of echo (twice) and read the pipe anyway
+        from scatd_core.errors import InputError
+
+        raise InputError("Standard input is not a terminal (a pipe or a file): the password is read from it only "
+                         "with --password-stdin; nothing was changed.",
+                         f"Pipe the password in with --password-stdin, e.g. `printf '%s\\n' \"$PW\" | scatd users add "
+                         f"{args.name} --password-stdin` (add --replace for an existing user), or run it at a "
+                         "terminal.")
     try:
         first = getpass.getpass(f"Password for {args.name}: ")
         again = getpass.getpass("Again: ")
