@@ -545,8 +545,13 @@ def _library(conf) -> list[dict]:
                        ": nothing can be predicted. Get the published ones with `scatd models fetch`, import a "
                        "checkpoint with `scatd import-checkpoint`, train one with `scatd train`, or build the demo "
                        "with `scatd demo`")))
-    # one damaged or unreadable model is never a failure of the whole library (the others are used)
-    items += [_item(e.path.name, "warning", e.problem) for e in entries if not e.ok]
+    # one damaged or unreadable model is never a failure of the whole library (the others are used): a FAIL
+    # would keep the unit's server from starting (ExecStartPre) for every user. Nobody can pick a damaged
+    # model (the app does not offer it, predict refuses it), so it is a warning that says what to do.
+    items += [_item(e.path.name, "warning", e.problem if e.unreadable else
+                    f"{e.problem.rstrip('.')}. It is not offered in the app and refused by `scatd predict`: re-import "
+                    f"(`scatd import-checkpoint ... --replace`) or re-train it, or remove it with "
+                    f"`scatd models remove {e.path.name} --yes`") for e in entries if not e.ok]
     items.append(_readability(root, [e for e in entries if e.problem == UNREADABLE_PROBLEM], entries))
     return items
 

@@ -111,7 +111,12 @@ def test_doctor_warns_of_a_damaged_model_without_failing_the_library(tmp_path):
     (library / "broken_model" / MANIFEST).write_text("{ not json")
     items = _library({"library": library})
     assert all(i["status"] != "problem" for i in items), items
-    assert next(i for i in items if i["what"] == "broken_model")["status"] == "warning"
+    damaged = next(i for i in items if i["what"] == "broken_model")
+    assert damaged["status"] == "warning"
+    # QA: the warning said what is wrong but not what to do; it names the way out now
+    assert "scatd models remove broken_model --yes" in damaged["detail"], damaged
+    assert "re-import" in damaged["detail"] and "re-train" in damaged["detail"], damaged
+    assert "not offered" in damaged["detail"], damaged  # why a warning: nobody can pick it
 
 
 def test_doctor_fails_when_the_model_library_is_a_file(tmp_path, monkeypatch):
