@@ -681,7 +681,7 @@ def test_outputs_that_would_overwrite_the_input_or_cannot_be_written_are_refused
 
     monkeypatch.setattr("tempfile.mkstemp", read_only)
     code, _, err = _run(capsys, "predict", "--model", tmp / "bundle", "--input", tmp / "rep" / "annotated.h5ad",
-                        "--output", tmp / "new" / "o.csv")
+                        "--output", tmp / "o.csv")
     assert code == 2 and "cannot be written" in err and "Permission denied" in err
 
 
@@ -995,6 +995,37 @@ def test_an_existing_output_is_refused_before_any_work_unless_overwrite(capsys, 
     code, _, err = _run(capsys, "report", *data, "--out", tmp / "rep", "--no-umap", "--overwrite")
     assert code == 0 and "<html" in (tmp / "rep" / "report.html").read_text().lower(), err
     assert not [p.name for p in tmp.rglob("*.part")]  # no temporary file left behind
+
+
+def test_an_output_in_a_folder_that_does_not_exist_is_refused_not_created(capsys, cells_and_bundle, monkeypatch):
+    """QA: `scatd predict --output /nonexistent_dir/x.csv` created the mistyped folder (at / even)
+    and exited 0. Now every output named by a path (a file, or the folder of report/demo/train
+    --out: created itself, but only in a folder that exists) is refused, exit 2, naming the missing
+    folder, before anything is read; nothing is created."""
+    tmp = cells_and_bundle
+    missing = tmp / "no_such_dir"
+
+    def no_reading(*a, **k):
+        raise AssertionError("read the data before checking the outputs")
+
+    monkeypatch.setattr("scatd_core.io.read", no_reading)
+    data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    gdsc = ["--ic50", tmp / "ic50.csv", "--thresholds", tmp / "thr.txt", "--drug-list", tmp / "drugs.csv"]
+    train = ["train", "--backbone", "dist_vae", "--bulk", tmp / "bulk.csv", "--bulk-labels", tmp / "l.csv",
+             "--drug", "D", "--target", tmp / "cells.h5ad"]
+    cases = [(["predict", *data, "--output", missing / "x.csv"], "--output", missing),
+             (["predict", *data, "--output", tmp / "x.csv", "--h5ad", missing / "x.h5ad"], "--h5ad", missing),
+             (["predict", *data, "--output", tmp / "x.csv", "--json", missing / "s.json"], "--json", missing),
+             (["explain", *data, "--output", missing / "b.csv"], "--output", missing),
+             (["report", *data, "--out", missing / "rep", "--no-umap"], "--out", missing),
+             (["labels-from-ic50", *gdsc, "--out", missing / "labels.csv"], "--out", missing),
+             ([*train, "--report", missing / "r.csv"], "--report", missing),
+             ([*train, "--out", missing / "copy"], "--out", missing)]
+    for argv, option, folder in cases:
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and f"the folder {folder} does not exist: create it first or give another {option}." \
+            in err, (argv, err)
+        assert not missing.exists(), argv
 
 
 def test_a_write_that_stops_half_way_leaves_no_half_written_file(capsys, cells_and_bundle, monkeypatch):

@@ -355,12 +355,20 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.expanduser().resolve() == b.expanduser().resolve()
 
 
-def _check_writable(folder: Path, option: str, path) -> None:
-    """The nearest existing folder of ``folder`` takes a new file (a real try: permissions,
-    read-only and special file systems all show)."""
-    existing = folder.expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
+def _check_writable(folder: Path, option: str, path, *, create: bool = False) -> None:
+    """``folder`` exists and takes a new file (a real try: permissions, read-only and special file
+    systems all show). ``create``: ``folder`` is the output folder itself, which the command may
+    create, but only inside a folder that exists. A missing folder is refused, never created: a
+    typo in a folder's name (``--output /reslts/x.csv``) would otherwise put the results somewhere
+    nobody looks for them."""
+    folder = folder.expanduser()
+    if create and not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.exists():
+        raise ScatdError(f"{option} {path}: the folder {folder} does not exist: create it first or give another "
+                         f"{option}.", "Nothing was run. Check the folder's name for a typo; "
+                                       f"`mkdir -p {folder}` creates it.")
+    existing = folder.absolute()
     if not existing.is_dir():
         raise ScatdError(f"{option} {path}: {existing} is a file, not a folder.", "Give a path inside a folder.")
     try:
@@ -415,7 +423,10 @@ def check_output(path, option: str, *, inputs=(), folder_files: tuple[str, ...] 
         names = ", ".join(t.name for t in there)
         raise ScatdError(f"{path} already holds {names} (from an earlier run); choose another folder or add "
                          "--overwrite.", f"{option} names that folder; nothing was run, so its files are as they were.")
-    _check_writable(out if folder_files is not None else out.parent, option, path)
+    if folder_files is not None:  # the folder itself may be new; the folder it is in must exist
+        _check_writable(out, option, path, create=True)
+    else:
+        _check_writable(out.parent, option, path)
     from scatd_core._output import claim
 
     for target in targets:  # never replaced without --overwrite, not even by a file that appears meanwhile

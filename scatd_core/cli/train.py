@@ -66,7 +66,7 @@ def check_export(out, *, overwrite: bool, inputs=(), library=None) -> Path:
             raise ScatdError(f"{out} already exists.", "Choose another --out, or add --overwrite.")
         _check_writable(out.parent, "--out", out)  # the copy is made beside it, then swapped in
     else:
-        _check_writable(out, "--out", out)
+        _check_writable(out, "--out", out, create=True)  # the folder is made, in a folder that exists
     return out
 
 
