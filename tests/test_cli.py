@@ -1731,3 +1731,25 @@ def test_the_card_of_a_model_with_a_damaged_weights_file_says_first_it_is_broken
     code, out, _ = _run(capsys, "models", "card", "Gefitinib_dist_vae", "--json")
     said = json.loads(out)
     assert code == 1 and said["broken"] == reason and said["lines"]
+
+
+def test_every_library_option_says_the_folder_used_when_the_variable_is_unset():
+    """QA: --library said "(default: $SCATD_MODEL_LIBRARY)", but unset, the library is
+    $SCATD_HOME/models (or config.toml's paths.library): each command's --library says so."""
+    import argparse
+
+    from scatd_core.cli import build_parser
+
+    def parsers(parser, name="scatd"):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from parsers(sub, f"{name} {sub_name}")
+
+    helps = {name: action.help for name, parser in parsers(build_parser()) for action in parser._actions
+             if "--library" in action.option_strings}
+    assert {"scatd predict", "scatd explain", "scatd report", "scatd train", "scatd models"} <= set(helps)
+    for name, text in helps.items():
+        assert "(default: $SCATD_MODEL_LIBRARY, else paths.library in config.toml, else $SCATD_HOME/models)" \
+            in text, (name, text)

@@ -380,6 +380,10 @@ def _check_writable(folder: Path, option: str, path, *, create: bool = False) ->
                          f"({exc.strerror or exc}).", "Give a path in a folder you can write to.") from None
 
 
+#: ``--library``'s default, as :func:`scatd_core.config.settings` resolves it (the variable over the file).
+LIBRARY_DEFAULT = "default: $SCATD_MODEL_LIBRARY, else paths.library in config.toml, else $SCATD_HOME/models"
+LIBRARY_HELP = f"model library folder ({LIBRARY_DEFAULT})"
+
 OVERWRITE_HELP = "replace output files that already exist (without it, an existing file is never replaced)"
 
 

@@ -6,6 +6,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from scatd_core.cli._common import LIBRARY_HELP
 from scatd_core.cli._common import Progress, add_overwrite_argument, check_output, say
 
 #: What ``--panel`` adds to the report folder.
@@ -21,7 +22,7 @@ def add(sub) -> None:
     add_overwrite_argument(p, "replace the files of an earlier demo report in --out (without it, a folder that "
                               "already holds any of them is refused before anything is run)")
     p.add_argument("--rebuild", action="store_true", help="simulate and train the demo again from scratch")
-    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--library", help=LIBRARY_HELP)
     p.add_argument("--panel", action="store_true",
                    help="also score the demo's 3-drug panel (DEMOTINIB, DEMOPLATIN, DEMOLIMUS; the two extra models "
                         "are trained on first use) and write panel.csv, panel_summary.csv and panel_report.html")

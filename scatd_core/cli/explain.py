@@ -6,6 +6,7 @@ from pathlib import Path
 
 from scatd_core._explain_settings import MAX_STEPS, MIN_STEPS
 from scatd_core._words import counted
+from scatd_core.cli._common import LIBRARY_DEFAULT
 from scatd_core.cli._common import add_pipeline_arguments, finish_run, BASELINES, LEVELS, TARGETS, Progress, add_data_arguments, add_label_arguments, \
     add_overwrite_argument, apply_label_direction, at_least_two, cell_mask, check_columns, check_outputs, \
     positive_int, prepare_embeddings, \
@@ -26,7 +27,7 @@ def add(sub) -> None:
                                    "features.")
     add_data_arguments(p)
     p.add_argument("--library",
-                   help="model library folder that --model names a model of (default: $SCATD_MODEL_LIBRARY)")
+                   help=f"model library folder that --model names a model of ({LIBRARY_DEFAULT})")
     p.add_argument("--output", required=True,
                    help="the ranking CSV to write (e.g. biomarkers.csv); beside it, NAME_metrics.csv (e.g. "
                         "biomarkers_metrics.csv) records the run as metrics.csv does: how many cells were explained, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from scatd_core.cli._common import LIBRARY_HELP
 from scatd_core.cli._common import BACKBONES, BETA_MODES, probability, say
 from scatd_core.errors import ScatdError
 
@@ -33,7 +34,7 @@ def add(sub) -> None:
                                    "other than ASCII letters, digits, '-', '_' and '.' become '_' in the folder's "
                                    "name, with a short hash of the name added ('DOCETAXEL GSE140440' -> "
                                    "DOCETAXEL_GSE140440-419881e4); the import prints the folder, which --model takes")
-    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--library", help=LIBRARY_HELP)
     p.add_argument("--replace", action="store_true",
                    help="replace the model already in the folder (--name's, DRUG_BACKBONE, or --out's bundle; also "
                         "a library folder whose name differs only by case, replaced in that folder), for every user "

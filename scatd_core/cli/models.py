@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scatd_core.cli._common import LIBRARY_HELP
 from scatd_core.cli._common import Progress, say
 
 
@@ -24,7 +25,7 @@ def add(sub) -> None:
     p.add_argument("names", nargs="*", help="card: the model's folder in the library (or a bundle path); "
                                             "fetch: the file names to install (default: list them); "
                                             "remove: the model's folder in the library")
-    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--library", help=LIBRARY_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.add_argument("--yes", action="store_true", help="remove: confirm the removal")
     p.set_defaults(run=run)

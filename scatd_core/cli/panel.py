@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from scatd_core.cli._common import LIBRARY_HELP
 from scatd_core.cli._common import say
 
 
@@ -15,7 +16,7 @@ def add(sub) -> None:
     s.add_argument("name")
     s.add_argument("--model", action="append", required=True, help="a model of the library (repeat it)")
     s.add_argument("--replace", action="store_true", help="replace your panel of the same name")
-    s.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    s.add_argument("--library", help=LIBRARY_HELP)
     r = acts.add_parser("remove", help="remove one of your panels")
     r.add_argument("name")
     acts.add_parser("list", help="list your panels")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scatd_core._words import counted, percent
+from scatd_core.cli._common import LIBRARY_HELP
 from scatd_core.cli._common import (BETA_MODES, Progress, add_data_arguments, add_label_arguments,
                                     add_overwrite_argument, add_spelled_both_ways, apply_label_direction, cell_mask,
                                     check_columns,
@@ -25,7 +26,7 @@ def add(sub) -> None:
                                    "that cannot score the data is reported and skipped.")
     add_data_arguments(p, several=True)
     p.add_argument("--panel", help="a panel you saved (`scatd panel save`), instead of --model")
-    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--library", help=LIBRARY_HELP)
     add_spelled_both_ways(p, "--output", "--out", required=True,
                           help="output CSV (one row per input cell, in input order)")
     p.add_argument("--h5ad", help="also write the annotated AnnData here")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scatd_core.cli._common import LIBRARY_DEFAULT
 from scatd_core.cli._common import add_pipeline_arguments, finish_run, Progress, add_data_arguments, add_label_arguments, add_overwrite_argument, \
     add_spelled_both_ways, apply_label_direction, cell_mask, check_columns, check_output, prepare_embeddings, \
     read_input, resolve_bundle, say
@@ -22,7 +23,7 @@ def add(sub) -> None:
                                    "report.html into --out (the app's downloads).")
     add_data_arguments(p)
     p.add_argument("--library",
-                   help="model library folder that --model names a model of (default: $SCATD_MODEL_LIBRARY)")
+                   help=f"model library folder that --model names a model of ({LIBRARY_DEFAULT})")
     add_spelled_both_ways(p, "--out", "--output", required=True, help="report folder")
     add_overwrite_argument(p, "replace the files of an earlier report in --out, and an existing --json file (without it, a "
                               "folder that already holds any of them is refused before anything is run)")

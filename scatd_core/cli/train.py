@@ -17,6 +17,7 @@ from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_argum
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
 from scatd_core.cli.labels import say_ic50_provenance
+from scatd_core.cli._common import LIBRARY_HELP
 from scatd_core.cli._common import (BACKBONES, DEVICE_HELP, DEVICES, Progress, _check_writable, check_outputs, positive_int,
                                     resolve_bundle, say)
 from scatd_core.errors import ScatdError
@@ -145,7 +146,7 @@ def add(sub) -> None:
                                    "import-checkpoint's: other characters than ASCII letters, digits, '-', '_' and '.' "
                                    "become '_', with a short hash of the name added), which is what --model takes "
                                    "(default folder: DRUG_BACKBONE_trained)")
-    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--library", help=LIBRARY_HELP)
     p.add_argument("--replace", action="store_true",
                    help="replace the model of the library that has --name's folder (or a folder whose name differs "
                         "from it only by case), in that folder, for every user of the library, as the app's 'Replace "

@@ -9,6 +9,7 @@ from scatd_core._train_settings import MIN_LINES_PER_CLASS, TrainSettings
 from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_arguments, add_target_obs_argument,
                                         few_shot_of_column, note_unused, read_target, recipe_settings,
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
+from scatd_core.cli._common import LIBRARY_HELP
 from scatd_core.cli._common import BACKBONES, DEVICE_HELP, DEVICES, Progress, add_overwrite_argument, check_output, \
     drug_and_column, fmt, positive_int, say
 from scatd_core.cli.labels import say_ic50_provenance
@@ -70,7 +71,7 @@ def add(sub) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--threads", type=positive_int,
                    help="torch CPU threads while training (default 1, as for scatd train)")
-    p.add_argument("--library", help="model library folder (default: $SCATD_MODEL_LIBRARY)")
+    p.add_argument("--library", help=LIBRARY_HELP)
     p.set_defaults(run=run, interrupted=lambda args: "the drugs' models finished before it are in the model library; "
                                                      "run the same command again to resume (they are kept).")
 
