@@ -129,6 +129,17 @@ def _true_false_columns(adata: ad.AnnData, n: int = 5) -> str:
     return ", ".join(found[:n]) + (", ..." if len(found) > n else "")
 
 
+def _no_true_false_words(adata: ad.AnnData, n: int = 5) -> str:
+    """"it has no True/False column", said accurately: scATD Studio's own True/False columns (the
+    reader's ``scatd_all_zero``, an earlier run's ``scatd_scored`` in an annotated.h5ad ...) are not
+    offered as masks (:func:`_true_false_columns`), but they are there, so they are named as such."""
+    own = [str(c) for c in adata.obs.columns if str(c).startswith("scatd_") and _is_true_false(adata.obs[c])]
+    if not own:
+        return "it has no True/False column."
+    return (f"it has no True/False column of its own (only scATD Studio's: {', '.join(own[:n])}"
+            + (", ...)." if len(own) > n else ")."))
+
+
 def _mask_of(adata: ad.AnnData, mask, *, subject: str = "The data",
              missing_hint: str | None = None,
              nothing_left: str = "Every cell is removed by the QC filter, so there is nothing to predict.",
@@ -147,7 +158,7 @@ def _mask_of(adata: ad.AnnData, mask, *, subject: str = "The data",
                 missing_hint = ("Apply the QC filter first (scatd_core.preprocess.apply_qc_filter)."
                                 if mask == _keys.QC_PASS else "Name a True/False column: True for the cells to keep.")
             raise InputError(f"{subject} has no obs column '{mask}' to use as the mask (the cells to keep); "
-                             + (f"its True/False columns: {some}." if some else "it has no True/False column."),
+                             + (f"its True/False columns: {some}." if some else _no_true_false_words(adata)),
                              missing_hint)
         values = adata.obs[mask]
         if not _is_true_false(values):

@@ -247,3 +247,28 @@ def test_a_missing_mask_column_offers_the_users_columns_not_the_readers_flags(tm
     adata.obs["scatd_qc_pass"] = True
     with pytest.raises(InputError, match=r"its True/False columns: (keep, scatd_qc_pass|scatd_qc_pass, keep)\."):
         cell_mask(adata, argparse.Namespace(mask="nosuch"))
+
+
+def test_a_missing_mask_column_on_annotated_data_does_not_say_it_has_no_true_false_column(tmp_path):
+    """QA: `scatd predict --mask COL` on an annotated.h5ad said "it has no True/False column ... (its
+    columns: sample, cluster, response)", though obs holds the boolean scatd_scored, scatd_all_zero and
+    scatd_explained (bool in the file and as read: they were left out as scATD Studio's own, not
+    missed). Now the message names them as scATD Studio's, and the hint's list says it leaves them out."""
+    import argparse
+
+    from scatd_core.cli._common import cell_mask
+
+    n = 4
+    obs = pd.DataFrame({"sample": list("aabb"), "cluster": list("xyxy"), "response": ["R", "S", "R", "S"],
+                        "scatd_scored": [True, True, True, False], "scatd_all_zero": [False] * n,
+                        "scatd_explained": [True, False, True, False]}, index=[f"c{i}" for i in range(n)])
+    ad.AnnData(np.ones((n, 3), dtype=np.float32), obs=obs,
+               var=pd.DataFrame(index=["A", "B", "C"])).write_h5ad(tmp_path / "annotated.h5ad")
+    adata = io.read(tmp_path / "annotated.h5ad")
+    assert all(adata.obs[c].dtype == bool for c in ("scatd_scored", "scatd_all_zero", "scatd_explained"))
+    with pytest.raises(InputError) as err:
+        cell_mask(adata, argparse.Namespace(mask="keep"))
+    assert "it has no True/False column of its own (only scATD Studio's: scatd_scored, scatd_all_zero, " \
+           "scatd_explained)." in err.value.message, err.value.message
+    assert "it has no True/False column." not in err.value.message
+    assert "(its columns, scATD Studio's scatd_* aside: sample, cluster, response)" in err.value.hint, err.value.hint

@@ -572,8 +572,10 @@ def cell_mask(adata, args):
     from scatd_core.predict import _mask_of
 
     columns = columns_text(adata.obs.columns, also=[QC_PASS])  # the app's QC filter is a mask; the rest is its own
+    aside = any(str(c).startswith("scatd_") and str(c) != QC_PASS for c in adata.obs.columns)
+    its = "its columns, scATD Studio's scatd_* aside" if aside else "its columns"  # not "no column" when there are
     mask = _mask_of(adata, args.mask, subject="The input",
-                    missing_hint=f"Name a True/False column of its cell annotations (its columns: {columns}), "
+                    missing_hint=f"Name a True/False column of its cell annotations ({its}: {columns}), "
                                  "or leave out --mask.",
                     nothing_left=f"obs['{args.mask}'] is False for every cell, so --mask leaves nothing to score.",
                     nothing_left_hint="Name another column, or leave out --mask.")
