@@ -843,6 +843,7 @@ def test_explain_output_records_how_many_cells_were_explained_beside_the_ranking
 
     tmp = cells_and_bundle
     base = ["explain", "--model", tmp / "bundle", "--input", tmp / "cells.h5ad", "--steps", "4"]
+    (tmp / "out").mkdir()  # an output's folder must exist
     code, _, err = _run(capsys, *base, "--output", tmp / "out" / "biomarkers.csv", "--max-cells", "10",
                         "--expected-fraction", "0.4")
     assert code == 0, err
@@ -1044,6 +1045,7 @@ def test_a_write_that_stops_half_way_leaves_no_half_written_file(capsys, cells_a
 
     monkeypatch.setattr(Path, "write_bytes", half_then_full)
     data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    (tmp / "out").mkdir()
     code, _, err = _run(capsys, "predict", *data, "--output", tmp / "out" / "p.csv")
     assert code == 2 and f"Cannot write {tmp / 'out' / 'p.csv'}: No space left on device." in err, err
     assert list((tmp / "out").iterdir()) == []
@@ -1220,6 +1222,7 @@ def test_json_never_replaces_an_input_another_output_or_an_existing_file(capsys,
     (tmp / "old.csv").write_text("an earlier run's predictions\n")
     kept = {p: p.read_bytes() for p in (tmp / "cells.h5ad", tmp / "obs.csv", tmp / "old.csv",
                                         tmp / "bundle" / "manifest.json")}
+    (tmp / "rep").mkdir()  # --json's folder must exist (a report's --out folder the run would make is none yet)
     names = sorted(p.name for p in tmp.iterdir())
     for argv, said in (
             (["predict", *data, "--output", tmp / "p1.csv", "--json", tmp / "cells.h5ad", "--overwrite"],
@@ -1412,6 +1415,7 @@ def test_a_full_disk_while_writing_the_h5ad_is_one_line_and_exit_2_not_a_crash(c
     left. A file size limit stands in for the full disk (same failed write, no mount needed)."""
     tmp = cells_and_bundle
     data = ["--model", tmp / "bundle", "--input", tmp / "cells.h5ad"]
+    (tmp / "o").mkdir()
     for argv, named in ((["predict", *data, "--output", tmp / "p.csv", "--h5ad", tmp / "o" / "p.h5ad"],
                          tmp / "o" / "p.h5ad"),
                         (["report", *data, "--no-umap", "--out", tmp / "rep"], tmp / "rep" / "annotated.h5ad")):

@@ -1198,6 +1198,7 @@ def test_train_out_overwrite_replaces_an_earlier_export(tmp_path, capsys):
 
     args = _cli_train_args(tmp_path / "in") + ["--library", str(tmp_path / "lib")]
     out = tmp_path / "exports" / "gef"
+    (tmp_path / "exports").mkdir()  # --out's folder is made, in a folder that exists
     assert main(args + ["--out", str(out)]) == 0
     first = json.loads((out / "manifest.json").read_text())
     assert main(args + ["--out", str(out), "--overwrite", "--seed", "1"]) == 0
@@ -1263,7 +1264,7 @@ def test_train_report_outputs_that_would_overwrite_an_input_or_cannot_be_written
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("tempfile.mkstemp", read_only)
-    assert main(args + ["--report", str(tmp_path / "new" / "r.json")]) == 2
+    assert main(args + ["--report", str(tmp_path / "r_new.json")]) == 2
     err = capsys.readouterr().err
     assert "cannot be written" in err and "Permission denied" in err and "unexpected" not in err
 

@@ -181,13 +181,13 @@ def run(args) -> int:
     inputs = [args.bulk, args.bulk_labels, args.target, args.few_shot_labels, args.obs,
               backbone_bundle.path if backbone_bundle else None]
     outputs = {"--report": args.report, "--target-predictions": args.target_predictions}
+    for option, path in outputs.items():  # first: said as such, not as a folder that does not exist yet
+        if args.out and path and _within(Path(path), Path(args.out)):
+            raise ScatdError(f"{option} {path} is inside --out {args.out}, the folder the bundle copy goes to.",
+                             f"Write {option} outside the bundle folder.")
     check_outputs(args, outputs, inputs=inputs)  # before training: never an input, always writable
     if args.out:
         check_export(args.out, overwrite=args.overwrite, inputs=inputs, library=args.library)
-        for option, path in outputs.items():
-            if path and _within(Path(path), Path(args.out)):
-                raise ScatdError(f"{option} {path} is inside --out {args.out}, the folder the bundle copy goes to.",
-                                 f"Write {option} outside the bundle folder.")
 
     settings = recipe_settings(args)
     said = note_unused(args, settings, backbone_given=backbone_bundle is not None,
