@@ -182,11 +182,18 @@ def _could_write(user: str, path: Path) -> str | None:
 def _write_as(account, groups: set[int], folder: Path) -> str | None:
     """Make a file in ``folder`` and remove it as ``account`` (a :mod:`pwd` entry), in a shell run
     as that account (root only): ``None`` when it could, else why not (e.g. "Permission denied")."""
+    # set -C: never over an existing file
+    return _shell_as(account, groups, 'set -C; f="$1/.scatd-doctor-$$"; : > "$f" && rm -f "$f"', folder)
+
+
+def _shell_as(account, groups: set[int], script: str, path: Path) -> str | None:
+    """Run the shell ``script`` with ``path`` as ``$1`` as ``account`` (a :mod:`pwd` entry) and its
+    ``groups`` (root only): ``None`` when it succeeded, else why not (the last error's reason, e.g.
+    "Permission denied", "Read-only file system")."""
     import subprocess
 
-    script = 'set -C; f="$1/.scatd-doctor-$$"; : > "$f" && rm -f "$f"'  # set -C: never over an existing file
     try:
-        done = subprocess.run(["/bin/sh", "-c", script, "sh", str(folder)], user=account.pw_uid,
+        done = subprocess.run(["/bin/sh", "-c", script, "sh", str(path)], user=account.pw_uid,
                               group=account.pw_gid, extra_groups=sorted(groups), cwd="/", capture_output=True,
                               text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
     except (OSError, subprocess.SubprocessError) as exc:
@@ -245,18 +252,7 @@ def _could_read(user: str, path: Path) -> str | None:
 def _read_as(account, groups: set[int], path: Path) -> str | None:
     """Open the file ``path`` and read one byte of it as ``account`` (a :mod:`pwd` entry), in a shell
     run as that account (root only): ``None`` when it could, else why not (e.g. "Permission denied")."""
-    import subprocess
-
-    try:
-        done = subprocess.run(["/bin/sh", "-c", 'head -c 1 -- "$1" > /dev/null', "sh", str(path)],
-                              user=account.pw_uid, group=account.pw_gid, extra_groups=sorted(groups), cwd="/",
-                              capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"it could not be tried: {getattr(exc, 'strerror', None) or exc}"
-    if done.returncode == 0:
-        return None
-    said = done.stderr.strip().splitlines()
-    return said[-1].rsplit(": ", 1)[-1] if said else f"exit status {done.returncode}"
+    return _shell_as(account, groups, 'head -c 1 -- "$1" > /dev/null', path)
 
 
 def _readable_by_service(conf, what: str, path: Path | None, fix: str) -> list[dict]:
