@@ -483,6 +483,11 @@ def test_models_card_prints_the_baselines_and_refuses_a_model_without_one(capsys
     code, out, err = _run(capsys, "models", "card", "imported")  # an imported checkpoint's short card
     assert code == 0 and "an imported checkpoint" in out and "Imported from dal.pth (sha256 " in out
     assert "Default threshold 0.05: the original scATD inference's default" in out and "latent mean" in out
+    # a name given at the import heads its card, as in the library list (it said the drug and backbone only)
+    _run(capsys, "import-checkpoint", tmp / "dal.pth", "--backbone", "dist_vae", "--drug", "Gefitinib",
+         "--genes", tmp / "genes.tsv", "--name", "Lab gefitinib", "--out", lib / "named_import")
+    code, out, _ = _run(capsys, "models", "card", "named_import")
+    assert code == 0 and out.startswith("Model card: Lab gefitinib (named_import), an imported checkpoint"), out
     # a model with neither (a bundle written by other code) still says it has none
     import shutil
 

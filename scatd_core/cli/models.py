@@ -94,7 +94,7 @@ def card(args) -> int:
             print(json.dumps({"imported": True, "lines": lines, **({"broken": broken} if broken else {})}, indent=2))
             return code
         _say_broken(broken, bundle, path, root)
-        print(f"Model card: {bundle.title} ({path.name}), an imported checkpoint")
+        print(f"Model card: {_named(bundle)} ({path.name}), an imported checkpoint")
         for line in lines:
             print(f"  {line}")
         return code
