@@ -22,8 +22,6 @@ import json
 import os
 import platform
 import tempfile
-import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -34,6 +32,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from scatd_core import __version__, _keys, pl
+from scatd_core._cache import StampedLRU
 from scatd_core._keys import result_keys
 from scatd_core._output import REPORT_FILES, replacing, staged_folder, write_file, writing
 from scatd_core._words import counted, percent
@@ -1454,11 +1453,9 @@ def _manifest_of(folder: str | Path) -> dict:
         return {}
 
 
-#: The bulk CV figures of the panel models' manifests read last (:func:`_bulk_figures`): ``{manifest path:
-#: (its identity when read, the figures)}``, least recently used first, at most :data:`_MANIFEST_FIGURES_MAX`.
-_MANIFEST_FIGURES: OrderedDict[str, tuple[tuple[int, int, int], dict]] = OrderedDict()
-_MANIFEST_FIGURES_MAX = 256
-_MANIFEST_FIGURES_LOCK = threading.Lock()
+#: The bulk CV figures of the panel models' manifests read last (:func:`_bulk_figures`), by manifest path
+#: with its identity when read, least recently used first, at most 256.
+_MANIFEST_FIGURES = StampedLRU(256)
 
 
 def _bulk_figures(folder: str | Path) -> dict:
@@ -1475,21 +1472,14 @@ def _bulk_figures(folder: str | Path) -> dict:
         st = os.stat(path)
     except OSError:
         return bulk_cv_figures(_manifest_of(folder))
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-    with _MANIFEST_FIGURES_LOCK:
-        kept = _MANIFEST_FIGURES.get(path)
-        if kept is not None and kept[0] == stamp:
-            _MANIFEST_FIGURES.move_to_end(path)
-            return dict(kept[1])
-    manifest = _manifest_of(folder)  # read after the stat: never older than the identity it is kept under
-    figures = bulk_cv_figures(manifest)
-    if manifest:
-        with _MANIFEST_FIGURES_LOCK:
-            _MANIFEST_FIGURES[path] = (stamp, dict(figures))
-            _MANIFEST_FIGURES.move_to_end(path)
-            while len(_MANIFEST_FIGURES) > _MANIFEST_FIGURES_MAX:
-                _MANIFEST_FIGURES.popitem(last=False)
-    return figures
+
+    def read() -> tuple[bool, dict]:
+        manifest = _manifest_of(folder)  # read after the stat: never older than the identity it is kept under
+        return bool(manifest), bulk_cv_figures(manifest)
+
+    _, figures = _MANIFEST_FIGURES.get(path, (st.st_ino, st.st_size, st.st_mtime_ns), read,
+                                       keep=lambda made: made[0])  # an unreadable file: never kept
+    return dict(figures)
 
 
 def panel_drug_metrics(adata: ad.AnnData, *, app: bool = False) -> pd.DataFrame:

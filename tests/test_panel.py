@@ -1423,10 +1423,12 @@ def test_cli_panel_writes_the_per_drug_metrics_and_says_each_refusal_once(lib_en
 
 def _manifest_reads(monkeypatch):
     """Counts the manifests panel_drug_metrics reads from disk, by folder (none kept before: a fresh cache)."""
-    from collections import Counter, OrderedDict
+    from collections import Counter
+
+    from scatd_core._cache import StampedLRU
 
     reads, real = Counter(), export._manifest_of
-    monkeypatch.setattr(export, "_MANIFEST_FIGURES", OrderedDict(), raising=False)
+    monkeypatch.setattr(export, "_MANIFEST_FIGURES", StampedLRU(256), raising=False)
 
     def counted_read(folder):
         reads[str(folder)] += 1
@@ -1497,7 +1499,7 @@ def test_the_kept_per_drug_manifest_figures_are_per_folder_and_bounded(library, 
         figures[who] = export.panel_drug_metrics(data).set_index("drug").loc["DRUGA", "bulk_cv_auroc"]
     assert figures == {"alice": pytest.approx(0.61), "bob": pytest.approx(0.62)}
     reads = _manifest_reads(monkeypatch)  # a fresh cache, of one entry at most
-    monkeypatch.setattr(export, "_MANIFEST_FIGURES_MAX", 1)
+    monkeypatch.setattr(export._MANIFEST_FIGURES, "size", 1)
     for bundle in (one, other, one):
         data = make_dataset(60, seed=7)
         panel.predict_panel(data, [bundle])

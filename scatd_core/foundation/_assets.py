@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scatd_core._cache import StampedLRU
 from scatd_core.errors import CheckpointError
 
 #: A Git LFS pointer is a small text file that starts with this line (a clone without ``git lfs``).
@@ -217,38 +216,10 @@ def access_state(path: Path) -> tuple:
     return (str(path), st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns)
 
 
-class ProbeCache:
+class ProbeCache(StampedLRU):
     """The probes made last, per place looked at (``where``: the folder, the settings), each with the
     state of the files it read (``state``): a probe is made again when that state changed, and
-    replaces the old one. At most ``size`` places are kept, the least recently used dropped first, so
-    a long-running server does not keep one probe per change of the files or per folder ever seen."""
-
-    def __init__(self, size: int = 16):
-        self.size = size
-        self._kept: OrderedDict[tuple, tuple[tuple, Probe]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, where: tuple, state: tuple, make) -> Probe:
-        """The probe kept for ``where`` if the files are still in ``state``, else ``make()``'s (kept)."""
-        with self._lock:
-            kept = self._kept.get(where)
-            if kept is not None and kept[0] == state:
-                self._kept.move_to_end(where)
-                return kept[1]
-        made = make()
-        with self._lock:
-            self._kept[where] = (state, made)
-            self._kept.move_to_end(where)
-            while len(self._kept) > self.size:
-                self._kept.popitem(last=False)
-        return made
-
-    def clear(self) -> None:
-        with self._lock:
-            self._kept.clear()
-
-    def __len__(self) -> int:
-        return len(self._kept)
+    replaces the old one; at most ``size`` places kept (:class:`scatd_core._cache.StampedLRU`)."""
 
 
 def torch_load_tensors(path: Path, what: str, safetensors_hint: str | None = None):
