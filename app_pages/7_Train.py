@@ -512,6 +512,9 @@ with st.expander("Or train a panel: one model per drug, with these settings (res
                                     key="train_panel_below_chance",
                                     help="By default they are trained and installed, but left out of the saved panel.")
     if st.button("Train the panel", key="btn_train_panel", disabled=not panel_drugs):
+        if unwritable := ui.library_unwritable():  # before any training: a model not saved is lost
+            st.error(ui.md(unwritable), icon=":material/block:")
+            ui.stop()
         from scatd_core.demo.simulate import is_simulated
         from scatd_core.labels import few_shot_from_column
         from scatd_core.panel import MIN_MODELS, check_panel_free, save_panel
@@ -581,6 +584,9 @@ b_stop.button("Stop", key="btn_train_stop", on_click=ui.detached(lambda: ss.__se
               help="Stops the run after the current epoch; nothing is saved.")
 
 if start:
+    if unwritable := ui.library_unwritable():  # before any training: a model not saved is lost
+        st.error(ui.md(unwritable), icon=":material/block:")
+        ui.stop()
     from scatd_core.demo.simulate import is_simulated
     from scatd_core.train import train_drug_model
 

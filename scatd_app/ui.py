@@ -571,6 +571,25 @@ def without_server_paths(text: str, *folders) -> str:
     return text
 
 
+def library_unwritable() -> str | None:
+    """Why a model trained now could not be saved in the server's model library (checked before
+    training: a model trained for minutes and then not saved is lost), or ``None``. Only an
+    administrator (or the one user of an app without a login) sees the server's paths."""
+    from scatd_core.bundle import library_write_problem
+    from scatd_core.config import model_library_dir
+
+    from scatd_app import auth
+
+    if not (problem := library_write_problem()):
+        return None
+    user = auth.current_user()
+    if user is None or not user.admin:
+        problem = without_server_paths(problem, model_library_dir(), model_library_dir().parent)
+    return (f"This server's model library cannot be written by the app ({problem}), so a trained model could not be "
+            "saved: nothing was trained. Ask the administrator to give the app's account write access to it "
+            "(scatd doctor on the server says what to fix).")
+
+
 def show_probe(entry: dict) -> None:
     """One backbone's probe (:func:`scatd_core.foundation.probe_all`): installed or not, version,
     embedding size, and every problem with what to do. Only an administrator (or the one user of

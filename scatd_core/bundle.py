@@ -812,6 +812,27 @@ def library_lock(root: str | Path):
     return folder_lock(root, LOCK_FILE)
 
 
+def library_write_problem(library: str | Path | None = None) -> str | None:
+    """Why a new model cannot be installed in the model library (``library``, default the configured
+    one), or ``None``: a real try at creating a file there (permissions, read-only and special file
+    systems all show), at the nearest folder that exists when the library folder is not made yet.
+    Checked before training, which takes minutes to hours: it once failed only when saving."""
+    import tempfile
+
+    folder = (Path(library).expanduser() if library else model_library_dir()).absolute()
+    while not folder.exists() and not folder.is_symlink() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".scatd-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"nothing can be created in {folder} ({exc.strerror or exc})"
+    return None
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         with open(path, "rb") as fh:

@@ -1269,6 +1269,44 @@ def test_train_report_outputs_that_would_overwrite_an_input_or_cannot_be_written
     assert "cannot be written" in err and "Permission denied" in err and "unexpected" not in err
 
 
+def test_train_and_train_panel_refuse_a_model_library_they_cannot_write_before_training(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """QA: `scatd train` with a model library it cannot write trained for minutes, then failed to
+    save the model (lost). Now both training commands refuse before training, naming the library;
+    a library folder not made yet is checked where it will be made."""
+    import tempfile
+    from pathlib import Path
+
+    from scatd_core.cli import main
+
+    _no_training(monkeypatch)
+    monkeypatch.setattr("scatd_core.train.train_panel", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("trained before checking the library")))
+    args = _cli_train_args(tmp_path / "in")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    panel = ["train-panel", "--bulk", args[2], "--bulk-labels", args[4], "--drugs", "DRUGA", "--target", args[8]]
+    for library in (locked, locked / "not" / "made"):  # the library itself, or the folder it will be made in
+        for command in (args, panel):
+            code = main(command + ["--library", str(library)])
+            err = capsys.readouterr().err
+            assert code == 2 and f"The model library {library} cannot be written" in err, err
+            assert "Permission denied" in err and "nothing was trained" in err and "unexpected" not in err
+    assert not (locked / "not").exists()
+    monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(locked))  # the configured library: said where it is set
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "SCATD_MODEL_LIBRARY" in err and "cannot be written" in err, err
+
+
 def test_train_panel_summary_that_would_overwrite_an_input_is_refused_first(tmp_path, capsys, monkeypatch):
     from scatd_core.cli import main
 

@@ -1259,3 +1259,43 @@ def test_a_label_table_of_one_drug_is_counted_in_the_singular():
     assert not at.exception, at.exception
     caption = next(c.value for c in at.caption if "Labels: **one.csv**" in c.value)
     assert "1 cell line × 1 drug" in caption and "drugs" not in caption and "lines ×" not in caption
+
+
+def test_a_model_library_the_app_cannot_write_is_said_before_any_training(monkeypatch):
+    """QA: with a model library the server's account cannot write, a training ran for minutes and
+    failed when saving (the model lost). Both Train buttons now say so before training; the
+    server's paths are said to an administrator (the one user of an app without a login) only."""
+    import tempfile
+
+    from scatd_app import auth
+    from scatd_core.config import model_library_dir
+
+    library = model_library_dir()
+    library.mkdir(parents=True, exist_ok=True)
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):
+        if dir is not None and Path(dir) == library:
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    def no_training(*a, **k):
+        raise AssertionError("trained with a library that cannot take the model")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr("scatd_core.train.train_drug_model", no_training)
+    monkeypatch.setattr("scatd_core.train.train_panel", no_training)
+    at = _page_with_training_data()
+    at.run()
+    at.radio(key="train_resistant_response").set_value("0")
+    at.button(key="btn_train_start").click().run()
+    assert not at.exception, at.exception
+    said = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "model library cannot be written by the app" in said and "nothing was trained" in said, said
+    assert str(library) in said and "Permission denied" in said  # an administrator sees where
+    at.multiselect(key="train_panel_drugs").set_value(["DRUGA"]).run()
+    monkeypatch.setattr(auth, "current_user", lambda: auth.User("someone", admin=False))  # a lab server's user
+    at.button(key="btn_train_panel").click().run()
+    assert not at.exception, at.exception
+    said = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "model library cannot be written by the app" in said and str(library.parent) not in said, said

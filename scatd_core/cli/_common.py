@@ -355,6 +355,22 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.expanduser().resolve() == b.expanduser().resolve()
 
 
+def check_library_writable(library) -> None:
+    """The model library (``--library``, else the configured one) takes a new model, checked before
+    training (:func:`scatd_core.bundle.library_write_problem`): a trained model that cannot be saved
+    is lost."""
+    from scatd_core.bundle import library_write_problem
+    from scatd_core.config import model_library_dir
+
+    if problem := library_write_problem(library):
+        root = Path(library).expanduser() if library else model_library_dir()
+        source = "--library" if library else "the model library (paths.library in config.toml, or SCATD_MODEL_LIBRARY)"
+        raise ScatdError(f"The model library {root} cannot be written by this account: {problem}. The model would "
+                         "be trained and then could not be saved, so nothing was trained.",
+                         f"Give --library a folder you can write, or ask the administrator for write access to "
+                         f"{source}.")
+
+
 def _check_writable(folder: Path, option: str, path, *, create: bool = False) -> None:
     """``folder`` exists and takes a new file (a real try: permissions, read-only and special file
     systems all show). ``create``: ``folder`` is the output folder itself, which the command may

@@ -18,8 +18,8 @@ from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_argum
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
 from scatd_core.cli.labels import say_ic50_provenance
 from scatd_core.cli._common import LIBRARY_HELP
-from scatd_core.cli._common import (BACKBONES, DEVICE_HELP, DEVICES, Progress, _check_writable, check_outputs, positive_int,
-                                    resolve_bundle, say)
+from scatd_core.cli._common import (BACKBONES, DEVICE_HELP, DEVICES, Progress, _check_writable, check_library_writable,
+                                    check_outputs, positive_int, resolve_bundle, say)
 from scatd_core.errors import ScatdError
 
 #: The recipe's defaults, for the help (the training takes them from the same place).
@@ -188,6 +188,7 @@ def run(args) -> int:
     check_outputs(args, outputs, inputs=inputs)  # before training: never an input, always writable
     if args.out:
         check_export(args.out, overwrite=args.overwrite, inputs=inputs, library=args.library)
+    check_library_writable(args.library)  # where the model is installed, before minutes of training
 
     settings = recipe_settings(args)
     said = note_unused(args, settings, backbone_given=backbone_bundle is not None,

@@ -11,7 +11,7 @@ from scatd_core.cli._train_args import (add_few_shot_arguments, add_recipe_argum
                                         refuse_lone_few_shot_value, refuse_lone_resistant_value)
 from scatd_core.cli._common import LIBRARY_HELP
 from scatd_core.cli._common import BACKBONES, DEVICE_HELP, DEVICES, Progress, add_overwrite_argument, check_output, \
-    drug_and_column, fmt, positive_int, say
+    check_library_writable, drug_and_column, fmt, positive_int, say
 from scatd_core.cli.labels import say_ic50_provenance
 from scatd_core.errors import ScatdError
 
@@ -119,6 +119,7 @@ def run(args) -> int:
         check_output(args.summary, "--summary", inputs=[args.bulk, args.bulk_labels, args.ic50, args.thresholds,
                                                         args.drug_list, args.target, args.obs, args.few_shot_labels],
                      overwrite=args.overwrite)
+    check_library_writable(args.library)  # where each drug's model is installed, before any training
     settings = recipe_settings(args, TrainSettings(seed=args.seed))
     if args.folds is not None:
         settings = replace(settings, folds=args.folds)
