@@ -497,8 +497,10 @@ def load_pickled_dict(path: str | Path, *, allow_numpy_scalars: bool = False) ->
     """
     path = Path(path)
     hint = "Give the dictionary file shipped with Geneformer (e.g. gene_name_id_dict.pkl)."
-    from scatd_core.foundation._assets import lfs_pointer_size, lfs_problem
+    from scatd_core.foundation._assets import lfs_pointer_size, lfs_problem, unreadable_problem
 
+    if (unreadable := unreadable_problem(path, "The dictionary file")) is not None:  # not "not a pickle"
+        raise InputError(unreadable.message, unreadable.hint)
     lfs = lfs_pointer_size(path)
     if lfs is not None:  # a clone without Git LFS: say so, not "invalid load key 'v'"
         problem = lfs_problem(path, lfs)

@@ -544,3 +544,28 @@ def test_the_coverage_cause_names_the_kinds_of_identifier_as_a_biologist_writes_
     # unmapped identifiers of the other kind: the two kinds said in words, not the codes
     cause = genes._coverage_cause({"data_id_type": "ensembl", "model_id_type": "symbol", "n_ids_unmapped": 0})
     assert cause.startswith("The data uses Ensembl IDs and the model gene symbols: map them")
+
+
+def test_a_dictionary_the_account_may_not_read_is_said_so_not_called_a_bad_pickle(tmp_path, monkeypatch):
+    """QA: a gene dictionary with the wrong permissions was called "not a plain-data pickled
+    dictionary ([Errno 13] Permission denied)", as if the file were damaged; it is said as a
+    permission to fix, with the command. (Simulated: the tests may run as root, who reads anything.)"""
+    import os
+    import pickle
+
+    path = tmp_path / "gene_name_id_dict.pkl"
+    path.write_bytes(pickle.dumps({"TP53": "ENSG00000141510"}))
+    real = os.open
+
+    def denied(file, flags, *a, **k):
+        if os.fspath(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(file, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(InputError) as err:
+        genes.load_pickled_dict(path)
+    assert "is not allowed to read it" in err.value.message and "not a plain-data" not in err.value.message
+    assert f"chmod a+r {path}" in err.value.hint
+    monkeypatch.setattr(os, "open", real)
+    assert genes.load_pickled_dict(path) == {"TP53": "ENSG00000141510"}
