@@ -96,7 +96,8 @@ def too_few_cells(adata: ad.AnnData, basis: str = "latent", latent_key: str = LA
             if n_keep >= MIN_CELLS:
                 return None
         if n_keep < MIN_CELLS:
-            return (f"Only {n_keep} of {n:,} cells were scored (have coordinates in the model's latent space); "
+            return (f"Only {n_keep:,} of {counted(n)} {'was' if n_keep == 1 else 'were'} scored (have coordinates "
+                    "in the model's latent space); "
                     f"a UMAP and clusters need at least {MIN_CELLS}.")
     return None
 
@@ -355,7 +356,8 @@ def compute_embedding(
         raise InputError(reason, NOT_NEEDED if n < MIN_CELLS else "Check how many cells were scored (cells without "
                          f"expression in the model's genes cannot be placed). {NOT_NEEDED}")
     if n_keep < MIN_CELLS:
-        raise InputError(f"Only {n_keep} of {n:,} cells have finite {basis} coordinates; a UMAP needs at "
+        raise InputError(f"Only {n_keep:,} of {counted(n)} {'has' if n_keep == 1 else 'have'} finite {basis} "
+                         "coordinates; a UMAP needs at "
                          f"least {MIN_CELLS}.",
                          "Check how many cells were scored (cells without expression in the model's genes "
                          "cannot be placed).")

@@ -167,7 +167,7 @@ def _mask_of(adata: ad.AnnData, mask, *, subject: str = "The data",
         mask = values.to_numpy(dtype=bool)
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (adata.n_obs,):
-        raise InputError(f"The QC mask has {mask.size} entries for {adata.n_obs} cells.")
+        raise InputError(f"The QC mask has {counted(mask.size, 'entry', 'entries')} for {counted(adata.n_obs)}.")
     if not mask.any():
         raise InputError(nothing_left, nothing_left_hint)
     return mask
@@ -707,7 +707,8 @@ def _warnings(bundle, inputs: ModelInput, not_scored: dict, adata: ad.AnnData | 
                    "P(resistant) depends on the other cells in the data: score a sample's cells together, not a "
                    "subset at a time, and compare datasets of similar composition.")
     if (bundle.input_kind == "embedding" or inputs.transform == "standardize") and n < FEW_CELLS_FOR_STATISTICS:
-        out.append(f"Only {n} cells were scored: the dataset statistics this model uses (AdaIN or per-gene "
+        out.append(f"Only {counted(n)} {'was' if n == 1 else 'were'} scored: the dataset statistics this model uses "
+                   "(AdaIN or per-gene "
                    "z-scores) are unreliable from so few cells.")
     if bundle.input_kind == "embedding" and adata is not None:  # VAE_sf/VAE_gf: made as the training's?
         differs = _embedding_settings_warning(adata, bundle)

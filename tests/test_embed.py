@@ -225,6 +225,7 @@ def test_too_few_cells_is_said_cheaply_before_any_layout():
         "The data hold 4 cells; a UMAP and clusters need at least 5.")
     few = _latent_data(n=12, nan_rows=range(9))
     assert embed.too_few_cells(few).startswith("Only 3 of 12 cells were scored")
+    assert embed.too_few_cells(_latent_data(n=12, nan_rows=range(11))).startswith("Only 1 of 12 cells was scored")
     assert embed.too_few_cells(few, basis="expression") is None  # expression places every cell
     assert embed.not_computed_note(few).endswith(embed.NOT_NEEDED)
     late = _latent_data(n=5000, nan_rows=range(4096))  # the finite rows come after the first block
