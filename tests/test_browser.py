@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -94,10 +95,11 @@ def app_command(launcher: str, port: int) -> list[str]:
 
 
 @contextmanager
-def _streamlit(home: Path, *, launcher: str = "streamlit", **env_extra):
+def _streamlit(home: Path, *, launcher: str = "streamlit", while_starting=None, **env_extra):
     """The app on a free port with ``SCATD_HOME=home``, started as ``streamlit run app.py``
     (``launcher="streamlit"``) or ``python -m scatd_app`` (``"module"``: loaded before it listens);
-    yields its URL."""
+    yields its URL. ``while_starting()`` is called once the server process is started, before it is
+    waited for (work of the test's own that the server does not need at its start)."""
     port = _free_port()
     env = {**os.environ, "SCATD_HOME": str(home), "SCATD_MAX_UPLOAD_MB": "500", **env_extra}
     env.pop("SCATD_MODEL_LIBRARY", None)
@@ -106,6 +108,8 @@ def _streamlit(home: Path, *, launcher: str = "streamlit", **env_extra):
     url = f"http://127.0.0.1:{port}"
     SERVER_PIDS[url] = proc.pid
     try:
+        if while_starting is not None:
+            while_starting()
         _wait_healthy(url, proc, log=home / "streamlit.log")
         yield url
     finally:
@@ -121,15 +125,58 @@ def _streamlit(home: Path, *, launcher: str = "streamlit", **env_extra):
 def server(tmp_path_factory):
     _need_browser()
     home = tmp_path_factory.mktemp("scatd_home")
-    make_bundle(home / "models" / "testdrug_dist_vae", make_dataset(600, seed=0))
+    train = make_dataset(600, seed=0)
+    make_bundle(home / "models" / "testdrug_dist_vae", train)
     for i, drug in enumerate(PANEL_DRUGS):  # after testdrug_dist_vae, so the Model page's default is unchanged
-        make_bundle(home / "models" / f"zz_{drug.lower()}", make_dataset(600, seed=0), drug=drug, seed=i + 1, steps=20)
+        make_bundle(home / "models" / f"zz_{drug.lower()}", train, drug=drug, seed=i + 1, steps=20)
     data = home / "tumour_10k.h5ad"
-    make_dataset(N_CELLS, seed=11).write_h5ad(data, compression="gzip")
-    with _streamlit(home, launcher="module", SCATD_AUTH="none") as url:  # the two-user test starts it the other way
+    # written while the server loads (it reads no data at its start)
+    with _streamlit(home, launcher="module", SCATD_AUTH="none",  # the two-user test starts it the other way
+                    while_starting=lambda: make_dataset(N_CELLS, seed=11).write_h5ad(data, compression="gzip")) as url:
         said = (home / "streamlit.log").read_text()  # QA: "... please restart streamlit." at every start, for nothing
         assert "config option section was detected" not in said, said
         yield url, data, home
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium for the module's tests (started once); each test opens its own
+    contexts in it (:func:`_contexts`: their own cookies and storage, as a new browser's)."""
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class _Contexts:
+    """A test's view of the shared browser: ``new_page``/``new_context`` as a Browser's; ``close()``
+    closes what the test opened, not the browser."""
+
+    def __init__(self, browser):
+        self.browser, self.opened = browser, []
+
+    def new_context(self, **options):
+        self.opened.append(self.browser.new_context(**options))
+        return self.opened[-1]
+
+    def new_page(self, **options):
+        return self.new_context(**options).new_page()
+
+    def close(self) -> None:
+        while self.opened:
+            self.opened.pop().close()
+
+
+@contextmanager
+def _contexts(browser):
+    opened = _Contexts(browser)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 def _no_exception(page) -> None:
@@ -153,27 +200,53 @@ def _uploads_held_in_memory(url: str, wait_s: float = 12.0) -> int:
 
 def _go(page, link: str, heading: str | None = None) -> None:
     page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=link, exact=True).click()
-    if heading:
+    if heading:  # the new page's heading: its run has started
         page.get_by_role("heading", name=heading).first.wait_for(timeout=30_000)
-    _idle(page)
+    _idle(page, started=heading is not None)
 
 
-def _idle(page, timeout: float = 120_000) -> None:
-    """Wait until Streamlit has finished running the script."""
-    page.wait_for_timeout(300)
-    page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=timeout)
+#: Streamlit's own record of the script run, set at once (its status widget shows only after 500 ms
+#: of a run and fades out over 200 ms after it).
+NOT_RUNNING = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+
+def _idle(page, timeout: float = 120_000, *, started: bool = False) -> None:
+    """Wait until Streamlit has finished running the script. ``started``: the caller waited for
+    something only the run draws (or nothing was done since the last wait), so it has begun;
+    otherwise (right after a click) the run is given 300 ms to begin first."""
+    if not started:
+        page.wait_for_timeout(300)
+    page.locator(NOT_RUNNING).wait_for(timeout=timeout)
+
+
+#: Until the plotly charts are drawn at their container's width (at most 1 s): after the window
+#: is resized, Streamlit redraws each chart at the new width.
+_CHARTS_FIT = """async () => {
+    const t0 = performance.now();
+    const fits = () => [...document.querySelectorAll("[data-testid='stPlotlyChart']")].every(c => {
+        const s = c.querySelector('.main-svg');
+        return !s || Math.abs(s.getBoundingClientRect().width - c.getBoundingClientRect().width) <= 1; });
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    while (!fits() && performance.now() - t0 < 1000) await new Promise(r => setTimeout(r, 50));
+    return [Math.round(performance.now() - t0), fits()];
+}"""
 
 
 def _shot(page, name: str) -> None:
     """Screenshot of the whole page: Streamlit scrolls inside its main block, so the window is
-    made as tall as the content first."""
+    made as tall as the content first (when it is taller than the window)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     height = page.evaluate("() => Math.max(...['stMain', 'stMainBlockContainer'].map(id => "
                            "(document.querySelector(`[data-testid='${id}']`) || {scrollHeight: 0}).scrollHeight))")
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(int(height) + 60, 9000))})
-    page.wait_for_timeout(1000)  # plots resize to the new window
+    tall = max(VIEWPORT["height"], min(int(height) + 60, 9000))
+    if tall > VIEWPORT["height"]:
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": tall})
+        waited = page.evaluate(_CHARTS_FIT)  # plots resize to the new window
+        if os.environ.get("SCATD_SHOT_LOG"):
+            print(f"shot {name}: height {tall}, charts fit after {waited}")
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    page.set_viewport_size(VIEWPORT)
+    if tall > VIEWPORT["height"]:
+        page.set_viewport_size(VIEWPORT)
 
 
 def _plots(page, n: int, timeout: float = 120_000) -> None:
@@ -181,39 +254,53 @@ def _plots(page, n: int, timeout: float = 120_000) -> None:
     page.locator(".js-plotly-plot .main-svg").nth(n - 1).wait_for(timeout=timeout)
 
 
-def _same_as_cli_and_api(app_csv: bytes, data: Path, home: Path, tmp_path: Path) -> None:
-    """The CLI and the Python API give the app's predictions.csv byte for byte."""
+def _cli_predict(data: Path, home: Path, out: Path) -> subprocess.Popen:
+    """``scatd predict`` of ``data`` with the test model to ``out``, started: it runs beside the
+    browser's walk, and :func:`_same_as_cli_and_api` waits for it."""
     env = {**os.environ, "SCATD_HOME": str(home)}
     env.pop("SCATD_MODEL_LIBRARY", None)
-    out = tmp_path / "cli_predictions.csv"
-    res = subprocess.run([sys.executable, "-m", "scatd_core.cli", "predict", "--model", "testdrug_dist_vae",
-                          "--input", str(data), "--output", str(out), "--label-column", "response",
-                          "--sample-column", "sample"], env=env, capture_output=True, text=True, cwd=REPO)
-    assert res.returncode == 0, res.stderr
-    assert out.read_bytes() == app_csv
+    with out.with_suffix(".log").open("w") as log:
+        return subprocess.Popen([sys.executable, "-m", "scatd_core.cli", "predict", "--model", "testdrug_dist_vae",
+                                 "--input", str(data), "--output", str(out), "--label-column", "response",
+                                 "--sample-column", "sample"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=REPO)
 
+
+def _api_predictions_csv(data: Path, home: Path) -> bytes:
+    """predictions.csv of ``data`` with the test model, made with the Python API."""
     from scatd_core import export, io
     from scatd_core.bundle import load_bundle
     from scatd_core.predict import predict
 
     adata = io.read(data)
     predict(adata, load_bundle(home / "models" / "testdrug_dist_vae"))
-    assert export.to_csv_bytes(export.predictions_table(adata, ["response", "sample"], label_column="response")) == app_csv
+    return export.to_csv_bytes(export.predictions_table(adata, ["response", "sample"], label_column="response"))
 
 
-def test_upload_predict_umap_download(server, tmp_path):
-    from playwright.sync_api import sync_playwright
+def _same_as_cli_and_api(app_csv: bytes, cli: subprocess.Popen, out: Path, api: Future) -> None:
+    """The CLI (``cli``, started by :func:`_cli_predict`, writing ``out``) and the Python API
+    (``api``: :func:`_api_predictions_csv` in a thread) give the app's predictions.csv byte for byte."""
+    cli.wait(timeout=600)
+    assert cli.returncode == 0, out.with_suffix(".log").read_text()
+    assert out.read_bytes() == app_csv
+    assert api.result(timeout=600) == app_csv
 
+
+def test_upload_predict_umap_download(server, chromium, tmp_path):
     url, data, home = server
     (SCREENSHOTS / "failure.png").unlink(missing_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    # the CLI's and the Python API's predictions, made while the browser walks the pages
+    cli_csv = tmp_path / "cli_predictions.csv"
+    cli = _cli_predict(data, home, cli_csv)
+    api_pool = ThreadPoolExecutor(1)
+    api = api_pool.submit(_api_predictions_csv, data, home)
+    with _contexts(chromium) as browser:
         page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
         page.set_default_timeout(60_000)
         try:
             page.goto(url)
             page.get_by_role("heading", name="scATD Studio").first.wait_for()
-            _idle(page)
+            _idle(page, started=True)
             _shot(page, "0_overview")
             # the first page already has the browser load the code of the later pages' elements
             # (plotly.js for the charts), from the same place Streamlit's own front end loads it
@@ -225,7 +312,7 @@ def test_upload_predict_umap_download(server, tmp_path):
             page.locator("input[type='file']").first.set_input_files(str(data))
             page.get_by_text("Quality control").wait_for(timeout=120_000)
             _plots(page, 2)  # QC violins and scatter
-            _idle(page)
+            _idle(page, started=True)
             assert page.get_by_text(f"{N_CELLS:,}", exact=True).count() >= 1
             _no_exception(page)
             _shot(page, "1_data")
@@ -234,16 +321,16 @@ def test_upload_predict_umap_download(server, tmp_path):
 
             _go(page, "Model", "2 · Model")
             page.get_by_text("Coverage is good").wait_for()
-            _idle(page)
+            _idle(page, started=True)
             _no_exception(page)
             _shot(page, "2_model")
 
             _go(page, "Predict", "3 · Predict")
-            _idle(page)
+            _idle(page, started=True)
             page.get_by_role("button", name="Run prediction").click()
             page.get_by_text(f"Predicted {N_CELLS:,} of {N_CELLS:,} cells").wait_for(timeout=120_000)
             _plots(page, 1)
-            _idle(page)
+            _idle(page, started=True)
             # the chart's text alternative reaches the page as its accessible name, and its toolbar keeps
             # only the buttons of use (each one is a stop in the keyboard's tab order)
             hist = page.get_by_role("figure", name=re.compile(
@@ -257,7 +344,7 @@ def test_upload_predict_umap_download(server, tmp_path):
 
             # one pipeline: the app's predictions.csv is byte-identical to the CLI's and the API's
             _go(page, "Report", "6 · Report")
-            _idle(page)
+            _idle(page, started=True)
             # the link to the biomarkers is whole (QA: cut to "Compute biomarkers fi" in a download's column)
             link = page.get_by_role("link", name=re.compile("Compute the biomarkers first"))
             assert link.evaluate("e => [e, ...e.querySelectorAll('*')].every("
@@ -266,12 +353,12 @@ def test_upload_predict_umap_download(server, tmp_path):
                 page.get_by_role("button", name="predictions.csv").click()
             from_app = tmp_path / "app_predictions.csv"
             info.value.save_as(from_app)
-            _same_as_cli_and_api(from_app.read_bytes(), data, home, tmp_path)
+            _same_as_cli_and_api(from_app.read_bytes(), cli, cli_csv, api)
 
             _go(page, "Cells", "4 · Cells")
             page.get_by_text("Leiden clusters").first.wait_for(timeout=180_000)
             _plots(page, 5)  # UMAP, groups, ROC, PR, confusion
-            _idle(page)
+            _idle(page, started=True)
             umap = page.locator(".js-plotly-plot").first
             umap.wait_for()
             assert umap.locator("canvas, .scatterlayer .point").count() > 0  # points were drawn
@@ -288,7 +375,7 @@ def test_upload_predict_umap_download(server, tmp_path):
             t0 = time.time()
             page.get_by_role("button", name="Cancel").click()
             page.get_by_text("The gene ranking was stopped before it finished").wait_for(timeout=30_000)
-            _idle(page)
+            _idle(page, started=True)
             print(f"biomarkers: stopped {time.time() - t0:.1f} s after the click on Cancel")
             assert page.get_by_role("button", name="Cancel").count() == 0
             _no_exception(page)
@@ -299,13 +386,13 @@ def test_upload_predict_umap_download(server, tmp_path):
             page.get_by_role("spinbutton", name="Integration steps").fill("50")
             page.get_by_role("button", name="Compute gene ranking").click()
             _plots(page, 1, timeout=240_000)
-            _idle(page, timeout=240_000)
+            _idle(page, timeout=240_000, started=True)
             print(f"biomarkers: {time.time() - t0:.0f} s")
             _no_exception(page)
             _shot(page, "5_biomarkers")
 
             _go(page, "Report", "6 · Report")
-            _idle(page)
+            _idle(page, started=True)
             with page.expect_download() as info:
                 page.get_by_role("button", name="predictions.csv").click()
             target = tmp_path / "predictions.csv"
@@ -322,10 +409,10 @@ def test_upload_predict_umap_download(server, tmp_path):
             info.value.save_as(html_report)
 
             _go(page, "Model library", "Model library")
-            _idle(page)
+            _idle(page, started=True)
             _shot(page, "7_models")
             _go(page, "Train a model")
-            _idle(page)
+            _idle(page, started=True)
             _no_exception(page)
             _shot(page, "8_train")
 
@@ -345,10 +432,10 @@ def test_upload_predict_umap_download(server, tmp_path):
             raise
         finally:
             browser.close()
-
-
-def _browser(p):
-    return p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            if cli.poll() is None:  # the test failed before it compared
+                cli.kill()
+                cli.wait()
+            api_pool.shutdown(wait=True)
 
 
 def _metric(page, label: str) -> str:
@@ -356,30 +443,27 @@ def _metric(page, label: str) -> str:
     return box.locator("[data-testid='stMetricValue']").inner_text()
 
 
-def test_scad_style_labels_are_asked_once_and_evaluated_the_right_way(server, tmp_path):
+def test_scad_style_labels_are_asked_once_and_evaluated_the_right_way(server, chromium, tmp_path):
     """A SCAD-style CSV (``response``: 1 = sensitive): the direction is asked, never guessed; with the
     user's answer the Cells page's AUROC is above 0.5."""
-    from playwright.sync_api import sync_playwright
-
     url, _data, home = server
     adata = make_dataset(400, seed=21)
     frame = pd.DataFrame(adata.X.toarray(), index=adata.obs_names, columns=adata.var_names)
     frame.insert(0, "response", (adata.obs["response"] == "sensitive").astype(int).to_numpy())
     csv = tmp_path / "scad_style.csv"
     frame.to_csv(csv)
-    with sync_playwright() as p:
-        browser = _browser(p)
+    with _contexts(chromium) as browser:
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(60_000)
         try:
             page.goto(url)
             page.get_by_role("heading", name="scATD Studio").first.wait_for()
-            _idle(page)
+            _idle(page, started=True)
             _go(page, "Data", "1 · Data")
             page.locator("input[type='file']").first.set_input_files(str(csv))
             question = page.locator("[data-testid='stRadio']").filter(has_text="means resistant")
             question.wait_for(timeout=120_000)
-            _idle(page)
+            _idle(page, started=True)
             page.get_by_text("never guessed").wait_for()  # no silent default for 0/1
             question.get_by_text("0", exact=True).click()
             # Until the Data page has drawn the answer (its warning goes), not only _idle: on a loaded
@@ -389,20 +473,20 @@ def test_scad_style_labels_are_asked_once_and_evaluated_the_right_way(server, tm
             # test_app_pages.py::test_a_label_answer_followed_at_once_by_another_page_is_recorded);
             # the Cells page asked for the answer again and this test waited 180 s for the AUROC.
             page.get_by_text("never guessed").wait_for(state="detached", timeout=120_000)
-            _idle(page)
+            _idle(page, started=True)
             _go(page, "Model", "2 · Model")
             page.get_by_text("Coverage is good").wait_for()
-            _idle(page)
+            _idle(page, started=True)
             _shot(page, "12_model_scad")
             _go(page, "Predict", "3 · Predict")
             page.get_by_role("button", name="Run prediction").click()
             page.get_by_text("Predicted 400 of 400 cells").wait_for(timeout=120_000)
-            _idle(page)
+            _idle(page, started=True)
             _go(page, "Cells", "4 · Cells")
             page.get_by_text("Agreement with known labels").wait_for()
             page.locator("[data-testid='stMetric']").filter(has=page.get_by_text("AUROC", exact=True)).wait_for(
                 timeout=180_000)
-            _idle(page)
+            _idle(page, started=True)
             auroc = float(_metric(page, "AUROC"))
             assert auroc > 0.5, auroc
             assert page.get_by_text("resistant = '0'").count() >= 1
@@ -495,23 +579,24 @@ def _status(url: str) -> int:
         return exc.code
 
 
-def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
+def test_two_users_on_one_server_see_only_their_own_data(chromium, tmp_path_factory):
     """Two browser contexts, a password login, the same bytes uploaded under two names."""
-    from playwright.sync_api import sync_playwright
-
     from scatd_core import users
 
     _need_browser()
     home = tmp_path_factory.mktemp("scatd_home_login")
-    make_bundle(home / "models" / "testdrug_dist_vae", make_dataset(300, seed=0))
-    users.add_user("alice", "alice's long password", path=home / "users.toml")
-    users.add_user("bob", "bob's long password!", path=home / "users.toml")
-    data = home / "cells.h5ad"
-    make_dataset(300, seed=5).write_h5ad(data)
-    for name in ("patient_alice.h5ad", "patient_bob.h5ad"):
-        (home / name).write_bytes(data.read_bytes())
-    with _streamlit(home, SCATD_AUTH="password") as url, sync_playwright() as p:
-        browser = _browser(p)
+
+    def model_users_and_data() -> None:  # while the server starts: it reads them when a page asks
+        make_bundle(home / "models" / "testdrug_dist_vae", make_dataset(300, seed=0))
+        users.add_user("alice", "alice's long password", path=home / "users.toml")
+        users.add_user("bob", "bob's long password!", path=home / "users.toml")
+        data = home / "cells.h5ad"
+        make_dataset(300, seed=5).write_h5ad(data)
+        for name in ("patient_alice.h5ad", "patient_bob.h5ad"):
+            (home / name).write_bytes(data.read_bytes())
+
+    with (_streamlit(home, SCATD_AUTH="password", while_starting=model_users_and_data) as url,
+          _contexts(chromium) as browser):
         pages = {}
         try:
             for who, password in (("alice", "alice's long password"), ("bob", "bob's long password!")):
@@ -520,7 +605,7 @@ def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
                 for address in ("Data", "data", "1_Data", "Model_library"):  # no page without the login
                     page.goto(f"{url}/{address}")
                     page.get_by_label("User name").wait_for()
-                    _idle(page)
+                    _idle(page, started=True)
                     assert page.locator("input[type='file']").count() == 0, address
                 page.goto(url)
                 page.get_by_label("User name").fill(who)
@@ -528,7 +613,7 @@ def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
                 assert page.locator("input[type='file']").count() == 0
                 page.get_by_role("button", name="Log in").click()
                 page.get_by_text(f"Logged in as {who}").wait_for()
-                _idle(page)
+                _idle(page, started=True)
                 pages[who] = page
             # without an account nothing is kept in the server's memory (Streamlit alone keeps it: 204)
             assert _anonymous_upload(url, 1 << 20) == 403
@@ -540,13 +625,13 @@ def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
                 _go(page, "Data", "1 · Data")
                 page.locator("input[type='file']").first.set_input_files(str(home / f"patient_{who}.h5ad"))
                 page.get_by_text("Quality control").wait_for(timeout=120_000)
-                _idle(page)
+                _idle(page, started=True)
             alice, bob = pages["alice"], pages["bob"]
             _go(alice, "Model", "2 · Model")
             _go(alice, "Predict", "3 · Predict")
             alice.get_by_role("button", name="Run prediction").click()
             alice.get_by_text("Predicted 300 of 300 cells").wait_for(timeout=120_000)
-            _idle(alice)
+            _idle(alice, started=True)
             _go(bob, "Cells", "4 · Cells")
             # alice's results are not bob's: his Cells page asks for his own prediction (or says his own,
             # started ahead for his data, is computing or computed in the background)
@@ -576,26 +661,23 @@ def test_two_users_on_one_server_see_only_their_own_data(tmp_path_factory):
             browser.close()
 
 
-def test_panel_view_scores_three_models_and_downloads(server, tmp_path):
+def test_panel_view_scores_three_models_and_downloads(server, chromium, tmp_path):
     """The Drug panel page in a real browser: three models chosen, scored, every figure drawn, the
     panel table downloaded with one column set per drug."""
-    from playwright.sync_api import sync_playwright
-
     url, _data, _home = server
     data = tmp_path / "panel_cells.h5ad"
     make_dataset(1500, seed=31).write_h5ad(data)
-    with sync_playwright() as p:
-        browser = _browser(p)
+    with _contexts(chromium) as browser:
         page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
         page.set_default_timeout(60_000)
         try:
             page.goto(url)
             page.get_by_role("heading", name="scATD Studio").first.wait_for()
-            _idle(page)
+            _idle(page, started=True)
             _go(page, "Data", "1 · Data")
             page.locator("input[type='file']").first.set_input_files(str(data))
             page.get_by_text("Quality control").wait_for(timeout=120_000)
-            _idle(page)
+            _idle(page, started=True)
             _go(page, "Drug panel", "Drug panel")
             picker = page.locator("[data-testid='stMultiSelect']").filter(has_text="Drug models of the panel")
             for k, drug in enumerate(("TESTDRUG",) + PANEL_DRUGS, start=1):
@@ -605,16 +687,16 @@ def test_panel_view_scores_three_models_and_downloads(server, tmp_path):
                 picker.get_by_text(f"{drug} · Dist_VAE (scATD-sf-dist)").wait_for()
                 if k > 1:  # the server's rerun has this choice before the next (a click during it could be lost)
                     page.get_by_role("button", name=f"Score {k} models").wait_for()
-                _idle(page)
+                _idle(page, started=k > 1)
             page.get_by_role("button", name="Score 3 models").click()
             page.get_by_text("3 of 3 models scored 1,500 cells").wait_for(timeout=180_000)
             _plots(page, 4)  # heatmap, dot plot, the two rankings
-            _idle(page)
+            _idle(page, started=True)
             _no_exception(page)
             page.get_by_role("button", name="Compute the UMAP").click()
             # a plotly chart holds two .main-svg layers, so wait for the UMAP's own control instead
             page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").wait_for(timeout=240_000)
-            _idle(page, timeout=180_000)
+            _idle(page, timeout=180_000, started=True)
             # at the models' own thresholds the cells called resistant to all are not yet a subclone
             assert page.get_by_role("button", name="Show their top biomarkers").count() == 0
             assert page.get_by_text("at uncalibrated thresholds").count() >= 1
@@ -622,7 +704,7 @@ def test_panel_view_scores_three_models_and_downloads(server, tmp_path):
             _idle(page)
             page.get_by_role("button", name="Show their top biomarkers").click()
             page.locator("[data-testid='stDataFrame']").nth(2).wait_for(timeout=120_000)  # models, groups, markers
-            _idle(page)
+            _idle(page, started=True)
             _no_exception(page)
             assert page.get_by_text("Something unexpected went wrong").count() == 0
             _shot(page, "10_panel")
