@@ -616,7 +616,8 @@ def test_two_users_on_one_server_see_only_their_own_data(chromium, tmp_path_fact
                 _idle(page, started=True)
                 pages[who] = page
             # without an account nothing is kept in the server's memory (Streamlit alone keeps it: 204)
-            assert _anonymous_upload(url, 1 << 20) == 403
+            # (a busy server may refuse from the headers and close the connection before the 1 MB body is sent)
+            assert _anonymous_upload(url, 1 << 20) in (403, CUT_OFF)
             assert _uploads_held_in_memory(url, wait_s=0) == 0
             # nor read into it first: refused from its headers (QA: 300 MB in memory before the 403)
             status, grew = _peak_memory_growth(SERVER_PIDS[url], lambda: _anonymous_upload(url, 50 << 20))
