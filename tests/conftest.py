@@ -57,14 +57,24 @@ def _seed_and_library(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray instance (2 CPUs) for every Ray test of the run (starting one takes seconds);
-    stopped at the end. The Ray test modules skip without Ray before asking for it."""
+def ray_stopped_at_the_end():
+    """The Ray instance the run's tests used (the app's own connection included) is shut down at the end."""
+    yield
+    from scatd_core import scaleout
+
+    scaleout.disconnect()
+
+
+@pytest.fixture(scope="session")
+def local_ray(ray_stopped_at_the_end):
+    """One local Ray instance (2 CPUs) for every Ray test of the run (starting one, and then its
+    worker processes, each importing torch, takes seconds); one already running (the app's, which
+    ``test_the_app_keeps_its_ray_connection_from_run_to_run`` starts first) is kept. Stopped at the
+    end. The Ray test modules skip without Ray before asking for it."""
     from scatd_core import scaleout
 
     scaleout.connect(num_cpus=2, object_store_mb=200)
     yield
-    scaleout.disconnect()
 
 
 def small_gene_names(n: int) -> list[str]:

@@ -1,7 +1,8 @@
 """The Ray engine gives the single-process results exactly, through lost workers and restarts.
 
-A local Ray instance (2 CPUs, a small object store, no dashboard) is started once for the module
-and shut down after it. Skipped, with the reason, where Ray is not installed.
+One local Ray instance serves every test (the app's, which the first test starts; else conftest's
+local_ray: 2 CPUs, a small object store, no dashboard), shut down at the end of the run: starting one,
+and its worker processes (each imports torch), takes seconds. Skipped, with the reason, where Ray is not installed.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from scatd_core.errors import Cancelled, InputError, ScatdError
 from scatd_core.export import predictions_table
 from scatd_core.predict import predict
 
-N_CELLS = 50_000
-BATCH = 1024
-SHARD = 4096  # 13 shards of 50k cells
+N_CELLS = 12_500
+BATCH = 512
+SHARD = 1024  # 13 shards of 2 batches each (the last one partial): several rounds of both workers
 
 
 def write_cells(path, n_cells: int, genes: list[str], seed: int = 0, dense: bool = False):
@@ -37,10 +38,9 @@ def write_cells(path, n_cells: int, genes: list[str], seed: int = 0, dense: bool
     rng = np.random.default_rng(seed)
     X = sp.random(n_cells, len(genes), density=0.3, format="csr", dtype=np.float32, random_state=rng,
                   data_rvs=lambda k: rng.integers(1, 40, k).astype(np.float32))
-    X = X.tolil()
-    X[7] = 0  # no expression
-    X[min(BATCH * 5 + 3, n_cells - 1)] = 0  # in a later shard
-    X = X.tocsr()
+    for row in (7, min(BATCH * 5 + 3, n_cells - 1)):  # no expression: a cell of the first shard, one of a later
+        X.data[X.indptr[row]:X.indptr[row + 1]] = 0
+    X.eliminate_zeros()
     obs = pd.DataFrame({"sample": pd.Categorical(rng.choice(["p1", "p2"], n_cells))},
                        index=[f"c{i}" for i in range(n_cells)])
     adata = ad.AnnData(X=X.toarray() if dense else X, obs=obs, var=pd.DataFrame(index=genes))
@@ -79,17 +79,55 @@ def assert_same(ray_adata, one_adata, latent=True):
 
 
 @pytest.fixture(scope="module")
-def cells_50k(tmp_path_factory):
+def cells_13_shards(tmp_path_factory):
     return write_cells(tmp_path_factory.mktemp("data") / "cells.h5ad", N_CELLS, small_gene_names(60))
 
 
-def test_50k_cells_on_two_workers_equal_single_process(local_ray, small_bundles, cells_50k, tmp_path):
+def test_the_app_keeps_its_ray_connection_from_run_to_run(ray_stopped_at_the_end, small_bundles, tmp_path):
+    """The app's runs share one connection, kept after each run: one user's run ending must not
+    disconnect another's still going, and the worker processes serve the next run. First of the Ray
+    tests (not after local_ray's start-up): the instance it starts, as the app's, serves the tests after it
+    instead of a second one starting (seconds, and its workers' torch imports again)."""
+    import psutil
+    import ray
+
+    ray.shutdown()  # as on a server before its first large dataset (the session's instance is gone)
+    bundle = small_bundles["dist_vae"][0]
+    path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
+    choice = scaleout.EngineChoice(True, None, 2, "test")
+
+    def ray_processes_alive() -> bool:
+        mine = [p for p in psutil.Process().children() if p.name() in ("gcs_server", "raylet")]
+        return len(mine) == 2 and all(p.status() != psutil.STATUS_ZOMBIE for p in mine)
+
+    for token in ("first", "second"):
+        # as in the app: each run in a thread of its own, which ends with the run; the local instance
+        # the first run starts must outlive it (its GCS was killed with the thread, and 60 s later
+        # Ray's client ended the whole server)
+        out = {}
+        thread = threading.Thread(target=lambda: out.update(run=scaleout.predict_in_folder(
+            ad.read_h5ad(path), bundle, tmp_path / "runs", token, choice, batch_size=BATCH, shard_cells=1024)))
+        thread.start()
+        thread.join()
+        run = out["run"]
+        time.sleep(1.0)
+        try:
+            assert ray_processes_alive(), "the local Ray instance died with the run's thread"
+        except AssertionError:
+            ray.shutdown()  # before Ray's client ends this process for the lost GCS
+            raise
+        assert ray.is_initialized(), "the app's Ray connection was closed after a run"
+        assert run.computed == 3
+        assert_same(run.adata, single_process(path, bundle))
+
+
+def test_13_shards_on_two_workers_equal_single_process(local_ray, small_bundles, cells_13_shards, tmp_path):
     bundle = small_bundles["dist_vae"][0]
     calls = []
-    run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
+    run = scaleout.predict_ray(io.read(cells_13_shards, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
                                shard_cells=SHARD, workers=2, progress=lambda f, m: calls.append((f, m)))
     assert len(run.shards) == 13 and run.computed == 13 and run.resumed == 0 and run.workers == 2
-    one = single_process(cells_50k, bundle)
+    one = single_process(cells_13_shards, bundle)
     assert one.uns["scatd"]["not_scored"] == {"no_expression": 2}
     assert_same(run.adata, one)
     assert calls[-1][0] == 1.0 and any("predicting · 5 of 13 shards" in m for _f, m in calls)
@@ -124,7 +162,7 @@ def _kill_a_running_predict_task(killed: list, stop: threading.Event) -> None:
         time.sleep(0.005)
 
 
-def test_killed_worker_still_gives_identical_results(local_ray, small_bundles, cells_50k, tmp_path):
+def test_killed_worker_still_gives_identical_results(local_ray, small_bundles, cells_13_shards, tmp_path):
     """A worker process killed while it computes a shard: Ray runs the shard again elsewhere."""
     bundle = small_bundles["dist_vae"][0]
     killed, stop = [], threading.Event()
@@ -140,7 +178,7 @@ def test_killed_worker_still_gives_identical_results(local_ray, small_bundles, c
         note = notes.append
 
     try:
-        run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, tmp_path / "out.csv",
+        run = scaleout.predict_ray(io.read(cells_13_shards, backed=True), bundle, tmp_path / "out.csv",
                                    batch_size=BATCH, shard_cells=SHARD, workers=2, progress=Progress())
     finally:
         stop.set()
@@ -148,27 +186,27 @@ def test_killed_worker_still_gives_identical_results(local_ray, small_bundles, c
     assert run.computed == 13
     assert len(notes) == 1 and notes[0].endswith(": its worker process stopped (killed, or out of memory); running "
                                                  "the shard again (retry 1 of 3)"), notes
-    assert_same(run.adata, single_process(cells_50k, bundle))
+    assert_same(run.adata, single_process(cells_13_shards, bundle))
 
 
-def test_interrupted_then_resumed_run_gives_identical_results(local_ray, small_bundles, cells_50k, tmp_path):
+def test_interrupted_then_resumed_run_gives_identical_results(local_ray, small_bundles, cells_13_shards, tmp_path):
     bundle = small_bundles["dist_vae"][0]
     out = tmp_path / "out.csv"
     seen = []
     with pytest.raises(Cancelled, match="resume"):
-        scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
+        scaleout.predict_ray(io.read(cells_13_shards, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
                              workers=2, progress=lambda f, m: seen.append(m), should_stop=lambda: len(seen) >= 4)
     parts = scaleout.parts_dir(out)
     done = sorted(p.name for p in parts.glob("shard-*.sha256"))
     assert 3 <= len(done) < 13
     first = parts / done[0].replace(".sha256", ".npz")
     first.write_bytes(first.read_bytes()[:-10] + b"0123456789")  # a damaged part is recomputed
-    run = scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
+    run = scaleout.predict_ray(io.read(cells_13_shards, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
                                workers=2)
     assert run.resumed == len(done) - 1 and run.computed == 13 - run.resumed
-    assert_same(run.adata, single_process(cells_50k, bundle))
+    assert_same(run.adata, single_process(cells_13_shards, bundle))
     with pytest.raises(InputError, match="different run.*seed"):
-        scaleout.predict_ray(io.read(cells_50k, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
+        scaleout.predict_ray(io.read(cells_13_shards, backed=True), bundle, out, batch_size=BATCH, shard_cells=SHARD,
                              seed=1)
 
 
@@ -490,66 +528,6 @@ def test_a_worker_error_is_one_clear_message(local_ray, small_bundles, tmp_path,
     assert _run._worker_error(wrapped) is boom
 
 
-def test_the_app_keeps_its_ray_connection_from_run_to_run(local_ray, small_bundles, tmp_path):
-    """The app's runs share one connection, kept after each run: one user's run ending must not
-    disconnect another's still going, and the worker processes serve the next run."""
-    import psutil
-    import ray
-
-    ray.shutdown()  # as on a server before its first large dataset (the session's instance is gone)
-    bundle = small_bundles["dist_vae"][0]
-    path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
-    choice = scaleout.EngineChoice(True, None, 2, "test")
-
-    def ray_processes_alive() -> bool:
-        mine = [p for p in psutil.Process().children() if p.name() in ("gcs_server", "raylet")]
-        return len(mine) == 2 and all(p.status() != psutil.STATUS_ZOMBIE for p in mine)
-
-    for token in ("first", "second"):
-        # as in the app: each run in a thread of its own, which ends with the run; the local instance
-        # the first run starts must outlive it (its GCS was killed with the thread, and 60 s later
-        # Ray's client ended the whole server)
-        out = {}
-        thread = threading.Thread(target=lambda: out.update(run=scaleout.predict_in_folder(
-            ad.read_h5ad(path), bundle, tmp_path / "runs", token, choice, batch_size=BATCH, shard_cells=1024)))
-        thread.start()
-        thread.join()
-        run = out["run"]
-        time.sleep(1.0)
-        try:
-            assert ray_processes_alive(), "the local Ray instance died with the run's thread"
-        except AssertionError:
-            ray.shutdown()  # before Ray's client ends this process for the lost GCS
-            raise
-        assert ray.is_initialized(), "the app's Ray connection was closed after a run"
-        assert run.computed == 3
-        assert_same(run.adata, single_process(path, bundle))
-
-
-def test_gpu_passes_run_on_actors_with_the_same_result(local_ray, small_bundles, tmp_path, monkeypatch):
-    """A GPU pass runs each worker as an actor on one GPU for the pass (a reused task process would
-    stay on the GPU it first used). No GPU here: the actor path is run on CPUs, with the
-    statistics pass and the predict pass, and must give the single-process numbers."""
-    from scatd_core.scaleout import _run
-
-    monkeypatch.setattr(_run, "_on_actors", lambda resources: True)
-    bundle = small_bundles["vae_sf"][0]
-    path = write_cells(tmp_path / "emb.h5ad", 5_000, [f"f{i}" for i in range(40)], seed=6, dense=True)
-    run = scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
-                               shard_cells=1024, workers=2)
-    assert run.computed == 5 and (run.store.folder / "statistics.npz").exists()
-    assert_same(run.adata, single_process(path, bundle))
-    import psutil
-
-    def actors_alive() -> int:
-        return sum("ShardActor" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
-
-    deadline = time.time() + 20
-    while actors_alive() and time.time() < deadline:  # ray.kill ends them asynchronously
-        time.sleep(0.2)
-    assert not actors_alive(), "the pass's actors outlived it"
-
-
 def test_an_ensembles_member_spread_comes_back_from_ray(local_ray, tmp_path):
     """Models trained here are ensembles: their per-cell spread over the members
     (obs['scatd_prob_resistant_sd']) is in Ray's results as in one process's."""
@@ -584,3 +562,29 @@ def test_a_ray_prediction_drops_what_an_earlier_one_left(local_ray, small_bundle
     assert "scatd_embed" not in run.adata.uns and "scatd_biomarkers" not in run.adata.uns
     assert (np.asarray(run.adata.obsm["X_umap"]) == 1).all() and "X_umap_original" not in run.adata.obsm
     assert run.adata.obs["scatd_scored"].any()
+
+
+def test_gpu_passes_run_on_actors_with_the_same_result(local_ray, small_bundles, tmp_path, monkeypatch):
+    """A GPU pass runs each worker as an actor on one GPU for the pass (a reused task process would
+    stay on the GPU it first used). No GPU here: the actor path is run on CPUs, with the
+    statistics pass and the predict pass, and must give the single-process numbers. Last of the file:
+    the actors' processes stand in for the idle task workers (Ray keeps as many as it has CPUs), so
+    the task passes after it would start theirs again."""
+    from scatd_core.scaleout import _run
+
+    monkeypatch.setattr(_run, "_on_actors", lambda resources: True)
+    bundle = small_bundles["vae_sf"][0]
+    path = write_cells(tmp_path / "emb.h5ad", 5_000, [f"f{i}" for i in range(40)], seed=6, dense=True)
+    run = scaleout.predict_ray(io.read(path, backed=True), bundle, tmp_path / "out.csv", batch_size=BATCH,
+                               shard_cells=1024, workers=2)
+    assert run.computed == 5 and (run.store.folder / "statistics.npz").exists()
+    assert_same(run.adata, single_process(path, bundle))
+    import psutil
+
+    def actors_alive() -> int:
+        return sum("ShardActor" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+    deadline = time.time() + 20
+    while actors_alive() and time.time() < deadline:  # ray.kill ends them asynchronously
+        time.sleep(0.2)
+    assert not actors_alive(), "the pass's actors outlived it"
