@@ -68,15 +68,16 @@ def assert_same_explanation(dist, one, dist_adata, one_adata):
 def test_subsample_on_two_workers_equals_single_process(local_ray, small_bundles, tmp_path):
     bundle = small_bundles["dist_vae"][0]
     path = write_cells(tmp_path / "c.h5ad", 3_000, small_gene_names(60), seed=4)
-    kw = dict(max_cells=400, seed=3, n_steps=16, keep_top=20, batch_size=BATCH)
+    # 200 of 3,000 cells in 4 shards of 50: a subsample spread over both workers, two shards each
+    kw = dict(max_cells=200, seed=3, n_steps=8, keep_top=20, batch_size=BATCH)
     one_adata = predicted(path, bundle)
     one = explain(one_adata, bundle, **kw)
     dist_adata = predicted(path, bundle)
     calls = []
-    dist = scaleout.explain_ray(dist_adata, bundle, shard_cells=100, workers=2,
+    dist = scaleout.explain_ray(dist_adata, bundle, shard_cells=50, workers=2,
                                 progress=lambda f, m: calls.append((f, m)), **kw)
     assert dist.info["engine"]["workers"] == 2 and dist.info["engine"]["shards"] >= 4
-    assert dist.info["cells"]["subsampled"] and dist.info["cells"]["n_explained"] == 400
+    assert dist.info["cells"]["subsampled"] and dist.info["cells"]["n_explained"] == 200
     assert any("integrated gradients · 2 of" in m for _f, m in calls) and calls[-1][0] == 1.0
     assert_same_explanation(dist, one, dist_adata, one_adata)
 
