@@ -441,6 +441,7 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     args = ["train-panel", "--overwrite",  # run again below: its --summary replaced
             "--bulk", str(tmp_path / "bulk.h5ad"), "--bulk-labels", str(tmp_path / "labels.csv"),
             "--target", str(tmp_path / "tumour.h5ad"), "--drugs", "demotinib,RARE,DEMOPLATIN", "--min-lines", "5",
+            "--members", "3",  # an ensemble still (the default is 10): the heads and backbones a third
             "--pretrain-epochs", "2", "--epochs", "3", "--finetune-epochs", "1", "--folds", "2", "--threads", "1",
             "--summary", str(tmp_path / "summary.csv"), "--save-panel", "starter"]
     threads = __import__("torch").get_num_threads()
