@@ -469,7 +469,7 @@ def test_cli_train_panel_skips_thin_drugs_and_resumes(tmp_path, monkeypatch, cap
     # each drug's model card in brief: its best baseline on the same bulk CV, and the card's verdict on it
     assert first.loc[0, "cv_best_baseline"].startswith(("logistic regression", "gradient boosting"))
     assert 0 < first.loc[0, "cv_best_baseline_auroc"] <= 1
-    assert first.loc[0, "cv_best_baseline"].split(" (")[0] in first.loc[0, "verdict"].lower()
+    assert first.loc[0, "cv_best_baseline"].split(" (")[0].lower() in first.loc[0, "verdict"].lower()
     assert list(panel.list_panels(__import__("getpass").getuser(), cli=True)["starter"]["models"]) == list(
         first.loc[[0, 2], "bundle"])
     assert "cv_auroc_sd" not in first.columns  # empty for the linear heads: their interval instead
