@@ -69,7 +69,9 @@ class TrainSettings:
     restarted periodically, reference §10.19).
 
     ``threads``: torch CPU threads while training. One: the networks are small, and two threads
-    on two busy cores ran ten times slower than one (they mostly wait for each other).
+    on two busy cores ran ten times slower than one (they mostly wait for each other). The model
+    card's gradient-boosting baseline runs on as many OpenMP threads (it took 6-10 times the CPU
+    time on two busy cores as on one, for the same predictions).
     """
 
     hidden_dims: tuple[int, ...] = (256, 128)

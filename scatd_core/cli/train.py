@@ -140,8 +140,8 @@ def add(sub) -> None:
     add_target_obs_argument(p)
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--threads", type=positive_int,
-                   help="torch CPU threads while training (default 1: the networks are small, and more threads on "
-                        "a busy machine mostly wait for each other)")
+                   help="torch CPU threads while training, and the model card's gradient-boosting baseline's (default 1: "
+                        "the networks are small, and more threads on a busy machine mostly wait for each other)")
     p.add_argument("--name", help="display name in the model library; also names the model's folder there (as "
                                    "import-checkpoint's: other characters than ASCII letters, digits, '-', '_' and '.' "
                                    "become '_', with a short hash of the name added), which is what --model takes "

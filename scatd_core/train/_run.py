@@ -15,7 +15,7 @@ from scatd_core._words import counted
 from scatd_core import card as cards
 from scatd_core import training_cells
 from scatd_core._keys import target_columns_hint
-from scatd_core._threads import threads
+from scatd_core._threads import openmp_threads, threads
 from scatd_core._train_settings import pretrain_lr, unused_settings
 from scatd_core.bundle import (Bundle, NameTaken, _case_variant, load_backbone_from_bundle, load_bundle, safe_name,
                                save_bundle, sha256_file)
@@ -716,7 +716,8 @@ def train_drug_model(
     if INPUT_KINDS[backbone] == "embedding":  # how the embeddings were made (prediction from counts compares)
         provenance["embeddings"] = {"bulk": embedding_origin(bulk_ad, backbone),
                                     "target": embedding_origin(target_ad, backbone)}
-    card = _card(data, s, fit, splits, truth, target_label_column, few, provenance, warnings, advance)
+    with openmp_threads(s.threads):  # gradient boosting's threads, as the training's (this thread only)
+        card = _card(data, s, fit, splits, truth, target_label_column, few, provenance, warnings, advance)
     metrics = {"cv": {**{k: v for k, v in fit.cv.items() if k not in ("head_curve", "per_fold_head", "per_fold")},
                       **_headline(card, "bulk_cv")}, **fit.extra}
     if min(n_sensitive, n_resistant) < MIN_LINES_PER_CLASS:  # its bulk scores cannot be trusted (the card says so)
