@@ -45,6 +45,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread_per_worker():
+    """One BLAS thread in each test process: the suite runs two worker processes on two cores
+    (pyproject.toml), and a second BLAS thread per worker only waits for the other worker's (the
+    model card's logistic-regression baseline on the tiny demo's 48 x 2,000 inputs: 2.1-3.4 CPU s on
+    two threads, 0.4-0.5 on one; the same results). Product code sets no BLAS threads: OpenBLAS's
+    count is process-wide, and a server's other users keep theirs. threadpoolctl sets only the
+    libraries loaded: scipy's own OpenBLAS (scikit-learn's L-BFGS) is loaded first."""
+    import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, numpy's is loaded)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_library(tmp_path_factory, monkeypatch):
     torch.manual_seed(0)
