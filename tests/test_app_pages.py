@@ -6,6 +6,7 @@ The app is run from ``app.py`` (navigation and sidebar) and pages are reached wi
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tempfile
@@ -52,6 +53,14 @@ def h5ad_bytes(adata: ad.AnnData) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         adata.write_h5ad(Path(tmp) / "x.h5ad")
         return (Path(tmp) / "x.h5ad").read_bytes()
+
+
+@functools.lru_cache(maxsize=None)
+def tumour_h5ad(n_cells: int, seed: int) -> bytes:
+    """``h5ad_bytes(make_dataset(n_cells, seed=seed))``, simulated and written once per test process:
+    the simulated tumour depends only on ``(n_cells, seed)`` and bytes cannot be changed by a test,
+    so the ~30 uploads of the same few datasets share one file each (0.1-0.3 s each to remake)."""
+    return h5ad_bytes(make_dataset(n_cells, seed=seed))
 
 
 def start() -> AppTest:
@@ -107,7 +116,7 @@ def test_a_new_prediction_that_fails_or_stops_leaves_the_earlier_results_as_they
     from scatd_core.errors import InputError
 
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=7))
     run_prediction(at)
     goto(at, "4_Cells")
     at.button(key="btn_fraction").click().run()
@@ -159,7 +168,7 @@ def test_a_stopped_umap_waits_for_a_click_and_a_new_prediction_stops_the_old_one
 
     monkeypatch.setattr(embed, "compute_embedding", slow)
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=7))
     run_prediction(at)
     pending = at.session_state[state.EMBEDDING_PENDING]
     assert isinstance(pending, ui.Pending) and not pending.future.done()
@@ -326,7 +335,7 @@ def test_the_cells_page_never_rounds_an_interval_onto_0_5(with_library, monkeypa
     from scatd_core import metrics
 
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=7))
     run_prediction(at)
     monkeypatch.setattr(metrics, "auroc_interval", lambda *a: (0.45312, 0.49984))
     goto(at, "4_Cells")
@@ -406,7 +415,7 @@ def test_a_qc_change_followed_at_once_by_another_page_is_applied(with_library):
     from scatd_core.preprocess import QC_KEY
 
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=3))
     at.toggle(key="qc_enabled").set_value(True).run()
     at.number_input(key="qc_total_counts_min").set_value(2000.0).run()
     n_pass = int(at.session_state[state.ADATA].obs[QC_KEY].sum())
@@ -447,7 +456,7 @@ def test_an_emptied_qc_bound_is_no_bound_and_genes_detected_are_whole_numbers(wi
     from scatd_core.preprocess import QC_KEY, suggest_qc_thresholds
 
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=3))
     at.toggle(key="qc_enabled").set_value(True).run()
     qc = at.session_state[state.QC_METRICS][1]
     suggested = suggest_qc_thresholds(qc)["n_genes_by_counts"]
@@ -486,7 +495,7 @@ def test_the_cells_page_says_undefined_scores_lists_resistant_first_and_says_a_s
     monkeypatch.setattr(embed, "UMAP_FIT_MAX_CELLS", 120)  # 180 cells: fitted on 120, 60 placed
     monkeypatch.setattr(pl, "MAX_PLOT_POINTS", 100)  # and a random 100 of them drawn
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=7))
     run_prediction(at)
     goto(at, "4_Cells")
     assert "UMAP of 180 cells (" in text(at.caption)
@@ -542,7 +551,7 @@ def test_the_cells_page_groups_by_the_sample_column_chosen_last(with_library):
     """A new sample column chosen on the Data page is what the Cells page groups by next (it kept
     the earlier one); a grouping chosen on the Cells page itself stays while the column does."""
     at = start()
-    upload(at, "t.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=12)))
+    upload(at, "t.h5ad", tumour_h5ad(N_CELLS, seed=12))
     at.session_state[state.SAMPLE_COLUMN] = "sample"
     run_prediction(at)
     goto(at, "4_Cells")
@@ -559,7 +568,7 @@ def test_the_cells_page_groups_by_the_sample_column_chosen_last(with_library):
 
 def test_qc_filter_marks_cells_and_keeps_them(with_library):
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=3))
     at.toggle(key="qc_enabled").set_value(True).run()
     at.number_input(key="qc_total_counts_min").set_value(2000.0).run()
     info = text(at.info)
@@ -621,7 +630,7 @@ def test_the_text_above_each_uploader_says_spreadsheets_are_taken_only_for_the_e
     goto(at, "1_Data")
     caption = text(at.caption).replace("\\", "")
     assert "a spreadsheet (XLSX, XLS, ODS, Numbers) is taken only to tell you how to save it as CSV" in caption
-    upload(at, "cells.h5ad", h5ad_bytes(make_dataset(40, seed=1)))
+    upload(at, "cells.h5ad", tumour_h5ad(40, seed=1))
     listing = [u for u in at.file_uploader if "xlsx" in {t.lstrip(".") for t in u.allowed_type}]
     assert len(listing) == 2  # the data file's and the cell metadata table's
     metadata = next(u for u in listing if u.label.startswith("Cell metadata table"))
@@ -931,7 +940,7 @@ def test_a_page_left_behind_keeps_nothing_in_memory(with_library):
     the current one has variables in memory, and no copy of the upload is left."""
     from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-    data = h5ad_bytes(make_dataset(N_CELLS, seed=7))
+    data = tumour_h5ad(N_CELLS, seed=7)
     at = start()
     upload(at, "tumour.h5ad", data)
     run_prediction(at)
@@ -1074,14 +1083,14 @@ def test_the_first_page_has_the_browser_load_the_later_pages_elements(empty_libr
     at = start()
     scripts = [h.value for h in at.sidebar.html]
     assert len(scripts) == 1 and json.dumps(list(names)) in scripts[0]
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))
+    upload(at, "tumour.h5ad", tumour_h5ad(30, seed=1))
     assert [h.value for h in at.sidebar.html] == scripts  # the same script on every page
 
 
 def test_no_model_installed_says_how_to_get_one(empty_library):
     at = start()
     assert "No real drug model is installed" in text(at.info)
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))
+    upload(at, "tumour.h5ad", tumour_h5ad(30, seed=1))
     goto(at, "2_Model")
     assert "No drug model is installed" in text(at.warning)
     page = text(at.markdown)
@@ -1097,7 +1106,7 @@ def test_the_demo_model_is_never_chosen_for_real_data(empty_library):
 
     make_bundle(empty_library / "DEMOTINIB_demo", make_dataset(60, seed=2), steps=2, demo=True)
     at = start()
-    upload(at, "patients.h5ad", h5ad_bytes(make_dataset(40, seed=3)))
+    upload(at, "patients.h5ad", tumour_h5ad(40, seed=3))
     goto(at, "2_Model")
     assert "Only the demo model is installed" in text(at.warning)
     assert at.session_state.get(state.BUNDLE_PATH) is None
@@ -1109,7 +1118,7 @@ def test_the_demo_model_is_never_chosen_for_real_data(empty_library):
     # sidebar never shows it beside real cells
     at.session_state[state.BUNDLE_PATH] = str(empty_library / "DEMOTINIB_demo")
     at.session_state[state.IS_DEMO] = True
-    upload(at, "patients2.h5ad", h5ad_bytes(make_dataset(40, seed=4)))
+    upload(at, "patients2.h5ad", tumour_h5ad(40, seed=4))
     assert at.session_state.get(state.BUNDLE_PATH) is None
     assert "no model chosen" in text(at.sidebar.markdown)
 
@@ -1187,7 +1196,7 @@ def test_a_model_whose_weights_are_damaged_is_listed_as_broken_not_offered(empty
     folder = empty_library / "TESTDRUG_model"
     make_bundle(folder, make_dataset(40, seed=2), steps=1)
     at = start()
-    upload(at, "cells.h5ad", h5ad_bytes(make_dataset(40, seed=3)))
+    upload(at, "cells.h5ad", tumour_h5ad(40, seed=3))
     goto(at, "2_Model")
     assert "No drug model is installed yet" not in text(at.warning)
     weights = folder / "weights.safetensors"
@@ -1273,7 +1282,7 @@ def test_another_users_model_is_offered_but_never_chosen_for_you(tmp_path, monke
     at.text_input(key="login_password").set_value("a long enough password")
     at.get("form_submit_button")[0].click()
     at.run()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=4)))
+    upload(at, "tumour.h5ad", tumour_h5ad(40, seed=4))
     assert at.session_state.get(state.PREDICT_AHEAD) is None  # nothing predicted with alice's model for bob
     goto(at, "2_Model")
     assert at.session_state.get(state.BUNDLE_PATH) is None
@@ -1526,7 +1535,7 @@ def test_unlabelled_and_single_class_data(with_library):
 
 def test_monte_carlo_mode_adds_uncertainty(with_library):
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=6)))
+    upload(at, "tumour.h5ad", tumour_h5ad(60, seed=6))
     goto(at, "2_Model")
     goto(at, "3_Predict")
     at.radio(key="predict_mode").set_value("sample").run()
@@ -1541,7 +1550,7 @@ def test_monte_carlo_mode_adds_uncertainty(with_library):
 
 def test_a_finished_prediction_leaves_no_cancel_button(with_library):
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=8)))
+    upload(at, "tumour.h5ad", tumour_h5ad(40, seed=8))
     run_prediction(at)
     assert "btn_cancel_predict" not in [b.key for b in at.button]
     assert state.PREDICT_RUNNING not in at.session_state or not at.session_state[state.PREDICT_RUNNING]
@@ -1549,7 +1558,7 @@ def test_a_finished_prediction_leaves_no_cancel_button(with_library):
 
 def test_interrupted_run_is_reported(with_library):
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(40, seed=8)))
+    upload(at, "tumour.h5ad", tumour_h5ad(40, seed=8))
     goto(at, "2_Model")
     at.session_state[state.PREDICT_RUNNING] = True
     goto(at, "3_Predict")
@@ -1565,7 +1574,7 @@ def test_cells_colour_choice_is_there_before_the_umap_and_survives_its_failure(w
 
     monkeypatch.setattr(embed, "compute_embedding", fail)
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=3))
     run_prediction(at)
     goto(at, "4_Cells")
     assert "The UMAP could not be computed (test)." in text(at.error).replace("\\", "")  # markdown-escaped
@@ -1599,7 +1608,7 @@ def test_the_report_pages_link_to_the_biomarkers_is_full_width_not_cut(with_libr
     biomarkers fi" in its fifth-of-the-page column. The column says briefly why the button is off; the
     link is under the downloads, full width."""
     at = start()
-    upload(at, "cells.h5ad", h5ad_bytes(make_dataset(40, seed=8)))
+    upload(at, "cells.h5ad", tumour_h5ad(40, seed=8))
     run_prediction(at)
     goto(at, "6_Report")
     biomarkers_column = at.columns[2]
@@ -2085,7 +2094,7 @@ def test_predict_uses_the_only_model_without_a_visit_to_the_model_page(with_libr
     real = predict_module.score
     monkeypatch.setattr(predict_module, "score", lambda *a, **k: calls.append(1) or real(*a, **k))
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=7))
     ahead = _ahead(at)
     goto(at, "3_Predict")
     assert "Choose a model first" not in text(at.info) + text(at.warning)
@@ -2109,7 +2118,7 @@ def test_cells_report_and_biomarkers_say_a_prediction_computing_in_the_backgroun
     real = predict_module.score
     monkeypatch.setattr(predict_module, "score", lambda *a, **k: gate.wait(60) and real(*a, **k))
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=7))
     ahead = at.session_state[state.PREDICT_AHEAD]
     try:
         for page in ("4_Cells", "5_Biomarkers", "6_Report"):
@@ -2140,7 +2149,7 @@ def test_prediction_ahead_follows_the_settings_and_gives_way(with_library, monke
         time.sleep(0.05)
     assert queue.free() and queue.running == 0
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=3))
     goto(at, "2_Model")
     first = _ahead(at)
     goto(at, "3_Predict")
@@ -2225,7 +2234,7 @@ def test_a_prediction_ahead_its_owner_waits_for_keeps_its_slot(with_library, mon
 
     monkeypatch.setattr(predict_module, "score", slow_score)
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=3)))  # the data settled: started ahead
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=3))  # the data settled: started ahead
     assert started.wait(60)
     ahead = at.session_state[state.PREDICT_AHEAD]
     assert ahead.claimed.is_set() is False
@@ -2255,7 +2264,7 @@ def test_a_model_removed_while_chosen_is_said_without_a_server_path(tmp_path, mo
     make_bundle(library / "gone_drug", make_dataset(60, seed=1), steps=2, drug="GONEDRUG")
     monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=2)))
+    upload(at, "tumour.h5ad", tumour_h5ad(60, seed=2))
     at.session_state[state.BUNDLE_PATH] = str(library / "gone_drug")
     goto(at, "3_Predict")
     assert not at.error
@@ -2284,7 +2293,7 @@ def test_another_model_that_took_the_chosen_models_folder_is_never_used_in_its_p
     make_bundle(library / "other_drug", data, steps=2, drug="OTHERDRUG")
     monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(60, seed=2)))
+    upload(at, "tumour.h5ad", tumour_h5ad(60, seed=2))
     at.session_state[state.BUNDLE_PATH] = str(library / "DRUGA_dist_vae_trained")
     goto(at, "3_Predict")
     at.button(key="btn_run_predict").click().run()
@@ -2317,7 +2326,7 @@ def test_prediction_ahead_waits_for_the_users_choice_of_model(with_library, tmp_
     make_bundle(library / "other_drug", make_dataset(120, seed=1), drug="OTHERDRUG", steps=5)
     monkeypatch.setenv("SCATD_MODEL_LIBRARY", str(library))
     at = start()
-    upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=2)))
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=2))
     assert state.PREDICT_AHEAD not in at.session_state
     goto(at, "2_Model")
     ahead = _ahead(at)
@@ -2608,7 +2617,7 @@ def test_the_model_page_titles_the_card_with_the_models_name(empty_library):
     manifest["name"] = "SF_emb_p0"
     (folder / "manifest.json").write_text(json.dumps(manifest))
     at = start()
-    upload(at, "cells.h5ad", h5ad_bytes(make_dataset(40, seed=3)))
+    upload(at, "cells.h5ad", tumour_h5ad(40, seed=3))
     goto(at, "2_Model")
     at.session_state[state.BUNDLE_PATH] = str(folder)
     goto(at, "2_Model")
@@ -2663,7 +2672,7 @@ def test_the_model_pages_metrics_are_a_readable_table_with_one_interval_per_scor
                    "n_evaluated": 120, "resistant_value_given": True}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     at = start()
-    upload(at, "patients.h5ad", h5ad_bytes(make_dataset(40, seed=3)))
+    upload(at, "patients.h5ad", tumour_h5ad(40, seed=3))
     goto(at, "2_Model")
     assert not at.get("json")
     shown = next(d.value for d in at.dataframe if "measure" in d.value.columns)
@@ -2766,7 +2775,7 @@ def test_an_upload_during_the_demo_build_is_acknowledged_at_once_and_the_build_s
     try:
         at = start()
         at.session_state[state.DEMO_WANTED] = False  # (not following the build: the run would wait for it)
-        upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(N_CELLS, seed=7)))
+        upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=7))
         assert metric(at, "Cells") == f"{N_CELLS}"
         assert len(drawn_before_reading) == 2 and all("Reading tumour.h5ad" in d for d in drawn_before_reading)
         said = text(at.caption)
@@ -2794,7 +2803,7 @@ def test_the_model_page_without_a_model_points_to_the_sidebar_for_the_demo_build
     try:
         at = start()
         at.session_state[state.DEMO_WANTED] = False  # (not following the build: the run would wait for it)
-        upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))
+        upload(at, "tumour.h5ad", tumour_h5ad(30, seed=1))
         goto(at, "2_Model")
         said = text(at.info)
         assert "The demo (its data and model) is being built for this server" in said, said
@@ -2947,7 +2956,7 @@ def test_the_demo_builds_status_lines_follow_the_build_without_a_click(with_libr
         sidebar = _redrawn_lines(runners[-1], "The demo is being built for this server (55%")
         assert overview and sidebar and all(0 < s <= 5 for s in overview + sidebar), (overview, sidebar)
         at.session_state[state.DEMO_WANTED] = False  # (not following the build: the run would wait for it)
-        upload(at, "tumour.h5ad", h5ad_bytes(make_dataset(30, seed=1)))  # the Data page's line, under its card
+        upload(at, "tumour.h5ad", tumour_h5ad(30, seed=1))  # the Data page's line, under its card
         data_page = _redrawn_lines(runners[-1], "The demo is being built for this server (55%")
         assert len(data_page) == 2 and all(0 < s <= 5 for s in data_page), data_page  # the page's and the sidebar's
     finally:
