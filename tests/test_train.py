@@ -25,6 +25,9 @@ from scatd_core.train._fit import _new_backbone, _restrict_backbone
 TINY = TrainSettings(hidden_dims=(16, 8), z_dim=4, pretrain_epochs=4, epochs=6, finetune_epochs=3, folds=3,
                      batch_size=16, members=3)
 TINY_SCATD = replace(TINY, head="scatd")
+#: For tests whose point is not the training itself (names, folders, resuming, provenance): one member, one
+#: pretraining epoch, with ``synthetic(n_bulk=24, n_cells=20)``; still a whole training with its model card
+QUICK = replace(TINY, members=1, pretrain_epochs=1)
 N_GENES = 30
 
 
@@ -383,7 +386,7 @@ def test_few_shot_label_errors_are_clear(tmp_path):
 
 
 def test_same_seed_same_weights_other_seed_differs(tmp_path):
-    bulk, labels, target = synthetic()
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
     b1, r1 = _train(tmp_path, bulk, labels, target, "a", seed=3)
     b2, r2 = _train(tmp_path, bulk, labels, target, "b", seed=3)
     b3, _ = _train(tmp_path, bulk, labels, target, "c", seed=4)
@@ -399,7 +402,7 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
 
 
 def test_labels_matched_by_id_not_row_position(tmp_path):
-    bulk, labels, target = synthetic()
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
     b1, _ = _train(tmp_path, bulk, labels, target, "a")
     shuffled = labels.sample(frac=1.0, random_state=1)
     extra = pd.DataFrame({"DRUGA": ["sensitive"], "OTHER": ["resistant"]}, index=["NOT-IN-BULK"])
@@ -1373,9 +1376,13 @@ def test_train_says_at_once_when_the_folds_asked_for_are_lowered(tmp_path, capsy
 def test_train_panel_says_at_once_when_a_drugs_folds_are_lowered(tmp_path):
     from scatd_core.train import train_panel
 
-    bulk, labels, target = synthetic()
+    # 5 resistant cell lines (4 or 5 with a label): the 40 folds asked for are lowered to 4 or 5 (the whole
+    # smaller class: 22-24 folds, each fitting every baseline with its inner CV, took 11 s); one member, one
+    # pretraining epoch: the notice is the panel's, said before training, whatever the recipe
+    bulk, labels, target = synthetic(n_resistant=5)
     said = []
-    summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, folds=40), device="cpu",
+    summary, _ = train_panel(bulk, labels, ["DRUGA"], target, device="cpu",
+                             settings=replace(TINY, folds=40, members=1, pretrain_epochs=1),
                              library=tmp_path / "lib", resume=False, min_lines_per_class=2, notice=said.append)
     assert list(summary["status"]) == ["trained"]
     folds = [m for m in said if "folds instead of" in m]  # (with the data's warnings, said before training too)
@@ -1551,10 +1558,10 @@ def test_labels_from_ic50s_provenance_file_is_recorded_as_the_train_page_records
 def test_train_panel_records_its_input_names_and_source(tmp_path):
     from scatd_core.train import train_panel
 
-    bulk, labels, target = synthetic()
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
     bulk.write_h5ad(tmp_path / "bulk.h5ad")
     labels.attrs["report"] = {"thresholds": {"DRUGA": {"gdsc_id": 77, "threshold": -1.5}}}
-    _, bundles = train_panel(tmp_path / "bulk.h5ad", labels, ["DRUGA"], target, settings=replace(TINY, members=1),
+    _, bundles = train_panel(tmp_path / "bulk.h5ad", labels, ["DRUGA"], target, settings=QUICK,
                              device="cpu", library=tmp_path / "lib", resume=False, min_lines_per_class=2,
                              input_names={"labels": "labels from GDSC_IC50.csv", "target": "tumour.h5ad"})
     prov = bundles[0].manifest["provenance"]
@@ -1567,7 +1574,7 @@ def test_train_panel_records_its_input_names_and_source(tmp_path):
                                                                  "sha256": sha256_file(tmp_path / "bulk.h5ad")}
     labels.to_csv(tmp_path / "labels.csv")
     _, bundles = train_panel(tmp_path / "bulk.h5ad", tmp_path / "labels.csv", ["DRUGA"], target,
-                             settings=replace(TINY, members=1), device="cpu", library=tmp_path / "lib2", resume=False,
+                             settings=QUICK, device="cpu", library=tmp_path / "lib2", resume=False,
                              min_lines_per_class=2)
     assert bundles[0].manifest["provenance"]["labels"] == {"file": "labels.csv",  # no provenance file beside it:
                                                            "sha256": sha256_file(tmp_path / "labels.csv"),
@@ -1581,8 +1588,8 @@ def test_train_panel_resumes_only_its_own_model_not_another_that_took_its_folder
     from scatd_core.train import train_panel
     from scatd_core.train._panel import state_path
 
-    bulk, labels, target = synthetic()
-    lib, s = tmp_path / "lib", replace(TINY, members=1)
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
+    lib, s = tmp_path / "lib", QUICK
 
     def run():
         summary, bundles = train_panel(bulk, labels, ["DRUGA"], target, settings=s, device="cpu", library=lib,
@@ -1621,11 +1628,11 @@ def test_train_panel_into_another_library_trains_the_drug_there(tmp_path, monkey
     from scatd_core.train import train_panel
     from scatd_core.train._panel import state_path
 
-    bulk, labels, target = synthetic()
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
     monkeypatch.chdir(tmp_path)
 
     def run(library):
-        summary, bundles = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, members=1),
+        summary, bundles = train_panel(bulk, labels, ["DRUGA"], target, settings=QUICK,
                                        device="cpu", library=library, min_lines_per_class=2)
         return summary.iloc[0], bundles[0]
 
@@ -1645,10 +1652,10 @@ def test_a_resumed_panel_drug_keeps_the_warnings_of_its_training(tmp_path):
     target share only 141 genes ...")."""
     from scatd_core.train import train_panel
 
-    bulk, labels, target = synthetic()
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
 
     def run():
-        summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, members=1), device="cpu",
+        summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=QUICK, device="cpu",
                                  library=tmp_path / "lib", min_lines_per_class=2)
         return summary.iloc[0]
 
@@ -2223,10 +2230,10 @@ def test_one_users_panel_run_never_resumes_another_users_models(tmp_path, monkey
     from scatd_core.train import train_panel
 
     monkeypatch.setenv("SCATD_HOME", str(tmp_path / "home"))
-    bulk, labels, target = synthetic()
+    bulk, labels, target = synthetic(n_bulk=24, n_cells=20)
 
     def run(user, **how):
-        summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=replace(TINY, members=1), device="cpu",
+        summary, _ = train_panel(bulk, labels, ["DRUGA"], target, settings=QUICK, device="cpu",
                                  library=tmp_path / "lib", min_lines_per_class=2, trained_by=user, **how)
         return summary.iloc[0]["status"]
 
