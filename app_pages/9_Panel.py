@@ -30,7 +30,7 @@ with st.container(border=True):
     if demo_data:
         if st.button("Use the demo panel (3 simulated drugs)", key="btn_panel_demo", icon=":material/science:",
                      help="DEMOTINIB, DEMOPLATIN and DEMOLIMUS, trained on a simulated cell-line screen. The two "
-                          "extra models are trained once per server on first use (a few minutes on 2 CPU cores, "
+                          "extra models are trained once per server on first use (about a minute each on 2 CPU cores, "
                           "longer on a busy server; the progress is shown)."):
             bar = st.progress(0.0, text="Preparing the demo panel…")
             try:  # built once per server, in its thread: leaving the page does not stop it

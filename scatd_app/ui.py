@@ -1863,7 +1863,7 @@ def demo_button(key: str, progress_area, *, primary: bool = False) -> bool:
                      help=("The demo is being built for this server now: a click joins that build, shows its "
                            "progress and opens the demo when it is ready." if joining else
                            "A simulated tumour and a model trained on simulated cell lines, labelled demo (simulated "
-                           "data). Built once per server on first use (a few minutes on 2 CPU cores, longer on a "
+                           "data). Built once per server on first use (about a minute on 2 CPU cores, longer on a "
                            "busy server; a progress bar shows each step), then instant.")):
         return False
     return _load_demo(progress_area, "Joining the demo's build in progress…" if joining else "Preparing the demo…")

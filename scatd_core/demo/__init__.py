@@ -7,7 +7,7 @@ demo is made locally, deterministically, with the project's own pipeline:
    labels for the made-up drug ``DEMOTINIB`` and a 2,000-cell "tumour" with a planted
    resistance program (see that module's docstring);
 2. :func:`scatd_core.train.train_drug_model` trains a Dist_VAE-style model on the bulk panel,
-   adapted to the tumour *without* its labels, with small settings (a few minutes on 2 CPU
+   adapted to the tumour *without* its labels, with small settings (about a minute on 2 CPU
    cores, longer on a busy server);
 3. the model's default threshold is chosen on a **reference tumour**: a second simulated tumour
    (:data:`REFERENCE_SEED`: other cells, other patients, the same simulator) whose known labels
@@ -98,7 +98,7 @@ def cell_limit_warning(max_cells: int) -> str | None:
 
 
 def demo_settings(size: str = "full"):
-    """Training settings of the demo model: small enough for a few minutes on 2 CPU cores."""
+    """Training settings of the demo model: small enough for about a minute on 2 CPU cores."""
     from scatd_core.train import TrainSettings
 
     settings = replace(TrainSettings(), hidden_dims=(128, 64), z_dim=32, pretrain_epochs=40, members=3, folds=3,
@@ -177,26 +177,25 @@ def plain_step(message: str) -> str:
 
 
 #: The demo build's steps in order, with the CPU seconds each took in a full build on the 2-core
-#: machine (2026-12-03; wall time there varies with the load, the shares little): the progress bar
-#: gives each its share, so the time left (extrapolated from the fraction done) falls steadily. The
-#: training's own fractions count its steps in rough units (a logistic regression: 3 epochs, its heads:
-#: none, gradient boosting's fit on all the cell lines as one of its CV rounds), so the bar said 74%
-#: and "about 2 min left" when gradient boosting was fitted on all the cell lines, half of the build's
-#: time (measured: 156 of 297 CPU s; 4 wall minutes on a busy machine), and the time left grew on.
-#: ``(step, baseline key or None, seconds)``; the baselines' steps are their out-of-fold rounds on
-#: the bulk cell lines (``cv``) and their fit scored on the tumour's cells (``target``).
+#: machine (2026-12-04, 48 CPU s, 40 s of wall time on a quiet machine; wall time varies with the load,
+#: the shares little): the progress bar gives each its share, so the time left (extrapolated from the
+#: fraction done) falls steadily. The training's own fractions count its steps in rough units, so the
+#: bar once said 74% and "about 2 min left" when gradient boosting was fitted on all the cell lines
+#: (then 156 of the build's 297 CPU s, before its genes were binned beforehand: 5 s now) and the time
+#: left grew on. ``(step, baseline key or None, seconds)``; the baselines' steps are their out-of-fold
+#: rounds on the bulk cell lines (``cv``) and their fit scored on the tumour's cells (``target``).
 BUILD_SECONDS = (
-    ("simulate", None, 3.2),
-    ("pretrain", None, 13.0),  # the members' backbones: 3 x 40 epochs
-    ("heads", None, 9.4),  # their heads (on the latent and the genes), in and out of the cross-validation
-    ("cv", "logistic_regression", 22.5),  # ~8 s a round: its C chosen by an inner CV
-    ("cv", "gradient_boosting", 78.6),
-    ("cv", "logistic_regression_heads_c", 0.6),
-    ("target", "logistic_regression", 6.5),
-    ("target", "gradient_boosting", 155.8),  # on all 300 lines: 6 times a round of the CV
-    ("target", "logistic_regression_heads_c", 1.6),
-    ("save", None, 4.7),
-    ("threshold", None, 2.0),  # the reference tumour simulated and scored, the demo tumour written
+    ("simulate", None, 2.9),
+    ("pretrain", None, 10.4),  # the members' backbones: 3 x 40 epochs
+    ("heads", None, 8.0),  # their heads (on the latent and the genes), in and out of the cross-validation
+    ("cv", "logistic_regression", 4.2),  # ~1.4 s a round: its C chosen by an inner CV
+    ("cv", "gradient_boosting", 7.2),
+    ("cv", "logistic_regression_heads_c", 0.8),
+    ("target", "logistic_regression", 2.9),
+    ("target", "gradient_boosting", 5.2),  # on all 300 lines (binned genes; 156 s before)
+    ("target", "logistic_regression_heads_c", 0.7),
+    ("save", None, 4.4),
+    ("threshold", None, 1.0),  # the reference tumour simulated and scored, the demo tumour written
 )
 _BASELINE_STEP = re.compile(r"^Checking the model against simple baselines · (?P<name>.+?), (?:bulk cell lines, "
                             r"round (?P<k>\d+) of (?P<n>\d+)(?P<done> done)?|(?P<target>scoring the target cells|"
