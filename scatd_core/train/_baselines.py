@@ -17,7 +17,7 @@
   beat this baseline gains nothing from its backbones on these data;
 - **gradient boosting**: scikit-learn's ``HistGradientBoostingClassifier`` with its defaults and
   balanced class weights (the kind of model a 2026 benchmark found no single-cell transfer method
-  to beat).
+  to beat), on genes binned beforehand as it bins them without weights (:class:`BinnedBoosting`).
 
 Both see exactly the model's input: each domain standardised on its own as ``scatd predict``
 does, so the target's genes are re-z-scored over its own cells. That makes the comparison on the
