@@ -64,3 +64,5 @@ def test_missing_values_stay_missing_and_new_values_fall_in_the_training_bins():
     binned = model._binned(new)
     assert np.isnan(binned[0, 2]) and binned[1, 0] == len(model.edges_[0])
     assert np.isfinite(model.predict_proba(new)).all()
+    model.CHUNK_ROWS = 7  # scored a few rows at a time: the probabilities of all the rows at once
+    assert np.array_equal(model.predict_proba(new), model.model.predict_proba(model._binned(new)))

@@ -114,8 +114,12 @@ class BinnedBoosting:
     def __init__(self, seed: int):
         self.model = HistGradientBoostingClassifier(class_weight="balanced", random_state=int(seed))
 
+    #: Rows binned and scored at a time: scikit-learn takes float64 (a copy of the whole target
+    #: otherwise: 1.5 GB for 10,000 cells x 19,264 genes)
+    CHUNK_ROWS = 4096
+
     def _binned(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty(x.shape, dtype=np.float32)
+        out = np.empty(x.shape, dtype=np.float64)  # what scikit-learn takes, without another copy
         for j, edges in enumerate(self.edges_):
             col = np.asarray(x[:, j], dtype=np.float64)
             out[:, j] = np.searchsorted(edges, col, side="left")  # bin i: edges[i-1] < value <= edges[i]
@@ -129,7 +133,8 @@ class BinnedBoosting:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(self._binned(x))
+        return np.concatenate([self.model.predict_proba(self._binned(x[i:i + self.CHUNK_ROWS]))
+                               for i in range(0, max(len(x), 1), self.CHUNK_ROWS)])
 
 
 def boosting(seed: int) -> BinnedBoosting:
