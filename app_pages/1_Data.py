@@ -113,6 +113,12 @@ if mapping.get("data_id_type") in ("ensembl", "mixed"):
             state.invalidate("prediction")
             st.rerun()
 
+# when the model is already settled (chosen, or the library's only one for these data), the
+# prediction starts in the background now, before the QC metrics and plots (seconds on 10k cells)
+# are computed and drawn; nothing is written into the data until Run prediction. A QC filter
+# switched on below (a new mask) stops it and starts it again, at the end of the page.
+ui.start_prediction_ahead(adata, ui.settled_model())
+
 # ------------------------------------------------------------------ QC
 st.subheader("Quality control")
 qc = source = None
@@ -269,8 +275,8 @@ with right:
                  format_func=ui.detached(lambda c: "none" if c is None else c), placeholder="none",
                  help="Optional. The Cells page shows the fraction of resistant cells per sample.")
 
-# when the model is already settled (chosen, or the library's only one for these data), the
-# prediction starts in the background now; nothing is written into the data until Run prediction
+# again with the QC filter and columns as they now stand (the same prediction is kept, a new mask
+# stops it and starts one for the mask)
 ui.start_prediction_ahead(adata, ui.settled_model())
 st.divider()
 ui.link("Model", "Next: choose a model", ":material/arrow_forward:")

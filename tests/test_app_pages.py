@@ -2085,6 +2085,33 @@ def test_prediction_computed_ahead_is_what_run_prediction_shows(with_library, mo
     assert calls == [1] and state.PREDICT_AHEAD not in at.session_state
 
 
+def test_upload_starts_the_prediction_before_its_qc_metrics_and_plots(with_library, monkeypatch):
+    """The prediction computed ahead starts as soon as the upload is read, before the Data page's
+    QC metrics and plots (0.7-1 s of a 10k-cell page run, `benches/bench_e2e.py`), and that run is
+    kept to the end of the page; a QC filter switched on (a new mask) starts one for it."""
+    import streamlit as st
+
+    from scatd_app import ui
+
+    seen = []
+    real = ui.qc_metrics
+
+    def qc_metrics(adata):
+        seen.append(st.session_state.get(state.PREDICT_AHEAD))
+        return real(adata)
+
+    monkeypatch.setattr(ui, "qc_metrics", qc_metrics)
+    at = start()
+    upload(at, "tumour.h5ad", tumour_h5ad(N_CELLS, seed=7))
+    ahead = at.session_state[state.PREDICT_AHEAD]
+    assert seen and seen[0] is ahead  # under way before the first QC metric was computed
+    assert _ahead(at) is ahead and ahead.alive()
+    at.toggle(key=ui.QC_ENABLED).set_value(True).run()
+    ok(at)
+    assert ahead.stop.is_set() and at.session_state[state.PREDICT_AHEAD] is not ahead
+    _settled(ahead, at.session_state[state.PREDICT_AHEAD])
+
+
 def test_predict_uses_the_only_model_without_a_visit_to_the_model_page(with_library, monkeypatch):
     """Straight from the upload to Predict: the library's only model is the one used (as the
     background run did), not a request to choose one."""
