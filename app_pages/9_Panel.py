@@ -172,8 +172,17 @@ before_run = st.empty()  # the run button and what it is about to do: gone once 
 with before_run.container():
     if not current and (ray_note := panel.scaleout_note(adata.n_obs)):
         st.caption(ui.md(ray_note))
-    clicked = not current and st.button(f"Score {len(bundles)} models", type="primary", icon=":material/play_arrow:",
-                                        key="btn_panel_run")
+    # the button counts the models that can score (a model known to be skipped is not among them)
+    skips = {} if current else panel.known_skips(adata, bundles, app=True)
+    if skips:
+        names = panel.distinct_drugs([b.drug or b.name for b in bundles])
+        st.warning(f"{len(skips)} of the {len(bundles)} models chosen {'is' if len(skips) == 1 else 'are'} skipped "
+                   "in the run:\n" + "\n".join(f"- **{ui.md(names[i])}**: {ui.md(why)}" for i, why in skips.items()),
+                   icon=":material/block:")
+    n_scoring = len(bundles) - len(skips)
+    clicked = not current and st.button(f"Score {n_scoring} of {len(bundles)} models" if skips else
+                                        f"Score {len(bundles)} models", type="primary", icon=":material/play_arrow:",
+                                        key="btn_panel_run", disabled=n_scoring == 0)
 if clicked:
     try:
         with ui.long_run(state.PANEL_RUNNING, "Aligning the data…", "btn_cancel_panel",

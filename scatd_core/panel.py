@@ -349,6 +349,18 @@ def unscorable(adata: ad.AnnData, bundles: Sequence) -> dict[int, InputError]:
     return out
 
 
+def known_skips(adata: ad.AnnData, bundles: Sequence, *, app: bool = False) -> dict[int, str]:
+    """The panel's models (by position) that a run would skip for a reason known before it starts,
+    and that reason: a model that cannot predict as installed (``prediction_problem``, e.g. no AdaIN
+    statistics) or that can score none of these data's values (:func:`unscorable`). What the models'
+    genes cover is judged when each is aligned, in the run, so a model may still be skipped then."""
+    out = {i: f"it {b.prediction_problem}" for i, b in enumerate(bundles)
+           if getattr(b, "prediction_problem", None)}
+    for i, problem in unscorable(adata, [b for b in bundles]).items():
+        out.setdefault(i, _problem(problem, app=app))
+    return dict(sorted(out.items()))
+
+
 def refuse_unscorable(adata: ad.AnnData, bundles: Sequence) -> dict[int, InputError]:
     """:func:`unscorable`, raising the single prediction's refusal when it holds for every model of the
     panel (nothing is then run: a z-scored matrix is refused up front, not after every drug failed)."""

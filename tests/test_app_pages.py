@@ -2457,6 +2457,42 @@ def test_a_model_without_adain_statistics_is_marked_and_not_offered(empty_librar
     assert "no AdaIN statistics" in text(at.warning)
 
 
+def test_the_drug_panel_counts_only_the_models_that_can_score(empty_library, tmp_path):
+    """QA: "Score 2 models" was offered for a panel whose model without AdaIN statistics could only be
+    skipped. The button now counts the models that can score, and says before the run which will be
+    skipped and why; the run then scores that many."""
+    import io
+
+    from scatd_core.bundle import import_checkpoint
+
+    _small_checkpoints(tmp_path / "import")
+    folder = tmp_path / "import"
+    import_checkpoint(folder / "sf.pth", "vae_sf", drug="NOSTYLE", library=empty_library)
+    import_checkpoint(folder / "sf.pth", "vae_sf", drug="STYLED", library=empty_library,
+                      style_reference=folder / "bulk.npy")
+    import_checkpoint(folder / "sf.pth", "vae_sf", drug="STYLED2", library=empty_library,
+                      style_reference=folder / "bulk.npy")
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(1).normal(size=(30, 40)).astype(np.float32))
+    at = start()
+    upload(at, "cells.npy", buffer.getvalue())
+    goto(at, "9_Panel")
+    paths = sorted(str(p) for p in empty_library.iterdir() if not p.name.startswith("."))
+    at.multiselect(key="panel_models").set_value(paths).run()
+    ok(at)
+    assert at.button(key="btn_panel_run").label == "Score 2 of 3 models"
+    said = text(at.warning).replace("\\", "")
+    assert "1 of the 3 models chosen is skipped in the run" in said and "NOSTYLE" in said and "no AdaIN statistics" in said
+    at.button(key="btn_panel_run").click().run()
+    ok(at)
+    said = text(at.warning).replace("\\", "")  # (the two models warn about their own predictions)
+    assert "2 of 3 models scored 30 cells" in said and "NOSTYLE" in said and "was skipped" in said
+    nostyle = [p for p in paths if "NOSTYLE" in p]
+    at.multiselect(key="panel_models").set_value([p for p in paths if "STYLED" in p and p not in nostyle]).run()
+    ok(at)
+    assert at.button(key="btn_panel_run").label == "Score 2 models"  # none known to be skipped: as before
+
+
 def test_a_second_model_of_a_drug_goes_by_its_display_name(empty_library, tmp_path, monkeypatch):
     _small_checkpoints(tmp_path / "import")
     monkeypatch.setenv("SCATD_IMPORT_FOLDER", str(tmp_path / "import"))
