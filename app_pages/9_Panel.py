@@ -176,8 +176,8 @@ with before_run.container():
     skips = {} if current else panel.known_skips(adata, bundles, app=True)
     if skips:
         names = panel.distinct_drugs([b.drug or b.name for b in bundles])
-        st.warning(f"{len(skips)} of the {len(bundles)} models chosen {'is' if len(skips) == 1 else 'are'} skipped "
-                   "in the run:\n" + "\n".join(f"- **{ui.md(names[i])}**: {ui.md(why)}" for i, why in skips.items()),
+        st.warning(f"{len(skips)} of the {len(bundles)} models chosen will be skipped when the panel is scored:\n"
+                   + "\n".join(f"- **{ui.md(names[i])}**: {ui.md(why)}" for i, why in skips.items()),
                    icon=":material/block:")
     n_scoring = len(bundles) - len(skips)
     clicked = not current and st.button(f"Score {n_scoring} of {len(bundles)} models" if skips else

@@ -356,7 +356,7 @@ def known_skips(adata: ad.AnnData, bundles: Sequence, *, app: bool = False) -> d
     genes cover is judged when each is aligned, in the run, so a model may still be skipped then."""
     out = {i: f"it {b.prediction_problem}" for i, b in enumerate(bundles)
            if getattr(b, "prediction_problem", None)}
-    for i, problem in unscorable(adata, [b for b in bundles]).items():
+    for i, problem in unscorable(adata, bundles).items():
         out.setdefault(i, _problem(problem, app=app))
     return dict(sorted(out.items()))
 
