@@ -123,9 +123,11 @@ with st.container(border=True):
             ui.link("Train a model", "Train a model", ":material/school:")
         ui.stop()
     ss["panel_models"] = [p for p in kept if p in classifiers]
-    labels = {p: names.get(p, classifiers[p].title) + (f" ({classifiers[p].prediction_problem}: it would be skipped)"
-                                                       if classifiers[p].prediction_problem else "")
-              for p in classifiers}
+    # a model that cannot predict is offered (it is part of a saved panel, say), marked by why: short, so that
+    # the choice stays readable ("NOSTYLE · VAE_sf (scATD-sf) · skipped: no AdaIN statistics (bulk embeddings)")
+    labels = {p: names.get(p, classifiers[p].title) + (
+        f" · skipped: {classifiers[p].prediction_problem.removeprefix('cannot predict: ')}"
+        if classifiers[p].prediction_problem else "") for p in classifiers}
     paths = st.multiselect("Drug models of the panel (two or more)", list(classifiers), key="panel_models",
                            format_func=ui.detached(lambda p: labels[p]),
                            help="Any backbones and gene sets: each model is aligned to the data separately, and "

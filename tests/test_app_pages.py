@@ -2481,6 +2481,8 @@ def test_the_drug_panel_counts_only_the_models_that_can_score(empty_library, tmp
     at.multiselect(key="panel_models").set_value(paths).run()
     ok(at)
     assert at.button(key="btn_panel_run").label == "Score 2 of 3 models"
+    assert "NOSTYLE · VAE_sf (scATD-sf) · skipped: no AdaIN statistics (bulk embeddings)" in \
+        at.multiselect(key="panel_models").options
     said = text(at.warning).replace("\\", "")
     assert "1 of the 3 models chosen will be skipped when the panel is scored" in said
     assert "NOSTYLE" in said and "no AdaIN statistics" in said
