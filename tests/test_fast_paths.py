@@ -102,6 +102,47 @@ def test_sparse_first_layer_same_numbers_whatever_the_block_width(monkeypatch):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+def test_sparse_first_layer_same_numbers_whatever_the_gene_tile(monkeypatch):
+    """The gene tile (how many genes' weights a thread keeps in cache while every cell adds them) is
+    a speed setting only: every output value sums its cell's genes in gene order, eight at a time
+    or one at a time, whatever the tile, the block width and the threads."""
+    from scatd_core.nn import sparse
+
+    x = sp.random(90, 700, density=0.12, format="csr", dtype=np.float32, random_state=4)
+    w, b = torch.randn(700, 600), torch.randn(600)
+    results = []
+    for tile_bytes, width, threads in ((1 << 20, 1024, 1), (4 * 8 * 304, 1024, 2), (4 * 40 * 8, 8, 3),
+                                       (4 * 700 * 600, 4096, 1)):
+        monkeypatch.setattr(sparse, "TILE_BYTES", tile_bytes)
+        monkeypatch.setattr(sparse, "BLOCK_COLUMNS", width)
+        results.append(sparse_linear(batch_tensor(x, torch.device("cpu")), w, b, threads=threads))
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    dense = torch.addmm(b, torch.from_numpy(x.toarray()), w)
+    np.testing.assert_allclose(results[0].numpy(), dense.numpy(), atol=1e-5 * float(dense.abs().max()))
+
+
+def test_sparse_first_layer_adds_every_value_of_rows_out_of_order(monkeypatch):
+    """A CSR batch whose rows list their genes out of order (torch tensors built by hand) still
+    has every stored value added: sorted first, so the numbers equal the sorted batch's."""
+    from scatd_core.nn import sparse
+    from scatd_core.nn.sparse import csr_tensor
+
+    monkeypatch.setattr(sparse, "TILE_BYTES", 4 * 8 * 48)  # tiles of 8 genes: values spread over tiles
+    x = sp.random(12, 64, density=0.4, format="csr", dtype=np.float32, random_state=5)
+    w, b = torch.randn(64, 48), torch.randn(48)
+    shuffled_indices, shuffled_data = x.indices.copy(), x.data.copy()
+    rng = np.random.default_rng(0)
+    for i in range(x.shape[0]):
+        lo, hi = x.indptr[i], x.indptr[i + 1]
+        order = lo + rng.permutation(hi - lo)
+        shuffled_indices[lo:hi], shuffled_data[lo:hi] = x.indices[order], x.data[order]
+    assert not sp.csr_matrix((shuffled_data, shuffled_indices, x.indptr), shape=x.shape).has_sorted_indices
+    got = sparse_linear(csr_tensor(x.indptr, shuffled_indices, shuffled_data, x.shape), w, b, threads=2)
+    assert torch.equal(got, sparse_linear(batch_tensor(x, torch.device("cpu")), w, b, threads=2))
+    dense = torch.addmm(b, torch.from_numpy(x.toarray()), w)
+    np.testing.assert_allclose(got.numpy(), dense.numpy(), atol=1e-5 * float(dense.abs().max()))
+
+
 def test_sparse_first_layer_adds_repeated_entries_of_a_cell():
     """A gene column that names the same cell twice (unsummed duplicates) adds both values, also
     where the cells are taken four at a time."""
