@@ -38,8 +38,8 @@ import torch
 #: sums the same genes in the same order whatever the width (a speed setting only).
 BLOCK_COLUMNS = 1024
 #: Bytes of ``weight_t`` per gene tile and column block (the tile's genes = this / 4 / block width):
-#: a tile is read by every cell of the batch, so it must stay in a core's L2 cache (2 MiB or 1 MiB
-#: per core on the machines measured; ``benches/bench_predict.py``).
+#: a tile is read by every cell of the batch, so it should stay in a core's L2 cache (2 MiB per core
+#: on the machine it was measured on, where 0.5-1.5 MiB were equally fast; ``benches/README.md``).
 TILE_BYTES = 1 << 20
 
 _KERNEL = None
