@@ -73,8 +73,8 @@ REASONS = ("filtered", "not_embedded", "missing_values", "non_finite", "overflow
 #: Sparse batches up to this fraction of non-zero model inputs go to the first layer sparse;
 #: denser ones are made dense. The sparse product's work follows the non-zeros and the GEMM's
 #: the whole matrix; the sparse product is as fast as the GEMM at about 30 % non-zero on 2 AMD
-#: EPYC cores (AVX2) and about 22 % on 2 Intel Xeon cores (AVX-512, a faster GEMM)
-#: (``benches/bench_predict.py --densities``).
+#: EPYC cores (AVX2; measured with the earlier, gene-major kernel) and about 22 % on 2 Intel Xeon
+#: cores (AVX-512, a faster GEMM) (``benches/bench_predict.py --densities``).
 SPARSE_MAX_DENSITY = 0.25
 #: Cells named per reason a cell is not scored (the first ones, in the data's order).
 EXAMPLES_PER_REASON = 3
