@@ -151,29 +151,30 @@ def batch_tensor(x, device: torch.device) -> torch.Tensor:
     (:meth:`~scatd_core.nn.models.DrugClassifier.first_layer` takes either; the sparse one moves a
     fraction of the bytes to a GPU)."""
     if sp.issparse(x):
-        csr = x.tocsr()
-        if not csr.has_sorted_indices:
-            csr = csr.sorted_indices()
+        csr = _in_gene_order(x)
         tensor = csr_tensor(csr.indptr, csr.indices, csr.data.astype(np.float32, copy=False), csr.shape)
     else:
         tensor = torch.from_numpy(x)
     return tensor if device.type == "cpu" else tensor.to(device)
 
 
+def _in_gene_order(x) -> sp.csr_matrix:
+    """The scipy sparse matrix ``x`` as CSR with each row's genes in order (no copy when it is one)."""
+    csr = x.tocsr()  # from CSC: the transposition lists each row's genes in order, repeated entries kept
+    return csr if csr.has_sorted_indices else csr.sorted_indices()
+
+
 def _csr_arrays(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``x`` (torch sparse CSR or CSC, on CPU) as CSR arrays, each row's genes in order, float32 values."""
+    """``x`` (torch sparse CSR, CSC or COO, on CPU) as CSR arrays, each row's genes in order, float32 values."""
     if x.layout == torch.sparse_csr:
-        indptr, indices = x.crow_indices().numpy(), x.col_indices().numpy()
-        data = x.values().detach().to(torch.float32).numpy()
-        csr = sp.csr_matrix((data, indices, indptr), shape=tuple(x.shape))
+        matrix = sp.csr_matrix((x.values().detach().to(torch.float32).numpy(), x.col_indices().numpy(),
+                                x.crow_indices().numpy()), shape=tuple(x.shape))
     else:
         if x.layout != torch.sparse_csc:
             x = x.to_sparse_csc()
-        csc = sp.csc_matrix((x.values().detach().to(torch.float32).numpy(), x.row_indices().numpy(),
-                             x.ccol_indices().numpy()), shape=tuple(x.shape))
-        csr = csc.tocsr()  # the transposition lists each row's genes in order, repeated entries kept
-    if not csr.has_sorted_indices:
-        csr = csr.sorted_indices()
+        matrix = sp.csc_matrix((x.values().detach().to(torch.float32).numpy(), x.row_indices().numpy(),
+                                x.ccol_indices().numpy()), shape=tuple(x.shape))
+    csr = _in_gene_order(matrix)
     return csr.indptr, csr.indices, csr.data
 
 
